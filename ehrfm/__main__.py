@@ -1,0 +1,5 @@
+import sys
+
+from ehrfm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Clinical tasks: labels, probes, fine-tuned heads, zero-shot rollout, count baselines."""
