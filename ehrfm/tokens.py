@@ -1,0 +1,169 @@
+"""Read a token dir (the output of `ehrfm tokenize`), without torch.
+
+A token dir holds:
+
+    tokenizer.json            everything fitted on train: vocab (index = token id), quantile edges,
+                              interval bins, age bins, min_count (see tokenization/tokenize.py)
+    stats.json                subjects, events, tokens per split, vocab size
+    config.json               the TokenizeConfig that made it (meds_dir, min_count, ...)
+    {split}/tokens.npy        flat uint16/uint32 token ids, all subjects concatenated
+    {split}/times.npy         int64 microseconds since the epoch, one per token, aligned
+    {split}/index.parquet     subject_id, offset, length (subject i = tokens[offset:offset+length])
+
+Usage:
+
+    td = TokenDir("tok")
+    td.vocab_size, td.token_id("MEDS_DEATH"), td.fingerprint
+    train = td.split("train")
+    tokens, times = train.subject(0)
+    td.decode(tokens[:20])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from ehrfm.errors import UserError
+
+SPLITS = ("train", "tuning", "held_out")
+
+
+@dataclass
+class TokenSplit:
+    """One split of a token dir: the flat arrays (memory-mapped) and the per-subject index."""
+
+    name: str
+    tokens: np.ndarray  # np.memmap, uint16 or uint32
+    times: np.ndarray  # np.memmap, int64 us since epoch
+    subject_ids: np.ndarray  # int64, one per subject, in file order
+    offsets: np.ndarray  # int64 start of each subject in tokens/times
+    lengths: np.ndarray  # int64 number of tokens of each subject
+
+    def __len__(self) -> int:
+        return len(self.subject_ids)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def subject(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens and times of the i-th subject of this split (views, not copies)."""
+        start = int(self.offsets[i])
+        stop = start + int(self.lengths[i])
+        return self.tokens[start:stop], self.times[start:stop]
+
+    def subject_index(self) -> dict[int, int]:
+        """subject_id -> position i in this split (for `subject(i)`)."""
+        return {int(s): i for i, s in enumerate(self.subject_ids)}
+
+
+class TokenDir:
+    """A token dir written by `ehrfm tokenize` (see the module docstring)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not (self.path / "tokenizer.json").is_file():
+            raise UserError(f"{self.path} is not a token dir: tokenizer.json not found (run `ehrfm tokenize` first)")
+        self._splits: dict[str, TokenSplit] = {}
+
+    def __repr__(self) -> str:
+        return f"TokenDir({str(self.path)!r}, vocab_size={self.vocab_size})"
+
+    # --- the fitted tokenizer -------------------------------------------------------------------
+    @cached_property
+    def tokenizer_bytes(self) -> bytes:
+        return (self.path / "tokenizer.json").read_bytes()
+
+    @cached_property
+    def tokenizer(self) -> dict:
+        try:
+            return json.loads(self.tokenizer_bytes)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{self.path / 'tokenizer.json'} is not valid JSON (line {e.lineno})") from None
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """sha256 of tokenizer.json: two token dirs with the same fingerprint share token ids."""
+        return hashlib.sha256(self.tokenizer_bytes).hexdigest()
+
+    @cached_property
+    def vocab(self) -> list[str]:
+        return list(self.tokenizer["vocab"])
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    @cached_property
+    def _ids(self) -> dict[str, int]:
+        return {tok: i for i, tok in enumerate(self.vocab)}
+
+    def token_id(self, token: str) -> int:
+        """Id of an exact token string (a MEDS code or a special token); KeyError if absent."""
+        return self._ids[token]
+
+    def token_ids_with_prefix(self, prefix: str) -> list[int]:
+        """Ids of all tokens whose string starts with `prefix` (e.g. 'HOSPITAL_DISCHARGE//')."""
+        return [i for i, tok in enumerate(self.vocab) if tok.startswith(prefix)]
+
+    def decode(self, ids) -> list[str]:
+        """Token ids -> token strings."""
+        vocab = self.vocab
+        return [vocab[int(i)] for i in np.asarray(ids).ravel()]
+
+    @property
+    def pad_id(self) -> int:
+        return self.token_id("PAD")
+
+    # --- provenance and stats -------------------------------------------------------------------
+    @cached_property
+    def stats(self) -> dict:
+        p = self.path / "stats.json"
+        return json.loads(p.read_text()) if p.is_file() else {}
+
+    @cached_property
+    def config(self) -> dict:
+        p = self.path / "config.json"
+        return json.loads(p.read_text()) if p.is_file() else {}
+
+    @property
+    def meds_dir(self) -> Path | None:
+        """The MEDS dataset dir this token dir was made from, when recorded."""
+        m = self.config.get("meds_dir")
+        return Path(m) if m else None
+
+    @property
+    def splits(self) -> list[str]:
+        return [s for s in SPLITS if (self.path / s / "tokens.npy").is_file()]
+
+    # --- the arrays -----------------------------------------------------------------------------
+    def split(self, name: str) -> TokenSplit:
+        if name in self._splits:
+            return self._splits[name]
+        d = self.path / name
+        if not (d / "tokens.npy").is_file():
+            raise UserError(f"token dir {self.path} has no split {name!r} (found: {', '.join(self.splits) or 'none'})")
+        import pyarrow.parquet as pq
+
+        tokens = np.load(d / "tokens.npy", mmap_mode="r")
+        times = np.load(d / "times.npy", mmap_mode="r")
+        index = pq.read_table(d / "index.parquet")
+        split = TokenSplit(
+            name=name,
+            tokens=tokens,
+            times=times,
+            subject_ids=index.column("subject_id").to_numpy().astype(np.int64),
+            offsets=index.column("offset").to_numpy().astype(np.int64),
+            lengths=index.column("length").to_numpy().astype(np.int64),
+        )
+        if tokens.shape != times.shape or int(split.lengths.sum()) != tokens.shape[0]:
+            raise UserError(f"token dir {d} is inconsistent: tokens, times and index.parquet disagree in length")
+        self._splits[name] = split
+        return split
