@@ -1,15 +1,150 @@
-"""CLI for this stage (placeholder until the stage lands)."""
+"""CLI of the clinical stage: labels, probe, finetune, zeroshot, baseline.
 
-from ehrfm.errors import UserError
+Thin wrappers over ehrfm.clinical's public functions; heavy imports happen inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+TASK_CHOICES = ("in_hospital_mortality", "long_los", "icu_admission", "readmission_30d", "all")
 
 
-def _todo(args):
-    raise UserError(f"{args.command} is not implemented yet")
+def _labels(args) -> int:
+    from pathlib import Path
+
+    from ehrfm.clinical.labels import make_labels, write_labels
+    from ehrfm.errors import UserError
+    from ehrfm.io import atomic_dir, summary, write_json
+
+    options = dict(gap_hours=args.gap_hours, long_los_days=args.long_los_days, readmission_days=args.readmission_days)
+    out = Path(args.out)
+    if args.task == "all":
+        if out.suffix == ".parquet":
+            raise UserError(f"--task all writes one file per task: --out {out} must be a directory, not a .parquet")
+        labels, info = make_labels(args.meds, "all", **options)
+        with atomic_dir(out, overwrite=args.overwrite) as tmp:
+            for task, frame in labels.items():
+                write_labels(frame, tmp / f"{task}.parquet", info[task])
+            write_json(tmp / "labels.json", info)
+        parts = ", ".join(f"{t} {i['n']} ({i['n_positive']} positive)" for t, i in info.items())
+        summary(f"labels: {parts} -> {out}")
+        return 0
+    if out.exists() and not args.overwrite:
+        raise UserError(f"output {out} already exists; pass --overwrite to replace it")
+    labels, info = make_labels(args.meds, args.task, **options)
+    write_labels(labels, out, info)
+    prev = f"{info['prevalence']:.3f}" if info["prevalence"] is not None else "n/a"
+    summary(f"labels: {args.task} n={info['n']} positive={info['n_positive']} prevalence={prev} -> {out}")
+    return 0
 
 
-def register(sub):
-    sub.add_parser("labels", help="(not yet implemented)").set_defaults(func=_todo)
-    sub.add_parser("probe", help="(not yet implemented)").set_defaults(func=_todo)
-    sub.add_parser("finetune", help="(not yet implemented)").set_defaults(func=_todo)
-    sub.add_parser("zeroshot", help="(not yet implemented)").set_defaults(func=_todo)
-    sub.add_parser("baseline", help="(not yet implemented)").set_defaults(func=_todo)
+def _head_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run dir (a trained model)")
+    p.add_argument("--tokens", required=True, help="token dir made with the run's tokenizer")
+    p.add_argument("--labels", required=True, help="label parquet in the MEDS label schema (ours or ACES)")
+    p.add_argument("--out", required=True, help="output dir (metrics.json, predictions.parquet, config.json)")
+    p.add_argument("--context", type=int, default=None, help="history length in tokens (default: the model's context)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-labels", type=int, default=None, help="subsample at most this many labels per split")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def _probe(args) -> int:
+    from ehrfm.clinical.probe import ProbeConfig, probe
+
+    cfg = ProbeConfig(
+        run_dir=args.run, tokens_dir=args.tokens, labels=args.labels, context=args.context,
+        batch_size=args.batch_size, device=args.device, bootstrap=args.bootstrap, seed=args.seed,
+        max_labels=args.max_labels,
+    )
+    probe(cfg, args.out, overwrite=args.overwrite)
+    return 0
+
+
+def _finetune(args) -> int:
+    from ehrfm.clinical.finetune import FinetuneConfig, finetune
+
+    cfg = FinetuneConfig(
+        run_dir=args.run, tokens_dir=args.tokens, labels=args.labels, context=args.context,
+        batch_size=args.batch_size, device=args.device, bootstrap=args.bootstrap, seed=args.seed,
+        max_labels=args.max_labels, full=args.full, lr=args.lr, max_epochs=args.epochs, patience=args.patience,
+    )
+    finetune(cfg, args.out, overwrite=args.overwrite)
+    return 0
+
+
+def _zeroshot(args) -> int:
+    from ehrfm.clinical.zeroshot import ZeroShotConfig, zeroshot
+
+    cfg = ZeroShotConfig(
+        run_dir=args.run, tokens_dir=args.tokens, labels=args.labels, task=args.task, context=args.context,
+        batch_size=args.batch_size, device=args.device, bootstrap=args.bootstrap, seed=args.seed,
+        max_labels=args.max_labels, n_samples=args.samples, max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+    )
+    zeroshot(cfg, args.out, overwrite=args.overwrite)
+    return 0
+
+
+def _baseline(args) -> int:
+    from ehrfm.clinical.baseline import BaselineConfig, baseline
+
+    cfg = BaselineConfig(
+        meds_dir=args.meds, labels=args.labels, windows=args.windows, min_count=args.min_count,
+        bootstrap=args.bootstrap, seed=args.seed, max_labels=args.max_labels,
+    )
+    baseline(cfg, args.out, overwrite=args.overwrite)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "labels",
+        help="clinical task labels (MEDS label schema) from a MEDS dataset",
+        description="Make labels for in-hospital mortality, long stay, ICU admission or 30-day readmission. "
+        "Exclusion rules: see ehrfm/clinical/labels.py.",
+    )
+    p.add_argument("meds", help="MEDS dataset dir")
+    p.add_argument("--task", required=True, choices=TASK_CHOICES, help="a task, or all (then --out is a dir)")
+    p.add_argument("--out", required=True, help="LABELS.parquet, or a dir of <task>.parquet with --task all")
+    p.add_argument("--gap-hours", type=float, default=24.0, help="prediction at admission + this (mortality, long stay)")
+    p.add_argument("--long-los-days", type=float, default=7.0)
+    p.add_argument("--readmission-days", type=float, default=30.0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_labels)
+
+    p = sub.add_parser("probe", help="linear probe of a frozen model at the prediction time")
+    _head_args(p)
+    p.set_defaults(func=_probe)
+
+    p = sub.add_parser("finetune", help="fine-tune a classification head (optionally the whole network)")
+    _head_args(p)
+    p.add_argument("--full", action="store_true", help="train the whole network, not only the head")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=int, default=20, help="at most this many epochs (early stopping on tuning)")
+    p.add_argument("--patience", type=int, default=3, help="epochs without tuning AUROC gain before stopping")
+    p.set_defaults(func=_finetune)
+
+    p = sub.add_parser("zeroshot", help="ETHOS-style zero-shot rollout (in-hospital mortality, ICU admission)")
+    _head_args(p)
+    p.add_argument("--task", required=True, choices=("in_hospital_mortality", "icu_admission"))
+    p.add_argument("--samples", type=int, default=20, help="sampled continuations per label")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="rollout length bound")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.set_defaults(func=_zeroshot)
+
+    p = sub.add_parser("baseline", help="count-feature baseline (logistic regression, gradient boosting)")
+    p.add_argument("meds", help="MEDS dataset dir")
+    p.add_argument("--labels", required=True, help="label parquet in the MEDS label schema")
+    p.add_argument("--out", required=True, help="output dir (metrics.json, predictions.parquet, config.json)")
+    p.add_argument("--windows", default="full,30d", help="history windows to count codes in, e.g. full,30d,24h")
+    p.add_argument("--min-count", type=int, default=5, help="codes seen in fewer train labels' histories are dropped")
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-labels", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_baseline)

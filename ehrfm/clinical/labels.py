@@ -1,0 +1,363 @@
+"""Clinical task labels from a MEDS dataset, in the MEDS label schema.
+
+A label is (subject_id, prediction_time, boolean_value): the model may use the subject's events
+with time <= prediction_time and nothing later. One row per eligible hospital stay.
+
+Stays. A stay is a HOSPITAL_ADMISSION//* event paired with the next HOSPITAL_DISCHARGE//* event
+of the same subject. In-stay transfers (ward moves, ICU_ADMISSION//* / ICU_DISCHARGE//*, any
+TRANSFER codes) never split a stay. An admission that is followed by another admission before
+any discharge, or by nothing, has no discharge: its outcome is unknown and it is excluded from
+every task. A discharge at the same timestamp as the next admission (a transfer between
+hospitals recorded as discharge + admission) closes the first stay and opens a second one.
+
+In-hospital death. The stay ends in death when a MEDS_DEATH event falls between admission and
+the end of the discharge day (death dates in MIMIC are often day-resolved, so the death code can
+sit at midnight of the discharge day), or when the discharge location is DIED
+(HOSPITAL_DISCHARGE//DIED).
+
+Tasks (DESIGN.md section 6):
+
+- in_hospital_mortality: prediction_time = admission + 24 h; true when the stay ends in death.
+  Excluded: stays that end (discharge or death) at or before the prediction time, since the
+  outcome would already be in the history (this excludes deaths within 24 h and same-day
+  discharges).
+- long_los: prediction_time = admission + 24 h; true when discharge - admission > 7 days.
+  Excluded: stays that end at or before the prediction time. In-hospital deaths are kept and
+  labelled by their length of stay.
+- icu_admission: prediction_time = admission; true when an ICU_ADMISSION//* event falls after
+  the admission and at or before the discharge. Excluded: stays whose first ICU admission is at
+  or before the prediction time (already in the ICU when the prediction is made; the ICU token
+  would be in the history), and stays that end at the admission timestamp.
+- readmission_30d: prediction_time = discharge; true when the subject's next hospital admission
+  is after the discharge and within 30 days (next_admission - discharge <= 30 * 24 h; a
+  readmission on day 30 is positive, on day 31 negative). Excluded: in-hospital deaths (no
+  readmission is possible) and stays whose discharge coincides with the next admission (a
+  transfer between hospitals, not a discharge). A subject with no later admission in the data is negative (MIMIC
+  records readmissions to the same hospital only; this is the usual convention).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from ehrfm.errors import UserError
+
+TASKS = ("in_hospital_mortality", "long_los", "icu_admission", "readmission_30d")
+
+ADMISSION_PREFIX = "HOSPITAL_ADMISSION//"
+DISCHARGE_PREFIX = "HOSPITAL_DISCHARGE//"
+ICU_ADMISSION_PREFIX = "ICU_ADMISSION//"
+DEATH_CODE = "MEDS_DEATH"
+DIED_DISCHARGE_CODE = "HOSPITAL_DISCHARGE//DIED"
+
+US_PER_HOUR = 3_600_000_000
+US_PER_DAY = 24 * US_PER_HOUR
+
+
+@dataclass
+class LabelConfig:
+    """How labels were made; saved as JSON beside every label file."""
+
+    meds_dir: str
+    task: str
+    gap_hours: float = 24.0  # prediction at admission + gap for mortality and long stay
+    long_los_days: float = 7.0
+    readmission_days: float = 30.0
+
+
+@dataclass
+class Stay:
+    subject_id: int
+    admission: int  # us since epoch
+    discharge: int | None  # None: no discharge recorded
+    died: bool
+    first_icu: int | None  # first ICU admission in (admission, discharge], us
+
+
+# --- reading MEDS ----------------------------------------------------------------------------------
+def meds_shards(meds_dir: str | os.PathLike) -> list[Path]:
+    """All data shards of a MEDS dataset dir (data/**/*.parquet), sorted."""
+    meds_dir = Path(meds_dir)
+    data = meds_dir / "data"
+    if not data.is_dir():
+        raise UserError(f"{meds_dir} is not a MEDS dataset dir: {data} not found")
+    shards = sorted(data.rglob("*.parquet"))
+    if not shards:
+        raise UserError(f"MEDS dataset dir {meds_dir} has no parquet shards under data/")
+    return shards
+
+
+def _stay_events(meds_dir: str | os.PathLike) -> pl.DataFrame:
+    """The events that define stays: admissions, discharges, ICU admissions, deaths."""
+    shards = meds_shards(meds_dir)
+    frames = []
+    for shard in shards:
+        cols = pl.read_parquet_schema(shard)
+        missing = [c for c in ("subject_id", "time", "code") if c not in cols]
+        if missing:
+            raise UserError(f"MEDS shard {shard} lacks column(s) {', '.join(missing)}")
+        frames.append(
+            pl.scan_parquet(shard)
+            .select("subject_id", "time", "code")
+            .filter(
+                pl.col("code").str.starts_with(ADMISSION_PREFIX)
+                | pl.col("code").str.starts_with(DISCHARGE_PREFIX)
+                | pl.col("code").str.starts_with(ICU_ADMISSION_PREFIX)
+                | (pl.col("code") == DEATH_CODE)
+            )
+        )
+    events = pl.concat(frames).collect()
+    events = events.with_columns(
+        pl.col("subject_id").cast(pl.Int64), pl.col("time").cast(pl.Datetime("us")).dt.epoch("us").alias("t")
+    )
+    bad = events.filter(pl.col("t").is_null() & (pl.col("code") != DEATH_CODE)).height
+    if bad:
+        raise UserError(f"MEDS dataset {meds_dir}: {bad} admission/discharge/ICU rows have a null time")
+    return events.sort("subject_id", "t", "code")
+
+
+def stays_from_events(events: pl.DataFrame) -> list[Stay]:
+    """Pair admissions with discharges per subject (rules in the module docstring)."""
+    stays: list[Stay] = []
+    for (subject_id,), ev in events.group_by("subject_id", maintain_order=True):
+        codes = ev["code"].to_list()
+        times = ev["t"].to_list()
+        deaths = [t for c, t in zip(codes, times) if c == DEATH_CODE and t is not None]
+        icu_times = [t for c, t in zip(codes, times) if c.startswith(ICU_ADMISSION_PREFIX)]
+        # Group by timestamp: at a shared timestamp the open stay is closed first, then new
+        # admissions open, then a remaining discharge closes a zero-length stay.
+        by_time: dict[int, tuple[list[str], list[str]]] = {}
+        for c, t in zip(codes, times):
+            if t is None:
+                continue
+            if c.startswith(ADMISSION_PREFIX):
+                by_time.setdefault(t, ([], []))[0].append(c)
+            elif c.startswith(DISCHARGE_PREFIX):
+                by_time.setdefault(t, ([], []))[1].append(c)
+        open_adm: int | None = None
+        pairs: list[tuple[int, int | None, bool]] = []  # (admission, discharge, discharged DIED)
+        for t in sorted(by_time):
+            adms, diss = by_time[t]
+            diss = list(diss)
+            if open_adm is not None and diss:
+                d = diss.pop(0)
+                pairs.append((open_adm, t, d == DIED_DISCHARGE_CODE))
+                open_adm = None
+            for _ in adms:
+                if open_adm is not None:
+                    pairs.append((open_adm, None, False))
+                open_adm = t
+                if diss:
+                    d = diss.pop(0)
+                    pairs.append((open_adm, t, d == DIED_DISCHARGE_CODE))
+                    open_adm = None
+            # Discharges with no open stay are ignored (a timeline starting mid-stay).
+        if open_adm is not None:
+            pairs.append((open_adm, None, False))
+        for adm, dis, died_code in pairs:
+            died = died_code
+            if dis is not None and not died:
+                end_of_discharge_day = (dis // US_PER_DAY + 1) * US_PER_DAY
+                died = any(adm <= d < end_of_discharge_day for d in deaths)
+            first_icu = None
+            if dis is not None:
+                in_stay = [t for t in icu_times if adm <= t <= dis]
+                first_icu = min(in_stay) if in_stay else None
+            stays.append(Stay(int(subject_id), adm, dis, died, first_icu))
+    return stays
+
+
+def _next_admissions(stays: list[Stay]) -> list[int | None]:
+    """For each stay, the subject's next admission time after its discharge (None if none)."""
+    by_subject: dict[int, list[int]] = {}
+    for s in stays:
+        by_subject.setdefault(s.subject_id, []).append(s.admission)
+    out = []
+    for s in stays:
+        nxt = None
+        if s.discharge is not None:
+            later = [a for a in by_subject[s.subject_id] if a >= s.discharge and a != s.admission]
+            nxt = min(later) if later else None
+        out.append(nxt)
+    return out
+
+
+# --- the tasks -------------------------------------------------------------------------------------
+def labels_from_stays(stays: list[Stay], cfg: LabelConfig) -> tuple[pl.DataFrame, dict]:
+    """Apply one task's definition to the stays: (labels frame, exclusion counts)."""
+    if cfg.task not in TASKS:
+        raise UserError(f"unknown task {cfg.task!r}; choose one of {', '.join(TASKS)} or all")
+    gap = int(cfg.gap_hours * US_PER_HOUR)
+    rows: list[tuple[int, int, bool]] = []
+    excluded = {"no_discharge": 0}
+    nexts = _next_admissions(stays) if cfg.task == "readmission_30d" else [None] * len(stays)
+    for s, nxt in zip(stays, nexts):
+        if s.discharge is None:
+            excluded["no_discharge"] += 1
+            continue
+        if cfg.task in ("in_hospital_mortality", "long_los"):
+            pred = s.admission + gap
+            if s.discharge <= pred:
+                excluded["ended_before_prediction_time"] = excluded.get("ended_before_prediction_time", 0) + 1
+                continue
+            if cfg.task == "in_hospital_mortality":
+                rows.append((s.subject_id, pred, s.died))
+            else:
+                rows.append((s.subject_id, pred, s.discharge - s.admission > cfg.long_los_days * US_PER_DAY))
+        elif cfg.task == "icu_admission":
+            pred = s.admission
+            if s.discharge <= pred:
+                excluded["ended_at_admission"] = excluded.get("ended_at_admission", 0) + 1
+                continue
+            if s.first_icu is not None and s.first_icu <= pred:
+                excluded["in_icu_at_prediction_time"] = excluded.get("in_icu_at_prediction_time", 0) + 1
+                continue
+            rows.append((s.subject_id, pred, s.first_icu is not None))
+        else:  # readmission_30d
+            if s.died:
+                excluded["died_in_hospital"] = excluded.get("died_in_hospital", 0) + 1
+                continue
+            if nxt is not None and nxt == s.discharge:
+                excluded["transferred"] = excluded.get("transferred", 0) + 1
+                continue
+            label = nxt is not None and nxt - s.discharge <= cfg.readmission_days * US_PER_DAY
+            rows.append((s.subject_id, s.discharge, label))
+    frame = pl.DataFrame(
+        rows,
+        schema={"subject_id": pl.Int64, "prediction_time": pl.Int64, "boolean_value": pl.Boolean},
+        orient="row",
+    ).with_columns(pl.col("prediction_time").cast(pl.Datetime("us")))
+    # Two stays can share a prediction time only through duplicated source rows; keep one.
+    frame = frame.unique(["subject_id", "prediction_time"], keep="first", maintain_order=True)
+    frame = frame.sort("subject_id", "prediction_time")
+    return frame, excluded
+
+
+def make_labels(meds_dir: str | os.PathLike, task: str, **options) -> tuple[pl.DataFrame, dict]:
+    """Labels of one task (or of every task, task="all") from a MEDS dataset dir.
+
+    Returns (labels, info) for one task, where labels has the MEDS label schema columns and info
+    holds n, n_positive, prevalence, excluded counts and the config. For task="all" returns
+    ({task: labels}, {task: info}).
+    """
+    events = _stay_events(meds_dir)
+    stays = stays_from_events(events)
+    tasks = TASKS if task == "all" else (task,)
+    out_labels, out_info = {}, {}
+    for t in tasks:
+        cfg = LabelConfig(meds_dir=str(meds_dir), task=t, **options)
+        labels, excluded = labels_from_stays(stays, cfg)
+        n = labels.height
+        n_pos = int(labels["boolean_value"].sum()) if n else 0
+        out_labels[t] = labels
+        out_info[t] = {
+            "task": t,
+            "n": n,
+            "n_positive": n_pos,
+            "prevalence": n_pos / n if n else None,
+            "n_stays": len(stays),
+            "n_subjects": labels["subject_id"].n_unique(),
+            "excluded": excluded,
+            "config": dataclasses.asdict(cfg),
+        }
+    if task == "all":
+        return out_labels, out_info
+    return out_labels[task], out_info[task]
+
+
+# --- label files -----------------------------------------------------------------------------------
+def to_label_table(labels: pl.DataFrame) -> pa.Table:
+    """A polars labels frame -> a pyarrow table that meds.LabelSchema validates."""
+    from meds import LabelSchema
+
+    table = pa.table(
+        {
+            "subject_id": pa.array(labels["subject_id"].to_numpy(), pa.int64()),
+            "prediction_time": labels["prediction_time"].cast(pl.Datetime("us")).to_arrow().cast(pa.timestamp("us")),
+            "boolean_value": labels["boolean_value"].to_arrow().cast(pa.bool_()),
+        }
+    )
+    LabelSchema.validate(table)
+    return table
+
+
+def write_labels(labels: pl.DataFrame, path: str | os.PathLike, info: dict | None = None) -> Path:
+    """Write labels atomically as parquet (MEDS label schema) and `<stem>.json` beside it."""
+    import pyarrow.parquet as pq
+
+    from ehrfm.io import atomic_file, write_json
+
+    path = Path(path)
+    table = to_label_table(labels)
+    with atomic_file(path, "wb") as f:
+        pq.write_table(table, f)
+    if info is not None:
+        write_json(path.with_suffix(".json"), info)
+    return path
+
+
+def read_labels(path: str | os.PathLike) -> pl.DataFrame:
+    """Read any label parquet in the MEDS label schema (ours, ACES output, ...).
+
+    Only boolean labels are used by the heads. Columns are cast to the schema's types; null
+    labels or prediction times are refused with a count. Returns subject_id, prediction_time,
+    boolean_value, sorted.
+    """
+    import pyarrow.parquet as pq
+    from meds import LabelSchema
+
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.rglob("*.parquet"))
+        if not files:
+            raise UserError(f"label dir {path} holds no parquet files")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise UserError(f"label file {path} not found")
+    frames = []
+    for f in files:
+        try:
+            table = pq.read_table(f)
+        except Exception as e:  # pyarrow raises several types for non-parquet input
+            raise UserError(f"label file {f} is not a readable parquet file ({type(e).__name__})") from None
+        cols = set(table.column_names)
+        for col in ("subject_id", "prediction_time", "boolean_value"):
+            if col not in cols:
+                raise UserError(f"label file {f} lacks column {col!r} (MEDS label schema; binary tasks need boolean_value)")
+        frame = pl.from_arrow(table.select(["subject_id", "prediction_time", "boolean_value"]))
+        for col in ("subject_id", "prediction_time", "boolean_value"):
+            nulls = frame[col].null_count()
+            if nulls:
+                raise UserError(f"label file {f}: column {col} has {nulls} null rows")
+        try:
+            frame = frame.with_columns(
+                pl.col("subject_id").cast(pl.Int64, strict=True),
+                pl.col("prediction_time").cast(pl.Datetime("us"), strict=True),
+                pl.col("boolean_value").cast(pl.Boolean, strict=True),
+            )
+        except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as e:
+            raise UserError(f"label file {f}: columns cannot be cast to the MEDS label schema types ({type(e).__name__})") from None
+        frames.append(frame)
+    labels = pl.concat(frames).sort("subject_id", "prediction_time")
+    LabelSchema.validate(to_label_table(labels))
+    if labels.height == 0:
+        raise UserError(f"label file {path} has no rows")
+    return labels
+
+
+def epoch_us(labels: pl.DataFrame) -> np.ndarray:
+    """prediction_time as int64 microseconds since the epoch (the token dir's time unit)."""
+    return labels["prediction_time"].cast(pl.Datetime("us")).dt.epoch("us").to_numpy().astype(np.int64)
+
+
+def us_to_datetime(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1e6, tz=timezone.utc).replace(tzinfo=None)

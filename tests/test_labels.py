@@ -1,0 +1,196 @@
+"""Label definitions on hand-built MEDS timelines, and on the real MIMIC-IV demo."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ehrfm.clinical.labels import TASKS, make_labels, read_labels, write_labels
+from ehrfm.errors import UserError
+
+T0 = datetime(2150, 1, 1, 8, 0)
+ADM = "HOSPITAL_ADMISSION//EW EMER.//EMERGENCY ROOM"
+DIS = "HOSPITAL_DISCHARGE//HOME"
+
+
+def write_meds(root: Path, events: list[tuple], split: str = "train") -> Path:
+    """A real MEDS dataset dir from (subject_id, time or None, code[, numeric_value]) tuples."""
+    from meds import DataSchema
+
+    rows = [(e[0], e[1], e[2], e[3] if len(e) > 3 else None) for e in events]
+    rows.sort(key=lambda r: (r[0], r[1] is not None, r[1] or datetime.min))
+    table = pa.table(
+        {
+            "subject_id": pa.array([r[0] for r in rows], pa.int64()),
+            "time": pa.array([r[1] for r in rows], pa.timestamp("us")),
+            "code": pa.array([r[2] for r in rows], pa.string()),
+            "numeric_value": pa.array([r[3] for r in rows], pa.float32()),
+        }
+    )
+    DataSchema.validate(table)
+    (root / "data" / split).mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, root / "data" / split / "0.parquet")
+    return root
+
+
+def stay(sid, adm: datetime, dis: datetime | None, extra=()):
+    ev = [(sid, None, "GENDER//F"), (sid, datetime(2100, 1, 1), "MEDS_BIRTH"), (sid, adm, ADM)]
+    if dis is not None:
+        ev.append((sid, dis, DIS))
+    ev.extend(extra)
+    return ev
+
+
+def labels_of(tmp_path, events, task):
+    meds = write_meds(tmp_path / "meds", events)
+    labels, info = make_labels(meds, task)
+    return {(r["subject_id"], r["prediction_time"]): r["boolean_value"] for r in labels.iter_rows(named=True)}, info
+
+
+h = lambda n: timedelta(hours=n)  # noqa: E731
+d = lambda n: timedelta(days=n)  # noqa: E731
+
+
+def test_mortality_edge_cases(tmp_path):
+    events = (
+        # 1: dies on day 3 (MEDS_DEATH at the discharge time) -> positive
+        stay(1, T0, T0 + d(3), [(1, T0 + d(3), "MEDS_DEATH")])
+        # 2: dies within 24 h -> excluded (outcome before prediction time)
+        + stay(2, T0, T0 + h(10), [(2, T0 + h(10), "MEDS_DEATH")])
+        # 3: same-day discharge home -> excluded
+        + stay(3, T0, T0 + h(6))
+        # 4: ICU transfer mid-stay, discharged alive on day 5 -> one stay, negative
+        + stay(4, T0, T0 + d(5), [(4, T0 + d(1), "ICU_ADMISSION//MICU"), (4, T0 + d(2), "ICU_DISCHARGE//MICU")])
+        # 5: admission without discharge -> excluded
+        + stay(5, T0, None, [(5, T0 + d(2), "LAB//1//mg")])
+        # 6: day-resolved death date at midnight of the discharge day, discharge DIED later that day
+        + [(6, T0, ADM), (6, T0 + d(4), "HOSPITAL_DISCHARGE//DIED"), (6, datetime(2150, 1, 5), "MEDS_DEATH")]
+        # 7: death a year after a survived stay -> negative
+        + stay(7, T0, T0 + d(2), [(7, T0 + d(365), "MEDS_DEATH")])
+    )
+    labels, info = labels_of(tmp_path, events, "in_hospital_mortality")
+    assert labels == {
+        (1, T0 + h(24)): True,
+        (4, T0 + h(24)): False,
+        (6, T0 + h(24)): True,
+        (7, T0 + h(24)): False,
+    }
+    assert info["excluded"] == {"no_discharge": 1, "ended_before_prediction_time": 2}
+    assert info["n"] == 4 and info["n_positive"] == 2 and info["prevalence"] == 0.5
+
+
+def test_long_los_threshold_and_deaths(tmp_path):
+    events = (
+        stay(1, T0, T0 + d(7))  # exactly 7 days -> not > 7 d
+        + stay(2, T0, T0 + d(7) + h(1))  # just over -> positive
+        + stay(3, T0, T0 + d(10), [(3, T0 + d(10), "MEDS_DEATH")])  # death on day 10: by length of stay
+        + stay(4, T0, T0 + h(20))  # same-day discharge: excluded
+    )
+    labels, info = labels_of(tmp_path, events, "long_los")
+    assert labels == {(1, T0 + h(24)): False, (2, T0 + h(24)): True, (3, T0 + h(24)): True}
+    assert info["excluded"]["ended_before_prediction_time"] == 1
+
+
+def test_icu_admission_edge_cases(tmp_path):
+    events = (
+        stay(1, T0, T0 + d(5), [(1, T0 + d(1), "ICU_ADMISSION//MICU")])  # ICU on day 1 -> positive
+        + stay(2, T0, T0 + d(5), [(2, T0, "ICU_ADMISSION//MICU")])  # direct ICU admission: excluded
+        + stay(3, T0, T0 + h(5))  # same-day discharge, no ICU -> negative (predicted at admission)
+        + stay(4, T0, T0 + d(3), [(4, T0 + d(20), "ICU_ADMISSION//SICU")])  # ICU in a later stay only
+        + stay(4, T0 + d(19), T0 + d(25))  # the later stay: ICU on its day 1 -> positive
+        + stay(5, T0, None, [(5, T0 + d(1), "ICU_ADMISSION//MICU")])  # no discharge: excluded
+    )
+    labels, info = labels_of(tmp_path, events, "icu_admission")
+    assert labels == {
+        (1, T0): True,
+        (3, T0): False,
+        (4, T0): False,
+        (4, T0 + d(19)): True,
+    }
+    assert info["excluded"] == {"no_discharge": 1, "in_icu_at_prediction_time": 1}
+
+
+def test_readmission_day_30_and_31(tmp_path):
+    events = (
+        stay(1, T0, T0 + d(2)) + stay(1, T0 + d(32), T0 + d(34))  # readmitted exactly 30 d later
+        + stay(2, T0, T0 + d(2)) + stay(2, T0 + d(33), T0 + d(35))  # 31 d later -> negative
+        + stay(3, T0, T0 + d(2), [(3, T0 + d(2), "MEDS_DEATH")])  # in-hospital death -> excluded
+        + stay(4, T0, T0 + d(2)) + stay(4, T0 + d(2), T0 + d(6))  # transfer: same-timestamp readmission
+        + stay(5, T0, None) + stay(5, T0 + d(3), T0 + d(4))  # first admission never discharged
+    )
+    labels, info = labels_of(tmp_path, events, "readmission_30d")
+    assert labels == {
+        (1, T0 + d(2)): True,
+        (1, T0 + d(34)): False,
+        (2, T0 + d(2)): False,
+        (2, T0 + d(35)): False,
+        (4, T0 + d(6)): False,
+        (5, T0 + d(4)): False,
+    }
+    assert info["excluded"] == {"no_discharge": 1, "died_in_hospital": 1, "transferred": 1}
+
+
+def test_label_file_roundtrip_validates_schema(tmp_path):
+    from meds import LabelSchema
+
+    events = stay(1, T0, T0 + d(3), [(1, T0 + d(3), "MEDS_DEATH")]) + stay(2, T0, T0 + d(9))
+    meds = write_meds(tmp_path / "meds", events)
+    labels, info = make_labels(meds, "all")
+    assert set(labels) == set(TASKS)
+    out = write_labels(labels["in_hospital_mortality"], tmp_path / "mort.parquet", info["in_hospital_mortality"])
+    LabelSchema.validate(pq.read_table(out))
+    assert (tmp_path / "mort.json").is_file()
+    back = read_labels(out)
+    assert back.equals(labels["in_hospital_mortality"])
+
+
+def test_read_labels_accepts_aces_style_and_refuses_bad(tmp_path):
+    # ACES writes int32/ns-typed columns plus null optional columns: accepted, cast to the schema.
+    aces = pa.table(
+        {
+            "subject_id": pa.array([1, 2], pa.int32()),
+            "prediction_time": pa.array([T0, T0], pa.timestamp("ns")),
+            "boolean_value": [True, False],
+            "integer_value": pa.array([None, None], pa.int64()),
+        }
+    )
+    pq.write_table(aces, tmp_path / "aces.parquet")
+    assert read_labels(tmp_path / "aces.parquet").height == 2
+    pq.write_table(aces.drop(["boolean_value"]), tmp_path / "nolabel.parquet")
+    with pytest.raises(UserError, match="lacks column 'boolean_value'"):
+        read_labels(tmp_path / "nolabel.parquet")
+    nulls = aces.set_column(2, "boolean_value", pa.array([None, True], pa.bool_()))
+    pq.write_table(nulls, tmp_path / "nulls.parquet")
+    with pytest.raises(UserError, match="boolean_value has 1 null rows"):
+        read_labels(tmp_path / "nulls.parquet")
+
+
+def test_labels_cli_all_tasks(tmp_path):
+    from ehrfm.cli import main
+
+    events = stay(1, T0, T0 + d(3), [(1, T0 + d(3), "MEDS_DEATH")]) + stay(2, T0, T0 + d(9))
+    meds = write_meds(tmp_path / "meds", events)
+    assert main(["labels", str(meds), "--task", "all", "--out", str(tmp_path / "labels")]) == 0
+    assert sorted(p.name for p in (tmp_path / "labels").glob("*.parquet")) == sorted(f"{t}.parquet" for t in TASKS)
+    assert main(["labels", str(meds), "--task", "long_los", "--out", str(tmp_path / "los.parquet")]) == 0
+    assert pl.read_parquet(tmp_path / "los.parquet")["boolean_value"].to_list() == [False, True]
+    # bad input: a dir that is not MEDS -> exit 2, no output
+    assert main(["labels", str(tmp_path / "nope"), "--task", "all", "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
+
+
+def test_labels_on_real_mimic_demo(demo_meds):
+    labels, info = make_labels(demo_meds, "all")
+    for task in TASKS:
+        n, pos = info[task]["n"], info[task]["n_positive"]
+        print(task, n, pos, info[task]["excluded"])
+        assert n > 0 and 0 < pos < n
+    # The demo has 275 admissions of 100 patients; eligible stays are most of them.
+    assert 150 <= info["icu_admission"]["n"] <= 275
+    assert 150 <= info["readmission_30d"]["n"] <= 275
+    assert info["in_hospital_mortality"]["prevalence"] < 0.3
