@@ -1,0 +1,350 @@
+"""A Llama-style GPT for event-token timelines: RMSNorm, RoPE, SwiGLU, untied head, no biases.
+
+The parameters are exactly those counted by ehrfm.shapes (n_params, n_params_total).
+
+API (used by the trainer and by the clinical heads):
+
+    model = GPT(ModelConfig(...))
+    logits, loss = model(idx, targets)                      # (B, T) ids -> (B, T, V), mean loss
+    logits, loss = model(idx, targets, segment_ids=seg)     # packed rows: block-diagonal causal
+    logits, losses = model(idx, targets, reduction="none")  # per-token losses (B, T), 0 where ignored
+    h = model.hidden_states(idx)                            # final-normed (B, T, d_model)
+    cache = model.new_cache(batch_size=B)                   # KV cache for incremental decoding
+    logits = model.forward_step(prompt, cache)              # prefill: (B, t) -> (B, t, V)
+    logits = model.forward_step(next_ids, cache)            # one more token each: (B, 1) -> (B, 1, V)
+    out = model.generate(prompt, max_new_tokens=64, temperature=1.0, generator=g)
+
+Packing: `segment_ids` (B, T) integers label which sequence (subject window) each position of a
+packed row belongs to; positions attend only to earlier positions of the same segment, and RoPE
+positions restart at 0 at each segment start, so a subject's logits are the same whether it is
+packed with others or alone. Targets equal to -100 are ignored (segment ends, padding).
+Attention kernels: on CUDA with xformers installed, memory-efficient attention with a
+BlockDiagonalCausalMask over the flattened batch (imported lazily, only on CUDA); elsewhere
+torch SDPA, with plain `is_causal` when every row holds a single segment (no mask materialised)
+and a boolean (B, 1, T, T) block-diagonal causal mask otherwise. Both give the same loss.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ehrfm.config import ModelConfig
+
+IGNORE_INDEX = -100
+
+
+# --- attention layout ---------------------------------------------------------------------------
+
+
+@dataclass
+class AttentionLayout:
+    """How positions of a batch may attend, computed once per forward and shared by all layers."""
+
+    kind: str  # "causal" | "mask" | "xformers"
+    mask: torch.Tensor | None = None  # (B, 1, T, T) bool, True = may attend (kind "mask")
+    bias: object = None  # xformers BlockDiagonalCausalMask (kind "xformers")
+
+
+_XFORMERS = None  # the xformers.ops module once imported, False when unavailable
+
+
+def _xformers_ops():
+    global _XFORMERS
+    if _XFORMERS is None:
+        try:
+            import xformers.ops as xops  # CUDA only; never imported on CPU
+
+            _XFORMERS = xops
+        except Exception:  # not installed or broken build: fall back to SDPA
+            warnings.warn("xformers is not available; using torch SDPA with a block-diagonal mask", stacklevel=3)
+            _XFORMERS = False
+    return _XFORMERS
+
+
+def segment_positions(segment_ids: torch.Tensor) -> torch.Tensor:
+    """Position of each token inside its segment (restarts at 0 at every segment start)."""
+    B, T = segment_ids.shape
+    ar = torch.arange(T, device=segment_ids.device).expand(B, T)
+    starts = torch.ones_like(segment_ids, dtype=torch.bool)
+    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    seg_start = torch.where(starts, ar, torch.zeros_like(ar)).cummax(dim=1).values
+    return ar - seg_start
+
+
+def attention_layout(segment_ids: torch.Tensor | None, T: int, device: torch.device, backend: str = "auto") -> AttentionLayout:
+    """Pick the cheapest exact kernel for this batch's segment structure."""
+    if segment_ids is None or bool((segment_ids == segment_ids[:, :1]).all()):
+        return AttentionLayout("causal")
+    if device.type == "cuda" and backend in ("auto", "xformers") and _xformers_ops():
+        xops = _xformers_ops()
+        B = segment_ids.shape[0]
+        # run lengths of segments, row by row, over the flattened (1, B*T) batch
+        row_key = segment_ids.to(torch.int64) + (torch.arange(B, device=device)[:, None] << 32)
+        _, counts = torch.unique_consecutive(row_key.flatten(), return_counts=True)
+        bias = xops.fmha.attn_bias.BlockDiagonalCausalMask.from_seqlens(counts.tolist())
+        return AttentionLayout("xformers", bias=bias)
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+    return AttentionLayout("mask", mask=(same & causal)[:, None])
+
+
+# --- rotary embeddings --------------------------------------------------------------------------
+
+
+def rope_cache(context: int, head_dim: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin tables (context, head_dim) in the 'rotate half' layout of Llama / HF."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+    angles = torch.outer(torch.arange(context, dtype=torch.float32, device=device), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, H, T, hd); cos/sin broadcastable to it."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+# --- blocks -------------------------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # normalise in fp32 (bf16 autocast would otherwise lose precision in the mean square)
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def _qkv(self, x, cos, sin):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, hd)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def forward(self, x, cos, sin, layout: AttentionLayout):
+        B, T, C = x.shape
+        q, k, v = self._qkv(x, cos, sin)
+        if layout.kind == "xformers":
+            # xformers wants (1, B*T, H, hd): the whole batch as one block-diagonal sequence
+            flat = lambda t: t.transpose(1, 2).reshape(1, B * T, self.n_head, self.head_dim)  # noqa: E731
+            y = _xformers_ops().memory_efficient_attention(flat(q), flat(k), flat(v), attn_bias=layout.bias)
+            y = y.view(B, T, C)
+        else:
+            if layout.kind == "causal":
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.mask)
+            y = y.transpose(1, 2).reshape(B, T, C)
+        return self.proj(y)
+
+    def forward_step(self, x, cos, sin, k_cache, v_cache, start: int):
+        """Attend new positions [start, start+t) to the cache [0, start+t); writes k, v in the cache."""
+        B, t, C = x.shape
+        q, k, v = self._qkv(x, cos, sin)
+        k_cache[:B, :, start : start + t] = k
+        v_cache[:B, :, start : start + t] = v
+        keys, values = k_cache[:B, :, : start + t], v_cache[:B, :, : start + t]
+        if t == 1:
+            y = F.scaled_dot_product_attention(q, keys, values)
+        else:
+            mask = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        return self.proj(y.transpose(1, 2).reshape(B, t, C))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.hidden = cfg.mlp_hidden
+        self.w13 = nn.Linear(cfg.d_model, 2 * cfg.mlp_hidden, bias=False)  # gate (w1) and up (w3), fused
+        self.w2 = nn.Linear(cfg.mlp_hidden, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        gate, up = self.w13(x).split(self.hidden, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm1 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg)
+
+    def forward(self, x, cos, sin, layout):
+        x = x + self.attn(self.norm1(x), cos, sin, layout)
+        return x + self.mlp(self.norm2(x))
+
+
+# --- the model ----------------------------------------------------------------------------------
+
+
+class KVCache:
+    """Keys and values of every layer for incremental decoding: (n_layer, B, H, max_len, hd) each."""
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int | None = None, device=None, dtype=torch.float32):
+        self.max_len = max_len or cfg.context
+        shape = (cfg.n_layer, batch_size, cfg.n_head, self.max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0  # positions filled so far
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer; see the module docstring for its API."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)  # untied from self.embed
+        cos, sin = rope_cache(cfg.context, cfg.head_dim, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.attention_backend = "auto"  # auto | sdpa | xformers (set by the trainer)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # GPT-2 / nanoGPT init: N(0, 0.02); residual output projections scaled by 1/sqrt(2 n_layer)
+        std = self.config.init_std
+        for name, p in self.named_parameters():
+            if p.dim() < 2:
+                nn.init.ones_(p)
+            elif name.endswith(("attn.proj.weight", "mlp.w2.weight")):
+                nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.config.n_layer))
+            else:
+                nn.init.normal_(p, 0.0, std)
+
+    def n_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.embed.weight.numel() + self.head.weight.numel()
+        return n
+
+    def _rope(self, positions: torch.Tensor):
+        # (B, T) positions -> (B, 1, T, hd) cos/sin
+        return self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]
+
+    def _trunk(self, idx, segment_ids=None, positions=None) -> torch.Tensor:
+        B, T = idx.shape
+        if T > self.config.context:
+            raise ValueError(f"sequence length {T} exceeds the model context {self.config.context}")
+        layout = attention_layout(segment_ids, T, idx.device, self.attention_backend)
+        if positions is None:
+            if layout.kind == "causal":
+                positions = torch.arange(T, device=idx.device).expand(B, T)
+            else:
+                positions = segment_positions(segment_ids)
+        cos, sin = self._rope(positions)
+        x = self.embed(idx)
+        for block in self.blocks:
+            x = block(x, cos, sin, layout)
+        return self.norm(x)
+
+    def forward(self, idx, targets=None, segment_ids=None, positions=None, reduction: str = "mean"):
+        """idx (B, T) -> (logits (B, T, V), loss). loss is None without targets.
+
+        reduction: "mean" over non-ignored targets, "sum", or "none" ((B, T), 0 where ignored).
+        """
+        h = self._trunk(idx, segment_ids, positions)
+        logits = self.head(h)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(
+            logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction=reduction
+        )
+        if reduction == "none":
+            loss = loss.view(targets.shape)
+        return logits, loss
+
+    def hidden_states(self, idx, segment_ids=None, positions=None) -> torch.Tensor:
+        """Final-normed hidden states (B, T, d_model). Rows may be right-padded (causal)."""
+        return self._trunk(idx, segment_ids, positions)
+
+    # --- incremental decoding -------------------------------------------------------------------
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        p = self.head.weight
+        return KVCache(self.config, batch_size, max_len, device=p.device, dtype=p.dtype)
+
+    def forward_step(self, idx, cache: KVCache, start_pos: int | None = None) -> torch.Tensor:
+        """Logits (B, t, V) of new tokens idx (B, t) at positions [start_pos, start_pos+t).
+
+        start_pos defaults to cache.length; the cache then holds start_pos + t positions.
+        The same rows (a batch of unpacked sequences) must be fed at every step.
+        """
+        start = cache.length if start_pos is None else int(start_pos)
+        B, t = idx.shape
+        if start + t > min(cache.max_len, self.config.context):
+            raise ValueError(f"KV cache full: {start + t} positions > {min(cache.max_len, self.config.context)}")
+        pos = torch.arange(start, start + t, device=idx.device)
+        cos, sin = self.rope_cos[pos], self.rope_sin[pos]
+        x = self.embed(idx)
+        for i, block in enumerate(self.blocks):
+            x = x + block.attn.forward_step(block.norm1(x), cos, sin, cache.k[i], cache.v[i], start)
+            x = x + block.mlp(block.norm2(x))
+        cache.length = start + t
+        return self.head(self.norm(x))
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+        stop_tokens: list[int] | None = None,
+    ) -> torch.Tensor:
+        """Sample continuations of idx (B, t) with a KV cache; returns (B, t + n) (n <= max_new_tokens).
+
+        Rows that emitted a stop token keep emitting it; generation ends when all rows have
+        stopped or the context is full. temperature 0 is greedy.
+        """
+        B, t = idx.shape
+        n = min(max_new_tokens, self.config.context - t)
+        cache = self.new_cache(B, t + n)
+        logits = self.forward_step(idx, cache)[:, -1]
+        out = [idx]
+        stopped = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        stop = torch.tensor(stop_tokens or [], device=idx.device, dtype=idx.dtype)
+        for i in range(n):
+            if temperature == 0:
+                nxt = logits.argmax(-1, keepdim=True)
+            else:
+                logits = logits.float() / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+            if len(stop):
+                nxt = torch.where(stopped[:, None], out[-1][:, -1:], nxt)
+                stopped |= torch.isin(nxt[:, 0], stop)
+            out.append(nxt.to(idx.dtype))
+            if (len(stop) and bool(stopped.all())) or i == n - 1:
+                break
+            logits = self.forward_step(out[-1], cache)[:, -1]
+        return torch.cat(out, dim=1)
