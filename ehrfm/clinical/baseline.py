@@ -1,0 +1,263 @@
+"""Count-feature baseline (MEDS-Tab-like): codes in the history -> logistic regression and
+histogram gradient boosting.
+
+For each label, every MEDS event of the subject with time <= prediction_time (plus the static,
+time-null rows such as GENDER//F) is counted per code, in each history window (`full`: all
+history; `30d`, `24h`, ...: only events within that span before the prediction time). Features
+are (window, code) counts, kept when they occur in at least `min_count` train labels' histories,
+stored sparse. Age at the prediction time (from MEDS_BIRTH) is one more feature. Nothing after
+the prediction time enters a feature (see `count_features`).
+
+Logistic regression: L2, C chosen on tuning AUROC, on max-abs-scaled sparse counts.
+Gradient boosting: sklearn HistGradientBoostingClassifier on the `max_dense_features` most
+frequent features (it needs dense input), early-stopped on a seeded slice of train.
+Both are scored on held_out (metrics.json under "models").
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from ehrfm.clinical.common import SPLITS, check_out, fit_logistic, require_two_classes, subsample_per_split, write_head_outputs
+from ehrfm.clinical.labels import meds_shards, read_labels
+from ehrfm.clinical.metrics import binary_metrics, format_metrics
+from ehrfm.errors import UserError
+
+US = {"s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000, "y": 365 * 86_400_000_000}
+
+
+@dataclass
+class BaselineConfig:
+    meds_dir: str
+    labels: str
+    windows: str = "full,30d"
+    min_count: int = 5
+    max_dense_features: int = 2000
+    bootstrap: int = 1000
+    seed: int = 0
+    max_labels: int | None = None
+    task: str | None = None  # default: from the labels' sidecar JSON or file name
+
+
+def parse_windows(spec: str) -> list[tuple[str, int | None]]:
+    """'full,30d,24h' -> [('full', None), ('30d', 30 days in us), ('24h', ...)]."""
+    out = []
+    for w in [w.strip() for w in spec.split(",") if w.strip()]:
+        if w == "full":
+            out.append((w, None))
+            continue
+        m = re.fullmatch(r"(\d+)([smhdy])", w)
+        if not m:
+            raise UserError(f"bad history window {w!r}: use full or a span like 30d, 24h, 1y")
+        out.append((w, int(m.group(1)) * US[m.group(2)]))
+    if not out:
+        raise UserError("no history windows given")
+    return out
+
+
+def task_name(labels_path: str | os.PathLike) -> str:
+    p = Path(labels_path)
+    side = p.with_suffix(".json")
+    if side.is_file():
+        import json
+
+        try:
+            t = json.loads(side.read_text()).get("task")
+            if isinstance(t, str):
+                return t
+        except (json.JSONDecodeError, AttributeError):
+            pass
+    return p.stem
+
+
+# --- MEDS side -------------------------------------------------------------------------------------
+def meds_subject_splits(meds_dir: str | os.PathLike) -> pl.DataFrame:
+    """subject_id -> split, from metadata/subject_splits.parquet or else the data/<split>/ dirs."""
+    meds_dir = Path(meds_dir)
+    f = meds_dir / "metadata" / "subject_splits.parquet"
+    if f.is_file():
+        s = pl.read_parquet(f)
+        if {"subject_id", "split"} <= set(s.columns):
+            return s.select(pl.col("subject_id").cast(pl.Int64), pl.col("split").cast(pl.Utf8)).unique("subject_id")
+    frames = []
+    for shard in meds_shards(meds_dir):
+        split = shard.relative_to(meds_dir / "data").parts[0]
+        if split not in SPLITS:
+            continue
+        ids = pl.scan_parquet(shard).select(pl.col("subject_id").cast(pl.Int64)).unique().collect()
+        frames.append(ids.with_columns(pl.lit(split).alias("split")))
+    if not frames:
+        raise UserError(f"MEDS dataset {meds_dir}: no subject splits (metadata/subject_splits.parquet or data/<split>/)")
+    return pl.concat(frames).unique("subject_id", keep="first")
+
+
+def attach_splits(labels: pl.DataFrame, splits: pl.DataFrame, labels_path, where: str) -> pl.DataFrame:
+    joined = labels.join(splits, on="subject_id", how="left")
+    missing = joined["split"].null_count()
+    if missing:
+        n_subj = joined.filter(pl.col("split").is_null())["subject_id"].n_unique()
+        raise UserError(f"label file {labels_path}: {missing} rows ({n_subj} subjects) have subjects missing from {where}")
+    return joined
+
+
+def count_features(meds_dir, labels: pl.DataFrame, windows: list[tuple[str, int | None]]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Long-format counts (label_idx, feature, count) of codes in each window, and per-label
+    (label_idx, first_time, last_time, birth) timeline bounds.
+
+    Only events with time <= prediction_time (or static, time null) are counted.
+    """
+    keys = labels.select(
+        "label_idx", "subject_id", pl.col("prediction_time").cast(pl.Datetime("us")).dt.epoch("us").alias("pred")
+    )
+    subjects = keys.select("subject_id").unique()
+    counts, bounds = [], []
+    for shard in meds_shards(meds_dir):
+        ev = (
+            pl.scan_parquet(shard)
+            .select(pl.col("subject_id").cast(pl.Int64), pl.col("time").cast(pl.Datetime("us")).dt.epoch("us").alias("t"), "code")
+            .join(subjects.lazy(), on="subject_id", how="semi")
+            .collect()
+        )
+        if ev.height == 0:
+            continue
+        bounds.append(
+            ev.group_by("subject_id").agg(
+                pl.col("t").min().alias("first_time"),
+                pl.col("t").max().alias("last_time"),
+                pl.col("t").filter(pl.col("code") == "MEDS_BIRTH").min().alias("birth"),
+            )
+        )
+        ev = ev.join(keys, on="subject_id").filter(pl.col("t").is_null() | (pl.col("t") <= pl.col("pred")))
+        for name, span in windows:
+            w = ev if span is None else ev.filter(pl.col("t").is_null() | (pl.col("t") >= pl.col("pred") - span))
+            counts.append(
+                w.group_by("label_idx", "code")
+                .agg(pl.len().alias("count"))
+                .select("label_idx", (pl.lit(name + "/") + pl.col("code")).alias("feature"), "count")
+            )
+    if not bounds:
+        raise UserError(f"MEDS dataset {meds_dir} has no events for the labels' subjects")
+    bounds = pl.concat(bounds).group_by("subject_id").agg(
+        pl.col("first_time").min(), pl.col("last_time").max(), pl.col("birth").min()
+    )
+    counts = pl.concat(counts) if counts else pl.DataFrame(schema={"label_idx": pl.Int64, "feature": pl.Utf8, "count": pl.UInt32})
+    counts = counts.group_by("label_idx", "feature").agg(pl.col("count").sum())
+    return counts, keys.join(bounds, on="subject_id", how="left")
+
+
+def check_prediction_times(keys: pl.DataFrame, labels_path, where: str) -> None:
+    """Refuse labels whose prediction time is outside the subject's timeline."""
+    outside = keys.filter(
+        pl.col("first_time").is_null() | (pl.col("pred") < pl.col("first_time")) | (pl.col("pred") > pl.col("last_time"))
+    )
+    if outside.height:
+        raise UserError(
+            f"label file {labels_path}: {outside.height} rows have a prediction_time outside the subject's timeline in {where} "
+            f"(before its first or after its last event)"
+        )
+
+
+def feature_matrix(counts: pl.DataFrame, keys: pl.DataFrame, train_idx: np.ndarray, min_count: int):
+    """Sparse CSR (n_labels, n_features): counts of features frequent enough on train, + age."""
+    import scipy.sparse as sp
+
+    n = keys.height
+    train_set = pl.DataFrame({"label_idx": train_idx.astype(np.int64)})
+    freq = counts.join(train_set, on="label_idx", how="semi").group_by("feature").agg(pl.len().alias("n_labels"))
+    vocab = freq.filter(pl.col("n_labels") >= min_count).sort(["n_labels", "feature"], descending=[True, False])
+    names = vocab["feature"].to_list()
+    col = pl.DataFrame({"feature": names, "col": np.arange(len(names), dtype=np.int64)})
+    kept = counts.join(col, on="feature", how="inner")
+    x = sp.csr_matrix(
+        (kept["count"].cast(pl.Float32).to_numpy(), (kept["label_idx"].to_numpy(), kept["col"].to_numpy())),
+        shape=(n, len(names)),
+        dtype=np.float32,
+    )
+    age = ((keys["pred"] - keys["birth"]) / US["y"]).fill_null(np.nan).to_numpy().astype(np.float32)
+    age = np.nan_to_num(age, nan=float(np.nanmean(age)) if np.isfinite(age).any() else 0.0)
+    x = sp.hstack([x, sp.csr_matrix(age.reshape(-1, 1))], format="csr")
+    return x, names + ["age_years"]
+
+
+def prepare(cfg: BaselineConfig):
+    """Labels with splits and their feature matrix (the parts tests check for look-ahead)."""
+    labels = read_labels(cfg.labels)
+    labels = attach_splits(labels, meds_subject_splits(cfg.meds_dir), cfg.labels, f"MEDS dataset {cfg.meds_dir}")
+    labels = subsample_per_split(labels, cfg.max_labels, cfg.seed)
+    labels = labels.with_row_index("label_idx").with_columns(pl.col("label_idx").cast(pl.Int64))
+    counts, keys = count_features(cfg.meds_dir, labels, parse_windows(cfg.windows))
+    check_prediction_times(keys, cfg.labels, f"MEDS dataset {cfg.meds_dir}")
+    train_idx = np.flatnonzero(labels["split"].to_numpy() == "train")
+    x, names = feature_matrix(counts, keys, train_idx, cfg.min_count)
+    return labels, x, names
+
+
+def baseline(cfg: BaselineConfig, out: str | os.PathLike, overwrite: bool = False) -> dict:
+    """Fit both count-feature models on train (tuning for C), score on held_out, write OUT."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from ehrfm.io import summary
+
+    check_out(out, overwrite)
+    t0 = time.time()
+    task = cfg.task or task_name(cfg.labels)
+    labels, x, names = prepare(cfg)
+    split = labels["split"].to_numpy()
+    y = labels["boolean_value"].to_numpy().astype(np.int64)
+    tr, tu, ho = (split == "train"), (split == "tuning"), (split == "held_out")
+    require_two_classes(y[tr], "train", task)
+    if ho.sum() == 0:
+        raise UserError(f"task {task}: no labels in the held_out split to score")
+
+    lr, selection = fit_logistic(x[tr], y[tr], x[tu], y[tu], cfg.seed, task)
+    p_lr = lr.predict_proba(x)[:, 1]
+
+    # Gradient boosting needs dense input: the most frequent features (columns are sorted by
+    # train frequency), plus age (the last column).
+    k = min(cfg.max_dense_features, x.shape[1] - 1)
+    cols = list(range(k)) + [x.shape[1] - 1]
+    dense = x[:, cols].toarray()
+    hgb = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.05, early_stopping=True, random_state=cfg.seed)
+    hgb.fit(dense[tr], y[tr])
+    p_hgb = hgb.predict_proba(dense)[:, 1]
+
+    models = {
+        "logistic_regression": {
+            **binary_metrics(y[ho], p_lr[ho], task, cfg.bootstrap, cfg.seed),
+            "selection": selection,
+        },
+        "gradient_boosting": {
+            **binary_metrics(y[ho], p_hgb[ho], task, cfg.bootstrap, cfg.seed),
+            "n_iter": int(hgb.n_iter_),
+        },
+    }
+    n_pos = int(y[ho].sum())
+    metrics = {
+        "task": task,
+        "head": "baseline",
+        "split": "held_out",
+        "n": int(ho.sum()),
+        "n_positive": n_pos,
+        "prevalence": n_pos / int(ho.sum()),
+        "n_train": int(tr.sum()),
+        "n_tuning": int(tu.sum()),
+        "n_features": int(x.shape[1]),
+        "models": models,
+        "wall_s": time.time() - t0,
+    }
+    predictions = labels.select("subject_id", "prediction_time", "boolean_value", "split").with_columns(
+        pl.Series("probability_logistic_regression", p_lr), pl.Series("probability_gradient_boosting", p_hgb)
+    )
+    write_head_outputs(out, overwrite, cfg, metrics, predictions)
+    summary(
+        f"baseline {task}: {x.shape[1]} features; logistic {format_metrics(models['logistic_regression'])}; "
+        f"boosting AUROC {models['gradient_boosting']['auroc'] if models['gradient_boosting']['auroc'] is None else round(models['gradient_boosting']['auroc'], 3)} -> {out}"
+    )
+    return metrics

@@ -1,0 +1,101 @@
+"""Pieces every head shares: label subsampling, the regularised logistic regression, outputs.
+
+Splits: labels are fitted on train, hyper-parameters chosen on tuning, scored on held_out; a
+subject's split comes from the token dir (model heads) or the MEDS dataset (baseline), so a
+head never sees held_out subjects while fitting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from ehrfm.errors import UserError
+
+SPLITS = ("train", "tuning", "held_out")
+C_GRID = tuple(10.0**k for k in range(-4, 3))  # inverse L2 strength searched on tuning
+
+
+def subsample_per_split(labels: pl.DataFrame, max_labels: int | None, seed: int) -> pl.DataFrame:
+    """At most max_labels rows per split, drawn with a fixed seed (same sample for every model)."""
+    if not max_labels:
+        return labels
+    parts = []
+    for split in SPLITS:
+        part = labels.filter(pl.col("split") == split)
+        if part.height > max_labels:
+            rng = np.random.default_rng(seed)
+            keep = np.sort(rng.choice(part.height, max_labels, replace=False))
+            part = part[keep]
+        parts.append(part)
+    return pl.concat(parts)
+
+
+def require_two_classes(y: np.ndarray, split: str, task: str) -> None:
+    n_pos = int(y.sum())
+    if len(y) == 0:
+        raise UserError(f"task {task}: no labels in the {split} split")
+    if n_pos == 0 or n_pos == len(y):
+        raise UserError(f"task {task}: the {split} split's {len(y)} labels are all {'positive' if n_pos else 'negative'}; a head needs both classes")
+
+
+def fit_logistic(x_train, y_train, x_tuning, y_tuning, seed: int, task: str):
+    """Logistic regression on standardised features; C chosen by tuning AUROC.
+
+    Falls back to 5-fold cross-validation on train when tuning lacks a class. Returns
+    (fitted pipeline, selection record).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import MaxAbsScaler, StandardScaler
+
+    require_two_classes(y_train, "train", task)
+    sparse = hasattr(x_train, "tocsr")
+
+    def make(c):
+        scaler = MaxAbsScaler() if sparse else StandardScaler()
+        return make_pipeline(scaler, LogisticRegression(C=c, max_iter=2000, random_state=seed))
+
+    scores = {}
+    tuning_ok = len(y_tuning) > 0 and 0 < int(y_tuning.sum()) < len(y_tuning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence chatter at tiny C
+        for c in C_GRID:
+            if tuning_ok:
+                scores[c] = float(roc_auc_score(y_tuning, make(c).fit(x_train, y_train).predict_proba(x_tuning)[:, 1]))
+            else:
+                folds = StratifiedKFold(n_splits=min(5, int(min(y_train.sum(), len(y_train) - y_train.sum()))), shuffle=True, random_state=seed)
+                aucs = []
+                for tr, va in folds.split(np.zeros(len(y_train)), y_train):
+                    p = make(c).fit(x_train[tr], y_train[tr]).predict_proba(x_train[va])[:, 1]
+                    aucs.append(roc_auc_score(y_train[va], p))
+                scores[c] = float(np.mean(aucs))
+        best = max(C_GRID, key=lambda c: (scores[c], -c))  # ties -> stronger regularisation
+        model = make(best).fit(x_train, y_train)
+    record = {"C": best, "selected_on": "tuning" if tuning_ok else "train 5-fold CV", "auroc_by_C": {str(c): s for c, s in scores.items()}}
+    return model, record
+
+
+def write_head_outputs(out: str | os.PathLike, overwrite: bool, config, metrics: dict, predictions: pl.DataFrame, extra: dict | None = None) -> Path:
+    """OUT/metrics.json (metrics + config), OUT/predictions.parquet, OUT/config.json, atomically."""
+    from ehrfm.io import atomic_dir, write_json
+
+    cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        write_json(tmp / "metrics.json", {**metrics, **(extra or {}), "config": cfg})
+        write_json(tmp / "config.json", cfg)
+        predictions.write_parquet(tmp / "predictions.parquet")
+    return Path(out)
+
+
+def check_out(out, overwrite: bool) -> None:
+    """Refuse an existing output before hours of work, not after."""
+    if Path(out).exists() and not overwrite:
+        raise UserError(f"output {out} already exists; pass --overwrite to replace it")
