@@ -1,12 +1,88 @@
-"""CLI for this stage (placeholder until the stage lands)."""
+"""`ehrfm fit` and `ehrfm recommend`: thin wrappers over analysis.fit and analysis.recommend."""
 
-from ehrfm.errors import UserError
+from __future__ import annotations
+
+import argparse
 
 
-def _todo(args):
-    raise UserError(f"{args.command} is not implemented yet")
+def _approaches(text: str) -> tuple[int, ...]:
+    try:
+        out = tuple(sorted({int(t) for t in text.split(",") if t.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a list like 1,2,3 (got {text!r})") from None
+    if not out or not set(out) <= {1, 2, 3}:
+        raise argparse.ArgumentTypeError(f"approaches are 1, 2 and 3 (got {text!r})")
+    return out
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number like 1e18 (got {text!r})") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 (got {text!r})")
+    return v
+
+
+def _fit(args) -> int:
+    import warnings
+
+    from analysis.fit import FitConfig, FitWarning, fit_results, format_fit_table, write_fits
+    from analysis.table import load_results
+    from ehrfm.io import summary
+
+    cfg = FitConfig(approaches=args.approach, bootstrap=args.bootstrap, seed=args.seed, require_interior=not args.keep_exterior)
+    results = load_results(args.results)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitWarning)  # printed below, once, as part of the table
+        fit = fit_results(results, config=cfg)
+    write_fits(fit, args.out, results=results, overwrite=args.overwrite, plots=not args.no_plots)
+    print(format_fit_table(fit))
+    parts = [f"approach {k}" for k in cfg.approaches]
+    summary(f"fit: {fit.n_fitted} runs ({len(fit.excluded)} excluded), {', '.join(parts)}, {cfg.bootstrap} bootstrap replicates -> {args.out}")
+    return 0
+
+
+def _recommend(args) -> int:
+    import json
+
+    from analysis.recommend import format_recommendation, recommend
+    from ehrfm.io import _to_jsonable
+
+    rec = recommend(args.fit, args.flops, unique_tokens=args.unique_tokens, approach=args.approach,
+                    vocab_size=args.vocab_size, context=args.context)
+    if args.json:
+        from analysis.fit import _finite_json
+
+        print(json.dumps(_finite_json(_to_jsonable(rec)), indent=2))
+    else:
+        print(format_recommendation(rec))
+    return 0
 
 
 def register(sub):
-    sub.add_parser("fit", help="(not yet implemented)").set_defaults(func=_todo)
-    sub.add_parser("recommend", help="(not yet implemented)").set_defaults(func=_todo)
+    p = sub.add_parser("fit", help="fit scaling laws (Approaches 1-3, utility) to a results table, with bootstrap intervals and plots",
+                       description="Fit IsoFLOP parabolas, power laws and the parametric law L(N, D) to a results table "
+                                   "(parquet or CSV with n_params, tokens, loss); writes OUT/fits.json, fits.md, plots.")
+    p.add_argument("results", help="results table (.parquet or .csv), e.g. SWEEP/results.parquet")
+    p.add_argument("--out", required=True, help="fit directory to write")
+    p.add_argument("--approach", type=_approaches, default=(1, 2, 3), help="approaches to fit, e.g. 2,3 (default 1,2,3)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for the intervals (default 1000; 0: none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    p.add_argument("--keep-exterior", action="store_true", help="keep IsoFLOP minima outside the sampled sizes in the power laws")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG/PDF plots")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=_fit)
+
+    r = sub.add_parser("recommend", help="compute-optimal model size, tokens, shape, loss and utility for a FLOP budget",
+                       description="From a fit directory, what a budget of C FLOPs should buy, with intervals.")
+    r.add_argument("fit", help="fit directory written by `ehrfm fit`")
+    r.add_argument("--flops", type=_positive_float, required=True, help="compute budget C in FLOPs, e.g. 1e18")
+    r.add_argument("--unique-tokens", type=_positive_float, default=None,
+                   help="unique training tokens available (default: the results table's unique_tokens, if any)")
+    r.add_argument("--approach", type=int, choices=(1, 2, 3), default=None, help="approach for the headline (default 3, else 2, else 1)")
+    r.add_argument("--vocab-size", type=int, default=None, help="vocabulary size for the model shape (default: from the results table)")
+    r.add_argument("--context", type=int, default=None, help="context length for the model shape (default: from the results table)")
+    r.add_argument("--json", action="store_true", help="print the recommendation as JSON")
+    r.set_defaults(func=_recommend)

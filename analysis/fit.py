@@ -1,0 +1,651 @@
+"""Scaling-law fits of a results table: Approaches 1, 2 and 3 of Hoffmann et al. (2022), clinical
+utility against compute, and bootstrap intervals for every fitted quantity.
+
+    fit = fit_results("sweep/results.parquet", approaches=(1, 2, 3), bootstrap=1000, seed=0)
+    fit.approach2.a, fit.approach2.a_ci        # exponent of N_opt in C and its 95% interval
+    write_fits(fit, "fit/")                    # fits.json, fit_config.json, bootstrap.parquet, runs.parquet
+    print(format_fit_table(fit))               # markdown
+
+Conventions: C is the table's `flops` (6 N D when absent); N is non-embedding parameters; D is
+training tokens; losses are held-out nats/token. Intervals are percentile bootstrap intervals
+over replicates that resample runs (Approach 2: runs within each IsoFLOP budget).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from analysis import parametric
+from analysis.laws import R_STAR_DATA, effective_tokens, fit_power_law, percentile_ci
+from analysis.table import Results, load_results
+from ehrfm.errors import UserError
+
+
+@dataclass
+class FitConfig:
+    """Everything that decides a fit; saved as fit_config.json beside fits.json."""
+
+    approaches: tuple[int, ...] = (1, 2, 3)
+    bootstrap: int = 1000  # replicates; 0 turns intervals off (they are then [nan, nan])
+    seed: int = 0
+    confidence: float = 0.95
+    huber_delta: float = parametric.HUBER_DELTA
+    # Approach 3 bootstrap refits start from the full-grid optimum and the next best distinct grid
+    # optima (not the whole 4,500-point grid again): replicates are small perturbations of the data.
+    bootstrap_starts: int = 4
+    min_points_per_budget: int = 3
+    # A parabola whose minimum lies outside the sampled N range is an extrapolation: report it,
+    # leave it out of the power laws (set False to keep it).
+    require_interior: bool = True
+    r_star: float = R_STAR_DATA
+
+
+class FitWarning(UserWarning):
+    """A budget or task left out of a fit, or another result the user should look at."""
+
+
+@dataclass
+class BudgetFit:
+    """Approach 2 for one IsoFLOP budget: loss = c0 + c1 x + c2 x^2 with x = ln N."""
+
+    budget: float
+    n_points: int
+    used: bool
+    reason: str  # why it was left out ("" when used)
+    n_opt: float = float("nan")
+    n_opt_ci: list[float] = field(default_factory=lambda: [float("nan")] * 2)
+    d_opt: float = float("nan")
+    d_opt_ci: list[float] = field(default_factory=lambda: [float("nan")] * 2)
+    loss_min: float = float("nan")
+    loss_min_ci: list[float] = field(default_factory=lambda: [float("nan")] * 2)
+    curvature: float = float("nan")  # d^2 loss / d(ln N)^2, nats per (ln N)^2
+    curvature_ci: list[float] = field(default_factory=lambda: [float("nan")] * 2)
+    r2: float = float("nan")
+    interior: bool = False
+    coef: list[float] = field(default_factory=list)  # c0, c1, c2
+    log_n_range: list[float] = field(default_factory=list)  # sampled [min, max] of ln N
+    d_line: list[float] = field(default_factory=list)  # ln D = d_line[0] + d_line[1] ln N within the budget
+
+
+@dataclass
+class Approach1:
+    """Lower envelope: per budget the lowest-loss run, kept when it beats every cheaper budget."""
+
+    a: float
+    a_ci: list[float]
+    b: float
+    b_ci: list[float]
+    n_coef: float  # N_opt = n_coef * C^a
+    n_coef_ci: list[float]
+    d_coef: float  # D_opt = d_coef * C^b
+    d_coef_ci: list[float]
+    loss_coef: float  # envelope loss = loss_coef * C^loss_exponent
+    loss_coef_ci: list[float]
+    loss_exponent: float
+    loss_exponent_ci: list[float]
+    n_points: int
+    points: list[dict]  # run_id, budget, flops, n_params, tokens, loss
+
+    def n_opt(self, c):
+        return self.n_coef * np.asarray(c, dtype=float) ** self.a
+
+    def d_opt(self, c):
+        return self.d_coef * np.asarray(c, dtype=float) ** self.b
+
+    def loss(self, c):
+        return self.loss_coef * np.asarray(c, dtype=float) ** self.loss_exponent
+
+
+@dataclass
+class Approach2:
+    """IsoFLOP parabolas and the power laws through their minima."""
+
+    a: float
+    a_ci: list[float]
+    b: float
+    b_ci: list[float]
+    n_coef: float
+    n_coef_ci: list[float]
+    d_coef: float
+    d_coef_ci: list[float]
+    loss_coef: float  # L_min = loss_coef * C^loss_exponent
+    loss_coef_ci: list[float]
+    loss_exponent: float
+    loss_exponent_ci: list[float]
+    r2_n: float
+    r2_d: float
+    n_budgets_used: int
+    budgets: list[BudgetFit]
+
+    n_opt = Approach1.n_opt
+    d_opt = Approach1.d_opt
+    loss = Approach1.loss
+
+
+@dataclass
+class Approach3:
+    """L(N, D) = E + A / N^alpha + B / D^beta, and its compute-optimal frontier for C = k N D."""
+
+    E: float
+    E_ci: list[float]
+    A: float
+    A_ci: list[float]
+    B: float
+    B_ci: list[float]
+    alpha: float
+    alpha_ci: list[float]
+    beta: float
+    beta_ci: list[float]
+    a: float  # beta / (alpha + beta)
+    a_ci: list[float]
+    b: float  # alpha / (alpha + beta)
+    b_ci: list[float]
+    G: float  # N_opt = G (C / k)^a, D_opt = (C / k)^b / G
+    G_ci: list[float]
+    flops_per_param_token: float  # k: the table's median flops / (N D); 6 when flops were absent
+    huber_delta: float
+    objective: float  # sum of Huber / delta at the optimum
+    rmse_log_loss: float  # root mean squared residual of ln L
+    n_points: int
+    n_starts: int
+    effective_data: bool  # fitted on Muennighoff effective tokens D' (multi-epoch runs present)
+    r_star: float | None
+
+    def loss(self, n, d):
+        n, d = np.asarray(n, dtype=float), np.asarray(d, dtype=float)
+        return self.E + self.A / n**self.alpha + self.B / d**self.beta
+
+    def n_opt(self, c):
+        return self.G * (np.asarray(c, dtype=float) / self.flops_per_param_token) ** self.a
+
+    def d_opt(self, c):
+        return (np.asarray(c, dtype=float) / self.flops_per_param_token) ** self.b / self.G
+
+
+@dataclass
+class UtilityFit:
+    """(1 - metric) = coef * C^exponent through the loss-optimal run of each budget."""
+
+    metric: str  # the column, e.g. "auroc/mortality"
+    coef: float
+    coef_ci: list[float]
+    exponent: float
+    exponent_ci: list[float]
+    r2: float
+    n_points: int
+    points: list[dict]  # budget, flops, run_id, value
+
+    def predict(self, c):
+        return 1.0 - self.coef * np.asarray(c, dtype=float) ** self.exponent
+
+
+@dataclass
+class FitResult:
+    approach1: Approach1 | None
+    approach2: Approach2 | None
+    approach3: Approach3 | None
+    utility: dict[str, UtilityFit]
+    n_runs: int  # rows in the table
+    n_fitted: int  # completed runs used
+    excluded: list[dict]  # {"run_id", "reason"}: runs not fitted
+    warnings: list[str]
+    inputs: dict  # source, budgets, unique tokens, vocab_size, context, ...
+    config: FitConfig
+    # Bootstrap draws per quantity ("approach3/alpha" -> (R,)), for intervals of predictions.
+    draws: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def to_json(self) -> dict:
+        out = {}
+        for name in ("approach1", "approach2", "approach3"):
+            part = getattr(self, name)
+            if part is not None:
+                out[name] = dataclasses.asdict(part)
+        out["utility"] = {k.split("/", 1)[1] if k.startswith("auroc/") else k: dataclasses.asdict(v) for k, v in self.utility.items()}
+        out.update(n_runs=self.n_runs, n_fitted=self.n_fitted, excluded=self.excluded, warnings=self.warnings, inputs=self.inputs)
+        return _finite_json(out)
+
+
+def _finite_json(obj):
+    """NaN is not JSON: write null instead."""
+    if isinstance(obj, dict):
+        return {k: _finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_json(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# Approach 1
+
+
+def _envelope(res: Results, mask: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the lower-envelope runs: the lowest-loss run of each budget, kept when its loss
+    is below that of every cheaper budget's best run."""
+    idx = np.arange(res.n) if mask is None else np.flatnonzero(mask)
+    best = []
+    for bud in np.unique(res.budget[idx]):
+        members = idx[res.budget[idx] == bud]
+        best.append(members[np.argmin(res.loss[members])])
+    best.sort(key=lambda i: res.budget[i])
+    kept, lowest = [], np.inf
+    for i in best:
+        if res.loss[i] < lowest:
+            kept.append(i)
+            lowest = res.loss[i]
+    return np.array(kept, dtype=int)
+
+
+def _approach1_laws(res: Results, env: np.ndarray) -> np.ndarray:
+    c = res.flops[env]
+    n_coef, a, _ = fit_power_law(c, res.n_params[env])
+    d_coef, b, _ = fit_power_law(c, res.tokens[env])
+    l_coef, l_exp, _ = fit_power_law(c, res.loss[env])
+    return np.array([a, b, n_coef, d_coef, l_coef, l_exp])
+
+
+A12_KEYS = ("a", "b", "n_coef", "d_coef", "loss_coef", "loss_exponent")
+
+
+def fit_approach1(res: Results, counts: np.ndarray | None, cfg: FitConfig):
+    env = _envelope(res)
+    if env.size < 2:
+        raise UserError(
+            f"Approach 1 needs the lower envelope to span >= 2 budgets; {res.source} gives {env.size} "
+            f"(losses do not fall with compute across budgets); drop it with --approach 2,3"
+        )
+    point = _approach1_laws(res, env)
+    draws = np.full((0 if counts is None else len(counts), 6), np.nan)
+    for r in range(len(draws)):
+        e = _envelope(res, counts[r] > 0)
+        if e.size >= 2 and np.unique(res.flops[e]).size >= 2:
+            draws[r] = _approach1_laws(res, e)
+    ci = {k: percentile_ci(draws[:, j], cfg.confidence) for j, k in enumerate(A12_KEYS)}
+    points = [
+        dict(run_id=str(res.run_id[i]), budget=float(res.budget[i]), flops=float(res.flops[i]),
+             n_params=float(res.n_params[i]), tokens=float(res.tokens[i]), loss=float(res.loss[i]))
+        for i in env
+    ]
+    fit = Approach1(
+        **{k: float(point[j]) for j, k in enumerate(A12_KEYS)}, **{f"{k}_ci": ci[k] for k in A12_KEYS},
+        n_points=int(env.size), points=points,
+    )
+    return fit, {f"approach1/{k}": draws[:, j] for j, k in enumerate(A12_KEYS)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Approach 2
+
+
+def _parabolas(x, y, w):
+    """Weighted least-squares parabolas y = c0 + c1 x + c2 x^2 for each row of weights w (R, P)."""
+    X = np.stack([np.ones_like(x), x, x * x], axis=1)
+    xtwx = np.einsum("rp,pi,pj->rij", w, X, X)
+    xtwy = np.einsum("rp,pi,p->ri", w, X, y)
+    ok = np.linalg.matrix_rank(xtwx) == 3
+    coef = np.full((w.shape[0], 3), np.nan)
+    if ok.any():
+        coef[ok] = np.linalg.solve(xtwx[ok], xtwy[ok][..., None])[..., 0]
+    return coef
+
+
+def _budget_points(res: Results, members: np.ndarray, coef: np.ndarray, w: np.ndarray):
+    """Vertex of each parabola: (n_opt, d_opt, loss_min, curvature); NaN where not convex."""
+    c0, c1, c2 = coef.T
+    convex = c2 > 0
+    x_opt = np.where(convex, -c1 / np.where(convex, 2 * c2, 1.0), np.nan)
+    # D at the optimum from the budget's own ln D ~ ln N line (exactly C / (6 N) when C = 6 N D,
+    # and right too when flops also count embeddings and attention).
+    x, ld = np.log(res.n_params[members]), np.log(res.tokens[members])
+    wm = w / w.sum(axis=1, keepdims=True)
+    xm, lm = wm @ x, wm @ ld
+    slope = (wm * (x - xm[:, None]) * (ld - lm[:, None])).sum(1) / np.maximum((wm * (x - xm[:, None]) ** 2).sum(1), 1e-300)
+    ld_opt = lm + slope * (x_opt - xm)
+    loss_min = c0 + c1 * x_opt + c2 * x_opt**2
+    return np.exp(x_opt), np.exp(ld_opt), loss_min, np.where(convex, 2 * c2, np.nan), np.stack([lm - slope * xm, slope], 1)
+
+
+def fit_approach2(res: Results, rng: np.random.Generator, cfg: FitConfig, warn):
+    budgets = np.unique(res.budget)
+    R = cfg.bootstrap
+    fits: list[BudgetFit] = []
+    per_budget_draws = []  # (R, 3): n_opt, d_opt, loss_min per budget
+    for bud in budgets:
+        members = np.flatnonzero(res.budget == bud)
+        x, y = np.log(res.n_params[members]), res.loss[members]
+        n_distinct = np.unique(np.round(x, 9)).size
+        bf = BudgetFit(budget=float(bud), n_points=int(members.size), used=False, reason="")
+        if n_distinct < cfg.min_points_per_budget:
+            bf.reason = f"{n_distinct} distinct model size(s) (a parabola needs >= {cfg.min_points_per_budget})"
+            fits.append(bf)
+            per_budget_draws.append(None)
+            continue
+        coef = _parabolas(x, y, np.ones((1, members.size)))[0]
+        n_opt, d_opt, loss_min, curv, dline = (v[0] for v in _budget_points(res, members, coef[None], np.ones((1, members.size))))
+        pred = coef[0] + coef[1] * x + coef[2] * x * x
+        ss_tot = np.sum((y - y.mean()) ** 2)
+        bf.r2 = float(1 - np.sum((y - pred) ** 2) / ss_tot) if ss_tot > 0 else 1.0
+        bf.coef = [float(c) for c in coef]
+        bf.log_n_range = [float(x.min()), float(x.max())]
+        bf.d_line = [float(v) for v in dline]
+        if not coef[2] > 0:
+            bf.reason = "concave parabola (no minimum: loss does not turn up at either end)"
+            fits.append(bf)
+            per_budget_draws.append(None)
+            continue
+        bf.n_opt, bf.d_opt, bf.loss_min, bf.curvature = float(n_opt), float(d_opt), float(loss_min), float(curv)
+        bf.interior = bool(x.min() <= math.log(n_opt) <= x.max())
+        if not bf.interior and cfg.require_interior:
+            bf.reason = "minimum outside the sampled model sizes (extrapolated)"
+        else:
+            bf.used = True
+        # Bootstrap: resample this budget's runs with replacement.
+        if R:
+            counts = rng.multinomial(members.size, np.full(members.size, 1.0 / members.size), size=R).astype(float)
+            bcoef = _parabolas(x, y, counts)
+            few = (counts > 0).sum(1) < 3
+            bcoef[few] = np.nan
+            bn, bd, bl, bc, _ = _budget_points(res, members, bcoef, counts)
+            bf.n_opt_ci, bf.d_opt_ci = percentile_ci(bn, cfg.confidence), percentile_ci(bd, cfg.confidence)
+            bf.loss_min_ci, bf.curvature_ci = percentile_ci(bl, cfg.confidence), percentile_ci(bc, cfg.confidence)
+            per_budget_draws.append(np.stack([bn, bd, bl], 1))
+        else:
+            per_budget_draws.append(None)
+        fits.append(bf)
+
+    for bf in fits:
+        if not bf.used:
+            warn(f"Approach 2: budget {bf.budget:.3g} FLOPs left out of the power laws: {bf.reason}")
+    used = [i for i, bf in enumerate(fits) if bf.used]
+    if len(used) < 2:
+        reasons = "; ".join(f"{bf.budget:.3g}: {bf.reason}" for bf in fits if not bf.used)
+        raise UserError(
+            f"Approach 2 needs >= 2 usable IsoFLOP budgets; {res.source} has {len(used)} of {len(fits)}"
+            + (f" ({reasons})" if reasons else "")
+        )
+    c = np.array([fits[i].budget for i in used])
+    n = np.array([fits[i].n_opt for i in used])
+    d = np.array([fits[i].d_opt for i in used])
+    lmin = np.array([fits[i].loss_min for i in used])
+    n_coef, a, r2_n = fit_power_law(c, n)
+    d_coef, b, r2_d = fit_power_law(c, d)
+    l_coef, l_exp, _ = fit_power_law(c, lmin)
+    point = np.array([a, b, n_coef, d_coef, l_coef, l_exp])
+
+    draws = np.full((R, 6), np.nan)
+    if R:
+        stack = np.stack([per_budget_draws[i] for i in used], 1)  # (R, budgets, 3)
+        for r in range(R):
+            ok = np.all(np.isfinite(stack[r]) & (stack[r] > 0), axis=1)
+            if ok.sum() >= 2:
+                nc, aa, _ = fit_power_law(c[ok], stack[r, ok, 0])
+                dc, bb, _ = fit_power_law(c[ok], stack[r, ok, 1])
+                lc, le, _ = fit_power_law(c[ok], stack[r, ok, 2])
+                draws[r] = [aa, bb, nc, dc, lc, le]
+    ci = {k: percentile_ci(draws[:, j], cfg.confidence) for j, k in enumerate(A12_KEYS)}
+    fit = Approach2(
+        **{k: float(point[j]) for j, k in enumerate(A12_KEYS)}, **{f"{k}_ci": ci[k] for k in A12_KEYS},
+        r2_n=r2_n, r2_d=r2_d, n_budgets_used=len(used), budgets=fits,
+    )
+    return fit, {f"approach2/{k}": draws[:, j] for j, k in enumerate(A12_KEYS)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Approach 3
+
+A3_KEYS = ("E", "A", "B", "alpha", "beta", "a", "b", "G")
+
+
+def _a3_derived(theta: np.ndarray) -> np.ndarray:
+    """(R, 5) thetas -> (R, 8) in A3_KEYS order."""
+    p = parametric.theta_to_params(np.atleast_2d(theta))
+    al, be = p["alpha"], p["beta"]
+    with np.errstate(all="ignore"):
+        G = (al * p["A"] / (be * p["B"])) ** (1.0 / (al + be))
+        return np.stack([p["E"], p["A"], p["B"], al, be, be / (al + be), al / (al + be), G], 1)
+
+
+def fit_approach3(res: Results, counts: np.ndarray | None, cfg: FitConfig):
+    if res.n < 5:
+        raise UserError(f"Approach 3 fits 5 parameters; {res.source} has {res.n} completed runs; drop it with --approach 1,2")
+    data = res.tokens
+    effective = res.multi_epoch and res.unique_tokens is not None
+    if effective:
+        data = np.where(np.isfinite(res.unique_tokens), effective_tokens(res.tokens, res.unique_tokens, cfg.r_star), res.tokens)
+    best = parametric.fit_parametric(res.n_params, data, res.loss, delta=cfg.huber_delta)
+    point = _a3_derived(np.array(best.theta))[0]
+    draws = np.full((0 if counts is None else len(counts), 8), np.nan)
+    if counts is not None and len(counts):
+        starts = best.local_optima[: cfg.bootstrap_starts]
+        thetas = parametric.bootstrap_parametric(res.n_params, data, res.loss, counts, starts, cfg.huber_delta)
+        draws = _a3_derived(thetas)
+    ci = {k: percentile_ci(draws[:, j], cfg.confidence) for j, k in enumerate(A3_KEYS)}
+    resid = np.log(best.loss(res.n_params, data)) - np.log(res.loss)
+    fit = Approach3(
+        **{k: float(point[j]) for j, k in enumerate(A3_KEYS)}, **{f"{k}_ci": ci[k] for k in A3_KEYS},
+        flops_per_param_token=float(np.median(res.flops / (res.n_params * res.tokens))),
+        huber_delta=cfg.huber_delta, objective=best.objective, rmse_log_loss=float(np.sqrt(np.mean(resid**2))),
+        n_points=res.n, n_starts=best.n_starts, effective_data=bool(effective), r_star=cfg.r_star if effective else None,
+    )
+    return fit, {f"approach3/{k}": draws[:, j] for j, k in enumerate(A3_KEYS)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Utility
+
+
+def _utility_points(res: Results, metric: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """The loss-optimal run of each budget that has the metric (the model the laws recommend)."""
+    idx = np.arange(res.n) if mask is None else np.flatnonzero(mask)
+    idx = idx[np.isfinite(metric[idx])]
+    out = []
+    for bud in np.unique(res.budget[idx]):
+        members = idx[res.budget[idx] == bud]
+        out.append(members[np.argmin(res.loss[members])])
+    return np.array(sorted(out, key=lambda i: res.budget[i]), dtype=int)
+
+
+def fit_utility(res: Results, counts: np.ndarray | None, cfg: FitConfig, warn):
+    fits, draws_out = {}, {}
+    for col, metric in res.utility.items():
+        if not col.startswith("auroc/"):
+            continue  # AUPRC's floor is the prevalence, not 0: no clean power law; reported by the heads
+        pts = _utility_points(res, metric)
+        err = 1.0 - metric[pts]
+        if pts.size < 2 or not np.all(err > 0):
+            warn(f"utility {col}: {pts.size} budget(s) with a value{' (AUROC of 1)' if np.any(err <= 0) else ''}; no law fitted")
+            continue
+        coef, exponent, r2 = fit_power_law(res.budget[pts], err)
+        draws = np.full((0 if counts is None else len(counts), 2), np.nan)
+        for r in range(len(draws)):
+            p = _utility_points(res, metric, counts[r] > 0)
+            e = 1.0 - metric[p]
+            if p.size >= 2 and np.all(e > 0):
+                c, x, _ = fit_power_law(res.budget[p], e)
+                draws[r] = [c, x]
+        fits[col] = UtilityFit(
+            metric=col, coef=coef, coef_ci=percentile_ci(draws[:, 0], cfg.confidence), exponent=exponent,
+            exponent_ci=percentile_ci(draws[:, 1], cfg.confidence), r2=r2, n_points=int(pts.size),
+            points=[dict(budget=float(res.budget[i]), flops=float(res.flops[i]), run_id=str(res.run_id[i]), value=float(metric[i])) for i in pts],
+        )
+        draws_out[f"utility/{col}/coef"], draws_out[f"utility/{col}/exponent"] = draws[:, 0], draws[:, 1]
+    return fits, draws_out
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def fit_results(table, approaches=(1, 2, 3), bootstrap: int = 1000, seed: int = 0, config: FitConfig | None = None) -> FitResult:
+    """Fit every requested approach (and utility laws) to a results table (path or polars frame).
+
+    Left-out budgets and tasks are listed in `FitResult.warnings` and also emitted as FitWarning.
+    Raises UserError for bad tables and for a requested approach the data cannot support.
+    """
+    cfg = config or FitConfig(approaches=tuple(approaches), bootstrap=int(bootstrap), seed=int(seed))
+    if not set(cfg.approaches) <= {1, 2, 3} or not cfg.approaches:
+        raise UserError(f"approaches must be a subset of 1,2,3 (got {','.join(map(str, cfg.approaches))})")
+    if cfg.bootstrap < 0:
+        raise UserError(f"bootstrap must be >= 0 (got {cfg.bootstrap})")
+    res = table if isinstance(table, Results) else load_results(table)
+    notes: list[str] = []
+
+    def warn(msg: str):
+        notes.append(msg)
+        warnings.warn(msg, FitWarning, stacklevel=3)
+
+    # One stream of random numbers, drawn in a fixed order: the seed fixes every interval.
+    rng = np.random.default_rng(cfg.seed)
+    counts = rng.multinomial(res.n, np.full(res.n, 1.0 / res.n), size=cfg.bootstrap).astype(float) if cfg.bootstrap else None
+    rng2 = np.random.default_rng([cfg.seed, 2])
+    draws: dict[str, np.ndarray] = {}
+    a1 = a2 = a3 = None
+    if 1 in cfg.approaches:
+        a1, d = fit_approach1(res, counts, cfg)
+        draws.update(d)
+    if 2 in cfg.approaches:
+        a2, d = fit_approach2(res, rng2, cfg, warn)
+        draws.update(d)
+    if 3 in cfg.approaches:
+        a3, d = fit_approach3(res, counts, cfg)
+        draws.update(d)
+    util, d = fit_utility(res, counts, cfg, warn)
+    draws.update(d)
+    if cfg.bootstrap:
+        for key, v in draws.items():
+            bad = int((~np.isfinite(v)).sum())
+            if bad > 0.05 * cfg.bootstrap:
+                warn(f"{key}: {bad} of {cfg.bootstrap} bootstrap replicates could not be fitted; its interval uses the rest")
+    budgets = np.unique(res.budget)
+    unique = res.unique_tokens[np.isfinite(res.unique_tokens)] if res.unique_tokens is not None else np.array([])
+    inputs = dict(
+        source=res.source, budgets=[float(b) for b in budgets], min_budget=float(budgets.min()), max_budget=float(budgets.max()),
+        unique_tokens=float(unique.max()) if unique.size else None, multi_epoch=res.multi_epoch,
+        max_epochs=float(np.nanmax(res.epochs)) if res.epochs is not None and np.isfinite(res.epochs).any() else None,
+        vocab_size=res.vocab_size, context=res.context, utility_columns=sorted(res.utility),
+    )
+    return FitResult(
+        approach1=a1, approach2=a2, approach3=a3, utility=util, n_runs=res.n_rows, n_fitted=res.n,
+        excluded=res.excluded, warnings=notes, inputs=inputs, config=cfg, draws=draws,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def write_fits(fit: FitResult, out: str | Path, results: Results | None = None, overwrite: bool = False, plots: bool = True) -> Path:
+    """Write FIT/: fits.json, fit_config.json, fits.md, bootstrap.parquet, runs.parquet (the
+    checked runs, when `results` is given) and the plots; atomically."""
+    import polars as pl
+
+    from ehrfm.io import atomic_dir, atomic_file, write_json
+
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        write_json(tmp / "fits.json", fit.to_json())
+        write_json(tmp / "fit_config.json", dataclasses.asdict(fit.config) | {"grid": {
+            "alpha": parametric.GRID_ALPHA, "beta": parametric.GRID_BETA, "e": parametric.GRID_E,
+            "a": parametric.GRID_A, "b": parametric.GRID_B}, "interval": "percentile bootstrap"})
+        with atomic_file(tmp / "fits.md") as f:
+            f.write(format_fit_table(fit) + "\n")
+        if fit.draws:
+            pl.DataFrame({k: np.asarray(v, dtype=float) for k, v in fit.draws.items()}).write_parquet(tmp / "bootstrap.parquet")
+        if results is not None:
+            runs_frame(results).write_parquet(tmp / "runs.parquet")
+            if plots:
+                from analysis.plots import make_plots
+
+                make_plots(fit, results, tmp)
+    return Path(out)
+
+
+def runs_frame(res: Results):
+    import polars as pl
+
+    cols = dict(run_id=res.run_id, budget=res.budget, n_params=res.n_params, tokens=res.tokens, flops=res.flops, loss=res.loss)
+    cols.update({k: v for k, v in res.utility.items()})
+    if res.unique_tokens is not None:
+        cols["unique_tokens"] = res.unique_tokens
+    if res.epochs is not None:
+        cols["epochs"] = res.epochs
+    return pl.DataFrame(cols)
+
+
+def _ci(x, ci, fmt="{:.3g}") -> str:
+    if x is None or not np.isfinite(x):
+        return "n/a"
+    s = fmt.format(x)
+    if ci and all(v is not None and np.isfinite(v) for v in ci):
+        s += f" [{fmt.format(ci[0])}, {fmt.format(ci[1])}]"
+    return s
+
+
+def format_fit_table(fit: FitResult) -> str:
+    """A compact markdown summary: one row per approach, then per-budget and utility rows."""
+    pct = int(round(fit.config.confidence * 100))
+    lines = [
+        f"Fitted {fit.n_fitted} of {fit.n_runs} runs ({len(fit.excluded)} excluded); {pct}% bootstrap intervals, "
+        f"{fit.config.bootstrap} replicates, seed {fit.config.seed}.",
+        "",
+        "| approach | a (N_opt ~ C^a) | b (D_opt ~ C^b) | details |",
+        "|---|---|---|---|",
+    ]
+    if fit.approach1:
+        f = fit.approach1
+        lines.append(f"| 1 envelope | {_ci(f.a, f.a_ci)} | {_ci(f.b, f.b_ci)} | {f.n_points} envelope runs |")
+    if fit.approach2:
+        f = fit.approach2
+        lines.append(f"| 2 IsoFLOP | {_ci(f.a, f.a_ci)} | {_ci(f.b, f.b_ci)} | {f.n_budgets_used} of {len(f.budgets)} budgets; L_min ~ C^{f.loss_exponent:.3g} |")
+    if fit.approach3:
+        f = fit.approach3
+        lines.append(
+            f"| 3 parametric | {_ci(f.a, f.a_ci)} | {_ci(f.b, f.b_ci)} | E={_ci(f.E, f.E_ci)}, A={_ci(f.A, f.A_ci)}, "
+            f"B={_ci(f.B, f.B_ci)}, alpha={_ci(f.alpha, f.alpha_ci)}, beta={_ci(f.beta, f.beta_ci)} |"
+        )
+    if fit.approach2:
+        lines += ["", "| budget (FLOPs) | runs | N_opt | D_opt | L_min (nats/token) | R^2 | used |", "|---|---|---|---|---|---|---|"]
+        for bf in fit.approach2.budgets:
+            used = "yes" if bf.used else f"no: {bf.reason}"
+            lines.append(
+                f"| {bf.budget:.3g} | {bf.n_points} | {_ci(bf.n_opt, bf.n_opt_ci)} | {_ci(bf.d_opt, bf.d_opt_ci)} | "
+                f"{_ci(bf.loss_min, bf.loss_min_ci, '{:.4g}')} | {_ci(bf.r2, None)} | {used} |"
+            )
+    if fit.utility:
+        lines += ["", "| task | 1 - AUROC ~ C^k: k | budgets |", "|---|---|---|"]
+        for name, u in fit.utility.items():
+            lines.append(f"| {name} | {_ci(u.exponent, u.exponent_ci)} | {u.n_points} |")
+    for w in fit.warnings:
+        lines.append(f"\nWarning: {w}")
+    return "\n".join(lines)
+
+
+def load_fits(fit_dir: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """Read FIT/fits.json and its bootstrap draws (for the recommender and plots of a saved fit)."""
+    from ehrfm.io import read_json
+
+    fit_dir = Path(fit_dir)
+    if fit_dir.is_file():
+        fit_dir = fit_dir.parent
+    fits = read_json(fit_dir / "fits.json", what="fits file")
+    draws = {}
+    if (fit_dir / "bootstrap.parquet").is_file():
+        import polars as pl
+
+        frame = pl.read_parquet(fit_dir / "bootstrap.parquet")
+        draws = {c: frame[c].to_numpy() for c in frame.columns}
+    return fits, draws
+
+
+def dump(obj) -> str:
+    return json.dumps(_finite_json(obj))

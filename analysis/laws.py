@@ -1,0 +1,47 @@
+"""Small shared pieces of scaling-law algebra: power laws in compute, intervals, repeated data."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Muennighoff et al. 2023, "Scaling Data-Constrained Language Models", eq. 5 and table/fig. 3:
+# the fitted decay constant of the value of repeated tokens, R_D* = 15.4 (repeating more than
+# ~R_D* epochs adds little effective data). Used for multi-epoch runs and the recommender.
+R_STAR_DATA = 15.4
+
+
+def fit_power_law(c, y, weights=None) -> tuple[float, float, float]:
+    """Least squares in log-log: y = coef * c^exponent. Returns (coef, exponent, r2)."""
+    x, z = np.log(np.asarray(c, dtype=float)), np.log(np.asarray(y, dtype=float))
+    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=float)
+    xm, zm = np.average(x, weights=w), np.average(z, weights=w)
+    sxx = np.sum(w * (x - xm) ** 2)
+    if sxx <= 0:
+        return float("nan"), float("nan"), float("nan")
+    slope = np.sum(w * (x - xm) * (z - zm)) / sxx
+    intercept = zm - slope * xm
+    ss_res = np.sum(w * (z - intercept - slope * x) ** 2)
+    ss_tot = np.sum(w * (z - zm) ** 2)
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
+    return float(np.exp(intercept)), float(slope), float(r2)
+
+
+def percentile_ci(draws, confidence: float = 0.95) -> list[float]:
+    """Percentile bootstrap interval [lo, hi] over the finite draws ([nan, nan] when none)."""
+    d = np.asarray(draws, dtype=float)
+    d = d[np.isfinite(d)]
+    if d.size < 2:
+        return [float("nan"), float("nan")]
+    tail = 100 * (1 - confidence) / 2
+    lo, hi = np.percentile(d, [tail, 100 - tail])
+    return [float(lo), float(hi)]
+
+
+def effective_tokens(tokens, unique_tokens, r_star: float = R_STAR_DATA):
+    """Muennighoff et al. (2023) effective data D' = U + U R* (1 - exp(-R / R*)), where U is the
+    unique tokens seen and R = D / U - 1 the repetitions beyond the first epoch. D' = D for one epoch
+    or less, and D' -> U (1 + R*) as epochs -> infinity."""
+    d = np.asarray(tokens, dtype=float)
+    u = np.minimum(np.asarray(unique_tokens, dtype=float), d)
+    repeats = d / u - 1.0
+    return u + u * r_star * (1.0 - np.exp(-repeats / r_star))

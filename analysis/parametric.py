@@ -1,0 +1,254 @@
+"""Approach 3: the parametric loss L(N, D) = E + A / N^alpha + B / D^beta.
+
+Fitted exactly as Hoffmann et al. (2022, "Training Compute-Optimal Large Language Models",
+appendix D.2) and Besiroglu et al. (2024, "Chinchilla Scaling: A replication attempt") describe:
+
+    min over (a, b, e, alpha, beta) of  sum_i Huber_delta( LSE(a - alpha ln N_i, b - beta ln D_i, e) - ln L_i )
+
+with delta = 1e-3, A = exp(a), B = exp(b), E = exp(e), L-BFGS started from every point of the grid
+alpha, beta in {0, .5, 1, 1.5, 2}; e in {-1, -.5, 0, .5, 1}; a, b in {0, 5, 10, 15, 20, 25}
+(5 * 5 * 5 * 6 * 6 = 4,500 starts), keeping the best.
+
+Speed: instead of 4,500 separate scipy calls, all starts run at once as one batched L-BFGS in
+numpy (the objective and its analytic gradient are evaluated for every start in one
+(starts x points) array pass), then the best start is polished with scipy's L-BFGS-B. The same
+batched solver fits bootstrap replicates: a replicate is a weight (multiplicity) per point, so
+B replicates x k starts are again one batch. The objective is divided by the constant delta so
+that it is O(1) (the minimiser is unchanged; scipy's relative tolerances behave).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import minimize
+
+HUBER_DELTA = 1e-3
+
+# The Hoffmann et al. / Besiroglu et al. initialisation grid.
+GRID_ALPHA = (0.0, 0.5, 1.0, 1.5, 2.0)
+GRID_BETA = (0.0, 0.5, 1.0, 1.5, 2.0)
+GRID_E = (-1.0, -0.5, 0.0, 0.5, 1.0)
+GRID_A = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)
+GRID_B = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)
+
+PARAM_NAMES = ("a", "b", "e", "alpha", "beta")  # column order of every theta array here
+
+
+def init_grid() -> np.ndarray:
+    """The 4,500 starting points, shape (4500, 5) in PARAM_NAMES order."""
+    rows = itertools.product(GRID_A, GRID_B, GRID_E, GRID_ALPHA, GRID_BETA)
+    return np.array(list(rows), dtype=np.float64)
+
+
+def objective(theta, log_n, log_d, log_loss, weights=None, delta: float = HUBER_DELTA):
+    """Huber objective (divided by delta) and its analytic gradient, for a batch of parameters.
+
+    theta: (S, 5); log_n, log_d, log_loss: (P,); weights: None, (P,) or (S, P) point multiplicities.
+    Returns f: (S,), grad: (S, 5).
+    """
+    theta = np.atleast_2d(theta)
+    a, b, e, alpha, beta = (theta[:, i : i + 1] for i in range(5))
+    t1 = a - alpha * log_n  # ln(A / N^alpha)
+    t2 = b - beta * log_d  # ln(B / D^beta)
+    t3 = np.broadcast_to(e, t1.shape)
+    m = np.maximum(np.maximum(t1, t2), t3)
+    p1, p2, p3 = np.exp(t1 - m), np.exp(t2 - m), np.exp(t3 - m)
+    total = p1 + p2 + p3
+    lse = m + np.log(total)
+    r = lse - log_loss
+    abs_r = np.abs(r)
+    huber = np.where(abs_r <= delta, 0.5 * r * r, delta * (abs_r - 0.5 * delta)) / delta
+    psi = np.clip(r, -delta, delta) / delta  # d huber / d r
+    if weights is not None:
+        huber = huber * weights
+        psi = psi * weights
+    f = huber.sum(axis=1)
+    # d lse / d t_k is the softmax weight of term k.
+    w1, w2, w3 = psi * (p1 / total), psi * (p2 / total), psi * (p3 / total)
+    grad = np.stack(
+        [w1.sum(1), w2.sum(1), w3.sum(1), -(w1 * log_n).sum(1), -(w2 * log_d).sum(1)], axis=1
+    )
+    return f, grad
+
+
+def batched_lbfgs(fun, x0, max_iter: int = 1000, memory: int = 10, gtol: float = 1e-7, ftol: float = 1e-12):
+    """Minimise many independent problems at once with L-BFGS and a backtracking Armijo search.
+
+    fun(x, idx) -> (f, g) evaluates rows `idx` of the batch at x (shape (len(idx), n)).
+    Returns (x, f, n_iter) with x (S, n), f (S,). Each row stops on its own once its gradient
+    max-norm falls under gtol * max(1, |f|) or its relative decrease under ftol for 3 steps.
+    """
+    x = np.array(x0, dtype=np.float64)
+    S, n = x.shape
+    all_idx = np.arange(S)
+    f, g = fun(x, all_idx)
+    s_hist = np.zeros((S, memory, n))
+    y_hist = np.zeros((S, memory, n))
+    rho = np.zeros((S, memory))
+    n_hist = np.zeros(S, dtype=np.int64)  # valid pairs per row (ring buffer, newest at (n_hist-1) % memory)
+    stall = np.zeros(S, dtype=np.int64)
+    active = np.ones(S, dtype=bool)
+    n_iter = np.zeros(S, dtype=np.int64)
+    for it in range(max_iter):
+        idx = all_idx[active]
+        if idx.size == 0:
+            break
+        xa, fa, ga = x[idx], f[idx], g[idx]
+        # Two-loop recursion, vectorised over rows; rows with fewer pairs skip missing slots.
+        q = ga.copy()
+        k = n_hist[idx]
+        alphas = np.zeros((idx.size, memory))
+        for j in range(memory):
+            slot = (k - 1 - j) % memory
+            has = j < np.minimum(k, memory)
+            s_j = s_hist[idx, slot]
+            y_j = y_hist[idx, slot]
+            r_j = rho[idx, slot] * has
+            al = r_j * np.einsum("ij,ij->i", s_j, q)
+            alphas[:, j] = al
+            q -= al[:, None] * y_j
+        last = (k - 1) % memory
+        s_l, y_l = s_hist[idx, last], y_hist[idx, last]
+        yy = np.einsum("ij,ij->i", y_l, y_l)
+        gamma = np.where(k > 0, np.einsum("ij,ij->i", s_l, y_l) / np.where(yy > 0, yy, 1.0), 0.0)
+        # Before any curvature pair exists, take a step of unit length along -g (as scipy does).
+        gnorm = np.linalg.norm(ga, axis=1)
+        gamma = np.where(k > 0, gamma, 1.0 / np.maximum(gnorm, 1e-300))
+        q *= gamma[:, None]
+        for j in reversed(range(memory)):
+            slot = (k - 1 - j) % memory
+            has = j < np.minimum(k, memory)
+            r_j = rho[idx, slot] * has
+            be = r_j * np.einsum("ij,ij->i", y_hist[idx, slot], q)
+            q += s_hist[idx, slot] * (alphas[:, j] - be)[:, None]
+        direction = -q
+        slope = np.einsum("ij,ij->i", direction, ga)
+        bad = ~(slope < 0)  # not a descent direction: restart from steepest descent
+        if bad.any():
+            direction[bad] = -ga[bad] / np.maximum(gnorm[bad], 1e-300)[:, None]
+            slope[bad] = np.einsum("ij,ij->i", direction[bad], ga[bad])
+            n_hist[idx[bad]] = 0
+        # Backtracking line search, only the rows still failing Armijo are re-evaluated.
+        step = np.ones(idx.size)
+        x_new = xa + direction
+        f_new, g_new = fun(x_new, idx)
+        for _ in range(40):
+            fail = ~(f_new <= fa + 1e-4 * step * slope) | ~np.isfinite(f_new)
+            if not fail.any():
+                break
+            step[fail] *= 0.5
+            x_new[fail] = xa[fail] + step[fail, None] * direction[fail]
+            f_new[fail], g_new[fail] = fun(x_new[fail], idx[fail])
+        ok = np.isfinite(f_new) & (f_new <= fa)
+        s = np.where(ok[:, None], x_new - xa, 0.0)
+        y = np.where(ok[:, None], g_new - ga, 0.0)
+        sy = np.einsum("ij,ij->i", s, y)
+        store = ok & (sy > 1e-12 * np.linalg.norm(s, axis=1) * np.linalg.norm(y, axis=1))
+        slot = n_hist[idx] % memory
+        rows = idx[store]
+        s_hist[rows, slot[store]] = s[store]
+        y_hist[rows, slot[store]] = y[store]
+        rho[rows, slot[store]] = 1.0 / sy[store]
+        n_hist[rows] += 1
+        x[idx[ok]] = x_new[ok]
+        f_prev = fa
+        f[idx[ok]] = f_new[ok]
+        g[idx[ok]] = g_new[ok]
+        n_iter[idx] += 1
+        rel = (f_prev - f[idx]) / np.maximum(np.abs(f_prev), 1e-12)
+        stall[idx] = np.where(rel < ftol, stall[idx] + 1, 0)
+        converged = np.abs(g[idx]).max(axis=1) < gtol * np.maximum(1.0, np.abs(f[idx]))
+        active[idx] = ~(converged | (stall[idx] >= 3) | ~ok & (step < 1e-10))
+    return x, f, n_iter
+
+
+@dataclass
+class ParametricFit:
+    """The best Approach-3 fit. theta holds (a, b, e, alpha, beta)."""
+
+    E: float
+    A: float
+    B: float
+    alpha: float
+    beta: float
+    objective: float  # sum of Huber / delta at the optimum
+    n_points: int
+    n_starts: int
+    theta: list[float] = field(default_factory=list)
+    # Best distinct end points of the grid run (theta rows, best first): bootstrap refit starts.
+    local_optima: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def a(self) -> float:  # exponent of N_opt in C
+        return self.beta / (self.alpha + self.beta)
+
+    @property
+    def b(self) -> float:  # exponent of D_opt in C
+        return self.alpha / (self.alpha + self.beta)
+
+    def loss(self, n, d):
+        n, d = np.asarray(n, dtype=float), np.asarray(d, dtype=float)
+        return self.E + self.A / n**self.alpha + self.B / d**self.beta
+
+
+def theta_to_params(theta) -> dict:
+    a, b, e, alpha, beta = np.asarray(theta, dtype=float).T
+    return {"E": np.exp(e), "A": np.exp(a), "B": np.exp(b), "alpha": alpha, "beta": beta}
+
+
+def _polish(theta, log_n, log_d, log_loss, weights=None, delta=HUBER_DELTA):
+    def fun(t):
+        f, g = objective(t[None], log_n, log_d, log_loss, weights, delta)
+        return f[0], g[0]
+
+    res = minimize(fun, theta, jac=True, method="L-BFGS-B", options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-10})
+    return (res.x, res.fun) if res.fun <= fun(theta)[0] else (np.asarray(theta), fun(theta)[0])
+
+
+def fit_parametric(n_params, tokens, loss, starts: np.ndarray | None = None, delta: float = HUBER_DELTA) -> ParametricFit:
+    """Fit L(N, D) from every start of the grid (default: the full 4,500) and keep the best."""
+    log_n, log_d, log_loss = (np.log(np.asarray(v, dtype=np.float64)) for v in (n_params, tokens, loss))
+    if log_n.size < 5:
+        raise ValueError(f"the parametric law has 5 parameters; {log_n.size} points are too few")
+    starts = init_grid() if starts is None else np.atleast_2d(starts)
+
+    def fun(x, idx):
+        return objective(x, log_n, log_d, log_loss, None, delta)
+
+    x, f, _ = batched_lbfgs(fun, starts)
+    best = int(np.nanargmin(f))
+    theta, fbest = _polish(x[best], log_n, log_d, log_loss, None, delta)
+    p = theta_to_params(theta)
+    order = np.argsort(np.where(np.isfinite(f), f, np.inf))
+    optima = [theta]
+    for i in order:
+        if len(optima) >= 8:
+            break
+        if all(np.max(np.abs(x[i] - o)) > 1e-2 for o in optima):
+            optima.append(x[i])
+    return ParametricFit(
+        E=float(p["E"]), A=float(p["A"]), B=float(p["B"]), alpha=float(p["alpha"]), beta=float(p["beta"]),
+        objective=float(fbest), n_points=int(log_n.size), n_starts=int(len(starts)), theta=[float(t) for t in theta],
+        local_optima=np.array(optima),
+    )
+
+
+def bootstrap_parametric(n_params, tokens, loss, counts: np.ndarray, starts: np.ndarray, delta: float = HUBER_DELTA) -> np.ndarray:
+    """Refit each bootstrap replicate (a row of `counts`: how often each point was drawn) from
+    every row of `starts`, all as one batch; return the best theta per replicate, shape (R, 5)."""
+    log_n, log_d, log_loss = (np.log(np.asarray(v, dtype=np.float64)) for v in (n_params, tokens, loss))
+    counts = np.asarray(counts, dtype=np.float64)
+    R, K = counts.shape[0], len(starts)
+    weights = np.repeat(counts, K, axis=0)  # row r*K + k: replicate r, start k
+    x0 = np.tile(starts, (R, 1))
+
+    def fun(x, idx):
+        return objective(x, log_n, log_d, log_loss, weights[idx], delta)
+
+    x, f, _ = batched_lbfgs(fun, x0)
+    f = np.where(np.isfinite(f), f, np.inf).reshape(R, K)
+    best = f.argmin(axis=1)
+    return x.reshape(R, K, 5)[np.arange(R), best]

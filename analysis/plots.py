@@ -1,0 +1,233 @@
+"""Publication plots of a fit. Each `plot_*` draws on a given matplotlib Axes; `make_plots` writes
+them all as PNG and PDF.
+
+    fig, ax = plt.subplots()
+    plot_isoflops(ax, fit, results)      # fit: analysis.fit.FitResult, results: analysis.table.Results
+
+One colour per IsoFLOP budget (viridis, cheap to dear) across every figure; bands are the
+bootstrap intervals of the fitted laws.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from analysis.laws import percentile_ci
+
+APPROACH_STYLE = {1: dict(color="tab:gray", ls=":"), 2: dict(color="tab:red", ls="-"), 3: dict(color="tab:blue", ls="--")}
+APPROACH_LABEL = {1: "Approach 1 (envelope)", 2: "Approach 2 (IsoFLOP)", 3: "Approach 3 (parametric)"}
+
+
+def _results(results):
+    from analysis.table import Results, load_results
+
+    return results if isinstance(results, Results) else load_results(results)
+
+
+def budget_colors(budgets) -> dict[float, tuple]:
+    import matplotlib
+
+    budgets = sorted(set(float(b) for b in budgets))
+    cmap = matplotlib.colormaps["viridis"]
+    return {b: cmap(0.9 * i / max(1, len(budgets) - 1)) for i, b in enumerate(budgets)}
+
+
+def _sci(x: float) -> str:
+    exp = int(np.floor(np.log10(x)))
+    mant = x / 10**exp
+    return f"$10^{{{exp}}}$" if abs(mant - 1) < 0.05 else f"${mant:.2g}\\times10^{{{exp}}}$"
+
+
+def _band(ax, c, draws, style, conf):
+    """Shade the pointwise interval of a law evaluated per bootstrap draw (R, len(c))."""
+    if draws is None or not np.isfinite(draws).any():
+        return
+    lo, hi = np.array([percentile_ci(draws[:, j], conf) for j in range(draws.shape[1])]).T
+    ax.fill_between(c, lo, hi, color=style["color"], alpha=0.15, lw=0)
+
+
+def _law_draws(fit, k: int, what: str, c: np.ndarray):
+    """Bootstrap draws of N_opt ('n'), D_opt ('d') or loss ('loss') along c for approach k."""
+    d = fit.draws
+    if k in (1, 2):
+        coef, exp = {"n": ("n_coef", "a"), "d": ("d_coef", "b"), "loss": ("loss_coef", "loss_exponent")}[what]
+        dc, de = d.get(f"approach{k}/{coef}"), d.get(f"approach{k}/{exp}")
+        return None if dc is None else dc[:, None] * c[None, :] ** de[:, None]
+    keys = ("E", "A", "B", "alpha", "beta", "a", "b", "G")
+    if not all(f"approach3/{q}" in d for q in keys):
+        return None
+    p = {q: d[f"approach3/{q}"][:, None] for q in keys}
+    kf = fit.approach3.flops_per_param_token
+    with np.errstate(all="ignore"):
+        n = p["G"] * (c / kf) ** p["a"]
+        dd = (c / kf) ** p["b"] / p["G"]
+        return {"n": n, "d": dd, "loss": p["E"] + p["A"] / n ** p["alpha"] + p["B"] / dd ** p["beta"]}[what]
+
+
+def _compute_grid(fit, results, pad: float = 2.0):
+    lo, hi = results.flops.min() / pad, results.flops.max() * pad
+    return np.logspace(np.log10(lo), np.log10(hi), 100)
+
+
+def plot_isoflops(ax, fit, results) -> None:
+    """Loss against model size per budget, the fitted parabola and its minimum."""
+    results = _results(results)
+    colors = budget_colors(results.budget)
+    budget_fits = {bf.budget: bf for bf in (fit.approach2.budgets if fit.approach2 else [])}
+    for bud, col in colors.items():
+        m = results.budget == bud
+        bf = budget_fits.get(bud)
+        used = bf is None or bf.used
+        ax.scatter(results.n_params[m], results.loss[m], s=22, color=col, edgecolor=col, zorder=3,
+                   facecolor=col if used else "none", label=f"{_sci(bud)} FLOPs" + ("" if used else " (left out)"))
+        if bf is not None and bf.coef:
+            x = np.linspace(bf.log_n_range[0] - 0.15, bf.log_n_range[1] + 0.15, 100)
+            c0, c1, c2 = bf.coef
+            ax.plot(np.exp(x), c0 + c1 * x + c2 * x * x, color=col, lw=1.3, ls="-" if used else ":")
+            if np.isfinite(bf.n_opt):
+                ax.scatter([bf.n_opt], [bf.loss_min], marker="*", s=110, color=col, edgecolor="black", lw=0.6, zorder=4)
+    ax.set_xscale("log")
+    ax.set_xlabel("Non-embedding parameters N")
+    ax.set_ylabel("Held-out loss (nats/token)")
+    ax.set_title("IsoFLOP curves (stars: parabola minima)")
+    ax.legend(fontsize=7, title="budget", title_fontsize=7, frameon=False, loc="best")
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def plot_optimal_scaling(ax, fit, results, which: str = "n") -> None:
+    """N_opt (which='n') or D_opt ('d') against compute: IsoFLOP minima with intervals, and each
+    approach's power law with its bootstrap band."""
+    results = _results(results)
+    colors = budget_colors(results.budget)
+    c = _compute_grid(fit, results)
+    conf = fit.config.confidence
+    if fit.approach2:
+        for bf in fit.approach2.budgets:
+            if not np.isfinite(bf.n_opt):
+                continue
+            y, ci = (bf.n_opt, bf.n_opt_ci) if which == "n" else (bf.d_opt, bf.d_opt_ci)
+            err = None
+            if ci and all(v is not None and np.isfinite(v) for v in ci):
+                err = [[max(y - ci[0], 0)], [max(ci[1] - y, 0)]]
+            ax.errorbar([bf.budget], [y], yerr=err, fmt="o" if bf.used else "o", mfc=colors.get(bf.budget) if bf.used else "none",
+                        mec=colors.get(bf.budget), ecolor=colors.get(bf.budget), ms=6, capsize=2, zorder=4)
+    if fit.approach1:
+        pts = fit.approach1.points
+        ax.scatter([p["flops"] for p in pts], [p["n_params" if which == "n" else "tokens"] for p in pts],
+                   marker="s", s=18, facecolor="none", edgecolor="tab:gray", zorder=3, label="envelope runs")
+    for k in (1, 2, 3):
+        part = getattr(fit, f"approach{k}")
+        if part is None:
+            continue
+        style = APPROACH_STYLE[k]
+        y = part.n_opt(c) if which == "n" else part.d_opt(c)
+        exp, ci = (part.a, part.a_ci) if which == "n" else (part.b, part.b_ci)
+        ci_txt = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and np.all(np.isfinite(ci)) else ""
+        ax.plot(c, y, lw=1.6, label=f"{APPROACH_LABEL[k]}: {'a' if which == 'n' else 'b'}={exp:.2f}{ci_txt}", **style)
+        _band(ax, c, _law_draws(fit, k, which, c), style, conf)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("Training compute C (FLOPs)")
+    ax.set_ylabel("Optimal parameters $N_{opt}$" if which == "n" else "Optimal training tokens $D_{opt}$")
+    ax.set_title(("$N_{opt}$" if which == "n" else "$D_{opt}$") + " against compute")
+    ax.legend(fontsize=7, frameon=False, loc="upper left")
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def plot_frontier(ax, fit, results) -> None:
+    """Every run's loss against compute, the lower envelope, and the fitted loss frontier."""
+    results = _results(results)
+    colors = budget_colors(results.budget)
+    for bud, col in colors.items():
+        m = results.budget == bud
+        ax.scatter(results.flops[m], results.loss[m], s=14, color=col, alpha=0.7, zorder=3)
+    c = _compute_grid(fit, results)
+    conf = fit.config.confidence
+    if fit.approach1:
+        pts = fit.approach1.points
+        ax.plot([p["flops"] for p in pts], [p["loss"] for p in pts], "s", mfc="none", mec="black", ms=6, zorder=4, label="lower envelope")
+    for k, what in ((2, "L_min power law"), (3, "parametric frontier")):
+        part = getattr(fit, f"approach{k}")
+        if part is None:
+            continue
+        style = APPROACH_STYLE[k]
+        y = part.loss(c) if k == 2 else part.loss(part.n_opt(c), part.d_opt(c))
+        ax.plot(c, y, lw=1.6, label=f"{APPROACH_LABEL[k]}: {what}", **style)
+        _band(ax, c, _law_draws(fit, k, "loss", c), style, conf)
+    if fit.approach3:
+        ax.axhline(fit.approach3.E, color="tab:blue", lw=0.8, ls=":", label=f"irreducible loss E = {fit.approach3.E:.3g}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("Training compute C (FLOPs)")
+    ax.set_ylabel("Held-out loss (nats/token)")
+    ax.set_title("Loss frontier")
+    ax.legend(fontsize=7, frameon=False, loc="upper right")
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def plot_utility(ax, fit, results, task: str) -> None:
+    """AUROC of one task against compute: every run, the loss-optimal run per budget, the law."""
+    results = _results(results)
+    u = fit.utility[task] if task in fit.utility else fit.utility[f"auroc/{task}"]
+    colors = budget_colors(results.budget)
+    vals = results.utility[u.metric]
+    for bud, col in colors.items():
+        m = (results.budget == bud) & np.isfinite(vals)
+        ax.scatter(results.flops[m], vals[m], s=12, color=col, alpha=0.45, zorder=2)
+    ax.scatter([p["flops"] for p in u.points], [p["value"] for p in u.points], s=40, marker="D",
+               color=[colors[p["budget"]] for p in u.points], edgecolor="black", lw=0.6, zorder=4, label="loss-optimal run per budget")
+    c = _compute_grid(fit, results)
+    ax.plot(c, u.predict(c), color="black", lw=1.5,
+            label=f"1 - AUROC $\\propto C^{{{u.exponent:.3f}}}$" + (f" [{u.exponent_ci[0]:.3f}, {u.exponent_ci[1]:.3f}]" if np.all(np.isfinite(u.exponent_ci)) else ""))
+    dc, de = fit.draws.get(f"utility/{u.metric}/coef"), fit.draws.get(f"utility/{u.metric}/exponent")
+    if dc is not None:
+        _band(ax, c, 1.0 - dc[:, None] * c[None, :] ** de[:, None], dict(color="black"), fit.config.confidence)
+    ax.set_xscale("log")
+    ax.set_xlabel("Training compute C (FLOPs)")
+    ax.set_ylabel(f"AUROC, {u.metric.split('/', 1)[1]} (held-out)")
+    ax.set_title(f"Clinical utility: {u.metric.split('/', 1)[1]}")
+    ax.legend(fontsize=7, frameon=False, loc="lower right")
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def make_plots(fit, results, out_dir) -> list[Path]:
+    """Write isoflops, optimal_scaling, frontier and utility (when fitted) as PNG and PDF."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = _results(results)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def save(fig, name):
+        fig.tight_layout()
+        for ext in ("png", "pdf"):
+            path = out_dir / f"{name}.{ext}"
+            fig.savefig(path, dpi=200 if ext == "png" else None)
+            written.append(path)
+        plt.close(fig)
+
+    with plt.rc_context({"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9}):
+        if fit.approach2:
+            fig, ax = plt.subplots(figsize=(5.5, 4))
+            plot_isoflops(ax, fit, results)
+            save(fig, "isoflops")
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        plot_optimal_scaling(axes[0], fit, results, "n")
+        plot_optimal_scaling(axes[1], fit, results, "d")
+        save(fig, "optimal_scaling")
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        plot_frontier(ax, fit, results)
+        save(fig, "frontier")
+        if fit.utility:
+            n = len(fit.utility)
+            fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 3.8), squeeze=False)
+            for ax, task in zip(axes[0], fit.utility):
+                plot_utility(ax, fit, results, task)
+            save(fig, "utility")
+    return written

@@ -1,0 +1,264 @@
+"""What a compute budget should buy: N_opt, D_opt, a concrete model shape, the predicted loss and
+clinical utility with intervals, and the epochs that D_opt needs over the unique tokens available.
+
+    rec = recommend("fit/", flops=1e18, unique_tokens=2e8)
+    print(format_recommendation(rec))
+
+EHR data is finite. When D_opt exceeds the unique tokens U, the tokens are repeated; following
+Muennighoff et al. (2023, "Scaling Data-Constrained Language Models") a repeated token is worth
+less: D' = U + U R* (1 - exp(-(epochs - 1) / R*)) with R* = 15.4 (their fitted R_D*). With the
+parametric law (Approach 3) we then predict the loss at D' and also give the data-constrained
+optimum: the N (and D = C / (k N)) minimising L(N, D'(D, U)) at the same compute. (Their
+parameter-side decay R_N* for excess parameters is not modelled.)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from analysis.laws import R_STAR_DATA, effective_tokens, percentile_ci
+from ehrfm.errors import UserError
+
+EXTRAPOLATION_WARN = 10.0  # warn past this factor beyond the largest fitted budget
+
+
+@dataclass
+class ApproachPrediction:
+    approach: int
+    n_opt: float
+    n_opt_ci: list[float]
+    d_opt: float
+    d_opt_ci: list[float]
+    loss: float  # predicted held-out loss (nats/token) at (N_opt, D_opt)
+    loss_ci: list[float]
+
+
+@dataclass
+class Recommendation:
+    flops: float
+    approach: int  # the approach the headline numbers come from
+    n_opt: float
+    n_opt_ci: list[float]
+    d_opt: float
+    d_opt_ci: list[float]
+    loss: float
+    loss_ci: list[float]
+    per_approach: list[ApproachPrediction]
+    unique_tokens: float | None
+    epochs: float | None  # D_opt / unique tokens
+    data_constrained: dict | None  # the Muennighoff view when epochs > 1 and Approach 3 is there
+    utility: dict[str, dict]  # task -> {"auroc", "auroc_ci"}
+    shape: dict | None  # n_layer, d_model, n_head, context, vocab_size, n_params, n_params_total, flops_per_token, tokens
+    max_fitted_budget: float
+    warnings: list[str] = field(default_factory=list)
+
+
+def _predict_12(fits: dict, draws: dict, k: int, c: float, conf: float) -> ApproachPrediction | None:
+    f = fits.get(f"approach{k}")
+    if not f:
+        return None
+    n, d, loss = (f[coef] * c ** f[exp] for coef, exp in (("n_coef", "a"), ("d_coef", "b"), ("loss_coef", "loss_exponent")))
+
+    def ci(coef, exp):
+        dc, de = draws.get(f"approach{k}/{coef}"), draws.get(f"approach{k}/{exp}")
+        return percentile_ci(dc * c**de, conf) if dc is not None else [float("nan")] * 2
+
+    return ApproachPrediction(k, n, ci("n_coef", "a"), d, ci("d_coef", "b"), loss, ci("loss_coef", "loss_exponent"))
+
+
+def _a3_arrays(f: dict, draws: dict) -> dict[str, np.ndarray]:
+    keys = ("E", "A", "B", "alpha", "beta", "a", "b", "G")
+    return {k: np.asarray(draws[f"approach3/{k}"], dtype=float) for k in keys if f"approach3/{k}" in draws}
+
+
+def _predict_3(fits: dict, draws: dict, c: float, conf: float) -> ApproachPrediction | None:
+    f = fits.get("approach3")
+    if not f:
+        return None
+    k = f["flops_per_param_token"]
+
+    def frontier(p):
+        n = p["G"] * (c / k) ** p["a"]
+        d = (c / k) ** p["b"] / p["G"]
+        return n, d, p["E"] + p["A"] / n ** p["alpha"] + p["B"] / d ** p["beta"]
+
+    n, d, loss = frontier({key: f[key] for key in ("E", "A", "B", "alpha", "beta", "a", "b", "G")})
+    boot = _a3_arrays(f, draws)
+    if len(boot) == 8:
+        with np.errstate(all="ignore"):
+            bn, bd, bl = frontier(boot)
+        cis = [percentile_ci(v, conf) for v in (bn, bd, bl)]
+    else:
+        cis = [[float("nan")] * 2] * 3
+    return ApproachPrediction(3, float(n), cis[0], float(d), cis[1], float(loss), cis[2])
+
+
+def _data_constrained(fits: dict, draws: dict, c: float, unique: float, r_star: float, conf: float) -> dict:
+    """Loss at the unconstrained optimum with repeated data, and the constrained optimum."""
+    f = fits["approach3"]
+    k = f["flops_per_param_token"]
+    point = {key: np.array([f[key]]) for key in ("E", "A", "B", "alpha", "beta", "G", "a")}
+    boot = _a3_arrays(f, draws)
+    # Candidate N over 4 decades around the unconstrained optimum, evaluated for all draws at once.
+    n0 = f["G"] * (c / k) ** f["a"]
+    grid = n0 * np.logspace(-2, 2, 801)
+
+    def solve(p):
+        with np.errstate(all="ignore"):
+            d = c / (k * grid)  # (G,)
+            dp = effective_tokens(d, unique, r_star)
+            loss = p["E"][:, None] + p["A"][:, None] / grid ** p["alpha"][:, None] + p["B"][:, None] / dp ** p["beta"][:, None]
+            loss = np.where(np.isfinite(loss), loss, np.inf)
+            j = loss.argmin(axis=1)
+            n_unc = p["G"] * (c / k) ** p["a"]
+            d_unc = c / (k * n_unc)
+            l_unc = p["E"] + p["A"] / n_unc ** p["alpha"] + p["B"] / effective_tokens(d_unc, unique, r_star) ** p["beta"]
+            return grid[j], d[j], loss[np.arange(len(j)), j], l_unc
+
+    n, d, loss, l_unc = (float(v[0]) for v in solve(point))
+    out = dict(
+        r_star=r_star, unique_tokens=unique,
+        loss_at_unconstrained_optimum=l_unc, n_opt=n, d_opt=d, epochs=d / unique,
+        effective_tokens=float(effective_tokens(d, unique, r_star)), loss=loss,
+    )
+    if len(boot) == 8:
+        bn, bd, bl, bu = solve(boot)
+        out.update(loss_at_unconstrained_optimum_ci=percentile_ci(bu, conf), n_opt_ci=percentile_ci(bn, conf),
+                   d_opt_ci=percentile_ci(bd, conf), loss_ci=percentile_ci(bl, conf))
+    if n >= grid[-2] or n <= grid[1]:
+        out["note"] = "constrained optimum at the edge of the searched range (4 decades around N_opt)"
+    return out
+
+
+def _shape(n_opt: float, c: float, vocab_size: int | None, context: int | None) -> dict | None:
+    if not vocab_size or not context:
+        return None
+    from ehrfm import shapes
+
+    cfg = shapes.shape_for_params(n_opt, vocab_size, context)
+    fpt = shapes.flops_per_token(cfg)
+    return dict(n_layer=cfg.n_layer, d_model=cfg.d_model, n_head=cfg.n_head, context=cfg.context, vocab_size=cfg.vocab_size,
+                n_params=shapes.n_params(cfg), n_params_total=shapes.n_params_total(cfg), flops_per_token=fpt, tokens=int(c // fpt))
+
+
+def recommend(fits, flops: float, unique_tokens: float | None = None, approach: int | None = None,
+              vocab_size: int | None = None, context: int | None = None, r_star: float = R_STAR_DATA) -> Recommendation:
+    """Recommend for compute budget `flops` from a fit (a FIT directory, a fits.json path, or an
+    analysis.fit.FitResult). `approach` picks the headline (default: 3, else 2, else 1).
+    unique_tokens, vocab_size and context default to what the fitted results table recorded."""
+    from analysis.fit import FitResult, load_fits
+
+    if isinstance(fits, FitResult):
+        fit_json, draws, conf = fits.to_json(), fits.draws, fits.config.confidence
+    else:
+        fit_json, draws = load_fits(fits)
+        cfg_path = Path(fits) / "fit_config.json" if Path(fits).is_dir() else Path(fits).with_name("fit_config.json")
+        conf = 0.95
+        if cfg_path.is_file():
+            import json
+
+            conf = json.loads(cfg_path.read_text()).get("confidence", 0.95)
+    if not (flops and math.isfinite(flops) and flops > 0):
+        raise UserError(f"--flops must be a positive number of FLOPs (got {flops})")
+    inputs = fit_json.get("inputs", {})
+    preds = [p for p in (_predict_3(fit_json, draws, flops, conf), _predict_12(fit_json, draws, 2, flops, conf),
+                         _predict_12(fit_json, draws, 1, flops, conf)) if p is not None]
+    if not preds:
+        raise UserError("the fit holds no approach to recommend from (fits.json has no approach1/2/3)")
+    by_k = {p.approach: p for p in preds}
+    if approach is None:
+        head = preds[0]
+    elif approach in by_k:
+        head = by_k[approach]
+    else:
+        raise UserError(f"approach {approach} was not fitted (fits.json has {', '.join(str(k) for k in sorted(by_k))})")
+
+    notes = []
+    max_budget = float(inputs.get("max_budget") or max(b["budget"] for b in fit_json.get("approach2", {}).get("budgets", [{"budget": flops}])))
+    if flops > EXTRAPOLATION_WARN * max_budget:
+        notes.append(f"extrapolating {flops / max_budget:.0f}x past the largest fitted budget ({max_budget:.3g} FLOPs): treat the numbers as rough")
+    min_budget = inputs.get("min_budget")
+    if min_budget and flops < min_budget / EXTRAPOLATION_WARN:
+        notes.append(f"budget is {min_budget / flops:.0f}x below the smallest fitted budget ({min_budget:.3g} FLOPs)")
+
+    unique = unique_tokens if unique_tokens is not None else inputs.get("unique_tokens")
+    if unique is not None and not unique > 0:
+        raise UserError(f"--unique-tokens must be > 0 (got {unique})")
+    epochs = head.d_opt / unique if unique else None
+    constrained = None
+    if epochs is not None and epochs > 1:
+        notes.append(f"D_opt needs {epochs:.1f} epochs over the {unique:.3g} unique tokens available")
+        if "approach3" in fit_json:
+            constrained = _data_constrained(fit_json, draws, flops, unique, r_star, conf)
+            if not inputs.get("multi_epoch"):
+                notes.append("the fitted runs were all single-epoch: the repeated-data correction (Muennighoff et al. 2023, R*=15.4) is assumed, not fitted")
+        else:
+            notes.append("fit Approach 3 to get the data-constrained (repeated tokens) prediction")
+
+    utility = {}
+    for task, u in fit_json.get("utility", {}).items():
+        dc, de = draws.get(f"utility/{u['metric']}/coef"), draws.get(f"utility/{u['metric']}/exponent")
+        entry = {"auroc": 1.0 - u["coef"] * flops ** u["exponent"]}
+        entry["auroc_ci"] = percentile_ci(1.0 - dc * flops**de, conf) if dc is not None else [float("nan")] * 2
+        utility[task] = entry
+
+    vocab_size = vocab_size or inputs.get("vocab_size")
+    context = context or inputs.get("context")
+    shape_n = constrained["n_opt"] if constrained else head.n_opt
+    shape = _shape(shape_n, flops, vocab_size, context)
+    if shape is None:
+        notes.append("no model shape: pass --vocab-size and --context (the results table had no vocab_size/context columns)")
+    return Recommendation(
+        flops=float(flops), approach=head.approach, n_opt=head.n_opt, n_opt_ci=head.n_opt_ci, d_opt=head.d_opt,
+        d_opt_ci=head.d_opt_ci, loss=head.loss, loss_ci=head.loss_ci, per_approach=preds,
+        unique_tokens=float(unique) if unique else None, epochs=epochs, data_constrained=constrained, utility=utility,
+        shape=shape, max_fitted_budget=max_budget, warnings=notes,
+    )
+
+
+def _fmt(x, ci=None, f="{:.3g}"):
+    if x is None or not np.isfinite(x):
+        return "n/a"
+    s = f.format(x)
+    if ci and all(v is not None and np.isfinite(v) for v in ci):
+        s += f" [{f.format(ci[0])}, {f.format(ci[1])}]"
+    return s
+
+
+def format_recommendation(rec: Recommendation) -> str:
+    """Markdown: the headline, one row per approach, the shape, repeated-data and utility notes."""
+    lines = [
+        f"Budget {rec.flops:.3g} FLOPs (Approach {rec.approach}): N_opt {_fmt(rec.n_opt, rec.n_opt_ci)} non-embedding parameters, "
+        f"D_opt {_fmt(rec.d_opt, rec.d_opt_ci)} tokens, predicted loss {_fmt(rec.loss, rec.loss_ci, '{:.4g}')} nats/token.",
+        "",
+        "| approach | N_opt | D_opt | loss (nats/token) |",
+        "|---|---|---|---|",
+    ]
+    for p in rec.per_approach:
+        lines.append(f"| {p.approach} | {_fmt(p.n_opt, p.n_opt_ci)} | {_fmt(p.d_opt, p.d_opt_ci)} | {_fmt(p.loss, p.loss_ci, '{:.4g}')} |")
+    if rec.shape:
+        s = rec.shape
+        lines += ["", f"Model shape: n_layer={s['n_layer']} d_model={s['d_model']} n_head={s['n_head']} context={s['context']} "
+                  f"vocab={s['vocab_size']} ({s['n_params']:,} non-embedding / {s['n_params_total']:,} total parameters), "
+                  f"train {s['tokens']:,} tokens at {s['flops_per_token']:.3g} FLOPs/token."]
+    if rec.epochs is not None:
+        lines += ["", f"Unique tokens available: {rec.unique_tokens:.3g}; D_opt is {rec.epochs:.2f} epochs."]
+    if rec.data_constrained:
+        dc = rec.data_constrained
+        lines += [
+            f"Repeated data (Muennighoff et al. 2023, R*={dc['r_star']}): at N_opt the loss would be "
+            f"{_fmt(dc['loss_at_unconstrained_optimum'], dc.get('loss_at_unconstrained_optimum_ci'), '{:.4g}')}; "
+            f"the data-constrained optimum is N {_fmt(dc['n_opt'], dc.get('n_opt_ci'))}, D {_fmt(dc['d_opt'], dc.get('d_opt_ci'))} "
+            f"({dc['epochs']:.1f} epochs, {dc['effective_tokens']:.3g} effective tokens), loss {_fmt(dc['loss'], dc.get('loss_ci'), '{:.4g}')}."
+        ]
+    if rec.utility:
+        lines += ["", "| task | predicted AUROC |", "|---|---|"]
+        for task, u in rec.utility.items():
+            lines.append(f"| {task} | {_fmt(u['auroc'], u['auroc_ci'])} |")
+    for w in rec.warnings:
+        lines.append(f"\nWarning: {w}")
+    return "\n".join(lines)

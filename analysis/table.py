@@ -1,0 +1,209 @@
+"""Reading and checking the results table (DESIGN.md section 4), the only input of this stage.
+
+Required columns: n_params, tokens, loss. Used when present: run_id, status, flops, budget,
+auroc/<task>, auprc/<task>, and these optional columns (written by sweeps, or by hand):
+  - unique_tokens: distinct training tokens available to the run (the size of the data set);
+  - epochs: passes over those unique tokens (tokens / unique_tokens when absent);
+  - vocab_size, context: the model's vocabulary and context length (for concrete shapes).
+Only status == "completed" rows are fitted; every other row is reported in `excluded` with its
+reason. A completed row with a missing, NaN or non-positive required value is an error naming
+the file, column and run ids (never patient data: the table holds none, but we still name ids only).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from ehrfm.errors import UserError
+
+REQUIRED = ("n_params", "tokens", "loss")
+# Budgets within this many decades of each other are one IsoFLOP group when the table has no
+# budget column (or a null budget): planned budgets are normally >= 2x apart (0.3 decades).
+BUDGET_GROUP_DECADES = 0.05
+
+
+@dataclass
+class Results:
+    """The completed, checked runs (as numpy arrays) plus what was left out and why."""
+
+    source: str
+    run_id: np.ndarray  # str
+    n_params: np.ndarray  # float64
+    tokens: np.ndarray  # float64
+    loss: np.ndarray  # float64
+    flops: np.ndarray  # float64
+    budget: np.ndarray  # float64, the IsoFLOP group of each run
+    unique_tokens: np.ndarray | None = None  # float64, NaN where unknown
+    epochs: np.ndarray | None = None  # float64
+    utility: dict[str, np.ndarray] = field(default_factory=dict)  # "auroc/<task>" -> float64 (NaN = missing)
+    vocab_size: int | None = None
+    context: int | None = None
+    n_rows: int = 0
+    excluded: list[dict] = field(default_factory=list)  # {"run_id", "reason"}
+
+    @property
+    def n(self) -> int:
+        return int(self.n_params.size)
+
+    @property
+    def multi_epoch(self) -> bool:
+        return self.epochs is not None and bool(np.nanmax(self.epochs, initial=1.0) > 1.0 + 1e-9)
+
+    def subset(self, mask: np.ndarray) -> "Results":
+        pick = lambda v: None if v is None else v[mask]  # noqa: E731
+        return Results(
+            source=self.source, run_id=self.run_id[mask], n_params=self.n_params[mask], tokens=self.tokens[mask],
+            loss=self.loss[mask], flops=self.flops[mask], budget=self.budget[mask],
+            unique_tokens=pick(self.unique_tokens), epochs=pick(self.epochs),
+            utility={k: v[mask] for k, v in self.utility.items()}, vocab_size=self.vocab_size,
+            context=self.context, n_rows=self.n_rows, excluded=list(self.excluded),
+        )
+
+
+def _read_frame(path: Path) -> pl.DataFrame:
+    if not path.is_file():
+        raise UserError(f"results table {path} not found")
+    try:
+        if path.suffix.lower() in (".csv", ".tsv") or path.name.lower().endswith((".csv.gz", ".tsv.gz")):
+            sep = "\t" if ".tsv" in path.name.lower() else ","
+            return pl.read_csv(path, separator=sep, infer_schema_length=None, null_values=["", "NA", "null", "None"])
+        return pl.read_parquet(path)
+    except (pl.exceptions.PolarsError, OSError, ValueError) as e:
+        kind = type(e).__name__
+        raise UserError(f"results table {path} could not be read as {'CSV' if path.suffix.lower() == '.csv' else 'parquet'} ({kind})") from None
+
+
+def _name_ids(ids) -> str:
+    ids = [str(i) for i in ids]
+    shown = ", ".join(ids[:8])
+    return shown + (f" and {len(ids) - 8} more" if len(ids) > 8 else "")
+
+
+def _numeric(df: pl.DataFrame, col: str, source: str) -> np.ndarray:
+    try:
+        return df[col].cast(pl.Float64, strict=True).to_numpy()
+    except pl.exceptions.PolarsError:
+        raise UserError(f"results table {source}: column {col} is not numeric (dtype {df[col].dtype})") from None
+
+
+def group_budgets(flops: np.ndarray, budget: np.ndarray | None = None) -> np.ndarray:
+    """The IsoFLOP budget of each run: the planned budget when given, else the median flops of its
+    group of runs whose log10 flops lie within BUDGET_GROUP_DECADES of their neighbours (runs near
+    a planned budget join it)."""
+    out = np.full(flops.shape, np.nan) if budget is None else budget.astype(float).copy()
+    missing = ~np.isfinite(out)
+    if not missing.any():
+        return out
+    planned = np.unique(out[~missing])
+    order = np.argsort(flops[missing])
+    logs = np.log10(flops[missing][order])
+    groups, current = [], [0]
+    for i in range(1, logs.size):
+        if logs[i] - logs[i - 1] > BUDGET_GROUP_DECADES:
+            groups.append(current)
+            current = []
+        current.append(i)
+    groups.append(current)
+    assigned = np.empty(logs.size)
+    for g in groups:
+        center = float(np.median(10 ** logs[g]))
+        if planned.size:
+            near = planned[np.argmin(np.abs(np.log10(planned) - math.log10(center)))]
+            if abs(math.log10(near) - math.log10(center)) <= BUDGET_GROUP_DECADES:
+                center = float(near)
+        assigned[g] = center
+    filled = np.empty(logs.size)
+    filled[order] = assigned
+    out[missing] = filled
+    return out
+
+
+def load_results(table: str | Path | pl.DataFrame) -> Results:
+    """Read a results table (parquet, CSV or a polars DataFrame), check it and keep completed runs."""
+    if isinstance(table, pl.DataFrame):
+        df, source = table, "<DataFrame>"
+    else:
+        source = str(table)
+        df = _read_frame(Path(table))
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise UserError(
+            f"results table {source} lacks column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            f"(needs n_params, tokens, loss; has {', '.join(df.columns[:12])})"
+        )
+    n_rows = df.height
+    if "run_id" in df.columns:
+        run_id = df["run_id"].cast(pl.Utf8).fill_null("<null>").to_numpy().astype(str)
+    else:
+        run_id = np.array([f"row{i}" for i in range(n_rows)])
+    dup = [r for r, c in zip(*np.unique(run_id, return_counts=True)) if c > 1]
+    if dup:
+        raise UserError(f"results table {source}: column run_id has {len(dup)} duplicated id(s): {_name_ids(dup)}")
+
+    excluded = []
+    keep = np.ones(n_rows, dtype=bool)
+    if "status" in df.columns:
+        status = df["status"].cast(pl.Utf8).fill_null("<null>").to_numpy().astype(str)
+        for i in np.flatnonzero(status != "completed"):
+            excluded.append({"run_id": str(run_id[i]), "reason": f"status {status[i]}"})
+        keep &= status == "completed"
+
+    values = {c: _numeric(df, c, source) for c in REQUIRED}
+    if "flops" in df.columns:
+        values["flops"] = _numeric(df, "flops", source)
+    for col, v in values.items():
+        bad = keep & ~(np.isfinite(v) & (v > 0))
+        if bad.any():
+            raise UserError(
+                f"results table {source}: column {col} is missing, NaN or non-positive in {int(bad.sum())} "
+                f"completed run(s): {_name_ids(run_id[bad])}"
+            )
+    if keep.sum() == 0:
+        raise UserError(f"results table {source} has no completed runs ({n_rows} rows, {len(excluded)} not completed)")
+
+    flops = values.get("flops", 6.0 * values["n_params"] * values["tokens"])
+    budget = _numeric(df, "budget", source) if "budget" in df.columns else None
+    if budget is not None:
+        bad = keep & np.isfinite(budget) & ~(budget > 0)
+        if bad.any():
+            raise UserError(f"results table {source}: column budget is non-positive in {int(bad.sum())} run(s): {_name_ids(run_id[bad])}")
+
+    unique_tokens = _numeric(df, "unique_tokens", source) if "unique_tokens" in df.columns else None
+    epochs = _numeric(df, "epochs", source) if "epochs" in df.columns else None
+    if epochs is None and unique_tokens is not None:
+        epochs = values["tokens"] / unique_tokens
+    for col, v in (("unique_tokens", unique_tokens), ("epochs", epochs)):
+        if v is not None:
+            bad = keep & np.isfinite(v) & ~(v > 0)
+            if bad.any():
+                raise UserError(f"results table {source}: column {col} is non-positive in {int(bad.sum())} run(s): {_name_ids(run_id[bad])}")
+
+    utility = {}
+    for col in df.columns:
+        if col.startswith(("auroc/", "auprc/")):
+            u = _numeric(df, col, source)
+            bad = keep & np.isfinite(u) & ~((u >= 0) & (u <= 1))
+            if bad.any():
+                raise UserError(f"results table {source}: column {col} is outside [0, 1] in {int(bad.sum())} run(s): {_name_ids(run_id[bad])}")
+            utility[col] = u
+
+    def first_int(col):
+        if col not in df.columns:
+            return None
+        v = df.filter(pl.Series(keep))[col].drop_nulls()
+        return int(v.max()) if v.len() else None
+
+    res = Results(
+        source=source, run_id=run_id, n_params=values["n_params"], tokens=values["tokens"], loss=values["loss"],
+        flops=flops, budget=np.full(n_rows, np.nan) if budget is None else budget, unique_tokens=unique_tokens,
+        epochs=epochs, utility=utility, vocab_size=first_int("vocab_size"), context=first_int("context"),
+        n_rows=n_rows, excluded=excluded,
+    )
+    res = res.subset(keep)
+    res.budget = group_budgets(res.flops, res.budget)
+    return res
