@@ -1,0 +1,513 @@
+"""Train one model on a token dir for exactly D tokens; the public training API.
+
+    from ehrfm.config import TrainConfig
+    from ehrfm.train import train
+    result = train(TrainConfig(tokens_dir="tok", out_dir="run", n_layer=2, d_model=64, n_head=2,
+                               context=256, tokens=1_000_000))
+
+The run dir (DESIGN.md section 3):
+    config.json     {"train": TrainConfig, "model": ModelConfig, "tokenizer_fingerprint", "data",
+                     "n_params", "n_params_total", "flops_per_token", "tokens", "steps", ...}
+    metrics.jsonl   one line per log_interval steps: step, tokens, train_loss, lr, grad_norm,
+                    tokens_per_s (+ val_loss when measured)
+    checkpoint/     ehrfm.checkpoint (safetensors weights, AdamW state, RNG states); always
+                    written at the end, on stop signals and every checkpoint_interval steps
+    result.json     written last: status completed | failed | diverged, n_params, n_params_total,
+                    vocab_size, tokens, flops, val_loss, wall_s, tokens_per_s, error, ...
+
+Budget: D = cfg.tokens or floor(cfg.flops / flops_per_token). Each optimizer step consumes
+batch_size * context stream tokens (ehrfm.packing), the last step the remainder, so exactly D
+tokens are trained. Schedule: AdamW, linear warmup over warmup_frac of the steps, cosine decay to
+min_lr_ratio * lr at the last step. Loss: mean next-token cross-entropy over the step's
+predicted positions (all ranks and micro-batches together, so accumulation and DDP are exact
+re-groupings of the same sum).
+
+Held-out loss: the first eval_tokens tokens of the tuning split in file order (all of it when
+smaller), packed like training rows; nats per predicted token. Identical for every run on the
+same token dir and context, so losses compare across a sweep.
+
+Stops and faults:
+- SIGTERM / SIGUSR1 (or `request_stop()` from the same process) set a flag checked between
+  optimizer steps: the trainer writes checkpoint/ and returns {"status": "interrupted"} WITHOUT
+  writing result.json (`ehrfm train` exits 3). Calling train again with the same config resumes
+  and ends bit-identical (CPU) to an uninterrupted run: data order is a pure function of (seed,
+  step) and the checkpoint holds weights, AdamW moments and RNG states exactly.
+- A non-finite loss ends the run as "diverged" (result.json records the step); any other error
+  ends it as "failed" with the error type and message (never patient data).
+- Resuming with another tokenizer, other data or another run config is refused (UserError) and
+  nothing in the run dir is touched. A completed or diverged run dir returns its result.json
+  unchanged; a failed one is retried (from its last checkpoint).
+
+DDP: run the same entry point under torchrun; ranks split each step's rows (round-robin), the
+gradient all-reduce averages them, rank 0 writes files. Backend nccl on CUDA, gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ehrfm import __version__
+from ehrfm.checkpoint import has_checkpoint, load_training_state, save_checkpoint
+from ehrfm.config import ModelConfig, TrainConfig
+from ehrfm.errors import UserError
+from ehrfm.io import progress, read_json, summary, write_json
+from ehrfm.model import GPT
+from ehrfm.packing import PackedRows, PackedStream
+from ehrfm.shapes import flops_per_token, n_params, n_params_total
+from ehrfm.tokens import TokenDir
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+_stop_requested = threading.Event()
+
+# TrainConfig fields that may change between an interrupted run and its resumption: they do not
+# change what is computed (only where, how it is logged, or how rows are grouped per forward).
+RESUMABLE_CHANGES = {
+    "tokens_dir", "out_dir", "device", "checkpoint_interval", "log_interval", "eval_interval",
+    "eval_batch_size", "micro_batch_size", "attention", "compile", "overwrite", "extra",
+}
+
+
+def request_stop() -> None:
+    """Ask a running `train` in this process to checkpoint and return "interrupted" after its current step."""
+    _stop_requested.set()
+
+
+def tokens_for(cfg: TrainConfig, model_cfg: ModelConfig) -> int:
+    """D: the configured token count, or floor(flops / flops_per_token)."""
+    if cfg.tokens is not None:
+        return int(cfg.tokens)
+    return int(math.floor(float(cfg.flops) / flops_per_token(model_cfg)))
+
+
+def lr_at(step: int, n_steps: int, cfg: TrainConfig) -> float:
+    """Learning rate of optimizer step `step` (0-based): linear warmup, cosine to min_lr_ratio * lr."""
+    warmup = max(1, round(cfg.warmup_frac * n_steps)) if cfg.warmup_frac > 0 else 0
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    decay_steps = n_steps - warmup - 1
+    progress_ = 1.0 if decay_steps <= 0 else min(1.0, (step - warmup) / decay_steps)
+    min_lr = cfg.lr * cfg.min_lr_ratio
+    return min_lr + 0.5 * (cfg.lr - min_lr) * (1.0 + math.cos(math.pi * progress_))
+
+
+# --- run dir -----------------------------------------------------------------------------------
+
+
+def _data_identity(td: TokenDir) -> dict:
+    train, tuning = td.split("train"), td.split("tuning")
+    return {
+        "train_subjects": len(train),
+        "train_tokens": train.n_tokens,
+        "tuning_subjects": len(tuning),
+        "tuning_tokens": tuning.n_tokens,
+    }
+
+
+def _check_same_run(run_dir: Path, saved: dict, expected: dict) -> None:
+    """Refuse to resume (or reuse) a run dir made by another config, tokenizer or data."""
+    problems = []
+    if saved.get("tokenizer_fingerprint") != expected["tokenizer_fingerprint"]:
+        problems.append("tokenizer (tokenizer.json fingerprint) differs")
+    if saved.get("data") != expected["data"]:
+        problems.append("token data (subjects/tokens per split) differs")
+    if saved.get("model") != expected["model"]:
+        problems.append("model config differs")
+    a, b = saved.get("train", {}), expected["train"]
+    fields = sorted(k for k in set(a) | set(b) if k not in RESUMABLE_CHANGES and a.get(k) != b.get(k))
+    if fields:
+        problems.append("train config differs in " + ", ".join(fields))
+    if problems:
+        raise UserError(
+            f"run dir {run_dir} holds a different run ({'; '.join(problems)}); "
+            "use another --out or pass --overwrite to discard it"
+        )
+
+
+def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool) -> dict | None:
+    """Create or validate the run dir (rank 0). Returns the existing result when already finished."""
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    if run_dir.exists():
+        if (run_dir / "config.json").is_file():
+            saved = read_json(run_dir / "config.json", "run config")
+            _check_same_run(run_dir, saved, run_config)
+            result_path = run_dir / "result.json"
+            if result_path.is_file():
+                result = read_json(result_path, "run result")
+                if result.get("status") in ("completed", "diverged"):  # deterministic outcomes: keep
+                    return result
+                result_path.unlink()  # a failed run (e.g. out of memory) is retried, from its checkpoint
+            return None
+        if any(run_dir.iterdir()):
+            raise UserError(f"output {run_dir} exists and is not a run dir (no config.json); choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", run_config)
+    return None
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop metrics lines logged after the checkpoint we resume from (they will be redone)."""
+    if not path.is_file():
+        return
+    import json
+
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= last_step:
+                keep.append(line)
+        except (ValueError, KeyError):
+            break  # a torn last line from a hard kill
+    from ehrfm.io import atomic_file
+
+    with atomic_file(path) as f:
+        f.write("".join(k + "\n" for k in keep))
+
+
+# --- distributed -------------------------------------------------------------------------------
+
+
+class _Dist:
+    """Rank/world of this process; initialises the process group under torchrun."""
+
+    def __init__(self, device_pref: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.owns_group = False
+        cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda") or device_pref.startswith("cuda")
+        if device_pref == "cpu":
+            cuda = False
+        if cuda:
+            self.device = torch.device(f"cuda:{self.local_rank}" if device_pref in ("auto", "cuda") else device_pref)
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if cuda else "gloo")
+            self.owns_group = True
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+    def broadcast_object(self, obj):
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def close(self):
+        if self.owns_group:
+            dist.destroy_process_group()
+
+
+# --- evaluation --------------------------------------------------------------------------------
+
+
+def _to_torch(rows: PackedRows, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (
+        torch.from_numpy(rows.tokens).to(device, non_blocking=True),
+        torch.from_numpy(rows.targets).to(device, non_blocking=True),
+        torch.from_numpy(rows.segment_ids).to(device, non_blocking=True),
+    )
+
+
+@torch.no_grad()
+def evaluate(model, eval_rows: PackedRows, batch_size: int, device, autocast, dd: _Dist) -> float:
+    """Mean next-token loss (nats) over the eval rows; each rank scores its round-robin share."""
+    core = getattr(model, "module", model)
+    was_training = core.training
+    core.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    mine = np.arange(dd.rank, len(eval_rows.tokens), dd.world)
+    for i in range(0, len(mine), batch_size):
+        idx, tgt, seg = _to_torch(eval_rows.take(mine[i : i + batch_size]), device)
+        with autocast():
+            _, loss_sum = core(idx, tgt, segment_ids=seg, reduction="sum")
+        total[0] += loss_sum.double()
+        total[1] += (tgt != -100).sum()
+    if dd.world > 1:
+        dist.all_reduce(total)
+    core.train(was_training)
+    return float(total[0] / total[1])
+
+
+# --- the trainer -------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, handle_signals: bool = True) -> dict:
+    """Train one model as configured; returns the result dict (also RUN/result.json, unless interrupted).
+
+    handle_signals: install SIGTERM/SIGUSR1 handlers (main thread only) for the duration of the run.
+    """
+    dd = _Dist(cfg.device)
+    old_handlers = {}
+    if handle_signals and threading.current_thread() is threading.main_thread():
+        for s in STOP_SIGNALS:
+            old_handlers[s] = signal.signal(s, lambda signum, frame: _stop_requested.set())
+    try:
+        return _train(cfg, dd)
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        _stop_requested.clear()
+        dd.close()
+
+
+def _train(cfg: TrainConfig, dd: _Dist) -> dict:
+    td = TokenDir(cfg.tokens_dir)
+    model_cfg = cfg.model_config(td.vocab_size)
+    D = tokens_for(cfg, model_cfg)
+    fpt = flops_per_token(model_cfg)
+    if D < 1:
+        raise UserError(f"budget of {cfg.flops:g} FLOPs is less than one token ({fpt:g} FLOPs/token)")
+    step_tokens = cfg.batch_size * cfg.context
+    n_steps = -(-D // step_tokens)
+    train_split, tuning_split = td.split("train"), td.split("tuning")
+    run_dir = Path(cfg.out_dir)
+    run_config = {
+        "ehrfm_version": __version__,
+        "train": cfg.to_dict(),
+        "model": model_cfg.to_dict(),
+        "tokenizer_fingerprint": td.fingerprint,
+        "data": _data_identity(td),
+        "vocab_size": td.vocab_size,
+        "n_params": n_params(model_cfg),
+        "n_params_total": n_params_total(model_cfg),
+        "flops_per_token": fpt,
+        "tokens": D,
+        "flops": fpt * D,
+        "steps": n_steps,
+        "world_size": dd.world,
+    }
+    run_config["train"]["tokens_dir"] = str(Path(cfg.tokens_dir).resolve())
+    finished = None
+    if dd.main:
+        try:
+            finished = ("ok", _prepare_run_dir(run_dir, run_config, cfg.overwrite))
+        except UserError as e:
+            finished = ("error", str(e))
+    finished = dd.broadcast_object(finished)
+    if finished[0] == "error":
+        raise UserError(finished[1])
+    if finished[1] is not None:
+        if dd.main:
+            summary(f"run {run_dir} already finished ({finished[1].get('status')}); nothing to do")
+        return finished[1]
+
+    base = {
+        "n_params": run_config["n_params"],
+        "n_params_total": run_config["n_params_total"],
+        "vocab_size": td.vocab_size,
+        "tokens": D,
+        "flops": fpt * D,
+        "flops_per_token": fpt,
+        "n_layer": model_cfg.n_layer,
+        "d_model": model_cfg.d_model,
+        "n_head": model_cfg.n_head,
+        "context": model_cfg.context,
+        "steps": n_steps,
+        "seed": cfg.seed,
+        "tokenizer_fingerprint": td.fingerprint,
+    }
+    try:
+        return _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_dir, base)
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # recorded, never dropped: the sweep sees status failed
+        result = {"status": "failed", **base, "val_loss": None, "wall_s": None, "tokens_per_s": None,
+                  "error": f"{type(e).__name__}: {e}"}
+        if dd.main:
+            write_json(run_dir / "result.json", result)
+        return result
+
+
+def _autocast_for(cfg: TrainConfig, device: torch.device):
+    dtype = cfg.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device.type == "cuda" else "float32"
+    if dtype == "bfloat16":
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16), "bfloat16"
+    return contextlib.nullcontext, "float32"
+
+
+def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_dir: Path, base: dict) -> dict:
+    device = dd.device
+    autocast, dtype_name = _autocast_for(cfg, device)
+    torch.manual_seed(cfg.seed)  # the seed fixes init; data order is fixed by the stream's seed
+    core = GPT(model_cfg).to(device)
+    core.attention_backend = cfg.attention
+    decay = [p for p in core.parameters() if p.dim() >= 2]
+    no_decay = [p for p in core.parameters() if p.dim() < 2]
+    fused = {"fused": True} if device.type == "cuda" else {}
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fused,
+    )
+    step, wall_s = 0, 0.0
+    if has_checkpoint(run_dir):
+        state = load_training_state(run_dir, core, optimizer, device=device)
+        step, wall_s = int(state["step"]), float(state["wall_s"])
+    if dd.main:
+        _truncate_metrics(run_dir / "metrics.jsonl", step)
+    model = core
+    if dd.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile and device.type == "cuda":
+        model = torch.compile(model)
+
+    pad_id = td.pad_id if "PAD" in td.vocab else 0
+    stream = PackedStream(train_split, cfg.context, seed=cfg.seed, shuffle=True, pad_id=pad_id)
+    eval_stream = PackedStream(tuning_split, cfg.context, shuffle=False, pad_id=pad_id)
+    eval_n = min(cfg.eval_tokens, eval_stream.epoch_tokens)
+    eval_rows = eval_stream.rows(0, eval_n)
+    eval_bs = cfg.eval_batch_size or cfg.micro_batch_size
+    step_tokens = cfg.batch_size * cfg.context
+
+    def checkpoint_state(status: str) -> dict:
+        return {"step": step, "tokens_seen": min(step * step_tokens, D), "wall_s": wall_s, "status": status,
+                "tokenizer_fingerprint": td.fingerprint, "steps": n_steps, "tokens": D}
+
+    metrics_f = open(run_dir / "metrics.jsonl", "a") if dd.main else None
+    quiet = {} if dd.main else {"disable": True}  # one bar, on rank 0 (EHRFM_QUIET=1 silences it)
+    bar = progress(total=D, initial=min(step * step_tokens, D), unit="tok", unit_scale=True, desc="train", **quiet)
+    model.train()
+    session_t0, session_tokens = time.perf_counter(), 0
+    train_loss = float("nan")
+    try:
+        while step < n_steps:
+            t0 = time.perf_counter()
+            start = step * step_tokens
+            batch = stream.rows(start, min(step_tokens, D - start))
+            n_predicted = batch.n_targets  # over the whole global batch: every rank knows it
+            mine = np.arange(dd.rank, len(batch.tokens), dd.world)
+            if len(mine) == 0:  # a rank without rows in a short last step still joins the all-reduce
+                mine = np.array([0])
+                local = batch.take(mine)
+                local.targets[:] = -100
+            else:
+                local = batch.take(mine)
+            lr = lr_at(step, n_steps, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            micro = range(0, len(local.tokens), cfg.micro_batch_size)
+            for k, i in enumerate(micro):
+                idx, tgt, seg = _to_torch(local.take(slice(i, i + cfg.micro_batch_size)), device)
+                last = k == len(micro) - 1
+                sync = contextlib.nullcontext() if (last or dd.world == 1) else model.no_sync()
+                with sync:
+                    with autocast():
+                        _, part = model(idx, tgt, segment_ids=seg, reduction="sum")
+                    # DDP averages gradients over ranks; scaling by world/n makes that the global mean
+                    (part * (dd.world / max(n_predicted, 1))).backward()
+                loss_sum += part.detach().double()
+            grad_norm = torch.nn.utils.clip_grad_norm_(core.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            # one all-reduce per step carries the loss sum and any rank's stop request
+            flags = torch.stack([loss_sum, torch.tensor(float(_stop_requested.is_set()), dtype=torch.float64, device=device)])
+            if dd.world > 1:
+                dist.all_reduce(flags)
+            train_loss = float(flags[0]) / max(n_predicted, 1)
+            stop = float(flags[1]) > 0
+            if not math.isfinite(train_loss) or not math.isfinite(float(grad_norm)):
+                return _finish_diverged(cfg, dd, run_dir, base, step + 1, train_loss, wall_s + time.perf_counter() - t0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            dt = time.perf_counter() - t0
+            wall_s += dt
+            session_tokens += batch.n_tokens
+            bar.update(batch.n_tokens)
+            bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", refresh=False)
+            val_loss = None
+            if cfg.eval_interval and step % cfg.eval_interval == 0 and step < n_steps:
+                val_loss = evaluate(model, eval_rows, eval_bs, device, autocast, dd)
+            if dd.main and (step % cfg.log_interval == 0 or val_loss is not None or step == n_steps):
+                line = {"step": step, "tokens": min(step * step_tokens, D), "train_loss": train_loss, "lr": lr,
+                        "grad_norm": float(grad_norm), "tokens_per_s": batch.n_tokens / dt}
+                if val_loss is not None:
+                    line["val_loss"] = val_loss
+                metrics_f.write(_json_line(line))
+                metrics_f.flush()
+            if stop and step < n_steps:
+                if dd.main:
+                    save_checkpoint(run_dir, core, optimizer, checkpoint_state("interrupted"))
+                dd.barrier()
+                bar.close()
+                if dd.main:
+                    summary(f"interrupted at step {step}/{n_steps}; checkpoint written to {run_dir / 'checkpoint'}; rerun to resume")
+                return {"status": "interrupted", **base, "step": step, "val_loss": None, "wall_s": wall_s,
+                        "tokens_per_s": None, "error": None}
+            if cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0 and step < n_steps:
+                if dd.main:
+                    save_checkpoint(run_dir, core, optimizer, checkpoint_state("running"))
+                dd.barrier()
+    finally:
+        bar.close()
+        if metrics_f:
+            metrics_f.close()
+
+    t_eval = time.perf_counter()
+    val_loss = evaluate(model, eval_rows, eval_bs, device, autocast, dd)
+    eval_s = time.perf_counter() - t_eval
+    if not math.isfinite(val_loss):
+        return _finish_diverged(cfg, dd, run_dir, base, step, val_loss, wall_s)
+    session_s = time.perf_counter() - session_t0
+    result = {
+        "status": "completed",
+        **base,
+        "val_loss": val_loss,
+        "train_loss": train_loss,
+        "eval_tokens": int(eval_n),
+        "epochs": D / stream.epoch_tokens,
+        "wall_s": wall_s + eval_s,
+        "tokens_per_s": D / wall_s if wall_s > 0 else None,
+        "session_tokens_per_s": session_tokens / session_s if session_s > 0 else None,
+        "device": str(device),
+        "dtype": dtype_name,
+        "world_size": dd.world,
+        "error": None,
+    }
+    if dd.main:
+        with open(run_dir / "metrics.jsonl", "a") as f:
+            f.write(_json_line({"step": step, "tokens": D, "train_loss": train_loss, "val_loss": val_loss}))
+        save_checkpoint(run_dir, core, optimizer, checkpoint_state("completed"))
+        write_json(run_dir / "result.json", result)
+        summary(
+            f"trained {base['n_params']:,} params on {D:,} tokens in {result['wall_s']:.1f} s "
+            f"({result['tokens_per_s']:,.0f} tok/s): val_loss {val_loss:.4f} -> {run_dir}"
+        )
+    dd.barrier()
+    return result
+
+
+def _finish_diverged(cfg, dd, run_dir, base, step, loss, wall_s) -> dict:
+    result = {"status": "diverged", **base, "val_loss": None, "wall_s": wall_s, "tokens_per_s": None,
+              "diverged_step": step, "error": f"loss became {loss} at step {step}"}
+    if dd.main:
+        write_json(run_dir / "result.json", result)
+        summary(f"diverged: loss {loss} at step {step}; recorded in {run_dir / 'result.json'}")
+    return result
+
+
+def _json_line(obj: dict) -> str:
+    import json
+
+    return json.dumps(obj) + "\n"
