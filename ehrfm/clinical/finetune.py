@@ -1,0 +1,170 @@
+"""Fine-tuned classification head, optionally with the whole network.
+
+A linear head on the final-normed hidden state at the last history token (the probe's
+representation), trained with binary cross-entropy and AdamW on train labels. After each epoch
+the tuning AUROC is measured (tuning loss when tuning has a single class); training stops after
+`patience` epochs without improvement and the best epoch's weights are kept (early stopping).
+Head only (default): the frozen representations are computed once and the head is trained on
+them. `full=True`: the network is trained too (at `body_lr`), re-reading the histories each step.
+Scored on held_out; metrics.json also records the epoch curve.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from ehrfm.clinical.baseline import task_name
+from ehrfm.clinical.common import check_out, require_two_classes, write_head_outputs
+from ehrfm.clinical.metrics import binary_metrics, format_metrics
+from ehrfm.clinical.probe import load_label_histories
+from ehrfm.errors import UserError
+from ehrfm.tokens import TokenDir
+
+
+@dataclass
+class FinetuneConfig:
+    run_dir: str
+    tokens_dir: str
+    labels: str
+    context: int | None = None
+    batch_size: int = 64
+    device: str = "cpu"
+    bootstrap: int = 1000
+    seed: int = 0
+    max_labels: int | None = None
+    task: str | None = None
+    full: bool = False  # also train the network (else head only)
+    lr: float = 1e-3  # head learning rate
+    body_lr: float = 1e-4  # network learning rate when full
+    weight_decay: float = 0.01
+    max_epochs: int = 20
+    patience: int = 3
+
+
+def _tuning_score(y: np.ndarray, p: np.ndarray) -> tuple[float, str]:
+    """Higher is better: AUROC when tuning has both classes, else minus the log loss."""
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    if 0 < y.sum() < len(y):
+        return float(roc_auc_score(y, p)), "auroc"
+    return -float(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1])), "neg_log_loss"
+
+
+def finetune(cfg: FinetuneConfig, out: str | os.PathLike, overwrite: bool = False) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from ehrfm.clinical.model_io import batches_by_length, embed_histories, load_run, padded_batch, resolve_context
+    from ehrfm.io import progress, summary
+
+    check_out(out, overwrite)
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    task = cfg.task or task_name(cfg.labels)
+    td = TokenDir(cfg.tokens_dir)
+    h = load_label_histories(td, cfg.labels, cfg.max_labels, cfg.seed)
+    model, mcfg = load_run(cfg.run_dir, td, cfg.device, n_labels=len(h.start))
+    context = resolve_context(cfg.context, mcfg.context)
+    device = torch.device(cfg.device)
+    split, y = h.split, h.y
+    tr, tu, ho = (np.flatnonzero(split == s) for s in ("train", "tuning", "held_out"))
+    require_two_classes(y[tr], "train", task)
+    if len(tu) == 0:
+        raise UserError(f"task {task}: no labels in the tuning split for early stopping")
+    if len(ho) == 0:
+        raise UserError(f"task {task}: no labels in the held_out split to score")
+
+    head = torch.nn.Linear(mcfg.d_model, 1).to(device)
+    # Start at the prevalence (bias = logit of the train positive rate): faster, stabler.
+    prev = float(y[tr].mean())
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(float(np.log(prev / (1 - prev))))
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    if cfg.full:
+        model.train()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        params = [{"params": head.parameters(), "lr": cfg.lr}, {"params": model.parameters(), "lr": cfg.body_lr}]
+        feats = None
+    else:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        params = [{"params": head.parameters(), "lr": cfg.lr}]
+        feats = torch.from_numpy(embed_histories(model, td, h, context, cfg.batch_size, device, desc=f"finetune {task}")).to(device)
+    opt = torch.optim.AdamW(params, weight_decay=cfg.weight_decay)
+
+    def logits_of(idx: np.ndarray, train: bool) -> torch.Tensor:
+        if feats is not None:
+            return head(feats[torch.from_numpy(idx).to(device)]).squeeze(-1)
+        x, last = padded_batch(td, h, idx, context, device)
+        with torch.set_grad_enabled(train):
+            hs = model.hidden_states(x)[torch.arange(len(idx), device=device), last]
+            return head(hs).squeeze(-1)
+
+    @torch.no_grad()
+    def predict(rows: np.ndarray) -> np.ndarray:
+        model.eval()
+        p = np.zeros(len(rows))
+        for b in batches_by_length(np.minimum(h.lengths()[rows], context), cfg.batch_size):
+            p[b] = torch.sigmoid(logits_of(rows[b], train=False).float()).cpu().numpy()
+        if cfg.full:
+            model.train()
+        return p
+
+    y_t = torch.from_numpy(y.astype(np.float32)).to(device)
+    best = (-np.inf, None, None, 0)  # score, head state, model state, epoch
+    curve, stale = [], 0
+    for epoch in progress(range(1, cfg.max_epochs + 1), desc=f"finetune {task}", unit="epoch"):
+        order = tr[torch.randperm(len(tr), generator=gen).numpy()]
+        losses = []
+        for i in range(0, len(order), cfg.batch_size):
+            idx = order[i : i + cfg.batch_size]
+            loss = F.binary_cross_entropy_with_logits(logits_of(idx, train=True).float(), y_t[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.full:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            losses.append(float(loss.detach()))
+        train_loss = float(np.mean(losses))
+        if not np.isfinite(train_loss):
+            raise UserError(f"task {task}: fine-tuning diverged at epoch {epoch} (non-finite loss); lower --lr")
+        score, kind = _tuning_score(y[tu], predict(tu))
+        curve.append({"epoch": epoch, "train_loss": train_loss, f"tuning_{kind}": score})
+        if score > best[0]:
+            best = (score, copy.deepcopy(head.state_dict()), copy.deepcopy(model.state_dict()) if cfg.full else None, epoch)
+            stale = 0
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    head.load_state_dict(best[1])
+    if cfg.full:
+        model.load_state_dict(best[2])
+    p = predict(np.arange(len(y)))
+    metrics = {
+        **binary_metrics(y[ho], p[ho], task, cfg.bootstrap, cfg.seed),
+        "head": "finetune_full" if cfg.full else "finetune_head",
+        "split": "held_out",
+        "context": context,
+        "n_train": int(len(tr)),
+        "n_tuning": int(len(tu)),
+        "best_epoch": best[3],
+        "epochs": curve,
+        "wall_s": time.time() - t0,
+    }
+    predictions = h.labels.select("subject_id", "prediction_time", "boolean_value", "split").with_columns(
+        pl.Series("probability", p)
+    )
+    write_head_outputs(out, overwrite, cfg, metrics, predictions)
+    summary(f"finetune {format_metrics(metrics)} (best epoch {best[3]} of {len(curve)}) -> {out}")
+    return metrics

@@ -1,0 +1,113 @@
+"""A trained run as the heads use it: loading with a tokenizer check, and frozen representations.
+
+Representation of a label: the final-normed hidden state (GPT.hidden_states) at the last token
+of its history, i.e. the last token with time <= prediction_time, read through at most the last
+`context` tokens. Histories are batched by similar length and right-padded; attention is causal,
+so padding after a row's last token never changes that token's state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ehrfm.clinical.histories import Histories, history_window
+from ehrfm.errors import UserError
+from ehrfm.io import progress
+from ehrfm.tokens import TokenDir
+
+
+def _recorded_fingerprint(run_dir: Path) -> str | None:
+    """The tokenizer fingerprint a run recorded (checkpoint state, result or config), if any."""
+    for rel in ("checkpoint/state.json", "result.json", "config.json"):
+        p = run_dir / rel
+        if not p.is_file():
+            continue
+        try:
+            data = json.loads(p.read_text())
+        except json.JSONDecodeError:
+            continue
+        for key, value in data.items():
+            if "fingerprint" in key and isinstance(value, str) and value:
+                return value
+    return None
+
+
+def load_run(run_dir: str | os.PathLike, td: TokenDir, device: str = "cpu", n_labels: int | None = None):
+    """(model, ModelConfig) of a completed run, refusing a run trained on another tokenizer."""
+    from ehrfm.checkpoint import load_model
+
+    run_dir = Path(run_dir)
+    result = run_dir / "result.json"
+    if result.is_file():
+        status = json.loads(result.read_text()).get("status")
+        if status not in (None, "completed"):
+            raise UserError(f"run {run_dir} has status {status!r}; heads need a completed run")
+    model, cfg = load_model(run_dir, device)
+    affected = f"; all {n_labels} label rows affected" if n_labels is not None else ""
+    recorded = _recorded_fingerprint(run_dir)
+    if recorded is not None and recorded != td.fingerprint:
+        raise UserError(
+            f"vocab mismatch: run {run_dir} was trained on tokenizer {recorded[:12]} but token dir {td.path} has tokenizer "
+            f"{td.fingerprint[:12]} (vocab {td.vocab_size}){affected}; tokenize with --tokenizer RUN_TOKENS/tokenizer.json"
+        )
+    if cfg.vocab_size != td.vocab_size:
+        raise UserError(
+            f"vocab mismatch: run {run_dir} has vocab size {cfg.vocab_size} but token dir {td.path} has {td.vocab_size}{affected}"
+        )
+    return model, cfg
+
+
+def pad_id(td: TokenDir) -> int:
+    try:
+        return td.pad_id
+    except KeyError:
+        return 0
+
+
+def batches_by_length(lengths: np.ndarray, batch_size: int):
+    """Index batches of similar lengths (less padding), in a fixed order."""
+    order = np.argsort(lengths, kind="stable")
+    for i in range(0, len(order), batch_size):
+        yield order[i : i + batch_size]
+
+
+def padded_batch(td: TokenDir, h: Histories, idx: np.ndarray, context: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) right-padded token ids of the labels idx, and the position of each row's last token."""
+    windows = [history_window(td, h, int(k), context) for k in idx]
+    T = max(len(w) for w in windows)
+    x = np.full((len(windows), T), pad_id(td), dtype=np.int64)
+    for r, w in enumerate(windows):
+        x[r, : len(w)] = w
+    last = np.array([len(w) - 1 for w in windows], dtype=np.int64)
+    return torch.from_numpy(x).to(device), torch.from_numpy(last).to(device)
+
+
+@torch.no_grad()
+def embed_histories(model, td: TokenDir, h: Histories, context: int, batch_size: int = 64, device="cpu", desc="embed") -> np.ndarray:
+    """(n_labels, d_model) float32 representations at the prediction times (see module doc)."""
+    model.eval()
+    device = torch.device(device)
+    n = len(h.start)
+    out = np.zeros((n, model.config.d_model), dtype=np.float32)
+    use_bf16 = device.type == "cuda"
+    with progress(total=n, desc=desc, unit="label") as bar:
+        for idx in batches_by_length(np.minimum(h.lengths(), context), batch_size):
+            x, last = padded_batch(td, h, idx, context, device)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                hs = model.hidden_states(x)
+            out[idx] = hs[torch.arange(len(idx), device=device), last].float().cpu().numpy()
+            bar.update(len(idx))
+    return out
+
+
+def resolve_context(requested: int | None, model_context: int) -> int:
+    if requested is None:
+        return model_context
+    if requested < 1 or requested > model_context:
+        raise UserError(f"--context {requested} must be between 1 and the model's context {model_context}")
+    return requested

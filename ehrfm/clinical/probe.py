@@ -1,0 +1,105 @@
+"""Linear probe: a frozen model's representation at the prediction time -> logistic regression.
+
+Representation: the final-normed hidden state at the last history token (time <=
+prediction_time), through at most the last `context` tokens (ehrfm.clinical.model_io). The
+logistic regression is fitted on train labels, its L2 strength C chosen by tuning AUROC, and it
+is scored on held_out: metrics.json, predictions.parquet (every label, with its split) and
+config.json in OUT.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from ehrfm.clinical.baseline import task_name
+from ehrfm.clinical.common import check_out, fit_logistic, require_two_classes, subsample_per_split, write_head_outputs
+from ehrfm.clinical.histories import Histories, locate_histories, select
+from ehrfm.clinical.labels import read_labels
+from ehrfm.clinical.metrics import binary_metrics, format_metrics
+from ehrfm.errors import UserError
+from ehrfm.tokens import TokenDir
+
+
+@dataclass
+class ProbeConfig:
+    run_dir: str
+    tokens_dir: str
+    labels: str
+    context: int | None = None  # default: the model's context
+    batch_size: int = 64
+    device: str = "cpu"
+    bootstrap: int = 1000
+    seed: int = 0
+    max_labels: int | None = None  # per split, a seeded sample (the same for every run)
+    task: str | None = None
+
+
+def load_label_histories(td: TokenDir, labels_path, max_labels: int | None, seed: int) -> Histories:
+    """Read labels, locate their histories (refusing bad rows), then subsample per split."""
+    labels = read_labels(labels_path)
+    h = locate_histories(td, labels, labels_path)
+    if max_labels:
+        keyed = h.labels.with_row_index("_row")
+        kept = subsample_per_split(keyed, max_labels, seed)["_row"].to_numpy()
+        mask = np.zeros(len(h.start), dtype=bool)
+        mask[kept] = True
+        h = select(h, mask)
+    return h
+
+
+def probe_scores(model, td: TokenDir, h: Histories, context: int, cfg: ProbeConfig, task: str):
+    """Embed, fit on train, pick C on tuning; (probabilities for every label, selection record)."""
+    from ehrfm.clinical.model_io import embed_histories
+
+    split, y = h.split, h.y
+    tr, tu = split == "train", split == "tuning"
+    require_two_classes(y[tr], "train", task)
+    x = embed_histories(model, td, h, context, cfg.batch_size, cfg.device, desc=f"probe {task}")
+    clf, selection = fit_logistic(x[tr], y[tr], x[tu], y[tu], cfg.seed, task)
+    return clf.predict_proba(x)[:, 1], selection
+
+
+def probe(cfg: ProbeConfig, out: str | os.PathLike, overwrite: bool = False) -> dict:
+    """Run the probe and write OUT (see the module docstring); returns the metrics."""
+    import torch
+
+    from ehrfm.clinical.model_io import load_run, resolve_context
+    from ehrfm.io import summary
+
+    check_out(out, overwrite)
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    task = cfg.task or task_name(cfg.labels)
+    td = TokenDir(cfg.tokens_dir)
+    h = load_label_histories(td, cfg.labels, cfg.max_labels, cfg.seed)
+    model, mcfg = load_run(cfg.run_dir, td, cfg.device, n_labels=len(h.start))
+    context = resolve_context(cfg.context, mcfg.context)
+    ho = h.split == "held_out"
+    if not ho.any():
+        raise UserError(f"task {task}: no labels in the held_out split to score")
+    p, selection = probe_scores(model, td, h, context, cfg, task)
+    y = h.y
+    metrics = {
+        **binary_metrics(y[ho], p[ho], task, cfg.bootstrap, cfg.seed),
+        "head": "probe",
+        "split": "held_out",
+        "representation": "final-normed hidden state at the last token with time <= prediction_time",
+        "context": context,
+        "n_train": int((h.split == "train").sum()),
+        "n_tuning": int((h.split == "tuning").sum()),
+        "selection": selection,
+        "model": {"run_dir": str(cfg.run_dir), "n_layer": mcfg.n_layer, "d_model": mcfg.d_model, "context": mcfg.context},
+        "history_tokens_mean": float(np.minimum(h.lengths(), context).mean()),
+        "wall_s": time.time() - t0,
+    }
+    predictions = h.labels.select("subject_id", "prediction_time", "boolean_value", "split").with_columns(
+        pl.Series("probability", p)
+    )
+    write_head_outputs(out, overwrite, cfg, metrics, predictions)
+    summary(f"probe {format_metrics(metrics)} -> {out}")
+    return metrics

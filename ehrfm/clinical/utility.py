@@ -1,0 +1,69 @@
+"""Clinical utility of one run, for sweeps: a linear probe per task on a fixed label sample.
+
+`ehrfm sweep collect SWEEP --labels LABELS_DIR` calls `score_run` for each completed run and
+adds the returned `auroc/<task>` and `auprc/<task>` columns to the results table, so analysis
+can fit utility against compute. The label sample depends only on the label files, max_labels
+and the seed, never on the run: every run of a sweep is scored on the same labels.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ehrfm.errors import UserError
+
+
+def label_files(labels_dir: str | os.PathLike) -> dict[str, Path]:
+    """{task: path} for each <task>.parquet in a labels dir (as `ehrfm labels --task all` writes)."""
+    d = Path(labels_dir)
+    if not d.is_dir():
+        raise UserError(f"labels dir {d} not found (make it with `ehrfm labels MEDS --task all --out {d}`)")
+    files = {p.stem: p for p in sorted(d.glob("*.parquet"))}
+    if not files:
+        raise UserError(f"labels dir {d} holds no <task>.parquet files")
+    return files
+
+
+def score_run(
+    run_dir: str | os.PathLike,
+    tokens_dir: str | os.PathLike,
+    labels: dict[str, str | os.PathLike],
+    max_labels: int = 2000,
+    seed: int = 0,
+    device: str = "cpu",
+    batch_size: int = 64,
+    context: int | None = None,
+) -> dict:
+    """{"auroc/<task>": .., "auprc/<task>": .., ...} on held_out, one probe per task.
+
+    max_labels: at most this many labels per split and task (seeded sample). Raises UserError
+    on bad labels (missing subjects, times outside timelines), a vocab mismatch, or a task
+    whose train labels have a single class.
+    """
+    import torch
+
+    from ehrfm.clinical.metrics import binary_metrics
+    from ehrfm.clinical.model_io import load_run, resolve_context
+    from ehrfm.clinical.probe import ProbeConfig, load_label_histories, probe_scores
+    from ehrfm.tokens import TokenDir
+
+    td = TokenDir(tokens_dir)
+    model, mcfg = load_run(run_dir, td, device)
+    ctx = resolve_context(context, mcfg.context)
+    out: dict = {}
+    for task, path in sorted(labels.items()):
+        torch.manual_seed(seed)
+        h = load_label_histories(td, path, max_labels, seed)
+        ho = h.split == "held_out"
+        if not ho.any():
+            raise UserError(f"task {task}: no labels in the held_out split of {path}")
+        cfg = ProbeConfig(str(run_dir), str(tokens_dir), str(path), ctx, batch_size, device, 0, seed, max_labels, task)
+        p, _ = probe_scores(model, td, h, ctx, cfg, task)
+        m = binary_metrics(h.y[ho], p[ho], task, n_boot=0, seed=seed)
+        out[f"auroc/{task}"] = m["auroc"] if m["auroc"] is None else float(m["auroc"])
+        out[f"auprc/{task}"] = m["auprc"] if m["auprc"] is None else float(m["auprc"])
+    return out
+
+
+__all__ = ["score_run", "label_files"]

@@ -1,0 +1,155 @@
+"""Zero-shot prediction by generative rollout (ETHOS-style), with the model's KV cache.
+
+From each label's history (tokens with time <= prediction_time, the last `context -
+max_new_tokens` of them) the model samples `n_samples` continuations of at most
+`max_new_tokens` tokens. The probability of the outcome is the share of continuations that
+reach an outcome token before a competing token:
+
+- in_hospital_mortality: outcome MEDS_DEATH or HOSPITAL_DISCHARGE//DIED; competing: any other
+  HOSPITAL_DISCHARGE//* token, or the timeline end.
+- icu_admission: outcome ICU_ADMISSION//*; competing: any HOSPITAL_DISCHARGE//*, MEDS_DEATH,
+  or the timeline end.
+
+A continuation that reaches neither within the bound counts as no outcome; the share of such
+undecided continuations is reported. Sampling is seeded per label (seed, label row), so results
+do not depend on the batch layout. The prompt is encoded once and its cache is shared by the
+samples of that label.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from ehrfm.clinical.baseline import task_name
+from ehrfm.clinical.common import check_out, write_head_outputs
+from ehrfm.clinical.histories import END_TOKENS, history_window
+from ehrfm.clinical.metrics import binary_metrics, format_metrics
+from ehrfm.clinical.probe import load_label_histories
+from ehrfm.errors import UserError
+from ehrfm.tokens import TokenDir
+
+ZEROSHOT_TASKS = ("in_hospital_mortality", "icu_admission")
+
+
+@dataclass
+class ZeroShotConfig:
+    run_dir: str
+    tokens_dir: str
+    labels: str
+    task: str | None = None  # in_hospital_mortality | icu_admission (default: from the labels)
+    context: int | None = None
+    batch_size: int = 64  # unused by the rollout (one label's samples form a batch); kept for the CLI
+    device: str = "cpu"
+    bootstrap: int = 1000
+    seed: int = 0
+    max_labels: int | None = None
+    n_samples: int = 20
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    splits: tuple[str, ...] = ("held_out",)  # zero-shot needs no training labels
+
+
+def outcome_tokens(td: TokenDir, task: str) -> tuple[list[int], list[int]]:
+    """(outcome ids, competing ids) for a zero-shot task (see the module docstring)."""
+    vocab = td.vocab
+    discharge = [i for i, t in enumerate(vocab) if t.startswith("HOSPITAL_DISCHARGE//")]
+    ends = [td.token_id(t) for t in END_TOKENS if t in set(vocab)]
+    death = [td.token_id(t) for t in ("MEDS_DEATH", "HOSPITAL_DISCHARGE//DIED") if t in set(vocab)]
+    if task == "in_hospital_mortality":
+        outcome = death
+        competing = [i for i in discharge if i not in death] + ends
+    elif task == "icu_admission":
+        outcome = td.token_ids_with_prefix("ICU_ADMISSION//")
+        competing = discharge + [i for i in death if i not in discharge] + ends
+    else:
+        raise UserError(f"zero-shot supports {', '.join(ZEROSHOT_TASKS)}, not {task!r}")
+    if not outcome:
+        raise UserError(f"token dir {td.path} has no outcome token for {task} in its vocabulary")
+    if not competing:
+        raise UserError(f"token dir {td.path} has no competing token (HOSPITAL_DISCHARGE//*) for {task}")
+    return outcome, competing
+
+
+def rollout_probability(model, prompt, outcome, competing, cfg: ZeroShotConfig, seed: int, device) -> tuple[float, float]:
+    """(share reaching an outcome first, share undecided) for one history."""
+    import torch
+
+    gen = torch.Generator(device=device).manual_seed(seed)
+    idx = torch.as_tensor(prompt, dtype=torch.long, device=device).unsqueeze(0)
+    cache = model.new_cache(1, len(prompt) + cfg.max_new_tokens)
+    logits = model.forward_step(idx, cache)[:, -1]
+    # Share the prompt's cache across the samples: copy its rows once.
+    cache_k, cache_v = cache.k.expand(-1, cfg.n_samples, -1, -1, -1).clone(), cache.v.expand(-1, cfg.n_samples, -1, -1, -1).clone()
+    cache.k, cache.v = cache_k, cache_v
+    logits = logits.expand(cfg.n_samples, -1)
+    out_set = torch.tensor(outcome, device=device)
+    comp_set = torch.tensor(competing, device=device)
+    result = torch.zeros(cfg.n_samples, dtype=torch.int8, device=device)  # 0 undecided, 1 outcome, -1 competing
+    for _ in range(cfg.max_new_tokens):
+        probs = torch.softmax(logits.float() / cfg.temperature, dim=-1)
+        nxt = torch.multinomial(probs, 1, generator=gen)
+        undecided = result == 0
+        result = torch.where(undecided & torch.isin(nxt[:, 0], out_set), torch.ones_like(result), result)
+        result = torch.where(undecided & torch.isin(nxt[:, 0], comp_set), -torch.ones_like(result), result)
+        if bool((result != 0).all()) or cache.length >= cache.max_len:
+            break
+        logits = model.forward_step(nxt, cache)[:, -1]
+    return float((result == 1).float().mean()), float((result == 0).float().mean())
+
+
+def zeroshot(cfg: ZeroShotConfig, out: str | os.PathLike, overwrite: bool = False) -> dict:
+    import torch
+
+    from ehrfm.clinical.model_io import load_run, resolve_context
+    from ehrfm.io import progress, summary
+
+    check_out(out, overwrite)
+    t0 = time.time()
+    task = cfg.task or task_name(cfg.labels)
+    if task not in ZEROSHOT_TASKS:
+        raise UserError(f"zero-shot supports {', '.join(ZEROSHOT_TASKS)}, not {task!r} (pass --task)")
+    if cfg.n_samples < 1 or cfg.max_new_tokens < 1 or cfg.temperature <= 0:
+        raise UserError("zero-shot needs --samples >= 1, --max-new-tokens >= 1 and --temperature > 0")
+    td = TokenDir(cfg.tokens_dir)
+    h = load_label_histories(td, cfg.labels, cfg.max_labels, cfg.seed)
+    model, mcfg = load_run(cfg.run_dir, td, cfg.device, n_labels=len(h.start))
+    context = resolve_context(cfg.context, mcfg.context)
+    if cfg.max_new_tokens >= context:
+        raise UserError(f"--max-new-tokens {cfg.max_new_tokens} leaves no room for history in a context of {context}")
+    prompt_len = context - cfg.max_new_tokens
+    outcome, competing = outcome_tokens(td, task)
+    rows = np.flatnonzero(np.isin(h.split, cfg.splits))
+    if len(rows) == 0:
+        raise UserError(f"task {task}: no labels in split(s) {', '.join(cfg.splits)}")
+    device = torch.device(cfg.device)
+    p = np.full(len(h.start), np.nan)
+    undecided = np.full(len(h.start), np.nan)
+    with torch.no_grad():
+        for k in progress(rows, desc=f"zeroshot {task}", unit="label"):
+            prompt = history_window(td, h, int(k), prompt_len)
+            p[k], undecided[k] = rollout_probability(model, prompt, outcome, competing, cfg, cfg.seed * 1_000_003 + int(k), device)
+    y = h.y
+    metrics = {
+        **binary_metrics(y[rows], p[rows], task, cfg.bootstrap, cfg.seed),
+        "head": "zeroshot",
+        "split": ",".join(cfg.splits),
+        "context": context,
+        "prompt_tokens_max": prompt_len,
+        "outcome_tokens": td.decode(outcome),
+        "competing_tokens": len(competing),
+        "undecided_share": float(np.mean(undecided[rows])),
+        "wall_s": time.time() - t0,
+    }
+    predictions = (
+        h.labels.select("subject_id", "prediction_time", "boolean_value", "split")
+        .with_columns(pl.Series("probability", p), pl.Series("undecided_share", undecided))
+        .filter(pl.col("split").is_in(list(cfg.splits)))
+    )
+    write_head_outputs(out, overwrite, cfg, metrics, predictions)
+    summary(f"zeroshot {format_metrics(metrics)} undecided {metrics['undecided_share']:.2f} -> {out}")
+    return metrics

@@ -1,0 +1,234 @@
+"""Model heads on a hand-built token dir and a real (randomly initialised) GPT checkpoint:
+history cut at prediction time, batching invariance, bad input, zero-shot rollout arithmetic."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from ehrfm.errors import UserError
+
+T0 = datetime(2150, 1, 1)
+VOCAB = ["PAD", "UNK", "TIMELINE_END", "GENDER//F", "MEDS_DEATH", "HOSPITAL_DISCHARGE//HOME", "HOSPITAL_ADMISSION//EW",
+         "ICU_ADMISSION//MICU", "LAB//A", "LAB//B", "LAB//C", "1h-2h"]
+
+
+def us(t: datetime) -> int:
+    return int((t - datetime(1970, 1, 1)).total_seconds() * 1_000_000)
+
+
+def write_token_dir(root: Path, timelines: dict[str, list[tuple[int, list[tuple[str, datetime]]]]], vocab=VOCAB) -> Path:
+    """A token dir in the DESIGN.md section 2 layout from {split: [(subject_id, [(token, time)])]}."""
+    root.mkdir(parents=True)
+    (root / "tokenizer.json").write_text(json.dumps({"vocab": vocab}))
+    ids = {t: i for i, t in enumerate(vocab)}
+    for split, subjects in timelines.items():
+        (root / split).mkdir()
+        toks, times, index, off = [], [], [], 0
+        for sid, events in subjects:
+            toks += [ids[t] for t, _ in events]
+            times += [us(when) for _, when in events]
+            index.append((sid, off, len(events)))
+            off += len(events)
+        np.save(root / split / "tokens.npy", np.array(toks, dtype=np.uint16))
+        np.save(root / split / "times.npy", np.array(times, dtype=np.int64))
+        pq.write_table(
+            pa.table({"subject_id": pa.array([i[0] for i in index], pa.int64()), "offset": pa.array([i[1] for i in index], pa.int64()),
+                      "length": pa.array([i[2] for i in index], pa.int64())}),
+            root / split / "index.parquet",
+        )
+    return root
+
+
+def timeline(sid: int, positive: bool, extra_after: list[tuple[str, datetime]] = ()) -> tuple[int, list]:
+    """Admission at T0; the last token before T0 + 24 h is LAB//A for positives, LAB//B otherwise."""
+    ev = [("GENDER//F", T0 - timedelta(days=400)), ("LAB//C", T0 - timedelta(days=400 - sid % 7)),
+          ("HOSPITAL_ADMISSION//EW", T0), ("1h-2h", T0 + timedelta(hours=1)),
+          ("LAB//A" if positive else "LAB//B", T0 + timedelta(hours=1))]
+    ev += list(extra_after)
+    ev += [("HOSPITAL_DISCHARGE//HOME", T0 + timedelta(days=3)), ("TIMELINE_END", T0 + timedelta(days=3))]
+    ev.sort(key=lambda e: e[1])
+    return sid, ev
+
+
+def make_cohort(root: Path, leak: bool = False) -> tuple[Path, Path]:
+    """60 train, 20 tuning, 20 held_out subjects; labels at T0 + 24 h = positive flag."""
+    rng = np.random.default_rng(0)
+    timelines, rows = {}, []
+    sid = 0
+    for split, n in (("train", 60), ("tuning", 20), ("held_out", 20)):
+        subjects = []
+        for _ in range(n):
+            sid += 1
+            pos = bool(rng.random() < 0.4)
+            # leak=True: events after the prediction time that give the outcome away
+            after = [("MEDS_DEATH" if pos else "LAB//C", T0 + timedelta(hours=30)), ("ICU_ADMISSION//MICU", T0 + timedelta(hours=25))] if leak else []
+            subjects.append(timeline(sid, pos, after))
+            rows.append((sid, T0 + timedelta(hours=24), pos))
+        timelines[split] = subjects
+    td = write_token_dir(root / "tok", timelines)
+    labels = pl.DataFrame(rows, schema={"subject_id": pl.Int64, "prediction_time": pl.Datetime("us"), "boolean_value": pl.Boolean}, orient="row")
+    labels.write_parquet(root / "in_hospital_mortality.parquet")
+    return td, root / "in_hospital_mortality.parquet"
+
+
+def save_random_run(run_dir: Path, vocab_size: int, fingerprint: str, seed: int = 0) -> Path:
+    from ehrfm.checkpoint import save_checkpoint
+    from ehrfm.config import ModelConfig
+    from ehrfm.model import GPT
+
+    torch.manual_seed(seed)
+    model = GPT(ModelConfig(n_layer=2, d_model=32, n_head=2, context=64, vocab_size=vocab_size))
+    save_checkpoint(run_dir, model, None, {"step": 0, "tokenizer_fingerprint": fingerprint})
+    (run_dir / "result.json").write_text(json.dumps({"status": "completed"}))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    from ehrfm.tokens import TokenDir
+
+    root = tmp_path_factory.mktemp("heads")
+    tok, labels = make_cohort(root)
+    run = save_random_run(root / "run", len(VOCAB), TokenDir(tok).fingerprint)
+    return tok, labels, run
+
+
+def test_history_cut_and_end_token(cohort, tmp_path):
+    from ehrfm.clinical.histories import locate_histories
+    from ehrfm.clinical.labels import read_labels
+    from ehrfm.tokens import TokenDir
+
+    tok, labels, run = cohort
+    td = TokenDir(tok)
+    h = locate_histories(td, read_labels(labels))
+    # every history ends at the LAB//A|B token at T0 + 1 h (5 tokens), never beyond
+    assert (h.lengths() == 5).all()
+    last = [td.decode([td.split(s).tokens[e - 1]])[0] for s, e in zip(h.split, h.stop)]
+    assert last == ["LAB//A" if y else "LAB//B" for y in h.y]
+    # a label at the discharge time: the discharge is history, the TIMELINE_END after it is not
+    at_dis = read_labels(labels).head(1).with_columns(pl.lit(T0 + timedelta(days=3)).cast(pl.Datetime("us")).alias("prediction_time"))
+    h2 = locate_histories(td, at_dis)
+    sp = td.split(h2.split[0])
+    assert td.decode([sp.tokens[h2.stop[0] - 1]]) == ["HOSPITAL_DISCHARGE//HOME"]
+
+
+def test_events_after_prediction_time_change_no_feature_and_no_score(cohort, tmp_path):
+    from ehrfm.clinical.model_io import embed_histories, load_run
+    from ehrfm.clinical.probe import ProbeConfig, load_label_histories, probe_scores
+    from ehrfm.tokens import TokenDir
+
+    tok, labels, run = cohort
+    leaky_tok, _ = make_cohort(tmp_path, leak=True)
+    results = []
+    for t in (tok, leaky_tok):
+        td = TokenDir(t)
+        h = load_label_histories(td, labels, None, 0)
+        model, _ = load_run(run, td)
+        x = embed_histories(model, td, h, context=64, batch_size=7)
+        p, _ = probe_scores(model, td, h, 64, ProbeConfig(str(run), str(t), str(labels)), "in_hospital_mortality")
+        results.append((x, p))
+    assert np.array_equal(results[0][0], results[1][0])
+    assert np.array_equal(results[0][1], results[1][1])
+    # the leaky dir really holds the extra tokens
+    assert TokenDir(leaky_tok).split("train").n_tokens == TokenDir(tok).split("train").n_tokens + 2 * 60
+
+
+def test_representation_independent_of_batching_and_context(cohort):
+    from ehrfm.clinical.model_io import embed_histories, load_run
+    from ehrfm.clinical.probe import load_label_histories
+    from ehrfm.tokens import TokenDir
+
+    tok, labels, run = cohort
+    td = TokenDir(tok)
+    h = load_label_histories(td, labels, None, 0)
+    model, _ = load_run(run, td)
+    a = embed_histories(model, td, h, 64, batch_size=1)
+    b = embed_histories(model, td, h, 64, batch_size=32)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    c = embed_histories(model, td, h, 2, batch_size=32)  # only the last 2 tokens
+    assert not np.allclose(a, c, atol=1e-3)
+
+
+def test_probe_and_finetune_write_metrics(cohort, tmp_path):
+    from ehrfm.clinical.finetune import FinetuneConfig, finetune
+    from ehrfm.clinical.probe import ProbeConfig, probe
+
+    tok, labels, run = cohort
+    m = probe(ProbeConfig(str(run), str(tok), str(labels), bootstrap=100), tmp_path / "probe")
+    saved = json.loads((tmp_path / "probe" / "metrics.json").read_text())
+    # the last token encodes the label, so even random features separate the classes
+    assert m["auroc"] == saved["auroc"] > 0.95 and m["n"] == 20 and saved["config"]["run_dir"] == str(run)
+    assert set(saved) >= {"task", "n", "prevalence", "auroc", "auroc_ci", "auprc", "auprc_ci", "calibration"}
+    assert saved["task"] == "in_hospital_mortality"
+    pred = pl.read_parquet(tmp_path / "probe" / "predictions.parquet")
+    assert pred.height == 100 and pred["probability"].is_between(0, 1).all()
+
+    f = finetune(FinetuneConfig(str(run), str(tok), str(labels), bootstrap=100, max_epochs=30, lr=3e-2, patience=5), tmp_path / "ft")
+    assert f["auroc"] > 0.95 and 1 <= f["best_epoch"] <= len(f["epochs"]) <= 30
+    full = finetune(FinetuneConfig(str(run), str(tok), str(labels), bootstrap=0, max_epochs=3, full=True, seed=1), tmp_path / "ftf")
+    assert full["head"] == "finetune_full" and len(full["epochs"]) == 3 and full["auroc"] > 0.5
+
+
+def test_bad_input_one_clear_error(cohort, tmp_path):
+    from ehrfm.cli import main
+    from ehrfm.clinical.probe import ProbeConfig, probe
+    from ehrfm.tokens import TokenDir
+
+    tok, labels, run = cohort
+    lab = pl.read_parquet(labels)
+    ghost = pl.concat([lab, lab.head(5).with_columns(pl.col("subject_id") + 1000)])
+    ghost.write_parquet(tmp_path / "ghost.parquet")
+    with pytest.raises(UserError, match=r"5 rows \(5 subjects\) have subjects missing from token dir"):
+        probe(ProbeConfig(str(run), str(tok), str(tmp_path / "ghost.parquet")), tmp_path / "o")
+    late = lab.with_columns(
+        pl.when(pl.int_range(0, lab.height) < 7).then(pl.lit(T0 + timedelta(days=900))).otherwise(pl.col("prediction_time")).alias("prediction_time")
+    )
+    late.write_parquet(tmp_path / "late.parquet")
+    with pytest.raises(UserError, match="7 rows have a prediction_time outside the subject's timeline"):
+        probe(ProbeConfig(str(run), str(tok), str(tmp_path / "late.parquet")), tmp_path / "o")
+    # a token dir made by another tokenizer (one more token): vocab mismatch, all rows affected
+    other, _ = make_cohort(tmp_path / "x")
+    other_vocab = VOCAB + ["LAB//D"]
+    (other / "tokenizer.json").write_text(json.dumps({"vocab": other_vocab}))
+    with pytest.raises(UserError, match=r"vocab mismatch: run .* was trained on tokenizer .* all 100 label rows affected"):
+        probe(ProbeConfig(str(run), str(other), str(labels)), tmp_path / "o")
+    assert TokenDir(other).fingerprint != TokenDir(tok).fingerprint
+    assert not (tmp_path / "o").exists()
+    # through the CLI: exit 2, one line
+    rc = main(["probe", str(run), "--tokens", str(other), "--labels", str(labels), "--out", str(tmp_path / "o")])
+    assert rc == 2
+
+
+def test_zeroshot_uniform_model_gives_analytic_share(cohort, tmp_path):
+    """With all logits zero, sampling is uniform over the vocab: the chance of hitting the outcome
+    (MEDS_DEATH) before a competing token (HOSPITAL_DISCHARGE//HOME, TIMELINE_END) is 1/3."""
+    from ehrfm.checkpoint import load_model, save_checkpoint
+    from ehrfm.clinical.zeroshot import ZeroShotConfig, zeroshot
+
+    tok, labels, run = cohort
+    model, _ = load_model(run)
+    with torch.no_grad():
+        model.head.weight.zero_()
+    flat = tmp_path / "flat_run"
+    save_checkpoint(flat, model, None, json.loads((run / "checkpoint" / "state.json").read_text()))
+    cfg = ZeroShotConfig(str(flat), str(tok), str(labels), n_samples=200, max_new_tokens=48, bootstrap=0, seed=3)
+    m = zeroshot(cfg, tmp_path / "zs")
+    pred = pl.read_parquet(tmp_path / "zs" / "predictions.parquet")
+    assert pred.height == 20 and set(pred["split"]) == {"held_out"}
+    # 20 labels x 200 samples: sd of the mean share ~ 0.007; undecided after 48 draws ~ (9/12)^48
+    assert abs(pred["probability"].mean() - 1 / 3) < 0.03
+    assert m["undecided_share"] < 0.01
+    again = zeroshot(cfg, tmp_path / "zs2")
+    assert again["auroc"] == m["auroc"]
+    assert pl.read_parquet(tmp_path / "zs2" / "predictions.parquet")["probability"].equals(pred["probability"])
+    with pytest.raises(UserError, match="zero-shot supports"):
+        zeroshot(ZeroShotConfig(str(flat), str(tok), str(labels), task="long_los"), tmp_path / "zs3")
