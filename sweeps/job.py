@@ -1,0 +1,246 @@
+"""The callable each submitit job runs: train one run of a sweep, surviving preemption.
+
+The trainer runs as a child process (`python -m sweeps.run_one CONFIG.json`, which calls ehrfm's
+public `train` API), not in the job's own Python:
+the job process stays small and responsive to signals, and a crash of the trainer (OOM, CUDA
+error) is recorded as a failed run instead of killing the job silently.
+
+Signals, as they really arrive (see submitit/core/job_environment.py and slurm.py):
+- SLURM time-out / submitit preemption: `--signal=USR2@<delay>` reaches every task; submitit's
+  handler calls `TrainJob.checkpoint()`, which stops the trainer with SIGTERM (the trainer
+  checkpoints and exits with code 3), then submitit runs `scontrol requeue` and exits. The
+  trainer child ignores USR2 itself (its default action would kill it before it checkpoints).
+- `scontrol requeue`, `scancel`, preemption in REQUEUE mode: SLURM sends SIGTERM to all processes
+  of the step; the trainer checkpoints and exits 3; SLURM requeues (or cancels) the job and the
+  next start resumes from the checkpoint.
+- LocalExecutor: its controller sends USR2 at time-out and restarts the job on exit code 144.
+A run dir holding result.json is finished: a requeued job for it returns that result at once.
+
+Multi-GPU runs: submitit starts one task per GPU; each task runs one trainer process with the
+torch.distributed environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) set, so
+the trainer joins one DDP group. Only rank 0 records failures.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# The trainer's exit code after checkpointing on SIGTERM/SIGUSR1 (ehrfm train contract).
+EXIT_INTERRUPTED = 3
+# How long a stopping trainer may take to write its checkpoint before it is killed.
+STOP_GRACE_S = 120
+FINISHED = ("completed", "failed", "diverged")
+
+
+@dataclass
+class TrainJob:
+    """One run of a sweep as a submitit callable; plain data, so submitit can pickle it."""
+
+    run_id: str
+    run_dir: str
+    log_path: str
+    record_path: str  # SWEEP/jobs/<run_id>.json: the launcher's record, updated with start times
+    config_path: str  # SWEEP/jobs/<run_id>.train.json: the run's TrainConfig
+    threads: int = 1  # CPU threads of the trainer (OMP/MKL/torch), so parallel jobs do not oversubscribe
+    env: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self._proc: subprocess.Popen | None = None
+        self._returncode: int | None = None
+        self._stopping = False
+
+    # --- submitit protocol ----------------------------------------------------------------------
+    def __call__(self) -> dict:
+        result = read_result(self.run_dir)
+        if result is not None and result.get("status") in FINISHED:
+            return result  # a requeue of a finished run: nothing to do
+        rank, local_rank, world = _ranks()
+        if rank == 0:
+            self._note_start()
+        self._spawn(rank, local_rank, world)
+        # Our own SIGTERM handler (submitit only logs SIGTERM): pass it on so the trainer
+        # checkpoints even where SLURM signals only the task's main process.
+        signal.signal(signal.SIGTERM, self._forward_stop)
+        signal.signal(signal.SIGINT, self._forward_stop)  # Ctrl-C on a local launch: checkpoint too
+        if rank != 0:  # submitit's USR2 handler acts on rank 0 only; other ranks stop their own trainer
+            signal.signal(signal.SIGUSR2, self._forward_stop)
+        while self._returncode is None:
+            time.sleep(0.2)
+        return self._outcome(rank)
+
+    def checkpoint(self):
+        """Called by submitit on USR2 (time-out / preemption): stop the trainer, requeue this job."""
+        from submitit.helpers import DelayedSubmission
+
+        self._stop_trainer()
+        return DelayedSubmission(TrainJob(self.run_id, self.run_dir, self.log_path, self.record_path, self.config_path, self.threads, dict(self.env)))
+
+    def __getstate__(self):
+        # The child process and its watcher thread live only in the running job.
+        return {k: v for k, v in self.__dict__.items() if k not in ("_proc", "_returncode", "_stopping", "_watcher")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._proc, self._returncode, self._stopping = None, None, False
+
+    # --- the trainer child ----------------------------------------------------------------------
+    def _spawn(self, rank: int, local_rank: int, world: int) -> None:
+        env = dict(os.environ)
+        env.update(self.env)
+        env["EHRFM_QUIET"] = "1"  # progress bars would flood the log
+        threads = str(max(1, int(self.threads)))
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "EHRFM_NUM_THREADS"):
+            env[name] = threads
+        if world > 1:
+            env.update(_ddp_env(rank, local_rank, world))
+        Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        log.write(f"--- {stamp} job {_job_id()} rank {rank}/{world}: python -m sweeps.run_one {self.config_path}\n".encode())
+        log.flush()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "sweeps.run_one", self.config_path],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=_ignore_usr2,
+        )
+        log.close()
+        proc = self._proc
+
+        def watch():
+            self._returncode = proc.wait()
+
+        # A thread owns the wait, so signal handlers in the main thread only read _returncode
+        # (no Popen lock is taken inside a handler).
+        self._watcher = threading.Thread(target=watch, daemon=True)
+        self._watcher.start()
+
+    def _forward_stop(self, signum=None, frame=None) -> None:
+        self._stopping = True
+        if self._proc is not None and self._returncode is None:
+            try:
+                self._proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def _stop_trainer(self) -> None:
+        self._forward_stop()
+        deadline = time.time() + STOP_GRACE_S
+        while self._proc is not None and self._returncode is None and time.time() < deadline:
+            time.sleep(0.2)
+        if self._proc is not None and self._returncode is None:
+            self._proc.kill()  # it did not checkpoint in time; it resumes from its last checkpoint
+
+    def _outcome(self, rank: int) -> dict:
+        rc = self._returncode
+        result = read_result(self.run_dir)
+        if result is not None and result.get("status") in FINISHED:
+            return result
+        if rc == EXIT_INTERRUPTED or self._stopping:
+            return {"status": "interrupted", "run_id": self.run_id}
+        if rank != 0:
+            return {"status": "failed", "run_id": self.run_id, "error": f"rank {rank} trainer exited with status {rc}"}
+        # The trainer died without writing result.json (killed, crashed, refused its arguments):
+        # record the run as failed so it is reported, never silently dropped.
+        why = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exited with status {rc}"
+        last = _last_line(self.log_path)
+        error = f"trainer {why}" + (f": {last}" if last else "") + f" (log: {self.log_path})"
+        result = {"status": "failed", "error": error, "exit_code": rc}
+        _write_json(Path(self.run_dir) / "result.json", result)
+        return result
+
+    def _note_start(self) -> None:
+        record = {}
+        try:
+            record = json.loads(Path(self.record_path).read_text())
+        except (OSError, json.JSONDecodeError):
+            pass
+        record.update(
+            started_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            job_id=record.get("job_id") or _job_id(),
+            running_job_id=_job_id(),
+            pid=os.getpid(),
+            host=os.uname().nodename,
+            starts=int(record.get("starts", 0)) + 1,
+        )
+        _write_json(Path(self.record_path), record)
+
+
+def read_result(run_dir: str | Path) -> dict | None:
+    p = Path(run_dir) / "result.json"
+    try:
+        return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _ignore_usr2() -> None:
+    # USR2 is submitit's preemption signal for the job process; SIGINT (a terminal's Ctrl-C) goes
+    # to the wrapper, which turns it into SIGTERM. The trainer stops only on SIGTERM, after a checkpoint.
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _ranks() -> tuple[int, int, int]:
+    try:
+        import submitit
+
+        env = submitit.JobEnvironment()
+        return env.global_rank, env.local_rank, env.num_tasks
+    except RuntimeError:  # called outside a submitit job (direct use, tests)
+        return 0, 0, 1
+
+
+def _job_id() -> str:
+    try:
+        import submitit
+
+        return str(submitit.JobEnvironment().job_id)
+    except (RuntimeError, KeyError):
+        return f"pid{os.getpid()}"
+
+
+def _ddp_env(rank: int, local_rank: int, world: int) -> dict:
+    import submitit
+
+    env = submitit.JobEnvironment()
+    # One port per job, the same on every task of it.
+    port = 20000 + zlib.crc32(str(env.job_id).encode()) % 20000
+    return {
+        "RANK": str(rank),
+        "LOCAL_RANK": str(local_rank),
+        "WORLD_SIZE": str(world),
+        "LOCAL_WORLD_SIZE": str(max(1, world // max(1, env.num_nodes))),
+        "MASTER_ADDR": env.hostnames[0],
+        "MASTER_PORT": str(port),
+    }
+
+
+def _last_line(path: str, limit: int = 300) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 8192))
+            lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    lines = [ln for ln in lines if not ln.startswith("---")]
+    return lines[-1][:limit] if lines else ""
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    from ehrfm.io import write_json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, obj)

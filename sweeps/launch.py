@@ -1,0 +1,398 @@
+"""Launch a planned sweep through submitit: a SLURM job array, or local processes on this machine.
+
+Relaunching is always safe: each run's state (sweeps/state.py) decides whether it is submitted.
+    completed, diverged        never again
+    failed                     only with retry_failed (the old result.json is archived first)
+    queued, running            never twice
+    planned, lost, interrupted submitted; an interrupted run resumes from its checkpoint
+
+SLURM: one array job per launch (`--max-parallel` is the array throttle `%N`), `--requeue`, and
+submitit's `--signal=USR2@signal_delay_s`, so a job nearing its time limit checkpoints and requeues
+itself (up to max_timeouts times); a job killed by `scontrol requeue` or preemption resumes from
+its checkpoint when SLURM restarts it. `gpus_per_node > 1` starts one task per GPU (DDP).
+Local: submitit's LocalExecutor, at most `max_parallel` jobs at a time with `cores / max_parallel`
+threads each; the call blocks until every launched run has finished (Ctrl-C checkpoints them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ehrfm.errors import UserError
+from ehrfm.io import progress, summary, write_json
+from sweeps.job import TrainJob
+from sweeps.plan import check_tokenizer, load_sweep, run_train_config
+from sweeps.state import ACTIVE, log_path, record_path, run_states, runs_dir
+
+EXECUTORS = ("slurm", "local")
+SLURM_COMMANDS = ("sbatch", "srun", "squeue", "scontrol")
+
+
+@dataclass
+class LaunchConfig:
+    """How to run a sweep's jobs; saved as SWEEP/launch.json (and appended to launches.jsonl)."""
+
+    executor: str = "local"
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str = "24:00:00"  # per job; minutes, HH:MM:SS or D-HH:MM:SS
+    cpus_per_task: int | None = None  # also the trainer's thread count
+    mem: str | None = None  # per node, as sbatch --mem: 16G, 4000M
+    gpus_per_node: int = 0  # > 1: one DDP task per GPU
+    nodes: int = 1
+    max_parallel: int | None = None  # SLURM array throttle / local concurrent jobs
+    constraint: str | None = None
+    exclude: str | None = None
+    signal_delay_s: int = 120  # USR2 this long before the time limit: time to checkpoint
+    max_timeouts: int = 5  # requeues after hitting the time limit (preemptions do not count)
+    slurm_args: dict = field(default_factory=dict)  # any other sbatch option: {"mail-type": "END"}
+    setup: list = field(default_factory=list)  # shell lines before the job (module load ..., source venv)
+    retry_failed: bool = False
+    wait: bool = False  # SLURM: block until the launched runs finish (local always waits)
+    poll_s: float = 5.0
+
+
+@dataclass
+class LaunchReport:
+    submitted: list[str]
+    job_ids: dict[str, str]
+    skipped: dict[str, list[str]]  # state -> run ids not submitted
+    final_states: dict[str, str] = field(default_factory=dict)  # after waiting
+
+    def reason(self) -> str:
+        parts = [f"{len(v)} {k}" for k, v in sorted(self.skipped.items()) if v]
+        text = ", ".join(parts) if parts else "none"
+        if self.skipped.get("failed"):
+            text += " (pass --retry-failed to resubmit failed runs)"
+        return text
+
+
+def parse_time_minutes(text: str) -> int:
+    """sbatch-style time ('90', '1:30:00', '2-00:00:00', '45:00') -> whole minutes (>= 1)."""
+    s = str(text).strip()
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", s)
+    if not m:
+        raise UserError(f"--time {text!r}: expected minutes, HH:MM:SS or D-HH:MM:SS")
+    days, a, b, c = m.groups()
+    if days is None and b is None:  # plain minutes
+        minutes = int(a)
+    elif c is not None:  # [D-]HH:MM:SS
+        minutes = int(a) * 60 + int(b) + (1 if int(c) else 0)
+    elif days is not None:  # D-HH or D-HH:MM
+        minutes = int(a) * 60 + int(b or 0)
+    else:  # MM:SS
+        minutes = int(a) + (1 if int(b) else 0)
+    minutes += int(days or 0) * 24 * 60
+    if minutes < 1:
+        raise UserError(f"--time {text!r} is shorter than a minute")
+    return minutes
+
+
+def check_executor(executor: str) -> None:
+    if executor not in EXECUTORS:
+        raise UserError(f"unknown executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
+    if executor == "slurm":
+        missing = [c for c in SLURM_COMMANDS if shutil.which(c) is None]
+        if missing:
+            raise UserError(
+                f"--executor slurm: SLURM command(s) {', '.join(missing)} not found on PATH; run on a SLURM "
+                "login node, start a local cluster (scripts/slurm-local.sh up) or use --executor local"
+            )
+
+
+def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
+    """Submit every run of the sweep that needs to run (see the module docstring)."""
+    sweep_dir = Path(sweep_dir).resolve()
+    check_executor(cfg.executor)
+    sweep, plan = load_sweep(sweep_dir)
+    check_tokenizer(sweep, sweep_dir)
+    if cfg.gpus_per_node < 0 or cfg.nodes < 1 or (cfg.max_parallel is not None and cfg.max_parallel < 1):
+        raise UserError("--gpus-per-node must be >= 0, --nodes and --max-parallel >= 1")
+    if cfg.mem is not None and not re.fullmatch(r"\d+[KMGT]?B?", str(cfg.mem), flags=re.I):
+        raise UserError(f"--mem {cfg.mem!r}: expected a size like 16G or 4000M")
+    time_min = parse_time_minutes(cfg.time)
+
+    states = run_states(sweep_dir, [r["run_id"] for r in plan])
+    to_submit: list[dict] = []
+    skipped: dict[str, list[str]] = {}
+    for row in plan:
+        st = states[row["run_id"]]
+        if st.state in ("planned", "lost", "interrupted") or (st.state == "failed" and cfg.retry_failed):
+            to_submit.append(row)
+        else:
+            skipped.setdefault(st.state, []).append(row["run_id"])
+    report = LaunchReport(submitted=[], job_ids={}, skipped=skipped)
+    if not to_submit:
+        why = report.reason() if plan else "the plan has no runs"
+        summary(f"submitted 0 jobs: nothing to run ({why})")
+        return report
+
+    stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    write_json(sweep_dir / "launch.json", cfg)
+    with open(sweep_dir / "launches.jsonl", "a") as f:
+        f.write(json.dumps({"at": stamp, "runs": [r["run_id"] for r in to_submit], **dataclasses.asdict(cfg)}) + "\n")
+    jobs = []
+    for row in to_submit:
+        rid = row["run_id"]
+        run_dir = runs_dir(sweep_dir) / rid
+        if states[rid].state == "failed":
+            _archive_failed(sweep_dir, rid)
+        config_path = sweep_dir / "jobs" / f"{rid}.train.json"
+        train_cfg = run_train_config(sweep, row, run_dir)
+        train_cfg.extra = {"sweep": str(sweep_dir), "run_id": rid, "budget": row["budget"]}
+        write_json(config_path, train_cfg)
+        jobs.append(
+            TrainJob(
+                run_id=rid,
+                run_dir=str(run_dir),
+                log_path=str(log_path(sweep_dir, rid)),
+                record_path=str(record_path(sweep_dir, rid)),
+                config_path=str(config_path),
+                threads=1,
+            )
+        )
+    if cfg.executor == "slurm":
+        _launch_slurm(sweep_dir, jobs, cfg, time_min, report)
+    else:
+        _launch_local(sweep_dir, jobs, cfg, time_min, report)
+    return report
+
+
+def _archive_failed(sweep_dir: Path, run_id: str) -> None:
+    """Move a failed result.json aside (jobs/<id>.failed-<n>.json) so the run starts again."""
+    src = runs_dir(sweep_dir) / run_id / "result.json"
+    n = 1
+    while (dst := sweep_dir / "jobs" / f"{run_id}.failed-{n}.json").exists():
+        n += 1
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(src, dst)
+
+
+def _write_record(sweep_dir: Path, run_id: str, **fields) -> None:
+    path = record_path(sweep_dir, run_id)
+    record = {}
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        pass
+    record.update(fields)
+    write_json(path, record)
+
+
+def _new_record(sweep_dir: Path, run_id: str, executor: str, **fields) -> None:
+    """A fresh submission record (the previous attempt's fields are dropped)."""
+    old = {}
+    try:
+        old = json.loads(record_path(sweep_dir, run_id).read_text())
+    except (OSError, json.JSONDecodeError):
+        pass
+    record = {
+        "run_id": run_id,
+        "executor": executor,
+        "job_id": None,
+        "host": os.uname().nodename,
+        "submitted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "launches": int(old.get("launches", 0)) + 1,
+        "previous_job_ids": (old.get("previous_job_ids") or []) + ([old["job_id"]] if old.get("job_id") else []),
+        **fields,
+    }
+    write_json(record_path(sweep_dir, run_id), record)
+
+
+# --- SLURM -------------------------------------------------------------------------------------
+
+
+def _launch_slurm(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, time_min: int, report: LaunchReport) -> None:
+    import submitit
+
+    tasks_per_node = max(1, cfg.gpus_per_node)
+    threads = cfg.cpus_per_task or 1
+    for job in jobs:
+        job.threads = threads
+    executor = submitit.SlurmExecutor(folder=str(sweep_dir / "submitit" / "%j"), max_num_timeout=cfg.max_timeouts)
+    params = dict(
+        job_name=f"ehrfm-{sweep_dir.name}",
+        time=time_min,
+        nodes=cfg.nodes,
+        ntasks_per_node=tasks_per_node,
+        signal_delay_s=cfg.signal_delay_s,
+        array_parallelism=cfg.max_parallel or 256,
+        additional_parameters={"requeue": True, **cfg.slurm_args},
+        stderr_to_stdout=True,
+    )
+    optional = dict(partition=cfg.partition, account=cfg.account, qos=cfg.qos, cpus_per_task=cfg.cpus_per_task,
+                    mem=cfg.mem, constraint=cfg.constraint, exclude=cfg.exclude)
+    params.update({k: v for k, v in optional.items() if v is not None})
+    if cfg.gpus_per_node:
+        params["gpus_per_node"] = cfg.gpus_per_node
+    if cfg.setup:
+        params["setup"] = list(cfg.setup)
+    executor.update_parameters(**params)
+    for job in jobs:
+        _new_record(sweep_dir, job.run_id, "slurm")
+    try:
+        with executor.batch():
+            submitted = [executor.submit(job) for job in jobs]
+    except Exception as e:  # sbatch refused (bad partition, account, limits): its message says why
+        for job in jobs:
+            record_path(sweep_dir, job.run_id).unlink(missing_ok=True)
+        msg = getattr(e, "stderr", None) or getattr(e, "output", None) or str(e)
+        msg = msg.decode() if isinstance(msg, bytes) else str(msg)
+        raise UserError(f"sbatch refused the sweep's job array: {' '.join(msg.split())[:400]}") from None
+    for job, sj in zip(jobs, submitted):
+        _write_record(sweep_dir, job.run_id, job_id=str(sj.job_id))
+        report.submitted.append(job.run_id)
+        report.job_ids[job.run_id] = str(sj.job_id)
+    array_id = str(submitted[0].job_id).split("_")[0]
+    summary(f"submitted {len(jobs)} jobs to SLURM as array {array_id} (not submitted: {report.reason()}); "
+            f"`ehrfm sweep status {sweep_dir}` to follow")
+    if cfg.wait:
+        report.final_states = wait_for_runs(sweep_dir, report.submitted, cfg.poll_s)
+        by_state: dict[str, int] = {}
+        for s in report.final_states.values():
+            by_state[s] = by_state.get(s, 0) + 1
+        summary(f"{len(report.final_states)} SLURM runs finished: " + ", ".join(f"{v} {k}" for k, v in sorted(by_state.items())))
+
+
+def wait_for_runs(sweep_dir: Path, run_ids: list[str], poll_s: float = 5.0, timeout_s: float | None = None) -> dict[str, str]:
+    """Block until none of `run_ids` is queued or running; returns their final states."""
+    from sweeps.plan import load_sweep
+
+    _, plan = load_sweep(sweep_dir)
+    planned = [r["run_id"] for r in plan]
+    start = time.time()
+    bar = progress(total=len(run_ids), desc="runs", unit="run")
+    done = 0
+    try:
+        while True:
+            states = run_states(sweep_dir, planned)
+            current = {rid: states[rid].state for rid in run_ids if rid in states}
+            n_done = sum(1 for s in current.values() if s not in ACTIVE)
+            bar.update(n_done - done)
+            done = n_done
+            if n_done == len(run_ids):
+                return current
+            if timeout_s is not None and time.time() - start > timeout_s:
+                raise TimeoutError(f"runs still active after {timeout_s:.0f} s: {[r for r, s in current.items() if s in ACTIVE]}")
+            time.sleep(poll_s)
+    finally:
+        bar.close()
+
+
+# --- local -------------------------------------------------------------------------------------
+
+
+def _visible_gpus() -> list[int]:
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [int(x) for x in env.split(",") if x.strip().isdigit()]
+    try:
+        import torch
+
+        return list(range(torch.cuda.device_count()))
+    except Exception:
+        return []
+
+
+def _launch_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, time_min: int, report: LaunchReport) -> None:
+    import submitit
+
+    cores = len(os.sched_getaffinity(0))
+    gpus = _visible_gpus() if cfg.gpus_per_node else []
+    if cfg.gpus_per_node and len(gpus) < cfg.gpus_per_node:
+        raise UserError(f"--gpus-per-node {cfg.gpus_per_node}: this machine has {len(gpus)} visible GPU(s)")
+    # Slots: GPU groups when jobs use GPUs, else cores split evenly so jobs do not oversubscribe.
+    if gpus:
+        slots = len(gpus) // cfg.gpus_per_node
+        max_parallel = min(cfg.max_parallel or slots, slots)
+    elif cfg.max_parallel:
+        max_parallel = cfg.max_parallel
+    else:
+        max_parallel = max(1, cores // (cfg.cpus_per_task or 1))
+    threads = cfg.cpus_per_task or max(1, cores // max_parallel)
+    for job in jobs:
+        job.threads = threads
+
+    executor = submitit.LocalExecutor(folder=str(sweep_dir / "submitit" / "%j"), max_num_timeout=cfg.max_timeouts)
+    executor.update_parameters(timeout_min=time_min, signal_delay_s=cfg.signal_delay_s,
+                               tasks_per_node=max(1, cfg.gpus_per_node), stderr_to_stdout=True)
+    for job in jobs:
+        _new_record(sweep_dir, job.run_id, "local", launcher_pid=os.getpid())
+    pending = list(jobs)
+    running: dict[str, tuple[object, TrainJob, list[int]]] = {}
+    free_gpu_groups = [gpus[i * cfg.gpus_per_node:(i + 1) * cfg.gpus_per_node] for i in range(max_parallel)] if gpus else []
+    bar = progress(total=len(jobs), desc="runs", unit="run")
+    counts: dict[str, int] = {}
+    start = time.time()
+    try:
+        while pending or running:
+            while pending and len(running) < max_parallel:
+                job = pending.pop(0)
+                group = free_gpu_groups.pop(0) if gpus else []
+                if gpus:
+                    executor.update_parameters(gpus_per_node=len(group), visible_gpus=tuple(group))
+                sj = executor.submit(job)
+                _write_record(sweep_dir, job.run_id, job_id=f"local-{sj.job_id}", job_pid=int(sj.job_id))
+                running[job.run_id] = (sj, job, group)
+                report.submitted.append(job.run_id)
+                report.job_ids[job.run_id] = f"local-{sj.job_id}"
+            time.sleep(0.5)
+            for rid, (sj, job, group) in list(running.items()):
+                if sj.done():
+                    del running[rid]
+                    if group:
+                        free_gpu_groups.append(group)
+                    status = _local_outcome(sj, job)
+                    counts[status] = counts.get(status, 0) + 1
+                    _write_record(sweep_dir, rid, finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+                    bar.update(1)
+    except KeyboardInterrupt:
+        # Ctrl-C: every live job gets SIGTERM, its trainer checkpoints; a relaunch resumes them.
+        for sj, _, _ in running.values():
+            try:
+                os.kill(int(sj.job_id), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + 60
+        while time.time() < deadline and any(not sj.done() for sj, _, _ in running.values()):
+            time.sleep(0.5)
+        raise
+    finally:
+        bar.close()
+        for job in pending:  # not started (Ctrl-C): no longer queued anywhere
+            record_path(sweep_dir, job.run_id).unlink(missing_ok=True)
+    report.final_states = {rid: st.state for rid, st in run_states(sweep_dir, report.submitted).items() if rid in report.submitted}
+    by_state: dict[str, int] = {}
+    for s in report.final_states.values():
+        by_state[s] = by_state.get(s, 0) + 1
+    summary(f"ran {len(jobs)} jobs locally ({max_parallel} at a time, {threads} threads each) in {time.time() - start:.0f} s: "
+            + ", ".join(f"{v} {k}" for k, v in sorted(by_state.items()))
+            + f" (not submitted: {report.reason()})")
+
+
+def _local_outcome(sj, job: TrainJob) -> str:
+    """Status of a finished local job, recording a failure when the job process itself died."""
+    from sweeps.state import read_result
+
+    result = read_result(job.run_dir)
+    if result is not None:
+        return str(result.get("status"))
+    try:
+        out = sj.result()
+        return str(out.get("status", "unknown")) if isinstance(out, dict) else "unknown"
+    except Exception as e:  # the wrapper itself failed before the trainer could: record it
+        error = f"job {sj.job_id} failed outside the trainer: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__}"
+        Path(job.run_dir).mkdir(parents=True, exist_ok=True)
+        write_json(Path(job.run_dir) / "result.json", {"status": "failed", "error": error})
+        return "failed"

@@ -1,0 +1,355 @@
+"""IsoFLOP planning: which models to train at each compute budget, and for how many tokens.
+
+For each budget C the planner centres a log-spaced ladder of model sizes on the expected
+compute-optimal size N*(C), turns each target size into a concrete shape with the trainer's
+depth/width rule (`ehrfm.shapes.shape_for_params`), and gives each shape D = floor(C / F) training
+tokens, F being the shape's `flops_per_token`. Every planned run has a stable id: a hash of its
+training config (and budget), so planning twice gives the same ids and relaunches find their runs.
+
+A sweep dir after `plan`:
+
+    sweep.json     SweepConfig: tokens dir, tokenizer fingerprint, budgets, ladder, train options
+    plan.parquet   one row per run (PLAN_COLUMNS)
+
+`launch` adds runs/<run_id>/ (trainer run dirs), jobs/<run_id>.json (submission records),
+logs/<run_id>.log (trainer stdout+stderr) and submitit/ (submitit's own job files).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ehrfm.config import ModelConfig, TrainConfig
+from ehrfm.errors import UserError
+from ehrfm.io import atomic_file, read_json, summary, write_json
+
+SWEEP_JSON = "sweep.json"
+PLAN_PARQUET = "plan.parquet"
+
+# Training options a sweep may set for all its runs; everything else in TrainConfig is either the
+# run's shape/budget (set per run) or a path (set by the launcher).
+PER_RUN_FIELDS = {"tokens_dir", "out_dir", "n_layer", "d_model", "n_head", "context", "tokens", "flops", "overwrite", "extra"}
+
+
+@dataclass
+class SweepConfig:
+    """Everything `plan` was asked for, saved as SWEEP/sweep.json."""
+
+    tokens_dir: str
+    budgets: list[float]
+    sizes: int = 7
+    # The ladder spans N*(C) * 10**(+-span_dex); N*(C) is where D/N = tokens_per_param
+    # (Hoffmann et al. 2022 found ~20 for text; it is only the centre of the search).
+    span_dex: float = 1.0
+    tokens_per_param: float = 20.0
+    context: int = 256
+    # Warn for runs with fewer optimizer steps than this (too short for the schedule to matter).
+    min_steps: int = 50
+    # TrainConfig options shared by every run (batch_size, lr, seed, ...), as given by the user.
+    train: dict = field(default_factory=dict)
+    # Filled by plan: provenance of the token dir, checked again at launch.
+    tokenizer_fingerprint: str = ""
+    vocab_size: int = 0
+    train_tokens: int = 0  # unique tokens in the train split (D beyond this means > 1 epoch)
+    created_at: str = ""
+    ehrfm_version: str = ""
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SweepConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+PLAN_COLUMNS = [
+    "run_id", "budget", "target_n_params", "n_layer", "d_model", "n_head", "context", "n_params",
+    "n_params_total", "flops_per_token", "tokens", "flops", "steps", "epochs", "seed",
+]
+
+
+def parse_budgets(text: str) -> list[float]:
+    """'1e12,3e12,1e13' -> [1e12, 3e12, 1e13] (sorted, unique); UserError naming a bad item."""
+    out = []
+    for item in str(text).split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            c = float(item)
+        except ValueError:
+            raise UserError(f"--budgets: {item!r} is not a number (expected FLOPs like 1e12,3e12)") from None
+        if not (c > 0 and math.isfinite(c)):
+            raise UserError(f"--budgets: {item!r} must be a positive finite number of FLOPs")
+        out.append(c)
+    if not out:
+        raise UserError("--budgets: give at least one compute budget in FLOPs, e.g. 1e12,3e12")
+    return sorted(set(out))
+
+
+def parse_train_options(items: list[str] | None) -> dict:
+    """['lr=3e-4', 'batch_size=16'] -> {'lr': 3e-4, 'batch_size': 16}, typed like TrainConfig."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    out: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in fields:
+            raise UserError(f"--train-opt {item!r}: expected KEY=VALUE with KEY a train option ({', '.join(sorted(set(fields) - PER_RUN_FIELDS))})")
+        if key in PER_RUN_FIELDS:
+            raise UserError(f"--train-opt {key}: set per run by the planner, not per sweep")
+        default = getattr(TrainConfig(tokens_dir="", out_dir="", tokens=1), key)
+        try:
+            if isinstance(default, bool):
+                out[key] = value.strip().lower() in ("1", "true", "yes", "on")
+            elif isinstance(default, int):
+                out[key] = int(float(value))
+            elif isinstance(default, float):
+                out[key] = float(value)
+            else:
+                out[key] = value
+        except ValueError:
+            raise UserError(f"--train-opt {item!r}: {value!r} is not a valid {type(default).__name__}") from None
+    return out
+
+
+def run_train_config(sweep: SweepConfig, row: dict, run_dir: str | Path) -> TrainConfig:
+    """The TrainConfig of one planned run (what its job passes to `ehrfm train`)."""
+    return TrainConfig(
+        tokens_dir=sweep.tokens_dir,
+        out_dir=str(run_dir),
+        n_layer=int(row["n_layer"]),
+        d_model=int(row["d_model"]),
+        n_head=int(row["n_head"]),
+        context=int(row["context"]),
+        tokens=int(row["tokens"]),
+        **sweep.train,
+    )
+
+
+def run_id_for(fingerprint: str, budget: float, cfg: TrainConfig) -> str:
+    """Stable id of a run: readable prefix + hash of everything that determines its result."""
+    identity = {k: v for k, v in cfg.to_dict().items() if k not in ("tokens_dir", "out_dir", "overwrite", "extra")}
+    identity["tokenizer_fingerprint"] = fingerprint
+    identity["budget"] = float(budget)
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    return f"C{budget:.0e}_L{cfg.n_layer}_D{cfg.d_model}_{digest}".replace("+", "")
+
+
+def _flops_per_token(cfg: ModelConfig) -> float:
+    from ehrfm.shapes import flops_per_token
+
+    return flops_per_token(cfg)
+
+
+def expected_optimum(budget: float, tokens_per_param: float, vocab_size: int, context: int) -> float:
+    """N*(C): the non-embedding size at which D/N = tokens_per_param when D = C / flops_per_token.
+
+    flops_per_token = 6 N g(N), g >= 1 holding the head and attention terms (large for small
+    models), so N = sqrt(C / (6 r g)); a few fixed-point steps through real shapes settle g.
+    """
+    from ehrfm.shapes import n_params, shape_for_params
+
+    n = math.sqrt(budget / (6.0 * tokens_per_param))
+    for _ in range(6):
+        cfg = shape_for_params(max(n, 1.0), vocab_size, context)
+        g = _flops_per_token(cfg) / (6.0 * n_params(cfg))
+        n = math.sqrt(budget / (6.0 * tokens_per_param * g))
+    return n
+
+
+def smallest_shape(vocab_size: int, context: int) -> ModelConfig:
+    from ehrfm.shapes import head_dim_for
+
+    return ModelConfig(n_layer=1, d_model=16, n_head=16 // head_dim_for(16), context=context, vocab_size=vocab_size)
+
+
+def make_plan(sweep: SweepConfig) -> tuple[list[dict], list[str]]:
+    """Plan rows (dicts with PLAN_COLUMNS) and human-readable warnings for a sweep config."""
+    from ehrfm.shapes import n_params, n_params_total, shape_for_params
+
+    base = TrainConfig(tokens_dir=sweep.tokens_dir, out_dir="", tokens=1, context=sweep.context, **sweep.train)
+    tokens_per_step = base.batch_size * base.context
+    if sweep.sizes < 1:
+        raise UserError(f"--sizes must be >= 1 (got {sweep.sizes})")
+    if not sweep.span_dex >= 0:
+        raise UserError(f"--span-dex must be >= 0 (got {sweep.span_dex})")
+
+    rows: list[dict] = []
+    warnings: list[str] = []
+    smallest = smallest_shape(sweep.vocab_size, sweep.context)
+    for budget in sweep.budgets:
+        d_smallest = int(budget // _flops_per_token(smallest))
+        if d_smallest < tokens_per_step:
+            raise UserError(
+                f"budget {budget:.3g} FLOPs is too small for the smallest shape (n_layer=1, d_model=16, "
+                f"N={n_params(smallest)}, {_flops_per_token(smallest):.3g} FLOPs/token): it buys {d_smallest} tokens, "
+                f"less than one optimizer step of batch_size*context={tokens_per_step} tokens"
+            )
+        n_star = expected_optimum(budget, sweep.tokens_per_param, sweep.vocab_size, sweep.context)
+        k = sweep.sizes
+        targets = [n_star * 10 ** (sweep.span_dex * (2 * i / (k - 1) - 1)) if k > 1 else n_star for i in range(k)]
+        seen: set[tuple[int, int, int]] = set()
+        for target in targets:
+            shape = shape_for_params(target, sweep.vocab_size, sweep.context)
+            key = (shape.n_layer, shape.d_model, shape.n_head)
+            if key in seen:
+                continue  # small targets can snap to the same shape; train it once per budget
+            seen.add(key)
+            fpt = _flops_per_token(shape)
+            tokens = int(budget // fpt)
+            label = f"budget {budget:.3g}, N={n_params(shape):.3g} (n_layer={shape.n_layer}, d_model={shape.d_model})"
+            if tokens < tokens_per_step:
+                warnings.append(f"{label}: dropped, D={tokens} tokens is less than one optimizer step ({tokens_per_step} tokens)")
+                continue
+            cfg = dataclasses.replace(base, n_layer=shape.n_layer, d_model=shape.d_model, n_head=shape.n_head, tokens=tokens)
+            steps = math.ceil(tokens / tokens_per_step)
+            epochs = tokens / sweep.train_tokens if sweep.train_tokens else float("nan")
+            if steps < sweep.min_steps:
+                warnings.append(f"{label}: only {steps} optimizer steps (< --min-steps {sweep.min_steps})")
+            if sweep.train_tokens and tokens > sweep.train_tokens:
+                warnings.append(f"{label}: D={tokens:.3g} tokens is {epochs:.1f} epochs of the {sweep.train_tokens} unique training tokens")
+            rows.append(
+                {
+                    "run_id": run_id_for(sweep.tokenizer_fingerprint, budget, cfg),
+                    "budget": float(budget),
+                    "target_n_params": float(target),
+                    "n_layer": shape.n_layer,
+                    "d_model": shape.d_model,
+                    "n_head": shape.n_head,
+                    "context": shape.context,
+                    "n_params": n_params(shape),
+                    "n_params_total": n_params_total(shape),
+                    "flops_per_token": float(fpt),
+                    "tokens": tokens,
+                    "flops": float(tokens * fpt),
+                    "steps": steps,
+                    "epochs": float(epochs),
+                    "seed": cfg.seed,
+                }
+            )
+        if len(seen) < k:
+            warnings.append(f"budget {budget:.3g}: {k} sizes asked, {len(seen)} distinct shapes (small sizes snap to the same shape)")
+    return rows, warnings
+
+
+def write_plan_table(rows: list[dict], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema(
+        [
+            ("run_id", pa.string()), ("budget", pa.float64()), ("target_n_params", pa.float64()),
+            ("n_layer", pa.int64()), ("d_model", pa.int64()), ("n_head", pa.int64()), ("context", pa.int64()),
+            ("n_params", pa.int64()), ("n_params_total", pa.int64()), ("flops_per_token", pa.float64()),
+            ("tokens", pa.int64()), ("flops", pa.float64()), ("steps", pa.int64()), ("epochs", pa.float64()),
+            ("seed", pa.int64()),
+        ]
+    )
+    table = pa.Table.from_pylist(rows, schema=schema)
+    with atomic_file(path, "wb") as f:
+        pq.write_table(table, f)
+
+
+def plan_sweep(
+    tokens_dir: str | Path,
+    budgets: list[float],
+    out: str | Path,
+    sizes: int = 7,
+    span_dex: float = 1.0,
+    tokens_per_param: float = 20.0,
+    context: int = 256,
+    min_steps: int = 50,
+    train: dict | None = None,
+) -> tuple[SweepConfig, list[dict], list[str]]:
+    """Plan an IsoFLOP sweep into `out` (sweep.json + plan.parquet); returns (config, rows, warnings).
+
+    Re-planning an existing sweep dir is allowed (same ids for the same runs, runs/ kept) only
+    with the same tokenizer; a sweep dir planned on another tokenizer is refused.
+    """
+    import ehrfm
+    from ehrfm.tokens import TokenDir
+
+    td = TokenDir(tokens_dir)
+    train_tokens = td.split("train").n_tokens if "train" in td.splits else 0
+    sweep = SweepConfig(
+        tokens_dir=str(Path(tokens_dir).resolve()),
+        budgets=list(budgets),
+        sizes=int(sizes),
+        span_dex=float(span_dex),
+        tokens_per_param=float(tokens_per_param),
+        context=int(context),
+        min_steps=int(min_steps),
+        train=dict(train or {}),
+        tokenizer_fingerprint=td.fingerprint,
+        vocab_size=td.vocab_size,
+        train_tokens=int(train_tokens),
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        ehrfm_version=ehrfm.__version__,
+    )
+    out = Path(out)
+    if out.exists():
+        if not (out / SWEEP_JSON).is_file():
+            if any(out.iterdir()):
+                raise UserError(f"output {out} exists and is not a sweep dir (no {SWEEP_JSON}); choose another --out")
+        else:
+            old = SweepConfig.from_dict(read_json(out / SWEEP_JSON, "sweep config"))
+            if old.tokenizer_fingerprint != sweep.tokenizer_fingerprint:
+                raise UserError(
+                    f"sweep dir {out} was planned with another tokenizer (fingerprint {old.tokenizer_fingerprint[:12]}, "
+                    f"{tokens_dir} has {sweep.tokenizer_fingerprint[:12]}); its runs are not comparable: use a new --out"
+                )
+    rows, warnings = make_plan(sweep)
+    out.mkdir(parents=True, exist_ok=True)
+    write_plan_table(rows, out / PLAN_PARQUET)
+    write_json(out / SWEEP_JSON, sweep)
+    return sweep, rows, warnings
+
+
+def load_sweep(sweep_dir: str | Path) -> tuple[SweepConfig, list[dict]]:
+    """SweepConfig and plan rows of a planned sweep dir (UserError if it is not one)."""
+    import pyarrow.parquet as pq
+
+    sweep_dir = Path(sweep_dir)
+    if not (sweep_dir / SWEEP_JSON).is_file():
+        raise UserError(f"{sweep_dir} is not a sweep dir: {SWEEP_JSON} not found (run `ehrfm sweep plan` first)")
+    sweep = SweepConfig.from_dict(read_json(sweep_dir / SWEEP_JSON, "sweep config"))
+    plan_path = sweep_dir / PLAN_PARQUET
+    if not plan_path.is_file():
+        raise UserError(f"{plan_path} not found (run `ehrfm sweep plan` again)")
+    table = pq.read_table(plan_path)
+    missing = [c for c in PLAN_COLUMNS if c not in table.column_names]
+    if missing:
+        raise UserError(f"{plan_path}: missing column(s) {', '.join(missing)} ({table.num_rows} rows)")
+    return sweep, table.to_pylist()
+
+
+def check_tokenizer(sweep: SweepConfig, sweep_dir: Path) -> None:
+    """Refuse to train a sweep on a token dir whose tokenizer changed since planning."""
+    from ehrfm.tokens import TokenDir
+
+    td = TokenDir(sweep.tokens_dir)
+    if td.fingerprint != sweep.tokenizer_fingerprint:
+        raise UserError(
+            f"sweep dir {sweep_dir} was planned with tokenizer fingerprint {sweep.tokenizer_fingerprint[:12]} but "
+            f"{sweep.tokens_dir}/tokenizer.json now has {td.fingerprint[:12]}; plan a new sweep for this token dir"
+        )
+
+
+def print_plan(sweep: SweepConfig, rows: list[dict], warnings: list[str], out: Path, file=sys.stdout) -> None:
+    print(f"{'run_id':<34} {'budget':>8} {'N':>9} {'L':>3} {'d':>5} {'H':>3} {'D':>10} {'steps':>6} {'epochs':>6}", file=file)
+    for r in rows:
+        print(
+            f"{r['run_id']:<34} {r['budget']:>8.2g} {r['n_params']:>9.3g} {r['n_layer']:>3} {r['d_model']:>5} "
+            f"{r['n_head']:>3} {r['tokens']:>10.3g} {r['steps']:>6} {r['epochs']:>6.2f}",
+            file=file,
+        )
+    file.flush()
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr, flush=True)
+    summary(f"planned {len(rows)} runs over {len(sweep.budgets)} budgets into {out} ({len(warnings)} warnings)")

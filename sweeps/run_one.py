@@ -1,0 +1,48 @@
+"""Child process of a sweep job: `python -m sweeps.run_one CONFIG.json` trains one run.
+
+CONFIG.json is a TrainConfig (as JSON). This calls ehrfm's public `train` (which installs its
+SIGTERM/SIGUSR1 checkpoint handlers) and turns the outcome into an exit code for the job wrapper
+(sweeps/job.py), the same codes as `ehrfm train`:
+    0  completed or diverged (result.json written)     3  interrupted (checkpoint written)
+    1  failed (result.json written by the trainer)      2  refused (UserError, nothing written)
+Under DDP (RANK/WORLD_SIZE set by the wrapper) every rank runs this; rank 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+EXIT_CODES = {"completed": 0, "diverged": 0, "failed": 1, "interrupted": 3}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m sweeps.run_one CONFIG.json", file=sys.stderr)
+        return 2
+    from ehrfm.config import TrainConfig
+    from ehrfm.errors import UserError
+
+    threads = os.environ.get("EHRFM_NUM_THREADS")
+    try:
+        cfg = TrainConfig.from_dict(json.loads(open(argv[0]).read()))
+        import torch
+
+        if threads:
+            # One job's share of the machine's cores, so parallel jobs do not oversubscribe them.
+            torch.set_num_threads(int(threads))
+        from ehrfm.train import train
+
+        result = train(cfg)
+    except UserError as e:
+        print(f"ehrfm train: error: {e}", file=sys.stderr)
+        return 2
+    status = result.get("status")
+    print(f"run_one: {cfg.out_dir}: {status}" + (f" ({result.get('error')})" if result.get("error") else ""), flush=True)
+    return EXIT_CODES.get(status, 1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The state of each run of a sweep, from files and from the scheduler.
+
+    completed | failed | diverged   runs/<id>/result.json says so (the trainer, or the job wrapper
+                                    when the trainer died, wrote it)
+    queued | running                jobs/<id>.json names a job that SLURM (squeue) or this machine
+                                    (a live local process) still has
+    interrupted                     the job is gone, runs/<id>/checkpoint/ exists: resumable
+    lost                            the job is gone and nothing was saved (cancelled before start,
+                                    killed without checkpoint): launch starts it again
+    planned                         never launched
+    unplanned                       a run dir under runs/ that the current plan does not list
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ehrfm.errors import UserError
+
+FINISHED = ("completed", "failed", "diverged")
+ACTIVE = ("queued", "running")
+
+
+@dataclass
+class RunState:
+    run_id: str
+    state: str
+    job_id: str | None = None
+    executor: str | None = None
+    result: dict | None = None
+
+
+def runs_dir(sweep_dir: Path) -> Path:
+    return Path(sweep_dir) / "runs"
+
+
+def record_path(sweep_dir: Path, run_id: str) -> Path:
+    return Path(sweep_dir) / "jobs" / f"{run_id}.json"
+
+
+def log_path(sweep_dir: Path, run_id: str) -> Path:
+    return Path(sweep_dir) / "logs" / f"{run_id}.log"
+
+
+def read_record(sweep_dir: Path, run_id: str) -> dict | None:
+    try:
+        return json.loads(record_path(sweep_dir, run_id).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def read_result(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((Path(run_dir) / "result.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def slurm_job_states() -> dict[str, str]:
+    """{job id: SLURM state} of this user's jobs still known to SLURM (array tasks one by one).
+
+    Pending array tasks appear as '<array>_<task>' thanks to `squeue -r`.
+    """
+    if shutil.which("squeue") is None:
+        raise UserError("cannot check SLURM jobs of this sweep: `squeue` not found (run on a SLURM login node)")
+    cmd = ["squeue", "-h", "-r", "-o", "%i|%T", "-u", getpass.getuser()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise UserError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}): {proc.stderr.strip()[:200]}")
+    states = {}
+    for line in proc.stdout.splitlines():
+        jid, _, st = line.strip().partition("|")
+        if jid:
+            states[jid] = st
+    return states
+
+
+def _pid_alive(pid) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped) is not running.
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _slurm_state(record: dict, squeue: dict[str, str]) -> str | None:
+    st = squeue.get(str(record.get("job_id")))
+    if st is None:
+        return None
+    if st in ("RUNNING", "COMPLETING", "SUSPENDED", "STOPPED"):
+        return "running"
+    if st in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "CONFIGURING", "SIGNALING"):
+        return "queued"
+    return None  # COMPLETED, FAILED, CANCELLED, TIMEOUT, ... (the job is over)
+
+
+def _local_state(record: dict) -> str | None:
+    if record.get("host") and record["host"] != os.uname().nodename:
+        return "running"  # launched from another machine: we cannot see it, so never relaunch it
+    if _pid_alive(record.get("job_pid")):
+        return "running"
+    if not record.get("job_pid") and _pid_alive(record.get("launcher_pid")):
+        return "queued"  # waiting for a free slot in a live `sweep launch --executor local`
+    return None
+
+
+def run_states(sweep_dir: str | Path, run_ids: list[str]) -> dict[str, RunState]:
+    """State of each planned run, plus any run dir under runs/ that the plan does not list."""
+    sweep_dir = Path(sweep_dir)
+    ids = list(run_ids)
+    rdir = runs_dir(sweep_dir)
+    if rdir.is_dir():
+        planned = set(ids)
+        ids += sorted(p.name for p in rdir.iterdir() if p.is_dir() and p.name not in planned and ".tmp-" not in p.name)
+    records = {rid: read_record(sweep_dir, rid) for rid in ids}
+    squeue: dict[str, str] | None = None
+    out: dict[str, RunState] = {}
+    planned_ids = set(run_ids)
+    for rid in ids:
+        run_dir = rdir / rid
+        record = records[rid]
+        result = read_result(run_dir)
+        executor = record.get("executor") if record else None
+        job_id = str(record["job_id"]) if record and record.get("job_id") else None
+        if result is not None and result.get("status") in FINISHED:
+            out[rid] = RunState(rid, result["status"], job_id, executor, result)
+            continue
+        active = None
+        if record is not None:
+            if executor == "slurm":
+                if squeue is None:
+                    squeue = slurm_job_states()
+                active = _slurm_state(record, squeue)
+            else:
+                active = _local_state(record)
+        if active is not None:
+            state = active
+        elif (run_dir / "checkpoint").exists():
+            state = "interrupted"
+        elif record is not None:
+            state = "lost"
+        else:
+            state = "planned" if rid in planned_ids else "unplanned"
+        out[rid] = RunState(rid, state, job_id, executor, result)
+    return out
