@@ -1,13 +1,119 @@
-"""CLI for this stage (placeholder until the stage lands)."""
+"""`ehrfm synth`, `ehrfm etl`, `ehrfm tokenize`: thin wrappers over tokenization's public functions.
 
-from ehrfm.errors import UserError
+Only argparse at top level: the stage modules (polars, pyarrow, meds) load inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
 
 
-def _todo(args):
-    raise UserError(f"{args.command} is not implemented yet")
+def _fractions(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three numbers like 0.8,0.1,0.1 (got {text!r})") from None
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected three numbers like 0.8,0.1,0.1 (got {text!r})")
+    return parts
 
 
-def register(sub):
-    sub.add_parser("synth", help="(not yet implemented)").set_defaults(func=_todo)
-    sub.add_parser("etl", help="(not yet implemented)").set_defaults(func=_todo)
-    sub.add_parser("tokenize", help="(not yet implemented)").set_defaults(func=_todo)
+def _synth(args) -> int:
+    from tokenization.synth import synthesize
+
+    synthesize(args.out, n_patients=args.patients, seed=args.seed, overwrite=args.overwrite)
+    return 0
+
+
+def _etl(args) -> int:
+    from tokenization.etl import etl
+
+    options = dict(split_fractions=args.split_fractions, split_seed=args.split_seed, shard_subjects=args.shard_subjects)
+    if args.splits:
+        options["splits_file"] = args.splits
+    etl(args.raw, args.out, overwrite=args.overwrite, **options)
+    return 0
+
+
+def _tokenize(args) -> int:
+    from ehrfm.errors import UserError
+
+    if args.decode:
+        return _decode(args)
+    if not args.out:
+        raise UserError("--out is required (or pass --decode to inspect a token dir)")
+    from tokenization.tokenize import tokenize
+
+    tokenize(args.meds, args.out, tokenizer=args.tokenizer, overwrite=args.overwrite, min_count=args.min_count)
+    return 0
+
+
+def _decode(args) -> int:
+    import numpy as np
+
+    from ehrfm.errors import UserError
+    from ehrfm.tokens import TokenDir
+
+    td = TokenDir(args.meds)
+    split = td.split(args.split)
+    if args.subject is not None:
+        pos = split.subject_index().get(args.subject)
+        if pos is None:
+            raise UserError(f"subject {args.subject} is not in split {args.split!r} of {td.path}")
+    else:
+        pos = args.index
+        if not 0 <= pos < len(split):
+            raise UserError(f"--index {pos} is out of range: split {args.split!r} has {len(split)} subjects")
+    tokens, times = split.subject(pos)
+    n = len(tokens) if args.limit <= 0 else min(args.limit, len(tokens))
+    print(f"# subject {int(split.subject_ids[pos])} ({args.split}): {len(tokens)} tokens, showing {n}")
+    stamps = np.asarray(times[:n]).astype("datetime64[us]").astype("datetime64[s]")
+    for t, tok in zip(stamps, td.decode(tokens[:n])):
+        print(f"{t}  {tok}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "synth", help="write a synthetic MIMIC-IV 2.2 dataset (hosp/, icu/ .csv.gz)",
+        description="Synthetic raw MIMIC-IV with latent conditions driving diagnoses, labs, medications, "
+                    "ICU stays, readmissions and deaths. Deterministic in the seed.",
+    )
+    p.add_argument("--out", required=True, help="output directory (the raw MIMIC-IV root)")
+    p.add_argument("--patients", type=int, default=1000, help="number of patients (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=_synth)
+
+    p = sub.add_parser(
+        "etl", help="convert raw MIMIC-IV (hosp/, icu/ CSV) to a MEDS dataset",
+        description="Raw MIMIC-IV 2.x/3.x -> MEDS 0.4 (data/{train,tuning,held_out}/*.parquet, metadata/).",
+    )
+    p.add_argument("raw", help="raw MIMIC-IV directory holding hosp/ and icu/")
+    p.add_argument("--out", required=True, help="output MEDS dataset directory")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--split-fractions", type=_fractions, default=(0.8, 0.1, 0.1), metavar="TRAIN,TUNING,HELD_OUT",
+                   help="split by a stable hash of subject_id (default 0.8,0.1,0.1)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the split hash (default 0)")
+    p.add_argument("--splits", metavar="SUBJECT_SPLITS.parquet", help="use these splits (subject_id, split) instead")
+    p.add_argument("--shard-subjects", type=int, default=20_000, help="subjects per output shard (default 20000)")
+    p.set_defaults(func=_etl)
+
+    p = sub.add_parser(
+        "tokenize", help="tokenize a MEDS dataset (ETHOS-style), or --decode a token dir",
+        description="MEDS -> token dir (tokenizer.json, {split}/tokens.npy, times.npy, index.parquet, stats.json). "
+                    "Fitted on train, applied unchanged to tuning/held_out; --tokenizer applies an existing one. "
+                    "With --decode, MEDS is a token dir and one subject's tokens are printed.",
+    )
+    p.add_argument("meds", metavar="MEDS", help="MEDS dataset directory (with --decode: a token dir)")
+    p.add_argument("--out", help="output token directory")
+    p.add_argument("--tokenizer", metavar="TOK0/tokenizer.json", help="apply this tokenizer unchanged instead of fitting")
+    p.add_argument("--min-count", type=int, default=10, help="codes seen fewer times in train become UNK (default 10)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    g = p.add_argument_group("decode (inspection)")
+    g.add_argument("--decode", action="store_true", help="print one subject's tokens with their times")
+    g.add_argument("--split", default="train", help="split to decode from (default train)")
+    g.add_argument("--subject", type=int, help="subject_id to decode")
+    g.add_argument("--index", type=int, default=0, help="position of the subject in the split (default 0)")
+    g.add_argument("--limit", type=int, default=200, help="tokens to print, 0 for all (default 200)")
+    p.set_defaults(func=_tokenize)

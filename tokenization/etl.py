@@ -1,0 +1,653 @@
+"""Raw MIMIC-IV (hosp/, icu/ CSV[.gz]) -> a MEDS 0.4 dataset dir.
+
+    etl(raw, out, overwrite=False, split_fractions=(0.8, 0.1, 0.1), split_seed=0, ...)
+
+Output (DESIGN.md section 1):
+    data/{train,tuning,held_out}/{k}.parquet   subject_id, time, code, numeric_value, text_value,
+                                               hadm_id (extra column: the raw admission id)
+    metadata/codes.parquet                     code, description, parent_codes, count
+    metadata/dataset.json                      dataset_name, ..., meds_version, created_at
+    metadata/subject_splits.parquet            subject_id, split
+    metadata/etl_config.json                   the EtlConfig that made it, tables used and missing
+
+How it stays within memory on the full MIMIC-IV:
+1. Each raw table is read as a stream of CSV record batches (pyarrow's streaming reader
+   decompresses .gz incrementally), each batch is turned into MEDS events with polars and
+   appended to a staging parquet file. No table is ever fully in memory.
+2. Subjects are assigned to a split (stable hash of subject_id) and a shard of at most
+   `shard_subjects` subjects; each shard is assembled by a streaming polars scan of the staging
+   files filtered to its subjects, sorted, validated against meds.DataSchema and written.
+Everything is written under `<out>.tmp-*` and renamed into place at the end.
+
+Codes (MIMIC_IV_MEDS "//" style; values always in numeric_value, never in the code):
+    GENDER//<F|M> (static), MEDS_BIRTH (1 Jan of anchor_year - anchor_age), MEDS_DEATH
+    (admissions.deathtime, else patients.dod at 23:59:59 so a date never precedes the death),
+    HOSPITAL_ADMISSION//<admission_type>//<admission_location>, HOSPITAL_DISCHARGE//<location>,
+    ED_REGISTRATION, ED_OUT, TRANSFER_TO//<eventtype>//<careunit>, ICU_ADMISSION//<careunit>,
+    ICU_DISCHARGE//<careunit>, DIAGNOSIS//ICD//<9|10>//<code> (at discharge: ICD codes are coded
+    then), PROCEDURE//ICD//<9|10>//<code> (chartdate, clipped into the stay), DRG//<type>//<code>,
+    LAB//<itemid>//<unit>, MEDICATION//<drug> (prescriptions; emar when prescriptions is absent),
+    OMR//<result_name>, VITAL//<itemid>//<unit> (chartevents), INFUSION//<itemid>//<unit>,
+    OUTPUT//<itemid>//<unit>, PROCEDURE//ITEM//<itemid>. A missing unit or location is `UNK`.
+Within one timestamp events keep a clinical order: admission, transfers, measurements,
+medications, procedures, diagnoses, death, discharge.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import gzip
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import polars as pl
+
+from ehrfm.errors import UserError
+from ehrfm.io import atomic_dir, progress, summary, write_json
+
+ETL_NAME = "ehrfm.tokenization.etl"
+ETL_VERSION = "0.1.0"
+SPLITS = ("train", "tuning", "held_out")
+TIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f",
+                "%Y-%m-%d %H:%M", "%Y-%m-%d")
+END_OF_DAY = pl.duration(hours=23, minutes=59, seconds=59)
+
+# Order of events sharing a timestamp (lower first).
+ORDER_STATIC, ORDER_BIRTH, ORDER_ADMIT, ORDER_TRANSFER, ORDER_ICU_IN = 0, 1, 2, 3, 4
+ORDER_MEASURE, ORDER_MED, ORDER_PROC, ORDER_ICU_OUT, ORDER_DX, ORDER_DEATH, ORDER_DISCH = 5, 6, 7, 8, 9, 10, 11
+
+EVENT_SCHEMA = {
+    "subject_id": pl.Int64, "time": pl.Datetime("us"), "code": pl.String, "numeric_value": pl.Float32,
+    "text_value": pl.String, "hadm_id": pl.Int64, "_order": pl.Int8,
+}
+
+
+@dataclass
+class EtlConfig:
+    raw: str
+    out: str
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_seed: int = 0
+    splits_file: str | None = None  # an existing subject_splits.parquet to use instead of the hash
+    shard_subjects: int = 20_000
+    batch_bytes: int = 64 << 20  # CSV block size read at a time
+    dataset_name: str | None = None
+    dataset_version: str | None = None
+
+
+@dataclass
+class Table:
+    """One raw table: where it is, the columns it needs, which are times, how it becomes events."""
+
+    name: str  # e.g. "hosp/labevents"
+    columns: list[str]
+    times: list[str] = field(default_factory=list)
+    ints: list[str] = field(default_factory=list)
+    floats: list[str] = field(default_factory=list)
+    to_events: Callable[[pl.DataFrame, "Context"], list[pl.DataFrame]] | None = None
+    required: bool = False
+
+
+@dataclass
+class Context:
+    """Small lookups that event rules need (admission times), built from admissions first."""
+
+    admissions: pl.DataFrame | None = None  # hadm_id, admittime, dischtime
+
+
+# ------------------------------------------------------------------------------- event rules
+def _ev(df: pl.DataFrame, time: pl.Expr, code: pl.Expr, order: int, numeric: pl.Expr | None = None,
+        text: pl.Expr | None = None, hadm: bool = True) -> pl.DataFrame:
+    return df.select(
+        subject_id=pl.col("subject_id"),
+        time=time,
+        code=code,
+        numeric_value=(numeric if numeric is not None else pl.lit(None)).cast(pl.Float32),
+        text_value=(text if text is not None else pl.lit(None)).cast(pl.String),
+        hadm_id=(pl.col("hadm_id") if hadm and "hadm_id" in df.columns else pl.lit(None)).cast(pl.Int64),
+        _order=pl.lit(order, pl.Int8),
+    )
+
+
+def _part(col: str) -> pl.Expr:
+    """A code component: the raw value, or UNK when missing; '//' inside it would break parsing."""
+    return pl.col(col).cast(pl.String).fill_null("UNK").str.replace_all("//", "/", literal=True)
+
+
+def _patients(df, ctx):
+    birth = pl.datetime(pl.col("anchor_year") - pl.col("anchor_age"), 1, 1)
+    return [
+        _ev(df, pl.lit(None, pl.Datetime("us")), pl.lit("GENDER//") + _part("gender"), ORDER_STATIC),
+        _ev(df, birth, pl.lit("MEDS_BIRTH"), ORDER_BIRTH),
+        _ev(df.filter(pl.col("dod").is_not_null()), pl.col("dod") + END_OF_DAY, pl.lit("MEDS_DEATH"), ORDER_DEATH),
+    ]
+
+
+def _admissions(df, ctx):
+    out = [
+        _ev(df, pl.col("admittime"), pl.concat_str(pl.lit("HOSPITAL_ADMISSION//"), _part("admission_type"),
+                                                    pl.lit("//"), _part("admission_location")), ORDER_ADMIT),
+        _ev(df, pl.col("dischtime"), pl.lit("HOSPITAL_DISCHARGE//") + _part("discharge_location"), ORDER_DISCH),
+        _ev(df.filter(pl.col("deathtime").is_not_null()), pl.col("deathtime"), pl.lit("MEDS_DEATH"), ORDER_DEATH),
+    ]
+    if "edregtime" in df.columns:
+        out.append(_ev(df.filter(pl.col("edregtime").is_not_null()), pl.col("edregtime"), pl.lit("ED_REGISTRATION"), ORDER_ADMIT))
+        out.append(_ev(df.filter(pl.col("edouttime").is_not_null()), pl.col("edouttime"), pl.lit("ED_OUT"), ORDER_TRANSFER))
+    return out
+
+
+def _with_stay(df: pl.DataFrame, ctx: Context) -> pl.DataFrame:
+    return df.join(ctx.admissions, on="hadm_id", how="left")
+
+
+def _diagnoses(df, ctx):
+    df = _with_stay(df, ctx).filter(pl.col("dischtime").is_not_null())
+    code = pl.concat_str(pl.lit("DIAGNOSIS//ICD//"), _part("icd_version"), pl.lit("//"), _part("icd_code"))
+    return [_ev(df.sort("hadm_id", "seq_num", maintain_order=True), pl.col("dischtime"), code, ORDER_DX)]
+
+
+def _procedures(df, ctx):
+    df = _with_stay(df, ctx)
+    when = pl.col("chartdate")
+    when = pl.when(pl.col("admittime").is_not_null() & (when < pl.col("admittime"))).then(pl.col("admittime")).otherwise(when)
+    when = pl.when(pl.col("dischtime").is_not_null() & (when > pl.col("dischtime"))).then(pl.col("dischtime")).otherwise(when)
+    code = pl.concat_str(pl.lit("PROCEDURE//ICD//"), _part("icd_version"), pl.lit("//"), _part("icd_code"))
+    return [_ev(df, when, code, ORDER_PROC)]
+
+
+def _drgcodes(df, ctx):
+    df = _with_stay(df, ctx).filter(pl.col("dischtime").is_not_null())
+    code = pl.concat_str(pl.lit("DRG//"), _part("drg_type"), pl.lit("//"), _part("drg_code"))
+    return [_ev(df, pl.col("dischtime"), code, ORDER_DX)]
+
+
+def _transfers(df, ctx):
+    df = df.filter(pl.col("eventtype") != "discharge")  # the discharge itself comes from admissions
+    code = pl.concat_str(pl.lit("TRANSFER_TO//"), _part("eventtype"), pl.lit("//"), _part("careunit"))
+    return [_ev(df, pl.col("intime"), code, ORDER_TRANSFER)]
+
+
+def _icustays(df, ctx):
+    return [
+        _ev(df, pl.col("intime"), pl.lit("ICU_ADMISSION//") + _part("first_careunit"), ORDER_ICU_IN),
+        _ev(df, pl.col("outtime"), pl.lit("ICU_DISCHARGE//") + _part("last_careunit"), ORDER_ICU_OUT),
+    ]
+
+
+def _measure(prefix: str, time_col: str, unit_col: str, value_col: str, text_col: str | None, order=ORDER_MEASURE):
+    def rule(df, ctx):
+        code = pl.concat_str(pl.lit(prefix), _part("itemid"), pl.lit("//"), _part(unit_col))
+        text = None
+        if text_col is not None:
+            text = pl.when(pl.col(value_col).is_null()).then(pl.col(text_col)).otherwise(None)
+        return [_ev(df, pl.col(time_col), code, order, numeric=pl.col(value_col), text=text)]
+
+    return rule
+
+
+def _prescriptions(df, ctx):
+    return [_ev(df.filter(pl.col("drug").is_not_null()), pl.col("starttime"), pl.lit("MEDICATION//") + _part("drug"), ORDER_MED)]
+
+
+def _emar(df, ctx):
+    df = df.filter(pl.col("medication").is_not_null() & (pl.col("event_txt").fill_null("") == "Administered"))
+    return [_ev(df, pl.col("charttime"), pl.lit("MEDICATION//") + _part("medication"), ORDER_MED)]
+
+
+def _omr(df, ctx):
+    value = pl.col("result_value").cast(pl.Float64, strict=False)
+    text = pl.when(value.is_null()).then(pl.col("result_value")).otherwise(None)
+    # Dates only: end of day, so the measurement is never seen before it could have been taken.
+    return [_ev(df, pl.col("chartdate") + END_OF_DAY, pl.lit("OMR//") + _part("result_name"), ORDER_MEASURE,
+                numeric=value, text=text, hadm=False)]
+
+
+def _procedureevents(df, ctx):
+    return [_ev(df, pl.col("starttime"), pl.lit("PROCEDURE//ITEM//") + _part("itemid"), ORDER_PROC)]
+
+
+TABLES: list[Table] = [
+    Table("hosp/patients", ["subject_id", "gender", "anchor_age", "anchor_year", "dod"], times=["dod"],
+          ints=["anchor_age", "anchor_year"], to_events=_patients, required=True),
+    Table("hosp/admissions", ["subject_id", "hadm_id", "admittime", "dischtime", "deathtime", "admission_type",
+                              "admission_location", "discharge_location", "edregtime", "edouttime"],
+          times=["admittime", "dischtime", "deathtime", "edregtime", "edouttime"], ints=["hadm_id"], to_events=_admissions, required=True),
+    Table("hosp/transfers", ["subject_id", "hadm_id", "eventtype", "careunit", "intime"], times=["intime"],
+          ints=["hadm_id"], to_events=_transfers),
+    Table("icu/icustays", ["subject_id", "hadm_id", "first_careunit", "last_careunit", "intime", "outtime"],
+          times=["intime", "outtime"], ints=["hadm_id"], to_events=_icustays),
+    Table("hosp/diagnoses_icd", ["subject_id", "hadm_id", "seq_num", "icd_code", "icd_version"],
+          ints=["hadm_id", "seq_num"], to_events=_diagnoses),
+    Table("hosp/procedures_icd", ["subject_id", "hadm_id", "chartdate", "icd_code", "icd_version"],
+          times=["chartdate"], ints=["hadm_id"], to_events=_procedures),
+    Table("hosp/drgcodes", ["subject_id", "hadm_id", "drg_type", "drg_code"], ints=["hadm_id"], to_events=_drgcodes),
+    Table("hosp/labevents", ["subject_id", "hadm_id", "itemid", "charttime", "value", "valuenum", "valueuom"],
+          times=["charttime"], ints=["hadm_id"], floats=["valuenum"],
+          to_events=_measure("LAB//", "charttime", "valueuom", "valuenum", "value")),
+    Table("hosp/prescriptions", ["subject_id", "hadm_id", "starttime", "drug"], times=["starttime"], ints=["hadm_id"],
+          to_events=_prescriptions),
+    Table("hosp/emar", ["subject_id", "hadm_id", "charttime", "medication", "event_txt"], times=["charttime"],
+          ints=["hadm_id"], to_events=_emar),
+    Table("hosp/omr", ["subject_id", "chartdate", "result_name", "result_value"], times=["chartdate"], to_events=_omr),
+    Table("icu/chartevents", ["subject_id", "hadm_id", "charttime", "itemid", "value", "valuenum", "valueuom"],
+          times=["charttime"], ints=["hadm_id"], floats=["valuenum"],
+          to_events=_measure("VITAL//", "charttime", "valueuom", "valuenum", "value")),
+    Table("icu/inputevents", ["subject_id", "hadm_id", "starttime", "itemid", "amount", "amountuom"],
+          times=["starttime"], ints=["hadm_id"], floats=["amount"],
+          to_events=_measure("INFUSION//", "starttime", "amountuom", "amount", None, order=ORDER_MED)),
+    Table("icu/outputevents", ["subject_id", "hadm_id", "charttime", "itemid", "value", "valueuom"],
+          times=["charttime"], ints=["hadm_id"], floats=["value"],
+          to_events=_measure("OUTPUT//", "charttime", "valueuom", "value", None)),
+    Table("icu/procedureevents", ["subject_id", "hadm_id", "starttime", "itemid"], times=["starttime"],
+          ints=["hadm_id"], to_events=_procedureevents),
+]
+# Columns a table may lack (older or trimmed extracts); they are read as all-null.
+OPTIONAL_COLUMNS = {"dod", "hadm_id", "value", "valueuom", "amountuom", "discharge_location", "admission_location",
+                    "seq_num", "edregtime", "edouttime"}
+# Dictionaries for code descriptions: table -> (key columns, description column)
+DICTIONARIES = {
+    "hosp/d_labitems": ["itemid", "label", "fluid"],
+    "icu/d_items": ["itemid", "label"],
+    "hosp/d_icd_diagnoses": ["icd_code", "icd_version", "long_title"],
+    "hosp/d_icd_procedures": ["icd_code", "icd_version", "long_title"],
+}
+
+
+# ------------------------------------------------------------------------------- reading raw
+def find_table(raw: Path, name: str) -> Path | None:
+    for ext in (".csv.gz", ".csv"):
+        p = raw / f"{name}{ext}"
+        if p.is_file():
+            return p
+    return None
+
+
+def _header(path: Path) -> list[str]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", newline="") as f:
+            return next(csv.reader(f), [])
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read the CSV header ({type(e).__name__})") from None
+
+
+def _check_columns(path: Path, needed: list[str], optional: set[str] = frozenset()) -> list[str]:
+    header = _header(path)
+    missing = [c for c in needed if c not in header and c not in optional]
+    if missing:
+        raise UserError(f"{path}: missing column {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    return [c for c in needed if c in header]
+
+
+def _read_batches(path: Path, columns: list[str], block_size: int):
+    """Stream a CSV[.gz] as polars DataFrames of string columns, a block at a time."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    reader = pacsv.open_csv(
+        path,
+        read_options=pacsv.ReadOptions(block_size=block_size),
+        convert_options=pacsv.ConvertOptions(
+            include_columns=columns, column_types={c: pa.string() for c in columns},
+            strings_can_be_null=True, null_values=[""],
+        ),
+    )
+    for batch in reader:
+        if batch.num_rows:
+            yield pl.from_arrow(pa.Table.from_batches([batch]))
+
+
+def _parse_time(col: str) -> pl.Expr:
+    s = pl.col(col).str.strip_chars()
+    return pl.coalesce([s.str.to_datetime(f, time_unit="us", strict=False) for f in TIME_FORMATS]).alias(col)
+
+
+class _BadValues:
+    """Counts unparseable values per column across batches; reported once per table."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.counts: dict[str, tuple[str, int]] = {}
+
+    def add(self, col: str, kind: str, n: int):
+        if n:
+            k, m = self.counts.get(col, (kind, 0))
+            self.counts[col] = (k, m + n)
+
+    def raise_if_any(self):
+        if self.counts:
+            col, (kind, n) = next(iter(self.counts.items()))
+            raise UserError(f"{self.path}: column {col!r} has {n} unparseable {kind} value{'s' if n != 1 else ''}")
+
+
+def _typed(df: pl.DataFrame, table: Table, bad: _BadValues) -> pl.DataFrame:
+    """Parse the string columns we rely on; count (never show) values that do not parse."""
+    exprs = [pl.col("subject_id").cast(pl.Int64, strict=False)]
+    exprs += [_parse_time(c) for c in table.times if c in df.columns]
+    exprs += [pl.col(c).cast(pl.Int64, strict=False) for c in table.ints if c in df.columns]
+    exprs += [pl.col(c).cast(pl.Float64, strict=False) for c in table.floats if c in df.columns]
+    typed = df.with_columns(exprs)
+    checks = [("subject_id", "integer")] + [(c, "timestamp") for c in table.times] + [(c, "integer") for c in table.ints]
+    counts = df.select([
+        (pl.col(c).is_not_null() & typed[c].is_null()).sum().alias(c) for c, _ in checks if c in df.columns
+    ]).row(0, named=True) if len(df) else {}
+    for c, kind in checks:
+        bad.add(c, kind, int(counts.get(c, 0)))
+    return typed
+
+
+def _stable_uniform(ids: np.ndarray, seed: int) -> np.ndarray:
+    """splitmix64 of (subject_id, seed) -> [0, 1): the same split on any machine and version."""
+    x = ids.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def assign_splits(subject_ids: np.ndarray, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> np.ndarray:
+    """The split name of each subject: a stable hash of subject_id, cut at the given fractions."""
+    f = np.asarray(fractions, dtype=float)
+    if f.shape != (3,) or (f < 0).any() or not np.isclose(f.sum(), 1.0):
+        raise UserError(f"split fractions must be three non-negative numbers summing to 1 (got {list(fractions)})")
+    u = _stable_uniform(np.asarray(subject_ids), seed)
+    cut = np.cumsum(f)
+    return np.array(SPLITS)[np.minimum(np.searchsorted(cut, u, side="right"), 2)]
+
+
+# ------------------------------------------------------------------------------- the ETL
+def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False, **options) -> dict:
+    """Convert a raw MIMIC-IV directory to a MEDS dataset at `out`; return a summary dict.
+
+    Options (EtlConfig fields): split_fractions=(train, tuning, held_out), split_seed,
+    splits_file (an existing subject_splits.parquet), shard_subjects, dataset_name, dataset_version.
+    """
+    t0 = time.time()
+    raw = Path(raw)
+    unknown = set(options) - set(EtlConfig.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"etl() got unknown options: {sorted(unknown)}")
+    cfg = EtlConfig(raw=str(raw), out=str(out), **options)
+    cfg.split_fractions = tuple(float(x) for x in cfg.split_fractions)
+    if not raw.is_dir():
+        raise UserError(f"raw MIMIC-IV directory {raw} not found")
+    if Path(out).exists() and not overwrite:
+        raise UserError(f"output {out} already exists; pass --overwrite to replace it")
+
+    present = {t.name: find_table(raw, t.name) for t in TABLES}
+    for t in TABLES:
+        if t.required and present[t.name] is None:
+            raise UserError(f"required table {t.name}.csv.gz (or .csv) not found in {raw}")
+    if present["hosp/prescriptions"] is not None:
+        present["hosp/emar"] = None  # prescriptions already carry the medication orders
+    missing = [t.name for t in TABLES if present[t.name] is None and t.name != "hosp/emar"]
+    # Check every header up front: a missing column fails in seconds, not after an hour.
+    used_columns = {}
+    for t in TABLES:
+        if present[t.name] is not None:
+            optional = {c for c in t.columns if c in OPTIONAL_COLUMNS}
+            used_columns[t.name] = _check_columns(present[t.name], t.columns, optional)
+
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        stage = tmp / ".stage"
+        stage.mkdir()
+        ctx = Context()
+        rows_in: dict[str, int] = {}
+        for t in progress([t for t in TABLES if present[t.name] is not None], desc="etl: tables", unit="table"):
+            rows_in[t.name] = _stage_table(present[t.name], t, used_columns[t.name], ctx, stage, cfg)
+
+        subjects = _subjects(stage, present["hosp/patients"])
+        split_of = _split_subjects(subjects, cfg)
+        counts = _write_shards(stage, tmp, split_of, cfg)
+        _write_codes(raw, tmp, counts.pop("codes"))
+        _write_metadata(tmp, cfg, split_of, rows_in, missing)
+        import shutil
+
+        shutil.rmtree(stage)
+
+    seconds = time.time() - t0
+    result = {
+        "out": str(out),
+        "subjects": int(len(split_of)),
+        "events": counts["events"],
+        "subjects_per_split": counts["subjects_per_split"],
+        "events_per_split": counts["events_per_split"],
+        "codes": counts["n_codes"],
+        "tables_used": sorted(rows_in),
+        "tables_missing": missing,
+        "dropped_events_unknown_subject": counts["dropped"],
+        "seconds": round(seconds, 2),
+    }
+    summary(
+        f"etl: {result['subjects']} subjects, {result['events']} events, {result['codes']} codes from "
+        f"{len(rows_in)} tables ({len(missing)} absent: {', '.join(missing) or 'none'}) -> {out} in {seconds:.1f}s"
+    )
+    return result
+
+
+def _stage_table(path: Path, table: Table, columns: list[str], ctx: Context, stage: Path, cfg: EtlConfig) -> int:
+    """Stream one raw table into staging parquet files of MEDS events; return raw rows read."""
+    import pyarrow.parquet as pq
+
+    bad = _BadValues(path)
+    writer = None
+    n_rows = 0
+    adm_parts = []
+    out_path = stage / f"{table.name.replace('/', '__')}.parquet"
+    try:
+        for batch in _read_batches(path, columns, cfg.batch_bytes):
+            n_rows += len(batch)
+            for c in table.columns:  # optional columns absent from this file
+                if c not in batch.columns:
+                    batch = batch.with_columns(pl.lit(None, pl.String).alias(c))
+            typed = _typed(batch, table, bad)
+            if bad.counts:
+                continue  # keep counting over the whole file, write nothing
+            if table.name == "hosp/admissions":
+                adm_parts.append(typed.select("hadm_id", "admittime", "dischtime"))
+            events = pl.concat([e.cast(EVENT_SCHEMA) for e in table.to_events(typed, ctx)], how="vertical")
+            events = events.filter(pl.col("subject_id").is_not_null())
+            arrow = events.to_arrow()
+            if writer is None:
+                writer = pq.ParquetWriter(out_path, arrow.schema)
+            writer.write_table(arrow)
+    finally:
+        if writer is not None:
+            writer.close()
+    bad.raise_if_any()
+    if table.name == "hosp/admissions":
+        ctx.admissions = pl.concat(adm_parts) if adm_parts else pl.DataFrame(
+            schema={"hadm_id": pl.Int64, "admittime": pl.Datetime("us"), "dischtime": pl.Datetime("us")})
+        ctx.admissions = ctx.admissions.unique("hadm_id", keep="first")
+    return n_rows
+
+
+def _subjects(stage: Path, patients_path: Path) -> np.ndarray:
+    ids = pl.scan_parquet(stage / "hosp__patients.parquet").select(pl.col("subject_id").unique()).collect()
+    if ids.height == 0:
+        raise UserError(f"{patients_path}: no patients (the table has no rows)")
+    return np.sort(ids["subject_id"].to_numpy())
+
+
+def _split_subjects(subjects: np.ndarray, cfg: EtlConfig) -> pl.DataFrame:
+    if cfg.splits_file:
+        given = pl.read_parquet(cfg.splits_file)
+        for c in ("subject_id", "split"):
+            if c not in given.columns:
+                raise UserError(f"{cfg.splits_file}: missing column {c!r}")
+        df = pl.DataFrame({"subject_id": subjects}).join(given.select("subject_id", "split"), on="subject_id", how="left")
+        n_none = df["split"].null_count()
+        if n_none:
+            raise UserError(f"{cfg.splits_file}: {n_none} subjects of the raw data have no split")
+    else:
+        df = pl.DataFrame({"subject_id": subjects, "split": assign_splits(subjects, cfg.split_fractions, cfg.split_seed)})
+    for name, frac in zip(SPLITS, cfg.split_fractions):
+        if (frac > 0 or cfg.splits_file) and df.filter(pl.col("split") == name).height == 0:
+            raise UserError(
+                f"split {name!r} is empty ({len(subjects)} subjects, fractions {list(cfg.split_fractions)}); "
+                "use more subjects or other split fractions"
+            )
+    return df
+
+
+def _write_shards(stage: Path, out: Path, split_of: pl.DataFrame, cfg: EtlConfig) -> dict:
+    staged = sorted(stage.glob("*.parquet"))
+    known = split_of["subject_id"]
+    total_events, deaths_merged = 0, 0
+    subjects_per_split, events_per_split = {}, {}
+    code_counts: dict[str, int] = {}
+    jobs = []
+    for name in SPLITS:
+        ids = split_of.filter(pl.col("split") == name)["subject_id"].sort()
+        subjects_per_split[name] = len(ids)
+        events_per_split[name] = 0
+        for k, start in enumerate(range(0, len(ids), cfg.shard_subjects)):
+            jobs.append((name, k, ids[start:start + cfg.shard_subjects]))
+    for name, k, ids in progress(jobs, desc="etl: shards", unit="shard"):
+        shard = (
+            pl.scan_parquet(staged)
+            .filter(pl.col("subject_id").is_in(ids.implode()))
+            .collect(engine="streaming")
+            .sort(["subject_id", "time", "_order"], nulls_last=False, maintain_order=True)
+        )
+        # One death per subject: the earliest (admissions.deathtime beats patients.dod).
+        is_death = pl.col("code") == "MEDS_DEATH"
+        before = shard.height
+        shard = shard.filter(~is_death | (is_death.cast(pl.Int32).cum_sum().over("subject_id") == 1))
+        deaths_merged += before - shard.height
+        shard = shard.drop("_order")
+        table = _validate(shard, out / "data" / name / f"{k}.parquet")
+        (out / "data" / name).mkdir(parents=True, exist_ok=True)
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, out / "data" / name / f"{k}.parquet")
+        events_per_split[name] += shard.height
+        total_events += shard.height
+        for code, n in shard.group_by("code").len().iter_rows():
+            code_counts[code] = code_counts.get(code, 0) + n
+    staged_rows = pl.scan_parquet(staged).select(pl.len()).collect().item()
+    dropped = staged_rows - total_events - deaths_merged
+    return dict(events=total_events, subjects_per_split=subjects_per_split, events_per_split=events_per_split,
+                codes=code_counts, n_codes=len(code_counts), dropped=int(dropped))
+
+
+def _validate(shard: pl.DataFrame, path: Path):
+    import meds
+    import pyarrow as pa
+
+    table = shard.to_arrow().cast(pa.schema([
+        ("subject_id", pa.int64()), ("time", pa.timestamp("us")), ("code", pa.string()),
+        ("numeric_value", pa.float32()), ("text_value", pa.large_string()), ("hadm_id", pa.int64()),
+    ]))
+    try:
+        meds.DataSchema.validate(table)
+        return table
+    except Exception as e:  # a bug in this ETL, not the user's input: fail loudly
+        raise RuntimeError(f"MEDS validation failed for {path.name}: {e}") from e
+
+
+def _describe(code: str, dictionaries: dict) -> str:
+    parts = code.split("//")
+    head = parts[0]
+    if head in ("LAB", "VITAL", "INFUSION", "OUTPUT") and len(parts) >= 2:
+        d = dictionaries["hosp/d_labitems" if head == "LAB" else "icu/d_items"]
+        label = d.get(parts[1])
+        unit = f" ({parts[2]})" if len(parts) > 2 and parts[2] != "UNK" else ""
+        return f"{label}{unit}" if label else f"{head.lower()} item {parts[1]}{unit}"
+    if head == "PROCEDURE" and parts[1:2] == ["ITEM"] and len(parts) >= 3:
+        return dictionaries["icu/d_items"].get(parts[2]) or f"ICU procedure item {parts[2]}"
+    if head in ("DIAGNOSIS", "PROCEDURE") and len(parts) >= 4:
+        d = dictionaries["hosp/d_icd_diagnoses" if head == "DIAGNOSIS" else "hosp/d_icd_procedures"]
+        return d.get((parts[3], parts[2])) or f"ICD-{parts[2]} {head.lower()} {parts[3]}"
+    fixed = {
+        "MEDS_BIRTH": "Birth (1 January of anchor_year - anchor_age)", "MEDS_DEATH": "Death",
+        "ED_REGISTRATION": "Emergency department registration", "ED_OUT": "Emergency department exit",
+    }
+    if code in fixed:
+        return fixed[code]
+    templates = {
+        "GENDER": "Gender: {}", "HOSPITAL_ADMISSION": "Hospital admission: type {}, from {}",
+        "HOSPITAL_DISCHARGE": "Hospital discharge to {}", "ICU_ADMISSION": "ICU admission to {}",
+        "ICU_DISCHARGE": "ICU discharge from {}", "TRANSFER_TO": "Transfer ({}) to {}", "MEDICATION": "Medication: {}",
+        "DRG": "DRG ({}) {}", "OMR": "Outpatient measurement: {}",
+    }
+    if head in templates:
+        t = templates[head]
+        args = (parts[1:] + ["UNK"] * 4)[: t.count("{}")]
+        return t.format(*args)
+    return code
+
+
+def _write_codes(raw: Path, out: Path, counts: dict[str, int]) -> None:
+    dictionaries: dict[str, dict] = {k: {} for k in DICTIONARIES}
+    for name, cols in DICTIONARIES.items():
+        path = find_table(raw, name)
+        if path is None:
+            continue
+        have = _check_columns(path, cols, optional=set(cols[2:]) if name == "hosp/d_labitems" else set())
+        d = pl.concat(list(_read_batches(path, have, 16 << 20)) or [pl.DataFrame({c: [] for c in have}, schema={c: pl.String for c in have})])
+        if name.startswith("hosp/d_icd"):
+            dictionaries[name] = {(c, v): t for c, v, t in d.select(cols).iter_rows()}
+        elif name == "hosp/d_labitems" and "fluid" in have:
+            dictionaries[name] = {i: (f"{lab} ({fl})" if fl else lab) for i, lab, fl in d.select(cols).iter_rows()}
+        else:
+            dictionaries[name] = {i: lab for i, lab in d.select(cols[:2]).iter_rows()}
+    codes = sorted(counts)
+    parents = []
+    for c in codes:
+        p = c.split("//")
+        if p[0] in ("DIAGNOSIS", "PROCEDURE") and len(p) >= 4 and p[1] == "ICD":
+            kind = "CM" if p[0] == "DIAGNOSIS" else "PCS"
+            parents.append([f"ICD{p[2]}{kind if p[2] == '10' else ''}/{p[3]}"])
+        else:
+            parents.append(None)
+    df = pl.DataFrame({
+        "code": codes,
+        "description": [_describe(c, dictionaries) for c in codes],
+        "parent_codes": pl.Series(parents, dtype=pl.List(pl.String)),
+        "count": pl.Series([counts[c] for c in codes], dtype=pl.Int64),
+    })
+    import meds
+
+    import pyarrow as pa
+
+    table = df.to_arrow().cast(pa.schema([
+        ("code", pa.string()), ("description", pa.string()), ("parent_codes", pa.list_(pa.string())), ("count", pa.int64()),
+    ]))
+    meds.CodeMetadataSchema.validate(table)
+    import pyarrow.parquet as pq
+
+    (out / "metadata").mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, out / "metadata" / "codes.parquet")
+
+
+def _write_metadata(out: Path, cfg: EtlConfig, split_of: pl.DataFrame, rows_in: dict, missing: list) -> None:
+    import meds
+    import pyarrow.parquet as pq
+
+    import pyarrow as pa
+
+    splits = split_of.sort("subject_id").to_arrow().cast(pa.schema([("subject_id", pa.int64()), ("split", pa.string())]))
+    meds.SubjectSplitSchema.validate(splits)
+    pq.write_table(splits,
+                   out / "metadata" / "subject_splits.parquet")
+    raw_name = Path(cfg.raw).resolve().name
+    write_json(out / "metadata" / "dataset.json", {
+        "dataset_name": cfg.dataset_name or raw_name,
+        "dataset_version": cfg.dataset_version or "unknown",
+        "etl_name": ETL_NAME,
+        "etl_version": ETL_VERSION,
+        "meds_version": meds.__version__,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "raw_source_id_columns": ["hadm_id"],
+    })
+    write_json(out / "metadata" / "etl_config.json", {
+        **asdict(cfg), "raw": str(Path(cfg.raw).resolve()), "tables_rows": rows_in, "tables_missing": missing,
+    })

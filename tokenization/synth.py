@@ -1,0 +1,760 @@
+"""Synthetic MIMIC-IV 2.2: the built-in default data for the demo and the tests.
+
+`synthesize(out, n_patients, seed)` writes hosp/ and icu/ `.csv.gz` tables with the real MIMIC-IV
+2.2 file names, columns and value formats (patients, admissions, transfers, diagnoses_icd,
+procedures_icd, labevents, prescriptions, d_labitems, d_icd_diagnoses, d_icd_procedures;
+icu/icustays, chartevents, d_items), so the ETL cannot tell it from the real thing.
+
+The generative story (why outcomes are predictable and longer context helps):
+- Each patient has a frailty score and latent chronic conditions (heart failure, COPD, CKD,
+  diabetes, cirrhosis, cancer, hypertension, atrial fibrillation). Conditions begin at some
+  admission and persist; each admission codes a present condition only with probability 0.7,
+  so the evidence for them is spread over earlier admissions.
+- Every admission has an acute problem (sepsis, pneumonia, MI, GI bleed, AKI, ...), chosen
+  more often when a related condition is present, and a severity driven by frailty, age,
+  conditions, acute problem and the number of earlier admissions. Severity sets the admission
+  type, ICU transfer, length of stay, in-hospital death and the time to the next admission.
+- Labs come in panels (BMP, CBC, condition- and problem-specific panels) drawn on admission
+  and then daily; values combine a per-patient offset, the conditions, and the acute severity
+  following a trajectory (recovering or worsening toward death), so values are correlated
+  within a panel, across days and across admissions.
+- Medications follow conditions, the acute problem and abnormal lab values (insulin after
+  high glucose, potassium after low potassium, ...); ICU stays get vitals every few hours.
+Deterministic in the seed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from ehrfm.io import atomic_dir, progress, summary, write_json
+
+HOUR = 3600
+DAY = 24 * HOUR
+MAX_ADMISSIONS = 12
+
+# --- latent chronic conditions: (name, ICD-10, title, base logit of prevalence, severity weight)
+CONDITIONS = [
+    ("chf", "I5022", "Chronic systolic (congestive) heart failure", -2.2, 0.55),
+    ("copd", "J449", "Chronic obstructive pulmonary disease, unspecified", -2.3, 0.35),
+    ("ckd", "N184", "Chronic kidney disease, stage 4 (severe)", -2.4, 0.50),
+    ("diabetes", "E119", "Type 2 diabetes mellitus without complications", -1.4, 0.15),
+    ("cirrhosis", "K7460", "Unspecified cirrhosis of liver", -3.0, 0.80),
+    ("cancer", "C3490", "Malignant neoplasm of unspecified part of unspecified bronchus or lung", -2.8, 0.90),
+    ("hypertension", "I10", "Essential (primary) hypertension", -0.6, 0.05),
+    ("afib", "I4891", "Unspecified atrial fibrillation", -2.0, 0.25),
+]
+K = len(CONDITIONS)
+CI = {c[0]: i for i, c in enumerate(CONDITIONS)}
+
+# --- acute problems: (name, ICD-10, title, base logit, severity weight, {condition: logit boost})
+ACUTE = [
+    ("sepsis", "A419", "Sepsis, unspecified organism", -1.2, 1.3, {"cancer": 0.8, "diabetes": 0.4}),
+    ("pneumonia", "J189", "Pneumonia, unspecified organism", -0.6, 0.6, {"copd": 1.2}),
+    ("mi", "I214", "Non-ST elevation (NSTEMI) myocardial infarction", -1.2, 0.7, {"hypertension": 0.6, "diabetes": 0.5}),
+    ("gi_bleed", "K922", "Gastrointestinal hemorrhage, unspecified", -1.1, 0.5, {"cirrhosis": 1.8}),
+    ("aki", "N179", "Acute kidney failure, unspecified", -1.0, 0.6, {"ckd": 1.5}),
+    ("chf_exac", "I5023", "Acute on chronic systolic (congestive) heart failure", -2.5, 0.6, {"chf": 3.0}),
+    ("uti", "N390", "Urinary tract infection, site not specified", -0.7, 0.0, {}),
+    ("hip_fracture", "S72001A", "Fracture of unspecified part of neck of right femur, initial encounter", -1.3, 0.2, {}),
+    ("chest_pain", "R079", "Chest pain, unspecified", -0.4, -1.0, {"hypertension": 0.3}),
+    ("copd_exac", "J441", "Chronic obstructive pulmonary disease with (acute) exacerbation", -2.8, 0.4, {"copd": 3.0}),
+]
+A = len(ACUTE)
+AI = {a[0]: i for i, a in enumerate(ACUTE)}
+
+# Filler diagnoses: persistent patient traits that carry little outcome signal.
+FILLER_DX = [
+    ("E785", "Hyperlipidemia, unspecified", 0.30),
+    ("K219", "Gastro-esophageal reflux disease without esophagitis", 0.20),
+    ("F329", "Major depressive disorder, single episode, unspecified", 0.15),
+    ("Z87891", "Personal history of nicotine dependence", 0.25),
+    ("E039", "Hypothyroidism, unspecified", 0.10),
+    ("F419", "Anxiety disorder, unspecified", 0.12),
+]
+
+# --- lab items: itemid, label, fluid, category, unit, (mean, sd) on a linear or log scale
+LABS = [
+    (50983, "Sodium", "Blood", "Chemistry", "mEq/L", "lin", 139.0, 3.0),
+    (50971, "Potassium", "Blood", "Chemistry", "mEq/L", "lin", 4.2, 0.4),
+    (50902, "Chloride", "Blood", "Chemistry", "mEq/L", "lin", 102.0, 3.5),
+    (50882, "Bicarbonate", "Blood", "Chemistry", "mEq/L", "lin", 25.0, 2.5),
+    (51006, "Urea Nitrogen", "Blood", "Chemistry", "mg/dL", "log", np.log(15.0), 0.35),
+    (50912, "Creatinine", "Blood", "Chemistry", "mg/dL", "log", np.log(0.9), 0.3),
+    (50931, "Glucose", "Blood", "Chemistry", "mg/dL", "log", np.log(105.0), 0.2),
+    (51301, "White Blood Cells", "Blood", "Hematology", "K/uL", "log", np.log(7.5), 0.3),
+    (51222, "Hemoglobin", "Blood", "Hematology", "g/dL", "lin", 13.0, 1.4),
+    (51265, "Platelet Count", "Blood", "Hematology", "K/uL", "log", np.log(240.0), 0.3),
+    (50813, "Lactate", "Blood", "Blood Gas", "mmol/L", "log", np.log(1.3), 0.3),
+    (51003, "Troponin T", "Blood", "Chemistry", "ng/mL", "log", np.log(0.02), 0.6),
+    (50963, "NTproBNP", "Blood", "Chemistry", "pg/mL", "log", np.log(300.0), 0.8),
+    (50861, "Alanine Aminotransferase (ALT)", "Blood", "Chemistry", "IU/L", "log", np.log(25.0), 0.4),
+    (50878, "Asparate Aminotransferase (AST)", "Blood", "Chemistry", "IU/L", "log", np.log(28.0), 0.4),
+    (50885, "Bilirubin, Total", "Blood", "Chemistry", "mg/dL", "log", np.log(0.6), 0.4),
+    (51237, "INR(PT)", "Blood", "Hematology", "", "log", np.log(1.1), 0.12),
+    (50862, "Albumin", "Blood", "Chemistry", "g/dL", "lin", 3.9, 0.4),
+    (50852, "% Hemoglobin A1c", "Blood", "Chemistry", "%", "lin", 5.6, 0.5),
+    (50821, "pO2", "Blood", "Blood Gas", "mm Hg", "lin", 90.0, 12.0),
+    (50818, "pCO2", "Blood", "Blood Gas", "mm Hg", "lin", 40.0, 4.0),
+    (50820, "pH", "Blood", "Blood Gas", "units", "lin", 7.40, 0.03),
+]
+LI = {lab[1]: i for i, lab in enumerate(LABS)}
+L = len(LABS)
+
+# How conditions shift each lab (in sd units), persistent across admissions.
+LAB_CONDITION_EFFECT = {
+    "ckd": {"Creatinine": 3.5, "Urea Nitrogen": 2.5, "Potassium": 1.0, "Hemoglobin": -1.2, "Bicarbonate": -1.0},
+    "diabetes": {"Glucose": 2.5, "% Hemoglobin A1c": 4.0},
+    "cirrhosis": {"Bilirubin, Total": 3.0, "INR(PT)": 3.0, "Albumin": -2.5, "Platelet Count": -2.0, "AST": 1.5,
+                  "Asparate Aminotransferase (AST)": 2.0, "Sodium": -1.0},
+    "chf": {"NTproBNP": 3.0, "Sodium": -0.8, "Creatinine": 0.8},
+    "copd": {"pCO2": 2.0, "Bicarbonate": 1.2, "pO2": -1.0},
+    "cancer": {"Hemoglobin": -1.5, "Albumin": -1.5, "White Blood Cells": 0.6},
+    "afib": {"NTproBNP": 0.8, "INR(PT)": 0.8},
+    "hypertension": {"Creatinine": 0.2},
+}
+# How the acute problem's intensity shifts each lab (sd units per unit intensity).
+LAB_ACUTE_EFFECT = {
+    "sepsis": {"White Blood Cells": 2.0, "Lactate": 2.5, "Bicarbonate": -1.5, "Platelet Count": -1.5, "Creatinine": 1.0},
+    "pneumonia": {"White Blood Cells": 1.8, "pO2": -1.5, "Lactate": 0.6},
+    "mi": {"Troponin T": 4.0, "NTproBNP": 1.0},
+    "gi_bleed": {"Hemoglobin": -3.0, "Urea Nitrogen": 1.5},
+    "aki": {"Creatinine": 2.5, "Potassium": 1.5, "Urea Nitrogen": 2.0, "Bicarbonate": -1.2},
+    "chf_exac": {"NTproBNP": 2.5, "Sodium": -1.0, "Creatinine": 0.8},
+    "uti": {"White Blood Cells": 1.0},
+    "hip_fracture": {"Hemoglobin": -1.0},
+    "chest_pain": {"Troponin T": 0.3},
+    "copd_exac": {"pCO2": 2.0, "pH": -1.5, "pO2": -1.5},
+}
+# Every severe illness: shock physiology.
+LAB_SEVERITY_EFFECT = {"Lactate": 1.2, "Bicarbonate": -0.8, "pH": -0.8, "Creatinine": 0.5, "Albumin": -0.5}
+
+# Panels: which labs are drawn together, and when (see _lab_panels).
+PANELS = {
+    "bmp": ["Sodium", "Potassium", "Chloride", "Bicarbonate", "Urea Nitrogen", "Creatinine", "Glucose"],
+    "cbc": ["White Blood Cells", "Hemoglobin", "Platelet Count"],
+    "lft": ["Alanine Aminotransferase (ALT)", "Asparate Aminotransferase (AST)", "Bilirubin, Total", "Albumin", "INR(PT)"],
+    "gas": ["pH", "pCO2", "pO2", "Lactate"],
+    "cardiac": ["Troponin T", "NTproBNP"],
+    "a1c": ["% Hemoglobin A1c"],
+}
+
+# Medications: drug name, dose, unit, route.
+MEDS = {
+    "furosemide": ("Furosemide", "40", "mg", "IV"),
+    "metoprolol": ("Metoprolol Tartrate", "25", "mg", "PO"),
+    "albuterol": ("Albuterol 0.083% Neb Soln", "1", "NEB", "IH"),
+    "sevelamer": ("Sevelamer Carbonate", "800", "mg", "PO"),
+    "insulin": ("Insulin", "0", "UNIT", "SC"),
+    "metformin": ("MetFORMIN (Glucophage)", "500", "mg", "PO"),
+    "lactulose": ("Lactulose", "30", "mL", "PO"),
+    "ondansetron": ("Ondansetron", "4", "mg", "IV"),
+    "lisinopril": ("Lisinopril", "10", "mg", "PO"),
+    "apixaban": ("Apixaban", "5", "mg", "PO"),
+    "vancomycin": ("Vancomycin", "1000", "mg", "IV"),
+    "piptazo": ("Piperacillin-Tazobactam", "4.5", "g", "IV"),
+    "ceftriaxone": ("CefTRIAXone", "1", "g", "IV"),
+    "azithromycin": ("Azithromycin", "500", "mg", "IV"),
+    "aspirin": ("Aspirin", "81", "mg", "PO"),
+    "heparin": ("Heparin", "5000", "UNIT", "SC"),
+    "atorvastatin": ("Atorvastatin", "80", "mg", "PO"),
+    "pantoprazole": ("Pantoprazole", "40", "mg", "IV"),
+    "sodium_bicarb": ("Sodium Bicarbonate", "650", "mg", "PO"),
+    "oxycodone": ("OxyCODONE (Immediate Release)", "5", "mg", "PO"),
+    "prednisone": ("PredniSONE", "40", "mg", "PO"),
+    "kayexalate": ("Sodium Polystyrene Sulfonate", "15", "gm", "PO"),
+    "kcl": ("Potassium Chloride", "40", "mEq", "PO"),
+    "vitamin_k": ("Phytonadione", "10", "mg", "IV"),
+    "saline_bolus": ("Sodium Chloride 0.9%", "1000", "mL", "IV"),
+    "norepinephrine": ("Norepinephrine", "8", "mg", "IV DRIP"),
+    "acetaminophen": ("Acetaminophen", "650", "mg", "PO"),
+}
+MEDS_FOR_CONDITION = {
+    "chf": ["furosemide", "metoprolol"], "copd": ["albuterol"], "ckd": ["sevelamer"],
+    "diabetes": ["metformin"], "cirrhosis": ["lactulose"], "cancer": ["ondansetron"],
+    "hypertension": ["lisinopril"], "afib": ["apixaban", "metoprolol"],
+}
+MEDS_FOR_ACUTE = {
+    "sepsis": ["vancomycin", "piptazo", "saline_bolus"], "pneumonia": ["ceftriaxone", "azithromycin"],
+    "mi": ["aspirin", "heparin", "atorvastatin"], "gi_bleed": ["pantoprazole"], "aki": ["sodium_bicarb"],
+    "chf_exac": ["furosemide"], "uti": ["ceftriaxone"], "hip_fracture": ["oxycodone"],
+    "chest_pain": ["aspirin"], "copd_exac": ["prednisone", "albuterol"],
+}
+# (lab, comparison, threshold, drug): abnormal results trigger orders an hour or two later.
+MEDS_FOR_LAB = [
+    ("Glucose", ">", 180.0, "insulin"), ("Potassium", ">", 5.3, "kayexalate"), ("Potassium", "<", 3.5, "kcl"),
+    ("INR(PT)", ">", 2.5, "vitamin_k"), ("Lactate", ">", 3.0, "norepinephrine"),
+]
+
+# ICU vitals (icu/chartevents): itemid, label, abbreviation, category, unit, mean, sd, severity effect (sd/unit)
+VITALS = [
+    (220045, "Heart Rate", "HR", "Routine Vital Signs", "bpm", 85.0, 12.0, 1.5),
+    (220179, "Non Invasive Blood Pressure systolic", "NBPs", "Routine Vital Signs", "mmHg", 122.0, 15.0, -1.5),
+    (220210, "Respiratory Rate", "RR", "Respiratory", "insp/min", 18.0, 3.5, 1.2),
+    (220277, "O2 saturation pulseoxymetry", "SpO2", "Respiratory", "%", 96.5, 1.8, -1.2),
+    (223761, "Temperature Fahrenheit", "Temperature F", "Routine Vital Signs", "°F", 98.4, 0.8, 0.8),
+]
+CAREUNITS = [
+    "Medical Intensive Care Unit (MICU)", "Surgical Intensive Care Unit (SICU)",
+    "Cardiac Vascular Intensive Care Unit (CVICU)", "Coronary Care Unit (CCU)",
+    "Medical/Surgical Intensive Care Unit (MICU/SICU)",
+]
+WARDS = ["Medicine", "Med/Surg", "Cardiology", "Surgery", "Neurology"]
+
+PROCEDURES = [  # ICD-10-PCS code, title
+    ("5A1955Z", "Respiratory Ventilation, Greater than 96 Consecutive Hours"),
+    ("02HV33Z", "Insertion of Infusion Device into Superior Vena Cava, Percutaneous Approach"),
+    ("0DJ08ZZ", "Inspection of Upper Intestinal Tract, Via Natural or Artificial Opening Endoscopic"),
+    ("027034Z", "Dilation of Coronary Artery, One Artery with Drug-eluting Intraluminal Device, Percutaneous Approach"),
+    ("0QS604Z", "Reposition Right Upper Femur with Internal Fixation Device, Open Approach"),
+    ("5A1D70Z", "Performance of Urinary Filtration, Intermittent, Less than 6 Hours Per Day"),
+]
+
+
+@dataclass
+class SynthConfig:
+    n_patients: int = 1000
+    seed: int = 0
+    first_subject_id: int = 10_000_000
+    icu_vitals_every_hours: float = 4.0
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _gumbel_argmax(rng, logits):
+    """One categorical draw per row of `logits` (Gumbel-max trick, vectorised)."""
+    return np.argmax(logits + rng.gumbel(size=logits.shape), axis=1)
+
+
+def _ts(seconds: np.ndarray) -> pl.Series:
+    seconds = np.asarray(seconds, dtype="int64")
+    seconds = seconds - seconds % 60  # MIMIC times are to the minute
+    return pl.Series((seconds * 1_000_000).astype("datetime64[us]"))
+
+
+def _write_csv_gz(df: pl.DataFrame, path: Path) -> None:
+    # compresslevel 1: the data is synthetic, speed matters more than size.
+    # mtime=0: the same seed gives byte-identical files.
+    with gzip.GzipFile(path, "wb", compresslevel=1, mtime=0) as f:
+        df.write_csv(f, datetime_format="%Y-%m-%d %H:%M:%S", date_format="%Y-%m-%d", null_value="")
+
+
+def synthesize(out: str | os.PathLike, n_patients: int = 1000, seed: int = 0, overwrite: bool = False) -> dict:
+    """Write a synthetic MIMIC-IV 2.2 directory (hosp/, icu/) to `out`; return a summary dict."""
+    from ehrfm.errors import UserError
+
+    if n_patients < 1:
+        raise UserError(f"--patients must be at least 1 (got {n_patients})")
+    cfg = SynthConfig(n_patients=int(n_patients), seed=int(seed))
+    t0 = time.time()
+    tables = _generate(cfg)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        (tmp / "hosp").mkdir()
+        (tmp / "icu").mkdir()
+        for name, df in progress(tables.items(), desc="synth: writing tables", unit="table"):
+            _write_csv_gz(df, tmp / f"{name}.csv.gz")
+        counts = {name: df.height for name, df in tables.items()}
+        write_json(tmp / "synth_config.json", {**asdict(cfg), "generator": "ehrfm.tokenization.synth", "rows": counts})
+    seconds = time.time() - t0
+    result = {
+        "out": str(out),
+        "patients": cfg.n_patients,
+        "admissions": counts["hosp/admissions"],
+        "rows": sum(counts.values()),
+        "tables": counts,
+        "seconds": round(seconds, 2),
+    }
+    summary(
+        f"synth: {cfg.n_patients} patients, {result['admissions']} admissions, {result['rows']} rows "
+        f"in {len(counts)} tables -> {out} in {seconds:.1f}s"
+    )
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+def _generate(cfg: SynthConfig) -> dict[str, pl.DataFrame]:
+    rng = np.random.default_rng(cfg.seed)
+    n = cfg.n_patients
+    subject_id = cfg.first_subject_id + np.arange(n, dtype=np.int64)
+
+    # --- patients: demographics, frailty, latent chronic conditions with onsets
+    female = rng.random(n) < 0.52
+    anchor_age = np.clip(rng.normal(62, 17, n), 18, 91).astype(np.int64)
+    anchor_year = rng.integers(2110, 2186, n)
+    group_start = np.array([2008, 2011, 2014, 2017, 2020])[rng.integers(0, 5, n)]
+    frailty = rng.normal(0, 1, n) + 0.02 * (anchor_age - 62)
+    cond_logit = np.array([c[3] for c in CONDITIONS])[None, :] + 0.035 * (anchor_age[:, None] - 62) + 0.4 * frailty[:, None]
+    cond_logit = cond_logit + 0.6 * rng.normal(0, 1, (n, 1))  # shared multimorbidity factor
+    has_cond = rng.random((n, K)) < _sigmoid(cond_logit)
+    # Conditions present from the first admission or appearing later (slowly evolving disease).
+    onset = np.where(has_cond, np.where(rng.random((n, K)) < 0.55, 0, rng.integers(1, 5, (n, K))), 99)
+    filler = rng.random((n, len(FILLER_DX))) < np.array([f[2] for f in FILLER_DX])[None, :]
+    lab_offset = rng.normal(0, 0.4, (n, L))  # a patient's own baseline for each lab
+    n_cond_total = has_cond.sum(1)
+    planned_adm = np.minimum(1 + rng.poisson(0.5 + 0.45 * n_cond_total + 0.4 * np.maximum(frailty, 0)), MAX_ADMISSIONS)
+
+    sev_w_cond = np.array([c[4] for c in CONDITIONS])
+    acute_base = np.array([a[3] for a in ACUTE])
+    acute_sev = np.array([a[4] for a in ACUTE])
+    acute_boost = np.zeros((K, A))
+    for j, a in enumerate(ACUTE):
+        for cname, b in a[5].items():
+            acute_boost[CI[cname], j] = b
+
+    # --- admissions, one admission index at a time, vectorised over patients
+    year_start = (anchor_year - 1970).astype("datetime64[Y]")
+    t = year_start.astype("datetime64[s]").astype(np.int64) + (rng.random(n) * 2.5 * 365 * DAY).astype(np.int64)
+    alive = np.ones(n, bool)
+    adm_rows = []
+    for a in range(MAX_ADMISSIONS):
+        idx = np.nonzero(alive & (a < planned_adm))[0]
+        if idx.size == 0:
+            break
+        m = idx.size
+        cond_now = onset[idx] <= a
+        age = anchor_age[idx] + (t[idx] - year_start[idx].astype("datetime64[s]").astype(np.int64)) / (365.25 * DAY)
+        acute = _gumbel_argmax(rng, acute_base[None, :] + cond_now @ acute_boost)
+        sev = (
+            -3.6 + 0.7 * frailty[idx] + 0.03 * (age - 65) + cond_now @ sev_w_cond + acute_sev[acute]
+            + 0.15 * a + rng.normal(0, 0.6, m)
+        )
+        p_death = _sigmoid(sev)
+        died = rng.random(m) < p_death
+        icu = rng.random(m) < _sigmoid(1.6 * sev + 2.3)
+        los_days = np.clip(np.exp(1.2 + 0.3 * (sev + 2.5) + 0.4 * icu + rng.normal(0, 0.45, m)), 0.3, 45.0)
+        # Those who die tend to die early or after a long ICU course.
+        los_days = np.where(died, np.clip(los_days * rng.uniform(0.4, 1.6, m), 0.5, 45), los_days)
+        hour = rng.integers(0, 24, m)
+        admit = t[idx] - (t[idx] % DAY) + hour * HOUR + rng.integers(0, 60, m) * 60
+        disch = admit + (los_days * DAY).astype(np.int64)
+        emergency = rng.random(m) < _sigmoid(1.5 + 1.2 * sev)
+        adm_rows.append(dict(
+            pidx=idx, adm_index=np.full(m, a), admit=admit, disch=disch, sev=sev, acute=acute, icu=icu,
+            died=died, emergency=emergency, cond_now=cond_now,
+        ))
+        alive[idx] &= ~died
+        # Time to next admission: sooner for the frail, the multimorbid and after severe stays.
+        scale_days = 420 * np.exp(-0.45 * frailty[idx] - 0.25 * cond_now.sum(1) - 0.35 * np.maximum(sev + 2, 0))
+        gap = (rng.exponential(scale_days) + 1.0) * DAY
+        t[idx] = disch + gap.astype(np.int64)
+        frailty[idx] += 0.15  # illness accumulates
+
+    adm = {k: np.concatenate([r[k] for r in adm_rows]) for k in adm_rows[0]}
+    order = np.lexsort((adm["adm_index"], adm["pidx"]))
+    adm = {k: v[order] for k, v in adm.items()}
+    n_adm = adm["pidx"].size
+    hadm_id = 20_000_000 + rng.permutation(n_adm).astype(np.int64)
+    sid = subject_id[adm["pidx"]]
+
+    # Deaths after discharge (out of hospital), recorded only as dod in patients.
+    last = np.zeros(n, np.int64)
+    np.maximum.at(last, adm["pidx"], adm["disch"])
+    died_in = np.zeros(n, bool)
+    died_in[adm["pidx"][adm["died"]]] = True
+    dod = np.full(n, -1, np.int64)
+    dod[adm["pidx"][adm["died"]]] = adm["disch"][adm["died"]]
+    post = (~died_in) & (rng.random(n) < _sigmoid(-2.6 + 0.6 * frailty + 0.2 * n_cond_total))
+    dod[post] = last[post] + (rng.exponential(200, post.sum()) * DAY + DAY).astype(np.int64)
+
+    tables: dict[str, pl.DataFrame] = {}
+    dod_date = np.where(dod >= 0, dod, 0).astype("datetime64[s]").astype("datetime64[D]")
+    tables["hosp/patients"] = pl.DataFrame({
+        "subject_id": subject_id,
+        "gender": np.where(female, "F", "M"),
+        "anchor_age": anchor_age,
+        "anchor_year": anchor_year.astype(np.int64),
+        "anchor_year_group": [f"{g} - {g + 2}" for g in group_start],
+    }).with_columns(dod=pl.Series(dod_date).cast(pl.Date)).with_columns(
+        dod=pl.when(pl.Series(dod >= 0)).then(pl.col("dod")).otherwise(None)
+    )
+
+    # --- admissions table
+    adm_type = np.where(
+        adm["emergency"],
+        np.array(["EW EMER.", "URGENT", "DIRECT EMER."])[rng.choice(3, n_adm, p=[0.8, 0.15, 0.05])],
+        np.array(["ELECTIVE", "OBSERVATION ADMIT", "SURGICAL SAME DAY ADMISSION", "EU OBSERVATION"])[rng.integers(0, 4, n_adm)],
+    )
+    adm_loc = np.where(
+        adm["emergency"],
+        np.array(["EMERGENCY ROOM", "TRANSFER FROM HOSPITAL"])[(rng.random(n_adm) < 0.2).astype(int)],
+        np.array(["PHYSICIAN REFERRAL", "CLINIC REFERRAL"])[(rng.random(n_adm) < 0.3).astype(int)],
+    )
+    frail_disch = _sigmoid(adm["sev"] + 1.0 + 0.04 * (anchor_age[adm["pidx"]] - 70))
+    disch_loc = np.array(["HOME", "HOME HEALTH CARE", "SKILLED NURSING FACILITY", "REHAB"])[
+        np.clip((frail_disch * 3.5 + rng.normal(0, 0.6, n_adm)).astype(int), 0, 3)
+    ]
+    disch_loc = np.where(adm["died"], "DIED", disch_loc)
+    ed = adm_loc == "EMERGENCY ROOM"
+    edreg = adm["admit"] - (rng.uniform(2, 8, n_adm) * HOUR).astype(np.int64)
+    death_time = np.where(adm["died"], adm["disch"], 0)
+    tables["hosp/admissions"] = pl.DataFrame({
+        "subject_id": sid,
+        "hadm_id": hadm_id,
+        "admittime": _ts(adm["admit"]),
+        "dischtime": _ts(adm["disch"]),
+        "deathtime": _ts(death_time),
+        "admission_type": adm_type,
+        "admit_provider_id": np.array(["P1A2B3", "P4C5D6", "P7E8F9"])[rng.integers(0, 3, n_adm)],
+        "admission_location": adm_loc,
+        "discharge_location": disch_loc,
+        "insurance": np.array(["Medicare", "Medicaid", "Other"])[rng.integers(0, 3, n_adm)],
+        "language": "ENGLISH",
+        "marital_status": np.array(["MARRIED", "SINGLE", "WIDOWED", "DIVORCED"])[rng.integers(0, 4, n_adm)],
+        "race": np.array(["WHITE", "BLACK/AFRICAN AMERICAN", "HISPANIC/LATINO - PUERTO RICAN", "ASIAN", "OTHER"])[
+            rng.choice(5, n_adm, p=[0.65, 0.15, 0.08, 0.05, 0.07])],
+        "edregtime": _ts(np.where(ed, edreg, 0)),
+        "edouttime": _ts(np.where(ed, adm["admit"], 0)),
+        "hospital_expire_flag": adm["died"].astype(np.int64),
+    }).with_columns(
+        deathtime=pl.when(pl.col("hospital_expire_flag") == 1).then(pl.col("deathtime")).otherwise(None),
+        edregtime=pl.when(pl.Series(ed)).then(pl.col("edregtime")).otherwise(None),
+        edouttime=pl.when(pl.Series(ed)).then(pl.col("edouttime")).otherwise(None),
+    )
+
+    # --- ICU stays: from a few hours after admission for part of the stay
+    icu_i = np.nonzero(adm["icu"])[0]
+    icu_in = adm["admit"][icu_i] + (rng.uniform(1, 10, icu_i.size) * HOUR).astype(np.int64)
+    icu_in = np.minimum(icu_in, adm["disch"][icu_i] - HOUR)
+    frac = np.where(adm["died"][icu_i], 1.0, rng.uniform(0.3, 0.8, icu_i.size))
+    icu_out = icu_in + ((adm["disch"][icu_i] - icu_in) * frac).astype(np.int64)
+    icu_out = np.maximum(icu_out, icu_in + HOUR)
+    icu_out = np.minimum(icu_out, adm["disch"][icu_i])
+    unit_logits = np.zeros((icu_i.size, len(CAREUNITS)))
+    unit_logits[:, 3] += 2.5 * (adm["acute"][icu_i] == AI["mi"])
+    unit_logits[:, 1] += 2.5 * (adm["acute"][icu_i] == AI["hip_fracture"])
+    unit_logits[:, 0] += 1.0
+    careunit = np.array(CAREUNITS)[_gumbel_argmax(rng, unit_logits)]
+    stay_id = 30_000_000 + rng.permutation(icu_i.size).astype(np.int64)
+    tables["icu/icustays"] = pl.DataFrame({
+        "subject_id": sid[icu_i], "hadm_id": hadm_id[icu_i], "stay_id": stay_id,
+        "first_careunit": careunit, "last_careunit": careunit,
+        "intime": _ts(icu_in), "outtime": _ts(icu_out),
+        "los": np.round((icu_out - icu_in) / DAY, 4),
+    })
+
+    # --- transfers: ED -> ward (-> ICU -> ward) -> discharge
+    ward = np.array(WARDS)[rng.integers(0, len(WARDS), n_adm)]
+    tr = []
+    tr.append(dict(i=np.nonzero(ed)[0], ev="ED", unit="Emergency Department", tin=edreg[ed], tout=adm["admit"][ed]))
+    pre_icu_out = adm["disch"].copy()
+    pre_icu_out[icu_i] = icu_in
+    tr.append(dict(i=np.arange(n_adm), ev="admit", unit=ward, tin=adm["admit"], tout=pre_icu_out))
+    tr.append(dict(i=icu_i, ev="transfer", unit=careunit, tin=icu_in, tout=icu_out))
+    back = icu_out < adm["disch"][icu_i]
+    tr.append(dict(i=icu_i[back], ev="transfer", unit=ward[icu_i[back]], tin=icu_out[back], tout=adm["disch"][icu_i[back]]))
+    tr.append(dict(i=np.arange(n_adm), ev="discharge", unit=None, tin=adm["disch"], tout=None))
+    parts = []
+    for p in tr:
+        k = p["i"].size
+        unit = p["unit"] if isinstance(p["unit"], np.ndarray) and p["unit"].shape == (k,) else (
+            p["unit"][p["i"]] if isinstance(p["unit"], np.ndarray) else [p["unit"]] * k)
+        parts.append(pl.DataFrame({
+            "subject_id": sid[p["i"]], "hadm_id": hadm_id[p["i"]], "eventtype": [p["ev"]] * k,
+            "careunit": pl.Series(unit, dtype=pl.String), "intime": _ts(p["tin"]),
+            "outtime": _ts(p["tout"]) if p["tout"] is not None else pl.Series([None] * k, dtype=pl.Datetime("us")),
+        }))
+    transfers = pl.concat(parts).sort(["subject_id", "intime"])
+    tables["hosp/transfers"] = transfers.with_columns(
+        transfer_id=(30_000_000 + pl.int_range(pl.len())).cast(pl.Int64)
+    ).select("subject_id", "hadm_id", "transfer_id", "eventtype", "careunit", "intime", "outtime")
+
+    # --- labs, drawn in panels on admission then daily
+    labs, lab_values = _labs(rng, adm, hadm_id, sid, lab_offset)
+    tables["hosp/labevents"] = labs
+
+    # --- medications
+    tables["hosp/prescriptions"] = _prescriptions(rng, adm, hadm_id, sid, lab_values)
+
+    # --- diagnoses (coded at discharge) and procedures
+    tables["hosp/diagnoses_icd"] = _diagnoses(rng, adm, hadm_id, sid, filler)
+    tables["hosp/procedures_icd"] = _procedures(rng, adm, hadm_id, sid, icu_i)
+
+    # --- ICU vitals
+    tables["icu/chartevents"] = _vitals(rng, adm, icu_i, icu_in, icu_out, stay_id, hadm_id, sid, cfg)
+
+    # --- dictionaries
+    tables["hosp/d_labitems"] = pl.DataFrame({
+        "itemid": [lab[0] for lab in LABS], "label": [lab[1] for lab in LABS],
+        "fluid": [lab[2] for lab in LABS], "category": [lab[3] for lab in LABS],
+    })
+    dx = [(c[1], c[2]) for c in CONDITIONS] + [(a[1], a[2]) for a in ACUTE] + [(f[0], f[1]) for f in FILLER_DX]
+    tables["hosp/d_icd_diagnoses"] = pl.DataFrame({
+        "icd_code": [d[0] for d in dx], "icd_version": [10] * len(dx), "long_title": [d[1] for d in dx],
+    })
+    tables["hosp/d_icd_procedures"] = pl.DataFrame({
+        "icd_code": [p[0] for p in PROCEDURES], "icd_version": [10] * len(PROCEDURES),
+        "long_title": [p[1] for p in PROCEDURES],
+    })
+    tables["icu/d_items"] = pl.DataFrame({
+        "itemid": [v[0] for v in VITALS], "label": [v[1] for v in VITALS], "abbreviation": [v[2] for v in VITALS],
+        "linksto": ["chartevents"] * len(VITALS), "category": [v[3] for v in VITALS],
+        "unitname": [v[4] for v in VITALS], "param_type": ["Numeric"] * len(VITALS),
+        "lownormalvalue": pl.Series([None] * len(VITALS), dtype=pl.Float64),
+        "highnormalvalue": pl.Series([None] * len(VITALS), dtype=pl.Float64),
+    })
+    return tables
+
+
+def _intensity(sev, died, day):
+    """Acute intensity on a given hospital day: recovering for survivors, worsening toward death."""
+    base = np.exp(0.5 * sev)
+    return base * np.where(died, 1.15, 0.72) ** day
+
+
+def _labs(rng, adm, hadm_id, sid, lab_offset):
+    n_adm = adm["pidx"].size
+    los_h = (adm["disch"] - adm["admit"]) / HOUR
+    n_draws = np.minimum(1 + (los_h // 24).astype(np.int64), 14)
+    a_idx = np.repeat(np.arange(n_adm), n_draws)
+    day = np.arange(a_idx.size) - np.repeat(np.cumsum(n_draws) - n_draws, n_draws)
+    offset_h = np.where(day == 0, rng.uniform(0.3, 2.0, a_idx.size), day * 24 + rng.normal(5, 1, a_idx.size))
+    # The sickest are re-checked every 6 hours for the first two days (chemistry and blood gas).
+    sick = np.nonzero(np.exp(0.5 * adm["sev"]) > 0.6)[0]
+    extra_h = np.array([6.0, 12.0, 18.0, 30.0, 36.0, 42.0])
+    ea = np.repeat(sick, extra_h.size)
+    eh = np.tile(extra_h, sick.size) + rng.uniform(-0.5, 0.5, ea.size)
+    keep = eh < los_h[ea]
+    ea, eh = ea[keep], eh[keep]
+    extra = np.r_[np.zeros(a_idx.size, bool), np.ones(ea.size, bool)]
+    a_idx = np.r_[a_idx, ea]
+    offset_h = np.r_[offset_h, eh]
+    day = np.r_[day, (eh // 24).astype(np.int64)]
+    order = np.lexsort((offset_h, a_idx))
+    a_idx, offset_h, day, extra = a_idx[order], offset_h[order], day[order], extra[order]
+    draw_t = adm["admit"][a_idx] + (offset_h * HOUR).astype(np.int64)
+    draw_t = np.minimum(draw_t, adm["disch"][a_idx] - 60)
+    acute = adm["acute"][a_idx]
+    cond = adm["cond_now"][a_idx]
+    icu = adm["icu"][a_idx]
+    intensity = _intensity(adm["sev"][a_idx], adm["died"][a_idx], day)
+
+    # Which panels each draw includes: ordered as a clinician would (chemistry, blood count, ...).
+    panel_masks = [
+        ("bmp", np.ones(a_idx.size, bool)),
+        ("cbc", ~extra),
+        ("gas", icu | extra | np.isin(acute, [AI["sepsis"], AI["copd_exac"]]) | (intensity > 1.2)),
+        ("lft", ~extra & cond[:, CI["cirrhosis"]] | (acute == AI["gi_bleed"]) | ((day == 0) & (rng.random(a_idx.size) < 0.2))),
+        ("cardiac", ~extra & ((day <= 1) & np.isin(acute, [AI["mi"], AI["chest_pain"], AI["chf_exac"]]))
+         | ((day == 0) & cond[:, CI["chf"]])),
+        ("a1c", ~extra & (day == 0) & cond[:, CI["diabetes"]] & (rng.random(a_idx.size) < 0.5)),
+    ]
+    rows_d, rows_l = [], []
+    for name, mask in panel_masks:
+        d = np.nonzero(mask)[0]
+        for lab in PANELS[name]:
+            rows_d.append(d)
+            rows_l.append(np.full(d.size, LI[lab]))
+    d = np.concatenate(rows_d)
+    li = np.concatenate(rows_l)
+    # Keep the panel order within a draw (the stable sort by draw keeps insertion order).
+    order = np.argsort(d, kind="stable")
+    d, li = d[order], li[order]
+
+    cond_eff = np.zeros((K, L))
+    for cname, effects in LAB_CONDITION_EFFECT.items():
+        for lab, e in effects.items():
+            if lab in LI:
+                cond_eff[CI[cname], LI[lab]] = e
+    acute_eff = np.zeros((A, L))
+    for aname, effects in LAB_ACUTE_EFFECT.items():
+        for lab, e in effects.items():
+            acute_eff[AI[aname], LI[lab]] = e
+    sev_eff = np.zeros(L)
+    for lab, e in LAB_SEVERITY_EFFECT.items():
+        sev_eff[LI[lab]] = e
+
+    pidx = adm["pidx"][a_idx[d]]
+    z = (
+        lab_offset[pidx, li]
+        + (cond[d].astype(float) * cond_eff[:, li].T).sum(1)
+        + intensity[d] * (acute_eff[acute[d], li] + sev_eff[li])
+        + rng.normal(0, 0.35, d.size)
+    )
+    kind_log = np.array([lab[5] == "log" for lab in LABS])
+    mean = np.array([lab[6] for lab in LABS])
+    sd = np.array([lab[7] for lab in LABS])
+    raw = mean[li] + sd[li] * z
+    value = np.where(kind_log[li], np.exp(raw), raw)
+    decimals = np.where(value >= 100, 0, np.where(value >= 10, 1, 2))
+    value = np.round(value * 10.0 ** decimals) / 10.0 ** decimals
+    if "pH" in LI:
+        value = np.where(li == LI["pH"], np.round(raw, 2), value)
+    lo = np.where(kind_log, np.exp(mean - 2 * sd), mean - 2 * sd)[li]
+    hi = np.where(kind_log, np.exp(mean + 2 * sd), mean + 2 * sd)[li]
+    unit = np.array([lab[4] for lab in LABS], dtype=str)[li]
+    t = draw_t[d] + rng.integers(0, 5, d.size) * 60 * 0  # all labs of a draw share the specimen time
+    specimen = 40_000_000 + d.astype(np.int64)
+    df = pl.DataFrame({
+        "labevent_id": np.arange(d.size, dtype=np.int64) + 1,
+        "subject_id": sid[a_idx[d]],
+        "hadm_id": hadm_id[a_idx[d]],
+        "specimen_id": specimen,
+        "itemid": np.array([lab[0] for lab in LABS], dtype=np.int64)[li],
+        "order_provider_id": pl.Series([None] * d.size, dtype=pl.String),
+        "charttime": _ts(t),
+        "storetime": _ts(t + HOUR),
+        "value": pl.Series(value).cast(pl.String),
+        "valuenum": value,
+        "valueuom": pl.Series(unit, dtype=pl.String),
+        "ref_range_lower": np.round(lo, 2),
+        "ref_range_upper": np.round(hi, 2),
+        "flag": pl.Series(np.where((value < lo) | (value > hi), "abnormal", "")).replace("", None),
+        "priority": "ROUTINE",
+        "comments": pl.Series([None] * d.size, dtype=pl.String),
+    }).with_columns(valueuom=pl.when(pl.col("valueuom") == "").then(None).otherwise(pl.col("valueuom")))
+    lab_values = dict(a=a_idx[d], li=li, value=value, t=t)
+    return df, lab_values
+
+
+def _prescriptions(rng, adm, hadm_id, sid, lab_values):
+    n_adm = adm["pidx"].size
+    med_keys = list(MEDS)
+    MI = {k: i for i, k in enumerate(med_keys)}
+    ai, mi, tt = [], [], []
+    # Home medications of present conditions, reconciled a few hours after admission.
+    for cname, drugs in MEDS_FOR_CONDITION.items():
+        has = np.nonzero(adm["cond_now"][:, CI[cname]] & (rng.random(n_adm) < 0.8))[0]
+        for drug in drugs:
+            ai.append(has)
+            mi.append(np.full(has.size, MI[drug]))
+            tt.append(adm["admit"][has] + (rng.uniform(3, 8, has.size) * HOUR).astype(np.int64))
+    # Treatment of the acute problem, soon after the first labs.
+    for aname, drugs in MEDS_FOR_ACUTE.items():
+        has = np.nonzero((adm["acute"] == AI[aname]) & (rng.random(n_adm) < 0.9))[0]
+        for drug in drugs:
+            ai.append(has)
+            mi.append(np.full(has.size, MI[drug]))
+            tt.append(adm["admit"][has] + (rng.uniform(2, 4, has.size) * HOUR).astype(np.int64))
+    # Prophylaxis and symptom control for everyone with some probability.
+    for drug, p in (("heparin", 0.5), ("acetaminophen", 0.6), ("ondansetron", 0.15)):
+        has = np.nonzero(rng.random(n_adm) < p)[0]
+        ai.append(has)
+        mi.append(np.full(has.size, MI[drug]))
+        tt.append(adm["admit"][has] + (rng.uniform(4, 12, has.size) * HOUR).astype(np.int64))
+    # Orders triggered by abnormal lab results.
+    for lab, op, thr, drug in MEDS_FOR_LAB:
+        sel = lab_values["li"] == LI[lab]
+        sel &= (lab_values["value"] > thr) if op == ">" else (lab_values["value"] < thr)
+        k = np.nonzero(sel)[0]
+        ai.append(lab_values["a"][k])
+        mi.append(np.full(k.size, MI[drug]))
+        tt.append(lab_values["t"][k] + (rng.uniform(1, 2.5, k.size) * HOUR).astype(np.int64))
+    a = np.concatenate(ai)
+    m = np.concatenate(mi)
+    start = np.minimum(np.concatenate(tt), adm["disch"][a] - 60)
+    stop = np.maximum(adm["disch"][a], start + HOUR)
+    order = np.lexsort((m, start, a))
+    a, m, start, stop = a[order], m[order], start[order], stop[order]
+    info = np.array([MEDS[k] for k in med_keys], dtype=str)
+    pharmacy_id = 50_000_000 + np.arange(a.size, dtype=np.int64)
+    return pl.DataFrame({
+        "subject_id": sid[a], "hadm_id": hadm_id[a], "pharmacy_id": pharmacy_id,
+        "poe_id": pl.Series([f"{s}-{i}" for s, i in zip(sid[a].tolist(), range(a.size))]),
+        "poe_seq": np.arange(a.size, dtype=np.int64),
+        "order_provider_id": pl.Series([None] * a.size, dtype=pl.String),
+        "starttime": _ts(start), "stoptime": _ts(stop),
+        "drug_type": "MAIN",
+        "drug": pl.Series(info[m, 0], dtype=pl.String),
+        "formulary_drug_cd": pl.Series([None] * a.size, dtype=pl.String),
+        "gsn": pl.Series([None] * a.size, dtype=pl.String),
+        "ndc": pl.Series([None] * a.size, dtype=pl.String),
+        "prod_strength": pl.Series([None] * a.size, dtype=pl.String),
+        "form_rx": pl.Series([None] * a.size, dtype=pl.String),
+        "dose_val_rx": pl.Series(info[m, 1], dtype=pl.String),
+        "dose_unit_rx": pl.Series(info[m, 2], dtype=pl.String),
+        "form_val_disp": pl.Series(info[m, 1], dtype=pl.String),
+        "form_unit_disp": pl.Series(info[m, 2], dtype=pl.String),
+        "doses_per_24_hrs": pl.Series([None] * a.size, dtype=pl.Float64),
+        "route": pl.Series(info[m, 3], dtype=pl.String),
+    })
+
+
+def _diagnoses(rng, adm, hadm_id, sid, filler):
+    n_adm = adm["pidx"].size
+    ai, codes = [ np.arange(n_adm)], [np.array([ACUTE[a][1] for a in range(A)])[adm["acute"]]]
+    for k, c in enumerate(CONDITIONS):
+        has = np.nonzero(adm["cond_now"][:, k] & (rng.random(n_adm) < 0.7))[0]
+        ai.append(has)
+        codes.append(np.full(has.size, c[1]))
+    for j, f in enumerate(FILLER_DX):
+        has = np.nonzero(filler[adm["pidx"], j] & (rng.random(n_adm) < 0.6))[0]
+        ai.append(has)
+        codes.append(np.full(has.size, f[0]))
+    a = np.concatenate(ai)
+    code = np.concatenate(codes)
+    order = np.argsort(a, kind="stable")
+    a, code = a[order], code[order]
+    seq = np.arange(a.size) - np.searchsorted(a, a) + 1
+    return pl.DataFrame({
+        "subject_id": sid[a], "hadm_id": hadm_id[a], "seq_num": seq.astype(np.int64),
+        "icd_code": code, "icd_version": np.full(a.size, 10, dtype=np.int64),
+    })
+
+
+def _procedures(rng, adm, hadm_id, sid, icu_i):
+    n_adm = adm["pidx"].size
+    ai, codes, days = [], [], []
+
+    def add(mask, code, day_lo, day_hi):
+        k = np.nonzero(mask)[0]
+        ai.append(k)
+        codes.append(np.full(k.size, code))
+        days.append(rng.uniform(day_lo, day_hi, k.size))
+
+    is_icu = np.zeros(n_adm, bool)
+    is_icu[icu_i] = True
+    add(is_icu & (rng.random(n_adm) < _sigmoid(adm["sev"] + 1.0)), "5A1955Z", 0, 1)
+    add(is_icu & (rng.random(n_adm) < 0.5), "02HV33Z", 0, 1)
+    add((adm["acute"] == AI["gi_bleed"]) & (rng.random(n_adm) < 0.7), "0DJ08ZZ", 0, 2)
+    add((adm["acute"] == AI["mi"]) & (rng.random(n_adm) < 0.6), "027034Z", 0, 1)
+    add((adm["acute"] == AI["hip_fracture"]) & (rng.random(n_adm) < 0.85), "0QS604Z", 0, 2)
+    add((adm["acute"] == AI["aki"]) & (rng.random(n_adm) < 0.25), "5A1D70Z", 1, 3)
+    a = np.concatenate(ai)
+    code = np.concatenate(codes)
+    when = np.minimum(adm["admit"][a] + (np.concatenate(days) * DAY).astype(np.int64), adm["disch"][a])
+    order = np.lexsort((when, a))
+    a, code, when = a[order], code[order], when[order]
+    seq = np.arange(a.size) - np.searchsorted(a, a) + 1
+    return pl.DataFrame({
+        "subject_id": sid[a], "hadm_id": hadm_id[a], "seq_num": seq.astype(np.int64),
+        "chartdate": pl.Series(when.astype("datetime64[s]").astype("datetime64[D]")).cast(pl.Date),
+        "icd_code": code, "icd_version": np.full(a.size, 10, dtype=np.int64),
+    })
+
+
+def _vitals(rng, adm, icu_i, icu_in, icu_out, stay_id, hadm_id, sid, cfg):
+    # Sicker patients are charted more often (hourly at worst).
+    step = (cfg.icu_vitals_every_hours * HOUR / np.clip(1 + np.exp(0.5 * adm["sev"][icu_i]), 1, 4)).astype(np.int64)
+    n_obs = np.maximum(1, (icu_out - icu_in) // step).astype(np.int64)
+    s = np.repeat(np.arange(icu_i.size), n_obs)
+    k = np.arange(s.size) - np.repeat(np.cumsum(n_obs) - n_obs, n_obs)
+    t = icu_in[s] + k * step[s] + rng.integers(0, 30, s.size) * 60
+    a = icu_i[s]
+    intensity = _intensity(adm["sev"][a], adm["died"][a], (t - adm["admit"][a]) / DAY)
+    V = len(VITALS)
+    vi = np.tile(np.arange(V), s.size)
+    rep = np.repeat(np.arange(s.size), V)
+    mean = np.array([v[5] for v in VITALS])[vi]
+    sd = np.array([v[6] for v in VITALS])[vi]
+    eff = np.array([v[7] for v in VITALS])[vi]
+    value = mean + sd * (eff * np.minimum(intensity[rep], 4.0) + rng.normal(0, 0.6, vi.size))
+    value = np.where(vi == 3, np.minimum(value, 100.0), value)
+    value = np.round(value, 1)
+    return pl.DataFrame({
+        "subject_id": sid[a][rep], "hadm_id": hadm_id[a][rep], "stay_id": stay_id[s][rep],
+        "caregiver_id": pl.Series([None] * rep.size, dtype=pl.Int64),
+        "charttime": _ts(t[rep]), "storetime": _ts(t[rep] + 600),
+        "itemid": np.array([v[0] for v in VITALS], dtype=np.int64)[vi],
+        "value": pl.Series(value).cast(pl.String), "valuenum": value,
+        "valueuom": pl.Series(np.array([v[4] for v in VITALS], dtype=str)[vi], dtype=pl.String),
+        "warning": np.zeros(rep.size, dtype=np.int64),
+    })
