@@ -92,6 +92,15 @@ def save_random_run(run_dir: Path, vocab_size: int, fingerprint: str, seed: int 
     return run_dir
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread avoids oversubscribing the shared CI cores (40x faster here)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     from ehrfm.tokens import TokenDir
@@ -220,15 +229,17 @@ def test_zeroshot_uniform_model_gives_analytic_share(cohort, tmp_path):
         model.head.weight.zero_()
     flat = tmp_path / "flat_run"
     save_checkpoint(flat, model, None, json.loads((run / "checkpoint" / "state.json").read_text()))
-    cfg = ZeroShotConfig(str(flat), str(tok), str(labels), n_samples=200, max_new_tokens=48, bootstrap=0, seed=3)
+    cfg = ZeroShotConfig(str(flat), str(tok), str(labels), n_samples=100, max_new_tokens=48, bootstrap=0, seed=3)
     m = zeroshot(cfg, tmp_path / "zs")
     pred = pl.read_parquet(tmp_path / "zs" / "predictions.parquet")
     assert pred.height == 20 and set(pred["split"]) == {"held_out"}
-    # 20 labels x 200 samples: sd of the mean share ~ 0.007; undecided after 48 draws ~ (9/12)^48
-    assert abs(pred["probability"].mean() - 1 / 3) < 0.03
+    # 20 labels x 100 samples: sd of the mean share ~ 0.011; undecided after 48 draws ~ (9/12)^48
+    assert abs(pred["probability"].mean() - 1 / 3) < 0.045
     assert m["undecided_share"] < 0.01
-    again = zeroshot(cfg, tmp_path / "zs2")
-    assert again["auroc"] == m["auroc"]
-    assert pl.read_parquet(tmp_path / "zs2" / "predictions.parquet")["probability"].equals(pred["probability"])
+    # seeded: the same labels give the same probabilities
+    small = ZeroShotConfig(str(flat), str(tok), str(labels), n_samples=20, max_new_tokens=48, bootstrap=0, seed=3, max_labels=6)
+    a, b = zeroshot(small, tmp_path / "zs_a"), zeroshot(small, tmp_path / "zs_b")
+    pa_, pb_ = (pl.read_parquet(tmp_path / d / "predictions.parquet")["probability"] for d in ("zs_a", "zs_b"))
+    assert pa_.len() == 6 and pa_.equals(pb_) and a["n"] == b["n"] == 6
     with pytest.raises(UserError, match="zero-shot supports"):
         zeroshot(ZeroShotConfig(str(flat), str(tok), str(labels), task="long_los"), tmp_path / "zs3")
