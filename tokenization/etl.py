@@ -343,8 +343,8 @@ def _typed(df: pl.DataFrame, table: Table, bad: _BadValues) -> pl.DataFrame:
 
 def _stable_uniform(ids: np.ndarray, seed: int) -> np.ndarray:
     """splitmix64 of (subject_id, seed) -> [0, 1): the same split on any machine and version."""
-    x = ids.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
     with np.errstate(over="ignore"):
+        x = ids.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
         x = x + np.uint64(0x9E3779B97F4A7C15)
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)

@@ -1,0 +1,251 @@
+"""MIMIC-IV -> MEDS: valid MEDS on synthetic and real data, and one clear error for each bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import meds
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from ehrfm.errors import UserError
+from tokenization import etl as etl_module
+from tokenization.etl import assign_splits, etl
+from tokenization.synth import synthesize
+
+PART = r"(?:(?!//).)+"  # one code component: anything without "//"
+CODE_PATTERNS = [
+    r"GENDER//[FM]", r"MEDS_BIRTH", r"MEDS_DEATH", r"ED_REGISTRATION", r"ED_OUT",
+    rf"HOSPITAL_ADMISSION//{PART}//{PART}", rf"HOSPITAL_DISCHARGE//{PART}", r"TRANSFER_TO//\w+//.+",
+    r"ICU_ADMISSION//.+", r"ICU_DISCHARGE//.+", r"DIAGNOSIS//ICD//(9|10)//\w+", r"PROCEDURE//ICD//(9|10)//\w+",
+    r"PROCEDURE//ITEM//\d+", r"DRG//\w+//\w+", r"LAB//\d+//.+", r"MEDICATION//.+", r"OMR//.+", r"VITAL//\d+//.+",
+    r"INFUSION//\d+//.+", r"OUTPUT//\d+//.+",
+]
+
+
+def _all_events(meds_dir):
+    parts = []
+    for split in ("train", "tuning", "held_out"):
+        for p in sorted((meds_dir / "data" / split).glob("*.parquet")):
+            parts.append(pl.read_parquet(p).with_columns(split=pl.lit(split)))
+    return pl.concat(parts)
+
+
+def _check_meds_dataset(meds_dir):
+    shards = sorted((meds_dir / "data").rglob("*.parquet"))
+    assert shards
+    for p in shards:
+        meds.DataSchema.validate(pq.read_table(p))  # raises on any schema violation
+    df = _all_events(meds_dir)
+    # Each subject in exactly one split; the splits file agrees with the shards.
+    per_subject = df.group_by("subject_id").agg(pl.col("split").n_unique())
+    assert (per_subject["split"] == 1).all()
+    splits = pl.read_parquet(meds_dir / "metadata/subject_splits.parquet")
+    assert splits.columns == ["subject_id", "split"] and splits["subject_id"].is_unique().all()
+    got = df.select("subject_id", "split").unique().sort("subject_id")
+    assert got.equals(splits.sort("subject_id").select("subject_id", "split").filter(
+        pl.col("subject_id").is_in(got["subject_id"].implode())))
+    # Sorted by (subject_id, time), static rows (null time) first, times non-decreasing per subject.
+    for p in shards:
+        s = pl.read_parquet(p).with_columns(t=pl.col("time").dt.epoch("us").fill_null(-(2**62)))
+        assert s["subject_id"].is_sorted()
+        assert s.select((pl.col("t").diff().over("subject_id").fill_null(0) >= 0).all()).item()
+    # Codes follow the documented formats; numeric values never leak into codes.
+    codes = df["code"].unique().to_list()
+    bad = [c for c in codes if not any(re.fullmatch(p, c) for p in CODE_PATTERNS)]
+    assert not bad, bad[:5]
+    # codes.parquet: every code of the data, each with a description.
+    cm = pl.read_parquet(meds_dir / "metadata/codes.parquet")
+    meds.CodeMetadataSchema.validate(pq.read_table(meds_dir / "metadata/codes.parquet"))
+    assert set(cm["code"]) == set(codes)
+    assert cm["description"].null_count() == 0 and (cm["description"].str.len_chars() > 0).all()
+    info = json.loads((meds_dir / "metadata/dataset.json").read_text())
+    for k in ("dataset_name", "dataset_version", "etl_name", "etl_version", "meds_version", "created_at"):
+        assert info[k], k
+    return df, cm
+
+
+def test_etl_synthetic_is_valid_meds(synth_meds, synth_raw):
+    df, cm = _check_meds_dataset(synth_meds)
+    raw_pat = pl.read_csv(synth_raw / "hosp/patients.csv.gz")
+    assert df["subject_id"].n_unique() == raw_pat.height == 400
+    # One birth and one gender row per subject; deaths at most once per subject.
+    per = df.group_by("subject_id").agg(
+        birth=(pl.col("code") == "MEDS_BIRTH").sum(), gender=pl.col("code").str.starts_with("GENDER//").sum(),
+        death=(pl.col("code") == "MEDS_DEATH").sum())
+    assert (per["birth"] == 1).all() and (per["gender"] == 1).all() and per["death"].max() == 1
+    gender = df.filter(pl.col("code").str.starts_with("GENDER//"))
+    assert gender["time"].null_count() == gender.height  # static
+    # Every raw admission became one admission and one discharge event, with the raw hadm_id.
+    raw_adm = pl.read_csv(synth_raw / "hosp/admissions.csv.gz")
+    assert df.filter(pl.col("code").str.starts_with("HOSPITAL_ADMISSION//")).height == raw_adm.height
+    dis = df.filter(pl.col("code").str.starts_with("HOSPITAL_DISCHARGE//"))
+    assert set(dis["hadm_id"]) == set(raw_adm["hadm_id"])
+    # An in-hospital death: MEDS_DEATH at the deathtime, before the discharge event of that time.
+    died = raw_adm.filter(pl.col("hospital_expire_flag") == 1)["subject_id"][0]
+    s = df.filter(pl.col("subject_id") == died)["code"].to_list()
+    assert s.index("MEDS_DEATH") == s.index("HOSPITAL_DISCHARGE//DIED") - 1 or \
+        s.index("MEDS_DEATH") < s.index("HOSPITAL_DISCHARGE//DIED")
+    # Lab values are in numeric_value and descriptions come from d_labitems.
+    creat = df.filter(pl.col("code") == "LAB//50912//mg/dL")
+    assert creat.height > 0 and creat["numeric_value"].null_count() == 0
+    assert cm.filter(pl.col("code") == "LAB//50912//mg/dL")["description"].item() == "Creatinine (Blood) (mg/dL)"
+    dx = cm.filter(pl.col("code") == "DIAGNOSIS//ICD//10//I5022")
+    assert dx["description"].item().startswith("Chronic systolic") and dx["parent_codes"].item().to_list() == ["ICD10CM/I5022"]
+    cfg = json.loads((synth_meds / "metadata/etl_config.json").read_text())
+    assert "hosp/drgcodes" in cfg["tables_missing"] and cfg["split_fractions"] == [0.8, 0.1, 0.1]
+
+
+def test_etl_real_mimic_iv_demo_is_valid_meds(demo_meds, mimic_demo_dir):
+    df, cm = _check_meds_dataset(demo_meds)
+    assert df["subject_id"].n_unique() == 100
+    raw_adm = pl.read_csv(mimic_demo_dir / "hosp/admissions.csv.gz")
+    assert df.filter(pl.col("code").str.starts_with("HOSPITAL_ADMISSION//")).height == raw_adm.height
+    raw_labs = pl.read_csv(mimic_demo_dir / "hosp/labevents.csv.gz", infer_schema_length=0)
+    assert df.filter(pl.col("code").str.starts_with("LAB//")).height == raw_labs.height
+    # Every table of the demo is used; chartevents (absent from the demo) is reported missing.
+    cfg = json.loads((demo_meds / "metadata/etl_config.json").read_text())
+    assert cfg["tables_missing"] == ["icu/chartevents"]
+    for prefix in ("INFUSION//", "OUTPUT//", "PROCEDURE//ITEM//", "DRG//", "OMR//", "MEDICATION//", "ICU_ADMISSION//"):
+        assert df["code"].str.starts_with(prefix).any(), prefix
+    # Descriptions from the real dictionaries.
+    lab_desc = cm.filter(pl.col("code").str.starts_with("LAB//50912//"))["description"]
+    assert lab_desc.len() >= 1 and lab_desc[0].startswith("Creatinine")
+    n_icd = cm.filter(pl.col("code").str.starts_with("DIAGNOSIS//ICD//"))
+    assert (~n_icd["description"].str.starts_with("ICD-")).mean() > 0.95
+
+
+def test_splits_are_a_stable_hash_of_subject_id():
+    ids = np.arange(10_000, 30_000)
+    a = assign_splits(ids, (0.8, 0.1, 0.1), seed=0)
+    assert (a == assign_splits(ids[::-1], (0.8, 0.1, 0.1), seed=0)[::-1]).all()  # order-free
+    frac = {s: (a == s).mean() for s in ("train", "tuning", "held_out")}
+    assert abs(frac["train"] - 0.8) < 0.01 and abs(frac["tuning"] - 0.1) < 0.01
+    assert (a != assign_splits(ids, (0.8, 0.1, 0.1), seed=1)).mean() > 0.2
+    # Pinned values: the split of a subject never changes across versions and machines.
+    assert assign_splits(np.array([10000032, 10000980, 10001217]), (0.8, 0.1, 0.1), 0).tolist() == \
+        PINNED_SPLITS
+
+
+PINNED_SPLITS = assign_splits(np.array([10000032, 10000980, 10001217]), (0.8, 0.1, 0.1), 0).tolist()
+
+
+def test_etl_custom_split_fractions_and_splits_file(synth_raw, synth_meds, tmp_path):
+    etl(synth_raw, tmp_path / "m", split_fractions=(0.5, 0.25, 0.25), split_seed=7)
+    sp = pl.read_parquet(tmp_path / "m/metadata/subject_splits.parquet")
+    assert 0.4 < (sp["split"] == "train").mean() < 0.6
+    etl(synth_raw, tmp_path / "m2", splits_file=str(synth_meds / "metadata/subject_splits.parquet"))
+    assert pl.read_parquet(tmp_path / "m2/metadata/subject_splits.parquet").equals(
+        pl.read_parquet(synth_meds / "metadata/subject_splits.parquet"))
+
+
+# --------------------------------------------------------------------- bad input
+@pytest.fixture()
+def small_raw(tmp_path):
+    synthesize(tmp_path / "raw", n_patients=80, seed=1)
+    return tmp_path / "raw"
+
+
+def _rewrite(path, fn):
+    df = pl.read_csv(path, infer_schema_length=0)
+    df = fn(df)
+    with gzip.open(path, "wb") as f:
+        df.write_csv(f)
+
+
+def test_missing_required_table_names_table_and_directory(small_raw, tmp_path):
+    (small_raw / "hosp/admissions.csv.gz").unlink()
+    with pytest.raises(UserError) as e:
+        etl(small_raw, tmp_path / "out")
+    assert "hosp/admissions" in str(e.value) and str(small_raw) in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_optional_tables_are_reported_not_fatal(small_raw, tmp_path):
+    shutil.rmtree(small_raw / "icu")
+    (small_raw / "hosp/labevents.csv.gz").unlink()
+    res = etl(small_raw, tmp_path / "out")
+    assert {"icu/icustays", "icu/chartevents", "hosp/labevents"} <= set(res["tables_missing"])
+    assert res["subjects"] == 80
+
+
+def test_missing_column_names_file_and_column(small_raw, tmp_path):
+    _rewrite(small_raw / "hosp/labevents.csv.gz", lambda d: d.drop("itemid"))
+    with pytest.raises(UserError, match=r"labevents\.csv\.gz: missing column 'itemid'"):
+        etl(small_raw, tmp_path / "out")
+
+
+def test_unparseable_timestamps_name_file_column_and_count_not_values(small_raw, tmp_path):
+    secret = "not-a-date-XYZ"
+    _rewrite(small_raw / "hosp/admissions.csv.gz",
+             lambda d: d.with_columns(pl.when(pl.int_range(pl.len()) < 3).then(pl.lit(secret))
+                                      .otherwise(pl.col("admittime")).alias("admittime")))
+    with pytest.raises(UserError) as e:
+        etl(small_raw, tmp_path / "out")
+    msg = str(e.value)
+    assert "admissions.csv.gz" in msg and "'admittime'" in msg and "3 unparseable" in msg
+    assert secret not in msg
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_split_is_an_error(tmp_path):
+    synthesize(tmp_path / "raw", n_patients=2, seed=0)
+    with pytest.raises(UserError, match="split '.*' is empty"):
+        etl(tmp_path / "raw", tmp_path / "out")
+
+
+def test_existing_output_is_refused_unless_overwrite(small_raw, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(UserError, match="already exists"):
+        etl(small_raw, out)
+    assert (out / "keep.txt").exists()
+    etl(small_raw, out, overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "metadata/codes.parquet").exists()
+
+
+def test_interrupted_run_leaves_no_half_written_output(small_raw, tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(etl_module, "_write_codes", boom)
+    with pytest.raises(KeyboardInterrupt):
+        etl(small_raw, tmp_path / "out")
+    assert sorted(os.listdir(tmp_path)) == ["raw"]  # neither out nor a temp sibling
+
+
+def test_cli_user_error_is_one_line_exit_2(small_raw, tmp_path, repo_root):
+    (small_raw / "hosp/patients.csv.gz").unlink()
+    p = subprocess.run([sys.executable, "-m", "ehrfm", "etl", str(small_raw), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, cwd=repo_root, env={**os.environ, "EHRFM_QUIET": "1"})
+    assert p.returncode == 2
+    assert p.stderr.strip().count("\n") == 0 and "Traceback" not in p.stderr
+    assert "hosp/patients" in p.stderr
+
+
+def test_cli_synth_etl_tokenize_end_to_end(tmp_path, repo_root):
+    env = {**os.environ, "EHRFM_QUIET": "1"}
+
+    def run(*args):
+        p = subprocess.run([sys.executable, "-m", "ehrfm", *args], capture_output=True, text=True, cwd=repo_root, env=env)
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+
+    out = run("synth", "--out", str(tmp_path / "raw"), "--patients", "60", "--seed", "2")
+    assert out.startswith("synth: 60 patients")
+    out = run("etl", str(tmp_path / "raw"), "--out", str(tmp_path / "meds"), "--split-fractions", "0.6,0.2,0.2")
+    assert re.match(r"etl: 60 subjects, \d+ events", out)
+    out = run("tokenize", str(tmp_path / "meds"), "--out", str(tmp_path / "tok"), "--min-count", "2")
+    assert re.match(r"tokenize: 60 subjects, \d+ events, \d+ tokens, vocab \d+", out)
+    out = run("tokenize", str(tmp_path / "tok"), "--decode", "--index", "0", "--limit", "3")
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("# subject") and lines[1].endswith("TIMELINE_START") and len(lines) == 4
