@@ -213,10 +213,12 @@ class _Encoder:
         self.vocab = tok["vocab"]
         self.ids = {t: i for i, t in enumerate(self.vocab)}
         self.code_ids = pl.DataFrame(
-            {"code": self.vocab, "token": np.arange(len(self.vocab), dtype=np.int64)}
+            {"code": self.vocab, "token": np.arange(len(self.vocab), dtype=np.int64)},
+            schema={"code": pl.String, "token": pl.Int64},
         ).filter(~pl.col("code").is_in(tok["special_tokens"]))
         edges = tok["quantile_edges"]
-        self.q_codes = pl.DataFrame({"code": list(edges), "q_row": np.arange(len(edges), dtype=np.int64)})
+        self.q_codes = pl.DataFrame({"code": list(edges), "q_row": np.arange(len(edges), dtype=np.int64)},
+                                    schema={"code": pl.String, "q_row": pl.Int64})
         nq = tok["n_quantiles"]
         self.q_edges = np.array([edges[c] for c in edges], dtype=np.float64).reshape(len(edges), nq - 1)
         self.q_first = self.ids["Q1"]

@@ -1,0 +1,222 @@
+"""MEDS -> tokens: exact ETHOS sequences on a hand-made dataset, alignment on synthetic and real data,
+train-only fitting, and applying a tokenizer unchanged."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+
+from ehrfm.errors import UserError
+from ehrfm.tokens import TokenDir
+from tokenization.tokenize import INTERVALS, SPECIAL_TOKENS, decode, tokenize
+
+T0 = dt.datetime(2150, 3, 1, 8, 0)
+
+
+def _write_meds(root, rows_by_split):
+    for split, rows in rows_by_split.items():
+        (root / "data" / split).mkdir(parents=True, exist_ok=True)
+        pl.DataFrame(rows, schema={"subject_id": pl.Int64, "time": pl.Datetime("us"), "code": pl.String,
+                                   "numeric_value": pl.Float32}, orient="row").write_parquet(root / "data" / split / "0.parquet")
+    return root
+
+
+def _subject(sid, lab_values, rare=True):
+    m = dt.timedelta(minutes=1)
+    rows = [
+        (sid, None, "GENDER//F", None),
+        (sid, dt.datetime(2100, 1, 1), "MEDS_BIRTH", None),
+        (sid, T0, "HOSPITAL_ADMISSION//EW EMER.//EMERGENCY ROOM", None),
+        (sid, T0 + 3 * m, "LAB//50912//mg/dL", lab_values[0]),  # 3 min later: no interval token
+        (sid, T0 + 90 * m, "LAB//50912//mg/dL", lab_values[1]),  # 87 min: 1h-2h
+        (sid, T0 + 90 * m, "RARE_CODE", None),
+        (sid, T0 + dt.timedelta(days=200), "HOSPITAL_DISCHARGE//HOME", None),  # >= 6 months: =6mt
+    ]
+    return [r for r in rows if rare or r[2] != "RARE_CODE"]
+
+
+@pytest.fixture()
+def hand_meds(tmp_path):
+    train = []
+    for i in range(10):
+        train += _subject(i, [float(i), float(i) + 0.5], rare=i == 0)
+    return _write_meds(tmp_path / "meds", {
+        "train": train,
+        "tuning": _subject(100, [4.2, 100.0]),
+        "held_out": _subject(200, [-5.0, 9.9]),
+    })
+
+
+def test_exact_tokens_and_times_on_a_hand_made_dataset(hand_meds, tmp_path):
+    res = tokenize(hand_meds, tmp_path / "tok", min_count=10)
+    td = TokenDir(tmp_path / "tok")
+    assert td.vocab[: len(SPECIAL_TOKENS)] == SPECIAL_TOKENS and td.vocab[0] == "PAD"
+    assert "RARE_CODE" not in td.vocab and "MEDS_BIRTH" not in td.vocab  # 1 per subject < min_count; birth -> age
+    edges = td.tokenizer["quantile_edges"]["LAB//50912//mg/dL"]
+    assert len(edges) == 9
+    tokens, times = td.split("tuning").subject(0)
+    assert td.decode(tokens) == [
+        "TIMELINE_START", "GENDER//F", "AGE//50-54",
+        "HOSPITAL_ADMISSION//EW EMER.//EMERGENCY ROOM",
+        "LAB//50912//mg/dL", f"Q{1 + sum(e <= 4.2 for e in edges)}",
+        "1h-2h", "LAB//50912//mg/dL", "Q10", "UNK",
+        "=6mt", "HOSPITAL_DISCHARGE//HOME",
+        "TIMELINE_END",
+    ]
+    us = lambda d: int((d - dt.datetime(1970, 1, 1)) / dt.timedelta(microseconds=1))  # noqa: E731
+    m = dt.timedelta(minutes=1)
+    assert times.tolist() == [us(T0)] * 4 + [us(T0 + 3 * m)] * 2 + [us(T0 + 90 * m)] * 4 \
+        + [us(T0 + dt.timedelta(days=200))] * 3
+    low = td.decode(td.split("held_out").subject(0)[0])
+    assert low[5] == "Q1" and low[8] == "Q10"  # below and above every train value
+    assert res["splits"]["tuning"]["unk_fraction"] == pytest.approx(1 / 7)
+
+
+def test_interval_bins_follow_ethos(hand_meds, tmp_path):
+    names = [n for n, _ in INTERVALS]
+    assert names == ["5m-15m", "15m-1h", "1h-2h", "2h-6h", "6h-12h", "12h-1d", "1d-3d", "3d-1w", "1w-2w",
+                     "2w-1mt", "1mt-3mt", "3mt-6mt", "=6mt"]
+    gaps_min = [4, 5, 14, 15, 59, 60, 300, 24 * 60, 8 * 24 * 60, 100 * 24 * 60, 300 * 24 * 60]
+    expect = [None, "5m-15m", "5m-15m", "15m-1h", "15m-1h", "1h-2h", "2h-6h", "1d-3d", "1w-2w", "3mt-6mt", "=6mt"]
+    rows, t = [], T0
+    for g in gaps_min:
+        t = t + dt.timedelta(minutes=g)
+        rows.append((1, t, "X", None))
+    rows = [(1, T0, "X", None)] + rows
+    _write_meds(tmp_path / "m", {"train": rows})
+    tokenize(tmp_path / "m", tmp_path / "t", min_count=1)
+    td = TokenDir(tmp_path / "t")
+    seq = td.decode(td.split("train").subject(0)[0])
+    assert seq[:3] == ["TIMELINE_START", "AGE//UNK", "X"]
+    got, i = [], 3
+    while seq[i] != "TIMELINE_END":
+        if seq[i] == "X":
+            got.append(None)
+            i += 1
+        else:
+            got.append(seq[i])
+            i += 2
+    assert got == expect
+
+
+def _check_token_dir(tok):
+    td = TokenDir(tok)
+    stats = json.loads((tok / "stats.json").read_text())
+    assert stats["vocab_size"] == td.vocab_size
+    start, end = td.token_id("TIMELINE_START"), td.token_id("TIMELINE_END")
+    q_ids = {td.token_id(f"Q{i}") for i in range(1, 11)}
+    special = {td.token_id(t) for t in SPECIAL_TOKENS}
+    all_ids = set()
+    for split in td.splits:
+        sp = td.split(split)
+        assert sp.tokens.dtype == np.uint16 and sp.times.dtype == np.int64
+        assert len(sp.tokens) == len(sp.times) == stats["splits"][split]["tokens"]
+        assert len(sp) == stats["splits"][split]["subjects"] > 0
+        # Offsets are contiguous and cover the arrays exactly.
+        assert sp.offsets[0] == 0 and (sp.offsets[1:] == sp.offsets[:-1] + sp.lengths[:-1]).all()
+        assert sp.offsets[-1] + sp.lengths[-1] == len(sp.tokens)
+        tokens, times = np.asarray(sp.tokens), np.asarray(sp.times)
+        assert tokens.max() < td.vocab_size and (tokens != 0).all()
+        # Per subject: START ... END and non-decreasing times.
+        assert (tokens[sp.offsets] == start).all() and (tokens[sp.offsets + sp.lengths - 1] == end).all()
+        step = np.diff(times)
+        boundary = np.zeros(len(tokens) - 1, bool)
+        boundary[sp.offsets[1:] - 1] = True
+        assert (step[~boundary] >= 0).all()
+        # A quantile token always directly follows a (non-special) code token, at the same time.
+        qpos = np.nonzero(np.isin(tokens, list(q_ids)))[0]
+        assert (qpos > 0).all() and not np.isin(tokens[qpos - 1], list(special)).any()
+        assert (times[qpos] == times[qpos - 1]).all()
+        all_ids |= set(np.unique(tokens).tolist())
+    return td, stats
+
+
+def test_synthetic_token_dir_is_aligned(synth_tokens, synth_meds):
+    td, stats = _check_token_dir(synth_tokens)
+    assert td.meds_dir == synth_meds.resolve()
+    assert stats["splits"]["train"]["unk_fraction"] < 0.01
+    for code in ("MEDS_DEATH", "HOSPITAL_DISCHARGE//HOME", "GENDER//F", "LAB//50912//mg/dL"):
+        td.token_id(code)
+    # A discharge token carries the discharge time of the MEDS event.
+    meds = pl.read_parquet(synth_meds / "data/train/*.parquet")
+    sp = td.split("train")
+    sid = int(sp.subject_ids[0])
+    toks, times = sp.subject(0)
+    names = td.decode(toks)
+    want = meds.filter((pl.col("subject_id") == sid) & pl.col("code").str.starts_with("HOSPITAL_DISCHARGE//"))
+    got = [int(t) for n, t in zip(names, times) if n.startswith("HOSPITAL_DISCHARGE//")]
+    assert got == want["time"].dt.epoch("us").to_list()
+    # Events per split match the MEDS shards (MEDS_BIRTH counted as an input event).
+    assert stats["splits"]["train"]["events"] == meds.height
+
+
+def test_real_demo_token_dir_is_aligned(demo_tokens):
+    td, stats = _check_token_dir(demo_tokens)
+    assert sum(v["subjects"] for v in stats["splits"].values()) == 100
+    assert td.vocab_size > 200
+
+
+def test_tokenizer_is_fitted_on_train_only(synth_meds, synth_tokens, tmp_path):
+    changed = tmp_path / "meds"
+    shutil.copytree(synth_meds, changed)
+    for p in (changed / "data/held_out").glob("*.parquet"):
+        df = pl.read_parquet(p)
+        df = df.with_columns(numeric_value=pl.col("numeric_value") * 10 + 3,
+                             code=pl.when(pl.col("code").str.starts_with("MEDICATION//"))
+                             .then(pl.lit("MEDICATION//Something New")).otherwise(pl.col("code")))
+        df.write_parquet(p)
+    tokenize(changed, tmp_path / "tok")
+    assert (tmp_path / "tok/tokenizer.json").read_bytes() == (synth_tokens / "tokenizer.json").read_bytes()
+    assert TokenDir(tmp_path / "tok").fingerprint == TokenDir(synth_tokens).fingerprint
+    assert np.array_equal(TokenDir(tmp_path / "tok").split("train").tokens, TokenDir(synth_tokens).split("train").tokens)
+    assert not np.array_equal(TokenDir(tmp_path / "tok").split("held_out").tokens,
+                              TokenDir(synth_tokens).split("held_out").tokens)
+
+
+def test_apply_an_existing_tokenizer_to_another_dataset(synth_tokens, demo_meds, tmp_path):
+    res = tokenize(demo_meds, tmp_path / "tok", tokenizer=synth_tokens / "tokenizer.json")
+    td = TokenDir(tmp_path / "tok")
+    assert td.fingerprint == TokenDir(synth_tokens).fingerprint and td.vocab == TokenDir(synth_tokens).vocab
+    _check_token_dir(tmp_path / "tok")
+    # Real codes the synthetic vocab never saw become UNK; shared codes keep their ids.
+    assert res["splits"]["train"]["unk_fraction"] > 0.3
+    assert td.config["tokenizer"].endswith("tokenizer.json")
+    assert decode(tmp_path / "tok", [0, 2, 3]) == ["PAD", "TIMELINE_START", "TIMELINE_END"]
+
+
+def test_flat_meds_layout_with_subject_splits(hand_meds, tmp_path):
+    flat = tmp_path / "flat"
+    (flat / "data").mkdir(parents=True)
+    (flat / "metadata").mkdir()
+    frames = [pl.read_parquet(hand_meds / f"data/{s}/0.parquet").with_columns(split=pl.lit(s))
+              for s in ("train", "tuning", "held_out")]
+    allf = pl.concat(frames)
+    allf.drop("split").write_parquet(flat / "data/0.parquet")
+    allf.select("subject_id", "split").unique().write_parquet(flat / "metadata/subject_splits.parquet")
+    tokenize(flat, tmp_path / "a")
+    tokenize(hand_meds, tmp_path / "b")
+    for s in ("train", "tuning", "held_out"):
+        assert np.array_equal(TokenDir(tmp_path / "a").split(s).tokens, TokenDir(tmp_path / "b").split(s).tokens)
+
+
+def test_tokenize_bad_input(hand_meds, tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        tokenize(tmp_path / "nope", tmp_path / "t")
+    tokenize(hand_meds, tmp_path / "t")
+    with pytest.raises(UserError, match="already exists"):
+        tokenize(hand_meds, tmp_path / "t")
+    with pytest.raises(UserError, match="tokenizer .* not found"):
+        tokenize(hand_meds, tmp_path / "t2", tokenizer=tmp_path / "missing.json")
+    shutil.rmtree(hand_meds / "data/train")
+    with pytest.raises(UserError, match="no train split"):
+        tokenize(hand_meds, tmp_path / "t3")
+    bad = pl.read_parquet(hand_meds / "data/tuning/0.parquet").drop("code")
+    bad.write_parquet(hand_meds / "data/tuning/0.parquet")
+    with pytest.raises(UserError, match=r"0\.parquet: missing column 'code'"):
+        tokenize(hand_meds, tmp_path / "t4", tokenizer=tmp_path / "t/tokenizer.json")
+    assert not (tmp_path / "t4").exists()
