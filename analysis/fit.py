@@ -171,7 +171,8 @@ class Approach3:
 
 @dataclass
 class UtilityFit:
-    """(1 - metric) = coef * C^exponent through the loss-optimal run of each budget."""
+    """(1 - metric) = coef * C^exponent through the loss-optimal run of each budget (the model the
+    laws recommend); intervals from a case bootstrap of those per-budget points."""
 
     metric: str  # the column, e.g. "auroc/mortality"
     coef: float
@@ -468,13 +469,17 @@ def fit_utility(res: Results, counts: np.ndarray | None, cfg: FitConfig, warn):
             warn(f"utility {col}: {pts.size} budget(s) with a value{' (AUROC of 1)' if np.any(err <= 0) else ''}; no law fitted")
             continue
         coef, exponent, r2 = fit_power_law(res.budget[pts], err)
+        # Intervals: case bootstrap of the per-budget points. (Resampling all runs would, whenever a
+        # replicate drops a budget's loss-optimal run, select a worse model and bias AUROC down.)
         draws = np.full((0 if counts is None else len(counts), 2), np.nan)
-        for r in range(len(draws)):
-            p = _utility_points(res, metric, counts[r] > 0)
-            e = 1.0 - metric[p]
-            if p.size >= 2 and np.all(e > 0):
-                c, x, _ = fit_power_law(res.budget[p], e)
-                draws[r] = [c, x]
+        if len(draws):
+            rng = np.random.default_rng([cfg.seed, 3])
+            picks = rng.integers(0, pts.size, size=(len(draws), pts.size))
+            for r in range(len(draws)):
+                p = pts[picks[r]]
+                if np.unique(res.budget[p]).size >= 2:
+                    c, x, _ = fit_power_law(res.budget[p], 1.0 - metric[p])
+                    draws[r] = [c, x]
         fits[col] = UtilityFit(
             metric=col, coef=coef, coef_ci=percentile_ci(draws[:, 0], cfg.confidence), exponent=exponent,
             exponent_ci=percentile_ci(draws[:, 1], cfg.confidence), r2=r2, n_points=int(pts.size),

@@ -74,12 +74,12 @@ def objective(theta, log_n, log_d, log_loss, weights=None, delta: float = HUBER_
     return f, grad
 
 
-def batched_lbfgs(fun, x0, max_iter: int = 1000, memory: int = 10, gtol: float = 1e-7, ftol: float = 1e-12):
+def batched_lbfgs(fun, x0, max_iter: int = 1000, memory: int = 10, gtol: float = 1e-5, ftol: float = 2.2e-9):
     """Minimise many independent problems at once with L-BFGS and a backtracking Armijo search.
 
     fun(x, idx) -> (f, g) evaluates rows `idx` of the batch at x (shape (len(idx), n)).
-    Returns (x, f, n_iter) with x (S, n), f (S,). Each row stops on its own once its gradient
-    max-norm falls under gtol * max(1, |f|) or its relative decrease under ftol for 3 steps.
+    Returns (x, f, n_iter) with x (S, n), f (S,). Each row stops on its own with scipy's L-BFGS-B
+    criteria and defaults: gradient max-norm <= gtol, or (f_k - f_k+1) / max(|f_k|, |f_k+1|, 1) <= ftol.
     """
     x = np.array(x0, dtype=np.float64)
     S, n = x.shape
@@ -89,7 +89,6 @@ def batched_lbfgs(fun, x0, max_iter: int = 1000, memory: int = 10, gtol: float =
     y_hist = np.zeros((S, memory, n))
     rho = np.zeros((S, memory))
     n_hist = np.zeros(S, dtype=np.int64)  # valid pairs per row (ring buffer, newest at (n_hist-1) % memory)
-    stall = np.zeros(S, dtype=np.int64)
     active = np.ones(S, dtype=bool)
     n_iter = np.zeros(S, dtype=np.int64)
     for it in range(max_iter):
@@ -142,6 +141,23 @@ def batched_lbfgs(fun, x0, max_iter: int = 1000, memory: int = 10, gtol: float =
             step[fail] *= 0.5
             x_new[fail] = xa[fail] + step[fail, None] * direction[fail]
             f_new[fail], g_new[fail] = fun(x_new[fail], idx[fail])
+        # Expansion: where the full step was accepted but the slope is still steep (the Wolfe
+        # curvature condition fails), keep doubling the step while it keeps improving. Without it a
+        # badly scaled quasi-Newton model (Huber kinks) can crawl for thousands of tiny steps.
+        armijo = np.isfinite(f_new) & (f_new <= fa + 1e-4 * step * slope)
+        expand = armijo & (step == 1.0) & (np.einsum("ij,ij->i", g_new, direction) < 0.9 * slope)
+        for _ in range(30):
+            rows = np.flatnonzero(expand)
+            if rows.size == 0:
+                break
+            t_try = step[rows] * 2.0
+            x_try = xa[rows] + t_try[:, None] * direction[rows]
+            f_try, g_try = fun(x_try, idx[rows])
+            better = np.isfinite(f_try) & (f_try <= fa[rows] + 1e-4 * t_try * slope[rows]) & (f_try < f_new[rows])
+            took = rows[better]
+            step[took], x_new[took], f_new[took], g_new[took] = t_try[better], x_try[better], f_try[better], g_try[better]
+            expand[:] = False
+            expand[took] = np.einsum("ij,ij->i", g_try[better], direction[took]) < 0.9 * slope[took]
         ok = np.isfinite(f_new) & (f_new <= fa)
         s = np.where(ok[:, None], x_new - xa, 0.0)
         y = np.where(ok[:, None], g_new - ga, 0.0)
@@ -158,10 +174,9 @@ def batched_lbfgs(fun, x0, max_iter: int = 1000, memory: int = 10, gtol: float =
         f[idx[ok]] = f_new[ok]
         g[idx[ok]] = g_new[ok]
         n_iter[idx] += 1
-        rel = (f_prev - f[idx]) / np.maximum(np.abs(f_prev), 1e-12)
-        stall[idx] = np.where(rel < ftol, stall[idx] + 1, 0)
-        converged = np.abs(g[idx]).max(axis=1) < gtol * np.maximum(1.0, np.abs(f[idx]))
-        active[idx] = ~(converged | (stall[idx] >= 3) | ~ok & (step < 1e-10))
+        rel = (f_prev - f[idx]) / np.maximum(np.maximum(np.abs(f_prev), np.abs(f[idx])), 1.0)
+        converged = (np.abs(g[idx]).max(axis=1) <= gtol) | (ok & (rel <= ftol))
+        active[idx] = ~(converged | ~ok)
     return x, f, n_iter
 
 

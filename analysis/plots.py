@@ -104,6 +104,8 @@ def plot_optimal_scaling(ax, fit, results, which: str = "n") -> None:
     c = _compute_grid(fit, results)
     conf = fit.config.confidence
     if fit.approach2:
+        pct = int(round(100 * conf))
+        ax.errorbar([], [], yerr=[], fmt="o", color="0.35", ms=5, capsize=2, label=f"IsoFLOP minima ({pct}% CI; hollow: left out)")
         for bf in fit.approach2.budgets:
             if not np.isfinite(bf.n_opt):
                 continue
@@ -162,9 +164,14 @@ def plot_frontier(ax, fit, results) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("Training compute C (FLOPs)")
     ax.set_ylabel("Held-out loss (nats/token)")
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0)))
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_title("Loss frontier")
     ax.legend(fontsize=7, frameon=False, loc="upper right")
-    ax.grid(True, which="both", alpha=0.3)
+    ax.grid(True, which="major", alpha=0.3)
 
 
 def plot_utility(ax, fit, results, task: str) -> None:

@@ -1,0 +1,198 @@
+"""Fits of whole results tables: known laws recovered, bad input refused or reported, outputs."""
+
+import json
+import re
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import polars as pl
+import pytest
+
+from analysis.fit import FitWarning, fit_results, format_fit_table, write_fits
+from analysis.synthetic import BESIROGLU, HOFFMANN, synthetic_results
+from analysis.table import load_results
+from ehrfm.errors import UserError
+
+LAW = BESIROGLU
+A_TRUE = LAW.beta / (LAW.alpha + LAW.beta)
+
+
+@pytest.fixture(scope="module")
+def table():
+    return synthetic_results(LAW, budgets=np.logspace(18, 21, 6), sizes=9, noise=0.01, seed=1,
+                             tasks={"mortality": (2.0, -0.05)})
+
+
+@pytest.fixture(scope="module")
+def fit(table):
+    return fit_results(table, bootstrap=200, seed=0)
+
+
+def test_known_law_is_recovered_within_bootstrap_intervals(fit):
+    a3 = fit.approach3
+    for name in ("alpha", "beta", "E"):
+        lo, hi = getattr(a3, f"{name}_ci")
+        assert lo <= getattr(LAW, name) <= hi, (name, getattr(a3, name), lo, hi)
+        assert lo < getattr(a3, name) < hi
+    assert fit.approach2.a == pytest.approx(A_TRUE, abs=0.03)
+    assert fit.approach2.b == pytest.approx(1 - A_TRUE, abs=0.03)
+    assert fit.approach2.a_ci[0] <= A_TRUE <= fit.approach2.a_ci[1]
+    assert fit.approach1.a_ci[0] <= A_TRUE <= fit.approach1.a_ci[1]
+    assert fit.approach3.a_ci[0] <= A_TRUE <= fit.approach3.a_ci[1]
+    # Intervals are real intervals, not points.
+    assert fit.approach2.a_ci[1] - fit.approach2.a_ci[0] > 0.005
+
+
+def test_approach2_on_hoffmann_law():
+    t = synthetic_results(HOFFMANN, budgets=np.logspace(18, 22, 5), sizes=9, noise=0.005, seed=3)
+    f = fit_results(t, approaches=(2,), bootstrap=50, seed=0)
+    assert f.approach2.a == pytest.approx(HOFFMANN.beta / (HOFFMANN.alpha + HOFFMANN.beta), abs=0.03)
+    assert f.approach1 is None and f.approach3 is None
+    assert all(b.used and b.interior and b.r2 > 0.9 for b in f.approach2.budgets)
+
+
+def test_budget_minima_track_the_true_optimum(fit):
+    for bf in fit.approach2.budgets:
+        assert bf.n_opt == pytest.approx(float(LAW.n_opt(bf.budget)), rel=0.35)
+        assert bf.d_opt == pytest.approx(bf.budget / (6 * bf.n_opt), rel=0.02)  # C = 6 N D in this table
+        assert bf.n_opt_ci[0] < bf.n_opt < bf.n_opt_ci[1]
+
+
+def test_utility_law_recovered(fit):
+    u = fit.utility["auroc/mortality"]
+    # The selected runs sit near, not at, each budget's optimum, so the slope is close, not exact.
+    assert u.exponent == pytest.approx(-0.05, abs=0.012)
+    assert u.exponent_ci[0] < u.exponent < u.exponent_ci[1]
+    assert u.n_points == 6
+
+
+def test_same_seed_same_fit_other_seed_other_intervals(table, fit):
+    again = fit_results(table, bootstrap=200, seed=0)
+    assert again.to_json() == fit.to_json()
+    other = fit_results(table, approaches=(2,), bootstrap=200, seed=1)
+    assert other.approach2.a == fit.approach2.a
+    assert other.approach2.a_ci != fit.approach2.a_ci
+
+
+def test_fits_json_follows_the_contract(fit, table, tmp_path):
+    out = write_fits(fit, tmp_path / "fit", results=load_results(table))
+    j = json.loads((out / "fits.json").read_text())
+    assert set(j) >= {"approach1", "approach2", "approach3", "utility", "n_runs", "excluded"}
+    assert j["n_runs"] == table.height and j["excluded"] == []
+    for key in ("a", "b"):
+        for ap in ("approach1", "approach2", "approach3"):
+            assert len(j[ap][f"{key}_ci"]) == 2
+    for key in ("E", "A", "B", "alpha", "beta"):
+        assert j["approach3"][f"{key}_ci"][0] < j["approach3"][key] < j["approach3"][f"{key}_ci"][1]
+    b0 = j["approach2"]["budgets"][0]
+    assert set(b0) >= {"budget", "n_opt", "d_opt", "loss_min", "curvature", "r2", "n_points", "interior", "used"}
+    assert "mortality" in j["utility"]
+    cfg = json.loads((out / "fit_config.json").read_text())
+    assert cfg["bootstrap"] == 200 and cfg["seed"] == 0 and cfg["approaches"] == [1, 2, 3]
+    assert pl.read_parquet(out / "bootstrap.parquet").height == 200
+    for name in ("isoflops", "optimal_scaling", "frontier", "utility"):
+        assert (out / f"{name}.png").stat().st_size > 10_000 and (out / f"{name}.pdf").is_file()
+    md = format_fit_table(fit)
+    assert "| 2 IsoFLOP |" in md and f"{fit.approach2.a:.3g}" in md
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+
+def _small(**kw):
+    return synthetic_results(LAW, budgets=(1e18, 1e19, 1e20), sizes=5, noise=0.005, seed=0, **kw)
+
+
+def test_nan_and_non_positive_values_name_the_runs(tmp_path):
+    t = _small()
+    ids = t["run_id"].to_list()
+    bad = t.with_columns(loss=pl.when(pl.col("run_id") == ids[3]).then(float("nan")).otherwise(pl.col("loss")))
+    with pytest.raises(UserError, match=f"column loss .*1 completed run.*{re.escape(ids[3])}"):
+        fit_results(bad, bootstrap=0)
+    bad = t.with_columns(n_params=pl.when(pl.col("run_id").is_in(ids[:2])).then(0).otherwise(pl.col("n_params")))
+    with pytest.raises(UserError, match=f"column n_params .*2 completed run.*{re.escape(ids[0] + ', ' + ids[1])}"):
+        fit_results(bad, bootstrap=0)
+    path = tmp_path / "r.csv"
+    t.with_columns(tokens=pl.when(pl.col("run_id") == ids[5]).then(None).otherwise(pl.col("tokens"))).write_csv(path)
+    with pytest.raises(UserError, match=f"r.csv: column tokens .*{re.escape(ids[5])}"):
+        fit_results(path, bootstrap=0)
+    with pytest.raises(UserError, match="lacks column loss"):
+        fit_results(t.drop("loss"), bootstrap=0)
+
+
+def test_failed_runs_are_reported_not_fitted():
+    t = _small()
+    ids = t["run_id"].to_list()
+    t = t.with_columns(status=pl.when(pl.col("run_id") == ids[0]).then(pl.lit("diverged")).otherwise(pl.col("status")),
+                       loss=pl.when(pl.col("run_id") == ids[0]).then(float("nan")).otherwise(pl.col("loss")))
+    f = fit_results(t, approaches=(2,), bootstrap=0)
+    assert f.excluded == [{"run_id": ids[0], "reason": "status diverged"}]
+    assert f.n_runs == 15 and f.n_fitted == 14
+
+
+def test_small_and_concave_budgets_are_left_out_with_a_warning():
+    t = _small()
+    # Budget 1e18 keeps only 2 runs; budget 1e20's losses are made concave in ln N.
+    keep = ~((pl.col("budget") == 1e18) & ~pl.col("run_id").is_in(t.filter(pl.col("budget") == 1e18)["run_id"][:2].to_list()))
+    t = t.filter(keep)
+    concave = (pl.col("budget") == 1e20)
+    logn = pl.col("n_params").log()
+    t = t.with_columns(loss=pl.when(concave).then(5.0 - 0.02 * (logn - logn.filter(concave).mean()) ** 2).otherwise(pl.col("loss")))
+    t = pl.concat([t, synthetic_results(LAW, budgets=(1e19 * 3.3, 1e21), sizes=5, noise=0.005, seed=4)])
+    with pytest.warns(FitWarning, match="budget 1e\\+18 .*2 distinct model size"):
+        f = fit_results(t, approaches=(2,), bootstrap=20)
+    by = {b.budget: b for b in f.approach2.budgets}
+    assert not by[1e18].used and by[1e18].n_points == 2
+    assert not by[1e20].used and "concave" in by[1e20].reason
+    assert np.isnan(by[1e20].n_opt)
+    assert f.approach2.n_budgets_used == 3
+    assert any("concave" in w for w in f.warnings)
+
+
+def test_fewer_than_two_usable_budgets_is_an_error():
+    t = synthetic_results(LAW, budgets=(1e18, 1e19), sizes=5, noise=0.005, seed=0)
+    t = t.filter((pl.col("budget") == 1e18) | (pl.col("n_params") == pl.col("n_params").filter(pl.col("budget") == 1e19).min()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitWarning)
+        with pytest.raises(UserError, match="Approach 2 needs >= 2 usable IsoFLOP budgets.*has 1 of 2"):
+            fit_results(t, approaches=(2,), bootstrap=0)
+
+
+def test_budgets_are_grouped_when_the_column_is_absent():
+    t = _small().drop("budget")
+    f = fit_results(t, approaches=(2,), bootstrap=0)
+    assert [b.n_points for b in f.approach2.budgets] == [5, 5, 5]
+    assert [b.budget for b in f.approach2.budgets] == pytest.approx([1e18, 1e19, 1e20], rel=1e-3)
+
+
+def test_multi_epoch_tables_fit_effective_data():
+    t = _small().with_columns(unique_tokens=(pl.col("tokens") // 3))
+    f = fit_results(t, approaches=(3,), bootstrap=0)
+    assert f.approach3.effective_data and f.approach3.r_star == 15.4
+    assert f.inputs["multi_epoch"] and f.inputs["max_epochs"] == pytest.approx(3.0, rel=1e-6)
+
+
+# --- CLI -----------------------------------------------------------------------------------
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "ehrfm", *map(str, args)], capture_output=True, text=True)
+
+
+def test_cli_fit_and_bad_input(tmp_path):
+    path = tmp_path / "results.parquet"
+    _small().write_parquet(path)
+    p = _cli("fit", path, "--out", tmp_path / "fit", "--approach", "2,3", "--bootstrap", "30", "--no-plots")
+    assert p.returncode == 0, p.stderr
+    assert "| 2 IsoFLOP |" in p.stdout and "fit: 15 runs" in p.stdout
+    j = json.loads((tmp_path / "fit" / "fits.json").read_text())
+    assert "approach1" not in j and "approach3" in j
+    bad = tmp_path / "bad.csv"
+    _small().with_columns(loss=pl.lit(-1.0)).write_csv(bad)
+    p = _cli("fit", bad, "--out", tmp_path / "fit2")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "column loss" in p.stderr
+    assert not (tmp_path / "fit2").exists()
+    p = _cli("fit", path, "--out", tmp_path / "fit")
+    assert p.returncode == 2 and "already exists" in p.stderr
