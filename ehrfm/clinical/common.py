@@ -47,9 +47,12 @@ def require_two_classes(y: np.ndarray, split: str, task: str) -> None:
 def fit_logistic(x_train, y_train, x_tuning, y_tuning, seed: int, task: str):
     """Logistic regression on standardised features; C chosen by tuning AUROC.
 
-    Falls back to 5-fold cross-validation on train when tuning lacks a class. Returns
-    (fitted pipeline, selection record).
+    The C grid is walked from strong to weak regularisation, each fit warm-started from the
+    previous one (same optimum, a fraction of the iterations). Falls back to 5-fold
+    cross-validation on train when tuning lacks a class. Returns (fitted pipeline, record).
     """
+    import copy
+
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold
@@ -59,26 +62,35 @@ def fit_logistic(x_train, y_train, x_tuning, y_tuning, seed: int, task: str):
     require_two_classes(y_train, "train", task)
     sparse = hasattr(x_train, "tocsr")
 
-    def make(c):
-        scaler = MaxAbsScaler() if sparse else StandardScaler()
-        return make_pipeline(scaler, LogisticRegression(C=c, max_iter=2000, random_state=seed))
+    def path_scores(x_fit, y_fit, x_val, y_val) -> tuple[dict, dict]:
+        scaler = (MaxAbsScaler() if sparse else StandardScaler()).fit(x_fit)
+        a, b = scaler.transform(x_fit), scaler.transform(x_val)
+        lr = LogisticRegression(max_iter=2000, tol=1e-5, warm_start=True, random_state=seed)
+        scores, fitted = {}, {}
+        for c in C_GRID:
+            lr.set_params(C=c).fit(a, y_fit)
+            scores[c] = float(roc_auc_score(y_val, lr.predict_proba(b)[:, 1]))
+            fitted[c] = make_pipeline(scaler, copy.deepcopy(lr))
+        return scores, fitted
 
-    scores = {}
     tuning_ok = len(y_tuning) > 0 and 0 < int(y_tuning.sum()) < len(y_tuning)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence chatter at tiny C
-        for c in C_GRID:
-            if tuning_ok:
-                scores[c] = float(roc_auc_score(y_tuning, make(c).fit(x_train, y_train).predict_proba(x_tuning)[:, 1]))
-            else:
-                folds = StratifiedKFold(n_splits=min(5, int(min(y_train.sum(), len(y_train) - y_train.sum()))), shuffle=True, random_state=seed)
-                aucs = []
-                for tr, va in folds.split(np.zeros(len(y_train)), y_train):
-                    p = make(c).fit(x_train[tr], y_train[tr]).predict_proba(x_train[va])[:, 1]
-                    aucs.append(roc_auc_score(y_train[va], p))
-                scores[c] = float(np.mean(aucs))
+        if tuning_ok:
+            scores, fitted = path_scores(x_train, y_train, x_tuning, y_tuning)
+        else:
+            n_min = int(min(y_train.sum(), len(y_train) - y_train.sum()))
+            folds = StratifiedKFold(n_splits=max(2, min(5, n_min)), shuffle=True, random_state=seed)
+            per_fold = [path_scores(x_train[tr], y_train[tr], x_train[va], y_train[va])[0]
+                        for tr, va in folds.split(np.zeros(len(y_train)), y_train)]
+            scores = {c: float(np.mean([f[c] for f in per_fold])) for c in C_GRID}
+            fitted = None
         best = max(C_GRID, key=lambda c: (scores[c], -c))  # ties -> stronger regularisation
-        model = make(best).fit(x_train, y_train)
+        if fitted is not None:
+            model = fitted[best]
+        else:
+            scaler = MaxAbsScaler() if sparse else StandardScaler()
+            model = make_pipeline(scaler, LogisticRegression(C=best, max_iter=2000, tol=1e-5, random_state=seed)).fit(x_train, y_train)
     record = {"C": best, "selected_on": "tuning" if tuning_ok else "train 5-fold CV", "auroc_by_C": {str(c): s for c, s in scores.items()}}
     return model, record
 
