@@ -1,0 +1,103 @@
+"""The recommender: compute-optimal N, D, shape, loss and utility with intervals; repeated data."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import polars as pl
+import pytest
+
+from analysis.fit import fit_results, write_fits
+from analysis.laws import effective_tokens
+from analysis.recommend import format_recommendation, recommend
+from analysis.synthetic import BESIROGLU, synthetic_results
+from analysis.table import load_results
+from ehrfm.errors import UserError
+
+LAW = BESIROGLU
+
+
+@pytest.fixture(scope="module")
+def table():
+    t = synthetic_results(LAW, budgets=np.logspace(18, 21, 5), sizes=9, noise=0.005, seed=2, tasks={"mortality": (2.0, -0.05)})
+    return t.with_columns(vocab_size=pl.lit(4096), context=pl.lit(512))
+
+
+@pytest.fixture(scope="module")
+def fit(table):
+    return fit_results(table, bootstrap=100, seed=0)
+
+
+def test_recommendation_inside_the_fitted_range(fit):
+    c = 3e20
+    rec = recommend(fit, c)
+    assert rec.approach == 3 and not rec.warnings[1:]  # only the missing unique tokens are fine
+    n_true = float(LAW.n_opt(c))
+    assert rec.n_opt == pytest.approx(n_true, rel=0.2)
+    assert rec.n_opt_ci[0] < rec.n_opt < rec.n_opt_ci[1]
+    assert rec.d_opt == pytest.approx(c / (6 * rec.n_opt), rel=1e-6)
+    true_loss = float(LAW.loss(n_true, c / (6 * n_true)))
+    assert rec.loss == pytest.approx(true_loss, abs=0.02)
+    assert [p.approach for p in rec.per_approach] == [3, 2, 1]
+    # The concrete shape is the family's closest to N_opt, trained for the budget's tokens.
+    s = rec.shape
+    assert s["vocab_size"] == 4096 and s["context"] == 512
+    assert s["n_params"] == pytest.approx(rec.n_opt, rel=0.25)
+    assert s["tokens"] * s["flops_per_token"] <= c
+    u = rec.utility["mortality"]
+    assert u["auroc_ci"][0] < u["auroc"] < u["auroc_ci"][1]
+    assert 1 - u["auroc"] == pytest.approx(2.0 * c**-0.05, rel=0.1)
+    assert rec.epochs is None
+
+
+def test_extrapolation_warning_past_ten_times_the_largest_budget(fit):
+    assert not any("extrapolating" in w for w in recommend(fit, 9e21).warnings)
+    rec = recommend(fit, 1e23)
+    assert any("extrapolating 100x" in w for w in rec.warnings)
+    # Intervals widen with extrapolation.
+    near = recommend(fit, 1e21)
+    assert np.diff(rec.n_opt_ci)[0] / rec.n_opt > np.diff(near.n_opt_ci)[0] / near.n_opt
+
+
+def test_effective_tokens_follow_muennighoff():
+    u = 1e9
+    assert effective_tokens(5e8, u) == pytest.approx(5e8)  # less than one epoch: all unique
+    assert effective_tokens(1e9, u) == pytest.approx(1e9)
+    four = effective_tokens(4e9, u)
+    assert 3.5e9 < four < 4e9  # a few epochs are almost as good as new data (their finding)
+    assert effective_tokens(1e14, u) == pytest.approx(u * (1 + 15.4), rel=1e-6)  # saturates at U (1 + R*)
+
+
+def test_data_constrained_recommendation(fit):
+    c = 1e21
+    free = recommend(fit, c)
+    unique = free.d_opt / 20  # 20 epochs needed
+    rec = recommend(fit, c, unique_tokens=unique)
+    assert rec.epochs == pytest.approx(20.0)
+    dc = rec.data_constrained
+    # Repeated data is worth less: the loss at the unconstrained optimum rises, and the
+    # constrained optimum moves to a bigger model on fewer tokens, doing better than that.
+    assert dc["loss_at_unconstrained_optimum"] > free.loss
+    assert dc["n_opt"] > free.n_opt and dc["d_opt"] < free.d_opt
+    assert free.loss < dc["loss"] < dc["loss_at_unconstrained_optimum"]
+    assert dc["loss_ci"][0] < dc["loss"] < dc["loss_ci"][1]
+    assert any("20.0 epochs" in w for w in rec.warnings)
+    assert "Muennighoff" in format_recommendation(rec)
+    with pytest.raises(UserError, match="unique-tokens"):
+        recommend(fit, c, unique_tokens=-1)
+
+
+def test_recommend_cli_from_a_fit_dir(fit, table, tmp_path):
+    out = write_fits(fit, tmp_path / "fit", results=load_results(table), plots=False)
+    p = subprocess.run([sys.executable, "-m", "ehrfm", "recommend", str(out), "--flops", "1e20", "--json"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    rec = json.loads(p.stdout)
+    direct = recommend(fit, 1e20)
+    assert rec["n_opt"] == pytest.approx(direct.n_opt, rel=1e-9)
+    assert rec["n_opt_ci"] == pytest.approx(direct.n_opt_ci, rel=1e-9)  # intervals survive the round trip
+    assert rec["shape"]["n_layer"] == direct.shape["n_layer"]
+    p = subprocess.run([sys.executable, "-m", "ehrfm", "recommend", str(out), "--flops", "1e20", "--approach", "2"], capture_output=True, text=True)
+    assert p.returncode == 0 and "(Approach 2)" in p.stdout
+    p = subprocess.run([sys.executable, "-m", "ehrfm", "recommend", str(tmp_path / "nope"), "--flops", "1e20"], capture_output=True, text=True)
+    assert p.returncode == 2 and "not found" in p.stderr and p.stderr.count("\n") == 1
