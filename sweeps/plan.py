@@ -275,6 +275,9 @@ def plan_sweep(
     import ehrfm
     from ehrfm.tokens import TokenDir
 
+    budgets = sorted({float(b) for b in budgets})
+    if not budgets or not all(b > 0 and math.isfinite(b) for b in budgets):
+        raise UserError(f"budgets must be positive finite FLOPs (got {budgets})")
     td = TokenDir(tokens_dir)
     train_tokens = td.split("train").n_tokens if "train" in td.splits else 0
     sweep = SweepConfig(

@@ -1,0 +1,259 @@
+"""Sweeps without SLURM: the IsoFLOP planner, bad input, and a real sweep on the local executor.
+
+Every run here is a real (tiny) training run on the shared synthetic token dir.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from ehrfm.config import ModelConfig
+from ehrfm.errors import UserError
+from ehrfm.shapes import flops_per_token, n_params, shape_for_params
+from ehrfm.tokens import TokenDir
+
+# A tiny sweep: two budgets, two distinct shapes each, ~20-130 optimizer steps per run.
+TINY = dict(budgets=[1e9, 3e9], sizes=3, context=64, train={"batch_size": 8})
+TINY_CLI = ["--budgets", "1e9,3e9", "--sizes", "3", "--context", "64", "--batch-size", "8"]
+
+
+def ehrfm(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, EHRFM_QUIET="1", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "ehrfm", *map(str, args)], capture_output=True, text=True, env=full_env, timeout=timeout)
+
+
+def plan_rows(sweep_dir: Path) -> list[dict]:
+    return pq.read_table(sweep_dir / "plan.parquet").to_pylist()
+
+
+# --- planner -------------------------------------------------------------------------------------
+
+
+def test_plan_is_isoflop_and_stable(synth_tokens, tmp_path):
+    from sweeps.plan import plan_sweep
+
+    sweep, rows, warnings = plan_sweep(synth_tokens, [1e9, 1e10], tmp_path / "a", sizes=5, context=64, train={"batch_size": 8})
+    td = TokenDir(synth_tokens)
+    assert sweep.tokenizer_fingerprint == td.fingerprint and sweep.vocab_size == td.vocab_size
+    assert sweep.train_tokens == td.split("train").n_tokens
+    assert {r["budget"] for r in rows} == {1e9, 1e10}
+    for r in rows:
+        cfg = ModelConfig(n_layer=r["n_layer"], d_model=r["d_model"], n_head=r["n_head"], context=64, vocab_size=td.vocab_size)
+        # D = floor(C / flops_per_token) of the real shape, so every run of a budget spends C (to one token).
+        assert r["flops_per_token"] == flops_per_token(cfg)
+        assert r["tokens"] == int(r["budget"] // flops_per_token(cfg))
+        assert r["budget"] - flops_per_token(cfg) < r["flops"] <= r["budget"]
+        assert r["n_params"] == n_params(cfg)
+        assert r["steps"] == math.ceil(r["tokens"] / (8 * 64))
+        assert cfg == shape_for_params(r["target_n_params"], td.vocab_size, 64)
+    # Targets: 5 sizes log-spaced over +-1 dex, i.e. a factor 10**0.5 apart, centred on N*(C).
+    for budget in (1e9, 1e10):
+        targets = sorted({r["target_n_params"] for r in rows if r["budget"] == budget})
+        ratios = [b / a for a, b in zip(targets, targets[1:])]
+        assert all(abs(2 * math.log10(q) - round(2 * math.log10(q))) < 1e-9 for q in ratios), ratios  # (shapes that coincide are planned once)
+    # Larger budgets shift the ladder to larger models (the centre N*(C) grows with C).
+    n_small = max(r["n_params"] for r in rows if r["budget"] == 1e9)
+    n_big = max(r["n_params"] for r in rows if r["budget"] == 1e10)
+    assert n_big > n_small
+    assert len({r["run_id"] for r in rows}) == len(rows)
+
+    # Planning again, elsewhere or in place, gives the same ids.
+    _, rows2, _ = plan_sweep(synth_tokens, [1e10, 1e9], tmp_path / "b", sizes=5, context=64, train={"batch_size": 8})
+    assert [r["run_id"] for r in rows2] == [r["run_id"] for r in rows]
+    _, rows3, _ = plan_sweep(synth_tokens, [1e9, 1e10], tmp_path / "a", sizes=5, context=64, train={"batch_size": 8})
+    assert [r["run_id"] for r in rows3] == [r["run_id"] for r in rows]
+    # Another training option is another run.
+    _, rows4, _ = plan_sweep(synth_tokens, [1e9, 1e10], tmp_path / "c", sizes=5, context=64, train={"batch_size": 8, "lr": 3e-4})
+    assert not {r["run_id"] for r in rows4} & {r["run_id"] for r in rows}
+    saved = json.loads((tmp_path / "a" / "sweep.json").read_text())
+    assert saved["budgets"] == [1e9, 1e10] and saved["train"] == {"batch_size": 8} and saved["tokenizer_fingerprint"] == td.fingerprint
+
+
+def test_plan_cli_warns_epochs_and_short_runs(synth_tokens, tmp_path):
+    out = tmp_path / "sweep"
+    p = ehrfm("sweep", "plan", "--tokens", synth_tokens, "--budgets", "1e9,1e11", "--sizes", "3", "--out", out, "--context", "64", "--batch-size", "8")
+    assert p.returncode == 0, p.stderr
+    rows = plan_rows(out)
+    train_tokens = TokenDir(synth_tokens).split("train").n_tokens
+    over = [r for r in rows if r["tokens"] > train_tokens]
+    short = [r for r in rows if r["steps"] < 50]
+    assert over and short  # this plan has both kinds
+    assert p.stderr.count("epochs of the") == len(over)
+    assert p.stderr.count("optimizer steps (< --min-steps 50)") == len(short)
+    assert f"planned {len(rows)} runs over 2 budgets" in p.stdout
+    for r in rows:
+        assert r["run_id"] in p.stdout
+        assert r["epochs"] == pytest.approx(r["tokens"] / train_tokens)
+
+
+def test_plan_budget_too_small_names_it(synth_tokens, tmp_path):
+    p = ehrfm("sweep", "plan", "--tokens", synth_tokens, "--budgets", "1e9,2e6", "--sizes", "3", "--out", tmp_path / "s", "--context", "64", "--batch-size", "8")
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "budget 2e+06 FLOPs is too small for the smallest shape" in lines[0], p.stderr
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "s").exists()  # nothing half-written
+
+
+def test_plan_bad_budgets_and_options(synth_tokens, tmp_path):
+    from sweeps.plan import parse_budgets, parse_train_options
+
+    assert parse_budgets("3e12, 1e12,1e12") == [1e12, 3e12]
+    for bad in ("1e12,abc", "-1", "", "inf"):
+        with pytest.raises(UserError):
+            parse_budgets(bad)
+    assert parse_train_options(["lr=3e-4", "warmup-frac=0.1", "batch_size=16"]) == {"lr": 3e-4, "warmup_frac": 0.1, "batch_size": 16}
+    with pytest.raises(UserError, match="not_an_option"):
+        parse_train_options(["not_an_option=1"])
+    with pytest.raises(UserError, match="set per run"):
+        parse_train_options(["n_layer=4"])
+
+
+def other_tokenizer_copy(synth_tokens: Path, dst: Path) -> Path:
+    """The same token dir with a different tokenizer.json (one more vocab entry)."""
+    shutil.copytree(synth_tokens, dst)
+    tok = json.loads((dst / "tokenizer.json").read_text())
+    tok["vocab"] = list(tok["vocab"]) + ["EXTRA//TOKEN"]
+    (dst / "tokenizer.json").write_text(json.dumps(tok))
+    return dst
+
+
+def test_sweep_dir_of_another_tokenizer_is_refused(synth_tokens, tmp_path):
+    out = tmp_path / "sweep"
+    assert ehrfm("sweep", "plan", "--tokens", synth_tokens, "--out", out, *TINY_CLI).returncode == 0
+    before = (out / "plan.parquet").read_bytes()
+    other = other_tokenizer_copy(synth_tokens, tmp_path / "tok2")
+    p = ehrfm("sweep", "plan", "--tokens", other, "--out", out, *TINY_CLI)
+    assert p.returncode == 2 and "planned with another tokenizer" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert (out / "plan.parquet").read_bytes() == before
+    # The token dir the sweep was planned on changed its tokenizer in place: launch refuses too.
+    sweep = json.loads((out / "sweep.json").read_text())
+    sweep["tokens_dir"] = str(other)
+    (out / "sweep.json").write_text(json.dumps(sweep))
+    p = ehrfm("sweep", "launch", out, "--executor", "local")
+    assert p.returncode == 2 and "tokenizer fingerprint" in p.stderr
+    assert not (out / "runs").exists()
+
+
+def test_launch_bad_executor_and_missing_slurm(synth_tokens, tmp_path):
+    out = tmp_path / "sweep"
+    assert ehrfm("sweep", "plan", "--tokens", synth_tokens, "--out", out, *TINY_CLI).returncode == 0
+    p = ehrfm("sweep", "launch", out, "--executor", "kubernetes")
+    assert p.returncode == 2
+    assert p.stderr.strip() == "ehrfm sweep: error: unknown executor 'kubernetes': choose one of slurm, local"
+    # No SLURM commands on PATH (an empty bin dir): one clear error naming them.
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    p = ehrfm("sweep", "launch", out, "--executor", "slurm", env={"PATH": str(empty)})
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+    assert "SLURM command(s) sbatch, srun, squeue, scontrol not found" in p.stderr
+    assert not (out / "runs").exists() and not (out / "jobs").exists()
+    p = ehrfm("sweep", "status", tmp_path / "nowhere")
+    assert p.returncode == 2 and "not a sweep dir" in p.stderr
+
+
+def test_parse_time():
+    from sweeps.launch import parse_time_minutes
+
+    assert parse_time_minutes("90") == 90
+    assert parse_time_minutes("1:30:00") == 90
+    assert parse_time_minutes("2-00:00:00") == 2880
+    assert parse_time_minutes("45:30") == 46
+    with pytest.raises(UserError):
+        parse_time_minutes("soon")
+
+
+# --- a real sweep on the local executor ----------------------------------------------------------
+
+
+def break_one_run(sweep_dir: Path) -> str:
+    """Give one planned run an impossible shape (n_head not dividing d_model): its trainer raises."""
+    import pyarrow as pa
+
+    table = pq.read_table(sweep_dir / "plan.parquet")
+    rows = table.to_pylist()
+    rows[0]["n_head"] = 3
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), sweep_dir / "plan.parquet")
+    return rows[0]["run_id"]
+
+
+@pytest.fixture(scope="module")
+def local_sweep(synth_tokens, tmp_path_factory):
+    from sweeps.plan import plan_sweep
+
+    out = tmp_path_factory.mktemp("local_sweep") / "sweep"
+    plan_sweep(synth_tokens, out=out, **TINY)
+    p = ehrfm("sweep", "launch", out, "--executor", "local", "--max-parallel", "2")
+    return out, p
+
+
+def test_local_sweep_completes_and_collects(local_sweep):
+    out, p = local_sweep
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = plan_rows(out)
+    assert len(rows) == 4
+    assert "ran 4 jobs locally (2 at a time, 1 threads each)" in p.stdout and "4 completed" in p.stdout
+    c = ehrfm("sweep", "collect", out)
+    assert c.returncode == 0, c.stderr
+    table = pq.read_table(out / "results.parquet")
+    expected = {"run_id": "string", "budget": "double", "n_params": "int64", "n_params_total": "int64", "tokens": "int64",
+                "flops": "double", "loss": "double", "status": "string"}
+    assert {name: str(table.schema.field(name).type) for name in expected} == expected
+    results = {r["run_id"]: r for r in table.to_pylist()}
+    assert set(results) == {r["run_id"] for r in rows}
+    for r in rows:
+        got = results[r["run_id"]]
+        run_result = json.loads((out / "runs" / r["run_id"] / "result.json").read_text())
+        assert got["status"] == "completed" and got["error"] is None
+        assert got["loss"] == run_result["val_loss"] and 0 < got["loss"] < math.log(r["n_params"] + 1e9)
+        assert got["tokens"] == r["tokens"] == run_result["tokens"]
+        assert got["n_params"] == r["n_params"] and got["budget"] == r["budget"]
+        assert got["flops"] == pytest.approx(r["flops"])
+        assert got["job_id"].startswith("local-")
+    # More compute, lower loss for the same shape.
+    by_shape = {}
+    for r in rows:
+        by_shape.setdefault((r["n_layer"], r["d_model"]), {})[r["budget"]] = results[r["run_id"]]["loss"]
+    assert all(v[3e9] < v[1e9] for v in by_shape.values() if len(v) == 2)
+
+    s = ehrfm("sweep", "status", out)
+    assert s.returncode == 0 and s.stdout.count(" completed ") == 4 and "4 runs: 4 completed" in s.stdout
+    # Relaunching a finished sweep submits nothing, and says why.
+    again = ehrfm("sweep", "launch", out, "--executor", "local")
+    assert again.returncode == 0
+    assert again.stdout.strip() == "submitted 0 jobs: nothing to run (4 completed)"
+
+
+def test_local_failed_run_is_recorded_and_retried_only_when_asked(synth_tokens, tmp_path):
+    from sweeps.plan import plan_sweep
+
+    out = tmp_path / "sweep"
+    plan_sweep(synth_tokens, [1e9], out, sizes=3, context=64, train={"batch_size": 8})
+    bad = break_one_run(out)
+    p = ehrfm("sweep", "launch", out, "--executor", "local")
+    assert p.returncode == 1, p.stderr  # a failed run: nonzero exit, the others still ran
+    assert "1 completed" in p.stdout and "1 failed" in p.stdout
+    result = json.loads((out / "runs" / bad / "result.json").read_text())
+    assert result["status"] == "failed"
+    assert "not divisible by n_head=3" in result["error"]
+    assert ehrfm("sweep", "collect", out).returncode == 0
+    table = {r["run_id"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
+    assert table[bad]["status"] == "failed" and table[bad]["loss"] is None and "n_head=3" in table[bad]["error"]
+    assert sum(r["status"] == "completed" for r in table.values()) == 1
+
+    again = ehrfm("sweep", "launch", out, "--executor", "local")
+    assert again.stdout.strip() == "submitted 0 jobs: nothing to run (1 completed, 1 failed (pass --retry-failed to resubmit failed runs))"
+    retry = ehrfm("sweep", "launch", out, "--executor", "local", "--retry-failed")
+    assert "ran 1 jobs locally" in retry.stdout and "1 failed" in retry.stdout
+    assert (out / "jobs" / f"{bad}.failed-1.json").is_file()  # the first failure is kept
+    record = json.loads((out / "jobs" / f"{bad}.json").read_text())
+    assert record["launches"] == 2 and len(record["previous_job_ids"]) == 1
