@@ -249,3 +249,12 @@ def test_cli_synth_etl_tokenize_end_to_end(tmp_path, repo_root):
     out = run("tokenize", str(tmp_path / "tok"), "--decode", "--index", "0", "--limit", "3")
     lines = out.strip().splitlines()
     assert lines[0].startswith("# subject") and lines[1].endswith("TIMELINE_START") and len(lines) == 4
+
+
+def test_many_small_shards_hold_the_same_events(synth_raw, synth_meds, tmp_path):
+    res = etl(synth_raw, tmp_path / "m", shard_subjects=30)
+    assert len(list((tmp_path / "m/data/train").glob("*.parquet"))) == -(-res["subjects_per_split"]["train"] // 30)
+    _check_meds_dataset(tmp_path / "m")
+    a = _all_events(tmp_path / "m").sort("subject_id", maintain_order=True)
+    b = _all_events(synth_meds).sort("subject_id", maintain_order=True)
+    assert a.equals(b)

@@ -220,3 +220,15 @@ def test_tokenize_bad_input(hand_meds, tmp_path):
     with pytest.raises(UserError, match=r"0\.parquet: missing column 'code'"):
         tokenize(hand_meds, tmp_path / "t4", tokenizer=tmp_path / "t/tokenizer.json")
     assert not (tmp_path / "t4").exists()
+
+
+def test_encoding_in_small_subject_chunks_gives_the_same_tokens(synth_meds, synth_tokens, tmp_path, monkeypatch):
+    import tokenization.tokenize as tok_module
+
+    monkeypatch.setattr(tok_module, "CHUNK_SUBJECTS", 7)
+    tokenize(synth_meds, tmp_path / "tok")
+    a, b = TokenDir(tmp_path / "tok"), TokenDir(synth_tokens)
+    for s in ("train", "tuning", "held_out"):
+        assert np.array_equal(a.split(s).tokens, b.split(s).tokens)
+        assert np.array_equal(a.split(s).times, b.split(s).times)
+        assert np.array_equal(a.split(s).offsets, b.split(s).offsets)

@@ -96,7 +96,7 @@ def register(sub) -> None:
                    help="split by a stable hash of subject_id (default 0.8,0.1,0.1)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the split hash (default 0)")
     p.add_argument("--splits", metavar="SUBJECT_SPLITS.parquet", help="use these splits (subject_id, split) instead")
-    p.add_argument("--shard-subjects", type=int, default=20_000, help="subjects per output shard (default 20000)")
+    p.add_argument("--shard-subjects", type=int, default=10_000, help="subjects per output shard (default 10000)")
     p.set_defaults(func=_etl)
 
     p = sub.add_parser(

@@ -15,8 +15,9 @@ How it stays within memory on the full MIMIC-IV:
    decompresses .gz incrementally), each batch is turned into MEDS events with polars and
    appended to a staging parquet file. No table is ever fully in memory.
 2. Subjects are assigned to a split (stable hash of subject_id) and a shard of at most
-   `shard_subjects` subjects; each shard is assembled by a streaming polars scan of the staging
-   files filtered to its subjects, sorted, validated against meds.DataSchema and written.
+   `shard_subjects` subjects; one pass over the staging files routes each batch's rows to
+   per-shard bucket files (linear in events); each shard is then read from its buckets alone,
+   sorted, validated against meds.DataSchema and written. Memory is bounded by the shard size.
 Everything is written under `<out>.tmp-*` and renamed into place at the end.
 
 Codes (MIMIC_IV_MEDS "//" style; values always in numeric_value, never in the code):
@@ -74,7 +75,7 @@ class EtlConfig:
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     split_seed: int = 0
     splits_file: str | None = None  # an existing subject_splits.parquet to use instead of the hash
-    shard_subjects: int = 20_000
+    shard_subjects: int = 10_000  # bounds the memory of shard assembly (and of tokenize downstream)
     batch_bytes: int = 64 << 20  # CSV block size read at a time
     dataset_name: str | None = None
     dataset_version: str | None = None
@@ -498,41 +499,65 @@ def _split_subjects(subjects: np.ndarray, cfg: EtlConfig) -> pl.DataFrame:
 
 
 def _write_shards(stage: Path, out: Path, split_of: pl.DataFrame, cfg: EtlConfig) -> dict:
+    import pyarrow.parquet as pq
+
     staged = sorted(stage.glob("*.parquet"))
-    known = split_of["subject_id"]
     total_events, deaths_merged = 0, 0
     subjects_per_split, events_per_split = {}, {}
     code_counts: dict[str, int] = {}
-    jobs = []
+    jobs, shard_of = [], []
     for name in SPLITS:
         ids = split_of.filter(pl.col("split") == name)["subject_id"].sort()
         subjects_per_split[name] = len(ids)
         events_per_split[name] = 0
         for k, start in enumerate(range(0, len(ids), cfg.shard_subjects)):
-            jobs.append((name, k, ids[start:start + cfg.shard_subjects]))
-    for name, k, ids in progress(jobs, desc="etl: shards", unit="shard"):
+            part = ids[start:start + cfg.shard_subjects]
+            shard_of.append(pl.DataFrame({"subject_id": part, "_shard": pl.Series([len(jobs)] * len(part), dtype=pl.Int32)}))
+            jobs.append((name, k))
+    shard_of = pl.concat(shard_of)
+
+    # One linear pass: route each staged batch's rows to their shard's bucket file.
+    buckets = stage / "buckets"
+    buckets.mkdir()
+    staged_rows = 0
+    for path in progress(staged, desc="etl: bucketing", unit="table"):
+        writers = {}
+        try:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=1 << 20):
+                df = pl.from_arrow(batch)
+                staged_rows += df.height
+                df = df.join(shard_of, on="subject_id", how="inner")  # drops subjects absent from patients
+                for (j,), part in df.partition_by("_shard", as_dict=True, include_key=False).items():
+                    arrow = part.to_arrow()
+                    if j not in writers:
+                        writers[j] = pq.ParquetWriter(buckets / f"{j}__{path.name}", arrow.schema)
+                    writers[j].write_table(arrow)
+        finally:
+            for w in writers.values():
+                w.close()
+
+    for j, (name, k) in enumerate(progress(jobs, desc="etl: shards", unit="shard")):
+        files = sorted(buckets.glob(f"{j}__*.parquet"))
         shard = (
-            pl.scan_parquet(staged)
-            .filter(pl.col("subject_id").is_in(ids.implode()))
-            .collect(engine="streaming")
-            .sort(["subject_id", "time", "_order"], nulls_last=False, maintain_order=True)
-        )
+            pl.concat([pl.read_parquet(f) for f in files], how="vertical") if files
+            else pl.DataFrame(schema=EVENT_SCHEMA)
+        ).sort(["subject_id", "time", "_order"], nulls_last=False, maintain_order=True)
+        for f in files:
+            f.unlink()
         # One death per subject: the earliest (admissions.deathtime beats patients.dod).
         is_death = pl.col("code") == "MEDS_DEATH"
         before = shard.height
         shard = shard.filter(~is_death | (is_death.cast(pl.Int32).cum_sum().over("subject_id") == 1))
         deaths_merged += before - shard.height
         shard = shard.drop("_order")
-        table = _validate(shard, out / "data" / name / f"{k}.parquet")
-        (out / "data" / name).mkdir(parents=True, exist_ok=True)
-        import pyarrow.parquet as pq
-
-        pq.write_table(table, out / "data" / name / f"{k}.parquet")
+        path = out / "data" / name / f"{k}.parquet"
+        table = _validate(shard, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, path)
         events_per_split[name] += shard.height
         total_events += shard.height
         for code, n in shard.group_by("code").len().iter_rows():
             code_counts[code] = code_counts.get(code, 0) + n
-    staged_rows = pl.scan_parquet(staged).select(pl.len()).collect().item()
     dropped = staged_rows - total_events - deaths_merged
     return dict(events=total_events, subjects_per_split=subjects_per_split, events_per_split=events_per_split,
                 codes=code_counts, n_codes=len(code_counts), dropped=int(dropped))

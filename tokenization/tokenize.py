@@ -64,6 +64,7 @@ AGE_BIN_YEARS = 5
 AGE_TOKENS = [f"AGE//{a}-{a + AGE_BIN_YEARS - 1}" for a in range(0, 90, AGE_BIN_YEARS)] + ["AGE//90+", "AGE//UNK"]
 SPECIAL_TOKENS = ["PAD", "UNK", "TIMELINE_START", "TIMELINE_END"] + QUANTILE_TOKENS + [n for n, _ in INTERVALS] + AGE_TOKENS
 BIRTH_CODE = "MEDS_BIRTH"
+CHUNK_SUBJECTS = 2048  # subjects encoded at a time
 NOT_EMITTED = (BIRTH_CODE,)
 
 CONVENTIONS = (
@@ -307,6 +308,16 @@ class _Encoder:
         return tokens, times, index, n_unk
 
 
+def _subject_chunks(df: pl.DataFrame, n_subjects: int):
+    """Zero-copy slices of whole subjects (df sorted by subject_id): bounds the encoder's memory."""
+    sid = df["subject_id"].to_numpy()
+    starts = np.r_[0, np.nonzero(sid[1:] != sid[:-1])[0] + 1]
+    bounds = np.r_[starts[::n_subjects], len(sid)]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if b > a:
+            yield df.slice(int(a), int(b - a))
+
+
 def _append(f, arr: np.ndarray) -> None:
     f.write(np.ascontiguousarray(arr).tobytes())
 
@@ -358,17 +369,16 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
         try:
             for split, path, subjects in progress(jobs, desc="tokenize: shards", unit="shard"):
                 df = _read_shard(path, subjects)
-                if df.height == 0:
-                    continue
-                tokens, times, index, n_unk = enc.encode(df)
                 st = state[split]
-                _append(files[split][0], tokens)
-                _append(files[split][1], times.astype(np.int64))
-                st["index"].append(index.with_columns(pl.col("offset") + st["tokens"]))
-                st["subjects"] += index.height
-                st["events"] += df.height
-                st["tokens"] += len(tokens)
-                st["unk"] += n_unk
+                for chunk in _subject_chunks(df, CHUNK_SUBJECTS):
+                    tokens, times, index, n_unk = enc.encode(chunk)
+                    _append(files[split][0], tokens)
+                    _append(files[split][1], times.astype(np.int64))
+                    st["index"].append(index.with_columns(pl.col("offset") + st["tokens"]))
+                    st["subjects"] += index.height
+                    st["events"] += chunk.height
+                    st["tokens"] += len(tokens)
+                    st["unk"] += n_unk
         finally:
             for f1, f2 in files.values():
                 f1.close()

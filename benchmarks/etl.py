@@ -1,0 +1,94 @@
+"""Benchmark: synth -> etl -> tokenize at growing sizes; events/s, peak RSS, log-log scaling slope.
+
+    python benchmarks/etl.py [--sizes 2000,10000,40000] [--workdir DIR] [--keep]
+
+Each stage runs as its own `ehrfm` process so that its peak RSS (ru_maxrss from wait4) is its
+own. Goal (issue 3): time grows at most ~linearly in events (log-log slope <= 1.1) and peak RSS
+grows sub-linearly (the ETL streams raw tables and assembles bounded shards).
+Not a test: timings depend on the machine and its load; the figures go into the notes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def run_stage(args: list[str]) -> tuple[float, float, str]:
+    """Run `ehrfm ARGS`; return wall seconds, peak RSS in MiB, and its stdout summary line."""
+    env = {**os.environ, "EHRFM_QUIET": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "ehrfm", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    out, err = proc.stdout.read(), proc.stderr.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"ehrfm {' '.join(args)} failed:\n{err}")
+    return seconds, usage.ru_maxrss / 1024, out.strip().splitlines()[-1]
+
+
+def slope(xs, ys) -> float:
+    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="2000,10000,40000", help="patients per run (comma-separated)")
+    p.add_argument("--workdir", help="where to write the datasets (default: a temporary directory)")
+    p.add_argument("--keep", action="store_true", help="keep the datasets")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    args = p.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="ehrfm-bench-etl-"))
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    try:
+        for n in sizes:
+            d = work / f"n{n}"
+            shutil.rmtree(d, ignore_errors=True)
+            s_t, s_rss, _ = run_stage(["synth", "--out", str(d / "raw"), "--patients", str(n), "--seed", "0"])
+            e_t, e_rss, _ = run_stage(["etl", str(d / "raw"), "--out", str(d / "meds")])
+            k_t, k_rss, _ = run_stage(["tokenize", str(d / "meds"), "--out", str(d / "tok")])
+            stats = json.loads((d / "tok" / "stats.json").read_text())
+            events = sum(v["events"] for v in stats["splits"].values())
+            tokens = sum(v["tokens"] for v in stats["splits"].values())
+            rows.append(dict(patients=n, events=events, tokens=tokens, synth_s=s_t, etl_s=e_t, tokenize_s=k_t,
+                             synth_rss_mib=s_rss, etl_rss_mib=e_rss, tokenize_rss_mib=k_rss))
+            r = rows[-1]
+            print(f"{n:>7} patients {events:>10} events {tokens:>10} tokens | synth {s_t:6.1f}s {s_rss:6.0f} MiB | "
+                  f"etl {e_t:6.1f}s {events / e_t:>9.0f} ev/s {e_rss:6.0f} MiB | "
+                  f"tokenize {k_t:6.1f}s {events / k_t:>9.0f} ev/s {k_rss:6.0f} MiB", flush=True)
+            if not args.keep:
+                shutil.rmtree(d / "raw", ignore_errors=True)
+    finally:
+        if not args.keep and not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    if len(rows) >= 2:
+        ev = [r["events"] for r in rows]
+        summary = {
+            "etl_time_slope": slope(ev, [r["etl_s"] for r in rows]),
+            "tokenize_time_slope": slope(ev, [r["tokenize_s"] for r in rows]),
+            "etl+tokenize_time_slope": slope(ev, [r["etl_s"] + r["tokenize_s"] for r in rows]),
+            "etl_rss_slope": slope(ev, [r["etl_rss_mib"] for r in rows]),
+            "tokenize_rss_slope": slope(ev, [r["tokenize_rss_mib"] for r in rows]),
+        }
+        print("log-log slopes vs events: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.items()))
+        print(f"goal: time slope <= 1.1 -> {'met' if summary['etl+tokenize_time_slope'] <= 1.1 else 'NOT met'}; "
+              f"RSS sub-linear (slope < 1) -> {'met' if max(summary['etl_rss_slope'], summary['tokenize_rss_slope']) < 1 else 'NOT met'}")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"runs": rows, "slopes": summary}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
