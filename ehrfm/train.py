@@ -134,6 +134,18 @@ def _check_same_run(run_dir: Path, saved: dict, expected: dict) -> None:
         )
 
 
+def _check_token_ids(td: TokenDir, split) -> None:
+    if split.n_tokens == 0:
+        raise UserError(f"token dir {td.path}: split {split.name} has no tokens")
+    top = int(np.max(split.tokens))
+    if top >= td.vocab_size:
+        n_bad = int((np.asarray(split.tokens) >= td.vocab_size).sum())
+        raise UserError(
+            f"token dir {td.path}: {split.name}/tokens.npy has {n_bad} token ids >= the vocab size "
+            f"{td.vocab_size} of tokenizer.json (tokens and tokenizer do not belong together)"
+        )
+
+
 def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool) -> dict | None:
     """Create or validate the run dir (rank 0). Returns the existing result when already finished."""
     if overwrite and run_dir.exists():
@@ -281,6 +293,8 @@ def _train(cfg: TrainConfig, dd: _Dist) -> dict:
     step_tokens = cfg.batch_size * cfg.context
     n_steps = -(-D // step_tokens)
     train_split, tuning_split = td.split("train"), td.split("tuning")
+    for split in (train_split, tuning_split):
+        _check_token_ids(td, split)
     run_dir = Path(cfg.out_dir)
     run_config = {
         "ehrfm_version": __version__,

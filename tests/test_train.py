@@ -47,6 +47,15 @@ def make_token_dir(path: Path, vocab_size: int = 40, n_subjects=(60, 12, 12), se
     return path
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core box: 1 intra-op thread is ~8x faster than 2 under load."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory) -> Path:
     return make_token_dir(tmp_path_factory.mktemp("tok") / "tok")
