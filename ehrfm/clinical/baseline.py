@@ -25,7 +25,15 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from ehrfm.clinical.common import SPLITS, check_out, fit_logistic, require_two_classes, subsample_per_split, write_head_outputs
+from ehrfm.clinical.common import (
+    SPLITS,
+    check_out,
+    fit_logistic,
+    require_two_classes,
+    small_problem_threads,
+    subsample_per_split,
+    write_head_outputs,
+)
 from ehrfm.clinical.labels import meds_shards, read_labels
 from ehrfm.clinical.metrics import binary_metrics, format_metrics
 from ehrfm.errors import UserError
@@ -225,8 +233,9 @@ def baseline(cfg: BaselineConfig, out: str | os.PathLike, overwrite: bool = Fals
     cols = list(range(k)) + [x.shape[1] - 1]
     dense = x[:, cols].toarray()
     hgb = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.05, early_stopping=True, random_state=cfg.seed)
-    hgb.fit(dense[tr], y[tr])
-    p_hgb = hgb.predict_proba(dense)[:, 1]
+    with small_problem_threads(*dense.shape):
+        hgb.fit(dense[tr], y[tr])
+        p_hgb = hgb.predict_proba(dense)[:, 1]
 
     models = {
         "logistic_regression": {
