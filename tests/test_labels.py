@@ -104,6 +104,8 @@ def test_icu_admission_edge_cases(tmp_path):
         + stay(4, T0, T0 + d(3), [(4, T0 + d(20), "ICU_ADMISSION//SICU")])  # ICU in a later stay only
         + stay(4, T0 + d(19), T0 + d(25))  # the later stay: ICU on its day 1 -> positive
         + stay(5, T0, None, [(5, T0 + d(1), "ICU_ADMISSION//MICU")])  # no discharge: excluded
+        + stay(6, T0, T0 + d(4), [(6, T0 - h(3), "ICU_ADMISSION//MICU")])  # in ICU from the ED: excluded
+        + stay(7, T0, T0 + d(4), [(7, T0 - d(30), "ICU_ADMISSION//MICU")])  # ICU a month earlier: negative
     )
     labels, info = labels_of(tmp_path, events, "icu_admission")
     assert labels == {
@@ -111,8 +113,9 @@ def test_icu_admission_edge_cases(tmp_path):
         (3, T0): False,
         (4, T0): False,
         (4, T0 + d(19)): True,
+        (7, T0): False,
     }
-    assert info["excluded"] == {"no_discharge": 1, "in_icu_at_prediction_time": 1}
+    assert info["excluded"] == {"no_discharge": 1, "in_icu_at_prediction_time": 2}
 
 
 def test_readmission_day_30_and_31(tmp_path):

@@ -26,8 +26,10 @@ Tasks (DESIGN.md section 6):
   labelled by their length of stay.
 - icu_admission: prediction_time = admission; true when an ICU_ADMISSION//* event falls after
   the admission and at or before the discharge. Excluded: stays whose first ICU admission is at
-  or before the prediction time (already in the ICU when the prediction is made; the ICU token
-  would be in the history), and stays that end at the admission timestamp.
+  or before the prediction time, or in the 24 h before the hospital admission (ED patients
+  boarded in the ICU before admittime): the patient is already in the ICU when the prediction is
+  made and the ICU token would be in the history. Also excluded: stays that end at the
+  admission timestamp.
 - readmission_30d: prediction_time = discharge; true when the subject's next hospital admission
   is after the discharge and within 30 days (next_admission - discharge <= 30 * 24 h; a
   readmission on day 30 is positive, on day 31 negative). Excluded: in-hospital deaths (no
@@ -79,7 +81,8 @@ class Stay:
     admission: int  # us since epoch
     discharge: int | None  # None: no discharge recorded
     died: bool
-    first_icu: int | None  # first ICU admission in (admission, discharge], us
+    first_icu: int | None  # first ICU admission in [admission, discharge], us
+    icu_just_before: bool = False  # an ICU admission in the 24 h before the hospital admission
 
 
 # --- reading MEDS ----------------------------------------------------------------------------------
@@ -171,7 +174,8 @@ def stays_from_events(events: pl.DataFrame) -> list[Stay]:
             if dis is not None:
                 in_stay = [t for t in icu_times if adm <= t <= dis]
                 first_icu = min(in_stay) if in_stay else None
-            stays.append(Stay(int(subject_id), adm, dis, died, first_icu))
+            just_before = any(adm - 24 * US_PER_HOUR <= t < adm for t in icu_times)
+            stays.append(Stay(int(subject_id), adm, dis, died, first_icu, just_before))
     return stays
 
 
@@ -217,7 +221,7 @@ def labels_from_stays(stays: list[Stay], cfg: LabelConfig) -> tuple[pl.DataFrame
             if s.discharge <= pred:
                 excluded["ended_at_admission"] = excluded.get("ended_at_admission", 0) + 1
                 continue
-            if s.first_icu is not None and s.first_icu <= pred:
+            if s.icu_just_before or (s.first_icu is not None and s.first_icu <= pred):
                 excluded["in_icu_at_prediction_time"] = excluded.get("in_icu_at_prediction_time", 0) + 1
                 continue
             rows.append((s.subject_id, pred, s.first_icu is not None))
