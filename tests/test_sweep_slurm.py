@@ -1,0 +1,158 @@
+"""Sweeps on a REAL SLURM cluster (scripts/slurm-local.sh up): arrays, requeue, failures, relaunch.
+
+Skipped only when `sbatch` is not installed; a cluster that is installed but down fails the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from test_sweep import TINY, break_one_run, ehrfm, plan_rows
+
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.skipif(shutil.which("sbatch") is None, reason="SLURM not installed (no `sbatch` on PATH): run `sudo bash scripts/slurm-local.sh install && sudo bash scripts/slurm-local.sh up`"),
+]
+
+
+def squeue_state(job_id: str) -> tuple[str, str]:
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%r"], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        jid, st, reason = line.split("|")
+        if jid == job_id:
+            return st, reason
+    return "", ""
+
+
+def wait_until(predicate, timeout_s: float, what: str, poll_s: float = 0.3):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def release_requeued(job_id: str) -> None:
+    """SLURM holds a requeued job ~2 minutes (BeginTime); let it start now."""
+    wait_until(lambda: squeue_state(job_id)[0] == "PENDING", 120, f"job {job_id} to be requeued")
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster_is_up():
+    p = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.strip(), f"sbatch is installed but SLURM is not running (sinfo: {p.stderr.strip()}); run `sudo bash scripts/slurm-local.sh up`"
+
+
+def test_slurm_sweep_completes_collects_and_relaunch_submits_nothing(synth_tokens, tmp_path):
+    from sweeps.plan import plan_sweep
+
+    out = tmp_path / "sweep"
+    plan_sweep(synth_tokens, out=out, **TINY)
+    p = ehrfm("sweep", "launch", out, "--executor", "slurm", "--time", "20", "--cpus-per-task", "1", "--mem", "2G", "--max-parallel", "2", "--wait")
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = plan_rows(out)
+    assert len(rows) == 4
+    assert "submitted 4 jobs to SLURM as array" in p.stdout and "4 SLURM runs finished: 4 completed" in p.stdout
+    # One array job, throttled to 2 tasks at a time, requeueable, with submitit's signal before the limit.
+    array_id = json.loads((out / "jobs" / f"{rows[0]['run_id']}.json").read_text())["job_id"].split("_")[0]
+    scripts = [p.read_text() for p in (out / "submitit").rglob("*submission.sh")]
+    assert len(scripts) == 1
+    script = scripts[0]
+    assert "#SBATCH --array=0-3%2" in script and "#SBATCH --requeue" in script
+    assert "#SBATCH --signal=USR2@120" in script and "#SBATCH --mem=2G" in script and "#SBATCH --time=20" in script
+    job_ids = {json.loads((out / "jobs" / f"{r['run_id']}.json").read_text())["job_id"] for r in rows}
+    assert job_ids == {f"{array_id}_{i}" for i in range(4)}
+
+    assert ehrfm("sweep", "collect", out).returncode == 0
+    results = {r["run_id"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
+    for r in rows:
+        got = results[r["run_id"]]
+        assert got["status"] == "completed" and got["loss"] > 0 and got["tokens"] == r["tokens"]
+        assert got["loss"] == json.loads((out / "runs" / r["run_id"] / "result.json").read_text())["val_loss"]
+        assert got["job_id"] in job_ids
+
+    again = ehrfm("sweep", "launch", out, "--executor", "slurm")
+    assert again.returncode == 0 and again.stdout.strip() == "submitted 0 jobs: nothing to run (4 completed)"
+    status = ehrfm("sweep", "status", out)
+    assert status.stdout.count(" completed ") == 4 and all(j in status.stdout for j in job_ids)
+
+
+def test_slurm_requeue_and_preemption_resume_with_identical_loss(synth_tokens, tmp_path):
+    """`scontrol requeue` of one running job and submitit's USR2 preemption signal to another:
+    both checkpoint, are requeued, resume from the checkpoint, and end with the loss of an
+    uninterrupted run of the same config."""
+    from sweeps.plan import plan_sweep
+
+    out = tmp_path / "sweep"
+    # Two runs of ~600-800 optimizer steps (a few seconds each on an idle core).
+    plan_sweep(synth_tokens, [4e10, 5e10], out, sizes=1, context=64, train={"batch_size": 8})
+    rows = plan_rows(out)
+    assert len(rows) == 2
+    p = ehrfm("sweep", "launch", out, "--executor", "slurm", "--time", "20", "--cpus-per-task", "1")
+    assert p.returncode == 0, p.stderr
+    # Already queued or running: a relaunch does not submit them twice.
+    again = ehrfm("sweep", "launch", out, "--executor", "slurm")
+    assert again.stdout.startswith("submitted 0 jobs: nothing to run (") and ("queued" in again.stdout or "running" in again.stdout), again.stdout
+
+    jobs = {r["run_id"]: json.loads((out / "jobs" / f"{r['run_id']}.json").read_text())["job_id"] for r in rows}
+    requeued, preempted = (r["run_id"] for r in rows)
+
+    def training(rid):
+        metrics = out / "runs" / rid / "metrics.jsonl"
+        return metrics.is_file() and len(metrics.read_text().splitlines()) >= 5
+
+    wait_until(lambda: training(requeued) and training(preempted), 300, "both runs to train a few steps")
+    subprocess.run(["scontrol", "requeue", jobs[requeued]], check=True, capture_output=True)
+    subprocess.run(["scancel", "--signal=USR2", jobs[preempted]], check=True, capture_output=True)  # what SLURM sends before the time limit
+    for rid in (requeued, preempted):
+        release_requeued(jobs[rid])
+    from sweeps.launch import wait_for_runs
+
+    final = wait_for_runs(out, [requeued, preempted], poll_s=1.0, timeout_s=600)
+    assert final == {requeued: "completed", preempted: "completed"}
+
+    # The reference: the same plan (same run ids, same configs) trained without interruption.
+    reference = tmp_path / "reference"
+    plan_sweep(synth_tokens, [4e10, 5e10], reference, sizes=1, context=64, train={"batch_size": 8})
+    assert ehrfm("sweep", "launch", reference, "--executor", "local").returncode == 0
+    for rid in (requeued, preempted):
+        log = (out / "logs" / f"{rid}.log").read_text()
+        assert log.count("interrupted at step") == 1, log  # it really stopped mid-run ...
+        assert log.count(f"job {jobs[rid]} rank 0/1") == 2  # ... and the same job started again
+        record = json.loads((out / "jobs" / f"{rid}.json").read_text())
+        assert record["starts"] == 2 and record["job_id"] == jobs[rid]
+        resumed = json.loads((out / "runs" / rid / "result.json").read_text())
+        uninterrupted = json.loads((reference / "runs" / rid / "result.json").read_text())
+        assert resumed["tokens"] == uninterrupted["tokens"] == plan_rows(out)[[r["run_id"] for r in rows].index(rid)]["tokens"]
+        assert resumed["val_loss"] == uninterrupted["val_loss"], (rid, resumed["val_loss"], uninterrupted["val_loss"])
+    # submitit's own checkpoint path ran for the USR2 job (it requeued itself).
+    submitit_log = "".join(p.read_text() for p in (out / "submitit").rglob(f"{jobs[preempted]}_*log.out"))
+    assert "Calling checkpoint method" in submitit_log and "Requeued job" in submitit_log
+
+
+def test_slurm_failed_run_is_recorded_while_others_complete(synth_tokens, tmp_path):
+    from sweeps.plan import plan_sweep
+
+    out = tmp_path / "sweep"
+    plan_sweep(synth_tokens, [1e9], out, sizes=3, context=64, train={"batch_size": 8})
+    bad = break_one_run(out)
+    p = ehrfm("sweep", "launch", out, "--executor", "slurm", "--time", "20", "--wait")
+    assert p.returncode == 1 and "1 completed" in p.stdout and "1 failed" in p.stdout, p.stdout + p.stderr[-2000:]
+    assert ehrfm("sweep", "collect", out).returncode == 0
+    results = {r["run_id"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
+    assert results[bad]["status"] == "failed" and results[bad]["loss"] is None
+    assert "not divisible by n_head=3" in results[bad]["error"]
+    others = [r for rid, r in results.items() if rid != bad]
+    assert others and all(r["status"] == "completed" and r["loss"] > 0 for r in others)
+    again = ehrfm("sweep", "launch", out, "--executor", "slurm")
+    assert "submitted 0 jobs" in again.stdout and "--retry-failed" in again.stdout
