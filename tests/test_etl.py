@@ -258,3 +258,15 @@ def test_many_small_shards_hold_the_same_events(synth_raw, synth_meds, tmp_path)
     a = _all_events(tmp_path / "m").sort("subject_id", maintain_order=True)
     b = _all_events(synth_meds).sort("subject_id", maintain_order=True)
     assert a.equals(b)
+
+
+def test_events_without_a_time_are_dropped_and_counted_not_made_static(small_raw, tmp_path):
+    _rewrite(small_raw / "hosp/prescriptions.csv.gz",
+             lambda d: d.with_columns(pl.when(pl.int_range(pl.len()) < 5).then(None)
+                                      .otherwise(pl.col("starttime")).alias("starttime")))
+    res = etl(small_raw, tmp_path / "out")
+    assert res["dropped_events_without_time"] == {"hosp/prescriptions": 5}
+    df = _all_events(tmp_path / "out")
+    assert df.filter(pl.col("time").is_null())["code"].str.starts_with("GENDER//").all()
+    cfg = json.loads((tmp_path / "out/metadata/etl_config.json").read_text())
+    assert cfg["dropped_events_without_time"] == {"hosp/prescriptions": 5}

@@ -99,6 +99,7 @@ class Context:
     """Small lookups that event rules need (admission times), built from admissions first."""
 
     admissions: pl.DataFrame | None = None  # hadm_id, admittime, dischtime
+    untimed: dict = field(default_factory=dict)  # table -> events dropped for lack of a time
 
 
 # ------------------------------------------------------------------------------- event rules
@@ -408,7 +409,7 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
         split_of = _split_subjects(subjects, cfg)
         counts = _write_shards(stage, tmp, split_of, cfg)
         _write_codes(raw, tmp, counts.pop("codes"))
-        _write_metadata(tmp, cfg, split_of, rows_in, missing)
+        _write_metadata(tmp, cfg, split_of, rows_in, missing, ctx.untimed)
         import shutil
 
         shutil.rmtree(stage)
@@ -424,6 +425,7 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
         "tables_used": sorted(rows_in),
         "tables_missing": missing,
         "dropped_events_unknown_subject": counts["dropped"],
+        "dropped_events_without_time": {k: v for k, v in ctx.untimed.items() if v},
         "seconds": round(seconds, 2),
     }
     summary(
@@ -454,7 +456,11 @@ def _stage_table(path: Path, table: Table, columns: list[str], ctx: Context, sta
             if table.name == "hosp/admissions":
                 adm_parts.append(typed.select("hadm_id", "admittime", "dischtime"))
             events = pl.concat([e.cast(EVENT_SCHEMA) for e in table.to_events(typed, ctx)], how="vertical")
-            events = events.filter(pl.col("subject_id").is_not_null())
+            # Only static codes may lack a time; an event whose time is missing cannot be placed.
+            keep = pl.col("subject_id").is_not_null() & (pl.col("time").is_not_null() | (pl.col("_order") == ORDER_STATIC))
+            n_before = events.height
+            events = events.filter(keep)
+            ctx.untimed[table.name] = ctx.untimed.get(table.name, 0) + n_before - events.height
             arrow = events.to_arrow()
             if writer is None:
                 writer = pq.ParquetWriter(out_path, arrow.schema)
@@ -653,7 +659,8 @@ def _write_codes(raw: Path, out: Path, counts: dict[str, int]) -> None:
     pq.write_table(table, out / "metadata" / "codes.parquet")
 
 
-def _write_metadata(out: Path, cfg: EtlConfig, split_of: pl.DataFrame, rows_in: dict, missing: list) -> None:
+def _write_metadata(out: Path, cfg: EtlConfig, split_of: pl.DataFrame, rows_in: dict, missing: list,
+                    untimed: dict) -> None:
     import meds
     import pyarrow.parquet as pq
 
@@ -675,4 +682,5 @@ def _write_metadata(out: Path, cfg: EtlConfig, split_of: pl.DataFrame, rows_in: 
     })
     write_json(out / "metadata" / "etl_config.json", {
         **asdict(cfg), "raw": str(Path(cfg.raw).resolve()), "tables_rows": rows_in, "tables_missing": missing,
+        "dropped_events_without_time": {k: v for k, v in untimed.items() if v},
     })
