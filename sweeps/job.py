@@ -72,6 +72,7 @@ class TrainJob:
         # checkpoints even where SLURM signals only the task's main process.
         signal.signal(signal.SIGTERM, self._forward_stop)
         signal.signal(signal.SIGINT, self._forward_stop)  # Ctrl-C on a local launch: checkpoint too
+        signal.signal(signal.SIGHUP, self._forward_stop)  # the launching terminal closed
         if rank != 0:  # submitit's USR2 handler acts on rank 0 only; other ranks stop their own trainer
             signal.signal(signal.SIGUSR2, self._forward_stop)
         while self._returncode is None:
@@ -117,6 +118,10 @@ class TrainJob:
         )
         log.close()
         proc = self._proc
+        if rank == 0:
+            # A relaunch must not start a second trainer while this one may still be writing its
+            # checkpoint after its job process is gone (sweeps/state.py checks this pid).
+            _update_record(Path(self.record_path), trainer_pid=proc.pid)
 
         def watch():
             self._returncode = proc.wait()
@@ -161,12 +166,9 @@ class TrainJob:
         return result
 
     def _note_start(self) -> None:
-        record = {}
-        try:
-            record = json.loads(Path(self.record_path).read_text())
-        except (OSError, json.JSONDecodeError):
-            pass
-        record.update(
+        record = _read_record(Path(self.record_path))
+        _update_record(
+            Path(self.record_path),
             started_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             job_id=record.get("job_id") or _job_id(),
             running_job_id=_job_id(),
@@ -174,7 +176,19 @@ class TrainJob:
             host=os.uname().nodename,
             starts=int(record.get("starts", 0)) + 1,
         )
-        _write_json(Path(self.record_path), record)
+
+
+def _read_record(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _update_record(path: Path, **fields) -> None:
+    record = _read_record(path)
+    record.update(fields)
+    _write_json(path, record)
 
 
 def read_result(run_dir: str | Path) -> dict | None:
@@ -186,10 +200,11 @@ def read_result(run_dir: str | Path) -> dict | None:
 
 
 def _ignore_usr2() -> None:
-    # USR2 is submitit's preemption signal for the job process; SIGINT (a terminal's Ctrl-C) goes
-    # to the wrapper, which turns it into SIGTERM. The trainer stops only on SIGTERM, after a checkpoint.
+    # USR2 is submitit's preemption signal for the job process; SIGINT and SIGHUP (a terminal's
+    # Ctrl-C or hang-up) go to the wrapper, which turns them into SIGTERM. The trainer stops only on SIGTERM, after a checkpoint.
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def _ranks() -> tuple[int, int, int]:

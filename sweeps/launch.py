@@ -364,9 +364,18 @@ def _launch_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, time
                 os.kill(int(sj.job_id), signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        deadline = time.time() + 60
-        while time.time() < deadline and any(not sj.done() for sj, _, _ in running.values()):
+        # Wait for the trainers themselves (they may outlive their job process while they write
+        # the checkpoint), so that a relaunch right after this resumes from a complete checkpoint.
+        from sweeps.job import STOP_GRACE_S
+        from sweeps.state import _pid_alive, read_record
+
+        deadline = time.time() + STOP_GRACE_S
+        while time.time() < deadline and any(
+            not sj.done() or _pid_alive((read_record(sweep_dir, rid) or {}).get("trainer_pid"), "sweeps.run_one") for rid, (sj, _, _) in running.items()
+        ):
             time.sleep(0.5)
+        print(f"interrupted: {len(running)} running jobs checkpointed; `ehrfm sweep launch {sweep_dir} --executor local` resumes them",
+              file=sys.stderr)
         raise
     finally:
         bar.close()

@@ -81,7 +81,8 @@ def slurm_job_states() -> dict[str, str]:
     return states
 
 
-def _pid_alive(pid) -> bool:
+def _pid_alive(pid, needle: str | None = None) -> bool:
+    """Is process `pid` alive (and, with `needle`, is it still ours: its command line has needle)?"""
     if not pid:
         return False
     try:
@@ -90,12 +91,16 @@ def _pid_alive(pid) -> bool:
         return False
     except PermissionError:
         return True
-    # A zombie (exited, not yet reaped) is not running.
     try:
         with open(f"/proc/{int(pid)}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return False  # a zombie has exited
+        if needle is not None:
+            with open(f"/proc/{int(pid)}/cmdline", "rb") as f:
+                return needle.encode() in f.read()  # a reused pid is not our process
     except OSError:
         return True
+    return True
 
 
 def _slurm_state(record: dict, squeue: dict[str, str]) -> str | None:
@@ -112,9 +117,9 @@ def _slurm_state(record: dict, squeue: dict[str, str]) -> str | None:
 def _local_state(record: dict) -> str | None:
     if record.get("host") and record["host"] != os.uname().nodename:
         return "running"  # launched from another machine: we cannot see it, so never relaunch it
-    if _pid_alive(record.get("job_pid")):
+    if _pid_alive(record.get("job_pid"), "submitit") or _pid_alive(record.get("trainer_pid"), "sweeps.run_one"):
         return "running"
-    if not record.get("job_pid") and _pid_alive(record.get("launcher_pid")):
+    if not record.get("job_pid") and _pid_alive(record.get("launcher_pid"), "python"):
         return "queued"  # waiting for a free slot in a live `sweep launch --executor local`
     return None
 

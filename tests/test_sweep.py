@@ -257,3 +257,37 @@ def test_local_failed_run_is_recorded_and_retried_only_when_asked(synth_tokens, 
     assert (out / "jobs" / f"{bad}.failed-1.json").is_file()  # the first failure is kept
     record = json.loads((out / "jobs" / f"{bad}.json").read_text())
     assert record["launches"] == 2 and len(record["previous_job_ids"]) == 1
+
+
+def test_local_ctrl_c_checkpoints_and_relaunch_resumes_to_the_same_loss(synth_tokens, tmp_path):
+    import signal
+    import time
+
+    from sweeps.plan import plan_sweep
+
+    out, reference = tmp_path / "sweep", tmp_path / "reference"
+    for d in (out, reference):  # one run of ~780 optimizer steps, planned twice: same run id
+        plan_sweep(synth_tokens, [5e10], d, sizes=1, context=64, train={"batch_size": 8})
+    (rid,) = [r["run_id"] for r in plan_rows(out)]
+    metrics = out / "runs" / rid / "metrics.jsonl"
+    launcher = subprocess.Popen([sys.executable, "-m", "ehrfm", "sweep", "launch", str(out), "--executor", "local"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                env=dict(os.environ, EHRFM_QUIET="1"))
+    deadline = time.time() + 300
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 5):
+        assert time.time() < deadline and launcher.poll() is None, "the run did not start training"
+        time.sleep(0.2)
+    os.killpg(launcher.pid, signal.SIGINT)  # Ctrl-C in the launching terminal: the whole process group
+    _, err = launcher.communicate(timeout=300)
+    assert launcher.returncode == 130 and "running jobs checkpointed" in err, err[-2000:]
+    status = ehrfm("sweep", "status", out)
+    assert f"{rid}" in status.stdout and " interrupted " in status.stdout, status.stdout
+    assert (out / "runs" / rid / "checkpoint").is_dir() and not (out / "runs" / rid / "result.json").exists()
+
+    resumed = ehrfm("sweep", "launch", out, "--executor", "local")
+    assert resumed.returncode == 0 and "1 completed" in resumed.stdout, resumed.stderr[-2000:]
+    assert "interrupted at step" in (out / "logs" / f"{rid}.log").read_text()
+    assert ehrfm("sweep", "launch", reference, "--executor", "local").returncode == 0
+    a = json.loads((out / "runs" / rid / "result.json").read_text())
+    b = json.loads((reference / "runs" / rid / "result.json").read_text())
+    assert a["status"] == b["status"] == "completed" and a["val_loss"] == b["val_loss"]
