@@ -112,8 +112,8 @@ L = len(LABS)
 LAB_CONDITION_EFFECT = {
     "ckd": {"Creatinine": 3.5, "Urea Nitrogen": 2.5, "Potassium": 1.0, "Hemoglobin": -1.2, "Bicarbonate": -1.0},
     "diabetes": {"Glucose": 2.5, "% Hemoglobin A1c": 4.0},
-    "cirrhosis": {"Bilirubin, Total": 3.0, "INR(PT)": 3.0, "Albumin": -2.5, "Platelet Count": -2.0, "AST": 1.5,
-                  "Asparate Aminotransferase (AST)": 2.0, "Sodium": -1.0},
+    "cirrhosis": {"Bilirubin, Total": 3.0, "INR(PT)": 3.0, "Albumin": -2.5, "Platelet Count": -2.0,
+                  "Asparate Aminotransferase (AST)": 2.0, "Alanine Aminotransferase (ALT)": 1.0, "Sodium": -1.0},
     "chf": {"NTproBNP": 3.0, "Sodium": -0.8, "Creatinine": 0.8},
     "copd": {"pCO2": 2.0, "Bicarbonate": 1.2, "pO2": -1.0},
     "cancer": {"Hemoglobin": -1.5, "Albumin": -1.5, "White Blood Cells": 0.6},
@@ -443,24 +443,25 @@ def _generate(cfg: SynthConfig) -> dict[str, pl.DataFrame]:
 
     # --- transfers: ED -> ward (-> ICU -> ward) -> discharge
     ward = np.array(WARDS)[rng.integers(0, len(WARDS), n_adm)]
-    tr = []
-    tr.append(dict(i=np.nonzero(ed)[0], ev="ED", unit="Emergency Department", tin=edreg[ed], tout=adm["admit"][ed]))
     pre_icu_out = adm["disch"].copy()
     pre_icu_out[icu_i] = icu_in
-    tr.append(dict(i=np.arange(n_adm), ev="admit", unit=ward, tin=adm["admit"], tout=pre_icu_out))
-    tr.append(dict(i=icu_i, ev="transfer", unit=careunit, tin=icu_in, tout=icu_out))
-    back = icu_out < adm["disch"][icu_i]
-    tr.append(dict(i=icu_i[back], ev="transfer", unit=ward[icu_i[back]], tin=icu_out[back], tout=adm["disch"][icu_i[back]]))
-    tr.append(dict(i=np.arange(n_adm), ev="discharge", unit=None, tin=adm["disch"], tout=None))
+    back = icu_out < adm["disch"][icu_i]  # survivors return to the ward before discharge
+    ed_i, all_i, back_i = np.nonzero(ed)[0], np.arange(n_adm), icu_i[back]
+    # (admission rows, eventtype, careunit per row, intime, outtime or None)
+    moves = [
+        (ed_i, "ED", np.full(ed_i.size, "Emergency Department"), edreg[ed_i], adm["admit"][ed_i]),
+        (all_i, "admit", ward, adm["admit"], pre_icu_out),
+        (icu_i, "transfer", careunit, icu_in, icu_out),
+        (back_i, "transfer", ward[back_i], icu_out[back], adm["disch"][back_i]),
+        (all_i, "discharge", np.full(n_adm, ""), adm["disch"], None),
+    ]
     parts = []
-    for p in tr:
-        k = p["i"].size
-        unit = p["unit"] if isinstance(p["unit"], np.ndarray) and p["unit"].shape == (k,) else (
-            p["unit"][p["i"]] if isinstance(p["unit"], np.ndarray) else [p["unit"]] * k)
+    for rows, eventtype, unit, tin, tout in moves:
+        k = rows.size
         parts.append(pl.DataFrame({
-            "subject_id": sid[p["i"]], "hadm_id": hadm_id[p["i"]], "eventtype": [p["ev"]] * k,
-            "careunit": pl.Series(unit, dtype=pl.String), "intime": _ts(p["tin"]),
-            "outtime": _ts(p["tout"]) if p["tout"] is not None else pl.Series([None] * k, dtype=pl.Datetime("us")),
+            "subject_id": sid[rows], "hadm_id": hadm_id[rows], "eventtype": [eventtype] * k,
+            "careunit": pl.Series(unit, dtype=pl.String).replace("", None), "intime": _ts(tin),
+            "outtime": _ts(tout) if tout is not None else pl.Series([None] * k, dtype=pl.Datetime("us")),
         }))
     transfers = pl.concat(parts).sort(["subject_id", "intime"])
     tables["hosp/transfers"] = transfers.with_columns(
@@ -591,7 +592,7 @@ def _labs(rng, adm, hadm_id, sid, lab_offset):
     lo = np.where(kind_log, np.exp(mean - 2 * sd), mean - 2 * sd)[li]
     hi = np.where(kind_log, np.exp(mean + 2 * sd), mean + 2 * sd)[li]
     unit = np.array([lab[4] for lab in LABS], dtype=str)[li]
-    t = draw_t[d] + rng.integers(0, 5, d.size) * 60 * 0  # all labs of a draw share the specimen time
+    t = draw_t[d]  # all labs of a draw share the specimen time
     specimen = 40_000_000 + d.astype(np.int64)
     df = pl.DataFrame({
         "labevent_id": np.arange(d.size, dtype=np.int64) + 1,
