@@ -270,3 +270,14 @@ def test_events_without_a_time_are_dropped_and_counted_not_made_static(small_raw
     assert df.filter(pl.col("time").is_null())["code"].str.starts_with("GENDER//").all()
     cfg = json.loads((tmp_path / "out/metadata/etl_config.json").read_text())
     assert cfg["dropped_events_without_time"] == {"hosp/prescriptions": 5}
+
+
+def test_plain_csv_tables_are_read_too(small_raw, tmp_path):
+    for name in ("hosp/patients", "hosp/labevents"):
+        gz = small_raw / f"{name}.csv.gz"
+        (small_raw / f"{name}.csv").write_bytes(gzip.decompress(gz.read_bytes()))
+        gz.unlink()
+    res = etl(small_raw, tmp_path / "out")
+    assert res["subjects"] == 80 and "hosp/labevents" in res["tables_used"]
+    assert _all_events(tmp_path / "out")["code"].str.starts_with("LAB//").sum() == \
+        pl.read_csv(small_raw / "hosp/labevents.csv").height
