@@ -55,6 +55,7 @@ def _launch(args) -> int:
         cpus_per_task=args.cpus_per_task,
         mem=args.mem,
         gpus_per_node=args.gpus_per_node,
+        tasks_per_node=args.tasks_per_node,
         nodes=args.nodes,
         max_parallel=args.max_parallel,
         constraint=args.constraint,
@@ -115,7 +116,8 @@ def register(sub) -> None:
     pl.add_argument("--time", default="24:00:00", help="time limit per job: minutes, HH:MM:SS or D-HH:MM:SS (default 24:00:00); jobs checkpoint and requeue at the limit")
     pl.add_argument("--cpus-per-task", type=int, default=None, help="CPUs per task, also the trainer's threads")
     pl.add_argument("--mem", default=None, help="memory per node, e.g. 32G")
-    pl.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per job; > 1 runs one DDP task per GPU")
+    pl.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per job (per node); a multi-GPU job runs one DDP task per GPU")
+    pl.add_argument("--tasks-per-node", type=int, default=None, help="DDP ranks per node (default: one per GPU; on CPU, N gloo ranks)")
     pl.add_argument("--nodes", type=int, default=1, help="nodes per job (multi-node DDP)")
     pl.add_argument("--max-parallel", type=int, default=None, help="jobs running at once (SLURM array throttle; local default: cores / cpus-per-task)")
     pl.add_argument("--constraint", help="SLURM node features (--constraint)")

@@ -9,7 +9,8 @@ Relaunching is always safe: each run's state (sweeps/state.py) decides whether i
 SLURM: one array job per launch (`--max-parallel` is the array throttle `%N`), `--requeue`, and
 submitit's `--signal=USR2@signal_delay_s`, so a job nearing its time limit checkpoints and requeues
 itself (up to max_timeouts times); a job killed by `scontrol requeue` or preemption resumes from
-its checkpoint when SLURM restarts it. `gpus_per_node > 1` starts one task per GPU (DDP).
+its checkpoint when SLURM restarts it. Multi-GPU jobs run one task per GPU (`tasks_per_node`
+defaults to `gpus_per_node`), each task one trainer rank of a torch DDP group (gloo on CPU).
 Local: submitit's LocalExecutor, at most `max_parallel` jobs at a time with `cores / max_parallel`
 threads each; the call blocks until every launched run has finished (Ctrl-C checkpoints them).
 """
@@ -49,7 +50,8 @@ class LaunchConfig:
     time: str = "24:00:00"  # per job; minutes, HH:MM:SS or D-HH:MM:SS
     cpus_per_task: int | None = None  # also the trainer's thread count
     mem: str | None = None  # per node, as sbatch --mem: 16G, 4000M
-    gpus_per_node: int = 0  # > 1: one DDP task per GPU
+    gpus_per_node: int = 0
+    tasks_per_node: int | None = None  # DDP ranks per node; default one per GPU (1 without GPUs)
     nodes: int = 1
     max_parallel: int | None = None  # SLURM array throttle / local concurrent jobs
     constraint: str | None = None
@@ -117,8 +119,11 @@ def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
     check_executor(cfg.executor)
     sweep, plan = load_sweep(sweep_dir)
     check_tokenizer(sweep, sweep_dir)
-    if cfg.gpus_per_node < 0 or cfg.nodes < 1 or (cfg.max_parallel is not None and cfg.max_parallel < 1):
-        raise UserError("--gpus-per-node must be >= 0, --nodes and --max-parallel >= 1")
+    if cfg.gpus_per_node < 0 or cfg.nodes < 1 or (cfg.max_parallel is not None and cfg.max_parallel < 1) \
+            or (cfg.tasks_per_node is not None and cfg.tasks_per_node < 1):
+        raise UserError("--gpus-per-node must be >= 0; --nodes, --tasks-per-node and --max-parallel >= 1")
+    if cfg.executor == "local" and cfg.nodes != 1:
+        raise UserError("--nodes > 1 needs --executor slurm (the local executor has one machine)")
     if cfg.mem is not None and not re.fullmatch(r"\d+[KMGT]?B?", str(cfg.mem), flags=re.I):
         raise UserError(f"--mem {cfg.mem!r}: expected a size like 16G or 4000M")
     time_min = parse_time_minutes(cfg.time)
@@ -216,7 +221,7 @@ def _new_record(sweep_dir: Path, run_id: str, executor: str, **fields) -> None:
 def _launch_slurm(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, time_min: int, report: LaunchReport) -> None:
     import submitit
 
-    tasks_per_node = max(1, cfg.gpus_per_node)
+    tasks_per_node = _tasks_per_node(cfg)
     threads = cfg.cpus_per_task or 1
     for job in jobs:
         job.threads = threads
@@ -254,8 +259,9 @@ def _launch_slurm(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, time
         _write_record(sweep_dir, job.run_id, job_id=str(sj.job_id))
         report.submitted.append(job.run_id)
         report.job_ids[job.run_id] = str(sj.job_id)
-    array_id = str(submitted[0].job_id).split("_")[0]
-    summary(f"submitted {len(jobs)} jobs to SLURM as array {array_id} (not submitted: {report.reason()}); "
+    first = str(submitted[0].job_id)
+    where = f"array {first.split('_')[0]}" if "_" in first else f"job {first}"
+    summary(f"submitted {len(jobs)} jobs to SLURM as {where} (not submitted: {report.reason()}); "
             f"`ehrfm sweep status {sweep_dir}` to follow")
     if cfg.wait:
         report.final_states = wait_for_runs(sweep_dir, report.submitted, cfg.poll_s)
@@ -293,6 +299,10 @@ def wait_for_runs(sweep_dir: Path, run_ids: list[str], poll_s: float = 5.0, time
 # --- local -------------------------------------------------------------------------------------
 
 
+def _tasks_per_node(cfg: LaunchConfig) -> int:
+    return cfg.tasks_per_node or max(1, cfg.gpus_per_node)
+
+
 def _visible_gpus() -> list[int]:
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
@@ -312,6 +322,7 @@ def _launch_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, time
     gpus = _visible_gpus() if cfg.gpus_per_node else []
     if cfg.gpus_per_node and len(gpus) < cfg.gpus_per_node:
         raise UserError(f"--gpus-per-node {cfg.gpus_per_node}: this machine has {len(gpus)} visible GPU(s)")
+    tasks = _tasks_per_node(cfg)
     # Slots: GPU groups when jobs use GPUs, else cores split evenly so jobs do not oversubscribe.
     if gpus:
         slots = len(gpus) // cfg.gpus_per_node
@@ -319,14 +330,14 @@ def _launch_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, time
     elif cfg.max_parallel:
         max_parallel = cfg.max_parallel
     else:
-        max_parallel = max(1, cores // (cfg.cpus_per_task or 1))
-    threads = cfg.cpus_per_task or max(1, cores // max_parallel)
+        max_parallel = max(1, cores // (tasks * (cfg.cpus_per_task or 1)))
+    threads = cfg.cpus_per_task or max(1, cores // (max_parallel * tasks))
     for job in jobs:
         job.threads = threads
 
     executor = submitit.LocalExecutor(folder=str(sweep_dir / "submitit" / "%j"), max_num_timeout=cfg.max_timeouts)
     executor.update_parameters(timeout_min=time_min, signal_delay_s=cfg.signal_delay_s,
-                               tasks_per_node=max(1, cfg.gpus_per_node), stderr_to_stdout=True)
+                               tasks_per_node=tasks, stderr_to_stdout=True)
     for job in jobs:
         _new_record(sweep_dir, job.run_id, "local", launcher_pid=os.getpid())
     pending = list(jobs)

@@ -53,12 +53,18 @@ def cluster_is_up():
     assert p.returncode == 0 and p.stdout.strip(), f"sbatch is installed but SLURM is not running (sinfo: {p.stderr.strip()}); run `sudo bash scripts/slurm-local.sh up`"
 
 
-def test_slurm_sweep_completes_collects_and_relaunch_submits_nothing(synth_tokens, tmp_path):
+@pytest.fixture(scope="module")
+def slurm_sweep(synth_tokens, tmp_path_factory):
     from sweeps.plan import plan_sweep
 
-    out = tmp_path / "sweep"
+    out = tmp_path_factory.mktemp("slurm_sweep") / "sweep"
     plan_sweep(synth_tokens, out=out, **TINY)
     p = ehrfm("sweep", "launch", out, "--executor", "slurm", "--time", "20", "--cpus-per-task", "1", "--mem", "2G", "--max-parallel", "2", "--wait")
+    return out, p
+
+
+def test_slurm_sweep_completes_collects_and_relaunch_submits_nothing(slurm_sweep):
+    out, p = slurm_sweep
     assert p.returncode == 0, p.stderr[-3000:]
     rows = plan_rows(out)
     assert len(rows) == 4
@@ -156,3 +162,23 @@ def test_slurm_failed_run_is_recorded_while_others_complete(synth_tokens, tmp_pa
     assert others and all(r["status"] == "completed" and r["loss"] > 0 for r in others)
     again = ehrfm("sweep", "launch", out, "--executor", "slurm")
     assert "submitted 0 jobs" in again.stdout and "--retry-failed" in again.stdout
+
+
+def test_slurm_ddp_tasks_match_single_process(slurm_sweep, synth_tokens, tmp_path):
+    """--tasks-per-node 2: one srun task per rank, one gloo DDP group; same loss as one process."""
+    from sweeps.plan import plan_sweep
+
+    single, _ = slurm_sweep
+    out = tmp_path / "sweep"
+    plan_sweep(synth_tokens, [1e9], out, sizes=3, context=64, train={"batch_size": 8})
+    p = ehrfm("sweep", "launch", out, "--executor", "slurm", "--tasks-per-node", "2", "--cpus-per-task", "1", "--time", "20", "--wait")
+    assert p.returncode == 0 and "2 SLURM runs finished: 2 completed" in p.stdout, p.stderr[-2000:]
+    script = next((out / "submitit").rglob("*submission.sh")).read_text()
+    assert "#SBATCH --ntasks-per-node=2" in script
+    for r in plan_rows(out):
+        log = (out / "logs" / f"{r['run_id']}.log").read_text()
+        assert "rank 0/2" in log and "rank 1/2" in log
+        ddp = json.loads((out / "runs" / r["run_id"] / "result.json").read_text())
+        one = json.loads((single / "runs" / r["run_id"] / "result.json").read_text())  # same plan entry, same id
+        assert ddp["world_size"] == 2 and ddp["tokens"] == one["tokens"] and ddp["steps"] == one["steps"]
+        assert ddp["val_loss"] == pytest.approx(one["val_loss"], rel=1e-5)
