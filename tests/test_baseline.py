@@ -113,6 +113,6 @@ def test_baseline_cli(cohort, tmp_path, capsys):
     meds, labels, n = cohort
     rc = main(["baseline", str(meds), "--labels", str(labels), "--out", str(tmp_path / "b"), "--bootstrap", "50", "--windows", "full,24h"])
     assert rc == 0
-    assert "baseline in_hospital_mortality" in capsys.readouterr().out
+    assert "logistic regression in_hospital_mortality: n=" in capsys.readouterr().out
     assert main(["baseline", str(meds), "--labels", str(labels), "--out", str(tmp_path / "b")]) == 2  # exists
     assert main(["baseline", str(meds), "--labels", str(labels), "--out", str(tmp_path / "c"), "--windows", "7x"]) == 2

@@ -207,6 +207,13 @@ def prepare(cfg: BaselineConfig):
     return labels, x, names
 
 
+def _fmt(m: dict) -> str:
+    if m.get("auroc") is None:
+        return "n/a (one class)"
+    ci = m.get("auroc_ci")
+    return f"{m['auroc']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
 def baseline(cfg: BaselineConfig, out: str | os.PathLike, overwrite: bool = False) -> dict:
     """Fit both count-feature models on train (tuning for C), score on held_out, write OUT."""
     from sklearn.ensemble import HistGradientBoostingClassifier
@@ -266,7 +273,7 @@ def baseline(cfg: BaselineConfig, out: str | os.PathLike, overwrite: bool = Fals
     )
     write_head_outputs(out, overwrite, cfg, metrics, predictions)
     summary(
-        f"baseline {task}: {x.shape[1]} features; logistic {format_metrics(models['logistic_regression'])}; "
-        f"boosting AUROC {models['gradient_boosting']['auroc'] if models['gradient_boosting']['auroc'] is None else round(models['gradient_boosting']['auroc'], 3)} -> {out}"
+        f"baseline {x.shape[1]} count features; logistic regression {format_metrics(models['logistic_regression'])}; "
+        f"gradient boosting AUROC {_fmt(models['gradient_boosting'])} -> {out}"
     )
     return metrics
