@@ -125,8 +125,10 @@ def count_features(meds_dir, labels: pl.DataFrame, windows: list[tuple[str, int 
         "label_idx", "subject_id", pl.col("prediction_time").cast(pl.Datetime("us")).dt.epoch("us").alias("pred")
     )
     subjects = keys.select("subject_id").unique()
+    from ehrfm.io import progress
+
     counts, bounds = [], []
-    for shard in meds_shards(meds_dir):
+    for shard in progress(meds_shards(meds_dir), desc="baseline: count codes", unit="shard"):
         ev = (
             pl.scan_parquet(shard)
             .select(pl.col("subject_id").cast(pl.Int64), pl.col("time").cast(pl.Datetime("us")).dt.epoch("us").alias("t"), "code")

@@ -129,8 +129,11 @@ def _stay_events(meds_dir: str | os.PathLike) -> pl.DataFrame:
 
 def stays_from_events(events: pl.DataFrame) -> list[Stay]:
     """Pair admissions with discharges per subject (rules in the module docstring)."""
+    from ehrfm.io import progress
+
     stays: list[Stay] = []
-    for (subject_id,), ev in events.group_by("subject_id", maintain_order=True):
+    groups = events.group_by("subject_id", maintain_order=True)
+    for (subject_id,), ev in progress(groups, total=events["subject_id"].n_unique(), desc="labels: stays", unit="subject"):
         codes = ev["code"].to_list()
         times = ev["t"].to_list()
         deaths = [t for c, t in zip(codes, times) if c == DEATH_CODE and t is not None]
