@@ -162,3 +162,22 @@ def test_cli_zeroshot_and_finetune(pipeline, tmp_path, capsys):
     f = json.loads((tmp_path / "ft" / "metrics.json").read_text())
     assert f["auroc"] > 0.6 and f["best_epoch"] >= 1
     assert "finetune in_hospital_mortality" in capsys.readouterr().out
+
+
+def test_run_and_token_dir_from_different_tokenizers_refused(pipeline, tmp_path):
+    """A token dir fitted with another min_count has other ids: refused before any scoring."""
+    from ehrfm.cli import main
+    from tokenization.tokenize import tokenize
+
+    root, _ = pipeline
+    tokenize(root / "meds", tmp_path / "tok_other", min_count=50)
+    labels = root / "labels" / "in_hospital_mortality.parquet"
+    n_rows = pl.read_parquet(labels).height
+    from ehrfm.clinical.probe import ProbeConfig, probe
+    from ehrfm.errors import UserError
+
+    with pytest.raises(UserError, match=rf"vocab mismatch: run .* was trained on tokenizer .* all {n_rows} label rows affected"):
+        probe(ProbeConfig(str(root / "run"), str(tmp_path / "tok_other"), str(labels)), tmp_path / "p")
+    assert main(["zeroshot", str(root / "run"), "--tokens", str(tmp_path / "tok_other"), "--labels", str(labels),
+                 "--out", str(tmp_path / "z"), "--task", "in_hospital_mortality"]) == 2
+    assert not (tmp_path / "p").exists() and not (tmp_path / "z").exists()
