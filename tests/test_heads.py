@@ -183,6 +183,10 @@ def test_probe_and_finetune_write_metrics(cohort, tmp_path):
 
     f = finetune(FinetuneConfig(str(run), str(tok), str(labels), bootstrap=100, max_epochs=30, lr=3e-2, patience=5), tmp_path / "ft")
     assert f["auroc"] > 0.95 and 1 <= f["best_epoch"] <= len(f["epochs"]) <= 30
+    # a seed fixes everything: the same run again gives the same epochs and predictions
+    f2 = finetune(FinetuneConfig(str(run), str(tok), str(labels), bootstrap=100, max_epochs=30, lr=3e-2, patience=5), tmp_path / "ft2")
+    assert f2["epochs"] == f["epochs"]
+    assert pl.read_parquet(tmp_path / "ft2" / "predictions.parquet").equals(pl.read_parquet(tmp_path / "ft" / "predictions.parquet"))
     full = finetune(FinetuneConfig(str(run), str(tok), str(labels), bootstrap=0, max_epochs=3, full=True, seed=1), tmp_path / "ftf")
     assert full["head"] == "finetune_full" and len(full["epochs"]) == 3 and full["auroc"] > 0.5
 
