@@ -51,26 +51,32 @@ def objective(theta, log_n, log_d, log_loss, weights=None, delta: float = HUBER_
     """
     theta = np.atleast_2d(theta)
     a, b, e, alpha, beta = (theta[:, i : i + 1] for i in range(5))
-    t1 = a - alpha * log_n  # ln(A / N^alpha)
-    t2 = b - beta * log_d  # ln(B / D^beta)
-    t3 = np.broadcast_to(e, t1.shape)
-    m = np.maximum(np.maximum(t1, t2), t3)
-    p1, p2, p3 = np.exp(t1 - m), np.exp(t2 - m), np.exp(t3 - m)
-    total = p1 + p2 + p3
-    lse = m + np.log(total)
-    r = lse - log_loss
-    abs_r = np.abs(r)
-    huber = np.where(abs_r <= delta, 0.5 * r * r, delta * (abs_r - 0.5 * delta)) / delta
-    psi = np.clip(r, -delta, delta) / delta  # d huber / d r
+    p1 = a - alpha * log_n  # ln(A / N^alpha)
+    p2 = b - beta * log_d  # ln(B / D^beta)
+    m = np.maximum(np.maximum(p1, p2), e)  # the LSE shift, for stability
+    # In place from here on: these (S x P) arrays are the whole cost of a fit.
+    np.exp(np.subtract(p1, m, out=p1), out=p1)
+    np.exp(np.subtract(p2, m, out=p2), out=p2)
+    p3 = np.exp(e - m)
+    total = p1 + p2
+    total += p3
+    r = np.log(total)
+    r += m
+    r -= log_loss  # residual of ln L
+    psi = np.clip(r, -delta, delta)
+    psi /= delta  # d huber / d r, in [-1, 1]
+    huber = r - (0.5 * delta) * psi
+    huber *= psi  # Huber / delta: 0.5 r^2 / delta inside, |r| - delta / 2 outside
     if weights is not None:
-        huber = huber * weights
+        huber *= weights
         psi = psi * weights
     f = huber.sum(axis=1)
-    # d lse / d t_k is the softmax weight of term k.
-    w1, w2, w3 = psi * (p1 / total), psi * (p2 / total), psi * (p3 / total)
-    grad = np.stack(
-        [w1.sum(1), w2.sum(1), w3.sum(1), -(w1 * log_n).sum(1), -(w2 * log_d).sum(1)], axis=1
-    )
+    # d lse / d(term k) is the softmax weight of term k.
+    psi /= total
+    p1 *= psi
+    p2 *= psi
+    p3 *= psi
+    grad = np.stack([p1.sum(1), p2.sum(1), p3.sum(1), -(p1 @ log_n), -(p2 @ log_d)], axis=1)
     return f, grad
 
 

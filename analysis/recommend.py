@@ -52,7 +52,8 @@ class Recommendation:
     epochs: float | None  # D_opt / unique tokens
     data_constrained: dict | None  # the Muennighoff view when epochs > 1 and Approach 3 is there
     utility: dict[str, dict]  # task -> {"auroc", "auroc_ci"}
-    shape: dict | None  # n_layer, d_model, n_head, context, vocab_size, n_params, n_params_total, flops_per_token, tokens
+    # n_layer, d_model, n_head, context, vocab_size, n_params, n_params_total, flops_per_token, tokens, for:
+    shape: dict | None  # the data-constrained optimum when the data must be repeated, else N_opt
     max_fitted_budget: float
     warnings: list[str] = field(default_factory=list)
 
@@ -178,7 +179,7 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
         raise UserError(f"approach {approach} was not fitted (fits.json has {', '.join(str(k) for k in sorted(by_k))})")
 
     notes = []
-    max_budget = float(inputs.get("max_budget") or max(b["budget"] for b in fit_json.get("approach2", {}).get("budgets", [{"budget": flops}])))
+    max_budget = float(inputs.get("max_budget") or "nan")
     if flops > EXTRAPOLATION_WARN * max_budget:
         notes.append(f"extrapolating {flops / max_budget:.0f}x past the largest fitted budget ({max_budget:.3g} FLOPs): treat the numbers as rough")
     min_budget = inputs.get("min_budget")
@@ -242,7 +243,8 @@ def format_recommendation(rec: Recommendation) -> str:
         lines.append(f"| {p.approach} | {_fmt(p.n_opt, p.n_opt_ci)} | {_fmt(p.d_opt, p.d_opt_ci)} | {_fmt(p.loss, p.loss_ci, '{:.4g}')} |")
     if rec.shape:
         s = rec.shape
-        lines += ["", f"Model shape: n_layer={s['n_layer']} d_model={s['d_model']} n_head={s['n_head']} context={s['context']} "
+        target = "the data-constrained optimum" if rec.data_constrained else "N_opt"
+        lines += ["", f"Model shape for {target}: n_layer={s['n_layer']} d_model={s['d_model']} n_head={s['n_head']} context={s['context']} "
                   f"vocab={s['vocab_size']} ({s['n_params']:,} non-embedding / {s['n_params_total']:,} total parameters), "
                   f"train {s['tokens']:,} tokens at {s['flops_per_token']:.3g} FLOPs/token."]
     if rec.epochs is not None:
