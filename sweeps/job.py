@@ -65,9 +65,14 @@ class TrainJob:
         if result is not None and result.get("status") in FINISHED:
             return result  # a requeue of a finished run: nothing to do
         rank, local_rank, world = _ranks()
-        if rank == 0:
-            self._note_start()
-        self._spawn(rank, local_rank, world)
+        try:
+            if rank == 0:
+                self._note_start()
+            self._spawn(rank, local_rank, world)
+        except Exception as e:  # the trainer could not even start: a failed run, recorded
+            if rank == 0:
+                _write_json(Path(self.run_dir) / "result.json", {"status": "failed", "error": f"job could not start the trainer: {type(e).__name__}: {e}"})
+            raise
         # Our own SIGTERM handler (submitit only logs SIGTERM): pass it on so the trainer
         # checkpoints even where SLURM signals only the task's main process.
         signal.signal(signal.SIGTERM, self._forward_stop)

@@ -396,7 +396,7 @@ def _launch_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, time
     by_state: dict[str, int] = {}
     for s in report.final_states.values():
         by_state[s] = by_state.get(s, 0) + 1
-    summary(f"ran {len(jobs)} jobs locally ({max_parallel} at a time, {threads} threads each) in {time.time() - start:.0f} s: "
+    summary(f"ran {len(jobs)} jobs locally (at most {max_parallel} at a time, {threads} threads each) in {time.time() - start:.0f} s: "
             + ", ".join(f"{v} {k}" for k, v in sorted(by_state.items()))
             + f" (not submitted: {report.reason()})")
 

@@ -201,7 +201,7 @@ def test_local_sweep_completes_and_collects(local_sweep):
     assert p.returncode == 0, p.stderr[-2000:]
     rows = plan_rows(out)
     assert len(rows) == 4
-    assert "ran 4 jobs locally (2 at a time, 1 threads each)" in p.stdout and "4 completed" in p.stdout
+    assert "ran 4 jobs locally (at most 2 at a time, 1 threads each)" in p.stdout and "4 completed" in p.stdout
     c = ehrfm("sweep", "collect", out)
     assert c.returncode == 0, c.stderr
     table = pq.read_table(out / "results.parquet")
@@ -291,3 +291,54 @@ def test_local_ctrl_c_checkpoints_and_relaunch_resumes_to_the_same_loss(synth_to
     a = json.loads((out / "runs" / rid / "result.json").read_text())
     b = json.loads((reference / "runs" / rid / "result.json").read_text())
     assert a["status"] == b["status"] == "completed" and a["val_loss"] == b["val_loss"]
+
+
+def test_collect_with_labels_adds_utility_columns(local_sweep, synth_meds, tmp_path):
+    out, p = local_sweep
+    assert p.returncode == 0
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    made = ehrfm("labels", synth_meds, "--task", "long_los", "--out", labels / "long_los.parquet")
+    assert made.returncode == 0, made.stderr
+    c = ehrfm("sweep", "collect", out, "--labels", labels, "--max-labels", "200")
+    assert c.returncode == 0, c.stderr[-2000:]
+    assert "utility columns auprc/long_los, auroc/long_los" in c.stdout
+    table = pq.read_table(out / "results.parquet")
+    assert str(table.schema.field("auroc/long_los").type) == "double"
+    for r in table.to_pylist():
+        assert r["status"] == "completed"
+        assert 0.0 <= r["auroc/long_los"] <= 1.0 and 0.0 < r["auprc/long_los"] <= 1.0
+    # The runs differ, so their probes differ: the column is measured per run, not a constant.
+    assert len({r["auroc/long_los"] for r in table.to_pylist()}) > 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = ehrfm("sweep", "collect", out, "--labels", empty)
+    assert bad.returncode == 2 and "no <task>.parquet label files" in bad.stderr
+
+
+def test_trainer_killed_hard_is_recorded_failed_then_retried(synth_tokens, tmp_path):
+    """A trainer killed without warning (the OOM killer's SIGKILL) leaves no result.json of its
+    own: the job records the run as failed; --retry-failed trains it again to the normal result."""
+    import signal
+    import time
+
+    from sweeps.plan import plan_sweep
+
+    out = tmp_path / "sweep"
+    plan_sweep(synth_tokens, [5e10], out, sizes=1, context=64, train={"batch_size": 8})
+    (rid,) = [r["run_id"] for r in plan_rows(out)]
+    launcher = subprocess.Popen([sys.executable, "-m", "ehrfm", "sweep", "launch", str(out), "--executor", "local"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, EHRFM_QUIET="1"))
+    metrics, record = out / "runs" / rid / "metrics.jsonl", out / "jobs" / f"{rid}.json"
+    deadline = time.time() + 300
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 5):
+        assert time.time() < deadline and launcher.poll() is None, "the run did not start training"
+        time.sleep(0.2)
+    os.kill(json.loads(record.read_text())["trainer_pid"], signal.SIGKILL)
+    stdout, _ = launcher.communicate(timeout=300)
+    assert launcher.returncode == 1 and "1 failed" in stdout
+    result = json.loads((out / "runs" / rid / "result.json").read_text())
+    assert result["status"] == "failed" and result["error"].startswith("trainer killed by signal 9")
+    retry = ehrfm("sweep", "launch", out, "--executor", "local", "--retry-failed")
+    assert retry.returncode == 0 and "1 completed" in retry.stdout
+    assert json.loads((out / "runs" / rid / "result.json").read_text())["status"] == "completed"
