@@ -245,5 +245,9 @@ def test_zeroshot_uniform_model_gives_analytic_share(cohort, tmp_path):
     a, b = zeroshot(small, tmp_path / "zs_a"), zeroshot(small, tmp_path / "zs_b")
     pa_, pb_ = (pl.read_parquet(tmp_path / d / "predictions.parquet")["probability"] for d in ("zs_a", "zs_b"))
     assert pa_.len() == 6 and pa_.equals(pb_) and a["n"] == b["n"] == 6
+    # ...whatever the batching: one label per batch or all six together
+    for bs, name in ((1, "zs_c"), (6 * 20, "zs_d")):
+        zeroshot(ZeroShotConfig(**{**small.__dict__, "batch_size": bs}), tmp_path / name)
+        assert pl.read_parquet(tmp_path / name / "predictions.parquet")["probability"].equals(pa_)
     with pytest.raises(UserError, match="zero-shot supports"):
         zeroshot(ZeroShotConfig(str(flat), str(tok), str(labels), task="long_los"), tmp_path / "zs3")

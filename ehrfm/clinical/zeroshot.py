@@ -12,8 +12,9 @@ reach an outcome token before a competing token:
 
 A continuation that reaches neither within the bound counts as no outcome; the share of such
 undecided continuations is reported. Sampling is seeded per label (seed, label row), so results
-do not depend on the batch layout. The prompt is encoded once and its cache is shared by the
-samples of that label.
+do not depend on the batch layout. Labels whose prompts have the same length are decoded
+together (`batch_size` rows of label x sample); each prompt is encoded once and its KV cache is
+shared by its samples.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class ZeroShotConfig:
     labels: str
     task: str | None = None  # in_hospital_mortality | icu_admission (default: from the labels)
     context: int | None = None
-    batch_size: int = 64  # unused by the rollout (one label's samples form a batch); kept for the CLI
+    batch_size: int = 64  # rows (label x sample) decoded together; at least one label's samples
     device: str = "cpu"
     bootstrap: int = 1000
     seed: int = 0
@@ -75,31 +76,53 @@ def outcome_tokens(td: TokenDir, task: str) -> tuple[list[int], list[int]]:
     return outcome, competing
 
 
-def rollout_probability(model, prompt, outcome, competing, cfg: ZeroShotConfig, seed: int, device) -> tuple[float, float]:
-    """(share reaching an outcome first, share undecided) for one history."""
+def rollout_batch(model, prompts: np.ndarray, seeds: list[int], outcome, competing, cfg: ZeroShotConfig, device):
+    """Roll out n_samples continuations of each equal-length prompt (L, T) at once.
+
+    Returns (share reaching an outcome first, share undecided), one each per prompt. Sampling
+    is Gumbel-max with one generator per label, so a label's continuations depend only on its
+    seed, never on which labels share its batch.
+    """
     import torch
 
-    gen = torch.Generator(device=device).manual_seed(seed)
-    idx = torch.as_tensor(prompt, dtype=torch.long, device=device).unsqueeze(0)
-    cache = model.new_cache(1, len(prompt) + cfg.max_new_tokens)
+    L, S = len(prompts), cfg.n_samples
+    idx = torch.as_tensor(prompts, dtype=torch.long, device=device)
+    cache = model.new_cache(L, idx.shape[1] + cfg.max_new_tokens)
     logits = model.forward_step(idx, cache)[:, -1]
-    # Share the prompt's cache across the samples: copy its rows once.
-    cache_k, cache_v = cache.k.expand(-1, cfg.n_samples, -1, -1, -1).clone(), cache.v.expand(-1, cfg.n_samples, -1, -1, -1).clone()
-    cache.k, cache.v = cache_k, cache_v
-    logits = logits.expand(cfg.n_samples, -1)
+    # Encode each prompt once; its keys and values are shared by its S samples.
+    cache.k = cache.k.repeat_interleave(S, dim=1)
+    cache.v = cache.v.repeat_interleave(S, dim=1)
+    logits = logits.repeat_interleave(S, dim=0)
+    gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
     out_set = torch.tensor(outcome, device=device)
     comp_set = torch.tensor(competing, device=device)
-    result = torch.zeros(cfg.n_samples, dtype=torch.int8, device=device)  # 0 undecided, 1 outcome, -1 competing
+    result = torch.zeros(L * S, dtype=torch.int8, device=device)  # 0 undecided, 1 outcome, -1 competing
+    V = logits.shape[-1]
     for _ in range(cfg.max_new_tokens):
-        probs = torch.softmax(logits.float() / cfg.temperature, dim=-1)
-        nxt = torch.multinomial(probs, 1, generator=gen)
+        u = torch.cat([torch.rand((S, V), generator=g, device=device) for g in gens])
+        gumbel = -torch.log(-torch.log(u.clamp_(1e-20, 1.0 - 1e-7)))
+        nxt = (logits.float() / cfg.temperature + gumbel).argmax(-1, keepdim=True)
         undecided = result == 0
         result = torch.where(undecided & torch.isin(nxt[:, 0], out_set), torch.ones_like(result), result)
         result = torch.where(undecided & torch.isin(nxt[:, 0], comp_set), -torch.ones_like(result), result)
         if bool((result != 0).all()) or cache.length >= cache.max_len:
             break
         logits = model.forward_step(nxt, cache)[:, -1]
-    return float((result == 1).float().mean()), float((result == 0).float().mean())
+    result = result.view(L, S)
+    return (result == 1).float().mean(1).cpu().numpy(), (result == 0).float().mean(1).cpu().numpy()
+
+
+def rollout_groups(lengths: np.ndarray, labels_per_batch: int):
+    """Batches of label positions whose prompts have the same length (long histories are all
+    cut to the same prompt length, so most labels of real data share a batch)."""
+    order = np.argsort(lengths, kind="stable")
+    start = 0
+    while start < len(order):
+        stop = start
+        while stop < len(order) and stop - start < labels_per_batch and lengths[order[stop]] == lengths[order[start]]:
+            stop += 1
+        yield order[start:stop]
+        start = stop
 
 
 def zeroshot(cfg: ZeroShotConfig, out: str | os.PathLike, overwrite: bool = False) -> dict:
@@ -129,10 +152,16 @@ def zeroshot(cfg: ZeroShotConfig, out: str | os.PathLike, overwrite: bool = Fals
     device = torch.device(cfg.device)
     p = np.full(len(h.start), np.nan)
     undecided = np.full(len(h.start), np.nan)
-    with torch.no_grad():
-        for k in progress(rows, desc=f"zeroshot {task}", unit="label"):
-            prompt = history_window(td, h, int(k), prompt_len)
-            p[k], undecided[k] = rollout_probability(model, prompt, outcome, competing, cfg, cfg.seed * 1_000_003 + int(k), device)
+    prompts = {int(k): history_window(td, h, int(k), prompt_len) for k in rows}
+    lengths = np.array([len(prompts[int(k)]) for k in rows])
+    labels_per_batch = max(1, cfg.batch_size // cfg.n_samples)
+    with torch.no_grad(), progress(total=len(rows), desc=f"zeroshot {task}", unit="label") as bar:
+        for group in rollout_groups(lengths, labels_per_batch):
+            ks = [int(rows[g]) for g in group]
+            seeds = [cfg.seed * 1_000_003 + k for k in ks]
+            share, und = rollout_batch(model, np.stack([prompts[k] for k in ks]), seeds, outcome, competing, cfg, device)
+            p[ks], undecided[ks] = share, und
+            bar.update(len(ks))
     y = h.y
     metrics = {
         **binary_metrics(y[rows], p[rows], task, cfg.bootstrap, cfg.seed),
