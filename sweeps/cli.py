@@ -66,6 +66,7 @@ def _launch(args) -> int:
         setup=list(args.setup or []),
         retry_failed=args.retry_failed,
         wait=args.wait,
+        dry_run=args.dry_run,
     )
     report = launch_sweep(args.sweep, cfg)
     bad = [rid for rid, s in report.final_states.items() if s in ("failed", "diverged")]
@@ -128,6 +129,7 @@ def register(sub) -> None:
     pl.add_argument("--setup", action="append", metavar="CMD", help="shell line run before each job (repeatable), e.g. 'module load cuda'")
     pl.add_argument("--retry-failed", action="store_true", help="also resubmit runs that failed")
     pl.add_argument("--wait", action="store_true", help="SLURM: wait until the submitted runs finish (local always waits)")
+    pl.add_argument("--dry-run", action="store_true", help="list the runs that would be submitted, submit nothing")
     pl.set_defaults(func=_launch)
 
     ps = ssub.add_parser("status", help="table of runs: budget, N, D, state, loss, job id")

@@ -17,6 +17,7 @@ threads each; the call blocks until every launched run has finished (Ctrl-C chec
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -62,6 +63,7 @@ class LaunchConfig:
     setup: list = field(default_factory=list)  # shell lines before the job (module load ..., source venv)
     retry_failed: bool = False
     wait: bool = False  # SLURM: block until the launched runs finish (local always waits)
+    dry_run: bool = False  # only say what would be submitted
     poll_s: float = 5.0
 
 
@@ -143,10 +145,11 @@ def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
         summary(f"submitted 0 jobs: nothing to run ({why})")
         return report
 
-    stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    write_json(sweep_dir / "launch.json", cfg)
-    with open(sweep_dir / "launches.jsonl", "a") as f:
-        f.write(json.dumps({"at": stamp, "runs": [r["run_id"] for r in to_submit], **dataclasses.asdict(cfg)}) + "\n")
+    if cfg.dry_run:
+        for row in to_submit:
+            print(f"would submit {row['run_id']} ({states[row['run_id']].state})")
+        summary(f"dry run: would submit {len(to_submit)} jobs to {cfg.executor} (not submitted: {report.reason()})")
+        return report
     jobs = []
     for row in to_submit:
         rid = row["run_id"]
@@ -172,6 +175,33 @@ def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
     else:
         _launch_local(sweep_dir, jobs, cfg, time_min, report)
     return report
+
+
+def _save_launch(sweep_dir: Path, cfg: LaunchConfig, report: LaunchReport) -> None:
+    """launch.json: the last launch's config; launches.jsonl: every launch, with its runs and job ids."""
+    write_json(sweep_dir / "launch.json", cfg)
+    stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    with open(sweep_dir / "launches.jsonl", "a") as f:
+        f.write(json.dumps({"at": stamp, "job_ids": report.job_ids, **dataclasses.asdict(cfg)}) + "\n")
+
+
+@contextlib.contextmanager
+def _stderr_captured():
+    """Capture file descriptor 2 (sbatch, run by submitit, writes its errors there) into a string."""
+    import tempfile
+
+    captured = {"text": ""}
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            captured["text"] = tmp.read().decode("utf-8", "replace")
 
 
 def _archive_failed(sweep_dir: Path, run_id: str) -> None:
@@ -247,18 +277,22 @@ def _launch_slurm(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, time
     for job in jobs:
         _new_record(sweep_dir, job.run_id, "slurm")
     try:
-        with executor.batch():
-            submitted = [executor.submit(job) for job in jobs]
+        with _stderr_captured() as err:
+            with executor.batch():
+                submitted = [executor.submit(job) for job in jobs]
     except Exception as e:  # sbatch refused (bad partition, account, limits): its message says why
         for job in jobs:
             record_path(sweep_dir, job.run_id).unlink(missing_ok=True)
-        msg = getattr(e, "stderr", None) or getattr(e, "output", None) or str(e)
-        msg = msg.decode() if isinstance(msg, bytes) else str(msg)
-        raise UserError(f"sbatch refused the sweep's job array: {' '.join(msg.split())[:400]}") from None
+        lines = [ln.strip() for ln in err["text"].splitlines() if ln.strip()]
+        msg = lines[-1] if lines else (str(e).strip().splitlines() or [type(e).__name__])[-1]
+        raise UserError(f"sbatch refused the sweep's jobs: {msg[:400]}") from None
+    if err["text"].strip():
+        print(err["text"].rstrip(), file=sys.stderr)  # sbatch warnings, passed on
     for job, sj in zip(jobs, submitted):
         _write_record(sweep_dir, job.run_id, job_id=str(sj.job_id))
         report.submitted.append(job.run_id)
         report.job_ids[job.run_id] = str(sj.job_id)
+    _save_launch(sweep_dir, cfg, report)
     first = str(submitted[0].job_id)
     where = f"array {first.split('_')[0]}" if "_" in first else f"job {first}"
     summary(f"submitted {len(jobs)} jobs to SLURM as {where} (not submitted: {report.reason()}); "
@@ -340,6 +374,7 @@ def _launch_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, time
                                tasks_per_node=tasks, stderr_to_stdout=True)
     for job in jobs:
         _new_record(sweep_dir, job.run_id, "local", launcher_pid=os.getpid())
+    _save_launch(sweep_dir, cfg, report)
     pending = list(jobs)
     running: dict[str, tuple[object, TrainJob, list[int]]] = {}
     free_gpu_groups = [gpus[i * cfg.gpus_per_node:(i + 1) * cfg.gpus_per_node] for i in range(max_parallel)] if gpus else []

@@ -182,3 +182,19 @@ def test_slurm_ddp_tasks_match_single_process(slurm_sweep, synth_tokens, tmp_pat
         one = json.loads((single / "runs" / r["run_id"] / "result.json").read_text())  # same plan entry, same id
         assert ddp["world_size"] == 2 and ddp["tokens"] == one["tokens"] and ddp["steps"] == one["steps"]
         assert ddp["val_loss"] == pytest.approx(one["val_loss"], rel=1e-5)
+
+
+def test_slurm_refusal_is_one_clear_error_and_leaves_runs_planned(synth_tokens, tmp_path):
+    from sweeps.plan import plan_sweep
+
+    out = tmp_path / "sweep"
+    plan_sweep(synth_tokens, out=out, **TINY)
+    dry = ehrfm("sweep", "launch", out, "--executor", "slurm", "--dry-run")
+    assert dry.returncode == 0 and dry.stdout.count(" (planned)\n") == 4 and "dry run: would submit 4 jobs to slurm" in dry.stdout
+    p = ehrfm("sweep", "launch", out, "--executor", "slurm", "--partition", "no-such-partition")
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [
+        "ehrfm sweep: error: sbatch refused the sweep's jobs: sbatch: error: Batch job submission failed: Invalid partition name specified"
+    ]
+    status = ehrfm("sweep", "status", out)
+    assert "4 runs: 4 planned" in status.stdout  # nothing recorded as queued
