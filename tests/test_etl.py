@@ -281,3 +281,14 @@ def test_plain_csv_tables_are_read_too(small_raw, tmp_path):
     assert res["subjects"] == 80 and "hosp/labevents" in res["tables_used"]
     assert _all_events(tmp_path / "out")["code"].str.starts_with("LAB//").sum() == \
         pl.read_csv(small_raw / "hosp/labevents.csv").height
+
+
+def test_etl_is_deterministic_and_accepts_other_timestamp_formats(small_raw, tmp_path):
+    etl(small_raw, tmp_path / "a")
+    # ISO 'T' separator and fractional seconds parse to the same instants.
+    _rewrite(small_raw / "hosp/labevents.csv.gz",
+             lambda d: d.with_columns(pl.col("charttime").str.replace(" ", "T") + ".000"))
+    etl(small_raw, tmp_path / "b")
+    for p in sorted((tmp_path / "a/data").rglob("*.parquet")):
+        assert pl.read_parquet(p).equals(pl.read_parquet(tmp_path / "b" / p.relative_to(tmp_path / "a")))
+    assert pl.read_parquet(tmp_path / "a/metadata/codes.parquet").equals(pl.read_parquet(tmp_path / "b/metadata/codes.parquet"))
