@@ -199,6 +199,7 @@ class FitResult:
     warnings: list[str]
     inputs: dict  # source, budgets, unique tokens, vocab_size, context, ...
     config: FitConfig
+    not_fitted: dict[str, str] = field(default_factory=dict)  # "approachK" -> why it could not be fitted
     # Bootstrap draws per quantity ("approach3/alpha" -> (R,)), for intervals of predictions.
     draws: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
@@ -209,7 +210,8 @@ class FitResult:
             if part is not None:
                 out[name] = dataclasses.asdict(part)
         out["utility"] = {k.split("/", 1)[1] if k.startswith("auroc/") else k: dataclasses.asdict(v) for k, v in self.utility.items()}
-        out.update(n_runs=self.n_runs, n_fitted=self.n_fitted, excluded=self.excluded, warnings=self.warnings, inputs=self.inputs)
+        out.update(n_runs=self.n_runs, n_fitted=self.n_fitted, excluded=self.excluded, not_fitted=self.not_fitted,
+                   warnings=self.warnings, inputs=self.inputs)
         return _finite_json(out)
 
 
@@ -420,7 +422,7 @@ def _a3_derived(theta: np.ndarray) -> np.ndarray:
 
 def fit_approach3(res: Results, counts: np.ndarray | None, cfg: FitConfig):
     if res.n < 5:
-        raise UserError(f"Approach 3 fits 5 parameters; {res.source} has {res.n} completed runs; drop it with --approach 1,2")
+        raise UserError(f"Approach 3 fits 5 parameters; {res.source} has {res.n} completed runs")
     data = res.tokens
     effective = res.multi_epoch and res.unique_tokens is not None
     if effective:
@@ -515,16 +517,25 @@ def fit_results(table, approaches=(1, 2, 3), bootstrap: int = 1000, seed: int = 
     counts = rng.multinomial(res.n, np.full(res.n, 1.0 / res.n), size=cfg.bootstrap).astype(float) if cfg.bootstrap else None
     rng2 = np.random.default_rng([cfg.seed, 2])
     draws: dict[str, np.ndarray] = {}
-    a1 = a2 = a3 = None
-    if 1 in cfg.approaches:
-        a1, d = fit_approach1(res, counts, cfg)
+    if np.unique(res.budget).size < 2:
+        raise UserError(f"{res.source}: all {res.n} completed runs are one IsoFLOP budget; a scaling law needs >= 2 budgets")
+    # An approach the data cannot support is reported (warning, `not_fitted` in fits.json) and the
+    # others still fitted; only when no requested approach can be fitted is it an error.
+    fitters = {1: lambda: fit_approach1(res, counts, cfg), 2: lambda: fit_approach2(res, rng2, cfg, warn),
+               3: lambda: fit_approach3(res, counts, cfg)}
+    fitted, not_fitted = {}, {}
+    for k in cfg.approaches:
+        try:
+            fitted[k], d = fitters[k]()
+        except UserError as e:
+            not_fitted[f"approach{k}"] = str(e)
+            continue
         draws.update(d)
-    if 2 in cfg.approaches:
-        a2, d = fit_approach2(res, rng2, cfg, warn)
-        draws.update(d)
-    if 3 in cfg.approaches:
-        a3, d = fit_approach3(res, counts, cfg)
-        draws.update(d)
+    if not fitted:
+        raise UserError("; ".join(not_fitted.values()))
+    for name, reason in not_fitted.items():
+        warn(f"{name} not fitted: {reason}")
+    a1, a2, a3 = fitted.get(1), fitted.get(2), fitted.get(3)
     util, d = fit_utility(res, counts, cfg, warn)
     draws.update(d)
     if cfg.bootstrap:
@@ -542,7 +553,7 @@ def fit_results(table, approaches=(1, 2, 3), bootstrap: int = 1000, seed: int = 
     )
     return FitResult(
         approach1=a1, approach2=a2, approach3=a3, utility=util, n_runs=res.n_rows, n_fitted=res.n,
-        excluded=res.excluded, warnings=notes, inputs=inputs, config=cfg, draws=draws,
+        excluded=res.excluded, warnings=notes, inputs=inputs, config=cfg, not_fitted=not_fitted, draws=draws,
     )
 
 

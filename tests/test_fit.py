@@ -163,6 +163,17 @@ def test_fewer_than_two_usable_budgets_is_an_error():
             fit_results(t, approaches=(2,), bootstrap=0)
 
 
+def test_an_approach_the_data_cannot_support_is_reported_and_the_others_fitted():
+    t = synthetic_results(LAW, budgets=(1e18, 1e19), sizes=5, noise=0.005, seed=0)
+    t = t.filter((pl.col("budget") == 1e18) | (pl.col("n_params") == pl.col("n_params").filter(pl.col("budget") == 1e19).min()))
+    with pytest.warns(FitWarning, match="approach2 not fitted: Approach 2 needs >= 2 usable"):
+        f = fit_results(t, approaches=(2, 3), bootstrap=0)
+    assert f.approach2 is None and f.approach3 is not None
+    assert "approach2" in f.to_json()["not_fitted"] and "approach2" not in f.to_json()
+    with pytest.raises(UserError, match="one IsoFLOP budget"):
+        fit_results(t.filter(pl.col("budget") == 1e18), bootstrap=0)
+
+
 def test_budgets_are_grouped_when_the_column_is_absent():
     t = _small().drop("budget")
     f = fit_results(t, approaches=(2,), bootstrap=0)
