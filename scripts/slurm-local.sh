@@ -35,17 +35,18 @@ cmd_install() {
 }
 
 write_conf() {
-  local host cpus sockets cores threads mem_mb
+  local host cpus mem_mb
   host=$(hostname -s)
-  # slurmd -C reports this node's real hardware in slurm.conf syntax; keep CPUs and memory
-  # from it (RealMemory a little under the total so slurmd does not drain the node).
+  # This node's real CPUs and memory (RealMemory a little under the total: slurmd drains a node
+  # that reports less memory than configured). Addresses pinned to loopback: a container's
+  # hostname may not resolve.
   cpus=$(nproc --all)
   mem_mb=$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.95}' /proc/meminfo)
   mkdir -p "$CONF_DIR" "$STATE"/{ctld,d,log,run}
   cat >"$CONF" <<EOF
 # Written by ehrfm scripts/slurm-local.sh: a single-node cluster on $host.
 ClusterName=ehrfm-local
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 AuthType=auth/munge
 CredType=cred/munge
 MpiDefault=none
@@ -75,7 +76,7 @@ SlurmctldTimeout=30
 SlurmdTimeout=60
 Waittime=0
 MaxArraySize=10001
-NodeName=$host CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=$PARTITION Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO DefMemPerCPU=$((mem_mb / cpus))
 EOF
   # cgroup.conf is read by some builds even with proctrack/linuxproc; keep it harmless.
