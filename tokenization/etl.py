@@ -450,9 +450,11 @@ def _stage_table(path: Path, table: Table, columns: list[str], ctx: Context, sta
     n_rows = 0
     adm_parts = []
     out_path = stage / f"{table.name.replace('/', '__')}.parquet"
+    bar = progress(desc=f"etl: {table.name}", unit="rows", unit_scale=True, leave=False)
     try:
         for batch in _read_batches(path, columns, cfg.batch_bytes):
             n_rows += len(batch)
+            bar.update(len(batch))
             for c in table.columns:  # optional columns absent from this file
                 if c not in batch.columns:
                     batch = batch.with_columns(pl.lit(None, pl.String).alias(c))
@@ -472,6 +474,7 @@ def _stage_table(path: Path, table: Table, columns: list[str], ctx: Context, sta
                 writer = pq.ParquetWriter(out_path, arrow.schema)
             writer.write_table(arrow)
     finally:
+        bar.close()
         if writer is not None:
             writer.close()
     bad.raise_if_any()
