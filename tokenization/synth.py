@@ -20,6 +20,11 @@ The generative story (why outcomes are predictable and longer context helps):
   within a panel, across days and across admissions.
 - Medications follow conditions, the acute problem and abnormal lab values (insulin after
   high glucose, potassium after low potassium, ...); ICU stays get vitals every few hours.
+- A long tail, as in real MIMIC: each patient has a personal home-medication list and problem
+  list, drawn from large pools (HOME_MED_POOL, PROBLEM_POOL) with Zipf-like frequencies and fixed
+  links to the chronic conditions, and reconciled or coded at every admission in the patient's
+  own order. Predicting them rewards memory of the patient's earlier admissions (in-context
+  copying) and knowledge of the pools, so bigger models keep having something to learn.
 Deterministic in the seed.
 """
 
@@ -218,6 +223,75 @@ PROCEDURES = [  # ICD-10-PCS code, title
 ]
 
 
+# --- the long tail: home medications and problem-list diagnoses (see the module docstring).
+HOME_MED_POOL = [
+    "Amlodipine", "Atenolol", "Carvedilol", "Losartan Potassium", "Valsartan", "Hydrochlorothiazide",
+    "Spironolactone", "Simvastatin", "Rosuvastatin", "Pravastatin", "Clopidogrel", "Warfarin", "Levothyroxine Sodium",
+    "Omeprazole", "Famotidine", "Sertraline", "Citalopram", "Escitalopram", "Fluoxetine", "Trazodone", "BuPROPion",
+    "Mirtazapine", "Gabapentin", "Pregabalin", "TraMADol", "HYDROmorphone (Dilaudid)", "Docusate Sodium", "Senna",
+    "Polyethylene Glycol", "Bisacodyl", "Tamsulosin", "Finasteride", "Allopurinol", "Colchicine", "Alendronate Sodium",
+    "Calcium Carbonate", "Vitamin D", "Cyanocobalamin", "Folic Acid", "Ferrous Sulfate", "Multivitamins",
+    "Magnesium Oxide", "GlipiZIDE", "SITagliptin", "Insulin Glargine", "Empagliflozin", "Montelukast", "Tiotropium Bromide",
+    "Fluticasone-Salmeterol Diskus", "Loratadine", "Cetirizine", "Donepezil", "Memantine", "QUEtiapine Fumarate",
+    "Haloperidol", "Lorazepam", "ALPRAZolam", "ClonazePAM", "Zolpidem Tartrate", "Melatonin", "LevETIRAcetam",
+    "Phenytoin", "Carbidopa-Levodopa", "Digoxin", "Amiodarone", "Diltiazem", "Isosorbide Mononitrate", "HydrALAZINE",
+    "NIFEdipine", "Torsemide", "Bumetanide", "Rifaximin", "Nadolol", "Ursodiol", "Tacrolimus", "Mycophenolate Mofetil",
+    "Methotrexate", "Hydroxychloroquine Sulfate", "Nicotine Patch", "Thiamine", "Oxybutynin", "Prochlorperazine",
+]
+PROBLEM_POOL = [  # ICD-10-CM code, title
+    ("E1122", "Type 2 diabetes mellitus with diabetic chronic kidney disease"),
+    ("E1140", "Type 2 diabetes mellitus with diabetic neuropathy, unspecified"),
+    ("E6601", "Morbid (severe) obesity due to excess calories"), ("E669", "Obesity, unspecified"),
+    ("E871", "Hypo-osmolality and hyponatremia"), ("E872", "Acidosis"), ("D649", "Anemia, unspecified"),
+    ("D631", "Anemia in chronic kidney disease"), ("D696", "Thrombocytopenia, unspecified"),
+    ("G4733", "Obstructive sleep apnea (adult) (pediatric)"), ("G309", "Alzheimer's disease, unspecified"),
+    ("G20", "Parkinson's disease"), ("G40909", "Epilepsy, unspecified, not intractable, without status epilepticus"),
+    ("F17210", "Nicotine dependence, cigarettes, uncomplicated"), ("F1020", "Alcohol dependence, uncomplicated"),
+    ("F1120", "Opioid dependence, uncomplicated"), ("F331", "Major depressive disorder, recurrent, moderate"),
+    ("F209", "Schizophrenia, unspecified"),
+    ("I2510", "Atherosclerotic heart disease of native coronary artery without angina pectoris"),
+    ("I252", "Old myocardial infarction"), ("I739", "Peripheral vascular disease, unspecified"),
+    ("I480", "Paroxysmal atrial fibrillation"), ("I2720", "Pulmonary hypertension, unspecified"),
+    ("I639", "Cerebral infarction, unspecified"),
+    ("Z8673", "Personal history of transient ischemic attack (TIA), and cerebral infarction without residual deficits"),
+    ("Z951", "Presence of aortocoronary bypass graft"), ("Z950", "Presence of cardiac pacemaker"),
+    ("Z7901", "Long term (current) use of anticoagulants"), ("Z794", "Long term (current) use of insulin"),
+    ("Z7982", "Long term (current) use of aspirin"), ("Z992", "Dependence on renal dialysis"),
+    ("Z9981", "Dependence on supplemental oxygen"), ("Z66", "Do not resuscitate"),
+    ("Z515", "Encounter for palliative care"), ("Z923", "Personal history of irradiation"),
+    ("Z85118", "Personal history of other malignant neoplasm of bronchus and lung"),
+    ("Z8546", "Personal history of malignant neoplasm of prostate"),
+    ("Z853", "Personal history of malignant neoplasm of breast"),
+    ("N400", "Benign prostatic hyperplasia without lower urinary tract symptoms"), ("M109", "Gout, unspecified"),
+    ("M810", "Age-related osteoporosis without current pathological fracture"),
+    ("M1990", "Unspecified osteoarthritis, unspecified site"), ("M069", "Rheumatoid arthritis, unspecified"),
+    ("J45909", "Unspecified asthma, uncomplicated"), ("J9611", "Chronic respiratory failure with hypoxia"),
+    ("K5900", "Constipation, unspecified"), ("K7030", "Alcoholic cirrhosis of liver without ascites"),
+    ("K766", "Portal hypertension"), ("R188", "Other ascites"), ("B182", "Chronic viral hepatitis C"),
+    ("B20", "Human immunodeficiency virus [HIV] disease"), ("E890", "Postprocedural hypothyroidism"),
+    ("H9190", "Unspecified hearing loss, unspecified ear"), ("L89159", "Pressure ulcer of sacral region, unspecified stage"),
+    ("R2681", "Unsteadiness on feet"), ("Z9181", "History of falling"),
+    ("Z7952", "Long term (current) use of systemic steroids"), ("Z87440", "Personal history of urinary (tract) infections"),
+    ("Z8701", "Personal history of pneumonia (recurrent)"),
+]
+# The pools' "world": Zipf-like popularity and one or two fixed condition links per item, drawn
+# once from a fixed seed (not the data seed), so every synthetic cohort shares the same facts.
+_WORLD = np.random.default_rng(20240601)
+
+
+def _pool_logits(n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    popularity = -0.8 * np.log1p(_WORLD.permutation(n_items)).astype(float)
+    links = np.zeros((K, n_items))
+    for j in range(n_items):
+        for c in _WORLD.choice(K, size=1 + int(_WORLD.random() < 0.4), replace=False):
+            links[c, j] = 2.5
+    return popularity, links
+
+
+HOME_MED_POPULARITY, HOME_MED_LINKS = _pool_logits(len(HOME_MED_POOL))
+PROBLEM_POPULARITY, PROBLEM_LINKS = _pool_logits(len(PROBLEM_POOL))
+
+
 @dataclass
 class SynthConfig:
     n_patients: int = 1000
@@ -299,6 +373,11 @@ def _generate(cfg: SynthConfig) -> dict[str, pl.DataFrame]:
     onset = np.where(has_cond, np.where(rng.random((n, K)) < 0.55, 0, rng.integers(1, 5, (n, K))), 99)
     filler = rng.random((n, len(FILLER_DX))) < np.array([f[2] for f in FILLER_DX])[None, :]
     lab_offset = rng.normal(0, 0.4, (n, L))  # a patient's own baseline for each lab
+    # Personal home-medication and problem lists, from their own random stream.
+    rng_lists = np.random.default_rng([cfg.seed, 1])
+    n_cond = has_cond.sum(1)
+    home_meds = _personal_list(rng_lists, has_cond, HOME_MED_POPULARITY, HOME_MED_LINKS, 1.5 + 0.9 * n_cond, 10)
+    problems = _personal_list(rng_lists, has_cond, PROBLEM_POPULARITY, PROBLEM_LINKS, 1.0 + 0.7 * n_cond, 8)
     n_cond_total = has_cond.sum(1)
     planned_adm = np.minimum(1 + rng.poisson(0.5 + 0.45 * n_cond_total + 0.4 * np.maximum(frailty, 0)), MAX_ADMISSIONS)
 
@@ -473,10 +552,10 @@ def _generate(cfg: SynthConfig) -> dict[str, pl.DataFrame]:
     tables["hosp/labevents"] = labs
 
     # --- medications
-    tables["hosp/prescriptions"] = _prescriptions(rng, adm, hadm_id, sid, lab_values)
+    tables["hosp/prescriptions"] = _prescriptions(rng, adm, hadm_id, sid, lab_values, home_meds, rng_lists)
 
     # --- diagnoses (coded at discharge) and procedures
-    tables["hosp/diagnoses_icd"] = _diagnoses(rng, adm, hadm_id, sid, filler)
+    tables["hosp/diagnoses_icd"] = _diagnoses(rng, adm, hadm_id, sid, filler, problems, rng_lists)
     tables["hosp/procedures_icd"] = _procedures(rng, adm, hadm_id, sid, icu_i)
 
     # --- ICU vitals
@@ -488,6 +567,7 @@ def _generate(cfg: SynthConfig) -> dict[str, pl.DataFrame]:
         "fluid": [lab[2] for lab in LABS], "category": [lab[3] for lab in LABS],
     })
     dx = [(c[1], c[2]) for c in CONDITIONS] + [(a[1], a[2]) for a in ACUTE] + [(f[0], f[1]) for f in FILLER_DX]
+    dx += PROBLEM_POOL
     tables["hosp/d_icd_diagnoses"] = pl.DataFrame({
         "icd_code": [d[0] for d in dx], "icd_version": [10] * len(dx), "long_title": [d[1] for d in dx],
     })
@@ -503,6 +583,26 @@ def _generate(cfg: SynthConfig) -> dict[str, pl.DataFrame]:
         "highnormalvalue": pl.Series([None] * len(VITALS), dtype=pl.Float64),
     })
     return tables
+
+
+def _personal_list(rng, has_cond, popularity, links, mean_len, max_len) -> np.ndarray:
+    """Per patient, an ordered list of pool items (row of item indices, -1 padded).
+
+    Items are drawn without replacement (Gumbel top-k) by popularity plus links to the patient's
+    conditions; the list order is the patient's own and is kept at every admission.
+    """
+    n = has_cond.shape[0]
+    logits = popularity[None, :] + has_cond.astype(float) @ links
+    ranked = np.argsort(-(logits + rng.gumbel(size=logits.shape)), axis=1)[:, :max_len]
+    length = np.minimum(rng.poisson(mean_len), max_len)
+    return np.where(np.arange(max_len)[None, :] < length[:, None], ranked, -1)
+
+
+def _list_events(rng, adm, items, p_present):
+    """(admission index, item, position) for each list item present at each admission."""
+    per_adm = items[adm["pidx"]]  # (n_adm, max_len)
+    a, pos = np.nonzero((per_adm >= 0) & (rng.random(per_adm.shape) < p_present))
+    return a, per_adm[a, pos], pos
 
 
 def _intensity(sev, died, day):
@@ -616,9 +716,9 @@ def _labs(rng, adm, hadm_id, sid, lab_offset):
     return df, lab_values
 
 
-def _prescriptions(rng, adm, hadm_id, sid, lab_values):
+def _prescriptions(rng, adm, hadm_id, sid, lab_values, home_meds, rng_lists):
     n_adm = adm["pidx"].size
-    med_keys = list(MEDS)
+    med_keys = list(MEDS) + [f"home:{d}" for d in HOME_MED_POOL]
     MI = {k: i for i, k in enumerate(med_keys)}
     ai, mi, tt = [], [], []
     # Home medications of present conditions, reconciled a few hours after admission.
@@ -649,13 +749,18 @@ def _prescriptions(rng, adm, hadm_id, sid, lab_values):
         ai.append(lab_values["a"][k])
         mi.append(np.full(k.size, MI[drug]))
         tt.append(lab_values["t"][k] + (rng.uniform(1, 2.5, k.size) * HOUR).astype(np.int64))
+    # The personal home-medication list, reconciled in the patient's own order (a minute apart).
+    ha, item, pos = _list_events(rng_lists, adm, home_meds, 0.85)
+    ai.append(ha)
+    mi.append(len(MEDS) + item)
+    tt.append(adm["admit"][ha] + 90 * 60 + pos * 60)
     a = np.concatenate(ai)
     m = np.concatenate(mi)
     start = np.minimum(np.concatenate(tt), adm["disch"][a] - 60)
     stop = np.maximum(adm["disch"][a], start + HOUR)
     order = np.lexsort((m, start, a))
     a, m, start, stop = a[order], m[order], start[order], stop[order]
-    info = np.array([MEDS[k] for k in med_keys], dtype=str)
+    info = np.array([MEDS[k] for k in MEDS] + [(d, "1", "TAB", "PO") for d in HOME_MED_POOL], dtype=str)
     pharmacy_id = 50_000_000 + np.arange(a.size, dtype=np.int64)
     return pl.DataFrame({
         "subject_id": sid[a], "hadm_id": hadm_id[a], "pharmacy_id": pharmacy_id,
@@ -679,7 +784,7 @@ def _prescriptions(rng, adm, hadm_id, sid, lab_values):
     })
 
 
-def _diagnoses(rng, adm, hadm_id, sid, filler):
+def _diagnoses(rng, adm, hadm_id, sid, filler, problems, rng_lists):
     n_adm = adm["pidx"].size
     ai, codes = [ np.arange(n_adm)], [np.array([ACUTE[a][1] for a in range(A)])[adm["acute"]]]
     for k, c in enumerate(CONDITIONS):
@@ -690,6 +795,10 @@ def _diagnoses(rng, adm, hadm_id, sid, filler):
         has = np.nonzero(filler[adm["pidx"], j] & (rng.random(n_adm) < 0.6))[0]
         ai.append(has)
         codes.append(np.full(has.size, f[0]))
+    # The personal problem list, coded after the rest in the patient's own order.
+    pa, item, _ = _list_events(rng_lists, adm, problems, 0.8)
+    ai.append(pa)
+    codes.append(np.array([p[0] for p in PROBLEM_POOL])[item])
     a = np.concatenate(ai)
     code = np.concatenate(codes)
     order = np.argsort(a, kind="stable")

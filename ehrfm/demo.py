@@ -1,0 +1,369 @@
+"""The main job: the whole study, end to end, on the built-in synthetic data.
+
+    synth -> etl -> tokenize -> labels -> sweep plan + launch (local or SLURM) -> collect (with
+    clinical probes) -> fit + plots -> clinical heads -> recommendations -> DIR/report.md
+
+Every stage is the same public function its CLI subcommand calls, so the report is exactly what a
+user would get by running the commands one by one (they are listed at the end of the report).
+Stages whose output already exists are reused, so an interrupted demo resumes where it stopped;
+the sweep itself is idempotent (completed runs are never trained twice).
+
+The default budgets, sizes and cohort were tuned on the 2-core reference machine so that at least
+three IsoFLOP parabolas have positive curvature and an interior minimum; the report says so
+explicitly when a run of the demo does not achieve that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ehrfm.errors import UserError
+from ehrfm.io import atomic_file, read_json, summary, write_json
+
+TASKS = ("in_hospital_mortality", "long_los", "icu_admission", "readmission_30d")
+
+
+@dataclass
+class DemoConfig:
+    """Everything that decides a demo; saved as DIR/demo_config.json."""
+
+    out: str = "demo_out"
+    patients: int = 4000
+    seed: int = 0
+    budgets: list = field(default_factory=lambda: [1e11, 3e11, 1e12])
+    sizes: int = 5
+    span_dex: float = 1.0  # model sizes span N*(C) * 10^(+-span_dex)
+    tokens_per_param: float = 20.0  # D/N at the centre of each budget's ladder
+    context: int = 256
+    batch_size: int = 8  # rows per optimizer step: small budgets still take enough steps
+    lr: float = 2e-3
+    executor: str = "local"
+    max_parallel: int | None = None  # local: cores; SLURM: array throttle
+    slurm_partition: str | None = None
+    bootstrap: int = 400  # fit intervals
+    head_bootstrap: int = 1000  # clinical metric intervals
+    max_labels: int = 1000  # labels per split and task scored for every sweep run
+    quick: bool = False
+
+    @classmethod
+    def quick_config(cls, **overrides) -> "DemoConfig":
+        """A ~2-minute smoke version: a small cohort, three tiny budgets, three sizes each."""
+        base = dict(patients=600, budgets=[2e10, 6e10, 2e11], sizes=3, span_dex=0.6, bootstrap=50,
+                    head_bootstrap=100, max_labels=300, quick=True)
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+
+class _Stages:
+    """Times each stage, prints its banner, and keeps the log the report is written from."""
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+        self.t0 = time.time()
+
+    def run(self, name: str, fn, *args, **kwargs):
+        print(f"== demo: {name}", file=sys.stderr, flush=True)
+        t = time.time()
+        result = fn(*args, **kwargs)
+        self.times[name] = time.time() - t
+        return result
+
+
+def _reuse(path: Path) -> bool:
+    """An existing stage output is complete (every stage writes atomically), so reuse it."""
+    if path.exists():
+        print(f"   reusing {path}", file=sys.stderr)
+        return True
+    return False
+
+
+def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
+    """Run the whole study into cfg.out; returns the path of report.md."""
+    from analysis.fit import fit_results, write_fits
+    from analysis.recommend import recommend
+    from ehrfm.clinical.labels import make_labels, write_labels
+    from sweeps.collect import collect_sweep
+    from sweeps.launch import LaunchConfig, launch_sweep
+    from sweeps.plan import plan_sweep
+    from tokenization.etl import etl
+    from tokenization.synth import synthesize
+    from tokenization.tokenize import tokenize
+
+    out = Path(cfg.out)
+    if out.exists() and overwrite:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    old_cfg = out / "demo_config.json"
+    if old_cfg.exists():
+        old = read_json(old_cfg, "demo config")
+        if old != json.loads(json.dumps(dataclasses.asdict(cfg))):
+            raise UserError(f"{out} holds a demo made with other settings ({old_cfg}); pass --overwrite or another --out")
+    write_json(old_cfg, cfg)
+    st = _Stages()
+    raw, meds, tok = out / "raw", out / "meds", out / "tokens"
+    labels_dir, sweep, fit_dir, heads = out / "labels", out / "sweep", out / "fit", out / "heads"
+
+    if not _reuse(raw):
+        st.run("synth", synthesize, raw, n_patients=cfg.patients, seed=cfg.seed)
+    if not _reuse(meds):
+        st.run("etl", etl, raw, meds)
+    if not _reuse(tok):
+        st.run("tokenize", tokenize, meds, tok)
+    if not _reuse(labels_dir):
+        st.run("labels", _write_all_labels, meds, labels_dir, make_labels, write_labels)
+
+    train_opts = {"batch_size": cfg.batch_size, "lr": cfg.lr}
+    st.run("sweep plan", plan_sweep, tok, cfg.budgets, sweep, sizes=cfg.sizes, span_dex=cfg.span_dex,
+           tokens_per_param=cfg.tokens_per_param, context=cfg.context, train=train_opts)
+    launch = LaunchConfig(executor=cfg.executor, max_parallel=cfg.max_parallel, partition=cfg.slurm_partition,
+                          wait=True, retry_failed=True)
+    st.run("sweep launch", launch_sweep, sweep, launch)
+    results_path = st.run("sweep collect", collect_sweep, sweep, labels_dir=labels_dir, max_labels=cfg.max_labels,
+                          seed=cfg.seed)
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fit's own warnings are listed in the report
+        try:
+            fit = st.run("fit", fit_results, results_path, approaches=(1, 2, 3), bootstrap=cfg.bootstrap, seed=cfg.seed)
+        except UserError as e:
+            fit, fit_error = None, str(e)
+        else:
+            fit_error = None
+    if fit is not None:
+        from analysis.table import load_results
+
+        st.run("plots", write_fits, fit, fit_dir, results=load_results(results_path), overwrite=True)
+
+    head_metrics = st.run("clinical heads", _clinical_heads, cfg, meds, tok, labels_dir, results_path, heads)
+
+    recs = []
+    if fit is not None:
+        top = max(cfg.budgets)
+        for factor in (10, 100):
+            recs.append(recommend(fit, top * factor))
+
+    report = out / "report.md"
+    text = _report(cfg, st, out, meds, tok, labels_dir, results_path, fit, fit_error, head_metrics, recs)
+    with atomic_file(report) as f:
+        f.write(text)
+    summary(f"demo: {len(cfg.budgets)} budgets, {_n_runs(results_path)} runs, report in {time.time() - st.t0:.0f} s -> {report}")
+    return report
+
+
+def _write_all_labels(meds, labels_dir, make_labels, write_labels):
+    from ehrfm.io import atomic_dir
+
+    labels, info = make_labels(meds, "all")
+    with atomic_dir(labels_dir) as tmp:
+        for task in TASKS:
+            write_labels(labels[task], tmp / f"{task}.parquet", info[task])
+    return info
+
+
+def _n_runs(results_path) -> int:
+    import polars as pl
+
+    return pl.read_parquet(results_path).height
+
+
+def _clinical_heads(cfg: DemoConfig, meds, tok, labels_dir, results_path, heads_dir) -> dict:
+    """Count baseline and a linear probe of the best model of the largest budget, per task."""
+    import polars as pl
+
+    from ehrfm.clinical.baseline import BaselineConfig, baseline
+    from ehrfm.clinical.probe import ProbeConfig, probe
+
+    results = pl.read_parquet(results_path)
+    done = results.filter(pl.col("status") == "completed")
+    best = None
+    if done.height:
+        top = done.filter(pl.col("budget") == done["budget"].max()).sort("loss")
+        best = top.row(0, named=True)
+    out: dict = {"best_run": best, "tasks": {}}
+    for task in TASKS:
+        labels = Path(labels_dir) / f"{task}.parquet"
+        entry = {}
+        try:
+            entry["baseline"] = baseline(
+                BaselineConfig(meds_dir=str(meds), labels=str(labels), bootstrap=cfg.head_bootstrap, seed=cfg.seed),
+                Path(heads_dir) / task / "baseline", overwrite=True)
+        except UserError as e:
+            entry["baseline_error"] = str(e)
+        if best is not None:
+            run_dir = Path(cfg.out) / "sweep" / "runs" / best["run_id"]
+            try:
+                entry["probe"] = probe(
+                    ProbeConfig(run_dir=str(run_dir), tokens_dir=str(tok), labels=str(labels),
+                                bootstrap=cfg.head_bootstrap, seed=cfg.seed),
+                    Path(heads_dir) / task / "probe", overwrite=True)
+            except UserError as e:
+                entry["probe_error"] = str(e)
+        out["tasks"][task] = entry
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+
+def _fmt_ci(x, ci, f="{:.3f}") -> str:
+    if x is None:
+        return "n/a"
+    s = f.format(x)
+    if ci and None not in ci:
+        s += f" [{f.format(ci[0])}, {f.format(ci[1])}]"
+    return s
+
+
+def _scaling_verdict(fit) -> tuple[bool, str]:
+    """Is this a real scaling result: >= 3 budgets with positive curvature and an interior minimum?"""
+    if fit is None or fit.approach2 is None:
+        return False, "no IsoFLOP fit could be made"
+    good = [b for b in fit.approach2.budgets if b.used and b.curvature > 0 and b.interior]
+    lines = [f"{len(good)} of {len(fit.approach2.budgets)} budgets have a parabola with positive curvature and an "
+             f"interior minimum (needed: 3)."]
+    return len(good) >= 3, " ".join(lines)
+
+
+def _report(cfg, st, out, meds, tok, labels_dir, results_path, fit, fit_error, heads, recs) -> str:
+    import polars as pl
+
+    from analysis.recommend import format_recommendation
+
+    rel = lambda p: os.path.relpath(p, out)  # noqa: E731  (links in the report are relative)
+    tok_stats = read_json(Path(tok) / "stats.json", "token stats")
+    meds_meta = read_json(Path(meds) / "metadata" / "dataset.json", "dataset metadata")
+    wall = time.time() - st.t0
+    L = [f"# ehrfm demo report", "",
+         f"Made {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by `ehrfm demo{' --quick' if cfg.quick else ''}` "
+         f"(ehrfm {_version()}), in {wall / 60:.1f} min on {os.cpu_count()} CPU cores. Settings: "
+         f"`{rel(Path(out) / 'demo_config.json')}`.", ""]
+
+    ok, verdict = _scaling_verdict(fit)
+    L += ["## Headline", ""]
+    if ok:
+        a2 = fit.approach2
+        L.append(f"A real scaling result: {verdict} Approach 2 gives N_opt ~ C^{_fmt_ci(a2.a, a2.a_ci)} and "
+                 f"D_opt ~ C^{_fmt_ci(a2.b, a2.b_ci)} (95% bootstrap intervals).")
+    else:
+        L.append(f"**No reliable scaling result from this run**: {verdict} {fit_error or ''} "
+                 "Widen the budgets or sizes (`--budgets`, `--sizes`) or use more patients.")
+    L.append("")
+
+    # Data
+    L += ["## Data", "",
+          f"Synthetic MIMIC-IV-shaped cohort (`ehrfm synth`, seed {cfg.seed}): {cfg.patients:,} patients -> MEDS "
+          f"({meds_meta.get('etl_name', 'ehrfm')} {meds_meta.get('etl_version', '')}, MEDS {meds_meta.get('meds_version', '')}) "
+          f"-> tokens (vocabulary {tok_stats['vocab_size']}, fitted on train only).", "",
+          "| split | subjects | events | tokens | tokens/subject |", "|---|---|---|---|---|"]
+    for split, s in tok_stats["splits"].items():
+        L.append(f"| {split} | {s['subjects']:,} | {s['events']:,} | {s['tokens']:,} | {s['tokens_per_subject']:.0f} |")
+    L += ["", "Clinical labels (`ehrfm labels`, all splits):", "", "| task | labels | positives | prevalence |", "|---|---|---|---|"]
+    for task in TASKS:
+        info = read_json(Path(labels_dir) / f"{task}.json", "label info")
+        prev = info.get("prevalence")
+        L.append(f"| {task} | {info['n']:,} | {info['n_positive']:,} | {prev:.1%} |" if prev is not None else f"| {task} | 0 | 0 | n/a |")
+    L.append("")
+
+    # Sweep
+    res = pl.read_parquet(results_path).sort("budget", "n_params")
+    ucols = [c for c in res.columns if c.startswith("auroc/")]
+    L += ["## Sweep", "",
+          f"{res.height} runs over {len(cfg.budgets)} compute budgets ({', '.join(f'{b:.0e}' for b in cfg.budgets)} FLOPs), "
+          f"{cfg.sizes} model sizes each, executor `{cfg.executor}`; results table `{rel(results_path)}`. "
+          "Loss is held-out nats/token on a fixed tuning sample; AUROC is a linear probe on held_out.", "",
+          "| budget | run | N (non-emb.) | layers x width | tokens D | epochs | loss | status | "
+          + " | ".join(c.replace("auroc/", "AUROC ") for c in ucols) + " |",
+          "|---" * (8 + len(ucols)) + "|"]
+    train_tokens = tok_stats["splits"]["train"]["tokens"]
+    for r in res.iter_rows(named=True):
+        loss = f"{r['loss']:.4f}" if r["loss"] is not None else "-"
+        us = " | ".join(f"{r[c]:.3f}" if r[c] is not None else "-" for c in ucols)
+        L.append(f"| {r['budget']:.0e} | `{r['run_id']}` | {r['n_params']:.3g} | {r['n_layer']} x {r['d_model']} | "
+                 f"{r['tokens']:.3g} | {r['tokens'] / train_tokens:.2f} | {loss} | {r['status']} | {us} |")
+    failed = res.filter(pl.col("status") != "completed")
+    if failed.height:
+        L += ["", f"{failed.height} runs did not complete and were left out of the fits (see the status column)."]
+    L.append("")
+
+    # Fits
+    L += ["## Fitted scaling laws", ""]
+    if fit is None:
+        L += [f"The fit failed: {fit_error}", ""]
+    else:
+        from analysis.fit import format_fit_table
+
+        L += [format_fit_table(fit), ""]
+        if fit.approach2:
+            L += ["IsoFLOP parabolas (loss against log10 N):", "",
+                  "| budget | curvature | interior minimum | R^2 | used |", "|---|---|---|---|---|"]
+            for b in fit.approach2.budgets:
+                L.append(f"| {b.budget:.0e} | {b.curvature:.4g} | {'yes' if b.interior else 'no'} | {b.r2:.3f} | "
+                         f"{'yes' if b.used else 'no: ' + str(b.reason)} |")
+            L.append("")
+        L += ["## Figures", ""]
+        for name, caption in [("isoflops", "IsoFLOP curves with fitted parabolas and their minima"),
+                              ("optimal_scaling", "Compute-optimal N and D against compute, with the fitted laws and 95% bands"),
+                              ("frontier", "Loss frontier against compute"),
+                              ("utility", "Clinical utility (probe AUROC) against compute")]:
+            png = Path(out) / "fit" / f"{name}.png"
+            if png.exists():
+                L += [f"![{caption}]({rel(png)})", f"*{caption}* ([PDF]({rel(png.with_suffix('.pdf'))}))", ""]
+
+    # Clinical heads
+    L += ["## Clinical heads", ""]
+    best = heads.get("best_run")
+    if best:
+        L.append(f"Linear probe of the lowest-loss run of the largest budget (`{best['run_id']}`, N={best['n_params']:.3g}, "
+                 f"loss {best['loss']:.4f}) against the count-feature baseline (logistic regression on code counts), on held_out "
+                 "with 95% bootstrap intervals:")
+    L += ["", "| task | n | prevalence | counts + logistic AUROC | counts + boosting AUROC | probe AUROC | probe AUPRC |",
+          "|---|---|---|---|---|---|---|"]
+    for task, e in heads["tasks"].items():
+        b, p = e.get("baseline"), e.get("probe")
+        ref = p or b
+        if ref is None:
+            L.append(f"| {task} | - | - | {e.get('baseline_error', '-')} | | {e.get('probe_error', '-')} | |")
+            continue
+        lr = b["models"]["logistic_regression"] if b else {}
+        gb = b["models"]["gradient_boosting"] if b else {}
+        p = p or {}
+        L.append(f"| {task} | {ref['n']} | {ref['prevalence']:.1%} | {_fmt_ci(lr.get('auroc'), lr.get('auroc_ci'))} | "
+                 f"{_fmt_ci(gb.get('auroc'), gb.get('auroc_ci'))} | {_fmt_ci(p.get('auroc'), p.get('auroc_ci'))} | "
+                 f"{_fmt_ci(p.get('auprc'), p.get('auprc_ci'))} |")
+    L.append("")
+
+    # Recommendations
+    if recs:
+        L += ["## What the next 10x and 100x of compute buy", ""]
+        for rec in recs:
+            L += [format_recommendation(rec), ""]
+
+    # Time and reproduction
+    L += ["## Stage times", "", "| stage | seconds |", "|---|---|"]
+    L += [f"| {k} | {v:.1f} |" for k, v in st.times.items()]
+    L += [f"| total | {wall:.1f} |", "", "## Reproduce stage by stage", "", "```",
+          f"ehrfm synth --out raw --patients {cfg.patients} --seed {cfg.seed}",
+          "ehrfm etl raw --out meds", "ehrfm tokenize meds --out tokens", "ehrfm labels meds --task all --out labels",
+          f"ehrfm sweep plan --tokens tokens --budgets {','.join(f'{b:g}' for b in cfg.budgets)} --sizes {cfg.sizes} "
+          f"--span-dex {cfg.span_dex} --context {cfg.context} --batch-size {cfg.batch_size} --lr {cfg.lr} --out sweep",
+          f"ehrfm sweep launch sweep --executor {cfg.executor}", "ehrfm sweep collect sweep --labels labels",
+          f"ehrfm fit sweep/results.parquet --out fit --bootstrap {cfg.bootstrap}",
+          f"ehrfm recommend fit --flops {max(cfg.budgets) * 10:g}", "```", ""]
+    return "\n".join(L)
+
+
+def _version() -> str:
+    from ehrfm import __version__
+
+    return __version__
