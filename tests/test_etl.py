@@ -292,3 +292,18 @@ def test_etl_is_deterministic_and_accepts_other_timestamp_formats(small_raw, tmp
     for p in sorted((tmp_path / "a/data").rglob("*.parquet")):
         assert pl.read_parquet(p).equals(pl.read_parquet(tmp_path / "b" / p.relative_to(tmp_path / "a")))
     assert pl.read_parquet(tmp_path / "a/metadata/codes.parquet").equals(pl.read_parquet(tmp_path / "b/metadata/codes.parquet"))
+
+
+def test_malformed_csv_row_is_reported_without_its_content(small_raw, tmp_path):
+    path = small_raw / "hosp/prescriptions.csv.gz"
+    text = gzip.decompress(path.read_bytes()).decode()
+    secret = "SECRET-PATIENT-VALUE"
+    path.write_bytes(gzip.compress((text + f"1,{secret}\n").encode()))
+    with pytest.raises(UserError) as e:
+        etl(small_raw, tmp_path / "out")
+    assert "prescriptions.csv.gz" in str(e.value) and "columns" in str(e.value)
+    assert secret not in str(e.value)
+    (small_raw / "hosp/transfers.csv.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
+    with pytest.raises(UserError, match="transfers.csv.gz"):
+        etl(small_raw, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -291,17 +291,36 @@ def _read_batches(path: Path, columns: list[str], block_size: int):
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    reader = pacsv.open_csv(
-        path,
-        read_options=pacsv.ReadOptions(block_size=block_size),
-        convert_options=pacsv.ConvertOptions(
-            include_columns=columns, column_types={c: pa.string() for c in columns},
-            strings_can_be_null=True, null_values=[""],
-        ),
-    )
-    for batch in reader:
+    try:
+        reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=block_size),
+                                convert_options=pacsv.ConvertOptions(
+                                    include_columns=columns, column_types={c: pa.string() for c in columns},
+                                    strings_can_be_null=True, null_values=[""]))
+    except (pa.ArrowInvalid, OSError, EOFError) as e:
+        raise UserError(f"{path}: cannot be read as CSV ({_safe_reason(e)})") from None
+    return _iter_batches(reader, path)
+
+
+def _iter_batches(reader, path: Path):
+    import pyarrow as pa
+
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            return
+        except (pa.ArrowInvalid, OSError, EOFError) as e:
+            raise UserError(f"{path}: cannot be read as CSV ({_safe_reason(e)})") from None
         if batch.num_rows:
             yield pl.from_arrow(pa.Table.from_batches([batch]))
+
+
+def _safe_reason(e: Exception) -> str:
+    """The kind of a CSV read error without the row content pyarrow quotes (patient data)."""
+    import re
+
+    m = re.search(r"Expected \d+ columns, got \d+", str(e))
+    return m.group(0) if m else type(e).__name__
 
 
 def _parse_times(df: pl.DataFrame, cols: list[str]) -> pl.DataFrame:
