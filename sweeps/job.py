@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 # The trainer's exit code after checkpointing on SIGTERM/SIGUSR1 (ehrfm train contract).
@@ -52,7 +52,6 @@ class TrainJob:
     record_path: str  # SWEEP/jobs/<run_id>.json: the launcher's record, updated with start times
     config_path: str  # SWEEP/jobs/<run_id>.train.json: the run's TrainConfig
     threads: int = 1  # CPU threads of the trainer (OMP/MKL/torch), so parallel jobs do not oversubscribe
-    env: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self._proc: subprocess.Popen | None = None
@@ -65,6 +64,13 @@ class TrainJob:
         if result is not None and result.get("status") in FINISHED:
             return result  # a requeue of a finished run: nothing to do
         rank, local_rank, world = _ranks()
+        # Our own SIGTERM handler (submitit only logs SIGTERM): pass it on so the trainer
+        # checkpoints even where SLURM signals only the task's main process.
+        signal.signal(signal.SIGTERM, self._forward_stop)
+        signal.signal(signal.SIGINT, self._forward_stop)  # Ctrl-C on a local launch: checkpoint too
+        signal.signal(signal.SIGHUP, self._forward_stop)  # the launching terminal closed
+        if rank != 0:  # submitit's USR2 handler acts on rank 0 only; other ranks stop their own trainer
+            signal.signal(signal.SIGUSR2, self._forward_stop)
         try:
             if rank == 0:
                 self._note_start()
@@ -73,13 +79,8 @@ class TrainJob:
             if rank == 0:
                 _write_json(Path(self.run_dir) / "result.json", {"status": "failed", "error": f"job could not start the trainer: {type(e).__name__}: {e}"})
             raise
-        # Our own SIGTERM handler (submitit only logs SIGTERM): pass it on so the trainer
-        # checkpoints even where SLURM signals only the task's main process.
-        signal.signal(signal.SIGTERM, self._forward_stop)
-        signal.signal(signal.SIGINT, self._forward_stop)  # Ctrl-C on a local launch: checkpoint too
-        signal.signal(signal.SIGHUP, self._forward_stop)  # the launching terminal closed
-        if rank != 0:  # submitit's USR2 handler acts on rank 0 only; other ranks stop their own trainer
-            signal.signal(signal.SIGUSR2, self._forward_stop)
+        if self._stopping:  # a stop signal arrived while the trainer was starting
+            self._forward_stop()
         while self._returncode is None:
             time.sleep(0.2)
         return self._outcome(rank)
@@ -89,7 +90,7 @@ class TrainJob:
         from submitit.helpers import DelayedSubmission
 
         self._stop_trainer()
-        return DelayedSubmission(TrainJob(self.run_id, self.run_dir, self.log_path, self.record_path, self.config_path, self.threads, dict(self.env)))
+        return DelayedSubmission(TrainJob(self.run_id, self.run_dir, self.log_path, self.record_path, self.config_path, self.threads))
 
     def __getstate__(self):
         # The child process and its watcher thread live only in the running job.
@@ -102,7 +103,6 @@ class TrainJob:
     # --- the trainer child ----------------------------------------------------------------------
     def _spawn(self, rank: int, local_rank: int, world: int) -> None:
         env = dict(os.environ)
-        env.update(self.env)
         env["EHRFM_QUIET"] = "1"  # progress bars would flood the log
         threads = str(max(1, int(self.threads)))
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "EHRFM_NUM_THREADS"):
@@ -119,7 +119,7 @@ class TrainJob:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
-            preexec_fn=_ignore_usr2,
+            preexec_fn=_trainer_signals,
         )
         log.close()
         proc = self._proc
@@ -204,7 +204,7 @@ def read_result(run_dir: str | Path) -> dict | None:
         return None
 
 
-def _ignore_usr2() -> None:
+def _trainer_signals() -> None:
     # USR2 is submitit's preemption signal for the job process; SIGINT and SIGHUP (a terminal's
     # Ctrl-C or hang-up) go to the wrapper, which turns them into SIGTERM. The trainer stops only on SIGTERM, after a checkpoint.
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)

@@ -130,6 +130,39 @@ def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
         raise UserError(f"--mem {cfg.mem!r}: expected a size like 16G or 4000M")
     time_min = parse_time_minutes(cfg.time)
 
+    # One launcher at a time decides and submits: two concurrent relaunches must not both submit
+    # a run. A local launch holds the lock until its runs are recorded as queued under its pid.
+    with _sweep_lock(sweep_dir):
+        report, jobs = _select_and_prepare(sweep_dir, sweep, plan, cfg)
+        if not jobs:
+            return report
+        if cfg.executor == "slurm":
+            _submit_slurm(sweep_dir, jobs, cfg, time_min, report)
+        else:
+            for job in jobs:
+                _new_record(sweep_dir, job.run_id, "local", launcher_pid=os.getpid())
+    if cfg.executor == "slurm":
+        if cfg.wait:
+            _wait_slurm(sweep_dir, report, cfg.poll_s)
+    else:
+        _run_local(sweep_dir, jobs, cfg, time_min, report)
+    return report
+
+
+@contextlib.contextmanager
+def _sweep_lock(sweep_dir: Path):
+    import fcntl
+
+    with open(sweep_dir / ".launch.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _select_and_prepare(sweep_dir: Path, sweep, plan: list[dict], cfg: LaunchConfig) -> tuple[LaunchReport, list[TrainJob]]:
+    """The runs to submit now (by state), with their train configs written; [] when none."""
     states = run_states(sweep_dir, [r["run_id"] for r in plan])
     to_submit: list[dict] = []
     skipped: dict[str, list[str]] = {}
@@ -143,13 +176,12 @@ def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
     if not to_submit:
         why = report.reason() if plan else "the plan has no runs"
         summary(f"submitted 0 jobs: nothing to run ({why})")
-        return report
-
+        return report, []
     if cfg.dry_run:
         for row in to_submit:
             print(f"would submit {row['run_id']} ({states[row['run_id']].state})")
         summary(f"dry run: would submit {len(to_submit)} jobs to {cfg.executor} (not submitted: {report.reason()})")
-        return report
+        return report, []
     jobs = []
     for row in to_submit:
         rid = row["run_id"]
@@ -170,11 +202,7 @@ def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
                 threads=1,
             )
         )
-    if cfg.executor == "slurm":
-        _launch_slurm(sweep_dir, jobs, cfg, time_min, report)
-    else:
-        _launch_local(sweep_dir, jobs, cfg, time_min, report)
-    return report
+    return report, jobs
 
 
 def _save_launch(sweep_dir: Path, cfg: LaunchConfig, report: LaunchReport) -> None:
@@ -248,7 +276,7 @@ def _new_record(sweep_dir: Path, run_id: str, executor: str, **fields) -> None:
 # --- SLURM -------------------------------------------------------------------------------------
 
 
-def _launch_slurm(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, time_min: int, report: LaunchReport) -> None:
+def _submit_slurm(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, time_min: int, report: LaunchReport) -> None:
     import submitit
 
     tasks_per_node = _tasks_per_node(cfg)
@@ -297,12 +325,14 @@ def _launch_slurm(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, time
     where = f"array {first.split('_')[0]}" if "_" in first else f"job {first}"
     summary(f"submitted {len(jobs)} jobs to SLURM as {where} (not submitted: {report.reason()}); "
             f"`ehrfm sweep status {sweep_dir}` to follow")
-    if cfg.wait:
-        report.final_states = wait_for_runs(sweep_dir, report.submitted, cfg.poll_s)
-        by_state: dict[str, int] = {}
-        for s in report.final_states.values():
-            by_state[s] = by_state.get(s, 0) + 1
-        summary(f"{len(report.final_states)} SLURM runs finished: " + ", ".join(f"{v} {k}" for k, v in sorted(by_state.items())))
+
+
+def _wait_slurm(sweep_dir: Path, report: LaunchReport, poll_s: float) -> None:
+    report.final_states = wait_for_runs(sweep_dir, report.submitted, poll_s)
+    by_state: dict[str, int] = {}
+    for st in report.final_states.values():
+        by_state[st] = by_state.get(st, 0) + 1
+    summary(f"{len(report.final_states)} SLURM runs finished: " + ", ".join(f"{v} {k}" for k, v in sorted(by_state.items())))
 
 
 def wait_for_runs(sweep_dir: Path, run_ids: list[str], poll_s: float = 5.0, timeout_s: float | None = None) -> dict[str, str]:
@@ -349,7 +379,7 @@ def _visible_gpus() -> list[int]:
         return []
 
 
-def _launch_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, time_min: int, report: LaunchReport) -> None:
+def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, time_min: int, report: LaunchReport) -> None:
     import submitit
 
     cores = len(os.sched_getaffinity(0))
@@ -372,8 +402,6 @@ def _launch_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, time
     executor = submitit.LocalExecutor(folder=str(sweep_dir / "submitit" / "%j"), max_num_timeout=cfg.max_timeouts)
     executor.update_parameters(timeout_min=time_min, signal_delay_s=cfg.signal_delay_s,
                                tasks_per_node=tasks, stderr_to_stdout=True)
-    for job in jobs:
-        _new_record(sweep_dir, job.run_id, "local", launcher_pid=os.getpid())
     _save_launch(sweep_dir, cfg, report)
     pending = list(jobs)
     running: dict[str, tuple[object, TrainJob, list[int]]] = {}

@@ -7,6 +7,8 @@
     interrupted                     the job is gone, runs/<id>/checkpoint/ exists: resumable
     lost                            the job is gone and nothing was saved (cancelled before start,
                                     killed without checkpoint): launch starts it again
+    unknown                         a SLURM job that cannot be checked here (no squeue, controller
+                                    down): never resubmitted until SLURM answers
     planned                         never launched
     unplanned                       a run dir under runs/ that the current plan does not list
 """
@@ -21,7 +23,6 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ehrfm.errors import UserError
 
 FINISHED = ("completed", "failed", "diverged")
 ACTIVE = ("queued", "running")
@@ -62,17 +63,21 @@ def read_result(run_dir: Path) -> dict | None:
         return None
 
 
-def slurm_job_states() -> dict[str, str]:
-    """{job id: SLURM state} of this user's jobs still known to SLURM (array tasks one by one).
+def slurm_job_states() -> dict[str, str] | None:
+    """{job id: SLURM state} of this user's jobs still known to SLURM (array tasks one by one);
+    None when SLURM cannot be asked (no `squeue` here, controller down).
 
     Pending array tasks appear as '<array>_<task>' thanks to `squeue -r`.
     """
     if shutil.which("squeue") is None:
-        raise UserError("cannot check SLURM jobs of this sweep: `squeue` not found (run on a SLURM login node)")
+        return None
     cmd = ["squeue", "-h", "-r", "-o", "%i|%T", "-u", getpass.getuser()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return None
     if proc.returncode != 0:
-        raise UserError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}): {proc.stderr.strip()[:200]}")
+        return None
     states = {}
     for line in proc.stdout.splitlines():
         jid, _, st = line.strip().partition("|")
@@ -134,6 +139,7 @@ def run_states(sweep_dir: str | Path, run_ids: list[str]) -> dict[str, RunState]
         ids += sorted(p.name for p in rdir.iterdir() if p.is_dir() and p.name not in planned and ".tmp-" not in p.name)
     records = {rid: read_record(sweep_dir, rid) for rid in ids}
     squeue: dict[str, str] | None = None
+    asked_slurm = False
     out: dict[str, RunState] = {}
     planned_ids = set(run_ids)
     for rid in ids:
@@ -148,9 +154,10 @@ def run_states(sweep_dir: str | Path, run_ids: list[str]) -> dict[str, RunState]
         active = None
         if record is not None:
             if executor == "slurm":
-                if squeue is None:
-                    squeue = slurm_job_states()
-                active = _slurm_state(record, squeue)
+                if not asked_slurm:
+                    squeue, asked_slurm = slurm_job_states(), True
+                # Without an answer from SLURM the job may still be alive: never resubmit it blindly.
+                active = "unknown" if squeue is None else _slurm_state(record, squeue)
             else:
                 active = _local_state(record)
         if active is not None:
