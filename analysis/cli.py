@@ -39,8 +39,11 @@ def _fit(args) -> int:
         fit = fit_results(results, config=cfg)
     write_fits(fit, args.out, results=results, overwrite=args.overwrite, plots=not args.no_plots)
     print(format_fit_table(fit))
-    parts = [f"approach {k}" for k in cfg.approaches]
-    summary(f"fit: {fit.n_fitted} runs ({len(fit.excluded)} excluded), {', '.join(parts)}, {cfg.bootstrap} bootstrap replicates -> {args.out}")
+    fitted = [str(k) for k in cfg.approaches if getattr(fit, f"approach{k}") is not None]
+    missing = [str(k) for k in cfg.approaches if getattr(fit, f"approach{k}") is None]
+    summary(f"fit: {fit.n_fitted} runs ({len(fit.excluded)} excluded), approaches {','.join(fitted)} fitted"
+            + (f" ({','.join(missing)} could not be)" if missing else "")
+            + f", {len(fit.utility)} utility laws, {cfg.bootstrap} bootstrap replicates -> {args.out}")
     return 0
 
 

@@ -184,7 +184,7 @@ class UtilityFit:
     points: list[dict]  # budget, flops, run_id, value
 
     def predict(self, c):
-        return 1.0 - self.coef * np.asarray(c, dtype=float) ** self.exponent
+        return np.clip(1.0 - self.coef * np.asarray(c, dtype=float) ** self.exponent, 0.0, 1.0)
 
 
 @dataclass
@@ -539,10 +539,13 @@ def fit_results(table, approaches=(1, 2, 3), bootstrap: int = 1000, seed: int = 
     util, d = fit_utility(res, counts, cfg, warn)
     draws.update(d)
     if cfg.bootstrap:
+        failed: dict[str, int] = {}  # per fit ("approach2", "utility/auroc/x"): replicates with no value
         for key, v in draws.items():
-            bad = int((~np.isfinite(v)).sum())
+            group = key.rsplit("/", 1)[0]
+            failed[group] = max(failed.get(group, 0), int((~np.isfinite(v)).sum()))
+        for group, bad in failed.items():
             if bad > 0.05 * cfg.bootstrap:
-                warn(f"{key}: {bad} of {cfg.bootstrap} bootstrap replicates could not be fitted; its interval uses the rest")
+                warn(f"{group}: {bad} of {cfg.bootstrap} bootstrap replicates could not be fitted; its intervals use the rest")
     budgets = np.unique(res.budget)
     unique = res.unique_tokens[np.isfinite(res.unique_tokens)] if res.unique_tokens is not None else np.array([])
     inputs = dict(
@@ -641,8 +644,8 @@ def format_fit_table(fit: FitResult) -> str:
         lines += ["", "| task | 1 - AUROC ~ C^k: k | budgets |", "|---|---|---|"]
         for name, u in fit.utility.items():
             lines.append(f"| {name} | {_ci(u.exponent, u.exponent_ci)} | {u.n_points} |")
-    for w in fit.warnings:
-        lines.append(f"\nWarning: {w}")
+    if fit.warnings:
+        lines += ["", "Warnings:"] + [f"- {w}" for w in fit.warnings]
     return "\n".join(lines)
 
 

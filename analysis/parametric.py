@@ -217,7 +217,8 @@ class ParametricFit:
 
 def theta_to_params(theta) -> dict:
     a, b, e, alpha, beta = np.asarray(theta, dtype=float).T
-    return {"E": np.exp(e), "A": np.exp(a), "B": np.exp(b), "alpha": alpha, "beta": beta}
+    with np.errstate(over="ignore"):  # a runaway bootstrap replicate gives inf, dropped from intervals
+        return {"E": np.exp(e), "A": np.exp(a), "B": np.exp(b), "alpha": alpha, "beta": beta}
 
 
 def _polish(theta, log_n, log_d, log_loss, weights=None, delta=HUBER_DELTA):

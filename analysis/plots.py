@@ -91,7 +91,7 @@ def plot_isoflops(ax, fit, results) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("Non-embedding parameters N")
     ax.set_ylabel("Held-out loss (nats/token)")
-    ax.set_title("IsoFLOP curves (stars: parabola minima)")
+    ax.set_title("IsoFLOP curves (stars: parabola minima)" if fit.approach2 else "IsoFLOP runs (Approach 2 not fitted)")
     ax.legend(fontsize=7, title="budget", title_fontsize=7, frameon=False, loc="best")
     ax.grid(True, which="major", alpha=0.3)
 
@@ -158,8 +158,12 @@ def plot_frontier(ax, fit, results) -> None:
         y = part.loss(c) if k == 2 else part.loss(part.n_opt(c), part.d_opt(c))
         ax.plot(c, y, lw=1.6, label=f"{APPROACH_LABEL[k]}: {what}", **style)
         _band(ax, c, _law_draws(fit, k, "loss", c), style, conf)
-    if fit.approach3:
+    # Keep the axis on the data (a fitted E of ~0 or a runaway band must not squash it).
+    lo, hi = results.loss.min(), results.loss.max()
+    if fit.approach3 and fit.approach3.E > 0.5 * lo:
         ax.axhline(fit.approach3.E, color="tab:blue", lw=0.8, ls=":", label=f"irreducible loss E = {fit.approach3.E:.3g}")
+        lo = min(lo, fit.approach3.E)
+    ax.set_ylim(lo / 1.1, hi * 1.1)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("Training compute C (FLOPs)")
@@ -200,7 +204,7 @@ def plot_utility(ax, fit, results, task: str) -> None:
 
 
 def make_plots(fit, results, out_dir) -> list[Path]:
-    """Write isoflops, optimal_scaling, frontier and utility (when fitted) as PNG and PDF."""
+    """Write isoflops, optimal_scaling, frontier and utility (when fitted) as PNG and PDF; returns the paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -220,10 +224,9 @@ def make_plots(fit, results, out_dir) -> list[Path]:
         plt.close(fig)
 
     with plt.rc_context({"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9}):
-        if fit.approach2:
-            fig, ax = plt.subplots(figsize=(5.5, 4))
-            plot_isoflops(ax, fit, results)
-            save(fig, "isoflops")
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        plot_isoflops(ax, fit, results)  # the runs alone when Approach 2 could not be fitted
+        save(fig, "isoflops")
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         plot_optimal_scaling(axes[0], fit, results, "n")
         plot_optimal_scaling(axes[1], fit, results, "d")
@@ -233,8 +236,12 @@ def make_plots(fit, results, out_dir) -> list[Path]:
         save(fig, "frontier")
         if fit.utility:
             n = len(fit.utility)
-            fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 3.8), squeeze=False)
-            for ax, task in zip(axes[0], fit.utility):
+            ncols = min(n, 2)
+            nrows = -(-n // ncols)
+            fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.8 * nrows), squeeze=False)
+            for ax, task in zip(axes.flat, fit.utility):
                 plot_utility(ax, fit, results, task)
+            for ax in list(axes.flat)[n:]:
+                ax.set_visible(False)
             save(fig, "utility")
     return written

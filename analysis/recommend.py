@@ -203,8 +203,10 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
     utility = {}
     for task, u in fit_json.get("utility", {}).items():
         dc, de = draws.get(f"utility/{u['metric']}/coef"), draws.get(f"utility/{u['metric']}/exponent")
-        entry = {"auroc": 1.0 - u["coef"] * flops ** u["exponent"]}
-        entry["auroc_ci"] = percentile_ci(1.0 - dc * flops**de, conf) if dc is not None else [float("nan")] * 2
+        # AUROC is bounded: a law extrapolated past 0 or 1 is clipped there.
+        entry = {"auroc": float(np.clip(1.0 - u["coef"] * flops ** u["exponent"], 0.0, 1.0))}
+        with np.errstate(all="ignore"):
+            entry["auroc_ci"] = percentile_ci(np.clip(1.0 - dc * flops**de, 0.0, 1.0), conf) if dc is not None else [float("nan")] * 2
         utility[task] = entry
 
     vocab_size = vocab_size or inputs.get("vocab_size")
