@@ -253,12 +253,10 @@ class GPT(nn.Module):
         if T > self.config.context:
             raise ValueError(f"sequence length {T} exceeds the model context {self.config.context}")
         layout = attention_layout(segment_ids, T, idx.device, self.attention_backend)
-        if positions is None:
-            if layout.kind == "causal":
-                positions = torch.arange(T, device=idx.device).expand(B, T)
-            else:
-                positions = segment_positions(segment_ids)
-        cos, sin = self._rope(positions)
+        if positions is None and layout.kind == "causal":
+            cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # every row starts at 0: no gather
+        else:
+            cos, sin = self._rope(segment_positions(segment_ids) if positions is None else positions)
         x = self.embed(idx)
         for block in self.blocks:
             x = block(x, cos, sin, layout)

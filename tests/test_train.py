@@ -92,3 +92,22 @@ def test_lr_schedule_warmup_then_cosine_to_ten_percent():
     assert lrs[-1] == pytest.approx(1e-4)  # min_lr_ratio 0.1
     assert lrs[10] == pytest.approx(1e-3) and all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
     assert lrs[54] == pytest.approx(1e-4 + 0.5 * 9e-4, rel=0.02)  # halfway down the cosine
+
+
+def test_tiny_run_on_real_pipeline_tokens_loads_for_heads(tiny_run, synth_tokens):
+    """The shared fixture: synthetic MIMIC -> MEDS -> tokens -> a real trained run; load_model works."""
+    from ehrfm.checkpoint import load_model
+    from ehrfm.tokens import TokenDir
+
+    res = json.loads((tiny_run / "result.json").read_text())
+    td = TokenDir(synth_tokens)
+    assert res["status"] == "completed" and res["tokens"] == 60_000 and res["vocab_size"] == td.vocab_size
+    assert res["val_loss"] < math.log(td.vocab_size)  # better than uniform
+    model, mcfg = load_model(tiny_run)
+    assert (mcfg.n_layer, mcfg.d_model, mcfg.context, mcfg.vocab_size) == (2, 32, 128, td.vocab_size)
+    tokens, _ = td.split("held_out").subject(0)
+    idx = torch.from_numpy(np.asarray(tokens[:50], dtype=np.int64))[None]
+    with torch.no_grad():
+        h = model.hidden_states(idx)
+        logits, _ = model(idx)
+    assert h.shape == (1, idx.shape[1], 32) and torch.isfinite(logits).all()
