@@ -348,13 +348,14 @@ def wait_for_runs(sweep_dir: Path, run_ids: list[str], poll_s: float = 5.0, time
         while True:
             states = run_states(sweep_dir, planned)
             current = {rid: states[rid].state for rid in run_ids if rid in states}
-            n_done = sum(1 for s in current.values() if s not in ACTIVE)
+            # "unknown" (SLURM did not answer this time) is waited on like an active job.
+            n_done = sum(1 for s in current.values() if s not in ACTIVE and s != "unknown")
             bar.update(n_done - done)
             done = n_done
             if n_done == len(run_ids):
                 return current
             if timeout_s is not None and time.time() - start > timeout_s:
-                raise TimeoutError(f"runs still active after {timeout_s:.0f} s: {[r for r, s in current.items() if s in ACTIVE]}")
+                raise TimeoutError(f"runs still active after {timeout_s:.0f} s: {[r for r, s in current.items() if s in ACTIVE or s == 'unknown']}")
             time.sleep(poll_s)
     finally:
         bar.close()

@@ -342,3 +342,30 @@ def test_trainer_killed_hard_is_recorded_failed_then_retried(synth_tokens, tmp_p
     retry = ehrfm("sweep", "launch", out, "--executor", "local", "--retry-failed")
     assert retry.returncode == 0 and "1 completed" in retry.stdout
     assert json.loads((out / "runs" / rid / "result.json").read_text())["status"] == "completed"
+
+
+def test_replanning_keeps_finished_runs_and_reports_dropped_ones(local_sweep, synth_tokens, tmp_path):
+    out, p = local_sweep
+    assert p.returncode == 0
+    sweep_dir = tmp_path / "sweep"
+    shutil.copytree(out, sweep_dir)
+    before = {r["run_id"]: r for r in plan_rows(sweep_dir)}
+    from sweeps.plan import plan_sweep
+
+    # Add a budget: the old runs keep their ids and stay completed; the new ones are planned.
+    plan_sweep(synth_tokens, [1e9, 3e9, 1e10], sweep_dir, sizes=3, context=64, train={"batch_size": 8})
+    rows = plan_rows(sweep_dir)
+    assert set(before) < {r["run_id"] for r in rows}
+    from sweeps.collect import status_rows
+
+    states = {r["run_id"]: r["state"] for r in status_rows(sweep_dir)}
+    assert all(states[rid] == "completed" for rid in before)
+    assert all(states[r["run_id"]] == "planned" for r in rows if r["budget"] == 1e10)
+    # Drop a budget: its finished runs are still reported (budget null), never silently lost.
+    plan_sweep(synth_tokens, [3e9], sweep_dir, sizes=3, context=64, train={"batch_size": 8})
+    assert ehrfm("sweep", "collect", sweep_dir).returncode == 0
+    table = {r["run_id"]: r for r in pq.read_table(sweep_dir / "results.parquet").to_pylist()}
+    assert set(table) == set(before)
+    for rid, r in before.items():
+        assert table[rid]["status"] == "completed"
+        assert table[rid]["budget"] == (r["budget"] if r["budget"] == 3e9 else None)
