@@ -210,3 +210,13 @@ def test_cli_fit_and_bad_input(tmp_path):
     assert not (tmp_path / "fit2").exists()
     p = _cli("fit", path, "--out", tmp_path / "fit")
     assert p.returncode == 2 and "already exists" in p.stderr
+
+
+def test_csv_and_parquet_give_the_same_fit(tmp_path):
+    t = _small()
+    t.write_csv(tmp_path / "r.csv")
+    t.write_parquet(tmp_path / "r.parquet")
+    a = fit_results(tmp_path / "r.csv", approaches=(2,), bootstrap=20).to_json()
+    b = fit_results(tmp_path / "r.parquet", approaches=(2,), bootstrap=20).to_json()
+    a["inputs"].pop("source"), b["inputs"].pop("source")
+    assert a == b

@@ -101,3 +101,15 @@ def test_recommend_cli_from_a_fit_dir(fit, table, tmp_path):
     assert p.returncode == 0 and "(Approach 2)" in p.stdout
     p = subprocess.run([sys.executable, "-m", "ehrfm", "recommend", str(tmp_path / "nope"), "--flops", "1e20"], capture_output=True, text=True)
     assert p.returncode == 2 and "not found" in p.stderr and p.stderr.count("\n") == 1
+
+
+def test_unique_tokens_come_from_a_multi_epoch_table():
+    t = synthetic_results(LAW, budgets=np.logspace(18, 20, 3), sizes=7, noise=0.005, seed=5)
+    unique = float(t["tokens"].max()) / 2  # the biggest runs see their data twice
+    t = t.with_columns(unique_tokens=pl.lit(unique))
+    f = fit_results(t, approaches=(3,), bootstrap=20, seed=0)
+    assert f.inputs["unique_tokens"] == unique and f.inputs["multi_epoch"]
+    rec = recommend(f, 1e22)
+    assert rec.unique_tokens == unique and rec.epochs == pytest.approx(rec.d_opt / unique)
+    assert rec.epochs > 1 and rec.data_constrained is not None
+    assert not any("assumed, not fitted" in w for w in rec.warnings)
