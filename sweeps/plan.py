@@ -132,9 +132,18 @@ def run_train_config(sweep: SweepConfig, row: dict, run_dir: str | Path) -> Trai
     )
 
 
+# TrainConfig fields that do not change what a run computes (where it runs, how it is logged or
+# grouped into micro-batches; the trainer resumes across changes of these): not part of run ids,
+# so moving a sweep to another cluster or GPU size keeps its finished runs.
+NOT_IDENTITY = {
+    "tokens_dir", "out_dir", "overwrite", "extra", "device", "checkpoint_interval", "log_interval",
+    "eval_interval", "eval_batch_size", "micro_batch_size", "attention", "compile",
+}
+
+
 def run_id_for(fingerprint: str, budget: float, cfg: TrainConfig) -> str:
     """Stable id of a run: readable prefix + hash of everything that determines its result."""
-    identity = {k: v for k, v in cfg.to_dict().items() if k not in ("tokens_dir", "out_dir", "overwrite", "extra")}
+    identity = {k: v for k, v in cfg.to_dict().items() if k not in NOT_IDENTITY}
     identity["tokenizer_fingerprint"] = fingerprint
     identity["budget"] = float(budget)
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]

@@ -71,9 +71,12 @@ def test_plan_is_isoflop_and_stable(synth_tokens, tmp_path):
     assert [r["run_id"] for r in rows2] == [r["run_id"] for r in rows]
     _, rows3, _ = plan_sweep(synth_tokens, [1e9, 1e10], tmp_path / "a", sizes=5, context=64, train={"batch_size": 8})
     assert [r["run_id"] for r in rows3] == [r["run_id"] for r in rows]
-    # Another training option is another run.
+    # Another training option is another run; where and how it runs (device, micro-batches) is not.
     _, rows4, _ = plan_sweep(synth_tokens, [1e9, 1e10], tmp_path / "c", sizes=5, context=64, train={"batch_size": 8, "lr": 3e-4})
     assert not {r["run_id"] for r in rows4} & {r["run_id"] for r in rows}
+    _, rows5, _ = plan_sweep(synth_tokens, [1e9, 1e10], tmp_path / "d", sizes=5, context=64,
+                             train={"batch_size": 8, "micro_batch_size": 2, "device": "cpu", "log_interval": 10})
+    assert [r["run_id"] for r in rows5] == [r["run_id"] for r in rows]
     saved = json.loads((tmp_path / "a" / "sweep.json").read_text())
     assert saved["budgets"] == [1e9, 1e10] and saved["train"] == {"batch_size": 8} and saved["tokenizer_fingerprint"] == td.fingerprint
 
