@@ -1,11 +1,10 @@
 """`ehrfm sweep plan|launch|status|collect`: thin wrappers over sweeps' public functions.
 
-Only argparse is imported here; each handler imports its stage module when it runs.
+Nothing heavy is imported here (`ehrfm --help` stays instant); each handler imports its stage
+module when it runs.
 """
 
 from __future__ import annotations
-
-import argparse
 
 
 def _plan(args) -> int:

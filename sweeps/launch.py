@@ -129,6 +129,8 @@ def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
     if cfg.mem is not None and not re.fullmatch(r"\d+[KMGT]?B?", str(cfg.mem), flags=re.I):
         raise UserError(f"--mem {cfg.mem!r}: expected a size like 16G or 4000M")
     time_min = parse_time_minutes(cfg.time)
+    if cfg.executor == "local":
+        slots = local_slots(cfg, len(os.sched_getaffinity(0)), _visible_gpus() if cfg.gpus_per_node else [])
 
     # One launcher at a time decides and submits: two concurrent relaunches must not both submit
     # a run. A local launch holds the lock until its runs are recorded as queued under its pid.
@@ -145,7 +147,7 @@ def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
         if cfg.wait:
             _wait_slurm(sweep_dir, report, cfg.poll_s)
     else:
-        _run_local(sweep_dir, jobs, cfg, time_min, report)
+        _run_local(sweep_dir, jobs, cfg, slots, time_min, report)
     return report
 
 
@@ -380,25 +382,37 @@ def _visible_gpus() -> list[int]:
         return []
 
 
-def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, time_min: int, report: LaunchReport) -> None:
+@dataclass
+class LocalSlots:
+    max_parallel: int  # jobs at once
+    threads: int  # CPU threads per trainer
+    gpu_groups: list  # one list of GPU indices per slot ([] without GPUs)
+
+
+def local_slots(cfg: LaunchConfig, cores: int, gpus: list[int]) -> LocalSlots:
+    """How a local launch shares this machine: GPU groups when jobs use GPUs, else the cores
+    split evenly between jobs (and their DDP tasks) so that they never oversubscribe."""
+    tasks = _tasks_per_node(cfg)
+    if cfg.gpus_per_node:
+        if len(gpus) < cfg.gpus_per_node:
+            raise UserError(f"--gpus-per-node {cfg.gpus_per_node}: this machine has {len(gpus)} visible GPU(s)")
+        n_slots = len(gpus) // cfg.gpus_per_node
+        max_parallel = min(cfg.max_parallel or n_slots, n_slots)
+        groups = [gpus[i * cfg.gpus_per_node:(i + 1) * cfg.gpus_per_node] for i in range(max_parallel)]
+    else:
+        max_parallel = cfg.max_parallel or max(1, cores // (tasks * (cfg.cpus_per_task or 1)))
+        groups = []
+    threads = cfg.cpus_per_task or max(1, cores // (max_parallel * tasks))
+    return LocalSlots(max_parallel=max_parallel, threads=threads, gpu_groups=groups)
+
+
+def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, slots: LocalSlots, time_min: int, report: LaunchReport) -> None:
     import submitit
 
-    cores = len(os.sched_getaffinity(0))
-    gpus = _visible_gpus() if cfg.gpus_per_node else []
-    if cfg.gpus_per_node and len(gpus) < cfg.gpus_per_node:
-        raise UserError(f"--gpus-per-node {cfg.gpus_per_node}: this machine has {len(gpus)} visible GPU(s)")
-    tasks = _tasks_per_node(cfg)
-    # Slots: GPU groups when jobs use GPUs, else cores split evenly so jobs do not oversubscribe.
-    if gpus:
-        slots = len(gpus) // cfg.gpus_per_node
-        max_parallel = min(cfg.max_parallel or slots, slots)
-    elif cfg.max_parallel:
-        max_parallel = cfg.max_parallel
-    else:
-        max_parallel = max(1, cores // (tasks * (cfg.cpus_per_task or 1)))
-    threads = cfg.cpus_per_task or max(1, cores // (max_parallel * tasks))
     for job in jobs:
-        job.threads = threads
+        job.threads = slots.threads
+    max_parallel, threads, tasks = slots.max_parallel, slots.threads, _tasks_per_node(cfg)
+    gpus = [g for group in slots.gpu_groups for g in group]
 
     executor = submitit.LocalExecutor(folder=str(sweep_dir / "submitit" / "%j"), max_num_timeout=cfg.max_timeouts)
     executor.update_parameters(timeout_min=time_min, signal_delay_s=cfg.signal_delay_s,
@@ -406,9 +420,8 @@ def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, time_mi
     _save_launch(sweep_dir, cfg, report)
     pending = list(jobs)
     running: dict[str, tuple[object, TrainJob, list[int]]] = {}
-    free_gpu_groups = [gpus[i * cfg.gpus_per_node:(i + 1) * cfg.gpus_per_node] for i in range(max_parallel)] if gpus else []
+    free_gpu_groups = [list(g) for g in slots.gpu_groups]
     bar = progress(total=len(jobs), desc="runs", unit="run")
-    counts: dict[str, int] = {}
     start = time.time()
     try:
         while pending or running:
@@ -428,8 +441,7 @@ def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, time_mi
                     del running[rid]
                     if group:
                         free_gpu_groups.append(group)
-                    status = _local_outcome(sj, job)
-                    counts[status] = counts.get(status, 0) + 1
+                    _local_outcome(sj, job)
                     _write_record(sweep_dir, rid, finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
                     bar.update(1)
     except KeyboardInterrupt:

@@ -372,3 +372,19 @@ def test_replanning_keeps_finished_runs_and_reports_dropped_ones(local_sweep, sy
     for rid, r in before.items():
         assert table[rid]["status"] == "completed"
         assert table[rid]["budget"] == (r["budget"] if r["budget"] == 3e9 else None)
+
+
+def test_local_slots_share_the_machine_without_oversubscribing():
+    from sweeps.launch import LaunchConfig, local_slots
+
+    cpu = local_slots(LaunchConfig(executor="local"), cores=16, gpus=[])
+    assert (cpu.max_parallel, cpu.threads, cpu.gpu_groups) == (16, 1, [])
+    four = local_slots(LaunchConfig(executor="local", cpus_per_task=4), cores=16, gpus=[])
+    assert (four.max_parallel, four.threads) == (4, 4)
+    ddp = local_slots(LaunchConfig(executor="local", tasks_per_node=2, max_parallel=2), cores=16, gpus=[])
+    assert (ddp.max_parallel, ddp.threads) == (2, 4)  # 2 jobs x 2 ranks x 4 threads = 16 cores
+    gpu = local_slots(LaunchConfig(executor="local", gpus_per_node=2), cores=32, gpus=[0, 1, 2, 3, 4])
+    assert gpu.max_parallel == 2 and gpu.gpu_groups == [[0, 1], [2, 3]]  # GPU 4 alone cannot hold a job
+    assert gpu.threads == 8  # 32 cores / (2 jobs x 2 ranks)
+    with pytest.raises(UserError, match="this machine has 0 visible GPU"):
+        local_slots(LaunchConfig(executor="local", gpus_per_node=1), cores=8, gpus=[])

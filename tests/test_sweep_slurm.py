@@ -9,7 +9,6 @@ import json
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
