@@ -84,11 +84,12 @@ def bench_size(shape, args, device, autocast) -> dict:
     assert sum(p.numel() for p in hf.parameters()) == sum(p.numel() for p in ours.parameters())
     steps = {
         "ehrfm": make_step(ours, "ours", idx, targets, None, autocast),
+        **({"ehrfm_compiled": make_step(torch.compile(GPT(cfg).to(device)), "ours", idx, targets, None, autocast)} if args.compile else {}),
         "hf": make_step(hf, "hf", idx, targets, None, autocast),
         "ehrfm_packed": make_step(ours, "ours", idx, targets, packed_seg, autocast),
     }
     times = {k: [] for k in steps}
-    for _ in range(args.warmup):
+    for _ in range(args.warmup):  # includes torch.compile's compilation when --compile
         for f in steps.values():
             f()
     for _ in range(args.steps):
@@ -110,6 +111,7 @@ def main():
     ap.add_argument("--vocab", type=int, default=2048, help="a realistic EHR event vocabulary")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd ehrfm (compiles for minutes on CPU)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="GPU dense bf16 peak for MFU (H100 SXM: 989)")
     args = ap.parse_args()
@@ -130,7 +132,8 @@ def main():
         r = bench_size(shape, args, device, autocast)
         results.append(r)
         print(f"{str(shape):>18} {r['n_params']:>10,} {r['ehrfm']:>12,.0f} {r['hf']:>10,.0f} "
-              f"{r['ehrfm'] / r['hf']:>6.2f} {r['ehrfm_packed']:>13,.0f}", flush=True)
+              f"{r['ehrfm'] / r['hf']:>6.2f} {r['ehrfm_packed']:>13,.0f}"
+              + (f"  compiled {r['ehrfm_compiled']:,.0f} tok/s (ratio {r['ehrfm_compiled'] / r['hf']:.2f})" if args.compile else ""), flush=True)
     ratios = [r["ehrfm"] / r["hf"] for r in results]
     print(f"ratio ehrfm/HF: min {min(ratios):.2f}, geometric mean {statistics.geometric_mean(ratios):.2f} (goal >= 1.0 each)")
     if cuda:

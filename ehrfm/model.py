@@ -145,7 +145,7 @@ class Attention(nn.Module):
             # xformers wants (1, B*T, H, hd): the whole batch as one block-diagonal sequence
             flat = lambda t: t.transpose(1, 2).reshape(1, B * T, self.n_head, self.head_dim)  # noqa: E731
             y = _xformers_ops().memory_efficient_attention(flat(q), flat(k), flat(v), attn_bias=layout.bias)
-            y = y.view(B, T, C)
+            y = y.reshape(B, T, C)
         else:
             if layout.kind == "causal":
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True)

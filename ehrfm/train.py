@@ -384,7 +384,7 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
     model = core
     if dd.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile and device.type == "cuda":
+    if cfg.compile:  # minutes of compile on CPU; pays off only for long runs
         model = torch.compile(model)
 
     pad_id = td.pad_id if "PAD" in td.vocab else 0

@@ -59,7 +59,7 @@ def register(sub) -> None:
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     ev.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="auto: bf16 autocast on CUDA, fp32 on CPU")
     ev.add_argument("--attention", default="auto", choices=["auto", "sdpa", "xformers"])
-    ev.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA only)")
+    ev.add_argument("--compile", action="store_true", help="torch.compile the model (faster steps after a compile of minutes on CPU)")
     ev.add_argument("--overwrite", action="store_true", help="discard an existing run dir and start over")
     p.set_defaults(func=_run)
 

@@ -80,9 +80,32 @@ def test_trains_exactly_d_tokens_and_learns(tok, tmp_path):
     assert [l["step"] for l in lines[:-1]] == list(range(1, res["steps"] + 1))
     # it learned: far below the uniform loss ln(40) = 3.69 and below the first steps' loss
     assert res["val_loss"] < 0.8 * math.log(40) and lines[-2]["train_loss"] < lines[0]["train_loss"] - 0.5
+    from ehrfm.tokens import TokenDir
+
+    assert res["eval_tokens"] == min(4096, TokenDir(tok).split("tuning").n_tokens)  # all of a small tuning split
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["model"]["vocab_size"] == 40 and config["tokens"] == D
     assert {p.name for p in (tmp_path / "run" / "checkpoint").iterdir()} >= {"model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json", "model_config.json"}
+
+
+def test_seed_fixes_everything(tok, tmp_path):
+    from safetensors.torch import load_file
+
+    kw = dict(tokens=3000, eval_tokens=1024)
+    a = train(cfg_for(tok, tmp_path / "a", seed=5, **kw))
+    b = train(cfg_for(tok, tmp_path / "b", seed=5, **kw))
+    c = train(cfg_for(tok, tmp_path / "c", seed=6, **kw))
+    wa, wb, wc = (load_file(str(tmp_path / r / "checkpoint" / "model.safetensors")) for r in "abc")
+    assert a["val_loss"] == b["val_loss"] != c["val_loss"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa) and not torch.equal(wa["head.weight"], wc["head.weight"])
+
+
+def test_flops_budget_sets_tokens(tok, tmp_path):
+    from ehrfm.shapes import flops_per_token
+
+    res = train(cfg_for(tok, tmp_path / "run", tokens=None, flops=2e9, eval_tokens=1024))
+    assert res["tokens"] == int(2e9 // res["flops_per_token"]) and res["flops"] <= 2e9
+    assert res["flops_per_token"] == flops_per_token(cfg_for(tok, "x").model_config(40))
 
 
 def test_lr_schedule_warmup_then_cosine_to_ten_percent():
