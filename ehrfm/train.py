@@ -198,9 +198,11 @@ class _Dist:
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.owns_group = False
-        cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda") or device_pref.startswith("cuda")
-        if device_pref == "cpu":
-            cuda = False
+        if device_pref not in ("auto", "cpu") and not device_pref.startswith("cuda"):
+            raise UserError(f"--device must be auto, cpu, cuda or cuda:N (got {device_pref!r})")
+        if device_pref.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"--device {device_pref} requested but CUDA is not available on this machine")
+        cuda = device_pref.startswith("cuda") or (device_pref == "auto" and torch.cuda.is_available())
         if cuda:
             self.device = torch.device(f"cuda:{self.local_rank}" if device_pref in ("auto", "cuda") else device_pref)
             torch.cuda.set_device(self.device)

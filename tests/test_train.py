@@ -134,3 +134,12 @@ def test_tiny_run_on_real_pipeline_tokens_loads_for_heads(tiny_run, synth_tokens
         h = model.hidden_states(idx)
         logits, _ = model(idx)
     assert h.shape == (1, idx.shape[1], 32) and torch.isfinite(logits).all()
+
+
+def test_gradient_accumulation_is_the_same_step(tok, tmp_path):
+    """micro_batch_size regroups the same loss sum: 8 rows at once == 4 micro-batches of 2 (fp32 rounding)."""
+    a = train(cfg_for(tok, tmp_path / "a", tokens=5000, eval_tokens=1024))
+    b = train(cfg_for(tok, tmp_path / "b", tokens=5000, eval_tokens=1024, micro_batch_size=2))
+    la = [json.loads(l)["train_loss"] for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(l)["train_loss"] for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert lb == pytest.approx(la, rel=1e-5) and b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)

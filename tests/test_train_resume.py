@@ -179,6 +179,9 @@ def test_bad_token_dir_is_one_clear_error(tok, tmp_path):
     assert not (tmp_path / "run").exists()
     with pytest.raises(UserError, match="tokenizer.json not found"):
         train(TrainConfig(tokens_dir=str(tmp_path / "nope"), out_dir=str(tmp_path / "run"), tokens=1000))
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="CUDA is not available"):
+            train(TrainConfig(tokens_dir=str(tok), out_dir=str(tmp_path / "run"), tokens=1000, device="cuda"))
     with pytest.raises(UserError, match="less than one token"):
         train(TrainConfig(tokens_dir=str(tok), out_dir=str(tmp_path / "run"), flops=10.0))
     assert not (tmp_path / "run").exists()
