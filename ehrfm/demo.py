@@ -56,8 +56,8 @@ class DemoConfig:
     @classmethod
     def quick_config(cls, **overrides) -> "DemoConfig":
         """A ~2-minute smoke version: a small cohort, three tiny budgets, three sizes each."""
-        base = dict(patients=600, budgets=[2e10, 6e10, 2e11], sizes=3, span_dex=0.6, bootstrap=50,
-                    head_bootstrap=100, max_labels=300, quick=True)
+        base = dict(patients=300, budgets=[1e10, 2e10, 4e10], sizes=3, span_dex=0.5, bootstrap=50,
+                    head_bootstrap=100, max_labels=150, quick=True)
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 

@@ -1,0 +1,60 @@
+"""The main job end to end: `ehrfm demo --quick` on the built-in synthetic data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _run_demo(out, seed=0):
+    cmd = [sys.executable, "-m", "ehrfm", "demo", "--quick", "--out", str(out), "--seed", str(seed)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "quick"
+    proc = _run_demo(out)
+    return out, proc
+
+
+def test_quick_demo_writes_report_fits_and_figures(quick_demo):
+    out, proc = quick_demo
+    last = proc.stdout.strip().splitlines()[-1]
+    assert "report.md" in last  # the final line names the report
+    report = (out / "report.md").read_text()
+    for section in ("## Data", "## Sweep", "## Fitted scaling laws", "## Figures", "## Clinical heads",
+                    "## What the next 10x and 100x of compute buy"):
+        assert section in report, section
+    fits = json.loads((out / "fit" / "fits.json").read_text())
+    assert fits["n_runs"] >= 9
+    for name in ("isoflops", "optimal_scaling", "frontier", "utility"):
+        for ext in ("png", "pdf"):
+            path = out / "fit" / f"{name}.{ext}"
+            assert path.stat().st_size > 5_000, path
+            assert f"fit/{name}.png" in report
+    results = out / "sweep" / "results.parquet"
+    import polars as pl
+
+    table = pl.read_parquet(results)
+    assert (table["status"] == "completed").all()
+    assert {c for c in table.columns if c.startswith("auroc/")} == {
+        "auroc/in_hospital_mortality", "auroc/long_los", "auroc/icu_admission", "auroc/readmission_30d"}
+    assert json.loads((out / "demo_config.json").read_text())["quick"] is True
+
+
+def test_quick_demo_rerun_with_same_seed_gives_same_fits(quick_demo, tmp_path):
+    out, _ = quick_demo
+    again = tmp_path / "again"
+    _run_demo(again)
+    a = json.loads((out / "fit" / "fits.json").read_text())
+    b = json.loads((again / "fit" / "fits.json").read_text())
+    a.pop("inputs", None), b.pop("inputs", None)  # the input path differs
+    assert a == b
