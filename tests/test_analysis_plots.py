@@ -53,3 +53,15 @@ def test_make_plots_writes_png_and_pdf(fitted, tmp_path):
     plot_utility(ax, fit, res, "icu")
     assert "AUROC" in ax.get_ylabel()
     plt.close(fig)
+
+
+def test_plots_without_approach2_still_show_the_isoflop_runs(tmp_path):
+    t = synthetic_results(BESIROGLU, budgets=(1e18, 1e19), sizes=3, noise=0.005, seed=0)
+    res = load_results(t)
+    fit = fit_results(res, approaches=(1, 3), bootstrap=20, seed=0)
+    names = {p.name for p in make_plots(fit, res, tmp_path)}
+    assert {"isoflops.png", "optimal_scaling.png", "frontier.png"} <= names and "utility.png" not in names
+    fig, ax = plt.subplots()
+    plot_isoflops(ax, fit, res)
+    assert len(ax.lines) == 0 and sum(len(c.get_offsets()) for c in ax.collections) == 6
+    plt.close(fig)
