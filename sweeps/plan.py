@@ -284,6 +284,9 @@ def plan_sweep(
     import ehrfm
     from ehrfm.tokens import TokenDir
 
+    clash = sorted(set(train or {}) & PER_RUN_FIELDS)
+    if clash:
+        raise UserError(f"train options {', '.join(clash)} are set per run by the planner, not per sweep")
     budgets = sorted({float(b) for b in budgets})
     if not budgets or not all(b > 0 and math.isfinite(b) for b in budgets):
         raise UserError(f"budgets must be positive finite FLOPs (got {budgets})")

@@ -195,5 +195,8 @@ def test_slurm_refusal_is_one_clear_error_and_leaves_runs_planned(synth_tokens, 
     assert p.stderr.strip().splitlines() == [
         "ehrfm sweep: error: sbatch refused the sweep's jobs: sbatch: error: Batch job submission failed: Invalid partition name specified"
     ]
+    # GPUs reach sbatch (this test cluster has none, so SLURM refuses the GRES request).
+    gpu = ehrfm("sweep", "launch", out, "--executor", "slurm", "--gpus-per-node", "2")
+    assert gpu.returncode == 2 and len(gpu.stderr.strip().splitlines()) == 1 and "gres" in gpu.stderr.lower(), gpu.stderr
     status = ehrfm("sweep", "status", out)
     assert "4 runs: 4 planned" in status.stdout  # nothing recorded as queued
