@@ -377,10 +377,11 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fused,
     )
-    step, wall_s = 0, 0.0
+    step, wall_s, train_loss = 0, 0.0, float("nan")
     if has_checkpoint(run_dir):
         state = load_training_state(run_dir, core, optimizer, device=device)
         step, wall_s = int(state["step"]), float(state["wall_s"])
+        train_loss = float(state.get("train_loss", "nan"))
     if dd.main:
         _truncate_metrics(run_dir / "metrics.jsonl", step)
     model = core
@@ -399,6 +400,7 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
 
     def checkpoint_state(status: str) -> dict:
         return {"step": step, "tokens_seen": min(step * step_tokens, D), "wall_s": wall_s, "status": status,
+                "train_loss": train_loss,
                 "tokenizer_fingerprint": td.fingerprint, "steps": n_steps, "tokens": D}
 
     metrics_f = open(run_dir / "metrics.jsonl", "a") if dd.main else None
@@ -406,7 +408,6 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
     bar = progress(total=D, initial=min(step * step_tokens, D), unit="tok", unit_scale=True, desc="train", **quiet)
     model.train()
     session_t0, session_tokens = time.perf_counter(), 0
-    train_loss = float("nan")
     try:
         while step < n_steps:
             t0 = time.perf_counter()
