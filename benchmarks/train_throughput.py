@@ -2,7 +2,9 @@
 
 For each size, both models get the identical shape (n_layer, d_model, heads, SwiGLU width, vocab,
 context, batch, untied head, no biases, fp32 on CPU / bf16 autocast on CUDA) and the same
-random token batch; one training step = forward + cross-entropy + backward + AdamW step.
+random token batch; one training step = forward + cross-entropy + backward + AdamW step, each
+library's training path (ehrfm: the fused head + loss, `return_logits=False`, as ehrfm.train runs;
+HF: logits, then F.cross_entropy).
 Steps of the two models are interleaved (A B A B ...) so that load from other processes on a
 shared machine hits both alike; the median step time is reported. Rows are single sequences
 (HF has no block-diagonal packing), so this measures the plain causal path; the last column is
@@ -58,7 +60,7 @@ def make_step(model, kind: str, idx, targets, seg, autocast):
                 logits = model(input_ids=idx).logits
                 loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
             else:
-                _, loss = model(idx, targets, segment_ids=seg)
+                _, loss = model(idx, targets, segment_ids=seg, return_logits=False)  # as ehrfm.train does
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

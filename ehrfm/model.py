@@ -94,6 +94,39 @@ def attention_layout(segment_ids: torch.Tensor | None, T: int, device: torch.dev
     return AttentionLayout("mask", mask=(same & causal)[:, None])
 
 
+# --- loss ---------------------------------------------------------------------------------------
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of (h @ W.T) without keeping logits, log-softmax or a zero-filled grad.
+
+    Forward turns the logits buffer into softmax probabilities in place; backward subtracts the
+    one-hot targets from it and multiplies back: one (N, V) buffer instead of three, no extra
+    passes. Same math as F.cross_entropy(F.linear(h, W), t, reduction="sum"); used by training.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, targets):
+        logits = (h @ weight.t()).float()
+        valid = targets != IGNORE_INDEX
+        safe = torch.where(valid, targets, 0)
+        lse = torch.logsumexp(logits, dim=-1)
+        picked = logits.gather(1, safe[:, None])[:, 0]
+        loss = ((lse - picked) * valid).sum()
+        probs = logits.sub_(lse[:, None]).exp_()  # in place: the logits are not needed again
+        ctx.save_for_backward(h, weight, probs, safe, valid)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        h, weight, probs, safe, valid = ctx.saved_tensors
+        dlogits = probs
+        dlogits[torch.arange(len(safe), device=safe.device), safe] -= 1.0
+        dlogits.mul_((grad_loss * valid)[:, None])
+        dlogits = dlogits.to(h.dtype)
+        return dlogits @ weight.to(h.dtype), dlogits.t() @ h, None
+
+
 # --- rotary embeddings --------------------------------------------------------------------------
 
 
@@ -262,12 +295,19 @@ class GPT(nn.Module):
             x = block(x, cos, sin, layout)
         return self.norm(x)
 
-    def forward(self, idx, targets=None, segment_ids=None, positions=None, reduction: str = "mean"):
+    def forward(self, idx, targets=None, segment_ids=None, positions=None, reduction: str = "mean", return_logits: bool = True):
         """idx (B, T) -> (logits (B, T, V), loss). loss is None without targets.
 
         reduction: "mean" over non-ignored targets, "sum", or "none" ((B, T), 0 where ignored).
+        return_logits=False (with targets, reduction "sum" or "mean"): logits are not kept and
+        None is returned for them; the training path (LinearCrossEntropy, less memory traffic).
         """
         h = self._trunk(idx, segment_ids, positions)
+        if targets is not None and not return_logits and reduction in ("sum", "mean"):
+            loss = LinearCrossEntropy.apply(h.reshape(-1, h.size(-1)), self.head.weight, targets.reshape(-1))
+            if reduction == "mean":
+                loss = loss / (targets != IGNORE_INDEX).sum().clamp_min(1)
+            return None, loss
         logits = self.head(h)
         if targets is None:
             return logits, None

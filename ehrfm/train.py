@@ -432,7 +432,7 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
                 sync = contextlib.nullcontext() if (last or dd.world == 1) else model.no_sync()
                 with sync:
                     with autocast():
-                        _, part = model(idx, tgt, segment_ids=seg, reduction="sum")
+                        _, part = model(idx, tgt, segment_ids=seg, reduction="sum", return_logits=False)
                     # DDP averages gradients over ranks; scaling by world/n makes that the global mean
                     (part * (dd.world / max(n_predicted, 1))).backward()
                 loss_sum += part.detach().double()

@@ -140,3 +140,25 @@ def test_same_function_as_hf_llama():
         idx = torch.randint(0, cfg.vocab_size, (2, 32))
         torch.testing.assert_close(m(idx)[0], hf(idx).logits, atol=1e-5, rtol=1e-4)
     assert sum(p.numel() for p in hf.parameters()) == n_params_total(cfg)
+
+
+def test_fused_training_loss_matches_reference_loss_and_grads():
+    cfg = small(vocab_size=61)
+    idx = torch.randint(0, cfg.vocab_size, (3, 40), generator=torch.Generator().manual_seed(4))
+    tgt = torch.roll(idx, -1, 1)
+    tgt[:, -1] = IGNORE_INDEX
+    tgt[1, :7] = IGNORE_INDEX
+    seg = (torch.arange(40) // 13).expand(3, -1)
+    grads, losses = [], []
+    for fused in (False, True):
+        m = model(cfg).train()
+        _, loss = m(idx, tgt, segment_ids=seg, reduction="sum", return_logits=not fused)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters()})
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-5)
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-6, msg=n)
+    m = model(cfg)
+    assert m(idx, tgt, return_logits=False)[0] is None
+    torch.testing.assert_close(m(idx, tgt, return_logits=False)[1], m(idx, tgt)[1], rtol=1e-5, atol=1e-6)
