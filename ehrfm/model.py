@@ -106,6 +106,7 @@ class LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")  # backward then runs under the forward's autocast (bf16 matmuls)
     def forward(ctx, h, weight, targets):
         logits = (h @ weight.t()).float()
         valid = targets != IGNORE_INDEX
@@ -118,13 +119,13 @@ class LinearCrossEntropy(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_loss):
         h, weight, probs, safe, valid = ctx.saved_tensors
         dlogits = probs
         dlogits[torch.arange(len(safe), device=safe.device), safe] -= 1.0
         dlogits.mul_((grad_loss * valid)[:, None])
-        dlogits = dlogits.to(h.dtype)
-        return dlogits @ weight.to(h.dtype), dlogits.t() @ h, None
+        return dlogits @ weight, dlogits.t() @ h, None  # autocast (CUDA) picks the matmul dtype
 
 
 # --- rotary embeddings --------------------------------------------------------------------------
