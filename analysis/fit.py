@@ -26,6 +26,7 @@ from analysis import parametric
 from analysis.laws import R_STAR_DATA, effective_tokens, fit_power_law, percentile_ci
 from analysis.table import Results, load_results
 from ehrfm.errors import UserError
+from ehrfm.io import format_ci
 
 
 @dataclass
@@ -429,6 +430,14 @@ def fit_approach3(res: Results, counts: np.ndarray | None, cfg: FitConfig):
         data = np.where(np.isfinite(res.unique_tokens), effective_tokens(res.tokens, res.unique_tokens, cfg.r_star), res.tokens)
     best = parametric.fit_parametric(res.n_params, data, res.loss, delta=cfg.huber_delta)
     point = _a3_derived(np.array(best.theta))[0]
+    alpha, beta, G = point[A3_KEYS.index("alpha")], point[A3_KEYS.index("beta")], point[A3_KEYS.index("G")]
+    if not (alpha > 0 and beta > 0 and np.isfinite(G)):
+        # A law whose loss does not fall with N or with D has no compute-optimal frontier: report
+        # it rather than hand the recommender a meaningless optimum.
+        raise UserError(
+            f"Approach 3: the best parametric fit is degenerate (alpha={alpha:.3g}, beta={beta:.3g}); the runs do not "
+            "constrain L(N, D) = E + A/N^alpha + B/D^beta (too narrow a range of N and D, or too noisy)"
+        )
     draws = np.full((0 if counts is None else len(counts), 8), np.nan)
     if counts is not None and len(counts):
         starts = best.local_optima[: cfg.bootstrap_starts]
@@ -601,15 +610,6 @@ def runs_frame(res: Results):
     return pl.DataFrame(cols)
 
 
-def _ci(x, ci, fmt="{:.3g}") -> str:
-    if x is None or not np.isfinite(x):
-        return "n/a"
-    s = fmt.format(x)
-    if ci and all(v is not None and np.isfinite(v) for v in ci):
-        s += f" [{fmt.format(ci[0])}, {fmt.format(ci[1])}]"
-    return s
-
-
 def format_fit_table(fit: FitResult) -> str:
     """A compact markdown summary: one row per approach, then per-budget and utility rows."""
     pct = int(round(fit.config.confidence * 100))
@@ -622,28 +622,28 @@ def format_fit_table(fit: FitResult) -> str:
     ]
     if fit.approach1:
         f = fit.approach1
-        lines.append(f"| 1 envelope | {_ci(f.a, f.a_ci)} | {_ci(f.b, f.b_ci)} | {f.n_points} envelope runs |")
+        lines.append(f"| 1 envelope | {format_ci(f.a, f.a_ci)} | {format_ci(f.b, f.b_ci)} | {f.n_points} envelope runs |")
     if fit.approach2:
         f = fit.approach2
-        lines.append(f"| 2 IsoFLOP | {_ci(f.a, f.a_ci)} | {_ci(f.b, f.b_ci)} | {f.n_budgets_used} of {len(f.budgets)} budgets; L_min ~ C^{f.loss_exponent:.3g} |")
+        lines.append(f"| 2 IsoFLOP | {format_ci(f.a, f.a_ci)} | {format_ci(f.b, f.b_ci)} | {f.n_budgets_used} of {len(f.budgets)} budgets; L_min ~ C^{f.loss_exponent:.3g} |")
     if fit.approach3:
         f = fit.approach3
         lines.append(
-            f"| 3 parametric | {_ci(f.a, f.a_ci)} | {_ci(f.b, f.b_ci)} | E={_ci(f.E, f.E_ci)}, A={_ci(f.A, f.A_ci)}, "
-            f"B={_ci(f.B, f.B_ci)}, alpha={_ci(f.alpha, f.alpha_ci)}, beta={_ci(f.beta, f.beta_ci)} |"
+            f"| 3 parametric | {format_ci(f.a, f.a_ci)} | {format_ci(f.b, f.b_ci)} | E={format_ci(f.E, f.E_ci)}, A={format_ci(f.A, f.A_ci)}, "
+            f"B={format_ci(f.B, f.B_ci)}, alpha={format_ci(f.alpha, f.alpha_ci)}, beta={format_ci(f.beta, f.beta_ci)} |"
         )
     if fit.approach2:
         lines += ["", "| budget (FLOPs) | runs | N_opt | D_opt | L_min (nats/token) | R^2 | used |", "|---|---|---|---|---|---|---|"]
         for bf in fit.approach2.budgets:
             used = "yes" if bf.used else f"no: {bf.reason}"
             lines.append(
-                f"| {bf.budget:.3g} | {bf.n_points} | {_ci(bf.n_opt, bf.n_opt_ci)} | {_ci(bf.d_opt, bf.d_opt_ci)} | "
-                f"{_ci(bf.loss_min, bf.loss_min_ci, '{:.4g}')} | {_ci(bf.r2, None)} | {used} |"
+                f"| {bf.budget:.3g} | {bf.n_points} | {format_ci(bf.n_opt, bf.n_opt_ci)} | {format_ci(bf.d_opt, bf.d_opt_ci)} | "
+                f"{format_ci(bf.loss_min, bf.loss_min_ci, '{:.4g}')} | {format_ci(bf.r2, None)} | {used} |"
             )
     if fit.utility:
         lines += ["", "| task | 1 - AUROC ~ C^k: k | budgets |", "|---|---|---|"]
         for name, u in fit.utility.items():
-            lines.append(f"| {name} | {_ci(u.exponent, u.exponent_ci)} | {u.n_points} |")
+            lines.append(f"| {name} | {format_ci(u.exponent, u.exponent_ci)} | {u.n_points} |")
     if fit.warnings:
         lines += ["", "Warnings:"] + [f"- {w}" for w in fit.warnings]
     return "\n".join(lines)

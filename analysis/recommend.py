@@ -22,6 +22,7 @@ import numpy as np
 
 from analysis.laws import R_STAR_DATA, effective_tokens, percentile_ci
 from ehrfm.errors import UserError
+from ehrfm.io import format_ci
 
 EXTRAPOLATION_WARN = 10.0  # warn past this factor beyond the largest fitted budget
 
@@ -223,26 +224,17 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
     )
 
 
-def _fmt(x, ci=None, f="{:.3g}"):
-    if x is None or not np.isfinite(x):
-        return "n/a"
-    s = f.format(x)
-    if ci and all(v is not None and np.isfinite(v) for v in ci):
-        s += f" [{f.format(ci[0])}, {f.format(ci[1])}]"
-    return s
-
-
 def format_recommendation(rec: Recommendation) -> str:
     """Markdown: the headline, one row per approach, the shape, repeated-data and utility notes."""
     lines = [
-        f"Budget {rec.flops:.3g} FLOPs (Approach {rec.approach}): N_opt {_fmt(rec.n_opt, rec.n_opt_ci)} non-embedding parameters, "
-        f"D_opt {_fmt(rec.d_opt, rec.d_opt_ci)} tokens, predicted loss {_fmt(rec.loss, rec.loss_ci, '{:.4g}')} nats/token.",
+        f"Budget {rec.flops:.3g} FLOPs (Approach {rec.approach}): N_opt {format_ci(rec.n_opt, rec.n_opt_ci)} non-embedding parameters, "
+        f"D_opt {format_ci(rec.d_opt, rec.d_opt_ci)} tokens, predicted loss {format_ci(rec.loss, rec.loss_ci, '{:.4g}')} nats/token.",
         "",
         "| approach | N_opt | D_opt | loss (nats/token) |",
         "|---|---|---|---|",
     ]
     for p in rec.per_approach:
-        lines.append(f"| {p.approach} | {_fmt(p.n_opt, p.n_opt_ci)} | {_fmt(p.d_opt, p.d_opt_ci)} | {_fmt(p.loss, p.loss_ci, '{:.4g}')} |")
+        lines.append(f"| {p.approach} | {format_ci(p.n_opt, p.n_opt_ci)} | {format_ci(p.d_opt, p.d_opt_ci)} | {format_ci(p.loss, p.loss_ci, '{:.4g}')} |")
     if rec.shape:
         s = rec.shape
         target = "the data-constrained optimum" if rec.data_constrained else "N_opt"
@@ -255,14 +247,14 @@ def format_recommendation(rec: Recommendation) -> str:
         dc = rec.data_constrained
         lines += [
             f"Repeated data (Muennighoff et al. 2023, R*={dc['r_star']}): at N_opt the loss would be "
-            f"{_fmt(dc['loss_at_unconstrained_optimum'], dc.get('loss_at_unconstrained_optimum_ci'), '{:.4g}')}; "
-            f"the data-constrained optimum is N {_fmt(dc['n_opt'], dc.get('n_opt_ci'))}, D {_fmt(dc['d_opt'], dc.get('d_opt_ci'))} "
-            f"({dc['epochs']:.1f} epochs, {dc['effective_tokens']:.3g} effective tokens), loss {_fmt(dc['loss'], dc.get('loss_ci'), '{:.4g}')}."
+            f"{format_ci(dc['loss_at_unconstrained_optimum'], dc.get('loss_at_unconstrained_optimum_ci'), '{:.4g}')}; "
+            f"the data-constrained optimum is N {format_ci(dc['n_opt'], dc.get('n_opt_ci'))}, D {format_ci(dc['d_opt'], dc.get('d_opt_ci'))} "
+            f"({dc['epochs']:.1f} epochs, {dc['effective_tokens']:.3g} effective tokens), loss {format_ci(dc['loss'], dc.get('loss_ci'), '{:.4g}')}."
         ]
     if rec.utility:
         lines += ["", "| task | predicted AUROC |", "|---|---|"]
         for task, u in rec.utility.items():
-            lines.append(f"| {task} | {_fmt(u['auroc'], u['auroc_ci'])} |")
+            lines.append(f"| {task} | {format_ci(u['auroc'], u['auroc_ci'])} |")
     for w in rec.warnings:
         lines.append(f"\nWarning: {w}")
     return "\n".join(lines)

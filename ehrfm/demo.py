@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ehrfm.errors import UserError
-from ehrfm.io import atomic_file, read_json, summary, write_json
+from ehrfm.io import atomic_file, format_ci, read_json, summary, write_json
 
 TASKS = ("in_hospital_mortality", "long_los", "icu_admission", "readmission_30d")
 
@@ -36,28 +36,29 @@ class DemoConfig:
     """Everything that decides a demo; saved as DIR/demo_config.json."""
 
     out: str = "demo_out"
-    patients: int = 4000
+    patients: int = 8000
     seed: int = 0
-    budgets: list = field(default_factory=lambda: [1e11, 3e11, 1e12])
+    budgets: list = field(default_factory=lambda: [3e11, 6e11, 1.2e12])
     sizes: int = 5
-    span_dex: float = 1.0  # model sizes span N*(C) * 10^(+-span_dex)
-    tokens_per_param: float = 20.0  # D/N at the centre of each budget's ladder
+    span_dex: float = 0.7  # model sizes span N*(C) * 10^(+-span_dex)
+    tokens_per_param: float = 60.0  # D/N at the centre of each budget's ladder (this data's optimum is ~100)
     context: int = 256
     batch_size: int = 8  # rows per optimizer step: small budgets still take enough steps
-    lr: float = 2e-3
+    lr: float = 1e-2  # tiny models train best with a high peak lr (tuned on the default budgets)
+    eval_tokens: int = 65_536  # the same fixed tuning sample for every run
     executor: str = "local"
     max_parallel: int | None = None  # local: cores; SLURM: array throttle
     slurm_partition: str | None = None
     bootstrap: int = 400  # fit intervals
     head_bootstrap: int = 1000  # clinical metric intervals
-    max_labels: int = 1000  # labels per split and task scored for every sweep run
+    max_labels: int = 500  # labels per split and task scored for every sweep run
     quick: bool = False
 
     @classmethod
     def quick_config(cls, **overrides) -> "DemoConfig":
         """A ~2-minute smoke version: a small cohort, three tiny budgets, three sizes each."""
-        base = dict(patients=300, budgets=[1e10, 2e10, 4e10], sizes=3, span_dex=0.5, bootstrap=50,
-                    head_bootstrap=100, max_labels=150, quick=True)
+        base = dict(patients=600, budgets=[1e10, 2e10, 4e10], sizes=3, span_dex=0.5, bootstrap=50,
+                    head_bootstrap=100, max_labels=100, eval_tokens=16_384, quick=True)
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 
@@ -120,7 +121,7 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
     if not _reuse(labels_dir):
         st.run("labels", _write_all_labels, meds, labels_dir, make_labels, write_labels)
 
-    train_opts = {"batch_size": cfg.batch_size, "lr": cfg.lr}
+    train_opts = {"batch_size": cfg.batch_size, "lr": cfg.lr, "eval_tokens": cfg.eval_tokens}
     st.run("sweep plan", plan_sweep, tok, cfg.budgets, sweep, sizes=cfg.sizes, span_dex=cfg.span_dex,
            tokens_per_param=cfg.tokens_per_param, context=cfg.context, train=train_opts)
     launch = LaunchConfig(executor=cfg.executor, max_parallel=cfg.max_parallel, partition=cfg.slurm_partition,
@@ -216,19 +217,15 @@ def _clinical_heads(cfg: DemoConfig, meds, tok, labels_dir, results_path, heads_
 # The report
 
 
-def _fmt_ci(x, ci, f="{:.3f}") -> str:
-    if x is None:
-        return "n/a"
-    s = f.format(x)
-    if ci and None not in ci:
-        s += f" [{f.format(ci[0])}, {f.format(ci[1])}]"
-    return s
+def _ci3(x, ci) -> str:
+    return format_ci(x, ci, "{:.3f}")
 
 
 def _scaling_verdict(fit) -> tuple[bool, str]:
     """Is this a real scaling result: >= 3 budgets with positive curvature and an interior minimum?"""
     if fit is None or fit.approach2 is None:
-        return False, "no IsoFLOP fit could be made"
+        why = (fit.not_fitted.get("approach2") if fit is not None else None) or "no IsoFLOP fit could be made"
+        return False, f"Approach 2 was not fitted: {why}."
     good = [b for b in fit.approach2.budgets if b.used and b.curvature > 0 and b.interior]
     lines = [f"{len(good)} of {len(fit.approach2.budgets)} budgets have a parabola with positive curvature and an "
              f"interior minimum (needed: 3)."]
@@ -253,8 +250,8 @@ def _report(cfg, st, out, meds, tok, labels_dir, results_path, fit, fit_error, h
     L += ["## Headline", ""]
     if ok:
         a2 = fit.approach2
-        L.append(f"A real scaling result: {verdict} Approach 2 gives N_opt ~ C^{_fmt_ci(a2.a, a2.a_ci)} and "
-                 f"D_opt ~ C^{_fmt_ci(a2.b, a2.b_ci)} (95% bootstrap intervals).")
+        L.append(f"A real scaling result: {verdict} Approach 2 gives N_opt ~ C^{_ci3(a2.a, a2.a_ci)} and "
+                 f"D_opt ~ C^{_ci3(a2.b, a2.b_ci)} (95% bootstrap intervals).")
     else:
         L.append(f"**No reliable scaling result from this run**: {verdict} {fit_error or ''} "
                  "Widen the budgets or sizes (`--budgets`, `--sizes`) or use more patients.")
@@ -338,9 +335,9 @@ def _report(cfg, st, out, meds, tok, labels_dir, results_path, fit, fit_error, h
         lr = b["models"]["logistic_regression"] if b else {}
         gb = b["models"]["gradient_boosting"] if b else {}
         p = p or {}
-        L.append(f"| {task} | {ref['n']} | {ref['prevalence']:.1%} | {_fmt_ci(lr.get('auroc'), lr.get('auroc_ci'))} | "
-                 f"{_fmt_ci(gb.get('auroc'), gb.get('auroc_ci'))} | {_fmt_ci(p.get('auroc'), p.get('auroc_ci'))} | "
-                 f"{_fmt_ci(p.get('auprc'), p.get('auprc_ci'))} |")
+        L.append(f"| {task} | {ref['n']} | {ref['prevalence']:.1%} | {_ci3(lr.get('auroc'), lr.get('auroc_ci'))} | "
+                 f"{_ci3(gb.get('auroc'), gb.get('auroc_ci'))} | {_ci3(p.get('auroc'), p.get('auroc_ci'))} | "
+                 f"{_ci3(p.get('auprc'), p.get('auprc_ci'))} |")
     L.append("")
 
     # Recommendations
@@ -356,7 +353,8 @@ def _report(cfg, st, out, meds, tok, labels_dir, results_path, fit, fit_error, h
           f"ehrfm synth --out raw --patients {cfg.patients} --seed {cfg.seed}",
           "ehrfm etl raw --out meds", "ehrfm tokenize meds --out tokens", "ehrfm labels meds --task all --out labels",
           f"ehrfm sweep plan --tokens tokens --budgets {','.join(f'{b:g}' for b in cfg.budgets)} --sizes {cfg.sizes} "
-          f"--span-dex {cfg.span_dex} --context {cfg.context} --batch-size {cfg.batch_size} --lr {cfg.lr} --out sweep",
+          f"--span-dex {cfg.span_dex} --tokens-per-param {cfg.tokens_per_param:g} --context {cfg.context} "
+          f"--batch-size {cfg.batch_size} --lr {cfg.lr} --train-opt eval_tokens={cfg.eval_tokens} --out sweep",
           f"ehrfm sweep launch sweep --executor {cfg.executor}", "ehrfm sweep collect sweep --labels labels",
           f"ehrfm fit sweep/results.parquet --out fit --bootstrap {cfg.bootstrap}",
           f"ehrfm recommend fit --flops {max(cfg.budgets) * 10:g}", "```", ""]

@@ -25,7 +25,7 @@ def register(sub) -> None:
     )
     p.add_argument("--out", default="demo_out", metavar="DIR", help="output dir (default demo_out)")
     p.add_argument("--quick", action="store_true", help="a ~2-minute smoke version (small cohort, tiny budgets)")
-    p.add_argument("--patients", type=int, help="synthetic cohort size (default 4000; quick 600)")
+    p.add_argument("--patients", type=int, help="synthetic cohort size (default 8000; quick 600)")
     p.add_argument("--budgets", type=_budgets, metavar="C1,C2,...", help="compute budgets in FLOPs")
     p.add_argument("--sizes", type=int, help="model sizes per budget")
     p.add_argument("--seed", type=int, help="seed of the data, runs, fits and heads (default 0)")

@@ -99,6 +99,18 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         raise UserError(f"{what} {path} is not valid JSON (line {e.lineno})") from None
 
 
+def format_ci(x, ci=None, fmt: str = "{:.3g}") -> str:
+    """'0.812 [0.771, 0.850]': a value with its interval; 'n/a' for a missing or non-finite value."""
+    import math
+
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    s = fmt.format(x)
+    if ci and all(v is not None and math.isfinite(v) for v in ci):
+        s += f" [{fmt.format(ci[0])}, {fmt.format(ci[1])}]"
+    return s
+
+
 def progress(iterable=None, **kwargs):
     """A tqdm progress bar on stderr; quiet when EHRFM_QUIET=1 (tests, nested stages)."""
     from tqdm.auto import tqdm

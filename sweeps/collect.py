@@ -70,13 +70,9 @@ def print_status(rows: list[dict], file=sys.stdout) -> None:
 
 def find_label_files(labels_dir: str | Path) -> dict[str, Path]:
     """{task: LABELS_DIR/<task>.parquet} (UserError when there are none)."""
-    labels_dir = Path(labels_dir)
-    if not labels_dir.is_dir():
-        raise UserError(f"--labels {labels_dir}: not a directory (expected <task>.parquet label files)")
-    files = {p.stem: p for p in sorted(labels_dir.glob("*.parquet"))}
-    if not files:
-        raise UserError(f"--labels {labels_dir}: no <task>.parquet label files found")
-    return files
+    from ehrfm.clinical.utility import label_files
+
+    return label_files(labels_dir)
 
 
 def collect_sweep(

@@ -223,3 +223,25 @@ def test_csv_and_parquet_give_the_same_fit(tmp_path):
     b = fit_results(tmp_path / "r.parquet", approaches=(2,), bootstrap=20).to_json()
     a["inputs"].pop("source"), b["inputs"].pop("source")
     assert a == b
+
+
+def test_degenerate_parametric_fit_is_reported_not_used():
+    # Loss that rises with N at fixed D: the best L(N, D) has a negative alpha, i.e. no compute-
+    # optimal frontier. Approach 3 must be reported as not fitted, never handed to the recommender.
+    rows = []
+    for c in (1e15, 3e15, 1e16):
+        for n in np.geomspace(1e6, 1e8, 5):
+            d = c / (6 * n)
+            rows.append(dict(run_id=f"r{len(rows)}", budget=c, n_params=int(n), tokens=int(d), flops=c,
+                             loss=1.5 + 0.02 * np.log(n) ** 2 / 10 + 30 / d**0.3, status="completed"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitWarning)
+        fit = fit_results(pl.DataFrame(rows), bootstrap=0)
+    assert fit.approach3 is None
+    assert "degenerate" in fit.not_fitted["approach3"]
+    assert fit.approach1 is not None  # the other approaches are still fitted
+
+    from analysis.recommend import recommend
+
+    rec = recommend(fit, 1e17)
+    assert rec.approach != 3 and rec.n_opt > 0

@@ -21,7 +21,7 @@ def label_files(labels_dir: str | os.PathLike) -> dict[str, Path]:
         raise UserError(f"labels dir {d} not found (make it with `ehrfm labels MEDS --task all --out {d}`)")
     files = {p.stem: p for p in sorted(d.glob("*.parquet"))}
     if not files:
-        raise UserError(f"labels dir {d} holds no <task>.parquet files")
+        raise UserError(f"labels dir {d} holds no <task>.parquet label files")
     return files
 
 
