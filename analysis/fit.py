@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis import parametric
-from analysis.laws import R_STAR_DATA, effective_tokens, fit_power_law, percentile_ci
+from analysis.laws import R_STAR_DATA, auroc_from_law, effective_tokens, fit_power_law, percentile_ci
 from analysis.table import Results, load_results
 from ehrfm.errors import UserError
 from ehrfm.io import format_ci
@@ -173,7 +173,8 @@ class Approach3:
 @dataclass
 class UtilityFit:
     """(1 - metric) = coef * C^exponent through the loss-optimal run of each budget (the model the
-    laws recommend); intervals from a case bootstrap of those per-budget points."""
+    laws recommend); intervals from a case bootstrap of those per-budget points, each redrawn
+    within its measurement standard error when the table has one (auroc_se/<task>)."""
 
     metric: str  # the column, e.g. "auroc/mortality"
     coef: float
@@ -182,10 +183,11 @@ class UtilityFit:
     exponent_ci: list[float]
     r2: float
     n_points: int
-    points: list[dict]  # budget, flops, run_id, value
+    points: list[dict]  # budget, flops, run_id, value, se (None when unknown)
+    measurement_noise: bool = False  # the intervals include each point's AUROC standard error
 
     def predict(self, c):
-        return np.clip(1.0 - self.coef * np.asarray(c, dtype=float) ** self.exponent, 0.0, 1.0)
+        return auroc_from_law(self.coef, self.exponent, c)
 
 
 @dataclass
@@ -480,21 +482,31 @@ def fit_utility(res: Results, counts: np.ndarray | None, cfg: FitConfig, warn):
             warn(f"utility {col}: {pts.size} budget(s) with a value{' (AUROC of 1)' if np.any(err <= 0) else ''}; no law fitted")
             continue
         coef, exponent, r2 = fit_power_law(res.budget[pts], err)
-        # Intervals: case bootstrap of the per-budget points. (Resampling all runs would, whenever a
-        # replicate drops a budget's loss-optimal run, select a worse model and bias AUROC down.)
+        # Intervals: each replicate resamples the per-budget points (cases) and, where the table has
+        # the AUROC's standard error (auroc_se/<task>, from the probe's held-out sample), redraws each
+        # point's AUROC from N(value, se^2): with a handful of budgets, the measurement noise of
+        # each AUROC, not the scatter between budgets, is what limits the exponent. (Resampling all
+        # runs instead would, whenever a replicate drops a budget's loss-optimal run, select a worse
+        # model and bias AUROC down.)
+        se = res.utility_se.get(col)
+        se = np.zeros(pts.size) if se is None else np.nan_to_num(se[pts], nan=0.0)
         draws = np.full((0 if counts is None else len(counts), 2), np.nan)
         if len(draws):
             rng = np.random.default_rng([cfg.seed, 3])
             picks = rng.integers(0, pts.size, size=(len(draws), pts.size))
+            noise = rng.standard_normal((len(draws), pts.size))
             for r in range(len(draws)):
-                p = pts[picks[r]]
-                if np.unique(res.budget[p]).size >= 2:
-                    c, x, _ = fit_power_law(res.budget[p], 1.0 - metric[p])
+                p = picks[r]
+                if np.unique(res.budget[pts[p]]).size >= 2:
+                    value = np.clip(metric[pts[p]] + se[p] * noise[r], 0.0, 1.0 - 1e-6)
+                    c, x, _ = fit_power_law(res.budget[pts[p]], 1.0 - value)
                     draws[r] = [c, x]
         fits[col] = UtilityFit(
             metric=col, coef=coef, coef_ci=percentile_ci(draws[:, 0], cfg.confidence), exponent=exponent,
             exponent_ci=percentile_ci(draws[:, 1], cfg.confidence), r2=r2, n_points=int(pts.size),
-            points=[dict(budget=float(res.budget[i]), flops=float(res.flops[i]), run_id=str(res.run_id[i]), value=float(metric[i])) for i in pts],
+            points=[dict(budget=float(res.budget[i]), flops=float(res.flops[i]), run_id=str(res.run_id[i]), value=float(metric[i]),
+                         se=float(s) if s > 0 else None) for i, s in zip(pts, se)],
+            measurement_noise=bool(np.any(se > 0)),
         )
         draws_out[f"utility/{col}/coef"], draws_out[f"utility/{col}/exponent"] = draws[:, 0], draws[:, 1]
     return fits, draws_out

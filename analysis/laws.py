@@ -45,3 +45,13 @@ def effective_tokens(tokens, unique_tokens, r_star: float = R_STAR_DATA):
     u = np.minimum(np.asarray(unique_tokens, dtype=float), d)
     repeats = d / u - 1.0
     return u + u * r_star * (1.0 - np.exp(-repeats / r_star))
+
+
+def auroc_from_law(coef, exponent, c):
+    """AUROC predicted by the utility law 1 - AUROC = coef * C^exponent, kept in [0.5, 1].
+
+    0.5 is chance: a law whose AUROC falls with compute (exponent > 0, seen on noisy small sweeps)
+    must not extrapolate to a classifier worse than a coin, and none beats a perfect one.
+    """
+    with np.errstate(all="ignore"):
+        return np.clip(1.0 - np.asarray(coef, dtype=float) * np.asarray(c, dtype=float) ** np.asarray(exponent, dtype=float), 0.5, 1.0)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.laws import percentile_ci
+from analysis.laws import auroc_from_law, percentile_ci
 
 APPROACH_STYLE = {1: dict(color="tab:gray", ls=":"), 2: dict(color="tab:red", ls="-"), 3: dict(color="tab:blue", ls="--")}
 APPROACH_LABEL = {1: "Approach 1 (envelope)", 2: "Approach 2 (IsoFLOP)", 3: "Approach 3 (parametric)"}
@@ -38,6 +38,24 @@ def _sci(x: float) -> str:
     exp = int(np.floor(np.log10(x)))
     mant = x / 10**exp
     return f"$10^{{{exp}}}$" if abs(mant - 1) < 0.05 else f"${mant:.2g}\\times10^{{{exp}}}$"
+
+
+def _log_x(ax) -> None:
+    """Log x axis whose minor ticks are labelled only at 2 and 5 (matplotlib labels every minor
+    tick of a short axis, and on a paper-size panel 3x10^11 and 4x10^11 then overlap)."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xscale("log")
+
+    def minor(v, _pos):
+        lo, hi = ax.xaxis.get_view_interval()
+        if not v > 0 or hi > 100 * lo:  # two decades or more: the decades alone are enough
+            return ""
+        exp = int(np.floor(np.log10(v) + 1e-9))
+        mant = int(round(v / 10**exp))
+        return f"${mant}\\times10^{{{exp}}}$" if mant in (2, 5) else ""
+
+    ax.xaxis.set_minor_formatter(FuncFormatter(minor))
 
 
 def _band(ax, c, draws, style, conf):
@@ -88,7 +106,7 @@ def plot_isoflops(ax, fit, results) -> None:
             ax.plot(np.exp(x), c0 + c1 * x + c2 * x * x, color=col, lw=1.3, ls="-" if used else ":")
             if np.isfinite(bf.n_opt):
                 ax.scatter([bf.n_opt], [bf.loss_min], marker="*", s=110, color=col, edgecolor="black", lw=0.6, zorder=4)
-    ax.set_xscale("log")
+    _log_x(ax)
     ax.set_xlabel("Non-embedding parameters N")
     ax.set_ylabel("Held-out loss (nats/token)")
     ax.set_title("IsoFLOP curves (stars: parabola minima)" if fit.approach2 else "IsoFLOP runs (Approach 2 not fitted)")
@@ -129,7 +147,7 @@ def plot_optimal_scaling(ax, fit, results, which: str = "n") -> None:
         ci_txt = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and np.all(np.isfinite(ci)) else ""
         ax.plot(c, y, lw=1.6, label=f"{APPROACH_LABEL[k]}: {'a' if which == 'n' else 'b'}={exp:.2f}{ci_txt}", **style)
         _band(ax, c, _law_draws(fit, k, which, c), style, conf)
-    ax.set_xscale("log")
+    _log_x(ax)
     ax.set_yscale("log")
     ax.set_xlabel("Training compute C (FLOPs)")
     ax.set_ylabel("Optimal parameters $N_{opt}$" if which == "n" else "Optimal training tokens $D_{opt}$")
@@ -164,15 +182,16 @@ def plot_frontier(ax, fit, results) -> None:
         ax.axhline(fit.approach3.E, color="tab:blue", lw=0.8, ls=":", label=f"irreducible loss E = {fit.approach3.E:.3g}")
         lo = min(lo, fit.approach3.E)
     ax.set_ylim(lo / 1.1, hi * 1.1)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    _log_x(ax)
     ax.set_xlabel("Training compute C (FLOPs)")
     ax.set_ylabel("Held-out loss (nats/token)")
-    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+    if hi / lo > 3:  # a log loss axis only pays off over a wide range; a narrow one gets linear ticks
+        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0)))
-    ax.yaxis.set_major_formatter(ScalarFormatter())
-    ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0)))
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_title("Loss frontier")
     ax.legend(fontsize=7, frameon=False, loc="upper right")
     ax.grid(True, which="major", alpha=0.3)
@@ -194,8 +213,8 @@ def plot_utility(ax, fit, results, task: str) -> None:
             label=f"1 - AUROC $\\propto C^{{{u.exponent:.3f}}}$" + (f" [{u.exponent_ci[0]:.3f}, {u.exponent_ci[1]:.3f}]" if np.all(np.isfinite(u.exponent_ci)) else ""))
     dc, de = fit.draws.get(f"utility/{u.metric}/coef"), fit.draws.get(f"utility/{u.metric}/exponent")
     if dc is not None:
-        _band(ax, c, 1.0 - dc[:, None] * c[None, :] ** de[:, None], dict(color="black"), fit.config.confidence)
-    ax.set_xscale("log")
+        _band(ax, c, auroc_from_law(dc[:, None], de[:, None], c[None, :]), dict(color="black"), fit.config.confidence)
+    _log_x(ax)
     ax.set_xlabel("Training compute C (FLOPs)")
     ax.set_ylabel(f"AUROC, {u.metric.split('/', 1)[1]} (held-out)")
     ax.set_title(f"Clinical utility: {u.metric.split('/', 1)[1]}")

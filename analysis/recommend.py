@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.laws import R_STAR_DATA, effective_tokens, percentile_ci
+from analysis.laws import R_STAR_DATA, auroc_from_law, effective_tokens, percentile_ci
 from ehrfm.errors import UserError
 from ehrfm.io import format_ci
 
@@ -204,10 +204,9 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
     utility = {}
     for task, u in fit_json.get("utility", {}).items():
         dc, de = draws.get(f"utility/{u['metric']}/coef"), draws.get(f"utility/{u['metric']}/exponent")
-        # AUROC is bounded: a law extrapolated past 0 or 1 is clipped there.
-        entry = {"auroc": float(np.clip(1.0 - u["coef"] * flops ** u["exponent"], 0.0, 1.0))}
-        with np.errstate(all="ignore"):
-            entry["auroc_ci"] = percentile_ci(np.clip(1.0 - dc * flops**de, 0.0, 1.0), conf) if dc is not None else [float("nan")] * 2
+        # AUROC is bounded: a law extrapolated past chance (0.5) or 1 is clipped there.
+        entry = {"auroc": float(auroc_from_law(u["coef"], u["exponent"], flops))}
+        entry["auroc_ci"] = percentile_ci(auroc_from_law(dc, de, flops), conf) if dc is not None else [float("nan")] * 2
         utility[task] = entry
 
     vocab_size = vocab_size or inputs.get("vocab_size")

@@ -34,12 +34,14 @@ HOFFMANN = Law(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 
 def synthetic_results(law: Law = BESIROGLU, budgets=(1e18, 1e19, 1e20, 1e21), sizes: int = 9, span_decades: float = 2.0,
                       noise: float = 0.01, seed: int = 0, center_jitter_decades: float = 0.1,
-                      tasks: dict[str, tuple[float, float]] | None = None) -> pl.DataFrame:
+                      tasks: dict[str, tuple[float, float]] | None = None, auroc_se: float | None = None) -> pl.DataFrame:
     """An IsoFLOP sweep: per budget C, `sizes` model sizes log-spaced over `span_decades` around
     the law's optimum (shifted by a random jitter), D = C / (6 N), loss multiplied by
     exp(N(0, noise)) (noise is the standard deviation of ln L). `tasks` maps a task name to
     (coef, exponent): the compute-optimal run's 1 - AUROC is coef * C^exponent, worse off the
-    optimum by the factor (L / L_opt)^4, times exp(N(0, noise)); written as `auroc/<task>`."""
+    optimum by the factor (L / L_opt)^4, times exp(N(0, noise)); written as `auroc/<task>`. With
+    `auroc_se`, each AUROC also gets measurement noise N(0, auroc_se^2), as a probe scored on a
+    finite held-out sample has, and the column `auroc_se/<task>` says so."""
     rng = np.random.default_rng(seed)
     rows = []
     for c in budgets:
@@ -53,6 +55,10 @@ def synthetic_results(law: Law = BESIROGLU, budgets=(1e18, 1e19, 1e20, 1e21), si
             l_opt = law.loss(law.n_opt(c), c / (6 * law.n_opt(c)))
             for task, (coef, exponent) in (tasks or {}).items():
                 err = coef * c**exponent * (loss / l_opt) ** 4 * np.exp(rng.normal(0.0, noise))
-                row[f"auroc/{task}"] = float(1.0 - min(err, 0.5))
+                auroc = 1.0 - min(err, 0.5)
+                if auroc_se:
+                    auroc = float(np.clip(auroc + rng.normal(0.0, auroc_se), 0.5, 1.0 - 1e-6))
+                    row[f"auroc_se/{task}"] = float(auroc_se)
+                row[f"auroc/{task}"] = float(auroc)
             rows.append(row)
     return pl.DataFrame(rows)

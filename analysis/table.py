@@ -1,7 +1,8 @@
 """Reading and checking the results table (DESIGN.md section 4), the only input of this stage.
 
 Required columns: n_params, tokens, loss. Used when present: run_id, status, flops, budget,
-auroc/<task>, auprc/<task>, and these optional columns (written by sweeps, or by hand):
+auroc/<task>, auprc/<task>, auroc_se/<task> (the standard error of auroc/<task>, used by the
+utility bootstrap), and these optional columns (written by sweeps, or by hand):
   - unique_tokens: distinct training tokens available to the run (the size of the data set);
   - epochs: passes over those unique tokens (tokens / unique_tokens when absent);
   - vocab_size, context: the model's vocabulary and context length (for concrete shapes).
@@ -41,6 +42,7 @@ class Results:
     unique_tokens: np.ndarray | None = None  # float64, NaN where unknown
     epochs: np.ndarray | None = None  # float64
     utility: dict[str, np.ndarray] = field(default_factory=dict)  # "auroc/<task>" -> float64 (NaN = missing)
+    utility_se: dict[str, np.ndarray] = field(default_factory=dict)  # "auroc/<task>" -> its standard error (NaN = unknown)
     vocab_size: int | None = None
     context: int | None = None
     n_rows: int = 0
@@ -60,7 +62,8 @@ class Results:
             source=self.source, run_id=self.run_id[mask], n_params=self.n_params[mask], tokens=self.tokens[mask],
             loss=self.loss[mask], flops=self.flops[mask], budget=self.budget[mask],
             unique_tokens=pick(self.unique_tokens), epochs=pick(self.epochs),
-            utility={k: v[mask] for k, v in self.utility.items()}, vocab_size=self.vocab_size,
+            utility={k: v[mask] for k, v in self.utility.items()},
+            utility_se={k: v[mask] for k, v in self.utility_se.items()}, vocab_size=self.vocab_size,
             context=self.context, n_rows=self.n_rows, excluded=list(self.excluded),
         )
 
@@ -191,6 +194,14 @@ def load_results(table: str | Path | pl.DataFrame) -> Results:
             if bad.any():
                 raise UserError(f"results table {source}: column {col} is outside [0, 1] in {int(bad.sum())} run(s): {_name_ids(run_id[bad])}")
             utility[col] = u
+    utility_se = {}
+    for col in df.columns:
+        if col.startswith("auroc_se/") and "auroc/" + col.split("/", 1)[1] in utility:
+            se = _numeric(df, col, source)
+            bad = keep & np.isfinite(se) & ~((se >= 0) & (se <= 0.5))
+            if bad.any():
+                raise UserError(f"results table {source}: column {col} is outside [0, 0.5] in {int(bad.sum())} run(s): {_name_ids(run_id[bad])}")
+            utility_se["auroc/" + col.split("/", 1)[1]] = se
 
     def first_int(col):
         if col not in df.columns:
@@ -201,7 +212,7 @@ def load_results(table: str | Path | pl.DataFrame) -> Results:
     res = Results(
         source=source, run_id=run_id, n_params=values["n_params"], tokens=values["tokens"], loss=values["loss"],
         flops=flops, budget=np.full(n_rows, np.nan) if budget is None else budget, unique_tokens=unique_tokens,
-        epochs=epochs, utility=utility, vocab_size=first_int("vocab_size"), context=first_int("context"),
+        epochs=epochs, utility=utility, utility_se=utility_se, vocab_size=first_int("vocab_size"), context=first_int("context"),
         n_rows=n_rows, excluded=excluded,
     )
     res = res.subset(keep)

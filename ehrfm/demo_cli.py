@@ -24,10 +24,12 @@ def register(sub) -> None:
         "An existing DIR made with the same settings is resumed.",
     )
     p.add_argument("--out", default="demo_out", metavar="DIR", help="output dir (default demo_out)")
-    p.add_argument("--quick", action="store_true", help="a ~2-minute smoke version (small cohort, tiny budgets)")
-    p.add_argument("--patients", type=int, help="synthetic cohort size (default 8000; quick 600)")
+    p.add_argument("--quick", action="store_true", help="a ~1-minute smoke version (small cohort, tiny budgets; used by the tests)")
+    p.add_argument("--patients", type=int, help="synthetic cohort size (default 8000; quick 1500)")
     p.add_argument("--budgets", type=_budgets, metavar="C1,C2,...", help="compute budgets in FLOPs")
     p.add_argument("--sizes", type=int, help="model sizes per budget")
+    p.add_argument("--span-dex", type=float, help="model sizes span N*(C) x 10^(+-SPAN) (see `ehrfm sweep plan --help`)")
+    p.add_argument("--tokens-per-param", type=float, help="D/N at the centre of each budget's ladder")
     p.add_argument("--seed", type=int, help="seed of the data, runs, fits and heads (default 0)")
     p.add_argument("--executor", choices=["local", "slurm"], help="where the sweep runs (default local)")
     p.add_argument("--partition", dest="slurm_partition", help="SLURM partition (with --executor slurm)")
@@ -40,8 +42,8 @@ def register(sub) -> None:
 def _run(args) -> int:
     from ehrfm.demo import DemoConfig, run_demo
 
-    overrides = {k: getattr(args, k) for k in ("patients", "budgets", "sizes", "seed", "executor", "slurm_partition",
-                                                "max_parallel", "bootstrap")}
+    overrides = {k: getattr(args, k) for k in ("patients", "budgets", "sizes", "span_dex", "tokens_per_param", "seed",
+                                                "executor", "slurm_partition", "max_parallel", "bootstrap")}
     overrides["out"] = args.out
     if args.quick:
         cfg = DemoConfig.quick_config(**overrides)

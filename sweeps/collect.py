@@ -4,8 +4,9 @@ results.parquet is the contract between training and analysis (DESIGN.md, result
     run_id str, budget float64 (null if unplanned), n_params int64, n_params_total int64,
     tokens int64, flops float64, loss float64 (held-out nats/token, null unless completed),
     status str, error str
-plus, for tracing, the shape (n_layer, d_model, n_head, context), vocab_size, seed, wall_s,
-tokens_per_s, job_id, and optional utility columns `auroc/<task>`, `auprc/<task>` (with
+plus unique_tokens (the train split's tokens: the data available to every run) and epochs
+(tokens / unique_tokens); for tracing the shape (n_layer, d_model, n_head, context), vocab_size, seed, wall_s,
+tokens_per_s, job_id, and optional utility columns `auroc/<task>`, `auroc_se/<task>`, `auprc/<task>` (with
 `--labels`). Every planned run has a row: failed and diverged runs with their error, runs not
 finished yet with their current state; only status == "completed" rows are fitted downstream.
 """
@@ -104,6 +105,10 @@ def collect_sweep(
                 "n_params_total": result.get("n_params_total", planned.get("n_params_total")),
                 "tokens": result.get("tokens", planned.get("tokens")),
                 "flops": result.get("flops", planned.get("flops")),
+                # The data is finite: analysis corrects multi-epoch runs (Muennighoff et al. 2023)
+                # and the recommender counts the epochs D_opt needs, from these two columns.
+                "unique_tokens": sweep.train_tokens or None,
+                "epochs": (result.get("tokens", planned.get("tokens")) or 0) / sweep.train_tokens if sweep.train_tokens else None,
                 "loss": float(result["val_loss"]) if completed else None,
                 "status": st.state,
                 "error": result.get("error"),
@@ -125,7 +130,8 @@ def collect_sweep(
     schema = pa.schema(
         [
             ("run_id", pa.string()), ("budget", pa.float64()), ("n_params", pa.int64()), ("n_params_total", pa.int64()),
-            ("tokens", pa.int64()), ("flops", pa.float64()), ("loss", pa.float64()), ("status", pa.string()),
+            ("tokens", pa.int64()), ("flops", pa.float64()), ("unique_tokens", pa.int64()), ("epochs", pa.float64()),
+            ("loss", pa.float64()), ("status", pa.string()),
             ("error", pa.string()), ("n_layer", pa.int64()), ("d_model", pa.int64()), ("n_head", pa.int64()),
             ("context", pa.int64()), ("vocab_size", pa.int64()), ("seed", pa.int64()), ("wall_s", pa.float64()),
             ("tokens_per_s", pa.float64()), ("job_id", pa.string()),
@@ -155,7 +161,7 @@ def _add_utility(sweep, sweep_dir: Path, rows: list[dict], labels: dict[str, Pat
     for r in progress(completed, desc="utility", unit="run"):
         scores = score_run(runs_dir(sweep_dir) / r["run_id"], sweep.tokens_dir, labels=dict(labels), max_labels=max_labels, seed=seed)
         for k, v in scores.items():
-            if k.startswith(("auroc/", "auprc/")):
+            if k.startswith(("auroc/", "auroc_se/", "auprc/")):
                 r[k] = None if v is None else float(v)
                 if k not in columns:
                     columns.append(k)

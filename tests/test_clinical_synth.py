@@ -134,10 +134,11 @@ def test_score_run_for_sweeps(pipeline):
 
     root, _ = pipeline
     scores = score_run(root / "run", root / "tok", label_files(root / "labels"), max_labels=300, seed=0)
-    assert sorted(scores) == sorted([f"{m}/{t}" for t in TASKS for m in ("auroc", "auprc")])
+    assert sorted(scores) == sorted([f"{m}/{t}" for t in TASKS for m in ("auroc", "auroc_se", "auprc")])
     for t in TASKS:
         assert 0.55 < scores[f"auroc/{t}"] <= 1.0, (t, scores[f"auroc/{t}"])
         assert 0.0 < scores[f"auprc/{t}"] <= 1.0
+        assert 0.005 < scores[f"auroc_se/{t}"] < 0.2  # a few hundred held_out labels: a few points of AUROC
     # the label sample is fixed by (labels, max_labels, seed): scoring again gives the same numbers
     mort = {"in_hospital_mortality": root / "labels" / "in_hospital_mortality.parquet"}
     again = score_run(root / "run", root / "tok", mort, max_labels=300, seed=0)

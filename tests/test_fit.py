@@ -68,6 +68,35 @@ def test_utility_law_recovered(fit):
     assert u.n_points == 6
 
 
+def test_utility_intervals_carry_each_aurocs_measurement_noise():
+    # Three budgets, AUROCs measured with a standard error of 0.01 (a probe on ~1,000 held-out
+    # labels): the per-budget points alone would give a falsely narrow interval.
+    kw = dict(budgets=np.logspace(18, 20, 3), sizes=7, noise=0.003, tasks={"mortality": (2.0, -0.05)})
+    noisy = fit_results(synthetic_results(LAW, seed=4, auroc_se=0.01, **kw), approaches=(2,), bootstrap=400, seed=0)
+    u = noisy.utility["auroc/mortality"]
+    assert u.measurement_noise and all(p["se"] == 0.01 for p in u.points)
+    assert u.exponent_ci[0] < -0.05 < u.exponent_ci[1]
+    # The same table without the se column: only the three points' scatter, a narrower interval.
+    table = synthetic_results(LAW, seed=4, auroc_se=0.01, **kw).drop("auroc_se/mortality")
+    bare = fit_results(table, approaches=(2,), bootstrap=400, seed=0).utility["auroc/mortality"]
+    assert not bare.measurement_noise and bare.exponent == u.exponent
+    assert np.diff(u.exponent_ci)[0] > 1.5 * np.diff(bare.exponent_ci)[0]
+    # A standard error outside [0, 0.5] is refused, naming the column.
+    bad = synthetic_results(LAW, seed=4, auroc_se=0.01, **kw).with_columns(pl.lit(-1.0).alias("auroc_se/mortality"))
+    with pytest.raises(UserError, match="auroc_se/mortality is outside"):
+        load_results(bad)
+
+
+def test_utility_predictions_stay_between_chance_and_perfect():
+    from analysis.laws import auroc_from_law
+
+    # A law whose AUROC falls with compute (noisy small sweeps) floors at chance, never below it.
+    c = np.array([1e10, 1e12, 1e20])
+    falling = auroc_from_law(0.1, 0.05, c)
+    assert falling[0] == pytest.approx(1 - 0.1 * 1e10**0.05) and 0.5 < falling[1] < falling[0]
+    assert falling[-1] == 0.5 and np.all(np.diff(falling) <= 0)
+    rising = auroc_from_law(0.5, -0.05, c)
+    assert np.all((0.5 <= rising) & (rising < 1)) and np.all(np.diff(rising) > 0)
 def test_same_seed_same_fit_other_seed_other_intervals(table, fit):
     again = fit_results(table, bootstrap=200, seed=0)
     assert again.to_json() == fit.to_json()

@@ -222,6 +222,9 @@ def test_local_sweep_completes_and_collects(local_sweep):
         assert got["n_params"] == r["n_params"] and got["budget"] == r["budget"]
         assert got["flops"] == pytest.approx(r["flops"])
         assert got["job_id"].startswith("local-")
+        # The data available to every run, for the fits' repeated-data correction and the recommender.
+        assert got["unique_tokens"] == TokenDir(json.loads((out / "sweep.json").read_text())["tokens_dir"]).split("train").n_tokens
+        assert got["epochs"] == pytest.approx(got["tokens"] / got["unique_tokens"]) and got["epochs"] == pytest.approx(r["epochs"])
     # More compute, lower loss for the same shape.
     by_shape = {}
     for r in rows:
@@ -305,12 +308,13 @@ def test_collect_with_labels_adds_utility_columns(local_sweep, synth_meds, tmp_p
     assert made.returncode == 0, made.stderr
     c = ehrfm("sweep", "collect", out, "--labels", labels, "--max-labels", "200")
     assert c.returncode == 0, c.stderr[-2000:]
-    assert "utility columns auprc/long_los, auroc/long_los" in c.stdout
+    assert "utility columns auprc/long_los, auroc/long_los, auroc_se/long_los" in c.stdout
     table = pq.read_table(out / "results.parquet")
     assert str(table.schema.field("auroc/long_los").type) == "double"
     for r in table.to_pylist():
         assert r["status"] == "completed"
         assert 0.0 <= r["auroc/long_los"] <= 1.0 and 0.0 < r["auprc/long_los"] <= 1.0
+        assert 0.0 < r["auroc_se/long_los"] < 0.2
     # The runs differ, so their probes differ: the column is measured per run, not a constant.
     assert len({r["auroc/long_los"] for r in table.to_pylist()}) > 1
     empty = tmp_path / "empty"

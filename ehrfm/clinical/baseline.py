@@ -29,6 +29,7 @@ from ehrfm.clinical.common import (
     SPLITS,
     check_out,
     fit_logistic,
+    positive_proba,
     require_two_classes,
     small_problem_threads,
     subsample_per_split,
@@ -234,7 +235,7 @@ def baseline(cfg: BaselineConfig, out: str | os.PathLike, overwrite: bool = Fals
         raise UserError(f"task {task}: no labels in the held_out split to score")
 
     lr, selection = fit_logistic(x[tr], y[tr], x[tu], y[tu], cfg.seed, task)
-    p_lr = lr.predict_proba(x)[:, 1]
+    p_lr = positive_proba(lr, x)
 
     # Gradient boosting needs dense input: the most frequent features (columns are sorted by
     # train frequency), plus age (the last column).
@@ -244,7 +245,7 @@ def baseline(cfg: BaselineConfig, out: str | os.PathLike, overwrite: bool = Fals
     hgb = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.05, early_stopping=True, random_state=cfg.seed)
     with small_problem_threads(*dense.shape):
         hgb.fit(dense[tr], y[tr])
-        p_hgb = hgb.predict_proba(dense)[:, 1]
+        p_hgb = positive_proba(hgb, dense)
 
     models = {
         "logistic_regression": {

@@ -54,6 +54,19 @@ def small_problem_threads(n_rows: int, n_cols: int):
     return threadpool_limits(limits=1) if n_rows * max(n_cols, 1) < 5_000_000 else contextlib.nullcontext()
 
 
+# Probabilities are rounded to this many decimals before they are ranked. Identical histories
+# (common: short first-admission timelines) have identical features, but BLAS may sum their dot
+# products in a different order (it depends on memory alignment, which varies from process to
+# process), leaving last-bit differences that break the tie one way or the other: AUROC would then
+# change between two runs with the same seed. Rounding restores the exact tie.
+PROBA_DECIMALS = 12
+
+
+def positive_proba(model, x) -> np.ndarray:
+    """P(y = 1) of a fitted classifier, rounded so that equal inputs give exactly equal scores."""
+    return np.round(model.predict_proba(x)[:, 1], PROBA_DECIMALS)
+
+
 def fit_logistic(x_train, y_train, x_tuning, y_tuning, seed: int, task: str):
     """Logistic regression on standardised features; C chosen by tuning AUROC.
 
@@ -79,7 +92,7 @@ def fit_logistic(x_train, y_train, x_tuning, y_tuning, seed: int, task: str):
         scores, fitted = {}, {}
         for c in C_GRID:
             lr.set_params(C=c).fit(a, y_fit)
-            scores[c] = float(roc_auc_score(y_val, lr.predict_proba(b)[:, 1]))
+            scores[c] = float(roc_auc_score(y_val, positive_proba(lr, b)))
             fitted[c] = make_pipeline(scaler, copy.deepcopy(lr))
         return scores, fitted
 
@@ -95,7 +108,9 @@ def fit_logistic(x_train, y_train, x_tuning, y_tuning, seed: int, task: str):
                         for tr, va in folds.split(np.zeros(len(y_train)), y_train)]
             scores = {c: float(np.mean([f[c] for f in per_fold])) for c in C_GRID}
             fitted = None
-        best = max(C_GRID, key=lambda c: (scores[c], -c))  # ties -> stronger regularisation
+        # Ties -> stronger regularisation. AUROCs are ratios of pair counts; rounding them first
+        # keeps two Cs with the same count tied whatever float error the ROC integration adds.
+        best = max(C_GRID, key=lambda c: (round(scores[c], 9), -c))
         if fitted is not None:
             model = fitted[best]
         else:

@@ -4,7 +4,9 @@ Every head writes `metrics.json` through `binary_metrics`: task, n, n_positive, 
 AUROC and AUPRC with percentile-bootstrap 95% intervals (resampling labels with replacement;
 resamples with a single class are skipped and counted), and a calibration summary (Brier score,
 expected calibration error over 10 equal-width bins, calibration intercept and slope from a
-logistic regression of the outcome on logit(p)).
+logistic regression of the outcome on logit(p)). `auroc_se` is DeLong's standard error of the
+AUROC (no resampling), which sweeps carry into the results table so that utility laws can be
+fitted with each point's measurement noise.
 """
 
 from __future__ import annotations
@@ -40,6 +42,27 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> 
         if m.any():
             ece += m.mean() * abs(y[m].mean() - p[m].mean())
     return float(ece)
+
+
+def auroc_standard_error(y: np.ndarray, p: np.ndarray) -> float | None:
+    """DeLong et al. (1988) standard error of the AUROC of scores p for labels y (None for one class).
+
+    Placement values: V10_i is the share of negatives a positive outscores (ties count half),
+    V01_j the share of positives that outscore a negative; var = var(V10)/m + var(V01)/n.
+    Computed from midranks in O(n log n).
+    """
+    from scipy.stats import rankdata
+
+    y = np.asarray(y).astype(bool)
+    p = np.asarray(p, dtype=np.float64)
+    m, n = int(y.sum()), int((~y).sum())
+    if m < 2 or n < 2:
+        return None
+    pos, neg = p[y], p[~y]
+    rank_all = rankdata(np.concatenate([pos, neg]))
+    v10 = (rank_all[:m] - rankdata(pos)) / n
+    v01 = 1.0 - (rank_all[m:] - rankdata(neg)) / m
+    return float(np.sqrt(v10.var(ddof=1) / m + v01.var(ddof=1) / n))
 
 
 def bootstrap_ci(y: np.ndarray, p: np.ndarray, metric, n_boot: int, seed: int) -> tuple[list[float] | None, int]:
@@ -79,11 +102,12 @@ def binary_metrics(y, p, task: str, n_boot: int = 1000, seed: int = 0) -> dict:
     if two_classes:
         out["auroc"] = float(roc_auc_score(y, p))
         out["auroc_ci"], used = bootstrap_ci(y, p, roc_auc_score, n_boot, seed)
+        out["auroc_se"] = auroc_standard_error(y, p)
         out["auprc"] = float(average_precision_score(y, p))
         out["auprc_ci"], _ = bootstrap_ci(y, p, average_precision_score, n_boot, seed)
         out["bootstrap"] = {"resamples": n_boot, "used": used, "interval": "percentile 95%"}
     else:
-        out.update(auroc=None, auroc_ci=None, auprc=None, auprc_ci=None)
+        out.update(auroc=None, auroc_ci=None, auroc_se=None, auprc=None, auprc_ci=None)
         out["note"] = "held_out labels have a single class: AUROC and AUPRC are undefined"
     intercept, slope = _calibration_fit(y, p)
     out["calibration"] = {

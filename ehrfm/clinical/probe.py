@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 
 from ehrfm.clinical.baseline import task_name
-from ehrfm.clinical.common import check_out, fit_logistic, require_two_classes, subsample_per_split, write_head_outputs
+from ehrfm.clinical.common import check_out, fit_logistic, positive_proba, require_two_classes, subsample_per_split, write_head_outputs
 from ehrfm.clinical.histories import Histories, locate_histories, select
 from ehrfm.clinical.labels import read_labels
 from ehrfm.clinical.metrics import binary_metrics, format_metrics
@@ -61,7 +61,7 @@ def probe_scores(model, td: TokenDir, h: Histories, context: int, cfg: ProbeConf
     require_two_classes(y[tr], "train", task)
     x = embed_histories(model, td, h, context, cfg.batch_size, cfg.device, desc=f"probe {task}")
     clf, selection = fit_logistic(x[tr], y[tr], x[tu], y[tu], cfg.seed, task)
-    return clf.predict_proba(x)[:, 1], selection
+    return positive_proba(clf, x), selection
 
 
 def probe(cfg: ProbeConfig, out: str | os.PathLike, overwrite: bool = False) -> dict:

@@ -1,8 +1,9 @@
 """Clinical utility of one run, for sweeps: a linear probe per task on a fixed label sample.
 
 `ehrfm sweep collect SWEEP --labels LABELS_DIR` calls `score_run` for each completed run and
-adds the returned `auroc/<task>` and `auprc/<task>` columns to the results table, so analysis
-can fit utility against compute. The label sample depends only on the label files, max_labels
+adds the returned `auroc/<task>`, `auroc_se/<task>` (DeLong standard error on the same sample)
+and `auprc/<task>` columns to the results table, so analysis can fit utility against compute
+with each point's measurement noise. The label sample depends only on the label files, max_labels
 and the seed, never on the run: every run of a sweep is scored on the same labels.
 """
 
@@ -35,7 +36,7 @@ def score_run(
     batch_size: int = 64,
     context: int | None = None,
 ) -> dict:
-    """{"auroc/<task>": .., "auprc/<task>": .., ...} on held_out, one probe per task.
+    """{"auroc/<task>": .., "auroc_se/<task>": .., "auprc/<task>": .., ...} on held_out, one probe per task.
 
     max_labels: at most this many labels per split and task (seeded sample). Raises UserError
     on bad labels (missing subjects, times outside timelines), a vocab mismatch, or a task
@@ -62,6 +63,7 @@ def score_run(
         p, _ = probe_scores(model, td, h, ctx, cfg, task)
         m = binary_metrics(h.y[ho], p[ho], task, n_boot=0, seed=seed)
         out[f"auroc/{task}"] = m["auroc"] if m["auroc"] is None else float(m["auroc"])
+        out[f"auroc_se/{task}"] = m["auroc_se"]
         out[f"auprc/{task}"] = m["auprc"] if m["auprc"] is None else float(m["auprc"])
     return out
 

@@ -1,0 +1,65 @@
+"""Scoring of binary predictions: AUROC standard error against resampling and known cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from ehrfm.clinical.metrics import auroc_standard_error, binary_metrics
+
+
+def binormal(n: int, prevalence: float, shift: float, seed: int):
+    rng = np.random.default_rng(seed)
+    y = rng.random(n) < prevalence
+    return y, rng.normal(0.0, 1.0, n) + shift * y
+
+
+def test_delong_se_matches_the_spread_of_auroc_over_fresh_samples():
+    # The SE of one sample's AUROC should be the standard deviation of AUROC across independent
+    # samples of the same population (here 200 samples of 400 labels at 15% prevalence).
+    aucs, ses = [], []
+    for seed in range(200):
+        y, p = binormal(400, 0.15, 1.0, seed)
+        aucs.append(roc_auc_score(y, p))
+        ses.append(auroc_standard_error(y, p))
+    assert np.median(ses) == pytest.approx(np.std(aucs), rel=0.12)
+
+
+def test_delong_se_edge_cases():
+    y = np.array([0, 0, 1, 1, 0, 1])
+    # Perfect separation: every placement value is 1, no spread.
+    assert auroc_standard_error(y, y.astype(float)) == 0.0
+    # Constant scores: AUROC 0.5 from ties, no spread either.
+    assert auroc_standard_error(y, np.zeros(6)) == 0.0
+    # Fewer than two of a class: undefined.
+    assert auroc_standard_error(np.array([0, 0, 0, 1]), np.arange(4.0)) is None
+    # Independent of the scale of the scores (ranks only).
+    y, p = binormal(200, 0.3, 0.7, 1)
+    assert auroc_standard_error(y, p) == pytest.approx(auroc_standard_error(y, 5 * p + 3), abs=1e-12)
+
+
+def test_binary_metrics_reports_the_se_beside_the_interval():
+    y, p = binormal(1000, 0.2, 1.2, 7)
+    m = binary_metrics(y.astype(int), 1 / (1 + np.exp(-p)), "t", n_boot=400, seed=0)
+    lo, hi = m["auroc_ci"]
+    # A 95% percentile interval is about 2 x 1.96 standard errors wide.
+    assert (hi - lo) / (2 * 1.96) == pytest.approx(m["auroc_se"], rel=0.2)
+    assert binary_metrics(np.zeros(5, int), np.zeros(5), "t", n_boot=0)["auroc_se"] is None
+
+
+def test_equal_histories_tie_exactly_whatever_the_blas_summation_order():
+    from ehrfm.clinical.common import positive_proba
+
+    class LastBitNoise:  # what BLAS does to two equal rows summed in different orders
+        def predict_proba(self, x):
+            p = 1 / (1 + np.exp(-x[:, 0]))
+            p = p + np.where(np.arange(len(p)) % 2 == 1, np.spacing(p), 0.0)
+            return np.stack([1 - p, p], 1)
+
+    x = np.array([[0.3], [0.3], [-1.0]])
+    y = np.array([0, 1, 0])
+    raw = LastBitNoise().predict_proba(x)[:, 1]
+    assert raw[0] != raw[1] and roc_auc_score(y, raw) == 1.0  # the noise decides the ranking
+    p = positive_proba(LastBitNoise(), x)
+    assert p[0] == p[1] and roc_auc_score(y, p) == 0.75  # a tie counts half, as it should
