@@ -173,8 +173,7 @@ class Approach3:
 @dataclass
 class UtilityFit:
     """(1 - metric) = coef * C^exponent through the loss-optimal run of each budget (the model the
-    laws recommend); intervals from a case bootstrap of those per-budget points, each redrawn
-    within its measurement standard error when the table has one (auroc_se/<task>)."""
+    laws recommend); see fit_utility for the intervals."""
 
     metric: str  # the column, e.g. "auroc/mortality"
     coef: float
@@ -184,7 +183,7 @@ class UtilityFit:
     r2: float
     n_points: int
     points: list[dict]  # budget, flops, run_id, value, se (None when unknown)
-    measurement_noise: bool = False  # the intervals include each point's AUROC standard error
+    measurement_noise: bool = False  # weighted by, and intervals from, each point's AUROC standard error
 
     def predict(self, c):
         return auroc_from_law(self.coef, self.exponent, c)
@@ -471,7 +470,25 @@ def _utility_points(res: Results, metric: np.ndarray, mask: np.ndarray | None = 
     return np.array(sorted(out, key=lambda i: res.budget[i]), dtype=int)
 
 
+# A point's log-error standard error is floored here in the weighted fit: an AUROC measured with
+# SE 0 (perfect separation on the sample) must not get infinite weight.
+MIN_LOG_ERROR_SE = 1e-3
+
+
 def fit_utility(res: Results, counts: np.ndarray | None, cfg: FitConfig, warn):
+    """1 - AUROC = coef * C^exponent per task, through the loss-optimal run of each budget.
+
+    Intervals. When the table has every point's AUROC standard error (auroc_se/<task>, DeLong, from
+    the probe's held-out sample), the fit is weighted least squares in log-log with the delta-method
+    SE of ln(1 - AUROC), se / (1 - AUROC), and the interval is a parametric bootstrap: each
+    replicate redraws every point around the fitted law within its SE. With a handful of budgets
+    this measurement noise, not the scatter between budgets, is what limits the exponent. The draws
+    are independent per point although sweeps score every run on the same held-out labels (their
+    errors are positively correlated), so the interval is conservative. Without standard errors:
+    an unweighted fit and a case bootstrap of the per-budget points. (Resampling all runs instead
+    would, whenever a replicate drops a budget's loss-optimal run, select a worse model and bias
+    AUROC down.)
+    """
     fits, draws_out = {}, {}
     for col, metric in res.utility.items():
         if not col.startswith("auroc/"):
@@ -481,32 +498,38 @@ def fit_utility(res: Results, counts: np.ndarray | None, cfg: FitConfig, warn):
         if pts.size < 2 or not np.all(err > 0):
             warn(f"utility {col}: {pts.size} budget(s) with a value{' (AUROC of 1)' if np.any(err <= 0) else ''}; no law fitted")
             continue
-        coef, exponent, r2 = fit_power_law(res.budget[pts], err)
-        # Intervals: each replicate resamples the per-budget points (cases) and, where the table has
-        # the AUROC's standard error (auroc_se/<task>, from the probe's held-out sample), redraws each
-        # point's AUROC from N(value, se^2): with a handful of budgets, the measurement noise of
-        # each AUROC, not the scatter between budgets, is what limits the exponent. (Resampling all
-        # runs instead would, whenever a replicate drops a budget's loss-optimal run, select a worse
-        # model and bias AUROC down.)
+        c_pts = res.budget[pts]
         se = res.utility_se.get(col)
-        se = np.zeros(pts.size) if se is None else np.nan_to_num(se[pts], nan=0.0)
+        se = np.full(pts.size, np.nan) if se is None else se[pts]
+        with_se = bool(np.all(np.isfinite(se)))
+        log_sd = np.maximum(se / err, MIN_LOG_ERROR_SE) if with_se else None
+        weights = 1.0 / log_sd**2 if with_se else None
+        coef, exponent, r2 = fit_power_law(c_pts, err, weights)
         draws = np.full((0 if counts is None else len(counts), 2), np.nan)
         if len(draws):
             rng = np.random.default_rng([cfg.seed, 3])
-            picks = rng.integers(0, pts.size, size=(len(draws), pts.size))
-            noise = rng.standard_normal((len(draws), pts.size))
-            for r in range(len(draws)):
-                p = picks[r]
-                if np.unique(res.budget[pts[p]]).size >= 2:
-                    value = np.clip(metric[pts[p]] + se[p] * noise[r], 0.0, 1.0 - 1e-6)
-                    c, x, _ = fit_power_law(res.budget[pts[p]], 1.0 - value)
+            if with_se:
+                law = np.log(coef) + exponent * np.log(c_pts)
+                noise = rng.standard_normal((len(draws), pts.size))
+                for r in range(len(draws)):
+                    c, x, _ = fit_power_law(c_pts, np.exp(law + log_sd * noise[r]), weights)
                     draws[r] = [c, x]
+            else:
+                picks = rng.integers(0, pts.size, size=(len(draws), pts.size))
+                for r in range(len(draws)):
+                    p = pts[picks[r]]
+                    if np.unique(res.budget[p]).size >= 2:
+                        c, x, _ = fit_power_law(res.budget[p], 1.0 - metric[p])
+                        draws[r] = [c, x]
+        if not exponent < 0:
+            warn(f"utility {col}: AUROC does not rise with compute in this sweep (1 - AUROC ~ C^{exponent:.3g}); "
+                 "its law is reported but not used for predictions")
         fits[col] = UtilityFit(
             metric=col, coef=coef, coef_ci=percentile_ci(draws[:, 0], cfg.confidence), exponent=exponent,
             exponent_ci=percentile_ci(draws[:, 1], cfg.confidence), r2=r2, n_points=int(pts.size),
             points=[dict(budget=float(res.budget[i]), flops=float(res.flops[i]), run_id=str(res.run_id[i]), value=float(metric[i]),
-                         se=float(s) if s > 0 else None) for i, s in zip(pts, se)],
-            measurement_noise=bool(np.any(se > 0)),
+                         se=float(s) if np.isfinite(s) else None) for i, s in zip(pts, se)],
+            measurement_noise=with_se,
         )
         draws_out[f"utility/{col}/coef"], draws_out[f"utility/{col}/exponent"] = draws[:, 0], draws[:, 1]
     return fits, draws_out

@@ -203,6 +203,9 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
 
     utility = {}
     for task, u in fit_json.get("utility", {}).items():
+        if not (u.get("exponent") is not None and u["exponent"] < 0):
+            notes.append(f"no AUROC prediction for {task}: its AUROC did not rise with compute in the fitted sweep")
+            continue
         dc, de = draws.get(f"utility/{u['metric']}/coef"), draws.get(f"utility/{u['metric']}/exponent")
         # AUROC is bounded: a law extrapolated past chance (0.5) or 1 is clipped there.
         entry = {"auroc": float(auroc_from_law(u["coef"], u["exponent"], flops))}

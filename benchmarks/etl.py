@@ -65,7 +65,6 @@ def main() -> None:
             tokens = sum(v["tokens"] for v in stats["splits"].values())
             rows.append(dict(patients=n, events=events, tokens=tokens, synth_s=s_t, etl_s=e_t, tokenize_s=k_t,
                              synth_rss_mib=s_rss, etl_rss_mib=e_rss, tokenize_rss_mib=k_rss))
-            r = rows[-1]
             print(f"{n:>7} patients {events:>10} events {tokens:>10} tokens | synth {s_t:6.1f}s {s_rss:6.0f} MiB | "
                   f"etl {e_t:6.1f}s {events / e_t:>9.0f} ev/s {e_rss:6.0f} MiB | "
                   f"tokenize {k_t:6.1f}s {events / k_t:>9.0f} ev/s {k_rss:6.0f} MiB", flush=True)

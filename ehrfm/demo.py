@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
 import os
 import shutil
 import sys
@@ -248,7 +249,7 @@ def _report(cfg, st, out, meds, tok, labels_dir, results_path, fit, fit_error, h
     tok_stats = read_json(Path(tok) / "stats.json", "token stats")
     meds_meta = read_json(Path(meds) / "metadata" / "dataset.json", "dataset metadata")
     wall = time.time() - st.t0
-    L = [f"# ehrfm demo report", "",
+    L = ["# ehrfm demo report", "",
          f"Made {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by `ehrfm demo{' --quick' if cfg.quick else ''}` "
          f"(ehrfm {_version()}), in {wall / 60:.1f} min on {os.cpu_count()} CPU cores. Settings: "
          f"`{rel(Path(out) / 'demo_config.json')}`.", ""]
@@ -259,7 +260,8 @@ def _report(cfg, st, out, meds, tok, labels_dir, results_path, fit, fit_error, h
         a2 = fit.approach2
         L.append(f"A real scaling result: {verdict} Approach 2 gives N_opt ~ C^{_ci3(a2.a, a2.a_ci)} and "
                  f"D_opt ~ C^{_ci3(a2.b, a2.b_ci)} (95% bootstrap intervals).")
-        if not (a2.a_ci[0] > 0 and a2.b_ci[0] > 0):
+        lows = (a2.a_ci[0], a2.b_ci[0])
+        if all(x is not None and math.isfinite(x) for x in lows) and not min(lows) > 0:
             L.append("The intervals still include 0: a sweep this small shows the minima moving, but does not pin the "
                      "exponents down; more budgets, more sizes per budget or repeated seeds would narrow them.")
     else:

@@ -160,6 +160,16 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
 
 
+def per_slice_matmuls(x: torch.Tensor) -> bool:
+    """Multiply by each slice of a fused weight (qkv, SwiGLU's gate|up) separately?
+
+    On CPU yes: three (two) contiguous outputs, and RoPE on them, make a training step ~5% faster
+    than one strided product (benchmarks/train_throughput.py). On GPUs the small models of a sweep
+    are launch-bound, so one fused matmul. Same parameters and the same function either way.
+    """
+    return x.device.type == "cpu"
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -168,14 +178,12 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
     def _qkv(self, x, cos, sin):
-        """q, k (rotated), v, each (B, T, H, hd) and contiguous.
-
-        One matmul per slice of the fused weight rather than one over all of it: on CPU the
-        three contiguous outputs (and RoPE in this layout, before any transpose) make a training
-        step ~5% faster than splitting one strided (B, T, 3, H, hd) product; same parameters.
-        """
+        """q, k (rotated), v, each (B, T, H, hd): RoPE in this layout, before any transpose."""
         B, T, C = x.shape
-        q, k, v = (F.linear(x, w).view(B, T, self.n_head, self.head_dim) for w in self.qkv.weight.chunk(3))
+        if per_slice_matmuls(x):
+            q, k, v = (F.linear(x, w).view(B, T, self.n_head, self.head_dim) for w in self.qkv.weight.chunk(3))
+        else:
+            q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).unbind(2)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def forward(self, x, cos, sin, layout: AttentionLayout):
@@ -183,7 +191,7 @@ class Attention(nn.Module):
         q, k, v = self._qkv(x, cos, sin)
         if layout.kind == "xformers":
             # xformers wants (1, B*T, H, hd): the whole batch as one block-diagonal sequence
-            flat = lambda t: t.reshape(1, B * T, self.n_head, self.head_dim)  # noqa: E731
+            flat = lambda t: t.reshape(1, B * T, self.n_head, self.head_dim)  # noqa: E731  (v may be a strided view)
             y = _xformers_ops().memory_efficient_attention(flat(q), flat(k), flat(v), attn_bias=layout.bias)
             y = y.reshape(B, T, C)
         else:
@@ -218,10 +226,12 @@ class SwiGLU(nn.Module):
         self.w2 = nn.Linear(cfg.mlp_hidden, cfg.d_model, bias=False)
 
     def forward(self, x):
-        # Two matmuls on the halves of the fused weight: contiguous gate and up (~6% faster on CPU
-        # than slicing one (.., 2h) product), same parameters.
-        w1, w3 = self.w13.weight.split(self.hidden)
-        return self.w2(F.silu(F.linear(x, w1)) * F.linear(x, w3))
+        if per_slice_matmuls(x):
+            w1, w3 = self.w13.weight.split(self.hidden)
+            gate, up = F.linear(x, w1), F.linear(x, w3)
+        else:
+            gate, up = self.w13(x).split(self.hidden, dim=-1)
+        return self.w2(F.silu(gate) * up)
 
 
 class Block(nn.Module):

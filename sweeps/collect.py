@@ -95,6 +95,7 @@ def collect_sweep(
         planned = by_id.get(rid, {})
         result = st.result or {}
         completed = st.state == "completed"
+        tokens = result.get("tokens", planned.get("tokens"))
         if completed and result.get("val_loss") is None:
             raise UserError(f"{runs_dir(sweep_dir) / rid / 'result.json'}: status completed but no val_loss")
         rows.append(
@@ -103,12 +104,12 @@ def collect_sweep(
                 "budget": planned.get("budget"),
                 "n_params": result.get("n_params", planned.get("n_params")),
                 "n_params_total": result.get("n_params_total", planned.get("n_params_total")),
-                "tokens": result.get("tokens", planned.get("tokens")),
+                "tokens": tokens,
                 "flops": result.get("flops", planned.get("flops")),
                 # The data is finite: analysis corrects multi-epoch runs (Muennighoff et al. 2023)
                 # and the recommender counts the epochs D_opt needs, from these two columns.
                 "unique_tokens": sweep.train_tokens or None,
-                "epochs": (result.get("tokens", planned.get("tokens")) or 0) / sweep.train_tokens if sweep.train_tokens else None,
+                "epochs": tokens / sweep.train_tokens if tokens is not None and sweep.train_tokens else None,
                 "loss": float(result["val_loss"]) if completed else None,
                 "status": st.state,
                 "error": result.get("error"),

@@ -59,3 +59,26 @@ def test_quick_demo_rerun_with_same_seed_gives_same_fits(quick_demo, tmp_path):
     b = json.loads((again / "fit" / "fits.json").read_text().replace(str(again), "DIR"))
     assert a["n_runs"] >= 9 and a["inputs"]["source"] == "DIR/sweep/results.parquet"
     assert a == b
+
+
+def test_scaling_verdict_needs_three_interior_minima_that_grow_with_compute():
+    import dataclasses
+
+    import numpy as np
+
+    from analysis.fit import fit_results
+    from analysis.synthetic import HOFFMANN, synthetic_results
+    from ehrfm.demo import _scaling_verdict
+
+    fit = fit_results(synthetic_results(HOFFMANN, budgets=np.logspace(18, 21, 4), sizes=7, noise=0.003, seed=0),
+                      approaches=(2,), bootstrap=20, seed=0)
+    ok, why = _scaling_verdict(fit)
+    assert ok and why.startswith("4 of 4 budgets")
+    # Minima that do not move to larger models as compute grows are not a scaling result.
+    shrinking = dataclasses.replace(fit, approach2=dataclasses.replace(fit.approach2, a=-0.2))
+    ok, why = _scaling_verdict(shrinking)
+    assert not ok and "do not grow with compute" in why
+    # Two usable parabolas are not enough.
+    budgets = [dataclasses.replace(b, interior=False) if i < 2 else b for i, b in enumerate(fit.approach2.budgets)]
+    ok, why = _scaling_verdict(dataclasses.replace(fit, approach2=dataclasses.replace(fit.approach2, budgets=budgets)))
+    assert not ok and why.startswith("2 of 4 budgets")

@@ -69,22 +69,39 @@ def test_utility_law_recovered(fit):
 
 
 def test_utility_intervals_carry_each_aurocs_measurement_noise():
-    # Three budgets, AUROCs measured with a standard error of 0.01 (a probe on ~1,000 held-out
-    # labels): the per-budget points alone would give a falsely narrow interval.
+    # Three budgets whose AUROCs were measured with a standard error of 0.01 (a probe on ~1,000
+    # held-out labels): three points' scatter alone cannot give an honest interval.
     kw = dict(budgets=np.logspace(18, 20, 3), sizes=7, noise=0.003, tasks={"mortality": (2.0, -0.05)})
-    noisy = fit_results(synthetic_results(LAW, seed=4, auroc_se=0.01, **kw), approaches=(2,), bootstrap=400, seed=0)
-    u = noisy.utility["auroc/mortality"]
-    assert u.measurement_noise and all(p["se"] == 0.01 for p in u.points)
-    assert u.exponent_ci[0] < -0.05 < u.exponent_ci[1]
-    # The same table without the se column: only the three points' scatter, a narrower interval.
-    table = synthetic_results(LAW, seed=4, auroc_se=0.01, **kw).drop("auroc_se/mortality")
-    bare = fit_results(table, approaches=(2,), bootstrap=400, seed=0).utility["auroc/mortality"]
-    assert not bare.measurement_noise and bare.exponent == u.exponent
-    assert np.diff(u.exponent_ci)[0] > 1.5 * np.diff(bare.exponent_ci)[0]
+    covered = 0
+    for seed in range(4, 9):
+        u = fit_results(synthetic_results(LAW, seed=seed, auroc_se=0.01, **kw), approaches=(2,), bootstrap=400, seed=0).utility["auroc/mortality"]
+        assert u.measurement_noise and [p["se"] for p in u.points] == [0.01] * 3
+        covered += u.exponent_ci[0] < -0.05 < u.exponent_ci[1]
+        # The interval is the weighted least-squares one: 2 x 1.96 x the slope's standard error
+        # with the delta-method SE of ln(1 - AUROC), 0.01 / (1 - AUROC), at each point.
+        err = np.array([1 - p["value"] for p in u.points])
+        x, w = np.log([p["budget"] for p in u.points]), (err / 0.01) ** 2
+        slope_se = 1 / np.sqrt(np.sum(w * (x - np.sum(w * x) / w.sum()) ** 2))
+        assert np.diff(u.exponent_ci)[0] == pytest.approx(2 * 1.96 * slope_se, rel=0.1)
+    assert covered >= 4  # 95% intervals: all five here, allow one miss
+    # Without the se column: a case bootstrap of the three points, flagged as such.
+    table = synthetic_results(LAW, seed=4, auroc_se=0.01, **kw)
+    bare = fit_results(table.drop("auroc_se/mortality"), approaches=(2,), bootstrap=400, seed=0).utility["auroc/mortality"]
+    assert not bare.measurement_noise and all(p["se"] is None for p in bare.points)
     # A standard error outside [0, 0.5] is refused, naming the column.
-    bad = synthetic_results(LAW, seed=4, auroc_se=0.01, **kw).with_columns(pl.lit(-1.0).alias("auroc_se/mortality"))
     with pytest.raises(UserError, match="auroc_se/mortality is outside"):
-        load_results(bad)
+        load_results(table.with_columns(pl.lit(-1.0).alias("auroc_se/mortality")))
+
+
+def test_utility_law_that_does_not_improve_is_reported_not_predicted_from():
+    from analysis.recommend import recommend
+
+    t = synthetic_results(LAW, budgets=np.logspace(18, 20, 3), sizes=7, noise=0.003, seed=2, tasks={"mortality": (0.02, 0.05)})
+    with pytest.warns(FitWarning, match="AUROC does not rise with compute"):
+        f = fit_results(t, approaches=(2, 3), bootstrap=50, seed=0)
+    assert f.utility["auroc/mortality"].exponent > 0
+    rec = recommend(f, 1e21)
+    assert "mortality" not in rec.utility and any("no AUROC prediction for mortality" in w for w in rec.warnings)
 
 
 def test_utility_predictions_stay_between_chance_and_perfect():

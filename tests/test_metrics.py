@@ -63,3 +63,15 @@ def test_equal_histories_tie_exactly_whatever_the_blas_summation_order():
     assert raw[0] != raw[1] and roc_auc_score(y, raw) == 1.0  # the noise decides the ranking
     p = positive_proba(LastBitNoise(), x)
     assert p[0] == p[1] and roc_auc_score(y, p) == 0.75  # a tie counts half, as it should
+    assert p[0] == pytest.approx(raw[0]) and p[2] == pytest.approx(raw[2])
+
+    # Sparse count features (the baseline): rows equal as (index, value) lists, whatever their storage.
+    from scipy.sparse import csr_matrix
+
+    class SparseNoise(LastBitNoise):
+        def predict_proba(self, x):
+            return super().predict_proba(np.asarray(x.toarray()))
+
+    xs = csr_matrix(np.array([[0.3, 0.0], [0.3, 0.0], [-1.0, 2.0]]))
+    ps = positive_proba(SparseNoise(), xs)
+    assert ps[0] == ps[1] and ps[2] != ps[0]

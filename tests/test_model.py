@@ -162,3 +162,26 @@ def test_fused_training_loss_matches_reference_loss_and_grads():
     m = model(cfg)
     assert m(idx, tgt, return_logits=False)[0] is None
     torch.testing.assert_close(m(idx, tgt, return_logits=False)[1], m(idx, tgt)[1], rtol=1e-5, atol=1e-6)
+
+
+def test_fused_and_per_slice_matmuls_are_the_same_function(monkeypatch):
+    """CPU multiplies by each slice of the fused qkv / gate|up weights, GPUs by the whole: same model."""
+    import ehrfm.model as M
+
+    cfg = small(n_layer=2, d_model=32, n_head=4)
+    g = torch.Generator().manual_seed(3)
+    idx = torch.randint(0, cfg.vocab_size, (3, 20), generator=g)
+    seg = torch.tensor([0] * 8 + [1] * 12).expand(3, -1)  # packed rows: RoPE positions gathered per segment
+    out = {}
+    for per_slice in (True, False):
+        monkeypatch.setattr(M, "per_slice_matmuls", lambda x, v=per_slice: v)
+        m = model(cfg).train()
+        _, loss = m(idx, idx.roll(-1, 1), segment_ids=seg)
+        loss.backward()
+        with torch.no_grad():
+            step = m.forward_step(idx[:, :5], m.new_cache(3))
+        out[per_slice] = (loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters()}, step)
+    torch.testing.assert_close(out[True][0], out[False][0], atol=1e-6, rtol=0)
+    for name, grad in out[True][1].items():
+        torch.testing.assert_close(grad, out[False][1][name], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out[True][2], out[False][2], atol=1e-5, rtol=0)

@@ -6,6 +6,7 @@ Skipped only when `sbatch` is not installed; a cluster that is installed but dow
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -40,9 +41,32 @@ def wait_until(predicate, timeout_s: float, what: str, poll_s: float = 0.3):
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
-def release_requeued(job_id: str) -> None:
-    """SLURM holds a requeued job ~2 minutes (BeginTime); let it start now."""
+def job_steps(job_id: str) -> list[str]:
+    """Steps SLURM still runs for a job (an array task's steps are listed under its own id)."""
+    out = subprocess.run(["squeue", "-h", "-s", "-o", "%i"], capture_output=True, text=True, check=True).stdout
+    return [s for s in out.split() if s.startswith(f"{job_id}.")]
+
+
+def alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def release_requeued(job_id: str, record_path) -> None:
+    """SLURM holds a requeued job ~2 minutes (BeginTime); let it start sooner, but not at once: a
+    job restarted within a second or so of its kill is refused by slurmd ("Job N already killed,
+    do not launch batch job") and fails, which the 2-minute hold exists to prevent. So wait for
+    the old attempt's steps and processes to be gone, then a few seconds more."""
     wait_until(lambda: squeue_state(job_id)[0] == "PENDING", 120, f"job {job_id} to be requeued")
+    record = json.loads(record_path.read_text())
+    wait_until(lambda: not job_steps(job_id) and not alive(record.get("pid")) and not alive(record.get("trainer_pid")),
+               120, f"the old attempt of job {job_id} to end")
+    time.sleep(5)
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, capture_output=True)
 
 
@@ -120,7 +144,7 @@ def test_slurm_requeue_and_preemption_resume_with_identical_loss(synth_tokens, t
     subprocess.run(["scontrol", "requeue", jobs[requeued]], check=True, capture_output=True)
     subprocess.run(["scancel", "--signal=USR2", jobs[preempted]], check=True, capture_output=True)  # what SLURM sends before the time limit
     for rid in (requeued, preempted):
-        release_requeued(jobs[rid])
+        release_requeued(jobs[rid], out / "jobs" / f"{rid}.json")
     from sweeps.launch import wait_for_runs
 
     final = wait_for_runs(out, [requeued, preempted], poll_s=1.0, timeout_s=600)

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from ehrfm.config import TrainConfig
-from ehrfm.errors import UserError
 from ehrfm.train import lr_at, train
 
 

@@ -591,7 +591,6 @@ def _personal_list(rng, has_cond, popularity, links, mean_len, max_len) -> np.nd
     Items are drawn without replacement (Gumbel top-k) by popularity plus links to the patient's
     conditions; the list order is the patient's own and is kept at every admission.
     """
-    n = has_cond.shape[0]
     logits = popularity[None, :] + has_cond.astype(float) @ links
     ranked = np.argsort(-(logits + rng.gumbel(size=logits.shape)), axis=1)[:, :max_len]
     length = np.minimum(rng.poisson(mean_len), max_len)

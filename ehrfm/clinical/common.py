@@ -54,17 +54,30 @@ def small_problem_threads(n_rows: int, n_cols: int):
     return threadpool_limits(limits=1) if n_rows * max(n_cols, 1) < 5_000_000 else contextlib.nullcontext()
 
 
-# Probabilities are rounded to this many decimals before they are ranked. Identical histories
-# (common: short first-admission timelines) have identical features, but BLAS may sum their dot
-# products in a different order (it depends on memory alignment, which varies from process to
-# process), leaving last-bit differences that break the tie one way or the other: AUROC would then
-# change between two runs with the same seed. Rounding restores the exact tie.
-PROBA_DECIMALS = 12
-
-
 def positive_proba(model, x) -> np.ndarray:
-    """P(y = 1) of a fitted classifier, rounded so that equal inputs give exactly equal scores."""
-    return np.round(model.predict_proba(x)[:, 1], PROBA_DECIMALS)
+    """P(y = 1) of a fitted classifier, exactly equal for equal feature rows.
+
+    Identical histories are common (short first-admission timelines) and have identical features,
+    but BLAS may sum their dot products in different orders (it depends on memory alignment, which
+    varies between processes), leaving last-bit differences that break their tie one way or the
+    other: AUROC would then change between two runs with the same seed. Scoring each distinct row
+    once and copying the score keeps such ties exact.
+    """
+    if hasattr(x, "tocsr"):  # sparse counts: rows are equal when their (index, value) lists are
+        x = x.tocsr(copy=True)
+        x.sum_duplicates()  # canonical: sorted indices, no repeats
+        seen: dict[bytes, int] = {}
+        inverse = np.empty(x.shape[0], dtype=np.int64)
+        for r in range(x.shape[0]):
+            a, b = x.indptr[r], x.indptr[r + 1]
+            key = x.indices[a:b].tobytes() + b"|" + x.data[a:b].tobytes()
+            inverse[r] = seen.setdefault(key, len(seen))
+        first = np.empty(len(seen), dtype=np.int64)
+        first[inverse[::-1]] = np.arange(x.shape[0])[::-1]  # the first row of each group
+    else:
+        x = np.asarray(x)
+        _, first, inverse = np.unique(x, axis=0, return_index=True, return_inverse=True)
+    return model.predict_proba(x[first])[:, 1][np.asarray(inverse).reshape(-1)]
 
 
 def fit_logistic(x_train, y_train, x_tuning, y_tuning, seed: int, task: str):

@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from ehrfm.errors import UserError
-from ehrfm.tokens import SPLITS, TokenDir
+from ehrfm.tokens import TokenDir
 
 # Special tokens that mark the end of a timeline (the tokenizer's name first).
 END_TOKENS = ("TIMELINE_END", "END", "EOS", "<eos>", "</s>")
