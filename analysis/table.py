@@ -186,22 +186,17 @@ def load_results(table: str | Path | pl.DataFrame) -> Results:
             if bad.any():
                 raise UserError(f"results table {source}: column {col} is non-positive in {int(bad.sum())} run(s): {_name_ids(run_id[bad])}")
 
-    utility = {}
-    for col in df.columns:
-        if col.startswith(("auroc/", "auprc/")):
-            u = _numeric(df, col, source)
-            bad = keep & np.isfinite(u) & ~((u >= 0) & (u <= 1))
-            if bad.any():
-                raise UserError(f"results table {source}: column {col} is outside [0, 1] in {int(bad.sum())} run(s): {_name_ids(run_id[bad])}")
-            utility[col] = u
-    utility_se = {}
-    for col in df.columns:
-        if col.startswith("auroc_se/") and "auroc/" + col.split("/", 1)[1] in utility:
-            se = _numeric(df, col, source)
-            bad = keep & np.isfinite(se) & ~((se >= 0) & (se <= 0.5))
-            if bad.any():
-                raise UserError(f"results table {source}: column {col} is outside [0, 0.5] in {int(bad.sum())} run(s): {_name_ids(run_id[bad])}")
-            utility_se["auroc/" + col.split("/", 1)[1]] = se
+    def bounded(col: str, lo: float, hi: float) -> np.ndarray:
+        v = _numeric(df, col, source)
+        bad = keep & np.isfinite(v) & ~((v >= lo) & (v <= hi))
+        if bad.any():
+            raise UserError(f"results table {source}: column {col} is outside [{lo:g}, {hi:g}] in {int(bad.sum())} run(s): {_name_ids(run_id[bad])}")
+        return v
+
+    utility = {col: bounded(col, 0, 1) for col in df.columns if col.startswith(("auroc/", "auprc/"))}
+    # "auroc/<task>" -> its standard error, from the column auroc_se/<task>
+    utility_se = {col: bounded("auroc_se/" + col[len("auroc/"):], 0, 0.5) for col in utility
+                  if col.startswith("auroc/") and "auroc_se/" + col[len("auroc/"):] in df.columns}
 
     def first_int(col):
         if col not in df.columns:

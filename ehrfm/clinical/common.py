@@ -54,30 +54,35 @@ def small_problem_threads(n_rows: int, n_cols: int):
     return threadpool_limits(limits=1) if n_rows * max(n_cols, 1) < 5_000_000 else contextlib.nullcontext()
 
 
-def positive_proba(model, x) -> np.ndarray:
+def distinct_rows(x) -> tuple[np.ndarray, np.ndarray]:
+    """(first, inverse): the first index of each distinct row of x, and each row's distinct row.
+
+    Sparse rows are compared as (index, value) lists in canonical CSR form."""
+    if hasattr(x, "tocsr"):
+        x = x.tocsr(copy=True)
+        x.sum_duplicates()  # canonical: sorted indices, no repeats
+        keys = np.empty(x.shape[0], dtype=object)
+        for r in range(x.shape[0]):
+            a, b = x.indptr[r], x.indptr[r + 1]
+            keys[r] = x.indices[a:b].tobytes() + b"|" + x.data[a:b].tobytes()
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    else:
+        _, first, inverse = np.unique(np.asarray(x), axis=0, return_index=True, return_inverse=True)
+    return first, np.asarray(inverse).reshape(-1)
+
+
+def positive_proba(model, x, rows: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """P(y = 1) of a fitted classifier, exactly equal for equal feature rows.
 
     Identical histories are common (short first-admission timelines) and have identical features,
     but BLAS may sum their dot products in different orders (it depends on memory alignment, which
     varies between processes), leaving last-bit differences that break their tie one way or the
     other: AUROC would then change between two runs with the same seed. Scoring each distinct row
-    once and copying the score keeps such ties exact.
+    once and copying the score keeps such ties exact. `rows`: distinct_rows(x), when already known.
     """
-    if hasattr(x, "tocsr"):  # sparse counts: rows are equal when their (index, value) lists are
-        x = x.tocsr(copy=True)
-        x.sum_duplicates()  # canonical: sorted indices, no repeats
-        seen: dict[bytes, int] = {}
-        inverse = np.empty(x.shape[0], dtype=np.int64)
-        for r in range(x.shape[0]):
-            a, b = x.indptr[r], x.indptr[r + 1]
-            key = x.indices[a:b].tobytes() + b"|" + x.data[a:b].tobytes()
-            inverse[r] = seen.setdefault(key, len(seen))
-        first = np.empty(len(seen), dtype=np.int64)
-        first[inverse[::-1]] = np.arange(x.shape[0])[::-1]  # the first row of each group
-    else:
-        x = np.asarray(x)
-        _, first, inverse = np.unique(x, axis=0, return_index=True, return_inverse=True)
-    return model.predict_proba(x[first])[:, 1][np.asarray(inverse).reshape(-1)]
+    first, inverse = rows if rows is not None else distinct_rows(x)
+    x = x.tocsr() if hasattr(x, "tocsr") else np.asarray(x)
+    return model.predict_proba(x[first])[:, 1][inverse]
 
 
 def fit_logistic(x_train, y_train, x_tuning, y_tuning, seed: int, task: str):
@@ -101,11 +106,12 @@ def fit_logistic(x_train, y_train, x_tuning, y_tuning, seed: int, task: str):
     def path_scores(x_fit, y_fit, x_val, y_val) -> tuple[dict, dict]:
         scaler = (MaxAbsScaler() if sparse else StandardScaler()).fit(x_fit)
         a, b = scaler.transform(x_fit), scaler.transform(x_val)
+        b_rows = distinct_rows(b)  # once, not once per C
         lr = LogisticRegression(max_iter=1000, warm_start=True, random_state=seed)
         scores, fitted = {}, {}
         for c in C_GRID:
             lr.set_params(C=c).fit(a, y_fit)
-            scores[c] = float(roc_auc_score(y_val, positive_proba(lr, b)))
+            scores[c] = float(roc_auc_score(y_val, positive_proba(lr, b, b_rows)))
             fitted[c] = make_pipeline(scaler, copy.deepcopy(lr))
         return scores, fitted
 
