@@ -528,7 +528,7 @@ def fit_utility(res: Results, counts: np.ndarray | None, cfg: FitConfig, warn):
             metric=col, coef=coef, coef_ci=percentile_ci(draws[:, 0], cfg.confidence), exponent=exponent,
             exponent_ci=percentile_ci(draws[:, 1], cfg.confidence), r2=r2, n_points=int(pts.size),
             points=[dict(budget=float(res.budget[i]), flops=float(res.flops[i]), run_id=str(res.run_id[i]), value=float(metric[i]),
-                         se=float(s) if np.isfinite(s) else None) for i, s in zip(pts, se)],
+                         se=float(s) if np.isfinite(s) else None) for i, s in zip(pts, se, strict=False)],
             measurement_noise=with_se,
         )
         draws_out[f"utility/{col}/coef"], draws_out[f"utility/{col}/exponent"] = draws[:, 0], draws[:, 1]

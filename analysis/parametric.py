@@ -97,7 +97,7 @@ def batched_lbfgs(fun, x0, max_iter: int = 1000, memory: int = 10, gtol: float =
     n_hist = np.zeros(S, dtype=np.int64)  # valid pairs per row (ring buffer, newest at (n_hist-1) % memory)
     active = np.ones(S, dtype=bool)
     n_iter = np.zeros(S, dtype=np.int64)
-    for it in range(max_iter):
+    for _ in range(max_iter):
         idx = all_idx[active]
         if idx.size == 0:
             break

@@ -178,7 +178,7 @@ def plot_frontier(ax, fit, results) -> None:
         _band(ax, c, _law_draws(fit, k, "loss", c), style, conf)
     # Keep the axis on the data (a fitted E of ~0 or a runaway band must not squash it).
     lo, hi = results.loss.min(), results.loss.max()
-    if fit.approach3 and fit.approach3.E > 0.5 * lo:
+    if fit.approach3 and 0.5 * lo < fit.approach3.E:
         ax.axhline(fit.approach3.E, color="tab:blue", lw=0.8, ls=":", label=f"irreducible loss E = {fit.approach3.E:.3g}")
         lo = min(lo, fit.approach3.E)
     ax.set_ylim(lo / 1.1, hi * 1.1)
@@ -258,7 +258,7 @@ def make_plots(fit, results, out_dir) -> list[Path]:
             ncols = min(n, 2)
             nrows = -(-n // ncols)
             fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.8 * nrows), squeeze=False)
-            for ax, task in zip(axes.flat, fit.utility):
+            for ax, task in zip(axes.flat, fit.utility, strict=False):
                 plot_utility(ax, fit, results, task)
             for ax in list(axes.flat)[n:]:
                 ax.set_visible(False)

@@ -56,7 +56,7 @@ class Results:
     def multi_epoch(self) -> bool:
         return self.epochs is not None and bool(np.nanmax(self.epochs, initial=1.0) > 1.0 + 1e-9)
 
-    def subset(self, mask: np.ndarray) -> "Results":
+    def subset(self, mask: np.ndarray) -> Results:
         pick = lambda v: None if v is None else v[mask]  # noqa: E731
         return Results(
             source=self.source, run_id=self.run_id[mask], n_params=self.n_params[mask], tokens=self.tokens[mask],
@@ -144,7 +144,7 @@ def load_results(table: str | Path | pl.DataFrame) -> Results:
         run_id = df["run_id"].cast(pl.Utf8).fill_null("<null>").to_numpy().astype(str)
     else:
         run_id = np.array([f"row{i}" for i in range(n_rows)])
-    dup = [r for r, c in zip(*np.unique(run_id, return_counts=True)) if c > 1]
+    dup = [r for r, c in zip(*np.unique(run_id, return_counts=True), strict=False) if c > 1]
     if dup:
         raise UserError(f"results table {source}: column run_id has {len(dup)} duplicated id(s): {_name_ids(dup)}")
 

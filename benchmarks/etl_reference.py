@@ -371,7 +371,7 @@ def write_stub(path_base: Path, table: str, fmt: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
     types = [pa.int64() if c in STUB_INTS else pa.float64() if c in STUB_FLOATS else pa.string() for c in cols]
-    pq.write_table(pa.table({c: pa.array([], t) for c, t in zip(cols, types)}), f"{path_base}.parquet")
+    pq.write_table(pa.table({c: pa.array([], t) for c, t in zip(cols, types, strict=False)}), f"{path_base}.parquet")
 
 
 def build_view(src: Path, view: Path, tool: Tool, args) -> list[str]:
@@ -427,7 +427,7 @@ def count_output(tool: Tool, out: Path) -> dict:
     tables = {}
     if tool.table_of:
         df = tool.table_of(lf, out).group_by("table").len().collect()
-        tables = dict(zip(df["table"].to_list(), df["len"].to_list()))
+        tables = dict(zip(df["table"].to_list(), df["len"].to_list(), strict=False))
     return {"rows": rows, "subjects": subjects, "tables": tables}
 
 
@@ -478,12 +478,12 @@ def main() -> None:
     pin = []
     if n < (os.cpu_count() or n) and shutil.which("taskset"):
         pin = ["taskset", "-c", f"0-{n - 1}"]
-    print(f"threads per tool: {n}{' (pinned to CPUs 0-%d)' % (n - 1) if pin else ''}; repeats: "
-          f"{dict(zip(inputs, reps))}; tools: {', '.join(t.name for t in tools)}; work dir: {work}", flush=True)
+    print(f"threads per tool: {n}{f' (pinned to CPUs 0-{n - 1})' if pin else ''}; repeats: "
+          f"{dict(zip(inputs, reps, strict=False))}; tools: {', '.join(t.name for t in tools)}; work dir: {work}", flush=True)
 
     results = []
     try:
-        for inp, nrep in zip(inputs, reps):
+        for inp, nrep in zip(inputs, reps, strict=False):
             if inp == "demo":
                 src, label = Path(args.demo), "mimic-iv-demo-2.2"
                 if not (src / "hosp").is_dir():

@@ -56,7 +56,7 @@ class DemoConfig:
     quick: bool = False
 
     @classmethod
-    def quick_config(cls, **overrides) -> "DemoConfig":
+    def quick_config(cls, **overrides) -> DemoConfig:
         """A ~1-minute smoke version: a small cohort, three tiny budgets, three distinct sizes each
         (smaller budgets snap two of the three sizes to the family's smallest shape)."""
         base = dict(patients=1500, budgets=[5e10, 1e11, 2e11], sizes=3, span_dex=0.5, bootstrap=50,

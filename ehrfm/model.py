@@ -303,7 +303,7 @@ class GPT(nn.Module):
 
     def _trunk(self, idx, segment_ids=None, positions=None) -> torch.Tensor:
         B, T = idx.shape
-        if T > self.config.context:
+        if self.config.context < T:
             raise ValueError(f"sequence length {T} exceeds the model context {self.config.context}")
         layout = attention_layout(segment_ids, T, idx.device, self.attention_backend)
         if positions is None and layout.kind == "causal":

@@ -45,7 +45,7 @@ class PackedRows:
     def n_targets(self) -> int:
         return int((self.targets != IGNORE_INDEX).sum())
 
-    def take(self, rows) -> "PackedRows":
+    def take(self, rows) -> PackedRows:
         t = self.tokens[rows]
         return PackedRows(t, self.targets[rows], self.segment_ids[rows], int((self.segment_ids[rows] != PAD_SEGMENT).sum()))
 

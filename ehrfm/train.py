@@ -57,7 +57,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ehrfm import __version__
+from ehrfm import __version__, fault_points
 from ehrfm.checkpoint import has_checkpoint, load_training_state, save_checkpoint
 from ehrfm.config import ModelConfig, TrainConfig
 from ehrfm.errors import UserError
@@ -403,7 +403,7 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
                 "train_loss": train_loss,
                 "tokenizer_fingerprint": td.fingerprint, "steps": n_steps, "tokens": D}
 
-    metrics_f = open(run_dir / "metrics.jsonl", "a") if dd.main else None
+    metrics_f = open(run_dir / "metrics.jsonl", "a") if dd.main else None  # noqa: SIM115 (closed in the finally below)
     quiet = {} if dd.main else {"disable": True}  # one bar, on rank 0 (EHRFM_QUIET=1 silences it)
     bar = progress(total=D, initial=min(step * step_tokens, D), unit="tok", unit_scale=True, desc="train", **quiet)
     model.train()
@@ -437,6 +437,8 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
                     (part * (dd.world / max(n_predicted, 1))).backward()
                 loss_sum += part.detach().double()
             grad_norm = torch.nn.utils.clip_grad_norm_(core.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            # a test can hold the run here, after step `step + 1`'s gradients, to interrupt it exactly there
+            fault_points.hold(f"step-{step + 1}", run_dir.name, _stop_requested)
             # one all-reduce per step carries the loss sum and any rank's stop request
             flags = torch.stack([loss_sum, torch.tensor(float(_stop_requested.is_set()), dtype=torch.float64, device=device)])
             if dd.world > 1:

@@ -19,7 +19,7 @@ from pathlib import Path
 from ehrfm.errors import UserError
 from ehrfm.io import atomic_file, progress, summary
 from sweeps.plan import load_sweep
-from sweeps.state import runs_dir, run_states
+from sweeps.state import run_states, runs_dir
 
 RESULTS_PARQUET = "results.parquet"
 

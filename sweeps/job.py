@@ -23,6 +23,7 @@ the trainer joins one DDP group. Only rank 0 records failures.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -110,7 +111,7 @@ class TrainJob:
         if world > 1:
             env.update(_ddp_env(rank, local_rank, world))
         Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child process, closed after it)
         stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         log.write(f"--- {stamp} job {_job_id()} rank {rank}/{world}: python -m sweeps.run_one {self.config_path}\n".encode())
         log.flush()
@@ -139,10 +140,8 @@ class TrainJob:
     def _forward_stop(self, signum=None, frame=None) -> None:
         self._stopping = True
         if self._proc is not None and self._returncode is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 self._proc.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
     def _stop_trainer(self) -> None:
         self._forward_stop()

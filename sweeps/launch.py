@@ -247,10 +247,8 @@ def _archive_failed(sweep_dir: Path, run_id: str) -> None:
 def _write_record(sweep_dir: Path, run_id: str, **fields) -> None:
     path = record_path(sweep_dir, run_id)
     record = {}
-    try:
+    with contextlib.suppress(OSError, json.JSONDecodeError):
         record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        pass
     record.update(fields)
     write_json(path, record)
 
@@ -258,10 +256,8 @@ def _write_record(sweep_dir: Path, run_id: str, **fields) -> None:
 def _new_record(sweep_dir: Path, run_id: str, executor: str, **fields) -> None:
     """A fresh submission record (the previous attempt's fields are dropped)."""
     old = {}
-    try:
+    with contextlib.suppress(OSError, json.JSONDecodeError):
         old = json.loads(record_path(sweep_dir, run_id).read_text())
-    except (OSError, json.JSONDecodeError):
-        pass
     record = {
         "run_id": run_id,
         "executor": executor,
@@ -307,9 +303,8 @@ def _submit_slurm(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, time
     for job in jobs:
         _new_record(sweep_dir, job.run_id, "slurm")
     try:
-        with _stderr_captured() as err:
-            with executor.batch():
-                submitted = [executor.submit(job) for job in jobs]
+        with _stderr_captured() as err, executor.batch():
+            submitted = [executor.submit(job) for job in jobs]
     except Exception as e:  # sbatch refused (bad partition, account, limits): its message says why
         for job in jobs:
             record_path(sweep_dir, job.run_id).unlink(missing_ok=True)
@@ -318,7 +313,7 @@ def _submit_slurm(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, time
         raise UserError(f"sbatch refused the sweep's jobs: {msg[:400]}") from None
     if err["text"].strip():
         print(err["text"].rstrip(), file=sys.stderr)  # sbatch warnings, passed on
-    for job, sj in zip(jobs, submitted):
+    for job, sj in zip(jobs, submitted, strict=False):
         _write_record(sweep_dir, job.run_id, job_id=str(sj.job_id))
         report.submitted.append(job.run_id)
         report.job_ids[job.run_id] = str(sj.job_id)
@@ -447,10 +442,8 @@ def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, slots: 
     except KeyboardInterrupt:
         # Ctrl-C: every live job gets SIGTERM, its trainer checkpoints; a relaunch resumes them.
         for sj, _, _ in running.values():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(int(sj.job_id), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         # Wait for the trainers themselves (they may outlive their job process while they write
         # the checkpoint), so that a relaunch right after this resumes from a complete checkpoint.
         from sweeps.job import STOP_GRACE_S

@@ -62,7 +62,7 @@ class SweepConfig:
     ehrfm_version: str = ""
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SweepConfig":
+    def from_dict(cls, d: dict) -> SweepConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 EXIT_CODES = {"completed": 0, "diverged": 0, "failed": 1, "interrupted": 3}
 
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
     threads = os.environ.get("EHRFM_NUM_THREADS")
     try:
-        cfg = TrainConfig.from_dict(json.loads(open(argv[0]).read()))
+        cfg = TrainConfig.from_dict(json.loads(Path(argv[0]).read_text()))
         import torch
 
         if threads:

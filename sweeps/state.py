@@ -23,7 +23,6 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-
 FINISHED = ("completed", "failed", "diverged")
 ACTIVE = ("queued", "running")
 

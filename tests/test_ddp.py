@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from test_train import make_token_dir
 
 ENV = {**os.environ, "EHRFM_QUIET": "1", "OMP_NUM_THREADS": "1"}
@@ -34,7 +33,7 @@ def free_port() -> int:
 
 
 def losses(run: Path):
-    return [json.loads(l)["train_loss"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line)["train_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_two_gloo_ranks_match_one_process(tmp_path):

@@ -113,7 +113,7 @@ def test_utility_predictions_stay_between_chance_and_perfect():
     assert falling[0] == pytest.approx(1 - 0.1 * 1e10**0.05) and 0.5 < falling[1] < falling[0]
     assert falling[-1] == 0.5 and np.all(np.diff(falling) <= 0)
     rising = auroc_from_law(0.5, -0.05, c)
-    assert np.all((0.5 <= rising) & (rising < 1)) and np.all(np.diff(rising) > 0)
+    assert np.all((rising >= 0.5) & (rising < 1)) and np.all(np.diff(rising) > 0)
 def test_same_seed_same_fit_other_seed_other_intervals(table, fit):
     again = fit_results(table, bootstrap=200, seed=0)
     assert again.to_json() == fit.to_json()

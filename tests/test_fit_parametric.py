@@ -8,7 +8,8 @@ from analysis import parametric
 from analysis.synthetic import BESIROGLU, HOFFMANN, synthetic_results
 
 
-def _data(law, noise, seed=0, budgets=np.logspace(18, 22, 5), sizes=9):
+def _data(law, noise, seed=0, budgets=None, sizes=9):
+    budgets = np.logspace(18, 22, 5) if budgets is None else budgets
     t = synthetic_results(law, budgets=budgets, sizes=sizes, noise=noise, seed=seed)
     return t["n_params"].to_numpy().astype(float), t["tokens"].to_numpy().astype(float), t["loss"].to_numpy()
 
@@ -57,11 +58,11 @@ def test_full_grid_recovers_published_parameters(law):
     n, d, loss = _data(law, noise=0.002, budgets=np.logspace(18, 23, 6))
     fit = parametric.fit_parametric(n, d, loss)
     assert fit.n_starts == 4500
-    assert fit.E == pytest.approx(law.E, rel=0.02)
+    assert pytest.approx(law.E, rel=0.02) == fit.E
     assert fit.alpha == pytest.approx(law.alpha, abs=0.015)
     assert fit.beta == pytest.approx(law.beta, abs=0.015)
-    assert fit.A == pytest.approx(law.A, rel=0.25)
-    assert fit.B == pytest.approx(law.B, rel=0.25)
+    assert pytest.approx(law.A, rel=0.25) == fit.A
+    assert pytest.approx(law.B, rel=0.25) == fit.B
     assert fit.a == pytest.approx(law.beta / (law.alpha + law.beta), abs=0.01)
     # The fitted law reproduces the data to the noise level.
     assert np.sqrt(np.mean(np.log(fit.loss(n, d) / loss) ** 2)) < 0.004

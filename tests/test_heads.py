@@ -121,7 +121,7 @@ def test_history_cut_and_end_token(cohort, tmp_path):
     h = locate_histories(td, read_labels(labels))
     # every history ends at the LAB//A|B token at T0 + 1 h (5 tokens), never beyond
     assert (h.lengths() == 5).all()
-    last = [td.decode([td.split(s).tokens[e - 1]])[0] for s, e in zip(h.split, h.stop)]
+    last = [td.decode([td.split(s).tokens[e - 1]])[0] for s, e in zip(h.split, h.stop, strict=False)]
     assert last == ["LAB//A" if y else "LAB//B" for y in h.y]
     # a label at the discharge time: the discharge is history, the TIMELINE_END after it is not
     at_dis = read_labels(labels).head(1).with_columns(pl.lit(T0 + timedelta(days=3)).cast(pl.Datetime("us")).alias("prediction_time"))

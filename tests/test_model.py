@@ -126,7 +126,7 @@ def test_same_function_as_hf_llama():
         hf.model.embed_tokens.weight.copy_(m.embed.weight)
         hf.lm_head.weight.copy_(m.head.weight)
         hf.model.norm.weight.copy_(m.norm.weight)
-        for b, layer in zip(m.blocks, hf.model.layers):
+        for b, layer in zip(m.blocks, hf.model.layers, strict=False):
             q, k, v = b.attn.qkv.weight.split(d)
             layer.self_attn.q_proj.weight.copy_(q)
             layer.self_attn.k_proj.weight.copy_(k)

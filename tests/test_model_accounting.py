@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import make_token_dir
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -21,7 +22,6 @@ from ehrfm.model import GPT
 from ehrfm.packing import PackedStream
 from ehrfm.shapes import flops_per_token
 from ehrfm.tokens import TokenDir
-from test_train import make_token_dir
 
 
 @pytest.fixture(scope="module")

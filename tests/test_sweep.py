@@ -18,6 +18,7 @@ import pytest
 
 from ehrfm.config import ModelConfig
 from ehrfm.errors import UserError
+from ehrfm.fault_points import wait_held
 from ehrfm.shapes import flops_per_token, n_params, shape_for_params
 from ehrfm.tokens import TokenDir
 
@@ -58,7 +59,7 @@ def test_plan_is_isoflop_and_stable(synth_tokens, tmp_path):
     # Targets: 5 sizes log-spaced over +-1 dex, i.e. a factor 10**0.5 apart, centred on N*(C).
     for budget in (1e9, 1e10):
         targets = sorted({r["target_n_params"] for r in rows if r["budget"] == budget})
-        ratios = [b / a for a, b in zip(targets, targets[1:])]
+        ratios = [b / a for a, b in zip(targets, targets[1:], strict=False)]
         assert all(abs(2 * math.log10(q) - round(2 * math.log10(q))) < 1e-9 for q in ratios), ratios  # (shapes that coincide are planned once)
     # Larger budgets shift the ladder to larger models (the centre N*(C) grows with C).
     n_small = max(r["n_params"] for r in rows if r["budget"] == 1e9)
@@ -267,7 +268,6 @@ def test_local_failed_run_is_recorded_and_retried_only_when_asked(synth_tokens, 
 
 def test_local_ctrl_c_checkpoints_and_relaunch_resumes_to_the_same_loss(synth_tokens, tmp_path):
     import signal
-    import time
 
     from sweeps.plan import plan_sweep
 
@@ -275,17 +275,15 @@ def test_local_ctrl_c_checkpoints_and_relaunch_resumes_to_the_same_loss(synth_to
     for d in (out, reference):  # one run of ~780 optimizer steps, planned twice: same run id
         plan_sweep(synth_tokens, [5e10], d, sizes=1, context=64, train={"batch_size": 8})
     (rid,) = [r["run_id"] for r in plan_rows(out)]
-    metrics = out / "runs" / rid / "metrics.jsonl"
+    holds = tmp_path / "holds"  # the trainer holds after step 5 until interrupted: no race (ehrfm.fault_points)
     launcher = subprocess.Popen([sys.executable, "-m", "ehrfm", "sweep", "launch", str(out), "--executor", "local"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                                env=dict(os.environ, EHRFM_QUIET="1"))
-    deadline = time.time() + 300
-    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 5):
-        assert time.time() < deadline and launcher.poll() is None, "the run did not start training"
-        time.sleep(0.2)
+                                env=dict(os.environ, EHRFM_QUIET="1", EHRFM_HOLD_AT="step-5", EHRFM_HOLD_DIR=str(holds)))
+    wait_held(holds, rid, "step-5", is_alive=lambda: launcher.poll() is None)
     os.killpg(launcher.pid, signal.SIGINT)  # Ctrl-C in the launching terminal: the whole process group
     _, err = launcher.communicate(timeout=300)
     assert launcher.returncode == 130 and "running jobs checkpointed" in err, err[-2000:]
+    assert json.loads((out / "runs" / rid / "checkpoint" / "state.json").read_text())["step"] == 5
     status = ehrfm("sweep", "status", out)
     assert f"{rid}" in status.stdout and " interrupted " in status.stdout, status.stdout
     assert (out / "runs" / rid / "checkpoint").is_dir() and not (out / "runs" / rid / "result.json").exists()
@@ -327,21 +325,19 @@ def test_trainer_killed_hard_is_recorded_failed_then_retried(synth_tokens, tmp_p
     """A trainer killed without warning (the OOM killer's SIGKILL) leaves no result.json of its
     own: the job records the run as failed; --retry-failed trains it again to the normal result."""
     import signal
-    import time
 
     from sweeps.plan import plan_sweep
 
     out = tmp_path / "sweep"
     plan_sweep(synth_tokens, [5e10], out, sizes=1, context=64, train={"batch_size": 8})
     (rid,) = [r["run_id"] for r in plan_rows(out)]
+    holds = tmp_path / "holds"  # the trainer holds after step 5: killed there, never after it finished
     launcher = subprocess.Popen([sys.executable, "-m", "ehrfm", "sweep", "launch", str(out), "--executor", "local"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, EHRFM_QUIET="1"))
-    metrics, record = out / "runs" / rid / "metrics.jsonl", out / "jobs" / f"{rid}.json"
-    deadline = time.time() + 300
-    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 5):
-        assert time.time() < deadline and launcher.poll() is None, "the run did not start training"
-        time.sleep(0.2)
-    os.kill(json.loads(record.read_text())["trainer_pid"], signal.SIGKILL)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, EHRFM_QUIET="1", EHRFM_HOLD_AT="step-5", EHRFM_HOLD_DIR=str(holds)))
+    held = wait_held(holds, rid, "step-5", is_alive=lambda: launcher.poll() is None)
+    assert held["pid"] == json.loads((out / "jobs" / f"{rid}.json").read_text())["trainer_pid"]
+    os.kill(held["pid"], signal.SIGKILL)
     stdout, _ = launcher.communicate(timeout=300)
     assert launcher.returncode == 1 and "1 failed" in stdout
     result = json.loads((out / "runs" / rid / "result.json").read_text())

@@ -13,13 +13,16 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-
 from test_sweep import TINY, break_one_run, ehrfm, plan_rows
 
 pytestmark = [
     pytest.mark.slurm,
     pytest.mark.skipif(shutil.which("sbatch") is None, reason="SLURM not installed (no `sbatch` on PATH): run `sudo bash scripts/slurm-local.sh install && sudo bash scripts/slurm-local.sh up`"),
 ]
+
+
+# Where the requeue test holds its runs (ehrfm.fault_points): early, but after some real training.
+HOLD_STEP = 5
 
 
 def squeue_state(job_id: str) -> tuple[str, str]:
@@ -119,15 +122,20 @@ def test_slurm_sweep_completes_collects_and_relaunch_submits_nothing(slurm_sweep
 def test_slurm_requeue_and_preemption_resume_with_identical_loss(synth_tokens, tmp_path):
     """`scontrol requeue` of one running job and submitit's USR2 preemption signal to another:
     both checkpoint, are requeued, resume from the checkpoint, and end with the loss of an
-    uninterrupted run of the same config."""
+    uninterrupted run of the same config.
+
+    No race: both trainers hold at step HOLD_STEP (ehrfm.fault_points) until the test has
+    interrupted them, so each stops at exactly that step however fast the machine is."""
+    from ehrfm.fault_points import release, wait_held
     from sweeps.plan import plan_sweep
 
-    out = tmp_path / "sweep"
-    # Two runs of ~600-800 optimizer steps (a few seconds each on an idle core).
+    out, holds = tmp_path / "sweep", tmp_path / "holds"
+    point = f"step-{HOLD_STEP}"
     plan_sweep(synth_tokens, [4e10, 5e10], out, sizes=1, context=64, train={"batch_size": 8})
     rows = plan_rows(out)
-    assert len(rows) == 2
-    p = ehrfm("sweep", "launch", out, "--executor", "slurm", "--time", "20", "--cpus-per-task", "1")
+    assert len(rows) == 2 and all(r["steps"] > HOLD_STEP for r in rows)
+    hold_env = {"EHRFM_HOLD_AT": point, "EHRFM_HOLD_DIR": str(holds)}  # sbatch passes the environment on
+    p = ehrfm("sweep", "launch", out, "--executor", "slurm", "--time", "20", "--cpus-per-task", "1", env=hold_env)
     assert p.returncode == 0, p.stderr
     # Already queued or running: a relaunch does not submit them twice.
     again = ehrfm("sweep", "launch", out, "--executor", "slurm")
@@ -135,15 +143,12 @@ def test_slurm_requeue_and_preemption_resume_with_identical_loss(synth_tokens, t
 
     jobs = {r["run_id"]: json.loads((out / "jobs" / f"{r['run_id']}.json").read_text())["job_id"] for r in rows}
     requeued, preempted = (r["run_id"] for r in rows)
-
-    def training(rid):
-        metrics = out / "runs" / rid / "metrics.jsonl"
-        return metrics.is_file() and len(metrics.read_text().splitlines()) >= 5
-
-    wait_until(lambda: training(requeued) and training(preempted), 300, "both runs to train a few steps")
+    for rid in (requeued, preempted):
+        wait_held(holds, rid, point, is_alive=lambda rid=rid: squeue_state(jobs[rid])[0] in ("PENDING", "RUNNING", "CONFIGURING"))
     subprocess.run(["scontrol", "requeue", jobs[requeued]], check=True, capture_output=True)
     subprocess.run(["scancel", "--signal=USR2", jobs[preempted]], check=True, capture_output=True)  # what SLURM sends before the time limit
     for rid in (requeued, preempted):
+        release(holds, rid, point)  # the resumed attempt starts past the point; release it anyway
         release_requeued(jobs[rid], out / "jobs" / f"{rid}.json")
     from sweeps.launch import wait_for_runs
 
@@ -156,7 +161,7 @@ def test_slurm_requeue_and_preemption_resume_with_identical_loss(synth_tokens, t
     assert ehrfm("sweep", "launch", reference, "--executor", "local").returncode == 0
     for rid in (requeued, preempted):
         log = (out / "logs" / f"{rid}.log").read_text()
-        assert log.count("interrupted at step") == 1, log  # it really stopped mid-run ...
+        assert log.count(f"interrupted at step {HOLD_STEP}/") == 1, log  # it really stopped at the held step ...
         assert log.count(f"job {jobs[rid]} rank 0/1") == 2  # ... and the same job started again
         record = json.loads((out / "jobs" / f"{rid}.json").read_text())
         assert record["starts"] == 2 and record["job_id"] == jobs[rid]

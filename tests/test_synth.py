@@ -19,7 +19,7 @@ TABLES = [
 ]
 
 
-CHARTEVENTS_HEADER = "subject_id,hadm_id,stay_id,caregiver_id,charttime,storetime,itemid,value,valuenum,valueuom,warning".split(",")
+CHARTEVENTS_HEADER = ["subject_id", "hadm_id", "stay_id", "caregiver_id", "charttime", "storetime", "itemid", "value", "valuenum", "valueuom", "warning"]
 
 
 def _header(path):

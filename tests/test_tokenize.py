@@ -149,7 +149,7 @@ def test_synthetic_token_dir_is_aligned(synth_tokens, synth_meds):
     toks, times = sp.subject(0)
     names = td.decode(toks)
     want = meds.filter((pl.col("subject_id") == sid) & pl.col("code").str.starts_with("HOSPITAL_DISCHARGE//"))
-    got = [int(t) for n, t in zip(names, times) if n.startswith("HOSPITAL_DISCHARGE//")]
+    got = [int(t) for n, t in zip(names, times, strict=False) if n.startswith("HOSPITAL_DISCHARGE//")]
     assert got == want["time"].dt.epoch("us").to_list()
     # Events per split match the MEDS shards (MEDS_BIRTH counted as an input event).
     assert stats["splits"]["train"]["events"] == meds.height

@@ -25,7 +25,7 @@ def make_token_dir(path: Path, vocab_size: int = 40, n_subjects=(60, 12, 12), se
     path.mkdir(parents=True)
     (path / "tokenizer.json").write_text(json.dumps({"vocab": vocab, "seed": seed}))
     sid = 0
-    for split, n in zip(("train", "tuning", "held_out"), n_subjects):
+    for split, n in zip(("train", "tuning", "held_out"), n_subjects, strict=False):
         seqs = []
         for _ in range(n):
             L = int(rng.integers(5, max_len))
@@ -74,9 +74,9 @@ def test_trains_exactly_d_tokens_and_learns(tok, tmp_path):
     assert res["tokens"] == D and res["steps"] == math.ceil(D / (8 * 64))
     on_disk = json.loads((tmp_path / "run" / "result.json").read_text())
     assert on_disk["val_loss"] == res["val_loss"] and on_disk["flops"] == res["flops_per_token"] * D
-    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["tokens"] == D and lines[-1]["val_loss"] == res["val_loss"]
-    assert [l["step"] for l in lines[:-1]] == list(range(1, res["steps"] + 1))
+    assert [m["step"] for m in lines[:-1]] == list(range(1, res["steps"] + 1))
     # it learned: far below the uniform loss ln(40) = 3.69 and below the first steps' loss
     assert res["val_loss"] < 0.8 * math.log(40) and lines[-2]["train_loss"] < lines[0]["train_loss"] - 0.5
     from ehrfm.tokens import TokenDir
@@ -112,7 +112,7 @@ def test_lr_schedule_warmup_then_cosine_to_ten_percent():
     lrs = [lr_at(s, 100, cfg) for s in range(100)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert lrs[-1] == pytest.approx(1e-4)  # min_lr_ratio 0.1
-    assert lrs[10] == pytest.approx(1e-3) and all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert lrs[10] == pytest.approx(1e-3) and all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
     assert lrs[54] == pytest.approx(1e-4 + 0.5 * 9e-4, rel=0.02)  # halfway down the cosine
 
 
@@ -139,6 +139,6 @@ def test_gradient_accumulation_is_the_same_step(tok, tmp_path):
     """micro_batch_size regroups the same loss sum: 8 rows at once == 4 micro-batches of 2 (fp32 rounding)."""
     a = train(cfg_for(tok, tmp_path / "a", tokens=5000, eval_tokens=1024))
     b = train(cfg_for(tok, tmp_path / "b", tokens=5000, eval_tokens=1024, micro_batch_size=2))
-    la = [json.loads(l)["train_loss"] for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
-    lb = [json.loads(l)["train_loss"] for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    la = [json.loads(line)["train_loss"] for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(line)["train_loss"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert lb == pytest.approx(la, rel=1e-5) and b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)

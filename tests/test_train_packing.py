@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ehrfm.model import GPT
 from ehrfm.config import ModelConfig
+from ehrfm.model import GPT
 from ehrfm.packing import IGNORE_INDEX, PAD_SEGMENT, PackedStream
 
 
@@ -27,7 +27,7 @@ def test_one_epoch_covers_every_token_once_with_window_cuts():
     assert sorted(real.tolist()) == sorted(split_of(lengths).tokens.tolist())  # each token exactly once
     assert rows.tokens.shape == (5, 16) and rows.n_tokens == 78 and (rows.segment_ids == PAD_SEGMENT).sum() == 2
     flat_tok, flat_tgt = rows.tokens.ravel()[:78], rows.targets.ravel()[:78]
-    for tok, tgt in zip(flat_tok, flat_tgt):
+    for tok, tgt in zip(flat_tok, flat_tgt, strict=False):
         subject, pos = divmod(int(tok), 1000)
         if pos == lengths[subject - 1] - 1:
             assert tgt == IGNORE_INDEX  # last token of a subject predicts nothing
@@ -71,7 +71,7 @@ def test_packed_training_rows_equal_unpacked_subjects():
         _, packed = m(idx, tgt, segment_ids=seg, reduction="none")
         for r in range(idx.shape[0]):
             cuts = np.flatnonzero(np.diff(rows.segment_ids[r])) + 1
-            for lo, hi in zip([0, *cuts], [*cuts, 32]):
+            for lo, hi in zip([0, *cuts], [*cuts, 32], strict=False):
                 _, alone = m(idx[r : r + 1, lo:hi], tgt[r : r + 1, lo:hi], reduction="none")
                 torch.testing.assert_close(packed[r, lo:hi], alone[0], atol=1e-5, rtol=0)
 

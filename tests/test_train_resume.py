@@ -9,18 +9,18 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_train import make_token_dir
 
 from ehrfm.config import TrainConfig
 from ehrfm.errors import UserError
+from ehrfm.fault_points import wait_held
 from ehrfm.train import request_stop, train
-from test_train import make_token_dir
 
 SHAPE = ["--n-layer", "2", "--d-model", "32", "--n-head", "2", "--context", "64"]
 
@@ -60,7 +60,7 @@ def assert_same_tensors(a: Path, b: Path):
 
 def metrics(run):
     drop = ("tokens_per_s",)
-    return [{k: v for k, v in json.loads(l).items() if k not in drop} for l in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in json.loads(line).items() if k not in drop} for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -74,20 +74,17 @@ def reference(tok, tmp_path_factory):
 def test_kill_at_random_step_then_resume_is_bit_identical(tok, reference, tmp_path, sig):
     ref = json.loads((reference / "result.json").read_text())
     kill_after = random.randrange(2, ref["steps"] // 2)
-    out = tmp_path / "run"
-    proc = subprocess.Popen(run_cmd(tok, out), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    m = out / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if m.is_file() and m.read_text().count("\n") >= kill_after:
-            proc.send_signal(sig)
-            break
-        time.sleep(0.005)
+    out, holds = tmp_path / "run", tmp_path / "holds"
+    # The trainer holds after step kill_after until the signal arrives (ehrfm.fault_points): no race.
+    hold_env = dict(ENV, EHRFM_HOLD_AT=f"step-{kill_after}", EHRFM_HOLD_DIR=str(holds))
+    proc = subprocess.Popen(run_cmd(tok, out), env=hold_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_held(holds, out.name, f"step-{kill_after}", is_alive=lambda: proc.poll() is None)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 3, (kill_after, proc.returncode, err.decode()[-500:])
     assert not (out / "result.json").exists()
     state = json.loads((out / "checkpoint" / "state.json").read_text())
-    assert kill_after <= state["step"] < ref["steps"], (kill_after, state)
+    assert state["step"] == kill_after, (kill_after, state)
 
     done = subprocess.run(run_cmd(tok, out), env=ENV, capture_output=True)
     assert done.returncode == 0, done.stderr.decode()[-500:]

@@ -68,7 +68,7 @@ def _decode(args) -> int:
     n = len(tokens) if args.limit <= 0 else min(args.limit, len(tokens))
     print(f"# subject {int(split.subject_ids[pos])} ({args.split}): {len(tokens)} tokens, showing {n}")
     stamps = np.asarray(times[:n]).astype("datetime64[us]").astype("datetime64[s]")
-    for t, tok in zip(stamps, td.decode(tokens[:n])):
+    for t, tok in zip(stamps, td.decode(tokens[:n]), strict=False):
         print(f"{t}  {tok}")
     return 0
 

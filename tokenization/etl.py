@@ -41,9 +41,9 @@ import datetime as dt
 import gzip
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import polars as pl
@@ -90,7 +90,7 @@ class Table:
     times: list[str] = field(default_factory=list)
     ints: list[str] = field(default_factory=list)
     floats: list[str] = field(default_factory=list)
-    to_events: Callable[[pl.DataFrame, "Context"], list[pl.DataFrame]] | None = None
+    to_events: Callable[[pl.DataFrame, Context], list[pl.DataFrame]] | None = None
     required: bool = False
 
 
@@ -523,7 +523,7 @@ def _split_subjects(subjects: np.ndarray, cfg: EtlConfig) -> pl.DataFrame:
             raise UserError(f"{cfg.splits_file}: {n_none} subjects of the raw data have no split")
     else:
         df = pl.DataFrame({"subject_id": subjects, "split": assign_splits(subjects, cfg.split_fractions, cfg.split_seed)})
-    for name, frac in zip(SPLITS, cfg.split_fractions):
+    for name, frac in zip(SPLITS, cfg.split_fractions, strict=False):
         if (frac > 0 or cfg.splits_file) and df.filter(pl.col("split") == name).height == 0:
             raise UserError(
                 f"split {name!r} is empty ({len(subjects)} subjects, fractions {list(cfg.split_fractions)}); "
@@ -674,7 +674,6 @@ def _write_codes(raw: Path, out: Path, counts: dict[str, int]) -> None:
         "count": pl.Series([counts[c] for c in codes], dtype=pl.Int64),
     })
     import meds
-
     import pyarrow as pa
 
     table = df.to_arrow().cast(pa.schema([
@@ -690,9 +689,8 @@ def _write_codes(raw: Path, out: Path, counts: dict[str, int]) -> None:
 def _write_metadata(out: Path, cfg: EtlConfig, split_of: pl.DataFrame, rows_in: dict, missing: list,
                     untimed: dict) -> None:
     import meds
-    import pyarrow.parquet as pq
-
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     splits = split_of.sort("subject_id").to_arrow().cast(pa.schema([("subject_id", pa.int64()), ("split", pa.string())]))
     meds.SubjectSplitSchema.validate(splits)

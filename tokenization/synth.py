@@ -10,7 +10,7 @@ The generative story (why outcomes are predictable and longer context helps):
   diabetes, cirrhosis, cancer, hypertension, atrial fibrillation). Conditions begin at some
   admission and persist; each admission codes a present condition only with probability 0.7,
   so the evidence for them is spread over earlier admissions.
-- Every admission has an acute problem (sepsis, pneumonia, MI, GI bleed, AKI, ...), chosen
+- Every admission has an acute problem (sepsis, pneumonia, med_index, GI bleed, AKI, ...), chosen
   more often when a related condition is present, and a severity driven by frailty, age,
   conditions, acute problem and the number of earlier admissions. Severity sets the admission
   type, ICU transfer, length of stay, in-hospital death and the time to the next admission.
@@ -718,27 +718,27 @@ def _labs(rng, adm, hadm_id, sid, lab_offset):
 def _prescriptions(rng, adm, hadm_id, sid, lab_values, home_meds, rng_lists):
     n_adm = adm["pidx"].size
     med_keys = list(MEDS) + [f"home:{d}" for d in HOME_MED_POOL]
-    MI = {k: i for i, k in enumerate(med_keys)}
+    med_index = {k: i for i, k in enumerate(med_keys)}
     ai, mi, tt = [], [], []
     # Home medications of present conditions, reconciled a few hours after admission.
     for cname, drugs in MEDS_FOR_CONDITION.items():
         has = np.nonzero(adm["cond_now"][:, CI[cname]] & (rng.random(n_adm) < 0.8))[0]
         for drug in drugs:
             ai.append(has)
-            mi.append(np.full(has.size, MI[drug]))
+            mi.append(np.full(has.size, med_index[drug]))
             tt.append(adm["admit"][has] + (rng.uniform(3, 8, has.size) * HOUR).astype(np.int64))
     # Treatment of the acute problem, soon after the first labs.
     for aname, drugs in MEDS_FOR_ACUTE.items():
         has = np.nonzero((adm["acute"] == AI[aname]) & (rng.random(n_adm) < 0.9))[0]
         for drug in drugs:
             ai.append(has)
-            mi.append(np.full(has.size, MI[drug]))
+            mi.append(np.full(has.size, med_index[drug]))
             tt.append(adm["admit"][has] + (rng.uniform(2, 4, has.size) * HOUR).astype(np.int64))
     # Prophylaxis and symptom control for everyone with some probability.
     for drug, p in (("heparin", 0.5), ("acetaminophen", 0.6), ("ondansetron", 0.15)):
         has = np.nonzero(rng.random(n_adm) < p)[0]
         ai.append(has)
-        mi.append(np.full(has.size, MI[drug]))
+        mi.append(np.full(has.size, med_index[drug]))
         tt.append(adm["admit"][has] + (rng.uniform(4, 12, has.size) * HOUR).astype(np.int64))
     # Orders triggered by abnormal lab results.
     for lab, op, thr, drug in MEDS_FOR_LAB:
@@ -746,7 +746,7 @@ def _prescriptions(rng, adm, hadm_id, sid, lab_values, home_meds, rng_lists):
         sel &= (lab_values["value"] > thr) if op == ">" else (lab_values["value"] < thr)
         k = np.nonzero(sel)[0]
         ai.append(lab_values["a"][k])
-        mi.append(np.full(k.size, MI[drug]))
+        mi.append(np.full(k.size, med_index[drug]))
         tt.append(lab_values["t"][k] + (rng.uniform(1, 2.5, k.size) * HOUR).astype(np.int64))
     # The personal home-medication list, reconciled in the patient's own order (a minute apart).
     ha, item, pos = _list_events(rng_lists, adm, home_meds, 0.85)
@@ -763,7 +763,7 @@ def _prescriptions(rng, adm, hadm_id, sid, lab_values, home_meds, rng_lists):
     pharmacy_id = 50_000_000 + np.arange(a.size, dtype=np.int64)
     return pl.DataFrame({
         "subject_id": sid[a], "hadm_id": hadm_id[a], "pharmacy_id": pharmacy_id,
-        "poe_id": pl.Series([f"{s}-{i}" for s, i in zip(sid[a].tolist(), range(a.size))]),
+        "poe_id": pl.Series([f"{s}-{i}" for s, i in zip(sid[a].tolist(), range(a.size), strict=False)]),
         "poe_seq": np.arange(a.size, dtype=np.int64),
         "order_provider_id": pl.Series([None] * a.size, dtype=pl.String),
         "starttime": _ts(start), "stoptime": _ts(stop),

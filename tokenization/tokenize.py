@@ -313,7 +313,7 @@ def _subject_chunks(df: pl.DataFrame, n_subjects: int):
     sid = df["subject_id"].to_numpy()
     starts = np.r_[0, np.nonzero(sid[1:] != sid[:-1])[0] + 1]
     bounds = np.r_[starts[::n_subjects], len(sid)]
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in zip(bounds[:-1], bounds[1:], strict=False):
         if b > a:
             yield df.slice(int(a), int(b - a))
 
@@ -365,7 +365,7 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
         files = {}
         for s in shards:
             (tmp / s).mkdir()
-            files[s] = (open(tmp / s / "tokens.bin", "wb"), open(tmp / s / "times.bin", "wb"))
+            files[s] = (open(tmp / s / "tokens.bin", "wb"), open(tmp / s / "times.bin", "wb"))  # noqa: SIM115 (closed in the finally below)
         try:
             for split, path, subjects in progress(jobs, desc="tokenize: shards", unit="shard"):
                 df = _read_shard(path, subjects)

@@ -68,7 +68,7 @@ def locate_histories(td: TokenDir, labels: pl.DataFrame, labels_path: str | os.P
     split_names, start, stop = [], np.empty(len(sids), np.int64), np.empty(len(sids), np.int64)
     outside = 0
     unsorted: set[int] = set()
-    for k, (sid, t) in enumerate(zip(sids, pred)):
+    for k, (sid, t) in enumerate(zip(sids, pred, strict=False)):
         name, i = where[int(sid)]
         sp = td.split(name)
         a = int(sp.offsets[i])

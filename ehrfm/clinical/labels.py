@@ -136,12 +136,12 @@ def stays_from_events(events: pl.DataFrame) -> list[Stay]:
     for (subject_id,), ev in progress(groups, total=events["subject_id"].n_unique(), desc="labels: stays", unit="subject"):
         codes = ev["code"].to_list()
         times = ev["t"].to_list()
-        deaths = [t for c, t in zip(codes, times) if c == DEATH_CODE and t is not None]
-        icu_times = [t for c, t in zip(codes, times) if c.startswith(ICU_ADMISSION_PREFIX)]
+        deaths = [t for c, t in zip(codes, times, strict=False) if c == DEATH_CODE and t is not None]
+        icu_times = [t for c, t in zip(codes, times, strict=False) if c.startswith(ICU_ADMISSION_PREFIX)]
         # Group by timestamp: at a shared timestamp the open stay is closed first, then new
         # admissions open, then a remaining discharge closes a zero-length stay.
         by_time: dict[int, tuple[list[str], list[str]]] = {}
-        for c, t in zip(codes, times):
+        for c, t in zip(codes, times, strict=False):
             if t is None:
                 continue
             if c.startswith(ADMISSION_PREFIX):
@@ -206,7 +206,7 @@ def labels_from_stays(stays: list[Stay], cfg: LabelConfig) -> tuple[pl.DataFrame
     rows: list[tuple[int, int, bool]] = []
     excluded = {"no_discharge": 0}
     nexts = _next_admissions(stays) if cfg.task == "readmission_30d" else [None] * len(stays)
-    for s, nxt in zip(stays, nexts):
+    for s, nxt in zip(stays, nexts, strict=False):
         if s.discharge is None:
             excluded["no_discharge"] += 1
             continue

@@ -17,7 +17,14 @@ import numpy as np
 import polars as pl
 
 from ehrfm.clinical.baseline import task_name
-from ehrfm.clinical.common import check_out, fit_logistic, positive_proba, require_two_classes, subsample_per_split, write_head_outputs
+from ehrfm.clinical.common import (
+    check_out,
+    fit_logistic,
+    positive_proba,
+    require_two_classes,
+    subsample_per_split,
+    write_head_outputs,
+)
 from ehrfm.clinical.histories import Histories, locate_histories, select
 from ehrfm.clinical.labels import read_labels
 from ehrfm.clinical.metrics import binary_metrics, format_metrics
