@@ -1,5 +1,5 @@
 import sys
 
-from ehrfm.cli import main
+from ehrfm.app.cli import main
 
 sys.exit(main())

@@ -108,7 +108,7 @@ def test_baseline_bad_input(cohort, tmp_path):
 
 
 def test_baseline_cli(cohort, tmp_path, capsys):
-    from ehrfm.cli import main
+    from ehrfm.app.cli import main
 
     meds, labels, n = cohort
     rc = main(["baseline", str(meds), "--labels", str(labels), "--out", str(tmp_path / "b"), "--bootstrap", "50", "--windows", "full,24h"])

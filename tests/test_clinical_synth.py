@@ -146,7 +146,7 @@ def test_score_run_for_sweeps(pipeline):
 
 
 def test_cli_zeroshot_and_finetune(pipeline, tmp_path, capsys):
-    from ehrfm.cli import main
+    from ehrfm.app.cli import main
 
     root, _ = pipeline
     labels = str(root / "labels" / "in_hospital_mortality.parquet")
@@ -167,7 +167,7 @@ def test_cli_zeroshot_and_finetune(pipeline, tmp_path, capsys):
 
 def test_run_and_token_dir_from_different_tokenizers_refused(pipeline, tmp_path):
     """A token dir fitted with another min_count has other ids: refused before any scoring."""
-    from ehrfm.cli import main
+    from ehrfm.app.cli import main
     from tokenization.tokenize import tokenize
 
     root, _ = pipeline

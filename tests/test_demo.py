@@ -68,7 +68,7 @@ def test_scaling_verdict_needs_three_interior_minima_that_grow_with_compute():
 
     from analysis.fit import fit_results
     from analysis.synthetic import HOFFMANN, synthetic_results
-    from ehrfm.demo import _scaling_verdict
+    from ehrfm.app.demo import _scaling_verdict
 
     fit = fit_results(synthetic_results(HOFFMANN, budgets=np.logspace(18, 21, 4), sizes=7, noise=0.003, seed=0),
                       approaches=(2,), bootstrap=20, seed=0)

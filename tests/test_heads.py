@@ -192,7 +192,7 @@ def test_probe_and_finetune_write_metrics(cohort, tmp_path):
 
 
 def test_bad_input_one_clear_error(cohort, tmp_path):
-    from ehrfm.cli import main
+    from ehrfm.app.cli import main
     from ehrfm.clinical.probe import ProbeConfig, probe
     from ehrfm.tokens import TokenDir
 

@@ -174,7 +174,7 @@ def test_read_labels_accepts_aces_style_and_refuses_bad(tmp_path):
 
 
 def test_labels_cli_all_tasks(tmp_path):
-    from ehrfm.cli import main
+    from ehrfm.app.cli import main
 
     events = stay(1, T0, T0 + d(3), [(1, T0 + d(3), "MEDS_DEATH")]) + stay(2, T0, T0 + d(9))
     meds = write_meds(tmp_path / "meds", events)

@@ -1,4 +1,4 @@
-"""`ehrfm demo`: the whole study end to end on the built-in synthetic data (ehrfm.demo)."""
+"""`ehrfm demo`: the whole study end to end on the built-in synthetic data (ehrfm.app.demo)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
-    from ehrfm.demo import DemoConfig, run_demo
+    from ehrfm.app.demo import DemoConfig, run_demo
 
     overrides = {k: getattr(args, k) for k in ("patients", "budgets", "sizes", "span_dex", "tokens_per_param", "seed",
                                                 "executor", "slurm_partition", "max_parallel", "bootstrap")}
