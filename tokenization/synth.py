@@ -356,11 +356,42 @@ def synthesize(out: str | os.PathLike, n_patients: int = 1000, seed: int = 0, ov
 
 # --------------------------------------------------------------------------------------------
 def _generate(cfg: SynthConfig) -> dict[str, pl.DataFrame]:
+    """All tables of one cohort, entity by entity. Every draw comes from `rng` (or the list
+    stream) in a fixed order, so the order of the calls below is part of the output."""
     rng = np.random.default_rng(cfg.seed)
+    pat = _patients_latent(rng, cfg)
+    adm = _admission_course(rng, pat)
+    n_adm = adm["pidx"].size
+    hadm_id = 20_000_000 + rng.permutation(n_adm).astype(np.int64)
+    sid = pat["subject_id"][adm["pidx"]]
+    dod = _dates_of_death(rng, pat, adm)
+
+    tables: dict[str, pl.DataFrame] = {"hosp/patients": _patients_table(pat, dod)}
+    tables["hosp/admissions"], ed, edreg = _admissions_table(rng, pat, adm, hadm_id, sid)
+    icu = _icu_stays(rng, adm)
+    tables["icu/icustays"] = pl.DataFrame({
+        "subject_id": sid[icu["i"]], "hadm_id": hadm_id[icu["i"]], "stay_id": icu["stay_id"],
+        "first_careunit": icu["careunit"], "last_careunit": icu["careunit"],
+        "intime": _ts(icu["in"]), "outtime": _ts(icu["out"]),
+        "los": np.round((icu["out"] - icu["in"]) / DAY, 4),
+    })
+    tables["hosp/transfers"] = _transfers(rng, adm, icu, ed, edreg, hadm_id, sid)
+    # labs drawn in panels on admission then daily; medications follow the labs they treat
+    labs, lab_values = _labs(rng, adm, hadm_id, sid, pat["lab_offset"])
+    tables["hosp/labevents"] = labs
+    tables["hosp/prescriptions"] = _prescriptions(rng, adm, hadm_id, sid, lab_values, pat["home_meds"], pat["rng_lists"])
+    # diagnoses (coded at discharge) and procedures
+    tables["hosp/diagnoses_icd"] = _diagnoses(rng, adm, hadm_id, sid, pat["filler"], pat["problems"], pat["rng_lists"])
+    tables["hosp/procedures_icd"] = _procedures(rng, adm, hadm_id, sid, icu["i"])
+    tables["icu/chartevents"] = _vitals(rng, adm, icu["i"], icu["in"], icu["out"], icu["stay_id"], hadm_id, sid, cfg)
+    tables.update(_dictionaries())
+    return tables
+
+
+def _patients_latent(rng, cfg: SynthConfig) -> dict:
+    """Demographics, frailty, latent chronic conditions with onsets, personal lists, planned admissions."""
     n = cfg.n_patients
     subject_id = cfg.first_subject_id + np.arange(n, dtype=np.int64)
-
-    # --- patients: demographics, frailty, latent chronic conditions with onsets
     female = rng.random(n) < 0.52
     anchor_age = np.clip(rng.normal(62, 17, n), 18, 91).astype(np.int64)
     anchor_year = rng.integers(2110, 2186, n)
@@ -381,6 +412,18 @@ def _generate(cfg: SynthConfig) -> dict[str, pl.DataFrame]:
     n_cond_total = has_cond.sum(1)
     planned_adm = np.minimum(1 + rng.poisson(0.5 + 0.45 * n_cond_total + 0.4 * np.maximum(frailty, 0)), MAX_ADMISSIONS)
 
+    return dict(subject_id=subject_id, female=female, anchor_age=anchor_age, anchor_year=anchor_year,
+                group_start=group_start, frailty=frailty, has_cond=has_cond, onset=onset, filler=filler,
+                lab_offset=lab_offset, rng_lists=rng_lists, home_meds=home_meds, problems=problems,
+                n_cond_total=n_cond_total, planned_adm=planned_adm)
+
+
+def _admission_course(rng, pat: dict) -> dict:
+    """Admissions, one admission index at a time, vectorised over patients: acute problem, severity,
+    death, ICU, length of stay, then the gap to the next admission. Arrays sorted by (patient, index)."""
+    anchor_age, anchor_year, onset, planned_adm = pat["anchor_age"], pat["anchor_year"], pat["onset"], pat["planned_adm"]
+    frailty = pat["frailty"].copy()  # accumulates over admissions; the dates of death read the final value
+    n = anchor_age.size
     sev_w_cond = np.array([c[4] for c in CONDITIONS])
     acute_base = np.array([a[3] for a in ACUTE])
     acute_sev = np.array([a[4] for a in ACUTE])
@@ -389,7 +432,6 @@ def _generate(cfg: SynthConfig) -> dict[str, pl.DataFrame]:
         for cname, b in a[5].items():
             acute_boost[CI[cname], j] = b
 
-    # --- admissions, one admission index at a time, vectorised over patients
     year_start = (anchor_year - 1970).astype("datetime64[Y]")
     t = year_start.astype("datetime64[s]").astype(np.int64) + (rng.random(n) * 2.5 * 365 * DAY).astype(np.int64)
     alive = np.ones(n, bool)
@@ -430,11 +472,14 @@ def _generate(cfg: SynthConfig) -> dict[str, pl.DataFrame]:
     adm = {k: np.concatenate([r[k] for r in adm_rows]) for k in adm_rows[0]}
     order = np.lexsort((adm["adm_index"], adm["pidx"]))
     adm = {k: v[order] for k, v in adm.items()}
-    n_adm = adm["pidx"].size
-    hadm_id = 20_000_000 + rng.permutation(n_adm).astype(np.int64)
-    sid = subject_id[adm["pidx"]]
+    pat["frailty"] = frailty
+    return adm
 
-    # Deaths after discharge (out of hospital), recorded only as dod in patients.
+
+def _dates_of_death(rng, pat: dict, adm: dict) -> np.ndarray:
+    """Seconds since epoch of each patient's death (-1: alive): in hospital at discharge, or after
+    the last discharge (out of hospital, recorded only as dod in patients)."""
+    n, frailty, n_cond_total = pat["subject_id"].size, pat["frailty"], pat["n_cond_total"]
     last = np.zeros(n, np.int64)
     np.maximum.at(last, adm["pidx"], adm["disch"])
     died_in = np.zeros(n, bool)
@@ -444,19 +489,25 @@ def _generate(cfg: SynthConfig) -> dict[str, pl.DataFrame]:
     post = (~died_in) & (rng.random(n) < _sigmoid(-2.6 + 0.6 * frailty + 0.2 * n_cond_total))
     dod[post] = last[post] + (rng.exponential(200, post.sum()) * DAY + DAY).astype(np.int64)
 
-    tables: dict[str, pl.DataFrame] = {}
+    return dod
+
+
+def _patients_table(pat: dict, dod: np.ndarray) -> pl.DataFrame:
     dod_date = np.where(dod >= 0, dod, 0).astype("datetime64[s]").astype("datetime64[D]")
-    tables["hosp/patients"] = pl.DataFrame({
-        "subject_id": subject_id,
-        "gender": np.where(female, "F", "M"),
-        "anchor_age": anchor_age,
-        "anchor_year": anchor_year.astype(np.int64),
-        "anchor_year_group": [f"{g} - {g + 2}" for g in group_start],
+    return pl.DataFrame({
+        "subject_id": pat["subject_id"],
+        "gender": np.where(pat["female"], "F", "M"),
+        "anchor_age": pat["anchor_age"],
+        "anchor_year": pat["anchor_year"].astype(np.int64),
+        "anchor_year_group": [f"{g} - {g + 2}" for g in pat["group_start"]],
     }).with_columns(dod=pl.Series(dod_date).cast(pl.Date)).with_columns(
         dod=pl.when(pl.Series(dod >= 0)).then(pl.col("dod")).otherwise(None)
     )
 
-    # --- admissions table
+
+def _admissions_table(rng, pat: dict, adm: dict, hadm_id, sid) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
+    """hosp/admissions, plus which stays came through the ED and their ED registration times."""
+    n_adm, anchor_age = hadm_id.size, pat["anchor_age"]
     adm_type = np.where(
         adm["emergency"],
         np.array(["EW EMER.", "URGENT", "DIRECT EMER."])[rng.choice(3, n_adm, p=[0.8, 0.15, 0.05])],
@@ -475,7 +526,7 @@ def _generate(cfg: SynthConfig) -> dict[str, pl.DataFrame]:
     ed = adm_loc == "EMERGENCY ROOM"
     edreg = adm["admit"] - (rng.uniform(2, 8, n_adm) * HOUR).astype(np.int64)
     death_time = np.where(adm["died"], adm["disch"], 0)
-    tables["hosp/admissions"] = pl.DataFrame({
+    table = pl.DataFrame({
         "subject_id": sid,
         "hadm_id": hadm_id,
         "admittime": _ts(adm["admit"]),
@@ -498,8 +549,11 @@ def _generate(cfg: SynthConfig) -> dict[str, pl.DataFrame]:
         edregtime=pl.when(pl.Series(ed)).then(pl.col("edregtime")).otherwise(None),
         edouttime=pl.when(pl.Series(ed)).then(pl.col("edouttime")).otherwise(None),
     )
+    return table, ed, edreg
 
-    # --- ICU stays: from a few hours after admission for part of the stay
+
+def _icu_stays(rng, adm: dict) -> dict:
+    """ICU stays from a few hours after admission for part of the stay (to discharge for deaths)."""
     icu_i = np.nonzero(adm["icu"])[0]
     icu_in = adm["admit"][icu_i] + (rng.uniform(1, 10, icu_i.size) * HOUR).astype(np.int64)
     icu_in = np.minimum(icu_in, adm["disch"][icu_i] - HOUR)
@@ -513,14 +567,13 @@ def _generate(cfg: SynthConfig) -> dict[str, pl.DataFrame]:
     unit_logits[:, 0] += 1.0
     careunit = np.array(CAREUNITS)[_gumbel_argmax(rng, unit_logits)]
     stay_id = 30_000_000 + rng.permutation(icu_i.size).astype(np.int64)
-    tables["icu/icustays"] = pl.DataFrame({
-        "subject_id": sid[icu_i], "hadm_id": hadm_id[icu_i], "stay_id": stay_id,
-        "first_careunit": careunit, "last_careunit": careunit,
-        "intime": _ts(icu_in), "outtime": _ts(icu_out),
-        "los": np.round((icu_out - icu_in) / DAY, 4),
-    })
+    return {"i": icu_i, "in": icu_in, "out": icu_out, "careunit": careunit, "stay_id": stay_id}
 
-    # --- transfers: ED -> ward (-> ICU -> ward) -> discharge
+
+def _transfers(rng, adm: dict, icu: dict, ed, edreg, hadm_id, sid) -> pl.DataFrame:
+    """hosp/transfers: ED -> ward (-> ICU -> ward) -> discharge."""
+    n_adm = hadm_id.size
+    icu_i, icu_in, icu_out, careunit = icu["i"], icu["in"], icu["out"], icu["careunit"]
     ward = np.array(WARDS)[rng.integers(0, len(WARDS), n_adm)]
     pre_icu_out = adm["disch"].copy()
     pre_icu_out[icu_i] = icu_in
@@ -543,25 +596,14 @@ def _generate(cfg: SynthConfig) -> dict[str, pl.DataFrame]:
             "outtime": _ts(tout) if tout is not None else pl.Series([None] * k, dtype=pl.Datetime("us")),
         }))
     transfers = pl.concat(parts).sort(["subject_id", "intime"])
-    tables["hosp/transfers"] = transfers.with_columns(
+    return transfers.with_columns(
         transfer_id=(30_000_000 + pl.int_range(pl.len())).cast(pl.Int64)
     ).select("subject_id", "hadm_id", "transfer_id", "eventtype", "careunit", "intime", "outtime")
 
-    # --- labs, drawn in panels on admission then daily
-    labs, lab_values = _labs(rng, adm, hadm_id, sid, lab_offset)
-    tables["hosp/labevents"] = labs
 
-    # --- medications
-    tables["hosp/prescriptions"] = _prescriptions(rng, adm, hadm_id, sid, lab_values, home_meds, rng_lists)
-
-    # --- diagnoses (coded at discharge) and procedures
-    tables["hosp/diagnoses_icd"] = _diagnoses(rng, adm, hadm_id, sid, filler, problems, rng_lists)
-    tables["hosp/procedures_icd"] = _procedures(rng, adm, hadm_id, sid, icu_i)
-
-    # --- ICU vitals
-    tables["icu/chartevents"] = _vitals(rng, adm, icu_i, icu_in, icu_out, stay_id, hadm_id, sid, cfg)
-
-    # --- dictionaries
+def _dictionaries() -> dict[str, pl.DataFrame]:
+    """The dictionary tables (d_labitems, d_icd_*, d_items) for every item the generator uses."""
+    tables = {}
     tables["hosp/d_labitems"] = pl.DataFrame({
         "itemid": [lab[0] for lab in LABS], "label": [lab[1] for lab in LABS],
         "fluid": [lab[2] for lab in LABS], "category": [lab[3] for lab in LABS],
@@ -583,6 +625,8 @@ def _generate(cfg: SynthConfig) -> dict[str, pl.DataFrame]:
         "highnormalvalue": pl.Series([None] * len(VITALS), dtype=pl.Float64),
     })
     return tables
+
+
 
 
 def _personal_list(rng, has_cond, popularity, links, mean_len, max_len) -> np.ndarray:
@@ -611,6 +655,16 @@ def _intensity(sev, died, day):
 
 
 def _labs(rng, adm, hadm_id, sid, lab_offset):
+    """hosp/labevents: draws (admission, then daily; the sickest every 6 h for two days), the panels
+    each draw includes, and values from the patient's baseline, conditions, acute problem and course."""
+    a_idx, draw_t, day, extra = _lab_draws(rng, adm)
+    d, li = _lab_panels(rng, adm, a_idx, day, extra)
+    value, lo, hi = _lab_values(rng, adm, lab_offset, a_idx, day, d, li)
+    return _labevents_table(adm, hadm_id, sid, a_idx, draw_t, d, li, value, lo, hi)
+
+
+def _lab_draws(rng, adm):
+    """Blood draws: (admission row, time, stay day, extra 6-hourly check) per draw, in time order."""
     n_adm = adm["pidx"].size
     los_h = (adm["disch"] - adm["admit"]) / HOUR
     n_draws = np.minimum(1 + (los_h // 24).astype(np.int64), 14)
@@ -632,11 +686,13 @@ def _labs(rng, adm, hadm_id, sid, lab_offset):
     a_idx, offset_h, day, extra = a_idx[order], offset_h[order], day[order], extra[order]
     draw_t = adm["admit"][a_idx] + (offset_h * HOUR).astype(np.int64)
     draw_t = np.minimum(draw_t, adm["disch"][a_idx] - 60)
-    acute = adm["acute"][a_idx]
-    cond = adm["cond_now"][a_idx]
-    icu = adm["icu"][a_idx]
-    intensity = _intensity(adm["sev"][a_idx], adm["died"][a_idx], day)
+    return a_idx, draw_t, day, extra
 
+
+def _lab_panels(rng, adm, a_idx, day, extra):
+    """(draw index, lab index) of every lab drawn, panel order kept within a draw."""
+    acute, cond, icu = adm["acute"][a_idx], adm["cond_now"][a_idx], adm["icu"][a_idx]
+    intensity = _intensity(adm["sev"][a_idx], adm["died"][a_idx], day)
     # Which panels each draw includes: ordered as a clinician would (chemistry, blood count, ...).
     panel_masks = [
         ("bmp", np.ones(a_idx.size, bool)),
@@ -657,8 +713,13 @@ def _labs(rng, adm, hadm_id, sid, lab_offset):
     li = np.concatenate(rows_l)
     # Keep the panel order within a draw (the stable sort by draw keeps insertion order).
     order = np.argsort(d, kind="stable")
-    d, li = d[order], li[order]
+    return d[order], li[order]
 
+
+def _lab_values(rng, adm, lab_offset, a_idx, day, d, li):
+    """Value, normal range low/high of each lab (rounded as a lab reports them)."""
+    acute, cond = adm["acute"][a_idx], adm["cond_now"][a_idx]
+    intensity = _intensity(adm["sev"][a_idx], adm["died"][a_idx], day)
     cond_eff = np.zeros((K, L))
     for cname, effects in LAB_CONDITION_EFFECT.items():
         for lab, e in effects.items():
@@ -690,6 +751,10 @@ def _labs(rng, adm, hadm_id, sid, lab_offset):
         value = np.where(li == LI["pH"], np.round(raw, 2), value)
     lo = np.where(kind_log, np.exp(mean - 2 * sd), mean - 2 * sd)[li]
     hi = np.where(kind_log, np.exp(mean + 2 * sd), mean + 2 * sd)[li]
+    return value, lo, hi
+
+
+def _labevents_table(adm, hadm_id, sid, a_idx, draw_t, d, li, value, lo, hi):
     unit = np.array([lab[4] for lab in LABS], dtype=str)[li]
     t = draw_t[d]  # all labs of a draw share the specimen time
     specimen = 40_000_000 + d.astype(np.int64)
