@@ -323,52 +323,16 @@ def _budget_points(res: Results, members: np.ndarray, coef: np.ndarray, w: np.nd
 
 
 def fit_approach2(res: Results, rng: np.random.Generator, cfg: FitConfig, warn):
-    budgets = np.unique(res.budget)
+    """Approach 2 (Hoffmann et al. 2022, section 3.2): a parabola of loss in ln N per IsoFLOP budget,
+    then power laws of its minimum (N_opt, D_opt, L_min) in C. Bootstrap: runs resampled within
+    each budget, the power laws refitted per draw. Returns (Approach2, {"approach2/<key>": draws})."""
     R = cfg.bootstrap
     fits: list[BudgetFit] = []
     per_budget_draws = []  # (R, 3): n_opt, d_opt, loss_min per budget
-    for bud in budgets:
-        members = np.flatnonzero(res.budget == bud)
-        x, y = np.log(res.n_params[members]), res.loss[members]
-        n_distinct = np.unique(np.round(x, 9)).size
-        bf = BudgetFit(budget=float(bud), n_points=int(members.size), used=False, reason="")
-        if n_distinct < cfg.min_points_per_budget:
-            bf.reason = f"{n_distinct} distinct model size(s) (a parabola needs >= {cfg.min_points_per_budget})"
-            fits.append(bf)
-            per_budget_draws.append(None)
-            continue
-        coef = _parabolas(x, y, np.ones((1, members.size)))[0]
-        n_opt, d_opt, loss_min, curv, dline = (v[0] for v in _budget_points(res, members, coef[None], np.ones((1, members.size))))
-        pred = coef[0] + coef[1] * x + coef[2] * x * x
-        ss_tot = np.sum((y - y.mean()) ** 2)
-        bf.r2 = float(1 - np.sum((y - pred) ** 2) / ss_tot) if ss_tot > 0 else 1.0
-        bf.coef = [float(c) for c in coef]
-        bf.log_n_range = [float(x.min()), float(x.max())]
-        bf.d_line = [float(v) for v in dline]
-        if not coef[2] > 0:
-            bf.reason = "concave parabola (no minimum: loss does not turn up at either end)"
-            fits.append(bf)
-            per_budget_draws.append(None)
-            continue
-        bf.n_opt, bf.d_opt, bf.loss_min, bf.curvature = float(n_opt), float(d_opt), float(loss_min), float(curv)
-        bf.interior = bool(x.min() <= math.log(n_opt) <= x.max())
-        if not bf.interior and cfg.require_interior:
-            bf.reason = "minimum outside the sampled model sizes (extrapolated)"
-        else:
-            bf.used = True
-        # Bootstrap: resample this budget's runs with replacement.
-        if R:
-            counts = rng.multinomial(members.size, np.full(members.size, 1.0 / members.size), size=R).astype(float)
-            bcoef = _parabolas(x, y, counts)
-            few = (counts > 0).sum(1) < 3
-            bcoef[few] = np.nan
-            bn, bd, bl, bc, _ = _budget_points(res, members, bcoef, counts)
-            bf.n_opt_ci, bf.d_opt_ci = percentile_ci(bn, cfg.confidence), percentile_ci(bd, cfg.confidence)
-            bf.loss_min_ci, bf.curvature_ci = percentile_ci(bl, cfg.confidence), percentile_ci(bc, cfg.confidence)
-            per_budget_draws.append(np.stack([bn, bd, bl], 1))
-        else:
-            per_budget_draws.append(None)
+    for bud in np.unique(res.budget):
+        bf, bdraws = _fit_budget_parabola(res, np.flatnonzero(res.budget == bud), float(bud), rng, cfg)
         fits.append(bf)
+        per_budget_draws.append(bdraws)
 
     for bf in fits:
         if not bf.used:
@@ -389,22 +353,66 @@ def fit_approach2(res: Results, rng: np.random.Generator, cfg: FitConfig, warn):
     l_coef, l_exp, _ = fit_power_law(c, lmin)
     point = np.array([a, b, n_coef, d_coef, l_coef, l_exp])
 
-    draws = np.full((R, 6), np.nan)
-    if R:
-        stack = np.stack([per_budget_draws[i] for i in used], 1)  # (R, budgets, 3)
-        for r in range(R):
-            ok = np.all(np.isfinite(stack[r]) & (stack[r] > 0), axis=1)
-            if ok.sum() >= 2:
-                nc, aa, _ = fit_power_law(c[ok], stack[r, ok, 0])
-                dc, bb, _ = fit_power_law(c[ok], stack[r, ok, 1])
-                lc, le, _ = fit_power_law(c[ok], stack[r, ok, 2])
-                draws[r] = [aa, bb, nc, dc, lc, le]
+    draws = _power_law_draws(c, np.stack([per_budget_draws[i] for i in used], 1)) if R else np.full((0, 6), np.nan)
     ci = {k: percentile_ci(draws[:, j], cfg.confidence) for j, k in enumerate(A12_KEYS)}
     fit = Approach2(
         **{k: float(point[j]) for j, k in enumerate(A12_KEYS)}, **{f"{k}_ci": ci[k] for k in A12_KEYS},
         r2_n=r2_n, r2_d=r2_d, n_budgets_used=len(used), budgets=fits,
     )
     return fit, {f"approach2/{k}": draws[:, j] for j, k in enumerate(A12_KEYS)}
+
+
+def _fit_budget_parabola(res: Results, members: np.ndarray, budget: float, rng, cfg: FitConfig):
+    """One IsoFLOP budget's parabola L = c0 + c1 ln N + c2 (ln N)^2 and its minimum, with bootstrap
+    intervals from resampling the budget's runs. Returns (BudgetFit, draws (R, 3) of n_opt, d_opt,
+    loss_min, or None when the budget gives no minimum or cfg.bootstrap is 0)."""
+    x, y = np.log(res.n_params[members]), res.loss[members]
+    n_distinct = np.unique(np.round(x, 9)).size
+    bf = BudgetFit(budget=budget, n_points=int(members.size), used=False, reason="")
+    if n_distinct < cfg.min_points_per_budget:
+        bf.reason = f"{n_distinct} distinct model size(s) (a parabola needs >= {cfg.min_points_per_budget})"
+        return bf, None
+    coef = _parabolas(x, y, np.ones((1, members.size)))[0]
+    n_opt, d_opt, loss_min, curv, dline = (v[0] for v in _budget_points(res, members, coef[None], np.ones((1, members.size))))
+    pred = coef[0] + coef[1] * x + coef[2] * x * x
+    ss_tot = np.sum((y - y.mean()) ** 2)
+    bf.r2 = float(1 - np.sum((y - pred) ** 2) / ss_tot) if ss_tot > 0 else 1.0
+    bf.coef = [float(c) for c in coef]
+    bf.log_n_range = [float(x.min()), float(x.max())]
+    bf.d_line = [float(v) for v in dline]
+    if not coef[2] > 0:
+        bf.reason = "concave parabola (no minimum: loss does not turn up at either end)"
+        return bf, None
+    bf.n_opt, bf.d_opt, bf.loss_min, bf.curvature = float(n_opt), float(d_opt), float(loss_min), float(curv)
+    bf.interior = bool(x.min() <= math.log(n_opt) <= x.max())
+    if not bf.interior and cfg.require_interior:
+        bf.reason = "minimum outside the sampled model sizes (extrapolated)"
+    else:
+        bf.used = True
+    if not cfg.bootstrap:
+        return bf, None
+    counts = rng.multinomial(members.size, np.full(members.size, 1.0 / members.size), size=cfg.bootstrap).astype(float)
+    bcoef = _parabolas(x, y, counts)
+    bcoef[(counts > 0).sum(1) < 3] = np.nan  # a draw with < 3 distinct runs has no parabola
+    bn, bd, bl, bc, _ = _budget_points(res, members, bcoef, counts)
+    bf.n_opt_ci, bf.d_opt_ci = percentile_ci(bn, cfg.confidence), percentile_ci(bd, cfg.confidence)
+    bf.loss_min_ci, bf.curvature_ci = percentile_ci(bl, cfg.confidence), percentile_ci(bc, cfg.confidence)
+    return bf, np.stack([bn, bd, bl], 1)
+
+
+def _power_law_draws(c: np.ndarray, stack: np.ndarray) -> np.ndarray:
+    """Per bootstrap draw, the power laws of N_opt, D_opt and L_min in C over the budgets whose draw
+    has a finite, positive minimum. stack: (R, budgets, 3). Returns (R, 6) in A12_KEYS order (NaN
+    where fewer than 2 budgets remain)."""
+    draws = np.full((stack.shape[0], 6), np.nan)
+    for r in range(stack.shape[0]):
+        ok = np.all(np.isfinite(stack[r]) & (stack[r] > 0), axis=1)
+        if ok.sum() >= 2:
+            nc, aa, _ = fit_power_law(c[ok], stack[r, ok, 0])
+            dc, bb, _ = fit_power_law(c[ok], stack[r, ok, 1])
+            lc, le, _ = fit_power_law(c[ok], stack[r, ok, 2])
+            draws[r] = [aa, bb, nc, dc, lc, le]
+    return draws
 
 
 # ---------------------------------------------------------------------------------------------

@@ -102,68 +102,9 @@ def batched_lbfgs(fun, x0, max_iter: int = 1000, memory: int = 10, gtol: float =
         if idx.size == 0:
             break
         xa, fa, ga = x[idx], f[idx], g[idx]
-        # Two-loop recursion, vectorised over rows; rows with fewer pairs skip missing slots.
-        q = ga.copy()
-        k = n_hist[idx]
-        alphas = np.zeros((idx.size, memory))
-        for j in range(memory):
-            slot = (k - 1 - j) % memory
-            has = j < np.minimum(k, memory)
-            s_j = s_hist[idx, slot]
-            y_j = y_hist[idx, slot]
-            r_j = rho[idx, slot] * has
-            al = r_j * np.einsum("ij,ij->i", s_j, q)
-            alphas[:, j] = al
-            q -= al[:, None] * y_j
-        last = (k - 1) % memory
-        s_l, y_l = s_hist[idx, last], y_hist[idx, last]
-        yy = np.einsum("ij,ij->i", y_l, y_l)
-        gamma = np.where(k > 0, np.einsum("ij,ij->i", s_l, y_l) / np.where(yy > 0, yy, 1.0), 0.0)
-        # Before any curvature pair exists, take a step of unit length along -g (as scipy does).
-        gnorm = np.linalg.norm(ga, axis=1)
-        gamma = np.where(k > 0, gamma, 1.0 / np.maximum(gnorm, 1e-300))
-        q *= gamma[:, None]
-        for j in reversed(range(memory)):
-            slot = (k - 1 - j) % memory
-            has = j < np.minimum(k, memory)
-            r_j = rho[idx, slot] * has
-            be = r_j * np.einsum("ij,ij->i", y_hist[idx, slot], q)
-            q += s_hist[idx, slot] * (alphas[:, j] - be)[:, None]
-        direction = -q
-        slope = np.einsum("ij,ij->i", direction, ga)
-        bad = ~(slope < 0)  # not a descent direction: restart from steepest descent
-        if bad.any():
-            direction[bad] = -ga[bad] / np.maximum(gnorm[bad], 1e-300)[:, None]
-            slope[bad] = np.einsum("ij,ij->i", direction[bad], ga[bad])
-            n_hist[idx[bad]] = 0
-        # Backtracking line search, only the rows still failing Armijo are re-evaluated.
-        step = np.ones(idx.size)
-        x_new = xa + direction
-        f_new, g_new = fun(x_new, idx)
-        for _ in range(40):
-            fail = ~(f_new <= fa + 1e-4 * step * slope) | ~np.isfinite(f_new)
-            if not fail.any():
-                break
-            step[fail] *= 0.5
-            x_new[fail] = xa[fail] + step[fail, None] * direction[fail]
-            f_new[fail], g_new[fail] = fun(x_new[fail], idx[fail])
-        # Expansion: where the full step was accepted but the slope is still steep (the Wolfe
-        # curvature condition fails), keep doubling the step while it keeps improving. Without it a
-        # badly scaled quasi-Newton model (Huber kinks) can crawl for thousands of tiny steps.
-        armijo = np.isfinite(f_new) & (f_new <= fa + 1e-4 * step * slope)
-        expand = armijo & (step == 1.0) & (np.einsum("ij,ij->i", g_new, direction) < 0.9 * slope)
-        for _ in range(30):
-            rows = np.flatnonzero(expand)
-            if rows.size == 0:
-                break
-            t_try = step[rows] * 2.0
-            x_try = xa[rows] + t_try[:, None] * direction[rows]
-            f_try, g_try = fun(x_try, idx[rows])
-            better = np.isfinite(f_try) & (f_try <= fa[rows] + 1e-4 * t_try * slope[rows]) & (f_try < f_new[rows])
-            took = rows[better]
-            step[took], x_new[took], f_new[took], g_new[took] = t_try[better], x_try[better], f_try[better], g_try[better]
-            expand[:] = False
-            expand[took] = np.einsum("ij,ij->i", g_try[better], direction[took]) < 0.9 * slope[took]
+        direction, slope = _lbfgs_direction(ga, s_hist, y_hist, rho, n_hist, idx, memory)
+        step, x_new, f_new, g_new = _armijo_backtrack(fun, idx, xa, fa, direction, slope)
+        _expand_steep_steps(fun, idx, xa, fa, direction, slope, step, x_new, f_new, g_new)
         ok = np.isfinite(f_new) & (f_new <= fa)
         s = np.where(ok[:, None], x_new - xa, 0.0)
         y = np.where(ok[:, None], g_new - ga, 0.0)
@@ -184,6 +125,83 @@ def batched_lbfgs(fun, x0, max_iter: int = 1000, memory: int = 10, gtol: float =
         converged = (np.abs(g[idx]).max(axis=1) <= gtol) | (ok & (rel <= ftol))
         active[idx] = ~(converged | ~ok)
     return x, f, n_iter
+
+
+def _lbfgs_direction(ga, s_hist, y_hist, rho, n_hist, idx, memory):
+    """L-BFGS two-loop recursion, vectorised over rows (rows with fewer pairs skip missing slots).
+    Returns (direction (m, n), slope (m,) = direction . g); a row whose direction does not descend
+    restarts from steepest descent (its history is cleared in n_hist)."""
+    q = ga.copy()
+    k = n_hist[idx]
+    alphas = np.zeros((idx.size, memory))
+    for j in range(memory):
+        slot = (k - 1 - j) % memory
+        has = j < np.minimum(k, memory)
+        s_j = s_hist[idx, slot]
+        y_j = y_hist[idx, slot]
+        r_j = rho[idx, slot] * has
+        al = r_j * np.einsum("ij,ij->i", s_j, q)
+        alphas[:, j] = al
+        q -= al[:, None] * y_j
+    last = (k - 1) % memory
+    s_l, y_l = s_hist[idx, last], y_hist[idx, last]
+    yy = np.einsum("ij,ij->i", y_l, y_l)
+    gamma = np.where(k > 0, np.einsum("ij,ij->i", s_l, y_l) / np.where(yy > 0, yy, 1.0), 0.0)
+    # Before any curvature pair exists, take a step of unit length along -g (as scipy does).
+    gnorm = np.linalg.norm(ga, axis=1)
+    gamma = np.where(k > 0, gamma, 1.0 / np.maximum(gnorm, 1e-300))
+    q *= gamma[:, None]
+    for j in reversed(range(memory)):
+        slot = (k - 1 - j) % memory
+        has = j < np.minimum(k, memory)
+        r_j = rho[idx, slot] * has
+        be = r_j * np.einsum("ij,ij->i", y_hist[idx, slot], q)
+        q += s_hist[idx, slot] * (alphas[:, j] - be)[:, None]
+    direction = -q
+    slope = np.einsum("ij,ij->i", direction, ga)
+    bad = ~(slope < 0)  # not a descent direction: restart from steepest descent
+    if bad.any():
+        direction[bad] = -ga[bad] / np.maximum(gnorm[bad], 1e-300)[:, None]
+        slope[bad] = np.einsum("ij,ij->i", direction[bad], ga[bad])
+        n_hist[idx[bad]] = 0
+    return direction, slope
+
+
+def _armijo_backtrack(fun, idx, xa, fa, direction, slope):
+    """Backtracking line search from step 1, halving; only rows still failing Armijo are re-evaluated.
+    Returns (step, x_new, f_new, g_new)."""
+    step = np.ones(idx.size)
+    x_new = xa + direction
+    f_new, g_new = fun(x_new, idx)
+    for _ in range(40):
+        fail = ~(f_new <= fa + 1e-4 * step * slope) | ~np.isfinite(f_new)
+        if not fail.any():
+            break
+        step[fail] *= 0.5
+        x_new[fail] = xa[fail] + step[fail, None] * direction[fail]
+        f_new[fail], g_new[fail] = fun(x_new[fail], idx[fail])
+    return step, x_new, f_new, g_new
+
+
+def _expand_steep_steps(fun, idx, xa, fa, direction, slope, step, x_new, f_new, g_new) -> None:
+    """Where the full step was accepted but the slope is still steep (the Wolfe curvature condition
+    fails), keep doubling the step while it keeps improving; updates step, x_new, f_new, g_new in
+    place. Without it a badly scaled quasi-Newton model (Huber kinks) can crawl for thousands of
+    tiny steps."""
+    armijo = np.isfinite(f_new) & (f_new <= fa + 1e-4 * step * slope)
+    expand = armijo & (step == 1.0) & (np.einsum("ij,ij->i", g_new, direction) < 0.9 * slope)
+    for _ in range(30):
+        rows = np.flatnonzero(expand)
+        if rows.size == 0:
+            break
+        t_try = step[rows] * 2.0
+        x_try = xa[rows] + t_try[:, None] * direction[rows]
+        f_try, g_try = fun(x_try, idx[rows])
+        better = np.isfinite(f_try) & (f_try <= fa[rows] + 1e-4 * t_try * slope[rows]) & (f_try < f_new[rows])
+        took = rows[better]
+        step[took], x_new[took], f_new[took], g_new[took] = t_try[better], x_try[better], f_try[better], g_try[better]
+        expand[:] = False
+        expand[took] = np.einsum("ij,ij->i", g_try[better], direction[took]) < 0.9 * slope[took]
 
 
 @dataclass

@@ -58,10 +58,9 @@ def _tuning_score(y: np.ndarray, p: np.ndarray) -> tuple[float, str]:
 
 def finetune(cfg: FinetuneConfig, out: str | os.PathLike, overwrite: bool = False) -> dict:
     import torch
-    import torch.nn.functional as F
 
-    from ehrfm.clinical.model_io import batches_by_length, embed_histories, load_run, padded_batch, resolve_context
-    from ehrfm.io import progress, summary
+    from ehrfm.clinical.model_io import batches_by_length, load_run, padded_batch, resolve_context
+    from ehrfm.io import summary
 
     check_out(out, overwrite)
     t0 = time.time()
@@ -72,34 +71,10 @@ def finetune(cfg: FinetuneConfig, out: str | os.PathLike, overwrite: bool = Fals
     model, mcfg = load_run(cfg.run_dir, td, cfg.device, n_labels=len(h.start))
     context = resolve_context(cfg.context, mcfg.context)
     device = torch.device(cfg.device)
-    split, y = h.split, h.y
-    tr, tu, ho = (np.flatnonzero(split == s) for s in ("train", "tuning", "held_out"))
-    require_two_classes(y[tr], "train", task)
-    if len(tu) == 0:
-        raise UserError(f"task {task}: no labels in the tuning split for early stopping")
-    if len(ho) == 0:
-        raise UserError(f"task {task}: no labels in the held_out split to score")
-
-    head = torch.nn.Linear(mcfg.d_model, 1).to(device)
-    # Start at the prevalence (bias = logit of the train positive rate): faster, stabler.
-    prev = float(y[tr].mean())
-    with torch.no_grad():
-        head.weight.zero_()
-        head.bias.fill_(float(np.log(prev / (1 - prev))))
-    gen = torch.Generator().manual_seed(cfg.seed)
-
-    if cfg.full:
-        model.train()
-        for p in model.parameters():
-            p.requires_grad_(True)
-        params = [{"params": head.parameters(), "lr": cfg.lr}, {"params": model.parameters(), "lr": cfg.body_lr}]
-        feats = None
-    else:
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        params = [{"params": head.parameters(), "lr": cfg.lr}]
-        feats = torch.from_numpy(embed_histories(model, td, h, context, cfg.batch_size, device, desc=f"finetune {task}")).to(device)
+    y = h.y
+    tr, tu, ho = _split_rows(h.split, y, task)
+    head = _prevalence_head(mcfg.d_model, float(y[tr].mean()), device)
+    feats, params = _trainable(model, head, td, h, context, cfg, device, task)
     opt = torch.optim.AdamW(params, weight_decay=cfg.weight_decay)
 
     def logits_of(idx: np.ndarray, train: bool) -> torch.Tensor:
@@ -120,8 +95,82 @@ def finetune(cfg: FinetuneConfig, out: str | os.PathLike, overwrite: bool = Fals
             model.train()
         return p
 
+    best, curve = _train_with_early_stopping(model, head, opt, logits_of, predict, y, tr, tu, cfg, task, device)
+    head.load_state_dict(best[1])
+    if cfg.full:
+        model.load_state_dict(best[2])
+    p = predict(np.arange(len(y)))
+    metrics = {
+        **binary_metrics(y[ho], p[ho], task, cfg.bootstrap, cfg.seed),
+        "head": "finetune_full" if cfg.full else "finetune_head",
+        "split": "held_out",
+        "context": context,
+        "n_train": int(len(tr)),
+        "n_tuning": int(len(tu)),
+        "best_epoch": best[3],
+        "epochs": curve,
+        "wall_s": time.time() - t0,
+    }
+    predictions = h.labels.select("subject_id", "prediction_time", "boolean_value", "split").with_columns(
+        pl.Series("probability", p)
+    )
+    write_head_outputs(out, overwrite, cfg, metrics, predictions)
+    summary(f"finetune {format_metrics(metrics)} (best epoch {best[3]} of {len(curve)}) -> {out}")
+    return metrics
+
+
+def _split_rows(split: np.ndarray, y: np.ndarray, task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices of the train, tuning (early stopping) and held_out (scoring) labels."""
+    tr, tu, ho = (np.flatnonzero(split == s) for s in ("train", "tuning", "held_out"))
+    require_two_classes(y[tr], "train", task)
+    if len(tu) == 0:
+        raise UserError(f"task {task}: no labels in the tuning split for early stopping")
+    if len(ho) == 0:
+        raise UserError(f"task {task}: no labels in the held_out split to score")
+    return tr, tu, ho
+
+
+def _prevalence_head(d_model: int, prevalence: float, device):
+    """A (d_model -> 1) logistic head starting at the prevalence (bias = its logit): faster, stabler."""
+    import torch
+
+    head = torch.nn.Linear(d_model, 1).to(device)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(float(np.log(prevalence / (1 - prevalence))))
+    return head
+
+
+def _trainable(model, head, td, h, context, cfg: FinetuneConfig, device, task):
+    """What the optimizer trains: the head on frozen, precomputed features (returned, (n, d_model)),
+    or with --full the head and the whole model (features None: recomputed every step)."""
+    import torch
+
+    from ehrfm.clinical.model_io import embed_histories
+
+    if cfg.full:
+        model.train()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return None, [{"params": head.parameters(), "lr": cfg.lr}, {"params": model.parameters(), "lr": cfg.body_lr}]
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    feats = torch.from_numpy(embed_histories(model, td, h, context, cfg.batch_size, device, desc=f"finetune {task}")).to(device)
+    return feats, [{"params": head.parameters(), "lr": cfg.lr}]
+
+
+def _train_with_early_stopping(model, head, opt, logits_of, predict, y, tr, tu, cfg: FinetuneConfig, task, device):
+    """Epochs over the train labels in a seeded order until the tuning score has not improved for
+    `patience` epochs. Returns (best, curve): best = (score, head state, model state or None, epoch)."""
+    import torch
+    import torch.nn.functional as F
+
+    from ehrfm.io import progress
+
+    gen = torch.Generator().manual_seed(cfg.seed)
     y_t = torch.from_numpy(y.astype(np.float32)).to(device)
-    best = (-np.inf, None, None, 0)  # score, head state, model state, epoch
+    best = (-np.inf, None, None, 0)
     curve, stale = [], 0
     for epoch in progress(range(1, cfg.max_epochs + 1), desc=f"finetune {task}", unit="epoch"):
         order = tr[torch.randperm(len(tr), generator=gen).numpy()]
@@ -147,24 +196,4 @@ def finetune(cfg: FinetuneConfig, out: str | os.PathLike, overwrite: bool = Fals
             stale += 1
             if stale >= cfg.patience:
                 break
-    head.load_state_dict(best[1])
-    if cfg.full:
-        model.load_state_dict(best[2])
-    p = predict(np.arange(len(y)))
-    metrics = {
-        **binary_metrics(y[ho], p[ho], task, cfg.bootstrap, cfg.seed),
-        "head": "finetune_full" if cfg.full else "finetune_head",
-        "split": "held_out",
-        "context": context,
-        "n_train": int(len(tr)),
-        "n_tuning": int(len(tu)),
-        "best_epoch": best[3],
-        "epochs": curve,
-        "wall_s": time.time() - t0,
-    }
-    predictions = h.labels.select("subject_id", "prediction_time", "boolean_value", "split").with_columns(
-        pl.Series("probability", p)
-    )
-    write_head_outputs(out, overwrite, cfg, metrics, predictions)
-    summary(f"finetune {format_metrics(metrics)} (best epoch {best[3]} of {len(curve)}) -> {out}")
-    return metrics
+    return best, curve
