@@ -110,9 +110,17 @@ def test_etl_real_mimic_iv_demo_is_valid_meds(demo_meds, mimic_demo_dir):
     raw_adm = pl.read_csv(mimic_demo_dir / "hosp/admissions.csv.gz")
     assert df.filter(pl.col("code").str.starts_with("HOSPITAL_ADMISSION//")).height == raw_adm.height
     raw_labs = pl.read_csv(mimic_demo_dir / "hosp/labevents.csv.gz", infer_schema_length=0)
-    assert df.filter(pl.col("code").str.starts_with("LAB//")).height == raw_labs.height
+    # One event per distinct lab row (of the columns read); the 189 exact repeats are counted.
+    read = ["subject_id", "hadm_id", "itemid", "charttime", "value", "valuenum", "valueuom"]
+    n_labs = df.filter(pl.col("code").str.starts_with("LAB//")).height
+    assert n_labs == raw_labs.select(read).unique().height == raw_labs.height - 189
     # Every table of the demo is used; chartevents (absent from the demo) is reported missing.
     cfg = json.loads((demo_meds / "metadata/etl_config.json").read_text())
+    labs = cfg["tables"]["hosp/labevents"]
+    assert labs == {"rows_read": raw_labs.height, "events_written": n_labs, "dropped": {"duplicate": 189},
+                    "midnight_times": {"charttime": 3403}}
+    dups = {t: a["dropped"].get("duplicate", 0) for t, a in cfg["tables"].items()}
+    assert sum(dups.values()) == 2974 and dups["hosp/prescriptions"] == 2602
     assert cfg["tables_missing"] == ["icu/chartevents"]
     for prefix in ("INFUSION//", "OUTPUT//", "PROCEDURE//ITEM//", "DRG//", "OMR//", "MEDICATION//", "ICU_ADMISSION//"):
         assert df["code"].str.starts_with(prefix).any(), prefix
@@ -243,7 +251,9 @@ def test_cli_synth_etl_tokenize_end_to_end(tmp_path, repo_root):
     out = run("synth", "--out", str(tmp_path / "raw"), "--patients", "60", "--seed", "2")
     assert out.startswith("synth: 60 patients")
     out = run("etl", str(tmp_path / "raw"), "--out", str(tmp_path / "meds"), "--split-fractions", "0.6,0.2,0.2")
-    assert re.match(r"etl: 60 subjects, \d+ events", out)
+    *details, last = out.strip().splitlines()  # detail lines (drops, moved times) first, the summary last
+    assert re.match(r"etl: 60 subjects, \d+ events, \d+ codes from \d+ tables", last)
+    assert all(line.startswith("etl:   ") for line in details) and any("date-only dod" in line for line in details)
     out = run("tokenize", str(tmp_path / "meds"), "--out", str(tmp_path / "tok"), "--min-count", "2")
     assert re.match(r"tokenize: 60 subjects, \d+ events, \d+ tokens, vocab \d+", out)
     out = run("tokenize", str(tmp_path / "tok"), "--decode", "--index", "0", "--limit", "3")
