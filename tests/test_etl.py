@@ -425,7 +425,8 @@ def test_every_drop_is_counted_by_table_and_reason_before_the_summary(tmp_path, 
             "1,11,50912,2150-01-02 08:00:00,1.0,1.0,mg/dL\n"
             "7,71,50912,2150-01-02 08:00:00,1.0,1.0,mg/dL\n7,71,50971,2150-01-02 08:00:00,4.0,4.0,mEq/L\n"  # unknown subject
             ",11,50912,2150-01-02 09:00:00,1.0,1.0,mg/dL\n"  # no subject
-            "1,11,50912,,1.0,1.0,mg/dL\n")                    # no time
+            "1,11,50912,,1.0,1.0,mg/dL\n"                     # no time
+            "1,11,50912,2150-01-02 10:00:00,high,high,mg/dL\n")  # a number that does not parse: kept, counted
     rx = "subject_id,hadm_id,starttime,drug\n1,11,2150-01-02 09:00:00,Heparin\n1,11,2150-01-02 10:00:00,\n"
     raw = _raw(tmp_path, {"hosp/admissions": adm, "hosp/diagnoses_icd": dx, "hosp/labevents": labs,
                           "hosp/prescriptions": rx})
@@ -442,8 +443,10 @@ def test_every_drop_is_counted_by_table_and_reason_before_the_summary(tmp_path, 
     tables = json.loads((tmp_path / "meds/metadata/etl_config.json").read_text())["tables"]
     assert tables["hosp/diagnoses_icd"] == {"rows_read": 3, "events_written": 1,
                                             "dropped": {"missing_hadm_id": 1, "unknown_hadm_id": 1}}
-    assert tables["hosp/labevents"] == {"rows_read": 5, "events_written": 1, "dropped": {
-        "missing_subject_id": 1, "missing_time": 1, "unknown_subject_id": 2}}
+    assert tables["hosp/labevents"] == {"rows_read": 6, "events_written": 2, "dropped": {
+        "missing_subject_id": 1, "missing_time": 1, "unknown_subject_id": 2},
+        "unparseable_numbers_set_null": {"valuenum": 1}}
+    assert "unparseable numbers kept as null valuenum 1" in detail["hosp/labevents"]
     assert tables["hosp/prescriptions"]["dropped"] == {"missing_drug": 1}
     # One event per row in these tables: every row is either written or counted as a drop.
     for name in ("hosp/diagnoses_icd", "hosp/labevents", "hosp/prescriptions"):

@@ -26,7 +26,7 @@ Codes (MIMIC_IV_MEDS "//" style; values always in numeric_value, never in the co
     HOSPITAL_ADMISSION//<admission_type>//<admission_location>, HOSPITAL_DISCHARGE//<location>,
     ED_REGISTRATION, ED_OUT, TRANSFER_TO//<eventtype>//<careunit>, ICU_ADMISSION//<careunit>,
     ICU_DISCHARGE//<careunit>, DIAGNOSIS//ICD//<9|10>//<code> (at discharge: ICD codes are coded
-    then), PROCEDURE//ICD//<9|10>//<code> (chartdate, clipped into the stay), DRG//<type>//<code>,
+    then), PROCEDURE//ICD//<9|10>//<code> (chartdate, a date: see below), DRG//<type>//<code>,
     LAB//<itemid>//<unit>, MEDICATION//<drug> (prescriptions; emar when prescriptions is absent),
     OMR//<result_name>, VITAL//<itemid>//<unit> (chartevents), INFUSION//<itemid>//<unit>,
     OUTPUT//<itemid>//<unit>, PROCEDURE//ITEM//<itemid>. A missing unit or location is `UNK`.
@@ -559,6 +559,17 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
 
     Options (EtlConfig fields): split_fractions=(train, tuning, held_out), split_seed,
     splits_file (an existing subject_splits.parquet), shard_subjects, dataset_name, dataset_version.
+
+    Returns:
+        dict with subjects, events, codes, subjects_per_split, events_per_split, tables_used,
+        tables_missing, dropped_events (table -> reason -> events), tables (the per-table
+        account of etl_config.json), discharge_times (how discharge times were placed),
+        dropped_events_unknown_subject, dropped_events_without_time, seconds. Detail lines (every
+        drop and moved time, by table) are printed before the one-line summary.
+
+    Raises:
+        UserError: a missing directory, table or column, an unreadable CSV, an unparseable id or
+            time (named by file, column and count, never by value), an empty split.
     """
     t0 = time.time()
     raw = Path(raw)
