@@ -376,6 +376,7 @@ def test_midnight_discharge_is_a_date_and_never_precedes_the_stays_own_events(tm
     adm = ADM_COLS + (
         "3,31,2150-03-01 08:00:00,2150-03-04 00:00:00,2150-03-04 21:30:00,URGENT,ER,DIED\n"  # death later that day
         "1,11,2150-01-01 10:00:00,2150-01-05 00:00:00,,URGENT,ER,HOME\n"                     # labs later that day
+        "1,12,2150-06-01 10:00:00,2150-06-03,,URGENT,ER,HOME\n"                              # a date, no time
         "2,21,2150-02-01 09:00:00,2150-02-03 00:00:00,,URGENT,ER,HOME\n"                     # readmitted at 18:00
         "2,22,2150-02-03 18:00:00,2150-02-06 11:00:00,,URGENT,ER,HOME\n"
         "4,41,2150-04-01 08:00:00,2150-04-02 09:00:00,2150-04-02 09:45:00,URGENT,ER,DIED\n")  # death after discharge
@@ -388,16 +389,17 @@ def test_midnight_discharge_is_a_date_and_never_precedes_the_stays_own_events(tm
     codes = s3["code"].to_list()
     assert codes.index("LAB//50912//mg/dL") < codes.index("DIAGNOSIS//ICD//10//A419") < codes.index("MEDS_DEATH") \
         < codes.index("HOSPITAL_DISCHARGE//DIED")
-    assert _times(df, 1, "HOSPITAL_DISCHARGE//") == ["2150-01-05 23:59:59"]
+    assert _times(df, 1, "HOSPITAL_DISCHARGE//") == ["2150-01-05 23:59:59", "2150-06-03 23:59:59"]
     assert _times(df, 2, "HOSPITAL_DISCHARGE//") == ["2150-02-03 18:00:00", "2150-02-06 11:00:00"]
     assert _times(df, 4, "HOSPITAL_DISCHARGE//") == ["2150-04-02 09:45:00"]
-    assert res["discharge_times"] == {"midnight_read_as_date": 3, "date_only": 0, "moved_to_death": 1,
+    assert res["discharge_times"] == {"midnight_read_as_date": 3, "date_only": 1, "moved_to_death": 1,
                                       "date_moved_by_death_or_next_admission": 2}
     cfg = json.loads((tmp_path / "meds/metadata/etl_config.json").read_text())
     assert cfg["tables"]["hosp/admissions"]["midnight_times"] == {"dischtime": 3}
     meta = json.loads((tmp_path / "meds/metadata/ehrfm_etl.json").read_text())
     disch = [s for s in meta["date_only_sources"] if s["column"] == "dischtime"]
-    assert disch and disch[0]["midnight_values_read_as_date"] == 3 and "DIAGNOSIS//ICD//" in disch[0]["code_prefixes"]
+    assert disch[0]["midnight_values_read_as_date"] == 3 and disch[0]["date_only_values"] == 1
+    assert "DIAGNOSIS//ICD//" in disch[0]["code_prefixes"] and disch[0]["rule"] == "discharge"
 
 
 def test_exact_duplicate_rows_are_dropped_and_counted_per_table(tmp_path):
