@@ -8,7 +8,9 @@ Output (DESIGN.md section 1):
     metadata/codes.parquet                     code, description, parent_codes, count
     metadata/dataset.json                      dataset_name, ..., meds_version, created_at
     metadata/subject_splits.parquet            subject_id, split
-    metadata/etl_config.json                   the EtlConfig that made it, tables used and missing
+    metadata/etl_config.json                   the EtlConfig that made it, tables used and missing,
+                                               the per-table account of rows, events and drops
+    metadata/ehrfm_etl.json                    where date-only events sit, drops (for `ehrfm audit`)
 
 How it stays within memory on the full MIMIC-IV:
 1. Each raw table is read as a stream of CSV record batches (pyarrow's streaming reader
@@ -35,10 +37,12 @@ medications, procedures, diagnoses, death, discharge.
 
 Dates and midnights (an event is never placed before the first moment it could have been known):
 - A date-only value is a value of a DATE column of MIMIC-IV's schema (patients.dod,
-  procedures_icd.chartdate, omr.chartdate; whatever its text) or any time value written without
-  a time of day (e.g. `2150-03-01` in labevents.charttime). Audited on the real demo: these three
-  columns are the only date-only ones among the columns read; every other time column holds
-  full timestamps. One rule for all of them: a date D is placed at D 23:59:59; an event with a
+  procedures_icd.chartdate, omr.chartdate; whatever its text, e.g. `2150-03-01 00:00:00` from a
+  database export) or any time value written without a time of day (e.g. `2150-03-01` in
+  labevents.charttime). Audited in MIMIC-IV's schema (mimic-code's buildmimic create.sql: of the
+  tables read only these three columns are DATE; hcpcsevents and microbiologyevents also carry
+  dates but are not read) and on the real demo (these three columns hold only dates, every other
+  time column read holds only full timestamps). One rule for all of them: a date D is placed at D 23:59:59; an event with a
   stay (hadm_id) moves to the stay's discharge instead when the discharge falls on D before
   23:59:59 and no timed event of the subject on D comes after the discharge. Earlier versions
   put procedures at 00:00 or at the admission, before the day's own events (look-ahead).
@@ -78,8 +82,10 @@ metadata/ehrfm_etl.json (read by `ehrfm audit` without importing this package):
      "tables": {...as in etl_config.json}, "duplicates_dropped": {table: n}}
 An event whose code starts with a listed prefix came from that date-only source when its time
 of day is 23:59:59 or equals its stay's HOSPITAL_DISCHARGE time; its source date is the date of
-its time. Schema-date sources are always listed (with 0 values when none); other columns only
-when they held date-only values.
+its time. Schema-date sources of the tables read are always listed (0 values when none); other
+columns only when they held date-only values. So a prediction time T sees a date-only event of
+T's own day only when the event sits at its stay's discharge and T is at or after that discharge
+(e.g. readmission at discharge), when the event was known.
 """
 
 from __future__ import annotations
