@@ -110,9 +110,17 @@ def test_etl_real_mimic_iv_demo_is_valid_meds(demo_meds, mimic_demo_dir):
     raw_adm = pl.read_csv(mimic_demo_dir / "hosp/admissions.csv.gz")
     assert df.filter(pl.col("code").str.starts_with("HOSPITAL_ADMISSION//")).height == raw_adm.height
     raw_labs = pl.read_csv(mimic_demo_dir / "hosp/labevents.csv.gz", infer_schema_length=0)
-    assert df.filter(pl.col("code").str.starts_with("LAB//")).height == raw_labs.height
+    # One event per distinct lab row (of the columns read); the 189 exact repeats are counted.
+    read = ["subject_id", "hadm_id", "itemid", "charttime", "value", "valuenum", "valueuom"]
+    n_labs = df.filter(pl.col("code").str.starts_with("LAB//")).height
+    assert n_labs == raw_labs.select(read).unique().height == raw_labs.height - 189
     # Every table of the demo is used; chartevents (absent from the demo) is reported missing.
     cfg = json.loads((demo_meds / "metadata/etl_config.json").read_text())
+    labs = cfg["tables"]["hosp/labevents"]
+    assert labs == {"rows_read": raw_labs.height, "events_written": n_labs, "dropped": {"duplicate": 189},
+                    "midnight_times": {"charttime": 3403}}
+    dups = {t: a["dropped"].get("duplicate", 0) for t, a in cfg["tables"].items()}
+    assert sum(dups.values()) == 2974 and dups["hosp/prescriptions"] == 2602
     assert cfg["tables_missing"] == ["icu/chartevents"]
     for prefix in ("INFUSION//", "OUTPUT//", "PROCEDURE//ITEM//", "DRG//", "OMR//", "MEDICATION//", "ICU_ADMISSION//"):
         assert df["code"].str.starts_with(prefix).any(), prefix
@@ -243,7 +251,9 @@ def test_cli_synth_etl_tokenize_end_to_end(tmp_path, repo_root):
     out = run("synth", "--out", str(tmp_path / "raw"), "--patients", "60", "--seed", "2")
     assert out.startswith("synth: 60 patients")
     out = run("etl", str(tmp_path / "raw"), "--out", str(tmp_path / "meds"), "--split-fractions", "0.6,0.2,0.2")
-    assert re.match(r"etl: 60 subjects, \d+ events", out)
+    *details, last = out.strip().splitlines()  # detail lines (drops, moved times) first, the summary last
+    assert re.match(r"etl: 60 subjects, \d+ events, \d+ codes from \d+ tables", last)
+    assert all(line.startswith("etl:   ") for line in details) and any("date-only dod" in line for line in details)
     out = run("tokenize", str(tmp_path / "meds"), "--out", str(tmp_path / "tok"), "--min-count", "2")
     assert re.match(r"tokenize: 60 subjects, \d+ events, \d+ tokens, vocab \d+", out)
     out = run("tokenize", str(tmp_path / "tok"), "--decode", "--index", "0", "--limit", "3")
@@ -307,3 +317,155 @@ def test_malformed_csv_row_is_reported_without_its_content(small_raw, tmp_path):
     with pytest.raises(UserError, match="transfers.csv.gz"):
         etl(small_raw, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------- issue 11: dates, midnights, duplicates, drops
+# Small hand-made raw tables (invented values), written as plain CSV in MIMIC-IV's layout.
+PATIENTS = "subject_id,gender,anchor_age,anchor_year,dod\n1,F,60,2150,\n2,M,70,2150,\n3,F,50,2150,2150-03-04\n4,M,40,2150,\n"
+ADM_COLS = "subject_id,hadm_id,admittime,dischtime,deathtime,admission_type,admission_location,discharge_location\n"
+
+
+def _raw(tmp_path, tables: dict[str, str]):
+    raw = tmp_path / "raw"
+    for name, text in {"hosp/patients": PATIENTS, **tables}.items():
+        (raw / name).parent.mkdir(parents=True, exist_ok=True)
+        (raw / f"{name}.csv").write_text(text)
+    return raw
+
+
+def _etl_small(tmp_path, tables, name="meds"):
+    res = etl(_raw(tmp_path, tables), tmp_path / name, split_fractions=(1.0, 0.0, 0.0))
+    return res, _all_events(tmp_path / name)
+
+
+def _times(df, subject, prefix):
+    return [str(t) for t in df.filter((pl.col("subject_id") == subject) & pl.col("code").str.starts_with(prefix))["time"]]
+
+
+def test_date_only_values_are_never_placed_before_their_day_ends(tmp_path):
+    adm = ADM_COLS + ("1,11,2150-01-01 10:00:00,2150-01-05 14:00:00,,URGENT,ER,HOME\n"
+                      "2,21,2150-02-01 09:00:00,2150-02-03 12:00:00,,URGENT,ER,HOME\n")
+    procs = ("subject_id,hadm_id,seq_num,chartdate,icd_code,icd_version\n"
+             "1,11,1,2150-01-01,0040,9\n"      # admission day: not at the 10:00 admission, at day's end
+             "1,11,2,2150-01-02,3995,9\n"      # a day with timed events until 18:00
+             "1,11,3,2150-01-05,8872,9\n"      # discharge day, discharge is the day's last event: at discharge
+             "2,21,1,2150-02-03 00:00:00,0041,9\n")  # a DATE column exported as a timestamp; a lab after discharge
+    labs = ("subject_id,hadm_id,itemid,charttime,value,valuenum,valueuom\n"
+            "1,11,50912,2150-01-02 08:00:00,1.0,1.0,mg/dL\n1,11,50912,2150-01-02 18:00:00,1.1,1.1,mg/dL\n"
+            "1,11,50912,2150-01-05 13:00:00,1.2,1.2,mg/dL\n1,11,50971,2150-01-03,4.0,4.0,mEq/L\n"
+            "2,,50912,2150-02-03 15:00:00,0.9,0.9,mg/dL\n")
+    res, df = _etl_small(tmp_path, {"hosp/admissions": adm, "hosp/procedures_icd": procs, "hosp/labevents": labs})
+    assert _times(df, 1, "PROCEDURE//ICD//") == ["2150-01-01 23:59:59", "2150-01-02 23:59:59", "2150-01-05 14:00:00"]
+    assert _times(df, 2, "PROCEDURE//ICD//") == ["2150-02-03 23:59:59"]  # the 15:00 lab follows the discharge
+    # A lab value written without a time of day obeys the same rule (its stay ends on another day).
+    assert _times(df, 1, "LAB//50971//") == ["2150-01-03 23:59:59"]
+    # On the discharge day the procedure still precedes the discharge and its diagnoses.
+    s1 = df.filter(pl.col("subject_id") == 1)["code"].to_list()
+    assert s1.index("PROCEDURE//ICD//9//8872") < s1.index("HOSPITAL_DISCHARGE//HOME")
+    meta = json.loads((tmp_path / "meds/metadata/ehrfm_etl.json").read_text())
+    src = {(s["table"], s["column"]): s for s in meta["date_only_sources"]}
+    assert src[("hosp/procedures_icd", "chartdate")]["code_prefixes"] == ["PROCEDURE//ICD//"]
+    assert src[("hosp/procedures_icd", "chartdate")]["date_only_values"] == 4
+    assert src[("hosp/procedures_icd", "chartdate")]["events_at_discharge"] == 1
+    assert src[("hosp/labevents", "charttime")]["date_only_values"] == 1
+    assert src[("hosp/patients", "dod")]["rule"] == "end_of_day" and meta["end_of_day"] == "23:59:59"
+    assert ("hosp/admissions", "admittime") not in src  # full timestamps only
+
+
+def test_midnight_discharge_is_a_date_and_never_precedes_the_stays_own_events(tmp_path):
+    adm = ADM_COLS + (
+        "3,31,2150-03-01 08:00:00,2150-03-04 00:00:00,2150-03-04 21:30:00,URGENT,ER,DIED\n"  # death later that day
+        "1,11,2150-01-01 10:00:00,2150-01-05 00:00:00,,URGENT,ER,HOME\n"                     # labs later that day
+        "1,12,2150-06-01 10:00:00,2150-06-03,,URGENT,ER,HOME\n"                              # a date, no time
+        "2,21,2150-02-01 09:00:00,2150-02-03 00:00:00,,URGENT,ER,HOME\n"                     # readmitted at 18:00
+        "2,22,2150-02-03 18:00:00,2150-02-06 11:00:00,,URGENT,ER,HOME\n"
+        "4,41,2150-04-01 08:00:00,2150-04-02 09:00:00,2150-04-02 09:45:00,URGENT,ER,DIED\n")  # death after discharge
+    labs = ("subject_id,hadm_id,itemid,charttime,value,valuenum,valueuom\n"
+            "3,31,50912,2150-03-04 10:00:00,2.0,2.0,mg/dL\n1,11,50912,2150-01-05 09:00:00,1.0,1.0,mg/dL\n")
+    dx = "subject_id,hadm_id,seq_num,icd_code,icd_version\n3,31,1,A419,10\n"
+    res, df = _etl_small(tmp_path, {"hosp/admissions": adm, "hosp/labevents": labs, "hosp/diagnoses_icd": dx})
+    s3 = df.filter(pl.col("subject_id") == 3)
+    assert _times(df, 3, "HOSPITAL_DISCHARGE//") == ["2150-03-04 21:30:00"] == _times(df, 3, "DIAGNOSIS//")
+    codes = s3["code"].to_list()
+    assert codes.index("LAB//50912//mg/dL") < codes.index("DIAGNOSIS//ICD//10//A419") < codes.index("MEDS_DEATH") \
+        < codes.index("HOSPITAL_DISCHARGE//DIED")
+    assert _times(df, 1, "HOSPITAL_DISCHARGE//") == ["2150-01-05 23:59:59", "2150-06-03 23:59:59"]
+    assert _times(df, 2, "HOSPITAL_DISCHARGE//") == ["2150-02-03 18:00:00", "2150-02-06 11:00:00"]
+    assert _times(df, 4, "HOSPITAL_DISCHARGE//") == ["2150-04-02 09:45:00"]
+    assert res["discharge_times"] == {"midnight_read_as_date": 3, "date_only": 1, "moved_to_death": 1,
+                                      "date_moved_by_death_or_next_admission": 2}
+    cfg = json.loads((tmp_path / "meds/metadata/etl_config.json").read_text())
+    assert cfg["tables"]["hosp/admissions"]["midnight_times"] == {"dischtime": 3}
+    meta = json.loads((tmp_path / "meds/metadata/ehrfm_etl.json").read_text())
+    disch = [s for s in meta["date_only_sources"] if s["column"] == "dischtime"]
+    assert disch[0]["midnight_values_read_as_date"] == 3 and disch[0]["date_only_values"] == 1
+    assert "DIAGNOSIS//ICD//" in disch[0]["code_prefixes"] and disch[0]["rule"] == "discharge"
+
+
+def test_exact_duplicate_rows_are_dropped_and_counted_per_table(tmp_path):
+    adm = ADM_COLS + "1,11,2150-01-01 10:00:00,2150-01-05 14:00:00,,URGENT,ER,HOME\n"
+    lab = "1,11,50912,2150-01-02 08:00:00,1.0,1.0,mg/dL\n"
+    labs = "subject_id,hadm_id,itemid,charttime,value,valuenum,valueuom\n" + lab * 3 + \
+        "1,11,50912,2150-01-02 08:00:00,1.3,1.3,mg/dL\n"  # same time and item, another value: kept
+    rx = "subject_id,hadm_id,starttime,drug\n" + "1,11,2150-01-02 09:00:00,Heparin\n" * 2
+    res, df = _etl_small(tmp_path, {"hosp/admissions": adm, "hosp/labevents": labs, "hosp/prescriptions": rx})
+    assert df.filter(pl.col("code") == "LAB//50912//mg/dL")["numeric_value"].sort().to_list() == pytest.approx([1.0, 1.3])
+    assert df.filter(pl.col("code") == "MEDICATION//Heparin").height == 1
+    cfg = json.loads((tmp_path / "meds/metadata/etl_config.json").read_text())
+    assert cfg["tables"]["hosp/labevents"] == {"rows_read": 4, "events_written": 2, "dropped": {"duplicate": 2}}
+    assert cfg["tables"]["hosp/prescriptions"]["dropped"] == {"duplicate": 1}
+    meta = json.loads((tmp_path / "meds/metadata/ehrfm_etl.json").read_text())
+    assert meta["duplicates_dropped"] == {"hosp/labevents": 2, "hosp/prescriptions": 1}
+
+
+def test_every_drop_is_counted_by_table_and_reason_before_the_summary(tmp_path, repo_root):
+    adm = ADM_COLS + "1,11,2150-01-01 10:00:00,2150-01-05 14:00:00,,URGENT,ER,HOME\n"
+    dx = ("subject_id,hadm_id,seq_num,icd_code,icd_version\n1,11,1,I10,10\n"
+          "1,99,1,E119,10\n"   # hadm_id not in admissions
+          "1,,1,N179,10\n")    # no hadm_id
+    labs = ("subject_id,hadm_id,itemid,charttime,value,valuenum,valueuom\n"
+            "1,11,50912,2150-01-02 08:00:00,1.0,1.0,mg/dL\n"
+            "7,71,50912,2150-01-02 08:00:00,1.0,1.0,mg/dL\n7,71,50971,2150-01-02 08:00:00,4.0,4.0,mEq/L\n"  # unknown subject
+            ",11,50912,2150-01-02 09:00:00,1.0,1.0,mg/dL\n"  # no subject
+            "1,11,50912,,1.0,1.0,mg/dL\n"                     # no time
+            "1,11,50912,2150-01-02 10:00:00,high,high,mg/dL\n")  # a number that does not parse: kept, counted
+    rx = "subject_id,hadm_id,starttime,drug\n1,11,2150-01-02 09:00:00,Heparin\n1,11,2150-01-02 10:00:00,\n"
+    raw = _raw(tmp_path, {"hosp/admissions": adm, "hosp/diagnoses_icd": dx, "hosp/labevents": labs,
+                          "hosp/prescriptions": rx})
+    p = subprocess.run([sys.executable, "-m", "ehrfm", "etl", str(raw), "--out", str(tmp_path / "meds"),
+                        "--split-fractions", "1,0,0"], capture_output=True, text=True, cwd=repo_root,
+                       env={**os.environ, "EHRFM_QUIET": "1"})
+    assert p.returncode == 0, p.stderr
+    *details, last = p.stdout.strip().splitlines()
+    assert re.match(r"etl: 4 subjects, \d+ events, \d+ codes from 5 tables", last)
+    detail = {line.split(":")[1].strip(): line for line in details}
+    assert "missing_hadm_id 1" in detail["hosp/diagnoses_icd"] and "unknown_hadm_id 1" in detail["hosp/diagnoses_icd"]
+    assert all(f"{r} 1" in detail["hosp/labevents"] for r in ("missing_subject_id", "missing_time"))
+    assert "unknown_subject_id 2" in detail["hosp/labevents"] and "missing_drug 1" in detail["hosp/prescriptions"]
+    tables = json.loads((tmp_path / "meds/metadata/etl_config.json").read_text())["tables"]
+    assert tables["hosp/diagnoses_icd"] == {"rows_read": 3, "events_written": 1,
+                                            "dropped": {"missing_hadm_id": 1, "unknown_hadm_id": 1}}
+    assert tables["hosp/labevents"] == {"rows_read": 6, "events_written": 2, "dropped": {
+        "missing_subject_id": 1, "missing_time": 1, "unknown_subject_id": 2},
+        "unparseable_numbers_set_null": {"valuenum": 1}}
+    assert "unparseable numbers kept as null valuenum 1" in detail["hosp/labevents"]
+    assert tables["hosp/prescriptions"]["dropped"] == {"missing_drug": 1}
+    # One event per row in these tables: every row is either written or counted as a drop.
+    for name in ("hosp/diagnoses_icd", "hosp/labevents", "hosp/prescriptions"):
+        assert tables[name]["events_written"] + sum(tables[name]["dropped"].values()) == tables[name]["rows_read"]
+
+
+def test_real_demo_label_histories_hold_no_procedure_of_the_prediction_day(demo_meds, tmp_path, repo_root):
+    """Before the date-only rule: 99 of 273 ICU-admission and 68 of 245 mortality histories did."""
+    procs = _all_events(demo_meds).filter(pl.col("code").str.starts_with("PROCEDURE//ICD//")).select("subject_id", "time")
+    assert procs.height == 722
+    for task, n_labels in (("icu_admission", 273), ("in_hospital_mortality", 245)):
+        out = tmp_path / f"{task}.parquet"
+        p = subprocess.run([sys.executable, "-m", "ehrfm", "labels", str(demo_meds), "--task", task, "--out", str(out)],
+                           capture_output=True, text=True, cwd=repo_root, env={**os.environ, "EHRFM_QUIET": "1"})
+        assert p.returncode == 0, p.stderr
+        labels = pl.read_parquet(out).with_row_index("i")
+        assert labels.height >= n_labels - 20  # the label rules may exclude more stays, never most of them
+        seen = labels.join(procs, on="subject_id").filter(
+            (pl.col("time") <= pl.col("prediction_time")) & (pl.col("time").dt.date() == pl.col("prediction_time").dt.date()))
+        assert seen["i"].n_unique() == 0, task

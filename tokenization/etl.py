@@ -8,7 +8,9 @@ Output (DESIGN.md section 1):
     metadata/codes.parquet                     code, description, parent_codes, count
     metadata/dataset.json                      dataset_name, ..., meds_version, created_at
     metadata/subject_splits.parquet            subject_id, split
-    metadata/etl_config.json                   the EtlConfig that made it, tables used and missing
+    metadata/etl_config.json                   the EtlConfig that made it, tables used and missing,
+                                               the per-table account of rows, events and drops
+    metadata/ehrfm_etl.json                    where date-only events sit, drops (for `ehrfm audit`)
 
 How it stays within memory on the full MIMIC-IV:
 1. Each raw table is read as a stream of CSV record batches (pyarrow's streaming reader
@@ -26,12 +28,64 @@ Codes (MIMIC_IV_MEDS "//" style; values always in numeric_value, never in the co
     HOSPITAL_ADMISSION//<admission_type>//<admission_location>, HOSPITAL_DISCHARGE//<location>,
     ED_REGISTRATION, ED_OUT, TRANSFER_TO//<eventtype>//<careunit>, ICU_ADMISSION//<careunit>,
     ICU_DISCHARGE//<careunit>, DIAGNOSIS//ICD//<9|10>//<code> (at discharge: ICD codes are coded
-    then), PROCEDURE//ICD//<9|10>//<code> (chartdate, clipped into the stay), DRG//<type>//<code>,
+    then), PROCEDURE//ICD//<9|10>//<code> (chartdate, a date: see below), DRG//<type>//<code>,
     LAB//<itemid>//<unit>, MEDICATION//<drug> (prescriptions; emar when prescriptions is absent),
     OMR//<result_name>, VITAL//<itemid>//<unit> (chartevents), INFUSION//<itemid>//<unit>,
     OUTPUT//<itemid>//<unit>, PROCEDURE//ITEM//<itemid>. A missing unit or location is `UNK`.
 Within one timestamp events keep a clinical order: admission, transfers, measurements,
 medications, procedures, diagnoses, death, discharge.
+
+Dates and midnights (an event is never placed before the first moment it could have been known):
+- A date-only value is a value of a DATE column of MIMIC-IV's schema (patients.dod,
+  procedures_icd.chartdate, omr.chartdate; whatever its text, e.g. `2150-03-01 00:00:00` from a
+  database export) or any time value written without a time of day (e.g. `2150-03-01` in
+  labevents.charttime). Audited in MIMIC-IV's schema (mimic-code's buildmimic create.sql: of the
+  tables read only these three columns are DATE; hcpcsevents and microbiologyevents also carry
+  dates but are not read) and on the real demo (these three columns hold only dates, every other
+  time column read holds only full timestamps). One rule for all of them: a date D is placed at D 23:59:59; an event with a
+  stay (hadm_id) moves to the stay's discharge instead when the discharge falls on D before
+  23:59:59 and no timed event of the subject on D comes after the discharge. Earlier versions
+  put procedures at 00:00 or at the admission, before the day's own events (look-ahead).
+- Midnights: a timed value of exactly 00:00:00 is kept as a time, except admissions.dischtime.
+  MIMIC-IV writes the discharge of some in-hospital deaths as the date at 00:00:00 while the
+  death (deathtime) is later that day (3 of 15 deaths on the demo), so the discharge, its
+  diagnoses and DRG codes would precede the day's events. Such a dischtime is read as a date:
+  placed at 23:59:59 of its day, or sooner at the stay's deathtime or the subject's next
+  admittime when either falls later that day. Any discharge before its own stay's death moves
+  to the death. Midnight admittimes (planned surgical/elective admissions), lab and medication
+  times are common real times (00:00 is a standard draw and order time) and are kept; every
+  column's count of 00:00:00 values is reported. Counts: `midnight_times` per table and
+  `discharge_times` in etl_config.json and the detail lines.
+- Exact duplicate source rows (identical in every column read, hence identical events) are
+  dropped, counted per table as `duplicate`.
+- Every other drop is counted by table and reason (events): missing_subject_id,
+  unknown_subject_id (not in patients), missing_time, missing_hadm_id / unknown_hadm_id
+  (diagnoses and DRG codes, timed by their stay's discharge), missing_drug, missing_medication,
+  not_administered (emar), discharge_row_made_by_admissions (transfers), later_death_merged (one
+  death per subject, the earliest kept).
+  Numbers that do not parse are kept as null and counted (`unparseable_numbers_set_null`);
+  unparseable ids and times refuse the table (UserError).
+  They are printed as detail lines before the one-line summary and written to
+  metadata/etl_config.json: `tables` = {table: {rows_read, events_written, dropped: {reason: n},
+  date_only_values: {column: n}, date_only_placed_at_discharge, midnight_times: {column: n},
+  unparseable_numbers_set_null: {column: n}}} (the last four only when non-zero).
+
+metadata/ehrfm_etl.json (read by `ehrfm audit` without importing this package):
+    {"format": "ehrfm_etl/1", "etl_name", "etl_version", "end_of_day": "23:59:59",
+     "rules": {rule: text},            # DATE_RULES
+     "date_only_sources": [{"table", "column", "code_prefixes": [...], "schema_date": bool,
+                            "date_only_values": n, "rule": "end_of_day" | "end_of_day_or_discharge"
+                            | "discharge", "time_of_day": "23:59:59",
+                            "events_at_discharge": n | "midnight_values_read_as_date": n}],
+     "discharge_times": {"midnight_read_as_date", "date_only", "moved_to_death",
+                         "date_moved_by_death_or_next_admission"},
+     "tables": {...as in etl_config.json}, "duplicates_dropped": {table: n}}
+An event whose code starts with a listed prefix came from that date-only source when its time
+of day is 23:59:59 or equals its stay's HOSPITAL_DISCHARGE time; its source date is the date of
+its time. Schema-date sources of the tables read are always listed (0 values when none); other
+columns only when they held date-only values. So a prediction time T sees a date-only event of
+T's own day only when the event sits at its stay's discharge and T is at or after that discharge
+(e.g. readmission at discharge), when the event was known.
 """
 
 from __future__ import annotations
@@ -57,6 +111,19 @@ SPLITS = ("train", "tuning", "held_out")
 TIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f",
                 "%Y-%m-%d %H:%M", "%Y-%m-%d")
 END_OF_DAY = pl.duration(hours=23, minutes=59, seconds=59)
+END_OF_DAY_TEXT = "23:59:59"
+DATE_FLAG = "_date_only__"  # + time column: that row's value was a date (placed by the date-only rule)
+ETL_METADATA = "ehrfm_etl.json"  # in metadata/: what the audit reads (format in the module docstring)
+ETL_METADATA_FORMAT = "ehrfm_etl/1"
+DATE_RULES = {
+    "end_of_day": "a date D is placed at D 23:59:59 (nothing on D can be known later)",
+    "end_of_day_or_discharge": "a date D is placed at D 23:59:59, or at its stay's discharge (the HOSPITAL_DISCHARGE "
+                               "time of the same hadm_id) when that falls on D and no timed event of the subject on D "
+                               "comes after it",
+    "discharge": "a dischtime that is a date (no time, or exactly 00:00:00) is placed at D 23:59:59, or sooner at the "
+                 "stay's deathtime or the subject's next admittime when either falls later on D; the events timed "
+                 "by the discharge (listed code_prefixes) follow it",
+}
 
 # Order of events sharing a timestamp (lower first).
 ORDER_STATIC, ORDER_BIRTH, ORDER_ADMIT, ORDER_TRANSFER, ORDER_ICU_IN = 0, 1, 2, 3, 4
@@ -64,7 +131,7 @@ ORDER_MEASURE, ORDER_MED, ORDER_PROC, ORDER_ICU_OUT, ORDER_DX, ORDER_DEATH, ORDE
 
 EVENT_SCHEMA = {
     "subject_id": pl.Int64, "time": pl.Datetime("us"), "code": pl.String, "numeric_value": pl.Float32,
-    "text_value": pl.String, "hadm_id": pl.Int64, "_order": pl.Int8,
+    "text_value": pl.String, "hadm_id": pl.Int64, "_order": pl.Int8, "_date_only": pl.Boolean,
 }
 
 
@@ -92,19 +159,38 @@ class Table:
     floats: list[str] = field(default_factory=list)
     to_events: Callable[[pl.DataFrame, Context], list[pl.DataFrame]] | None = None
     required: bool = False
+    dates: list[str] = field(default_factory=list)  # DATE columns in MIMIC-IV's schema: every value is a day
+    code_prefixes: dict[str, list[str]] = field(default_factory=dict)  # time column -> codes it times
 
 
 @dataclass
 class Context:
     """Small lookups that event rules need (admission times), built from admissions first."""
 
-    admissions: pl.DataFrame | None = None  # hadm_id, admittime, dischtime
+    admissions: pl.DataFrame | None = None  # hadm_id, admittime, dischtime (as placed), deathtime
     untimed: dict = field(default_factory=dict)  # table -> events dropped for lack of a time
+    table: str = ""  # the table being staged (rules count their drops under it)
+    drops: dict = field(default_factory=dict)  # table -> reason -> events dropped
+    date_only: dict = field(default_factory=dict)  # (table, column) -> date-only values read
+    midnight: dict = field(default_factory=dict)  # table -> column -> timed values at exactly 00:00:00
+    unparseable: dict = field(default_factory=dict)  # table -> column -> numbers that did not parse (set null)
+    discharge: dict = field(default_factory=dict)  # how discharge times were placed -> count
+
+    def drop(self, reason: str, n: int, table: str | None = None) -> None:
+        if n:
+            d = self.drops.setdefault(table or self.table, {})
+            d[reason] = d.get(reason, 0) + int(n)
 
 
 # ------------------------------------------------------------------------------- event rules
-def _ev(df: pl.DataFrame, time: pl.Expr, code: pl.Expr, order: int, numeric: pl.Expr | None = None,
+def _ev(df: pl.DataFrame, time: pl.Expr | str, code: pl.Expr, order: int, numeric: pl.Expr | None = None,
         text: pl.Expr | None = None, hadm: bool = True) -> pl.DataFrame:
+    """MEDS events of `df`; `time` given as a column name carries that column's date-only flag along."""
+    date_only = pl.lit(False)
+    if isinstance(time, str):
+        if f"{DATE_FLAG}{time}" in df.columns:
+            date_only = pl.col(f"{DATE_FLAG}{time}")
+        time = pl.col(time)
     return df.select(
         subject_id=pl.col("subject_id"),
         time=time,
@@ -113,6 +199,7 @@ def _ev(df: pl.DataFrame, time: pl.Expr, code: pl.Expr, order: int, numeric: pl.
         text_value=(text if text is not None else pl.lit(None)).cast(pl.String),
         hadm_id=(pl.col("hadm_id") if hadm and "hadm_id" in df.columns else pl.lit(None)).cast(pl.Int64),
         _order=pl.lit(order, pl.Int8),
+        _date_only=date_only.fill_null(False),
     )
 
 
@@ -121,63 +208,108 @@ def _part(col: str) -> pl.Expr:
     return pl.col(col).cast(pl.String).fill_null("UNK").str.replace_all("//", "/", literal=True)
 
 
+def _keep(df: pl.DataFrame, ctx: Context, cond: pl.Expr, reason: str) -> pl.DataFrame:
+    """df.filter(cond), counting the rows it removes under `reason` (one event each)."""
+    kept = df.filter(cond)
+    ctx.drop(reason, df.height - kept.height)
+    return kept
+
+
 def _patients(df, ctx):
     birth = pl.datetime(pl.col("anchor_year") - pl.col("anchor_age"), 1, 1)
     return [
         _ev(df, pl.lit(None, pl.Datetime("us")), pl.lit("GENDER//") + _part("gender"), ORDER_STATIC),
         _ev(df, birth, pl.lit("MEDS_BIRTH"), ORDER_BIRTH),
-        _ev(df.filter(pl.col("dod").is_not_null()), pl.col("dod") + END_OF_DAY, pl.lit("MEDS_DEATH"), ORDER_DEATH),
+        # dod is a date: _typed already put it at the end of its day.
+        _ev(df.filter(pl.col("dod").is_not_null()), "dod", pl.lit("MEDS_DEATH"), ORDER_DEATH),
     ]
 
 
 def _admissions(df, ctx):
     out = [
-        _ev(df, pl.col("admittime"), pl.concat_str(pl.lit("HOSPITAL_ADMISSION//"), _part("admission_type"),
-                                                    pl.lit("//"), _part("admission_location")), ORDER_ADMIT),
-        _ev(df, pl.col("dischtime"), pl.lit("HOSPITAL_DISCHARGE//") + _part("discharge_location"), ORDER_DISCH),
-        _ev(df.filter(pl.col("deathtime").is_not_null()), pl.col("deathtime"), pl.lit("MEDS_DEATH"), ORDER_DEATH),
+        _ev(df, "admittime", pl.concat_str(pl.lit("HOSPITAL_ADMISSION//"), _part("admission_type"),
+                                           pl.lit("//"), _part("admission_location")), ORDER_ADMIT),
+        _ev(df, "dischtime", pl.lit("HOSPITAL_DISCHARGE//") + _part("discharge_location"), ORDER_DISCH),
+        _ev(df.filter(pl.col("deathtime").is_not_null()), "deathtime", pl.lit("MEDS_DEATH"), ORDER_DEATH),
     ]
     if "edregtime" in df.columns:
-        out.append(_ev(df.filter(pl.col("edregtime").is_not_null()), pl.col("edregtime"), pl.lit("ED_REGISTRATION"), ORDER_ADMIT))
-        out.append(_ev(df.filter(pl.col("edouttime").is_not_null()), pl.col("edouttime"), pl.lit("ED_OUT"), ORDER_TRANSFER))
+        out.append(_ev(df.filter(pl.col("edregtime").is_not_null()), "edregtime", pl.lit("ED_REGISTRATION"), ORDER_ADMIT))
+        out.append(_ev(df.filter(pl.col("edouttime").is_not_null()), "edouttime", pl.lit("ED_OUT"), ORDER_TRANSFER))
     return out
 
 
+def _place_discharges(adm: pl.DataFrame, ctx: Context) -> pl.DataFrame:
+    """Discharge times as the ETL places them (module docstring, "Dates and midnights").
+
+    adm: the whole typed admissions table. A dischtime that is a date (no time, or exactly
+    00:00:00) moves to the end of its day, or sooner to the stay's death or the subject's next
+    admission when either falls later that day; any discharge before its own stay's death moves
+    to the death. Counts go to ctx.discharge.
+    """
+    flag = f"{DATE_FLAG}dischtime"
+    midnight = pl.col("dischtime").is_not_null() & (pl.col("dischtime").dt.time() == pl.time(0)) & ~pl.col(flag)
+    day_start = pl.col("dischtime").dt.truncate("1d")
+    nxt = pl.col("admittime").shift(-1).over("subject_id", order_by="admittime")
+    adm = adm.with_columns(_midnight=midnight, _next=nxt, _raw=pl.col("dischtime"))
+    ctx.discharge["midnight_read_as_date"] = int(adm["_midnight"].sum())
+    ctx.discharge["date_only"] = int(adm[flag].sum())
+    is_date = pl.col("_midnight") | pl.col(flag)
+    eod = day_start + END_OF_DAY
+    # The earliest later fact of that day that the discharge cannot follow: the death or a new admission.
+    cap = pl.min_horizontal(
+        pl.when(pl.col("deathtime") > day_start).then(pl.col("deathtime")),
+        pl.when(pl.col("_next") > day_start).then(pl.col("_next")),
+    )
+    placed = pl.when(is_date).then(pl.min_horizontal(eod, cap)).otherwise(pl.col("dischtime"))
+    adm = adm.with_columns(dischtime=placed, **{flag: is_date})
+    before_death = pl.col("deathtime").is_not_null() & (pl.col("dischtime") < pl.col("deathtime"))
+    ctx.discharge["moved_to_death"] = int(adm.select(before_death.sum()).item())
+    adm = adm.with_columns(dischtime=pl.when(before_death).then(pl.col("deathtime")).otherwise(pl.col("dischtime")))
+    ctx.discharge["date_moved_by_death_or_next_admission"] = int(adm.select(
+        (is_date & (pl.col("dischtime") < pl.col("_raw").dt.truncate("1d") + END_OF_DAY)).sum()).item())
+    return adm.drop("_midnight", "_next", "_raw")
+
+
 def _with_stay(df: pl.DataFrame, ctx: Context) -> pl.DataFrame:
-    return df.join(ctx.admissions, on="hadm_id", how="left")
+    return df.join(ctx.admissions.select("hadm_id", "dischtime"), on="hadm_id", how="left")
+
+
+def _at_discharge(df: pl.DataFrame, ctx: Context) -> pl.DataFrame:
+    """Rows joined to their stay's discharge; rows without a known stay are counted and dropped."""
+    df = _keep(df, ctx, pl.col("hadm_id").is_not_null(), "missing_hadm_id")
+    return _keep(_with_stay(df, ctx), ctx, pl.col("dischtime").is_not_null(), "unknown_hadm_id")
 
 
 def _diagnoses(df, ctx):
-    df = _with_stay(df, ctx).filter(pl.col("dischtime").is_not_null())
+    df = _at_discharge(df, ctx)
     code = pl.concat_str(pl.lit("DIAGNOSIS//ICD//"), _part("icd_version"), pl.lit("//"), _part("icd_code"))
     return [_ev(df.sort("hadm_id", "seq_num", maintain_order=True), pl.col("dischtime"), code, ORDER_DX)]
 
 
 def _procedures(df, ctx):
-    df = _with_stay(df, ctx)
-    when = pl.col("chartdate")
-    when = pl.when(pl.col("admittime").is_not_null() & (when < pl.col("admittime"))).then(pl.col("admittime")).otherwise(when)
-    when = pl.when(pl.col("dischtime").is_not_null() & (when > pl.col("dischtime"))).then(pl.col("dischtime")).otherwise(when)
+    # chartdate is a date: at the end of its day here; the shard step moves it to the stay's
+    # discharge when that comes sooner (the date-only rule, module docstring).
     code = pl.concat_str(pl.lit("PROCEDURE//ICD//"), _part("icd_version"), pl.lit("//"), _part("icd_code"))
-    return [_ev(df, when, code, ORDER_PROC)]
+    return [_ev(df, "chartdate", code, ORDER_PROC)]
 
 
 def _drgcodes(df, ctx):
-    df = _with_stay(df, ctx).filter(pl.col("dischtime").is_not_null())
+    df = _at_discharge(df, ctx)
     code = pl.concat_str(pl.lit("DRG//"), _part("drg_type"), pl.lit("//"), _part("drg_code"))
     return [_ev(df, pl.col("dischtime"), code, ORDER_DX)]
 
 
 def _transfers(df, ctx):
-    df = df.filter(pl.col("eventtype") != "discharge")  # the discharge itself comes from admissions
+    # The discharge row duplicates admissions.dischtime, which makes the discharge event.
+    df = _keep(df, ctx, pl.col("eventtype").fill_null("") != "discharge", "discharge_row_made_by_admissions")
     code = pl.concat_str(pl.lit("TRANSFER_TO//"), _part("eventtype"), pl.lit("//"), _part("careunit"))
-    return [_ev(df, pl.col("intime"), code, ORDER_TRANSFER)]
+    return [_ev(df, "intime", code, ORDER_TRANSFER)]
 
 
 def _icustays(df, ctx):
     return [
-        _ev(df, pl.col("intime"), pl.lit("ICU_ADMISSION//") + _part("first_careunit"), ORDER_ICU_IN),
-        _ev(df, pl.col("outtime"), pl.lit("ICU_DISCHARGE//") + _part("last_careunit"), ORDER_ICU_OUT),
+        _ev(df, "intime", pl.lit("ICU_ADMISSION//") + _part("first_careunit"), ORDER_ICU_IN),
+        _ev(df, "outtime", pl.lit("ICU_DISCHARGE//") + _part("last_careunit"), ORDER_ICU_OUT),
     ]
 
 
@@ -187,66 +319,75 @@ def _measure(prefix: str, time_col: str, unit_col: str, value_col: str, text_col
         text = None
         if text_col is not None:
             text = pl.when(pl.col(value_col).is_null()).then(pl.col(text_col)).otherwise(None)
-        return [_ev(df, pl.col(time_col), code, order, numeric=pl.col(value_col), text=text)]
+        return [_ev(df, time_col, code, order, numeric=pl.col(value_col), text=text)]
 
     return rule
 
 
 def _prescriptions(df, ctx):
-    return [_ev(df.filter(pl.col("drug").is_not_null()), pl.col("starttime"), pl.lit("MEDICATION//") + _part("drug"), ORDER_MED)]
+    df = _keep(df, ctx, pl.col("drug").is_not_null(), "missing_drug")
+    return [_ev(df, "starttime", pl.lit("MEDICATION//") + _part("drug"), ORDER_MED)]
 
 
 def _emar(df, ctx):
-    df = df.filter(pl.col("medication").is_not_null() & (pl.col("event_txt").fill_null("") == "Administered"))
-    return [_ev(df, pl.col("charttime"), pl.lit("MEDICATION//") + _part("medication"), ORDER_MED)]
+    df = _keep(df, ctx, pl.col("medication").is_not_null(), "missing_medication")
+    df = _keep(df, ctx, pl.col("event_txt").fill_null("") == "Administered", "not_administered")
+    return [_ev(df, "charttime", pl.lit("MEDICATION//") + _part("medication"), ORDER_MED)]
 
 
 def _omr(df, ctx):
     value = pl.col("result_value").cast(pl.Float64, strict=False)
     text = pl.when(value.is_null()).then(pl.col("result_value")).otherwise(None)
-    # Dates only: end of day, so the measurement is never seen before it could have been taken.
-    return [_ev(df, pl.col("chartdate") + END_OF_DAY, pl.lit("OMR//") + _part("result_name"), ORDER_MEASURE,
+    # chartdate is a date: _typed put it at the end of its day (never seen before it was taken).
+    return [_ev(df, "chartdate", pl.lit("OMR//") + _part("result_name"), ORDER_MEASURE,
                 numeric=value, text=text, hadm=False)]
 
 
 def _procedureevents(df, ctx):
-    return [_ev(df, pl.col("starttime"), pl.lit("PROCEDURE//ITEM//") + _part("itemid"), ORDER_PROC)]
+    return [_ev(df, "starttime", pl.lit("PROCEDURE//ITEM//") + _part("itemid"), ORDER_PROC)]
 
 
 TABLES: list[Table] = [
     Table("hosp/patients", ["subject_id", "gender", "anchor_age", "anchor_year", "dod"], times=["dod"],
-          ints=["anchor_age", "anchor_year"], to_events=_patients, required=True),
+          ints=["anchor_age", "anchor_year"], to_events=_patients, required=True, dates=["dod"],
+          code_prefixes={"dod": ["MEDS_DEATH"]}),
     Table("hosp/admissions", ["subject_id", "hadm_id", "admittime", "dischtime", "deathtime", "admission_type",
                               "admission_location", "discharge_location", "edregtime", "edouttime"],
-          times=["admittime", "dischtime", "deathtime", "edregtime", "edouttime"], ints=["hadm_id"], to_events=_admissions, required=True),
+          times=["admittime", "dischtime", "deathtime", "edregtime", "edouttime"], ints=["hadm_id"], to_events=_admissions, required=True,
+          code_prefixes={"admittime": ["HOSPITAL_ADMISSION//"], "dischtime": ["HOSPITAL_DISCHARGE//", "DIAGNOSIS//ICD//", "DRG//"],
+                         "deathtime": ["MEDS_DEATH"], "edregtime": ["ED_REGISTRATION"], "edouttime": ["ED_OUT"]}),
     Table("hosp/transfers", ["subject_id", "hadm_id", "eventtype", "careunit", "intime"], times=["intime"],
-          ints=["hadm_id"], to_events=_transfers),
+          ints=["hadm_id"], to_events=_transfers, code_prefixes={"intime": ["TRANSFER_TO//"]}),
     Table("icu/icustays", ["subject_id", "hadm_id", "first_careunit", "last_careunit", "intime", "outtime"],
-          times=["intime", "outtime"], ints=["hadm_id"], to_events=_icustays),
+          times=["intime", "outtime"], ints=["hadm_id"], to_events=_icustays,
+          code_prefixes={"intime": ["ICU_ADMISSION//"], "outtime": ["ICU_DISCHARGE//"]}),
     Table("hosp/diagnoses_icd", ["subject_id", "hadm_id", "seq_num", "icd_code", "icd_version"],
           ints=["hadm_id", "seq_num"], to_events=_diagnoses),
     Table("hosp/procedures_icd", ["subject_id", "hadm_id", "chartdate", "icd_code", "icd_version"],
-          times=["chartdate"], ints=["hadm_id"], to_events=_procedures),
+          times=["chartdate"], ints=["hadm_id"], to_events=_procedures, dates=["chartdate"],
+          code_prefixes={"chartdate": ["PROCEDURE//ICD//"]}),
     Table("hosp/drgcodes", ["subject_id", "hadm_id", "drg_type", "drg_code"], ints=["hadm_id"], to_events=_drgcodes),
     Table("hosp/labevents", ["subject_id", "hadm_id", "itemid", "charttime", "value", "valuenum", "valueuom"],
           times=["charttime"], ints=["hadm_id"], floats=["valuenum"],
-          to_events=_measure("LAB//", "charttime", "valueuom", "valuenum", "value")),
+          to_events=_measure("LAB//", "charttime", "valueuom", "valuenum", "value"), code_prefixes={"charttime": ["LAB//"]}),
     Table("hosp/prescriptions", ["subject_id", "hadm_id", "starttime", "drug"], times=["starttime"], ints=["hadm_id"],
-          to_events=_prescriptions),
+          to_events=_prescriptions, code_prefixes={"starttime": ["MEDICATION//"]}),
     Table("hosp/emar", ["subject_id", "hadm_id", "charttime", "medication", "event_txt"], times=["charttime"],
-          ints=["hadm_id"], to_events=_emar),
-    Table("hosp/omr", ["subject_id", "chartdate", "result_name", "result_value"], times=["chartdate"], to_events=_omr),
+          ints=["hadm_id"], to_events=_emar, code_prefixes={"charttime": ["MEDICATION//"]}),
+    Table("hosp/omr", ["subject_id", "chartdate", "result_name", "result_value"], times=["chartdate"], to_events=_omr,
+          dates=["chartdate"], code_prefixes={"chartdate": ["OMR//"]}),
     Table("icu/chartevents", ["subject_id", "hadm_id", "charttime", "itemid", "value", "valuenum", "valueuom"],
           times=["charttime"], ints=["hadm_id"], floats=["valuenum"],
-          to_events=_measure("VITAL//", "charttime", "valueuom", "valuenum", "value")),
+          to_events=_measure("VITAL//", "charttime", "valueuom", "valuenum", "value"), code_prefixes={"charttime": ["VITAL//"]}),
     Table("icu/inputevents", ["subject_id", "hadm_id", "starttime", "itemid", "amount", "amountuom"],
           times=["starttime"], ints=["hadm_id"], floats=["amount"],
-          to_events=_measure("INFUSION//", "starttime", "amountuom", "amount", None, order=ORDER_MED)),
+          to_events=_measure("INFUSION//", "starttime", "amountuom", "amount", None, order=ORDER_MED),
+          code_prefixes={"starttime": ["INFUSION//"]}),
     Table("icu/outputevents", ["subject_id", "hadm_id", "charttime", "itemid", "value", "valueuom"],
           times=["charttime"], ints=["hadm_id"], floats=["value"],
-          to_events=_measure("OUTPUT//", "charttime", "valueuom", "value", None)),
+          to_events=_measure("OUTPUT//", "charttime", "valueuom", "value", None), code_prefixes={"charttime": ["OUTPUT//"]}),
     Table("icu/procedureevents", ["subject_id", "hadm_id", "starttime", "itemid"], times=["starttime"],
-          ints=["hadm_id"], to_events=_procedureevents),
+          ints=["hadm_id"], to_events=_procedureevents, code_prefixes={"starttime": ["PROCEDURE//ITEM//"]}),
 ]
 # Columns a table may lack (older or trimmed extracts); they are read as all-null.
 OPTIONAL_COLUMNS = {"dod", "hadm_id", "value", "valueuom", "amountuom", "discharge_location", "admission_location",
@@ -353,19 +494,48 @@ class _BadValues:
             raise UserError(f"{self.path}: column {col!r} has {n} unparseable {kind} value{'s' if n != 1 else ''}")
 
 
-def _typed(df: pl.DataFrame, table: Table, bad: _BadValues) -> pl.DataFrame:
-    """Parse the string columns we rely on; count (never show) values that do not parse."""
+def _typed(df: pl.DataFrame, table: Table, bad: _BadValues, ctx: Context) -> pl.DataFrame:
+    """Parse the string columns we rely on; count (never show) values that do not parse.
+
+    Each time column `c` gets a flag column DATE_FLAG + c: true where the value is a date (a
+    DATE column of MIMIC-IV's schema, or a value written without a time of day); such values
+    are placed at the end of their day here (module docstring, "Dates and midnights").
+    """
     exprs = [pl.col("subject_id").cast(pl.Int64, strict=False)]
     exprs += [pl.col(c).cast(pl.Int64, strict=False) for c in table.ints if c in df.columns]
     exprs += [pl.col(c).cast(pl.Float64, strict=False) for c in table.floats if c in df.columns]
-    typed = _parse_times(df.with_columns(exprs), [c for c in table.times if c in df.columns])
+    times = [c for c in table.times if c in df.columns]
+    typed = _parse_times(df.with_columns(exprs), times)
     checks = [("subject_id", "integer")] + [(c, "timestamp") for c in table.times] + [(c, "integer") for c in table.ints]
-    counts = df.select([
-        (pl.col(c).is_not_null() & typed[c].is_null()).sum().alias(c) for c, _ in checks if c in df.columns
-    ]).row(0, named=True) if len(df) else {}
+    present = [c for c, _ in checks if c in df.columns]
+    floats = [c for c in table.floats if c in df.columns]
+    is_date = {c: (typed[c].is_not_null() if c in table.dates
+                   else typed[c].is_not_null() & (df[c].str.strip_chars().str.len_chars() <= 10)) for c in times}
+    midnight = {c: typed[c].is_not_null() & ~is_date[c] & (typed[c].dt.time() == dt.time(0)) for c in times}
+    counts = df.select(
+        [(pl.col(c).is_not_null() & typed[c].is_null()).sum().alias(c) for c in present]
+        + [(pl.col(c).is_not_null() & typed[c].is_null()).sum().alias(f"float:{c}") for c in floats]
+        + [pl.lit(is_date[c].sum()).alias(f"date:{c}") for c in times]
+        + [pl.lit(midnight[c].sum()).alias(f"midnight:{c}") for c in times]
+    ).row(0, named=True) if len(df) else {}
     for c, kind in checks:
         bad.add(c, kind, int(counts.get(c, 0)))
-    return typed
+    for c in floats:
+        n = int(counts.get(f"float:{c}", 0))
+        if n:  # kept as an event without a number (the raw text stays in text_value where there is one)
+            d = ctx.unparseable.setdefault(table.name, {})
+            d[c] = d.get(c, 0) + n
+    for c in times:
+        n = int(counts.get(f"date:{c}", 0))
+        ctx.date_only[(table.name, c)] = ctx.date_only.get((table.name, c), 0) + n
+        m = int(counts.get(f"midnight:{c}", 0))
+        if m:
+            d = ctx.midnight.setdefault(table.name, {})
+            d[c] = d.get(c, 0) + m
+    return typed.with_columns(
+        [pl.when(is_date[c]).then(typed[c].dt.truncate("1d") + END_OF_DAY).otherwise(typed[c]).alias(c) for c in times]
+        + [is_date[c].alias(f"{DATE_FLAG}{c}") for c in times]
+    )
 
 
 def _stable_uniform(ids: np.ndarray, seed: int) -> np.ndarray:
@@ -395,6 +565,17 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
 
     Options (EtlConfig fields): split_fractions=(train, tuning, held_out), split_seed,
     splits_file (an existing subject_splits.parquet), shard_subjects, dataset_name, dataset_version.
+
+    Returns:
+        dict with subjects, events, codes, subjects_per_split, events_per_split, tables_used,
+        tables_missing, dropped_events (table -> reason -> events), tables (the per-table
+        account of etl_config.json), discharge_times (how discharge times were placed),
+        dropped_events_unknown_subject, dropped_events_without_time, seconds. Detail lines (every
+        drop and moved time, by table) are printed before the one-line summary.
+
+    Raises:
+        UserError: a missing directory, table or column, an unreadable CSV, an unparseable id or
+            time (named by file, column and count, never by value), an empty split.
     """
     t0 = time.time()
     raw = Path(raw)
@@ -432,9 +613,11 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
 
         subjects = _subjects(stage, present["hosp/patients"])
         split_of = _split_subjects(subjects, cfg)
-        counts = _write_shards(stage, tmp, split_of, cfg)
+        counts = _write_shards(stage, tmp, split_of, cfg, ctx)
         _write_codes(raw, tmp, counts.pop("codes"))
-        _write_metadata(tmp, cfg, split_of, rows_in, missing, ctx.untimed)
+        account = _account(rows_in, counts, ctx)
+        _write_metadata(tmp, cfg, split_of, rows_in, missing, ctx.untimed, account)
+        write_json(tmp / "metadata" / ETL_METADATA, _audit_metadata(account, ctx))
         import shutil
 
         shutil.rmtree(stage)
@@ -449,15 +632,100 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
         "codes": counts["n_codes"],
         "tables_used": sorted(rows_in),
         "tables_missing": missing,
-        "dropped_events_unknown_subject": counts["dropped"],
+        "dropped_events_unknown_subject": sum(d.get("unknown_subject_id", 0) for d in ctx.drops.values()),
         "dropped_events_without_time": {k: v for k, v in ctx.untimed.items() if v},
+        "dropped_events": {k: v for k, v in ctx.drops.items() if v},
+        "tables": account,
+        "discharge_times": dict(ctx.discharge),
         "seconds": round(seconds, 2),
     }
+    for line in _detail_lines(account, ctx):
+        print(line, flush=True)
     summary(
         f"etl: {result['subjects']} subjects, {result['events']} events, {result['codes']} codes from "
         f"{len(rows_in)} tables ({len(missing)} absent: {', '.join(missing) or 'none'}) -> {out} in {seconds:.1f}s"
     )
     return result
+
+
+def _account(rows_in: dict, counts: dict, ctx: Context) -> dict:
+    """Per table: rows read, events written, events dropped by reason, dates and midnights read.
+
+    Drops are counted in events (one per row for every rule that drops rows); a table's rows
+    can make several events (patients, admissions) or none (a death-less patient has no death).
+    """
+    account = {}
+    for name, n in rows_in.items():
+        entry = {"rows_read": int(n), "events_written": int(counts["written"].get(name, 0)),
+                 "dropped": dict(sorted(ctx.drops.get(name, {}).items()))}
+        dates = {c: v for (t, c), v in ctx.date_only.items() if t == name and v}
+        if dates:
+            entry["date_only_values"] = dates
+            entry["date_only_placed_at_discharge"] = int(counts["at_discharge"].get(name, 0))
+        if ctx.midnight.get(name):
+            entry["midnight_times"] = dict(ctx.midnight[name])
+        if ctx.unparseable.get(name):
+            entry["unparseable_numbers_set_null"] = dict(ctx.unparseable[name])
+        account[name] = entry
+    return account
+
+
+def _detail_lines(account: dict, ctx: Context) -> list[str]:
+    """The lines printed before the one-line summary: every drop and every moved time, by table."""
+    lines = []
+    for name, a in account.items():
+        bits = []
+        if a["dropped"]:
+            bits.append(f"dropped {sum(a['dropped'].values())} events ("
+                        + ", ".join(f"{r} {n}" for r, n in a["dropped"].items()) + ")")
+        for c, n in a.get("date_only_values", {}).items():
+            bits.append(f"{n} date-only {c} at {END_OF_DAY_TEXT}"
+                        + (f" ({a['date_only_placed_at_discharge']} of those events at the stay's discharge)"
+                           if a["date_only_placed_at_discharge"] else ""))
+        if a.get("midnight_times"):
+            bits.append("00:00:00 times " + ", ".join(f"{c} {n}" for c, n in a["midnight_times"].items()))
+        if name == "hosp/admissions" and any(ctx.discharge.values()):
+            bits.append("discharges " + ", ".join(f"{k} {v}" for k, v in ctx.discharge.items() if v))
+        if a.get("unparseable_numbers_set_null"):
+            bits.append("unparseable numbers kept as null " + ", ".join(
+                f"{c} {n}" for c, n in a["unparseable_numbers_set_null"].items()))
+        if bits:
+            lines.append(f"etl:   {name}: {a['rows_read']} rows -> {a['events_written']} events; " + "; ".join(bits))
+    return lines
+
+
+def _audit_metadata(account: dict, ctx: Context) -> dict:
+    """metadata/ehrfm_etl.json: where date-only events sit and what was dropped (module docstring)."""
+    by_name = {t.name: t for t in TABLES}
+    sources = []
+    for (name, col), n in sorted(ctx.date_only.items()):
+        t = by_name[name]
+        if col not in t.dates and not n and not (name == "hosp/admissions" and col == "dischtime"):
+            continue
+        if name == "hosp/admissions" and col == "dischtime":
+            n_mid = ctx.discharge.get("midnight_read_as_date", 0)
+            if not (n or n_mid):
+                continue
+            sources.append({"table": name, "column": col, "code_prefixes": t.code_prefixes.get(col, []),
+                            "schema_date": False, "date_only_values": int(n), "midnight_values_read_as_date": int(n_mid),
+                            "rule": "discharge", "time_of_day": END_OF_DAY_TEXT})
+            continue
+        sources.append({"table": name, "column": col, "code_prefixes": t.code_prefixes.get(col, []),
+                        "schema_date": col in t.dates, "date_only_values": int(n),
+                        "rule": "end_of_day_or_discharge" if "hadm_id" in t.columns else "end_of_day",
+                        "time_of_day": END_OF_DAY_TEXT,
+                        "events_at_discharge": int(account.get(name, {}).get("date_only_placed_at_discharge", 0))})
+    return {
+        "format": ETL_METADATA_FORMAT,
+        "etl_name": ETL_NAME,
+        "etl_version": ETL_VERSION,
+        "end_of_day": END_OF_DAY_TEXT,
+        "rules": DATE_RULES,
+        "date_only_sources": sources,
+        "discharge_times": dict(ctx.discharge),
+        "tables": account,
+        "duplicates_dropped": {k: v["dropped"]["duplicate"] for k, v in account.items() if v["dropped"].get("duplicate")},
+    }
 
 
 def _stage_table(path: Path, table: Table, columns: list[str], ctx: Context, stage: Path, cfg: EtlConfig) -> int:
@@ -467,27 +735,44 @@ def _stage_table(path: Path, table: Table, columns: list[str], ctx: Context, sta
     bad = _BadValues(path)
     writer = None
     n_rows = 0
-    adm_parts = []
+    ctx.table = table.name
     out_path = stage / f"{table.name.replace('/', '__')}.parquet"
     bar = progress(desc=f"etl: {table.name}", unit="rows", unit_scale=True, leave=False)
-    try:
+
+    def typed_batches():
+        nonlocal n_rows
         for batch in _read_batches(path, columns, cfg.batch_bytes):
             n_rows += len(batch)
             bar.update(len(batch))
             for c in table.columns:  # optional columns absent from this file
                 if c not in batch.columns:
                     batch = batch.with_columns(pl.lit(None, pl.String).alias(c))
-            typed = _typed(batch, table, bad)
-            if bad.counts:
-                continue  # keep counting over the whole file, write nothing
-            if table.name == "hosp/admissions":
-                adm_parts.append(typed.select("hadm_id", "admittime", "dischtime"))
+            typed = _typed(batch, table, bad, ctx)
+            if not bad.counts:  # else keep counting over the whole file, write nothing
+                yield typed
+
+    batches = typed_batches()
+    if table.name == "hosp/admissions":
+        # Small (one row per stay) and needed whole: a discharge's placement depends on the
+        # subject's next admission, and every stay-bound table needs the placed discharge.
+        parts = list(batches)
+        adm = pl.concat(parts) if parts else None
+        if adm is not None:
+            adm = _place_discharges(adm, ctx)
+            ctx.admissions = adm.select("hadm_id", "admittime", "dischtime", "deathtime").filter(
+                pl.col("hadm_id").is_not_null()).unique("hadm_id", keep="first", maintain_order=True)
+        batches = [adm] if adm is not None else []
+    try:
+        for typed in batches:
             events = pl.concat([e.cast(EVENT_SCHEMA) for e in table.to_events(typed, ctx)], how="vertical")
             # Only static codes may lack a time; an event whose time is missing cannot be placed.
-            keep = pl.col("subject_id").is_not_null() & (pl.col("time").is_not_null() | (pl.col("_order") == ORDER_STATIC))
-            n_before = events.height
-            events = events.filter(keep)
-            ctx.untimed[table.name] = ctx.untimed.get(table.name, 0) + n_before - events.height
+            no_subject = pl.col("subject_id").is_null()
+            no_time = pl.col("time").is_null() & (pl.col("_order") != ORDER_STATIC)
+            n_subject, n_time = events.select(no_subject.sum().alias("a"), (~no_subject & no_time).sum().alias("b")).row(0)
+            ctx.drop("missing_subject_id", n_subject)
+            ctx.drop("missing_time", n_time)
+            ctx.untimed[table.name] = ctx.untimed.get(table.name, 0) + n_time
+            events = events.filter(~no_subject & ~no_time)
             arrow = events.to_arrow()
             if writer is None:
                 writer = pq.ParquetWriter(out_path, arrow.schema)
@@ -497,10 +782,9 @@ def _stage_table(path: Path, table: Table, columns: list[str], ctx: Context, sta
         if writer is not None:
             writer.close()
     bad.raise_if_any()
-    if table.name == "hosp/admissions":
-        ctx.admissions = pl.concat(adm_parts) if adm_parts else pl.DataFrame(
-            schema={"hadm_id": pl.Int64, "admittime": pl.Datetime("us"), "dischtime": pl.Datetime("us")})
-        ctx.admissions = ctx.admissions.unique("hadm_id", keep="first")
+    if table.name == "hosp/admissions" and ctx.admissions is None:
+        ctx.admissions = pl.DataFrame(schema={"hadm_id": pl.Int64, "admittime": pl.Datetime("us"),
+                                              "dischtime": pl.Datetime("us"), "deathtime": pl.Datetime("us")})
     return n_rows
 
 
@@ -532,12 +816,14 @@ def _split_subjects(subjects: np.ndarray, cfg: EtlConfig) -> pl.DataFrame:
     return df
 
 
-def _write_shards(stage: Path, out: Path, split_of: pl.DataFrame, cfg: EtlConfig) -> dict:
+def _write_shards(stage: Path, out: Path, split_of: pl.DataFrame, cfg: EtlConfig, ctx: Context) -> dict:
     import pyarrow.parquet as pq
 
     staged = sorted(stage.glob("*.parquet"))
-    total_events, deaths_merged = 0, 0
+    names = [p.stem.replace("__", "/") for p in staged]  # staged file k holds table names[k]
+    total_events = 0
     subjects_per_split, events_per_split = {}, {}
+    written = dict.fromkeys(names, 0)
     code_counts: dict[str, int] = {}
     jobs, shard_of = [], []
     for name in SPLITS:
@@ -553,37 +839,47 @@ def _write_shards(stage: Path, out: Path, split_of: pl.DataFrame, cfg: EtlConfig
     # One linear pass: route each staged batch's rows to their shard's bucket file.
     buckets = stage / "buckets"
     buckets.mkdir()
-    staged_rows = 0
-    for path in progress(staged, desc="etl: bucketing", unit="table"):
+    for src, path in enumerate(progress(staged, desc="etl: bucketing", unit="table")):
         writers = {}
         try:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=1 << 20):
                 df = pl.from_arrow(batch)
-                staged_rows += df.height
+                n = df.height
                 df = df.join(shard_of, on="subject_id", how="inner")  # drops subjects absent from patients
+                ctx.drop("unknown_subject_id", n - df.height, names[src])
                 for (j,), part in df.partition_by("_shard", as_dict=True, include_key=False).items():
                     arrow = part.to_arrow()
                     if j not in writers:
-                        writers[j] = pq.ParquetWriter(buckets / f"{j}__{path.name}", arrow.schema)
+                        writers[j] = pq.ParquetWriter(buckets / f"{j}__{src:03d}.parquet", arrow.schema)
                     writers[j].write_table(arrow)
         finally:
             for w in writers.values():
                 w.close()
 
+    placed_at_discharge: dict[str, int] = {}
     for j, (name, k) in enumerate(progress(jobs, desc="etl: shards", unit="shard")):
-        files = sorted(buckets.glob(f"{j}__*.parquet"))
-        shard = (
-            pl.concat([pl.read_parquet(f) for f in files], how="vertical") if files
-            else pl.DataFrame(schema=EVENT_SCHEMA)
-        ).sort(["subject_id", "time", "_order"], nulls_last=False, maintain_order=True)
-        for f in files:
+        parts = []
+        for f in sorted(buckets.glob(f"{j}__*.parquet")):
+            src = int(f.stem.split("__")[1])
+            part = pl.read_parquet(f)
             f.unlink()
+            # Exact duplicates of a source row make identical events: keep one, count the rest.
+            unique = part.unique(maintain_order=True)
+            ctx.drop("duplicate", part.height - unique.height, names[src])
+            parts.append(unique.with_columns(_src=pl.lit(src, pl.Int16)))
+        shard = pl.concat(parts, how="vertical") if parts else pl.DataFrame(
+            schema={**EVENT_SCHEMA, "_src": pl.Int16})
+        shard = _place_dates(shard, ctx.admissions, names, placed_at_discharge)
+        shard = shard.sort(["subject_id", "time", "_order"], nulls_last=False, maintain_order=True)
         # One death per subject: the earliest (admissions.deathtime beats patients.dod).
         is_death = pl.col("code") == "MEDS_DEATH"
-        before = shard.height
-        shard = shard.filter(~is_death | (is_death.cast(pl.Int32).cum_sum().over("subject_id") == 1))
-        deaths_merged += before - shard.height
-        shard = shard.drop("_order")
+        later_death = is_death & (is_death.cast(pl.Int32).cum_sum().over("subject_id") > 1)
+        for src, n in shard.filter(later_death).group_by("_src").len().iter_rows():
+            ctx.drop("later_death_merged", n, names[src])
+        shard = shard.filter(~later_death)
+        for (src, n) in shard.group_by("_src").len().iter_rows():
+            written[names[src]] += n
+        shard = shard.drop("_order", "_date_only", "_src")
         path = out / "data" / name / f"{k}.parquet"
         table = _validate(shard, path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -592,9 +888,38 @@ def _write_shards(stage: Path, out: Path, split_of: pl.DataFrame, cfg: EtlConfig
         total_events += shard.height
         for code, n in shard.group_by("code").len().iter_rows():
             code_counts[code] = code_counts.get(code, 0) + n
-    dropped = staged_rows - total_events - deaths_merged
     return dict(events=total_events, subjects_per_split=subjects_per_split, events_per_split=events_per_split,
-                codes=code_counts, n_codes=len(code_counts), dropped=int(dropped))
+                codes=code_counts, n_codes=len(code_counts), written=written, at_discharge=placed_at_discharge)
+
+
+def _place_dates(shard: pl.DataFrame, admissions: pl.DataFrame | None, names: list[str], at_discharge: dict) -> pl.DataFrame:
+    """The date-only rule's second half: move a dated event from the end of its day to its stay's discharge.
+
+    shard: events of whole subjects with `_date_only` rows at the end of their day (set by
+    _typed). Such a row moves to its stay's (placed) discharge when the discharge falls on the
+    same day, before the end of it, and no timed event of the subject that day comes after the
+    discharge. Counts per table go to `at_discharge`.
+    """
+    if admissions is None or not shard["_date_only"].any():
+        return shard
+    dated = pl.col("_date_only") & pl.col("hadm_id").is_not_null()
+    if not shard.select(dated.any()).item():
+        return shard
+    day = pl.col("time").dt.date()
+    last_timed = (shard.filter(~pl.col("_date_only") & pl.col("time").is_not_null())
+                  .group_by("subject_id", day.alias("_day")).agg(_last=pl.col("time").max()))
+    shard = (shard.with_row_index("_i").with_columns(_day=day)
+             .join(admissions.select("hadm_id", _disch=pl.col("dischtime")), on="hadm_id", how="left")
+             .join(last_timed, on=["subject_id", "_day"], how="left")
+             .sort("_i"))
+    move = (dated & pl.col("_disch").is_not_null() & (pl.col("_disch").dt.date() == pl.col("_day"))
+            & (pl.col("_disch") < pl.col("time"))
+            & (pl.col("_last").is_null() | (pl.col("_last") <= pl.col("_disch"))))
+    shard = shard.with_columns(_move=move)
+    for src, n in shard.filter(pl.col("_move")).group_by("_src").len().iter_rows():
+        at_discharge[names[src]] = at_discharge.get(names[src], 0) + n
+    return shard.with_columns(time=pl.when(pl.col("_move")).then(pl.col("_disch")).otherwise(pl.col("time"))).drop(
+        "_i", "_day", "_disch", "_last", "_move")
 
 
 def _validate(shard: pl.DataFrame, path: Path):
@@ -687,7 +1012,7 @@ def _write_codes(raw: Path, out: Path, counts: dict[str, int]) -> None:
 
 
 def _write_metadata(out: Path, cfg: EtlConfig, split_of: pl.DataFrame, rows_in: dict, missing: list,
-                    untimed: dict) -> None:
+                    untimed: dict, account: dict) -> None:
     import meds
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -709,4 +1034,5 @@ def _write_metadata(out: Path, cfg: EtlConfig, split_of: pl.DataFrame, rows_in: 
     write_json(out / "metadata" / "etl_config.json", {
         **asdict(cfg), "raw": str(Path(cfg.raw).resolve()), "tables_rows": rows_in, "tables_missing": missing,
         "dropped_events_without_time": {k: v for k, v in untimed.items() if v},
+        "tables": account,
     })
