@@ -51,6 +51,7 @@ import polars as pl
 import pyarrow as pa
 
 from ehrfm.errors import UserError
+from ehrfm.meds_io import MedsDataset, open_meds, scan_shards
 
 TASKS = ("in_hospital_mortality", "long_los", "icu_admission", "readmission_30d")
 
@@ -83,48 +84,48 @@ class Stay:
     died: bool
     first_icu: int | None  # first ICU admission in [admission, discharge], us
     icu_just_before: bool = False  # an ICU admission in the 24 h before the hospital admission
+    death: int | None = None  # the subject's death (earliest MEDS_DEATH) when at or after admission, us
+    admitted_after_death: bool = False  # opened after the subject's death (e.g. organ donation)
 
 
 # --- reading MEDS ----------------------------------------------------------------------------------
 def meds_shards(meds_dir: str | os.PathLike) -> list[Path]:
-    """All data shards of a MEDS dataset dir (data/**/*.parquet), sorted."""
-    meds_dir = Path(meds_dir)
-    data = meds_dir / "data"
-    if not data.is_dir():
-        raise UserError(f"{meds_dir} is not a MEDS dataset dir: {data} not found")
-    shards = sorted(data.rglob("*.parquet"))
-    if not shards:
-        raise UserError(f"MEDS dataset dir {meds_dir} has no parquet shards under data/")
-    return shards
+    """Every data shard of a MEDS dataset dir, sorted (through the one reader, ehrfm.meds_io)."""
+    return open_meds(meds_dir, check_static=False).paths()
 
 
-def _stay_events(meds_dir: str | os.PathLike) -> pl.DataFrame:
-    """The events that define stays: admissions, discharges, ICU admissions, deaths."""
-    shards = meds_shards(meds_dir)
-    frames = []
-    for shard in shards:
-        cols = pl.read_parquet_schema(shard)
-        missing = [c for c in ("subject_id", "time", "code") if c not in cols]
-        if missing:
-            raise UserError(f"MEDS shard {shard} lacks column(s) {', '.join(missing)}")
-        frames.append(
-            pl.scan_parquet(shard)
-            .select("subject_id", "time", "code")
-            .filter(
-                pl.col("code").str.starts_with(ADMISSION_PREFIX)
-                | pl.col("code").str.starts_with(DISCHARGE_PREFIX)
-                | pl.col("code").str.starts_with(ICU_ADMISSION_PREFIX)
-                | (pl.col("code") == DEATH_CODE)
-            )
-        )
-    events = pl.concat(frames).collect()
-    events = events.with_columns(
-        pl.col("subject_id").cast(pl.Int64), pl.col("time").cast(pl.Datetime("us")).dt.epoch("us").alias("t")
+def _stay_events(meds_dir: str | os.PathLike) -> tuple[pl.DataFrame, MedsDataset]:
+    """The events that define stays (admissions, discharges, ICU admissions, deaths), and the
+    opened dataset (its null_time_codes say how many deaths had no time)."""
+    ds = open_meds(meds_dir)
+    lf = scan_shards([sh for shards in ds.shards.values() for sh in shards]).filter(
+        pl.col("code").str.starts_with(ADMISSION_PREFIX)
+        | pl.col("code").str.starts_with(DISCHARGE_PREFIX)
+        | pl.col("code").str.starts_with(ICU_ADMISSION_PREFIX)
+        | (pl.col("code") == DEATH_CODE)
     )
-    bad = events.filter(pl.col("t").is_null() & (pl.col("code") != DEATH_CODE)).height
+    # A flat layout lists each file once per split with that split's subjects: no row twice.
+    events = lf.collect().with_columns(pl.col("time").dt.epoch("us").alias("t"))
+    bad = events.filter(pl.col("t").is_null()).height
     if bad:
         raise UserError(f"MEDS dataset {meds_dir}: {bad} admission/discharge/ICU rows have a null time")
-    return events.sort("subject_id", "t", "code")
+    return events.sort("subject_id", "t", "code"), ds
+
+
+def _death_counts(events: pl.DataFrame, ds: MedsDataset | None = None) -> dict:
+    """How deaths were recorded: the earliest MEDS_DEATH of a subject is its death."""
+    deaths = events.filter(pl.col("code") == DEATH_CODE)
+    per = deaths.group_by("subject_id").agg(
+        pl.len().alias("n"), pl.col("t").n_unique().alias("times"),
+        (pl.col("t") // US_PER_DAY).n_unique().alias("days"))
+    return {
+        "subjects_with_death": per.height,
+        "extra_death_records": int((per["n"] - 1).sum()) if per.height else 0,
+        "subjects_with_several_death_times": int((per["times"] > 1).sum()) if per.height else 0,
+        "subjects_with_deaths_on_different_days": int((per["days"] > 1).sum()) if per.height else 0,
+        "deaths_without_time": int((ds.null_time_codes if ds else {}).get(DEATH_CODE, 0)),
+        "rule": "the earliest MEDS_DEATH of a subject is its death; later records are counted here, not used",
+    }
 
 
 def stays_from_events(events: pl.DataFrame) -> list[Stay]:
@@ -137,6 +138,7 @@ def stays_from_events(events: pl.DataFrame) -> list[Stay]:
         codes = ev["code"].to_list()
         times = ev["t"].to_list()
         deaths = [t for c, t in zip(codes, times, strict=False) if c == DEATH_CODE and t is not None]
+        first_death = min(deaths) if deaths else None
         icu_times = [t for c, t in zip(codes, times, strict=False) if c.startswith(ICU_ADMISSION_PREFIX)]
         # Group by timestamp: at a shared timestamp the open stay is closed first, then new
         # admissions open, then a remaining discharge closes a zero-length stay.
@@ -172,13 +174,15 @@ def stays_from_events(events: pl.DataFrame) -> list[Stay]:
             died = died_code
             if dis is not None and not died:
                 end_of_discharge_day = (dis // US_PER_DAY + 1) * US_PER_DAY
-                died = any(adm <= d < end_of_discharge_day for d in deaths)
+                died = first_death is not None and adm <= first_death < end_of_discharge_day
             first_icu = None
             if dis is not None:
                 in_stay = [t for t in icu_times if adm <= t <= dis]
                 first_icu = min(in_stay) if in_stay else None
             just_before = any(adm - 24 * US_PER_HOUR <= t < adm for t in icu_times)
-            stays.append(Stay(int(subject_id), adm, dis, died, first_icu, just_before))
+            death = first_death if first_death is not None and first_death >= adm else None
+            after_death = first_death is not None and adm > first_death
+            stays.append(Stay(int(subject_id), adm, dis, died, first_icu, just_before, death, after_death))
     return stays
 
 
@@ -186,12 +190,13 @@ def _next_admissions(stays: list[Stay]) -> list[int | None]:
     """For each stay, the subject's next admission time after its discharge (None if none)."""
     by_subject: dict[int, list[int]] = {}
     for s in stays:
-        by_subject.setdefault(s.subject_id, []).append(s.admission)
+        if not s.admitted_after_death:  # an admission after death is no readmission
+            by_subject.setdefault(s.subject_id, []).append(s.admission)
     out = []
     for s in stays:
         nxt = None
         if s.discharge is not None:
-            later = [a for a in by_subject[s.subject_id] if a >= s.discharge and a != s.admission]
+            later = [a for a in by_subject.get(s.subject_id, []) if a >= s.discharge and a != s.admission]
             nxt = min(later) if later else None
         out.append(nxt)
     return out
@@ -205,35 +210,46 @@ def labels_from_stays(stays: list[Stay], cfg: LabelConfig) -> tuple[pl.DataFrame
     gap = int(cfg.gap_hours * US_PER_HOUR)
     rows: list[tuple[int, int, bool]] = []
     excluded = {"no_discharge": 0}
+
+    def exclude(reason: str) -> None:
+        excluded[reason] = excluded.get(reason, 0) + 1
+
     nexts = _next_admissions(stays) if cfg.task == "readmission_30d" else [None] * len(stays)
     for s, nxt in zip(stays, nexts, strict=False):
+        if s.admitted_after_death:
+            exclude("admitted_after_death")
+            continue
         if s.discharge is None:
             excluded["no_discharge"] += 1
             continue
+        pred = {"in_hospital_mortality": s.admission + gap, "long_los": s.admission + gap,
+                "icu_admission": s.admission}.get(cfg.task, s.discharge)
+        # The outcome is known once the subject has died: no prediction is left to make.
+        if s.death is not None and s.death <= pred and not (cfg.task == "readmission_30d" and s.died):
+            exclude("died_before_prediction_time")
+            continue
         if cfg.task in ("in_hospital_mortality", "long_los"):
-            pred = s.admission + gap
             if s.discharge <= pred:
-                excluded["ended_before_prediction_time"] = excluded.get("ended_before_prediction_time", 0) + 1
+                exclude("ended_before_prediction_time")
                 continue
             if cfg.task == "in_hospital_mortality":
                 rows.append((s.subject_id, pred, s.died))
             else:
                 rows.append((s.subject_id, pred, s.discharge - s.admission > cfg.long_los_days * US_PER_DAY))
         elif cfg.task == "icu_admission":
-            pred = s.admission
             if s.discharge <= pred:
-                excluded["ended_at_admission"] = excluded.get("ended_at_admission", 0) + 1
+                exclude("ended_at_admission")
                 continue
             if s.icu_just_before or (s.first_icu is not None and s.first_icu <= pred):
-                excluded["in_icu_at_prediction_time"] = excluded.get("in_icu_at_prediction_time", 0) + 1
+                exclude("in_icu_at_prediction_time")
                 continue
             rows.append((s.subject_id, pred, s.first_icu is not None))
         else:  # readmission_30d
             if s.died:
-                excluded["died_in_hospital"] = excluded.get("died_in_hospital", 0) + 1
+                exclude("died_in_hospital")
                 continue
             if nxt is not None and nxt == s.discharge:
-                excluded["transferred"] = excluded.get("transferred", 0) + 1
+                exclude("transferred")
                 continue
             label = nxt is not None and nxt - s.discharge <= cfg.readmission_days * US_PER_DAY
             rows.append((s.subject_id, s.discharge, label))
@@ -242,8 +258,11 @@ def labels_from_stays(stays: list[Stay], cfg: LabelConfig) -> tuple[pl.DataFrame
         schema={"subject_id": pl.Int64, "prediction_time": pl.Int64, "boolean_value": pl.Boolean},
         orient="row",
     ).with_columns(pl.col("prediction_time").cast(pl.Datetime("us")))
-    # Two stays can share a prediction time only through duplicated source rows; keep one.
+    # Two stays can share a prediction time only through duplicated source rows; keep one, counted.
+    n_rows = frame.height
     frame = frame.unique(["subject_id", "prediction_time"], keep="first", maintain_order=True)
+    if frame.height < n_rows:
+        excluded["duplicate_prediction_time"] = n_rows - frame.height
     frame = frame.sort("subject_id", "prediction_time")
     return frame, excluded
 
@@ -255,8 +274,9 @@ def make_labels(meds_dir: str | os.PathLike, task: str, **options) -> tuple[pl.D
     holds n, n_positive, prevalence, excluded counts and the config. For task="all" returns
     ({task: labels}, {task: info}).
     """
-    events = _stay_events(meds_dir)
+    events, ds = _stay_events(meds_dir)
     stays = stays_from_events(events)
+    deaths = _death_counts(events, ds)
     tasks = TASKS if task == "all" else (task,)
     out_labels, out_info = {}, {}
     for t in tasks:
@@ -273,6 +293,9 @@ def make_labels(meds_dir: str | os.PathLike, task: str, **options) -> tuple[pl.D
             "n_stays": len(stays),
             "n_subjects": labels["subject_id"].n_unique(),
             "excluded": excluded,
+            "n_excluded": sum(excluded.values()),
+            "deaths": deaths,
+            "dropped_null_time_rows": ds.null_time_codes,
             "config": dataclasses.asdict(cfg),
         }
     if task == "all":
