@@ -4,8 +4,9 @@ tokenize, labels, baseline and audit all open a MEDS dir through `open_meds` and
 shards through `read_shard` / `scan_shards`, so every reader refuses the same bad input with the
 same one-line error and applies the same rules:
 
-- Layout: `data/<split>/**/*.parquet` (this package's ETL, MEDS_transforms) or flat
-  `data/**/*.parquet` with `metadata/subject_splits.parquet` (meds_etl). Split names are the
+- Layout: `data/<split>/**/*.parquet` (this package's ETL, MEDS_transforms) or
+  `data/**/*.parquet` in folders that are not split names, with `metadata/subject_splits.parquet`
+  (meds_etl). Split names are the
   `meds` package's constants (train, tuning, held_out). Known aliases some tools write (`val`,
   `valid`, `validation`, `dev` -> tuning; `test`, `heldout`, `held-out`, `holdout` -> held_out)
   are mapped, and the mapping is reported on stderr; any other folder under `data/` is refused,
@@ -142,10 +143,14 @@ def open_meds(meds_dir: str | os.PathLike, check_static: bool = True) -> MedsDat
     data = root / DATA_DIR
     if not data.is_dir():
         raise UserError(f"{root} is not a MEDS dataset: no {DATA_DIR}/ directory")
-    folders = sorted(p.name for p in data.iterdir() if p.is_dir() and any(p.rglob("*.parquet")))
+    folders = sorted(p.name for p in data.iterdir()
+                     if p.is_dir() and not p.name.startswith(".") and any(p.rglob("*.parquet")))
     loose = sorted(data.glob("*.parquet"))
     aliases: dict[str, str] = {}
     shards: dict[str, list[Shard]] = {}
+    split_named = [f for f in folders if f in SPLITS or f in SPLIT_ALIASES]
+    if folders and not split_named and (root / SUBJECT_SPLITS_FILE).is_file():
+        folders = []  # shard folders that are not splits (meds_etl): the splits come from metadata
     if folders:
         unknown = [f for f in folders if f not in SPLITS and f not in SPLIT_ALIASES]
         if unknown:

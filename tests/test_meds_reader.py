@@ -105,6 +105,11 @@ def test_unknown_split_folders_are_refused_by_name(tmp_path, capsys):
         flat / "metadata" / "subject_splits.parquet")
     ds = open_meds(flat)
     assert {s: len(v) for s, v in ds.shards.items()} == {"train": 1, "tuning": 1, "held_out": 1}
+    # shard folders that are not split names (meds_etl) take their splits from the metadata too
+    (flat / "data" / "0.parquet").rename(flat / "data" / "shard_0.parquet")
+    (flat / "data" / "part").mkdir()
+    (flat / "data" / "shard_0.parquet").rename(flat / "data" / "part" / "0.parquet")
+    assert open_meds(flat).subject_splits().height == 5
     assert ds.subject_splits().sort("subject_id")["split"].to_list() == ["train", "train", "train", "tuning", "held_out"]
 
 

@@ -10,10 +10,21 @@ any discharge, or by nothing, has no discharge: its outcome is unknown and it is
 every task. A discharge at the same timestamp as the next admission (a transfer between
 hospitals recorded as discharge + admission) closes the first stay and opens a second one.
 
-In-hospital death. The stay ends in death when a MEDS_DEATH event falls between admission and
-the end of the discharge day (death dates in MIMIC are often day-resolved, so the death code can
-sit at midnight of the discharge day), or when the discharge location is DIED
-(HOSPITAL_DISCHARGE//DIED).
+In-hospital death. A subject's death is its earliest MEDS_DEATH event; later records (a second
+death, often of an organ-donation admission) are counted in `info["deaths"]`, never used. The
+stay ends in death when that death falls between admission and the end of the discharge day
+(death dates in MIMIC are often day-resolved, so the death code can sit at midnight of the
+discharge day), or when the discharge location is DIED (HOSPITAL_DISCHARGE//DIED). MEDS_DEATH
+rows with a null time are dropped by the MEDS reader (ehrfm.meds_io) and counted.
+
+Exclusions common to every task, each counted under its own reason in `info["excluded"]`:
+- admitted_after_death: an admission opened after the subject's death (MIMIC-IV records organ
+  donation as a new admission). It gets no label and is never anybody's readmission.
+- died_before_prediction_time: the death is at or before the prediction time, so the outcome
+  is already in the history (admitted 10:00, died 20:00, discharge paperwork 30 h later).
+- duplicate_prediction_time: a second stay of the subject with the same prediction time
+  (duplicated source rows); the first is kept.
+Every stay is either labelled or excluded: n + n_excluded == n_stays, and prevalence is stated.
 
 Tasks (DESIGN.md section 6):
 
@@ -89,11 +100,6 @@ class Stay:
 
 
 # --- reading MEDS ----------------------------------------------------------------------------------
-def meds_shards(meds_dir: str | os.PathLike) -> list[Path]:
-    """Every data shard of a MEDS dataset dir, sorted (through the one reader, ehrfm.meds_io)."""
-    return open_meds(meds_dir, check_static=False).paths()
-
-
 def _stay_events(meds_dir: str | os.PathLike) -> tuple[pl.DataFrame, MedsDataset]:
     """The events that define stays (admissions, discharges, ICU admissions, deaths), and the
     opened dataset (its null_time_codes say how many deaths had no time)."""
