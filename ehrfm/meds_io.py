@@ -194,6 +194,13 @@ def open_meds(meds_dir: str | os.PathLike, check_static: bool = True) -> MedsDat
             shards.setdefault(split, []).extend(Shard(p, split, ids) for p in files)
         if aliases:
             warn(f"{splits_path}: read split name(s) " + ", ".join(f"{a} as {s}" for a, s in aliases.items()))
+        for p in files:
+            check_columns(p)
+        ids = pl.concat([pl.scan_parquet(p).select(pl.col(SUBJECT_ID).cast(pl.Int64)) for p in files]).unique()
+        n_out = ids.join(sp.lazy().select(pl.col(SUBJECT_ID).cast(pl.Int64), "split").drop_nulls(), on=SUBJECT_ID,
+                         how="anti").select(pl.len()).collect().item()
+        if n_out:
+            warn(f"{splits_path}: {n_out} subjects of the shards are in no split; every reader leaves them out")
     ds = MedsDataset(root, {s: shards[s] for s in SPLITS if s in shards}, aliases, metadata=_metadata(root))
     for path in ds.paths():
         check_columns(path, ds.metadata)

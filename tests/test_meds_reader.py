@@ -101,6 +101,11 @@ def test_unknown_split_folders_are_refused_by_name(tmp_path, capsys):
     flat = tmp_path / "flat"
     write_shard(flat / "data" / "0.parquet", [e for s in range(1, 6) for e in subject(s)])
     (flat / "metadata").mkdir()
+    pl.DataFrame({"subject_id": [1, 2, 3, 5], "split": ["train", "train", "train", "test"]}).write_parquet(
+        flat / "metadata" / "subject_splits.parquet")
+    capsys.readouterr()
+    open_meds(flat)
+    assert "1 subjects of the shards are in no split" in capsys.readouterr().err  # subject 4: said, not silent
     pl.DataFrame({"subject_id": [1, 2, 3, 4, 5], "split": ["train", "train", "train", "val", "test"]}).write_parquet(
         flat / "metadata" / "subject_splits.parquet")
     ds = open_meds(flat)
