@@ -141,3 +141,18 @@ def test_audit_on_real_mimic_demo(demo_meds, tmp_path):
         print(t)
         assert t.outcome_code_in_history == 0 and t.not_known_before_prediction == 0, t
         assert t.overlapping_stays is not None  # the ETL keeps hadm_id: overlaps are knowable
+
+
+def test_demo_report_section(tmp_path):
+    from ehrfm.demo import _audit_section
+
+    events = stay(1, 11, T0, T0 + d(3)) + stay(2, 21, T0, T0 + d(9), [(2, T0 + h(5), "MEDS_DEATH", 21)])
+    meds = write_meds(tmp_path / "meds", events, {"date_only_codes": ["PROCEDURE//ICD//"]})
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    write_label_file(labels / "long_los.parquet", "long_los", [(1, T0 + h(24), False), (2, T0 + h(24), True)])
+    lines = _audit_section(meds, labels, tmp_path / "audit.json")
+    assert "| long_los | 2 | 1 (50.0%) | 0 | 0 | 0 | 0 |" in lines  # subject 2's death is in its history
+    assert lines[-1] == "Verdict: LEAKAGE: (a)-(c) are not all 0."
+    assert json.loads((tmp_path / "audit.json").read_text())["clean"] is False
+    assert _audit_section(tmp_path / "nope", labels, tmp_path / "x.json")[0].startswith("The audit failed: MEDS dataset")
