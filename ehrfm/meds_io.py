@@ -180,8 +180,12 @@ def open_meds(meds_dir: str | os.PathLike, check_static: bool = True) -> MedsDat
         if not splits_path.is_file():
             raise UserError(f"{root}: shards are not in {DATA_DIR}/<split>/ and {SUBJECT_SPLITS_FILE} is missing")
         sp = pl.read_parquet(splits_path)
-        if not {SUBJECT_ID, "split"} <= set(sp.columns):
-            raise UserError(f"{splits_path} lacks column(s) {SUBJECT_ID} and/or split")
+        for col in (SUBJECT_ID, "split"):
+            if col not in sp.columns:
+                old = [o for o, c in LEGACY_COLUMNS.items() if c == col and o in sp.columns]
+                found = f" (found {old[0]!r}: the name used before MEDS 0.4)" if old else ""
+                raise UserError(f"{splits_path} lacks column {col!r}{found}; ehrfm reads MEDS {MEDS_VERSION} "
+                                f"subject splits ({SUBJECT_ID}, split)")
         names = sorted(set(sp["split"].drop_nulls().to_list()))
         unknown = [n for n in names if n not in SPLITS and n not in SPLIT_ALIASES]
         if unknown:

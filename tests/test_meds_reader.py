@@ -77,6 +77,19 @@ def test_meds_03_shards_are_refused_by_every_reader_in_one_line(tmp_path, capsys
         assert str(old / "data" / "train" / "0.parquet") in line, (name, line)
         assert "lacks column 'subject_id'" in line and "'patient_id'" in line and "MEDS 0.4" in line, (name, line)
     assert not any((tmp_path / n).exists() for n in ("tok", "lab", "base"))
+    # the same for a MEDS 0.3 label file and a 0.3 flat layout's subject_splits.parquet
+    pq.write_table(pq.read_table(tmp_path / "los.parquet").rename_columns(["patient_id", "prediction_time", "boolean_value"]),
+                   tmp_path / "old_labels.parquet")
+    assert main(["baseline", str(ok), "--labels", str(tmp_path / "old_labels.parquet"), "--out", str(tmp_path / "b2")]) == 2
+    line = one_error_line(capsys)
+    assert "old_labels.parquet lacks column 'subject_id' (found 'patient_id'" in line and "MEDS 0.4" in line
+    flat = tmp_path / "flat"
+    write_shard(flat / "data" / "0.parquet", subject(1))
+    (flat / "metadata").mkdir()
+    pl.DataFrame({"patient_id": [1], "split": ["train"]}).write_parquet(flat / "metadata" / "subject_splits.parquet")
+    assert main(["tokenize", str(flat), "--out", str(tmp_path / "tok")]) == 2
+    line = one_error_line(capsys)
+    assert "subject_splits.parquet lacks column 'subject_id' (found 'patient_id'" in line and "MEDS 0.4" in line
 
 
 # --- fault 8: split folders with other names ----------------------------------------------------------

@@ -62,7 +62,7 @@ import polars as pl
 import pyarrow as pa
 
 from ehrfm.errors import UserError
-from ehrfm.meds_io import MedsDataset, open_meds, scan_shards
+from ehrfm.meds_io import LEGACY_COLUMNS, MEDS_VERSION, MedsDataset, open_meds, scan_shards
 
 TASKS = ("in_hospital_mortality", "long_los", "icu_admission", "readmission_30d")
 
@@ -368,6 +368,10 @@ def read_labels(path: str | os.PathLike) -> pl.DataFrame:
         cols = set(table.column_names)
         for col in ("subject_id", "prediction_time", "boolean_value"):
             if col not in cols:
+                old = [o for o, c in LEGACY_COLUMNS.items() if c == col and o in cols]
+                if old:
+                    raise UserError(f"label file {f} lacks column {col!r} (found {old[0]!r}: the name used before "
+                                    f"MEDS 0.4); ehrfm reads the MEDS {MEDS_VERSION} label schema")
                 raise UserError(f"label file {f} lacks column {col!r} (MEDS label schema; binary tasks need boolean_value)")
         frame = pl.from_arrow(table.select(["subject_id", "prediction_time", "boolean_value"]))
         for col in ("subject_id", "prediction_time", "boolean_value"):
