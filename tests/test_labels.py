@@ -254,3 +254,27 @@ def test_readmission_never_counts_an_admission_after_death(tmp_path):
     labels, info = make_labels(meds, "readmission_30d")
     assert labels.rows() == [(1, T0 + d(2), False)]
     assert info["excluded"]["admitted_after_death"] == 1
+
+
+def test_overlapping_stays_keep_their_own_ends_and_facts_by_stay_id(tmp_path):
+    # Two stays of one subject overlap (ids 71 and 72). Paired by time, stay 72 would end at
+    # stay 71's discharge (2 days, not long) and stay 71 would be lost; by id each keeps its own
+    # discharge, and the ICU admission of stay 72 is no outcome of stay 71.
+    rows = [
+        (7, None, "GENDER//F", None), (7, T0, ADM, 71), (7, T0 + d(2), ADM, 72),
+        (7, T0 + d(3), "ICU_ADMISSION//MICU", 72), (7, T0 + d(4), DIS, 71), (7, T0 + d(11), DIS, 72),
+    ]
+    rows.sort(key=lambda r: (r[1] is not None, r[1] or datetime.min))
+    table = pa.table({
+        "subject_id": pa.array([r[0] for r in rows], pa.int64()),
+        "time": pa.array([r[1] for r in rows], pa.timestamp("us")),
+        "code": pa.array([r[2] for r in rows], pa.string()),
+        "numeric_value": pa.array([None] * len(rows), pa.float32()),
+        "hadm_id": pa.array([r[3] for r in rows], pa.int64()),
+    })
+    (tmp_path / "meds" / "data" / "train").mkdir(parents=True)
+    pq.write_table(table, tmp_path / "meds" / "data" / "train" / "0.parquet")
+    labels, info = make_labels(tmp_path / "meds", "all")
+    assert labels["long_los"].rows() == [(7, T0 + h(24), False), (7, T0 + d(2) + h(24), True)]
+    assert labels["icu_admission"].rows() == [(7, T0, False), (7, T0 + d(2), True)]
+    assert info["long_los"]["stay_pairing"] == "by hadm_id" and info["long_los"]["excluded"] == {"no_discharge": 0}

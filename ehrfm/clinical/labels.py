@@ -3,8 +3,12 @@
 A label is (subject_id, prediction_time, boolean_value): the model may use the subject's events
 with time <= prediction_time and nothing later. One row per eligible hospital stay.
 
-Stays. A stay is a HOSPITAL_ADMISSION//* event paired with the next HOSPITAL_DISCHARGE//* event
-of the same subject. In-stay transfers (ward moves, ICU_ADMISSION//* / ICU_DISCHARGE//*, any
+Stays. When the MEDS data has a stay id column (`hadm_id`, kept by this package's ETL) on
+every admission and discharge row of a subject, a stay is the HOSPITAL_ADMISSION//* and
+HOSPITAL_DISCHARGE//* rows sharing an id, and only ICU_ADMISSION//* rows of that id (or
+without one) count for it: overlapping stays keep their own ends and facts. Otherwise a stay
+is a HOSPITAL_ADMISSION//* event paired with the next HOSPITAL_DISCHARGE//* event of the same
+subject. In-stay transfers (ward moves, ICU_ADMISSION//* / ICU_DISCHARGE//*, any
 TRANSFER codes) never split a stay. An admission that is followed by another admission before
 any discharge, or by nothing, has no discharge: its outcome is unknown and it is excluded from
 every task. A discharge at the same timestamp as the next admission (a transfer between
@@ -71,6 +75,7 @@ DISCHARGE_PREFIX = "HOSPITAL_DISCHARGE//"
 ICU_ADMISSION_PREFIX = "ICU_ADMISSION//"
 DEATH_CODE = "MEDS_DEATH"
 DIED_DISCHARGE_CODE = "HOSPITAL_DISCHARGE//DIED"
+STAY_ID = "hadm_id"  # the stay id column this package's ETL keeps (MIMIC's hadm_id), when present
 
 US_PER_HOUR = 3_600_000_000
 US_PER_DAY = 24 * US_PER_HOUR
@@ -104,7 +109,10 @@ def _stay_events(meds_dir: str | os.PathLike) -> tuple[pl.DataFrame, MedsDataset
     """The events that define stays (admissions, discharges, ICU admissions, deaths), and the
     opened dataset (its null_time_codes say how many deaths had no time)."""
     ds = open_meds(meds_dir)
-    lf = scan_shards([sh for shards in ds.shards.values() for sh in shards]).filter(
+    cols = ["subject_id", "time", "code"]
+    if all(STAY_ID in pl.read_parquet_schema(p) for p in ds.paths()):
+        cols.append(STAY_ID)
+    lf = scan_shards([sh for shards in ds.shards.values() for sh in shards], cols).filter(
         pl.col("code").str.starts_with(ADMISSION_PREFIX)
         | pl.col("code").str.starts_with(DISCHARGE_PREFIX)
         | pl.col("code").str.starts_with(ICU_ADMISSION_PREFIX)
@@ -112,6 +120,8 @@ def _stay_events(meds_dir: str | os.PathLike) -> tuple[pl.DataFrame, MedsDataset
     )
     # A flat layout lists each file once per split with that split's subjects: no row twice.
     events = lf.collect().with_columns(pl.col("time").dt.epoch("us").alias("t"))
+    if STAY_ID in events.columns:
+        events = events.with_columns(pl.col(STAY_ID).cast(pl.String))
     bad = events.filter(pl.col("t").is_null()).height
     if bad:
         raise UserError(f"MEDS dataset {meds_dir}: {bad} admission/discharge/ICU rows have a null time")
@@ -134,8 +144,50 @@ def _death_counts(events: pl.DataFrame, ds: MedsDataset | None = None) -> dict:
     }
 
 
-def stays_from_events(events: pl.DataFrame) -> list[Stay]:
-    """Pair admissions with discharges per subject (rules in the module docstring)."""
+def _pairs_by_time(by_time: dict[int, tuple[list[str], list[str]]]) -> list[tuple[int, int | None, bool, None]]:
+    """(admission, discharge or None, discharged DIED, None) in time order (module docstring)."""
+    open_adm: int | None = None
+    pairs: list[tuple[int, int | None, bool, None]] = []
+    for t in sorted(by_time):
+        adms, diss = by_time[t]
+        diss = list(diss)
+        if open_adm is not None and diss:
+            d = diss.pop(0)
+            pairs.append((open_adm, t, d == DIED_DISCHARGE_CODE, None))
+            open_adm = None
+        for _ in adms:
+            if open_adm is not None:
+                pairs.append((open_adm, None, False, None))
+            open_adm = t
+            if diss:
+                d = diss.pop(0)
+                pairs.append((open_adm, t, d == DIED_DISCHARGE_CODE, None))
+                open_adm = None
+        # Discharges with no open stay are ignored (a timeline starting mid-stay).
+    if open_adm is not None:
+        pairs.append((open_adm, None, False, None))
+    return pairs
+
+
+def _pairs_by_id(codes: list[str], times: list[int], ids: list) -> list[tuple[int, int | None, bool, object]]:
+    """(admission, discharge or None, discharged DIED, stay id) per stay id: the admission and
+    discharge rows that share the id, so overlapping stays keep their own ends."""
+    adm: dict = {}
+    dis: dict = {}
+    for c, t, i in zip(codes, times, ids, strict=False):
+        if c.startswith(ADMISSION_PREFIX):
+            adm[i] = min(adm.get(i, t), t)
+        elif c.startswith(DISCHARGE_PREFIX) and (i not in dis or t > dis[i][0]):
+            dis[i] = (t, c)
+    # Discharges of an id with no admission are ignored (a timeline starting mid-stay).
+    return sorted((a, dis[i][0] if i in dis and dis[i][0] >= a else None,
+                   i in dis and dis[i][1] == DIED_DISCHARGE_CODE, i) for i, a in adm.items())
+
+
+def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True) -> list[Stay]:
+    """Pair admissions with discharges per subject (rules in the module docstring): by the stay
+    id column (`hadm_id`) when every admission and discharge row of the subject has one, else by
+    time order."""
     from ehrfm.io import progress
 
     stays: list[Stay] = []
@@ -145,7 +197,6 @@ def stays_from_events(events: pl.DataFrame) -> list[Stay]:
         times = ev["t"].to_list()
         deaths = [t for c, t in zip(codes, times, strict=False) if c == DEATH_CODE and t is not None]
         first_death = min(deaths) if deaths else None
-        icu_times = [t for c, t in zip(codes, times, strict=False) if c.startswith(ICU_ADMISSION_PREFIX)]
         # Group by timestamp: at a shared timestamp the open stay is closed first, then new
         # admissions open, then a remaining discharge closes a zero-length stay.
         by_time: dict[int, tuple[list[str], list[str]]] = {}
@@ -156,27 +207,15 @@ def stays_from_events(events: pl.DataFrame) -> list[Stay]:
                 by_time.setdefault(t, ([], []))[0].append(c)
             elif c.startswith(DISCHARGE_PREFIX):
                 by_time.setdefault(t, ([], []))[1].append(c)
-        open_adm: int | None = None
-        pairs: list[tuple[int, int | None, bool]] = []  # (admission, discharge, discharged DIED)
-        for t in sorted(by_time):
-            adms, diss = by_time[t]
-            diss = list(diss)
-            if open_adm is not None and diss:
-                d = diss.pop(0)
-                pairs.append((open_adm, t, d == DIED_DISCHARGE_CODE))
-                open_adm = None
-            for _ in adms:
-                if open_adm is not None:
-                    pairs.append((open_adm, None, False))
-                open_adm = t
-                if diss:
-                    d = diss.pop(0)
-                    pairs.append((open_adm, t, d == DIED_DISCHARGE_CODE))
-                    open_adm = None
-            # Discharges with no open stay are ignored (a timeline starting mid-stay).
-        if open_adm is not None:
-            pairs.append((open_adm, None, False))
-        for adm, dis, died_code in pairs:
+        ids = ev[STAY_ID].to_list() if STAY_ID in ev.columns else [None] * len(codes)
+        by_id = by_stay_id and STAY_ID in ev.columns and all(
+            i is not None for c, i in zip(codes, ids, strict=False)
+            if c.startswith(ADMISSION_PREFIX) or c.startswith(DISCHARGE_PREFIX))
+        pairs = _pairs_by_id(codes, times, ids) if by_id else _pairs_by_time(by_time)
+        for adm, dis, died_code, sid in pairs:
+            # With stay ids, ICU rows of another stay are that stay's facts, not this one's.
+            icu_times = [t for c, t, i in zip(codes, times, ids, strict=False) if c.startswith(ICU_ADMISSION_PREFIX)
+                         and (sid is None or i is None or i == sid)]
             died = died_code
             if dis is not None and not died:
                 end_of_discharge_day = (dis // US_PER_DAY + 1) * US_PER_DAY
@@ -301,6 +340,7 @@ def make_labels(meds_dir: str | os.PathLike, task: str, **options) -> tuple[pl.D
             "excluded": excluded,
             "n_excluded": sum(excluded.values()),
             "deaths": deaths,
+            "stay_pairing": f"by {STAY_ID}" if STAY_ID in events.columns else "by time order",
             "dropped_null_time_rows": ds.null_time_codes,
             "config": dataclasses.asdict(cfg),
         }
