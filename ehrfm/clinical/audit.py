@@ -315,5 +315,7 @@ def format_audit(res: AuditResult) -> list[str]:
         lines.append("Non-static codes with a null time: "
                      + ", ".join(f"{c} {n}" for c, n in sorted(res.null_time_codes.items())) + ".")
     lines += [f"Unknown: {u}." for u in res.unknown]
-    lines.append("Verdict: " + ("clean ((a)-(c) are 0)." if res.clean else "LEAKAGE: (a)-(c) are not all 0."))
+    open_b = any(t.date_only_same_day is None for t in res.tasks.values())
+    lines.append("Verdict: " + ("LEAKAGE: (a)-(c) are not all 0." if not res.clean else
+                                "no leak in (a) and (c); (b) unknown." if open_b else "clean ((a)-(c) are 0)."))
     return lines
