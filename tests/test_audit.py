@@ -111,7 +111,7 @@ def test_labels_made_by_ehrfm_pass_and_unknowns_are_reported(tmp_path, capsys):
     assert main(["audit", str(meds), "--labels", str(tmp_path / "labels")]) == 0
     out = capsys.readouterr().out
     assert "(b) date-only sources: the MEDS metadata has no 'date_only_codes'" in out
-    assert "no metadata/etl_config.json" in out and "audit: 4 tasks, clean, 2 unknown" in out
+    assert "no metadata/ehrfm_etl.json or etl_config.json" in out and "audit: 4 tasks, clean, 2 unknown" in out
     res = audit(meds, tmp_path / "labels")
     assert set(res.tasks) == set(TASKS)
     assert all(t.date_only_same_day is None and t.outcome_code_in_history == 0 for t in res.tasks.values())
@@ -156,3 +156,34 @@ def test_demo_report_section(tmp_path):
     assert lines[-1] == "Verdict: LEAKAGE: (a)-(c) are not all 0."
     assert json.loads((tmp_path / "audit.json").read_text())["clean"] is False
     assert _audit_section(tmp_path / "nope", labels, tmp_path / "x.json")[0].startswith("The audit failed: MEDS dataset")
+
+
+def test_date_only_sources_from_ehrfm_etl_metadata(tmp_path):
+    # The ETL's metadata/ehrfm_etl.json: procedures are dates in every row (schema DATE); lab
+    # times are dates in some rows only, so only a lab event at 00:00 can be a placed date.
+    meta = {"format": "ehrfm_etl/1", "etl_name": "ehrfm.tokenization.etl",
+            "date_only_sources": [
+                {"table": "hosp/procedures_icd", "column": "chartdate", "code_prefixes": ["PROCEDURE//ICD//"],
+                 "schema_date": True, "rule": "end_of_day_or_discharge"},
+                {"table": "hosp/labevents", "column": "charttime", "code_prefixes": ["LAB//"], "schema_date": False,
+                 "rule": "end_of_day"}],
+            "duplicates_dropped": {"hosp/labevents": 4},
+            "tables": {"hosp/labevents": {"rows_read": 10, "dropped": {"duplicate": 4}}, "hosp/omr": {"rows_read": 2}}}
+    pred_day = datetime(2150, 5, 2)
+    events = (
+        stay(1, 11, T0, T0 + d(4), [(1, pred_day + h(9), "LAB//51//mg/dL", 11)])  # a timed lab: fine
+        + stay(2, 21, T0, T0 + d(4), [(2, pred_day, "LAB//51//mg/dL", 21)])  # a lab date at 00:00: (b)
+        + stay(3, 31, T0, T0 + h(26), [(3, T0 + h(26), PROC, 31)])  # at its stay's discharge: known then
+        + stay(4, 41, T0, T0 + d(4), [(4, pred_day + h(3), PROC, 41)])  # a procedure date at 03:00: (b)
+    )
+    meds = write_meds(tmp_path / "meds", events)
+    (meds / "metadata" / "ehrfm_etl.json").write_text(json.dumps(meta))
+    write_label_file(tmp_path / "los.parquet", "long_los", [(s, T0 + h(24), False) for s in (1, 2, 4)])
+    write_label_file(tmp_path / "readm.parquet", "readmission_30d", [(3, T0 + h(26), False)])
+    res = audit(meds, tmp_path / "los.parquet")
+    assert res.date_only_codes == ["PROCEDURE//ICD//", "LAB//"] and res.date_only_partial == ["LAB//"]
+    assert res.date_only_from.endswith("ehrfm_etl.json")
+    assert res.tasks["long_los"].date_only_same_day == 2
+    assert res.etl_counts == {"duplicates_dropped": {"hosp/labevents": 4},
+                              "dropped_by_table": {"hosp/labevents": {"duplicate": 4}}}
+    assert audit(meds, tmp_path / "readm.parquet").tasks["readmission_30d"].date_only_same_day == 0

@@ -18,15 +18,16 @@ history holds
     HOSPITAL_DISCHARGE//* rows sharing a stay id column, `hadm_id`), where facts of one stay can
     leak into the other's label;
 
-and reports the ETL's drop and duplicate counts from `metadata/etl_config.json`. (a)-(c) are
+and reports the ETL's drop and duplicate counts from its metadata (below). (a)-(c) are
 faults (`AuditResult.clean` is False and the CLI exits 1); (d) is reported for review.
 
-Date-only codes are read from the MEDS metadata (`metadata/dataset.json`, else
-`metadata/etl_config.json`), key `date_only_codes`: a list of objects
-`{"code_prefix": "PROCEDURE//ICD//", "source": "hosp/procedures_icd.chartdate",
-"placed_at": "end_of_day"}` (plain prefix strings are accepted too), or given by the user
-(`date_only_codes=`, `--date-only-codes`). Nothing is imported from tokenization/: on MEDS made
-by another ETL, what the metadata does not say is reported as unknown (None), never guessed; the
+Date-only codes are read from the MEDS metadata (`metadata/ehrfm_etl.json`, written by this
+package's ETL, else `metadata/dataset.json` or `metadata/etl_config.json`), key
+`date_only_sources` (or `date_only_codes`): a list of objects `{"table", "column",
+"code_prefixes": [...], "schema_date": bool, "rule": ...}` (plain prefix strings are accepted
+too), or given by the user (`date_only_codes=`, `--date-only-codes`). Drop and duplicate counts
+come from the same files. Nothing is imported from tokenization/: on MEDS made by another ETL,
+what the metadata does not say is reported as unknown (None), never guessed; the
 count of prediction-day events at exactly 00:00 is given as a hint of undeclared date-only values.
 """
 
@@ -89,6 +90,7 @@ class AuditResult:
     etl_counts: dict | None
     null_time_codes: dict[str, int]
     unknown: list[str] = field(default_factory=list)
+    date_only_partial: list[str] = field(default_factory=list)  # only their 00:00 events are dates
 
     @property
     def clean(self) -> bool:
@@ -107,16 +109,23 @@ def _read_json(path: Path) -> dict:
     return obj if isinstance(obj, dict) else {}
 
 
-def date_only_from_metadata(meds_dir: str | os.PathLike) -> tuple[list[str] | None, str | None]:
+def date_only_from_metadata(meds_dir: str | os.PathLike) -> tuple[list[str] | None, list[str], str | None]:
     """The code prefixes the ETL declared date-only, and the file that declared them.
 
-    Returns (None, None) when neither metadata/dataset.json nor metadata/etl_config.json has the
-    `date_only_codes` key (another ETL, or an older ehrfm ETL): then (b) cannot be known.
+    Looks in metadata/ehrfm_etl.json (this package's ETL), then metadata/dataset.json and
+    metadata/etl_config.json, for `date_only_sources` or `date_only_codes`: a list of prefix
+    strings or of objects with `code_prefixes` (or `code_prefix`). A source whose column holds
+    dates in some rows only (`"schema_date": false`) is partial: only its events at exactly 00:00
+    can be dates placed at the start of their day.
+
+    Returns:
+        (prefixes, partial prefixes, file); (None, [], None) when no file has the key (another
+        ETL, or an older ehrfm ETL): then (b) cannot be known.
 
     Raises:
-        UserError: the key is there but is not a list of prefixes / {"code_prefix": ...} objects.
+        UserError: the key is there but lists no usable prefixes.
     """
-    for name in ("dataset.json", "etl_config.json"):
+    for name in ("ehrfm_etl.json", "dataset.json", "etl_config.json"):
         path = Path(meds_dir) / "metadata" / name
         meta = _read_json(path)
         key = next((k for k in DATE_ONLY_KEYS if k in meta), None)
@@ -125,15 +134,34 @@ def date_only_from_metadata(meds_dir: str | os.PathLike) -> tuple[list[str] | No
         entries = meta[key]
         if isinstance(entries, dict):  # {prefix: placement}
             entries = list(entries)
-        prefixes = []
+        whole, partial = [], []
         for e in entries if isinstance(entries, list) else [None]:
-            found = [e.get(k) for k in ("code_prefix", "code", "prefix", "codes")] if isinstance(e, dict) else [e]
+            found = ([e.get(k) for k in ("code_prefixes", "code_prefix", "code", "prefix", "codes")]
+                     if isinstance(e, dict) else [e])
             found = [p for x in found for p in (x if isinstance(x, list) else [x]) if p is not None]
             if not found or not all(isinstance(p, str) and p for p in found):
-                raise UserError(f"{path}: {key} must list code prefixes or objects with code_prefix")
-            prefixes.extend(found)
-        return prefixes, str(path)
-    return None, None
+                raise UserError(f"{path}: {key} must list code prefixes or objects with code_prefixes")
+            is_partial = isinstance(e, dict) and e.get("schema_date") is False
+            (partial if is_partial else whole).extend(found)
+        partial = [p for p in dict.fromkeys(partial) if p not in whole]
+        return list(dict.fromkeys(whole)) + partial, partial, str(path)
+    return None, [], None
+
+
+def _etl_counts(meds_dir: str | os.PathLike) -> dict | None:
+    """The ETL's drop and duplicate counts from its metadata, or None when it wrote none."""
+    meta = Path(meds_dir) / "metadata"
+    ours = _read_json(meta / "ehrfm_etl.json")
+    cfg = ours or _read_json(meta / "etl_config.json")
+    if not cfg:
+        return None
+    out = {k: v for k, v in cfg.items() if ("drop" in k or "duplicate" in k or k == "discharge_times") and v}
+    tables = cfg.get("tables")
+    if isinstance(tables, dict):
+        dropped = {t: v["dropped"] for t, v in tables.items() if isinstance(v, dict) and v.get("dropped")}
+        if dropped:
+            out["dropped_by_table"] = dropped
+    return out
 
 
 def _label_files(labels: str | os.PathLike) -> dict[str, Path]:
@@ -188,7 +216,7 @@ def _stays(ev: pl.DataFrame) -> pl.DataFrame:
 
 
 def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: list[str] | None,
-                null_codes: list[str], stays: pl.DataFrame | None) -> TaskAudit:
+                null_codes: list[str], stays: pl.DataFrame | None, partial: Sequence[str] = ()) -> TaskAudit:
     lab = labels.select("subject_id", pl.col("prediction_time").dt.epoch("us").alias("pred")).unique().with_row_index("i")
     adm = ev.filter(pl.col("code").str.starts_with(ADMISSION) & pl.col("t").is_not_null())
     # The stay a label belongs to: the subject's last admission at or before the prediction time.
@@ -223,8 +251,9 @@ def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: li
     date_only_n = None
     if date_only is not None:
         is_date_only = pl.lit(False)
+        midnight_only = pl.col("t") % US_PER_DAY == 0
         for p in date_only:
-            is_date_only = is_date_only | code.str.starts_with(p)
+            is_date_only = is_date_only | (code.str.starts_with(p) & (midnight_only if p in partial else pl.lit(True)))
         # Placed at the end of its day or at a discharge (sooner, and after the day's timed
         # events): known by then, whatever its true time that day. Anything earlier may be a leak.
         dis_times = ev.filter(code.str.starts_with(DISCHARGE)).select("subject_id", "t").unique().with_columns(
@@ -263,10 +292,11 @@ def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
     ds = open_meds(meds_dir)
     files = _label_files(labels)
     unknown: list[str] = []
+    partial: list[str] = []
     if date_only_codes is not None:
         date_only, source = list(date_only_codes), "given"
     else:
-        date_only, source = date_only_from_metadata(meds_dir)
+        date_only, partial, source = date_only_from_metadata(meds_dir)
         if date_only is None:
             unknown.append(f"(b) date-only sources: the MEDS metadata has no {DATE_ONLY_KEY!r} (made by another ETL "
                            "or an older one); pass --date-only-codes to check them")
@@ -277,20 +307,17 @@ def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
     tasks = {}
     for task, f in files.items():
         lab = read_labels(f)
-        tasks[task] = _task_audit(task, lab, ev, date_only, sorted(ds.null_time_codes), stays)
+        tasks[task] = _task_audit(task, lab, ev, date_only, sorted(ds.null_time_codes), stays, partial)
         if task not in OUTCOME_RULES:
             unknown.append(f"(a) task {task!r}: its outcome code is unknown (known tasks: {', '.join(OUTCOME_RULES)})")
-    etl_cfg_path = Path(meds_dir) / "metadata" / "etl_config.json"
-    etl_counts = None
-    if etl_cfg_path.is_file():
-        cfg = _read_json(etl_cfg_path)
-        etl_counts = {k: v for k, v in cfg.items() if "drop" in k or "duplicate" in k}
-    else:
-        unknown.append("ETL drop and duplicate counts: no metadata/etl_config.json (MEDS made by another ETL)")
+    etl_counts = _etl_counts(meds_dir)
+    if etl_counts is None:
+        unknown.append("ETL drop and duplicate counts: no metadata/ehrfm_etl.json or etl_config.json "
+                       "(MEDS made by another ETL)")
     meta = ds.metadata
     etl = {k: meta.get(k) for k in ("etl_name", "etl_version", "meds_version") if k in meta}
     return AuditResult(str(meds_dir), str(labels), etl, date_only, source, tasks, etl_counts,
-                       dict(ds.null_time_codes), unknown)
+                       dict(ds.null_time_codes), unknown, partial)
 
 
 def _fmt(x: int | None, n: int) -> str:
@@ -310,7 +337,7 @@ def format_audit(res: AuditResult) -> list[str]:
         lines.append(f"Date-only codes ({res.date_only_from}): {', '.join(res.date_only_codes) or 'none'}.")
     if res.etl_counts is not None:
         counts = json.dumps(res.etl_counts, sort_keys=True)
-        lines.append(f"ETL drop/duplicate counts (etl_config.json): {counts}.")
+        lines.append(f"ETL drop/duplicate counts (its metadata): {counts}.")
     if res.null_time_codes:
         lines.append("Non-static codes with a null time: "
                      + ", ".join(f"{c} {n}" for c, n in sorted(res.null_time_codes.items())) + ".")
