@@ -130,17 +130,21 @@ def test_audit_on_synthetic_cohort(synth_meds, tmp_path):
     for t in res.tasks.values():
         assert t.outcome_code_in_history == 0 and t.not_known_before_prediction == 0, t
         assert t.overlapping_stays == 0, t
+        # (b) is knowable once the ETL declares its date-only sources, and must then be 0
+        assert t.date_only_same_day == (None if res.date_only_codes is None else 0), t
 
 
 def test_audit_on_real_mimic_demo(demo_meds, tmp_path):
     labels, info = make_labels(demo_meds, "all")
     for task in TASKS:
         write_labels(labels[task], tmp_path / f"{task}.parquet", info[task])
-    res = audit(demo_meds, tmp_path, date_only_codes=["PROCEDURE//ICD//"])
+    res = audit(demo_meds, tmp_path)
     for t in res.tasks.values():
         print(t)
         assert t.outcome_code_in_history == 0 and t.not_known_before_prediction == 0, t
-        assert t.overlapping_stays is not None  # the ETL keeps hadm_id: overlaps are knowable
+        assert t.overlapping_stays == 0, t  # the ETL keeps hadm_id: overlaps are knowable
+        # 0 histories with a same-day date-only procedure, once the ETL declares its date-only sources
+        assert t.date_only_same_day == (None if res.date_only_codes is None else 0), t
 
 
 def test_demo_report_section(tmp_path):
