@@ -30,6 +30,8 @@ def test_quick_demo_writes_report_fits_and_figures(quick_demo):
     last = proc.stdout.strip().splitlines()[-1]
     assert "report.md" in last  # the final line names the report
     report = (out / "report.md").read_text()
+    assert "Leakage audit (`ehrfm audit meds --labels labels`)" in report
+    assert json.loads((out / "audit.json").read_text())["tasks"]["in_hospital_mortality"]["outcome_code_in_history"] == 0
     for section in ("## Data", "## Sweep", "## Fitted scaling laws", "## Figures", "## Clinical heads",
                     "## What the next 10x and 100x of compute buy"):
         assert section in report, section

@@ -80,7 +80,7 @@ def test_mortality_edge_cases(tmp_path):
         (6, T0 + h(24)): True,
         (7, T0 + h(24)): False,
     }
-    assert info["excluded"] == {"no_discharge": 1, "ended_before_prediction_time": 2}
+    assert info["excluded"] == {"no_discharge": 1, "died_before_prediction_time": 1, "ended_before_prediction_time": 1}
     assert info["n"] == 4 and info["n_positive"] == 2 and info["prevalence"] == 0.5
 
 
@@ -197,3 +197,84 @@ def test_labels_on_real_mimic_demo(demo_meds):
     assert 150 <= info["icu_admission"]["n"] <= 275
     assert 150 <= info["readmission_30d"]["n"] <= 275
     assert info["in_hospital_mortality"]["prevalence"] < 0.3
+
+
+def test_death_before_prediction_time_gets_no_label(tmp_path):
+    # Fault 3: admitted 10:00, died 20:00, discharge paperwork 30 h after admission. At
+    # admission + 24 h the death is in the history: no mortality or long-stay label.
+    adm = datetime(2150, 3, 1, 10, 0)
+    events = (
+        stay(1, adm, adm + h(30), [(1, adm + h(10), "MEDS_DEATH")])
+        + stay(2, adm, adm + d(9), [(2, adm + d(2), "MEDS_DEATH")])  # dies on day 2: a real positive
+        + stay(3, adm, adm + d(3))  # survives: negative
+    )
+    meds = write_meds(tmp_path / "meds", events)
+    labels, info = make_labels(meds, "all")
+    mort = {r["subject_id"]: r["boolean_value"] for r in labels["in_hospital_mortality"].iter_rows(named=True)}
+    assert mort == {2: True, 3: False}
+    assert info["in_hospital_mortality"]["excluded"] == {"no_discharge": 0, "died_before_prediction_time": 1}
+    assert info["in_hospital_mortality"]["prevalence"] == 0.5
+    assert labels["long_los"]["subject_id"].to_list() == [2, 3]
+    assert info["long_los"]["excluded"]["died_before_prediction_time"] == 1
+    for task in TASKS:  # every stay is either labelled or excluded under a reason
+        assert info[task]["n"] + info[task]["n_excluded"] == info[task]["n_stays"] == 3
+
+
+def test_admission_after_death_and_second_death_are_excluded_and_counted(tmp_path):
+    # Fault 4: an organ-donation admission opened 4 h after the death of the first stay.
+    died = T0 + d(3)
+    events = (
+        stay(1, T0, died, [(1, died, "MEDS_DEATH"), (1, died + h(4), "ICU_ADMISSION//SICU")])
+        + [(1, died + h(4), ADM), (1, died + d(2), "HOSPITAL_DISCHARGE//DIED"),
+           (1, died + d(2), "MEDS_DEATH")]  # a second recorded death, two days later
+        + stay(2, T0, T0 + d(2))  # an ordinary survivor, never readmitted
+    )
+    meds = write_meds(tmp_path / "meds", events)
+    labels, info = make_labels(meds, "all")
+    for task in TASKS:
+        assert info[task]["excluded"]["admitted_after_death"] == 1, task
+        assert info[task]["n"] + info[task]["n_excluded"] == info[task]["n_stays"] == 3
+        # no label of subject 1 after its death
+        after = labels[task].filter((pl.col("subject_id") == 1) & (pl.col("prediction_time") > died))
+        assert after.height == 0, task
+    mort = {(r["subject_id"], r["prediction_time"]): r["boolean_value"] for r in labels["in_hospital_mortality"].iter_rows(named=True)}
+    assert mort == {(1, T0 + h(24)): True, (2, T0 + h(24)): False}
+    # the ICU admission of the post-death stay is no outcome of the first stay (predicted at admission)
+    assert dict(labels["icu_admission"].select("subject_id", "boolean_value").iter_rows()) == {1: False, 2: False}
+    deaths = info["in_hospital_mortality"]["deaths"]
+    assert deaths["subjects_with_death"] == 1 and deaths["extra_death_records"] == 1
+    assert deaths["subjects_with_deaths_on_different_days"] == 1
+
+
+def test_readmission_never_counts_an_admission_after_death(tmp_path):
+    # Discharged home, died at home 5 days later, then an organ-donation admission: the stay's
+    # readmission label is negative, not a readmission, and the post-death stay gets no label.
+    events = stay(1, T0, T0 + d(2), [(1, T0 + d(7), "MEDS_DEATH")]) + stay(1, T0 + d(7) + h(2), T0 + d(8))
+    meds = write_meds(tmp_path / "meds", events)
+    labels, info = make_labels(meds, "readmission_30d")
+    assert labels.rows() == [(1, T0 + d(2), False)]
+    assert info["excluded"]["admitted_after_death"] == 1
+
+
+def test_overlapping_stays_keep_their_own_ends_and_facts_by_stay_id(tmp_path):
+    # Two stays of one subject overlap (ids 71 and 72). Paired by time, stay 72 would end at
+    # stay 71's discharge (2 days, not long) and stay 71 would be lost; by id each keeps its own
+    # discharge, and the ICU admission of stay 72 is no outcome of stay 71.
+    rows = [
+        (7, None, "GENDER//F", None), (7, T0, ADM, 71), (7, T0 + d(2), ADM, 72),
+        (7, T0 + d(3), "ICU_ADMISSION//MICU", 72), (7, T0 + d(4), DIS, 71), (7, T0 + d(11), DIS, 72),
+    ]
+    rows.sort(key=lambda r: (r[1] is not None, r[1] or datetime.min))
+    table = pa.table({
+        "subject_id": pa.array([r[0] for r in rows], pa.int64()),
+        "time": pa.array([r[1] for r in rows], pa.timestamp("us")),
+        "code": pa.array([r[2] for r in rows], pa.string()),
+        "numeric_value": pa.array([None] * len(rows), pa.float32()),
+        "hadm_id": pa.array([r[3] for r in rows], pa.int64()),
+    })
+    (tmp_path / "meds" / "data" / "train").mkdir(parents=True)
+    pq.write_table(table, tmp_path / "meds" / "data" / "train" / "0.parquet")
+    labels, info = make_labels(tmp_path / "meds", "all")
+    assert labels["long_los"].rows() == [(7, T0 + h(24), False), (7, T0 + d(2) + h(24), True)]
+    assert labels["icu_admission"].rows() == [(7, T0, False), (7, T0 + d(2), True)]
+    assert info["long_los"]["stay_pairing"] == "by hadm_id" and info["long_los"]["excluded"] == {"no_discharge": 0}

@@ -217,7 +217,7 @@ def test_tokenize_bad_input(hand_meds, tmp_path):
         tokenize(hand_meds, tmp_path / "t3")
     bad = pl.read_parquet(hand_meds / "data/tuning/0.parquet").drop("code")
     bad.write_parquet(hand_meds / "data/tuning/0.parquet")
-    with pytest.raises(UserError, match=r"0\.parquet: missing column 'code'"):
+    with pytest.raises(UserError, match=r"0\.parquet lacks column 'code'"):
         tokenize(hand_meds, tmp_path / "t4", tokenizer=tmp_path / "t/tokenizer.json")
     assert not (tmp_path / "t4").exists()
 

@@ -42,8 +42,9 @@ import polars as pl
 
 from ehrfm.errors import UserError
 from ehrfm.io import atomic_dir, progress, summary, write_json
+from ehrfm.meds_io import SPLITS, MedsDataset, Shard, open_meds, read_shard, scan_shards
 
-SPLITS = ("train", "tuning", "held_out")
+EVENT_COLUMNS = ("subject_id", "time", "code", "numeric_value")
 TOKENIZER_FORMAT = "ehrfm-ethos-tokenizer"
 TOKENIZER_VERSION = 1
 MINUTE_US = 60 * 1_000_000
@@ -86,57 +87,18 @@ class TokenizeConfig:
 
 
 # ------------------------------------------------------------------------------- MEDS input
-def meds_shards(meds: Path) -> dict[str, list[tuple[Path, pl.Series | None]]]:
-    """Per split, the shards and (when splits come from subject_splits.parquet) the subject filter.
-
-    Accepts data/{split}/*.parquet (this ETL, MEDS_transforms) or flat data/*.parquet with
-    metadata/subject_splits.parquet (meds_etl)."""
-    data = meds / "data"
-    if not data.is_dir():
-        raise UserError(f"{meds} is not a MEDS dataset: no data/ directory")
-    by_dir = {s: sorted((data / s).rglob("*.parquet")) for s in SPLITS}
-    if any(by_dir.values()):
-        return {s: [(p, None) for p in files] for s, files in by_dir.items() if files}
-    files = sorted(data.rglob("*.parquet"))
-    splits_path = meds / "metadata" / "subject_splits.parquet"
-    if not files:
-        raise UserError(f"{meds}/data holds no parquet shards")
-    if not splits_path.is_file():
-        raise UserError(f"{meds}: shards are not in data/<split>/ and metadata/subject_splits.parquet is missing")
-    sp = pl.read_parquet(splits_path)
-    return {s: [(p, sp.filter(pl.col("split") == s)["subject_id"]) for p in files]
-            for s in SPLITS if sp.filter(pl.col("split") == s).height}
+def meds_shards(meds: Path | MedsDataset) -> dict[str, list[Shard]]:
+    """Per split, its shards (the one MEDS reader, ehrfm.meds_io: layouts, split aliases, column
+    and static-code checks). `meds` is a dataset dir or an already opened MedsDataset."""
+    return (meds if isinstance(meds, MedsDataset) else open_meds(meds)).shards
 
 
-def _scan(shards) -> pl.LazyFrame:
-    frames = []
-    for path, subjects in shards:
-        lf = pl.scan_parquet(path)
-        if subjects is not None:
-            lf = lf.filter(pl.col("subject_id").is_in(subjects.implode()))
-        frames.append(lf)
-    return pl.concat(frames, how="diagonal_relaxed")
+def _scan(shards: list[Shard]) -> pl.LazyFrame:
+    return scan_shards(shards, EVENT_COLUMNS)
 
 
-def _read_shard(path: Path, subjects: pl.Series | None) -> pl.DataFrame:
-    schema = pl.read_parquet_schema(path)
-    for c in ("subject_id", "time", "code"):
-        if c not in schema:
-            raise UserError(f"{path}: missing column {c!r}")
-    cols = ["subject_id", "time", "code"] + (["numeric_value"] if "numeric_value" in schema else [])
-    lf = pl.scan_parquet(path).select(cols)
-    if subjects is not None:
-        lf = lf.filter(pl.col("subject_id").is_in(subjects.implode()))
-    df = lf.collect()
-    if "numeric_value" not in df.columns:
-        df = df.with_columns(numeric_value=pl.lit(None, pl.Float64))
-    n_null = df["code"].null_count() + df["subject_id"].null_count()
-    if n_null:
-        raise UserError(f"{path}: {n_null} rows with a null subject_id or code")
-    return df.with_columns(
-        pl.col("subject_id").cast(pl.Int64), pl.col("time").cast(pl.Datetime("us")),
-        pl.col("numeric_value").cast(pl.Float64),
-    ).sort(["subject_id", "time"], nulls_last=False, maintain_order=True)
+def _read_shard(shard: Shard) -> pl.DataFrame:
+    return read_shard(shard, EVENT_COLUMNS).sort(["subject_id", "time"], nulls_last=False, maintain_order=True)
 
 
 # ------------------------------------------------------------------------------- fitting
@@ -349,26 +311,29 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
                          min_count=int(min_count), n_quantiles=int(options.get("n_quantiles", N_QUANTILES)))
     if Path(out).exists() and not overwrite:
         raise UserError(f"output {out} already exists; pass --overwrite to replace it")
-    shards = meds_shards(meds)
+    ds = open_meds(meds)
+    shards = ds.shards
     if tokenizer:
         tok = load_tokenizer(tokenizer)
         cfg.min_count, cfg.n_quantiles = tok["min_count"], tok["n_quantiles"]
     else:
-        tok = fit_tokenizer(meds, cfg.min_count, cfg.n_quantiles)
+        tok = fit_tokenizer(ds, cfg.min_count, cfg.n_quantiles)
     enc = _Encoder(tok)
 
-    stats = {"vocab_size": len(enc.vocab), "dtype": np.dtype(enc.dtype).name, "splits": {}}
+    stats = {"vocab_size": len(enc.vocab), "dtype": np.dtype(enc.dtype).name, "splits": {},
+             "split_aliases": ds.aliases, "dropped_null_time_rows": ds.null_time_codes}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         (tmp / "tokenizer.json").write_text(_tokenizer_json(tok))
-        jobs = [(s, p, subj) for s in SPLITS for p, subj in shards.get(s, [])]
+        jobs = [sh for s in SPLITS for sh in shards.get(s, [])]
         state = {s: dict(subjects=0, events=0, tokens=0, unk=0, index=[]) for s in shards}
         files = {}
         for s in shards:
             (tmp / s).mkdir()
             files[s] = (open(tmp / s / "tokens.bin", "wb"), open(tmp / s / "times.bin", "wb"))  # noqa: SIM115 (closed in the finally below)
         try:
-            for split, path, subjects in progress(jobs, desc="tokenize: shards", unit="shard"):
-                df = _read_shard(path, subjects)
+            for shard in progress(jobs, desc="tokenize: shards", unit="shard"):
+                df = _read_shard(shard)
+                split = shard.split
                 st = state[split]
                 for chunk in _subject_chunks(df, CHUNK_SUBJECTS):
                     tokens, times, index, n_unk = enc.encode(chunk)

@@ -122,6 +122,7 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
         st.run("tokenize", tokenize, meds, tok)
     if not _reuse(labels_dir):
         st.run("labels", _write_all_labels, meds, labels_dir, make_labels, write_labels)
+    audit_lines = st.run("audit", _audit_section, meds, labels_dir, out / "audit.json")
 
     train_opts = {"batch_size": cfg.batch_size, "lr": cfg.lr, "eval_tokens": cfg.eval_tokens}
     st.run("sweep plan", plan_sweep, tok, cfg.budgets, sweep, sizes=cfg.sizes, span_dex=cfg.span_dex,
@@ -156,7 +157,7 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
             recs.append(recommend(fit, top * factor))
 
     report = out / "report.md"
-    text = _report(cfg, st, out, meds, tok, labels_dir, results_path, fit, fit_error, head_metrics, recs)
+    text = _report(cfg, st, out, meds, tok, labels_dir, results_path, fit, fit_error, head_metrics, recs, audit_lines)
     with atomic_file(report) as f:
         f.write(text)
     summary(f"demo: {len(cfg.budgets)} budgets, {_n_runs(results_path)} runs, report in {time.time() - st.t0:.0f} s -> {report}")
@@ -171,6 +172,20 @@ def _write_all_labels(meds, labels_dir, make_labels, write_labels):
         for task in TASKS:
             write_labels(labels[task], tmp / f"{task}.parquet", info[task])
     return info
+
+
+def _audit_section(meds, labels_dir, path) -> list[str]:
+    """`ehrfm audit` of the demo's labels (also written to `path`), as report lines."""
+    from ehrfm.clinical.audit import audit, format_audit
+
+    try:
+        res = audit(meds, labels_dir)
+    except UserError as e:
+        return [f"The audit failed: {e}"]
+    write_json(path, res.to_dict())
+    return ["Leakage audit (`ehrfm audit meds --labels labels`): labels whose history holds (a) the outcome's own "
+            "code, (b) a date-only event of the prediction day placed before it was known, (c) an event not known to "
+            "precede the prediction time, (d) a stay overlapping another.", "", *format_audit(res)]
 
 
 def _n_runs(results_path) -> int:
@@ -240,7 +255,7 @@ def _scaling_verdict(fit) -> tuple[bool, str]:
     return len(good) >= 3 and growing, " ".join(lines)
 
 
-def _report(cfg, st, out, meds, tok, labels_dir, results_path, fit, fit_error, heads, recs) -> str:
+def _report(cfg, st, out, meds, tok, labels_dir, results_path, fit, fit_error, heads, recs, audit_lines=()) -> str:
     import polars as pl
 
     from analysis.recommend import format_recommendation
@@ -283,6 +298,7 @@ def _report(cfg, st, out, meds, tok, labels_dir, results_path, fit, fit_error, h
         prev = info.get("prevalence")
         L.append(f"| {task} | {info['n']:,} | {info['n_positive']:,} | {prev:.1%} |" if prev is not None else f"| {task} | 0 | 0 | n/a |")
     L.append("")
+    L += [*audit_lines, ""] if audit_lines else []
 
     # Sweep
     res = pl.read_parquet(results_path).sort("budget", "n_params")
@@ -364,6 +380,7 @@ def _report(cfg, st, out, meds, tok, labels_dir, results_path, fit, fit_error, h
     L += [f"| total | {wall:.1f} |", "", "## Reproduce stage by stage", "", "```",
           f"ehrfm synth --out raw --patients {cfg.patients} --seed {cfg.seed}",
           "ehrfm etl raw --out meds", "ehrfm tokenize meds --out tokens", "ehrfm labels meds --task all --out labels",
+          "ehrfm audit meds --labels labels",
           f"ehrfm sweep plan --tokens tokens --budgets {','.join(f'{b:g}' for b in cfg.budgets)} --sizes {cfg.sizes} "
           f"--span-dex {cfg.span_dex} --tokens-per-param {cfg.tokens_per_param:g} --context {cfg.context} "
           f"--batch-size {cfg.batch_size} --lr {cfg.lr} --train-opt eval_tokens={cfg.eval_tokens} --out sweep",

@@ -3,6 +3,7 @@
 Public API (each CLI subcommand wraps one of these):
 
     make_labels(meds_dir, task) / write_labels / read_labels      ehrfm labels
+    audit(meds_dir, labels) -> AuditResult                         ehrfm audit
     probe(ProbeConfig(...), out)                                   ehrfm probe
     finetune(FinetuneConfig(...), out)                             ehrfm finetune
     zeroshot(ZeroShotConfig(...), out)                             ehrfm zeroshot
@@ -23,6 +24,8 @@ _EXPORTS = {
     "write_labels": "labels",
     "read_labels": "labels",
     "LabelConfig": "labels",
+    "audit": "audit",
+    "AuditResult": "audit",
     "ProbeConfig": "probe",
     "probe": "probe",
     "FinetuneConfig": "finetune",

@@ -26,7 +26,6 @@ import numpy as np
 import polars as pl
 
 from ehrfm.clinical.common import (
-    SPLITS,
     check_out,
     fit_logistic,
     positive_proba,
@@ -35,9 +34,10 @@ from ehrfm.clinical.common import (
     subsample_per_split,
     write_head_outputs,
 )
-from ehrfm.clinical.labels import meds_shards, read_labels
+from ehrfm.clinical.labels import read_labels
 from ehrfm.clinical.metrics import binary_metrics, format_metrics
 from ehrfm.errors import UserError
+from ehrfm.meds_io import MedsDataset, open_meds, scan_shard
 
 US = {"s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000, "y": 365 * 86_400_000_000}
 
@@ -87,24 +87,14 @@ def task_name(labels_path: str | os.PathLike) -> str:
 
 
 # --- MEDS side -------------------------------------------------------------------------------------
-def meds_subject_splits(meds_dir: str | os.PathLike) -> pl.DataFrame:
-    """subject_id -> split, from metadata/subject_splits.parquet or else the data/<split>/ dirs."""
-    meds_dir = Path(meds_dir)
-    f = meds_dir / "metadata" / "subject_splits.parquet"
-    if f.is_file():
-        s = pl.read_parquet(f)
-        if {"subject_id", "split"} <= set(s.columns):
-            return s.select(pl.col("subject_id").cast(pl.Int64), pl.col("split").cast(pl.Utf8)).unique("subject_id")
-    frames = []
-    for shard in meds_shards(meds_dir):
-        split = shard.relative_to(meds_dir / "data").parts[0]
-        if split not in SPLITS:
-            continue
-        ids = pl.scan_parquet(shard).select(pl.col("subject_id").cast(pl.Int64)).unique().collect()
-        frames.append(ids.with_columns(pl.lit(split).alias("split")))
-    if not frames:
-        raise UserError(f"MEDS dataset {meds_dir}: no subject splits (metadata/subject_splits.parquet or data/<split>/)")
-    return pl.concat(frames).unique("subject_id", keep="first")
+def meds_subject_splits(meds_dir: str | os.PathLike | MedsDataset) -> pl.DataFrame:
+    """subject_id -> split, from the data/<split>/ dirs or metadata/subject_splits.parquet
+    (through the one MEDS reader, ehrfm.meds_io, so split aliases map the same everywhere)."""
+    ds = meds_dir if isinstance(meds_dir, MedsDataset) else open_meds(meds_dir, check_static=False)
+    splits = ds.subject_splits()
+    if splits.height == 0:
+        raise UserError(f"MEDS dataset {ds.root}: no subject splits (metadata/subject_splits.parquet or data/<split>/)")
+    return splits
 
 
 def attach_splits(labels: pl.DataFrame, splits: pl.DataFrame, labels_path, where: str) -> pl.DataFrame:
@@ -120,8 +110,11 @@ def count_features(meds_dir, labels: pl.DataFrame, windows: list[tuple[str, int 
     """Long-format counts (label_idx, feature, count) of codes in each window, and per-label
     (label_idx, first_time, last_time, birth) timeline bounds.
 
-    Only events with time <= prediction_time (or static, time null) are counted.
+    Only events with time <= prediction_time (or static, time null) are counted; a null-time row
+    of a code that is not static (a MEDS_DEATH without a time, ...) is dropped by the MEDS reader,
+    never counted as static. `meds_dir` is a dataset dir or an opened MedsDataset.
     """
+    ds = meds_dir if isinstance(meds_dir, MedsDataset) else open_meds(meds_dir)
     keys = labels.select(
         "label_idx", "subject_id", pl.col("prediction_time").cast(pl.Datetime("us")).dt.epoch("us").alias("pred")
     )
@@ -129,10 +122,11 @@ def count_features(meds_dir, labels: pl.DataFrame, windows: list[tuple[str, int 
     from ehrfm.io import progress
 
     counts, bounds = [], []
-    for shard in progress(meds_shards(meds_dir), desc="baseline: count codes", unit="shard"):
+    shards = [sh for split_shards in ds.shards.values() for sh in split_shards]
+    for shard in progress(shards, desc="baseline: count codes", unit="shard"):
         ev = (
-            pl.scan_parquet(shard)
-            .select(pl.col("subject_id").cast(pl.Int64), pl.col("time").cast(pl.Datetime("us")).dt.epoch("us").alias("t"), "code")
+            scan_shard(shard)
+            .select("subject_id", pl.col("time").dt.epoch("us").alias("t"), "code")
             .join(subjects.lazy(), on="subject_id", how="semi")
             .collect()
         )
@@ -200,10 +194,11 @@ def feature_matrix(counts: pl.DataFrame, keys: pl.DataFrame, train_idx: np.ndarr
 def prepare(cfg: BaselineConfig):
     """Labels with splits and their feature matrix (the parts tests check for look-ahead)."""
     labels = read_labels(cfg.labels)
-    labels = attach_splits(labels, meds_subject_splits(cfg.meds_dir), cfg.labels, f"MEDS dataset {cfg.meds_dir}")
+    ds = open_meds(cfg.meds_dir)
+    labels = attach_splits(labels, meds_subject_splits(ds), cfg.labels, f"MEDS dataset {cfg.meds_dir}")
     labels = subsample_per_split(labels, cfg.max_labels, cfg.seed)
     labels = labels.with_row_index("label_idx").with_columns(pl.col("label_idx").cast(pl.Int64))
-    counts, keys = count_features(cfg.meds_dir, labels, parse_windows(cfg.windows))
+    counts, keys = count_features(ds, labels, parse_windows(cfg.windows))
     check_prediction_times(keys, cfg.labels, f"MEDS dataset {cfg.meds_dir}")
     train_idx = np.flatnonzero(labels["split"].to_numpy() == "train")
     x, names = feature_matrix(counts, keys, train_idx, cfg.min_count)

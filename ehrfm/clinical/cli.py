@@ -1,4 +1,4 @@
-"""CLI of the clinical stage: labels, probe, finetune, zeroshot, baseline.
+"""CLI of the clinical stage: labels, audit, probe, finetune, zeroshot, baseline.
 
 Thin wrappers over ehrfm.clinical's public functions; heavy imports happen inside the handlers.
 """
@@ -6,6 +6,7 @@ Thin wrappers over ehrfm.clinical's public functions; heavy imports happen insid
 from __future__ import annotations
 
 import argparse
+import json
 
 TASK_CHOICES = ("in_hospital_mortality", "long_los", "icu_admission", "readmission_30d", "all")
 
@@ -37,6 +38,24 @@ def _labels(args) -> int:
     prev = f"{info['prevalence']:.3f}" if info["prevalence"] is not None else "n/a"
     summary(f"labels: {args.task} n={info['n']} positive={info['n_positive']} prevalence={prev} -> {out}")
     return 0
+
+
+def _audit(args) -> int:
+    from ehrfm.clinical.audit import audit, format_audit
+    from ehrfm.io import atomic_file, summary
+
+    codes = [c.strip() for c in args.date_only_codes.split(",") if c.strip()] if args.date_only_codes is not None else None
+    res = audit(args.meds, args.labels, date_only_codes=codes)
+    if args.out:
+        with atomic_file(args.out) as f:
+            f.write(json.dumps(res.to_dict(), indent=2) + "\n")
+    for line in format_audit(res)[:-1]:
+        print(line)
+    worst = {t.task: (t.outcome_code_in_history or 0) + (t.date_only_same_day or 0) + t.not_known_before_prediction
+             for t in res.tasks.values()}
+    summary(f"audit: {len(res.tasks)} tasks, " + ("clean" if res.clean else "LEAKAGE in " + ", ".join(
+        f"{t} ({n})" for t, n in worst.items() if n)) + (f", {len(res.unknown)} unknown" if res.unknown else ""))
+    return 0 if res.clean else 1
 
 
 def _head_args(p: argparse.ArgumentParser) -> None:
@@ -116,6 +135,21 @@ def register(sub) -> None:
     p.add_argument("--readmission-days", type=float, default=30.0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_labels)
+
+    p = sub.add_parser(
+        "audit",
+        help="leakage audit of label histories (exit 1 when a history holds its outcome)",
+        description="Per task, how many label histories hold (a) the outcome's own code, (b) a date-only event "
+        "of the prediction day, (c) an event not known to precede the prediction time, (d) a stay overlapping "
+        "another stay; plus the ETL's drop/duplicate counts. Exit 1 when (a)-(c) are not all 0. "
+        "Rules: see ehrfm/clinical/audit.py.",
+    )
+    p.add_argument("meds", help="MEDS dataset dir (any ETL)")
+    p.add_argument("--labels", required=True, help="a label parquet or a dir of <task>.parquet (ehrfm labels --task all)")
+    p.add_argument("--date-only-codes", default=None, metavar="PREFIX,...",
+                   help="code prefixes of date-only sources (default: the MEDS metadata's date_only_codes)")
+    p.add_argument("--out", default=None, help="also write the audit as JSON here")
+    p.set_defaults(func=_audit)
 
     p = sub.add_parser("probe", help="linear probe of a frozen model at the prediction time")
     _head_args(p)

@@ -3,17 +3,32 @@
 A label is (subject_id, prediction_time, boolean_value): the model may use the subject's events
 with time <= prediction_time and nothing later. One row per eligible hospital stay.
 
-Stays. A stay is a HOSPITAL_ADMISSION//* event paired with the next HOSPITAL_DISCHARGE//* event
-of the same subject. In-stay transfers (ward moves, ICU_ADMISSION//* / ICU_DISCHARGE//*, any
+Stays. When the MEDS data has a stay id column (`hadm_id`, kept by this package's ETL) on
+every admission and discharge row of a subject, a stay is the HOSPITAL_ADMISSION//* and
+HOSPITAL_DISCHARGE//* rows sharing an id, and only ICU_ADMISSION//* rows of that id (or
+without one) count for it: overlapping stays keep their own ends and facts. Otherwise a stay
+is a HOSPITAL_ADMISSION//* event paired with the next HOSPITAL_DISCHARGE//* event of the same
+subject. In-stay transfers (ward moves, ICU_ADMISSION//* / ICU_DISCHARGE//*, any
 TRANSFER codes) never split a stay. An admission that is followed by another admission before
 any discharge, or by nothing, has no discharge: its outcome is unknown and it is excluded from
 every task. A discharge at the same timestamp as the next admission (a transfer between
 hospitals recorded as discharge + admission) closes the first stay and opens a second one.
 
-In-hospital death. The stay ends in death when a MEDS_DEATH event falls between admission and
-the end of the discharge day (death dates in MIMIC are often day-resolved, so the death code can
-sit at midnight of the discharge day), or when the discharge location is DIED
-(HOSPITAL_DISCHARGE//DIED).
+In-hospital death. A subject's death is its earliest MEDS_DEATH event; later records (a second
+death, often of an organ-donation admission) are counted in `info["deaths"]`, never used. The
+stay ends in death when that death falls between admission and the end of the discharge day
+(death dates in MIMIC are often day-resolved, so the death code can sit at midnight of the
+discharge day), or when the discharge location is DIED (HOSPITAL_DISCHARGE//DIED). MEDS_DEATH
+rows with a null time are dropped by the MEDS reader (ehrfm.meds_io) and counted.
+
+Exclusions common to every task, each counted under its own reason in `info["excluded"]`:
+- admitted_after_death: an admission opened after the subject's death (MIMIC-IV records organ
+  donation as a new admission). It gets no label and is never anybody's readmission.
+- died_before_prediction_time: the death is at or before the prediction time, so the outcome
+  is already in the history (admitted 10:00, died 20:00, discharge paperwork 30 h later).
+- duplicate_prediction_time: a second stay of the subject with the same prediction time
+  (duplicated source rows); the first is kept.
+Every stay is either labelled or excluded: n + n_excluded == n_stays, and prevalence is stated.
 
 Tasks (DESIGN.md section 6):
 
@@ -51,6 +66,7 @@ import polars as pl
 import pyarrow as pa
 
 from ehrfm.errors import UserError
+from ehrfm.meds_io import LEGACY_COLUMNS, MEDS_VERSION, MedsDataset, open_meds, scan_shards
 
 TASKS = ("in_hospital_mortality", "long_los", "icu_admission", "readmission_30d")
 
@@ -59,6 +75,7 @@ DISCHARGE_PREFIX = "HOSPITAL_DISCHARGE//"
 ICU_ADMISSION_PREFIX = "ICU_ADMISSION//"
 DEATH_CODE = "MEDS_DEATH"
 DIED_DISCHARGE_CODE = "HOSPITAL_DISCHARGE//DIED"
+STAY_ID = "hadm_id"  # the stay id column this package's ETL keeps (MIMIC's hadm_id), when present
 
 US_PER_HOUR = 3_600_000_000
 US_PER_DAY = 24 * US_PER_HOUR
@@ -83,52 +100,94 @@ class Stay:
     died: bool
     first_icu: int | None  # first ICU admission in [admission, discharge], us
     icu_just_before: bool = False  # an ICU admission in the 24 h before the hospital admission
+    death: int | None = None  # the subject's death (earliest MEDS_DEATH) when at or after admission, us
+    admitted_after_death: bool = False  # opened after the subject's death (e.g. organ donation)
 
 
 # --- reading MEDS ----------------------------------------------------------------------------------
-def meds_shards(meds_dir: str | os.PathLike) -> list[Path]:
-    """All data shards of a MEDS dataset dir (data/**/*.parquet), sorted."""
-    meds_dir = Path(meds_dir)
-    data = meds_dir / "data"
-    if not data.is_dir():
-        raise UserError(f"{meds_dir} is not a MEDS dataset dir: {data} not found")
-    shards = sorted(data.rglob("*.parquet"))
-    if not shards:
-        raise UserError(f"MEDS dataset dir {meds_dir} has no parquet shards under data/")
-    return shards
-
-
-def _stay_events(meds_dir: str | os.PathLike) -> pl.DataFrame:
-    """The events that define stays: admissions, discharges, ICU admissions, deaths."""
-    shards = meds_shards(meds_dir)
-    frames = []
-    for shard in shards:
-        cols = pl.read_parquet_schema(shard)
-        missing = [c for c in ("subject_id", "time", "code") if c not in cols]
-        if missing:
-            raise UserError(f"MEDS shard {shard} lacks column(s) {', '.join(missing)}")
-        frames.append(
-            pl.scan_parquet(shard)
-            .select("subject_id", "time", "code")
-            .filter(
-                pl.col("code").str.starts_with(ADMISSION_PREFIX)
-                | pl.col("code").str.starts_with(DISCHARGE_PREFIX)
-                | pl.col("code").str.starts_with(ICU_ADMISSION_PREFIX)
-                | (pl.col("code") == DEATH_CODE)
-            )
-        )
-    events = pl.concat(frames).collect()
-    events = events.with_columns(
-        pl.col("subject_id").cast(pl.Int64), pl.col("time").cast(pl.Datetime("us")).dt.epoch("us").alias("t")
+def _stay_events(meds_dir: str | os.PathLike) -> tuple[pl.DataFrame, MedsDataset]:
+    """The events that define stays (admissions, discharges, ICU admissions, deaths), and the
+    opened dataset (its null_time_codes say how many deaths had no time)."""
+    ds = open_meds(meds_dir)
+    cols = ["subject_id", "time", "code"]
+    if all(STAY_ID in pl.read_parquet_schema(p) for p in ds.paths()):
+        cols.append(STAY_ID)
+    lf = scan_shards([sh for shards in ds.shards.values() for sh in shards], cols).filter(
+        pl.col("code").str.starts_with(ADMISSION_PREFIX)
+        | pl.col("code").str.starts_with(DISCHARGE_PREFIX)
+        | pl.col("code").str.starts_with(ICU_ADMISSION_PREFIX)
+        | (pl.col("code") == DEATH_CODE)
     )
-    bad = events.filter(pl.col("t").is_null() & (pl.col("code") != DEATH_CODE)).height
+    # A flat layout lists each file once per split with that split's subjects: no row twice.
+    events = lf.collect().with_columns(pl.col("time").dt.epoch("us").alias("t"))
+    if STAY_ID in events.columns:
+        events = events.with_columns(pl.col(STAY_ID).cast(pl.String))
+    bad = events.filter(pl.col("t").is_null()).height
     if bad:
         raise UserError(f"MEDS dataset {meds_dir}: {bad} admission/discharge/ICU rows have a null time")
-    return events.sort("subject_id", "t", "code")
+    return events.sort("subject_id", "t", "code"), ds
 
 
-def stays_from_events(events: pl.DataFrame) -> list[Stay]:
-    """Pair admissions with discharges per subject (rules in the module docstring)."""
+def _death_counts(events: pl.DataFrame, ds: MedsDataset | None = None) -> dict:
+    """How deaths were recorded: the earliest MEDS_DEATH of a subject is its death."""
+    deaths = events.filter(pl.col("code") == DEATH_CODE)
+    per = deaths.group_by("subject_id").agg(
+        pl.len().alias("n"), pl.col("t").n_unique().alias("times"),
+        (pl.col("t") // US_PER_DAY).n_unique().alias("days"))
+    return {
+        "subjects_with_death": per.height,
+        "extra_death_records": int((per["n"] - 1).sum()) if per.height else 0,
+        "subjects_with_several_death_times": int((per["times"] > 1).sum()) if per.height else 0,
+        "subjects_with_deaths_on_different_days": int((per["days"] > 1).sum()) if per.height else 0,
+        "deaths_without_time": int((ds.null_time_codes if ds else {}).get(DEATH_CODE, 0)),
+        "rule": "the earliest MEDS_DEATH of a subject is its death; later records are counted here, not used",
+    }
+
+
+def _pairs_by_time(by_time: dict[int, tuple[list[str], list[str]]]) -> list[tuple[int, int | None, bool, None]]:
+    """(admission, discharge or None, discharged DIED, None) in time order (module docstring)."""
+    open_adm: int | None = None
+    pairs: list[tuple[int, int | None, bool, None]] = []
+    for t in sorted(by_time):
+        adms, diss = by_time[t]
+        diss = list(diss)
+        if open_adm is not None and diss:
+            d = diss.pop(0)
+            pairs.append((open_adm, t, d == DIED_DISCHARGE_CODE, None))
+            open_adm = None
+        for _ in adms:
+            if open_adm is not None:
+                pairs.append((open_adm, None, False, None))
+            open_adm = t
+            if diss:
+                d = diss.pop(0)
+                pairs.append((open_adm, t, d == DIED_DISCHARGE_CODE, None))
+                open_adm = None
+        # Discharges with no open stay are ignored (a timeline starting mid-stay).
+    if open_adm is not None:
+        pairs.append((open_adm, None, False, None))
+    return pairs
+
+
+def _pairs_by_id(codes: list[str], times: list[int], ids: list) -> list[tuple[int, int | None, bool, object]]:
+    """(admission, discharge or None, discharged DIED, stay id) per stay id: the admission and
+    discharge rows that share the id, so overlapping stays keep their own ends."""
+    adm: dict = {}
+    dis: dict = {}
+    for c, t, i in zip(codes, times, ids, strict=False):
+        if c.startswith(ADMISSION_PREFIX):
+            adm[i] = min(adm.get(i, t), t)
+        elif c.startswith(DISCHARGE_PREFIX) and (i not in dis or t > dis[i][0]):
+            dis[i] = (t, c)
+    # Discharges of an id with no admission are ignored (a timeline starting mid-stay).
+    return sorted((a, dis[i][0] if i in dis and dis[i][0] >= a else None,
+                   i in dis and dis[i][1] == DIED_DISCHARGE_CODE, i) for i, a in adm.items())
+
+
+def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True) -> list[Stay]:
+    """Pair admissions with discharges per subject (rules in the module docstring): by the stay
+    id column (`hadm_id`) when every admission and discharge row of the subject has one, else by
+    time order."""
     from ehrfm.io import progress
 
     stays: list[Stay] = []
@@ -137,7 +196,7 @@ def stays_from_events(events: pl.DataFrame) -> list[Stay]:
         codes = ev["code"].to_list()
         times = ev["t"].to_list()
         deaths = [t for c, t in zip(codes, times, strict=False) if c == DEATH_CODE and t is not None]
-        icu_times = [t for c, t in zip(codes, times, strict=False) if c.startswith(ICU_ADMISSION_PREFIX)]
+        first_death = min(deaths) if deaths else None
         # Group by timestamp: at a shared timestamp the open stay is closed first, then new
         # admissions open, then a remaining discharge closes a zero-length stay.
         by_time: dict[int, tuple[list[str], list[str]]] = {}
@@ -148,37 +207,27 @@ def stays_from_events(events: pl.DataFrame) -> list[Stay]:
                 by_time.setdefault(t, ([], []))[0].append(c)
             elif c.startswith(DISCHARGE_PREFIX):
                 by_time.setdefault(t, ([], []))[1].append(c)
-        open_adm: int | None = None
-        pairs: list[tuple[int, int | None, bool]] = []  # (admission, discharge, discharged DIED)
-        for t in sorted(by_time):
-            adms, diss = by_time[t]
-            diss = list(diss)
-            if open_adm is not None and diss:
-                d = diss.pop(0)
-                pairs.append((open_adm, t, d == DIED_DISCHARGE_CODE))
-                open_adm = None
-            for _ in adms:
-                if open_adm is not None:
-                    pairs.append((open_adm, None, False))
-                open_adm = t
-                if diss:
-                    d = diss.pop(0)
-                    pairs.append((open_adm, t, d == DIED_DISCHARGE_CODE))
-                    open_adm = None
-            # Discharges with no open stay are ignored (a timeline starting mid-stay).
-        if open_adm is not None:
-            pairs.append((open_adm, None, False))
-        for adm, dis, died_code in pairs:
+        ids = ev[STAY_ID].to_list() if STAY_ID in ev.columns else [None] * len(codes)
+        by_id = by_stay_id and STAY_ID in ev.columns and all(
+            i is not None for c, i in zip(codes, ids, strict=False)
+            if c.startswith(ADMISSION_PREFIX) or c.startswith(DISCHARGE_PREFIX))
+        pairs = _pairs_by_id(codes, times, ids) if by_id else _pairs_by_time(by_time)
+        for adm, dis, died_code, sid in pairs:
+            # With stay ids, ICU rows of another stay are that stay's facts, not this one's.
+            icu_times = [t for c, t, i in zip(codes, times, ids, strict=False) if c.startswith(ICU_ADMISSION_PREFIX)
+                         and (sid is None or i is None or i == sid)]
             died = died_code
             if dis is not None and not died:
                 end_of_discharge_day = (dis // US_PER_DAY + 1) * US_PER_DAY
-                died = any(adm <= d < end_of_discharge_day for d in deaths)
+                died = first_death is not None and adm <= first_death < end_of_discharge_day
             first_icu = None
             if dis is not None:
                 in_stay = [t for t in icu_times if adm <= t <= dis]
                 first_icu = min(in_stay) if in_stay else None
             just_before = any(adm - 24 * US_PER_HOUR <= t < adm for t in icu_times)
-            stays.append(Stay(int(subject_id), adm, dis, died, first_icu, just_before))
+            death = first_death if first_death is not None and first_death >= adm else None
+            after_death = first_death is not None and adm > first_death
+            stays.append(Stay(int(subject_id), adm, dis, died, first_icu, just_before, death, after_death))
     return stays
 
 
@@ -186,12 +235,13 @@ def _next_admissions(stays: list[Stay]) -> list[int | None]:
     """For each stay, the subject's next admission time after its discharge (None if none)."""
     by_subject: dict[int, list[int]] = {}
     for s in stays:
-        by_subject.setdefault(s.subject_id, []).append(s.admission)
+        if not s.admitted_after_death:  # an admission after death is no readmission
+            by_subject.setdefault(s.subject_id, []).append(s.admission)
     out = []
     for s in stays:
         nxt = None
         if s.discharge is not None:
-            later = [a for a in by_subject[s.subject_id] if a >= s.discharge and a != s.admission]
+            later = [a for a in by_subject.get(s.subject_id, []) if a >= s.discharge and a != s.admission]
             nxt = min(later) if later else None
         out.append(nxt)
     return out
@@ -205,35 +255,46 @@ def labels_from_stays(stays: list[Stay], cfg: LabelConfig) -> tuple[pl.DataFrame
     gap = int(cfg.gap_hours * US_PER_HOUR)
     rows: list[tuple[int, int, bool]] = []
     excluded = {"no_discharge": 0}
+
+    def exclude(reason: str) -> None:
+        excluded[reason] = excluded.get(reason, 0) + 1
+
     nexts = _next_admissions(stays) if cfg.task == "readmission_30d" else [None] * len(stays)
     for s, nxt in zip(stays, nexts, strict=False):
+        if s.admitted_after_death:
+            exclude("admitted_after_death")
+            continue
         if s.discharge is None:
             excluded["no_discharge"] += 1
             continue
+        pred = {"in_hospital_mortality": s.admission + gap, "long_los": s.admission + gap,
+                "icu_admission": s.admission}.get(cfg.task, s.discharge)
+        # The outcome is known once the subject has died: no prediction is left to make.
+        if s.death is not None and s.death <= pred and not (cfg.task == "readmission_30d" and s.died):
+            exclude("died_before_prediction_time")
+            continue
         if cfg.task in ("in_hospital_mortality", "long_los"):
-            pred = s.admission + gap
             if s.discharge <= pred:
-                excluded["ended_before_prediction_time"] = excluded.get("ended_before_prediction_time", 0) + 1
+                exclude("ended_before_prediction_time")
                 continue
             if cfg.task == "in_hospital_mortality":
                 rows.append((s.subject_id, pred, s.died))
             else:
                 rows.append((s.subject_id, pred, s.discharge - s.admission > cfg.long_los_days * US_PER_DAY))
         elif cfg.task == "icu_admission":
-            pred = s.admission
             if s.discharge <= pred:
-                excluded["ended_at_admission"] = excluded.get("ended_at_admission", 0) + 1
+                exclude("ended_at_admission")
                 continue
             if s.icu_just_before or (s.first_icu is not None and s.first_icu <= pred):
-                excluded["in_icu_at_prediction_time"] = excluded.get("in_icu_at_prediction_time", 0) + 1
+                exclude("in_icu_at_prediction_time")
                 continue
             rows.append((s.subject_id, pred, s.first_icu is not None))
         else:  # readmission_30d
             if s.died:
-                excluded["died_in_hospital"] = excluded.get("died_in_hospital", 0) + 1
+                exclude("died_in_hospital")
                 continue
             if nxt is not None and nxt == s.discharge:
-                excluded["transferred"] = excluded.get("transferred", 0) + 1
+                exclude("transferred")
                 continue
             label = nxt is not None and nxt - s.discharge <= cfg.readmission_days * US_PER_DAY
             rows.append((s.subject_id, s.discharge, label))
@@ -242,8 +303,11 @@ def labels_from_stays(stays: list[Stay], cfg: LabelConfig) -> tuple[pl.DataFrame
         schema={"subject_id": pl.Int64, "prediction_time": pl.Int64, "boolean_value": pl.Boolean},
         orient="row",
     ).with_columns(pl.col("prediction_time").cast(pl.Datetime("us")))
-    # Two stays can share a prediction time only through duplicated source rows; keep one.
+    # Two stays can share a prediction time only through duplicated source rows; keep one, counted.
+    n_rows = frame.height
     frame = frame.unique(["subject_id", "prediction_time"], keep="first", maintain_order=True)
+    if frame.height < n_rows:
+        excluded["duplicate_prediction_time"] = n_rows - frame.height
     frame = frame.sort("subject_id", "prediction_time")
     return frame, excluded
 
@@ -255,8 +319,9 @@ def make_labels(meds_dir: str | os.PathLike, task: str, **options) -> tuple[pl.D
     holds n, n_positive, prevalence, excluded counts and the config. For task="all" returns
     ({task: labels}, {task: info}).
     """
-    events = _stay_events(meds_dir)
+    events, ds = _stay_events(meds_dir)
     stays = stays_from_events(events)
+    deaths = _death_counts(events, ds)
     tasks = TASKS if task == "all" else (task,)
     out_labels, out_info = {}, {}
     for t in tasks:
@@ -273,6 +338,10 @@ def make_labels(meds_dir: str | os.PathLike, task: str, **options) -> tuple[pl.D
             "n_stays": len(stays),
             "n_subjects": labels["subject_id"].n_unique(),
             "excluded": excluded,
+            "n_excluded": sum(excluded.values()),
+            "deaths": deaths,
+            "stay_pairing": f"by {STAY_ID}" if STAY_ID in events.columns else "by time order",
+            "dropped_null_time_rows": ds.null_time_codes,
             "config": dataclasses.asdict(cfg),
         }
     if task == "all":
@@ -339,6 +408,10 @@ def read_labels(path: str | os.PathLike) -> pl.DataFrame:
         cols = set(table.column_names)
         for col in ("subject_id", "prediction_time", "boolean_value"):
             if col not in cols:
+                old = [o for o, c in LEGACY_COLUMNS.items() if c == col and o in cols]
+                if old:
+                    raise UserError(f"label file {f} lacks column {col!r} (found {old[0]!r}: the name used before "
+                                    f"MEDS 0.4); ehrfm reads the MEDS {MEDS_VERSION} label schema")
                 raise UserError(f"label file {f} lacks column {col!r} (MEDS label schema; binary tasks need boolean_value)")
         frame = pl.from_arrow(table.select(["subject_id", "prediction_time", "boolean_value"]))
         for col in ("subject_id", "prediction_time", "boolean_value"):

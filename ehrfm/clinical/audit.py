@@ -1,0 +1,348 @@
+"""Leakage audit of label histories: `ehrfm audit MEDS --labels LABELS`.
+
+For each label (subject_id, prediction_time) the history is what a MEDS reader would give a
+model: the subject's events with time <= prediction_time, plus its null-time rows (a plain MEDS
+reader treats every null-time row as static). Per task the audit counts the labels whose
+history holds
+
+(a) the outcome's own code (`OUTCOME_RULES`: MEDS_DEATH or a DIED discharge for mortality; the
+    stay's own discharge or a death for long stay; an ICU admission since the stay's admission for
+    ICU admission; a new admission at the prediction time or a death for readmission);
+(b) an event from a date-only source (a code named in the MEDS metadata, see below) dated the
+    prediction day and placed before it could have been known: its true time that day is
+    unknown, so unless it sits at the end of its day (23:59:59 or later) or at a discharge of
+    the subject (the stay's end), it may have happened after the prediction;
+(c) an event not known to precede the prediction time: a row with a null time whose code is not
+    static (ehrfm.meds_io's rule), e.g. a MEDS_DEATH without a time;
+(d) a stay that overlaps another stay of the same subject (stays from HOSPITAL_ADMISSION//* and
+    HOSPITAL_DISCHARGE//* rows sharing a stay id column, `hadm_id`), where facts of one stay can
+    leak into the other's label;
+
+and reports the ETL's drop and duplicate counts from its metadata (below). (a)-(c) are
+faults (`AuditResult.clean` is False and the CLI exits 1); (d) is reported for review.
+
+Date-only codes are read from the MEDS metadata (`metadata/ehrfm_etl.json`, written by this
+package's ETL, else `metadata/dataset.json` or `metadata/etl_config.json`), key
+`date_only_sources` (or `date_only_codes`): a list of objects `{"table", "column",
+"code_prefixes": [...], "schema_date": bool, "rule": ...}` (plain prefix strings are accepted
+too), or given by the user (`date_only_codes=`, `--date-only-codes`). Drop and duplicate counts
+come from the same files. Nothing is imported from tokenization/: on MEDS made by another ETL,
+what the metadata does not say is reported as unknown (None), never guessed; the
+count of prediction-day events at exactly 00:00 is given as a hint of undeclared date-only values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from ehrfm.errors import UserError
+from ehrfm.meds_io import MedsDataset, open_meds, scan_shard
+
+ADMISSION, DISCHARGE, ICU, DEATH = "HOSPITAL_ADMISSION//", "HOSPITAL_DISCHARGE//", "ICU_ADMISSION//", "MEDS_DEATH"
+DIED = "HOSPITAL_DISCHARGE//DIED"
+STAY_ID_COLUMN = "hadm_id"
+DATE_ONLY_KEY = "date_only_codes"
+DATE_ONLY_KEYS = (DATE_ONLY_KEY, "date_only_sources")  # the second: an accepted synonym
+US_PER_DAY = 86_400_000_000
+
+# task -> (codes, prefixes, window): a history event with one of these codes or prefixes is the
+# outcome when its time is in the window: "any" (<= prediction time), "stay" (at or after the
+# stay's admission, the last admission at or before the prediction time), "in_stay" (strictly
+# after it: a discharge at the admission time closes the previous stay), "at" (== prediction time).
+OUTCOME_RULES: dict[str, list[tuple[tuple[str, ...], tuple[str, ...], str]]] = {
+    "in_hospital_mortality": [((DEATH, DIED), (), "any")],
+    "long_los": [((DEATH,), (), "any"), ((), (DISCHARGE,), "in_stay")],
+    "icu_admission": [((DEATH,), (), "any"), ((), (ICU,), "stay")],
+    "readmission_30d": [((DEATH,), (), "any"), ((), (ADMISSION,), "at")],
+}
+
+
+@dataclass
+class TaskAudit:
+    """Counts of one task's labels; None where the data cannot tell."""
+
+    task: str
+    n_labels: int
+    outcome_code_in_history: int | None
+    date_only_same_day: int | None
+    not_known_before_prediction: int
+    overlapping_stays: int | None
+    midnight_same_day: int  # hint only: prediction-day events at exactly 00:00 in the history
+
+
+@dataclass
+class AuditResult:
+    """What `audit` found; `clean` is False when any task has (a), (b) or (c) above 0."""
+
+    meds_dir: str
+    labels: str
+    etl: dict
+    date_only_codes: list[str] | None
+    date_only_from: str | None
+    tasks: dict[str, TaskAudit]
+    etl_counts: dict | None
+    null_time_codes: dict[str, int]
+    unknown: list[str] = field(default_factory=list)
+    date_only_partial: list[str] = field(default_factory=list)  # only their 00:00 events are dates
+
+    @property
+    def clean(self) -> bool:
+        return not any(t.outcome_code_in_history or t.date_only_same_day or t.not_known_before_prediction
+                       for t in self.tasks.values())
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "clean": self.clean}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def date_only_from_metadata(meds_dir: str | os.PathLike) -> tuple[list[str] | None, list[str], str | None]:
+    """The code prefixes the ETL declared date-only, and the file that declared them.
+
+    Looks in metadata/ehrfm_etl.json (this package's ETL), then metadata/dataset.json and
+    metadata/etl_config.json, for `date_only_sources` or `date_only_codes`: a list of prefix
+    strings or of objects with `code_prefixes` (or `code_prefix`). A source whose column holds
+    dates in some rows only (`"schema_date": false`) is partial: only its events at exactly 00:00
+    can be dates placed at the start of their day.
+
+    Returns:
+        (prefixes, partial prefixes, file); (None, [], None) when no file has the key (another
+        ETL, or an older ehrfm ETL): then (b) cannot be known.
+
+    Raises:
+        UserError: the key is there but lists no usable prefixes.
+    """
+    for name in ("ehrfm_etl.json", "dataset.json", "etl_config.json"):
+        path = Path(meds_dir) / "metadata" / name
+        meta = _read_json(path)
+        key = next((k for k in DATE_ONLY_KEYS if k in meta), None)
+        if key is None:
+            continue
+        entries = meta[key]
+        if isinstance(entries, dict):  # {prefix: placement}
+            entries = list(entries)
+        whole, partial = [], []
+        for e in entries if isinstance(entries, list) else [None]:
+            found = ([e.get(k) for k in ("code_prefixes", "code_prefix", "code", "prefix", "codes")]
+                     if isinstance(e, dict) else [e])
+            found = [p for x in found for p in (x if isinstance(x, list) else [x]) if p is not None]
+            if not found or not all(isinstance(p, str) and p for p in found):
+                raise UserError(f"{path}: {key} must list code prefixes or objects with code_prefixes")
+            is_partial = isinstance(e, dict) and e.get("schema_date") is False
+            (partial if is_partial else whole).extend(found)
+        partial = [p for p in dict.fromkeys(partial) if p not in whole]
+        return list(dict.fromkeys(whole)) + partial, partial, str(path)
+    return None, [], None
+
+
+def _etl_counts(meds_dir: str | os.PathLike) -> dict | None:
+    """The ETL's drop and duplicate counts from its metadata, or None when it wrote none."""
+    meta = Path(meds_dir) / "metadata"
+    ours = _read_json(meta / "ehrfm_etl.json")
+    cfg = ours or _read_json(meta / "etl_config.json")
+    if not cfg:
+        return None
+    out = {k: v for k, v in cfg.items() if ("drop" in k or "duplicate" in k or k == "discharge_times") and v}
+    tables = cfg.get("tables")
+    if isinstance(tables, dict):
+        dropped = {t: v["dropped"] for t, v in tables.items() if isinstance(v, dict) and v.get("dropped")}
+        if dropped:
+            out["dropped_by_table"] = dropped
+    return out
+
+
+def _label_files(labels: str | os.PathLike) -> dict[str, Path]:
+    """task -> label parquet: one file, or every *.parquet of a labels dir (task from the sidecar
+    JSON's "task", else the file name)."""
+    path = Path(labels)
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path] if path.is_file() else []
+    if not files:
+        raise UserError(f"labels {path}: no label parquet files found")
+    out = {}
+    for f in files:
+        task = _read_json(f.with_suffix(".json")).get("task")
+        out[task if isinstance(task, str) else f.stem] = f
+    return out
+
+
+def _events(ds: MedsDataset, date_only: list[str]) -> pl.DataFrame:
+    """The rows the checks need (stay codes, deaths, date-only codes, midnight events, null-time
+    rows of non-static codes), null-time rows included, with a stay id when the data has one."""
+    cols = ["subject_id", "time", "code"]
+    schema_has_stay = all(STAY_ID_COLUMN in pl.read_parquet_schema(p) for p in ds.paths())
+    if schema_has_stay:
+        cols.append(STAY_ID_COLUMN)
+    code = pl.col("code")
+    wanted = (code.str.starts_with(ADMISSION) | code.str.starts_with(DISCHARGE) | code.str.starts_with(ICU)
+              | (code == DEATH) | (pl.col("time").is_not_null() & (pl.col("time").dt.time() == pl.time(0))))
+    for p in date_only:
+        wanted = wanted | code.str.starts_with(p)
+    if ds.null_time_codes:
+        wanted = wanted | (pl.col("time").is_null() & code.is_in(list(ds.null_time_codes)))
+    frames = [scan_shard(dataclasses.replace(sh, drop_null_time=()), cols).filter(wanted)
+              for shards in ds.shards.values() for sh in shards]
+    ev = pl.concat(frames, how="vertical_relaxed").collect()
+    if not schema_has_stay:
+        ev = ev.with_columns(pl.lit(None, pl.Int64).alias(STAY_ID_COLUMN))
+    return ev.with_columns(pl.col("time").dt.epoch("us").alias("t"), pl.col(STAY_ID_COLUMN).cast(pl.Int64))
+
+
+def _stays(ev: pl.DataFrame) -> pl.DataFrame:
+    """subject_id, stay, admission, discharge (us) per stay id, with `overlaps`: another stay of
+    the same subject shares some time with it."""
+    st = (ev.filter(pl.col(STAY_ID_COLUMN).is_not_null() & pl.col("t").is_not_null())
+          .group_by("subject_id", STAY_ID_COLUMN)
+          .agg(pl.col("t").filter(pl.col("code").str.starts_with(ADMISSION)).min().alias("adm"),
+               pl.col("t").filter(pl.col("code").str.starts_with(DISCHARGE)).max().alias("dis"))
+          .filter(pl.col("adm").is_not_null() & pl.col("dis").is_not_null()))
+    pairs = st.join(st, on="subject_id", suffix="_o").filter(
+        (pl.col(STAY_ID_COLUMN) != pl.col(f"{STAY_ID_COLUMN}_o"))
+        & (pl.col("adm") < pl.col("dis_o")) & (pl.col("adm_o") < pl.col("dis")))
+    overl = pairs.select("subject_id", STAY_ID_COLUMN).unique().with_columns(pl.lit(True).alias("overlaps"))
+    return st.join(overl, on=["subject_id", STAY_ID_COLUMN], how="left").with_columns(pl.col("overlaps").fill_null(False))
+
+
+def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: list[str] | None,
+                null_codes: list[str], stays: pl.DataFrame | None, partial: Sequence[str] = ()) -> TaskAudit:
+    lab = labels.select("subject_id", pl.col("prediction_time").dt.epoch("us").alias("pred")).unique().with_row_index("i")
+    adm = ev.filter(pl.col("code").str.starts_with(ADMISSION) & pl.col("t").is_not_null())
+    # The stay a label belongs to: the subject's last admission at or before the prediction time.
+    stay_start = (lab.join(adm.select("subject_id", "t"), on="subject_id").filter(pl.col("t") <= pl.col("pred"))
+                  .group_by("i").agg(pl.col("t").max().alias("stay_adm")))
+    lab = lab.join(stay_start, on="i", how="left")
+    hist = lab.join(ev, on="subject_id").filter(pl.col("t").is_null() | (pl.col("t") <= pl.col("pred")))
+
+    def n_with(cond: pl.Expr) -> int:
+        return hist.filter(cond).select("i").n_unique()
+
+    code = pl.col("code")
+    outcome = None
+    if task in OUTCOME_RULES:
+        conds = []
+        for codes, prefixes, window in OUTCOME_RULES[task]:
+            match = code.is_in(list(codes)) if codes else pl.lit(False)
+            for p in prefixes:
+                match = match | code.str.starts_with(p)
+            if window == "stay":
+                match = match & pl.col("t").is_not_null() & (pl.col("t") >= pl.col("stay_adm"))
+            elif window == "in_stay":
+                match = match & pl.col("t").is_not_null() & (pl.col("t") > pl.col("stay_adm"))
+            elif window == "at":
+                match = match & (pl.col("t") == pl.col("pred"))
+            conds.append(match)
+        any_cond = conds[0]
+        for c in conds[1:]:
+            any_cond = any_cond | c
+        outcome = n_with(any_cond)
+    same_day = pl.col("t").is_not_null() & ((pl.col("t") // US_PER_DAY) == (pl.col("pred") // US_PER_DAY))
+    date_only_n = None
+    if date_only is not None:
+        is_date_only = pl.lit(False)
+        midnight_only = pl.col("t") % US_PER_DAY == 0
+        for p in date_only:
+            is_date_only = is_date_only | (code.str.starts_with(p) & (midnight_only if p in partial else pl.lit(True)))
+        # Placed at the end of its day or at a discharge (sooner, and after the day's timed
+        # events): known by then, whatever its true time that day. Anything earlier may be a leak.
+        dis_times = ev.filter(code.str.starts_with(DISCHARGE)).select("subject_id", "t").unique().with_columns(
+            pl.lit(True).alias("at_discharge"))
+        hist = hist.join(dis_times, on=["subject_id", "t"], how="left").with_columns(pl.col("at_discharge").fill_null(False))
+        known_by_then = pl.col("at_discharge") | (pl.col("t") % US_PER_DAY >= US_PER_DAY - 1_000_000)
+        date_only_n = n_with(is_date_only & same_day & ~known_by_then) if date_only else 0
+    not_known = n_with(pl.col("t").is_null() & code.is_in(null_codes)) if null_codes else 0
+    midnight = n_with(same_day & (pl.col("t") % US_PER_DAY == 0))
+    overlapping = None
+    if stays is not None:
+        own = lab.join(stays, on="subject_id").filter((pl.col("adm") <= pl.col("pred")) & (pl.col("pred") <= pl.col("dis")))
+        overlapping = own.filter(pl.col("overlaps")).select("i").n_unique()
+    return TaskAudit(task, labels.height, outcome, date_only_n, not_known, overlapping, midnight)
+
+
+def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
+          date_only_codes: Sequence[str] | None = None) -> AuditResult:
+    """Audit every label file of `labels` (a dir of <task>.parquet or one file) against a MEDS dir.
+
+    Args:
+        meds_dir: a MEDS dataset dir (any ETL).
+        labels: a label parquet in the MEDS label schema, or a dir of them (`ehrfm labels --task all`).
+        date_only_codes: code prefixes of date-only sources; default: the MEDS metadata's
+            `date_only_codes`, else unknown.
+
+    Returns:
+        An AuditResult: per task the counts (a)-(d) described in the module docstring (None where
+        the data cannot tell, with the reason in `unknown`), the ETL's drop/duplicate counts.
+
+    Raises:
+        UserError: bad MEDS or label input (the one MEDS reader's and read_labels's messages).
+    """
+    from ehrfm.clinical.labels import read_labels
+
+    ds = open_meds(meds_dir)
+    files = _label_files(labels)
+    unknown: list[str] = []
+    partial: list[str] = []
+    if date_only_codes is not None:
+        date_only, source = list(date_only_codes), "given"
+    else:
+        date_only, partial, source = date_only_from_metadata(meds_dir)
+        if date_only is None:
+            unknown.append(f"(b) date-only sources: the MEDS metadata has no {DATE_ONLY_KEY!r} (made by another ETL "
+                           "or an older one); pass --date-only-codes to check them")
+    ev = _events(ds, date_only or [])
+    stays = _stays(ev) if ev[STAY_ID_COLUMN].null_count() < ev.height else None
+    if stays is None:
+        unknown.append(f"(d) overlapping stays: the MEDS data has no stay id column ({STAY_ID_COLUMN})")
+    tasks = {}
+    for task, f in files.items():
+        lab = read_labels(f)
+        tasks[task] = _task_audit(task, lab, ev, date_only, sorted(ds.null_time_codes), stays, partial)
+        if task not in OUTCOME_RULES:
+            unknown.append(f"(a) task {task!r}: its outcome code is unknown (known tasks: {', '.join(OUTCOME_RULES)})")
+    etl_counts = _etl_counts(meds_dir)
+    if etl_counts is None:
+        unknown.append("ETL drop and duplicate counts: no metadata/ehrfm_etl.json or etl_config.json "
+                       "(MEDS made by another ETL)")
+    meta = ds.metadata
+    etl = {k: meta.get(k) for k in ("etl_name", "etl_version", "meds_version") if k in meta}
+    return AuditResult(str(meds_dir), str(labels), etl, date_only, source, tasks, etl_counts,
+                       dict(ds.null_time_codes), unknown, partial)
+
+
+def _fmt(x: int | None, n: int) -> str:
+    return "unknown" if x is None else f"{x} ({x / n:.1%})" if n and x else str(x)
+
+
+def format_audit(res: AuditResult) -> list[str]:
+    """The audit as short markdown lines (a table per task plus the ETL counts and unknowns)."""
+    lines = ["| task | labels | (a) outcome code | (b) date-only, same day | (c) not known before | "
+             "(d) overlapping stays | 00:00 same day (hint) |", "|---|---|---|---|---|---|---|"]
+    for t in res.tasks.values():
+        lines.append(f"| {t.task} | {t.n_labels} | {_fmt(t.outcome_code_in_history, t.n_labels)} | "
+                     f"{_fmt(t.date_only_same_day, t.n_labels)} | {_fmt(t.not_known_before_prediction, t.n_labels)} | "
+                     f"{_fmt(t.overlapping_stays, t.n_labels)} | {t.midnight_same_day} |")
+    lines.append("")
+    if res.date_only_codes is not None:
+        lines.append(f"Date-only codes ({res.date_only_from}): {', '.join(res.date_only_codes) or 'none'}.")
+    if res.etl_counts is not None:
+        counts = json.dumps(res.etl_counts, sort_keys=True)
+        lines.append(f"ETL drop/duplicate counts (its metadata): {counts}.")
+    if res.null_time_codes:
+        lines.append("Non-static codes with a null time: "
+                     + ", ".join(f"{c} {n}" for c, n in sorted(res.null_time_codes.items())) + ".")
+    lines += [f"Unknown: {u}." for u in res.unknown]
+    open_b = any(t.date_only_same_day is None for t in res.tasks.values())
+    lines.append("Verdict: " + ("LEAKAGE: (a)-(c) are not all 0." if not res.clean else
+                                "no leak in (a) and (c); (b) unknown." if open_b else "clean ((a)-(c) are 0)."))
+    return lines

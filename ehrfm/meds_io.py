@@ -1,0 +1,318 @@
+"""The one reader of MEDS dataset dirs, shared by every stage that reads MEDS data.
+
+tokenize, labels, baseline and audit all open a MEDS dir through `open_meds` and read its
+shards through `read_shard` / `scan_shards`, so every reader refuses the same bad input with the
+same one-line error and applies the same rules:
+
+- Layout: `data/<split>/**/*.parquet` (this package's ETL, MEDS_transforms) or
+  `data/**/*.parquet` in folders that are not split names, with `metadata/subject_splits.parquet`
+  (meds_etl). Split names are the
+  `meds` package's constants (train, tuning, held_out). Known aliases some tools write (`val`,
+  `valid`, `validation`, `dev` -> tuning; `test`, `heldout`, `held-out`, `holdout` -> held_out)
+  are mapped, and the mapping is reported on stderr; any other folder under `data/` is refused,
+  naming it, so that no split is silently left out.
+- Columns: `subject_id`, `time`, `code` (MEDS 0.4, `meds.DataSchema`). A shard written by MEDS
+  0.3 or older (`patient_id`) is refused naming the file, the missing column and the MEDS version
+  expected.
+- Static rows: a row with a null time is in every history, so only truly static codes may have
+  one. A code is not static when it is `MEDS_BIRTH` or `MEDS_DEATH`, when it starts with a known
+  event prefix (admission, discharge, lab, ...), or when the same code also occurs with a time.
+  Such null-time rows are dropped by every reader with one warning on stderr naming each code
+  and its count (`MedsDataset.null_time_codes`), never turned into static tokens or features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import meds
+import polars as pl
+
+from ehrfm.errors import UserError
+
+SUBJECT_ID = meds.DataSchema.subject_id_name
+TIME = meds.DataSchema.time_name
+CODE = meds.DataSchema.code_name
+NUMERIC_VALUE = meds.DataSchema.numeric_value_name
+REQUIRED_COLUMNS = (SUBJECT_ID, TIME, CODE)
+SPLITS = (meds.train_split, meds.tuning_split, meds.held_out_split)
+DATA_DIR = meds.data_subdirectory
+SUBJECT_SPLITS_FILE = meds.subject_splits_filepath
+DATASET_METADATA_FILE = meds.dataset_metadata_filepath
+# The MEDS schema version these readers expect (major.minor of the installed `meds` package).
+MEDS_VERSION = ".".join(meds.__version__.split(".")[:2])
+
+SPLIT_ALIASES = {
+    "val": meds.tuning_split, "valid": meds.tuning_split, "validation": meds.tuning_split,
+    "dev": meds.tuning_split, "tune": meds.tuning_split,
+    "test": meds.held_out_split, "heldout": meds.held_out_split, "held-out": meds.held_out_split,
+    "holdout": meds.held_out_split,
+}
+# Column names of older MEDS versions -> the 0.4 name that replaced them.
+LEGACY_COLUMNS = {"patient_id": SUBJECT_ID, "timestamp": TIME}
+NEVER_STATIC_CODES = (meds.birth_code, meds.death_code)
+# Prefixes of codes that are events by nature (MIMIC_IV_MEDS style, as written by this ETL).
+EVENT_PREFIXES = (
+    "HOSPITAL_ADMISSION//", "HOSPITAL_DISCHARGE//", "ICU_ADMISSION//", "ICU_DISCHARGE//", "TRANSFER_TO//",
+    "ED_", "LAB//", "MEDICATION//", "DIAGNOSIS//", "PROCEDURE//", "DRG//", "VITAL//", "INFUSION//",
+    "OUTPUT//", "OMR//",
+)
+
+
+def warn(line: str) -> None:
+    """One warning line on stderr (not silenced by EHRFM_QUIET: warnings are never progress)."""
+    print(f"ehrfm: warning: {line}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One parquet file of a split; `subjects` filters a flat shard to the split's subjects."""
+
+    path: Path
+    split: str
+    subjects: pl.Series | None = None
+    drop_null_time: tuple[str, ...] = ()  # non-static codes whose null-time rows are dropped
+
+
+@dataclass
+class MedsDataset:
+    """An opened, checked MEDS dataset dir.
+
+    Attributes:
+        root: the dataset dir.
+        shards: split -> its shards (only splits that have data).
+        aliases: folder name -> split it was read as (empty when the names are the standard ones).
+        null_time_codes: code -> number of rows with a null time whose code is not static; every
+            reader drops these rows.
+        metadata: `metadata/dataset.json` as a dict ({} when absent or unreadable).
+    """
+
+    root: Path
+    shards: dict[str, list[Shard]]
+    aliases: dict[str, str] = field(default_factory=dict)
+    null_time_codes: dict[str, int] = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
+
+    def __fspath__(self) -> str:
+        return str(self.root)
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    def paths(self) -> list[Path]:
+        """Every distinct shard file, sorted (a flat shard is listed once, not once per split)."""
+        return sorted({s.path for shards in self.shards.values() for s in shards})
+
+    def subject_splits(self) -> pl.DataFrame:
+        """subject_id (Int64) -> split (String), one row per subject."""
+        frames = []
+        for split, shards in self.shards.items():
+            for s in shards:
+                ids = s.subjects.cast(pl.Int64).to_frame(SUBJECT_ID) if s.subjects is not None else (
+                    pl.scan_parquet(s.path).select(pl.col(SUBJECT_ID).cast(pl.Int64)).unique().collect())
+                frames.append(ids.with_columns(pl.lit(split).alias("split")))
+        if not frames:
+            return pl.DataFrame(schema={SUBJECT_ID: pl.Int64, "split": pl.String})
+        return pl.concat(frames).unique(SUBJECT_ID, keep="first", maintain_order=True)
+
+
+def open_meds(meds_dir: str | os.PathLike, check_static: bool = True) -> MedsDataset:
+    """Open a MEDS dataset dir: find its split shards and check their columns.
+
+    Args:
+        meds_dir: the dataset dir (holding `data/` and usually `metadata/`).
+        check_static: scan every shard once for null-time rows of non-static codes, warn about
+            them and record them in `null_time_codes` (the readers then drop them).
+
+    Returns:
+        A MedsDataset.
+
+    Raises:
+        UserError: not a MEDS dir, no shards, unknown split folders, shards beside split folders,
+            a flat layout without subject_splits.parquet, or a shard lacking a MEDS 0.4 column.
+    """
+    root = Path(meds_dir)
+    if not root.is_dir():
+        raise UserError(f"MEDS dataset {root} not found")
+    data = root / DATA_DIR
+    if not data.is_dir():
+        raise UserError(f"{root} is not a MEDS dataset: no {DATA_DIR}/ directory")
+    folders = sorted(p.name for p in data.iterdir()
+                     if p.is_dir() and not p.name.startswith(".") and any(p.rglob("*.parquet")))
+    loose = sorted(data.glob("*.parquet"))
+    aliases: dict[str, str] = {}
+    shards: dict[str, list[Shard]] = {}
+    split_named = [f for f in folders if f in SPLITS or f in SPLIT_ALIASES]
+    if folders and not split_named and (root / SUBJECT_SPLITS_FILE).is_file():
+        folders = []  # shard folders that are not splits (meds_etl): the splits come from metadata
+    if folders:
+        unknown = [f for f in folders if f not in SPLITS and f not in SPLIT_ALIASES]
+        if unknown:
+            raise UserError(
+                f"{data}: split folder(s) {', '.join(unknown)} are not MEDS splits ({', '.join(SPLITS)}; "
+                f"known aliases {', '.join(sorted(SPLIT_ALIASES))}); rename them or use a flat layout with "
+                f"{SUBJECT_SPLITS_FILE}")
+        if loose:
+            raise UserError(f"{data}: {len(loose)} parquet file(s) lie beside the split folders "
+                            f"{', '.join(folders)}; put every shard in a split folder")
+        for f in folders:
+            split = f if f in SPLITS else SPLIT_ALIASES[f]
+            if split != f:
+                aliases[f] = split
+            files = sorted((data / f).rglob("*.parquet"))
+            shards.setdefault(split, []).extend(Shard(p, split) for p in files)
+        clash = [s for s in shards if sum(1 for f in folders if (SPLIT_ALIASES.get(f, f)) == s) > 1]
+        if clash:
+            raise UserError(f"{data}: several folders map to split {clash[0]!r} ({', '.join(folders)})")
+        if aliases:
+            warn(f"{data}: read split folder(s) " + ", ".join(f"{a} as {s}" for a, s in aliases.items()))
+    else:
+        files = sorted(data.rglob("*.parquet"))
+        if not files:
+            raise UserError(f"{data} holds no parquet shards")
+        splits_path = root / SUBJECT_SPLITS_FILE
+        if not splits_path.is_file():
+            raise UserError(f"{root}: shards are not in {DATA_DIR}/<split>/ and {SUBJECT_SPLITS_FILE} is missing")
+        sp = pl.read_parquet(splits_path)
+        for col in (SUBJECT_ID, "split"):
+            if col not in sp.columns:
+                old = [o for o, c in LEGACY_COLUMNS.items() if c == col and o in sp.columns]
+                found = f" (found {old[0]!r}: the name used before MEDS 0.4)" if old else ""
+                raise UserError(f"{splits_path} lacks column {col!r}{found}; ehrfm reads MEDS {MEDS_VERSION} "
+                                f"subject splits ({SUBJECT_ID}, split)")
+        names = sorted(set(sp["split"].drop_nulls().to_list()))
+        unknown = [n for n in names if n not in SPLITS and n not in SPLIT_ALIASES]
+        if unknown:
+            raise UserError(f"{splits_path}: split name(s) {', '.join(unknown)} are not MEDS splits ({', '.join(SPLITS)})")
+        for n in names:
+            split = SPLIT_ALIASES.get(n, n)
+            if split != n:
+                aliases[n] = split
+            ids = sp.filter(pl.col("split") == n)[SUBJECT_ID]
+            shards.setdefault(split, []).extend(Shard(p, split, ids) for p in files)
+        if aliases:
+            warn(f"{splits_path}: read split name(s) " + ", ".join(f"{a} as {s}" for a, s in aliases.items()))
+        for p in files:
+            check_columns(p)
+        ids = pl.concat([pl.scan_parquet(p).select(pl.col(SUBJECT_ID).cast(pl.Int64)) for p in files]).unique()
+        n_out = ids.join(sp.lazy().select(pl.col(SUBJECT_ID).cast(pl.Int64), "split").drop_nulls(), on=SUBJECT_ID,
+                         how="anti").select(pl.len()).collect().item()
+        if n_out:
+            warn(f"{splits_path}: {n_out} subjects of the shards are in no split; every reader leaves them out")
+    ds = MedsDataset(root, {s: shards[s] for s in SPLITS if s in shards}, aliases, metadata=_metadata(root))
+    for path in ds.paths():
+        check_columns(path, ds.metadata)
+    if check_static:
+        ds.null_time_codes = null_time_codes(ds.paths())
+        drop = tuple(sorted(ds.null_time_codes))
+        ds.shards = {k: [dataclasses.replace(s, drop_null_time=drop) for s in v] for k, v in ds.shards.items()}
+        if ds.null_time_codes:
+            parts = ", ".join(f"{c} ({n} rows)" for c, n in sorted(ds.null_time_codes.items()))
+            warn(f"{root}: dropped rows with a null time whose code is not static: {parts}; "
+                 "only static codes (e.g. GENDER//F) may lack a time")
+    return ds
+
+
+def _metadata(root: Path) -> dict:
+    path = root / DATASET_METADATA_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def check_columns(path: Path, metadata: dict | None = None) -> dict:
+    """The parquet schema of one shard, after checking it has the MEDS 0.4 columns.
+
+    Raises:
+        UserError: naming the file, the missing column, the older name found (if any) and the
+            MEDS version expected.
+    """
+    try:
+        schema = pl.read_parquet_schema(path)
+    except Exception as e:  # pyarrow/polars raise several types for a non-parquet file
+        raise UserError(f"MEDS shard {path} is not a readable parquet file ({type(e).__name__})") from None
+    for col in REQUIRED_COLUMNS:
+        if col in schema:
+            continue
+        old = [o for o, new in LEGACY_COLUMNS.items() if new == col and o in schema]
+        found = f" (found {old[0]!r}: the name used before MEDS 0.4)" if old else ""
+        version = (metadata or {}).get("meds_version")
+        said = f"; its metadata says meds_version {version}" if version else ""
+        raise UserError(f"MEDS shard {path} lacks column {col!r}{found}; ehrfm reads MEDS {MEDS_VERSION} data "
+                        f"({', '.join(REQUIRED_COLUMNS)}){said}")
+    return schema
+
+
+def is_never_static(code: pl.Expr) -> pl.Expr:
+    """True for codes that name an event (a time is part of their meaning)."""
+    expr = code.is_in(list(NEVER_STATIC_CODES))
+    for p in EVENT_PREFIXES:
+        expr = expr | code.str.starts_with(p)
+    return expr
+
+
+def null_time_codes(paths: Iterable[Path]) -> dict[str, int]:
+    """code -> count of null-time rows whose code is not static (rules in the module docstring)."""
+    paths = list(paths)
+    if not paths:
+        return {}
+    lf = pl.concat([pl.scan_parquet(p).select(pl.col(CODE).cast(pl.String), pl.col(TIME)) for p in paths],
+                   how="vertical_relaxed")
+    nulls = lf.filter(pl.col(TIME).is_null()).group_by(CODE).agg(pl.len().alias("n")).collect()
+    if nulls.height == 0:
+        return {}
+    timed = set(lf.filter(pl.col(TIME).is_not_null() & pl.col(CODE).is_in(nulls[CODE].implode()))
+                .select(CODE).unique().collect()[CODE].to_list())
+    bad = nulls.filter(is_never_static(pl.col(CODE)) | pl.col(CODE).is_in(list(timed)))
+    return {c: int(n) for c, n in bad.sort(CODE).iter_rows() if c is not None}
+
+
+def scan_shard(shard: Shard | Path, columns: Iterable[str] = REQUIRED_COLUMNS) -> pl.LazyFrame:
+    """A lazy frame of one shard's `columns` (subject_id Int64, time Datetime(us), code String,
+    numeric_value Float64; a missing optional column is all null), filtered to the shard's
+    subjects and without its non-static null-time rows (`Shard.drop_null_time`)."""
+    path = shard.path if isinstance(shard, Shard) else Path(shard)
+    schema = check_columns(path)
+    columns = list(dict.fromkeys([*columns]))
+    present = [c for c in columns if c in schema]
+    lf = pl.scan_parquet(path).select(present)
+    casts = {SUBJECT_ID: pl.Int64, TIME: pl.Datetime("us"), CODE: pl.String, NUMERIC_VALUE: pl.Float64}
+    lf = lf.with_columns([pl.lit(None, casts.get(c, pl.String)).alias(c) for c in columns if c not in schema])
+    lf = lf.with_columns([pl.col(c).cast(t) for c, t in casts.items() if c in columns]).select(columns)
+    if isinstance(shard, Shard) and shard.subjects is not None:
+        lf = lf.filter(pl.col(SUBJECT_ID).is_in(shard.subjects.cast(pl.Int64).implode()))
+    if isinstance(shard, Shard) and shard.drop_null_time and TIME in columns and CODE in columns:
+        lf = lf.filter(~(pl.col(TIME).is_null() & pl.col(CODE).is_in(list(shard.drop_null_time))))
+    return lf
+
+
+def read_shard(shard: Shard | Path, columns: Iterable[str] = REQUIRED_COLUMNS) -> pl.DataFrame:
+    """`scan_shard` collected, refusing null subject_id or code with a count (never values).
+
+    Raises:
+        UserError: a shard with rows whose subject_id or code is null, or whose columns cannot be
+            cast to the MEDS types.
+    """
+    path = shard.path if isinstance(shard, Shard) else Path(shard)
+    try:
+        df = scan_shard(shard, columns).collect()
+    except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError, pl.exceptions.SchemaError) as e:
+        raise UserError(f"MEDS shard {path}: columns cannot be cast to the MEDS types ({type(e).__name__})") from None
+    n_null = sum(df[c].null_count() for c in (SUBJECT_ID, CODE) if c in df.columns)
+    if n_null:
+        raise UserError(f"MEDS shard {path}: {n_null} rows with a null {SUBJECT_ID} or {CODE}")
+    return df
+
+
+def scan_shards(shards: Iterable[Shard | Path], columns: Iterable[str] = REQUIRED_COLUMNS) -> pl.LazyFrame:
+    """Several shards as one lazy frame (see `scan_shard`)."""
+    columns = list(columns)
+    return pl.concat([scan_shard(s, columns) for s in shards], how="vertical_relaxed")

@@ -1,0 +1,188 @@
+"""The one MEDS reader (ehrfm.meds_io) as every command sees it: MEDS 0.3 shards, split folders
+with other names, and non-static codes with a null time. Small hand-made datasets, invented values."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+try:  # main moved the CLI into the app layer, ehrfm/app/ (issue 16); this branch predates it
+    from ehrfm.app.cli import main
+except ImportError:
+    from ehrfm.cli import main
+from ehrfm.clinical.labels import make_labels, write_labels
+from ehrfm.errors import UserError
+from ehrfm.meds_io import open_meds
+from ehrfm.tokens import TokenDir
+
+T0 = datetime(2150, 1, 1, 8, 0)
+ADM = "HOSPITAL_ADMISSION//EW EMER.//EMERGENCY ROOM"
+
+
+def subject(sid: int, died: bool = False, death_time_null: bool = False) -> list[tuple]:
+    """One subject: gender (static), birth, a 3-day stay with labs; optionally a death."""
+    ev = [(sid, None, "GENDER//F" if sid % 2 else "GENDER//M", None), (sid, datetime(2100, 1, 1), "MEDS_BIRTH", None),
+          (sid, T0, ADM, None)]
+    ev += [(sid, T0 + timedelta(hours=6 * k), "LAB//1//mg/dL", float(sid % 7 + k)) for k in range(1, 6)]
+    dis = T0 + timedelta(days=3)
+    ev.append((sid, dis, "HOSPITAL_DISCHARGE//DIED" if died else "HOSPITAL_DISCHARGE//HOME", None))
+    if died:
+        ev.append((sid, None if death_time_null else dis, "MEDS_DEATH", None))
+    return ev
+
+
+def write_shard(path: Path, events: list[tuple], id_column: str = "subject_id") -> None:
+    rows = sorted(events, key=lambda r: (r[0], r[1] is not None, r[1] or datetime.min))
+    table = pa.table({
+        id_column: pa.array([r[0] for r in rows], pa.int64()),
+        "time": pa.array([r[1] for r in rows], pa.timestamp("us")),
+        "code": pa.array([r[2] for r in rows], pa.string()),
+        "numeric_value": pa.array([r[3] for r in rows], pa.float32()),
+    })
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+
+
+def write_dataset(root: Path, folders: dict[str, list[int]], id_column: str = "subject_id", **subject_opts) -> Path:
+    for folder, sids in folders.items():
+        write_shard(root / "data" / folder / "0.parquet", [e for s in sids for e in subject(s, **subject_opts)], id_column)
+    return root
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+# --- fault 7: MEDS 0.3 (patient_id) -----------------------------------------------------------------
+def test_meds_03_shards_are_refused_by_every_reader_in_one_line(tmp_path, capsys):
+    ok = write_dataset(tmp_path / "ok", {"train": list(range(1, 9))})
+    labels, info = make_labels(ok, "long_los")
+    write_labels(labels, tmp_path / "los.parquet", info)
+    old = write_dataset(tmp_path / "old", {"train": list(range(1, 9))}, id_column="patient_id")
+    commands = {
+        "tokenize": ["tokenize", str(old), "--out", str(tmp_path / "tok")],
+        "labels": ["labels", str(old), "--task", "all", "--out", str(tmp_path / "lab")],
+        "baseline": ["baseline", str(old), "--labels", str(tmp_path / "los.parquet"), "--out", str(tmp_path / "base")],
+        "audit": ["audit", str(old), "--labels", str(tmp_path / "los.parquet")],
+    }
+    for name, argv in commands.items():
+        assert main(argv) == 2, name
+        line = one_error_line(capsys)
+        assert str(old / "data" / "train" / "0.parquet") in line, (name, line)
+        assert "lacks column 'subject_id'" in line and "'patient_id'" in line and "MEDS 0.4" in line, (name, line)
+    assert not any((tmp_path / n).exists() for n in ("tok", "lab", "base"))
+    # the same for a MEDS 0.3 label file and a 0.3 flat layout's subject_splits.parquet
+    pq.write_table(pq.read_table(tmp_path / "los.parquet").rename_columns(["patient_id", "prediction_time", "boolean_value"]),
+                   tmp_path / "old_labels.parquet")
+    assert main(["baseline", str(ok), "--labels", str(tmp_path / "old_labels.parquet"), "--out", str(tmp_path / "b2")]) == 2
+    line = one_error_line(capsys)
+    assert "old_labels.parquet lacks column 'subject_id' (found 'patient_id'" in line and "MEDS 0.4" in line
+    flat = tmp_path / "flat"
+    write_shard(flat / "data" / "0.parquet", subject(1))
+    (flat / "metadata").mkdir()
+    pl.DataFrame({"patient_id": [1], "split": ["train"]}).write_parquet(flat / "metadata" / "subject_splits.parquet")
+    assert main(["tokenize", str(flat), "--out", str(tmp_path / "tok")]) == 2
+    line = one_error_line(capsys)
+    assert "subject_splits.parquet lacks column 'subject_id' (found 'patient_id'" in line and "MEDS 0.4" in line
+
+
+# --- fault 8: split folders with other names ----------------------------------------------------------
+def test_split_aliases_are_mapped_and_said(tmp_path, capsys):
+    meds = write_dataset(tmp_path / "meds", {"train": list(range(1, 15)), "val": [15, 16, 17], "test": [18, 19, 20]})
+    assert main(["tokenize", str(meds), "--out", str(tmp_path / "tok"), "--min-count", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "val as tuning" in err and "test as held_out" in err
+    stats = json.loads((tmp_path / "tok" / "stats.json").read_text())
+    assert {s: v["subjects"] for s, v in stats["splits"].items()} == {"train": 14, "tuning": 3, "held_out": 3}
+    assert stats["split_aliases"] == {"test": "held_out", "val": "tuning"}
+    assert TokenDir(tmp_path / "tok").split("held_out").subject_ids.tolist() == [18, 19, 20]
+
+
+def test_unknown_split_folders_are_refused_by_name(tmp_path, capsys):
+    meds = write_dataset(tmp_path / "meds", {"train": list(range(1, 9)), "fold_1": [9, 10], "extra": [11]})
+    assert main(["tokenize", str(meds), "--out", str(tmp_path / "tok")]) == 2
+    line = one_error_line(capsys)
+    assert "extra, fold_1" in line and "not MEDS splits" in line
+    assert not (tmp_path / "tok").exists()
+    # A flat layout whose subject_splits.parquet uses an alias is mapped the same way.
+    flat = tmp_path / "flat"
+    write_shard(flat / "data" / "0.parquet", [e for s in range(1, 6) for e in subject(s)])
+    (flat / "metadata").mkdir()
+    pl.DataFrame({"subject_id": [1, 2, 3, 5], "split": ["train", "train", "train", "test"]}).write_parquet(
+        flat / "metadata" / "subject_splits.parquet")
+    capsys.readouterr()
+    open_meds(flat)
+    assert "1 subjects of the shards are in no split" in capsys.readouterr().err  # subject 4: said, not silent
+    pl.DataFrame({"subject_id": [1, 2, 3, 4, 5], "split": ["train", "train", "train", "val", "test"]}).write_parquet(
+        flat / "metadata" / "subject_splits.parquet")
+    ds = open_meds(flat)
+    assert {s: len(v) for s, v in ds.shards.items()} == {"train": 1, "tuning": 1, "held_out": 1}
+    # shard folders that are not split names (meds_etl) take their splits from the metadata too
+    (flat / "data" / "0.parquet").rename(flat / "data" / "shard_0.parquet")
+    (flat / "data" / "part").mkdir()
+    (flat / "data" / "shard_0.parquet").rename(flat / "data" / "part" / "0.parquet")
+    assert open_meds(flat).subject_splits().height == 5
+    assert ds.subject_splits().sort("subject_id")["split"].to_list() == ["train", "train", "train", "tuning", "held_out"]
+
+
+# --- fault 9: a non-static code with a null time ----------------------------------------------------
+def test_null_time_death_is_never_static(tmp_path, capsys):
+    # Subjects 1-3 die with a null-time MEDS_DEATH (another ETL's output); the death must not
+    # become a static token at the start of every history, nor a count feature.
+    meds = tmp_path / "meds"
+    events = [e for s in range(1, 4) for e in subject(s, died=True, death_time_null=True)]
+    events += [e for s in range(4, 13) for e in subject(s)]
+    write_shard(meds / "data" / "train" / "0.parquet", events)
+    assert main(["tokenize", str(meds), "--out", str(tmp_path / "tok"), "--min-count", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "MEDS_DEATH (3 rows)" in err
+    td = TokenDir(tmp_path / "tok")
+    assert "MEDS_DEATH" not in td.vocab  # its only rows were the null-time ones
+    assert "GENDER//F" in td.vocab  # truly static codes stay static
+    stats = json.loads((tmp_path / "tok" / "stats.json").read_text())
+    assert stats["dropped_null_time_rows"] == {"MEDS_DEATH": 3}
+    start = td.vocab.index("TIMELINE_START")
+    toks = np.asarray(td.split("train").tokens)
+    assert (toks == start).sum() == 12
+    # labels count the deaths without a time; the DIED discharge still marks the deaths
+    labels, info = make_labels(meds, "in_hospital_mortality")
+    assert info["deaths"]["deaths_without_time"] == 3
+    assert info["dropped_null_time_rows"] == {"MEDS_DEATH": 3}
+    assert labels["boolean_value"].sum() == 3
+
+
+def test_null_time_rows_of_a_timed_code_are_dropped_and_counted(tmp_path, capsys):
+    from ehrfm.clinical.baseline import count_features
+
+    meds = tmp_path / "meds"
+    events = [e for s in range(1, 5) for e in subject(s)]
+    events += [(1, None, "LAB//1//mg/dL", 3.0), (2, None, "LAB//1//mg/dL", 4.0), (3, None, "RACE//WHITE", None)]
+    write_shard(meds / "data" / "train" / "0.parquet", events)
+    ds = open_meds(meds)
+    assert ds.null_time_codes == {"LAB//1//mg/dL": 2}  # RACE//WHITE never has a time: static
+    assert "LAB//1//mg/dL (2 rows)" in capsys.readouterr().err
+    labels = pl.DataFrame({"label_idx": [0], "subject_id": [1], "prediction_time": [T0 + timedelta(hours=1)]})
+    counts, _ = count_features(ds, labels, [("full", None)])
+    got = dict(counts.select("feature", "count").iter_rows())
+    assert got == {"full/GENDER//F": 1, "full/MEDS_BIRTH": 1, f"full/{ADM}": 1}
+
+
+def test_open_meds_refuses_bad_layouts(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        open_meds(tmp_path / "nope")
+    flat = tmp_path / "flat"
+    write_shard(flat / "data" / "0.parquet", subject(1))
+    with pytest.raises(UserError, match="subject_splits.parquet is missing"):
+        open_meds(flat)
+    write_shard(flat / "data" / "train" / "0.parquet", subject(2))
+    with pytest.raises(UserError, match="beside the split folders train"):
+        open_meds(flat)
