@@ -639,7 +639,9 @@ def write_fits(fit: FitResult, out: str | Path, results: Results | None = None, 
 def runs_frame(res: Results):
     import polars as pl
 
-    cols = dict(run_id=res.run_id, budget=res.budget, n_params=res.n_params, tokens=res.tokens, flops=res.flops, loss=res.loss)
+    # The fitted loss keeps its column name, so the unit stays with it (loss or loss_per_event).
+    cols = {"run_id": res.run_id, "budget": res.budget, "n_params": res.n_params, "tokens": res.tokens, "flops": res.flops,
+            res.loss_column: res.loss}
     cols.update({k: v for k, v in res.utility.items()})
     if res.unique_tokens is not None:
         cols["unique_tokens"] = res.unique_tokens

@@ -63,6 +63,8 @@ def test_cli_loss_column(table, tmp_path):
     assert "loss loss_per_event (nats/event)" in p.stdout
     assert json.loads((tmp_path / "fit/fits.json").read_text())["inputs"]["loss_unit"] == "nats/event"
     assert "(nats/event)" in (tmp_path / "fit/fits.md").read_text()
+    runs = pl.read_parquet(tmp_path / "fit/runs.parquet")
+    assert "loss" not in runs.columns and runs["loss_per_event"].to_list() == table["loss_per_event"].to_list()
     table.drop("loss_per_event").write_parquet(path)
     p = run("--out", tmp_path / "fit2", "--loss-column", "loss_per_event")
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "lacks column loss_per_event" in p.stderr

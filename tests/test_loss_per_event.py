@@ -76,3 +76,9 @@ def test_event_head_mask_of_a_hierarchical_tokenizer(small_meds, tmp_path):
                         "DIAGNOSIS//ICD//10//3-6//9", "PROCEDURE//ICD//10//7//Z"}
     ids = [td.token_id(t) for t in ("TIMELINE_START", "DIAGNOSIS//ICD//10//I21", "DIAGNOSIS//ICD//10//3-6//9", "Q3")]
     assert td.count_events(ids + [-100]) == 1
+
+
+def test_event_head_mask_of_a_hand_made_tokenizer_without_special_tokens(tmp_path):
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"vocab": ["PAD", "UNK", "TIMELINE_END", "CODE//0"]}))
+    td = TokenDir(tmp_path)
+    assert td.code_mode == "flat" and td.event_head_mask.tolist() == [False, True, False, True]
