@@ -33,7 +33,7 @@ def _fit(args) -> int:
     from ehrfm.io import summary
 
     cfg = FitConfig(approaches=args.approach, bootstrap=args.bootstrap, seed=args.seed, require_interior=not args.keep_exterior)
-    results = load_results(args.results)
+    results = load_results(args.results, loss_column=args.loss_column)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FitWarning)  # printed below, once, as part of the table
         fit = fit_results(results, config=cfg)
@@ -43,7 +43,8 @@ def _fit(args) -> int:
     missing = [str(k) for k in cfg.approaches if getattr(fit, f"approach{k}") is None]
     summary(f"fit: {fit.n_fitted} runs ({len(fit.excluded)} excluded), approaches {','.join(fitted)} fitted"
             + (f" ({','.join(missing)} could not be)" if missing else "")
-            + f", {len(fit.utility)} utility laws, {cfg.bootstrap} bootstrap replicates -> {args.out}")
+            + f", {len(fit.utility)} utility laws, {cfg.bootstrap} bootstrap replicates, "
+            f"loss {results.loss_column} ({results.loss_unit}) -> {args.out}")
     return 0
 
 
@@ -75,6 +76,9 @@ def register(sub):
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     p.add_argument("--keep-exterior", action="store_true", help="keep IsoFLOP minima outside the sampled sizes in the power laws")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG/PDF plots")
+    p.add_argument("--loss-column", choices=("loss", "loss_per_event"), default="loss",
+                   help="the loss to fit: loss (held-out nats/token, default) or loss_per_event (nats/event, "
+                        "to compare token dirs whose tokens per event differ, e.g. --codes hierarchical vs flat)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_fit)
 

@@ -7,7 +7,9 @@ utility against compute, and bootstrap intervals for every fitted quantity.
     print(format_fit_table(fit))               # markdown
 
 Conventions: C is the table's `flops` (6 N D when absent); N is non-embedding parameters; D is
-training tokens; losses are held-out nats/token. Intervals are percentile bootstrap intervals
+training tokens; losses are held-out nats/token (the table's `loss`, the default) or nats/event
+(`loss_per_event`, load_results(..., loss_column=)): fits.json's inputs name the column and its
+unit, and fits.md says which it fits. Intervals are percentile bootstrap intervals
 over replicates that resample runs (Approach 2: runs within each IsoFLOP budget).
 """
 
@@ -605,6 +607,7 @@ def fit_results(table, approaches=(1, 2, 3), bootstrap: int = 1000, seed: int = 
         unique_tokens=float(unique.max()) if unique.size else None, multi_epoch=res.multi_epoch,
         max_epochs=float(np.nanmax(res.epochs)) if res.epochs is not None and np.isfinite(res.epochs).any() else None,
         vocab_size=res.vocab_size, context=res.context, utility_columns=sorted(res.utility),
+        loss_column=res.loss_column, loss_unit=res.loss_unit,
     )
     return FitResult(
         approach1=a1, approach2=a2, approach3=a3, utility=util, n_runs=res.n_rows, n_fitted=res.n,
@@ -644,7 +647,9 @@ def write_fits(fit: FitResult, out: str | Path, results: Results | None = None, 
 def runs_frame(res: Results):
     import polars as pl
 
-    cols = dict(run_id=res.run_id, budget=res.budget, n_params=res.n_params, tokens=res.tokens, flops=res.flops, loss=res.loss)
+    # The fitted loss keeps its column name, so the unit stays with it (loss or loss_per_event).
+    cols = {"run_id": res.run_id, "budget": res.budget, "n_params": res.n_params, "tokens": res.tokens, "flops": res.flops,
+            res.loss_column: res.loss}
     cols.update({k: v for k, v in res.utility.items()})
     if res.unique_tokens is not None:
         cols["unique_tokens"] = res.unique_tokens
@@ -656,9 +661,10 @@ def runs_frame(res: Results):
 def format_fit_table(fit: FitResult) -> str:
     """A compact markdown summary: one row per approach, then per-budget and utility rows."""
     pct = int(round(fit.config.confidence * 100))
+    column, unit = fit.inputs.get("loss_column", "loss"), fit.inputs.get("loss_unit", "nats/token")
     lines = [
         f"Fitted {fit.n_fitted} of {fit.n_runs} runs ({len(fit.excluded)} excluded); {pct}% bootstrap intervals, "
-        f"{fit.config.bootstrap} replicates, seed {fit.config.seed}.",
+        f"{fit.config.bootstrap} replicates, seed {fit.config.seed}. Loss fitted: held-out {column} ({unit}).",
         "",
         "| approach | a (N_opt ~ C^a) | b (D_opt ~ C^b) | details |",
         "|---|---|---|---|",
@@ -676,7 +682,7 @@ def format_fit_table(fit: FitResult) -> str:
             f"B={format_ci(f.B, f.B_ci)}, alpha={format_ci(f.alpha, f.alpha_ci)}, beta={format_ci(f.beta, f.beta_ci)} |"
         )
     if fit.approach2:
-        lines += ["", "| budget (FLOPs) | runs | N_opt | D_opt | L_min (nats/token) | R^2 | used |", "|---|---|---|---|---|---|---|"]
+        lines += ["", f"| budget (FLOPs) | runs | N_opt | D_opt | L_min ({unit}) | R^2 | used |", "|---|---|---|---|---|---|---|"]
         for bf in fit.approach2.budgets:
             used = "yes" if bf.used else f"no: {bf.reason}"
             lines.append(

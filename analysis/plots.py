@@ -108,7 +108,7 @@ def plot_isoflops(ax, fit, results) -> None:
                 ax.scatter([bf.n_opt], [bf.loss_min], marker="*", s=110, color=col, edgecolor="black", lw=0.6, zorder=4)
     _log_x(ax)
     ax.set_xlabel("Non-embedding parameters N")
-    ax.set_ylabel("Held-out loss (nats/token)")
+    ax.set_ylabel(f"Held-out loss ({results.loss_unit})")
     ax.set_title("IsoFLOP curves (stars: parabola minima)" if fit.approach2 else "IsoFLOP runs (Approach 2 not fitted)")
     ax.legend(fontsize=7, title="budget", title_fontsize=7, frameon=False, loc="best")
     ax.grid(True, which="major", alpha=0.3)
@@ -184,7 +184,7 @@ def plot_frontier(ax, fit, results) -> None:
     ax.set_ylim(lo / 1.1, hi * 1.1)
     _log_x(ax)
     ax.set_xlabel("Training compute C (FLOPs)")
-    ax.set_ylabel("Held-out loss (nats/token)")
+    ax.set_ylabel(f"Held-out loss ({results.loss_unit})")
     if hi / lo > 3:  # a log loss axis only pays off over a wide range; a narrow one gets linear ticks
         from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 

@@ -34,7 +34,7 @@ class ApproachPrediction:
     n_opt_ci: list[float]
     d_opt: float
     d_opt_ci: list[float]
-    loss: float  # predicted held-out loss (nats/token) at (N_opt, D_opt)
+    loss: float  # predicted held-out loss (in the fit's loss unit, Recommendation.loss_unit) at (N_opt, D_opt)
     loss_ci: list[float]
 
 
@@ -57,6 +57,7 @@ class Recommendation:
     shape: dict | None  # the data-constrained optimum when the data must be repeated, else N_opt
     max_fitted_budget: float
     warnings: list[str] = field(default_factory=list)
+    loss_unit: str = "nats/token"  # of the fitted loss column (fits.json inputs; nats/event for loss_per_event)
 
 
 def _predict_12(fits: dict, draws: dict, k: int, c: float, conf: float) -> ApproachPrediction | None:
@@ -222,7 +223,7 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
         flops=float(flops), approach=head.approach, n_opt=head.n_opt, n_opt_ci=head.n_opt_ci, d_opt=head.d_opt,
         d_opt_ci=head.d_opt_ci, loss=head.loss, loss_ci=head.loss_ci, per_approach=preds,
         unique_tokens=float(unique) if unique else None, epochs=epochs, data_constrained=constrained, utility=utility,
-        shape=shape, max_fitted_budget=max_budget, warnings=notes,
+        shape=shape, max_fitted_budget=max_budget, warnings=notes, loss_unit=inputs.get("loss_unit", "nats/token"),
     )
 
 
@@ -230,9 +231,9 @@ def format_recommendation(rec: Recommendation) -> str:
     """Markdown: the headline, one row per approach, the shape, repeated-data and utility notes."""
     lines = [
         f"Budget {rec.flops:.3g} FLOPs (Approach {rec.approach}): N_opt {format_ci(rec.n_opt, rec.n_opt_ci)} non-embedding parameters, "
-        f"D_opt {format_ci(rec.d_opt, rec.d_opt_ci)} tokens, predicted loss {format_ci(rec.loss, rec.loss_ci, '{:.4g}')} nats/token.",
+        f"D_opt {format_ci(rec.d_opt, rec.d_opt_ci)} tokens, predicted loss {format_ci(rec.loss, rec.loss_ci, '{:.4g}')} {rec.loss_unit}.",
         "",
-        "| approach | N_opt | D_opt | loss (nats/token) |",
+        f"| approach | N_opt | D_opt | loss ({rec.loss_unit}) |",
         "|---|---|---|---|",
     ]
     for p in rec.per_approach:

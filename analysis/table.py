@@ -1,6 +1,8 @@
 """Reading and checking the results table (DESIGN.md section 4), the only input of this stage.
 
-Required columns: n_params, tokens, loss. Used when present: run_id, status, flops, budget,
+Required columns: n_params, tokens, and the loss column (default `loss`, held-out nats/token;
+`loss_per_event`, held-out nats/event, compares runs on token dirs whose tokens per event differ,
+e.g. hierarchical vs flat codes). Used when present: run_id, status, flops, budget,
 auroc/<task>, auprc/<task>, auroc_se/<task> (the standard error of auroc/<task>, used by the
 utility bootstrap), and these optional columns (written by sweeps, or by hand):
   - unique_tokens: distinct training tokens available to the run (the size of the data set);
@@ -23,6 +25,9 @@ import polars as pl
 from ehrfm.errors import UserError
 
 REQUIRED = ("n_params", "tokens", "loss")
+# The loss columns the trainer and sweeps write, and their units (any other numeric column may be
+# fitted too; its unit is then unknown and reported as such).
+LOSS_UNITS = {"loss": "nats/token", "loss_per_event": "nats/event"}
 # Budgets within this many decades of each other are one IsoFLOP group when the table has no
 # budget column (or a null budget): planned budgets are normally >= 2x apart (0.3 decades).
 BUDGET_GROUP_DECADES = 0.05
@@ -47,6 +52,12 @@ class Results:
     context: int | None = None
     n_rows: int = 0
     excluded: list[dict] = field(default_factory=list)  # {"run_id", "reason"}
+    loss_column: str = "loss"  # the table column `loss` was read from
+
+    @property
+    def loss_unit(self) -> str:
+        """"nats/token" for `loss`, "nats/event" for `loss_per_event`, else "unknown unit"."""
+        return LOSS_UNITS.get(self.loss_column, "unknown unit")
 
     @property
     def n(self) -> int:
@@ -64,7 +75,7 @@ class Results:
             unique_tokens=pick(self.unique_tokens), epochs=pick(self.epochs),
             utility={k: v[mask] for k, v in self.utility.items()},
             utility_se={k: v[mask] for k, v in self.utility_se.items()}, vocab_size=self.vocab_size,
-            context=self.context, n_rows=self.n_rows, excluded=list(self.excluded),
+            context=self.context, n_rows=self.n_rows, excluded=list(self.excluded), loss_column=self.loss_column,
         )
 
 
@@ -126,18 +137,29 @@ def group_budgets(flops: np.ndarray, budget: np.ndarray | None = None) -> np.nda
     return out
 
 
-def load_results(table: str | Path | pl.DataFrame) -> Results:
-    """Read a results table (parquet, CSV or a polars DataFrame), check it and keep completed runs."""
+def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss") -> Results:
+    """Read a results table (parquet, CSV or a polars DataFrame), check it and keep completed runs.
+
+    Args:
+        table: the results table or its path.
+        loss_column: the column fitted as the loss: "loss" (nats/token, the default) or
+            "loss_per_event" (nats/event); Results.loss holds it, Results.loss_unit names its unit.
+
+    Raises:
+        UserError: unreadable table, a missing required column, or a completed run whose
+            required value is missing, NaN or non-positive (naming the column and run ids).
+    """
     if isinstance(table, pl.DataFrame):
         df, source = table, "<DataFrame>"
     else:
         source = str(table)
         df = _read_frame(Path(table))
-    missing = [c for c in REQUIRED if c not in df.columns]
+    required = ("n_params", "tokens", loss_column)
+    missing = [c for c in required if c not in df.columns]
     if missing:
         raise UserError(
             f"results table {source} lacks column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-            f"(needs n_params, tokens, loss; has {', '.join(df.columns[:12])})"
+            f"(needs {', '.join(required)}; has {', '.join(df.columns[:12])})"
         )
     n_rows = df.height
     if "run_id" in df.columns:
@@ -156,7 +178,7 @@ def load_results(table: str | Path | pl.DataFrame) -> Results:
             excluded.append({"run_id": str(run_id[i]), "reason": f"status {status[i]}"})
         keep &= status == "completed"
 
-    values = {c: _numeric(df, c, source) for c in REQUIRED}
+    values = {c: _numeric(df, c, source) for c in required}
     if "flops" in df.columns:
         values["flops"] = _numeric(df, "flops", source)
     for col, v in values.items():
@@ -205,10 +227,10 @@ def load_results(table: str | Path | pl.DataFrame) -> Results:
         return int(v.max()) if v.len() else None
 
     res = Results(
-        source=source, run_id=run_id, n_params=values["n_params"], tokens=values["tokens"], loss=values["loss"],
+        source=source, run_id=run_id, n_params=values["n_params"], tokens=values["tokens"], loss=values[loss_column],
         flops=flops, budget=np.full(n_rows, np.nan) if budget is None else budget, unique_tokens=unique_tokens,
         epochs=epochs, utility=utility, utility_se=utility_se, vocab_size=first_int("vocab_size"), context=first_int("context"),
-        n_rows=n_rows, excluded=excluded,
+        n_rows=n_rows, excluded=excluded, loss_column=loss_column,
     )
     res = res.subset(keep)
     res.budget = group_budgets(res.flops, res.budget)

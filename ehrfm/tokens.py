@@ -4,7 +4,8 @@ A token dir holds:
 
     tokenizer.json            everything fitted on train: vocab (index = token id), quantile edges,
                               interval bins, age bins, min_count (see tokenization/tokenize.py)
-    stats.json                subjects, events, tokens per split, vocab size
+    stats.json                subjects, events, code_events, tokens, unk_fraction, ... per split,
+                              vocab size, code mode (see tokenization.tokenize.tokenize)
     config.json               the TokenizeConfig that made it (meds_dir, min_count, ...)
     {split}/tokens.npy        flat uint16/uint32 token ids, all subjects concatenated
     {split}/times.npy         int64 microseconds since the epoch, one per token, aligned
@@ -121,6 +122,31 @@ class TokenDir:
     @property
     def pad_id(self) -> int:
         return self.token_id("PAD")
+
+    @cached_property
+    def code_mode(self) -> str:
+        """How the tokenizer split codes: "hierarchical" or "flat" (tokenizer.json without the key: flat)."""
+        return self.tokenizer.get("codes", "flat")
+
+    @cached_property
+    def event_head_mask(self) -> np.ndarray:
+        """bool, shape (vocab_size,): True for the tokens that open an event.
+
+        An event is one MEDS row emitted as code tokens (a static or timed code; MEDS_BIRTH is
+        not one, it becomes the age token). Each event opens with exactly one head token: its
+        code, its hierarchy head (category, chapter or a `<prefix>//*` fallback) or UNK. Interval,
+        quantile, age, TIMELINE_START/END, PAD and continuation tokens (the rest of a hierarchical
+        code) open none. So the events among any tokens are the head tokens among them, in
+        either code mode."""
+        # A hand-made tokenizer.json may list no special tokens: then only the framing ones are known.
+        special = set(self.tokenizer.get("special_tokens", ("PAD", "TIMELINE_START", "TIMELINE_END"))) - {"UNK"}
+        closed = special | set(self.tokenizer.get("continuation_tokens", []))
+        return np.array([t not in closed for t in self.vocab], dtype=bool)
+
+    def count_events(self, ids) -> int:
+        """Events opened among token ids (any shape; negative ids, e.g. ignored targets, skipped)."""
+        ids = np.asarray(ids).ravel()
+        return int(self.event_head_mask[ids[ids >= 0]].sum())
 
     # --- provenance and stats -------------------------------------------------------------------
     @cached_property

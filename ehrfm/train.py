@@ -24,7 +24,9 @@ re-groupings of the same sum).
 
 Held-out loss: the first eval_tokens tokens of the tuning split in file order (all of it when
 smaller), packed like training rows; nats per predicted token. Identical for every run on the
-same token dir and context, so losses compare across a sweep.
+same token dir and context, so losses compare across a sweep. loss_per_event (result.json): the
+same nats summed, over the events that open among the predicted positions (ehrfm.tokens:
+TokenDir.count_events), comparable across code modes whose tokens per event differ.
 
 Stops and faults:
 - SIGTERM / SIGUSR1 (or `request_stop()` from the same process) set a flag checked between
@@ -489,10 +491,15 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
     if not math.isfinite(val_loss):
         return _finish_diverged(cfg, dd, run_dir, base, step, val_loss, wall_s)
     session_s = time.perf_counter() - session_t0
+    # Tokens per event differ between code modes: compare runs by held-out nats per event
+    # (TokenDir.event_head_mask: the events whose first token is among the scored targets).
+    eval_events = td.count_events(eval_rows.targets)
     result = {
         "status": "completed",
         **base,
         "val_loss": val_loss,
+        "loss_per_event": val_loss * eval_rows.n_targets / eval_events if eval_events else None,
+        "eval_events": eval_events,
         "train_loss": train_loss,
         "eval_tokens": int(eval_n),
         "epochs": D / stream.epoch_tokens,

@@ -3,7 +3,8 @@
 results.parquet is the contract between training and analysis (DESIGN.md, results table):
     run_id str, budget float64 (null if unplanned), n_params int64, n_params_total int64,
     tokens int64, flops float64, loss float64 (held-out nats/token, null unless completed),
-    status str, error str
+    loss_per_event float64 (held-out nats/event, ehrfm.train; null unless completed, or for runs
+    made before it was recorded), status str, error str
 plus unique_tokens (the train split's tokens: the data available to every run) and epochs
 (tokens / unique_tokens); for tracing the shape (n_layer, d_model, n_head, context), vocab_size, seed, wall_s,
 tokens_per_s, job_id, and optional utility columns `auroc/<task>`, `auroc_se/<task>`, `auprc/<task>` (with
@@ -111,6 +112,7 @@ def collect_sweep(
                 "unique_tokens": sweep.train_tokens or None,
                 "epochs": tokens / sweep.train_tokens if tokens is not None and sweep.train_tokens else None,
                 "loss": float(result["val_loss"]) if completed else None,
+                "loss_per_event": _float_or_none(result.get("loss_per_event")) if completed else None,
                 "status": st.state,
                 "error": result.get("error"),
                 "n_layer": result.get("n_layer", planned.get("n_layer")),
@@ -132,7 +134,7 @@ def collect_sweep(
         [
             ("run_id", pa.string()), ("budget", pa.float64()), ("n_params", pa.int64()), ("n_params_total", pa.int64()),
             ("tokens", pa.int64()), ("flops", pa.float64()), ("unique_tokens", pa.int64()), ("epochs", pa.float64()),
-            ("loss", pa.float64()), ("status", pa.string()),
+            ("loss", pa.float64()), ("loss_per_event", pa.float64()), ("status", pa.string()),
             ("error", pa.string()), ("n_layer", pa.int64()), ("d_model", pa.int64()), ("n_head", pa.int64()),
             ("context", pa.int64()), ("vocab_size", pa.int64()), ("seed", pa.int64()), ("wall_s", pa.float64()),
             ("tokens_per_s", pa.float64()), ("job_id", pa.string()),
@@ -149,6 +151,10 @@ def collect_sweep(
     summary(f"collected {len(rows)} runs into {out}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
             + (f"; utility columns {', '.join(utility_columns)}" if utility_columns else ""))
     return out
+
+
+def _float_or_none(x) -> float | None:
+    return None if x is None else float(x)
 
 
 def _add_utility(sweep, sweep_dir: Path, rows: list[dict], labels: dict[str, Path], max_labels, seed) -> list[str]:

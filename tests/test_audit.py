@@ -11,10 +11,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-try:  # main moved the CLI into the app layer, ehrfm/app/ (issue 16); this branch predates it
-    from ehrfm.app.cli import main
-except ImportError:
-    from ehrfm.cli import main
+from ehrfm.app.cli import main
 from ehrfm.clinical.audit import audit, format_audit
 from ehrfm.clinical.labels import TASKS, make_labels, write_labels
 
@@ -151,10 +148,7 @@ def test_audit_on_real_mimic_demo(demo_meds, tmp_path):
 
 
 def test_demo_report_section(tmp_path):
-    try:  # ehrfm/app/demo.py on main (issue 16)
-        from ehrfm.app.demo import _audit_section
-    except ImportError:
-        from ehrfm.demo import _audit_section
+    from ehrfm.app.demo import _audit_section
 
     events = stay(1, 11, T0, T0 + d(3)) + stay(2, 21, T0, T0 + d(9), [(2, T0 + h(5), "MEDS_DEATH", 21)])
     meds = write_meds(tmp_path / "meds", events, {"date_only_codes": ["PROCEDURE//ICD//"]})

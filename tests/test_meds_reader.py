@@ -13,10 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-try:  # main moved the CLI into the app layer, ehrfm/app/ (issue 16); this branch predates it
-    from ehrfm.app.cli import main
-except ImportError:
-    from ehrfm.cli import main
+from ehrfm.app.cli import main
 from ehrfm.clinical.labels import make_labels, write_labels
 from ehrfm.errors import UserError
 from ehrfm.meds_io import open_meds

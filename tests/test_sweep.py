@@ -210,7 +210,7 @@ def test_local_sweep_completes_and_collects(local_sweep):
     assert c.returncode == 0, c.stderr
     table = pq.read_table(out / "results.parquet")
     expected = {"run_id": "string", "budget": "double", "n_params": "int64", "n_params_total": "int64", "tokens": "int64",
-                "flops": "double", "loss": "double", "status": "string"}
+                "flops": "double", "loss": "double", "loss_per_event": "double", "status": "string"}
     assert {name: str(table.schema.field(name).type) for name in expected} == expected
     results = {r["run_id"]: r for r in table.to_pylist()}
     assert set(results) == {r["run_id"] for r in rows}
@@ -219,6 +219,8 @@ def test_local_sweep_completes_and_collects(local_sweep):
         run_result = json.loads((out / "runs" / r["run_id"] / "result.json").read_text())
         assert got["status"] == "completed" and got["error"] is None
         assert got["loss"] == run_result["val_loss"] and 0 < got["loss"] < math.log(r["n_params"] + 1e9)
+        # Nats per event: the same held-out nats over fewer units (an event takes >= 1 token).
+        assert got["loss_per_event"] == run_result["loss_per_event"] > got["loss"]
         assert got["tokens"] == r["tokens"] == run_result["tokens"]
         assert got["n_params"] == r["n_params"] and got["budget"] == r["budget"]
         assert got["flops"] == pytest.approx(r["flops"])
@@ -255,6 +257,7 @@ def test_local_failed_run_is_recorded_and_retried_only_when_asked(synth_tokens, 
     assert ehrfm("sweep", "collect", out).returncode == 0
     table = {r["run_id"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
     assert table[bad]["status"] == "failed" and table[bad]["loss"] is None and "n_head=3" in table[bad]["error"]
+    assert table[bad]["loss_per_event"] is None
     assert sum(r["status"] == "completed" for r in table.values()) == 1
 
     again = ehrfm("sweep", "launch", out, "--executor", "local")

@@ -74,7 +74,11 @@ def test_exact_tokens_and_times_on_a_hand_made_dataset(hand_meds, tmp_path):
         + [us(T0 + dt.timedelta(days=200))] * 3
     low = td.decode(td.split("held_out").subject(0)[0])
     assert low[5] == "Q1" and low[8] == "Q10"  # below and above every train value
-    assert res["splits"]["tuning"]["unk_fraction"] == pytest.approx(1 / 7)
+    # 7 MEDS rows, 6 emitted as codes (MEDS_BIRTH becomes the age token), 1 of them UNK.
+    tun = res["splits"]["tuning"]
+    assert (tun["events"], tun["code_events"], tun["unk_events"]) == (7, 6, 1)
+    assert tun["unk_fraction"] == pytest.approx(1 / 6, abs=1e-6) and tun["code_tokens"] == 6
+    assert tun["tokens_per_event"] == pytest.approx(13 / 6, abs=1e-4)
 
 
 def test_interval_bins_follow_ethos(hand_meds, tmp_path):

@@ -44,7 +44,8 @@ def _tokenize(args) -> int:
         raise UserError("--out is required (or pass --decode to inspect a token dir)")
     from tokenization.tokenize import tokenize
 
-    tokenize(args.meds, args.out, tokenizer=args.tokenizer, overwrite=args.overwrite, min_count=args.min_count)
+    tokenize(args.meds, args.out, tokenizer=args.tokenizer, overwrite=args.overwrite, min_count=args.min_count,
+             codes=args.codes)
     return 0
 
 
@@ -109,6 +110,10 @@ def register(sub) -> None:
     p.add_argument("--out", help="output token directory")
     p.add_argument("--tokenizer", metavar="TOK0/tokenizer.json", help="apply this tokenizer unchanged instead of fitting")
     p.add_argument("--min-count", type=int, default=10, help="codes seen fewer times in train become UNK (default 10)")
+    p.add_argument("--codes", choices=("hierarchical", "flat"), default=None,
+                   help="hierarchical: ICD codes as ETHOS-style hierarchy tokens, rare codes fall back to their "
+                        "nearest frequent ancestor; flat: one token per code (default hierarchical; with "
+                        "--tokenizer, that tokenizer's mode)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     g = p.add_argument_group("decode (inspection)")
     g.add_argument("--decode", action="store_true", help="print one subject's tokens with their times")

@@ -1,23 +1,28 @@
 """MEDS dataset dir -> token dir: ETHOS-style event tokens (DESIGN.md section 2).
 
-    tokenize(meds, out, tokenizer=None, overwrite=False, min_count=10)
+    tokenize(meds, out, tokenizer=None, overwrite=False, min_count=10, codes=None)
 
 Fitted on the train split only (vocab, quantile edges) and applied unchanged to tuning and
 held_out; `tokenizer=<TOK0>/tokenizer.json` applies an existing tokenizer unchanged instead of
-fitting (to another MEDS dataset, or to keep ids comparable).
+fitting (to another MEDS dataset, or to keep ids comparable), its code mode included.
 
 Token conventions (others rely on them; they are also written into tokenizer.json):
-- Code tokens are exactly the MEDS code strings (`MEDS_DEATH`, `HOSPITAL_DISCHARGE//HOME`,
-  `LAB//50912//mg/dL`, ...), so outcome tokens are found by exact string or prefix. Codes seen
-  fewer than `min_count` times in train become `UNK`. `MEDS_BIRTH` is not emitted (it becomes
-  the age token); text_value is not tokenized.
+- Code tokens. `codes="flat"`: exactly the MEDS code strings (`MEDS_DEATH`,
+  `HOSPITAL_DISCHARGE//HOME`, `LAB//50912//mg/dL`, ...); codes seen fewer than `min_count` times
+  in train become `UNK`. `codes="hierarchical"` (the default, as in the seed study via ETHOS):
+  ICD diagnosis and procedure codes become 1-7 hierarchy tokens (a head, then continuation
+  tokens listed in tokenizer.json's `continuation_tokens`), and a rare code falls back to its
+  nearest frequent ancestor instead of UNK; every other frequent code is still its own MEDS
+  string (tokenization/hierarchy.py). Either way outcome tokens (`MEDS_DEATH`,
+  `HOSPITAL_DISCHARGE//...`, `ICU_ADMISSION//...`) are found by exact string or prefix.
+  `MEDS_BIRTH` is not emitted (it becomes the age token); text_value is not tokenized.
 - Special tokens: `PAD` (id 0), `UNK`, `TIMELINE_START`, `TIMELINE_END`, `Q1`..`Q10`, the 13
   ETHOS interval tokens `5m-15m 15m-1h 1h-2h 2h-6h 6h-12h 12h-1d 1d-3d 3d-1w 1w-2w 2w-1mt
   1mt-3mt 3mt-6mt =6mt`, and age tokens `AGE//0-4`, ..., `AGE//85-89`, `AGE//90+`, `AGE//UNK`.
 - A subject's sequence: TIMELINE_START, its static codes (e.g. `GENDER//F`), its age token at
   the first timed event; then, per event in time order, an interval token when the gap since
-  the previous event is >= 5 minutes (one token, `=6mt` for 6 months or more), the code token,
-  and a `Qk` token directly after it when the event has a numeric value and the code has
+  the previous event is >= 5 minutes (one token, `=6mt` for 6 months or more), the code token(s),
+  and a `Qk` token directly after them when the event has a numeric value and the code has
   fitted deciles (k = 1 + number of train deciles <= value); finally TIMELINE_END.
 - times.npy: every token has a time (int64 us since epoch), non-decreasing per subject. The
   prefix gets the time of the subject's first timed event, an interval token the time of the
@@ -43,10 +48,11 @@ import polars as pl
 from ehrfm.errors import UserError
 from ehrfm.io import atomic_dir, progress, summary, write_json
 from ehrfm.meds_io import SPLITS, MedsDataset, Shard, open_meds, read_shard, scan_shards
+from tokenization.hierarchy import CODE_MODES, FLAT, HIERARCHICAL, MAX_PARTS, code_parts
 
 EVENT_COLUMNS = ("subject_id", "time", "code", "numeric_value")
 TOKENIZER_FORMAT = "ehrfm-ethos-tokenizer"
-TOKENIZER_VERSION = 1
+TOKENIZER_VERSION = 2  # 2: the "codes" mode and continuation_tokens (absent in 1: flat)
 MINUTE_US = 60 * 1_000_000
 HOUR_US = 60 * MINUTE_US
 DAY_US = 24 * HOUR_US
@@ -69,9 +75,13 @@ CHUNK_SUBJECTS = 2048  # subjects encoded at a time
 NOT_EMITTED = (BIRTH_CODE,)
 
 CONVENTIONS = (
-    "Code tokens are the MEDS code strings; codes with train count < min_count -> UNK. Sequence per subject: "
+    "codes=flat: code tokens are the MEDS code strings; codes with train count < min_count -> UNK. "
+    "codes=hierarchical: ICD codes -> head (category, else chapter) + continuation tokens, other codes -> the "
+    "code string, rare ones -> their nearest kept ancestor (<prefix>//*), none kept -> UNK (tokenization/hierarchy.py). "
+    "Sequence per subject: "
     "TIMELINE_START, static codes, AGE//<bin> (age at first timed event), then per event: [interval token if "
-    "gap >= 5m] code [Qk if numeric and the code has deciles], then TIMELINE_END. Qk: k = 1 + #(deciles <= value). "
+    "gap >= 5m] code token(s) [Qk if numeric and the code has deciles], then TIMELINE_END. "
+    "Qk: k = 1 + #(deciles <= value). "
     "Times: prefix = first timed event, interval = the event it precedes, Q = its code, END = last event. "
     "MEDS_BIRTH is not emitted; text_value is ignored."
 )
@@ -83,6 +93,7 @@ class TokenizeConfig:
     out: str
     tokenizer: str | None = None  # an existing tokenizer.json applied unchanged
     min_count: int = 10
+    codes: str = HIERARCHICAL  # how codes become tokens: hierarchical | flat (tokenization/hierarchy.py)
     n_quantiles: int = N_QUANTILES
 
 
@@ -102,23 +113,89 @@ def _read_shard(shard: Shard) -> pl.DataFrame:
 
 
 # ------------------------------------------------------------------------------- fitting
-def fit_tokenizer(meds: Path, min_count: int = 10, n_quantiles: int = N_QUANTILES) -> dict:
-    """Fit vocab and per-code quantile edges on the train split of a MEDS dataset."""
+def fit_vocab(counts: dict[str, int], mode: str, min_count: int) -> tuple[dict[str, int], dict[str, int]]:
+    """The code tokens to keep, fitted bottom-up on the code hierarchy (tokenization.hierarchy).
+
+    A head candidate is kept when at least `min_count` train events would be encoded with it:
+    its own events plus those of its descendants that are not kept themselves (so a rare code's
+    events count for its nearest kept ancestor, and every kept token is used >= min_count times).
+    A continuation token at position j is kept when >= min_count events whose head and earlier
+    continuations are kept carry it. In flat mode this is exactly "codes with count >= min_count".
+
+    Args:
+        counts: train events per MEDS code (codes never emitted, like MEDS_BIRTH, left out).
+        mode: "hierarchical" or "flat".
+        min_count: the least number of train events a token must encode.
+
+    Returns:
+        (heads, continuations): token -> the number of train events it encodes.
+    """
+    parts = {code: code_parts(code, mode) for code in counts}
+    residual: dict[str, int] = {}
+    parent: dict[str, str | None] = {}
+    depth: dict[str, int] = {}
+    for code, (chain, _) in parts.items():
+        residual[chain[0]] = residual.get(chain[0], 0) + counts[code]
+        for i, t in enumerate(chain):
+            parent[t] = chain[i + 1] if i + 1 < len(chain) else None
+            depth[t] = len(chain) - 1 - i
+    heads: dict[str, int] = {}
+    for t in sorted(depth, key=lambda t: (-depth[t], t)):  # children before their parents
+        r = residual.get(t, 0)
+        if r >= min_count and t not in SPECIAL_TOKENS:
+            heads[t] = r
+        elif r and parent[t] is not None:
+            residual[parent[t]] = residual.get(parent[t], 0) + r
+    continuations: dict[str, int] = {}
+    alive = [code for code, (chain, _) in parts.items() if chain[0] in heads]
+    for j in range(MAX_PARTS - 1):
+        tally: dict[str, int] = {}
+        for code in alive:
+            rest = parts[code][1]
+            if len(rest) > j:
+                tally[rest[j]] = tally.get(rest[j], 0) + counts[code]
+        kept = {t: n for t, n in tally.items() if n >= min_count and t not in SPECIAL_TOKENS}
+        continuations.update(kept)
+        alive = [code for code in alive if len(parts[code][1]) > j and parts[code][1][j] in kept]
+    return heads, continuations
+
+
+def fit_tokenizer(meds: Path | MedsDataset, min_count: int = 10, n_quantiles: int = N_QUANTILES, codes: str = HIERARCHICAL) -> dict:
+    """Fit vocab and per-code quantile edges on the train split of a MEDS dataset.
+
+    Args:
+        meds: a MEDS dataset dir with a train split (or one already opened with ehrfm.meds_io.open_meds).
+        min_count: the least number of train events a code token must encode (fit_vocab).
+        n_quantiles: value bins per numeric code (edges: the train deciles, float32-rounded).
+        codes: "hierarchical" (ETHOS-style hierarchy tokens, tokenization.hierarchy) or "flat".
+
+    Returns:
+        The tokenizer dict written as tokenizer.json (vocab: token id -> string).
+
+    Raises:
+        UserError: no train split.
+    """
+    if codes not in CODE_MODES:
+        raise UserError(f"--codes must be one of {', '.join(CODE_MODES)} (got {codes!r})")
     shards = meds_shards(meds).get("train")
     if not shards:
-        raise UserError(f"{meds}: no train split to fit the tokenizer on (or pass --tokenizer)")
+        where = meds.root if isinstance(meds, MedsDataset) else meds
+        raise UserError(f"{where}: no train split to fit the tokenizer on (or pass --tokenizer)")
     lf = _scan(shards)
     counts = (
         lf.group_by("code").agg(pl.len().alias("n"))
         .filter(~pl.col("code").is_in(list(NOT_EMITTED)))
         .collect(engine="streaming")
     )
-    kept = counts.filter(pl.col("n") >= min_count).sort(["n", "code"], descending=[True, False])
-    codes = [c for c in kept["code"].to_list() if c not in SPECIAL_TOKENS]
+    heads, continuations = fit_vocab(dict(zip(counts["code"].to_list(), counts["n"].to_list(), strict=True)),
+                                     codes, min_count)
+    kept = {**heads, **continuations}
+    tokens = sorted(kept, key=lambda t: (-kept[t], t))
     qs = [i / n_quantiles for i in range(1, n_quantiles)]
     edges_df = (
+        # Deciles only for codes that are their own head token: a fallback ancestor mixes codes.
         lf.filter(pl.col("numeric_value").is_not_null() & pl.col("numeric_value").is_not_nan()
-                  & pl.col("code").is_in(codes))
+                  & pl.col("code").is_in(list(heads)))
         .group_by("code")
         .agg([pl.col("numeric_value").cast(pl.Float64).quantile(q, interpolation="linear").alias(f"q{i}")
               for i, q in enumerate(qs)])
@@ -133,6 +210,7 @@ def fit_tokenizer(meds: Path, min_count: int = 10, n_quantiles: int = N_QUANTILE
         "format": TOKENIZER_FORMAT,
         "version": TOKENIZER_VERSION,
         "conventions": CONVENTIONS,
+        "codes": codes,
         "min_count": int(min_count),
         "n_quantiles": int(n_quantiles),
         "special_tokens": SPECIAL_TOKENS,
@@ -142,13 +220,15 @@ def fit_tokenizer(meds: Path, min_count: int = 10, n_quantiles: int = N_QUANTILE
         "age_bin_years": AGE_BIN_YEARS,
         "not_emitted": list(NOT_EMITTED),
         "fitted_on": {"split": "train", "subjects": int(n_subjects), "events": int(counts["n"].sum()),
-                      "codes_seen": counts.height, "codes_kept": len(codes)},
-        "vocab": SPECIAL_TOKENS + codes,
+                      "codes_seen": counts.height, "codes_kept": len(tokens)},
+        "vocab": SPECIAL_TOKENS + tokens,
+        "continuation_tokens": sorted(continuations),
         "quantile_edges": quantile_edges,
     }
 
 
 def load_tokenizer(path: str | os.PathLike) -> dict:
+    """Read a tokenizer.json (or a token dir's), as written; UserError naming the file when it is not one."""
     path = Path(path)
     if path.is_dir():
         path = path / "tokenizer.json"
@@ -160,7 +240,14 @@ def load_tokenizer(path: str | os.PathLike) -> dict:
         raise UserError(f"tokenizer {path} is not valid JSON (line {e.lineno})") from None
     if tok.get("format") != TOKENIZER_FORMAT:
         raise UserError(f"{path} is not an ehrfm tokenizer (format {tok.get('format')!r})")
+    if code_mode(tok) not in CODE_MODES:
+        raise UserError(f"{path}: key 'codes' is {tok.get('codes')!r}, expected one of {', '.join(CODE_MODES)}")
     return tok
+
+
+def code_mode(tok: dict) -> str:
+    """How a tokenizer splits codes: its "codes" key; files written before the key existed are flat."""
+    return tok.get("codes", FLAT)
 
 
 def _tokenizer_json(tok: dict) -> str:
@@ -169,16 +256,21 @@ def _tokenizer_json(tok: dict) -> str:
 
 
 # ------------------------------------------------------------------------------- applying
+EXACT, COARSENED, UNKNOWN = 0, 1, 2  # how an event's code was encoded (stats.json counts them)
+
+
 class _Encoder:
     """The fitted tokenizer as lookup tables for vectorised encoding."""
 
     def __init__(self, tok: dict):
         self.vocab = tok["vocab"]
         self.ids = {t: i for i, t in enumerate(self.vocab)}
-        self.code_ids = pl.DataFrame(
-            {"code": self.vocab, "token": np.arange(len(self.vocab), dtype=np.int64)},
-            schema={"code": pl.String, "token": pl.Int64},
-        ).filter(~pl.col("code").is_in(tok["special_tokens"]))
+        self.mode = code_mode(tok)
+        continuation = set(tok.get("continuation_tokens", []))
+        special = set(tok["special_tokens"])
+        self.head_ids = {t: i for t, i in self.ids.items() if t not in special and t not in continuation}
+        self.cont_ids = {t: self.ids[t] for t in continuation}
+        self._code_cache: dict[str, tuple[list[int], int]] = {}
         edges = tok["quantile_edges"]
         self.q_codes = pl.DataFrame({"code": list(edges), "q_row": np.arange(len(edges), dtype=np.int64)},
                                     schema={"code": pl.String, "q_row": pl.Int64})
@@ -193,12 +285,50 @@ class _Encoder:
         self.not_emitted = tok["not_emitted"]
         self.dtype = np.uint16 if len(self.vocab) <= np.iinfo(np.uint16).max + 1 else np.uint32
 
-    def encode(self, df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, pl.DataFrame, int]:
-        """Events of whole subjects (sorted by subject, time, statics first) -> tokens, times, index, n_unk."""
+    def code_tokens(self, code: str) -> tuple[list[int], int]:
+        """One code's token ids (1..MAX_PARTS) and EXACT, COARSENED (an ancestor or a truncated
+        hierarchy) or UNKNOWN (UNK), by the rule of tokenization.hierarchy."""
+        hit = self._code_cache.get(code)
+        if hit is not None:
+            return hit
+        chain, rest = code_parts(code, self.mode)
+        level = next((i for i, t in enumerate(chain) if t in self.head_ids), None)
+        if level is None:
+            out = ([self.unk], UNKNOWN)
+        else:
+            ids = [self.head_ids[chain[level]]]
+            if level == 0:
+                for t in rest:
+                    if t not in self.cont_ids:
+                        break
+                    ids.append(self.cont_ids[t])
+            out = (ids, EXACT if level == 0 and len(ids) == 1 + len(rest) else COARSENED)
+        self._code_cache[code] = out
+        return out
+
+    def _code_table(self, codes: pl.Series) -> pl.DataFrame:
+        uniq = codes.unique().to_list()
+        enc = [self.code_tokens(c) for c in uniq]
+        return pl.DataFrame({"code": uniq, "tok": [e[0] for e in enc], "status": [e[1] for e in enc]},
+                            schema={"code": pl.String, "tok": pl.List(pl.Int64), "status": pl.Int8})
+
+    @staticmethod
+    def _explode(tok: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per row lists of token ids -> (flat ids, row of each id, position of each id in its row)."""
+        n = tok.list.len().to_numpy().astype(np.int64)
+        flat = tok.explode().to_numpy().astype(np.int64)
+        row = np.repeat(np.arange(len(n), dtype=np.int64), n)
+        pos = np.arange(len(flat), dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
+        return flat, row, pos
+
+    def encode(self, df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, pl.DataFrame, dict]:
+        """Events of whole subjects (sorted by subject, time, statics first) -> tokens, times, index, counts.
+
+        counts: code_events (rows emitted as code tokens: every row but not_emitted ones),
+        code_tokens (the tokens those rows became), unk_events and coarsened_events."""
         birth = df.filter(pl.col("code") == BIRTH_CODE).group_by("subject_id").agg(pl.col("time").min().alias("birth"))
         df = df.filter(~pl.col("code").is_in(self.not_emitted))
-        df = df.join(self.code_ids, on="code", how="left", maintain_order="left").with_columns(
-            pl.col("token").fill_null(self.unk))
+        df = df.join(self._code_table(df["code"]), on="code", how="left", maintain_order="left")
         static = df.filter(pl.col("time").is_null())
         timed = df.filter(pl.col("time").is_not_null()).with_row_index("r")
         subjects = (
@@ -215,7 +345,8 @@ class _Encoder:
                            np.clip(np.floor(np.nan_to_num(age) / self.age_years), 0, len(self.age_tokens) - 2))
         age_token = np.array([self.ids[t] for t in self.age_tokens])[age_bin.astype(np.int64)]
 
-        # Event tokens: [interval] code [Q] per timed row.
+        # Event tokens: [interval] code token(s) [Q] per timed row; key slot 0, 1..MAX_PARTS, MAX_PARTS + 1.
+        K = MAX_PARTS + 2
         t_us = timed["time"].dt.epoch("us").to_numpy()
         sid = timed["subject_id"].to_numpy()
         same = np.r_[False, sid[1:] == sid[:-1]]
@@ -230,7 +361,7 @@ class _Encoder:
         if has_q.any():
             rows = np.nonzero(has_q)[0]
             q_tok[rows] = self.q_first + (self.q_edges[q_row[rows]] <= val[rows, None]).sum(1)
-        code_tok = timed["token"].to_numpy()
+        code_tok, code_row, code_pos = self._explode(timed["tok"])
 
         parts_sid, parts_key, parts_tok, parts_t = [], [], [], []
 
@@ -241,20 +372,23 @@ class _Encoder:
             parts_t.append(np.asarray(t, np.int64))
 
         r = np.arange(len(timed), dtype=np.int64)
-        add(sid[has_int], 3 * r[has_int], int_tok[has_int], t_us[has_int])
-        add(sid, 3 * r + 1, code_tok, t_us)
-        add(sid[has_q], 3 * r[has_q] + 2, q_tok[has_q], t_us[has_q])
+        add(sid[has_int], K * r[has_int], int_tok[has_int], t_us[has_int])
+        add(sid[code_row], K * code_row + 1 + code_pos, code_tok, t_us[code_row])
+        add(sid[has_q], K * r[has_q] + K - 1, q_tok[has_q], t_us[has_q])
         # Prefix and end: keys below and above every event key of any subject.
         s_all = subjects["subject_id"].to_numpy()
         first_us = subjects["first"].dt.epoch("us").to_numpy()
         last_us = subjects["last"].dt.epoch("us").to_numpy()
         low, high = -(1 << 40), 1 << 60
         add(s_all, np.full(len(s_all), low), np.full(len(s_all), self.start), first_us)
+        n_static_tokens = 0
         if static.height:
             st = static.with_columns(pl.int_range(pl.len()).over("subject_id").alias("k")).join(
                 subjects.select("subject_id", "first"), on="subject_id", how="left")
-            add(st["subject_id"].to_numpy(), low + 1 + st["k"].to_numpy(), st["token"].to_numpy(),
-                st["first"].dt.epoch("us").to_numpy())
+            st_tok, st_row, st_pos = self._explode(st["tok"])
+            add(st["subject_id"].to_numpy()[st_row], low + 1 + K * st["k"].to_numpy()[st_row] + st_pos, st_tok,
+                st["first"].dt.epoch("us").to_numpy()[st_row])
+            n_static_tokens = len(st_tok)
         add(s_all, np.full(len(s_all), low + (1 << 30)), age_token, first_us)
         add(s_all, np.full(len(s_all), high), np.full(len(s_all), self.end), last_us)
 
@@ -266,8 +400,10 @@ class _Encoder:
         uniq, start, length = np.unique(s_sorted, return_index=True, return_counts=True)
         index = pl.DataFrame({"subject_id": uniq.astype(np.int64), "offset": start.astype(np.int64),
                               "length": length.astype(np.int64)})
-        n_unk = int((code_tok == self.unk).sum()) + int((static["token"] == self.unk).sum() if static.height else 0)
-        return tokens, times, index, n_unk
+        status = df["status"].to_numpy()
+        counts = {"code_events": df.height, "code_tokens": len(code_tok) + n_static_tokens,
+                  "unk_events": int((status == UNKNOWN).sum()), "coarsened_events": int((status == COARSENED).sum())}
+        return tokens, times, index, counts
 
 
 def _subject_chunks(df: pl.DataFrame, n_subjects: int):
@@ -295,8 +431,29 @@ def _bin_to_npy(bin_path: Path, npy_path: Path, dtype, n: int, chunk: int = 1 <<
 
 
 def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | os.PathLike | None = None,
-             overwrite: bool = False, min_count: int = 10, **options) -> dict:
-    """Tokenize a MEDS dataset into a token dir at `out`; return a summary dict (also stats.json)."""
+             overwrite: bool = False, min_count: int = 10, codes: str | None = None, **options) -> dict:
+    """Tokenize a MEDS dataset into a token dir at `out`; return a summary dict (also stats.json).
+
+    Args:
+        meds: MEDS dataset dir.
+        out: token dir to write (atomically).
+        tokenizer: an existing tokenizer.json (or token dir) to apply unchanged, its code mode included.
+        overwrite: replace `out` when it exists.
+        min_count: the least number of train events a code token must encode (when fitting).
+        codes: "hierarchical" (default when fitting) or "flat"; with `tokenizer`, None or its own mode.
+
+    Returns:
+        stats.json's content plus out, subjects, events, tokens. Per split, stats.json holds:
+        subjects; events (MEDS rows read, MEDS_BIRTH included); code_events (rows emitted as code
+        tokens: all but MEDS_BIRTH); tokens (all tokens); code_tokens (tokens of those rows);
+        tokens_per_event (tokens / code_events); unk_events and unk_fraction (code events whose
+        code became UNK, over code_events); coarsened_events and coarsened_fraction (code events
+        encoded by a fallback ancestor or a truncated hierarchy, over code_events; 0 when flat).
+
+    Raises:
+        UserError: missing or invalid input, `out` exists without overwrite, a mode that
+            contradicts the applied tokenizer's.
+    """
     t0 = time.time()
     meds = Path(meds)
     if not meds.is_dir():
@@ -311,21 +468,28 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
                          min_count=int(min_count), n_quantiles=int(options.get("n_quantiles", N_QUANTILES)))
     if Path(out).exists() and not overwrite:
         raise UserError(f"output {out} already exists; pass --overwrite to replace it")
+    if codes is not None and codes not in CODE_MODES:
+        raise UserError(f"--codes must be one of {', '.join(CODE_MODES)} (got {codes!r})")
     ds = open_meds(meds)
     shards = ds.shards
     if tokenizer:
         tok = load_tokenizer(tokenizer)
-        cfg.min_count, cfg.n_quantiles = tok["min_count"], tok["n_quantiles"]
+        if codes is not None and codes != code_mode(tok):
+            raise UserError(f"tokenizer {tokenizer} splits codes {code_mode(tok)}, not {codes}: "
+                            f"drop --codes to apply it unchanged, or fit a new tokenizer")
+        cfg.min_count, cfg.n_quantiles, cfg.codes = tok["min_count"], tok["n_quantiles"], code_mode(tok)
     else:
-        tok = fit_tokenizer(ds, cfg.min_count, cfg.n_quantiles)
+        cfg.codes = codes or HIERARCHICAL
+        tok = fit_tokenizer(ds, cfg.min_count, cfg.n_quantiles, codes=cfg.codes)
     enc = _Encoder(tok)
 
-    stats = {"vocab_size": len(enc.vocab), "dtype": np.dtype(enc.dtype).name, "splits": {},
+    stats = {"vocab_size": len(enc.vocab), "dtype": np.dtype(enc.dtype).name, "codes": enc.mode, "splits": {},
              "split_aliases": ds.aliases, "dropped_null_time_rows": ds.null_time_codes}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         (tmp / "tokenizer.json").write_text(_tokenizer_json(tok))
         jobs = [sh for s in SPLITS for sh in shards.get(s, [])]
-        state = {s: dict(subjects=0, events=0, tokens=0, unk=0, index=[]) for s in shards}
+        state = {s: dict(subjects=0, events=0, tokens=0, code_events=0, code_tokens=0, unk_events=0,
+                         coarsened_events=0, index=[]) for s in shards}
         files = {}
         for s in shards:
             (tmp / s).mkdir()
@@ -336,14 +500,15 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
                 split = shard.split
                 st = state[split]
                 for chunk in _subject_chunks(df, CHUNK_SUBJECTS):
-                    tokens, times, index, n_unk = enc.encode(chunk)
+                    tokens, times, index, counts = enc.encode(chunk)
                     _append(files[split][0], tokens)
                     _append(files[split][1], times.astype(np.int64))
                     st["index"].append(index.with_columns(pl.col("offset") + st["tokens"]))
                     st["subjects"] += index.height
                     st["events"] += chunk.height
                     st["tokens"] += len(tokens)
-                    st["unk"] += n_unk
+                    for k, v in counts.items():
+                        st[k] += v
         finally:
             for f1, f2 in files.values():
                 f1.close()
@@ -356,10 +521,15 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
             if index["subject_id"].is_duplicated().any():
                 raise UserError(f"{meds}: a subject appears in more than one shard of split {s!r}")
             index.write_parquet(tmp / s / "index.parquet")
+            n_ev = max(st["code_events"], 1)
             stats["splits"][s] = {
-                "subjects": st["subjects"], "events": st["events"], "tokens": st["tokens"],
+                "subjects": st["subjects"], "events": st["events"], "code_events": st["code_events"],
+                "tokens": st["tokens"], "code_tokens": st["code_tokens"],
                 "tokens_per_subject": round(st["tokens"] / max(st["subjects"], 1), 2),
-                "unk_fraction": round(st["unk"] / max(st["events"], 1), 6),
+                "tokens_per_event": round(st["tokens"] / n_ev, 4),
+                "unk_events": st["unk_events"], "unk_fraction": round(st["unk_events"] / n_ev, 6),
+                "coarsened_events": st["coarsened_events"],
+                "coarsened_fraction": round(st["coarsened_events"] / n_ev, 6),
             }
         if "train" in stats["splits"] and "tuning" in stats["splits"]:
             _check_disjoint(tmp, meds)
@@ -370,7 +540,7 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
     n_sub = sum(v["subjects"] for v in stats["splits"].values())
     n_ev = sum(v["events"] for v in stats["splits"].values())
     n_tok = sum(v["tokens"] for v in stats["splits"].values())
-    summary(f"tokenize: {n_sub} subjects, {n_ev} events, {n_tok} tokens, vocab {stats['vocab_size']} "
+    summary(f"tokenize: {n_sub} subjects, {n_ev} events, {n_tok} tokens, vocab {stats['vocab_size']}, codes {enc.mode} "
             f"({'applied ' + str(tokenizer) if tokenizer else 'fitted on train'}) -> {out} in {seconds:.1f}s")
     return {"out": str(out), "subjects": n_sub, "events": n_ev, "tokens": n_tok, **stats, "seconds": round(seconds, 2)}
 

@@ -22,7 +22,7 @@ COMMAND_MODULES = [
     "ehrfm.train_cli",  # train
     "sweeps.cli",  # sweep plan|launch|status|collect
     "analysis.cli",  # fit, recommend
-    "ehrfm.clinical.cli",  # labels, probe, finetune, zeroshot, baseline
+    "ehrfm.clinical.cli",  # labels, audit, probe, finetune, zeroshot, baseline
     "ehrfm.app.demo_cli",  # demo
 ]
 
