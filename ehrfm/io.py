@@ -287,6 +287,26 @@ def read_parquet(path: str | os.PathLike, what: str = "file", hint: str = "", co
         raise UserError(f"{what} {path} is damaged: not a readable parquet file ({reason}){tail}") from None
 
 
+def load_npy(path: str | os.PathLike, what: str = "array", hint: str = "", mmap_mode: str | None = "r"):
+    """np.load of a .npy file ehrfm wrote (memory-mapped by default), or one clear UserError.
+
+    A truncated, empty or overwritten file (bad magic, a header promising more bytes than the file
+    holds) is named as damaged with `hint`, never shown as a numpy traceback. Pickled object
+    arrays are refused (allow_pickle=False).
+    """
+    import numpy as np
+
+    path = Path(path)
+    tail = f"; {hint}" if hint else ""
+    if not path.is_file():
+        raise UserError(f"{what} {path} not found{tail}")
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        reason = "empty file" if path.stat().st_size == 0 else type(e).__name__
+        raise UserError(f"{what} {path} is damaged: not a readable .npy array ({reason}){tail}") from None
+
+
 def format_ci(x, ci=None, fmt: str = "{:.3g}") -> str:
     """'0.812 [0.771, 0.850]': a value with its interval; 'n/a' for a missing or non-finite value."""
     import math

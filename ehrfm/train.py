@@ -156,7 +156,8 @@ def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool) -> dict |
             _check_same_run(run_dir, saved, run_config)
             result_path = run_dir / "result.json"
             if result_path.is_file():
-                result = read_json(result_path, "run result")
+                result = read_json(result_path, "run result", expect=dict,
+                                   hint="delete it and rerun: the run resumes from its checkpoint and writes it again")
                 if result.get("status") in ("completed", "diverged"):  # deterministic outcomes: keep
                     return result
                 result_path.unlink()  # a failed run (e.g. out of memory) is retried, from its checkpoint
