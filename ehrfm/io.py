@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ehrfm import fault_points
 from ehrfm.errors import UserError
 
 # Temporaries are named `<out>.tmp-<pid>-<host>-<random>`: the pid and host let a later run tell
@@ -170,6 +171,8 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
         raise
     try:
         yield tmp
+        # a test can stop or kill the process here, with the whole output in the temporary
+        fault_points.hold("atomic-dir", out.name)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         _reraise_named(e, out, tmp)

@@ -164,8 +164,14 @@ def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool) -> dict |
             return None
         if any(run_dir.iterdir()):
             raise UserError(f"output {run_dir} exists and is not a run dir (no config.json); choose another --out")
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", run_config)
+    try:
+        write_json(run_dir / "config.json", run_config)
+    except BaseException:  # a full disk at start-up: leave nothing behind
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     return None
 
 
