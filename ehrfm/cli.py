@@ -49,7 +49,14 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread so that cleanup runs as for Ctrl-C."""
 
 
+_MAIN_PID = os.getpid()
+
+
 def _raise_terminated(signum, frame):
+    if os.getpid() != _MAIN_PID:  # a forked child inherited the handler: die as SIGTERM would
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     raise Terminated()
 
 
@@ -58,7 +65,7 @@ _OS_ERROR_HINTS = {
     errno.ENOSPC: "free some space or write elsewhere",
     errno.EDQUOT: "free some space or write elsewhere",
     errno.EROFS: "write to a writable location",
-    errno.ENOTDIR: "a component of the path is a regular file, not a directory",
+    errno.ENOTDIR: "the path or one of its parents is a regular file, not a directory",
     errno.EEXIST: "the path exists (as a file where a directory was expected?)",
     errno.EACCES: "check the permissions",
 }
@@ -87,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    global _MAIN_PID
     old_term = None
     if threading.current_thread() is threading.main_thread():
+        _MAIN_PID = os.getpid()
         old_term = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         rc = args.func(args)

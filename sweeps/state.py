@@ -194,7 +194,7 @@ def run_states(sweep_dir: str | Path, run_ids: list[str]) -> dict[str, RunState]
                 active = _local_state(record)
         if active is not None:
             state = active
-        elif (run_dir / "checkpoint").exists():
+        elif (run_dir / "checkpoint").exists() or (run_dir / "checkpoint.prev").exists():  # .prev: killed mid-swap
             state = "interrupted"
         elif record is not None:
             state = "lost"
