@@ -290,6 +290,25 @@ def read_parquet(path: str | os.PathLike, what: str = "file", hint: str = "", co
         raise UserError(f"{what} {path} is damaged: not a readable parquet file ({reason}){tail}") from None
 
 
+def check_parquet_files(paths, what: str = "file", hint: str = "") -> None:
+    """Read the footer of each parquet file; UserError naming the first truncated or non-parquet one.
+
+    For stages that read many files lazily (polars scans), where a damaged file would otherwise
+    surface later as an error naming no file. Costs one small read per file.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tail = f"; {hint}" if hint else ""
+    for path in paths:
+        path = Path(path)
+        try:
+            pq.read_metadata(path)
+        except (pa.ArrowException, OSError, ValueError) as e:
+            reason = "empty file" if path.is_file() and path.stat().st_size == 0 else type(e).__name__
+            raise UserError(f"{what} {path} is damaged: not a readable parquet file ({reason}){tail}") from None
+
+
 def load_npy(path: str | os.PathLike, what: str = "array", hint: str = "", mmap_mode: str | None = "r"):
     """np.load of a .npy file ehrfm wrote (memory-mapped by default), or one clear UserError.
 

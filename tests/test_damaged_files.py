@@ -149,3 +149,16 @@ def test_readers_name_the_file_and_never_the_content(tmp_path):
     (tmp_path / "d.npy").write_bytes(b"")
     with pytest.raises(UserError, match=r"d.npy is damaged: not a readable .npy array \(empty file\)"):
         load_npy(tmp_path / "d.npy")
+
+
+def test_truncated_meds_shard_is_named_by_tokenize(tmp_path):
+    from tokenization.etl import etl
+    from tokenization.synth import synthesize
+
+    synthesize(tmp_path / "raw", n_patients=150, seed=2)
+    etl(tmp_path / "raw", tmp_path / "meds")
+    shard = sorted((tmp_path / "meds" / "data" / "train").glob("*.parquet"))[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    out = tmp_path / "tok"
+    assert_one_line_error(ehrfm("tokenize", tmp_path / "meds", "--out", out), str(shard), "damaged")
+    assert not out.exists() and not list(tmp_path.glob("tok.tmp-*"))

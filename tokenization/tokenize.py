@@ -41,7 +41,7 @@ import numpy as np
 import polars as pl
 
 from ehrfm.errors import UserError
-from ehrfm.io import atomic_dir, progress, summary, write_json
+from ehrfm.io import atomic_dir, check_parquet_files, progress, summary, write_json
 
 SPLITS = ("train", "tuning", "held_out")
 TOKENIZER_FORMAT = "ehrfm-ethos-tokenizer"
@@ -95,6 +95,8 @@ def meds_shards(meds: Path) -> dict[str, list[tuple[Path, pl.Series | None]]]:
     if not data.is_dir():
         raise UserError(f"{meds} is not a MEDS dataset: no data/ directory")
     by_dir = {s: sorted((data / s).rglob("*.parquet")) for s in SPLITS}
+    check_parquet_files([*(data.rglob("*.parquet")), *(meds / "metadata").glob("*.parquet")], "MEDS file",
+                        hint="re-create the MEDS dataset (ehrfm etl --overwrite)")
     if any(by_dir.values()):
         return {s: [(p, None) for p in files] for s, files in by_dir.items() if files}
     files = sorted(data.rglob("*.parquet"))
