@@ -202,9 +202,9 @@ def recover_checkpoint(run_dir: str | os.PathLike) -> str | None:
     """Make RUN/checkpoint the newest verified checkpoint there is; return what was done (or None).
 
     - A damaged checkpoint/ (checksum mismatch, truncated or missing file) is deleted.
-    - With no (good) checkpoint/, the newest verified copy among a dead process's
-      checkpoint.tmp-* (a kill inside the swap) and checkpoint.prev/ is renamed into place.
-    - Temporaries of dead processes are deleted (those of live processes are left alone).
+    - With no (good) checkpoint/, the newest verified copy among the checkpoint.tmp-* of dead
+      processes or other nodes (a kill inside the swap) and checkpoint.prev/ is renamed into place.
+    - Those temporaries are then deleted (a live process's on this machine is left alone).
     Each action is reported on stderr and returned; None when the checkpoint was fine or absent.
     """
     run_dir = Path(run_dir)
@@ -212,7 +212,9 @@ def recover_checkpoint(run_dir: str | os.PathLike) -> str | None:
     if not run_dir.is_dir():
         return None
     remove_stale_temporaries(prev)
-    stale = stale_temporaries(out)
+    # Only one trainer works in a run dir (it is locked while training), so another node's
+    # temporaries are stale too: a SLURM requeue usually lands on another node.
+    stale = stale_temporaries(out, other_hosts=True)
     notes = []
     if out.exists():
         state, problem = verify_checkpoint(out)

@@ -62,11 +62,13 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def stale_temporaries(path: str | os.PathLike) -> list[Path]:
+def stale_temporaries(path: str | os.PathLike, other_hosts: bool = False) -> list[Path]:
     """The `<path>.tmp-<pid>-*` siblings left by processes that are no longer alive.
 
-    A temporary whose name carries another machine's host tag is never reported (its process
-    may be alive there, on a shared filesystem); neither is one of a live process on this machine.
+    A temporary whose name carries another machine's host tag is reported only with
+    `other_hosts=True` (for a caller that holds an exclusive lock on the directory, e.g. a trainer
+    requeued on another node): its process may be alive there, on a shared filesystem. One of a
+    live process on this machine is never reported.
     """
     path = Path(path)
     parent = path.parent
@@ -85,6 +87,8 @@ def stale_temporaries(path: str | os.PathLike) -> list[Path]:
         if not parts[0].isdigit():
             continue
         if len(parts) >= 3 and parts[1] != _HOST_TAG:
+            if other_hosts:
+                stale.append(parent / name)
             continue
         if not pid_alive(int(parts[0])):
             stale.append(parent / name)

@@ -154,9 +154,12 @@ def test_stale_temporaries_of_dead_processes_are_removed_at_start(tok, tmp_path)
     (stale / "sub").mkdir(parents=True)
     live = out / f"checkpoint.tmp-{os.getpid()}-abcd1234"  # this (live) process: never touched
     live.mkdir()
+    # pid 1 is alive here, but the host tag is another node's: a trainer requeued elsewhere left it
+    other_node = out / "checkpoint.tmp-1-0000beef-12345678"
+    other_node.mkdir()
     res = train(TrainConfig(tokens_dir=str(tok), out_dir=str(out), **KW))
     assert res["status"] == "completed"
-    assert not stale.exists() and live.exists()
+    assert not stale.exists() and not other_node.exists() and live.exists()
 
 
 def test_load_model_refuses_damaged_weights(tok, reference, tmp_path):
