@@ -705,13 +705,14 @@ def load_fits(fit_dir: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     fit_dir = Path(fit_dir)
     if fit_dir.is_file():
         fit_dir = fit_dir.parent
-    fits = read_json(fit_dir / "fits.json", what="fits file")
+    redo = "rerun `ehrfm fit` with --overwrite to rewrite it"
+    fits = read_json(fit_dir / "fits.json", what="fits file", expect=dict, hint=redo)
     draws = {}
     if (fit_dir / "bootstrap.parquet").is_file():
-        import polars as pl
+        from ehrfm.io import read_parquet
 
-        frame = pl.read_parquet(fit_dir / "bootstrap.parquet")
-        draws = {c: frame[c].to_numpy() for c in frame.columns}
+        table = read_parquet(fit_dir / "bootstrap.parquet", "bootstrap draws", hint=redo)
+        draws = {c: table.column(c).to_numpy().astype(float) for c in table.column_names}
     return fits, draws
 
 

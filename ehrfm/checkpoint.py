@@ -1,31 +1,47 @@
-"""Checkpoints of a run: safetensors tensors + JSON, never pickle.
+"""Checkpoints of a run: safetensors tensors + JSON, never pickle; checksummed, swapped safely.
 
     RUN/checkpoint/
         model.safetensors       model weights (fp32)
         optimizer.safetensors   AdamW state: "<param name>/exp_avg", "<param name>/exp_avg_sq", "<param name>/step"
         rng.safetensors         torch CPU (and CUDA) generator states
         model_config.json       the ModelConfig, so the weights load on their own
-        state.json              step, tokens_seen, wall_s, tokenizer fingerprint, ...
+        state.json              step, tokens_seen, wall_s, tokenizer fingerprint, ..., and
+                                "files": {name: sha256 hex} of the four files above (written last)
+    RUN/checkpoint.prev/        the previous checkpoint while a run is in progress (same layout):
+                                what a damaged checkpoint falls back to
 
-The directory is written as a whole under a temporary name and renamed into place
-(ehrfm.io.atomic_dir), so a crash while saving leaves the previous checkpoint intact.
-`load_model(run_dir)` is what the clinical heads use.
+Saving: the new checkpoint is written whole under `checkpoint.tmp-<pid>-<host>-<random>`, then
+the old `checkpoint/` is renamed to `checkpoint.prev/` and the new one renamed into place. A kill -9
+anywhere in between leaves at least one complete, checksummed copy: `recover_checkpoint` (run by
+`has_checkpoint`, i.e. when training starts) promotes the newest verified one among `checkpoint/`,
+a dead process's `checkpoint.tmp-*` and `checkpoint.prev/`, and deletes dead processes' temporaries.
+Loading verifies every file's sha256 against state.json: a bit flip or a truncation is never used;
+at start-up the run falls back to the previous good checkpoint, or restarts from step 0, and says
+so on stderr. `load_model(run_dir)` (what the clinical heads use) refuses a damaged checkpoint with
+one line naming the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save_file
 
+from ehrfm import fault_points
 from ehrfm.config import ModelConfig
 from ehrfm.errors import UserError
-from ehrfm.io import atomic_dir, read_json, write_json
+from ehrfm.io import read_json, remove_stale_temporaries, stale_temporaries, temporary_sibling, write_json
 
 CHECKPOINT_DIR = "checkpoint"
-FORMAT_VERSION = 1
+PREVIOUS_DIR = "checkpoint.prev"
+FORMAT_VERSION = 2  # 2: state.json carries "files" (sha256 per file); 1 (no checksums) still loads
+CHECKSUMMED = ("model.safetensors", "optimizer.safetensors", "rng.safetensors", "model_config.json")
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -55,37 +71,229 @@ def _rng_tensors() -> dict[str, torch.Tensor]:
     return out
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _discard(path: Path) -> None:
+    """Remove a directory by renaming it to a temporary first (a kill mid-delete leaves a stale temporary)."""
+    if not path.exists():
+        return
+    doomed = temporary_sibling(path)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 def save_checkpoint(run_dir, model, optimizer, state: dict) -> Path:
-    """Write RUN/checkpoint atomically (replacing the previous one). Call on one rank only."""
+    """Write RUN/checkpoint (the previous one becomes RUN/checkpoint.prev). Call on one rank only.
+
+    Args:
+        run_dir: the run dir.
+        model: the GPT (or its DDP / compiled wrapper).
+        optimizer: its AdamW, or None.
+        state: JSON-able training state (step, tokens_seen, wall_s, status, ...); "status":
+            "completed" also deletes checkpoint.prev (a finished run is never resumed).
+
+    Returns:
+        The checkpoint directory. Never leaves RUN without a complete checkpoint once it had one;
+        an OS error (full disk) leaves the previous checkpoint as it was and removes the temporary.
+    """
     cfg: ModelConfig = _unwrap(model).config
-    out = Path(run_dir) / CHECKPOINT_DIR
-    with atomic_dir(out, overwrite=True) as tmp:
+    run_dir = Path(run_dir)
+    out, prev = run_dir / CHECKPOINT_DIR, run_dir / PREVIOUS_DIR
+    remove_stale_temporaries(out)  # copies leaked by writers killed earlier
+    remove_stale_temporaries(prev)
+    tmp = temporary_sibling(out)
+    tmp.mkdir(parents=True)
+    try:
         save_file(_model_tensors(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if optimizer is not None:
             save_file(_optimizer_tensors(model, optimizer), str(tmp / "optimizer.safetensors"))
         save_file(_rng_tensors(), str(tmp / "rng.safetensors"))
         write_json(tmp / "model_config.json", cfg)
-        write_json(tmp / "state.json", {"format": FORMAT_VERSION, **state})
+        files = {name: _sha256(tmp / name) for name in CHECKSUMMED if (tmp / name).is_file()}
+        for name in files:  # the data must be on disk before state.json declares it complete
+            with open(tmp / name, "rb") as f:
+                os.fsync(f.fileno())
+        write_json(tmp / "state.json", {"format": FORMAT_VERSION, **state, "files": files})
+        _fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        _discard(prev)
+        os.replace(out, prev)
+        # a test can kill the process here, with no checkpoint/ (old one in .prev, new one in .tmp-*)
+        fault_points.hold("checkpoint-swap", run_dir.name)
+    os.replace(tmp, out)
+    _fsync_dir(run_dir)
+    if state.get("status") == "completed":
+        _discard(prev)
     return out
 
 
+def verify_checkpoint(ckpt: str | os.PathLike) -> tuple[dict | None, str | None]:
+    """Check one checkpoint directory without loading it into a model.
+
+    Returns:
+        (state.json dict, None) when complete and every checksummed file matches its sha256;
+        (None, reason) otherwise, the reason naming the damaged or missing file. Checkpoints of
+        format 1 (no checksums) are checked only for complete safetensors headers and sizes.
+    """
+    ckpt = Path(ckpt)
+    state_path = ckpt / "state.json"
+    if not state_path.is_file():
+        return None, f"{state_path} not found (incomplete checkpoint)"
+    try:
+        state = read_json(state_path, "checkpoint state", expect=dict)
+    except UserError as e:
+        return None, str(e)
+    if not isinstance(state.get("step"), int) or isinstance(state.get("step"), bool):
+        return None, f"checkpoint state {state_path} is damaged: no integer step"
+    files = state.get("files")
+    if files is not None:
+        if not isinstance(files, dict) or "model.safetensors" not in files:
+            return None, f"checkpoint state {state_path} is damaged: no checksums"
+        for name, digest in files.items():
+            path = ckpt / str(name)
+            if not path.is_file():
+                return None, f"{path} not found (incomplete checkpoint)"
+            if _sha256(path) != digest:
+                return None, f"{path} is damaged (sha256 differs from the one recorded in state.json)"
+        return state, None
+    from safetensors import safe_open
+
+    for name in ("model.safetensors", "rng.safetensors"):
+        path = ckpt / name
+        if not path.is_file():
+            return None, f"{path} not found (incomplete checkpoint)"
+    for path in sorted(ckpt.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                    f.get_slice(key)
+        except Exception as e:  # SafetensorError and friends: truncated or overwritten
+            return None, f"{path} is damaged ({type(e).__name__})"
+    return state, None
+
+
+def _warn(msg: str) -> None:
+    print(f"ehrfm: warning: {msg}", file=sys.stderr, flush=True)
+
+
+def recover_checkpoint(run_dir: str | os.PathLike) -> str | None:
+    """Make RUN/checkpoint the newest verified checkpoint there is; return what was done (or None).
+
+    - A damaged checkpoint/ (checksum mismatch, truncated or missing file) is deleted.
+    - With no (good) checkpoint/, the newest verified copy among the checkpoint.tmp-* of dead
+      processes or other nodes (a kill inside the swap) and checkpoint.prev/ is renamed into place.
+    - Those temporaries are then deleted (a live process's on this machine is left alone).
+    Each action is reported on stderr and returned; None when the checkpoint was fine or absent.
+    """
+    run_dir = Path(run_dir)
+    out, prev = run_dir / CHECKPOINT_DIR, run_dir / PREVIOUS_DIR
+    if not run_dir.is_dir():
+        return None
+    remove_stale_temporaries(prev)
+    # Only one trainer works in a run dir (it is locked while training), so another node's
+    # temporaries are stale too: a SLURM requeue usually lands on another node.
+    stale = stale_temporaries(out, other_hosts=True)
+    notes = []
+    if out.exists():
+        state, problem = verify_checkpoint(out)
+        if state is None:
+            notes.append(f"checkpoint {problem}")
+            _discard(out)
+    if not out.exists():
+        best, best_step = None, -1
+        for cand in [*stale, prev]:
+            if cand.is_dir():
+                state, _ = verify_checkpoint(cand)
+                if state is not None and state["step"] > best_step:
+                    best, best_step = cand, state["step"]
+        if best is not None:
+            os.replace(best, out)
+            what = "the previous checkpoint" if best == prev else f"the complete checkpoint left in {best.name}"
+            notes.append(f"resuming from {what} (step {best_step})")
+        elif notes:
+            notes.append("no good earlier checkpoint: restarting the run from step 0")
+    for p in stale:
+        if p.exists():
+            shutil.rmtree(p, ignore_errors=True)
+    if not notes:
+        return None
+    msg = f"{run_dir}: " + "; ".join(notes)
+    _warn(msg)
+    return msg
+
+
 def has_checkpoint(run_dir) -> bool:
+    """True when RUN/checkpoint holds a verified checkpoint, after `recover_checkpoint`.
+
+    Under torch.distributed, rank 0 recovers and the others wait for it (call on every rank).
+    """
+    import torch.distributed as dist
+
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if not distributed or dist.get_rank() == 0:
+        recover_checkpoint(run_dir)
+    if distributed:
+        dist.barrier()
     return (Path(run_dir) / CHECKPOINT_DIR / "state.json").is_file()
 
 
 def read_state(run_dir) -> dict:
-    return read_json(Path(run_dir) / CHECKPOINT_DIR / "state.json", "checkpoint state")
+    return read_json(Path(run_dir) / CHECKPOINT_DIR / "state.json", "checkpoint state", expect=dict)
+
+
+def _load_verified(ckpt: Path, name: str, state: dict, device) -> dict[str, torch.Tensor]:
+    """Tensors of one checkpoint file, read once and checked against its recorded sha256."""
+    path = ckpt / name
+    hint = "rerun the same command: it falls back to the previous checkpoint or restarts the run"
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"checkpoint file {path} not found (incomplete checkpoint); {hint}") from None
+    digest = (state.get("files") or {}).get(name)
+    if digest is not None and hashlib.sha256(data).hexdigest() != digest:
+        raise UserError(f"checkpoint file {path} is damaged (sha256 differs from state.json); {hint}")
+    try:
+        tensors = load_bytes(data)
+    except Exception as e:  # SafetensorError: truncated or overwritten (format-1 checkpoints)
+        raise UserError(f"checkpoint file {path} is damaged ({type(e).__name__}); {hint}") from None
+    return {k: v.to(device) for k, v in tensors.items()}
 
 
 def load_training_state(run_dir, model, optimizer, device="cpu") -> dict:
-    """Restore weights, AdamW moments and RNG states in place; return state.json."""
+    """Restore weights, AdamW moments and RNG states in place; return state.json.
+
+    Every file is checked against its sha256 in state.json before use (UserError naming the file
+    otherwise; `has_checkpoint` has normally recovered from such damage already).
+    """
     ckpt = Path(run_dir) / CHECKPOINT_DIR
     state = read_state(run_dir)
     core = _unwrap(model)
-    weights = load_file(str(ckpt / "model.safetensors"), device=str(device))
+    weights = _load_verified(ckpt, "model.safetensors", state, str(device))
     core.load_state_dict(weights, strict=True)
     if optimizer is not None:
-        moments = load_file(str(ckpt / "optimizer.safetensors"), device=str(device))
+        moments = _load_verified(ckpt, "optimizer.safetensors", state, str(device))
         params = dict(core.named_parameters())
         order = [id(p) for g in optimizer.param_groups for p in g["params"]]
         index = {pid: i for i, pid in enumerate(order)}
@@ -100,7 +308,7 @@ def load_training_state(run_dir, model, optimizer, device="cpu") -> dict:
         sd = optimizer.state_dict()
         sd["state"] = opt_state
         optimizer.load_state_dict(sd)
-    rng = load_file(str(ckpt / "rng.safetensors"))
+    rng = _load_verified(ckpt, "rng.safetensors", state, "cpu")
     torch.set_rng_state(rng["torch_cpu"])
     cuda_states = [rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")]
     if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
@@ -116,7 +324,10 @@ def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
     ckpt = run_dir if (run_dir / "model.safetensors").is_file() else run_dir / CHECKPOINT_DIR
     if not (ckpt / "model.safetensors").is_file():
         raise UserError(f"{run_dir} has no model checkpoint ({CHECKPOINT_DIR}/model.safetensors not found)")
-    cfg = ModelConfig.from_dict(read_json(ckpt / "model_config.json", "model config"))
+    state, problem = verify_checkpoint(ckpt)
+    if state is None:
+        raise UserError(f"checkpoint of {run_dir} cannot be used: {problem}; retrain the run (ehrfm train ... --overwrite)")
+    cfg = ModelConfig.from_dict(read_json(ckpt / "model_config.json", "model config", expect=dict))
     model = GPT(cfg)
-    model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device="cpu"), strict=True)
+    model.load_state_dict(_load_verified(ckpt, "model.safetensors", state, "cpu"), strict=True)
     return model.to(device).eval(), cfg

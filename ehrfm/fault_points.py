@@ -6,6 +6,11 @@ intended. Instead the test names a point and a directory in the environment of t
 test (which SLURM, submitit and the sweep job pass on to the trainer unchanged):
 
     EHRFM_HOLD_AT=step-5[,checkpoint-swap]   points to hold at (comma-separated)
+
+Points: `step-K` (the trainer, after step K's gradients; key: the run dir's name),
+`checkpoint-swap` (ehrfm.checkpoint, between moving the old checkpoint aside and moving the new
+one in; key: the run dir's name), `atomic-dir` (ehrfm.io.atomic_dir, the output complete in its
+temporary, before the rename; key: the output's name).
     EHRFM_HOLD_DIR=/some/dir                 where the hold is announced and released
 
 At a named point the process writes `<dir>/<key>.<point>.held` (JSON: pid, point) and waits until

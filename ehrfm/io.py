@@ -9,61 +9,215 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ehrfm import fault_points
 from ehrfm.errors import UserError
 
+# Temporaries are named `<out>.tmp-<pid>-<host>-<random>`: the pid and host let a later run tell
+# the leftovers of a dead process (kill -9, power loss) from the work of a live one.
+_HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 
-def _tmp_sibling(path: Path) -> Path:
-    return path.with_name(f"{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+
+def temporary_sibling(path: str | os.PathLike) -> Path:
+    """`<path>.tmp-<pid>-<host>-<random>`: a fresh temporary name next to `path` (not created)."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.tmp-{os.getpid()}-{_HOST_TAG}-{secrets.token_hex(4)}")
+
+
+_tmp_sibling = temporary_sibling
+
+
+def pid_alive(pid: int) -> bool:
+    """True when process `pid` exists on this machine and is not a zombie."""
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, OverflowError):
+        return False
+    except PermissionError:
+        return True  # alive, owned by another user
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def stale_temporaries(path: str | os.PathLike, other_hosts: bool = False) -> list[Path]:
+    """The `<path>.tmp-<pid>-*` siblings left by processes that are no longer alive.
+
+    A temporary whose name carries another machine's host tag is reported only with
+    `other_hosts=True` (for a caller that holds an exclusive lock on the directory, e.g. a trainer
+    requeued on another node): its process may be alive there, on a shared filesystem. One of a
+    live process on this machine is never reported.
+    """
+    path = Path(path)
+    parent = path.parent
+    if not parent.is_dir():
+        return []
+    prefix = f"{path.name}.tmp-"
+    stale = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return []
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        parts = name[len(prefix):].split("-")
+        if not parts[0].isdigit():
+            continue
+        if len(parts) >= 3 and parts[1] != _HOST_TAG:
+            if other_hosts:
+                stale.append(parent / name)
+            continue
+        if not pid_alive(int(parts[0])):
+            stale.append(parent / name)
+    return sorted(stale)
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete what `stale_temporaries(path)` finds (a kill -9 or SIGKILL leaves them); return them."""
+    stale = stale_temporaries(path)
+    for p in stale:
+        _remove(p)
+    return stale
+
+
+_ERRNO_IN_TEXT = re.compile(r"(?:os error|errno)\s*(\d+)", re.IGNORECASE)
+
+
+def _as_os_error(e: BaseException, out: Path, tmp: Path) -> OSError | None:
+    """The OSError (errno, meaning, the user's path) behind a failed write, or None if not an OS error.
+
+    Libraries report the same full disk differently (OSError without a file name from `write`,
+    "os error 28" inside a polars or safetensors message, a short write from numpy); the user
+    needs one thing: which output could not be written and why.
+    """
+    if not isinstance(e, Exception) or isinstance(e, UserError):
+        return None  # interrupts and the user's own errors pass through as they are
+    filename = getattr(e, "filename", None) if isinstance(e, OSError) else None
+    if filename is not None and not str(filename).startswith(str(tmp)):
+        return e  # about another path (an input): already named
+    code = e.errno if isinstance(e, OSError) else None
+    if code is None:
+        m = _ERRNO_IN_TEXT.search(str(e))
+        if m:
+            code = int(m.group(1))
+        elif isinstance(e, OSError):
+            with contextlib.suppress(OSError):
+                st = os.statvfs(out.parent)
+                if st.f_bavail == 0 or st.f_favail == 0:
+                    code = errno.ENOSPC
+    if code is None:
+        return OSError(None, str(e), str(out)) if isinstance(e, OSError) else None
+    return OSError(code, os.strerror(code), str(out))
+
+
+def check_writable_path(out: str | os.PathLike) -> None:
+    """Raise UserError when `out` lies under a regular file (no directory can be made there)."""
+    out = Path(out)
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"output {out}: {parent} is a regular file, not a directory (ENOTDIR); choose another --out")
+            return
+
+
+def _reraise_named(e: BaseException, out: Path, tmp: Path) -> None:
+    named = _as_os_error(e, out, tmp)
+    if named is not None and named is not e:
+        raise named from e
 
 
 @contextlib.contextmanager
 def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that becomes `out` only if the block succeeds.
 
-    Refuses (UserError) when `out` exists and `overwrite` is false. On any exception the
-    temporary directory is removed and `out` is left exactly as it was.
+    Refuses (UserError) when `out` exists and `overwrite` is false, or when `out` is not a
+    directory. Temporaries of `out` left by dead processes are removed first. On any exception
+    (including KeyboardInterrupt and ehrfm.app.cli's SIGTERM) the temporary directory is removed and
+    `out` is left exactly as it was; an OS error while writing (full disk, read-only filesystem)
+    is re-raised as an OSError naming `out` and the errno.
     """
     out = Path(out)
+    check_writable_path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output {out} exists and is a regular file, not a directory; choose another --out")
     if out.exists() and not overwrite:
         raise UserError(f"output {out} already exists; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(out)
-    tmp.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)
+        tmp.mkdir()
+    except OSError as e:
+        _reraise_named(e, out, tmp)
+        raise
     try:
         yield tmp
-    except BaseException:
+        # a test can stop or kill the process here, with the whole output in the temporary
+        fault_points.hold("atomic-dir", out.name)
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        _reraise_named(e, out, tmp)
         raise
-    if out.exists():
-        old = _tmp_sibling(out)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+    try:
+        if out.exists():
+            old = _tmp_sibling(out)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _reraise_named(e, out, tmp)
+        raise
 
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
-    """Open a temporary sibling of `path` for writing; rename it to `path` on success."""
+    """Open a temporary sibling of `path` for writing; rename it to `path` on success.
+
+    Temporaries of `path` left by dead processes are removed first; an OS error while writing is
+    re-raised as an OSError naming `path` (see atomic_dir).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_writable_path(path)
+    if path.is_dir():
+        raise UserError(f"output {path} is a directory, not a file; choose another path")
     tmp = _tmp_sibling(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
         with open(tmp, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except BaseException as e:
+        _reraise_named(e, path, tmp)
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -90,14 +244,93 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Non
         f.write("\n")
 
 
-def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+def read_json(path: str | os.PathLike, what: str = "file", expect: type | None = None, hint: str = "") -> Any:
+    """Parse a JSON file ehrfm wrote (or a user gave), or raise one clear UserError.
+
+    Args:
+        path: the file.
+        what: what it is, for the message ("run result", "sweep config").
+        expect: the type the top level must have (dict for every ehrfm JSON object); None: any.
+        hint: what the user can do about a damaged file, appended to the message.
+
+    Raises:
+        UserError: missing, unreadable, truncated/empty/not JSON, or not of type `expect`; the
+            message names the file, never its content.
+    """
     path = Path(path)
+    tail = f"; {hint}" if hint else ""
     if not path.is_file():
-        raise UserError(f"{what} {path} not found")
+        raise UserError(f"{what} {path} not found{tail}")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{what} {path} is not valid JSON (line {e.lineno})") from None
+        obj = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f" (line {e.lineno})" if isinstance(e, json.JSONDecodeError) else ""
+        empty = " (empty file)" if path.stat().st_size == 0 else where
+        raise UserError(f"{what} {path} is damaged: not valid JSON{empty}{tail}") from None
+    if expect is not None and not isinstance(obj, expect):
+        raise UserError(f"{what} {path} is damaged: a JSON {type(obj).__name__} where a JSON "
+                        f"{'object' if expect is dict else expect.__name__} was expected{tail}")
+    return obj
+
+
+def read_parquet(path: str | os.PathLike, what: str = "file", hint: str = "", columns: list[str] | None = None):
+    """Read a parquet file into a pyarrow Table, or raise one clear UserError naming the file.
+
+    A truncated or overwritten file (no footer, bad magic bytes, a corrupt page) is reported as
+    damaged with `hint` (what to do), never as a pyarrow traceback. Raises UserError also when
+    the file is missing.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    tail = f"; {hint}" if hint else ""
+    if not path.is_file():
+        raise UserError(f"{what} {path} not found{tail}")
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        reason = "empty file" if path.stat().st_size == 0 else type(e).__name__
+        raise UserError(f"{what} {path} is damaged: not a readable parquet file ({reason}){tail}") from None
+
+
+def check_parquet_files(paths, what: str = "file", hint: str = "") -> None:
+    """Read the footer of each parquet file; UserError naming the first truncated or non-parquet one.
+
+    For stages that read many files lazily (polars scans), where a damaged file would otherwise
+    surface later as an error naming no file. Costs one small read per file.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tail = f"; {hint}" if hint else ""
+    for path in paths:
+        path = Path(path)
+        try:
+            pq.read_metadata(path)
+        except (pa.ArrowException, OSError, ValueError) as e:
+            reason = "empty file" if path.is_file() and path.stat().st_size == 0 else type(e).__name__
+            raise UserError(f"{what} {path} is damaged: not a readable parquet file ({reason}){tail}") from None
+
+
+def load_npy(path: str | os.PathLike, what: str = "array", hint: str = "", mmap_mode: str | None = "r"):
+    """np.load of a .npy file ehrfm wrote (memory-mapped by default), or one clear UserError.
+
+    A truncated, empty or overwritten file (bad magic, a header promising more bytes than the file
+    holds) is named as damaged with `hint`, never shown as a numpy traceback. Pickled object
+    arrays are refused (allow_pickle=False).
+    """
+    import numpy as np
+
+    path = Path(path)
+    tail = f"; {hint}" if hint else ""
+    if not path.is_file():
+        raise UserError(f"{what} {path} not found{tail}")
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        reason = "empty file" if path.stat().st_size == 0 else type(e).__name__
+        raise UserError(f"{what} {path} is damaged: not a readable .npy array ({reason}){tail}") from None
 
 
 def format_ci(x, ci=None, fmt: str = "{:.3g}") -> str:

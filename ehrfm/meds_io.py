@@ -35,6 +35,7 @@ import meds
 import polars as pl
 
 from ehrfm.errors import UserError
+from ehrfm.io import check_parquet_files
 
 SUBJECT_ID = meds.DataSchema.subject_id_name
 TIME = meds.DataSchema.time_name
@@ -143,6 +144,9 @@ def open_meds(meds_dir: str | os.PathLike, check_static: bool = True) -> MedsDat
     data = root / DATA_DIR
     if not data.is_dir():
         raise UserError(f"{root} is not a MEDS dataset: no {DATA_DIR}/ directory")
+    # A truncated shard would otherwise surface mid-scan as an error naming no file.
+    check_parquet_files([*data.rglob("*.parquet"), *(root / "metadata").glob("*.parquet")], "MEDS file",
+                        hint="re-create the MEDS dataset (ehrfm etl --overwrite)")
     folders = sorted(p.name for p in data.iterdir()
                      if p.is_dir() and not p.name.startswith(".") and any(p.rglob("*.parquet")))
     loose = sorted(data.glob("*.parquet"))

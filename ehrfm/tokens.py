@@ -32,8 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from ehrfm.errors import UserError
+from ehrfm.io import load_npy, read_json, read_parquet
 
 SPLITS = ("train", "tuning", "held_out")
+_REDO = "re-create the token dir with `ehrfm tokenize`"
 
 
 @dataclass
@@ -85,9 +87,12 @@ class TokenDir:
     @cached_property
     def tokenizer(self) -> dict:
         try:
-            return json.loads(self.tokenizer_bytes)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{self.path / 'tokenizer.json'} is not valid JSON (line {e.lineno})") from None
+            tok = json.loads(self.tokenizer_bytes)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(f"{self.path / 'tokenizer.json'} is damaged: not valid JSON; {_REDO}") from None
+        if not isinstance(tok, dict) or not isinstance(tok.get("vocab"), list):
+            raise UserError(f"{self.path / 'tokenizer.json'} is damaged: no vocab list; {_REDO}")
+        return tok
 
     @cached_property
     def fingerprint(self) -> str:
@@ -152,12 +157,12 @@ class TokenDir:
     @cached_property
     def stats(self) -> dict:
         p = self.path / "stats.json"
-        return json.loads(p.read_text()) if p.is_file() else {}
+        return read_json(p, "token stats", expect=dict, hint=_REDO) if p.is_file() else {}
 
     @cached_property
     def config(self) -> dict:
         p = self.path / "config.json"
-        return json.loads(p.read_text()) if p.is_file() else {}
+        return read_json(p, "token dir config", expect=dict, hint=_REDO) if p.is_file() else {}
 
     @property
     def meds_dir(self) -> Path | None:
@@ -176,11 +181,12 @@ class TokenDir:
         d = self.path / name
         if not (d / "tokens.npy").is_file():
             raise UserError(f"token dir {self.path} has no split {name!r} (found: {', '.join(self.splits) or 'none'})")
-        import pyarrow.parquet as pq
-
-        tokens = np.load(d / "tokens.npy", mmap_mode="r")
-        times = np.load(d / "times.npy", mmap_mode="r")
-        index = pq.read_table(d / "index.parquet")
+        tokens = load_npy(d / "tokens.npy", "token array", hint=_REDO)
+        times = load_npy(d / "times.npy", "token times", hint=_REDO)
+        index = read_parquet(d / "index.parquet", "token index", hint=_REDO)
+        missing = [c for c in ("subject_id", "offset", "length") if c not in index.column_names]
+        if missing:
+            raise UserError(f"token index {d / 'index.parquet'} is damaged: missing column(s) {', '.join(missing)}; {_REDO}")
         split = TokenSplit(
             name=name,
             tokens=tokens,

@@ -158,15 +158,22 @@ def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool) -> dict |
             _check_same_run(run_dir, saved, run_config)
             result_path = run_dir / "result.json"
             if result_path.is_file():
-                result = read_json(result_path, "run result")
+                result = read_json(result_path, "run result", expect=dict,
+                                   hint="delete it and rerun: the run resumes from its checkpoint and writes it again")
                 if result.get("status") in ("completed", "diverged"):  # deterministic outcomes: keep
                     return result
                 result_path.unlink()  # a failed run (e.g. out of memory) is retried, from its checkpoint
             return None
         if any(run_dir.iterdir()):
             raise UserError(f"output {run_dir} exists and is not a run dir (no config.json); choose another --out")
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", run_config)
+    try:
+        write_json(run_dir / "config.json", run_config)
+    except BaseException:  # a full disk at start-up: leave nothing behind
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     return None
 
 

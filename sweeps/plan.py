@@ -327,17 +327,17 @@ def plan_sweep(
 
 
 def load_sweep(sweep_dir: str | Path) -> tuple[SweepConfig, list[dict]]:
-    """SweepConfig and plan rows of a planned sweep dir (UserError if it is not one)."""
-    import pyarrow.parquet as pq
+    """SweepConfig and plan rows of a planned sweep dir (UserError if it is not one, or a file is damaged)."""
+    from ehrfm.io import read_parquet
 
     sweep_dir = Path(sweep_dir)
     if not (sweep_dir / SWEEP_JSON).is_file():
         raise UserError(f"{sweep_dir} is not a sweep dir: {SWEEP_JSON} not found (run `ehrfm sweep plan` first)")
-    sweep = SweepConfig.from_dict(read_json(sweep_dir / SWEEP_JSON, "sweep config"))
+    sweep = SweepConfig.from_dict(read_json(sweep_dir / SWEEP_JSON, "sweep config", expect=dict))
     plan_path = sweep_dir / PLAN_PARQUET
     if not plan_path.is_file():
         raise UserError(f"{plan_path} not found (run `ehrfm sweep plan` again)")
-    table = pq.read_table(plan_path)
+    table = read_parquet(plan_path, "sweep plan", hint="run `ehrfm sweep plan` again with the same options to rewrite it")
     missing = [c for c in PLAN_COLUMNS if c not in table.column_names]
     if missing:
         raise UserError(f"{plan_path}: missing column(s) {', '.join(missing)} ({table.num_rows} rows)")

@@ -16,12 +16,15 @@
 from __future__ import annotations
 
 import getpass
-import json
+import math
 import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from ehrfm.errors import UserError
+from ehrfm.io import read_json
 
 FINISHED = ("completed", "failed", "diverged")
 ACTIVE = ("queued", "running")
@@ -49,17 +52,47 @@ def log_path(sweep_dir: Path, run_id: str) -> Path:
 
 
 def read_record(sweep_dir: Path, run_id: str) -> dict | None:
-    try:
-        return json.loads(record_path(sweep_dir, run_id).read_text())
-    except (OSError, json.JSONDecodeError):
+    """jobs/<id>.json, or None when there is none. UserError when it is damaged: the job it names
+    may still be alive, so guessing (and resubmitting) would risk training the run twice."""
+    path = record_path(sweep_dir, run_id)
+    if not path.exists():
         return None
+    return read_json(path, "job record", expect=dict,
+                     hint="if no job of this run is alive (squeue), delete the file and relaunch")
+
+
+_NUMBER_FIELDS = ("val_loss", "n_params", "n_params_total", "tokens", "flops", "wall_s", "tokens_per_s")
 
 
 def read_result(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((Path(run_dir) / "result.json").read_text())
-    except (OSError, json.JSONDecodeError):
+    """runs/<id>/result.json, or None when the run has not written one.
+
+    Raises:
+        UserError: the file exists but is truncated, empty, not a JSON object, or wrongly typed
+            (status not a string, a number field not a number, a completed run without a finite
+            val_loss). Such a run is neither "interrupted" nor usable: the message names the file
+            and what to do.
+    """
+    path = Path(run_dir) / "result.json"
+    if not path.exists():
         return None
+    hint = "delete it and relaunch the sweep: the run resumes from its checkpoint and writes it again"
+    result = read_json(path, "run result", expect=dict, hint=hint)
+    problems = []
+    status = result.get("status")
+    if not isinstance(status, str):
+        problems.append("status is not a string")
+    for k in _NUMBER_FIELDS:
+        v = result.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            problems.append(f"{k} is not a number")
+    if status == "completed" and not problems:
+        loss = result.get("val_loss")
+        if loss is None or not math.isfinite(loss):
+            problems.append("completed without a finite val_loss")
+    if problems:
+        raise UserError(f"run result {path} is damaged: {'; '.join(problems)}; {hint}")
+    return result
 
 
 def slurm_job_states() -> dict[str, str] | None:
@@ -161,7 +194,7 @@ def run_states(sweep_dir: str | Path, run_ids: list[str]) -> dict[str, RunState]
                 active = _local_state(record)
         if active is not None:
             state = active
-        elif (run_dir / "checkpoint").exists():
+        elif (run_dir / "checkpoint").exists() or (run_dir / "checkpoint.prev").exists():  # .prev: killed mid-swap
             state = "interrupted"
         elif record is not None:
             state = "lost"

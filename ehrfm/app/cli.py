@@ -3,15 +3,21 @@
 Each stage owns its subcommands in a small `cli` module with a `register(subparsers)` function;
 those modules import only argparse at top level so that `ehrfm --help` stays instant, and each
 subcommand is a thin wrapper over a public Python function of its stage.
-User errors (ehrfm.errors.UserError) exit with status 2 and one line on stderr.
+User errors (ehrfm.errors.UserError) and OS errors (a full disk, a read-only filesystem, an --out
+at or under a regular file) exit with status 2 and one line on stderr naming the path and the
+errno's meaning. SIGTERM (what SLURM and `timeout` send) unwinds like Ctrl-C, so every atomic
+output's temporary is removed; `ehrfm train` installs its own checkpoint-and-exit handler.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
+import signal
 import sys
+import threading
 
 from ehrfm import __version__
 from ehrfm.errors import UserError
@@ -39,22 +45,79 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that cleanup runs as for Ctrl-C."""
+
+
+_MAIN_PID = os.getpid()
+
+
+def _raise_terminated(signum, frame):
+    if os.getpid() != _MAIN_PID:  # a forked child inherited the handler: die as SIGTERM would
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    raise Terminated()
+
+
+# Advice for the errno values a user meets on clusters; others get the errno's meaning alone.
+_OS_ERROR_HINTS = {
+    errno.ENOSPC: "free some space or write elsewhere",
+    errno.EDQUOT: "free some space or write elsewhere",
+    errno.EROFS: "write to a writable location",
+    errno.ENOTDIR: "the path or one of its parents is a regular file, not a directory",
+    errno.EEXIST: "the path exists (as a file where a directory was expected?)",
+    errno.EACCES: "check the permissions",
+}
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an OSError: the path(s) and the errno's meaning (never file contents)."""
+    path = e.filename if e.filename is not None else None
+    if e.errno is not None:
+        reason = f"{os.strerror(e.errno)} ({errno.errorcode.get(e.errno, e.errno)})"
+        hint = _OS_ERROR_HINTS.get(e.errno)
+        if hint:
+            reason += f"; {hint}"
+    else:
+        reason = (str(e.strerror or "") or str(e) or type(e).__name__).splitlines()[0]
+    if path is None:
+        return reason
+    if e.filename2 is not None:
+        return f"{path} -> {e.filename2}: {reason}"
+    return f"{path}: {reason}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    global _MAIN_PID
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        _MAIN_PID = os.getpid()
+        old_term = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         rc = args.func(args)
     except UserError as e:
         print(f"ehrfm {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"ehrfm {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"ehrfm {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         os._exit(0)
+    except OSError as e:
+        print(f"ehrfm {args.command}: error: {os_error_line(e)}", file=sys.stderr)
+        return 2
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     return int(rc or 0)
 
 

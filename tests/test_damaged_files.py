@@ -1,0 +1,164 @@
+"""Damaged files read back across stages (issue 15, fault 3): one line naming the file, exit 2.
+
+A truncated, empty or wrongly typed file that ehrfm wrote earlier (result.json, plan.parquet,
+bootstrap.parquet, tokens.npy, index.parquet, tokenizer.json) is never shown as "interrupted" with
+exit 0, never silently dropped, and never a traceback: `ehrfm` names the file and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_train import make_token_dir
+
+from ehrfm.errors import UserError
+from ehrfm.io import load_npy, read_json, read_parquet
+
+ENV = {**os.environ, "EHRFM_QUIET": "1", "OMP_NUM_THREADS": "1"}
+
+
+def ehrfm(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ehrfm", *map(str, args)], env=ENV, capture_output=True, text=True)
+
+
+def assert_one_line_error(p: subprocess.CompletedProcess, *names: str) -> str:
+    assert p.returncode == 2, (p.returncode, p.stdout[-300:], p.stderr[-800:])
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory) -> Path:
+    return make_token_dir(tmp_path_factory.mktemp("tok") / "tok")
+
+
+@pytest.fixture()
+def sweep(tok, tmp_path) -> tuple[Path, list[str]]:
+    from sweeps.plan import plan_sweep
+
+    out = tmp_path / "sweep"
+    _, rows, _ = plan_sweep(tok, [2e8, 6e8], out, sizes=2, context=64, min_steps=1, train={"batch_size": 4})
+    return out, [r["run_id"] for r in rows]
+
+
+COMPLETED = {"status": "completed", "val_loss": 3.21, "n_params": 1000, "tokens": 5000, "flops": 3e7}
+DAMAGE = {
+    "truncated": json.dumps(COMPLETED)[:25],
+    "empty": "",
+    "a list": json.dumps([COMPLETED]),
+    "loss as text": json.dumps({**COMPLETED, "val_loss": "3.21"}),
+    "status as list": json.dumps({**COMPLETED, "status": ["completed"]}),
+    "no loss": json.dumps({k: v for k, v in COMPLETED.items() if k != "val_loss"}),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_result_json_is_named_by_status_and_collect(sweep, damage):
+    sweep_dir, ids = sweep
+    run = sweep_dir / "runs" / ids[0]
+    (run / "checkpoint").mkdir(parents=True)  # a completed run has its final checkpoint
+    (run / "result.json").write_text(DAMAGE[damage])
+    for cmd in ("status", "collect"):
+        line = assert_one_line_error(ehrfm("sweep", cmd, sweep_dir), str(run / "result.json"), "damaged")
+        assert "relaunch" in line
+    assert not (sweep_dir / "results.parquet").exists()
+
+
+def test_intact_result_json_is_still_read(sweep):
+    sweep_dir, ids = sweep
+    run = sweep_dir / "runs" / ids[0]
+    run.mkdir(parents=True)
+    (run / "result.json").write_text(json.dumps(COMPLETED))
+    p = ehrfm("sweep", "status", sweep_dir)
+    assert p.returncode == 0 and "completed" in p.stdout, p.stderr
+
+
+def test_truncated_plan_parquet_is_one_line(sweep):
+    sweep_dir, _ = sweep
+    plan = sweep_dir / "plan.parquet"
+    plan.write_bytes(plan.read_bytes()[: plan.stat().st_size // 2])
+    for cmd in ("status", "collect"):
+        assert_one_line_error(ehrfm("sweep", cmd, sweep_dir), str(plan), "damaged")
+
+
+def test_truncated_bootstrap_parquet_is_one_line(tmp_path):
+    from analysis.synthetic import synthetic_results
+
+    table = tmp_path / "results.csv"
+    synthetic_results(budgets=(1e18, 1e19, 1e20), sizes=5, seed=1).write_csv(table)
+    fit = tmp_path / "fit"
+    p = ehrfm("fit", table, "--out", fit, "--approach", "1,2", "--bootstrap", "20", "--no-plots")
+    assert p.returncode == 0, p.stderr[-500:]
+    assert ehrfm("recommend", fit, "--flops", "1e19").returncode == 0
+    boot = fit / "bootstrap.parquet"
+    boot.write_bytes(boot.read_bytes()[:100])
+    assert_one_line_error(ehrfm("recommend", fit, "--flops", "1e19"), str(boot), "damaged", "ehrfm fit")
+
+
+TRAIN = ["--n-layer", "1", "--d-model", "32", "--n-head", "2", "--context", "64", "--tokens", "1000", "--batch-size", "4",
+         "--eval-tokens", "512"]
+
+
+@pytest.mark.parametrize("target", ["train/tokens.npy", "tuning/times.npy", "train/index.parquet", "tokenizer.json"])
+def test_damaged_token_dir_files_are_one_line(tok, tmp_path, target):
+    import shutil
+
+    bad = tmp_path / "tok"
+    shutil.copytree(tok, bad)
+    path = bad / target
+    if target.endswith(".json"):
+        path.write_text(json.dumps(["PAD", "UNK"]))  # valid JSON, wrong type
+    else:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+    out = tmp_path / "run"
+    assert_one_line_error(ehrfm("train", bad, "--out", out, *TRAIN), str(path), "damaged", "ehrfm tokenize")
+    assert not out.exists()
+
+
+def test_train_names_a_wrongly_typed_result_json(tok, tmp_path):
+    out = tmp_path / "run"
+    assert ehrfm("train", tok, "--out", out, *TRAIN).returncode == 0
+    (out / "result.json").write_text("[]")
+    assert_one_line_error(ehrfm("train", tok, "--out", out, *TRAIN), str(out / "result.json"), "damaged")
+    (out / "result.json").unlink()  # what the message says to do: the final evaluation is redone
+    again = ehrfm("train", tok, "--out", out, *TRAIN)
+    assert again.returncode == 0 and json.loads((out / "result.json").read_text())["status"] == "completed"
+
+
+def test_readers_name_the_file_and_never_the_content(tmp_path):
+    secret = '{"subject_id": 10001234, "note": "'
+    (tmp_path / "a.json").write_text(secret)
+    with pytest.raises(UserError) as e:
+        read_json(tmp_path / "a.json", "thing", expect=dict)
+    assert str(tmp_path / "a.json") in str(e.value) and "10001234" not in str(e.value)
+    (tmp_path / "b.json").write_text('"10001234"')
+    with pytest.raises(UserError, match="a JSON str where a JSON object was expected") as e:
+        read_json(tmp_path / "b.json", "thing", expect=dict)
+    assert "10001234" not in str(e.value)
+    (tmp_path / "c.parquet").write_bytes(b"PAR1" + b"\0" * 40)
+    with pytest.raises(UserError, match="c.parquet is damaged"):
+        read_parquet(tmp_path / "c.parquet")
+    (tmp_path / "d.npy").write_bytes(b"")
+    with pytest.raises(UserError, match=r"d.npy is damaged: not a readable .npy array \(empty file\)"):
+        load_npy(tmp_path / "d.npy")
+
+
+def test_truncated_meds_shard_is_named_by_tokenize(tmp_path):
+    from tokenization.etl import etl
+    from tokenization.synth import synthesize
+
+    synthesize(tmp_path / "raw", n_patients=150, seed=2)
+    etl(tmp_path / "raw", tmp_path / "meds")
+    shard = sorted((tmp_path / "meds" / "data" / "train").glob("*.parquet"))[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    out = tmp_path / "tok"
+    assert_one_line_error(ehrfm("tokenize", tmp_path / "meds", "--out", out), str(shard), "damaged")
+    assert not out.exists() and not list(tmp_path.glob("tok.tmp-*"))
