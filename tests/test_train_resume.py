@@ -116,7 +116,12 @@ def test_diverged_run_is_recorded_with_step(tok, tmp_path):
     assert res["status"] == "diverged" and res["diverged_step"] >= 2
     on_disk = json.loads((tmp_path / "run" / "result.json").read_text())
     assert on_disk["status"] == "diverged" and on_disk["diverged_step"] == res["diverged_step"]
-    assert "at step" in on_disk["error"] and on_disk["val_loss"] is None
+    # Each non-finite quantity is named (not "loss became <number>"), and the step is logged.
+    assert on_disk["error"] == f"train loss became nan and grad norm became nan at step {res['diverged_step']}"
+    assert on_disk["val_loss"] is None
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == res["diverged_step"] and last["diverged"] == on_disk["error"]
+    assert last["grad_norm"] is None and last["train_loss"] is None  # strict JSON: non-finite as null
     cli = subprocess.run([sys.executable, "-m", "ehrfm", "train", str(tok), "--out", str(tmp_path / "run"), *SHAPE,
                           "--tokens", "20000", "--batch-size", "4", "--lr", "1e9", "--grad-clip", "0",
                           "--warmup-frac", "0", "--eval-tokens", "1024"], env=ENV, capture_output=True, text=True)
