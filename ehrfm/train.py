@@ -40,6 +40,10 @@ Stops and faults:
   at step 13"); the last metrics.jsonl line logs it (non-finite values as null, the reason in
   `diverged`). Any other error ends the run as "failed" with the error type and message (never
   patient data).
+- One trainer per run dir: rank 0 holds an exclusive lock (ehrfm.run_lock, fcntl.flock on
+  RUN/.train.lock, released by the OS when the process dies) from before the run dir is read
+  until train returns; a second trainer on it is refused with RunDirBusyError (a UserError,
+  `ehrfm train` exit 2) and touches nothing, --overwrite included.
 - Resuming with another tokenizer, other data or another run config is refused (UserError) and
   nothing in the run dir is touched. A completed or diverged run dir returns its result.json
   unchanged; a failed one is retried (from its last checkpoint).
@@ -70,6 +74,7 @@ from ehrfm.errors import UserError
 from ehrfm.io import progress, read_json, summary, write_json
 from ehrfm.model import GPT
 from ehrfm.packing import PackedRows, PackedStream
+from ehrfm.run_lock import LOCK_FILE, RunDirBusyError, lock_run_dir
 from ehrfm.shapes import flops_per_token, n_params, n_params_total
 from ehrfm.tokens import TokenDir
 
@@ -184,24 +189,33 @@ def _check_token_ids(td: TokenDir, split) -> None:
         )
 
 
-def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool) -> dict | None:
-    """Create or validate the run dir (rank 0). Returns the existing result when already finished."""
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    if run_dir.exists():
-        if (run_dir / "config.json").is_file():
-            saved = read_json(run_dir / "config.json", "run config")
-            _check_same_run(run_dir, saved, run_config)
-            result_path = run_dir / "result.json"
-            if result_path.is_file():
-                result = read_json(result_path, "run result")
-                if result.get("status") in ("completed", "diverged"):  # deterministic outcomes: keep
-                    return result
-                result_path.unlink()  # a failed run (e.g. out of memory) is retried, from its checkpoint
-            return None
-        if any(run_dir.iterdir()):
-            raise UserError(f"output {run_dir} exists and is not a run dir (no config.json); choose another --out")
+def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool, held: contextlib.ExitStack) -> dict | None:
+    """Create or validate the run dir (rank 0) under its training lock, which `held` keeps until
+    the run ends. Returns the existing result when already finished; RunDirBusyError when another
+    process trains this run dir (checked before anything in it is read or changed)."""
+    if run_dir.exists() and not overwrite and not (run_dir / "config.json").is_file() \
+            and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
+        raise UserError(f"output {run_dir} exists and is not a run dir (no config.json); choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
+    held.enter_context(lock_run_dir(run_dir))
+    if overwrite:  # everything but the lock, which another trainer may be waiting on
+        for p in run_dir.iterdir():
+            if p.name == LOCK_FILE:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+    if (run_dir / "config.json").is_file():
+        saved = read_json(run_dir / "config.json", "run config")
+        _check_same_run(run_dir, saved, run_config)
+        result_path = run_dir / "result.json"
+        if result_path.is_file():
+            result = read_json(result_path, "run result")
+            if result.get("status") in ("completed", "diverged"):  # deterministic outcomes: keep
+                return result
+            result_path.unlink()  # a failed run (e.g. out of memory) is retried, from its checkpoint
+        return None
     write_json(run_dir / "config.json", run_config)
     return None
 
@@ -315,7 +329,8 @@ def train(cfg: TrainConfig, handle_signals: bool = True) -> dict:
         for s in STOP_SIGNALS:
             old_handlers[s] = signal.signal(s, lambda signum, frame: _stop_requested.set())
     try:
-        return _train(cfg, dd)
+        with contextlib.ExitStack() as held:  # the run dir's lock (rank 0), released on return
+            return _train(cfg, dd, held)
     finally:
         for s, h in old_handlers.items():
             signal.signal(s, h)
@@ -323,7 +338,7 @@ def train(cfg: TrainConfig, handle_signals: bool = True) -> dict:
         dd.close()
 
 
-def _train(cfg: TrainConfig, dd: _Dist) -> dict:
+def _train(cfg: TrainConfig, dd: _Dist, held: contextlib.ExitStack) -> dict:
     td = TokenDir(cfg.tokens_dir)
     model_cfg = cfg.model_config(td.vocab_size)
     D = tokens_for(cfg, model_cfg)
@@ -355,12 +370,12 @@ def _train(cfg: TrainConfig, dd: _Dist) -> dict:
     finished = None
     if dd.main:
         try:
-            finished = ("ok", _prepare_run_dir(run_dir, run_config, cfg.overwrite))
+            finished = ("ok", _prepare_run_dir(run_dir, run_config, cfg.overwrite, held))
         except UserError as e:
-            finished = ("error", str(e))
+            finished = ("busy" if isinstance(e, RunDirBusyError) else "error", str(e))
     finished = dd.broadcast_object(finished)
-    if finished[0] == "error":
-        raise UserError(finished[1])
+    if finished[0] != "ok":
+        raise (RunDirBusyError if finished[0] == "busy" else UserError)(finished[1])
     if finished[1] is not None:
         if dd.main:
             summary(f"run {run_dir} already finished ({finished[1].get('status')}); nothing to do")

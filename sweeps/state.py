@@ -7,6 +7,8 @@
                                     ids, whoever submitted them (`squeue -j`), and a held job
                                     (any *_HOLD, SPECIAL_EXIT, pending for any reason) is queued
     interrupted                     the job is gone, runs/<id>/checkpoint/ exists: resumable
+    running                         also: no visible job, but a trainer holds the run dir's lock
+                                    (ehrfm.run_lock), e.g. a teammate's job SLURM hides from us
     lost                            the job is gone and nothing was saved (cancelled before start,
                                     killed without checkpoint): launch starts it again
     unknown                         a SLURM job that cannot be checked here (no squeue, controller
@@ -25,6 +27,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from ehrfm.run_lock import run_dir_busy
 
 FINISHED = ("completed", "failed", "diverged")
 ACTIVE = ("queued", "running")
@@ -205,6 +209,10 @@ def run_states(sweep_dir: str | Path, run_ids: list[str]) -> dict[str, RunState]
                 active = "unknown" if squeue is None else _slurm_state(record, squeue)
             else:
                 active = _local_state(record)
+        if active is None and run_dir_busy(run_dir):
+            # a trainer holds the run dir although no job we can see runs it (another user's
+            # private jobs, another machine, a job wrapper gone before its trainer): never twice
+            active = "running"
         if active is not None:
             state = active
         elif (run_dir / "checkpoint").exists():

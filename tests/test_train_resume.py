@@ -187,3 +187,34 @@ def test_bad_token_dir_is_one_clear_error(tok, tmp_path):
     with pytest.raises(UserError, match="less than one token"):
         train(TrainConfig(tokens_dir=str(tok), out_dir=str(tmp_path / "run"), flops=10.0))
     assert not (tmp_path / "run").exists()
+
+
+def test_second_trainer_on_a_run_dir_is_refused(tok, reference, tmp_path):
+    """The first trainer holds at step 2 (ehrfm.fault_points); a second `ehrfm train` on its run dir,
+    with or without --overwrite, is refused with one line and changes nothing; the first then
+    finishes exactly like an uninterrupted run."""
+    from ehrfm.fault_points import release
+    from ehrfm.run_lock import run_dir_busy
+
+    out, holds = tmp_path / "run", tmp_path / "holds"
+    first = subprocess.Popen(run_cmd(tok, out), env=dict(ENV, EHRFM_HOLD_AT="step-2", EHRFM_HOLD_DIR=str(holds)),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_held(holds, out.name, "step-2", is_alive=lambda: first.poll() is None)
+        assert run_dir_busy(out)
+        before = dir_digest(out)
+        for extra in ([], ["--overwrite"]):
+            second = subprocess.run(run_cmd(tok, out) + extra, env=ENV, capture_output=True, text=True)
+            assert second.returncode == 2, second.stderr
+            assert second.stderr.count("\n") == 1 and f"run dir {out} is being trained by another process" in second.stderr
+            assert dir_digest(out) == before
+        release(holds, out.name, "step-2")
+        _, err = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, err.decode()[-1000:]
+    assert not run_dir_busy(out)  # released when the trainer ended
+    res = json.loads((out / "result.json").read_text())
+    assert res["val_loss"] == json.loads((reference / "result.json").read_text())["val_loss"]
+    assert metrics(out) == metrics(reference)  # one trainer wrote metrics.jsonl, no interleaved lines
