@@ -26,6 +26,7 @@ def _positive_float(text: str) -> float:
 
 
 def _fit(args) -> int:
+    import sys
     import warnings
 
     from analysis.fit import FitConfig, FitWarning, fit_results, format_fit_table, write_fits
@@ -39,6 +40,8 @@ def _fit(args) -> int:
         fit = fit_results(results, config=cfg)
     write_fits(fit, args.out, results=results, overwrite=args.overwrite, plots=not args.no_plots)
     print(format_fit_table(fit))
+    for e in fit.excluded:  # never only in fits.json: a diverged or failed run must be seen
+        print(f"ehrfm fit: warning: run {e['run_id']} not fitted: {e['reason']}", file=sys.stderr)
     fitted = [str(k) for k in cfg.approaches if getattr(fit, f"approach{k}") is not None]
     missing = [str(k) for k in cfg.approaches if getattr(fit, f"approach{k}") is None]
     summary(f"fit: {fit.n_fitted} runs ({len(fit.excluded)} excluded), approaches {','.join(fitted)} fitted"

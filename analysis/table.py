@@ -9,7 +9,9 @@ utility bootstrap), and these optional columns (written by sweeps, or by hand):
   - epochs: passes over those unique tokens (tokens / unique_tokens when absent);
   - vocab_size, context: the model's vocabulary and context length (for concrete shapes).
 Only status == "completed" rows are fitted; every other row is reported in `excluded` with its
-reason. A completed row with a missing, NaN or non-positive required value is an error naming
+reason (the status, and the `error` column's text when there is one). A completed row whose loss
+is above uniform guessing, ln(vocab_size) nats/token, is a blow-up recorded by a trainer that did
+not check it: excluded too, with that reason, never fitted. A completed row with a missing, NaN or non-positive required value is an error naming
 the file, column and run ids (never patient data: the table holds none, but we still name ids only).
 """
 
@@ -174,11 +176,22 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss") ->
     keep = np.ones(n_rows, dtype=bool)
     if "status" in df.columns:
         status = df["status"].cast(pl.Utf8).fill_null("<null>").to_numpy().astype(str)
+        error = df["error"].cast(pl.Utf8).to_list() if "error" in df.columns else [None] * n_rows
         for i in np.flatnonzero(status != "completed"):
-            excluded.append({"run_id": str(run_id[i]), "reason": f"status {status[i]}"})
+            excluded.append({"run_id": str(run_id[i]), "reason": f"status {status[i]}" + (f": {error[i]}" if error[i] else "")})
         keep &= status == "completed"
 
     values = {c: _numeric(df, c, source) for c in required}
+    if "vocab_size" in df.columns and "loss" in df.columns:
+        # Uniform guessing scores ln V nats/token; a "completed" run above it blew up (finite, so
+        # unnoticed). Checked on the per-token loss whatever column is fitted.
+        uniform = np.log(_numeric(df, "vocab_size", source))
+        per_token = values["loss"] if "loss" in values else _numeric(df, "loss", source)
+        blown = keep & np.isfinite(uniform) & (per_token > uniform)
+        for i in np.flatnonzero(blown):
+            excluded.append({"run_id": str(run_id[i]), "reason": f"status completed but loss {per_token[i]:.4g} nats/token is "
+                             f"above uniform guessing ln V = {uniform[i]:.4g}: a blow-up, not a measurement"})
+        keep &= ~blown
     if "flops" in df.columns:
         values["flops"] = _numeric(df, "flops", source)
     for col, v in values.items():
@@ -189,7 +202,8 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss") ->
                 f"completed run(s): {_name_ids(run_id[bad])}"
             )
     if keep.sum() == 0:
-        raise UserError(f"results table {source} has no completed runs ({n_rows} rows, {len(excluded)} not completed)")
+        named = _name_ids(f"{e['run_id']} ({e['reason'].split(':')[0]})" for e in excluded)
+        raise UserError(f"results table {source} has no completed runs to fit ({n_rows} rows, {len(excluded)} excluded: {named})")
 
     flops = values.get("flops", 6.0 * values["n_params"] * values["tokens"])
     budget = _numeric(df, "budget", source) if "budget" in df.columns else None

@@ -34,8 +34,18 @@ Stops and faults:
   writing result.json (`ehrfm train` exits 3). Calling train again with the same config resumes
   and ends bit-identical (CPU) to an uninterrupted run: data order is a pure function of (seed,
   step) and the checkpoint holds weights, AdamW moments and RNG states exactly.
-- A non-finite loss ends the run as "diverged" (result.json records the step); any other error
-  ends it as "failed" with the error type and message (never patient data).
+- Divergence (`divergence_reason`) ends the run as "diverged", never "completed": a non-finite
+  train loss or gradient norm at a step, or a non-finite periodic held-out loss, stops it at
+  once; a final held-out loss that is non-finite, above uniform guessing (ln V nats/token) or
+  above the run's initial loss (its first step's train loss, at the initial weights) is a
+  finite blow-up. result.json's `error` names the quantity and the step ("grad norm became inf
+  at step 13"); the last metrics.jsonl line logs it (non-finite values as null, the reason in
+  `diverged`). Any other error ends the run as "failed" with the error type and message (never
+  patient data).
+- One trainer per run dir: rank 0 holds an exclusive lock (ehrfm.run_lock, fcntl.flock on
+  RUN/.train.lock, released by the OS when the process dies) from before the run dir is read
+  until train returns; a second trainer on it is refused with RunDirBusyError (a UserError,
+  `ehrfm train` exit 2) and touches nothing, --overwrite included.
 - Resuming with another tokenizer, other data or another run config is refused (UserError) and
   nothing in the run dir is touched. A completed or diverged run dir returns its result.json
   unchanged; a failed one is retried (from its last checkpoint).
@@ -66,6 +76,7 @@ from ehrfm.errors import UserError
 from ehrfm.io import progress, read_json, summary, write_json
 from ehrfm.model import GPT
 from ehrfm.packing import PackedRows, PackedStream
+from ehrfm.run_lock import LOCK_FILE, RunDirBusyError, lock_run_dir
 from ehrfm.shapes import flops_per_token, n_params, n_params_total
 from ehrfm.tokens import TokenDir
 
@@ -90,6 +101,38 @@ def tokens_for(cfg: TrainConfig, model_cfg: ModelConfig) -> int:
     if cfg.tokens is not None:
         return int(cfg.tokens)
     return int(math.floor(float(cfg.flops) / flops_per_token(model_cfg)))
+
+
+def divergence_reason(step: int, vocab_size: int | None = None, initial_loss: float | None = None, **quantities) -> str | None:
+    """Why a run has diverged at `step`, or None when it has not.
+
+    Args:
+        step: the optimizer step (1-based) the quantities belong to; named in the reason.
+        vocab_size: V; a `val_loss` above ln V nats/token (uniform guessing) is a blow-up.
+        initial_loss: the run's loss at its initial weights (nats/token); a `val_loss` above it
+            means the run ended worse than it started.
+        **quantities: the values to check by name, e.g. train_loss, grad_norm, val_loss (floats).
+            Every non-finite one is named; only `val_loss` is compared with the two bounds.
+
+    Returns:
+        e.g. "grad norm became inf at step 13" or "val loss 2.4e+06 nats/token at step 40 is
+        above uniform guessing ln V = 5.47 (V = 240) and above the initial loss 5.49"; None.
+    """
+    bad = [f"{name.replace('_', ' ')} became {float(v)}" for name, v in quantities.items()
+           if v is not None and not math.isfinite(float(v))]
+    if bad:
+        return " and ".join(bad) + f" at step {step}"
+    val = quantities.get("val_loss")
+    if val is None:
+        return None
+    above = []
+    if vocab_size is not None and val > math.log(vocab_size):
+        above.append(f"above uniform guessing ln V = {math.log(vocab_size):.4g} (V = {vocab_size})")
+    if initial_loss is not None and math.isfinite(initial_loss) and val > initial_loss:
+        above.append(f"above the initial loss {initial_loss:.4g}")
+    if not above:
+        return None
+    return f"val loss {val:.4g} nats/token at step {step} is " + " and ".join(above)
 
 
 def lr_at(step: int, n_steps: int, cfg: TrainConfig) -> float:
@@ -148,29 +191,38 @@ def _check_token_ids(td: TokenDir, split) -> None:
         )
 
 
-def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool) -> dict | None:
-    """Create or validate the run dir (rank 0). Returns the existing result when already finished."""
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    if run_dir.exists():
-        if (run_dir / "config.json").is_file():
-            saved = read_json(run_dir / "config.json", "run config")
-            _check_same_run(run_dir, saved, run_config)
-            result_path = run_dir / "result.json"
-            if result_path.is_file():
-                result = read_json(result_path, "run result", expect=dict,
-                                   hint="delete it and rerun: the run resumes from its checkpoint and writes it again")
-                if result.get("status") in ("completed", "diverged"):  # deterministic outcomes: keep
-                    return result
-                result_path.unlink()  # a failed run (e.g. out of memory) is retried, from its checkpoint
-            return None
-        if any(run_dir.iterdir()):
-            raise UserError(f"output {run_dir} exists and is not a run dir (no config.json); choose another --out")
+def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool, held: contextlib.ExitStack) -> dict | None:
+    """Create or validate the run dir (rank 0) under its training lock, which `held` keeps until
+    the run ends. Returns the existing result when already finished; RunDirBusyError when another
+    process trains this run dir (checked before anything in it is read or changed)."""
+    if run_dir.exists() and not overwrite and not (run_dir / "config.json").is_file() \
+            and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
+        raise UserError(f"output {run_dir} exists and is not a run dir (no config.json); choose another --out")
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    held.enter_context(lock_run_dir(run_dir))
+    if overwrite:  # everything but the lock, which another trainer may be waiting on
+        for p in run_dir.iterdir():
+            if p.name == LOCK_FILE:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+    if (run_dir / "config.json").is_file():
+        saved = read_json(run_dir / "config.json", "run config")
+        _check_same_run(run_dir, saved, run_config)
+        result_path = run_dir / "result.json"
+        if result_path.is_file():
+            result = read_json(result_path, "run result", expect=dict,
+                               hint="delete it and rerun: the run resumes from its checkpoint and writes it again")
+            if result.get("status") in ("completed", "diverged"):  # deterministic outcomes: keep
+                return result
+            result_path.unlink()  # a failed run (e.g. out of memory) is retried, from its checkpoint
+        return None
     try:
         write_json(run_dir / "config.json", run_config)
-    except BaseException:  # a full disk at start-up: leave nothing behind
+    except BaseException:  # a full disk at start-up: leave nothing behind (the lock dies with us)
         if created:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
@@ -286,7 +338,8 @@ def train(cfg: TrainConfig, handle_signals: bool = True) -> dict:
         for s in STOP_SIGNALS:
             old_handlers[s] = signal.signal(s, lambda signum, frame: _stop_requested.set())
     try:
-        return _train(cfg, dd)
+        with contextlib.ExitStack() as held:  # the run dir's lock (rank 0), released on return
+            return _train(cfg, dd, held)
     finally:
         for s, h in old_handlers.items():
             signal.signal(s, h)
@@ -294,7 +347,7 @@ def train(cfg: TrainConfig, handle_signals: bool = True) -> dict:
         dd.close()
 
 
-def _train(cfg: TrainConfig, dd: _Dist) -> dict:
+def _train(cfg: TrainConfig, dd: _Dist, held: contextlib.ExitStack) -> dict:
     td = TokenDir(cfg.tokens_dir)
     model_cfg = cfg.model_config(td.vocab_size)
     D = tokens_for(cfg, model_cfg)
@@ -326,12 +379,12 @@ def _train(cfg: TrainConfig, dd: _Dist) -> dict:
     finished = None
     if dd.main:
         try:
-            finished = ("ok", _prepare_run_dir(run_dir, run_config, cfg.overwrite))
+            finished = ("ok", _prepare_run_dir(run_dir, run_config, cfg.overwrite, held))
         except UserError as e:
-            finished = ("error", str(e))
+            finished = ("busy" if isinstance(e, RunDirBusyError) else "error", str(e))
     finished = dd.broadcast_object(finished)
-    if finished[0] == "error":
-        raise UserError(finished[1])
+    if finished[0] != "ok":
+        raise (RunDirBusyError if finished[0] == "busy" else UserError)(finished[1])
     if finished[1] is not None:
         if dd.main:
             summary(f"run {run_dir} already finished ({finished[1].get('status')}); nothing to do")
@@ -387,10 +440,12 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
         lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fused,
     )
     step, wall_s, train_loss = 0, 0.0, float("nan")
+    initial_loss = None  # the first step's train loss, at the initial weights: what a run must beat
     if has_checkpoint(run_dir):
         state = load_training_state(run_dir, core, optimizer, device=device)
         step, wall_s = int(state["step"]), float(state["wall_s"])
         train_loss = float(state.get("train_loss", "nan"))
+        initial_loss = state.get("initial_train_loss")
     if dd.main:
         _truncate_metrics(run_dir / "metrics.jsonl", step)
     model = core
@@ -409,7 +464,7 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
 
     def checkpoint_state(status: str) -> dict:
         return {"step": step, "tokens_seen": min(step * step_tokens, D), "wall_s": wall_s, "status": status,
-                "train_loss": train_loss,
+                "train_loss": train_loss, "initial_train_loss": initial_loss,
                 "tokenizer_fingerprint": td.fingerprint, "steps": n_steps, "tokens": D}
 
     metrics_f = open(run_dir / "metrics.jsonl", "a") if dd.main else None  # noqa: SIM115 (closed in the finally below)
@@ -454,8 +509,14 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
                 dist.all_reduce(flags)
             train_loss = float(flags[0]) / max(n_predicted, 1)
             stop = float(flags[1]) > 0
-            if not math.isfinite(train_loss) or not math.isfinite(float(grad_norm)):
-                return _finish_diverged(cfg, dd, run_dir, base, step + 1, train_loss, wall_s + time.perf_counter() - t0)
+            if step == 0 and math.isfinite(train_loss):
+                initial_loss = train_loss
+            reason = divergence_reason(step + 1, train_loss=train_loss, grad_norm=float(grad_norm))
+            if reason:
+                if dd.main:
+                    metrics_f.write(_json_line({"step": step + 1, "tokens": min((step + 1) * step_tokens, D), "train_loss": train_loss,
+                                                "lr": lr, "grad_norm": float(grad_norm), "diverged": reason}))
+                return _finish_diverged(dd, run_dir, base, step + 1, reason, wall_s + time.perf_counter() - t0, initial_loss)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -467,6 +528,13 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
             val_loss = None
             if cfg.eval_interval and step % cfg.eval_interval == 0 and step < n_steps:
                 val_loss = evaluate(model, eval_rows, eval_bs, device, autocast, dd)
+                # only a non-finite loss stops a run early: a finite spike may still recover
+                if not math.isfinite(val_loss):
+                    reason = divergence_reason(step, val_loss=val_loss)
+                    if dd.main:
+                        metrics_f.write(_json_line({"step": step, "tokens": min(step * step_tokens, D), "train_loss": train_loss,
+                                                    "lr": lr, "grad_norm": float(grad_norm), "val_loss": val_loss, "diverged": reason}))
+                    return _finish_diverged(dd, run_dir, base, step, reason, wall_s, initial_loss)
             if dd.main and (step % cfg.log_interval == 0 or val_loss is not None or step == n_steps):
                 line = {"step": step, "tokens": min(step * step_tokens, D), "train_loss": train_loss, "lr": lr,
                         "grad_norm": float(grad_norm), "tokens_per_s": batch.n_tokens / dt}
@@ -495,8 +563,12 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
     t_eval = time.perf_counter()
     val_loss = evaluate(model, eval_rows, eval_bs, device, autocast, dd)
     eval_s = time.perf_counter() - t_eval
-    if not math.isfinite(val_loss):
-        return _finish_diverged(cfg, dd, run_dir, base, step, val_loss, wall_s)
+    reason = divergence_reason(step, vocab_size=td.vocab_size, initial_loss=initial_loss, val_loss=val_loss)
+    if reason:
+        if dd.main:
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(_json_line({"step": step, "tokens": D, "train_loss": train_loss, "val_loss": val_loss, "diverged": reason}))
+        return _finish_diverged(dd, run_dir, base, step, reason, wall_s + eval_s, initial_loss, val_loss=val_loss)
     session_s = time.perf_counter() - session_t0
     # Tokens per event differ between code modes: compare runs by held-out nats per event
     # (TokenDir.event_head_mask: the events whose first token is among the scored targets).
@@ -508,6 +580,7 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
         "loss_per_event": val_loss * eval_rows.n_targets / eval_events if eval_events else None,
         "eval_events": eval_events,
         "train_loss": train_loss,
+        "initial_train_loss": initial_loss,
         "eval_tokens": int(eval_n),
         "epochs": D / stream.epoch_tokens,
         "wall_s": wall_s + eval_s,
@@ -531,16 +604,19 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
     return result
 
 
-def _finish_diverged(cfg, dd, run_dir, base, step, loss, wall_s) -> dict:
-    result = {"status": "diverged", **base, "val_loss": None, "wall_s": wall_s, "tokens_per_s": None,
-              "diverged_step": step, "error": f"loss became {loss} at step {step}"}
+def _finish_diverged(dd, run_dir, base, step, reason: str, wall_s, initial_loss, val_loss: float | None = None) -> dict:
+    """Record a diverged run; `val_loss` is kept (as a diagnosis, never fitted) when finite."""
+    kept = val_loss if val_loss is not None and math.isfinite(val_loss) else None
+    result = {"status": "diverged", **base, "val_loss": kept, "initial_train_loss": initial_loss, "wall_s": wall_s,
+              "tokens_per_s": None, "diverged_step": step, "error": reason}
     if dd.main:
         write_json(run_dir / "result.json", result)
-        summary(f"diverged: loss {loss} at step {step}; recorded in {run_dir / 'result.json'}")
+        summary(f"diverged: {reason}; recorded in {run_dir / 'result.json'}")
     return result
 
 
 def _json_line(obj: dict) -> str:
     import json
 
-    return json.dumps(obj) + "\n"
+    # strict JSON: a non-finite value is written as null (the line's "diverged" names it)
+    return json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in obj.items()}) + "\n"

@@ -38,6 +38,8 @@ from pathlib import Path
 
 # The trainer's exit code after checkpointing on SIGTERM/SIGUSR1 (ehrfm train contract).
 EXIT_INTERRUPTED = 3
+# sweeps.run_one's exit code when another trainer holds the run dir (ehrfm.run_lock).
+EXIT_BUSY = 4
 # How long a stopping trainer may take to write its checkpoint before it is killed.
 STOP_GRACE_S = 120
 FINISHED = ("completed", "failed", "diverged")
@@ -158,6 +160,8 @@ class TrainJob:
             return result
         if rc == EXIT_INTERRUPTED or self._stopping:
             return {"status": "interrupted", "run_id": self.run_id}
+        if rc == EXIT_BUSY:  # another trainer holds the run dir: its outcome is the run's, never overwritten
+            return {"status": "busy", "run_id": self.run_id}
         if rank != 0:
             return {"status": "failed", "run_id": self.run_id, "error": f"rank {rank} trainer exited with status {rc}"}
         # The trainer died without writing result.json (killed, crashed, refused its arguments):

@@ -5,6 +5,7 @@ SIGTERM/SIGUSR1 checkpoint handlers) and turns the outcome into an exit code for
 (sweeps/job.py), the same codes as `ehrfm train`:
     0  completed or diverged (result.json written)     3  interrupted (checkpoint written)
     1  failed (result.json written by the trainer)      2  refused (UserError, nothing written)
+    4  busy: another trainer holds the run dir (ehrfm.run_lock); nothing written, not a failure
 Under DDP (RANK/WORLD_SIZE set by the wrapper) every rank runs this; rank 0 writes the files.
 """
 
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 EXIT_CODES = {"completed": 0, "diverged": 0, "failed": 1, "interrupted": 3}
+EXIT_BUSY = 4
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from ehrfm.config import TrainConfig
     from ehrfm.errors import UserError
+    from ehrfm.run_lock import RunDirBusyError
 
     threads = os.environ.get("EHRFM_NUM_THREADS")
     try:
@@ -37,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         from ehrfm.train import train
 
         result = train(cfg)
+    except RunDirBusyError as e:
+        print(f"ehrfm train: {e}", file=sys.stderr)
+        return EXIT_BUSY
     except UserError as e:
         print(f"ehrfm train: error: {e}", file=sys.stderr)
         return 2

@@ -2,22 +2,27 @@
 
     completed | failed | diverged   runs/<id>/result.json says so (the trainer, or the job wrapper
                                     when the trainer died, wrote it)
-    queued | running                jobs/<id>.json names a job that SLURM (squeue) or this machine
-                                    (a live local process) still has
+    queued | running                jobs/<id>.json names a job that SLURM or this machine (a live
+                                    local process) still has; SLURM is asked about the recorded job
+                                    ids, whoever submitted them (`squeue -j`), and a held job
+                                    (any *_HOLD, SPECIAL_EXIT, pending for any reason) is queued
     interrupted                     the job is gone, runs/<id>/checkpoint/ exists: resumable
+    running                         also: no visible job, but a trainer holds the run dir's lock
+                                    (ehrfm.run_lock), e.g. a teammate's job SLURM hides from us
     lost                            the job is gone and nothing was saved (cancelled before start,
                                     killed without checkpoint): launch starts it again
     unknown                         a SLURM job that cannot be checked here (no squeue, controller
-                                    down): never resubmitted until SLURM answers
+                                    down) or in a state this module does not know (SLURM_STATES):
+                                    never resubmitted until SLURM answers with a known state
     planned                         never launched
     unplanned                       a run dir under runs/ that the current plan does not list
 """
 
 from __future__ import annotations
 
-import getpass
 import math
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -25,6 +30,7 @@ from pathlib import Path
 
 from ehrfm.errors import UserError
 from ehrfm.io import read_json
+from ehrfm.run_lock import run_dir_busy
 
 FINISHED = ("completed", "failed", "diverged")
 ACTIVE = ("queued", "running")
@@ -95,26 +101,74 @@ def read_result(run_dir: Path) -> dict | None:
     return result
 
 
-def slurm_job_states() -> dict[str, str] | None:
-    """{job id: SLURM state} of this user's jobs still known to SLURM (array tasks one by one);
+# Every job state SLURM reports (squeue/sacct "JOB STATE CODES", slurm 20-24) -> the run's state.
+# None: the job is over; the run dir's files then tell interrupted, lost or finished.
+SLURM_STATES: dict[str, str | None] = {
+    # waiting to start, held, or put back in the queue: never submit these again
+    "PENDING": "queued", "REQUEUED": "queued", "REQUEUE_HOLD": "queued", "REQUEUE_FED": "queued",
+    "RESV_DEL_HOLD": "queued", "SPECIAL_EXIT": "queued", "CONFIGURING": "queued",
+    # allocated and executing (or still cleaning up / stopped but alive)
+    "RUNNING": "running", "COMPLETING": "running", "SUSPENDED": "running", "STOPPED": "running",
+    "SIGNALING": "running", "RESIZING": "running", "STAGE_OUT": "running",
+    # over
+    "COMPLETED": None, "CANCELLED": None, "FAILED": None, "TIMEOUT": None, "NODE_FAIL": None,
+    "PREEMPTED": None, "BOOT_FAIL": None, "DEADLINE": None, "OUT_OF_MEMORY": None,
+    # a federation sibling revoked because the job started on another cluster: it may be running there
+    "REVOKED": "unknown",
+}
+# Job ids as SLURM writes them: 123, 123_4 (array task), 123+1 (heterogeneous component).
+_JOB_ID = re.compile(r"\d+(?:_\d+)?(?:\+\d+)?")
+_SQUEUE_CHUNK = 500  # ids per squeue call (command lines stay short)
+
+
+def slurm_state_of(state: str) -> str | None:
+    """The run state for one SLURM job state: "queued", "running", "unknown", or None (job over).
+
+    Args:
+        state: squeue's %T (e.g. "PENDING", "REQUEUE_HOLD"); sacct's form with a suffix
+            ("CANCELLED by 0") and a trailing "+" are accepted.
+
+    Any *_HOLD state is queued; a state missing from SLURM_STATES (a newer SLURM) is "unknown",
+    so that a relaunch never resubmits a job it cannot read.
+    """
+    base = state.strip().upper().split(" ")[0].rstrip("+")
+    if base in SLURM_STATES:
+        return SLURM_STATES[base]
+    if base.endswith("_HOLD"):
+        return "queued"
+    return "unknown"
+
+
+def slurm_job_states(job_ids) -> dict[str, str] | None:
+    """{job id: SLURM state} of the given job ids that SLURM still knows, WHOEVER submitted them;
     None when SLURM cannot be asked (no `squeue` here, controller down).
 
-    Pending array tasks appear as '<array>_<task>' thanks to `squeue -r`.
+    Args:
+        job_ids: recorded ids, e.g. ["123_0", "123_1", "130"]; ids of another form are not asked.
+
+    Asks `squeue -h -r -j ID,... -o %i|%T` (never `-u $USER`: a teammate relaunching a shared
+    sweep must see the jobs others submitted). A job id SLURM no longer knows is absent.
     """
     if shutil.which("squeue") is None:
         return None
-    cmd = ["squeue", "-h", "-r", "-o", "%i|%T", "-u", getpass.getuser()]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    except subprocess.TimeoutExpired:
-        return None
-    if proc.returncode != 0:
-        return None
-    states = {}
-    for line in proc.stdout.splitlines():
-        jid, _, st = line.strip().partition("|")
-        if jid:
-            states[jid] = st
+    ids = sorted({str(j) for j in job_ids if j is not None and _JOB_ID.fullmatch(str(j))})
+    states: dict[str, str] = {}
+    for i in range(0, len(ids), _SQUEUE_CHUNK):
+        chunk = ids[i:i + _SQUEUE_CHUNK]
+        cmd = ["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(chunk)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        except (subprocess.TimeoutExpired, OSError):
+            return None
+        if proc.returncode != 0:
+            # squeue -j with ids that are all gone from the controller: "Invalid job id specified"
+            if "invalid job id" in proc.stderr.lower():
+                continue
+            return None
+        for line in proc.stdout.splitlines():
+            jid, _, st = line.strip().partition("|")
+            if jid:
+                states[jid] = st
     return states
 
 
@@ -142,13 +196,7 @@ def _pid_alive(pid, needle: str | None = None) -> bool:
 
 def _slurm_state(record: dict, squeue: dict[str, str]) -> str | None:
     st = squeue.get(str(record.get("job_id")))
-    if st is None:
-        return None
-    if st in ("RUNNING", "COMPLETING", "SUSPENDED", "STOPPED"):
-        return "running"
-    if st in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "CONFIGURING", "SIGNALING"):
-        return "queued"
-    return None  # COMPLETED, FAILED, CANCELLED, TIMEOUT, ... (the job is over)
+    return None if st is None else slurm_state_of(st)
 
 
 def _local_state(record: dict) -> str | None:
@@ -187,11 +235,16 @@ def run_states(sweep_dir: str | Path, run_ids: list[str]) -> dict[str, RunState]
         if record is not None:
             if executor == "slurm":
                 if not asked_slurm:
-                    squeue, asked_slurm = slurm_job_states(), True
+                    squeue = slurm_job_states(r["job_id"] for r in records.values() if r and r.get("executor") == "slurm")
+                    asked_slurm = True
                 # Without an answer from SLURM the job may still be alive: never resubmit it blindly.
                 active = "unknown" if squeue is None else _slurm_state(record, squeue)
             else:
                 active = _local_state(record)
+        if active is None and run_dir_busy(run_dir):
+            # a trainer holds the run dir although no job we can see runs it (another user's
+            # private jobs, another machine, a job wrapper gone before its trainer): never twice
+            active = "running"
         if active is not None:
             state = active
         elif (run_dir / "checkpoint").exists() or (run_dir / "checkpoint.prev").exists():  # .prev: killed mid-swap

@@ -391,3 +391,35 @@ def test_local_slots_share_the_machine_without_oversubscribing():
     assert gpu.threads == 8  # 32 cores / (2 jobs x 2 ranks)
     with pytest.raises(UserError, match="this machine has 0 visible GPU"):
         local_slots(LaunchConfig(executor="local", gpus_per_node=1), cores=8, gpus=[])
+
+
+def test_blow_up_sweep_is_recorded_diverged_and_fit_names_its_runs(local_sweep, synth_tokens, tmp_path):
+    """--lr 50: every run ends finite but far above uniform guessing (ln V). Recorded diverged with
+    the reason, never completed; `ehrfm fit` on a table holding them fits only the sound runs
+    and names each blown-up run on stderr."""
+    import polars as pl
+
+    good, _ = local_sweep
+    out = tmp_path / "sweep"
+    assert ehrfm("sweep", "plan", "--tokens", synth_tokens, "--budgets", "1e9", "--sizes", "3", "--context", "64",
+                 "--batch-size", "8", "--lr", "50", "--out", out).returncode == 0
+    p = ehrfm("sweep", "launch", out, "--executor", "local", "--max-parallel", "2")
+    assert p.returncode == 1 and "2 diverged" in p.stdout, p.stdout + p.stderr[-2000:]  # 1: not all completed
+    ln_v = math.log(TokenDir(synth_tokens).vocab_size)
+    blown = [r["run_id"] for r in plan_rows(out)]
+    for rid in blown:
+        res = json.loads((out / "runs" / rid / "result.json").read_text())
+        assert res["status"] == "diverged" and res["val_loss"] > 10 * ln_v
+        assert f"above uniform guessing ln V = {ln_v:.4g}" in res["error"]
+    status = ehrfm("sweep", "status", out)
+    assert "2 runs: 2 diverged" in status.stdout and status.stdout.count("above uniform guessing") == 2
+    assert ehrfm("sweep", "collect", out).returncode == 0 and ehrfm("sweep", "collect", good).returncode == 0
+    both = pl.concat([pl.read_parquet(good / "results.parquet"), pl.read_parquet(out / "results.parquet")], how="vertical_relaxed")
+    both.write_parquet(tmp_path / "results.parquet")
+    fit = ehrfm("fit", tmp_path / "results.parquet", "--out", tmp_path / "fit", "--approach", "1", "--bootstrap", "0", "--no-plots")
+    assert fit.returncode == 0, fit.stderr
+    warned = [ln for ln in fit.stderr.splitlines() if ln.startswith("ehrfm fit: warning: run ")]
+    assert sorted(warned) == sorted(f"ehrfm fit: warning: run {rid} not fitted: status diverged: "
+                                    + json.loads((out / "runs" / rid / "result.json").read_text())["error"] for rid in blown)
+    fits = json.loads((tmp_path / "fit" / "fits.json").read_text())
+    assert fits["n_fitted"] == 4 and sorted(e["run_id"] for e in fits["excluded"]) == sorted(blown)

@@ -229,3 +229,42 @@ def test_slurm_refusal_is_one_clear_error_and_leaves_runs_planned(synth_tokens, 
     assert gpu.returncode == 2 and len(gpu.stderr.strip().splitlines()) == 1 and "gres" in gpu.stderr.lower(), gpu.stderr
     status = ehrfm("sweep", "status", out)
     assert "4 runs: 4 planned" in status.stdout  # nothing recorded as queued
+
+
+def test_relaunch_by_a_teammate_submits_nothing_for_running_runs(synth_tokens, tmp_path):
+    """A shared sweep relaunched by another user (USER/LOGNAME another name, so `squeue -u $USER`
+    would see none of these jobs): SLURM is asked about the recorded job ids, so the running and
+    queued runs are submitted 0 times. A run whose job SLURM does not show (another user's
+    private jobs) but whose trainer holds the run dir's lock is still running."""
+    from ehrfm.fault_points import release
+    from sweeps.plan import plan_sweep
+    from sweeps.state import run_states
+
+    out, holds = tmp_path / "sweep", tmp_path / "holds"
+    plan_sweep(synth_tokens, out=out, **TINY)
+    rows = plan_rows(out)
+    hold_env = {"EHRFM_HOLD_AT": "step-1", "EHRFM_HOLD_DIR": str(holds)}  # trainers wait at step 1: running, no race
+    p = ehrfm("sweep", "launch", out, "--executor", "slurm", "--time", "20", "--cpus-per-task", "1", "--mem", "1G",
+              "--max-parallel", "2", env=hold_env)
+    assert p.returncode == 0, p.stderr
+    jobs = {r["run_id"]: json.loads((out / "jobs" / f"{r['run_id']}.json").read_text())["job_id"] for r in rows}
+    try:
+        held = wait_until(lambda: sorted(h.name.split(".")[0] for h in holds.glob("*.held")) if len(list(holds.glob("*.held"))) == 2 else None,
+                          300, "two trainers to hold at step 1")
+        teammate = {"USER": "a-teammate", "LOGNAME": "a-teammate"}
+        again = ehrfm("sweep", "launch", out, "--executor", "slurm", env=teammate)
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.strip() == "submitted 0 jobs: nothing to run (2 queued, 2 running)"
+        status = ehrfm("sweep", "status", out, env=teammate)
+        assert "4 runs: 2 queued, 2 running" in status.stdout
+        # The job of one running run made invisible (as SLURM's PrivateData=jobs would): its trainer's lock still says running.
+        hidden = held[0]
+        record = json.loads((out / "jobs" / f"{hidden}.json").read_text())
+        (out / "jobs" / f"{hidden}.json").write_text(json.dumps({**record, "job_id": "999999999"}))
+        assert run_states(out, [r["run_id"] for r in rows])[hidden].state == "running"
+        (out / "jobs" / f"{hidden}.json").write_text(json.dumps(record))
+    finally:  # our jobs, and any a faulty relaunch submitted
+        now = [json.loads(p.read_text()).get("job_id") for p in (out / "jobs").glob("*.json") if not p.name.endswith(".train.json")]
+        subprocess.run(["scancel", *{str(j).split("_")[0] for j in [*jobs.values(), *now] if j}], capture_output=True)
+        for r in rows:
+            release(holds, r["run_id"], "step-1")

@@ -116,7 +116,12 @@ def test_diverged_run_is_recorded_with_step(tok, tmp_path):
     assert res["status"] == "diverged" and res["diverged_step"] >= 2
     on_disk = json.loads((tmp_path / "run" / "result.json").read_text())
     assert on_disk["status"] == "diverged" and on_disk["diverged_step"] == res["diverged_step"]
-    assert "at step" in on_disk["error"] and on_disk["val_loss"] is None
+    # Each non-finite quantity is named (not "loss became <number>"), and the step is logged.
+    assert on_disk["error"] == f"train loss became nan and grad norm became nan at step {res['diverged_step']}"
+    assert on_disk["val_loss"] is None
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == res["diverged_step"] and last["diverged"] == on_disk["error"]
+    assert last["grad_norm"] is None and last["train_loss"] is None  # strict JSON: non-finite as null
     cli = subprocess.run([sys.executable, "-m", "ehrfm", "train", str(tok), "--out", str(tmp_path / "run"), *SHAPE,
                           "--tokens", "20000", "--batch-size", "4", "--lr", "1e9", "--grad-clip", "0",
                           "--warmup-frac", "0", "--eval-tokens", "1024"], env=ENV, capture_output=True, text=True)
@@ -182,3 +187,34 @@ def test_bad_token_dir_is_one_clear_error(tok, tmp_path):
     with pytest.raises(UserError, match="less than one token"):
         train(TrainConfig(tokens_dir=str(tok), out_dir=str(tmp_path / "run"), flops=10.0))
     assert not (tmp_path / "run").exists()
+
+
+def test_second_trainer_on_a_run_dir_is_refused(tok, reference, tmp_path):
+    """The first trainer holds at step 2 (ehrfm.fault_points); a second `ehrfm train` on its run dir,
+    with or without --overwrite, is refused with one line and changes nothing; the first then
+    finishes exactly like an uninterrupted run."""
+    from ehrfm.fault_points import release
+    from ehrfm.run_lock import run_dir_busy
+
+    out, holds = tmp_path / "run", tmp_path / "holds"
+    first = subprocess.Popen(run_cmd(tok, out), env=dict(ENV, EHRFM_HOLD_AT="step-2", EHRFM_HOLD_DIR=str(holds)),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_held(holds, out.name, "step-2", is_alive=lambda: first.poll() is None)
+        assert run_dir_busy(out)
+        before = dir_digest(out)
+        for extra in ([], ["--overwrite"]):
+            second = subprocess.run(run_cmd(tok, out) + extra, env=ENV, capture_output=True, text=True)
+            assert second.returncode == 2, second.stderr
+            assert second.stderr.count("\n") == 1 and f"run dir {out} is being trained by another process" in second.stderr
+            assert dir_digest(out) == before
+        release(holds, out.name, "step-2")
+        _, err = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, err.decode()[-1000:]
+    assert not run_dir_busy(out)  # released when the trainer ended
+    res = json.loads((out / "result.json").read_text())
+    assert res["val_loss"] == json.loads((reference / "result.json").read_text())["val_loss"]
+    assert metrics(out) == metrics(reference)  # one trainer wrote metrics.jsonl, no interleaved lines
