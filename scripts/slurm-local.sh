@@ -68,9 +68,10 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 # Jobs may be requeued (submitit requeues on preemption/timeout; tests use scontrol requeue).
 JobRequeue=1
-# Fast turnaround for a test cluster.
+# Fast turnaround for a test cluster; KillWait (SIGTERM -> SIGKILL) long enough for a trainer on
+# a loaded machine to write its checkpoint after scontrol requeue or a time limit.
 MinJobAge=300
-KillWait=30
+KillWait=120
 InactiveLimit=0
 SlurmctldTimeout=30
 SlurmdTimeout=60
