@@ -31,6 +31,8 @@ def _etl(args) -> int:
     options = dict(split_fractions=args.split_fractions, split_seed=args.split_seed, shard_subjects=args.shard_subjects)
     if args.splits:
         options["splits_file"] = args.splits
+    if args.tables:
+        options["tables"] = args.tables
     etl(args.raw, args.out, overwrite=args.overwrite, **options)
     return 0
 
@@ -97,6 +99,10 @@ def register(sub) -> None:
     p.add_argument("--split-seed", type=int, default=0, help="seed of the split hash (default 0)")
     p.add_argument("--splits", metavar="SUBJECT_SPLITS.parquet", help="use these splits (subject_id, split) instead")
     p.add_argument("--shard-subjects", type=int, default=10_000, help="subjects per output shard (default 10000)")
+    p.add_argument("--tables", metavar="T1,T2,...",
+                   help="convert only these tables, e.g. labevents,icu/inputevents (default: every table present); "
+                        "hosp/patients and hosp/admissions are always converted, an ED table brings ed/edstays "
+                        "and emar_detail brings emar")
     p.set_defaults(func=_etl)
 
     p = sub.add_parser(
