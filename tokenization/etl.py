@@ -150,8 +150,8 @@ class EtlConfig:
     split_seed: int = 0
     splits_file: str | None = None  # an existing subject_splits.parquet to use instead of the hash
     shard_subjects: int = 10_000  # bounds the memory of shard assembly (and of tokenize downstream)
-    batch_bytes: int = 2 << 20  # CSV block size read at a time (bounds memory while staging)
-    chunk_events: int = 40_000  # events assembled at a time within a shard (bounds memory while sorting)
+    batch_bytes: int = 1 << 20  # CSV block size read at a time (bounds memory while staging)
+    chunk_events: int = 20_000  # events assembled at a time within a shard (bounds memory while sorting)
     tables: list[str] | None = None  # tables to convert (select_tables); None: every table the raw dir has
     dataset_name: str | None = None
     dataset_version: str | None = None
@@ -350,19 +350,26 @@ def _emar(df, ctx):
     return [_ev(df, "charttime", code, ORDER_MED, key=pl.col("emar_seq"))]
 
 
+KEY_LINES = 1000  # emar_detail's _key: emar_seq * KEY_LINES + the product line
+
+
 def _emar_detail(df, ctx):
     # The per-product rows (parent_field_ordinal set) carry the dose given; the parent row of
     # each administration only repeats it. The time comes from the emar row (shard step).
     df = _keep(df, ctx, pl.col("parent_field_ordinal").is_not_null(), "administration_summary_row")
     df = _keep(df, ctx, pl.col("dose_given").is_not_null(), "no_dose_given")
     code = pl.concat_str(pl.lit("EMAR_DOSE//"), _part("product_description"), pl.lit("//"), _part("dose_given_unit"))
+    # The key keeps the product line (parent_field_ordinal, NUMERIC(3,2)) so that two products
+    # of one administration are two rows, not duplicates; // KEY_LINES recovers emar_seq.
+    line = (pl.col("parent_field_ordinal").cast(pl.Float64, strict=False) * 100).round().cast(pl.Int64).fill_null(0)
     return [_ev(df, pl.lit(None, pl.Datetime("us")), code, ORDER_MED, numeric=pl.col("dose_given"),
-                hadm=False, key=pl.col("emar_seq"))]
+                hadm=False, key=pl.col("emar_seq") * KEY_LINES + line)]
 
 
 def _pharmacy(df, ctx):
     df = _keep(df, ctx, pl.col("medication").is_not_null(), "missing_medication")
-    return [_ev(df, "starttime", pl.lit("PHARMACY//") + _part("medication"), ORDER_MED)]
+    # Keyed by pharmacy_id: two orders of one drug at one time are two events, not duplicates.
+    return [_ev(df, "starttime", pl.lit("PHARMACY//") + _part("medication"), ORDER_MED, key=pl.col("pharmacy_id"))]
 
 
 def _microbiology(df, ctx):
@@ -391,7 +398,8 @@ def _datetimeevents(df, ctx):
 
 def _poe(df, ctx):
     code = pl.concat_str(pl.lit("POE//"), _part("order_type"), pl.lit("//"), _part("order_subtype"))
-    return [_ev(df, "ordertime", code, ORDER_MED)]
+    # Keyed by poe_seq: several orders of one type at one time are distinct orders, not duplicates.
+    return [_ev(df, "ordertime", code, ORDER_MED, key=pl.col("poe_seq"))]
 
 
 ED_VITALS = ["temperature", "heartrate", "resprate", "o2sat", "sbp", "dbp", "pain"]
@@ -482,10 +490,11 @@ TABLES: list[Table] = [
     Table("hosp/emar_detail", ["subject_id", "emar_seq", "parent_field_ordinal", "dose_given", "dose_given_unit",
                                "product_description"], ints=["emar_seq"], floats=["dose_given"],
           to_events=_emar_detail, timed_by="hosp/emar"),
-    Table("hosp/pharmacy", ["subject_id", "hadm_id", "starttime", "medication"], times=["starttime"], ints=["hadm_id"],
+    Table("hosp/pharmacy", ["subject_id", "hadm_id", "pharmacy_id", "starttime", "medication"], times=["starttime"],
+          ints=["hadm_id", "pharmacy_id"],
           to_events=_pharmacy, code_prefixes={"starttime": ["PHARMACY//"]}),
-    Table("hosp/poe", ["subject_id", "hadm_id", "ordertime", "order_type", "order_subtype"], times=["ordertime"],
-          ints=["hadm_id"], to_events=_poe, code_prefixes={"ordertime": ["POE//"]}),
+    Table("hosp/poe", ["subject_id", "hadm_id", "poe_seq", "ordertime", "order_type", "order_subtype"],
+          times=["ordertime"], ints=["hadm_id", "poe_seq"], to_events=_poe, code_prefixes={"ordertime": ["POE//"]}),
     Table("hosp/microbiologyevents", ["subject_id", "hadm_id", "chartdate", "charttime", "test_name", "org_name",
                                       "ab_name", "dilution_value", "interpretation"],
           times=["charttime"], ints=["hadm_id"], floats=["dilution_value"], to_events=_microbiology,
@@ -595,7 +604,7 @@ def _read_batches(path: Path, columns: list[str] | dict[str, str], block_size: i
     import pyarrow.csv as pacsv
 
     try:
-        reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=block_size),
+        reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=block_size, use_threads=False),
                                 convert_options=pacsv.ConvertOptions(
                                     include_columns=columns, column_types={c: pa.string() for c in columns},
                                     strings_can_be_null=True, null_values=[""]))
@@ -1164,8 +1173,10 @@ def _time_from_parents(shard: pl.DataFrame, names: list[str], ctx: Context) -> p
         parents = (shard.filter(pl.col("_src") == names.index(parent))
                    .select("subject_id", "_key", _t=pl.col("time"), _h=pl.col("hadm_id"), _d=pl.col("_date_only"))
                    .unique(["subject_id", "_key"], keep="first", maintain_order=True))
-        child = shard.filter(is_child).join(parents, on=["subject_id", "_key"], how="left", maintain_order="left")
-        ctx.drop("unknown_emar_id", int(child["_t"].null_count()), name)
+        child = (shard.filter(is_child).with_columns(_pk=pl.col("_key") // KEY_LINES)
+                 .join(parents.rename({"_key": "_pk"}), on=["subject_id", "_pk"], how="left", maintain_order="left")
+                 .drop("_pk"))
+        ctx.drop("no_emar_row", int(child["_t"].null_count()), name)
         child = (child.filter(pl.col("_t").is_not_null())
                  .with_columns(time=pl.col("_t"), hadm_id=pl.col("_h"), _date_only=pl.col("_d"))
                  .drop("_t", "_h", "_d"))
@@ -1259,17 +1270,38 @@ def _describe(code: str, dictionaries: dict) -> str:
     return code
 
 
+def _dictionary_rows(path: Path, columns: dict[str, str], keys: set[str]) -> pl.DataFrame:
+    """The rows of a dictionary CSV whose first column is in `keys`, as string columns.
+
+    Read with the csv module a row at a time: the dictionaries are small next to the event
+    tables, and this keeps the ~10^5-row ICD and HCPCS tables out of memory (peak RSS).
+    """
+    names = list(columns)
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows = []
+    try:
+        with opener(path, "rt", newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, [])
+            at = [header.index(columns[c]) for c in names]
+            for row in reader:
+                if len(row) > at[0] and row[at[0]] in keys:
+                    rows.append([row[i] if i < len(row) and row[i] != "" else None for i in at])
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path}: cannot be read as CSV ({type(e).__name__})") from None
+    return pl.DataFrame(rows, schema={c: pl.String for c in names}, orient="row")
+
+
 def _write_codes(raw: Path, out: Path, counts: dict[str, int]) -> None:
     dictionaries: dict[str, dict] = {k: {} for k in DICTIONARIES}
     # Only the entries of codes in the data are kept (the ICD and HCPCS dictionaries hold ~10^5 rows).
-    used = pl.Series(sorted({p for c in counts for p in c.split("//")}), dtype=pl.String)
+    used = {p for c in counts for p in c.split("//")}
     for name, cols in DICTIONARIES.items():
         path = find_table(raw, name)
         if path is None:
             continue
         have = _check_columns(path, cols, optional=set(cols[2:]) if name == "hosp/d_labitems" else set(), table=name)
-        d = pl.concat([b.filter(pl.col(cols[0]).is_in(used.implode())) for b in _read_batches(path, have, 1 << 20)]
-                      or [pl.DataFrame(schema={c: pl.String for c in have})])
+        d = _dictionary_rows(path, have, used)
         if name.startswith("hosp/d_icd"):
             dictionaries[name] = {(c, v): t for c, v, t in d.select(cols).iter_rows()}
         elif name == "hosp/d_labitems" and "fluid" in have:
