@@ -549,7 +549,7 @@ DICTIONARIES = {
     "icu/d_items": ["itemid", "label"],
     "hosp/d_icd_diagnoses": ["icd_code", "icd_version", "long_title"],
     "hosp/d_icd_procedures": ["icd_code", "icd_version", "long_title"],
-    "hosp/d_hcpcs": ["code", "long_description"],
+    "hosp/d_hcpcs": ["code", "long_description", "short_description"],  # CPT rows have only the short one
 }
 
 
@@ -1300,10 +1300,13 @@ def _write_codes(raw: Path, out: Path, counts: dict[str, int]) -> None:
         path = find_table(raw, name)
         if path is None:
             continue
-        have = _check_columns(path, cols, optional=set(cols[2:]) if name == "hosp/d_labitems" else set(), table=name)
+        optional = set(cols[2:]) if name in ("hosp/d_labitems", "hosp/d_hcpcs") else set()
+        have = _check_columns(path, cols, optional=optional, table=name)
         d = _dictionary_rows(path, have, used)
         if name.startswith("hosp/d_icd"):
             dictionaries[name] = {(c, v): t for c, v, t in d.select(cols).iter_rows()}
+        elif name == "hosp/d_hcpcs" and "short_description" in have:
+            dictionaries[name] = {c: long or short for c, long, short in d.select(cols).iter_rows()}
         elif name == "hosp/d_labitems" and "fluid" in have:
             dictionaries[name] = {i: (f"{lab} ({fl})" if fl else lab) for i, lab, fl in d.select(cols).iter_rows()}
         else:
