@@ -1,6 +1,19 @@
-"""Raw MIMIC-IV (hosp/, icu/ CSV[.gz]) -> a MEDS 0.4 dataset dir.
+"""Raw MIMIC-IV 2.x/3.x (hosp/, icu/, and ed/ of MIMIC-IV-ED when present; CSV[.gz]) -> a MEDS 0.4 dataset dir.
 
-    etl(raw, out, overwrite=False, split_fractions=(0.8, 0.1, 0.1), split_seed=0, ...)
+    etl(raw, out, overwrite=False, split_fractions=(0.8, 0.1, 0.1), split_seed=0, tables=None, ...)
+
+Tables (TABLES; `tables=` / `ehrfm etl --tables` chooses, select_tables): every event table of
+MIMIC-IV 2.2 and 3.1 -- hosp/patients, admissions (required), transfers, diagnoses_icd,
+procedures_icd, drgcodes, labevents, prescriptions, emar, emar_detail, pharmacy, poe,
+microbiologyevents, hcpcsevents, services, omr; icu/icustays, chartevents, inputevents,
+outputevents, procedureevents, datetimeevents, ingredientevents -- and MIMIC-IV-ED's ed/edstays,
+triage, vitalsign, diagnosis, medrecon, pyxis when the raw dir has ed/ (then edstays is
+required: every ED event is timed by its ED stay). Not events: the d_* dictionaries (code
+descriptions), provider and caregiver (id lists), poe_detail (attributes of poe orders), ED
+free text (chiefcomplaint, icd_title). Headers match without regard to case; 3.1's only
+difference in the columns read is the case of procedureevents' ORIGINALAMOUNT/ORIGINALRATE
+(lower case in 3.1; compared against a 3.1 column inventory), and a table without the columns
+this ETL needs is refused naming the table, every missing column and the columns it has.
 
 Output (DESIGN.md section 1):
     data/{train,tuning,held_out}/{k}.parquet   subject_id, time, code, numeric_value, text_value,
@@ -13,13 +26,20 @@ Output (DESIGN.md section 1):
     metadata/ehrfm_etl.json                    where date-only events sit, drops (for `ehrfm audit`)
 
 How it stays within memory on the full MIMIC-IV:
-1. Each raw table is read as a stream of CSV record batches (pyarrow's streaming reader
-   decompresses .gz incrementally), each batch is turned into MEDS events with polars and
-   appended to a staging parquet file. No table is ever fully in memory.
+1. Each raw table is read as a stream of CSV record batches of `batch_bytes` (pyarrow's
+   streaming reader decompresses .gz incrementally), each batch is turned into MEDS events with
+   polars and appended to a staging parquet file. No table is ever fully in memory.
 2. Subjects are assigned to a split (stable hash of subject_id) and a shard of at most
    `shard_subjects` subjects; one pass over the staging files routes each batch's rows to
-   per-shard bucket files (linear in events); each shard is then read from its buckets alone,
-   sorted, validated against meds.DataSchema and written. Memory is bounded by the shard size.
+   per-shard bucket files (linear in events). A shard is assembled a chunk of subjects at a
+   time (about `chunk_events` events; its bucket files are split by chunk in one read): each
+   chunk is deduplicated, timed, placed, sorted, validated against meds.DataSchema and appended
+   to the shard's parquet file. Every step is per subject, so chunks give the same output as
+   whole shards; memory is bounded by the chunk.
+3. Dictionaries (d_icd_*, d_hcpcs, d_labitems, d_items) are read a row at a time, keeping only
+   the codes present. jemalloc settings at import (see _JEMALLOC_LEAN) return freed memory.
+   Peak RSS on the demo: 412-440 MB at issue 11, ~241 MB now with 22 tables (the reference
+   MIMIC_IV_MEDS: 499 MB).
 Everything is written under `<out>.tmp-*` and renamed into place at the end.
 
 Codes (MIMIC_IV_MEDS "//" style; values always in numeric_value, never in the code):
@@ -29,20 +49,33 @@ Codes (MIMIC_IV_MEDS "//" style; values always in numeric_value, never in the co
     ED_REGISTRATION, ED_OUT, TRANSFER_TO//<eventtype>//<careunit>, ICU_ADMISSION//<careunit>,
     ICU_DISCHARGE//<careunit>, DIAGNOSIS//ICD//<9|10>//<code> (at discharge: ICD codes are coded
     then), PROCEDURE//ICD//<9|10>//<code> (chartdate, a date: see below), DRG//<type>//<code>,
-    LAB//<itemid>//<unit>, MEDICATION//<drug> (prescriptions; emar when prescriptions is absent),
-    OMR//<result_name>, VITAL//<itemid>//<unit> (chartevents), INFUSION//<itemid>//<unit>,
-    OUTPUT//<itemid>//<unit>, PROCEDURE//ITEM//<itemid>. A missing unit or location is `UNK`.
+    LAB//<itemid>//<unit>, MEDICATION//<drug> (prescriptions), OMR//<result_name>,
+    VITAL//<itemid>//<unit> (chartevents), INFUSION//<itemid>//<unit>, OUTPUT//<itemid>//<unit>,
+    PROCEDURE//ITEM//<itemid>,
+    EMAR//<event_txt>//<medication> (every charted action: Administered, Not Given, ...),
+    EMAR_DOSE//<product_description>//<dose_given_unit> (emar_detail product lines, value = dose
+    given, at its emar row's time and stay), PHARMACY//<medication> (starttime),
+    POE//<order_type>//<order_subtype> (ordertime), MICROBIOLOGY//<test_name>//<org_name|NONE>
+    [//<ab_name>] (charttime, else chartdate as a date; value = dilution_value, text_value =
+    interpretation S/I/R), HCPCS//<hcpcs_cd> (chartdate, a date), SERVICE//<curr_service>
+    (transfertime), DATETIME//<itemid> (datetimeevents charttime; the charted date itself is not
+    read), INGREDIENT//<itemid>//<amountuom> (value = amount), MIMIC-IV-ED: ED_ARRIVAL//<arrival_transport>
+    (intime), ED_DISPOSITION//<disposition> (outtime), ED_TRIAGE//<temperature|heartrate|resprate|
+    o2sat|sbp|dbp|pain|acuity> (at the ED stay's intime), ED_VITAL//<same but acuity> (charttime),
+    ED_DIAGNOSIS//ICD//<9|10>//<code> (at the ED stay's outtime), ED_MEDRECON//<name>,
+    ED_PYXIS//<name> (charttime). A missing unit, location or name part is `UNK`.
 Within one timestamp events keep a clinical order: admission, transfers, measurements,
 medications, procedures, diagnoses, death, discharge.
 
 Dates and midnights (an event is never placed before the first moment it could have been known):
 - A date-only value is a value of a DATE column of MIMIC-IV's schema (patients.dod,
-  procedures_icd.chartdate, omr.chartdate; whatever its text, e.g. `2150-03-01 00:00:00` from a
-  database export) or any time value written without a time of day (e.g. `2150-03-01` in
-  labevents.charttime). Audited in MIMIC-IV's schema (mimic-code's buildmimic create.sql: of the
-  tables read only these three columns are DATE; hcpcsevents and microbiologyevents also carry
-  dates but are not read) and on the real demo (these three columns hold only dates, every other
-  time column read holds only full timestamps). One rule for all of them: a date D is placed at D 23:59:59; an event with a
+  procedures_icd.chartdate, omr.chartdate, hcpcsevents.chartdate; whatever its text, e.g.
+  `2150-03-01 00:00:00` from a database export) or any time value written without a time of day
+  (e.g. `2150-03-01` in labevents.charttime or pharmacy.starttime). microbiologyevents.charttime
+  falls back to the row's chartdate (a date) where empty. Audited in MIMIC-IV's schema
+  (mimic-code's buildmimic create.sql) and on the real demo (these columns hold only dates;
+  pharmacy.starttime and microbiologyevents.charttime mix; every other time column read holds
+  only full timestamps). One rule for all of them: a date D is placed at D 23:59:59; an event with a
   stay (hadm_id) moves to the stay's discharge instead when the discharge falls on D before
   23:59:59 and no timed event of the subject on D comes after the discharge. Earlier versions
   put procedures at 00:00 or at the admission, before the day's own events (look-ahead).
@@ -60,9 +93,14 @@ Dates and midnights (an event is never placed before the first moment it could h
   dropped, counted per table as `duplicate`.
 - Every other drop is counted by table and reason (events): missing_subject_id,
   unknown_subject_id (not in patients), missing_time, missing_hadm_id / unknown_hadm_id
-  (diagnoses and DRG codes, timed by their stay's discharge), missing_drug, missing_medication,
-  not_administered (emar), discharge_row_made_by_admissions (transfers), later_death_merged (one
-  death per subject, the earliest kept).
+  (diagnoses and DRG codes, timed by their stay's discharge), missing_drug, missing_medication
+  (emar, pharmacy), administration_summary_row / no_dose_given / no_emar_row (emar_detail: the
+  parent row of an administration repeats its product lines; a line without a dose; a line
+  whose emar row is absent or dropped), missing_stay_id / unknown_stay_id (ED triage and
+  diagnoses), missing_name (ED medrecon, pyxis), discharge_row_made_by_admissions (transfers),
+  later_death_merged (one death per subject, the earliest kept). Distinct orders keep their
+  row id (pharmacy_id, poe_seq, the emar_detail product line) so only true repeats are
+  `duplicate`.
   Numbers that do not parse are kept as null and counted (`unparseable_numbers_set_null`);
   unparseable ids and times refuse the table (UserError).
   They are printed as detail lines before the one-line summary and written to
@@ -99,17 +137,21 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-# Memory (measured on the MIMIC-IV demo, peak RSS): arrow's jemalloc pool and polars' jemalloc
-# returning freed pages at once keep the peak near the working set. Set before either library
-# loads (no effect when the caller imported them first); a user's own setting wins.
+# Memory (measured on the MIMIC-IV demo, peak RSS 412-440 MB -> ~241 MB with the rest of this
+# module's changes): arrow's jemalloc pool, and both jemallocs (arrow's, polars') with one arena,
+# no thread cache and freed pages returned at once, keep the peak near the working set. Set
+# before either library loads (no effect when the caller imported them first); a user's own
+# setting wins.
+_JEMALLOC_LEAN = "narenas:1,tcache:false,dirty_decay_ms:0,muzzy_decay_ms:0"
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
-os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
+os.environ.setdefault("JE_ARROW_MALLOC_CONF", _JEMALLOC_LEAN)
+os.environ.setdefault("_RJEM_MALLOC_CONF", _JEMALLOC_LEAN)
 
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from ehrfm.errors import UserError  # noqa: E402
-from ehrfm.io import atomic_dir, progress, summary, write_json
+from ehrfm.io import atomic_dir, progress, summary, write_json  # noqa: E402
 
 ETL_NAME = "ehrfm.tokenization.etl"
 ETL_VERSION = "0.1.0"
@@ -151,7 +193,7 @@ class EtlConfig:
     splits_file: str | None = None  # an existing subject_splits.parquet to use instead of the hash
     shard_subjects: int = 10_000  # bounds the memory of shard assembly (and of tokenize downstream)
     batch_bytes: int = 1 << 20  # CSV block size read at a time (bounds memory while staging)
-    chunk_events: int = 20_000  # events assembled at a time within a shard (bounds memory while sorting)
+    chunk_events: int = 40_000  # events assembled at a time within a shard (bounds memory while sorting)
     tables: list[str] | None = None  # tables to convert (select_tables); None: every table the raw dir has
     dataset_name: str | None = None
     dataset_version: str | None = None
@@ -785,7 +827,9 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
     """Convert a raw MIMIC-IV directory to a MEDS dataset at `out`; return a summary dict.
 
     Options (EtlConfig fields): split_fractions=(train, tuning, held_out), split_seed,
-    splits_file (an existing subject_splits.parquet), shard_subjects, dataset_name, dataset_version.
+    splits_file (an existing subject_splits.parquet), shard_subjects, dataset_name, dataset_version,
+    tables (names for select_tables; None: every table present), batch_bytes (CSV block size read at
+    a time), chunk_events (events assembled at a time within a shard).
 
     Returns:
         dict with subjects, events, codes, subjects_per_split, events_per_split, tables_used,
@@ -795,8 +839,10 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
         drop and moved time, by table) are printed before the one-line summary.
 
     Raises:
-        UserError: a missing directory, table or column, an unreadable CSV, an unparseable id or
-            time (named by file, column and count, never by value), an empty split.
+        UserError: a missing directory, table or column (naming the table, the missing columns and
+            the file's columns), an unknown --tables name, an ed/ directory without edstays, an
+            unreadable CSV, an unparseable id or time (named by file, column and count, never by
+            value), an empty split.
     """
     t0 = time.time()
     _lean_arrow_memory()
@@ -815,7 +861,8 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
     cfg.tables = None if cfg.tables is None else selected
     has_ed = (raw / "ed").is_dir()
     # The ED module is read only when its directory is there; its tables are then expected.
-    wanted = [t for t in TABLES if t.name in selected and (t.module != "ed" or has_ed)]
+    # (ED tables named in --tables are reported absent when there is no ed/.)
+    wanted = [t for t in TABLES if t.name in selected and (t.module != "ed" or has_ed or cfg.tables is not None)]
     present = {t.name: find_table(raw, t.name) for t in wanted}
     for t in wanted:
         if t.required and present[t.name] is None:
@@ -902,7 +949,7 @@ def _account(rows_in: dict, counts: dict, ctx: Context) -> dict:
 
 
 def _detail_lines(account: dict, ctx: Context) -> list[str]:
-    """The lines printed before the one-line summary: every drop and every moved time, by table."""
+    """The lines printed before the one-line summary: per table rows, events, every drop and moved time."""
     lines = []
     for name, a in account.items():
         bits = []
@@ -920,8 +967,9 @@ def _detail_lines(account: dict, ctx: Context) -> list[str]:
         if a.get("unparseable_numbers_set_null"):
             bits.append("unparseable numbers kept as null " + ", ".join(
                 f"{c} {n}" for c, n in a["unparseable_numbers_set_null"].items()))
-        if bits:
-            lines.append(f"etl:   {name}: {a['rows_read']} rows -> {a['events_written']} events; " + "; ".join(bits))
+        # Every table gets its line: the per-table account (rows read, events written, drops).
+        lines.append(f"etl:   {name}: {a['rows_read']} rows -> {a['events_written']} events"
+                     + ("; " + "; ".join(bits) if bits else ""))
     return lines
 
 
@@ -1108,14 +1156,15 @@ def _write_shards(stage: Path, out: Path, split_of: pl.DataFrame, cfg: EtlConfig
         chunks = np.array_split(ids, max(1, min(len(ids), -(-n_events // cfg.chunk_events))))
         path = out / "data" / name / f"{k}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
+        chunk_files = _split_buckets(files, chunks) if len(chunks) > 1 else [
+            [(int(f.stem.split("__")[1]), f) for f in files]]
         writer = None
         try:
-            for chunk in chunks:
-                lo, hi = int(chunk[0]), int(chunk[-1])
+            for pieces in chunk_files:
                 parts = []
-                for f in files:
-                    src = int(f.stem.split("__")[1])
-                    part = pl.scan_parquet(f).filter(pl.col("subject_id").is_between(lo, hi)).collect()
+                for src, f in pieces:
+                    part = pl.read_parquet(f)
+                    f.unlink()
                     # Exact duplicates of a source row make identical events: keep one, count the rest.
                     unique = part.unique(maintain_order=True)
                     ctx.drop("duplicate", part.height - unique.height, names[src])
@@ -1132,10 +1181,30 @@ def _write_shards(stage: Path, out: Path, split_of: pl.DataFrame, cfg: EtlConfig
         finally:
             if writer is not None:
                 writer.close()
-        for f in files:
-            f.unlink()
     return dict(events=total_events, subjects_per_split=subjects_per_split, events_per_split=events_per_split,
                 codes=code_counts, n_codes=len(code_counts), written=written, at_discharge=placed_at_discharge)
+
+
+def _split_buckets(files: list[Path], chunks: list[np.ndarray]) -> list[list[tuple[int, Path]]]:
+    """Split a shard's bucket files (one per source table) by subject chunk, reading each once.
+
+    chunks: the shard's subject ids in consecutive sorted runs. Returns, per chunk, its
+    (source index, file) pieces in source order; the input files are removed.
+    """
+    upper = np.array([int(c[-1]) for c in chunks], dtype=np.int64)
+    out: list[list[tuple[int, Path]]] = [[] for _ in chunks]
+    for f in files:
+        src = int(f.stem.split("__")[1])
+        df = pl.read_parquet(f)
+        f.unlink()
+        ids = df["subject_id"].to_numpy()
+        df = df.with_columns(_c=pl.Series(np.searchsorted(upper, ids, side="left"), dtype=pl.Int32))
+        for (c,), part in df.partition_by("_c", as_dict=True, include_key=False).items():
+            path = f.with_name(f"{f.stem}__{c:05d}.parquet")
+            part.write_parquet(path)
+            out[c].append((src, path))
+        del df
+    return out
 
 
 def _assemble(parts: list[pl.DataFrame], names: list[str], ctx: Context, placed_at_discharge: dict, written: dict,
