@@ -235,3 +235,17 @@ def test_shards_assembled_in_small_chunks_equal_whole_shards(synth_raw, synth_me
             assert pl.read_parquet(a).equals(pl.read_parquet(b)), (split, a.name)
     acc = [json.loads((d / "metadata/etl_config.json").read_text())["tables"] for d in (synth_meds, tmp_path / "chunked")]
     assert acc[0] == acc[1]
+
+
+def test_a_renamed_optional_column_is_refused_not_read_as_missing(tmp_path):
+    """A 3.x-style rename (valueuom -> unit) would silently make every lab unit UNK: refused instead."""
+    labs = "subject_id,hadm_id,itemid,charttime,value,valuenum,unit\n1,11,50912,2150-01-02 08:00:00,1.0,1.0,mg/dL\n"
+    with pytest.raises(UserError) as e:
+        etl(_raw(tmp_path, {"hosp/labevents": labs}), tmp_path / "meds")
+    msg = str(e.value)
+    assert "labevents.csv: table hosp/labevents has an unexpected column set" in msg
+    assert "no 'valueuom' but 'unit'" in msg and "mg/dL" not in msg and not (tmp_path / "meds").exists()
+    # A trimmed extract (the column simply absent) still converts, units read as UNK.
+    trimmed = "subject_id,hadm_id,itemid,charttime,value,valuenum\n1,11,50912,2150-01-02 08:00:00,1.0,1.0\n"
+    etl(_raw(tmp_path / "t", {"hosp/labevents": trimmed}), tmp_path / "t/meds", split_fractions=(1.0, 0.0, 0.0))
+    assert _at(_events(tmp_path / "t/meds"), "LAB//50912//UNK") == [("2150-01-02 08:00:00", 1.0)]

@@ -585,6 +585,78 @@ TABLE_NAMES = [t.name for t in TABLES]
 OPTIONAL_COLUMNS = {"dod", "hadm_id", "value", "valueuom", "amountuom", "discharge_location", "admission_location",
                     "seq_num", "edregtime", "edouttime", "order_subtype", "product_description", "dose_given_unit",
                     "dilution_value", "interpretation", "ab_name", "arrival_transport", "disposition", "acuity", "pain"}
+# Every column of each table in MIMIC-IV 2.2 and 3.1 (the same up to case: 2.2's procedureevents
+# has ORIGINALAMOUNT, ORIGINALRATE) and MIMIC-IV-ED 2.2. A file that lacks a column this ETL
+# reads and has a column not listed here was renamed or reshaped: refused, never read as nulls.
+KNOWN_COLUMNS = {k: set(v.split()) for k, v in {
+    "hosp/patients": "subject_id gender anchor_age anchor_year anchor_year_group dod",
+    "hosp/admissions": (
+        "subject_id hadm_id admittime dischtime deathtime admission_type admit_provider_id "
+        "admission_location discharge_location insurance language marital_status race edregtime "
+        "edouttime hospital_expire_flag"),
+    "hosp/transfers": "subject_id hadm_id transfer_id eventtype careunit intime outtime",
+    "icu/icustays": "subject_id hadm_id stay_id first_careunit last_careunit intime outtime los",
+    "hosp/diagnoses_icd": "subject_id hadm_id seq_num icd_code icd_version",
+    "hosp/procedures_icd": "subject_id hadm_id seq_num chartdate icd_code icd_version",
+    "hosp/drgcodes": "subject_id hadm_id drg_type drg_code description drg_severity drg_mortality",
+    "hosp/labevents": (
+        "labevent_id subject_id hadm_id specimen_id itemid order_provider_id charttime storetime "
+        "value valuenum valueuom ref_range_lower ref_range_upper flag priority comments"),
+    "hosp/prescriptions": (
+        "subject_id hadm_id pharmacy_id poe_id poe_seq order_provider_id starttime stoptime drug_type "
+        "drug formulary_drug_cd gsn ndc prod_strength form_rx dose_val_rx dose_unit_rx form_val_disp "
+        "form_unit_disp doses_per_24_hrs route"),
+    "hosp/emar": (
+        "subject_id hadm_id emar_id emar_seq poe_id pharmacy_id enter_provider_id charttime "
+        "medication event_txt scheduletime storetime"),
+    "hosp/emar_detail": (
+        "subject_id emar_id emar_seq parent_field_ordinal administration_type pharmacy_id "
+        "barcode_type reason_for_no_barcode complete_dose_not_given dose_due dose_due_unit dose_given "
+        "dose_given_unit will_remainder_of_dose_be_given product_amount_given product_unit "
+        "product_code product_description product_description_other prior_infusion_rate infusion_rate "
+        "infusion_rate_adjustment infusion_rate_adjustment_amount infusion_rate_unit route "
+        "infusion_complete completion_interval new_iv_bag_hung continued_infusion_in_other_location "
+        "restart_interval side site non_formulary_visual_verification"),
+    "hosp/pharmacy": (
+        "subject_id hadm_id pharmacy_id poe_id starttime stoptime medication proc_type status "
+        "entertime verifiedtime route frequency disp_sched infusion_type sliding_scale "
+        "lockout_interval basal_rate one_hr_max doses_per_24_hrs duration duration_interval "
+        "expiration_value expiration_unit expirationdate dispensation fill_quantity"),
+    "hosp/poe": (
+        "poe_id poe_seq subject_id hadm_id ordertime order_type order_subtype transaction_type "
+        "discontinue_of_poe_id discontinued_by_poe_id order_provider_id order_status"),
+    "hosp/microbiologyevents": (
+        "microevent_id subject_id hadm_id micro_specimen_id order_provider_id chartdate charttime "
+        "spec_itemid spec_type_desc test_seq storedate storetime test_itemid test_name org_itemid "
+        "org_name isolate_num quantity ab_itemid ab_name dilution_text dilution_comparison "
+        "dilution_value interpretation comments"),
+    "hosp/hcpcsevents": "subject_id hadm_id chartdate hcpcs_cd seq_num short_description",
+    "hosp/services": "subject_id hadm_id transfertime prev_service curr_service",
+    "hosp/omr": "subject_id chartdate seq_num result_name result_value",
+    "icu/inputevents": (
+        "subject_id hadm_id stay_id caregiver_id starttime endtime storetime itemid amount amountuom "
+        "rate rateuom orderid linkorderid ordercategoryname secondaryordercategoryname "
+        "ordercomponenttypedescription ordercategorydescription patientweight totalamount "
+        "totalamountuom isopenbag continueinnextdept statusdescription originalamount originalrate"),
+    "icu/outputevents": "subject_id hadm_id stay_id caregiver_id charttime storetime itemid value valueuom",
+    "icu/procedureevents": (
+        "subject_id hadm_id stay_id caregiver_id starttime endtime storetime itemid value valueuom "
+        "location locationcategory orderid linkorderid ordercategoryname ordercategorydescription "
+        "patientweight isopenbag continueinnextdept statusdescription originalamount originalrate"),
+    "icu/datetimeevents": "subject_id hadm_id stay_id caregiver_id charttime storetime itemid value valueuom warning",
+    "icu/ingredientevents": (
+        "subject_id hadm_id stay_id caregiver_id starttime endtime storetime itemid amount amountuom "
+        "rate rateuom orderid linkorderid statusdescription originalamount originalrate"),
+    "icu/chartevents": (
+        "subject_id hadm_id stay_id caregiver_id charttime storetime itemid value valuenum valueuom "
+        "warning"),
+    "ed/edstays": "subject_id hadm_id stay_id intime outtime gender race arrival_transport disposition",
+    "ed/triage": "subject_id stay_id temperature heartrate resprate o2sat sbp dbp pain acuity chiefcomplaint",
+    "ed/vitalsign": "subject_id stay_id charttime temperature heartrate resprate o2sat sbp dbp rhythm pain",
+    "ed/diagnosis": "subject_id stay_id seq_num icd_code icd_version icd_title",
+    "ed/medrecon": "subject_id stay_id charttime name gsn ndc etc_rn etccode etcdescription",
+    "ed/pyxis": "subject_id stay_id charttime med_rn name gsn_rn gsn",
+}.items()}
 # Dictionaries for code descriptions: table -> (key columns, description column)
 DICTIONARIES = {
     "hosp/d_labitems": ["itemid", "label", "fluid"],
@@ -617,11 +689,14 @@ def _check_columns(path: Path, needed: list[str], optional: set[str] = frozenset
     """The needed columns the file has: {name in MIMIC-IV's lower case: name in the file's header}.
 
     Names match without regard to case (MIMIC-IV 2.2 writes procedureevents' ORIGINALAMOUNT in
-    upper case, other releases and database exports lower case); extra columns are ignored.
+    upper case, 3.1 and database exports lower case); extra columns are ignored, and optional
+    columns may be absent (trimmed extracts) unless the file also has columns MIMIC-IV never
+    had (KNOWN_COLUMNS): then a column was renamed and reading it as null would hide that.
 
     Raises:
-        UserError: a needed column is missing; names the file, the table, every missing column
-            and the columns the file has (names only, never values).
+        UserError: a needed column is missing, or an optional one is missing from a file with
+            unknown columns; names the file, the table, every missing and unknown column and the
+            columns the file has (names only, never values).
     """
     header = _header(path)
     by_lower = {}
@@ -632,6 +707,12 @@ def _check_columns(path: Path, needed: list[str], optional: set[str] = frozenset
         more = f" (and {len(missing) - 1} more: {', '.join(map(repr, missing[1:]))})" if len(missing) > 1 else ""
         raise UserError(f"{path}: missing column {missing[0]!r}{more}; table {table or path.name} has an unexpected "
                         f"column set for MIMIC-IV 2.2/3.x: {', '.join(header)}")
+    known = KNOWN_COLUMNS.get(table or "")
+    absent = [c for c in needed if c not in by_lower]
+    unknown = [c for c in header if known is not None and c.strip().lower() not in known]
+    if absent and unknown:
+        raise UserError(f"{path}: table {table} has an unexpected column set for MIMIC-IV 2.2/3.x: no "
+                        f"{', '.join(map(repr, absent))} but {', '.join(map(repr, unknown))} (columns: {', '.join(header)})")
     return {c: by_lower[c] for c in needed if c in by_lower}
 
 
