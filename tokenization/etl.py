@@ -37,7 +37,9 @@ How it stays within memory on the full MIMIC-IV:
    to the shard's parquet file. Every step is per subject, so chunks give the same output as
    whole shards; memory is bounded by the chunk.
 3. Dictionaries (d_icd_*, d_hcpcs, d_labitems, d_items) are read a row at a time, keeping only
-   the codes present. jemalloc settings at import (see _JEMALLOC_LEAN) return freed memory.
+   the codes present. `ehrfm etl` starts arrow's and polars' jemalloc lean (tokenization.cli.
+   LEAN_ALLOCATOR_ENV: one arena, no thread cache, freed pages returned at once) before either
+   library loads; etl() called from Python switches arrow to its jemalloc pool.
    Peak RSS on the demo: 412-440 MB at issue 11, ~241 MB now with 22 tables (the reference
    MIMIC_IV_MEDS: 499 MB).
 Everything is written under `<out>.tmp-*` and renamed into place at the end.
@@ -137,21 +139,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-# Memory (measured on the MIMIC-IV demo, peak RSS 412-440 MB -> ~241 MB with the rest of this
-# module's changes): arrow's jemalloc pool, and both jemallocs (arrow's, polars') with one arena,
-# no thread cache and freed pages returned at once, keep the peak near the working set. Set
-# before either library loads (no effect when the caller imported them first); a user's own
-# setting wins.
-_JEMALLOC_LEAN = "narenas:1,tcache:false,dirty_decay_ms:0,muzzy_decay_ms:0"
-os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
-os.environ.setdefault("JE_ARROW_MALLOC_CONF", _JEMALLOC_LEAN)
-os.environ.setdefault("_RJEM_MALLOC_CONF", _JEMALLOC_LEAN)
+import numpy as np
+import polars as pl
 
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
-
-from ehrfm.errors import UserError  # noqa: E402
-from ehrfm.io import atomic_dir, progress, summary, write_json  # noqa: E402
+from ehrfm.errors import UserError
+from ehrfm.io import atomic_dir, progress, summary, write_json
 
 ETL_NAME = "ehrfm.tokenization.etl"
 ETL_VERSION = "0.1.0"
