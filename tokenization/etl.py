@@ -1504,5 +1504,6 @@ def _write_metadata(out: Path, cfg: EtlConfig, split_of: pl.DataFrame, rows_in: 
     write_json(out / "metadata" / "etl_config.json", {
         **asdict(cfg), "raw": str(Path(cfg.raw).resolve()), "tables_rows": rows_in, "tables_missing": missing,
         "dropped_events_without_time": {k: v for k, v in untimed.items() if v},
+        "tables_selected": cfg.tables,  # --tables as resolved (null: every table); "tables" is the account
         "tables": account,
     })
