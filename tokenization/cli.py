@@ -28,7 +28,8 @@ def _synth(args) -> int:
 # Set before polars and pyarrow load (they read it once): arrow's jemalloc pool, and both
 # jemallocs with one arena, no thread cache and freed pages returned at once. Peak RSS of
 # `ehrfm etl` on the MIMIC-IV demo: ~249 MB without, ~241 MB with (the reference MIMIC_IV_MEDS: 499 MB).
-# Only for this process (a user's own setting wins); library callers keep their allocator.
+# Only for this process (a user's own setting wins); library callers keep their jemalloc settings
+# (etl() itself only switches arrow's default pool to jemalloc).
 _JEMALLOC_LEAN = "narenas:1,tcache:false,dirty_decay_ms:0,muzzy_decay_ms:0"
 LEAN_ALLOCATOR_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "jemalloc", "JE_ARROW_MALLOC_CONF": _JEMALLOC_LEAN,
                       "_RJEM_MALLOC_CONF": _JEMALLOC_LEAN}
