@@ -28,6 +28,11 @@ CODE_PATTERNS = [
     r"ICU_ADMISSION//.+", r"ICU_DISCHARGE//.+", r"DIAGNOSIS//ICD//(9|10)//\w+", r"PROCEDURE//ICD//(9|10)//\w+",
     r"PROCEDURE//ITEM//\d+", r"DRG//\w+//\w+", r"LAB//\d+//.+", r"MEDICATION//.+", r"OMR//.+", r"VITAL//\d+//.+",
     r"INFUSION//\d+//.+", r"OUTPUT//\d+//.+",
+    # issue 12: every event table and MIMIC-IV-ED
+    rf"EMAR//{PART}//{PART}", rf"EMAR_DOSE//{PART}//{PART}", rf"PHARMACY//{PART}", rf"POE//{PART}//{PART}",
+    rf"MICROBIOLOGY//{PART}//{PART}(//{PART})?", r"HCPCS//\w+", rf"SERVICE//{PART}", r"DATETIME//\d+",
+    r"INGREDIENT//\d+//.+", rf"ED_ARRIVAL//{PART}", rf"ED_DISPOSITION//{PART}", r"ED_TRIAGE//\w+", r"ED_VITAL//\w+",
+    r"ED_DIAGNOSIS//ICD//(9|10)//\w+", rf"ED_MEDRECON//{PART}", rf"ED_PYXIS//{PART}",
 ]
 
 
@@ -120,10 +125,18 @@ def test_etl_real_mimic_iv_demo_is_valid_meds(demo_meds, mimic_demo_dir):
     assert labs == {"rows_read": raw_labs.height, "events_written": n_labs, "dropped": {"duplicate": 189},
                     "midnight_times": {"charttime": 3403}}
     dups = {t: a["dropped"].get("duplicate", 0) for t, a in cfg["tables"].items()}
-    assert sum(dups.values()) == 2974 and dups["hosp/prescriptions"] == 2602
+    assert sum(dups.values()) == 3453 and dups["hosp/prescriptions"] == 2602
     assert cfg["tables_missing"] == ["icu/chartevents"]
     for prefix in ("INFUSION//", "OUTPUT//", "PROCEDURE//ITEM//", "DRG//", "OMR//", "MEDICATION//", "ICU_ADMISSION//"):
         assert df["code"].str.starts_with(prefix).any(), prefix
+    # issue 12: every event table of the demo (22 of 23; no chartevents) writes events; poe_detail is
+    # an attribute table of poe, the d_* tables dictionaries, provider and caregiver id lists.
+    written = {t: a["events_written"] for t, a in cfg["tables"].items()}
+    assert len(written) == 22 and min(written.values()) > 0
+    assert written["hosp/poe"] == 45154 and written["hosp/emar_detail"] == 32324 and written["hosp/services"] == 319
+    assert df.height == sum(written.values()) == 334898
+    hcpcs = cm.filter(pl.col("code").str.starts_with("HCPCS//"))["description"]
+    assert hcpcs.len() > 0 and (~hcpcs.str.starts_with("HCPCS ")).all()  # from d_hcpcs
     # Descriptions from the real dictionaries.
     lab_desc = cm.filter(pl.col("code").str.starts_with("LAB//50912//"))["description"]
     assert lab_desc.len() >= 1 and lab_desc[0].startswith("Creatinine")

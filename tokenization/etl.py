@@ -1,6 +1,19 @@
-"""Raw MIMIC-IV (hosp/, icu/ CSV[.gz]) -> a MEDS 0.4 dataset dir.
+"""Raw MIMIC-IV 2.x/3.x (hosp/, icu/, and ed/ of MIMIC-IV-ED when present; CSV[.gz]) -> a MEDS 0.4 dataset dir.
 
-    etl(raw, out, overwrite=False, split_fractions=(0.8, 0.1, 0.1), split_seed=0, ...)
+    etl(raw, out, overwrite=False, split_fractions=(0.8, 0.1, 0.1), split_seed=0, tables=None, ...)
+
+Tables (TABLES; `tables=` / `ehrfm etl --tables` chooses, select_tables): every event table of
+MIMIC-IV 2.2 and 3.1 -- hosp/patients, admissions (required), transfers, diagnoses_icd,
+procedures_icd, drgcodes, labevents, prescriptions, emar, emar_detail, pharmacy, poe,
+microbiologyevents, hcpcsevents, services, omr; icu/icustays, chartevents, inputevents,
+outputevents, procedureevents, datetimeevents, ingredientevents -- and MIMIC-IV-ED's ed/edstays,
+triage, vitalsign, diagnosis, medrecon, pyxis when the raw dir has ed/ (then edstays is
+required: every ED event is timed by its ED stay). Not events: the d_* dictionaries (code
+descriptions), provider and caregiver (id lists), poe_detail (attributes of poe orders), ED
+free text (chiefcomplaint, icd_title). Headers match without regard to case; 3.1's only
+difference in the columns read is the case of procedureevents' ORIGINALAMOUNT/ORIGINALRATE
+(lower case in 3.1; compared against a 3.1 column inventory), and a table without the columns
+this ETL needs is refused naming the table, every missing column and the columns it has.
 
 Output (DESIGN.md section 1):
     data/{train,tuning,held_out}/{k}.parquet   subject_id, time, code, numeric_value, text_value,
@@ -13,13 +26,22 @@ Output (DESIGN.md section 1):
     metadata/ehrfm_etl.json                    where date-only events sit, drops (for `ehrfm audit`)
 
 How it stays within memory on the full MIMIC-IV:
-1. Each raw table is read as a stream of CSV record batches (pyarrow's streaming reader
-   decompresses .gz incrementally), each batch is turned into MEDS events with polars and
-   appended to a staging parquet file. No table is ever fully in memory.
+1. Each raw table is read as a stream of CSV record batches of `batch_bytes` (pyarrow's
+   streaming reader decompresses .gz incrementally), each batch is turned into MEDS events with
+   polars and appended to a staging parquet file. No table is ever fully in memory.
 2. Subjects are assigned to a split (stable hash of subject_id) and a shard of at most
    `shard_subjects` subjects; one pass over the staging files routes each batch's rows to
-   per-shard bucket files (linear in events); each shard is then read from its buckets alone,
-   sorted, validated against meds.DataSchema and written. Memory is bounded by the shard size.
+   per-shard bucket files (linear in events). A shard is assembled a chunk of subjects at a
+   time (about `chunk_events` events; its bucket files are split by chunk in one read): each
+   chunk is deduplicated, timed, placed, sorted, validated against meds.DataSchema and appended
+   to the shard's parquet file. Every step is per subject, so chunks give the same output as
+   whole shards; memory is bounded by the chunk.
+3. Dictionaries (d_icd_*, d_hcpcs, d_labitems, d_items) are read a row at a time, keeping only
+   the codes present. `ehrfm etl` starts arrow's and polars' jemalloc lean (tokenization.cli.
+   LEAN_ALLOCATOR_ENV: one arena, no thread cache, freed pages returned at once) before either
+   library loads; etl() called from Python switches arrow to its jemalloc pool.
+   Peak RSS on the demo: 412-440 MB at issue 11, ~241 MB now with 22 tables (the reference
+   MIMIC_IV_MEDS: 499 MB).
 Everything is written under `<out>.tmp-*` and renamed into place at the end.
 
 Codes (MIMIC_IV_MEDS "//" style; values always in numeric_value, never in the code):
@@ -29,20 +51,33 @@ Codes (MIMIC_IV_MEDS "//" style; values always in numeric_value, never in the co
     ED_REGISTRATION, ED_OUT, TRANSFER_TO//<eventtype>//<careunit>, ICU_ADMISSION//<careunit>,
     ICU_DISCHARGE//<careunit>, DIAGNOSIS//ICD//<9|10>//<code> (at discharge: ICD codes are coded
     then), PROCEDURE//ICD//<9|10>//<code> (chartdate, a date: see below), DRG//<type>//<code>,
-    LAB//<itemid>//<unit>, MEDICATION//<drug> (prescriptions; emar when prescriptions is absent),
-    OMR//<result_name>, VITAL//<itemid>//<unit> (chartevents), INFUSION//<itemid>//<unit>,
-    OUTPUT//<itemid>//<unit>, PROCEDURE//ITEM//<itemid>. A missing unit or location is `UNK`.
+    LAB//<itemid>//<unit>, MEDICATION//<drug> (prescriptions), OMR//<result_name>,
+    VITAL//<itemid>//<unit> (chartevents), INFUSION//<itemid>//<unit>, OUTPUT//<itemid>//<unit>,
+    PROCEDURE//ITEM//<itemid>,
+    EMAR//<event_txt>//<medication> (every charted action: Administered, Not Given, ...),
+    EMAR_DOSE//<product_description>//<dose_given_unit> (emar_detail product lines, value = dose
+    given, at its emar row's time and stay), PHARMACY//<medication> (starttime),
+    POE//<order_type>//<order_subtype> (ordertime), MICROBIOLOGY//<test_name>//<org_name|NONE>
+    [//<ab_name>] (charttime, else chartdate as a date; value = dilution_value, text_value =
+    interpretation S/I/R), HCPCS//<hcpcs_cd> (chartdate, a date), SERVICE//<curr_service>
+    (transfertime), DATETIME//<itemid> (datetimeevents charttime; the charted date itself is not
+    read), INGREDIENT//<itemid>//<amountuom> (value = amount), MIMIC-IV-ED: ED_ARRIVAL//<arrival_transport>
+    (intime), ED_DISPOSITION//<disposition> (outtime), ED_TRIAGE//<temperature|heartrate|resprate|
+    o2sat|sbp|dbp|pain|acuity> (at the ED stay's intime), ED_VITAL//<same but acuity> (charttime),
+    ED_DIAGNOSIS//ICD//<9|10>//<code> (at the ED stay's outtime), ED_MEDRECON//<name>,
+    ED_PYXIS//<name> (charttime). A missing unit, location or name part is `UNK`.
 Within one timestamp events keep a clinical order: admission, transfers, measurements,
 medications, procedures, diagnoses, death, discharge.
 
 Dates and midnights (an event is never placed before the first moment it could have been known):
 - A date-only value is a value of a DATE column of MIMIC-IV's schema (patients.dod,
-  procedures_icd.chartdate, omr.chartdate; whatever its text, e.g. `2150-03-01 00:00:00` from a
-  database export) or any time value written without a time of day (e.g. `2150-03-01` in
-  labevents.charttime). Audited in MIMIC-IV's schema (mimic-code's buildmimic create.sql: of the
-  tables read only these three columns are DATE; hcpcsevents and microbiologyevents also carry
-  dates but are not read) and on the real demo (these three columns hold only dates, every other
-  time column read holds only full timestamps). One rule for all of them: a date D is placed at D 23:59:59; an event with a
+  procedures_icd.chartdate, omr.chartdate, hcpcsevents.chartdate; whatever its text, e.g.
+  `2150-03-01 00:00:00` from a database export) or any time value written without a time of day
+  (e.g. `2150-03-01` in labevents.charttime or pharmacy.starttime). microbiologyevents.charttime
+  falls back to the row's chartdate (a date) where empty. Audited in MIMIC-IV's schema
+  (mimic-code's buildmimic create.sql) and on the real demo (these columns hold only dates;
+  pharmacy.starttime and microbiologyevents.charttime mix; every other time column read holds
+  only full timestamps). One rule for all of them: a date D is placed at D 23:59:59; an event with a
   stay (hadm_id) moves to the stay's discharge instead when the discharge falls on D before
   23:59:59 and no timed event of the subject on D comes after the discharge. Earlier versions
   put procedures at 00:00 or at the admission, before the day's own events (look-ahead).
@@ -60,9 +95,14 @@ Dates and midnights (an event is never placed before the first moment it could h
   dropped, counted per table as `duplicate`.
 - Every other drop is counted by table and reason (events): missing_subject_id,
   unknown_subject_id (not in patients), missing_time, missing_hadm_id / unknown_hadm_id
-  (diagnoses and DRG codes, timed by their stay's discharge), missing_drug, missing_medication,
-  not_administered (emar), discharge_row_made_by_admissions (transfers), later_death_merged (one
-  death per subject, the earliest kept).
+  (diagnoses and DRG codes, timed by their stay's discharge), missing_drug, missing_medication
+  (emar, pharmacy), administration_summary_row / no_dose_given / no_emar_row (emar_detail: the
+  parent row of an administration repeats its product lines; a line without a dose; a line
+  whose emar row is absent or dropped), missing_stay_id / unknown_stay_id (ED triage and
+  diagnoses), missing_name (ED medrecon, pyxis), discharge_row_made_by_admissions (transfers),
+  later_death_merged (one death per subject, the earliest kept). Distinct orders keep their
+  row id (pharmacy_id, poe_seq, the emar_detail product line) so only true repeats are
+  `duplicate`.
   Numbers that do not parse are kept as null and counted (`unparseable_numbers_set_null`);
   unparseable ids and times refuse the table (UserError).
   They are printed as detail lines before the one-line summary and written to
@@ -132,6 +172,7 @@ ORDER_MEASURE, ORDER_MED, ORDER_PROC, ORDER_ICU_OUT, ORDER_DX, ORDER_DEATH, ORDE
 EVENT_SCHEMA = {
     "subject_id": pl.Int64, "time": pl.Datetime("us"), "code": pl.String, "numeric_value": pl.Float32,
     "text_value": pl.String, "hadm_id": pl.Int64, "_order": pl.Int8, "_date_only": pl.Boolean,
+    "_key": pl.Int64,  # emar_seq of emar and emar_detail events: the shard step times a detail by its emar row
 }
 
 
@@ -143,7 +184,9 @@ class EtlConfig:
     split_seed: int = 0
     splits_file: str | None = None  # an existing subject_splits.parquet to use instead of the hash
     shard_subjects: int = 10_000  # bounds the memory of shard assembly (and of tokenize downstream)
-    batch_bytes: int = 64 << 20  # CSV block size read at a time
+    batch_bytes: int = 1 << 20  # CSV block size read at a time (bounds memory while staging)
+    chunk_events: int = 40_000  # events assembled at a time within a shard (bounds memory while sorting)
+    tables: list[str] | None = None  # tables to convert (select_tables); None: every table the raw dir has
     dataset_name: str | None = None
     dataset_version: str | None = None
 
@@ -161,6 +204,9 @@ class Table:
     required: bool = False
     dates: list[str] = field(default_factory=list)  # DATE columns in MIMIC-IV's schema: every value is a day
     code_prefixes: dict[str, list[str]] = field(default_factory=dict)  # time column -> codes it times
+    fallback: dict[str, str] = field(default_factory=dict)  # time column -> a DATE column used where it is empty
+    timed_by: str | None = None  # events take their time in the shard step from this table's rows (emar_detail)
+    module: str = ""  # "ed": read only when the raw dir has ed/ (MIMIC-IV-ED)
 
 
 @dataclass
@@ -175,6 +221,7 @@ class Context:
     midnight: dict = field(default_factory=dict)  # table -> column -> timed values at exactly 00:00:00
     unparseable: dict = field(default_factory=dict)  # table -> column -> numbers that did not parse (set null)
     discharge: dict = field(default_factory=dict)  # how discharge times were placed -> count
+    ed_stays: pl.DataFrame | None = None  # stay_id, intime, outtime of ed/edstays (triage and ED diagnoses)
 
     def drop(self, reason: str, n: int, table: str | None = None) -> None:
         if n:
@@ -184,7 +231,7 @@ class Context:
 
 # ------------------------------------------------------------------------------- event rules
 def _ev(df: pl.DataFrame, time: pl.Expr | str, code: pl.Expr, order: int, numeric: pl.Expr | None = None,
-        text: pl.Expr | None = None, hadm: bool = True) -> pl.DataFrame:
+        text: pl.Expr | None = None, hadm: bool = True, key: pl.Expr | None = None) -> pl.DataFrame:
     """MEDS events of `df`; `time` given as a column name carries that column's date-only flag along."""
     date_only = pl.lit(False)
     if isinstance(time, str):
@@ -200,6 +247,7 @@ def _ev(df: pl.DataFrame, time: pl.Expr | str, code: pl.Expr, order: int, numeri
         hadm_id=(pl.col("hadm_id") if hadm and "hadm_id" in df.columns else pl.lit(None)).cast(pl.Int64),
         _order=pl.lit(order, pl.Int8),
         _date_only=date_only.fill_null(False),
+        _key=(key if key is not None else pl.lit(None)).cast(pl.Int64),
     )
 
 
@@ -330,9 +378,108 @@ def _prescriptions(df, ctx):
 
 
 def _emar(df, ctx):
+    # Every charted action (administered, held, not given, ...) is an event of its own kind.
     df = _keep(df, ctx, pl.col("medication").is_not_null(), "missing_medication")
-    df = _keep(df, ctx, pl.col("event_txt").fill_null("") == "Administered", "not_administered")
-    return [_ev(df, "charttime", pl.lit("MEDICATION//") + _part("medication"), ORDER_MED)]
+    code = pl.concat_str(pl.lit("EMAR//"), _part("event_txt"), pl.lit("//"), _part("medication"))
+    return [_ev(df, "charttime", code, ORDER_MED, key=pl.col("emar_seq"))]
+
+
+KEY_LINES = 1000  # emar_detail's _key: emar_seq * KEY_LINES + the product line
+
+
+def _emar_detail(df, ctx):
+    # The per-product rows (parent_field_ordinal set) carry the dose given; the parent row of
+    # each administration only repeats it. The time comes from the emar row (shard step).
+    df = _keep(df, ctx, pl.col("parent_field_ordinal").is_not_null(), "administration_summary_row")
+    df = _keep(df, ctx, pl.col("dose_given").is_not_null(), "no_dose_given")
+    code = pl.concat_str(pl.lit("EMAR_DOSE//"), _part("product_description"), pl.lit("//"), _part("dose_given_unit"))
+    # The key keeps the product line (parent_field_ordinal, NUMERIC(3,2)) so that two products
+    # of one administration are two rows, not duplicates; // KEY_LINES recovers emar_seq.
+    line = (pl.col("parent_field_ordinal").cast(pl.Float64, strict=False) * 100).round().cast(pl.Int64).fill_null(0)
+    return [_ev(df, pl.lit(None, pl.Datetime("us")), code, ORDER_MED, numeric=pl.col("dose_given"),
+                hadm=False, key=pl.col("emar_seq") * KEY_LINES + line)]
+
+
+def _pharmacy(df, ctx):
+    df = _keep(df, ctx, pl.col("medication").is_not_null(), "missing_medication")
+    # Keyed by pharmacy_id: two orders of one drug at one time are two events, not duplicates.
+    return [_ev(df, "starttime", pl.lit("PHARMACY//") + _part("medication"), ORDER_MED, key=pl.col("pharmacy_id"))]
+
+
+def _microbiology(df, ctx):
+    # One event per result row: the organism grown (NONE: no growth) and, for a susceptibility
+    # row, the antibiotic; its dilution in numeric_value, its interpretation (S/I/R) in text_value.
+    org = pl.col("org_name").cast(pl.String).fill_null("NONE").str.replace_all("//", "/", literal=True)
+    ab = pl.when(pl.col("ab_name").is_not_null()).then(pl.lit("//") + _part("ab_name")).otherwise(pl.lit(""))
+    code = pl.concat_str(pl.lit("MICROBIOLOGY//"), _part("test_name"), pl.lit("//"), org, ab)
+    return [_ev(df, "charttime", code, ORDER_MEASURE, numeric=pl.col("dilution_value"),
+                text=pl.col("interpretation"))]
+
+
+def _hcpcs(df, ctx):
+    # chartdate is a date: the date-only rule places it (end of day or the stay's discharge).
+    return [_ev(df, "chartdate", pl.lit("HCPCS//") + _part("hcpcs_cd"), ORDER_PROC)]
+
+
+def _services(df, ctx):
+    return [_ev(df, "transfertime", pl.lit("SERVICE//") + _part("curr_service"), ORDER_TRANSFER)]
+
+
+def _datetimeevents(df, ctx):
+    # The value is itself a date (e.g. of a line insertion): the charted item is the event.
+    return [_ev(df, "charttime", pl.lit("DATETIME//") + _part("itemid"), ORDER_MEASURE)]
+
+
+def _poe(df, ctx):
+    code = pl.concat_str(pl.lit("POE//"), _part("order_type"), pl.lit("//"), _part("order_subtype"))
+    # Keyed by poe_seq: several orders of one type at one time are distinct orders, not duplicates.
+    return [_ev(df, "ordertime", code, ORDER_MED, key=pl.col("poe_seq"))]
+
+
+ED_VITALS = ["temperature", "heartrate", "resprate", "o2sat", "sbp", "dbp", "pain"]
+
+
+def _ed_stay_times(df: pl.DataFrame, ctx: Context) -> pl.DataFrame:
+    """Rows joined to their ED stay's intime/outtime; rows without a known ED stay are counted and dropped."""
+    df = _keep(df, ctx, pl.col("stay_id").is_not_null(), "missing_stay_id")
+    stays = ctx.ed_stays if ctx.ed_stays is not None else pl.DataFrame(
+        schema={"stay_id": pl.Int64, "_in": pl.Datetime("us"), "_out": pl.Datetime("us")})
+    df = df.join(stays, on="stay_id", how="left")
+    return _keep(df, ctx, pl.col("_in").is_not_null(), "unknown_stay_id")
+
+
+def _edstays(df, ctx):
+    return [
+        _ev(df, "intime", pl.lit("ED_ARRIVAL//") + _part("arrival_transport"), ORDER_ADMIT),
+        _ev(df, "outtime", pl.lit("ED_DISPOSITION//") + _part("disposition"), ORDER_TRANSFER),
+    ]
+
+
+def _ed_triage(df, ctx):
+    # Triage has no time of its own: it is taken at arrival (the ED stay's intime).
+    df = _ed_stay_times(df, ctx)
+    return [_ev(df.filter(pl.col(c).is_not_null()), pl.col("_in"), pl.lit(f"ED_TRIAGE//{c}"), ORDER_MEASURE,
+                numeric=pl.col(c)) for c in [*ED_VITALS, "acuity"]]
+
+
+def _ed_vitalsign(df, ctx):
+    return [_ev(df.filter(pl.col(c).is_not_null()), "charttime", pl.lit(f"ED_VITAL//{c}"), ORDER_MEASURE,
+                numeric=pl.col(c)) for c in ED_VITALS]
+
+
+def _ed_diagnosis(df, ctx):
+    # Coded at the end of the ED stay, like hospital diagnoses at discharge.
+    df = _ed_stay_times(df, ctx)
+    code = pl.concat_str(pl.lit("ED_DIAGNOSIS//ICD//"), _part("icd_version"), pl.lit("//"), _part("icd_code"))
+    return [_ev(df.sort("stay_id", "seq_num", maintain_order=True), pl.col("_out"), code, ORDER_DX)]
+
+
+def _ed_med(prefix: str):
+    def rule(df, ctx):
+        df = _keep(df, ctx, pl.col("name").is_not_null(), "missing_name")
+        return [_ev(df, "charttime", pl.lit(prefix) + _part("name"), ORDER_MED)]
+
+    return rule
 
 
 def _omr(df, ctx):
@@ -372,8 +519,24 @@ TABLES: list[Table] = [
           to_events=_measure("LAB//", "charttime", "valueuom", "valuenum", "value"), code_prefixes={"charttime": ["LAB//"]}),
     Table("hosp/prescriptions", ["subject_id", "hadm_id", "starttime", "drug"], times=["starttime"], ints=["hadm_id"],
           to_events=_prescriptions, code_prefixes={"starttime": ["MEDICATION//"]}),
-    Table("hosp/emar", ["subject_id", "hadm_id", "charttime", "medication", "event_txt"], times=["charttime"],
-          ints=["hadm_id"], to_events=_emar, code_prefixes={"charttime": ["MEDICATION//"]}),
+    Table("hosp/emar", ["subject_id", "hadm_id", "emar_seq", "charttime", "medication", "event_txt"], times=["charttime"],
+          ints=["hadm_id", "emar_seq"], to_events=_emar, code_prefixes={"charttime": ["EMAR//", "EMAR_DOSE//"]}),
+    Table("hosp/emar_detail", ["subject_id", "emar_seq", "parent_field_ordinal", "dose_given", "dose_given_unit",
+                               "product_description"], ints=["emar_seq"], floats=["dose_given"],
+          to_events=_emar_detail, timed_by="hosp/emar"),
+    Table("hosp/pharmacy", ["subject_id", "hadm_id", "pharmacy_id", "starttime", "medication"], times=["starttime"],
+          ints=["hadm_id", "pharmacy_id"],
+          to_events=_pharmacy, code_prefixes={"starttime": ["PHARMACY//"]}),
+    Table("hosp/poe", ["subject_id", "hadm_id", "poe_seq", "ordertime", "order_type", "order_subtype"],
+          times=["ordertime"], ints=["hadm_id", "poe_seq"], to_events=_poe, code_prefixes={"ordertime": ["POE//"]}),
+    Table("hosp/microbiologyevents", ["subject_id", "hadm_id", "chartdate", "charttime", "test_name", "org_name",
+                                      "ab_name", "dilution_value", "interpretation"],
+          times=["charttime"], ints=["hadm_id"], floats=["dilution_value"], to_events=_microbiology,
+          fallback={"charttime": "chartdate"}, code_prefixes={"charttime": ["MICROBIOLOGY//"]}),
+    Table("hosp/hcpcsevents", ["subject_id", "hadm_id", "chartdate", "hcpcs_cd"], times=["chartdate"], ints=["hadm_id"],
+          to_events=_hcpcs, dates=["chartdate"], code_prefixes={"chartdate": ["HCPCS//"]}),
+    Table("hosp/services", ["subject_id", "hadm_id", "transfertime", "curr_service"], times=["transfertime"],
+          ints=["hadm_id"], to_events=_services, code_prefixes={"transfertime": ["SERVICE//"]}),
     Table("hosp/omr", ["subject_id", "chartdate", "result_name", "result_value"], times=["chartdate"], to_events=_omr,
           dates=["chartdate"], code_prefixes={"chartdate": ["OMR//"]}),
     Table("icu/chartevents", ["subject_id", "hadm_id", "charttime", "itemid", "value", "valuenum", "valueuom"],
@@ -388,16 +551,111 @@ TABLES: list[Table] = [
           to_events=_measure("OUTPUT//", "charttime", "valueuom", "value", None), code_prefixes={"charttime": ["OUTPUT//"]}),
     Table("icu/procedureevents", ["subject_id", "hadm_id", "starttime", "itemid"], times=["starttime"],
           ints=["hadm_id"], to_events=_procedureevents, code_prefixes={"starttime": ["PROCEDURE//ITEM//"]}),
+    Table("icu/datetimeevents", ["subject_id", "hadm_id", "charttime", "itemid"], times=["charttime"],
+          ints=["hadm_id"], to_events=_datetimeevents, code_prefixes={"charttime": ["DATETIME//"]}),
+    Table("icu/ingredientevents", ["subject_id", "hadm_id", "starttime", "itemid", "amount", "amountuom"],
+          times=["starttime"], ints=["hadm_id"], floats=["amount"],
+          to_events=_measure("INGREDIENT//", "starttime", "amountuom", "amount", None, order=ORDER_MED),
+          code_prefixes={"starttime": ["INGREDIENT//"]}),
+    # MIMIC-IV-ED (a separate module: read when the raw dir has ed/; edstays then required).
+    Table("ed/edstays", ["subject_id", "hadm_id", "stay_id", "intime", "outtime", "arrival_transport", "disposition"],
+          times=["intime", "outtime"], ints=["hadm_id", "stay_id"], to_events=_edstays, module="ed",
+          code_prefixes={"intime": ["ED_ARRIVAL//", "ED_TRIAGE//"], "outtime": ["ED_DISPOSITION//", "ED_DIAGNOSIS//"]}),
+    Table("ed/triage", ["subject_id", "stay_id", *ED_VITALS, "acuity"], ints=["stay_id"],
+          floats=[*ED_VITALS, "acuity"], to_events=_ed_triage, module="ed"),
+    Table("ed/vitalsign", ["subject_id", "stay_id", "charttime", *ED_VITALS], times=["charttime"], ints=["stay_id"],
+          floats=ED_VITALS, to_events=_ed_vitalsign, module="ed", code_prefixes={"charttime": ["ED_VITAL//"]}),
+    Table("ed/diagnosis", ["subject_id", "stay_id", "seq_num", "icd_code", "icd_version"], ints=["stay_id", "seq_num"],
+          to_events=_ed_diagnosis, module="ed"),
+    Table("ed/medrecon", ["subject_id", "stay_id", "charttime", "name"], times=["charttime"], ints=["stay_id"],
+          to_events=_ed_med("ED_MEDRECON//"), module="ed", code_prefixes={"charttime": ["ED_MEDRECON//"]}),
+    Table("ed/pyxis", ["subject_id", "stay_id", "charttime", "name"], times=["charttime"], ints=["stay_id"],
+          to_events=_ed_med("ED_PYXIS//"), module="ed", code_prefixes={"charttime": ["ED_PYXIS//"]}),
 ]
+TABLE_NAMES = [t.name for t in TABLES]
 # Columns a table may lack (older or trimmed extracts); they are read as all-null.
 OPTIONAL_COLUMNS = {"dod", "hadm_id", "value", "valueuom", "amountuom", "discharge_location", "admission_location",
-                    "seq_num", "edregtime", "edouttime"}
+                    "seq_num", "edregtime", "edouttime", "order_subtype", "product_description", "dose_given_unit",
+                    "dilution_value", "interpretation", "ab_name", "arrival_transport", "disposition", "acuity", "pain"}
+# Every column of each table in MIMIC-IV 2.2 and 3.1 (the same up to case: 2.2's procedureevents
+# has ORIGINALAMOUNT, ORIGINALRATE) and MIMIC-IV-ED 2.2. A file that lacks a column this ETL
+# reads and has a column not listed here was renamed or reshaped: refused, never read as nulls.
+KNOWN_COLUMNS = {k: set(v.split()) for k, v in {
+    "hosp/patients": "subject_id gender anchor_age anchor_year anchor_year_group dod",
+    "hosp/admissions": (
+        "subject_id hadm_id admittime dischtime deathtime admission_type admit_provider_id "
+        "admission_location discharge_location insurance language marital_status race edregtime "
+        "edouttime hospital_expire_flag"),
+    "hosp/transfers": "subject_id hadm_id transfer_id eventtype careunit intime outtime",
+    "icu/icustays": "subject_id hadm_id stay_id first_careunit last_careunit intime outtime los",
+    "hosp/diagnoses_icd": "subject_id hadm_id seq_num icd_code icd_version",
+    "hosp/procedures_icd": "subject_id hadm_id seq_num chartdate icd_code icd_version",
+    "hosp/drgcodes": "subject_id hadm_id drg_type drg_code description drg_severity drg_mortality",
+    "hosp/labevents": (
+        "labevent_id subject_id hadm_id specimen_id itemid order_provider_id charttime storetime "
+        "value valuenum valueuom ref_range_lower ref_range_upper flag priority comments"),
+    "hosp/prescriptions": (
+        "subject_id hadm_id pharmacy_id poe_id poe_seq order_provider_id starttime stoptime drug_type "
+        "drug formulary_drug_cd gsn ndc prod_strength form_rx dose_val_rx dose_unit_rx form_val_disp "
+        "form_unit_disp doses_per_24_hrs route"),
+    "hosp/emar": (
+        "subject_id hadm_id emar_id emar_seq poe_id pharmacy_id enter_provider_id charttime "
+        "medication event_txt scheduletime storetime"),
+    "hosp/emar_detail": (
+        "subject_id emar_id emar_seq parent_field_ordinal administration_type pharmacy_id "
+        "barcode_type reason_for_no_barcode complete_dose_not_given dose_due dose_due_unit dose_given "
+        "dose_given_unit will_remainder_of_dose_be_given product_amount_given product_unit "
+        "product_code product_description product_description_other prior_infusion_rate infusion_rate "
+        "infusion_rate_adjustment infusion_rate_adjustment_amount infusion_rate_unit route "
+        "infusion_complete completion_interval new_iv_bag_hung continued_infusion_in_other_location "
+        "restart_interval side site non_formulary_visual_verification"),
+    "hosp/pharmacy": (
+        "subject_id hadm_id pharmacy_id poe_id starttime stoptime medication proc_type status "
+        "entertime verifiedtime route frequency disp_sched infusion_type sliding_scale "
+        "lockout_interval basal_rate one_hr_max doses_per_24_hrs duration duration_interval "
+        "expiration_value expiration_unit expirationdate dispensation fill_quantity"),
+    "hosp/poe": (
+        "poe_id poe_seq subject_id hadm_id ordertime order_type order_subtype transaction_type "
+        "discontinue_of_poe_id discontinued_by_poe_id order_provider_id order_status"),
+    "hosp/microbiologyevents": (
+        "microevent_id subject_id hadm_id micro_specimen_id order_provider_id chartdate charttime "
+        "spec_itemid spec_type_desc test_seq storedate storetime test_itemid test_name org_itemid "
+        "org_name isolate_num quantity ab_itemid ab_name dilution_text dilution_comparison "
+        "dilution_value interpretation comments"),
+    "hosp/hcpcsevents": "subject_id hadm_id chartdate hcpcs_cd seq_num short_description",
+    "hosp/services": "subject_id hadm_id transfertime prev_service curr_service",
+    "hosp/omr": "subject_id chartdate seq_num result_name result_value",
+    "icu/inputevents": (
+        "subject_id hadm_id stay_id caregiver_id starttime endtime storetime itemid amount amountuom "
+        "rate rateuom orderid linkorderid ordercategoryname secondaryordercategoryname "
+        "ordercomponenttypedescription ordercategorydescription patientweight totalamount "
+        "totalamountuom isopenbag continueinnextdept statusdescription originalamount originalrate"),
+    "icu/outputevents": "subject_id hadm_id stay_id caregiver_id charttime storetime itemid value valueuom",
+    "icu/procedureevents": (
+        "subject_id hadm_id stay_id caregiver_id starttime endtime storetime itemid value valueuom "
+        "location locationcategory orderid linkorderid ordercategoryname ordercategorydescription "
+        "patientweight isopenbag continueinnextdept statusdescription originalamount originalrate"),
+    "icu/datetimeevents": "subject_id hadm_id stay_id caregiver_id charttime storetime itemid value valueuom warning",
+    "icu/ingredientevents": (
+        "subject_id hadm_id stay_id caregiver_id starttime endtime storetime itemid amount amountuom "
+        "rate rateuom orderid linkorderid statusdescription originalamount originalrate"),
+    "icu/chartevents": (
+        "subject_id hadm_id stay_id caregiver_id charttime storetime itemid value valuenum valueuom "
+        "warning"),
+    "ed/edstays": "subject_id hadm_id stay_id intime outtime gender race arrival_transport disposition",
+    "ed/triage": "subject_id stay_id temperature heartrate resprate o2sat sbp dbp pain acuity chiefcomplaint",
+    "ed/vitalsign": "subject_id stay_id charttime temperature heartrate resprate o2sat sbp dbp rhythm pain",
+    "ed/diagnosis": "subject_id stay_id seq_num icd_code icd_version icd_title",
+    "ed/medrecon": "subject_id stay_id charttime name gsn ndc etc_rn etccode etcdescription",
+    "ed/pyxis": "subject_id stay_id charttime med_rn name gsn_rn gsn",
+}.items()}
 # Dictionaries for code descriptions: table -> (key columns, description column)
 DICTIONARIES = {
     "hosp/d_labitems": ["itemid", "label", "fluid"],
     "icu/d_items": ["itemid", "label"],
     "hosp/d_icd_diagnoses": ["icd_code", "icd_version", "long_title"],
     "hosp/d_icd_procedures": ["icd_code", "icd_version", "long_title"],
+    "hosp/d_hcpcs": ["code", "long_description", "short_description"],  # CPT rows have only the short one
 }
 
 
@@ -419,30 +677,58 @@ def _header(path: Path) -> list[str]:
         raise UserError(f"{path}: cannot read the CSV header ({type(e).__name__})") from None
 
 
-def _check_columns(path: Path, needed: list[str], optional: set[str] = frozenset()) -> list[str]:
+def _check_columns(path: Path, needed: list[str], optional: set[str] = frozenset(), table: str | None = None) -> dict[str, str]:
+    """The needed columns the file has: {name in MIMIC-IV's lower case: name in the file's header}.
+
+    Names match without regard to case (MIMIC-IV 2.2 writes procedureevents' ORIGINALAMOUNT in
+    upper case, 3.1 and database exports lower case); extra columns are ignored, and optional
+    columns may be absent (trimmed extracts) unless the file also has columns MIMIC-IV never
+    had (KNOWN_COLUMNS): then a column was renamed and reading it as null would hide that.
+
+    Raises:
+        UserError: a needed column is missing, or an optional one is missing from a file with
+            unknown columns; names the file, the table, every missing and unknown column and the
+            columns the file has (names only, never values).
+    """
     header = _header(path)
-    missing = [c for c in needed if c not in header and c not in optional]
+    by_lower = {}
+    for c in header:
+        by_lower.setdefault(c.strip().lower(), c)
+    missing = [c for c in needed if c not in by_lower and c not in optional]
     if missing:
-        raise UserError(f"{path}: missing column {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    return [c for c in needed if c in header]
+        more = f" (and {len(missing) - 1} more: {', '.join(map(repr, missing[1:]))})" if len(missing) > 1 else ""
+        raise UserError(f"{path}: missing column {missing[0]!r}{more}; table {table or path.name} has an unexpected "
+                        f"column set for MIMIC-IV 2.2/3.x: {', '.join(header)}")
+    known = KNOWN_COLUMNS.get(table or "")
+    absent = [c for c in needed if c not in by_lower]
+    unknown = [c for c in header if known is not None and c.strip().lower() not in known]
+    if absent and unknown:
+        raise UserError(f"{path}: table {table} has an unexpected column set for MIMIC-IV 2.2/3.x: no "
+                        f"{', '.join(map(repr, absent))} but {', '.join(map(repr, unknown))} (columns: {', '.join(header)})")
+    return {c: by_lower[c] for c in needed if c in by_lower}
 
 
-def _read_batches(path: Path, columns: list[str], block_size: int):
-    """Stream a CSV[.gz] as polars DataFrames of string columns, a block at a time."""
+def _read_batches(path: Path, columns: list[str] | dict[str, str], block_size: int):
+    """Stream a CSV[.gz] as polars DataFrames of string columns, a block at a time.
+
+    columns: names to read, or {output name: name in the file} (from _check_columns).
+    """
+    rename = dict(columns) if isinstance(columns, dict) else {c: c for c in columns}
+    columns = list(rename.values())
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
     try:
-        reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=block_size),
+        reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=block_size, use_threads=False),
                                 convert_options=pacsv.ConvertOptions(
                                     include_columns=columns, column_types={c: pa.string() for c in columns},
                                     strings_can_be_null=True, null_values=[""]))
     except (pa.ArrowInvalid, OSError, EOFError) as e:
         raise UserError(f"{path}: cannot be read as CSV ({_safe_reason(e)})") from None
-    return _iter_batches(reader, path)
+    return _iter_batches(reader, path, {v: k for k, v in rename.items() if k != v})
 
 
-def _iter_batches(reader, path: Path):
+def _iter_batches(reader, path: Path, rename: dict[str, str]):
     import pyarrow as pa
 
     while True:
@@ -453,7 +739,8 @@ def _iter_batches(reader, path: Path):
         except (pa.ArrowInvalid, OSError, EOFError) as e:
             raise UserError(f"{path}: cannot be read as CSV ({_safe_reason(e)})") from None
         if batch.num_rows:
-            yield pl.from_arrow(pa.Table.from_batches([batch]))
+            df = pl.from_arrow(pa.Table.from_batches([batch]))
+            yield df.rename(rename) if rename else df
 
 
 def _safe_reason(e: Exception) -> str:
@@ -538,6 +825,55 @@ def _typed(df: pl.DataFrame, table: Table, bad: _BadValues, ctx: Context) -> pl.
     )
 
 
+def _lean_arrow_memory() -> None:
+    """Use arrow's jemalloc pool, returning freed memory at once (measured on the demo: the lowest peak RSS)."""
+    import pyarrow as pa
+
+    try:
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+        pa.jemalloc_set_decay_ms(0)
+    except (NotImplementedError, AttributeError):  # a pyarrow built without jemalloc: keep its default pool
+        pass
+
+
+def select_tables(names: list[str] | str | None) -> list[str]:
+    """The tables to convert, in ETL order, from names like `hosp/labevents` or `labevents`.
+
+    hosp/patients and hosp/admissions are always converted (every other table needs them); an
+    ED table brings ed/edstays (its stay times) and hosp/emar_detail brings hosp/emar (its times).
+
+    Args:
+        names: table names (a list or one comma-separated string); None or empty: every table.
+
+    Returns:
+        Full table names (module/table), in TABLES order.
+
+    Raises:
+        UserError: a name that is no table of MIMIC-IV this ETL reads (the known names listed).
+    """
+    if names is None:
+        return list(TABLE_NAMES)
+    if isinstance(names, str):
+        names = names.split(",")
+    names = [n.strip() for n in names if n.strip()]
+    if not names:
+        return list(TABLE_NAMES)
+    short = {n.split("/", 1)[1]: n for n in TABLE_NAMES}
+    chosen = {"hosp/patients", "hosp/admissions"}
+    for n in names:
+        full = n if n in TABLE_NAMES else short.get(n)
+        if full is None:
+            raise UserError(f"--tables: unknown table {n!r}; known tables: {', '.join(TABLE_NAMES)}")
+        chosen.add(full)
+    by_name = {t.name: t for t in TABLES}
+    for n in list(chosen):
+        if by_name[n].module == "ed":
+            chosen.add("ed/edstays")
+        if by_name[n].timed_by:
+            chosen.add(by_name[n].timed_by)
+    return [n for n in TABLE_NAMES if n in chosen]
+
+
 def _stable_uniform(ids: np.ndarray, seed: int) -> np.ndarray:
     """splitmix64 of (subject_id, seed) -> [0, 1): the same split on any machine and version."""
     with np.errstate(over="ignore"):
@@ -564,7 +900,9 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
     """Convert a raw MIMIC-IV directory to a MEDS dataset at `out`; return a summary dict.
 
     Options (EtlConfig fields): split_fractions=(train, tuning, held_out), split_seed,
-    splits_file (an existing subject_splits.parquet), shard_subjects, dataset_name, dataset_version.
+    splits_file (an existing subject_splits.parquet), shard_subjects, dataset_name, dataset_version,
+    tables (names for select_tables; None: every table present), batch_bytes (CSV block size read at
+    a time), chunk_events (events assembled at a time within a shard).
 
     Returns:
         dict with subjects, events, codes, subjects_per_split, events_per_split, tables_used,
@@ -574,10 +912,13 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
         drop and moved time, by table) are printed before the one-line summary.
 
     Raises:
-        UserError: a missing directory, table or column, an unreadable CSV, an unparseable id or
-            time (named by file, column and count, never by value), an empty split.
+        UserError: a missing directory, table or column (naming the table, the missing columns and
+            the file's columns), an unknown --tables name, an ed/ directory without edstays, an
+            unreadable CSV, an unparseable id or time (named by file, column and count, never by
+            value), an empty split.
     """
     t0 = time.time()
+    _lean_arrow_memory()
     raw = Path(raw)
     unknown = set(options) - set(EtlConfig.__dataclass_fields__)
     if unknown:
@@ -589,26 +930,36 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
     if Path(out).exists() and not overwrite:
         raise UserError(f"output {out} already exists; pass --overwrite to replace it")
 
-    present = {t.name: find_table(raw, t.name) for t in TABLES}
-    for t in TABLES:
+    selected = select_tables(cfg.tables)
+    cfg.tables = None if cfg.tables is None else selected
+    has_ed = (raw / "ed").is_dir()
+    # The ED module is read only when its directory is there; its tables are then expected.
+    # (ED tables named in --tables are reported absent when there is no ed/.)
+    wanted = [t for t in TABLES if t.name in selected and (t.module != "ed" or has_ed or cfg.tables is not None)]
+    present = {t.name: find_table(raw, t.name) for t in wanted}
+    for t in wanted:
         if t.required and present[t.name] is None:
             raise UserError(f"required table {t.name}.csv.gz (or .csv) not found in {raw}")
-    if present["hosp/prescriptions"] is not None:
-        present["hosp/emar"] = None  # prescriptions already carry the medication orders
-    missing = [t.name for t in TABLES if present[t.name] is None and t.name != "hosp/emar"]
+    if has_ed and any(t.module == "ed" for t in wanted) and present.get("ed/edstays") is None:
+        raise UserError(f"{raw / 'ed'}: MIMIC-IV-ED directory without edstays.csv.gz (or .csv): every ED "
+                        "event is timed by its ED stay; add ed/edstays or remove the ed/ directory")
+    for t in wanted:  # a table timed by another is unusable without it
+        if t.timed_by and present.get(t.timed_by) is None:
+            present[t.name] = None
+    missing = [t.name for t in wanted if present[t.name] is None]
     # Check every header up front: a missing column fails in seconds, not after an hour.
     used_columns = {}
-    for t in TABLES:
+    for t in wanted:
         if present[t.name] is not None:
             optional = {c for c in t.columns if c in OPTIONAL_COLUMNS}
-            used_columns[t.name] = _check_columns(present[t.name], t.columns, optional)
+            used_columns[t.name] = _check_columns(present[t.name], t.columns, optional, table=t.name)
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
         stage = tmp / ".stage"
         stage.mkdir()
         ctx = Context()
         rows_in: dict[str, int] = {}
-        for t in progress([t for t in TABLES if present[t.name] is not None], desc="etl: tables", unit="table"):
+        for t in progress([t for t in wanted if present[t.name] is not None], desc="etl: tables", unit="table"):
             rows_in[t.name] = _stage_table(present[t.name], t, used_columns[t.name], ctx, stage, cfg)
 
         subjects = _subjects(stage, present["hosp/patients"])
@@ -671,7 +1022,7 @@ def _account(rows_in: dict, counts: dict, ctx: Context) -> dict:
 
 
 def _detail_lines(account: dict, ctx: Context) -> list[str]:
-    """The lines printed before the one-line summary: every drop and every moved time, by table."""
+    """The lines printed before the one-line summary: per table rows, events, every drop and moved time."""
     lines = []
     for name, a in account.items():
         bits = []
@@ -689,8 +1040,9 @@ def _detail_lines(account: dict, ctx: Context) -> list[str]:
         if a.get("unparseable_numbers_set_null"):
             bits.append("unparseable numbers kept as null " + ", ".join(
                 f"{c} {n}" for c, n in a["unparseable_numbers_set_null"].items()))
-        if bits:
-            lines.append(f"etl:   {name}: {a['rows_read']} rows -> {a['events_written']} events; " + "; ".join(bits))
+        # Every table gets its line: the per-table account (rows read, events written, drops).
+        lines.append(f"etl:   {name}: {a['rows_read']} rows -> {a['events_written']} events"
+                     + ("; " + "; ".join(bits) if bits else ""))
     return lines
 
 
@@ -728,7 +1080,7 @@ def _audit_metadata(account: dict, ctx: Context) -> dict:
     }
 
 
-def _stage_table(path: Path, table: Table, columns: list[str], ctx: Context, stage: Path, cfg: EtlConfig) -> int:
+def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context, stage: Path, cfg: EtlConfig) -> int:
     """Stream one raw table into staging parquet files of MEDS events; return raw rows read."""
     import pyarrow.parquet as pq
 
@@ -747,6 +1099,8 @@ def _stage_table(path: Path, table: Table, columns: list[str], ctx: Context, sta
             for c in table.columns:  # optional columns absent from this file
                 if c not in batch.columns:
                     batch = batch.with_columns(pl.lit(None, pl.String).alias(c))
+            for c, d in table.fallback.items():  # a DATE where the time is missing: its day (the date-only rule)
+                batch = batch.with_columns(pl.coalesce(pl.col(c), pl.col(d).str.strip_chars().str.slice(0, 10)).alias(c))
             typed = _typed(batch, table, bad, ctx)
             if not bad.counts:  # else keep counting over the whole file, write nothing
                 yield typed
@@ -762,12 +1116,16 @@ def _stage_table(path: Path, table: Table, columns: list[str], ctx: Context, sta
             ctx.admissions = adm.select("hadm_id", "admittime", "dischtime", "deathtime").filter(
                 pl.col("hadm_id").is_not_null()).unique("hadm_id", keep="first", maintain_order=True)
         batches = [adm] if adm is not None else []
+    stays = []
     try:
         for typed in batches:
+            if table.name == "ed/edstays":  # small (one row per ED stay): triage and ED diagnoses are timed by it
+                stays.append(typed.select("stay_id", _in=pl.col("intime"), _out=pl.col("outtime")))
             events = pl.concat([e.cast(EVENT_SCHEMA) for e in table.to_events(typed, ctx)], how="vertical")
             # Only static codes may lack a time; an event whose time is missing cannot be placed.
+            # (A table timed by another gets its times in the shard step.)
             no_subject = pl.col("subject_id").is_null()
-            no_time = pl.col("time").is_null() & (pl.col("_order") != ORDER_STATIC)
+            no_time = pl.col("time").is_null() & (pl.col("_order") != ORDER_STATIC) & (table.timed_by is None)
             n_subject, n_time = events.select(no_subject.sum().alias("a"), (~no_subject & no_time).sum().alias("b")).row(0)
             ctx.drop("missing_subject_id", n_subject)
             ctx.drop("missing_time", n_time)
@@ -782,6 +1140,10 @@ def _stage_table(path: Path, table: Table, columns: list[str], ctx: Context, sta
         if writer is not None:
             writer.close()
     bad.raise_if_any()
+    if table.name == "ed/edstays":
+        ctx.ed_stays = (pl.concat(stays) if stays else pl.DataFrame(
+            schema={"stay_id": pl.Int64, "_in": pl.Datetime("us"), "_out": pl.Datetime("us")})).filter(
+            pl.col("stay_id").is_not_null()).unique("stay_id", keep="first", maintain_order=True)
     if table.name == "hosp/admissions" and ctx.admissions is None:
         ctx.admissions = pl.DataFrame(schema={"hadm_id": pl.Int64, "admittime": pl.Datetime("us"),
                                               "dischtime": pl.Datetime("us"), "deathtime": pl.Datetime("us")})
@@ -825,7 +1187,7 @@ def _write_shards(stage: Path, out: Path, split_of: pl.DataFrame, cfg: EtlConfig
     subjects_per_split, events_per_split = {}, {}
     written = dict.fromkeys(names, 0)
     code_counts: dict[str, int] = {}
-    jobs, shard_of = [], []
+    jobs, shard_of, shard_ids = [], [], []
     for name in SPLITS:
         ids = split_of.filter(pl.col("split") == name)["subject_id"].sort()
         subjects_per_split[name] = len(ids)
@@ -833,6 +1195,7 @@ def _write_shards(stage: Path, out: Path, split_of: pl.DataFrame, cfg: EtlConfig
         for k, start in enumerate(range(0, len(ids), cfg.shard_subjects)):
             part = ids[start:start + cfg.shard_subjects]
             shard_of.append(pl.DataFrame({"subject_id": part, "_shard": pl.Series([len(jobs)] * len(part), dtype=pl.Int32)}))
+            shard_ids.append(part.to_numpy())
             jobs.append((name, k))
     shard_of = pl.concat(shard_of)
 
@@ -842,7 +1205,7 @@ def _write_shards(stage: Path, out: Path, split_of: pl.DataFrame, cfg: EtlConfig
     for src, path in enumerate(progress(staged, desc="etl: bucketing", unit="table")):
         writers = {}
         try:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=1 << 20):
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=1 << 16):
                 df = pl.from_arrow(batch)
                 n = df.height
                 df = df.join(shard_of, on="subject_id", how="inner")  # drops subjects absent from patients
@@ -858,38 +1221,109 @@ def _write_shards(stage: Path, out: Path, split_of: pl.DataFrame, cfg: EtlConfig
 
     placed_at_discharge: dict[str, int] = {}
     for j, (name, k) in enumerate(progress(jobs, desc="etl: shards", unit="shard")):
-        parts = []
-        for f in sorted(buckets.glob(f"{j}__*.parquet")):
-            src = int(f.stem.split("__")[1])
-            part = pl.read_parquet(f)
-            f.unlink()
-            # Exact duplicates of a source row make identical events: keep one, count the rest.
-            unique = part.unique(maintain_order=True)
-            ctx.drop("duplicate", part.height - unique.height, names[src])
-            parts.append(unique.with_columns(_src=pl.lit(src, pl.Int16)))
-        shard = pl.concat(parts, how="vertical") if parts else pl.DataFrame(
-            schema={**EVENT_SCHEMA, "_src": pl.Int16})
-        shard = _place_dates(shard, ctx.admissions, names, placed_at_discharge)
-        shard = shard.sort(["subject_id", "time", "_order"], nulls_last=False, maintain_order=True)
-        # One death per subject: the earliest (admissions.deathtime beats patients.dod).
-        is_death = pl.col("code") == "MEDS_DEATH"
-        later_death = is_death & (is_death.cast(pl.Int32).cum_sum().over("subject_id") > 1)
-        for src, n in shard.filter(later_death).group_by("_src").len().iter_rows():
-            ctx.drop("later_death_merged", n, names[src])
-        shard = shard.filter(~later_death)
-        for (src, n) in shard.group_by("_src").len().iter_rows():
-            written[names[src]] += n
-        shard = shard.drop("_order", "_date_only", "_src")
+        files = sorted(buckets.glob(f"{j}__*.parquet"))
+        n_events = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        # Every step below is per subject, so a shard is assembled a few subjects at a time
+        # (chunks of about cfg.chunk_events events) and appended: memory follows the chunk.
+        ids = shard_ids[j]
+        chunks = np.array_split(ids, max(1, min(len(ids), -(-n_events // cfg.chunk_events))))
         path = out / "data" / name / f"{k}.parquet"
-        table = _validate(shard, path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, path)
-        events_per_split[name] += shard.height
-        total_events += shard.height
-        for code, n in shard.group_by("code").len().iter_rows():
-            code_counts[code] = code_counts.get(code, 0) + n
+        chunk_files = _split_buckets(files, chunks) if len(chunks) > 1 else [
+            [(int(f.stem.split("__")[1]), f) for f in files]]
+        writer = None
+        try:
+            for pieces in chunk_files:
+                parts = []
+                for src, f in pieces:
+                    part = pl.read_parquet(f)
+                    f.unlink()
+                    # Exact duplicates of a source row make identical events: keep one, count the rest.
+                    unique = part.unique(maintain_order=True)
+                    ctx.drop("duplicate", part.height - unique.height, names[src])
+                    parts.append(unique.with_columns(_src=pl.lit(src, pl.Int16)))
+                    del part, unique
+                table = _assemble(parts, names, ctx, placed_at_discharge, written, code_counts, path)
+                del parts
+                if writer is None:
+                    writer = pq.ParquetWriter(path, table.schema)
+                writer.write_table(table)
+                events_per_split[name] += table.num_rows
+                total_events += table.num_rows
+                del table
+        finally:
+            if writer is not None:
+                writer.close()
     return dict(events=total_events, subjects_per_split=subjects_per_split, events_per_split=events_per_split,
                 codes=code_counts, n_codes=len(code_counts), written=written, at_discharge=placed_at_discharge)
+
+
+def _split_buckets(files: list[Path], chunks: list[np.ndarray]) -> list[list[tuple[int, Path]]]:
+    """Split a shard's bucket files (one per source table) by subject chunk, reading each once.
+
+    chunks: the shard's subject ids in consecutive sorted runs. Returns, per chunk, its
+    (source index, file) pieces in source order; the input files are removed.
+    """
+    upper = np.array([int(c[-1]) for c in chunks], dtype=np.int64)
+    out: list[list[tuple[int, Path]]] = [[] for _ in chunks]
+    for f in files:
+        src = int(f.stem.split("__")[1])
+        df = pl.read_parquet(f)
+        f.unlink()
+        ids = df["subject_id"].to_numpy()
+        df = df.with_columns(_c=pl.Series(np.searchsorted(upper, ids, side="left"), dtype=pl.Int32))
+        for (c,), part in df.partition_by("_c", as_dict=True, include_key=False).items():
+            path = f.with_name(f"{f.stem}__{c:05d}.parquet")
+            part.write_parquet(path)
+            out[c].append((src, path))
+        del df
+    return out
+
+
+def _assemble(parts: list[pl.DataFrame], names: list[str], ctx: Context, placed_at_discharge: dict, written: dict,
+              code_counts: dict, path: Path):
+    """One chunk of whole subjects' staged events -> a validated MEDS arrow table (sorted, placed, counted)."""
+    shard = pl.concat(parts, how="vertical") if parts else pl.DataFrame(schema={**EVENT_SCHEMA, "_src": pl.Int16})
+    shard = _time_from_parents(shard, names, ctx)
+    shard = _place_dates(shard, ctx.admissions, names, placed_at_discharge)
+    shard = shard.sort(["subject_id", "time", "_order"], nulls_last=False, maintain_order=True)
+    # One death per subject: the earliest (admissions.deathtime beats patients.dod).
+    is_death = pl.col("code") == "MEDS_DEATH"
+    later_death = is_death & (is_death.cast(pl.Int32).cum_sum().over("subject_id") > 1)
+    for src, n in shard.filter(later_death).group_by("_src").len().iter_rows():
+        ctx.drop("later_death_merged", n, names[src])
+    shard = shard.filter(~later_death)
+    for (src, n) in shard.group_by("_src").len().iter_rows():
+        written[names[src]] += n
+    for code, n in shard.group_by("code").len().iter_rows():
+        code_counts[code] = code_counts.get(code, 0) + n
+    return _validate(shard.drop("_order", "_date_only", "_src", "_key"), path)
+
+
+def _time_from_parents(shard: pl.DataFrame, names: list[str], ctx: Context) -> pl.DataFrame:
+    """Events of a table timed by another (emar_detail by emar) take their row's time and stay.
+
+    shard: events of whole subjects; a child event and its parent row share (subject_id, _key)
+    (emar_id is subject_id-emar_seq). A child without a parent row is counted and dropped.
+    """
+    by_name = {t.name: t for t in TABLES}
+    for ci, name in enumerate(names):
+        parent = by_name[name].timed_by
+        if parent is None or parent not in names:
+            continue
+        is_child = pl.col("_src") == ci
+        parents = (shard.filter(pl.col("_src") == names.index(parent))
+                   .select("subject_id", "_key", _t=pl.col("time"), _h=pl.col("hadm_id"), _d=pl.col("_date_only"))
+                   .unique(["subject_id", "_key"], keep="first", maintain_order=True))
+        child = (shard.filter(is_child).with_columns(_pk=pl.col("_key") // KEY_LINES)
+                 .join(parents.rename({"_key": "_pk"}), on=["subject_id", "_pk"], how="left", maintain_order="left")
+                 .drop("_pk"))
+        ctx.drop("no_emar_row", int(child["_t"].null_count()), name)
+        child = (child.filter(pl.col("_t").is_not_null())
+                 .with_columns(time=pl.col("_t"), hadm_id=pl.col("_h"), _date_only=pl.col("_d"))
+                 .drop("_t", "_h", "_d"))
+        shard = pl.concat([shard.filter(~is_child), child], how="vertical")
+    return shard
 
 
 def _place_dates(shard: pl.DataFrame, admissions: pl.DataFrame | None, names: list[str], at_discharge: dict) -> pl.DataFrame:
@@ -940,16 +1374,19 @@ def _validate(shard: pl.DataFrame, path: Path):
 def _describe(code: str, dictionaries: dict) -> str:
     parts = code.split("//")
     head = parts[0]
-    if head in ("LAB", "VITAL", "INFUSION", "OUTPUT") and len(parts) >= 2:
+    if head in ("LAB", "VITAL", "INFUSION", "OUTPUT", "INGREDIENT", "DATETIME") and len(parts) >= 2:
         d = dictionaries["hosp/d_labitems" if head == "LAB" else "icu/d_items"]
         label = d.get(parts[1])
         unit = f" ({parts[2]})" if len(parts) > 2 and parts[2] != "UNK" else ""
         return f"{label}{unit}" if label else f"{head.lower()} item {parts[1]}{unit}"
     if head == "PROCEDURE" and parts[1:2] == ["ITEM"] and len(parts) >= 3:
         return dictionaries["icu/d_items"].get(parts[2]) or f"ICU procedure item {parts[2]}"
-    if head in ("DIAGNOSIS", "PROCEDURE") and len(parts) >= 4:
-        d = dictionaries["hosp/d_icd_diagnoses" if head == "DIAGNOSIS" else "hosp/d_icd_procedures"]
-        return d.get((parts[3], parts[2])) or f"ICD-{parts[2]} {head.lower()} {parts[3]}"
+    if head in ("DIAGNOSIS", "PROCEDURE", "ED_DIAGNOSIS") and len(parts) >= 4:
+        d = dictionaries["hosp/d_icd_procedures" if head == "PROCEDURE" else "hosp/d_icd_diagnoses"]
+        text = d.get((parts[3], parts[2])) or f"ICD-{parts[2]} {head.lower()} {parts[3]}"
+        return f"ED diagnosis: {text}" if head == "ED_DIAGNOSIS" else text
+    if head == "HCPCS" and len(parts) >= 2:
+        return dictionaries["hosp/d_hcpcs"].get(parts[1]) or f"HCPCS {parts[1]}"
     fixed = {
         "MEDS_BIRTH": "Birth (1 January of anchor_year - anchor_age)", "MEDS_DEATH": "Death",
         "ED_REGISTRATION": "Emergency department registration", "ED_OUT": "Emergency department exit",
@@ -961,24 +1398,57 @@ def _describe(code: str, dictionaries: dict) -> str:
         "HOSPITAL_DISCHARGE": "Hospital discharge to {}", "ICU_ADMISSION": "ICU admission to {}",
         "ICU_DISCHARGE": "ICU discharge from {}", "TRANSFER_TO": "Transfer ({}) to {}", "MEDICATION": "Medication: {}",
         "DRG": "DRG ({}) {}", "OMR": "Outpatient measurement: {}",
+        "EMAR": "Medication administration ({}): {}", "EMAR_DOSE": "Dose given: {} ({})",
+        "PHARMACY": "Pharmacy order: {}", "SERVICE": "Hospital service: {}", "POE": "Provider order: {} ({})",
+        "MICROBIOLOGY": "Microbiology: {}, organism {}", "ED_ARRIVAL": "ED arrival by {}",
+        "ED_DISPOSITION": "ED disposition: {}", "ED_TRIAGE": "ED triage: {}", "ED_VITAL": "ED vital sign: {}",
+        "ED_MEDRECON": "ED medication reconciliation: {}", "ED_PYXIS": "ED medication dispensed: {}",
     }
     if head in templates:
         t = templates[head]
         args = (parts[1:] + ["UNK"] * 4)[: t.count("{}")]
-        return t.format(*args)
+        extra = parts[1 + t.count("{}"):]  # e.g. a microbiology result's antibiotic
+        return t.format(*args) + (f", {', '.join(extra)}" if extra else "")
     return code
+
+
+def _dictionary_rows(path: Path, columns: dict[str, str], keys: set[str]) -> pl.DataFrame:
+    """The rows of a dictionary CSV whose first column is in `keys`, as string columns.
+
+    Read with the csv module a row at a time: the dictionaries are small next to the event
+    tables, and this keeps the ~10^5-row ICD and HCPCS tables out of memory (peak RSS).
+    """
+    names = list(columns)
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows = []
+    try:
+        with opener(path, "rt", newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, [])
+            at = [header.index(columns[c]) for c in names]
+            for row in reader:
+                if len(row) > at[0] and row[at[0]] in keys:
+                    rows.append([row[i] if i < len(row) and row[i] != "" else None for i in at])
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path}: cannot be read as CSV ({type(e).__name__})") from None
+    return pl.DataFrame(rows, schema={c: pl.String for c in names}, orient="row")
 
 
 def _write_codes(raw: Path, out: Path, counts: dict[str, int]) -> None:
     dictionaries: dict[str, dict] = {k: {} for k in DICTIONARIES}
+    # Only the entries of codes in the data are kept (the ICD and HCPCS dictionaries hold ~10^5 rows).
+    used = {p for c in counts for p in c.split("//")}
     for name, cols in DICTIONARIES.items():
         path = find_table(raw, name)
         if path is None:
             continue
-        have = _check_columns(path, cols, optional=set(cols[2:]) if name == "hosp/d_labitems" else set())
-        d = pl.concat(list(_read_batches(path, have, 16 << 20)) or [pl.DataFrame({c: [] for c in have}, schema={c: pl.String for c in have})])
+        optional = set(cols[2:]) if name in ("hosp/d_labitems", "hosp/d_hcpcs") else set()
+        have = _check_columns(path, cols, optional=optional, table=name)
+        d = _dictionary_rows(path, have, used)
         if name.startswith("hosp/d_icd"):
             dictionaries[name] = {(c, v): t for c, v, t in d.select(cols).iter_rows()}
+        elif name == "hosp/d_hcpcs" and "short_description" in have:
+            dictionaries[name] = {c: long or short for c, long, short in d.select(cols).iter_rows()}
         elif name == "hosp/d_labitems" and "fluid" in have:
             dictionaries[name] = {i: (f"{lab} ({fl})" if fl else lab) for i, lab, fl in d.select(cols).iter_rows()}
         else:
@@ -1034,5 +1504,6 @@ def _write_metadata(out: Path, cfg: EtlConfig, split_of: pl.DataFrame, rows_in: 
     write_json(out / "metadata" / "etl_config.json", {
         **asdict(cfg), "raw": str(Path(cfg.raw).resolve()), "tables_rows": rows_in, "tables_missing": missing,
         "dropped_events_without_time": {k: v for k, v in untimed.items() if v},
+        "tables_selected": cfg.tables,  # --tables as resolved (null: every table); "tables" is the account
         "tables": account,
     })

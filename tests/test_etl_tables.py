@@ -1,0 +1,251 @@
+"""Issue 12: every event table of MIMIC-IV 2.2/3.x and MIMIC-IV-ED, --tables, 3.1-shaped headers.
+
+Small hand-made raw tables (invented values) in MIMIC-IV's layout, each converted by the real ETL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import polars as pl
+import pytest
+
+from ehrfm.errors import UserError
+from tokenization.etl import etl, select_tables
+
+PATIENTS = "subject_id,gender,anchor_age,anchor_year,dod\n1,F,60,2150,\n2,M,70,2150,\n"
+ADMISSIONS = ("subject_id,hadm_id,admittime,dischtime,deathtime,admission_type,admission_location,discharge_location\n"
+              "1,11,2150-01-01 10:00:00,2150-01-05 14:00:00,,URGENT,ER,HOME\n"
+              "2,21,2150-02-01 09:00:00,2150-02-03 12:00:00,,URGENT,ER,HOME\n")
+NEW_TABLES = {
+    # emar: every charted action is an event; emar_detail's dose rows take their emar row's time.
+    "hosp/emar": ("subject_id,hadm_id,emar_id,emar_seq,poe_id,charttime,medication,event_txt\n"
+                  "1,11,1-5,5,1-9,2150-01-02 08:00:00,Heparin,Administered\n"
+                  "1,11,1-6,6,1-9,2150-01-02 20:00:00,Heparin,Not Given\n"
+                  "1,11,1-7,7,1-9,2150-01-03 08:00:00,,Administered\n"),   # no medication: dropped
+    "hosp/emar_detail": ("subject_id,emar_id,emar_seq,parent_field_ordinal,dose_given,dose_given_unit,product_description\n"
+                         "1,1-5,5,,,,\n"                                  # the administration's summary row
+                         "1,1-5,5,1.1,5000,UNIT,Heparin 5000 Units\n"
+                         "1,1-5,5,1.2,5000,UNIT,Heparin 5000 Units\n"     # a second product line: kept
+                         "1,1-6,6,1.1,,UNIT,Heparin 5000 Units\n"          # no dose given
+                         "1,1-7,7,1.1,2,mg,Other\n"),                     # its emar row was dropped
+    "hosp/pharmacy": ("subject_id,hadm_id,pharmacy_id,starttime,medication\n"
+                      "1,11,101,2150-01-02 07:00:00,Heparin\n1,11,102,2150-01-02 07:00:00,Heparin\n"  # two orders
+                      "2,21,201,2150-02-02,Furosemide\n"),  # a date without a time: end of its day
+    "hosp/poe": ("poe_id,poe_seq,subject_id,hadm_id,ordertime,order_type,order_subtype\n"
+                 "1-1,1,1,11,2150-01-01 11:00:00,Lab,\n1-2,2,1,11,2150-01-01 11:00:00,Lab,\n"
+                 "1-3,3,1,11,2150-01-01 11:05:00,ADT orders,Discharge\n"),
+    # chartdate written as a timestamp, as in MIMIC-IV's files; charttime empty on the second row.
+    "hosp/microbiologyevents": ("subject_id,hadm_id,chartdate,charttime,test_name,org_name,ab_name,dilution_value,"
+                                "interpretation\n"
+                                "1,11,2150-01-02 00:00:00,2150-01-02 09:30:00,BLOOD CULTURE,E. COLI,CEFTRIAXONE,1,S\n"
+                                "1,11,2150-01-02 00:00:00,2150-01-02 09:30:00,BLOOD CULTURE,E. COLI,,,\n"
+                                "2,21,2150-02-03 00:00:00,,URINE CULTURE,,,,\n"),
+    "hosp/hcpcsevents": ("subject_id,hadm_id,chartdate,hcpcs_cd,seq_num,short_description\n"
+                         "1,11,2150-01-03,99218,1,Hospital observation\n"),
+    "hosp/services": "subject_id,hadm_id,transfertime,prev_service,curr_service\n1,11,2150-01-01 10:05:00,,MED\n",
+    "icu/datetimeevents": ("subject_id,hadm_id,stay_id,charttime,itemid,value,valueuom\n"
+                           "1,11,31,2150-01-02 10:00:00,225754,2150-01-02 09:00:00,Date\n"),
+    "icu/ingredientevents": ("subject_id,hadm_id,stay_id,starttime,endtime,itemid,amount,amountuom\n"
+                             "1,11,31,2150-01-02 11:00:00,2150-01-02 12:00:00,220490,200,mL\n"),
+}
+ED = {
+    "ed/edstays": ("subject_id,hadm_id,stay_id,intime,outtime,gender,race,arrival_transport,disposition\n"
+                   "1,11,301,2150-01-01 06:00:00,2150-01-01 10:00:00,F,WHITE,AMBULANCE,ADMITTED\n"
+                   "2,,302,2150-03-01 12:00:00,2150-03-01 15:00:00,M,WHITE,WALK IN,HOME\n"),
+    "ed/triage": ("subject_id,stay_id,temperature,heartrate,resprate,o2sat,sbp,dbp,pain,acuity,chiefcomplaint\n"
+                  "1,301,98.6,110,22,94,100,60,unable,2,Chest pain\n"    # pain not a number: null, counted
+                  "2,399,98.0,80,16,99,120,80,0,4,Cough\n"),            # no such ED stay: dropped
+    "ed/vitalsign": ("subject_id,stay_id,charttime,temperature,heartrate,resprate,o2sat,sbp,dbp,rhythm,pain\n"
+                     "1,301,2150-01-01 07:00:00,99.1,105,,,,,Sinus,\n"),
+    "ed/diagnosis": "subject_id,stay_id,seq_num,icd_code,icd_version,icd_title\n1,301,1,R079,10,CHEST PAIN\n",
+    "ed/medrecon": "subject_id,stay_id,charttime,name,gsn,ndc\n1,301,2150-01-01 06:30:00,aspirin,1,2\n",
+    "ed/pyxis": "subject_id,stay_id,charttime,med_rn,name,gsn_rn,gsn\n1,301,2150-01-01 07:30:00,1,Morphine,1,3\n",
+}
+
+
+def _raw(tmp_path, tables):
+    raw = tmp_path / "raw"
+    for name, text in {"hosp/patients": PATIENTS, "hosp/admissions": ADMISSIONS, **tables}.items():
+        (raw / name).parent.mkdir(parents=True, exist_ok=True)
+        (raw / f"{name}.csv").write_text(text)
+    return raw
+
+
+def _events(meds_dir):
+    return pl.concat([pl.read_parquet(p) for p in sorted((meds_dir / "data").rglob("*.parquet"))])
+
+
+def _at(df, code):
+    rows = df.filter(pl.col("code") == code).sort("time", "numeric_value")
+    return [(str(t), v) for t, v in rows.select("time", "numeric_value").iter_rows()]
+
+
+def _cli(args, repo_root):
+    return subprocess.run([sys.executable, "-m", "ehrfm", "etl", *map(str, args)], capture_output=True, text=True,
+                          cwd=repo_root, env={**os.environ, "EHRFM_QUIET": "1"})
+
+
+def test_every_event_table_of_mimic_iv_becomes_events_with_a_per_table_account(tmp_path, repo_root):
+    raw = _raw(tmp_path, NEW_TABLES)
+    p = _cli([raw, "--out", tmp_path / "meds", "--split-fractions", "1,0,0"], repo_root)
+    assert p.returncode == 0, p.stderr
+    *details, last = p.stdout.strip().splitlines()
+    assert re.match(r"etl: 2 subjects, \d+ events, \d+ codes from 11 tables \(", last)
+    df = _events(tmp_path / "meds")
+    assert _at(df, "EMAR//Administered//Heparin") == [("2150-01-02 08:00:00", None)]
+    assert _at(df, "EMAR//Not Given//Heparin") == [("2150-01-02 20:00:00", None)]
+    # Both product lines of the administration, at its charted time and stay; values never in the code.
+    dose = df.filter(pl.col("code") == "EMAR_DOSE//Heparin 5000 Units//UNIT")
+    assert dose["time"].cast(pl.String).to_list() == ["2150-01-02 08:00:00.000000"] * 2
+    assert dose["numeric_value"].to_list() == [5000.0, 5000.0] and dose["hadm_id"].to_list() == [11, 11]
+    assert _at(df, "PHARMACY//Heparin") == [("2150-01-02 07:00:00", None)] * 2  # two orders, not duplicates
+    assert _at(df, "PHARMACY//Furosemide") == [("2150-02-02 23:59:59", None)]
+    assert _at(df, "POE//Lab//UNK") == [("2150-01-01 11:00:00", None)] * 2
+    assert _at(df, "POE//ADT orders//Discharge") == [("2150-01-01 11:05:00", None)]
+    ab = df.filter(pl.col("code") == "MICROBIOLOGY//BLOOD CULTURE//E. COLI//CEFTRIAXONE")
+    assert ab.select("numeric_value", "text_value").rows() == [(1.0, "S")]
+    assert _at(df, "MICROBIOLOGY//BLOOD CULTURE//E. COLI") == [("2150-01-02 09:30:00", None)]
+    # No charttime: its chartdate is a date, at the stay's 12:00 discharge (the day's last event).
+    assert _at(df, "MICROBIOLOGY//URINE CULTURE//NONE") == [("2150-02-03 12:00:00", None)]
+    assert _at(df, "HCPCS//99218") == [("2150-01-03 23:59:59", None)]
+    assert _at(df, "SERVICE//MED") == [("2150-01-01 10:05:00", None)]
+    assert _at(df, "DATETIME//225754") == [("2150-01-02 10:00:00", None)]
+    assert _at(df, "INGREDIENT//220490//mL") == [("2150-01-02 11:00:00", 200.0)]
+
+    tables = json.loads((tmp_path / "meds/metadata/etl_config.json").read_text())["tables"]
+    assert tables["hosp/emar"] == {"rows_read": 3, "events_written": 2, "dropped": {"missing_medication": 1}}
+    assert tables["hosp/emar_detail"] == {"rows_read": 5, "events_written": 2, "dropped": {
+        "administration_summary_row": 1, "no_dose_given": 1, "no_emar_row": 1}}
+    assert tables["hosp/microbiologyevents"]["date_only_values"] == {"charttime": 1}
+    assert tables["hosp/microbiologyevents"]["date_only_placed_at_discharge"] == 1
+    for name in NEW_TABLES:  # one event per row: each row is written or counted as a drop
+        a = tables[name]
+        assert a["events_written"] + sum(a["dropped"].values()) == a["rows_read"], name
+    detail = {line.split(":")[1].strip(): line for line in details}
+    assert "administration_summary_row 1" in detail["hosp/emar_detail"]
+    meta = json.loads((tmp_path / "meds/metadata/ehrfm_etl.json").read_text())
+    src = {(s["table"], s["column"]): s for s in meta["date_only_sources"]}
+    assert src[("hosp/hcpcsevents", "chartdate")]["schema_date"] is True
+    assert src[("hosp/hcpcsevents", "chartdate")]["code_prefixes"] == ["HCPCS//"]
+    assert src[("hosp/microbiologyevents", "charttime")]["rule"] == "end_of_day_or_discharge"
+    assert src[("hosp/pharmacy", "starttime")]["date_only_values"] == 1
+    codes = pl.read_parquet(tmp_path / "meds/metadata/codes.parquet")
+    desc = dict(codes.select("code", "description").iter_rows())
+    assert desc["EMAR//Not Given//Heparin"] == "Medication administration (Not Given): Heparin"
+
+
+def test_mimic_iv_ed_module_is_read_when_its_directory_is_there(tmp_path):
+    res = etl(_raw(tmp_path, ED), tmp_path / "meds", split_fractions=(1.0, 0.0, 0.0))
+    df = _events(tmp_path / "meds")
+    assert _at(df, "ED_ARRIVAL//AMBULANCE") == [("2150-01-01 06:00:00", None)]
+    assert _at(df, "ED_DISPOSITION//HOME") == [("2150-03-01 15:00:00", None)]
+    assert _at(df, "ED_TRIAGE//heartrate") == [("2150-01-01 06:00:00", 110.0)]  # at arrival
+    assert _at(df, "ED_TRIAGE//acuity") == [("2150-01-01 06:00:00", 2.0)]
+    assert _at(df, "ED_TRIAGE//pain") == []  # "unable": no number, no event
+    assert _at(df, "ED_VITAL//heartrate") == [("2150-01-01 07:00:00", 105.0)]
+    assert _at(df, "ED_DIAGNOSIS//ICD//10//R079") == [("2150-01-01 10:00:00", None)]  # at the ED stay's end
+    assert _at(df, "ED_MEDRECON//aspirin") == [("2150-01-01 06:30:00", None)]
+    assert _at(df, "ED_PYXIS//Morphine") == [("2150-01-01 07:30:00", None)]
+    assert not df["code"].str.contains("Chest pain").any()  # free text is never read
+    t = res["tables"]
+    assert t["ed/triage"]["dropped"] == {"unknown_stay_id": 1}
+    assert t["ed/triage"]["unparseable_numbers_set_null"] == {"pain": 1}
+    assert {n for n in res["tables_used"] if n.startswith("ed/")} == set(ED)
+    assert not [n for n in res["tables_missing"] if n.startswith("ed/")]
+
+
+def test_ed_directory_without_edstays_is_refused_naming_it(tmp_path, repo_root):
+    raw = _raw(tmp_path, {k: v for k, v in ED.items() if k != "ed/edstays"})
+    p = _cli([raw, "--out", tmp_path / "meds"], repo_root)
+    assert p.returncode == 2 and p.stdout == ""
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(raw / "ed") in lines[0] and "edstays" in lines[0]
+    assert not (tmp_path / "meds").exists() and not list(tmp_path.glob("meds.tmp*"))
+    # Without the ED tables selected, the same directory converts.
+    assert _cli([raw, "--out", tmp_path / "meds", "--tables", "labevents", "--split-fractions", "1,0,0"],
+                repo_root).returncode == 0
+
+
+def test_tables_flag_chooses_the_tables(tmp_path, repo_root):
+    raw = _raw(tmp_path, {**NEW_TABLES, **ED})
+    p = _cli([raw, "--out", tmp_path / "meds", "--tables", "emar_detail,icu/datetimeevents,ed/triage",
+              "--split-fractions", "1,0,0"], repo_root)
+    assert p.returncode == 0, p.stderr
+    used = ["hosp/patients", "hosp/admissions", "hosp/emar", "hosp/emar_detail", "icu/datetimeevents",
+            "ed/edstays", "ed/triage"]
+    cfg = json.loads((tmp_path / "meds/metadata/etl_config.json").read_text())
+    assert list(cfg["tables"]) == used == cfg["tables_selected"] and cfg["tables_missing"] == []
+    assert re.search(r"from 7 tables \(0 absent: none\)", p.stdout.strip().splitlines()[-1])
+    heads = set(_events(tmp_path / "meds")["code"].str.split("//").list.first())
+    assert heads == {"GENDER", "MEDS_BIRTH", "HOSPITAL_ADMISSION", "HOSPITAL_DISCHARGE", "EMAR", "EMAR_DOSE",
+                     "DATETIME", "ED_ARRIVAL", "ED_DISPOSITION", "ED_TRIAGE"}
+    bad = _cli([raw, "--out", tmp_path / "m2", "--tables", "labevents,chartevnts"], repo_root)
+    assert bad.returncode == 2 and "chartevnts" in bad.stderr and "icu/chartevents" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    assert select_tables(None) == select_tables("") and "ed/pyxis" in select_tables(None)
+
+
+def test_mimic_iv_3_1_shaped_tables_convert_like_2_2(tmp_path):
+    """3.1 writes procedureevents' ORIGINALAMOUNT/ORIGINALRATE in lower case (2.2: upper case) and adds no
+    column the ETL needs elsewhere; database exports may upper-case every header. Names match in any case."""
+    proc22 = ("subject_id,hadm_id,stay_id,caregiver_id,starttime,endtime,storetime,itemid,value,valueuom,location,"
+              "locationcategory,orderid,linkorderid,ordercategoryname,ordercategorydescription,patientweight,isopenbag,"
+              "continueinnextdept,statusdescription,ORIGINALAMOUNT,ORIGINALRATE\n"
+              "1,11,31,7,2150-01-02 10:00:00,2150-01-02 11:00:00,2150-01-02 11:00:00,225966,1,,,,1,1,Procedures,Task,"
+              "60,0,0,FinishedRunning,1,0\n")
+    header, row = proc22.splitlines()
+    proc31 = header.replace("ORIGINALAMOUNT,ORIGINALRATE", "originalamount,originalrate") + "\n" + row + "\n"
+    labs_upper = ("SUBJECT_ID,HADM_ID,ITEMID,CHARTTIME,VALUE,VALUENUM,VALUEUOM\n"
+                  "1,11,50912,2150-01-02 08:00:00,1.0,1.0,mg/dL\n")
+    out = {}
+    for name, proc in (("v22", proc22), ("v31", proc31)):
+        root = tmp_path / name
+        root.mkdir()
+        etl(_raw(root, {"icu/procedureevents": proc, "hosp/labevents": labs_upper}), root / "meds",
+            split_fractions=(1.0, 0.0, 0.0))
+        out[name] = _events(root / "meds")
+    assert out["v22"].equals(out["v31"])
+    assert _at(out["v31"], "PROCEDURE//ITEM//225966") == [("2150-01-02 10:00:00", None)]
+    assert _at(out["v31"], "LAB//50912//mg/dL") == [("2150-01-02 08:00:00", 1.0)]
+
+
+def test_unexpected_column_set_names_the_table_and_every_missing_column(tmp_path):
+    micro = "subject_id,hadm_id,chart_date,chart_time,test_name,org_name\n1,11,2150-01-02,2150-01-02 09:30:00,X,Y\n"
+    with pytest.raises(UserError) as e:
+        etl(_raw(tmp_path, {"hosp/microbiologyevents": micro}), tmp_path / "meds")
+    msg = str(e.value)
+    assert "microbiologyevents.csv: missing column 'chartdate' (and 1 more: 'charttime')" in msg
+    assert "table hosp/microbiologyevents" in msg and "chart_date, chart_time" in msg
+    assert "2150" not in msg and not (tmp_path / "meds").exists()
+
+
+def test_shards_assembled_in_small_chunks_equal_whole_shards(synth_raw, synth_meds, tmp_path):
+    """Chunks of a few subjects (the memory bound) give byte-for-byte the same events and account."""
+    etl(synth_raw, tmp_path / "chunked", chunk_events=500)
+    for split in ("train", "tuning", "held_out"):
+        whole = sorted((synth_meds / "data" / split).glob("*.parquet"))
+        parts = sorted((tmp_path / "chunked/data" / split).glob("*.parquet"))
+        assert [p.name for p in whole] == [p.name for p in parts]
+        for a, b in zip(whole, parts, strict=True):
+            assert pl.read_parquet(a).equals(pl.read_parquet(b)), (split, a.name)
+    acc = [json.loads((d / "metadata/etl_config.json").read_text())["tables"] for d in (synth_meds, tmp_path / "chunked")]
+    assert acc[0] == acc[1]
+
+
+def test_a_renamed_optional_column_is_refused_not_read_as_missing(tmp_path):
+    """A 3.x-style rename (valueuom -> unit) would silently make every lab unit UNK: refused instead."""
+    labs = "subject_id,hadm_id,itemid,charttime,value,valuenum,unit\n1,11,50912,2150-01-02 08:00:00,1.0,1.0,mg/dL\n"
+    with pytest.raises(UserError) as e:
+        etl(_raw(tmp_path, {"hosp/labevents": labs}), tmp_path / "meds")
+    msg = str(e.value)
+    assert "labevents.csv: table hosp/labevents has an unexpected column set" in msg
+    assert "no 'valueuom' but 'unit'" in msg and "mg/dL" not in msg and not (tmp_path / "meds").exists()
+    # A trimmed extract (the column simply absent) still converts, units read as UNK.
+    trimmed = "subject_id,hadm_id,itemid,charttime,value,valuenum\n1,11,50912,2150-01-02 08:00:00,1.0,1.0\n"
+    etl(_raw(tmp_path / "t", {"hosp/labevents": trimmed}), tmp_path / "t/meds", split_fractions=(1.0, 0.0, 0.0))
+    assert _at(_events(tmp_path / "t/meds"), "LAB//50912//UNK") == [("2150-01-02 08:00:00", 1.0)]
