@@ -149,6 +149,15 @@ def _reraise_named(e: BaseException, out: Path, tmp: Path) -> None:
         raise named from e
 
 
+def check_overwrite(out: str | os.PathLike, overwrite: bool) -> None:
+    """The one overwrite check: UserError when `out` exists and `overwrite` is false.
+
+    Stages call it before hours of work (not only when the output is renamed into place).
+    """
+    if Path(out).exists() and not overwrite:
+        raise UserError(f"output {out} already exists; pass --overwrite to replace it")
+
+
 @contextlib.contextmanager
 def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that becomes `out` only if the block succeeds.
@@ -163,8 +172,7 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
     check_writable_path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"output {out} exists and is a regular file, not a directory; choose another --out")
-    if out.exists() and not overwrite:
-        raise UserError(f"output {out} already exists; pass --overwrite to replace it")
+    check_overwrite(out, overwrite)
     tmp = _tmp_sibling(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

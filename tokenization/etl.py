@@ -143,11 +143,11 @@ import numpy as np
 import polars as pl
 
 from ehrfm.errors import UserError
-from ehrfm.io import atomic_dir, progress, summary, write_json
+from ehrfm.io import atomic_dir, check_overwrite, progress, summary, write_json
+from ehrfm.meds_io import SPLITS
 
 ETL_NAME = "ehrfm.tokenization.etl"
 ETL_VERSION = "0.1.0"
-SPLITS = ("train", "tuning", "held_out")
 TIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f",
                 "%Y-%m-%d %H:%M", "%Y-%m-%d")
 END_OF_DAY = pl.duration(hours=23, minutes=59, seconds=59)
@@ -927,8 +927,7 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
     cfg.split_fractions = tuple(float(x) for x in cfg.split_fractions)
     if not raw.is_dir():
         raise UserError(f"raw MIMIC-IV directory {raw} not found")
-    if Path(out).exists() and not overwrite:
-        raise UserError(f"output {out} already exists; pass --overwrite to replace it")
+    check_overwrite(out, overwrite)
 
     selected = select_tables(cfg.tables)
     cfg.tables = None if cfg.tables is None else selected

@@ -46,7 +46,7 @@ import numpy as np
 import polars as pl
 
 from ehrfm.errors import UserError
-from ehrfm.io import atomic_dir, progress, summary, write_json
+from ehrfm.io import atomic_dir, check_overwrite, progress, summary, write_json
 from ehrfm.meds_io import SPLITS, MedsDataset, Shard, open_meds, read_shard, scan_shards
 from tokenization.hierarchy import CODE_MODES, FLAT, HIERARCHICAL, MAX_PARTS, code_parts
 
@@ -466,8 +466,7 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
     cfg = TokenizeConfig(meds_dir=str(meds.resolve()), out=str(out),
                          tokenizer=str(Path(tokenizer).resolve()) if tokenizer else None,
                          min_count=int(min_count), n_quantiles=int(options.get("n_quantiles", N_QUANTILES)))
-    if Path(out).exists() and not overwrite:
-        raise UserError(f"output {out} already exists; pass --overwrite to replace it")
+    check_overwrite(out, overwrite)
     if codes is not None and codes not in CODE_MODES:
         raise UserError(f"--codes must be one of {', '.join(CODE_MODES)} (got {codes!r})")
     ds = open_meds(meds)

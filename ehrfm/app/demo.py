@@ -92,7 +92,7 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
     """Run the whole study into cfg.out; returns the path of report.md."""
     from analysis.fit import fit_results, write_fits
     from analysis.recommend import recommend
-    from ehrfm.clinical.labels import make_labels, write_labels
+    from ehrfm.clinical.labels import make_labels, write_label_dir
     from sweeps.collect import collect_sweep
     from sweeps.launch import LaunchConfig, launch_sweep
     from sweeps.plan import plan_sweep
@@ -121,7 +121,7 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
     if not _reuse(tok):
         st.run("tokenize", tokenize, meds, tok)
     if not _reuse(labels_dir):
-        st.run("labels", _write_all_labels, meds, labels_dir, make_labels, write_labels)
+        st.run("labels", lambda: write_label_dir(*make_labels(meds, "all"), labels_dir))
     audit_lines = st.run("audit", _audit_section, meds, labels_dir, out / "audit.json")
 
     train_opts = {"batch_size": cfg.batch_size, "lr": cfg.lr, "eval_tokens": cfg.eval_tokens}
@@ -162,16 +162,6 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
         f.write(text)
     summary(f"demo: {len(cfg.budgets)} budgets, {_n_runs(results_path)} runs, report in {time.time() - st.t0:.0f} s -> {report}")
     return report
-
-
-def _write_all_labels(meds, labels_dir, make_labels, write_labels):
-    from ehrfm.io import atomic_dir
-
-    labels, info = make_labels(meds, "all")
-    with atomic_dir(labels_dir) as tmp:
-        for task in TASKS:
-            write_labels(labels[task], tmp / f"{task}.parquet", info[task])
-    return info
 
 
 def _audit_section(meds, labels_dir, path) -> list[str]:

@@ -14,25 +14,22 @@ TASK_CHOICES = ("in_hospital_mortality", "long_los", "icu_admission", "readmissi
 def _labels(args) -> int:
     from pathlib import Path
 
-    from ehrfm.clinical.labels import make_labels, write_labels
+    from ehrfm.clinical.labels import make_labels, write_label_dir, write_labels
     from ehrfm.errors import UserError
-    from ehrfm.io import atomic_dir, summary, write_json
+    from ehrfm.io import check_overwrite, summary
 
     options = dict(gap_hours=args.gap_hours, long_los_days=args.long_los_days, readmission_days=args.readmission_days)
     out = Path(args.out)
     if args.task == "all":
         if out.suffix == ".parquet":
             raise UserError(f"--task all writes one file per task: --out {out} must be a directory, not a .parquet")
+        check_overwrite(out, args.overwrite)
         labels, info = make_labels(args.meds, "all", **options)
-        with atomic_dir(out, overwrite=args.overwrite) as tmp:
-            for task, frame in labels.items():
-                write_labels(frame, tmp / f"{task}.parquet", info[task])
-            write_json(tmp / "labels.json", info)
+        write_label_dir(labels, info, out, overwrite=args.overwrite)
         parts = ", ".join(f"{t} {i['n']} ({i['n_positive']} positive)" for t, i in info.items())
         summary(f"labels: {parts} -> {out}")
         return 0
-    if out.exists() and not args.overwrite:
-        raise UserError(f"output {out} already exists; pass --overwrite to replace it")
+    check_overwrite(out, args.overwrite)
     labels, info = make_labels(args.meds, args.task, **options)
     write_labels(labels, out, info)
     prev = f"{info['prevalence']:.3f}" if info["prevalence"] is not None else "n/a"

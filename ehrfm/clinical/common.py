@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 
 from ehrfm.errors import UserError
+from ehrfm.io import check_overwrite
 
 SPLITS = ("train", "tuning", "held_out")
 C_GRID = tuple(10.0**k for k in range(-4, 3))  # inverse L2 strength searched on tuning
@@ -153,5 +154,4 @@ def write_head_outputs(out: str | os.PathLike, overwrite: bool, config, metrics:
 
 def check_out(out, overwrite: bool) -> None:
     """Refuse an existing output before hours of work, not after."""
-    if Path(out).exists() and not overwrite:
-        raise UserError(f"output {out} already exists; pass --overwrite to replace it")
+    check_overwrite(out, overwrite)

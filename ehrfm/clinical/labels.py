@@ -380,6 +380,23 @@ def write_labels(labels: pl.DataFrame, path: str | os.PathLike, info: dict | Non
     return path
 
 
+def write_label_dir(labels: dict[str, pl.DataFrame], info: dict, out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write every task's labels into one directory, atomically: `<task>.parquet` (MEDS label
+    schema) and `<task>.json` per task, plus `labels.json` holding every task's counts (the
+    layout `sweep collect --labels` and the demo read). `labels`, `info`: make_labels(meds, "all").
+
+    Raises:
+        UserError: `out` exists and `overwrite` is false.
+    """
+    from ehrfm.io import atomic_dir, write_json
+
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for task, frame in labels.items():
+            write_labels(frame, tmp / f"{task}.parquet", info[task])
+        write_json(tmp / "labels.json", info)
+    return Path(out)
+
+
 def read_labels(path: str | os.PathLike) -> pl.DataFrame:
     """Read any label parquet in the MEDS label schema (ours, ACES output, ...).
 
