@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "sweeps.cli",  # sweep plan|launch|status|collect
     "analysis.cli",  # fit, recommend
     "ehrfm.clinical.cli",  # labels, probe, finetune, zeroshot, baseline
+    "ehrfm.export_cli",  # export
     "ehrfm.app.demo_cli",  # demo
 ]
 
