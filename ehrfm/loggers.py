@@ -73,6 +73,7 @@ class _TensorBoard:
     def log(self, line: dict) -> None:
         for key, value in _scalars(line).items():
             self.writer.add_scalar(key, value, global_step=int(line["step"]))
+        self.writer.flush()  # live curves; and a crash loses no logged step (resume purges what it redoes)
 
     def close(self) -> None:
         self.writer.flush()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -14,20 +16,21 @@ def _jsonl(run) -> list[dict]:
     return [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def _train(tokens, out, *extra):
-    cmd = [sys.executable, "-m", "ehrfm", "train", str(tokens), "--out", str(out), "--n-layer", "1", "--d-model", "16",
+def _cmd(tokens, out, *extra):
+    return [sys.executable, "-m", "ehrfm", "train", str(tokens), "--out", str(out), "--n-layer", "1", "--d-model", "16",
            "--n-head", "2", "--context", "32", "--tokens", "4000", "--batch-size", "8", "--eval-tokens", "2000",
            "--eval-interval", "5", "--seed", "0", *extra]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+
+
+def _train(tokens, out, *extra):
+    r = subprocess.run(_cmd(tokens, out, *extra), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return out
 
 
-def test_tensorboard_scalars_equal_metrics_jsonl(synth_tokens, tmp_path):
-    pytest.importorskip("tensorboard")
+def _assert_events_equal_jsonl(run) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run = _train(synth_tokens, tmp_path / "tb", "--logger", "tensorboard")
     assert list(run.glob("events.out.tfevents.*")), sorted(p.name for p in run.iterdir())
     lines = _jsonl(run)
     acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
@@ -40,6 +43,32 @@ def test_tensorboard_scalars_equal_metrics_jsonl(synth_tokens, tmp_path):
         assert got == want, key
     # the val_loss curve: periodic evals and the final one
     assert len(acc.Scalars("val_loss")) >= 2
+
+
+def test_tensorboard_scalars_equal_metrics_jsonl(synth_tokens, tmp_path):
+    pytest.importorskip("tensorboard")
+    _assert_events_equal_jsonl(_train(synth_tokens, tmp_path / "tb", "--logger", "tensorboard"))
+
+
+def test_tensorboard_after_a_crash_and_resume_has_no_orphan_steps(synth_tokens, tmp_path):
+    """Killed after step 5 with the checkpoint at step 4: the resumed run redoes step 5; TensorBoard
+    must show it once, with the redone values, exactly as metrics.jsonl does."""
+    pytest.importorskip("tensorboard")
+    from ehrfm.fault_points import wait_held
+
+    out, holds = tmp_path / "crash", tmp_path / "holds"
+    cmd = _cmd(synth_tokens, out, "--logger", "tensorboard", "--checkpoint-interval", "2")
+    env = {**os.environ, "EHRFM_QUIET": "1", "EHRFM_HOLD_AT": "step-6", "EHRFM_HOLD_DIR": str(holds)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_held(holds, out.name, "step-6", is_alive=lambda: proc.poll() is None)
+    proc.send_signal(signal.SIGKILL)  # a crash: no checkpoint at step 5, its metrics line already logged
+    proc.communicate(timeout=120)
+    assert max(line["step"] for line in _jsonl(out)) == 5
+    done = subprocess.run(cmd, env={**os.environ, "EHRFM_QUIET": "1"}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-500:]
+    steps = [line["step"] for line in _jsonl(out) if "lr" in line]
+    assert steps == sorted(set(steps))  # metrics.jsonl was truncated to the checkpoint and redone
+    _assert_events_equal_jsonl(out)
 
 
 def test_no_logger_changes_nothing(synth_tokens, tmp_path):
