@@ -2,7 +2,8 @@
 
 The trainer opens its metrics log through `metrics_log(run_dir, cfg)`; the object writes the
 JSON lines to RUN/metrics.jsonl exactly as before and hands each parsed line to the backend
-chosen by `cfg.extra["logger"]` (`ehrfm train --logger`, passed through by sweeps):
+chosen by `cfg.extra["logger"]` (`ehrfm train --logger`), else by the environment variable
+EHRFM_LOGGER (how a sweep's jobs get it: `EHRFM_LOGGER=tensorboard ehrfm sweep launch ...`):
 
     none (default)  nothing else: metrics.jsonl only, byte-identical to before
     tensorboard     TensorBoard event files in RUN/ beside metrics.jsonl (torch.utils.tensorboard);
@@ -106,7 +107,9 @@ class MetricsLog:
     def __init__(self, run_dir: str | os.PathLike, cfg=None):
         run_dir = Path(run_dir)
         path = run_dir / "metrics.jsonl"
-        name = check_logger((getattr(cfg, "extra", None) or {}).get("logger"))
+        # EHRFM_LOGGER: the logger for runs whose config does not name one (e.g. the runs of a sweep
+        # launched with EHRFM_LOGGER=tensorboard; local and SLURM jobs inherit the environment)
+        name = check_logger((getattr(cfg, "extra", None) or {}).get("logger") or os.environ.get("EHRFM_LOGGER"))
         self.backend = None
         if name == "tensorboard":
             self.backend = _TensorBoard(run_dir, _last_step(path))

@@ -28,7 +28,7 @@ def _train(tokens, out, *extra):
     return out
 
 
-def _assert_events_equal_jsonl(run) -> None:
+def _assert_events_equal_jsonl(run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     assert list(run.glob("events.out.tfevents.*")), sorted(p.name for p in run.iterdir())
@@ -41,13 +41,13 @@ def _assert_events_equal_jsonl(run) -> None:
         want = [(line["step"], np.float32(line[key])) for line in lines if key in line]
         got = [(e.step, np.float32(e.value)) for e in acc.Scalars(key)]
         assert got == want, key
-    # the val_loss curve: periodic evals and the final one
-    assert len(acc.Scalars("val_loss")) >= 2
+    return acc
 
 
 def test_tensorboard_scalars_equal_metrics_jsonl(synth_tokens, tmp_path):
     pytest.importorskip("tensorboard")
-    _assert_events_equal_jsonl(_train(synth_tokens, tmp_path / "tb", "--logger", "tensorboard"))
+    acc = _assert_events_equal_jsonl(_train(synth_tokens, tmp_path / "tb", "--logger", "tensorboard"))
+    assert len(acc.Scalars("val_loss")) >= 2  # the val_loss curve: periodic evals and the final one
 
 
 def test_tensorboard_after_a_crash_and_resume_has_no_orphan_steps(synth_tokens, tmp_path):
@@ -89,3 +89,20 @@ def test_wandb_logger_refused_clearly_when_missing(synth_tokens, tmp_path):
                         "--d-model", "16", "--n-head", "2", "--tokens", "1000", "--logger", "wandb"], capture_output=True, text=True)
     assert r.returncode == 2 and "wandb" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_sweep_runs_get_the_logger_from_the_environment(synth_tokens, tmp_path):
+    """`EHRFM_LOGGER=tensorboard ehrfm sweep launch`: every run of the sweep writes its event files."""
+    pytest.importorskip("tensorboard")
+    from sweeps.plan import plan_sweep
+
+    out = tmp_path / "sweep"
+    plan_sweep(synth_tokens, out=out, budgets=[1e9], sizes=2, context=64, train={"batch_size": 8})
+    env = {**os.environ, "EHRFM_QUIET": "1", "EHRFM_LOGGER": "tensorboard"}
+    p = subprocess.run([sys.executable, "-m", "ehrfm", "sweep", "launch", str(out), "--executor", "local"],
+                       capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    runs = sorted(d for d in (out / "runs").iterdir() if d.is_dir())
+    assert len(runs) == 2
+    for run in runs:
+        _assert_events_equal_jsonl(run)
