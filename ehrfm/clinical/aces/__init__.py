@@ -6,7 +6,7 @@
 Each YAML mirrors a rule of ehrfm/clinical/labels.py (`ehrfm labels`); the label parquet aces-cli
 writes is in the MEDS label schema and feeds every head, `ehrfm baseline` and `sweep collect --labels`
 as is. On the MIMIC-IV demo the counts agree within 10% (tests/test_aces.py; DESIGN/README note the
-differences: overlapping stays and discharges coinciding with a readmission).
+differences: unpaired admissions and discharges coinciding with a readmission).
 """
 
 from __future__ import annotations
