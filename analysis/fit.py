@@ -718,3 +718,59 @@ def load_fits(fit_dir: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
 
 def dump(obj) -> str:
     return json.dumps(_finite_json(obj))
+
+
+def _from_json(value):
+    """JSON null (a NaN on the way out, see _finite_json) back to NaN, inside interval lists too."""
+    if value is None:
+        return float("nan")
+    if isinstance(value, list) and all(v is None or isinstance(v, (int, float)) for v in value):
+        return [float("nan") if v is None else v for v in value]
+    return value
+
+
+def _typed(cls, data: dict, keep: tuple[str, ...] = ()):
+    """A fit dataclass from its fits.json dict: known fields only, nulls -> NaN (except `keep`)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: (v if k in keep else _from_json(v)) for k, v in data.items() if k in names})
+
+
+def load_fit(fit_dir: str | Path) -> FitResult:
+    """The typed FitResult of a saved fit, as fit_results returned it before write_fits.
+
+    Reads FIT/fits.json, FIT/fit_config.json and FIT/bootstrap.parquet (bootstrap draws, for the
+    plots' bands). Numbers that were NaN are written as null and come back as NaN.
+
+    Args:
+        fit_dir: the directory `ehrfm fit` / write_fits wrote, or a file inside it.
+
+    Returns:
+        FitResult: every plot function, recommend() and format_fit_table accept it.
+
+    Raises:
+        UserError: fits.json missing or not JSON.
+    """
+    from ehrfm.io import read_json
+
+    fit_dir = Path(fit_dir)
+    if fit_dir.is_file():
+        fit_dir = fit_dir.parent
+    fits, draws = load_fits(fit_dir)
+    cfg_path = fit_dir / "fit_config.json"
+    cfg_raw = read_json(cfg_path, what="fit config") if cfg_path.is_file() else {}
+    cfg_fields = {f.name for f in dataclasses.fields(FitConfig)}
+    cfg = FitConfig(**{k: v for k, v in cfg_raw.items() if k in cfg_fields})
+    cfg.approaches = tuple(cfg.approaches)
+    a1 = _typed(Approach1, fits["approach1"], keep=("points",)) if fits.get("approach1") else None
+    a2 = None
+    if fits.get("approach2"):
+        a2 = _typed(Approach2, fits["approach2"], keep=("budgets",))
+        a2.budgets = [_typed(BudgetFit, b, keep=("reason",)) for b in fits["approach2"]["budgets"]]
+    a3 = _typed(Approach3, fits["approach3"], keep=("r_star",)) if fits.get("approach3") else None
+    # in memory, utility fits are keyed by their results column ("auroc/icu"); fits.json drops "auroc/"
+    utility = {u["metric"]: _typed(UtilityFit, u, keep=("points",)) for u in (fits.get("utility") or {}).values()}
+    return FitResult(
+        approach1=a1, approach2=a2, approach3=a3, utility=utility, n_runs=fits.get("n_runs", 0),
+        n_fitted=fits.get("n_fitted", 0), excluded=fits.get("excluded", []), warnings=fits.get("warnings", []),
+        inputs=fits.get("inputs", {}), config=cfg, not_fitted=fits.get("not_fitted", {}), draws=draws,
+    )

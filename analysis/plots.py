@@ -3,9 +3,12 @@ them all as PNG and PDF.
 
     fig, ax = plt.subplots()
     plot_isoflops(ax, fit, results)      # fit: analysis.fit.FitResult, results: analysis.table.Results
+    fit = analysis.load_fit("fit_dir")   # a saved fit draws the same figure (a fit dir path works too)
 
 One colour per IsoFLOP budget (viridis, cheap to dear) across every figure; bands are the
-bootstrap intervals of the fitted laws.
+bootstrap intervals of the fitted laws. Overlays: every plot_* takes `label` (prefixed to its
+legend entries) and `color` (one colour for all its points, curves and bands instead of the
+budget/approach colours), so several sweeps share one Axes (docs/overlay_sweeps.py).
 """
 
 from __future__ import annotations
@@ -26,10 +29,33 @@ def _results(results):
     return results if isinstance(results, Results) else load_results(results)
 
 
-def budget_colors(budgets) -> dict[float, tuple]:
+def _fit(fit):
+    """A FitResult as given, or loaded from a fit dir / fits.json path (analysis.fit.load_fit)."""
+    from analysis.fit import FitResult, load_fit
+
+    if isinstance(fit, FitResult):
+        return fit
+    if isinstance(fit, (str, Path)):
+        return load_fit(fit)
+    raise TypeError(f"expected an analysis.fit.FitResult or a fit dir, got {type(fit).__name__}; "
+                    "load a saved fit with analysis.load_fit(FIT_DIR)")
+
+
+def _label(label: str | None, text: str) -> str:
+    return f"{label}: {text}" if label else text
+
+
+def _recolor(style: dict, color) -> dict:
+    return style if color is None else {**style, "color": color}
+
+
+def budget_colors(budgets, color=None) -> dict[float, tuple]:
+    """Budget -> colour: viridis from cheap to dear, or `color` for every budget (overlays)."""
     import matplotlib
 
     budgets = sorted(set(float(b) for b in budgets))
+    if color is not None:
+        return dict.fromkeys(budgets, color)
     cmap = matplotlib.colormaps["viridis"]
     return {b: cmap(0.9 * i / max(1, len(budgets) - 1)) for i, b in enumerate(budgets)}
 
@@ -89,17 +115,22 @@ def _compute_grid(fit, results, pad: float = 2.0):
     return np.logspace(np.log10(lo), np.log10(hi), 100)
 
 
-def plot_isoflops(ax, fit, results) -> None:
-    """Loss against model size per budget, the fitted parabola and its minimum."""
-    results = _results(results)
-    colors = budget_colors(results.budget)
+def plot_isoflops(ax, fit, results, label: str | None = None, color=None) -> None:
+    """Loss against model size per budget, the fitted parabola and its minimum.
+
+    Args:
+        ax: matplotlib Axes. fit: FitResult (or a fit dir). results: Results or a results table path.
+        label: prefix of the legend entries (which sweep). color: one colour for everything drawn.
+    """
+    fit, results = _fit(fit), _results(results)
+    colors = budget_colors(results.budget, color)
     budget_fits = {bf.budget: bf for bf in (fit.approach2.budgets if fit.approach2 else [])}
     for bud, col in colors.items():
         m = results.budget == bud
         bf = budget_fits.get(bud)
         used = bf is None or bf.used
         ax.scatter(results.n_params[m], results.loss[m], s=22, color=col, edgecolor=col, zorder=3,
-                   facecolor=col if used else "none", label=f"{_sci(bud)} FLOPs" + ("" if used else " (left out)"))
+                   facecolor=col if used else "none", label=_label(label, f"{_sci(bud)} FLOPs" + ("" if used else " (left out)")))
         if bf is not None and bf.coef:
             x = np.linspace(bf.log_n_range[0] - 0.15, bf.log_n_range[1] + 0.15, 100)
             c0, c1, c2 = bf.coef
@@ -114,16 +145,17 @@ def plot_isoflops(ax, fit, results) -> None:
     ax.grid(True, which="major", alpha=0.3)
 
 
-def plot_optimal_scaling(ax, fit, results, which: str = "n") -> None:
+def plot_optimal_scaling(ax, fit, results, which: str = "n", label: str | None = None, color=None) -> None:
     """N_opt (which='n') or D_opt ('d') against compute: IsoFLOP minima with intervals, and each
-    approach's power law with its bootstrap band."""
-    results = _results(results)
-    colors = budget_colors(results.budget)
+    approach's power law with its bootstrap band. label / color: as for plot_isoflops."""
+    fit, results = _fit(fit), _results(results)
+    colors = budget_colors(results.budget, color)
     c = _compute_grid(fit, results)
     conf = fit.config.confidence
     if fit.approach2:
         pct = int(round(100 * conf))
-        ax.errorbar([], [], yerr=[], fmt="o", color="0.35", ms=5, capsize=2, label=f"IsoFLOP minima ({pct}% CI; hollow: left out)")
+        ax.errorbar([], [], yerr=[], fmt="o", color="0.35" if color is None else color, ms=5, capsize=2,
+                    label=_label(label, f"IsoFLOP minima ({pct}% CI; hollow: left out)"))
         for bf in fit.approach2.budgets:
             if not np.isfinite(bf.n_opt):
                 continue
@@ -131,21 +163,22 @@ def plot_optimal_scaling(ax, fit, results, which: str = "n") -> None:
             err = None
             if ci and all(v is not None and np.isfinite(v) for v in ci):
                 err = [[max(y - ci[0], 0)], [max(ci[1] - y, 0)]]
-            ax.errorbar([bf.budget], [y], yerr=err, fmt="o" if bf.used else "o", mfc=colors.get(bf.budget) if bf.used else "none",
+            ax.errorbar([bf.budget], [y], yerr=err, fmt="o", color=colors.get(bf.budget), mfc=colors.get(bf.budget) if bf.used else "none",
                         mec=colors.get(bf.budget), ecolor=colors.get(bf.budget), ms=6, capsize=2, zorder=4)
     if fit.approach1:
         pts = fit.approach1.points
         ax.scatter([p["flops"] for p in pts], [p["n_params" if which == "n" else "tokens"] for p in pts],
-                   marker="s", s=18, facecolor="none", edgecolor="tab:gray", zorder=3, label="envelope runs")
+                   marker="s", s=18, facecolor="none", edgecolor="tab:gray" if color is None else color, zorder=3,
+                   label=_label(label, "envelope runs"))
     for k in (1, 2, 3):
         part = getattr(fit, f"approach{k}")
         if part is None:
             continue
-        style = APPROACH_STYLE[k]
+        style = _recolor(APPROACH_STYLE[k], color)
         y = part.n_opt(c) if which == "n" else part.d_opt(c)
         exp, ci = (part.a, part.a_ci) if which == "n" else (part.b, part.b_ci)
         ci_txt = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and np.all(np.isfinite(ci)) else ""
-        ax.plot(c, y, lw=1.6, label=f"{APPROACH_LABEL[k]}: {'a' if which == 'n' else 'b'}={exp:.2f}{ci_txt}", **style)
+        ax.plot(c, y, lw=1.6, label=_label(label, f"{APPROACH_LABEL[k]}: {'a' if which == 'n' else 'b'}={exp:.2f}{ci_txt}"), **style)
         _band(ax, c, _law_draws(fit, k, which, c), style, conf)
     _log_x(ax)
     ax.set_yscale("log")
@@ -156,10 +189,13 @@ def plot_optimal_scaling(ax, fit, results, which: str = "n") -> None:
     ax.grid(True, which="major", alpha=0.3)
 
 
-def plot_frontier(ax, fit, results) -> None:
-    """Every run's loss against compute, the lower envelope, and the fitted loss frontier."""
-    results = _results(results)
-    colors = budget_colors(results.budget)
+def plot_frontier(ax, fit, results, label: str | None = None, color=None) -> None:
+    """Every run's loss against compute, the lower envelope, and the fitted loss frontier.
+
+    label / color: as for plot_isoflops. An overlay widens the loss axis to every sweep drawn."""
+    fit, results = _fit(fit), _results(results)
+    earlier = ax.get_ylim() if ax.has_data() else None  # an overlay: keep the earlier sweeps in view
+    colors = budget_colors(results.budget, color)
     for bud, col in colors.items():
         m = results.budget == bud
         ax.scatter(results.flops[m], results.loss[m], s=14, color=col, alpha=0.7, zorder=3)
@@ -167,20 +203,24 @@ def plot_frontier(ax, fit, results) -> None:
     conf = fit.config.confidence
     if fit.approach1:
         pts = fit.approach1.points
-        ax.plot([p["flops"] for p in pts], [p["loss"] for p in pts], "s", mfc="none", mec="black", ms=6, zorder=4, label="lower envelope")
+        ax.plot([p["flops"] for p in pts], [p["loss"] for p in pts], "s", mfc="none", color="black" if color is None else color, ms=6,
+                zorder=4, label=_label(label, "lower envelope"))
     for k, what in ((2, "L_min power law"), (3, "parametric frontier")):
         part = getattr(fit, f"approach{k}")
         if part is None:
             continue
-        style = APPROACH_STYLE[k]
+        style = _recolor(APPROACH_STYLE[k], color)
         y = part.loss(c) if k == 2 else part.loss(part.n_opt(c), part.d_opt(c))
-        ax.plot(c, y, lw=1.6, label=f"{APPROACH_LABEL[k]}: {what}", **style)
+        ax.plot(c, y, lw=1.6, label=_label(label, f"{APPROACH_LABEL[k]}: {what}"), **style)
         _band(ax, c, _law_draws(fit, k, "loss", c), style, conf)
     # Keep the axis on the data (a fitted E of ~0 or a runaway band must not squash it).
     lo, hi = results.loss.min(), results.loss.max()
     if fit.approach3 and 0.5 * lo < fit.approach3.E:
-        ax.axhline(fit.approach3.E, color="tab:blue", lw=0.8, ls=":", label=f"irreducible loss E = {fit.approach3.E:.3g}")
+        ax.axhline(fit.approach3.E, color="tab:blue" if color is None else color, lw=0.8, ls=":",
+                   label=_label(label, f"irreducible loss E = {fit.approach3.E:.3g}"))
         lo = min(lo, fit.approach3.E)
+    if earlier is not None:
+        lo, hi = min(lo, earlier[0] * 1.1), max(hi, earlier[1] / 1.1)
     ax.set_ylim(lo / 1.1, hi * 1.1)
     _log_x(ax)
     ax.set_xlabel("Training compute C (FLOPs)")
@@ -197,23 +237,26 @@ def plot_frontier(ax, fit, results) -> None:
     ax.grid(True, which="major", alpha=0.3)
 
 
-def plot_utility(ax, fit, results, task: str) -> None:
-    """AUROC of one task against compute: every run, the loss-optimal run per budget, the law."""
-    results = _results(results)
+def plot_utility(ax, fit, results, task: str, label: str | None = None, color=None) -> None:
+    """AUROC of one task against compute: every run, the loss-optimal run per budget, the law.
+
+    label / color: as for plot_isoflops."""
+    fit, results = _fit(fit), _results(results)
     u = fit.utility[task] if task in fit.utility else fit.utility[f"auroc/{task}"]
-    colors = budget_colors(results.budget)
+    colors = budget_colors(results.budget, color)
     vals = results.utility[u.metric]
     for bud, col in colors.items():
         m = (results.budget == bud) & np.isfinite(vals)
         ax.scatter(results.flops[m], vals[m], s=12, color=col, alpha=0.45, zorder=2)
     ax.scatter([p["flops"] for p in u.points], [p["value"] for p in u.points], s=40, marker="D",
-               color=[colors[p["budget"]] for p in u.points], edgecolor="black", lw=0.6, zorder=4, label="loss-optimal run per budget")
+               color=[colors[p["budget"]] for p in u.points], edgecolor="black", lw=0.6, zorder=4, label=_label(label, "loss-optimal run per budget"))
     c = _compute_grid(fit, results)
-    ax.plot(c, u.predict(c), color="black", lw=1.5,
-            label=f"1 - AUROC $\\propto C^{{{u.exponent:.3f}}}$" + (f" [{u.exponent_ci[0]:.3f}, {u.exponent_ci[1]:.3f}]" if np.all(np.isfinite(u.exponent_ci)) else ""))
+    law = "black" if color is None else color
+    ax.plot(c, u.predict(c), color=law, lw=1.5,
+            label=_label(label, f"1 - AUROC $\\propto C^{{{u.exponent:.3f}}}$" + (f" [{u.exponent_ci[0]:.3f}, {u.exponent_ci[1]:.3f}]" if np.all(np.isfinite(u.exponent_ci)) else "")))
     dc, de = fit.draws.get(f"utility/{u.metric}/coef"), fit.draws.get(f"utility/{u.metric}/exponent")
     if dc is not None:
-        _band(ax, c, auroc_from_law(dc[:, None], de[:, None], c[None, :]), dict(color="black"), fit.config.confidence)
+        _band(ax, c, auroc_from_law(dc[:, None], de[:, None], c[None, :]), dict(color=law), fit.config.confidence)
     _log_x(ax)
     ax.set_xlabel("Training compute C (FLOPs)")
     ax.set_ylabel(f"AUROC, {u.metric.split('/', 1)[1]} (held-out)")
@@ -229,7 +272,7 @@ def make_plots(fit, results, out_dir) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = _results(results)
+    fit, results = _fit(fit), _results(results)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

@@ -74,6 +74,7 @@ from ehrfm.checkpoint import has_checkpoint, load_training_state, save_checkpoin
 from ehrfm.config import ModelConfig, TrainConfig
 from ehrfm.errors import UserError
 from ehrfm.io import progress, read_json, summary, write_json
+from ehrfm.loggers import metrics_log
 from ehrfm.model import GPT
 from ehrfm.packing import PackedRows, PackedStream
 from ehrfm.run_lock import LOCK_FILE, RunDirBusyError, lock_run_dir
@@ -467,7 +468,7 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
                 "train_loss": train_loss, "initial_train_loss": initial_loss,
                 "tokenizer_fingerprint": td.fingerprint, "steps": n_steps, "tokens": D}
 
-    metrics_f = open(run_dir / "metrics.jsonl", "a") if dd.main else None  # noqa: SIM115 (closed in the finally below)
+    metrics_f = metrics_log(run_dir, cfg) if dd.main else None  # metrics.jsonl (+ --logger backend); closed below
     quiet = {} if dd.main else {"disable": True}  # one bar, on rank 0 (EHRFM_QUIET=1 silences it)
     bar = progress(total=D, initial=min(step * step_tokens, D), unit="tok", unit_scale=True, desc="train", **quiet)
     model.train()
@@ -592,7 +593,7 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
         "error": None,
     }
     if dd.main:
-        with open(run_dir / "metrics.jsonl", "a") as f:
+        with metrics_log(run_dir, cfg) as f:
             f.write(_json_line({"step": step, "tokens": D, "train_loss": train_loss, "val_loss": val_loss}))
         save_checkpoint(run_dir, core, optimizer, checkpoint_state("completed"))
         write_json(run_dir / "result.json", result)

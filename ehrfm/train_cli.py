@@ -61,6 +61,8 @@ def register(sub) -> None:
     ev.add_argument("--attention", default="auto", choices=["auto", "sdpa", "xformers"])
     ev.add_argument("--compile", action="store_true", help="torch.compile the model (faster steps after a compile of minutes on CPU)")
     ev.add_argument("--overwrite", action="store_true", help="discard an existing run dir and start over")
+    ev.add_argument("--logger", default="none", choices=["none", "tensorboard", "wandb"],
+                    help="also send metrics.jsonl lines to TensorBoard (event files in RUN/) or W&B (offline) (default none)")
     p.set_defaults(func=_run)
 
 
@@ -68,6 +70,7 @@ def _run(args) -> int:
     import sys
 
     from ehrfm.config import TrainConfig
+    from ehrfm.loggers import check_logger
     from ehrfm.train import train
 
     cfg = TrainConfig(
@@ -97,6 +100,7 @@ def _run(args) -> int:
         attention=args.attention,
         compile=args.compile,
         overwrite=args.overwrite,
+        extra={"logger": check_logger(args.logger)} if args.logger != "none" else {},
     )
     result = train(cfg)
     status = result["status"]

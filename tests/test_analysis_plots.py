@@ -65,3 +65,77 @@ def test_plots_without_approach2_still_show_the_isoflop_runs(tmp_path):
     plot_isoflops(ax, fit, res)
     assert len(ax.lines) == 0 and sum(len(c.get_offsets()) for c in ax.collections) == 6
     plt.close(fig)
+
+
+def _drawn(ax) -> list:
+    """Everything an Axes shows, as numbers and strings: lines, scatter/band paths, legend, limits."""
+    out = [tuple(np.round(line.get_xydata(), 10).ravel()) for line in ax.lines]
+    for coll in ax.collections:
+        out.append(tuple(np.round(np.asarray(coll.get_offsets(), dtype=float), 10).ravel()))
+        out += [tuple(np.round(p.vertices, 10).ravel()) for p in coll.get_paths()]
+    legend = ax.get_legend()
+    out.append(tuple(t.get_text() for t in legend.get_texts()) if legend else ())
+    out.append((ax.get_title(), tuple(np.round(ax.get_ylim(), 10))))
+    return out
+
+
+def test_figure_from_a_loaded_fit_has_the_same_data(fitted, tmp_path):
+    """analysis.load_fit round-trips fits.json + bootstrap.parquet: every plot draws the same data."""
+    import analysis
+    from analysis.fit import write_fits
+    from analysis.plots import plot_frontier
+
+    fit, res = fitted
+    write_fits(fit, tmp_path / "fit", res, plots=False)
+    loaded = analysis.load_fit(tmp_path / "fit")
+    assert type(loaded) is type(fit) and loaded.config == fit.config and sorted(loaded.draws) == sorted(fit.draws)
+    table = tmp_path / "results.parquet"
+    from analysis.fit import runs_frame
+
+    runs_frame(res).write_parquet(table)
+    for draw in (plot_isoflops, lambda ax, f, r: plot_optimal_scaling(ax, f, r, "n"), plot_frontier,
+                 lambda ax, f, r: plot_utility(ax, f, r, "icu")):
+        fig, (a, b) = plt.subplots(1, 2)
+        draw(a, fit, res)
+        draw(b, loaded, res)
+        da, db = _drawn(a), _drawn(b)
+        assert len(da) > 3 and da == db
+        plt.close(fig)
+    # the old failure: a dict from load_fits is refused with a pointer to load_fit, not an AttributeError
+    fig, ax = plt.subplots()
+    with pytest.raises(TypeError, match="analysis.load_fit"):
+        plot_isoflops(ax, {"approach2": {}}, res)
+    plt.close(fig)
+    # a fit dir path works directly
+    fig, (a, b) = plt.subplots(1, 2)
+    plot_isoflops(a, fit, res)
+    plot_isoflops(b, tmp_path / "fit", analysis.load_results(table))
+    assert _drawn(a) == _drawn(b)
+    plt.close(fig)
+
+
+def test_two_sweeps_overlay_with_labels_and_colours(fitted):
+    """label and color put two sweeps (say flat vs hierarchical codes) on one Axes, told apart."""
+    import dataclasses
+
+    from matplotlib.colors import to_rgba
+
+    from analysis.plots import plot_frontier
+
+    fit, res = fitted
+    other = load_results(synthetic_results(dataclasses.replace(BESIROGLU, E=BESIROGLU.E + 0.3), budgets=np.logspace(18, 20, 4),
+                                           sizes=7, noise=0.005, seed=1))
+    fit_b = fit_results(other, approaches=(1, 2), bootstrap=20, seed=0)
+    for draw in (plot_isoflops, plot_optimal_scaling, plot_frontier):
+        fig, ax = plt.subplots()
+        draw(ax, fit, res, label="flat", color="tab:orange")
+        n_first = len(ax.lines)
+        draw(ax, fit_b, other, label="hierarchical", color="tab:purple")
+        texts = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert any(s.startswith("flat: ") for s in texts) and any(s.startswith("hierarchical: ") for s in texts), texts
+        assert {to_rgba(line.get_color()) for line in ax.lines[:n_first]} == {to_rgba("tab:orange")}
+        assert {to_rgba(line.get_color()) for line in ax.lines[n_first:]} == {to_rgba("tab:purple")}
+        if draw is plot_frontier:  # both sweeps' losses stay in view
+            lo, hi = ax.get_ylim()
+            assert lo < min(res.loss.min(), other.loss.min()) and hi > max(res.loss.max(), other.loss.max())
+        plt.close(fig)

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import polars as pl
 import pytest
+from ecosystem import meds_evaluation_auroc
 from test_labels import ADM, DIS, write_meds
 
 from ehrfm.clinical.baseline import BaselineConfig, baseline, prepare
@@ -67,7 +68,11 @@ def test_baseline_recovers_signal_and_writes_metrics(cohort, tmp_path):
         lo, hi = r["auroc_ci"]
         assert lo < r["auroc"] < hi and hi - lo < 0.4
         assert 0 < r["calibration"]["brier"] < 0.25
-    assert m["n"] == saved["n"] == pl.read_parquet(out / "predictions.parquet").filter(pl.col("split") == "held_out").height
+        # one meds-evaluation file per model: exactly the scored held_out rows, the same AUROC
+        pred = out / name / "predictions.parquet"
+        assert pl.read_parquet(pred).height == m["n"] == saved["n"]
+        assert abs(meds_evaluation_auroc(pred) - saved["models"][name]["auroc"]) < 1e-6
+    assert not (out / "predictions.parquet").exists()
     assert 0.15 < m["prevalence"] < 0.4
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from ecosystem import meds_evaluation_auroc
 
 from ehrfm.clinical.labels import TASKS
 
@@ -156,7 +157,9 @@ def test_cli_zeroshot_and_finetune(pipeline, tmp_path, capsys):
     m = json.loads((tmp_path / "zs" / "metrics.json").read_text())
     assert m["n"] == 40 and m["head"] == "zeroshot" and "MEDS_DEATH" in m["outcome_tokens"]
     pred = pl.read_parquet(tmp_path / "zs" / "predictions.parquet")
-    assert pred["probability"].is_between(0, 1).all() and (pred["probability"] * 8).round(6).equals((pred["probability"] * 8).round(0))
+    prob = pred["predicted_boolean_probability"]
+    assert prob.is_between(0, 1).all() and (prob * 8).round(6).equals((prob * 8).round(0))
+    assert abs(meds_evaluation_auroc(tmp_path / "zs" / "predictions.parquet") - m["auroc"]) < 1e-6
     rc = main(["finetune", str(root / "run"), "--tokens", str(root / "tok"), "--labels", labels, "--out", str(tmp_path / "ft"),
                "--max-labels", "600", "--epochs", "8", "--lr", "1e-2", "--bootstrap", "100"])
     assert rc == 0

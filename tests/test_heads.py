@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from ecosystem import PREDICTION_COLUMNS, meds_evaluation_auroc
 
 from ehrfm.errors import UserError
 
@@ -178,11 +179,17 @@ def test_probe_and_finetune_write_metrics(cohort, tmp_path):
     assert m["auroc"] == saved["auroc"] > 0.95 and m["n"] == 20 and saved["config"]["run_dir"] == str(run)
     assert set(saved) >= {"task", "n", "prevalence", "auroc", "auroc_ci", "auprc", "auprc_ci", "calibration"}
     assert saved["task"] == "in_hospital_mortality"
+    # predictions.parquet: exactly the 20 scored held_out rows, meds-evaluation's PredictionSchema;
+    # meds-evaluation-cli accepts it and computes our AUROC
     pred = pl.read_parquet(tmp_path / "probe" / "predictions.parquet")
-    assert pred.height == 100 and pred["probability"].is_between(0, 1).all()
+    assert pred.columns == PREDICTION_COLUMNS and pred.height == 20
+    assert pred["predicted_boolean_probability"].is_between(0, 1).all()
+    assert sum(pl.read_parquet(tmp_path / "probe" / f"predictions_{s}.parquet").height for s in ("train", "tuning")) == 80
+    assert abs(meds_evaluation_auroc(tmp_path / "probe" / "predictions.parquet") - saved["auroc"]) < 1e-6
 
     f = finetune(FinetuneConfig(str(run), str(tok), str(labels), bootstrap=100, max_epochs=30, lr=3e-2, patience=5), tmp_path / "ft")
     assert f["auroc"] > 0.95 and 1 <= f["best_epoch"] <= len(f["epochs"]) <= 30
+    assert abs(meds_evaluation_auroc(tmp_path / "ft" / "predictions.parquet") - f["auroc"]) < 1e-6
     # a seed fixes everything: the same run again gives the same epochs and predictions
     f2 = finetune(FinetuneConfig(str(run), str(tok), str(labels), bootstrap=100, max_epochs=30, lr=3e-2, patience=5), tmp_path / "ft2")
     assert f2["epochs"] == f["epochs"]
@@ -236,18 +243,18 @@ def test_zeroshot_uniform_model_gives_analytic_share(cohort, tmp_path):
     cfg = ZeroShotConfig(str(flat), str(tok), str(labels), n_samples=100, max_new_tokens=48, bootstrap=0, seed=3)
     m = zeroshot(cfg, tmp_path / "zs")
     pred = pl.read_parquet(tmp_path / "zs" / "predictions.parquet")
-    assert pred.height == 20 and set(pred["split"]) == {"held_out"}
+    assert pred.height == 20 and pred.columns == PREDICTION_COLUMNS  # the held_out rows scored, nothing else
     # 20 labels x 100 samples: sd of the mean share ~ 0.011; undecided after 48 draws ~ (9/12)^48
-    assert abs(pred["probability"].mean() - 1 / 3) < 0.045
+    assert abs(pred["predicted_boolean_probability"].mean() - 1 / 3) < 0.045
     assert m["undecided_share"] < 0.01
     # seeded: the same labels give the same probabilities
     small = ZeroShotConfig(str(flat), str(tok), str(labels), n_samples=20, max_new_tokens=48, bootstrap=0, seed=3, max_labels=6)
     a, b = zeroshot(small, tmp_path / "zs_a"), zeroshot(small, tmp_path / "zs_b")
-    pa_, pb_ = (pl.read_parquet(tmp_path / d / "predictions.parquet")["probability"] for d in ("zs_a", "zs_b"))
+    pa_, pb_ = (pl.read_parquet(tmp_path / d / "predictions.parquet")["predicted_boolean_probability"] for d in ("zs_a", "zs_b"))
     assert pa_.len() == 6 and pa_.equals(pb_) and a["n"] == b["n"] == 6
     # ...whatever the batching: one label per batch or all six together
     for bs, name in ((1, "zs_c"), (6 * 20, "zs_d")):
         zeroshot(ZeroShotConfig(**{**small.__dict__, "batch_size": bs}), tmp_path / name)
-        assert pl.read_parquet(tmp_path / name / "predictions.parquet")["probability"].equals(pa_)
+        assert pl.read_parquet(tmp_path / name / "predictions.parquet")["predicted_boolean_probability"].equals(pa_)
     with pytest.raises(UserError, match="zero-shot supports"):
         zeroshot(ZeroShotConfig(str(flat), str(tok), str(labels), task="long_los"), tmp_path / "zs3")

@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "sweeps.cli",  # sweep plan|launch|status|collect
     "analysis.cli",  # fit, recommend
     "ehrfm.clinical.cli",  # labels, audit, probe, finetune, zeroshot, baseline
+    "ehrfm.export_cli",  # export
     "ehrfm.app.demo_cli",  # demo
 ]
 

@@ -11,7 +11,8 @@ the prediction time enters a feature (see `count_features`).
 Logistic regression: L2, C chosen on tuning AUROC, on max-abs-scaled sparse counts.
 Gradient boosting: sklearn HistGradientBoostingClassifier on the `max_dense_features` most
 frequent features (it needs dense input), early-stopped on a seeded slice of train.
-Both are scored on held_out (metrics.json under "models").
+Both are scored on held_out (metrics.json under "models"); each writes its predictions in
+meds-evaluation's PredictionSchema to OUT/<model>/predictions.parquet (held_out rows only).
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ import numpy as np
 import polars as pl
 
 from ehrfm.clinical.common import (
+    as_stored,
     check_out,
     fit_logistic,
     positive_proba,
     require_two_classes,
     small_problem_threads,
+    split_predictions,
     subsample_per_split,
     write_head_outputs,
 )
@@ -230,7 +233,7 @@ def baseline(cfg: BaselineConfig, out: str | os.PathLike, overwrite: bool = Fals
         raise UserError(f"task {task}: no labels in the held_out split to score")
 
     lr, selection = fit_logistic(x[tr], y[tr], x[tu], y[tu], cfg.seed, task)
-    p_lr = positive_proba(lr, x)
+    p_lr = as_stored(positive_proba(lr, x))  # score what the prediction files hold
 
     # Gradient boosting needs dense input: the most frequent features (columns are sorted by
     # train frequency), plus age (the last column).
@@ -240,7 +243,7 @@ def baseline(cfg: BaselineConfig, out: str | os.PathLike, overwrite: bool = Fals
     hgb = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.05, early_stopping=True, random_state=cfg.seed)
     with small_problem_threads(*dense.shape):
         hgb.fit(dense[tr], y[tr])
-        p_hgb = positive_proba(hgb, dense)
+        p_hgb = as_stored(positive_proba(hgb, dense))
 
     models = {
         "logistic_regression": {
@@ -266,9 +269,11 @@ def baseline(cfg: BaselineConfig, out: str | os.PathLike, overwrite: bool = Fals
         "models": models,
         "wall_s": time.time() - t0,
     }
-    predictions = labels.select("subject_id", "prediction_time", "boolean_value", "split").with_columns(
-        pl.Series("probability_logistic_regression", p_lr), pl.Series("probability_gradient_boosting", p_hgb)
-    )
+    # one meds-evaluation prediction file per model: OUT/<model>/predictions.parquet (+ other splits)
+    predictions = {
+        **split_predictions(labels, p_lr, split, prefix="logistic_regression/"),
+        **split_predictions(labels, p_hgb, split, prefix="gradient_boosting/"),
+    }
     write_head_outputs(out, overwrite, cfg, metrics, predictions)
     summary(
         f"baseline {x.shape[1]} count features; logistic regression {format_metrics(models['logistic_regression'])}; "

@@ -17,8 +17,8 @@ import polars as pl
 
 from ehrfm.errors import UserError
 from ehrfm.io import check_overwrite
+from ehrfm.meds_io import SPLITS
 
-SPLITS = ("train", "tuning", "held_out")
 C_GRID = tuple(10.0**k for k in range(-4, 3))  # inverse L2 strength searched on tuning
 
 
@@ -140,15 +140,92 @@ def fit_logistic(x_train, y_train, x_tuning, y_tuning, seed: int, task: str):
     return model, record
 
 
-def write_head_outputs(out: str | os.PathLike, overwrite: bool, config, metrics: dict, predictions: pl.DataFrame, extra: dict | None = None) -> Path:
-    """OUT/metrics.json (metrics + config), OUT/predictions.parquet, OUT/config.json, atomically."""
+# meds-evaluation's PredictionSchema (meds_evaluation/schema.py): these columns, no others.
+PREDICTION_SCHEMA = {
+    "subject_id": pl.Int64,
+    "prediction_time": pl.Datetime("us"),
+    "boolean_value": pl.Boolean,
+    "predicted_boolean_value": pl.Boolean,
+    "predicted_boolean_probability": pl.Float32,
+}
+PREDICTED_TRUE_AT = 0.5  # predicted_boolean_value = probability >= this (the schema needs a hard call)
+
+
+def as_stored(p: np.ndarray) -> np.ndarray:
+    """Probabilities (n,) as predictions.parquet stores them: float32, the PredictionSchema type.
+
+    Heads score these values, so metrics.json and meds-evaluation (which casts to float32) rank
+    exactly the same numbers: no ties appear or vanish in the cast. Returned as float64.
+    """
+    return np.asarray(p, dtype=np.float64).astype(np.float32).astype(np.float64)
+
+
+def prediction_frame(labels: pl.DataFrame, p: np.ndarray, rows: np.ndarray | None = None) -> pl.DataFrame:
+    """Predictions of `rows` of `labels` in meds-evaluation's PredictionSchema.
+
+    Args:
+        labels: (n, ...) frame with subject_id, prediction_time, boolean_value (MEDS label schema).
+        p: (n,) float P(y = 1) for every label row (stored as float32: see as_stored).
+        rows: indices or a boolean mask of the rows to keep (default: all), in label order.
+
+    Returns:
+        Frame with exactly the PREDICTION_SCHEMA columns and types; predicted_boolean_value is
+        probability >= PREDICTED_TRUE_AT.
+    """
+    p = as_stored(p)
+    frame = labels.select(
+        pl.col("subject_id").cast(pl.Int64),
+        pl.col("prediction_time").cast(pl.Datetime("us")),
+        pl.col("boolean_value").cast(pl.Boolean),
+        pl.Series("predicted_boolean_value", p >= PREDICTED_TRUE_AT),
+        pl.Series("predicted_boolean_probability", p, dtype=pl.Float32),
+    )
+    if rows is None:
+        return frame
+    rows = np.asarray(rows)
+    return frame.filter(pl.Series(rows)) if rows.dtype == bool else frame[rows.astype(np.int64)]
+
+
+def split_predictions(labels: pl.DataFrame, p: np.ndarray, split: np.ndarray, scored: tuple[str, ...] = ("held_out",),
+                      prefix: str = "") -> dict[str, pl.DataFrame]:
+    """{file name: predictions}: the scored split(s) in predictions.parquet, each other split apart.
+
+    predictions.parquet holds exactly the rows metrics.json is computed on, so meds-evaluation
+    scores the same rows; predictions_train.parquet etc. keep the rest (never mixed in).
+
+    Args:
+        labels, p: as for prediction_frame. split: (n,) split name of each row.
+        scored: the split(s) whose rows the metrics are computed on.
+        prefix: folder inside OUT ("logistic_regression/" for one of several models).
+    """
+    split = np.asarray(split)
+    files = {f"{prefix}predictions.parquet": prediction_frame(labels, p, np.isin(split, scored))}
+    for name in SPLITS:
+        if name not in scored and (split == name).any():
+            files[f"{prefix}predictions_{name}.parquet"] = prediction_frame(labels, p, split == name)
+    return files
+
+
+def write_head_outputs(out: str | os.PathLike, overwrite: bool, config, metrics: dict,
+                       predictions: pl.DataFrame | dict[str, pl.DataFrame], extra: dict | None = None) -> Path:
+    """OUT/metrics.json (metrics + config), OUT/config.json and the prediction files, atomically.
+
+    predictions: one frame (-> predictions.parquet) or {path inside OUT: frame}; every frame must
+    be in PREDICTION_SCHEMA exactly (a programming error otherwise: ValueError, nothing written).
+    """
     from ehrfm.io import atomic_dir, write_json
 
+    files = {"predictions.parquet": predictions} if isinstance(predictions, pl.DataFrame) else dict(predictions)
+    for name, frame in files.items():
+        if dict(frame.schema) != PREDICTION_SCHEMA:
+            raise ValueError(f"{name}: columns {dict(frame.schema)} are not meds-evaluation's PredictionSchema {PREDICTION_SCHEMA}")
     cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         write_json(tmp / "metrics.json", {**metrics, **(extra or {}), "config": cfg})
         write_json(tmp / "config.json", cfg)
-        predictions.write_parquet(tmp / "predictions.parquet")
+        for name, frame in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            frame.write_parquet(tmp / name)
     return Path(out)
 
 

@@ -17,10 +17,9 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import polars as pl
 
 from ehrfm.clinical.baseline import task_name
-from ehrfm.clinical.common import check_out, require_two_classes, write_head_outputs
+from ehrfm.clinical.common import as_stored, check_out, require_two_classes, split_predictions, write_head_outputs
 from ehrfm.clinical.metrics import binary_metrics, format_metrics
 from ehrfm.clinical.probe import load_label_histories
 from ehrfm.errors import UserError
@@ -99,7 +98,7 @@ def finetune(cfg: FinetuneConfig, out: str | os.PathLike, overwrite: bool = Fals
     head.load_state_dict(best[1])
     if cfg.full:
         model.load_state_dict(best[2])
-    p = predict(np.arange(len(y)))
+    p = as_stored(predict(np.arange(len(y))))  # score what predictions.parquet holds
     metrics = {
         **binary_metrics(y[ho], p[ho], task, cfg.bootstrap, cfg.seed),
         "head": "finetune_full" if cfg.full else "finetune_head",
@@ -111,10 +110,7 @@ def finetune(cfg: FinetuneConfig, out: str | os.PathLike, overwrite: bool = Fals
         "epochs": curve,
         "wall_s": time.time() - t0,
     }
-    predictions = h.labels.select("subject_id", "prediction_time", "boolean_value", "split").with_columns(
-        pl.Series("probability", p)
-    )
-    write_head_outputs(out, overwrite, cfg, metrics, predictions)
+    write_head_outputs(out, overwrite, cfg, metrics, split_predictions(h.labels, p, h.split))
     summary(f"finetune {format_metrics(metrics)} (best epoch {best[3]} of {len(curve)}) -> {out}")
     return metrics
 

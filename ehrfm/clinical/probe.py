@@ -3,7 +3,8 @@
 Representation: the final-normed hidden state at the last history token (time <=
 prediction_time), through at most the last `context` tokens (ehrfm.clinical.model_io). The
 logistic regression is fitted on train labels, its L2 strength C chosen by tuning AUROC, and it
-is scored on held_out: metrics.json, predictions.parquet (every label, with its split) and
+is scored on held_out: metrics.json, predictions.parquet (exactly the scored held_out rows, in
+meds-evaluation's PredictionSchema; predictions_train/_tuning.parquet hold the other splits) and
 config.json in OUT.
 """
 
@@ -14,14 +15,15 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import polars as pl
 
 from ehrfm.clinical.baseline import task_name
 from ehrfm.clinical.common import (
+    as_stored,
     check_out,
     fit_logistic,
     positive_proba,
     require_two_classes,
+    split_predictions,
     subsample_per_split,
     write_head_outputs,
 )
@@ -90,6 +92,7 @@ def probe(cfg: ProbeConfig, out: str | os.PathLike, overwrite: bool = False) -> 
     if not ho.any():
         raise UserError(f"task {task}: no labels in the held_out split to score")
     p, selection = probe_scores(model, td, h, context, cfg, task)
+    p = as_stored(p)  # score what predictions.parquet holds
     y = h.y
     metrics = {
         **binary_metrics(y[ho], p[ho], task, cfg.bootstrap, cfg.seed),
@@ -104,9 +107,6 @@ def probe(cfg: ProbeConfig, out: str | os.PathLike, overwrite: bool = False) -> 
         "history_tokens_mean": float(np.minimum(h.lengths(), context).mean()),
         "wall_s": time.time() - t0,
     }
-    predictions = h.labels.select("subject_id", "prediction_time", "boolean_value", "split").with_columns(
-        pl.Series("probability", p)
-    )
-    write_head_outputs(out, overwrite, cfg, metrics, predictions)
+    write_head_outputs(out, overwrite, cfg, metrics, split_predictions(h.labels, p, h.split))
     summary(f"probe {format_metrics(metrics)} -> {out}")
     return metrics

@@ -24,10 +24,9 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import polars as pl
 
 from ehrfm.clinical.baseline import task_name
-from ehrfm.clinical.common import check_out, write_head_outputs
+from ehrfm.clinical.common import as_stored, check_out, prediction_frame, write_head_outputs
 from ehrfm.clinical.histories import END_TOKENS, history_window
 from ehrfm.clinical.metrics import binary_metrics, format_metrics
 from ehrfm.clinical.probe import load_label_histories
@@ -162,7 +161,7 @@ def zeroshot(cfg: ZeroShotConfig, out: str | os.PathLike, overwrite: bool = Fals
             share, und = rollout_batch(model, np.stack([prompts[k] for k in ks]), seeds, outcome, competing, cfg, device)
             p[ks], undecided[ks] = share, und
             bar.update(len(ks))
-    y = h.y
+    y, p = h.y, as_stored(p)  # score what predictions.parquet holds
     metrics = {
         **binary_metrics(y[rows], p[rows], task, cfg.bootstrap, cfg.seed),
         "head": "zeroshot",
@@ -174,11 +173,7 @@ def zeroshot(cfg: ZeroShotConfig, out: str | os.PathLike, overwrite: bool = Fals
         "undecided_share": float(np.mean(undecided[rows])),
         "wall_s": time.time() - t0,
     }
-    predictions = (
-        h.labels.select("subject_id", "prediction_time", "boolean_value", "split")
-        .with_columns(pl.Series("probability", p), pl.Series("undecided_share", undecided))
-        .filter(pl.col("split").is_in(list(cfg.splits)))
-    )
-    write_head_outputs(out, overwrite, cfg, metrics, predictions)
+    # only the scored rows have rollouts: predictions.parquet is exactly them, no other split files
+    write_head_outputs(out, overwrite, cfg, metrics, {"predictions.parquet": prediction_frame(h.labels, p, rows)})
     summary(f"zeroshot {format_metrics(metrics)} undecided {metrics['undecided_share']:.2f} -> {out}")
     return metrics

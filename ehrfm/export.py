@@ -1,0 +1,297 @@
+"""A trained run outside ehrfm: `load_model(RUN)` and a Hugging Face Llama export.
+
+    model = ehrfm.load_model("run")              # torch module, eval mode, fp32, CPU
+    logits = model(ids)                          # (B, T) int64 token ids -> (B, T, V) float32
+    export_hf("run", "hf_dir")                   # `ehrfm export RUN --out hf_dir`
+    AutoModelForCausalLM.from_pretrained("hf_dir")(ids).logits   # the same logits (fp32, CPU, 1e-4)
+
+The export directory is what Hugging Face tools (transformers, vLLM, SGLang) expect of a
+`LlamaForCausalLM`: config.json, model.safetensors (fp32), generation_config.json, and a fast
+tokenizer (tokenizer.json, tokenizer_config.json, special_tokens_map.json) whose vocabulary is
+the run's event vocabulary (token id = ehrfm token id) with PAD / UNK / TIMELINE_START /
+TIMELINE_END as pad / unk / bos / eos. Event strings are joined with single spaces when encoded
+as text; token ids are the exact interface.
+
+Why this is a plain renaming of tensors (ehrfm.model is Llama's architecture, DESIGN.md section 3):
+- RoPE: ehrfm rotates in the "rotate half" (half-split) layout with positions restarting at 0,
+  as HF Llama does, so q/k weights are copied without the interleaved->half permutation that
+  Meta-format checkpoints need (transformers' convert_llama_weights_to_hf.py `permute`).
+- attn.qkv (3 d, d) holds q, k, v row blocks, heads contiguous inside each: q_proj/k_proj/v_proj.
+- mlp.w13 (2 h, d) holds gate (w1) then up (w3): gate_proj/up_proj; w2 is down_proj.
+- RMSNorm eps is ModelConfig.norm_eps (rms_norm_eps); the head is untied (tie_word_embeddings
+  false); no biases; full multi-head attention (num_key_value_heads = num_attention_heads).
+
+A run whose architecture Llama cannot express (a model config field or a checkpoint tensor that
+has no Llama counterpart, e.g. a GELU MLP, a tied head, biases) is refused with a UserError
+naming the field or tensor; nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ehrfm.errors import UserError
+
+# ModelConfig fields and what Llama does with them; init_std only matters before training.
+LLAMA_FIELDS = {"n_layer", "d_model", "n_head", "context", "vocab_size", "mlp_hidden", "rope_theta", "norm_eps", "init_std"}
+# Fields some ehrfm configs may carry, with the only value Llama can express.
+LLAMA_FIXED = {
+    "activation": ("silu", "swiglu"),
+    "mlp": ("swiglu",),
+    "norm": ("rmsnorm",),
+    "position": ("rope",),
+    "tie_embeddings": (False,),
+    "tied_head": (False,),
+    "bias": (False,),
+}
+SPECIAL = {"pad_token": "PAD", "unk_token": "UNK", "bos_token": "TIMELINE_START", "eos_token": "TIMELINE_END"}
+
+
+class CausalLM(torch.nn.Module):
+    """An ehrfm GPT whose call returns logits only, as users of a causal LM expect.
+
+    Attributes:
+        gpt: the ehrfm.model.GPT (hidden_states, generate, forward_step ... stay available).
+        config: its ModelConfig.
+    """
+
+    def __init__(self, gpt):
+        super().__init__()
+        self.gpt = gpt
+        self.config = gpt.config
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, T) int64 token ids, T <= context -> logits (B, T, vocab_size), float32 on CPU."""
+        return self.gpt(ids)[0]
+
+    def generate(self, *args, **kwargs) -> torch.Tensor:
+        """ehrfm.model.GPT.generate (KV-cached sampling)."""
+        return self.gpt.generate(*args, **kwargs)
+
+
+def load_model(run: str | os.PathLike, device: str | torch.device = "cpu") -> CausalLM:
+    """The trained model of a run dir (or its checkpoint/ dir), in eval mode.
+
+    Args:
+        run: a run dir written by `ehrfm train` (RUN/checkpoint/model.safetensors).
+        device: torch device to load onto.
+
+    Returns:
+        CausalLM: `model(ids)` maps (B, T) int64 ids to (B, T, V) logits; `model.gpt` is the GPT.
+
+    Raises:
+        UserError: the run has no checkpoint, or its result.json records a failed/diverged run.
+    """
+    from ehrfm.checkpoint import load_model as load_checkpoint
+
+    run = Path(run)
+    _require_usable(run)
+    gpt, _ = load_checkpoint(run, device)
+    return CausalLM(gpt).eval()
+
+
+def _require_usable(run: Path) -> None:
+    result = run / "result.json"
+    if result.is_file():
+        status = json.loads(result.read_text()).get("status")
+        if status not in (None, "completed"):
+            raise UserError(f"run {run} has status {status!r} (result.json); only a completed run is loaded")
+
+
+def _checkpoint_dir(run: Path) -> Path:
+    from ehrfm.checkpoint import CHECKPOINT_DIR
+
+    ckpt = run if (run / "model.safetensors").is_file() else run / CHECKPOINT_DIR
+    if not (ckpt / "model.safetensors").is_file() or not (ckpt / "model_config.json").is_file():
+        raise UserError(f"{run} has no model checkpoint ({CHECKPOINT_DIR}/model.safetensors and model_config.json)")
+    return ckpt
+
+
+def llama_config(model_cfg: dict, special_ids: dict[str, int]) -> dict:
+    """HF LlamaConfig fields (config.json) for an ehrfm ModelConfig dict; refuses what Llama cannot express.
+
+    Raises:
+        UserError: a field outside LLAMA_FIELDS, or a LLAMA_FIXED field with another value.
+    """
+    for key, value in model_cfg.items():
+        if key in LLAMA_FIELDS:
+            continue
+        allowed = LLAMA_FIXED.get(key)
+        if allowed is None or (value if not isinstance(value, str) else value.lower()) not in allowed:
+            raise UserError(
+                f"cannot export to Llama: model config field {key}={value!r} has no LlamaForCausalLM equivalent"
+                + (f" (Llama needs {allowed[0]!r})" if allowed else "")
+            )
+    d, h = int(model_cfg["d_model"]), int(model_cfg["n_head"])
+    theta = float(model_cfg.get("rope_theta", 10_000.0))
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": int(model_cfg["vocab_size"]),
+        "hidden_size": d,
+        "intermediate_size": int(model_cfg["mlp_hidden"]),
+        "num_hidden_layers": int(model_cfg["n_layer"]),
+        "num_attention_heads": h,
+        "num_key_value_heads": h,
+        "head_dim": d // h,
+        "hidden_act": "silu",
+        "max_position_embeddings": int(model_cfg["context"]),
+        "rms_norm_eps": float(model_cfg.get("norm_eps", 1e-5)),
+        # both spellings: transformers < 4.56 reads rope_theta/rope_scaling, 5.x rope_parameters
+        "rope_theta": theta,
+        "rope_scaling": None,
+        "rope_parameters": {"rope_type": "default", "rope_theta": theta},
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "mlp_bias": False,
+        "tie_word_embeddings": False,
+        "initializer_range": float(model_cfg.get("init_std", 0.02)),
+        "pretraining_tp": 1,
+        "use_cache": True,
+        "torch_dtype": "float32",
+        "dtype": "float32",
+        "pad_token_id": special_ids.get("pad_token"),
+        "bos_token_id": special_ids.get("bos_token"),
+        "eos_token_id": special_ids.get("eos_token"),
+    }
+
+
+def llama_state_dict(tensors: dict[str, torch.Tensor], model_cfg: dict) -> dict[str, torch.Tensor]:
+    """ehrfm GPT tensors -> LlamaForCausalLM tensor names (see the module docstring).
+
+    Raises:
+        UserError: a tensor with no Llama counterpart (biases, extra norms ...) or a missing one.
+    """
+    n_layer, d, hidden = int(model_cfg["n_layer"]), int(model_cfg["d_model"]), int(model_cfg["mlp_hidden"])
+    src = dict(tensors)
+
+    def take(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        if name not in src:
+            raise UserError(f"cannot export to Llama: checkpoint tensor {name} is missing")
+        t = src.pop(name)
+        if tuple(t.shape) != shape:
+            raise UserError(f"cannot export to Llama: checkpoint tensor {name} has shape {tuple(t.shape)}, expected {shape}")
+        return t.to(torch.float32).contiguous()
+
+    out = {"model.embed_tokens.weight": take("embed.weight", (int(model_cfg["vocab_size"]), d))}
+    for i in range(n_layer):
+        p, q = f"blocks.{i}.", f"model.layers.{i}."
+        qw, kw, vw = take(p + "attn.qkv.weight", (3 * d, d)).chunk(3)
+        gate, up = take(p + "mlp.w13.weight", (2 * hidden, d)).split(hidden)
+        out.update({
+            q + "input_layernorm.weight": take(p + "norm1.weight", (d,)),
+            q + "self_attn.q_proj.weight": qw.contiguous(),
+            q + "self_attn.k_proj.weight": kw.contiguous(),
+            q + "self_attn.v_proj.weight": vw.contiguous(),
+            q + "self_attn.o_proj.weight": take(p + "attn.proj.weight", (d, d)),
+            q + "post_attention_layernorm.weight": take(p + "norm2.weight", (d,)),
+            q + "mlp.gate_proj.weight": gate.contiguous(),
+            q + "mlp.up_proj.weight": up.contiguous(),
+            q + "mlp.down_proj.weight": take(p + "mlp.w2.weight", (d, hidden)),
+        })
+    out["model.norm.weight"] = take("norm.weight", (d,))
+    out["lm_head.weight"] = take("head.weight", (int(model_cfg["vocab_size"]), d))
+    if src:
+        raise UserError(f"cannot export to Llama: {len(src)} checkpoint tensor(s) have no Llama counterpart, e.g. {sorted(src)[0]}")
+    return out
+
+
+def _event_vocab(run: Path, tokens_dir: str | os.PathLike | None, vocab_size: int) -> list[str]:
+    """The run's event vocabulary (index = token id), from its token dir, fingerprint-checked."""
+    from ehrfm.tokens import TokenDir
+
+    run_cfg_path = run / "config.json"
+    run_cfg = json.loads(run_cfg_path.read_text()) if run_cfg_path.is_file() else {}
+    if tokens_dir is None:
+        tokens_dir = run_cfg.get("train", {}).get("tokens_dir")
+        if not tokens_dir:
+            raise UserError(f"{run}/config.json names no token dir; pass --tokens TOK (the token dir the run was trained on)")
+    td = TokenDir(tokens_dir)
+    recorded = run_cfg.get("tokenizer_fingerprint")
+    if recorded and recorded != td.fingerprint:
+        raise UserError(f"vocab mismatch: run {run} was trained on tokenizer {recorded[:12]} but {td.path} has {td.fingerprint[:12]}")
+    if td.vocab_size != vocab_size:
+        raise UserError(f"vocab mismatch: run {run} has vocab size {vocab_size} but {td.path}/tokenizer.json has {td.vocab_size}")
+    return td.vocab
+
+
+def write_hf_tokenizer(vocab: list[str], out: Path) -> dict[str, int]:
+    """Write a fast WordLevel tokenizer (tokenizer.json + configs) over `vocab`; returns special ids.
+
+    Uses the `tokenizers` library (installed with transformers: the `hf` extra).
+    """
+    try:
+        from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+    except ImportError:
+        raise UserError("export needs the `tokenizers` package: pip install 'ehrfm[hf]'") from None
+    ids = {tok: i for i, tok in enumerate(vocab)}
+    special = {k: ids[v] for k, v in SPECIAL.items() if v in ids}
+    tok = Tokenizer(models.WordLevel(vocab=ids, unk_token=SPECIAL["unk_token"] if "unk_token" in special else None))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    names = [SPECIAL[k] for k in special]
+    tok.add_special_tokens([AddedToken(t, single_word=True, normalized=False, special=True) for t in names])
+    # Event strings with spaces ("LAB//50818//mm Hg") or holding a special token ("AGE//UNK") would be
+    # split or cut by the pre-tokenizer / special-token matching; as added tokens they match whole
+    # (leftmost-longest), so the space-joined text of a timeline encodes back to its ids.
+    whole = [t for t in vocab if t not in names and (any(c.isspace() for c in t) or any(n in t for n in names))]
+    tok.add_tokens([AddedToken(t, single_word=True, normalized=False) for t in whole])
+    tok.save(str(out / "tokenizer.json"))
+    names = {k: SPECIAL[k] for k in special}
+    (out / "special_tokens_map.json").write_text(json.dumps(names, indent=2))
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": 1 << 30,
+        "clean_up_tokenization_spaces": False,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        **names,
+    }, indent=2))
+    return special
+
+
+def export_hf(run: str | os.PathLike, out: str | os.PathLike, tokens_dir: str | os.PathLike | None = None,
+              overwrite: bool = False) -> Path:
+    """Write RUN's model as a Hugging Face LlamaForCausalLM directory (module docstring).
+
+    Args:
+        run: a completed run dir (or its checkpoint/ dir).
+        out: directory to create (atomically: written under a temporary name, then renamed).
+        tokens_dir: the token dir the run was trained on; default: the one in RUN/config.json.
+        overwrite: replace an existing `out`.
+
+    Returns:
+        Path of the written directory.
+
+    Raises:
+        UserError: no checkpoint, a failed/diverged run, a tokenizer that is not the run's, an
+        architecture Llama cannot express, or `out` exists without overwrite.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from ehrfm.io import atomic_dir, read_json, write_json
+
+    run = Path(run)
+    _require_usable(run)
+    ckpt = _checkpoint_dir(run)
+    model_cfg = read_json(ckpt / "model_config.json", "model config")
+    if not isinstance(model_cfg, dict):
+        raise UserError(f"{ckpt / 'model_config.json'} is not a JSON object")
+    llama_config(model_cfg, {})  # refuse before reading the vocab or the weights
+    tensors = llama_state_dict(load_file(str(ckpt / "model.safetensors"), device="cpu"), model_cfg)
+    vocab = _event_vocab(run if ckpt != run else run.parent, tokens_dir, int(model_cfg["vocab_size"]))
+    if Path(out).exists() and not overwrite:
+        raise UserError(f"output {out} already exists; pass --overwrite to replace it")
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        special = write_hf_tokenizer(vocab, tmp)
+        config = llama_config(model_cfg, special)
+        write_json(tmp / "config.json", config)
+        write_json(tmp / "generation_config.json", {
+            "bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"],
+            "pad_token_id": config["pad_token_id"], "max_length": config["max_position_embeddings"],
+        })
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    return Path(out)

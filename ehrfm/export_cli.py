@@ -1,0 +1,27 @@
+"""`ehrfm export RUN --out DIR`: a thin wrapper over ehrfm.export.export_hf."""
+
+from __future__ import annotations
+
+
+def _export(args) -> int:
+    from ehrfm.export import export_hf
+    from ehrfm.io import summary
+
+    out = export_hf(args.run, args.out, tokens_dir=args.tokens, overwrite=args.overwrite)
+    summary(f"export: {args.run} -> {out} (Hugging Face LlamaForCausalLM: config.json, model.safetensors, tokenizer.json)")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a run's model as a Hugging Face LlamaForCausalLM directory",
+        description="Write RUN's trained model as a Hugging Face LlamaForCausalLM directory (config.json, "
+        "model.safetensors, tokenizer.json over the event vocabulary), loadable with "
+        "AutoModelForCausalLM.from_pretrained(DIR) and by vLLM/SGLang. Refuses an architecture Llama cannot express.",
+    )
+    p.add_argument("run", metavar="RUN", help="a completed run dir")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory to create")
+    p.add_argument("--tokens", default=None, metavar="TOK", help="the run's token dir (default: the one in RUN/config.json)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_export)
