@@ -2,6 +2,8 @@
 
     python benchmarks/etl.py [--sizes 2000,10000,40000] [--workdir DIR] [--keep] [--json OUT]
     python benchmarks/etl.py --sizes 10000,30000,100000,300000     # the issue-12 scale check
+    python benchmarks/etl.py --sizes 300000 --merge small.json      # fit with runs made earlier
+    python benchmarks/etl.py --sizes 0 --merge a.json --merge b.json  # refit only, nothing run
 
 Each stage runs as its own `ehrfm` process so that its peak RSS (ru_maxrss from wait4: the
 largest process of the stage's tree, as `/usr/bin/time -v` reports it) is its own. The 1-minute
@@ -77,6 +79,8 @@ def main() -> None:
     p.add_argument("--workdir", help="where to write the datasets (default: a temporary directory)")
     p.add_argument("--keep", action="store_true", help="keep the datasets")
     p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--merge", action="append", default=[],
+                   help="add the runs of an earlier --json file to the fits (repeatable)")
     p.add_argument("--project-events", type=float, default=FULL_MIMIC_IV_EVENTS,
                    help="event count to project the fitted power laws to (default: full MIMIC-IV 2.2, %(default).0f)")
     args = p.parse_args()
@@ -85,7 +89,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     try:
-        for n in sizes:
+        for n in [n for n in sizes if n > 0]:
             d = work / f"n{n}"
             shutil.rmtree(d, ignore_errors=True)
             s_t, s_rss, _ = run_stage(["synth", "--out", str(d / "raw"), "--patients", str(n), "--seed", "0"])
@@ -105,6 +109,11 @@ def main() -> None:
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
+    for f in args.merge:
+        rows += json.loads(Path(f).read_text())["runs"]
+    rows.sort(key=lambda r: r["events"])
+    if args.json and len(rows) < 2:
+        Path(args.json).write_text(json.dumps({"runs": rows}, indent=2))
     if len(rows) >= 2:
         ev = [r["events"] for r in rows]
         summary = {
