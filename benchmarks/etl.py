@@ -1,10 +1,20 @@
 """Benchmark: synth -> etl -> tokenize at growing sizes; events/s, peak RSS, log-log scaling slope.
 
-    python benchmarks/etl.py [--sizes 2000,10000,40000] [--workdir DIR] [--keep]
+    python benchmarks/etl.py [--sizes 2000,10000,40000] [--workdir DIR] [--keep] [--json OUT]
+    python benchmarks/etl.py --sizes 10000,30000,100000,300000     # the issue-12 scale check
+    python benchmarks/etl.py --sizes 300000 --merge small.json      # fit with runs made earlier
+    python benchmarks/etl.py --sizes 0 --merge a.json --merge b.json  # refit only, nothing run
 
-Each stage runs as its own `ehrfm` process so that its peak RSS (ru_maxrss from wait4) is its
-own. Goal (issue 3): time grows at most ~linearly in events (log-log slope <= 1.1) and peak RSS
-grows sub-linearly (the ETL streams raw tables and assembles bounded shards).
+Each stage runs as its own `ehrfm` process so that its peak RSS (ru_maxrss from wait4: the
+largest process of the stage's tree, as `/usr/bin/time -v` reports it) is its own. The 1-minute
+load average before and after each stage is printed beside it: on a shared machine the wall
+times mean little without it.
+Goals: time grows at most ~linearly in events (log-log slope <= 1.1), peak RSS sub-linearly
+(issue 3); at 300k patients every stage peaks at <= 3 GiB and etl takes <= 240 s (issue 12).
+The fitted power laws are projected to the full MIMIC-IV's event count (`--project-events`),
+printed beside the reference ETL's published figures (MIMIC_IV_MEDS with MEDS-Extract 0.7 on
+MIMIC-IV 3.1, 364,627 subjects: 32 min at 20.3 GB peak RSS; Medical-Event-Data-Standard/
+MIMIC_IV_MEDS pull request 69).
 Not a test: timings depend on the machine and its load; the figures go into the notes.
 """
 
@@ -21,10 +31,18 @@ import tempfile
 import time
 from pathlib import Path
 
+# Rows of MIMIC-IV 2.2's event tables (hosp: admissions, diagnoses_icd, drgcodes, emar, hcpcsevents,
+# labevents, microbiologyevents, omr, patients, pharmacy, prescriptions, procedures_icd, services,
+# transfers; icu: icustays, chartevents, datetimeevents, inputevents, outputevents, procedureevents),
+# from MIT-LCP/mimic-code mimic-iv/buildmimic/postgres/validate.sql: about one event per row.
+FULL_MIMIC_IV_EVENTS = 527_825_446
+REFERENCE = {"minutes": 32.0, "peak_rss_gb": 20.3}
+
 
 def run_stage(args: list[str]) -> tuple[float, float, str]:
     """Run `ehrfm ARGS`; return wall seconds, peak RSS in MiB, and its stdout summary line."""
     env = {**os.environ, "EHRFM_QUIET": "1"}
+    print(f"  ehrfm {args[0]}: load average {os.getloadavg()[0]:.1f} before", end="", flush=True)
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "ehrfm", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env, text=True)
@@ -33,6 +51,7 @@ def run_stage(args: list[str]) -> tuple[float, float, str]:
     out, err = proc.stdout.read(), proc.stderr.read()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"ehrfm {' '.join(args)} failed:\n{err}")
+    print(f", {os.getloadavg()[0]:.1f} after: {seconds:.1f}s, {usage.ru_maxrss / 1024:.0f} MiB", flush=True)
     return seconds, usage.ru_maxrss / 1024, out.strip().splitlines()[-1]
 
 
@@ -42,19 +61,35 @@ def slope(xs, ys) -> float:
     return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=False)) / sum((a - mx) ** 2 for a in lx)
 
 
+def project(rows: list[dict], slopes: dict, events: float) -> dict:
+    """Extrapolate time (minutes) and peak RSS (GB, 1e9 bytes like the reference) to `events`
+    along the fitted log-log slope, anchored at the largest run: y(E) = y_max * (E / E_max)^slope."""
+    last = max(rows, key=lambda r: r["events"])
+    ratio = events / last["events"]
+    out = {"events": events, "reference": REFERENCE}
+    for stage in ("etl", "tokenize"):
+        out[f"{stage}_minutes"] = last[f"{stage}_s"] * ratio ** slopes[f"{stage}_time_slope"] / 60
+        out[f"{stage}_rss_gb"] = last[f"{stage}_rss_mib"] * 2**20 * ratio ** slopes[f"{stage}_rss_slope"] / 1e9
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="2000,10000,40000", help="patients per run (comma-separated)")
     p.add_argument("--workdir", help="where to write the datasets (default: a temporary directory)")
     p.add_argument("--keep", action="store_true", help="keep the datasets")
     p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--merge", action="append", default=[],
+                   help="add the runs of an earlier --json file to the fits (repeatable)")
+    p.add_argument("--project-events", type=float, default=FULL_MIMIC_IV_EVENTS,
+                   help="event count to project the fitted power laws to (default: full MIMIC-IV 2.2, %(default).0f)")
     args = p.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="ehrfm-bench-etl-"))
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     try:
-        for n in sizes:
+        for n in [n for n in sizes if n > 0]:
             d = work / f"n{n}"
             shutil.rmtree(d, ignore_errors=True)
             s_t, s_rss, _ = run_stage(["synth", "--out", str(d / "raw"), "--patients", str(n), "--seed", "0"])
@@ -64,7 +99,8 @@ def main() -> None:
             events = sum(v["events"] for v in stats["splits"].values())
             tokens = sum(v["tokens"] for v in stats["splits"].values())
             rows.append(dict(patients=n, events=events, tokens=tokens, synth_s=s_t, etl_s=e_t, tokenize_s=k_t,
-                             synth_rss_mib=s_rss, etl_rss_mib=e_rss, tokenize_rss_mib=k_rss))
+                             synth_rss_mib=s_rss, etl_rss_mib=e_rss, tokenize_rss_mib=k_rss,
+                             load_average=os.getloadavg()[0]))
             print(f"{n:>7} patients {events:>10} events {tokens:>10} tokens | synth {s_t:6.1f}s {s_rss:6.0f} MiB | "
                   f"etl {e_t:6.1f}s {events / e_t:>9.0f} ev/s {e_rss:6.0f} MiB | "
                   f"tokenize {k_t:6.1f}s {events / k_t:>9.0f} ev/s {k_rss:6.0f} MiB", flush=True)
@@ -73,6 +109,11 @@ def main() -> None:
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
+    for f in args.merge:
+        rows += json.loads(Path(f).read_text())["runs"]
+    rows.sort(key=lambda r: r["events"])
+    if args.json and len(rows) < 2:
+        Path(args.json).write_text(json.dumps({"runs": rows}, indent=2))
     if len(rows) >= 2:
         ev = [r["events"] for r in rows]
         summary = {
@@ -85,8 +126,13 @@ def main() -> None:
         print("log-log slopes vs events: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.items()))
         print(f"goal: time slope <= 1.1 -> {'met' if summary['etl+tokenize_time_slope'] <= 1.1 else 'NOT met'}; "
               f"RSS sub-linear (slope < 1) -> {'met' if max(summary['etl_rss_slope'], summary['tokenize_rss_slope']) < 1 else 'NOT met'}")
+        projection = project(rows, summary, args.project_events)
+        print(f"projected to {args.project_events:.3g} events (power law through the largest run): "
+              f"etl {projection['etl_minutes']:.0f} min at {projection['etl_rss_gb']:.1f} GB, tokenize "
+              f"{projection['tokenize_minutes']:.0f} min at {projection['tokenize_rss_gb']:.1f} GB; reference ETL: "
+              f"{REFERENCE['minutes']:.0f} min at {REFERENCE['peak_rss_gb']} GB")
         if args.json:
-            Path(args.json).write_text(json.dumps({"runs": rows, "slopes": summary}, indent=2))
+            Path(args.json).write_text(json.dumps({"runs": rows, "slopes": summary, "projection": projection}, indent=2))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,9 @@ import numpy as np
 
 IGNORE_INDEX = -100
 PAD_SEGMENT = -1
+# A batch usually spans one epoch, at an epoch boundary two; a longer span (epochs shorter than a
+# batch) recomputes each epoch once per call, in order.
+MAX_CACHED_EPOCHS = 2
 
 
 @dataclass
@@ -72,17 +75,31 @@ class PackedStream:
         self._epochs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _epoch(self, e: int) -> tuple[np.ndarray, np.ndarray]:
-        """(subject order, stream start of each slot within the epoch) of epoch e."""
-        if e not in self._epochs:
-            if self.shuffle:
-                order = np.random.Generator(np.random.PCG64([self.seed, e])).permutation(self.n_subjects)
-            else:
-                order = np.arange(self.n_subjects)
-            starts = np.concatenate([[0], np.cumsum(self.lengths[order])[:-1]])
-            if len(self._epochs) > 4:  # keep memory flat over many epochs
-                self._epochs.clear()
-            self._epochs[e] = (order, starts)
-        return self._epochs[e]
+        """(subject order, stream start of each slot within the epoch) of epoch e.
+
+        The packer's whole index: 12 bytes per subject per cached epoch (int32 order, int64
+        starts), at most MAX_CACHED_EPOCHS epochs, so memory is bounded by the subject count
+        alone, not by the tokens or the number of epochs a run consumes.
+        """
+        hit = self._epochs.get(e)
+        if hit is not None:
+            return hit
+        if self.shuffle:
+            order = np.random.Generator(np.random.PCG64([self.seed, e])).permutation(self.n_subjects)
+        else:
+            order = np.arange(self.n_subjects)
+        order = order.astype(np.int32 if self.n_subjects < 2**31 else np.int64)
+        starts = np.zeros(self.n_subjects, dtype=np.int64)
+        np.cumsum(self.lengths[order][:-1], out=starts[1:])
+        while len(self._epochs) >= MAX_CACHED_EPOCHS:  # drop the oldest epoch first
+            self._epochs.pop(next(iter(self._epochs)))
+        self._epochs[e] = (order, starts)
+        return order, starts
+
+    @property
+    def index_nbytes(self) -> int:
+        """Bytes held by the cached epoch indexes (see `_epoch`); the token arrays are memory-mapped."""
+        return sum(o.nbytes + s.nbytes for o, s in self._epochs.values())
 
     def locate(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Stream positions -> (flat token index in the split, segment id, offset in subject)."""

@@ -91,3 +91,24 @@ def test_xformers_and_sdpa_give_the_same_loss_on_cuda():
         m.attention_backend = "sdpa"
         _, b = m(idx, tgt, segment_ids=seg)
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_index_stays_bounded_and_rows_stay_identical_over_many_epochs():
+    """The packer caches at most two epochs of index (12 bytes per subject each), however many
+    epochs a run consumes, and rows rebuilt after eviction equal the plain concatenated stream."""
+    lengths = np.random.default_rng(7).integers(1, 40, size=60)
+    sp = split_of(lengths)
+    s = PackedStream(sp, context=16, seed=4)
+    epoch_tokens = int(lengths.sum())
+    # The stream spelled out: each epoch's subjects, in PCG64((seed, epoch)) order, back to back.
+    ref = np.concatenate([
+        np.concatenate([sp.tokens[sp.offsets[i] : sp.offsets[i] + lengths[i]]
+                        for i in np.random.Generator(np.random.PCG64([4, e])).permutation(60)])
+        for e in range(25)
+    ])
+    for e in range(0, 24, 3):  # jump ahead epoch by epoch, crossing an epoch end each time
+        start = e * epoch_tokens + epoch_tokens - 20
+        rows = s.rows(start, 48)
+        assert np.array_equal(rows.tokens.ravel(), ref[start : start + 48])
+        assert s.index_nbytes <= 2 * 60 * (4 + 8)
+    assert np.array_equal(s.rows(5, 96).tokens.ravel(), ref[5:101])  # epoch 0 again, rebuilt

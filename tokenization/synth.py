@@ -33,8 +33,8 @@ from __future__ import annotations
 import gzip
 import os
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -315,29 +315,68 @@ def _ts(seconds: np.ndarray) -> pl.Series:
     return pl.Series((seconds * 1_000_000).astype("datetime64[us]"))
 
 
-def _write_csv_gz(df: pl.DataFrame, path: Path) -> None:
-    # compresslevel 1: the data is synthetic, speed matters more than size.
-    # mtime=0: the same seed gives byte-identical files.
-    with gzip.GzipFile(path, "wb", compresslevel=1, mtime=0) as f:
-        df.write_csv(f, datetime_format="%Y-%m-%d %H:%M:%S", date_format="%Y-%m-%d", null_value="")
+# Patients per generated chunk. Each chunk has its own random streams (seeded with (seed, chunk
+# index)), so the output is a pure function of (seed, n_patients); this constant is part of that
+# function, not a memory setting. 10k patients peak at a few hundred MiB.
+CHUNK_PATIENTS = 10_000
+# First id of each id column; chunks continue where the previous one stopped, so ids are unique.
+ID_BASES = {"hadm_id": 20_000_000, "stay_id": 30_000_000, "transfer_id": 30_000_000, "labevent_id": 1,
+            "specimen_id": 40_000_000, "pharmacy_id": 50_000_000, "poe_seq": 0}
 
 
 def synthesize(out: str | os.PathLike, n_patients: int = 1000, seed: int = 0, overwrite: bool = False) -> dict:
-    """Write a synthetic MIMIC-IV 2.2 directory (hosp/, icu/) to `out`; return a summary dict."""
+    """Write a synthetic MIMIC-IV 2.2 directory (hosp/, icu/) to `out`; return a summary dict.
+
+    Streams: patients are generated `CHUNK_PATIENTS` at a time, each chunk appended to every
+    open `.csv.gz` file (one gzip stream per table), so peak memory is set by the chunk size,
+    not by `n_patients`. The result is written under a temporary name and renamed when complete.
+
+    Args:
+        out: output directory (must not exist unless `overwrite`).
+        n_patients: number of subjects (>= 1).
+        seed: fixes every value of every table, together with `n_patients`.
+        overwrite: replace an existing `out`.
+
+    Returns:
+        dict with out, patients, admissions, rows (total), tables (rows per table), seconds.
+
+    Raises:
+        UserError: n_patients < 1, or `out` exists without `overwrite`.
+    """
     from ehrfm.errors import UserError
 
     if n_patients < 1:
         raise UserError(f"--patients must be at least 1 (got {n_patients})")
     cfg = SynthConfig(n_patients=int(n_patients), seed=int(seed))
     t0 = time.time()
-    tables = _generate(cfg)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    counts: dict[str, int] = {}
+    with atomic_dir(out, overwrite=overwrite) as tmp, ExitStack() as files:
         (tmp / "hosp").mkdir()
         (tmp / "icu").mkdir()
-        for name, df in progress(tables.items(), desc="synth: writing tables", unit="table"):
-            _write_csv_gz(df, tmp / f"{name}.csv.gz")
-        counts = {name: df.height for name, df in tables.items()}
-        write_json(tmp / "synth_config.json", {**asdict(cfg), "generator": "ehrfm.tokenization.synth", "rows": counts})
+        handles: dict[str, gzip.GzipFile] = {}
+
+        def append(name: str, df: pl.DataFrame) -> None:
+            if name not in handles:
+                # compresslevel 1: the data is synthetic, speed matters more than size.
+                # mtime=0: the same seed gives byte-identical files.
+                handles[name] = files.enter_context(
+                    gzip.GzipFile(tmp / f"{name}.csv.gz", "wb", compresslevel=1, mtime=0))
+            df.write_csv(handles[name], include_header=counts.get(name) is None,
+                         datetime_format="%Y-%m-%d %H:%M:%S", date_format="%Y-%m-%d", null_value="")
+            counts[name] = counts.get(name, 0) + df.height
+
+        next_ids = dict(ID_BASES)
+        n_chunks = -(-cfg.n_patients // CHUNK_PATIENTS)
+        for c in progress(range(n_chunks), desc="synth: patients", unit="chunk", total=n_chunks):
+            first = c * CHUNK_PATIENTS
+            n = min(CHUNK_PATIENTS, cfg.n_patients - first)
+            for name, df in _generate(cfg, c, first, n, next_ids).items():
+                append(name, df)
+        for name, df in _dictionaries().items():
+            append(name, df)
+        files.close()
+        write_json(tmp / "synth_config.json", {**asdict(cfg), "chunk_patients": CHUNK_PATIENTS,
+                                               "generator": "ehrfm.tokenization.synth", "rows": counts})
     seconds = time.time() - t0
     result = {
         "out": str(out),
@@ -355,20 +394,24 @@ def synthesize(out: str | os.PathLike, n_patients: int = 1000, seed: int = 0, ov
 
 
 # --------------------------------------------------------------------------------------------
-def _generate(cfg: SynthConfig) -> dict[str, pl.DataFrame]:
-    """All tables of one cohort, entity by entity. Every draw comes from `rng` (or the list
-    stream) in a fixed order, so the order of the calls below is part of the output."""
-    rng = np.random.default_rng(cfg.seed)
-    pat = _patients_latent(rng, cfg)
+def _generate(cfg: SynthConfig, chunk: int, first: int, n: int, next_ids: dict[str, int]) -> dict[str, pl.DataFrame]:
+    """The event tables of patients [first, first + n) (chunk number `chunk`), entity by entity.
+
+    Every draw comes from the chunk's `rng` (or its list stream) in a fixed order, so the order of
+    the calls below is part of the output. Ids continue from `next_ids`, which is advanced.
+    """
+    rng = np.random.default_rng([cfg.seed, chunk, 0])
+    pat = _patients_latent(rng, cfg, chunk, first, n)
     adm = _admission_course(rng, pat)
     n_adm = adm["pidx"].size
-    hadm_id = 20_000_000 + rng.permutation(n_adm).astype(np.int64)
+    hadm_id = next_ids["hadm_id"] + rng.permutation(n_adm).astype(np.int64)
     sid = pat["subject_id"][adm["pidx"]]
     dod = _dates_of_death(rng, pat, adm)
 
     tables: dict[str, pl.DataFrame] = {"hosp/patients": _patients_table(pat, dod)}
     tables["hosp/admissions"], ed, edreg = _admissions_table(rng, pat, adm, hadm_id, sid)
     icu = _icu_stays(rng, adm)
+    icu["stay_id"] += next_ids["stay_id"] - ID_BASES["stay_id"]
     tables["icu/icustays"] = pl.DataFrame({
         "subject_id": sid[icu["i"]], "hadm_id": hadm_id[icu["i"]], "stay_id": icu["stay_id"],
         "first_careunit": icu["careunit"], "last_careunit": icu["careunit"],
@@ -384,14 +427,34 @@ def _generate(cfg: SynthConfig) -> dict[str, pl.DataFrame]:
     tables["hosp/diagnoses_icd"] = _diagnoses(rng, adm, hadm_id, sid, pat["filler"], pat["problems"], pat["rng_lists"])
     tables["hosp/procedures_icd"] = _procedures(rng, adm, hadm_id, sid, icu["i"])
     tables["icu/chartevents"] = _vitals(rng, adm, icu["i"], icu["in"], icu["out"], icu["stay_id"], hadm_id, sid, cfg)
-    tables.update(_dictionaries())
+    _continue_ids(tables, next_ids, n_adm, icu["i"].size)
     return tables
 
 
-def _patients_latent(rng, cfg: SynthConfig) -> dict:
-    """Demographics, frailty, latent chronic conditions with onsets, personal lists, planned admissions."""
-    n = cfg.n_patients
-    subject_id = cfg.first_subject_id + np.arange(n, dtype=np.int64)
+def _continue_ids(tables: dict[str, pl.DataFrame], next_ids: dict[str, int], n_adm: int, n_icu: int) -> None:
+    """Shift the row ids a chunk numbered from their base so they follow the previous chunk's."""
+    shift = {k: next_ids[k] - ID_BASES[k] for k in ("transfer_id", "labevent_id", "specimen_id", "pharmacy_id", "poe_seq")}
+    tables["hosp/transfers"] = tables["hosp/transfers"].with_columns(pl.col("transfer_id") + shift["transfer_id"])
+    labs = tables["hosp/labevents"].with_columns(
+        pl.col("labevent_id") + shift["labevent_id"], pl.col("specimen_id") + shift["specimen_id"])
+    rx = tables["hosp/prescriptions"].with_columns(
+        pl.col("pharmacy_id") + shift["pharmacy_id"], pl.col("poe_seq") + shift["poe_seq"],
+        poe_id=pl.concat_str(pl.col("subject_id"), pl.lit("-"), pl.col("poe_seq") + shift["poe_seq"]))
+    tables["hosp/labevents"], tables["hosp/prescriptions"] = labs, rx
+    next_ids["hadm_id"] += n_adm
+    next_ids["stay_id"] += n_icu
+    next_ids["transfer_id"] += tables["hosp/transfers"].height
+    next_ids["labevent_id"] += labs.height
+    # Every draw includes the basic panel, so the specimens of a chunk are numbered without gaps.
+    next_ids["specimen_id"] += labs["specimen_id"].n_unique()
+    next_ids["pharmacy_id"] += rx.height
+    next_ids["poe_seq"] += rx.height
+
+
+def _patients_latent(rng, cfg: SynthConfig, chunk: int, first: int, n: int) -> dict:
+    """Demographics, frailty, latent chronic conditions with onsets, personal lists, planned admissions
+    of the n patients from `first` on (chunk number `chunk`)."""
+    subject_id = cfg.first_subject_id + first + np.arange(n, dtype=np.int64)
     female = rng.random(n) < 0.52
     anchor_age = np.clip(rng.normal(62, 17, n), 18, 91).astype(np.int64)
     anchor_year = rng.integers(2110, 2186, n)
@@ -405,7 +468,7 @@ def _patients_latent(rng, cfg: SynthConfig) -> dict:
     filler = rng.random((n, len(FILLER_DX))) < np.array([f[2] for f in FILLER_DX])[None, :]
     lab_offset = rng.normal(0, 0.4, (n, L))  # a patient's own baseline for each lab
     # Personal home-medication and problem lists, from their own random stream.
-    rng_lists = np.random.default_rng([cfg.seed, 1])
+    rng_lists = np.random.default_rng([cfg.seed, chunk, 1])
     n_cond = has_cond.sum(1)
     home_meds = _personal_list(rng_lists, has_cond, HOME_MED_POPULARITY, HOME_MED_LINKS, 1.5 + 0.9 * n_cond, 10)
     problems = _personal_list(rng_lists, has_cond, PROBLEM_POPULARITY, PROBLEM_LINKS, 1.0 + 0.7 * n_cond, 8)
