@@ -182,3 +182,16 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def warmup_steps_for(n_steps: int, cfg: TrainConfig) -> int:
+    """Warmup steps: cfg.warmup_steps when given, else warmup_frac of the run's steps (at least 1)."""
+    if cfg.warmup_steps is not None:
+        return int(cfg.warmup_steps)
+    return max(1, round(cfg.warmup_frac * n_steps)) if cfg.warmup_frac > 0 else 0
+
+
+def wsd_decay_start(n_steps: int, cfg: TrainConfig) -> int:
+    """First decay step (0-based) of a WSD run of n_steps: the last round(decay_fraction * n_steps)
+    steps (at least 1) decay. Steps before it are warmup or stable; a branch leaves its trunk here."""
+    return n_steps - max(1, round(cfg.decay_fraction * n_steps))

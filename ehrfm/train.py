@@ -66,7 +66,7 @@ import torch.distributed as dist
 
 from ehrfm import __version__, fault_points
 from ehrfm.checkpoint import has_checkpoint, load_training_state, save_checkpoint
-from ehrfm.config import ModelConfig, TrainConfig
+from ehrfm.config import ModelConfig, TrainConfig, warmup_steps_for, wsd_decay_start
 from ehrfm.errors import UserError
 from ehrfm.io import progress, read_json, summary, write_json
 from ehrfm.model import GPT
@@ -95,19 +95,6 @@ def tokens_for(cfg: TrainConfig, model_cfg: ModelConfig) -> int:
     if cfg.tokens is not None:
         return int(cfg.tokens)
     return int(math.floor(float(cfg.flops) / flops_per_token(model_cfg)))
-
-
-def warmup_steps_for(n_steps: int, cfg: TrainConfig) -> int:
-    """Warmup steps: cfg.warmup_steps when given, else warmup_frac of the run's steps (at least 1)."""
-    if cfg.warmup_steps is not None:
-        return int(cfg.warmup_steps)
-    return max(1, round(cfg.warmup_frac * n_steps)) if cfg.warmup_frac > 0 else 0
-
-
-def wsd_decay_start(n_steps: int, cfg: TrainConfig) -> int:
-    """First decay step (0-based) of a WSD run of n_steps: the last round(decay_fraction * n_steps)
-    steps (at least 1) decay. Steps before it are warmup or stable; a branch leaves its trunk here."""
-    return n_steps - max(1, round(cfg.decay_fraction * n_steps))
 
 
 def lr_at(step: int, n_steps: int, cfg: TrainConfig) -> float:
@@ -176,7 +163,10 @@ def _check_trunk(cfg: TrainConfig, run_config: dict, n_steps: int, step_tokens: 
     with another tokenizer, data, shape or options, a branch point past the trunk's stable phase,
     or no stable checkpoint there (yet, or ever: the trunk failed first)."""
     trunk = Path(cfg.trunk_dir)
+    ended = read_json(trunk / "result.json", "trunk result") if (trunk / "result.json").is_file() else None
     if not (trunk / "config.json").is_file():
+        if ended:  # the trunk's job recorded a failure before the trainer wrote anything
+            raise UserError(f"trunk {trunk} {ended.get('status')} before any checkpoint: {ended.get('error')}")
         raise UserError(f"trunk {trunk} is not a run dir (no config.json): train the trunk first")
     saved = read_json(trunk / "config.json", "trunk run config")
     problems = []
@@ -212,8 +202,7 @@ def _check_trunk(cfg: TrainConfig, run_config: dict, n_steps: int, step_tokens: 
             "plan the trunk with this branch point"
         )
     if not has_checkpoint(stable_checkpoint_dir(trunk, tokens)):
-        result = read_json(trunk / "result.json", "trunk result") if (trunk / "result.json").is_file() else None
-        why = (f"the trunk {result.get('status')}: {result.get('error')}" if result and result.get("status") != "completed"
+        why = (f"the trunk {ended.get('status')}: {ended.get('error')}" if ended and ended.get("status") != "completed"
                else "the trunk has not reached it yet")
         raise UserError(f"trunk {trunk} has no stable checkpoint at {tokens} tokens ({why})")
 
