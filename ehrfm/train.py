@@ -274,6 +274,12 @@ def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool) -> dict |
     return None
 
 
+def _finished(run_dir: Path) -> bool:
+    """Does the run dir hold a completed or diverged result (kept as it is, never retrained)?"""
+    path = run_dir / "result.json"
+    return path.is_file() and read_json(path, "run result").get("status") in ("completed", "diverged")
+
+
 def _truncate_metrics(path: Path, last_step: int) -> None:
     """Drop metrics lines logged after the checkpoint we resume from (they will be redone)."""
     if not path.is_file():
@@ -427,7 +433,7 @@ def _train(cfg: TrainConfig, dd: _Dist) -> dict:
     finished = None
     if dd.main:
         try:
-            if cfg.trunk_dir and not has_checkpoint(run_dir) and not (run_dir / "result.json").is_file():
+            if cfg.trunk_dir and not has_checkpoint(run_dir) and not _finished(run_dir):
                 _check_trunk(cfg, run_config, n_steps, step_tokens)  # before anything is written
             finished = ("ok", _prepare_run_dir(run_dir, run_config, cfg.overwrite))
         except UserError as e:

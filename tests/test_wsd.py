@@ -114,6 +114,13 @@ def test_branch_refusals_write_nothing(tok, trunk, tmp_path):
     refused(r"another shape \(d_model 32 vs 48", d_model=48)
     refused(r"other train options \(lr\)", lr=1e-3)
     refused("keeps no stable checkpoint at 3072 tokens", tokens=15 * STEP)
+    # A branch whose job recorded a failure (result.json only) is checked again when retried.
+    retried = tmp_path / "retried"
+    retried.mkdir()
+    (retried / "result.json").write_text(json.dumps({"status": "failed", "error": "trainer exited with status 2"}))
+    with pytest.raises(UserError, match="keeps no stable checkpoint at 3072 tokens"):
+        train(cfg(tok, retried, trunk_dir=str(trunk), tokens=15 * STEP))
+    assert [p.name for p in retried.iterdir()] == ["result.json"]
     other = tmp_path.parent / "tok_other"
     shutil.copytree(tok, other)
     spec = json.loads((other / "tokenizer.json").read_text())
