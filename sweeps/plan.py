@@ -1,8 +1,10 @@
 """IsoFLOP planning: which models to train at each compute budget, and for how many tokens.
 
 All budgets share one ladder of model sizes, log-spaced 2 * span_dex / (sizes - 1) decades apart
-and anchored at the log-mean of the budgets' expected compute-optimal sizes N*(C); each budget
-takes the `sizes` rungs nearest its own N*(C) (centred to within half a rung). Each target size
+on a fixed grid (rungs at integer multiples of the spacing in log10 N, or half-integer ones for an
+even `sizes`, so adding or dropping a budget never moves another budget's rungs); each budget
+takes the `sizes` rungs centred nearest its own expected compute-optimal size N*(C) (to within
+half a rung). Each target size
 becomes a concrete shape with the trainer's depth/width rule (`ehrfm.shapes.shape_for_params`) and
 gets D = floor(C / F) training tokens, F being the shape's `flops_per_token`. Because the ladder
 is shared, one shape serves several budgets.
@@ -221,20 +223,22 @@ def smallest_shape(vocab_size: int, context: int) -> ModelConfig:
 def shared_ladder(sweep: SweepConfig) -> dict[float, list[float]]:
     """{budget: its `sizes` target sizes N}, all on one log-spaced ladder (module docstring).
 
-    Rungs are 2 * span_dex / (sizes - 1) decades apart, anchored at the mean log10 N*(C) over the
-    budgets; a budget takes the `sizes` consecutive rungs centred nearest its own N*(C). With one
-    size per budget there is no ladder: the target is N*(C) itself.
+    Rungs are r = 2 * span_dex / (sizes - 1) decades apart on a grid fixed in log10 N (not by the
+    budgets: re-planning with another budget keeps every other budget's targets and run ids); a
+    budget takes the `sizes` consecutive rungs centred nearest its own N*(C), so its ladder spans
+    N*(C) * 10**(+-span_dex) to within r / 2. With one size per budget there is no ladder: the
+    target is N*(C) itself.
     """
     stars = {b: expected_optimum(b, sweep.tokens_per_param, sweep.vocab_size, sweep.context) for b in sweep.budgets}
     k = sweep.sizes
     if k == 1 or sweep.span_dex == 0:
         return {b: [n] * k for b, n in stars.items()}
     rung = 2.0 * sweep.span_dex / (k - 1)
-    anchor = sum(math.log10(n) for n in stars.values()) / len(stars)
+    half = (k - 1) / 2  # an even ladder has no middle rung: its centre lies between two
     out = {}
     for b, n in stars.items():
-        j0 = math.floor((math.log10(n) - anchor) / rung + 0.5)  # half up, never to even: budgets a rung apart differ
-        out[b] = [10 ** (anchor + (j0 + i - (k - 1) / 2) * rung) for i in range(k)]
+        centre = math.floor(math.log10(n) / rung - half + 0.5) + half  # nearest admissible centre, half up
+        out[b] = [10 ** ((centre + i - half) * rung) for i in range(k)]
     return out
 
 
