@@ -22,7 +22,6 @@ which does not depend on how many ran at once.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -62,7 +61,7 @@ def run_sweep(tok: Path, sweep_dir: Path, schedule: str, args) -> dict:
     launch_sweep(sweep_dir, LaunchConfig(executor="local", max_parallel=args.max_parallel, wait=True))
     elapsed = time.time() - t0
     results = pq.read_table(collect_sweep(sweep_dir)).to_pylist()
-    wall = sum(json.loads((sweep_dir / "runs" / r["run_id"] / "result.json").read_text()).get("wall_s") or 0.0 for r in results)
+    wall = sum(r["wall_s"] or 0.0 for r in results)
     return {"planned_flops": sweep.planned_flops, "wall_s": wall, "launch_s": elapsed, "results": results,
             "results_path": sweep_dir / "results.parquet"}
 
