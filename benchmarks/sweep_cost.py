@@ -55,6 +55,8 @@ def run_sweep(tok: Path, sweep_dir: Path, schedule: str, args) -> dict:
     from sweeps.plan import plan_sweep
 
     train = {"batch_size": args.batch_size, "lr": args.lr, "eval_tokens": args.eval_tokens}
+    if schedule == "wsd":
+        train.update(decay_shape=args.decay_shape, decay_fraction=args.decay_fraction)
     sweep, rows, _ = plan_sweep(tok, args.budgets, sweep_dir, sizes=args.sizes, span_dex=args.span_dex,
                                 tokens_per_param=args.tokens_per_param, context=args.context, train=train, schedule=schedule)
     t0 = time.time()
@@ -92,6 +94,8 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=d.batch_size)
     ap.add_argument("--lr", type=float, default=d.lr)
     ap.add_argument("--eval-tokens", type=int, default=d.eval_tokens)
+    ap.add_argument("--decay-shape", default="linear", choices=["linear", "1-sqrt"], help="wsd decay shape (default linear)")
+    ap.add_argument("--decay-fraction", type=float, default=0.2, help="wsd decay share of each run's steps (default 0.2)")
     ap.add_argument("--max-parallel", type=int, default=None)
     ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument("--plan-only", action="store_true", help="print planned FLOPs only (no training)")
@@ -106,8 +110,10 @@ def main() -> int:
         from sweeps.plan import plan_sweep
 
         train = {"batch_size": args.batch_size, "lr": args.lr, "eval_tokens": args.eval_tokens}
+        wsd = {"decay_shape": args.decay_shape, "decay_fraction": args.decay_fraction}
         flops = {s: plan_sweep(tok, args.budgets, out / f"plan_{s}", sizes=args.sizes, span_dex=args.span_dex,
-                               tokens_per_param=args.tokens_per_param, context=args.context, train=train,
+                               tokens_per_param=args.tokens_per_param, context=args.context,
+                               train={**train, **(wsd if s == "wsd" else {})},
                                schedule=s)[0].planned_flops for s in ("cosine", "wsd")}
         print(f"planned FLOPs: cosine {flops['cosine']:.4g}, wsd {flops['wsd']:.4g}, ratio {flops['wsd'] / flops['cosine']:.3f}")
         return 0
