@@ -19,15 +19,15 @@ Budget: D = cfg.tokens or floor(cfg.flops / flops_per_token). Each optimizer ste
 batch_size * context stream tokens (ehrfm.packing), the last step the remainder, so exactly D
 tokens are trained. Schedule: AdamW, linear warmup over warmup_frac of the steps (or warmup_steps),
 then cosine decay to min_lr_ratio * lr at the last step, or (schedule "wsd") a constant lr and a
-linear / 1-sqrt decay over the last decay_fraction of the steps to the same final lr.
+linear / 1-sqrt decay over the last decay_fraction of the steps to the same final lr. Loss: mean
+next-token cross-entropy over the step's predicted positions (all ranks and micro-batches
+together, so accumulation and DDP are exact re-groupings of the same sum).
 
 WSD trunks and branches (Hägele et al. 2024): a wsd run keeps stable-phase checkpoints at the token
 counts in cfg.stable_checkpoints (RUN/stable/tokens-<T>/checkpoint). A run with cfg.trunk_dir is a
 branch: it starts at its own decay start from the trunk's checkpoint there (weights, AdamW state,
 RNG) and trains only its decay; it ends bit-identical (CPU) to the same wsd run trained alone with
-the trunk's warmup. result.json records schedule, trunk_id, trunk_dir and branch_tokens. Loss: mean next-token cross-entropy over the step's
-predicted positions (all ranks and micro-batches together, so accumulation and DDP are exact
-re-groupings of the same sum).
+the trunk's warmup. result.json records schedule, trunk_id, trunk_dir and branch_tokens.
 
 Held-out loss: the first eval_tokens tokens of the tuning split in file order (all of it when
 smaller), packed like training rows; nats per predicted token. Identical for every run on the
