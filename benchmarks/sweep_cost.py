@@ -120,7 +120,7 @@ def main() -> int:
     runs = {s: run_sweep(tok, out / s, s, args) for s in ("cosine", "wsd")}
     c, w = runs["cosine"], runs["wsd"]
     print(f"grid: {args.patients} patients, budgets {', '.join(f'{b:.3g}' for b in args.budgets)}, {args.sizes} sizes")
-    print("| sweep | planned FLOPs | training wall s | launch wall s |\n|---|---|---|---|")
+    print("| sweep | planned FLOPs | training wall s (sum of runs) | launch wall s (this call; ~0 when reused) |\n|---|---|---|---|")
     for s, r in runs.items():
         print(f"| {s} | {r['planned_flops']:.4g} | {r['wall_s']:.0f} | {r['launch_s']:.0f} |")
     print(f"| wsd / cosine | {w['planned_flops'] / c['planned_flops']:.3f} | {w['wall_s'] / c['wall_s']:.3f} | "
