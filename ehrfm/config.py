@@ -90,10 +90,21 @@ class TrainConfig:
     # micro_batch_size rows per forward/backward (gradient accumulation), 0: = batch_size.
     batch_size: int = 32
     micro_batch_size: int = 0
-    # AdamW + linear warmup + cosine decay to min_lr_ratio * lr
+    # AdamW + linear warmup, then a decay to min_lr_ratio * lr at the last step: cosine over all
+    # steps after warmup, or warmup-stable-decay ("wsd", Hägele et al. 2024, arXiv 2405.18392):
+    # constant lr, then a decay (linear or 1-sqrt) over the last decay_fraction of the steps.
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup_frac: float = 0.05  # fraction of the optimizer steps, at least 1 step
+    warmup_steps: int | None = None  # explicit warmup steps (overrides warmup_frac): a WSD trunk and its branches share it
+    schedule: str = "cosine"  # cosine | wsd
+    decay_fraction: float = 0.2  # wsd: the decay's share of the steps
+    decay_shape: str = "linear"  # wsd: linear | 1-sqrt
+    # wsd branches: a run that starts its decay from the stable-phase checkpoint of another run
+    # (its trunk, a wsd run dir of the same shape, tokenizer and options) kept at this run's
+    # decay start; a trunk keeps such checkpoints at the token counts in stable_checkpoints.
+    trunk_dir: str | None = None
+    stable_checkpoints: list = field(default_factory=list)
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -136,6 +147,22 @@ class TrainConfig:
             raise UserError(f"train config: dtype must be auto, float32 or bfloat16 (got {self.dtype!r})")
         if self.attention not in ("auto", "sdpa", "xformers"):
             raise UserError(f"train config: attention must be auto, sdpa or xformers (got {self.attention!r})")
+        self._check_schedule()
+
+    def _check_schedule(self) -> None:
+        if self.schedule not in ("cosine", "wsd"):
+            raise UserError(f"train config: schedule must be cosine or wsd (got {self.schedule!r})")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise UserError(f"train config: decay_fraction must be in (0, 1] (got {self.decay_fraction})")
+        if self.decay_shape not in ("linear", "1-sqrt"):
+            raise UserError(f"train config: decay_shape must be linear or 1-sqrt (got {self.decay_shape!r})")
+        if self.warmup_steps is not None and int(self.warmup_steps) < 0:
+            raise UserError(f"train config: warmup_steps must be >= 0 (got {self.warmup_steps})")
+        if self.schedule != "wsd" and (self.trunk_dir or self.stable_checkpoints):
+            raise UserError("train config: trunk_dir and stable_checkpoints need schedule wsd (a cosine run has no stable phase)")
+        self.stable_checkpoints = sorted({int(t) for t in self.stable_checkpoints})
+        if any(t < 1 for t in self.stable_checkpoints):
+            raise UserError(f"train config: stable_checkpoints must be token counts >= 1 (got {self.stable_checkpoints})")
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(
@@ -155,3 +182,16 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def warmup_steps_for(n_steps: int, cfg: TrainConfig) -> int:
+    """Warmup steps: cfg.warmup_steps when given, else warmup_frac of the run's steps (at least 1)."""
+    if cfg.warmup_steps is not None:
+        return int(cfg.warmup_steps)
+    return max(1, round(cfg.warmup_frac * n_steps)) if cfg.warmup_frac > 0 else 0
+
+
+def wsd_decay_start(n_steps: int, cfg: TrainConfig) -> int:
+    """First decay step (0-based) of a WSD run of n_steps: the last round(decay_fraction * n_steps)
+    steps (at least 1) decay. Steps before it are warmup or stable; a branch leaves its trunk here."""
+    return n_steps - max(1, round(cfg.decay_fraction * n_steps))

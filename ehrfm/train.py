@@ -17,10 +17,17 @@ The run dir (DESIGN.md section 3):
 
 Budget: D = cfg.tokens or floor(cfg.flops / flops_per_token). Each optimizer step consumes
 batch_size * context stream tokens (ehrfm.packing), the last step the remainder, so exactly D
-tokens are trained. Schedule: AdamW, linear warmup over warmup_frac of the steps, cosine decay to
-min_lr_ratio * lr at the last step. Loss: mean next-token cross-entropy over the step's
-predicted positions (all ranks and micro-batches together, so accumulation and DDP are exact
-re-groupings of the same sum).
+tokens are trained. Schedule: AdamW, linear warmup over warmup_frac of the steps (or warmup_steps),
+then cosine decay to min_lr_ratio * lr at the last step, or (schedule "wsd") a constant lr and a
+linear / 1-sqrt decay over the last decay_fraction of the steps to the same final lr. Loss: mean
+next-token cross-entropy over the step's predicted positions (all ranks and micro-batches
+together, so accumulation and DDP are exact re-groupings of the same sum).
+
+WSD trunks and branches (Hägele et al. 2024): a wsd run keeps stable-phase checkpoints at the token
+counts in cfg.stable_checkpoints (RUN/stable/tokens-<T>/checkpoint). A run with cfg.trunk_dir is a
+branch: it starts at its own decay start from the trunk's checkpoint there (weights, AdamW state,
+RNG) and trains only its decay; it ends bit-identical (CPU) to the same wsd run trained alone with
+the trunk's warmup. result.json records schedule, trunk_id, trunk_dir and branch_tokens.
 
 Held-out loss: the first eval_tokens tokens of the tuning split in file order (all of it when
 smaller), packed like training rows; nats per predicted token. Identical for every run on the
@@ -71,7 +78,7 @@ import torch.distributed as dist
 
 from ehrfm import __version__, fault_points
 from ehrfm.checkpoint import has_checkpoint, load_training_state, save_checkpoint
-from ehrfm.config import ModelConfig, TrainConfig
+from ehrfm.config import ModelConfig, TrainConfig, warmup_steps_for, wsd_decay_start
 from ehrfm.errors import UserError
 from ehrfm.io import progress, read_json, summary, write_json
 from ehrfm.loggers import metrics_log
@@ -137,14 +144,113 @@ def divergence_reason(step: int, vocab_size: int | None = None, initial_loss: fl
 
 
 def lr_at(step: int, n_steps: int, cfg: TrainConfig) -> float:
-    """Learning rate of optimizer step `step` (0-based): linear warmup, cosine to min_lr_ratio * lr."""
-    warmup = max(1, round(cfg.warmup_frac * n_steps)) if cfg.warmup_frac > 0 else 0
+    """Learning rate of optimizer step `step` (0-based) of a run of `n_steps` steps.
+
+    Linear warmup to cfg.lr, then either cosine to min_lr_ratio * lr at the last step
+    (cfg.schedule "cosine"), or warmup-stable-decay ("wsd", Hägele et al. 2024, arXiv
+    2405.18392): constant cfg.lr until `wsd_decay_start`, then linear or 1-sqrt decay reaching
+    min_lr_ratio * lr at the last step, the same final lr as the cosine schedule.
+    """
+    warmup = warmup_steps_for(n_steps, cfg)
+    if cfg.schedule == "wsd":
+        start = wsd_decay_start(n_steps, cfg)
+        if step >= start:
+            p = (step - start + 1) / (n_steps - start)  # the last step reaches p = 1
+            frac = 1.0 - p if cfg.decay_shape == "linear" else 1.0 - math.sqrt(p)
+            return cfg.lr * cfg.min_lr_ratio + (cfg.lr - cfg.lr * cfg.min_lr_ratio) * frac
+        return cfg.lr * (step + 1) / warmup if step < warmup else cfg.lr
     if step < warmup:
         return cfg.lr * (step + 1) / warmup
     decay_steps = n_steps - warmup - 1
     progress_ = 1.0 if decay_steps <= 0 else min(1.0, (step - warmup) / decay_steps)
     min_lr = cfg.lr * cfg.min_lr_ratio
     return min_lr + 0.5 * (cfg.lr - min_lr) * (1.0 + math.cos(math.pi * progress_))
+
+
+# --- WSD trunks and branches ------------------------------------------------------------------
+
+STABLE_DIR = "stable"
+# TrainConfig fields in which a branch may differ from its trunk: its length, the checkpoints it
+# keeps, and what may change on a resume. Everything else (shape, lr, warmup, seed, ...) must match.
+BRANCH_FREE = RESUMABLE_CHANGES | {"tokens", "flops", "trunk_dir", "stable_checkpoints"}
+
+
+def stable_checkpoint_dir(run_dir, tokens: int) -> Path:
+    """Where a WSD run keeps its stable-phase checkpoint after `tokens` trained tokens (a dir that
+    holds an ehrfm.checkpoint `checkpoint/`): RUN/stable/tokens-<tokens>."""
+    return Path(run_dir) / STABLE_DIR / f"tokens-{int(tokens)}"
+
+
+def _stable_steps(cfg: TrainConfig, n_steps: int, step_tokens: int) -> dict[int, int]:
+    """{step: tokens} of the stable-phase checkpoints this run keeps; UserError for a point that is
+    not a step boundary or not in the stable phase (warmup end .. decay start)."""
+    out = {}
+    warmup, start = warmup_steps_for(n_steps, cfg), wsd_decay_start(n_steps, cfg) if cfg.schedule == "wsd" else 0
+    for t in cfg.stable_checkpoints:
+        if t % step_tokens:
+            raise UserError(f"stable checkpoint at {t} tokens is not a step boundary (steps of batch_size*context={step_tokens} tokens)")
+        if not warmup <= t // step_tokens <= start:
+            raise UserError(
+                f"stable checkpoint at {t} tokens (step {t // step_tokens}) is outside this run's stable phase "
+                f"(steps {warmup}..{start} of {n_steps}, i.e. {warmup * step_tokens}..{start * step_tokens} tokens)"
+            )
+        out[t // step_tokens] = t
+    return out
+
+
+def branch_point(cfg: TrainConfig, n_steps: int, step_tokens: int) -> tuple[int, int]:
+    """(step, tokens) where a WSD branch leaves its trunk: its own decay start."""
+    step = wsd_decay_start(n_steps, cfg)
+    return step, step * step_tokens
+
+
+def _check_trunk(cfg: TrainConfig, run_config: dict, n_steps: int, step_tokens: int) -> None:
+    """Refuse (UserError, nothing written) a branch whose trunk cannot serve it: not a run dir, made
+    with another tokenizer, data, shape or options, a branch point past the trunk's stable phase,
+    or no stable checkpoint there (yet, or ever: the trunk failed first)."""
+    trunk = Path(cfg.trunk_dir)
+    ended = read_json(trunk / "result.json", "trunk result") if (trunk / "result.json").is_file() else None
+    if not (trunk / "config.json").is_file():
+        if ended:  # the trunk's job recorded a failure before the trainer wrote anything
+            raise UserError(f"trunk {trunk} {ended.get('status')} before any checkpoint: {ended.get('error')}")
+        raise UserError(f"trunk {trunk} is not a run dir (no config.json): train the trunk first")
+    saved = read_json(trunk / "config.json", "trunk run config")
+    problems = []
+    if saved.get("tokenizer_fingerprint") != run_config["tokenizer_fingerprint"]:
+        problems.append("another tokenizer (tokenizer.json fingerprint differs)")
+    if saved.get("data") != run_config["data"]:
+        problems.append("other token data (subjects/tokens per split differ)")
+    a, b = saved.get("model", {}), run_config["model"]
+    shape = [f"{k} {a.get(k)} vs {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if shape:
+        problems.append("another shape (" + ", ".join(shape) + ")")
+    ta, tb = saved.get("train", {}), run_config["train"]
+    fields = sorted(k for k in set(ta) | set(tb) if k not in BRANCH_FREE and ta.get(k) != tb.get(k))
+    if fields:
+        problems.append("other train options (" + ", ".join(fields) + ")")
+    if problems:
+        raise UserError(f"trunk {trunk} cannot serve branch {cfg.out_dir}: it was made with {'; '.join(problems)}")
+    trunk_cfg = TrainConfig.from_dict(ta)
+    trunk_steps, trunk_tokens = int(saved["steps"]), int(saved["tokens"])
+    step, tokens = branch_point(cfg, n_steps, step_tokens)
+    trunk_start = wsd_decay_start(trunk_steps, trunk_cfg)
+    if step > trunk_start:
+        raise UserError(
+            f"branch point at {tokens} tokens (step {step}) is past trunk {trunk}'s stable phase, which ends at "
+            f"{trunk_start * step_tokens} of its {trunk_tokens} tokens (step {trunk_start} of {trunk_steps})"
+        )
+    warmup = warmup_steps_for(trunk_steps, trunk_cfg)
+    if step < warmup:
+        raise UserError(f"branch point at {tokens} tokens (step {step}) is inside trunk {trunk}'s warmup ({warmup} steps)")
+    if tokens not in trunk_cfg.stable_checkpoints:
+        raise UserError(
+            f"trunk {trunk} keeps no stable checkpoint at {tokens} tokens (it keeps {trunk_cfg.stable_checkpoints or 'none'}); "
+            "plan the trunk with this branch point"
+        )
+    if not has_checkpoint(stable_checkpoint_dir(trunk, tokens)):
+        why = (f"the trunk {ended.get('status')}: {ended.get('error')}" if ended and ended.get("status") != "completed"
+               else "the trunk has not reached it yet")
+        raise UserError(f"trunk {trunk} has no stable checkpoint at {tokens} tokens ({why})")
 
 
 # --- run dir -----------------------------------------------------------------------------------
@@ -228,6 +334,12 @@ def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool, held: con
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     return None
+
+
+def _finished(run_dir: Path) -> bool:
+    """Does the run dir hold a completed or diverged result (kept as it is, never retrained)?"""
+    path = run_dir / "result.json"
+    return path.is_file() and read_json(path, "run result").get("status") in ("completed", "diverged")
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
@@ -377,9 +489,15 @@ def _train(cfg: TrainConfig, dd: _Dist, held: contextlib.ExitStack) -> dict:
         "world_size": dd.world,
     }
     run_config["train"]["tokens_dir"] = str(Path(cfg.tokens_dir).resolve())
+    if cfg.schedule == "wsd":
+        run_config["warmup_steps"] = warmup_steps_for(n_steps, cfg)
+        run_config["decay_start_step"] = wsd_decay_start(n_steps, cfg)
+    _stable_steps(cfg, n_steps, step_tokens)
     finished = None
     if dd.main:
         try:
+            if cfg.trunk_dir and not has_checkpoint(run_dir) and not _finished(run_dir):
+                _check_trunk(cfg, run_config, n_steps, step_tokens)  # before anything is written
             finished = ("ok", _prepare_run_dir(run_dir, run_config, cfg.overwrite, held))
         except UserError as e:
             finished = ("busy" if isinstance(e, RunDirBusyError) else "error", str(e))
@@ -405,6 +523,10 @@ def _train(cfg: TrainConfig, dd: _Dist, held: contextlib.ExitStack) -> dict:
         "steps": n_steps,
         "seed": cfg.seed,
         "tokenizer_fingerprint": td.fingerprint,
+        "schedule": cfg.schedule,
+        "trunk_id": Path(cfg.trunk_dir).name if cfg.trunk_dir else None,
+        "trunk_dir": str(Path(cfg.trunk_dir).resolve()) if cfg.trunk_dir else None,
+        "branch_tokens": branch_point(cfg, n_steps, step_tokens)[1] if cfg.trunk_dir else 0,
     }
     try:
         return _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_dir, base)
@@ -447,6 +569,13 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
         step, wall_s = int(state["step"]), float(state["wall_s"])
         train_loss = float(state.get("train_loss", "nan"))
         initial_loss = state.get("initial_train_loss")
+    elif cfg.trunk_dir:  # a WSD branch starts from its trunk's stable checkpoint (checked in _train)
+        b_step, b_tokens = branch_point(cfg, n_steps, cfg.batch_size * cfg.context)
+        state = load_training_state(stable_checkpoint_dir(cfg.trunk_dir, b_tokens), core, optimizer, device=device)
+        if int(state["step"]) != b_step:
+            raise UserError(f"trunk {cfg.trunk_dir}: stable checkpoint at {b_tokens} tokens holds step {state['step']}, not {b_step}")
+        step, train_loss = b_step, float(state.get("train_loss", "nan"))  # wall_s counts the branch's own time
+        initial_loss = state.get("initial_train_loss")  # the trunk's: the same initial weights
     if dd.main:
         _truncate_metrics(run_dir / "metrics.jsonl", step)
     model = core
@@ -462,6 +591,7 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
     eval_rows = eval_stream.rows(0, eval_n)
     eval_bs = cfg.eval_batch_size or cfg.micro_batch_size
     step_tokens = cfg.batch_size * cfg.context
+    stable_steps = _stable_steps(cfg, n_steps, step_tokens)
 
     def checkpoint_state(status: str) -> dict:
         return {"step": step, "tokens_seen": min(step * step_tokens, D), "wall_s": wall_s, "status": status,
@@ -525,6 +655,10 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
             wall_s += dt
             session_tokens += batch.n_tokens
             bar.update(batch.n_tokens)
+            if step in stable_steps:  # kept for the WSD branches that decay from here
+                if dd.main:
+                    save_checkpoint(stable_checkpoint_dir(run_dir, stable_steps[step]), core, optimizer, checkpoint_state("stable"))
+                dd.barrier()
             bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", refresh=False)
             val_loss = None
             if cfg.eval_interval and step % cfg.eval_interval == 0 and step < n_steps:
@@ -585,7 +719,7 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
         "eval_tokens": int(eval_n),
         "epochs": D / stream.epoch_tokens,
         "wall_s": wall_s + eval_s,
-        "tokens_per_s": D / wall_s if wall_s > 0 else None,
+        "tokens_per_s": (D - base["branch_tokens"]) / wall_s if wall_s > 0 else None,
         "session_tokens_per_s": session_tokens / session_s if session_s > 0 else None,
         "device": str(device),
         "dtype": dtype_name,

@@ -23,6 +23,19 @@ def _budget(value: str) -> float:
     return x
 
 
+def _token_list(text: str) -> list[int]:
+    from ehrfm.errors import UserError
+
+    out = []
+    for item in (text or "").split(","):
+        if item.strip():
+            try:
+                out.append(int(float(item)))
+            except ValueError:
+                raise UserError(f"--stable-checkpoints: {item.strip()!r} is not a token count") from None
+    return out
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "train",
@@ -48,6 +61,15 @@ def register(sub) -> None:
     opt.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
     opt.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr / peak lr (default 0.1)")
     opt.add_argument("--warmup-frac", type=float, default=0.05, help="warmup steps as a fraction of all steps (default 0.05)")
+    opt.add_argument("--warmup-steps", type=int, default=None, help="warmup steps (overrides --warmup-frac; a WSD trunk and its branches share it)")
+    opt.add_argument("--schedule", default="cosine", choices=["cosine", "wsd"],
+                     help="cosine decay after warmup, or warmup-stable-decay (constant lr, then a decay over the last --decay-fraction)")
+    opt.add_argument("--decay-fraction", type=float, default=0.2, help="wsd: share of the steps spent decaying (default 0.2)")
+    opt.add_argument("--decay-shape", default="linear", choices=["linear", "1-sqrt"], help="wsd: shape of the decay (default linear)")
+    opt.add_argument("--trunk", metavar="RUN", default=None,
+                     help="wsd branch: start the decay from this wsd run's stable checkpoint at this run's decay start")
+    opt.add_argument("--stable-checkpoints", metavar="T1,T2,...", default="",
+                     help="wsd trunk: keep stable-phase checkpoints after these token counts (step boundaries) for branches")
     opt.add_argument("--weight-decay", type=float, default=0.1)
     opt.add_argument("--grad-clip", type=float, default=1.0, help="max global gradient norm; 0 disables (default 1.0)")
     ev = p.add_argument_group("evaluation and runtime")
@@ -88,6 +110,12 @@ def _run(args) -> int:
         lr=args.lr,
         min_lr_ratio=args.min_lr_ratio,
         warmup_frac=args.warmup_frac,
+        warmup_steps=args.warmup_steps,
+        schedule=args.schedule,
+        decay_fraction=args.decay_fraction,
+        decay_shape=args.decay_shape,
+        trunk_dir=args.trunk,
+        stable_checkpoints=_token_list(args.stable_checkpoints),
         weight_decay=args.weight_decay,
         grad_clip=args.grad_clip,
         eval_tokens=args.eval_tokens,

@@ -14,6 +14,10 @@ def _plan(args) -> int:
     for key in ("batch_size", "lr", "seed"):
         if getattr(args, key) is not None:
             train[key] = getattr(args, key)
+    if args.decay_fraction is not None:
+        train["decay_fraction"] = args.decay_fraction
+    if args.decay_shape is not None:
+        train["decay_shape"] = args.decay_shape
     sweep, rows, warnings = plan_sweep(
         args.tokens,
         parse_budgets(args.budgets),
@@ -24,6 +28,7 @@ def _plan(args) -> int:
         context=args.context,
         min_steps=args.min_steps,
         train=train,
+        schedule=args.schedule,
     )
     print_plan(sweep, rows, warnings, args.out)
     return 0
@@ -104,6 +109,11 @@ def register(sub) -> None:
     pp.add_argument("--lr", type=float, default=None, help="peak learning rate (trainer default if unset)")
     pp.add_argument("--seed", type=int, default=None, help="seed of every run (default 0)")
     pp.add_argument("--min-steps", type=int, default=50, help="warn for runs with fewer optimizer steps (default 50)")
+    pp.add_argument("--schedule", default="cosine", choices=["cosine", "wsd"],
+                    help="cosine: every run on its own; wsd: one warmup-stable-decay trunk per shape, smaller budgets of "
+                    "that shape branch off at 80%% of their tokens and decay (default cosine)")
+    pp.add_argument("--decay-fraction", type=float, default=None, help="wsd: share of each run's steps spent decaying (default 0.2)")
+    pp.add_argument("--decay-shape", default=None, choices=["linear", "1-sqrt"], help="wsd: shape of the decay (default linear)")
     pp.add_argument("--train-opt", action="append", metavar="KEY=VALUE", help="any other train option for every run (repeatable), e.g. warmup_frac=0.1")
     pp.set_defaults(func=_plan)
 

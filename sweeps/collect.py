@@ -7,7 +7,8 @@ results.parquet is the contract between training and analysis (DESIGN.md, result
     made before it was recorded), status str, error str
 plus unique_tokens (the train split's tokens: the data available to every run) and epochs
 (tokens / unique_tokens); for tracing the shape (n_layer, d_model, n_head, context), vocab_size, seed, wall_s,
-tokens_per_s, job_id, and optional utility columns `auroc/<task>`, `auroc_se/<task>`, `auprc/<task>` (with
+tokens_per_s, job_id, schedule (cosine | wsd) and trunk_id (wsd: the run id of the trunk whose
+stable phase the run shares, its own id for a trunk; null for cosine), and optional utility columns `auroc/<task>`, `auroc_se/<task>`, `auprc/<task>` (with
 `--labels`). Every planned run has a row: failed and diverged runs with their error, runs not
 finished yet with their current state; only status == "completed" rows are fitted downstream.
 """
@@ -124,6 +125,8 @@ def collect_sweep(
                 "wall_s": result.get("wall_s"),
                 "tokens_per_s": result.get("tokens_per_s"),
                 "job_id": st.job_id,
+                "schedule": planned.get("schedule") or result.get("schedule") or "cosine",
+                "trunk_id": planned.get("trunk_id") or result.get("trunk_id"),
             }
         )
     utility_columns: list[str] = []
@@ -137,7 +140,7 @@ def collect_sweep(
             ("loss", pa.float64()), ("loss_per_event", pa.float64()), ("status", pa.string()),
             ("error", pa.string()), ("n_layer", pa.int64()), ("d_model", pa.int64()), ("n_head", pa.int64()),
             ("context", pa.int64()), ("vocab_size", pa.int64()), ("seed", pa.int64()), ("wall_s", pa.float64()),
-            ("tokens_per_s", pa.float64()), ("job_id", pa.string()),
+            ("tokens_per_s", pa.float64()), ("job_id", pa.string()), ("schedule", pa.string()), ("trunk_id", pa.string()),
         ]
         + [(c, pa.float64()) for c in utility_columns]
     )

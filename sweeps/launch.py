@@ -13,6 +13,13 @@ its checkpoint when SLURM restarts it. Multi-GPU jobs run one task per GPU (`tas
 defaults to `gpus_per_node`), each task one trainer rank of a torch DDP group (gloo on CPU).
 Local: submitit's LocalExecutor, at most `max_parallel` jobs at a time with `cores / max_parallel`
 threads each; the call blocks until every launched run has finished (Ctrl-C checkpoints them).
+
+WSD sweeps (sweeps/plan.py): a branch starts only after its trunk has ended. On SLURM the trunks
+are submitted first and each trunk's branches as a job array with `--dependency=afterany:<trunk
+job>` (a requeued trunk keeps its dependants waiting); locally a branch waits for a free slot
+and its trunk. A branch whose trunk failed or diverged before its branch point is refused by
+the trainer, and its job records it failed with the trainer's reason (the trunk's error). A branch
+whose trunk is running under another launch is not submitted ("waiting for trunk").
 """
 
 from __future__ import annotations
@@ -134,12 +141,13 @@ def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
 
     # One launcher at a time decides and submits: two concurrent relaunches must not both submit
     # a run. A local launch holds the lock until its runs are recorded as queued under its pid.
+    trunk_of = _trunks_of(plan)
     with _sweep_lock(sweep_dir):
         report, jobs = _select_and_prepare(sweep_dir, sweep, plan, cfg)
         if not jobs:
             return report
         if cfg.executor == "slurm":
-            _submit_slurm(sweep_dir, jobs, cfg, time_min, report)
+            _submit_slurm(sweep_dir, jobs, cfg, time_min, report, trunk_of)
         else:
             for job in jobs:
                 _new_record(sweep_dir, job.run_id, "local", launcher_pid=os.getpid())
@@ -147,8 +155,13 @@ def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
         if cfg.wait:
             _wait_slurm(sweep_dir, report, cfg.poll_s)
     else:
-        _run_local(sweep_dir, jobs, cfg, slots, time_min, report)
+        _run_local(sweep_dir, jobs, cfg, slots, time_min, report, trunk_of)
     return report
+
+
+def _trunks_of(plan: list[dict]) -> dict[str, str]:
+    """{branch run id: its trunk's run id} of a wsd plan ({} for cosine plans)."""
+    return {r["run_id"]: r["trunk_id"] for r in plan if r.get("trunk_id") and r["trunk_id"] != r["run_id"]}
 
 
 @contextlib.contextmanager
@@ -174,6 +187,13 @@ def _select_and_prepare(sweep_dir: Path, sweep, plan: list[dict], cfg: LaunchCon
             to_submit.append(row)
         else:
             skipped.setdefault(st.state, []).append(row["run_id"])
+    # A branch whose trunk runs under another launch cannot be ordered after it from here.
+    trunk_of, now = _trunks_of(plan), {r["run_id"] for r in to_submit}
+    waiting = [r for r in to_submit if r["run_id"] in trunk_of and trunk_of[r["run_id"]] not in now
+               and states[trunk_of[r["run_id"]]].state in (*ACTIVE, "unknown")]
+    for r in waiting:
+        to_submit.remove(r)
+        skipped.setdefault("waiting for trunk", []).append(r["run_id"])
     report = LaunchReport(submitted=[], job_ids={}, skipped=skipped)
     if not to_submit:
         why = report.reason() if plan else "the plan has no runs"
@@ -274,7 +294,21 @@ def _new_record(sweep_dir: Path, run_id: str, executor: str, **fields) -> None:
 # --- SLURM -------------------------------------------------------------------------------------
 
 
-def _submit_slurm(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, time_min: int, report: LaunchReport) -> None:
+def _slurm_waves(jobs: list[TrainJob], trunk_of: dict[str, str]) -> list[tuple[list[TrainJob], str | None]]:
+    """Submission order: every job without a trunk in this launch first (one array), then each
+    trunk's branches (one array each, depending on that trunk's job)."""
+    now = {job.run_id for job in jobs}
+    first = [job for job in jobs if trunk_of.get(job.run_id) not in now]
+    waves: list[tuple[list[TrainJob], str | None]] = [(first, None)] if first else []
+    groups: dict[str, list[TrainJob]] = {}
+    for job in jobs:
+        if trunk_of.get(job.run_id) in now:
+            groups.setdefault(trunk_of[job.run_id], []).append(job)
+    return waves + [(group, trunk) for trunk, group in groups.items()]
+
+
+def _submit_slurm(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, time_min: int, report: LaunchReport,
+                  trunk_of: dict[str, str] | None = None) -> None:
     import submitit
 
     tasks_per_node = _tasks_per_node(cfg)
@@ -302,19 +336,31 @@ def _submit_slurm(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, time
     executor.update_parameters(**params)
     for job in jobs:
         _new_record(sweep_dir, job.run_id, "slurm")
+    by_id: dict[str, object] = {}
     try:
-        with _stderr_captured() as err, executor.batch():
-            submitted = [executor.submit(job) for job in jobs]
+        with _stderr_captured() as err:
+            for wave, trunk in _slurm_waves(jobs, trunk_of or {}):
+                extra = {"dependency": f"afterany:{by_id[trunk].job_id}"} if trunk else {}
+                executor.update_parameters(additional_parameters={**params["additional_parameters"], **extra})
+                with executor.batch():
+                    subs = [executor.submit(job) for job in wave]
+                by_id.update({job.run_id: sj for job, sj in zip(wave, subs, strict=True)})
     except Exception as e:  # sbatch refused (bad partition, account, limits): its message says why
         for job in jobs:
-            record_path(sweep_dir, job.run_id).unlink(missing_ok=True)
+            if job.run_id in by_id:  # an earlier wave went in: keep it on record
+                _write_record(sweep_dir, job.run_id, job_id=str(by_id[job.run_id].job_id))
+            else:
+                record_path(sweep_dir, job.run_id).unlink(missing_ok=True)
         lines = [ln.strip() for ln in err["text"].splitlines() if ln.strip()]
         msg = lines[-1] if lines else (str(e).strip().splitlines() or [type(e).__name__])[-1]
         raise UserError(f"sbatch refused the sweep's jobs: {msg[:400]}") from None
     if err["text"].strip():
         print(err["text"].rstrip(), file=sys.stderr)  # sbatch warnings, passed on
+    submitted = [by_id[job.run_id] for job in jobs]
     for job, sj in zip(jobs, submitted, strict=False):
-        _write_record(sweep_dir, job.run_id, job_id=str(sj.job_id))
+        dep = (trunk_of or {}).get(job.run_id)
+        _write_record(sweep_dir, job.run_id, job_id=str(sj.job_id),
+                      **({"after_job": str(by_id[dep].job_id)} if dep in by_id else {}))
         report.submitted.append(job.run_id)
         report.job_ids[job.run_id] = str(sj.job_id)
     _save_launch(sweep_dir, cfg, report)
@@ -401,7 +447,17 @@ def local_slots(cfg: LaunchConfig, cores: int, gpus: list[int]) -> LocalSlots:
     return LocalSlots(max_parallel=max_parallel, threads=threads, gpu_groups=groups)
 
 
-def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, slots: LocalSlots, time_min: int, report: LaunchReport) -> None:
+def _next_ready(pending: list[TrainJob], running: dict, trunk_of: dict[str, str]) -> TrainJob | None:
+    """The first pending job whose trunk (if any) is neither pending nor running in this launch."""
+    busy = {job.run_id for job in pending} | set(running)
+    for job in pending:
+        if trunk_of.get(job.run_id) not in busy:
+            return job
+    return None
+
+
+def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, slots: LocalSlots, time_min: int, report: LaunchReport,
+               trunk_of: dict[str, str] | None = None) -> None:
     import submitit
 
     for job in jobs:
@@ -413,7 +469,8 @@ def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, slots: 
     executor.update_parameters(timeout_min=time_min, signal_delay_s=cfg.signal_delay_s,
                                tasks_per_node=tasks, stderr_to_stdout=True)
     _save_launch(sweep_dir, cfg, report)
-    pending = list(jobs)
+    trunk_of = trunk_of or {}
+    pending = sorted(jobs, key=lambda job: job.run_id in trunk_of)  # trunks (and cosine runs) first, stable order
     running: dict[str, tuple[object, TrainJob, list[int]]] = {}
     free_gpu_groups = [list(g) for g in slots.gpu_groups]
     bar = progress(total=len(jobs), desc="runs", unit="run")
@@ -421,7 +478,10 @@ def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, slots: 
     try:
         while pending or running:
             while pending and len(running) < max_parallel:
-                job = pending.pop(0)
+                job = _next_ready(pending, running, trunk_of)
+                if job is None:
+                    break  # every pending job waits for a trunk still running here
+                pending.remove(job)
                 group = free_gpu_groups.pop(0) if gpus else []
                 if gpus:
                     executor.update_parameters(gpus_per_node=len(group), visible_gpus=tuple(group))

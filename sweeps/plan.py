@@ -1,15 +1,33 @@
 """IsoFLOP planning: which models to train at each compute budget, and for how many tokens.
 
-For each budget C the planner centres a log-spaced ladder of model sizes on the expected
-compute-optimal size N*(C), turns each target size into a concrete shape with the trainer's
-depth/width rule (`ehrfm.shapes.shape_for_params`), and gives each shape D = floor(C / F) training
-tokens, F being the shape's `flops_per_token`. Every planned run has a stable id: a hash of its
-training config (and budget), so planning twice gives the same ids and relaunches find their runs.
+All budgets share one ladder of model sizes, log-spaced 2 * span_dex / (sizes - 1) decades apart
+on a fixed grid (rungs at integer multiples of the spacing in log10 N, or half-integer ones for an
+even `sizes`, so adding or dropping a budget never moves another budget's rungs); each budget
+takes the `sizes` rungs centred nearest its own expected compute-optimal size N*(C) (to within
+half a rung). Each target size
+becomes a concrete shape with the trainer's depth/width rule (`ehrfm.shapes.shape_for_params`) and
+gets D = floor(C / F) training tokens, F being the shape's `flops_per_token`. Because the ladder
+is shared, one shape serves several budgets.
+
+Schedules (`schedule`, the same (budget, n_layer, d_model) points for both):
+- cosine: every run trains on its own, with its own cosine schedule.
+- wsd (Hägele et al. 2024, arXiv 2405.18392): one trunk per distinct shape, the run of that
+  shape's largest budget, warmup-stable-decay with its warmup shared by the shape's runs; it keeps
+  a stable-phase checkpoint at the decay start (1 - decay_fraction of the steps, ~80%) of every
+  smaller budget of its shape, and each of those runs is a branch that trains only its own decay
+  from there (`ehrfm.train`, TrainConfig.trunk_dir). The trunk decays in place.
+`planned_flops` in sweep.json is what the sweep will really spend: the sum of the runs' FLOPs for
+cosine; for wsd each trunk once plus each branch's decay only.
+
+Every planned run has a stable id: a hash of its training config (and budget, and trunk), so
+planning twice gives the same ids and relaunches find their runs.
 
 A sweep dir after `plan`:
 
-    sweep.json     SweepConfig: tokens dir, tokenizer fingerprint, budgets, ladder, train options
-    plan.parquet   one row per run (PLAN_COLUMNS)
+    sweep.json     SweepConfig: tokens dir, tokenizer fingerprint, budgets, ladder, train options,
+                   schedule, planned_flops
+    plan.parquet   one row per run (PLAN_COLUMNS + schedule, trunk_id, branch_tokens,
+                   warmup_steps, stable_checkpoints)
 
 `launch` adds runs/<run_id>/ (trainer run dirs), jobs/<run_id>.json (submission records),
 logs/<run_id>.log (trainer stdout+stderr) and submitit/ (submitit's own job files).
@@ -35,7 +53,11 @@ PLAN_PARQUET = "plan.parquet"
 
 # Training options a sweep may set for all its runs; everything else in TrainConfig is either the
 # run's shape/budget (set per run) or a path (set by the launcher).
-PER_RUN_FIELDS = {"tokens_dir", "out_dir", "n_layer", "d_model", "n_head", "context", "tokens", "flops", "overwrite", "extra"}
+PER_RUN_FIELDS = {"tokens_dir", "out_dir", "n_layer", "d_model", "n_head", "context", "tokens", "flops", "overwrite", "extra",
+                  "schedule", "warmup_steps", "trunk_dir", "stable_checkpoints"}
+SCHEDULES = ("cosine", "wsd")
+# TrainConfig fields that only a wsd run sets: left out of cosine run ids, so those stay as they were.
+WSD_FIELDS = {"schedule", "decay_fraction", "decay_shape", "warmup_steps", "trunk_dir", "stable_checkpoints"}
 
 
 @dataclass
@@ -58,6 +80,8 @@ class SweepConfig:
     tokenizer_fingerprint: str = ""
     vocab_size: int = 0
     train_tokens: int = 0  # unique tokens in the train split (D beyond this means > 1 epoch)
+    schedule: str = "cosine"  # cosine | wsd (module docstring)
+    planned_flops: float = 0.0  # what the sweep will really spend (each wsd trunk counted once)
     created_at: str = ""
     ehrfm_version: str = ""
 
@@ -71,6 +95,8 @@ PLAN_COLUMNS = [
     "run_id", "budget", "target_n_params", "n_layer", "d_model", "n_head", "context", "n_params",
     "n_params_total", "flops_per_token", "tokens", "flops", "steps", "epochs", "seed",
 ]
+# Written since the wsd schedule; optional when reading older plans (they are cosine plans).
+SCHEDULE_COLUMNS = ["schedule", "trunk_id", "branch_tokens", "warmup_steps", "stable_checkpoints"]
 
 
 def parse_budgets(text: str) -> list[float]:
@@ -119,7 +145,17 @@ def parse_train_options(items: list[str] | None) -> dict:
 
 
 def run_train_config(sweep: SweepConfig, row: dict, run_dir: str | Path) -> TrainConfig:
-    """The TrainConfig of one planned run (what its job passes to `ehrfm train`)."""
+    """The TrainConfig of one planned run (what its job passes to `ehrfm train`); a wsd branch's
+    trunk_dir is its trunk's run dir beside its own (SWEEP/runs/<trunk_id>)."""
+    wsd = {}
+    if row.get("schedule") == "wsd":
+        trunk_id = row.get("trunk_id")
+        wsd = dict(
+            schedule="wsd",
+            warmup_steps=int(row["warmup_steps"]),
+            stable_checkpoints=[int(t) for t in row.get("stable_checkpoints") or []],
+            trunk_dir=str(Path(run_dir).parent / trunk_id) if trunk_id and trunk_id != row["run_id"] else None,
+        )
     return TrainConfig(
         tokens_dir=sweep.tokens_dir,
         out_dir=str(run_dir),
@@ -129,6 +165,7 @@ def run_train_config(sweep: SweepConfig, row: dict, run_dir: str | Path) -> Trai
         context=int(row["context"]),
         tokens=int(row["tokens"]),
         **sweep.train,
+        **wsd,
     )
 
 
@@ -137,13 +174,18 @@ def run_train_config(sweep: SweepConfig, row: dict, run_dir: str | Path) -> Trai
 # so moving a sweep to another cluster or GPU size keeps its finished runs.
 NOT_IDENTITY = {
     "tokens_dir", "out_dir", "overwrite", "extra", "device", "checkpoint_interval", "log_interval",
-    "eval_interval", "eval_batch_size", "micro_batch_size", "attention", "compile",
+    "eval_interval", "eval_batch_size", "micro_batch_size", "attention", "compile", "trunk_dir",
 }
 
 
-def run_id_for(fingerprint: str, budget: float, cfg: TrainConfig) -> str:
-    """Stable id of a run: readable prefix + hash of everything that determines its result."""
+def run_id_for(fingerprint: str, budget: float, cfg: TrainConfig, trunk_id: str | None = None) -> str:
+    """Stable id of a run: readable prefix + hash of everything that determines its result
+    (a wsd branch's includes its trunk's id, which stands for the trunk's own config)."""
     identity = {k: v for k, v in cfg.to_dict().items() if k not in NOT_IDENTITY}
+    if cfg.schedule == "cosine":
+        identity = {k: v for k, v in identity.items() if k not in WSD_FIELDS or (k == "warmup_steps" and v is not None)}
+    elif trunk_id is not None:
+        identity["trunk_id"] = trunk_id
     identity["tokenizer_fingerprint"] = fingerprint
     identity["budget"] = float(budget)
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
@@ -178,6 +220,28 @@ def smallest_shape(vocab_size: int, context: int) -> ModelConfig:
     return ModelConfig(n_layer=1, d_model=16, n_head=16 // head_dim_for(16), context=context, vocab_size=vocab_size)
 
 
+def shared_ladder(sweep: SweepConfig) -> dict[float, list[float]]:
+    """{budget: its `sizes` target sizes N}, all on one log-spaced ladder (module docstring).
+
+    Rungs are r = 2 * span_dex / (sizes - 1) decades apart on a grid fixed in log10 N (not by the
+    budgets: re-planning with another budget keeps every other budget's targets and run ids); a
+    budget takes the `sizes` consecutive rungs centred nearest its own N*(C), so its ladder spans
+    N*(C) * 10**(+-span_dex) to within r / 2. With one size per budget there is no ladder: the
+    target is N*(C) itself.
+    """
+    stars = {b: expected_optimum(b, sweep.tokens_per_param, sweep.vocab_size, sweep.context) for b in sweep.budgets}
+    k = sweep.sizes
+    if k == 1 or sweep.span_dex == 0:
+        return {b: [n] * k for b, n in stars.items()}
+    rung = 2.0 * sweep.span_dex / (k - 1)
+    half = (k - 1) / 2  # an even ladder has no middle rung: its centre lies between two
+    out = {}
+    for b, n in stars.items():
+        centre = math.floor(math.log10(n) / rung - half + 0.5) + half  # nearest admissible centre, half up
+        out[b] = [10 ** ((centre + i - half) * rung) for i in range(k)]
+    return out
+
+
 def make_plan(sweep: SweepConfig) -> tuple[list[dict], list[str]]:
     """Plan rows (dicts with PLAN_COLUMNS) and human-readable warnings for a sweep config."""
     from ehrfm.shapes import n_params, n_params_total, shape_for_params
@@ -192,6 +256,7 @@ def make_plan(sweep: SweepConfig) -> tuple[list[dict], list[str]]:
     rows: list[dict] = []
     warnings: list[str] = []
     smallest = smallest_shape(sweep.vocab_size, sweep.context)
+    ladder = shared_ladder(sweep)
     for budget in sweep.budgets:
         d_smallest = int(budget // _flops_per_token(smallest))
         if d_smallest < tokens_per_step:
@@ -200,9 +265,8 @@ def make_plan(sweep: SweepConfig) -> tuple[list[dict], list[str]]:
                 f"N={n_params(smallest)}, {_flops_per_token(smallest):.3g} FLOPs/token): it buys {d_smallest} tokens, "
                 f"less than one optimizer step of batch_size*context={tokens_per_step} tokens"
             )
-        n_star = expected_optimum(budget, sweep.tokens_per_param, sweep.vocab_size, sweep.context)
         k = sweep.sizes
-        targets = [n_star * 10 ** (sweep.span_dex * (2 * i / (k - 1) - 1)) if k > 1 else n_star for i in range(k)]
+        targets = ladder[budget]
         seen: set[tuple[int, int, int]] = set()
         for target in targets:
             shape = shape_for_params(target, sweep.vocab_size, sweep.context)
@@ -240,11 +304,73 @@ def make_plan(sweep: SweepConfig) -> tuple[list[dict], list[str]]:
                     "steps": steps,
                     "epochs": float(epochs),
                     "seed": cfg.seed,
+                    "schedule": "cosine",
+                    "trunk_id": None,
+                    "branch_tokens": 0,
+                    "warmup_steps": None,
+                    "stable_checkpoints": [],
                 }
             )
         if len(seen) < k:
             warnings.append(f"budget {budget:.3g}: {k} sizes asked, {len(seen)} distinct shapes (small sizes snap to the same shape)")
+    if sweep.schedule == "wsd":
+        rows = _wsd_rows(sweep, base, rows)
+    elif sweep.schedule != "cosine":
+        raise UserError(f"--schedule must be one of {', '.join(SCHEDULES)} (got {sweep.schedule!r})")
     return rows, warnings
+
+
+def _wsd_rows(sweep: SweepConfig, base: TrainConfig, rows: list[dict]) -> list[dict]:
+    """Turn the plan's points into wsd trunks and branches (module docstring); UserError when the
+    plan cannot share trunks, saying why."""
+    from ehrfm.config import warmup_steps_for, wsd_decay_start
+
+    if base.schedule != "cosine" or base.trunk_dir or base.stable_checkpoints:
+        raise UserError("set the schedule with --schedule wsd, not through --train-opt")
+    base = dataclasses.replace(base, schedule="wsd")
+    step_tokens = base.batch_size * base.context
+    groups: dict[tuple[int, int, int], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["n_layer"], r["d_model"], r["n_head"]), []).append(r)
+    if not any(len(g) > 1 for g in groups.values()):
+        raise UserError(
+            f"--schedule wsd: no model shape serves more than one of the {len(sweep.budgets)} budget(s), so no trunk "
+            "can be shared (give several budgets within the ladder's span of each other, or more --sizes / --span-dex)"
+        )
+    out = []
+    for group in groups.values():
+        group.sort(key=lambda r: r["tokens"])
+        trunk = group[-1]
+        warmup = warmup_steps_for(trunk["steps"], base)
+        points = {}
+        for r in group[:-1]:
+            start = wsd_decay_start(r["steps"], base)
+            if start < max(warmup, 1):
+                raise UserError(
+                    f"--schedule wsd: the run of budget {r['budget']:.3g} (n_layer={r['n_layer']}, d_model={r['d_model']}) "
+                    f"would branch at step {start}, inside its trunk's {warmup}-step warmup (budget {trunk['budget']:.3g}); "
+                    "lower warmup_frac (--train-opt warmup_frac=...) or drop the small budget"
+                )
+            points[r["run_id"]] = start * step_tokens
+        stable = sorted(set(points.values()))
+        tcfg = dataclasses.replace(base, n_layer=trunk["n_layer"], d_model=trunk["d_model"], n_head=trunk["n_head"],
+                                   tokens=trunk["tokens"], warmup_steps=warmup, stable_checkpoints=stable)
+        trunk_id = run_id_for(sweep.tokenizer_fingerprint, trunk["budget"], tcfg)
+        out.append({**trunk, "run_id": trunk_id, "schedule": "wsd", "trunk_id": trunk_id, "branch_tokens": 0,
+                    "warmup_steps": warmup, "stable_checkpoints": stable})
+        for r in group[:-1]:
+            bcfg = dataclasses.replace(tcfg, tokens=r["tokens"], stable_checkpoints=[])
+            out.append({**r, "run_id": run_id_for(sweep.tokenizer_fingerprint, r["budget"], bcfg, trunk_id=trunk_id),
+                        "schedule": "wsd", "trunk_id": trunk_id, "branch_tokens": points[r["run_id"]],
+                        "warmup_steps": warmup, "stable_checkpoints": []})
+    key = {(r["budget"], r["n_layer"], r["d_model"]): i for i, r in enumerate(rows)}  # keep the plan's order
+    return sorted(out, key=lambda r: key[(r["budget"], r["n_layer"], r["d_model"])])
+
+
+def planned_flops(rows: list[dict]) -> float:
+    """FLOPs the sweep will really spend: every run's, except that a wsd branch spends only its
+    decay (its stable phase is its trunk's, counted once with the trunk)."""
+    return float(sum(r["flops_per_token"] * (r["tokens"] - int(r.get("branch_tokens") or 0)) for r in rows))
 
 
 def write_plan_table(rows: list[dict], path: Path) -> None:
@@ -257,7 +383,8 @@ def write_plan_table(rows: list[dict], path: Path) -> None:
             ("n_layer", pa.int64()), ("d_model", pa.int64()), ("n_head", pa.int64()), ("context", pa.int64()),
             ("n_params", pa.int64()), ("n_params_total", pa.int64()), ("flops_per_token", pa.float64()),
             ("tokens", pa.int64()), ("flops", pa.float64()), ("steps", pa.int64()), ("epochs", pa.float64()),
-            ("seed", pa.int64()),
+            ("seed", pa.int64()), ("schedule", pa.string()), ("trunk_id", pa.string()), ("branch_tokens", pa.int64()),
+            ("warmup_steps", pa.int64()), ("stable_checkpoints", pa.list_(pa.int64())),
         ]
     )
     table = pa.Table.from_pylist(rows, schema=schema)
@@ -275,6 +402,7 @@ def plan_sweep(
     context: int = 256,
     min_steps: int = 50,
     train: dict | None = None,
+    schedule: str = "cosine",
 ) -> tuple[SweepConfig, list[dict], list[str]]:
     """Plan an IsoFLOP sweep into `out` (sweep.json + plan.parquet); returns (config, rows, warnings).
 
@@ -304,6 +432,7 @@ def plan_sweep(
         tokenizer_fingerprint=td.fingerprint,
         vocab_size=td.vocab_size,
         train_tokens=int(train_tokens),
+        schedule=str(schedule),
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         ehrfm_version=ehrfm.__version__,
     )
@@ -320,6 +449,7 @@ def plan_sweep(
                     f"{tokens_dir} has {sweep.tokenizer_fingerprint[:12]}); its runs are not comparable: use a new --out"
                 )
     rows, warnings = make_plan(sweep)
+    sweep.planned_flops = planned_flops(rows)
     out.mkdir(parents=True, exist_ok=True)
     write_plan_table(rows, out / PLAN_PARQUET)
     write_json(out / SWEEP_JSON, sweep)
@@ -367,4 +497,6 @@ def print_plan(sweep: SweepConfig, rows: list[dict], warnings: list[str], out: P
     file.flush()
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr, flush=True)
-    summary(f"planned {len(rows)} runs over {len(sweep.budgets)} budgets into {out} ({len(warnings)} warnings)")
+    trunks = f", {len({r['trunk_id'] for r in rows})} wsd trunks" if sweep.schedule == "wsd" else ""
+    summary(f"planned {len(rows)} runs over {len(sweep.budgets)} budgets{trunks} into {out}: "
+            f"{sweep.planned_flops:.3g} FLOPs planned ({len(warnings)} warnings)")

@@ -22,9 +22,9 @@ from ehrfm.fault_points import wait_held
 from ehrfm.shapes import flops_per_token, n_params, shape_for_params
 from ehrfm.tokens import TokenDir
 
-# A tiny sweep: two budgets, two distinct shapes each, ~20-130 optimizer steps per run.
-TINY = dict(budgets=[1e9, 3e9], sizes=3, context=64, train={"batch_size": 8})
-TINY_CLI = ["--budgets", "1e9,3e9", "--sizes", "3", "--context", "64", "--batch-size", "8"]
+# A tiny sweep: two budgets, the same two shapes each (one shared ladder), ~14-90 optimizer steps per run.
+TINY = dict(budgets=[1e9, 2.5e9], sizes=3, context=64, train={"batch_size": 8})
+TINY_CLI = ["--budgets", "1e9,2.5e9", "--sizes", "3", "--context", "64", "--batch-size", "8"]
 
 
 def ehrfm(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
@@ -232,7 +232,7 @@ def test_local_sweep_completes_and_collects(local_sweep):
     by_shape = {}
     for r in rows:
         by_shape.setdefault((r["n_layer"], r["d_model"]), {})[r["budget"]] = results[r["run_id"]]["loss"]
-    assert all(v[3e9] < v[1e9] for v in by_shape.values() if len(v) == 2)
+    assert all(v[2.5e9] < v[1e9] for v in by_shape.values() if len(v) == 2)
 
     s = ehrfm("sweep", "status", out)
     assert s.returncode == 0 and s.stdout.count(" completed ") == 4 and "4 runs: 4 completed" in s.stdout
@@ -359,7 +359,7 @@ def test_replanning_keeps_finished_runs_and_reports_dropped_ones(local_sweep, sy
     from sweeps.plan import plan_sweep
 
     # Add a budget: the old runs keep their ids and stay completed; the new ones are planned.
-    plan_sweep(synth_tokens, [1e9, 3e9, 1e10], sweep_dir, sizes=3, context=64, train={"batch_size": 8})
+    plan_sweep(synth_tokens, [1e9, 2.5e9, 1e10], sweep_dir, sizes=3, context=64, train={"batch_size": 8})
     rows = plan_rows(sweep_dir)
     assert set(before) < {r["run_id"] for r in rows}
     from sweeps.collect import status_rows
@@ -368,13 +368,13 @@ def test_replanning_keeps_finished_runs_and_reports_dropped_ones(local_sweep, sy
     assert all(states[rid] == "completed" for rid in before)
     assert all(states[r["run_id"]] == "planned" for r in rows if r["budget"] == 1e10)
     # Drop a budget: its finished runs are still reported (budget null), never silently lost.
-    plan_sweep(synth_tokens, [3e9], sweep_dir, sizes=3, context=64, train={"batch_size": 8})
+    plan_sweep(synth_tokens, [2.5e9], sweep_dir, sizes=3, context=64, train={"batch_size": 8})
     assert ehrfm("sweep", "collect", sweep_dir).returncode == 0
     table = {r["run_id"]: r for r in pq.read_table(sweep_dir / "results.parquet").to_pylist()}
     assert set(table) == set(before)
     for rid, r in before.items():
         assert table[rid]["status"] == "completed"
-        assert table[rid]["budget"] == (r["budget"] if r["budget"] == 3e9 else None)
+        assert table[rid]["budget"] == (r["budget"] if r["budget"] == 2.5e9 else None)
 
 
 def test_local_slots_share_the_machine_without_oversubscribing():

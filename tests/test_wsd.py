@@ -1,0 +1,147 @@
+"""WSD schedule (Hägele et al. 2024): the lr curve, trunk -> branch training, resume, refusals."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_train import make_token_dir
+from test_train_resume import assert_same_tensors
+
+from ehrfm.config import TrainConfig
+from ehrfm.errors import UserError
+from ehrfm.train import lr_at, request_stop, stable_checkpoint_dir, train
+
+# 4 rows of 64 tokens per step: 256 tokens a step.
+STEP = 256
+COMMON = dict(n_layer=2, d_model=32, n_head=2, context=64, batch_size=4, lr=3e-3, eval_tokens=4096, seed=3,
+              schedule="wsd", warmup_steps=2)
+TRUNK_TOKENS = 40 * STEP  # decays over steps 32..39
+BRANCH_TOKENS = 20 * STEP  # its decay starts at step 16 = 4096 tokens
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory) -> Path:
+    return make_token_dir(tmp_path_factory.mktemp("tok") / "tok")
+
+
+@pytest.fixture(scope="module")
+def trunk(tok, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("trunk") / "trunk"
+    result = train(TrainConfig(tokens_dir=str(tok), out_dir=str(out), tokens=TRUNK_TOKENS, stable_checkpoints=[16 * STEP], **COMMON))
+    assert result["status"] == "completed", result
+    return out
+
+
+def cfg(tok, out, **kw) -> TrainConfig:
+    return TrainConfig(tokens_dir=str(tok), out_dir=str(out), **{**COMMON, "tokens": BRANCH_TOKENS, **kw})
+
+
+def test_wsd_lr_curve():
+    c = TrainConfig(tokens_dir="", out_dir="", tokens=1, lr=1e-3, min_lr_ratio=0.1, warmup_frac=0.05, schedule="wsd")
+    lrs = [lr_at(s, 100, c) for s in range(100)]
+    assert lrs[0] == pytest.approx(2e-4) and lrs[4] == pytest.approx(1e-3)  # 5 warmup steps
+    assert all(x == 1e-3 for x in lrs[4:80])  # stable
+    assert lrs[80] == pytest.approx(1e-4 + 9e-4 * (1 - 1 / 20))  # linear decay over the last 20 steps
+    assert lrs[89] == pytest.approx(1e-4 + 9e-4 * 0.5)
+    assert lrs[99] == pytest.approx(1e-4)  # ends at the cosine schedule's final lr
+    cos = TrainConfig(tokens_dir="", out_dir="", tokens=1, lr=1e-3, min_lr_ratio=0.1, warmup_frac=0.05)
+    assert lr_at(99, 100, cos) == pytest.approx(lrs[99])
+    sq = TrainConfig(tokens_dir="", out_dir="", tokens=1, lr=1e-3, min_lr_ratio=0.1, schedule="wsd", decay_shape="1-sqrt", decay_fraction=0.5)
+    assert lr_at(50, 100, sq) == pytest.approx(1e-4 + 9e-4 * (1 - math.sqrt(1 / 50)))
+    assert lr_at(49, 100, sq) == 1e-3 and lr_at(99, 100, sq) == pytest.approx(1e-4)
+
+
+def test_branch_equals_run_trained_alone_and_resumes_bit_exact(tok, trunk, tmp_path):
+    assert (stable_checkpoint_dir(trunk, 4096) / "checkpoint" / "model.safetensors").is_file()
+    lrs = [json.loads(x)["lr"] for x in (trunk / "metrics.jsonl").read_text().splitlines() if "lr" in json.loads(x)]
+    assert lrs[2:32] == [3e-3] * 30 and lrs[-1] == pytest.approx(3e-4)  # stable, then decay to min_lr_ratio * lr
+
+    alone = tmp_path / "alone"
+    assert train(cfg(tok, alone))["status"] == "completed"
+    # The branch: stopped after its first own step, resumed, and it still matches the run trained alone.
+    branch = tmp_path / "branch"
+    request_stop()
+    assert train(cfg(tok, branch, trunk_dir=str(trunk)))["status"] == "interrupted"
+    steps = [json.loads(x)["step"] for x in (branch / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [17]  # it started at its decay start (step 16), from the trunk
+    result = train(cfg(tok, branch, trunk_dir=str(trunk)))
+    assert result["status"] == "completed"
+    assert_same_tensors(alone / "checkpoint" / "model.safetensors", branch / "checkpoint" / "model.safetensors")
+    assert_same_tensors(alone / "checkpoint" / "optimizer.safetensors", branch / "checkpoint" / "optimizer.safetensors")
+    expected = json.loads((alone / "result.json").read_text())["val_loss"]
+    assert result["val_loss"] == expected
+    assert result["trunk_id"] == "trunk" and result["branch_tokens"] == 4096 and result["schedule"] == "wsd"
+    assert result["tokens"] == BRANCH_TOKENS and result["flops"] == result["flops_per_token"] * BRANCH_TOKENS
+
+
+def test_wsd_trunk_resumes_bit_exact(tok, trunk, tmp_path):
+    again = tmp_path / "trunk"
+    trunk_cfg = TrainConfig(tokens_dir=str(tok), out_dir=str(again), tokens=TRUNK_TOKENS, stable_checkpoints=[16 * STEP], **COMMON)
+    request_stop()
+    assert train(trunk_cfg)["status"] == "interrupted"
+    assert train(trunk_cfg)["status"] == "completed"
+    assert_same_tensors(trunk / "checkpoint" / "model.safetensors", again / "checkpoint" / "model.safetensors")
+    assert_same_tensors(stable_checkpoint_dir(trunk, 4096) / "checkpoint" / "model.safetensors",
+                        stable_checkpoint_dir(again, 4096) / "checkpoint" / "model.safetensors")
+
+
+def test_branch_refusals_write_nothing(tok, trunk, tmp_path):
+    def refused(match, **kw):
+        out = tmp_path / f"b{len(list(tmp_path.iterdir()))}"
+        with pytest.raises(UserError, match=match):
+            train(cfg(tok, out, trunk_dir=str(trunk), **kw))
+        assert not out.exists()
+
+    # 50 steps: its decay would start at step 40, past the trunk's stable phase (ends at step 32).
+    refused(r"branch point at 10240 tokens \(step 40\) is past trunk .* stable phase, which ends at 8192 of its 10240 tokens",
+            tokens=50 * STEP)
+    refused(r"another shape \(d_model 32 vs 48", d_model=48)
+    refused(r"other train options \(lr\)", lr=1e-3)
+    refused("keeps no stable checkpoint at 3072 tokens", tokens=15 * STEP)
+    # A branch whose job recorded a failure (result.json only) is checked again when retried.
+    retried = tmp_path / "retried"
+    retried.mkdir()
+    (retried / "result.json").write_text(json.dumps({"status": "failed", "error": "trainer exited with status 2"}))
+    with pytest.raises(UserError, match="keeps no stable checkpoint at 3072 tokens"):
+        train(cfg(tok, retried, trunk_dir=str(trunk), tokens=15 * STEP))
+    assert [p.name for p in retried.iterdir()] == ["result.json"]
+    other = tmp_path.parent / "tok_other"
+    shutil.copytree(tok, other)
+    spec = json.loads((other / "tokenizer.json").read_text())
+    (other / "tokenizer.json").write_text(json.dumps({**spec, "seed": 99}))
+    out = tmp_path / "other_tok"
+    with pytest.raises(UserError, match="another tokenizer"):
+        train(TrainConfig(tokens_dir=str(other), out_dir=str(out), trunk_dir=str(trunk), **{**COMMON, "tokens": BRANCH_TOKENS}))
+    assert not out.exists()
+    with pytest.raises(UserError, match="outside this run's stable phase"):
+        train(cfg(tok, tmp_path / "late", stable_checkpoints=[19 * STEP]))
+    with pytest.raises(UserError, match="need schedule wsd"):
+        TrainConfig(tokens_dir="", out_dir="", tokens=1, trunk_dir=str(trunk))
+
+
+def test_cli_branch_refusal_is_one_line(tok, trunk, tmp_path):
+    out = tmp_path / "b"
+    p = subprocess.run(
+        [sys.executable, "-m", "ehrfm", "train", str(tok), "--out", str(out), "--n-layer", "2", "--d-model", "32", "--n-head", "2",
+         "--context", "64", "--tokens", str(50 * STEP), "--batch-size", "4", "--lr", "3e-3", "--seed", "3", "--eval-tokens", "4096",
+         "--schedule", "wsd", "--warmup-steps", "2", "--trunk", str(trunk)],
+        capture_output=True, text=True, env={**os.environ, "EHRFM_QUIET": "1"}, timeout=300)
+    assert p.returncode == 2, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and "past trunk" in p.stderr
+    assert not out.exists()

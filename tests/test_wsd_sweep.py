@@ -1,0 +1,121 @@
+"""WSD sweeps: one shared ladder, one trunk per shape, branches at 80% of their tokens; launch order."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from test_sweep import TINY, ehrfm, plan_rows
+
+from ehrfm.errors import UserError
+
+GRID = dict(budgets=[1e9, 2e9, 4e9, 8e9], sizes=3, context=64, train={"batch_size": 8})
+
+
+def test_wsd_plan_shares_trunks_and_matches_cosine_points(synth_tokens, tmp_path):
+    from sweeps.plan import plan_sweep, run_train_config
+
+    cos, cos_rows, _ = plan_sweep(synth_tokens, out=tmp_path / "cos", **GRID)
+    wsd, wsd_rows, _ = plan_sweep(synth_tokens, out=tmp_path / "wsd", schedule="wsd", **GRID)
+    points = sorted((r["budget"], r["n_layer"], r["d_model"]) for r in cos_rows)
+    assert points == sorted((r["budget"], r["n_layer"], r["d_model"]) for r in wsd_rows)
+    assert len(points) >= 8
+    assert cos.planned_flops == pytest.approx(sum(r["flops"] for r in cos_rows))
+    assert json.loads((tmp_path / "cos" / "sweep.json").read_text())["planned_flops"] == cos.planned_flops
+    assert json.loads((tmp_path / "wsd" / "sweep.json").read_text())["schedule"] == "wsd"
+
+    step = 8 * 64
+    shapes = {}
+    for r in wsd_rows:
+        shapes.setdefault((r["n_layer"], r["d_model"]), []).append(r)
+    spent = 0.0
+    for group in shapes.values():
+        trunk = max(group, key=lambda r: r["budget"])
+        assert [r for r in group if r["trunk_id"] == r["run_id"]] == [trunk]  # one trunk: the largest budget
+        assert all(r["trunk_id"] == trunk["run_id"] for r in group)
+        assert len({r["warmup_steps"] for r in group}) == 1
+        branches = [r for r in group if r is not trunk]
+        for b in branches:
+            # Branch point: its own decay start, the last 20% of its steps (rounded), on a step boundary.
+            assert b["branch_tokens"] == (b["steps"] - round(0.2 * b["steps"])) * step
+            assert 0.7 * b["tokens"] < b["branch_tokens"] <= 0.9 * b["tokens"]  # ~80%, to a step
+            cfg = run_train_config(wsd, b, tmp_path / "wsd" / "runs" / b["run_id"])
+            assert cfg.schedule == "wsd" and cfg.trunk_dir == str(tmp_path / "wsd" / "runs" / trunk["run_id"])
+        assert trunk["stable_checkpoints"] == sorted({b["branch_tokens"] for b in branches})
+        spent += trunk["flops"] + sum(b["flops_per_token"] * (b["tokens"] - b["branch_tokens"]) for b in branches)
+    assert wsd.planned_flops == pytest.approx(spent)
+    assert any(len(g) == 4 for g in shapes.values())  # the shared ladder: one shape serves all four budgets
+    assert wsd.planned_flops <= 0.75 * cos.planned_flops, (wsd.planned_flops, cos.planned_flops)
+    # Cosine run ids do not depend on wsd-only options.
+    again, rows2, _ = plan_sweep(synth_tokens, out=tmp_path / "cos2", **{**GRID, "train": {"batch_size": 8, "decay_fraction": 0.2}})
+    assert {r["run_id"] for r in rows2} == {r["run_id"] for r in cos_rows}
+
+
+def test_wsd_plan_refusals(synth_tokens, tmp_path):
+    from sweeps.plan import plan_sweep
+
+    with pytest.raises(UserError, match="no model shape serves more than one of the 1 budget"):
+        plan_sweep(synth_tokens, out=tmp_path / "one", schedule="wsd", budgets=[4e9], sizes=3, context=64, train={"batch_size": 8})
+    with pytest.raises(UserError, match=r"would branch at step \d+, inside its trunk's \d+-step warmup"):
+        plan_sweep(synth_tokens, out=tmp_path / "warm", schedule="wsd", **{**GRID, "train": {"batch_size": 8, "warmup_frac": 0.5}})
+    p = ehrfm("sweep", "plan", "--tokens", synth_tokens, "--budgets", "4e9", "--sizes", "3", "--context", "64", "--out",
+              tmp_path / "cli", "--schedule", "wsd")
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "no trunk can be shared" in p.stderr
+    assert not (tmp_path / "cli").exists()
+
+
+def test_local_wsd_sweep_trunks_first_then_branches(synth_tokens, tmp_path):
+    from sweeps.plan import plan_sweep
+
+    out = tmp_path / "sweep"
+    plan_sweep(synth_tokens, out=out, schedule="wsd", **TINY)
+    rows = plan_rows(out)
+    branches = [r for r in rows if r["trunk_id"] != r["run_id"]]
+    assert len(rows) == 4 and len(branches) == 2
+    # One slot: a branch may only start once its trunk has ended, whatever the plan's order.
+    p = ehrfm("sweep", "launch", out, "--executor", "local", "--max-parallel", "1")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "4 completed" in p.stdout
+    for b in branches:
+        result = json.loads((out / "runs" / b["run_id"] / "result.json").read_text())
+        assert result["trunk_id"] == b["trunk_id"] and result["branch_tokens"] == b["branch_tokens"]
+        first = json.loads((out / "runs" / b["run_id"] / "metrics.jsonl").read_text().splitlines()[0])
+        assert first["step"] == b["branch_tokens"] // (8 * 64) + 1  # trained its decay only
+        trunk_end = json.loads((out / "jobs" / f"{b['trunk_id']}.json").read_text())["finished_at"]
+        assert json.loads((out / "jobs" / f"{b['run_id']}.json").read_text())["started_at"] >= trunk_end
+    c = ehrfm("sweep", "collect", out)
+    assert c.returncode == 0, c.stderr
+    table = {r["run_id"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
+    assert {r["schedule"] for r in table.values()} == {"wsd"}
+    assert all(table[r["run_id"]]["trunk_id"] == r["trunk_id"] and table[r["run_id"]]["status"] == "completed" for r in rows)
+    assert all(math.isfinite(r["loss"]) for r in table.values())
+    again = ehrfm("sweep", "launch", out, "--executor", "local")
+    assert again.stdout.strip() == "submitted 0 jobs: nothing to run (4 completed)"
+
+
+def test_failed_trunk_fails_its_branches_with_the_reason(synth_tokens, tmp_path):
+    from sweeps.plan import plan_sweep
+
+    out = tmp_path / "sweep"
+    plan_sweep(synth_tokens, out=out, schedule="wsd", **TINY)
+    table = pq.read_table(out / "plan.parquet")
+    rows = table.to_pylist()
+    broken = next(r for r in rows if r["trunk_id"] == r["run_id"] and r["stable_checkpoints"])
+    broken["n_head"] = 3  # an impossible shape: the trunk's trainer refuses it
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), out / "plan.parquet")
+    p = ehrfm("sweep", "launch", out, "--executor", "local", "--max-parallel", "2")
+    assert p.returncode == 1
+    results = {r["run_id"]: json.loads((out / "runs" / r["run_id"] / "result.json").read_text()) for r in rows}
+    assert results[broken["run_id"]]["status"] == "failed" and "not divisible by n_head=3" in results[broken["run_id"]]["error"]
+    for r in rows:
+        if r["trunk_id"] == broken["run_id"] and r is not broken:
+            err = results[r["run_id"]]["error"]
+            assert results[r["run_id"]]["status"] == "failed"
+            assert f"trunk {out / 'runs' / broken['run_id']} failed before any checkpoint" in err and "n_head=3" in err
+        elif r is not broken:
+            assert results[r["run_id"]]["status"] == "completed"
+    again = ehrfm("sweep", "launch", out, "--executor", "local")
+    assert again.stdout.startswith("submitted 0 jobs")
