@@ -77,7 +77,7 @@ import torch
 import torch.distributed as dist
 
 from ehrfm import __version__, fault_points
-from ehrfm.checkpoint import has_checkpoint, load_training_state, save_checkpoint
+from ehrfm.checkpoint import CHECKPOINT_DIR, PREVIOUS_DIR, has_checkpoint, load_training_state, save_checkpoint
 from ehrfm.config import ModelConfig, TrainConfig, warmup_steps_for, wsd_decay_start
 from ehrfm.errors import UserError
 from ehrfm.io import progress, read_json, summary, write_json
@@ -336,6 +336,13 @@ def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool, held: con
     return None
 
 
+def _started(run_dir: Path) -> bool:
+    """Has this run dir begun training: a checkpoint, its previous copy, or one being written?
+    A pure look (has_checkpoint recovers files and, under DDP, waits on every rank)."""
+    return (run_dir / CHECKPOINT_DIR).exists() or (run_dir / PREVIOUS_DIR).exists() \
+        or any(run_dir.glob(f"{CHECKPOINT_DIR}.tmp-*"))
+
+
 def _finished(run_dir: Path) -> bool:
     """Does the run dir hold a completed or diverged result (kept as it is, never retrained)?"""
     path = run_dir / "result.json"
@@ -496,7 +503,7 @@ def _train(cfg: TrainConfig, dd: _Dist, held: contextlib.ExitStack) -> dict:
     finished = None
     if dd.main:
         try:
-            if cfg.trunk_dir and not has_checkpoint(run_dir) and not _finished(run_dir):
+            if cfg.trunk_dir and not _started(run_dir) and not _finished(run_dir):
                 _check_trunk(cfg, run_config, n_steps, step_tokens)  # before anything is written
             finished = ("ok", _prepare_run_dir(run_dir, run_config, cfg.overwrite, held))
         except UserError as e:
