@@ -44,7 +44,8 @@ NEW_TABLES = {
                                 "interpretation\n"
                                 "1,11,2150-01-02 00:00:00,2150-01-02 09:30:00,BLOOD CULTURE,E. COLI,CEFTRIAXONE,1,S\n"
                                 "1,11,2150-01-02 00:00:00,2150-01-02 09:30:00,BLOOD CULTURE,E. COLI,,,\n"
-                                "2,21,2150-02-03 00:00:00,,URINE CULTURE,,,,\n"),
+                                "2,21,2150-02-03 00:00:00,,URINE CULTURE,,,,\n"
+                                "1,11,2150-01-02 00:00:00,2150-01-02 00:00:00,SPUTUM CULTURE,,,,\n"),
     "hosp/hcpcsevents": ("subject_id,hadm_id,chartdate,hcpcs_cd,seq_num,short_description\n"
                          "1,11,2150-01-03,99218,1,Hospital observation\n"),
     "hosp/services": "subject_id,hadm_id,transfertime,prev_service,curr_service\n1,11,2150-01-01 10:05:00,,MED\n",
@@ -112,6 +113,8 @@ def test_every_event_table_of_mimic_iv_becomes_events_with_a_per_table_account(t
     assert _at(df, "MICROBIOLOGY//BLOOD CULTURE//E. COLI") == [("2150-01-02 09:30:00", None)]
     # No charttime: its chartdate is a date, at the stay's 12:00 discharge (the day's last event).
     assert _at(df, "MICROBIOLOGY//URINE CULTURE//NONE") == [("2150-02-03 12:00:00", None)]
+    # charttime exactly its chartdate's 00:00:00: a date written as a time, placed as a date.
+    assert _at(df, "MICROBIOLOGY//SPUTUM CULTURE//NONE") == [("2150-01-02 23:59:59", None)]
     assert _at(df, "HCPCS//99218") == [("2150-01-03 23:59:59", None)]
     assert _at(df, "SERVICE//MED") == [("2150-01-01 10:05:00", None)]
     assert _at(df, "DATETIME//225754") == [("2150-01-02 10:00:00", None)]
@@ -121,7 +124,7 @@ def test_every_event_table_of_mimic_iv_becomes_events_with_a_per_table_account(t
     assert tables["hosp/emar"] == {"rows_read": 3, "events_written": 2, "dropped": {"missing_medication": 1}}
     assert tables["hosp/emar_detail"] == {"rows_read": 5, "events_written": 2, "dropped": {
         "administration_summary_row": 1, "no_dose_given": 1, "no_emar_row": 1}}
-    assert tables["hosp/microbiologyevents"]["date_only_values"] == {"charttime": 1}
+    assert tables["hosp/microbiologyevents"]["date_only_values"] == {"charttime": 2}
     assert tables["hosp/microbiologyevents"]["date_only_placed_at_discharge"] == 1
     for name in NEW_TABLES:  # one event per row: each row is written or counted as a drop
         a = tables[name]

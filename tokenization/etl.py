@@ -74,7 +74,8 @@ Dates and midnights (an event is never placed before the first moment it could h
   procedures_icd.chartdate, omr.chartdate, hcpcsevents.chartdate; whatever its text, e.g.
   `2150-03-01 00:00:00` from a database export) or any time value written without a time of day
   (e.g. `2150-03-01` in labevents.charttime or pharmacy.starttime). microbiologyevents.charttime
-  falls back to the row's chartdate (a date) where empty. Audited in MIMIC-IV's schema
+  falls back to the row's chartdate (a date) where empty, or where it is exactly that date's
+  00:00:00 (a date written as a time, as for dischtime below). Audited in MIMIC-IV's schema
   (mimic-code's buildmimic create.sql) and on the real demo (these columns hold only dates;
   pharmacy.starttime and microbiologyevents.charttime mix; every other time column read holds
   only full timestamps). One rule for all of them: a date D is placed at D 23:59:59; an event with a
@@ -1099,7 +1100,11 @@ def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context
                 if c not in batch.columns:
                     batch = batch.with_columns(pl.lit(None, pl.String).alias(c))
             for c, d in table.fallback.items():  # a DATE where the time is missing: its day (the date-only rule)
-                batch = batch.with_columns(pl.coalesce(pl.col(c), pl.col(d).str.strip_chars().str.slice(0, 10)).alias(c))
+                t, day = pl.col(c).str.strip_chars(), pl.col(d).str.strip_chars().str.slice(0, 10)
+                # A time of exactly 00:00:00 on the row's own date is that date written as a time
+                # (as for dischtime): a date, or it would precede the day's events.
+                date_as_time = (t.str.slice(0, 10) == day) & (t.str.slice(11).str.replace_all(r"[0:.]", "") == "")
+                batch = batch.with_columns(pl.when(t.is_null() | date_as_time).then(day).otherwise(pl.col(c)).alias(c))
             typed = _typed(batch, table, bad, ctx)
             if not bad.counts:  # else keep counting over the whole file, write nothing
                 yield typed
