@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 HOLD_AT_ENV = "EHRFM_HOLD_AT"
@@ -58,9 +59,10 @@ def hold(point: str, key: str, stop: threading.Event | None = None) -> None:
     tmp = held.with_name(held.name + f".tmp-{os.getpid()}")
     tmp.write_text(json.dumps({"pid": os.getpid(), "point": point}))
     os.replace(tmp, held)
-    waiter = stop or threading.Event()
-    while not release.exists() and not waiter.is_set():
-        waiter.wait(_POLL_S)
+    # Sleep, never `stop.wait()`: the stop flag is set by a signal handler running in this same
+    # thread, and Event.set() from inside Event.wait() deadlocks on the event's own lock.
+    while not release.exists() and not (stop is not None and stop.is_set()):
+        time.sleep(_POLL_S)
 
 
 def wait_held(hold_dir: str | os.PathLike, key: str, point: str, is_alive=lambda: True, timeout_s: float = 600) -> dict:
@@ -69,8 +71,6 @@ def wait_held(hold_dir: str | os.PathLike, key: str, point: str, is_alive=lambda
     Raises AssertionError if `is_alive()` turns false first (the process ended without reaching
     the point) or after `timeout_s` (a hung process; generous, never what decides a test).
     """
-    import time
-
     held = Path(hold_dir) / f"{key}.{point}.held"
     deadline = time.monotonic() + timeout_s
     while not held.is_file():
