@@ -17,8 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from test_train import make_token_dir
 
 from ehrfm.checkpoint import load_model, verify_checkpoint
 from ehrfm.config import TrainConfig
@@ -26,22 +24,12 @@ from ehrfm.errors import UserError
 from ehrfm.fault_points import wait_held
 from ehrfm.train import request_stop, train
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 ENV = {**os.environ, "EHRFM_QUIET": "1", "OMP_NUM_THREADS": "1"}
 TOKENS = 12_000  # 47 steps of 4 x 64 tokens
 KW = dict(n_layer=2, d_model=32, n_head=2, context=64, tokens=TOKENS, batch_size=4, lr=3e-3, eval_tokens=2048, seed=5)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory) -> Path:
-    return make_token_dir(tmp_path_factory.mktemp("tok") / "tok")
 
 
 @pytest.fixture(scope="module")

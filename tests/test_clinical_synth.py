@@ -14,16 +14,10 @@ from ecosystem import meds_evaluation_auroc
 
 from ehrfm.clinical.labels import TASKS
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 N_PATIENTS = 2000
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models: one thread avoids oversubscribing the shared CI cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

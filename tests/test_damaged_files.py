@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_train import make_token_dir
 
 from ehrfm.errors import UserError
 from ehrfm.io import load_npy, read_json, read_parquet
@@ -33,11 +32,6 @@ def assert_one_line_error(p: subprocess.CompletedProcess, *names: str) -> str:
     for name in names:
         assert name in lines[0], (name, lines[0])
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory) -> Path:
-    return make_token_dir(tmp_path_factory.mktemp("tok") / "tok")
 
 
 @pytest.fixture()

@@ -11,22 +11,16 @@ import sys
 
 import polars as pl
 import pytest
-import torch
 from test_train import make_token_dir
 
 from analysis.synthetic import BESIROGLU, synthetic_results
 from ehrfm.train import divergence_reason
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 ENV = {**os.environ, "EHRFM_QUIET": "1", "OMP_NUM_THREADS": "1"}
 SHAPE = ["--n-layer", "2", "--d-model", "32", "--n-head", "2", "--context", "64"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_divergence_reason_names_the_quantity_and_the_bound():

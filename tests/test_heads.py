@@ -18,6 +18,9 @@ from ecosystem import PREDICTION_COLUMNS, meds_evaluation_auroc
 from ehrfm.errors import UserError
 
 T0 = datetime(2150, 1, 1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 VOCAB = ["PAD", "UNK", "TIMELINE_END", "GENDER//F", "MEDS_DEATH", "HOSPITAL_DISCHARGE//HOME", "HOSPITAL_ADMISSION//EW",
          "ICU_ADMISSION//MICU", "LAB//A", "LAB//B", "LAB//C", "1h-2h"]
 
@@ -91,15 +94,6 @@ def save_random_run(run_dir: Path, vocab_size: int, fingerprint: str, seed: int 
     save_checkpoint(run_dir, model, None, {"step": 0, "tokenizer_fingerprint": fingerprint})
     (run_dir / "result.json").write_text(json.dumps({"status": "completed"}))
     return run_dir
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread avoids oversubscribing the shared CI cores (40x faster here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

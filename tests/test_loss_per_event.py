@@ -9,20 +9,13 @@ import math
 
 import polars as pl
 import pytest
-import torch
 
 from ehrfm.config import TrainConfig
 from ehrfm.tokens import TokenDir
 from ehrfm.train import train
 from tokenization.tokenize import tokenize
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

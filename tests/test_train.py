@@ -15,6 +15,8 @@ import torch
 from ehrfm.config import TrainConfig
 from ehrfm.train import lr_at, train
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def make_token_dir(path: Path, vocab_size: int = 40, n_subjects=(60, 12, 12), seed: int = 0, max_len: int = 300) -> Path:
     """A real token dir (DESIGN.md section 2) of Markov-chain timelines: learnable, with subjects
@@ -44,20 +46,6 @@ def make_token_dir(path: Path, vocab_size: int = 40, n_subjects=(60, 12, 12), se
         sid += n
         pq.write_table(pa.table({"subject_id": ids, "offset": offsets, "length": lengths}), d / "index.parquet")
     return path
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core box: 1 intra-op thread is ~8x faster than 2 under load."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory) -> Path:
-    return make_token_dir(tmp_path_factory.mktemp("tok") / "tok")
 
 
 def cfg_for(tok, out, **kw) -> TrainConfig:

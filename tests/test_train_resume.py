@@ -22,21 +22,10 @@ from ehrfm.errors import UserError
 from ehrfm.fault_points import wait_held
 from ehrfm.train import request_stop, train
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 SHAPE = ["--n-layer", "2", "--d-model", "32", "--n-head", "2", "--context", "64"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core box: 1 intra-op thread is ~8x faster than 2 under load."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory) -> Path:
-    return make_token_dir(tmp_path_factory.mktemp("tok") / "tok")
 
 
 def run_cmd(tok, out, tokens=20_000):

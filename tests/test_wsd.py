@@ -11,8 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from test_train import make_token_dir
 from test_train_resume import assert_same_tensors
 
 from ehrfm.config import TrainConfig
@@ -20,24 +18,14 @@ from ehrfm.errors import UserError
 from ehrfm.train import lr_at, request_stop, stable_checkpoint_dir, train
 
 # 4 rows of 64 tokens per step: 256 tokens a step.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 STEP = 256
 COMMON = dict(n_layer=2, d_model=32, n_head=2, context=64, batch_size=4, lr=3e-3, eval_tokens=4096, seed=3,
               schedule="wsd", warmup_steps=2)
 TRUNK_TOKENS = 40 * STEP  # decays over steps 32..39
 BRANCH_TOKENS = 20 * STEP  # its decay starts at step 16 = 4096 tokens
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory) -> Path:
-    return make_token_dir(tmp_path_factory.mktemp("tok") / "tok")
 
 
 @pytest.fixture(scope="module")
