@@ -71,6 +71,7 @@ def _launch(args) -> int:
         retry_failed=args.retry_failed,
         wait=args.wait,
         dry_run=args.dry_run,
+        logger=args.logger,
     )
     report = launch_sweep(args.sweep, cfg)
     bad = [rid for rid, s in report.final_states.items() if s in ("failed", "diverged")]
@@ -139,6 +140,9 @@ def register(sub) -> None:
     pl.add_argument("--retry-failed", action="store_true", help="also resubmit runs that failed")
     pl.add_argument("--wait", action="store_true", help="SLURM: wait until the submitted runs finish (local always waits)")
     pl.add_argument("--dry-run", action="store_true", help="list the runs that would be submitted, submit nothing")
+    pl.add_argument("--logger", choices=["tensorboard", "wandb"], default=None,
+                    help="every run also logs its metrics there (TensorBoard event files beside metrics.jsonl; "
+                         "W&B offline, run name = run id, group = the sweep); default: none, or $EHRFM_LOGGER")
     pl.set_defaults(func=_launch)
 
     ps = ssub.add_parser("status", help="table of runs: budget, N, D, state, loss, job id")

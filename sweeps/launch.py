@@ -71,6 +71,7 @@ class LaunchConfig:
     retry_failed: bool = False
     wait: bool = False  # SLURM: block until the launched runs finish (local always waits)
     dry_run: bool = False  # only say what would be submitted
+    logger: str | None = None  # every run's --logger (tensorboard | wandb); run id = run name, sweep = group
     poll_s: float = 5.0
 
 
@@ -131,6 +132,10 @@ def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
     if cfg.gpus_per_node < 0 or cfg.nodes < 1 or (cfg.max_parallel is not None and cfg.max_parallel < 1) \
             or (cfg.tasks_per_node is not None and cfg.tasks_per_node < 1):
         raise UserError("--gpus-per-node must be >= 0; --nodes, --tasks-per-node and --max-parallel >= 1")
+    if cfg.logger is not None:
+        from ehrfm.loggers import check_logger
+
+        check_logger(cfg.logger)  # a missing package is said now, not in every job
     if cfg.executor == "local" and cfg.nodes != 1:
         raise UserError("--nodes > 1 needs --executor slurm (the local executor has one machine)")
     if cfg.mem is not None and not re.fullmatch(r"\d+[KMGT]?B?", str(cfg.mem), flags=re.I):
@@ -212,7 +217,8 @@ def _select_and_prepare(sweep_dir: Path, sweep, plan: list[dict], cfg: LaunchCon
             _archive_failed(sweep_dir, rid)
         config_path = sweep_dir / "jobs" / f"{rid}.train.json"
         train_cfg = run_train_config(sweep, row, run_dir)
-        train_cfg.extra = {"sweep": str(sweep_dir), "run_id": rid, "budget": row["budget"]}
+        train_cfg.extra = {"sweep": str(sweep_dir), "run_id": rid, "budget": row["budget"],
+                           **({"logger": cfg.logger} if cfg.logger else {})}
         write_json(config_path, train_cfg)
         jobs.append(
             TrainJob(

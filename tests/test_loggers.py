@@ -106,3 +106,21 @@ def test_sweep_runs_get_the_logger_from_the_environment(synth_tokens, tmp_path):
     assert len(runs) == 2
     for run in runs:
         _assert_events_equal_jsonl(run)
+
+
+def test_sweep_launch_logger_flag_reaches_every_run(synth_tokens, tmp_path):
+    """`ehrfm sweep launch --logger tensorboard`: the flag, saved in each run's config, not the environment."""
+    pytest.importorskip("tensorboard")
+    from sweeps.plan import plan_sweep
+
+    out = tmp_path / "sweep"
+    plan_sweep(synth_tokens, out=out, budgets=[1e9], sizes=2, context=64, train={"batch_size": 8})
+    env = {k: v for k, v in os.environ.items() if k != "EHRFM_LOGGER"} | {"EHRFM_QUIET": "1"}
+    p = subprocess.run([sys.executable, "-m", "ehrfm", "sweep", "launch", str(out), "--executor", "local",
+                        "--logger", "tensorboard"], capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    runs = sorted(d for d in (out / "runs").iterdir() if d.is_dir())
+    assert len(runs) == 2
+    for run in runs:
+        _assert_events_equal_jsonl(run)
+        assert json.loads((out / "jobs" / f"{run.name}.train.json").read_text())["extra"]["logger"] == "tensorboard"
