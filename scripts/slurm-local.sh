@@ -112,7 +112,11 @@ cmd_up() {
   command -v slurmctld >/dev/null || die "slurmctld not found: run '$0 install' first"
   write_conf
   start_munge
-  pid_alive "$STATE/run/slurmctld.pid" || slurmctld -f "$CONF"
+  if pid_alive "$STATE/run/slurmctld.pid"; then
+    scontrol reconfigure >/dev/null 2>&1 || true  # already up: apply the config just written
+  else
+    slurmctld -f "$CONF"
+  fi
   pid_alive "$STATE/run/slurmd.pid" || slurmd -f "$CONF"
   local host state
   host=$(hostname -s)
