@@ -23,7 +23,7 @@ from ehrfm.errors import UserError
 LOCK_FILE = ".train.lock"
 # A launcher's probe holds the lock for microseconds; a trainer that meets one retries this long
 # before it concludes that another trainer holds the run dir.
-_PROBE_GRACE_S = 0.5
+_PROBE_GRACE_S = 5.0  # generous: a probe descheduled on a loaded machine must not look like a trainer
 
 
 class RunDirBusyError(UserError):
