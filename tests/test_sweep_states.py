@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from test_sweep import TINY
 
 from sweeps.state import SLURM_STATES, run_states, slurm_state_of
 
@@ -69,7 +70,7 @@ def test_held_jobs_of_another_user_are_queued_and_never_resubmitted(synth_tokens
     from sweeps.plan import plan_sweep
 
     out = tmp_path / "sweep"
-    _, rows, _ = plan_sweep(synth_tokens, [1e9, 3e9], out, sizes=3, context=64, train={"batch_size": 8})
+    _, rows, _ = plan_sweep(synth_tokens, out=out, **TINY)  # 4 runs
     ids = [r["run_id"] for r in rows]
     assert len(ids) == 4
     jobs = []
