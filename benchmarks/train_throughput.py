@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ehrfm.config import ModelConfig
+from ehrfm.export import hf_llama
 from ehrfm.model import GPT
 from ehrfm.shapes import flops_per_token, n_params
 
@@ -37,18 +38,6 @@ SIZES_CPU = [  # (n_layer, d_model, n_head)
     (6, 256, 8),
 ]
 SIZES_CUDA = [(6, 512, 8), (12, 768, 12), (24, 1024, 16)]
-
-
-def hf_llama(cfg: ModelConfig):
-    import transformers
-
-    hf_cfg = transformers.LlamaConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.mlp_hidden,
-        num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head,
-        max_position_embeddings=cfg.context, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
-        tie_word_embeddings=False, attention_bias=False, mlp_bias=False, attn_implementation="sdpa",
-    )
-    return transformers.LlamaForCausalLM(hf_cfg)
 
 
 def make_step(model, kind: str, idx, targets, seg, autocast):

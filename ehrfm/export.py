@@ -111,6 +111,22 @@ def _checkpoint_dir(run: Path) -> Path:
     return ckpt
 
 
+def hf_llama(cfg) -> torch.nn.Module:
+    """A freshly initialised Hugging Face `LlamaForCausalLM` of the same shape as an ehrfm model
+    (ModelConfig `cfg`: same width, depth, heads, SwiGLU width, RMSNorm eps, RoPE theta, untied
+    head; SDPA attention). For side-by-side benchmarks (benchmarks/train_throughput.py,
+    scripts/gpu_check.py); `export_hf` converts trained weights. Needs `transformers`."""
+    import transformers
+
+    hf_cfg = transformers.LlamaConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.mlp_hidden,
+        num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head,
+        max_position_embeddings=cfg.context, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
+        tie_word_embeddings=False, attention_bias=False, mlp_bias=False, attn_implementation="sdpa",
+    )
+    return transformers.LlamaForCausalLM(hf_cfg)
+
+
 def llama_config(model_cfg: dict, special_ids: dict[str, int]) -> dict:
     """HF LlamaConfig fields (config.json) for an ehrfm ModelConfig dict; refuses what Llama cannot express.
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ehrfm.config import ModelConfig  # noqa: E402
+from ehrfm.export import hf_llama  # noqa: E402
 from ehrfm.model import GPT, attention_layout  # noqa: E402
 from ehrfm.shapes import flops_per_token, n_params  # noqa: E402
 
@@ -116,18 +117,6 @@ def check_kernels(device, vocab: int, has_xformers: bool, quick: bool) -> dict:
     out.update(loss_fp32=loss_fp32, loss_bf16=loss_bf16, bf16_rel_diff=abs(loss_bf16 - loss_fp32) / abs(loss_fp32))
     out["bf16_ok"] = out["bf16_rel_diff"] <= BF16_LOSS_RTOL
     return out
-
-
-def hf_llama(cfg: ModelConfig):
-    import transformers
-
-    hf_cfg = transformers.LlamaConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.mlp_hidden,
-        num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head,
-        max_position_embeddings=cfg.context, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
-        tie_word_embeddings=False, attention_bias=False, mlp_bias=False, attn_implementation="sdpa",
-    )
-    return transformers.LlamaForCausalLM(hf_cfg)
 
 
 def train_step(model, kind: str, idx, targets, seg, autocast):
