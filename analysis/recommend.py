@@ -22,7 +22,7 @@ import numpy as np
 
 from analysis.laws import R_STAR_DATA, auroc_from_law, effective_tokens, percentile_ci
 from ehrfm.errors import UserError
-from ehrfm.io import format_ci
+from ehrfm.io import format_ci, markdown_table
 
 EXTRAPOLATION_WARN = 10.0  # warn past this factor beyond the largest fitted budget
 
@@ -255,9 +255,7 @@ def format_recommendation(rec: Recommendation) -> str:
             f"({dc['epochs']:.1f} epochs, {dc['effective_tokens']:.3g} effective tokens), loss {format_ci(dc['loss'], dc.get('loss_ci'), '{:.4g}')}."
         ]
     if rec.utility:
-        lines += ["", "| task | predicted AUROC |", "|---|---|"]
-        for task, u in rec.utility.items():
-            lines.append(f"| {task} | {format_ci(u['auroc'], u['auroc_ci'])} |")
-    for w in rec.warnings:
-        lines.append(f"\nWarning: {w}")
+        lines += ["", *markdown_table(["task", "predicted AUROC"],
+                                      ([task, format_ci(u["auroc"], u["auroc_ci"])] for task, u in rec.utility.items()))]
+    lines += [f"\nWarning: {w}" for w in rec.warnings]
     return "\n".join(lines)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from ehrfm.results import Status
+
 
 @dataclass(frozen=True)
 class Law:
@@ -51,7 +53,7 @@ def synthetic_results(law: Law = BESIROGLU, budgets=(1e18, 1e19, 1e20, 1e21), si
             d = int(round(c / (6 * n)))
             loss = float(law.loss(n, d) * np.exp(rng.normal(0.0, noise)))
             row = dict(run_id=f"c{c:.2g}-n{n}", budget=float(c), n_params=n, n_params_total=n, tokens=d,
-                       flops=6.0 * n * d, loss=loss, status="completed")
+                       flops=6.0 * n * d, loss=loss, status=str(Status.COMPLETED))
             l_opt = law.loss(law.n_opt(c), c / (6 * law.n_opt(c)))
             for task, (coef, exponent) in (tasks or {}).items():
                 err = coef * c**exponent * (loss / l_opt) ** 4 * np.exp(rng.normal(0.0, noise))

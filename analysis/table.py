@@ -25,6 +25,8 @@ import numpy as np
 import polars as pl
 
 from ehrfm.errors import UserError
+from ehrfm.results import Status
+from ehrfm.tables import RESULTS_REQUIRED
 
 REQUIRED = ("n_params", "tokens", "loss")
 # The loss columns the trainer and sweeps write, and their units (any other numeric column may be
@@ -156,7 +158,7 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss") ->
     else:
         source = str(table)
         df = _read_frame(Path(table))
-    required = ("n_params", "tokens", loss_column)
+    required = (*RESULTS_REQUIRED, loss_column)
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise UserError(
@@ -177,9 +179,9 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss") ->
     if "status" in df.columns:
         status = df["status"].cast(pl.Utf8).fill_null("<null>").to_numpy().astype(str)
         error = df["error"].cast(pl.Utf8).to_list() if "error" in df.columns else [None] * n_rows
-        for i in np.flatnonzero(status != "completed"):
+        for i in np.flatnonzero(status != Status.COMPLETED):
             excluded.append({"run_id": str(run_id[i]), "reason": f"status {status[i]}" + (f": {error[i]}" if error[i] else "")})
-        keep &= status == "completed"
+        keep &= status == Status.COMPLETED
 
     values = {c: _numeric(df, c, source) for c in required}
     if "vocab_size" in df.columns and "loss" in df.columns:

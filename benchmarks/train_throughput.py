@@ -22,13 +22,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import time
 
 import torch
-import torch.nn.functional as F
 
 from ehrfm.config import ModelConfig
-from ehrfm.export import hf_llama
+from ehrfm.export import hf_llama, timed, training_step
 from ehrfm.model import GPT
 from ehrfm.shapes import flops_per_token, n_params
 
@@ -38,28 +36,6 @@ SIZES_CPU = [  # (n_layer, d_model, n_head)
     (6, 256, 8),
 ]
 SIZES_CUDA = [(6, 512, 8), (12, 768, 12), (24, 1024, 16)]
-
-
-def make_step(model, kind: str, idx, targets, seg, autocast):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=idx.is_cuda or None)
-
-    def step():
-        with autocast():
-            if kind == "hf":
-                logits = model(input_ids=idx).logits
-                loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
-            else:
-                _, loss = model(idx, targets, segment_ids=seg, return_logits=False)  # as ehrfm.train does
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def bench_size(shape, args, device, autocast) -> dict:
@@ -74,10 +50,10 @@ def bench_size(shape, args, device, autocast) -> dict:
     hf = hf_llama(cfg).to(device).train()
     assert sum(p.numel() for p in hf.parameters()) == sum(p.numel() for p in ours.parameters())
     steps = {
-        "ehrfm": make_step(ours, "ours", idx, targets, None, autocast),
-        **({"ehrfm_compiled": make_step(torch.compile(GPT(cfg).to(device)), "ours", idx, targets, None, autocast)} if args.compile else {}),
-        "hf": make_step(hf, "hf", idx, targets, None, autocast),
-        "ehrfm_packed": make_step(ours, "ours", idx, targets, packed_seg, autocast),
+        "ehrfm": training_step(ours, "ours", idx, targets, None, autocast),
+        **({"ehrfm_compiled": training_step(torch.compile(GPT(cfg).to(device)), "ours", idx, targets, None, autocast)} if args.compile else {}),
+        "hf": training_step(hf, "hf", idx, targets, None, autocast),
+        "ehrfm_packed": training_step(ours, "ours", idx, targets, packed_seg, autocast),
     }
     times = {k: [] for k in steps}
     for _ in range(args.warmup):  # includes torch.compile's compilation when --compile
@@ -85,11 +61,7 @@ def bench_size(shape, args, device, autocast) -> dict:
             f()
     for _ in range(args.steps):
         for k, f in steps.items():
-            sync(device)
-            t0 = time.perf_counter()
-            f()
-            sync(device)
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(timed(f, device))
     tokens = args.batch * cfg.context
     tps = {k: tokens / statistics.median(v) for k, v in times.items()}
     return {"cfg": cfg, "n_params": n_params(cfg), **tps}

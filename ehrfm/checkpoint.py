@@ -37,6 +37,7 @@ from ehrfm import fault_points
 from ehrfm.config import ModelConfig
 from ehrfm.errors import UserError
 from ehrfm.io import read_json, remove_stale_temporaries, stale_temporaries, temporary_sibling, write_json
+from ehrfm.results import Status
 
 CHECKPOINT_DIR = "checkpoint"
 PREVIOUS_DIR = "checkpoint.prev"
@@ -144,7 +145,7 @@ def save_checkpoint(run_dir, model, optimizer, state: dict) -> Path:
         fault_points.hold("checkpoint-swap", run_dir.name)
     os.replace(tmp, out)
     _fsync_dir(run_dir)
-    if state.get("status") == "completed":
+    if state.get("status") == Status.COMPLETED:
         _discard(prev)
     return out
 

@@ -95,11 +95,9 @@ def load_model(run: str | os.PathLike, device: str | torch.device = "cpu") -> Ca
 
 
 def _require_usable(run: Path) -> None:
-    result = run / "result.json"
-    if result.is_file():
-        status = json.loads(result.read_text()).get("status")
-        if status not in (None, "completed"):
-            raise UserError(f"run {run} has status {status!r} (result.json); only a completed run is loaded")
+    from ehrfm.results import require_completed
+
+    require_completed(run, "loading its model")
 
 
 def _checkpoint_dir(run: Path) -> Path:
@@ -125,6 +123,48 @@ def hf_llama(cfg) -> torch.nn.Module:
         tie_word_embeddings=False, attention_bias=False, mlp_bias=False, attn_implementation="sdpa",
     )
     return transformers.LlamaForCausalLM(hf_cfg)
+
+
+def training_step(model, kind: str, idx, targets, seg, autocast):
+    """A closure that runs one training step of `model` on a fixed batch: forward, cross-entropy,
+    backward, AdamW (lr 1e-4). For the side-by-side benchmarks of `hf_llama`.
+
+    Args:
+        model: an ehrfm GPT (kind "ours": its fused head + loss, `return_logits=False`, as
+            ehrfm.train runs) or a Hugging Face causal LM (kind "hf": logits, then F.cross_entropy).
+        idx, targets: (B, T) int64 token ids and next-token targets (-100: not scored).
+        seg: (B, T) subject ids of packed rows (block-diagonal attention), or None; GPT only.
+        autocast: a zero-argument context manager factory (bf16 autocast, or a null context).
+    """
+    import torch.nn.functional as F
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=idx.is_cuda or None)
+
+    def step():
+        with autocast():
+            if kind == "hf":
+                logits = model(input_ids=idx).logits
+                loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-100)
+            else:
+                _, loss = model(idx, targets, segment_ids=seg, return_logits=False)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def timed(step, device: torch.device) -> float:
+    """Seconds one call of `step` takes, the GPU synchronised before and after."""
+    import time
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
 
 
 def llama_config(model_cfg: dict, special_ids: dict[str, int]) -> dict:

@@ -353,6 +353,29 @@ def format_ci(x, ci=None, fmt: str = "{:.3g}") -> str:
     return s
 
 
+def markdown_table(header: list[str], rows) -> list[str]:
+    """The lines of a Markdown table: `header` (column titles), then one line per row (cells as str)."""
+    return [f"| {' | '.join(header)} |", "|" + "---|" * len(header), *(f"| {' | '.join(map(str, r))} |" for r in rows)]
+
+
+def text_table(columns: list[tuple[str, str, str]], rows: list[dict]) -> list[str]:
+    """The lines of a fixed-width text table (a header, then one line per row).
+
+    Args:
+        columns: (row key, title, format spec with alignment and width, e.g. ">8.2g" or "<34");
+            a missing or None cell prints "-".
+        rows: dicts with the columns' keys.
+    """
+    def width(spec: str) -> str:  # "<34" / ">8.2g" -> the alignment and width alone
+        return spec[0] + "".join(c for c in spec[1:].split(".")[0] if c.isdigit())
+
+    lines = [" ".join(format(title, width(spec)) for _, title, spec in columns)]
+    for r in rows:
+        lines.append(" ".join(format("-", width(spec)) if r.get(key) is None else format(r[key], spec)
+                              for key, _, spec in columns))
+    return lines
+
+
 def progress(iterable=None, **kwargs):
     """A tqdm progress bar on stderr; quiet when EHRFM_QUIET=1 (tests, nested stages)."""
     from tqdm.auto import tqdm

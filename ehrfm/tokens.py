@@ -33,8 +33,8 @@ import numpy as np
 
 from ehrfm.errors import UserError
 from ehrfm.io import load_npy, read_json, read_parquet
+from ehrfm.meds_io import SPLITS  # the MEDS split names (the `meds` package's constants)
 
-SPLITS = ("train", "tuning", "held_out")
 _REDO = "re-create the token dir with `ehrfm tokenize`"
 
 

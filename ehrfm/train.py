@@ -70,6 +70,7 @@ import shutil
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,7 @@ from ehrfm.io import progress, read_json, summary, write_json
 from ehrfm.loggers import metrics_log
 from ehrfm.model import GPT
 from ehrfm.packing import PackedRows, PackedStream
+from ehrfm.results import RunResult, Status, read_result, write_result
 from ehrfm.run_lock import LOCK_FILE, RunDirBusyError, lock_run_dir
 from ehrfm.shapes import flops_per_token, n_params, n_params_total
 from ehrfm.tokens import TokenDir
@@ -209,10 +211,10 @@ def _check_trunk(cfg: TrainConfig, run_config: dict, n_steps: int, step_tokens: 
     with another tokenizer, data, shape or options, a branch point past the trunk's stable phase,
     or no stable checkpoint there (yet, or ever: the trunk failed first)."""
     trunk = Path(cfg.trunk_dir)
-    ended = read_json(trunk / "result.json", "trunk result") if (trunk / "result.json").is_file() else None
+    ended = read_result(trunk)
     if not (trunk / "config.json").is_file():
         if ended:  # the trunk's job recorded a failure before the trainer wrote anything
-            raise UserError(f"trunk {trunk} {ended.get('status')} before any checkpoint: {ended.get('error')}")
+            raise UserError(f"trunk {trunk} {ended.status} before any checkpoint: {ended.error}")
         raise UserError(f"trunk {trunk} is not a run dir (no config.json): train the trunk first")
     saved = read_json(trunk / "config.json", "trunk run config")
     problems = []
@@ -248,7 +250,7 @@ def _check_trunk(cfg: TrainConfig, run_config: dict, n_steps: int, step_tokens: 
             "plan the trunk with this branch point"
         )
     if not has_checkpoint(stable_checkpoint_dir(trunk, tokens)):
-        why = (f"the trunk {ended.get('status')}: {ended.get('error')}" if ended and ended.get("status") != "completed"
+        why = (f"the trunk {ended.status}: {ended.error}" if ended and ended.status != Status.COMPLETED
                else "the trunk has not reached it yet")
         raise UserError(f"trunk {trunk} has no stable checkpoint at {tokens} tokens ({why})")
 
@@ -319,13 +321,11 @@ def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool, held: con
     if (run_dir / "config.json").is_file():
         saved = read_json(run_dir / "config.json", "run config")
         _check_same_run(run_dir, saved, run_config)
-        result_path = run_dir / "result.json"
-        if result_path.is_file():
-            result = read_json(result_path, "run result", expect=dict,
-                               hint="delete it and rerun: the run resumes from its checkpoint and writes it again")
-            if result.get("status") in ("completed", "diverged"):  # deterministic outcomes: keep
-                return result
-            result_path.unlink()  # a failed run (e.g. out of memory) is retried, from its checkpoint
+        result = read_result(run_dir)
+        if result is not None:
+            if result.kept:  # deterministic outcomes: keep
+                return result.to_json()
+            (run_dir / "result.json").unlink()  # a failed run (e.g. out of memory) is retried, from its checkpoint
         return None
     try:
         write_json(run_dir / "config.json", run_config)
@@ -345,8 +345,8 @@ def _started(run_dir: Path) -> bool:
 
 def _finished(run_dir: Path) -> bool:
     """Does the run dir hold a completed or diverged result (kept as it is, never retrained)?"""
-    path = run_dir / "result.json"
-    return path.is_file() and read_json(path, "run result").get("status") in ("completed", "diverged")
+    result = read_result(run_dir)
+    return result is not None and result.kept
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
@@ -540,11 +540,17 @@ def _train(cfg: TrainConfig, dd: _Dist, held: contextlib.ExitStack) -> dict:
     except (UserError, KeyboardInterrupt):
         raise
     except Exception as e:  # recorded, never dropped: the sweep sees status failed
-        result = {"status": "failed", **base, "val_loss": None, "wall_s": None, "tokens_per_s": None,
-                  "error": f"{type(e).__name__}: {e}"}
-        if dd.main:
-            write_json(run_dir / "result.json", result)
-        return result
+        return _end(dd, run_dir, Status.FAILED, base, val_loss=None, wall_s=None, tokens_per_s=None,
+                    error=f"{type(e).__name__}: {e}")
+
+
+def _end(dd: _Dist, run_dir: Path, status: Status, base: dict, **outcome) -> dict:
+    """The run's result (base accounting, then its outcome), written to result.json by rank 0
+    unless interrupted (an interrupted run has no result.json); returned as a dict."""
+    result = RunResult(status, **base, **outcome)
+    if dd.main and status != Status.INTERRUPTED:
+        write_result(run_dir, result)
+    return result.to_json()
 
 
 def _autocast_for(cfg: TrainConfig, device: torch.device):
@@ -556,7 +562,68 @@ def _autocast_for(cfg: TrainConfig, device: torch.device):
     return contextlib.nullcontext, "float32"
 
 
-def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_dir: Path, base: dict) -> dict:
+@dataclass
+class _Run:
+    """One run's training state, shared by the loop's step, eval, checkpoint and finish helpers."""
+
+    cfg: TrainConfig
+    dd: _Dist
+    td: TokenDir
+    D: int
+    n_steps: int
+    run_dir: Path
+    base: dict
+    core: GPT
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    autocast: object
+    dtype_name: str
+    stream: PackedStream
+    eval_rows: PackedRows
+    eval_n: int
+    eval_bs: int
+    stable_steps: dict[int, int]
+    step: int = 0
+    wall_s: float = 0.0
+    train_loss: float = float("nan")
+    initial_loss: float | None = None  # the first step's train loss, at the initial weights: what a run must beat
+
+    @property
+    def step_tokens(self) -> int:
+        return self.cfg.batch_size * self.cfg.context
+
+    def tokens_at(self, step: int) -> int:
+        return min(step * self.step_tokens, self.D)
+
+    def metrics_line(self, step: int, **more) -> str:
+        """A metrics.jsonl line for `step`: step, tokens, train_loss, then `more`."""
+        return _json_line({"step": step, "tokens": self.tokens_at(step), "train_loss": self.train_loss, **more})
+
+    def save(self, where: Path, status: Status) -> None:
+        """Checkpoint (rank 0) weights, AdamW and RNG state to `where`/checkpoint; every rank waits."""
+        if self.dd.main:
+            save_checkpoint(where, self.core, self.optimizer, {
+                "step": self.step, "tokens_seen": self.tokens_at(self.step), "wall_s": self.wall_s, "status": str(status),
+                "train_loss": self.train_loss, "initial_train_loss": self.initial_loss,
+                "tokenizer_fingerprint": self.td.fingerprint, "steps": self.n_steps, "tokens": self.D})
+        self.dd.barrier()
+
+    def evaluate(self) -> float:
+        return evaluate(self.model, self.eval_rows, self.eval_bs, self.dd.device, self.autocast, self.dd)
+
+    def diverged(self, step: int, reason: str, wall_s: float, val_loss: float | None = None) -> dict:
+        """Record a diverged run; `val_loss` is kept (as a diagnosis, never fitted) when finite."""
+        kept = val_loss if val_loss is not None and math.isfinite(val_loss) else None
+        result = _end(self.dd, self.run_dir, Status.DIVERGED, self.base, val_loss=kept, initial_train_loss=self.initial_loss,
+                      wall_s=wall_s, tokens_per_s=None, diverged_step=step, error=reason)
+        if self.dd.main:
+            summary(f"diverged: {reason}; recorded in {self.run_dir / 'result.json'}")
+        return result
+
+
+def _setup(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_dir: Path, base: dict) -> _Run:
+    """Model, AdamW, data streams and eval rows for the run; resumed from its checkpoint (or, for a
+    WSD branch, its trunk's stable checkpoint) when there is one."""
     device = dd.device
     autocast, dtype_name = _autocast_for(cfg, device)
     torch.manual_seed(cfg.seed)  # the seed fixes init; data order is fixed by the stream's seed
@@ -569,20 +636,7 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fused,
     )
-    step, wall_s, train_loss = 0, 0.0, float("nan")
-    initial_loss = None  # the first step's train loss, at the initial weights: what a run must beat
-    if has_checkpoint(run_dir):
-        state = load_training_state(run_dir, core, optimizer, device=device)
-        step, wall_s = int(state["step"]), float(state["wall_s"])
-        train_loss = float(state.get("train_loss", "nan"))
-        initial_loss = state.get("initial_train_loss")
-    elif cfg.trunk_dir:  # a WSD branch starts from its trunk's stable checkpoint (checked in _train)
-        b_step, b_tokens = branch_point(cfg, n_steps, cfg.batch_size * cfg.context)
-        state = load_training_state(stable_checkpoint_dir(cfg.trunk_dir, b_tokens), core, optimizer, device=device)
-        if int(state["step"]) != b_step:
-            raise UserError(f"trunk {cfg.trunk_dir}: stable checkpoint at {b_tokens} tokens holds step {state['step']}, not {b_step}")
-        step, train_loss = b_step, float(state.get("train_loss", "nan"))  # wall_s counts the branch's own time
-        initial_loss = state.get("initial_train_loss")  # the trunk's: the same initial weights
+    step, wall_s, train_loss, initial_loss = _resume(cfg, core, optimizer, n_steps, run_dir, device)
     if dd.main:
         _truncate_metrics(run_dir / "metrics.jsonl", step)
     model = core
@@ -595,165 +649,182 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
     stream = PackedStream(train_split, cfg.context, seed=cfg.seed, shuffle=True, pad_id=pad_id)
     eval_stream = PackedStream(tuning_split, cfg.context, shuffle=False, pad_id=pad_id)
     eval_n = min(cfg.eval_tokens, eval_stream.epoch_tokens)
-    eval_rows = eval_stream.rows(0, eval_n)
-    eval_bs = cfg.eval_batch_size or cfg.micro_batch_size
-    step_tokens = cfg.batch_size * cfg.context
-    stable_steps = _stable_steps(cfg, n_steps, step_tokens)
+    return _Run(cfg, dd, td, D, n_steps, run_dir, base, core, model, optimizer, autocast, dtype_name, stream,
+                eval_rows=eval_stream.rows(0, eval_n), eval_n=eval_n, eval_bs=cfg.eval_batch_size or cfg.micro_batch_size,
+                stable_steps=_stable_steps(cfg, n_steps, cfg.batch_size * cfg.context),
+                step=step, wall_s=wall_s, train_loss=train_loss, initial_loss=initial_loss)
 
-    def checkpoint_state(status: str) -> dict:
-        return {"step": step, "tokens_seen": min(step * step_tokens, D), "wall_s": wall_s, "status": status,
-                "train_loss": train_loss, "initial_train_loss": initial_loss,
-                "tokenizer_fingerprint": td.fingerprint, "steps": n_steps, "tokens": D}
 
+def _resume(cfg, core, optimizer, n_steps: int, run_dir: Path, device) -> tuple[int, float, float, float | None]:
+    """(step, wall_s, train_loss, initial_train_loss) to start from, loading the run's checkpoint
+    (or a WSD branch's trunk checkpoint) into `core` and `optimizer`; a fresh run starts at 0."""
+    if has_checkpoint(run_dir):
+        state = load_training_state(run_dir, core, optimizer, device=device)
+        return (int(state["step"]), float(state["wall_s"]), float(state.get("train_loss", "nan")),
+                state.get("initial_train_loss"))
+    if cfg.trunk_dir:  # a WSD branch starts from its trunk's stable checkpoint (checked in _train)
+        b_step, b_tokens = branch_point(cfg, n_steps, cfg.batch_size * cfg.context)
+        state = load_training_state(stable_checkpoint_dir(cfg.trunk_dir, b_tokens), core, optimizer, device=device)
+        if int(state["step"]) != b_step:
+            raise UserError(f"trunk {cfg.trunk_dir}: stable checkpoint at {b_tokens} tokens holds step {state['step']}, not {b_step}")
+        # wall_s counts the branch's own time; the initial loss is the trunk's (the same initial weights)
+        return b_step, 0.0, float(state.get("train_loss", "nan")), state.get("initial_train_loss")
+    return 0, 0.0, float("nan"), None
+
+
+def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_dir: Path, base: dict) -> dict:
+    run = _setup(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_dir, base)
     metrics_f = metrics_log(run_dir, cfg) if dd.main else None  # metrics.jsonl (+ --logger backend); closed below
     quiet = {} if dd.main else {"disable": True}  # one bar, on rank 0 (EHRFM_QUIET=1 silences it)
-    bar = progress(total=D, initial=min(step * step_tokens, D), unit="tok", unit_scale=True, desc="train", **quiet)
-    model.train()
+    bar = progress(total=D, initial=run.tokens_at(run.step), unit="tok", unit_scale=True, desc="train", **quiet)
+    run.model.train()
     session_t0, session_tokens = time.perf_counter(), 0
     try:
-        while step < n_steps:
+        while run.step < n_steps:
             t0 = time.perf_counter()
-            start = step * step_tokens
-            batch = stream.rows(start, min(step_tokens, D - start))
-            n_predicted = batch.n_targets  # over the whole global batch: every rank knows it
-            mine = np.arange(dd.rank, len(batch.tokens), dd.world)
-            if len(mine) == 0:  # a rank without rows in a short last step still joins the all-reduce
-                mine = np.array([0])
-                local = batch.take(mine)
-                local.targets[:] = -100
-            else:
-                local = batch.take(mine)
-            lr = lr_at(step, n_steps, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            micro = range(0, len(local.tokens), cfg.micro_batch_size)
-            for k, i in enumerate(micro):
-                idx, tgt, seg = _to_torch(local.take(slice(i, i + cfg.micro_batch_size)), device)
-                last = k == len(micro) - 1
-                sync = contextlib.nullcontext() if (last or dd.world == 1) else model.no_sync()
-                with sync:
-                    with autocast():
-                        _, part = model(idx, tgt, segment_ids=seg, reduction="sum", return_logits=False)
-                    # DDP averages gradients over ranks; scaling by world/n makes that the global mean
-                    (part * (dd.world / max(n_predicted, 1))).backward()
-                loss_sum += part.detach().double()
-            grad_norm = torch.nn.utils.clip_grad_norm_(core.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            # a test can hold the run here, after step `step + 1`'s gradients, to interrupt it exactly there
-            fault_points.hold(f"step-{step + 1}", run_dir.name, _stop_requested)
-            # one all-reduce per step carries the loss sum and any rank's stop request
-            flags = torch.stack([loss_sum, torch.tensor(float(_stop_requested.is_set()), dtype=torch.float64, device=device)])
-            if dd.world > 1:
-                dist.all_reduce(flags)
-            train_loss = float(flags[0]) / max(n_predicted, 1)
-            stop = float(flags[1]) > 0
-            if step == 0 and math.isfinite(train_loss):
-                initial_loss = train_loss
-            reason = divergence_reason(step + 1, train_loss=train_loss, grad_norm=float(grad_norm))
+            batch, lr, grad_norm, stop = _step(run)
+            reason = divergence_reason(run.step + 1, train_loss=run.train_loss, grad_norm=grad_norm)
             if reason:
                 if dd.main:
-                    metrics_f.write(_json_line({"step": step + 1, "tokens": min((step + 1) * step_tokens, D), "train_loss": train_loss,
-                                                "lr": lr, "grad_norm": float(grad_norm), "diverged": reason}))
-                return _finish_diverged(dd, run_dir, base, step + 1, reason, wall_s + time.perf_counter() - t0, initial_loss)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
+                    metrics_f.write(run.metrics_line(run.step + 1, lr=lr, grad_norm=grad_norm, diverged=reason))
+                return run.diverged(run.step + 1, reason, run.wall_s + time.perf_counter() - t0)
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            run.step += 1
             dt = time.perf_counter() - t0
-            wall_s += dt
+            run.wall_s += dt
             session_tokens += batch.n_tokens
             bar.update(batch.n_tokens)
-            if step in stable_steps:  # kept for the WSD branches that decay from here
-                if dd.main:
-                    save_checkpoint(stable_checkpoint_dir(run_dir, stable_steps[step]), core, optimizer, checkpoint_state("stable"))
-                dd.barrier()
-            bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", refresh=False)
-            val_loss = None
-            if cfg.eval_interval and step % cfg.eval_interval == 0 and step < n_steps:
-                val_loss = evaluate(model, eval_rows, eval_bs, device, autocast, dd)
-                # only a non-finite loss stops a run early: a finite spike may still recover
-                if not math.isfinite(val_loss):
-                    reason = divergence_reason(step, val_loss=val_loss)
-                    if dd.main:
-                        metrics_f.write(_json_line({"step": step, "tokens": min(step * step_tokens, D), "train_loss": train_loss,
-                                                    "lr": lr, "grad_norm": float(grad_norm), "val_loss": val_loss, "diverged": reason}))
-                    return _finish_diverged(dd, run_dir, base, step, reason, wall_s, initial_loss)
-            if dd.main and (step % cfg.log_interval == 0 or val_loss is not None or step == n_steps):
-                line = {"step": step, "tokens": min(step * step_tokens, D), "train_loss": train_loss, "lr": lr,
-                        "grad_norm": float(grad_norm), "tokens_per_s": batch.n_tokens / dt}
-                if val_loss is not None:
-                    line["val_loss"] = val_loss
-                metrics_f.write(_json_line(line))
-                metrics_f.flush()
-            if stop and step < n_steps:
-                if dd.main:
-                    save_checkpoint(run_dir, core, optimizer, checkpoint_state("interrupted"))
-                dd.barrier()
-                bar.close()
-                if dd.main:
-                    summary(f"interrupted at step {step}/{n_steps}; checkpoint written to {run_dir / 'checkpoint'}; rerun to resume")
-                return {"status": "interrupted", **base, "step": step, "val_loss": None, "wall_s": wall_s,
-                        "tokens_per_s": None, "error": None}
-            if cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0 and step < n_steps:
-                if dd.main:
-                    save_checkpoint(run_dir, core, optimizer, checkpoint_state("running"))
-                dd.barrier()
+            if run.step in run.stable_steps:  # kept for the WSD branches that decay from here
+                run.save(stable_checkpoint_dir(run_dir, run.stable_steps[run.step]), Status.STABLE)
+            bar.set_postfix(loss=f"{run.train_loss:.3f}", lr=f"{lr:.2e}", refresh=False)
+            ended = _after_step(run, metrics_f, lr, grad_norm, tokens_per_s=batch.n_tokens / dt, stop=stop, bar=bar)
+            if ended is not None:
+                return ended
     finally:
         bar.close()
         if metrics_f:
             metrics_f.close()
+    return _finish(run, session_tokens, time.perf_counter() - session_t0)
 
+
+def _step(run: _Run) -> tuple[PackedRows, float, float, bool]:
+    """Forward and backward of the run's next step (this rank's round-robin share of its rows, in
+    micro-batches) and gradient clipping; the optimizer is not stepped yet. Sets run.train_loss
+    (and, at step 0, run.initial_loss). Returns (the step's global batch, lr, grad norm, whether
+    any rank was asked to stop)."""
+    cfg, dd, device = run.cfg, run.dd, run.dd.device
+    start = run.step * run.step_tokens
+    batch = run.stream.rows(start, min(run.step_tokens, run.D - start))
+    n_predicted = batch.n_targets  # over the whole global batch: every rank knows it
+    mine = np.arange(dd.rank, len(batch.tokens), dd.world)
+    if len(mine) == 0:  # a rank without rows in a short last step still joins the all-reduce
+        mine = np.array([0])
+        local = batch.take(mine)
+        local.targets[:] = -100
+    else:
+        local = batch.take(mine)
+    lr = lr_at(run.step, run.n_steps, cfg)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    micro = range(0, len(local.tokens), cfg.micro_batch_size)
+    for k, i in enumerate(micro):
+        idx, tgt, seg = _to_torch(local.take(slice(i, i + cfg.micro_batch_size)), device)
+        last = k == len(micro) - 1
+        sync = contextlib.nullcontext() if (last or dd.world == 1) else run.model.no_sync()
+        with sync:
+            with run.autocast():
+                _, part = run.model(idx, tgt, segment_ids=seg, reduction="sum", return_logits=False)
+            # DDP averages gradients over ranks; scaling by world/n makes that the global mean
+            (part * (dd.world / max(n_predicted, 1))).backward()
+        loss_sum += part.detach().double()
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.core.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    # a test can hold the run here, after step `step + 1`'s gradients, to interrupt it exactly there
+    fault_points.hold(f"step-{run.step + 1}", run.run_dir.name, _stop_requested)
+    # one all-reduce per step carries the loss sum and any rank's stop request
+    flags = torch.stack([loss_sum, torch.tensor(float(_stop_requested.is_set()), dtype=torch.float64, device=device)])
+    if dd.world > 1:
+        dist.all_reduce(flags)
+    run.train_loss = float(flags[0]) / max(n_predicted, 1)
+    if run.step == 0 and math.isfinite(run.train_loss):
+        run.initial_loss = run.train_loss
+    return batch, lr, float(grad_norm), float(flags[1]) > 0
+
+
+def _after_step(run: _Run, metrics_f, lr: float, grad_norm: float, tokens_per_s: float, stop: bool, bar) -> dict | None:
+    """After an optimizer step: the periodic held-out loss, the metrics line, and a stop or periodic
+    checkpoint. Returns the run's result when it ends here (diverged, interrupted), else None."""
+    cfg, dd, step, n_steps = run.cfg, run.dd, run.step, run.n_steps
+    val_loss = None
+    if cfg.eval_interval and step % cfg.eval_interval == 0 and step < n_steps:
+        val_loss = run.evaluate()
+        # only a non-finite loss stops a run early: a finite spike may still recover
+        if not math.isfinite(val_loss):
+            reason = divergence_reason(step, val_loss=val_loss)
+            if dd.main:
+                metrics_f.write(run.metrics_line(step, lr=lr, grad_norm=grad_norm, val_loss=val_loss, diverged=reason))
+            return run.diverged(step, reason, run.wall_s)
+    if dd.main and (step % cfg.log_interval == 0 or val_loss is not None or step == n_steps):
+        more = {} if val_loss is None else {"val_loss": val_loss}
+        metrics_f.write(run.metrics_line(step, lr=lr, grad_norm=grad_norm, tokens_per_s=tokens_per_s, **more))
+        metrics_f.flush()
+    if stop and step < n_steps:
+        run.save(run.run_dir, Status.INTERRUPTED)
+        bar.close()
+        if dd.main:
+            summary(f"interrupted at step {step}/{n_steps}; checkpoint written to {run.run_dir / 'checkpoint'}; rerun to resume")
+        return _end(dd, run.run_dir, Status.INTERRUPTED, run.base, step=step, val_loss=None, wall_s=run.wall_s,
+                    tokens_per_s=None, error=None)
+    if cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0 and step < n_steps:
+        run.save(run.run_dir, Status.RUNNING)
+    return None
+
+
+def _finish(run: _Run, session_tokens: int, session_s: float) -> dict:
+    """The final held-out loss; the completed (or, for a final blow-up, diverged) result."""
+    dd, run_dir, D, step = run.dd, run.run_dir, run.D, run.step
     t_eval = time.perf_counter()
-    val_loss = evaluate(model, eval_rows, eval_bs, device, autocast, dd)
+    val_loss = run.evaluate()
     eval_s = time.perf_counter() - t_eval
-    reason = divergence_reason(step, vocab_size=td.vocab_size, initial_loss=initial_loss, val_loss=val_loss)
+    session_s += eval_s
+    reason = divergence_reason(step, vocab_size=run.td.vocab_size, initial_loss=run.initial_loss, val_loss=val_loss)
     if reason:
         if dd.main:
             with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(_json_line({"step": step, "tokens": D, "train_loss": train_loss, "val_loss": val_loss, "diverged": reason}))
-        return _finish_diverged(dd, run_dir, base, step, reason, wall_s + eval_s, initial_loss, val_loss=val_loss)
-    session_s = time.perf_counter() - session_t0
+                f.write(run.metrics_line(step, val_loss=val_loss, diverged=reason))
+        return run.diverged(step, reason, run.wall_s + eval_s, val_loss=val_loss)
     # Tokens per event differ between code modes: compare runs by held-out nats per event
     # (TokenDir.event_head_mask: the events whose first token is among the scored targets).
-    eval_events = td.count_events(eval_rows.targets)
-    result = {
-        "status": "completed",
-        **base,
-        "val_loss": val_loss,
-        "loss_per_event": val_loss * eval_rows.n_targets / eval_events if eval_events else None,
-        "eval_events": eval_events,
-        "train_loss": train_loss,
-        "initial_train_loss": initial_loss,
-        "eval_tokens": int(eval_n),
-        "epochs": D / stream.epoch_tokens,
-        "wall_s": wall_s + eval_s,
-        "tokens_per_s": (D - base["branch_tokens"]) / wall_s if wall_s > 0 else None,
-        "session_tokens_per_s": session_tokens / session_s if session_s > 0 else None,
-        "device": str(device),
-        "dtype": dtype_name,
-        "world_size": dd.world,
-        "error": None,
-    }
+    eval_events = run.td.count_events(run.eval_rows.targets)
+    wall_s = run.wall_s
     if dd.main:
-        with metrics_log(run_dir, cfg) as f:
-            f.write(_json_line({"step": step, "tokens": D, "train_loss": train_loss, "val_loss": val_loss}))
-        save_checkpoint(run_dir, core, optimizer, checkpoint_state("completed"))
-        write_json(run_dir / "result.json", result)
+        with metrics_log(run_dir, run.cfg) as f:
+            f.write(run.metrics_line(step, val_loss=val_loss))
+    run.save(run_dir, Status.COMPLETED)  # before result.json: a finished run is never resumed
+    result = _end(
+        dd, run_dir, Status.COMPLETED, run.base,
+        val_loss=val_loss,
+        loss_per_event=val_loss * run.eval_rows.n_targets / eval_events if eval_events else None,
+        eval_events=eval_events,
+        train_loss=run.train_loss,
+        initial_train_loss=run.initial_loss,
+        eval_tokens=int(run.eval_n),
+        epochs=D / run.stream.epoch_tokens,
+        wall_s=wall_s + eval_s,
+        tokens_per_s=(D - run.base["branch_tokens"]) / wall_s if wall_s > 0 else None,
+        session_tokens_per_s=session_tokens / session_s if session_s > 0 else None,
+        device=str(dd.device),
+        dtype=run.dtype_name,
+        world_size=dd.world,
+        error=None,
+    )
+    if dd.main:
         summary(
-            f"trained {base['n_params']:,} params on {D:,} tokens in {result['wall_s']:.1f} s "
+            f"trained {run.base['n_params']:,} params on {D:,} tokens in {result['wall_s']:.1f} s "
             f"({result['tokens_per_s']:,.0f} tok/s): val_loss {val_loss:.4f} -> {run_dir}"
         )
     dd.barrier()
-    return result
-
-
-def _finish_diverged(dd, run_dir, base, step, reason: str, wall_s, initial_loss, val_loss: float | None = None) -> dict:
-    """Record a diverged run; `val_loss` is kept (as a diagnosis, never fitted) when finite."""
-    kept = val_loss if val_loss is not None and math.isfinite(val_loss) else None
-    result = {"status": "diverged", **base, "val_loss": kept, "initial_train_loss": initial_loss, "wall_s": wall_s,
-              "tokens_per_s": None, "diverged_step": step, "error": reason}
-    if dd.main:
-        write_json(run_dir / "result.json", result)
-        summary(f"diverged: {reason}; recorded in {run_dir / 'result.json'}")
     return result
 
 

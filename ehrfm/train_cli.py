@@ -93,6 +93,7 @@ def _run(args) -> int:
 
     from ehrfm.config import TrainConfig
     from ehrfm.loggers import check_logger
+    from ehrfm.results import Status
     from ehrfm.train import train
 
     cfg = TrainConfig(
@@ -132,9 +133,9 @@ def _run(args) -> int:
     )
     result = train(cfg)
     status = result["status"]
-    if status == "interrupted":
+    if status == Status.INTERRUPTED:
         return EXIT_INTERRUPTED
-    if status != "completed":
+    if status != Status.COMPLETED:
         print(f"ehrfm train: run {status}: {result.get('error')} (see {args.out}/result.json)", file=sys.stderr)
         return EXIT_FAILED
     return 0

@@ -31,12 +31,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ehrfm.config import ModelConfig  # noqa: E402
-from ehrfm.export import hf_llama  # noqa: E402
+from ehrfm.export import hf_llama, timed, training_step  # noqa: E402
 from ehrfm.model import GPT, attention_layout  # noqa: E402
 from ehrfm.shapes import flops_per_token, n_params  # noqa: E402
 
@@ -119,28 +118,6 @@ def check_kernels(device, vocab: int, has_xformers: bool, quick: bool) -> dict:
     return out
 
 
-def train_step(model, kind: str, idx, targets, seg, autocast):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=idx.is_cuda or None)
-
-    def step():
-        with autocast():
-            if kind == "hf":
-                logits = model(input_ids=idx).logits
-                loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-100)
-            else:
-                _, loss = model(idx, targets, segment_ids=seg, return_logits=False)  # as ehrfm.train runs
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def measure(step, device, warmup: int, steps: int) -> tuple[float, float | None]:
     """(median seconds per step, peak GPU memory in GiB) of a step function (warmup includes compiling)."""
     if device.type == "cuda":
@@ -150,11 +127,7 @@ def measure(step, device, warmup: int, steps: int) -> tuple[float, float | None]
         step()
     times = []
     for _ in range(steps):
-        sync(device)
-        t0 = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - t0)
+        times.append(timed(step, device))
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return statistics.median(times), peak
 
@@ -182,10 +155,10 @@ def throughput(device, args, has_hf: bool, t_start: float) -> list[dict]:
             assert sum(p.numel() for p in models["hf"].parameters()) == sum(p.numel() for p in ours.parameters())
         if compiled:
             models = {k: torch.compile(m) for k, m in models.items()}
-        runs = {"ehrfm": train_step(models["ehrfm"], "ours", idx, plain_targets, None, autocast),
-                "ehrfm_packed": train_step(models["ehrfm"], "ours", idx, targets, seg, autocast)}
+        runs = {"ehrfm": training_step(models["ehrfm"], "ours", idx, plain_targets, None, autocast),
+                "ehrfm_packed": training_step(models["ehrfm"], "ours", idx, targets, seg, autocast)}
         if has_hf:
-            runs["hf"] = train_step(models["hf"], "hf", idx, plain_targets, None, autocast)
+            runs["hf"] = training_step(models["hf"], "hf", idx, plain_targets, None, autocast)
         for name, step in runs.items():
             try:
                 sec, peak = measure(step, device, args.warmup, args.steps)

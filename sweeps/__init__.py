@@ -12,6 +12,8 @@ collect (status table, results.parquet), cli (`ehrfm sweep plan|launch|status|co
 The public names below import lazily, so `import sweeps` stays light.
 """
 
+from ehrfm.lazy import lazy_exports
+
 _EXPORTS = {
     "SweepConfig": "sweeps.plan",
     "plan_sweep": "sweeps.plan",
@@ -26,12 +28,4 @@ _EXPORTS = {
     "collect_sweep": "sweeps.collect",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'sweeps' has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -74,7 +74,9 @@ def _launch(args) -> int:
         logger=args.logger,
     )
     report = launch_sweep(args.sweep, cfg)
-    bad = [rid for rid, s in report.final_states.items() if s in ("failed", "diverged")]
+    from ehrfm.results import Status
+
+    bad = [rid for rid, s in report.final_states.items() if s in (Status.FAILED, Status.DIVERGED)]
     return 1 if bad else 0
 
 

@@ -1,6 +1,7 @@
 """`sweep status` (a table of run states) and `sweep collect` (SWEEP/results.parquet).
 
-results.parquet is the contract between training and analysis (DESIGN.md, results table):
+results.parquet is the contract between training and analysis (DESIGN.md, results table; its
+schema is ehrfm.tables.results_schema):
     run_id str, budget float64 (null if unplanned), n_params int64, n_params_total int64,
     tokens int64, flops float64, loss float64 (held-out nats/token, null unless completed),
     loss_per_event float64 (held-out nats/event, ehrfm.train; null unless completed, or for runs
@@ -19,51 +20,54 @@ import sys
 from pathlib import Path
 
 from ehrfm.errors import UserError
-from ehrfm.io import atomic_file, progress, summary
+from ehrfm.io import atomic_file, progress, summary, text_table
+from ehrfm.results import RunResult, Status
 from sweeps.plan import load_sweep
-from sweeps.state import run_states, runs_dir
+from sweeps.state import RunState, run_states, runs_dir
 
 RESULTS_PARQUET = "results.parquet"
 
 
+class _Run:
+    """One run of a sweep: its plan row (empty when unplanned), state and result, for the tables."""
+
+    def __init__(self, rid: str, st: RunState, planned: dict):
+        self.rid, self.st, self.planned = rid, st, planned
+        self.result = st.result or RunResult(st.state)
+        self.completed = st.state == Status.COMPLETED
+
+    def get(self, key: str):
+        """The run's `key` from its result.json, else from its plan row."""
+        v = getattr(self.result, key)
+        return self.planned.get(key) if v is None else v
+
+
+def _runs(sweep_dir: Path):
+    """(SweepConfig, [_Run]) of every planned run, and every unplanned run dir under runs/."""
+    sweep, plan = load_sweep(sweep_dir)
+    by_id = {r["run_id"]: r for r in plan}
+    states = run_states(sweep_dir, list(by_id))
+    return sweep, [_Run(rid, st, by_id.get(rid, {})) for rid, st in states.items()]
+
+
 def status_rows(sweep_dir: str | Path) -> list[dict]:
     """One dict per run: run_id, budget, n_params, tokens, state, loss, job_id, error."""
-    sweep_dir = Path(sweep_dir)
-    _, plan = load_sweep(sweep_dir)
-    states = run_states(sweep_dir, [r["run_id"] for r in plan])
-    by_id = {r["run_id"]: r for r in plan}
-    rows = []
-    for rid, st in states.items():
-        planned = by_id.get(rid, {})
-        result = st.result or {}
-        rows.append(
-            {
-                "run_id": rid,
-                "budget": planned.get("budget"),
-                "n_params": result.get("n_params", planned.get("n_params")),
-                "tokens": result.get("tokens", planned.get("tokens")),
-                "state": st.state,
-                "loss": result.get("val_loss") if st.state == "completed" else None,
-                "job_id": st.job_id,
-                "error": result.get("error"),
-            }
-        )
-    return rows
+    _, runs = _runs(Path(sweep_dir))
+    return [
+        {"run_id": r.rid, "budget": r.planned.get("budget"), "n_params": r.get("n_params"), "tokens": r.get("tokens"),
+         "state": r.st.state, "loss": r.result.val_loss if r.completed else None, "job_id": r.st.job_id,
+         "error": r.result.error}
+        for r in runs
+    ]
 
 
 def print_status(rows: list[dict], file=sys.stdout) -> None:
-    def fmt(x, spec):
-        return "-" if x is None else format(x, spec)
-
-    print(f"{'run':<34} {'budget':>8} {'N':>9} {'D':>10} {'state':<11} {'loss':>8} {'job id':<14}", file=file)
+    columns = [("run_id", "run", "<34"), ("budget", "budget", ">8.2g"), ("n_params", "N", ">9.3g"), ("tokens", "D", ">10.3g"),
+               ("state", "state", "<11"), ("loss", "loss", ">8.4f"), ("job_id", "job id", "<14")]
+    for line in text_table(columns, rows):
+        print(line, file=file)
     for r in rows:
-        print(
-            f"{r['run_id']:<34} {fmt(r['budget'], '>8.2g')} {fmt(r['n_params'], '>9.3g')} {fmt(r['tokens'], '>10.3g')} "
-            f"{r['state']:<11} {fmt(r['loss'], '>8.4f')} {r['job_id'] or '-':<14}",
-            file=file,
-        )
-    for r in rows:
-        if r["state"] in ("failed", "diverged") and r["error"]:
+        if r["state"] in (Status.FAILED, Status.DIVERGED) and r["error"]:
             print(f"{r['run_id']}: {r['state']}: {r['error']}", file=file)
     counts: dict[str, int] = {}
     for r in rows:
@@ -88,63 +92,15 @@ def collect_sweep(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from ehrfm.tables import results_schema
+
     sweep_dir = Path(sweep_dir)
-    sweep, plan = load_sweep(sweep_dir)
-    states = run_states(sweep_dir, [r["run_id"] for r in plan])
-    by_id = {r["run_id"]: r for r in plan}
-    rows = []
-    for rid, st in states.items():
-        planned = by_id.get(rid, {})
-        result = st.result or {}
-        completed = st.state == "completed"
-        tokens = result.get("tokens", planned.get("tokens"))
-        if completed and result.get("val_loss") is None:
-            raise UserError(f"{runs_dir(sweep_dir) / rid / 'result.json'}: status completed but no val_loss")
-        rows.append(
-            {
-                "run_id": rid,
-                "budget": planned.get("budget"),
-                "n_params": result.get("n_params", planned.get("n_params")),
-                "n_params_total": result.get("n_params_total", planned.get("n_params_total")),
-                "tokens": tokens,
-                "flops": result.get("flops", planned.get("flops")),
-                # The data is finite: analysis corrects multi-epoch runs (Muennighoff et al. 2023)
-                # and the recommender counts the epochs D_opt needs, from these two columns.
-                "unique_tokens": sweep.train_tokens or None,
-                "epochs": tokens / sweep.train_tokens if tokens is not None and sweep.train_tokens else None,
-                "loss": float(result["val_loss"]) if completed else None,
-                "loss_per_event": _float_or_none(result.get("loss_per_event")) if completed else None,
-                "status": st.state,
-                "error": result.get("error"),
-                "n_layer": result.get("n_layer", planned.get("n_layer")),
-                "d_model": result.get("d_model", planned.get("d_model")),
-                "n_head": result.get("n_head", planned.get("n_head")),
-                "context": result.get("context", planned.get("context")),
-                "vocab_size": result.get("vocab_size", sweep.vocab_size),
-                "seed": result.get("seed", planned.get("seed")),
-                "wall_s": result.get("wall_s"),
-                "tokens_per_s": result.get("tokens_per_s"),
-                "job_id": st.job_id,
-                "schedule": planned.get("schedule") or result.get("schedule") or "cosine",
-                "trunk_id": planned.get("trunk_id") or result.get("trunk_id"),
-            }
-        )
+    sweep, runs = _runs(sweep_dir)
+    rows = [_results_row(sweep, sweep_dir, r) for r in runs]
     utility_columns: list[str] = []
     if labels_dir is not None:
         utility_columns = _add_utility(sweep, sweep_dir, rows, find_label_files(labels_dir), max_labels, seed)
-
-    schema = pa.schema(
-        [
-            ("run_id", pa.string()), ("budget", pa.float64()), ("n_params", pa.int64()), ("n_params_total", pa.int64()),
-            ("tokens", pa.int64()), ("flops", pa.float64()), ("unique_tokens", pa.int64()), ("epochs", pa.float64()),
-            ("loss", pa.float64()), ("loss_per_event", pa.float64()), ("status", pa.string()),
-            ("error", pa.string()), ("n_layer", pa.int64()), ("d_model", pa.int64()), ("n_head", pa.int64()),
-            ("context", pa.int64()), ("vocab_size", pa.int64()), ("seed", pa.int64()), ("wall_s", pa.float64()),
-            ("tokens_per_s", pa.float64()), ("job_id", pa.string()), ("schedule", pa.string()), ("trunk_id", pa.string()),
-        ]
-        + [(c, pa.float64()) for c in utility_columns]
-    )
-    table = pa.Table.from_pylist(rows, schema=schema)
+    table = pa.Table.from_pylist(rows, schema=results_schema(utility_columns))
     out = sweep_dir / RESULTS_PARQUET
     with atomic_file(out, "wb") as f:
         pq.write_table(table, f)
@@ -156,22 +112,59 @@ def collect_sweep(
     return out
 
 
+def _results_row(sweep, sweep_dir: Path, r: _Run) -> dict:
+    """The results.parquet row of one run (ehrfm.tables.RESULTS_COLUMNS)."""
+    result = r.result
+    if r.completed and result.val_loss is None:
+        raise UserError(f"{runs_dir(sweep_dir) / r.rid / 'result.json'}: status completed but no val_loss")
+    tokens = r.get("tokens")
+    return {
+        "run_id": r.rid,
+        "budget": r.planned.get("budget"),
+        "n_params": r.get("n_params"),
+        "n_params_total": r.get("n_params_total"),
+        "tokens": tokens,
+        "flops": r.get("flops"),
+        # The data is finite: analysis corrects multi-epoch runs (Muennighoff et al. 2023)
+        # and the recommender counts the epochs D_opt needs, from these two columns.
+        "unique_tokens": sweep.train_tokens or None,
+        "epochs": tokens / sweep.train_tokens if tokens is not None and sweep.train_tokens else None,
+        "loss": float(result.val_loss) if r.completed else None,
+        "loss_per_event": _float_or_none(result.loss_per_event) if r.completed else None,
+        "status": str(r.st.state),
+        "error": result.error,
+        "n_layer": r.get("n_layer"),
+        "d_model": r.get("d_model"),
+        "n_head": r.get("n_head"),
+        "context": r.get("context"),
+        "vocab_size": sweep.vocab_size if result.vocab_size is None else result.vocab_size,
+        "seed": r.get("seed"),
+        "wall_s": result.wall_s,
+        "tokens_per_s": result.tokens_per_s,
+        "job_id": r.st.job_id,
+        "schedule": r.planned.get("schedule") or result.schedule or "cosine",
+        "trunk_id": r.planned.get("trunk_id") or result.trunk_id,
+    }
+
+
 def _float_or_none(x) -> float | None:
     return None if x is None else float(x)
 
 
 def _add_utility(sweep, sweep_dir: Path, rows: list[dict], labels: dict[str, Path], max_labels, seed) -> list[str]:
     """Score each completed run on the clinical tasks (ehrfm.clinical.utility.score_run)."""
+    from ehrfm.tables import is_utility_column
+
     try:
         from ehrfm.clinical.utility import score_run
     except ImportError as e:
         raise UserError(f"--labels needs ehrfm.clinical.utility.score_run, which is not available ({e})") from None
     columns: list[str] = []
-    completed = [r for r in rows if r["status"] == "completed"]
+    completed = [r for r in rows if r["status"] == Status.COMPLETED]
     for r in progress(completed, desc="utility", unit="run"):
         scores = score_run(runs_dir(sweep_dir) / r["run_id"], sweep.tokens_dir, labels=dict(labels), max_labels=max_labels, seed=seed)
         for k, v in scores.items():
-            if k.startswith(("auroc/", "auroc_se/", "auprc/")):
+            if is_utility_column(k):
                 r[k] = None if v is None else float(v)
                 if k not in columns:
                     columns.append(k)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import os
 import signal
 import subprocess
@@ -36,13 +35,16 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ehrfm.errors import UserError
+from ehrfm.results import RunResult, Status, read_result, write_result
+from sweeps.state import read_record_file
+
 # The trainer's exit code after checkpointing on SIGTERM/SIGUSR1 (ehrfm train contract).
 EXIT_INTERRUPTED = 3
 # sweeps.run_one's exit code when another trainer holds the run dir (ehrfm.run_lock).
 EXIT_BUSY = 4
 # How long a stopping trainer may take to write its checkpoint before it is killed.
 STOP_GRACE_S = 120
-FINISHED = ("completed", "failed", "diverged")
 
 
 @dataclass
@@ -63,8 +65,8 @@ class TrainJob:
 
     # --- submitit protocol ----------------------------------------------------------------------
     def __call__(self) -> dict:
-        result = read_result(self.run_dir)
-        if result is not None and result.get("status") in FINISHED:
+        result = _finished_result(self.run_dir)
+        if result is not None:
             return result  # a requeue of a finished run: nothing to do
         rank, local_rank, world = _ranks()
         # Our own SIGTERM handler (submitit only logs SIGTERM): pass it on so the trainer
@@ -80,7 +82,7 @@ class TrainJob:
             self._spawn(rank, local_rank, world)
         except Exception as e:  # the trainer could not even start: a failed run, recorded
             if rank == 0:
-                _write_json(Path(self.run_dir) / "result.json", {"status": "failed", "error": f"job could not start the trainer: {type(e).__name__}: {e}"})
+                write_result(self.run_dir, RunResult(Status.FAILED, error=f"job could not start the trainer: {type(e).__name__}: {e}"))
             raise
         if self._stopping:  # a stop signal arrived while the trainer was starting
             self._forward_stop()
@@ -155,23 +157,23 @@ class TrainJob:
 
     def _outcome(self, rank: int) -> dict:
         rc = self._returncode
-        result = read_result(self.run_dir)
-        if result is not None and result.get("status") in FINISHED:
+        result = _finished_result(self.run_dir)
+        if result is not None:
             return result
         if rc == EXIT_INTERRUPTED or self._stopping:
-            return {"status": "interrupted", "run_id": self.run_id}
+            return RunResult(Status.INTERRUPTED, run_id=self.run_id).to_json()
         if rc == EXIT_BUSY:  # another trainer holds the run dir: its outcome is the run's, never overwritten
-            return {"status": "busy", "run_id": self.run_id}
+            return RunResult(Status.BUSY, run_id=self.run_id).to_json()
         if rank != 0:
-            return {"status": "failed", "run_id": self.run_id, "error": f"rank {rank} trainer exited with status {rc}"}
+            return RunResult(Status.FAILED, run_id=self.run_id, error=f"rank {rank} trainer exited with status {rc}").to_json()
         # The trainer died without writing result.json (killed, crashed, refused its arguments):
         # record the run as failed so it is reported, never silently dropped.
         why = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exited with status {rc}"
         last = _last_line(self.log_path)
         error = f"trainer {why}" + (f": {last}" if last else "") + f" (log: {self.log_path})"
-        result = {"status": "failed", "error": error, "exit_code": rc}
-        _write_json(Path(self.run_dir) / "result.json", result)
-        return result
+        result = RunResult(Status.FAILED, error=error, exit_code=rc)
+        write_result(self.run_dir, result)
+        return result.to_json()
 
     def _note_start(self) -> None:
         record = _read_record(Path(self.record_path))
@@ -187,10 +189,8 @@ class TrainJob:
 
 
 def _read_record(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+    # a job keeps going with a damaged record: the launcher, not the job, refuses to guess from it
+    return read_record_file(path, damaged_ok=True) or {}
 
 
 def _update_record(path: Path, **fields) -> None:
@@ -199,12 +199,14 @@ def _update_record(path: Path, **fields) -> None:
     _write_json(path, record)
 
 
-def read_result(run_dir: str | Path) -> dict | None:
-    p = Path(run_dir) / "result.json"
+def _finished_result(run_dir: str | Path) -> dict | None:
+    """The run's result.json when it holds a finished run (completed, failed, diverged), else None
+    (also when damaged: the trainer then names the file and what to do)."""
     try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
+        result = read_result(run_dir)
+    except UserError:
         return None
+    return result.to_json() if result is not None and result.finished else None
 
 
 def _trainer_signals() -> None:

@@ -39,12 +39,19 @@ from pathlib import Path
 
 from ehrfm.errors import UserError
 from ehrfm.io import progress, summary, write_json
+from ehrfm.results import RunResult, Status, write_result
 from sweeps.job import TrainJob
 from sweeps.plan import check_tokenizer, load_sweep, run_train_config
-from sweeps.state import ACTIVE, log_path, record_path, run_states, runs_dir
+from sweeps.state import ACTIVE, log_path, read_result, record_path, run_states, runs_dir
 
 EXECUTORS = ("slurm", "local")
 SLURM_COMMANDS = ("sbatch", "srun", "squeue", "scontrol")
+
+
+# Run states that `launch` submits (failed ones only with retry_failed).
+_LAUNCHED = (Status.PLANNED, Status.LOST, Status.INTERRUPTED)
+# A job may still run: active, or "unknown" (SLURM did not answer this time), waited on like one.
+_BUSY = (*ACTIVE, Status.UNKNOWN)
 
 
 @dataclass
@@ -85,7 +92,7 @@ class LaunchReport:
     def reason(self) -> str:
         parts = [f"{len(v)} {k}" for k, v in sorted(self.skipped.items()) if v]
         text = ", ".join(parts) if parts else "none"
-        if self.skipped.get("failed"):
+        if self.skipped.get(Status.FAILED):
             text += " (pass --retry-failed to resubmit failed runs)"
         return text
 
@@ -188,14 +195,14 @@ def _select_and_prepare(sweep_dir: Path, sweep, plan: list[dict], cfg: LaunchCon
     skipped: dict[str, list[str]] = {}
     for row in plan:
         st = states[row["run_id"]]
-        if st.state in ("planned", "lost", "interrupted") or (st.state == "failed" and cfg.retry_failed):
+        if st.state in _LAUNCHED or (st.state == Status.FAILED and cfg.retry_failed):
             to_submit.append(row)
         else:
             skipped.setdefault(st.state, []).append(row["run_id"])
     # A branch whose trunk runs under another launch cannot be ordered after it from here.
     trunk_of, now = _trunks_of(plan), {r["run_id"] for r in to_submit}
     waiting = [r for r in to_submit if r["run_id"] in trunk_of and trunk_of[r["run_id"]] not in now
-               and states[trunk_of[r["run_id"]]].state in (*ACTIVE, "unknown")]
+               and states[trunk_of[r["run_id"]]].state in _BUSY]
     for r in waiting:
         to_submit.remove(r)
         skipped.setdefault("waiting for trunk", []).append(r["run_id"])
@@ -213,7 +220,7 @@ def _select_and_prepare(sweep_dir: Path, sweep, plan: list[dict], cfg: LaunchCon
     for row in to_submit:
         rid = row["run_id"]
         run_dir = runs_dir(sweep_dir) / rid
-        if states[rid].state == "failed":
+        if states[rid].state == Status.FAILED:
             _archive_failed(sweep_dir, rid)
         config_path = sweep_dir / "jobs" / f"{rid}.train.json"
         train_cfg = run_train_config(sweep, row, run_dir)
@@ -397,14 +404,13 @@ def wait_for_runs(sweep_dir: Path, run_ids: list[str], poll_s: float = 5.0, time
         while True:
             states = run_states(sweep_dir, planned)
             current = {rid: states[rid].state for rid in run_ids if rid in states}
-            # "unknown" (SLURM did not answer this time) is waited on like an active job.
-            n_done = sum(1 for s in current.values() if s not in ACTIVE and s != "unknown")
+            n_done = sum(1 for s in current.values() if s not in _BUSY)
             bar.update(n_done - done)
             done = n_done
             if n_done == len(run_ids):
                 return current
             if timeout_s is not None and time.time() - start > timeout_s:
-                raise TimeoutError(f"runs still active after {timeout_s:.0f} s: {[r for r, s in current.items() if s in ACTIVE or s == 'unknown']}")
+                raise TimeoutError(f"runs still active after {timeout_s:.0f} s: {[r for r, s in current.items() if s in _BUSY]}")
             time.sleep(poll_s)
     finally:
         bar.close()
@@ -538,16 +544,13 @@ def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, slots: 
 
 def _local_outcome(sj, job: TrainJob) -> str:
     """Status of a finished local job, recording a failure when the job process itself died."""
-    from sweeps.state import read_result
-
     result = read_result(job.run_dir)
     if result is not None:
-        return str(result.get("status"))
+        return str(result.status)
     try:
         out = sj.result()
         return str(out.get("status", "unknown")) if isinstance(out, dict) else "unknown"
     except Exception as e:  # the wrapper itself failed before the trainer could: record it
         error = f"job {sj.job_id} failed outside the trainer: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__}"
-        Path(job.run_dir).mkdir(parents=True, exist_ok=True)
-        write_json(Path(job.run_dir) / "result.json", {"status": "failed", "error": error})
-        return "failed"
+        write_result(job.run_dir, RunResult(Status.FAILED, error=error))
+        return str(Status.FAILED)

@@ -91,12 +91,24 @@ class SweepConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+# plan.parquet's columns (types: plan_schema): every plan has PLAN_COLUMNS; SCHEDULE_COLUMNS are
+# written since the wsd schedule and optional when reading older plans (they are cosine plans).
 PLAN_COLUMNS = [
     "run_id", "budget", "target_n_params", "n_layer", "d_model", "n_head", "context", "n_params",
     "n_params_total", "flops_per_token", "tokens", "flops", "steps", "epochs", "seed",
 ]
-# Written since the wsd schedule; optional when reading older plans (they are cosine plans).
 SCHEDULE_COLUMNS = ["schedule", "trunk_id", "branch_tokens", "warmup_steps", "stable_checkpoints"]
+
+
+def plan_schema():
+    """plan.parquet's pyarrow schema (PLAN_COLUMNS + SCHEDULE_COLUMNS): `write_plan_table` writes
+    it, `load_sweep` checks a plan against it."""
+    import pyarrow as pa
+
+    i64, f64, text = pa.int64(), pa.float64(), pa.string()
+    types = {"run_id": text, "budget": f64, "target_n_params": f64, "flops_per_token": f64, "flops": f64,
+             "epochs": f64, "schedule": text, "trunk_id": text, "stable_checkpoints": pa.list_(i64)}
+    return pa.schema([(c, types.get(c, i64)) for c in PLAN_COLUMNS + SCHEDULE_COLUMNS])
 
 
 def parse_budgets(text: str) -> list[float]:
@@ -374,20 +386,11 @@ def planned_flops(rows: list[dict]) -> float:
 
 
 def write_plan_table(rows: list[dict], path: Path) -> None:
+    """Write plan.parquet (plan_schema) atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema(
-        [
-            ("run_id", pa.string()), ("budget", pa.float64()), ("target_n_params", pa.float64()),
-            ("n_layer", pa.int64()), ("d_model", pa.int64()), ("n_head", pa.int64()), ("context", pa.int64()),
-            ("n_params", pa.int64()), ("n_params_total", pa.int64()), ("flops_per_token", pa.float64()),
-            ("tokens", pa.int64()), ("flops", pa.float64()), ("steps", pa.int64()), ("epochs", pa.float64()),
-            ("seed", pa.int64()), ("schedule", pa.string()), ("trunk_id", pa.string()), ("branch_tokens", pa.int64()),
-            ("warmup_steps", pa.int64()), ("stable_checkpoints", pa.list_(pa.int64())),
-        ]
-    )
-    table = pa.Table.from_pylist(rows, schema=schema)
+    table = pa.Table.from_pylist(rows, schema=plan_schema())
     with atomic_file(path, "wb") as f:
         pq.write_table(table, f)
 
@@ -471,7 +474,28 @@ def load_sweep(sweep_dir: str | Path) -> tuple[SweepConfig, list[dict]]:
     missing = [c for c in PLAN_COLUMNS if c not in table.column_names]
     if missing:
         raise UserError(f"{plan_path}: missing column(s) {', '.join(missing)} ({table.num_rows} rows)")
+    wrong = [f"{f.name} ({table.schema.field(f.name).type}, not {f.type})" for f in plan_schema()
+             if f.name in table.column_names and not _castable(table.schema.field(f.name).type, f.type)]
+    if wrong:
+        raise UserError(f"{plan_path}: column(s) of the wrong type: {', '.join(wrong)} ({table.num_rows} rows); "
+                        "run `ehrfm sweep plan` again with the same options to rewrite it")
     return sweep, table.to_pylist()
+
+
+def _castable(have, want) -> bool:
+    """Does a plan column of type `have` hold what plan_schema's `want` means (ints as ints, any
+    number as a float, strings as strings, lists of ints as lists)?"""
+    import pyarrow.types as pt
+
+    if have == want or pt.is_null(have):
+        return True
+    if pt.is_floating(want):
+        return pt.is_integer(have) or pt.is_floating(have)
+    if pt.is_integer(want):
+        return pt.is_integer(have)
+    if pt.is_string(want):
+        return pt.is_string(have) or pt.is_large_string(have)
+    return pt.is_list(have) or pt.is_large_list(have)
 
 
 def check_tokenizer(sweep: SweepConfig, sweep_dir: Path) -> None:
@@ -487,13 +511,13 @@ def check_tokenizer(sweep: SweepConfig, sweep_dir: Path) -> None:
 
 
 def print_plan(sweep: SweepConfig, rows: list[dict], warnings: list[str], out: Path, file=sys.stdout) -> None:
-    print(f"{'run_id':<34} {'budget':>8} {'N':>9} {'L':>3} {'d':>5} {'H':>3} {'D':>10} {'steps':>6} {'epochs':>6}", file=file)
-    for r in rows:
-        print(
-            f"{r['run_id']:<34} {r['budget']:>8.2g} {r['n_params']:>9.3g} {r['n_layer']:>3} {r['d_model']:>5} "
-            f"{r['n_head']:>3} {r['tokens']:>10.3g} {r['steps']:>6} {r['epochs']:>6.2f}",
-            file=file,
-        )
+    from ehrfm.io import text_table
+
+    columns = [("run_id", "run_id", "<34"), ("budget", "budget", ">8.2g"), ("n_params", "N", ">9.3g"), ("n_layer", "L", ">3"),
+               ("d_model", "d", ">5"), ("n_head", "H", ">3"), ("tokens", "D", ">10.3g"), ("steps", "steps", ">6"),
+               ("epochs", "epochs", ">6.2f")]
+    for line in text_table(columns, rows):
+        print(line, file=file)
     file.flush()
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr, flush=True)

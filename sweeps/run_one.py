@@ -16,7 +16,9 @@ import os
 import sys
 from pathlib import Path
 
-EXIT_CODES = {"completed": 0, "diverged": 0, "failed": 1, "interrupted": 3}
+from ehrfm.results import Status
+
+EXIT_CODES = {Status.COMPLETED: 0, Status.DIVERGED: 0, Status.FAILED: 1, Status.INTERRUPTED: 3}
 EXIT_BUSY = 4
 
 

@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import shutil
@@ -30,19 +29,21 @@ from pathlib import Path
 
 from ehrfm.errors import UserError
 from ehrfm.io import read_json
+from ehrfm.results import ACTIVE, FINISHED, RunResult, Status
+from ehrfm.results import read_result as _read_result
 from ehrfm.run_lock import run_dir_busy
 
-FINISHED = ("completed", "failed", "diverged")
-ACTIVE = ("queued", "running")
+__all__ = ["ACTIVE", "FINISHED", "RunState", "read_record", "read_result", "run_states", "slurm_state_of"]
+_RESULT_HINT = "delete it and relaunch the sweep: the run resumes from its checkpoint and writes it again"
 
 
 @dataclass
 class RunState:
     run_id: str
-    state: str
+    state: Status
     job_id: str | None = None
     executor: str | None = None
-    result: dict | None = None
+    result: RunResult | None = None
 
 
 def runs_dir(sweep_dir: Path) -> Path:
@@ -60,68 +61,53 @@ def log_path(sweep_dir: Path, run_id: str) -> Path:
 def read_record(sweep_dir: Path, run_id: str) -> dict | None:
     """jobs/<id>.json, or None when there is none. UserError when it is damaged: the job it names
     may still be alive, so guessing (and resubmitting) would risk training the run twice."""
-    path = record_path(sweep_dir, run_id)
+    return read_record_file(record_path(sweep_dir, run_id))
+
+
+def read_record_file(path: Path, damaged_ok: bool = False) -> dict | None:
+    """A job record (jobs/<id>.json) at `path`, or None when there is none (or, with damaged_ok,
+    when it cannot be read). UserError when it is damaged and not damaged_ok."""
     if not path.exists():
         return None
-    return read_json(path, "job record", expect=dict,
-                     hint="if no job of this run is alive (squeue), delete the file and relaunch")
+    try:
+        return read_json(path, "job record", expect=dict,
+                         hint="if no job of this run is alive (squeue), delete the file and relaunch")
+    except (UserError, OSError):
+        if damaged_ok:
+            return None
+        raise
 
 
-_NUMBER_FIELDS = ("val_loss", "n_params", "n_params_total", "tokens", "flops", "wall_s", "tokens_per_s")
-
-
-def read_result(run_dir: Path) -> dict | None:
-    """runs/<id>/result.json, or None when the run has not written one.
+def read_result(run_dir: Path) -> RunResult | None:
+    """runs/<id>/result.json (ehrfm.results.read_result), or None when the run has not written one.
 
     Raises:
-        UserError: the file exists but is truncated, empty, not a JSON object, or wrongly typed
-            (status not a string, a number field not a number, a completed run without a finite
-            val_loss). Such a run is neither "interrupted" nor usable: the message names the file
-            and what to do.
+        UserError: the file is damaged; the message names it and says to delete it and relaunch.
     """
-    path = Path(run_dir) / "result.json"
-    if not path.exists():
-        return None
-    hint = "delete it and relaunch the sweep: the run resumes from its checkpoint and writes it again"
-    result = read_json(path, "run result", expect=dict, hint=hint)
-    problems = []
-    status = result.get("status")
-    if not isinstance(status, str):
-        problems.append("status is not a string")
-    for k in _NUMBER_FIELDS:
-        v = result.get(k)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-            problems.append(f"{k} is not a number")
-    if status == "completed" and not problems:
-        loss = result.get("val_loss")
-        if loss is None or not math.isfinite(loss):
-            problems.append("completed without a finite val_loss")
-    if problems:
-        raise UserError(f"run result {path} is damaged: {'; '.join(problems)}; {hint}")
-    return result
+    return _read_result(run_dir, hint=_RESULT_HINT)
 
 
 # Every job state SLURM reports (squeue/sacct "JOB STATE CODES", slurm 20-24) -> the run's state.
 # None: the job is over; the run dir's files then tell interrupted, lost or finished.
-SLURM_STATES: dict[str, str | None] = {
+_Q, _R = Status.QUEUED, Status.RUNNING
+SLURM_STATES: dict[str, Status | None] = {
     # waiting to start, held, or put back in the queue: never submit these again
-    "PENDING": "queued", "REQUEUED": "queued", "REQUEUE_HOLD": "queued", "REQUEUE_FED": "queued",
-    "RESV_DEL_HOLD": "queued", "SPECIAL_EXIT": "queued", "CONFIGURING": "queued",
+    "PENDING": _Q, "REQUEUED": _Q, "REQUEUE_HOLD": _Q, "REQUEUE_FED": _Q, "RESV_DEL_HOLD": _Q, "SPECIAL_EXIT": _Q,
+    "CONFIGURING": _Q,
     # allocated and executing (or still cleaning up / stopped but alive)
-    "RUNNING": "running", "COMPLETING": "running", "SUSPENDED": "running", "STOPPED": "running",
-    "SIGNALING": "running", "RESIZING": "running", "STAGE_OUT": "running",
+    "RUNNING": _R, "COMPLETING": _R, "SUSPENDED": _R, "STOPPED": _R, "SIGNALING": _R, "RESIZING": _R, "STAGE_OUT": _R,
     # over
     "COMPLETED": None, "CANCELLED": None, "FAILED": None, "TIMEOUT": None, "NODE_FAIL": None,
     "PREEMPTED": None, "BOOT_FAIL": None, "DEADLINE": None, "OUT_OF_MEMORY": None,
     # a federation sibling revoked because the job started on another cluster: it may be running there
-    "REVOKED": "unknown",
+    "REVOKED": Status.UNKNOWN,
 }
 # Job ids as SLURM writes them: 123, 123_4 (array task), 123+1 (heterogeneous component).
 _JOB_ID = re.compile(r"\d+(?:_\d+)?(?:\+\d+)?")
 _SQUEUE_CHUNK = 500  # ids per squeue call (command lines stay short)
 
 
-def slurm_state_of(state: str) -> str | None:
+def slurm_state_of(state: str) -> Status | None:
     """The run state for one SLURM job state: "queued", "running", "unknown", or None (job over).
 
     Args:
@@ -135,8 +121,8 @@ def slurm_state_of(state: str) -> str | None:
     if base in SLURM_STATES:
         return SLURM_STATES[base]
     if base.endswith("_HOLD"):
-        return "queued"
-    return "unknown"
+        return Status.QUEUED
+    return Status.UNKNOWN
 
 
 def slurm_job_states(job_ids) -> dict[str, str] | None:
@@ -194,18 +180,18 @@ def _pid_alive(pid, needle: str | None = None) -> bool:
     return True
 
 
-def _slurm_state(record: dict, squeue: dict[str, str]) -> str | None:
+def _slurm_state(record: dict, squeue: dict[str, str]) -> Status | None:
     st = squeue.get(str(record.get("job_id")))
     return None if st is None else slurm_state_of(st)
 
 
-def _local_state(record: dict) -> str | None:
+def _local_state(record: dict) -> Status | None:
     if record.get("host") and record["host"] != os.uname().nodename:
-        return "running"  # launched from another machine: we cannot see it, so never relaunch it
+        return Status.RUNNING  # launched from another machine: we cannot see it, so never relaunch it
     if _pid_alive(record.get("job_pid"), "submitit") or _pid_alive(record.get("trainer_pid"), "sweeps.run_one"):
-        return "running"
+        return Status.RUNNING
     if not record.get("job_pid") and _pid_alive(record.get("launcher_pid"), "python"):
-        return "queued"  # waiting for a free slot in a live `sweep launch --executor local`
+        return Status.QUEUED  # waiting for a free slot in a live `sweep launch --executor local`
     return None
 
 
@@ -228,8 +214,8 @@ def run_states(sweep_dir: str | Path, run_ids: list[str]) -> dict[str, RunState]
         result = read_result(run_dir)
         executor = record.get("executor") if record else None
         job_id = str(record["job_id"]) if record and record.get("job_id") else None
-        if result is not None and result.get("status") in FINISHED:
-            out[rid] = RunState(rid, result["status"], job_id, executor, result)
+        if result is not None and result.finished:
+            out[rid] = RunState(rid, result.status, job_id, executor, result)
             continue
         active = None
         if record is not None:
@@ -238,20 +224,20 @@ def run_states(sweep_dir: str | Path, run_ids: list[str]) -> dict[str, RunState]
                     squeue = slurm_job_states(r["job_id"] for r in records.values() if r and r.get("executor") == "slurm")
                     asked_slurm = True
                 # Without an answer from SLURM the job may still be alive: never resubmit it blindly.
-                active = "unknown" if squeue is None else _slurm_state(record, squeue)
+                active = Status.UNKNOWN if squeue is None else _slurm_state(record, squeue)
             else:
                 active = _local_state(record)
         if active is None and run_dir_busy(run_dir):
             # a trainer holds the run dir although no job we can see runs it (another user's
             # private jobs, another machine, a job wrapper gone before its trainer): never twice
-            active = "running"
+            active = Status.RUNNING
         if active is not None:
             state = active
         elif (run_dir / "checkpoint").exists() or (run_dir / "checkpoint.prev").exists():  # .prev: killed mid-swap
-            state = "interrupted"
+            state = Status.INTERRUPTED
         elif record is not None:
-            state = "lost"
+            state = Status.LOST
         else:
-            state = "planned" if rid in planned_ids else "unplanned"
+            state = Status.PLANNED if rid in planned_ids else Status.UNPLANNED
         out[rid] = RunState(rid, state, job_id, executor, result)
     return out

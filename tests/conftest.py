@@ -63,40 +63,36 @@ def synth_raw(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def synth_meds(synth_raw, tmp_path_factory) -> Path:
+def _etl(raw: Path, tmp_path_factory, folder: str) -> Path:
     from tokenization.etl import etl
 
-    out = tmp_path_factory.mktemp("synth_meds") / "meds"
-    etl(synth_raw, out)
+    out = tmp_path_factory.mktemp(folder) / "meds"
+    etl(raw, out)
     return out
 
 
-@pytest.fixture(scope="session")
-def synth_tokens(synth_meds, tmp_path_factory) -> Path:
+def _tokenize(meds: Path, tmp_path_factory, folder: str) -> Path:
     from tokenization.tokenize import tokenize
 
-    out = tmp_path_factory.mktemp("synth_tok") / "tok"
-    tokenize(synth_meds, out)
+    out = tmp_path_factory.mktemp(folder) / "tok"
+    tokenize(meds, out)
     return out
 
 
-@pytest.fixture(scope="session")
-def demo_meds(mimic_demo_dir, tmp_path_factory) -> Path:
-    from tokenization.etl import etl
+def _stage_fixture(stage, upstream: str, folder: str):
+    """A session fixture: `stage` (_etl or _tokenize) run once on the fixture named `upstream`."""
 
-    out = tmp_path_factory.mktemp("demo_meds") / "meds"
-    etl(mimic_demo_dir, out)
-    return out
+    @pytest.fixture(scope="session")
+    def made(request, tmp_path_factory) -> Path:
+        return stage(request.getfixturevalue(upstream), tmp_path_factory, folder)
+
+    return made
 
 
-@pytest.fixture(scope="session")
-def demo_tokens(demo_meds, tmp_path_factory) -> Path:
-    from tokenization.tokenize import tokenize
-
-    out = tmp_path_factory.mktemp("demo_tok") / "tok"
-    tokenize(demo_meds, out)
-    return out
+synth_meds = _stage_fixture(_etl, "synth_raw", "synth_meds")
+synth_tokens = _stage_fixture(_tokenize, "synth_meds", "synth_tok")
+demo_meds = _stage_fixture(_etl, "mimic_demo_dir", "demo_meds")
+demo_tokens = _stage_fixture(_tokenize, "demo_meds", "demo_tok")
 
 
 @pytest.fixture(scope="session")

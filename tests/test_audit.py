@@ -122,11 +122,16 @@ def test_labels_made_by_ehrfm_pass_and_unknowns_are_reported(tmp_path, capsys):
     assert any("task 'sepsis'" in u for u in res.unknown)
 
 
-def test_audit_on_synthetic_cohort(synth_meds, tmp_path):
-    labels, info = make_labels(synth_meds, "all")
+def audit_of_ehrfm_labels(meds: Path, labels_dir: Path):
+    """The audit of every task's labels as `ehrfm labels` makes them on `meds` (written to labels_dir)."""
+    labels, info = make_labels(meds, "all")
     for task in TASKS:
-        write_labels(labels[task], tmp_path / f"{task}.parquet", info[task])
-    res = audit(synth_meds, tmp_path)
+        write_labels(labels[task], labels_dir / f"{task}.parquet", info[task])
+    return audit(meds, labels_dir)
+
+
+def test_audit_on_synthetic_cohort(synth_meds, tmp_path):
+    res = audit_of_ehrfm_labels(synth_meds, tmp_path)
     for t in res.tasks.values():
         assert t.outcome_code_in_history == 0 and t.not_known_before_prediction == 0, t
         assert t.overlapping_stays == 0, t
@@ -135,10 +140,7 @@ def test_audit_on_synthetic_cohort(synth_meds, tmp_path):
 
 
 def test_audit_on_real_mimic_demo(demo_meds, tmp_path):
-    labels, info = make_labels(demo_meds, "all")
-    for task in TASKS:
-        write_labels(labels[task], tmp_path / f"{task}.parquet", info[task])
-    res = audit(demo_meds, tmp_path)
+    res = audit_of_ehrfm_labels(demo_meds, tmp_path)
     for t in res.tasks.values():
         print(t)
         assert t.outcome_code_in_history == 0 and t.not_known_before_prediction == 0, t

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import polars as pl
 import pytest
+from bad_labels import with_ghost_subjects, with_prediction_time
 from ecosystem import meds_evaluation_auroc
 from test_labels import ADM, DIS, write_meds
 
@@ -98,17 +99,12 @@ def test_events_after_prediction_time_change_no_feature(cohort, tmp_path):
 
 def test_baseline_bad_input(cohort, tmp_path):
     meds, labels, n = cohort
-    lab = pl.read_parquet(labels)
-    ghost = pl.concat([lab, lab.head(3).with_columns(pl.col("subject_id") + 10_000)])
-    ghost.write_parquet(tmp_path / "ghost.parquet")
+    ghost = with_ghost_subjects(labels, tmp_path / "ghost.parquet", 3, 10_000)
     with pytest.raises(UserError, match=r"3 rows \(3 subjects\) have subjects missing from MEDS dataset"):
-        baseline(BaselineConfig(str(meds), str(tmp_path / "ghost.parquet")), tmp_path / "o1")
-    early = lab.with_columns(
-        pl.when(pl.int_range(0, lab.height) < 4).then(pl.lit(datetime(1990, 1, 1))).otherwise(pl.col("prediction_time")).alias("prediction_time")
-    )
-    early.write_parquet(tmp_path / "early.parquet")
+        baseline(BaselineConfig(str(meds), str(ghost)), tmp_path / "o1")
+    early = with_prediction_time(labels, tmp_path / "early.parquet", 4, datetime(1990, 1, 1))
     with pytest.raises(UserError, match="4 rows have a prediction_time outside the subject's timeline"):
-        baseline(BaselineConfig(str(meds), str(tmp_path / "early.parquet")), tmp_path / "o2")
+        baseline(BaselineConfig(str(meds), str(early)), tmp_path / "o2")
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
 
 

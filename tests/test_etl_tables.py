@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -217,14 +218,20 @@ def test_mimic_iv_3_1_shaped_tables_convert_like_2_2(tmp_path):
     assert _at(out["v31"], "LAB//50912//mg/dL") == [("2150-01-02 08:00:00", 1.0)]
 
 
+def _refusal(tmp_path: Path, tables: dict[str, str]) -> str:
+    """The one UserError message of an ETL of these raw tables, which writes nothing."""
+    with pytest.raises(UserError) as e:
+        etl(_raw(tmp_path, tables), tmp_path / "meds")
+    assert not (tmp_path / "meds").exists()
+    return str(e.value)
+
+
 def test_unexpected_column_set_names_the_table_and_every_missing_column(tmp_path):
     micro = "subject_id,hadm_id,chart_date,chart_time,test_name,org_name\n1,11,2150-01-02,2150-01-02 09:30:00,X,Y\n"
-    with pytest.raises(UserError) as e:
-        etl(_raw(tmp_path, {"hosp/microbiologyevents": micro}), tmp_path / "meds")
-    msg = str(e.value)
+    msg = _refusal(tmp_path, {"hosp/microbiologyevents": micro})
     assert "microbiologyevents.csv: missing column 'chartdate' (and 1 more: 'charttime')" in msg
     assert "table hosp/microbiologyevents" in msg and "chart_date, chart_time" in msg
-    assert "2150" not in msg and not (tmp_path / "meds").exists()
+    assert "2150" not in msg
 
 
 def test_shards_assembled_in_small_chunks_equal_whole_shards(synth_raw, synth_meds, tmp_path):
@@ -243,11 +250,9 @@ def test_shards_assembled_in_small_chunks_equal_whole_shards(synth_raw, synth_me
 def test_a_renamed_optional_column_is_refused_not_read_as_missing(tmp_path):
     """A 3.x-style rename (valueuom -> unit) would silently make every lab unit UNK: refused instead."""
     labs = "subject_id,hadm_id,itemid,charttime,value,valuenum,unit\n1,11,50912,2150-01-02 08:00:00,1.0,1.0,mg/dL\n"
-    with pytest.raises(UserError) as e:
-        etl(_raw(tmp_path, {"hosp/labevents": labs}), tmp_path / "meds")
-    msg = str(e.value)
+    msg = _refusal(tmp_path, {"hosp/labevents": labs})
     assert "labevents.csv: table hosp/labevents has an unexpected column set" in msg
-    assert "no 'valueuom' but 'unit'" in msg and "mg/dL" not in msg and not (tmp_path / "meds").exists()
+    assert "no 'valueuom' but 'unit'" in msg and "mg/dL" not in msg
     # A trimmed extract (the column simply absent) still converts, units read as UNK.
     trimmed = "subject_id,hadm_id,itemid,charttime,value,valuenum\n1,11,50912,2150-01-02 08:00:00,1.0,1.0\n"
     etl(_raw(tmp_path / "t", {"hosp/labevents": trimmed}), tmp_path / "t/meds", split_fractions=(1.0, 0.0, 0.0))

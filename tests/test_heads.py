@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from bad_labels import with_ghost_subjects, with_prediction_time
 from ecosystem import PREDICTION_COLUMNS, meds_evaluation_auroc
 
 from ehrfm.errors import UserError
@@ -198,17 +199,12 @@ def test_bad_input_one_clear_error(cohort, tmp_path):
     from ehrfm.tokens import TokenDir
 
     tok, labels, run = cohort
-    lab = pl.read_parquet(labels)
-    ghost = pl.concat([lab, lab.head(5).with_columns(pl.col("subject_id") + 1000)])
-    ghost.write_parquet(tmp_path / "ghost.parquet")
+    ghost = with_ghost_subjects(labels, tmp_path / "ghost.parquet", 5, 1000)
     with pytest.raises(UserError, match=r"5 rows \(5 subjects\) have subjects missing from token dir"):
-        probe(ProbeConfig(str(run), str(tok), str(tmp_path / "ghost.parquet")), tmp_path / "o")
-    late = lab.with_columns(
-        pl.when(pl.int_range(0, lab.height) < 7).then(pl.lit(T0 + timedelta(days=900))).otherwise(pl.col("prediction_time")).alias("prediction_time")
-    )
-    late.write_parquet(tmp_path / "late.parquet")
+        probe(ProbeConfig(str(run), str(tok), str(ghost)), tmp_path / "o")
+    late = with_prediction_time(labels, tmp_path / "late.parquet", 7, T0 + timedelta(days=900))
     with pytest.raises(UserError, match="7 rows have a prediction_time outside the subject's timeline"):
-        probe(ProbeConfig(str(run), str(tok), str(tmp_path / "late.parquet")), tmp_path / "o")
+        probe(ProbeConfig(str(run), str(tok), str(late)), tmp_path / "o")
     # a token dir made by another tokenizer (one more token): vocab mismatch, all rows affected
     other, _ = make_cohort(tmp_path / "x")
     other_vocab = VOCAB + ["LAB//D"]

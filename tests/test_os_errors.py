@@ -176,14 +176,18 @@ def test_out_at_a_regular_file_is_one_line(inputs, cmd):
 # --- SIGTERM / kill -9 during etl and tokenize (issue 11, fault 10) ----------------------------
 
 
-@pytest.mark.parametrize("cmd", ["etl", "tokenize"])
-def test_sigterm_removes_the_temporary(inputs, tmp_path, cmd):
+def held_in_atomic_dir(inputs, tmp_path, cmd: str, output=subprocess.PIPE) -> tuple[Path, subprocess.Popen, dict]:
+    """(out, process, hold record) of `ehrfm CMD ... --out tmp_path/out` held while it writes its temporary."""
     out, holds = tmp_path / "out", tmp_path / "holds"
     env = dict(ENV, EHRFM_HOLD_AT="atomic-dir", EHRFM_HOLD_DIR=str(holds))
-    args = commands(inputs, out)[cmd]
-    proc = subprocess.Popen([sys.executable, "-m", "ehrfm", *map(str, args)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    held = wait_held(holds, out.name, "atomic-dir", is_alive=lambda: proc.poll() is None)
+    proc = subprocess.Popen([sys.executable, "-m", "ehrfm", *map(str, commands(inputs, out)[cmd])], env=env,
+                            stdout=output, stderr=output, text=True)
+    return out, proc, wait_held(holds, out.name, "atomic-dir", is_alive=lambda: proc.poll() is None)
+
+
+@pytest.mark.parametrize("cmd", ["etl", "tokenize"])
+def test_sigterm_removes_the_temporary(inputs, tmp_path, cmd):
+    out, proc, held = held_in_atomic_dir(inputs, tmp_path, cmd)
     assert list(tmp_path.glob(f"out.tmp-{held['pid']}-*"))  # the whole output sits in its temporary
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -194,12 +198,7 @@ def test_sigterm_removes_the_temporary(inputs, tmp_path, cmd):
 
 @pytest.mark.parametrize("cmd", ["etl", "tokenize"])
 def test_temporaries_of_dead_processes_are_removed_by_the_next_run(inputs, tmp_path, cmd):
-    out, holds = tmp_path / "out", tmp_path / "holds"
-    env = dict(ENV, EHRFM_HOLD_AT="atomic-dir", EHRFM_HOLD_DIR=str(holds))
-    args = commands(inputs, out)[cmd]
-    proc = subprocess.Popen([sys.executable, "-m", "ehrfm", *map(str, args)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    wait_held(holds, out.name, "atomic-dir", is_alive=lambda: proc.poll() is None)
+    out, proc, _ = held_in_atomic_dir(inputs, tmp_path, cmd, output=subprocess.DEVNULL)
     proc.kill()  # kill -9: no cleanup possible
     proc.wait()
     leaked = list(tmp_path.glob("out.tmp-*"))
@@ -207,7 +206,7 @@ def test_temporaries_of_dead_processes_are_removed_by_the_next_run(inputs, tmp_p
     (tmp_path / f"out.tmp-{proc.pid}-0badf00d").write_text("a file temporary, old naming")
     live = tmp_path / f"out.tmp-{os.getpid()}-0badf00d"  # a live process's: left alone
     live.mkdir()
-    done = ehrfm(*args)
+    done = ehrfm(*commands(inputs, out)[cmd])
     assert done.returncode == 0, done.stderr[-500:]
     assert sorted(tmp_path.glob("out.tmp-*")) == [live]
     stats = out / ("stats.json" if cmd == "tokenize" else "metadata/dataset.json")

@@ -190,22 +190,36 @@ def break_one_run(sweep_dir: Path) -> str:
     return rows[0]["run_id"]
 
 
-@pytest.fixture(scope="module")
-def local_sweep(synth_tokens, tmp_path_factory):
-    from sweeps.plan import plan_sweep
+def launched_sweep(name: str, *launch_args):
+    """A module fixture: (SWEEP, the launch's CompletedProcess) of the TINY sweep planned in a fresh
+    dir and launched with `ehrfm sweep launch SWEEP *launch_args`."""
 
-    out = tmp_path_factory.mktemp("local_sweep") / "sweep"
-    plan_sweep(synth_tokens, out=out, **TINY)
-    p = ehrfm("sweep", "launch", out, "--executor", "local", "--max-parallel", "2")
-    return out, p
+    @pytest.fixture(scope="module")
+    def sweep(synth_tokens, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+        from sweeps.plan import plan_sweep
+
+        out = tmp_path_factory.mktemp(name) / "sweep"
+        plan_sweep(synth_tokens, out=out, **TINY)
+        return out, ehrfm("sweep", "launch", out, *launch_args)
+
+    return sweep
+
+
+local_sweep = launched_sweep("local_sweep", "--executor", "local", "--max-parallel", "2")
+
+
+def launched_ok(launched, *said: str) -> tuple[Path, list[dict]]:
+    """(SWEEP, its 4 plan rows) of a `launched_sweep`, asserting that the launch succeeded and said `said`."""
+    out, p = launched
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert all(s in p.stdout for s in said), p.stdout
+    rows = plan_rows(out)
+    assert len(rows) == 4
+    return out, rows
 
 
 def test_local_sweep_completes_and_collects(local_sweep):
-    out, p = local_sweep
-    assert p.returncode == 0, p.stderr[-2000:]
-    rows = plan_rows(out)
-    assert len(rows) == 4
-    assert "ran 4 jobs locally (at most 2 at a time, 1 threads each)" in p.stdout and "4 completed" in p.stdout
+    out, rows = launched_ok(local_sweep, "ran 4 jobs locally (at most 2 at a time, 1 threads each)", "4 completed")
     c = ehrfm("sweep", "collect", out)
     assert c.returncode == 0, c.stderr
     table = pq.read_table(out / "results.parquet")

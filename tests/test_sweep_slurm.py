@@ -13,7 +13,7 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-from test_sweep import TINY, break_one_run, ehrfm, plan_rows
+from test_sweep import TINY, break_one_run, ehrfm, launched_ok, launched_sweep, plan_rows
 
 pytestmark = [
     pytest.mark.slurm,
@@ -79,22 +79,12 @@ def cluster_is_up():
     assert p.returncode == 0 and p.stdout.strip(), f"sbatch is installed but SLURM is not running (sinfo: {p.stderr.strip()}); run `sudo bash scripts/slurm-local.sh up`"
 
 
-@pytest.fixture(scope="module")
-def slurm_sweep(synth_tokens, tmp_path_factory):
-    from sweeps.plan import plan_sweep
-
-    out = tmp_path_factory.mktemp("slurm_sweep") / "sweep"
-    plan_sweep(synth_tokens, out=out, **TINY)
-    p = ehrfm("sweep", "launch", out, "--executor", "slurm", "--time", "20", "--cpus-per-task", "1", "--mem", "2G", "--max-parallel", "2", "--wait")
-    return out, p
+slurm_sweep = launched_sweep("slurm_sweep", "--executor", "slurm", "--time", "20", "--cpus-per-task", "1", "--mem", "2G",
+                             "--max-parallel", "2", "--wait")
 
 
 def test_slurm_sweep_completes_collects_and_relaunch_submits_nothing(slurm_sweep):
-    out, p = slurm_sweep
-    assert p.returncode == 0, p.stderr[-3000:]
-    rows = plan_rows(out)
-    assert len(rows) == 4
-    assert "submitted 4 jobs to SLURM as array" in p.stdout and "4 SLURM runs finished: 4 completed" in p.stdout
+    out, rows = launched_ok(slurm_sweep, "submitted 4 jobs to SLURM as array", "4 SLURM runs finished: 4 completed")
     # One array job, throttled to 2 tasks at a time, requeueable, with submitit's signal before the limit.
     array_id = json.loads((out / "jobs" / f"{rows[0]['run_id']}.json").read_text())["job_id"].split("_")[0]
     scripts = [p.read_text() for p in (out / "submitit").rglob("*submission.sh")]

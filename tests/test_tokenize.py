@@ -19,6 +19,7 @@ T0 = dt.datetime(2150, 3, 1, 8, 0)
 
 
 def _write_meds(root, rows_by_split):
+    """A MEDS dir with one shard per split: {split: [(subject_id, time, code, numeric_value), ...]}."""
     for split, rows in rows_by_split.items():
         (root / "data" / split).mkdir(parents=True, exist_ok=True)
         pl.DataFrame(rows, schema={"subject_id": pl.Int64, "time": pl.Datetime("us"), "code": pl.String,

@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 import numpy as np
-import polars as pl
 import pytest
+from test_tokenize import _write_meds
 
 from ehrfm.errors import UserError
 from ehrfm.tokens import TokenDir
@@ -67,14 +67,6 @@ def test_vocab_is_fitted_bottom_up_on_the_hierarchy():
     # 3-6//9 carried by 12 events is kept; 3-6//01 and 3-6//02 (4 each) are not.
     assert cont == {DX10 + "3-6//9": 12}
     assert fit_vocab(counts, "flat", min_count=10) == ({"LAB//3//u": 20, DX10 + "I219": 12}, {})
-
-
-def _write_meds(root, rows_by_split):
-    for split, rows in rows_by_split.items():
-        (root / "data" / split).mkdir(parents=True, exist_ok=True)
-        pl.DataFrame(rows, schema={"subject_id": pl.Int64, "time": pl.Datetime("us"), "code": pl.String,
-                                   "numeric_value": pl.Float32}, orient="row").write_parquet(root / "data" / split / "0.parquet")
-    return root
 
 
 def _subject(sid, codes):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from ehrfm.errors import UserError
 from ehrfm.io import atomic_file, format_ci, read_json, summary, write_json
+from ehrfm.results import Status
 
 TASKS = ("in_hospital_mortality", "long_los", "icu_admission", "readmission_30d")
 
@@ -192,7 +193,7 @@ def _clinical_heads(cfg: DemoConfig, meds, tok, labels_dir, results_path, heads_
     from ehrfm.clinical.probe import ProbeConfig, probe
 
     results = pl.read_parquet(results_path)
-    done = results.filter(pl.col("status") == "completed")
+    done = results.filter(pl.col("status") == Status.COMPLETED)
     best = None
     if done.height:
         top = done.filter(pl.col("budget") == done["budget"].max()).sort("loss")
@@ -246,21 +247,35 @@ def _scaling_verdict(fit) -> tuple[bool, str]:
 
 
 def _report(cfg, st, out, meds, tok, labels_dir, results_path, fit, fit_error, heads, recs, audit_lines=()) -> str:
+    """report.md: one function per section, in order."""
     import polars as pl
-
-    from analysis.recommend import format_recommendation
 
     rel = lambda p: os.path.relpath(p, out)  # noqa: E731  (links in the report are relative)
     tok_stats = read_json(Path(tok) / "stats.json", "token stats")
-    meds_meta = read_json(Path(meds) / "metadata" / "dataset.json", "dataset metadata")
     wall = time.time() - st.t0
-    L = ["# ehrfm demo report", "",
-         f"Made {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by `ehrfm demo{' --quick' if cfg.quick else ''}` "
-         f"(ehrfm {_version()}), in {wall / 60:.1f} min on {os.cpu_count()} CPU cores. Settings: "
-         f"`{rel(Path(out) / 'demo_config.json')}`.", ""]
+    res = pl.read_parquet(results_path).sort("budget", "n_params")
+    return "\n".join([
+        *_intro_section(cfg, out, rel, wall),
+        *_headline_section(fit, fit_error),
+        *_data_section(cfg, meds, tok_stats, labels_dir, audit_lines),
+        *_sweep_section(cfg, res, tok_stats, rel(results_path)),
+        *_fits_section(fit, fit_error, out, rel),
+        *_heads_section(heads),
+        *_recommend_section(recs),
+        *_reproduce_section(cfg, st, wall),
+    ])
 
+
+def _intro_section(cfg, out, rel, wall: float) -> list[str]:
+    return ["# ehrfm demo report", "",
+            f"Made {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by `ehrfm demo{' --quick' if cfg.quick else ''}` "
+            f"(ehrfm {_version()}), in {wall / 60:.1f} min on {os.cpu_count()} CPU cores. Settings: "
+            f"`{rel(Path(out) / 'demo_config.json')}`.", ""]
+
+
+def _headline_section(fit, fit_error) -> list[str]:
     ok, verdict = _scaling_verdict(fit)
-    L += ["## Headline", ""]
+    L = ["## Headline", ""]
     if ok:
         a2 = fit.approach2
         L.append(f"A real scaling result: {verdict} Approach 2 gives N_opt ~ C^{_ci3(a2.a, a2.a_ci)} and "
@@ -272,14 +287,16 @@ def _report(cfg, st, out, meds, tok, labels_dir, results_path, fit, fit_error, h
     else:
         L.append(f"**No reliable scaling result from this run**: {verdict} {fit_error or ''} "
                  "Widen the budgets or sizes (`--budgets`, `--sizes`) or use more patients.")
-    L.append("")
+    return [*L, ""]
 
-    # Data
-    L += ["## Data", "",
-          f"Synthetic MIMIC-IV-shaped cohort (`ehrfm synth`, seed {cfg.seed}): {cfg.patients:,} patients -> MEDS "
-          f"({meds_meta.get('etl_name', 'ehrfm')} {meds_meta.get('etl_version', '')}, MEDS {meds_meta.get('meds_version', '')}) "
-          f"-> tokens (vocabulary {tok_stats['vocab_size']}, fitted on train only).", "",
-          "| split | subjects | events | tokens | tokens/subject |", "|---|---|---|---|---|"]
+
+def _data_section(cfg, meds, tok_stats: dict, labels_dir, audit_lines) -> list[str]:
+    meds_meta = read_json(Path(meds) / "metadata" / "dataset.json", "dataset metadata")
+    L = ["## Data", "",
+         f"Synthetic MIMIC-IV-shaped cohort (`ehrfm synth`, seed {cfg.seed}): {cfg.patients:,} patients -> MEDS "
+         f"({meds_meta.get('etl_name', 'ehrfm')} {meds_meta.get('etl_version', '')}, MEDS {meds_meta.get('meds_version', '')}) "
+         f"-> tokens (vocabulary {tok_stats['vocab_size']}, fitted on train only).", "",
+         "| split | subjects | events | tokens | tokens/subject |", "|---|---|---|---|---|"]
     for split, s in tok_stats["splits"].items():
         L.append(f"| {split} | {s['subjects']:,} | {s['events']:,} | {s['tokens']:,} | {s['tokens_per_subject']:.0f} |")
     L += ["", "Clinical labels (`ehrfm labels`, all splits):", "", "| task | labels | positives | prevalence |", "|---|---|---|---|"]
@@ -288,55 +305,62 @@ def _report(cfg, st, out, meds, tok, labels_dir, results_path, fit, fit_error, h
         prev = info.get("prevalence")
         L.append(f"| {task} | {info['n']:,} | {info['n_positive']:,} | {prev:.1%} |" if prev is not None else f"| {task} | 0 | 0 | n/a |")
     L.append("")
-    L += [*audit_lines, ""] if audit_lines else []
+    return [*L, *audit_lines, ""] if audit_lines else L
 
-    # Sweep
-    res = pl.read_parquet(results_path).sort("budget", "n_params")
+
+def _sweep_section(cfg, res, tok_stats: dict, results_link: str) -> list[str]:
+    import polars as pl
+
     ucols = [c for c in res.columns if c.startswith("auroc/")]
-    L += ["## Sweep", "",
-          f"{res.height} runs over {len(cfg.budgets)} compute budgets ({', '.join(f'{b:.3g}' for b in cfg.budgets)} FLOPs), "
-          f"{cfg.sizes} model sizes each, executor `{cfg.executor}`; results table `{rel(results_path)}`. "
-          "Loss is held-out nats/token on a fixed tuning sample; AUROC is a linear probe on held_out.", "",
-          "| budget | run | N (non-emb.) | layers x width | tokens D | epochs | loss | status | "
-          + " | ".join(c.replace("auroc/", "AUROC ") for c in ucols) + " |",
-          "|---" * (8 + len(ucols)) + "|"]
+    L = ["## Sweep", "",
+         f"{res.height} runs over {len(cfg.budgets)} compute budgets ({', '.join(f'{b:.3g}' for b in cfg.budgets)} FLOPs), "
+         f"{cfg.sizes} model sizes each, executor `{cfg.executor}`; results table `{results_link}`. "
+         "Loss is held-out nats/token on a fixed tuning sample; AUROC is a linear probe on held_out.", "",
+         "| budget | run | N (non-emb.) | layers x width | tokens D | epochs | loss | status | "
+         + " | ".join(c.replace("auroc/", "AUROC ") for c in ucols) + " |",
+         "|---" * (8 + len(ucols)) + "|"]
     train_tokens = tok_stats["splits"]["train"]["tokens"]
     for r in res.iter_rows(named=True):
         loss = f"{r['loss']:.4f}" if r["loss"] is not None else "-"
         us = " | ".join(f"{r[c]:.3f}" if r[c] is not None else "-" for c in ucols)
         L.append(f"| {r['budget']:.3g} | `{r['run_id']}` | {r['n_params']:.3g} | {r['n_layer']} x {r['d_model']} | "
                  f"{r['tokens']:.3g} | {r['tokens'] / train_tokens:.2f} | {loss} | {r['status']} | {us} |")
-    failed = res.filter(pl.col("status") != "completed")
+    failed = res.filter(pl.col("status") != Status.COMPLETED)
     if failed.height:
         L += ["", f"{failed.height} runs did not complete and were left out of the fits (see the status column)."]
-    L.append("")
+    return [*L, ""]
 
-    # Fits
-    L += ["## Fitted scaling laws", ""]
+
+_FIGURES = [("isoflops", "IsoFLOP curves with fitted parabolas and their minima"),
+            ("optimal_scaling", "Compute-optimal N and D against compute, with the fitted laws and 95% bands"),
+            ("frontier", "Loss frontier against compute"),
+            ("utility", "Clinical utility (probe AUROC) against compute")]
+
+
+def _fits_section(fit, fit_error, out, rel) -> list[str]:
+    L = ["## Fitted scaling laws", ""]
     if fit is None:
-        L += [f"The fit failed: {fit_error}", ""]
-    else:
-        from analysis.fit import format_fit_table
+        return [*L, f"The fit failed: {fit_error}", ""]
+    from analysis.fit import format_fit_table
 
-        L += [format_fit_table(fit), ""]
-        if fit.approach2:
-            L += ["IsoFLOP parabolas, loss = c0 + c1 ln N + c2 (ln N)^2; curvature = 2 c2 (nats per (ln N)^2):", "",
-                  "| budget | curvature | interior minimum | R^2 | used |", "|---|---|---|---|---|"]
-            for b in fit.approach2.budgets:
-                L.append(f"| {b.budget:.3g} | {format_ci(b.curvature, b.curvature_ci, '{:.4g}')} | {'yes' if b.interior else 'no'} | {b.r2:.3f} | "
-                         f"{'yes' if b.used else 'no: ' + str(b.reason)} |")
-            L.append("")
-        L += ["## Figures", ""]
-        for name, caption in [("isoflops", "IsoFLOP curves with fitted parabolas and their minima"),
-                              ("optimal_scaling", "Compute-optimal N and D against compute, with the fitted laws and 95% bands"),
-                              ("frontier", "Loss frontier against compute"),
-                              ("utility", "Clinical utility (probe AUROC) against compute")]:
-            png = Path(out) / "fit" / f"{name}.png"
-            if png.exists():
-                L += [f"![{caption}]({rel(png)})", f"*{caption}* ([PDF]({rel(png.with_suffix('.pdf'))}))", ""]
+    L += [format_fit_table(fit), ""]
+    if fit.approach2:
+        L += ["IsoFLOP parabolas, loss = c0 + c1 ln N + c2 (ln N)^2; curvature = 2 c2 (nats per (ln N)^2):", "",
+              "| budget | curvature | interior minimum | R^2 | used |", "|---|---|---|---|---|"]
+        for b in fit.approach2.budgets:
+            L.append(f"| {b.budget:.3g} | {format_ci(b.curvature, b.curvature_ci, '{:.4g}')} | {'yes' if b.interior else 'no'} | {b.r2:.3f} | "
+                     f"{'yes' if b.used else 'no: ' + str(b.reason)} |")
+        L.append("")
+    L += ["## Figures", ""]
+    for name, caption in _FIGURES:
+        png = Path(out) / "fit" / f"{name}.png"
+        if png.exists():
+            L += [f"![{caption}]({rel(png)})", f"*{caption}* ([PDF]({rel(png.with_suffix('.pdf'))}))", ""]
+    return L
 
-    # Clinical heads
-    L += ["## Clinical heads", ""]
+
+def _heads_section(heads: dict) -> list[str]:
+    L = ["## Clinical heads", ""]
     best = heads.get("best_run")
     if best:
         L.append(f"Linear probe of the lowest-loss run of the largest budget (`{best['run_id']}`, N={best['n_params']:.3g}, "
@@ -356,28 +380,34 @@ def _report(cfg, st, out, meds, tok, labels_dir, results_path, fit, fit_error, h
         L.append(f"| {task} | {ref['n']} | {ref['prevalence']:.1%} | {_ci3(lr.get('auroc'), lr.get('auroc_ci'))} | "
                  f"{_ci3(gb.get('auroc'), gb.get('auroc_ci'))} | {_ci3(p.get('auroc'), p.get('auroc_ci'))} | "
                  f"{_ci3(p.get('auprc'), p.get('auprc_ci'))} |")
-    L.append("")
+    return [*L, ""]
 
-    # Recommendations
-    if recs:
-        L += ["## What the next 10x and 100x of compute buy", ""]
-        for rec in recs:
-            L += [format_recommendation(rec), ""]
 
-    # Time and reproduction
-    L += ["## Stage times", "", "| stage | seconds |", "|---|---|"]
+def _recommend_section(recs) -> list[str]:
+    if not recs:
+        return []
+    from analysis.recommend import format_recommendation
+
+    L = ["## What the next 10x and 100x of compute buy", ""]
+    for rec in recs:
+        L += [format_recommendation(rec), ""]
+    return L
+
+
+def _reproduce_section(cfg, st, wall: float) -> list[str]:
+    L = ["## Stage times", "", "| stage | seconds |", "|---|---|"]
     L += [f"| {k} | {v:.1f} |" for k, v in st.times.items()]
-    L += [f"| total | {wall:.1f} |", "", "## Reproduce stage by stage", "", "```",
-          f"ehrfm synth --out raw --patients {cfg.patients} --seed {cfg.seed}",
-          "ehrfm etl raw --out meds", "ehrfm tokenize meds --out tokens", "ehrfm labels meds --task all --out labels",
-          "ehrfm audit meds --labels labels",
-          f"ehrfm sweep plan --tokens tokens --budgets {','.join(f'{b:g}' for b in cfg.budgets)} --sizes {cfg.sizes} "
-          f"--span-dex {cfg.span_dex} --tokens-per-param {cfg.tokens_per_param:g} --context {cfg.context} "
-          f"--batch-size {cfg.batch_size} --lr {cfg.lr} --train-opt eval_tokens={cfg.eval_tokens} --out sweep",
-          f"ehrfm sweep launch sweep --executor {cfg.executor}", "ehrfm sweep collect sweep --labels labels",
-          f"ehrfm fit sweep/results.parquet --out fit --bootstrap {cfg.bootstrap}",
-          f"ehrfm recommend fit --flops {max(cfg.budgets) * 10:g}", "```", ""]
-    return "\n".join(L)
+    return L + [
+        f"| total | {wall:.1f} |", "", "## Reproduce stage by stage", "", "```",
+        f"ehrfm synth --out raw --patients {cfg.patients} --seed {cfg.seed}",
+        "ehrfm etl raw --out meds", "ehrfm tokenize meds --out tokens", "ehrfm labels meds --task all --out labels",
+        "ehrfm audit meds --labels labels",
+        f"ehrfm sweep plan --tokens tokens --budgets {','.join(f'{b:g}' for b in cfg.budgets)} --sizes {cfg.sizes} "
+        f"--span-dex {cfg.span_dex} --tokens-per-param {cfg.tokens_per_param:g} --context {cfg.context} "
+        f"--batch-size {cfg.batch_size} --lr {cfg.lr} --train-opt eval_tokens={cfg.eval_tokens} --out sweep",
+        f"ehrfm sweep launch sweep --executor {cfg.executor}", "ehrfm sweep collect sweep --labels labels",
+        f"ehrfm fit sweep/results.parquet --out fit --bootstrap {cfg.bootstrap}",
+        f"ehrfm recommend fit --flops {max(cfg.budgets) * 10:g}", "```", ""]
 
 
 def _version() -> str:

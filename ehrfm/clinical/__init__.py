@@ -16,33 +16,27 @@ Modules are imported lazily so that `import ehrfm.clinical` stays light (no torc
 
 from __future__ import annotations
 
-import importlib
+from ehrfm.lazy import lazy_exports
 
 _EXPORTS = {
-    "TASKS": "labels",
-    "make_labels": "labels",
-    "write_labels": "labels",
-    "read_labels": "labels",
-    "LabelConfig": "labels",
-    "audit": "audit",
-    "AuditResult": "audit",
-    "ProbeConfig": "probe",
-    "probe": "probe",
-    "FinetuneConfig": "finetune",
-    "finetune": "finetune",
-    "ZeroShotConfig": "zeroshot",
-    "zeroshot": "zeroshot",
-    "BaselineConfig": "baseline",
-    "baseline": "baseline",
-    "score_run": "utility",
-    "label_files": "utility",
-    "binary_metrics": "metrics",
+    "TASKS": "ehrfm.clinical.labels",
+    "make_labels": "ehrfm.clinical.labels",
+    "write_labels": "ehrfm.clinical.labels",
+    "read_labels": "ehrfm.clinical.labels",
+    "LabelConfig": "ehrfm.clinical.labels",
+    "audit": "ehrfm.clinical.audit",
+    "AuditResult": "ehrfm.clinical.audit",
+    "ProbeConfig": "ehrfm.clinical.probe",
+    "probe": "ehrfm.clinical.probe",
+    "FinetuneConfig": "ehrfm.clinical.finetune",
+    "finetune": "ehrfm.clinical.finetune",
+    "ZeroShotConfig": "ehrfm.clinical.zeroshot",
+    "zeroshot": "ehrfm.clinical.zeroshot",
+    "BaselineConfig": "ehrfm.clinical.baseline",
+    "baseline": "ehrfm.clinical.baseline",
+    "score_run": "ehrfm.clinical.utility",
+    "label_files": "ehrfm.clinical.utility",
+    "binary_metrics": "ehrfm.clinical.metrics",
 }
 
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"ehrfm.clinical.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'ehrfm.clinical' has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -40,7 +40,7 @@ from ehrfm.clinical.common import (
 from ehrfm.clinical.labels import read_labels
 from ehrfm.clinical.metrics import binary_metrics, format_metrics
 from ehrfm.errors import UserError
-from ehrfm.meds_io import MedsDataset, open_meds, scan_shard
+from ehrfm.meds_io import SPLITS, MedsDataset, open_meds, scan_shard
 
 US = {"s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000, "y": 365 * 86_400_000_000}
 
@@ -227,7 +227,7 @@ def baseline(cfg: BaselineConfig, out: str | os.PathLike, overwrite: bool = Fals
     labels, x, names = prepare(cfg)
     split = labels["split"].to_numpy()
     y = labels["boolean_value"].to_numpy().astype(np.int64)
-    tr, tu, ho = (split == "train"), (split == "tuning"), (split == "held_out")
+    tr, tu, ho = (split == s for s in SPLITS)
     require_two_classes(y[tr], "train", task)
     if ho.sum() == 0:
         raise UserError(f"task {task}: no labels in the held_out split to score")

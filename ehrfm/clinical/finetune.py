@@ -18,12 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ehrfm.clinical.baseline import task_name
 from ehrfm.clinical.common import as_stored, check_out, require_two_classes, split_predictions, write_head_outputs
 from ehrfm.clinical.metrics import binary_metrics, format_metrics
-from ehrfm.clinical.probe import load_label_histories
+from ehrfm.clinical.probe import load_head_inputs
 from ehrfm.errors import UserError
-from ehrfm.tokens import TokenDir
+from ehrfm.meds_io import SPLITS
 
 
 @dataclass
@@ -58,17 +57,12 @@ def _tuning_score(y: np.ndarray, p: np.ndarray) -> tuple[float, str]:
 def finetune(cfg: FinetuneConfig, out: str | os.PathLike, overwrite: bool = False) -> dict:
     import torch
 
-    from ehrfm.clinical.model_io import batches_by_length, load_run, padded_batch, resolve_context
+    from ehrfm.clinical.model_io import batches_by_length, padded_batch
     from ehrfm.io import summary
 
     check_out(out, overwrite)
     t0 = time.time()
-    torch.manual_seed(cfg.seed)
-    task = cfg.task or task_name(cfg.labels)
-    td = TokenDir(cfg.tokens_dir)
-    h = load_label_histories(td, cfg.labels, cfg.max_labels, cfg.seed)
-    model, mcfg = load_run(cfg.run_dir, td, cfg.device, n_labels=len(h.start))
-    context = resolve_context(cfg.context, mcfg.context)
+    task, td, h, model, mcfg, context = load_head_inputs(cfg)
     device = torch.device(cfg.device)
     y = h.y
     tr, tu, ho = _split_rows(h.split, y, task)
@@ -117,7 +111,7 @@ def finetune(cfg: FinetuneConfig, out: str | os.PathLike, overwrite: bool = Fals
 
 def _split_rows(split: np.ndarray, y: np.ndarray, task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row indices of the train, tuning (early stopping) and held_out (scoring) labels."""
-    tr, tu, ho = (np.flatnonzero(split == s) for s in ("train", "tuning", "held_out"))
+    tr, tu, ho = (np.flatnonzero(split == s) for s in SPLITS)
     require_two_classes(y[tr], "train", task)
     if len(tu) == 0:
         raise UserError(f"task {task}: no labels in the tuning split for early stopping")

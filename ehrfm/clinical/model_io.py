@@ -18,6 +18,7 @@ import torch
 from ehrfm.clinical.histories import Histories, history_window
 from ehrfm.errors import UserError
 from ehrfm.io import progress
+from ehrfm.results import require_completed
 from ehrfm.tokens import TokenDir
 
 
@@ -42,11 +43,7 @@ def load_run(run_dir: str | os.PathLike, td: TokenDir, device: str = "cpu", n_la
     from ehrfm.checkpoint import load_model
 
     run_dir = Path(run_dir)
-    result = run_dir / "result.json"
-    if result.is_file():
-        status = json.loads(result.read_text()).get("status")
-        if status not in (None, "completed"):
-            raise UserError(f"run {run_dir} has status {status!r}; heads need a completed run")
+    require_completed(run_dir, "a clinical head")
     model, cfg = load_model(run_dir, device)
     affected = f"; all {n_labels} label rows affected" if n_labels is not None else ""
     recorded = _recorded_fingerprint(run_dir)

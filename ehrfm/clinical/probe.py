@@ -61,6 +61,22 @@ def load_label_histories(td: TokenDir, labels_path, max_labels: int | None, seed
     return h
 
 
+def load_head_inputs(cfg) -> tuple:
+    """(task, TokenDir, label Histories, model, its ModelConfig, context) of a head's config
+    (ProbeConfig or FinetuneConfig: run_dir, tokens_dir, labels, task, max_labels, context,
+    device, seed), after seeding torch with cfg.seed. UserError: see load_run."""
+    import torch
+
+    from ehrfm.clinical.model_io import load_run, resolve_context
+
+    torch.manual_seed(cfg.seed)
+    task = cfg.task or task_name(cfg.labels)
+    td = TokenDir(cfg.tokens_dir)
+    h = load_label_histories(td, cfg.labels, cfg.max_labels, cfg.seed)
+    model, mcfg = load_run(cfg.run_dir, td, cfg.device, n_labels=len(h.start))
+    return task, td, h, model, mcfg, resolve_context(cfg.context, mcfg.context)
+
+
 def probe_scores(model, td: TokenDir, h: Histories, context: int, cfg: ProbeConfig, task: str):
     """Embed, fit on train, pick C on tuning; (probabilities for every label, selection record)."""
     from ehrfm.clinical.model_io import embed_histories
@@ -75,19 +91,11 @@ def probe_scores(model, td: TokenDir, h: Histories, context: int, cfg: ProbeConf
 
 def probe(cfg: ProbeConfig, out: str | os.PathLike, overwrite: bool = False) -> dict:
     """Run the probe and write OUT (see the module docstring); returns the metrics."""
-    import torch
-
-    from ehrfm.clinical.model_io import load_run, resolve_context
     from ehrfm.io import summary
 
     check_out(out, overwrite)
     t0 = time.time()
-    torch.manual_seed(cfg.seed)
-    task = cfg.task or task_name(cfg.labels)
-    td = TokenDir(cfg.tokens_dir)
-    h = load_label_histories(td, cfg.labels, cfg.max_labels, cfg.seed)
-    model, mcfg = load_run(cfg.run_dir, td, cfg.device, n_labels=len(h.start))
-    context = resolve_context(cfg.context, mcfg.context)
+    task, td, h, model, mcfg, context = load_head_inputs(cfg)
     ho = h.split == "held_out"
     if not ho.any():
         raise UserError(f"task {task}: no labels in the held_out split to score")

@@ -1,0 +1,213 @@
+"""A run's outcome: the `Status` names and the `RunResult` record that RUN/result.json holds.
+
+The trainer (ehrfm.train) builds one RunResult per run and writes it with `write_result`; every
+reader (sweeps, analysis, the demo, export) reads it with `read_result`. The on-disk format is the
+contract of DESIGN.md section 3:
+
+    {"status": "completed" | "failed" | "diverged", "n_params", "n_params_total", "vocab_size",
+     "tokens", "flops", "val_loss", "wall_s", "tokens_per_s", "error", ...}
+
+A RunResult writes exactly the keys it was built with (a field left out is absent from the file,
+a field given as None is written as null), so a job wrapper's minimal failure record
+{"status": "failed", "error": ...} and the trainer's full records keep their form; keys this
+version does not know are kept in `extra` and written back unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from ehrfm.errors import UserError
+from ehrfm.io import read_json, write_json
+
+RESULT_FILE = "result.json"
+
+
+class Status(StrEnum):
+    """Every state a run (its result.json, its checkpoint or its sweep entry) can be in.
+
+    result.json: completed | failed | diverged. The trainer returns interrupted (no result.json).
+    Checkpoints: running | interrupted | stable | completed. Sweep states (sweeps.state) add
+    planned, unplanned, queued, lost and unknown; a job wrapper reports busy.
+    """
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DIVERGED = "diverged"
+    INTERRUPTED = "interrupted"
+    RUNNING = "running"
+    STABLE = "stable"
+    QUEUED = "queued"
+    PLANNED = "planned"
+    UNPLANNED = "unplanned"
+    LOST = "lost"
+    UNKNOWN = "unknown"
+    BUSY = "busy"
+
+
+# A run with one of these results is over; relaunching it does nothing (a failed one only on request).
+FINISHED = (Status.COMPLETED, Status.FAILED, Status.DIVERGED)
+# Deterministic outcomes: the trainer keeps them as they are and never trains the run again.
+KEPT = (Status.COMPLETED, Status.DIVERGED)
+# A job that SLURM or this machine still has.
+ACTIVE = (Status.QUEUED, Status.RUNNING)
+
+# Left out of the record (absent from result.json), as opposed to None (written as null).
+_UNSET: Any = object()
+
+
+@dataclass
+class RunResult:
+    """One run's outcome (RUN/result.json; also what `ehrfm.train.train` returns, as a dict).
+
+    Fields are in result.json's key order; every field but `status` is optional and absent from
+    the file unless given. Add a field with default `_UNSET` to extend the record.
+    """
+
+    status: Status
+    # the run's accounting and identity (every trainer result has them)
+    n_params: int | None = _UNSET  # non-embedding parameters
+    n_params_total: int | None = _UNSET
+    vocab_size: int | None = _UNSET
+    tokens: int | None = _UNSET  # D, training tokens
+    flops: float | None = _UNSET  # D * flops_per_token
+    flops_per_token: float | None = _UNSET
+    n_layer: int | None = _UNSET
+    d_model: int | None = _UNSET
+    n_head: int | None = _UNSET
+    context: int | None = _UNSET
+    steps: int | None = _UNSET
+    seed: int | None = _UNSET
+    tokenizer_fingerprint: str | None = _UNSET
+    schedule: str | None = _UNSET
+    trunk_id: str | None = _UNSET
+    trunk_dir: str | None = _UNSET
+    branch_tokens: int | None = _UNSET
+    # the outcome
+    step: int | None = _UNSET  # interrupted: the last step done
+    val_loss: float | None = _UNSET  # held-out nats/token (diverged: kept as a diagnosis when finite)
+    loss_per_event: float | None = _UNSET
+    eval_events: int | None = _UNSET
+    train_loss: float | None = _UNSET
+    initial_train_loss: float | None = _UNSET
+    eval_tokens: int | None = _UNSET
+    epochs: float | None = _UNSET
+    wall_s: float | None = _UNSET
+    tokens_per_s: float | None = _UNSET
+    session_tokens_per_s: float | None = _UNSET
+    device: str | None = _UNSET
+    dtype: str | None = _UNSET
+    world_size: int | None = _UNSET
+    diverged_step: int | None = _UNSET
+    error: str | None = _UNSET  # failed / diverged: why (never patient data)
+    exit_code: int | None = _UNSET  # a job wrapper's failure record: the trainer's exit status
+    run_id: str | None = _UNSET  # a job wrapper's return value: which run
+    extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
+
+    def __post_init__(self):
+        self.status = Status(self.status)
+        given = []
+        for f in dataclasses.fields(self):
+            if f.name == "extra":
+                continue
+            if getattr(self, f.name) is _UNSET:
+                setattr(self, f.name, None)
+            else:
+                given.append(f.name)
+        self._given = tuple(given)
+
+    def with_(self, **changes) -> RunResult:
+        """A copy with `changes` given (and so written) on top of this record's fields."""
+        kw = {k: getattr(self, k) for k in self._given}
+        return RunResult(**{**kw, **changes}, extra=dict(self.extra))
+
+    def to_json(self) -> dict[str, Any]:
+        """The result.json object: the given fields in order (status as a plain string), then extra."""
+        out: dict[str, Any] = {k: getattr(self, k) for k in self._given}
+        out["status"] = str(self.status)
+        return {**out, **self.extra}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> RunResult:
+        """The record of a result.json object (unknown keys go to `extra`). ValueError: bad status."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in obj.items() if k in names},
+                   extra={k: v for k, v in obj.items() if k not in names})
+
+    @property
+    def finished(self) -> bool:
+        """completed, failed or diverged: the run is over."""
+        return self.status in FINISHED
+
+    @property
+    def kept(self) -> bool:
+        """completed or diverged: a deterministic outcome, never trained again."""
+        return self.status in KEPT
+
+
+_NUMBER_FIELDS = ("val_loss", "n_params", "n_params_total", "tokens", "flops", "wall_s", "tokens_per_s")
+_READ_HINT = "delete it and rerun: the run resumes from its checkpoint and writes it again"
+
+
+def result_path(run_dir: str | Path) -> Path:
+    """RUN/result.json."""
+    return Path(run_dir) / RESULT_FILE
+
+
+def read_result(run_dir: str | Path, hint: str = _READ_HINT) -> RunResult | None:
+    """RUN/result.json as a RunResult, or None when the run has not written one.
+
+    Args:
+        run_dir: the run dir.
+        hint: what to do about a damaged file, appended to the error.
+
+    Raises:
+        UserError: the file exists but is truncated, empty, not a JSON object, or wrongly typed
+            (status not a known status string, a number field not a number, a completed run
+            without a finite val_loss). Such a run is neither interrupted nor usable: the message
+            names the file and what to do.
+    """
+    path = result_path(run_dir)
+    if not path.exists():
+        return None
+    obj = read_json(path, "run result", expect=dict, hint=hint)
+    problems = []
+    status = obj.get("status")
+    if not isinstance(status, str) or status not in Status.__members__.values():
+        problems.append("status is not a known status string")
+    for k in _NUMBER_FIELDS:
+        v = obj.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            problems.append(f"{k} is not a number")
+    if status == Status.COMPLETED and not problems:
+        loss = obj.get("val_loss")
+        if loss is None or not math.isfinite(loss):
+            problems.append("completed without a finite val_loss")
+    if problems:
+        raise UserError(f"run result {path} is damaged: {'; '.join(problems)}; {hint}")
+    return RunResult.from_json(obj)
+
+
+def write_result(run_dir: str | Path, result: RunResult) -> None:
+    """Write RUN/result.json atomically (creating the run dir when needed)."""
+    path = result_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, result.to_json())
+
+
+def require_completed(run_dir: str | Path, use: str) -> None:
+    """Refuse (UserError) a run dir whose result.json says it did not complete; a run dir without
+    result.json (a bare checkpoint) is accepted.
+
+    Args:
+        run_dir: the run dir.
+        use: what needs the completed run, for the message ("loading a model", "heads").
+    """
+    result = read_result(run_dir)
+    if result is not None and result.status != Status.COMPLETED:
+        raise UserError(f"run {run_dir} has status {str(result.status)!r} (result.json); {use} needs a completed run")
