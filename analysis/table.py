@@ -165,76 +165,30 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss") ->
             f"results table {source} lacks column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
             f"(needs {', '.join(required)}; has {', '.join(df.columns[:12])})"
         )
-    n_rows = df.height
-    if "run_id" in df.columns:
-        run_id = df["run_id"].cast(pl.Utf8).fill_null("<null>").to_numpy().astype(str)
-    else:
-        run_id = np.array([f"row{i}" for i in range(n_rows)])
-    dup = [r for r, c in zip(*np.unique(run_id, return_counts=True), strict=False) if c > 1]
-    if dup:
-        raise UserError(f"results table {source}: column run_id has {len(dup)} duplicated id(s): {_name_ids(dup)}")
-
-    excluded = []
-    keep = np.ones(n_rows, dtype=bool)
-    if "status" in df.columns:
-        status = df["status"].cast(pl.Utf8).fill_null("<null>").to_numpy().astype(str)
-        error = df["error"].cast(pl.Utf8).to_list() if "error" in df.columns else [None] * n_rows
-        for i in np.flatnonzero(status != Status.COMPLETED):
-            excluded.append({"run_id": str(run_id[i]), "reason": f"status {status[i]}" + (f": {error[i]}" if error[i] else "")})
-        keep &= status == Status.COMPLETED
-
+    run_id = _run_ids(df, source)
+    keep, excluded = _completed(df, run_id)
     values = {c: _numeric(df, c, source) for c in required}
-    if "vocab_size" in df.columns and "loss" in df.columns:
-        # Uniform guessing scores ln V nats/token; a "completed" run above it blew up (finite, so
-        # unnoticed). Checked on the per-token loss whatever column is fitted.
-        uniform = np.log(_numeric(df, "vocab_size", source))
-        per_token = values["loss"] if "loss" in values else _numeric(df, "loss", source)
-        blown = keep & np.isfinite(uniform) & (per_token > uniform)
-        for i in np.flatnonzero(blown):
-            excluded.append({"run_id": str(run_id[i]), "reason": f"status completed but loss {per_token[i]:.4g} nats/token is "
-                             f"above uniform guessing ln V = {uniform[i]:.4g}: a blow-up, not a measurement"})
-        keep &= ~blown
+    keep &= ~_blown_up(df, source, values, keep, run_id, excluded)
     if "flops" in df.columns:
         values["flops"] = _numeric(df, "flops", source)
     for col, v in values.items():
-        bad = keep & ~(np.isfinite(v) & (v > 0))
-        if bad.any():
-            raise UserError(
-                f"results table {source}: column {col} is missing, NaN or non-positive in {int(bad.sum())} "
-                f"completed run(s): {_name_ids(run_id[bad])}"
-            )
+        _refuse(source, col, "missing, NaN or non-positive", keep & ~(np.isfinite(v) & (v > 0)), run_id, "completed ")
     if keep.sum() == 0:
         named = _name_ids(f"{e['run_id']} ({e['reason'].split(':')[0]})" for e in excluded)
-        raise UserError(f"results table {source} has no completed runs to fit ({n_rows} rows, {len(excluded)} excluded: {named})")
+        raise UserError(f"results table {source} has no completed runs to fit ({df.height} rows, {len(excluded)} excluded: {named})")
 
-    flops = values.get("flops", 6.0 * values["n_params"] * values["tokens"])
-    budget = _numeric(df, "budget", source) if "budget" in df.columns else None
-    if budget is not None:
-        bad = keep & np.isfinite(budget) & ~(budget > 0)
-        if bad.any():
-            raise UserError(f"results table {source}: column budget is non-positive in {int(bad.sum())} run(s): {_name_ids(run_id[bad])}")
-
-    unique_tokens = _numeric(df, "unique_tokens", source) if "unique_tokens" in df.columns else None
-    epochs = _numeric(df, "epochs", source) if "epochs" in df.columns else None
-    if epochs is None and unique_tokens is not None:
-        epochs = values["tokens"] / unique_tokens
-    for col, v in (("unique_tokens", unique_tokens), ("epochs", epochs)):
+    def positive(col: str) -> np.ndarray | None:
+        """The optional column `col` (None when absent); non-positive values of kept runs refused."""
+        v = _numeric(df, col, source) if col in df.columns else None
         if v is not None:
-            bad = keep & np.isfinite(v) & ~(v > 0)
-            if bad.any():
-                raise UserError(f"results table {source}: column {col} is non-positive in {int(bad.sum())} run(s): {_name_ids(run_id[bad])}")
-
-    def bounded(col: str, lo: float, hi: float) -> np.ndarray:
-        v = _numeric(df, col, source)
-        bad = keep & np.isfinite(v) & ~((v >= lo) & (v <= hi))
-        if bad.any():
-            raise UserError(f"results table {source}: column {col} is outside [{lo:g}, {hi:g}] in {int(bad.sum())} run(s): {_name_ids(run_id[bad])}")
+            _refuse(source, col, "non-positive", keep & np.isfinite(v) & ~(v > 0), run_id)
         return v
 
-    utility = {col: bounded(col, 0, 1) for col in df.columns if col.startswith(("auroc/", "auprc/"))}
-    # "auroc/<task>" -> its standard error, from the column auroc_se/<task>
-    utility_se = {col: bounded("auroc_se/" + col[len("auroc/"):], 0, 0.5) for col in utility
-                  if col.startswith("auroc/") and "auroc_se/" + col[len("auroc/"):] in df.columns}
+    budget, unique_tokens, epochs = positive("budget"), positive("unique_tokens"), positive("epochs")
+    if epochs is None and unique_tokens is not None:
+        epochs = values["tokens"] / unique_tokens
+        _refuse(source, "epochs", "non-positive", keep & np.isfinite(epochs) & ~(epochs > 0), run_id)
+    utility, utility_se = _utility(df, source, keep, run_id)
 
     def first_int(col):
         if col not in df.columns:
@@ -244,10 +198,71 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss") ->
 
     res = Results(
         source=source, run_id=run_id, n_params=values["n_params"], tokens=values["tokens"], loss=values[loss_column],
-        flops=flops, budget=np.full(n_rows, np.nan) if budget is None else budget, unique_tokens=unique_tokens,
+        flops=values.get("flops", 6.0 * values["n_params"] * values["tokens"]),
+        budget=np.full(df.height, np.nan) if budget is None else budget, unique_tokens=unique_tokens,
         epochs=epochs, utility=utility, utility_se=utility_se, vocab_size=first_int("vocab_size"), context=first_int("context"),
-        n_rows=n_rows, excluded=excluded, loss_column=loss_column,
+        n_rows=df.height, excluded=excluded, loss_column=loss_column,
     )
     res = res.subset(keep)
     res.budget = group_budgets(res.flops, res.budget)
     return res
+
+
+def _refuse(source: str, col: str, what: str, bad: np.ndarray, run_id: np.ndarray, which: str = "") -> None:
+    """UserError naming the column and the run ids of the `bad` rows, if any."""
+    if bad.any():
+        raise UserError(f"results table {source}: column {col} is {what} in {int(bad.sum())} {which}run(s): {_name_ids(run_id[bad])}")
+
+
+def _run_ids(df: pl.DataFrame, source: str) -> np.ndarray:
+    """The run_id column as str (row<i> when absent); UserError for duplicated ids."""
+    if "run_id" in df.columns:
+        run_id = df["run_id"].cast(pl.Utf8).fill_null("<null>").to_numpy().astype(str)
+    else:
+        run_id = np.array([f"row{i}" for i in range(df.height)])
+    dup = [r for r, c in zip(*np.unique(run_id, return_counts=True), strict=False) if c > 1]
+    if dup:
+        raise UserError(f"results table {source}: column run_id has {len(dup)} duplicated id(s): {_name_ids(dup)}")
+    return run_id
+
+
+def _completed(df: pl.DataFrame, run_id: np.ndarray) -> tuple[np.ndarray, list[dict]]:
+    """(rows with status completed, or every row without a status column; the others as excluded
+    entries naming their status and error)."""
+    keep = np.ones(df.height, dtype=bool)
+    excluded = []
+    if "status" in df.columns:
+        status = df["status"].cast(pl.Utf8).fill_null("<null>").to_numpy().astype(str)
+        error = df["error"].cast(pl.Utf8).to_list() if "error" in df.columns else [None] * df.height
+        for i in np.flatnonzero(status != Status.COMPLETED):
+            excluded.append({"run_id": str(run_id[i]), "reason": f"status {status[i]}" + (f": {error[i]}" if error[i] else "")})
+        keep &= status == Status.COMPLETED
+    return keep, excluded
+
+
+def _blown_up(df: pl.DataFrame, source: str, values: dict, keep: np.ndarray, run_id: np.ndarray, excluded: list) -> np.ndarray:
+    """Kept rows whose per-token loss is above uniform guessing (ln vocab_size), each added to
+    `excluded`: a finite blow-up a trainer did not catch. Checked on `loss` whatever column is fitted."""
+    if "vocab_size" not in df.columns or "loss" not in df.columns:
+        return np.zeros(df.height, dtype=bool)
+    uniform = np.log(_numeric(df, "vocab_size", source))
+    per_token = values["loss"] if "loss" in values else _numeric(df, "loss", source)
+    blown = keep & np.isfinite(uniform) & (per_token > uniform)
+    for i in np.flatnonzero(blown):
+        excluded.append({"run_id": str(run_id[i]), "reason": f"status completed but loss {per_token[i]:.4g} nats/token is "
+                         f"above uniform guessing ln V = {uniform[i]:.4g}: a blow-up, not a measurement"})
+    return blown
+
+
+def _utility(df: pl.DataFrame, source: str, keep: np.ndarray, run_id: np.ndarray) -> tuple[dict, dict]:
+    """({"auroc/<task>" | "auprc/<task>": values}, {"auroc/<task>": standard errors from auroc_se/<task>});
+    values of kept runs outside [0, 1] (standard errors outside [0, 0.5]) refused."""
+    def bounded(col: str, lo: float, hi: float) -> np.ndarray:
+        v = _numeric(df, col, source)
+        _refuse(source, col, f"outside [{lo:g}, {hi:g}]", keep & np.isfinite(v) & ~((v >= lo) & (v <= hi)), run_id)
+        return v
+
+    utility = {col: bounded(col, 0, 1) for col in df.columns if col.startswith(("auroc/", "auprc/"))}
+    utility_se = {col: bounded("auroc_se/" + col[len("auroc/"):], 0, 0.5) for col in utility
+                  if col.startswith("auroc/") and "auroc_se/" + col[len("auroc/"):] in df.columns}
+    return utility, utility_se

@@ -436,7 +436,7 @@ def fmt_ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:6.2f}x" if a and b else "     -"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--inputs", default="demo,synth:2000,synth:10000",
                    help="comma-separated: demo, synth:N (synthetic, N patients), or a raw MIMIC-IV dir")
@@ -459,8 +459,11 @@ def main() -> None:
     p.add_argument("--workdir", help="work dir (default: a temporary dir, removed at the end)")
     p.add_argument("--keep", action="store_true", help="keep outputs and logs")
     p.add_argument("--json", help="also write all figures to this JSON file")
-    args = p.parse_args()
+    return p.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="ehrfm-bench-etlref-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     args.workdir_resolved = str(work)
@@ -484,67 +487,80 @@ def main() -> None:
     results = []
     try:
         for inp, nrep in zip(inputs, reps, strict=False):
-            if inp == "demo":
-                src, label = Path(args.demo), "mimic-iv-demo-2.2"
-                if not (src / "hosp").is_dir():
-                    print(f"[{label}] SKIPPED: no MIMIC-IV demo at {src} (--demo)", flush=True)
-                    continue
-            elif inp.startswith("synth:"):
-                npat = int(inp.split(":")[1])
-                label, src = f"synth-{npat}", work / f"synth-{npat}" / "raw"
-                if not (src / "hosp" / "patients.csv.gz").exists():
-                    shutil.rmtree(src.parent, ignore_errors=True)
-                    t0 = time.perf_counter()
-                    r = subprocess.run([*ours_command(args), "synth", "--out", str(src),
-                                        "--patients", str(npat), "--seed", "0"], env={**env, "EHRFM_QUIET": "1"},
-                                       capture_output=True, text=True)
-                    if r.returncode != 0:
-                        raise SystemExit(f"ehrfm synth failed:\n{r.stderr[-2000:]}")
-                    print(f"[{label}] synthesized in {time.perf_counter() - t0:.1f}s (not timed)", flush=True)
-            else:
-                src = Path(inp).resolve()
-                label = src.name
-            idir = work / label
-            idir.mkdir(parents=True, exist_ok=True)
-            views, stubbed = {}, {}
-            for tool in tools[1:]:
-                views[tool.name] = idir / f"view-{tool.name}"
-                shutil.rmtree(views[tool.name], ignore_errors=True)
-                stubbed[tool.name] = build_view(src, views[tool.name], tool, args)
-                if stubbed[tool.name]:
-                    what = ("NOT stubbed (--no-stub)" if args.no_stub else
-                            f"given 0-row {tool.stub_format} files with the MIMIC-IV columns")
-                    print(f"[{label}] {tool.name} needs tables the input lacks, {what}: "
-                          f"{', '.join(stubbed[tool.name])}", flush=True)
-            raw_rows = count_raw(src)
-            warm_cache(src)
-            runs = {t.name: [] for t in tools}
-            counts = {}
-            for r in range(nrep):
-                order = tools[r % len(tools):] + tools[:r % len(tools)]
-                for tool in order:
-                    out = idir / f"out-{tool.name}-{r}"
-                    shutil.rmtree(out, ignore_errors=True)
-                    cmd = pin + tool.argv(src, views.get(tool.name, src), out)
-                    run = measure(cmd, {**env, **tool.env}, idir / f"{tool.name}-{r}.log", idir)
-                    runs[tool.name].append(run)
-                    status = "ok" if run.ok else f"FAILED ({run.error})"
-                    print(f"[{label}] repeat {r + 1}/{nrep} {tool.name:<14} {run.wall_s:8.2f} s  "
-                          f"tree {run.tree_mib:7.0f} MiB  max1 {run.max1_mib:7.0f} MiB  {status}", flush=True)
-                    if run.ok and tool.name not in counts:
-                        counts[tool.name] = count_output(tool, out)
-                    if not args.keep:
-                        shutil.rmtree(out, ignore_errors=True)
-            stubs = sorted({t for v in stubbed.values() for t in v})
-            results.append(dict(input=label, raw_rows=raw_rows, stubbed=stubs, runs=runs, counts=counts,
-                                stub_mark="absent" if args.no_stub else "stub"))
-            report_input(results[-1], tools)
+            source = input_source(inp, args, work, env)
+            if source is not None:
+                results.append(bench_input(*source, nrep, tools, args, env, pin, work))
+                report_input(results[-1], tools)
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     print_summary(results, tools)
     if args.json:
         Path(args.json).write_text(json.dumps(to_json(results), indent=2))
+
+
+def input_source(inp: str, args, work: Path, env: dict) -> tuple[Path, str] | None:
+    """(raw MIMIC-IV dir, label) of one --inputs item, synthesizing a synth:N cohort once (not
+    timed); None (said) when the demo is missing."""
+    if inp == "demo":
+        src, label = Path(args.demo), "mimic-iv-demo-2.2"
+        if not (src / "hosp").is_dir():
+            print(f"[{label}] SKIPPED: no MIMIC-IV demo at {src} (--demo)", flush=True)
+            return None
+        return src, label
+    if not inp.startswith("synth:"):
+        src = Path(inp).resolve()
+        return src, src.name
+    npat = int(inp.split(":")[1])
+    label, src = f"synth-{npat}", work / f"synth-{npat}" / "raw"
+    if not (src / "hosp" / "patients.csv.gz").exists():
+        shutil.rmtree(src.parent, ignore_errors=True)
+        t0 = time.perf_counter()
+        r = subprocess.run([*ours_command(args), "synth", "--out", str(src),
+                            "--patients", str(npat), "--seed", "0"], env={**env, "EHRFM_QUIET": "1"},
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"ehrfm synth failed:\n{r.stderr[-2000:]}")
+        print(f"[{label}] synthesized in {time.perf_counter() - t0:.1f}s (not timed)", flush=True)
+    return src, label
+
+
+def bench_input(src: Path, label: str, nrep: int, tools: list[Tool], args, env: dict, pin: list[str], work: Path) -> dict:
+    """Every tool on one input, nrep rotated repeats: the input's result record (runs, counts)."""
+    idir = work / label
+    idir.mkdir(parents=True, exist_ok=True)
+    views, stubbed = {}, {}
+    for tool in tools[1:]:
+        views[tool.name] = idir / f"view-{tool.name}"
+        shutil.rmtree(views[tool.name], ignore_errors=True)
+        stubbed[tool.name] = build_view(src, views[tool.name], tool, args)
+        if stubbed[tool.name]:
+            what = ("NOT stubbed (--no-stub)" if args.no_stub else
+                    f"given 0-row {tool.stub_format} files with the MIMIC-IV columns")
+            print(f"[{label}] {tool.name} needs tables the input lacks, {what}: "
+                  f"{', '.join(stubbed[tool.name])}", flush=True)
+    raw_rows = count_raw(src)
+    warm_cache(src)
+    runs = {t.name: [] for t in tools}
+    counts = {}
+    for r in range(nrep):
+        order = tools[r % len(tools):] + tools[:r % len(tools)]
+        for tool in order:
+            out = idir / f"out-{tool.name}-{r}"
+            shutil.rmtree(out, ignore_errors=True)
+            cmd = pin + tool.argv(src, views.get(tool.name, src), out)
+            run = measure(cmd, {**env, **tool.env}, idir / f"{tool.name}-{r}.log", idir)
+            runs[tool.name].append(run)
+            status = "ok" if run.ok else f"FAILED ({run.error})"
+            print(f"[{label}] repeat {r + 1}/{nrep} {tool.name:<14} {run.wall_s:8.2f} s  "
+                  f"tree {run.tree_mib:7.0f} MiB  max1 {run.max1_mib:7.0f} MiB  {status}", flush=True)
+            if run.ok and tool.name not in counts:
+                counts[tool.name] = count_output(tool, out)
+            if not args.keep:
+                shutil.rmtree(out, ignore_errors=True)
+    stubs = sorted({t for v in stubbed.values() for t in v})
+    return dict(input=label, raw_rows=raw_rows, stubbed=stubs, runs=runs, counts=counts,
+                stub_mark="absent" if args.no_stub else "stub")
 
 
 def med(runs: list[Run], key: str) -> float | None:

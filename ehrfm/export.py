@@ -328,7 +328,7 @@ def export_hf(run: str | os.PathLike, out: str | os.PathLike, tokens_dir: str | 
     """
     from safetensors.torch import load_file, save_file
 
-    from ehrfm.io import atomic_dir, read_json, write_json
+    from ehrfm.io import atomic_dir, check_overwrite, read_json, write_json
 
     run = Path(run)
     _require_usable(run)
@@ -339,8 +339,7 @@ def export_hf(run: str | os.PathLike, out: str | os.PathLike, tokens_dir: str | 
     llama_config(model_cfg, {})  # refuse before reading the vocab or the weights
     tensors = llama_state_dict(load_file(str(ckpt / "model.safetensors"), device="cpu"), model_cfg)
     vocab = _event_vocab(run if ckpt != run else run.parent, tokens_dir, int(model_cfg["vocab_size"]))
-    if Path(out).exists() and not overwrite:
-        raise UserError(f"output {out} already exists; pass --overwrite to replace it")
+    check_overwrite(out, overwrite)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         special = write_hf_tokenizer(vocab, tmp)
         config = llama_config(model_cfg, special)

@@ -149,66 +149,10 @@ def open_meds(meds_dir: str | os.PathLike, check_static: bool = True) -> MedsDat
                         hint="re-create the MEDS dataset (ehrfm etl --overwrite)")
     folders = sorted(p.name for p in data.iterdir()
                      if p.is_dir() and not p.name.startswith(".") and any(p.rglob("*.parquet")))
-    loose = sorted(data.glob("*.parquet"))
-    aliases: dict[str, str] = {}
-    shards: dict[str, list[Shard]] = {}
     split_named = [f for f in folders if f in SPLITS or f in SPLIT_ALIASES]
     if folders and not split_named and (root / SUBJECT_SPLITS_FILE).is_file():
         folders = []  # shard folders that are not splits (meds_etl): the splits come from metadata
-    if folders:
-        unknown = [f for f in folders if f not in SPLITS and f not in SPLIT_ALIASES]
-        if unknown:
-            raise UserError(
-                f"{data}: split folder(s) {', '.join(unknown)} are not MEDS splits ({', '.join(SPLITS)}; "
-                f"known aliases {', '.join(sorted(SPLIT_ALIASES))}); rename them or use a flat layout with "
-                f"{SUBJECT_SPLITS_FILE}")
-        if loose:
-            raise UserError(f"{data}: {len(loose)} parquet file(s) lie beside the split folders "
-                            f"{', '.join(folders)}; put every shard in a split folder")
-        for f in folders:
-            split = f if f in SPLITS else SPLIT_ALIASES[f]
-            if split != f:
-                aliases[f] = split
-            files = sorted((data / f).rglob("*.parquet"))
-            shards.setdefault(split, []).extend(Shard(p, split) for p in files)
-        clash = [s for s in shards if sum(1 for f in folders if (SPLIT_ALIASES.get(f, f)) == s) > 1]
-        if clash:
-            raise UserError(f"{data}: several folders map to split {clash[0]!r} ({', '.join(folders)})")
-        if aliases:
-            warn(f"{data}: read split folder(s) " + ", ".join(f"{a} as {s}" for a, s in aliases.items()))
-    else:
-        files = sorted(data.rglob("*.parquet"))
-        if not files:
-            raise UserError(f"{data} holds no parquet shards")
-        splits_path = root / SUBJECT_SPLITS_FILE
-        if not splits_path.is_file():
-            raise UserError(f"{root}: shards are not in {DATA_DIR}/<split>/ and {SUBJECT_SPLITS_FILE} is missing")
-        sp = pl.read_parquet(splits_path)
-        for col in (SUBJECT_ID, "split"):
-            if col not in sp.columns:
-                old = [o for o, c in LEGACY_COLUMNS.items() if c == col and o in sp.columns]
-                found = f" (found {old[0]!r}: the name used before MEDS 0.4)" if old else ""
-                raise UserError(f"{splits_path} lacks column {col!r}{found}; ehrfm reads MEDS {MEDS_VERSION} "
-                                f"subject splits ({SUBJECT_ID}, split)")
-        names = sorted(set(sp["split"].drop_nulls().to_list()))
-        unknown = [n for n in names if n not in SPLITS and n not in SPLIT_ALIASES]
-        if unknown:
-            raise UserError(f"{splits_path}: split name(s) {', '.join(unknown)} are not MEDS splits ({', '.join(SPLITS)})")
-        for n in names:
-            split = SPLIT_ALIASES.get(n, n)
-            if split != n:
-                aliases[n] = split
-            ids = sp.filter(pl.col("split") == n)[SUBJECT_ID]
-            shards.setdefault(split, []).extend(Shard(p, split, ids) for p in files)
-        if aliases:
-            warn(f"{splits_path}: read split name(s) " + ", ".join(f"{a} as {s}" for a, s in aliases.items()))
-        for p in files:
-            check_columns(p)
-        ids = pl.concat([pl.scan_parquet(p).select(pl.col(SUBJECT_ID).cast(pl.Int64)) for p in files]).unique()
-        n_out = ids.join(sp.lazy().select(pl.col(SUBJECT_ID).cast(pl.Int64), "split").drop_nulls(), on=SUBJECT_ID,
-                         how="anti").select(pl.len()).collect().item()
-        if n_out:
-            warn(f"{splits_path}: {n_out} subjects of the shards are in no split; every reader leaves them out")
+    shards, aliases = _split_folder_shards(data, folders) if folders else _subject_split_shards(root, data)
     ds = MedsDataset(root, {s: shards[s] for s in SPLITS if s in shards}, aliases, metadata=_metadata(root))
     for path in ds.paths():
         check_columns(path, ds.metadata)
@@ -221,6 +165,76 @@ def open_meds(meds_dir: str | os.PathLike, check_static: bool = True) -> MedsDat
             warn(f"{root}: dropped rows with a null time whose code is not static: {parts}; "
                  "only static codes (e.g. GENDER//F) may lack a time")
     return ds
+
+
+def _split_folder_shards(data: Path, folders: list[str]) -> tuple[dict[str, list[Shard]], dict[str, str]]:
+    """({split: shards}, {folder alias: split}) of data/<split>/ folders (UserError: unknown or
+    clashing folders, or parquet files beside them)."""
+    unknown = [f for f in folders if f not in SPLITS and f not in SPLIT_ALIASES]
+    if unknown:
+        raise UserError(
+            f"{data}: split folder(s) {', '.join(unknown)} are not MEDS splits ({', '.join(SPLITS)}; "
+            f"known aliases {', '.join(sorted(SPLIT_ALIASES))}); rename them or use a flat layout with "
+            f"{SUBJECT_SPLITS_FILE}")
+    loose = sorted(data.glob("*.parquet"))
+    if loose:
+        raise UserError(f"{data}: {len(loose)} parquet file(s) lie beside the split folders "
+                        f"{', '.join(folders)}; put every shard in a split folder")
+    aliases: dict[str, str] = {}
+    shards: dict[str, list[Shard]] = {}
+    for f in folders:
+        split = f if f in SPLITS else SPLIT_ALIASES[f]
+        if split != f:
+            aliases[f] = split
+        files = sorted((data / f).rglob("*.parquet"))
+        shards.setdefault(split, []).extend(Shard(p, split) for p in files)
+    clash = [s for s in shards if sum(1 for f in folders if (SPLIT_ALIASES.get(f, f)) == s) > 1]
+    if clash:
+        raise UserError(f"{data}: several folders map to split {clash[0]!r} ({', '.join(folders)})")
+    if aliases:
+        warn(f"{data}: read split folder(s) " + ", ".join(f"{a} as {s}" for a, s in aliases.items()))
+    return shards, aliases
+
+
+def _subject_split_shards(root: Path, data: Path) -> tuple[dict[str, list[Shard]], dict[str, str]]:
+    """({split: shards}, {split alias: split}) of a flat layout (any shards under data/) whose
+    splits come from metadata/subject_splits.parquet; each split reads every shard, keeping its
+    own subjects (UserError: no shards, no or a malformed splits file, unknown split names)."""
+    files = sorted(data.rglob("*.parquet"))
+    if not files:
+        raise UserError(f"{data} holds no parquet shards")
+    splits_path = root / SUBJECT_SPLITS_FILE
+    if not splits_path.is_file():
+        raise UserError(f"{root}: shards are not in {DATA_DIR}/<split>/ and {SUBJECT_SPLITS_FILE} is missing")
+    sp = pl.read_parquet(splits_path)
+    for col in (SUBJECT_ID, "split"):
+        if col not in sp.columns:
+            old = [o for o, c in LEGACY_COLUMNS.items() if c == col and o in sp.columns]
+            found = f" (found {old[0]!r}: the name used before MEDS 0.4)" if old else ""
+            raise UserError(f"{splits_path} lacks column {col!r}{found}; ehrfm reads MEDS {MEDS_VERSION} "
+                            f"subject splits ({SUBJECT_ID}, split)")
+    names = sorted(set(sp["split"].drop_nulls().to_list()))
+    unknown = [n for n in names if n not in SPLITS and n not in SPLIT_ALIASES]
+    if unknown:
+        raise UserError(f"{splits_path}: split name(s) {', '.join(unknown)} are not MEDS splits ({', '.join(SPLITS)})")
+    aliases: dict[str, str] = {}
+    shards: dict[str, list[Shard]] = {}
+    for n in names:
+        split = SPLIT_ALIASES.get(n, n)
+        if split != n:
+            aliases[n] = split
+        ids = sp.filter(pl.col("split") == n)[SUBJECT_ID]
+        shards.setdefault(split, []).extend(Shard(p, split, ids) for p in files)
+    if aliases:
+        warn(f"{splits_path}: read split name(s) " + ", ".join(f"{a} as {s}" for a, s in aliases.items()))
+    for p in files:
+        check_columns(p)
+    ids = pl.concat([pl.scan_parquet(p).select(pl.col(SUBJECT_ID).cast(pl.Int64)) for p in files]).unique()
+    n_out = ids.join(sp.lazy().select(pl.col(SUBJECT_ID).cast(pl.Int64), "split").drop_nulls(), on=SUBJECT_ID,
+                     how="anti").select(pl.len()).collect().item()
+    if n_out:
+        warn(f"{splits_path}: {n_out} subjects of the shards are in no split; every reader leaves them out")
+    return shards, aliases
 
 
 def _metadata(root: Path) -> dict:

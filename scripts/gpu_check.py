@@ -172,7 +172,7 @@ def throughput(device, args, has_hf: bool, t_start: float) -> list[dict]:
     return rows
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu for a smoke run")
     ap.add_argument("--quick", action="store_true", help="tiny shapes and contexts (a smoke run of the code paths)")
@@ -184,16 +184,11 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=270.0, help="stop starting compiled measurements after ~55%% of this")
     ap.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak when the GPU is not recognised")
     ap.add_argument("--json", default=None, help="also write every figure to this JSON file")
-    args = ap.parse_args()
-    t_start = time.perf_counter()
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("gpu_check: no CUDA device visible (torch.cuda.is_available() is False); nothing measured", file=sys.stderr)
-        return 2
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 parity checks must be fp32
-        torch.backends.cudnn.allow_tf32 = False
-    peak, peak_text = peak_flops(device, args.peak_tflops)
+    return ap.parse_args()
+
+
+def optional_backends(device: torch.device) -> tuple[bool, bool]:
+    """(xformers usable, transformers installed), each absence said."""
     has_xformers = False
     if device.type == "cuda":
         try:
@@ -211,10 +206,11 @@ def main() -> int:
     except ImportError:
         has_hf = False
         print("transformers: NOT installed; no Hugging Face comparison")
-    print(f"torch {torch.__version__}, device {device} ({peak_text}), context {CONTEXT if not args.quick else 'quick'}, "
-          f"batch {args.batch}, vocab {args.vocab}")
+    return has_xformers, has_hf
 
-    k = check_kernels(device, args.vocab, has_xformers, args.quick)
+
+def print_kernels(k: dict, has_xformers: bool) -> None:
+    """Tables 1 and 2: kernel and precision parity."""
     print(f"\n## 1. attention kernels on packed rows, fp32, shape {tuple(k['shape'])}, context {k['context']}")
     print("| check | value | tolerance | ok |\n|---|---|---|---|")
     if has_xformers:
@@ -226,7 +222,9 @@ def main() -> int:
     print(f"\n## 2. bf16 autocast vs fp32 (loss {k['loss_fp32']:.5f} vs {k['loss_bf16']:.5f})")
     print(f"| loss relative difference | {k['bf16_rel_diff']:.2e} | {BF16_LOSS_RTOL:g} | {k['bf16_ok']} |")
 
-    rows = throughput(device, args, has_hf, t_start)
+
+def print_throughput(rows: list[dict], args, peak: float | None) -> None:
+    """Table 3: tokens/s and MFU per shape (adds mfu / mfu_packed to the rows)."""
     print(f"\n## 3. training throughput, bf16 autocast, median of {args.steps} steps after {args.warmup} warmup")
     print("| L | d | N | compile | ehrfm tok/s | HF tok/s | ehrfm/HF | ehrfm packed tok/s | MFU ehrfm | peak GiB ehrfm / HF |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -249,6 +247,28 @@ def main() -> int:
         print(f"| {r['n_layer']} | {r['d_model']} | {r['n_params']:,} | {r['compiled']} | {f(ours)} | {f(hf)} | "
               f"{f(ours / hf if ours and hf else None, '.2f')} | {f(packed)} | {f(r.get('mfu'), '.1%')} | "
               f"{f(r.get('ehrfm_peak_gib'), '.1f')} / {f(r.get('hf_peak_gib'), '.1f')} |" + (f" {errors}" if errors else ""))
+
+
+def main() -> int:
+    args = parse_args()
+    t_start = time.perf_counter()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device visible (torch.cuda.is_available() is False); nothing measured", file=sys.stderr)
+        return 2
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 parity checks must be fp32
+        torch.backends.cudnn.allow_tf32 = False
+    peak, peak_text = peak_flops(device, args.peak_tflops)
+    has_xformers, has_hf = optional_backends(device)
+    print(f"torch {torch.__version__}, device {device} ({peak_text}), context {CONTEXT if not args.quick else 'quick'}, "
+          f"batch {args.batch}, vocab {args.vocab}")
+
+    k = check_kernels(device, args.vocab, has_xformers, args.quick)
+    print_kernels(k, has_xformers)
+
+    rows = throughput(device, args, has_hf, t_start)
+    print_throughput(rows, args, peak)
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": peak_text, "torch": torch.__version__, "xformers": has_xformers,
