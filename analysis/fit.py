@@ -33,11 +33,15 @@ from ehrfm.io import format_ci
 
 @dataclass
 class FitConfig:
-    """Everything that decides a fit; saved as fit_config.json beside fits.json."""
+    """Everything that decides a fit; saved as fit_config.json beside fits.json. A field's
+    docstring is its `ehrfm fit` help."""
 
     approaches: tuple[int, ...] = (1, 2, 3)
-    bootstrap: int = 1000  # replicates; 0 turns intervals off (they are then [nan, nan])
+    """Approaches to fit, e.g. 2,3."""
+    bootstrap: int = 1000
+    """Bootstrap replicates for the intervals; 0: none (intervals are then [nan, nan])."""
     seed: int = 0
+    """Seed of the bootstrap."""
     confidence: float = 0.95
     huber_delta: float = parametric.HUBER_DELTA
     # Approach 3 bootstrap refits start from the full-grid optimum and the next best distinct grid
@@ -47,6 +51,7 @@ class FitConfig:
     # A parabola whose minimum lies outside the sampled N range is an extrapolation: report it,
     # leave it out of the power laws (set False to keep it).
     require_interior: bool = True
+    """Leave IsoFLOP minima outside the sampled sizes out of the power laws (--keep-exterior keeps them)."""
     r_star: float = R_STAR_DATA
 
 

@@ -48,14 +48,23 @@ US = {"s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000, 
 @dataclass
 class BaselineConfig:
     meds_dir: str
+    """MEDS dataset dir."""
     labels: str
+    """Label parquet in the MEDS label schema."""
     windows: str = "full,30d"
+    """History windows to count codes in, e.g. full,30d,24h."""
     min_count: int = 5
+    """Codes seen in fewer train labels' histories are dropped."""
     max_dense_features: int = 2000
+    """Most features kept as dense columns."""
     bootstrap: int = 1000
+    """Bootstrap resamples for the 95% intervals."""
     seed: int = 0
+    """Seed of the label subsample, the models and the bootstrap."""
     max_labels: int | None = None
-    task: str | None = None  # default: from the labels' sidecar JSON or file name
+    """Subsample at most this many labels per split."""
+    task: str | None = None
+    """The task the labels are for (default: from the labels' sidecar JSON or file name)."""
 
 
 def parse_windows(spec: str) -> list[tuple[str, int | None]]:

@@ -29,21 +29,37 @@ from ehrfm.tokens import TokenDir
 @dataclass
 class FinetuneConfig:
     run_dir: str
+    """Run dir (a trained model)."""
     tokens_dir: str
+    """Token dir made with the run's tokenizer."""
     labels: str
+    """Label parquet in the MEDS label schema (ours or ACES)."""
     context: int | None = None
+    """History length in tokens (default: the model's context)."""
     batch_size: int = 64
+    """Histories per forward pass."""
     device: str = "cpu"
+    """cpu, cuda, cuda:1, ..."""
     bootstrap: int = 1000
+    """Bootstrap resamples for the 95% intervals."""
     seed: int = 0
+    """Seed of the label subsample, the head and the bootstrap."""
     max_labels: int | None = None
+    """Subsample at most this many labels per split (a seeded sample, the same for every run)."""
     task: str | None = None
-    full: bool = False  # also train the network (else head only)
-    lr: float = 1e-3  # head learning rate
-    body_lr: float = 1e-4  # network learning rate when full
+    """The task the labels are for (default: from the labels' sidecar JSON or file name)."""
+    full: bool = False
+    """Train the whole network, not only the head."""
+    lr: float = 1e-3
+    """Head learning rate."""
+    body_lr: float = 1e-4
+    """Network learning rate (with --full)."""
     weight_decay: float = 0.01
+    """AdamW weight decay."""
     max_epochs: int = 20
+    """At most this many epochs (early stopping on tuning)."""
     patience: int = 3
+    """Epochs without tuning AUROC gain before stopping."""
 
 
 def _tuning_score(y: np.ndarray, p: np.ndarray) -> tuple[float, str]:

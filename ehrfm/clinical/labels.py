@@ -86,10 +86,15 @@ class LabelConfig:
     """How labels were made; saved as JSON beside every label file."""
 
     meds_dir: str
+    """MEDS dataset dir."""
     task: str
-    gap_hours: float = 24.0  # prediction at admission + gap for mortality and long stay
+    """A task, or all (then --out is a dir of <task>.parquet)."""
+    gap_hours: float = 24.0
+    """Prediction at admission + this (mortality, long stay)."""
     long_los_days: float = 7.0
+    """A long stay lasts longer than this many days."""
     readmission_days: float = 30.0
+    """A readmission within this many days of discharge counts."""
 
 
 @dataclass

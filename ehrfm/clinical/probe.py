@@ -37,15 +37,25 @@ from ehrfm.tokens import TokenDir
 @dataclass
 class ProbeConfig:
     run_dir: str
+    """Run dir (a trained model)."""
     tokens_dir: str
+    """Token dir made with the run's tokenizer."""
     labels: str
-    context: int | None = None  # default: the model's context
+    """Label parquet in the MEDS label schema (ours or ACES)."""
+    context: int | None = None
+    """History length in tokens (default: the model's context)."""
     batch_size: int = 64
+    """Histories per forward pass."""
     device: str = "cpu"
+    """cpu, cuda, cuda:1, ..."""
     bootstrap: int = 1000
+    """Bootstrap resamples for the 95% intervals."""
     seed: int = 0
-    max_labels: int | None = None  # per split, a seeded sample (the same for every run)
+    """Seed of the label subsample, the head and the bootstrap."""
+    max_labels: int | None = None
+    """Subsample at most this many labels per split (a seeded sample, the same for every run)."""
     task: str | None = None
+    """The task the labels are for (default: from the labels' sidecar JSON or file name)."""
 
 
 def load_label_histories(td: TokenDir, labels_path, max_labels: int | None, seed: int) -> Histories:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -39,19 +39,33 @@ ZEROSHOT_TASKS = ("in_hospital_mortality", "icu_admission")
 @dataclass
 class ZeroShotConfig:
     run_dir: str
+    """Run dir (a trained model)."""
     tokens_dir: str
+    """Token dir made with the run's tokenizer."""
     labels: str
-    task: str | None = None  # in_hospital_mortality | icu_admission (default: from the labels)
+    """Label parquet in the MEDS label schema (ours or ACES)."""
+    task: str | None = field(default=None, metadata={"choices": ZEROSHOT_TASKS})
+    """in_hospital_mortality | icu_admission (default: from the labels)."""
     context: int | None = None
-    batch_size: int = 64  # rows (label x sample) decoded together; at least one label's samples
+    """History length in tokens (default: the model's context)."""
+    batch_size: int = 64
+    """Rows (label x sample) decoded together; at least one label's samples."""
     device: str = "cpu"
+    """cpu, cuda, cuda:1, ..."""
     bootstrap: int = 1000
+    """Bootstrap resamples for the 95% intervals."""
     seed: int = 0
+    """Seed of the label subsample, the head and the bootstrap."""
     max_labels: int | None = None
+    """Subsample at most this many labels per split (a seeded sample, the same for every run)."""
     n_samples: int = 20
+    """Sampled continuations per label."""
     max_new_tokens: int = 256
+    """Rollout length bound."""
     temperature: float = 1.0
-    splits: tuple[str, ...] = ("held_out",)  # zero-shot needs no training labels
+    """Sampling temperature."""
+    splits: tuple[str, ...] = ("held_out",)
+    """Splits scored (zero-shot needs no training labels)."""
 
 
 def outcome_tokens(td: TokenDir, task: str) -> tuple[list[int], list[int]]:
