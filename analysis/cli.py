@@ -70,7 +70,7 @@ def _recommend(args) -> int:
 
 
 def _fit_arguments(p) -> None:
-    from analysis.fit import FitConfig
+    from analysis.fit_config import FitConfig
     from ehrfm.cli_args import add_fields
 
     p.add_argument("results", help="results table (.parquet or .csv), e.g. SWEEP/results.parquet")

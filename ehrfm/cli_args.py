@@ -27,13 +27,9 @@ This module imports only the standard library.
 from __future__ import annotations
 
 import argparse
-import ast
-import dataclasses
-import functools
-import inspect
-import textwrap
-import types
-import typing
+
+# Only argparse at top level: `ehrfm --help` builds every subcommand's parser and must stay instant
+# (dataclasses, inspect, ast and typing are imported by the functions that need them).
 
 DERIVED = "_derived_fields"  # namespace attribute: {config class: [(field, convert, unset)]}
 
@@ -96,9 +92,18 @@ def populate_all(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-@functools.cache
+_DOCS: dict = {}
+
+
 def field_docs(cls) -> dict[str, str]:
     """{field name: attribute docstring, on one line} of dataclass `cls` and its bases."""
+    import ast
+    import dataclasses
+    import inspect
+    import textwrap
+
+    if cls in _DOCS:
+        return _DOCS[cls]
     out: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
         if not dataclasses.is_dataclass(klass) or klass is object:
@@ -109,11 +114,14 @@ def field_docs(cls) -> dict[str, str]:
             if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr)
                     and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
                 out[node.target.id] = " ".join(nxt.value.value.split())
+    _DOCS[cls] = out
     return out
 
 
-def field_default(f: dataclasses.Field):
-    """A field's default value (a fresh one for a default_factory); MISSING when it has none."""
+def field_default(f):
+    """A dataclasses.Field's default value (a fresh one for a default_factory); MISSING when it has none."""
+    import dataclasses
+
     if f.default is not dataclasses.MISSING:
         return f.default
     if f.default_factory is not dataclasses.MISSING:
@@ -123,6 +131,9 @@ def field_default(f: dataclasses.Field):
 
 def _base_type(hint):
     """int for `int | None`, list for `list[int]`, ... (the type argparse converts with)."""
+    import types
+    import typing
+
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -135,6 +146,8 @@ def _fmt(x) -> str:
 
 
 def _show(default) -> str | None:
+    import dataclasses
+
     if default is None or default is False or default is dataclasses.MISSING:
         return None
     if isinstance(default, (list, tuple)):
@@ -160,6 +173,9 @@ def add_fields(container, cls, names: list[str], **overrides: dict) -> list[argp
     Raises:
         KeyError: a name or override that is not a field of `cls`, or a field without docstring.
     """
+    import dataclasses
+    import typing
+
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = (set(names) | set(overrides)) - set(fields)
     if unknown:

@@ -29,11 +29,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT = Path(__file__).with_name("cli_snapshot.json")
 
 
-def _design_md() -> Path:
-    for p in (ROOT / "DESIGN.md", ROOT.parent / "shared" / "DESIGN.md", ROOT / "docs" / "DESIGN.md"):
+def _cli_block(name: str) -> str:
+    """The code block of the "CLI at a glance" section of README.md (in the repository) or of
+    DESIGN.md (kept beside it, ../shared/DESIGN.md)."""
+    for p in (ROOT / name, ROOT.parent / "shared" / name):
         if p.exists():
-            return p
-    pytest.skip("DESIGN.md not found beside the repository")
+            text = p.read_text()
+            section = text[text.index("## The CLI at a glance"):]
+            block = section[section.index("```") + 3:]
+            return block[:block.index("```")]
+    pytest.skip(f"{name} not found beside the repository")
 
 
 def _commands(parser, path=()):
@@ -89,23 +94,25 @@ def _docstrings(cls) -> dict[str, str]:
             if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)}
 
 
-def test_every_flag_listed_in_design_md_exists(commands):
-    text = _design_md().read_text()
-    section = text[text.index("## The CLI at a glance"):]
-    block = section[section.index("```") + 3:]
-    block = block[:block.index("```")]
+@pytest.mark.parametrize("doc", ["DESIGN.md", "README.md"])
+def test_every_flag_listed_in_the_docs_exists(commands, doc):
+    lines = []  # one per command; indented lines continue the one before
+    for line in _cli_block(doc).strip().splitlines():
+        if line.startswith("ehrfm "):
+            lines.append(line)
+        else:
+            lines[-1] += " " + line
     checked = 0
-    for line in block.strip().splitlines():
+    for line in lines:
         words = line.split()
-        assert words[0] == "ehrfm", line
         for name in words[1].split("|"):
             path = (name,)
             if len(words) > 2 and path + (words[2],) in commands:
                 path += (words[2],)
-            assert path in commands, f"DESIGN.md lists `ehrfm {' '.join(path)}`, which the CLI lacks"
+            assert path in commands, f"{doc} lists `ehrfm {' '.join(path)}`, which the CLI lacks"
             flags = {s for a in commands[path]._actions for s in a.option_strings}
             for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", line):
-                assert flag in flags, f"DESIGN.md lists `ehrfm {' '.join(path)} {flag}`, which the CLI lacks"
+                assert flag in flags, f"{doc} lists `ehrfm {' '.join(path)} {flag}`, which the CLI lacks"
                 checked += 1
     assert checked >= 25  # the block was parsed, not skipped
 
@@ -193,9 +200,12 @@ def test_flag_snapshot(commands):
         "the CLI's flags changed; if deliberate, regenerate tests/cli_snapshot.json (see the module docstring)")
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["sweep", "plan", "--help"], ["sweep", "launch", "--help"],
+                                  ["demo", "--help"], ["fit", "--help"], ["labels", "--help"], ["probe", "--help"],
+                                  ["finetune", "--help"], ["zeroshot", "--help"], ["baseline", "--help"]])
 def test_help_imports_no_stage(argv):
-    """`ehrfm --help` and `ehrfm train --help` stay fast: no torch, numpy or polars is imported."""
+    """`ehrfm --help` and each derived subcommand's help stay fast: they import only light config
+    modules, never torch, numpy, polars, pyarrow or scipy."""
     code = ("import sys\nfrom ehrfm.app.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
             "heavy = sorted(m for m in ('torch', 'numpy', 'polars', 'pyarrow', 'scipy') if m in sys.modules)\n"
             "print('HEAVY', heavy)")

@@ -68,14 +68,14 @@ def _head_args(p: argparse.ArgumentParser, cls) -> None:
 
 
 def _probe_arguments(p) -> None:
-    from ehrfm.clinical.probe import ProbeConfig
+    from ehrfm.clinical.configs import ProbeConfig
 
     _head_args(p, ProbeConfig)
 
 
 def _finetune_arguments(p) -> None:
     from ehrfm.cli_args import add_fields
-    from ehrfm.clinical.finetune import FinetuneConfig
+    from ehrfm.clinical.configs import FinetuneConfig
 
     _head_args(p, FinetuneConfig)
     add_fields(p, FinetuneConfig, ["full", "lr", "max_epochs", "patience"], max_epochs=dict(flag="--epochs"))
@@ -83,7 +83,7 @@ def _finetune_arguments(p) -> None:
 
 def _zeroshot_arguments(p) -> None:
     from ehrfm.cli_args import add_fields
-    from ehrfm.clinical.zeroshot import ZeroShotConfig
+    from ehrfm.clinical.configs import ZeroShotConfig
 
     _head_args(p, ZeroShotConfig)
     add_fields(p, ZeroShotConfig, ["task", "n_samples", "max_new_tokens", "temperature"],
@@ -92,7 +92,7 @@ def _zeroshot_arguments(p) -> None:
 
 def _baseline_arguments(p) -> None:
     from ehrfm.cli_args import add_fields
-    from ehrfm.clinical.baseline import BaselineConfig
+    from ehrfm.clinical.configs import BaselineConfig
 
     add_fields(p, BaselineConfig, ["meds_dir", "labels"], meds_dir=dict(flag="meds_dir", metavar="meds"),
                labels=dict(required=True))
@@ -103,7 +103,7 @@ def _baseline_arguments(p) -> None:
 
 def _labels_arguments(p) -> None:
     from ehrfm.cli_args import add_fields
-    from ehrfm.clinical.labels import LabelConfig
+    from ehrfm.clinical.configs import LabelConfig
 
     add_fields(p, LabelConfig, ["meds_dir", "task"], meds_dir=dict(flag="meds_dir", metavar="meds"),
                task=dict(required=True, choices=TASK_CHOICES))

@@ -14,52 +14,16 @@ from __future__ import annotations
 import copy
 import os
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
 from ehrfm.clinical.baseline import task_name
 from ehrfm.clinical.common import as_stored, check_out, require_two_classes, split_predictions, write_head_outputs
+from ehrfm.clinical.configs import FinetuneConfig
 from ehrfm.clinical.metrics import binary_metrics, format_metrics
 from ehrfm.clinical.probe import load_label_histories
 from ehrfm.errors import UserError
 from ehrfm.tokens import TokenDir
-
-
-@dataclass
-class FinetuneConfig:
-    run_dir: str
-    """Run dir (a trained model)."""
-    tokens_dir: str
-    """Token dir made with the run's tokenizer."""
-    labels: str
-    """Label parquet in the MEDS label schema (ours or ACES)."""
-    context: int | None = None
-    """History length in tokens (default: the model's context)."""
-    batch_size: int = 64
-    """Histories per forward pass."""
-    device: str = "cpu"
-    """cpu, cuda, cuda:1, ..."""
-    bootstrap: int = 1000
-    """Bootstrap resamples for the 95% intervals."""
-    seed: int = 0
-    """Seed of the label subsample, the head and the bootstrap."""
-    max_labels: int | None = None
-    """Subsample at most this many labels per split (a seeded sample, the same for every run)."""
-    task: str | None = None
-    """The task the labels are for (default: from the labels' sidecar JSON or file name)."""
-    full: bool = False
-    """Train the whole network, not only the head."""
-    lr: float = 1e-3
-    """Head learning rate."""
-    body_lr: float = 1e-4
-    """Network learning rate (with --full)."""
-    weight_decay: float = 0.01
-    """AdamW weight decay."""
-    max_epochs: int = 20
-    """At most this many epochs (early stopping on tuning)."""
-    patience: int = 3
-    """Epochs without tuning AUROC gain before stopping."""
 
 
 def _tuning_score(y: np.ndarray, p: np.ndarray) -> tuple[float, str]:

@@ -65,6 +65,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from ehrfm.clinical.configs import LabelConfig
 from ehrfm.errors import UserError
 from ehrfm.meds_io import LEGACY_COLUMNS, MEDS_VERSION, MedsDataset, open_meds, scan_shards
 
@@ -79,22 +80,6 @@ STAY_ID = "hadm_id"  # the stay id column this package's ETL keeps (MIMIC's hadm
 
 US_PER_HOUR = 3_600_000_000
 US_PER_DAY = 24 * US_PER_HOUR
-
-
-@dataclass
-class LabelConfig:
-    """How labels were made; saved as JSON beside every label file."""
-
-    meds_dir: str
-    """MEDS dataset dir."""
-    task: str
-    """A task, or all (then --out is a dir of <task>.parquet)."""
-    gap_hours: float = 24.0
-    """Prediction at admission + this (mortality, long stay)."""
-    long_los_days: float = 7.0
-    """A long stay lasts longer than this many days."""
-    readmission_days: float = 30.0
-    """A readmission within this many days of discharge counts."""
 
 
 @dataclass

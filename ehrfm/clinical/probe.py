@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,35 +26,12 @@ from ehrfm.clinical.common import (
     subsample_per_split,
     write_head_outputs,
 )
+from ehrfm.clinical.configs import ProbeConfig
 from ehrfm.clinical.histories import Histories, locate_histories, select
 from ehrfm.clinical.labels import read_labels
 from ehrfm.clinical.metrics import binary_metrics, format_metrics
 from ehrfm.errors import UserError
 from ehrfm.tokens import TokenDir
-
-
-@dataclass
-class ProbeConfig:
-    run_dir: str
-    """Run dir (a trained model)."""
-    tokens_dir: str
-    """Token dir made with the run's tokenizer."""
-    labels: str
-    """Label parquet in the MEDS label schema (ours or ACES)."""
-    context: int | None = None
-    """History length in tokens (default: the model's context)."""
-    batch_size: int = 64
-    """Histories per forward pass."""
-    device: str = "cpu"
-    """cpu, cuda, cuda:1, ..."""
-    bootstrap: int = 1000
-    """Bootstrap resamples for the 95% intervals."""
-    seed: int = 0
-    """Seed of the label subsample, the head and the bootstrap."""
-    max_labels: int | None = None
-    """Subsample at most this many labels per split (a seeded sample, the same for every run)."""
-    task: str | None = None
-    """The task the labels are for (default: from the labels' sidecar JSON or file name)."""
 
 
 def load_label_histories(td: TokenDir, labels_path, max_labels: int | None, seed: int) -> Histories:

@@ -21,51 +21,17 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from ehrfm.clinical.baseline import task_name
 from ehrfm.clinical.common import as_stored, check_out, prediction_frame, write_head_outputs
+from ehrfm.clinical.configs import ZEROSHOT_TASKS, ZeroShotConfig
 from ehrfm.clinical.histories import END_TOKENS, history_window
 from ehrfm.clinical.metrics import binary_metrics, format_metrics
 from ehrfm.clinical.probe import load_label_histories
 from ehrfm.errors import UserError
 from ehrfm.tokens import TokenDir
-
-ZEROSHOT_TASKS = ("in_hospital_mortality", "icu_admission")
-
-
-@dataclass
-class ZeroShotConfig:
-    run_dir: str
-    """Run dir (a trained model)."""
-    tokens_dir: str
-    """Token dir made with the run's tokenizer."""
-    labels: str
-    """Label parquet in the MEDS label schema (ours or ACES)."""
-    task: str | None = field(default=None, metadata={"choices": ZEROSHOT_TASKS})
-    """in_hospital_mortality | icu_admission (default: from the labels)."""
-    context: int | None = None
-    """History length in tokens (default: the model's context)."""
-    batch_size: int = 64
-    """Rows (label x sample) decoded together; at least one label's samples."""
-    device: str = "cpu"
-    """cpu, cuda, cuda:1, ..."""
-    bootstrap: int = 1000
-    """Bootstrap resamples for the 95% intervals."""
-    seed: int = 0
-    """Seed of the label subsample, the head and the bootstrap."""
-    max_labels: int | None = None
-    """Subsample at most this many labels per split (a seeded sample, the same for every run)."""
-    n_samples: int = 20
-    """Sampled continuations per label."""
-    max_new_tokens: int = 256
-    """Rollout length bound."""
-    temperature: float = 1.0
-    """Sampling temperature."""
-    splits: tuple[str, ...] = ("held_out",)
-    """Splits scored (zero-shot needs no training labels)."""
 
 
 def outcome_tokens(td: TokenDir, task: str) -> tuple[list[int], list[int]]:
