@@ -192,8 +192,9 @@ def add_fields(container, cls, names: list[str], **overrides: dict) -> list[argp
         unset = spec.pop("unset", False)
         default = field_default(f)
         kind = _base_type(hints[name])
-        if "help" not in spec:
-            spec["help"] = docs[name].replace("%", "%%")
+        if name not in docs:
+            raise KeyError(f"{cls.__name__}.{name} has no docstring (its help)")
+        spec["help"] = docs[name].replace("%", "%%")  # one source: the docstring, never an override
         if "choices" not in spec and "choices" in f.metadata:
             spec["choices"] = list(f.metadata["choices"])
         if kind is bool and "action" not in spec:
