@@ -31,9 +31,10 @@ def _fit(args) -> int:
 
     from analysis.fit import FitConfig, FitWarning, fit_results, format_fit_table, write_fits
     from analysis.table import load_results
+    from ehrfm.cli_args import build
     from ehrfm.io import summary
 
-    cfg = FitConfig(approaches=args.approach, bootstrap=args.bootstrap, seed=args.seed, require_interior=not args.keep_exterior)
+    cfg = build(FitConfig, args)
     results = load_results(args.results, loss_column=args.loss_column)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FitWarning)  # printed below, once, as part of the table
@@ -68,21 +69,26 @@ def _recommend(args) -> int:
     return 0
 
 
-def register(sub):
-    p = sub.add_parser("fit", help="fit scaling laws (Approaches 1-3, utility) to a results table, with bootstrap intervals and plots",
-                       description="Fit IsoFLOP parabolas, power laws and the parametric law L(N, D) to a results table "
-                                   "(parquet or CSV with n_params, tokens, loss); writes OUT/fits.json, fits.md, plots.")
+def _fit_arguments(p) -> None:
+    from analysis.fit_config import FitConfig
+    from ehrfm.cli_args import add_fields
+
     p.add_argument("results", help="results table (.parquet or .csv), e.g. SWEEP/results.parquet")
     p.add_argument("--out", required=True, help="fit directory to write")
-    p.add_argument("--approach", type=_approaches, default=(1, 2, 3), help="approaches to fit, e.g. 2,3 (default 1,2,3)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for the intervals (default 1000; 0: none)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
-    p.add_argument("--keep-exterior", action="store_true", help="keep IsoFLOP minima outside the sampled sizes in the power laws")
+    add_fields(p, FitConfig, ["approaches", "bootstrap", "seed", "require_interior"],
+               approaches=dict(flag="--approach", type=_approaches), require_interior=dict(flag="--keep-exterior"))
     p.add_argument("--no-plots", action="store_true", help="skip the PNG/PDF plots")
     p.add_argument("--loss-column", choices=("loss", "loss_per_event"), default="loss",
                    help="the loss to fit: loss (held-out nats/token, default) or loss_per_event (nats/event, "
                         "to compare token dirs whose tokens per event differ, e.g. --codes hierarchical vs flat)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+
+def register(sub):
+    p = sub.add_parser("fit", help="fit scaling laws (Approaches 1-3, utility) to a results table, with bootstrap intervals and plots",
+                       description="Fit IsoFLOP parabolas, power laws and the parametric law L(N, D) to a results table "
+                                   "(parquet or CSV with n_params, tokens, loss); writes OUT/fits.json, fits.md, plots.")
+    p.defer(_fit_arguments)
     p.set_defaults(func=_fit)
 
     r = sub.add_parser("recommend", help="compute-optimal model size, tokens, shape, loss and utility for a FLOP budget",

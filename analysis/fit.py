@@ -25,29 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from analysis import parametric
-from analysis.laws import R_STAR_DATA, auroc_from_law, effective_tokens, fit_power_law, percentile_ci
+from analysis.fit_config import FitConfig
+from analysis.laws import auroc_from_law, effective_tokens, fit_power_law, percentile_ci
 from analysis.table import Results, load_results
 from ehrfm.errors import UserError
 from ehrfm.io import format_ci
-
-
-@dataclass
-class FitConfig:
-    """Everything that decides a fit; saved as fit_config.json beside fits.json."""
-
-    approaches: tuple[int, ...] = (1, 2, 3)
-    bootstrap: int = 1000  # replicates; 0 turns intervals off (they are then [nan, nan])
-    seed: int = 0
-    confidence: float = 0.95
-    huber_delta: float = parametric.HUBER_DELTA
-    # Approach 3 bootstrap refits start from the full-grid optimum and the next best distinct grid
-    # optima (not the whole 4,500-point grid again): replicates are small perturbations of the data.
-    bootstrap_starts: int = 4
-    min_points_per_budget: int = 3
-    # A parabola whose minimum lies outside the sampled N range is an extrapolation: report it,
-    # leave it out of the power laws (set False to keep it).
-    require_interior: bool = True
-    r_star: float = R_STAR_DATA
 
 
 class FitWarning(UserWarning):

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-# Muennighoff et al. 2023, "Scaling Data-Constrained Language Models", eq. 5 and table/fig. 3:
-# the fitted decay constant of the value of repeated tokens, R_D* = 15.4 (repeating more than
-# ~R_D* epochs adds little effective data). Used for multi-epoch runs and the recommender.
-R_STAR_DATA = 15.4
+from analysis.fit_config import R_STAR_DATA  # Muennighoff et al. 2023's R_D*, defined beside the fit config
 
 
 def fit_power_law(c, y, weights=None) -> tuple[float, float, float]:

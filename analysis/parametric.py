@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import minimize
 
-HUBER_DELTA = 1e-3
+from analysis.fit_config import HUBER_DELTA  # defined beside the fit config, whose default it is
 
 # The Hoffmann et al. / Besiroglu et al. initialisation grid.
 GRID_ALPHA = (0.0, 0.5, 1.0, 1.5, 2.0)

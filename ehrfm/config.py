@@ -27,6 +27,72 @@ def swiglu_hidden(d_model: int, multiple_of: int = MLP_MULTIPLE_OF) -> int:
     return multiple_of * math.ceil(hidden / multiple_of)
 
 
+# Roles of a TrainConfig field (its metadata "role"). The trainer's resume and branch checks and
+# the sweep planner's run ids derive from them (`fields_with`), so a new field states its role once.
+IDENTITY = "identity"  # decides what the run computes: part of run ids; a resume must keep it
+RUNTIME = "runtime"  # where it runs, how it is logged or grouped per forward: a resume may change it; not in run ids
+TRUNK = "trunk"  # the wsd trunk's run dir: a resume must keep it; not in run ids (a branch's id holds its trunk's id)
+ROLES = (IDENTITY, RUNTIME, TRUNK)
+# Further metadata flags (True when set): per_run (set per run by the planner or launcher, not a
+# sweep-wide option), branch (a wsd branch may differ from its trunk in it: its length and the
+# checkpoints it keeps), wsd (only a wsd run sets it); and choices (the allowed values).
+
+
+def _f(role: str, default=dataclasses.MISSING, *, factory=dataclasses.MISSING, choices: tuple | None = None, **flags):
+    """A dataclass field with its role (one of ROLES), flags and choices in its metadata."""
+    assert role in ROLES, role
+    meta = {"role": role, **flags}
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    return field(default=default, default_factory=factory, metadata=meta)
+
+
+def fields_with(cls, key: str, value=True) -> frozenset[str]:
+    """Names of the fields of dataclass `cls` whose metadata[key] equals `value`.
+
+    Example: fields_with(TrainConfig, "role", RUNTIME), fields_with(TrainConfig, "per_run").
+    """
+    return frozenset(f.name for f in dataclasses.fields(cls) if f.metadata.get(key, False) == value)
+
+
+def resumable_fields() -> frozenset[str]:
+    """TrainConfig fields that may change between an interrupted run and its resumption."""
+    return fields_with(TrainConfig, "role", RUNTIME)
+
+
+def not_identity_fields() -> frozenset[str]:
+    """TrainConfig fields left out of a planned run's id (every role but IDENTITY)."""
+    return frozenset(f.name for f in dataclasses.fields(TrainConfig)) - fields_with(TrainConfig, "role", IDENTITY)
+
+
+def branch_free_fields() -> frozenset[str]:
+    """TrainConfig fields in which a wsd branch may differ from its trunk: the resumable ones and
+    those flagged `branch`."""
+    return resumable_fields() | fields_with(TrainConfig, "branch")
+
+
+def per_run_fields() -> frozenset[str]:
+    """TrainConfig fields set per run by the planner or launcher, never by a sweep's --train-opt."""
+    return fields_with(TrainConfig, "per_run")
+
+
+def wsd_fields() -> frozenset[str]:
+    """TrainConfig fields that only a wsd run sets."""
+    return fields_with(TrainConfig, "wsd")
+
+
+def choices_of(cls, name: str) -> tuple:
+    """The allowed values of field `name` of dataclass `cls` (its metadata "choices")."""
+    return next(f.metadata["choices"] for f in dataclasses.fields(cls) if f.name == name)
+
+
+def _check_choice(cfg, name: str) -> None:
+    allowed = choices_of(type(cfg), name)
+    if getattr(cfg, name) not in allowed:
+        said = " or ".join([", ".join(allowed[:-1]), allowed[-1]]) if len(allowed) > 1 else allowed[0]
+        raise UserError(f"train config: {name} must be {said} (got {getattr(cfg, name)!r})")
+
+
 @dataclass
 class ModelConfig:
     """Shape of one GPT. `mlp_hidden=0` means the default SwiGLU width (see `swiglu_hidden`)."""
@@ -72,58 +138,101 @@ class TrainConfig:
     Exactly one of `tokens` (D, training tokens) or `flops` (C; D = floor(C / flops_per_token))
     is given. A "token" is one input position fed to the model; every step but the last consumes
     batch_size * context tokens, the last one the remainder, so a run trains exactly D tokens.
+
+    Every field declares its role in its metadata (see `ROLES`, `fields_with`); the trainer's
+    resume and branch checks and the sweep planner's run ids and per-sweep options derive from it.
+    Each field's docstring is its `ehrfm train` help.
     """
 
-    tokens_dir: str
-    out_dir: str
+    tokens_dir: str = _f(RUNTIME, per_run=True)
+    """Token dir written by `ehrfm tokenize`."""
+    out_dir: str = _f(RUNTIME, per_run=True)
+    """Run dir to create (or resume)."""
     # model shape
-    n_layer: int = 2
-    d_model: int = 64
-    n_head: int = 2
-    context: int = 256
-    mlp_hidden: int = 0  # 0: SwiGLU default
-    rope_theta: float = 10_000.0
+    n_layer: int = _f(IDENTITY, 2, per_run=True)
+    """Transformer blocks."""
+    d_model: int = _f(IDENTITY, 64, per_run=True)
+    """Residual stream width."""
+    n_head: int = _f(IDENTITY, 2, per_run=True)
+    """Attention heads (d_model / n_head must be even, for RoPE)."""
+    context: int = _f(IDENTITY, 256, per_run=True)
+    """Tokens per row."""
+    mlp_hidden: int = _f(IDENTITY, 0)
+    """SwiGLU width; 0: 8/3 d_model rounded up to a multiple of 32."""
+    rope_theta: float = _f(IDENTITY, 10_000.0)
+    """RoPE base frequency."""
     # budget (one of)
-    tokens: int | None = None
-    flops: float | None = None
+    tokens: int | None = _f(IDENTITY, None, per_run=True, branch=True)
+    """Training tokens D (e.g. 2e6)."""
+    flops: float | None = _f(IDENTITY, None, per_run=True, branch=True)
+    """Compute budget C in FLOPs; D = floor(C / flops_per_token)."""
     # batch: batch_size rows of `context` tokens per optimizer step (global, across DDP ranks);
     # micro_batch_size rows per forward/backward (gradient accumulation), 0: = batch_size.
-    batch_size: int = 32
-    micro_batch_size: int = 0
+    batch_size: int = _f(IDENTITY, 32)
+    """Rows per optimizer step, all ranks together."""
+    micro_batch_size: int = _f(RUNTIME, 0)
+    """Rows per forward/backward (gradient accumulation); 0: the batch size."""
     # AdamW + linear warmup, then a decay to min_lr_ratio * lr at the last step: cosine over all
     # steps after warmup, or warmup-stable-decay ("wsd", Hägele et al. 2024, arXiv 2405.18392):
     # constant lr, then a decay (linear or 1-sqrt) over the last decay_fraction of the steps.
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_frac: float = 0.05  # fraction of the optimizer steps, at least 1 step
-    warmup_steps: int | None = None  # explicit warmup steps (overrides warmup_frac): a WSD trunk and its branches share it
-    schedule: str = "cosine"  # cosine | wsd
-    decay_fraction: float = 0.2  # wsd: the decay's share of the steps
-    decay_shape: str = "linear"  # wsd: linear | 1-sqrt
+    lr: float = _f(IDENTITY, 1e-3)
+    """Peak learning rate."""
+    min_lr_ratio: float = _f(IDENTITY, 0.1)
+    """Final lr / peak lr."""
+    warmup_frac: float = _f(IDENTITY, 0.05)
+    """Warmup steps as a fraction of all optimizer steps (at least 1 step)."""
+    warmup_steps: int | None = _f(IDENTITY, None, per_run=True, wsd=True)
+    """Warmup steps (overrides --warmup-frac; a WSD trunk and its branches share it)."""
+    schedule: str = _f(IDENTITY, "cosine", per_run=True, wsd=True, choices=("cosine", "wsd"))
+    """Cosine decay after warmup, or warmup-stable-decay (constant lr, then a decay over the last
+    --decay-fraction)."""
+    decay_fraction: float = _f(IDENTITY, 0.2, wsd=True)
+    """wsd: share of the steps spent decaying."""
+    decay_shape: str = _f(IDENTITY, "linear", wsd=True, choices=("linear", "1-sqrt"))
+    """wsd: shape of the decay."""
     # wsd branches: a run that starts its decay from the stable-phase checkpoint of another run
     # (its trunk, a wsd run dir of the same shape, tokenizer and options) kept at this run's
     # decay start; a trunk keeps such checkpoints at the token counts in stable_checkpoints.
-    trunk_dir: str | None = None
-    stable_checkpoints: list = field(default_factory=list)
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    trunk_dir: str | None = _f(TRUNK, None, per_run=True, branch=True, wsd=True)
+    """wsd branch: start the decay from this wsd run's stable checkpoint at this run's decay start."""
+    stable_checkpoints: list = _f(IDENTITY, factory=list, per_run=True, branch=True, wsd=True)
+    """wsd trunk: keep stable-phase checkpoints after these token counts (step boundaries) for
+    branches."""
+    weight_decay: float = _f(IDENTITY, 0.1)
+    """AdamW weight decay."""
+    beta1: float = _f(IDENTITY, 0.9)
+    """AdamW beta1."""
+    beta2: float = _f(IDENTITY, 0.95)
+    """AdamW beta2."""
+    grad_clip: float = _f(IDENTITY, 1.0)
+    """Max global gradient norm; 0 disables."""
     # held-out loss: the first `eval_tokens` tokens of the tuning split (all of it if smaller),
     # the same for every run on a token dir, so losses compare across a sweep.
-    eval_tokens: int = 262_144
-    eval_interval: int = 0  # steps between periodic evals; 0: only at the end
-    eval_batch_size: int = 0  # 0: = micro batch size
+    eval_tokens: int = _f(IDENTITY, 262_144)
+    """Held-out tokens from the tuning split."""
+    eval_interval: int = _f(RUNTIME, 0)
+    """Steps between evals; 0: only at the end."""
+    eval_batch_size: int = _f(RUNTIME, 0)
+    """Rows per eval forward; 0: the micro batch size."""
     # runtime
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | float32 | bfloat16
-    checkpoint_interval: int = 0  # steps between checkpoints; 0: only on stop signals
-    log_interval: int = 1  # steps between metrics.jsonl lines
-    attention: str = "auto"  # auto (xformers on CUDA when installed, else SDPA) | sdpa | xformers
-    compile: bool = False  # torch.compile the model: ~1.3x on CPU after ~100 s of compiling; off by default
-    overwrite: bool = False  # start from scratch even if out_dir holds a run
-    extra: dict = field(default_factory=dict)  # free-form provenance from launchers (sweep id, ...)
+    seed: int = _f(IDENTITY, 0)
+    """Fixes init and data order."""
+    device: str = _f(RUNTIME, "auto")
+    """auto | cpu | cuda | cuda:N."""
+    dtype: str = _f(IDENTITY, "auto", choices=("auto", "float32", "bfloat16"))
+    """auto: bf16 autocast on CUDA, fp32 on CPU."""
+    checkpoint_interval: int = _f(RUNTIME, 0)
+    """Steps between checkpoints; 0: at the end and on signals."""
+    log_interval: int = _f(RUNTIME, 1)
+    """Steps between metrics.jsonl lines."""
+    attention: str = _f(RUNTIME, "auto", choices=("auto", "sdpa", "xformers"))
+    """auto: xformers on CUDA when installed, else SDPA."""
+    compile: bool = _f(RUNTIME, False)
+    """torch.compile the model (~1.3x on CPU after ~100 s of compiling; off by default)."""
+    overwrite: bool = _f(RUNTIME, False, per_run=True)
+    """Discard an existing run dir and start over."""
+    extra: dict = _f(RUNTIME, factory=dict, per_run=True)
+    """Free-form provenance from launchers (sweep id, logger, ...)."""
 
     def __post_init__(self):
         if (self.tokens is None) == (self.flops is None):
@@ -143,19 +252,15 @@ class TrainConfig:
             raise UserError(f"train config: min_lr_ratio must be in [0, 1] (got {self.min_lr_ratio})")
         if not 0.0 <= self.warmup_frac < 1.0:
             raise UserError(f"train config: warmup_frac must be in [0, 1) (got {self.warmup_frac})")
-        if self.dtype not in ("auto", "float32", "bfloat16"):
-            raise UserError(f"train config: dtype must be auto, float32 or bfloat16 (got {self.dtype!r})")
-        if self.attention not in ("auto", "sdpa", "xformers"):
-            raise UserError(f"train config: attention must be auto, sdpa or xformers (got {self.attention!r})")
+        _check_choice(self, "dtype")
+        _check_choice(self, "attention")
         self._check_schedule()
 
     def _check_schedule(self) -> None:
-        if self.schedule not in ("cosine", "wsd"):
-            raise UserError(f"train config: schedule must be cosine or wsd (got {self.schedule!r})")
+        _check_choice(self, "schedule")
         if not 0.0 < self.decay_fraction <= 1.0:
             raise UserError(f"train config: decay_fraction must be in (0, 1] (got {self.decay_fraction})")
-        if self.decay_shape not in ("linear", "1-sqrt"):
-            raise UserError(f"train config: decay_shape must be linear or 1-sqrt (got {self.decay_shape!r})")
+        _check_choice(self, "decay_shape")
         if self.warmup_steps is not None and int(self.warmup_steps) < 0:
             raise UserError(f"train config: warmup_steps must be >= 0 (got {self.warmup_steps})")
         if self.schedule != "wsd" and (self.trunk_dir or self.stable_checkpoints):

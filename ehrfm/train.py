@@ -79,7 +79,14 @@ import torch.distributed as dist
 
 from ehrfm import __version__, fault_points
 from ehrfm.checkpoint import CHECKPOINT_DIR, PREVIOUS_DIR, has_checkpoint, load_training_state, save_checkpoint
-from ehrfm.config import ModelConfig, TrainConfig, warmup_steps_for, wsd_decay_start
+from ehrfm.config import (
+    ModelConfig,
+    TrainConfig,
+    branch_free_fields,
+    resumable_fields,
+    warmup_steps_for,
+    wsd_decay_start,
+)
 from ehrfm.errors import UserError
 from ehrfm.io import progress, read_json, summary, write_json
 from ehrfm.loggers import metrics_log
@@ -95,10 +102,7 @@ _stop_requested = threading.Event()
 
 # TrainConfig fields that may change between an interrupted run and its resumption: they do not
 # change what is computed (only where, how it is logged, or how rows are grouped per forward).
-RESUMABLE_CHANGES = {
-    "tokens_dir", "out_dir", "device", "checkpoint_interval", "log_interval", "eval_interval",
-    "eval_batch_size", "micro_batch_size", "attention", "compile", "overwrite", "extra",
-}
+RESUMABLE_CHANGES = resumable_fields()  # role RUNTIME in ehrfm.config
 
 
 def request_stop() -> None:
@@ -174,7 +178,7 @@ def lr_at(step: int, n_steps: int, cfg: TrainConfig) -> float:
 STABLE_DIR = "stable"
 # TrainConfig fields in which a branch may differ from its trunk: its length, the checkpoints it
 # keeps, and what may change on a resume. Everything else (shape, lr, warmup, seed, ...) must match.
-BRANCH_FREE = RESUMABLE_CHANGES | {"tokens", "flops", "trunk_dir", "stable_checkpoints"}
+BRANCH_FREE = branch_free_fields()  # RESUMABLE_CHANGES and the fields flagged `branch`
 
 
 def stable_checkpoint_dir(run_dir, tokens: int) -> Path:

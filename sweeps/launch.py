@@ -56,30 +56,54 @@ _BUSY = (*ACTIVE, Status.UNKNOWN)
 
 @dataclass
 class LaunchConfig:
-    """How to run a sweep's jobs; saved as SWEEP/launch.json (and appended to launches.jsonl)."""
+    """How to run a sweep's jobs; saved as SWEEP/launch.json (and appended to launches.jsonl).
+    Each field's docstring is its `ehrfm sweep launch` help."""
 
     executor: str = "local"
+    """slurm: a submitit job array; local: processes on this machine."""
     partition: str | None = None
+    """SLURM partition."""
     account: str | None = None
+    """SLURM account."""
     qos: str | None = None
-    time: str = "24:00:00"  # per job; minutes, HH:MM:SS or D-HH:MM:SS
-    cpus_per_task: int | None = None  # also the trainer's thread count
-    mem: str | None = None  # per node, as sbatch --mem: 16G, 4000M
+    """SLURM quality of service."""
+    time: str = "24:00:00"
+    """Time limit per job: minutes, HH:MM:SS or D-HH:MM:SS; jobs checkpoint and requeue at the limit."""
+    cpus_per_task: int | None = None
+    """CPUs per task, also the trainer's threads."""
+    mem: str | None = None
+    """Memory per node, as sbatch --mem: 16G, 4000M."""
     gpus_per_node: int = 0
-    tasks_per_node: int | None = None  # DDP ranks per node; default one per GPU (1 without GPUs)
+    """GPUs per job (per node); a multi-GPU job runs one DDP task per GPU."""
+    tasks_per_node: int | None = None
+    """DDP ranks per node (default: one per GPU; on CPU, N gloo ranks)."""
     nodes: int = 1
-    max_parallel: int | None = None  # SLURM array throttle / local concurrent jobs
+    """Nodes per job (multi-node DDP)."""
+    max_parallel: int | None = None
+    """Jobs running at once (SLURM array throttle; local default: cores / cpus-per-task)."""
     constraint: str | None = None
+    """SLURM node features (--constraint)."""
     exclude: str | None = None
-    signal_delay_s: int = 120  # USR2 this long before the time limit: time to checkpoint
-    max_timeouts: int = 5  # requeues after hitting the time limit (preemptions do not count)
-    slurm_args: dict = field(default_factory=dict)  # any other sbatch option: {"mail-type": "END"}
-    setup: list = field(default_factory=list)  # shell lines before the job (module load ..., source venv)
+    """SLURM nodes to avoid (--exclude)."""
+    signal_delay_s: int = 120
+    """Seconds before the time limit when jobs are told (USR2) to checkpoint."""
+    max_timeouts: int = 5
+    """Requeues after reaching the time limit (preemptions do not count)."""
+    slurm_args: dict = field(default_factory=dict)
+    """Any other sbatch option (repeatable KEY=VALUE), e.g. mail-type=END."""
+    setup: list = field(default_factory=list)
+    """Shell line run before each job (repeatable), e.g. 'module load cuda'."""
     retry_failed: bool = False
-    wait: bool = False  # SLURM: block until the launched runs finish (local always waits)
-    dry_run: bool = False  # only say what would be submitted
-    logger: str | None = None  # every run's --logger (tensorboard | wandb); run id = run name, sweep = group
+    """Also resubmit runs that failed."""
+    wait: bool = False
+    """SLURM: wait until the submitted runs finish (local always waits)."""
+    dry_run: bool = False
+    """List the runs that would be submitted, submit nothing."""
+    logger: str | None = field(default=None, metadata={"choices": ("tensorboard", "wandb")})
+    """Every run also logs its metrics there (TensorBoard event files beside metrics.jsonl; W&B offline, run
+    name = run id, group = the sweep); default: none, or $EHRFM_LOGGER."""
     poll_s: float = 5.0
+    """Seconds between checks of the running jobs."""
 
 
 @dataclass

@@ -44,7 +44,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ehrfm.config import ModelConfig, TrainConfig
+from ehrfm.config import ModelConfig, TrainConfig, not_identity_fields, per_run_fields, wsd_fields
 from ehrfm.errors import UserError
 from ehrfm.io import atomic_file, read_json, summary, write_json
 
@@ -53,37 +53,50 @@ PLAN_PARQUET = "plan.parquet"
 
 # Training options a sweep may set for all its runs; everything else in TrainConfig is either the
 # run's shape/budget (set per run) or a path (set by the launcher).
-PER_RUN_FIELDS = {"tokens_dir", "out_dir", "n_layer", "d_model", "n_head", "context", "tokens", "flops", "overwrite", "extra",
-                  "schedule", "warmup_steps", "trunk_dir", "stable_checkpoints"}
+PER_RUN_FIELDS = per_run_fields()  # flagged `per_run` in ehrfm.config
 SCHEDULES = ("cosine", "wsd")
 # TrainConfig fields that only a wsd run sets: left out of cosine run ids, so those stay as they were.
-WSD_FIELDS = {"schedule", "decay_fraction", "decay_shape", "warmup_steps", "trunk_dir", "stable_checkpoints"}
+WSD_FIELDS = wsd_fields()  # flagged `wsd` in ehrfm.config
 
 
 @dataclass
 class SweepConfig:
-    """Everything `plan` was asked for, saved as SWEEP/sweep.json."""
+    """Everything `plan` was asked for, saved as SWEEP/sweep.json. Each field's docstring is its
+    `ehrfm sweep plan` help."""
 
     tokens_dir: str
+    """Token dir (ehrfm tokenize output)."""
     budgets: list[float]
+    """Compute budgets in FLOPs, e.g. 1e12,3e12,1e13."""
     sizes: int = 7
+    """Model sizes per budget."""
     # The ladder spans N*(C) * 10**(+-span_dex); N*(C) is where D/N = tokens_per_param
     # (Hoffmann et al. 2022 found ~20 for text; it is only the centre of the search).
     span_dex: float = 1.0
+    """Sizes span N*(C) * 10^(+-span)."""
     tokens_per_param: float = 20.0
+    """D/N at the ladder's centre N*(C)."""
     context: int = 256
-    # Warn for runs with fewer optimizer steps than this (too short for the schedule to matter).
+    """Context length of every run."""
     min_steps: int = 50
-    # TrainConfig options shared by every run (batch_size, lr, seed, ...), as given by the user.
+    """Warn for runs with fewer optimizer steps (too short for the schedule to matter)."""
     train: dict = field(default_factory=dict)
-    # Filled by plan: provenance of the token dir, checked again at launch.
+    """TrainConfig options shared by every run (batch_size, lr, seed, ...), as given by the user."""
     tokenizer_fingerprint: str = ""
+    """Filled by plan: provenance of the token dir, checked again at launch."""
     vocab_size: int = 0
-    train_tokens: int = 0  # unique tokens in the train split (D beyond this means > 1 epoch)
-    schedule: str = "cosine"  # cosine | wsd (module docstring)
-    planned_flops: float = 0.0  # what the sweep will really spend (each wsd trunk counted once)
+    """Filled by plan: the token dir's vocabulary size."""
+    train_tokens: int = 0
+    """Filled by plan: unique tokens in the train split (D beyond this means > 1 epoch)."""
+    schedule: str = field(default="cosine", metadata={"choices": SCHEDULES})
+    """cosine: every run on its own; wsd: one warmup-stable-decay trunk per shape, smaller budgets of that shape
+    branch off at 80% of their tokens and decay (module docstring)."""
+    planned_flops: float = 0.0
+    """Filled by plan: what the sweep will really spend (each wsd trunk counted once)."""
     created_at: str = ""
+    """Filled by plan: UTC time of planning."""
     ehrfm_version: str = ""
+    """Filled by plan: the ehrfm version that planned it."""
 
     @classmethod
     def from_dict(cls, d: dict) -> SweepConfig:
@@ -184,10 +197,7 @@ def run_train_config(sweep: SweepConfig, row: dict, run_dir: str | Path) -> Trai
 # TrainConfig fields that do not change what a run computes (where it runs, how it is logged or
 # grouped into micro-batches; the trainer resumes across changes of these): not part of run ids,
 # so moving a sweep to another cluster or GPU size keeps its finished runs.
-NOT_IDENTITY = {
-    "tokens_dir", "out_dir", "overwrite", "extra", "device", "checkpoint_interval", "log_interval",
-    "eval_interval", "eval_batch_size", "micro_batch_size", "attention", "compile", "trunk_dir",
-}
+NOT_IDENTITY = not_identity_fields()  # every role but IDENTITY in ehrfm.config
 
 
 def run_id_for(fingerprint: str, budget: float, cfg: TrainConfig, trunk_id: str | None = None) -> str:

@@ -2,7 +2,9 @@
 
 Each stage owns its subcommands in a small `cli` module with a `register(subparsers)` function;
 those modules import only argparse at top level so that `ehrfm --help` stays instant, and each
-subcommand is a thin wrapper over a public Python function of its stage.
+subcommand is a thin wrapper over a public Python function of its stage. A subcommand whose options
+mirror a config dataclass derives them from it (ehrfm.cli_args) when it is first parsed or asked for
+its help, so that only its own config module is imported.
 User errors (ehrfm.errors.UserError) and OS errors (a full disk, a read-only filesystem, an --out
 at or under a regular file) exit with status 2 and one line on stderr naming the path and the
 errno's meaning. SIGTERM (what SLURM and `timeout` send) unwinds like Ctrl-C, so every atomic
@@ -11,7 +13,6 @@ output's temporary is removed; `ehrfm train` installs its own checkpoint-and-exi
 
 from __future__ import annotations
 
-import argparse
 import errno
 import importlib
 import os
@@ -20,6 +21,7 @@ import sys
 import threading
 
 from ehrfm import __version__
+from ehrfm.cli_args import Parser
 from ehrfm.errors import UserError
 
 # Order here is the order of `ehrfm --help`: the pipeline, stage by stage.
@@ -34,8 +36,8 @@ COMMAND_MODULES = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    parser = Parser(
         prog="ehrfm",
         description="EHR foundation models and their scaling laws, from raw MIMIC-IV to fitted laws and clinical heads.",
     )

@@ -35,26 +35,45 @@ TASKS = ("in_hospital_mortality", "long_los", "icu_admission", "readmission_30d"
 
 @dataclass
 class DemoConfig:
-    """Everything that decides a demo; saved as DIR/demo_config.json."""
+    """Everything that decides a demo; saved as DIR/demo_config.json. Each field's docstring is its
+    `ehrfm demo` help."""
 
     out: str = "demo_out"
+    """Output dir."""
     patients: int = 8000
+    """Synthetic cohort size (quick: 1500)."""
     seed: int = 0
-    budgets: list = field(default_factory=lambda: [3e11, 6e11, 1.2e12, 2.4e12])  # 0.9 decades: 4 interior minima
+    """Seed of the data, runs, fits and heads."""
+    budgets: list = field(default_factory=lambda: [3e11, 6e11, 1.2e12, 2.4e12])
+    """Compute budgets in FLOPs (the default's 0.9 decades give 4 interior minima)."""
     sizes: int = 5
-    span_dex: float = 0.7  # model sizes span N*(C) * 10^(+-span_dex)
-    tokens_per_param: float = 60.0  # D/N at the centre of each budget's ladder (this data's optimum is ~100)
+    """Model sizes per budget."""
+    span_dex: float = 0.7
+    """Model sizes span N*(C) x 10^(+-SPAN) (see `ehrfm sweep plan --help`)."""
+    tokens_per_param: float = 60.0
+    """D/N at the centre of each budget's ladder (this data's optimum is ~100)."""
     context: int = 256
-    batch_size: int = 8  # rows per optimizer step: small budgets still take enough steps
-    lr: float = 1e-2  # tiny models train best with a high peak lr (tuned on the default budgets)
-    eval_tokens: int = 65_536  # the same fixed tuning sample for every run
-    executor: str = "local"
-    max_parallel: int | None = None  # local: cores; SLURM: array throttle
+    """Context length of every run."""
+    batch_size: int = 8
+    """Rows per optimizer step: small budgets still take enough steps."""
+    lr: float = 1e-2
+    """Peak lr: tiny models train best with a high one (tuned on the default budgets)."""
+    eval_tokens: int = 65_536
+    """Held-out tokens: the same fixed tuning sample for every run."""
+    executor: str = field(default="local", metadata={"choices": ("local", "slurm")})
+    """Where the sweep runs."""
+    max_parallel: int | None = None
+    """Runs at once (local default: the CPU cores; SLURM: the array throttle)."""
     slurm_partition: str | None = None
-    bootstrap: int = 400  # fit intervals
-    head_bootstrap: int = 1000  # clinical metric intervals
-    max_labels: int = 500  # labels per split and task scored for every sweep run
+    """SLURM partition (with --executor slurm)."""
+    bootstrap: int = 400
+    """Bootstrap replicates of the fits."""
+    head_bootstrap: int = 1000
+    """Bootstrap replicates of the clinical metric intervals."""
+    max_labels: int = 500
+    """Labels per split and task scored for every sweep run."""
     quick: bool = False
+    """A ~1-minute smoke version (small cohort, tiny budgets; used by the tests)."""
 
     @classmethod
     def quick_config(cls, **overrides) -> DemoConfig:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,25 +36,13 @@ from ehrfm.clinical.common import (
     subsample_per_split,
     write_head_outputs,
 )
+from ehrfm.clinical.configs import BaselineConfig
 from ehrfm.clinical.labels import read_labels
 from ehrfm.clinical.metrics import binary_metrics, format_metrics
 from ehrfm.errors import UserError
 from ehrfm.meds_io import SPLITS, MedsDataset, open_meds, scan_shard
 
 US = {"s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000, "y": 365 * 86_400_000_000}
-
-
-@dataclass
-class BaselineConfig:
-    meds_dir: str
-    labels: str
-    windows: str = "full,30d"
-    min_count: int = 5
-    max_dense_features: int = 2000
-    bootstrap: int = 1000
-    seed: int = 0
-    max_labels: int | None = None
-    task: str | None = None  # default: from the labels' sidecar JSON or file name
 
 
 def parse_windows(spec: str) -> list[tuple[str, int | None]]:

@@ -14,23 +14,24 @@ TASK_CHOICES = ("in_hospital_mortality", "long_los", "icu_admission", "readmissi
 def _labels(args) -> int:
     from pathlib import Path
 
-    from ehrfm.clinical.labels import make_labels, write_label_dir, write_labels
+    from ehrfm.cli_args import values
+    from ehrfm.clinical.labels import LabelConfig, make_labels, write_label_dir, write_labels
     from ehrfm.errors import UserError
     from ehrfm.io import check_overwrite, summary
 
-    options = dict(gap_hours=args.gap_hours, long_los_days=args.long_los_days, readmission_days=args.readmission_days)
+    options = values(LabelConfig, args, names=("gap_hours", "long_los_days", "readmission_days"))
     out = Path(args.out)
     if args.task == "all":
         if out.suffix == ".parquet":
             raise UserError(f"--task all writes one file per task: --out {out} must be a directory, not a .parquet")
         check_overwrite(out, args.overwrite)
-        labels, info = make_labels(args.meds, "all", **options)
+        labels, info = make_labels(args.meds_dir, "all", **options)
         write_label_dir(labels, info, out, overwrite=args.overwrite)
         parts = ", ".join(f"{t} {i['n']} ({i['n_positive']} positive)" for t, i in info.items())
         summary(f"labels: {parts} -> {out}")
         return 0
     check_overwrite(out, args.overwrite)
-    labels, info = make_labels(args.meds, args.task, **options)
+    labels, info = make_labels(args.meds_dir, args.task, **options)
     write_labels(labels, out, info)
     prev = f"{info['prevalence']:.3f}" if info["prevalence"] is not None else "n/a"
     summary(f"labels: {args.task} n={info['n']} positive={info['n_positive']} prevalence={prev} -> {out}")
@@ -55,65 +56,91 @@ def _audit(args) -> int:
     return 0 if res.clean else 1
 
 
-def _head_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="run dir (a trained model)")
-    p.add_argument("--tokens", required=True, help="token dir made with the run's tokenizer")
-    p.add_argument("--labels", required=True, help="label parquet in the MEDS label schema (ours or ACES)")
+def _head_args(p: argparse.ArgumentParser, cls) -> None:
+    """The options every model head shares, derived from its config dataclass `cls`."""
+    from ehrfm.cli_args import add_fields
+
+    add_fields(p, cls, ["run_dir", "tokens_dir", "labels"], run_dir=dict(flag="run_dir", metavar="run"),
+               tokens_dir=dict(flag="--tokens", required=True), labels=dict(required=True))
     p.add_argument("--out", required=True, help="output dir (metrics.json, predictions.parquet, config.json)")
-    p.add_argument("--context", type=int, default=None, help="history length in tokens (default: the model's context)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-labels", type=int, default=None, help="subsample at most this many labels per split")
+    add_fields(p, cls, ["context", "batch_size", "device", "bootstrap", "seed", "max_labels"])
+    p.add_argument("--overwrite", action="store_true")
+
+
+def _probe_arguments(p) -> None:
+    from ehrfm.clinical.configs import ProbeConfig
+
+    _head_args(p, ProbeConfig)
+
+
+def _finetune_arguments(p) -> None:
+    from ehrfm.cli_args import add_fields
+    from ehrfm.clinical.configs import FinetuneConfig
+
+    _head_args(p, FinetuneConfig)
+    add_fields(p, FinetuneConfig, ["full", "lr", "max_epochs", "patience"], max_epochs=dict(flag="--epochs"))
+
+
+def _zeroshot_arguments(p) -> None:
+    from ehrfm.cli_args import add_fields
+    from ehrfm.clinical.configs import ZeroShotConfig
+
+    _head_args(p, ZeroShotConfig)
+    add_fields(p, ZeroShotConfig, ["task", "n_samples", "max_new_tokens", "temperature"],
+               task=dict(required=True), n_samples=dict(flag="--samples"))
+
+
+def _baseline_arguments(p) -> None:
+    from ehrfm.cli_args import add_fields
+    from ehrfm.clinical.configs import BaselineConfig
+
+    add_fields(p, BaselineConfig, ["meds_dir", "labels"], meds_dir=dict(flag="meds_dir", metavar="meds"),
+               labels=dict(required=True))
+    p.add_argument("--out", required=True, help="output dir (metrics.json, predictions.parquet, config.json)")
+    add_fields(p, BaselineConfig, ["windows", "min_count", "bootstrap", "seed", "max_labels"])
+    p.add_argument("--overwrite", action="store_true")
+
+
+def _labels_arguments(p) -> None:
+    from ehrfm.cli_args import add_fields
+    from ehrfm.clinical.configs import LabelConfig
+
+    add_fields(p, LabelConfig, ["meds_dir", "task"], meds_dir=dict(flag="meds_dir", metavar="meds"),
+               task=dict(required=True, choices=TASK_CHOICES))
+    p.add_argument("--out", required=True, help="LABELS.parquet, or a dir of <task>.parquet with --task all")
+    add_fields(p, LabelConfig, ["gap_hours", "long_los_days", "readmission_days"])
     p.add_argument("--overwrite", action="store_true")
 
 
 def _probe(args) -> int:
+    from ehrfm.cli_args import build
     from ehrfm.clinical.probe import ProbeConfig, probe
 
-    cfg = ProbeConfig(
-        run_dir=args.run, tokens_dir=args.tokens, labels=args.labels, context=args.context,
-        batch_size=args.batch_size, device=args.device, bootstrap=args.bootstrap, seed=args.seed,
-        max_labels=args.max_labels,
-    )
-    probe(cfg, args.out, overwrite=args.overwrite)
+    probe(build(ProbeConfig, args), args.out, overwrite=args.overwrite)
     return 0
 
 
 def _finetune(args) -> int:
+    from ehrfm.cli_args import build
     from ehrfm.clinical.finetune import FinetuneConfig, finetune
 
-    cfg = FinetuneConfig(
-        run_dir=args.run, tokens_dir=args.tokens, labels=args.labels, context=args.context,
-        batch_size=args.batch_size, device=args.device, bootstrap=args.bootstrap, seed=args.seed,
-        max_labels=args.max_labels, full=args.full, lr=args.lr, max_epochs=args.epochs, patience=args.patience,
-    )
-    finetune(cfg, args.out, overwrite=args.overwrite)
+    finetune(build(FinetuneConfig, args), args.out, overwrite=args.overwrite)
     return 0
 
 
 def _zeroshot(args) -> int:
+    from ehrfm.cli_args import build
     from ehrfm.clinical.zeroshot import ZeroShotConfig, zeroshot
 
-    cfg = ZeroShotConfig(
-        run_dir=args.run, tokens_dir=args.tokens, labels=args.labels, task=args.task, context=args.context,
-        batch_size=args.batch_size, device=args.device, bootstrap=args.bootstrap, seed=args.seed,
-        max_labels=args.max_labels, n_samples=args.samples, max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-    )
-    zeroshot(cfg, args.out, overwrite=args.overwrite)
+    zeroshot(build(ZeroShotConfig, args), args.out, overwrite=args.overwrite)
     return 0
 
 
 def _baseline(args) -> int:
+    from ehrfm.cli_args import build
     from ehrfm.clinical.baseline import BaselineConfig, baseline
 
-    cfg = BaselineConfig(
-        meds_dir=args.meds, labels=args.labels, windows=args.windows, min_count=args.min_count,
-        bootstrap=args.bootstrap, seed=args.seed, max_labels=args.max_labels,
-    )
-    baseline(cfg, args.out, overwrite=args.overwrite)
+    baseline(build(BaselineConfig, args), args.out, overwrite=args.overwrite)
     return 0
 
 
@@ -124,13 +151,7 @@ def register(sub) -> None:
         description="Make labels for in-hospital mortality, long stay, ICU admission or 30-day readmission. "
         "Exclusion rules: see ehrfm/clinical/labels.py.",
     )
-    p.add_argument("meds", help="MEDS dataset dir")
-    p.add_argument("--task", required=True, choices=TASK_CHOICES, help="a task, or all (then --out is a dir)")
-    p.add_argument("--out", required=True, help="LABELS.parquet, or a dir of <task>.parquet with --task all")
-    p.add_argument("--gap-hours", type=float, default=24.0, help="prediction at admission + this (mortality, long stay)")
-    p.add_argument("--long-los-days", type=float, default=7.0)
-    p.add_argument("--readmission-days", type=float, default=30.0)
-    p.add_argument("--overwrite", action="store_true")
+    p.defer(_labels_arguments)
     p.set_defaults(func=_labels)
 
     p = sub.add_parser(
@@ -149,33 +170,17 @@ def register(sub) -> None:
     p.set_defaults(func=_audit)
 
     p = sub.add_parser("probe", help="linear probe of a frozen model at the prediction time")
-    _head_args(p)
+    p.defer(_probe_arguments)
     p.set_defaults(func=_probe)
 
     p = sub.add_parser("finetune", help="fine-tune a classification head (optionally the whole network)")
-    _head_args(p)
-    p.add_argument("--full", action="store_true", help="train the whole network, not only the head")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--epochs", type=int, default=20, help="at most this many epochs (early stopping on tuning)")
-    p.add_argument("--patience", type=int, default=3, help="epochs without tuning AUROC gain before stopping")
+    p.defer(_finetune_arguments)
     p.set_defaults(func=_finetune)
 
     p = sub.add_parser("zeroshot", help="ETHOS-style zero-shot rollout (in-hospital mortality, ICU admission)")
-    _head_args(p)
-    p.add_argument("--task", required=True, choices=("in_hospital_mortality", "icu_admission"))
-    p.add_argument("--samples", type=int, default=20, help="sampled continuations per label")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="rollout length bound")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.defer(_zeroshot_arguments)
     p.set_defaults(func=_zeroshot)
 
     p = sub.add_parser("baseline", help="count-feature baseline (logistic regression, gradient boosting)")
-    p.add_argument("meds", help="MEDS dataset dir")
-    p.add_argument("--labels", required=True, help="label parquet in the MEDS label schema")
-    p.add_argument("--out", required=True, help="output dir (metrics.json, predictions.parquet, config.json)")
-    p.add_argument("--windows", default="full,30d", help="history windows to count codes in, e.g. full,30d,24h")
-    p.add_argument("--min-count", type=int, default=5, help="codes seen in fewer train labels' histories are dropped")
-    p.add_argument("--bootstrap", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-labels", type=int, default=None)
-    p.add_argument("--overwrite", action="store_true")
+    p.defer(_baseline_arguments)
     p.set_defaults(func=_baseline)

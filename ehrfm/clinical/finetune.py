@@ -14,35 +14,15 @@ from __future__ import annotations
 import copy
 import os
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
 from ehrfm.clinical.common import as_stored, check_out, require_two_classes, split_predictions, write_head_outputs
+from ehrfm.clinical.configs import FinetuneConfig
 from ehrfm.clinical.metrics import binary_metrics, format_metrics
 from ehrfm.clinical.probe import load_head_inputs
 from ehrfm.errors import UserError
 from ehrfm.meds_io import SPLITS
-
-
-@dataclass
-class FinetuneConfig:
-    run_dir: str
-    tokens_dir: str
-    labels: str
-    context: int | None = None
-    batch_size: int = 64
-    device: str = "cpu"
-    bootstrap: int = 1000
-    seed: int = 0
-    max_labels: int | None = None
-    task: str | None = None
-    full: bool = False  # also train the network (else head only)
-    lr: float = 1e-3  # head learning rate
-    body_lr: float = 1e-4  # network learning rate when full
-    weight_decay: float = 0.01
-    max_epochs: int = 20
-    patience: int = 3
 
 
 def _tuning_score(y: np.ndarray, p: np.ndarray) -> tuple[float, str]:

@@ -65,6 +65,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from ehrfm.clinical.configs import LabelConfig
 from ehrfm.errors import UserError
 from ehrfm.meds_io import LEGACY_COLUMNS, MEDS_VERSION, MedsDataset, open_meds, scan_shards
 
@@ -79,17 +80,6 @@ STAY_ID = "hadm_id"  # the stay id column this package's ETL keeps (MIMIC's hadm
 
 US_PER_HOUR = 3_600_000_000
 US_PER_DAY = 24 * US_PER_HOUR
-
-
-@dataclass
-class LabelConfig:
-    """How labels were made; saved as JSON beside every label file."""
-
-    meds_dir: str
-    task: str
-    gap_hours: float = 24.0  # prediction at admission + gap for mortality and long stay
-    long_los_days: float = 7.0
-    readmission_days: float = 30.0
 
 
 @dataclass

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,25 +26,12 @@ from ehrfm.clinical.common import (
     subsample_per_split,
     write_head_outputs,
 )
+from ehrfm.clinical.configs import ProbeConfig
 from ehrfm.clinical.histories import Histories, locate_histories, select
 from ehrfm.clinical.labels import read_labels
 from ehrfm.clinical.metrics import binary_metrics, format_metrics
 from ehrfm.errors import UserError
 from ehrfm.tokens import TokenDir
-
-
-@dataclass
-class ProbeConfig:
-    run_dir: str
-    tokens_dir: str
-    labels: str
-    context: int | None = None  # default: the model's context
-    batch_size: int = 64
-    device: str = "cpu"
-    bootstrap: int = 1000
-    seed: int = 0
-    max_labels: int | None = None  # per split, a seeded sample (the same for every run)
-    task: str | None = None
 
 
 def load_label_histories(td: TokenDir, labels_path, max_labels: int | None, seed: int) -> Histories:

@@ -21,37 +21,17 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
 from ehrfm.clinical.baseline import task_name
 from ehrfm.clinical.common import as_stored, check_out, prediction_frame, write_head_outputs
+from ehrfm.clinical.configs import ZEROSHOT_TASKS, ZeroShotConfig
 from ehrfm.clinical.histories import END_TOKENS, history_window
 from ehrfm.clinical.metrics import binary_metrics, format_metrics
 from ehrfm.clinical.probe import load_label_histories
 from ehrfm.errors import UserError
 from ehrfm.tokens import TokenDir
-
-ZEROSHOT_TASKS = ("in_hospital_mortality", "icu_admission")
-
-
-@dataclass
-class ZeroShotConfig:
-    run_dir: str
-    tokens_dir: str
-    labels: str
-    task: str | None = None  # in_hospital_mortality | icu_admission (default: from the labels)
-    context: int | None = None
-    batch_size: int = 64  # rows (label x sample) decoded together; at least one label's samples
-    device: str = "cpu"
-    bootstrap: int = 1000
-    seed: int = 0
-    max_labels: int | None = None
-    n_samples: int = 20
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    splits: tuple[str, ...] = ("held_out",)  # zero-shot needs no training labels
 
 
 def outcome_tokens(td: TokenDir, task: str) -> tuple[list[int], list[int]]:

@@ -1,0 +1,150 @@
+"""Configs of the clinical stage's commands, as plain dataclasses (saved as JSON beside outputs).
+
+This module is light (no numpy, polars or torch): the CLI derives each command's options from
+these dataclasses (ehrfm.cli_args), and each field's docstring is its help. Each config is also
+importable from its own module (ehrfm.clinical.probe.ProbeConfig, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ZEROSHOT_TASKS = ("in_hospital_mortality", "icu_admission")
+
+
+@dataclass
+class LabelConfig:
+    """How labels were made; saved as JSON beside every label file."""
+
+    meds_dir: str
+    """MEDS dataset dir."""
+    task: str
+    """A task, or all (then --out is a dir of <task>.parquet)."""
+    gap_hours: float = 24.0
+    """Prediction at admission + this (mortality, long stay)."""
+    long_los_days: float = 7.0
+    """A long stay lasts longer than this many days."""
+    readmission_days: float = 30.0
+    """A readmission within this many days of discharge counts."""
+
+
+@dataclass
+class ProbeConfig:
+    """A linear probe of a frozen model (ehrfm.clinical.probe); saved as OUT/config.json."""
+
+    run_dir: str
+    """Run dir (a trained model)."""
+    tokens_dir: str
+    """Token dir made with the run's tokenizer."""
+    labels: str
+    """Label parquet in the MEDS label schema (ours or ACES)."""
+    context: int | None = None
+    """History length in tokens (default: the model's context)."""
+    batch_size: int = 64
+    """Histories per forward pass."""
+    device: str = "cpu"
+    """cpu, cuda, cuda:1, ..."""
+    bootstrap: int = 1000
+    """Bootstrap resamples for the 95% intervals."""
+    seed: int = 0
+    """Seed of the label subsample, the head and the bootstrap."""
+    max_labels: int | None = None
+    """Subsample at most this many labels per split (a seeded sample, the same for every run)."""
+    task: str | None = None
+    """The task the labels are for (default: from the labels' sidecar JSON or file name)."""
+
+
+@dataclass
+class FinetuneConfig:
+    """A fine-tuned classification head (ehrfm.clinical.finetune); saved as OUT/config.json."""
+
+    run_dir: str
+    """Run dir (a trained model)."""
+    tokens_dir: str
+    """Token dir made with the run's tokenizer."""
+    labels: str
+    """Label parquet in the MEDS label schema (ours or ACES)."""
+    context: int | None = None
+    """History length in tokens (default: the model's context)."""
+    batch_size: int = 64
+    """Histories per forward pass."""
+    device: str = "cpu"
+    """cpu, cuda, cuda:1, ..."""
+    bootstrap: int = 1000
+    """Bootstrap resamples for the 95% intervals."""
+    seed: int = 0
+    """Seed of the label subsample, the head and the bootstrap."""
+    max_labels: int | None = None
+    """Subsample at most this many labels per split (a seeded sample, the same for every run)."""
+    task: str | None = None
+    """The task the labels are for (default: from the labels' sidecar JSON or file name)."""
+    full: bool = False
+    """Train the whole network, not only the head."""
+    lr: float = 1e-3
+    """Head learning rate."""
+    body_lr: float = 1e-4
+    """Network learning rate (with --full)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    max_epochs: int = 20
+    """At most this many epochs (early stopping on tuning)."""
+    patience: int = 3
+    """Epochs without tuning AUROC gain before stopping."""
+
+
+@dataclass
+class ZeroShotConfig:
+    """An ETHOS-style zero-shot rollout (ehrfm.clinical.zeroshot); saved as OUT/config.json."""
+
+    run_dir: str
+    """Run dir (a trained model)."""
+    tokens_dir: str
+    """Token dir made with the run's tokenizer."""
+    labels: str
+    """Label parquet in the MEDS label schema (ours or ACES)."""
+    task: str | None = field(default=None, metadata={"choices": ZEROSHOT_TASKS})
+    """in_hospital_mortality | icu_admission (default: from the labels)."""
+    context: int | None = None
+    """History length in tokens (default: the model's context)."""
+    batch_size: int = 64
+    """Rows (label x sample) decoded together; at least one label's samples."""
+    device: str = "cpu"
+    """cpu, cuda, cuda:1, ..."""
+    bootstrap: int = 1000
+    """Bootstrap resamples for the 95% intervals."""
+    seed: int = 0
+    """Seed of the label subsample, the head and the bootstrap."""
+    max_labels: int | None = None
+    """Subsample at most this many labels per split (a seeded sample, the same for every run)."""
+    n_samples: int = 20
+    """Sampled continuations per label."""
+    max_new_tokens: int = 256
+    """Rollout length bound."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    splits: tuple[str, ...] = ("held_out",)
+    """Splits scored (zero-shot needs no training labels)."""
+
+
+@dataclass
+class BaselineConfig:
+    """A count-feature baseline (ehrfm.clinical.baseline); saved as OUT/config.json."""
+
+    meds_dir: str
+    """MEDS dataset dir."""
+    labels: str
+    """Label parquet in the MEDS label schema."""
+    windows: str = "full,30d"
+    """History windows to count codes in, e.g. full,30d,24h."""
+    min_count: int = 5
+    """Codes seen in fewer train labels' histories are dropped."""
+    max_dense_features: int = 2000
+    """Most features kept as dense columns."""
+    bootstrap: int = 1000
+    """Bootstrap resamples for the 95% intervals."""
+    seed: int = 0
+    """Seed of the label subsample, the models and the bootstrap."""
+    max_labels: int | None = None
+    """Subsample at most this many labels per split."""
+    task: str | None = None
+    """The task the labels are for (default: from the labels' sidecar JSON or file name)."""
