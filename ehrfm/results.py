@@ -159,12 +159,14 @@ def result_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / RESULT_FILE
 
 
-def read_result(run_dir: str | Path, hint: str = _READ_HINT) -> RunResult | None:
+def read_result(run_dir: str | Path, hint: str = _READ_HINT, check_values: bool = True) -> RunResult | None:
     """RUN/result.json as a RunResult, or None when the run has not written one.
 
     Args:
         run_dir: the run dir.
         hint: what to do about a damaged file, appended to the error.
+        check_values: also check the number fields (False: only the status is needed, e.g. to
+            load a model, and a hand-made {"status": "completed"} is enough).
 
     Raises:
         UserError: the file exists but is truncated, empty, not a JSON object, or wrongly typed
@@ -180,11 +182,11 @@ def read_result(run_dir: str | Path, hint: str = _READ_HINT) -> RunResult | None
     status = obj.get("status")
     if not isinstance(status, str) or status not in Status.__members__.values():
         problems.append("status is not a known status string")
-    for k in _NUMBER_FIELDS:
+    for k in _NUMBER_FIELDS if check_values else ():
         v = obj.get(k)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
             problems.append(f"{k} is not a number")
-    if status == Status.COMPLETED and not problems:
+    if check_values and status == Status.COMPLETED and not problems:
         loss = obj.get("val_loss")
         if loss is None or not math.isfinite(loss):
             problems.append("completed without a finite val_loss")
@@ -208,6 +210,6 @@ def require_completed(run_dir: str | Path, use: str) -> None:
         run_dir: the run dir.
         use: what needs the completed run, for the message ("loading a model", "heads").
     """
-    result = read_result(run_dir)
+    result = read_result(run_dir, check_values=False)
     if result is not None and result.status != Status.COMPLETED:
         raise UserError(f"run {run_dir} has status {str(result.status)!r} (result.json); {use} needs a completed run")

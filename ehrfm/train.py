@@ -677,6 +677,8 @@ def _resume(cfg, core, optimizer, n_steps: int, run_dir: Path, device) -> tuple[
 
 
 def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_dir: Path, base: dict) -> dict:
+    """Steps until D tokens are trained (or a stop request, or divergence), then the final eval:
+    _step (forward/backward), the optimizer step, _after_step (eval, log, checkpoint), _finish."""
     run = _setup(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_dir, base)
     metrics_f = metrics_log(run_dir, cfg) if dd.main else None  # metrics.jsonl (+ --logger backend); closed below
     quiet = {} if dd.main else {"disable": True}  # one bar, on rank 0 (EHRFM_QUIET=1 silences it)

@@ -39,10 +39,10 @@ from pathlib import Path
 
 from ehrfm.errors import UserError
 from ehrfm.io import progress, summary, write_json
-from ehrfm.results import RunResult, Status, write_result
+from ehrfm.results import ACTIVE, RunResult, Status, write_result
 from sweeps.job import TrainJob
 from sweeps.plan import check_tokenizer, load_sweep, run_train_config
-from sweeps.state import ACTIVE, log_path, read_result, record_path, run_states, runs_dir
+from sweeps.state import log_path, read_result, record_path, run_states, runs_dir
 
 EXECUTORS = ("slurm", "local")
 SLURM_COMMANDS = ("sbatch", "srun", "squeue", "scontrol")

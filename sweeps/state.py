@@ -29,11 +29,10 @@ from pathlib import Path
 
 from ehrfm.errors import UserError
 from ehrfm.io import read_json
-from ehrfm.results import ACTIVE, FINISHED, RunResult, Status
+from ehrfm.results import RunResult, Status
 from ehrfm.results import read_result as _read_result
 from ehrfm.run_lock import run_dir_busy
 
-__all__ = ["ACTIVE", "FINISHED", "RunState", "read_record", "read_result", "run_states", "slurm_state_of"]
 _RESULT_HINT = "delete it and relaunch the sweep: the run resumes from its checkpoint and writes it again"
 
 

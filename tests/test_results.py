@@ -61,6 +61,8 @@ def test_a_damaged_result_is_one_error_naming_the_file(tmp_path, body, problem):
 
 def test_only_a_completed_run_is_loaded(tmp_path):
     require_completed(tmp_path, "a clinical head")  # no result.json: a bare checkpoint is accepted
+    (tmp_path / "result.json").write_text(json.dumps({"status": "completed"}))  # a hand-made run: the status is enough
+    require_completed(tmp_path, "a clinical head")
     write_result(tmp_path, RunResult(Status.DIVERGED, error="grad norm became inf at step 3"))
     with pytest.raises(UserError, match="has status 'diverged'.*a clinical head needs a completed run"):
         require_completed(tmp_path, "a clinical head")
