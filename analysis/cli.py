@@ -33,7 +33,9 @@ def _fit(args) -> int:
     from analysis.table import load_results
     from ehrfm.io import summary
 
-    cfg = FitConfig(approaches=args.approach, bootstrap=args.bootstrap, seed=args.seed, require_interior=not args.keep_exterior)
+    cfg = FitConfig(approaches=args.approach, bootstrap=args.bootstrap, seed=args.seed, require_interior=not args.keep_exterior,
+                    n_count=args.n_count, approach3_method=args.approach3_method, holdout=not args.no_holdout,
+                    max_epochs=args.max_epochs)
     results = load_results(args.results, loss_column=args.loss_column)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FitWarning)  # printed below, once, as part of the table
@@ -82,6 +84,16 @@ def register(sub):
     p.add_argument("--loss-column", choices=("loss", "loss_per_event"), default="loss",
                    help="the loss to fit: loss (held-out nats/token, default) or loss_per_event (nats/event, "
                         "to compare token dirs whose tokens per event differ, e.g. --codes hierarchical vs flat)")
+    p.add_argument("--n-count", choices=("total", "non-embedding"), default="total",
+                   help="parameter count N the fits use: total (n_params_total, default; Pearce & Song 2024) or non-embedding "
+                        "(n_params); a table without n_params_total is fitted on n_params, and the report says so")
+    p.add_argument("--approach3-method", choices=("varpro", "huber-lbfgs"), default="varpro",
+                   help="Approach 3 fitter: varpro (variable projection, default: better conditioned) or huber-lbfgs "
+                        "(Hoffmann et al. 2022's Huber/L-BFGS from 4,500 starts, to reproduce published fits)")
+    p.add_argument("--no-holdout", action="store_true",
+                   help="skip the held-out-budget validation (refit without the largest budget and predict it)")
+    p.add_argument("--max-epochs", type=_positive_float, default=None,
+                   help="leave out runs trained over more than this many epochs (default: keep and flag them)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_fit)
 
