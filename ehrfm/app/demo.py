@@ -330,7 +330,8 @@ def _report(cfg, st, out, meds, tok, labels_dir, results_path, fit, fit_error, h
         for name, caption in [("isoflops", "IsoFLOP curves with fitted parabolas and their minima"),
                               ("optimal_scaling", "Compute-optimal N and D against compute, with the fitted laws and 95% bands"),
                               ("frontier", "Loss frontier against compute"),
-                              ("utility", "Clinical utility (probe AUROC) against compute")]:
+                              ("utility", "Clinical utility (probe AUROC) against compute"),
+                              ("loss_auroc", "Loss -> AUROC link across every run, with the fitted line and 95% band")]:
             png = Path(out) / "fit" / f"{name}.png"
             if png.exists():
                 L += [f"![{caption}]({rel(png)})", f"*{caption}* ([PDF]({rel(png.with_suffix('.pdf'))}))", ""]
