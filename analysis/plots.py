@@ -150,8 +150,9 @@ def plot_isoflops(ax, fit, results, label: str | None = None, color=None) -> Non
         # its interval) beside the star its own runs give.
         lo, hi = (h.get("predicted_loss_ci") or [None, None])
         yerr = [[h["predicted_loss"] - lo], [hi - h["predicted_loss"]]] if lo is not None and hi is not None and np.isfinite([lo, hi]).all() else None
-        ax.errorbar([h["predicted_n_opt"]], [h["predicted_loss"]], yerr=yerr, fmt="D", ms=7, mfc="none",
-                    mec="tab:red" if color is None else color, ecolor="tab:red" if color is None else color, mew=1.4, capsize=3, zorder=5,
+        pc = "tab:red" if color is None else color
+        ax.errorbar([h["predicted_n_opt"]], [h["predicted_loss"]], yerr=yerr, fmt="D", ms=7, mfc="none", color=pc,
+                    mec=pc, ecolor=pc, mew=1.4, capsize=3, zorder=5,
                     label=_label(label, f"{_sci(h['budget'])} predicted from smaller budgets ({100 * h['rel_error']:.1f}% off)"))
     _log_x(ax)
     ax.set_xlabel(_n_label(fit))
