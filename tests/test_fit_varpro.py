@@ -18,8 +18,8 @@ def test_varpro_recovers_a_noiseless_law(law):
     n, d, loss = (t[c].to_numpy().astype(float) for c in ("n_params", "tokens", "loss"))
     f = parametric.fit_varpro(n, d, loss)
     assert f.alpha == pytest.approx(law.alpha, abs=1e-4) and f.beta == pytest.approx(law.beta, abs=1e-4)
-    assert f.E == pytest.approx(law.E, rel=1e-5)
-    assert f.A == pytest.approx(law.A, rel=2e-3) and f.B == pytest.approx(law.B, rel=2e-3)
+    assert pytest.approx(law.E, rel=1e-5) == f.E
+    assert pytest.approx(law.A, rel=2e-3) == f.A and pytest.approx(law.B, rel=2e-3) == f.B
     assert f.at_bound == [] and f.rss < 1e-8
 
 
@@ -28,7 +28,7 @@ def test_nnls_never_returns_negative_coefficients():
     rng = np.random.default_rng(0)
     n, d = np.geomspace(1e6, 1e8, 20), np.geomspace(1e8, 1e10, 20)[rng.permutation(20)]
     f = parametric.fit_varpro(n, d, 2.0 + 300.0 / d**0.3)
-    assert f.A == 0.0 and f.E == pytest.approx(2.0, rel=1e-4) and f.beta == pytest.approx(0.3, abs=1e-3)
+    assert f.A == 0.0 and pytest.approx(2.0, rel=1e-4) == f.E and f.beta == pytest.approx(0.3, abs=1e-3)
 
 
 def test_default_is_varpro_and_flags_what_the_data_do_not_identify(tmp_path):
