@@ -600,6 +600,9 @@ def fit_holdout(res: Results, a2: Approach2, cfg: FitConfig) -> tuple[dict | Non
         predicted_n_opt=pred_n, predicted_n_opt_ci=ci("n_coef", "a"),
         observed_n_opt=held.n_opt, observed_n_opt_ci=held.n_opt_ci, n_opt_ratio=pred_n / held.n_opt,
     )
+    top = max(a2.budgets, key=lambda bf: bf.budget)
+    if top.budget > c:  # the largest budget gave no usable minimum to compare with
+        out["note"] = f"the largest budget {top.budget:.3g} was not usable ({top.reason}); the largest usable one was held out"
     return out, ""
 
 
@@ -620,6 +623,7 @@ def format_holdout(fit: FitResult) -> str:
         f"so the law {verdict} it (error ratio {h['error_ratio']:.2f}; <= 0.5 is the target). "
         f"Predicted N_opt {format_ci(h['predicted_n_opt'], h['predicted_n_opt_ci'])} vs observed "
         f"{format_ci(h['observed_n_opt'], h['observed_n_opt_ci'])} (ratio {h['n_opt_ratio']:.2f})."
+        + (f" Note: {h['note']}." if h.get("note") else "")
     )
 
 
