@@ -155,3 +155,16 @@ def test_runs_over_one_epoch_are_flagged_and_can_be_left_out(table):
     cut = fit_results(t, config=FitConfig(approaches=(2,), bootstrap=0, max_epochs=1.0))
     assert cut.n_fitted == 40 and len(cut.excluded) == 5 and "2.50 epochs > max_epochs 1" in cut.excluded[0]["reason"]
     assert cut.inputs["multi_epoch_runs"] == []
+
+
+def test_an_unusable_largest_budget_holds_out_the_largest_usable_one(table):
+    top = table.filter(pl.col("budget") == 1e21)["run_id"][:2].to_list()
+    t = table.filter((pl.col("budget") < 1e21) | pl.col("run_id").is_in(top))  # 2 runs: no parabola
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitWarning)
+        f = fit_results(t, approaches=(2,), bootstrap=20, seed=0)
+    h = f.holdout
+    assert h["budget"] == pytest.approx(10**20.25) and len(h["fitted_budgets"]) == 3
+    assert "largest budget 1e+21 was not usable (2 distinct model size" in h["note"]
+    assert h["rel_error"] < 0.005
+    assert "Note: the largest budget 1e+21 was not usable" in format_fit_table(f)
