@@ -67,7 +67,7 @@ def budget_colors(budgets, color=None) -> dict[float, tuple]:
 
 
 def _sci(x: float) -> str:
-    exp = int(np.floor(np.log10(x)))
+    exp = int(np.floor(np.log10(x) + 1e-9))  # 1e20 is 10^20, not 10 x 10^19
     mant = x / 10**exp
     return f"$10^{{{exp}}}$" if abs(mant - 1) < 0.05 else f"${mant:.2g}\\times10^{{{exp}}}$"
 
