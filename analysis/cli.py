@@ -75,8 +75,11 @@ def _fit_arguments(p) -> None:
 
     p.add_argument("results", help="results table (.parquet or .csv), e.g. SWEEP/results.parquet")
     p.add_argument("--out", required=True, help="fit directory to write")
-    add_fields(p, FitConfig, ["approaches", "bootstrap", "seed", "require_interior"],
-               approaches=dict(flag="--approach", type=_approaches), require_interior=dict(flag="--keep-exterior"))
+    add_fields(p, FitConfig, ["approaches", "bootstrap", "seed", "require_interior", "n_count", "approach3_method",
+                              "holdout", "max_epochs"],
+               approaches=dict(flag="--approach", type=_approaches), require_interior=dict(flag="--keep-exterior"),
+               n_count=dict(choices=("total", "non-embedding")), approach3_method=dict(choices=("varpro", "huber-lbfgs")),
+               holdout=dict(flag="--no-holdout"), max_epochs=dict(type=_positive_float))
     p.add_argument("--no-plots", action="store_true", help="skip the PNG/PDF plots")
     p.add_argument("--loss-column", choices=("loss", "loss_per_event"), default="loss",
                    help="the loss to fit: loss (held-out nats/token, default) or loss_per_event (nats/event, "

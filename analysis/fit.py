@@ -6,8 +6,9 @@ utility against compute, and bootstrap intervals for every fitted quantity.
     write_fits(fit, "fit/")                    # fits.json, fit_config.json, bootstrap.parquet, runs.parquet
     print(format_fit_table(fit))               # markdown
 
-Conventions: C is the table's `flops` (6 N D when absent); N is non-embedding parameters; D is
-training tokens; losses are held-out nats/token (the table's `loss`, the default) or nats/event
+Conventions: C is the table's `flops` (6 N D when absent); N is the parameter count FitConfig.n_count
+names (all parameters by default, the table's n_params_total; non-embedding n_params when absent);
+D is training tokens; losses are held-out nats/token (the table's `loss`, the default) or nats/event
 (`loss_per_event`, load_results(..., loss_column=)): fits.json's inputs name the column and its
 unit, and fits.md says which it fits. Intervals are percentile bootstrap intervals
 over replicates that resample runs (Approach 2: runs within each IsoFLOP budget).
@@ -30,6 +31,12 @@ from analysis.laws import auroc_from_law, effective_tokens, fit_power_law, perce
 from analysis.table import Results, load_results
 from ehrfm.errors import UserError
 from ehrfm.io import format_ci
+
+
+N_COUNT_LABEL = {"total": "total parameters (embeddings included)", "non-embedding": "non-embedding parameters"}
+APPROACH3_METHODS = ("varpro", "huber-lbfgs")
+# A parameter whose bootstrap interval spans more than this many decades is reported as not identified.
+IDENTIFIED_DECADES = 3.0
 
 
 class FitWarning(UserWarning):
@@ -142,6 +149,11 @@ class Approach3:
     n_starts: int
     effective_data: bool  # fitted on Muennighoff effective tokens D' (multi-epoch runs present)
     r_star: float | None
+    method: str = "huber-lbfgs"  # FitConfig.approach3_method: "varpro" or "huber-lbfgs"
+    # Per parameter (E, A, B, alpha, beta, G): False when its interval spans more than
+    # IDENTIFIED_DECADES decades (or reaches 0): the data do not pin it down. None: no interval.
+    identified: dict = field(default_factory=dict)
+    at_bound: list = field(default_factory=list)  # varpro: exponents at the searched range's edge
 
     def loss(self, n, d):
         n, d = np.asarray(n, dtype=float), np.asarray(d, dtype=float)
@@ -168,6 +180,8 @@ class UtilityFit:
     n_points: int
     points: list[dict]  # budget, flops, run_id, value, se (None when unknown)
     measurement_noise: bool = False  # weighted by, and intervals from, each point's AUROC standard error
+    # AUROC = intercept + slope * loss over every run with an AUROC (see fit_loss_link), or None
+    loss_link: dict | None = None
 
     def predict(self, c):
         return auroc_from_law(self.coef, self.exponent, c)
@@ -185,7 +199,9 @@ class FitResult:
     warnings: list[str]
     inputs: dict  # source, budgets, unique tokens, vocab_size, context, ...
     config: FitConfig
-    not_fitted: dict[str, str] = field(default_factory=dict)  # "approachK" -> why it could not be fitted
+    not_fitted: dict[str, str] = field(default_factory=dict)  # "approachK" / "holdout" -> why it could not be fitted
+    holdout: dict | None = None  # the held-out-budget validation (fit_holdout), None when not made
+    n_count: str = "non-embedding"  # the parameter count fitted (FitConfig.n_count, or its fallback)
     # Bootstrap draws per quantity ("approach3/alpha" -> (R,)), for intervals of predictions.
     draws: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
@@ -196,8 +212,8 @@ class FitResult:
             if part is not None:
                 out[name] = dataclasses.asdict(part)
         out["utility"] = {k.split("/", 1)[1] if k.startswith("auroc/") else k: dataclasses.asdict(v) for k, v in self.utility.items()}
-        out.update(n_runs=self.n_runs, n_fitted=self.n_fitted, excluded=self.excluded, not_fitted=self.not_fitted,
-                   warnings=self.warnings, inputs=self.inputs)
+        out.update(holdout=self.holdout, n_count=self.n_count, n_runs=self.n_runs, n_fitted=self.n_fitted,
+                   excluded=self.excluded, not_fitted=self.not_fitted, warnings=self.warnings, inputs=self.inputs)
         return _finite_json(out)
 
 
@@ -406,45 +422,170 @@ A3_KEYS = ("E", "A", "B", "alpha", "beta", "a", "b", "G")
 
 
 def _a3_derived(theta: np.ndarray) -> np.ndarray:
-    """(R, 5) thetas -> (R, 8) in A3_KEYS order."""
+    """(R, 5) thetas (ln A, ln B, ln E, alpha, beta) -> (R, 8) in A3_KEYS order."""
     p = parametric.theta_to_params(np.atleast_2d(theta))
-    al, be = p["alpha"], p["beta"]
+    return _a3_from_params(np.column_stack([p["E"], p["A"], p["B"], p["alpha"], p["beta"]]))
+
+
+def _a3_from_params(params: np.ndarray) -> np.ndarray:
+    """(R, 5) rows of E, A, B, alpha, beta -> (R, 8) in A3_KEYS order (a, b and G derived)."""
+    E, A, B, al, be = np.atleast_2d(params).T
     with np.errstate(all="ignore"):
-        G = (al * p["A"] / (be * p["B"])) ** (1.0 / (al + be))
-        return np.stack([p["E"], p["A"], p["B"], al, be, be / (al + be), al / (al + be), G], 1)
+        G = (al * A / (be * B)) ** (1.0 / (al + be))
+        return np.stack([E, A, B, al, be, be / (al + be), al / (al + be), G], 1)
+
+
+def identified(ci, decades: float = IDENTIFIED_DECADES) -> bool | None:
+    """Is a positive parameter pinned down by its interval? False when the interval spans more than
+    `decades` decades or reaches 0 (log-scale unbounded); None when there is no interval."""
+    lo, hi = (float("nan") if v is None else float(v) for v in ci)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return None if not (math.isinf(hi) or math.isinf(lo)) else False
+    if lo <= 0:
+        return False
+    return bool(math.log10(hi / lo) <= decades)
 
 
 def fit_approach3(res: Results, counts: np.ndarray | None, cfg: FitConfig):
+    """Approach 3: L(N, D) = E + A / N^alpha + B / D^beta by cfg.approach3_method (variable
+    projection by default; "huber-lbfgs" as Hoffmann et al. 2022), bootstrap intervals from
+    resampling runs, and which parameters the data identify (IDENTIFIED_DECADES)."""
     if res.n < 5:
         raise UserError(f"Approach 3 fits 5 parameters; {res.source} has {res.n} completed runs")
+    if cfg.approach3_method not in APPROACH3_METHODS:
+        raise UserError(f"approach3_method must be one of {', '.join(APPROACH3_METHODS)} (got {cfg.approach3_method!r})")
     data = res.tokens
     effective = res.multi_epoch and res.unique_tokens is not None
     if effective:
         data = np.where(np.isfinite(res.unique_tokens), effective_tokens(res.tokens, res.unique_tokens, cfg.r_star), res.tokens)
-    best = parametric.fit_parametric(res.n_params, data, res.loss, delta=cfg.huber_delta)
-    point = _a3_derived(np.array(best.theta))[0]
-    alpha, beta, G = point[A3_KEYS.index("alpha")], point[A3_KEYS.index("beta")], point[A3_KEYS.index("G")]
-    if not (alpha > 0 and beta > 0 and np.isfinite(G)):
+    R = 0 if counts is None else len(counts)
+    draws = np.full((R, 8), np.nan)
+    if cfg.approach3_method == "varpro":
+        best = parametric.fit_varpro(res.n_params, data, res.loss)
+        point = _a3_from_params(np.array([[best.E, best.A, best.B, best.alpha, best.beta]]))[0]
+        objective, n_starts, huber_delta, at_bound = best.rss, best.n_starts, float("nan"), best.at_bound
+    else:
+        best = parametric.fit_parametric(res.n_params, data, res.loss, delta=cfg.huber_delta)
+        point = _a3_derived(np.array(best.theta))[0]
+        objective, n_starts, huber_delta, at_bound = best.objective, best.n_starts, cfg.huber_delta, []
+    E, A, B, alpha, beta, G = (point[A3_KEYS.index(k)] for k in ("E", "A", "B", "alpha", "beta", "G"))
+    if not (alpha > 0 and beta > 0 and A > 0 and B > 0 and np.isfinite(G) and G > 0):
         # A law whose loss does not fall with N or with D has no compute-optimal frontier: report
         # it rather than hand the recommender a meaningless optimum.
         raise UserError(
-            f"Approach 3: the best parametric fit is degenerate (alpha={alpha:.3g}, beta={beta:.3g}); the runs do not "
-            "constrain L(N, D) = E + A/N^alpha + B/D^beta (too narrow a range of N and D, or too noisy)"
+            f"Approach 3: the best parametric fit is degenerate (alpha={alpha:.3g}, beta={beta:.3g}, A={A:.3g}, B={B:.3g}); "
+            "the runs do not constrain L(N, D) = E + A/N^alpha + B/D^beta (too narrow a range of N and D, or too noisy)"
         )
-    draws = np.full((0 if counts is None else len(counts), 8), np.nan)
-    if counts is not None and len(counts):
-        starts = best.local_optima[: cfg.bootstrap_starts]
-        thetas = parametric.bootstrap_parametric(res.n_params, data, res.loss, counts, starts, cfg.huber_delta)
-        draws = _a3_derived(thetas)
+    if R:
+        if cfg.approach3_method == "varpro":
+            draws = _a3_from_params(parametric.bootstrap_varpro(res.n_params, data, res.loss, counts))
+        else:
+            starts = best.local_optima[: cfg.bootstrap_starts]
+            draws = _a3_derived(parametric.bootstrap_parametric(res.n_params, data, res.loss, counts, starts, cfg.huber_delta))
     ci = {k: percentile_ci(draws[:, j], cfg.confidence) for j, k in enumerate(A3_KEYS)}
     resid = np.log(best.loss(res.n_params, data)) - np.log(res.loss)
     fit = Approach3(
         **{k: float(point[j]) for j, k in enumerate(A3_KEYS)}, **{f"{k}_ci": ci[k] for k in A3_KEYS},
         flops_per_param_token=float(np.median(res.flops / (res.n_params * res.tokens))),
-        huber_delta=cfg.huber_delta, objective=best.objective, rmse_log_loss=float(np.sqrt(np.mean(resid**2))),
-        n_points=res.n, n_starts=best.n_starts, effective_data=bool(effective), r_star=cfg.r_star if effective else None,
+        huber_delta=huber_delta, objective=float(objective), rmse_log_loss=float(np.sqrt(np.mean(resid**2))),
+        n_points=res.n, n_starts=n_starts, effective_data=bool(effective), r_star=cfg.r_star if effective else None,
+        method=cfg.approach3_method, identified={k: identified(ci[k]) for k in ("E", "A", "B", "alpha", "beta", "G")},
+        at_bound=list(at_bound),
     )
     return fit, {f"approach3/{k}": draws[:, j] for j, k in enumerate(A3_KEYS)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Held-out budget
+
+
+def fit_holdout(res: Results, a2: Approach2, cfg: FitConfig) -> tuple[dict | None, str]:
+    """Predict the largest usable IsoFLOP budget from the others, compared with its own parabola's
+    minimum. On the runs of every smaller budget, Approach 2 is refitted and its N_opt = k C^a law
+    predicts N_opt; Approach 3 is refitted (cfg.approach3_method) and its compute-optimal frontier
+    L(N_opt(C), D_opt(C)) predicts L_min (`loss_method` "approach3"). The frontier of
+    L = E + A/N^alpha + B/D^beta is E + K C^(-alpha beta / (alpha + beta)): a pure power law of
+    L_min in C has no irreducible term and on exact Chinchilla data mispredicts the next budget by
+    ~5%; it is kept as `approach2_predicted_loss`, and used (loss_method "approach2") only when
+    Approach 3 cannot be fitted. The predicted loss's interval has min(bootstrap, 200) replicates.
+
+    Returns (holdout, reason): holdout is None (and reason says why) with fewer than 3 usable
+    budgets. Keys: budget, predicted_loss(_ci), observed_loss(_ci), rel_error = |predicted -
+    observed| / observed, previous_budget, previous_loss (the observed L_min of the next-smaller
+    usable budget: the "no change" forecast), no_change_rel_error, error_ratio = |predicted -
+    observed| / |previous - observed| (below 1: the law beats "no change"), predicted_n_opt(_ci),
+    observed_n_opt(_ci), n_opt_ratio = predicted / observed, method, fitted_budgets.
+    """
+    used = sorted((bf for bf in a2.budgets if bf.used), key=lambda bf: bf.budget)
+    if len(used) < 3:
+        return None, (f"{len(used)} usable IsoFLOP budget(s): a held-out prediction needs >= 3 "
+                      "(>= 2 to fit the laws, 1 to predict)")
+    held, prev = used[-1], used[-2]
+    c = held.budget
+    sub = res.subset(res.budget < c)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitWarning)
+        try:
+            h, hd = fit_approach2(sub, np.random.default_rng([cfg.seed, 4]), cfg, lambda _msg: None)
+        except UserError as e:
+            return None, f"the fit without budget {c:.3g} failed: {e}"
+
+    def ci(coef, exp):
+        dc, de = hd.get(f"approach2/{coef}"), hd.get(f"approach2/{exp}")
+        return percentile_ci(dc * c**de, cfg.confidence) if dc is not None and len(dc) else [float("nan")] * 2
+
+    pred_n, a2_loss = float(h.n_opt(c)), float(h.loss(c))
+    pred_loss, pred_loss_ci, loss_method = a2_loss, ci("loss_coef", "loss_exponent"), "approach2"
+    R = min(cfg.bootstrap, 200)
+    rng = np.random.default_rng([cfg.seed, 5])
+    counts = rng.multinomial(sub.n, np.full(sub.n, 1.0 / sub.n), size=R).astype(float) if R else None
+    try:
+        a3, d3 = fit_approach3(sub, counts, cfg)
+    except UserError:
+        a3 = None
+    if a3 is not None:
+        pred_loss, loss_method = float(a3.loss(a3.n_opt(c), a3.d_opt(c))), "approach3"
+        p = {k: d3[f"approach3/{k}"] for k in A3_KEYS}
+        with np.errstate(all="ignore"):
+            x = c / a3.flops_per_param_token
+            n, d = p["G"] * x ** p["a"], x ** p["b"] / p["G"]
+            pred_loss_ci = percentile_ci(p["E"] + p["A"] / n ** p["alpha"] + p["B"] / d ** p["beta"], cfg.confidence)
+    obs = held.loss_min
+    out = dict(
+        budget=c, loss_method=loss_method, n_opt_method="approach2", fitted_budgets=[bf.budget for bf in h.budgets if bf.used],
+        predicted_loss=pred_loss, predicted_loss_ci=pred_loss_ci, approach2_predicted_loss=a2_loss,
+        observed_loss=obs, observed_loss_ci=held.loss_min_ci,
+        rel_error=abs(pred_loss - obs) / obs,
+        previous_budget=prev.budget, previous_loss=prev.loss_min, no_change_rel_error=abs(prev.loss_min - obs) / obs,
+        error_ratio=abs(pred_loss - obs) / abs(prev.loss_min - obs) if prev.loss_min != obs else float("inf"),
+        predicted_n_opt=pred_n, predicted_n_opt_ci=ci("n_coef", "a"),
+        observed_n_opt=held.n_opt, observed_n_opt_ci=held.n_opt_ci, n_opt_ratio=pred_n / held.n_opt,
+    )
+    top = max(a2.budgets, key=lambda bf: bf.budget)
+    if top.budget > c:  # the largest budget gave no usable minimum to compare with
+        out["note"] = f"the largest budget {top.budget:.3g} was not usable ({top.reason}); the largest usable one was held out"
+    return out, ""
+
+
+def format_holdout(fit: FitResult) -> str:
+    """One paragraph on the held-out-budget validation (or why there is none)."""
+    h = fit.holdout
+    if not h:
+        why = fit.not_fitted.get("holdout")
+        return f"Held-out budget: not made ({why})." if why else "Held-out budget: not made (FitConfig.holdout is off)."
+    how = ("Approach 3's compute-optimal frontier" if h.get("loss_method") == "approach3"
+           else "Approach 2's L_min power law (Approach 3 could not be fitted)")
+    verdict = ("beats" if h["error_ratio"] <= 0.5 else "is closer than" if h["error_ratio"] < 1 else "does not beat")
+    return (
+        f"Held-out budget {h['budget']:.3g} FLOPs (refitted on the runs of the {len(h['fitted_budgets'])} smaller budgets; "
+        f"L_min from {how}, N_opt from Approach 2's power law): predicted L_min {format_ci(h['predicted_loss'], h['predicted_loss_ci'], '{:.4g}')} vs "
+        f"observed {format_ci(h['observed_loss'], h['observed_loss_ci'], '{:.4g}')}, relative error {100 * h['rel_error']:.2f}%; "
+        f"\"no change\" (the {h['previous_budget']:.3g} budget's L_min {h['previous_loss']:.4g}) is off by {100 * h['no_change_rel_error']:.2f}%, "
+        f"so the law {verdict} it (error ratio {h['error_ratio']:.2f}; <= 0.5 is the target). "
+        f"Predicted N_opt {format_ci(h['predicted_n_opt'], h['predicted_n_opt_ci'])} vs observed "
+        f"{format_ci(h['observed_n_opt'], h['observed_n_opt_ci'])} (ratio {h['n_opt_ratio']:.2f})."
+        + (f" Note: {h['note']}." if h.get("note") else "")
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -465,6 +606,42 @@ def _utility_points(res: Results, metric: np.ndarray, mask: np.ndarray | None = 
 # A point's log-error standard error is floored here in the weighted fit: an AUROC measured with
 # SE 0 (perfect separation on the sample) must not get infinite weight.
 MIN_LOG_ERROR_SE = 1e-3
+
+
+def fit_loss_link(res: Results, metric: np.ndarray, counts: np.ndarray | None, cfg: FitConfig):
+    """The loss -> AUROC link across the sweep: AUROC = intercept + slope * loss, ordinary least
+    squares over every run with a value (all budgets and sizes: the seed, Zhang et al. 2025, reports
+    this relation as linear). The interval resamples runs (the same replicates as Approach 1 and 3).
+
+    Returns (link, draws): link = {slope, slope_ci, intercept, intercept_ci, r2, n_points,
+    loss_column} or None with fewer than 3 runs or one loss value; draws (R, 2) of slope, intercept.
+    """
+    m = np.isfinite(metric)
+    x, y = res.loss[m], metric[m]
+    R = 0 if counts is None else len(counts)
+    draws = np.full((R, 2), np.nan)
+    if x.size < 3 or np.ptp(x) <= 0:
+        return None, draws
+
+    def ols(w):  # w: (R, P) weights -> slope, intercept (R,)
+        sw = w.sum(1)
+        with np.errstate(all="ignore"):
+            xm, ym = (w @ x) / sw, (w @ y) / sw
+            sxx = (w * (x - xm[:, None]) ** 2).sum(1)
+            slope = np.where(sxx > 0, (w * (x - xm[:, None]) * (y - ym[:, None])).sum(1) / sxx, np.nan)
+        return slope, ym - slope * xm
+
+    slope, intercept = (float(v[0]) for v in ols(np.ones((1, x.size))))
+    pred = intercept + slope * x
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    r2 = 1.0 - float(np.sum((y - pred) ** 2)) / ss_tot if ss_tot > 0 else 1.0
+    if R:
+        bs, bi = ols(counts[:, m])
+        draws = np.stack([bs, bi], 1)
+    link = dict(slope=slope, slope_ci=percentile_ci(draws[:, 0], cfg.confidence), intercept=intercept,
+                intercept_ci=percentile_ci(draws[:, 1], cfg.confidence), r2=r2, n_points=int(x.size),
+                loss_column=res.loss_column)
+    return link, draws
 
 
 def fit_utility(res: Results, counts: np.ndarray | None, cfg: FitConfig, warn):
@@ -513,6 +690,8 @@ def fit_utility(res: Results, counts: np.ndarray | None, cfg: FitConfig, warn):
                     if np.unique(res.budget[p]).size >= 2:
                         c, x, _ = fit_power_law(res.budget[p], 1.0 - metric[p])
                         draws[r] = [c, x]
+        link, link_draws = fit_loss_link(res, metric, counts, cfg)
+        draws_out[f"utility/{col}/link_slope"], draws_out[f"utility/{col}/link_intercept"] = link_draws[:, 0], link_draws[:, 1]
         if not exponent < 0:
             warn(f"utility {col}: AUROC does not rise with compute in this sweep (1 - AUROC ~ C^{exponent:.3g}); "
                  "its law is reported but not used for predictions")
@@ -521,7 +700,7 @@ def fit_utility(res: Results, counts: np.ndarray | None, cfg: FitConfig, warn):
             exponent_ci=percentile_ci(draws[:, 1], cfg.confidence), r2=r2, n_points=int(pts.size),
             points=[dict(budget=float(res.budget[i]), flops=float(res.flops[i]), run_id=str(res.run_id[i]), value=float(metric[i]),
                          se=float(s) if np.isfinite(s) else None) for i, s in zip(pts, se, strict=False)],
-            measurement_noise=with_se,
+            measurement_noise=with_se, loss_link=link,
         )
         draws_out[f"utility/{col}/coef"], draws_out[f"utility/{col}/exponent"] = draws[:, 0], draws[:, 1]
     return fits, draws_out
@@ -548,6 +727,19 @@ def fit_results(table, approaches=(1, 2, 3), bootstrap: int = 1000, seed: int = 
         notes.append(msg)
         warnings.warn(msg, FitWarning, stacklevel=3)
 
+    res, n_count_note = res.with_n_count(cfg.n_count)
+    if n_count_note:
+        warn(n_count_note)
+    if cfg.max_epochs is not None and res.epochs is not None:
+        over = np.isfinite(res.epochs) & (res.epochs > cfg.max_epochs)
+        if over.any():
+            excluded = list(res.excluded) + [{"run_id": str(res.run_id[i]), "reason": f"{res.epochs[i]:.2f} epochs > max_epochs {cfg.max_epochs:g}"}
+                                             for i in np.flatnonzero(over)]
+            res = res.subset(~over)
+            res.excluded = excluded
+            if res.n == 0:
+                raise UserError(f"{res.source}: every completed run is over max_epochs {cfg.max_epochs:g}")
+
     # One stream of random numbers, drawn in a fixed order: the seed fixes every interval.
     rng = np.random.default_rng(cfg.seed)
     counts = rng.multinomial(res.n, np.full(res.n, 1.0 / res.n), size=cfg.bootstrap).astype(float) if cfg.bootstrap else None
@@ -572,6 +764,15 @@ def fit_results(table, approaches=(1, 2, 3), bootstrap: int = 1000, seed: int = 
     for name, reason in not_fitted.items():
         warn(f"{name} not fitted: {reason}")
     a1, a2, a3 = fitted.get(1), fitted.get(2), fitted.get(3)
+    holdout = None
+    if cfg.holdout:
+        if a2 is None:
+            not_fitted["holdout"] = "Approach 2 was not fitted (the held-out prediction uses its laws)"
+        else:
+            holdout, why = fit_holdout(res, a2, cfg)
+            if holdout is None:
+                not_fitted["holdout"] = why
+                warn(f"held-out budget: not made: {why}")
     util, d = fit_utility(res, counts, cfg, warn)
     draws.update(d)
     if cfg.bootstrap:
@@ -589,12 +790,24 @@ def fit_results(table, approaches=(1, 2, 3), bootstrap: int = 1000, seed: int = 
         unique_tokens=float(unique.max()) if unique.size else None, multi_epoch=res.multi_epoch,
         max_epochs=float(np.nanmax(res.epochs)) if res.epochs is not None and np.isfinite(res.epochs).any() else None,
         vocab_size=res.vocab_size, context=res.context, utility_columns=sorted(res.utility),
-        loss_column=res.loss_column, loss_unit=res.loss_unit,
+        loss_column=res.loss_column, loss_unit=res.loss_unit, n_count=res.n_count, n_count_requested=cfg.n_count,
+        n_count_note=n_count_note or None, multi_epoch_runs=multi_epoch_runs(res),
     )
     return FitResult(
         approach1=a1, approach2=a2, approach3=a3, utility=util, n_runs=res.n_rows, n_fitted=res.n,
         excluded=res.excluded, warnings=notes, inputs=inputs, config=cfg, not_fitted=not_fitted, draws=draws,
+        holdout=holdout, n_count=res.n_count,
     )
+
+
+def multi_epoch_runs(res: Results) -> list[dict]:
+    """The fitted runs trained for more than one epoch over their unique tokens: {run_id, budget,
+    epochs}, most repeated first (flagged in fits.md; FitConfig.max_epochs can leave them out)."""
+    if res.epochs is None:
+        return []
+    over = np.flatnonzero(np.isfinite(res.epochs) & (res.epochs > 1.0 + 1e-9))
+    over = over[np.argsort(-res.epochs[over], kind="stable")]
+    return [dict(run_id=str(res.run_id[i]), budget=float(res.budget[i]), epochs=float(res.epochs[i])) for i in over]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -618,6 +831,7 @@ def write_fits(fit: FitResult, out: str | Path, results: Results | None = None, 
         if fit.draws:
             pl.DataFrame({k: np.asarray(v, dtype=float) for k, v in fit.draws.items()}).write_parquet(tmp / "bootstrap.parquet")
         if results is not None:
+            results = results.with_n_count(fit.n_count)[0]  # the runs as fitted: N is the count the fit used
             runs_frame(results).write_parquet(tmp / "runs.parquet")
             if plots:
                 from analysis.plots import make_plots
@@ -630,8 +844,13 @@ def runs_frame(res: Results):
     import polars as pl
 
     # The fitted loss keeps its column name, so the unit stays with it (loss or loss_per_event).
+    # n_params is the count the fit used (Results.n_count); n_params_total / the non-embedding count beside it.
     cols = {"run_id": res.run_id, "budget": res.budget, "n_params": res.n_params, "tokens": res.tokens, "flops": res.flops,
             res.loss_column: res.loss}
+    if res.n_params_non_embedding is not None:
+        cols["n_params_non_embedding"] = res.n_params_non_embedding
+    if res.n_params_total is not None:
+        cols["n_params_total"] = res.n_params_total
     cols.update({k: v for k, v in res.utility.items()})
     if res.unique_tokens is not None:
         cols["unique_tokens"] = res.unique_tokens
@@ -640,13 +859,28 @@ def runs_frame(res: Results):
     return pl.DataFrame(cols)
 
 
+def _approach3_cell(f: Approach3, name: str) -> str:
+    """A parameter with its interval, or "not identified" (the interval spans > 3 decades)."""
+    value, ci = getattr(f, name), getattr(f, f"{name}_ci")
+    if (f.identified or {}).get(name) is False:
+        return f"{name} not identified ({format_ci(value, ci)})"
+    return f"{name}={format_ci(value, ci)}"
+
+
 def format_fit_table(fit: FitResult) -> str:
-    """A compact markdown summary: one row per approach, then per-budget and utility rows."""
+    """A compact markdown summary: one row per approach, the held-out budget, per-budget and utility
+    rows, and the runs trained over more than one epoch."""
     pct = int(round(fit.config.confidence * 100))
     column, unit = fit.inputs.get("loss_column", "loss"), fit.inputs.get("loss_unit", "nats/token")
+    n_count = fit.n_count
+    count_text = f"N counts {N_COUNT_LABEL.get(n_count, n_count)}"
+    if fit.inputs.get("n_count_note"):
+        count_text += f" ({fit.config.n_count} was requested: {fit.inputs['n_count_note']})"
+    elif n_count == "total":
+        count_text += " (Pearce & Song 2024: non-embedding counts bias small-scale exponents)"
     lines = [
         f"Fitted {fit.n_fitted} of {fit.n_runs} runs ({len(fit.excluded)} excluded); {pct}% bootstrap intervals, "
-        f"{fit.config.bootstrap} replicates, seed {fit.config.seed}. Loss fitted: held-out {column} ({unit}).",
+        f"{fit.config.bootstrap} replicates, seed {fit.config.seed}. Loss fitted: held-out {column} ({unit}). {count_text}.",
         "",
         "| approach | a (N_opt ~ C^a) | b (D_opt ~ C^b) | details |",
         "|---|---|---|---|",
@@ -656,25 +890,41 @@ def format_fit_table(fit: FitResult) -> str:
         lines.append(f"| 1 envelope | {format_ci(f.a, f.a_ci)} | {format_ci(f.b, f.b_ci)} | {f.n_points} envelope runs |")
     if fit.approach2:
         f = fit.approach2
-        lines.append(f"| 2 IsoFLOP | {format_ci(f.a, f.a_ci)} | {format_ci(f.b, f.b_ci)} | {f.n_budgets_used} of {len(f.budgets)} budgets; L_min ~ C^{f.loss_exponent:.3g} |")
+        lines.append(f"| 2 IsoFLOP | {format_ci(f.a, f.a_ci)} | {format_ci(f.b, f.b_ci)} | {f.n_budgets_used} of {len(f.budgets)} budgets; "
+                     f"L_min ~ C^{format_ci(f.loss_exponent, f.loss_exponent_ci)} |")
     if fit.approach3:
         f = fit.approach3
-        lines.append(
-            f"| 3 parametric | {format_ci(f.a, f.a_ci)} | {format_ci(f.b, f.b_ci)} | E={format_ci(f.E, f.E_ci)}, A={format_ci(f.A, f.A_ci)}, "
-            f"B={format_ci(f.B, f.B_ci)}, alpha={format_ci(f.alpha, f.alpha_ci)}, beta={format_ci(f.beta, f.beta_ci)} |"
-        )
+        how = {"varpro": "variable projection", "huber-lbfgs": "Huber/L-BFGS"}.get(f.method, f.method)
+        cells = ", ".join(_approach3_cell(f, k) for k in ("E", "A", "B", "alpha", "beta"))
+        bound = f"; {', '.join(f.at_bound)} at the searched range's edge" if f.at_bound else ""
+        lines.append(f"| 3 parametric ({how}) | {format_ci(f.a, f.a_ci)} | {format_ci(f.b, f.b_ci)} | {cells}{bound} |")
+    if fit.approach3 and any(v is False for v in (fit.approach3.identified or {}).values()):
+        bad = [k for k, v in fit.approach3.identified.items() if v is False]
+        lines += ["", f"Approach 3: {', '.join(bad)} not identified (the {pct}% interval spans more than "
+                  f"{IDENTIFIED_DECADES:g} decades or reaches 0); its derived exponents a, b and E are what the runs constrain."]
+    if fit.config.holdout or fit.holdout:
+        lines += ["", format_holdout(fit)]
     if fit.approach2:
         lines += ["", f"| budget (FLOPs) | runs | N_opt | D_opt | L_min ({unit}) | R^2 | used |", "|---|---|---|---|---|---|---|"]
         for bf in fit.approach2.budgets:
             used = "yes" if bf.used else f"no: {bf.reason}"
+            held = " (held out)" if fit.holdout and bf.budget == fit.holdout["budget"] else ""
             lines.append(
-                f"| {bf.budget:.3g} | {bf.n_points} | {format_ci(bf.n_opt, bf.n_opt_ci)} | {format_ci(bf.d_opt, bf.d_opt_ci)} | "
+                f"| {bf.budget:.3g}{held} | {bf.n_points} | {format_ci(bf.n_opt, bf.n_opt_ci)} | {format_ci(bf.d_opt, bf.d_opt_ci)} | "
                 f"{format_ci(bf.loss_min, bf.loss_min_ci, '{:.4g}')} | {format_ci(bf.r2, None)} | {used} |"
             )
     if fit.utility:
-        lines += ["", "| task | 1 - AUROC ~ C^k: k | budgets |", "|---|---|---|"]
+        lines += ["", "| task | 1 - AUROC ~ C^k: k | budgets | AUROC = c0 + c1 loss: c1 | R^2 | runs |", "|---|---|---|---|---|---|"]
         for name, u in fit.utility.items():
-            lines.append(f"| {name} | {format_ci(u.exponent, u.exponent_ci)} | {u.n_points} |")
+            link = u.loss_link or {}
+            lines.append(f"| {name} | {format_ci(u.exponent, u.exponent_ci)} | {u.n_points} | "
+                         f"{format_ci(link.get('slope'), link.get('slope_ci'))} | {format_ci(link.get('r2'), None)} | {link.get('n_points', '-')} |")
+    multi = fit.inputs.get("multi_epoch_runs") or []
+    if multi:
+        shown = ", ".join(f"{m['run_id']} ({m['epochs']:.2f})" for m in multi[:8]) + (f" and {len(multi) - 8} more" if len(multi) > 8 else "")
+        keep = ("kept in the fits (FitConfig.max_epochs / `--max-epochs` leaves them out; dropping them would cut one side off "
+                "the IsoFLOP parabolas), Approach 3 on Muennighoff effective tokens") if fit.config.max_epochs is None else "kept (at most max_epochs)"
+        lines += ["", f"**{len(multi)} fitted run(s) over 1 epoch** of their unique tokens, repeated data: {shown}; {keep}."]
     if fit.warnings:
         lines += ["", "Warnings:"] + [f"- {w}" for w in fit.warnings]
     return "\n".join(lines)
@@ -748,11 +998,12 @@ def load_fit(fit_dir: str | Path) -> FitResult:
     if fits.get("approach2"):
         a2 = _typed(Approach2, fits["approach2"], keep=("budgets",))
         a2.budgets = [_typed(BudgetFit, b, keep=("reason",)) for b in fits["approach2"]["budgets"]]
-    a3 = _typed(Approach3, fits["approach3"], keep=("r_star",)) if fits.get("approach3") else None
+    a3 = _typed(Approach3, fits["approach3"], keep=("r_star", "method", "identified", "at_bound")) if fits.get("approach3") else None
     # in memory, utility fits are keyed by their results column ("auroc/icu"); fits.json drops "auroc/"
-    utility = {u["metric"]: _typed(UtilityFit, u, keep=("points",)) for u in (fits.get("utility") or {}).values()}
+    utility = {u["metric"]: _typed(UtilityFit, u, keep=("points", "loss_link")) for u in (fits.get("utility") or {}).values()}
     return FitResult(
         approach1=a1, approach2=a2, approach3=a3, utility=utility, n_runs=fits.get("n_runs", 0),
         n_fitted=fits.get("n_fitted", 0), excluded=fits.get("excluded", []), warnings=fits.get("warnings", []),
         inputs=fits.get("inputs", {}), config=cfg, not_fitted=fits.get("not_fitted", {}), draws=draws,
+        holdout=fits.get("holdout"), n_count=fits.get("n_count") or "non-embedding",
     )

@@ -46,3 +46,24 @@ class FitConfig:
     """Leave IsoFLOP minima outside the sampled sizes out of the power laws (--keep-exterior keeps them)."""
     r_star: float = R_STAR_DATA
     """Decay constant of the value of repeated tokens (Muennighoff et al. 2023)."""
+    n_count: str = "total"
+    """Which parameter count N the fits use: "total" (all parameters, the table's n_params_total) or
+    "non-embedding" (n_params). Total by default: Pearce & Song 2024 ("Reconciling Kaplan and
+    Chinchilla Scaling Laws", arXiv 2406.12907) show that counting non-embedding parameters at small
+    scale, where embeddings are a large share of the model, biases the fitted exponent (Kaplan's
+    0.73 vs Chinchilla's 0.50). A table without n_params_total (DESIGN.md section 5's minimal
+    table) is fitted on n_params; fits.json's `n_count` and `inputs.n_count_note` say so."""
+    approach3_method: str = "varpro"
+    """How Approach 3 is fitted: "varpro" (variable projection: (alpha, beta) searched, (E, A, B) by
+    non-negative least squares on the loss; analysis.parametric.fit_varpro) or "huber-lbfgs" (Hoffmann
+    et al. 2022's Huber loss on ln L from 4,500 L-BFGS starts, to reproduce published fits).
+    varpro is the default: it is better conditioned (2 searched parameters instead of 5, no start
+    grid over ln A, ln B, ln E; Open-Athena's scaling-law-analysis)."""
+    holdout: bool = True
+    """Validate on a held-out budget: refit Approach 2 without the largest usable budget and
+    predict its L_min and N_opt (fits.json `holdout`). The main fit still uses every budget."""
+    max_epochs: float | None = None
+    """Leave out runs trained for more than this many epochs over their unique tokens (listed in
+    `excluded`). None (default) keeps them: dropping the most-repeated runs (the smallest models of
+    each budget) would cut one side off the IsoFLOP parabolas and bias their minima; they are flagged
+    in fits.md instead, and Approach 3 fits them on Muennighoff effective tokens."""

@@ -23,10 +23,16 @@ APPROACH_STYLE = {1: dict(color="tab:gray", ls=":"), 2: dict(color="tab:red", ls
 APPROACH_LABEL = {1: "Approach 1 (envelope)", 2: "Approach 2 (IsoFLOP)", 3: "Approach 3 (parametric)"}
 
 
-def _results(results):
+def _results(results, fit=None):
+    """Results as given or loaded, with N the parameter count `fit` used (FitResult.n_count)."""
     from analysis.table import Results, load_results
 
-    return results if isinstance(results, Results) else load_results(results)
+    results = results if isinstance(results, Results) else load_results(results)
+    return results if fit is None else results.with_n_count(fit.n_count)[0]
+
+
+def _n_label(fit) -> str:
+    return {"total": "Parameters N (total, embeddings included)"}.get(fit.n_count, "Non-embedding parameters N")
 
 
 def _fit(fit):
@@ -61,7 +67,7 @@ def budget_colors(budgets, color=None) -> dict[float, tuple]:
 
 
 def _sci(x: float) -> str:
-    exp = int(np.floor(np.log10(x)))
+    exp = int(np.floor(np.log10(x) + 1e-9))  # 1e20 is 10^20, not 10 x 10^19
     mant = x / 10**exp
     return f"$10^{{{exp}}}$" if abs(mant - 1) < 0.05 else f"${mant:.2g}\\times10^{{{exp}}}$"
 
@@ -122,7 +128,8 @@ def plot_isoflops(ax, fit, results, label: str | None = None, color=None) -> Non
         ax: matplotlib Axes. fit: FitResult (or a fit dir). results: Results or a results table path.
         label: prefix of the legend entries (which sweep). color: one colour for everything drawn.
     """
-    fit, results = _fit(fit), _results(results)
+    fit = _fit(fit)
+    results = _results(results, fit)
     colors = budget_colors(results.budget, color)
     budget_fits = {bf.budget: bf for bf in (fit.approach2.budgets if fit.approach2 else [])}
     for bud, col in colors.items():
@@ -137,8 +144,18 @@ def plot_isoflops(ax, fit, results, label: str | None = None, color=None) -> Non
             ax.plot(np.exp(x), c0 + c1 * x + c2 * x * x, color=col, lw=1.3, ls="-" if used else ":")
             if np.isfinite(bf.n_opt):
                 ax.scatter([bf.n_opt], [bf.loss_min], marker="*", s=110, color=col, edgecolor="black", lw=0.6, zorder=4)
+    h = fit.holdout
+    if h and h.get("predicted_loss") is not None:
+        # The held-out budget's minimum as predicted from the smaller budgets (open diamond, with
+        # its interval) beside the star its own runs give.
+        lo, hi = (h.get("predicted_loss_ci") or [None, None])
+        yerr = [[h["predicted_loss"] - lo], [hi - h["predicted_loss"]]] if lo is not None and hi is not None and np.isfinite([lo, hi]).all() else None
+        pc = "tab:red" if color is None else color
+        ax.errorbar([h["predicted_n_opt"]], [h["predicted_loss"]], yerr=yerr, fmt="D", ms=7, mfc="none", color=pc,
+                    mec=pc, ecolor=pc, mew=1.4, capsize=3, zorder=5,
+                    label=_label(label, f"{_sci(h['budget'])} predicted from smaller budgets ({100 * h['rel_error']:.1f}% off)"))
     _log_x(ax)
-    ax.set_xlabel("Non-embedding parameters N")
+    ax.set_xlabel(_n_label(fit))
     ax.set_ylabel(f"Held-out loss ({results.loss_unit})")
     ax.set_title("IsoFLOP curves (stars: parabola minima)" if fit.approach2 else "IsoFLOP runs (Approach 2 not fitted)")
     ax.legend(fontsize=7, title="budget", title_fontsize=7, frameon=False, loc="best")
@@ -148,7 +165,8 @@ def plot_isoflops(ax, fit, results, label: str | None = None, color=None) -> Non
 def plot_optimal_scaling(ax, fit, results, which: str = "n", label: str | None = None, color=None) -> None:
     """N_opt (which='n') or D_opt ('d') against compute: IsoFLOP minima with intervals, and each
     approach's power law with its bootstrap band. label / color: as for plot_isoflops."""
-    fit, results = _fit(fit), _results(results)
+    fit = _fit(fit)
+    results = _results(results, fit)
     colors = budget_colors(results.budget, color)
     c = _compute_grid(fit, results)
     conf = fit.config.confidence
@@ -183,7 +201,8 @@ def plot_optimal_scaling(ax, fit, results, which: str = "n", label: str | None =
     _log_x(ax)
     ax.set_yscale("log")
     ax.set_xlabel("Training compute C (FLOPs)")
-    ax.set_ylabel("Optimal parameters $N_{opt}$" if which == "n" else "Optimal training tokens $D_{opt}$")
+    ax.set_ylabel(("Optimal parameters $N_{opt}$" + (" (total)" if fit.n_count == "total" else " (non-embedding)"))
+                  if which == "n" else "Optimal training tokens $D_{opt}$")
     ax.set_title(("$N_{opt}$" if which == "n" else "$D_{opt}$") + " against compute")
     ax.legend(fontsize=7, frameon=False, loc="upper left")
     ax.grid(True, which="major", alpha=0.3)
@@ -193,7 +212,8 @@ def plot_frontier(ax, fit, results, label: str | None = None, color=None) -> Non
     """Every run's loss against compute, the lower envelope, and the fitted loss frontier.
 
     label / color: as for plot_isoflops. An overlay widens the loss axis to every sweep drawn."""
-    fit, results = _fit(fit), _results(results)
+    fit = _fit(fit)
+    results = _results(results, fit)
     earlier = ax.get_ylim() if ax.has_data() else None  # an overlay: keep the earlier sweeps in view
     colors = budget_colors(results.budget, color)
     for bud, col in colors.items():
@@ -241,7 +261,8 @@ def plot_utility(ax, fit, results, task: str, label: str | None = None, color=No
     """AUROC of one task against compute: every run, the loss-optimal run per budget, the law.
 
     label / color: as for plot_isoflops."""
-    fit, results = _fit(fit), _results(results)
+    fit = _fit(fit)
+    results = _results(results, fit)
     u = fit.utility[task] if task in fit.utility else fit.utility[f"auroc/{task}"]
     colors = budget_colors(results.budget, color)
     vals = results.utility[u.metric]
@@ -265,14 +286,48 @@ def plot_utility(ax, fit, results, task: str, label: str | None = None, color=No
     ax.grid(True, which="major", alpha=0.3)
 
 
+def plot_loss_link(ax, fit, results, task: str, label: str | None = None, color=None) -> None:
+    """AUROC of one task against held-out loss over every run, and the fitted linear link
+    AUROC = c0 + c1 loss with its bootstrap band (fit.utility[task].loss_link).
+
+    label / color: as for plot_isoflops."""
+    fit = _fit(fit)
+    results = _results(results, fit)
+    u = fit.utility[task] if task in fit.utility else fit.utility[f"auroc/{task}"]
+    colors = budget_colors(results.budget, color)
+    vals = results.utility[u.metric]
+    for bud, col in colors.items():
+        m = (results.budget == bud) & np.isfinite(vals)
+        ax.scatter(results.loss[m], vals[m], s=16, color=col, zorder=3, label=_label(label, f"{_sci(bud)} FLOPs"))
+    link = u.loss_link
+    if link:
+        m = np.isfinite(vals)
+        x = np.linspace(results.loss[m].min(), results.loss[m].max(), 50)
+        line = "black" if color is None else color
+        ci = link.get("slope_ci") or [None, None]
+        ci_txt = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if all(v is not None and np.isfinite(v) for v in ci) else ""
+        ax.plot(x, link["intercept"] + link["slope"] * x, color=line, lw=1.5,
+                label=_label(label, f"AUROC = {link['intercept']:.3f} + ({link['slope']:.3f}{ci_txt}) loss, $R^2$={link['r2']:.2f}"))
+        ds, di = fit.draws.get(f"utility/{u.metric}/link_slope"), fit.draws.get(f"utility/{u.metric}/link_intercept")
+        if ds is not None:
+            _band(ax, x, di[:, None] + ds[:, None] * x[None, :], dict(color=line), fit.config.confidence)
+    ax.set_xlabel(f"Held-out loss ({results.loss_unit})")
+    ax.set_ylabel(f"AUROC, {u.metric.split('/', 1)[1]} (held-out)")
+    ax.set_title(f"Loss -> AUROC: {u.metric.split('/', 1)[1]}")
+    ax.legend(fontsize=7, frameon=False, loc="best")
+    ax.grid(True, which="major", alpha=0.3)
+
+
 def make_plots(fit, results, out_dir) -> list[Path]:
-    """Write isoflops, optimal_scaling, frontier and utility (when fitted) as PNG and PDF; returns the paths."""
+    """Write isoflops, optimal_scaling, frontier, and (when fitted) utility and loss_auroc (the
+    loss -> AUROC link) as PNG and PDF; returns the paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fit, results = _fit(fit), _results(results)
+    fit = _fit(fit)
+    results = _results(results, fit)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -306,4 +361,14 @@ def make_plots(fit, results, out_dir) -> list[Path]:
             for ax in list(axes.flat)[n:]:
                 ax.set_visible(False)
             save(fig, "utility")
+            linked = [t for t, u in fit.utility.items() if u.loss_link]
+            if linked:
+                ncols = min(len(linked), 2)
+                nrows = -(-len(linked) // ncols)
+                fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.8 * nrows), squeeze=False)
+                for ax, task in zip(axes.flat, linked, strict=False):
+                    plot_loss_link(ax, fit, results, task)
+                for ax in list(axes.flat)[len(linked):]:
+                    ax.set_visible(False)
+                save(fig, "loss_auroc")
     return written

@@ -10,6 +10,13 @@ less: D' = U + U R* (1 - exp(-(epochs - 1) / R*)) with R* = 15.4 (their fitted R
 parametric law (Approach 3) we then predict the loss at D' and also give the data-constrained
 optimum: the N (and D = C / (k N)) minimising L(N, D'(D, U)) at the same compute. (Their
 parameter-side decay R_N* for excess parameters is not modelled.)
+
+Trust. A law whose exponent of N_opt or D_opt in C (a, b) is not positive, or whose bootstrap
+interval reaches 0, recommends nonsense when extrapolated (a = -0.15 recommends a smaller model for
+more compute); so does an Approach 3 law whose frontier coefficient G is not identified. Such a
+law is never the default headline: the headline is the first trusted approach of 3, 2, 1; when
+none is trusted, the recommendation says so in its first line and shows each approach's numbers
+labelled untrusted (see `trust`).
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ class ApproachPrediction:
     d_opt_ci: list[float]
     loss: float  # predicted held-out loss (in the fit's loss unit, Recommendation.loss_unit) at (N_opt, D_opt)
     loss_ci: list[float]
+    trusted: bool = True
+    why_untrusted: str = ""  # "" when trusted
 
 
 @dataclass
@@ -58,6 +67,28 @@ class Recommendation:
     max_fitted_budget: float
     warnings: list[str] = field(default_factory=list)
     loss_unit: str = "nats/token"  # of the fitted loss column (fits.json inputs; nats/event for loss_per_event)
+    trusted: bool = True  # the headline approach's law passes `trust`
+    n_count: str = "non-embedding"  # the parameter count N_opt is in (fits.json n_count)
+
+
+def trust(fits: dict, k: int) -> tuple[bool, str]:
+    """Can approach k's law of a fits.json dict be the default recommendation? Returns (ok, why not).
+
+    Not when an exponent of N_opt or D_opt in C (a, b) is non-positive or its interval reaches 0,
+    nor, for Approach 3, when its frontier coefficient G is not identified. A law without intervals
+    (bootstrap 0) is judged on its exponents' signs alone.
+    """
+    f = fits.get(f"approach{k}") or {}
+    problems = []
+    for name, what in (("a", "N_opt"), ("b", "D_opt")):
+        x, ci = f.get(name), f.get(f"{name}_ci") or [None, None]
+        if x is None or not math.isfinite(x) or x <= 0:
+            problems.append(f"{what} ~ C^{name} with {name} = {format_ci(x, ci)} does not grow with compute")
+        elif ci[0] is not None and math.isfinite(ci[0]) and ci[0] <= 0:
+            problems.append(f"the interval of {name} = {format_ci(x, ci)} includes 0")
+    if k == 3 and (f.get("identified") or {}).get("G") is False:
+        problems.append("its N_opt coefficient G is not identified")
+    return not problems, "; ".join(problems)
 
 
 def _predict_12(fits: dict, draws: dict, k: int, c: float, conf: float) -> ApproachPrediction | None:
@@ -137,12 +168,25 @@ def _data_constrained(fits: dict, draws: dict, c: float, unique: float, r_star: 
     return out
 
 
-def _shape(n_opt: float, c: float, vocab_size: int | None, context: int | None) -> dict | None:
-    if not vocab_size or not context:
+def _shape(n_opt: float, c: float, vocab_size: int | None, context: int | None, n_count: str = "non-embedding") -> dict | None:
+    """The family's shape nearest N_opt, in the count the fit used (total: embeddings included)."""
+    if not vocab_size or not context or not (n_opt > 0 and math.isfinite(n_opt)):
         return None
     from ehrfm import shapes
 
     cfg = shapes.shape_for_params(n_opt, vocab_size, context)
+    if n_count == "total":
+        # shape_for_params matches the non-embedding count: move its target until the total matches.
+        target, best = n_opt, cfg
+        for _ in range(12):
+            total = shapes.n_params_total(cfg)
+            if abs(math.log(total / n_opt)) < abs(math.log(shapes.n_params_total(best) / n_opt)):
+                best = cfg
+            target *= n_opt / total
+            if not target > 0:
+                break
+            cfg = shapes.shape_for_params(target, vocab_size, context)
+        cfg = best
     fpt = shapes.flops_per_token(cfg)
     return dict(n_layer=cfg.n_layer, d_model=cfg.d_model, n_head=cfg.n_head, context=cfg.context, vocab_size=cfg.vocab_size,
                 n_params=shapes.n_params(cfg), n_params_total=shapes.n_params_total(cfg), flops_per_token=fpt, tokens=int(c // fpt))
@@ -173,14 +217,19 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
     if not preds:
         raise UserError("the fit holds no approach to recommend from (fits.json has no approach1/2/3)")
     by_k = {p.approach: p for p in preds}
+    for p in preds:
+        p.trusted, p.why_untrusted = trust(fit_json, p.approach)
     if approach is None:
-        head = preds[0]
+        # never a law that cannot stand behind its numbers, while a trusted one exists
+        head = next((p for p in preds if p.trusted), preds[0])
     elif approach in by_k:
         head = by_k[approach]
     else:
         raise UserError(f"approach {approach} was not fitted (fits.json has {', '.join(str(k) for k in sorted(by_k))})")
 
     notes = []
+    if not head.trusted:
+        notes.append(f"Approach {head.approach} is not trusted: {head.why_untrusted}")
     max_budget = float(inputs.get("max_budget") or "nan")
     if flops > EXTRAPOLATION_WARN * max_budget:
         notes.append(f"extrapolating {flops / max_budget:.0f}x past the largest fitted budget ({max_budget:.3g} FLOPs): treat the numbers as rough")
@@ -216,7 +265,8 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
     vocab_size = vocab_size or inputs.get("vocab_size")
     context = context or inputs.get("context")
     shape_n = constrained["n_opt"] if constrained else head.n_opt
-    shape = _shape(shape_n, flops, vocab_size, context)
+    n_count = fit_json.get("n_count") or "non-embedding"
+    shape = _shape(shape_n, flops, vocab_size, context, n_count)
     if shape is None:
         notes.append("no model shape: pass --vocab-size and --context (the results table had no vocab_size/context columns)")
     return Recommendation(
@@ -224,20 +274,34 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
         d_opt_ci=head.d_opt_ci, loss=head.loss, loss_ci=head.loss_ci, per_approach=preds,
         unique_tokens=float(unique) if unique else None, epochs=epochs, data_constrained=constrained, utility=utility,
         shape=shape, max_fitted_budget=max_budget, warnings=notes, loss_unit=inputs.get("loss_unit", "nats/token"),
+        trusted=head.trusted, n_count=n_count,
     )
 
 
 def format_recommendation(rec: Recommendation) -> str:
     """Markdown: the headline, one row per approach, the shape, repeated-data and utility notes."""
-    lines = [
-        f"Budget {rec.flops:.3g} FLOPs (Approach {rec.approach}): N_opt {format_ci(rec.n_opt, rec.n_opt_ci)} non-embedding parameters, "
+    count = "total" if rec.n_count == "total" else "non-embedding"
+    lines = []
+    if not any(p.trusted for p in rec.per_approach):
+        lines += [f"**No trustworthy scaling law in this fit**: no approach has exponents a, b > 0 with intervals excluding 0 "
+                  f"({'; '.join(f'Approach {p.approach}: {p.why_untrusted}' for p in rec.per_approach)}). "
+                  "The numbers below are what each approach would say, untrusted: do not size a model from them.", ""]
+    elif not rec.trusted:
+        head = next(p for p in rec.per_approach if p.approach == rec.approach)
+        lines += [f"**Approach {rec.approach}, as asked, is not trusted**: {head.why_untrusted}. Trusted: "
+                  f"{', '.join(f'Approach {p.approach}' for p in rec.per_approach if p.trusted)}.", ""]
+    lines += [
+        f"Budget {rec.flops:.3g} FLOPs (Approach {rec.approach}{'' if rec.trusted else ', untrusted'}): "
+        f"N_opt {format_ci(rec.n_opt, rec.n_opt_ci)} {count} parameters, "
         f"D_opt {format_ci(rec.d_opt, rec.d_opt_ci)} tokens, predicted loss {format_ci(rec.loss, rec.loss_ci, '{:.4g}')} {rec.loss_unit}.",
         "",
-        f"| approach | N_opt | D_opt | loss ({rec.loss_unit}) |",
-        "|---|---|---|---|",
+        f"| approach | N_opt | D_opt | loss ({rec.loss_unit}) | trusted |",
+        "|---|---|---|---|---|",
     ]
     for p in rec.per_approach:
-        lines.append(f"| {p.approach} | {format_ci(p.n_opt, p.n_opt_ci)} | {format_ci(p.d_opt, p.d_opt_ci)} | {format_ci(p.loss, p.loss_ci, '{:.4g}')} |")
+        ok = "yes" if p.trusted else f"no: {p.why_untrusted}"
+        lines.append(f"| {p.approach} | {format_ci(p.n_opt, p.n_opt_ci)} | {format_ci(p.d_opt, p.d_opt_ci)} | "
+                     f"{format_ci(p.loss, p.loss_ci, '{:.4g}')} | {ok} |")
     if rec.shape:
         s = rec.shape
         target = "the data-constrained optimum" if rec.data_constrained else "N_opt"

@@ -1,13 +1,15 @@
 """Reading and checking the results table (DESIGN.md section 4), the only input of this stage.
 
-Required columns: n_params, tokens, and the loss column (default `loss`, held-out nats/token;
+Required columns: n_params (non-embedding parameters), tokens, and the loss column (default `loss`, held-out nats/token;
 `loss_per_event`, held-out nats/event, compares runs on token dirs whose tokens per event differ,
 e.g. hierarchical vs flat codes). Used when present: run_id, status, flops, budget,
 auroc/<task>, auprc/<task>, auroc_se/<task> (the standard error of auroc/<task>, used by the
 utility bootstrap), and these optional columns (written by sweeps, or by hand):
   - unique_tokens: distinct training tokens available to the run (the size of the data set);
   - epochs: passes over those unique tokens (tokens / unique_tokens when absent);
-  - vocab_size, context: the model's vocabulary and context length (for concrete shapes).
+  - vocab_size, context: the model's vocabulary and context length (for concrete shapes);
+  - n_params_total: all parameters, embeddings included (Results.with_n_count picks the count the
+    fits use; a table without it is fitted on n_params).
 Only status == "completed" rows are fitted; every other row is reported in `excluded` with its
 reason (the status, and the `error` column's text when there is one). A completed row whose loss
 is above uniform guessing, ln(vocab_size) nats/token, is a blow-up recorded by a trainer that did
@@ -35,6 +37,8 @@ LOSS_UNITS = {"loss": "nats/token", "loss_per_event": "nats/event"}
 # Budgets within this many decades of each other are one IsoFLOP group when the table has no
 # budget column (or a null budget): planned budgets are normally >= 2x apart (0.3 decades).
 BUDGET_GROUP_DECADES = 0.05
+# Parameter counts a fit can use: Results.with_n_count.
+N_COUNTS = ("total", "non-embedding")
 
 
 @dataclass
@@ -57,6 +61,9 @@ class Results:
     n_rows: int = 0
     excluded: list[dict] = field(default_factory=list)  # {"run_id", "reason"}
     loss_column: str = "loss"  # the table column `loss` was read from
+    n_params_total: np.ndarray | None = None  # float64, NaN where unknown (column n_params_total)
+    n_params_non_embedding: np.ndarray | None = None  # the table's n_params (set by load_results)
+    n_count: str = "non-embedding"  # which count `n_params` holds: "non-embedding" or "total"
 
     @property
     def loss_unit(self) -> str:
@@ -80,7 +87,40 @@ class Results:
             utility={k: v[mask] for k, v in self.utility.items()},
             utility_se={k: v[mask] for k, v in self.utility_se.items()}, vocab_size=self.vocab_size,
             context=self.context, n_rows=self.n_rows, excluded=list(self.excluded), loss_column=self.loss_column,
+            n_params_total=pick(self.n_params_total), n_params_non_embedding=pick(self.n_params_non_embedding),
+            n_count=self.n_count,
         )
+
+    def with_n_count(self, n_count: str) -> tuple[Results, str]:
+        """These runs with `n_params` holding the requested parameter count.
+
+        Args:
+            n_count: "total" (embeddings included, column n_params_total) or "non-embedding"
+                (column n_params).
+
+        Returns:
+            (results, note): note is "" when the requested count was used, else why it fell back
+            to the non-embedding count (no n_params_total column, or runs without a value).
+
+        Raises:
+            UserError: an unknown n_count.
+        """
+        if n_count not in N_COUNTS:
+            raise UserError(f"n_count must be one of {', '.join(N_COUNTS)} (got {n_count!r})")
+        if n_count == self.n_count:
+            return self, ""
+        import dataclasses
+
+        if n_count == "non-embedding":
+            return dataclasses.replace(self, n_params=self.n_params_non_embedding, n_count=n_count), ""
+        total = self.n_params_total
+        if total is None:
+            return self, f"{self.source} has no n_params_total column: fitted on the non-embedding count n_params"
+        missing = ~np.isfinite(total)
+        if missing.any():
+            return self, (f"{self.source}: n_params_total is missing in {int(missing.sum())} of {self.n} completed runs "
+                          f"({_name_ids(self.run_id[missing])}): fitted on the non-embedding count n_params")
+        return dataclasses.replace(self, n_params=total, n_count=n_count), ""
 
 
 def _read_frame(path: Path) -> pl.DataFrame:
@@ -185,6 +225,7 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss") ->
         return v
 
     budget, unique_tokens, epochs = positive("budget"), positive("unique_tokens"), positive("epochs")
+    n_total = positive("n_params_total")
     if epochs is None and unique_tokens is not None:
         epochs = values["tokens"] / unique_tokens
         _refuse(source, "epochs", "non-positive", keep & np.isfinite(epochs) & ~(epochs > 0), run_id)
@@ -201,7 +242,8 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss") ->
         flops=values.get("flops", 6.0 * values["n_params"] * values["tokens"]),
         budget=np.full(df.height, np.nan) if budget is None else budget, unique_tokens=unique_tokens,
         epochs=epochs, utility=utility, utility_se=utility_se, vocab_size=first_int("vocab_size"), context=first_int("context"),
-        n_rows=df.height, excluded=excluded, loss_column=loss_column,
+        n_rows=df.height, excluded=excluded, loss_column=loss_column, n_params_total=n_total,
+        n_params_non_embedding=values["n_params"],
     )
     res = res.subset(keep)
     res.budget = group_budgets(res.flops, res.budget)

@@ -24,9 +24,10 @@ def test_isoflops_draws_a_parabola_and_minimum_per_budget(fitted):
     fit, res = fitted
     fig, ax = plt.subplots()
     plot_isoflops(ax, fit, res)
-    assert len(ax.lines) == 4  # one parabola per budget
-    assert ax.get_xscale() == "log" and "parameters" in ax.get_xlabel() and "nats/token" in ax.get_ylabel()
-    assert len(ax.get_legend().get_texts()) == 4
+    assert len([ln for ln in ax.lines if len(ln.get_xdata()) == 100]) == 4  # one parabola per budget
+    assert ax.get_xscale() == "log" and "Parameters" in ax.get_xlabel() and "nats/token" in ax.get_ylabel()
+    # a legend entry per budget, and the held-out budget's predicted minimum
+    assert len(ax.get_legend().get_texts()) == 5 and "predicted from smaller budgets" in ax.get_legend().get_texts()[-1].get_text()
     plt.close(fig)
 
 
@@ -45,7 +46,8 @@ def test_make_plots_writes_png_and_pdf(fitted, tmp_path):
     fit, res = fitted
     paths = make_plots(fit, res, tmp_path)
     names = sorted(p.name for p in paths)
-    assert names == sorted(f"{n}.{e}" for n in ("isoflops", "optimal_scaling", "frontier", "utility") for e in ("png", "pdf"))
+    assert names == sorted(f"{n}.{e}" for n in ("isoflops", "optimal_scaling", "frontier", "utility", "loss_auroc")
+                                  for e in ("png", "pdf"))
     for p in paths:
         head = p.read_bytes()[:8]
         assert head.startswith(b"\x89PNG") if p.suffix == ".png" else head.startswith(b"%PDF")

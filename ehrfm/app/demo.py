@@ -353,7 +353,8 @@ def _sweep_section(cfg, res, tok_stats: dict, results_link: str) -> list[str]:
 _FIGURES = [("isoflops", "IsoFLOP curves with fitted parabolas and their minima"),
             ("optimal_scaling", "Compute-optimal N and D against compute, with the fitted laws and 95% bands"),
             ("frontier", "Loss frontier against compute"),
-            ("utility", "Clinical utility (probe AUROC) against compute")]
+            ("utility", "Clinical utility (probe AUROC) against compute"),
+            ("loss_auroc", "Loss -> AUROC link across every run, with the fitted line and 95% band")]
 
 
 def _fits_section(fit, fit_error, out, rel) -> list[str]:

@@ -1,0 +1,65 @@
+"""The recommender never defaults to a law it cannot stand behind (issue 13, item 10)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from analysis.recommend import format_recommendation, recommend, trust
+
+
+def _a12(a, a_ci, b=0.9, b_ci=(0.6, 1.2)):
+    return {"a": a, "a_ci": list(a_ci), "b": b, "b_ci": list(b_ci), "n_coef": 1e-3, "d_coef": 1e2, "loss_coef": 5.0,
+            "loss_exponent": -0.02}
+
+
+def _fit_dir(tmp_path, **approaches):
+    d = tmp_path / "fit"
+    d.mkdir(exist_ok=True)
+    fits = {**approaches, "inputs": {"min_budget": 1e11, "max_budget": 1e12}, "utility": {}}
+    (d / "fits.json").write_text(json.dumps(fits))
+    return d
+
+
+def test_negative_exponent_is_refused_and_said_first(tmp_path):
+    d = _fit_dir(tmp_path, approach2=_a12(-0.15, (-0.6, 0.3)))
+    rec = recommend(d, 1e13)
+    assert not rec.trusted and rec.approach == 2
+    text = format_recommendation(rec)
+    assert text.splitlines()[0].startswith("**No trustworthy scaling law in this fit**")
+    assert "a = -0.15 [-0.6, 0.3] does not grow with compute" in text.splitlines()[0]
+    assert "(Approach 2, untrusted)" in text and "| 2 |" in text and "| no: " in text
+    p = subprocess.run([sys.executable, "-m", "ehrfm", "recommend", str(d), "--flops", "1e13"], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.startswith("**No trustworthy scaling law"), p.stdout + p.stderr
+
+
+def test_interval_including_zero_is_not_the_default(tmp_path):
+    assert trust({"approach2": _a12(0.3, (-0.05, 0.7))}, 2) == (False, "the interval of a = 0.3 [-0.05, 0.7] includes 0")
+    assert trust({"approach2": _a12(0.5, (0.4, 0.6), b=0.5, b_ci=(0.0, 1.0))}, 2)[0] is False
+    assert trust({"approach2": _a12(0.5, (0.4, 0.6))}, 2) == (True, "")
+    # A trusted approach exists: it is the headline, the untrusted one is labelled.
+    d = _fit_dir(tmp_path, approach2=_a12(0.3, (-0.05, 0.7)), approach1=_a12(0.5, (0.3, 0.7)))
+    rec = recommend(d, 1e13)
+    assert rec.trusted and rec.approach == 1
+    text = format_recommendation(rec)
+    assert text.startswith("Budget 1e+13 FLOPs (Approach 1):")
+    assert "| 2 |" in text and "includes 0 |" in text
+    # Asked for explicitly, it is shown, and its first line says it is not trusted.
+    asked = recommend(d, 1e13, approach=2)
+    assert asked.approach == 2 and not asked.trusted
+    assert format_recommendation(asked).startswith("**Approach 2, as asked, is not trusted**")
+
+
+def test_approach3_with_unidentified_frontier_is_not_trusted():
+    a3 = {"a": 0.45, "a_ci": [0.1, 0.8], "b": 0.55, "b_ci": [0.2, 0.9], "identified": {"G": False}}
+    ok, why = trust({"approach3": a3}, 3)
+    assert not ok and "G is not identified" in why
+    a3["identified"]["G"] = True
+    assert trust({"approach3": a3}, 3) == (True, "")
+
+
+@pytest.mark.parametrize("ci", [[None, None]])
+def test_without_intervals_only_the_sign_counts(ci):
+    assert trust({"approach2": _a12(0.4, ci, b_ci=ci)}, 2) == (True, "")
+    assert trust({"approach2": _a12(-0.1, ci, b_ci=ci)}, 2)[0] is False
