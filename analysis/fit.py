@@ -32,7 +32,6 @@ from analysis.table import Results, load_results
 from ehrfm.errors import UserError
 from ehrfm.io import format_ci
 
-
 N_COUNT_LABEL = {"total": "total parameters (embeddings included)", "non-embedding": "non-embedding parameters"}
 APPROACH3_METHODS = ("varpro", "huber-lbfgs")
 # A parameter whose bootstrap interval spans more than this many decades is reported as not identified.
