@@ -73,6 +73,7 @@ SPECIAL_TOKENS = ["PAD", "UNK", "TIMELINE_START", "TIMELINE_END"] + QUANTILE_TOK
 BIRTH_CODE = "MEDS_BIRTH"
 CHUNK_SUBJECTS = 2048  # subjects encoded at a time
 NOT_EMITTED = (BIRTH_CODE,)
+FIT_BATCH_VALUES = 1 << 23  # numeric values held at once while fitting deciles (~8M: a few hundred MB)
 
 CONVENTIONS = (
     "codes=flat: code tokens are the MEDS code strings; codes with train count < min_count -> UNK. "
@@ -160,14 +161,22 @@ def fit_vocab(counts: dict[str, int], mode: str, min_count: int) -> tuple[dict[s
     return heads, continuations
 
 
-def fit_tokenizer(meds: Path | MedsDataset, min_count: int = 10, n_quantiles: int = N_QUANTILES, codes: str = HIERARCHICAL) -> dict:
-    """Fit vocab and per-code quantile edges on the train split of a MEDS dataset.
+def fit_tokenizer(meds: Path | MedsDataset, min_count: int = 10, n_quantiles: int = N_QUANTILES, codes: str = HIERARCHICAL,
+                  batch_values: int | None = None) -> dict:
+    """Fit vocab and per-code quantile edges on the train split of a MEDS dataset, in bounded memory.
+
+    Code counts are summed over the train shards one shard at a time; the deciles are exact
+    (polars' linear interpolation on all of a code's train values) and fitted a batch of codes
+    at a time, each batch holding at most `batch_values` values (one code with more is a batch
+    of its own), so memory follows the batch, not the split (one scan of the train shards per batch).
 
     Args:
         meds: a MEDS dataset dir with a train split (or one already opened with ehrfm.meds_io.open_meds).
         min_count: the least number of train events a code token must encode (fit_vocab).
         n_quantiles: value bins per numeric code (edges: the train deciles, float32-rounded).
         codes: "hierarchical" (ETHOS-style hierarchy tokens, tokenization.hierarchy) or "flat".
+        batch_values: the most numeric values held at once for the deciles (default
+            FIT_BATCH_VALUES); any value gives the same edges.
 
     Returns:
         The tokenizer dict written as tokenizer.json (vocab: token id -> string).
@@ -181,31 +190,15 @@ def fit_tokenizer(meds: Path | MedsDataset, min_count: int = 10, n_quantiles: in
     if not shards:
         where = meds.root if isinstance(meds, MedsDataset) else meds
         raise UserError(f"{where}: no train split to fit the tokenizer on (or pass --tokenizer)")
-    lf = _scan(shards)
-    counts = (
-        lf.group_by("code").agg(pl.len().alias("n"))
-        .filter(~pl.col("code").is_in(list(NOT_EMITTED)))
-        .collect(engine="streaming")
-    )
+    counts, n_subjects = _train_counts(shards)
     heads, continuations = fit_vocab(dict(zip(counts["code"].to_list(), counts["n"].to_list(), strict=True)),
                                      codes, min_count)
     kept = {**heads, **continuations}
     tokens = sorted(kept, key=lambda t: (-kept[t], t))
-    qs = [i / n_quantiles for i in range(1, n_quantiles)]
-    edges_df = (
-        # Deciles only for codes that are their own head token: a fallback ancestor mixes codes.
-        lf.filter(pl.col("numeric_value").is_not_null() & pl.col("numeric_value").is_not_nan()
-                  & pl.col("code").is_in(list(heads)))
-        .group_by("code")
-        .agg([pl.col("numeric_value").cast(pl.Float64).quantile(q, interpolation="linear").alias(f"q{i}")
-              for i, q in enumerate(qs)])
-        .sort("code")
-        .collect(engine="streaming")
-    )
-    quantile_edges = {
-        row[0]: [float(np.float32(x)) for x in row[1:]] for row in edges_df.iter_rows()
-    }
-    n_subjects = lf.select(pl.col("subject_id").n_unique()).collect().item()
+    # Deciles only for codes that are their own head token: a fallback ancestor mixes codes.
+    numeric = counts.filter((pl.col("n_num") > 0) & pl.col("code").is_in(list(heads)))
+    quantile_edges = _quantile_edges(shards, dict(numeric.select("code", "n_num").iter_rows()), n_quantiles,
+                                     batch_values)
     return {
         "format": TOKENIZER_FORMAT,
         "version": TOKENIZER_VERSION,
@@ -225,6 +218,55 @@ def fit_tokenizer(meds: Path | MedsDataset, min_count: int = 10, n_quantiles: in
         "continuation_tokens": sorted(continuations),
         "quantile_edges": quantile_edges,
     }
+
+
+def _valid_number() -> pl.Expr:
+    return pl.col("numeric_value").is_not_null() & pl.col("numeric_value").is_not_nan()
+
+
+def _train_counts(shards: list[Shard]) -> tuple[pl.DataFrame, int]:
+    """Per code (MEDS_BIRTH left out): train events `n` and events with a numeric value `n_num`,
+    summed shard by shard; and the number of train subjects."""
+    per_shard, subjects = [], []
+    for shard in shards:
+        lf = scan_shards([shard], EVENT_COLUMNS)
+        per_shard.append(
+            lf.filter(~pl.col("code").is_in(list(NOT_EMITTED)))
+            .group_by("code").agg(pl.len().alias("n"), _valid_number().sum().alias("n_num"))
+            .collect(engine="streaming"))
+        subjects.append(lf.select(pl.col("subject_id").unique()).collect(engine="streaming")["subject_id"].to_numpy())
+    counts = (pl.concat(per_shard).group_by("code").agg(pl.col("n").sum(), pl.col("n_num").sum()).sort("code")
+              if per_shard else pl.DataFrame(schema={"code": pl.String, "n": pl.UInt32, "n_num": pl.UInt32}))
+    n_subjects = len(np.unique(np.concatenate(subjects))) if subjects else 0
+    return counts, n_subjects
+
+
+def _quantile_edges(shards: list[Shard], n_values: dict[str, int], n_quantiles: int,
+                    batch_values: int | None = None) -> dict[str, list[float]]:
+    """code -> its n_quantiles - 1 train quantiles (linear interpolation, float32-rounded), for the
+    codes of `n_values` (code -> its number of valid values), fitted batch by batch of codes."""
+    budget = batch_values or FIT_BATCH_VALUES
+    qs = [i / n_quantiles for i in range(1, n_quantiles)]
+    batches: list[list[str]] = []
+    held = budget
+    for code in sorted(n_values):
+        if held + n_values[code] > budget:
+            batches.append([])
+            held = 0
+        batches[-1].append(code)
+        held += n_values[code]
+    edges: dict[str, list[float]] = {}
+    for batch in batches:
+        df = (
+            _scan(shards).filter(_valid_number() & pl.col("code").is_in(batch))
+            .select("code", pl.col("numeric_value").cast(pl.Float64))
+            .group_by("code")
+            .agg([pl.col("numeric_value").quantile(q, interpolation="linear").alias(f"q{i}") for i, q in enumerate(qs)])
+            .collect(engine="streaming")
+        )
+        for row in df.iter_rows():
+            edges[row[0]] = [float(np.float32(x)) for x in row[1:]]
+    return {c: edges[c] for c in sorted(edges)}
 
 
 def load_tokenizer(path: str | os.PathLike) -> dict:
@@ -446,7 +488,9 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
         stats.json's content plus out, subjects, events, tokens. Per split, stats.json holds:
         subjects; events (MEDS rows read, MEDS_BIRTH included); code_events (rows emitted as code
         tokens: all but MEDS_BIRTH); tokens (all tokens); code_tokens (tokens of those rows);
-        tokens_per_event (tokens / code_events); unk_events and unk_fraction (code events whose
+        tokens_per_event (tokens / code_events); max_token_id (the largest token id in
+        tokens.npy, -1 when empty: a trainer checks ids against the vocab without reading the
+        tokens); unk_events and unk_fraction (code events whose
         code became UNK, over code_events); coarsened_events and coarsened_fraction (code events
         encoded by a fallback ancestor or a truncated hierarchy, over code_events; 0 when flat).
 
@@ -488,7 +532,7 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
         (tmp / "tokenizer.json").write_text(_tokenizer_json(tok))
         jobs = [sh for s in SPLITS for sh in shards.get(s, [])]
         state = {s: dict(subjects=0, events=0, tokens=0, code_events=0, code_tokens=0, unk_events=0,
-                         coarsened_events=0, index=[]) for s in shards}
+                         coarsened_events=0, max_token_id=-1, index=[]) for s in shards}
         files = {}
         for s in shards:
             (tmp / s).mkdir()
@@ -506,6 +550,8 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
                     st["subjects"] += index.height
                     st["events"] += chunk.height
                     st["tokens"] += len(tokens)
+                    if len(tokens):
+                        st["max_token_id"] = max(st["max_token_id"], int(tokens.max()))
                     for k, v in counts.items():
                         st[k] += v
         finally:
@@ -523,7 +569,7 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
             n_ev = max(st["code_events"], 1)
             stats["splits"][s] = {
                 "subjects": st["subjects"], "events": st["events"], "code_events": st["code_events"],
-                "tokens": st["tokens"], "code_tokens": st["code_tokens"],
+                "tokens": st["tokens"], "code_tokens": st["code_tokens"], "max_token_id": st["max_token_id"],
                 "tokens_per_subject": round(st["tokens"] / max(st["subjects"], 1), 2),
                 "tokens_per_event": round(st["tokens"] / n_ev, 4),
                 "unk_events": st["unk_events"], "unk_fraction": round(st["unk_events"] / n_ev, 6),
