@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +74,7 @@ SPECIAL_TOKENS = ["PAD", "UNK", "TIMELINE_START", "TIMELINE_END"] + QUANTILE_TOK
 BIRTH_CODE = "MEDS_BIRTH"
 CHUNK_SUBJECTS = 2048  # subjects encoded at a time
 NOT_EMITTED = (BIRTH_CODE,)
-FIT_BATCH_VALUES = 1 << 23  # numeric values held at once while fitting deciles (~8M: a few hundred MB)
+FIT_BATCH_VALUES = 1 << 24  # numeric values held at once while fitting deciles (~16M: a few hundred MB)
 
 CONVENTIONS = (
     "codes=flat: code tokens are the MEDS code strings; codes with train count < min_count -> UNK. "
@@ -168,7 +169,8 @@ def fit_tokenizer(meds: Path | MedsDataset, min_count: int = 10, n_quantiles: in
     Code counts are summed over the train shards one shard at a time; the deciles are exact
     (polars' linear interpolation on all of a code's train values) and fitted a batch of codes
     at a time, each batch holding at most `batch_values` values (one code with more is a batch
-    of its own), so memory follows the batch, not the split (one scan of the train shards per batch).
+    of its own; the values are spilled to a temporary directory batch by batch in one more pass
+    over the shards), so memory follows a shard or a batch, not the split.
 
     Args:
         meds: a MEDS dataset dir with a train split (or one already opened with ehrfm.meds_io.open_meds).
@@ -244,28 +246,50 @@ def _train_counts(shards: list[Shard]) -> tuple[pl.DataFrame, int]:
 def _quantile_edges(shards: list[Shard], n_values: dict[str, int], n_quantiles: int,
                     batch_values: int | None = None) -> dict[str, list[float]]:
     """code -> its n_quantiles - 1 train quantiles (linear interpolation, float32-rounded), for the
-    codes of `n_values` (code -> its number of valid values), fitted batch by batch of codes."""
+    codes of `n_values` (code -> its number of valid values).
+
+    The codes are cut into batches of at most `batch_values` values (in code order). One batch:
+    fitted in memory. Several: one pass over the shards spills each shard's (code index, value)
+    rows to a temporary file per batch, then each batch's files are read and fitted in turn, so
+    memory follows the larger of a shard and a batch, and the shards are read once.
+    """
     budget = batch_values or FIT_BATCH_VALUES
     qs = [i / n_quantiles for i in range(1, n_quantiles)]
-    batches: list[list[str]] = []
-    held = budget
-    for code in sorted(n_values):
+    codes = sorted(n_values)
+    batch_of, held, n_batches = [], budget, 0
+    for code in codes:
         if held + n_values[code] > budget:
-            batches.append([])
+            n_batches += 1
             held = 0
-        batches[-1].append(code)
+        batch_of.append(n_batches - 1)
         held += n_values[code]
+    lookup = pl.DataFrame({"code": codes, "_c": range(len(codes)), "_b": batch_of},
+                          schema={"code": pl.String, "_c": pl.UInt32, "_b": pl.UInt32})
+    deciles = [pl.col("numeric_value").quantile(q, interpolation="linear").alias(f"q{i}") for i, q in enumerate(qs)]
+
+    def values(lf: pl.LazyFrame) -> pl.LazyFrame:
+        return (lf.filter(_valid_number()).select("code", pl.col("numeric_value").cast(pl.Float64))
+                .join(lookup.lazy(), on="code", how="inner").select("_b", "_c", "numeric_value"))
+
+    if n_batches <= 1:
+        fitted = [values(_scan(shards)).group_by("_c").agg(deciles).collect(engine="streaming")]
+    else:
+        fitted = []
+        with tempfile.TemporaryDirectory(prefix="ehrfm-fit-") as spill:
+            spill = Path(spill)
+            for i, shard in enumerate(shards):
+                df = values(scan_shards([shard], EVENT_COLUMNS)).collect(engine="streaming")
+                for (b,), part in df.partition_by("_b", as_dict=True, include_key=False).items():
+                    part.write_parquet(spill / f"{b}_{i}.parquet")
+                del df
+            for b in range(n_batches):
+                files = sorted(spill.glob(f"{b}_*.parquet"))
+                if files:
+                    fitted.append(pl.scan_parquet(files).group_by("_c").agg(deciles).collect(engine="streaming"))
     edges: dict[str, list[float]] = {}
-    for batch in batches:
-        df = (
-            _scan(shards).filter(_valid_number() & pl.col("code").is_in(batch))
-            .select("code", pl.col("numeric_value").cast(pl.Float64))
-            .group_by("code")
-            .agg([pl.col("numeric_value").quantile(q, interpolation="linear").alias(f"q{i}") for i, q in enumerate(qs)])
-            .collect(engine="streaming")
-        )
+    for df in fitted:
         for row in df.iter_rows():
-            edges[row[0]] = [float(np.float32(x)) for x in row[1:]]
+            edges[codes[row[0]]] = [float(np.float32(x)) for x in row[1:]]
     return {c: edges[c] for c in sorted(edges)}
 
 
