@@ -38,7 +38,7 @@ How it stays within memory on the full MIMIC-IV:
    whole shards; memory is bounded by the chunk.
 3. Dictionaries (d_icd_*, d_hcpcs, d_labitems, d_items) are read a row at a time, keeping only
    the codes present. `ehrfm etl` starts arrow's and polars' jemalloc lean (tokenization.cli.
-   LEAN_ALLOCATOR_ENV: one arena, no thread cache, freed pages returned at once) before either
+   LEAN_ALLOCATOR_ENV: one arena, no thread cache, freed pages returned after 1 s) before either
    library loads; etl() called from Python switches arrow to its jemalloc pool.
    Peak RSS on the demo: 412-440 MB at issue 11, ~241 MB now with 22 tables (the reference
    MIMIC_IV_MEDS: 499 MB).
