@@ -39,8 +39,9 @@ FULL_MIMIC_IV_EVENTS = 527_825_446
 REFERENCE = {"minutes": 32.0, "peak_rss_gb": 20.3}
 
 
-def run_stage(args: list[str]) -> tuple[float, float, str]:
-    """Run `ehrfm ARGS`; return wall seconds, peak RSS in MiB, and its stdout summary line."""
+def run_stage(args: list[str]) -> tuple[float, float, str, float]:
+    """Run `ehrfm ARGS`; return wall seconds, peak RSS in MiB, its stdout summary line and its CPU
+    seconds (user + sys, from wait4: less sensitive than wall time to other processes' load)."""
     env = {**os.environ, "EHRFM_QUIET": "1"}
     print(f"  ehrfm {args[0]}: load average {os.getloadavg()[0]:.1f} before", end="", flush=True)
     t0 = time.perf_counter()
@@ -51,8 +52,9 @@ def run_stage(args: list[str]) -> tuple[float, float, str]:
     out, err = proc.stdout.read(), proc.stderr.read()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"ehrfm {' '.join(args)} failed:\n{err}")
-    print(f", {os.getloadavg()[0]:.1f} after: {seconds:.1f}s, {usage.ru_maxrss / 1024:.0f} MiB", flush=True)
-    return seconds, usage.ru_maxrss / 1024, out.strip().splitlines()[-1]
+    cpu = usage.ru_utime + usage.ru_stime
+    print(f", {os.getloadavg()[0]:.1f} after: {seconds:.1f}s ({cpu:.1f} CPU s), {usage.ru_maxrss / 1024:.0f} MiB", flush=True)
+    return seconds, usage.ru_maxrss / 1024, out.strip().splitlines()[-1], cpu
 
 
 def slope(xs, ys) -> float:
@@ -92,14 +94,15 @@ def main() -> None:
         for n in [n for n in sizes if n > 0]:
             d = work / f"n{n}"
             shutil.rmtree(d, ignore_errors=True)
-            s_t, s_rss, _ = run_stage(["synth", "--out", str(d / "raw"), "--patients", str(n), "--seed", "0"])
-            e_t, e_rss, _ = run_stage(["etl", str(d / "raw"), "--out", str(d / "meds")])
-            k_t, k_rss, _ = run_stage(["tokenize", str(d / "meds"), "--out", str(d / "tok")])
+            s_t, s_rss, _, s_cpu = run_stage(["synth", "--out", str(d / "raw"), "--patients", str(n), "--seed", "0"])
+            e_t, e_rss, _, e_cpu = run_stage(["etl", str(d / "raw"), "--out", str(d / "meds")])
+            k_t, k_rss, _, k_cpu = run_stage(["tokenize", str(d / "meds"), "--out", str(d / "tok")])
             stats = json.loads((d / "tok" / "stats.json").read_text())
             events = sum(v["events"] for v in stats["splits"].values())
             tokens = sum(v["tokens"] for v in stats["splits"].values())
             rows.append(dict(patients=n, events=events, tokens=tokens, synth_s=s_t, etl_s=e_t, tokenize_s=k_t,
                              synth_rss_mib=s_rss, etl_rss_mib=e_rss, tokenize_rss_mib=k_rss,
+                             synth_cpu_s=s_cpu, etl_cpu_s=e_cpu, tokenize_cpu_s=k_cpu,
                              load_average=os.getloadavg()[0]))
             print(f"{n:>7} patients {events:>10} events {tokens:>10} tokens | synth {s_t:6.1f}s {s_rss:6.0f} MiB | "
                   f"etl {e_t:6.1f}s {events / e_t:>9.0f} ev/s {e_rss:6.0f} MiB | "

@@ -48,15 +48,17 @@ Inputs the references cannot read as is (reported, not hidden; --no-stub shows t
   feed code metadata (descriptions, parent codes), never events. --concept-maps DIR uses other copies.
 - MIMIC_IV_MEDS calls `MEDS_transform-stage` by name, so its venv's bin/ is put first on PATH.
 
-The work differs by design (see the per-table rows): meds_etl also converts microbiologyevents,
-datetimeevents, ingredientevents, services and hcpcsevents, and writes up to 7 events per admission (type,
+The work differs by design (see the per-table rows): meds_etl writes up to 7 events per admission (type,
 location, discharge location, insurance, language, marital status, race), but not icustays; MIMIC_IV_MEDS
 writes two events per lab (specimen collected + result), start and end per infusion/procedure, patient
 weight, demographics per admission, and its medications come from emar and pharmacy (prescriptions is
-only joined for NDC codes; so on `ehrfm synth` data, which has prescriptions but no emar/pharmacy, it
-writes no medication events); ours converts prescriptions (emar only without it), icustays and
-transfers as admission/ICU/transfer events, and none of microbiology, datetimeevents, ingredientevents,
-services, hcpcsevents, emar (when prescriptions exist) or pharmacy.
+only joined for NDC codes). Ours converts every event table of tokenization/etl.py's TABLES that the
+input holds (hosp: patients, admissions, transfers, diagnoses_icd, procedures_icd, drgcodes, labevents,
+prescriptions, emar + emar_detail, pharmacy, poe, microbiologyevents, hcpcsevents, services, omr; icu:
+icustays, chartevents, inputevents, outputevents, procedureevents, datetimeevents, ingredientevents; and
+the MIMIC-IV-ED tables when ed/ is there). Its per-table rows are its own account (etl_config.json
+"tables": events written per raw table after every drop), not a guess from code prefixes; the
+references' rows come from their output's table / source_block column.
 
 Install the references (each in its own venv, never in this repository's .venv: meds_etl pins meds==0.3.3,
 MEDS-Extract needs meds~=0.4; neither needs torch; meds_etl 0.3.11 calls polars.read_csv_batched, removed
@@ -159,19 +161,6 @@ CONCEPT_MAPS = ["d_labitems_to_loinc", "inputevents_to_rxnorm", "lab_itemid_to_l
                 "meas_chartevents_value", "numerics-summary", "outputevents_to_loinc", "proc_datetimeevents",
                 "proc_itemid", "waveforms-summary"]
 
-# Our code prefixes -> the raw table they come from (tokenization/etl.py docstring).
-OUR_PREFIXES = [
-    ("GENDER//", "hosp/patients"), ("MEDS_BIRTH", "hosp/patients"), ("MEDS_DEATH", "hosp/patients"),
-    ("HOSPITAL_ADMISSION//", "hosp/admissions"), ("HOSPITAL_DISCHARGE//", "hosp/admissions"),
-    ("ED_REGISTRATION", "hosp/admissions"), ("ED_OUT", "hosp/admissions"), ("TRANSFER_TO//", "hosp/transfers"),
-    ("ICU_ADMISSION//", "icu/icustays"), ("ICU_DISCHARGE//", "icu/icustays"),
-    ("DIAGNOSIS//", "hosp/diagnoses_icd"), ("PROCEDURE//ICD//", "hosp/procedures_icd"),
-    ("PROCEDURE//ITEM//", "icu/procedureevents"), ("DRG//", "hosp/drgcodes"), ("LAB//", "hosp/labevents"),
-    ("MEDICATION//", None), ("OMR//", "hosp/omr"), ("VITAL//", "icu/chartevents"),
-    ("INFUSION//", "icu/inputevents"), ("OUTPUT//", "icu/outputevents"),
-]
-
-
 # ------------------------------------------------------------------------------ measuring
 def _tree_rss(session: int) -> int:
     """Summed RSS in bytes of every process whose session id is `session` (the tool's whole tree)."""
@@ -251,6 +240,7 @@ class Tool:
     env: dict = field(default_factory=dict)
     data_glob: str = "data/**/*.parquet"
     table_of: callable = None  # (polars LazyFrame, out_dir) -> LazyFrame with a `table` column
+    tables_of: callable = None  # (out_dir) -> {table: output rows}: the tool's own account, when it keeps one
     stub_format: str = "csv"  # of the 0-row files for tables it needs that the input lacks
 
 
@@ -271,17 +261,14 @@ def make_tools(args) -> tuple[list[Tool], list[str]]:
     notes = []
     ours_cmd = ours_command(args)
 
-    def ours_tables(lf, out):
-        import polars as pl
-        cfg = json.loads((out / "metadata" / "etl_config.json").read_text())
-        med = "hosp/prescriptions" if "hosp/prescriptions" in cfg.get("tables_rows", {}) else "hosp/emar"
-        expr = pl.lit("other")
-        for prefix, table in reversed(OUR_PREFIXES):
-            expr = pl.when(pl.col("code").str.starts_with(prefix)).then(pl.lit(table or med)).otherwise(expr)
-        return lf.select(table=expr)
+    def ours_tables(out):
+        # Our ETL's own per-table account (etl_config.json "tables": events written per raw table,
+        # after every drop), exact for every table it converts (tokenization/etl.py TABLES).
+        account = json.loads((out / "metadata" / "etl_config.json").read_text())["tables"]
+        return {table: a["events_written"] for table, a in account.items()}
 
     tools = [Tool("ours", lambda src, view, out: [*ours_cmd, "etl", str(src), "--out", str(out)],
-                  env={"EHRFM_QUIET": "1"}, data_glob="data/*/*.parquet", table_of=ours_tables)]
+                  env={"EHRFM_QUIET": "1"}, data_glob="data/*/*.parquet", tables_of=ours_tables)]
 
     want = set(args.tools.split(","))
     if "meds_etl" in want:
@@ -425,7 +412,9 @@ def count_output(tool: Tool, out: Path) -> dict:
     rows = lf.select(pl.len()).collect().item()
     subjects = lf.select(pl.col("subject_id").n_unique()).collect().item()
     tables = {}
-    if tool.table_of:
+    if tool.tables_of:
+        tables = tool.tables_of(out)
+    elif tool.table_of:
         df = tool.table_of(lf, out).group_by("table").len().collect()
         tables = dict(zip(df["table"].to_list(), df["len"].to_list(), strict=False))
     return {"rows": rows, "subjects": subjects, "tables": tables}

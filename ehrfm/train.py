@@ -295,11 +295,18 @@ def _check_same_run(run_dir: Path, saved: dict, expected: dict) -> None:
 def _check_token_ids(td: TokenDir, split) -> None:
     if split.n_tokens == 0:
         raise UserError(f"token dir {td.path}: split {split.name} has no tokens")
-    top = int(np.max(split.tokens))
+    # stats.json's max_token_id (written by tokenize) spares a read of every token; it is trusted
+    # only when its token count is the file's, else (older or hand-made dirs) the tokens are read.
+    recorded = td.stats.get("splits", {}).get(split.name, {})
+    if isinstance(recorded.get("max_token_id"), int) and recorded.get("tokens") == split.n_tokens:
+        top = recorded["max_token_id"]
+    else:
+        top = int(np.max(split.tokens))
     if top >= td.vocab_size:
         n_bad = int((np.asarray(split.tokens) >= td.vocab_size).sum())
+        what = f"has {n_bad} token ids" if n_bad else f"is recorded in stats.json with a token id {top}"
         raise UserError(
-            f"token dir {td.path}: {split.name}/tokens.npy has {n_bad} token ids >= the vocab size "
+            f"token dir {td.path}: {split.name}/tokens.npy {what} >= the vocab size "
             f"{td.vocab_size} of tokenizer.json (tokens and tokenizer do not belong together)"
         )
 

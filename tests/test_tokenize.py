@@ -237,3 +237,68 @@ def test_encoding_in_small_subject_chunks_gives_the_same_tokens(synth_meds, synt
         assert np.array_equal(a.split(s).tokens, b.split(s).tokens)
         assert np.array_equal(a.split(s).times, b.split(s).times)
         assert np.array_equal(a.split(s).offsets, b.split(s).offsets)
+
+
+def _in_memory_fit(meds, heads, n_quantiles=10):
+    """The fit as it was before streaming: every train row in memory, one polars group_by."""
+    df = pl.concat([pl.read_parquet(p).select("subject_id", "code", pl.col("numeric_value").cast(pl.Float64))
+                    for p in sorted((meds / "data" / "train").glob("*.parquet"))])
+    df = df.filter(pl.col("code") != "MEDS_BIRTH")
+    counts = dict(df.group_by("code").len().iter_rows())
+    qs = [i / n_quantiles for i in range(1, n_quantiles)]
+    edges = (df.filter(pl.col("numeric_value").is_not_null() & pl.col("numeric_value").is_not_nan()
+                       & pl.col("code").is_in(heads))
+             .group_by("code").agg([pl.col("numeric_value").quantile(q, interpolation="linear").alias(f"q{i}")
+                                    for i, q in enumerate(qs)]).sort("code"))
+    return counts, {r[0]: [float(np.float32(x)) for x in r[1:]] for r in edges.iter_rows()}, df["subject_id"].n_unique()
+
+
+def test_streamed_fit_equals_an_in_memory_fit(synth_meds):
+    from tokenization.tokenize import fit_tokenizer
+
+    tok = fit_tokenizer(synth_meds)
+    heads = [t for t in tok["vocab"] if t not in SPECIAL_TOKENS and t not in set(tok["continuation_tokens"])]
+    counts, edges, n_subjects = _in_memory_fit(synth_meds, heads)
+    assert len(edges) > 20  # labs and vitals with deciles
+    assert tok["quantile_edges"] == edges
+    assert list(tok["quantile_edges"]) == sorted(edges)  # key order: the file's bytes are the fingerprint
+    assert tok["fitted_on"] == {"split": "train", "subjects": n_subjects, "events": sum(counts.values()),
+                                "codes_seen": len(counts), "codes_kept": len(tok["vocab"]) - len(SPECIAL_TOKENS)}
+    # Deciles fitted a few codes at a time (a budget smaller than most codes' values): the same file.
+    small = fit_tokenizer(synth_meds, batch_values=50)
+    assert json.dumps(small) == json.dumps(tok)
+
+
+def test_fit_sums_counts_and_values_over_train_shards(hand_meds, tmp_path):
+    from tokenization.tokenize import fit_tokenizer
+
+    whole = fit_tokenizer(hand_meds, min_count=3)
+    train = pl.read_parquet(hand_meds / "data" / "train" / "0.parquet")
+    split = tmp_path / "split"
+    shutil.copytree(hand_meds, split)
+    (split / "data" / "train" / "0.parquet").unlink()
+    train.filter(pl.col("subject_id") < 4).write_parquet(split / "data" / "train" / "0.parquet")
+    train.filter(pl.col("subject_id") >= 4).write_parquet(split / "data" / "train" / "1.parquet")
+    parts = fit_tokenizer(split, min_count=3, batch_values=1)
+    assert parts == whole
+    # Ten train subjects, two lab values each: the deciles of 0, 0.5, 1, ..., 9.5 over both shards.
+    assert parts["fitted_on"]["subjects"] == 10
+    assert parts["quantile_edges"]["LAB//50912//mg/dL"][4] == 4.75
+
+
+def test_stats_record_the_largest_token_id_and_train_checks_ids_by_it(hand_meds, tmp_path):
+    from ehrfm.train import TrainConfig, train
+
+    tokenize(hand_meds, tmp_path / "t", min_count=3)
+    td = TokenDir(tmp_path / "t")
+    for s in ("train", "tuning", "held_out"):
+        assert td.stats["splits"][s]["max_token_id"] == int(np.max(td.split(s).tokens)) < td.vocab_size
+    # The trainer checks ids against the vocab by stats.json (no read of every token): a recorded
+    # id beyond the vocab is refused before anything is written.
+    stats = json.loads((tmp_path / "t" / "stats.json").read_text())
+    stats["splits"]["train"]["max_token_id"] = td.vocab_size
+    (tmp_path / "t" / "stats.json").write_text(json.dumps(stats))
+    with pytest.raises(UserError, match=r"train/tokens.npy is recorded in stats.json with a token id \d+ >= the vocab"):
+        train(TrainConfig(tokens_dir=str(tmp_path / "t"), out_dir=str(tmp_path / "run"), tokens=1000, batch_size=2,
+                          context=8))
+    assert not (tmp_path / "run").exists()

@@ -38,7 +38,7 @@ How it stays within memory on the full MIMIC-IV:
    whole shards; memory is bounded by the chunk.
 3. Dictionaries (d_icd_*, d_hcpcs, d_labitems, d_items) are read a row at a time, keeping only
    the codes present. `ehrfm etl` starts arrow's and polars' jemalloc lean (tokenization.cli.
-   LEAN_ALLOCATOR_ENV: one arena, no thread cache, freed pages returned at once) before either
+   LEAN_ALLOCATOR_ENV: one arena, no thread cache, freed pages returned after 1 s) before either
    library loads; etl() called from Python switches arrow to its jemalloc pool.
    Peak RSS on the demo: 412-440 MB at issue 11, ~241 MB now with 22 tables (the reference
    MIMIC_IV_MEDS: 499 MB).
@@ -156,6 +156,10 @@ END_OF_DAY_TEXT = "23:59:59"
 DATE_FLAG = "_date_only__"  # + time column: that row's value was a date (placed by the date-only rule)
 ETL_METADATA = "ehrfm_etl.json"  # in metadata/: what the audit reads (format in the module docstring)
 ETL_METADATA_FORMAT = "ehrfm_etl/1"
+# Staged rows routed to shard buckets at a time. With batch_bytes and chunk_events it sets the
+# per-call overhead (each polars/arrow call costs ~ms): 64k-row batches, 1 MiB CSV blocks and
+# 40k-event chunks spent most of a 30k-patient ETL's CPU time in overhead.
+BUCKET_ROWS = 1 << 19
 DATE_RULES = {
     "end_of_day": "a date D is placed at D 23:59:59 (nothing on D can be known later)",
     "end_of_day_or_discharge": "a date D is placed at D 23:59:59, or at its stay's discharge (the HOSPITAL_DISCHARGE "
@@ -185,8 +189,8 @@ class EtlConfig:
     split_seed: int = 0
     splits_file: str | None = None  # an existing subject_splits.parquet to use instead of the hash
     shard_subjects: int = 10_000  # bounds the memory of shard assembly (and of tokenize downstream)
-    batch_bytes: int = 1 << 20  # CSV block size read at a time (bounds memory while staging)
-    chunk_events: int = 40_000  # events assembled at a time within a shard (bounds memory while sorting)
+    batch_bytes: int = 4 << 20  # CSV block size read at a time (bounds memory while staging)
+    chunk_events: int = 100_000  # events assembled at a time within a shard (bounds memory while sorting)
     tables: list[str] | None = None  # tables to convert (select_tables); None: every table the raw dir has
     dataset_name: str | None = None
     dataset_version: str | None = None
@@ -1209,7 +1213,7 @@ def _write_shards(stage: Path, out: Path, split_of: pl.DataFrame, cfg: EtlConfig
     for src, path in enumerate(progress(staged, desc="etl: bucketing", unit="table")):
         writers = {}
         try:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=1 << 16):
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=BUCKET_ROWS):
                 df = pl.from_arrow(batch)
                 n = df.height
                 df = df.join(shard_of, on="subject_id", how="inner")  # drops subjects absent from patients

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,7 @@ SPECIAL_TOKENS = ["PAD", "UNK", "TIMELINE_START", "TIMELINE_END"] + QUANTILE_TOK
 BIRTH_CODE = "MEDS_BIRTH"
 CHUNK_SUBJECTS = 2048  # subjects encoded at a time
 NOT_EMITTED = (BIRTH_CODE,)
+FIT_BATCH_VALUES = 1 << 24  # numeric values held at once while fitting deciles (~16M: a few hundred MB)
 
 CONVENTIONS = (
     "codes=flat: code tokens are the MEDS code strings; codes with train count < min_count -> UNK. "
@@ -160,14 +162,23 @@ def fit_vocab(counts: dict[str, int], mode: str, min_count: int) -> tuple[dict[s
     return heads, continuations
 
 
-def fit_tokenizer(meds: Path | MedsDataset, min_count: int = 10, n_quantiles: int = N_QUANTILES, codes: str = HIERARCHICAL) -> dict:
-    """Fit vocab and per-code quantile edges on the train split of a MEDS dataset.
+def fit_tokenizer(meds: Path | MedsDataset, min_count: int = 10, n_quantiles: int = N_QUANTILES, codes: str = HIERARCHICAL,
+                  batch_values: int | None = None) -> dict:
+    """Fit vocab and per-code quantile edges on the train split of a MEDS dataset, in bounded memory.
+
+    Code counts are summed over the train shards one shard at a time; the deciles are exact
+    (polars' linear interpolation on all of a code's train values) and fitted a batch of codes
+    at a time, each batch holding at most `batch_values` values (one code with more is a batch
+    of its own; the values are spilled to a temporary directory batch by batch in one more pass
+    over the shards), so memory follows a shard or a batch, not the split.
 
     Args:
         meds: a MEDS dataset dir with a train split (or one already opened with ehrfm.meds_io.open_meds).
         min_count: the least number of train events a code token must encode (fit_vocab).
         n_quantiles: value bins per numeric code (edges: the train deciles, float32-rounded).
         codes: "hierarchical" (ETHOS-style hierarchy tokens, tokenization.hierarchy) or "flat".
+        batch_values: the most numeric values held at once for the deciles (default
+            FIT_BATCH_VALUES); any value gives the same edges.
 
     Returns:
         The tokenizer dict written as tokenizer.json (vocab: token id -> string).
@@ -181,31 +192,15 @@ def fit_tokenizer(meds: Path | MedsDataset, min_count: int = 10, n_quantiles: in
     if not shards:
         where = meds.root if isinstance(meds, MedsDataset) else meds
         raise UserError(f"{where}: no train split to fit the tokenizer on (or pass --tokenizer)")
-    lf = _scan(shards)
-    counts = (
-        lf.group_by("code").agg(pl.len().alias("n"))
-        .filter(~pl.col("code").is_in(list(NOT_EMITTED)))
-        .collect(engine="streaming")
-    )
+    counts, n_subjects = _train_counts(shards)
     heads, continuations = fit_vocab(dict(zip(counts["code"].to_list(), counts["n"].to_list(), strict=True)),
                                      codes, min_count)
     kept = {**heads, **continuations}
     tokens = sorted(kept, key=lambda t: (-kept[t], t))
-    qs = [i / n_quantiles for i in range(1, n_quantiles)]
-    edges_df = (
-        # Deciles only for codes that are their own head token: a fallback ancestor mixes codes.
-        lf.filter(pl.col("numeric_value").is_not_null() & pl.col("numeric_value").is_not_nan()
-                  & pl.col("code").is_in(list(heads)))
-        .group_by("code")
-        .agg([pl.col("numeric_value").cast(pl.Float64).quantile(q, interpolation="linear").alias(f"q{i}")
-              for i, q in enumerate(qs)])
-        .sort("code")
-        .collect(engine="streaming")
-    )
-    quantile_edges = {
-        row[0]: [float(np.float32(x)) for x in row[1:]] for row in edges_df.iter_rows()
-    }
-    n_subjects = lf.select(pl.col("subject_id").n_unique()).collect().item()
+    # Deciles only for codes that are their own head token: a fallback ancestor mixes codes.
+    numeric = counts.filter((pl.col("n_num") > 0) & pl.col("code").is_in(list(heads)))
+    quantile_edges = _quantile_edges(shards, dict(numeric.select("code", "n_num").iter_rows()), n_quantiles,
+                                     batch_values)
     return {
         "format": TOKENIZER_FORMAT,
         "version": TOKENIZER_VERSION,
@@ -225,6 +220,77 @@ def fit_tokenizer(meds: Path | MedsDataset, min_count: int = 10, n_quantiles: in
         "continuation_tokens": sorted(continuations),
         "quantile_edges": quantile_edges,
     }
+
+
+def _valid_number() -> pl.Expr:
+    return pl.col("numeric_value").is_not_null() & pl.col("numeric_value").is_not_nan()
+
+
+def _train_counts(shards: list[Shard]) -> tuple[pl.DataFrame, int]:
+    """Per code (MEDS_BIRTH left out): train events `n` and events with a numeric value `n_num`,
+    summed shard by shard; and the number of train subjects."""
+    per_shard, subjects = [], []
+    for shard in shards:
+        lf = scan_shards([shard], EVENT_COLUMNS)
+        per_shard.append(
+            lf.filter(~pl.col("code").is_in(list(NOT_EMITTED)))
+            .group_by("code").agg(pl.len().alias("n"), _valid_number().sum().alias("n_num"))
+            .collect(engine="streaming"))
+        subjects.append(lf.select(pl.col("subject_id").unique()).collect(engine="streaming")["subject_id"].to_numpy())
+    counts = (pl.concat(per_shard).group_by("code").agg(pl.col("n").sum(), pl.col("n_num").sum()).sort("code")
+              if per_shard else pl.DataFrame(schema={"code": pl.String, "n": pl.UInt32, "n_num": pl.UInt32}))
+    n_subjects = len(np.unique(np.concatenate(subjects))) if subjects else 0
+    return counts, n_subjects
+
+
+def _quantile_edges(shards: list[Shard], n_values: dict[str, int], n_quantiles: int,
+                    batch_values: int | None = None) -> dict[str, list[float]]:
+    """code -> its n_quantiles - 1 train quantiles (linear interpolation, float32-rounded), for the
+    codes of `n_values` (code -> its number of valid values).
+
+    The codes are cut into batches of at most `batch_values` values (in code order). One batch:
+    fitted in memory. Several: one pass over the shards spills each shard's (code index, value)
+    rows to a temporary file per batch, then each batch's files are read and fitted in turn, so
+    memory follows the larger of a shard and a batch, and the shards are read once.
+    """
+    budget = batch_values or FIT_BATCH_VALUES
+    qs = [i / n_quantiles for i in range(1, n_quantiles)]
+    codes = sorted(n_values)
+    batch_of, held, n_batches = [], budget, 0
+    for code in codes:
+        if held + n_values[code] > budget:
+            n_batches += 1
+            held = 0
+        batch_of.append(n_batches - 1)
+        held += n_values[code]
+    lookup = pl.DataFrame({"code": codes, "_c": range(len(codes)), "_b": batch_of},
+                          schema={"code": pl.String, "_c": pl.UInt32, "_b": pl.UInt32})
+    deciles = [pl.col("numeric_value").quantile(q, interpolation="linear").alias(f"q{i}") for i, q in enumerate(qs)]
+
+    def values(lf: pl.LazyFrame) -> pl.LazyFrame:
+        return (lf.filter(_valid_number()).select("code", pl.col("numeric_value").cast(pl.Float64))
+                .join(lookup.lazy(), on="code", how="inner").select("_b", "_c", "numeric_value"))
+
+    if n_batches <= 1:
+        fitted = [values(_scan(shards)).group_by("_c").agg(deciles).collect(engine="streaming")]
+    else:
+        fitted = []
+        with tempfile.TemporaryDirectory(prefix="ehrfm-fit-") as spill:
+            spill = Path(spill)
+            for i, shard in enumerate(shards):
+                df = values(scan_shards([shard], EVENT_COLUMNS)).collect(engine="streaming")
+                for (b,), part in df.partition_by("_b", as_dict=True, include_key=False).items():
+                    part.write_parquet(spill / f"{b}_{i}.parquet")
+                del df
+            for b in range(n_batches):
+                files = sorted(spill.glob(f"{b}_*.parquet"))
+                if files:
+                    fitted.append(pl.scan_parquet(files).group_by("_c").agg(deciles).collect(engine="streaming"))
+    edges: dict[str, list[float]] = {}
+    for df in fitted:
+        for row in df.iter_rows():
+            edges[codes[row[0]]] = [float(np.float32(x)) for x in row[1:]]
+    return {c: edges[c] for c in sorted(edges)}
 
 
 def load_tokenizer(path: str | os.PathLike) -> dict:
@@ -446,7 +512,9 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
         stats.json's content plus out, subjects, events, tokens. Per split, stats.json holds:
         subjects; events (MEDS rows read, MEDS_BIRTH included); code_events (rows emitted as code
         tokens: all but MEDS_BIRTH); tokens (all tokens); code_tokens (tokens of those rows);
-        tokens_per_event (tokens / code_events); unk_events and unk_fraction (code events whose
+        tokens_per_event (tokens / code_events); max_token_id (the largest token id in
+        tokens.npy, -1 when empty: a trainer checks ids against the vocab without reading the
+        tokens); unk_events and unk_fraction (code events whose
         code became UNK, over code_events); coarsened_events and coarsened_fraction (code events
         encoded by a fallback ancestor or a truncated hierarchy, over code_events; 0 when flat).
 
@@ -488,7 +556,7 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
         (tmp / "tokenizer.json").write_text(_tokenizer_json(tok))
         jobs = [sh for s in SPLITS for sh in shards.get(s, [])]
         state = {s: dict(subjects=0, events=0, tokens=0, code_events=0, code_tokens=0, unk_events=0,
-                         coarsened_events=0, index=[]) for s in shards}
+                         coarsened_events=0, max_token_id=-1, index=[]) for s in shards}
         files = {}
         for s in shards:
             (tmp / s).mkdir()
@@ -506,6 +574,8 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
                     st["subjects"] += index.height
                     st["events"] += chunk.height
                     st["tokens"] += len(tokens)
+                    if len(tokens):
+                        st["max_token_id"] = max(st["max_token_id"], int(tokens.max()))
                     for k, v in counts.items():
                         st[k] += v
         finally:
@@ -523,7 +593,7 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
             n_ev = max(st["code_events"], 1)
             stats["splits"][s] = {
                 "subjects": st["subjects"], "events": st["events"], "code_events": st["code_events"],
-                "tokens": st["tokens"], "code_tokens": st["code_tokens"],
+                "tokens": st["tokens"], "code_tokens": st["code_tokens"], "max_token_id": st["max_token_id"],
                 "tokens_per_subject": round(st["tokens"] / max(st["subjects"], 1), 2),
                 "tokens_per_event": round(st["tokens"] / n_ev, 4),
                 "unk_events": st["unk_events"], "unk_fraction": round(st["unk_events"] / n_ev, 6),
