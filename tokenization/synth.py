@@ -355,7 +355,10 @@ def synthesize(out: str | os.PathLike, n_patients: int = 1000, seed: int = 0, ov
 
     Streams: patients are generated `CHUNK_PATIENTS` at a time, each chunk appended to every
     open `.csv.gz` file (one gzip stream per table), so peak memory is set by the chunk size,
-    not by `n_patients`. The result is written under a temporary name and renamed when complete.
+    not by `n_patients`. The result is written under a temporary name and renamed when complete,
+    with `synth_config.json` (the config and row counts) and `ground_truth.json` (the latent
+    conditions, their Zipf law, signatures and effects, and the long-range rules:
+    `tokenization.synth_world.ground_truth`; the same file for every seed and size).
 
     Args:
         out: output directory (must not exist unless `overwrite`).
