@@ -5,26 +5,42 @@
 procedures_icd, labevents, prescriptions, d_labitems, d_icd_diagnoses, d_icd_procedures;
 icu/icustays, chartevents, d_items), so the ETL cannot tell it from the real thing.
 
-The generative story (why outcomes are predictable and longer context helps):
-- Each patient has a frailty score and latent chronic conditions (heart failure, COPD, CKD,
-  diabetes, cirrhosis, cancer, hypertension, atrial fibrillation). Conditions begin at some
-  admission and persist; each admission codes a present condition only with probability 0.7,
-  so the evidence for them is spread over earlier admissions.
-- Every admission has an acute problem (sepsis, pneumonia, med_index, GI bleed, AKI, ...), chosen
-  more often when a related condition is present, and a severity driven by frailty, age,
-  conditions, acute problem and the number of earlier admissions. Severity sets the admission
-  type, ICU transfer, length of stay, in-hospital death and the time to the next admission.
+The generative story (why outcomes are predictable, why longer context helps, why scale pays):
+- Each patient has a frailty score and latent conditions. The head of the distribution is eight
+  common chronic conditions (heart failure, COPD, CKD, diabetes, cirrhosis, cancer, hypertension,
+  atrial fibrillation). Conditions begin at some admission and persist; each admission codes a
+  present condition only with probability 0.7, so the evidence for them is spread over earlier
+  admissions.
+- The tail: 392 more latent conditions (ranks 9-400, `tokenization.synth_world`) whose prevalence
+  falls as a power of their rank, p_r = 0.05 (r / 9) ** -1.1 (Zipf; the quantization model of
+  Michaud et al. 2023 links power-law frequencies of discrete skills to power-law scaling). Each
+  has a fixed signature: an ICD-10-CM code in a real category shared with its family (so the
+  hierarchical tokenizer's category token is shared), lab shifts (its family's and often its
+  own), drugs (its own and its family's), an acute problem it makes likelier, and effects on
+  severity, length of stay, ICU transfer and time to readmission. Chronic ones persist and grow
+  in severity over two years; episodic ones are one event whose risk decays over years.
+- Every admission has an acute problem (sepsis, pneumonia, MI, GI bleed, AKI, ...), chosen
+  more often when a related condition is present, and a severity (the logit of in-hospital
+  death) driven by frailty, age, conditions, acute problem, the number of earlier admissions and
+  long-range rules: an MI in an earlier stay raises risk, decaying over ~2 years (much less when
+  that stay had PCI), an earlier sepsis over ~1 year (and brings the next admission sooner), an
+  earlier hip fracture persistently, an earlier episodic tail event with its own time constant.
+  Severity sets the admission type, ICU transfer, length of stay, in-hospital death and the time
+  to the next admission.
 - Labs come in panels (BMP, CBC, condition- and problem-specific panels) drawn on admission
   and then daily; values combine a per-patient offset, the conditions, and the acute severity
   following a trajectory (recovering or worsening toward death), so values are correlated
   within a panel, across days and across admissions.
 - Medications follow conditions, the acute problem and abnormal lab values (insulin after
   high glucose, potassium after low potassium, ...); ICU stays get vitals every few hours.
-- A long tail, as in real MIMIC: each patient has a personal home-medication list and problem
-  list, drawn from large pools (HOME_MED_POOL, PROBLEM_POOL) with Zipf-like frequencies and fixed
-  links to the chronic conditions, and reconciled or coded at every admission in the patient's
-  own order. Predicting them rewards memory of the patient's earlier admissions (in-context
-  copying) and knowledge of the pools, so bigger models keep having something to learn.
+- A long tail of personal lists, as in real MIMIC: each patient has a home-medication list and
+  problem list, drawn from large pools (HOME_MED_POOL, PROBLEM_POOL) with Zipf-like frequencies and
+  fixed links to the chronic conditions, and reconciled or coded at every admission in the
+  patient's own order. Predicting them rewards memory of the patient's earlier admissions
+  (in-context copying) and knowledge of the pools.
+The ground truth (every condition's rank, prevalence, kind, code, signature and effects, the Zipf
+law and the long-range rules) is written beside the tables as `ground_truth.json`; it holds no
+patient rows.
 Deterministic in the seed.
 """
 
@@ -40,9 +56,11 @@ import numpy as np
 import polars as pl
 
 from ehrfm.io import atomic_dir, progress, summary, write_json
+from tokenization import synth_world as world
 
 HOUR = 3600
 DAY = 24 * HOUR
+YEAR = 365.25 * DAY
 MAX_ADMISSIONS = 12
 
 # --- latent chronic conditions: (name, ICD-10, title, base logit of prevalence, severity weight)
@@ -291,6 +309,14 @@ def _pool_logits(n_items: int) -> tuple[np.ndarray, np.ndarray]:
 HOME_MED_POPULARITY, HOME_MED_LINKS = _pool_logits(len(HOME_MED_POOL))
 PROBLEM_POPULARITY, PROBLEM_LINKS = _pool_logits(len(PROBLEM_POOL))
 
+# The tail of latent conditions (ranks 9..N, Zipf prevalence; tokenization.synth_world).
+TAIL = world.build_tail(
+    LABS, len(ACUTE),
+    reserved_codes={c[1] for c in CONDITIONS} | {a[1] for a in ACUTE} | {f[0] for f in FILLER_DX} | {p[0] for p in PROBLEM_POOL},
+    existing_drugs={m[0] for m in MEDS.values()} | set(HOME_MED_POOL),
+)
+T = TAIL["rank"].size
+
 
 @dataclass
 class SynthConfig:
@@ -329,7 +355,10 @@ def synthesize(out: str | os.PathLike, n_patients: int = 1000, seed: int = 0, ov
 
     Streams: patients are generated `CHUNK_PATIENTS` at a time, each chunk appended to every
     open `.csv.gz` file (one gzip stream per table), so peak memory is set by the chunk size,
-    not by `n_patients`. The result is written under a temporary name and renamed when complete.
+    not by `n_patients`. The result is written under a temporary name and renamed when complete,
+    with `synth_config.json` (the config and row counts) and `ground_truth.json` (the latent
+    conditions, their Zipf law, signatures and effects, and the long-range rules:
+    `tokenization.synth_world.ground_truth`; the same file for every seed and size).
 
     Args:
         out: output directory (must not exist unless `overwrite`).
@@ -377,6 +406,7 @@ def synthesize(out: str | os.PathLike, n_patients: int = 1000, seed: int = 0, ov
         files.close()
         write_json(tmp / "synth_config.json", {**asdict(cfg), "chunk_patients": CHUNK_PATIENTS,
                                                "generator": "ehrfm.tokenization.synth", "rows": counts})
+        write_json(tmp / "ground_truth.json", world.ground_truth(TAIL, CONDITIONS, ACUTE, LABS))
     seconds = time.time() - t0
     result = {
         "out": str(out),
@@ -461,10 +491,15 @@ def _patients_latent(rng, cfg: SynthConfig, chunk: int, first: int, n: int) -> d
     group_start = np.array([2008, 2011, 2014, 2017, 2020])[rng.integers(0, 5, n)]
     frailty = rng.normal(0, 1, n) + 0.02 * (anchor_age - 62)
     cond_logit = np.array([c[3] for c in CONDITIONS])[None, :] + 0.035 * (anchor_age[:, None] - 62) + 0.4 * frailty[:, None]
-    cond_logit = cond_logit + 0.6 * rng.normal(0, 1, (n, 1))  # shared multimorbidity factor
+    z_multi = rng.normal(0, 1, (n, 1))  # shared multimorbidity factor
+    cond_logit = cond_logit + 0.6 * z_multi
     has_cond = rng.random((n, K)) < _sigmoid(cond_logit)
     # Conditions present from the first admission or appearing later (slowly evolving disease).
     onset = np.where(has_cond, np.where(rng.random((n, K)) < 0.55, 0, rng.integers(1, 5, (n, K))), 99)
+    # The tail: Zipf prevalence times a multimorbidity factor of mean 1 (keeps the marginal law).
+    p_tail = TAIL["prevalence"][None, :] * np.exp(0.5 * z_multi - 0.125)
+    tp, tc = np.nonzero(rng.random((n, T)) < p_tail)
+    t_onset = np.where(rng.random(tp.size) < 0.5, 0, rng.integers(1, 5, tp.size))
     filler = rng.random((n, len(FILLER_DX))) < np.array([f[2] for f in FILLER_DX])[None, :]
     lab_offset = rng.normal(0, 0.4, (n, L))  # a patient's own baseline for each lab
     # Personal home-medication and problem lists, from their own random stream.
@@ -478,12 +513,24 @@ def _patients_latent(rng, cfg: SynthConfig, chunk: int, first: int, n: int) -> d
     return dict(subject_id=subject_id, female=female, anchor_age=anchor_age, anchor_year=anchor_year,
                 group_start=group_start, frailty=frailty, has_cond=has_cond, onset=onset, filler=filler,
                 lab_offset=lab_offset, rng_lists=rng_lists, home_meds=home_meds, problems=problems,
-                n_cond_total=n_cond_total, planned_adm=planned_adm)
+                n_cond_total=n_cond_total, planned_adm=planned_adm, tail_p=tp, tail_c=tc, tail_onset=t_onset)
+
+
+# Recentred from -3.6 when the tail and the long-range rules were added (they add ~0.25 on average),
+# so the case mix stays that of the first version: ~11% in-hospital deaths, ~23% of stays in ICU.
+SEV_INTERCEPT = -3.85
 
 
 def _admission_course(rng, pat: dict) -> dict:
     """Admissions, one admission index at a time, vectorised over patients: acute problem, severity,
-    death, ICU, length of stay, then the gap to the next admission. Arrays sorted by (patient, index)."""
+    death, ICU, length of stay, then the gap to the next admission. Arrays sorted by (patient, index).
+
+    Severity (the logit of in-hospital death) adds, besides frailty, age and the head conditions:
+    the active tail conditions (chronic ones growing over two years from onset, episodic ones at
+    their event stay) and the long-range rules of earlier stays (`synth_world.LONG_RANGE_RULES`:
+    a remote MI or sepsis decaying with the years since, a remote hip fracture persisting, remote
+    episodic tail events decaying with their own time constant). Also returns `tail_a`/`tail_c`:
+    (admission row, tail condition) of every tail condition active at an admission."""
     anchor_age, anchor_year, onset, planned_adm = pat["anchor_age"], pat["anchor_year"], pat["onset"], pat["planned_adm"]
     frailty = pat["frailty"].copy()  # accumulates over admissions; the dates of death read the final value
     n = anchor_age.size
@@ -494,40 +541,79 @@ def _admission_course(rng, pat: dict) -> dict:
     for j, a in enumerate(ACUTE):
         for cname, b in a[5].items():
             acute_boost[CI[cname], j] = b
+    tp, tc, t_on_idx = pat["tail_p"], pat["tail_c"], pat["tail_onset"]
+    chronic = TAIL["chronic"][tc]
+    t_on = np.zeros(tp.size, np.int64)  # time of the onset admission, once it happened
+    # Long-range state per patient: decayed sums (value at time ref) and a persistent flag.
+    mi_v, mi_t = np.zeros(n), np.zeros(n, np.int64)
+    sepsis_v, sepsis_t = np.zeros(n), np.zeros(n, np.int64)
+    hip = np.zeros(n, bool)
+    tau_mi, tau_sepsis = world.RULE_TAU_YEARS["prior_mi"] * YEAR, world.RULE_TAU_YEARS["prior_sepsis"] * YEAR
 
     year_start = (anchor_year - 1970).astype("datetime64[Y]")
     t = year_start.astype("datetime64[s]").astype(np.int64) + (rng.random(n) * 2.5 * 365 * DAY).astype(np.int64)
     alive = np.ones(n, bool)
-    adm_rows = []
+    adm_rows, tail_rows = [], []
+    pos = np.full(n, -1)
     for a in range(MAX_ADMISSIONS):
         idx = np.nonzero(alive & (a < planned_adm))[0]
         if idx.size == 0:
             break
         m = idx.size
+        pos[:] = -1
+        pos[idx] = np.arange(m)
+        hour = rng.integers(0, 24, m)
+        admit = t[idx] - (t[idx] % DAY) + hour * HOUR + rng.integers(0, 60, m) * 60
         cond_now = onset[idx] <= a
         age = anchor_age[idx] + (t[idx] - year_start[idx].astype("datetime64[s]").astype(np.int64)) / (365.25 * DAY)
-        acute = _gumbel_argmax(rng, acute_base[None, :] + cond_now @ acute_boost)
+        # Tail conditions: active now (chronic since onset, episodic at its event), and remote events.
+        here = pos[tp] >= 0
+        t_on = np.where(here & (t_on_idx == a), admit[np.maximum(pos[tp], 0)], t_on)
+        active = here & np.where(chronic, t_on_idx <= a, t_on_idx == a)
+        remote = here & ~chronic & (t_on_idx < a)
+        ka, kr = np.nonzero(active)[0], np.nonzero(remote)[0]
+        ra, ca = pos[tp[ka]], tc[ka]
+        years_a = (admit[ra] - t_on[ka]) / YEAR
+        sev_tail = np.where(chronic[ka], TAIL["sev"][ca] * (0.5 + 0.5 * np.minimum(1.0, years_a / 2.0)), TAIL["sev_event"][ca])
+        years_r = (admit[pos[tp[kr]]] - t_on[kr]) / YEAR
+        sev_remote = TAIL["sev_remote"][tc[kr]] * np.exp(-years_r / TAIL["tau_years"][tc[kr]])
+        tail_sev = np.bincount(ra, sev_tail, m) + np.bincount(pos[tp[kr]], sev_remote, m)
+        tail_los, tail_icu = np.bincount(ra, TAIL["los"][ca], m), np.bincount(ra, TAIL["icu"][ca], m)
+        tail_gap = np.bincount(ra, TAIL["readmit"][ca], m)
+        logits = acute_base[None, :] + cond_now @ acute_boost
+        np.add.at(logits, (ra, TAIL["acute"][ca]), TAIL["acute_boost"][ca])
+        acute = _gumbel_argmax(rng, logits)
+        # Long-range rules of earlier stays (decayed to this admission).
+        mi_now = mi_v[idx] * np.exp(-(admit - mi_t[idx]) / tau_mi)
+        sepsis_now = sepsis_v[idx] * np.exp(-(admit - sepsis_t[idx]) / tau_sepsis)
         sev = (
-            -3.6 + 0.7 * frailty[idx] + 0.03 * (age - 65) + cond_now @ sev_w_cond + acute_sev[acute]
-            + 0.15 * a + rng.normal(0, 0.6, m)
+            SEV_INTERCEPT + 0.7 * frailty[idx] + 0.03 * (age - 65) + cond_now @ sev_w_cond + acute_sev[acute]
+            + 0.15 * a + tail_sev + 0.9 * mi_now + 0.7 * sepsis_now + 0.6 * hip[idx] + rng.normal(0, 0.6, m)
         )
         p_death = _sigmoid(sev)
         died = rng.random(m) < p_death
-        icu = rng.random(m) < _sigmoid(1.6 * sev + 2.3)
-        los_days = np.clip(np.exp(1.2 + 0.3 * (sev + 2.5) + 0.4 * icu + rng.normal(0, 0.45, m)), 0.3, 45.0)
+        icu = rng.random(m) < _sigmoid(1.6 * sev + 2.3 + tail_icu)
+        los_days = np.clip(np.exp(1.2 + 0.3 * (sev + 2.5) + 0.4 * icu + 0.25 * hip[idx] + tail_los
+                                  + rng.normal(0, 0.45, m)), 0.3, 45.0)
         # Those who die tend to die early or after a long ICU course.
         los_days = np.where(died, np.clip(los_days * rng.uniform(0.4, 1.6, m), 0.5, 45), los_days)
-        hour = rng.integers(0, 24, m)
-        admit = t[idx] - (t[idx] % DAY) + hour * HOUR + rng.integers(0, 60, m) * 60
         disch = admit + (los_days * DAY).astype(np.int64)
         emergency = rng.random(m) < _sigmoid(1.5 + 1.2 * sev)
+        pci = (acute == AI["mi"]) & (rng.random(m) < 0.6)  # revascularisation (ICD-10-PCS 027034Z)
         adm_rows.append(dict(
             pidx=idx, adm_index=np.full(m, a), admit=admit, disch=disch, sev=sev, acute=acute, icu=icu,
-            died=died, emergency=emergency, cond_now=cond_now,
+            died=died, emergency=emergency, cond_now=cond_now, pci=pci,
         ))
+        tail_rows.append((idx[ra], np.full(ra.size, a), ca))
         alive[idx] &= ~died
-        # Time to next admission: sooner for the frail, the multimorbid and after severe stays.
-        scale_days = 420 * np.exp(-0.45 * frailty[idx] - 0.25 * cond_now.sum(1) - 0.35 * np.maximum(sev + 2, 0))
+        # This stay's events join the long-range state.
+        mi_v[idx] = mi_now + np.where(acute == AI["mi"], np.where(pci, 0.35, 1.0), 0.0)
+        sepsis_v[idx] = sepsis_now + (acute == AI["sepsis"])
+        mi_t[idx] = sepsis_t[idx] = admit
+        hip[idx] |= acute == AI["hip_fracture"]
+        # Time to next admission: sooner for the frail, the multimorbid, after severe stays and sepsis.
+        scale_days = 420 * np.exp(-0.45 * frailty[idx] - 0.25 * cond_now.sum(1) - 0.35 * np.maximum(sev + 2, 0)
+                                  + tail_gap - 0.5 * sepsis_v[idx])
         gap = (rng.exponential(scale_days) + 1.0) * DAY
         t[idx] = disch + gap.astype(np.int64)
         frailty[idx] += 0.15  # illness accumulates
@@ -535,6 +621,10 @@ def _admission_course(rng, pat: dict) -> dict:
     adm = {k: np.concatenate([r[k] for r in adm_rows]) for k in adm_rows[0]}
     order = np.lexsort((adm["adm_index"], adm["pidx"]))
     adm = {k: v[order] for k, v in adm.items()}
+    key = adm["pidx"] * MAX_ADMISSIONS + adm["adm_index"]  # ascending after the sort
+    tp_a, ta_a, tc_a = (np.concatenate(x) for x in zip(*tail_rows, strict=True))
+    adm["tail_a"] = np.searchsorted(key, tp_a * MAX_ADMISSIONS + ta_a)
+    adm["tail_c"] = tc_a
     pat["frailty"] = frailty
     return adm
 
@@ -654,7 +744,7 @@ def _transfers(rng, adm: dict, icu: dict, ed, edreg, hadm_id, sid) -> pl.DataFra
     for rows, eventtype, unit, tin, tout in moves:
         k = rows.size
         parts.append(pl.DataFrame({
-            "subject_id": sid[rows], "hadm_id": hadm_id[rows], "eventtype": [eventtype] * k,
+            "subject_id": sid[rows], "hadm_id": hadm_id[rows], "eventtype": pl.Series([eventtype] * k, dtype=pl.String),
             "careunit": pl.Series(unit, dtype=pl.String).replace("", None), "intime": _ts(tin),
             "outtime": _ts(tout) if tout is not None else pl.Series([None] * k, dtype=pl.Datetime("us")),
         }))
@@ -673,6 +763,7 @@ def _dictionaries() -> dict[str, pl.DataFrame]:
     })
     dx = [(c[1], c[2]) for c in CONDITIONS] + [(a[1], a[2]) for a in ACUTE] + [(f[0], f[1]) for f in FILLER_DX]
     dx += PROBLEM_POOL
+    dx += list(zip(TAIL["code"].tolist(), TAIL["title"], strict=True))
     tables["hosp/d_icd_diagnoses"] = pl.DataFrame({
         "icd_code": [d[0] for d in dx], "icd_version": [10] * len(dx), "long_title": [d[1] for d in dx],
     })
@@ -796,10 +887,19 @@ def _lab_values(rng, adm, lab_offset, a_idx, day, d, li):
     for lab, e in LAB_SEVERITY_EFFECT.items():
         sev_eff[LI[lab]] = e
 
+    # Active tail conditions shift their family's lab and often one of their own (per admission).
+    ta, tc = adm["tail_a"], adm["tail_c"]
+    fam = TAIL["family"][tc]
+    tail_shift = np.zeros((adm["pidx"].size, L))
+    np.add.at(tail_shift, (ta, TAIL["fam_lab"][fam]), TAIL["fam_lab_eff"][fam])
+    own = TAIL["own_lab"][tc] >= 0
+    np.add.at(tail_shift, (ta[own], TAIL["own_lab"][tc[own]]), TAIL["own_lab_eff"][tc[own]])
+
     pidx = adm["pidx"][a_idx[d]]
     z = (
         lab_offset[pidx, li]
         + (cond[d].astype(float) * cond_eff[:, li].T).sum(1)
+        + tail_shift[a_idx[d], li]
         + intensity[d] * (acute_eff[acute[d], li] + sev_eff[li])
         + rng.normal(0, 0.35, d.size)
     )
@@ -845,7 +945,7 @@ def _labevents_table(adm, hadm_id, sid, a_idx, draw_t, d, li, value, lo, hi):
 
 def _prescriptions(rng, adm, hadm_id, sid, lab_values, home_meds, rng_lists):
     n_adm = adm["pidx"].size
-    med_keys = list(MEDS) + [f"home:{d}" for d in HOME_MED_POOL]
+    med_keys = list(MEDS) + [f"home:{d}" for d in HOME_MED_POOL] + [f"tail:{d[0]}" for d in TAIL["drugs"]]
     med_index = {k: i for i, k in enumerate(med_keys)}
     ai, mi, tt = [], [], []
     # Home medications of present conditions, reconciled a few hours after admission.
@@ -855,6 +955,14 @@ def _prescriptions(rng, adm, hadm_id, sid, lab_values, home_meds, rng_lists):
             ai.append(has)
             mi.append(np.full(has.size, med_index[drug]))
             tt.append(adm["admit"][has] + (rng.uniform(3, 8, has.size) * HOUR).astype(np.int64))
+    # Drugs of the active tail conditions (their own, and their family's), reconciled or started early.
+    ta, tc = adm["tail_a"], adm["tail_c"]
+    first_tail = len(MEDS) + len(HOME_MED_POOL)
+    for drug, p in ((TAIL["own_drug"][tc], world.P_OWN_MED), (TAIL["fam_drug"][TAIL["family"][tc]], world.P_FAMILY_MED)):
+        k = np.nonzero(rng.random(ta.size) < p)[0]
+        ai.append(ta[k])
+        mi.append(first_tail + drug[k])
+        tt.append(adm["admit"][ta[k]] + (rng.uniform(3, 8, k.size) * HOUR).astype(np.int64))
     # Treatment of the acute problem, soon after the first labs.
     for aname, drugs in MEDS_FOR_ACUTE.items():
         has = np.nonzero((adm["acute"] == AI[aname]) & (rng.random(n_adm) < 0.9))[0]
@@ -887,7 +995,7 @@ def _prescriptions(rng, adm, hadm_id, sid, lab_values, home_meds, rng_lists):
     stop = np.maximum(adm["disch"][a], start + HOUR)
     order = np.lexsort((m, start, a))
     a, m, start, stop = a[order], m[order], start[order], stop[order]
-    info = np.array([MEDS[k] for k in MEDS] + [(d, "1", "TAB", "PO") for d in HOME_MED_POOL], dtype=str)
+    info = np.array([MEDS[k] for k in MEDS] + [(d, "1", "TAB", "PO") for d in HOME_MED_POOL] + list(TAIL["drugs"]), dtype=str)
     pharmacy_id = 50_000_000 + np.arange(a.size, dtype=np.int64)
     return pl.DataFrame({
         "subject_id": sid[a], "hadm_id": hadm_id[a], "pharmacy_id": pharmacy_id,
@@ -918,6 +1026,11 @@ def _diagnoses(rng, adm, hadm_id, sid, filler, problems, rng_lists):
         has = np.nonzero(adm["cond_now"][:, k] & (rng.random(n_adm) < 0.7))[0]
         ai.append(has)
         codes.append(np.full(has.size, c[1]))
+    # Tail conditions: chronic ones coded at each stay with some probability, episodic at their event.
+    ta, tc = adm["tail_a"], adm["tail_c"]
+    coded = np.where(TAIL["chronic"][tc], rng.random(ta.size) < world.P_CODE_CHRONIC, True)
+    ai.append(ta[coded])
+    codes.append(TAIL["code"][tc[coded]])
     for j, f in enumerate(FILLER_DX):
         has = np.nonzero(filler[adm["pidx"], j] & (rng.random(n_adm) < 0.6))[0]
         ai.append(has)
@@ -952,7 +1065,7 @@ def _procedures(rng, adm, hadm_id, sid, icu_i):
     add(is_icu & (rng.random(n_adm) < _sigmoid(adm["sev"] + 1.0)), "5A1955Z", 0, 1)
     add(is_icu & (rng.random(n_adm) < 0.5), "02HV33Z", 0, 1)
     add((adm["acute"] == AI["gi_bleed"]) & (rng.random(n_adm) < 0.7), "0DJ08ZZ", 0, 2)
-    add((adm["acute"] == AI["mi"]) & (rng.random(n_adm) < 0.6), "027034Z", 0, 1)
+    add(adm["pci"], "027034Z", 0, 1)  # decided with the stay's course: it changes later risk
     add((adm["acute"] == AI["hip_fracture"]) & (rng.random(n_adm) < 0.85), "0QS604Z", 0, 2)
     add((adm["acute"] == AI["aki"]) & (rng.random(n_adm) < 0.25), "5A1D70Z", 1, 3)
     a = np.concatenate(ai)
