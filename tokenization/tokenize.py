@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -487,12 +488,14 @@ def _append(f, arr: np.ndarray) -> None:
 
 
 def _bin_to_npy(bin_path: Path, npy_path: Path, dtype, n: int, chunk: int = 1 << 24) -> None:
-    out = np.lib.format.open_memmap(npy_path, mode="w+", dtype=dtype, shape=(n,))
-    src = np.memmap(bin_path, dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype)
-    for i in range(0, n, chunk):
-        out[i:i + chunk] = src[i:i + chunk]
-    out.flush()
-    del out, src
+    """The raw array file -> a .npy file (header, then the bytes copied by read/write: a memory
+    map of both files would count every page of them in this process's RSS, 1.9 GiB at 300k
+    synthetic patients)."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (n,)}
+    with open(npy_path, "wb") as out:
+        np.lib.format.write_array_header_1_0(out, header)
+        with open(bin_path, "rb") as src:
+            shutil.copyfileobj(src, out, chunk)
     bin_path.unlink()
 
 
