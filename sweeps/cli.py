@@ -29,6 +29,7 @@ def _plan(args) -> int:
         min_steps=args.min_steps,
         train=train,
         schedule=args.schedule,
+        centre_from=args.centre_from,
     )
     print_plan(sweep, rows, warnings, args.out)
     return 0
@@ -115,6 +116,9 @@ def register(sub) -> None:
                     "that shape branch off at 80%% of their tokens and decay (default cosine)")
     pp.add_argument("--decay-fraction", type=float, default=None, help="wsd: share of each run's steps spent decaying (default 0.2)")
     pp.add_argument("--decay-shape", default=None, choices=["linear", "1-sqrt"], help="wsd: shape of the decay (default linear)")
+    pp.add_argument("--centre-from", default=None, metavar="FIT",
+                    help="fit dir (or fits.json) of this sweep's smaller budgets: centre each larger budget's sizes on "
+                    "the N_opt its Approach 2 law predicts, instead of D/N = --tokens-per-param (re-plan the same --out)")
     pp.add_argument("--train-opt", action="append", metavar="KEY=VALUE", help="any other train option for every run (repeatable), e.g. warmup_frac=0.1")
     pp.set_defaults(func=_plan)
 

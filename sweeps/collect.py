@@ -5,8 +5,12 @@ results.parquet is the contract between training and analysis (DESIGN.md, result
     tokens int64, flops float64, loss float64 (held-out nats/token, null unless completed),
     loss_per_event float64 (held-out nats/event, ehrfm.train; null unless completed, or for runs
     made before it was recorded), status str, error str
-plus unique_tokens (the train split's tokens: the data available to every run) and epochs
-(tokens / unique_tokens); for tracing the shape (n_layer, d_model, n_head, context), vocab_size, seed, wall_s,
+plus unique_tokens (the train split's tokens: the data available to every run), epochs
+(tokens / unique_tokens) and over_one_epoch (bool, epochs > 1: the run saw some training tokens
+more than once; null when unique_tokens is unknown); eval_loss_se and loss_per_event_se (float64,
+standard errors of loss and loss_per_event over the eval subjects, ehrfm.train.ratio_se: the eval
+sample's own noise, shared by every run of the sweep; null unless completed, or for runs made
+before they were recorded); for tracing the shape (n_layer, d_model, n_head, context), vocab_size, seed, wall_s,
 tokens_per_s, job_id, schedule (cosine | wsd) and trunk_id (wsd: the run id of the trunk whose
 stable phase the run shares, its own id for a trunk; null for cosine), and optional utility columns `auroc/<task>`, `auroc_se/<task>`, `auprc/<task>` (with
 `--labels`). Every planned run has a row: failed and diverged runs with their error, runs not
@@ -112,8 +116,11 @@ def collect_sweep(
                 # and the recommender counts the epochs D_opt needs, from these two columns.
                 "unique_tokens": sweep.train_tokens or None,
                 "epochs": tokens / sweep.train_tokens if tokens is not None and sweep.train_tokens else None,
+                "over_one_epoch": bool(tokens > sweep.train_tokens) if tokens is not None and sweep.train_tokens else None,
                 "loss": float(result["val_loss"]) if completed else None,
                 "loss_per_event": _float_or_none(result.get("loss_per_event")) if completed else None,
+                "eval_loss_se": _float_or_none(result.get("eval_loss_se")) if completed else None,
+                "loss_per_event_se": _float_or_none(result.get("loss_per_event_se")) if completed else None,
                 "status": st.state,
                 "error": result.get("error"),
                 "n_layer": result.get("n_layer", planned.get("n_layer")),
@@ -137,7 +144,8 @@ def collect_sweep(
         [
             ("run_id", pa.string()), ("budget", pa.float64()), ("n_params", pa.int64()), ("n_params_total", pa.int64()),
             ("tokens", pa.int64()), ("flops", pa.float64()), ("unique_tokens", pa.int64()), ("epochs", pa.float64()),
-            ("loss", pa.float64()), ("loss_per_event", pa.float64()), ("status", pa.string()),
+            ("over_one_epoch", pa.bool_()), ("loss", pa.float64()), ("loss_per_event", pa.float64()),
+            ("eval_loss_se", pa.float64()), ("loss_per_event_se", pa.float64()), ("status", pa.string()),
             ("error", pa.string()), ("n_layer", pa.int64()), ("d_model", pa.int64()), ("n_head", pa.int64()),
             ("context", pa.int64()), ("vocab_size", pa.int64()), ("seed", pa.int64()), ("wall_s", pa.float64()),
             ("tokens_per_s", pa.float64()), ("job_id", pa.string()), ("schedule", pa.string()), ("trunk_id", pa.string()),

@@ -37,16 +37,29 @@ class DemoConfig:
     """Everything that decides a demo; saved as DIR/demo_config.json."""
 
     out: str = "demo_out"
-    patients: int = 8000
+    # Grid (issue 13; measured on the 2-core machine with today's generator, tokenization/synth.py
+    # before its Zipf-conditions rewrite: re-derive `patients` when tokens per patient change).
+    # Family ehrfm.shapes (aspect ratio 32): the ladders below take (1,16)...(3,80), depths 1-3,
+    # 4-5 distinct shapes per budget. Estimated sweep cost (plan x measured CPU s/token at one torch
+    # thread, + 3 s and the eval per run): 888 CPU-s cosine, 673 CPU-s wsd (0.84x / 0.63x the
+    # previous 8000-patient grid, whose sweep took 909 s wall with the machine at load ~20).
+    # patients: no run over 1 epoch. The largest D is the (1, 32) run of the 2.4e12 budget,
+    # 2.4e12 / 1.99e5 FLOPs/token = 12.1M tokens; the generator gives 540 train tokens per patient
+    # (4.32M over 8000), so >= 22,400 patients; 24,000 leaves a margin.
+    patients: int = 24_000
     seed: int = 0
-    budgets: list = field(default_factory=lambda: [3e11, 6e11, 1.2e12, 2.4e12])  # 0.9 decades: 4 interior minima
+    budgets: list = field(default_factory=lambda: [1.5e11, 3.8e11, 9.5e11, 2.4e12])  # 16x, 2.52x apart
     sizes: int = 5
-    span_dex: float = 0.7  # model sizes span N*(C) * 10^(+-span_dex)
+    span_dex: float = 0.6  # model sizes span N*(C) * 10^(+-span_dex): rungs 0.3 decades apart
     tokens_per_param: float = 60.0  # D/N at the centre of each budget's ladder (this data's optimum is ~100)
     context: int = 256
     batch_size: int = 8  # rows per optimizer step: small budgets still take enough steps
     lr: float = 1e-2  # tiny models train best with a high peak lr (tuned on the default budgets)
-    eval_tokens: int = 65_536  # the same fixed tuning sample for every run
+    # The same fixed tuning sample for every run. Its standard error (result.json eval_loss_se, over
+    # subjects) is 0.029 nats/token at 65,536 tokens (124 subjects) and 0.021 at 262,144 (352); the
+    # difference between two runs on this shared sample is ~8x less noisy (paired SE 0.0015-0.0026
+    # at 262,144), <= 1/10 of a parabola's depth at +-0.6 decades (0.1-0.4 nats in the last demo).
+    eval_tokens: int = 262_144
     executor: str = "local"
     max_parallel: int | None = None  # local: cores; SLURM: array throttle
     slurm_partition: str | None = None
@@ -57,9 +70,10 @@ class DemoConfig:
 
     @classmethod
     def quick_config(cls, **overrides) -> DemoConfig:
-        """A ~1-minute smoke version: a small cohort, three tiny budgets, three distinct sizes each
-        (smaller budgets snap two of the three sizes to the family's smallest shape)."""
-        base = dict(patients=1500, budgets=[5e10, 1e11, 2e11], sizes=3, span_dex=0.5, bootstrap=50,
+        """A ~1-minute smoke version: a small cohort, three tiny budgets, three distinct sizes each."""
+        # 9 runs, depths 1-2, ~125 CPU-s of training; the largest D is 1.9M tokens (the 1-layer d_model 32
+        # run of 3.8e11), which >= 3,520 patients hold in 1 epoch (540 train tokens per patient)
+        base = dict(patients=4000, budgets=[6e10, 1.5e11, 3.8e11], sizes=3, span_dex=0.5, bootstrap=50,
                     head_bootstrap=100, max_labels=100, eval_tokens=16_384, quick=True)
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
