@@ -58,7 +58,10 @@ class DemoConfig:
     # The same fixed tuning sample for every run. Its standard error (result.json eval_loss_se, over
     # subjects) is 0.029 nats/token at 65,536 tokens (124 subjects) and 0.021 at 262,144 (352); the
     # difference between two runs on this shared sample is ~8x less noisy (paired SE 0.0015-0.0026
-    # at 262,144), <= 1/10 of a parabola's depth at +-0.6 decades (0.1-0.4 nats in the last demo).
+    # at 262,144). Parabola depth (fitted rise at +-0.6 decades): 0.72 nats at 1.5e11 with this
+    # family (a 4-run mini sweep), 0.08-0.28 in the previous demo's four budgets. So the paired SE
+    # is <= 1/10 of every depth; the absolute SE only of the steepest (it would need ~1,600 eval
+    # subjects, ~1.1M tokens, for 0.008).
     eval_tokens: int = 262_144
     executor: str = "local"
     max_parallel: int | None = None  # local: cores; SLURM: array throttle
