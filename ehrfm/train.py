@@ -470,10 +470,12 @@ def evaluate_subjects(model, eval_rows: PackedRows, batch_size: int, device, aut
     return sums[0, :n], sums[1, :n]
 
 
-def evaluate(model, eval_rows: PackedRows, batch_size: int, device, autocast, dd: _Dist) -> float:
-    """Mean next-token loss (nats) over the eval rows' scored targets."""
+def evaluate(model, eval_rows: PackedRows, batch_size: int, device, autocast, dd: _Dist, per_subject: bool = False):
+    """Mean next-token loss (nats) over the eval rows' scored targets; with per_subject, the tuple
+    (mean, nats summed per eval subject, scored targets per eval subject) (`evaluate_subjects`)."""
     loss_sums, counts = evaluate_subjects(model, eval_rows, batch_size, device, autocast, dd)
-    return float(loss_sums.sum() / counts.sum())
+    mean = float(loss_sums.sum() / counts.sum())
+    return (mean, loss_sums, counts) if per_subject else mean
 
 
 def ratio_se(num: np.ndarray, den: np.ndarray) -> float | None:
@@ -752,8 +754,7 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
             metrics_f.close()
 
     t_eval = time.perf_counter()
-    loss_sums, eval_counts = evaluate_subjects(model, eval_rows, eval_bs, device, autocast, dd)
-    val_loss = float(loss_sums.sum() / eval_counts.sum())
+    val_loss, loss_sums, eval_counts = evaluate(model, eval_rows, eval_bs, device, autocast, dd, per_subject=True)
     eval_s = time.perf_counter() - t_eval
     reason = divergence_reason(step, vocab_size=td.vocab_size, initial_loss=initial_loss, val_loss=val_loss)
     if reason:
