@@ -93,6 +93,9 @@ class RunResult:
     val_loss: float | None = _UNSET  # held-out nats/token (diverged: kept as a diagnosis when finite)
     loss_per_event: float | None = _UNSET
     eval_events: int | None = _UNSET
+    eval_loss_se: float | None = _UNSET  # SE of val_loss over eval subjects (nats/token)
+    loss_per_event_se: float | None = _UNSET
+    eval_subjects: int | None = _UNSET
     train_loss: float | None = _UNSET
     initial_train_loss: float | None = _UNSET
     eval_tokens: int | None = _UNSET

@@ -15,24 +15,37 @@ counts the causal half (6 * n_layer * context * d). torch's FLOP counter counts 
 for SDPA (12 * n_layer * context * d per token), so the two agree when context << 12 * d_model
 + vocab / n_layer; tests/test_model_accounting.py checks both the exact decomposition and the 10%.
 
-Depth/width rule (`shape_for_params`), fixed for the whole family:
+Depth/width rule (`shape_for_params`), fixed for the whole family: depth and width grow together
+at a fixed aspect ratio, as in the Kaplan et al. (2020) and Chinchilla (Hoffmann et al. 2022)
+families, so that a ladder of sizes is a family of models, not a width sweep at one depth.
 - head dim 16 below d_model 128, 32 below 512, 64 from 512 on; d_model a multiple of it;
   n_head = d_model / head_dim;
-- target aspect ratio d_model / n_layer = 64 (Kaplan et al. 2020: loss is flat over 20-200);
-- among all (n_layer, d_model) with aspect ratio in [16, 256], pick the one minimising
-  |ln(n_params / N)| + 0.1 * |log2((d_model / n_layer) / 64)|: the count closest to the target,
-  with a mild pull to the target ratio (a factor 2 off the ratio costs as much as 10% off in N).
+- ASPECT_RATIO = d_model / n_layer = 32 (Kaplan et al. 2020, fig. 5: loss is flat within a few
+  percent for ratios 20-200; 32 is near the low end so that the demo's sizes, 1e4-5e5 non-embedding
+  parameters, already take depths 1 to 3 rather than all being 1 layer deep);
+- depth: n_layer(N) = the L whose exact-ratio shape (L, 32 L) is nearest to N in log N, i.e.
+  L steps up where N crosses the geometric mean of n_params(L, 32 L) and n_params(L + 1, 32 (L + 1)).
+  n_params(L, 32 L) ~ 12 * 32^2 * L^3, so L ~ (N / 12288)^(1/3) (1 layer below ~3.8e4, 2 up to
+  ~1.9e5, 3 up to ~5.2e5, 4 up to ~1.1e6, 9 at 1e7, 43 at 1e9). Depth is non-decreasing in N;
+- members: the admissible (n_layer, d_model) whose own n_params has that depth, i.e. each depth
+  keeps the widths whose size falls in its band of N. `shape_for_params(N)` is the member nearest
+  to N in log N (ties to the smaller), so realised sizes and depths are both non-decreasing in N.
+  The members below 1e6 are (1, 16|32|48), (2, 48|64|80), (3, 80|96|112), (4, 112|128):
+  aspect ratios 16-48, neighbours 0.1-0.18 decades apart in N (0.5 decades from (1, 16) to
+  (1, 32)); from 1.6e6 on the members are exactly (L, 32 L) (every depth up to 16, even depths
+  above, where d_model moves in steps of 64), 0.3 decades apart at 1e6, 0.13 at 1e7, 0.1 at 1e8.
+  A target is thus matched to within half its neighbours' gap (<= 0.15 decades from 1e4 on).
+A ladder of targets evenly spaced in log N (sweeps.plan) thus gives shapes evenly spaced in
+log N to within those snapping errors, with depth growing along it.
 """
 
 from __future__ import annotations
 
 import math
 
-from ehrfm.config import ModelConfig
+from ehrfm.config import ModelConfig, swiglu_hidden
 
-ASPECT_RATIO = 64  # d_model / n_layer
-ASPECT_RANGE = (16, 256)
-ASPECT_WEIGHT = 0.1  # cost of a factor 2 off ASPECT_RATIO, in units of |ln(n_params / target)|
+ASPECT_RATIO = 32  # d_model / n_layer of the family (module docstring)
 
 
 def n_params(cfg: ModelConfig) -> int:
@@ -57,29 +70,46 @@ def head_dim_for(d_model: int) -> int:
     return 16 if d_model < 128 else 32 if d_model < 512 else 64
 
 
-def shape_for_params(target_n_params: float, vocab_size: int, context: int) -> ModelConfig:
-    """The family's ModelConfig whose non-embedding n_params best matches `target_n_params`.
+def _count(n_layer: int, d_model: float) -> float:
+    """n_params of a (n_layer, d_model) shape with the default SwiGLU width, any d_model."""
+    d = d_model
+    return n_layer * (4 * d * d + 3 * d * swiglu_hidden(math.ceil(d)) + 2 * d) + d
 
-    See the module docstring for the rule. Deterministic.
-    """
+
+def depth_for_params(target_n_params: float) -> int:
+    """The family's n_layer for a target non-embedding size N (module docstring): the depth whose
+    exact-ratio shape (L, ASPECT_RATIO * L) is nearest to N in log N. Non-decreasing in N."""
     if not target_n_params > 0:
         raise ValueError(f"target_n_params must be > 0 (got {target_n_params})")
-    best = None
     n_layer = 1
-    while True:
-        lo, hi = ASPECT_RANGE[0] * n_layer, ASPECT_RANGE[1] * n_layer
-        if n_layer > 1 and 12 * n_layer * lo * lo > 4 * target_n_params:
-            break  # every deeper shape is far too big
+    while math.sqrt(_count(n_layer, ASPECT_RATIO * n_layer) * _count(n_layer + 1, ASPECT_RATIO * (n_layer + 1))) <= target_n_params:
+        n_layer += 1
+    return n_layer
+
+
+def shape_for_params(target_n_params: float, vocab_size: int, context: int) -> ModelConfig:
+    """The family member nearest to `target_n_params` (non-embedding) in log N (module docstring).
+
+    Members are the admissible (n_layer, d_model) whose own n_params maps back to their depth
+    (`depth_for_params`), so sizes and depths are both non-decreasing in the target. Ties go to
+    the smaller shape. Deterministic.
+    """
+    depth = depth_for_params(target_n_params)
+    best = None
+    for n_layer in range(max(1, depth - 2), depth + 3):
         d = 16
-        while d <= hi:
-            if d >= lo and d % head_dim_for(d) == 0:
+        while True:
+            if d % head_dim_for(d) == 0:
                 cfg = ModelConfig(n_layer=n_layer, d_model=d, n_head=d // head_dim_for(d), context=context, vocab_size=vocab_size)
                 n = n_params(cfg)
-                score = abs(math.log(n / target_n_params)) + ASPECT_WEIGHT * abs(math.log2(d / n_layer / ASPECT_RATIO))
-                if best is None or score < best[0]:
-                    best = (score, cfg)
-                if n > 4 * target_n_params:
-                    break
+                own = depth_for_params(n)
+                if own > n_layer:
+                    break  # wider shapes belong to deeper depths
+                if own == n_layer:
+                    score = abs(math.log(n / target_n_params))
+                    if best is None or score < best[0] or (score == best[0] and n < n_params(best[1])):
+                        best = (score, cfg)
+                    if n > target_n_params:
+                        break  # wider members only move further away
             d += 16
-        n_layer += 1
     return best[1]

@@ -20,8 +20,11 @@ RESULTS_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
     ("flops", pa.float64()),
     ("unique_tokens", pa.int64()),  # the train split's tokens: the data every run may use
     ("epochs", pa.float64()),  # tokens / unique_tokens
+    ("over_one_epoch", pa.bool_()),  # epochs > 1: the run repeated data
     ("loss", pa.float64()),  # held-out nats/token (null unless completed)
     ("loss_per_event", pa.float64()),  # held-out nats/event (null unless completed)
+    ("eval_loss_se", pa.float64()),  # standard error of loss over eval subjects (ehrfm.train.ratio_se)
+    ("loss_per_event_se", pa.float64()),
     ("status", pa.string()),  # ehrfm.results.Status; only completed rows are fitted
     ("error", pa.string()),
     ("n_layer", pa.int64()),

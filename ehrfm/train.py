@@ -34,6 +34,10 @@ smaller), packed like training rows; nats per predicted token. Identical for eve
 same token dir and context, so losses compare across a sweep. loss_per_event (result.json): the
 same nats summed, over the events that open among the predicted positions (ehrfm.tokens:
 TokenDir.count_events), comparable across code modes whose tokens per event differ.
+eval_loss_se and loss_per_event_se (result.json): their standard errors over the eval subjects
+(`ratio_se`; eval_subjects of them): the noise of the eval sample itself, tokens of one subject
+being correlated. Every run scores the same sample, so this noise is shared by a sweep's runs
+and differences between runs are less noisy than it; training noise (seeds) is not in it.
 
 Stops and faults:
 - SIGTERM / SIGUSR1 (or `request_stop()` from the same process) set a flag checked between
@@ -91,7 +95,7 @@ from ehrfm.errors import UserError
 from ehrfm.io import progress, read_json, summary, write_json
 from ehrfm.loggers import metrics_log
 from ehrfm.model import GPT
-from ehrfm.packing import PackedRows, PackedStream
+from ehrfm.packing import IGNORE_INDEX, PAD_SEGMENT, PackedRows, PackedStream
 from ehrfm.results import RunResult, Status, read_result, write_result
 from ehrfm.run_lock import LOCK_FILE, RunDirBusyError, lock_run_dir
 from ehrfm.shapes import flops_per_token, n_params, n_params_total
@@ -435,24 +439,71 @@ def _to_torch(rows: PackedRows, device) -> tuple[torch.Tensor, torch.Tensor, tor
     )
 
 
+def eval_subjects(eval_rows: PackedRows) -> tuple[np.ndarray, int]:
+    """(subject index of every position (n_rows, T): 0..S-1 in stream order, S at padding; S).
+
+    The eval stream is in file order within one epoch, so a segment id is one subject, also
+    across the window cuts of a subject longer than a row (ehrfm.packing)."""
+    seg = eval_rows.segment_ids
+    valid = seg != PAD_SEGMENT
+    ids, inverse = np.unique(seg[valid], return_inverse=True)
+    out = np.full(seg.shape, len(ids), dtype=np.int64)
+    out[valid] = inverse
+    return out, len(ids)
+
+
 @torch.no_grad()
-def evaluate(model, eval_rows: PackedRows, batch_size: int, device, autocast, dd: _Dist) -> float:
-    """Mean next-token loss (nats) over the eval rows; each rank scores its round-robin share."""
+def evaluate_subjects(model, eval_rows: PackedRows, batch_size: int, device, autocast, dd: _Dist) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out next-token loss per eval subject: (nats summed (S,) float64, scored targets (S,)).
+
+    Each rank scores its round-robin share of the rows; per-token losses are summed per subject
+    on the host (np.bincount, a fixed order: the same sums on every device and rank count).
+    """
     core = getattr(model, "module", model)
     was_training = core.training
     core.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=device)
+    subject, n = eval_subjects(eval_rows)
+    sums = np.zeros((2, n + 1), dtype=np.float64)
     mine = np.arange(dd.rank, len(eval_rows.tokens), dd.world)
     for i in range(0, len(mine), batch_size):
-        idx, tgt, seg = _to_torch(eval_rows.take(mine[i : i + batch_size]), device)
+        rows = mine[i : i + batch_size]
+        idx, tgt, seg = _to_torch(eval_rows.take(rows), device)
         with autocast():
-            _, loss_sum = core(idx, tgt, segment_ids=seg, reduction="sum")
-        total[0] += loss_sum.double()
-        total[1] += (tgt != -100).sum()
+            _, losses = core(idx, tgt, segment_ids=seg, reduction="none")
+        where = subject[rows].ravel()
+        sums[0] += np.bincount(where, weights=losses.double().cpu().numpy().ravel(), minlength=n + 1)
+        sums[1] += np.bincount(where, weights=(eval_rows.targets[rows] != IGNORE_INDEX).ravel(), minlength=n + 1)
     if dd.world > 1:
+        total = torch.from_numpy(sums).to(device)
         dist.all_reduce(total)
+        sums = total.cpu().numpy()
     core.train(was_training)
-    return float(total[0] / total[1])
+    return sums[0, :n], sums[1, :n]
+
+
+def evaluate(model, eval_rows: PackedRows, batch_size: int, device, autocast, dd: _Dist, per_subject: bool = False):
+    """Mean next-token loss (nats) over the eval rows' scored targets; with per_subject, the tuple
+    (mean, nats summed per eval subject, scored targets per eval subject) (`evaluate_subjects`)."""
+    loss_sums, counts = evaluate_subjects(model, eval_rows, batch_size, device, autocast, dd)
+    mean = float(loss_sums.sum() / counts.sum())
+    return (mean, loss_sums, counts) if per_subject else mean
+
+
+def ratio_se(num: np.ndarray, den: np.ndarray) -> float | None:
+    """Standard error of the ratio sum(num) / sum(den) over independent clusters (here subjects).
+
+    The linearised (delta-method) variance of a ratio estimator, as for cluster samples (Cochran
+    1977, Sampling Techniques, section 6.3; the cluster-robust sandwich variance of a mean):
+        r = sum(num) / sum(den),  SE(r) = sqrt(S / (S - 1) * sum((num - r den)^2)) / sum(den).
+    Tokens of one subject are correlated, so the subject, not the token, is the sampling unit:
+    a per-token SE would understate the noise. None with fewer than 2 subjects with den > 0.
+    """
+    keep = den > 0
+    num, den = np.asarray(num, dtype=np.float64)[keep], np.asarray(den, dtype=np.float64)[keep]
+    if len(den) < 2:
+        return None
+    r = num.sum() / den.sum()
+    return float(math.sqrt(len(den) / (len(den) - 1) * ((num - r * den) ** 2).sum()) / den.sum())
 
 
 # --- the trainer -------------------------------------------------------------------------------
@@ -798,7 +849,8 @@ def _finish(run: _Run, session_tokens: int, session_s: float) -> dict:
     """The final held-out loss; the completed (or, for a final blow-up, diverged) result."""
     dd, run_dir, D, step = run.dd, run.run_dir, run.D, run.step
     t_eval = time.perf_counter()
-    val_loss = run.evaluate()
+    val_loss, loss_sums, eval_counts = evaluate(run.model, run.eval_rows, run.eval_bs, run.dd.device, run.autocast, run.dd,
+                                                per_subject=True)
     eval_s = time.perf_counter() - t_eval
     session_s += eval_s
     reason = divergence_reason(step, vocab_size=run.td.vocab_size, initial_loss=run.initial_loss, val_loss=val_loss)
@@ -810,6 +862,9 @@ def _finish(run: _Run, session_tokens: int, session_s: float) -> dict:
     # Tokens per event differ between code modes: compare runs by held-out nats per event
     # (TokenDir.event_head_mask: the events whose first token is among the scored targets).
     eval_events = run.td.count_events(run.eval_rows.targets)
+    subject, n_subjects = eval_subjects(run.eval_rows)
+    scored = run.eval_rows.targets != IGNORE_INDEX
+    events = np.bincount(subject[scored], weights=run.td.event_head_mask[run.eval_rows.targets[scored]], minlength=n_subjects)
     wall_s = run.wall_s
     if dd.main:
         with metrics_log(run_dir, run.cfg) as f:
@@ -820,6 +875,10 @@ def _finish(run: _Run, session_tokens: int, session_s: float) -> dict:
         val_loss=val_loss,
         loss_per_event=val_loss * run.eval_rows.n_targets / eval_events if eval_events else None,
         eval_events=eval_events,
+        # standard errors over eval subjects (ratio_se): the eval sample's own noise
+        eval_loss_se=ratio_se(loss_sums, eval_counts),
+        loss_per_event_se=ratio_se(loss_sums, events) if eval_events else None,
+        eval_subjects=n_subjects,
         train_loss=run.train_loss,
         initial_train_loss=run.initial_loss,
         eval_tokens=int(run.eval_n),

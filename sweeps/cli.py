@@ -15,7 +15,7 @@ def _plan(args) -> int:
     train = parse_train_options(args.train_opt)
     train.update(values(TrainConfig, args))  # only the options given (unset ones keep the trainer default)
     opts = values(SweepConfig, args)
-    sweep, rows, warnings = plan_sweep(opts.pop("tokens_dir"), opts.pop("budgets"), args.out, train=train, **opts)
+    sweep, rows, warnings = plan_sweep(opts.pop("tokens_dir"), opts.pop("budgets"), args.out, train=train, centre_from=args.centre_from, **opts)
     print_plan(sweep, rows, warnings, args.out)
     return 0
 
@@ -72,6 +72,9 @@ def _plan_arguments(pp) -> None:
     add_fields(pp, TrainConfig, ["batch_size", "lr", "seed"], batch_size=unset, lr=unset, seed=unset)
     add_fields(pp, SweepConfig, ["min_steps", "schedule"])
     add_fields(pp, TrainConfig, ["decay_fraction", "decay_shape"], decay_fraction=unset, decay_shape=unset)
+    pp.add_argument("--centre-from", default=None, metavar="FIT",
+                    help="fit dir (or fits.json) of this sweep's smaller budgets: centre each larger budget's sizes on "
+                    "the N_opt its Approach 2 law predicts, instead of D/N = --tokens-per-param (re-plan the same --out)")
     pp.add_argument("--train-opt", action="append", metavar="KEY=VALUE", help="any other train option for every run (repeatable), e.g. warmup_frac=0.1")
 
 

@@ -6,8 +6,12 @@ schema is ehrfm.tables.results_schema):
     tokens int64, flops float64, loss float64 (held-out nats/token, null unless completed),
     loss_per_event float64 (held-out nats/event, ehrfm.train; null unless completed, or for runs
     made before it was recorded), status str, error str
-plus unique_tokens (the train split's tokens: the data available to every run) and epochs
-(tokens / unique_tokens); for tracing the shape (n_layer, d_model, n_head, context), vocab_size, seed, wall_s,
+plus unique_tokens (the train split's tokens: the data available to every run), epochs
+(tokens / unique_tokens) and over_one_epoch (bool, epochs > 1: the run saw some training tokens
+more than once; null when unique_tokens is unknown); eval_loss_se and loss_per_event_se (float64,
+standard errors of loss and loss_per_event over the eval subjects, ehrfm.train.ratio_se: the eval
+sample's own noise, shared by every run of the sweep; null unless completed, or for runs made
+before they were recorded); for tracing the shape (n_layer, d_model, n_head, context), vocab_size, seed, wall_s,
 tokens_per_s, job_id, schedule (cosine | wsd) and trunk_id (wsd: the run id of the trunk whose
 stable phase the run shares, its own id for a trunk; null for cosine), and optional utility columns `auroc/<task>`, `auroc_se/<task>`, `auprc/<task>` (with
 `--labels`). Every planned run has a row: failed and diverged runs with their error, runs not
@@ -129,8 +133,11 @@ def _results_row(sweep, sweep_dir: Path, r: _Run) -> dict:
         # and the recommender counts the epochs D_opt needs, from these two columns.
         "unique_tokens": sweep.train_tokens or None,
         "epochs": tokens / sweep.train_tokens if tokens is not None and sweep.train_tokens else None,
+        "over_one_epoch": bool(tokens > sweep.train_tokens) if tokens is not None and sweep.train_tokens else None,
         "loss": float(result.val_loss) if r.completed else None,
         "loss_per_event": _float_or_none(result.loss_per_event) if r.completed else None,
+        "eval_loss_se": _float_or_none(result.eval_loss_se) if r.completed else None,
+        "loss_per_event_se": _float_or_none(result.loss_per_event_se) if r.completed else None,
         "status": str(r.st.state),
         "error": result.error,
         "n_layer": r.get("n_layer"),

@@ -16,6 +16,17 @@ Schedules (`schedule`, the same (budget, n_layer, d_model) points for both):
   a stable-phase checkpoint at the decay start (1 - decay_fraction of the steps, ~80%) of every
   smaller budget of its shape, and each of those runs is a branch that trains only its own decay
   from there (`ehrfm.train`, TrainConfig.trunk_dir). The trunk decays in place.
+Centring on a fit (`centre_from`, `sweep plan --centre-from FIT`): off-centre sampling biases
+Approach 2's minima, and D/N = tokens_per_param is only a guess. So a sweep can be planned in
+stages: plan, launch and fit the smaller budgets, then re-plan the same sweep dir with every budget
+and --centre-from FIT. Each budget above the fit's largest used budget is then centred on the N_opt
+that the fit's Approach 2 law predicts for it (N_opt = n_coef * C^a; a total-parameter law, fits.json
+`n_count` "total", is turned into the family's non-embedding N first); budgets up to that one keep
+their tokens_per_param centre, so their planned runs, and run ids, are unchanged. The centre is
+snapped to the same rung grid as every other budget, so the ladder stays shared and wsd trunks
+still serve several budgets. A law whose exponent a is not positive (or not finite) is refused:
+it cannot say where a larger budget's optimum lies. sweep.json records the law used (`centre_law`).
+
 `planned_flops` in sweep.json is what the sweep will really spend: the sum of the runs' FLOPs for
 cosine; for wsd each trunk once plus each branch's decay only.
 
@@ -93,6 +104,11 @@ class SweepConfig:
     branch off at 80% of their tokens and decay (module docstring)."""
     planned_flops: float = 0.0
     """Filled by plan: what the sweep will really spend (each wsd trunk counted once)."""
+    centre_law: dict = field(default_factory=dict)
+    """Set by `--centre-from FIT` (module docstring), else empty: the Approach 2 law that centres the
+    budgets above `from_budget`: {"fits": FIT/fits.json, "n_coef", "a" (N_opt = n_coef * C^a),
+    "n_count" ("non-embedding" or "total": the parameter count of that N_opt), "from_budget" (the
+    fit's largest used budget)}."""
     created_at: str = ""
     """Filled by plan: UTC time of planning."""
     ehrfm_version: str = ""
@@ -236,6 +252,83 @@ def expected_optimum(budget: float, tokens_per_param: float, vocab_size: int, co
     return n
 
 
+def ladder_centre(sweep: SweepConfig, budget: float) -> float:
+    """The non-embedding N a budget's ladder is centred on (module docstring): the law in
+    `sweep.centre_law` for budgets above its `from_budget`, else `expected_optimum`."""
+    law = sweep.centre_law
+    if law and budget > float(law["from_budget"]):
+        n = float(law["n_coef"]) * float(budget) ** float(law["a"])
+        if law.get("n_count") == "total":
+            n = non_embedding_for_total(n, sweep.vocab_size, sweep.context)
+        return n
+    return expected_optimum(budget, sweep.tokens_per_param, sweep.vocab_size, sweep.context)
+
+
+def non_embedding_for_total(total: float, vocab_size: int, context: int) -> float:
+    """The non-embedding N whose family shape has `total` parameters in all (embedding and head
+    included): log-log interpolation between the two family members whose totals bracket it (the
+    smallest member's N below the family's smallest total)."""
+    from ehrfm.shapes import n_params, n_params_total, shape_for_params
+
+    def member(n):
+        cfg = shape_for_params(n, vocab_size, context)
+        return n_params(cfg), n_params_total(cfg)
+
+    lo_n, lo_t = member(1.0)
+    if total <= lo_t:
+        return float(lo_n)
+    a, b = math.log(lo_n), math.log(2.0 * total)  # a member's N is below its total; target 2x total is above it
+    for _ in range(40):  # the smallest target whose member's total reaches `total`
+        mid = 0.5 * (a + b)
+        if member(math.exp(mid))[1] >= total:
+            b = mid
+        else:
+            a = mid
+    hi_n, hi_t = member(math.exp(b))
+    lo_n, lo_t = member(math.exp(a))
+    if hi_t == lo_t:
+        return float(hi_n)
+    w = (math.log(total) - math.log(lo_t)) / (math.log(hi_t) - math.log(lo_t))
+    return float(math.exp(math.log(lo_n) + w * (math.log(hi_n) - math.log(lo_n))))
+
+
+def centre_law_from_fit(fit_path: str | Path, budgets: list[float]) -> tuple[dict, list[str]]:
+    """SweepConfig.centre_law from a fit dir (or its fits.json), and notes for the plan's output.
+
+    Raises:
+        UserError: fits.json missing or damaged, without an Approach 2 law, or with a law whose
+            exponent a or coefficient n_coef is not a positive finite number.
+    """
+    fit_path = Path(fit_path)
+    fits_json = fit_path if fit_path.is_file() else fit_path / "fits.json"
+    if not fits_json.is_file():
+        raise UserError(f"--centre-from {fit_path}: no fits.json there (run `ehrfm fit` on the smaller budgets' results first)")
+    fits = read_json(fits_json, "fits file", expect=dict, hint="rerun `ehrfm fit` to rewrite it")
+    a2 = fits.get("approach2")
+    if not isinstance(a2, dict):
+        raise UserError(f"{fits_json}: no approach2 fit (IsoFLOP parabolas); --centre-from needs its N_opt law")
+    used = [float(b["budget"]) for b in a2.get("budgets") or [] if isinstance(b, dict) and b.get("used")]
+    law = {}
+    for key in ("n_coef", "a"):
+        v = a2.get(key)
+        if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise UserError(
+                f"{fits_json}: approach2.{key} = {v!r} ({len(used)} budget(s) used); --centre-from needs N_opt = n_coef * C^a "
+                "with both positive and finite: a law whose optimum does not grow with compute cannot place a larger "
+                "budget's ladder (plan without --centre-from, or fit more budgets first)"
+            )
+        law[key] = float(v)
+    if not used:
+        raise UserError(f"{fits_json}: approach2 used no budget (approach2.budgets[].used); nothing to extrapolate from")
+    law.update(fits=str(fits_json.resolve()), n_count=str(fits.get("n_count") or "non-embedding"), from_budget=max(used))
+    notes = []
+    above = [b for b in budgets if b > law["from_budget"]]
+    if not above:
+        notes.append(f"--centre-from: no budget above the fit's largest ({law['from_budget']:.3g}); every ladder keeps its "
+                     "tokens_per_param centre")
+    return law, notes
+
+
 def smallest_shape(vocab_size: int, context: int) -> ModelConfig:
     from ehrfm.shapes import head_dim_for
 
@@ -247,11 +340,12 @@ def shared_ladder(sweep: SweepConfig) -> dict[float, list[float]]:
 
     Rungs are r = 2 * span_dex / (sizes - 1) decades apart on a grid fixed in log10 N (not by the
     budgets: re-planning with another budget keeps every other budget's targets and run ids); a
-    budget takes the `sizes` consecutive rungs centred nearest its own N*(C), so its ladder spans
+    budget takes the `sizes` consecutive rungs centred nearest its own N*(C) (`ladder_centre`: the
+    tokens_per_param optimum, or a fit's prediction with `centre_law`), so its ladder spans
     N*(C) * 10**(+-span_dex) to within r / 2. With one size per budget there is no ladder: the
     target is N*(C) itself.
     """
-    stars = {b: expected_optimum(b, sweep.tokens_per_param, sweep.vocab_size, sweep.context) for b in sweep.budgets}
+    stars = {b: ladder_centre(sweep, b) for b in sweep.budgets}
     k = sweep.sizes
     if k == 1 or sweep.span_dex == 0:
         return {b: [n] * k for b, n in stars.items()}
@@ -416,8 +510,12 @@ def plan_sweep(
     min_steps: int = 50,
     train: dict | None = None,
     schedule: str = "cosine",
+    centre_from: str | Path | None = None,
 ) -> tuple[SweepConfig, list[dict], list[str]]:
     """Plan an IsoFLOP sweep into `out` (sweep.json + plan.parquet); returns (config, rows, warnings).
+
+    centre_from: a fit dir (or its fits.json) of this sweep's smaller budgets: the budgets above its
+    largest are centred on its Approach 2 N_opt law (module docstring; `centre_law_from_fit`).
 
     Re-planning an existing sweep dir is allowed (same ids for the same runs, runs/ kept) only
     with the same tokenizer; a sweep dir planned on another tokenizer is refused.
@@ -461,7 +559,11 @@ def plan_sweep(
                     f"sweep dir {out} was planned with another tokenizer (fingerprint {old.tokenizer_fingerprint[:12]}, "
                     f"{tokens_dir} has {sweep.tokenizer_fingerprint[:12]}); its runs are not comparable: use a new --out"
                 )
+    notes = []
+    if centre_from is not None:
+        sweep.centre_law, notes = centre_law_from_fit(centre_from, sweep.budgets)
     rows, warnings = make_plan(sweep)
+    warnings = notes + warnings
     sweep.planned_flops = planned_flops(rows)
     out.mkdir(parents=True, exist_ok=True)
     write_plan_table(rows, out / PLAN_PARQUET)
@@ -532,5 +634,10 @@ def print_plan(sweep: SweepConfig, rows: list[dict], warnings: list[str], out: P
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr, flush=True)
     trunks = f", {len({r['trunk_id'] for r in rows})} wsd trunks" if sweep.schedule == "wsd" else ""
+    law = sweep.centre_law
+    if law and any(b > law["from_budget"] for b in sweep.budgets):
+        n = sum(b > law["from_budget"] for b in sweep.budgets)
+        trunks += (f"; {n} budget(s) above {law['from_budget']:.3g} centred on N_opt = {law['n_coef']:.3g} C^{law['a']:.3f} "
+                   f"({law['n_count']} parameters) from {law['fits']}")
     summary(f"planned {len(rows)} runs over {len(sweep.budgets)} budgets{trunks} into {out}: "
             f"{sweep.planned_flops:.3g} FLOPs planned ({len(warnings)} warnings)")

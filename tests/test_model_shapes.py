@@ -8,7 +8,15 @@ import pytest
 
 from ehrfm.config import ModelConfig, TrainConfig, swiglu_hidden
 from ehrfm.errors import UserError
-from ehrfm.shapes import ASPECT_RANGE, flops_per_token, head_dim_for, n_params, n_params_total, shape_for_params
+from ehrfm.shapes import (
+    ASPECT_RATIO,
+    depth_for_params,
+    flops_per_token,
+    head_dim_for,
+    n_params,
+    n_params_total,
+    shape_for_params,
+)
 
 
 def test_counts_by_hand():
@@ -26,22 +34,69 @@ def test_swiglu_width_rule():
     assert all(swiglu_hidden(d) % 32 == 0 and swiglu_hidden(d) >= 8 * d / 3 for d in range(16, 2000, 16))
 
 
-@pytest.mark.parametrize("target", [3e4, 1e5, 3e5, 1e6, 3e6, 1e7, 3e7, 1e8, 1e9])
-def test_shape_for_params_hits_target_with_sane_shape(target):
-    cfg = shape_for_params(target, vocab_size=500, context=256)
-    assert abs(math.log(n_params(cfg) / target)) < math.log(1.15), (target, cfg)
-    assert ASPECT_RANGE[0] <= cfg.d_model / cfg.n_layer <= ASPECT_RANGE[1]
+def _members(max_n: float, vocab: int = 300, context: int = 128) -> list[ModelConfig]:
+    """Every family member up to max_n by brute force: admissible shapes whose own size maps to their depth."""
+    out = []
+    for n_layer in range(1, 40):
+        for d in range(16, 2048, 16):
+            if d % head_dim_for(d):
+                continue
+            cfg = ModelConfig(n_layer=n_layer, d_model=d, n_head=d // head_dim_for(d), context=context, vocab_size=vocab)
+            if n_params(cfg) <= max_n and depth_for_params(n_params(cfg)) == n_layer:
+                out.append(cfg)
+    return sorted(out, key=n_params)
+
+
+@pytest.mark.parametrize("target", [3e3, 1e4, 3e4, 1e5, 3e5, 1e6, 3e6, 1e7, 3e7])
+def test_shape_for_params_is_the_nearest_family_member(target):
+    cfg = shape_for_params(target, vocab_size=300, context=128)
+    members = _members(1e8)
+    nearest = min(members, key=lambda m: (abs(math.log(n_params(m) / target)), n_params(m)))
+    assert cfg == nearest
     assert cfg.d_model % head_dim_for(cfg.d_model) == 0 and cfg.head_dim == head_dim_for(cfg.d_model)
-    assert cfg.vocab_size == 500 and cfg.context == 256
+    assert cfg.vocab_size == 300 and cfg.context == 128
+    if target >= 1e4:  # the members are at most 0.3 decades apart from here on
+        assert abs(math.log10(n_params(cfg) / target)) <= 0.15, (target, cfg)
+
+
+def test_family_members_hold_the_aspect_ratio():
+    members = _members(1e8)
+    # the smallest members, written out in the module docstring
+    assert [(m.n_layer, m.d_model) for m in members[:11]] == [
+        (1, 16), (1, 32), (1, 48), (2, 48), (2, 64), (2, 80), (3, 80), (3, 96), (3, 112), (4, 112), (4, 128)]
+    for m in members:
+        ratio = m.d_model / m.n_layer
+        if n_params(m) >= 1e4:
+            assert ASPECT_RATIO / 2 <= ratio <= ASPECT_RATIO * 1.5, m  # 16-48
+        if n_params(m) >= 1.5e6:
+            assert ratio == ASPECT_RATIO, m
+
+
+def test_depth_grows_with_size_along_a_log_even_ladder():
+    # a demo-like ladder: 7 targets 0.25 decades apart, 1.6e4 to 5e5 (closer rungs can share a
+    # member: the members are 0.1-0.18 decades apart at these sizes)
+    targets = [10 ** (4.2 + 0.25 * i) for i in range(7)]
+    shapes = [shape_for_params(t, 360, 256) for t in targets]
+    depths = [c.n_layer for c in shapes]
+    sizes = [n_params(c) for c in shapes]
+    assert depths == sorted(depths) and len(set(depths)) == 3, depths  # 1, 2 and 3 layers
+    assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes)
+    for t, n in zip(targets, sizes, strict=True):
+        assert abs(math.log10(n / t)) <= 0.15  # on the log-even ladder, to within the family's snapping
+    assert (shapes[0].n_layer, shapes[-1].n_layer) == (1, 3)
 
 
 def test_shape_for_params_monotone_and_deterministic():
-    targets = [10 ** (4 + i / 4) for i in range(21)]
-    ns = [n_params(shape_for_params(t, 300, 128)) for t in targets]
+    targets = [10 ** (3.5 + i / 200) for i in range(1001)]  # 3e3 to 3e8, dense
+    shapes = [shape_for_params(t, 300, 128) for t in targets]
+    ns = [n_params(c) for c in shapes]
     assert ns == sorted(ns)
+    assert [c.n_layer for c in shapes] == sorted(c.n_layer for c in shapes)
     assert shape_for_params(1e6, 300, 128) == shape_for_params(1e6, 300, 128)
-    # depth grows with size: 1e9 is much deeper than 1e6
-    assert shape_for_params(1e9, 300, 128).n_layer > 3 * shape_for_params(1e6, 300, 128).n_layer
+    # depth ~ (N / 12288)^(1/3): 1e9 is ~10x deeper than 1e6
+    assert shape_for_params(1e9, 300, 128).n_layer == 44 and shape_for_params(1e6, 300, 128).n_layer == 4
+    with pytest.raises(ValueError, match="> 0"):
+        shape_for_params(0, 300, 128)
 
 
 def test_bad_configs_are_user_errors():

@@ -235,6 +235,10 @@ def test_local_sweep_completes_and_collects(local_sweep):
         assert got["loss"] == run_result["val_loss"] and 0 < got["loss"] < math.log(r["n_params"] + 1e9)
         # Nats per event: the same held-out nats over fewer units (an event takes >= 1 token).
         assert got["loss_per_event"] == run_result["loss_per_event"] > got["loss"]
+        # standard errors over the eval subjects (ehrfm.train.ratio_se), per token and per event
+        assert got["eval_loss_se"] == run_result["eval_loss_se"] and 0 < got["eval_loss_se"] < 0.2 * got["loss"]
+        assert got["loss_per_event_se"] == run_result["loss_per_event_se"] > got["eval_loss_se"]
+        assert got["epochs"] == pytest.approx(r["epochs"]) and got["over_one_epoch"] == (r["epochs"] > 1)
         assert got["tokens"] == r["tokens"] == run_result["tokens"]
         assert got["n_params"] == r["n_params"] and got["budget"] == r["budget"]
         assert got["flops"] == pytest.approx(r["flops"])
