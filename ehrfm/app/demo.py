@@ -40,15 +40,19 @@ class DemoConfig:
 
     out: str = "demo_out"
     """Output dir."""
-    patients: int = 8000
-    """Synthetic cohort size (quick: 1500)."""
+    # The grid (issue 13), derived from measured costs on the 2-core machine (benchmarks/grid_cost.py):
+    # family ehrfm.shapes (aspect ratio 32) takes depths 1-3 here, 4-5 distinct shapes per budget.
+    # `patients`: no run over 1 epoch -- the largest D is the (1, 32) run of 2.4e12 (~12M tokens)
+    # at ~570 train tokens per synthetic patient.
+    patients: int = 24_000
+    """Synthetic cohort size (quick: 4000)."""
     seed: int = 0
     """Seed of the data, runs, fits and heads."""
-    budgets: list = field(default_factory=lambda: [3e11, 6e11, 1.2e12, 2.4e12])
-    """Compute budgets in FLOPs (the default's 0.9 decades give 4 interior minima)."""
+    budgets: list = field(default_factory=lambda: [1.5e11, 3.8e11, 9.5e11, 2.4e12])
+    """Compute budgets in FLOPs (the default spans 16x, 2.5x apart)."""
     sizes: int = 5
     """Model sizes per budget."""
-    span_dex: float = 0.7
+    span_dex: float = 0.6
     """Model sizes span N*(C) x 10^(+-SPAN) (see `ehrfm sweep plan --help`)."""
     tokens_per_param: float = 60.0
     """D/N at the centre of each budget's ladder (this data's optimum is ~100)."""
@@ -58,7 +62,10 @@ class DemoConfig:
     """Rows per optimizer step: small budgets still take enough steps."""
     lr: float = 1e-2
     """Peak lr: tiny models train best with a high one (tuned on the default budgets)."""
-    eval_tokens: int = 65_536
+    # Standard error over eval subjects (result.json eval_loss_se): 0.029 nats/token at 65,536 tokens
+    # (124 subjects), 0.021 at 262,144 (352); two runs on this shared sample differ with a ~8x smaller
+    # (paired) SE, 0.0015-0.0026, well under 1/10 of the parabolas' depths.
+    eval_tokens: int = 262_144
     """Held-out tokens: the same fixed tuning sample for every run."""
     executor: str = field(default="local", metadata={"choices": ("local", "slurm")})
     """Where the sweep runs."""
