@@ -100,7 +100,7 @@ def _zeroshot(args) -> int:
         run_dir=args.run, tokens_dir=args.tokens, labels=args.labels, task=args.task, context=args.context,
         batch_size=args.batch_size, device=args.device, bootstrap=args.bootstrap, seed=args.seed,
         max_labels=args.max_labels, n_samples=args.samples, max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
+        rollout_contexts=args.rollout_contexts, temperature=args.temperature, undecided=args.undecided,
     )
     zeroshot(cfg, args.out, overwrite=args.overwrite)
     return 0
@@ -160,13 +160,21 @@ def register(sub) -> None:
     p.add_argument("--patience", type=int, default=3, help="epochs without tuning AUROC gain before stopping")
     p.set_defaults(func=_finetune)
 
-    p = sub.add_parser("zeroshot", help="ETHOS-style zero-shot rollout (in-hospital mortality, ICU admission)")
+    p = sub.add_parser("zeroshot", help="ETHOS-style zero-shot rollout until the outcome or a competing event (any task)",
+                       description="Sample continuations of each history until the task's outcome or competing event, "
+                       "sliding the context; P(outcome) = share of rollouts reaching the outcome. Rules: "
+                       "ehrfm/clinical/zeroshot.py.")
     _head_args(p)
-    p.add_argument("--task", required=True, choices=("in_hospital_mortality", "icu_admission"))
+    p.add_argument("--task", required=True, choices=("in_hospital_mortality", "long_los", "icu_admission", "readmission_30d"))
     p.add_argument("--samples", type=int, default=20, help="sampled continuations per label")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="rollout length bound")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="rollout length bound (default: --rollout-contexts x the model's context)")
+    p.add_argument("--rollout-contexts", type=int, default=8, help="default bound in model contexts (default 8)")
+    p.add_argument("--undecided", choices=("exclude", "negative"), default="exclude",
+                   help="rollouts reaching neither event: left out of the label's share (default; a label with none "
+                        "decided gets the cohort's share) or counted as no outcome")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.set_defaults(func=_zeroshot)
+    p.set_defaults(func=_zeroshot, batch_size=256)  # rows = labels x samples: 256 keeps ~12 labels of 20 rollouts together
 
     p = sub.add_parser("baseline", help="count-feature baseline (logistic regression, gradient boosting)")
     p.add_argument("meds", help="MEDS dataset dir")
