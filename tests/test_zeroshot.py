@@ -50,6 +50,36 @@ def test_sliding_cache_gives_the_window_logits():
             slide_cache(deep, slid, C)
 
 
+def test_left_padded_rows_decode_as_they_would_alone():
+    """Prompts of different lengths share one batch: masked left padding gives each row the
+    logits it gets alone, through prefill, decoding and slides of the window."""
+    from ehrfm.clinical.zeroshot import slide_cache
+
+    C = 16
+    model = random_gpt(2, C, 50)
+    g = torch.Generator().manual_seed(2)
+    rows = [torch.randint(1, 50, (n,), generator=g) for n in (16, 9, 3)]
+    cont = torch.randint(1, 50, (3, 20), generator=g)
+    pad = torch.tensor([C - len(r) for r in rows])
+    batch = torch.stack([torch.cat([torch.zeros(C - len(r), dtype=torch.long), r]) for r in rows])
+    with torch.no_grad():
+        cache = model.new_cache(3)
+        got = [model.forward_step(batch, cache, pad=pad)[:, -1]]
+        for t in range(cont.shape[1]):
+            slide_cache(model, cache, 1)
+            pad = (pad - 1).clamp(min=0)
+            got.append(model.forward_step(cont[:, t : t + 1], cache, pad=pad)[:, -1])
+        for j, r in enumerate(rows):
+            alone = model.new_cache(1)
+            want = [model.forward_step(r[None], alone)[:, -1]]
+            for t in range(cont.shape[1]):
+                if alone.length == C:
+                    slide_cache(model, alone, 1)
+                want.append(model.forward_step(cont[j : j + 1, t : t + 1], alone)[:, -1])
+            for a, b in zip(got, want, strict=True):
+                torch.testing.assert_close(a[j : j + 1], b, atol=3e-5, rtol=1e-4)
+
+
 def uniform_gpt(context: int, vocab: int) -> GPT:
     """All logits 0: Gumbel-max sampling picks argmax(u) of the seeded uniforms."""
     model = random_gpt(2, context, vocab)
@@ -97,8 +127,8 @@ def test_rollouts_stop_at_the_first_outcome_competing_token_or_time_bound(cross)
     seeds = [11, 12, 13]
     limits = np.full(3, 30.0 * DAY)
     with torch.no_grad():
-        r = rollout_batch(model, prompts, seeds, spec, limits, S, max_new, 1.0, torch.device("cpu"))
-        alone = rollout_batch(model, prompts[1:2], seeds[1:2], spec, limits[1:2], S, max_new, 1.0, torch.device("cpu"))
+        r = rollout_batch(model, list(prompts), seeds, spec, limits, S, max_new, 1.0, torch.device("cpu"))
+        alone = rollout_batch(model, list(prompts[1:2]), seeds[1:2], spec, limits[1:2], S, max_new, 1.0, torch.device("cpu"))
 
     def decide(row):
         elapsed = 0
@@ -131,7 +161,7 @@ def test_uniform_rollouts_past_the_context_give_the_analytic_share():
     model = uniform_gpt(C, V)
     prompts = np.random.default_rng(1).integers(0, V, (8, C))
     with torch.no_grad():
-        r = rollout_batch(model, prompts, list(range(8)), RolloutSpec("t", [5], [6, 7]), np.full(8, np.inf), S, 8 * C,
+        r = rollout_batch(model, list(prompts), list(range(8)), RolloutSpec("t", [5], [6, 7]), np.full(8, np.inf), S, 8 * C,
                           1.0, torch.device("cpu"))
     p, none = rollout_probabilities(r.outcome, r.competing, r.undecided, "exclude")
     assert none == 0 and abs(p.mean() - 1 / 3) < 0.06  # 400 rollouts, ~370 decided: sd ~0.025

@@ -222,10 +222,11 @@ class Rollouts:
     tokens: np.ndarray  # (L,) total tokens sampled over the label's rollouts
 
 
-def rollout_batch(model, prompts: np.ndarray, seeds: list[int], spec: RolloutSpec, limits: np.ndarray,
-                  n_samples: int, max_new_tokens: int, temperature: float, device) -> Rollouts:
-    """Roll out n_samples continuations of each of L equal-length prompts (L, T) at once.
+def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: RolloutSpec, limits: np.ndarray,
+                  n_samples: int, max_new_tokens: int, temperature: float, device, pad_id: int = 0) -> Rollouts:
+    """Roll out n_samples continuations of each of L prompts (1-D token arrays, any lengths) at once.
 
+    Prompts are left-padded to the longest and the padding is masked (GPT.forward_step's `pad`).
     limits: (L,) time bound of each label (us after its last history token; inf for none).
     Sampling is Gumbel-max with one generator per label, drawing (n_samples, V) uniforms per step
     while any of the label's rollouts runs, so a label's rollouts depend only on its seed, never on
@@ -236,13 +237,20 @@ def rollout_batch(model, prompts: np.ndarray, seeds: list[int], spec: RolloutSpe
     import torch
 
     L, S = len(prompts), n_samples
-    idx = torch.as_tensor(prompts, dtype=torch.long, device=device)
+    T = max(len(q) for q in prompts)
+    padded = np.full((L, T), pad_id, dtype=np.int64)
+    for j, q in enumerate(prompts):
+        padded[j, T - len(q):] = q
+    idx = torch.as_tensor(padded, device=device)
+    pad = torch.as_tensor([T - len(q) for q in prompts], dtype=torch.long, device=device)
+    ragged = bool(pad.any())
     cache = model.new_cache(L)  # max_len = the model's context
-    logits = model.forward_step(idx, cache)[:, -1]
+    logits = model.forward_step(idx, cache, pad=pad if ragged else None)[:, -1]
     # Encode each prompt once; its keys and values are shared by its S samples.
     cache.k = cache.k.repeat_interleave(S, dim=1)
     cache.v = cache.v.repeat_interleave(S, dim=1)
     logits = logits.repeat_interleave(S, dim=0)
+    pad = pad.repeat_interleave(S)
     gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
     out_set = torch.tensor(spec.outcome, device=device, dtype=torch.long)
     comp_set = torch.tensor(spec.competing, device=device, dtype=torch.long)
@@ -274,26 +282,22 @@ def rollout_batch(model, prompts: np.ndarray, seeds: list[int], spec: RolloutSpe
         if not bool(running.any()) or step == max_new_tokens - 1:
             break
         if not bool(running.all()):  # decided rows leave the batch
-            alive, nxt = alive[running], nxt[running]
+            alive, nxt, pad = alive[running], nxt[running], pad[running]
             cache.k, cache.v = cache.k[:, running], cache.v[:, running]
         if cache.length >= cache.max_len:
             slide_cache(model, cache, 1)
-        logits = model.forward_step(nxt[:, None], cache)[:, -1]
+            pad = (pad - 1).clamp_(min=0)
+        ragged = ragged and bool(pad.any())
+        logits = model.forward_step(nxt[:, None], cache, pad=pad if ragged else None)[:, -1]
     r = result.view(L, S).cpu().numpy()
     return Rollouts((r == 1).sum(1), (r == -1).sum(1), (r == 0).sum(1), n_tok.view(L, S).sum(1).cpu().numpy())
 
 
 def rollout_groups(lengths: np.ndarray, labels_per_batch: int):
-    """Batches of label positions whose prompts have the same length (long histories are all
-    cut to the same prompt length, so most labels of real data share a batch)."""
+    """Batches of label positions, by prompt length (little padding), `labels_per_batch` each."""
     order = np.argsort(lengths, kind="stable")
-    start = 0
-    while start < len(order):
-        stop = start
-        while stop < len(order) and stop - start < labels_per_batch and lengths[order[stop]] == lengths[order[start]]:
-            stop += 1
-        yield order[start:stop]
-        start = stop
+    for start in range(0, len(order), labels_per_batch):
+        yield order[start : start + labels_per_batch]
 
 
 def rollout_probabilities(n_out: np.ndarray, n_comp: np.ndarray, n_und: np.ndarray, rule: str) -> tuple[np.ndarray, int]:
@@ -323,12 +327,13 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
     n = len(h.start)
     counts = np.zeros((n, 4), dtype=np.int64)  # outcome, competing, undecided, tokens
     device = torch.device(cfg.device)
+    pad_id = td.token_id("PAD") if "PAD" in set(td.vocab) else 0  # any id: padding is masked
     with torch.no_grad():
         for group in rollout_groups(lengths, labels_per_batch):
             ks = [int(rows[g]) for g in group]
             seeds = [cfg.seed * 1_000_003 + k for k in ks]
-            r = rollout_batch(model, np.stack([prompts[k] for k in ks]), seeds, spec, np.array([limits[k] for k in ks]),
-                              cfg.n_samples, max_new, cfg.temperature, device)
+            r = rollout_batch(model, [prompts[k] for k in ks], seeds, spec, np.array([limits[k] for k in ks]),
+                              cfg.n_samples, max_new, cfg.temperature, device, pad_id)
             counts[ks] = np.stack([r.outcome, r.competing, r.undecided, r.tokens], axis=1)
             if bar is not None:
                 bar.update(len(ks))
