@@ -201,13 +201,18 @@ def slide_cache(model, cache, drop: int = 1) -> None:
     the keys at the shifted positions (R(p - d) = R(-d) R(p)), so attention scores, which depend
     only on relative positions, are unchanged. Values carry no position.
     """
+    import torch
+
     from ehrfm.model import apply_rope
 
     n = cache.length
     if not 0 < drop < n:
         raise ValueError(f"cannot drop {drop} of {n} cached positions")
     cos, sin = model.rope_cos[drop], model.rope_sin[drop]
-    cache.k[:, :, :, : n - drop] = apply_rope(cache.k[:, :, :, drop:n], cos, -sin)
+    # RoPE is linear in the key: one (hd, hd) matrix product is several times faster than
+    # apply_rope's elementwise broadcast over a strided 5-D view
+    rot = apply_rope(torch.eye(cos.shape[-1], dtype=cache.k.dtype, device=cache.k.device), cos, -sin)
+    cache.k[:, :, :, : n - drop] = cache.k[:, :, :, drop:n] @ rot
     cache.v[:, :, :, : n - drop] = cache.v[:, :, :, drop:n].clone()
     cache.length = n - drop
 
