@@ -174,7 +174,7 @@ def register(sub) -> None:
                    help="rollouts reaching neither event: left out of the label's share (default; a label with none "
                         "decided gets the cohort's share) or counted as no outcome")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.set_defaults(func=_zeroshot, batch_size=256)  # rows = labels x samples: 256 keeps ~12 labels of 20 rollouts together
+    p.set_defaults(func=_zeroshot, batch_size=None)  # rows = labels x samples; default: as many as 1 GiB of KV cache holds
 
     p = sub.add_parser("baseline", help="count-feature baseline (logistic regression, gradient boosting)")
     p.add_argument("meds", help="MEDS dataset dir")

@@ -35,9 +35,10 @@ such labels are counted. `undecided="negative"` counts an undecided rollout as n
 behaviour before). The undecided share is always reported.
 
 Sampling is seeded per label (seed, label row), so results do not depend on the batch layout.
-Labels whose prompts have the same length are decoded together (`batch_size` rows of label x
-sample); each prompt is encoded once and its KV cache is shared by its samples; decided rows
-leave the batch.
+Labels are decoded together, `batch_size` rows (label x
+sample) at a time (default: as many as a 1 GiB KV cache holds), their prompts left-padded to the
+longest with the padding masked; each prompt is encoded once and its KV cache is shared by its
+samples; decided rows leave the batch, so a batch costs about as many steps as its longest rollout.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from ehrfm.tokens import TokenDir
 
 ZEROSHOT_TASKS = ("in_hospital_mortality", "long_los", "icu_admission", "readmission_30d")
 UNDECIDED_RULES = ("exclude", "negative")
+CACHE_BUDGET_BYTES = 1 << 30  # default KV cache per batch: every rollout of a small model's labels at once
 US_PER_HOUR = 3_600_000_000
 US_PER_DAY = 24 * US_PER_HOUR
 # the defaults of `ehrfm labels` (ehrfm.clinical.labels.LabelConfig), used when a label file has no config beside it
@@ -75,7 +77,7 @@ class ZeroShotConfig:
     labels: str
     task: str | None = None  # one of ZEROSHOT_TASKS (default: from the labels' file name)
     context: int | None = None
-    batch_size: int = 256  # rows (label x sample) decoded together; at least one label's samples
+    batch_size: int | None = None  # rows (label x sample) decoded together (default: CACHE_BUDGET_BYTES of KV cache)
     device: str = "cpu"
     bootstrap: int = 1000
     seed: int = 0
@@ -316,6 +318,12 @@ def rollout_probabilities(n_out: np.ndarray, n_comp: np.ndarray, n_und: np.ndarr
     return np.where(none, pooled, n_out / np.where(none, 1.0, decided)), int(none.sum())
 
 
+def mcfg_bytes(model, context: int) -> int:
+    """Bytes of keys (or values) one rollout row holds in the KV cache."""
+    c = model.config
+    return c.n_layer * context * c.d_model * model.head.weight.element_size()
+
+
 def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, task: str, rows: np.ndarray, bar=None):
     """Rollouts of the label rows `rows`; (p over all rows (nan elsewhere), metrics extras)."""
     import torch
@@ -328,7 +336,8 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
     pred_us = h.labels["prediction_time"].cast(pl.Datetime("us")).dt.epoch("us").to_numpy()[rows]
     limits = dict(zip((int(k) for k in rows), time_limits(task, pred_us, last_us, opts or LABEL_DEFAULTS), strict=True))
     lengths = np.array([len(prompts[int(k)]) for k in rows])
-    labels_per_batch = max(1, cfg.batch_size // cfg.n_samples)
+    rows_per_batch = cfg.batch_size or CACHE_BUDGET_BYTES // (2 * mcfg_bytes(model, context))
+    labels_per_batch = max(1, rows_per_batch // cfg.n_samples)
     n = len(h.start)
     counts = np.zeros((n, 4), dtype=np.int64)  # outcome, competing, undecided, tokens
     device = torch.device(cfg.device)
