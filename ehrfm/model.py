@@ -12,6 +12,7 @@ API (used by the trainer and by the clinical heads):
     cache = model.new_cache(batch_size=B)                   # KV cache for incremental decoding
     logits = model.forward_step(prompt, cache)              # prefill: (B, t) -> (B, t, V)
     logits = model.forward_step(next_ids, cache)            # one more token each: (B, 1) -> (B, 1, V)
+    logits = model.forward_step(padded, cache, pad=n_pad)   # left-padded rows: n_pad (B,) slots masked
     out = model.generate(prompt, max_new_tokens=64, temperature=1.0, generator=g)
 
 Packing: `segment_ids` (B, T) integers label which sequence (subject window) each position of a
@@ -203,14 +204,19 @@ class Attention(nn.Module):
             y = y.transpose(1, 2).reshape(B, T, C)
         return self.proj(y)
 
-    def forward_step(self, x, cos, sin, k_cache, v_cache, start: int):
-        """Attend new positions [start, start+t) to the cache [0, start+t); writes k, v in the cache."""
+    def forward_step(self, x, cos, sin, k_cache, v_cache, start: int, mask: torch.Tensor | None = None):
+        """Attend new positions [start, start+t) to the cache [0, start+t); writes k, v in the cache.
+
+        mask: optional boolean (B, 1, t, start+t) of the keys each new position may attend to.
+        """
         B, t, C = x.shape
         q, k, v = (z.transpose(1, 2) for z in self._qkv(x, cos, sin))  # (B, H, t, hd), the cache's layout
         k_cache[:B, :, start : start + t] = k
         v_cache[:B, :, start : start + t] = v
         keys, values = k_cache[:B, :, : start + t], v_cache[:B, :, : start + t]
-        if t == 1:
+        if mask is not None:
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        elif t == 1:
             y = F.scaled_dot_product_attention(q, keys, values)
         else:
             mask = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(diagonal=start)
@@ -348,11 +354,14 @@ class GPT(nn.Module):
         p = self.head.weight
         return KVCache(self.config, batch_size, max_len, device=p.device, dtype=p.dtype)
 
-    def forward_step(self, idx, cache: KVCache, start_pos: int | None = None) -> torch.Tensor:
+    def forward_step(self, idx, cache: KVCache, start_pos: int | None = None, pad: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, t, V) of new tokens idx (B, t) at positions [start_pos, start_pos+t).
 
         start_pos defaults to cache.length; the cache then holds start_pos + t positions.
         The same rows (a batch of unpacked sequences) must be fed at every step.
+        pad: optional (B,) int, how many leading cache slots of each row are left padding: no
+        position attends to them (a padding position attends to itself only). RoPE scores depend
+        on relative positions only, so a left-padded row gives the logits it would give alone.
         """
         start = cache.length if start_pos is None else int(start_pos)
         B, t = idx.shape
@@ -360,9 +369,14 @@ class GPT(nn.Module):
             raise ValueError(f"KV cache full: {start + t} positions > {min(cache.max_len, self.config.context)}")
         pos = torch.arange(start, start + t, device=idx.device)
         cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]
+        mask = None
+        if pad is not None:
+            keys = torch.arange(start + t, device=idx.device)
+            mask = (keys[None, None, :] <= pos[None, :, None]) & (keys[None, None, :] >= pad.to(idx.device)[:, None, None])
+            mask = (mask | (keys[None, None, :] == pos[None, :, None]))[:, None]  # (B, 1, t, start+t)
         x = self.embed(idx)
         for i, block in enumerate(self.blocks):
-            x = x + block.attn.forward_step(block.norm1(x), cos, sin, cache.k[i], cache.v[i], start)
+            x = x + block.attn.forward_step(block.norm1(x), cos, sin, cache.k[i], cache.v[i], start, mask)
             x = x + block.mlp(block.norm2(x))
         cache.length = start + t
         return self.head(self.norm(x))

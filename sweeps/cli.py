@@ -54,7 +54,8 @@ def _status(args) -> int:
 def _collect(args) -> int:
     from sweeps.collect import collect_sweep
 
-    collect_sweep(args.sweep, labels_dir=args.labels, max_labels=args.max_labels, seed=args.seed)
+    collect_sweep(args.sweep, labels_dir=args.labels, max_labels=args.max_labels, seed=args.seed,
+                  zeroshot=args.zeroshot, zeroshot_rollouts=args.zeroshot_rollouts, zeroshot_max_labels=args.zeroshot_max_labels)
     return 0
 
 
@@ -121,4 +122,9 @@ def register(sub) -> None:
     pc.add_argument("--labels", metavar="LABELS_DIR", help="dir of <task>.parquet label files: add auroc/<task>, auprc/<task> columns")
     pc.add_argument("--max-labels", type=int, default=2000, help="labels scored per task and run (default 2000)")
     pc.add_argument("--seed", type=int, default=0, help="seed of the label subsample and bootstrap (default 0)")
+    pc.add_argument("--zeroshot", action="store_true",
+                    help="also add zeroshot_auroc/<task>, zeroshot_auroc_se/<task>, zeroshot_undecided/<task> from "
+                         "generative rollouts (slow; results kept in SWEEP/zeroshot/ and reused)")
+    pc.add_argument("--zeroshot-rollouts", type=int, default=20, help="rollouts per label (default 20)")
+    pc.add_argument("--zeroshot-max-labels", type=int, default=200, help="held_out labels rolled out per task and run (default 200)")
     pc.set_defaults(func=_collect)

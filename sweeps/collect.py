@@ -14,7 +14,10 @@ sample's own noise, shared by every run of the sweep; null unless completed, or 
 before they were recorded); for tracing the shape (n_layer, d_model, n_head, context), vocab_size, seed, wall_s,
 tokens_per_s, job_id, schedule (cosine | wsd) and trunk_id (wsd: the run id of the trunk whose
 stable phase the run shares, its own id for a trunk; null for cosine), and optional utility columns `auroc/<task>`, `auroc_se/<task>`, `auprc/<task>` (with
-`--labels`). Every planned run has a row: failed and diverged runs with their error, runs not
+`--labels`), and with `--zeroshot` (off by default: slow) `zeroshot_auroc/<task>`,
+`zeroshot_auroc_se/<task>`, `zeroshot_undecided/<task>` (ehrfm.clinical.zeroshot.score_run_zeroshot;
+each run's results are kept in SWEEP/zeroshot/<run_id>/<task>.json, so collecting again reuses
+them and an interrupted collect resumes). Every planned run has a row: failed and diverged runs with their error, runs not
 finished yet with their current state; only status == "completed" rows are fitted downstream.
 """
 
@@ -91,6 +94,9 @@ def collect_sweep(
     labels_dir: str | Path | None = None,
     max_labels: int | None = 2000,
     seed: int = 0,
+    zeroshot: bool = False,
+    zeroshot_rollouts: int = 20,
+    zeroshot_max_labels: int = 200,
 ) -> Path:
     """Write SWEEP/results.parquet (see the module docstring); returns its path."""
     import pyarrow as pa
@@ -104,6 +110,12 @@ def collect_sweep(
     utility_columns: list[str] = []
     if labels_dir is not None:
         utility_columns = _add_utility(sweep, sweep_dir, rows, find_label_files(labels_dir), max_labels, seed)
+    if zeroshot:
+        if labels_dir is None:
+            raise UserError("--zeroshot needs --labels LABELS_DIR (the tasks to roll out)")
+        utility_columns += _add_zeroshot(sweep, sweep_dir, rows, find_label_files(labels_dir), zeroshot_max_labels,
+                                         zeroshot_rollouts, seed)
+
     table = pa.Table.from_pylist(rows, schema=results_schema(utility_columns))
     out = sweep_dir / RESULTS_PARQUET
     with atomic_file(out, "wb") as f:
@@ -175,6 +187,27 @@ def _add_utility(sweep, sweep_dir: Path, rows: list[dict], labels: dict[str, Pat
                 r[k] = None if v is None else float(v)
                 if k not in columns:
                     columns.append(k)
+    for r in rows:
+        for c in columns:
+            r.setdefault(c, None)
+    return sorted(columns)
+
+
+def _add_zeroshot(sweep, sweep_dir: Path, rows: list[dict], labels: dict[str, Path], max_labels: int, n_samples: int,
+                  seed: int) -> list[str]:
+    """Zero-shot rollout AUROC of each completed run per task (ehrfm.clinical.zeroshot), cached per run."""
+    from ehrfm.clinical.zeroshot import score_run_zeroshot
+
+    columns: list[str] = []
+    completed = [r for r in rows if r["status"] == "completed"]
+    for r in progress(completed, desc="zeroshot", unit="run"):
+        scores = score_run_zeroshot(runs_dir(sweep_dir) / r["run_id"], sweep.tokens_dir, labels=dict(labels),
+                                    max_labels=max_labels, n_samples=n_samples, seed=seed,
+                                    cache_dir=sweep_dir / "zeroshot" / r["run_id"])
+        for k, v in scores.items():
+            r[k] = None if v is None else float(v)
+            if k not in columns:
+                columns.append(k)
     for r in rows:
         for c in columns:
             r.setdefault(c, None)

@@ -150,10 +150,12 @@ def test_cli_zeroshot_and_finetune(pipeline, tmp_path, capsys):
     root, _ = pipeline
     labels = str(root / "labels" / "in_hospital_mortality.parquet")
     rc = main(["zeroshot", str(root / "run"), "--tokens", str(root / "tok"), "--labels", labels, "--out", str(tmp_path / "zs"),
-               "--task", "in_hospital_mortality", "--samples", "8", "--max-new-tokens", "64", "--max-labels", "40", "--bootstrap", "100"])
+               "--task", "in_hospital_mortality", "--samples", "8", "--max-new-tokens", "64", "--max-labels", "40", "--bootstrap", "100",
+               "--undecided", "negative"])
     assert rc == 0
     m = json.loads((tmp_path / "zs" / "metrics.json").read_text())
     assert m["n"] == 40 and m["head"] == "zeroshot" and "MEDS_DEATH" in m["outcome_tokens"]
+    assert m["undecided_rule"] == "negative" and m["max_new_tokens"] == 64 and 0 <= m["undecided_share"] < 1
     pred = pl.read_parquet(tmp_path / "zs" / "predictions.parquet")
     prob = pred["predicted_boolean_probability"]
     assert prob.is_between(0, 1).all() and (prob * 8).round(6).equals((prob * 8).round(0))

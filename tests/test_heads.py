@@ -247,4 +247,6 @@ def test_zeroshot_uniform_model_gives_analytic_share(cohort, tmp_path):
         zeroshot(ZeroShotConfig(**{**small.__dict__, "batch_size": bs}), tmp_path / name)
         assert pl.read_parquet(tmp_path / name / "predictions.parquet")["predicted_boolean_probability"].equals(pa_)
     with pytest.raises(UserError, match="zero-shot supports"):
-        zeroshot(ZeroShotConfig(str(flat), str(tok), str(labels), task="long_los"), tmp_path / "zs3")
+        zeroshot(ZeroShotConfig(str(flat), str(tok), str(labels), task="sepsis"), tmp_path / "zs3")
+    with pytest.raises(UserError, match="lists no interval tokens"):  # time-bound tasks need the tokenizer's intervals
+        zeroshot(ZeroShotConfig(str(flat), str(tok), str(labels), task="long_los"), tmp_path / "zs4")

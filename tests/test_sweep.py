@@ -342,6 +342,45 @@ def test_collect_with_labels_adds_utility_columns(local_sweep, synth_meds, tmp_p
     assert bad.returncode == 2 and "no <task>.parquet label files" in bad.stderr
 
 
+def test_collect_zeroshot_adds_rollout_auroc_and_resumes(local_sweep, synth_meds, tmp_path):
+    """`collect --zeroshot` adds per-run zero-shot columns; each run's rollouts are kept, so a
+    second collect reuses them, and a run whose kept result is gone is rolled out again to the
+    same numbers (seeded)."""
+    out, p = local_sweep
+    assert p.returncode == 0
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    made = ehrfm("labels", synth_meds, "--task", "in_hospital_mortality", "--out", labels / "in_hospital_mortality.parquet")
+    assert made.returncode == 0, made.stderr
+    args = ("sweep", "collect", out, "--labels", labels, "--max-labels", "100", "--zeroshot", "--zeroshot-rollouts", "4",
+            "--zeroshot-max-labels", "40")
+    c = ehrfm(*args)
+    assert c.returncode == 0, c.stderr[-2000:]
+    task = "in_hospital_mortality"
+    cols = [f"zeroshot_auroc/{task}", f"zeroshot_auroc_se/{task}", f"zeroshot_undecided/{task}"]
+    table = pq.read_table(out / "results.parquet")
+    assert all(str(table.schema.field(col).type) == "double" for col in cols)
+    first = {r["run_id"]: r for r in table.to_pylist()}
+    for r in first.values():
+        assert r["status"] == "completed" and 0.0 <= r[cols[0]] <= 1.0 and 0.0 < r[cols[1]] < 0.5
+        assert 0.0 <= r[cols[2]] < 1.0 and f"auroc/{task}" in r  # the probe columns are still there
+        kept = json.loads((out / "zeroshot" / r["run_id"] / f"{task}.json").read_text())
+        assert kept["metrics"]["n"] == 40 and kept["scores"][cols[0]] == r[cols[0]]
+    rid = sorted(first)[0]
+    stamps = {q: q.stat().st_mtime_ns for q in (out / "zeroshot").rglob("*.json")}
+    (out / "zeroshot" / rid / f"{task}.json").unlink()  # as if collect had stopped before this run
+    again = ehrfm(*args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    second = {r["run_id"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
+    assert all(second[k][c] == first[k][c] for k in first for c in cols)
+    after = {q: q.stat().st_mtime_ns for q in (out / "zeroshot").rglob("*.json")}
+    assert {q for q in stamps if after[q] != stamps[q]} == {out / "zeroshot" / rid / f"{task}.json"}  # only it re-ran
+    plain = ehrfm("sweep", "collect", out)  # off by default
+    assert plain.returncode == 0 and cols[0] not in pq.read_table(out / "results.parquet").column_names
+    lone = ehrfm("sweep", "collect", out, "--zeroshot")
+    assert lone.returncode == 2 and "--zeroshot needs --labels" in lone.stderr
+
+
 def test_trainer_killed_hard_is_recorded_failed_then_retried(synth_tokens, tmp_path):
     """A trainer killed without warning (the OOM killer's SIGKILL) leaves no result.json of its
     own: the job records the run as failed; --retry-failed trains it again to the normal result."""

@@ -86,7 +86,7 @@ def _zeroshot_arguments(p) -> None:
     from ehrfm.clinical.configs import ZeroShotConfig
 
     _head_args(p, ZeroShotConfig)
-    add_fields(p, ZeroShotConfig, ["task", "n_samples", "max_new_tokens", "temperature"],
+    add_fields(p, ZeroShotConfig, ["task", "n_samples", "max_new_tokens", "rollout_contexts", "undecided", "temperature"],
                task=dict(required=True), n_samples=dict(flag="--samples"))
 
 
@@ -177,7 +177,10 @@ def register(sub) -> None:
     p.defer(_finetune_arguments)
     p.set_defaults(func=_finetune)
 
-    p = sub.add_parser("zeroshot", help="ETHOS-style zero-shot rollout (in-hospital mortality, ICU admission)")
+    p = sub.add_parser("zeroshot", help="ETHOS-style zero-shot rollout until the outcome or a competing event (any task)",
+                       description="Sample continuations of each history until the task's outcome or competing event, "
+                       "sliding the context; P(outcome) = share of rollouts reaching the outcome. Rules: "
+                       "ehrfm/clinical/zeroshot.py.")
     p.defer(_zeroshot_arguments)
     p.set_defaults(func=_zeroshot)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-ZEROSHOT_TASKS = ("in_hospital_mortality", "icu_admission")
+ZEROSHOT_TASKS = ("in_hospital_mortality", "long_los", "icu_admission", "readmission_30d")
 
 
 @dataclass
@@ -103,11 +103,11 @@ class ZeroShotConfig:
     labels: str
     """Label parquet in the MEDS label schema (ours or ACES)."""
     task: str | None = field(default=None, metadata={"choices": ZEROSHOT_TASKS})
-    """in_hospital_mortality | icu_admission (default: from the labels)."""
+    """in_hospital_mortality | long_los | icu_admission | readmission_30d (default: from the labels' file name)."""
     context: int | None = None
     """History length in tokens (default: the model's context)."""
-    batch_size: int = 64
-    """Rows (label x sample) decoded together; at least one label's samples."""
+    batch_size: int | None = None
+    """Rows (label x sample) decoded together (default: as many as 1 GiB of KV cache holds)."""
     device: str = "cpu"
     """cpu, cuda, cuda:1, ..."""
     bootstrap: int = 1000
@@ -118,8 +118,13 @@ class ZeroShotConfig:
     """Subsample at most this many labels per split (a seeded sample, the same for every run)."""
     n_samples: int = 20
     """Sampled continuations per label."""
-    max_new_tokens: int = 256
-    """Rollout length bound."""
+    max_new_tokens: int | None = None
+    """Rollout length bound (default: --rollout-contexts x the model's context)."""
+    rollout_contexts: int = 8
+    """Default rollout bound, in model contexts (the window slides over older history)."""
+    undecided: str = field(default="exclude", metadata={"choices": ("exclude", "negative")})
+    """Rollouts reaching neither event: left out of the label's share (a label with none decided gets the
+    cohort's share) or counted as no outcome."""
     temperature: float = 1.0
     """Sampling temperature."""
     splits: tuple[str, ...] = ("held_out",)

@@ -1,28 +1,57 @@
-"""Zero-shot prediction by generative rollout (ETHOS-style), with the model's KV cache.
+"""Zero-shot prediction by generative rollout (ETHOS: Renc et al. 2024, "Zero shot health
+trajectory prediction using transformer", npj Digital Medicine), with a sliding KV cache.
 
-From each label's history (tokens with time <= prediction_time, the last `context -
-max_new_tokens` of them) the model samples `n_samples` continuations of at most
-`max_new_tokens` tokens. The probability of the outcome is the share of continuations that
-reach an outcome token before a competing token:
+From each label's history (tokens with time <= prediction_time, the last `context` of them) the
+model samples `n_samples` continuations. Each continuation runs until it reaches the task's
+outcome or a competing event, or until `max_new_tokens` (default `rollout_contexts` x the
+model's context). The window slides as in ETHOS: once the context is full, each new token drops
+the oldest one, so a token always sees the last context - 1 tokens. The cache is kept, not
+recomputed: RoPE scores depend only on relative positions, so rotating every cached key back by
+one position (`slide_cache`) gives exactly the keys of the shifted positions. (Cached keys keep
+what their tokens saw when they were encoded, including dropped tokens, as in StreamingLLM;
+ETHOS recomputes the window, which forgets them.)
 
-- in_hospital_mortality: outcome MEDS_DEATH or HOSPITAL_DISCHARGE//DIED; competing: any other
-  HOSPITAL_DISCHARGE//* token, or the timeline end.
-- icu_admission: outcome ICU_ADMISSION//*; competing: any HOSPITAL_DISCHARGE//*, MEDS_DEATH,
-  or the timeline end.
+Outcome and competing events, in the tokenizer's tokens (tokenization/tokenize.py) and as the
+labels define them (ehrfm/clinical/labels.py; the label config is read from `<labels>.json`
+beside the label file, the defaults of `ehrfm labels` otherwise). Simulated time advances by
+the interval tokens (`5m-15m` ... `=6mt`); each counts as the mean gap it stands for in the
+train split (`interval_durations`), from the time of the last history token.
 
-A continuation that reaches neither within the bound counts as no outcome; the share of such
-undecided continuations is reported. Sampling is seeded per label (seed, label row), so results
-do not depend on the batch layout. Labels whose prompts have the same length are decoded
-together (`batch_size` rows of label x sample); each prompt is encoded once and its KV cache is
-shared by its samples.
+- in_hospital_mortality: outcome MEDS_DEATH or HOSPITAL_DISCHARGE//DIED; competing any other
+  HOSPITAL_DISCHARGE//* or TIMELINE_END.
+- icu_admission: outcome ICU_ADMISSION//*; competing HOSPITAL_DISCHARGE//*, MEDS_DEATH or
+  TIMELINE_END.
+- long_los: outcome simulated time passes admission + long_los_days (admission = prediction
+  time - gap_hours) before the stay ends; competing HOSPITAL_DISCHARGE//* or TIMELINE_END before
+  that (a death does not end the stay: the label counts the discharge).
+- readmission_30d: outcome HOSPITAL_ADMISSION//* at simulated time <= prediction time +
+  readmission_days; competing simulated time passing that bound first, MEDS_DEATH or
+  TIMELINE_END.
+
+Probability and undecided rollouts. With `undecided="exclude"` (default) a label's probability
+is its share of outcome among its decided rollouts (outcome or competing); a label with no
+decided rollout gets the share over every decided rollout of the run (the cohort's rate), and
+such labels are counted. `undecided="negative"` counts an undecided rollout as no outcome (the
+behaviour before). The undecided share is always reported.
+
+Sampling is seeded per label (seed, label row), so results do not depend on the batch layout.
+Labels are decoded together, `batch_size` rows (label x
+sample) at a time (default: as many as a 1 GiB KV cache holds), their prompts left-padded to the
+longest with the padding masked; each prompt is encoded once and its KV cache is shared by its
+samples; decided rows leave the batch, so a batch costs about as many steps as its longest rollout.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
+import polars as pl
 
 from ehrfm.clinical.baseline import task_name
 from ehrfm.clinical.common import as_stored, check_out, prediction_frame, write_head_outputs
@@ -33,127 +62,406 @@ from ehrfm.clinical.probe import load_label_histories
 from ehrfm.errors import UserError
 from ehrfm.tokens import TokenDir
 
+UNDECIDED_RULES = ("exclude", "negative")
+CACHE_BUDGET_BYTES = 1 << 30  # default KV cache per batch: every rollout of a small model's labels at once
+US_PER_HOUR = 3_600_000_000
+US_PER_DAY = 24 * US_PER_HOUR
+# the defaults of `ehrfm labels` (ehrfm.clinical.labels.LabelConfig), used when a label file has no config beside it
+LABEL_DEFAULTS = {"gap_hours": 24.0, "long_los_days": 7.0, "readmission_days": 30.0}
 
-def outcome_tokens(td: TokenDir, task: str) -> tuple[list[int], list[int]]:
-    """(outcome ids, competing ids) for a zero-shot task (see the module docstring)."""
+
+
+@dataclass
+class RolloutSpec:
+    """What ends a rollout: token ids, and an optional time bound (per label, us after the last
+    history token) whose crossing is the outcome (`cross="outcome"`) or competing (`"competing"`)."""
+
+    task: str
+    outcome: list[int]
+    competing: list[int]
+    cross: str | None = None  # None: no time bound
+    durations: np.ndarray | None = None  # (V,) float64 us each token adds to simulated time
+
+
+def interval_durations(td: TokenDir) -> np.ndarray:
+    """(V,) simulated microseconds per token: each interval token's mean gap in the train split
+    (the first split when there is none), its bin's midpoint where it never occurs; 0 otherwise.
+
+    Raises:
+        UserError: the tokenizer lists no interval tokens (time-bound tasks need them).
+    """
+    spec = td.tokenizer.get("interval_tokens") or []
+    names = [t["token"] for t in spec]
+    vocab = set(td.vocab)
+    if not names or any(n not in vocab for n in names):
+        raise UserError(f"token dir {td.path}: its tokenizer.json lists no interval tokens in its vocabulary; "
+                        "long_los and readmission_30d rollouts need them to advance time")
+    lo = np.array([t["min_us"] for t in spec], dtype=np.float64)
+    hi = np.append(lo[1:], 2 * lo[-1])  # the open last bin (=6mt): its midpoint is 9 months
+    ids = np.array([td.token_id(n) for n in names])
+    dur = np.zeros(td.vocab_size, dtype=np.float64)
+    dur[ids] = (lo + hi) / 2
+    sp = td.split("train" if "train" in td.splits else td.splits[0])
+    tokens, times = np.asarray(sp.tokens), np.asarray(sp.times)
+    pos = np.flatnonzero(np.isin(tokens, ids))
+    pos = pos[pos > 0]  # an interval token always follows an event of its subject (never first)
+    if len(pos):
+        gaps = (times[pos] - times[pos - 1]).astype(np.float64)
+        sums = np.bincount(tokens[pos], weights=gaps, minlength=td.vocab_size)
+        counts = np.bincount(tokens[pos], minlength=td.vocab_size)
+        seen = ids[counts[ids] > 0]
+        dur[seen] = sums[seen] / counts[seen]
+    return dur
+
+
+def rollout_spec(td: TokenDir, task: str) -> RolloutSpec:
+    """Outcome and competing token ids (and time bound) of a zero-shot task (module docstring)."""
     vocab = td.vocab
+    have = set(vocab)
     discharge = [i for i, t in enumerate(vocab) if t.startswith("HOSPITAL_DISCHARGE//")]
-    ends = [td.token_id(t) for t in END_TOKENS if t in set(vocab)]
-    death = [td.token_id(t) for t in ("MEDS_DEATH", "HOSPITAL_DISCHARGE//DIED") if t in set(vocab)]
+    ends = [td.token_id(t) for t in END_TOKENS if t in have]
+    death = [td.token_id(t) for t in ("MEDS_DEATH", "HOSPITAL_DISCHARGE//DIED") if t in have]
+    meds_death = [td.token_id("MEDS_DEATH")] if "MEDS_DEATH" in have else []
+    cross, durations = None, None
     if task == "in_hospital_mortality":
-        outcome = death
-        competing = [i for i in discharge if i not in death] + ends
+        outcome, competing = death, [i for i in discharge if i not in death] + ends
     elif task == "icu_admission":
         outcome = td.token_ids_with_prefix("ICU_ADMISSION//")
-        competing = discharge + [i for i in death if i not in discharge] + ends
+        competing = discharge + [i for i in meds_death if i not in discharge] + ends
+    elif task == "long_los":
+        outcome, competing, cross = [], discharge + ends, "outcome"
+    elif task == "readmission_30d":
+        outcome, competing, cross = td.token_ids_with_prefix("HOSPITAL_ADMISSION//"), meds_death + ends, "competing"
     else:
         raise UserError(f"zero-shot supports {', '.join(ZEROSHOT_TASKS)}, not {task!r}")
-    if not outcome:
+    if cross is not None:
+        durations = interval_durations(td)
+    elif not outcome:
         raise UserError(f"token dir {td.path} has no outcome token for {task} in its vocabulary")
+    if task == "readmission_30d" and not outcome:
+        raise UserError(f"token dir {td.path} has no HOSPITAL_ADMISSION//* token for {task} in its vocabulary")
     if not competing:
-        raise UserError(f"token dir {td.path} has no competing token (HOSPITAL_DISCHARGE//*) for {task}")
-    return outcome, competing
+        raise UserError(f"token dir {td.path} has no competing token (HOSPITAL_DISCHARGE//*, TIMELINE_END) for {task}")
+    return RolloutSpec(task, outcome, competing, cross, durations)
 
 
-def rollout_batch(model, prompts: np.ndarray, seeds: list[int], outcome, competing, cfg: ZeroShotConfig, device):
-    """Roll out n_samples continuations of each equal-length prompt (L, T) at once.
+def outcome_tokens(td: TokenDir, task: str) -> tuple[list[int], list[int]]:
+    """(outcome ids, competing ids) of a task (see rollout_spec; time-bound tasks add a bound)."""
+    spec = rollout_spec(td, task)
+    return spec.outcome, spec.competing
 
-    Returns (share reaching an outcome first, share undecided), one each per prompt. Sampling
-    is Gumbel-max with one generator per label, so a label's continuations depend only on its
-    seed, never on which labels share its batch.
+
+def label_options(labels_path: str | os.PathLike) -> dict:
+    """gap_hours, long_los_days, readmission_days of a label file: from the `config` of the
+    `<stem>.json` that `ehrfm labels` writes beside it, else the defaults (and which was used)."""
+    side = Path(labels_path).with_suffix(".json")
+    found = {}
+    if side.is_file():
+        try:
+            found = (json.loads(side.read_text()).get("config") or {})
+        except (OSError, ValueError, AttributeError):
+            found = {}
+    opts = {k: float(found.get(k, v)) for k, v in LABEL_DEFAULTS.items()}
+    opts["source"] = str(side) if all(k in found for k in LABEL_DEFAULTS) else "defaults of `ehrfm labels`"
+    return opts
+
+
+def time_limits(task: str, prediction_us: np.ndarray, last_us: np.ndarray, opts: dict) -> np.ndarray:
+    """(L,) time bound of each label in us after its last history token (inf without one)."""
+    if task == "long_los":
+        bound = prediction_us - opts["gap_hours"] * US_PER_HOUR + opts["long_los_days"] * US_PER_DAY
+    elif task == "readmission_30d":
+        bound = prediction_us + opts["readmission_days"] * US_PER_DAY
+    else:
+        return np.full(len(last_us), np.inf)
+    return bound.astype(np.float64) - last_us.astype(np.float64)
+
+
+def slide_cache(model, cache, drop: int = 1) -> None:
+    """Drop the oldest `drop` positions of a full KV cache and move the rest to the front.
+
+    Cached keys carry RoPE rotations of their absolute positions; rotating each by -drop gives
+    the keys at the shifted positions (R(p - d) = R(-d) R(p)), so attention scores, which depend
+    only on relative positions, are unchanged. Values carry no position.
     """
     import torch
 
-    L, S = len(prompts), cfg.n_samples
-    idx = torch.as_tensor(prompts, dtype=torch.long, device=device)
-    cache = model.new_cache(L, idx.shape[1] + cfg.max_new_tokens)
-    logits = model.forward_step(idx, cache)[:, -1]
+    from ehrfm.model import apply_rope
+
+    n = cache.length
+    if not 0 < drop < n:
+        raise ValueError(f"cannot drop {drop} of {n} cached positions")
+    cos, sin = model.rope_cos[drop], model.rope_sin[drop]
+    # RoPE is linear in the key: one (hd, hd) matrix product is several times faster than
+    # apply_rope's elementwise broadcast over a strided 5-D view
+    rot = apply_rope(torch.eye(cos.shape[-1], dtype=cache.k.dtype, device=cache.k.device), cos, -sin)
+    cache.k[:, :, :, : n - drop] = cache.k[:, :, :, drop:n] @ rot
+    cache.v[:, :, :, : n - drop] = cache.v[:, :, :, drop:n].clone()
+    cache.length = n - drop
+
+
+@dataclass
+class Rollouts:
+    """Per label: rollouts that reached the outcome, the competing event, neither; tokens sampled."""
+
+    outcome: np.ndarray  # (L,) int
+    competing: np.ndarray  # (L,) int
+    undecided: np.ndarray  # (L,) int
+    tokens: np.ndarray  # (L,) total tokens sampled over the label's rollouts
+
+
+def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: RolloutSpec, limits: np.ndarray,
+                  n_samples: int, max_new_tokens: int, temperature: float, device, pad_id: int = 0) -> Rollouts:
+    """Roll out n_samples continuations of each of L prompts (1-D token arrays, any lengths) at once.
+
+    Prompts are left-padded to the longest and the padding is masked (GPT.forward_step's `pad`).
+    limits: (L,) time bound of each label (us after its last history token; inf for none).
+    Sampling is Gumbel-max with one generator per label, drawing (n_samples, V) uniforms per step
+    while any of the label's rollouts runs, so a label's rollouts depend only on its seed, never on
+    which labels share its batch. A rollout is decided at the first token that meets the task's
+    outcome or competing rule (time is checked first: an interval token that crosses the bound
+    decides before the event it precedes).
+    """
+    import torch
+
+    L, S = len(prompts), n_samples
+    T = max(len(q) for q in prompts)
+    padded = np.full((L, T), pad_id, dtype=np.int64)
+    for j, q in enumerate(prompts):
+        padded[j, T - len(q):] = q
+    idx = torch.as_tensor(padded, device=device)
+    pad = torch.as_tensor([T - len(q) for q in prompts], dtype=torch.long, device=device)
+    ragged = bool(pad.any())
+    cache = model.new_cache(L)  # max_len = the model's context
+    logits = model.forward_step(idx, cache, pad=pad if ragged else None)[:, -1]
     # Encode each prompt once; its keys and values are shared by its S samples.
     cache.k = cache.k.repeat_interleave(S, dim=1)
     cache.v = cache.v.repeat_interleave(S, dim=1)
     logits = logits.repeat_interleave(S, dim=0)
+    pad = pad.repeat_interleave(S)
     gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
-    out_set = torch.tensor(outcome, device=device)
-    comp_set = torch.tensor(competing, device=device)
+    out_set = torch.tensor(spec.outcome, device=device, dtype=torch.long)
+    comp_set = torch.tensor(spec.competing, device=device, dtype=torch.long)
+    dur = None if spec.durations is None else torch.as_tensor(spec.durations, device=device)
+    alive = torch.arange(L * S, device=device)  # original row (label * S + sample) of each cache row
     result = torch.zeros(L * S, dtype=torch.int8, device=device)  # 0 undecided, 1 outcome, -1 competing
+    n_tok = torch.zeros(L * S, dtype=torch.long, device=device)
+    elapsed = torch.zeros(L * S, dtype=torch.float64, device=device)
+    limit = torch.as_tensor(np.asarray(limits, dtype=np.float64), device=device).repeat_interleave(S)
     V = logits.shape[-1]
-    for _ in range(cfg.max_new_tokens):
-        u = torch.cat([torch.rand((S, V), generator=g, device=device) for g in gens])
-        gumbel = -torch.log(-torch.log(u.clamp_(1e-20, 1.0 - 1e-7)))
-        nxt = (logits.float() / cfg.temperature + gumbel).argmax(-1, keepdim=True)
-        undecided = result == 0
-        result = torch.where(undecided & torch.isin(nxt[:, 0], out_set), torch.ones_like(result), result)
-        result = torch.where(undecided & torch.isin(nxt[:, 0], comp_set), -torch.ones_like(result), result)
-        if bool((result != 0).all()) or cache.length >= cache.max_len:
+    for step in range(max_new_tokens):
+        labels = torch.unique(alive // S)  # sorted; each draws its full (S, V) block
+        u = torch.cat([torch.rand((S, V), generator=gens[int(j)], device=device) for j in labels])
+        block = torch.searchsorted(labels, alive // S) * S + alive % S
+        gumbel = -torch.log(-torch.log(u[block].clamp_(1e-20, 1.0 - 1e-7)))
+        nxt = (logits.float() / temperature + gumbel).argmax(-1)
+        n_tok[alive] += 1
+        hit_out, hit_comp = torch.isin(nxt, out_set), torch.isin(nxt, comp_set)
+        if dur is not None:
+            elapsed[alive] += dur[nxt]
+            crossed = elapsed[alive] > limit[alive]
+            if spec.cross == "outcome":
+                hit_out, hit_comp = hit_out | crossed, hit_comp & ~crossed
+            else:
+                hit_out, hit_comp = hit_out & ~crossed, hit_comp | crossed
+        res = torch.where(hit_out, 1, torch.where(hit_comp, -1, 0)).to(torch.int8)
+        result[alive] = res
+        running = res == 0
+        if not bool(running.any()) or step == max_new_tokens - 1:
             break
-        logits = model.forward_step(nxt, cache)[:, -1]
-    result = result.view(L, S)
-    return (result == 1).float().mean(1).cpu().numpy(), (result == 0).float().mean(1).cpu().numpy()
+        if not bool(running.all()):  # decided rows leave the batch
+            alive, nxt, pad = alive[running], nxt[running], pad[running]
+            cache.k, cache.v = cache.k[:, running], cache.v[:, running]
+        if cache.length >= cache.max_len:
+            slide_cache(model, cache, 1)
+            pad = (pad - 1).clamp_(min=0)
+        ragged = ragged and bool(pad.any())
+        logits = model.forward_step(nxt[:, None], cache, pad=pad if ragged else None)[:, -1]
+    r = result.view(L, S).cpu().numpy()
+    return Rollouts((r == 1).sum(1), (r == -1).sum(1), (r == 0).sum(1), n_tok.view(L, S).sum(1).cpu().numpy())
 
 
 def rollout_groups(lengths: np.ndarray, labels_per_batch: int):
-    """Batches of label positions whose prompts have the same length (long histories are all
-    cut to the same prompt length, so most labels of real data share a batch)."""
+    """Batches of label positions, by prompt length (little padding), `labels_per_batch` each."""
     order = np.argsort(lengths, kind="stable")
-    start = 0
-    while start < len(order):
-        stop = start
-        while stop < len(order) and stop - start < labels_per_batch and lengths[order[stop]] == lengths[order[start]]:
-            stop += 1
-        yield order[start:stop]
-        start = stop
+    for start in range(0, len(order), labels_per_batch):
+        yield order[start : start + labels_per_batch]
+
+
+def rollout_probabilities(n_out: np.ndarray, n_comp: np.ndarray, n_und: np.ndarray, rule: str) -> tuple[np.ndarray, int]:
+    """(P(outcome) per label, labels with no decided rollout) under an undecided rule (module docstring)."""
+    n_out, n_comp, n_und = (np.asarray(a, dtype=np.float64) for a in (n_out, n_comp, n_und))
+    if rule == "negative":
+        return n_out / (n_out + n_comp + n_und), 0
+    decided = n_out + n_comp
+    pooled = n_out.sum() / decided.sum() if decided.sum() else 0.0
+    none = decided == 0
+    return np.where(none, pooled, n_out / np.where(none, 1.0, decided)), int(none.sum())
+
+
+def mcfg_bytes(model, context: int) -> int:
+    """Bytes of keys (or values) one rollout row holds in the KV cache."""
+    c = model.config
+    return c.n_layer * context * c.d_model * model.head.weight.element_size()
+
+
+def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, task: str, rows: np.ndarray, bar=None):
+    """Rollouts of the label rows `rows`; (p over all rows (nan elsewhere), metrics extras)."""
+    import torch
+
+    max_new = cfg.max_new_tokens or cfg.rollout_contexts * context
+    spec = rollout_spec(td, task)
+    opts = label_options(cfg.labels) if spec.cross else None
+    prompts = {int(k): history_window(td, h, int(k), context) for k in rows}
+    last_us = np.array([int(td.split(h.split[int(k)]).times[int(h.stop[int(k)]) - 1]) for k in rows], dtype=np.int64)
+    pred_us = h.labels["prediction_time"].cast(pl.Datetime("us")).dt.epoch("us").to_numpy()[rows]
+    limits = dict(zip((int(k) for k in rows), time_limits(task, pred_us, last_us, opts or LABEL_DEFAULTS), strict=True))
+    lengths = np.array([len(prompts[int(k)]) for k in rows])
+    rows_per_batch = cfg.batch_size or CACHE_BUDGET_BYTES // (2 * mcfg_bytes(model, context))
+    labels_per_batch = max(1, rows_per_batch // cfg.n_samples)
+    n = len(h.start)
+    counts = np.zeros((n, 4), dtype=np.int64)  # outcome, competing, undecided, tokens
+    device = torch.device(cfg.device)
+    pad_id = td.token_id("PAD") if "PAD" in set(td.vocab) else 0  # any id: padding is masked
+    with torch.no_grad():
+        for group in rollout_groups(lengths, labels_per_batch):
+            ks = [int(rows[g]) for g in group]
+            seeds = [cfg.seed * 1_000_003 + k for k in ks]
+            r = rollout_batch(model, [prompts[k] for k in ks], seeds, spec, np.array([limits[k] for k in ks]),
+                              cfg.n_samples, max_new, cfg.temperature, device, pad_id)
+            counts[ks] = np.stack([r.outcome, r.competing, r.undecided, r.tokens], axis=1)
+            if bar is not None:
+                bar.update(len(ks))
+    c = counts[rows]
+    p_rows, none = rollout_probabilities(c[:, 0], c[:, 1], c[:, 2], cfg.undecided)
+    p = np.full(n, np.nan)
+    p[rows] = p_rows
+    n_roll = len(rows) * cfg.n_samples
+    extras = {
+        "max_new_tokens": max_new,
+        "undecided_share": float(c[:, 2].sum() / n_roll),
+        "undecided_rule": cfg.undecided,
+        "labels_without_decided_rollout": none,
+        "outcome_share": float(c[:, 0].sum() / n_roll),
+        "rollout_tokens_mean": float(c[:, 3].sum() / n_roll),
+        "outcome_tokens": td.decode(spec.outcome)[:20],
+        "competing_tokens": len(spec.competing),
+        "time_bound": None if spec.cross is None else {"crossing_is": spec.cross, **opts},
+    }
+    return p, extras
+
+
+def _check(cfg: ZeroShotConfig, task: str) -> None:
+    if task not in ZEROSHOT_TASKS:
+        raise UserError(f"zero-shot supports {', '.join(ZEROSHOT_TASKS)}, not {task!r} (pass --task)")
+    if cfg.n_samples < 1 or (cfg.max_new_tokens is not None and cfg.max_new_tokens < 1) or cfg.rollout_contexts < 1 \
+            or cfg.temperature <= 0:
+        raise UserError("zero-shot needs --samples >= 1, --max-new-tokens >= 1, --rollout-contexts >= 1 and --temperature > 0")
+    if cfg.undecided not in UNDECIDED_RULES:
+        raise UserError(f"--undecided must be one of {', '.join(UNDECIDED_RULES)}, not {cfg.undecided!r}")
 
 
 def zeroshot(cfg: ZeroShotConfig, out: str | os.PathLike, overwrite: bool = False) -> dict:
-    import torch
+    """Zero-shot rollouts of one task; writes OUT/metrics.json, predictions.parquet, config.json.
 
+    Returns the metrics: binary_metrics (AUROC with bootstrap 95% interval, DeLong SE, ...) plus
+    undecided_share, labels_without_decided_rollout, max_new_tokens, rollout_tokens_mean, wall_s.
+
+    Raises:
+        UserError: an unsupported task, bad options, a token dir without the task's tokens, no
+            labels in the scored splits, or a run trained on another tokenizer.
+    """
     from ehrfm.clinical.model_io import load_run, resolve_context
     from ehrfm.io import progress, summary
 
     check_out(out, overwrite)
     t0 = time.time()
     task = cfg.task or task_name(cfg.labels)
-    if task not in ZEROSHOT_TASKS:
-        raise UserError(f"zero-shot supports {', '.join(ZEROSHOT_TASKS)}, not {task!r} (pass --task)")
-    if cfg.n_samples < 1 or cfg.max_new_tokens < 1 or cfg.temperature <= 0:
-        raise UserError("zero-shot needs --samples >= 1, --max-new-tokens >= 1 and --temperature > 0")
+    _check(cfg, task)
     td = TokenDir(cfg.tokens_dir)
     h = load_label_histories(td, cfg.labels, cfg.max_labels, cfg.seed)
     model, mcfg = load_run(cfg.run_dir, td, cfg.device, n_labels=len(h.start))
     context = resolve_context(cfg.context, mcfg.context)
-    if cfg.max_new_tokens >= context:
-        raise UserError(f"--max-new-tokens {cfg.max_new_tokens} leaves no room for history in a context of {context}")
-    prompt_len = context - cfg.max_new_tokens
-    outcome, competing = outcome_tokens(td, task)
     rows = np.flatnonzero(np.isin(h.split, cfg.splits))
     if len(rows) == 0:
         raise UserError(f"task {task}: no labels in split(s) {', '.join(cfg.splits)}")
-    device = torch.device(cfg.device)
-    p = np.full(len(h.start), np.nan)
-    undecided = np.full(len(h.start), np.nan)
-    prompts = {int(k): history_window(td, h, int(k), prompt_len) for k in rows}
-    lengths = np.array([len(prompts[int(k)]) for k in rows])
-    labels_per_batch = max(1, cfg.batch_size // cfg.n_samples)
-    with torch.no_grad(), progress(total=len(rows), desc=f"zeroshot {task}", unit="label") as bar:
-        for group in rollout_groups(lengths, labels_per_batch):
-            ks = [int(rows[g]) for g in group]
-            seeds = [cfg.seed * 1_000_003 + k for k in ks]
-            share, und = rollout_batch(model, np.stack([prompts[k] for k in ks]), seeds, outcome, competing, cfg, device)
-            p[ks], undecided[ks] = share, und
-            bar.update(len(ks))
+    with progress(total=len(rows), desc=f"zeroshot {task}", unit="label") as bar:
+        p, extras = _run_rollouts(cfg, td, h, model, context, task, rows, bar)
     y, p = h.y, as_stored(p)  # score what predictions.parquet holds
     metrics = {
         **binary_metrics(y[rows], p[rows], task, cfg.bootstrap, cfg.seed),
         "head": "zeroshot",
         "split": ",".join(cfg.splits),
         "context": context,
-        "prompt_tokens_max": prompt_len,
-        "outcome_tokens": td.decode(outcome),
-        "competing_tokens": len(competing),
-        "undecided_share": float(np.mean(undecided[rows])),
+        "n_samples": cfg.n_samples,
+        **extras,
         "wall_s": time.time() - t0,
     }
     # only the scored rows have rollouts: predictions.parquet is exactly them, no other split files
     write_head_outputs(out, overwrite, cfg, metrics, {"predictions.parquet": prediction_frame(h.labels, p, rows)})
     summary(f"zeroshot {format_metrics(metrics)} undecided {metrics['undecided_share']:.2f} -> {out}")
     return metrics
+
+
+def score_run_zeroshot(
+    run_dir: str | os.PathLike,
+    tokens_dir: str | os.PathLike,
+    labels: dict[str, str | os.PathLike],
+    max_labels: int = 200,
+    n_samples: int = 20,
+    seed: int = 0,
+    device: str = "cpu",
+    cache_dir: str | os.PathLike | None = None,
+) -> dict:
+    """{"zeroshot_auroc/<task>", "zeroshot_auroc_se/<task>", "zeroshot_undecided/<task>"} on held_out.
+
+    One rollout evaluation per task at the defaults (max_labels labels per split, seeded sample,
+    n_samples rollouts each). With cache_dir, each task's result is kept in
+    cache_dir/<task>.json under a key of the settings, the label file's bytes and the run's
+    result.json, and reused while the key matches: collecting again skips finished work and an
+    interrupted collect resumes where it stopped.
+    """
+    from ehrfm.clinical.model_io import load_run, resolve_context
+    from ehrfm.io import write_json
+
+    td = TokenDir(tokens_dir)
+    model = None
+    run_dir = Path(run_dir)
+    result_file = run_dir / "result.json"
+    run_key = hashlib.sha256(result_file.read_bytes()).hexdigest() if result_file.is_file() else None
+    out: dict = {}
+    for task, path in sorted(labels.items()):
+        if task not in ZEROSHOT_TASKS:
+            continue
+        cfg = ZeroShotConfig(str(run_dir), str(tokens_dir), str(path), task=task, device=device, bootstrap=0, seed=seed,
+                             max_labels=max_labels, n_samples=n_samples)
+        key = {"config": {k: v for k, v in asdict(cfg).items() if k not in ("run_dir", "tokens_dir", "labels", "device", "batch_size")},
+               "labels_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(), "run": run_key,
+               "tokenizer": td.fingerprint}
+        key = json.loads(json.dumps(key))  # as stored: tuples become lists
+        cached = Path(cache_dir) / f"{task}.json" if cache_dir is not None else None
+        if cached is not None and cached.is_file():
+            try:
+                stored = json.loads(cached.read_text())
+            except ValueError:
+                stored = {}
+            if stored.get("key") == key:
+                out.update(stored["scores"])
+                continue
+        if model is None:
+            model, mcfg = load_run(run_dir, td, device)
+            context = resolve_context(None, mcfg.context)
+        h = load_label_histories(td, path, max_labels, seed)
+        rows = np.flatnonzero(h.split == "held_out")
+        if len(rows) == 0:
+            raise UserError(f"task {task}: no labels in the held_out split of {path}")
+        _check(cfg, task)
+        p, extras = _run_rollouts(cfg, td, h, model, context, task, rows)
+        m = binary_metrics(h.y[rows], as_stored(p)[rows], task, n_boot=0, seed=seed)
+        scores = {f"zeroshot_auroc/{task}": m["auroc"], f"zeroshot_auroc_se/{task}": m["auroc_se"],
+                  f"zeroshot_undecided/{task}": extras["undecided_share"]}
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            write_json(cached, {"key": key, "scores": scores, "metrics": {**m, **extras}})
+        out.update(scores)
+    return out
