@@ -74,6 +74,38 @@ class Parser(argparse.ArgumentParser):
         return super().format_usage()
 
 
+def command(sub, name: str, run, arguments=None, **kwargs) -> argparse.ArgumentParser:
+    """Add subcommand `name` to the subparsers action `sub`, run by `run(args) -> exit code`.
+
+    Args:
+        sub: what `add_subparsers()` returned.
+        name: the subcommand's name.
+        run: called with the parsed namespace; returns the exit code.
+        arguments: `arguments(parser)` adds its options, deferred until the subcommand is parsed or
+            its help shown (None: the caller adds them to the returned parser).
+        **kwargs: `add_parser` keyword arguments (help, description).
+
+    Returns:
+        The subcommand's parser.
+    """
+    p = sub.add_parser(name, **kwargs)
+    if arguments is not None:
+        p.defer(arguments)
+    p.set_defaults(func=run)
+    return p
+
+
+def positive_number(text: str) -> float:
+    """argparse type: a number > 0, e.g. a FLOP budget "1e18" (ArgumentTypeError otherwise)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number like 1e18 (got {text!r})") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 (got {text!r})")
+    return value
+
+
 def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     """{name: subparser} of a parser's subcommands (empty when it has none)."""
     out = {}
