@@ -200,7 +200,8 @@ def add_fields(container, cls, names: list[str], **overrides: dict) -> list[argp
             (module docstring).
 
     Returns:
-        The added actions; each carries `config_class`, `config_field`, `unset` and `shown_default`.
+        The added actions; each carries `config_class` (the dataclass that declares the field: `cls`
+        or one of its bases), `config_field`, `unset` and `shown_default`.
 
     Raises:
         KeyError: a name or override that is not a field of `cls`, or a field without docstring.
@@ -241,7 +242,9 @@ def add_fields(container, cls, names: list[str], **overrides: dict) -> list[argp
         elif flag != name:
             raise ValueError(f"positional {flag!r} must be named after its field {name!r}")
         action = container.add_argument(flag, **spec)
-        action.config_class, action.config_field, action.unset = cls, name, unset
+        # the class that declares the field (cls or a base): its source holds the field's docstring
+        owner = next(k for k in cls.__mro__ if name in vars(k).get("__annotations__", {}))
+        action.config_class, action.config_field, action.unset = owner, name, unset
         action.shown_default = None if spec.get("required") or spec.get("action") == "store_false" else _show(default)
         registry.append((name, convert, unset))
         actions.append(action)
