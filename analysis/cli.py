@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ehrfm.cli_args import command, positive_number
+
 
 def _approaches(text: str) -> tuple[int, ...]:
     try:
@@ -13,16 +15,6 @@ def _approaches(text: str) -> tuple[int, ...]:
     if not out or not set(out) <= {1, 2, 3}:
         raise argparse.ArgumentTypeError(f"approaches are 1, 2 and 3 (got {text!r})")
     return out
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number like 1e18 (got {text!r})") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0 (got {text!r})")
-    return v
 
 
 def _fit(args) -> int:
@@ -79,7 +71,7 @@ def _fit_arguments(p) -> None:
                               "holdout", "max_epochs"],
                approaches=dict(flag="--approach", type=_approaches), require_interior=dict(flag="--keep-exterior"),
                n_count=dict(choices=("total", "non-embedding")), approach3_method=dict(choices=("varpro", "huber-lbfgs")),
-               holdout=dict(flag="--no-holdout"), max_epochs=dict(type=_positive_float))
+               holdout=dict(flag="--no-holdout"), max_epochs=dict(type=positive_number))
     p.add_argument("--no-plots", action="store_true", help="skip the PNG/PDF plots")
     p.add_argument("--loss-column", choices=("loss", "loss_per_event"), default="loss",
                    help="the loss to fit: loss (held-out nats/token, default) or loss_per_event (nats/event, "
@@ -88,20 +80,19 @@ def _fit_arguments(p) -> None:
 
 
 def register(sub):
-    p = sub.add_parser("fit", help="fit scaling laws (Approaches 1-3, utility) to a results table, with bootstrap intervals and plots",
-                       description="Fit IsoFLOP parabolas, power laws and the parametric law L(N, D) to a results table "
-                                   "(parquet or CSV with n_params, tokens, loss); writes OUT/fits.json, fits.md, plots.")
-    p.defer(_fit_arguments)
-    p.set_defaults(func=_fit)
+    command(sub, "fit", _fit, _fit_arguments,
+            help="fit scaling laws (Approaches 1-3, utility) to a results table, with bootstrap intervals and plots",
+            description="Fit IsoFLOP parabolas, power laws and the parametric law L(N, D) to a results table "
+                        "(parquet or CSV with n_params, tokens, loss); writes OUT/fits.json, fits.md, plots.")
 
-    r = sub.add_parser("recommend", help="compute-optimal model size, tokens, shape, loss and utility for a FLOP budget",
-                       description="From a fit directory, what a budget of C FLOPs should buy, with intervals.")
+    r = command(sub, "recommend", _recommend,
+                help="compute-optimal model size, tokens, shape, loss and utility for a FLOP budget",
+                description="From a fit directory, what a budget of C FLOPs should buy, with intervals.")
     r.add_argument("fit", help="fit directory written by `ehrfm fit`")
-    r.add_argument("--flops", type=_positive_float, required=True, help="compute budget C in FLOPs, e.g. 1e18")
-    r.add_argument("--unique-tokens", type=_positive_float, default=None,
+    r.add_argument("--flops", type=positive_number, required=True, help="compute budget C in FLOPs, e.g. 1e18")
+    r.add_argument("--unique-tokens", type=positive_number, default=None,
                    help="unique training tokens available (default: the results table's unique_tokens, if any)")
     r.add_argument("--approach", type=int, choices=(1, 2, 3), default=None, help="approach for the headline (default 3, else 2, else 1)")
     r.add_argument("--vocab-size", type=int, default=None, help="vocabulary size for the model shape (default: from the results table)")
     r.add_argument("--context", type=int, default=None, help="context length for the model shape (default: from the results table)")
     r.add_argument("--json", action="store_true", help="print the recommendation as JSON")
-    r.set_defaults(func=_recommend)

@@ -257,15 +257,19 @@ def plot_frontier(ax, fit, results, label: str | None = None, color=None) -> Non
     ax.grid(True, which="major", alpha=0.3)
 
 
+def _utility_data(fit, results, task: str, color):
+    """(fit, results, the task's utility law, {budget: colour}, the task's AUROC per run) for the utility plots."""
+    fit = _fit(fit)
+    results = _results(results, fit)
+    u = fit.utility[task] if task in fit.utility else fit.utility[f"auroc/{task}"]
+    return fit, results, u, budget_colors(results.budget, color), results.utility[u.metric]
+
+
 def plot_utility(ax, fit, results, task: str, label: str | None = None, color=None) -> None:
     """AUROC of one task against compute: every run, the loss-optimal run per budget, the law.
 
     label / color: as for plot_isoflops."""
-    fit = _fit(fit)
-    results = _results(results, fit)
-    u = fit.utility[task] if task in fit.utility else fit.utility[f"auroc/{task}"]
-    colors = budget_colors(results.budget, color)
-    vals = results.utility[u.metric]
+    fit, results, u, colors, vals = _utility_data(fit, results, task, color)
     for bud, col in colors.items():
         m = (results.budget == bud) & np.isfinite(vals)
         ax.scatter(results.flops[m], vals[m], s=12, color=col, alpha=0.45, zorder=2)
@@ -291,11 +295,7 @@ def plot_loss_link(ax, fit, results, task: str, label: str | None = None, color=
     AUROC = c0 + c1 loss with its bootstrap band (fit.utility[task].loss_link).
 
     label / color: as for plot_isoflops."""
-    fit = _fit(fit)
-    results = _results(results, fit)
-    u = fit.utility[task] if task in fit.utility else fit.utility[f"auroc/{task}"]
-    colors = budget_colors(results.budget, color)
-    vals = results.utility[u.metric]
+    fit, results, u, colors, vals = _utility_data(fit, results, task, color)
     for bud, col in colors.items():
         m = (results.budget == bud) & np.isfinite(vals)
         ax.scatter(results.loss[m], vals[m], s=16, color=col, zorder=3, label=_label(label, f"{_sci(bud)} FLOPs"))

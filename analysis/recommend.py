@@ -192,23 +192,45 @@ def _shape(n_opt: float, c: float, vocab_size: int | None, context: int | None, 
                 n_params=shapes.n_params(cfg), n_params_total=shapes.n_params_total(cfg), flops_per_token=fpt, tokens=int(c // fpt))
 
 
+def _load(fits) -> tuple[dict, dict, float]:
+    """(fits.json's content, its bootstrap draws, the confidence level of its intervals) of a FIT
+    directory, a fits.json path or an analysis.fit.FitResult."""
+    from analysis.fit import FitResult, load_fits
+
+    if isinstance(fits, FitResult):
+        return fits.to_json(), fits.draws, fits.config.confidence
+    fit_json, draws = load_fits(fits)
+    cfg_path = Path(fits) / "fit_config.json" if Path(fits).is_dir() else Path(fits).with_name("fit_config.json")
+    conf = 0.95
+    if cfg_path.is_file():
+        import json
+
+        conf = json.loads(cfg_path.read_text()).get("confidence", 0.95)
+    return fit_json, draws, conf
+
+
+def _utility(fit_json: dict, draws: dict, flops: float, conf: float, notes: list[str]) -> dict:
+    """{task: {"auroc", "auroc_ci"}} at `flops` from each utility law whose AUROC rose with compute;
+    a note in `notes` for each task left out."""
+    utility = {}
+    for task, u in fit_json.get("utility", {}).items():
+        if not (u.get("exponent") is not None and u["exponent"] < 0):
+            notes.append(f"no AUROC prediction for {task}: its AUROC did not rise with compute in the fitted sweep")
+            continue
+        dc, de = draws.get(f"utility/{u['metric']}/coef"), draws.get(f"utility/{u['metric']}/exponent")
+        # AUROC is bounded: a law extrapolated past chance (0.5) or 1 is clipped there.
+        entry = {"auroc": float(auroc_from_law(u["coef"], u["exponent"], flops))}
+        entry["auroc_ci"] = percentile_ci(auroc_from_law(dc, de, flops), conf) if dc is not None else [float("nan")] * 2
+        utility[task] = entry
+    return utility
+
+
 def recommend(fits, flops: float, unique_tokens: float | None = None, approach: int | None = None,
               vocab_size: int | None = None, context: int | None = None, r_star: float = R_STAR_DATA) -> Recommendation:
     """Recommend for compute budget `flops` from a fit (a FIT directory, a fits.json path, or an
     analysis.fit.FitResult). `approach` picks the headline (default: 3, else 2, else 1).
     unique_tokens, vocab_size and context default to what the fitted results table recorded."""
-    from analysis.fit import FitResult, load_fits
-
-    if isinstance(fits, FitResult):
-        fit_json, draws, conf = fits.to_json(), fits.draws, fits.config.confidence
-    else:
-        fit_json, draws = load_fits(fits)
-        cfg_path = Path(fits) / "fit_config.json" if Path(fits).is_dir() else Path(fits).with_name("fit_config.json")
-        conf = 0.95
-        if cfg_path.is_file():
-            import json
-
-            conf = json.loads(cfg_path.read_text()).get("confidence", 0.95)
+    fit_json, draws, conf = _load(fits)
     if not (flops and math.isfinite(flops) and flops > 0):
         raise UserError(f"--flops must be a positive number of FLOPs (got {flops})")
     inputs = fit_json.get("inputs", {})
@@ -251,16 +273,7 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
         else:
             notes.append("fit Approach 3 to get the data-constrained (repeated tokens) prediction")
 
-    utility = {}
-    for task, u in fit_json.get("utility", {}).items():
-        if not (u.get("exponent") is not None and u["exponent"] < 0):
-            notes.append(f"no AUROC prediction for {task}: its AUROC did not rise with compute in the fitted sweep")
-            continue
-        dc, de = draws.get(f"utility/{u['metric']}/coef"), draws.get(f"utility/{u['metric']}/exponent")
-        # AUROC is bounded: a law extrapolated past chance (0.5) or 1 is clipped there.
-        entry = {"auroc": float(auroc_from_law(u["coef"], u["exponent"], flops))}
-        entry["auroc_ci"] = percentile_ci(auroc_from_law(dc, de, flops), conf) if dc is not None else [float("nan")] * 2
-        utility[task] = entry
+    utility = _utility(fit_json, draws, flops, conf, notes)
 
     vocab_size = vocab_size or inputs.get("vocab_size")
     context = context or inputs.get("context")

@@ -74,6 +74,38 @@ class Parser(argparse.ArgumentParser):
         return super().format_usage()
 
 
+def command(sub, name: str, run, arguments=None, **kwargs) -> argparse.ArgumentParser:
+    """Add subcommand `name` to the subparsers action `sub`, run by `run(args) -> exit code`.
+
+    Args:
+        sub: what `add_subparsers()` returned.
+        name: the subcommand's name.
+        run: called with the parsed namespace; returns the exit code.
+        arguments: `arguments(parser)` adds its options, deferred until the subcommand is parsed or
+            its help shown (None: the caller adds them to the returned parser).
+        **kwargs: `add_parser` keyword arguments (help, description).
+
+    Returns:
+        The subcommand's parser.
+    """
+    p = sub.add_parser(name, **kwargs)
+    if arguments is not None:
+        p.defer(arguments)
+    p.set_defaults(func=run)
+    return p
+
+
+def positive_number(text: str) -> float:
+    """argparse type: a number > 0, e.g. a FLOP budget "1e18" (ArgumentTypeError otherwise)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number like 1e18 (got {text!r})") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 (got {text!r})")
+    return value
+
+
 def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     """{name: subparser} of a parser's subcommands (empty when it has none)."""
     out = {}
@@ -168,7 +200,8 @@ def add_fields(container, cls, names: list[str], **overrides: dict) -> list[argp
             (module docstring).
 
     Returns:
-        The added actions; each carries `config_class`, `config_field`, `unset` and `shown_default`.
+        The added actions; each carries `config_class` (the dataclass that declares the field: `cls`
+        or one of its bases), `config_field`, `unset` and `shown_default`.
 
     Raises:
         KeyError: a name or override that is not a field of `cls`, or a field without docstring.
@@ -209,7 +242,9 @@ def add_fields(container, cls, names: list[str], **overrides: dict) -> list[argp
         elif flag != name:
             raise ValueError(f"positional {flag!r} must be named after its field {name!r}")
         action = container.add_argument(flag, **spec)
-        action.config_class, action.config_field, action.unset = cls, name, unset
+        # the class that declares the field (cls or a base): its source holds the field's docstring
+        owner = next(k for k in cls.__mro__ if name in vars(k).get("__annotations__", {}))
+        action.config_class, action.config_field, action.unset = owner, name, unset
         action.shown_default = None if spec.get("required") or spec.get("action") == "store_false" else _show(default)
         registry.append((name, convert, unset))
         actions.append(action)

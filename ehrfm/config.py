@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import Self
 
 from ehrfm.errors import UserError
 
@@ -93,8 +94,21 @@ def _check_choice(cfg, name: str) -> None:
         raise UserError(f"train config: {name} must be {said} (got {getattr(cfg, name)!r})")
 
 
+class _DictConfig:
+    """to_dict / from_dict of a config dataclass (the form saved as config.json)."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Self:
+        """The config from a dict; keys that are not fields (older or newer files) are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(_DictConfig):
     """Shape of one GPT. `mlp_hidden=0` means the default SwiGLU width (see `swiglu_hidden`)."""
 
     n_layer: int
@@ -122,17 +136,9 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.d_model // self.n_head
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_DictConfig):
     """One training run: data, model shape, budget, optimizer, schedule, evaluation, runtime.
 
     Exactly one of `tokens` (D, training tokens) or `flops` (C; D = floor(C / flops_per_token))
@@ -279,14 +285,6 @@ class TrainConfig:
             mlp_hidden=self.mlp_hidden,
             rope_theta=self.rope_theta,
         )
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def warmup_steps_for(n_steps: int, cfg: TrainConfig) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ehrfm.cli_args import command
+
 
 def _export(args) -> int:
     from ehrfm.export import export_hf
@@ -13,8 +15,8 @@ def _export(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "export",
+    p = command(
+        sub, "export", _export,
         help="write a run's model as a Hugging Face LlamaForCausalLM directory",
         description="Write RUN's trained model as a Hugging Face LlamaForCausalLM directory (config.json, "
         "model.safetensors, tokenizer.json over the event vocabulary), loadable with "
@@ -24,4 +26,3 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="directory to create")
     p.add_argument("--tokens", default=None, metavar="TOK", help="the run's token dir (default: the one in RUN/config.json)")
     p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(func=_export)

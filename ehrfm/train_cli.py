@@ -7,24 +7,14 @@ same command to resume). Runs unchanged under `torchrun --nproc-per-node N -m eh
 
 from __future__ import annotations
 
-import argparse
+from ehrfm.cli_args import command, positive_number
 
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 3
 
 
-def _budget(value: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not x > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0: {value!r}")
-    return x
-
-
 def _token_count(value: str) -> int:
-    return int(_budget(value))
+    return int(positive_number(value))
 
 
 def _token_list(text) -> list[int]:
@@ -51,7 +41,7 @@ def _add_arguments(p) -> None:
     add_fields(p.add_argument_group("model shape"), TrainConfig, ["n_layer", "d_model", "n_head", "context", "mlp_hidden"],
                n_layer=dict(required=True), d_model=dict(required=True), n_head=dict(required=True))
     add_fields(p.add_mutually_exclusive_group(required=True), TrainConfig, ["tokens", "flops"],
-               tokens=dict(type=_token_count, metavar="D"), flops=dict(type=_budget, metavar="C"))
+               tokens=dict(type=_token_count, metavar="D"), flops=dict(type=positive_number, metavar="C"))
     add_fields(p.add_argument_group("optimisation"), TrainConfig,
                ["batch_size", "micro_batch_size", "lr", "min_lr_ratio", "warmup_frac", "warmup_steps", "schedule",
                 "decay_fraction", "decay_shape", "trunk_dir", "stable_checkpoints", "weight_decay", "grad_clip"],
@@ -65,15 +55,13 @@ def _add_arguments(p) -> None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "train",
+    command(
+        sub, "train", _run, _add_arguments,
         help="train one model on a token dir for exactly D tokens (or C FLOPs)",
         description="Train one Llama-style GPT on TOK's train split for exactly D tokens; held-out loss on its "
         "tuning split. Writes RUN/{config.json,metrics.jsonl,checkpoint/,result.json}. "
         "SIGTERM/SIGUSR1: checkpoint and exit 3; rerun the same command to resume.",
     )
-    p.defer(_add_arguments)
-    p.set_defaults(func=_run)
 
 
 def _run(args) -> int:

@@ -6,6 +6,8 @@ module when it runs.
 
 from __future__ import annotations
 
+from ehrfm.cli_args import command
+
 
 def _plan(args) -> int:
     from ehrfm.cli_args import values
@@ -105,19 +107,14 @@ def register(sub) -> None:
     ssub = p.add_subparsers(dest="sweep_command", metavar="SUBCOMMAND")
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
-    pp = ssub.add_parser("plan", help="plan runs per compute budget: sizes log-spaced around the optimum, D = C / FLOPs per token")
-    pp.defer(_plan_arguments)
-    pp.set_defaults(func=_plan)
-
-    pl = ssub.add_parser("launch", help="submit the runs that still need to run (SLURM job array or local processes)")
-    pl.defer(_launch_arguments)
-    pl.set_defaults(func=_launch)
-
-    ps = ssub.add_parser("status", help="table of runs: budget, N, D, state, loss, job id")
+    command(ssub, "plan", _plan, _plan_arguments,
+            help="plan runs per compute budget: sizes log-spaced around the optimum, D = C / FLOPs per token")
+    command(ssub, "launch", _launch, _launch_arguments,
+            help="submit the runs that still need to run (SLURM job array or local processes)")
+    ps = command(ssub, "status", _status, help="table of runs: budget, N, D, state, loss, job id")
     ps.add_argument("sweep", metavar="SWEEP")
-    ps.set_defaults(func=_status)
 
-    pc = ssub.add_parser("collect", help="write SWEEP/results.parquet (all runs, with status and error)")
+    pc = command(ssub, "collect", _collect, help="write SWEEP/results.parquet (all runs, with status and error)")
     pc.add_argument("sweep", metavar="SWEEP")
     pc.add_argument("--labels", metavar="LABELS_DIR", help="dir of <task>.parquet label files: add auroc/<task>, auprc/<task> columns")
     pc.add_argument("--max-labels", type=int, default=2000, help="labels scored per task and run (default 2000)")
@@ -127,4 +124,3 @@ def register(sub) -> None:
                          "generative rollouts (slow; results kept in SWEEP/zeroshot/ and reused)")
     pc.add_argument("--zeroshot-rollouts", type=int, default=20, help="rollouts per label (default 20)")
     pc.add_argument("--zeroshot-max-labels", type=int, default=200, help="held_out labels rolled out per task and run (default 200)")
-    pc.set_defaults(func=_collect)

@@ -170,6 +170,22 @@ def _float_or_none(x) -> float | None:
     return None if x is None else float(x)
 
 
+def _add_scores(rows: list[dict], desc: str, score) -> list[str]:
+    """Set `score(row)`'s {column: value} (as floats) on each completed row, and None for those
+    columns on every other row; return the columns, sorted."""
+    columns: list[str] = []
+    completed = [r for r in rows if r["status"] == Status.COMPLETED]
+    for r in progress(completed, desc=desc, unit="run"):
+        for k, v in score(r).items():
+            r[k] = None if v is None else float(v)
+            if k not in columns:
+                columns.append(k)
+    for r in rows:
+        for c in columns:
+            r.setdefault(c, None)
+    return sorted(columns)
+
+
 def _add_utility(sweep, sweep_dir: Path, rows: list[dict], labels: dict[str, Path], max_labels, seed) -> list[str]:
     """Score each completed run on the clinical tasks (ehrfm.clinical.utility.score_run)."""
     from ehrfm.tables import is_utility_column
@@ -178,19 +194,9 @@ def _add_utility(sweep, sweep_dir: Path, rows: list[dict], labels: dict[str, Pat
         from ehrfm.clinical.utility import score_run
     except ImportError as e:
         raise UserError(f"--labels needs ehrfm.clinical.utility.score_run, which is not available ({e})") from None
-    columns: list[str] = []
-    completed = [r for r in rows if r["status"] == Status.COMPLETED]
-    for r in progress(completed, desc="utility", unit="run"):
-        scores = score_run(runs_dir(sweep_dir) / r["run_id"], sweep.tokens_dir, labels=dict(labels), max_labels=max_labels, seed=seed)
-        for k, v in scores.items():
-            if is_utility_column(k):
-                r[k] = None if v is None else float(v)
-                if k not in columns:
-                    columns.append(k)
-    for r in rows:
-        for c in columns:
-            r.setdefault(c, None)
-    return sorted(columns)
+    return _add_scores(rows, "utility", lambda r: {
+        k: v for k, v in score_run(runs_dir(sweep_dir) / r["run_id"], sweep.tokens_dir, labels=dict(labels),
+                                   max_labels=max_labels, seed=seed).items() if is_utility_column(k)})
 
 
 def _add_zeroshot(sweep, sweep_dir: Path, rows: list[dict], labels: dict[str, Path], max_labels: int, n_samples: int,
@@ -198,17 +204,6 @@ def _add_zeroshot(sweep, sweep_dir: Path, rows: list[dict], labels: dict[str, Pa
     """Zero-shot rollout AUROC of each completed run per task (ehrfm.clinical.zeroshot), cached per run."""
     from ehrfm.clinical.zeroshot import score_run_zeroshot
 
-    columns: list[str] = []
-    completed = [r for r in rows if r["status"] == "completed"]
-    for r in progress(completed, desc="zeroshot", unit="run"):
-        scores = score_run_zeroshot(runs_dir(sweep_dir) / r["run_id"], sweep.tokens_dir, labels=dict(labels),
-                                    max_labels=max_labels, n_samples=n_samples, seed=seed,
-                                    cache_dir=sweep_dir / "zeroshot" / r["run_id"])
-        for k, v in scores.items():
-            r[k] = None if v is None else float(v)
-            if k not in columns:
-                columns.append(k)
-    for r in rows:
-        for c in columns:
-            r.setdefault(c, None)
-    return sorted(columns)
+    return _add_scores(rows, "zeroshot", lambda r: score_run_zeroshot(
+        runs_dir(sweep_dir) / r["run_id"], sweep.tokens_dir, labels=dict(labels), max_labels=max_labels,
+        n_samples=n_samples, seed=seed, cache_dir=sweep_dir / "zeroshot" / r["run_id"]))

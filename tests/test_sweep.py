@@ -318,13 +318,19 @@ def test_local_ctrl_c_checkpoints_and_relaunch_resumes_to_the_same_loss(synth_to
     assert a["status"] == b["status"] == "completed" and a["val_loss"] == b["val_loss"]
 
 
+def _label_dir(meds, tmp_path, task: str):
+    """tmp_path/labels holding <task>.parquet made by `ehrfm labels` (the dir `collect --labels` reads)."""
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    made = ehrfm("labels", meds, "--task", task, "--out", labels / f"{task}.parquet")
+    assert made.returncode == 0, made.stderr
+    return labels
+
+
 def test_collect_with_labels_adds_utility_columns(local_sweep, synth_meds, tmp_path):
     out, p = local_sweep
     assert p.returncode == 0
-    labels = tmp_path / "labels"
-    labels.mkdir()
-    made = ehrfm("labels", synth_meds, "--task", "long_los", "--out", labels / "long_los.parquet")
-    assert made.returncode == 0, made.stderr
+    labels = _label_dir(synth_meds, tmp_path, "long_los")
     c = ehrfm("sweep", "collect", out, "--labels", labels, "--max-labels", "200")
     assert c.returncode == 0, c.stderr[-2000:]
     assert "utility columns auprc/long_los, auroc/long_los, auroc_se/long_los" in c.stdout
@@ -348,10 +354,7 @@ def test_collect_zeroshot_adds_rollout_auroc_and_resumes(local_sweep, synth_meds
     same numbers (seeded)."""
     out, p = local_sweep
     assert p.returncode == 0
-    labels = tmp_path / "labels"
-    labels.mkdir()
-    made = ehrfm("labels", synth_meds, "--task", "in_hospital_mortality", "--out", labels / "in_hospital_mortality.parquet")
-    assert made.returncode == 0, made.stderr
+    labels = _label_dir(synth_meds, tmp_path, "in_hospital_mortality")
     args = ("sweep", "collect", out, "--labels", labels, "--max-labels", "100", "--zeroshot", "--zeroshot-rollouts", "4",
             "--zeroshot-max-labels", "40")
     c = ehrfm(*args)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from ehrfm.cli_args import command
+
 
 def _fractions(text: str) -> tuple[float, float, float]:
     try:
@@ -93,8 +95,8 @@ def _decode(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "synth", help="write a synthetic MIMIC-IV 2.2 dataset (hosp/, icu/ .csv.gz)",
+    p = command(
+        sub, "synth", _synth, help="write a synthetic MIMIC-IV 2.2 dataset (hosp/, icu/ .csv.gz)",
         description="Synthetic raw MIMIC-IV with latent conditions driving diagnoses, labs, medications, "
                     "ICU stays, readmissions and deaths. Deterministic in the seed.",
     )
@@ -102,10 +104,9 @@ def register(sub) -> None:
     p.add_argument("--patients", type=int, default=1000, help="number of patients (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    p.set_defaults(func=_synth)
 
-    p = sub.add_parser(
-        "etl", help="convert raw MIMIC-IV (hosp/, icu/ CSV) to a MEDS dataset",
+    p = command(
+        sub, "etl", _etl, help="convert raw MIMIC-IV (hosp/, icu/ CSV) to a MEDS dataset",
         description="Raw MIMIC-IV 2.x/3.x -> MEDS 0.4 (data/{train,tuning,held_out}/*.parquet, metadata/).",
     )
     p.add_argument("raw", help="raw MIMIC-IV directory holding hosp/ and icu/")
@@ -120,10 +121,9 @@ def register(sub) -> None:
                    help="convert only these tables, e.g. labevents,icu/inputevents (default: every table present); "
                         "hosp/patients and hosp/admissions are always converted, an ED table brings ed/edstays "
                         "and emar_detail brings emar")
-    p.set_defaults(func=_etl)
 
-    p = sub.add_parser(
-        "tokenize", help="tokenize a MEDS dataset (ETHOS-style), or --decode a token dir",
+    p = command(
+        sub, "tokenize", _tokenize, help="tokenize a MEDS dataset (ETHOS-style), or --decode a token dir",
         description="MEDS -> token dir (tokenizer.json, {split}/tokens.npy, times.npy, index.parquet, stats.json). "
                     "Fitted on train, applied unchanged to tuning/held_out; --tokenizer applies an existing one. "
                     "With --decode, MEDS is a token dir and one subject's tokens are printed.",
@@ -143,4 +143,3 @@ def register(sub) -> None:
     g.add_argument("--subject", type=int, help="subject_id to decode")
     g.add_argument("--index", type=int, default=0, help="position of the subject in the split (default 0)")
     g.add_argument("--limit", type=int, default=200, help="tokens to print, 0 for all (default 200)")
-    p.set_defaults(func=_tokenize)

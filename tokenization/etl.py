@@ -901,6 +901,56 @@ def assign_splits(subject_ids: np.ndarray, fractions=(0.8, 0.1, 0.1), seed: int 
 
 
 # ------------------------------------------------------------------------------- the ETL
+def _resolve_tables(raw: Path, cfg: EtlConfig) -> tuple[list, dict, list[str], dict]:
+    """The tables to read (cfg.tables normalised in place), their files (None: absent), the absent
+    names and the columns used per present table; raises UserError on a required table missing."""
+    selected = select_tables(cfg.tables)
+    cfg.tables = None if cfg.tables is None else selected
+    has_ed = (raw / "ed").is_dir()
+    # The ED module is read only when its directory is there; its tables are then expected.
+    # (ED tables named in --tables are reported absent when there is no ed/.)
+    wanted = [t for t in TABLES if t.name in selected and (t.module != "ed" or has_ed or cfg.tables is not None)]
+    present = {t.name: find_table(raw, t.name) for t in wanted}
+    for t in wanted:
+        if t.required and present[t.name] is None:
+            raise UserError(f"required table {t.name}.csv.gz (or .csv) not found in {raw}")
+    if has_ed and any(t.module == "ed" for t in wanted) and present.get("ed/edstays") is None:
+        raise UserError(f"{raw / 'ed'}: MIMIC-IV-ED directory without edstays.csv.gz (or .csv): every ED "
+                        "event is timed by its ED stay; add ed/edstays or remove the ed/ directory")
+    for t in wanted:  # a table timed by another is unusable without it
+        if t.timed_by and present.get(t.timed_by) is None:
+            present[t.name] = None
+    missing = [t.name for t in wanted if present[t.name] is None]
+    # Check every header up front: a missing column fails in seconds, not after an hour.
+    used_columns = {}
+    for t in wanted:
+        if present[t.name] is not None:
+            optional = {c for c in t.columns if c in OPTIONAL_COLUMNS}
+            used_columns[t.name] = _check_columns(present[t.name], t.columns, optional, table=t.name)
+    return wanted, present, missing, used_columns
+
+
+def _etl_result(out, split_of, counts: dict, rows_in: dict, missing: list[str], account: dict, ctx: Context,
+                seconds: float) -> dict:
+    """etl()'s summary dict (see etl's Returns)."""
+    return {
+        "out": str(out),
+        "subjects": int(len(split_of)),
+        "events": counts["events"],
+        "subjects_per_split": counts["subjects_per_split"],
+        "events_per_split": counts["events_per_split"],
+        "codes": counts["n_codes"],
+        "tables_used": sorted(rows_in),
+        "tables_missing": missing,
+        "dropped_events_unknown_subject": sum(d.get("unknown_subject_id", 0) for d in ctx.drops.values()),
+        "dropped_events_without_time": {k: v for k, v in ctx.untimed.items() if v},
+        "dropped_events": {k: v for k, v in ctx.drops.items() if v},
+        "tables": account,
+        "discharge_times": dict(ctx.discharge),
+        "seconds": round(seconds, 2),
+    }
+
+
 def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False, **options) -> dict:
     """Convert a raw MIMIC-IV directory to a MEDS dataset at `out`; return a summary dict.
 
@@ -934,29 +984,7 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
         raise UserError(f"raw MIMIC-IV directory {raw} not found")
     check_overwrite(out, overwrite)
 
-    selected = select_tables(cfg.tables)
-    cfg.tables = None if cfg.tables is None else selected
-    has_ed = (raw / "ed").is_dir()
-    # The ED module is read only when its directory is there; its tables are then expected.
-    # (ED tables named in --tables are reported absent when there is no ed/.)
-    wanted = [t for t in TABLES if t.name in selected and (t.module != "ed" or has_ed or cfg.tables is not None)]
-    present = {t.name: find_table(raw, t.name) for t in wanted}
-    for t in wanted:
-        if t.required and present[t.name] is None:
-            raise UserError(f"required table {t.name}.csv.gz (or .csv) not found in {raw}")
-    if has_ed and any(t.module == "ed" for t in wanted) and present.get("ed/edstays") is None:
-        raise UserError(f"{raw / 'ed'}: MIMIC-IV-ED directory without edstays.csv.gz (or .csv): every ED "
-                        "event is timed by its ED stay; add ed/edstays or remove the ed/ directory")
-    for t in wanted:  # a table timed by another is unusable without it
-        if t.timed_by and present.get(t.timed_by) is None:
-            present[t.name] = None
-    missing = [t.name for t in wanted if present[t.name] is None]
-    # Check every header up front: a missing column fails in seconds, not after an hour.
-    used_columns = {}
-    for t in wanted:
-        if present[t.name] is not None:
-            optional = {c for c in t.columns if c in OPTIONAL_COLUMNS}
-            used_columns[t.name] = _check_columns(present[t.name], t.columns, optional, table=t.name)
+    wanted, present, missing, used_columns = _resolve_tables(raw, cfg)
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
         stage = tmp / ".stage"
@@ -978,22 +1006,7 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
         shutil.rmtree(stage)
 
     seconds = time.time() - t0
-    result = {
-        "out": str(out),
-        "subjects": int(len(split_of)),
-        "events": counts["events"],
-        "subjects_per_split": counts["subjects_per_split"],
-        "events_per_split": counts["events_per_split"],
-        "codes": counts["n_codes"],
-        "tables_used": sorted(rows_in),
-        "tables_missing": missing,
-        "dropped_events_unknown_subject": sum(d.get("unknown_subject_id", 0) for d in ctx.drops.values()),
-        "dropped_events_without_time": {k: v for k, v in ctx.untimed.items() if v},
-        "dropped_events": {k: v for k, v in ctx.drops.items() if v},
-        "tables": account,
-        "discharge_times": dict(ctx.discharge),
-        "seconds": round(seconds, 2),
-    }
+    result = _etl_result(out, split_of, counts, rows_in, missing, account, ctx, seconds)
     for line in _detail_lines(account, ctx):
         print(line, flush=True)
     summary(

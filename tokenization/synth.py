@@ -521,6 +521,53 @@ def _patients_latent(rng, cfg: SynthConfig, chunk: int, first: int, n: int) -> d
 SEV_INTERCEPT = -3.85
 
 
+def _head_weights() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Severity weight per head condition (K,), base logit (A,) and severity (A,) per acute problem,
+    and the boost (K, A) each head condition gives each acute problem's logit."""
+    sev_w_cond = np.array([c[4] for c in CONDITIONS])
+    acute_base = np.array([a[3] for a in ACUTE])
+    acute_sev = np.array([a[4] for a in ACUTE])
+    acute_boost = np.zeros((K, A))
+    for j, a in enumerate(ACUTE):
+        for cname, b in a[5].items():
+            acute_boost[CI[cname], j] = b
+    return sev_w_cond, acute_base, acute_sev, acute_boost
+
+
+def _tail_effects(pat: dict, chronic: np.ndarray, t_on: np.ndarray, pos: np.ndarray, admit: np.ndarray, a: int,
+                  m: int) -> tuple:
+    """The tail conditions at admission index `a` of the m patients admitted (pos: patient -> row, -1
+    if not admitted): onset times updated, (row, condition) of each active one, and per row the
+    added severity (active and remote), log length of stay, ICU logit and log gap to the next stay."""
+    tp, tc, t_on_idx = pat["tail_p"], pat["tail_c"], pat["tail_onset"]
+    here = pos[tp] >= 0
+    t_on = np.where(here & (t_on_idx == a), admit[np.maximum(pos[tp], 0)], t_on)
+    active = here & np.where(chronic, t_on_idx <= a, t_on_idx == a)
+    remote = here & ~chronic & (t_on_idx < a)
+    ka, kr = np.nonzero(active)[0], np.nonzero(remote)[0]
+    ra, ca = pos[tp[ka]], tc[ka]
+    years_a = (admit[ra] - t_on[ka]) / YEAR
+    sev_tail = np.where(chronic[ka], TAIL["sev"][ca] * (0.5 + 0.5 * np.minimum(1.0, years_a / 2.0)), TAIL["sev_event"][ca])
+    years_r = (admit[pos[tp[kr]]] - t_on[kr]) / YEAR
+    sev_remote = TAIL["sev_remote"][tc[kr]] * np.exp(-years_r / TAIL["tau_years"][tc[kr]])
+    tail_sev = np.bincount(ra, sev_tail, m) + np.bincount(pos[tp[kr]], sev_remote, m)
+    tail_los, tail_icu = np.bincount(ra, TAIL["los"][ca], m), np.bincount(ra, TAIL["icu"][ca], m)
+    tail_gap = np.bincount(ra, TAIL["readmit"][ca], m)
+    return t_on, ra, ca, tail_sev, tail_los, tail_icu, tail_gap
+
+
+def _stack_admissions(adm_rows: list[dict], tail_rows: list[tuple]) -> dict:
+    """The per-index admission arrays as one set sorted by (patient, index), with tail_a/tail_c."""
+    adm = {k: np.concatenate([r[k] for r in adm_rows]) for k in adm_rows[0]}
+    order = np.lexsort((adm["adm_index"], adm["pidx"]))
+    adm = {k: v[order] for k, v in adm.items()}
+    key = adm["pidx"] * MAX_ADMISSIONS + adm["adm_index"]  # ascending after the sort
+    tp_a, ta_a, tc_a = (np.concatenate(x) for x in zip(*tail_rows, strict=True))
+    adm["tail_a"] = np.searchsorted(key, tp_a * MAX_ADMISSIONS + ta_a)
+    adm["tail_c"] = tc_a
+    return adm
+
+
 def _admission_course(rng, pat: dict) -> dict:
     """Admissions, one admission index at a time, vectorised over patients: acute problem, severity,
     death, ICU, length of stay, then the gap to the next admission. Arrays sorted by (patient, index).
@@ -534,16 +581,9 @@ def _admission_course(rng, pat: dict) -> dict:
     anchor_age, anchor_year, onset, planned_adm = pat["anchor_age"], pat["anchor_year"], pat["onset"], pat["planned_adm"]
     frailty = pat["frailty"].copy()  # accumulates over admissions; the dates of death read the final value
     n = anchor_age.size
-    sev_w_cond = np.array([c[4] for c in CONDITIONS])
-    acute_base = np.array([a[3] for a in ACUTE])
-    acute_sev = np.array([a[4] for a in ACUTE])
-    acute_boost = np.zeros((K, A))
-    for j, a in enumerate(ACUTE):
-        for cname, b in a[5].items():
-            acute_boost[CI[cname], j] = b
-    tp, tc, t_on_idx = pat["tail_p"], pat["tail_c"], pat["tail_onset"]
-    chronic = TAIL["chronic"][tc]
-    t_on = np.zeros(tp.size, np.int64)  # time of the onset admission, once it happened
+    sev_w_cond, acute_base, acute_sev, acute_boost = _head_weights()
+    chronic = TAIL["chronic"][pat["tail_c"]]
+    t_on = np.zeros(pat["tail_p"].size, np.int64)  # time of the onset admission, once it happened
     # Long-range state per patient: decayed sums (value at time ref) and a persistent flag.
     mi_v, mi_t = np.zeros(n), np.zeros(n, np.int64)
     sepsis_v, sepsis_t = np.zeros(n), np.zeros(n, np.int64)
@@ -567,19 +607,7 @@ def _admission_course(rng, pat: dict) -> dict:
         cond_now = onset[idx] <= a
         age = anchor_age[idx] + (t[idx] - year_start[idx].astype("datetime64[s]").astype(np.int64)) / (365.25 * DAY)
         # Tail conditions: active now (chronic since onset, episodic at its event), and remote events.
-        here = pos[tp] >= 0
-        t_on = np.where(here & (t_on_idx == a), admit[np.maximum(pos[tp], 0)], t_on)
-        active = here & np.where(chronic, t_on_idx <= a, t_on_idx == a)
-        remote = here & ~chronic & (t_on_idx < a)
-        ka, kr = np.nonzero(active)[0], np.nonzero(remote)[0]
-        ra, ca = pos[tp[ka]], tc[ka]
-        years_a = (admit[ra] - t_on[ka]) / YEAR
-        sev_tail = np.where(chronic[ka], TAIL["sev"][ca] * (0.5 + 0.5 * np.minimum(1.0, years_a / 2.0)), TAIL["sev_event"][ca])
-        years_r = (admit[pos[tp[kr]]] - t_on[kr]) / YEAR
-        sev_remote = TAIL["sev_remote"][tc[kr]] * np.exp(-years_r / TAIL["tau_years"][tc[kr]])
-        tail_sev = np.bincount(ra, sev_tail, m) + np.bincount(pos[tp[kr]], sev_remote, m)
-        tail_los, tail_icu = np.bincount(ra, TAIL["los"][ca], m), np.bincount(ra, TAIL["icu"][ca], m)
-        tail_gap = np.bincount(ra, TAIL["readmit"][ca], m)
+        t_on, ra, ca, tail_sev, tail_los, tail_icu, tail_gap = _tail_effects(pat, chronic, t_on, pos, admit, a, m)
         logits = acute_base[None, :] + cond_now @ acute_boost
         np.add.at(logits, (ra, TAIL["acute"][ca]), TAIL["acute_boost"][ca])
         acute = _gumbel_argmax(rng, logits)
@@ -618,15 +646,8 @@ def _admission_course(rng, pat: dict) -> dict:
         t[idx] = disch + gap.astype(np.int64)
         frailty[idx] += 0.15  # illness accumulates
 
-    adm = {k: np.concatenate([r[k] for r in adm_rows]) for k in adm_rows[0]}
-    order = np.lexsort((adm["adm_index"], adm["pidx"]))
-    adm = {k: v[order] for k, v in adm.items()}
-    key = adm["pidx"] * MAX_ADMISSIONS + adm["adm_index"]  # ascending after the sort
-    tp_a, ta_a, tc_a = (np.concatenate(x) for x in zip(*tail_rows, strict=True))
-    adm["tail_a"] = np.searchsorted(key, tp_a * MAX_ADMISSIONS + ta_a)
-    adm["tail_c"] = tc_a
     pat["frailty"] = frailty
-    return adm
+    return _stack_admissions(adm_rows, tail_rows)
 
 
 def _dates_of_death(rng, pat: dict, adm: dict) -> np.ndarray:

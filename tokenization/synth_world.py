@@ -30,7 +30,16 @@ matter beyond what counts of codes show.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+
+def _table(name: str) -> list[tuple[str, ...]]:
+    """The rows of tokenization/data/<name> (tab-separated, a header line, every field a string)."""
+    lines = (Path(__file__).parent / "data" / name).read_text(encoding="utf-8").splitlines()
+    return [tuple(line.split("\t")) for line in lines[1:]]
+
 
 WORLD_SEED = 20261130
 N_CONDITIONS = 400  # head (8) + tail
@@ -43,73 +52,14 @@ P_OWN_MED = 0.75  # its own drug is ordered at an admission where it is active
 P_FAMILY_MED = 0.5
 
 # Real ICD-10-CM categories (3 characters) and their titles; members get a 1-2 character suffix.
-FAMILIES = [
-    ("A04", "Other bacterial intestinal infections"), ("A08", "Viral and other specified intestinal infections"),
-    ("B37", "Candidiasis"), ("B96", "Other bacterial agents as the cause of diseases classified elsewhere"),
-    ("C18", "Malignant neoplasm of colon"), ("C50", "Malignant neoplasm of breast"),
-    ("C61", "Malignant neoplasm of prostate"),
-    ("C78", "Secondary malignant neoplasm of respiratory and digestive organs"),
-    ("C83", "Non-follicular lymphoma"), ("D50", "Iron deficiency anemia"), ("D68", "Other coagulation defects"),
-    ("D70", "Neutropenia"), ("E03", "Other hypothyroidism"), ("E05", "Thyrotoxicosis [hyperthyroidism]"),
-    ("E11", "Type 2 diabetes mellitus"), ("E27", "Other disorders of adrenal gland"),
-    ("E83", "Disorders of mineral metabolism"),
-    ("E87", "Other disorders of fluid, electrolyte and acid-base balance"), ("F03", "Unspecified dementia"),
-    ("F10", "Alcohol related disorders"), ("F31", "Bipolar disorder"), ("G35", "Multiple sclerosis"),
-    ("G43", "Migraine"), ("G62", "Other and unspecified polyneuropathies"), ("G93", "Other disorders of brain"),
-    ("I07", "Rheumatic tricuspid valve diseases"), ("I26", "Pulmonary embolism"),
-    ("I34", "Nonrheumatic mitral valve disorders"), ("I35", "Nonrheumatic aortic valve disorders"),
-    ("I42", "Cardiomyopathy"), ("I47", "Paroxysmal tachycardia"), ("I63", "Cerebral infarction"),
-    ("I71", "Aortic aneurysm and dissection"), ("I82", "Other venous embolism and thrombosis"),
-    ("J18", "Pneumonia, unspecified organism"), ("J43", "Emphysema"), ("J84", "Other interstitial pulmonary diseases"),
-    ("J90", "Pleural effusion, not elsewhere classified"), ("J96", "Respiratory failure, not elsewhere classified"),
-    ("K21", "Gastro-esophageal reflux disease"), ("K25", "Gastric ulcer"), ("K50", "Crohn's disease [regional enteritis]"),
-    ("K57", "Diverticular disease of intestine"), ("K70", "Alcoholic liver disease"), ("K80", "Cholelithiasis"),
-    ("K85", "Acute pancreatitis"), ("L03", "Cellulitis and acute lymphangitis"), ("M32", "Systemic lupus erythematosus"),
-    ("M48", "Other spondylopathies"), ("M86", "Osteomyelitis"), ("N13", "Obstructive and reflux uropathy"),
-    ("N18", "Chronic kidney disease (CKD)"), ("N20", "Calculus of kidney and ureter"),
-    ("N28", "Other disorders of kidney and ureter, not elsewhere classified"), ("R53", "Malaise and fatigue"),
-    ("R56", "Convulsions, not elsewhere classified"),
-    ("R65", "Symptoms and signs specifically associated with systemic inflammation and infection"),
-    ("T81", "Complications of procedures, not elsewhere classified"),
-    ("T86", "Complications of transplanted organs and tissue"), ("Z94", "Transplanted organ and tissue status"),
-]
+FAMILIES = _table("icd10_families.tsv")
 QUALIFIERS = [
     "unspecified", "other specified", "with complication", "without complication", "acute", "chronic",
     "recurrent", "in remission", "mild", "moderate", "severe", "left side", "right side", "bilateral",
     "initial episode", "subsequent episode", "with hemorrhage", "with obstruction", "due to drug", "late onset",
 ]
 # Drugs the tail conditions trigger: (name, dose, unit, route), as in hosp/prescriptions.
-DRUG_POOL = [
-    ("Enoxaparin Sodium", "40", "mg", "SC"), ("Rivaroxaban", "20", "mg", "PO"), ("Dabigatran Etexilate", "150", "mg", "PO"),
-    ("Ticagrelor", "90", "mg", "PO"), ("Ezetimibe", "10", "mg", "PO"), ("Sacubitril-Valsartan", "1", "TAB", "PO"),
-    ("Propranolol", "20", "mg", "PO"), ("Labetalol", "100", "mg", "PO"), ("CloNIDine", "0.1", "mg", "PO"),
-    ("Doxazosin", "2", "mg", "PO"), ("Metolazone", "5", "mg", "PO"), ("Acetazolamide", "250", "mg", "PO"),
-    ("Sotalol", "80", "mg", "PO"), ("Ranolazine", "500", "mg", "PO"), ("Levofloxacin", "750", "mg", "IV"),
-    ("Ciprofloxacin", "500", "mg", "PO"), ("MetRONIDAZOLE", "500", "mg", "IV"), ("CefePIME", "2", "g", "IV"),
-    ("Meropenem", "1", "g", "IV"), ("Linezolid", "600", "mg", "IV"), ("DAPTOmycin", "500", "mg", "IV"),
-    ("Fluconazole", "200", "mg", "PO"), ("Micafungin", "100", "mg", "IV"), ("Acyclovir", "400", "mg", "PO"),
-    ("ValGANCIclovir", "450", "mg", "PO"), ("Sulfameth/Trimethoprim DS", "1", "TAB", "PO"),
-    ("Nitrofurantoin (Macrodantin)", "100", "mg", "PO"), ("Doxycycline Hyclate", "100", "mg", "PO"),
-    ("Rifampin", "300", "mg", "PO"), ("Budesonide", "9", "mg", "PO"), ("Ipratropium Bromide Neb", "1", "NEB", "IH"),
-    ("Roflumilast", "500", "mcg", "PO"), ("Pirfenidone", "267", "mg", "PO"), ("Mesalamine", "800", "mg", "PO"),
-    ("Octreotide Acetate", "50", "mcg", "SC"), ("Sucralfate", "1", "gm", "PO"), ("Loperamide", "2", "mg", "PO"),
-    ("Cholestyramine", "4", "gm", "PO"), ("Pancrelipase", "1", "CAP", "PO"), ("Esomeprazole", "40", "mg", "PO"),
-    ("Calcitriol", "0.25", "mcg", "PO"), ("Cinacalcet", "30", "mg", "PO"), ("Epoetin Alfa", "4000", "UNIT", "SC"),
-    ("Sodium Citrate/Citric Acid", "30", "mL", "PO"), ("Potassium Citrate", "10", "mEq", "PO"),
-    ("Methimazole", "10", "mg", "PO"), ("Hydrocortisone", "20", "mg", "PO"), ("Fludrocortisone Acetate", "0.1", "mg", "PO"),
-    ("Dexamethasone", "4", "mg", "IV"), ("Desmopressin Acetate", "0.1", "mg", "PO"), ("Lithium Carbonate", "300", "mg", "PO"),
-    ("Divalproex (DELayed Release)", "500", "mg", "PO"), ("LamoTRIgine", "100", "mg", "PO"), ("Lacosamide", "100", "mg", "PO"),
-    ("Topiramate (Topamax)", "25", "mg", "PO"), ("SUMAtriptan Succinate", "50", "mg", "PO"), ("Baclofen", "10", "mg", "PO"),
-    ("TiZANidine", "4", "mg", "PO"), ("Rivastigmine", "1.5", "mg", "PO"), ("OLANZapine", "5", "mg", "PO"),
-    ("RisperiDONE", "1", "mg", "PO"), ("ARIPiprazole", "5", "mg", "PO"), ("Naltrexone", "50", "mg", "PO"),
-    ("Buprenorphine-Naloxone (8mg-2mg)", "1", "TAB", "SL"), ("Methadone", "10", "mg", "PO"),
-    ("Tamoxifen Citrate", "20", "mg", "PO"), ("Anastrozole", "1", "mg", "PO"), ("Leuprolide Acetate", "7.5", "mg", "IM"),
-    ("Capecitabine", "500", "mg", "PO"), ("Filgrastim", "300", "mcg", "SC"), ("Megestrol Acetate", "400", "mg", "PO"),
-    ("Hydroxyurea", "500", "mg", "PO"), ("Febuxostat", "40", "mg", "PO"), ("AzaTHIOprine", "50", "mg", "PO"),
-    ("CycloSPORINE", "100", "mg", "PO"), ("Sirolimus", "2", "mg", "PO"), ("ValACYclovir", "500", "mg", "PO"),
-    ("Thiamine", "100", "mg", "IV"), ("Magnesium Sulfate", "2", "gm", "IV"), ("Calcium Gluconate", "1", "gm", "IV"),
-    ("Albumin 25% (12.5g / 50mL)", "12.5", "g", "IV"), ("Midodrine", "5", "mg", "PO"), ("Ursodiol", "300", "mg", "PO"),
-]
+DRUG_POOL = _table("drugs.tsv")
 
 # (rule, trigger, effect, time course); applied in tokenization.synth._admission_course.
 LONG_RANGE_RULES = [

@@ -388,6 +388,37 @@ class _Encoder:
         pos = np.arange(len(flat), dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
         return flat, row, pos
 
+    @staticmethod
+    def _subjects(df: pl.DataFrame, timed: pl.DataFrame, birth: pl.DataFrame) -> pl.DataFrame:
+        """One row per subject (sorted): subject_id, first and last event time, birth (null if none)."""
+        return (
+            pl.concat([df.select("subject_id"), birth.select("subject_id")]).unique().sort("subject_id")
+            .join(timed.group_by("subject_id").agg(pl.col("time").min().alias("first"), pl.col("time").max().alias("last")),
+                  on="subject_id", how="left")
+            .join(birth, on="subject_id", how="left")
+            .with_columns(pl.col("first").fill_null(pl.col("birth")).fill_null(pl.datetime(1970, 1, 1)))
+            .with_columns(pl.col("last").fill_null(pl.col("first")))
+        )
+
+    def _age_token(self, subjects: pl.DataFrame) -> np.ndarray:
+        """Per subject, the AGE//<bin> token id of the age (years) at the first timed event."""
+        age = ((subjects["first"] - subjects["birth"]).dt.total_days() / 365.25).to_numpy()
+        age_bin = np.where(np.isnan(age), len(self.age_tokens) - 1,
+                           np.clip(np.floor(np.nan_to_num(age) / self.age_years), 0, len(self.age_tokens) - 2))
+        return np.array([self.ids[t] for t in self.age_tokens])[age_bin.astype(np.int64)]
+
+    def _quantile_tokens(self, timed: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Per timed row: whether it gets a quantile token (a numeric code with a value), and that token."""
+        q = timed.join(self.q_codes, on="code", how="left", maintain_order="left")
+        q_row = q["q_row"].fill_null(-1).to_numpy()
+        val = q["numeric_value"].fill_null(float("nan")).to_numpy()
+        has_q = (q_row >= 0) & ~np.isnan(val)
+        q_tok = np.zeros(len(timed), np.int64)
+        if has_q.any():
+            rows = np.nonzero(has_q)[0]
+            q_tok[rows] = self.q_first + (self.q_edges[q_row[rows]] <= val[rows, None]).sum(1)
+        return has_q, q_tok
+
     def encode(self, df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, pl.DataFrame, dict]:
         """Events of whole subjects (sorted by subject, time, statics first) -> tokens, times, index, counts.
 
@@ -398,19 +429,8 @@ class _Encoder:
         df = df.join(self._code_table(df["code"]), on="code", how="left", maintain_order="left")
         static = df.filter(pl.col("time").is_null())
         timed = df.filter(pl.col("time").is_not_null()).with_row_index("r")
-        subjects = (
-            pl.concat([df.select("subject_id"), birth.select("subject_id")]).unique().sort("subject_id")
-            .join(timed.group_by("subject_id").agg(pl.col("time").min().alias("first"), pl.col("time").max().alias("last")),
-                  on="subject_id", how="left")
-            .join(birth, on="subject_id", how="left")
-            .with_columns(pl.col("first").fill_null(pl.col("birth")).fill_null(pl.datetime(1970, 1, 1)))
-            .with_columns(pl.col("last").fill_null(pl.col("first")))
-        )
-        # Age in years at the first timed event -> AGE//<bin>.
-        age = ((subjects["first"] - subjects["birth"]).dt.total_days() / 365.25).to_numpy()
-        age_bin = np.where(np.isnan(age), len(self.age_tokens) - 1,
-                           np.clip(np.floor(np.nan_to_num(age) / self.age_years), 0, len(self.age_tokens) - 2))
-        age_token = np.array([self.ids[t] for t in self.age_tokens])[age_bin.astype(np.int64)]
+        subjects = self._subjects(df, timed, birth)
+        age_token = self._age_token(subjects)
 
         # Event tokens: [interval] code token(s) [Q] per timed row; key slot 0, 1..MAX_PARTS, MAX_PARTS + 1.
         K = MAX_PARTS + 2
@@ -420,14 +440,7 @@ class _Encoder:
         gap = np.r_[0, np.diff(t_us)]
         has_int = same & (gap >= self.interval_lo[0])
         int_tok = self.interval_first + np.searchsorted(self.interval_lo, gap, side="right") - 1
-        q = timed.join(self.q_codes, on="code", how="left", maintain_order="left")
-        q_row = q["q_row"].fill_null(-1).to_numpy()
-        val = q["numeric_value"].fill_null(float("nan")).to_numpy()
-        has_q = (q_row >= 0) & ~np.isnan(val)
-        q_tok = np.zeros(len(timed), np.int64)
-        if has_q.any():
-            rows = np.nonzero(has_q)[0]
-            q_tok[rows] = self.q_first + (self.q_edges[q_row[rows]] <= val[rows, None]).sum(1)
+        has_q, q_tok = self._quantile_tokens(timed)
         code_tok, code_row, code_pos = self._explode(timed["tok"])
 
         parts_sid, parts_key, parts_tok, parts_t = [], [], [], []
@@ -499,6 +512,69 @@ def _bin_to_npy(bin_path: Path, npy_path: Path, dtype, n: int, chunk: int = 1 <<
     bin_path.unlink()
 
 
+def _resolve(meds: Path, out, tokenizer, overwrite: bool, min_count: int, codes: str | None,
+             options: dict) -> tuple[TokenizeConfig, object, dict]:
+    """tokenize()'s arguments checked -> its config, the opened MEDS dataset and the tokenizer
+    (loaded from `tokenizer`, or fitted on train). Raises UserError as tokenize() documents."""
+    unknown = set(options) - {"n_quantiles"}
+    if unknown:
+        raise TypeError(f"tokenize() got unknown options: {sorted(unknown)}")
+    if min_count < 1:
+        raise UserError(f"--min-count must be at least 1 (got {min_count})")
+    cfg = TokenizeConfig(meds_dir=str(meds.resolve()), out=str(out),
+                         tokenizer=str(Path(tokenizer).resolve()) if tokenizer else None,
+                         min_count=int(min_count), n_quantiles=int(options.get("n_quantiles", N_QUANTILES)))
+    check_overwrite(out, overwrite)
+    if codes is not None and codes not in CODE_MODES:
+        raise UserError(f"--codes must be one of {', '.join(CODE_MODES)} (got {codes!r})")
+    ds = open_meds(meds)
+    if tokenizer:
+        tok = load_tokenizer(tokenizer)
+        if codes is not None and codes != code_mode(tok):
+            raise UserError(f"tokenizer {tokenizer} splits codes {code_mode(tok)}, not {codes}: "
+                            f"drop --codes to apply it unchanged, or fit a new tokenizer")
+        cfg.min_count, cfg.n_quantiles, cfg.codes = tok["min_count"], tok["n_quantiles"], code_mode(tok)
+    else:
+        cfg.codes = codes or HIERARCHICAL
+        tok = fit_tokenizer(ds, cfg.min_count, cfg.n_quantiles, codes=cfg.codes)
+    return cfg, ds, tok
+
+
+def _encode_shards(enc: _Encoder, jobs: list, state: dict, files: dict) -> None:
+    """Encode each shard by chunks of whole subjects, appending to its split's open token and
+    time files and adding to its split's counts in `state`."""
+    for shard in progress(jobs, desc="tokenize: shards", unit="shard"):
+        df = _read_shard(shard)
+        split = shard.split
+        st = state[split]
+        for chunk in _subject_chunks(df, CHUNK_SUBJECTS):
+            tokens, times, index, counts = enc.encode(chunk)
+            _append(files[split][0], tokens)
+            _append(files[split][1], times.astype(np.int64))
+            st["index"].append(index.with_columns(pl.col("offset") + st["tokens"]))
+            st["subjects"] += index.height
+            st["events"] += chunk.height
+            st["tokens"] += len(tokens)
+            if len(tokens):
+                st["max_token_id"] = max(st["max_token_id"], int(tokens.max()))
+            for k, v in counts.items():
+                st[k] += v
+
+
+def _split_stats(st: dict) -> dict:
+    """One split's entry of stats.json from its running counts (see tokenize's Returns)."""
+    n_ev = max(st["code_events"], 1)
+    return {
+        "subjects": st["subjects"], "events": st["events"], "code_events": st["code_events"],
+        "tokens": st["tokens"], "code_tokens": st["code_tokens"], "max_token_id": st["max_token_id"],
+        "tokens_per_subject": round(st["tokens"] / max(st["subjects"], 1), 2),
+        "tokens_per_event": round(st["tokens"] / n_ev, 4),
+        "unk_events": st["unk_events"], "unk_fraction": round(st["unk_events"] / n_ev, 6),
+        "coarsened_events": st["coarsened_events"],
+        "coarsened_fraction": round(st["coarsened_events"] / n_ev, 6),
+    }
+
+
 def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | os.PathLike | None = None,
              overwrite: bool = False, min_count: int = 10, codes: str | None = None, **options) -> dict:
     """Tokenize a MEDS dataset into a token dir at `out`; return a summary dict (also stats.json).
@@ -529,28 +605,8 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
     meds = Path(meds)
     if not meds.is_dir():
         raise UserError(f"MEDS dataset {meds} not found")
-    unknown = set(options) - {"n_quantiles"}
-    if unknown:
-        raise TypeError(f"tokenize() got unknown options: {sorted(unknown)}")
-    if min_count < 1:
-        raise UserError(f"--min-count must be at least 1 (got {min_count})")
-    cfg = TokenizeConfig(meds_dir=str(meds.resolve()), out=str(out),
-                         tokenizer=str(Path(tokenizer).resolve()) if tokenizer else None,
-                         min_count=int(min_count), n_quantiles=int(options.get("n_quantiles", N_QUANTILES)))
-    check_overwrite(out, overwrite)
-    if codes is not None and codes not in CODE_MODES:
-        raise UserError(f"--codes must be one of {', '.join(CODE_MODES)} (got {codes!r})")
-    ds = open_meds(meds)
+    cfg, ds, tok = _resolve(meds, out, tokenizer, overwrite, min_count, codes, options)
     shards = ds.shards
-    if tokenizer:
-        tok = load_tokenizer(tokenizer)
-        if codes is not None and codes != code_mode(tok):
-            raise UserError(f"tokenizer {tokenizer} splits codes {code_mode(tok)}, not {codes}: "
-                            f"drop --codes to apply it unchanged, or fit a new tokenizer")
-        cfg.min_count, cfg.n_quantiles, cfg.codes = tok["min_count"], tok["n_quantiles"], code_mode(tok)
-    else:
-        cfg.codes = codes or HIERARCHICAL
-        tok = fit_tokenizer(ds, cfg.min_count, cfg.n_quantiles, codes=cfg.codes)
     enc = _Encoder(tok)
 
     stats = {"vocab_size": len(enc.vocab), "dtype": np.dtype(enc.dtype).name, "codes": enc.mode, "splits": {},
@@ -565,22 +621,7 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
             (tmp / s).mkdir()
             files[s] = (open(tmp / s / "tokens.bin", "wb"), open(tmp / s / "times.bin", "wb"))  # noqa: SIM115 (closed in the finally below)
         try:
-            for shard in progress(jobs, desc="tokenize: shards", unit="shard"):
-                df = _read_shard(shard)
-                split = shard.split
-                st = state[split]
-                for chunk in _subject_chunks(df, CHUNK_SUBJECTS):
-                    tokens, times, index, counts = enc.encode(chunk)
-                    _append(files[split][0], tokens)
-                    _append(files[split][1], times.astype(np.int64))
-                    st["index"].append(index.with_columns(pl.col("offset") + st["tokens"]))
-                    st["subjects"] += index.height
-                    st["events"] += chunk.height
-                    st["tokens"] += len(tokens)
-                    if len(tokens):
-                        st["max_token_id"] = max(st["max_token_id"], int(tokens.max()))
-                    for k, v in counts.items():
-                        st[k] += v
+            _encode_shards(enc, jobs, state, files)
         finally:
             for f1, f2 in files.values():
                 f1.close()
@@ -593,16 +634,7 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
             if index["subject_id"].is_duplicated().any():
                 raise UserError(f"{meds}: a subject appears in more than one shard of split {s!r}")
             index.write_parquet(tmp / s / "index.parquet")
-            n_ev = max(st["code_events"], 1)
-            stats["splits"][s] = {
-                "subjects": st["subjects"], "events": st["events"], "code_events": st["code_events"],
-                "tokens": st["tokens"], "code_tokens": st["code_tokens"], "max_token_id": st["max_token_id"],
-                "tokens_per_subject": round(st["tokens"] / max(st["subjects"], 1), 2),
-                "tokens_per_event": round(st["tokens"] / n_ev, 4),
-                "unk_events": st["unk_events"], "unk_fraction": round(st["unk_events"] / n_ev, 6),
-                "coarsened_events": st["coarsened_events"],
-                "coarsened_fraction": round(st["coarsened_events"] / n_ev, 6),
-            }
+            stats["splits"][s] = _split_stats(st)
         if "train" in stats["splits"] and "tuning" in stats["splits"]:
             _check_disjoint(tmp, meds)
         stats["seconds"] = round(time.time() - t0, 2)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ehrfm.cli_args import command
+
 
 def _budgets(text: str) -> list[float]:
     try:
@@ -30,15 +32,13 @@ def _add_arguments(p) -> None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "demo",
+    command(
+        sub, "demo", _run, _add_arguments,
         help="run the whole study on synthetic data: synth -> etl -> tokenize -> sweep -> fit -> heads -> report.md",
         description="The main job: synthetic MIMIC-IV -> MEDS -> tokens -> a local (or SLURM) IsoFLOP sweep -> "
         "collect with clinical probes -> scaling-law fits and plots -> clinical heads -> DIR/report.md. "
         "An existing DIR made with the same settings is resumed.",
     )
-    p.defer(_add_arguments)
-    p.set_defaults(func=_run)
 
 
 def _run(args) -> int:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ehrfm.cli_args import command
+
 TASK_CHOICES = ("in_hospital_mortality", "long_los", "icu_admission", "readmission_30d", "all")
 
 
@@ -112,50 +114,46 @@ def _labels_arguments(p) -> None:
     p.add_argument("--overwrite", action="store_true")
 
 
-def _probe(args) -> int:
+def _run_head(args, config_class, run) -> int:
+    """A head's command: its config from the options, run into --out."""
     from ehrfm.cli_args import build
+
+    run(build(config_class, args), args.out, overwrite=args.overwrite)
+    return 0
+
+
+def _probe(args) -> int:
     from ehrfm.clinical.probe import ProbeConfig, probe
 
-    probe(build(ProbeConfig, args), args.out, overwrite=args.overwrite)
-    return 0
+    return _run_head(args, ProbeConfig, probe)
 
 
 def _finetune(args) -> int:
-    from ehrfm.cli_args import build
     from ehrfm.clinical.finetune import FinetuneConfig, finetune
 
-    finetune(build(FinetuneConfig, args), args.out, overwrite=args.overwrite)
-    return 0
+    return _run_head(args, FinetuneConfig, finetune)
 
 
 def _zeroshot(args) -> int:
-    from ehrfm.cli_args import build
     from ehrfm.clinical.zeroshot import ZeroShotConfig, zeroshot
 
-    zeroshot(build(ZeroShotConfig, args), args.out, overwrite=args.overwrite)
-    return 0
+    return _run_head(args, ZeroShotConfig, zeroshot)
 
 
 def _baseline(args) -> int:
-    from ehrfm.cli_args import build
     from ehrfm.clinical.baseline import BaselineConfig, baseline
 
-    baseline(build(BaselineConfig, args), args.out, overwrite=args.overwrite)
-    return 0
+    return _run_head(args, BaselineConfig, baseline)
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "labels",
-        help="clinical task labels (MEDS label schema) from a MEDS dataset",
-        description="Make labels for in-hospital mortality, long stay, ICU admission or 30-day readmission. "
-        "Exclusion rules: see ehrfm/clinical/labels.py.",
-    )
-    p.defer(_labels_arguments)
-    p.set_defaults(func=_labels)
+    command(sub, "labels", _labels, _labels_arguments,
+            help="clinical task labels (MEDS label schema) from a MEDS dataset",
+            description="Make labels for in-hospital mortality, long stay, ICU admission or 30-day readmission. "
+            "Exclusion rules: see ehrfm/clinical/labels.py.")
 
-    p = sub.add_parser(
-        "audit",
+    p = command(
+        sub, "audit", _audit,
         help="leakage audit of label histories (exit 1 when a history holds its outcome)",
         description="Per task, how many label histories hold (a) the outcome's own code, (b) a date-only event "
         "of the prediction day, (c) an event not known to precede the prediction time, (d) a stay overlapping "
@@ -167,23 +165,14 @@ def register(sub) -> None:
     p.add_argument("--date-only-codes", default=None, metavar="PREFIX,...",
                    help="code prefixes of date-only sources (default: the MEDS metadata's date_only_codes)")
     p.add_argument("--out", default=None, help="also write the audit as JSON here")
-    p.set_defaults(func=_audit)
 
-    p = sub.add_parser("probe", help="linear probe of a frozen model at the prediction time")
-    p.defer(_probe_arguments)
-    p.set_defaults(func=_probe)
-
-    p = sub.add_parser("finetune", help="fine-tune a classification head (optionally the whole network)")
-    p.defer(_finetune_arguments)
-    p.set_defaults(func=_finetune)
-
-    p = sub.add_parser("zeroshot", help="ETHOS-style zero-shot rollout until the outcome or a competing event (any task)",
-                       description="Sample continuations of each history until the task's outcome or competing event, "
-                       "sliding the context; P(outcome) = share of rollouts reaching the outcome. Rules: "
-                       "ehrfm/clinical/zeroshot.py.")
-    p.defer(_zeroshot_arguments)
-    p.set_defaults(func=_zeroshot)
-
-    p = sub.add_parser("baseline", help="count-feature baseline (logistic regression, gradient boosting)")
-    p.defer(_baseline_arguments)
-    p.set_defaults(func=_baseline)
+    command(sub, "probe", _probe, _probe_arguments, help="linear probe of a frozen model at the prediction time")
+    command(sub, "finetune", _finetune, _finetune_arguments,
+            help="fine-tune a classification head (optionally the whole network)")
+    command(sub, "zeroshot", _zeroshot, _zeroshot_arguments,
+            help="ETHOS-style zero-shot rollout until the outcome or a competing event (any task)",
+            description="Sample continuations of each history until the task's outcome or competing event, "
+            "sliding the context; P(outcome) = share of rollouts reaching the outcome. Rules: "
+            "ehrfm/clinical/zeroshot.py.")
+    command(sub, "baseline", _baseline, _baseline_arguments,
+            help="count-feature baseline (logistic regression, gradient boosting)")

@@ -29,8 +29,8 @@ class LabelConfig:
 
 
 @dataclass
-class ProbeConfig:
-    """A linear probe of a frozen model (ehrfm.clinical.probe); saved as OUT/config.json."""
+class HeadConfig:
+    """The options a supervised head (probe, finetune) shares: model, data, labels and evaluation."""
 
     run_dir: str
     """Run dir (a trained model)."""
@@ -55,29 +55,16 @@ class ProbeConfig:
 
 
 @dataclass
-class FinetuneConfig:
-    """A fine-tuned classification head (ehrfm.clinical.finetune); saved as OUT/config.json."""
+class ProbeConfig(HeadConfig):
+    """A linear probe of a frozen model (ehrfm.clinical.probe); saved as OUT/config.json."""
 
-    run_dir: str
-    """Run dir (a trained model)."""
-    tokens_dir: str
-    """Token dir made with the run's tokenizer."""
-    labels: str
-    """Label parquet in the MEDS label schema (ours or ACES)."""
-    context: int | None = None
-    """History length in tokens (default: the model's context)."""
-    batch_size: int = 64
-    """Histories per forward pass."""
-    device: str = "cpu"
-    """cpu, cuda, cuda:1, ..."""
-    bootstrap: int = 1000
-    """Bootstrap resamples for the 95% intervals."""
-    seed: int = 0
-    """Seed of the label subsample, the head and the bootstrap."""
-    max_labels: int | None = None
-    """Subsample at most this many labels per split (a seeded sample, the same for every run)."""
-    task: str | None = None
-    """The task the labels are for (default: from the labels' sidecar JSON or file name)."""
+
+@dataclass
+class FinetuneConfig(HeadConfig):
+    """A fine-tuned classification head (ehrfm.clinical.finetune); saved as OUT/config.json.
+
+    The fields after HeadConfig's: how the head (or the whole network) is trained."""
+
     full: bool = False
     """Train the whole network, not only the head."""
     lr: float = 1e-3
