@@ -708,17 +708,71 @@ def fit_utility(res: Results, counts: np.ndarray | None, cfg: FitConfig, warn):
 # ---------------------------------------------------------------------------------------------
 
 
-def fit_results(table, approaches=(1, 2, 3), bootstrap: int = 1000, seed: int = 0, config: FitConfig | None = None) -> FitResult:
-    """Fit every requested approach (and utility laws) to a results table (path or polars frame).
-
-    Left-out budgets and tasks are listed in `FitResult.warnings` and also emitted as FitWarning.
-    Raises UserError for bad tables and for a requested approach the data cannot support.
-    """
-    cfg = config or FitConfig(approaches=tuple(approaches), bootstrap=int(bootstrap), seed=int(seed))
+def _check_config(cfg: FitConfig) -> None:
     if not set(cfg.approaches) <= {1, 2, 3} or not cfg.approaches:
         raise UserError(f"approaches must be a subset of 1,2,3 (got {','.join(map(str, cfg.approaches))})")
     if cfg.bootstrap < 0:
         raise UserError(f"bootstrap must be >= 0 (got {cfg.bootstrap})")
+
+
+def _drop_over_max_epochs(res: Results, max_epochs: float | None) -> Results:
+    """`res` without the runs trained for more than `max_epochs` epochs; each is listed in `excluded`."""
+    if max_epochs is None or res.epochs is None:
+        return res
+    over = np.isfinite(res.epochs) & (res.epochs > max_epochs)
+    if not over.any():
+        return res
+    excluded = list(res.excluded) + [{"run_id": str(res.run_id[i]), "reason": f"{res.epochs[i]:.2f} epochs > max_epochs {max_epochs:g}"}
+                                     for i in np.flatnonzero(over)]
+    res = res.subset(~over)
+    res.excluded = excluded
+    if res.n == 0:
+        raise UserError(f"{res.source}: every completed run is over max_epochs {max_epochs:g}")
+    return res
+
+
+def _warn_failed_replicates(draws: dict[str, np.ndarray], bootstrap: int, warn) -> None:
+    """Warn for each fit ("approach2", "utility/auroc/x") where > 5% of bootstrap replicates had no value."""
+    failed: dict[str, int] = {}
+    for key, v in draws.items():
+        group = key.rsplit("/", 1)[0]
+        failed[group] = max(failed.get(group, 0), int((~np.isfinite(v)).sum()))
+    for group, bad in failed.items():
+        if bad > 0.05 * bootstrap:
+            warn(f"{group}: {bad} of {bootstrap} bootstrap replicates could not be fitted; its intervals use the rest")
+
+
+def _fit_inputs(res: Results, cfg: FitConfig, n_count_note: str | None) -> dict:
+    """fits.json `inputs`: what was fitted (budgets, unique tokens, epochs, units, N count)."""
+    budgets = np.unique(res.budget)
+    unique = res.unique_tokens[np.isfinite(res.unique_tokens)] if res.unique_tokens is not None else np.array([])
+    return dict(
+        source=res.source, budgets=[float(b) for b in budgets], min_budget=float(budgets.min()), max_budget=float(budgets.max()),
+        unique_tokens=float(unique.max()) if unique.size else None, multi_epoch=res.multi_epoch,
+        max_epochs=float(np.nanmax(res.epochs)) if res.epochs is not None and np.isfinite(res.epochs).any() else None,
+        vocab_size=res.vocab_size, context=res.context, utility_columns=sorted(res.utility),
+        loss_column=res.loss_column, loss_unit=res.loss_unit, n_count=res.n_count, n_count_requested=cfg.n_count,
+        n_count_note=n_count_note or None, multi_epoch_runs=multi_epoch_runs(res),
+    )
+
+
+def fit_results(table, approaches=(1, 2, 3), bootstrap: int = 1000, seed: int = 0, config: FitConfig | None = None) -> FitResult:
+    """Fit every requested approach, the held-out budget and the utility laws to a results table.
+
+    Args:
+        table: a results.parquet path, a polars frame of it, or a loaded `Results`.
+        approaches, bootstrap, seed: shorthands used only when `config` is None.
+        config: the full FitConfig (saved in fits.json).
+
+    Returns:
+        FitResult; left-out budgets, tasks and approaches are listed in `warnings` / `not_fitted`
+        and also emitted as FitWarning.
+
+    Raises:
+        UserError: a bad table, fewer than 2 budgets, or no requested approach the data can support.
+    """
+    cfg = config or FitConfig(approaches=tuple(approaches), bootstrap=int(bootstrap), seed=int(seed))
+    _check_config(cfg)
     res = table if isinstance(table, Results) else load_results(table)
     notes: list[str] = []
 
@@ -729,28 +783,19 @@ def fit_results(table, approaches=(1, 2, 3), bootstrap: int = 1000, seed: int = 
     res, n_count_note = res.with_n_count(cfg.n_count)
     if n_count_note:
         warn(n_count_note)
-    if cfg.max_epochs is not None and res.epochs is not None:
-        over = np.isfinite(res.epochs) & (res.epochs > cfg.max_epochs)
-        if over.any():
-            excluded = list(res.excluded) + [{"run_id": str(res.run_id[i]), "reason": f"{res.epochs[i]:.2f} epochs > max_epochs {cfg.max_epochs:g}"}
-                                             for i in np.flatnonzero(over)]
-            res = res.subset(~over)
-            res.excluded = excluded
-            if res.n == 0:
-                raise UserError(f"{res.source}: every completed run is over max_epochs {cfg.max_epochs:g}")
+    res = _drop_over_max_epochs(res, cfg.max_epochs)
+    if np.unique(res.budget).size < 2:
+        raise UserError(f"{res.source}: all {res.n} completed runs are one IsoFLOP budget; a scaling law needs >= 2 budgets")
 
     # One stream of random numbers, drawn in a fixed order: the seed fixes every interval.
     rng = np.random.default_rng(cfg.seed)
     counts = rng.multinomial(res.n, np.full(res.n, 1.0 / res.n), size=cfg.bootstrap).astype(float) if cfg.bootstrap else None
     rng2 = np.random.default_rng([cfg.seed, 2])
-    draws: dict[str, np.ndarray] = {}
-    if np.unique(res.budget).size < 2:
-        raise UserError(f"{res.source}: all {res.n} completed runs are one IsoFLOP budget; a scaling law needs >= 2 budgets")
     # An approach the data cannot support is reported (warning, `not_fitted` in fits.json) and the
     # others still fitted; only when no requested approach can be fitted is it an error.
     fitters = {1: lambda: fit_approach1(res, counts, cfg), 2: lambda: fit_approach2(res, rng2, cfg, warn),
                3: lambda: fit_approach3(res, counts, cfg)}
-    fitted, not_fitted = {}, {}
+    fitted, not_fitted, draws = {}, {}, {}
     for k in cfg.approaches:
         try:
             fitted[k], d = fitters[k]()
@@ -762,40 +807,23 @@ def fit_results(table, approaches=(1, 2, 3), bootstrap: int = 1000, seed: int = 
         raise UserError("; ".join(not_fitted.values()))
     for name, reason in not_fitted.items():
         warn(f"{name} not fitted: {reason}")
-    a1, a2, a3 = fitted.get(1), fitted.get(2), fitted.get(3)
+    a2 = fitted.get(2)
     holdout = None
-    if cfg.holdout:
-        if a2 is None:
-            not_fitted["holdout"] = "Approach 2 was not fitted (the held-out prediction uses its laws)"
-        else:
-            holdout, why = fit_holdout(res, a2, cfg)
-            if holdout is None:
-                not_fitted["holdout"] = why
-                warn(f"held-out budget: not made: {why}")
+    if cfg.holdout and a2 is None:
+        not_fitted["holdout"] = "Approach 2 was not fitted (the held-out prediction uses its laws)"
+    elif cfg.holdout:
+        holdout, why = fit_holdout(res, a2, cfg)
+        if holdout is None:
+            not_fitted["holdout"] = why
+            warn(f"held-out budget: not made: {why}")
     util, d = fit_utility(res, counts, cfg, warn)
     draws.update(d)
     if cfg.bootstrap:
-        failed: dict[str, int] = {}  # per fit ("approach2", "utility/auroc/x"): replicates with no value
-        for key, v in draws.items():
-            group = key.rsplit("/", 1)[0]
-            failed[group] = max(failed.get(group, 0), int((~np.isfinite(v)).sum()))
-        for group, bad in failed.items():
-            if bad > 0.05 * cfg.bootstrap:
-                warn(f"{group}: {bad} of {cfg.bootstrap} bootstrap replicates could not be fitted; its intervals use the rest")
-    budgets = np.unique(res.budget)
-    unique = res.unique_tokens[np.isfinite(res.unique_tokens)] if res.unique_tokens is not None else np.array([])
-    inputs = dict(
-        source=res.source, budgets=[float(b) for b in budgets], min_budget=float(budgets.min()), max_budget=float(budgets.max()),
-        unique_tokens=float(unique.max()) if unique.size else None, multi_epoch=res.multi_epoch,
-        max_epochs=float(np.nanmax(res.epochs)) if res.epochs is not None and np.isfinite(res.epochs).any() else None,
-        vocab_size=res.vocab_size, context=res.context, utility_columns=sorted(res.utility),
-        loss_column=res.loss_column, loss_unit=res.loss_unit, n_count=res.n_count, n_count_requested=cfg.n_count,
-        n_count_note=n_count_note or None, multi_epoch_runs=multi_epoch_runs(res),
-    )
+        _warn_failed_replicates(draws, cfg.bootstrap, warn)
     return FitResult(
-        approach1=a1, approach2=a2, approach3=a3, utility=util, n_runs=res.n_rows, n_fitted=res.n,
-        excluded=res.excluded, warnings=notes, inputs=inputs, config=cfg, not_fitted=not_fitted, draws=draws,
-        holdout=holdout, n_count=res.n_count,
+        approach1=fitted.get(1), approach2=a2, approach3=fitted.get(3), utility=util, n_runs=res.n_rows, n_fitted=res.n,
+        excluded=res.excluded, warnings=notes, inputs=_fit_inputs(res, cfg, n_count_note), config=cfg,
+        not_fitted=not_fitted, draws=draws, holdout=holdout, n_count=res.n_count,
     )
 
 
