@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy import stats as scipy_stats
 
 from analysis import parametric
 from analysis.fit_config import FitConfig
@@ -36,6 +37,9 @@ N_COUNT_LABEL = {"total": "total parameters (embeddings included)", "non-embeddi
 APPROACH3_METHODS = ("varpro", "huber-lbfgs")
 # A parameter whose bootstrap interval spans more than this many decades is reported as not identified.
 IDENTIFIED_DECADES = 3.0
+# An IsoFLOP parabola whose residuals are this unlikely under the runs' eval SEs (chi-square test)
+# does not describe its budget: the budget is left out of Approach 2's power laws.
+LACK_OF_FIT_P = 0.01
 
 
 class FitWarning(UserWarning):
@@ -63,6 +67,9 @@ class BudgetFit:
     coef: list[float] = field(default_factory=list)  # c0, c1, c2
     log_n_range: list[float] = field(default_factory=list)  # sampled [min, max] of ln N
     d_line: list[float] = field(default_factory=list)  # ln D = d_line[0] + d_line[1] ln N within the budget
+    # Leverage-adjusted, centred residuals of a used budget's parabola (pooled by the residual bootstrap).
+    residuals: list[float] = field(default_factory=list, repr=False)
+    lack_of_fit_p: float = float("nan")  # chi-square test of the residuals against the runs' eval SEs
 
 
 @dataclass
@@ -114,6 +121,7 @@ class Approach2:
     r2_d: float
     n_budgets_used: int
     budgets: list[BudgetFit]
+    bootstrap_method: str | None = None  # "residuals" or "runs" (None: no bootstrap)
 
     n_opt = Approach1.n_opt
     d_opt = Approach1.d_opt
@@ -294,15 +302,31 @@ def fit_approach1(res: Results, counts: np.ndarray | None, cfg: FitConfig):
 
 
 def _parabolas(x, y, w):
-    """Weighted least-squares parabolas y = c0 + c1 x + c2 x^2 for each row of weights w (R, P)."""
+    """Weighted least-squares parabolas y = c0 + c1 x + c2 x^2 for each row of weights w (R, P).
+
+    y is (P,) (the same losses for every row) or (R, P) (one set of losses per row). Returns (R, 3);
+    NaN rows where the weighted design has rank < 3.
+    """
     X = np.stack([np.ones_like(x), x, x * x], axis=1)
     xtwx = np.einsum("rp,pi,pj->rij", w, X, X)
-    xtwy = np.einsum("rp,pi,p->ri", w, X, y)
+    xtwy = np.einsum("rp,pi,rp->ri", w, X, np.broadcast_to(y, w.shape))
     ok = np.linalg.matrix_rank(xtwx) == 3
     coef = np.full((w.shape[0], 3), np.nan)
     if ok.any():
         coef[ok] = np.linalg.solve(xtwx[ok], xtwy[ok][..., None])[..., 0]
     return coef
+
+
+def _adjusted_residuals(x: np.ndarray, y: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """Leverage-adjusted residuals r_i / sqrt(1 - h_ii) of one budget's parabola, centred (Davison &
+    Hinkley 1997, eq. 6.9). Empty when the parabola interpolates (<= 3 distinct sizes)."""
+    X = np.stack([np.ones_like(x), x, x * x], axis=1)
+    h = np.einsum("pi,ij,pj->p", X, np.linalg.pinv(X.T @ X), X)
+    keep = h < 1 - 1e-9
+    if np.unique(np.round(x, 9)).size <= 3 or not keep.any():
+        return np.array([])
+    r = (y - X @ coef)[keep] / np.sqrt(1 - h[keep])
+    return r - r.mean()
 
 
 def _budget_points(res: Results, members: np.ndarray, coef: np.ndarray, w: np.ndarray):
@@ -323,15 +347,23 @@ def _budget_points(res: Results, members: np.ndarray, coef: np.ndarray, w: np.nd
 
 def fit_approach2(res: Results, rng: np.random.Generator, cfg: FitConfig, warn):
     """Approach 2 (Hoffmann et al. 2022, section 3.2): a parabola of loss in ln N per IsoFLOP budget,
-    then power laws of its minimum (N_opt, D_opt, L_min) in C. Bootstrap: runs resampled within
-    each budget, the power laws refitted per draw. Returns (Approach2, {"approach2/<key>": draws})."""
+    then power laws of its minimum (N_opt, D_opt, L_min) in C. Bootstrap (cfg.approach2_bootstrap):
+    "residuals" (default) adds resampled leverage-adjusted residuals, pooled over the budgets, to
+    each parabola; "runs" resamples the runs within each budget. The power laws are refitted per draw. Returns (Approach2, {"approach2/<key>": draws})."""
     R = cfg.bootstrap
-    fits: list[BudgetFit] = []
     per_budget_draws = []  # (R, 3): n_opt, d_opt, loss_min per budget
-    for bud in np.unique(res.budget):
-        bf, bdraws = _fit_budget_parabola(res, np.flatnonzero(res.budget == bud), float(bud), rng, cfg)
-        fits.append(bf)
-        per_budget_draws.append(bdraws)
+    members = [np.flatnonzero(res.budget == bud) for bud in np.unique(res.budget)]
+    fits = [_fit_budget_parabola(res, m, float(bud), cfg) for m, bud in zip(members, np.unique(res.budget), strict=True)]
+    # The sizes of an IsoFLOP ladder are fixed by design, not sampled: the fixed-design (residual)
+    # bootstrap fits them (Efron & Tibshirani 1993, sec. 9.5). Resampling 4-5 runs instead makes
+    # about half the replicates interpolate 3 points exactly, whose vertex can fall anywhere.
+    pool = np.array([r for bf in fits for r in bf.residuals])
+    method = cfg.approach2_bootstrap
+    if R and method == "residuals" and pool.size < 3:
+        warn(f"Approach 2: {pool.size} residual(s) to resample (every budget has <= 3 sizes); its intervals resample runs instead")
+        method = "runs"
+    for m, bf in zip(members, fits, strict=True):
+        per_budget_draws.append(_bootstrap_budget(res, m, bf, pool, method, rng, cfg) if R and bf.coef and bf.coef[2] > 0 else None)
 
     for bf in fits:
         if not bf.used:
@@ -356,21 +388,26 @@ def fit_approach2(res: Results, rng: np.random.Generator, cfg: FitConfig, warn):
     ci = {k: percentile_ci(draws[:, j], cfg.confidence) for j, k in enumerate(A12_KEYS)}
     fit = Approach2(
         **{k: float(point[j]) for j, k in enumerate(A12_KEYS)}, **{f"{k}_ci": ci[k] for k in A12_KEYS},
-        r2_n=r2_n, r2_d=r2_d, n_budgets_used=len(used), budgets=fits,
+        r2_n=r2_n, r2_d=r2_d, n_budgets_used=len(used), budgets=fits, bootstrap_method=method if R else None,
     )
     return fit, {f"approach2/{k}": draws[:, j] for j, k in enumerate(A12_KEYS)}
 
 
-def _fit_budget_parabola(res: Results, members: np.ndarray, budget: float, rng, cfg: FitConfig):
-    """One IsoFLOP budget's parabola L = c0 + c1 ln N + c2 (ln N)^2 and its minimum, with bootstrap
-    intervals from resampling the budget's runs. Returns (BudgetFit, draws (R, 3) of n_opt, d_opt,
-    loss_min, or None when the budget gives no minimum or cfg.bootstrap is 0)."""
+def _fit_budget_parabola(res: Results, members: np.ndarray, budget: float, cfg: FitConfig) -> BudgetFit:
+    """One IsoFLOP budget's parabola L = c0 + c1 ln N + c2 (ln N)^2 and its minimum.
+
+    The budget is used in the power laws when the parabola is convex, its vertex lies within the
+    sampled sizes (cfg.require_interior) and it fits its runs: with >= 4 sizes and every run's
+    eval standard error known, a chi-square lack-of-fit test of the residuals against those errors
+    (n - 3 degrees of freedom) must give p >= LACK_OF_FIT_P. A ladder far off its budget's optimum
+    samples the steep, exponential side of the IsoFLOP curve, which a parabola cannot follow.
+    """
     x, y = np.log(res.n_params[members]), res.loss[members]
     n_distinct = np.unique(np.round(x, 9)).size
     bf = BudgetFit(budget=budget, n_points=int(members.size), used=False, reason="")
     if n_distinct < cfg.min_points_per_budget:
         bf.reason = f"{n_distinct} distinct model size(s) (a parabola needs >= {cfg.min_points_per_budget})"
-        return bf, None
+        return bf
     coef = _parabolas(x, y, np.ones((1, members.size)))[0]
     n_opt, d_opt, loss_min, curv, dline = (v[0] for v in _budget_points(res, members, coef[None], np.ones((1, members.size))))
     pred = coef[0] + coef[1] * x + coef[2] * x * x
@@ -381,22 +418,43 @@ def _fit_budget_parabola(res: Results, members: np.ndarray, budget: float, rng, 
     bf.d_line = [float(v) for v in dline]
     if not coef[2] > 0:
         bf.reason = "concave parabola (no minimum: loss does not turn up at either end)"
-        return bf, None
+        return bf
     bf.n_opt, bf.d_opt, bf.loss_min, bf.curvature = float(n_opt), float(d_opt), float(loss_min), float(curv)
     bf.interior = bool(x.min() <= math.log(n_opt) <= x.max())
+    se = res.loss_se[members] if res.loss_se is not None else np.full(members.size, np.nan)
+    if n_distinct > 3 and np.all(np.isfinite(se) & (se > 0)):
+        chi2 = float(np.sum(((y - pred) / se) ** 2))
+        bf.lack_of_fit_p = float(scipy_stats.chi2.sf(chi2, members.size - 3))
     if not bf.interior and cfg.require_interior:
         bf.reason = "minimum outside the sampled model sizes (extrapolated)"
+    elif bf.lack_of_fit_p < LACK_OF_FIT_P:
+        bf.reason = (f"the parabola does not fit its runs (residual SD {np.std(y - pred):.3g} vs eval SE {np.median(se):.3g}; "
+                     f"lack-of-fit p = {bf.lack_of_fit_p:.2g}): the sizes are too far from this budget's optimum")
     else:
         bf.used = True
-    if not cfg.bootstrap:
-        return bf, None
-    counts = rng.multinomial(members.size, np.full(members.size, 1.0 / members.size), size=cfg.bootstrap).astype(float)
-    bcoef = _parabolas(x, y, counts)
-    bcoef[(counts > 0).sum(1) < 3] = np.nan  # a draw with < 3 distinct runs has no parabola
-    bn, bd, bl, bc, _ = _budget_points(res, members, bcoef, counts)
+        bf.residuals = [float(r) for r in _adjusted_residuals(x, y, coef)]
+    return bf
+
+
+def _bootstrap_budget(res: Results, members: np.ndarray, bf: BudgetFit, pool: np.ndarray, method: str, rng, cfg: FitConfig):
+    """Bootstrap draws (R, 3) of one budget's (n_opt, d_opt, loss_min), and its intervals set on `bf`.
+
+    method "residuals": losses = the fitted parabola + residuals drawn from `pool` (fixed design);
+    "runs": the budget's runs resampled with replacement (a draw with < 3 distinct runs is NaN).
+    """
+    x, y = np.log(res.n_params[members]), res.loss[members]
+    if method == "residuals":
+        w = np.ones((cfg.bootstrap, members.size))
+        fitted = bf.coef[0] + bf.coef[1] * x + bf.coef[2] * x * x
+        bcoef = _parabolas(x, fitted + rng.choice(pool, size=w.shape), w)
+    else:
+        w = rng.multinomial(members.size, np.full(members.size, 1.0 / members.size), size=cfg.bootstrap).astype(float)
+        bcoef = _parabolas(x, y, w)
+        bcoef[(w > 0).sum(1) < 3] = np.nan
+    bn, bd, bl, bc, _ = _budget_points(res, members, bcoef, w)
     bf.n_opt_ci, bf.d_opt_ci = percentile_ci(bn, cfg.confidence), percentile_ci(bd, cfg.confidence)
     bf.loss_min_ci, bf.curvature_ci = percentile_ci(bl, cfg.confidence), percentile_ci(bc, cfg.confidence)
-    return bf, np.stack([bn, bd, bl], 1)
+    return np.stack([bn, bd, bl], 1)
 
 
 def _power_law_draws(c: np.ndarray, stack: np.ndarray) -> np.ndarray:

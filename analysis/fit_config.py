@@ -59,6 +59,12 @@ class FitConfig:
     et al. 2022's Huber loss on ln L from 4,500 L-BFGS starts, to reproduce published fits).
     varpro is the default: it is better conditioned (2 searched parameters instead of 5, no start
     grid over ln A, ln B, ln E; Open-Athena's scaling-law-analysis)."""
+    approach2_bootstrap: str = "residuals"
+    """How Approach 2's intervals are drawn: "residuals" (default; each IsoFLOP parabola plus
+    leverage-adjusted residuals resampled from all budgets' parabolas: the fixed-design bootstrap,
+    Efron & Tibshirani 1993 sec. 9.5, Davison & Hinkley 1997 sec. 6.2.3) or "runs" (the runs of each
+    budget resampled). The planner fixes the sizes of a ladder, so the design is fixed; with 4-5
+    runs per budget, resampling runs makes about half the replicates pass exactly through 3 points."""
     holdout: bool = True
     """Validate on a held-out budget: refit Approach 2 without the largest usable budget and
     predict its L_min and N_opt (fits.json `holdout`). The main fit still uses every budget."""

@@ -34,6 +34,8 @@ REQUIRED = ("n_params", "tokens", "loss")
 # The loss columns the trainer and sweeps write, and their units (any other numeric column may be
 # fitted too; its unit is then unknown and reported as such).
 LOSS_UNITS = {"loss": "nats/token", "loss_per_event": "nats/event"}
+# The column holding each loss's standard error over eval subjects (result.json eval_loss_se).
+LOSS_SE_COLUMNS = {"loss": "eval_loss_se", "loss_per_event": "loss_per_event_se"}
 # Budgets within this many decades of each other are one IsoFLOP group when the table has no
 # budget column (or a null budget): planned budgets are normally >= 2x apart (0.3 decades).
 BUDGET_GROUP_DECADES = 0.05
@@ -64,6 +66,7 @@ class Results:
     n_params_total: np.ndarray | None = None  # float64, NaN where unknown (column n_params_total)
     n_params_non_embedding: np.ndarray | None = None  # the table's n_params (set by load_results)
     n_count: str = "non-embedding"  # which count `n_params` holds: "non-embedding" or "total"
+    loss_se: np.ndarray | None = None  # float64, standard error of `loss` over eval subjects (NaN = unknown)
 
     @property
     def loss_unit(self) -> str:
@@ -88,7 +91,7 @@ class Results:
             utility_se={k: v[mask] for k, v in self.utility_se.items()}, vocab_size=self.vocab_size,
             context=self.context, n_rows=self.n_rows, excluded=list(self.excluded), loss_column=self.loss_column,
             n_params_total=pick(self.n_params_total), n_params_non_embedding=pick(self.n_params_non_embedding),
-            n_count=self.n_count,
+            n_count=self.n_count, loss_se=pick(self.loss_se),
         )
 
     def with_n_count(self, n_count: str) -> tuple[Results, str]:
@@ -230,6 +233,8 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss") ->
         epochs = values["tokens"] / unique_tokens
         _refuse(source, "epochs", "non-positive", keep & np.isfinite(epochs) & ~(epochs > 0), run_id)
     utility, utility_se = _utility(df, source, keep, run_id)
+    se_col = LOSS_SE_COLUMNS.get(loss_column)
+    loss_se = _numeric(df, se_col, source) if se_col in df.columns else None
 
     def first_int(col):
         if col not in df.columns:
@@ -243,7 +248,7 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss") ->
         budget=np.full(df.height, np.nan) if budget is None else budget, unique_tokens=unique_tokens,
         epochs=epochs, utility=utility, utility_se=utility_se, vocab_size=first_int("vocab_size"), context=first_int("context"),
         n_rows=df.height, excluded=excluded, loss_column=loss_column, n_params_total=n_total,
-        n_params_non_embedding=values["n_params"],
+        n_params_non_embedding=values["n_params"], loss_se=loss_se,
     )
     res = res.subset(keep)
     res.budget = group_budgets(res.flops, res.budget)
