@@ -1,5 +1,7 @@
-"""Scaling-law fits of a results table: Approaches 1, 2 and 3 of Hoffmann et al. (2022), clinical
-utility against compute, and bootstrap intervals for every fitted quantity.
+"""Scaling-law fits of a results table, with bootstrap intervals for every fitted quantity.
+
+Approaches 1, 2 and 3 of Hoffmann et al. (2022, "Training Compute-Optimal Large Language Models"),
+clinical utility against compute, and bootstrap intervals for every fitted quantity.
 
     fit = fit_results("sweep/results.parquet", approaches=(1, 2, 3), bootstrap=1000, seed=0)
     fit.approach2.a, fit.approach2.a_ci        # exponent of N_opt in C and its 95% interval
@@ -167,8 +169,11 @@ class Approach3:
 
 @dataclass
 class UtilityFit:
-    """(1 - metric) = coef * C^exponent through the loss-optimal run of each budget (the model the
-    laws recommend); see fit_utility for the intervals."""
+    """Power law of clinical utility (1 - metric) in compute C.
+
+    (1 - metric) = coef * C^exponent through the loss-optimal run of each budget (the model the
+    laws recommend); see fit_utility for the intervals.
+    """
 
     metric: str  # the column, e.g. "auroc/mortality"
     coef: float
@@ -236,8 +241,11 @@ def _finite_json(obj):
 
 
 def _envelope(res: Results, mask: np.ndarray | None = None) -> np.ndarray:
-    """Indices of the lower-envelope runs: the lowest-loss run of each budget, kept when its loss
-    is below that of every cheaper budget's best run."""
+    """Indices of the lower-envelope runs (best loss per budget, falling with compute).
+
+    Indices of the lower-envelope runs: the lowest-loss run of each budget, kept when its loss
+    is below that of every cheaper budget's best run.
+    """
     idx = np.arange(res.n) if mask is None else np.flatnonzero(mask)
     best = []
     for bud in np.unique(res.budget[idx]):
@@ -322,9 +330,12 @@ def _budget_points(res: Results, members: np.ndarray, coef: np.ndarray, w: np.nd
 
 
 def fit_approach2(res: Results, rng: np.random.Generator, cfg: FitConfig, warn):
-    """Approach 2 (Hoffmann et al. 2022, section 3.2): a parabola of loss in ln N per IsoFLOP budget,
+    """Fit Approach 2: IsoFLOP parabolas, then power laws of their minima in C.
+
+    Approach 2 (Hoffmann et al. 2022, section 3.2): a parabola of loss in ln N per IsoFLOP budget,
     then power laws of its minimum (N_opt, D_opt, L_min) in C. Bootstrap: runs resampled within
-    each budget, the power laws refitted per draw. Returns (Approach2, {"approach2/<key>": draws})."""
+    each budget, the power laws refitted per draw. Returns (Approach2, {"approach2/<key>": draws}).
+    """
     R = cfg.bootstrap
     fits: list[BudgetFit] = []
     per_budget_draws = []  # (R, 3): n_opt, d_opt, loss_min per budget
@@ -362,9 +373,12 @@ def fit_approach2(res: Results, rng: np.random.Generator, cfg: FitConfig, warn):
 
 
 def _fit_budget_parabola(res: Results, members: np.ndarray, budget: float, rng, cfg: FitConfig):
-    """One IsoFLOP budget's parabola L = c0 + c1 ln N + c2 (ln N)^2 and its minimum, with bootstrap
+    """Fit one IsoFLOP budget's parabola in ln N, with bootstrap intervals.
+
+    One IsoFLOP budget's parabola L = c0 + c1 ln N + c2 (ln N)^2 and its minimum, with bootstrap
     intervals from resampling the budget's runs. Returns (BudgetFit, draws (R, 3) of n_opt, d_opt,
-    loss_min, or None when the budget gives no minimum or cfg.bootstrap is 0)."""
+    loss_min, or None when the budget gives no minimum or cfg.bootstrap is 0).
+    """
     x, y = np.log(res.n_params[members]), res.loss[members]
     n_distinct = np.unique(np.round(x, 9)).size
     bf = BudgetFit(budget=budget, n_points=int(members.size), used=False, reason="")
@@ -400,9 +414,12 @@ def _fit_budget_parabola(res: Results, members: np.ndarray, budget: float, rng, 
 
 
 def _power_law_draws(c: np.ndarray, stack: np.ndarray) -> np.ndarray:
-    """Per bootstrap draw, the power laws of N_opt, D_opt and L_min in C over the budgets whose draw
+    """Power laws of N_opt, D_opt and L_min in C, per bootstrap draw.
+
+    Per bootstrap draw, the power laws of N_opt, D_opt and L_min in C over the budgets whose draw
     has a finite, positive minimum. stack: (R, budgets, 3). Returns (R, 6) in A12_KEYS order (NaN
-    where fewer than 2 budgets remain)."""
+    where fewer than 2 budgets remain).
+    """
     draws = np.full((stack.shape[0], 6), np.nan)
     for r in range(stack.shape[0]):
         ok = np.all(np.isfinite(stack[r]) & (stack[r] > 0), axis=1)
@@ -435,8 +452,11 @@ def _a3_from_params(params: np.ndarray) -> np.ndarray:
 
 
 def identified(ci, decades: float = IDENTIFIED_DECADES) -> bool | None:
-    """Is a positive parameter pinned down by its interval? False when the interval spans more than
-    `decades` decades or reaches 0 (log-scale unbounded); None when there is no interval."""
+    """Is a positive parameter pinned down by its interval?
+
+    False when the interval spans more than `decades` decades or reaches 0 (log-scale unbounded);
+    None when there is no interval.
+    """
     lo, hi = (float("nan") if v is None else float(v) for v in ci)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return None if not (math.isinf(hi) or math.isinf(lo)) else False
@@ -446,9 +466,12 @@ def identified(ci, decades: float = IDENTIFIED_DECADES) -> bool | None:
 
 
 def fit_approach3(res: Results, counts: np.ndarray | None, cfg: FitConfig):
-    """Approach 3: L(N, D) = E + A / N^alpha + B / D^beta by cfg.approach3_method (variable
+    """Fit Approach 3, the parametric law L(N, D), with bootstrap intervals.
+
+    Approach 3: L(N, D) = E + A / N^alpha + B / D^beta by cfg.approach3_method (variable
     projection by default; "huber-lbfgs" as Hoffmann et al. 2022), bootstrap intervals from
-    resampling runs, and which parameters the data identify (IDENTIFIED_DECADES)."""
+    resampling runs, and which parameters the data identify (IDENTIFIED_DECADES).
+    """
     if res.n < 5:
         raise UserError(f"Approach 3 fits 5 parameters; {res.source} has {res.n} completed runs")
     if cfg.approach3_method not in APPROACH3_METHODS:
@@ -499,14 +522,15 @@ def fit_approach3(res: Results, counts: np.ndarray | None, cfg: FitConfig):
 
 
 def fit_holdout(res: Results, a2: Approach2, cfg: FitConfig) -> tuple[dict | None, str]:
-    """Predict the largest usable IsoFLOP budget from the others, compared with its own parabola's
-    minimum. On the runs of every smaller budget, Approach 2 is refitted and its N_opt = k C^a law
-    predicts N_opt; Approach 3 is refitted (cfg.approach3_method) and its compute-optimal frontier
-    L(N_opt(C), D_opt(C)) predicts L_min (`loss_method` "approach3"). The frontier of
-    L = E + A/N^alpha + B/D^beta is E + K C^(-alpha beta / (alpha + beta)): a pure power law of
-    L_min in C has no irreducible term and on exact Chinchilla data mispredicts the next budget by
-    ~5%; it is kept as `approach2_predicted_loss`, and used (loss_method "approach2") only when
-    Approach 3 cannot be fitted. The predicted loss's interval has min(bootstrap, 200) replicates.
+    """Predict the largest usable IsoFLOP budget from the others, compared with its own parabola's minimum.
+
+    On the runs of every smaller budget, Approach 2 is refitted and its N_opt = k C^a law predicts
+    N_opt; Approach 3 is refitted (cfg.approach3_method) and its compute-optimal frontier
+    L(N_opt(C), D_opt(C)) predicts L_min (`loss_method` "approach3"). The frontier of L = E +
+    A/N^alpha + B/D^beta is E + K C^(-alpha beta / (alpha + beta)): a pure power law of L_min in C
+    has no irreducible term and on exact Chinchilla data mispredicts the next budget by ~5%; it is
+    kept as `approach2_predicted_loss`, and used (loss_method "approach2") only when Approach 3
+    cannot be fitted. The predicted loss's interval has min(bootstrap, 200) replicates.
 
     Returns (holdout, reason): holdout is None (and reason says why) with fewer than 3 usable
     budgets. Keys: budget, predicted_loss(_ci), observed_loss(_ci), rel_error = |predicted -
@@ -608,7 +632,9 @@ MIN_LOG_ERROR_SE = 1e-3
 
 
 def fit_loss_link(res: Results, metric: np.ndarray, counts: np.ndarray | None, cfg: FitConfig):
-    """The loss -> AUROC link across the sweep: AUROC = intercept + slope * loss, ordinary least
+    """Fit the linear loss -> AUROC link across the sweep, with a bootstrap interval.
+
+    The loss -> AUROC link across the sweep: AUROC = intercept + slope * loss, ordinary least
     squares over every run with a value (all budgets and sizes: the seed, Zhang et al. 2025, reports
     this relation as linear). The interval resamples runs (the same replicates as Approach 1 and 3).
 
@@ -828,8 +854,11 @@ def fit_results(table, approaches=(1, 2, 3), bootstrap: int = 1000, seed: int = 
 
 
 def multi_epoch_runs(res: Results) -> list[dict]:
-    """The fitted runs trained for more than one epoch over their unique tokens: {run_id, budget,
-    epochs}, most repeated first (flagged in fits.md; FitConfig.max_epochs can leave them out)."""
+    """The fitted runs trained for more than one epoch over their unique tokens.
+
+    The fitted runs trained for more than one epoch over their unique tokens: {run_id, budget,
+    epochs}, most repeated first (flagged in fits.md; FitConfig.max_epochs can leave them out).
+    """
     if res.epochs is None:
         return []
     over = np.flatnonzero(np.isfinite(res.epochs) & (res.epochs > 1.0 + 1e-9))
@@ -842,8 +871,11 @@ def multi_epoch_runs(res: Results) -> list[dict]:
 
 
 def write_fits(fit: FitResult, out: str | Path, results: Results | None = None, overwrite: bool = False, plots: bool = True) -> Path:
-    """Write FIT/: fits.json, fit_config.json, fits.md, bootstrap.parquet, runs.parquet (the
-    checked runs, when `results` is given) and the plots; atomically."""
+    """Write a fit directory FIT/ atomically.
+
+    Write FIT/: fits.json, fit_config.json, fits.md, bootstrap.parquet, runs.parquet (the
+    checked runs, when `results` is given) and the plots; atomically.
+    """
     import polars as pl
 
     from ehrfm.io import atomic_dir, atomic_file, write_json
@@ -895,8 +927,11 @@ def _approach3_cell(f: Approach3, name: str) -> str:
 
 
 def format_fit_table(fit: FitResult) -> str:
-    """A compact markdown summary: one row per approach, the held-out budget, per-budget and utility
-    rows, and the runs trained over more than one epoch."""
+    """Render a fit as a compact markdown summary (fits.md).
+
+    A compact markdown summary: one row per approach, the held-out budget, per-budget and utility
+    rows, and the runs trained over more than one epoch.
+    """
     pct = int(round(fit.config.confidence * 100))
     column, unit = fit.inputs.get("loss_column", "loss"), fit.inputs.get("loss_unit", "nats/token")
     n_count = fit.n_count

@@ -35,9 +35,12 @@ def percentile_ci(draws, confidence: float = 0.95) -> list[float]:
 
 
 def effective_tokens(tokens, unique_tokens, r_star: float = R_STAR_DATA):
-    """Muennighoff et al. (2023) effective data D' = U + U R* (1 - exp(-R / R*)), where U is the
+    """Effective data of repeated tokens (Muennighoff et al. 2023).
+
+    Muennighoff et al. (2023) effective data D' = U + U R* (1 - exp(-R / R*)), where U is the
     unique tokens seen and R = D / U - 1 the repetitions beyond the first epoch. D' = D for one epoch
-    or less, and D' -> U (1 + R*) as epochs -> infinity."""
+    or less, and D' -> U (1 + R*) as epochs -> infinity.
+    """
     d = np.asarray(tokens, dtype=float)
     u = np.minimum(np.asarray(unique_tokens, dtype=float), d)
     repeats = d / u - 1.0

@@ -1,4 +1,6 @@
-"""What a compute budget should buy: N_opt, D_opt, a concrete model shape, the predicted loss and
+"""What a compute budget should buy, with intervals.
+
+What a compute budget should buy: N_opt, D_opt, a concrete model shape, the predicted loss and
 clinical utility with intervals, and the epochs that D_opt needs over the unique tokens available.
 
     rec = recommend("fit/", flops=1e18, unique_tokens=2e8)
@@ -193,8 +195,11 @@ def _shape(n_opt: float, c: float, vocab_size: int | None, context: int | None, 
 
 
 def _load(fits) -> tuple[dict, dict, float]:
-    """(fits.json's content, its bootstrap draws, the confidence level of its intervals) of a FIT
-    directory, a fits.json path or an analysis.fit.FitResult."""
+    """Load a fit's content, bootstrap draws and confidence level.
+
+    (fits.json's content, its bootstrap draws, the confidence level of its intervals) of a FIT
+    directory, a fits.json path or an analysis.fit.FitResult.
+    """
     from analysis.fit import FitResult, load_fits
 
     if isinstance(fits, FitResult):
@@ -210,8 +215,11 @@ def _load(fits) -> tuple[dict, dict, float]:
 
 
 def _utility(fit_json: dict, draws: dict, flops: float, conf: float, notes: list[str]) -> dict:
-    """{task: {"auroc", "auroc_ci"}} at `flops` from each utility law whose AUROC rose with compute;
-    a note in `notes` for each task left out."""
+    """Predicted AUROC per task at `flops`, from the utility laws.
+
+    {task: {"auroc", "auroc_ci"}} at `flops` from each utility law whose AUROC rose with compute;
+    a note in `notes` for each task left out.
+    """
     utility = {}
     for task, u in fit_json.get("utility", {}).items():
         if not (u.get("exponent") is not None and u["exponent"] < 0):
@@ -227,9 +235,12 @@ def _utility(fit_json: dict, draws: dict, flops: float, conf: float, notes: list
 
 def recommend(fits, flops: float, unique_tokens: float | None = None, approach: int | None = None,
               vocab_size: int | None = None, context: int | None = None, r_star: float = R_STAR_DATA) -> Recommendation:
-    """Recommend for compute budget `flops` from a fit (a FIT directory, a fits.json path, or an
+    """Recommend a model and data size for compute budget `flops` from a fit.
+
+    Recommend for compute budget `flops` from a fit (a FIT directory, a fits.json path, or an
     analysis.fit.FitResult). `approach` picks the headline (default: 3, else 2, else 1).
-    unique_tokens, vocab_size and context default to what the fitted results table recorded."""
+    unique_tokens, vocab_size and context default to what the fitted results table recorded.
+    """
     fit_json, draws, conf = _load(fits)
     if not (flops and math.isfinite(flops) and flops > 0):
         raise UserError(f"--flops must be a positive number of FLOPs (got {flops})")

@@ -1,5 +1,6 @@
 """Results tables drawn from a known law, for tests, benchmarks and trying the analysis out.
 
+Example:
     table = synthetic_results(BESIROGLU, budgets=np.logspace(18, 22, 10), sizes=25, noise=0.01, seed=0)
 """
 
@@ -37,13 +38,16 @@ HOFFMANN = Law(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 def synthetic_results(law: Law = BESIROGLU, budgets=(1e18, 1e19, 1e20, 1e21), sizes: int = 9, span_decades: float = 2.0,
                       noise: float = 0.01, seed: int = 0, center_jitter_decades: float = 0.1,
                       tasks: dict[str, tuple[float, float]] | None = None, auroc_se: float | None = None) -> pl.DataFrame:
-    """An IsoFLOP sweep: per budget C, `sizes` model sizes log-spaced over `span_decades` around
+    """Draw a synthetic IsoFLOP sweep's results table from a known law.
+
+    An IsoFLOP sweep: per budget C, `sizes` model sizes log-spaced over `span_decades` around
     the law's optimum (shifted by a random jitter), D = C / (6 N), loss multiplied by
     exp(N(0, noise)) (noise is the standard deviation of ln L). `tasks` maps a task name to
     (coef, exponent): the compute-optimal run's 1 - AUROC is coef * C^exponent, worse off the
     optimum by the factor (L / L_opt)^4, times exp(N(0, noise)); written as `auroc/<task>`. With
     `auroc_se`, each AUROC also gets measurement noise N(0, auroc_se^2), as a probe scored on a
-    finite held-out sample has, and the column `auroc_se/<task>` says so."""
+    finite held-out sample has, and the column `auroc_se/<task>` says so.
+    """
     rng = np.random.default_rng(seed)
     rows = []
     for c in budgets:

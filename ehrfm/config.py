@@ -67,8 +67,11 @@ def not_identity_fields() -> frozenset[str]:
 
 
 def branch_free_fields() -> frozenset[str]:
-    """TrainConfig fields in which a wsd branch may differ from its trunk: the resumable ones and
-    those flagged `branch`."""
+    """TrainConfig fields a wsd branch may change from its trunk.
+
+    TrainConfig fields in which a wsd branch may differ from its trunk: the resumable ones and
+    those flagged `branch`.
+    """
     return resumable_fields() | fields_with(TrainConfig, "branch")
 
 
@@ -295,6 +298,9 @@ def warmup_steps_for(n_steps: int, cfg: TrainConfig) -> int:
 
 
 def wsd_decay_start(n_steps: int, cfg: TrainConfig) -> int:
-    """First decay step (0-based) of a WSD run of n_steps: the last round(decay_fraction * n_steps)
-    steps (at least 1) decay. Steps before it are warmup or stable; a branch leaves its trunk here."""
+    """First decay step (0-based) of a WSD run of n_steps.
+
+    First decay step (0-based) of a WSD run of n_steps: the last round(decay_fraction * n_steps)
+    steps (at least 1) decay. Steps before it are warmup or stable; a branch leaves its trunk here.
+    """
     return n_steps - max(1, round(cfg.decay_fraction * n_steps))

@@ -77,8 +77,11 @@ def _count(n_layer: int, d_model: float) -> float:
 
 
 def depth_for_params(target_n_params: float) -> int:
-    """The family's n_layer for a target non-embedding size N (module docstring): the depth whose
-    exact-ratio shape (L, ASPECT_RATIO * L) is nearest to N in log N. Non-decreasing in N."""
+    """The family's n_layer for a target non-embedding size N.
+
+    The family's n_layer for a target non-embedding size N (module docstring): the depth whose
+    exact-ratio shape (L, ASPECT_RATIO * L) is nearest to N in log N. Non-decreasing in N.
+    """
     if not target_n_params > 0:
         raise ValueError(f"target_n_params must be > 0 (got {target_n_params})")
     n_layer = 1

@@ -142,7 +142,8 @@ class TokenDir:
         code, its hierarchy head (category, chapter or a `<prefix>//*` fallback) or UNK. Interval,
         quantile, age, TIMELINE_START/END, PAD and continuation tokens (the rest of a hierarchical
         code) open none. So the events among any tokens are the head tokens among them, in
-        either code mode."""
+        either code mode.
+        """
         # A hand-made tokenizer.json may list no special tokens: then only the framing ones are known.
         special = set(self.tokenizer.get("special_tokens", ("PAD", "TIMELINE_START", "TIMELINE_END"))) - {"UNK"}
         closed = special | set(self.tokenizer.get("continuation_tokens", []))

@@ -171,8 +171,11 @@ def _float_or_none(x) -> float | None:
 
 
 def _add_scores(rows: list[dict], desc: str, score) -> list[str]:
-    """Set `score(row)`'s {column: value} (as floats) on each completed row, and None for those
-    columns on every other row; return the columns, sorted."""
+    """Add score columns to the completed rows.
+
+    Set `score(row)`'s {column: value} (as floats) on each completed row, and None for those
+    columns on every other row; return the columns, sorted.
+    """
     columns: list[str] = []
     completed = [r for r in rows if r["status"] == Status.COMPLETED]
     for r in progress(completed, desc=desc, unit="run"):

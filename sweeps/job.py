@@ -200,8 +200,11 @@ def _update_record(path: Path, **fields) -> None:
 
 
 def _finished_result(run_dir: str | Path) -> dict | None:
-    """The run's result.json when it holds a finished run (completed, failed, diverged), else None
-    (also when damaged: the trainer then names the file and what to do)."""
+    """The run's result.json when it holds a finished run, else None.
+
+    The run's result.json when it holds a finished run (completed, failed, diverged), else None
+    (also when damaged: the trainer then names the file and what to do).
+    """
     try:
         result = read_result(run_dir)
     except UserError:

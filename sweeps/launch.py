@@ -57,7 +57,9 @@ _BUSY = (*ACTIVE, Status.UNKNOWN)
 @dataclass
 class LaunchConfig:
     """How to run a sweep's jobs; saved as SWEEP/launch.json (and appended to launches.jsonl).
-    Each field's docstring is its `ehrfm sweep launch` help."""
+
+    Each field's docstring is its `ehrfm sweep launch` help.
+    """
 
     executor: str = "local"
     """slurm: a submitit job array; local: processes on this machine."""
@@ -332,8 +334,11 @@ def _new_record(sweep_dir: Path, run_id: str, executor: str, **fields) -> None:
 
 
 def _slurm_waves(jobs: list[TrainJob], trunk_of: dict[str, str]) -> list[tuple[list[TrainJob], str | None]]:
-    """Submission order: every job without a trunk in this launch first (one array), then each
-    trunk's branches (one array each, depending on that trunk's job)."""
+    """The order in which SLURM job arrays are submitted.
+
+    Submission order: every job without a trunk in this launch first (one array), then each
+    trunk's branches (one array each, depending on that trunk's job).
+    """
     now = {job.run_id for job in jobs}
     first = [job for job in jobs if trunk_of.get(job.run_id) not in now]
     waves: list[tuple[list[TrainJob], str | None]] = [(first, None)] if first else []
@@ -467,8 +472,11 @@ class LocalSlots:
 
 
 def local_slots(cfg: LaunchConfig, cores: int, gpus: list[int]) -> LocalSlots:
-    """How a local launch shares this machine: GPU groups when jobs use GPUs, else the cores
-    split evenly between jobs (and their DDP tasks) so that they never oversubscribe."""
+    """How a local launch shares this machine's GPUs or cores.
+
+    How a local launch shares this machine: GPU groups when jobs use GPUs, else the cores
+    split evenly between jobs (and their DDP tasks) so that they never oversubscribe.
+    """
     tasks = _tasks_per_node(cfg)
     if cfg.gpus_per_node:
         if len(gpus) < cfg.gpus_per_node:

@@ -72,8 +72,10 @@ WSD_FIELDS = wsd_fields()  # flagged `wsd` in ehrfm.config
 
 @dataclass
 class SweepConfig:
-    """Everything `plan` was asked for, saved as SWEEP/sweep.json. Each field's docstring is its
-    `ehrfm sweep plan` help."""
+    """Everything `plan` was asked for, saved as SWEEP/sweep.json.
+
+    Each field's docstring is its `ehrfm sweep plan` help.
+    """
 
     tokens_dir: str
     """Token dir (ehrfm tokenize output)."""
@@ -130,8 +132,11 @@ SCHEDULE_COLUMNS = ["schedule", "trunk_id", "branch_tokens", "warmup_steps", "st
 
 
 def plan_schema():
-    """plan.parquet's pyarrow schema (PLAN_COLUMNS + SCHEDULE_COLUMNS): `write_plan_table` writes
-    it, `load_sweep` checks a plan against it."""
+    """The pyarrow schema of plan.parquet.
+
+    plan.parquet's pyarrow schema (PLAN_COLUMNS + SCHEDULE_COLUMNS): `write_plan_table` writes
+    it, `load_sweep` checks a plan against it.
+    """
     import pyarrow as pa
 
     i64, f64, text = pa.int64(), pa.float64(), pa.string()
@@ -186,8 +191,11 @@ def parse_train_options(items: list[str] | None) -> dict:
 
 
 def run_train_config(sweep: SweepConfig, row: dict, run_dir: str | Path) -> TrainConfig:
-    """The TrainConfig of one planned run (what its job passes to `ehrfm train`); a wsd branch's
-    trunk_dir is its trunk's run dir beside its own (SWEEP/runs/<trunk_id>)."""
+    """The TrainConfig of one planned run.
+
+    The TrainConfig of one planned run (what its job passes to `ehrfm train`); a wsd branch's
+    trunk_dir is its trunk's run dir beside its own (SWEEP/runs/<trunk_id>).
+    """
     wsd = {}
     if row.get("schedule") == "wsd":
         trunk_id = row.get("trunk_id")
@@ -217,8 +225,11 @@ NOT_IDENTITY = not_identity_fields()  # every role but IDENTITY in ehrfm.config
 
 
 def run_id_for(fingerprint: str, budget: float, cfg: TrainConfig, trunk_id: str | None = None) -> str:
-    """Stable id of a run: readable prefix + hash of everything that determines its result
-    (a wsd branch's includes its trunk's id, which stands for the trunk's own config)."""
+    """Stable id of a run.
+
+    Stable id of a run: readable prefix + hash of everything that determines its result
+    (a wsd branch's includes its trunk's id, which stands for the trunk's own config).
+    """
     identity = {k: v for k, v in cfg.to_dict().items() if k not in NOT_IDENTITY}
     if cfg.schedule == "cosine":
         identity = {k: v for k, v in identity.items() if k not in WSD_FIELDS or (k == "warmup_steps" and v is not None)}
@@ -253,8 +264,11 @@ def expected_optimum(budget: float, tokens_per_param: float, vocab_size: int, co
 
 
 def ladder_centre(sweep: SweepConfig, budget: float) -> float:
-    """The non-embedding N a budget's ladder is centred on (module docstring): the law in
-    `sweep.centre_law` for budgets above its `from_budget`, else `expected_optimum`."""
+    """The non-embedding N a budget's ladder is centred on.
+
+    The non-embedding N a budget's ladder is centred on (module docstring): the law in
+    `sweep.centre_law` for budgets above its `from_budget`, else `expected_optimum`.
+    """
     law = sweep.centre_law
     if law and budget > float(law["from_budget"]):
         n = float(law["n_coef"]) * float(budget) ** float(law["a"])
@@ -265,9 +279,12 @@ def ladder_centre(sweep: SweepConfig, budget: float) -> float:
 
 
 def non_embedding_for_total(total: float, vocab_size: int, context: int) -> float:
-    """The non-embedding N whose family shape has `total` parameters in all (embedding and head
+    """The non-embedding N whose family shape has `total` parameters in all.
+
+    The non-embedding N whose family shape has `total` parameters in all (embedding and head
     included): log-log interpolation between the two family members whose totals bracket it (the
-    smallest member's N below the family's smallest total)."""
+    smallest member's N below the family's smallest total).
+    """
     from ehrfm.shapes import n_params, n_params_total, shape_for_params
 
     def member(n):
@@ -437,8 +454,11 @@ def make_plan(sweep: SweepConfig) -> tuple[list[dict], list[str]]:
 
 
 def _wsd_rows(sweep: SweepConfig, base: TrainConfig, rows: list[dict]) -> list[dict]:
-    """Turn the plan's points into wsd trunks and branches (module docstring); UserError when the
-    plan cannot share trunks, saying why."""
+    """Turn the plan's points into wsd trunks and branches.
+
+    Turn the plan's points into wsd trunks and branches (module docstring); UserError when the
+    plan cannot share trunks, saying why.
+    """
     from ehrfm.config import warmup_steps_for, wsd_decay_start
 
     if base.schedule != "cosine" or base.trunk_dir or base.stable_checkpoints:
@@ -484,8 +504,11 @@ def _wsd_rows(sweep: SweepConfig, base: TrainConfig, rows: list[dict]) -> list[d
 
 
 def planned_flops(rows: list[dict]) -> float:
-    """FLOPs the sweep will really spend: every run's, except that a wsd branch spends only its
-    decay (its stable phase is its trunk's, counted once with the trunk)."""
+    """FLOPs the sweep will really spend.
+
+    FLOPs the sweep will really spend: every run's, except that a wsd branch spends only its
+    decay (its stable phase is its trunk's, counted once with the trunk).
+    """
     return float(sum(r["flops_per_token"] * (r["tokens"] - int(r.get("branch_tokens") or 0)) for r in rows))
 
 
@@ -595,8 +618,11 @@ def load_sweep(sweep_dir: str | Path) -> tuple[SweepConfig, list[dict]]:
 
 
 def _castable(have, want) -> bool:
-    """Does a plan column of type `have` hold what plan_schema's `want` means (ints as ints, any
-    number as a float, strings as strings, lists of ints as lists)?"""
+    """Whether a plan column's type matches the schema's.
+
+    Does a plan column of type `have` hold what plan_schema's `want` means (ints as ints, any
+    number as a float, strings as strings, lists of ints as lists)?
+    """
     import pyarrow.types as pt
 
     if have == want or pt.is_null(have):

@@ -902,8 +902,11 @@ def assign_splits(subject_ids: np.ndarray, fractions=(0.8, 0.1, 0.1), seed: int 
 
 # ------------------------------------------------------------------------------- the ETL
 def _resolve_tables(raw: Path, cfg: EtlConfig) -> tuple[list, dict, list[str], dict]:
-    """The tables to read (cfg.tables normalised in place), their files (None: absent), the absent
-    names and the columns used per present table; raises UserError on a required table missing."""
+    """The raw tables to read, their files and the columns used.
+
+    The tables to read (cfg.tables normalised in place), their files (None: absent), the absent
+    names and the columns used per present table; raises UserError on a required table missing.
+    """
     selected = select_tables(cfg.tables)
     cfg.tables = None if cfg.tables is None else selected
     has_ed = (raw / "ed").is_dir()

@@ -1,4 +1,6 @@
-"""Count-feature baseline (MEDS-Tab-like): codes in the history -> logistic regression and
+"""Count-feature baseline (MEDS-Tab-like) for clinical tasks.
+
+Count-feature baseline (MEDS-Tab-like): codes in the history -> logistic regression and
 histogram gradient boosting.
 
 For each label, every MEDS event of the subject with time <= prediction_time (plus the static,
@@ -78,8 +80,11 @@ def task_name(labels_path: str | os.PathLike) -> str:
 
 # --- MEDS side -------------------------------------------------------------------------------------
 def meds_subject_splits(meds_dir: str | os.PathLike | MedsDataset) -> pl.DataFrame:
-    """subject_id -> split, from the data/<split>/ dirs or metadata/subject_splits.parquet
-    (through the one MEDS reader, ehrfm.meds_io, so split aliases map the same everywhere)."""
+    """Map subject_id to its split.
+
+    subject_id -> split, from the data/<split>/ dirs or metadata/subject_splits.parquet
+    (through the one MEDS reader, ehrfm.meds_io, so split aliases map the same everywhere).
+    """
     ds = meds_dir if isinstance(meds_dir, MedsDataset) else open_meds(meds_dir, check_static=False)
     splits = ds.subject_splits()
     if splits.height == 0:
@@ -97,7 +102,9 @@ def attach_splits(labels: pl.DataFrame, splits: pl.DataFrame, labels_path, where
 
 
 def count_features(meds_dir, labels: pl.DataFrame, windows: list[tuple[str, int | None]]) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Long-format counts (label_idx, feature, count) of codes in each window, and per-label
+    """Code counts per label window, and each label's timeline bounds.
+
+    Long-format counts (label_idx, feature, count) of codes in each window, and per-label
     (label_idx, first_time, last_time, birth) timeline bounds.
 
     Only events with time <= prediction_time (or static, time null) are counted; a null-time row

@@ -46,8 +46,11 @@ def require_two_classes(y: np.ndarray, split: str, task: str) -> None:
 
 
 def small_problem_threads(n_rows: int, n_cols: int):
-    """One BLAS/OpenMP thread for small fits: on a shared machine, thread hand-offs cost far
-    more than the arithmetic (15x slower measured on 300 x 64 features); big fits keep all."""
+    """Limit BLAS/OpenMP to one thread for small fits.
+
+    One BLAS/OpenMP thread for small fits: on a shared machine, thread hand-offs cost far
+    more than the arithmetic (15x slower measured on 300 x 64 features); big fits keep all.
+    """
     import contextlib
 
     from threadpoolctl import threadpool_limits
@@ -58,7 +61,8 @@ def small_problem_threads(n_rows: int, n_cols: int):
 def distinct_rows(x) -> tuple[np.ndarray, np.ndarray]:
     """(first, inverse): the first index of each distinct row of x, and each row's distinct row.
 
-    Sparse rows are compared as (index, value) lists in canonical CSR form."""
+    Sparse rows are compared as (index, value) lists in canonical CSR form.
+    """
     if hasattr(x, "tocsr"):
         x = x.tocsr(copy=True)
         x.sum_duplicates()  # canonical: sorted indices, no repeats

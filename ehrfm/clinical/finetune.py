@@ -112,8 +112,11 @@ def _prevalence_head(d_model: int, prevalence: float, device):
 
 
 def _trainable(model, head, td, h, context, cfg: FinetuneConfig, device, task):
-    """What the optimizer trains: the head on frozen, precomputed features (returned, (n, d_model)),
-    or with --full the head and the whole model (features None: recomputed every step)."""
+    """The trainable parameters and, for a frozen model, precomputed features.
+
+    What the optimizer trains: the head on frozen, precomputed features (returned, (n, d_model)),
+    or with --full the head and the whole model (features None: recomputed every step).
+    """
     import torch
 
     from ehrfm.clinical.model_io import embed_histories
@@ -131,8 +134,10 @@ def _trainable(model, head, td, h, context, cfg: FinetuneConfig, device, task):
 
 
 def _train_with_early_stopping(model, head, opt, logits_of, predict, y, tr, tu, cfg: FinetuneConfig, task, device):
-    """Epochs over the train labels in a seeded order until the tuning score has not improved for
-    `patience` epochs. Returns (best, curve): best = (score, head state, model state or None, epoch)."""
+    """Epochs over the train labels in a seeded order until the tuning score has not improved for `patience` epochs.
+
+    Returns (best, curve): best = (score, head state, model state or None, epoch).
+    """
     import torch
     import torch.nn.functional as F
 

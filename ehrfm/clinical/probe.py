@@ -48,9 +48,12 @@ def load_label_histories(td: TokenDir, labels_path, max_labels: int | None, seed
 
 
 def load_head_inputs(cfg) -> tuple:
-    """(task, TokenDir, label Histories, model, its ModelConfig, context) of a head's config
+    """Load what a clinical head needs from its config.
+
+    (task, TokenDir, label Histories, model, its ModelConfig, context) of a head's config
     (ProbeConfig or FinetuneConfig: run_dir, tokens_dir, labels, task, max_labels, context,
-    device, seed), after seeding torch with cfg.seed. UserError: see load_run."""
+    device, seed), after seeding torch with cfg.seed. UserError: see load_run.
+    """
     import torch
 
     from ehrfm.clinical.model_io import load_run, resolve_context
