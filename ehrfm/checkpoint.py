@@ -261,6 +261,11 @@ def has_checkpoint(run_dir) -> bool:
 
 
 def read_state(run_dir) -> dict:
+    """The run's checkpoint/state.json as a dict.
+
+    Raises:
+        UserError: the file is missing, not valid JSON or not an object (ehrfm.io.read_json).
+    """
     return read_json(Path(run_dir) / CHECKPOINT_DIR / "state.json", "checkpoint state", expect=dict)
 
 

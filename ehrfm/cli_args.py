@@ -62,14 +62,17 @@ class Parser(argparse.ArgumentParser):
         return self
 
     def parse_known_args(self, args=None, namespace=None):
+        """As argparse.ArgumentParser.parse_known_args, after adding the deferred arguments."""
         self.populate()
         return super().parse_known_args(args, namespace)
 
     def format_help(self):
+        """As argparse.ArgumentParser.format_help, after adding the deferred arguments."""
         self.populate()
         return super().format_help()
 
     def format_usage(self):
+        """As argparse.ArgumentParser.format_usage, after adding the deferred arguments."""
         self.populate()
         return super().format_usage()
 

@@ -137,6 +137,7 @@ class ModelConfig(_DictConfig):
 
     @property
     def head_dim(self) -> int:
+        """Width of one attention head: d_model // n_head (even, checked for RoPE)."""
         return self.d_model // self.n_head
 
 
@@ -279,6 +280,11 @@ class TrainConfig(_DictConfig):
             raise UserError(f"train config: stable_checkpoints must be token counts >= 1 (got {self.stable_checkpoints})")
 
     def model_config(self, vocab_size: int) -> ModelConfig:
+        """The ModelConfig of this run's shape for a token dir of `vocab_size` tokens.
+
+        Raises:
+            UserError: the shape is invalid (ModelConfig's checks).
+        """
         return ModelConfig(
             n_layer=self.n_layer,
             d_model=self.d_model,

@@ -131,13 +131,15 @@ def hf_llama(cfg) -> torch.nn.Module:
 def training_step(model, kind: str, idx, targets, seg, autocast):
     """A closure that runs one training step of `model` on a fixed batch.
 
-    A closure that runs one training step of `model` on a fixed batch: forward, cross-entropy,
-    backward, AdamW (lr 1e-4). For the side-by-side benchmarks of `hf_llama`.
+    The step: forward, cross-entropy, backward, AdamW (lr 1e-4). For the side-by-side benchmarks
+    of `hf_llama`.
 
     Args:
         model: an ehrfm GPT (kind "ours": its fused head + loss, `return_logits=False`, as
             ehrfm.train runs) or a Hugging Face causal LM (kind "hf": logits, then F.cross_entropy).
-        idx, targets: (B, T) int64 token ids and next-token targets (-100: not scored).
+        kind: "ours" or "hf", as above.
+        idx: (B, T) int64 token ids.
+        targets: (B, T) int64 next-token targets (-100: not scored).
         seg: (B, T) subject ids of packed rows (block-diagonal attention), or None; GPT only.
         autocast: a zero-argument context manager factory (bf16 autocast, or a null context).
     """

@@ -94,10 +94,12 @@ class AuditResult:
 
     @property
     def clean(self) -> bool:
+        """True when no task has an outcome code in its histories, same-day date-only events or facts not known before prediction."""
         return not any(t.outcome_code_in_history or t.date_only_same_day or t.not_known_before_prediction
                        for t in self.tasks.values())
 
     def to_dict(self) -> dict:
+        """The audit as a JSON-ready dict (every field, plus "clean")."""
         return {**dataclasses.asdict(self), "clean": self.clean}
 
 

@@ -64,6 +64,7 @@ def parse_windows(spec: str) -> list[tuple[str, int | None]]:
 
 
 def task_name(labels_path: str | os.PathLike) -> str:
+    """The task of a label file: the "task" of its sidecar <stem>.json when readable, else the file stem."""
     p = Path(labels_path)
     side = p.with_suffix(".json")
     if side.is_file():
@@ -93,6 +94,20 @@ def meds_subject_splits(meds_dir: str | os.PathLike | MedsDataset) -> pl.DataFra
 
 
 def attach_splits(labels: pl.DataFrame, splits: pl.DataFrame, labels_path, where: str) -> pl.DataFrame:
+    """Join each label row to its subject's split.
+
+    Args:
+        labels: label rows with a subject_id column.
+        splits: subject_id -> split (`meds_subject_splits`).
+        labels_path: the label file, named in errors.
+        where: what `splits` came from, named in errors.
+
+    Returns:
+        `labels` with a "split" column.
+
+    Raises:
+        UserError: rows whose subject has no split (the row and subject counts are given).
+    """
     joined = labels.join(splits, on="subject_id", how="left")
     missing = joined["split"].null_count()
     if missing:

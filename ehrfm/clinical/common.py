@@ -38,6 +38,11 @@ def subsample_per_split(labels: pl.DataFrame, max_labels: int | None, seed: int)
 
 
 def require_two_classes(y: np.ndarray, split: str, task: str) -> None:
+    """Refuse labels y (n,) of one split that are empty or all one class.
+
+    Raises:
+        UserError: no labels, or only positives or only negatives (the count is given).
+    """
     n_pos = int(y.sum())
     if len(y) == 0:
         raise UserError(f"task {task}: no labels in the {split} split")
@@ -198,7 +203,9 @@ def split_predictions(labels: pl.DataFrame, p: np.ndarray, split: np.ndarray, sc
     scores the same rows; predictions_train.parquet etc. keep the rest (never mixed in).
 
     Args:
-        labels, p: as for prediction_frame. split: (n,) split name of each row.
+        labels: (n, ...) label rows, as for prediction_frame.
+        p: (n,) float P(y = 1) of every row, as for prediction_frame.
+        split: (n,) split name of each row.
         scored: the split(s) whose rows the metrics are computed on.
         prefix: folder inside OUT ("logistic_regression/" for one of several models).
     """

@@ -35,6 +35,25 @@ def _tuning_score(y: np.ndarray, p: np.ndarray) -> tuple[float, str]:
 
 
 def finetune(cfg: FinetuneConfig, out: str | os.PathLike, overwrite: bool = False) -> dict:
+    """Fine-tune a classification head (optionally the whole model) on a task; write OUT atomically.
+
+    Early stopping on the tuning AUROC (tuning log loss when tuning has one class), as the module
+    docstring describes; scored on held_out.
+
+    Args:
+        cfg: the run dir, token dir, labels, task, optimizer and early-stopping settings.
+        out: output directory: metrics.json, config.json, predictions*.parquet.
+        overwrite: replace `out` if it exists.
+
+    Returns:
+        The metrics written to metrics.json: binary_metrics (AUROC, AUPRC with intervals,
+        calibration) plus head, split, context, n_train, n_tuning, best_epoch, epochs (the curve)
+        and wall_s (seconds).
+
+    Raises:
+        UserError: `out` exists without overwrite, the run, token dir or labels cannot serve the task
+            (load_head_inputs), a split without labels or train labels of one class.
+    """
     import torch
 
     from ehrfm.clinical.model_io import batches_by_length, padded_batch

@@ -84,6 +84,7 @@ US_PER_DAY = 24 * US_PER_HOUR
 
 @dataclass
 class Stay:
+    """One hospital stay of a subject; times are microseconds since the epoch."""
     subject_id: int
     admission: int  # us since epoch
     discharge: int | None  # None: no discharge recorded
@@ -458,4 +459,5 @@ def epoch_us(labels: pl.DataFrame) -> np.ndarray:
 
 
 def us_to_datetime(us: int) -> datetime:
+    """A naive UTC datetime of `us` microseconds since the epoch."""
     return datetime.fromtimestamp(us / 1e6, tz=timezone.utc).replace(tzinfo=None)

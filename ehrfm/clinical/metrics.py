@@ -34,6 +34,16 @@ def _calibration_fit(y: np.ndarray, p: np.ndarray) -> tuple[float | None, float 
 
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error over `bins` equal-width probability bins (Naeini et al. 2015).
+
+    Args:
+        y: (n,) 0/1 labels.
+        p: (n,) predicted probabilities in [0, 1].
+        bins: number of equal-width bins over [0, 1].
+
+    Returns:
+        sum over bins of (share of rows in the bin) * |mean label - mean probability|.
+    """
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
     ece = 0.0
