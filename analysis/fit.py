@@ -87,12 +87,15 @@ class Approach1:
     points: list[dict]  # run_id, budget, flops, n_params, tokens, loss
 
     def n_opt(self, c):
+        """Compute-optimal parameters N_opt = n_coef * C^a at compute c (FLOPs; scalar or array)."""
         return self.n_coef * np.asarray(c, dtype=float) ** self.a
 
     def d_opt(self, c):
+        """Compute-optimal tokens D_opt = d_coef * C^b at compute c (FLOPs; scalar or array)."""
         return self.d_coef * np.asarray(c, dtype=float) ** self.b
 
     def loss(self, c):
+        """Loss of the law at compute c (FLOPs): loss_coef * C^loss_exponent, in the fit's loss unit."""
         return self.loss_coef * np.asarray(c, dtype=float) ** self.loss_exponent
 
 
@@ -157,13 +160,19 @@ class Approach3:
     at_bound: list = field(default_factory=list)  # varpro: exponents at the searched range's edge
 
     def loss(self, n, d):
+        """Predicted loss E + A / N^alpha + B / D^beta at parameters n and tokens d (broadcast arrays)."""
         n, d = np.asarray(n, dtype=float), np.asarray(d, dtype=float)
         return self.E + self.A / n**self.alpha + self.B / d**self.beta
 
     def n_opt(self, c):
+        """Compute-optimal parameters N_opt = G (C / k)^a at compute c (FLOPs), k = flops_per_param_token.
+
+        The minimiser of L(N, D) under C = k N D (Hoffmann et al. 2022, eq. 4).
+        """
         return self.G * (np.asarray(c, dtype=float) / self.flops_per_param_token) ** self.a
 
     def d_opt(self, c):
+        """Compute-optimal tokens D_opt = (C / k)^b / G at compute c (FLOPs), k = flops_per_param_token."""
         return (np.asarray(c, dtype=float) / self.flops_per_param_token) ** self.b / self.G
 
 
@@ -188,11 +197,17 @@ class UtilityFit:
     loss_link: dict | None = None
 
     def predict(self, c):
+        """AUROC predicted at compute c (FLOPs): 1 - coef * C^exponent, kept in [0.5, 1] (laws.auroc_from_law)."""
         return auroc_from_law(self.coef, self.exponent, c)
 
 
 @dataclass
 class FitResult:
+    """Everything a fit of a results table produced: the approaches, utility laws, hold-out, bootstrap draws.
+
+    Saved by write_fits as fits.json (to_json), fit_config.json and bootstrap.parquet; read back by
+    load_fit. An approach that could not be fitted is None, with the reason in `not_fitted`.
+    """
     approach1: Approach1 | None
     approach2: Approach2 | None
     approach3: Approach3 | None
@@ -210,6 +225,11 @@ class FitResult:
     draws: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict:
+        """The content of fits.json: every fitted part as plain JSON values, NaN written as null.
+
+        Utility laws are keyed by task ("auroc/mortality" -> "mortality"); other metric columns keep
+        their name.
+        """
         out = {}
         for name in ("approach1", "approach2", "approach3"):
             part = getattr(self, name)
@@ -272,6 +292,22 @@ A12_KEYS = ("a", "b", "n_coef", "d_coef", "loss_coef", "loss_exponent")
 
 
 def fit_approach1(res: Results, counts: np.ndarray | None, cfg: FitConfig):
+    """Fit Approach 1 (Hoffmann et al. 2022, section 3.1): power laws through the lower envelope of runs.
+
+    N_opt = n_coef C^a, D_opt = d_coef C^b and the envelope loss = loss_coef C^loss_exponent, fitted
+    through the lowest-loss run of each budget that beats every cheaper budget's best run.
+
+    Args:
+        res: the checked runs (n runs).
+        counts: (R, n) bootstrap multiplicities of each run, or None for no intervals.
+        cfg: the fit config (its confidence level).
+
+    Returns:
+        (Approach1, {"approach1/<key>": (R,) draws}) for the keys of A12_KEYS.
+
+    Raises:
+        UserError: the envelope spans fewer than 2 budgets.
+    """
     env = _envelope(res)
     if env.size < 2:
         raise UserError(
@@ -787,7 +823,9 @@ def fit_results(table, approaches=(1, 2, 3), bootstrap: int = 1000, seed: int = 
 
     Args:
         table: a results.parquet path, a polars frame of it, or a loaded `Results`.
-        approaches, bootstrap, seed: shorthands used only when `config` is None.
+        approaches: the approaches to fit (1, 2, 3); used only when `config` is None.
+        bootstrap: bootstrap replicates (0: no intervals); used only when `config` is None.
+        seed: fixes every random draw; used only when `config` is None.
         config: the full FitConfig (saved in fits.json).
 
     Returns:
@@ -900,6 +938,12 @@ def write_fits(fit: FitResult, out: str | Path, results: Results | None = None, 
 
 
 def runs_frame(res: Results):
+    """The fitted runs as a polars frame: what write_fits saves as runs.parquet.
+
+    Columns: run_id, budget, n_params (the count fitted), tokens, flops, the fitted loss column
+    (loss in nats/token or loss_per_event in nats/event), and when known n_params_non_embedding,
+    n_params_total, the utility columns, unique_tokens and epochs.
+    """
     import polars as pl
 
     # The fitted loss keeps its column name, so the unit stays with it (loss or loss_per_event).
@@ -1011,6 +1055,7 @@ def load_fits(fit_dir: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def dump(obj) -> str:
+    """JSON text of obj with NaN written as null."""
     return json.dumps(_finite_json(obj))
 
 

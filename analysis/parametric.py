@@ -229,18 +229,26 @@ class ParametricFit:
 
     @property
     def a(self) -> float:  # exponent of N_opt in C
+        """Exponent a = beta / (alpha + beta) of N_opt in C (Hoffmann et al. 2022, eq. 4)."""
         return self.beta / (self.alpha + self.beta)
 
     @property
     def b(self) -> float:  # exponent of D_opt in C
+        """Exponent b = alpha / (alpha + beta) of D_opt in C (Hoffmann et al. 2022, eq. 4)."""
         return self.alpha / (self.alpha + self.beta)
 
     def loss(self, n, d):
+        """Predicted loss E + A / N^alpha + B / D^beta at parameters n and tokens d (broadcast arrays)."""
         n, d = np.asarray(n, dtype=float), np.asarray(d, dtype=float)
         return self.E + self.A / n**self.alpha + self.B / d**self.beta
 
 
 def theta_to_params(theta) -> dict:
+    """The law's parameters from theta rows (..., 5) = (a, b, e, alpha, beta): E, A, B = exp(e, a, b).
+
+    Returns:
+        {"E", "A", "B", "alpha", "beta"}: arrays of theta's leading shape (inf where exp overflows).
+    """
     a, b, e, alpha, beta = np.asarray(theta, dtype=float).T
     with np.errstate(over="ignore"):  # a runaway bootstrap replicate gives inf, dropped from intervals
         return {"E": np.exp(e), "A": np.exp(a), "B": np.exp(b), "alpha": alpha, "beta": beta}
@@ -428,13 +436,16 @@ class VarProFit:
 
     @property
     def a(self) -> float:
+        """Exponent a = beta / (alpha + beta) of N_opt in C (Hoffmann et al. 2022, eq. 4)."""
         return self.beta / (self.alpha + self.beta)
 
     @property
     def b(self) -> float:
+        """Exponent b = alpha / (alpha + beta) of D_opt in C (Hoffmann et al. 2022, eq. 4)."""
         return self.alpha / (self.alpha + self.beta)
 
     def loss(self, n, d):
+        """Predicted loss E + A / N^alpha + B / D^beta at parameters n and tokens d (broadcast arrays)."""
         n, d = np.asarray(n, dtype=float), np.asarray(d, dtype=float)
         return self.E + self.A / n**self.alpha + self.B / d**self.beta
 
@@ -443,7 +454,9 @@ def fit_varpro(n_params, tokens, loss) -> VarProFit:
     """Fit L(N, D) by variable projection (see above): (alpha, beta) searched, (E, A, B) >= 0 solved.
 
     Args:
-        n_params, tokens, loss: (P,) positive arrays; P >= 5.
+        n_params: (P,) positive parameter counts; P >= 5.
+        tokens: (P,) positive training tokens.
+        loss: (P,) positive losses (nats).
 
     Returns:
         VarProFit.

@@ -129,8 +129,11 @@ def plot_isoflops(ax, fit, results, label: str | None = None, color=None) -> Non
     """Loss against model size per budget, the fitted parabola and its minimum.
 
     Args:
-        ax: matplotlib Axes. fit: FitResult (or a fit dir). results: Results or a results table path.
-        label: prefix of the legend entries (which sweep). color: one colour for everything drawn.
+        ax: matplotlib Axes.
+        fit: FitResult (or a fit dir).
+        results: Results or a results table path.
+        label: prefix of the legend entries (which sweep).
+        color: one colour for everything drawn.
     """
     fit = _fit(fit)
     results = _results(results, fit)

@@ -38,6 +38,7 @@ EXTRAPOLATION_WARN = 10.0  # warn past this factor beyond the largest fitted bud
 
 @dataclass
 class ApproachPrediction:
+    """One approach's prediction at the budget: N_opt, D_opt and loss with intervals, and whether to trust it."""
     approach: int
     n_opt: float
     n_opt_ci: list[float]
@@ -51,6 +52,11 @@ class ApproachPrediction:
 
 @dataclass
 class Recommendation:
+    """What a compute budget `flops` (FLOPs) should buy, per `recommend`.
+
+    Headline N_opt (parameters), D_opt (tokens) and loss (the fit's loss unit) come from `approach`;
+    each approach's own prediction is in `per_approach`; intervals are the fit's confidence level.
+    """
     flops: float
     approach: int  # the approach the headline numbers come from
     n_opt: float

@@ -16,6 +16,7 @@ from ehrfm.results import Status
 
 @dataclass(frozen=True)
 class Law:
+    """A parametric law L(N, D) = E + A / N^alpha + B / D^beta (Hoffmann et al. 2022, Approach 3 form)."""
     E: float
     A: float
     B: float
@@ -23,9 +24,15 @@ class Law:
     beta: float
 
     def loss(self, n, d):
+        """Loss of the law at parameters n and tokens d (broadcast arrays)."""
         return self.E + self.A / np.asarray(n, dtype=float) ** self.alpha + self.B / np.asarray(d, dtype=float) ** self.beta
 
     def n_opt(self, c, flops_per_param_token: float = 6.0):
+        """Compute-optimal parameters at compute c (FLOPs) under C = k N D, k = flops_per_param_token.
+
+        N_opt = G (C / k)^(beta / (alpha + beta)), G = (alpha A / (beta B))^(1 / (alpha + beta))
+        (Hoffmann et al. 2022, eq. 4); k = 6 is the 6 N FLOPs per token of Kaplan et al. (2020).
+        """
         G = (self.alpha * self.A / (self.beta * self.B)) ** (1 / (self.alpha + self.beta))
         return G * (np.asarray(c, dtype=float) / flops_per_param_token) ** (self.beta / (self.alpha + self.beta))
 

@@ -72,13 +72,16 @@ class Results:
 
     @property
     def n(self) -> int:
+        """Number of runs."""
         return int(self.n_params.size)
 
     @property
     def multi_epoch(self) -> bool:
+        """Whether any run trained for more than one epoch over its unique tokens."""
         return self.epochs is not None and bool(np.nanmax(self.epochs, initial=1.0) > 1.0 + 1e-9)
 
     def subset(self, mask: np.ndarray) -> Results:
+        """These runs restricted to `mask` (a boolean mask or indices over the n runs); table metadata kept."""
         pick = lambda v: None if v is None else v[mask]  # noqa: E731
         return Results(
             source=self.source, run_id=self.run_id[mask], n_params=self.n_params[mask], tokens=self.tokens[mask],
