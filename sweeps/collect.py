@@ -69,6 +69,12 @@ def status_rows(sweep_dir: str | Path) -> list[dict]:
 
 
 def print_status(rows: list[dict], file=sys.stdout) -> None:
+    """Print the runs' status table, the error of each failed or diverged run, and a count per state.
+
+    Args:
+        rows: one dict per run with run_id, budget, n_params, tokens, state, loss, job_id, error.
+        file: where the table and errors go (the counts go through ehrfm.io.summary).
+    """
     columns = [("run_id", "run", "<34"), ("budget", "budget", ">8.2g"), ("n_params", "N", ">9.3g"), ("tokens", "D", ">10.3g"),
                ("state", "state", "<11"), ("loss", "loss", ">8.4f"), ("job_id", "job id", "<14")]
     for line in text_table(columns, rows):

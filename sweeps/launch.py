@@ -110,12 +110,14 @@ class LaunchConfig:
 
 @dataclass
 class LaunchReport:
+    """What a launch did: runs submitted, their job ids, and the runs skipped per state."""
     submitted: list[str]
     job_ids: dict[str, str]
     skipped: dict[str, list[str]]  # state -> run ids not submitted
     final_states: dict[str, str] = field(default_factory=dict)  # after waiting
 
     def reason(self) -> str:
+        """The skipped runs as text, e.g. "3 completed, 1 failed (pass --retry-failed ...)", or "none"."""
         parts = [f"{len(v)} {k}" for k, v in sorted(self.skipped.items()) if v]
         text = ", ".join(parts) if parts else "none"
         if self.skipped.get(Status.FAILED):
@@ -145,6 +147,11 @@ def parse_time_minutes(text: str) -> int:
 
 
 def check_executor(executor: str) -> None:
+    """Refuse an unknown executor, or "slurm" where the SLURM commands are not on PATH.
+
+    Raises:
+        UserError: the executor is not one of EXECUTORS, or sbatch, srun, squeue or scontrol is missing.
+    """
     if executor not in EXECUTORS:
         raise UserError(f"unknown executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
     if executor == "slurm":
@@ -466,6 +473,7 @@ def _visible_gpus() -> list[int]:
 
 @dataclass
 class LocalSlots:
+    """How a local launch runs its jobs: jobs at once, CPU threads per trainer, GPUs per slot."""
     max_parallel: int  # jobs at once
     threads: int  # CPU threads per trainer
     gpu_groups: list  # one list of GPU indices per slot ([] without GPUs)

@@ -118,6 +118,7 @@ class SweepConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> SweepConfig:
+        """A SweepConfig from a sweep.json dict; unknown keys are ignored."""
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -347,6 +348,7 @@ def centre_law_from_fit(fit_path: str | Path, budgets: list[float]) -> tuple[dic
 
 
 def smallest_shape(vocab_size: int, context: int) -> ModelConfig:
+    """The smallest model shape a sweep may plan: 1 layer, d_model 16, for this vocabulary and context."""
     from ehrfm.shapes import head_dim_for
 
     return ModelConfig(n_layer=1, d_model=16, n_head=16 // head_dim_for(16), context=context, vocab_size=vocab_size)
@@ -649,6 +651,16 @@ def check_tokenizer(sweep: SweepConfig, sweep_dir: Path) -> None:
 
 
 def print_plan(sweep: SweepConfig, rows: list[dict], warnings: list[str], out: Path, file=sys.stdout) -> None:
+    """Print a planned sweep: one table row per run, warnings on stderr, and a one-line summary.
+
+    Args:
+        sweep: the planned sweep's config (budgets, schedule, centre law, planned FLOPs).
+        rows: one dict per run (run_id, budget, n_params, n_layer, d_model, n_head, tokens, steps,
+            epochs, trunk_id for wsd).
+        warnings: the planner's warnings.
+        out: the sweep dir, named in the summary.
+        file: where the table goes.
+    """
     from ehrfm.io import text_table
 
     columns = [("run_id", "run_id", "<34"), ("budget", "budget", ">8.2g"), ("n_params", "N", ">9.3g"), ("n_layer", "L", ">3"),

@@ -39,6 +39,7 @@ _RESULT_HINT = "delete it and relaunch the sweep: the run resumes from its check
 
 @dataclass
 class RunState:
+    """One run's state (see the module docstring), its job and, when finished, its result."""
     run_id: str
     state: Status
     job_id: str | None = None
@@ -47,14 +48,17 @@ class RunState:
 
 
 def runs_dir(sweep_dir: Path) -> Path:
+    """SWEEP/runs: the run dirs of a sweep."""
     return Path(sweep_dir) / "runs"
 
 
 def record_path(sweep_dir: Path, run_id: str) -> Path:
+    """SWEEP/jobs/<run_id>.json: the launcher's record of a run's job."""
     return Path(sweep_dir) / "jobs" / f"{run_id}.json"
 
 
 def log_path(sweep_dir: Path, run_id: str) -> Path:
+    """SWEEP/logs/<run_id>.log: a run's job log."""
     return Path(sweep_dir) / "logs" / f"{run_id}.log"
 
 

@@ -183,6 +183,12 @@ EVENT_SCHEMA = {
 
 @dataclass
 class EtlConfig:
+    """Everything that decides a raw MIMIC-IV -> MEDS conversion; saved in metadata/etl_config.json.
+
+    Sizes: shard_subjects in subjects, batch_bytes in bytes, chunk_events in events. Split fractions
+    are (train, tuning, held_out); subjects are split by a stable hash of subject_id seeded by
+    split_seed unless splits_file is given.
+    """
     raw: str
     out: str
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
@@ -229,6 +235,7 @@ class Context:
     ed_stays: pl.DataFrame | None = None  # stay_id, intime, outtime of ed/edstays (triage and ED diagnoses)
 
     def drop(self, reason: str, n: int, table: str | None = None) -> None:
+        """Count `n` events dropped for `reason` under `table` (default: the table being staged)."""
         if n:
             d = self.drops.setdefault(table or self.table, {})
             d[reason] = d.get(reason, 0) + int(n)
@@ -666,6 +673,7 @@ DICTIONARIES = {
 
 # ------------------------------------------------------------------------------- reading raw
 def find_table(raw: Path, name: str) -> Path | None:
+    """The file of raw table `name` (e.g. "hosp/labevents") under `raw`: .csv.gz, else .csv, else None."""
     for ext in (".csv.gz", ".csv"):
         p = raw / f"{name}{ext}"
         if p.is_file():

@@ -320,6 +320,7 @@ T = TAIL["rank"].size
 
 @dataclass
 class SynthConfig:
+    """What decides a synthetic MIMIC-IV dataset: patients, seed, first subject id, base ICU vitals interval (hours)."""
     n_patients: int = 1000
     seed: int = 0
     first_subject_id: int = 10_000_000

@@ -92,6 +92,11 @@ CONVENTIONS = (
 
 @dataclass
 class TokenizeConfig:
+    """Everything that decides a token dir; saved as its config.json.
+
+    min_count is in train events; codes is "hierarchical" or "flat"; n_quantiles is the number of
+    value bins per numeric code (its n_quantiles - 1 train quantiles are the edges).
+    """
     meds_dir: str
     out: str
     tokenizer: str | None = None  # an existing tokenizer.json applied unchanged
@@ -607,6 +612,7 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
         overwrite: replace `out` when it exists.
         min_count: the least number of train events a code token must encode (when fitting).
         codes: "hierarchical" (default when fitting) or "flat"; with `tokenizer`, None or its own mode.
+        **options: n_quantiles, the number of value bins per numeric code (default N_QUANTILES).
 
     Returns:
         stats.json's content plus out, subjects, events, tokens. Per split, stats.json holds:
@@ -621,6 +627,7 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
     Raises:
         UserError: missing or invalid input, `out` exists without overwrite, a mode that
             contradicts the applied tokenizer's.
+        TypeError: an option other than n_quantiles.
     """
     t0 = time.time()
     meds = Path(meds)
