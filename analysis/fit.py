@@ -370,7 +370,20 @@ def fit_approach2(res: Results, rng: np.random.Generator, cfg: FitConfig, warn):
 
     Approach 2 (Hoffmann et al. 2022, section 3.2): a parabola of loss in ln N per IsoFLOP budget,
     then power laws of its minimum (N_opt, D_opt, L_min) in C. Bootstrap: runs resampled within
-    each budget, the power laws refitted per draw. Returns (Approach2, {"approach2/<key>": draws}).
+    each budget, the power laws refitted per draw.
+
+    Args:
+        res: the checked runs.
+        rng: the generator of the within-budget resamples.
+        cfg: bootstrap replicates R, confidence level and the parabola checks.
+        warn: called with a message for each budget left out.
+
+    Returns:
+        (Approach2, {"approach2/<key>": (R,) draws}) for the keys of A12_KEYS: N_opt = n_coef C^a
+        (parameters), D_opt = d_coef C^b (tokens), L_min = loss_coef C^loss_exponent (C in FLOPs).
+
+    Raises:
+        UserError: fewer than 2 budgets give a usable parabola minimum.
     """
     R = cfg.bootstrap
     fits: list[BudgetFit] = []
@@ -507,6 +520,18 @@ def fit_approach3(res: Results, counts: np.ndarray | None, cfg: FitConfig):
     Approach 3: L(N, D) = E + A / N^alpha + B / D^beta by cfg.approach3_method (variable
     projection by default; "huber-lbfgs" as Hoffmann et al. 2022), bootstrap intervals from
     resampling runs, and which parameters the data identify (IDENTIFIED_DECADES).
+
+    Args:
+        res: the checked runs (n runs); multi-epoch tables are fitted on Muennighoff effective tokens.
+        counts: (R, n) bootstrap multiplicities of each run, or None for no intervals.
+        cfg: approach3_method, huber_delta, bootstrap_starts, confidence and r_star (effective data).
+
+    Returns:
+        (Approach3, {"approach3/<key>": (R,) draws}) for the keys of A3_KEYS.
+
+    Raises:
+        UserError: fewer than 5 completed runs, an unknown approach3_method, or a degenerate best
+            fit (alpha, beta, A or B not positive: no compute-optimal frontier).
     """
     if res.n < 5:
         raise UserError(f"Approach 3 fits 5 parameters; {res.source} has {res.n} completed runs")
@@ -911,8 +936,20 @@ def multi_epoch_runs(res: Results) -> list[dict]:
 def write_fits(fit: FitResult, out: str | Path, results: Results | None = None, overwrite: bool = False, plots: bool = True) -> Path:
     """Write a fit directory FIT/ atomically.
 
-    Write FIT/: fits.json, fit_config.json, fits.md, bootstrap.parquet, runs.parquet (the
-    checked runs, when `results` is given) and the plots; atomically.
+    Args:
+        fit: what fit_results returned.
+        out: the directory FIT to create.
+        results: the checked runs; when given, runs.parquet (`runs_frame`) and, with `plots`,
+            the PNG and PDF plots (analysis.plots.make_plots) are written too.
+        overwrite: replace `out` when it exists.
+        plots: draw the plots (needs `results`).
+
+    Returns:
+        Path(out), holding fits.json, fit_config.json (FitConfig plus the Approach 3 start grid),
+        fits.md, bootstrap.parquet (when there are draws), runs.parquet and the plots.
+
+    Raises:
+        UserError: `out` exists without overwrite, or is a file (ehrfm.io.atomic_dir).
     """
     import polars as pl
 

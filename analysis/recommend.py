@@ -243,9 +243,29 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
               vocab_size: int | None = None, context: int | None = None, r_star: float = R_STAR_DATA) -> Recommendation:
     """Recommend a model and data size for compute budget `flops` from a fit.
 
-    Recommend for compute budget `flops` from a fit (a FIT directory, a fits.json path, or an
-    analysis.fit.FitResult). `approach` picks the headline (default: 3, else 2, else 1).
-    unique_tokens, vocab_size and context default to what the fitted results table recorded.
+    Each fitted approach predicts N_opt, D_opt and the loss at `flops` (Approach 3 from its
+    compute-optimal frontier, Hoffmann et al. 2022 eq. 4; Approaches 1-2 from their power laws),
+    with percentile-bootstrap intervals from the fit's draws. When D_opt exceeds the unique tokens,
+    the data-constrained view of Muennighoff et al. (2023) is added when Approach 3 was fitted
+    (effective data, R* = r_star).
+
+    Args:
+        fits: a FIT directory, a fits.json path, or an analysis.fit.FitResult.
+        flops: the compute budget C in FLOPs (> 0).
+        unique_tokens: unique training tokens available (default: the fitted table's).
+        approach: the headline approach (1, 2 or 3); default: the first of 3, 2, 1 that passes
+            `trust`, else 3 (else 2, else 1).
+        vocab_size: V for the concrete shape (default: the fitted table's).
+        context: T for the concrete shape (default: the fitted table's).
+        r_star: Muennighoff's R*_D, the repetitions after which repeated tokens add little.
+
+    Returns:
+        Recommendation: N_opt (parameters, in the fit's n_count), D_opt (tokens), loss (the fit's
+        loss unit), epochs, utility predictions per task, a model shape, warnings.
+
+    Raises:
+        UserError: flops not a positive number, a fit without approaches, an approach that was not
+            fitted, or an unreadable fit.
     """
     fit_json, draws, conf = _load(fits)
     if not (flops and math.isfinite(flops) and flops > 0):

@@ -115,7 +115,15 @@ def request_stop() -> None:
 
 
 def tokens_for(cfg: TrainConfig, model_cfg: ModelConfig) -> int:
-    """D: the configured token count, or floor(flops / flops_per_token)."""
+    """D, the tokens a run trains: the configured token count, or floor(flops / flops_per_token).
+
+    Args:
+        cfg: the run's config; exactly one of cfg.tokens (tokens) and cfg.flops (FLOPs) is set.
+        model_cfg: the run's model shape, for ehrfm.shapes.flops_per_token (FLOPs per token).
+
+    Returns:
+        D in tokens (0 when the FLOP budget is less than one token's FLOPs).
+    """
     if cfg.tokens is not None:
         return int(cfg.tokens)
     return int(math.floor(float(cfg.flops) / flops_per_token(model_cfg)))
@@ -160,6 +168,14 @@ def lr_at(step: int, n_steps: int, cfg: TrainConfig) -> float:
     (cfg.schedule "cosine"), or warmup-stable-decay ("wsd", Hägele et al. 2024, arXiv
     2405.18392): constant cfg.lr until `wsd_decay_start`, then linear or 1-sqrt decay reaching
     min_lr_ratio * lr at the last step, the same final lr as the cosine schedule.
+
+    Args:
+        step: the optimizer step, 0 <= step < n_steps.
+        n_steps: the run's optimizer steps.
+        cfg: lr, min_lr_ratio, schedule, warmup_frac / warmup_steps, decay_fraction, decay_shape.
+
+    Returns:
+        The learning rate (the unit of cfg.lr).
     """
     warmup = warmup_steps_for(n_steps, cfg)
     if cfg.schedule == "wsd":
@@ -215,7 +231,16 @@ def _stable_steps(cfg: TrainConfig, n_steps: int, step_tokens: int) -> dict[int,
 
 
 def branch_point(cfg: TrainConfig, n_steps: int, step_tokens: int) -> tuple[int, int]:
-    """(step, tokens) where a WSD branch leaves its trunk: its own decay start."""
+    """(step, tokens) where a WSD branch leaves its trunk: its own decay start.
+
+    Args:
+        cfg: the branch's config (decay_fraction).
+        n_steps: the branch's optimizer steps.
+        step_tokens: tokens per optimizer step (batch_size * context).
+
+    Returns:
+        (wsd_decay_start(n_steps, cfg), that step times step_tokens): 0-based step, tokens.
+    """
     step = wsd_decay_start(n_steps, cfg)
     return step, step * step_tokens
 
@@ -496,10 +521,21 @@ def evaluate_subjects(model, eval_rows: PackedRows, batch_size: int, device, aut
 
 
 def evaluate(model, eval_rows: PackedRows, batch_size: int, device, autocast, dd: _Dist, per_subject: bool = False):
-    """Mean next-token loss (nats) over the eval rows.
+    """Mean next-token loss (nats/token) over the eval rows.
 
-    Mean next-token loss (nats) over the eval rows' scored targets; with per_subject, the tuple
-    (mean, nats summed per eval subject, scored targets per eval subject) (`evaluate_subjects`).
+    Args:
+        model: the GPT (or its DDP wrapper); put in eval mode for the pass, then restored.
+        eval_rows: the packed held-out rows (n_rows, T).
+        batch_size: rows per forward pass.
+        device: where the model is.
+        autocast: a zero-argument context manager factory (bf16 autocast or a null context).
+        dd: the distributed setup; each rank scores its round-robin share, sums are all-reduced.
+        per_subject: also return the per-subject sums.
+
+    Returns:
+        The mean loss over the eval rows' scored targets (nats/token); with per_subject, the tuple
+        (mean, nats summed per eval subject (S,), scored targets per eval subject (S,))
+        (`evaluate_subjects`).
     """
     loss_sums, counts = evaluate_subjects(model, eval_rows, batch_size, device, autocast, dd)
     mean = float(loss_sums.sum() / counts.sum())
@@ -529,7 +565,23 @@ def ratio_se(num: np.ndarray, den: np.ndarray) -> float | None:
 def train(cfg: TrainConfig, handle_signals: bool = True) -> dict:
     """Train one model as configured; returns the result dict (also RUN/result.json, unless interrupted).
 
-    handle_signals: install SIGTERM/SIGUSR1 handlers (main thread only) for the duration of the run.
+    Trains exactly D = tokens_for(cfg, ...) tokens with AdamW and the cosine or WSD schedule
+    (`lr_at`), resuming from RUN/checkpoint/ when present; see the module docstring for the run
+    dir, stops, divergence and WSD branches.
+
+    Args:
+        cfg: the run's config (token dir, out dir, shape, budget in tokens or FLOPs, optimizer).
+        handle_signals: install SIGTERM/SIGUSR1 handlers (main thread only) for the duration of the run.
+
+    Returns:
+        result.json's content: status ("completed", "failed", "diverged"; "interrupted" when
+        stopped, without result.json), n_params, n_params_total, vocab_size, tokens, flops (FLOPs),
+        val_loss (nats/token), loss_per_event (nats/event), wall_s (seconds), tokens_per_s, error ...
+
+    Raises:
+        UserError: a bad config or token dir, a budget under one token, or a resume or WSD branch
+            whose run dir, tokenizer, data or config does not match.
+        RunDirBusyError: another trainer holds the run dir's lock (a UserError).
     """
     dd = _Dist(cfg.device)
     old_handlers = {}

@@ -253,6 +253,17 @@ def expected_optimum(budget: float, tokens_per_param: float, vocab_size: int, co
 
     flops_per_token = 6 N g(N), g >= 1 holding the head and attention terms (large for small
     models), so N = sqrt(C / (6 r g)); a few fixed-point steps through real shapes settle g.
+    With g = 1 this is the C = 6 N D rule (Kaplan et al. 2020) at D/N = r (Hoffmann et al. 2022
+    find r ~ 20 for text).
+
+    Args:
+        budget: compute budget C in FLOPs.
+        tokens_per_param: r = D/N at the optimum.
+        vocab_size: V of the token dir.
+        context: T of every run.
+
+    Returns:
+        N*(C), non-embedding parameters (a float; not snapped to a shape).
     """
     from ehrfm.shapes import n_params, shape_for_params
 
@@ -539,11 +550,31 @@ def plan_sweep(
 ) -> tuple[SweepConfig, list[dict], list[str]]:
     """Plan an IsoFLOP sweep into `out` (sweep.json + plan.parquet); returns (config, rows, warnings).
 
-    centre_from: a fit dir (or its fits.json) of this sweep's smaller budgets: the budgets above its
-    largest are centred on its Approach 2 N_opt law (module docstring; `centre_law_from_fit`).
+    The IsoFLOP design of Hoffmann et al. (2022, Approach 2): per budget C, `sizes` model sizes on
+    a shared log-spaced ladder around N*(C), each trained for D = floor(C / flops_per_token) tokens
+    (module docstring). Re-planning an existing sweep dir is allowed (same ids for the same runs,
+    runs/ kept) only with the same tokenizer; a sweep dir planned on another tokenizer is refused.
 
-    Re-planning an existing sweep dir is allowed (same ids for the same runs, runs/ kept) only
-    with the same tokenizer; a sweep dir planned on another tokenizer is refused.
+    Args:
+        tokens_dir: the token dir every run trains on.
+        budgets: compute budgets C in FLOPs (positive, finite; sorted and deduplicated).
+        out: the sweep dir to write.
+        sizes: model sizes per budget.
+        span_dex: the ladder spans N*(C) * 10^(+-span_dex) (decades).
+        tokens_per_param: D/N at the ladder's centre N*(C) (`expected_optimum`).
+        context: T, tokens per sequence of every run.
+        min_steps: warn for runs with fewer optimizer steps.
+        train: TrainConfig options shared by every run (not the per-run ones the planner sets).
+        schedule: "cosine" (every run alone) or "wsd" (trunks and branches, Hägele et al. 2024).
+        centre_from: a fit dir (or its fits.json) of this sweep's smaller budgets: the budgets above
+            its largest are centred on its Approach 2 N_opt law (module docstring; `centre_law_from_fit`).
+
+    Returns:
+        (SweepConfig as saved in sweep.json, one dict per planned run as in plan.parquet, warnings).
+
+    Raises:
+        UserError: per-run train options given, non-positive budgets, a bad token dir or fit, a
+            sweep dir planned on another tokenizer, or a wsd plan whose points cannot share trunks.
     """
     import ehrfm
     from ehrfm.tokens import TokenDir

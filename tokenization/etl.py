@@ -965,10 +965,15 @@ def _etl_result(out, split_of, counts: dict, rows_in: dict, missing: list[str], 
 def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False, **options) -> dict:
     """Convert a raw MIMIC-IV directory to a MEDS dataset at `out`; return a summary dict.
 
-    Options (EtlConfig fields): split_fractions=(train, tuning, held_out), split_seed,
-    splits_file (an existing subject_splits.parquet), shard_subjects, dataset_name, dataset_version,
-    tables (names for select_tables; None: every table present), batch_bytes (CSV block size read at
-    a time), chunk_events (events assembled at a time within a shard).
+    Args:
+        raw: the raw MIMIC-IV 2.x/3.x root (hosp/, icu/, optionally ed/; .csv.gz or .csv).
+        out: the MEDS dataset dir to write (data/<split>/*.parquet, metadata/), atomically.
+        overwrite: replace `out` when it exists.
+        **options: EtlConfig fields: split_fractions=(train, tuning, held_out), split_seed,
+            splits_file (an existing subject_splits.parquet), shard_subjects, dataset_name,
+            dataset_version, tables (names for select_tables; None: every table present),
+            batch_bytes (CSV block size read at a time, bytes), chunk_events (events assembled at
+            a time within a shard). Any other name is a TypeError.
 
     Returns:
         dict with subjects, events, codes, subjects_per_split, events_per_split, tables_used,

@@ -225,7 +225,26 @@ def _fmt(m: dict) -> str:
 
 
 def baseline(cfg: BaselineConfig, out: str | os.PathLike, overwrite: bool = False) -> dict:
-    """Fit both count-feature models on train (tuning for C), score on held_out, write OUT."""
+    """Fit both count-feature models on train (tuning for C), score on held_out, write OUT.
+
+    A MEDS-Tab-like baseline: code counts in each history window, then logistic regression
+    (L2 strength C chosen by tuning AUROC) and histogram gradient boosting on the most frequent
+    features plus age.
+
+    Args:
+        cfg: the MEDS dir, labels, task, windows, feature limits, bootstrap, seed.
+        out: output directory: metrics.json, config.json and per model
+            <model>/predictions*.parquet (atomically).
+        overwrite: replace `out` if it exists.
+
+    Returns:
+        metrics.json's content: task, head, split, n, n_positive, prevalence, n_train, n_tuning,
+        n_features, models ({model: binary_metrics ...}), wall_s (seconds).
+
+    Raises:
+        UserError: `out` exists without overwrite, bad labels or MEDS data, train labels of one
+            class, or no held_out labels.
+    """
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     from ehrfm.io import summary
