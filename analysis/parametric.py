@@ -264,7 +264,24 @@ def _polish(theta, log_n, log_d, log_loss, weights=None, delta=HUBER_DELTA):
 
 
 def fit_parametric(n_params, tokens, loss, starts: np.ndarray | None = None, delta: float = HUBER_DELTA) -> ParametricFit:
-    """Fit L(N, D) from every start of the grid (default: the full 4,500) and keep the best."""
+    """Fit L(N, D) from every start of the grid (default: the full 4,500) and keep the best.
+
+    Hoffmann et al. (2022, appendix D.2) as replicated by Besiroglu et al. (2024): Huber loss on
+    ln L residuals, L-BFGS from every start (batched), the best polished with scipy's L-BFGS-B.
+
+    Args:
+        n_params: (P,) positive parameter counts N; P >= 5.
+        tokens: (P,) positive training tokens D.
+        loss: (P,) positive losses L (nats).
+        starts: (S, 5) starting thetas in PARAM_NAMES order (default: init_grid()).
+        delta: the Huber threshold on ln L residuals.
+
+    Returns:
+        ParametricFit, with the best distinct local optima kept as bootstrap refit starts.
+
+    Raises:
+        ValueError: fewer than 5 points.
+    """
     log_n, log_d, log_loss = (np.log(np.asarray(v, dtype=np.float64)) for v in (n_params, tokens, loss))
     if log_n.size < 5:
         raise ValueError(f"the parametric law has 5 parameters; {log_n.size} points are too few")

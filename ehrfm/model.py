@@ -79,7 +79,18 @@ def segment_positions(segment_ids: torch.Tensor) -> torch.Tensor:
 
 
 def attention_layout(segment_ids: torch.Tensor | None, T: int, device: torch.device, backend: str = "auto") -> AttentionLayout:
-    """Pick the cheapest exact kernel for this batch's segment structure."""
+    """Pick the cheapest exact kernel for this batch's segment structure.
+
+    Args:
+        segment_ids: (B, T) packed-sequence labels, or None (one sequence per row).
+        T: sequence length.
+        device: where the batch is; xformers is tried only on CUDA.
+        backend: "auto", "sdpa" or "xformers".
+
+    Returns:
+        AttentionLayout "causal" (one segment per row), "xformers" (a BlockDiagonalCausalMask over
+        the flattened batch) or "mask" (a (B, 1, T, T) boolean block-diagonal causal mask).
+    """
     if segment_ids is None or bool((segment_ids == segment_ids[:, :1]).all()):
         return AttentionLayout("causal")
     if device.type == "cuda" and backend in ("auto", "xformers") and _xformers_ops():
@@ -145,7 +156,11 @@ class LinearCrossEntropy(torch.autograd.Function):
 
 
 def rope_cache(context: int, head_dim: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin tables (context, head_dim) in the 'rotate half' layout of Llama / HF."""
+    """RoPE tables (Su et al. 2021): cos, sin, each (context, head_dim) float32.
+
+    In the 'rotate half' layout of Llama / HF: frequencies theta^(-2i / head_dim), repeated for
+    the two halves.
+    """
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
     angles = torch.outer(torch.arange(context, dtype=torch.float32, device=device), inv_freq)
     angles = torch.cat([angles, angles], dim=-1)
@@ -416,7 +431,10 @@ class GPT(nn.Module):
         return logits, loss
 
     def hidden_states(self, idx, segment_ids=None, positions=None) -> torch.Tensor:
-        """Final-normed hidden states (B, T, d_model). Rows may be right-padded (causal)."""
+        """Final-normed hidden states (B, T, d_model) of ids idx (B, T). Rows may be right-padded (causal).
+
+        segment_ids and positions as for `forward`; ValueError when T exceeds the context.
+        """
         return self._trunk(idx, segment_ids, positions)
 
     # --- incremental decoding -------------------------------------------------------------------
@@ -470,6 +488,17 @@ class GPT(nn.Module):
 
         Rows that emitted a stop token keep emitting it; generation ends when all rows have
         stopped or the context is full. temperature 0 is greedy.
+
+        Args:
+            idx: (B, t) int64 prompt token ids (unpadded rows of equal length).
+            max_new_tokens: the most tokens to add (also capped by the context).
+            temperature: softmax temperature; 0 takes the argmax.
+            top_k: sample only among the k most likely tokens (None: all).
+            generator: the torch.Generator of the draws (for reproducible samples).
+            stop_tokens: token ids that end a row.
+
+        Returns:
+            (B, t + n) int64: the prompt followed by the n generated tokens.
         """
         B, t = idx.shape
         n = min(max_new_tokens, self.config.context - t)
