@@ -261,10 +261,10 @@ def _finite_json(obj):
 
 
 def _envelope(res: Results, mask: np.ndarray | None = None) -> np.ndarray:
-    """Indices of the lower-envelope runs (best loss per budget, falling with compute).
+    """Indices of the lower-envelope runs (Approach 1).
 
-    Indices of the lower-envelope runs: the lowest-loss run of each budget, kept when its loss
-    is below that of every cheaper budget's best run.
+    The lowest-loss run of each budget, kept when its loss is below that of every cheaper budget's
+    best run.
     """
     idx = np.arange(res.n) if mask is None else np.flatnonzero(mask)
     best = []
@@ -919,8 +919,8 @@ def fit_results(table, approaches=(1, 2, 3), bootstrap: int = 1000, seed: int = 
 def multi_epoch_runs(res: Results) -> list[dict]:
     """The fitted runs trained for more than one epoch over their unique tokens.
 
-    The fitted runs trained for more than one epoch over their unique tokens: {run_id, budget,
-    epochs}, most repeated first (flagged in fits.md; FitConfig.max_epochs can leave them out).
+    {run_id, budget, epochs}, most repeated first (flagged in fits.md; FitConfig.max_epochs can
+    leave them out).
     """
     if res.epochs is None:
         return []

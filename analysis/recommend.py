@@ -1,7 +1,7 @@
 """What a compute budget should buy, with intervals.
 
-What a compute budget should buy: N_opt, D_opt, a concrete model shape, the predicted loss and
-clinical utility with intervals, and the epochs that D_opt needs over the unique tokens available.
+N_opt, D_opt, a concrete model shape, the predicted loss and clinical utility with intervals,
+and the epochs that D_opt needs over the unique tokens available.
 
     rec = recommend("fit/", flops=1e18, unique_tokens=2e8)
     print(format_recommendation(rec))

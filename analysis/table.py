@@ -155,9 +155,8 @@ def _numeric(df: pl.DataFrame, col: str, source: str) -> np.ndarray:
 def group_budgets(flops: np.ndarray, budget: np.ndarray | None = None) -> np.ndarray:
     """The IsoFLOP budget of each run.
 
-    The IsoFLOP budget of each run: the planned budget when given, else the median flops of its
-    group of runs whose log10 flops lie within BUDGET_GROUP_DECADES of their neighbours (runs near
-    a planned budget join it).
+    The planned budget when given, else the median flops of its group of runs whose log10 flops lie
+    within BUDGET_GROUP_DECADES of their neighbours (runs near a planned budget join it).
     """
     out = np.full(flops.shape, np.nan) if budget is None else budget.astype(float).copy()
     missing = ~np.isfinite(out)

@@ -228,8 +228,8 @@ NOT_IDENTITY = not_identity_fields()  # every role but IDENTITY in ehrfm.config
 def run_id_for(fingerprint: str, budget: float, cfg: TrainConfig, trunk_id: str | None = None) -> str:
     """Stable id of a run.
 
-    Stable id of a run: readable prefix + hash of everything that determines its result
-    (a wsd branch's includes its trunk's id, which stands for the trunk's own config).
+    Readable prefix + hash of everything that determines its result (a wsd branch's includes its
+    trunk's id, which stands for the trunk's own config).
     """
     identity = {k: v for k, v in cfg.to_dict().items() if k not in NOT_IDENTITY}
     if cfg.schedule == "cosine":
@@ -519,8 +519,8 @@ def _wsd_rows(sweep: SweepConfig, base: TrainConfig, rows: list[dict]) -> list[d
 def planned_flops(rows: list[dict]) -> float:
     """FLOPs the sweep will really spend.
 
-    FLOPs the sweep will really spend: every run's, except that a wsd branch spends only its
-    decay (its stable phase is its trunk's, counted once with the trunk).
+    Every run's, except that a wsd branch spends only its decay (its stable phase is its trunk's,
+    counted once with the trunk).
     """
     return float(sum(r["flops_per_token"] * (r["tokens"] - int(r.get("branch_tokens") or 0)) for r in rows))
 

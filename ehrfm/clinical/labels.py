@@ -383,9 +383,9 @@ def write_labels(labels: pl.DataFrame, path: str | os.PathLike, info: dict | Non
 def write_label_dir(labels: dict[str, pl.DataFrame], info: dict, out: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write every task's labels into one directory, atomically.
 
-    Write every task's labels into one directory, atomically: `<task>.parquet` (MEDS label
-    schema) and `<task>.json` per task, plus `labels.json` holding every task's counts (the
-    layout `sweep collect --labels` and the demo read). `labels`, `info`: make_labels(meds, "all").
+    `<task>.parquet` (MEDS label schema) and `<task>.json` per task, plus `labels.json` holding
+    every task's counts (the layout `sweep collect --labels` and the demo read). `labels`, `info`:
+    make_labels(meds, "all").
 
     Raises:
         UserError: `out` exists and `overwrite` is false.

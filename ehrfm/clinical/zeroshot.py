@@ -1,7 +1,7 @@
-"""Zero-shot prediction by generative rollout (ETHOS, Renc et al. 2024).
+"""Zero-shot prediction by generative rollout (ETHOS, Renc et al. 2024), with a sliding KV cache.
 
-Zero-shot prediction by generative rollout (ETHOS: Renc et al. 2024, "Zero shot health
-trajectory prediction using transformer", npj Digital Medicine), with a sliding KV cache.
+The method of Renc et al. (2024, "Zero shot health trajectory prediction using transformer",
+npj Digital Medicine).
 
 From each label's history (tokens with time <= prediction_time, the last `context` of them) the
 model samples `n_samples` continuations. Each continuation runs until it reaches the task's
