@@ -100,7 +100,23 @@ def fit_logistic(x_train, y_train, x_tuning, y_tuning, seed: int, task: str):
 
     The C grid is walked from strong to weak regularisation, each fit warm-started from the
     previous one (same optimum, a fraction of the iterations). Falls back to 5-fold
-    cross-validation on train when tuning lacks a class. Returns (fitted pipeline, record).
+    cross-validation on train when tuning lacks a class.
+
+    Args:
+        x_train: (n_train, d) features, dense or scipy sparse (scaled by MaxAbsScaler when sparse,
+            StandardScaler when dense).
+        y_train: (n_train,) 0/1 labels.
+        x_tuning: (n_tuning, d) features.
+        y_tuning: (n_tuning,) 0/1 labels.
+        seed: fixes the solver and the cross-validation folds.
+        task: named in errors.
+
+    Returns:
+        (fitted sklearn pipeline, record {"C": the chosen inverse L2 strength, "selected_on":
+        "tuning" or "train 5-fold CV", "auroc_by_C": {C: AUROC}}).
+
+    Raises:
+        UserError: train labels that are empty or of one class.
     """
     import copy
 
