@@ -323,7 +323,19 @@ def load_training_state(run_dir, model, optimizer, device="cpu") -> dict:
 
 
 def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
-    """(GPT in eval mode, ModelConfig) from a run dir (or its checkpoint/ dir). Safetensors only."""
+    """(GPT in eval mode, ModelConfig) from a run dir (or its checkpoint/ dir). Safetensors only.
+
+    Args:
+        run_dir: a run dir, or a checkpoint dir holding model.safetensors.
+        device: where to put the model.
+
+    Returns:
+        (GPT in eval mode on `device`, its ModelConfig from model_config.json).
+
+    Raises:
+        UserError: no model.safetensors, or a checkpoint that fails verification (sha256 in
+            state.json) or cannot be read.
+    """
     from ehrfm.model import GPT
 
     run_dir = Path(run_dir)

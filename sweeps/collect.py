@@ -104,7 +104,24 @@ def collect_sweep(
     zeroshot_rollouts: int = 20,
     zeroshot_max_labels: int = 200,
 ) -> Path:
-    """Write SWEEP/results.parquet (see the module docstring); returns its path."""
+    """Write SWEEP/results.parquet (see the module docstring); returns its path.
+
+    Args:
+        sweep_dir: the sweep dir (sweep.json, plan.parquet, runs/).
+        labels_dir: a dir of <task>.parquet label files: each completed run is scored by a linear
+            probe per task (auroc/<task>, auroc_se/<task>, auprc/<task> columns).
+        max_labels: at most this many labels per split and task for the probes (seeded sample).
+        seed: fixes the label samples, probes and rollouts.
+        zeroshot: also score zero-shot rollouts per task (ETHOS, Renc et al. 2024; needs labels_dir).
+        zeroshot_rollouts: rollouts per label.
+        zeroshot_max_labels: at most this many labels per split and task for the rollouts.
+
+    Returns:
+        The path of results.parquet (one row per run, every status, ehrfm.tables.results_schema).
+
+    Raises:
+        UserError: a bad sweep dir, --zeroshot without labels_dir, or labels the runs cannot score.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 

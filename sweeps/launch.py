@@ -164,7 +164,20 @@ def check_executor(executor: str) -> None:
 
 
 def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
-    """Submit every run of the sweep that needs to run (see the module docstring)."""
+    """Submit every run of the sweep that needs to run (see the module docstring).
+
+    Args:
+        sweep_dir: a planned sweep dir.
+        cfg: the executor ("slurm" or "local") and its resources, retry and wait options.
+
+    Returns:
+        LaunchReport: the runs submitted, their job ids, the runs skipped per state and, after
+        waiting (local runs, or SLURM with cfg.wait), their final states.
+
+    Raises:
+        UserError: a bad executor, resources or --time, a bad sweep dir, or a token dir whose
+            tokenizer changed since planning.
+    """
     sweep_dir = Path(sweep_dir).resolve()
     check_executor(cfg.executor)
     sweep, plan = load_sweep(sweep_dir)
