@@ -599,6 +599,11 @@ def fit_holdout(res: Results, a2: Approach2, cfg: FitConfig) -> tuple[dict | Non
     usable budget: the "no change" forecast), no_change_rel_error, error_ratio = |predicted -
     observed| / |previous - observed| (below 1: the law beats "no change"), predicted_n_opt(_ci),
     observed_n_opt(_ci), n_opt_ratio = predicted / observed, method, fitted_budgets.
+
+    Args:
+        res: the checked runs.
+        a2: the Approach 2 fit of all budgets (which budgets are usable).
+        cfg: approach3_method, bootstrap, seed, confidence.
     """
     used = sorted((bf for bf in a2.budgets if bf.used), key=lambda bf: bf.budget)
     if len(used) < 3:
@@ -743,6 +748,17 @@ def fit_utility(res: Results, counts: np.ndarray | None, cfg: FitConfig, warn):
     an unweighted fit and a case bootstrap of the per-budget points. (Resampling all runs instead
     would, whenever a replicate drops a budget's loss-optimal run, select a worse model and bias
     AUROC down.)
+
+    Args:
+        res: the checked runs, with auroc/<task> columns (and optionally auroc_se/<task>).
+        counts: (R, n) bootstrap multiplicities of the runs (the loss link's replicates; R sets the
+            number of utility-law replicates), or None for no intervals.
+        cfg: seed and confidence level.
+        warn: called with a message for each task not fitted or whose AUROC does not rise with C.
+
+    Returns:
+        ({"auroc/<task>": UtilityFit}, {"utility/auroc/<task>/<coef|exponent|link_slope|
+        link_intercept>": (R,) draws}). C is in FLOPs.
     """
     fits, draws_out = {}, {}
     for col, metric in res.utility.items():

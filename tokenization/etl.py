@@ -899,7 +899,19 @@ def _stable_uniform(ids: np.ndarray, seed: int) -> np.ndarray:
 
 
 def assign_splits(subject_ids: np.ndarray, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> np.ndarray:
-    """The split name of each subject: a stable hash of subject_id, cut at the given fractions."""
+    """The split name of each subject: a stable hash of subject_id, cut at the given fractions.
+
+    Args:
+        subject_ids: (n,) integer subject ids.
+        fractions: (train, tuning, held_out) shares, non-negative, summing to 1.
+        seed: changes the hash; the same (subject_id, seed) always gets the same split.
+
+    Returns:
+        (n,) split names from SPLITS ("train", "tuning", "held_out").
+
+    Raises:
+        UserError: fractions that are not three non-negative numbers summing to 1.
+    """
     f = np.asarray(fractions, dtype=float)
     if f.shape != (3,) or (f < 0).any() or not np.isclose(f.sum(), 1.0):
         raise UserError(f"split fractions must be three non-negative numbers summing to 1 (got {list(fractions)})")

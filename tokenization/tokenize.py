@@ -687,6 +687,14 @@ def _check_disjoint(tmp: Path, meds: Path) -> None:
 
 
 def decode(token_dir: str | os.PathLike, ids) -> list[str]:
-    """Token ids -> token strings with the token dir's (or a tokenizer.json's) vocab."""
+    """Token ids -> token strings with the token dir's (or a tokenizer.json's) vocab.
+
+    Args:
+        token_dir: a token dir or a tokenizer.json path.
+        ids: token ids of any shape (flattened).
+
+    Returns:
+        One token string per id, in order.
+    """
     vocab = load_tokenizer(token_dir)["vocab"]
     return [vocab[int(i)] for i in np.asarray(ids).ravel()]
