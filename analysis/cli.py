@@ -81,6 +81,7 @@ def _fit_arguments(p) -> None:
 
 
 def register(sub):
+    """Add the `ehrfm fit` and `ehrfm recommend` subcommands to the subparsers action `sub`."""
     command(sub, "fit", _fit, _fit_arguments,
             help="fit scaling laws (Approaches 1-3, utility) to a results table, with bootstrap intervals and plots",
             description="Fit IsoFLOP parabolas, power laws and the parametric law L(N, D) to a results table "

@@ -1,5 +1,7 @@
-"""Scaling-law fits of a results table: Approaches 1, 2 and 3 of Hoffmann et al. (2022), clinical
-utility against compute, and bootstrap intervals for every fitted quantity.
+"""Scaling-law fits of a results table, with bootstrap intervals for every fitted quantity.
+
+Approaches 1, 2 and 3 of Hoffmann et al. (2022, "Training Compute-Optimal Large Language Models"),
+clinical utility against compute, and bootstrap intervals for every fitted quantity.
 
     fit = fit_results("sweep/results.parquet", approaches=(1, 2, 3), bootstrap=1000, seed=0)
     fit.approach2.a, fit.approach2.a_ci        # exponent of N_opt in C and its 95% interval
@@ -92,12 +94,15 @@ class Approach1:
     points: list[dict]  # run_id, budget, flops, n_params, tokens, loss
 
     def n_opt(self, c):
+        """Compute-optimal parameters N_opt = n_coef * C^a at compute c (FLOPs; scalar or array)."""
         return self.n_coef * np.asarray(c, dtype=float) ** self.a
 
     def d_opt(self, c):
+        """Compute-optimal tokens D_opt = d_coef * C^b at compute c (FLOPs; scalar or array)."""
         return self.d_coef * np.asarray(c, dtype=float) ** self.b
 
     def loss(self, c):
+        """Loss of the law at compute c (FLOPs): loss_coef * C^loss_exponent, in the fit's loss unit."""
         return self.loss_coef * np.asarray(c, dtype=float) ** self.loss_exponent
 
 
@@ -163,20 +168,29 @@ class Approach3:
     at_bound: list = field(default_factory=list)  # varpro: exponents at the searched range's edge
 
     def loss(self, n, d):
+        """Predicted loss E + A / N^alpha + B / D^beta at parameters n and tokens d (broadcast arrays)."""
         n, d = np.asarray(n, dtype=float), np.asarray(d, dtype=float)
         return self.E + self.A / n**self.alpha + self.B / d**self.beta
 
     def n_opt(self, c):
+        """Compute-optimal parameters N_opt = G (C / k)^a at compute c (FLOPs), k = flops_per_param_token.
+
+        The minimiser of L(N, D) under C = k N D (Hoffmann et al. 2022, eq. 4).
+        """
         return self.G * (np.asarray(c, dtype=float) / self.flops_per_param_token) ** self.a
 
     def d_opt(self, c):
+        """Compute-optimal tokens D_opt = (C / k)^b / G at compute c (FLOPs), k = flops_per_param_token."""
         return (np.asarray(c, dtype=float) / self.flops_per_param_token) ** self.b / self.G
 
 
 @dataclass
 class UtilityFit:
-    """(1 - metric) = coef * C^exponent through the loss-optimal run of each budget (the model the
-    laws recommend); see fit_utility for the intervals."""
+    """Power law of clinical utility (1 - metric) in compute C.
+
+    (1 - metric) = coef * C^exponent through the loss-optimal run of each budget (the model the
+    laws recommend); see fit_utility for the intervals.
+    """
 
     metric: str  # the column, e.g. "auroc/mortality"
     coef: float
@@ -191,11 +205,17 @@ class UtilityFit:
     loss_link: dict | None = None
 
     def predict(self, c):
+        """AUROC predicted at compute c (FLOPs): 1 - coef * C^exponent, kept in [0.5, 1] (laws.auroc_from_law)."""
         return auroc_from_law(self.coef, self.exponent, c)
 
 
 @dataclass
 class FitResult:
+    """Everything a fit of a results table produced: the approaches, utility laws, hold-out, bootstrap draws.
+
+    Saved by write_fits as fits.json (to_json), fit_config.json and bootstrap.parquet; read back by
+    load_fit. An approach that could not be fitted is None, with the reason in `not_fitted`.
+    """
     approach1: Approach1 | None
     approach2: Approach2 | None
     approach3: Approach3 | None
@@ -213,6 +233,11 @@ class FitResult:
     draws: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict:
+        """The content of fits.json: every fitted part as plain JSON values, NaN written as null.
+
+        Utility laws are keyed by task ("auroc/mortality" -> "mortality"); other metric columns keep
+        their name.
+        """
         out = {}
         for name in ("approach1", "approach2", "approach3"):
             part = getattr(self, name)
@@ -244,8 +269,11 @@ def _finite_json(obj):
 
 
 def _envelope(res: Results, mask: np.ndarray | None = None) -> np.ndarray:
-    """Indices of the lower-envelope runs: the lowest-loss run of each budget, kept when its loss
-    is below that of every cheaper budget's best run."""
+    """Indices of the lower-envelope runs (Approach 1).
+
+    The lowest-loss run of each budget, kept when its loss is below that of every cheaper budget's
+    best run.
+    """
     idx = np.arange(res.n) if mask is None else np.flatnonzero(mask)
     best = []
     for bud in np.unique(res.budget[idx]):
@@ -272,6 +300,22 @@ A12_KEYS = ("a", "b", "n_coef", "d_coef", "loss_coef", "loss_exponent")
 
 
 def fit_approach1(res: Results, counts: np.ndarray | None, cfg: FitConfig):
+    """Fit Approach 1 (Hoffmann et al. 2022, section 3.1): power laws through the lower envelope of runs.
+
+    N_opt = n_coef C^a, D_opt = d_coef C^b and the envelope loss = loss_coef C^loss_exponent, fitted
+    through the lowest-loss run of each budget that beats every cheaper budget's best run.
+
+    Args:
+        res: the checked runs (n runs).
+        counts: (R, n) bootstrap multiplicities of each run, or None for no intervals.
+        cfg: the fit config (its confidence level).
+
+    Returns:
+        (Approach1, {"approach1/<key>": (R,) draws}) for the keys of A12_KEYS.
+
+    Raises:
+        UserError: the envelope spans fewer than 2 budgets.
+    """
     env = _envelope(res)
     if env.size < 2:
         raise UserError(
@@ -318,8 +362,10 @@ def _parabolas(x, y, w):
 
 
 def _adjusted_residuals(x: np.ndarray, y: np.ndarray, coef: np.ndarray) -> np.ndarray:
-    """Leverage-adjusted residuals r_i / sqrt(1 - h_ii) of one budget's parabola, centred (Davison &
-    Hinkley 1997, eq. 6.9). Empty when the parabola interpolates (<= 3 distinct sizes)."""
+    """Leverage-adjusted, centred residuals r_i / sqrt(1 - h_ii) of one budget's parabola.
+
+    Davison & Hinkley 1997, eq. 6.9. Empty when the parabola interpolates (<= 3 distinct sizes).
+    """
     X = np.stack([np.ones_like(x), x, x * x], axis=1)
     h = np.einsum("pi,ij,pj->p", X, np.linalg.pinv(X.T @ X), X)
     keep = h < 1 - 1e-9
@@ -346,10 +392,27 @@ def _budget_points(res: Results, members: np.ndarray, coef: np.ndarray, w: np.nd
 
 
 def fit_approach2(res: Results, rng: np.random.Generator, cfg: FitConfig, warn):
-    """Approach 2 (Hoffmann et al. 2022, section 3.2): a parabola of loss in ln N per IsoFLOP budget,
+    """Fit Approach 2: IsoFLOP parabolas, then power laws of their minima in C.
+
+    Approach 2 (Hoffmann et al. 2022, section 3.2): a parabola of loss in ln N per IsoFLOP budget,
     then power laws of its minimum (N_opt, D_opt, L_min) in C. Bootstrap (cfg.approach2_bootstrap):
-    "residuals" (default) adds resampled leverage-adjusted residuals, pooled over the budgets, to
-    each parabola; "runs" resamples the runs within each budget. The power laws are refitted per draw. Returns (Approach2, {"approach2/<key>": draws})."""
+    "residuals" (default) adds leverage-adjusted residuals, pooled over the used budgets'
+    parabolas and resampled, to each parabola (the fixed-design bootstrap); "runs" resamples the
+    runs within each budget. The power laws are refitted per draw.
+
+    Args:
+        res: the checked runs.
+        rng: the generator of the bootstrap resamples.
+        cfg: bootstrap replicates R and method, confidence level and the parabola checks.
+        warn: called with a message for each budget left out (and a fallback to "runs").
+
+    Returns:
+        (Approach2, {"approach2/<key>": (R,) draws}) for the keys of A12_KEYS: N_opt = n_coef C^a
+        (parameters), D_opt = d_coef C^b (tokens), L_min = loss_coef C^loss_exponent (C in FLOPs).
+
+    Raises:
+        UserError: fewer than 2 budgets give a usable parabola minimum.
+    """
     R = cfg.bootstrap
     per_budget_draws = []  # (R, 3): n_opt, d_opt, loss_min per budget
     members = [np.flatnonzero(res.budget == bud) for bud in np.unique(res.budget)]
@@ -458,9 +521,12 @@ def _bootstrap_budget(res: Results, members: np.ndarray, bf: BudgetFit, pool: np
 
 
 def _power_law_draws(c: np.ndarray, stack: np.ndarray) -> np.ndarray:
-    """Per bootstrap draw, the power laws of N_opt, D_opt and L_min in C over the budgets whose draw
+    """Power laws of N_opt, D_opt and L_min in C, per bootstrap draw.
+
+    Per bootstrap draw, the power laws of N_opt, D_opt and L_min in C over the budgets whose draw
     has a finite, positive minimum. stack: (R, budgets, 3). Returns (R, 6) in A12_KEYS order (NaN
-    where fewer than 2 budgets remain)."""
+    where fewer than 2 budgets remain).
+    """
     draws = np.full((stack.shape[0], 6), np.nan)
     for r in range(stack.shape[0]):
         ok = np.all(np.isfinite(stack[r]) & (stack[r] > 0), axis=1)
@@ -493,8 +559,11 @@ def _a3_from_params(params: np.ndarray) -> np.ndarray:
 
 
 def identified(ci, decades: float = IDENTIFIED_DECADES) -> bool | None:
-    """Is a positive parameter pinned down by its interval? False when the interval spans more than
-    `decades` decades or reaches 0 (log-scale unbounded); None when there is no interval."""
+    """Is a positive parameter pinned down by its interval?
+
+    False when the interval spans more than `decades` decades or reaches 0 (log-scale unbounded);
+    None when there is no interval.
+    """
     lo, hi = (float("nan") if v is None else float(v) for v in ci)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return None if not (math.isinf(hi) or math.isinf(lo)) else False
@@ -504,9 +573,24 @@ def identified(ci, decades: float = IDENTIFIED_DECADES) -> bool | None:
 
 
 def fit_approach3(res: Results, counts: np.ndarray | None, cfg: FitConfig):
-    """Approach 3: L(N, D) = E + A / N^alpha + B / D^beta by cfg.approach3_method (variable
+    """Fit Approach 3, the parametric law L(N, D), with bootstrap intervals.
+
+    Approach 3: L(N, D) = E + A / N^alpha + B / D^beta by cfg.approach3_method (variable
     projection by default; "huber-lbfgs" as Hoffmann et al. 2022), bootstrap intervals from
-    resampling runs, and which parameters the data identify (IDENTIFIED_DECADES)."""
+    resampling runs, and which parameters the data identify (IDENTIFIED_DECADES).
+
+    Args:
+        res: the checked runs (n runs); multi-epoch tables are fitted on Muennighoff effective tokens.
+        counts: (R, n) bootstrap multiplicities of each run, or None for no intervals.
+        cfg: approach3_method, huber_delta, bootstrap_starts, confidence and r_star (effective data).
+
+    Returns:
+        (Approach3, {"approach3/<key>": (R,) draws}) for the keys of A3_KEYS.
+
+    Raises:
+        UserError: fewer than 5 completed runs, an unknown approach3_method, or a degenerate best
+            fit (alpha, beta, A or B not positive: no compute-optimal frontier).
+    """
     if res.n < 5:
         raise UserError(f"Approach 3 fits 5 parameters; {res.source} has {res.n} completed runs")
     if cfg.approach3_method not in APPROACH3_METHODS:
@@ -557,14 +641,15 @@ def fit_approach3(res: Results, counts: np.ndarray | None, cfg: FitConfig):
 
 
 def fit_holdout(res: Results, a2: Approach2, cfg: FitConfig) -> tuple[dict | None, str]:
-    """Predict the largest usable IsoFLOP budget from the others, compared with its own parabola's
-    minimum. On the runs of every smaller budget, Approach 2 is refitted and its N_opt = k C^a law
-    predicts N_opt; Approach 3 is refitted (cfg.approach3_method) and its compute-optimal frontier
-    L(N_opt(C), D_opt(C)) predicts L_min (`loss_method` "approach3"). The frontier of
-    L = E + A/N^alpha + B/D^beta is E + K C^(-alpha beta / (alpha + beta)): a pure power law of
-    L_min in C has no irreducible term and on exact Chinchilla data mispredicts the next budget by
-    ~5%; it is kept as `approach2_predicted_loss`, and used (loss_method "approach2") only when
-    Approach 3 cannot be fitted. The predicted loss's interval has min(bootstrap, 200) replicates.
+    """Predict the largest usable IsoFLOP budget from the others, compared with its own parabola's minimum.
+
+    On the runs of every smaller budget, Approach 2 is refitted and its N_opt = k C^a law predicts
+    N_opt; Approach 3 is refitted (cfg.approach3_method) and its compute-optimal frontier
+    L(N_opt(C), D_opt(C)) predicts L_min (`loss_method` "approach3"). The frontier of L = E +
+    A/N^alpha + B/D^beta is E + K C^(-alpha beta / (alpha + beta)): a pure power law of L_min in C
+    has no irreducible term and on exact Chinchilla data mispredicts the next budget by ~5%; it is
+    kept as `approach2_predicted_loss`, and used (loss_method "approach2") only when Approach 3
+    cannot be fitted. The predicted loss's interval has min(bootstrap, 200) replicates.
 
     Returns (holdout, reason): holdout is None (and reason says why) with fewer than 3 usable
     budgets. Keys: budget, predicted_loss(_ci), observed_loss(_ci), rel_error = |predicted -
@@ -572,6 +657,11 @@ def fit_holdout(res: Results, a2: Approach2, cfg: FitConfig) -> tuple[dict | Non
     usable budget: the "no change" forecast), no_change_rel_error, error_ratio = |predicted -
     observed| / |previous - observed| (below 1: the law beats "no change"), predicted_n_opt(_ci),
     observed_n_opt(_ci), n_opt_ratio = predicted / observed, method, fitted_budgets.
+
+    Args:
+        res: the checked runs.
+        a2: the Approach 2 fit of all budgets (which budgets are usable).
+        cfg: approach3_method, bootstrap, seed, confidence.
     """
     used = sorted((bf for bf in a2.budgets if bf.used), key=lambda bf: bf.budget)
     if len(used) < 3:
@@ -666,7 +756,9 @@ MIN_LOG_ERROR_SE = 1e-3
 
 
 def fit_loss_link(res: Results, metric: np.ndarray, counts: np.ndarray | None, cfg: FitConfig):
-    """The loss -> AUROC link across the sweep: AUROC = intercept + slope * loss, ordinary least
+    """Fit the linear loss -> AUROC link across the sweep, with a bootstrap interval.
+
+    The loss -> AUROC link across the sweep: AUROC = intercept + slope * loss, ordinary least
     squares over every run with a value (all budgets and sizes: the seed, Zhang et al. 2025, reports
     this relation as linear). The interval resamples runs (the same replicates as Approach 1 and 3).
 
@@ -714,6 +806,17 @@ def fit_utility(res: Results, counts: np.ndarray | None, cfg: FitConfig, warn):
     an unweighted fit and a case bootstrap of the per-budget points. (Resampling all runs instead
     would, whenever a replicate drops a budget's loss-optimal run, select a worse model and bias
     AUROC down.)
+
+    Args:
+        res: the checked runs, with auroc/<task> columns (and optionally auroc_se/<task>).
+        counts: (R, n) bootstrap multiplicities of the runs (the loss link's replicates; R sets the
+            number of utility-law replicates), or None for no intervals.
+        cfg: seed and confidence level.
+        warn: called with a message for each task not fitted or whose AUROC does not rise with C.
+
+    Returns:
+        ({"auroc/<task>": UtilityFit}, {"utility/auroc/<task>/<coef|exponent|link_slope|
+        link_intercept>": (R,) draws}). C is in FLOPs.
     """
     fits, draws_out = {}, {}
     for col, metric in res.utility.items():
@@ -819,7 +922,9 @@ def fit_results(table, approaches=(1, 2, 3), bootstrap: int = 1000, seed: int = 
 
     Args:
         table: a results.parquet path, a polars frame of it, or a loaded `Results`.
-        approaches, bootstrap, seed: shorthands used only when `config` is None.
+        approaches: the approaches to fit (1, 2, 3); used only when `config` is None.
+        bootstrap: bootstrap replicates (0: no intervals); used only when `config` is None.
+        seed: fixes every random draw; used only when `config` is None.
         config: the full FitConfig (saved in fits.json).
 
     Returns:
@@ -886,8 +991,11 @@ def fit_results(table, approaches=(1, 2, 3), bootstrap: int = 1000, seed: int = 
 
 
 def multi_epoch_runs(res: Results) -> list[dict]:
-    """The fitted runs trained for more than one epoch over their unique tokens: {run_id, budget,
-    epochs}, most repeated first (flagged in fits.md; FitConfig.max_epochs can leave them out)."""
+    """The fitted runs trained for more than one epoch over their unique tokens.
+
+    {run_id, budget, epochs}, most repeated first (flagged in fits.md; FitConfig.max_epochs can
+    leave them out).
+    """
     if res.epochs is None:
         return []
     over = np.flatnonzero(np.isfinite(res.epochs) & (res.epochs > 1.0 + 1e-9))
@@ -900,8 +1008,23 @@ def multi_epoch_runs(res: Results) -> list[dict]:
 
 
 def write_fits(fit: FitResult, out: str | Path, results: Results | None = None, overwrite: bool = False, plots: bool = True) -> Path:
-    """Write FIT/: fits.json, fit_config.json, fits.md, bootstrap.parquet, runs.parquet (the
-    checked runs, when `results` is given) and the plots; atomically."""
+    """Write a fit directory FIT/ atomically.
+
+    Args:
+        fit: what fit_results returned.
+        out: the directory FIT to create.
+        results: the checked runs; when given, runs.parquet (`runs_frame`) and, with `plots`,
+            the PNG and PDF plots (analysis.plots.make_plots) are written too.
+        overwrite: replace `out` when it exists.
+        plots: draw the plots (needs `results`).
+
+    Returns:
+        Path(out), holding fits.json, fit_config.json (FitConfig plus the Approach 3 start grid),
+        fits.md, bootstrap.parquet (when there are draws), runs.parquet and the plots.
+
+    Raises:
+        UserError: `out` exists without overwrite, or is a file (ehrfm.io.atomic_dir).
+    """
     import polars as pl
 
     from ehrfm.io import atomic_dir, atomic_file, write_json
@@ -926,6 +1049,12 @@ def write_fits(fit: FitResult, out: str | Path, results: Results | None = None, 
 
 
 def runs_frame(res: Results):
+    """The fitted runs as a polars frame: what write_fits saves as runs.parquet.
+
+    Columns: run_id, budget, n_params (the count fitted), tokens, flops, the fitted loss column
+    (loss in nats/token or loss_per_event in nats/event), and when known n_params_non_embedding,
+    n_params_total, the utility columns, unique_tokens and epochs.
+    """
     import polars as pl
 
     # The fitted loss keeps its column name, so the unit stays with it (loss or loss_per_event).
@@ -953,8 +1082,11 @@ def _approach3_cell(f: Approach3, name: str) -> str:
 
 
 def format_fit_table(fit: FitResult) -> str:
-    """A compact markdown summary: one row per approach, the held-out budget, per-budget and utility
-    rows, and the runs trained over more than one epoch."""
+    """Render a fit as a compact markdown summary (fits.md).
+
+    A compact markdown summary: one row per approach, the held-out budget, per-budget and utility
+    rows, and the runs trained over more than one epoch.
+    """
     pct = int(round(fit.config.confidence * 100))
     column, unit = fit.inputs.get("loss_column", "loss"), fit.inputs.get("loss_unit", "nats/token")
     n_count = fit.n_count
@@ -1034,6 +1166,7 @@ def load_fits(fit_dir: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def dump(obj) -> str:
+    """JSON text of obj with NaN written as null."""
     return json.dumps(_finite_json(obj))
 
 

@@ -1,5 +1,4 @@
-"""The config of a scaling-law fit (saved as fit_config.json beside fits.json) and the constants
-it defaults to.
+"""The config of a scaling-law fit (saved as fit_config.json beside fits.json) and the constants it defaults to.
 
 Light (no numpy or scipy): `ehrfm fit` derives its options from FitConfig (ehrfm.cli_args), and a
 field's docstring is its help. FitConfig is also importable from analysis.fit.
@@ -21,8 +20,10 @@ R_STAR_DATA = 15.4
 
 @dataclass
 class FitConfig:
-    """Everything that decides a fit; saved as fit_config.json beside fits.json. A field's
-    docstring is its `ehrfm fit` help."""
+    """Everything that decides a fit; saved as fit_config.json beside fits.json.
+
+    A field's docstring is its `ehrfm fit` help.
+    """
 
     approaches: tuple[int, ...] = (1, 2, 3)
     """Approaches to fit, e.g. 2,3."""

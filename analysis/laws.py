@@ -8,7 +8,16 @@ from analysis.fit_config import R_STAR_DATA  # Muennighoff et al. 2023's R_D*, d
 
 
 def fit_power_law(c, y, weights=None) -> tuple[float, float, float]:
-    """Least squares in log-log: y = coef * c^exponent. Returns (coef, exponent, r2)."""
+    """Least squares in log-log: y = coef * c^exponent.
+
+    Args:
+        c: (k,) positive x values (compute in FLOPs, in this package).
+        y: (k,) positive y values (N_opt, D_opt, loss, 1 - AUROC ...).
+        weights: optional (k,) weights of the log-log residuals (inverse variances of ln y).
+
+    Returns:
+        (coef, exponent, r2): r2 of the weighted log-log fit; all NaN when c has one distinct value.
+    """
     x, z = np.log(np.asarray(c, dtype=float)), np.log(np.asarray(y, dtype=float))
     w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=float)
     xm, zm = np.average(x, weights=w), np.average(z, weights=w)
@@ -24,7 +33,12 @@ def fit_power_law(c, y, weights=None) -> tuple[float, float, float]:
 
 
 def percentile_ci(draws, confidence: float = 0.95) -> list[float]:
-    """Percentile bootstrap interval [lo, hi] over the finite draws ([nan, nan] when none)."""
+    """Percentile bootstrap interval [lo, hi] over the finite draws ([nan, nan] with fewer than 2).
+
+    Args:
+        draws: (R,) bootstrap replicates of one quantity; non-finite ones are ignored.
+        confidence: the interval's coverage, e.g. 0.95 for the 2.5th and 97.5th percentiles.
+    """
     d = np.asarray(draws, dtype=float)
     d = d[np.isfinite(d)]
     if d.size < 2:
@@ -35,9 +49,20 @@ def percentile_ci(draws, confidence: float = 0.95) -> list[float]:
 
 
 def effective_tokens(tokens, unique_tokens, r_star: float = R_STAR_DATA):
-    """Muennighoff et al. (2023) effective data D' = U + U R* (1 - exp(-R / R*)), where U is the
-    unique tokens seen and R = D / U - 1 the repetitions beyond the first epoch. D' = D for one epoch
-    or less, and D' -> U (1 + R*) as epochs -> infinity."""
+    """Effective data of repeated tokens (Muennighoff et al. 2023, "Scaling Data-Constrained LMs").
+
+    D' = U + U R* (1 - exp(-R / R*)), where U is the unique tokens seen and R = D / U - 1 the
+    repetitions beyond the first epoch. D' = D for one epoch or less, and D' -> U (1 + R*) as
+    epochs -> infinity.
+
+    Args:
+        tokens: D, tokens trained (array-like).
+        unique_tokens: U, unique tokens available (broadcast with tokens; capped at D).
+        r_star: R*, the repetitions after which extra epochs add little (R_STAR_DATA).
+
+    Returns:
+        D' in tokens, the shape of the broadcast inputs.
+    """
     d = np.asarray(tokens, dtype=float)
     u = np.minimum(np.asarray(unique_tokens, dtype=float), d)
     repeats = d / u - 1.0

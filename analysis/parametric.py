@@ -129,8 +129,10 @@ def batched_lbfgs(fun, x0, max_iter: int = 1000, memory: int = 10, gtol: float =
 
 def _lbfgs_direction(ga, s_hist, y_hist, rho, n_hist, idx, memory):
     """L-BFGS two-loop recursion, vectorised over rows (rows with fewer pairs skip missing slots).
+
     Returns (direction (m, n), slope (m,) = direction . g); a row whose direction does not descend
-    restarts from steepest descent (its history is cleared in n_hist)."""
+    restarts from steepest descent (its history is cleared in n_hist).
+    """
     q = ga.copy()
     k = n_hist[idx]
     alphas = np.zeros((idx.size, memory))
@@ -169,7 +171,9 @@ def _lbfgs_direction(ga, s_hist, y_hist, rho, n_hist, idx, memory):
 
 def _armijo_backtrack(fun, idx, xa, fa, direction, slope):
     """Backtracking line search from step 1, halving; only rows still failing Armijo are re-evaluated.
-    Returns (step, x_new, f_new, g_new)."""
+
+    Returns (step, x_new, f_new, g_new).
+    """
     step = np.ones(idx.size)
     x_new = xa + direction
     f_new, g_new = fun(x_new, idx)
@@ -184,10 +188,13 @@ def _armijo_backtrack(fun, idx, xa, fa, direction, slope):
 
 
 def _expand_steep_steps(fun, idx, xa, fa, direction, slope, step, x_new, f_new, g_new) -> None:
-    """Where the full step was accepted but the slope is still steep (the Wolfe curvature condition
+    """Extend accepted full steps while the Wolfe curvature condition fails.
+
+    Where the full step was accepted but the slope is still steep (the Wolfe curvature condition
     fails), keep doubling the step while it keeps improving; updates step, x_new, f_new, g_new in
     place. Without it a badly scaled quasi-Newton model (Huber kinks) can crawl for thousands of
-    tiny steps."""
+    tiny steps.
+    """
     armijo = np.isfinite(f_new) & (f_new <= fa + 1e-4 * step * slope)
     expand = armijo & (step == 1.0) & (np.einsum("ij,ij->i", g_new, direction) < 0.9 * slope)
     for _ in range(30):
@@ -222,18 +229,26 @@ class ParametricFit:
 
     @property
     def a(self) -> float:  # exponent of N_opt in C
+        """Exponent a = beta / (alpha + beta) of N_opt in C (Hoffmann et al. 2022, eq. 4)."""
         return self.beta / (self.alpha + self.beta)
 
     @property
     def b(self) -> float:  # exponent of D_opt in C
+        """Exponent b = alpha / (alpha + beta) of D_opt in C (Hoffmann et al. 2022, eq. 4)."""
         return self.alpha / (self.alpha + self.beta)
 
     def loss(self, n, d):
+        """Predicted loss E + A / N^alpha + B / D^beta at parameters n and tokens d (broadcast arrays)."""
         n, d = np.asarray(n, dtype=float), np.asarray(d, dtype=float)
         return self.E + self.A / n**self.alpha + self.B / d**self.beta
 
 
 def theta_to_params(theta) -> dict:
+    """The law's parameters from theta rows (..., 5) = (a, b, e, alpha, beta): E, A, B = exp(e, a, b).
+
+    Returns:
+        {"E", "A", "B", "alpha", "beta"}: arrays of theta's leading shape (inf where exp overflows).
+    """
     a, b, e, alpha, beta = np.asarray(theta, dtype=float).T
     with np.errstate(over="ignore"):  # a runaway bootstrap replicate gives inf, dropped from intervals
         return {"E": np.exp(e), "A": np.exp(a), "B": np.exp(b), "alpha": alpha, "beta": beta}
@@ -249,7 +264,24 @@ def _polish(theta, log_n, log_d, log_loss, weights=None, delta=HUBER_DELTA):
 
 
 def fit_parametric(n_params, tokens, loss, starts: np.ndarray | None = None, delta: float = HUBER_DELTA) -> ParametricFit:
-    """Fit L(N, D) from every start of the grid (default: the full 4,500) and keep the best."""
+    """Fit L(N, D) from every start of the grid (default: the full 4,500) and keep the best.
+
+    Hoffmann et al. (2022, appendix D.2) as replicated by Besiroglu et al. (2024): Huber loss on
+    ln L residuals, L-BFGS from every start (batched), the best polished with scipy's L-BFGS-B.
+
+    Args:
+        n_params: (P,) positive parameter counts N; P >= 5.
+        tokens: (P,) positive training tokens D.
+        loss: (P,) positive losses L (nats).
+        starts: (S, 5) starting thetas in PARAM_NAMES order (default: init_grid()).
+        delta: the Huber threshold on ln L residuals.
+
+    Returns:
+        ParametricFit, with the best distinct local optima kept as bootstrap refit starts.
+
+    Raises:
+        ValueError: fewer than 5 points.
+    """
     log_n, log_d, log_loss = (np.log(np.asarray(v, dtype=np.float64)) for v in (n_params, tokens, loss))
     if log_n.size < 5:
         raise ValueError(f"the parametric law has 5 parameters; {log_n.size} points are too few")
@@ -277,8 +309,11 @@ def fit_parametric(n_params, tokens, loss, starts: np.ndarray | None = None, del
 
 
 def bootstrap_parametric(n_params, tokens, loss, counts: np.ndarray, starts: np.ndarray, delta: float = HUBER_DELTA) -> np.ndarray:
-    """Refit each bootstrap replicate (a row of `counts`: how often each point was drawn) from
-    every row of `starts`, all as one batch; return the best theta per replicate, shape (R, 5)."""
+    """Refit every bootstrap replicate from every start in one batch.
+
+    Refit each bootstrap replicate (a row of `counts`: how often each point was drawn) from
+    every row of `starts`, all as one batch; return the best theta per replicate, shape (R, 5).
+    """
     log_n, log_d, log_loss = (np.log(np.asarray(v, dtype=np.float64)) for v in (n_params, tokens, loss))
     counts = np.asarray(counts, dtype=np.float64)
     R, K = counts.shape[0], len(starts)
@@ -312,8 +347,11 @@ _SUBSETS = [s for k in (1, 2, 3) for s in itertools.combinations(range(3), k)]
 
 
 def _features(log_n, log_d, y, alpha, beta):
-    """Per (alpha, beta) pair and point: the 9 products that make the Gram matrix and right-hand
-    side of [1, N^-alpha, D^-beta]. alpha, beta: (..., K); returns (..., K, P, 9)."""
+    """Per-point products for the Gram matrix of [1, N^-alpha, D^-beta].
+
+    Per (alpha, beta) pair and point: the 9 products that make the Gram matrix and right-hand
+    side of [1, N^-alpha, D^-beta]. alpha, beta: (..., K); returns (..., K, P, 9).
+    """
     x1 = np.exp(-alpha[..., None] * log_n)
     x2 = np.exp(-beta[..., None] * log_d)
     one = np.ones_like(x1)
@@ -321,10 +359,13 @@ def _features(log_n, log_d, y, alpha, beta):
 
 
 def _nnls3(s: np.ndarray, yy: np.ndarray):
-    """Exact non-negative least squares with 3 columns, batched, from the weighted sums `s`
+    """Batched exact non-negative least squares with 3 columns.
+
+    Exact non-negative least squares with 3 columns, batched, from the weighted sums `s`
     (..., 9) of _features and yy = sum w y^2: every support subset is solved by its normal equations
     (columns scaled to unit norm, a 1e-12 ridge for collinear columns) and the best feasible one
-    kept. Returns (coef (..., 3) = E, A, B, rss (...))."""
+    kept. Returns (coef (..., 3) = E, A, B, rss (...)).
+    """
     g = np.stack([np.stack([s[..., 0], s[..., 1], s[..., 2]], -1), np.stack([s[..., 1], s[..., 3], s[..., 4]], -1),
                   np.stack([s[..., 2], s[..., 4], s[..., 5]], -1)], -2)
     r = s[..., 6:9]
@@ -360,10 +401,13 @@ def _varpro_eval(log_n, log_d, y, weights, alpha, beta):
 
 
 def varpro_search(log_n, log_d, y, weights: np.ndarray, chunk: int = 64, tol: float = 1e-7):
-    """Minimise the NNLS residual over (alpha, beta) for each row of `weights` (R, P): a coarse
+    """Variable projection: minimise the NNLS residual over (alpha, beta) per weight row.
+
+    Minimise the NNLS residual over (alpha, beta) for each row of `weights` (R, P): a coarse
     log-spaced grid (VARPRO_GRID^2 pairs over VARPRO_BOUNDS), then a compass search in
     (ln alpha, ln beta) from its best point, halving the step until it is below `tol`.
-    Returns (params (R, 5) = E, A, B, alpha, beta; rss (R,))."""
+    Returns (params (R, 5) = E, A, B, alpha, beta; rss (R,)).
+    """
     lo, hi = np.log(VARPRO_BOUNDS[0]), np.log(VARPRO_BOUNDS[1])
     axis = np.linspace(lo, hi, VARPRO_GRID)
     gu, gv = (v.ravel() for v in np.meshgrid(axis, axis, indexing="ij"))
@@ -409,13 +453,16 @@ class VarProFit:
 
     @property
     def a(self) -> float:
+        """Exponent a = beta / (alpha + beta) of N_opt in C (Hoffmann et al. 2022, eq. 4)."""
         return self.beta / (self.alpha + self.beta)
 
     @property
     def b(self) -> float:
+        """Exponent b = alpha / (alpha + beta) of D_opt in C (Hoffmann et al. 2022, eq. 4)."""
         return self.alpha / (self.alpha + self.beta)
 
     def loss(self, n, d):
+        """Predicted loss E + A / N^alpha + B / D^beta at parameters n and tokens d (broadcast arrays)."""
         n, d = np.asarray(n, dtype=float), np.asarray(d, dtype=float)
         return self.E + self.A / n**self.alpha + self.B / d**self.beta
 
@@ -424,7 +471,9 @@ def fit_varpro(n_params, tokens, loss) -> VarProFit:
     """Fit L(N, D) by variable projection (see above): (alpha, beta) searched, (E, A, B) >= 0 solved.
 
     Args:
-        n_params, tokens, loss: (P,) positive arrays; P >= 5.
+        n_params: (P,) positive parameter counts; P >= 5.
+        tokens: (P,) positive training tokens.
+        loss: (P,) positive losses (nats).
 
     Returns:
         VarProFit.
@@ -445,8 +494,11 @@ def fit_varpro(n_params, tokens, loss) -> VarProFit:
 
 
 def bootstrap_varpro(n_params, tokens, loss, counts: np.ndarray) -> np.ndarray:
-    """Refit each bootstrap replicate (a row of `counts`: how often each point was drawn);
-    returns (R, 5) = E, A, B, alpha, beta."""
+    """Refit each bootstrap replicate by variable projection.
+
+    Refit each bootstrap replicate (a row of `counts`: how often each point was drawn);
+    returns (R, 5) = E, A, B, alpha, beta.
+    """
     log_n, log_d = np.log(np.asarray(n_params, dtype=np.float64)), np.log(np.asarray(tokens, dtype=np.float64))
     # A replicate's exponents to 1e-4 in ln alpha: far below their spread between replicates.
     p, _ = varpro_search(log_n, log_d, np.asarray(loss, dtype=np.float64), np.asarray(counts, dtype=np.float64), tol=1e-4)

@@ -1,5 +1,6 @@
-"""Publication plots of a fit. Each `plot_*` draws on a given matplotlib Axes; `make_plots` writes
-them all as PNG and PDF.
+"""Publication plots of a fit.
+
+Each `plot_*` draws on a given matplotlib Axes; `make_plots` writes them all as PNG and PDF.
 
     fig, ax = plt.subplots()
     plot_isoflops(ax, fit, results)      # fit: analysis.fit.FitResult, results: analysis.table.Results
@@ -73,8 +74,11 @@ def _sci(x: float) -> str:
 
 
 def _log_x(ax) -> None:
-    """Log x axis whose minor ticks are labelled only at 2 and 5 (matplotlib labels every minor
-    tick of a short axis, and on a paper-size panel 3x10^11 and 4x10^11 then overlap)."""
+    """Log x axis with minor tick labels at 2 and 5 only.
+
+    Log x axis whose minor ticks are labelled only at 2 and 5 (matplotlib labels every minor
+    tick of a short axis, and on a paper-size panel 3x10^11 and 4x10^11 then overlap).
+    """
     from matplotlib.ticker import FuncFormatter
 
     ax.set_xscale("log")
@@ -125,8 +129,11 @@ def plot_isoflops(ax, fit, results, label: str | None = None, color=None) -> Non
     """Loss against model size per budget, the fitted parabola and its minimum.
 
     Args:
-        ax: matplotlib Axes. fit: FitResult (or a fit dir). results: Results or a results table path.
-        label: prefix of the legend entries (which sweep). color: one colour for everything drawn.
+        ax: matplotlib Axes.
+        fit: FitResult (or a fit dir).
+        results: Results or a results table path.
+        label: prefix of the legend entries (which sweep).
+        color: one colour for everything drawn.
     """
     fit = _fit(fit)
     results = _results(results, fit)
@@ -163,8 +170,11 @@ def plot_isoflops(ax, fit, results, label: str | None = None, color=None) -> Non
 
 
 def plot_optimal_scaling(ax, fit, results, which: str = "n", label: str | None = None, color=None) -> None:
-    """N_opt (which='n') or D_opt ('d') against compute: IsoFLOP minima with intervals, and each
-    approach's power law with its bootstrap band. label / color: as for plot_isoflops."""
+    """Plot N_opt or D_opt against compute, per approach, with bootstrap bands.
+
+    N_opt (which='n') or D_opt ('d') against compute: IsoFLOP minima with intervals, and each
+    approach's power law with its bootstrap band. label / color: as for plot_isoflops.
+    """
     fit = _fit(fit)
     results = _results(results, fit)
     colors = budget_colors(results.budget, color)
@@ -211,7 +221,8 @@ def plot_optimal_scaling(ax, fit, results, which: str = "n", label: str | None =
 def plot_frontier(ax, fit, results, label: str | None = None, color=None) -> None:
     """Every run's loss against compute, the lower envelope, and the fitted loss frontier.
 
-    label / color: as for plot_isoflops. An overlay widens the loss axis to every sweep drawn."""
+    label / color: as for plot_isoflops. An overlay widens the loss axis to every sweep drawn.
+    """
     fit = _fit(fit)
     results = _results(results, fit)
     earlier = ax.get_ylim() if ax.has_data() else None  # an overlay: keep the earlier sweeps in view
@@ -268,7 +279,8 @@ def _utility_data(fit, results, task: str, color):
 def plot_utility(ax, fit, results, task: str, label: str | None = None, color=None) -> None:
     """AUROC of one task against compute: every run, the loss-optimal run per budget, the law.
 
-    label / color: as for plot_isoflops."""
+    label / color: as for plot_isoflops.
+    """
     fit, results, u, colors, vals = _utility_data(fit, results, task, color)
     for bud, col in colors.items():
         m = (results.budget == bud) & np.isfinite(vals)
@@ -291,10 +303,13 @@ def plot_utility(ax, fit, results, task: str, label: str | None = None, color=No
 
 
 def plot_loss_link(ax, fit, results, task: str, label: str | None = None, color=None) -> None:
-    """AUROC of one task against held-out loss over every run, and the fitted linear link
+    """Plot one task's AUROC against held-out loss, with the fitted linear link.
+
+    AUROC of one task against held-out loss over every run, and the fitted linear link
     AUROC = c0 + c1 loss with its bootstrap band (fit.utility[task].loss_link).
 
-    label / color: as for plot_isoflops."""
+    label / color: as for plot_isoflops.
+    """
     fit, results, u, colors, vals = _utility_data(fit, results, task, color)
     for bud, col in colors.items():
         m = (results.budget == bud) & np.isfinite(vals)
@@ -319,8 +334,11 @@ def plot_loss_link(ax, fit, results, task: str, label: str | None = None, color=
 
 
 def make_plots(fit, results, out_dir) -> list[Path]:
-    """Write isoflops, optimal_scaling, frontier, and (when fitted) utility and loss_auroc (the
-    loss -> AUROC link) as PNG and PDF; returns the paths."""
+    """Write every plot of a fit as PNG and PDF.
+
+    Write isoflops, optimal_scaling, frontier, and (when fitted) utility and loss_auroc (the
+    loss -> AUROC link) as PNG and PDF; returns the paths.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

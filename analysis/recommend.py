@@ -1,5 +1,7 @@
-"""What a compute budget should buy: N_opt, D_opt, a concrete model shape, the predicted loss and
-clinical utility with intervals, and the epochs that D_opt needs over the unique tokens available.
+"""What a compute budget should buy, with intervals.
+
+N_opt, D_opt, a concrete model shape, the predicted loss and clinical utility with intervals,
+and the epochs that D_opt needs over the unique tokens available.
 
     rec = recommend("fit/", flops=1e18, unique_tokens=2e8)
     print(format_recommendation(rec))
@@ -36,6 +38,7 @@ EXTRAPOLATION_WARN = 10.0  # warn past this factor beyond the largest fitted bud
 
 @dataclass
 class ApproachPrediction:
+    """One approach's prediction at the budget: N_opt, D_opt and loss with intervals, and whether to trust it."""
     approach: int
     n_opt: float
     n_opt_ci: list[float]
@@ -49,6 +52,11 @@ class ApproachPrediction:
 
 @dataclass
 class Recommendation:
+    """What a compute budget `flops` (FLOPs) should buy, per `recommend`.
+
+    Headline N_opt (parameters), D_opt (tokens) and loss (the fit's loss unit) come from `approach`;
+    each approach's own prediction is in `per_approach`; intervals are the fit's confidence level.
+    """
     flops: float
     approach: int  # the approach the headline numbers come from
     n_opt: float
@@ -193,8 +201,11 @@ def _shape(n_opt: float, c: float, vocab_size: int | None, context: int | None, 
 
 
 def _load(fits) -> tuple[dict, dict, float]:
-    """(fits.json's content, its bootstrap draws, the confidence level of its intervals) of a FIT
-    directory, a fits.json path or an analysis.fit.FitResult."""
+    """Load a fit's content, bootstrap draws and confidence level.
+
+    (fits.json's content, its bootstrap draws, the confidence level of its intervals) of a FIT
+    directory, a fits.json path or an analysis.fit.FitResult.
+    """
     from analysis.fit import FitResult, load_fits
 
     if isinstance(fits, FitResult):
@@ -210,8 +221,11 @@ def _load(fits) -> tuple[dict, dict, float]:
 
 
 def _utility(fit_json: dict, draws: dict, flops: float, conf: float, notes: list[str]) -> dict:
-    """{task: {"auroc", "auroc_ci"}} at `flops` from each utility law whose AUROC rose with compute;
-    a note in `notes` for each task left out."""
+    """Predicted AUROC per task at `flops`, from the utility laws.
+
+    {task: {"auroc", "auroc_ci"}} at `flops` from each utility law whose AUROC rose with compute;
+    a note in `notes` for each task left out.
+    """
     utility = {}
     for task, u in fit_json.get("utility", {}).items():
         if not (u.get("exponent") is not None and u["exponent"] < 0):
@@ -227,9 +241,32 @@ def _utility(fit_json: dict, draws: dict, flops: float, conf: float, notes: list
 
 def recommend(fits, flops: float, unique_tokens: float | None = None, approach: int | None = None,
               vocab_size: int | None = None, context: int | None = None, r_star: float = R_STAR_DATA) -> Recommendation:
-    """Recommend for compute budget `flops` from a fit (a FIT directory, a fits.json path, or an
-    analysis.fit.FitResult). `approach` picks the headline (default: 3, else 2, else 1).
-    unique_tokens, vocab_size and context default to what the fitted results table recorded."""
+    """Recommend a model and data size for compute budget `flops` from a fit.
+
+    Each fitted approach predicts N_opt, D_opt and the loss at `flops` (Approach 3 from its
+    compute-optimal frontier, Hoffmann et al. 2022 eq. 4; Approaches 1-2 from their power laws),
+    with percentile-bootstrap intervals from the fit's draws. When D_opt exceeds the unique tokens,
+    the data-constrained view of Muennighoff et al. (2023) is added when Approach 3 was fitted
+    (effective data, R* = r_star).
+
+    Args:
+        fits: a FIT directory, a fits.json path, or an analysis.fit.FitResult.
+        flops: the compute budget C in FLOPs (> 0).
+        unique_tokens: unique training tokens available (default: the fitted table's).
+        approach: the headline approach (1, 2 or 3); default: the first of 3, 2, 1 that passes
+            `trust`, else 3 (else 2, else 1).
+        vocab_size: V for the concrete shape (default: the fitted table's).
+        context: T for the concrete shape (default: the fitted table's).
+        r_star: Muennighoff's R*_D, the repetitions after which repeated tokens add little.
+
+    Returns:
+        Recommendation: N_opt (parameters, in the fit's n_count), D_opt (tokens), loss (the fit's
+        loss unit), epochs, utility predictions per task, a model shape, warnings.
+
+    Raises:
+        UserError: flops not a positive number, a fit without approaches, an approach that was not
+            fitted, or an unreadable fit.
+    """
     fit_json, draws, conf = _load(fits)
     if not (flops and math.isfinite(flops) and flops > 0):
         raise UserError(f"--flops must be a positive number of FLOPs (got {flops})")

@@ -1,5 +1,6 @@
 """Results tables drawn from a known law, for tests, benchmarks and trying the analysis out.
 
+Example:
     table = synthetic_results(BESIROGLU, budgets=np.logspace(18, 22, 10), sizes=25, noise=0.01, seed=0)
 """
 
@@ -15,6 +16,7 @@ from ehrfm.results import Status
 
 @dataclass(frozen=True)
 class Law:
+    """A parametric law L(N, D) = E + A / N^alpha + B / D^beta (Hoffmann et al. 2022, Approach 3 form)."""
     E: float
     A: float
     B: float
@@ -22,9 +24,15 @@ class Law:
     beta: float
 
     def loss(self, n, d):
+        """Loss of the law at parameters n and tokens d (broadcast arrays)."""
         return self.E + self.A / np.asarray(n, dtype=float) ** self.alpha + self.B / np.asarray(d, dtype=float) ** self.beta
 
     def n_opt(self, c, flops_per_param_token: float = 6.0):
+        """Compute-optimal parameters at compute c (FLOPs) under C = k N D, k = flops_per_param_token.
+
+        N_opt = G (C / k)^(beta / (alpha + beta)), G = (alpha A / (beta B))^(1 / (alpha + beta))
+        (Hoffmann et al. 2022, eq. 4); k = 6 is the 6 N FLOPs per token of Kaplan et al. (2020).
+        """
         G = (self.alpha * self.A / (self.beta * self.B)) ** (1 / (self.alpha + self.beta))
         return G * (np.asarray(c, dtype=float) / flops_per_param_token) ** (self.beta / (self.alpha + self.beta))
 
@@ -37,13 +45,16 @@ HOFFMANN = Law(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 def synthetic_results(law: Law = BESIROGLU, budgets=(1e18, 1e19, 1e20, 1e21), sizes: int = 9, span_decades: float = 2.0,
                       noise: float = 0.01, seed: int = 0, center_jitter_decades: float = 0.1,
                       tasks: dict[str, tuple[float, float]] | None = None, auroc_se: float | None = None) -> pl.DataFrame:
-    """An IsoFLOP sweep: per budget C, `sizes` model sizes log-spaced over `span_decades` around
+    """Draw a synthetic IsoFLOP sweep's results table from a known law.
+
+    An IsoFLOP sweep: per budget C, `sizes` model sizes log-spaced over `span_decades` around
     the law's optimum (shifted by a random jitter), D = C / (6 N), loss multiplied by
     exp(N(0, noise)) (noise is the standard deviation of ln L). `tasks` maps a task name to
     (coef, exponent): the compute-optimal run's 1 - AUROC is coef * C^exponent, worse off the
     optimum by the factor (L / L_opt)^4, times exp(N(0, noise)); written as `auroc/<task>`. With
     `auroc_se`, each AUROC also gets measurement noise N(0, auroc_se^2), as a probe scored on a
-    finite held-out sample has, and the column `auroc_se/<task>` says so."""
+    finite held-out sample has, and the column `auroc_se/<task>` says so.
+    """
     rng = np.random.default_rng(seed)
     rows = []
     for c in budgets:

@@ -75,13 +75,16 @@ class Results:
 
     @property
     def n(self) -> int:
+        """Number of runs."""
         return int(self.n_params.size)
 
     @property
     def multi_epoch(self) -> bool:
+        """Whether any run trained for more than one epoch over its unique tokens."""
         return self.epochs is not None and bool(np.nanmax(self.epochs, initial=1.0) > 1.0 + 1e-9)
 
     def subset(self, mask: np.ndarray) -> Results:
+        """These runs restricted to `mask` (a boolean mask or indices over the n runs); table metadata kept."""
         pick = lambda v: None if v is None else v[mask]  # noqa: E731
         return Results(
             source=self.source, run_id=self.run_id[mask], n_params=self.n_params[mask], tokens=self.tokens[mask],
@@ -153,9 +156,11 @@ def _numeric(df: pl.DataFrame, col: str, source: str) -> np.ndarray:
 
 
 def group_budgets(flops: np.ndarray, budget: np.ndarray | None = None) -> np.ndarray:
-    """The IsoFLOP budget of each run: the planned budget when given, else the median flops of its
-    group of runs whose log10 flops lie within BUDGET_GROUP_DECADES of their neighbours (runs near
-    a planned budget join it)."""
+    """The IsoFLOP budget of each run.
+
+    The planned budget when given, else the median flops of its group of runs whose log10 flops lie
+    within BUDGET_GROUP_DECADES of their neighbours (runs near a planned budget join it).
+    """
     out = np.full(flops.shape, np.nan) if budget is None else budget.astype(float).copy()
     missing = ~np.isfinite(out)
     if not missing.any():
@@ -274,8 +279,11 @@ def _run_ids(df: pl.DataFrame, source: str) -> np.ndarray:
 
 
 def _completed(df: pl.DataFrame, run_id: np.ndarray) -> tuple[np.ndarray, list[dict]]:
-    """(rows with status completed, or every row without a status column; the others as excluded
-    entries naming their status and error)."""
+    """Split rows into completed ones and excluded entries.
+
+    (rows with status completed, or every row without a status column; the others as excluded
+    entries naming their status and error).
+    """
     keep = np.ones(df.height, dtype=bool)
     excluded = []
     if "status" in df.columns:
@@ -288,8 +296,11 @@ def _completed(df: pl.DataFrame, run_id: np.ndarray) -> tuple[np.ndarray, list[d
 
 
 def _blown_up(df: pl.DataFrame, source: str, values: dict, keep: np.ndarray, run_id: np.ndarray, excluded: list) -> np.ndarray:
-    """Kept rows whose per-token loss is above uniform guessing (ln vocab_size), each added to
-    `excluded`: a finite blow-up a trainer did not catch. Checked on `loss` whatever column is fitted."""
+    """Exclude kept rows whose loss is worse than uniform guessing.
+
+    Kept rows whose per-token loss is above uniform guessing (ln vocab_size), each added to
+    `excluded`: a finite blow-up a trainer did not catch. Checked on `loss` whatever column is fitted.
+    """
     if "vocab_size" not in df.columns or "loss" not in df.columns:
         return np.zeros(df.height, dtype=bool)
     uniform = np.log(_numeric(df, "vocab_size", source))
@@ -302,8 +313,11 @@ def _blown_up(df: pl.DataFrame, source: str, values: dict, keep: np.ndarray, run
 
 
 def _utility(df: pl.DataFrame, source: str, keep: np.ndarray, run_id: np.ndarray) -> tuple[dict, dict]:
-    """({"auroc/<task>" | "auprc/<task>": values}, {"auroc/<task>": standard errors from auroc_se/<task>});
-    values of kept runs outside [0, 1] (standard errors outside [0, 0.5]) refused."""
+    """Clinical metric columns and their standard errors, range-checked.
+
+    ({"auroc/<task>" | "auprc/<task>": values}, {"auroc/<task>": standard errors from auroc_se/<task>});
+    values of kept runs outside [0, 1] (standard errors outside [0, 0.5]) refused.
+    """
     def bounded(col: str, lo: float, hi: float) -> np.ndarray:
         v = _numeric(df, col, source)
         _refuse(source, col, f"outside [{lo:g}, {hi:g}]", keep & np.isfinite(v) & ~((v >= lo) & (v <= hi)), run_id)

@@ -261,6 +261,11 @@ def has_checkpoint(run_dir) -> bool:
 
 
 def read_state(run_dir) -> dict:
+    """The run's checkpoint/state.json as a dict.
+
+    Raises:
+        UserError: the file is missing, not valid JSON or not an object (ehrfm.io.read_json).
+    """
     return read_json(Path(run_dir) / CHECKPOINT_DIR / "state.json", "checkpoint state", expect=dict)
 
 
@@ -318,7 +323,19 @@ def load_training_state(run_dir, model, optimizer, device="cpu") -> dict:
 
 
 def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
-    """(GPT in eval mode, ModelConfig) from a run dir (or its checkpoint/ dir). Safetensors only."""
+    """(GPT in eval mode, ModelConfig) from a run dir (or its checkpoint/ dir). Safetensors only.
+
+    Args:
+        run_dir: a run dir, or a checkpoint dir holding model.safetensors.
+        device: where to put the model.
+
+    Returns:
+        (GPT in eval mode on `device`, its ModelConfig from model_config.json).
+
+    Raises:
+        UserError: no model.safetensors, or a checkpoint that fails verification (sha256 in
+            state.json) or cannot be read.
+    """
     from ehrfm.model import GPT
 
     run_dir = Path(run_dir)

@@ -62,14 +62,17 @@ class Parser(argparse.ArgumentParser):
         return self
 
     def parse_known_args(self, args=None, namespace=None):
+        """As argparse.ArgumentParser.parse_known_args, after adding the deferred arguments."""
         self.populate()
         return super().parse_known_args(args, namespace)
 
     def format_help(self):
+        """As argparse.ArgumentParser.format_help, after adding the deferred arguments."""
         self.populate()
         return super().format_help()
 
     def format_usage(self):
+        """As argparse.ArgumentParser.format_usage, after adding the deferred arguments."""
         self.populate()
         return super().format_usage()
 
@@ -96,7 +99,7 @@ def command(sub, name: str, run, arguments=None, **kwargs) -> argparse.ArgumentP
 
 
 def positive_number(text: str) -> float:
-    """argparse type: a number > 0, e.g. a FLOP budget "1e18" (ArgumentTypeError otherwise)."""
+    """An argparse type: a number > 0, e.g. a FLOP budget "1e18" (ArgumentTypeError otherwise)."""
     try:
         value = float(text)
     except ValueError:
@@ -162,7 +165,7 @@ def field_default(f):
 
 
 def _base_type(hint):
-    """int for `int | None`, list for `list[int]`, ... (the type argparse converts with)."""
+    """The type argparse converts with: int for `int | None`, list for `list[int]`, ..."""
     import types
     import typing
 
@@ -252,8 +255,11 @@ def add_fields(container, cls, names: list[str], **overrides: dict) -> list[argp
 
 
 def values(cls, args: argparse.Namespace, names=None) -> dict:
-    """{field: value} of the fields of `cls` derived into `args`'s parser (`names`: only those),
-    converted; an `unset` option that was not given is left out."""
+    """The config field values parsed into `args`, converted.
+
+    {field: value} of the fields of `cls` derived into `args`'s parser (`names`: only those),
+    converted; an `unset` option that was not given is left out.
+    """
     out = {}
     for name, convert, unset in getattr(args, DERIVED, {}).get(cls, []):
         if names is not None and name not in names:

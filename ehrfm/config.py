@@ -23,7 +23,18 @@ MLP_MULTIPLE_OF = 32
 
 
 def swiglu_hidden(d_model: int, multiple_of: int = MLP_MULTIPLE_OF) -> int:
-    """Llama's SwiGLU width: 2/3 of 4*d_model, rounded up to a multiple of `multiple_of`."""
+    """Llama's SwiGLU width: 2/3 of 4*d_model, rounded up to a multiple of `multiple_of`.
+
+    The SwiGLU hidden size of Shazeer (2020) as sized in Llama (Touvron et al. 2023): the same
+    parameters as a 4*d_model GELU MLP.
+
+    Args:
+        d_model: the model width.
+        multiple_of: the rounding unit (MLP_MULTIPLE_OF).
+
+    Returns:
+        The hidden width, a multiple of `multiple_of`.
+    """
     hidden = math.ceil(8 * d_model / 3)
     return multiple_of * math.ceil(hidden / multiple_of)
 
@@ -67,8 +78,11 @@ def not_identity_fields() -> frozenset[str]:
 
 
 def branch_free_fields() -> frozenset[str]:
-    """TrainConfig fields in which a wsd branch may differ from its trunk: the resumable ones and
-    those flagged `branch`."""
+    """TrainConfig fields a wsd branch may change from its trunk.
+
+    TrainConfig fields in which a wsd branch may differ from its trunk: the resumable ones and
+    those flagged `branch`.
+    """
     return resumable_fields() | fields_with(TrainConfig, "branch")
 
 
@@ -134,6 +148,7 @@ class ModelConfig(_DictConfig):
 
     @property
     def head_dim(self) -> int:
+        """Width of one attention head: d_model // n_head (even, checked for RoPE)."""
         return self.d_model // self.n_head
 
 
@@ -276,6 +291,11 @@ class TrainConfig(_DictConfig):
             raise UserError(f"train config: stable_checkpoints must be token counts >= 1 (got {self.stable_checkpoints})")
 
     def model_config(self, vocab_size: int) -> ModelConfig:
+        """The ModelConfig of this run's shape for a token dir of `vocab_size` tokens.
+
+        Raises:
+            UserError: the shape is invalid (ModelConfig's checks).
+        """
         return ModelConfig(
             n_layer=self.n_layer,
             d_model=self.d_model,
@@ -288,13 +308,19 @@ class TrainConfig(_DictConfig):
 
 
 def warmup_steps_for(n_steps: int, cfg: TrainConfig) -> int:
-    """Warmup steps: cfg.warmup_steps when given, else warmup_frac of the run's steps (at least 1)."""
+    """Warmup steps: cfg.warmup_steps when given, else round(warmup_frac * n_steps).
+
+    The fraction gives at least 1 step when warmup_frac > 0, and 0 when it is 0.
+    """
     if cfg.warmup_steps is not None:
         return int(cfg.warmup_steps)
     return max(1, round(cfg.warmup_frac * n_steps)) if cfg.warmup_frac > 0 else 0
 
 
 def wsd_decay_start(n_steps: int, cfg: TrainConfig) -> int:
-    """First decay step (0-based) of a WSD run of n_steps: the last round(decay_fraction * n_steps)
-    steps (at least 1) decay. Steps before it are warmup or stable; a branch leaves its trunk here."""
+    """First decay step (0-based) of a WSD run of n_steps (Hägele et al. 2024).
+
+    The last round(decay_fraction * n_steps) steps (at least 1) decay. Steps before it are warmup
+    or stable; a branch leaves its trunk here.
+    """
     return n_steps - max(1, round(cfg.decay_fraction * n_steps))

@@ -65,7 +65,7 @@ class CausalLM(torch.nn.Module):
         self.config = gpt.config
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, T) int64 token ids, T <= context -> logits (B, T, vocab_size), float32 on CPU."""
+        """Logits (B, T, vocab_size), float32 on CPU, of ids (B, T) int64 token ids, T <= context."""
         return self.gpt(ids)[0]
 
     def generate(self, *args, **kwargs) -> torch.Tensor:
@@ -110,10 +110,13 @@ def _checkpoint_dir(run: Path) -> Path:
 
 
 def hf_llama(cfg) -> torch.nn.Module:
-    """A freshly initialised Hugging Face `LlamaForCausalLM` of the same shape as an ehrfm model
+    """A fresh Hugging Face LlamaForCausalLM shaped like an ehrfm model.
+
+    A freshly initialised Hugging Face `LlamaForCausalLM` of the same shape as an ehrfm model
     (ModelConfig `cfg`: same width, depth, heads, SwiGLU width, RMSNorm eps, RoPE theta, untied
     head; SDPA attention). For side-by-side benchmarks (benchmarks/train_throughput.py,
-    scripts/gpu_check.py); `export_hf` converts trained weights. Needs `transformers`."""
+    scripts/gpu_check.py); `export_hf` converts trained weights. Needs `transformers`.
+    """
     import transformers
 
     hf_cfg = transformers.LlamaConfig(
@@ -126,13 +129,17 @@ def hf_llama(cfg) -> torch.nn.Module:
 
 
 def training_step(model, kind: str, idx, targets, seg, autocast):
-    """A closure that runs one training step of `model` on a fixed batch: forward, cross-entropy,
-    backward, AdamW (lr 1e-4). For the side-by-side benchmarks of `hf_llama`.
+    """A closure that runs one training step of `model` on a fixed batch.
+
+    The step: forward, cross-entropy, backward, AdamW (lr 1e-4). For the side-by-side benchmarks
+    of `hf_llama`.
 
     Args:
         model: an ehrfm GPT (kind "ours": its fused head + loss, `return_logits=False`, as
             ehrfm.train runs) or a Hugging Face causal LM (kind "hf": logits, then F.cross_entropy).
-        idx, targets: (B, T) int64 token ids and next-token targets (-100: not scored).
+        kind: "ours" or "hf", as above.
+        idx: (B, T) int64 token ids.
+        targets: (B, T) int64 next-token targets (-100: not scored).
         seg: (B, T) subject ids of packed rows (block-diagonal attention), or None; GPT only.
         autocast: a zero-argument context manager factory (bf16 autocast, or a null context).
     """
@@ -217,7 +224,7 @@ def llama_config(model_cfg: dict, special_ids: dict[str, int]) -> dict:
 
 
 def llama_state_dict(tensors: dict[str, torch.Tensor], model_cfg: dict) -> dict[str, torch.Tensor]:
-    """ehrfm GPT tensors -> LlamaForCausalLM tensor names (see the module docstring).
+    """Rename ehrfm GPT tensors to LlamaForCausalLM tensor names (see the module docstring).
 
     Raises:
         UserError: a tensor with no Llama counterpart (biases, extra norms ...) or a missing one.

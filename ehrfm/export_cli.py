@@ -15,6 +15,7 @@ def _export(args) -> int:
 
 
 def register(sub) -> None:
+    """Add the `ehrfm export` subcommand to the subparsers action `sub`."""
     p = command(
         sub, "export", _export,
         help="write a run's model as a Hugging Face LlamaForCausalLM directory",

@@ -1,5 +1,8 @@
-"""Packages whose public names import their modules on first use (PEP 562), so that importing the
-package stays light (no torch, no polars)."""
+"""Lazy package attributes (PEP 562).
+
+Packages whose public names import their modules on first use (PEP 562), so that importing the
+package stays light (no torch, no polars).
+"""
 
 from __future__ import annotations
 

@@ -118,6 +118,7 @@ class MetricsLog:
         self.file = open(path, "a")  # noqa: SIM115 (closed in close())
 
     def write(self, text: str) -> int:
+        """Append JSON lines `text` to metrics.jsonl and log each to the backend; returns characters written."""
         n = self.file.write(text)
         if self.backend is not None:
             for raw in text.splitlines():
@@ -126,9 +127,11 @@ class MetricsLog:
         return n
 
     def flush(self) -> None:
+        """Flush metrics.jsonl."""
         self.file.flush()
 
     def close(self) -> None:
+        """Close metrics.jsonl and the backend (idempotent for the backend)."""
         self.file.close()
         if self.backend is not None:
             self.backend.close()

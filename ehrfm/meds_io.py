@@ -168,8 +168,11 @@ def open_meds(meds_dir: str | os.PathLike, check_static: bool = True) -> MedsDat
 
 
 def _split_folder_shards(data: Path, folders: list[str]) -> tuple[dict[str, list[Shard]], dict[str, str]]:
-    """({split: shards}, {folder alias: split}) of data/<split>/ folders (UserError: unknown or
-    clashing folders, or parquet files beside them)."""
+    """Shards per split of a data/<split>/ layout.
+
+    ({split: shards}, {folder alias: split}) of data/<split>/ folders (UserError: unknown or
+    clashing folders, or parquet files beside them).
+    """
     unknown = [f for f in folders if f not in SPLITS and f not in SPLIT_ALIASES]
     if unknown:
         raise UserError(
@@ -197,9 +200,12 @@ def _split_folder_shards(data: Path, folders: list[str]) -> tuple[dict[str, list
 
 
 def _subject_split_shards(root: Path, data: Path) -> tuple[dict[str, list[Shard]], dict[str, str]]:
-    """({split: shards}, {split alias: split}) of a flat layout (any shards under data/) whose
+    """Shards per split of a flat layout split by metadata/subject_splits.parquet.
+
+    ({split: shards}, {split alias: split}) of a flat layout (any shards under data/) whose
     splits come from metadata/subject_splits.parquet; each split reads every shard, keeping its
-    own subjects (UserError: no shards, no or a malformed splits file, unknown split names)."""
+    own subjects (UserError: no shards, no or a malformed splits file, unknown split names).
+    """
     files = sorted(data.rglob("*.parquet"))
     if not files:
         raise UserError(f"{data} holds no parquet shards")
@@ -278,7 +284,7 @@ def is_never_static(code: pl.Expr) -> pl.Expr:
 
 
 def null_time_codes(paths: Iterable[Path]) -> dict[str, int]:
-    """code -> count of null-time rows whose code is not static (rules in the module docstring)."""
+    """Count null-time rows per code whose code is not static (rules in the module docstring)."""
     paths = list(paths)
     if not paths:
         return {}
@@ -294,9 +300,12 @@ def null_time_codes(paths: Iterable[Path]) -> dict[str, int]:
 
 
 def scan_shard(shard: Shard | Path, columns: Iterable[str] = REQUIRED_COLUMNS) -> pl.LazyFrame:
-    """A lazy frame of one shard's `columns` (subject_id Int64, time Datetime(us), code String,
+    """A lazy frame of one shard's rows.
+
+    A lazy frame of one shard's `columns` (subject_id Int64, time Datetime(us), code String,
     numeric_value Float64; a missing optional column is all null), filtered to the shard's
-    subjects and without its non-static null-time rows (`Shard.drop_null_time`)."""
+    subjects and without its non-static null-time rows (`Shard.drop_null_time`).
+    """
     path = shard.path if isinstance(shard, Shard) else Path(shard)
     schema = check_columns(path)
     columns = list(dict.fromkeys([*columns]))

@@ -79,7 +79,18 @@ def segment_positions(segment_ids: torch.Tensor) -> torch.Tensor:
 
 
 def attention_layout(segment_ids: torch.Tensor | None, T: int, device: torch.device, backend: str = "auto") -> AttentionLayout:
-    """Pick the cheapest exact kernel for this batch's segment structure."""
+    """Pick the cheapest exact kernel for this batch's segment structure.
+
+    Args:
+        segment_ids: (B, T) packed-sequence labels, or None (one sequence per row).
+        T: sequence length.
+        device: where the batch is; xformers is tried only on CUDA.
+        backend: "auto", "sdpa" or "xformers".
+
+    Returns:
+        AttentionLayout "causal" (one segment per row), "xformers" (a BlockDiagonalCausalMask over
+        the flattened batch) or "mask" (a (B, 1, T, T) boolean block-diagonal causal mask).
+    """
     if segment_ids is None or bool((segment_ids == segment_ids[:, :1]).all()):
         return AttentionLayout("causal")
     if device.type == "cuda" and backend in ("auto", "xformers") and _xformers_ops():
@@ -109,6 +120,17 @@ class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")  # backward then runs under the forward's autocast (bf16 matmuls)
     def forward(ctx, h, weight, targets):
+        """Summed cross-entropy of logits h @ weight.T (nats); saves softmax probabilities for backward.
+
+        Args:
+            ctx: the autograd context.
+            h: hidden states (N, d_model).
+            weight: the output head's weight (V, d_model).
+            targets: (N,) int64 token ids; IGNORE_INDEX (-100) positions add nothing.
+
+        Returns:
+            A float32 scalar: the summed loss over non-ignored targets, in nats.
+        """
         logits = (h @ weight.t()).float()
         valid = targets != IGNORE_INDEX
         safe = torch.where(valid, targets, 0)
@@ -122,6 +144,7 @@ class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_loss):
+        """Gradients of the summed loss with respect to h (N, d_model) and weight (V, d_model); None for targets."""
         h, weight, probs, safe, valid = ctx.saved_tensors
         dlogits = probs
         dlogits[torch.arange(len(safe), device=safe.device), safe] -= 1.0
@@ -133,7 +156,11 @@ class LinearCrossEntropy(torch.autograd.Function):
 
 
 def rope_cache(context: int, head_dim: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin tables (context, head_dim) in the 'rotate half' layout of Llama / HF."""
+    """RoPE tables (Su et al. 2021): cos, sin, each (context, head_dim) float32.
+
+    In the 'rotate half' layout of Llama / HF: frequencies theta^(-2i / head_dim), repeated for
+    the two halves.
+    """
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
     angles = torch.outer(torch.arange(context, dtype=torch.float32, device=device), inv_freq)
     angles = torch.cat([angles, angles], dim=-1)
@@ -141,7 +168,16 @@ def rope_cache(context: int, head_dim: int, theta: float, device=None) -> tuple[
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, T, H, hd); cos/sin broadcastable to it ((T, 1, hd) or (B, T, 1, hd))."""
+    """Rotate x by rotary position embeddings (Su et al. 2021, RoFormer), Llama's "rotate half" layout.
+
+    Args:
+        x: queries or keys (B, T, H, hd).
+        cos: cosine table broadcastable to x: (T, 1, hd) or (B, T, 1, hd) (`rope_cache`).
+        sin: sine table, same shape as cos.
+
+    Returns:
+        The rotated tensor, same shape and dtype as x.
+    """
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return (x * cos + rotated * sin).to(x.dtype)
@@ -151,12 +187,17 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class RMSNorm(nn.Module):
+    """Root-mean-square layer norm (Zhang & Sennrich 2019) with a learned scale and no bias, as in Llama.
+
+    Computed in float32 and cast back to the input dtype.
+    """
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise x (..., dim) over its last dimension; same shape and dtype as x."""
         # normalise in fp32 (bf16 autocast would otherwise lose precision in the mean square)
         return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
 
@@ -172,6 +213,7 @@ def per_slice_matmuls(x: torch.Tensor) -> bool:
 
 
 class Attention(nn.Module):
+    """Causal multi-head self-attention with RoPE and fused qkv projection, no biases."""
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
@@ -188,6 +230,18 @@ class Attention(nn.Module):
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def forward(self, x, cos, sin, layout: AttentionLayout):
+        """Attend over a batch x (B, T, d_model) -> (B, T, d_model).
+
+        Args:
+            x: normed hidden states (B, T, d_model).
+            cos: RoPE table broadcastable to (B, T, H, head_dim) ((T, 1, hd) or (B, T, 1, hd)).
+            sin: as cos.
+            layout: which positions may attend to which (`attention_layout`): causal, a boolean mask, or
+                an xformers block-diagonal bias.
+
+        Returns:
+            The output projection of the attended values, (B, T, d_model).
+        """
         B, T, C = x.shape
         q, k, v = self._qkv(x, cos, sin)
         if layout.kind == "xformers":
@@ -225,6 +279,7 @@ class Attention(nn.Module):
 
 
 class SwiGLU(nn.Module):
+    """SwiGLU feed-forward (Shazeer 2020): w2(silu(w1 x) * w3 x), hidden width cfg.mlp_hidden, no biases."""
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.hidden = cfg.mlp_hidden
@@ -232,6 +287,7 @@ class SwiGLU(nn.Module):
         self.w2 = nn.Linear(cfg.mlp_hidden, cfg.d_model, bias=False)
 
     def forward(self, x):
+        """Apply the feed-forward to x (..., d_model) -> (..., d_model)."""
         if per_slice_matmuls(x):
             w1, w3 = self.w13.weight.split(self.hidden)
             gate, up = F.linear(x, w1), F.linear(x, w3)
@@ -241,6 +297,7 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm1(x)), then + mlp(norm2(x))."""
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.norm1 = RMSNorm(cfg.d_model, cfg.norm_eps)
@@ -249,6 +306,7 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg)
 
     def forward(self, x, cos, sin, layout):
+        """Apply the block to x (B, T, d_model) -> (B, T, d_model); cos, sin, layout as for Attention.forward."""
         x = x + self.attn(self.norm1(x), cos, sin, layout)
         return x + self.mlp(self.norm2(x))
 
@@ -267,6 +325,7 @@ class KVCache:
         self.length = 0  # positions filled so far
 
     def reset(self) -> None:
+        """Forget the cached positions (the buffers are kept and overwritten by the next prefill)."""
         self.length = 0
 
 
@@ -287,6 +346,11 @@ class GPT(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """Initialise weights as GPT-2 / nanoGPT: N(0, init_std), residual projections scaled, norms at 1.
+
+        Attention output and SwiGLU w2 weights use std init_std / sqrt(2 n_layer) (Radford et al. 2019);
+        one-dimensional parameters (RMSNorm scales) are set to 1.
+        """
         # GPT-2 / nanoGPT init: N(0, 0.02); residual output projections scaled by 1/sqrt(2 n_layer)
         std = self.config.init_std
         for name, p in self.named_parameters():
@@ -298,6 +362,15 @@ class GPT(nn.Module):
                 nn.init.normal_(p, 0.0, std)
 
     def n_params(self, non_embedding: bool = True) -> int:
+        """Number of parameters of the model.
+
+        Args:
+            non_embedding: leave out the token embedding and the (untied) output head, as the
+                non-embedding N of Kaplan et al. (2020) and ehrfm.shapes.n_params.
+
+        Returns:
+            The parameter count.
+        """
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
             n -= self.embed.weight.numel() + self.head.weight.numel()
@@ -322,11 +395,24 @@ class GPT(nn.Module):
         return self.norm(x)
 
     def forward(self, idx, targets=None, segment_ids=None, positions=None, reduction: str = "mean", return_logits: bool = True):
-        """idx (B, T) -> (logits (B, T, V), loss). loss is None without targets.
+        """Logits and next-token cross-entropy (nats) of token ids idx (B, T).
 
-        reduction: "mean" over non-ignored targets, "sum", or "none" ((B, T), 0 where ignored).
-        return_logits=False (with targets, reduction "sum" or "mean"): logits are not kept and
-        None is returned for them; the training path (LinearCrossEntropy, less memory traffic).
+        Args:
+            idx: (B, T) int64 token ids, T <= cfg.context.
+            targets: optional (B, T) int64 next-token ids; IGNORE_INDEX (-100) positions are ignored.
+            segment_ids: optional (B, T) integers labelling the packed sequence of each position
+                (block-diagonal causal attention, RoPE positions restarting per segment).
+            positions: optional (B, T) RoPE positions (default: from segment_ids, else 0..T-1).
+            reduction: "mean" over non-ignored targets, "sum", or "none" ((B, T), 0 where ignored).
+            return_logits: False (with targets, reduction "sum" or "mean"): logits are not kept and
+                None is returned for them; the training path (LinearCrossEntropy, less memory traffic).
+
+        Returns:
+            (logits (B, T, V) or None, loss): loss is None without targets, else a scalar (mean or
+            sum, nats) or (B, T) per-token losses for reduction "none".
+
+        Raises:
+            ValueError: T exceeds the model context.
         """
         h = self._trunk(idx, segment_ids, positions)
         if targets is not None and not return_logits and reduction in ("sum", "mean"):
@@ -345,12 +431,19 @@ class GPT(nn.Module):
         return logits, loss
 
     def hidden_states(self, idx, segment_ids=None, positions=None) -> torch.Tensor:
-        """Final-normed hidden states (B, T, d_model). Rows may be right-padded (causal)."""
+        """Final-normed hidden states (B, T, d_model) of ids idx (B, T). Rows may be right-padded (causal).
+
+        segment_ids and positions as for `forward`; ValueError when T exceeds the context.
+        """
         return self._trunk(idx, segment_ids, positions)
 
     # --- incremental decoding -------------------------------------------------------------------
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty KV cache for `batch_size` rows of up to `max_len` positions (default: the context).
+
+        The cache lives on the model's device in the dtype of its weights.
+        """
         p = self.head.weight
         return KVCache(self.config, batch_size, max_len, device=p.device, dtype=p.dtype)
 
@@ -395,6 +488,17 @@ class GPT(nn.Module):
 
         Rows that emitted a stop token keep emitting it; generation ends when all rows have
         stopped or the context is full. temperature 0 is greedy.
+
+        Args:
+            idx: (B, t) int64 prompt token ids (unpadded rows of equal length).
+            max_new_tokens: the most tokens to add (also capped by the context).
+            temperature: softmax temperature; 0 takes the argmax.
+            top_k: sample only among the k most likely tokens (None: all).
+            generator: the torch.Generator of the draws (for reproducible samples).
+            stop_tokens: token ids that end a row.
+
+        Returns:
+            (B, t + n) int64: the prompt followed by the n generated tokens.
         """
         B, t = idx.shape
         n = min(max_new_tokens, self.config.context - t)

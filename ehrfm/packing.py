@@ -46,9 +46,11 @@ class PackedRows:
 
     @property
     def n_targets(self) -> int:
+        """Number of scored targets (not IGNORE_INDEX) in the batch."""
         return int((self.targets != IGNORE_INDEX).sum())
 
     def take(self, rows) -> PackedRows:
+        """The batch restricted to `rows` (an index or mask over n_rows), its n_tokens recounted."""
         t = self.tokens[rows]
         return PackedRows(t, self.targets[rows], self.segment_ids[rows], int((self.segment_ids[rows] != PAD_SEGMENT).sum()))
 

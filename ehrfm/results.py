@@ -149,7 +149,7 @@ class RunResult:
 
     @property
     def kept(self) -> bool:
-        """completed or diverged: a deterministic outcome, never trained again."""
+        """Whether the status is completed or diverged: a deterministic outcome, never trained again."""
         return self.status in KEPT
 
 
@@ -206,7 +206,9 @@ def write_result(run_dir: str | Path, result: RunResult) -> None:
 
 
 def require_completed(run_dir: str | Path, use: str) -> None:
-    """Refuse (UserError) a run dir whose result.json says it did not complete; a run dir without
+    """Refuse a run dir whose run did not complete.
+
+    Refuse (UserError) a run dir whose result.json says it did not complete; a run dir without
     result.json (a bare checkpoint) is accepted.
 
     Args:

@@ -61,7 +61,19 @@ def n_params_total(cfg: ModelConfig) -> int:
 
 
 def flops_per_token(cfg: ModelConfig) -> float:
-    """Training FLOPs per token (DESIGN.md): 6 (N + d V) + 6 L T d."""
+    """Training FLOPs per token (DESIGN.md): 6 (N + d V) + 6 L T d.
+
+    Kaplan et al. (2020, table 1): a forward pass costs 2 N + 2 n_layer n_ctx d_model FLOPs per
+    token, the backward pass twice that, so C = 6 N D plus the attention term. N here is the
+    non-embedding count plus the output head's d_model * vocab_size multiply-adds (the embedding
+    lookup costs none).
+
+    Args:
+        cfg: the model shape (n_layer L, d_model d, vocab_size V, context T).
+
+    Returns:
+        FLOPs per trained token.
+    """
     return 6.0 * (n_params(cfg) + cfg.d_model * cfg.vocab_size) + 6.0 * cfg.n_layer * cfg.context * cfg.d_model
 
 
@@ -77,8 +89,14 @@ def _count(n_layer: int, d_model: float) -> float:
 
 
 def depth_for_params(target_n_params: float) -> int:
-    """The family's n_layer for a target non-embedding size N (module docstring): the depth whose
-    exact-ratio shape (L, ASPECT_RATIO * L) is nearest to N in log N. Non-decreasing in N."""
+    """The family's n_layer for a target non-embedding size N.
+
+    The family's n_layer for a target non-embedding size N (module docstring): the depth whose
+    exact-ratio shape (L, ASPECT_RATIO * L) is nearest to N in log N. Non-decreasing in N.
+
+    Raises:
+        ValueError: target_n_params <= 0.
+    """
     if not target_n_params > 0:
         raise ValueError(f"target_n_params must be > 0 (got {target_n_params})")
     n_layer = 1
@@ -93,6 +111,17 @@ def shape_for_params(target_n_params: float, vocab_size: int, context: int) -> M
     Members are the admissible (n_layer, d_model) whose own n_params maps back to their depth
     (`depth_for_params`), so sizes and depths are both non-decreasing in the target. Ties go to
     the smaller shape. Deterministic.
+
+    Args:
+        target_n_params: the non-embedding parameter count N aimed at (> 0).
+        vocab_size: V of the token dir.
+        context: T, tokens per sequence.
+
+    Returns:
+        The ModelConfig of the nearest member.
+
+    Raises:
+        ValueError: target_n_params <= 0.
     """
     depth = depth_for_params(target_n_params)
     best = None

@@ -54,6 +54,7 @@ class TokenSplit:
 
     @property
     def n_tokens(self) -> int:
+        """Number of tokens in the split."""
         return int(self.tokens.shape[0])
 
     def subject(self, i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -82,10 +83,16 @@ class TokenDir:
     # --- the fitted tokenizer -------------------------------------------------------------------
     @cached_property
     def tokenizer_bytes(self) -> bytes:
+        """The raw bytes of tokenizer.json (what `fingerprint` hashes)."""
         return (self.path / "tokenizer.json").read_bytes()
 
     @cached_property
     def tokenizer(self) -> dict:
+        """The parsed tokenizer.json.
+
+        Raises:
+            UserError: tokenizer.json is not valid JSON or has no "vocab" list.
+        """
         try:
             tok = json.loads(self.tokenizer_bytes)
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -101,10 +108,12 @@ class TokenDir:
 
     @cached_property
     def vocab(self) -> list[str]:
+        """Token strings in id order."""
         return list(self.tokenizer["vocab"])
 
     @property
     def vocab_size(self) -> int:
+        """Number of tokens in the vocabulary (V)."""
         return len(self.vocab)
 
     @cached_property
@@ -126,6 +135,7 @@ class TokenDir:
 
     @property
     def pad_id(self) -> int:
+        """Id of the PAD token."""
         return self.token_id("PAD")
 
     @cached_property
@@ -142,7 +152,8 @@ class TokenDir:
         code, its hierarchy head (category, chapter or a `<prefix>//*` fallback) or UNK. Interval,
         quantile, age, TIMELINE_START/END, PAD and continuation tokens (the rest of a hierarchical
         code) open none. So the events among any tokens are the head tokens among them, in
-        either code mode."""
+        either code mode.
+        """
         # A hand-made tokenizer.json may list no special tokens: then only the framing ones are known.
         special = set(self.tokenizer.get("special_tokens", ("PAD", "TIMELINE_START", "TIMELINE_END"))) - {"UNK"}
         closed = special | set(self.tokenizer.get("continuation_tokens", []))
@@ -156,11 +167,21 @@ class TokenDir:
     # --- provenance and stats -------------------------------------------------------------------
     @cached_property
     def stats(self) -> dict:
+        """stats.json (counts written by `ehrfm tokenize`), or {} when absent.
+
+        Raises:
+            UserError: stats.json is damaged.
+        """
         p = self.path / "stats.json"
         return read_json(p, "token stats", expect=dict, hint=_REDO) if p.is_file() else {}
 
     @cached_property
     def config(self) -> dict:
+        """config.json (the TokenizeConfig the dir was made with), or {} when absent.
+
+        Raises:
+            UserError: config.json is damaged.
+        """
         p = self.path / "config.json"
         return read_json(p, "token dir config", expect=dict, hint=_REDO) if p.is_file() else {}
 
@@ -172,10 +193,16 @@ class TokenDir:
 
     @property
     def splits(self) -> list[str]:
+        """The splits present (those with a tokens.npy), in SPLITS order."""
         return [s for s in SPLITS if (self.path / s / "tokens.npy").is_file()]
 
     # --- the arrays -----------------------------------------------------------------------------
     def split(self, name: str) -> TokenSplit:
+        """The memory-mapped arrays of split `name` (cached).
+
+        Raises:
+            UserError: the split is absent, or its arrays are damaged or inconsistent.
+        """
         if name in self._splits:
             return self._splits[name]
         d = self.path / name

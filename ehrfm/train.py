@@ -115,7 +115,15 @@ def request_stop() -> None:
 
 
 def tokens_for(cfg: TrainConfig, model_cfg: ModelConfig) -> int:
-    """D: the configured token count, or floor(flops / flops_per_token)."""
+    """D, the tokens a run trains: the configured token count, or floor(flops / flops_per_token).
+
+    Args:
+        cfg: the run's config; exactly one of cfg.tokens (tokens) and cfg.flops (FLOPs) is set.
+        model_cfg: the run's model shape, for ehrfm.shapes.flops_per_token (FLOPs per token).
+
+    Returns:
+        D in tokens (0 when the FLOP budget is less than one token's FLOPs).
+    """
     if cfg.tokens is not None:
         return int(cfg.tokens)
     return int(math.floor(float(cfg.flops) / flops_per_token(model_cfg)))
@@ -160,6 +168,14 @@ def lr_at(step: int, n_steps: int, cfg: TrainConfig) -> float:
     (cfg.schedule "cosine"), or warmup-stable-decay ("wsd", Hägele et al. 2024, arXiv
     2405.18392): constant cfg.lr until `wsd_decay_start`, then linear or 1-sqrt decay reaching
     min_lr_ratio * lr at the last step, the same final lr as the cosine schedule.
+
+    Args:
+        step: the optimizer step, 0 <= step < n_steps.
+        n_steps: the run's optimizer steps.
+        cfg: lr, min_lr_ratio, schedule, warmup_frac / warmup_steps, decay_fraction, decay_shape.
+
+    Returns:
+        The learning rate (the unit of cfg.lr).
     """
     warmup = warmup_steps_for(n_steps, cfg)
     if cfg.schedule == "wsd":
@@ -186,14 +202,20 @@ BRANCH_FREE = branch_free_fields()  # RESUMABLE_CHANGES and the fields flagged `
 
 
 def stable_checkpoint_dir(run_dir, tokens: int) -> Path:
-    """Where a WSD run keeps its stable-phase checkpoint after `tokens` trained tokens (a dir that
-    holds an ehrfm.checkpoint `checkpoint/`): RUN/stable/tokens-<tokens>."""
+    """The directory of a WSD run's stable-phase checkpoint after `tokens` tokens.
+
+    Where a WSD run keeps its stable-phase checkpoint after `tokens` trained tokens (a dir that
+    holds an ehrfm.checkpoint `checkpoint/`): RUN/stable/tokens-<tokens>.
+    """
     return Path(run_dir) / STABLE_DIR / f"tokens-{int(tokens)}"
 
 
 def _stable_steps(cfg: TrainConfig, n_steps: int, step_tokens: int) -> dict[int, int]:
-    """{step: tokens} of the stable-phase checkpoints this run keeps; UserError for a point that is
-    not a step boundary or not in the stable phase (warmup end .. decay start)."""
+    """The stable-phase checkpoints this run keeps, {step: tokens}.
+
+    {step: tokens} of the stable-phase checkpoints this run keeps; UserError for a point that is
+    not a step boundary or not in the stable phase (warmup end .. decay start).
+    """
     out = {}
     warmup, start = warmup_steps_for(n_steps, cfg), wsd_decay_start(n_steps, cfg) if cfg.schedule == "wsd" else 0
     for t in cfg.stable_checkpoints:
@@ -209,15 +231,27 @@ def _stable_steps(cfg: TrainConfig, n_steps: int, step_tokens: int) -> dict[int,
 
 
 def branch_point(cfg: TrainConfig, n_steps: int, step_tokens: int) -> tuple[int, int]:
-    """(step, tokens) where a WSD branch leaves its trunk: its own decay start."""
+    """(step, tokens) where a WSD branch leaves its trunk: its own decay start.
+
+    Args:
+        cfg: the branch's config (decay_fraction).
+        n_steps: the branch's optimizer steps.
+        step_tokens: tokens per optimizer step (batch_size * context).
+
+    Returns:
+        (wsd_decay_start(n_steps, cfg), that step times step_tokens): 0-based step, tokens.
+    """
     step = wsd_decay_start(n_steps, cfg)
     return step, step * step_tokens
 
 
 def _check_trunk(cfg: TrainConfig, run_config: dict, n_steps: int, step_tokens: int) -> None:
-    """Refuse (UserError, nothing written) a branch whose trunk cannot serve it: not a run dir, made
+    """Refuse a WSD branch whose trunk cannot serve it.
+
+    Refuse (UserError, nothing written) a branch whose trunk cannot serve it: not a run dir, made
     with another tokenizer, data, shape or options, a branch point past the trunk's stable phase,
-    or no stable checkpoint there (yet, or ever: the trunk failed first)."""
+    or no stable checkpoint there (yet, or ever: the trunk failed first).
+    """
     trunk = Path(cfg.trunk_dir)
     ended = read_result(trunk)
     if not (trunk / "config.json").is_file():
@@ -316,9 +350,11 @@ def _check_token_ids(td: TokenDir, split) -> None:
 
 
 def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool, held: contextlib.ExitStack) -> dict | None:
-    """Create or validate the run dir (rank 0) under its training lock, which `held` keeps until
-    the run ends. Returns the existing result when already finished; RunDirBusyError when another
-    process trains this run dir (checked before anything in it is read or changed)."""
+    """Create or validate the run dir (rank 0) under its training lock, which `held` keeps until the run ends.
+
+    Returns the existing result when already finished; RunDirBusyError when another process trains
+    this run dir (checked before anything in it is read or changed).
+    """
     if run_dir.exists() and not overwrite and not (run_dir / "config.json").is_file() \
             and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         raise UserError(f"output {run_dir} exists and is not a run dir (no config.json); choose another --out")
@@ -353,7 +389,9 @@ def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool, held: con
 
 def _started(run_dir: Path) -> bool:
     """Has this run dir begun training: a checkpoint, its previous copy, or one being written?
-    A pure look (has_checkpoint recovers files and, under DDP, waits on every rank)."""
+
+    A pure look (has_checkpoint recovers files and, under DDP, waits on every rank).
+    """
     return (run_dir / CHECKPOINT_DIR).exists() or (run_dir / PREVIOUS_DIR).exists() \
         or any(run_dir.glob(f"{CHECKPOINT_DIR}.tmp-*"))
 
@@ -443,7 +481,8 @@ def eval_subjects(eval_rows: PackedRows) -> tuple[np.ndarray, int]:
     """(subject index of every position (n_rows, T): 0..S-1 in stream order, S at padding; S).
 
     The eval stream is in file order within one epoch, so a segment id is one subject, also
-    across the window cuts of a subject longer than a row (ehrfm.packing)."""
+    across the window cuts of a subject longer than a row (ehrfm.packing).
+    """
     seg = eval_rows.segment_ids
     valid = seg != PAD_SEGMENT
     ids, inverse = np.unique(seg[valid], return_inverse=True)
@@ -482,8 +521,22 @@ def evaluate_subjects(model, eval_rows: PackedRows, batch_size: int, device, aut
 
 
 def evaluate(model, eval_rows: PackedRows, batch_size: int, device, autocast, dd: _Dist, per_subject: bool = False):
-    """Mean next-token loss (nats) over the eval rows' scored targets; with per_subject, the tuple
-    (mean, nats summed per eval subject, scored targets per eval subject) (`evaluate_subjects`)."""
+    """Mean next-token loss (nats/token) over the eval rows.
+
+    Args:
+        model: the GPT (or its DDP wrapper); put in eval mode for the pass, then restored.
+        eval_rows: the packed held-out rows (n_rows, T).
+        batch_size: rows per forward pass.
+        device: where the model is.
+        autocast: a zero-argument context manager factory (bf16 autocast or a null context).
+        dd: the distributed setup; each rank scores its round-robin share, sums are all-reduced.
+        per_subject: also return the per-subject sums.
+
+    Returns:
+        The mean loss over the eval rows' scored targets (nats/token); with per_subject, the tuple
+        (mean, nats summed per eval subject (S,), scored targets per eval subject (S,))
+        (`evaluate_subjects`).
+    """
     loss_sums, counts = evaluate_subjects(model, eval_rows, batch_size, device, autocast, dd)
     mean = float(loss_sums.sum() / counts.sum())
     return (mean, loss_sums, counts) if per_subject else mean
@@ -512,7 +565,23 @@ def ratio_se(num: np.ndarray, den: np.ndarray) -> float | None:
 def train(cfg: TrainConfig, handle_signals: bool = True) -> dict:
     """Train one model as configured; returns the result dict (also RUN/result.json, unless interrupted).
 
-    handle_signals: install SIGTERM/SIGUSR1 handlers (main thread only) for the duration of the run.
+    Trains exactly D = tokens_for(cfg, ...) tokens with AdamW and the cosine or WSD schedule
+    (`lr_at`), resuming from RUN/checkpoint/ when present; see the module docstring for the run
+    dir, stops, divergence and WSD branches.
+
+    Args:
+        cfg: the run's config (token dir, out dir, shape, budget in tokens or FLOPs, optimizer).
+        handle_signals: install SIGTERM/SIGUSR1 handlers (main thread only) for the duration of the run.
+
+    Returns:
+        result.json's content: status ("completed", "failed", "diverged"; "interrupted" when
+        stopped, without result.json), n_params, n_params_total, vocab_size, tokens, flops (FLOPs),
+        val_loss (nats/token), loss_per_event (nats/event), wall_s (seconds), tokens_per_s, error ...
+
+    Raises:
+        UserError: a bad config or token dir, a budget under one token, or a resume or WSD branch
+            whose run dir, tokenizer, data or config does not match.
+        RunDirBusyError: another trainer holds the run dir's lock (a UserError).
     """
     dd = _Dist(cfg.device)
     old_handlers = {}
@@ -607,8 +676,11 @@ def _train(cfg: TrainConfig, dd: _Dist, held: contextlib.ExitStack) -> dict:
 
 
 def _end(dd: _Dist, run_dir: Path, status: Status, base: dict, **outcome) -> dict:
-    """The run's result (base accounting, then its outcome), written to result.json by rank 0
-    unless interrupted (an interrupted run has no result.json); returned as a dict."""
+    """Build, write and return the run's result.
+
+    The run's result (base accounting, then its outcome), written to result.json by rank 0
+    unless interrupted (an interrupted run has no result.json); returned as a dict.
+    """
     result = RunResult(status, **base, **outcome)
     if dd.main and status != Status.INTERRUPTED:
         write_result(run_dir, result)
@@ -684,8 +756,11 @@ class _Run:
 
 
 def _setup(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_dir: Path, base: dict) -> _Run:
-    """Model, AdamW, data streams and eval rows for the run; resumed from its checkpoint (or, for a
-    WSD branch, its trunk's stable checkpoint) when there is one."""
+    """Set up the model, optimizer, data and eval rows of a run.
+
+    Model, AdamW, data streams and eval rows for the run; resumed from its checkpoint (or, for a
+    WSD branch, its trunk's stable checkpoint) when there is one.
+    """
     device = dd.device
     autocast, dtype_name = _autocast_for(cfg, device)
     torch.manual_seed(cfg.seed)  # the seed fixes init; data order is fixed by the stream's seed
@@ -718,8 +793,11 @@ def _setup(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_di
 
 
 def _resume(cfg, core, optimizer, n_steps: int, run_dir: Path, device) -> tuple[int, float, float, float | None]:
-    """(step, wall_s, train_loss, initial_train_loss) to start from, loading the run's checkpoint
-    (or a WSD branch's trunk checkpoint) into `core` and `optimizer`; a fresh run starts at 0."""
+    """Load the run's checkpoint and return where training resumes.
+
+    (step, wall_s, train_loss, initial_train_loss) to start from, loading the run's checkpoint
+    (or a WSD branch's trunk checkpoint) into `core` and `optimizer`; a fresh run starts at 0.
+    """
     if has_checkpoint(run_dir):
         state = load_training_state(run_dir, core, optimizer, device=device)
         return (int(state["step"]), float(state["wall_s"]), float(state.get("train_loss", "nan")),
@@ -735,8 +813,11 @@ def _resume(cfg, core, optimizer, n_steps: int, run_dir: Path, device) -> tuple[
 
 
 def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_dir: Path, base: dict) -> dict:
-    """Steps until D tokens are trained (or a stop request, or divergence), then the final eval:
-    _step (forward/backward), the optimizer step, _after_step (eval, log, checkpoint), _finish."""
+    """The training loop, until D tokens are trained, then the final eval.
+
+    Steps until D tokens are trained (or a stop request, or divergence), then the final eval:
+    _step (forward/backward), the optimizer step, _after_step (eval, log, checkpoint), _finish.
+    """
     run = _setup(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_dir, base)
     metrics_f = metrics_log(run_dir, cfg) if dd.main else None  # metrics.jsonl (+ --logger backend); closed below
     quiet = {} if dd.main else {"disable": True}  # one bar, on rank 0 (EHRFM_QUIET=1 silences it)
@@ -773,10 +854,13 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
 
 
 def _step(run: _Run) -> tuple[PackedRows, float, float, bool]:
-    """Forward and backward of the run's next step (this rank's round-robin share of its rows, in
+    """Forward and backward of the run's next step, with gradient clipping.
+
+    Forward and backward of the run's next step (this rank's round-robin share of its rows, in
     micro-batches) and gradient clipping; the optimizer is not stepped yet. Sets run.train_loss
     (and, at step 0, run.initial_loss). Returns (the step's global batch, lr, grad norm, whether
-    any rank was asked to stop)."""
+    any rank was asked to stop).
+    """
     cfg, dd, device = run.cfg, run.dd, run.dd.device
     start = run.step * run.step_tokens
     batch = run.stream.rows(start, min(run.step_tokens, run.D - start))
@@ -817,8 +901,10 @@ def _step(run: _Run) -> tuple[PackedRows, float, float, bool]:
 
 
 def _after_step(run: _Run, metrics_f, lr: float, grad_norm: float, tokens_per_s: float, stop: bool, bar) -> dict | None:
-    """After an optimizer step: the periodic held-out loss, the metrics line, and a stop or periodic
-    checkpoint. Returns the run's result when it ends here (diverged, interrupted), else None."""
+    """After an optimizer step: the periodic held-out loss, the metrics line, and a stop or periodic checkpoint.
+
+    Returns the run's result when it ends here (diverged, interrupted), else None.
+    """
     cfg, dd, step, n_steps = run.cfg, run.dd, run.step, run.n_steps
     val_loss = None
     if cfg.eval_interval and step % cfg.eval_interval == 0 and step < n_steps:

@@ -55,6 +55,7 @@ def _add_arguments(p) -> None:
 
 
 def register(sub) -> None:
+    """Add the `ehrfm train` subcommand to the subparsers action `sub`."""
     command(
         sub, "train", _run, _add_arguments,
         help="train one model on a token dir for exactly D tokens (or C FLOPs)",

@@ -102,6 +102,7 @@ def _budgets(text: str) -> list[float]:
 
 
 def register(sub) -> None:
+    """Add `ehrfm sweep` and its subcommands (plan, launch, status, collect) to the subparsers action `sub`."""
     p = sub.add_parser("sweep", help="plan, launch, follow and collect a scaling sweep (IsoFLOP grid)",
                        description="Plan an IsoFLOP sweep, launch it on SLURM or locally, follow it, collect its results table.")
     ssub = p.add_subparsers(dest="sweep_command", metavar="SUBCOMMAND")

@@ -69,6 +69,12 @@ def status_rows(sweep_dir: str | Path) -> list[dict]:
 
 
 def print_status(rows: list[dict], file=sys.stdout) -> None:
+    """Print the runs' status table, the error of each failed or diverged run, and a count per state.
+
+    Args:
+        rows: one dict per run with run_id, budget, n_params, tokens, state, loss, job_id, error.
+        file: where the table and errors go (the counts go through ehrfm.io.summary).
+    """
     columns = [("run_id", "run", "<34"), ("budget", "budget", ">8.2g"), ("n_params", "N", ">9.3g"), ("tokens", "D", ">10.3g"),
                ("state", "state", "<11"), ("loss", "loss", ">8.4f"), ("job_id", "job id", "<14")]
     for line in text_table(columns, rows):
@@ -98,7 +104,24 @@ def collect_sweep(
     zeroshot_rollouts: int = 20,
     zeroshot_max_labels: int = 200,
 ) -> Path:
-    """Write SWEEP/results.parquet (see the module docstring); returns its path."""
+    """Write SWEEP/results.parquet (see the module docstring); returns its path.
+
+    Args:
+        sweep_dir: the sweep dir (sweep.json, plan.parquet, runs/).
+        labels_dir: a dir of <task>.parquet label files: each completed run is scored by a linear
+            probe per task (auroc/<task>, auroc_se/<task>, auprc/<task> columns).
+        max_labels: at most this many labels per split and task for the probes (seeded sample).
+        seed: fixes the label samples, probes and rollouts.
+        zeroshot: also score zero-shot rollouts per task (ETHOS, Renc et al. 2024; needs labels_dir).
+        zeroshot_rollouts: rollouts per label.
+        zeroshot_max_labels: at most this many labels per split and task for the rollouts.
+
+    Returns:
+        The path of results.parquet (one row per run, every status, ehrfm.tables.results_schema).
+
+    Raises:
+        UserError: a bad sweep dir, --zeroshot without labels_dir, or labels the runs cannot score.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -171,8 +194,11 @@ def _float_or_none(x) -> float | None:
 
 
 def _add_scores(rows: list[dict], desc: str, score) -> list[str]:
-    """Set `score(row)`'s {column: value} (as floats) on each completed row, and None for those
-    columns on every other row; return the columns, sorted."""
+    """Add score columns to the completed rows.
+
+    Set `score(row)`'s {column: value} (as floats) on each completed row, and None for those
+    columns on every other row; return the columns, sorted.
+    """
     columns: list[str] = []
     completed = [r for r in rows if r["status"] == Status.COMPLETED]
     for r in progress(completed, desc=desc, unit="run"):

@@ -65,6 +65,16 @@ class TrainJob:
 
     # --- submitit protocol ----------------------------------------------------------------------
     def __call__(self) -> dict:
+        """Run the trainer child for this run and return its result.json content (the job's outcome).
+
+        A run that already finished is not trained again. SIGTERM, SIGINT, SIGHUP (and SIGUSR2 on
+        ranks other than 0) are forwarded to the trainer so it checkpoints. When the trainer exits
+        without result.json, the outcome is interrupted (exit code 3 or a stop), busy (exit code 4:
+        another trainer holds the run dir) or failed (recorded with the log's last line).
+
+        Returns:
+            The run's result as a dict (ehrfm.results.RunResult JSON).
+        """
         result = _finished_result(self.run_dir)
         if result is not None:
             return result  # a requeue of a finished run: nothing to do
@@ -200,8 +210,11 @@ def _update_record(path: Path, **fields) -> None:
 
 
 def _finished_result(run_dir: str | Path) -> dict | None:
-    """The run's result.json when it holds a finished run (completed, failed, diverged), else None
-    (also when damaged: the trainer then names the file and what to do)."""
+    """The run's result.json when it holds a finished run, else None.
+
+    The run's result.json when it holds a finished run (completed, failed, diverged), else None
+    (also when damaged: the trainer then names the file and what to do).
+    """
     try:
         result = read_result(run_dir)
     except UserError:

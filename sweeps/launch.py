@@ -57,7 +57,9 @@ _BUSY = (*ACTIVE, Status.UNKNOWN)
 @dataclass
 class LaunchConfig:
     """How to run a sweep's jobs; saved as SWEEP/launch.json (and appended to launches.jsonl).
-    Each field's docstring is its `ehrfm sweep launch` help."""
+
+    Each field's docstring is its `ehrfm sweep launch` help.
+    """
 
     executor: str = "local"
     """slurm: a submitit job array; local: processes on this machine."""
@@ -108,12 +110,14 @@ class LaunchConfig:
 
 @dataclass
 class LaunchReport:
+    """What a launch did: runs submitted, their job ids, and the runs skipped per state."""
     submitted: list[str]
     job_ids: dict[str, str]
     skipped: dict[str, list[str]]  # state -> run ids not submitted
     final_states: dict[str, str] = field(default_factory=dict)  # after waiting
 
     def reason(self) -> str:
+        """The skipped runs as text, e.g. "3 completed, 1 failed (pass --retry-failed ...)", or "none"."""
         parts = [f"{len(v)} {k}" for k, v in sorted(self.skipped.items()) if v]
         text = ", ".join(parts) if parts else "none"
         if self.skipped.get(Status.FAILED):
@@ -143,6 +147,11 @@ def parse_time_minutes(text: str) -> int:
 
 
 def check_executor(executor: str) -> None:
+    """Refuse an unknown executor, or "slurm" where the SLURM commands are not on PATH.
+
+    Raises:
+        UserError: the executor is not one of EXECUTORS, or sbatch, srun, squeue or scontrol is missing.
+    """
     if executor not in EXECUTORS:
         raise UserError(f"unknown executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
     if executor == "slurm":
@@ -155,7 +164,20 @@ def check_executor(executor: str) -> None:
 
 
 def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
-    """Submit every run of the sweep that needs to run (see the module docstring)."""
+    """Submit every run of the sweep that needs to run (see the module docstring).
+
+    Args:
+        sweep_dir: a planned sweep dir.
+        cfg: the executor ("slurm" or "local") and its resources, retry and wait options.
+
+    Returns:
+        LaunchReport: the runs submitted, their job ids, the runs skipped per state and, after
+        waiting (local runs, or SLURM with cfg.wait), their final states.
+
+    Raises:
+        UserError: a bad executor, resources or --time, a bad sweep dir, or a token dir whose
+            tokenizer changed since planning.
+    """
     sweep_dir = Path(sweep_dir).resolve()
     check_executor(cfg.executor)
     sweep, plan = load_sweep(sweep_dir)
@@ -332,8 +354,11 @@ def _new_record(sweep_dir: Path, run_id: str, executor: str, **fields) -> None:
 
 
 def _slurm_waves(jobs: list[TrainJob], trunk_of: dict[str, str]) -> list[tuple[list[TrainJob], str | None]]:
-    """Submission order: every job without a trunk in this launch first (one array), then each
-    trunk's branches (one array each, depending on that trunk's job)."""
+    """The order in which SLURM job arrays are submitted.
+
+    Submission order: every job without a trunk in this launch first (one array), then each
+    trunk's branches (one array each, depending on that trunk's job).
+    """
     now = {job.run_id for job in jobs}
     first = [job for job in jobs if trunk_of.get(job.run_id) not in now]
     waves: list[tuple[list[TrainJob], str | None]] = [(first, None)] if first else []
@@ -461,14 +486,18 @@ def _visible_gpus() -> list[int]:
 
 @dataclass
 class LocalSlots:
+    """How a local launch runs its jobs: jobs at once, CPU threads per trainer, GPUs per slot."""
     max_parallel: int  # jobs at once
     threads: int  # CPU threads per trainer
     gpu_groups: list  # one list of GPU indices per slot ([] without GPUs)
 
 
 def local_slots(cfg: LaunchConfig, cores: int, gpus: list[int]) -> LocalSlots:
-    """How a local launch shares this machine: GPU groups when jobs use GPUs, else the cores
-    split evenly between jobs (and their DDP tasks) so that they never oversubscribe."""
+    """How a local launch shares this machine's GPUs or cores.
+
+    How a local launch shares this machine: GPU groups when jobs use GPUs, else the cores
+    split evenly between jobs (and their DDP tasks) so that they never oversubscribe.
+    """
     tasks = _tasks_per_node(cfg)
     if cfg.gpus_per_node:
         if len(gpus) < cfg.gpus_per_node:

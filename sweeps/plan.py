@@ -72,8 +72,10 @@ WSD_FIELDS = wsd_fields()  # flagged `wsd` in ehrfm.config
 
 @dataclass
 class SweepConfig:
-    """Everything `plan` was asked for, saved as SWEEP/sweep.json. Each field's docstring is its
-    `ehrfm sweep plan` help."""
+    """Everything `plan` was asked for, saved as SWEEP/sweep.json.
+
+    Each field's docstring is its `ehrfm sweep plan` help.
+    """
 
     tokens_dir: str
     """Token dir (ehrfm tokenize output)."""
@@ -116,6 +118,7 @@ class SweepConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> SweepConfig:
+        """A SweepConfig from a sweep.json dict; unknown keys are ignored."""
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -130,8 +133,11 @@ SCHEDULE_COLUMNS = ["schedule", "trunk_id", "branch_tokens", "warmup_steps", "st
 
 
 def plan_schema():
-    """plan.parquet's pyarrow schema (PLAN_COLUMNS + SCHEDULE_COLUMNS): `write_plan_table` writes
-    it, `load_sweep` checks a plan against it."""
+    """The pyarrow schema of plan.parquet.
+
+    plan.parquet's pyarrow schema (PLAN_COLUMNS + SCHEDULE_COLUMNS): `write_plan_table` writes
+    it, `load_sweep` checks a plan against it.
+    """
     import pyarrow as pa
 
     i64, f64, text = pa.int64(), pa.float64(), pa.string()
@@ -186,8 +192,11 @@ def parse_train_options(items: list[str] | None) -> dict:
 
 
 def run_train_config(sweep: SweepConfig, row: dict, run_dir: str | Path) -> TrainConfig:
-    """The TrainConfig of one planned run (what its job passes to `ehrfm train`); a wsd branch's
-    trunk_dir is its trunk's run dir beside its own (SWEEP/runs/<trunk_id>)."""
+    """The TrainConfig of one planned run.
+
+    The TrainConfig of one planned run (what its job passes to `ehrfm train`); a wsd branch's
+    trunk_dir is its trunk's run dir beside its own (SWEEP/runs/<trunk_id>).
+    """
     wsd = {}
     if row.get("schedule") == "wsd":
         trunk_id = row.get("trunk_id")
@@ -217,8 +226,11 @@ NOT_IDENTITY = not_identity_fields()  # every role but IDENTITY in ehrfm.config
 
 
 def run_id_for(fingerprint: str, budget: float, cfg: TrainConfig, trunk_id: str | None = None) -> str:
-    """Stable id of a run: readable prefix + hash of everything that determines its result
-    (a wsd branch's includes its trunk's id, which stands for the trunk's own config)."""
+    """Stable id of a run.
+
+    Readable prefix + hash of everything that determines its result (a wsd branch's includes its
+    trunk's id, which stands for the trunk's own config).
+    """
     identity = {k: v for k, v in cfg.to_dict().items() if k not in NOT_IDENTITY}
     if cfg.schedule == "cosine":
         identity = {k: v for k, v in identity.items() if k not in WSD_FIELDS or (k == "warmup_steps" and v is not None)}
@@ -241,6 +253,17 @@ def expected_optimum(budget: float, tokens_per_param: float, vocab_size: int, co
 
     flops_per_token = 6 N g(N), g >= 1 holding the head and attention terms (large for small
     models), so N = sqrt(C / (6 r g)); a few fixed-point steps through real shapes settle g.
+    With g = 1 this is the C = 6 N D rule (Kaplan et al. 2020) at D/N = r (Hoffmann et al. 2022
+    find r ~ 20 for text).
+
+    Args:
+        budget: compute budget C in FLOPs.
+        tokens_per_param: r = D/N at the optimum.
+        vocab_size: V of the token dir.
+        context: T of every run.
+
+    Returns:
+        N*(C), non-embedding parameters (a float; not snapped to a shape).
     """
     from ehrfm.shapes import n_params, shape_for_params
 
@@ -253,8 +276,11 @@ def expected_optimum(budget: float, tokens_per_param: float, vocab_size: int, co
 
 
 def ladder_centre(sweep: SweepConfig, budget: float) -> float:
-    """The non-embedding N a budget's ladder is centred on (module docstring): the law in
-    `sweep.centre_law` for budgets above its `from_budget`, else `expected_optimum`."""
+    """The non-embedding N a budget's ladder is centred on.
+
+    The non-embedding N a budget's ladder is centred on (module docstring): the law in
+    `sweep.centre_law` for budgets above its `from_budget`, else `expected_optimum`.
+    """
     law = sweep.centre_law
     if law and budget > float(law["from_budget"]):
         n = float(law["n_coef"]) * float(budget) ** float(law["a"])
@@ -265,9 +291,12 @@ def ladder_centre(sweep: SweepConfig, budget: float) -> float:
 
 
 def non_embedding_for_total(total: float, vocab_size: int, context: int) -> float:
-    """The non-embedding N whose family shape has `total` parameters in all (embedding and head
+    """The non-embedding N whose family shape has `total` parameters in all.
+
+    The non-embedding N whose family shape has `total` parameters in all (embedding and head
     included): log-log interpolation between the two family members whose totals bracket it (the
-    smallest member's N below the family's smallest total)."""
+    smallest member's N below the family's smallest total).
+    """
     from ehrfm.shapes import n_params, n_params_total, shape_for_params
 
     def member(n):
@@ -330,6 +359,7 @@ def centre_law_from_fit(fit_path: str | Path, budgets: list[float]) -> tuple[dic
 
 
 def smallest_shape(vocab_size: int, context: int) -> ModelConfig:
+    """The smallest model shape a sweep may plan: 1 layer, d_model 16, for this vocabulary and context."""
     from ehrfm.shapes import head_dim_for
 
     return ModelConfig(n_layer=1, d_model=16, n_head=16 // head_dim_for(16), context=context, vocab_size=vocab_size)
@@ -437,8 +467,11 @@ def make_plan(sweep: SweepConfig) -> tuple[list[dict], list[str]]:
 
 
 def _wsd_rows(sweep: SweepConfig, base: TrainConfig, rows: list[dict]) -> list[dict]:
-    """Turn the plan's points into wsd trunks and branches (module docstring); UserError when the
-    plan cannot share trunks, saying why."""
+    """Turn the plan's points into wsd trunks and branches.
+
+    Turn the plan's points into wsd trunks and branches (module docstring); UserError when the
+    plan cannot share trunks, saying why.
+    """
     from ehrfm.config import warmup_steps_for, wsd_decay_start
 
     if base.schedule != "cosine" or base.trunk_dir or base.stable_checkpoints:
@@ -484,8 +517,11 @@ def _wsd_rows(sweep: SweepConfig, base: TrainConfig, rows: list[dict]) -> list[d
 
 
 def planned_flops(rows: list[dict]) -> float:
-    """FLOPs the sweep will really spend: every run's, except that a wsd branch spends only its
-    decay (its stable phase is its trunk's, counted once with the trunk)."""
+    """FLOPs the sweep will really spend.
+
+    Every run's, except that a wsd branch spends only its decay (its stable phase is its trunk's,
+    counted once with the trunk).
+    """
     return float(sum(r["flops_per_token"] * (r["tokens"] - int(r.get("branch_tokens") or 0)) for r in rows))
 
 
@@ -514,11 +550,31 @@ def plan_sweep(
 ) -> tuple[SweepConfig, list[dict], list[str]]:
     """Plan an IsoFLOP sweep into `out` (sweep.json + plan.parquet); returns (config, rows, warnings).
 
-    centre_from: a fit dir (or its fits.json) of this sweep's smaller budgets: the budgets above its
-    largest are centred on its Approach 2 N_opt law (module docstring; `centre_law_from_fit`).
+    The IsoFLOP design of Hoffmann et al. (2022, Approach 2): per budget C, `sizes` model sizes on
+    a shared log-spaced ladder around N*(C), each trained for D = floor(C / flops_per_token) tokens
+    (module docstring). Re-planning an existing sweep dir is allowed (same ids for the same runs,
+    runs/ kept) only with the same tokenizer; a sweep dir planned on another tokenizer is refused.
 
-    Re-planning an existing sweep dir is allowed (same ids for the same runs, runs/ kept) only
-    with the same tokenizer; a sweep dir planned on another tokenizer is refused.
+    Args:
+        tokens_dir: the token dir every run trains on.
+        budgets: compute budgets C in FLOPs (positive, finite; sorted and deduplicated).
+        out: the sweep dir to write.
+        sizes: model sizes per budget.
+        span_dex: the ladder spans N*(C) * 10^(+-span_dex) (decades).
+        tokens_per_param: D/N at the ladder's centre N*(C) (`expected_optimum`).
+        context: T, tokens per sequence of every run.
+        min_steps: warn for runs with fewer optimizer steps.
+        train: TrainConfig options shared by every run (not the per-run ones the planner sets).
+        schedule: "cosine" (every run alone) or "wsd" (trunks and branches, Hägele et al. 2024).
+        centre_from: a fit dir (or its fits.json) of this sweep's smaller budgets: the budgets above
+            its largest are centred on its Approach 2 N_opt law (module docstring; `centre_law_from_fit`).
+
+    Returns:
+        (SweepConfig as saved in sweep.json, one dict per planned run as in plan.parquet, warnings).
+
+    Raises:
+        UserError: per-run train options given, non-positive budgets, a bad token dir or fit, a
+            sweep dir planned on another tokenizer, or a wsd plan whose points cannot share trunks.
     """
     import ehrfm
     from ehrfm.tokens import TokenDir
@@ -595,8 +651,11 @@ def load_sweep(sweep_dir: str | Path) -> tuple[SweepConfig, list[dict]]:
 
 
 def _castable(have, want) -> bool:
-    """Does a plan column of type `have` hold what plan_schema's `want` means (ints as ints, any
-    number as a float, strings as strings, lists of ints as lists)?"""
+    """Whether a plan column's type matches the schema's.
+
+    Does a plan column of type `have` hold what plan_schema's `want` means (ints as ints, any
+    number as a float, strings as strings, lists of ints as lists)?
+    """
     import pyarrow.types as pt
 
     if have == want or pt.is_null(have):
@@ -623,6 +682,16 @@ def check_tokenizer(sweep: SweepConfig, sweep_dir: Path) -> None:
 
 
 def print_plan(sweep: SweepConfig, rows: list[dict], warnings: list[str], out: Path, file=sys.stdout) -> None:
+    """Print a planned sweep: one table row per run, warnings on stderr, and a one-line summary.
+
+    Args:
+        sweep: the planned sweep's config (budgets, schedule, centre law, planned FLOPs).
+        rows: one dict per run (run_id, budget, n_params, n_layer, d_model, n_head, tokens, steps,
+            epochs, trunk_id for wsd).
+        warnings: the planner's warnings.
+        out: the sweep dir, named in the summary.
+        file: where the table goes.
+    """
     from ehrfm.io import text_table
 
     columns = [("run_id", "run_id", "<34"), ("budget", "budget", ">8.2g"), ("n_params", "N", ">9.3g"), ("n_layer", "L", ">3"),

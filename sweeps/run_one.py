@@ -23,6 +23,15 @@ EXIT_BUSY = 4
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Train the run of TrainConfig JSON file argv[0] and return the exit code of the module docstring.
+
+    Args:
+        argv: [CONFIG.json] (default: sys.argv[1:]).
+
+    Returns:
+        0 completed or diverged, 1 failed (or any other status), 2 refused (bad usage or UserError),
+        3 interrupted, 4 busy (another trainer holds the run dir).
+    """
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m sweeps.run_one CONFIG.json", file=sys.stderr)

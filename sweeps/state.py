@@ -1,5 +1,6 @@
 """The state of each run of a sweep, from files and from the scheduler.
 
+States, and where each comes from:
     completed | failed | diverged   runs/<id>/result.json says so (the trainer, or the job wrapper
                                     when the trainer died, wrote it)
     queued | running                jobs/<id>.json names a job that SLURM or this machine (a live
@@ -38,6 +39,7 @@ _RESULT_HINT = "delete it and relaunch the sweep: the run resumes from its check
 
 @dataclass
 class RunState:
+    """One run's state (see the module docstring), its job and, when finished, its result."""
     run_id: str
     state: Status
     job_id: str | None = None
@@ -46,26 +48,35 @@ class RunState:
 
 
 def runs_dir(sweep_dir: Path) -> Path:
+    """SWEEP/runs: the run dirs of a sweep."""
     return Path(sweep_dir) / "runs"
 
 
 def record_path(sweep_dir: Path, run_id: str) -> Path:
+    """SWEEP/jobs/<run_id>.json: the launcher's record of a run's job."""
     return Path(sweep_dir) / "jobs" / f"{run_id}.json"
 
 
 def log_path(sweep_dir: Path, run_id: str) -> Path:
+    """SWEEP/logs/<run_id>.log: a run's job log."""
     return Path(sweep_dir) / "logs" / f"{run_id}.log"
 
 
 def read_record(sweep_dir: Path, run_id: str) -> dict | None:
-    """jobs/<id>.json, or None when there is none. UserError when it is damaged: the job it names
-    may still be alive, so guessing (and resubmitting) would risk training the run twice."""
+    """jobs/<id>.json, or None when there is none.
+
+    UserError when it is damaged: the job it names may still be alive, so guessing (and
+    resubmitting) would risk training the run twice.
+    """
     return read_record_file(record_path(sweep_dir, run_id))
 
 
 def read_record_file(path: Path, damaged_ok: bool = False) -> dict | None:
-    """A job record (jobs/<id>.json) at `path`, or None when there is none (or, with damaged_ok,
-    when it cannot be read). UserError when it is damaged and not damaged_ok."""
+    """A job record at `path`, or None when there is none.
+
+    A job record (jobs/<id>.json) at `path`, or None when there is none (or, with damaged_ok,
+    when it cannot be read). UserError when it is damaged and not damaged_ok.
+    """
     if not path.exists():
         return None
     try:
@@ -125,7 +136,9 @@ def slurm_state_of(state: str) -> Status | None:
 
 
 def slurm_job_states(job_ids) -> dict[str, str] | None:
-    """{job id: SLURM state} of the given job ids that SLURM still knows, WHOEVER submitted them;
+    """SLURM states of the given job ids.
+
+    {job id: SLURM state} of the given job ids that SLURM still knows, WHOEVER submitted them;
     None when SLURM cannot be asked (no `squeue` here, controller down).
 
     Args:

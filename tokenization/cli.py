@@ -95,6 +95,7 @@ def _decode(args) -> int:
 
 
 def register(sub) -> None:
+    """Add the `ehrfm synth`, `ehrfm etl` and `ehrfm tokenize` subcommands to the subparsers action `sub`."""
     p = command(
         sub, "synth", _synth, help="write a synthetic MIMIC-IV 2.2 dataset (hosp/, icu/ .csv.gz)",
         description="Synthetic raw MIMIC-IV with latent conditions driving diagnoses, labs, medications, "

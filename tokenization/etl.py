@@ -183,6 +183,12 @@ EVENT_SCHEMA = {
 
 @dataclass
 class EtlConfig:
+    """Everything that decides a raw MIMIC-IV -> MEDS conversion; saved in metadata/etl_config.json.
+
+    Sizes: shard_subjects in subjects, batch_bytes in bytes, chunk_events in events. Split fractions
+    are (train, tuning, held_out); subjects are split by a stable hash of subject_id seeded by
+    split_seed unless splits_file is given.
+    """
     raw: str
     out: str
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
@@ -229,6 +235,7 @@ class Context:
     ed_stays: pl.DataFrame | None = None  # stay_id, intime, outtime of ed/edstays (triage and ED diagnoses)
 
     def drop(self, reason: str, n: int, table: str | None = None) -> None:
+        """Count `n` events dropped for `reason` under `table` (default: the table being staged)."""
         if n:
             d = self.drops.setdefault(table or self.table, {})
             d[reason] = d.get(reason, 0) + int(n)
@@ -666,6 +673,7 @@ DICTIONARIES = {
 
 # ------------------------------------------------------------------------------- reading raw
 def find_table(raw: Path, name: str) -> Path | None:
+    """The file of raw table `name` (e.g. "hosp/labevents") under `raw`: .csv.gz, else .csv, else None."""
     for ext in (".csv.gz", ".csv"):
         p = raw / f"{name}{ext}"
         if p.is_file():
@@ -891,7 +899,19 @@ def _stable_uniform(ids: np.ndarray, seed: int) -> np.ndarray:
 
 
 def assign_splits(subject_ids: np.ndarray, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> np.ndarray:
-    """The split name of each subject: a stable hash of subject_id, cut at the given fractions."""
+    """The split name of each subject: a stable hash of subject_id, cut at the given fractions.
+
+    Args:
+        subject_ids: (n,) integer subject ids.
+        fractions: (train, tuning, held_out) shares, non-negative, summing to 1.
+        seed: changes the hash; the same (subject_id, seed) always gets the same split.
+
+    Returns:
+        (n,) split names from SPLITS ("train", "tuning", "held_out").
+
+    Raises:
+        UserError: fractions that are not three non-negative numbers summing to 1.
+    """
     f = np.asarray(fractions, dtype=float)
     if f.shape != (3,) or (f < 0).any() or not np.isclose(f.sum(), 1.0):
         raise UserError(f"split fractions must be three non-negative numbers summing to 1 (got {list(fractions)})")
@@ -902,8 +922,11 @@ def assign_splits(subject_ids: np.ndarray, fractions=(0.8, 0.1, 0.1), seed: int 
 
 # ------------------------------------------------------------------------------- the ETL
 def _resolve_tables(raw: Path, cfg: EtlConfig) -> tuple[list, dict, list[str], dict]:
-    """The tables to read (cfg.tables normalised in place), their files (None: absent), the absent
-    names and the columns used per present table; raises UserError on a required table missing."""
+    """The raw tables to read, their files and the columns used.
+
+    The tables to read (cfg.tables normalised in place), their files (None: absent), the absent
+    names and the columns used per present table; raises UserError on a required table missing.
+    """
     selected = select_tables(cfg.tables)
     cfg.tables = None if cfg.tables is None else selected
     has_ed = (raw / "ed").is_dir()
@@ -954,10 +977,15 @@ def _etl_result(out, split_of, counts: dict, rows_in: dict, missing: list[str], 
 def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False, **options) -> dict:
     """Convert a raw MIMIC-IV directory to a MEDS dataset at `out`; return a summary dict.
 
-    Options (EtlConfig fields): split_fractions=(train, tuning, held_out), split_seed,
-    splits_file (an existing subject_splits.parquet), shard_subjects, dataset_name, dataset_version,
-    tables (names for select_tables; None: every table present), batch_bytes (CSV block size read at
-    a time), chunk_events (events assembled at a time within a shard).
+    Args:
+        raw: the raw MIMIC-IV 2.x/3.x root (hosp/, icu/, optionally ed/; .csv.gz or .csv).
+        out: the MEDS dataset dir to write (data/<split>/*.parquet, metadata/), atomically.
+        overwrite: replace `out` when it exists.
+        **options: EtlConfig fields: split_fractions=(train, tuning, held_out), split_seed,
+            splits_file (an existing subject_splits.parquet), shard_subjects, dataset_name,
+            dataset_version, tables (names for select_tables; None: every table present),
+            batch_bytes (CSV block size read at a time, bytes), chunk_events (events assembled at
+            a time within a shard). Any other name is a TypeError.
 
     Returns:
         dict with subjects, events, codes, subjects_per_split, events_per_split, tables_used,

@@ -320,6 +320,7 @@ T = TAIL["rank"].size
 
 @dataclass
 class SynthConfig:
+    """What decides a synthetic MIMIC-IV dataset: patients, seed, first subject id, base ICU vitals interval (hours)."""
     n_patients: int = 1000
     seed: int = 0
     first_subject_id: int = 10_000_000
@@ -482,8 +483,11 @@ def _continue_ids(tables: dict[str, pl.DataFrame], next_ids: dict[str, int], n_a
 
 
 def _patients_latent(rng, cfg: SynthConfig, chunk: int, first: int, n: int) -> dict:
-    """Demographics, frailty, latent chronic conditions with onsets, personal lists, planned admissions
-    of the n patients from `first` on (chunk number `chunk`)."""
+    """Draw the n patients' baseline attributes (chunk `chunk`).
+
+    Demographics, frailty, latent chronic conditions with onsets, personal lists, planned admissions
+    of the n patients from `first` on (chunk number `chunk`).
+    """
     subject_id = cfg.first_subject_id + first + np.arange(n, dtype=np.int64)
     female = rng.random(n) < 0.52
     anchor_age = np.clip(rng.normal(62, 17, n), 18, 91).astype(np.int64)
@@ -522,8 +526,11 @@ SEV_INTERCEPT = -3.85
 
 
 def _head_weights() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Severity weight per head condition (K,), base logit (A,) and severity (A,) per acute problem,
-    and the boost (K, A) each head condition gives each acute problem's logit."""
+    """Acute-problem parameters and the boost chronic conditions give them.
+
+    Severity weight per head condition (K,), base logit (A,) and severity (A,) per acute problem,
+    and the boost (K, A) each head condition gives each acute problem's logit.
+    """
     sev_w_cond = np.array([c[4] for c in CONDITIONS])
     acute_base = np.array([a[3] for a in ACUTE])
     acute_sev = np.array([a[4] for a in ACUTE])
@@ -536,9 +543,12 @@ def _head_weights() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 def _tail_effects(pat: dict, chronic: np.ndarray, t_on: np.ndarray, pos: np.ndarray, admit: np.ndarray, a: int,
                   m: int) -> tuple:
-    """The tail conditions at admission index `a` of the m patients admitted (pos: patient -> row, -1
+    """Tail conditions at admission index `a`, and their effect on each stay.
+
+    The tail conditions at admission index `a` of the m patients admitted (pos: patient -> row, -1
     if not admitted): onset times updated, (row, condition) of each active one, and per row the
-    added severity (active and remote), log length of stay, ICU logit and log gap to the next stay."""
+    added severity (active and remote), log length of stay, ICU logit and log gap to the next stay.
+    """
     tp, tc, t_on_idx = pat["tail_p"], pat["tail_c"], pat["tail_onset"]
     here = pos[tp] >= 0
     t_on = np.where(here & (t_on_idx == a), admit[np.maximum(pos[tp], 0)], t_on)
@@ -569,7 +579,9 @@ def _stack_admissions(adm_rows: list[dict], tail_rows: list[tuple]) -> dict:
 
 
 def _admission_course(rng, pat: dict) -> dict:
-    """Admissions, one admission index at a time, vectorised over patients: acute problem, severity,
+    """Draw admissions, one admission index at a time, vectorised over patients.
+
+    Admissions, one admission index at a time, vectorised over patients: acute problem, severity,
     death, ICU, length of stay, then the gap to the next admission. Arrays sorted by (patient, index).
 
     Severity (the logit of in-hospital death) adds, besides frailty, age and the head conditions:
@@ -577,7 +589,8 @@ def _admission_course(rng, pat: dict) -> dict:
     their event stay) and the long-range rules of earlier stays (`synth_world.LONG_RANGE_RULES`:
     a remote MI or sepsis decaying with the years since, a remote hip fracture persisting, remote
     episodic tail events decaying with their own time constant). Also returns `tail_a`/`tail_c`:
-    (admission row, tail condition) of every tail condition active at an admission."""
+    (admission row, tail condition) of every tail condition active at an admission.
+    """
     anchor_age, anchor_year, onset, planned_adm = pat["anchor_age"], pat["anchor_year"], pat["onset"], pat["planned_adm"]
     frailty = pat["frailty"].copy()  # accumulates over admissions; the dates of death read the final value
     n = anchor_age.size
@@ -651,8 +664,11 @@ def _admission_course(rng, pat: dict) -> dict:
 
 
 def _dates_of_death(rng, pat: dict, adm: dict) -> np.ndarray:
-    """Seconds since epoch of each patient's death (-1: alive): in hospital at discharge, or after
-    the last discharge (out of hospital, recorded only as dod in patients)."""
+    """Each patient's death time in seconds since epoch (-1: alive).
+
+    Seconds since epoch of each patient's death (-1: alive): in hospital at discharge, or after
+    the last discharge (out of hospital, recorded only as dod in patients).
+    """
     n, frailty, n_cond_total = pat["subject_id"].size, pat["frailty"], pat["n_cond_total"]
     last = np.zeros(n, np.int64)
     np.maximum.at(last, adm["pidx"], adm["disch"])
@@ -830,8 +846,11 @@ def _intensity(sev, died, day):
 
 
 def _labs(rng, adm, hadm_id, sid, lab_offset):
-    """hosp/labevents: draws (admission, then daily; the sickest every 6 h for two days), the panels
-    each draw includes, and values from the patient's baseline, conditions, acute problem and course."""
+    """Draw the hosp/labevents table.
+
+    hosp/labevents: draws (admission, then daily; the sickest every 6 h for two days), the panels
+    each draw includes, and values from the patient's baseline, conditions, acute problem and course.
+    """
     a_idx, draw_t, day, extra = _lab_draws(rng, adm)
     d, li = _lab_panels(rng, adm, a_idx, day, extra)
     value, lo, hi = _lab_values(rng, adm, lab_offset, a_idx, day, d, li)

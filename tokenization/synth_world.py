@@ -131,8 +131,11 @@ def build_tail(labs: list[tuple], n_acute: int, reserved_codes: set[str], existi
 
 
 def ground_truth(tail: dict, head: list[tuple], acute: list[tuple], labs: list[tuple]) -> dict:
-    """What a model can learn from the synthetic cohort, as JSON: the conditions (ranks,
-    prevalences, kinds, codes, signatures, effects), the Zipf law and the long-range rules."""
+    """What a model can learn from the synthetic cohort, as JSON.
+
+    The conditions (ranks, prevalences, kinds, codes, signatures, effects), the Zipf law and the
+    long-range rules.
+    """
     drugs = tail["drugs"]
     conds = [dict(rank=i + 1, name=c[0], code=c[1], title=c[2], kind="chronic (head)",
                   prevalence=f"sigmoid({c[3]:.2f} + 0.035 (age - 62) + 0.4 frailty + 0.6 z)",

@@ -92,6 +92,11 @@ CONVENTIONS = (
 
 @dataclass
 class TokenizeConfig:
+    """Everything that decides a token dir; saved as its config.json.
+
+    min_count is in train events; codes is "hierarchical" or "flat"; n_quantiles is the number of
+    value bins per numeric code (its n_quantiles - 1 train quantiles are the edges).
+    """
     meds_dir: str
     out: str
     tokenizer: str | None = None  # an existing tokenizer.json applied unchanged
@@ -102,8 +107,11 @@ class TokenizeConfig:
 
 # ------------------------------------------------------------------------------- MEDS input
 def meds_shards(meds: Path | MedsDataset) -> dict[str, list[Shard]]:
-    """Per split, its shards (the one MEDS reader, ehrfm.meds_io: layouts, split aliases, column
-    and static-code checks). `meds` is a dataset dir or an already opened MedsDataset."""
+    """Per split, its shards.
+
+    Per split, its shards (the one MEDS reader, ehrfm.meds_io: layouts, split aliases, column
+    and static-code checks). `meds` is a dataset dir or an already opened MedsDataset.
+    """
     return (meds if isinstance(meds, MedsDataset) else open_meds(meds)).shards
 
 
@@ -228,8 +236,11 @@ def _valid_number() -> pl.Expr:
 
 
 def _train_counts(shards: list[Shard]) -> tuple[pl.DataFrame, int]:
-    """Per code (MEDS_BIRTH left out): train events `n` and events with a numeric value `n_num`,
-    summed shard by shard; and the number of train subjects."""
+    """Train code counts, and the number of train subjects.
+
+    Per code (MEDS_BIRTH left out): train events `n` and events with a numeric value `n_num`,
+    summed shard by shard; and the number of train subjects.
+    """
     per_shard, subjects = [], []
     for shard in shards:
         lf = scan_shards([shard], EVENT_COLUMNS)
@@ -246,7 +257,9 @@ def _train_counts(shards: list[Shard]) -> tuple[pl.DataFrame, int]:
 
 def _quantile_edges(shards: list[Shard], n_values: dict[str, int], n_quantiles: int,
                     batch_values: int | None = None) -> dict[str, list[float]]:
-    """code -> its n_quantiles - 1 train quantiles (linear interpolation, float32-rounded), for the
+    """Train value quantiles per numeric code.
+
+    code -> its n_quantiles - 1 train quantiles (linear interpolation, float32-rounded), for the
     codes of `n_values` (code -> its number of valid values).
 
     The codes are cut into batches of at most `batch_values` values (in code order). One batch:
@@ -353,8 +366,11 @@ class _Encoder:
         self.dtype = np.uint16 if len(self.vocab) <= np.iinfo(np.uint16).max + 1 else np.uint32
 
     def code_tokens(self, code: str) -> tuple[list[int], int]:
-        """One code's token ids (1..MAX_PARTS) and EXACT, COARSENED (an ancestor or a truncated
-        hierarchy) or UNKNOWN (UNK), by the rule of tokenization.hierarchy."""
+        """One code's token ids and how it matched the vocabulary.
+
+        One code's token ids (1..MAX_PARTS) and EXACT, COARSENED (an ancestor or a truncated
+        hierarchy) or UNKNOWN (UNK), by the rule of tokenization.hierarchy.
+        """
         hit = self._code_cache.get(code)
         if hit is not None:
             return hit
@@ -423,7 +439,8 @@ class _Encoder:
         """Events of whole subjects (sorted by subject, time, statics first) -> tokens, times, index, counts.
 
         counts: code_events (rows emitted as code tokens: every row but not_emitted ones),
-        code_tokens (the tokens those rows became), unk_events and coarsened_events."""
+        code_tokens (the tokens those rows became), unk_events and coarsened_events.
+        """
         birth = df.filter(pl.col("code") == BIRTH_CODE).group_by("subject_id").agg(pl.col("time").min().alias("birth"))
         df = df.filter(~pl.col("code").is_in(self.not_emitted))
         df = df.join(self._code_table(df["code"]), on="code", how="left", maintain_order="left")
@@ -501,9 +518,12 @@ def _append(f, arr: np.ndarray) -> None:
 
 
 def _bin_to_npy(bin_path: Path, npy_path: Path, dtype, n: int, chunk: int = 1 << 24) -> None:
-    """The raw array file -> a .npy file (header, then the bytes copied by read/write: a memory
+    """Copy a raw array file into a .npy file.
+
+    The raw array file -> a .npy file (header, then the bytes copied by read/write: a memory
     map of both files would count every page of them in this process's RSS, 1.9 GiB at 300k
-    synthetic patients)."""
+    synthetic patients).
+    """
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (n,)}
     with open(npy_path, "wb") as out:
         np.lib.format.write_array_header_1_0(out, header)
@@ -514,8 +534,11 @@ def _bin_to_npy(bin_path: Path, npy_path: Path, dtype, n: int, chunk: int = 1 <<
 
 def _resolve(meds: Path, out, tokenizer, overwrite: bool, min_count: int, codes: str | None,
              options: dict) -> tuple[TokenizeConfig, object, dict]:
-    """tokenize()'s arguments checked -> its config, the opened MEDS dataset and the tokenizer
-    (loaded from `tokenizer`, or fitted on train). Raises UserError as tokenize() documents."""
+    """Check tokenize()'s arguments and open its inputs.
+
+    tokenize()'s arguments checked -> its config, the opened MEDS dataset and the tokenizer
+    (loaded from `tokenizer`, or fitted on train). Raises UserError as tokenize() documents.
+    """
     unknown = set(options) - {"n_quantiles"}
     if unknown:
         raise TypeError(f"tokenize() got unknown options: {sorted(unknown)}")
@@ -541,8 +564,11 @@ def _resolve(meds: Path, out, tokenizer, overwrite: bool, min_count: int, codes:
 
 
 def _encode_shards(enc: _Encoder, jobs: list, state: dict, files: dict) -> None:
-    """Encode each shard by chunks of whole subjects, appending to its split's open token and
-    time files and adding to its split's counts in `state`."""
+    """Encode each shard, appending to its split's token and time files.
+
+    Encode each shard by chunks of whole subjects, appending to its split's open token and
+    time files and adding to its split's counts in `state`.
+    """
     for shard in progress(jobs, desc="tokenize: shards", unit="shard"):
         df = _read_shard(shard)
         split = shard.split
@@ -586,6 +612,7 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
         overwrite: replace `out` when it exists.
         min_count: the least number of train events a code token must encode (when fitting).
         codes: "hierarchical" (default when fitting) or "flat"; with `tokenizer`, None or its own mode.
+        **options: n_quantiles, the number of value bins per numeric code (default N_QUANTILES).
 
     Returns:
         stats.json's content plus out, subjects, events, tokens. Per split, stats.json holds:
@@ -600,6 +627,7 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
     Raises:
         UserError: missing or invalid input, `out` exists without overwrite, a mode that
             contradicts the applied tokenizer's.
+        TypeError: an option other than n_quantiles.
     """
     t0 = time.time()
     meds = Path(meds)
@@ -659,6 +687,14 @@ def _check_disjoint(tmp: Path, meds: Path) -> None:
 
 
 def decode(token_dir: str | os.PathLike, ids) -> list[str]:
-    """Token ids -> token strings with the token dir's (or a tokenizer.json's) vocab."""
+    """Token ids -> token strings with the token dir's (or a tokenizer.json's) vocab.
+
+    Args:
+        token_dir: a token dir or a tokenizer.json path.
+        ids: token ids of any shape (flattened).
+
+    Returns:
+        One token string per id, in order.
+    """
     vocab = load_tokenizer(token_dir)["vocab"]
     return [vocab[int(i)] for i in np.asarray(ids).ravel()]

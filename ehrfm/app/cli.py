@@ -37,6 +37,7 @@ COMMAND_MODULES = [
 
 
 def build_parser() -> Parser:
+    """The `ehrfm` argument parser with every subcommand registered (arguments added on first use)."""
     parser = Parser(
         prog="ehrfm",
         description="EHR foundation models and their scaling laws, from raw MIMIC-IV to fitted laws and clinical heads.",
@@ -92,6 +93,17 @@ def os_error_line(e: OSError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the `ehrfm` command line and return its exit code.
+
+    UserError and OSError print one line to stderr and return 2; SIGTERM returns 128 + 15;
+    Ctrl-C returns 130; no subcommand prints the help and returns 2.
+
+    Args:
+        argv: arguments without the program name (default: sys.argv[1:]).
+
+    Returns:
+        The process exit code.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -35,8 +35,10 @@ TASKS = ("in_hospital_mortality", "long_los", "icu_admission", "readmission_30d"
 
 @dataclass
 class DemoConfig:
-    """Everything that decides a demo; saved as DIR/demo_config.json. Each field's docstring is its
-    `ehrfm demo` help."""
+    """Everything that decides a demo; saved as DIR/demo_config.json.
+
+    Each field's docstring is its `ehrfm demo` help.
+    """
 
     out: str = "demo_out"
     """Output dir."""

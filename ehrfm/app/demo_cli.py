@@ -32,6 +32,7 @@ def _add_arguments(p) -> None:
 
 
 def register(sub) -> None:
+    """Add the `ehrfm demo` subcommand to the subparsers action `sub`."""
     command(
         sub, "demo", _run, _add_arguments,
         help="run the whole study on synthetic data: synth -> etl -> tokenize -> sweep -> fit -> heads -> report.md",

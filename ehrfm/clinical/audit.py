@@ -94,10 +94,12 @@ class AuditResult:
 
     @property
     def clean(self) -> bool:
+        """True when no task has an outcome code in its histories, same-day date-only events or facts not known before prediction."""
         return not any(t.outcome_code_in_history or t.date_only_same_day or t.not_known_before_prediction
                        for t in self.tasks.values())
 
     def to_dict(self) -> dict:
+        """The audit as a JSON-ready dict (every field, plus "clean")."""
         return {**dataclasses.asdict(self), "clean": self.clean}
 
 
@@ -165,8 +167,11 @@ def _etl_counts(meds_dir: str | os.PathLike) -> dict | None:
 
 
 def _label_files(labels: str | os.PathLike) -> dict[str, Path]:
-    """task -> label parquet: one file, or every *.parquet of a labels dir (task from the sidecar
-    JSON's "task", else the file name)."""
+    """Map each task to its label parquet file.
+
+    task -> label parquet: one file, or every *.parquet of a labels dir (task from the sidecar
+    JSON's "task", else the file name).
+    """
     path = Path(labels)
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path] if path.is_file() else []
     if not files:
@@ -179,8 +184,11 @@ def _label_files(labels: str | os.PathLike) -> dict[str, Path]:
 
 
 def _events(ds: MedsDataset, date_only: list[str]) -> pl.DataFrame:
-    """The rows the checks need (stay codes, deaths, date-only codes, midnight events, null-time
-    rows of non-static codes), null-time rows included, with a stay id when the data has one."""
+    """Read the rows the audit checks need.
+
+    The rows the checks need (stay codes, deaths, date-only codes, midnight events, null-time
+    rows of non-static codes), null-time rows included, with a stay id when the data has one.
+    """
     cols = ["subject_id", "time", "code"]
     schema_has_stay = all(STAY_ID_COLUMN in pl.read_parquet_schema(p) for p in ds.paths())
     if schema_has_stay:
@@ -201,8 +209,11 @@ def _events(ds: MedsDataset, date_only: list[str]) -> pl.DataFrame:
 
 
 def _stays(ev: pl.DataFrame) -> pl.DataFrame:
-    """subject_id, stay, admission, discharge (us) per stay id, with `overlaps`: another stay of
-    the same subject shares some time with it."""
+    """Per stay id: subject, bounds and whether it overlaps another stay.
+
+    subject_id, stay, admission, discharge (us) per stay id, with `overlaps`: another stay of
+    the same subject shares some time with it.
+    """
     st = (ev.filter(pl.col(STAY_ID_COLUMN).is_not_null() & pl.col("t").is_not_null())
           .group_by("subject_id", STAY_ID_COLUMN)
           .agg(pl.col("t").filter(pl.col("code").str.starts_with(ADMISSION)).min().alias("adm"),

@@ -1,4 +1,6 @@
-"""Count-feature baseline (MEDS-Tab-like): codes in the history -> logistic regression and
+"""Count-feature baseline (MEDS-Tab-like) for clinical tasks.
+
+Count-feature baseline (MEDS-Tab-like): codes in the history -> logistic regression and
 histogram gradient boosting.
 
 For each label, every MEDS event of the subject with time <= prediction_time (plus the static,
@@ -62,6 +64,7 @@ def parse_windows(spec: str) -> list[tuple[str, int | None]]:
 
 
 def task_name(labels_path: str | os.PathLike) -> str:
+    """The task of a label file: the "task" of its sidecar <stem>.json when readable, else the file stem."""
     p = Path(labels_path)
     side = p.with_suffix(".json")
     if side.is_file():
@@ -78,8 +81,11 @@ def task_name(labels_path: str | os.PathLike) -> str:
 
 # --- MEDS side -------------------------------------------------------------------------------------
 def meds_subject_splits(meds_dir: str | os.PathLike | MedsDataset) -> pl.DataFrame:
-    """subject_id -> split, from the data/<split>/ dirs or metadata/subject_splits.parquet
-    (through the one MEDS reader, ehrfm.meds_io, so split aliases map the same everywhere)."""
+    """Map subject_id to its split.
+
+    subject_id -> split, from the data/<split>/ dirs or metadata/subject_splits.parquet
+    (through the one MEDS reader, ehrfm.meds_io, so split aliases map the same everywhere).
+    """
     ds = meds_dir if isinstance(meds_dir, MedsDataset) else open_meds(meds_dir, check_static=False)
     splits = ds.subject_splits()
     if splits.height == 0:
@@ -88,6 +94,20 @@ def meds_subject_splits(meds_dir: str | os.PathLike | MedsDataset) -> pl.DataFra
 
 
 def attach_splits(labels: pl.DataFrame, splits: pl.DataFrame, labels_path, where: str) -> pl.DataFrame:
+    """Join each label row to its subject's split.
+
+    Args:
+        labels: label rows with a subject_id column.
+        splits: subject_id -> split (`meds_subject_splits`).
+        labels_path: the label file, named in errors.
+        where: what `splits` came from, named in errors.
+
+    Returns:
+        `labels` with a "split" column.
+
+    Raises:
+        UserError: rows whose subject has no split (the row and subject counts are given).
+    """
     joined = labels.join(splits, on="subject_id", how="left")
     missing = joined["split"].null_count()
     if missing:
@@ -97,7 +117,9 @@ def attach_splits(labels: pl.DataFrame, splits: pl.DataFrame, labels_path, where
 
 
 def count_features(meds_dir, labels: pl.DataFrame, windows: list[tuple[str, int | None]]) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Long-format counts (label_idx, feature, count) of codes in each window, and per-label
+    """Code counts per label window, and each label's timeline bounds.
+
+    Long-format counts (label_idx, feature, count) of codes in each window, and per-label
     (label_idx, first_time, last_time, birth) timeline bounds.
 
     Only events with time <= prediction_time (or static, time null) are counted; a null-time row
@@ -203,7 +225,26 @@ def _fmt(m: dict) -> str:
 
 
 def baseline(cfg: BaselineConfig, out: str | os.PathLike, overwrite: bool = False) -> dict:
-    """Fit both count-feature models on train (tuning for C), score on held_out, write OUT."""
+    """Fit both count-feature models on train (tuning for C), score on held_out, write OUT.
+
+    A MEDS-Tab-like baseline: code counts in each history window, then logistic regression
+    (L2 strength C chosen by tuning AUROC) and histogram gradient boosting on the most frequent
+    features plus age.
+
+    Args:
+        cfg: the MEDS dir, labels, task, windows, feature limits, bootstrap, seed.
+        out: output directory: metrics.json, config.json and per model
+            <model>/predictions*.parquet (atomically).
+        overwrite: replace `out` if it exists.
+
+    Returns:
+        metrics.json's content: task, head, split, n, n_positive, prevalence, n_train, n_tuning,
+        n_features, models ({model: binary_metrics ...}), wall_s (seconds).
+
+    Raises:
+        UserError: `out` exists without overwrite, bad labels or MEDS data, train labels of one
+            class, or no held_out labels.
+    """
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     from ehrfm.io import summary

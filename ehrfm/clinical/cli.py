@@ -147,6 +147,7 @@ def _baseline(args) -> int:
 
 
 def register(sub) -> None:
+    """Add the clinical subcommands (labels, audit, probe, finetune, zeroshot, baseline) to the subparsers action `sub`."""
     command(sub, "labels", _labels, _labels_arguments,
             help="clinical task labels (MEDS label schema) from a MEDS dataset",
             description="Make labels for in-hospital mortality, long stay, ICU admission or 30-day readmission. "

@@ -38,6 +38,11 @@ def subsample_per_split(labels: pl.DataFrame, max_labels: int | None, seed: int)
 
 
 def require_two_classes(y: np.ndarray, split: str, task: str) -> None:
+    """Refuse labels y (n,) of one split that are empty or all one class.
+
+    Raises:
+        UserError: no labels, or only positives or only negatives (the count is given).
+    """
     n_pos = int(y.sum())
     if len(y) == 0:
         raise UserError(f"task {task}: no labels in the {split} split")
@@ -46,8 +51,11 @@ def require_two_classes(y: np.ndarray, split: str, task: str) -> None:
 
 
 def small_problem_threads(n_rows: int, n_cols: int):
-    """One BLAS/OpenMP thread for small fits: on a shared machine, thread hand-offs cost far
-    more than the arithmetic (15x slower measured on 300 x 64 features); big fits keep all."""
+    """Limit BLAS/OpenMP to one thread for small fits.
+
+    One BLAS/OpenMP thread for small fits: on a shared machine, thread hand-offs cost far
+    more than the arithmetic (15x slower measured on 300 x 64 features); big fits keep all.
+    """
     import contextlib
 
     from threadpoolctl import threadpool_limits
@@ -58,7 +66,8 @@ def small_problem_threads(n_rows: int, n_cols: int):
 def distinct_rows(x) -> tuple[np.ndarray, np.ndarray]:
     """(first, inverse): the first index of each distinct row of x, and each row's distinct row.
 
-    Sparse rows are compared as (index, value) lists in canonical CSR form."""
+    Sparse rows are compared as (index, value) lists in canonical CSR form.
+    """
     if hasattr(x, "tocsr"):
         x = x.tocsr(copy=True)
         x.sum_duplicates()  # canonical: sorted indices, no repeats
@@ -91,7 +100,23 @@ def fit_logistic(x_train, y_train, x_tuning, y_tuning, seed: int, task: str):
 
     The C grid is walked from strong to weak regularisation, each fit warm-started from the
     previous one (same optimum, a fraction of the iterations). Falls back to 5-fold
-    cross-validation on train when tuning lacks a class. Returns (fitted pipeline, record).
+    cross-validation on train when tuning lacks a class.
+
+    Args:
+        x_train: (n_train, d) features, dense or scipy sparse (scaled by MaxAbsScaler when sparse,
+            StandardScaler when dense).
+        y_train: (n_train,) 0/1 labels.
+        x_tuning: (n_tuning, d) features.
+        y_tuning: (n_tuning,) 0/1 labels.
+        seed: fixes the solver and the cross-validation folds.
+        task: named in errors.
+
+    Returns:
+        (fitted sklearn pipeline, record {"C": the chosen inverse L2 strength, "selected_on":
+        "tuning" or "train 5-fold CV", "auroc_by_C": {C: AUROC}}).
+
+    Raises:
+        UserError: train labels that are empty or of one class.
     """
     import copy
 
@@ -194,7 +219,9 @@ def split_predictions(labels: pl.DataFrame, p: np.ndarray, split: np.ndarray, sc
     scores the same rows; predictions_train.parquet etc. keep the rest (never mixed in).
 
     Args:
-        labels, p: as for prediction_frame. split: (n,) split name of each row.
+        labels: (n, ...) label rows, as for prediction_frame.
+        p: (n,) float P(y = 1) of every row, as for prediction_frame.
+        split: (n,) split name of each row.
         scored: the split(s) whose rows the metrics are computed on.
         prefix: folder inside OUT ("logistic_regression/" for one of several models).
     """

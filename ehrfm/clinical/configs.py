@@ -63,7 +63,8 @@ class ProbeConfig(HeadConfig):
 class FinetuneConfig(HeadConfig):
     """A fine-tuned classification head (ehrfm.clinical.finetune); saved as OUT/config.json.
 
-    The fields after HeadConfig's: how the head (or the whole network) is trained."""
+    The fields after HeadConfig's: how the head (or the whole network) is trained.
+    """
 
     full: bool = False
     """Train the whole network, not only the head."""

@@ -35,6 +35,25 @@ def _tuning_score(y: np.ndarray, p: np.ndarray) -> tuple[float, str]:
 
 
 def finetune(cfg: FinetuneConfig, out: str | os.PathLike, overwrite: bool = False) -> dict:
+    """Fine-tune a classification head (optionally the whole model) on a task; write OUT atomically.
+
+    Early stopping on the tuning AUROC (tuning log loss when tuning has one class), as the module
+    docstring describes; scored on held_out.
+
+    Args:
+        cfg: the run dir, token dir, labels, task, optimizer and early-stopping settings.
+        out: output directory: metrics.json, config.json, predictions*.parquet.
+        overwrite: replace `out` if it exists.
+
+    Returns:
+        The metrics written to metrics.json: binary_metrics (AUROC, AUPRC with intervals,
+        calibration) plus head, split, context, n_train, n_tuning, best_epoch, epochs (the curve)
+        and wall_s (seconds).
+
+    Raises:
+        UserError: `out` exists without overwrite, the run, token dir or labels cannot serve the task
+            (load_head_inputs), a split without labels or train labels of one class.
+    """
     import torch
 
     from ehrfm.clinical.model_io import batches_by_length, padded_batch
@@ -112,8 +131,11 @@ def _prevalence_head(d_model: int, prevalence: float, device):
 
 
 def _trainable(model, head, td, h, context, cfg: FinetuneConfig, device, task):
-    """What the optimizer trains: the head on frozen, precomputed features (returned, (n, d_model)),
-    or with --full the head and the whole model (features None: recomputed every step)."""
+    """The trainable parameters and, for a frozen model, precomputed features.
+
+    What the optimizer trains: the head on frozen, precomputed features (returned, (n, d_model)),
+    or with --full the head and the whole model (features None: recomputed every step).
+    """
     import torch
 
     from ehrfm.clinical.model_io import embed_histories
@@ -131,8 +153,10 @@ def _trainable(model, head, td, h, context, cfg: FinetuneConfig, device, task):
 
 
 def _train_with_early_stopping(model, head, opt, logits_of, predict, y, tr, tu, cfg: FinetuneConfig, task, device):
-    """Epochs over the train labels in a seeded order until the tuning score has not improved for
-    `patience` epochs. Returns (best, curve): best = (score, head state, model state or None, epoch)."""
+    """Epochs over the train labels in a seeded order until the tuning score has not improved for `patience` epochs.
+
+    Returns (best, curve): best = (score, head state, model state or None, epoch).
+    """
     import torch
     import torch.nn.functional as F
 

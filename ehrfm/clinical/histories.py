@@ -35,17 +35,21 @@ class Histories:
 
     @property
     def split(self) -> np.ndarray:
+        """Split name of each label row, (n,)."""
         return self.labels["split"].to_numpy()
 
     @property
     def y(self) -> np.ndarray:
+        """Label of each row as int64 0/1, (n,)."""
         return self.labels["boolean_value"].to_numpy().astype(np.int64)
 
     def lengths(self) -> np.ndarray:
+        """History length of each row in tokens, (n,) int64."""
         return self.stop - self.start
 
 
 def end_token_ids(td: TokenDir) -> set[int]:
+    """Ids of the token dir's timeline-end tokens (those of END_TOKENS in its vocabulary)."""
     vocab = set(td.vocab)
     return {td.token_id(t) for t in END_TOKENS if t in vocab}
 
@@ -104,5 +108,6 @@ def history_window(td: TokenDir, h: Histories, k: int, context: int) -> np.ndarr
 
 
 def select(h: Histories, mask: np.ndarray) -> Histories:
+    """The histories of the rows where `mask` (n,) bool is True."""
     idx = np.flatnonzero(mask)
     return Histories(h.labels[idx], h.start[idx], h.stop[idx])

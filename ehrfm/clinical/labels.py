@@ -84,6 +84,7 @@ US_PER_DAY = 24 * US_PER_HOUR
 
 @dataclass
 class Stay:
+    """One hospital stay of a subject; times are microseconds since the epoch."""
     subject_id: int
     admission: int  # us since epoch
     discharge: int | None  # None: no discharge recorded
@@ -96,8 +97,11 @@ class Stay:
 
 # --- reading MEDS ----------------------------------------------------------------------------------
 def _stay_events(meds_dir: str | os.PathLike) -> tuple[pl.DataFrame, MedsDataset]:
-    """The events that define stays (admissions, discharges, ICU admissions, deaths), and the
-    opened dataset (its null_time_codes say how many deaths had no time)."""
+    """Read the stay-defining events of a MEDS dataset.
+
+    The events that define stays (admissions, discharges, ICU admissions, deaths), and the
+    opened dataset (its null_time_codes say how many deaths had no time).
+    """
     ds = open_meds(meds_dir)
     cols = ["subject_id", "time", "code"]
     if all(STAY_ID in pl.read_parquet_schema(p) for p in ds.paths()):
@@ -160,8 +164,11 @@ def _pairs_by_time(by_time: dict[int, tuple[list[str], list[str]]]) -> list[tupl
 
 
 def _pairs_by_id(codes: list[str], times: list[int], ids: list) -> list[tuple[int, int | None, bool, object]]:
-    """(admission, discharge or None, discharged DIED, stay id) per stay id: the admission and
-    discharge rows that share the id, so overlapping stays keep their own ends."""
+    """Per stay id, its admission, discharge and death-at-discharge.
+
+    (admission, discharge or None, discharged DIED, stay id) per stay id: the admission and
+    discharge rows that share the id, so overlapping stays keep their own ends.
+    """
     adm: dict = {}
     dis: dict = {}
     for c, t, i in zip(codes, times, ids, strict=False):
@@ -175,9 +182,12 @@ def _pairs_by_id(codes: list[str], times: list[int], ids: list) -> list[tuple[in
 
 
 def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True) -> list[Stay]:
-    """Pair admissions with discharges per subject (rules in the module docstring): by the stay
+    """Pair admissions with discharges per subject.
+
+    Pair admissions with discharges per subject (rules in the module docstring): by the stay
     id column (`hadm_id`) when every admission and discharge row of the subject has one, else by
-    time order."""
+    time order.
+    """
     from ehrfm.io import progress
 
     stays: list[Stay] = []
@@ -371,9 +381,11 @@ def write_labels(labels: pl.DataFrame, path: str | os.PathLike, info: dict | Non
 
 
 def write_label_dir(labels: dict[str, pl.DataFrame], info: dict, out: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write every task's labels into one directory, atomically: `<task>.parquet` (MEDS label
-    schema) and `<task>.json` per task, plus `labels.json` holding every task's counts (the
-    layout `sweep collect --labels` and the demo read). `labels`, `info`: make_labels(meds, "all").
+    """Write every task's labels into one directory, atomically.
+
+    `<task>.parquet` (MEDS label schema) and `<task>.json` per task, plus `labels.json` holding
+    every task's counts (the layout `sweep collect --labels` and the demo read). `labels`, `info`:
+    make_labels(meds, "all").
 
     Raises:
         UserError: `out` exists and `overwrite` is false.
@@ -447,4 +459,5 @@ def epoch_us(labels: pl.DataFrame) -> np.ndarray:
 
 
 def us_to_datetime(us: int) -> datetime:
+    """A naive UTC datetime of `us` microseconds since the epoch."""
     return datetime.fromtimestamp(us / 1e6, tz=timezone.utc).replace(tzinfo=None)

@@ -34,6 +34,16 @@ def _calibration_fit(y: np.ndarray, p: np.ndarray) -> tuple[float | None, float 
 
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error over `bins` equal-width probability bins (Naeini et al. 2015).
+
+    Args:
+        y: (n,) 0/1 labels.
+        p: (n,) predicted probabilities in [0, 1].
+        bins: number of equal-width bins over [0, 1].
+
+    Returns:
+        sum over bins of (share of rows in the bin) * |mean label - mean probability|.
+    """
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
     ece = 0.0
@@ -85,7 +95,24 @@ def bootstrap_ci(y: np.ndarray, p: np.ndarray, metric, n_boot: int, seed: int) -
 
 
 def binary_metrics(y, p, task: str, n_boot: int = 1000, seed: int = 0) -> dict:
-    """AUROC and AUPRC with bootstrap 95% intervals, n, prevalence and calibration of p for y."""
+    """AUROC and AUPRC with bootstrap 95% intervals, n, prevalence and calibration of p for y.
+
+    Args:
+        y: (n,) 0/1 labels.
+        p: (n,) predicted P(y = 1), finite.
+        task: the task name, stored and named in errors.
+        n_boot: bootstrap resamples of the labels for the percentile intervals (0: none).
+        seed: fixes the resamples.
+
+    Returns:
+        {task, n, n_positive, prevalence, auroc, auroc_ci, auroc_se (DeLong et al. 1988), auprc,
+        auprc_ci, bootstrap, calibration: {brier, ece_10_bins, intercept, slope, mean_predicted}};
+        the AUROC and AUPRC entries are None (with a "note") when y has a single class.
+
+    Raises:
+        ValueError: y and p differ in length.
+        UserError: no labels, or non-finite predictions (their count is given).
+    """
     from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
     y = np.asarray(y).astype(np.int64)

@@ -60,6 +60,7 @@ def load_run(run_dir: str | os.PathLike, td: TokenDir, device: str = "cpu", n_la
 
 
 def pad_id(td: TokenDir) -> int:
+    """The token dir's PAD id, or 0 when it has no PAD token."""
     try:
         return td.pad_id
     except KeyError:
@@ -103,6 +104,11 @@ def embed_histories(model, td: TokenDir, h: Histories, context: int, batch_size:
 
 
 def resolve_context(requested: int | None, model_context: int) -> int:
+    """The context (tokens) a head reads: `requested`, or the model's context when None.
+
+    Raises:
+        UserError: `requested` is below 1 or above the model's context.
+    """
     if requested is None:
         return model_context
     if requested < 1 or requested > model_context:

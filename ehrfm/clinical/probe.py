@@ -48,9 +48,12 @@ def load_label_histories(td: TokenDir, labels_path, max_labels: int | None, seed
 
 
 def load_head_inputs(cfg) -> tuple:
-    """(task, TokenDir, label Histories, model, its ModelConfig, context) of a head's config
+    """Load what a clinical head needs from its config.
+
+    (task, TokenDir, label Histories, model, its ModelConfig, context) of a head's config
     (ProbeConfig or FinetuneConfig: run_dir, tokens_dir, labels, task, max_labels, context,
-    device, seed), after seeding torch with cfg.seed. UserError: see load_run."""
+    device, seed), after seeding torch with cfg.seed. UserError: see load_run.
+    """
     import torch
 
     from ehrfm.clinical.model_io import load_run, resolve_context
@@ -76,7 +79,22 @@ def probe_scores(model, td: TokenDir, h: Histories, context: int, cfg: ProbeConf
 
 
 def probe(cfg: ProbeConfig, out: str | os.PathLike, overwrite: bool = False) -> dict:
-    """Run the probe and write OUT (see the module docstring); returns the metrics."""
+    """Run the probe and write OUT (see the module docstring); returns the metrics.
+
+    Args:
+        cfg: the run dir, token dir, labels, task, context, max_labels, bootstrap, seed, device.
+        out: output directory: metrics.json, config.json, predictions*.parquet (atomically).
+        overwrite: replace `out` if it exists.
+
+    Returns:
+        metrics.json's content: binary_metrics of held_out (AUROC, AUPRC with bootstrap 95%
+        intervals, DeLong auroc_se, calibration) plus head, split, representation, context,
+        n_train, n_tuning, selection (the chosen C), model, history_tokens_mean (tokens), wall_s.
+
+    Raises:
+        UserError: `out` exists without overwrite, the run, token dir or labels cannot serve the
+            task (load_head_inputs), no held_out labels, or train labels of one class.
+    """
     from ehrfm.io import summary
 
     check_out(out, overwrite)

@@ -38,9 +38,23 @@ def score_run(
 ) -> dict:
     """{"auroc/<task>": .., "auroc_se/<task>": .., "auprc/<task>": .., ...} on held_out, one probe per task.
 
-    max_labels: at most this many labels per split and task (seeded sample). Raises UserError
-    on bad labels (missing subjects, times outside timelines), a vocab mismatch, or a task
-    whose train labels have a single class.
+    Args:
+        run_dir: a completed training run.
+        tokens_dir: the run's token dir.
+        labels: {task: label parquet path}.
+        max_labels: at most this many labels per split and task (seeded sample).
+        seed: fixes the label sample and the probe.
+        device: where the model embeds the histories.
+        batch_size: histories per forward pass.
+        context: tokens of history read (default: the model's context).
+
+    Returns:
+        Per task: auroc/<task>, auroc_se/<task> (DeLong) and auprc/<task> of the held_out labels
+        (None when they have one class): the columns `sweep collect --labels` adds to the results table.
+
+    Raises:
+        UserError: bad labels (missing subjects, times outside timelines), no held_out labels, a
+            vocab mismatch, or a task whose train labels have a single class.
     """
     import torch
 

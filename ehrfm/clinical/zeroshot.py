@@ -1,5 +1,7 @@
-"""Zero-shot prediction by generative rollout (ETHOS: Renc et al. 2024, "Zero shot health
-trajectory prediction using transformer", npj Digital Medicine), with a sliding KV cache.
+"""Zero-shot prediction by generative rollout (ETHOS, Renc et al. 2024), with a sliding KV cache.
+
+The method of Renc et al. (2024, "Zero shot health trajectory prediction using transformer",
+npj Digital Medicine).
 
 From each label's history (tokens with time <= prediction_time, the last `context` of them) the
 model samples `n_samples` continuations. Each continuation runs until it reaches the task's
@@ -73,8 +75,11 @@ LABEL_DEFAULTS = {"gap_hours": 24.0, "long_los_days": 7.0, "readmission_days": 3
 
 @dataclass
 class RolloutSpec:
-    """What ends a rollout: token ids, and an optional time bound (per label, us after the last
-    history token) whose crossing is the outcome (`cross="outcome"`) or competing (`"competing"`)."""
+    """What ends a rollout: stop tokens and an optional time bound.
+
+    What ends a rollout: token ids, and an optional time bound (per label, us after the last
+    history token) whose crossing is the outcome (`cross="outcome"`) or competing (`"competing"`).
+    """
 
     task: str
     outcome: list[int]
@@ -84,7 +89,9 @@ class RolloutSpec:
 
 
 def interval_durations(td: TokenDir) -> np.ndarray:
-    """(V,) simulated microseconds per token: each interval token's mean gap in the train split
+    """Simulated microseconds per token, shape (V,).
+
+    (V,) simulated microseconds per token: each interval token's mean gap in the train split
     (the first split when there is none), its bin's midpoint where it never occurs; 0 otherwise.
 
     Raises:
@@ -152,8 +159,11 @@ def outcome_tokens(td: TokenDir, task: str) -> tuple[list[int], list[int]]:
 
 
 def label_options(labels_path: str | os.PathLike) -> dict:
-    """gap_hours, long_los_days, readmission_days of a label file: from the `config` of the
-    `<stem>.json` that `ehrfm labels` writes beside it, else the defaults (and which was used)."""
+    """The label windows a label file was made with.
+
+    gap_hours, long_los_days, readmission_days of a label file: from the `config` of the
+    `<stem>.json` that `ehrfm labels` writes beside it, else the defaults (and which was used).
+    """
     side = Path(labels_path).with_suffix(".json")
     found = {}
     if side.is_file():
