@@ -31,17 +31,19 @@ def test_residual_bootstrap_covers_the_true_exponent_and_is_tighter_than_resampl
 
 
 def _off_centre_table(with_se: bool) -> pl.DataFrame:
-    """4 budgets; the smallest one's ladder sits 1.2 decades above its optimum (the steep side)."""
+    """4 budgets of 5 sizes; the smallest budget's ladder is centred 0.6 decades above its optimum
+    and spans +-0.8 decades, so it runs up the steep side of its IsoFLOP curve (as a ladder clipped
+    by the smallest model of a family does); the others are centred, +-0.4 decades."""
     rng = np.random.default_rng(3)
     rows = []
     for i, c in enumerate(BUDGETS):
-        centre = LAW.n_opt(c) * (10**1.2 if i == 0 else 1.0)
-        for n in centre * np.logspace(-0.4, 0.4, 5):
+        centre, span = (LAW.n_opt(c) * 10**0.6, 0.8) if i == 0 else (LAW.n_opt(c), 0.4)
+        for n in centre * np.logspace(-span, span, 5):
             n, d = int(n), int(c / (6 * n))
             row = dict(run_id=f"c{c:.2g}-n{n}", budget=c, n_params=n, tokens=d, flops=6.0 * n * d,
-                       loss=float(LAW.loss(n, d) + rng.normal(0, 0.01)), status="completed")
+                       loss=float(LAW.loss(n, d) + rng.normal(0, 0.003)), status="completed")
             if with_se:
-                row["eval_loss_se"] = 0.01
+                row["eval_loss_se"] = 0.003
             rows.append(row)
     return pl.DataFrame(rows)
 
