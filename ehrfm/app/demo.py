@@ -44,20 +44,26 @@ class DemoConfig:
     """Output dir."""
     # The grid (issue 13), derived from measured costs on the 2-core machine (benchmarks/grid_cost.py):
     # family ehrfm.shapes (aspect ratio 32) takes depths 1-3 here, 4-5 distinct shapes per budget.
-    # `patients`: no run over 1 epoch -- the largest D is the (1, 32) run of 2.4e12 (~12M tokens)
-    # at ~570 train tokens per synthetic patient.
-    patients: int = 24_000
+    # `patients`: no run over 1 epoch -- the largest D is the (1, 32) run of 3.8e12 (~16M tokens)
+    # at ~600 train tokens per synthetic patient. The smallest budget's optimum (~3.5e4 total
+    # parameters) sits just above the family's smallest member, (1, 16) at 2.2e4, so its ladder
+    # still brackets it; below ~2e11 FLOPs it would not.
+    patients: int = 30_000
     """Synthetic cohort size (quick: 4000)."""
     seed: int = 0
     """Seed of the data, runs, fits and heads."""
-    budgets: list = field(default_factory=lambda: [1.5e11, 3.8e11, 9.5e11, 2.4e12])
+    budgets: list = field(default_factory=lambda: [2.4e11, 6e11, 1.5e12, 3.8e12])
     """Compute budgets in FLOPs (the default spans 16x, 2.5x apart)."""
     sizes: int = 5
     """Model sizes per budget."""
     span_dex: float = 0.6
     """Model sizes span N*(C) x 10^(+-SPAN) (see `ehrfm sweep plan --help`)."""
     tokens_per_param: float = 60.0
-    """D/N at the centre of each budget's ladder (this data's optimum is ~100)."""
+    """D/N at the centre of the first stage's ladders."""
+    first_stage: int = 2
+    """Two-stage sweep: the smallest FIRST_STAGE budgets are planned on D/N = tokens_per_param, run
+    and fitted (Approach 2); the larger budgets' ladders are then centred on that fit's N_opt law
+    (`sweep plan --centre-from`). 0: every budget in one stage, on tokens_per_param."""
     context: int = 256
     """Context length of every run."""
     batch_size: int = 8
@@ -125,7 +131,6 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
     from ehrfm.clinical.labels import make_labels, write_label_dir
     from sweeps.collect import collect_sweep
     from sweeps.launch import LaunchConfig, launch_sweep
-    from sweeps.plan import plan_sweep
     from tokenization.etl import etl
     from tokenization.synth import synthesize
     from tokenization.tokenize import tokenize
@@ -154,11 +159,10 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
         st.run("labels", lambda: write_label_dir(*make_labels(meds, "all"), labels_dir))
     audit_lines = st.run("audit", _audit_section, meds, labels_dir, out / "audit.json")
 
-    train_opts = {"batch_size": cfg.batch_size, "lr": cfg.lr, "eval_tokens": cfg.eval_tokens}
-    st.run("sweep plan", plan_sweep, tok, cfg.budgets, sweep, sizes=cfg.sizes, span_dex=cfg.span_dex,
-           tokens_per_param=cfg.tokens_per_param, context=cfg.context, train=train_opts)
     launch = LaunchConfig(executor=cfg.executor, max_parallel=cfg.max_parallel, partition=cfg.slurm_partition,
                           wait=True, retry_failed=True)
+    centre_from = _first_stage(cfg, st, tok, sweep, launch, out / "fit-stage1") if 0 < cfg.first_stage < len(cfg.budgets) else None
+    st.run("sweep plan", _plan, cfg, tok, sweep, cfg.budgets, centre_from)
     st.run("sweep launch", launch_sweep, sweep, launch)
     results_path = st.run("sweep collect", collect_sweep, sweep, labels_dir=labels_dir, max_labels=cfg.max_labels,
                           seed=cfg.seed)
@@ -192,6 +196,45 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
         f.write(text)
     summary(f"demo: {len(cfg.budgets)} budgets, {_n_runs(results_path)} runs, report in {time.time() - st.t0:.0f} s -> {report}")
     return report
+
+
+def _plan(cfg: DemoConfig, tok: Path, sweep: Path, budgets: list[float], centre_from: Path | None = None):
+    from sweeps.plan import plan_sweep
+
+    train_opts = {"batch_size": cfg.batch_size, "lr": cfg.lr, "eval_tokens": cfg.eval_tokens}
+    return plan_sweep(tok, budgets, sweep, sizes=cfg.sizes, span_dex=cfg.span_dex, tokens_per_param=cfg.tokens_per_param,
+                      context=cfg.context, train=train_opts, centre_from=centre_from)
+
+
+def _first_stage(cfg: DemoConfig, st: _Stages, tok: Path, sweep: Path, launch, fit_dir: Path) -> Path | None:
+    """Plan, run and fit the smallest `cfg.first_stage` budgets (the demo's first stage).
+
+    Returns the fit dir whose Approach 2 law centres the larger budgets, or None (the reason
+    printed) when it gives no usable law. Re-planning the same sweep dir with every budget keeps these runs (same run ids), so the
+    second launch trains only the larger budgets.
+    """
+    import warnings
+
+    from analysis.fit import FitConfig, fit_results, write_fits
+    from sweeps.collect import collect_sweep
+    from sweeps.launch import launch_sweep
+
+    small = sorted(cfg.budgets)[: cfg.first_stage]
+    st.run("sweep plan (stage 1)", _plan, cfg, tok, sweep, small)
+    st.run("sweep launch (stage 1)", launch_sweep, sweep, launch)
+    results = st.run("sweep collect (stage 1)", collect_sweep, sweep)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit = fit_results(results, config=FitConfig(approaches=(2,), bootstrap=0, holdout=False, seed=cfg.seed))
+        write_fits(fit, fit_dir, overwrite=True, plots=False)
+        if not fit.approach2.a > 0:
+            raise UserError(f"its exponent a = {fit.approach2.a:.3g} is not positive")
+    except UserError as e:
+        print(f"demo: the first stage's fit gives no law to centre the larger budgets on ({e}); "
+              f"they keep D/N = {cfg.tokens_per_param:g}", file=sys.stderr)
+        return None
+    return fit_dir
 
 
 def _audit_section(meds, labels_dir, path) -> list[str]:
@@ -287,7 +330,7 @@ def _report(cfg, st, out, meds, tok, labels_dir, results_path, fit, fit_error, h
         *_intro_section(cfg, out, rel, wall),
         *_headline_section(fit, fit_error),
         *_data_section(cfg, meds, tok_stats, labels_dir, audit_lines),
-        *_sweep_section(cfg, res, tok_stats, rel(results_path)),
+        *_sweep_section(cfg, res, tok_stats, rel(results_path), read_json(Path(results_path).parent / "sweep.json", "sweep config")),
         *_fits_section(fit, fit_error, out, rel),
         *_heads_section(heads),
         *_recommend_section(recs),
@@ -337,13 +380,24 @@ def _data_section(cfg, meds, tok_stats: dict, labels_dir, audit_lines) -> list[s
     return [*L, *audit_lines, ""] if audit_lines else L
 
 
-def _sweep_section(cfg, res, tok_stats: dict, results_link: str) -> list[str]:
+def _centring_sentence(cfg, sweep_json: dict) -> str:
+    law = sweep_json.get("centre_law") or {}
+    first = f"Ladders centred on D/N = {cfg.tokens_per_param:g}"
+    if not law:
+        return first + ". " + ("(The first stage's fit gave no law to centre the larger budgets on.) " if cfg.first_stage else "")
+    return (f"{first} up to {law['from_budget']:.3g} FLOPs (the first stage); the larger budgets' ladders are centred on "
+            f"that stage's Approach 2 law N_opt = {law['n_coef']:.3g} C^{law['a']:.3f} ({law['n_count']} parameters; "
+            "`sweep plan --centre-from`). ")
+
+
+def _sweep_section(cfg, res, tok_stats: dict, results_link: str, sweep_json: dict) -> list[str]:
     import polars as pl
 
     ucols = [c for c in res.columns if c.startswith("auroc/")]
     L = ["## Sweep", "",
          f"{res.height} runs over {len(cfg.budgets)} compute budgets ({', '.join(f'{b:.3g}' for b in cfg.budgets)} FLOPs), "
          f"{cfg.sizes} model sizes each, executor `{cfg.executor}`; results table `{results_link}`. "
+         f"{_centring_sentence(cfg, sweep_json)}"
          "Loss is held-out nats/token on a fixed tuning sample; AUROC is a linear probe on held_out.", "",
          "| budget | run | N (non-emb.) | layers x width | tokens D | epochs | loss | status | "
          + " | ".join(c.replace("auroc/", "AUROC ") for c in ucols) + " |",
@@ -432,12 +486,23 @@ def _reproduce_section(cfg, st, wall: float) -> list[str]:
         f"ehrfm synth --out raw --patients {cfg.patients} --seed {cfg.seed}",
         "ehrfm etl raw --out meds", "ehrfm tokenize meds --out tokens", "ehrfm labels meds --task all --out labels",
         "ehrfm audit meds --labels labels",
-        f"ehrfm sweep plan --tokens tokens --budgets {','.join(f'{b:g}' for b in cfg.budgets)} --sizes {cfg.sizes} "
-        f"--span-dex {cfg.span_dex} --tokens-per-param {cfg.tokens_per_param:g} --context {cfg.context} "
-        f"--batch-size {cfg.batch_size} --lr {cfg.lr} --train-opt eval_tokens={cfg.eval_tokens} --out sweep",
+        *_plan_commands(cfg),
         f"ehrfm sweep launch sweep --executor {cfg.executor}", "ehrfm sweep collect sweep --labels labels",
         f"ehrfm fit sweep/results.parquet --out fit --bootstrap {cfg.bootstrap}",
         f"ehrfm recommend fit --flops {max(cfg.budgets) * 10:g}", "```", ""]
+
+
+def _plan_commands(cfg) -> list[str]:
+    def plan(budgets, extra=""):
+        return (f"ehrfm sweep plan --tokens tokens --budgets {','.join(f'{b:g}' for b in budgets)} --sizes {cfg.sizes} "
+                f"--span-dex {cfg.span_dex} --tokens-per-param {cfg.tokens_per_param:g} --context {cfg.context} "
+                f"--batch-size {cfg.batch_size} --lr {cfg.lr} --train-opt eval_tokens={cfg.eval_tokens} --out sweep{extra}")
+
+    if not 0 < cfg.first_stage < len(cfg.budgets):
+        return [plan(cfg.budgets)]
+    return [plan(sorted(cfg.budgets)[: cfg.first_stage]), f"ehrfm sweep launch sweep --executor {cfg.executor}",
+            "ehrfm sweep collect sweep", "ehrfm fit sweep/results.parquet --out fit-stage1 --approach 2 --bootstrap 0 --no-holdout --no-plots",
+            plan(cfg.budgets, " --centre-from fit-stage1")]
 
 
 def _version() -> str:
