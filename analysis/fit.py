@@ -645,11 +645,12 @@ def fit_holdout(res: Results, a2: Approach2, cfg: FitConfig) -> tuple[dict | Non
 
     On the runs of every smaller budget, Approach 2 is refitted and its N_opt = k C^a law predicts
     N_opt; Approach 3 is refitted (cfg.approach3_method) and its compute-optimal frontier
-    L(N_opt(C), D_opt(C)) predicts L_min (`loss_method` "approach3"). The frontier of L = E +
+    L(N_opt(C), D_opt(C)) predicts L_min (`loss_method` "approach3") when it is identified (no
+    exponent at the searched range's edge; alpha, beta and E identified; else `note` says why). The frontier of L = E +
     A/N^alpha + B/D^beta is E + K C^(-alpha beta / (alpha + beta)): a pure power law of L_min in C
     has no irreducible term and on exact Chinchilla data mispredicts the next budget by ~5%; it is
     kept as `approach2_predicted_loss`, and used (loss_method "approach2") only when Approach 3
-    cannot be fitted. The predicted loss's interval has min(bootstrap, 200) replicates.
+    cannot be fitted or is not identified. The predicted loss's interval has min(bootstrap, 200) replicates.
 
     Returns (holdout, reason): holdout is None (and reason says why) with fewer than 3 usable
     budgets. Keys: budget, predicted_loss(_ci), observed_loss(_ci), rel_error = |predicted -
@@ -690,6 +691,15 @@ def fit_holdout(res: Results, a2: Approach2, cfg: FitConfig) -> tuple[dict | Non
         a3, d3 = fit_approach3(sub, counts, cfg)
     except UserError:
         a3 = None
+    # An Approach 3 law that the smaller budgets do not pin down (an exponent at the searched
+    # range's edge, or alpha, beta or E not identified) predicts nothing: Approach 2's L_min law does.
+    unidentified = [k for k in ("alpha", "beta", "E") if a3 is not None and a3.identified.get(k) is False]
+    a3_note = ""
+    if a3 is not None and (a3.at_bound or unidentified):
+        a3_note = ("Approach 3 on the smaller budgets is not used for L_min: "
+                   + "; ".join(filter(None, [f"{', '.join(a3.at_bound)} at the searched range's edge" if a3.at_bound else "",
+                                             f"{', '.join(unidentified)} not identified" if unidentified else ""])))
+        a3 = None
     if a3 is not None:
         pred_loss, loss_method = float(a3.loss(a3.n_opt(c), a3.d_opt(c))), "approach3"
         p = {k: d3[f"approach3/{k}"] for k in A3_KEYS}
@@ -709,8 +719,11 @@ def fit_holdout(res: Results, a2: Approach2, cfg: FitConfig) -> tuple[dict | Non
         observed_n_opt=held.n_opt, observed_n_opt_ci=held.n_opt_ci, n_opt_ratio=pred_n / held.n_opt,
     )
     top = max(a2.budgets, key=lambda bf: bf.budget)
+    notes = [a3_note] if a3_note else []
     if top.budget > c:  # the largest budget gave no usable minimum to compare with
-        out["note"] = f"the largest budget {top.budget:.3g} was not usable ({top.reason}); the largest usable one was held out"
+        notes.append(f"the largest budget {top.budget:.3g} was not usable ({top.reason}); the largest usable one was held out")
+    if notes:
+        out["note"] = "; ".join(notes)
     return out, ""
 
 
@@ -721,7 +734,7 @@ def format_holdout(fit: FitResult) -> str:
         why = fit.not_fitted.get("holdout")
         return f"Held-out budget: not made ({why})." if why else "Held-out budget: not made (FitConfig.holdout is off)."
     how = ("Approach 3's compute-optimal frontier" if h.get("loss_method") == "approach3"
-           else "Approach 2's L_min power law (Approach 3 could not be fitted)")
+           else "Approach 2's L_min power law (Approach 3 not fitted or not identified)")
     verdict = ("beats" if h["error_ratio"] <= 0.5 else "is closer than" if h["error_ratio"] < 1 else "does not beat")
     return (
         f"Held-out budget {h['budget']:.3g} FLOPs (refitted on the runs of the {len(h['fitted_budgets'])} smaller budgets; "

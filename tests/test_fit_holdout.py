@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from analysis.fit import FitConfig, FitWarning, fit_results, format_fit_table, load_fit, write_fits
-from analysis.synthetic import HOFFMANN, synthetic_results
+from analysis.synthetic import HOFFMANN, Law, synthetic_results
 from analysis.table import load_results
 
 LAW = HOFFMANN
@@ -168,3 +168,23 @@ def test_an_unusable_largest_budget_holds_out_the_largest_usable_one(table):
     assert "largest budget 1e+21 was not usable (2 distinct model size" in h["note"]
     assert h["rel_error"] < 0.005
     assert "Note: the largest budget 1e+21 was not usable" in format_fit_table(f)
+
+
+def test_an_unidentified_approach3_does_not_predict_the_held_out_loss():
+    """A law whose N term dies out within the sampled sizes (alpha = 5) puts the smaller budgets'
+    Approach 3 alpha at the searched range's edge: the held-out L_min then comes from Approach 2's
+    L_min law, and the note says why; a Chinchilla-like law keeps Approach 3's frontier."""
+    steep = Law(E=1.0, A=0.3 * 3e4**5, B=410.7, alpha=5.0, beta=0.28)
+    t = synthetic_results(steep, budgets=np.logspace(18, 21, 5), sizes=7, span_decades=1.0, noise=0.002, seed=0,
+                          center_jitter_decades=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitWarning)
+        h = fit_results(t, config=FitConfig(bootstrap=50)).holdout
+    assert h["loss_method"] == "approach2" and np.isfinite(h["predicted_loss"])
+    assert h["predicted_loss"] == h["approach2_predicted_loss"]
+    assert "not used for L_min" in h["note"] and "alpha at the searched range's edge" in h["note"]
+    t = synthetic_results(LAW, budgets=np.logspace(18, 21, 5), sizes=7, noise=0.002, seed=0, center_jitter_decades=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitWarning)
+        h = fit_results(t, config=FitConfig(bootstrap=50)).holdout
+    assert h["loss_method"] == "approach3" and "note" not in h
