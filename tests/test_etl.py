@@ -570,3 +570,9 @@ def test_worker_count_is_checked_and_workers_share_the_cpus(small_raw, tmp_path,
     with etl_module._worker_pool(2) as pool:
         sizes = {pool.submit(pl.thread_pool_size).result() for _ in range(4)}
     assert sizes == {max(1, etl_module._usable_cpus() // 2)}
+
+
+def test_a_killed_worker_is_one_clear_user_error():
+    with etl_module._worker_pool(2) as pool, pytest.raises(UserError, match="etl: shards: a worker process ended "
+                                                                            "abruptly.*--workers 1 runs in one process"):
+        etl_module._run_jobs(pool, 3, lambda i, _: (os._exit, 1) if i == 1 else (abs, -i), desc="etl: shards")
