@@ -97,6 +97,11 @@ def run_stage(args: list[str]) -> tuple[float, float, str, float, float]:
     return seconds, usage.ru_maxrss / 1024, out.strip().splitlines()[-1], cpu, tree
 
 
+def _etl_rss(row: dict) -> float:
+    """The etl stage's peak RSS in MiB: its whole process tree (workers), else (older runs) its largest process."""
+    return row.get("etl_tree_rss_mib", row["etl_rss_mib"])
+
+
 def slope(xs, ys) -> float:
     lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
     mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
@@ -110,8 +115,9 @@ def project(rows: list[dict], slopes: dict, events: float) -> dict:
     ratio = events / last["events"]
     out = {"events": events, "reference": REFERENCE}
     for stage in ("etl", "tokenize"):
+        rss = _etl_rss(last) if stage == "etl" else last[f"{stage}_rss_mib"]
         out[f"{stage}_minutes"] = last[f"{stage}_s"] * ratio ** slopes[f"{stage}_time_slope"] / 60
-        out[f"{stage}_rss_gb"] = last[f"{stage}_rss_mib"] * 2**20 * ratio ** slopes[f"{stage}_rss_slope"] / 1e9
+        out[f"{stage}_rss_gb"] = rss * 2**20 * ratio ** slopes[f"{stage}_rss_slope"] / 1e9
     return out
 
 
@@ -165,7 +171,7 @@ def main() -> None:
             "etl_time_slope": slope(ev, [r["etl_s"] for r in rows]),
             "tokenize_time_slope": slope(ev, [r["tokenize_s"] for r in rows]),
             "etl+tokenize_time_slope": slope(ev, [r["etl_s"] + r["tokenize_s"] for r in rows]),
-            "etl_rss_slope": slope(ev, [r["etl_rss_mib"] for r in rows]),
+            "etl_rss_slope": slope(ev, [_etl_rss(r) for r in rows]),
             "tokenize_rss_slope": slope(ev, [r["tokenize_rss_mib"] for r in rows]),
         }
         print("log-log slopes vs events: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.items()))

@@ -53,7 +53,11 @@ How it stays within memory on the full MIMIC-IV:
    Counts are merged in table and shard order, so the output is byte-identical for any N;
    workers=1 runs every step in this process. An error in a worker is the serial path's: the
    first failing table in TABLES order, raised (without the worker's traceback) once running
-   jobs have finished. Measured on 2 cores (synthetic, 30k patients):  see the report.
+   jobs have finished. Peak RSS of the whole tree, synthetic 100k patients (35M events): 697 MiB
+   in one process, 1450 MiB with 2 workers (a spawned worker starts at ~180 MiB: python,
+   polars, pyarrow); CPU time 109 s against 122 s before workers (the faster exact dedup,
+   _unique_rows, more than pays for the processes). Wall time follows the free cores: 96 s
+   against 127 s on 2 cores that other jobs kept at load 5-8.
 Everything is written under `<out>.tmp-*` and renamed into place at the end.
 
 Codes (MIMIC_IV_MEDS "//" style; values always in numeric_value, never in the code):
