@@ -201,8 +201,8 @@ EVENT_SCHEMA = {
 }
 
 
-# Worker processes by default: the usable CPUs, at most this many. Each worker holds one table's
-# CSV block or one shard's largest bucket file (~0.3 GiB at 10k subjects per shard, 350 events each).
+# Worker processes by default: the usable CPUs, at most this many. Each worker adds about one
+# serial step's memory (one CSV block, or one shard's largest bucket file and chunk).
 MAX_DEFAULT_WORKERS = 4
 
 
