@@ -482,3 +482,97 @@ def test_real_demo_label_histories_hold_no_procedure_of_the_prediction_day(demo_
         seen = labels.join(procs, on="subject_id").filter(
             (pl.col("time") <= pl.col("prediction_time")) & (pl.col("time").dt.date() == pl.col("prediction_time").dt.date()))
         assert seen["i"].n_unique() == 0, task
+
+
+# --------------------------------------------------------------------- worker processes (issue 12: 300k in 240 s)
+# A small MIMIC-IV-ED module for two real demo subjects (invented values): its triage and
+# diagnoses are timed by ed/edstays, so a worker staging them must be given the ED stays.
+ED_TABLES = {
+    "ed/edstays": "subject_id,hadm_id,stay_id,intime,outtime,gender,race,arrival_transport,disposition\n"
+                  "10000032,,901,2180-01-01 06:00:00,2180-01-01 10:00:00,F,WHITE,AMBULANCE,HOME\n"
+                  "10001217,,902,2157-01-01 08:00:00,2157-01-01 09:30:00,F,WHITE,WALK IN,ADMITTED\n",
+    "ed/triage": "subject_id,stay_id,temperature,heartrate,resprate,o2sat,sbp,dbp,pain,acuity,chiefcomplaint\n"
+                 "10000032,901,98.1,110,18,97,120,80,5,2,x\n10001217,999,98.0,90,16,99,110,70,0,3,y\n",
+    "ed/diagnosis": "subject_id,stay_id,seq_num,icd_code,icd_version,icd_title\n10000032,901,1,R079,10,x\n"
+                    "10001217,902,1,R51,10,y\n",
+}
+
+
+def _demo_with_ed(mimic_demo_dir, tmp_path):
+    raw = tmp_path / "raw"
+    for sub in ("hosp", "icu"):
+        (raw / sub).mkdir(parents=True)
+        for f in (mimic_demo_dir / sub).iterdir():
+            (raw / sub / f.name).symlink_to(f)
+    (raw / "ed").mkdir()
+    for name, text in ED_TABLES.items():
+        (raw / f"{name}.csv").write_text(text)
+    return raw
+
+
+def test_workers_write_byte_identical_output(mimic_demo_dir, tmp_path):
+    """Tables staged, routed and shards assembled in 2 processes: every file is the serial path's."""
+    raw = _demo_with_ed(mimic_demo_dir, tmp_path)
+    # Small shards and chunks: several shards and chunks per shard go to each worker.
+    opts = dict(shard_subjects=25, chunk_events=20_000)
+    res = {w: etl(raw, tmp_path / f"w{w}", workers=w, **opts) for w in (1, 2)}
+    files = {w: sorted(p.relative_to(tmp_path / f"w{w}") for p in (tmp_path / f"w{w}").rglob("*") if p.is_file())
+             for w in (1, 2)}
+    assert files[1] == files[2]
+    assert len([f for f in files[1] if f.parts[0] == "data"]) == 6  # 4 train shards, 1 tuning, 1 held_out
+    for f in files[1]:
+        a, b = (tmp_path / "w1" / f).read_bytes(), (tmp_path / "w2" / f).read_bytes()
+        if f.name == "dataset.json":
+            a, b = (json.loads(x) for x in (a, b))
+            a.pop("created_at"), b.pop("created_at")
+        elif f.name == "etl_config.json":
+            a, b = (json.loads(x) for x in (a, b))
+            assert (a.pop("workers"), b.pop("workers")) == (1, 2)
+            assert (a.pop("out"), b.pop("out")) == (str(tmp_path / "w1"), str(tmp_path / "w2"))
+        assert a == b, f
+    for r in res.values():
+        r.pop("out"), r.pop("seconds")
+    assert res[1] == res[2]
+    t = res[2]["tables"]
+    # The ED rows were timed by their stays in the worker (else unknown_stay_id for both).
+    assert t["ed/triage"]["dropped"] == {"unknown_stay_id": 1} and t["ed/triage"]["events_written"] == 8
+    assert t["ed/diagnosis"]["events_written"] == 2 and t["hosp/diagnoses_icd"]["events_written"] > 4000
+
+
+def _bad_times(path, col):
+    _rewrite(path, lambda d: d.with_columns(pl.when(pl.int_range(pl.len()) < 2).then(pl.lit("soon"))
+                                            .otherwise(pl.col(col)).alias(col)))
+
+
+def test_an_error_in_a_worker_is_the_serial_paths_one_user_error(small_raw, tmp_path):
+    """Two bad tables: the one the serial path reads first is named, whichever worker failed first."""
+    _bad_times(small_raw / "hosp/transfers.csv.gz", "intime")
+    _bad_times(small_raw / "hosp/labevents.csv.gz", "charttime")  # larger: staged first by the pool
+    msgs = {}
+    for w in (1, 2):
+        with pytest.raises(UserError) as e:
+            etl(small_raw, tmp_path / "out", workers=w)
+        assert e.value.__cause__ is None  # no worker traceback chained to it
+        msgs[w] = str(e.value)
+    assert msgs[1] == msgs[2] == f"{small_raw / 'hosp/transfers.csv.gz'}: column 'intime' has 2 unparseable timestamp values"
+    assert sorted(os.listdir(tmp_path)) == ["raw"]  # neither out nor a temp sibling
+
+
+def test_worker_count_is_checked_and_workers_share_the_cpus(small_raw, tmp_path, repo_root):
+    for bad in (0, -1, 1.5):
+        with pytest.raises(UserError, match="workers must be a whole number of at least 1"):
+            etl(small_raw, tmp_path / "out", workers=bad)
+    p = subprocess.run([sys.executable, "-m", "ehrfm", "etl", str(small_raw), "--out", str(tmp_path / "o"),
+                        "--workers", "0"], capture_output=True, text=True, cwd=repo_root)
+    assert p.returncode == 2 and "--workers: expected a whole number of at least 1 (got '0')" in p.stderr
+    assert 1 <= etl_module.EtlConfig("r", "o").workers == etl_module.default_workers() <= etl_module.MAX_DEFAULT_WORKERS
+    # Each worker's polars pool gets its share of the CPUs: 2 workers never run 2 x all-CPU threads.
+    with etl_module._worker_pool(2) as pool:
+        sizes = {pool.submit(pl.thread_pool_size).result() for _ in range(4)}
+    assert sizes == {max(1, etl_module._usable_cpus() // 2)}
+
+
+def test_a_killed_worker_is_one_clear_user_error():
+    with etl_module._worker_pool(2) as pool, pytest.raises(UserError, match="etl: shards: a worker process ended "
+                                                                            "abruptly.*--workers 1 runs in one process"):
+        etl_module._run_jobs(pool, 3, lambda i, _: (os._exit, 1) if i == 1 else (abs, -i), desc="etl: shards")

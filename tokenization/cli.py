@@ -20,6 +20,16 @@ def _fractions(text: str) -> tuple[float, float, float]:
     return parts
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1 (got {text!r})")
+    return n
+
+
 def _synth(args) -> int:
     from tokenization.synth import synthesize
 
@@ -51,6 +61,8 @@ def _etl(args) -> int:
         options["splits_file"] = args.splits
     if args.tables:
         options["tables"] = args.tables
+    if args.workers is not None:
+        options["workers"] = args.workers
     etl(args.raw, args.out, overwrite=args.overwrite, **options)
     return 0
 
@@ -122,6 +134,9 @@ def register(sub) -> None:
                    help="convert only these tables, e.g. labevents,icu/inputevents (default: every table present); "
                         "hosp/patients and hosp/admissions are always converted, an ED table brings ed/edstays "
                         "and emar_detail brings emar")
+    p.add_argument("--workers", type=_positive_int, metavar="N",
+                   help="processes that stage tables and assemble shards side by side; 1: one process "
+                        "(default: the usable CPUs, at most 4); the output is the same for any N")
 
     p = command(
         sub, "tokenize", _tokenize, help="tokenize a MEDS dataset (ETHOS-style), or --decode a token dir",
