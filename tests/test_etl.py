@@ -565,7 +565,11 @@ def test_worker_count_is_checked_and_workers_share_the_cpus(small_raw, tmp_path,
     p = subprocess.run([sys.executable, "-m", "ehrfm", "etl", str(small_raw), "--out", str(tmp_path / "o"),
                         "--workers", "0"], capture_output=True, text=True, cwd=repo_root)
     assert p.returncode == 2 and "--workers: expected a whole number of at least 1 (got '0')" in p.stderr
-    assert 1 <= etl_module.EtlConfig("r", "o").workers == etl_module.default_workers() <= etl_module.MAX_DEFAULT_WORKERS
+    assert 1 <= etl_module.default_workers() <= etl_module.MAX_DEFAULT_WORKERS
+    # Not given: one process for a small raw dir (spawning costs more than it saves), recorded as used.
+    assert etl_module.EtlConfig("r", "o").workers is None and etl_module.auto_workers(small_raw) == 1
+    etl(small_raw, tmp_path / "auto")
+    assert json.loads((tmp_path / "auto" / "metadata" / "etl_config.json").read_text())["workers"] == 1
     # Each worker's polars pool gets its share of the CPUs: 2 workers never run 2 x all-CPU threads.
     with etl_module._worker_pool(2) as pool:
         sizes = {pool.submit(pl.thread_pool_size).result() for _ in range(4)}

@@ -136,7 +136,7 @@ def register(sub) -> None:
                         "and emar_detail brings emar")
     p.add_argument("--workers", type=_positive_int, metavar="N",
                    help="processes that stage tables and assemble shards side by side; 1: one process "
-                        "(default: the usable CPUs, at most 4); the output is the same for any N")
+                        "(default: 1 for raw input under 64 MiB, else the usable CPUs, at most 4); the output is the same for any N")
 
     p = command(
         sub, "tokenize", _tokenize, help="tokenize a MEDS dataset (ETHOS-style), or --decode a token dir",

@@ -42,8 +42,8 @@ How it stays within memory on the full MIMIC-IV:
    library loads; etl() called from Python switches arrow to its jemalloc pool.
    Peak RSS on the demo: 412-440 MB at issue 11, ~241 MB now with 22 tables (the reference
    MIMIC_IV_MEDS: 499 MB).
-4. Both cores (`workers`, `ehrfm etl --workers N`; default: the CPUs this process may use, at
-   most MAX_DEFAULT_WORKERS): steps 1 and 2 run in a pool of N spawned worker processes, one
+4. Both cores (`workers`, `ehrfm etl --workers N`; default: one process for under 64 MiB of raw
+   input, else the CPUs this process may use, at most MAX_DEFAULT_WORKERS): steps 1 and 2 run in a pool of N spawned worker processes, one
    job at a time each: a table is staged (the largest files first; diagnoses and DRG codes after
    admissions, ED triage and diagnoses after the ED stays that time them) while a reader thread
    decompresses and parses its next CSV block; then each staged table is routed to its buckets;
@@ -215,6 +215,18 @@ def default_workers() -> int:
     return max(1, min(n, MAX_DEFAULT_WORKERS))
 
 
+# Below this much raw input (bytes of the raw dir's files) one process is faster: a spawned worker
+# costs ~1.5 s and ~180 MiB to start (python, polars, pyarrow), more than it saves on a small
+# dataset (the real demo: 4.9 s with 2 workers, 3.4 s with 1).
+SMALL_INPUT_BYTES = 64 << 20
+
+
+def auto_workers(raw: str | os.PathLike) -> int:
+    """EtlConfig.workers when not given: 1 for raw input under SMALL_INPUT_BYTES, else default_workers()."""
+    size = sum(f.stat().st_size for f in Path(raw).rglob("*") if f.is_file())
+    return 1 if size < SMALL_INPUT_BYTES else default_workers()
+
+
 @dataclass
 class EtlConfig:
     """Everything that decides a raw MIMIC-IV -> MEDS conversion; saved in metadata/etl_config.json.
@@ -235,8 +247,9 @@ class EtlConfig:
     dataset_name: str | None = None
     dataset_version: str | None = None
     # Processes that stage tables, route them and assemble shards side by side (1: all in this
-    # process, the serial path). The output is byte-identical for any number.
-    workers: int = field(default_factory=default_workers)
+    # process, the serial path). The output is byte-identical for any number. None: decided from
+    # the raw input's size (auto_workers); the number used is what etl_config.json records.
+    workers: int | None = None
 
 
 @dataclass
@@ -1073,7 +1086,8 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
             dataset_version, tables (names for select_tables; None: every table present),
             batch_bytes (CSV block size read at a time, bytes), chunk_events (events assembled at
             a time within a shard), workers (processes working side by side, default
-            default_workers(); 1: all in this process; the output is the same for any number).
+            auto_workers(raw): 1 under 64 MiB of raw input, else default_workers(); 1: all in
+            this process; the output is the same for any number).
             Any other name is a TypeError. With workers > 1 the workers are spawned, so a script
             that calls etl() needs multiprocessing's `if __name__ == "__main__":` guard.
 
@@ -1102,6 +1116,8 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
         raise UserError(f"raw MIMIC-IV directory {raw} not found")
     check_overwrite(out, overwrite)
 
+    if cfg.workers is None:
+        cfg.workers = auto_workers(raw)
     if isinstance(cfg.workers, bool) or not isinstance(cfg.workers, int) or cfg.workers < 1:
         raise UserError(f"workers must be a whole number of at least 1 (got {cfg.workers!r})")
 
