@@ -361,18 +361,17 @@ def _parabolas(x, y, w):
     return coef
 
 
-def _adjusted_residuals(x: np.ndarray, y: np.ndarray, coef: np.ndarray) -> np.ndarray:
+def _adjusted_residuals(x: np.ndarray, residuals: np.ndarray) -> np.ndarray:
     """Leverage-adjusted, centred residuals r_i / sqrt(1 - h_ii) of one budget's parabola.
 
-    Davison & Hinkley 1997, eq. 6.9. Empty when the parabola interpolates (<= 3 distinct sizes).
+    Davison & Hinkley 1997, eq. 6.9. `residuals` = y - fitted at the sizes x (ln N); call it only
+    with > 3 distinct sizes (with 3 the parabola interpolates and every h_ii is 1).
     """
     X = np.stack([np.ones_like(x), x, x * x], axis=1)
     h = np.einsum("pi,ij,pj->p", X, np.linalg.pinv(X.T @ X), X)
     keep = h < 1 - 1e-9
-    if np.unique(np.round(x, 9)).size <= 3 or not keep.any():
-        return np.array([])
-    r = (y - X @ coef)[keep] / np.sqrt(1 - h[keep])
-    return r - r.mean()
+    r = residuals[keep] / np.sqrt(1 - h[keep])
+    return r - r.mean() if r.size else r
 
 
 def _budget_points(res: Results, members: np.ndarray, coef: np.ndarray, w: np.ndarray):
@@ -495,7 +494,7 @@ def _fit_budget_parabola(res: Results, members: np.ndarray, budget: float, cfg: 
                      f"lack-of-fit p = {bf.lack_of_fit_p:.2g}): the sizes are too far from this budget's optimum")
     else:
         bf.used = True
-        bf.residuals = [float(r) for r in _adjusted_residuals(x, y, coef)]
+        bf.residuals = [float(r) for r in _adjusted_residuals(x, y - pred)] if n_distinct > 3 else []
     return bf
 
 
