@@ -54,11 +54,12 @@ def run_sweep(tok: Path, sweep_dir: Path, schedule: str, args) -> dict:
     from sweeps.launch import LaunchConfig, launch_sweep
     from sweeps.plan import plan_sweep
 
-    train = {"batch_size": args.batch_size, "lr": args.lr, "eval_tokens": args.eval_tokens}
+    train = {"batch_size": args.batch_size, "lr": args.lr, "warmup_frac": args.warmup_frac, "eval_tokens": args.eval_tokens}
     if schedule == "wsd":
         train.update(decay_shape=args.decay_shape, decay_fraction=args.decay_fraction)
     sweep, rows, _ = plan_sweep(tok, args.budgets, sweep_dir, sizes=args.sizes, span_dex=args.span_dex,
-                                tokens_per_param=args.tokens_per_param, context=args.context, train=train, schedule=schedule)
+                                tokens_per_param=args.tokens_per_param, context=args.context, train=train, schedule=schedule,
+                                lr_ref_width=args.lr_ref_width)
     t0 = time.time()
     launch_sweep(sweep_dir, LaunchConfig(executor="local", max_parallel=args.max_parallel, wait=True))
     elapsed = time.time() - t0
@@ -79,7 +80,7 @@ def fit(results_path: Path, bootstrap: int):
 
 
 def main() -> int:
-    from ehrfm.demo import DemoConfig
+    from ehrfm.app.demo import DemoConfig
 
     d = DemoConfig()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -93,6 +94,8 @@ def main() -> int:
     ap.add_argument("--context", type=int, default=d.context)
     ap.add_argument("--batch-size", type=int, default=d.batch_size)
     ap.add_argument("--lr", type=float, default=d.lr)
+    ap.add_argument("--warmup-frac", type=float, default=d.warmup_frac)
+    ap.add_argument("--lr-ref-width", type=int, default=d.lr_ref_width, help="lr * W / d_model per run; 0: one lr")
     ap.add_argument("--eval-tokens", type=int, default=d.eval_tokens)
     ap.add_argument("--decay-shape", default="linear", choices=["linear", "1-sqrt"], help="wsd decay shape (default linear)")
     ap.add_argument("--decay-fraction", type=float, default=0.2, help="wsd decay share of each run's steps (default 0.2)")
@@ -109,12 +112,12 @@ def main() -> int:
     if args.plan_only:
         from sweeps.plan import plan_sweep
 
-        train = {"batch_size": args.batch_size, "lr": args.lr, "eval_tokens": args.eval_tokens}
+        train = {"batch_size": args.batch_size, "lr": args.lr, "warmup_frac": args.warmup_frac, "eval_tokens": args.eval_tokens}
         wsd = {"decay_shape": args.decay_shape, "decay_fraction": args.decay_fraction}
         flops = {s: plan_sweep(tok, args.budgets, out / f"plan_{s}", sizes=args.sizes, span_dex=args.span_dex,
                                tokens_per_param=args.tokens_per_param, context=args.context,
                                train={**train, **(wsd if s == "wsd" else {})},
-                               schedule=s)[0].planned_flops for s in ("cosine", "wsd")}
+                               schedule=s, lr_ref_width=args.lr_ref_width)[0].planned_flops for s in ("cosine", "wsd")}
         print(f"planned FLOPs: cosine {flops['cosine']:.4g}, wsd {flops['wsd']:.4g}, ratio {flops['wsd'] / flops['cosine']:.3f}")
         return 0
     runs = {s: run_sweep(tok, out / s, s, args) for s in ("cosine", "wsd")}

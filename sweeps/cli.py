@@ -70,7 +70,7 @@ def _plan_arguments(pp) -> None:
                tokens_dir=dict(flag="--tokens", required=True, metavar="TOK"),
                budgets=dict(required=True, metavar="C1,C2,...", convert=_budgets), sizes=dict(metavar="K"))
     pp.add_argument("--out", required=True, metavar="SWEEP", help="sweep dir to write (re-planning it keeps its runs)")
-    add_fields(pp, SweepConfig, ["span_dex", "tokens_per_param", "context"])
+    add_fields(pp, SweepConfig, ["span_dex", "tokens_per_param", "context", "lr_ref_width"])
     unset = dict(unset=True)  # not given: the trainer's default
     add_fields(pp, TrainConfig, ["batch_size", "lr", "seed"], batch_size=unset, lr=unset, seed=unset)
     add_fields(pp, SweepConfig, ["min_steps", "schedule"])

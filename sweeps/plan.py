@@ -12,7 +12,9 @@ is shared, one shape serves several budgets.
 Schedules (`schedule`, the same (budget, n_layer, d_model) points for both):
 - cosine: every run trains on its own, with its own cosine schedule.
 - wsd (Hägele et al. 2024, arXiv 2405.18392): one trunk per distinct shape, the run of that
-  shape's largest budget, warmup-stable-decay with its warmup shared by the shape's runs; it keeps
+  shape's largest budget, warmup-stable-decay with its warmup shared by the shape's runs: that of
+  the shape's shortest run (warmup_frac of its steps), so no run warms up for longer than its cosine
+  twin (a trunk-length warmup would take up to 40% of a branch 8x shorter); it keeps
   a stable-phase checkpoint at the decay start (1 - decay_fraction of the steps, ~80%) of every
   smaller budget of its shape, and each of those runs is a branch that trains only its own decay
   from there (`ehrfm.train`, TrainConfig.trunk_dir). The trunk decays in place.
@@ -101,6 +103,9 @@ class SweepConfig:
     """Filled by plan: the token dir's vocabulary size."""
     train_tokens: int = 0
     """Filled by plan: unique tokens in the train split (D beyond this means > 1 epoch)."""
+    lr_ref_width: int = 0
+    """Scale each run's peak lr by LR_REF_WIDTH / d_model, so the sweep's lr is the lr at that width (muP for
+    Adam, Yang et al. 2022: a width's best lr falls as 1/width); 0: the same lr for every run."""
     schedule: str = field(default="cosine", metadata={"choices": SCHEDULES})
     """cosine: every run on its own; wsd: one warmup-stable-decay trunk per shape, smaller budgets of that shape
     branch off at 80% of their tokens and decay (module docstring)."""
@@ -214,9 +219,25 @@ def run_train_config(sweep: SweepConfig, row: dict, run_dir: str | Path) -> Trai
         n_head=int(row["n_head"]),
         context=int(row["context"]),
         tokens=int(row["tokens"]),
-        **sweep.train,
+        **{**sweep.train, **run_lr(sweep, int(row["d_model"]))},
         **wsd,
     )
+
+
+def run_lr(sweep: SweepConfig, d_model: int) -> dict:
+    """{"lr": peak lr} of a run of width d_model under sweep.lr_ref_width, or {} (the sweep's lr as given).
+
+    With lr_ref_width W > 0 the lr is lr * W / d_model (Yang et al. 2022, "Tensor Programs V", arXiv
+    2203.03466: under Adam a hidden layer's best lr scales as 1/fan_in). Measured on the demo's
+    tokens at 9.5e11 FLOPs (one seed each): lr 1e-2 * 32 / d_model instead of 1e-2 for every width
+    lowered the (2, 48) and (2, 64) models' held-out loss by 0.13 and 0.03 nats, which had bent the
+    IsoFLOP curve's large-N side up; at 3.8e11 the seed-to-seed spread of those ~300-step runs
+    (up to 0.2 nats) hides any difference.
+    """
+    if not sweep.lr_ref_width:
+        return {}
+    base = float(sweep.train.get("lr", TrainConfig.__dataclass_fields__["lr"].default))
+    return {"lr": base * sweep.lr_ref_width / d_model}
 
 
 # TrainConfig fields that do not change what a run computes (where it runs, how it is logged or
@@ -426,7 +447,8 @@ def make_plan(sweep: SweepConfig) -> tuple[list[dict], list[str]]:
             if tokens < tokens_per_step:
                 warnings.append(f"{label}: dropped, D={tokens} tokens is less than one optimizer step ({tokens_per_step} tokens)")
                 continue
-            cfg = dataclasses.replace(base, n_layer=shape.n_layer, d_model=shape.d_model, n_head=shape.n_head, tokens=tokens)
+            cfg = dataclasses.replace(base, n_layer=shape.n_layer, d_model=shape.d_model, n_head=shape.n_head, tokens=tokens,
+                                      **run_lr(sweep, shape.d_model))
             steps = math.ceil(tokens / tokens_per_step)
             epochs = tokens / sweep.train_tokens if sweep.train_tokens else float("nan")
             if steps < sweep.min_steps:
@@ -490,7 +512,7 @@ def _wsd_rows(sweep: SweepConfig, base: TrainConfig, rows: list[dict]) -> list[d
     for group in groups.values():
         group.sort(key=lambda r: r["tokens"])
         trunk = group[-1]
-        warmup = warmup_steps_for(trunk["steps"], base)
+        warmup = warmup_steps_for(group[0]["steps"], base)  # the shortest run's: see the module docstring
         points = {}
         for r in group[:-1]:
             start = wsd_decay_start(r["steps"], base)
@@ -503,7 +525,8 @@ def _wsd_rows(sweep: SweepConfig, base: TrainConfig, rows: list[dict]) -> list[d
             points[r["run_id"]] = start * step_tokens
         stable = sorted(set(points.values()))
         tcfg = dataclasses.replace(base, n_layer=trunk["n_layer"], d_model=trunk["d_model"], n_head=trunk["n_head"],
-                                   tokens=trunk["tokens"], warmup_steps=warmup, stable_checkpoints=stable)
+                                   tokens=trunk["tokens"], warmup_steps=warmup, stable_checkpoints=stable,
+                                   **run_lr(sweep, trunk["d_model"]))
         trunk_id = run_id_for(sweep.tokenizer_fingerprint, trunk["budget"], tcfg)
         out.append({**trunk, "run_id": trunk_id, "schedule": "wsd", "trunk_id": trunk_id, "branch_tokens": 0,
                     "warmup_steps": warmup, "stable_checkpoints": stable})
@@ -547,6 +570,7 @@ def plan_sweep(
     train: dict | None = None,
     schedule: str = "cosine",
     centre_from: str | Path | None = None,
+    lr_ref_width: int = 0,
 ) -> tuple[SweepConfig, list[dict], list[str]]:
     """Plan an IsoFLOP sweep into `out` (sweep.json + plan.parquet); returns (config, rows, warnings).
 
@@ -568,6 +592,7 @@ def plan_sweep(
         schedule: "cosine" (every run alone) or "wsd" (trunks and branches, Hägele et al. 2024).
         centre_from: a fit dir (or its fits.json) of this sweep's smaller budgets: the budgets above
             its largest are centred on its Approach 2 N_opt law (module docstring; `centre_law_from_fit`).
+        lr_ref_width: > 0: each run's peak lr is lr * lr_ref_width / d_model (`run_lr`); 0: one lr.
 
     Returns:
         (SweepConfig as saved in sweep.json, one dict per planned run as in plan.parquet, warnings).
@@ -582,6 +607,8 @@ def plan_sweep(
     clash = sorted(set(train or {}) & PER_RUN_FIELDS)
     if clash:
         raise UserError(f"train options {', '.join(clash)} are set per run by the planner, not per sweep")
+    if not int(lr_ref_width) >= 0:
+        raise UserError(f"--lr-ref-width must be >= 0 (got {lr_ref_width})")
     budgets = sorted({float(b) for b in budgets})
     if not budgets or not all(b > 0 and math.isfinite(b) for b in budgets):
         raise UserError(f"budgets must be positive finite FLOPs (got {budgets})")
@@ -600,6 +627,7 @@ def plan_sweep(
         vocab_size=td.vocab_size,
         train_tokens=int(train_tokens),
         schedule=str(schedule),
+        lr_ref_width=int(lr_ref_width),
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         ehrfm_version=ehrfm.__version__,
     )

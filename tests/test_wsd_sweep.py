@@ -37,6 +37,8 @@ def test_wsd_plan_shares_trunks_and_matches_cosine_points(synth_tokens, tmp_path
         assert [r for r in group if r["trunk_id"] == r["run_id"]] == [trunk]  # one trunk: the largest budget
         assert all(r["trunk_id"] == trunk["run_id"] for r in group)
         assert len({r["warmup_steps"] for r in group}) == 1
+        # The shortest run's warmup (5% of its steps), so no branch warms up longer than its cosine twin.
+        assert group[0]["warmup_steps"] == max(1, round(0.05 * min(r["steps"] for r in group)))
         branches = [r for r in group if r is not trunk]
         for b in branches:
             # Branch point: its own decay start, the last 20% of its steps (rounded), on a step boundary.
@@ -60,7 +62,7 @@ def test_wsd_plan_refusals(synth_tokens, tmp_path):
     with pytest.raises(UserError, match="no model shape serves more than one of the 1 budget"):
         plan_sweep(synth_tokens, out=tmp_path / "one", schedule="wsd", budgets=[4e9], sizes=3, context=64, train={"batch_size": 8})
     with pytest.raises(UserError, match=r"would branch at step \d+, inside its trunk's \d+-step warmup"):
-        plan_sweep(synth_tokens, out=tmp_path / "warm", schedule="wsd", **{**GRID, "train": {"batch_size": 8, "warmup_frac": 0.5}})
+        plan_sweep(synth_tokens, out=tmp_path / "warm", schedule="wsd", **{**GRID, "train": {"batch_size": 8, "warmup_frac": 0.9}})
     p = ehrfm("sweep", "plan", "--tokens", synth_tokens, "--budgets", "4e9", "--sizes", "3", "--context", "64", "--out",
               tmp_path / "cli", "--schedule", "wsd")
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "no trunk can be shared" in p.stderr

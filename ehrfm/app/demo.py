@@ -70,7 +70,13 @@ class DemoConfig:
     batch_size: int = 8
     """Rows per optimizer step: small budgets still take enough steps."""
     lr: float = 1e-2
-    """Peak lr: tiny models train best with a high one (tuned on the default budgets)."""
+    """Peak lr at width lr_ref_width: tiny models train best with a high one (tuned on the default budgets)."""
+    # Seed-to-seed spread of the shortest runs (288 steps: the (2, 48) model at 3.8e11, lr 6.7e-3, seeds
+    # 0-2): 1.20-1.42 nats with a 5% warmup, 1.24-1.32 with 20%; runs of ~800+ steps differ by < 0.01.
+    warmup_frac: float = 0.2
+    """Warmup share of each run's optimizer steps (a longer warmup steadies the shortest runs)."""
+    lr_ref_width: int = 32
+    """Each run's peak lr is lr * LR_REF_WIDTH / d_model (muP, `sweep plan --lr-ref-width`); 0: one lr for all."""
     # Standard error over eval subjects (result.json eval_loss_se): 0.029 nats/token at 65,536 tokens
     # (124 subjects), 0.021 at 262,144 (352); two runs on this shared sample differ with a ~8x smaller
     # (paired) SE, 0.0015-0.0026, well under 1/10 of the parabolas' depths.
@@ -202,9 +208,9 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
 def _plan(cfg: DemoConfig, tok: Path, sweep: Path, budgets: list[float], centre_from: Path | None = None):
     from sweeps.plan import plan_sweep
 
-    train_opts = {"batch_size": cfg.batch_size, "lr": cfg.lr, "eval_tokens": cfg.eval_tokens}
+    train_opts = {"batch_size": cfg.batch_size, "lr": cfg.lr, "warmup_frac": cfg.warmup_frac, "eval_tokens": cfg.eval_tokens}
     return plan_sweep(tok, budgets, sweep, sizes=cfg.sizes, span_dex=cfg.span_dex, tokens_per_param=cfg.tokens_per_param,
-                      context=cfg.context, train=train_opts, centre_from=centre_from)
+                      context=cfg.context, train=train_opts, centre_from=centre_from, lr_ref_width=cfg.lr_ref_width)
 
 
 def _first_stage(cfg: DemoConfig, st: _Stages, tok: Path, sweep: Path, launch, fit_dir: Path) -> Path | None:
@@ -497,7 +503,7 @@ def _plan_commands(cfg) -> list[str]:
     def plan(budgets, extra=""):
         return (f"ehrfm sweep plan --tokens tokens --budgets {','.join(f'{b:g}' for b in budgets)} --sizes {cfg.sizes} "
                 f"--span-dex {cfg.span_dex} --tokens-per-param {cfg.tokens_per_param:g} --context {cfg.context} "
-                f"--batch-size {cfg.batch_size} --lr {cfg.lr} --train-opt eval_tokens={cfg.eval_tokens} --out sweep{extra}")
+                f"--batch-size {cfg.batch_size} --lr {cfg.lr} --lr-ref-width {cfg.lr_ref_width} --train-opt warmup_frac={cfg.warmup_frac:g} --train-opt eval_tokens={cfg.eval_tokens} --out sweep{extra}")
 
     if not 0 < cfg.first_stage < len(cfg.budgets):
         return [plan(cfg.budgets)]
