@@ -17,7 +17,8 @@ def _plan(args) -> int:
     train = parse_train_options(args.train_opt)
     train.update(values(TrainConfig, args))  # only the options given (unset ones keep the trainer default)
     opts = values(SweepConfig, args)
-    sweep, rows, warnings = plan_sweep(opts.pop("tokens_dir"), opts.pop("budgets"), args.out, train=train, centre_from=args.centre_from, **opts)
+    sweep, rows, warnings = plan_sweep(opts.pop("tokens_dir"), opts.pop("budgets"), args.out, train=train, centre_from=args.centre_from,
+                                       bracket_from=args.bracket_from, **opts)
     print_plan(sweep, rows, warnings, args.out)
     return 0
 
@@ -78,6 +79,9 @@ def _plan_arguments(pp) -> None:
     pp.add_argument("--centre-from", default=None, metavar="FIT",
                     help="fit dir (or fits.json) of this sweep's smaller budgets: centre each larger budget's sizes on "
                     "the N_opt its Approach 2 law predicts, instead of D/N = --tokens-per-param (re-plan the same --out)")
+    pp.add_argument("--bracket-from", default=None, metavar="RESULTS",
+                    help="results table of this sweep's runs: add a size beyond the end of each budget's ladder where its "
+                    "lowest loss sits (re-plan the same --out; added sizes are kept)")
     pp.add_argument("--train-opt", action="append", metavar="KEY=VALUE", help="any other train option for every run (repeatable), e.g. warmup_frac=0.1")
 
 

@@ -29,6 +29,13 @@ snapped to the same rung grid as every other budget, so the ladder stays shared 
 still serve several budgets. A law whose exponent a is not positive (or not finite) is refused:
 it cannot say where a larger budget's optimum lies. sweep.json records the law used (`centre_law`).
 
+Bracketing (`bracket_from`, `sweep plan --bracket-from RESULTS`): a ladder whose lowest loss sits
+at its smallest or largest size has not bracketed its optimum, and a parabola through it can only
+extrapolate. Re-planning the same sweep dir with a results table of its runs adds one rung beyond
+that end of that budget's ladder (sweep.json `extra_rungs`, kept on every later re-plan), as a
+researcher would add a model size; the other runs keep their ids. Below the family's smallest shape
+there is nothing to add, and the plan says so.
+
 `planned_flops` in sweep.json is what the sweep will really spend: the sum of the runs' FLOPs for
 cosine; for wsd each trunk once plus each branch's decay only.
 
@@ -103,6 +110,9 @@ class SweepConfig:
     """Filled by plan: the token dir's vocabulary size."""
     train_tokens: int = 0
     """Filled by plan: unique tokens in the train split (D beyond this means > 1 epoch)."""
+    extra_rungs: dict = field(default_factory=dict)
+    """Set by `--bracket-from RESULTS` and kept on re-planning: {budget ("%g"): [below, above]}, ladder rungs added
+    beyond each end of that budget's ladder (module docstring)."""
     lr_ref_width: int = 0
     """Scale each run's peak lr by LR_REF_WIDTH / d_model, so the sweep's lr is the lr at that width (muP for
     Adam, Yang et al. 2022: a width's best lr falls as 1/width); 0: the same lr for every run."""
@@ -405,8 +415,50 @@ def shared_ladder(sweep: SweepConfig) -> dict[float, list[float]]:
     out = {}
     for b, n in stars.items():
         centre = math.floor(math.log10(n) / rung - half + 0.5) + half  # nearest admissible centre, half up
-        out[b] = [10 ** ((centre + i - half) * rung) for i in range(k)]
+        below, above = sweep.extra_rungs.get(f"{b:g}", (0, 0))
+        out[b] = [10 ** ((centre + i - half) * rung) for i in range(-int(below), k + int(above))]
     return out
+
+
+def bracket_rungs(sweep: SweepConfig, rows: list[dict], results: str | Path) -> tuple[dict, list[str]]:
+    """extra_rungs after one bracketing step, and a note per budget it extends or cannot.
+
+    For each budget with >= 3 completed runs of this plan in `results` (a results table: run_id,
+    budget, status, loss), one rung is added beyond the end of its ladder where its lowest loss sits.
+
+    Raises:
+        UserError: the results table cannot be read or lacks run_id / status / loss.
+    """
+    from ehrfm.io import read_parquet
+
+    table = read_parquet(results, "results table")
+    missing = [c for c in ("run_id", "status", "loss") if c not in table.column_names]
+    if missing:
+        raise UserError(f"--bracket-from {results}: no column {', '.join(missing)} (it needs run_id, status and loss: "
+                        "the table `ehrfm sweep collect` writes)")
+    table = table.select(["run_id", "status", "loss"]).to_pylist()
+    loss = {r["run_id"]: r["loss"] for r in table
+            if r["status"] == "completed" and isinstance(r["loss"], float) and math.isfinite(r["loss"])}
+    extra = {k: list(v) for k, v in sweep.extra_rungs.items()}
+    notes = []
+    for budget in sweep.budgets:
+        ladder = sorted((r for r in rows if r["budget"] == budget), key=lambda r: r["n_params"])
+        done = [r for r in ladder if r["run_id"] in loss]
+        if len(done) < 3 or len(done) < len(ladder):
+            continue
+        best = min(done, key=lambda r: loss[r["run_id"]])
+        side = 0 if best is ladder[0] else 1 if best is ladder[-1] else None
+        if side is None:
+            continue
+        if side == 0 and (best["n_layer"], best["d_model"]) == (1, 16):
+            notes.append(f"--bracket-from: budget {budget:.3g}: its lowest loss is at the family's smallest shape (n_layer=1, "
+                         "d_model=16); there is no smaller model to add")
+            continue
+        key = f"{budget:g}"
+        extra.setdefault(key, [0, 0])[side] += 1
+        notes.append(f"--bracket-from: budget {budget:.3g}: its lowest loss is at its {('smallest', 'largest')[side]} size "
+                     f"(n_layer={best['n_layer']}, d_model={best['d_model']}); one rung added {('below', 'above')[side]}")
+    return extra, notes
 
 
 def make_plan(sweep: SweepConfig) -> tuple[list[dict], list[str]]:
@@ -571,6 +623,7 @@ def plan_sweep(
     schedule: str = "cosine",
     centre_from: str | Path | None = None,
     lr_ref_width: int = 0,
+    bracket_from: str | Path | None = None,
 ) -> tuple[SweepConfig, list[dict], list[str]]:
     """Plan an IsoFLOP sweep into `out` (sweep.json + plan.parquet); returns (config, rows, warnings).
 
@@ -593,6 +646,8 @@ def plan_sweep(
         centre_from: a fit dir (or its fits.json) of this sweep's smaller budgets: the budgets above
             its largest are centred on its Approach 2 N_opt law (module docstring; `centre_law_from_fit`).
         lr_ref_width: > 0: each run's peak lr is lr * lr_ref_width / d_model (`run_lr`); 0: one lr.
+        bracket_from: a results table of this sweep dir's runs: add a rung beyond the end of each
+            ladder where its lowest loss sits (`bracket_rungs`). Rungs added earlier are kept.
 
     Returns:
         (SweepConfig as saved in sweep.json, one dict per planned run as in plan.parquet, warnings).
@@ -643,10 +698,15 @@ def plan_sweep(
                     f"sweep dir {out} was planned with another tokenizer (fingerprint {old.tokenizer_fingerprint[:12]}, "
                     f"{tokens_dir} has {sweep.tokenizer_fingerprint[:12]}); its runs are not comparable: use a new --out"
                 )
+            sweep.extra_rungs = {k: v for k, v in old.extra_rungs.items() if float(k) in budgets}
     notes = []
     if centre_from is not None:
         sweep.centre_law, notes = centre_law_from_fit(centre_from, sweep.budgets)
     rows, warnings = make_plan(sweep)
+    if bracket_from is not None:
+        sweep.extra_rungs, more = bracket_rungs(sweep, rows, bracket_from)
+        notes += more
+        rows, warnings = make_plan(sweep)
     warnings = notes + warnings
     sweep.planned_flops = planned_flops(rows)
     out.mkdir(parents=True, exist_ok=True)

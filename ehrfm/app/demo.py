@@ -65,6 +65,9 @@ class DemoConfig:
     """Two-stage sweep: the smallest FIRST_STAGE budgets are planned on D/N = tokens_per_param, run
     and fitted (Approach 2); the larger budgets' ladders are then centred on that fit's N_opt law
     (`sweep plan --centre-from`). 0: every budget in one stage, on tokens_per_param."""
+    bracket: int = 1
+    """Bracketing rounds after each stage: re-plan with `sweep plan --bracket-from` (a size added beyond the end of
+    a ladder whose lowest loss sits there) and train the new runs. 0: none."""
     context: int = 256
     """Context length of every run."""
     batch_size: int = 8
@@ -171,6 +174,7 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
     centre_from = _first_stage(cfg, st, tok, sweep, launch, out / "fit-stage1") if 0 < cfg.first_stage < len(cfg.budgets) else None
     st.run("sweep plan", _plan, cfg, tok, sweep, cfg.budgets, centre_from)
     st.run("sweep launch", launch_sweep, sweep, launch)
+    _bracket(cfg, st, tok, sweep, launch, cfg.budgets, centre_from, "")
     results_path = st.run("sweep collect", collect_sweep, sweep, labels_dir=labels_dir, max_labels=cfg.max_labels,
                           seed=cfg.seed)
 
@@ -205,12 +209,32 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
     return report
 
 
-def _plan(cfg: DemoConfig, tok: Path, sweep: Path, budgets: list[float], centre_from: Path | None = None):
+def _plan(cfg: DemoConfig, tok: Path, sweep: Path, budgets: list[float], centre_from: Path | None = None,
+          bracket_from: Path | None = None):
     from sweeps.plan import plan_sweep
 
     train_opts = {"batch_size": cfg.batch_size, "lr": cfg.lr, "warmup_frac": cfg.warmup_frac, "eval_tokens": cfg.eval_tokens}
     return plan_sweep(tok, budgets, sweep, sizes=cfg.sizes, span_dex=cfg.span_dex, tokens_per_param=cfg.tokens_per_param,
-                      context=cfg.context, train=train_opts, centre_from=centre_from, lr_ref_width=cfg.lr_ref_width)
+                      context=cfg.context, train=train_opts, centre_from=centre_from, lr_ref_width=cfg.lr_ref_width,
+                      bracket_from=bracket_from)
+
+
+def _bracket(cfg: DemoConfig, st: _Stages, tok: Path, sweep: Path, launch, budgets, centre_from, stage: str) -> None:
+    """Up to cfg.bracket rounds: re-plan with --bracket-from this sweep's results and train the sizes it adds."""
+    from sweeps.collect import collect_sweep
+    from sweeps.launch import launch_sweep
+    from sweeps.plan import load_sweep
+
+    for _ in range(cfg.bracket):
+        before = {r["run_id"] for r in load_sweep(sweep)[1]}
+        results = st.run(f"sweep collect (bracketing{stage})", collect_sweep, sweep)
+        _, rows, notes = st.run(f"sweep plan (bracketing{stage})", _plan, cfg, tok, sweep, budgets, centre_from, results)
+        for note in notes:
+            if note.startswith("--bracket-from"):
+                print(f"demo: {note}", file=sys.stderr)
+        if {r["run_id"] for r in rows} <= before:
+            return
+        st.run(f"sweep launch (bracketing{stage})", launch_sweep, sweep, launch)
 
 
 def _first_stage(cfg: DemoConfig, st: _Stages, tok: Path, sweep: Path, launch, fit_dir: Path) -> Path | None:
@@ -229,6 +253,7 @@ def _first_stage(cfg: DemoConfig, st: _Stages, tok: Path, sweep: Path, launch, f
     small = sorted(cfg.budgets)[: cfg.first_stage]
     st.run("sweep plan (stage 1)", _plan, cfg, tok, sweep, small)
     st.run("sweep launch (stage 1)", launch_sweep, sweep, launch)
+    _bracket(cfg, st, tok, sweep, launch, small, None, ", stage 1")
     results = st.run("sweep collect (stage 1)", collect_sweep, sweep)
     try:
         with warnings.catch_warnings():
@@ -388,6 +413,15 @@ def _data_section(cfg, meds, tok_stats: dict, labels_dir, audit_lines) -> list[s
 
 
 def _centring_sentence(cfg, sweep_json: dict) -> str:
+    extra = sweep_json.get("extra_rungs") or {}
+    added = "; ".join(f"{float(b):.3g}: {' and '.join(f'{n} {side}' for n, side in zip(v, ('below', 'above'), strict=True) if n)}"
+                      for b, v in sorted(extra.items(), key=lambda kv: float(kv[0])) if any(v))
+    bracketed = (f"Bracketing (`sweep plan --bracket-from`) added sizes where a ladder's lowest loss sat at its end: {added}. "
+                 if added else "")
+    return _centre_law_sentence(cfg, sweep_json) + bracketed
+
+
+def _centre_law_sentence(cfg, sweep_json: dict) -> str:
     law = sweep_json.get("centre_law") or {}
     first = f"Ladders centred on D/N = {cfg.tokens_per_param:g}"
     if not law:
@@ -493,8 +527,7 @@ def _reproduce_section(cfg, st, wall: float) -> list[str]:
         f"ehrfm synth --out raw --patients {cfg.patients} --seed {cfg.seed}",
         "ehrfm etl raw --out meds", "ehrfm tokenize meds --out tokens", "ehrfm labels meds --task all --out labels",
         "ehrfm audit meds --labels labels",
-        *_plan_commands(cfg),
-        f"ehrfm sweep launch sweep --executor {cfg.executor}", "ehrfm sweep collect sweep --labels labels",
+        *_plan_commands(cfg), "ehrfm sweep collect sweep --labels labels",
         f"ehrfm fit sweep/results.parquet --out fit --bootstrap {cfg.bootstrap}",
         f"ehrfm recommend fit --flops {max(cfg.budgets) * 10:g}", "```", ""]
 
@@ -505,11 +538,15 @@ def _plan_commands(cfg) -> list[str]:
                 f"--span-dex {cfg.span_dex} --tokens-per-param {cfg.tokens_per_param:g} --context {cfg.context} "
                 f"--batch-size {cfg.batch_size} --lr {cfg.lr} --lr-ref-width {cfg.lr_ref_width} --train-opt warmup_frac={cfg.warmup_frac:g} --train-opt eval_tokens={cfg.eval_tokens} --out sweep{extra}")
 
+    launch, collect = f"ehrfm sweep launch sweep --executor {cfg.executor}", "ehrfm sweep collect sweep"
+    bracket = " --bracket-from sweep/results.parquet"
+    rounds = lambda budgets, extra="": [collect, plan(budgets, extra + bracket), launch] * cfg.bracket  # noqa: E731
     if not 0 < cfg.first_stage < len(cfg.budgets):
-        return [plan(cfg.budgets)]
-    return [plan(sorted(cfg.budgets)[: cfg.first_stage]), f"ehrfm sweep launch sweep --executor {cfg.executor}",
-            "ehrfm sweep collect sweep", "ehrfm fit sweep/results.parquet --out fit-stage1 --approach 2 --bootstrap 0 --no-holdout --no-plots",
-            plan(cfg.budgets, " --centre-from fit-stage1")]
+        return [plan(cfg.budgets), launch, *rounds(cfg.budgets)]
+    small = sorted(cfg.budgets)[: cfg.first_stage]
+    return [plan(small), launch, *rounds(small), collect,
+            "ehrfm fit sweep/results.parquet --out fit-stage1 --approach 2 --bootstrap 0 --no-holdout --no-plots",
+            plan(cfg.budgets, " --centre-from fit-stage1"), launch, *rounds(cfg.budgets, " --centre-from fit-stage1")]
 
 
 def _version() -> str:

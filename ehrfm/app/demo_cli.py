@@ -23,10 +23,10 @@ def _add_arguments(p) -> None:
 
     unset = dict(unset=True)  # not given: DemoConfig's default, or quick_config's with --quick
     add_fields(p, DemoConfig, ["out", "quick"], out=dict(metavar="DIR"))
-    add_fields(p, DemoConfig, ["patients", "budgets", "sizes", "span_dex", "tokens_per_param", "first_stage", "seed", "executor",
+    add_fields(p, DemoConfig, ["patients", "budgets", "sizes", "span_dex", "tokens_per_param", "first_stage", "bracket", "seed", "executor",
                                "slurm_partition", "max_parallel", "bootstrap"],
                patients=unset, budgets=dict(type=_budgets, metavar="C1,C2,...", unset=True), sizes=unset,
-               span_dex=unset, tokens_per_param=unset, first_stage=unset, seed=unset, executor=unset,
+               span_dex=unset, tokens_per_param=unset, first_stage=unset, bracket=unset, seed=unset, executor=unset,
                slurm_partition=dict(flag="--partition", unset=True), max_parallel=unset, bootstrap=unset)
     p.add_argument("--overwrite", action="store_true", help="delete DIR first instead of resuming it")
 

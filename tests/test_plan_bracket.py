@@ -1,0 +1,81 @@
+"""`sweep plan --bracket-from RESULTS`: a size added beyond the end of a ladder where its lowest loss sits."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from test_sweep import ehrfm
+
+from ehrfm.errors import UserError
+
+OPTS = dict(sizes=3, span_dex=0.5, context=64, train={"batch_size": 8})
+
+
+def results(path, rows, best):
+    """A results table of `rows`, every run completed; the run `best[budget]` (an index in N order) has the lowest loss."""
+    out = []
+    for budget in {r["budget"] for r in rows}:
+        ladder = sorted((r for r in rows if r["budget"] == budget), key=lambda r: r["n_params"])
+        for i, r in enumerate(ladder):
+            out.append({"run_id": r["run_id"], "budget": budget, "status": "completed", "loss": 2.0 + abs(i - best[budget]) * 0.1})
+    pq.write_table(pa.Table.from_pylist(out), path)
+    return path
+
+
+def shapes(rows, budget):
+    return sorted(((r["n_layer"], r["d_model"]) for r in rows if r["budget"] == budget), key=lambda s: (s[1], s[0]))
+
+
+def test_bracketing_adds_a_rung_at_the_end_holding_the_lowest_loss(synth_tokens, tmp_path):
+    from sweeps.plan import plan_sweep
+
+    out = tmp_path / "sweep"
+    budgets = [1e10, 4e10, 1.6e11]
+    _, rows, _ = plan_sweep(synth_tokens, budgets, out, **OPTS)
+    ids = {r["run_id"] for r in rows}
+    small, mid, large = (shapes(rows, b) for b in budgets)
+    # 1e10: best at the largest size -> one rung above; 4e10: interior -> unchanged; 1.6e11: best at the smallest -> below.
+    table = results(tmp_path / "r.parquet", rows, {1e10: 2, 4e10: 1, 1.6e11: 0})
+    sweep, rows2, notes = plan_sweep(synth_tokens, budgets, out, bracket_from=table, **OPTS)
+    assert sweep.extra_rungs == {"1e+10": [0, 1], "1.6e+11": [1, 0]}
+    assert json.loads((out / "sweep.json").read_text())["extra_rungs"] == sweep.extra_rungs
+    assert ids <= {r["run_id"] for r in rows2}  # every earlier run keeps its id
+    assert shapes(rows2, 1e10)[:3] == small and len(shapes(rows2, 1e10)) == 4
+    assert shapes(rows2, 4e10) == mid
+    assert shapes(rows2, 1.6e11)[1:] == large and len(shapes(rows2, 1.6e11)) == 4
+    assert sum("one rung added" in n for n in notes) == 2
+    # A later re-plan without --bracket-from keeps the added sizes (their runs are not dropped).
+    _, rows3, _ = plan_sweep(synth_tokens, budgets, out, **OPTS)
+    assert {r["run_id"] for r in rows3} == {r["run_id"] for r in rows2}
+    # Runs of the new rungs not finished yet: no further bracketing from the same table.
+    sweep4, rows4, _ = plan_sweep(synth_tokens, budgets, out, bracket_from=table, **OPTS)
+    assert sweep4.extra_rungs == sweep.extra_rungs
+
+
+def test_bracketing_stops_at_the_familys_smallest_shape(synth_tokens, tmp_path):
+    from sweeps.plan import plan_sweep
+
+    out = tmp_path / "sweep"
+    _, rows, _ = plan_sweep(synth_tokens, [1e10], out, **OPTS)
+    assert shapes(rows, 1e10) == [(1, 16), (1, 32), (1, 48)]
+    table = results(tmp_path / "r.parquet", rows, {1e10: 0})
+    sweep, rows2, notes = plan_sweep(synth_tokens, [1e10], out, bracket_from=table, **OPTS)
+    assert sweep.extra_rungs == {} and {r["run_id"] for r in rows2} == {r["run_id"] for r in rows}
+    assert any("no smaller model to add" in n for n in notes)
+
+
+def test_bracket_from_a_bad_table_is_one_clear_error(synth_tokens, tmp_path):
+    from sweeps.plan import plan_sweep
+
+    out = tmp_path / "sweep"
+    plan_sweep(synth_tokens, [1e10], out, **OPTS)
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"run_id": ["x"], "loss": [1.0]}), bad)
+    with pytest.raises(UserError, match=r"bad\.parquet: no column status"):
+        plan_sweep(synth_tokens, [1e10], out, bracket_from=bad, **OPTS)
+    p = ehrfm("sweep", "plan", "--tokens", synth_tokens, "--budgets", "1e10", "--sizes", "3", "--context", "64",
+              "--out", out, "--bracket-from", tmp_path / "missing.parquet")
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "missing.parquet" in p.stderr
