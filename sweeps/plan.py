@@ -111,7 +111,7 @@ class SweepConfig:
     train_tokens: int = 0
     """Filled by plan: unique tokens in the train split (D beyond this means > 1 epoch)."""
     extra_rungs: dict = field(default_factory=dict)
-    """Set by `--bracket-from RESULTS` and kept on re-planning: {budget ("%g"): [below, above]}, ladder rungs added
+    """Set by `--bracket-from RESULTS` and kept on re-planning: {budget (`budget_key`): [below, above]}, ladder rungs added
     beyond each end of that budget's ladder (module docstring)."""
     lr_ref_width: int = 0
     """Scale each run's peak lr by LR_REF_WIDTH / d_model, so the sweep's lr is the lr at that width (muP for
@@ -415,9 +415,14 @@ def shared_ladder(sweep: SweepConfig) -> dict[float, list[float]]:
     out = {}
     for b, n in stars.items():
         centre = math.floor(math.log10(n) / rung - half + 0.5) + half  # nearest admissible centre, half up
-        below, above = sweep.extra_rungs.get(f"{b:g}", (0, 0))
+        below, above = sweep.extra_rungs.get(budget_key(b), (0, 0))
         out[b] = [10 ** ((centre + i - half) * rung) for i in range(-int(below), k + int(above))]
     return out
+
+
+def budget_key(budget: float) -> str:
+    """A budget as a sweep.json key ("3.7e+11"): 10 significant digits, so no two budgets of a plan share one."""
+    return f"{float(budget):.10g}"
 
 
 def bracket_rungs(sweep: SweepConfig, rows: list[dict], results: str | Path) -> tuple[dict, list[str]]:
@@ -450,12 +455,12 @@ def bracket_rungs(sweep: SweepConfig, rows: list[dict], results: str | Path) -> 
         side = 0 if best is ladder[0] else 1 if best is ladder[-1] else None
         if side is None:
             continue
-        if side == 0 and (best["n_layer"], best["d_model"]) == (1, 16):
+        smallest = smallest_shape(sweep.vocab_size, sweep.context)
+        if side == 0 and (best["n_layer"], best["d_model"]) == (smallest.n_layer, smallest.d_model):
             notes.append(f"--bracket-from: budget {budget:.3g}: its lowest loss is at the family's smallest shape (n_layer=1, "
                          "d_model=16); there is no smaller model to add")
             continue
-        key = f"{budget:g}"
-        extra.setdefault(key, [0, 0])[side] += 1
+        extra.setdefault(budget_key(budget), [0, 0])[side] += 1
         notes.append(f"--bracket-from: budget {budget:.3g}: its lowest loss is at its {('smallest', 'largest')[side]} size "
                      f"(n_layer={best['n_layer']}, d_model={best['d_model']}); one rung added {('below', 'above')[side]}")
     return extra, notes
@@ -698,7 +703,7 @@ def plan_sweep(
                     f"sweep dir {out} was planned with another tokenizer (fingerprint {old.tokenizer_fingerprint[:12]}, "
                     f"{tokens_dir} has {sweep.tokenizer_fingerprint[:12]}); its runs are not comparable: use a new --out"
                 )
-            sweep.extra_rungs = {k: v for k, v in old.extra_rungs.items() if float(k) in budgets}
+            sweep.extra_rungs = {k: v for k, v in old.extra_rungs.items() if k in {budget_key(b) for b in budgets}}
     notes = []
     if centre_from is not None:
         sweep.centre_law, notes = centre_law_from_fit(centre_from, sweep.budgets)
