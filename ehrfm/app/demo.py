@@ -361,7 +361,7 @@ def _report(cfg, st, out, meds, tok, labels_dir, results_path, fit, fit_error, h
     return "\n".join([
         *_intro_section(cfg, out, rel, wall),
         *_headline_section(fit, fit_error),
-        *_checks_section(cfg, out, res, heads, wall),
+        *_checks_section(cfg, fit, res, heads, wall),
         *_data_section(cfg, meds, tok_stats, labels_dir, audit_lines),
         *_sweep_section(cfg, res, tok_stats, rel(results_path), read_json(Path(results_path).parent / "sweep.json", "sweep config")),
         *_fits_section(fit, fit_error, out, rel),
@@ -395,10 +395,9 @@ def _headline_section(fit, fit_error) -> list[str]:
     return [*L, ""]
 
 
-def _checks_section(cfg, out, res, heads: dict, wall: float) -> list[str]:
+def _checks_section(cfg, fit, res, heads: dict, wall: float) -> list[str]:
     """What a reviewer checks (issue 13's targets), each with this run's figure and met / MISSED."""
-    fits_path = Path(out) / "fit" / "fits.json"
-    fits = read_json(fits_path, "fits file") if fits_path.is_file() else {}
+    fits = fit.to_json() if fit is not None else {}  # what fits.json holds
     a2, a3, hold, util = (fits.get(k) or {} for k in ("approach2", "approach3", "holdout", "utility"))
     rows = []
 
@@ -428,14 +427,15 @@ def _checks_section(cfg, out, res, heads: dict, wall: float) -> list[str]:
     rising = [t for t, u in util.items() if isinstance(u, dict) and (u.get("exponent_ci") or [None, None])[1] is not None
               and u["exponent_ci"][1] < 0]
     check("AUROC rises with compute", ">= 2 tasks with k's interval < 0", f"{len(rising)} ({', '.join(rising) or 'none'})", len(rising) >= 2)
+
     def auroc(e, *keys):
         for k in keys:
             e = e.get(k) if isinstance(e, dict) else None
         return e if isinstance(e, float) else None
 
-    beat = [t for t, e in (heads.get("tasks") or {}).items()
-            if None not in (auroc(e, "probe", "auroc"), auroc(e, "baseline", "models", "logistic_regression", "auroc"))
-            and auroc(e, "probe", "auroc") > auroc(e, "baseline", "models", "logistic_regression", "auroc")]
+    pairs = {t: (auroc(e, "probe", "auroc"), auroc(e, "baseline", "models", "logistic_regression", "auroc"))
+             for t, e in (heads.get("tasks") or {}).items()}
+    beat = [t for t, (probe, counts) in pairs.items() if None not in (probe, counts) and probe > counts]
     check("probe vs counts + logistic", ">= 2 tasks better", f"{len(beat)} ({', '.join(beat) or 'none'})", len(beat) >= 2)
     used = {x["budget"] for x in budgets if x.get("used")}
     fitted = res.filter(res["status"] == "completed")
