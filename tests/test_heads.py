@@ -108,7 +108,7 @@ def cohort(tmp_path_factory):
 
 
 def test_history_cut_and_end_token(cohort, tmp_path):
-    from ehrfm.clinical.histories import locate_histories
+    from ehrfm.clinical.histories import locate_histories, select
     from ehrfm.clinical.labels import read_labels
     from ehrfm.tokens import TokenDir
 
@@ -124,6 +124,11 @@ def test_history_cut_and_end_token(cohort, tmp_path):
     h2 = locate_histories(td, at_dis)
     sp = td.split(h2.split[0])
     assert td.decode([sp.tokens[h2.stop[0] - 1]]) == ["HOSPITAL_DISCHARGE//HOME"]
+    # split and y are converted once: history_window reads them per label, and converting the
+    # column on each access made embedding n labels O(n^2) (8 min for the demo's 80k labels)
+    assert h.split is h.split and h.y is h.y
+    sub = select(h, h.y == 1)
+    assert (sub.y == 1).all() and list(sub.split) == [s for s, y in zip(h.split, h.y, strict=True) if y]
 
 
 def test_events_after_prediction_time_change_no_feature_and_no_score(cohort, tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import polars as pl
@@ -33,12 +34,14 @@ class Histories:
     start: np.ndarray  # int64, index into the split's flat tokens (the subject's first token)
     stop: np.ndarray  # int64, one past the last history token
 
-    @property
+    # Cached: callers index these per label (history_window), and converting the column on every
+    # access made embedding n labels O(n^2) (8 minutes for 80k labels).
+    @cached_property
     def split(self) -> np.ndarray:
         """Split name of each label row, (n,)."""
         return self.labels["split"].to_numpy()
 
-    @property
+    @cached_property
     def y(self) -> np.ndarray:
         """Label of each row as int64 0/1, (n,)."""
         return self.labels["boolean_value"].to_numpy().astype(np.int64)
