@@ -217,12 +217,17 @@ def _add_utility(sweep, sweep_dir: Path, rows: list[dict], labels: dict[str, Pat
     from ehrfm.tables import is_utility_column
 
     try:
-        from ehrfm.clinical.utility import score_run
+        from ehrfm.clinical.utility import score_run, task_histories
     except ImportError as e:
         raise UserError(f"--labels needs ehrfm.clinical.utility.score_run, which is not available ({e})") from None
+    if not any(r["status"] == Status.COMPLETED for r in rows):
+        return _add_scores(rows, "utility", lambda r: {})
+    # every run is scored on the same label sample: locate it once, not once per run
+    histories = task_histories(sweep.tokens_dir, dict(labels), max_labels, seed)
     return _add_scores(rows, "utility", lambda r: {
         k: v for k, v in score_run(runs_dir(sweep_dir) / r["run_id"], sweep.tokens_dir, labels=dict(labels),
-                                   max_labels=max_labels, seed=seed).items() if is_utility_column(k)})
+                                   max_labels=max_labels, seed=seed, histories=histories).items()
+        if is_utility_column(k)})
 
 
 def _add_zeroshot(sweep, sweep_dir: Path, rows: list[dict], labels: dict[str, Path], max_labels: int, n_samples: int,

@@ -125,7 +125,7 @@ def test_events_after_prediction_time_change_no_probe_score(pipeline, tmp_path):
 
 
 def test_score_run_for_sweeps(pipeline):
-    from ehrfm.clinical.utility import label_files, score_run
+    from ehrfm.clinical.utility import label_files, score_run, task_histories
 
     root, _ = pipeline
     scores = score_run(root / "run", root / "tok", label_files(root / "labels"), max_labels=300, seed=0)
@@ -142,6 +142,9 @@ def test_score_run_for_sweeps(pipeline):
     mort = {"in_hospital_mortality": root / "labels" / "in_hospital_mortality.parquet"}
     again = score_run(root / "run", root / "tok", mort, max_labels=300, seed=0)
     assert again == {k: v for k, v in scores.items() if k.endswith("/in_hospital_mortality")}
+    # a sweep locates the sample once (task_histories) and scores every run on it: same numbers
+    shared = task_histories(root / "tok", label_files(root / "labels"), max_labels=300, seed=0)
+    assert score_run(root / "run", root / "tok", label_files(root / "labels"), max_labels=300, seed=0, histories=shared) == scores
 
 
 def test_cli_zeroshot_and_finetune(pipeline, tmp_path, capsys):

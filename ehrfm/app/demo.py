@@ -95,8 +95,10 @@ class DemoConfig:
     """Bootstrap replicates of the fits."""
     head_bootstrap: int = 1000
     """Bootstrap replicates of the clinical metric intervals."""
-    max_labels: int = 500
-    """Labels per split and task scored for every sweep run."""
+    max_labels: int = 3000
+    """Labels per split and task scored for every sweep run. 3000 held-out labels give each run's
+    AUROC a DeLong SE of ~0.01 (500 gave ~0.03: with 16x of compute moving AUROC by a few
+    points, the utility exponent's interval always included 0)."""
     quick: bool = False
     """A ~1-minute smoke version (small cohort, tiny budgets; used by the tests)."""
 

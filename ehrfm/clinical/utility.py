@@ -35,6 +35,7 @@ def score_run(
     device: str = "cpu",
     batch_size: int = 64,
     context: int | None = None,
+    histories: dict | None = None,
 ) -> dict:
     """{"auroc/<task>": .., "auroc_se/<task>": .., "auprc/<task>": .., ...} on held_out, one probe per task.
 
@@ -47,6 +48,9 @@ def score_run(
         device: where the model embeds the histories.
         batch_size: histories per forward pass.
         context: tokens of history read (default: the model's context).
+        histories: {task: Histories} from `task_histories` (the same tokens_dir, labels,
+            max_labels and seed), so that a sweep locates each task's labels once, not once per
+            run; None locates them here.
 
     Returns:
         Per task: auroc/<task>, auroc_se/<task> (DeLong) and auprc/<task> of the held_out labels
@@ -69,7 +73,7 @@ def score_run(
     out: dict = {}
     for task, path in sorted(labels.items()):
         torch.manual_seed(seed)
-        h = load_label_histories(td, path, max_labels, seed)
+        h = histories[task] if histories is not None else load_label_histories(td, path, max_labels, seed)
         ho = h.split == "held_out"
         if not ho.any():
             raise UserError(f"task {task}: no labels in the held_out split of {path}")
@@ -82,4 +86,19 @@ def score_run(
     return out
 
 
-__all__ = ["score_run", "label_files"]
+def task_histories(tokens_dir: str | os.PathLike, labels: dict[str, str | os.PathLike], max_labels: int | None,
+                   seed: int = 0) -> dict:
+    """{task: Histories}: each task's labels read, located in the token dir and subsampled once.
+
+    The label sample depends only on the label files, max_labels and the seed, so one sample
+    serves every run of a sweep (pass it to `score_run(histories=...)`). UserError: as
+    `score_run`'s bad labels.
+    """
+    from ehrfm.clinical.probe import load_label_histories
+    from ehrfm.tokens import TokenDir
+
+    td = TokenDir(tokens_dir)
+    return {task: load_label_histories(td, path, max_labels, seed) for task, path in sorted(labels.items())}
+
+
+__all__ = ["score_run", "label_files", "task_histories"]
