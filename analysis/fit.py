@@ -201,6 +201,7 @@ class UtilityFit:
     n_points: int
     points: list[dict]  # budget, flops, run_id, value, se (None when unknown)
     measurement_noise: bool = False  # weighted by, and intervals from, each point's AUROC standard error
+    paired: bool = False  # intervals from shared held-out resamples (auroc_boot/<task>), not independent draws
     # AUROC = intercept + slope * loss over every run with an AUROC (see fit_loss_link), or None
     loss_link: dict | None = None
 
@@ -808,7 +809,13 @@ def fit_loss_link(res: Results, metric: np.ndarray, counts: np.ndarray | None, c
 def fit_utility(res: Results, counts: np.ndarray | None, cfg: FitConfig, warn):
     """1 - AUROC = coef * C^exponent per task, through the loss-optimal run of each budget.
 
-    Intervals. When the table has every point's AUROC standard error (auroc_se/<task>, DeLong, from
+    Intervals. When the table has paired replicates (auroc_boot/<task>: every run's AUROC on the
+    same resamples of the same held-out labels, as `sweep collect --labels` writes them), replicate
+    r of the law is fitted through replicate r of each budget's point (weighted as below when the
+    SEs are there): the points' errors are correlated, because every run is scored on the same
+    labels, and these draws keep that correlation instead of treating the points as independent.
+    Replicates are reused cyclically when the fit asks for more than the table holds; a replicate
+    with a NaN point is skipped. Otherwise, when the table has every point's AUROC standard error (auroc_se/<task>, DeLong, from
     the probe's held-out sample), the fit is weighted least squares in log-log with the delta-method
     SE of ln(1 - AUROC), se / (1 - AUROC), and the interval is a parametric bootstrap: each
     replicate redraws every point around the fitted law within its SE. With a handful of budgets
@@ -847,9 +854,19 @@ def fit_utility(res: Results, counts: np.ndarray | None, cfg: FitConfig, warn):
         weights = 1.0 / log_sd**2 if with_se else None
         coef, exponent, r2 = fit_power_law(c_pts, err, weights)
         draws = np.full((0 if counts is None else len(counts), 2), np.nan)
+        boot = res.utility_boot.get(col)
+        # paired when at least one replicate holds every point (others are skipped below)
+        paired = boot is not None and boot.shape[1] > 0 and bool(np.isfinite(boot[pts]).all(axis=0).any())
         if len(draws):
             rng = np.random.default_rng([cfg.seed, 3])
-            if with_se:
+            if paired:
+                reps = boot[pts]  # (points, B)
+                for r in range(len(draws)):
+                    v = reps[:, r % reps.shape[1]]
+                    if np.all(np.isfinite(v)) and np.all(v < 1.0):
+                        c, x, _ = fit_power_law(c_pts, 1.0 - v, weights)
+                        draws[r] = [c, x]
+            elif with_se:
                 law = np.log(coef) + exponent * np.log(c_pts)
                 noise = rng.standard_normal((len(draws), pts.size))
                 for r in range(len(draws)):
@@ -872,7 +889,7 @@ def fit_utility(res: Results, counts: np.ndarray | None, cfg: FitConfig, warn):
             exponent_ci=percentile_ci(draws[:, 1], cfg.confidence), r2=r2, n_points=int(pts.size),
             points=[dict(budget=float(res.budget[i]), flops=float(res.flops[i]), run_id=str(res.run_id[i]), value=float(metric[i]),
                          se=float(s) if np.isfinite(s) else None) for i, s in zip(pts, se, strict=False)],
-            measurement_noise=with_se, loss_link=link,
+            measurement_noise=with_se, paired=paired, loss_link=link,
         )
         draws_out[f"utility/{col}/coef"], draws_out[f"utility/{col}/exponent"] = draws[:, 0], draws[:, 1]
     return fits, draws_out
@@ -1148,6 +1165,11 @@ def format_fit_table(fit: FitResult) -> str:
             link = u.loss_link or {}
             lines.append(f"| {name} | {format_ci(u.exponent, u.exponent_ci)} | {u.n_points} | "
                          f"{format_ci(link.get('slope'), link.get('slope_ci'))} | {format_ci(link.get('r2'), None)} | {link.get('n_points', '-')} |")
+        how = {(True, True): "paired: every run's AUROC on the same held-out resamples (auroc_boot/<task>)",
+               (False, True): "each point redrawn within its DeLong standard error, independently",
+               (False, False): "a case bootstrap of the budgets' points"}
+        kinds = sorted({how[(bool(u.paired), bool(u.measurement_noise or u.paired))] for u in fit.utility.values()})
+        lines += ["", "k's interval: " + "; ".join(kinds) + "."]
     multi = fit.inputs.get("multi_epoch_runs") or []
     if multi:
         shown = ", ".join(f"{m['run_id']} ({m['epochs']:.2f})" for m in multi[:8]) + (f" and {len(multi) - 8} more" if len(multi) > 8 else "")

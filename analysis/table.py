@@ -4,7 +4,8 @@ Required columns: n_params (non-embedding parameters), tokens, and the loss colu
 `loss_per_event`, held-out nats/event, compares runs on token dirs whose tokens per event differ,
 e.g. hierarchical vs flat codes). Used when present: run_id, status, flops, budget,
 auroc/<task>, auprc/<task>, auroc_se/<task> (the standard error of auroc/<task>, used by the
-utility bootstrap), and these optional columns (written by sweeps, or by hand):
+utility bootstrap), auroc_boot/<task> (list: the AUROC on held-out resamples shared by every run,
+which makes the utility bootstrap paired), and these optional columns (written by sweeps, or by hand):
   - unique_tokens: distinct training tokens available to the run (the size of the data set);
   - epochs: passes over those unique tokens (tokens / unique_tokens when absent);
   - vocab_size, context: the model's vocabulary and context length (for concrete shapes);
@@ -58,6 +59,8 @@ class Results:
     epochs: np.ndarray | None = None  # float64
     utility: dict[str, np.ndarray] = field(default_factory=dict)  # "auroc/<task>" -> float64 (NaN = missing)
     utility_se: dict[str, np.ndarray] = field(default_factory=dict)  # "auroc/<task>" -> its standard error (NaN = unknown)
+    # "auroc/<task>" -> (n, B) AUROC on B held-out resamples shared by every run (auroc_boot/<task>; NaN = none)
+    utility_boot: dict[str, np.ndarray] = field(default_factory=dict)
     vocab_size: int | None = None
     context: int | None = None
     n_rows: int = 0
@@ -91,7 +94,8 @@ class Results:
             loss=self.loss[mask], flops=self.flops[mask], budget=self.budget[mask],
             unique_tokens=pick(self.unique_tokens), epochs=pick(self.epochs),
             utility={k: v[mask] for k, v in self.utility.items()},
-            utility_se={k: v[mask] for k, v in self.utility_se.items()}, vocab_size=self.vocab_size,
+            utility_se={k: v[mask] for k, v in self.utility_se.items()},
+            utility_boot={k: v[mask] for k, v in self.utility_boot.items()}, vocab_size=self.vocab_size,
             context=self.context, n_rows=self.n_rows, excluded=list(self.excluded), loss_column=self.loss_column,
             n_params_total=pick(self.n_params_total), n_params_non_embedding=pick(self.n_params_non_embedding),
             n_count=self.n_count, loss_se=pick(self.loss_se),
@@ -238,6 +242,7 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss") ->
         epochs = values["tokens"] / unique_tokens
         _refuse(source, "epochs", "non-positive", keep & np.isfinite(epochs) & ~(epochs > 0), run_id)
     utility, utility_se = _utility(df, source, keep, run_id)
+    utility_boot = _utility_boot(df, source, keep, run_id)
     se_col = LOSS_SE_COLUMNS.get(loss_column)
     loss_se = _numeric(df, se_col, source) if se_col in df.columns else None
 
@@ -251,7 +256,7 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss") ->
         source=source, run_id=run_id, n_params=values["n_params"], tokens=values["tokens"], loss=values[loss_column],
         flops=values.get("flops", 6.0 * values["n_params"] * values["tokens"]),
         budget=np.full(df.height, np.nan) if budget is None else budget, unique_tokens=unique_tokens,
-        epochs=epochs, utility=utility, utility_se=utility_se, vocab_size=first_int("vocab_size"), context=first_int("context"),
+        epochs=epochs, utility=utility, utility_se=utility_se, utility_boot=utility_boot, vocab_size=first_int("vocab_size"), context=first_int("context"),
         n_rows=df.height, excluded=excluded, loss_column=loss_column, n_params_total=n_total,
         n_params_non_embedding=values["n_params"], loss_se=loss_se,
     )
@@ -327,3 +332,34 @@ def _utility(df: pl.DataFrame, source: str, keep: np.ndarray, run_id: np.ndarray
     utility_se = {col: bounded("auroc_se/" + col[len("auroc/"):], 0, 0.5) for col in utility
                   if col.startswith("auroc/") and "auroc_se/" + col[len("auroc/"):] in df.columns}
     return utility, utility_se
+
+
+def _utility_boot(df: pl.DataFrame, source: str, keep: np.ndarray, run_id: np.ndarray) -> dict[str, np.ndarray]:
+    """{"auroc/<task>": (n, B) float64} from the list columns auroc_boot/<task> (NaN rows where null).
+
+    UserError naming the file and column: not a list of numbers, kept runs whose lists differ in
+    length (they cannot be the same resamples), or values outside [0, 1].
+    """
+    out: dict[str, np.ndarray] = {}
+    for col in (c for c in df.columns if c.startswith("auroc_boot/")):
+        task = col[len("auroc_boot/"):]
+        if not isinstance(df.schema[col], pl.List) or not df.schema[col].inner.is_numeric():
+            raise UserError(f"results table {source}: column {col} must be a list of numbers (got {df.schema[col]})")
+        lengths = df[col].list.len().to_numpy()
+        present = keep & ~df[col].is_null().to_numpy()
+        sizes = set(lengths[present].tolist())
+        if len(sizes) > 1:
+            raise UserError(f"results table {source}: column {col} holds lists of {len(sizes)} different lengths "
+                            f"({', '.join(map(str, sorted(sizes)))}): not one shared set of resamples")
+        if not sizes:
+            continue
+        B = sizes.pop()
+        mat = np.full((df.height, B), np.nan)
+        values = df[col].to_list()
+        for i in np.flatnonzero(present):
+            mat[i] = np.asarray([np.nan if v is None else v for v in values[i]], dtype=np.float64)
+        bad = present & np.any(np.isfinite(mat) & ((mat < 0) | (mat > 1)), axis=1)
+        _refuse(source, col, "outside [0, 1]", bad, run_id)
+        out["auroc/" + task] = mat
+    return out
+

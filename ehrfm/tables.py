@@ -41,16 +41,20 @@ RESULTS_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
 )
 # What a reader needs besides the loss column it fits (`loss` or `loss_per_event`).
 RESULTS_REQUIRED = ("n_params", "tokens")
-# Optional float64 utility columns, one per task: "auroc/<task>", "auroc_se/<task>" (DeLong
-# standard error of auroc/<task>), "auprc/<task>".
-UTILITY_PREFIXES = ("auroc/", "auroc_se/", "auprc/")
+# Optional utility columns, one per task: float64 "auroc/<task>", "auroc_se/<task>" (DeLong
+# standard error of auroc/<task>), "auprc/<task>"; list<float64> "auroc_boot/<task>" (AUROC on
+# bootstrap resamples of the held-out labels shared by every run of the sweep: replicate r of two
+# runs is the same resample, ehrfm.clinical.metrics.shared_bootstrap_auroc).
+UTILITY_PREFIXES = ("auroc/", "auroc_se/", "auprc/", "auroc_boot/")
+UTILITY_LIST_PREFIXES = ("auroc_boot/",)
 
 
 def results_schema(utility_columns: list[str] | tuple[str, ...] = ()) -> pa.Schema:
-    """The full results.parquet schema, with the given utility columns (float64) at the end."""
-    return pa.schema([*RESULTS_COLUMNS, *((c, pa.float64()) for c in utility_columns)])
+    """The full results.parquet schema, with the given utility columns at the end (float64; list<float64> for auroc_boot/)."""
+    return pa.schema([*RESULTS_COLUMNS, *((c, pa.list_(pa.float64()) if c.startswith(UTILITY_LIST_PREFIXES) else pa.float64())
+                                          for c in utility_columns)])
 
 
 def is_utility_column(name: str) -> bool:
-    """Is `name` a utility column (auroc/<task>, auroc_se/<task>, auprc/<task>)?"""
+    """Is `name` a utility column (auroc/<task>, auroc_se/<task>, auprc/<task>, auroc_boot/<task>)?"""
     return name.startswith(UTILITY_PREFIXES)

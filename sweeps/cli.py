@@ -58,7 +58,8 @@ def _collect(args) -> int:
     from sweeps.collect import collect_sweep
 
     collect_sweep(args.sweep, labels_dir=args.labels, max_labels=args.max_labels, seed=args.seed,
-                  zeroshot=args.zeroshot, zeroshot_rollouts=args.zeroshot_rollouts, zeroshot_max_labels=args.zeroshot_max_labels)
+                  zeroshot=args.zeroshot, zeroshot_rollouts=args.zeroshot_rollouts, zeroshot_max_labels=args.zeroshot_max_labels,
+                  utility_boot=args.utility_boot)
     return 0
 
 
@@ -128,4 +129,6 @@ def register(sub) -> None:
                     help="also add zeroshot_auroc/<task>, zeroshot_auroc_se/<task>, zeroshot_undecided/<task> from "
                          "generative rollouts (slow; results kept in SWEEP/zeroshot/ and reused)")
     pc.add_argument("--zeroshot-rollouts", type=int, default=20, help="rollouts per label (default 20)")
+    pc.add_argument("--utility-boot", type=int, default=400,
+                    help="held-out resamples shared by every run (auroc_boot/<task>; paired utility intervals in `ehrfm fit`; default 400, 0: none)")
     pc.add_argument("--zeroshot-max-labels", type=int, default=200, help="held_out labels rolled out per task and run (default 200)")

@@ -13,7 +13,7 @@ standard errors of loss and loss_per_event over the eval subjects, ehrfm.train.r
 sample's own noise, shared by every run of the sweep; null unless completed, or for runs made
 before they were recorded); for tracing the shape (n_layer, d_model, n_head, context), vocab_size, seed, wall_s,
 tokens_per_s, job_id, schedule (cosine | wsd) and trunk_id (wsd: the run id of the trunk whose
-stable phase the run shares, its own id for a trunk; null for cosine), and optional utility columns `auroc/<task>`, `auroc_se/<task>`, `auprc/<task>` (with
+stable phase the run shares, its own id for a trunk; null for cosine), and optional utility columns `auroc/<task>`, `auroc_se/<task>`, `auprc/<task>`, `auroc_boot/<task>` (with
 `--labels`), and with `--zeroshot` (off by default: slow) `zeroshot_auroc/<task>`,
 `zeroshot_auroc_se/<task>`, `zeroshot_undecided/<task>` (ehrfm.clinical.zeroshot.score_run_zeroshot;
 each run's results are kept in SWEEP/zeroshot/<run_id>/<task>.json, so collecting again reuses
@@ -103,6 +103,7 @@ def collect_sweep(
     zeroshot: bool = False,
     zeroshot_rollouts: int = 20,
     zeroshot_max_labels: int = 200,
+    utility_boot: int = 400,
 ) -> Path:
     """Write SWEEP/results.parquet (see the module docstring); returns its path.
 
@@ -115,6 +116,8 @@ def collect_sweep(
         zeroshot: also score zero-shot rollouts per task (ETHOS, Renc et al. 2024; needs labels_dir).
         zeroshot_rollouts: rollouts per label.
         zeroshot_max_labels: at most this many labels per split and task for the rollouts.
+        utility_boot: resamples of the held-out labels, shared by every run, behind the
+            auroc_boot/<task> columns (0: none); `ehrfm fit` uses them for paired intervals.
 
     Returns:
         The path of results.parquet (one row per run, every status, ehrfm.tables.results_schema).
@@ -132,7 +135,7 @@ def collect_sweep(
     rows = [_results_row(sweep, sweep_dir, r) for r in runs]
     utility_columns: list[str] = []
     if labels_dir is not None:
-        utility_columns = _add_utility(sweep, sweep_dir, rows, find_label_files(labels_dir), max_labels, seed)
+        utility_columns = _add_utility(sweep, sweep_dir, rows, find_label_files(labels_dir), max_labels, seed, utility_boot)
     if zeroshot:
         if labels_dir is None:
             raise UserError("--zeroshot needs --labels LABELS_DIR (the tasks to roll out)")
@@ -203,7 +206,7 @@ def _add_scores(rows: list[dict], desc: str, score) -> list[str]:
     completed = [r for r in rows if r["status"] == Status.COMPLETED]
     for r in progress(completed, desc=desc, unit="run"):
         for k, v in score(r).items():
-            r[k] = None if v is None else float(v)
+            r[k] = None if v is None else [float(x) for x in v] if isinstance(v, list | tuple) else float(v)
             if k not in columns:
                 columns.append(k)
     for r in rows:
@@ -212,7 +215,8 @@ def _add_scores(rows: list[dict], desc: str, score) -> list[str]:
     return sorted(columns)
 
 
-def _add_utility(sweep, sweep_dir: Path, rows: list[dict], labels: dict[str, Path], max_labels, seed) -> list[str]:
+def _add_utility(sweep, sweep_dir: Path, rows: list[dict], labels: dict[str, Path], max_labels, seed,
+                 utility_boot: int = 0) -> list[str]:
     """Score each completed run on the clinical tasks (ehrfm.clinical.utility.score_run)."""
     from ehrfm.tables import is_utility_column
 
@@ -226,7 +230,7 @@ def _add_utility(sweep, sweep_dir: Path, rows: list[dict], labels: dict[str, Pat
     histories = task_histories(sweep.tokens_dir, dict(labels), max_labels, seed)
     return _add_scores(rows, "utility", lambda r: {
         k: v for k, v in score_run(runs_dir(sweep_dir) / r["run_id"], sweep.tokens_dir, labels=dict(labels),
-                                   max_labels=max_labels, seed=seed, histories=histories).items()
+                                   max_labels=max_labels, seed=seed, histories=histories, n_boot=utility_boot).items()
         if is_utility_column(k)})
 
 

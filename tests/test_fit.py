@@ -93,6 +93,39 @@ def test_utility_intervals_carry_each_aurocs_measurement_noise():
         load_results(table.with_columns(pl.lit(-1.0).alias("auroc_se/mortality")))
 
 
+def test_utility_intervals_paired_when_runs_share_resamples():
+    # Every run scored on the same held-out labels: a resample that is hard for one run is hard for
+    # all of them, so the points move together. Replicates that share that common shift (0.02 SD)
+    # on top of a small run-specific part (0.002) pin the slope far better than independent SEs of
+    # ~0.02 each would; the fit must use them as pairs, and report that it did.
+    from ehrfm.clinical.metrics import shared_bootstrap_auroc
+
+    kw = dict(budgets=np.logspace(18, 20, 3), sizes=7, noise=0.003, tasks={"mortality": (2.0, -0.05)})
+    table = synthetic_results(LAW, seed=4, auroc_se=0.02, **kw)
+    rng = np.random.default_rng(0)
+    common = rng.normal(0, 0.02, 300)
+    boot = [(a + common + rng.normal(0, 0.002, 300)).tolist() for a in table["auroc/mortality"]]
+    paired_table = table.with_columns(pl.Series("auroc_boot/mortality", boot, dtype=pl.List(pl.Float64)))
+    indep = fit_results(table, approaches=(2,), bootstrap=300, seed=0).utility["auroc/mortality"]
+    paired = fit_results(paired_table, approaches=(2,), bootstrap=300, seed=0).utility["auroc/mortality"]
+    assert paired.paired and not indep.paired
+    assert paired.exponent == indep.exponent  # the point estimate is the same weighted fit
+    assert np.diff(paired.exponent_ci)[0] < 0.3 * np.diff(indep.exponent_ci)[0]
+    assert paired.exponent_ci[0] < paired.exponent < paired.exponent_ci[1] < 0
+    assert "paired: every run's AUROC on the same held-out resamples" in format_fit_table(
+        fit_results(paired_table, approaches=(2,), bootstrap=50, seed=0))
+    # lists of different lengths cannot be the same resamples: one error naming the column
+    ragged = table.with_columns(pl.Series("auroc_boot/mortality", [[0.7] * (3 + i % 2) for i in range(table.height)]))
+    with pytest.raises(UserError, match=r"auroc_boot/mortality holds lists of 2 different lengths"):
+        load_results(ragged)
+    # the replicates are paired by construction: a monotone rescoring of the same labels with the
+    # same seed gives the same AUROC on every resample; single-class resamples are NaN
+    y = rng.integers(0, 2, 400)
+    p = rng.random(400) + 0.5 * y
+    assert np.array_equal(shared_bootstrap_auroc(y, p, 50, 3), shared_bootstrap_auroc(y, 10 * p**3, 50, 3))
+    assert np.isnan(shared_bootstrap_auroc(np.zeros(10), p[:10], 5, 0)).all()
+
+
 def test_utility_law_that_does_not_improve_is_reported_not_predicted_from():
     from analysis.recommend import recommend
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -333,13 +334,19 @@ def test_collect_with_labels_adds_utility_columns(local_sweep, synth_meds, tmp_p
     labels = _label_dir(synth_meds, tmp_path, "long_los")
     c = ehrfm("sweep", "collect", out, "--labels", labels, "--max-labels", "200")
     assert c.returncode == 0, c.stderr[-2000:]
-    assert "utility columns auprc/long_los, auroc/long_los, auroc_se/long_los" in c.stdout
+    assert "utility columns auprc/long_los, auroc/long_los, auroc_boot/long_los, auroc_se/long_los" in c.stdout
     table = pq.read_table(out / "results.parquet")
     assert str(table.schema.field("auroc/long_los").type) == "double"
+    assert str(table.schema.field("auroc_boot/long_los").type) == "list<element: double>"
     for r in table.to_pylist():
         assert r["status"] == "completed"
         assert 0.0 <= r["auroc/long_los"] <= 1.0 and 0.0 < r["auprc/long_los"] <= 1.0
         assert 0.0 < r["auroc_se/long_los"] < 0.2
+        # 400 shared resamples (the default): centred on the run's AUROC, spread about its DeLong SE
+        boot = np.array(r["auroc_boot/long_los"], dtype=float)
+        assert boot.shape == (400,) and np.isfinite(boot).mean() > 0.95
+        assert abs(np.nanmean(boot) - r["auroc/long_los"]) < 0.5 * r["auroc_se/long_los"]
+        assert 0.5 < np.nanstd(boot) / r["auroc_se/long_los"] < 2.0
     # The runs differ, so their probes differ: the column is measured per run, not a constant.
     assert len({r["auroc/long_los"] for r in table.to_pylist()}) > 1
     empty = tmp_path / "empty"

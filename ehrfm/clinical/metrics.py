@@ -75,6 +75,37 @@ def auroc_standard_error(y: np.ndarray, p: np.ndarray) -> float | None:
     return float(np.sqrt(v10.var(ddof=1) / m + v01.var(ddof=1) / n))
 
 
+def shared_bootstrap_auroc(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """AUROC of p for y on `n_boot` resamples of the labels whose indices depend only on (len(y), seed).
+
+    Two models scored on the same labels with the same seed are resampled identically, so their
+    replicates are paired: replicate r of every model is its AUROC on the same bootstrap sample
+    (Efron & Tibshirani 1993, ch. 8; the paired comparison DeLong et al. 1988 make analytically).
+    A fit across models that uses replicate r of each keeps the correlation of their errors, which
+    independent standard errors would ignore. AUROC by the Mann-Whitney statistic from midranks.
+
+    Args:
+        y: (n,) 0/1 labels.
+        p: (n,) scores.
+        n_boot: replicates.
+        seed: fixes the resample indices (with n).
+
+    Returns:
+        (n_boot,) float64 AUROCs; NaN for a replicate that drew a single class.
+    """
+    from scipy.stats import rankdata
+
+    y = np.asarray(y).astype(bool)
+    p = np.asarray(p, dtype=np.float64)
+    idx = np.random.default_rng([seed, 8]).integers(0, len(y), size=(n_boot, len(y)))
+    yb, ranks = y[idx], rankdata(p[idx], axis=1)
+    n_pos = yb.sum(axis=1)
+    n_neg = yb.shape[1] - n_pos
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = ((ranks * yb).sum(axis=1) - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
+
+
 def bootstrap_ci(y: np.ndarray, p: np.ndarray, metric, n_boot: int, seed: int) -> tuple[list[float] | None, int]:
     """Percentile 95% interval of metric(y, p) over label resamples; (interval, resamples used)."""
     if n_boot <= 0:

@@ -1,8 +1,8 @@
 """Clinical utility of one run, for sweeps: a linear probe per task on a fixed label sample.
 
 `ehrfm sweep collect SWEEP --labels LABELS_DIR` calls `score_run` for each completed run and
-adds the returned `auroc/<task>`, `auroc_se/<task>` (DeLong standard error on the same sample)
-and `auprc/<task>` columns to the results table, so analysis can fit utility against compute
+adds the returned `auroc/<task>`, `auroc_se/<task>` (DeLong standard error on the same sample),
+`auprc/<task>` and `auroc_boot/<task>` (AUROC on resamples shared by every run) columns to the results table, so analysis can fit utility against compute
 with each point's measurement noise. The label sample depends only on the label files, max_labels
 and the seed, never on the run: every run of a sweep is scored on the same labels.
 """
@@ -36,6 +36,7 @@ def score_run(
     batch_size: int = 64,
     context: int | None = None,
     histories: dict | None = None,
+    n_boot: int = 0,
 ) -> dict:
     """{"auroc/<task>": .., "auroc_se/<task>": .., "auprc/<task>": .., ...} on held_out, one probe per task.
 
@@ -51,10 +52,13 @@ def score_run(
         histories: {task: Histories} from `task_histories` (the same tokens_dir, labels,
             max_labels and seed), so that a sweep locates each task's labels once, not once per
             run; None locates them here.
+        n_boot: when > 0, also auroc_boot/<task>: the AUROC on n_boot resamples of the held_out
+            labels that every run scored with the same labels and seed shares (paired replicates).
 
     Returns:
         Per task: auroc/<task>, auroc_se/<task> (DeLong) and auprc/<task> of the held_out labels
-        (None when they have one class): the columns `sweep collect --labels` adds to the results table.
+        (None when they have one class), and auroc_boot/<task> (a list) when n_boot > 0: the
+        columns `sweep collect --labels` adds to the results table.
 
     Raises:
         UserError: bad labels (missing subjects, times outside timelines), no held_out labels, a
@@ -62,7 +66,7 @@ def score_run(
     """
     import torch
 
-    from ehrfm.clinical.metrics import binary_metrics
+    from ehrfm.clinical.metrics import binary_metrics, shared_bootstrap_auroc
     from ehrfm.clinical.model_io import load_run, resolve_context
     from ehrfm.clinical.probe import ProbeConfig, load_label_histories, probe_scores
     from ehrfm.tokens import TokenDir
@@ -83,6 +87,8 @@ def score_run(
         out[f"auroc/{task}"] = m["auroc"] if m["auroc"] is None else float(m["auroc"])
         out[f"auroc_se/{task}"] = m["auroc_se"]
         out[f"auprc/{task}"] = m["auprc"] if m["auprc"] is None else float(m["auprc"])
+        if n_boot > 0:
+            out[f"auroc_boot/{task}"] = shared_bootstrap_auroc(h.y[ho], p[ho], n_boot, seed).tolist()
     return out
 
 
