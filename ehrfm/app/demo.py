@@ -583,7 +583,7 @@ def _reproduce_section(cfg, st, wall: float) -> list[str]:
         f"ehrfm synth --out raw --patients {cfg.patients} --seed {cfg.seed}",
         "ehrfm etl raw --out meds", "ehrfm tokenize meds --out tokens", "ehrfm labels meds --task all --out labels",
         "ehrfm audit meds --labels labels",
-        *_plan_commands(cfg), "ehrfm sweep collect sweep --labels labels",
+        *_plan_commands(cfg), f"ehrfm sweep collect sweep --labels labels --max-labels {cfg.max_labels}",
         f"ehrfm fit sweep/results.parquet --out fit --bootstrap {cfg.bootstrap}",
         f"ehrfm recommend fit --flops {max(cfg.budgets) * 10:g}", "```", ""]
 
