@@ -91,7 +91,12 @@ def attention_layout(segment_ids: torch.Tensor | None, T: int, device: torch.dev
         AttentionLayout "causal" (one segment per row), "xformers" (a BlockDiagonalCausalMask over
         the flattened batch) or "mask" (a (B, 1, T, T) boolean block-diagonal causal mask).
     """
-    if segment_ids is None or bool((segment_ids == segment_ids[:, :1]).all()):
+    if segment_ids is None:
+        return AttentionLayout("causal")
+    # The one-segment check reads a value back from the device: a sync, and under torch.compile a
+    # graph break. A compiled graph skips it and takes the mask, exact for one segment too (its
+    # block-diagonal causal mask is the causal mask); callers that know rows are unpacked pass None.
+    if not torch.compiler.is_compiling() and bool((segment_ids == segment_ids[:, :1]).all()):
         return AttentionLayout("causal")
     if device.type == "cuda" and backend in ("auto", "xformers") and _xformers_ops():
         xops = _xformers_ops()

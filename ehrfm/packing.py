@@ -49,6 +49,11 @@ class PackedRows:
         """Number of scored targets (not IGNORE_INDEX) in the batch."""
         return int((self.targets != IGNORE_INDEX).sum())
 
+    @property
+    def one_segment_per_row(self) -> bool:
+        """True when no row holds more than one segment (padding counts as one): plain causal attention."""
+        return bool((self.segment_ids == self.segment_ids[:, :1]).all())
+
     def take(self, rows) -> PackedRows:
         """The batch restricted to `rows` (an index or mask over n_rows), its n_tokens recounted."""
         t = self.tokens[rows]

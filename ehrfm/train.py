@@ -469,11 +469,16 @@ class _Dist:
 # --- evaluation --------------------------------------------------------------------------------
 
 
-def _to_torch(rows: PackedRows, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _to_torch(rows: PackedRows, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(tokens, targets, segment ids) on `device`; segment ids None when every row is one segment.
+
+    Deciding that here, on the host, spares the model's own check: a device sync per step and,
+    under torch.compile, a graph break (ehrfm.model.attention_layout).
+    """
     return (
         torch.from_numpy(rows.tokens).to(device, non_blocking=True),
         torch.from_numpy(rows.targets).to(device, non_blocking=True),
-        torch.from_numpy(rows.segment_ids).to(device, non_blocking=True),
+        None if rows.one_segment_per_row else torch.from_numpy(rows.segment_ids).to(device, non_blocking=True),
     )
 
 

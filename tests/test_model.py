@@ -40,6 +40,25 @@ def test_single_segment_rows_use_plain_causal_kernel():
     assert lay.kind == "mask" and lay.mask[0, 0].tolist() == [[True, False, False], [True, True, False], [False, False, True]]
 
 
+def test_packed_rows_compile_without_graph_breaks():
+    """Under torch.compile the model never reads the segment ids back to the host (it took a graph
+    break per forward on the CUDA path: scripts/gpu_check.sh); the compiled graph's packed losses equal eager's."""
+    cfg = small(context=16)
+    m = model(cfg)
+    g = torch.Generator().manual_seed(2)
+    idx = torch.randint(0, cfg.vocab_size, (2, 16), generator=g)
+    seg = torch.tensor([[0] * 7 + [1] * 9, [4] * 16])
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(m)(idx, idx, segment_ids=seg, reduction="none")
+    assert explained.graph_break_count == 0, explained.break_reasons
+    with torch.no_grad():
+        _, eager = m(idx, idx, segment_ids=seg, reduction="none")
+        _, alone = m(idx[1:], idx[1:], reduction="none")  # the one-segment row: the causal kernel
+        _, compiled = torch.compile(m, backend="eager")(idx, idx, segment_ids=seg, reduction="none")
+    torch.testing.assert_close(compiled, eager, atol=1e-6, rtol=0)
+    torch.testing.assert_close(eager[1], alone[0], atol=1e-5, rtol=0)
+
+
 def test_packed_losses_equal_alone():
     """A subject's per-token losses are the same (1e-5) packed with others as alone."""
     cfg = small(context=64)

@@ -112,3 +112,18 @@ def test_index_stays_bounded_and_rows_stay_identical_over_many_epochs():
         assert np.array_equal(rows.tokens.ravel(), ref[start : start + 48])
         assert s.index_nbytes <= 2 * 60 * (4 + 8)
     assert np.array_equal(s.rows(5, 96).tokens.ravel(), ref[5:101])  # epoch 0 again, rebuilt
+
+
+def test_rows_of_one_segment_reach_the_model_without_segment_ids():
+    """The trainer decides on the host which batches are unpacked (no device sync, no graph break)."""
+    from ehrfm.train import _to_torch
+
+    s = PackedStream(split_of([5, 23, 7, 40, 3]), context=16, seed=0)
+    rows = s.rows(0, 78)
+    packed = [i for i in range(len(rows.tokens)) if len(set(rows.segment_ids[i].tolist())) > 1]
+    alone = [i for i in range(len(rows.tokens)) if len(set(rows.segment_ids[i].tolist())) == 1]
+    assert packed and alone
+    assert not rows.one_segment_per_row and rows.take(alone).one_segment_per_row
+    assert _to_torch(rows.take(alone), "cpu")[2] is None
+    seg = _to_torch(rows.take(packed), "cpu")[2]
+    assert torch.equal(seg, torch.from_numpy(rows.segment_ids[packed]))
