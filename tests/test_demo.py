@@ -51,7 +51,14 @@ def test_quick_demo_writes_report_fits_and_figures(quick_demo):
     assert (table["status"] == "completed").all()
     assert {c for c in table.columns if c.startswith("auroc/")} == {
         "auroc/in_hospital_mortality", "auroc/long_los", "auroc/icu_admission", "auroc/readmission_30d"}
-    assert json.loads((out / "demo_config.json").read_text())["quick"] is True
+    config = json.loads((out / "demo_config.json").read_text())
+    assert config["quick"] is True and config["head_max_labels"] == 1000
+    # The heads score a seeded sample of at most 1000 labels per split, and the report says how to redo it.
+    for task in ("in_hospital_mortality", "readmission_30d"):
+        for head in ("probe", "baseline"):
+            m = json.loads((out / "heads" / task / head / "metrics.json").read_text())
+            assert 100 < m["n"] <= 1000 and m["n_train"] <= 1000 and m["n_tuning"] <= 1000, (task, head)
+        assert f"--labels labels/{task}.parquet --out heads/{task}/probe --bootstrap 100 --seed 0 --max-labels 1000" in report
 
 
 def test_quick_demo_rerun_with_same_seed_gives_same_fits(quick_demo, tmp_path):
