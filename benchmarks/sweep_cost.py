@@ -9,10 +9,15 @@ collected; the script prints
 - planned FLOPs (sweep.json `planned_flops`) and measured wall time of each sweep, and the ratios;
 - the held-out loss of every point under both schedules and the relative gap (target: within 2%);
 - both sweeps' fitted exponents (analysis.fit, approaches 2 and 3) with bootstrap intervals, and
-  whether each WSD exponent lies inside the cosine interval.
+  whether each WSD exponent lies inside the cosine interval;
+- with `--run-seeds K` (K >= 2), each sweep is trained K times (training seeds 0..K-1, one cohort):
+  the per-point gap is then between the seed means, beside the cosine sweep's own seed-to-seed
+  spread at that point (max - min over seeds, relative to the mean). A gap within that spread is
+  one that training noise alone produces between two cosine runs of the same point.
 
     python benchmarks/sweep_cost.py --out /tmp/sweep_cost                 # the demo's grid
     python benchmarks/sweep_cost.py --out /tmp/sc --patients 3000 --budgets 1e11,2e11,4e11,8e11 --sizes 3
+    python benchmarks/sweep_cost.py --out /tmp/sc --patients 3000 --budgets 1e11,2e11,4e11,8e11 --sizes 3 --run-seeds 2
 
 Stages whose output exists are reused (a sweep relaunch trains nothing new), so an interrupted
 benchmark resumes. Wall time is the sum of the runs' own training seconds (result.json wall_s),
@@ -46,15 +51,16 @@ def _prepare_tokens(out: Path, patients: int, seed: int) -> Path:
     return tok
 
 
-def run_sweep(tok: Path, sweep_dir: Path, schedule: str, args) -> dict:
-    """Plan, launch (local) and collect one sweep; returns its figures."""
+def run_sweep(tok: Path, sweep_dir: Path, schedule: str, args, seed: int = 0) -> dict:
+    """Plan, launch (local) and collect one sweep, its runs trained with `seed`; returns its figures."""
     import pyarrow.parquet as pq
 
     from sweeps.collect import collect_sweep
     from sweeps.launch import LaunchConfig, launch_sweep
     from sweeps.plan import plan_sweep
 
-    train = {"batch_size": args.batch_size, "lr": args.lr, "warmup_frac": args.warmup_frac, "eval_tokens": args.eval_tokens}
+    train = {"batch_size": args.batch_size, "lr": args.lr, "warmup_frac": args.warmup_frac, "eval_tokens": args.eval_tokens,
+             "seed": seed}
     if schedule == "wsd":
         train.update(decay_shape=args.decay_shape, decay_fraction=args.decay_fraction)
     sweep, rows, _ = plan_sweep(tok, args.budgets, sweep_dir, sizes=args.sizes, span_dex=args.span_dex,
@@ -67,6 +73,51 @@ def run_sweep(tok: Path, sweep_dir: Path, schedule: str, args) -> dict:
     wall = sum(r["wall_s"] or 0.0 for r in results)
     return {"planned_flops": sweep.planned_flops, "wall_s": wall, "launch_s": elapsed, "results": results,
             "results_path": sweep_dir / "results.parquet"}
+
+
+def _point_losses(sweeps: list[dict]) -> dict:
+    """(budget, n_layer, d_model) -> (row of the first sweep, losses over the sweeps' seeds)."""
+    key = lambda r: (r["budget"], r["n_layer"], r["d_model"])  # noqa: E731
+    points: dict = {}
+    for sweep in sweeps:
+        for r in sweep["results"]:
+            points.setdefault(key(r), (r, []))[1].append(r["loss"])
+    return points
+
+
+def _print_point_gaps(by_seed: dict) -> None:
+    """The per-point table: seed-mean losses, their relative gap, and cosine's own seed spread."""
+    import statistics
+
+    cos, wsd = _point_losses(by_seed["cosine"]), _point_losses(by_seed["wsd"])
+    k_seeds = len(by_seed["cosine"])
+    spread_col = " | cosine seed spread" if k_seeds > 1 else ""
+    print(f"\n| budget | n_layer | d_model | tokens | cosine loss | wsd loss | gap{spread_col} | wsd role |")
+    print("|---" * (8 + (k_seeds > 1)) + "|")
+    gaps, within_noise = [], 0
+    for k in sorted(wsd):
+        r, wl = wsd[k]
+        cl = cos.get(k, (None, []))[1]
+        ok = all(v is not None for v in cl + wl) and cl and wl
+        cm, wm = (statistics.fmean(cl), statistics.fmean(wl)) if ok else (None, None)
+        gap = (wm - cm) / cm if ok else None
+        spread = (max(cl) - min(cl)) / cm if ok and k_seeds > 1 else None
+        if gap is not None:
+            gaps.append(gap)
+            within_noise += spread is not None and abs(gap) <= spread
+        role = "trunk" if r["trunk_id"] == r["run_id"] else "branch"
+        cells = [f"{k[0]:.3g}", str(k[1]), str(k[2]), f"{r['tokens']:,}", "-" if cm is None else f"{cm:.4f}",
+                 "-" if wm is None else f"{wm:.4f}", "-" if gap is None else f"{100 * gap:+.2f}%"]
+        if k_seeds > 1:
+            cells.append("-" if spread is None else f"{100 * spread:.2f}%")
+        print("| " + " | ".join(cells + [role]) + " |")
+    if gaps:
+        mean_of = f"means over {k_seeds} training seeds, " if k_seeds > 1 else ""
+        line = (f"loss gap ({mean_of}wsd vs cosine): max |gap| {100 * max(abs(g) for g in gaps):.2f}%, "
+                f"mean {100 * sum(gaps) / len(gaps):+.2f}% ({sum(abs(g) <= 0.02 for g in gaps)} of {len(gaps)} points within 2%")
+        if k_seeds > 1:
+            line += f"; {within_noise} of {len(gaps)} within cosine's own seed spread"
+        print(line + ")")
 
 
 def fit(results_path: Path, bootstrap: int):
@@ -99,6 +150,8 @@ def main() -> int:
     ap.add_argument("--eval-tokens", type=int, default=d.eval_tokens)
     ap.add_argument("--decay-shape", default="linear", choices=["linear", "1-sqrt"], help="wsd decay shape (default linear)")
     ap.add_argument("--decay-fraction", type=float, default=0.2, help="wsd decay share of each run's steps (default 0.2)")
+    ap.add_argument("--run-seeds", type=int, default=1,
+                    help="train each sweep with training seeds 0..K-1 and compare seed means (default 1)")
     ap.add_argument("--max-parallel", type=int, default=None)
     ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument("--plan-only", action="store_true", help="print planned FLOPs only (no training)")
@@ -120,7 +173,11 @@ def main() -> int:
                                schedule=s, lr_ref_width=args.lr_ref_width)[0].planned_flops for s in ("cosine", "wsd")}
         print(f"planned FLOPs: cosine {flops['cosine']:.4g}, wsd {flops['wsd']:.4g}, ratio {flops['wsd'] / flops['cosine']:.3f}")
         return 0
-    runs = {s: run_sweep(tok, out / s, s, args) for s in ("cosine", "wsd")}
+    # Seed 0 keeps the directory names of a single-seed benchmark, so its sweeps are reused.
+    seeds = range(max(1, args.run_seeds))
+    by_seed = {s: [run_sweep(tok, out / (s if k == 0 else f"{s}-seed{k}"), s, args, seed=k) for k in seeds]
+               for s in ("cosine", "wsd")}
+    runs = {s: v[0] for s, v in by_seed.items()}
     c, w = runs["cosine"], runs["wsd"]
     print(f"grid: {args.patients} patients, budgets {', '.join(f'{b:.3g}' for b in args.budgets)}, {args.sizes} sizes")
     print("| sweep | planned FLOPs | training wall s (sum of runs) | launch wall s (this call; ~0 when reused) |\n|---|---|---|---|")
@@ -129,22 +186,7 @@ def main() -> int:
     print(f"| wsd / cosine | {w['planned_flops'] / c['planned_flops']:.3f} | {w['wall_s'] / c['wall_s']:.3f} | "
           f"{w['launch_s'] / c['launch_s']:.3f} |")
 
-    key = lambda r: (r["budget"], r["n_layer"], r["d_model"])  # noqa: E731
-    cos = {key(r): r for r in c["results"]}
-    print("\n| budget | n_layer | d_model | tokens | cosine loss | wsd loss | gap | wsd role |\n|---|---|---|---|---|---|---|---|")
-    gaps = []
-    for r in sorted(w["results"], key=key):
-        k = key(r)
-        cl, wl = cos[k]["loss"], r["loss"]
-        gap = (wl - cl) / cl if cl and wl else None
-        if gap is not None:
-            gaps.append(gap)
-        role = "trunk" if r["trunk_id"] == r["run_id"] else "branch"
-        print(f"| {k[0]:.3g} | {k[1]} | {k[2]} | {r['tokens']:,} | {cl if cl is None else f'{cl:.4f}'} | "
-              f"{wl if wl is None else f'{wl:.4f}'} | {'-' if gap is None else f'{100 * gap:+.2f}%'} | {role} |")
-    if gaps:
-        print(f"loss gap: max |gap| {100 * max(abs(g) for g in gaps):.2f}%, mean {100 * sum(gaps) / len(gaps):+.2f}% "
-              f"({sum(abs(g) <= 0.02 for g in gaps)} of {len(gaps)} points within 2%)")
+    _print_point_gaps(by_seed)
 
     fits = {s: fit(r["results_path"], args.bootstrap) for s, r in runs.items()}
     print("\n| exponent | cosine | wsd | wsd inside cosine interval |\n|---|---|---|---|")
