@@ -51,7 +51,7 @@ class PackedRows:
 
     @property
     def one_segment_per_row(self) -> bool:
-        """True when no row holds more than one segment (padding counts as one): plain causal attention."""
+        """True when every row holds one segment id (a row ending in padding holds two): plain causal attention."""
         return bool((self.segment_ids == self.segment_ids[:, :1]).all())
 
     def take(self, rows) -> PackedRows:
