@@ -164,20 +164,24 @@ def _name_ids(ids) -> str:
     return shown + (f" and {len(ids) - 8} more" if len(ids) > 8 else "")
 
 
-def _numeric(df: pl.DataFrame, col: str, source: str) -> np.ndarray:
+def _numeric(df: pl.DataFrame, col: str, source: str, keep: np.ndarray | None = None) -> np.ndarray:
     """Column `col` as float64 (null -> NaN).
 
     Text (a CSV column with padded numbers, "1.5e9 ") is parsed after stripping blanks; UserError
     naming the column and how many rows are not numbers (never their content) when some are not.
+    With `keep`, only those rows must be numbers: text in a row that is not fitted (a failed run's
+    loss written "diverged") reads as NaN.
     """
     s = df[col]
     if s.dtype in (pl.Utf8, pl.Categorical, pl.Enum):
         s = s.cast(pl.Utf8).str.strip_chars()
         s = s.set(s == "", None)
         parsed = s.cast(pl.Float64, strict=False)
-        bad = int((parsed.is_null() & s.is_not_null()).sum())
+        text = (parsed.is_null() & s.is_not_null()).to_numpy()
+        bad = int((text & (True if keep is None else keep)).sum())
         if bad:
-            raise UserError(f"results table {source}: column {col} has {bad} of {df.height} row(s) that are not numbers "
+            raise UserError(f"results table {source}: column {col} has {bad} {'' if keep is None else 'completed '}row(s) "
+                            f"of {df.height} that are not numbers "
                             f"(text such as 'n/a' or '1,000'): write plain numbers, or leave the cell empty")
         return parsed.to_numpy()
     try:
@@ -269,10 +273,10 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss") ->
     run_id = _run_ids(df, source)
     keep, excluded = _completed(df, run_id)
     _refuse_duplicate_rows(df, source, keep)
-    values = {c: _numeric(df, c, source) for c in required}
+    values = {c: _numeric(df, c, source, keep) for c in required}
     keep &= ~_blown_up(df, source, values, keep, run_id, excluded)
     if "flops" in df.columns:
-        values["flops"] = _numeric(df, "flops", source)
+        values["flops"] = _numeric(df, "flops", source, keep)
     for col, v in values.items():
         _refuse(source, col, "missing, NaN or non-positive", keep & ~(np.isfinite(v) & (v > 0)), run_id, "completed ")
     if keep.sum() == 0:

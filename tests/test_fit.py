@@ -367,9 +367,15 @@ def test_text_numbers_in_a_csv_are_parsed_or_counted(tmp_path):
     assert load_results(path).loss == pytest.approx(t["loss"].to_numpy())
     text = pl.when(pl.int_range(pl.len()).is_in([2, 7])).then(pl.lit("n/a")).otherwise(pl.col("tokens").cast(pl.Utf8))
     t.with_columns(tokens=text).write_csv(path)
-    with pytest.raises(UserError, match=r"r.csv: column tokens has 2 of 15 row\(s\) that are not numbers") as e:
+    with pytest.raises(UserError, match=r"r.csv: column tokens has 2 completed row\(s\) of 15 that are not numbers") as e:
         load_results(path)
     assert "n/a" not in str(e.value).split("(text such as")[0]
+    # text in a row that is not fitted (a failed run's loss written "diverged") is no number, not an error
+    status = pl.when(pl.int_range(pl.len()) == 2).then(pl.lit("failed")).otherwise(pl.lit("completed"))
+    loss = pl.when(pl.int_range(pl.len()) == 2).then(pl.lit("diverged")).otherwise(pl.col("loss").cast(pl.Utf8))
+    t.with_columns(status=status, loss=loss).write_csv(path)
+    res = load_results(path)
+    assert res.n == 14 and res.excluded == [{"run_id": "row2", "reason": "status failed"}]
 
 
 def test_status_written_another_way_is_completed_and_empty_tables_are_named(tmp_path):
