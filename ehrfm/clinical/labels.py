@@ -403,8 +403,10 @@ def read_labels(path: str | os.PathLike) -> pl.DataFrame:
     """Read any label parquet in the MEDS label schema (ours, ACES output, ...).
 
     Only boolean labels are used by the heads. Columns are cast to the schema's types; null
-    labels or prediction times are refused with a count. Returns subject_id, prediction_time,
-    boolean_value, sorted.
+    labels or prediction times, and types that would be cast by guessing (`_check_label_types`),
+    are refused with a count. Rows repeating a (subject_id, prediction_time) pair are dropped but
+    the first of each, with one warning line on stderr giving the counts. Returns subject_id,
+    prediction_time, boolean_value, sorted.
     """
     import pyarrow.parquet as pq
     from meds import LabelSchema
@@ -447,18 +449,23 @@ def read_labels(path: str | os.PathLike) -> pl.DataFrame:
         except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as e:
             raise UserError(f"label file {f}: columns cannot be cast to the MEDS label schema types ({type(e).__name__})") from None
         frames.append(frame)
-    labels = pl.concat(frames).sort("subject_id", "prediction_time")
+    labels = pl.concat(frames).sort("subject_id", "prediction_time", maintain_order=True)
     LabelSchema.validate(to_label_table(labels))
     if labels.height == 0:
         raise UserError(f"label file {path} has no rows")
-    # one label per (subject, time): a repeat would count twice in training and in the AUROC
+    # One label per (subject, time), as make_labels keeps (duplicate_prediction_time): a repeat would
+    # count twice in training and in the AUROC, and two stays starting together (ACES on the MIMIC-IV
+    # demo writes one such pair) share one history, so only one label can be scored for it.
     pairs = labels.group_by("subject_id", "prediction_time").agg(pl.len(), pl.col("boolean_value").n_unique().alias("values"))
     repeated = pairs.filter(pl.col("len") > 1)
     if repeated.height:
+        from ehrfm.meds_io import warn
+
         disagree = int((repeated["values"] > 1).sum())
-        raise UserError(f"label {'dir' if path.is_dir() else 'file'} {path}: {repeated.height} (subject_id, prediction_time) "
-                        f"pairs have more than one row ({int(repeated['len'].sum() - repeated.height)} extra rows; "
-                        f"{disagree} pairs with both values); keep one label per subject and prediction time")
+        labels = labels.unique(["subject_id", "prediction_time"], keep="first", maintain_order=True)
+        warn(f"label {'dir' if path.is_dir() else 'file'} {path}: {repeated.height} (subject_id, prediction_time) pairs have "
+             f"more than one row ({int(repeated['len'].sum() - repeated.height)} extra rows dropped; {disagree} pairs "
+             "with both values): kept the first row of each, as `ehrfm labels` does")
     return labels
 
 
