@@ -182,7 +182,7 @@ def _check_rows(ds: MedsDataset) -> None:
     others; a subject in two splits puts held-out data in training).
     """
     for path in ds.paths():
-        nulls = pl.scan_parquet(path).select(pl.col(SUBJECT_ID).null_count(), pl.col(CODE).null_count()).collect().row(0)
+        nulls = _null_counts(path, (SUBJECT_ID, CODE))
         for col, n in zip((SUBJECT_ID, CODE), nulls, strict=True):
             if n:
                 raise UserError(f"MEDS shard {path}: {n} rows with a null {col}; every MEDS row needs a {SUBJECT_ID} and a {CODE}")
@@ -196,6 +196,31 @@ def _check_rows(ds: MedsDataset) -> None:
         where = ", ".join(f"{n} in {sp}" for sp, n in pairs.iter_rows())
         raise UserError(f"MEDS dataset {ds.root}: {several.height} subjects have rows in more than one split ({where}); "
                         "each subject must live in exactly one split, or held-out data leaks into training")
+
+
+def _null_counts(path: Path, columns: tuple[str, ...]) -> list[int]:
+    """Null count of each column of one shard.
+
+    From the parquet footer's statistics when every row group has them (no data read, which matters
+    for MIMIC-scale shards), else by a scan of those columns.
+    """
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    names = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    counts = []
+    for col in columns:
+        total = 0
+        for rg in range(meta.num_row_groups):
+            st = meta.row_group(rg).column(names.index(col)).statistics if col in names else None
+            if st is None or not st.has_null_count:
+                total = None
+                break
+            total += st.null_count
+        counts.append(total)
+    if any(c is None for c in counts):
+        return list(pl.scan_parquet(path).select(pl.col(c).null_count() for c in columns).collect().row(0))
+    return counts
 
 
 def _split_folder_shards(data: Path, folders: list[str]) -> tuple[dict[str, list[Shard]], dict[str, str]]:

@@ -267,3 +267,15 @@ def test_meds_from_another_etl_gives_the_same_labels(tmp_path):
     pl.read_parquet(meds / "data" / "train" / "0.parquet").head(0).write_parquet(meds / "data" / "train" / "1.parquet")
     got, _ = make_labels(meds, "all")
     assert all(got[t].equals(ref[t]) for t in ref)
+
+
+def test_null_ids_are_found_with_or_without_parquet_statistics(tmp_path):
+    # open_meds reads null counts from the parquet footer when it has them, else scans the columns
+    for stats in (True, False):
+        meds = write_dataset(tmp_path / f"m{stats}", {"train": list(range(1, 5))})
+        shard = meds / "data" / "train" / "0.parquet"
+        df = pl.read_parquet(shard)
+        df.with_columns(subject_id=pl.when(pl.int_range(pl.len()) < 3).then(None).otherwise(pl.col("subject_id"))).write_parquet(
+            shard, statistics=stats, row_group_size=4)
+        with pytest.raises(UserError, match=f"{shard}: 3 rows with a null subject_id"):
+            open_meds(meds)
