@@ -1213,9 +1213,19 @@ def _from_json(value):
     return value
 
 
-def _typed(cls, data: dict, keep: tuple[str, ...] = ()):
-    """A fit dataclass from its fits.json dict: known fields only, nulls -> NaN (except `keep`)."""
-    names = {f.name for f in dataclasses.fields(cls)}
+def _typed(cls, data: dict, keep: tuple[str, ...] = (), where: str = "fits.json"):
+    """A fit dataclass from its fits.json dict: known fields only, nulls -> NaN (except `keep`).
+
+    UserError naming `where` and the keys when `data` is not an object or lacks a required field
+    (a fits.json from an older ehrfm, or edited by hand).
+    """
+    fields = dataclasses.fields(cls)
+    required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [k for k in required if k not in data] if isinstance(data, dict) else required
+    if missing:
+        raise UserError(f"{where}: {cls.__name__} lacks {', '.join(missing)}; rerun `ehrfm fit` with --overwrite "
+                        "(a fits.json from an older ehrfm, or edited by hand?)")
+    names = {f.name for f in fields}
     return cls(**{k: (v if k in keep else _from_json(v)) for k, v in data.items() if k in names})
 
 
@@ -1245,14 +1255,20 @@ def load_fit(fit_dir: str | Path) -> FitResult:
     cfg_fields = {f.name for f in dataclasses.fields(FitConfig)}
     cfg = FitConfig(**{k: v for k, v in cfg_raw.items() if k in cfg_fields})
     cfg.approaches = tuple(cfg.approaches)
-    a1 = _typed(Approach1, fits["approach1"], keep=("points",)) if fits.get("approach1") else None
+    src = str(fit_dir / "fits.json")
+    a1 = _typed(Approach1, fits["approach1"], keep=("points",), where=f"{src} approach1") if fits.get("approach1") else None
     a2 = None
     if fits.get("approach2"):
-        a2 = _typed(Approach2, fits["approach2"], keep=("budgets",))
-        a2.budgets = [_typed(BudgetFit, b, keep=("reason",)) for b in fits["approach2"]["budgets"]]
-    a3 = _typed(Approach3, fits["approach3"], keep=("r_star", "method", "identified", "at_bound")) if fits.get("approach3") else None
+        a2 = _typed(Approach2, fits["approach2"], keep=("budgets",), where=f"{src} approach2")
+        a2.budgets = [_typed(BudgetFit, b, keep=("reason",), where=f"{src} approach2 budgets")
+                      for b in fits["approach2"].get("budgets") or []]
+    a3 = (_typed(Approach3, fits["approach3"], keep=("r_star", "method", "identified", "at_bound"), where=f"{src} approach3")
+          if fits.get("approach3") else None)
     # in memory, utility fits are keyed by their results column ("auroc/icu"); fits.json drops "auroc/"
-    utility = {u["metric"]: _typed(UtilityFit, u, keep=("points", "loss_link")) for u in (fits.get("utility") or {}).values()}
+    utility = {}
+    for task, u in (fits.get("utility") or {}).items():
+        u = _typed(UtilityFit, u, keep=("points", "loss_link"), where=f"{src} utility {task}")
+        utility[u.metric] = u
     return FitResult(
         approach1=a1, approach2=a2, approach3=a3, utility=utility, n_runs=fits.get("n_runs", 0),
         n_fitted=fits.get("n_fitted", 0), excluded=fits.get("excluded", []), warnings=fits.get("warnings", []),

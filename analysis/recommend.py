@@ -99,6 +99,56 @@ def trust(fits: dict, k: int) -> tuple[bool, str]:
     return not problems, "; ".join(problems)
 
 
+# The keys each approach's prediction reads from fits.json (null = NaN, as write_fits writes NaN).
+NEEDED = {
+    1: ("n_coef", "a", "d_coef", "b", "loss_coef", "loss_exponent"),
+    2: ("n_coef", "a", "d_coef", "b", "loss_coef", "loss_exponent"),
+    3: ("flops_per_param_token", "E", "A", "B", "alpha", "beta", "a", "b", "G"),
+}
+UTILITY_NEEDED = ("metric", "coef", "exponent")
+_REDO = "rerun `ehrfm fit` with --overwrite (a fits.json from an older ehrfm, or edited by hand?)"
+
+
+def _is_number(v) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _usable(fit_json: dict) -> tuple[dict, dict]:
+    """fits.json with each approach checked: (content with unusable approaches removed, {k: why not}).
+
+    An approach lacking a key its prediction needs, or holding a non-number there, is removed with
+    the reason naming the keys (an older fits.json, or one edited by hand); null, which
+    write_fits writes for NaN, reads as NaN. Utility entries lacking keys are removed the same way.
+    """
+    out, why = dict(fit_json), {}
+    for k, keys in NEEDED.items():
+        f = fit_json.get(f"approach{k}")
+        if not f:
+            continue
+        if not isinstance(f, dict):
+            why[k] = f"approach{k} is not a JSON object"
+            out.pop(f"approach{k}")
+            continue
+        missing = [key for key in keys if key not in f]
+        wrong = [key for key in keys if key in f and not _is_number(f[key])]
+        if missing or wrong:
+            parts = ([f"lacks {', '.join(missing)}"] if missing else []) + ([f"has non-numbers in {', '.join(wrong)}"] if wrong else [])
+            why[k] = f"approach{k} {' and '.join(parts)}"
+            out.pop(f"approach{k}")
+            continue
+        out[f"approach{k}"] = {**f, **{key: float("nan") if f[key] is None else f[key] for key in keys}}
+    utility = fit_json.get("utility")
+    out["utility"] = {}
+    for task, u in (utility.items() if isinstance(utility, dict) else ()):
+        if isinstance(u, dict) and all(key in u for key in UTILITY_NEEDED) and all(_is_number(u[key]) for key in UTILITY_NEEDED[1:]):
+            out["utility"][task] = {**u, **{key: float("nan") if u[key] is None else u[key] for key in UTILITY_NEEDED[1:]}}
+        else:
+            why[f"utility/{task}"] = f"the utility law of {task} lacks one of {', '.join(UTILITY_NEEDED)} or holds non-numbers"
+    if not isinstance(out.get("inputs"), dict):
+        out["inputs"] = {}
+    return out, why
+
+
 def _predict_12(fits: dict, draws: dict, k: int, c: float, conf: float) -> ApproachPrediction | None:
     f = fits.get(f"approach{k}")
     if not f:
@@ -200,24 +250,25 @@ def _shape(n_opt: float, c: float, vocab_size: int | None, context: int | None, 
                 n_params=shapes.n_params(cfg), n_params_total=shapes.n_params_total(cfg), flops_per_token=fpt, tokens=int(c // fpt))
 
 
-def _load(fits) -> tuple[dict, dict, float]:
+def _load(fits) -> tuple[dict, dict, float, str]:
     """Load a fit's content, bootstrap draws and confidence level.
 
-    (fits.json's content, its bootstrap draws, the confidence level of its intervals) of a FIT
-    directory, a fits.json path or an analysis.fit.FitResult.
+    (fits.json's content, its bootstrap draws, the confidence level of its intervals, where it came
+    from) of a FIT directory, a fits.json path or an analysis.fit.FitResult.
     """
     from analysis.fit import FitResult, load_fits
 
     if isinstance(fits, FitResult):
-        return fits.to_json(), fits.draws, fits.config.confidence
+        return fits.to_json(), fits.draws, fits.config.confidence, "<FitResult>"
     fit_json, draws = load_fits(fits)
+    source = str(Path(fits) if Path(fits).is_file() else Path(fits) / "fits.json")
     cfg_path = Path(fits) / "fit_config.json" if Path(fits).is_dir() else Path(fits).with_name("fit_config.json")
     conf = 0.95
     if cfg_path.is_file():
         import json
 
         conf = json.loads(cfg_path.read_text()).get("confidence", 0.95)
-    return fit_json, draws, conf
+    return fit_json, draws, conf, source
 
 
 def _utility(fit_json: dict, draws: dict, flops: float, conf: float, notes: list[str]) -> dict:
@@ -267,13 +318,18 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
         UserError: flops not a positive number, a fit without approaches, an approach that was not
             fitted, or an unreadable fit.
     """
-    fit_json, draws, conf = _load(fits)
+    fit_json, draws, conf, source = _load(fits)
     if not (flops and math.isfinite(flops) and flops > 0):
         raise UserError(f"--flops must be a positive number of FLOPs (got {flops})")
-    inputs = fit_json.get("inputs", {})
+    fit_json, unusable = _usable(fit_json)
+    if approach in unusable:
+        raise UserError(f"fits file {source}: {unusable[approach]}; {_REDO}")
+    inputs = fit_json["inputs"]
     preds = [p for p in (_predict_3(fit_json, draws, flops, conf), _predict_12(fit_json, draws, 2, flops, conf),
                          _predict_12(fit_json, draws, 1, flops, conf)) if p is not None]
     if not preds:
+        if unusable:
+            raise UserError(f"fits file {source} has no usable approach: {'; '.join(unusable.values())}; {_REDO}")
         raise UserError("the fit holds no approach to recommend from (fits.json has no approach1/2/3)")
     by_k = {p.approach: p for p in preds}
     for p in preds:
@@ -286,7 +342,7 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
     else:
         raise UserError(f"approach {approach} was not fitted (fits.json has {', '.join(str(k) for k in sorted(by_k))})")
 
-    notes = []
+    notes = [f"fits file {source}: {why}; not used ({_REDO})" for why in unusable.values()]
     if not head.trusted:
         notes.append(f"Approach {head.approach} is not trusted: {head.why_untrusted}")
     max_budget = float(inputs.get("max_budget") or "nan")

@@ -16,6 +16,11 @@ reason (the status, and the `error` column's text when there is one). A complete
 is above uniform guessing, ln(vocab_size) nats/token, is a blow-up recorded by a trainer that did
 not check it: excluded too, with that reason, never fitted. A completed row with a missing, NaN or non-positive required value is an error naming
 the file, column and run ids (never patient data: the table holds none, but we still name ids only).
+Hand-made tables are read leniently where the meaning is certain and refused where it is not:
+padded numbers and headers in a CSV ("3.2 ", "loss ") and a status written "Completed" are read;
+completed rows repeated in every column (a table pasted twice), text that is not a number, an
+empty table and infinite optional values are errors; planned budgets within 0.1% of each other
+(1e11 vs 1.0000001e11) are one IsoFLOP budget.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ LOSS_SE_COLUMNS = {"loss": "eval_loss_se", "loss_per_event": "loss_per_event_se"
 # Budgets within this many decades of each other are one IsoFLOP group when the table has no
 # budget column (or a null budget): planned budgets are normally >= 2x apart (0.3 decades).
 BUDGET_GROUP_DECADES = 0.05
+# Planned budgets closer than this (0.1%) are one budget written two ways (1e11 vs 1.0000001e11).
+BUDGET_SAME_DECADES = 4.3e-4
 # Parameter counts a fit can use: Results.with_n_count.
 N_COUNTS = ("total", "non-embedding")
 
@@ -139,7 +146,12 @@ def _read_frame(path: Path) -> pl.DataFrame:
     try:
         if path.suffix.lower() in (".csv", ".tsv") or path.name.lower().endswith((".csv.gz", ".tsv.gz")):
             sep = "\t" if ".tsv" in path.name.lower() else ","
-            return pl.read_csv(path, separator=sep, infer_schema_length=None, null_values=["", "NA", "null", "None"])
+            df = pl.read_csv(path, separator=sep, infer_schema_length=None, null_values=["", "NA", "null", "None"])
+            # spreadsheets pad headers ("loss "): a padded name is the same column
+            stripped = [c.strip() for c in df.columns]
+            if len(set(stripped)) == len(stripped):
+                df = df.rename(dict(zip(df.columns, stripped, strict=True)))
+            return df
         return pl.read_parquet(path)
     except (pl.exceptions.PolarsError, OSError, ValueError) as e:
         kind = type(e).__name__
@@ -152,11 +164,30 @@ def _name_ids(ids) -> str:
     return shown + (f" and {len(ids) - 8} more" if len(ids) > 8 else "")
 
 
-def _numeric(df: pl.DataFrame, col: str, source: str) -> np.ndarray:
+def _numeric(df: pl.DataFrame, col: str, source: str, keep: np.ndarray | None = None) -> np.ndarray:
+    """Column `col` as float64 (null -> NaN).
+
+    Text (a CSV column with padded numbers, "1.5e9 ") is parsed after stripping blanks; UserError
+    naming the column and how many rows are not numbers (never their content) when some are not.
+    With `keep`, only those rows must be numbers: text in a row that is not fitted (a failed run's
+    loss written "diverged") reads as NaN.
+    """
+    s = df[col]
+    if s.dtype in (pl.Utf8, pl.Categorical, pl.Enum):
+        s = s.cast(pl.Utf8).str.strip_chars()
+        s = s.set(s == "", None)
+        parsed = s.cast(pl.Float64, strict=False)
+        text = (parsed.is_null() & s.is_not_null()).to_numpy()
+        bad = int((text & (True if keep is None else keep)).sum())
+        if bad:
+            raise UserError(f"results table {source}: column {col} has {bad} {'' if keep is None else 'completed '}row(s) "
+                            f"of {df.height} that are not numbers "
+                            f"(text such as 'n/a' or '1,000'): write plain numbers, or leave the cell empty")
+        return parsed.to_numpy()
     try:
-        return df[col].cast(pl.Float64, strict=True).to_numpy()
+        return s.cast(pl.Float64, strict=True).to_numpy()
     except pl.exceptions.PolarsError:
-        raise UserError(f"results table {source}: column {col} is not numeric (dtype {df[col].dtype})") from None
+        raise UserError(f"results table {source}: column {col} is not numeric (dtype {s.dtype})") from None
 
 
 def group_budgets(flops: np.ndarray, budget: np.ndarray | None = None) -> np.ndarray:
@@ -167,6 +198,7 @@ def group_budgets(flops: np.ndarray, budget: np.ndarray | None = None) -> np.nda
     """
     out = np.full(flops.shape, np.nan) if budget is None else budget.astype(float).copy()
     missing = ~np.isfinite(out)
+    out[~missing] = _merge_near(out[~missing])
     if not missing.any():
         return out
     planned = np.unique(out[~missing])
@@ -193,6 +225,25 @@ def group_budgets(flops: np.ndarray, budget: np.ndarray | None = None) -> np.nda
     return out
 
 
+def _merge_near(budget: np.ndarray) -> np.ndarray:
+    """Planned budgets within BUDGET_SAME_DECADES of each other as one: their most common value.
+
+    A budget written as 1e11 by one tool and 1.0000001e11 by another (float formatting, CSV rounding)
+    is one IsoFLOP group, not two groups of one run each.
+    """
+    values, counts = np.unique(budget, return_counts=True)  # sorted ascending
+    if values.size < 2:
+        return budget
+    logs = np.log10(values)
+    mapped = values.copy()
+    start = 0
+    for i in range(1, values.size + 1):
+        if i == values.size or logs[i] - logs[i - 1] > BUDGET_SAME_DECADES:
+            mapped[start:i] = values[start + int(np.argmax(counts[start:i]))]
+            start = i
+    return mapped[np.searchsorted(values, budget)]
+
+
 def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss") -> Results:
     """Read a results table (parquet, CSV or a polars DataFrame), check it and keep completed runs.
 
@@ -217,12 +268,15 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss") ->
             f"results table {source} lacks column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
             f"(needs {', '.join(required)}; has {', '.join(df.columns[:12])})"
         )
+    if df.height == 0:
+        raise UserError(f"results table {source} is empty (0 rows; columns {', '.join(df.columns[:12])})")
     run_id = _run_ids(df, source)
     keep, excluded = _completed(df, run_id)
-    values = {c: _numeric(df, c, source) for c in required}
+    _refuse_duplicate_rows(df, source, keep)
+    values = {c: _numeric(df, c, source, keep) for c in required}
     keep &= ~_blown_up(df, source, values, keep, run_id, excluded)
     if "flops" in df.columns:
-        values["flops"] = _numeric(df, "flops", source)
+        values["flops"] = _numeric(df, "flops", source, keep)
     for col, v in values.items():
         _refuse(source, col, "missing, NaN or non-positive", keep & ~(np.isfinite(v) & (v > 0)), run_id, "completed ")
     if keep.sum() == 0:
@@ -233,7 +287,7 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss") ->
         """The optional column `col` (None when absent); non-positive values of kept runs refused."""
         v = _numeric(df, col, source) if col in df.columns else None
         if v is not None:
-            _refuse(source, col, "non-positive", keep & np.isfinite(v) & ~(v > 0), run_id)
+            _refuse(source, col, "non-positive or infinite", keep & ~np.isnan(v) & ~((v > 0) & np.isfinite(v)), run_id)
         return v
 
     budget, unique_tokens, epochs = positive("budget"), positive("unique_tokens"), positive("epochs")
@@ -283,6 +337,23 @@ def _run_ids(df: pl.DataFrame, source: str) -> np.ndarray:
     return run_id
 
 
+def _refuse_duplicate_rows(df: pl.DataFrame, source: str, keep: np.ndarray) -> None:
+    """UserError when completed rows repeat another row in every column (a table concatenated twice).
+
+    A repeated run would be fitted twice, weighting it double; two seeds of one shape differ in loss.
+    """
+    try:
+        dup = df.is_duplicated().to_numpy()
+    except pl.exceptions.PolarsError:  # list columns (auroc_boot/<task>): compare the scalar ones
+        scalar = [c for c, t in df.schema.items() if not isinstance(t, (pl.List, pl.Array, pl.Struct))]
+        dup = df.select(scalar).is_duplicated().to_numpy()
+    dup &= keep
+    if dup.any():
+        first = np.flatnonzero(dup)
+        raise UserError(f"results table {source}: {int(dup.sum())} rows are duplicates of another row in every column "
+                        f"(rows {_name_ids(first)}, counting from 0): remove the repeats, or give each run a distinct run_id")
+
+
 def _completed(df: pl.DataFrame, run_id: np.ndarray) -> tuple[np.ndarray, list[dict]]:
     """Split rows into completed ones and excluded entries.
 
@@ -292,7 +363,8 @@ def _completed(df: pl.DataFrame, run_id: np.ndarray) -> tuple[np.ndarray, list[d
     keep = np.ones(df.height, dtype=bool)
     excluded = []
     if "status" in df.columns:
-        status = df["status"].cast(pl.Utf8).fill_null("<null>").to_numpy().astype(str)
+        # "Completed", " completed" (spreadsheets, other trackers) are the status completed
+        status = df["status"].cast(pl.Utf8).str.strip_chars().str.to_lowercase().fill_null("<null>").to_numpy().astype(str)
         error = df["error"].cast(pl.Utf8).to_list() if "error" in df.columns else [None] * df.height
         for i in np.flatnonzero(status != Status.COMPLETED):
             excluded.append({"run_id": str(run_id[i]), "reason": f"status {status[i]}" + (f": {error[i]}" if error[i] else "")})

@@ -14,6 +14,11 @@ same one-line error and applies the same rules:
 - Columns: `subject_id`, `time`, `code` (MEDS 0.4, `meds.DataSchema`). A shard written by MEDS
   0.3 or older (`patient_id`) is refused naming the file, the missing column and the MEDS version
   expected.
+- Types: subject_id an integer, time a timestamp (any unit; a time zone is read as the UTC
+  instant), code text, numeric_value a number; anything else (text ids, epoch numbers, dates) is
+  refused naming the file and column (`COLUMN_TYPES`), never cast by guessing. Rows with a null
+  subject_id or code, and subjects with rows in more than one split folder, are refused by
+  `open_meds` with counts.
 - Static rows: a row with a null time is in every history, so only truly static codes may have
   one. A code is not static when it is `MEDS_BIRTH` or `MEDS_DEATH`, when it starts with a known
   event prefix (admission, discharge, lab, ...), or when the same code also occurs with a time.
@@ -156,6 +161,7 @@ def open_meds(meds_dir: str | os.PathLike, check_static: bool = True) -> MedsDat
     ds = MedsDataset(root, {s: shards[s] for s in SPLITS if s in shards}, aliases, metadata=_metadata(root))
     for path in ds.paths():
         check_columns(path, ds.metadata)
+    _check_rows(ds)
     if check_static:
         ds.null_time_codes = null_time_codes(ds.paths())
         drop = tuple(sorted(ds.null_time_codes))
@@ -165,6 +171,56 @@ def open_meds(meds_dir: str | os.PathLike, check_static: bool = True) -> MedsDat
             warn(f"{root}: dropped rows with a null time whose code is not static: {parts}; "
                  "only static codes (e.g. GENDER//F) may lack a time")
     return ds
+
+
+def _check_rows(ds: MedsDataset) -> None:
+    """Refuse shards with null subject_id or code rows, and subjects in more than one split.
+
+    One pass over the subject_id and code columns (never their values in a message: counts only).
+    Every reader opens its dataset through open_meds, so labels, audit, baseline and tokenize refuse
+    the same rows (a null-id row would otherwise be dropped silently by some readers and refused by
+    others; a subject in two splits puts held-out data in training).
+    """
+    for path in ds.paths():
+        nulls = _null_counts(path, (SUBJECT_ID, CODE))
+        for col, n in zip((SUBJECT_ID, CODE), nulls, strict=True):
+            if n:
+                raise UserError(f"MEDS shard {path}: {n} rows with a null {col}; every MEDS row needs a {SUBJECT_ID} and a {CODE}")
+    if len(ds.shards) < 2 or any(s.subjects is not None for shards in ds.shards.values() for s in shards):
+        return  # one split, or split by subject_splits.parquet (a subject_id -> split table)
+    ids = pl.concat([pl.scan_parquet(s.path).select(pl.col(SUBJECT_ID).cast(pl.Int64)).unique().with_columns(pl.lit(split).alias("split"))
+                     for split, shards in ds.shards.items() for s in shards]).unique()
+    several = ids.group_by(SUBJECT_ID).agg(pl.col("split").sort()).filter(pl.col("split").list.len() > 1).collect()
+    if several.height:
+        pairs = several.group_by(pl.col("split").list.join(" and ")).len().sort("split")
+        where = ", ".join(f"{n} in {sp}" for sp, n in pairs.iter_rows())
+        raise UserError(f"MEDS dataset {ds.root}: {several.height} subjects have rows in more than one split ({where}); "
+                        "each subject must live in exactly one split, or held-out data leaks into training")
+
+
+def _null_counts(path: Path, columns: tuple[str, ...]) -> list[int]:
+    """Null count of each column of one shard.
+
+    From the parquet footer's statistics when every row group has them (no data read, which matters
+    for MIMIC-scale shards), else by a scan of those columns.
+    """
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    names = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    counts = []
+    for col in columns:
+        total = 0
+        for rg in range(meta.num_row_groups):
+            st = meta.row_group(rg).column(names.index(col)).statistics if col in names else None
+            if st is None or not st.has_null_count:
+                total = None
+                break
+            total += st.null_count
+        counts.append(total)
+    if any(c is None for c in counts):
+        return list(pl.scan_parquet(path).select(pl.col(c).null_count() for c in columns).collect().row(0))
+    return counts
 
 
 def _split_folder_shards(data: Path, folders: list[str]) -> tuple[dict[str, list[Shard]], dict[str, str]]:
@@ -219,6 +275,10 @@ def _subject_split_shards(root: Path, data: Path) -> tuple[dict[str, list[Shard]
             found = f" (found {old[0]!r}: the name used before MEDS 0.4)" if old else ""
             raise UserError(f"{splits_path} lacks column {col!r}{found}; ehrfm reads MEDS {MEDS_VERSION} "
                             f"subject splits ({SUBJECT_ID}, split)")
+    several = sp.select(SUBJECT_ID, "split").drop_nulls().unique().group_by(SUBJECT_ID).len().filter(pl.col("len") > 1).height
+    if several:
+        raise UserError(f"{splits_path}: {several} subjects are listed in more than one split; each subject must "
+                        "live in exactly one split, or held-out data leaks into training")
     names = sorted(set(sp["split"].drop_nulls().to_list()))
     unknown = [n for n in names if n not in SPLITS and n not in SPLIT_ALIASES]
     if unknown:
@@ -272,7 +332,22 @@ def check_columns(path: Path, metadata: dict | None = None) -> dict:
         said = f"; its metadata says meds_version {version}" if version else ""
         raise UserError(f"MEDS shard {path} lacks column {col!r}{found}; ehrfm reads MEDS {MEDS_VERSION} data "
                         f"({', '.join(REQUIRED_COLUMNS)}){said}")
+    for col, (ok, want) in COLUMN_TYPES.items():
+        if col in schema and not ok(schema[col]):
+            raise UserError(f"MEDS shard {path}: column {col} is {schema[col]}, not {want} (the MEDS {MEDS_VERSION} "
+                            f"DataSchema); convert it in the ETL: ehrfm does not guess ids, units or time zones")
     return schema
+
+
+# What each column's parquet type may be. Any integer width or timestamp unit, a time zone (read as
+# the UTC instant) and a column of nulls are accepted; text ids, epoch numbers, dates (no time of day:
+# an event at 00:00 would precede the prediction times of its own day) and text values are not.
+COLUMN_TYPES = {
+    SUBJECT_ID: (lambda t: t.is_integer(), "an integer (int64)"),
+    TIME: (lambda t: isinstance(t, pl.Datetime) or t == pl.Null, "a timestamp (timestamp[us])"),
+    CODE: (lambda t: t == pl.String or isinstance(t, (pl.Categorical, pl.Enum)), "text (string)"),
+    NUMERIC_VALUE: (lambda t: t.is_numeric() or t == pl.Null, "a number (float32)"),
+}
 
 
 def is_never_static(code: pl.Expr) -> pl.Expr:

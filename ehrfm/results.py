@@ -154,6 +154,7 @@ class RunResult:
 
 
 _NUMBER_FIELDS = ("val_loss", "n_params", "n_params_total", "tokens", "flops", "wall_s", "tokens_per_s")
+_COUNT_FIELDS = ("n_params", "n_params_total", "tokens", "flops")
 _READ_HINT = "delete it and rerun: the run resumes from its checkpoint and writes it again"
 
 
@@ -174,7 +175,8 @@ def read_result(run_dir: str | Path, hint: str = _READ_HINT, check_values: bool 
     Raises:
         UserError: the file exists but is truncated, empty, not a JSON object, or wrongly typed
             (status not a known status string, a number field not a number, a completed run
-            without a finite val_loss). Such a run is neither interrupted nor usable: the message
+            without a finite positive val_loss, or with a zero, negative or infinite n_params,
+            n_params_total, tokens or flops). Such a run is neither interrupted nor usable: the message
             names the file and what to do.
     """
     path = result_path(run_dir)
@@ -193,6 +195,12 @@ def read_result(run_dir: str | Path, hint: str = _READ_HINT, check_values: bool 
         loss = obj.get("val_loss")
         if loss is None or not math.isfinite(loss):
             problems.append("completed without a finite val_loss")
+        elif loss <= 0:  # a cross-entropy on held-out data is never <= 0
+            problems.append("completed with a val_loss <= 0")
+        # a completed run's accounting is positive: a 0 or negative count is a broken record, not a run
+        bad = [k for k in _COUNT_FIELDS if obj.get(k) is not None and not (math.isfinite(obj[k]) and obj[k] > 0)]
+        if bad:
+            problems.append(f"completed with non-positive or non-finite {', '.join(bad)}")
     if problems:
         raise UserError(f"run result {path} is damaged: {'; '.join(problems)}; {hint}")
     return RunResult.from_json(obj)

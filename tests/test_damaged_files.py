@@ -51,6 +51,9 @@ DAMAGE = {
     "loss as text": json.dumps({**COMPLETED, "val_loss": "3.21"}),
     "status as list": json.dumps({**COMPLETED, "status": ["completed"]}),
     "no loss": json.dumps({k: v for k, v in COMPLETED.items() if k != "val_loss"}),
+    "negative loss": json.dumps({**COMPLETED, "val_loss": -1.0}),
+    "zero tokens": json.dumps({**COMPLETED, "tokens": 0}),
+    "infinite flops": json.dumps({**COMPLETED, "flops": float("inf")}),
 }
 
 

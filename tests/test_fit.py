@@ -324,3 +324,75 @@ def test_degenerate_parametric_fit_is_reported_not_used():
 
     rec = recommend(fit, 1e17)
     assert rec.approach != 3 and rec.n_opt > 0
+
+
+# --- hand-made tables: the kinds of bad input users send (DESIGN.md section 5) ---------------------
+
+
+def _minimal(t: pl.DataFrame) -> pl.DataFrame:
+    """The minimal table of DESIGN.md section 5: n_params, tokens, flops, loss (no run_id, status, budget)."""
+    return t.select("n_params", "tokens", "flops", "loss")
+
+
+def test_duplicated_rows_are_refused_not_fitted_twice(tmp_path):
+    t = _minimal(_small())
+    path = tmp_path / "r.parquet"
+    pl.concat([t, t.head(2)]).write_parquet(path)
+    with pytest.raises(UserError, match=r"r.parquet: 4 rows are duplicates .*rows 0, 1, 15, 16"):
+        load_results(path)
+    # a repeated failed row is harmless (never fitted): only completed repeats are refused
+    failed = t.head(1).with_columns(status=pl.lit("failed"), loss=pl.lit(None, pl.Float64))
+    ok = pl.concat([t.with_columns(status=pl.lit("completed")), failed, failed])
+    assert load_results(ok).n == 15
+
+
+def test_one_budget_written_two_ways_is_one_isoflop_group():
+    t = _small()
+    # 1e18 vs 1.0000001e18: a CSV written by another tool, or a float formatted differently
+    jitter = 1 + 1e-7 * pl.int_range(pl.len())
+    t = t.with_columns(budget=pl.col("budget") * jitter, flops=pl.col("flops") * jitter)
+    f = fit_results(t, approaches=(2,), bootstrap=0)
+    assert [b.n_points for b in f.approach2.budgets] == [5, 5, 5]
+    assert [b.budget for b in f.approach2.budgets] == pytest.approx([1e18, 1e19, 1e20], rel=1e-5)
+    # budgets 2x apart stay apart
+    res = load_results(_small().with_columns(budget=pl.when(pl.col("budget") == 1e18).then(2e18).otherwise(pl.col("budget"))))
+    assert sorted(np.unique(res.budget)) == [2e18, 1e19, 1e20]
+
+
+def test_text_numbers_in_a_csv_are_parsed_or_counted(tmp_path):
+    t = _minimal(_small())
+    path = tmp_path / "r.csv"
+    # padded numbers and a padded header, as spreadsheets write them
+    t.with_columns(pl.col("loss").cast(pl.Utf8) + " ").rename({"loss": "loss "}).write_csv(path)
+    assert load_results(path).loss == pytest.approx(t["loss"].to_numpy())
+    text = pl.when(pl.int_range(pl.len()).is_in([2, 7])).then(pl.lit("n/a")).otherwise(pl.col("tokens").cast(pl.Utf8))
+    t.with_columns(tokens=text).write_csv(path)
+    with pytest.raises(UserError, match=r"r.csv: column tokens has 2 completed row\(s\) of 15 that are not numbers") as e:
+        load_results(path)
+    assert "n/a" not in str(e.value).split("(text such as")[0]
+    # text in a row that is not fitted (a failed run's loss written "diverged") is no number, not an error
+    status = pl.when(pl.int_range(pl.len()) == 2).then(pl.lit("failed")).otherwise(pl.lit("completed"))
+    loss = pl.when(pl.int_range(pl.len()) == 2).then(pl.lit("diverged")).otherwise(pl.col("loss").cast(pl.Utf8))
+    t.with_columns(status=status, loss=loss).write_csv(path)
+    res = load_results(path)
+    assert res.n == 14 and res.excluded == [{"run_id": "row2", "reason": "status failed"}]
+
+
+def test_status_written_another_way_is_completed_and_empty_tables_are_named(tmp_path):
+    t = _small()
+    f = load_results(t.with_columns(status=pl.lit(" Completed")))
+    assert f.n == 15 and f.excluded == []
+    path = tmp_path / "empty.csv"
+    t.head(0).write_csv(path)
+    with pytest.raises(UserError, match=r"empty.csv is empty \(0 rows; columns run_id"):
+        load_results(path)
+
+
+def test_infinite_optional_values_are_refused():
+    t = _small()
+    ids = t["run_id"].to_list()
+    for col in ("budget", "unique_tokens"):
+        bad = (t if col in t.columns else t.with_columns(unique_tokens=pl.col("tokens") * 10)).with_columns(
+            pl.when(pl.col("run_id") == ids[4]).then(float("inf")).otherwise(pl.col(col)).cast(pl.Float64).alias(col))
+        with pytest.raises(UserError, match=f"column {col} is non-positive or infinite in 1 run.*{re.escape(ids[4])}"):
+            load_results(bad)

@@ -278,3 +278,36 @@ def test_overlapping_stays_keep_their_own_ends_and_facts_by_stay_id(tmp_path):
     assert labels["long_los"].rows() == [(7, T0 + h(24), False), (7, T0 + d(2) + h(24), True)]
     assert labels["icu_admission"].rows() == [(7, T0, False), (7, T0 + d(2), True)]
     assert info["long_los"]["stay_pairing"] == "by hadm_id" and info["long_los"]["excluded"] == {"no_discharge": 0}
+
+
+def test_read_labels_keeps_one_row_per_pair_and_refuses_guessed_types(tmp_path, capsys):
+    # Before: repeated (subject, time) rows were trained and scored twice, silently; dates predicted
+    # at midnight, epoch numbers in 1970, and boolean_value 0.5 or 2 became True.
+    lab = pl.DataFrame({"subject_id": [1, 2, 3, 4], "prediction_time": [T0, T0, T0 + h(1), T0],
+                        "boolean_value": [True, False, True, False]})
+    path = tmp_path / "l.parquet"
+
+    def refused(frame: pl.DataFrame, match: str) -> str:
+        frame.write_parquet(path)
+        with pytest.raises(UserError, match=match) as e:
+            read_labels(path)
+        return str(e.value)
+
+    # repeats: the first row of each pair kept (make_labels' duplicate_prediction_time rule), counted on stderr
+    pl.concat([lab.head(1).with_columns(~pl.col("boolean_value")), lab, lab.head(2)]).write_parquet(path)
+    capsys.readouterr()
+    got = read_labels(path)
+    assert got["boolean_value"].to_list() == [False, False, True, False]  # subject 1's first row said False
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ("l.parquet: 2 (subject_id, prediction_time) pairs have more than one row "
+                              "(3 extra rows dropped; 1 pairs with both values)") in err[0], err
+    refused(lab.with_columns(pl.col("prediction_time").cast(pl.Date)), "column prediction_time is Date, not a timestamp")
+    refused(lab.with_columns(pl.col("prediction_time").dt.epoch("ms")), "column prediction_time is Int64, not a timestamp")
+    refused(lab.with_columns(pl.col("subject_id").cast(pl.String)), "column subject_id is String, not an integer")
+    msg = refused(lab.with_columns(pl.Series("boolean_value", [0.5, 0.0, 2.0, 1.0])), "boolean_value has 2 of 4 rows that are neither 0 nor 1")
+    assert "0.5" not in msg and "2.0" not in msg
+    # accepted as is: 0/1 numbers, int32 ids, a time zone (the UTC instant)
+    ok = lab.with_columns(pl.col("boolean_value").cast(pl.Int8), pl.col("subject_id").cast(pl.Int32),
+                          pl.col("prediction_time").dt.replace_time_zone("UTC").dt.convert_time_zone("Europe/Berlin"))
+    ok.write_parquet(path)
+    assert read_labels(path).equals(lab)

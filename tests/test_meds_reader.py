@@ -183,3 +183,99 @@ def test_open_meds_refuses_bad_layouts(tmp_path):
     write_shard(flat / "data" / "train" / "0.parquet", subject(2))
     with pytest.raises(UserError, match="beside the split folders train"):
         open_meds(flat)
+
+
+# --- MEDS from other ETLs: column types, null ids, a subject in two splits -----------------------------
+def _rewrite(root: Path, change) -> Path:
+    """Every shard of `root` rewritten by `change` (a polars DataFrame -> DataFrame)."""
+    for f in sorted((root / "data").rglob("*.parquet")):
+        change(pl.read_parquet(f)).write_parquet(f)
+    return root
+
+
+BAD_MEDS = {  # name -> (change of every shard, what the message names)
+    "time as dates": (lambda d: d.with_columns(pl.col("time").cast(pl.Date)), "column time is Date"),
+    "time as epoch ms": (lambda d: d.with_columns(pl.col("time").dt.epoch("ms")), "column time is Int64"),
+    "subject_id as text": (lambda d: d.with_columns(pl.col("subject_id").cast(pl.String)), "column subject_id is String"),
+    "numeric_value as text": (lambda d: d.with_columns(pl.col("numeric_value").cast(pl.String)), "column numeric_value is String"),
+    "a null subject_id": (lambda d: d.with_columns(subject_id=pl.when(pl.int_range(pl.len()) == 3).then(None)
+                                                   .otherwise(pl.col("subject_id"))), "1 rows with a null subject_id"),
+    "a null code": (lambda d: d.with_columns(code=pl.when(pl.int_range(pl.len()) < 2).then(None).otherwise(pl.col("code"))),
+                    "2 rows with a null code"),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_MEDS))
+def test_wrongly_typed_or_null_columns_are_refused_by_every_reader_in_one_line(tmp_path, capsys, bad):
+    # Before: dates and epoch numbers were cast silently (labels at other times, or in 1970), text ids
+    # crashed with a polars traceback, and labels/audit/baseline dropped null-id rows that tokenize refused.
+    ok = write_dataset(tmp_path / "ok", {"train": list(range(1, 9))})
+    labels, info = make_labels(ok, "long_los")
+    write_labels(labels, tmp_path / "los.parquet", info)
+    change, named = BAD_MEDS[bad]
+    meds = _rewrite(write_dataset(tmp_path / "meds", {"train": list(range(1, 9))}), change)
+    commands = {
+        "tokenize": ["tokenize", str(meds), "--out", str(tmp_path / "tok")],
+        "labels": ["labels", str(meds), "--task", "all", "--out", str(tmp_path / "lab")],
+        "baseline": ["baseline", str(meds), "--labels", str(tmp_path / "los.parquet"), "--out", str(tmp_path / "base")],
+        "audit": ["audit", str(meds), "--labels", str(tmp_path / "los.parquet")],
+    }
+    for name, argv in commands.items():
+        assert main(argv) == 2, name
+        line = one_error_line(capsys)
+        assert str(meds / "data" / "train" / "0.parquet") in line and named in line, (name, line)
+    assert not any((tmp_path / n).exists() for n in ("tok", "lab", "base"))
+
+
+def test_a_subject_in_two_splits_is_refused(tmp_path, capsys):
+    meds = write_dataset(tmp_path / "meds", {"train": list(range(1, 9)), "held_out": [9, 10]})
+    write_shard(meds / "data" / "held_out" / "1.parquet", subject(3) + subject(4))  # 3, 4 also in train
+    for argv in (["tokenize", str(meds), "--out", str(tmp_path / "tok")],
+                 ["labels", str(meds), "--task", "all", "--out", str(tmp_path / "lab")]):
+        assert main(argv) == 2
+        line = one_error_line(capsys)
+        assert f"MEDS dataset {meds}: 2 subjects have rows in more than one split (2 in held_out and train)" in line, line
+    flat = tmp_path / "flat"
+    write_shard(flat / "data" / "0.parquet", [e for s in range(1, 4) for e in subject(s)])
+    (flat / "metadata").mkdir()
+    pl.DataFrame({"subject_id": [1, 2, 3, 2], "split": ["train", "train", "held_out", "held_out"]}).write_parquet(
+        flat / "metadata" / "subject_splits.parquet")
+    with pytest.raises(UserError, match="subject_splits.parquet: 1 subjects are listed in more than one split"):
+        open_meds(flat)
+
+
+def test_meds_from_another_etl_gives_the_same_labels(tmp_path):
+    # What other ETLs write and ehrfm reads as is: narrower ids, time zones (the UTC instant), other
+    # timestamp units, extra columns, no numeric values, unsorted rows, a shard with no rows.
+    sids = list(range(1, 9))
+    ref, _ = make_labels(write_dataset(tmp_path / "ref", {"train": sids}), "all")
+    utc = pl.col("time").dt.replace_time_zone("UTC")
+    variants = {
+        "int32 ids": lambda d: d.with_columns(pl.col("subject_id").cast(pl.Int32)),
+        "UTC": lambda d: d.with_columns(utc),
+        "New York": lambda d: d.with_columns(utc.dt.convert_time_zone("America/New_York")),
+        "ns": lambda d: d.with_columns(pl.col("time").cast(pl.Datetime("ns"))),
+        "extra columns": lambda d: d.with_columns(text_value=pl.lit(None, pl.String), unit=pl.lit("mg/dL")),
+        "numeric_value all null": lambda d: d.with_columns(numeric_value=pl.lit(None, pl.Float32)),
+        "unsorted": lambda d: d.sample(fraction=1.0, shuffle=True, seed=0),
+    }
+    for i, (name, change) in enumerate(variants.items()):
+        meds = _rewrite(write_dataset(tmp_path / f"m{i}", {"train": sids}), change)
+        got, _ = make_labels(meds, "all")
+        assert all(got[t].equals(ref[t]) for t in ref), name
+    meds = write_dataset(tmp_path / "empty_shard", {"train": sids})
+    pl.read_parquet(meds / "data" / "train" / "0.parquet").head(0).write_parquet(meds / "data" / "train" / "1.parquet")
+    got, _ = make_labels(meds, "all")
+    assert all(got[t].equals(ref[t]) for t in ref)
+
+
+def test_null_ids_are_found_with_or_without_parquet_statistics(tmp_path):
+    # open_meds reads null counts from the parquet footer when it has them, else scans the columns
+    for stats in (True, False):
+        meds = write_dataset(tmp_path / f"m{stats}", {"train": list(range(1, 5))})
+        shard = meds / "data" / "train" / "0.parquet"
+        df = pl.read_parquet(shard)
+        df.with_columns(subject_id=pl.when(pl.int_range(pl.len()) < 3).then(None).otherwise(pl.col("subject_id"))).write_parquet(
+            shard, statistics=stats, row_group_size=4)
+        with pytest.raises(UserError, match=f"{shard}: 3 rows with a null subject_id"):
+            open_meds(meds)

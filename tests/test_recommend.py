@@ -113,3 +113,56 @@ def test_unique_tokens_come_from_a_multi_epoch_table():
     assert rec.unique_tokens == unique and rec.epochs == pytest.approx(rec.d_opt / unique)
     assert rec.epochs > 1 and rec.data_constrained is not None
     assert not any("assumed, not fitted" in w for w in rec.warnings)
+
+
+@pytest.fixture(scope="module")
+def small_fit_dir(tmp_path_factory):
+    t = synthetic_results(LAW, budgets=np.logspace(18, 20, 3), sizes=5, noise=0.005, seed=3)
+    return write_fits(fit_results(t, bootstrap=0, seed=0), tmp_path_factory.mktemp("fit") / "fit", results=load_results(t), plots=False)
+
+
+def _edited(fit_dir, tmp_path, edit) -> str:
+    """A copy of fit_dir/fits.json edited by `edit` (a function of the dict), in tmp_path/fit."""
+    j = json.loads((fit_dir / "fits.json").read_text())
+    edit(j)
+    (tmp_path / "fit").mkdir()
+    (tmp_path / "fit" / "fits.json").write_text(json.dumps(j))
+    return str(tmp_path / "fit")
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "ehrfm", "recommend", *map(str, args)], capture_output=True, text=True)
+
+
+def test_an_older_fits_json_is_named_never_a_traceback(small_fit_dir, tmp_path):
+    def old(j):  # the keys DESIGN.md section 5 lists, as an early ehrfm wrote them: no coefficients, no G
+        for k in (1, 2):
+            j[f"approach{k}"] = {key: j[f"approach{k}"][key] for key in ("a", "a_ci", "b", "b_ci", "budgets") if key in j[f"approach{k}"]}
+        j["approach3"] = {key: j["approach3"][key] for key in ("E", "A", "B", "alpha", "beta", "a", "b")}
+        j.pop("inputs")
+
+    fit = _edited(small_fit_dir, tmp_path, old)
+    p = _cli(fit, "--flops", "1e20")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "fits.json has no usable approach: approach1 lacks n_coef" in p.stderr
+    assert "approach3 lacks flops_per_param_token, G" in p.stderr and "--overwrite" in p.stderr
+    import analysis
+
+    with pytest.raises(UserError, match="fits.json approach1: Approach1 lacks n_coef"):
+        analysis.load_fit(fit)
+
+
+def test_missing_and_null_keys_leave_the_other_approaches_usable(small_fit_dir, tmp_path):
+    def damaged(j):
+        del j["approach3"]["G"]  # edited by hand
+        j["approach2"]["loss_coef"] = None  # NaN is written as null
+
+    fit = _edited(small_fit_dir, tmp_path, damaged)
+    rec = recommend(fit, 1e20)
+    assert rec.approach == 2 and [p.approach for p in rec.per_approach] == [2, 1]
+    assert rec.n_opt > 0 and np.isnan(rec.loss)
+    assert any("approach3 lacks G; not used" in w for w in rec.warnings), rec.warnings
+    with pytest.raises(UserError, match="fits.json: approach3 lacks G"):
+        recommend(fit, 1e20, approach=3)
+    p = _cli(fit, "--flops", "1e20", "--approach", "3")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "approach3 lacks G" in p.stderr, p.stderr

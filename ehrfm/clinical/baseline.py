@@ -112,7 +112,7 @@ def attach_splits(labels: pl.DataFrame, splits: pl.DataFrame, labels_path, where
     missing = joined["split"].null_count()
     if missing:
         n_subj = joined.filter(pl.col("split").is_null())["subject_id"].n_unique()
-        raise UserError(f"label file {labels_path}: {missing} rows ({n_subj} subjects) have subjects missing from {where}")
+        raise UserError(f"label file {labels_path}: {missing} rows ({n_subj} subjects) have subjects missing from {where} (in none of its splits)")
     return joined
 
 

@@ -403,8 +403,10 @@ def read_labels(path: str | os.PathLike) -> pl.DataFrame:
     """Read any label parquet in the MEDS label schema (ours, ACES output, ...).
 
     Only boolean labels are used by the heads. Columns are cast to the schema's types; null
-    labels or prediction times are refused with a count. Returns subject_id, prediction_time,
-    boolean_value, sorted.
+    labels or prediction times, and types that would be cast by guessing (`_check_label_types`),
+    are refused with a count. Rows repeating a (subject_id, prediction_time) pair are dropped but
+    the first of each, with one warning line on stderr giving the counts. Returns subject_id,
+    prediction_time, boolean_value, sorted.
     """
     import pyarrow.parquet as pq
     from meds import LabelSchema
@@ -437,6 +439,7 @@ def read_labels(path: str | os.PathLike) -> pl.DataFrame:
             nulls = frame[col].null_count()
             if nulls:
                 raise UserError(f"label file {f}: column {col} has {nulls} null rows")
+        _check_label_types(f, frame)
         try:
             frame = frame.with_columns(
                 pl.col("subject_id").cast(pl.Int64, strict=True),
@@ -446,11 +449,47 @@ def read_labels(path: str | os.PathLike) -> pl.DataFrame:
         except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as e:
             raise UserError(f"label file {f}: columns cannot be cast to the MEDS label schema types ({type(e).__name__})") from None
         frames.append(frame)
-    labels = pl.concat(frames).sort("subject_id", "prediction_time")
+    labels = pl.concat(frames).sort("subject_id", "prediction_time", maintain_order=True)
     LabelSchema.validate(to_label_table(labels))
     if labels.height == 0:
         raise UserError(f"label file {path} has no rows")
+    # One label per (subject, time), as make_labels keeps (duplicate_prediction_time): a repeat would
+    # count twice in training and in the AUROC, and two stays starting together (ACES on the MIMIC-IV
+    # demo writes one such pair) share one history, so only one label can be scored for it.
+    pairs = labels.group_by("subject_id", "prediction_time").agg(pl.len(), pl.col("boolean_value").n_unique().alias("values"))
+    repeated = pairs.filter(pl.col("len") > 1)
+    if repeated.height:
+        from ehrfm.meds_io import warn
+
+        disagree = int((repeated["values"] > 1).sum())
+        labels = labels.unique(["subject_id", "prediction_time"], keep="first", maintain_order=True)
+        warn(f"label {'dir' if path.is_dir() else 'file'} {path}: {repeated.height} (subject_id, prediction_time) pairs have "
+             f"more than one row ({int(repeated['len'].sum() - repeated.height)} extra rows dropped; {disagree} pairs "
+             "with both values): kept the first row of each, as `ehrfm labels` does")
     return labels
+
+
+def _check_label_types(path: Path, frame: pl.DataFrame) -> None:
+    """Refuse label columns whose type would be cast by guessing (the MEDS LabelSchema types).
+
+    subject_id must be an integer and prediction_time a timestamp (any unit; a time zone is read as
+    the UTC instant), as in MEDS data (ehrfm.meds_io.COLUMN_TYPES): a date would predict at
+    midnight, an epoch number in another unit in 1970. boolean_value may be a boolean or numbers
+    that are all 0 or 1; any other number (0.5, 2) is not a binary label.
+    """
+    from ehrfm.meds_io import COLUMN_TYPES, SUBJECT_ID, TIME
+
+    for col, like in (("subject_id", SUBJECT_ID), ("prediction_time", TIME)):
+        ok, want = COLUMN_TYPES[like]
+        if not ok(frame[col].dtype):
+            raise UserError(f"label file {path}: column {col} is {frame[col].dtype}, not {want} (the MEDS "
+                            f"{MEDS_VERSION} LabelSchema); convert it where the labels are made")
+    bv = frame["boolean_value"]
+    if bv.dtype.is_numeric():
+        other = int(((bv != 0) & (bv != 1)).sum())
+        if other:
+            raise UserError(f"label file {path}: column boolean_value has {other} of {frame.height} rows that are "
+                            "neither 0 nor 1 (nor true/false): not a binary label")
 
 
 def epoch_us(labels: pl.DataFrame) -> np.ndarray:
