@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -41,13 +40,14 @@ def armed(point: str) -> bool:
     return bool(points) and point in points.split(",") and bool(os.environ.get(HOLD_DIR_ENV))
 
 
-def hold(point: str, key: str, stop: threading.Event | None = None) -> None:
+def hold(point: str, key: str, stop=None) -> None:
     """Announce `point` for `key` and block until the test releases it (or `stop` is set).
 
     Args:
         point: the point's name, e.g. "step-5" (after optimizer step 5, before the stop check).
         key: what is held, e.g. the run dir's name; distinguishes runs sharing one hold dir.
-        stop: an event that ends the hold early (the trainer's stop request).
+        stop: anything with is_set() (threading.Event, ehrfm.train.StopFlag) that ends the hold early
+            (the trainer's stop request).
     """
     if not armed(point):
         return

@@ -102,7 +102,34 @@ from ehrfm.shapes import flops_per_token, n_params, n_params_total
 from ehrfm.tokens import TokenDir
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-_stop_requested = threading.Event()
+
+
+class StopFlag:
+    """A stop request that a signal handler may set: a plain attribute, no lock.
+
+    Not threading.Event: its set() takes a non-reentrant lock, and a trainer under SLURM gets
+    SIGTERM twice in a row (from slurmstepd and again from the job wrapper that forwards it); a
+    second handler running inside the first one's set() would wait on that lock forever. Python
+    runs handlers in the main thread between bytecodes, so a bool assignment is atomic here.
+    """
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        """Request the stop (safe inside a signal handler)."""
+        self._set = True
+
+    def is_set(self) -> bool:
+        """Whether a stop was requested."""
+        return self._set
+
+    def clear(self) -> None:
+        """Forget the request (at the end of a run)."""
+        self._set = False
+
+
+_stop_requested = StopFlag()
 
 # TrainConfig fields that may change between an interrupted run and its resumption: they do not
 # change what is computed (only where, how it is logged, or how rows are grouped per forward).
