@@ -59,19 +59,24 @@ def one_error_line(capsys) -> str:
     return err[0]
 
 
+def reader_commands(meds, labels, out) -> dict[str, list[str]]:
+    """The CLI of every MEDS reader on dataset `meds` (labels: a label file for baseline and audit);
+    outputs under `out` as tok/, lab/, base/."""
+    return {
+        "tokenize": ["tokenize", str(meds), "--out", str(out / "tok")],
+        "labels": ["labels", str(meds), "--task", "all", "--out", str(out / "lab")],
+        "baseline": ["baseline", str(meds), "--labels", str(labels), "--out", str(out / "base")],
+        "audit": ["audit", str(meds), "--labels", str(labels)],
+    }
+
+
 # --- fault 7: MEDS 0.3 (patient_id) -----------------------------------------------------------------
 def test_meds_03_shards_are_refused_by_every_reader_in_one_line(tmp_path, capsys):
     ok = write_dataset(tmp_path / "ok", {"train": list(range(1, 9))})
     labels, info = make_labels(ok, "long_los")
     write_labels(labels, tmp_path / "los.parquet", info)
     old = write_dataset(tmp_path / "old", {"train": list(range(1, 9))}, id_column="patient_id")
-    commands = {
-        "tokenize": ["tokenize", str(old), "--out", str(tmp_path / "tok")],
-        "labels": ["labels", str(old), "--task", "all", "--out", str(tmp_path / "lab")],
-        "baseline": ["baseline", str(old), "--labels", str(tmp_path / "los.parquet"), "--out", str(tmp_path / "base")],
-        "audit": ["audit", str(old), "--labels", str(tmp_path / "los.parquet")],
-    }
-    for name, argv in commands.items():
+    for name, argv in reader_commands(old, tmp_path / "los.parquet", tmp_path).items():
         assert main(argv) == 2, name
         line = one_error_line(capsys)
         assert str(old / "data" / "train" / "0.parquet") in line, (name, line)
@@ -214,13 +219,7 @@ def test_wrongly_typed_or_null_columns_are_refused_by_every_reader_in_one_line(t
     write_labels(labels, tmp_path / "los.parquet", info)
     change, named = BAD_MEDS[bad]
     meds = _rewrite(write_dataset(tmp_path / "meds", {"train": list(range(1, 9))}), change)
-    commands = {
-        "tokenize": ["tokenize", str(meds), "--out", str(tmp_path / "tok")],
-        "labels": ["labels", str(meds), "--task", "all", "--out", str(tmp_path / "lab")],
-        "baseline": ["baseline", str(meds), "--labels", str(tmp_path / "los.parquet"), "--out", str(tmp_path / "base")],
-        "audit": ["audit", str(meds), "--labels", str(tmp_path / "los.parquet")],
-    }
-    for name, argv in commands.items():
+    for name, argv in reader_commands(meds, tmp_path / "los.parquet", tmp_path).items():
         assert main(argv) == 2, name
         line = one_error_line(capsys)
         assert str(meds / "data" / "train" / "0.parquet") in line and named in line, (name, line)
