@@ -142,6 +142,10 @@ def test_score_run_for_sweeps(pipeline):
     mort = {"in_hospital_mortality": root / "labels" / "in_hospital_mortality.parquet"}
     again = score_run(root / "run", root / "tok", mort, max_labels=300, seed=0)
     assert again == {k: v for k, v in scores.items() if k.endswith("/in_hospital_mortality")}
+    # long stay predicts at mortality's times: scored alone, or on the embeddings mortality's probe
+    # made in the same call, it gives the same numbers
+    los = score_run(root / "run", root / "tok", {"long_los": root / "labels" / "long_los.parquet"}, max_labels=300, seed=0)
+    assert los == {k: v for k, v in scores.items() if k.endswith("/long_los")}
     # a sweep locates the sample once (task_histories) and scores every run on it: same numbers
     shared = task_histories(root / "tok", label_files(root / "labels"), max_labels=300, seed=0)
     assert score_run(root / "run", root / "tok", label_files(root / "labels"), max_labels=300, seed=0, histories=shared) == scores

@@ -168,6 +168,36 @@ def test_representation_independent_of_batching_and_context(cohort):
     assert not np.allclose(a, c, atol=1e-3)
 
 
+def test_last_plus_mean_pooling_is_the_mean_over_the_window_without_padding(cohort):
+    """The probe's default representation: the last state, then the mean of the window's states,
+    each window run alone (no padding to average in)."""
+    import torch
+
+    from ehrfm.clinical.histories import Histories, history_window
+    from ehrfm.clinical.model_io import embed_histories, load_run
+    from ehrfm.clinical.probe import load_label_histories
+    from ehrfm.tokens import TokenDir
+
+    tok, labels, run = cohort
+    td = TokenDir(tok)
+    h = load_label_histories(td, labels, None, 0)
+    # every history here has 5 tokens: cut every other one to 2 so that batches hold padding
+    h = Histories(h.labels, h.start, np.where(np.arange(len(h.start)) % 2 == 0, h.stop, h.start + 2))
+    model, cfg = load_run(run, td)
+    last = embed_histories(model, td, h, 64, batch_size=32)
+    both = embed_histories(model, td, h, 64, batch_size=32, pooling="last+mean")
+    assert both.shape == (len(h.start), 2 * cfg.d_model)
+    np.testing.assert_array_equal(both[:, : cfg.d_model], last)
+    lengths = np.minimum(h.lengths(), 64)
+    assert len(set(lengths.tolist())) > 1  # batches really hold padding
+    with torch.no_grad():
+        for k in range(len(h.start)):
+            w = torch.from_numpy(history_window(td, h, k, 64))[None]
+            np.testing.assert_allclose(both[k, cfg.d_model :], model.hidden_states(w)[0].mean(0).numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="pooling"):
+        embed_histories(model, td, h, 64, pooling="max")
+
+
 def test_probe_and_finetune_write_metrics(cohort, tmp_path):
     from ehrfm.clinical.finetune import FinetuneConfig, finetune
     from ehrfm.clinical.probe import ProbeConfig, probe
@@ -255,3 +285,27 @@ def test_zeroshot_uniform_model_gives_analytic_share(cohort, tmp_path):
         zeroshot(ZeroShotConfig(str(flat), str(tok), str(labels), task="sepsis"), tmp_path / "zs3")
     with pytest.raises(UserError, match="lists no interval tokens"):  # time-bound tasks need the tokenizer's intervals
         zeroshot(ZeroShotConfig(str(flat), str(tok), str(labels), task="long_los"), tmp_path / "zs4")
+
+
+def test_probe_embeds_the_same_histories_once_per_pooling(cohort):
+    """score_run's memo: a second task on the same histories reuses the representations."""
+    from ehrfm.clinical.model_io import load_run
+    from ehrfm.clinical.probe import ProbeConfig, load_label_histories, probe_scores
+    from ehrfm.tokens import TokenDir
+
+    tok, labels, run = cohort
+    td = TokenDir(tok)
+    h = load_label_histories(td, labels, None, 0)
+    model, _ = load_run(run, td)
+    cfg = ProbeConfig(str(run), str(tok), str(labels))
+    features: dict = {}
+    p1, _ = probe_scores(model, td, h, 64, cfg, "in_hospital_mortality", features)
+    p2, _ = probe_scores(model, td, h, 64, cfg, "long_los", features)
+    assert len(features) == 1 and np.array_equal(p1, p2)
+    (x,) = features.values()
+    assert x.shape == (len(h.start), 2 * model.config.d_model)
+    probe_scores(model, td, h, 64, ProbeConfig(str(run), str(tok), str(labels), pooling="last"), "long_los", features)
+    probe_scores(model, td, h, 32, cfg, "long_los", features)
+    assert len(features) == 3  # another pooling or context is another representation
+    with pytest.raises(UserError, match="pooling 'max'"):
+        probe_scores(model, td, h, 64, ProbeConfig(str(run), str(tok), str(labels), pooling="max"), "long_los")

@@ -70,9 +70,11 @@ def _head_args(p: argparse.ArgumentParser, cls) -> None:
 
 
 def _probe_arguments(p) -> None:
+    from ehrfm.cli_args import add_fields
     from ehrfm.clinical.configs import ProbeConfig
 
     _head_args(p, ProbeConfig)
+    add_fields(p, ProbeConfig, ["pooling"])
 
 
 def _finetune_arguments(p) -> None:

@@ -58,6 +58,9 @@ class HeadConfig:
 class ProbeConfig(HeadConfig):
     """A linear probe of a frozen model (ehrfm.clinical.probe); saved as OUT/config.json."""
 
+    pooling: str = field(default="last+mean", metadata={"choices": ("last", "last+mean")})
+    """Representation: the last history token's state (last), or it beside the mean over the window (last+mean)."""
+
 
 @dataclass
 class FinetuneConfig(HeadConfig):

@@ -1,9 +1,14 @@
 """A trained run as the heads use it: loading with a tokenizer check, and frozen representations.
 
-Representation of a label: the final-normed hidden state (GPT.hidden_states) at the last token
-of its history, i.e. the last token with time <= prediction_time, read through at most the last
-`context` tokens. Histories are batched by similar length and right-padded; attention is causal,
-so padding after a row's last token never changes that token's state.
+Representation of a label, read through at most the last `context` tokens of its history (the
+tokens with time <= prediction_time), by `pooling`:
+- "last": the final-normed hidden state (GPT.hidden_states) at the history's last token;
+- "last+mean": that state beside the mean of the window's states, (2 * d_model,). A small model's
+  last state forgets much of a long window; the mean keeps what it saw earlier (mean pooling as in
+  Sentence-BERT, Reimers & Gurevych 2019). On the default demo's best model it lifts held_out
+  AUROC by 0.006-0.019 on the four tasks (README).
+Histories are batched by similar length and right-padded; attention is causal, so padding after a
+row's last token never changes that token's state, and the mean skips the padding.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from ehrfm.errors import UserError
 from ehrfm.io import progress
 from ehrfm.results import require_completed
 from ehrfm.tokens import TokenDir
+
+POOLINGS = ("last", "last+mean")
 
 
 def _recorded_fingerprint(run_dir: Path) -> str | None:
@@ -86,19 +93,32 @@ def padded_batch(td: TokenDir, h: Histories, idx: np.ndarray, context: int, devi
 
 
 @torch.no_grad()
-def embed_histories(model, td: TokenDir, h: Histories, context: int, batch_size: int = 64, device="cpu", desc="embed") -> np.ndarray:
-    """(n_labels, d_model) float32 representations at the prediction times (see module doc)."""
+def embed_histories(model, td: TokenDir, h: Histories, context: int, batch_size: int = 64, device="cpu", desc="embed",
+                    pooling: str = "last") -> np.ndarray:
+    """Float32 representations at the prediction times (see module doc).
+
+    Returns (n_labels, d_model), or (n_labels, 2 * d_model) with pooling "last+mean" (the last
+    token's state first). ValueError: an unknown pooling.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
     model.eval()
     device = torch.device(device)
     n = len(h.start)
-    out = np.zeros((n, model.config.d_model), dtype=np.float32)
+    d = model.config.d_model
+    out = np.zeros((n, d if pooling == "last" else 2 * d), dtype=np.float32)
     use_bf16 = device.type == "cuda"
     with progress(total=n, desc=desc, unit="label") as bar:
         for idx in batches_by_length(np.minimum(h.lengths(), context), batch_size):
             x, last = padded_batch(td, h, idx, context, device)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                hs = model.hidden_states(x)
-            out[idx] = hs[torch.arange(len(idx), device=device), last].float().cpu().numpy()
+                hs = model.hidden_states(x).float()
+            rows = torch.arange(len(idx), device=device)
+            out[idx, :d] = hs[rows, last].cpu().numpy()
+            if pooling == "last+mean":
+                real = (torch.arange(x.shape[1], device=device)[None, :] <= last[:, None]).float()
+                mean = (hs * real[..., None]).sum(1) / real.sum(1, keepdim=True)
+                out[idx, d:] = mean.cpu().numpy()
             bar.update(len(idx))
     return out
 

@@ -1,8 +1,9 @@
 """Linear probe: a frozen model's representation at the prediction time -> logistic regression.
 
-Representation: the final-normed hidden state at the last history token (time <=
-prediction_time), through at most the last `context` tokens (ehrfm.clinical.model_io). The
-logistic regression is fitted on train labels, its L2 strength C chosen by tuning AUROC, and it
+Representation (ProbeConfig.pooling, ehrfm.clinical.model_io): the final-normed hidden state at
+the last history token (time <= prediction_time) beside the mean of the states over the window
+(default "last+mean"), or that last state alone ("last"), through at most the last `context`
+tokens. The logistic regression is fitted on train labels, its L2 strength C chosen by tuning AUROC, and it
 is scored on held_out: metrics.json, predictions.parquet (exactly the scored held_out rows, in
 meds-evaluation's PredictionSchema; predictions_train/_tuning.parquet hold the other splits) and
 config.json in OUT.
@@ -32,6 +33,12 @@ from ehrfm.clinical.labels import read_labels
 from ehrfm.clinical.metrics import binary_metrics, format_metrics
 from ehrfm.errors import UserError
 from ehrfm.tokens import TokenDir
+
+REPRESENTATIONS = {
+    "last": "final-normed hidden state at the last token with time <= prediction_time",
+    "last+mean": "final-normed hidden state at the last token with time <= prediction_time, beside the mean "
+                 "of the states over the window",
+}
 
 
 def load_label_histories(td: TokenDir, labels_path, max_labels: int | None, seed: int) -> Histories:
@@ -66,25 +73,40 @@ def load_head_inputs(cfg) -> tuple:
     return task, td, h, model, mcfg, resolve_context(cfg.context, mcfg.context)
 
 
-def probe_scores(model, td: TokenDir, h: Histories, context: int, cfg: ProbeConfig, task: str):
-    """Embed, fit on train, pick C on tuning; (probabilities for every label, selection record)."""
-    from ehrfm.clinical.model_io import embed_histories
+def probe_scores(model, td: TokenDir, h: Histories, context: int, cfg: ProbeConfig, task: str,
+                 features: dict | None = None):
+    """Embed, fit on train, pick C on tuning; (probabilities for every label, selection record).
+
+    features: an optional memo {histories key: representations} shared across calls, so that
+    tasks with the same label histories (mortality and long stay predict at the same times) embed
+    them once; the representations are the same either way.
+    """
+    from ehrfm.clinical.model_io import POOLINGS, embed_histories
 
     split, y = h.split, h.y
     tr, tu = split == "train", split == "tuning"
     require_two_classes(y[tr], "train", task)
-    x = embed_histories(model, td, h, context, cfg.batch_size, cfg.device, desc=f"probe {task}")
+    if cfg.pooling not in POOLINGS:
+        raise UserError(f"probe pooling {cfg.pooling!r} is not one of {', '.join(POOLINGS)}")
+    key = (cfg.pooling, context, split.astype(str).tobytes(), h.start.tobytes(), h.stop.tobytes())
+    x = None if features is None else features.get(key)
+    if x is None:
+        x = embed_histories(model, td, h, context, cfg.batch_size, cfg.device, desc=f"probe {task}", pooling=cfg.pooling)
+        if features is not None:
+            features[key] = x
     clf, selection = fit_logistic(x[tr], y[tr], x[tu], y[tu], cfg.seed, task)
     return positive_proba(clf, x), selection
 
 
-def probe(cfg: ProbeConfig, out: str | os.PathLike, overwrite: bool = False) -> dict:
+def probe(cfg: ProbeConfig, out: str | os.PathLike, overwrite: bool = False, features: dict | None = None) -> dict:
     """Run the probe and write OUT (see the module docstring); returns the metrics.
 
     Args:
-        cfg: the run dir, token dir, labels, task, context, max_labels, bootstrap, seed, device.
+        cfg: the run dir, token dir, labels, task, context, max_labels, bootstrap, seed, device, pooling.
         out: output directory: metrics.json, config.json, predictions*.parquet (atomically).
         overwrite: replace `out` if it exists.
+        features: a memo shared by probes of one model, so that tasks with the same histories embed
+            them once (probe_scores).
 
     Returns:
         metrics.json's content: binary_metrics of held_out (AUROC, AUPRC with bootstrap 95%
@@ -103,14 +125,14 @@ def probe(cfg: ProbeConfig, out: str | os.PathLike, overwrite: bool = False) -> 
     ho = h.split == "held_out"
     if not ho.any():
         raise UserError(f"task {task}: no labels in the held_out split to score")
-    p, selection = probe_scores(model, td, h, context, cfg, task)
+    p, selection = probe_scores(model, td, h, context, cfg, task, features)
     p = as_stored(p)  # score what predictions.parquet holds
     y = h.y
     metrics = {
         **binary_metrics(y[ho], p[ho], task, cfg.bootstrap, cfg.seed),
         "head": "probe",
         "split": "held_out",
-        "representation": "final-normed hidden state at the last token with time <= prediction_time",
+        "representation": REPRESENTATIONS[cfg.pooling],
         "context": context,
         "n_train": int((h.split == "train").sum()),
         "n_tuning": int((h.split == "tuning").sum()),

@@ -75,6 +75,7 @@ def score_run(
     model, mcfg = load_run(run_dir, td, device)
     ctx = resolve_context(context, mcfg.context)
     out: dict = {}
+    features: dict = {}  # tasks with the same histories embed them once
     for task, path in sorted(labels.items()):
         torch.manual_seed(seed)
         h = histories[task] if histories is not None else load_label_histories(td, path, max_labels, seed)
@@ -82,7 +83,7 @@ def score_run(
         if not ho.any():
             raise UserError(f"task {task}: no labels in the held_out split of {path}")
         cfg = ProbeConfig(str(run_dir), str(tokens_dir), str(path), ctx, batch_size, device, 0, seed, max_labels, task)
-        p, _ = probe_scores(model, td, h, ctx, cfg, task)
+        p, _ = probe_scores(model, td, h, ctx, cfg, task, features)
         m = binary_metrics(h.y[ho], p[ho], task, n_boot=0, seed=seed)
         out[f"auroc/{task}"] = m["auroc"] if m["auroc"] is None else float(m["auroc"])
         out[f"auroc_se/{task}"] = m["auroc_se"]
