@@ -93,3 +93,18 @@ def test_scaling_verdict_needs_three_interior_minima_that_grow_with_compute():
     budgets = [dataclasses.replace(b, interior=False) if i < 2 else b for i, b in enumerate(fit.approach2.budgets)]
     ok, why = _scaling_verdict(dataclasses.replace(fit, approach2=dataclasses.replace(fit.approach2, budgets=budgets)))
     assert not ok and why.startswith("2 of 4 budgets")
+
+
+def test_resumed_quick_demo_reuses_every_run_and_gives_no_wall_time_verdict(quick_demo):
+    """A second `ehrfm demo` into the same dir (as after an interruption) reuses the data and every
+    run, and its report does not judge the 15-minute goal on the time of the resumed process.
+    Runs last in this file: it rewrites the fixture's report."""
+    out, _ = quick_demo
+    fits_before = (out / "fit" / "fits.json").read_text()
+    proc = _run_demo(out)
+    assert "submitted 0 jobs: nothing to run" in proc.stderr + proc.stdout
+    report = (out / "report.md").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| wall time |"))
+    assert "resumed from an earlier run's raw, meds, tokens, labels, runs" in row and row.endswith("| not measured |")
+    assert "(resumed from an earlier run's raw, meds, tokens, labels, runs: the time of this process only)" in report
+    assert (out / "fit" / "fits.json").read_text() == fits_before
