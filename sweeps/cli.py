@@ -59,7 +59,7 @@ def _collect(args) -> int:
 
     collect_sweep(args.sweep, labels_dir=args.labels, max_labels=args.max_labels, seed=args.seed,
                   zeroshot=args.zeroshot, zeroshot_rollouts=args.zeroshot_rollouts, zeroshot_max_labels=args.zeroshot_max_labels,
-                  utility_boot=args.utility_boot)
+                  utility_boot=args.utility_boot, pooling=args.pooling)
     return 0
 
 
@@ -131,4 +131,6 @@ def register(sub) -> None:
     pc.add_argument("--zeroshot-rollouts", type=int, default=20, help="rollouts per label (default 20)")
     pc.add_argument("--utility-boot", type=int, default=400,
                     help="held-out resamples shared by every run (auroc_boot/<task>; paired utility intervals in `ehrfm fit`; default 400, 0: none)")
+    pc.add_argument("--pooling", choices=("last", "last+mean"), default="last+mean",
+                    help="the probes' representation, as `ehrfm probe --pooling` (default last+mean; recorded in the table's metadata)")
     pc.add_argument("--zeroshot-max-labels", type=int, default=200, help="held_out labels rolled out per task and run (default 200)")

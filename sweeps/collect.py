@@ -23,6 +23,7 @@ finished yet with their current state; only status == "completed" rows are fitte
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -104,6 +105,7 @@ def collect_sweep(
     zeroshot_rollouts: int = 20,
     zeroshot_max_labels: int = 200,
     utility_boot: int = 400,
+    pooling: str = "last+mean",
 ) -> Path:
     """Write SWEEP/results.parquet (see the module docstring); returns its path.
 
@@ -118,6 +120,9 @@ def collect_sweep(
         zeroshot_max_labels: at most this many labels per split and task for the rollouts.
         utility_boot: resamples of the held-out labels, shared by every run, behind the
             auroc_boot/<task> columns (0: none); `ehrfm fit` uses them for paired intervals.
+        pooling: the probes' representation (ehrfm.clinical.model_io POOLINGS); written to the
+            table's metadata as `ehrfm.utility` (JSON: pooling, max_labels, seed), since probes made
+            another way measure something else.
 
     Returns:
         The path of results.parquet (one row per run, every status, ehrfm.tables.results_schema).
@@ -135,7 +140,8 @@ def collect_sweep(
     rows = [_results_row(sweep, sweep_dir, r) for r in runs]
     utility_columns: list[str] = []
     if labels_dir is not None:
-        utility_columns = _add_utility(sweep, sweep_dir, rows, find_label_files(labels_dir), max_labels, seed, utility_boot)
+        utility_columns = _add_utility(sweep, sweep_dir, rows, find_label_files(labels_dir), max_labels, seed, utility_boot,
+                                       pooling)
     if zeroshot:
         if labels_dir is None:
             raise UserError("--zeroshot needs --labels LABELS_DIR (the tasks to roll out)")
@@ -143,6 +149,9 @@ def collect_sweep(
                                          zeroshot_rollouts, seed)
 
     table = pa.Table.from_pylist(rows, schema=results_schema(utility_columns))
+    if labels_dir is not None:
+        utility = {"pooling": pooling, "max_labels": max_labels, "seed": seed}
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"ehrfm.utility": json.dumps(utility).encode()})
     out = sweep_dir / RESULTS_PARQUET
     with atomic_file(out, "wb") as f:
         pq.write_table(table, f)
@@ -216,7 +225,7 @@ def _add_scores(rows: list[dict], desc: str, score) -> list[str]:
 
 
 def _add_utility(sweep, sweep_dir: Path, rows: list[dict], labels: dict[str, Path], max_labels, seed,
-                 utility_boot: int = 0) -> list[str]:
+                 utility_boot: int = 0, pooling: str = "last+mean") -> list[str]:
     """Score each completed run on the clinical tasks (ehrfm.clinical.utility.score_run)."""
     from ehrfm.tables import is_utility_column
 
@@ -230,7 +239,8 @@ def _add_utility(sweep, sweep_dir: Path, rows: list[dict], labels: dict[str, Pat
     histories = task_histories(sweep.tokens_dir, dict(labels), max_labels, seed)
     return _add_scores(rows, "utility", lambda r: {
         k: v for k, v in score_run(runs_dir(sweep_dir) / r["run_id"], sweep.tokens_dir, labels=dict(labels),
-                                   max_labels=max_labels, seed=seed, histories=histories, n_boot=utility_boot).items()
+                                   max_labels=max_labels, seed=seed, histories=histories, n_boot=utility_boot,
+                                   pooling=pooling).items()
         if is_utility_column(k)})
 
 

@@ -1,7 +1,7 @@
 """Fine-tuned classification head, optionally with the whole network.
 
 A linear head on the final-normed hidden state at the last history token (the probe's
-representation), trained with binary cross-entropy and AdamW on train labels. After each epoch
+`--pooling last` representation: the network, trained with --full, produces it), trained with binary cross-entropy and AdamW on train labels. After each epoch
 the tuning AUROC is measured (tuning loss when tuning has a single class); training stops after
 `patience` epochs without improvement and the best epoch's weights are kept (early stopping).
 Head only (default): the frozen representations are computed once and the head is trained on

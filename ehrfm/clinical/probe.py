@@ -88,7 +88,7 @@ def probe_scores(model, td: TokenDir, h: Histories, context: int, cfg: ProbeConf
     require_two_classes(y[tr], "train", task)
     if cfg.pooling not in POOLINGS:
         raise UserError(f"probe pooling {cfg.pooling!r} is not one of {', '.join(POOLINGS)}")
-    key = (cfg.pooling, context, split.astype(str).tobytes(), h.start.tobytes(), h.stop.tobytes())
+    key = (cfg.run_dir, cfg.tokens_dir, cfg.pooling, context, split.astype(str).tobytes(), h.start.tobytes(), h.stop.tobytes())
     x = None if features is None else features.get(key)
     if x is None:
         x = embed_histories(model, td, h, context, cfg.batch_size, cfg.device, desc=f"probe {task}", pooling=cfg.pooling)

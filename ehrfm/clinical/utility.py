@@ -37,6 +37,7 @@ def score_run(
     context: int | None = None,
     histories: dict | None = None,
     n_boot: int = 0,
+    pooling: str = "last+mean",
 ) -> dict:
     """{"auroc/<task>": .., "auroc_se/<task>": .., "auprc/<task>": .., ...} on held_out, one probe per task.
 
@@ -54,6 +55,7 @@ def score_run(
             run; None locates them here.
         n_boot: when > 0, also auroc_boot/<task>: the AUROC on n_boot resamples of the held_out
             labels that every run scored with the same labels and seed shares (paired replicates).
+        pooling: the probe's representation (ProbeConfig.pooling).
 
     Returns:
         Per task: auroc/<task>, auroc_se/<task> (DeLong) and auprc/<task> of the held_out labels
@@ -82,7 +84,8 @@ def score_run(
         ho = h.split == "held_out"
         if not ho.any():
             raise UserError(f"task {task}: no labels in the held_out split of {path}")
-        cfg = ProbeConfig(str(run_dir), str(tokens_dir), str(path), ctx, batch_size, device, 0, seed, max_labels, task)
+        cfg = ProbeConfig(str(run_dir), str(tokens_dir), str(path), ctx, batch_size, device, 0, seed, max_labels, task,
+                          pooling)
         p, _ = probe_scores(model, td, h, ctx, cfg, task, features)
         m = binary_metrics(h.y[ho], p[ho], task, n_boot=0, seed=seed)
         out[f"auroc/{task}"] = m["auroc"] if m["auroc"] is None else float(m["auroc"])
