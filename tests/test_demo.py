@@ -101,8 +101,15 @@ def test_resumed_quick_demo_reuses_every_run_and_gives_no_wall_time_verdict(quic
     Runs last in this file: it rewrites the fixture's report."""
     out, _ = quick_demo
     fits_before = (out / "fit" / "fits.json").read_text()
+    # The planning decisions the first process took: its stage-1 fit gave no law to centre on
+    # (quick's budgets are too small), and each stage had its one bracketing round.
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress == {"bracket_rounds stage 1": 1, "first_stage_law": None, "bracket_rounds": 1}
     proc = _run_demo(out)
     assert "submitted 0 jobs: nothing to run" in proc.stderr + proc.stdout
+    # ... which the resumed process does not take again on more results than the first one had
+    assert "== demo: sweep launch (stage 1)" not in proc.stderr and "(bracketing" not in proc.stderr
+    assert json.loads((out / "progress.json").read_text()) == progress
     report = (out / "report.md").read_text()
     row = next(line for line in report.splitlines() if line.startswith("| wall time |"))
     assert "resumed from an earlier run's raw, meds, tokens, labels, runs" in row and row.endswith("| not measured |")

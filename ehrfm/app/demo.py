@@ -122,11 +122,20 @@ class DemoConfig:
 class _Stages:
     """Times each stage, prints its banner, and keeps the log the report is written from."""
 
-    def __init__(self, resumed_from: list[str] | None = None):
+    def __init__(self, resumed_from: list[str] | None = None, progress_path: Path | None = None):
         self.times: dict[str, float] = {}
         self.t0 = time.time()
         # stage outputs an earlier process made: this process's time is then not the study's
         self.resumed_from = resumed_from or []
+        # The planning decisions already taken (progress.json): a resumed demo must not take them
+        # again on more results than the first time had, or it would plan, and train, another sweep.
+        self.progress_path = progress_path
+        self.progress: dict = read_json(progress_path, "demo progress") if progress_path and progress_path.exists() else {}
+
+    def record(self, key: str, value) -> None:
+        self.progress[key] = value
+        if self.progress_path is not None:
+            write_json(self.progress_path, self.progress)
 
     def run(self, name: str, fn, *args, **kwargs):
         print(f"== demo: {name}", file=sys.stderr, flush=True)
@@ -167,7 +176,8 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
     write_json(old_cfg, cfg)
     raw, meds, tok = out / "raw", out / "meds", out / "tokens"
     labels_dir, sweep, fit_dir, heads = out / "labels", out / "sweep", out / "fit", out / "heads"
-    st = _Stages(resumed_from=[p.name for p in (raw, meds, tok, labels_dir, sweep / "runs") if p.exists()])
+    st = _Stages(resumed_from=[p.name for p in (raw, meds, tok, labels_dir, sweep / "runs") if p.exists()],
+                 progress_path=out / "progress.json")
 
     if not _reuse(raw):
         st.run("synth", synthesize, raw, n_patients=cfg.patients, seed=cfg.seed)
@@ -181,7 +191,13 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
 
     launch = LaunchConfig(executor=cfg.executor, max_parallel=cfg.max_parallel, partition=cfg.slurm_partition,
                           wait=True, retry_failed=True)
-    centre_from = _first_stage(cfg, st, tok, sweep, launch, out / "fit-stage1") if 0 < cfg.first_stage < len(cfg.budgets) else None
+    centre_from = None
+    if 0 < cfg.first_stage < len(cfg.budgets):
+        if "first_stage_law" in st.progress:  # stage 1 finished in an earlier process: its fit decides, as then
+            centre_from = st.progress["first_stage_law"] and out / st.progress["first_stage_law"]
+        else:
+            centre_from = _first_stage(cfg, st, tok, sweep, launch, out / "fit-stage1")
+            st.record("first_stage_law", centre_from and centre_from.name)
     st.run("sweep plan", _plan, cfg, tok, sweep, cfg.budgets, centre_from)
     st.run("sweep launch", launch_sweep, sweep, launch)
     _bracket(cfg, st, tok, sweep, launch, cfg.budgets, centre_from, "")
@@ -235,14 +251,17 @@ def _bracket(cfg: DemoConfig, st: _Stages, tok: Path, sweep: Path, launch, budge
     from sweeps.launch import launch_sweep
     from sweeps.plan import load_sweep
 
-    for _ in range(cfg.bracket):
+    key = f"bracket_rounds{stage.replace(', ', ' ')}"
+    for i in range(st.progress.get(key, 0), cfg.bracket):  # rounds planned earlier: their rungs are in sweep.json
         before = {r["run_id"] for r in load_sweep(sweep)[1]}
         results = st.run(f"sweep collect (bracketing{stage})", collect_sweep, sweep)
         _, rows, notes = st.run(f"sweep plan (bracketing{stage})", _plan, cfg, tok, sweep, budgets, centre_from, results)
         for note in notes:
             if note.startswith("--bracket-from"):
                 print(f"demo: {note}", file=sys.stderr)
-        if {r["run_id"] for r in rows} <= before:
+        added = not {r["run_id"] for r in rows} <= before
+        st.record(key, i + 1 if added else cfg.bracket)  # nothing added: later rounds would add nothing either
+        if not added:
             return
         st.run(f"sweep launch (bracketing{stage})", launch_sweep, sweep, launch)
 
@@ -533,7 +552,7 @@ def _sweep_section(cfg, res, tok_stats: dict, results_link: str, sweep_json: dic
         us = " | ".join(num(r[c], ".3f") for c in ucols)
         epochs = num(r["tokens"] / train_tokens if r["tokens"] is not None else None, ".2f")
         L.append(f"| {num(r['budget'], '.3g', 'unplanned')} | `{r['run_id']}` | {num(r['n_params'], '.3g')} | "
-                 f"{r['n_layer']} x {r['d_model']} | {num(r['tokens'], '.3g')} | {epochs} | {num(r['loss'], '.4f')} | "
+                 f"{num(r['n_layer'], 'd')} x {num(r['d_model'], 'd')} | {num(r['tokens'], '.3g')} | {epochs} | {num(r['loss'], '.4f')} | "
                  f"{r['status']} | {us} |")
     failed = res.filter(pl.col("status") != Status.COMPLETED)
     if failed.height:
