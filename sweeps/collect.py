@@ -105,7 +105,7 @@ def collect_sweep(
     zeroshot_rollouts: int = 20,
     zeroshot_max_labels: int = 200,
     utility_boot: int = 400,
-    pooling: str = "last+mean",
+    pooling: str = "last",
 ) -> Path:
     """Write SWEEP/results.parquet (see the module docstring); returns its path.
 
@@ -120,7 +120,9 @@ def collect_sweep(
         zeroshot_max_labels: at most this many labels per split and task for the rollouts.
         utility_boot: resamples of the held-out labels, shared by every run, behind the
             auroc_boot/<task> columns (0: none); `ehrfm fit` uses them for paired intervals.
-        pooling: the probes' representation (ehrfm.clinical.model_io POOLINGS); written to the
+        pooling: the probes' representation (ehrfm.clinical.model_io POOLINGS; default "last": a
+            sweep's 100-3,000-label probes gave bit-identical utility across processes with it,
+            while one CI run of last+mean gave a different utility law on a rerun); written to the
             table's metadata as `ehrfm.utility` (JSON: pooling, max_labels, seed), since probes made
             another way measure something else.
 
@@ -225,7 +227,7 @@ def _add_scores(rows: list[dict], desc: str, score) -> list[str]:
 
 
 def _add_utility(sweep, sweep_dir: Path, rows: list[dict], labels: dict[str, Path], max_labels, seed,
-                 utility_boot: int = 0, pooling: str = "last+mean") -> list[str]:
+                 utility_boot: int = 0, pooling: str = "last") -> list[str]:
     """Score each completed run on the clinical tasks (ehrfm.clinical.utility.score_run)."""
     from ehrfm.tables import is_utility_column
 

@@ -350,11 +350,11 @@ def test_collect_with_labels_adds_utility_columns(local_sweep, synth_meds, tmp_p
     # The runs differ, so their probes differ: the column is measured per run, not a constant.
     assert len({r["auroc/long_los"] for r in table.to_pylist()}) > 1
     # How the probes were made is recorded with them; another pooling measures something else.
-    assert json.loads(table.schema.metadata[b"ehrfm.utility"]) == {"pooling": "last+mean", "max_labels": 200, "seed": 0}
-    last = ehrfm("sweep", "collect", out, "--labels", labels, "--max-labels", "200", "--utility-boot", "0", "--pooling", "last")
+    assert json.loads(table.schema.metadata[b"ehrfm.utility"]) == {"pooling": "last", "max_labels": 200, "seed": 0}
+    last = ehrfm("sweep", "collect", out, "--labels", labels, "--max-labels", "200", "--utility-boot", "0", "--pooling", "last+mean")
     assert last.returncode == 0, last.stderr[-2000:]
     table_last = pq.read_table(out / "results.parquet")
-    assert json.loads(table_last.schema.metadata[b"ehrfm.utility"])["pooling"] == "last"
+    assert json.loads(table_last.schema.metadata[b"ehrfm.utility"])["pooling"] == "last+mean"
     assert table_last.column("auroc/long_los").to_pylist() != table.column("auroc/long_los").to_pylist()
     empty = tmp_path / "empty"
     empty.mkdir()

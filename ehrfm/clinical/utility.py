@@ -37,7 +37,7 @@ def score_run(
     context: int | None = None,
     histories: dict | None = None,
     n_boot: int = 0,
-    pooling: str = "last+mean",
+    pooling: str = "last",
 ) -> dict:
     """{"auroc/<task>": .., "auroc_se/<task>": .., "auprc/<task>": .., ...} on held_out, one probe per task.
 
