@@ -131,6 +131,8 @@ def register(sub) -> None:
     pc.add_argument("--zeroshot-rollouts", type=int, default=20, help="rollouts per label (default 20)")
     pc.add_argument("--utility-boot", type=int, default=400,
                     help="held-out resamples shared by every run (auroc_boot/<task>; paired utility intervals in `ehrfm fit`; default 400, 0: none)")
-    pc.add_argument("--pooling", choices=("last", "last+mean"), default="last",
+    from ehrfm.clinical.configs import POOLINGS
+
+    pc.add_argument("--pooling", choices=POOLINGS, default="last",
                     help="the probes' representation, as `ehrfm probe --pooling` (default last; recorded in the table's metadata)")
     pc.add_argument("--zeroshot-max-labels", type=int, default=200, help="held_out labels rolled out per task and run (default 200)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+POOLINGS = ("last", "last+mean")  # the probe's representations (ehrfm.clinical.model_io)
 ZEROSHOT_TASKS = ("in_hospital_mortality", "long_los", "icu_admission", "readmission_30d")
 
 
@@ -58,7 +59,7 @@ class HeadConfig:
 class ProbeConfig(HeadConfig):
     """A linear probe of a frozen model (ehrfm.clinical.probe); saved as OUT/config.json."""
 
-    pooling: str = field(default="last+mean", metadata={"choices": ("last", "last+mean")})
+    pooling: str = field(default="last+mean", metadata={"choices": POOLINGS})
     """Representation: the last history token's state (last), or it beside the mean over the window (last+mean)."""
 
 

@@ -20,13 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ehrfm.clinical.configs import POOLINGS
 from ehrfm.clinical.histories import Histories, history_window
 from ehrfm.errors import UserError
 from ehrfm.io import progress
 from ehrfm.results import require_completed
 from ehrfm.tokens import TokenDir
-
-POOLINGS = ("last", "last+mean")
 
 
 def _recorded_fingerprint(run_dir: Path) -> str | None:
