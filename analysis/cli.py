@@ -24,14 +24,15 @@ def _fit(args) -> int:
     from analysis.fit import FitConfig, FitWarning, fit_results, format_fit_table, write_fits
     from analysis.table import load_results
     from ehrfm.cli_args import build
-    from ehrfm.io import summary
+    from ehrfm.io import check_overwrite, summary
 
     cfg = build(FitConfig, args)
+    check_overwrite(args.out, args.overwrite, inputs=(args.results,))  # before the bootstrap, not after
     results = load_results(args.results, loss_column=args.loss_column)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FitWarning)  # printed below, once, as part of the table
         fit = fit_results(results, config=cfg)
-    write_fits(fit, args.out, results=results, overwrite=args.overwrite, plots=not args.no_plots)
+    write_fits(fit, args.out, results=results, overwrite=args.overwrite, plots=not args.no_plots, inputs=(args.results,))
     print(format_fit_table(fit))
     for e in fit.excluded:  # never only in fits.json: a diverged or failed run must be seen
         print(f"ehrfm fit: warning: run {e['run_id']} not fitted: {e['reason']}", file=sys.stderr)

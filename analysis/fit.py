@@ -30,10 +30,16 @@ from scipy import stats as scipy_stats
 
 from analysis import parametric
 from analysis.fit_config import FitConfig
-from analysis.laws import auroc_from_law, effective_tokens, fit_power_law, percentile_ci
+from analysis.laws import (
+    auroc_from_law,
+    effective_tokens,
+    fit_power_law,
+    format_interval,
+    interval_problem,
+    percentile_ci,
+)
 from analysis.table import Results, load_results
 from ehrfm.errors import UserError
-from ehrfm.io import format_ci
 
 N_COUNT_LABEL = {"total": "total parameters (embeddings included)", "non-embedding": "non-embedding parameters"}
 APPROACH3_METHODS = ("varpro", "huber-lbfgs")
@@ -72,6 +78,7 @@ class BudgetFit:
     # Leverage-adjusted, centred residuals of a used budget's parabola (pooled by the residual bootstrap).
     residuals: list[float] = field(default_factory=list, repr=False)
     lack_of_fit_p: float = float("nan")  # chi-square test of the residuals against the runs' eval SEs
+    interval_note: str = ""  # why its intervals are not available (laws.interval_problem), "" when they are
 
 
 @dataclass
@@ -229,6 +236,9 @@ class FitResult:
     config: FitConfig
     not_fitted: dict[str, str] = field(default_factory=dict)  # "approachK" / "holdout" -> why it could not be fitted
     holdout: dict | None = None  # the held-out-budget validation (fit_holdout), None when not made
+    # "approach2/a" -> why its interval is not reported (laws.interval_problem): fits.json
+    # `intervals_not_available`; the interval itself is null there and "n/a" in fits.md.
+    interval_notes: dict[str, str] = field(default_factory=dict)
     n_count: str = "non-embedding"  # the parameter count fitted (FitConfig.n_count, or its fallback)
     # Bootstrap draws per quantity ("approach3/alpha" -> (R,)), for intervals of predictions.
     draws: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
@@ -246,7 +256,8 @@ class FitResult:
                 out[name] = dataclasses.asdict(part)
         out["utility"] = {k.split("/", 1)[1] if k.startswith("auroc/") else k: dataclasses.asdict(v) for k, v in self.utility.items()}
         out.update(holdout=self.holdout, n_count=self.n_count, n_runs=self.n_runs, n_fitted=self.n_fitted,
-                   excluded=self.excluded, not_fitted=self.not_fitted, warnings=self.warnings, inputs=self.inputs)
+                   excluded=self.excluded, not_fitted=self.not_fitted, warnings=self.warnings, inputs=self.inputs,
+                   intervals_not_available=self.interval_notes)
         return _finite_json(out)
 
 
@@ -464,6 +475,7 @@ def _fit_budget_parabola(res: Results, members: np.ndarray, budget: float, cfg: 
     eval standard error known, a chi-square lack-of-fit test of the residuals against those errors
     (n - 3 degrees of freedom) must give p >= LACK_OF_FIT_P. A ladder far off its budget's optimum
     samples the steep, exponential side of the IsoFLOP curve, which a parabola cannot follow.
+    Nor is a budget used whose minimum is not credible (`_incredible_minimum`).
     """
     x, y = np.log(res.n_params[members]), res.loss[members]
     n_distinct = np.unique(np.round(x, 9)).size
@@ -488,7 +500,10 @@ def _fit_budget_parabola(res: Results, members: np.ndarray, budget: float, cfg: 
     if n_distinct > 3 and np.all(np.isfinite(se) & (se > 0)):
         chi2 = float(np.sum(((y - pred) / se) ** 2))
         bf.lack_of_fit_p = float(scipy_stats.chi2.sf(chi2, members.size - 3))
-    if not bf.interior and cfg.require_interior:
+    incredible = _incredible_minimum(res, members, bf.loss_min)
+    if incredible:
+        bf.reason = incredible
+    elif not bf.interior and cfg.require_interior:
         bf.reason = "minimum outside the sampled model sizes (extrapolated)"
     elif bf.lack_of_fit_p < LACK_OF_FIT_P:
         bf.reason = (f"the parabola does not fit its runs (residual SD {np.std(y - pred):.3g} vs eval SE {np.median(se):.3g}; "
@@ -497,6 +512,35 @@ def _fit_budget_parabola(res: Results, members: np.ndarray, budget: float, cfg: 
         bf.used = True
         bf.residuals = [float(r) for r in _adjusted_residuals(x, y - pred)] if n_distinct > 3 else []
     return bf
+
+
+def _incredible_minimum(res: Results, members: np.ndarray, loss_min: float) -> str:
+    """Why a budget's parabola minimum L_min cannot be a loss ("" when it can).
+
+    A loss is positive, so L_min <= 0 is refused. So is an L_min below the budget's lowest observed
+    loss by more than the whole spread (max - min) of its observed losses: a convex parabola that
+    follows its runs dips below the best of them by its curvature times the squared distance from
+    the vertex to the nearest sampled size, a fraction of the rise across the ladder; a dip larger
+    than that whole rise comes from a run the parabola should not follow (a loss recorded wrong, a
+    blow-up). The run farthest from the budget's median loss is named as the likely outlier when it
+    stands clearly apart (more than 3 times the spread of the other runs from the median). With 3
+    sizes the parabola interpolates its runs, so a milder wrong loss (20 among losses near 2.6)
+    moves the vertex without failing this test; the lack-of-fit test needs >= 4 sizes.
+    """
+    y = res.loss[members]
+    lowest, spread = float(y.min()), float(np.ptp(y))
+    if loss_min > 0 and loss_min >= lowest - spread:
+        return ""
+    what = (f"L_min = {loss_min:.4g} is not positive" if not loss_min > 0 else
+            f"L_min = {loss_min:.4g} is below the lowest observed loss {lowest:.4g} by more than the spread of the budget's "
+            f"losses ({spread:.3g})")
+    what += ": not a credible minimum"
+    med = float(np.median(y))
+    i = int(np.argmax(np.abs(y - med)))
+    others = np.delete(y, i)
+    if others.size >= 2 and abs(y[i] - med) > 3 * float(np.ptp(others)):
+        what += f" (run {res.run_id[members[i]]}, loss {y[i]:.4g} against the budget's median {med:.4g}, is the likely outlier: check its loss)"
+    return what
 
 
 def _bootstrap_budget(res: Results, members: np.ndarray, bf: BudgetFit, pool: np.ndarray, method: str, rng, cfg: FitConfig):
@@ -517,6 +561,7 @@ def _bootstrap_budget(res: Results, members: np.ndarray, bf: BudgetFit, pool: np
     bn, bd, bl, bc, _ = _budget_points(res, members, bcoef, w)
     bf.n_opt_ci, bf.d_opt_ci = percentile_ci(bn, cfg.confidence), percentile_ci(bd, cfg.confidence)
     bf.loss_min_ci, bf.curvature_ci = percentile_ci(bl, cfg.confidence), percentile_ci(bc, cfg.confidence)
+    bf.interval_note = interval_problem(bn, cfg.confidence)
     return np.stack([bn, bd, bl], 1)
 
 
@@ -730,6 +775,9 @@ def fit_holdout(res: Results, a2: Approach2, cfg: FitConfig) -> tuple[dict | Non
 def format_holdout(fit: FitResult) -> str:
     """One paragraph on the held-out-budget validation (or why there is none)."""
     h = fit.holdout
+
+    def ci_text(x, ci, fmt="{:.3g}"):  # "[n/a]" where the bootstrap gave no interval
+        return format_interval(x, ci, fmt, expected=fit.config.bootstrap > 0)
     if not h:
         why = fit.not_fitted.get("holdout")
         return f"Held-out budget: not made ({why})." if why else "Held-out budget: not made (FitConfig.holdout is off)."
@@ -738,12 +786,12 @@ def format_holdout(fit: FitResult) -> str:
     verdict = ("beats" if h["error_ratio"] <= 0.5 else "is closer than" if h["error_ratio"] < 1 else "does not beat")
     return (
         f"Held-out budget {h['budget']:.3g} FLOPs (refitted on the runs of the {len(h['fitted_budgets'])} smaller budgets; "
-        f"L_min from {how}, N_opt from Approach 2's power law): predicted L_min {format_ci(h['predicted_loss'], h['predicted_loss_ci'], '{:.4g}')} vs "
-        f"observed {format_ci(h['observed_loss'], h['observed_loss_ci'], '{:.4g}')}, relative error {100 * h['rel_error']:.2f}%; "
+        f"L_min from {how}, N_opt from Approach 2's power law): predicted L_min {ci_text(h['predicted_loss'], h['predicted_loss_ci'], '{:.4g}')} vs "
+        f"observed {ci_text(h['observed_loss'], h['observed_loss_ci'], '{:.4g}')}, relative error {100 * h['rel_error']:.2f}%; "
         f"\"no change\" (the {h['previous_budget']:.3g} budget's L_min {h['previous_loss']:.4g}) is off by {100 * h['no_change_rel_error']:.2f}%, "
         f"so the law {verdict} it (error ratio {h['error_ratio']:.2f}; <= 0.5 is the target). "
-        f"Predicted N_opt {format_ci(h['predicted_n_opt'], h['predicted_n_opt_ci'])} vs observed "
-        f"{format_ci(h['observed_n_opt'], h['observed_n_opt_ci'])} (ratio {h['n_opt_ratio']:.2f})."
+        f"Predicted N_opt {ci_text(h['predicted_n_opt'], h['predicted_n_opt_ci'])} vs observed "
+        f"{ci_text(h['observed_n_opt'], h['observed_n_opt_ci'])} (ratio {h['n_opt_ratio']:.2f})."
         + (f" Note: {h['note']}." if h.get("note") else "")
     )
 
@@ -921,15 +969,52 @@ def _drop_over_max_epochs(res: Results, max_epochs: float | None) -> Results:
     return res
 
 
-def _warn_failed_replicates(draws: dict[str, np.ndarray], bootstrap: int, warn) -> None:
-    """Warn for each fit ("approach2", "utility/auroc/x") where > 5% of bootstrap replicates had no value."""
+def _interval_notes(draws: dict[str, np.ndarray], cfg: FitConfig, warn) -> dict[str, str]:
+    """Which fitted quantities get no interval, and why; one warning per fit and reason.
+
+    A quantity ("approach2/a") whose draws give no interval (laws.interval_problem: too few
+    replicates succeeded, or zero width) maps to the reason; percentile_ci has already written its
+    interval as NaN (null in fits.json, "n/a" in fits.md). A fit where more than 5% of replicates
+    failed, but few enough to keep its intervals, is warned about too.
+    """
+    notes: dict[str, str] = {}
     failed: dict[str, int] = {}
     for key, v in draws.items():
         group = key.rsplit("/", 1)[0]
         failed[group] = max(failed.get(group, 0), int((~np.isfinite(v)).sum()))
+        why = interval_problem(v, cfg.confidence)
+        if why:
+            notes[key] = why
+    by_reason: dict[tuple[str, str], list[str]] = {}
+    for key, why in notes.items():
+        group, name = key.rsplit("/", 1)
+        by_reason.setdefault((group, why), []).append(name)
+    for (group, why), names in by_reason.items():
+        warn(f"{group}: no interval for {', '.join(names)}: {why}")
     for group, bad in failed.items():
-        if bad > 0.05 * bootstrap:
-            warn(f"{group}: {bad} of {bootstrap} bootstrap replicates could not be fitted; its intervals use the rest")
+        if bad > 0.05 * cfg.bootstrap and not any(g == group for g, _ in by_reason):
+            warn(f"{group}: {bad} of {cfg.bootstrap} bootstrap replicates could not be fitted; its intervals use the rest")
+    return notes
+
+
+def _grouping_hint(res: Results, cfg: FitConfig) -> str:
+    """A hint when IsoFLOP groups made from FLOPs are mostly too small for a parabola ("" otherwise).
+
+    A table without a budget column is grouped by flops (or, without flops, by 6 N D, which is not
+    what a planner spends: embeddings and attention are left out), and runs of one planned budget
+    can then fall into many groups of 1-2 runs.
+    """
+    if res.budget_from == "budget":
+        return ""
+    _, sizes = np.unique(res.budget, return_counts=True)
+    small = int((sizes < cfg.min_points_per_budget).sum())
+    if sizes.size < 2 or small <= sizes.size / 2:
+        return ""
+    by = "its flops column" if res.budget_from == "flops" else "6 N D (it has neither a budget nor a flops column)"
+    return (f"{res.source}: grouped by {by} into {sizes.size} IsoFLOP budgets, {small} of them with fewer than "
+            f"{cfg.min_points_per_budget} runs: add a budget column (each run's planned FLOPs)"
+            + (" or a flops column (the FLOPs each run spent)" if res.budget_from == "6ND" else "")
+            + " so that the runs of one budget fit one parabola")
 
 
 def _fit_inputs(res: Results, cfg: FitConfig, n_count_note: str | None) -> dict:
@@ -937,7 +1022,7 @@ def _fit_inputs(res: Results, cfg: FitConfig, n_count_note: str | None) -> dict:
     budgets = np.unique(res.budget)
     unique = res.unique_tokens[np.isfinite(res.unique_tokens)] if res.unique_tokens is not None else np.array([])
     return dict(
-        source=res.source, budgets=[float(b) for b in budgets], min_budget=float(budgets.min()), max_budget=float(budgets.max()),
+        source=res.source, bootstrap=cfg.bootstrap, budgets=[float(b) for b in budgets], min_budget=float(budgets.min()), max_budget=float(budgets.max()),
         unique_tokens=float(unique.max()) if unique.size else None, multi_epoch=res.multi_epoch,
         max_epochs=float(np.nanmax(res.epochs)) if res.epochs is not None and np.isfinite(res.epochs).any() else None,
         vocab_size=res.vocab_size, context=res.context, utility_columns=sorted(res.utility),
@@ -976,6 +1061,9 @@ def fit_results(table, approaches=(1, 2, 3), bootstrap: int = 1000, seed: int = 
     if n_count_note:
         warn(n_count_note)
     res = _drop_over_max_epochs(res, cfg.max_epochs)
+    hint = _grouping_hint(res, cfg)
+    if hint:
+        warn(hint)
     if np.unique(res.budget).size < 2:
         raise UserError(f"{res.source}: all {res.n} completed runs are one IsoFLOP budget; a scaling law needs >= 2 budgets")
 
@@ -1010,12 +1098,15 @@ def fit_results(table, approaches=(1, 2, 3), bootstrap: int = 1000, seed: int = 
             warn(f"held-out budget: not made: {why}")
     util, d = fit_utility(res, counts, cfg, warn)
     draws.update(d)
-    if cfg.bootstrap:
-        _warn_failed_replicates(draws, cfg.bootstrap, warn)
+    interval_notes = _interval_notes(draws, cfg, warn) if cfg.bootstrap else {}
+    if a2 is not None and cfg.bootstrap:
+        for bf in a2.budgets:
+            if bf.interval_note and bf.coef and bf.coef[2] > 0:
+                warn(f"Approach 2: budget {bf.budget:.3g} FLOPs: no interval for its minimum: {bf.interval_note}")
     return FitResult(
         approach1=fitted.get(1), approach2=a2, approach3=fitted.get(3), utility=util, n_runs=res.n_rows, n_fitted=res.n,
         excluded=res.excluded, warnings=notes, inputs=_fit_inputs(res, cfg, n_count_note), config=cfg,
-        not_fitted=not_fitted, draws=draws, holdout=holdout, n_count=res.n_count,
+        not_fitted=not_fitted, draws=draws, holdout=holdout, n_count=res.n_count, interval_notes=interval_notes,
     )
 
 
@@ -1036,7 +1127,8 @@ def multi_epoch_runs(res: Results) -> list[dict]:
 # Output
 
 
-def write_fits(fit: FitResult, out: str | Path, results: Results | None = None, overwrite: bool = False, plots: bool = True) -> Path:
+def write_fits(fit: FitResult, out: str | Path, results: Results | None = None, overwrite: bool = False, plots: bool = True,
+               inputs=()) -> Path:
     """Write a fit directory FIT/ atomically.
 
     Args:
@@ -1046,19 +1138,21 @@ def write_fits(fit: FitResult, out: str | Path, results: Results | None = None, 
             the PNG and PDF plots (analysis.plots.make_plots) are written too.
         overwrite: replace `out` when it exists.
         plots: draw the plots (needs `results`).
+        inputs: the paths the fit read (the results table): `out` may not be, hold or lie in one.
 
     Returns:
         Path(out), holding fits.json, fit_config.json (FitConfig plus the Approach 3 start grid),
         fits.md, bootstrap.parquet (when there are draws), runs.parquet and the plots.
 
     Raises:
-        UserError: `out` exists without overwrite, or is a file (ehrfm.io.atomic_dir).
+        UserError: `out` exists without overwrite, is a file, is, holds or lies inside one of
+            `inputs`, or is a directory ehrfm did not write (ehrfm.io.atomic_dir).
     """
     import polars as pl
 
     from ehrfm.io import atomic_dir, atomic_file, write_json
 
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, inputs=inputs, command="fit") as tmp:
         write_json(tmp / "fits.json", fit.to_json())
         write_json(tmp / "fit_config.json", dataclasses.asdict(fit.config) | {"grid": {
             "alpha": parametric.GRID_ALPHA, "beta": parametric.GRID_BETA, "e": parametric.GRID_E,
@@ -1102,12 +1196,12 @@ def runs_frame(res: Results):
     return pl.DataFrame(cols)
 
 
-def _approach3_cell(f: Approach3, name: str) -> str:
-    """A parameter with its interval, or "not identified" (the interval spans > 3 decades)."""
+def _approach3_cell(f: Approach3, name: str, boot: bool = False) -> str:
+    """A parameter with its interval ("[n/a]" when bootstrapped without one), or "not identified"."""
     value, ci = getattr(f, name), getattr(f, f"{name}_ci")
     if (f.identified or {}).get(name) is False:
-        return f"{name} not identified ({format_ci(value, ci)})"
-    return f"{name}={format_ci(value, ci)}"
+        return f"{name} not identified ({format_interval(value, ci, expected=boot)})"
+    return f"{name}={format_interval(value, ci, expected=boot)}"
 
 
 def format_fit_table(fit: FitResult) -> str:
@@ -1117,6 +1211,10 @@ def format_fit_table(fit: FitResult) -> str:
     rows, and the runs trained over more than one epoch.
     """
     pct = int(round(fit.config.confidence * 100))
+    boot = fit.config.bootstrap > 0  # an interval is expected: a missing one prints "[n/a]"
+
+    def ci_text(x, ci, fmt="{:.3g}"):
+        return format_interval(x, ci, fmt, expected=boot and ci is not None)
     column, unit = fit.inputs.get("loss_column", "loss"), fit.inputs.get("loss_unit", "nats/token")
     n_count = fit.n_count
     count_text = f"N counts {N_COUNT_LABEL.get(n_count, n_count)}"
@@ -1133,17 +1231,17 @@ def format_fit_table(fit: FitResult) -> str:
     ]
     if fit.approach1:
         f = fit.approach1
-        lines.append(f"| 1 envelope | {format_ci(f.a, f.a_ci)} | {format_ci(f.b, f.b_ci)} | {f.n_points} envelope runs |")
+        lines.append(f"| 1 envelope | {ci_text(f.a, f.a_ci)} | {ci_text(f.b, f.b_ci)} | {f.n_points} envelope runs |")
     if fit.approach2:
         f = fit.approach2
-        lines.append(f"| 2 IsoFLOP | {format_ci(f.a, f.a_ci)} | {format_ci(f.b, f.b_ci)} | {f.n_budgets_used} of {len(f.budgets)} budgets; "
-                     f"L_min ~ C^{format_ci(f.loss_exponent, f.loss_exponent_ci)} |")
+        lines.append(f"| 2 IsoFLOP | {ci_text(f.a, f.a_ci)} | {ci_text(f.b, f.b_ci)} | {f.n_budgets_used} of {len(f.budgets)} budgets; "
+                     f"L_min ~ C^{ci_text(f.loss_exponent, f.loss_exponent_ci)} |")
     if fit.approach3:
         f = fit.approach3
         how = {"varpro": "variable projection", "huber-lbfgs": "Huber/L-BFGS"}.get(f.method, f.method)
-        cells = ", ".join(_approach3_cell(f, k) for k in ("E", "A", "B", "alpha", "beta"))
+        cells = ", ".join(_approach3_cell(f, k, boot) for k in ("E", "A", "B", "alpha", "beta"))
         bound = f"; {', '.join(f.at_bound)} at the searched range's edge" if f.at_bound else ""
-        lines.append(f"| 3 parametric ({how}) | {format_ci(f.a, f.a_ci)} | {format_ci(f.b, f.b_ci)} | {cells}{bound} |")
+        lines.append(f"| 3 parametric ({how}) | {ci_text(f.a, f.a_ci)} | {ci_text(f.b, f.b_ci)} | {cells}{bound} |")
     if fit.approach3 and any(v is False for v in (fit.approach3.identified or {}).values()):
         bad = [k for k, v in fit.approach3.identified.items() if v is False]
         lines += ["", f"Approach 3: {', '.join(bad)} not identified (the {pct}% interval spans more than "
@@ -1156,15 +1254,15 @@ def format_fit_table(fit: FitResult) -> str:
             used = "yes" if bf.used else f"no: {bf.reason}"
             held = " (held out)" if fit.holdout and bf.budget == fit.holdout["budget"] else ""
             lines.append(
-                f"| {bf.budget:.3g}{held} | {bf.n_points} | {format_ci(bf.n_opt, bf.n_opt_ci)} | {format_ci(bf.d_opt, bf.d_opt_ci)} | "
-                f"{format_ci(bf.loss_min, bf.loss_min_ci, '{:.4g}')} | {format_ci(bf.r2, None)} | {used} |"
+                f"| {bf.budget:.3g}{held} | {bf.n_points} | {ci_text(bf.n_opt, bf.n_opt_ci)} | {ci_text(bf.d_opt, bf.d_opt_ci)} | "
+                f"{ci_text(bf.loss_min, bf.loss_min_ci, '{:.4g}')} | {ci_text(bf.r2, None)} | {used} |"
             )
     if fit.utility:
         lines += ["", "| task | 1 - AUROC ~ C^k: k | budgets | AUROC = c0 + c1 loss: c1 | R^2 | runs |", "|---|---|---|---|---|---|"]
         for name, u in fit.utility.items():
             link = u.loss_link or {}
-            lines.append(f"| {name} | {format_ci(u.exponent, u.exponent_ci)} | {u.n_points} | "
-                         f"{format_ci(link.get('slope'), link.get('slope_ci'))} | {format_ci(link.get('r2'), None)} | {link.get('n_points', '-')} |")
+            lines.append(f"| {name} | {ci_text(u.exponent, u.exponent_ci)} | {u.n_points} | "
+                         f"{ci_text(link.get('slope'), link.get('slope_ci'))} | {ci_text(link.get('r2'), None)} | {link.get('n_points', '-')} |")
         how = {(True, True): "paired: every run's AUROC on the same held-out resamples (auroc_boot/<task>)",
                (False, True): "each point redrawn within its DeLong standard error, independently",
                (False, False): "a case bootstrap of the budgets' points"}
@@ -1274,4 +1372,5 @@ def load_fit(fit_dir: str | Path) -> FitResult:
         n_fitted=fits.get("n_fitted", 0), excluded=fits.get("excluded", []), warnings=fits.get("warnings", []),
         inputs=fits.get("inputs", {}), config=cfg, not_fitted=fits.get("not_fitted", {}), draws=draws,
         holdout=fits.get("holdout"), n_count=fits.get("n_count") or "non-embedding",
+        interval_notes=fits.get("intervals_not_available") or {},
     )

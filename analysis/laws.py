@@ -32,17 +32,55 @@ def fit_power_law(c, y, weights=None) -> tuple[float, float, float]:
     return float(np.exp(intercept)), float(slope), float(r2)
 
 
+# A bootstrap interval is reported only when at least this share of its replicates gave a value.
+# The percentile interval of the replicates that succeeded is conditional on success: in the worst
+# case (every failed replicate would have fallen beyond one end) a nominal 95% interval of a share s
+# covers only 0.95 s of the bootstrap distribution. 0.9 keeps that above 85%; fewer successes (43
+# of 50 replicates failing, as 3-run budgets resampled by runs give) report no interval.
+MIN_REPLICATE_SHARE = 0.9
+
+
+def interval_problem(draws, confidence: float = 0.95) -> str:
+    """Why `percentile_ci` reports no interval for these draws; "" when it reports one.
+
+    No interval when there are no replicates, when fewer than MIN_REPLICATE_SHARE of them (or
+    fewer than 2) are finite, or when the interval has zero width: every replicate in its central
+    `confidence` gives the same value, because the design fixes the quantity (one model size per
+    budget fixes Approach 1's N_opt), not because it is known exactly.
+
+    Args:
+        draws: (R,) bootstrap replicates of one quantity; non-finite ones failed.
+        confidence: the interval's coverage.
+    """
+    d = np.asarray(draws, dtype=float).ravel()
+    if d.size == 0:
+        return "no bootstrap replicates"
+    ok = d[np.isfinite(d)]
+    if ok.size < max(2, MIN_REPLICATE_SHARE * d.size):
+        return (f"{d.size - ok.size} of {d.size} bootstrap replicates could not be fitted; "
+                f"an interval needs {MIN_REPLICATE_SHARE:.0%} of them")
+    tail = 100 * (1 - confidence) / 2
+    lo, hi = np.percentile(ok, [tail, 100 - tail])
+    if np.isclose(lo, hi, rtol=1e-9, atol=1e-12):
+        return (f"zero width: every replicate gives {lo:.3g}, so the design fixes it (e.g. one model size per budget) "
+                "and the bootstrap cannot measure its uncertainty")
+    return ""
+
+
 def percentile_ci(draws, confidence: float = 0.95) -> list[float]:
-    """Percentile bootstrap interval [lo, hi] over the finite draws ([nan, nan] with fewer than 2).
+    """Percentile bootstrap interval [lo, hi] over the finite draws; [nan, nan] when not available.
+
+    Not available (`interval_problem` says why): no replicates, fewer than MIN_REPLICATE_SHARE of
+    them finite, or zero width. Efron & Tibshirani 1993, ch. 13.
 
     Args:
         draws: (R,) bootstrap replicates of one quantity; non-finite ones are ignored.
         confidence: the interval's coverage, e.g. 0.95 for the 2.5th and 97.5th percentiles.
     """
-    d = np.asarray(draws, dtype=float)
-    d = d[np.isfinite(d)]
-    if d.size < 2:
+    if interval_problem(draws, confidence):
         return [float("nan"), float("nan")]
+    d = np.asarray(draws, dtype=float).ravel()
+    d = d[np.isfinite(d)]
     tail = 100 * (1 - confidence) / 2
     lo, hi = np.percentile(d, [tail, 100 - tail])
     return [float(lo), float(hi)]
@@ -77,3 +115,19 @@ def auroc_from_law(coef, exponent, c):
     """
     with np.errstate(all="ignore"):
         return np.clip(1.0 - np.asarray(coef, dtype=float) * np.asarray(c, dtype=float) ** np.asarray(exponent, dtype=float), 0.5, 1.0)
+
+
+def format_interval(x, ci, fmt: str = "{:.3g}", expected: bool = True) -> str:
+    """A value with its interval: '0.812 [0.771, 0.850]', as ehrfm.io.format_ci.
+
+    '0.812 [n/a]' where an interval was expected (the fit was bootstrapped) but is not available
+    (`interval_problem`); 'n/a' for a missing value.
+    """
+    import math
+
+    from ehrfm.io import format_ci
+
+    s = format_ci(x, ci, fmt)
+    if expected and s != "n/a" and not (ci and all(v is not None and math.isfinite(v) for v in ci)):
+        s += " [n/a]"
+    return s

@@ -16,9 +16,10 @@ parameter-side decay R_N* for excess parameters is not modelled.)
 Trust. A law whose exponent of N_opt or D_opt in C (a, b) is not positive, or whose bootstrap
 interval reaches 0, recommends nonsense when extrapolated (a = -0.15 recommends a smaller model for
 more compute); so does an Approach 3 law whose frontier coefficient G is not identified. Such a
-law is never the default headline: the headline is the first trusted approach of 3, 2, 1; when
-none is trusted, the recommendation says so in its first line and shows each approach's numbers
-labelled untrusted (see `trust`).
+law is never the default headline, and neither is one whose trust cannot be judged (no bootstrap
+intervals): the headline is the first trusted approach of 3, 2, 1; when none is trusted, the
+recommendation says so in its first line and shows each approach's numbers labelled untrusted
+(see `trust`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.laws import R_STAR_DATA, auroc_from_law, effective_tokens, percentile_ci
+from analysis.laws import R_STAR_DATA, auroc_from_law, effective_tokens, format_interval, percentile_ci
 from ehrfm.errors import UserError
 from ehrfm.io import format_ci, markdown_table
 
@@ -77,25 +78,50 @@ class Recommendation:
     loss_unit: str = "nats/token"  # of the fitted loss column (fits.json inputs; nats/event for loss_per_event)
     trusted: bool = True  # the headline approach's law passes `trust`
     n_count: str = "non-embedding"  # the parameter count N_opt is in (fits.json n_count)
+    bootstrapped: bool = False  # the fit has bootstrap draws: a missing interval prints "[n/a]"
+
+
+NO_INTERVALS = "fitted without bootstrap intervals: trust cannot be judged"
+
+
+def _has_interval(ci) -> bool:
+    return isinstance(ci, (list, tuple)) and len(ci) == 2 and all(
+        _is_number(v) and v is not None and math.isfinite(v) for v in ci)
 
 
 def trust(fits: dict, k: int) -> tuple[bool, str]:
     """Can approach k's law of a fits.json dict be the default recommendation? Returns (ok, why not).
 
     Not when an exponent of N_opt or D_opt in C (a, b) is non-positive or its interval reaches 0,
-    nor, for Approach 3, when its frontier coefficient G is not identified. A law without intervals
-    (bootstrap 0) is judged on its exponents' signs alone.
+    nor, for Approach 3, when its frontier coefficient G is not identified. Unknown never passes: a
+    law without intervals (`ehrfm fit --bootstrap 0`: NO_INTERVALS), or whose interval of a or b, or
+    Approach 3's identification of G, is not available (too few bootstrap replicates succeeded,
+    zero width: fits.json `intervals_not_available`), is not trusted either.
     """
     f = fits.get(f"approach{k}") or {}
-    problems = []
+    notes = fits.get("intervals_not_available") or {}
+    boot = (fits.get("inputs") or {}).get("bootstrap")
+    problems, unknown = [], []
     for name, what in (("a", "N_opt"), ("b", "D_opt")):
-        x, ci = f.get(name), f.get(f"{name}_ci") or [None, None]
-        if x is None or not math.isfinite(x) or x <= 0:
-            problems.append(f"{what} ~ C^{name} with {name} = {format_ci(x, ci)} does not grow with compute")
-        elif ci[0] is not None and math.isfinite(ci[0]) and ci[0] <= 0:
+        x, ci = f.get(name), f.get(f"{name}_ci")
+        if x is None or not _is_number(x) or not math.isfinite(x) or x <= 0:
+            problems.append(f"{what} ~ C^{name} with {name} = {format_ci(x, ci if _has_interval(ci) else None)} does not grow with compute")
+        elif not _has_interval(ci):
+            unknown.append(name)
+        elif ci[0] <= 0:
             problems.append(f"the interval of {name} = {format_ci(x, ci)} includes 0")
-    if k == 3 and (f.get("identified") or {}).get("G") is False:
-        problems.append("its N_opt coefficient G is not identified")
+    if k == 3 and not problems and not unknown:
+        g = (f.get("identified") or {}).get("G")
+        if g is False:
+            problems.append("its N_opt coefficient G is not identified")
+        elif g is not True:
+            unknown.append("G")
+    if unknown:
+        if boot == 0 or (boot is None and not any(_has_interval(f.get(f"{n}_ci")) for n in ("a", "b"))):
+            problems.append(NO_INTERVALS)
+        else:
+            why = "; ".join(dict.fromkeys(notes.get(f"approach{k}/{n}", "") for n in unknown if notes.get(f"approach{k}/{n}")))
+            problems.append(f"no interval of {', '.join(unknown)}{f' ({why})' if why else ''}: trust cannot be judged")
     return not problems, "; ".join(problems)
 
 
@@ -347,10 +373,10 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
         notes.append(f"Approach {head.approach} is not trusted: {head.why_untrusted}")
     max_budget = float(inputs.get("max_budget") or "nan")
     if flops > EXTRAPOLATION_WARN * max_budget:
-        notes.append(f"extrapolating {flops / max_budget:.0f}x past the largest fitted budget ({max_budget:.3g} FLOPs): treat the numbers as rough")
+        notes.append(f"extrapolating {_factor(flops / max_budget)} past the largest fitted budget ({max_budget:.3g} FLOPs): treat the numbers as rough")
     min_budget = inputs.get("min_budget")
     if min_budget and flops < min_budget / EXTRAPOLATION_WARN:
-        notes.append(f"budget is {min_budget / flops:.0f}x below the smallest fitted budget ({min_budget:.3g} FLOPs)")
+        notes.append(f"budget is {_factor(min_budget / flops)} below the smallest fitted budget ({min_budget:.3g} FLOPs)")
 
     unique = unique_tokens if unique_tokens is not None else inputs.get("unique_tokens")
     if unique is not None and not unique > 0:
@@ -358,7 +384,7 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
     epochs = head.d_opt / unique if unique else None
     constrained = None
     if epochs is not None and epochs > 1:
-        notes.append(f"D_opt needs {epochs:.1f} epochs over the {unique:.3g} unique tokens available")
+        notes.append(f"D_opt needs {_num(epochs, '{:.1f}')} epochs over the {unique:.3g} unique tokens available")
         if "approach3" in fit_json:
             constrained = _data_constrained(fit_json, draws, flops, unique, r_star, conf)
             if not inputs.get("multi_epoch"):
@@ -381,12 +407,32 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
         unique_tokens=float(unique) if unique else None, epochs=epochs, data_constrained=constrained, utility=utility,
         shape=shape, max_fitted_budget=max_budget, warnings=notes, loss_unit=inputs.get("loss_unit", "nats/token"),
         trusted=head.trusted, n_count=n_count,
+        bootstrapped=bool(inputs.get("bootstrap", any(len(v) for v in draws.values()))),
     )
+
+
+def _num(x: float, fmt: str) -> str:
+    """A number in `fmt` ("{:.1f}") while that stays short (below 1e4), else compact scientific ("8.64e+17")."""
+    return fmt.format(x) if abs(x) < 1e4 else f"{x:.3g}"
+
+
+def _count(n: int) -> str:
+    """A count with thousands separators ("1,253,132") below 1e9, compact scientific ("1.93e+22") above."""
+    return f"{n:,}" if abs(n) < 1e9 else f"{n:.3g}"
+
+
+def _factor(x: float) -> str:
+    """A ratio of budgets: "25x", or "2.5e+19x" when it is too large to read."""
+    return f"{x:.0f}x" if x < 1e4 else f"{x:.3g}x"
 
 
 def format_recommendation(rec: Recommendation) -> str:
     """Markdown: the headline, one row per approach, the shape, repeated-data and utility notes."""
     count = "total" if rec.n_count == "total" else "non-embedding"
+
+    def ci_text(x, ci, fmt="{:.3g}"):  # "[n/a]" where the fit was bootstrapped but gave no interval
+        return format_interval(x, ci, fmt, expected=rec.bootstrapped)
+
     lines = []
     if not any(p.trusted for p in rec.per_approach):
         lines += [f"**No trustworthy scaling law in this fit**: no approach has exponents a, b > 0 with intervals excluding 0 "
@@ -398,34 +444,34 @@ def format_recommendation(rec: Recommendation) -> str:
                   f"{', '.join(f'Approach {p.approach}' for p in rec.per_approach if p.trusted)}.", ""]
     lines += [
         f"Budget {rec.flops:.3g} FLOPs (Approach {rec.approach}{'' if rec.trusted else ', untrusted'}): "
-        f"N_opt {format_ci(rec.n_opt, rec.n_opt_ci)} {count} parameters, "
-        f"D_opt {format_ci(rec.d_opt, rec.d_opt_ci)} tokens, predicted loss {format_ci(rec.loss, rec.loss_ci, '{:.4g}')} {rec.loss_unit}.",
+        f"N_opt {ci_text(rec.n_opt, rec.n_opt_ci)} {count} parameters, "
+        f"D_opt {ci_text(rec.d_opt, rec.d_opt_ci)} tokens, predicted loss {ci_text(rec.loss, rec.loss_ci, '{:.4g}')} {rec.loss_unit}.",
         "",
         f"| approach | N_opt | D_opt | loss ({rec.loss_unit}) | trusted |",
         "|---|---|---|---|---|",
     ]
     for p in rec.per_approach:
         ok = "yes" if p.trusted else f"no: {p.why_untrusted}"
-        lines.append(f"| {p.approach} | {format_ci(p.n_opt, p.n_opt_ci)} | {format_ci(p.d_opt, p.d_opt_ci)} | "
-                     f"{format_ci(p.loss, p.loss_ci, '{:.4g}')} | {ok} |")
+        lines.append(f"| {p.approach} | {ci_text(p.n_opt, p.n_opt_ci)} | {ci_text(p.d_opt, p.d_opt_ci)} | "
+                     f"{ci_text(p.loss, p.loss_ci, '{:.4g}')} | {ok} |")
     if rec.shape:
         s = rec.shape
         target = "the data-constrained optimum" if rec.data_constrained else "N_opt"
         lines += ["", f"Model shape for {target}: n_layer={s['n_layer']} d_model={s['d_model']} n_head={s['n_head']} context={s['context']} "
-                  f"vocab={s['vocab_size']} ({s['n_params']:,} non-embedding / {s['n_params_total']:,} total parameters), "
-                  f"train {s['tokens']:,} tokens at {s['flops_per_token']:.3g} FLOPs/token."]
+                  f"vocab={s['vocab_size']} ({_count(s['n_params'])} non-embedding / {_count(s['n_params_total'])} total parameters), "
+                  f"train {_count(s['tokens'])} tokens at {s['flops_per_token']:.3g} FLOPs/token."]
     if rec.epochs is not None:
-        lines += ["", f"Unique tokens available: {rec.unique_tokens:.3g}; D_opt is {rec.epochs:.2f} epochs."]
+        lines += ["", f"Unique tokens available: {rec.unique_tokens:.3g}; D_opt is {_num(rec.epochs, '{:.2f}')} epochs."]
     if rec.data_constrained:
         dc = rec.data_constrained
         lines += [
             f"Repeated data (Muennighoff et al. 2023, R*={dc['r_star']}): at N_opt the loss would be "
-            f"{format_ci(dc['loss_at_unconstrained_optimum'], dc.get('loss_at_unconstrained_optimum_ci'), '{:.4g}')}; "
-            f"the data-constrained optimum is N {format_ci(dc['n_opt'], dc.get('n_opt_ci'))}, D {format_ci(dc['d_opt'], dc.get('d_opt_ci'))} "
-            f"({dc['epochs']:.1f} epochs, {dc['effective_tokens']:.3g} effective tokens), loss {format_ci(dc['loss'], dc.get('loss_ci'), '{:.4g}')}."
+            f"{ci_text(dc['loss_at_unconstrained_optimum'], dc.get('loss_at_unconstrained_optimum_ci'), '{:.4g}')}; "
+            f"the data-constrained optimum is N {ci_text(dc['n_opt'], dc.get('n_opt_ci'))}, D {ci_text(dc['d_opt'], dc.get('d_opt_ci'))} "
+            f"({_num(dc['epochs'], '{:.1f}')} epochs, {dc['effective_tokens']:.3g} effective tokens), loss {ci_text(dc['loss'], dc.get('loss_ci'), '{:.4g}')}."
         ]
     if rec.utility:
         lines += ["", *markdown_table(["task", "predicted AUROC"],
-                                      ([task, format_ci(u["auroc"], u["auroc_ci"])] for task, u in rec.utility.items()))]
+                                      ([task, ci_text(u["auroc"], u["auroc_ci"])] for task, u in rec.utility.items()))]
     lines += [f"\nWarning: {w}" for w in rec.warnings]
     return "\n".join(lines)

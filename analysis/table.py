@@ -77,6 +77,9 @@ class Results:
     n_params_non_embedding: np.ndarray | None = None  # the table's n_params (set by load_results)
     n_count: str = "non-embedding"  # which count `n_params` holds: "non-embedding" or "total"
     loss_se: np.ndarray | None = None  # float64, standard error of `loss` over eval subjects (NaN = unknown)
+    # Where `budget` came from: "budget" (the planned column), "flops" (grouped by the flops column)
+    # or "6ND" (grouped by 6 N D: the table has neither budget nor flops).
+    budget_from: str = "budget"
 
     @property
     def loss_unit(self) -> str:
@@ -105,7 +108,7 @@ class Results:
             utility_boot={k: v[mask] for k, v in self.utility_boot.items()}, vocab_size=self.vocab_size,
             context=self.context, n_rows=self.n_rows, excluded=list(self.excluded), loss_column=self.loss_column,
             n_params_total=pick(self.n_params_total), n_params_non_embedding=pick(self.n_params_non_embedding),
-            n_count=self.n_count, loss_se=pick(self.loss_se),
+            n_count=self.n_count, loss_se=pick(self.loss_se), budget_from=self.budget_from,
         )
 
     def with_n_count(self, n_count: str) -> tuple[Results, str]:
@@ -291,6 +294,10 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss") ->
         return v
 
     budget, unique_tokens, epochs = positive("budget"), positive("unique_tokens"), positive("epochs")
+    if budget is not None and np.isfinite(budget).any():
+        keep &= ~_unplanned(budget, keep, run_id, excluded)
+        if "flops" in df.columns:
+            _refuse_off_budget(source, budget, values["flops"], values["tokens"], keep, run_id)
     n_total = positive("n_params_total")
     if epochs is None and unique_tokens is not None:
         epochs = values["tokens"] / unique_tokens
@@ -313,10 +320,51 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss") ->
         epochs=epochs, utility=utility, utility_se=utility_se, utility_boot=utility_boot, vocab_size=first_int("vocab_size"), context=first_int("context"),
         n_rows=df.height, excluded=excluded, loss_column=loss_column, n_params_total=n_total,
         n_params_non_embedding=values["n_params"], loss_se=loss_se,
+        budget_from="budget" if budget is not None and np.isfinite(budget[keep]).all() else
+        "flops" if "flops" in df.columns else "6ND",
     )
     res = res.subset(keep)
     res.budget = group_budgets(res.flops, res.budget)
     return res
+
+
+UNPLANNED_REASON = "not in the sweep's current plan (budget null)"
+# A planned run trains D = floor(C / F) tokens (sweeps.plan), so budget - F < flops <= budget, F =
+# flops / tokens being one token's FLOPs. Hand-made tables round D to the nearest token or write
+# budgets with float jitter: a row passes within one token's FLOPs plus this share of its budget.
+BUDGET_FLOPS_TOLERANCE = 1e-3
+
+
+def _unplanned(budget: np.ndarray, keep: np.ndarray, run_id: np.ndarray, excluded: list) -> np.ndarray:
+    """Kept rows with a null budget in a table that has planned budgets, each added to `excluded`.
+
+    `sweep collect` writes budget null for runs of the sweep dir that its current plan no longer
+    holds (another recipe, a dropped budget): grouped by FLOPs they would join a planned parabola
+    they were not planned for. A table with no budget values at all is grouped by FLOPs instead.
+    """
+    out = keep & ~np.isfinite(budget)
+    excluded.extend({"run_id": str(run_id[i]), "reason": UNPLANNED_REASON} for i in np.flatnonzero(out))
+    return out
+
+
+def _refuse_off_budget(source: str, budget: np.ndarray, flops: np.ndarray, tokens: np.ndarray, keep: np.ndarray,
+                       run_id: np.ndarray) -> None:
+    """UserError naming the runs whose flops do not match their budget as the planner rounds it.
+
+    The planner gives budget - F < flops <= budget (F = flops / tokens, one token's FLOPs); a row
+    passes within F + BUDGET_FLOPS_TOLERANCE * budget of its budget. A row outside (budget 1e10
+    with flops 4e10) would be fitted in the wrong IsoFLOP parabola.
+    """
+    with np.errstate(all="ignore"):
+        slack = flops / tokens + BUDGET_FLOPS_TOLERANCE * budget
+        bad = keep & np.isfinite(budget) & ~(np.abs(flops - budget) <= slack)
+    if bad.any():
+        i = np.flatnonzero(bad)[0]
+        raise UserError(
+            f"results table {source}: columns budget and flops disagree in {int(bad.sum())} completed run(s): "
+            f"{_name_ids(run_id[bad])} (e.g. budget {budget[i]:.4g} vs flops {flops[i]:.4g}; a planned run's flops lie "
+            f"within one token's FLOPs of its budget): correct the budget or flops column, or drop the budget column "
+            "to group runs by flops")
 
 
 def _refuse(source: str, col: str, what: str, bad: np.ndarray, run_id: np.ndarray, which: str = "") -> None:

@@ -161,7 +161,7 @@ def verify_checkpoint(ckpt: str | os.PathLike) -> tuple[dict | None, str | None]
     ckpt = Path(ckpt)
     state_path = ckpt / "state.json"
     if not state_path.is_file():
-        return None, f"{state_path} not found (incomplete checkpoint)"
+        return None, f"checkpoint state {state_path} not found (incomplete checkpoint)"
     try:
         state = read_json(state_path, "checkpoint state", expect=dict)
     except UserError as e:
@@ -175,23 +175,23 @@ def verify_checkpoint(ckpt: str | os.PathLike) -> tuple[dict | None, str | None]
         for name, digest in files.items():
             path = ckpt / str(name)
             if not path.is_file():
-                return None, f"{path} not found (incomplete checkpoint)"
+                return None, f"checkpoint file {path} not found (incomplete checkpoint)"
             if _sha256(path) != digest:
-                return None, f"{path} is damaged (sha256 differs from the one recorded in state.json)"
+                return None, f"checkpoint file {path} is damaged (sha256 differs from the one recorded in state.json)"
         return state, None
     from safetensors import safe_open
 
     for name in ("model.safetensors", "rng.safetensors"):
         path = ckpt / name
         if not path.is_file():
-            return None, f"{path} not found (incomplete checkpoint)"
+            return None, f"checkpoint file {path} not found (incomplete checkpoint)"
     for path in sorted(ckpt.glob("*.safetensors")):
         try:
             with safe_open(str(path), framework="pt") as f:
                 for key in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
                     f.get_slice(key)
         except Exception as e:  # SafetensorError and friends: truncated or overwritten
-            return None, f"{path} is damaged ({type(e).__name__})"
+            return None, f"checkpoint file {path} is damaged ({type(e).__name__})"
     return state, None
 
 
@@ -220,7 +220,7 @@ def recover_checkpoint(run_dir: str | os.PathLike) -> str | None:
     if out.exists():
         state, problem = verify_checkpoint(out)
         if state is None:
-            notes.append(f"checkpoint {problem}")
+            notes.append(f"{problem}: discarded")  # the reason names the file ("checkpoint state ... is damaged")
             _discard(out)
     if not out.exists():
         best, best_step = None, -1
@@ -322,6 +322,25 @@ def load_training_state(run_dir, model, optimizer, device="cpu") -> dict:
     return state
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """The torch.device of a --device value (cpu, cuda, cuda:N, ...).
+
+    Raises:
+        UserError: not a device name, or CUDA (or GPU N) asked for where this machine has none.
+    """
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UserError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:N)") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device} requested but CUDA is not available on this machine "
+                            f"(torch {torch.__version__}); use --device cpu")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return d
+
+
 def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
     """(GPT in eval mode, ModelConfig) from a run dir (or its checkpoint/ dir). Safetensors only.
 
@@ -333,11 +352,12 @@ def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
         (GPT in eval mode on `device`, its ModelConfig from model_config.json).
 
     Raises:
-        UserError: no model.safetensors, or a checkpoint that fails verification (sha256 in
-            state.json) or cannot be read.
+        UserError: no model.safetensors, a checkpoint that fails verification (sha256 in
+            state.json) or cannot be read, or a device this machine lacks (check_device).
     """
     from ehrfm.model import GPT
 
+    device = check_device(device)
     run_dir = Path(run_dir)
     ckpt = run_dir if (run_dir / "model.safetensors").is_file() else run_dir / CHECKPOINT_DIR
     if not (ckpt / "model.safetensors").is_file():

@@ -273,6 +273,19 @@ class TrainConfig(_DictConfig):
             raise UserError(f"train config: min_lr_ratio must be in [0, 1] (got {self.min_lr_ratio})")
         if not 0.0 <= self.warmup_frac < 1.0:
             raise UserError(f"train config: warmup_frac must be in [0, 1) (got {self.warmup_frac})")
+        # A bad optimiser setting is a usage error, refused here: never a run recorded as failed
+        # or diverged (a negative lr fails in AdamW, eval_tokens 0 gives a NaN loss).
+        checks = {"lr": (self.lr, 0.0, False, math.inf), "weight_decay": (self.weight_decay, 0.0, True, math.inf),
+                  "grad_clip": (self.grad_clip, 0.0, True, math.inf), "beta1": (self.beta1, 0.0, True, 1.0),
+                  "beta2": (self.beta2, 0.0, True, 1.0)}
+        for name, (v, lo, lo_ok, hi) in checks.items():
+            v = float(v)
+            if not (math.isfinite(v) and (v >= lo if lo_ok else v > lo) and (v < hi or hi == math.inf)):
+                bound = f"{'>=' if lo_ok else '>'} {lo:g}" + (f" and < {hi:g}" if hi != math.inf else "")
+                raise UserError(f"train config: {name} must be finite and {bound} (got {v:g})")
+        for name in ("eval_tokens",):
+            if int(getattr(self, name)) < 1:
+                raise UserError(f"train config: {name} must be >= 1 (got {getattr(self, name)})")
         _check_choice(self, "dtype")
         _check_choice(self, "attention")
         self._check_schedule()

@@ -73,31 +73,32 @@ class CausalLM(torch.nn.Module):
         return self.gpt.generate(*args, **kwargs)
 
 
-def load_model(run: str | os.PathLike, device: str | torch.device = "cpu") -> CausalLM:
+def load_model(run: str | os.PathLike, device: str | torch.device = "cpu", allow_incomplete: bool = False) -> CausalLM:
     """The trained model of a run dir (or its checkpoint/ dir), in eval mode.
 
     Args:
         run: a run dir written by `ehrfm train` (RUN/checkpoint/model.safetensors).
         device: torch device to load onto.
+        allow_incomplete: load the last checkpoint of a run that did not complete.
 
     Returns:
         CausalLM: `model(ids)` maps (B, T) int64 ids to (B, T, V) logits; `model.gpt` is the GPT.
 
     Raises:
-        UserError: the run has no checkpoint, or its result.json records a failed/diverged run.
+        UserError: the run has no checkpoint, or did not complete (results.require_completed).
     """
     from ehrfm.checkpoint import load_model as load_checkpoint
 
     run = Path(run)
-    _require_usable(run)
+    _require_usable(run, allow_incomplete)
     gpt, _ = load_checkpoint(run, device)
     return CausalLM(gpt).eval()
 
 
-def _require_usable(run: Path) -> None:
+def _require_usable(run: Path, allow_incomplete: bool = False) -> None:
     from ehrfm.results import require_completed
 
-    require_completed(run, "loading its model")
+    require_completed(run, "loading its model", allow_incomplete)
 
 
 def _checkpoint_dir(run: Path) -> Path:
@@ -317,28 +318,31 @@ def write_hf_tokenizer(vocab: list[str], out: Path) -> dict[str, int]:
 
 
 def export_hf(run: str | os.PathLike, out: str | os.PathLike, tokens_dir: str | os.PathLike | None = None,
-              overwrite: bool = False) -> Path:
+              overwrite: bool = False, allow_incomplete: bool = False) -> Path:
     """Write RUN's model as a Hugging Face LlamaForCausalLM directory (module docstring).
 
     Args:
         run: a completed run dir (or its checkpoint/ dir).
         out: directory to create (atomically: written under a temporary name, then renamed).
         tokens_dir: the token dir the run was trained on; default: the one in RUN/config.json.
-        overwrite: replace an existing `out`.
+        overwrite: replace an existing `out` (an ehrfm output only: ehrfm.io.check_overwrite).
+        allow_incomplete: export the last checkpoint of a run that did not complete.
 
     Returns:
         Path of the written directory.
 
     Raises:
-        UserError: no checkpoint, a failed/diverged run, a tokenizer that is not the run's, an
-        architecture Llama cannot express, or `out` exists without overwrite.
+        UserError: no checkpoint, a run that did not complete (interrupted, failed, diverged)
+        without allow_incomplete, a tokenizer that is not the run's, an architecture Llama cannot
+        express, or `out` exists without overwrite, is or holds an input, or is not ehrfm's.
     """
     from safetensors.torch import load_file, save_file
 
     from ehrfm.io import atomic_dir, check_overwrite, read_json, write_json
 
     run = Path(run)
-    _require_usable(run)
+    check_overwrite(out, overwrite, inputs=(run, tokens_dir))
+    _require_usable(run, allow_incomplete)
     ckpt = _checkpoint_dir(run)
     model_cfg = read_json(ckpt / "model_config.json", "model config")
     if not isinstance(model_cfg, dict):
@@ -346,8 +350,7 @@ def export_hf(run: str | os.PathLike, out: str | os.PathLike, tokens_dir: str | 
     llama_config(model_cfg, {})  # refuse before reading the vocab or the weights
     tensors = llama_state_dict(load_file(str(ckpt / "model.safetensors"), device="cpu"), model_cfg)
     vocab = _event_vocab(run if ckpt != run else run.parent, tokens_dir, int(model_cfg["vocab_size"]))
-    check_overwrite(out, overwrite)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, inputs=(run, tokens_dir), command="export") as tmp:
         special = write_hf_tokenizer(vocab, tmp)
         config = llama_config(model_cfg, special)
         write_json(tmp / "config.json", config)

@@ -9,7 +9,8 @@ def _export(args) -> int:
     from ehrfm.export import export_hf
     from ehrfm.io import summary
 
-    out = export_hf(args.run, args.out, tokens_dir=args.tokens, overwrite=args.overwrite)
+    out = export_hf(args.run, args.out, tokens_dir=args.tokens, overwrite=args.overwrite,
+                    allow_incomplete=args.allow_incomplete)
     summary(f"export: {args.run} -> {out} (Hugging Face LlamaForCausalLM: config.json, model.safetensors, tokenizer.json)")
     return 0
 
@@ -27,3 +28,5 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="directory to create")
     p.add_argument("--tokens", default=None, metavar="TOK", help="the run's token dir (default: the one in RUN/config.json)")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="export the last checkpoint of a run that did not complete (interrupted, failed, diverged)")

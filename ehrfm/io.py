@@ -149,21 +149,79 @@ def _reraise_named(e: BaseException, out: Path, tmp: Path) -> None:
         raise named from e
 
 
-def check_overwrite(out: str | os.PathLike, overwrite: bool) -> None:
-    """The one overwrite check: UserError when `out` exists and `overwrite` is false.
+# Left in every directory ehrfm writes (atomic_dir, run dirs, the demo), holding the command's name:
+# --overwrite replaces only a directory that holds it (or an empty one), never a user's own.
+OUTPUT_MARKER = ".ehrfm-output"
+
+
+def mark_output(out: str | os.PathLike, command: str) -> None:
+    """Write `out`/OUTPUT_MARKER (the command's name): `out` is an ehrfm output that --overwrite may replace."""
+    (Path(out) / OUTPUT_MARKER).write_text(command + "\n")
+
+
+def check_not_input(out: str | os.PathLike, inputs=()) -> None:
+    """Raise UserError when `out` is, holds or lies inside one of `inputs` (symlinks resolved).
+
+    Writing there would replace (or, with --overwrite, delete) the command's own input. None
+    entries of `inputs` are skipped.
+    """
+    o = Path(out).resolve()
+    for i in inputs:
+        if i is None:
+            continue
+        p = Path(i).resolve()
+        where = "is" if o == p else "lies inside" if o.is_relative_to(p) else "holds" if p.is_relative_to(o) else None
+        if where:
+            raise UserError(f"output {out} {where} the input {i}: writing it would replace the command's own input; "
+                            "choose another --out")
+
+
+def check_ehrfm_output(out: str | os.PathLike, ignore=()) -> None:
+    """Raise UserError when `out` is a non-empty directory without OUTPUT_MARKER (ehrfm did not write it).
+
+    Files named in `ignore` (e.g. a run dir's lock) do not count as content.
+    """
+    out = Path(out)
+    if not out.is_dir() or (out / OUTPUT_MARKER).is_file():
+        return
+    found = [p.name for p in out.iterdir() if p.name not in ignore]
+    if found:
+        raise UserError(f"output {out} is a directory ehrfm did not write ({len(found)} entries, no {OUTPUT_MARKER}); "
+                        "--overwrite replaces only ehrfm outputs: choose another --out, or remove it by hand if it "
+                        "is really an old ehrfm output")
+
+
+def check_overwrite(out: str | os.PathLike, overwrite: bool, inputs=()) -> None:
+    """The one overwrite check, for directory and single-file outputs.
 
     Stages call it before hours of work (not only when the output is renamed into place).
+
+    Args:
+        out: the output path.
+        overwrite: whether --overwrite was given.
+        inputs: the command's input paths (files or dirs; None skipped).
+
+    Raises:
+        UserError: `out` is, holds or lies inside an input (check_not_input); `out` exists and
+            `overwrite` is false; or `out` is a non-empty directory ehrfm did not write
+            (check_ehrfm_output).
     """
-    if Path(out).exists() and not overwrite:
+    check_not_input(out, inputs)
+    if not Path(out).exists():
+        return
+    if not overwrite:
         raise UserError(f"output {out} already exists; pass --overwrite to replace it")
+    check_ehrfm_output(out)
 
 
 @contextlib.contextmanager
-def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(out: str | os.PathLike, overwrite: bool = False, inputs=(), command: str = "ehrfm") -> Iterator[Path]:
     """Yield a temporary directory that becomes `out` only if the block succeeds.
 
-    Refuses (UserError) when `out` exists and `overwrite` is false, or when `out` is not a
-    directory. Temporaries of `out` left by dead processes are removed first. On any exception
+    Refuses (UserError) what check_overwrite refuses (`out` exists without `overwrite`, `out` is,
+    holds or lies inside one of `inputs`, `out` is a non-empty directory ehrfm did not write),
+    and an `out` that is not a directory. The directory gets OUTPUT_MARKER holding `command`, so a
+    later --overwrite may replace it. Temporaries of `out` left by dead processes are removed first. On any exception
     (including KeyboardInterrupt and ehrfm.app.cli's SIGTERM) the temporary directory is removed and
     `out` is left exactly as it was; an OS error while writing (full disk, read-only filesystem)
     is re-raised as an OSError naming `out` and the errno.
@@ -172,7 +230,7 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
     check_writable_path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"output {out} exists and is a regular file, not a directory; choose another --out")
-    check_overwrite(out, overwrite)
+    check_overwrite(out, overwrite, inputs)
     tmp = _tmp_sibling(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -182,6 +240,7 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
         _reraise_named(e, out, tmp)
         raise
     try:
+        mark_output(tmp, command)
         yield tmp
         # a test can stop or kill the process here, with the whole output in the temporary
         fault_points.hold("atomic-dir", out.name)
@@ -380,10 +439,30 @@ def progress(iterable=None, **kwargs):
     """A tqdm progress bar on stderr; quiet when EHRFM_QUIET=1 (tests, nested stages)."""
     from tqdm.auto import tqdm
 
+    global _bars_shown
     kwargs.setdefault("disable", os.environ.get("EHRFM_QUIET") == "1")
     kwargs.setdefault("file", sys.stderr)
     kwargs.setdefault("dynamic_ncols", True)
+    _bars_shown = _bars_shown or not kwargs["disable"]
     return tqdm(iterable, **kwargs)
+
+
+_bars_shown = False  # a bar wrote to stderr in this process: an error line must start a new line
+
+
+def error_line(text: str) -> str:
+    """`text` made ready to be the last line of stderr.
+
+    Bars still open (an error unwound past them) are closed first, and a newline ends any partial
+    bar line they left.
+    """
+    if not _bars_shown:
+        return text
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):  # tqdm keeps its live bars here
+        bar.close()
+    return "\n" + text
 
 
 def summary(line: str) -> None:

@@ -363,12 +363,13 @@ def null_time_codes(paths: Iterable[Path]) -> dict[str, int]:
     paths = list(paths)
     if not paths:
         return {}
-    lf = pl.concat([pl.scan_parquet(p).select(pl.col(CODE).cast(pl.String), pl.col(TIME)) for p in paths],
-                   how="vertical_relaxed")
-    nulls = lf.filter(pl.col(TIME).is_null()).group_by(CODE).agg(pl.len().alias("n")).collect()
+    # Only whether a time is there: shards may differ in time unit or zone.
+    lf = pl.concat([pl.scan_parquet(p).select(pl.col(CODE).cast(pl.String), pl.col(TIME).is_null().alias("_no_time"))
+                    for p in paths], how="vertical_relaxed")
+    nulls = lf.filter(pl.col("_no_time")).group_by(CODE).agg(pl.len().alias("n")).collect()
     if nulls.height == 0:
         return {}
-    timed = set(lf.filter(pl.col(TIME).is_not_null() & pl.col(CODE).is_in(nulls[CODE].implode()))
+    timed = set(lf.filter(~pl.col("_no_time") & pl.col(CODE).is_in(nulls[CODE].implode()))
                 .select(CODE).unique().collect()[CODE].to_list())
     bad = nulls.filter(is_never_static(pl.col(CODE)) | pl.col(CODE).is_in(list(timed)))
     return {c: int(n) for c, n in bad.sort(CODE).iter_rows() if c is not None}
@@ -386,6 +387,9 @@ def scan_shard(shard: Shard | Path, columns: Iterable[str] = REQUIRED_COLUMNS) -
     columns = list(dict.fromkeys([*columns]))
     present = [c for c in columns if c in schema]
     lf = pl.scan_parquet(path).select(present)
+    zone = getattr(schema.get(TIME), "time_zone", None)
+    if zone is not None and TIME in present:  # the UTC instant, without a zone: every shard alike
+        lf = lf.with_columns(pl.col(TIME).dt.convert_time_zone("UTC").dt.replace_time_zone(None))
     casts = {SUBJECT_ID: pl.Int64, TIME: pl.Datetime("us"), CODE: pl.String, NUMERIC_VALUE: pl.Float64}
     lf = lf.with_columns([pl.lit(None, casts.get(c, pl.String)).alias(c) for c in columns if c not in schema])
     lf = lf.with_columns([pl.col(c).cast(t) for c, t in casts.items() if c in columns]).select(columns)

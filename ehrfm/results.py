@@ -213,16 +213,40 @@ def write_result(run_dir: str | Path, result: RunResult) -> None:
     write_json(path, result.to_json())
 
 
-def require_completed(run_dir: str | Path, use: str) -> None:
-    """Refuse a run dir whose run did not complete.
+def run_status(run_dir: str | Path) -> tuple[str | None, str]:
+    """(status, where it was read) of a run dir (or of its checkpoint/ dir given alone).
 
-    Refuse (UserError) a run dir whose result.json says it did not complete; a run dir without
-    result.json (a bare checkpoint) is accepted.
+    The status of result.json when there is one (completed | failed | diverged), else the one
+    its last checkpoint's state.json records (running | interrupted | stable | completed; an
+    interrupted run has no result.json), else (None, "") for a dir holding neither (a hand-made
+    bare checkpoint).
+    """
+    run_dir = Path(run_dir)
+    result = read_result(run_dir, check_values=False)
+    if result is not None:
+        return str(result.status), str(result_path(run_dir))
+    for state in (run_dir / "checkpoint" / "state.json", run_dir / "state.json"):
+        if state.is_file():
+            status = read_json(state, "checkpoint state", expect=dict).get("status")
+            return (str(status) if status is not None else None), str(state)
+    return None, ""
+
+
+def require_completed(run_dir: str | Path, use: str, allow_incomplete: bool = False) -> None:
+    """Refuse a run dir whose run did not complete (as `sweep collect` scores only completed runs).
 
     Args:
         run_dir: the run dir.
         use: what needs the completed run, for the message ("loading a model", "heads").
+        allow_incomplete: accept any status (the user's explicit --allow-incomplete).
+
+    Raises:
+        UserError: result.json records failed or diverged, or there is no result.json and the
+            checkpoint's state.json records a run that did not finish (interrupted, running,
+            stable); the message names the run dir, the status and the file it came from. A dir
+            with neither file (a bare checkpoint) is accepted.
     """
-    result = read_result(run_dir, check_values=False)
-    if result is not None and result.status != Status.COMPLETED:
-        raise UserError(f"run {run_dir} has status {str(result.status)!r} (result.json); {use} needs a completed run")
+    status, where = run_status(run_dir)
+    if status is not None and status != Status.COMPLETED and not allow_incomplete:
+        raise UserError(f"run {run_dir} has status {status!r} ({where}); {use} needs a completed run "
+                        "(pass --allow-incomplete to use its last checkpoint anyway)")

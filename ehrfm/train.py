@@ -40,7 +40,8 @@ being correlated. Every run scores the same sample, so this noise is shared by a
 and differences between runs are less noisy than it; training noise (seeds) is not in it.
 
 Stops and faults:
-- SIGTERM / SIGUSR1 (or `request_stop()` from the same process) set a flag checked between
+- SIGTERM / SIGUSR1, a first Ctrl-C (SIGINT; a second one raises KeyboardInterrupt at once), or
+  `request_stop()` from the same process set a flag checked between
   optimizer steps: the trainer writes checkpoint/ and returns {"status": "interrupted"} WITHOUT
   writing result.json (`ehrfm train` exits 3). Calling train again with the same config resumes
   and ends bit-identical (CPU) to an uninterrupted run: data order is a pure function of (seed,
@@ -72,6 +73,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -82,7 +84,14 @@ import torch
 import torch.distributed as dist
 
 from ehrfm import __version__, fault_points
-from ehrfm.checkpoint import CHECKPOINT_DIR, PREVIOUS_DIR, has_checkpoint, load_training_state, save_checkpoint
+from ehrfm.checkpoint import (
+    CHECKPOINT_DIR,
+    PREVIOUS_DIR,
+    has_checkpoint,
+    load_training_state,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from ehrfm.config import (
     ModelConfig,
     TrainConfig,
@@ -92,7 +101,7 @@ from ehrfm.config import (
     wsd_decay_start,
 )
 from ehrfm.errors import UserError
-from ehrfm.io import progress, read_json, summary, write_json
+from ehrfm.io import check_ehrfm_output, check_not_input, mark_output, progress, read_json, summary, write_json
 from ehrfm.loggers import metrics_log
 from ehrfm.model import GPT
 from ehrfm.packing import IGNORE_INDEX, PAD_SEGMENT, PackedRows, PackedStream
@@ -130,6 +139,15 @@ class StopFlag:
 
 
 _stop_requested = StopFlag()
+
+
+def _on_ctrl_c(signum, frame) -> None:
+    """The first Ctrl-C stops like SIGTERM (checkpoint after this step, resumable); a second one at once."""
+    if _stop_requested.is_set():
+        raise KeyboardInterrupt
+    _stop_requested.set()
+    print("ehrfm train: Ctrl-C: checkpointing after this step (Ctrl-C again to stop at once, losing it)",
+          file=sys.stderr, flush=True)
 
 # TrainConfig fields that may change between an interrupted run and its resumption: they do not
 # change what is computed (only where, how it is logged, or how rows are grouped per forward).
@@ -318,9 +336,18 @@ def _check_trunk(cfg: TrainConfig, run_config: dict, n_steps: int, step_tokens: 
             f"trunk {trunk} keeps no stable checkpoint at {tokens} tokens (it keeps {trunk_cfg.stable_checkpoints or 'none'}); "
             "plan the trunk with this branch point"
         )
-    if not has_checkpoint(stable_checkpoint_dir(trunk, tokens)):
-        why = (f"the trunk {ended.status}: {ended.error}" if ended and ended.status != Status.COMPLETED
-               else "the trunk has not reached it yet")
+    # Only looked at, never repaired (has_checkpoint would delete a damaged copy): the trunk owns it.
+    stable = stable_checkpoint_dir(trunk, tokens) / CHECKPOINT_DIR
+    redo = "delete the trunk's run dir and relaunch with --retry-failed (the trunk retrains, then this branch)"
+    if stable.exists():
+        _, problem = verify_checkpoint(stable)
+        if problem:
+            problem = problem.replace(f"{stable}{os.sep}", "")  # "checkpoint file model.safetensors is damaged (...)"
+            raise UserError(f"trunk {trunk}: its stable checkpoint at {tokens} tokens is damaged: {problem}; {redo}")
+    elif ended and ended.status == Status.COMPLETED:
+        raise UserError(f"trunk {trunk} completed, but its stable checkpoint at {tokens} tokens ({stable}) is missing; {redo}")
+    else:
+        why = f"the trunk {ended.status}: {ended.error}" if ended else "the trunk has not reached it yet"
         raise UserError(f"trunk {trunk} has no stable checkpoint at {tokens} tokens ({why})")
 
 
@@ -376,12 +403,18 @@ def _check_token_ids(td: TokenDir, split) -> None:
         )
 
 
-def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool, held: contextlib.ExitStack) -> dict | None:
+def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool, held: contextlib.ExitStack,
+                     inputs=()) -> dict | None:
     """Create or validate the run dir (rank 0) under its training lock, which `held` keeps until the run ends.
 
     Returns the existing result when already finished; RunDirBusyError when another process trains
-    this run dir (checked before anything in it is read or changed).
+    this run dir (checked before anything in it is read or changed). UserError: the run dir is,
+    holds or lies inside one of `inputs` (the token dir), or `overwrite` would empty a directory
+    ehrfm did not write (ehrfm.io.check_ehrfm_output).
     """
+    check_not_input(run_dir, inputs)
+    if overwrite:
+        check_ehrfm_output(run_dir, ignore=(LOCK_FILE,))
     if run_dir.exists() and not overwrite and not (run_dir / "config.json").is_file() \
             and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         raise UserError(f"output {run_dir} exists and is not a run dir (no config.json); choose another --out")
@@ -399,6 +432,7 @@ def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool, held: con
     if (run_dir / "config.json").is_file():
         saved = read_json(run_dir / "config.json", "run config")
         _check_same_run(run_dir, saved, run_config)
+        mark_output(run_dir, "train")  # ours (a run dir of an older ehrfm gets its marker here)
         result = read_result(run_dir)
         if result is not None:
             if result.kept:  # deterministic outcomes: keep
@@ -407,6 +441,7 @@ def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool, held: con
         return None
     try:
         write_json(run_dir / "config.json", run_config)
+        mark_output(run_dir, "train")
     except BaseException:  # a full disk at start-up: leave nothing behind (the lock dies with us)
         if created:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -603,7 +638,7 @@ def train(cfg: TrainConfig, handle_signals: bool = True) -> dict:
 
     Args:
         cfg: the run's config (token dir, out dir, shape, budget in tokens or FLOPs, optimizer).
-        handle_signals: install SIGTERM/SIGUSR1 handlers (main thread only) for the duration of the run.
+        handle_signals: install SIGTERM/SIGUSR1/SIGINT handlers (main thread only) for the duration of the run.
 
     Returns:
         result.json's content: status ("completed", "failed", "diverged"; "interrupted" when
@@ -620,6 +655,7 @@ def train(cfg: TrainConfig, handle_signals: bool = True) -> dict:
     if handle_signals and threading.current_thread() is threading.main_thread():
         for s in STOP_SIGNALS:
             old_handlers[s] = signal.signal(s, lambda signum, frame: _stop_requested.set())
+        old_handlers[signal.SIGINT] = signal.signal(signal.SIGINT, _on_ctrl_c)
     try:
         with contextlib.ExitStack() as held:  # the run dir's lock (rank 0), released on return
             return _train(cfg, dd, held)
@@ -668,7 +704,8 @@ def _train(cfg: TrainConfig, dd: _Dist, held: contextlib.ExitStack) -> dict:
         try:
             if cfg.trunk_dir and not _started(run_dir) and not _finished(run_dir):
                 _check_trunk(cfg, run_config, n_steps, step_tokens)  # before anything is written
-            finished = ("ok", _prepare_run_dir(run_dir, run_config, cfg.overwrite, held))
+            finished = ("ok", _prepare_run_dir(run_dir, run_config, cfg.overwrite, held,
+                                                    inputs=(cfg.tokens_dir, cfg.trunk_dir)))
         except UserError as e:
             finished = ("busy" if isinstance(e, RunDirBusyError) else "error", str(e))
     finished = dd.broadcast_object(finished)

@@ -1,7 +1,7 @@
 """`ehrfm train TOK --out RUN ...`: a thin wrapper over ehrfm.train.train.
 
 Exit codes: 0 completed (or already completed), 1 diverged or failed (recorded in result.json),
-2 user error (nothing written), 3 interrupted by SIGTERM/SIGUSR1 (checkpoint written; rerun the
+2 user error (nothing written), 3 interrupted by SIGTERM/SIGUSR1 or a first Ctrl-C (checkpoint written; rerun the
 same command to resume). Runs unchanged under `torchrun --nproc-per-node N -m ehrfm train ...`.
 """
 
@@ -61,7 +61,7 @@ def register(sub) -> None:
         help="train one model on a token dir for exactly D tokens (or C FLOPs)",
         description="Train one Llama-style GPT on TOK's train split for exactly D tokens; held-out loss on its "
         "tuning split. Writes RUN/{config.json,metrics.jsonl,checkpoint/,result.json}. "
-        "SIGTERM/SIGUSR1: checkpoint and exit 3; rerun the same command to resume.",
+        "SIGTERM/SIGUSR1 or a first Ctrl-C: checkpoint and exit 3; rerun the same command to resume.",
     )
 
 

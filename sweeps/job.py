@@ -265,7 +265,7 @@ def _ddp_env(rank: int, local_rank: int, world: int) -> dict:
     }
 
 
-def _last_line(path: str, limit: int = 300) -> str:
+def _last_line(path: str, limit: int = 600) -> str:  # a trainer's error line names paths: keep it whole
     try:
         with open(path, "rb") as f:
             f.seek(0, 2)

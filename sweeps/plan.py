@@ -26,8 +26,10 @@ that the fit's Approach 2 law predicts for it (N_opt = n_coef * C^a; a total-par
 `n_count` "total", is turned into the family's non-embedding N first); budgets up to that one keep
 their tokens_per_param centre, so their planned runs, and run ids, are unchanged. The centre is
 snapped to the same rung grid as every other budget, so the ladder stays shared and wsd trunks
-still serve several budgets. A law whose exponent a is not positive (or not finite) is refused:
-it cannot say where a larger budget's optimum lies. sweep.json records the law used (`centre_law`).
+still serve several budgets. A law whose exponent a or b is not positive (or not finite) is refused:
+it cannot say where a larger budget's optimum lies; a law `ehrfm recommend` would not trust (no
+bootstrap intervals, an interval reaching 0) still centres the ladders, and the plan's notes say so.
+sweep.json records the law used (`centre_law`).
 
 Bracketing (`bracket_from`, `sweep plan --bracket-from RESULTS`): a ladder whose lowest loss sits
 at its smallest or largest size has not bracketed its optimum, and a parabola through it can only
@@ -357,7 +359,9 @@ def centre_law_from_fit(fit_path: str | Path, budgets: list[float]) -> tuple[dic
 
     Raises:
         UserError: fits.json missing or damaged, without an Approach 2 law, or with a law whose
-            exponent a or coefficient n_coef is not a positive finite number.
+            exponents a, b or coefficient n_coef are not positive finite numbers. A law that
+            analysis.recommend.trust does not trust otherwise (no bootstrap intervals, an interval
+            reaching 0) still centres the ladders, with a note saying so.
     """
     fit_path = Path(fit_path)
     fits_json = fit_path if fit_path.is_file() else fit_path / "fits.json"
@@ -380,8 +384,20 @@ def centre_law_from_fit(fit_path: str | Path, budgets: list[float]) -> tuple[dic
         law[key] = float(v)
     if not used:
         raise UserError(f"{fits_json}: approach2 used no budget (approach2.budgets[].used); nothing to extrapolate from")
+    from analysis.recommend import trust
+
+    b = a2.get("b")
+    if not isinstance(b, (int, float)) or not math.isfinite(b) or b <= 0:
+        raise UserError(f"{fits_json}: approach2.b = {b!r}: a law whose D_opt does not grow with compute cannot place a "
+                        "larger budget's ladder (plan without --centre-from, or fit more budgets first)")
     law.update(fits=str(fits_json.resolve()), n_count=str(fits.get("n_count") or "non-embedding"), from_budget=max(used))
     notes = []
+    ok, why = trust(fits, 2)  # the judgement `ehrfm recommend` makes of the same law
+    if not ok:
+        # A centre is only where the ladder starts looking (bracketing extends it), so a law with
+        # growing optima may place it, but the plan says it is a guess.
+        notes.append(f"--centre-from: the Approach 2 law is not trusted ({why}); the larger budgets' ladders are centred on "
+                     "a guess: check that each parabola's minimum is inside its ladder (ehrfm sweep plan --bracket-from)")
     above = [b for b in budgets if b > law["from_budget"]]
     if not above:
         notes.append(f"--centre-from: no budget above the fit's largest ({law['from_budget']:.3g}); every ladder keeps its "
@@ -474,8 +490,10 @@ def make_plan(sweep: SweepConfig) -> tuple[list[dict], list[str]]:
     tokens_per_step = base.batch_size * base.context
     if sweep.sizes < 1:
         raise UserError(f"--sizes must be >= 1 (got {sweep.sizes})")
-    if not sweep.span_dex >= 0:
-        raise UserError(f"--span-dex must be >= 0 (got {sweep.span_dex})")
+    if not (sweep.span_dex >= 0 and math.isfinite(sweep.span_dex)):
+        raise UserError(f"--span-dex must be finite and >= 0 (got {sweep.span_dex})")
+    if not (sweep.tokens_per_param > 0 and math.isfinite(sweep.tokens_per_param)):
+        raise UserError(f"--tokens-per-param must be finite and > 0 (got {sweep.tokens_per_param})")
 
     rows: list[dict] = []
     warnings: list[str] = []
@@ -703,6 +721,11 @@ def plan_sweep(
                     f"sweep dir {out} was planned with another tokenizer (fingerprint {old.tokenizer_fingerprint[:12]}, "
                     f"{tokens_dir} has {sweep.tokenizer_fingerprint[:12]}); its runs are not comparable: use a new --out"
                 )
+            changed = _recipe_changes(old, sweep)
+            if changed:
+                raise UserError(
+                    f"sweep dir {out} was planned with another training recipe ({'; '.join(changed)}): its runs and "
+                    "the new ones would meet in one fit; use a new --out (or plan again with the same options)")
             sweep.extra_rungs = {k: v for k, v in old.extra_rungs.items() if k in {budget_key(b) for b in budgets}}
     notes = []
     if centre_from is not None:
@@ -718,6 +741,20 @@ def plan_sweep(
     write_plan_table(rows, out / PLAN_PARQUET)
     write_json(out / SWEEP_JSON, sweep)
     return sweep, rows, warnings
+
+
+def _recipe_changes(old: SweepConfig, new: SweepConfig) -> list[str]:
+    """How `new` trains runs differently from `old` ("lr 0.01 -> 0.03", ...).
+
+    Compares the shared train options, context, schedule and lr scaling; budgets and the ladder may
+    change on a re-plan.
+    """
+    changes = [f"{k} {old.train.get(k, 'default')} -> {new.train.get(k, 'default')}"
+               for k in sorted(set(old.train) | set(new.train)) if old.train.get(k) != new.train.get(k)]
+    for k in ("context", "schedule", "lr_ref_width"):
+        if getattr(old, k) != getattr(new, k):
+            changes.append(f"{k} {getattr(old, k)} -> {getattr(new, k)}")
+    return changes
 
 
 def load_sweep(sweep_dir: str | Path) -> tuple[SweepConfig, list[dict]]:

@@ -117,3 +117,33 @@ def test_baseline_cli(cohort, tmp_path, capsys):
     assert "logistic regression in_hospital_mortality: n=" in capsys.readouterr().out
     assert main(["baseline", str(meds), "--labels", str(labels), "--out", str(tmp_path / "b")]) == 2  # exists
     assert main(["baseline", str(meds), "--labels", str(labels), "--out", str(tmp_path / "c"), "--windows", "7x"]) == 2
+
+
+def test_too_few_train_labels_skip_boosting_with_its_reason(cohort, tmp_path, capsys):
+    """Before: `baseline --max-labels 5`, or train labels with one positive, ended in sklearn's
+    ValueError traceback from gradient boosting's early-stopping split. Now logistic regression runs
+    and gradient boosting is skipped, its reason in metrics.json and in the summary line."""
+    from ehrfm.app.cli import main
+    from ehrfm.clinical.baseline import meds_subject_splits
+
+    meds, labels, n = cohort
+    lab = pl.read_parquet(labels).join(meds_subject_splits(meds), on="subject_id")
+    train = lab.filter(pl.col("split") == "train")
+    one_pos = pl.concat([train.filter(pl.col("boolean_value")).head(1), train.filter(~pl.col("boolean_value")),
+                         lab.filter(pl.col("split") != "train")]).drop("split")
+    one_pos.write_parquet(tmp_path / "one_positive.parquet")
+    m = baseline(BaselineConfig(str(meds), str(tmp_path / "one_positive.parquet"), bootstrap=0), tmp_path / "b1")
+    assert m["models"]["gradient_boosting"] == {"skipped": f"{m['n_train']} train labels (1 positive) are too few for its "
+                                                "early-stopping split (needs 2 of each class, and 2 labels in the held-back 10%)"}
+    assert m["models"]["logistic_regression"]["auroc"] > 0.5 and m["n_train"] > 300
+    assert (tmp_path / "b1" / "logistic_regression" / "predictions.parquet").exists()
+    assert not (tmp_path / "b1" / "gradient_boosting").exists()
+    # 5 labels per split (both classes in train, seed 1): its 10% is 1 label
+    capsys.readouterr()
+    rc = main(["baseline", str(meds), "--labels", str(labels), "--out", str(tmp_path / "b2"), "--max-labels", "5",
+               "--bootstrap", "0", "--min-count", "1", "--seed", "1"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "gradient boosting AUROC skipped: 5 train labels" in out
+    saved = json.loads((tmp_path / "b2" / "metrics.json").read_text())
+    assert saved["n_train"] == 5 and "skipped" in saved["models"]["gradient_boosting"]

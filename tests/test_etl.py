@@ -115,17 +115,20 @@ def test_etl_real_mimic_iv_demo_is_valid_meds(demo_meds, mimic_demo_dir):
     raw_adm = pl.read_csv(mimic_demo_dir / "hosp/admissions.csv.gz")
     assert df.filter(pl.col("code").str.starts_with("HOSPITAL_ADMISSION//")).height == raw_adm.height
     raw_labs = pl.read_csv(mimic_demo_dir / "hosp/labevents.csv.gz", infer_schema_length=0)
-    # One event per distinct lab row (of the columns read); the 189 exact repeats are counted.
-    read = ["subject_id", "hadm_id", "itemid", "charttime", "value", "valuenum", "valueuom"]
+    # One event per distinct stored lab row (of the columns read): the 992 rows never stored (no
+    # storetime: no result known) and the 18 exact repeats are counted.
+    read = ["subject_id", "hadm_id", "itemid", "charttime", "storetime", "value", "valuenum", "valueuom"]
     n_labs = df.filter(pl.col("code").str.starts_with("LAB//")).height
-    assert n_labs == raw_labs.select(read).unique().height == raw_labs.height - 189
+    stored = raw_labs.filter(pl.col("storetime").is_not_null())
+    assert n_labs == stored.select(read).unique().height == raw_labs.height - 992 - 18
     # Every table of the demo is used; chartevents (absent from the demo) is reported missing.
     cfg = json.loads((demo_meds / "metadata/etl_config.json").read_text())
     labs = cfg["tables"]["hosp/labevents"]
-    assert labs == {"rows_read": raw_labs.height, "events_written": n_labs, "dropped": {"duplicate": 189},
-                    "midnight_times": {"charttime": 3403}}
+    assert labs == {"rows_read": raw_labs.height, "events_written": n_labs,
+                    "dropped": {"duplicate": 18, "result_never_stored": 992},
+                    "midnight_times": {"charttime": 3403, "storetime": 46}, "moved_to_store_time": {"charttime": 106498}}
     dups = {t: a["dropped"].get("duplicate", 0) for t, a in cfg["tables"].items()}
-    assert sum(dups.values()) == 3453 and dups["hosp/prescriptions"] == 2602
+    assert sum(dups.values()) == 3183 and dups["hosp/prescriptions"] == 2602
     assert cfg["tables_missing"] == ["icu/chartevents"]
     for prefix in ("INFUSION//", "OUTPUT//", "PROCEDURE//ITEM//", "DRG//", "OMR//", "MEDICATION//", "ICU_ADMISSION//"):
         assert df["code"].str.starts_with(prefix).any(), prefix
@@ -134,7 +137,7 @@ def test_etl_real_mimic_iv_demo_is_valid_meds(demo_meds, mimic_demo_dir):
     written = {t: a["events_written"] for t, a in cfg["tables"].items()}
     assert len(written) == 22 and min(written.values()) > 0
     assert written["hosp/poe"] == 45154 and written["hosp/emar_detail"] == 32324 and written["hosp/services"] == 319
-    assert df.height == sum(written.values()) == 334898
+    assert df.height == sum(written.values()) == 334160
     hcpcs = cm.filter(pl.col("code").str.starts_with("HCPCS//"))["description"]
     assert hcpcs.len() > 0 and (~hcpcs.str.starts_with("HCPCS ")).all()  # from d_hcpcs
     # Descriptions from the real dictionaries.
@@ -229,9 +232,16 @@ def test_existing_output_is_refused_unless_overwrite(small_raw, tmp_path):
     (out / "keep.txt").write_text("x")
     with pytest.raises(UserError, match="already exists"):
         etl(small_raw, out)
-    assert (out / "keep.txt").exists()
+    # --overwrite replaces only what ehrfm wrote (its .ehrfm-output marker), never a user's directory
+    with pytest.raises(UserError, match="ehrfm did not write .*remove it by hand"):
+        etl(small_raw, out, overwrite=True)
+    assert (out / "keep.txt").read_text() == "x"
+    (out / "keep.txt").unlink()  # an empty directory is replaced
     etl(small_raw, out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "metadata/codes.parquet").exists()
+    assert (out / ".ehrfm-output").read_text() == "etl\n" and (out / "metadata/codes.parquet").exists()
+    (out / "metadata/extra.txt").write_text("x")
+    etl(small_raw, out, overwrite=True)  # ehrfm's own output: replaced whole
+    assert not (out / "metadata/extra.txt").exists() and (out / "metadata/codes.parquet").exists()
 
 
 def test_interrupted_run_leaves_no_half_written_output(small_raw, tmp_path, monkeypatch):
@@ -580,3 +590,49 @@ def test_a_killed_worker_is_one_clear_user_error():
     with etl_module._worker_pool(2) as pool, pytest.raises(UserError, match="etl: shards: a worker process ended "
                                                                             "abruptly.*--workers 1 runs in one process"):
         etl_module._run_jobs(pool, 3, lambda i, _: (os._exit, 1) if i == 1 else (abs, -i), desc="etl: shards")
+
+
+def _splits(tmp_path, small_raw, edit):
+    """A --splits file: every subject of small_raw in train, then `edit` applied."""
+    ids = pl.read_csv(small_raw / "hosp/patients.csv.gz")["subject_id"]
+    path = tmp_path / "splits.parquet"
+    edit(pl.DataFrame({"subject_id": ids, "split": ["train"] * 70 + ["tuning"] * 5 + ["held_out"] * 5})).write_parquet(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("shard_subjects=0", "shard_subjects must be a whole number of at least 1 (got 0)"),
+    ("chunk_events=-5", "chunk_events must be a whole number of at least 1 (got -5)"),
+    ("fractions_nan", "split fractions must be 3 finite numbers >= 0 summing to 1"),
+    ("fractions_sum", "split fractions must be 3 finite numbers >= 0 summing to 1"),
+    ("splits_two", "2 subjects are listed in more than one split (a leak between splits)"),
+    ("splits_names", "column 'split' has 5 rows with split names other than train, tuning, held_out: 'test'"),
+    ("splits_str_ids", "column 'subject_id' is String, not an integer type"),
+    ("splits_csv", "not a readable parquet file"),
+    ("both_gz_and_csv", "table hosp/labevents: both"),
+])
+def test_bad_options_and_inputs_are_refused_before_any_table_is_read(small_raw, tmp_path, case, expected):
+    """One line naming the option or file, nothing written (the tester's tracebacks: ValueError from
+    range(), polars SchemaError/ComputeError, a subject in two splits written as valid MEDS)."""
+    options = {
+        "shard_subjects=0": {"shard_subjects": 0},
+        "chunk_events=-5": {"chunk_events": -5},
+        "fractions_nan": {"split_fractions": (float("nan"), 0.5, 0.5)},
+        "fractions_sum": {"split_fractions": (0.8, 0.1, 0.3)},
+    }.get(case, {})
+    if case == "splits_two":
+        options["splits_file"] = _splits(tmp_path, small_raw, lambda s: pl.concat([s, s.head(2).with_columns(split=pl.lit("held_out"))]))
+    elif case == "splits_names":
+        options["splits_file"] = _splits(tmp_path, small_raw, lambda s: s.with_columns(
+            split=pl.when(pl.col("split") == "held_out").then(pl.lit("test")).otherwise("split")))
+    elif case == "splits_str_ids":
+        options["splits_file"] = _splits(tmp_path, small_raw, lambda s: s.with_columns(pl.col("subject_id").cast(pl.String)))
+    elif case == "splits_csv":
+        (tmp_path / "splits.csv").write_text("subject_id,split\n1,train\n")
+        options["splits_file"] = str(tmp_path / "splits.csv")
+    elif case == "both_gz_and_csv":
+        (small_raw / "hosp/labevents.csv").write_bytes(gzip.decompress((small_raw / "hosp/labevents.csv.gz").read_bytes()))
+    with pytest.raises(UserError) as e:
+        etl(small_raw, tmp_path / "out", **options)
+    assert expected in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob("out.tmp*"))

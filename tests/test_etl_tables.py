@@ -214,7 +214,8 @@ def test_mimic_iv_3_1_shaped_tables_convert_like_2_2(tmp_path):
             split_fractions=(1.0, 0.0, 0.0))
         out[name] = _events(root / "meds")
     assert out["v22"].equals(out["v31"])
-    assert _at(out["v31"], "PROCEDURE//ITEM//225966") == [("2150-01-02 10:00:00", None)]
+    # Placed when it was stored (storetime 11:00), not at its start (10:00): see test_results_sit_at_their_store_time.
+    assert _at(out["v31"], "PROCEDURE//ITEM//225966") == [("2150-01-02 11:00:00", None)]
     assert _at(out["v31"], "LAB//50912//mg/dL") == [("2150-01-02 08:00:00", 1.0)]
 
 
@@ -252,8 +253,95 @@ def test_a_renamed_optional_column_is_refused_not_read_as_missing(tmp_path):
     labs = "subject_id,hadm_id,itemid,charttime,value,valuenum,unit\n1,11,50912,2150-01-02 08:00:00,1.0,1.0,mg/dL\n"
     msg = _refusal(tmp_path, {"hosp/labevents": labs})
     assert "labevents.csv: table hosp/labevents has an unexpected column set" in msg
-    assert "no 'valueuom' but 'unit'" in msg and "mg/dL" not in msg
+    assert "no 'storetime', 'valueuom' but 'unit'" in msg and "mg/dL" not in msg
     # A trimmed extract (the column simply absent) still converts, units read as UNK.
     trimmed = "subject_id,hadm_id,itemid,charttime,value,valuenum\n1,11,50912,2150-01-02 08:00:00,1.0,1.0\n"
     etl(_raw(tmp_path / "t", {"hosp/labevents": trimmed}), tmp_path / "t/meds", split_fractions=(1.0, 0.0, 0.0))
     assert _at(_events(tmp_path / "t/meds"), "LAB//50912//UNK") == [("2150-01-02 08:00:00", 1.0)]
+
+
+def test_results_sit_at_their_store_time_and_the_audit_flags_tables_without_one(tmp_path):
+    """A lab value or culture result is known when it is stored (MIMIC-IV's storetime), not when
+    the specimen was drawn: on the real demo a median 65 min later for labs and 3 days for cultures,
+    so a result at its charttime leaked into 24-hour mortality histories."""
+    from datetime import datetime
+
+    from ehrfm.clinical.audit import audit
+
+    labs = ("subject_id,hadm_id,itemid,charttime,storetime,value,valuenum,valueuom\n"
+            "1,11,50912,2150-01-02 08:00:00,2150-01-02 09:10:00,1.0,1.0,mg/dL\n"   # stored 70 min later
+            "1,11,50912,2150-01-02 12:00:00,2150-01-02 11:59:00,1.1,1.1,mg/dL\n"   # stored before its charttime: kept
+            "1,11,50912,2150-01-02 13:00:00,,,,mg/dL\n"                             # never stored: dropped, counted
+            "2,21,50912,2150-02-01 10:00:00,2150-02-01 11:00:00,0.9,0.9,mg/dL\n"
+            "2,21,50912,2150-02-01 10:30:00,2150-02-01 11:00:00,0.9,0.9,mg/dL\n")  # stored with the one before: 2 events
+    micro = ("subject_id,hadm_id,chartdate,charttime,storedate,storetime,test_name,org_name,ab_name,dilution_value,"
+             "interpretation\n"
+             "1,11,2150-01-02 00:00:00,2150-01-02 09:30:00,2150-01-05 00:00:00,2150-01-05 07:45:00,BLOOD CULTURE,"
+             "E. COLI,CEFTRIAXONE,1,S\n"
+             "2,21,2150-02-01 00:00:00,2150-02-01 10:00:00,2150-02-03 00:00:00,,URINE CULTURE,,,,\n")  # a storedate only
+    root = tmp_path / "stored"
+    root.mkdir()
+    etl(_raw(root, {"hosp/labevents": labs, "hosp/microbiologyevents": micro}), root / "meds",
+        split_fractions=(1.0, 0.0, 0.0))
+    ev = _events(root / "meds")
+    assert _at(ev, "LAB//50912//mg/dL") == [("2150-01-02 09:10:00", 1.0), ("2150-01-02 12:00:00", 1.100000023841858),
+                                            ("2150-02-01 11:00:00", 0.8999999761581421),
+                                            ("2150-02-01 11:00:00", 0.8999999761581421)]
+    assert _at(ev, "MICROBIOLOGY//BLOOD CULTURE//E. COLI//CEFTRIAXONE") == [("2150-01-05 07:45:00", 1.0)]
+    # A storedate without a time is a date: placed by the date-only rule (its stay's discharge that
+    # day, 12:00, else 23:59:59), never at the day's start or the specimen's time.
+    assert _at(ev, "MICROBIOLOGY//URINE CULTURE//NONE") == [("2150-02-03 12:00:00", None)]
+    cfg = json.loads((root / "meds/metadata/etl_config.json").read_text())["tables"]
+    assert cfg["hosp/labevents"]["dropped"] == {"result_never_stored": 1}
+    assert cfg["hosp/labevents"]["moved_to_store_time"] == {"charttime": 3}
+    meta = json.loads((root / "meds/metadata/ehrfm_etl.json").read_text())["stored_time_sources"]
+    assert {(m["table"], m["present"]) for m in meta} == {("hosp/labevents", True), ("hosp/microbiologyevents", True)}
+
+    # An extract without storetime keeps its results at charttime, says so, and fails the audit (e).
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    no_store = "\n".join(",".join(c for i, c in enumerate(line.split(",")) if i != 4) for line in labs.splitlines()) + "\n"
+    etl(_raw(bare, {"hosp/labevents": no_store}), bare / "meds", split_fractions=(1.0, 0.0, 0.0))
+    assert _at(_events(bare / "meds"), "LAB//50912//mg/dL")[0] == ("2150-01-02 08:00:00", 1.0)
+    labels = bare / "labels.parquet"
+    pl.DataFrame({"subject_id": [1], "prediction_time": [datetime(2150, 1, 2, 10)], "boolean_value": [False]},
+                 schema={"subject_id": pl.Int64, "prediction_time": pl.Datetime("us"), "boolean_value": pl.Boolean}
+                 ).write_parquet(labels)
+    for meds, clean, chart in ((root / "meds", True, []), (bare / "meds", False, ["hosp/labevents"])):
+        a = audit(meds, labels)
+        assert a.result_times["at_chart_time"] == chart and a.clean is clean
+
+
+def test_rows_that_contradict_their_key_are_refused_and_impossible_intervals_counted(tmp_path):
+    """A subject with two genders or a stay with two discharge times has no right row to pick:
+    refused, by count. A discharge before its admission, an ICU stay ending before it starts and
+    an impossible age are dropped under their own reasons (a tester found them all accepted)."""
+    def run(name, tables):
+        root = tmp_path / name
+        root.mkdir()
+        raw = root / "raw"
+        for table, text in tables.items():
+            (raw / table).parent.mkdir(parents=True, exist_ok=True)
+            (raw / f"{table}.csv").write_text(text)
+        return etl(raw, root / "meds", split_fractions=(1.0, 0.0, 0.0))
+
+    with pytest.raises(UserError, match=r"patients.csv: column 'subject_id': 1 subject_id value appears"):
+        run("gender", {"hosp/patients": PATIENTS + "1,M,60,2150,\n", "hosp/admissions": ADMISSIONS})
+    twice = ADMISSIONS + "2,21,2150-02-01 09:00:00,2150-02-04 12:00:00,,URGENT,ER,HOME\n"
+    with pytest.raises(UserError, match=r"admissions.csv: column 'hadm_id': 1 hadm_id value appears"):
+        run("stay", {"hosp/patients": PATIENTS, "hosp/admissions": twice})
+    exact_repeat = ADMISSIONS + ADMISSIONS.splitlines()[1] + "\n"  # an exact repeat is a counted duplicate, not a conflict
+    run("repeat", {"hosp/patients": PATIENTS, "hosp/admissions": exact_repeat})
+
+    backwards = ADMISSIONS.replace("2,21,2150-02-01 09:00:00,2150-02-03 12:00:00", "2,21,2150-02-03 12:00:00,2150-02-01 09:00:00")
+    icu = ("subject_id,hadm_id,stay_id,first_careunit,last_careunit,intime,outtime,los\n"
+           "1,11,31,MICU,MICU,2150-01-02 10:00:00,2150-01-02 08:00:00,0\n")
+    old = PATIENTS.replace("2,M,70,2150,", "2,M,-40,2150,")
+    res = run("intervals", {"hosp/patients": old, "hosp/admissions": backwards, "icu/icustays": icu})
+    dropped = res["dropped_events"]
+    assert dropped["hosp/admissions"] == {"discharge_before_admission": 1}
+    assert dropped["icu/icustays"] == {"icu_outtime_before_intime": 1}
+    assert dropped["hosp/patients"] == {"birth_of_implausible_anchor_age": 1}
+    ev = _events(tmp_path / "intervals" / "meds")
+    assert ev.filter(pl.col("subject_id") == 2)["code"].str.starts_with("HOSPITAL_").sum() == 0
+    assert ev.filter(pl.col("code") == "MEDS_BIRTH")["subject_id"].to_list() == [1]

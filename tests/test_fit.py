@@ -263,6 +263,69 @@ def test_budgets_are_grouped_when_the_column_is_absent():
     assert [b.budget for b in f.approach2.budgets] == pytest.approx([1e18, 1e19, 1e20], rel=1e-3)
 
 
+def test_unplanned_runs_are_excluded_not_regrouped(tmp_path):
+    """Runs of a sweep dir its current plan no longer holds (budget null, as `sweep collect` writes
+    them) are excluded with the reason, never grouped by FLOPs into the planned parabolas."""
+    planned = _small()
+    # another recipe's runs at the same budgets: same sizes, worse losses, budget null
+    old = planned.with_columns(run_id=pl.col("run_id") + "-old", loss=pl.col("loss") + 0.3, budget=pl.lit(None, pl.Float64))
+    t = pl.concat([planned, old])
+    f = fit_results(t, approaches=(2,), bootstrap=0)
+    assert f.n_runs == 30 and f.n_fitted == 15 and [b.n_points for b in f.approach2.budgets] == [5, 5, 5]
+    assert sorted(e["run_id"] for e in f.excluded) == sorted(old["run_id"].to_list())
+    assert {e["reason"] for e in f.excluded} == {"not in the sweep's current plan (budget null)"}
+    path = tmp_path / "mixed.parquet"
+    t.write_parquet(path)
+    p = subprocess.run([sys.executable, "-m", "ehrfm", "fit", str(path), "--out", str(tmp_path / "fit"), "--bootstrap", "0",
+                        "--approach", "2", "--no-plots"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "Fitted 15 of 30 runs (15 excluded)" in p.stdout
+    assert p.stderr.count("not fitted: not in the sweep's current plan (budget null)") == 15
+    # a table with no budget values at all (another tool's) is still grouped by FLOPs
+    f = fit_results(old, approaches=(2,), bootstrap=0)
+    assert f.n_fitted == 15 and not f.excluded and [b.n_points for b in f.approach2.budgets] == [5, 5, 5]
+
+
+def test_budget_and_flops_must_agree():
+    t = _small()
+    wrong = t["run_id"][2]
+    bad = t.with_columns(budget=pl.when(pl.col("run_id") == wrong).then(1e19).otherwise(pl.col("budget")))
+    with pytest.raises(UserError, match=rf"columns budget and flops disagree in 1 completed run\(s\): {re.escape(wrong)} "
+                                        r"\(e.g. budget 1e\+19 vs flops 1e\+18"):
+        load_results(bad)
+    # the planner's rounding (D = floor(C / F): flops up to one token's FLOPs below the budget) passes
+    t = t.with_columns(tokens=pl.col("tokens") - 1, flops=6.0 * pl.col("n_params") * (pl.col("tokens") - 1))
+    assert load_results(t).n == 15
+
+
+def test_a_minimal_table_split_into_tiny_groups_gets_a_hint():
+    t = _small().select("n_params", "tokens", "loss")
+    # 6 N D of a table whose D was rounded coarsely: runs of one budget spread over 0.2 decades
+    t = t.with_columns(tokens=(pl.col("tokens") * pl.Series(np.tile([1.0, 1.2, 1.45, 1.0, 1.2], 3))).cast(pl.Int64))
+    with pytest.warns(FitWarning, match=r"grouped by 6 N D .* into \d+ IsoFLOP budgets, \d+ of them with fewer than 3 runs: "
+                                        r"add a budget column .* or a flops column"):
+        fit_results(t, approaches=(1,), bootstrap=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FitWarning)
+        fit_results(_small().drop("budget"), approaches=(1,), bootstrap=0)  # grouped into 3 groups of 5: no hint
+
+
+def test_a_parabola_with_an_incredible_minimum_is_not_used():
+    """One run's loss recorded as 500 (3 sizes: the parabola passes through it) puts the vertex of
+    its budget below 0; that budget is left out, named, and the run is named as the likely outlier."""
+    t = synthetic_results(LAW, budgets=(1e18, 4e18, 1.6e19, 6.4e19), sizes=3, span_decades=0.8, noise=0.01, seed=0)
+    bad = t.filter(pl.col("budget") == 6.4e19)["run_id"][0]
+    t = t.with_columns(loss=pl.when(pl.col("run_id") == bad).then(500.0).otherwise(pl.col("loss")))
+    with pytest.warns(FitWarning, match=r"budget 6.4e\+19 FLOPs left out of the power laws: L_min = -59.56 is not positive"):
+        f = fit_results(t, approaches=(2,), bootstrap=0)
+    top = f.approach2.budgets[-1]
+    assert top.loss_min == pytest.approx(-59.56, abs=0.01) and not top.used
+    assert f"run {bad}, loss 500 against the budget's median 2.659, is the likely outlier" in top.reason
+    assert f.approach2.n_budgets_used == 3
+    # the held-out check compares with a real minimum, not with -59.56
+    assert f.holdout["budget"] == 1.6e19 and f.holdout["observed_loss"] == pytest.approx(2.821, abs=0.001)
+
+
 def test_multi_epoch_tables_fit_effective_data():
     t = _small().with_columns(unique_tokens=(pl.col("tokens") // 3))
     f = fit_results(t, approaches=(3,), bootstrap=0)
@@ -355,7 +418,9 @@ def test_one_budget_written_two_ways_is_one_isoflop_group():
     assert [b.n_points for b in f.approach2.budgets] == [5, 5, 5]
     assert [b.budget for b in f.approach2.budgets] == pytest.approx([1e18, 1e19, 1e20], rel=1e-5)
     # budgets 2x apart stay apart
-    res = load_results(_small().with_columns(budget=pl.when(pl.col("budget") == 1e18).then(2e18).otherwise(pl.col("budget"))))
+    twice = pl.when(pl.col("budget") == 1e18)
+    res = load_results(_small().with_columns(budget=twice.then(2e18).otherwise(pl.col("budget")),
+                                             flops=twice.then(pl.col("flops") * 2).otherwise(pl.col("flops"))))
     assert sorted(np.unique(res.budget)) == [2e18, 1e19, 1e20]
 
 

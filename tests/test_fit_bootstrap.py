@@ -5,7 +5,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from analysis.fit import FitConfig, FitWarning, fit_results, load_fit, write_fits
+from analysis.fit import FitConfig, FitWarning, fit_results, format_fit_table, load_fit, write_fits
 from analysis.synthetic import BESIROGLU, synthetic_results
 
 LAW = BESIROGLU
@@ -25,7 +25,7 @@ def test_residual_bootstrap_covers_the_true_exponent_and_is_tighter_than_resampl
             assert a2.bootstrap_method == method
             lo, hi = a2.a_ci
             hits[method] += lo <= TRUE_A <= hi
-            widths[method].append(hi - lo)
+            widths[method].append(hi - lo if np.isfinite(hi - lo) else np.inf)  # no interval: as wide as can be
     assert hits["residuals"] >= 16, hits  # nominal 19 of 20
     assert np.median(widths["residuals"]) < 0.7 * np.median(widths["runs"]), {k: np.median(v) for k, v in widths.items()}
 
@@ -66,8 +66,45 @@ def test_a_budget_whose_parabola_does_not_fit_its_runs_is_left_out_with_the_reas
     assert all(b.used for b in fit.approach2.budgets) and np.isnan(fit.approach2.budgets[0].lack_of_fit_p)
 
 
-def test_three_sizes_per_budget_leave_no_residuals_so_the_runs_are_resampled():
+def test_three_sizes_per_budget_leave_no_residuals_so_the_runs_are_resampled(tmp_path):
     t = synthetic_results(LAW, budgets=BUDGETS, sizes=3, span_decades=0.8, noise=0.01, seed=0)
     with pytest.warns(FitWarning, match="resample runs instead"):
-        a2 = fit_results(t, config=FitConfig(approaches=(2,), bootstrap=100, holdout=False)).approach2
-    assert a2.bootstrap_method == "runs" and np.isfinite(a2.a_ci).all()
+        fit = fit_results(t, config=FitConfig(approaches=(2,), bootstrap=100, holdout=False))
+    a2 = fit.approach2
+    assert a2.bootstrap_method == "runs"
+    # A replicate that draws fewer than the 3 distinct runs of a budget has no parabola: most of them
+    # fail, and the few left would give an interval that only looks certain. None is reported.
+    assert np.isnan(a2.a_ci).all() and np.isnan(a2.b_ci).all()
+    why = fit.interval_notes["approach2/a"]
+    failed = int(why.split(" of ")[0])
+    assert failed > 10 and "of 100 bootstrap replicates could not be fitted; an interval needs 90% of them" in why
+    for b in a2.budgets:  # each budget's minimum: no interval either, with the reason
+        assert np.isnan(b.n_opt_ci).all() and "could not be fitted" in b.interval_note
+    assert any(w.startswith("approach2: no interval for a, b,") for w in fit.warnings)
+    d = write_fits(fit, tmp_path / "fit", plots=False)
+    fits = __import__("json").loads((d / "fits.json").read_text())
+    assert fits["approach2"]["a_ci"] == [None, None] and fits["intervals_not_available"]["approach2/a"] == why
+    assert f"| 2 IsoFLOP | {a2.a:.3g} [n/a] |" in (d / "fits.md").read_text()
+    assert load_fit(d).interval_notes["approach2/a"] == why
+
+
+def test_zero_width_interval_is_not_reported_as_certain():
+    """One model size per budget: every replicate's envelope has the same N, so Approach 1's a is 0
+    by design; its interval [0, 0] would read as certainty."""
+    from analysis.laws import interval_problem, percentile_ci
+
+    t = synthetic_results(LAW, budgets=BUDGETS, sizes=1, noise=0.01, seed=0)
+    t = t.with_columns(n_params=pl.lit(int(t["n_params"][0])), n_params_total=pl.lit(int(t["n_params"][0])))
+    t = t.with_columns(tokens=(pl.col("budget") / (6 * pl.col("n_params"))).cast(pl.Int64))
+    t = t.with_columns(flops=6.0 * pl.col("n_params") * pl.col("tokens"))
+    with pytest.warns(FitWarning, match="zero width"):
+        fit = fit_results(t, config=FitConfig(approaches=(1,), bootstrap=50, holdout=False))
+    a1 = fit.approach1
+    assert abs(a1.a) < 1e-9 and np.isnan(a1.a_ci).all()
+    assert fit.interval_notes["approach1/a"].startswith("zero width: every replicate gives")
+    assert "0 [n/a]" in format_fit_table(fit)
+    assert percentile_ci([1.0] * 50) == [pytest.approx(np.nan, nan_ok=True)] * 2 and "zero width" in interval_problem([1.0] * 50)
+    # 5 of 50 failed (10%): still an interval; 6 of 50: none
+    draws = np.r_[np.linspace(0, 1, 45), [np.nan] * 5]
+    assert np.isfinite(percentile_ci(draws)).all() and interval_problem(draws) == ""
+    assert np.isnan(percentile_ci(np.r_[np.linspace(0, 1, 44), [np.nan] * 6])).all()

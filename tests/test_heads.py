@@ -309,3 +309,98 @@ def test_probe_embeds_the_same_histories_once_per_pooling(cohort):
     assert len(features) == 3  # another pooling or context is another representation
     with pytest.raises(UserError, match="pooling 'max'"):
         probe_scores(model, td, h, 64, ProbeConfig(str(run), str(tok), str(labels), pooling="max"), "long_los")
+
+
+def _cli(capsys, *argv) -> tuple[int, str]:
+    """(exit status, stderr) of `ehrfm argv...` run in this process."""
+    from ehrfm.app.cli import main
+
+    capsys.readouterr()
+    rc = main([str(a) for a in argv])
+    return rc, capsys.readouterr().err
+
+
+def test_heads_refuse_a_label_dir_of_several_tasks_and_a_task_mismatch(cohort, tmp_path, capsys):
+    """Before: --labels DIR read every parquet under DIR as one task (mortality and long stay mixed),
+    and zeroshot --task X scored a label file `ehrfm labels` had made for task Y."""
+    import shutil
+
+    from ehrfm.clinical.probe import ProbeConfig, probe
+
+    tok, labels, run = cohort
+    both = tmp_path / "labels"
+    both.mkdir()
+    for task in ("in_hospital_mortality", "long_los"):  # as `ehrfm labels --task all` writes them
+        shutil.copy(labels, both / f"{task}.parquet")
+        (both / f"{task}.json").write_text(json.dumps({"task": task}))
+    head = ["--tokens", tok, "--labels", both, "--out", tmp_path / "o", "--bootstrap", "0"]
+    for cmd in (["probe", run], ["finetune", run], ["zeroshot", run, "--task", "in_hospital_mortality"]):
+        rc, err = _cli(capsys, *cmd, *head)
+        assert rc == 2 and err.count("\n") == 1, err
+        assert f"--labels {both} is a directory holding 2 parquet files (in_hospital_mortality.parquet, long_los.parquet)" in err
+    rc, err = _cli(capsys, "baseline", tmp_path / "meds", "--labels", both, "--out", tmp_path / "o")
+    assert rc == 2 and "holding 2 parquet files" in err, err
+    assert not (tmp_path / "o").exists()
+    # a directory with one task's file is that file
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(labels, one / "in_hospital_mortality.parquet")
+    m = probe(ProbeConfig(str(run), str(tok), str(one), bootstrap=0), tmp_path / "p")
+    assert m["task"] == "in_hospital_mortality" and m["n"] == 20
+    # the task a label file records (its sidecar) must be the one asked for
+    long_los = both / "long_los.parquet"
+    rc, err = _cli(capsys, "zeroshot", run, "--tokens", tok, "--labels", long_los, "--out", tmp_path / "z",
+                   "--task", "in_hospital_mortality")
+    assert rc == 2 and err.count("\n") == 1, err
+    assert f"label file {long_los} holds labels of task long_los" in err and "not in_hospital_mortality" in err
+    with pytest.raises(UserError, match="holds labels of task long_los"):
+        probe(ProbeConfig(str(run), str(tok), str(long_los), task="in_hospital_mortality"), tmp_path / "p2")
+    assert not (tmp_path / "z").exists() and not (tmp_path / "p2").exists()
+
+
+def test_heads_refuse_an_unfinished_run_unless_allowed(cohort, tmp_path, capsys):
+    """Before: a run whose training was interrupted (no result.json, checkpoint state "interrupted")
+    was probed as if it were the trained model."""
+    import shutil
+
+    from ehrfm.checkpoint import load_model, save_checkpoint
+
+    tok, labels, run = cohort
+    part = tmp_path / "part"
+    model, _ = load_model(run)
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    save_checkpoint(part, model, None, {**state, "status": "interrupted"})
+    head = ["--tokens", tok, "--labels", labels, "--bootstrap", "0"]
+    for cmd in (["probe", part], ["finetune", part, "--epochs", "1"],
+                ["zeroshot", part, "--samples", "1", "--task", "in_hospital_mortality"]):
+        rc, err = _cli(capsys, *cmd, *head, "--out", tmp_path / "o")
+        assert rc == 2 and err.count("\n") == 1, err
+        assert f"run {part} has status 'interrupted' ({part / 'checkpoint' / 'state.json'})" in err
+        assert "--allow-incomplete" in err
+    rc, err = _cli(capsys, "export", part, "--out", tmp_path / "o", "--tokens", tok)
+    assert rc == 2 and "has status 'interrupted'" in err, err
+    assert not (tmp_path / "o").exists()
+    # diverged or failed (result.json): refused alike
+    diverged = tmp_path / "diverged"
+    shutil.copytree(run, diverged)
+    (diverged / "result.json").write_text(json.dumps({"status": "diverged"}))
+    rc, err = _cli(capsys, "probe", diverged, *head, "--out", tmp_path / "o")
+    assert rc == 2 and f"run {diverged} has status 'diverged' ({diverged / 'result.json'})" in err, err
+    # the user's explicit choice: the last checkpoint is used
+    rc, err = _cli(capsys, "probe", part, *head, "--out", tmp_path / "ok", "--allow-incomplete")
+    assert rc == 0, err
+    assert json.loads((tmp_path / "ok" / "config.json").read_text())["allow_incomplete"] is True
+    assert json.loads((tmp_path / "ok" / "metrics.json").read_text())["auroc"] > 0.95
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda_is_one_line(cohort, tmp_path, capsys):
+    """Before: `probe --device cuda` on a CPU-only torch ended in torch's AssertionError traceback."""
+    tok, labels, run = cohort
+    head = ["--tokens", tok, "--labels", labels, "--out", tmp_path / "o", "--bootstrap", "0"]
+    for cmd in (["probe", run], ["finetune", run], ["zeroshot", run, "--samples", "1", "--task", "in_hospital_mortality"]):
+        for device, why in (("cuda", "CUDA is not available on this machine"), ("cuda:1", "CUDA is not available"),
+                            ("gpu", "is not a torch device")):
+            rc, err = _cli(capsys, *cmd, *head, "--device", device)
+            assert rc == 2 and err.count("\n") == 1 and why in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()

@@ -185,6 +185,12 @@ def test_labels_cli_all_tasks(tmp_path):
     # bad input: a dir that is not MEDS -> exit 2, no output
     assert main(["labels", str(tmp_path / "nope"), "--task", "all", "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+    # MEDS without a single stay (an empty admissions table): refused, not four empty label files
+    no_stays = write_meds(tmp_path / "no_stays", [(1, T0, "LAB//1//mg/dL"), (1, T0 + d(1), "LAB//1//mg/dL")])
+    with pytest.raises(UserError, match="no hospital stays"):
+        make_labels(no_stays, "all")
+    assert main(["labels", str(no_stays), "--task", "all", "--out", str(tmp_path / "y")]) == 2
+    assert not (tmp_path / "y").exists()
 
 
 def test_labels_on_real_mimic_demo(demo_meds):
@@ -306,8 +312,27 @@ def test_read_labels_keeps_one_row_per_pair_and_refuses_guessed_types(tmp_path, 
     refused(lab.with_columns(pl.col("subject_id").cast(pl.String)), "column subject_id is String, not an integer")
     msg = refused(lab.with_columns(pl.Series("boolean_value", [0.5, 0.0, 2.0, 1.0])), "boolean_value has 2 of 4 rows that are neither 0 nor 1")
     assert "0.5" not in msg and "2.0" not in msg
-    # accepted as is: 0/1 numbers, int32 ids, a time zone (the UTC instant)
-    ok = lab.with_columns(pl.col("boolean_value").cast(pl.Int8), pl.col("subject_id").cast(pl.Int32),
-                          pl.col("prediction_time").dt.replace_time_zone("UTC").dt.convert_time_zone("Europe/Berlin"))
+    # accepted as is: 0/1 numbers, int32 ids
+    ok = lab.with_columns(pl.col("boolean_value").cast(pl.Int8), pl.col("subject_id").cast(pl.Int32))
     ok.write_parquet(path)
     assert read_labels(path).equals(lab)
+
+
+def test_read_labels_refuses_a_zoned_prediction_time(tmp_path):
+    # Before: 08:00 America/New_York was read as 13:00 naive UTC, 5 h after the data's 08:00 wall
+    # clock: the history took in 5 h of the future. Now one line: file, column, row count.
+    lab = pl.DataFrame({"subject_id": [1, 2, 3], "prediction_time": [T0, T0 + h(1), T0 + h(2)],
+                        "boolean_value": [True, False, True]})
+    path = tmp_path / "zoned.parquet"
+    lab.with_columns(pl.col("prediction_time").dt.replace_time_zone("America/New_York")).write_parquet(path)
+    with pytest.raises(UserError) as e:
+        read_labels(path)
+    msg = str(e.value)
+    assert f"label file {path}: column prediction_time has a time zone (America/New_York) in all 3 rows" in msg
+    assert "\n" not in msg and "2150" not in msg
+    for zone in ("UTC", "Europe/Berlin"):  # even UTC: the data's times carry no zone to compare with
+        lab.with_columns(pl.col("prediction_time").dt.replace_time_zone(zone)).write_parquet(path)
+        with pytest.raises(UserError, match=f"time zone \\({zone}\\) in all 3 rows"):
+            read_labels(path)
+    lab.write_parquet(path)
+    assert read_labels(path).equals(lab)  # naive times: as they are

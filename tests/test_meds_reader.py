@@ -278,3 +278,30 @@ def test_null_ids_are_found_with_or_without_parquet_statistics(tmp_path):
             shard, statistics=stats, row_group_size=4)
         with pytest.raises(UserError, match=f"{shard}: 3 rows with a null subject_id"):
             open_meds(meds)
+
+
+def test_shards_with_and_without_a_time_zone_read_alike(tmp_path, capsys):
+    """One shard written with a UTC zone, the others naive (a tester's MEDS: polars SchemaError
+    from every reader): each reader reads the UTC instant, so the results equal the all-naive data's."""
+    folders = {"train": list(range(1, 9)), "tuning": [9, 10], "held_out": [11, 12]}
+    naive = write_dataset(tmp_path / "naive", folders)
+    mixed = write_dataset(tmp_path / "mixed", folders)
+    train_shard = mixed / "data" / "train" / "0.parquet"
+    pl.read_parquet(train_shard).with_columns(pl.col("time").dt.replace_time_zone("UTC")).write_parquet(train_shard)
+    outs = {}
+    for name, meds in (("naive", naive), ("mixed", mixed)):
+        for cmd in ("tokenize", "labels"):
+            assert main(reader_commands(meds, None, tmp_path / f"out_{name}")[cmd]) == 0, capsys.readouterr().err
+        outs[name] = tmp_path / f"out_{name}"
+    assert TokenDir(outs["naive"] / "tok").vocab_size == TokenDir(outs["mixed"] / "tok").vocab_size
+    for f in sorted((outs["naive"] / "lab").glob("*.parquet")):
+        assert pl.read_parquet(f).equals(pl.read_parquet(outs["mixed"] / "lab" / f.name)), f.name
+
+
+def test_a_train_split_without_events_is_refused_by_tokenize(tmp_path, capsys):
+    """An empty train shard beside full tuning/held-out ones used to give a tokenizer 'fitted on
+    train' that knew no code (exit 0)."""
+    meds = write_dataset(tmp_path / "meds", {"tuning": [1, 2], "held_out": [3, 4]})
+    write_shard(meds / "data" / "train" / "0.parquet", [])
+    assert main(["tokenize", str(meds), "--out", str(tmp_path / "tok")]) == 2
+    assert "the train split has 0 events" in one_error_line(capsys) and not (tmp_path / "tok").exists()

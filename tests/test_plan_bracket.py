@@ -76,6 +76,6 @@ def test_bracket_from_a_bad_table_is_one_clear_error(synth_tokens, tmp_path):
     pq.write_table(pa.table({"run_id": ["x"], "loss": [1.0]}), bad)
     with pytest.raises(UserError, match=r"bad\.parquet: no column status"):
         plan_sweep(synth_tokens, [1e10], out, bracket_from=bad, **OPTS)
-    p = ehrfm("sweep", "plan", "--tokens", synth_tokens, "--budgets", "1e10", "--sizes", "3", "--context", "64",
-              "--out", out, "--bracket-from", tmp_path / "missing.parquet")
+    p = ehrfm("sweep", "plan", "--tokens", synth_tokens, "--budgets", "1e10", "--sizes", "3", "--span-dex", "0.5",
+              "--context", "64", "--batch-size", "8", "--out", out, "--bracket-from", tmp_path / "missing.parquet")
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "missing.parquet" in p.stderr

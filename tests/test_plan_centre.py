@@ -18,11 +18,14 @@ RUNG = 0.5
 N_COEF, A = 1.8, 0.5  # N_opt(1e10) = 1.8e5, N_opt(4e10) = 3.6e5: far above the D/N = 20 centres
 
 
-def write_fits(path, n_coef=N_COEF, a=A, n_count=None, used=(1e9, 2.5e9)):
+def write_fits(path, n_coef=N_COEF, a=A, n_count=None, used=(1e9, 2.5e9), b=None, intervals=True):
     """A fits.json with the contract's keys (DESIGN.md section 5) that the planner reads."""
     path.mkdir(parents=True)
-    fits = {"approach2": {"a": a, "n_coef": n_coef, "b": 1 - a if a is not None else None,
-                          "budgets": [{"budget": b, "used": True} for b in used] + [{"budget": 3e11, "used": False}]}}
+    b = (1 - a if a is not None else None) if b is None else b
+    ci = (lambda x: [x - 0.1, x + 0.1] if intervals and x is not None else [None, None])  # noqa: E731
+    fits = {"approach2": {"a": a, "a_ci": ci(a), "n_coef": n_coef, "b": b, "b_ci": ci(b),
+                          "budgets": [{"budget": b, "used": True} for b in used] + [{"budget": 3e11, "used": False}]},
+            "inputs": {"bootstrap": 200 if intervals else 0}}
     if n_count:
         fits["n_count"] = n_count
     (path / "fits.json").write_text(json.dumps(fits))
@@ -97,7 +100,7 @@ def test_a_real_fit_centres_the_plan(synth_tokens, tmp_path):
     from sweeps.plan import plan_sweep
 
     table = synthetic_results(BESIROGLU, budgets=(1e12, 2e12, 4e12, 8e12), sizes=7, span_decades=1.5, noise=0.002, seed=0)
-    write_fit_dir(fit_results(table, approaches=(2,), bootstrap=0), tmp_path / "fit", plots=False)
+    write_fit_dir(fit_results(table, approaches=(2,), bootstrap=200), tmp_path / "fit", plots=False)
     fits = json.loads((tmp_path / "fit" / "fits.json").read_text())
     sweep, rows, _ = plan_sweep(synth_tokens, [8e12, 3.2e13], tmp_path / "s", centre_from=tmp_path / "fit", **OPTS)
     a2 = fits["approach2"]
@@ -135,3 +138,26 @@ def test_centre_from_bad_fits_is_one_clear_error(synth_tokens, tmp_path):
               "--centre-from", tmp_path / "ok")
     assert p.returncode == 0, p.stderr
     assert "2 budget(s) above 2.5e+09 centred on N_opt = 1.8 C^0.500 (non-embedding parameters)" in p.stdout
+
+
+def test_centre_from_an_untrusted_law_is_refused_or_flagged(synth_tokens, tmp_path):
+    """The planner judges a law as `ehrfm recommend` does (analysis.recommend.trust): a D_opt that
+    shrinks with compute is refused; a law without intervals may centre the ladders (a centre is a
+    starting guess, bracketing extends it) but the plan says it is not trusted and why."""
+    from analysis.fit import fit_results
+    from analysis.fit import write_fits as write_fit_dir
+    from analysis.synthetic import BESIROGLU, synthetic_results
+    from sweeps.plan import plan_sweep
+
+    with pytest.raises(UserError, match=r"approach2.b = -0.2: a law whose D_opt does not grow with compute"):
+        plan_sweep(synth_tokens, BUDGETS, tmp_path / "s2", centre_from=write_fits(tmp_path / "bneg", b=-0.2), **OPTS)
+    _, _, warnings = plan_sweep(synth_tokens, BUDGETS, tmp_path / "s1", centre_from=write_fits(tmp_path / "b0", intervals=False), **OPTS)
+    assert any("the Approach 2 law is not trusted (fitted without bootstrap intervals: trust cannot be judged)" in w
+               for w in warnings), warnings
+    # a real fit made without intervals (`ehrfm fit --bootstrap 0`): planned, and the CLI prints the note
+    table = synthetic_results(BESIROGLU, budgets=(1e12, 2e12, 4e12, 8e12), sizes=7, span_decades=1.5, noise=0.002, seed=0)
+    write_fit_dir(fit_results(table, approaches=(2,), bootstrap=0), tmp_path / "fit0", plots=False)
+    p = ehrfm("sweep", "plan", "--tokens", synth_tokens, "--budgets", "8e12,3.2e13", "--sizes", "3",
+              "--span-dex", "0.5", "--context", "64", "--batch-size", "8", "--out", tmp_path / "cli", "--centre-from", tmp_path / "fit0")
+    assert p.returncode == 0 and "not trusted (fitted without bootstrap intervals" in p.stdout + p.stderr
+    assert not (tmp_path / "s2").exists()

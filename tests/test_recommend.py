@@ -166,3 +166,26 @@ def test_missing_and_null_keys_leave_the_other_approaches_usable(small_fit_dir, 
         recommend(fit, 1e20, approach=3)
     p = _cli(fit, "--flops", "1e20", "--approach", "3")
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "approach3 lacks G" in p.stderr, p.stderr
+
+
+def test_huge_budgets_print_compact_numbers(tmp_path):
+    """recommend --flops 1e30: epochs, token counts and the extrapolation factor in scientific notation
+    (the law of the tester's sweep: N_opt ~ 10 C^0.2, D_opt ~ 0.017 C^0.8; 2e5 unique tokens)."""
+    import re
+
+    d = tmp_path / "fit"
+    d.mkdir()
+    law = {"a": 0.2, "a_ci": [0.1, 0.3], "b": 0.8, "b_ci": [0.7, 0.9], "n_coef": 10.0, "d_coef": 0.017, "loss_coef": 5.0,
+           "loss_exponent": -0.02}
+    (d / "fits.json").write_text(json.dumps({"approach2": law, "utility": {}, "inputs": {
+        "bootstrap": 50, "min_budget": 1e10, "max_budget": 4e10, "unique_tokens": 2e5, "vocab_size": 342, "context": 64}}))
+    rec = recommend(d, 1e30)
+    text = format_recommendation(rec)
+    assert rec.trusted and rec.epochs == pytest.approx(0.017 * 1e24 / 2e5)
+    assert "D_opt needs 8.5e+16 epochs over the 2e+05 unique tokens" in text and "D_opt is 8.5e+16 epochs." in text
+    assert "extrapolating 2.5e+19x past the largest fitted budget" in text
+    assert f"train {rec.shape['tokens']:.3g} tokens" in text and rec.shape["tokens"] > 1e20
+    assert not re.search(r"\d{10,}", text.replace(",", "")), text  # no 10+ digit number anywhere (it had 22)
+    # an ordinary budget keeps its readable forms
+    near = format_recommendation(recommend(d, 8e10))
+    assert re.search(r"D_opt is \d+\.\d\d epochs\.", near) and re.search(r"train \d{1,3}(,\d{3})+ tokens", near), near

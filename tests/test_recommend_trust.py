@@ -4,8 +4,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from analysis.recommend import format_recommendation, recommend, trust
 
 
@@ -59,7 +57,46 @@ def test_approach3_with_unidentified_frontier_is_not_trusted():
     assert trust({"approach3": a3}, 3) == (True, "")
 
 
-@pytest.mark.parametrize("ci", [[None, None]])
-def test_without_intervals_only_the_sign_counts(ci):
-    assert trust({"approach2": _a12(0.4, ci, b_ci=ci)}, 2) == (True, "")
+def _iso_table():
+    """A synthetic IsoFLOP sweep of a known law (4 budgets x 7 sizes) whose Approach 2 law is sound."""
+    from analysis.synthetic import BESIROGLU, synthetic_results
+
+    return synthetic_results(BESIROGLU, budgets=(1e18, 4e18, 1.6e19, 6.4e19), sizes=7, span_decades=1.2, noise=0.005, seed=0)
+
+
+def test_a_fit_without_intervals_is_never_trusted(tmp_path):
+    """`ehrfm fit --bootstrap 0`: every *_ci is null, so no law may pass for trusted (unknown is not a pass)."""
+    from analysis.fit import FitConfig, fit_results, write_fits
+    from analysis.recommend import NO_INTERVALS
+
+    table = _iso_table()
+    fit = fit_results(table, config=FitConfig(approaches=(2, 3), bootstrap=0, holdout=False))
+    d = write_fits(fit, tmp_path / "b0", plots=False)
+    fits = json.loads((d / "fits.json").read_text())
+    assert fits["approach2"]["a"] > 0.3 and fits["approach2"]["a_ci"] == [None, None] and fits["inputs"]["bootstrap"] == 0
+    assert trust(fits, 2) == (False, NO_INTERVALS) and trust(fits, 3) == (False, NO_INTERVALS)
+    rec = recommend(d, 2.56e20)
+    assert not rec.trusted and not any(p.trusted for p in rec.per_approach)
+    text = format_recommendation(rec)
+    assert text.startswith("**No trustworthy scaling law in this fit**") and "fitted without bootstrap intervals" in text
+    # The same table with intervals: Approach 2's law is trusted, so it was the intervals that were missing.
+    fit = fit_results(table, config=FitConfig(approaches=(2,), bootstrap=200, holdout=False))
+    d = write_fits(fit, tmp_path / "b200", plots=False)
+    ok, why = trust(json.loads((d / "fits.json").read_text()), 2)
+    assert ok, why
+    assert recommend(d, 2.56e20).trusted
+
+
+def test_unknown_interval_or_identification_is_not_trusted():
+    ci = [None, None]
+    # no inputs.bootstrap (an older fits.json) and no interval at all: judged as unbootstrapped
+    assert trust({"approach2": _a12(0.4, ci, b_ci=ci)}, 2)[0] is False
     assert trust({"approach2": _a12(-0.1, ci, b_ci=ci)}, 2)[0] is False
+    # bootstrapped, but b's interval was not reported: the reason fits.json gives is quoted
+    fits = {"approach2": _a12(0.5, (0.4, 0.6), b_ci=ci), "inputs": {"bootstrap": 50},
+            "intervals_not_available": {"approach2/b": "43 of 50 bootstrap replicates could not be fitted"}}
+    assert trust(fits, 2) == (False, "no interval of b (43 of 50 bootstrap replicates could not be fitted): trust cannot be judged")
+    # Approach 3 whose G identification is unknown (null) is not trusted either
+    a3 = {"a": 0.45, "a_ci": [0.1, 0.8], "b": 0.55, "b_ci": [0.2, 0.9], "identified": {"G": None}}
+    ok, why = trust({"approach3": a3, "inputs": {"bootstrap": 100}}, 3)
+    assert not ok and "no interval of G" in why

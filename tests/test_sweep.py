@@ -497,3 +497,24 @@ def test_blow_up_sweep_is_recorded_diverged_and_fit_names_its_runs(local_sweep, 
                                     + json.loads((out / "runs" / rid / "result.json").read_text())["error"] for rid in blown)
     fits = json.loads((tmp_path / "fit" / "fits.json").read_text())
     assert fits["n_fitted"] == 4 and sorted(e["run_id"] for e in fits["excluded"]) == sorted(blown)
+
+
+def test_replanning_with_another_recipe_is_refused_but_new_budgets_are_not(synth_tokens, tmp_path):
+    """A re-plan into a sweep dir with another lr would leave the old runs beside the new ones, and a
+    fit of the table would mix two recipes in each parabola (a tester's report): refused, naming the
+    change; adding a budget with the same recipe stays allowed (the demo's staged planning)."""
+    out = tmp_path / "sweep"
+    assert ehrfm("sweep", "plan", "--tokens", synth_tokens, "--out", out, *TINY_CLI).returncode == 0
+    before = (out / "plan.parquet").read_bytes()
+    for extra, change in ((["--lr", "0.02"], "lr "), (["--context", "32"], "context 64 -> 32"), (["--schedule", "wsd"], "schedule cosine -> wsd")):
+        args = list(TINY_CLI)
+        if extra[0] in args:  # replace the value TINY_CLI gives
+            args[args.index(extra[0]) + 1] = extra[1]
+        else:
+            args += extra
+        p = ehrfm("sweep", "plan", "--tokens", synth_tokens, "--out", out, *args)
+        assert p.returncode == 2 and "another training recipe" in p.stderr and change in p.stderr, p.stderr
+        assert (out / "plan.parquet").read_bytes() == before
+    more = list(TINY_CLI)
+    more[more.index("--budgets") + 1] += ",4e9"
+    assert ehrfm("sweep", "plan", "--tokens", synth_tokens, "--out", out, *more).returncode == 0

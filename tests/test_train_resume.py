@@ -1,4 +1,4 @@
-"""Faults: SIGTERM/SIGUSR1 -> checkpoint, exit 3, bit-identical resume; divergence; refusals."""
+"""Faults: SIGTERM/SIGUSR1/a first Ctrl-C -> checkpoint, exit 3, bit-identical resume; divergence; refusals."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -59,7 +60,7 @@ def reference(tok, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])  # SIGINT: a first Ctrl-C
 def test_kill_at_random_step_then_resume_is_bit_identical(tok, reference, tmp_path, sig):
     ref = json.loads((reference / "result.json").read_text())
     kill_after = random.randrange(2, ref["steps"] // 2)
@@ -207,3 +208,21 @@ def test_second_trainer_on_a_run_dir_is_refused(tok, reference, tmp_path):
     res = json.loads((out / "result.json").read_text())
     assert res["val_loss"] == json.loads((reference / "result.json").read_text())["val_loss"]
     assert metrics(out) == metrics(reference)  # one trainer wrote metrics.jsonl, no interleaved lines
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("lr", -1.0, "lr must be finite and > 0 (got -1)"),
+    ("lr", float("nan"), "lr must be finite and > 0 (got nan)"),
+    ("eval_tokens", 0, "eval_tokens must be >= 1 (got 0)"),
+    ("weight_decay", -1.0, "weight_decay must be finite and >= 0 (got -1)"),
+    ("grad_clip", -1.0, "grad_clip must be finite and >= 0 (got -1)"),
+])
+def test_nonsense_optimiser_settings_are_refused_before_anything_is_written(tok, tmp_path, option, value, message):
+    """Before: a negative lr ran and was recorded as a failed run, eval_tokens 0 as diverged, a
+    negative grad_clip silently meant no clipping. A bad flag is a usage error (exit 2), not a run."""
+    with pytest.raises(UserError, match=re.escape(message)):
+        TrainConfig(tokens_dir=str(tok), out_dir=str(tmp_path / "run"), tokens=1000, **{option: value})
+    flag = "--" + option.replace("_", "-")
+    p = subprocess.run([sys.executable, "-m", "ehrfm", "train", str(tok), "--out", str(tmp_path / "run"), *SHAPE,
+                        "--tokens", "1000", flag, str(value)], env=ENV, capture_output=True, text=True)
+    assert p.returncode == 2 and message in p.stderr and not (tmp_path / "run").exists()

@@ -123,6 +123,38 @@ def test_branch_refusals_write_nothing(tok, trunk, tmp_path):
         TrainConfig(tokens_dir="", out_dir="", tokens=1, trunk_dir=str(trunk))
 
 
+def test_a_damaged_stable_checkpoint_is_named_and_kept(tok, trunk, tmp_path):
+    """A completed trunk whose stable checkpoint is damaged: every try of the branch says so, with what
+    to do; the branch neither restarts anything nor deletes the evidence (it is the trunk's file)."""
+    from ehrfm.checkpoint import recover_checkpoint
+
+    copy = tmp_path / "trunk"
+    shutil.copytree(trunk, copy)
+    model = stable_checkpoint_dir(copy, 4096) / "checkpoint" / "model.safetensors"
+    with open(model, "r+b") as f:
+        f.truncate(100)
+    for attempt in range(2):  # the same, right diagnosis on every relaunch
+        out = tmp_path / f"branch{attempt}"
+        with pytest.raises(UserError) as e:
+            train(cfg(tok, out, trunk_dir=str(copy)))
+        assert str(e.value) == (
+            f"trunk {copy}: its stable checkpoint at 4096 tokens is damaged: checkpoint file model.safetensors is damaged "
+            "(sha256 differs from the one recorded in state.json); delete the trunk's run dir and relaunch with "
+            "--retry-failed (the trunk retrains, then this branch)")
+        assert model.stat().st_size == 100 and not out.exists()
+    # gone altogether (an older ehrfm deleted it): the trunk completed, so it is not "not reached yet"
+    shutil.rmtree(model.parent)
+    with pytest.raises(UserError, match=r"trunk .* completed, but its stable checkpoint at 4096 tokens \(.*\) is missing; "
+                                        "delete the trunk's run dir"):
+        train(cfg(tok, tmp_path / "branch2", trunk_dir=str(copy)))
+    # A run's own damaged checkpoint state is reported once, in plain words (not "checkpoint checkpoint state").
+    state = copy / "checkpoint" / "state.json"
+    state.write_text("{")
+    msg = recover_checkpoint(copy)
+    assert f"checkpoint state {state} is damaged: not valid JSON" in msg and "checkpoint checkpoint" not in msg
+    assert msg.endswith("no good earlier checkpoint: restarting the run from step 0")
+
+
 def test_cli_branch_refusal_is_one_line(tok, trunk, tmp_path):
     out = tmp_path / "b"
     p = subprocess.run(

@@ -74,7 +74,7 @@ Codes (MIMIC_IV_MEDS "//" style; values always in numeric_value, never in the co
     EMAR_DOSE//<product_description>//<dose_given_unit> (emar_detail product lines, value = dose
     given, at its emar row's time and stay), PHARMACY//<medication> (starttime),
     POE//<order_type>//<order_subtype> (ordertime), MICROBIOLOGY//<test_name>//<org_name|NONE>
-    [//<ab_name>] (charttime, else chartdate as a date; value = dilution_value, text_value =
+    [//<ab_name>] (storetime, else storedate as a date: when the result was known; value = dilution_value, text_value =
     interpretation S/I/R), HCPCS//<hcpcs_cd> (chartdate, a date), SERVICE//<curr_service>
     (transfertime), DATETIME//<itemid> (datetimeevents charttime; the charted date itself is not
     read), INGREDIENT//<itemid>//<amountuom> (value = amount), MIMIC-IV-ED: ED_ARRIVAL//<arrival_transport>
@@ -98,6 +98,17 @@ Dates and midnights (an event is never placed before the first moment it could h
   stay (hadm_id) moves to the stay's discharge instead when the discharge falls on D before
   23:59:59 and no timed event of the subject on D comes after the discharge. Earlier versions
   put procedures at 00:00 or at the admission, before the day's own events (look-ahead).
+- Results (labevents, microbiologyevents, chartevents, outputevents, datetimeevents, inputevents,
+  ingredientevents, procedureevents, emar): each row is placed at the later of its time column
+  and its storetime, when its value was in the record (Table.stored_at). On the real demo lab
+  results were stored a median 65 min after the specimen (90th percentile 3 h) and culture
+  results 73 h after it, so a result at its charttime entered 24-hour mortality histories before
+  anyone knew it. A row without a storetime (a result never stored) is dropped and counted
+  `result_never_stored`; a culture's storedate stands in for an empty storetime (a date: the
+  date-only rule). A file without the storetime column keeps its rows at their time column and
+  the metadata says so (`stored_time_sources`, present false), which `ehrfm audit` reports as
+  leakage (e). Rows that land on one time keep their source time as the event key (_key), so
+  distinct source rows stay distinct events.
 - Midnights: a timed value of exactly 00:00:00 is kept as a time, except admissions.dischtime.
   MIMIC-IV writes the discharge of some in-hospital deaths as the date at 00:00:00 while the
   death (deathtime) is later that day (3 of 15 deaths on the demo), so the discharge, its
@@ -125,7 +136,8 @@ Dates and midnights (an event is never placed before the first moment it could h
   They are printed as detail lines before the one-line summary and written to
   metadata/etl_config.json: `tables` = {table: {rows_read, events_written, dropped: {reason: n},
   date_only_values: {column: n}, date_only_placed_at_discharge, midnight_times: {column: n},
-  unparseable_numbers_set_null: {column: n}}} (the last four only when non-zero).
+  unparseable_numbers_set_null: {column: n}, moved_to_store_time: {column: n}}} (the last five
+  only when non-zero).
 
 metadata/ehrfm_etl.json (read by `ehrfm audit` without importing this package):
     {"format": "ehrfm_etl/1", "etl_name", "etl_version", "end_of_day": "23:59:59",
@@ -136,7 +148,9 @@ metadata/ehrfm_etl.json (read by `ehrfm audit` without importing this package):
                             "events_at_discharge": n | "midnight_values_read_as_date": n}],
      "discharge_times": {"midnight_read_as_date", "date_only", "moved_to_death",
                          "date_moved_by_death_or_next_admission"},
-     "tables": {...as in etl_config.json}, "duplicates_dropped": {table: n}}
+     "tables": {...as in etl_config.json}, "duplicates_dropped": {table: n},
+     "stored_time_sources": [{"table", "column", "store_column", "code_prefixes", "present": bool,
+                              "moved": n, "never_stored_dropped": n}]}
 An event whose code starts with a listed prefix came from that date-only source when its time
 of day is 23:59:59 or equals its stay's HOSPITAL_DISCHARGE time; its source date is the date of
 its time. Schema-date sources of the tables read are always listed (0 values when none); other
@@ -170,6 +184,7 @@ TIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S%.f"
                 "%Y-%m-%d %H:%M", "%Y-%m-%d")
 END_OF_DAY = pl.duration(hours=23, minutes=59, seconds=59)
 END_OF_DAY_TEXT = "23:59:59"
+SOURCE_TIME = "_source_time"  # a moved result's chart time (us): its event _key, see _at_stored_time
 DATE_FLAG = "_date_only__"  # + time column: that row's value was a date (placed by the date-only rule)
 ETL_METADATA = "ehrfm_etl.json"  # in metadata/: what the audit reads (format in the module docstring)
 ETL_METADATA_FORMAT = "ehrfm_etl/1"
@@ -266,9 +281,16 @@ class Table:
     dates: list[str] = field(default_factory=list)  # DATE columns in MIMIC-IV's schema: every value is a day
     code_prefixes: dict[str, list[str]] = field(default_factory=dict)  # time column -> codes it times
     fallback: dict[str, str] = field(default_factory=dict)  # time column -> a DATE column used where it is empty
+    # time column -> the column recording when the row was stored (MIMIC-IV's storetime): the
+    # event is placed at the later of the two, when its content was known (module docstring).
+    stored_at: dict[str, str] = field(default_factory=dict)
     timed_by: str | None = None  # events take their time in the shard step from this table's rows (emar_detail)
     module: str = ""  # "ed": read only when the raw dir has ed/ (MIMIC-IV-ED)
     needs: tuple[str, ...] = ()  # tables staged first: their rows time this table's (Context.admissions, ed_stays)
+
+    def __post_init__(self):
+        for c, s in self.stored_at.items():  # the store time times the same codes (date-only metadata)
+            self.code_prefixes.setdefault(s, self.code_prefixes.get(c, []))
 
 
 @dataclass
@@ -282,6 +304,7 @@ class Context:
     date_only: dict = field(default_factory=dict)  # (table, column) -> date-only values read
     midnight: dict = field(default_factory=dict)  # table -> column -> timed values at exactly 00:00:00
     unparseable: dict = field(default_factory=dict)  # table -> column -> numbers that did not parse (set null)
+    stored: dict = field(default_factory=dict)  # (table, time column) -> {"store_column", "present", "moved"}
     discharge: dict = field(default_factory=dict)  # how discharge times were placed -> count
     ed_stays: pl.DataFrame | None = None  # stay_id, intime, outtime of ed/edstays (triage and ED diagnoses)
 
@@ -310,7 +333,7 @@ def _ev(df: pl.DataFrame, time: pl.Expr | str, code: pl.Expr, order: int, numeri
         hadm_id=(pl.col("hadm_id") if hadm and "hadm_id" in df.columns else pl.lit(None)).cast(pl.Int64),
         _order=pl.lit(order, pl.Int8),
         _date_only=date_only.fill_null(False),
-        _key=(key if key is not None else pl.lit(None)).cast(pl.Int64),
+        _key=(key if key is not None else pl.col(SOURCE_TIME) if SOURCE_TIME in df.columns else pl.lit(None)).cast(pl.Int64),
     )
 
 
@@ -326,11 +349,15 @@ def _keep(df: pl.DataFrame, ctx: Context, cond: pl.Expr, reason: str) -> pl.Data
     return kept
 
 
+MAX_ANCHOR_AGE = 130  # years; MIMIC-IV caps anchor_age at 91
+
+
 def _patients(df, ctx):
     birth = pl.datetime(pl.col("anchor_year") - pl.col("anchor_age"), 1, 1)
+    plausible = pl.col("anchor_age").is_between(0, MAX_ANCHOR_AGE) | pl.col("anchor_age").is_null()
     return [
         _ev(df, pl.lit(None, pl.Datetime("us")), pl.lit("GENDER//") + _part("gender"), ORDER_STATIC),
-        _ev(df, birth, pl.lit("MEDS_BIRTH"), ORDER_BIRTH),
+        _ev(_keep(df, ctx, plausible, "birth_of_implausible_anchor_age"), birth, pl.lit("MEDS_BIRTH"), ORDER_BIRTH),
         # dod is a date: _typed already put it at the end of its day.
         _ev(df.filter(pl.col("dod").is_not_null()), "dod", pl.lit("MEDS_DEATH"), ORDER_DEATH),
     ]
@@ -418,9 +445,11 @@ def _transfers(df, ctx):
 
 
 def _icustays(df, ctx):
+    out_ok = pl.col("outtime").is_null() | pl.col("intime").is_null() | (pl.col("outtime") >= pl.col("intime"))
     return [
         _ev(df, "intime", pl.lit("ICU_ADMISSION//") + _part("first_careunit"), ORDER_ICU_IN),
-        _ev(df, "outtime", pl.lit("ICU_DISCHARGE//") + _part("last_careunit"), ORDER_ICU_OUT),
+        _ev(_keep(df, ctx, out_ok, "icu_outtime_before_intime"), "outtime", pl.lit("ICU_DISCHARGE//") + _part("last_careunit"),
+            ORDER_ICU_OUT),
     ]
 
 
@@ -578,13 +607,15 @@ TABLES: list[Table] = [
           code_prefixes={"chartdate": ["PROCEDURE//ICD//"]}),
     Table("hosp/drgcodes", ["subject_id", "hadm_id", "drg_type", "drg_code"], ints=["hadm_id"], to_events=_drgcodes,
           needs=("hosp/admissions",)),
-    Table("hosp/labevents", ["subject_id", "hadm_id", "itemid", "charttime", "value", "valuenum", "valueuom"],
-          times=["charttime"], ints=["hadm_id"], floats=["valuenum"],
-          to_events=_measure("LAB//", "charttime", "valueuom", "valuenum", "value"), code_prefixes={"charttime": ["LAB//"]}),
+    Table("hosp/labevents", ["subject_id", "hadm_id", "itemid", "charttime", "storetime", "value", "valuenum", "valueuom"],
+          times=["charttime", "storetime"], ints=["hadm_id"], floats=["valuenum"],
+          to_events=_measure("LAB//", "charttime", "valueuom", "valuenum", "value"), code_prefixes={"charttime": ["LAB//"]},
+          stored_at={"charttime": "storetime"}),
     Table("hosp/prescriptions", ["subject_id", "hadm_id", "starttime", "drug"], times=["starttime"], ints=["hadm_id"],
           to_events=_prescriptions, code_prefixes={"starttime": ["MEDICATION//"]}),
-    Table("hosp/emar", ["subject_id", "hadm_id", "emar_seq", "charttime", "medication", "event_txt"], times=["charttime"],
-          ints=["hadm_id", "emar_seq"], to_events=_emar, code_prefixes={"charttime": ["EMAR//", "EMAR_DOSE//"]}),
+    Table("hosp/emar", ["subject_id", "hadm_id", "emar_seq", "charttime", "storetime", "medication", "event_txt"],
+          times=["charttime", "storetime"], ints=["hadm_id", "emar_seq"], to_events=_emar,
+          code_prefixes={"charttime": ["EMAR//", "EMAR_DOSE//"]}, stored_at={"charttime": "storetime"}),
     Table("hosp/emar_detail", ["subject_id", "emar_seq", "parent_field_ordinal", "dose_given", "dose_given_unit",
                                "product_description"], ints=["emar_seq"], floats=["dose_given"],
           to_events=_emar_detail, timed_by="hosp/emar"),
@@ -593,34 +624,39 @@ TABLES: list[Table] = [
           to_events=_pharmacy, code_prefixes={"starttime": ["PHARMACY//"]}),
     Table("hosp/poe", ["subject_id", "hadm_id", "poe_seq", "ordertime", "order_type", "order_subtype"],
           times=["ordertime"], ints=["hadm_id", "poe_seq"], to_events=_poe, code_prefixes={"ordertime": ["POE//"]}),
-    Table("hosp/microbiologyevents", ["subject_id", "hadm_id", "chartdate", "charttime", "test_name", "org_name",
-                                      "ab_name", "dilution_value", "interpretation"],
-          times=["charttime"], ints=["hadm_id"], floats=["dilution_value"], to_events=_microbiology,
-          fallback={"charttime": "chartdate"}, code_prefixes={"charttime": ["MICROBIOLOGY//"]}),
+    Table("hosp/microbiologyevents", ["subject_id", "hadm_id", "chartdate", "charttime", "storedate", "storetime",
+                                      "test_name", "org_name", "ab_name", "dilution_value", "interpretation"],
+          times=["charttime", "storetime"], ints=["hadm_id"], floats=["dilution_value"], to_events=_microbiology,
+          fallback={"charttime": "chartdate", "storetime": "storedate"}, code_prefixes={"charttime": ["MICROBIOLOGY//"]},
+          stored_at={"charttime": "storetime"}),
     Table("hosp/hcpcsevents", ["subject_id", "hadm_id", "chartdate", "hcpcs_cd"], times=["chartdate"], ints=["hadm_id"],
           to_events=_hcpcs, dates=["chartdate"], code_prefixes={"chartdate": ["HCPCS//"]}),
     Table("hosp/services", ["subject_id", "hadm_id", "transfertime", "curr_service"], times=["transfertime"],
           ints=["hadm_id"], to_events=_services, code_prefixes={"transfertime": ["SERVICE//"]}),
     Table("hosp/omr", ["subject_id", "chartdate", "result_name", "result_value"], times=["chartdate"], to_events=_omr,
           dates=["chartdate"], code_prefixes={"chartdate": ["OMR//"]}),
-    Table("icu/chartevents", ["subject_id", "hadm_id", "charttime", "itemid", "value", "valuenum", "valueuom"],
-          times=["charttime"], ints=["hadm_id"], floats=["valuenum"],
-          to_events=_measure("VITAL//", "charttime", "valueuom", "valuenum", "value"), code_prefixes={"charttime": ["VITAL//"]}),
-    Table("icu/inputevents", ["subject_id", "hadm_id", "starttime", "itemid", "amount", "amountuom"],
-          times=["starttime"], ints=["hadm_id"], floats=["amount"],
+    Table("icu/chartevents", ["subject_id", "hadm_id", "charttime", "storetime", "itemid", "value", "valuenum", "valueuom"],
+          times=["charttime", "storetime"], ints=["hadm_id"], floats=["valuenum"],
+          to_events=_measure("VITAL//", "charttime", "valueuom", "valuenum", "value"), code_prefixes={"charttime": ["VITAL//"]},
+          stored_at={"charttime": "storetime"}),
+    Table("icu/inputevents", ["subject_id", "hadm_id", "starttime", "storetime", "itemid", "amount", "amountuom"],
+          times=["starttime", "storetime"], ints=["hadm_id"], floats=["amount"],
           to_events=_measure("INFUSION//", "starttime", "amountuom", "amount", None, order=ORDER_MED),
-          code_prefixes={"starttime": ["INFUSION//"]}),
-    Table("icu/outputevents", ["subject_id", "hadm_id", "charttime", "itemid", "value", "valueuom"],
-          times=["charttime"], ints=["hadm_id"], floats=["value"],
-          to_events=_measure("OUTPUT//", "charttime", "valueuom", "value", None), code_prefixes={"charttime": ["OUTPUT//"]}),
-    Table("icu/procedureevents", ["subject_id", "hadm_id", "starttime", "itemid"], times=["starttime"],
-          ints=["hadm_id"], to_events=_procedureevents, code_prefixes={"starttime": ["PROCEDURE//ITEM//"]}),
-    Table("icu/datetimeevents", ["subject_id", "hadm_id", "charttime", "itemid"], times=["charttime"],
-          ints=["hadm_id"], to_events=_datetimeevents, code_prefixes={"charttime": ["DATETIME//"]}),
-    Table("icu/ingredientevents", ["subject_id", "hadm_id", "starttime", "itemid", "amount", "amountuom"],
-          times=["starttime"], ints=["hadm_id"], floats=["amount"],
+          code_prefixes={"starttime": ["INFUSION//"]}, stored_at={"starttime": "storetime"}),
+    Table("icu/outputevents", ["subject_id", "hadm_id", "charttime", "storetime", "itemid", "value", "valueuom"],
+          times=["charttime", "storetime"], ints=["hadm_id"], floats=["value"],
+          to_events=_measure("OUTPUT//", "charttime", "valueuom", "value", None), code_prefixes={"charttime": ["OUTPUT//"]},
+          stored_at={"charttime": "storetime"}),
+    Table("icu/procedureevents", ["subject_id", "hadm_id", "starttime", "storetime", "itemid"], times=["starttime", "storetime"],
+          ints=["hadm_id"], to_events=_procedureevents, code_prefixes={"starttime": ["PROCEDURE//ITEM//"]},
+          stored_at={"starttime": "storetime"}),
+    Table("icu/datetimeevents", ["subject_id", "hadm_id", "charttime", "storetime", "itemid"], times=["charttime", "storetime"],
+          ints=["hadm_id"], to_events=_datetimeevents, code_prefixes={"charttime": ["DATETIME//"]},
+          stored_at={"charttime": "storetime"}),
+    Table("icu/ingredientevents", ["subject_id", "hadm_id", "starttime", "storetime", "itemid", "amount", "amountuom"],
+          times=["starttime", "storetime"], ints=["hadm_id"], floats=["amount"],
           to_events=_measure("INGREDIENT//", "starttime", "amountuom", "amount", None, order=ORDER_MED),
-          code_prefixes={"starttime": ["INGREDIENT//"]}),
+          code_prefixes={"starttime": ["INGREDIENT//"]}, stored_at={"starttime": "storetime"}),
     # MIMIC-IV-ED (a separate module: read when the raw dir has ed/; edstays then required).
     Table("ed/edstays", ["subject_id", "hadm_id", "stay_id", "intime", "outtime", "arrival_transport", "disposition"],
           times=["intime", "outtime"], ints=["hadm_id", "stay_id"], to_events=_edstays, module="ed",
@@ -639,7 +675,7 @@ TABLES: list[Table] = [
 TABLE_NAMES = [t.name for t in TABLES]
 TABLES_BY_NAME = {t.name: t for t in TABLES}
 # Columns a table may lack (older or trimmed extracts); they are read as all-null.
-OPTIONAL_COLUMNS = {"dod", "hadm_id", "value", "valueuom", "amountuom", "discharge_location", "admission_location",
+OPTIONAL_COLUMNS = {"dod", "hadm_id", "storetime", "storedate", "value", "valueuom", "amountuom", "discharge_location", "admission_location",
                     "seq_num", "edregtime", "edouttime", "order_subtype", "product_description", "dose_given_unit",
                     "dilution_value", "interpretation", "ab_name", "arrival_transport", "disposition", "acuity", "pain"}
 # Every column of each table in MIMIC-IV 2.2 and 3.1 (the same up to case: 2.2's procedureevents
@@ -726,12 +762,15 @@ DICTIONARIES = {
 
 # ------------------------------------------------------------------------------- reading raw
 def find_table(raw: Path, name: str) -> Path | None:
-    """The file of raw table `name` (e.g. "hosp/labevents") under `raw`: .csv.gz, else .csv, else None."""
-    for ext in (".csv.gz", ".csv"):
-        p = raw / f"{name}{ext}"
-        if p.is_file():
-            return p
-    return None
+    """The file of raw table `name` (e.g. "hosp/labevents") under `raw`: .csv.gz or .csv, else None.
+
+    Raises:
+        UserError: both exist (which one is the table is a guess: a half-done decompression?).
+    """
+    found = [p for p in (raw / f"{name}.csv.gz", raw / f"{name}.csv") if p.is_file()]
+    if len(found) > 1:
+        raise UserError(f"table {name}: both {found[0]} and {found[1]} exist; keep one")
+    return found[0] if found else None
 
 
 def _header(path: Path) -> list[str]:
@@ -938,6 +977,30 @@ def _typed(df: pl.DataFrame, table: Table, bad: _BadValues, ctx: Context) -> pl.
     )
 
 
+def _at_stored_time(df: pl.DataFrame, table: Table, present: dict, ctx: Context) -> pl.DataFrame:
+    """Place each row of a result table no earlier than it was stored (module docstring, "Results").
+
+    df: typed rows (_typed). For each (time column c, store column s) of table.stored_at, c becomes
+    max(c, s) and its date-only flag follows whichever came later; a row with c but no s (never
+    stored: a cancelled or pending result) is dropped and counted `result_never_stored`. A file
+    without the store column keeps c, and the metadata says so (`stored_time_sources`).
+    """
+    for c, s in table.stored_at.items():
+        fill = table.fallback.get(s)
+        info = ctx.stored.setdefault((table.name, c), {"store_column": s, "present": False, "moved": 0})
+        if s not in present and (fill is None or fill not in present):
+            continue
+        info["present"] = True
+        df = _keep(df, ctx, pl.col(c).is_null() | pl.col(s).is_not_null(), "result_never_stored")
+        later = pl.col(s) > pl.col(c)
+        if SOURCE_TIME not in df.columns:  # rows distinct at their chart times stay distinct when stored together
+            df = df.with_columns(pl.col(c).dt.epoch("us").alias(SOURCE_TIME))
+        info["moved"] += int(df.select(later.sum()).item()) if len(df) else 0
+        df = df.with_columns(pl.when(later).then(pl.col(s)).otherwise(pl.col(c)).alias(c),
+                             pl.when(later).then(pl.col(DATE_FLAG + s)).otherwise(pl.col(DATE_FLAG + c)).alias(DATE_FLAG + c))
+    return df
+
+
 def _lean_arrow_memory() -> None:
     """Use arrow's jemalloc pool, returning freed memory at once (measured on the demo: the lowest peak RSS)."""
     import pyarrow as pa
@@ -1114,17 +1177,18 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
     cfg.split_fractions = tuple(float(x) for x in cfg.split_fractions)
     if not raw.is_dir():
         raise UserError(f"raw MIMIC-IV directory {raw} not found")
-    check_overwrite(out, overwrite)
+    check_overwrite(out, overwrite, inputs=(raw,))
 
     if cfg.workers is None:
         cfg.workers = auto_workers(raw)
     if isinstance(cfg.workers, bool) or not isinstance(cfg.workers, int) or cfg.workers < 1:
         raise UserError(f"workers must be a whole number of at least 1 (got {cfg.workers!r})")
+    _check_options(cfg)
 
     wanted, present, missing, used_columns = _resolve_tables(raw, cfg)
 
     # The pool closes (its workers done) before atomic_dir removes a failed run's tmp dir.
-    with atomic_dir(out, overwrite=overwrite) as tmp, _worker_pool(cfg.workers) as pool:
+    with atomic_dir(out, overwrite=overwrite, inputs=(raw,), command="etl") as tmp, _worker_pool(cfg.workers) as pool:
         stage = tmp / ".stage"
         stage.mkdir()
         ctx = Context()
@@ -1171,6 +1235,9 @@ def _account(rows_in: dict, counts: dict, ctx: Context) -> dict:
             entry["midnight_times"] = dict(ctx.midnight[name])
         if ctx.unparseable.get(name):
             entry["unparseable_numbers_set_null"] = dict(ctx.unparseable[name])
+        moved = {c: v["moved"] for (t, c), v in ctx.stored.items() if t == name and v["moved"]}
+        if moved:
+            entry["moved_to_store_time"] = moved
         account[name] = entry
     return account
 
@@ -1191,6 +1258,10 @@ def _detail_lines(account: dict, ctx: Context) -> list[str]:
             bits.append("00:00:00 times " + ", ".join(f"{c} {n}" for c, n in a["midnight_times"].items()))
         if name == "hosp/admissions" and any(ctx.discharge.values()):
             bits.append("discharges " + ", ".join(f"{k} {v}" for k, v in ctx.discharge.items() if v))
+        for (t, c), v in ctx.stored.items():
+            if t == name:
+                bits.append(f"{v['moved']} {c} moved later to their {v['store_column']}" if v["present"] else
+                            f"NO {v['store_column']} COLUMN: results left at their {c}, maybe before they were known")
         if a.get("unparseable_numbers_set_null"):
             bits.append("unparseable numbers kept as null " + ", ".join(
                 f"{c} {n}" for c, n in a["unparseable_numbers_set_null"].items()))
@@ -1231,6 +1302,12 @@ def _audit_metadata(account: dict, ctx: Context) -> dict:
         "discharge_times": dict(ctx.discharge),
         "tables": account,
         "duplicates_dropped": {k: v["dropped"]["duplicate"] for k, v in account.items() if v["dropped"].get("duplicate")},
+        # Result tables: each event at the later of its time column and the row's store time, or
+        # (present false: the file has no store column) left at its time column. `ehrfm audit` (e).
+        "stored_time_sources": [
+            {"table": t, "column": c, "store_column": v["store_column"], "code_prefixes": by_name[t].code_prefixes.get(c, []),
+             "present": v["present"], "moved": v["moved"], "never_stored_dropped": ctx.drops.get(t, {}).get("result_never_stored", 0)}
+            for (t, c), v in sorted(ctx.stored.items())],
     }
 
 
@@ -1348,6 +1425,7 @@ def _merge_context(ctx: Context, part: Context) -> None:
     ctx.date_only.update(part.date_only)
     ctx.midnight.update(part.midnight)
     ctx.unparseable.update(part.unparseable)
+    ctx.stored.update(part.stored)
     ctx.discharge.update(part.discharge)
     if part.admissions is not None:
         ctx.admissions = part.admissions
@@ -1414,17 +1492,22 @@ def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context
                 # (as for dischtime): a date, or it would precede the day's events.
                 date_as_time = (t.str.slice(0, 10) == day) & (t.str.slice(11).str.replace_all(r"[0:.]", "") == "")
                 batch = batch.with_columns(pl.when(t.is_null() | date_as_time).then(day).otherwise(pl.col(c)).alias(c))
-            typed = _typed(batch, table, bad, ctx)
+            typed = _at_stored_time(_typed(batch, table, bad, ctx), table, columns, ctx)
             if not bad.counts:  # else keep counting over the whole file, write nothing
                 yield typed
 
     batches = typed_batches()
+    if table.name == "hosp/patients":  # small (one row per subject): its key is checked whole
+        parts = list(batches)
+        batches = [_one_row_per_key(pl.concat(parts), "subject_id", path)] if parts else []
     if table.name == "hosp/admissions":
         # Small (one row per stay) and needed whole: a discharge's placement depends on the
         # subject's next admission, and every stay-bound table needs the placed discharge.
         parts = list(batches)
         adm = pl.concat(parts) if parts else None
         if adm is not None:
+            adm = _one_row_per_key(adm, "hadm_id", path)
+            adm = _keep(adm, ctx, ~(pl.col("dischtime") < pl.col("admittime")).fill_null(False), "discharge_before_admission")
             adm = _place_discharges(adm, ctx)
             ctx.admissions = adm.select("hadm_id", "admittime", "dischtime", "deathtime").filter(
                 pl.col("hadm_id").is_not_null()).unique("hadm_id", keep="first", maintain_order=True)
@@ -1463,19 +1546,75 @@ def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context
     return n_rows
 
 
+def _one_row_per_key(df: pl.DataFrame, key: str, path: Path) -> pl.DataFrame:
+    """df, after refusing (UserError, counts only) keys with rows that disagree.
+
+    Exact repeats are left for the duplicate count; two different rows of one subject or stay
+    (e.g. two genders, two discharge times) have no right answer to pick.
+    """
+    n = df.filter(pl.col(key).is_not_null()).unique().group_by(key).len().filter(pl.col("len") > 1).height
+    if n:
+        raise UserError(f"{path}: column {key!r}: {n} {key} value{'s appear' if n != 1 else ' appears'} in rows that disagree "
+                        f"in other columns; the table must have one row per {key}")
+    return df
+
+
 def _subjects(stage: Path, patients_path: Path) -> np.ndarray:
+    if not (stage / "hosp__patients.parquet").exists():  # a header-only file stages nothing
+        raise UserError(f"{patients_path}: no patients (the table has no rows)")
     ids = pl.scan_parquet(stage / "hosp__patients.parquet").select(pl.col("subject_id").unique()).collect()
     if ids.height == 0:
         raise UserError(f"{patients_path}: no patients (the table has no rows)")
     return np.sort(ids["subject_id"].to_numpy())
 
 
+def _read_splits_file(path: str) -> pl.DataFrame:
+    """A subject_splits.parquet given by --splits: (subject_id Int64, split), one split per subject.
+
+    Raises:
+        UserError: unreadable or not parquet, a missing column, non-integer or null subject ids,
+            split names outside SPLITS, or subjects listed in more than one split (counts, not ids).
+    """
+    try:
+        given = pl.read_parquet(path)
+    except Exception as e:  # polars raises several kinds for a file that is not parquet
+        raise UserError(f"--splits {path}: not a readable parquet file ({type(e).__name__})") from None
+    for c in ("subject_id", "split"):
+        if c not in given.columns:
+            raise UserError(f"--splits {path}: missing column {c!r} (columns: {', '.join(given.columns)})")
+    if not given["subject_id"].dtype.is_integer():
+        raise UserError(f"--splits {path}: column 'subject_id' is {given['subject_id'].dtype}, not an integer type")
+    if given["subject_id"].null_count() or given["split"].null_count():
+        raise UserError(f"--splits {path}: {given.select(pl.any_horizontal(pl.all().is_null()).sum()).item()} rows "
+                        "have a null subject_id or split")
+    bad = given.filter(~pl.col("split").cast(pl.String).is_in(list(SPLITS)))
+    if bad.height:
+        names = sorted(bad["split"].cast(pl.String).unique().to_list())
+        raise UserError(f"--splits {path}: column 'split' has {bad.height} rows with split names other than "
+                        f"{', '.join(SPLITS)}: {', '.join(map(repr, names[:5]))}")
+    given = given.select(pl.col("subject_id").cast(pl.Int64), pl.col("split").cast(pl.String)).unique()
+    several = given.group_by("subject_id").len().filter(pl.col("len") > 1).height
+    if several:
+        raise UserError(f"--splits {path}: {several} subjects are listed in more than one split (a leak between splits)")
+    return given
+
+
+def _check_options(cfg: EtlConfig) -> None:
+    """Refuse bad sizes, fractions and split files before any table is read (UserError)."""
+    for name in ("shard_subjects", "batch_bytes", "chunk_events"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UserError(f"{name} must be a whole number of at least 1 (got {v!r})")
+    fr = cfg.split_fractions
+    if cfg.splits_file is None and (len(fr) != 3 or not all(np.isfinite(fr)) or min(fr) < 0 or abs(sum(fr) - 1) > 1e-6):
+        raise UserError(f"split fractions must be 3 finite numbers >= 0 summing to 1 (train, tuning, held_out); got {list(fr)}")
+    if cfg.splits_file is not None:
+        _read_splits_file(cfg.splits_file)
+
+
 def _split_subjects(subjects: np.ndarray, cfg: EtlConfig) -> pl.DataFrame:
     if cfg.splits_file:
-        given = pl.read_parquet(cfg.splits_file)
-        for c in ("subject_id", "split"):
-            if c not in given.columns:
-                raise UserError(f"{cfg.splits_file}: missing column {c!r}")
+        given = _read_splits_file(cfg.splits_file)
         df = pl.DataFrame({"subject_id": subjects}).join(given.select("subject_id", "split"), on="subject_id", how="left")
         n_none = df["split"].null_count()
         if n_none:
@@ -1484,10 +1623,9 @@ def _split_subjects(subjects: np.ndarray, cfg: EtlConfig) -> pl.DataFrame:
         df = pl.DataFrame({"subject_id": subjects, "split": assign_splits(subjects, cfg.split_fractions, cfg.split_seed)})
     for name, frac in zip(SPLITS, cfg.split_fractions, strict=False):
         if (frac > 0 or cfg.splits_file) and df.filter(pl.col("split") == name).height == 0:
-            raise UserError(
-                f"split {name!r} is empty ({len(subjects)} subjects, fractions {list(cfg.split_fractions)}); "
-                "use more subjects or other split fractions"
-            )
+            how = f"split file {cfg.splits_file}" if cfg.splits_file else f"fractions {list(cfg.split_fractions)}"
+            raise UserError(f"split {name!r} is empty ({len(subjects)} subjects, {how}); "
+                            "use more subjects or other split fractions")
     return df
 
 

@@ -380,7 +380,7 @@ def synthesize(out: str | os.PathLike, n_patients: int = 1000, seed: int = 0, ov
     cfg = SynthConfig(n_patients=int(n_patients), seed=int(seed))
     t0 = time.time()
     counts: dict[str, int] = {}
-    with atomic_dir(out, overwrite=overwrite) as tmp, ExitStack() as files:
+    with atomic_dir(out, overwrite=overwrite, command="synth") as tmp, ExitStack() as files:
         (tmp / "hosp").mkdir()
         (tmp / "icu").mkdir()
         handles: dict[str, gzip.GzipFile] = {}

@@ -193,7 +193,7 @@ def fit_tokenizer(meds: Path | MedsDataset, min_count: int = 10, n_quantiles: in
         The tokenizer dict written as tokenizer.json (vocab: token id -> string).
 
     Raises:
-        UserError: no train split.
+        UserError: no train split, or one without events.
     """
     if codes not in CODE_MODES:
         raise UserError(f"--codes must be one of {', '.join(CODE_MODES)} (got {codes!r})")
@@ -202,6 +202,10 @@ def fit_tokenizer(meds: Path | MedsDataset, min_count: int = 10, n_quantiles: in
         where = meds.root if isinstance(meds, MedsDataset) else meds
         raise UserError(f"{where}: no train split to fit the tokenizer on (or pass --tokenizer)")
     counts, n_subjects = _train_counts(shards)
+    if counts.height == 0 or int(counts["n"].sum()) == 0:
+        where = meds.root if isinstance(meds, MedsDataset) else meds
+        raise UserError(f"{where}: the train split has 0 events ({len(shards)} shard(s)); a tokenizer fitted on it "
+                        "would know no code (check the splits, or pass --tokenizer)")
     heads, continuations = fit_vocab(dict(zip(counts["code"].to_list(), counts["n"].to_list(), strict=True)),
                                      codes, min_count)
     kept = {**heads, **continuations}
@@ -547,7 +551,7 @@ def _resolve(meds: Path, out, tokenizer, overwrite: bool, min_count: int, codes:
     cfg = TokenizeConfig(meds_dir=str(meds.resolve()), out=str(out),
                          tokenizer=str(Path(tokenizer).resolve()) if tokenizer else None,
                          min_count=int(min_count), n_quantiles=int(options.get("n_quantiles", N_QUANTILES)))
-    check_overwrite(out, overwrite)
+    check_overwrite(out, overwrite, inputs=(meds, tokenizer))
     if codes is not None and codes not in CODE_MODES:
         raise UserError(f"--codes must be one of {', '.join(CODE_MODES)} (got {codes!r})")
     ds = open_meds(meds)
@@ -639,7 +643,7 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
 
     stats = {"vocab_size": len(enc.vocab), "dtype": np.dtype(enc.dtype).name, "codes": enc.mode, "splits": {},
              "split_aliases": ds.aliases, "dropped_null_time_rows": ds.null_time_codes}
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, inputs=(meds, tokenizer), command="tokenize") as tmp:
         (tmp / "tokenizer.json").write_text(_tokenizer_json(tok))
         jobs = [sh for s in SPLITS for sh in shards.get(s, [])]
         state = {s: dict(subjects=0, events=0, tokens=0, code_events=0, code_tokens=0, unk_events=0,

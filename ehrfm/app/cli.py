@@ -23,6 +23,7 @@ import threading
 from ehrfm import __version__
 from ehrfm.cli_args import Parser
 from ehrfm.errors import UserError
+from ehrfm.io import error_line
 
 # Order here is the order of `ehrfm --help`: the pipeline, stage by stage.
 COMMAND_MODULES = [
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = args.func(args)
     except UserError as e:
-        print(f"ehrfm {args.command}: error: {e}", file=sys.stderr)
+        print(error_line(f"ehrfm {args.command}: error: {e}"), file=sys.stderr)
         return 2
     except Terminated:
         print(f"ehrfm {args.command}: terminated (SIGTERM)", file=sys.stderr)
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         os._exit(0)
     except OSError as e:
-        print(f"ehrfm {args.command}: error: {os_error_line(e)}", file=sys.stderr)
+        print(error_line(f"ehrfm {args.command}: error: {os_error_line(e)}"), file=sys.stderr)
         return 2
     finally:
         if old_term is not None:

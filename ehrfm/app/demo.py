@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ehrfm.errors import UserError
-from ehrfm.io import atomic_file, format_ci, read_json, summary, write_json
+from ehrfm.io import atomic_file, check_ehrfm_output, format_ci, mark_output, read_json, summary, write_json
 from ehrfm.results import Status
 
 TASKS = ("in_hospital_mortality", "long_los", "icu_admission", "readmission_30d")
@@ -154,7 +154,15 @@ def _reuse(path: Path) -> bool:
 
 
 def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
-    """Run the whole study into cfg.out; returns the path of report.md."""
+    """Run the whole study into cfg.out; returns the path of report.md.
+
+    An existing cfg.out is resumed when it holds a demo (demo_config.json) or is empty; with
+    `overwrite` it is deleted first, but only when a demo wrote it (ehrfm.io.OUTPUT_MARKER).
+
+    Raises:
+        UserError: cfg.out is a non-empty directory no demo wrote, or holds a demo made with other
+            settings without `overwrite`; and the stages' own errors.
+    """
     from analysis.fit import fit_results, write_fits
     from analysis.recommend import recommend
     from ehrfm.clinical.labels import make_labels, write_label_dir
@@ -165,10 +173,13 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
     from tokenization.tokenize import tokenize
 
     out = Path(cfg.out)
+    old_cfg = out / "demo_config.json"
+    if out.exists() and (overwrite or not old_cfg.is_file()):
+        check_ehrfm_output(out)  # a user's own directory is neither deleted nor filled
     if out.exists() and overwrite:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    old_cfg = out / "demo_config.json"
+    mark_output(out, "demo")
     if old_cfg.exists():
         old = read_json(old_cfg, "demo config")
         if old != json.loads(json.dumps(dataclasses.asdict(cfg))):

@@ -18,8 +18,12 @@ history holds
     HOSPITAL_DISCHARGE//* rows sharing a stay id column, `hadm_id`), where facts of one stay can
     leak into the other's label;
 
-and reports the ETL's drop and duplicate counts from its metadata (below). (a)-(c) are
-faults (`AuditResult.clean` is False and the CLI exits 1); (d) is reported for review.
+and, for the dataset, (e) the result tables whose events sit at their chart (specimen) time
+although a lab value or culture result is known only when it is stored (MIMIC-IV's storetime:
+a median 65 min later for labs and 3 days for cultures on the demo), read from the ETL metadata's
+`stored_time_sources`; and reports the ETL's drop and duplicate counts from its metadata (below).
+(a)-(c) and (e) are faults (`AuditResult.clean` is False and the CLI exits 1); (d) is reported for
+review.
 
 Date-only codes are read from the MEDS metadata (`metadata/ehrfm_etl.json`, written by this
 package's ETL, else `metadata/dataset.json` or `metadata/etl_config.json`), key
@@ -91,12 +95,16 @@ class AuditResult:
     null_time_codes: dict[str, int]
     unknown: list[str] = field(default_factory=list)
     date_only_partial: list[str] = field(default_factory=list)  # only their 00:00 events are dates
+    # (e) {"stored": tables placed at their store time, "at_chart_time": tables left at the chart
+    # time (no store column)}; None when the metadata does not say (another ETL).
+    result_times: dict | None = None
 
     @property
     def clean(self) -> bool:
-        """True when no task has an outcome code in its histories, same-day date-only events or facts not known before prediction."""
-        return not any(t.outcome_code_in_history or t.date_only_same_day or t.not_known_before_prediction
-                       for t in self.tasks.values())
+        """True when no task has (a)-(c) above 0 and no result table sits at its chart time (e)."""
+        return not (any(t.outcome_code_in_history or t.date_only_same_day or t.not_known_before_prediction
+                        for t in self.tasks.values())
+                    or (self.result_times or {}).get("at_chart_time"))
 
     def to_dict(self) -> dict:
         """The audit as a JSON-ready dict (every field, plus "clean")."""
@@ -148,6 +156,24 @@ def date_only_from_metadata(meds_dir: str | os.PathLike) -> tuple[list[str] | No
         partial = [p for p in dict.fromkeys(partial) if p not in whole]
         return list(dict.fromkeys(whole)) + partial, partial, str(path)
     return None, [], None
+
+
+def result_times_from_metadata(meds_dir: str | os.PathLike) -> dict | None:
+    """(e): {"stored": [...], "at_chart_time": [...]} tables, or None when the metadata does not say.
+
+    Read from the metadata's `stored_time_sources` ([{"table", "column", "store_column", "present",
+    ...}]) in the files date_only_from_metadata reads.
+    """
+    found = (_read_json(Path(meds_dir) / "metadata" / name).get("stored_time_sources")
+             for name in ("ehrfm_etl.json", "dataset.json", "etl_config.json"))
+    sources = next((x for x in found if isinstance(x, list)), None)
+    if sources is None:
+        return None
+    out: dict = {"stored": [], "at_chart_time": []}
+    for e in sources:
+        if isinstance(e, dict) and isinstance(e.get("table"), str):
+            out["stored" if e.get("present") else "at_chart_time"].append(e["table"])
+    return out
 
 
 def _etl_counts(meds_dir: str | os.PathLike) -> dict | None:
@@ -321,6 +347,10 @@ def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
         tasks[task] = _task_audit(task, lab, ev, date_only, sorted(ds.null_time_codes), stays, partial)
         if task not in OUTCOME_RULES:
             unknown.append(f"(a) task {task!r}: its outcome code is unknown (known tasks: {', '.join(OUTCOME_RULES)})")
+    result_times = result_times_from_metadata(meds_dir)
+    if result_times is None:
+        unknown.append("(e) result times: the MEDS metadata has no 'stored_time_sources' (another ETL, or an older "
+                       "one): lab and culture results may sit at their specimen time, before they were known")
     etl_counts = _etl_counts(meds_dir)
     if etl_counts is None:
         unknown.append("ETL drop and duplicate counts: no metadata/ehrfm_etl.json or etl_config.json "
@@ -328,7 +358,7 @@ def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
     meta = ds.metadata
     etl = {k: meta.get(k) for k in ("etl_name", "etl_version", "meds_version") if k in meta}
     return AuditResult(str(meds_dir), str(labels), etl, date_only, source, tasks, etl_counts,
-                       dict(ds.null_time_codes), unknown, partial)
+                       dict(ds.null_time_codes), unknown, partial, result_times)
 
 
 def _fmt(x: int | None, n: int) -> str:
@@ -346,6 +376,11 @@ def format_audit(res: AuditResult) -> list[str]:
     lines.append("")
     if res.date_only_codes is not None:
         lines.append(f"Date-only codes ({res.date_only_from}): {', '.join(res.date_only_codes) or 'none'}.")
+    if res.result_times is not None:
+        rt = res.result_times
+        lines.append("Result times (e): " + (f"at their store time: {', '.join(rt['stored'])}" if rt["stored"] else "no result tables")
+                     + (f"; LEFT AT THEIR CHART TIME (no store-time column): {', '.join(rt['at_chart_time'])}"
+                        if rt["at_chart_time"] else "") + ".")
     if res.etl_counts is not None:
         counts = json.dumps(res.etl_counts, sort_keys=True)
         lines.append(f"ETL drop/duplicate counts (its metadata): {counts}.")
@@ -354,6 +389,9 @@ def format_audit(res: AuditResult) -> list[str]:
                      + ", ".join(f"{c} {n}" for c, n in sorted(res.null_time_codes.items())) + ".")
     lines += [f"Unknown: {u}." for u in res.unknown]
     open_b = any(t.date_only_same_day is None for t in res.tasks.values())
-    lines.append("Verdict: " + ("LEAKAGE: (a)-(c) are not all 0." if not res.clean else
-                                "no leak in (a) and (c); (b) unknown." if open_b else "clean ((a)-(c) are 0)."))
+    tasks_leak = any(t.outcome_code_in_history or t.date_only_same_day or t.not_known_before_prediction
+                     for t in res.tasks.values())
+    chart = " (e) lists results at their chart time." if (res.result_times or {}).get("at_chart_time") else ""
+    lines.append("Verdict: " + ("LEAKAGE: (a)-(c) are not all 0." + chart if tasks_leak else "LEAKAGE:" + chart if chart
+                                else "no leak in (a) and (c); (b) unknown." if open_b else "clean ((a)-(c) are 0)."))
     return lines

@@ -19,10 +19,10 @@ meds-evaluation's PredictionSchema to OUT/<model>/predictions.parquet (held_out 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -39,7 +39,7 @@ from ehrfm.clinical.common import (
     write_head_outputs,
 )
 from ehrfm.clinical.configs import BaselineConfig
-from ehrfm.clinical.labels import read_labels
+from ehrfm.clinical.labels import head_labels, read_labels, task_name  # noqa: F401 (task_name: re-exported)
 from ehrfm.clinical.metrics import binary_metrics, format_metrics
 from ehrfm.errors import UserError
 from ehrfm.meds_io import SPLITS, MedsDataset, open_meds, scan_shard
@@ -61,22 +61,6 @@ def parse_windows(spec: str) -> list[tuple[str, int | None]]:
     if not out:
         raise UserError("no history windows given")
     return out
-
-
-def task_name(labels_path: str | os.PathLike) -> str:
-    """The task of a label file: the "task" of its sidecar <stem>.json when readable, else the file stem."""
-    p = Path(labels_path)
-    side = p.with_suffix(".json")
-    if side.is_file():
-        import json
-
-        try:
-            t = json.loads(side.read_text()).get("task")
-            if isinstance(t, str):
-                return t
-        except (json.JSONDecodeError, AttributeError):
-            pass
-    return p.stem
 
 
 # --- MEDS side -------------------------------------------------------------------------------------
@@ -205,7 +189,7 @@ def feature_matrix(counts: pl.DataFrame, keys: pl.DataFrame, train_idx: np.ndarr
 
 def prepare(cfg: BaselineConfig):
     """Labels with splits and their feature matrix (the parts tests check for look-ahead)."""
-    labels = read_labels(cfg.labels)
+    labels = read_labels(head_labels(cfg.labels, cfg.task)[0])
     ds = open_meds(cfg.meds_dir)
     labels = attach_splits(labels, meds_subject_splits(ds), cfg.labels, f"MEDS dataset {cfg.meds_dir}")
     labels = subsample_per_split(labels, cfg.max_labels, cfg.seed)
@@ -217,7 +201,24 @@ def prepare(cfg: BaselineConfig):
     return labels, x, names
 
 
+def boosting_skip_reason(y_train: np.ndarray) -> str | None:
+    """Why gradient boosting cannot be fitted on train labels y_train (n,) 0/1, or None.
+
+    Its early stopping holds out a stratified 10% of train (sklearn's validation_fraction): that
+    needs at least 2 labels of each class, and at least 2 labels (one per class) both in the 10%
+    and in the rest.
+    """
+    n, n_pos = len(y_train), int(y_train.sum())
+    n_val = math.ceil(0.1 * n)
+    if min(n_pos, n - n_pos) < 2 or n_val < 2 or n - n_val < 2:
+        return (f"{n} train labels ({n_pos} positive) are too few for its early-stopping split "
+                "(needs 2 of each class, and 2 labels in the held-back 10%)")
+    return None
+
+
 def _fmt(m: dict) -> str:
+    if m.get("skipped"):
+        return f"skipped: {m['skipped']}"
     if m.get("auroc") is None:
         return "n/a (one class)"
     ci = m.get("auroc_ci")
@@ -229,7 +230,9 @@ def baseline(cfg: BaselineConfig, out: str | os.PathLike, overwrite: bool = Fals
 
     A MEDS-Tab-like baseline: code counts in each history window, then logistic regression
     (L2 strength C chosen by tuning AUROC) and histogram gradient boosting on the most frequent
-    features plus age.
+    features plus age. Gradient boosting is skipped, with the reason in its metrics entry
+    ({"skipped": ...}) and no prediction files, when train is too small for its early-stopping
+    split (boosting_skip_reason).
 
     Args:
         cfg: the MEDS dir, labels, task, windows, feature limits, bootstrap, seed.
@@ -242,16 +245,17 @@ def baseline(cfg: BaselineConfig, out: str | os.PathLike, overwrite: bool = Fals
         n_features, models ({model: binary_metrics ...}), wall_s (seconds).
 
     Raises:
-        UserError: `out` exists without overwrite, bad labels or MEDS data, train labels of one
-            class, or no held_out labels.
+        UserError: `out` exists without overwrite (or is, holds or lies in an input), a label dir of
+            several files or a task other than the file's (labels.head_labels), bad labels or MEDS
+            data, train labels of one class, or no held_out labels.
     """
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     from ehrfm.io import summary
 
-    check_out(out, overwrite)
+    check_out(out, overwrite, cfg)
     t0 = time.time()
-    task = cfg.task or task_name(cfg.labels)
+    task = head_labels(cfg.labels, cfg.task)[1]
     labels, x, names = prepare(cfg)
     split = labels["split"].to_numpy()
     y = labels["boolean_value"].to_numpy().astype(np.int64)
@@ -263,26 +267,24 @@ def baseline(cfg: BaselineConfig, out: str | os.PathLike, overwrite: bool = Fals
     lr, selection = fit_logistic(x[tr], y[tr], x[tu], y[tu], cfg.seed, task)
     p_lr = as_stored(positive_proba(lr, x))  # score what the prediction files hold
 
-    # Gradient boosting needs dense input: the most frequent features (columns are sorted by
-    # train frequency), plus age (the last column).
-    k = min(cfg.max_dense_features, x.shape[1] - 1)
-    cols = list(range(k)) + [x.shape[1] - 1]
-    dense = x[:, cols].toarray()
-    hgb = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.05, early_stopping=True, random_state=cfg.seed)
-    with small_problem_threads(*dense.shape):
-        hgb.fit(dense[tr], y[tr])
-        p_hgb = as_stored(positive_proba(hgb, dense))
-
-    models = {
-        "logistic_regression": {
-            **binary_metrics(y[ho], p_lr[ho], task, cfg.bootstrap, cfg.seed),
-            "selection": selection,
-        },
-        "gradient_boosting": {
-            **binary_metrics(y[ho], p_hgb[ho], task, cfg.bootstrap, cfg.seed),
-            "n_iter": int(hgb.n_iter_),
-        },
-    }
+    models = {"logistic_regression": {**binary_metrics(y[ho], p_lr[ho], task, cfg.bootstrap, cfg.seed), "selection": selection}}
+    predictions = split_predictions(labels, p_lr, split, prefix="logistic_regression/")
+    skipped = boosting_skip_reason(y[tr])
+    if skipped:  # logistic regression alone; the reason is in metrics.json and the summary line
+        models["gradient_boosting"] = {"skipped": skipped}
+    else:
+        # Gradient boosting needs dense input: the most frequent features (columns are sorted by
+        # train frequency), plus age (the last column).
+        k = min(cfg.max_dense_features, x.shape[1] - 1)
+        cols = list(range(k)) + [x.shape[1] - 1]
+        dense = x[:, cols].toarray()
+        hgb = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.05, early_stopping=True, random_state=cfg.seed)
+        with small_problem_threads(*dense.shape):
+            hgb.fit(dense[tr], y[tr])
+            p_hgb = as_stored(positive_proba(hgb, dense))
+        models["gradient_boosting"] = {**binary_metrics(y[ho], p_hgb[ho], task, cfg.bootstrap, cfg.seed),
+                                       "n_iter": int(hgb.n_iter_)}
+        predictions.update(split_predictions(labels, p_hgb, split, prefix="gradient_boosting/"))
     n_pos = int(y[ho].sum())
     metrics = {
         "task": task,
@@ -298,10 +300,6 @@ def baseline(cfg: BaselineConfig, out: str | os.PathLike, overwrite: bool = Fals
         "wall_s": time.time() - t0,
     }
     # one meds-evaluation prediction file per model: OUT/<model>/predictions.parquet (+ other splits)
-    predictions = {
-        **split_predictions(labels, p_lr, split, prefix="logistic_regression/"),
-        **split_predictions(labels, p_hgb, split, prefix="gradient_boosting/"),
-    }
     write_head_outputs(out, overwrite, cfg, metrics, predictions)
     summary(
         f"baseline {x.shape[1]} count features; logistic regression {format_metrics(models['logistic_regression'])}; "

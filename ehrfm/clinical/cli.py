@@ -26,13 +26,14 @@ def _labels(args) -> int:
     if args.task == "all":
         if out.suffix == ".parquet":
             raise UserError(f"--task all writes one file per task: --out {out} must be a directory, not a .parquet")
-        check_overwrite(out, args.overwrite)
+        check_overwrite(out, args.overwrite, inputs=(args.meds_dir,))
         labels, info = make_labels(args.meds_dir, "all", **options)
         write_label_dir(labels, info, out, overwrite=args.overwrite)
         parts = ", ".join(f"{t} {i['n']} ({i['n_positive']} positive)" for t, i in info.items())
         summary(f"labels: {parts} -> {out}")
         return 0
-    check_overwrite(out, args.overwrite)
+    check_overwrite(out, args.overwrite, inputs=(args.meds_dir,))
+    check_overwrite(out.with_suffix(".json"), args.overwrite, inputs=(args.meds_dir,))  # the sidecar
     labels, info = make_labels(args.meds_dir, args.task, **options)
     write_labels(labels, out, info)
     prev = f"{info['prevalence']:.3f}" if info["prevalence"] is not None else "n/a"
@@ -42,8 +43,10 @@ def _labels(args) -> int:
 
 def _audit(args) -> int:
     from ehrfm.clinical.audit import audit, format_audit
-    from ehrfm.io import atomic_file, summary
+    from ehrfm.io import atomic_file, check_overwrite, summary
 
+    if args.out:
+        check_overwrite(args.out, args.overwrite, inputs=(args.meds, args.labels))
     codes = [c.strip() for c in args.date_only_codes.split(",") if c.strip()] if args.date_only_codes is not None else None
     res = audit(args.meds, args.labels, date_only_codes=codes)
     if args.out:
@@ -53,8 +56,10 @@ def _audit(args) -> int:
         print(line)
     worst = {t.task: (t.outcome_code_in_history or 0) + (t.date_only_same_day or 0) + t.not_known_before_prediction
              for t in res.tasks.values()}
-    summary(f"audit: {len(res.tasks)} tasks, " + ("clean" if res.clean else "LEAKAGE in " + ", ".join(
-        f"{t} ({n})" for t, n in worst.items() if n)) + (f", {len(res.unknown)} unknown" if res.unknown else ""))
+    at_chart = (res.result_times or {}).get("at_chart_time") or []
+    leaks = [f"{t} ({n})" for t, n in worst.items() if n] + [f"results at chart time ({', '.join(at_chart)})"] * bool(at_chart)
+    summary(f"audit: {len(res.tasks)} tasks, " + ("clean" if res.clean else "LEAKAGE in " + ", ".join(leaks))
+            + (f", {len(res.unknown)} unknown" if res.unknown else ""))
     return 0 if res.clean else 1
 
 
@@ -67,6 +72,7 @@ def _head_args(p: argparse.ArgumentParser, cls) -> None:
     p.add_argument("--out", required=True, help="output dir (metrics.json, predictions.parquet, config.json)")
     add_fields(p, cls, ["context", "batch_size", "device", "bootstrap", "seed", "max_labels"])
     p.add_argument("--overwrite", action="store_true")
+    add_fields(p, cls, ["allow_incomplete"])
 
 
 def _probe_arguments(p) -> None:
@@ -168,6 +174,7 @@ def register(sub) -> None:
     p.add_argument("--date-only-codes", default=None, metavar="PREFIX,...",
                    help="code prefixes of date-only sources (default: the MEDS metadata's date_only_codes)")
     p.add_argument("--out", default=None, help="also write the audit as JSON here")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     command(sub, "probe", _probe, _probe_arguments, help="linear probe of a frozen model at the prediction time")
     command(sub, "finetune", _finetune, _finetune_arguments,

@@ -239,6 +239,7 @@ def write_head_outputs(out: str | os.PathLike, overwrite: bool, config, metrics:
 
     predictions: one frame (-> predictions.parquet) or {path inside OUT: frame}; every frame must
     be in PREDICTION_SCHEMA exactly (a programming error otherwise: ValueError, nothing written).
+    UserError: what ehrfm.io.atomic_dir refuses, the config's inputs (head_inputs) among them.
     """
     from ehrfm.io import atomic_dir, write_json
 
@@ -247,7 +248,7 @@ def write_head_outputs(out: str | os.PathLike, overwrite: bool, config, metrics:
         if dict(frame.schema) != PREDICTION_SCHEMA:
             raise ValueError(f"{name}: columns {dict(frame.schema)} are not meds-evaluation's PredictionSchema {PREDICTION_SCHEMA}")
     cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, inputs=head_inputs(cfg), command=str(metrics.get("head", "head"))) as tmp:
         write_json(tmp / "metrics.json", {**metrics, **(extra or {}), "config": cfg})
         write_json(tmp / "config.json", cfg)
         for name, frame in files.items():
@@ -256,6 +257,12 @@ def write_head_outputs(out: str | os.PathLike, overwrite: bool, config, metrics:
     return Path(out)
 
 
-def check_out(out, overwrite: bool) -> None:
-    """Refuse an existing output before hours of work, not after."""
-    check_overwrite(out, overwrite)
+def head_inputs(config) -> list:
+    """The input paths of a head's config (run, token, MEDS dirs and labels): never its --out."""
+    cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    return [cfg.get(k) for k in ("run_dir", "tokens_dir", "meds_dir", "labels")]
+
+
+def check_out(out, overwrite: bool, config=None) -> None:
+    """Refuse an existing output, or one that is or holds an input of `config`, before hours of work."""
+    check_overwrite(out, overwrite, head_inputs(config) if config is not None else ())

@@ -7,7 +7,7 @@ importable from its own module (ehrfm.clinical.probe.ProbeConfig, ...).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 
 POOLINGS = ("last", "last+mean")  # the probe's representations (ehrfm.clinical.model_io)
 ZEROSHOT_TASKS = ("in_hospital_mortality", "long_los", "icu_admission", "readmission_30d")
@@ -39,6 +39,9 @@ class HeadConfig:
     """Token dir made with the run's tokenizer."""
     labels: str
     """Label parquet in the MEDS label schema (ours or ACES)."""
+    # Options by name only: a field added later can never shift a positional argument into it
+    # (a new field once took sweep collect's pooling, silently).
+    _: KW_ONLY
     context: int | None = None
     """History length in tokens (default: the model's context)."""
     batch_size: int = 64
@@ -53,6 +56,8 @@ class HeadConfig:
     """Subsample at most this many labels per split (a seeded sample, the same for every run)."""
     task: str | None = None
     """The task the labels are for (default: from the labels' sidecar JSON or file name)."""
+    allow_incomplete: bool = False
+    """Use the last checkpoint of a run that did not complete (interrupted, failed, diverged)."""
 
 
 @dataclass
@@ -94,6 +99,7 @@ class ZeroShotConfig:
     """Token dir made with the run's tokenizer."""
     labels: str
     """Label parquet in the MEDS label schema (ours or ACES)."""
+    _: KW_ONLY
     task: str | None = field(default=None, metadata={"choices": ZEROSHOT_TASKS})
     """in_hospital_mortality | long_los | icu_admission | readmission_30d (default: from the labels' file name)."""
     context: int | None = None
@@ -121,6 +127,8 @@ class ZeroShotConfig:
     """Sampling temperature."""
     splits: tuple[str, ...] = ("held_out",)
     """Splits scored (zero-shot needs no training labels)."""
+    allow_incomplete: bool = False
+    """Use the last checkpoint of a run that did not complete (interrupted, failed, diverged)."""
 
 
 @dataclass

@@ -321,6 +321,9 @@ def make_labels(meds_dir: str | os.PathLike, task: str, **options) -> tuple[pl.D
     """
     events, ds = _stay_events(meds_dir)
     stays = stays_from_events(events)
+    if not stays:  # every task would write an empty file that looks like a result
+        raise UserError(f"MEDS {meds_dir}: no hospital stays (no HOSPITAL_ADMISSION//* with a HOSPITAL_DISCHARGE//* "
+                        f"among {events.height} stay events): nothing to label")
     deaths = _death_counts(events, ds)
     tasks = TASKS if task == "all" else (task,)
     out_labels, out_info = {}, {}
@@ -365,13 +368,25 @@ def to_label_table(labels: pl.DataFrame) -> pa.Table:
     return table
 
 
+def _meds_inputs(info: dict) -> set[str]:
+    """The MEDS dataset dir(s) labels were made from (make_labels's info of one task or of all)."""
+    infos = [info] if "config" in info else list(info.values())
+    return {i["config"]["meds_dir"] for i in infos if isinstance(i, dict) and "config" in i}
+
+
 def write_labels(labels: pl.DataFrame, path: str | os.PathLike, info: dict | None = None) -> Path:
-    """Write labels atomically as parquet (MEDS label schema) and `<stem>.json` beside it."""
+    """Write labels atomically as parquet (MEDS label schema) and `<stem>.json` beside it.
+
+    UserError: `path` (or its sidecar) is, or lies inside, the MEDS dataset of info["config"].
+    """
     import pyarrow.parquet as pq
 
-    from ehrfm.io import atomic_file, write_json
+    from ehrfm.io import atomic_file, check_not_input, write_json
 
     path = Path(path)
+    if info is not None:
+        for f in (path, path.with_suffix(".json")):
+            check_not_input(f, _meds_inputs(info))
     table = to_label_table(labels)
     with atomic_file(path, "wb") as f:
         pq.write_table(table, f)
@@ -388,15 +403,62 @@ def write_label_dir(labels: dict[str, pl.DataFrame], info: dict, out: str | os.P
     make_labels(meds, "all").
 
     Raises:
-        UserError: `out` exists and `overwrite` is false.
+        UserError: `out` exists and `overwrite` is false, is, holds or lies inside the MEDS dataset
+            the labels were made from (info's config), or is a directory ehrfm did not write.
     """
     from ehrfm.io import atomic_dir, write_json
 
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, inputs=_meds_inputs(info), command="labels") as tmp:
         for task, frame in labels.items():
             write_labels(frame, tmp / f"{task}.parquet", info[task])
         write_json(tmp / "labels.json", info)
     return Path(out)
+
+
+def recorded_task(path: str | os.PathLike) -> str | None:
+    """The task `ehrfm labels` recorded for a label file (its sidecar `<stem>.json`'s "task"), or None."""
+    import json
+
+    side = Path(path).with_suffix(".json")
+    try:
+        t = json.loads(side.read_text()).get("task")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+    return t if isinstance(t, str) else None
+
+
+def task_name(path: str | os.PathLike) -> str:
+    """The task of a label file: the one its sidecar JSON records, else the file stem."""
+    return recorded_task(path) or Path(path).stem
+
+
+def head_labels(path: str | os.PathLike, task: str | None = None) -> tuple[Path, str]:
+    """(label file, task) for a head, which scores one task.
+
+    Args:
+        path: a label parquet, or a directory holding exactly one (e.g. one ACES task).
+        task: the task the user named (--task); None: the recorded task, else the file stem.
+
+    Raises:
+        UserError: `path` missing; a directory with no or several .parquet files (named: one task
+            per head, as several would be mixed); or `task` given where the file records another
+            task (its sidecar JSON, written by `ehrfm labels`).
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.rglob("*.parquet"))
+        if len(files) != 1:
+            names = ", ".join(str(f.relative_to(path)) for f in files[:6]) + (", ..." if len(files) > 6 else "")
+            raise UserError(f"--labels {path} is a directory holding {len(files)} parquet files ({names or 'none'}); a head "
+                            "scores one task: pass one label file, e.g. --labels " + str(files[0] if files else path / "TASK.parquet"))
+        path = files[0]
+    elif not path.is_file():
+        raise UserError(f"label file {path} not found")
+    recorded = recorded_task(path)
+    if task is not None and recorded is not None and task != recorded:
+        raise UserError(f"label file {path} holds labels of task {recorded} ({path.with_suffix('.json')}), not {task}: "
+                        "pass that task's label file, or the matching --task")
+    return path, task or recorded or path.stem
 
 
 def read_labels(path: str | os.PathLike) -> pl.DataFrame:
@@ -472,10 +534,11 @@ def read_labels(path: str | os.PathLike) -> pl.DataFrame:
 def _check_label_types(path: Path, frame: pl.DataFrame) -> None:
     """Refuse label columns whose type would be cast by guessing (the MEDS LabelSchema types).
 
-    subject_id must be an integer and prediction_time a timestamp (any unit; a time zone is read as
-    the UTC instant), as in MEDS data (ehrfm.meds_io.COLUMN_TYPES): a date would predict at
-    midnight, an epoch number in another unit in 1970. boolean_value may be a boolean or numbers
-    that are all 0 or 1; any other number (0.5, 2) is not a binary label.
+    subject_id must be an integer and prediction_time a timestamp without a time zone (any unit),
+    as in MEDS data (ehrfm.meds_io.COLUMN_TYPES): a date would predict at midnight, an epoch number
+    in another unit in 1970, and a zoned time would be moved to UTC against the data's wall-clock
+    times (a 5 h look-ahead for America/New_York). boolean_value may be a boolean or numbers that are
+    all 0 or 1; any other number (0.5, 2) is not a binary label.
     """
     from ehrfm.meds_io import COLUMN_TYPES, SUBJECT_ID, TIME
 
@@ -484,6 +547,11 @@ def _check_label_types(path: Path, frame: pl.DataFrame) -> None:
         if not ok(frame[col].dtype):
             raise UserError(f"label file {path}: column {col} is {frame[col].dtype}, not {want} (the MEDS "
                             f"{MEDS_VERSION} LabelSchema); convert it where the labels are made")
+    zone = getattr(frame["prediction_time"].dtype, "time_zone", None)
+    if zone is not None:
+        raise UserError(f"label file {path}: column prediction_time has a time zone ({zone}) in all {frame.height} rows, "
+                        f"not naive timestamps (the MEDS {MEDS_VERSION} LabelSchema, the data's clock); convert it "
+                        "to the MEDS data's local time without a zone where the labels are made")
     bv = frame["boolean_value"]
     if bv.dtype.is_numeric():
         other = int(((bv != 0) & (bv != 1)).sum())

@@ -44,12 +44,17 @@ def _recorded_fingerprint(run_dir: Path) -> str | None:
     return None
 
 
-def load_run(run_dir: str | os.PathLike, td: TokenDir, device: str = "cpu", n_labels: int | None = None):
-    """(model, ModelConfig) of a completed run, refusing a run trained on another tokenizer."""
+def load_run(run_dir: str | os.PathLike, td: TokenDir, device: str = "cpu", n_labels: int | None = None,
+             allow_incomplete: bool = False):
+    """(model, ModelConfig) of a completed run, refusing a run trained on another tokenizer.
+
+    UserError: a run that did not complete (unless `allow_incomplete`; results.require_completed),
+    a device this machine lacks (checkpoint.check_device), a damaged checkpoint, a vocab mismatch.
+    """
     from ehrfm.checkpoint import load_model
 
     run_dir = Path(run_dir)
-    require_completed(run_dir, "a clinical head")
+    require_completed(run_dir, "a clinical head", allow_incomplete)
     model, cfg = load_model(run_dir, device)
     affected = f"; all {n_labels} label rows affected" if n_labels is not None else ""
     recorded = _recorded_fingerprint(run_dir)

@@ -16,7 +16,6 @@ import time
 
 import numpy as np
 
-from ehrfm.clinical.baseline import task_name
 from ehrfm.clinical.common import (
     as_stored,
     check_out,
@@ -29,7 +28,7 @@ from ehrfm.clinical.common import (
 )
 from ehrfm.clinical.configs import ProbeConfig
 from ehrfm.clinical.histories import Histories, locate_histories, select
-from ehrfm.clinical.labels import read_labels
+from ehrfm.clinical.labels import head_labels, read_labels
 from ehrfm.clinical.metrics import binary_metrics, format_metrics
 from ehrfm.errors import UserError
 from ehrfm.tokens import TokenDir
@@ -59,17 +58,18 @@ def load_head_inputs(cfg) -> tuple:
 
     (task, TokenDir, label Histories, model, its ModelConfig, context) of a head's config
     (ProbeConfig or FinetuneConfig: run_dir, tokens_dir, labels, task, max_labels, context,
-    device, seed), after seeding torch with cfg.seed. UserError: see load_run.
+    device, seed, allow_incomplete), after seeding torch with cfg.seed. UserError: see
+    labels.head_labels (a label dir of several files, a task mismatch) and model_io.load_run.
     """
     import torch
 
     from ehrfm.clinical.model_io import load_run, resolve_context
 
     torch.manual_seed(cfg.seed)
-    task = cfg.task or task_name(cfg.labels)
+    labels, task = head_labels(cfg.labels, cfg.task)
     td = TokenDir(cfg.tokens_dir)
-    h = load_label_histories(td, cfg.labels, cfg.max_labels, cfg.seed)
-    model, mcfg = load_run(cfg.run_dir, td, cfg.device, n_labels=len(h.start))
+    h = load_label_histories(td, labels, cfg.max_labels, cfg.seed)
+    model, mcfg = load_run(cfg.run_dir, td, cfg.device, n_labels=len(h.start), allow_incomplete=cfg.allow_incomplete)
     return task, td, h, model, mcfg, resolve_context(cfg.context, mcfg.context)
 
 
@@ -119,7 +119,7 @@ def probe(cfg: ProbeConfig, out: str | os.PathLike, overwrite: bool = False, fea
     """
     from ehrfm.io import summary
 
-    check_out(out, overwrite)
+    check_out(out, overwrite, cfg)
     t0 = time.time()
     task, td, h, model, mcfg, context = load_head_inputs(cfg)
     ho = h.split == "held_out"

@@ -84,8 +84,9 @@ def score_run(
         ho = h.split == "held_out"
         if not ho.any():
             raise UserError(f"task {task}: no labels in the held_out split of {path}")
-        cfg = ProbeConfig(str(run_dir), str(tokens_dir), str(path), ctx, batch_size, device, 0, seed, max_labels, task,
-                          pooling)
+        cfg = ProbeConfig(run_dir=str(run_dir), tokens_dir=str(tokens_dir), labels=str(path), context=ctx,
+                          batch_size=batch_size, device=device, bootstrap=0, seed=seed, max_labels=max_labels, task=task,
+                          pooling=pooling)
         p, _ = probe_scores(model, td, h, ctx, cfg, task, features)
         m = binary_metrics(h.y[ho], p[ho], task, n_boot=0, seed=seed)
         out[f"auroc/{task}"] = m["auroc"] if m["auroc"] is None else float(m["auroc"])

@@ -55,10 +55,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from ehrfm.clinical.baseline import task_name
 from ehrfm.clinical.common import as_stored, check_out, prediction_frame, write_head_outputs
 from ehrfm.clinical.configs import ZEROSHOT_TASKS, ZeroShotConfig
 from ehrfm.clinical.histories import END_TOKENS, history_window
+from ehrfm.clinical.labels import head_labels
 from ehrfm.clinical.metrics import binary_metrics, format_metrics
 from ehrfm.clinical.probe import load_label_histories
 from ehrfm.errors import UserError
@@ -378,19 +378,21 @@ def zeroshot(cfg: ZeroShotConfig, out: str | os.PathLike, overwrite: bool = Fals
     undecided_share, labels_without_decided_rollout, max_new_tokens, rollout_tokens_mean, wall_s.
 
     Raises:
-        UserError: an unsupported task, bad options, a token dir without the task's tokens, no
-            labels in the scored splits, or a run trained on another tokenizer.
+        UserError: an unsupported task, a --task other than the label file's (labels.head_labels),
+            a label dir of several files, bad options, a token dir without the task's tokens, no
+            labels in the scored splits, a run that did not complete (without allow_incomplete), a
+            device this machine lacks, or a run trained on another tokenizer.
     """
     from ehrfm.clinical.model_io import load_run, resolve_context
     from ehrfm.io import progress, summary
 
-    check_out(out, overwrite)
+    check_out(out, overwrite, cfg)
     t0 = time.time()
-    task = cfg.task or task_name(cfg.labels)
+    labels, task = head_labels(cfg.labels, cfg.task)
     _check(cfg, task)
     td = TokenDir(cfg.tokens_dir)
-    h = load_label_histories(td, cfg.labels, cfg.max_labels, cfg.seed)
-    model, mcfg = load_run(cfg.run_dir, td, cfg.device, n_labels=len(h.start))
+    h = load_label_histories(td, labels, cfg.max_labels, cfg.seed)
+    model, mcfg = load_run(cfg.run_dir, td, cfg.device, n_labels=len(h.start), allow_incomplete=cfg.allow_incomplete)
     context = resolve_context(cfg.context, mcfg.context)
     rows = np.flatnonzero(np.isin(h.split, cfg.splits))
     if len(rows) == 0:
