@@ -123,11 +123,9 @@ def format_interval(x, ci, fmt: str = "{:.3g}", expected: bool = True) -> str:
     '0.812 [n/a]' where an interval was expected (the fit was bootstrapped) but is not available
     (`interval_problem`); 'n/a' for a missing value.
     """
-    import math
-
     from ehrfm.io import format_ci
 
-    s = format_ci(x, ci, fmt)
-    if expected and s != "n/a" and not (ci and all(v is not None and math.isfinite(v) for v in ci)):
+    s = format_ci(x, ci if expected else None, fmt)  # format_ci writes "[n/a]" for an interval of missing ends
+    if expected and s != "n/a" and not s.endswith("]"):  # no interval at all, though one was expected
         s += " [n/a]"
     return s

@@ -401,14 +401,19 @@ def load_npy(path: str | os.PathLike, what: str = "array", hint: str = "", mmap_
 
 
 def format_ci(x, ci=None, fmt: str = "{:.3g}") -> str:
-    """'0.812 [0.771, 0.850]': a value with its interval; 'n/a' for a missing or non-finite value."""
+    """'0.812 [0.771, 0.850]': a value with its interval; 'n/a' for a missing or non-finite value.
+
+    An interval given but not available (None or non-finite ends: too few bootstrap replicates
+    fitted) prints as '[n/a]', never as if the value were certain.
+    """
     import math
 
     if x is None or not math.isfinite(x):
         return "n/a"
     s = fmt.format(x)
-    if ci and all(v is not None and math.isfinite(v) for v in ci):
-        s += f" [{fmt.format(ci[0])}, {fmt.format(ci[1])}]"
+    if ci is not None and len(ci) == 2:
+        ok = all(v is not None and math.isfinite(v) for v in ci)
+        s += f" [{fmt.format(ci[0])}, {fmt.format(ci[1])}]" if ok else " [n/a]"
     return s
 
 
