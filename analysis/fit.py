@@ -32,6 +32,7 @@ from analysis import parametric
 from analysis.fit_config import FitConfig
 from analysis.laws import (
     auroc_from_law,
+    edge_note,
     effective_tokens,
     fit_power_law,
     format_interval,
@@ -45,6 +46,9 @@ N_COUNT_LABEL = {"total": "total parameters (embeddings included)", "non-embeddi
 APPROACH3_METHODS = ("varpro", "huber-lbfgs")
 # A parameter whose bootstrap interval spans more than this many decades is reported as not identified.
 IDENTIFIED_DECADES = 3.0
+# The most bootstrap replicates a fit accepts (FitConfig.bootstrap): Efron & Tibshirani (1993, ch.
+# 13) advise 1,000-2,000 for percentile intervals; 1e9 would ask for 200 GiB of run weights.
+MAX_BOOTSTRAP = 100_000
 # An IsoFLOP parabola whose residuals are this unlikely under the runs' eval SEs (chi-square test)
 # does not describe its budget: the budget is left out of Approach 2's power laws.
 LACK_OF_FIT_P = 0.01
@@ -98,7 +102,11 @@ class Approach1:
     loss_exponent: float
     loss_exponent_ci: list[float]
     n_points: int
-    points: list[dict]  # run_id, budget, flops, n_params, tokens, loss
+    points: list[dict]  # run_id, budget, flops, n_params, tokens, loss, at_edge
+    # Budgets whose envelope run is the smallest or largest model size sampled in that budget (or
+    # its only size): its optimum is not bracketed, so the envelope there follows the ladder's
+    # end, not N_opt, and the law is not trusted (analysis.recommend.trust). [] in older fits.json.
+    edge_budgets: list[float] = field(default_factory=list)
 
     def n_opt(self, c):
         """Compute-optimal parameters N_opt = n_coef * C^a at compute c (FLOPs; scalar or array)."""
@@ -300,6 +308,17 @@ def _envelope(res: Results, mask: np.ndarray | None = None) -> np.ndarray:
     return np.array(kept, dtype=int)
 
 
+def _at_ladder_edge(res: Results, i: int) -> bool:
+    """Is run i the smallest or largest model size of its budget (or its budget's only size)?
+
+    Such a run is the lowest loss its ladder found, but the ladder did not go past it: the
+    budget's optimum may lie beyond, so the run is a bound on N_opt, not an estimate of it.
+    """
+    x = np.log(res.n_params[res.budget == res.budget[i]])
+    xi, tol = math.log(res.n_params[i]), 1e-9
+    return bool(np.unique(np.round(x, 9)).size < 3 or xi <= x.min() + tol or xi >= x.max() - tol)
+
+
 def _approach1_laws(res: Results, env: np.ndarray) -> np.ndarray:
     c = res.flops[env]
     n_coef, a, _ = fit_power_law(c, res.n_params[env])
@@ -315,7 +334,10 @@ def fit_approach1(res: Results, counts: np.ndarray | None, cfg: FitConfig):
     """Fit Approach 1 (Hoffmann et al. 2022, section 3.1): power laws through the lower envelope of runs.
 
     N_opt = n_coef C^a, D_opt = d_coef C^b and the envelope loss = loss_coef C^loss_exponent, fitted
-    through the lowest-loss run of each budget that beats every cheaper budget's best run.
+    through the lowest-loss run of each budget that beats every cheaper budget's best run. An
+    envelope run that is the smallest or largest size of its budget's ladder (or its only size) is
+    listed in `edge_budgets`: there the envelope follows the ladder's end, not the optimum, and
+    analysis.recommend.trust does not trust the law.
 
     Args:
         res: the checked runs (n runs).
@@ -335,6 +357,7 @@ def fit_approach1(res: Results, counts: np.ndarray | None, cfg: FitConfig):
             f"(losses do not fall with compute across budgets); drop it with --approach 2,3"
         )
     point = _approach1_laws(res, env)
+    at_edge = [_at_ladder_edge(res, i) for i in env]
     draws = np.full((0 if counts is None else len(counts), 6), np.nan)
     for r in range(len(draws)):
         e = _envelope(res, counts[r] > 0)
@@ -343,12 +366,13 @@ def fit_approach1(res: Results, counts: np.ndarray | None, cfg: FitConfig):
     ci = {k: percentile_ci(draws[:, j], cfg.confidence) for j, k in enumerate(A12_KEYS)}
     points = [
         dict(run_id=str(res.run_id[i]), budget=float(res.budget[i]), flops=float(res.flops[i]),
-             n_params=float(res.n_params[i]), tokens=float(res.tokens[i]), loss=float(res.loss[i]))
-        for i in env
+             n_params=float(res.n_params[i]), tokens=float(res.tokens[i]), loss=float(res.loss[i]), at_edge=edge)
+        for i, edge in zip(env, at_edge, strict=True)
     ]
     fit = Approach1(
         **{k: float(point[j]) for j, k in enumerate(A12_KEYS)}, **{f"{k}_ci": ci[k] for k in A12_KEYS},
         n_points=int(env.size), points=points,
+        edge_budgets=[float(res.budget[i]) for i, edge in zip(env, at_edge, strict=True) if edge],
     )
     return fit, {f"approach1/{k}": draws[:, j] for j, k in enumerate(A12_KEYS)}
 
@@ -475,13 +499,19 @@ def _fit_budget_parabola(res: Results, members: np.ndarray, budget: float, cfg: 
     eval standard error known, a chi-square lack-of-fit test of the residuals against those errors
     (n - 3 degrees of freedom) must give p >= LACK_OF_FIT_P. A ladder far off its budget's optimum
     samples the steep, exponential side of the IsoFLOP curve, which a parabola cannot follow.
-    Nor is a budget used whose minimum is not credible (`_incredible_minimum`).
+    Nor is a budget used whose minimum is not credible (`_incredible_minimum`), nor one whose runs
+    all have the same loss (no curvature to fit: the sign of c2 is rounding).
     """
     x, y = np.log(res.n_params[members]), res.loss[members]
     n_distinct = np.unique(np.round(x, 9)).size
     bf = BudgetFit(budget=budget, n_points=int(members.size), used=False, reason="")
     if n_distinct < cfg.min_points_per_budget:
         bf.reason = f"{n_distinct} distinct model size(s) (a parabola needs >= {cfg.min_points_per_budget})"
+        return bf
+    if np.ptp(y) <= 1e-12 * np.abs(y).max():
+        # rounding then decides the sign of the curvature: any "minimum" would be noise
+        bf.reason = (f"its {members.size} runs have the same loss ({y[0]:.6g}) at every size: no curvature to fit "
+                     "(losses copied, or written for runs that did not train?)")
         return bf
     coef = _parabolas(x, y, np.ones((1, members.size)))[0]
     n_opt, d_opt, loss_min, curv, dline = (v[0] for v in _budget_points(res, members, coef[None], np.ones((1, members.size))))
@@ -951,6 +981,11 @@ def _check_config(cfg: FitConfig) -> None:
         raise UserError(f"approaches must be a subset of 1,2,3 (got {','.join(map(str, cfg.approaches))})")
     if cfg.bootstrap < 0:
         raise UserError(f"bootstrap must be >= 0 (got {cfg.bootstrap})")
+    if cfg.bootstrap > MAX_BOOTSTRAP:
+        raise UserError(f"bootstrap must be <= {MAX_BOOTSTRAP:,} (got {cfg.bootstrap:,}): each replicate refits every law and "
+                        f"holds a row of run weights in memory; percentile intervals settle within a few thousand replicates")
+    if not 0.5 <= cfg.confidence < 1:
+        raise UserError(f"confidence must be in [0.5, 1) (got {cfg.confidence})")
 
 
 def _drop_over_max_epochs(res: Results, max_epochs: float | None) -> Results:
@@ -1046,11 +1081,21 @@ def fit_results(table, approaches=(1, 2, 3), bootstrap: int = 1000, seed: int = 
         and also emitted as FitWarning.
 
     Raises:
-        UserError: a bad table, fewer than 2 budgets, or no requested approach the data can support.
+        UserError: a bad table, fewer than 2 budgets, no requested approach the data can support,
+            bootstrap outside [0, MAX_BOOTSTRAP], or too little memory for the bootstrap.
     """
     cfg = config or FitConfig(approaches=tuple(approaches), bootstrap=int(bootstrap), seed=int(seed))
     _check_config(cfg)
     res = table if isinstance(table, Results) else load_results(table)
+    try:
+        return _fit_results(res, cfg)
+    except MemoryError:
+        raise UserError(f"not enough memory for {cfg.bootstrap:,} bootstrap replicates of {res.n:,} runs "
+                        f"({res.source}): lower --bootstrap") from None
+
+
+def _fit_results(res: Results, cfg: FitConfig) -> FitResult:
+    """fit_results on checked runs and a checked config."""
     notes: list[str] = []
 
     def warn(msg: str):
@@ -1087,6 +1132,9 @@ def fit_results(table, approaches=(1, 2, 3), bootstrap: int = 1000, seed: int = 
         raise UserError("; ".join(not_fitted.values()))
     for name, reason in not_fitted.items():
         warn(f"{name} not fitted: {reason}")
+    if 1 in fitted and fitted[1].edge_budgets:
+        warn(f"Approach 1 is not an estimate of N_opt: {edge_note(fitted[1].edge_budgets)} (add sizes beyond the ladder's "
+             "end: `ehrfm sweep plan --bracket-from RESULTS`)")
     a2 = fitted.get(2)
     holdout = None
     if cfg.holdout and a2 is None:
@@ -1231,7 +1279,8 @@ def format_fit_table(fit: FitResult) -> str:
     ]
     if fit.approach1:
         f = fit.approach1
-        lines.append(f"| 1 envelope | {ci_text(f.a, f.a_ci)} | {ci_text(f.b, f.b_ci)} | {f.n_points} envelope runs |")
+        edge = f"; {len(f.edge_budgets)} at their ladder's end: not bracketed, not trusted" if f.edge_budgets else ""
+        lines.append(f"| 1 envelope | {ci_text(f.a, f.a_ci)} | {ci_text(f.b, f.b_ci)} | {f.n_points} envelope runs{edge} |")
     if fit.approach2:
         f = fit.approach2
         lines.append(f"| 2 IsoFLOP | {ci_text(f.a, f.a_ci)} | {ci_text(f.b, f.b_ci)} | {f.n_budgets_used} of {len(f.budgets)} budgets; "

@@ -28,7 +28,8 @@ class FitConfig:
     approaches: tuple[int, ...] = (1, 2, 3)
     """Approaches to fit, e.g. 2,3."""
     bootstrap: int = 1000
-    """Bootstrap replicates for the intervals; 0: none (intervals are then [nan, nan])."""
+    """Bootstrap replicates for the intervals, at most 100,000; a 95% interval is reported from >= 20 (fewer: none); 0: none
+    (intervals are then [nan, nan])."""
     seed: int = 0
     """Seed of the bootstrap."""
     confidence: float = 0.95

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from analysis.fit_config import R_STAR_DATA  # Muennighoff et al. 2023's R_D*, defined beside the fit config
@@ -40,13 +42,25 @@ def fit_power_law(c, y, weights=None) -> tuple[float, float, float]:
 MIN_REPLICATE_SHARE = 0.9
 
 
+def min_replicates(confidence: float = 0.95) -> int:
+    """The fewest bootstrap replicates from which a percentile interval of this coverage is reported.
+
+    ceil(1 / (1 - confidence)) (20 for 95%): with fewer, fewer than half a replicate falls in each
+    tail, so the interval's ends are interpolated between the few most extreme replicates (with 2
+    replicates, a "95% interval" is most of the gap between them) and are narrower than the
+    coverage claims, never a measurement of it.
+    """
+    return int(math.ceil(1.0 / (1.0 - confidence) - 1e-9))
+
+
 def interval_problem(draws, confidence: float = 0.95) -> str:
     """Why `percentile_ci` reports no interval for these draws; "" when it reports one.
 
-    No interval when there are no replicates, when fewer than MIN_REPLICATE_SHARE of them (or
-    fewer than 2) are finite, or when the interval has zero width: every replicate in its central
-    `confidence` gives the same value, because the design fixes the quantity (one model size per
-    budget fixes Approach 1's N_opt), not because it is known exactly.
+    No interval when there are no replicates or fewer than `min_replicates` (20 for 95%), when
+    fewer than MIN_REPLICATE_SHARE of them (or fewer than 2) are finite, or when the interval has
+    zero width: every replicate in its central `confidence` gives the same value, because the
+    design fixes the quantity (one model size per budget fixes Approach 1's N_opt), not because
+    it is known exactly.
 
     Args:
         draws: (R,) bootstrap replicates of one quantity; non-finite ones failed.
@@ -55,6 +69,9 @@ def interval_problem(draws, confidence: float = 0.95) -> str:
     d = np.asarray(draws, dtype=float).ravel()
     if d.size == 0:
         return "no bootstrap replicates"
+    if d.size < min_replicates(confidence):
+        return (f"{d.size} bootstrap replicate{'s' if d.size > 1 else ''}: a {confidence:.0%} percentile interval needs "
+                f">= {min_replicates(confidence)} (--bootstrap)")
     ok = d[np.isfinite(d)]
     if ok.size < max(2, MIN_REPLICATE_SHARE * d.size):
         return (f"{d.size - ok.size} of {d.size} bootstrap replicates could not be fitted; "
@@ -70,8 +87,8 @@ def interval_problem(draws, confidence: float = 0.95) -> str:
 def percentile_ci(draws, confidence: float = 0.95) -> list[float]:
     """Percentile bootstrap interval [lo, hi] over the finite draws; [nan, nan] when not available.
 
-    Not available (`interval_problem` says why): no replicates, fewer than MIN_REPLICATE_SHARE of
-    them finite, or zero width. Efron & Tibshirani 1993, ch. 13.
+    Not available (`interval_problem` says why): no replicates, fewer than `min_replicates`,
+    fewer than MIN_REPLICATE_SHARE of them finite, or zero width. Efron & Tibshirani 1993, ch. 13.
 
     Args:
         draws: (R,) bootstrap replicates of one quantity; non-finite ones are ignored.
@@ -129,3 +146,20 @@ def format_interval(x, ci, fmt: str = "{:.3g}", expected: bool = True) -> str:
     if expected and s != "n/a" and not s.endswith("]"):  # no interval at all, though one was expected
         s += " [n/a]"
     return s
+
+
+def edge_note(budgets) -> str:
+    """Why an Approach 1 law whose envelope runs sit at their ladders' ends is not an estimate of N_opt.
+
+    Args:
+        budgets: the IsoFLOP budgets (FLOPs) whose lowest-loss run is the smallest or largest
+            size sampled there (Approach1.edge_budgets).
+
+    Returns:
+        One clause naming up to 8 budgets; "" when there are none.
+    """
+    if not budgets:
+        return ""
+    shown = ", ".join(f"{b:.3g}" for b in budgets[:8]) + (f" and {len(budgets) - 8} more" if len(budgets) > 8 else "")
+    return (f"the envelope run of budget{'s' if len(budgets) > 1 else ''} {shown} FLOPs is the smallest or largest size "
+            "its ladder sampled (or its only size): the optimum is not bracketed there")

@@ -15,7 +15,10 @@ parameter-side decay R_N* for excess parameters is not modelled.)
 
 Trust. A law whose exponent of N_opt or D_opt in C (a, b) is not positive, or whose bootstrap
 interval reaches 0, recommends nonsense when extrapolated (a = -0.15 recommends a smaller model for
-more compute); so does an Approach 3 law whose frontier coefficient G is not identified. Such a
+more compute); so does an Approach 3 law whose frontier coefficient G is not identified, an
+Approach 1 law whose envelope runs sit at the end of their ladders (the optimum not bracketed), and
+any law asked about a budget more than EXTRAPOLATION_UNTRUSTED (1000x) outside the fitted budgets
+(at 1e-18 of the smallest, N_opt is a fraction of one parameter). Such a
 law is never the default headline, and neither is one whose trust cannot be judged (no bootstrap
 intervals): the headline is the first trusted approach of 3, 2, 1; when none is trusted, the
 recommendation says so in its first line and shows each approach's numbers labelled untrusted
@@ -30,11 +33,15 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.laws import R_STAR_DATA, auroc_from_law, effective_tokens, format_interval, percentile_ci
+from analysis.laws import R_STAR_DATA, auroc_from_law, edge_note, effective_tokens, format_interval, percentile_ci
 from ehrfm.errors import UserError
 from ehrfm.io import format_ci, markdown_table
 
-EXTRAPOLATION_WARN = 10.0  # warn past this factor beyond the largest fitted budget
+EXTRAPOLATION_WARN = 10.0  # warn past this factor beyond the largest fitted budget (or below the smallest)
+# Past this factor beyond the fitted budgets (either way) no law is trusted: 3 decades outside the
+# tested range, a power law's N_opt is the exponent's error times ln(factor) away (a 0.05 error in a
+# is a factor 1.4 at 1000x) and below it the laws give models of under one parameter.
+EXTRAPOLATION_UNTRUSTED = 1000.0
 
 
 @dataclass
@@ -93,7 +100,9 @@ def trust(fits: dict, k: int) -> tuple[bool, str]:
     """Can approach k's law of a fits.json dict be the default recommendation? Returns (ok, why not).
 
     Not when an exponent of N_opt or D_opt in C (a, b) is non-positive or its interval reaches 0,
-    nor, for Approach 3, when its frontier coefficient G is not identified. Unknown never passes: a
+    nor, for Approach 1, when an envelope run is the smallest or largest size of its budget's ladder
+    (`edge_budgets`: that budget's optimum is not bracketed), nor, for Approach 3, when its frontier
+    coefficient G is not identified. Unknown never passes: a
     law without intervals (`ehrfm fit --bootstrap 0`: NO_INTERVALS), or whose interval of a or b, or
     Approach 3's identification of G, is not available (too few bootstrap replicates succeeded,
     zero width: fits.json `intervals_not_available`), is not trusted either.
@@ -110,6 +119,8 @@ def trust(fits: dict, k: int) -> tuple[bool, str]:
             unknown.append(name)
         elif ci[0] <= 0:
             problems.append(f"the interval of {name} = {format_ci(x, ci)} includes 0")
+    if k == 1 and f.get("edge_budgets"):  # Approach1.edge_budgets: envelope runs at their ladder's end
+        problems.append(edge_note(list(f["edge_budgets"])))
     if k == 3 and not problems and not unknown:
         g = (f.get("identified") or {}).get("G")
         if g is False:
@@ -331,7 +342,8 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
         flops: the compute budget C in FLOPs (> 0).
         unique_tokens: unique training tokens available (default: the fitted table's).
         approach: the headline approach (1, 2 or 3); default: the first of 3, 2, 1 that passes
-            `trust`, else 3 (else 2, else 1).
+            `trust`, else 3 (else 2, else 1). A budget more than EXTRAPOLATION_UNTRUSTED times
+            outside the fitted budgets leaves every approach untrusted.
         vocab_size: V for the concrete shape (default: the fitted table's).
         context: T for the concrete shape (default: the fitted table's).
         r_star: Muennighoff's R*_D, the repetitions after which repeated tokens add little.
@@ -358,8 +370,11 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
             raise UserError(f"fits file {source} has no usable approach: {'; '.join(unusable.values())}; {_REDO}")
         raise UserError("the fit holds no approach to recommend from (fits.json has no approach1/2/3)")
     by_k = {p.approach: p for p in preds}
+    outside = _outside_range(flops, fit_json["inputs"])
     for p in preds:
         p.trusted, p.why_untrusted = trust(fit_json, p.approach)
+        if outside:
+            p.trusted, p.why_untrusted = False, "; ".join(filter(None, [p.why_untrusted, outside]))
     if approach is None:
         # never a law that cannot stand behind its numbers, while a trusted one exists
         head = next((p for p in preds if p.trusted), preds[0])
@@ -411,6 +426,26 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
     )
 
 
+def _outside_range(flops: float, inputs: dict) -> str:
+    """Why a budget this far outside the fitted budgets gets no trusted law ("" when it is close enough).
+
+    More than EXTRAPOLATION_UNTRUSTED times the largest fitted budget, or less than the smallest
+    divided by it (fits.json inputs max_budget / min_budget, FLOPs; unknown in older fits: "").
+    """
+    def number(key):
+        v = inputs.get(key)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 else None
+
+    hi, lo = number("max_budget"), number("min_budget")
+    if hi is not None and flops > EXTRAPOLATION_UNTRUSTED * hi:
+        return (f"the budget is {_factor(flops / hi)} past the largest fitted budget ({hi:.3g} FLOPs): no law fitted there "
+                f"is trusted beyond {_factor(EXTRAPOLATION_UNTRUSTED)}")
+    if lo is not None and flops < lo / EXTRAPOLATION_UNTRUSTED:
+        return (f"the budget is {_factor(lo / flops)} below the smallest fitted budget ({lo:.3g} FLOPs): no law fitted there "
+                f"is trusted beyond {_factor(EXTRAPOLATION_UNTRUSTED)}")
+    return ""
+
+
 def _num(x: float, fmt: str) -> str:
     """A number in `fmt` ("{:.1f}") while that stays short (below 1e4), else compact scientific ("8.64e+17")."""
     return fmt.format(x) if abs(x) < 1e4 else f"{x:.3g}"
@@ -435,7 +470,9 @@ def format_recommendation(rec: Recommendation) -> str:
 
     lines = []
     if not any(p.trusted for p in rec.per_approach):
-        lines += [f"**No trustworthy scaling law in this fit**: no approach has exponents a, b > 0 with intervals excluding 0 "
+        lines += [f"**No trustworthy scaling law in this fit** for this budget: no approach passes the checks a recommendation "
+                  "needs (exponents a, b > 0 with intervals excluding 0, a bracketed optimum, an identified frontier, a budget "
+                  f"within {_factor(EXTRAPOLATION_UNTRUSTED)} of the fitted ones) "
                   f"({'; '.join(f'Approach {p.approach}: {p.why_untrusted}' for p in rec.per_approach)}). "
                   "The numbers below are what each approach would say, untrusted: do not size a model from them.", ""]
     elif not rec.trusted:

@@ -287,6 +287,22 @@ def _load_verified(ckpt: Path, name: str, state: dict, device) -> dict[str, torc
     return {k: v.to(device) for k, v in tensors.items()}
 
 
+def load_verified_weights(ckpt: str | os.PathLike, use: str = "used") -> tuple[dict, dict[str, torch.Tensor]]:
+    """(state.json, model tensors on CPU) of one checkpoint dir, every file checked first.
+
+    For readers that need the raw tensors (export): the same checks as `load_model`.
+
+    Raises:
+        UserError: a missing, truncated or bit-flipped file (named), or a state.json that is not
+            a checkpoint state; `use` says what was refused ("exported").
+    """
+    ckpt = Path(ckpt)
+    state, problem = verify_checkpoint(ckpt)
+    if state is None:
+        raise UserError(f"checkpoint {ckpt} cannot be {use}: {problem}; retrain the run (ehrfm train ... --overwrite)")
+    return state, _load_verified(ckpt, "model.safetensors", state, "cpu")
+
+
 def load_training_state(run_dir, model, optimizer, device="cpu") -> dict:
     """Restore weights, AdamW moments and RNG states in place; return state.json.
 

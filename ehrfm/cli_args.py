@@ -50,6 +50,12 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
         self._pending: list = []
+        # A value like -1e9, -.5e-3 or -inf is a (negative) number, not an option: argparse's own pattern
+        # (-1, -1.5) took `--budgets -1e9` for a missing value ("expected one argument") instead of letting
+        # the option's own check say what is wrong with it. No ehrfm option looks like a number.
+        import re
+
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
 
     def defer(self, add_arguments) -> None:
         """Call `add_arguments(self)` just before this parser first parses or formats its help."""

@@ -264,18 +264,23 @@ def llama_state_dict(tensors: dict[str, torch.Tensor], model_cfg: dict) -> dict[
     return out
 
 
-def _event_vocab(run: Path, tokens_dir: str | os.PathLike | None, vocab_size: int) -> list[str]:
-    """The run's event vocabulary (index = token id), from its token dir, fingerprint-checked."""
+def _event_vocab(run: Path, tokens_dir: str | os.PathLike | None, vocab_size: int, state: dict | None = None) -> list[str]:
+    """The run's event vocabulary (index = token id), from its token dir, fingerprint-checked.
+
+    The fingerprint is the run's config.json's, else its checkpoint state's (`state`).
+    UserError: a damaged config.json (named), no token dir known, another tokenizer.
+    """
+    from ehrfm.io import read_json
     from ehrfm.tokens import TokenDir
 
     run_cfg_path = run / "config.json"
-    run_cfg = json.loads(run_cfg_path.read_text()) if run_cfg_path.is_file() else {}
+    run_cfg = read_json(run_cfg_path, "run config", expect=dict) if run_cfg_path.is_file() else {}
     if tokens_dir is None:
         tokens_dir = run_cfg.get("train", {}).get("tokens_dir")
         if not tokens_dir:
             raise UserError(f"{run}/config.json names no token dir; pass --tokens TOK (the token dir the run was trained on)")
     td = TokenDir(tokens_dir)
-    recorded = run_cfg.get("tokenizer_fingerprint")
+    recorded = run_cfg.get("tokenizer_fingerprint") or (state or {}).get("tokenizer_fingerprint")
     if recorded and recorded != td.fingerprint:
         raise UserError(f"vocab mismatch: run {run} was trained on tokenizer {recorded[:12]} but {td.path} has {td.fingerprint[:12]}")
     if td.vocab_size != vocab_size:
@@ -336,20 +341,23 @@ def export_hf(run: str | os.PathLike, out: str | os.PathLike, tokens_dir: str | 
         without allow_incomplete, a tokenizer that is not the run's, an architecture Llama cannot
         express, or `out` exists without overwrite, is or holds an input, or is not ehrfm's.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
+    from ehrfm.checkpoint import load_verified_weights
     from ehrfm.io import atomic_dir, check_overwrite, read_json, write_json
 
     run = Path(run)
     check_overwrite(out, overwrite, inputs=(run, tokens_dir))
     _require_usable(run, allow_incomplete)
     ckpt = _checkpoint_dir(run)
+    # every file against its sha256 in state.json, as the heads load it: a damaged checkpoint is never exported
+    state, weights = load_verified_weights(ckpt, "exported")
     model_cfg = read_json(ckpt / "model_config.json", "model config")
     if not isinstance(model_cfg, dict):
         raise UserError(f"{ckpt / 'model_config.json'} is not a JSON object")
-    llama_config(model_cfg, {})  # refuse before reading the vocab or the weights
-    tensors = llama_state_dict(load_file(str(ckpt / "model.safetensors"), device="cpu"), model_cfg)
-    vocab = _event_vocab(run if ckpt != run else run.parent, tokens_dir, int(model_cfg["vocab_size"]))
+    llama_config(model_cfg, {})  # refuse before reading the vocab
+    tensors = llama_state_dict(weights, model_cfg)
+    vocab = _event_vocab(run if ckpt != run else run.parent, tokens_dir, int(model_cfg["vocab_size"]), state)
     with atomic_dir(out, overwrite=overwrite, inputs=(run, tokens_dir), command="export") as tmp:
         special = write_hf_tokenizer(vocab, tmp)
         config = llama_config(model_cfg, special)

@@ -17,8 +17,8 @@ same one-line error and applies the same rules:
 - Types: subject_id an integer, time a timestamp (any unit; a time zone is read as the UTC
   instant), code text, numeric_value a number; anything else (text ids, epoch numbers, dates) is
   refused naming the file and column (`COLUMN_TYPES`), never cast by guessing. Rows with a null
-  subject_id or code, and subjects with rows in more than one split folder, are refused by
-  `open_meds` with counts.
+  subject_id or code, subjects with rows in more than one split folder, and subjects with rows in
+  more than one file (MEDS's subject contiguity) are refused by `open_meds` with counts.
 - Static rows: a row with a null time is in every history, so only truly static codes may have
   one. A code is not static when it is `MEDS_BIRTH` or `MEDS_DEATH`, when it starts with a known
   event prefix (admission, discharge, lab, ...), or when the same code also occurs with a time.
@@ -46,6 +46,10 @@ SUBJECT_ID = meds.DataSchema.subject_id_name
 TIME = meds.DataSchema.time_name
 CODE = meds.DataSchema.code_name
 NUMERIC_VALUE = meds.DataSchema.numeric_value_name
+# The stay id extra column some ETLs keep (MIMIC's hadm_id: this package's ETL, MEDS_transforms).
+# Read as text whatever its type in a shard (int64, a float64 from pandas, a string id): ids are only
+# compared, and shards that differ in its type read alike.
+STAY_ID = "hadm_id"
 REQUIRED_COLUMNS = (SUBJECT_ID, TIME, CODE)
 SPLITS = (meds.train_split, meds.tuning_split, meds.held_out_split)
 DATA_DIR = meds.data_subdirectory
@@ -186,16 +190,38 @@ def _check_rows(ds: MedsDataset) -> None:
         for col, n in zip((SUBJECT_ID, CODE), nulls, strict=True):
             if n:
                 raise UserError(f"MEDS shard {path}: {n} rows with a null {col}; every MEDS row needs a {SUBJECT_ID} and a {CODE}")
-    if len(ds.shards) < 2 or any(s.subjects is not None for shards in ds.shards.values() for s in shards):
-        return  # one split, or split by subject_splits.parquet (a subject_id -> split table)
-    ids = pl.concat([pl.scan_parquet(s.path).select(pl.col(SUBJECT_ID).cast(pl.Int64)).unique().with_columns(pl.lit(split).alias("split"))
-                     for split, shards in ds.shards.items() for s in shards]).unique()
-    several = ids.group_by(SUBJECT_ID).agg(pl.col("split").sort()).filter(pl.col("split").list.len() > 1).collect()
-    if several.height:
-        pairs = several.group_by(pl.col("split").list.join(" and ")).len().sort("split")
-        where = ", ".join(f"{n} in {sp}" for sp, n in pairs.iter_rows())
-        raise UserError(f"MEDS dataset {ds.root}: {several.height} subjects have rows in more than one split ({where}); "
-                        "each subject must live in exactly one split, or held-out data leaks into training")
+        blank = _blank_code_count(path)
+        if blank:
+            raise UserError(f"MEDS shard {path}: {blank} rows whose {CODE} is empty or only spaces; a code names what happened "
+                            "(drop or recode those rows)")
+    files = ds.paths()
+    if len(files) < 2:
+        return
+    # One pass over the subject_id column of every file: (subject, file) pairs.
+    pairs = pl.concat([pl.scan_parquet(p).select(pl.col(SUBJECT_ID).cast(pl.Int64)).unique()
+                       .with_columns(pl.lit(i, pl.Int64).alias("_file")) for i, p in enumerate(files)]).collect()
+    if not any(s.subjects is not None for shards in ds.shards.values() for s in shards):  # split folders
+        at = {f: i for i, f in enumerate(files)}
+        split_of = pl.DataFrame({"_file": [at[s.path] for shards in ds.shards.values() for s in shards],
+                                 "split": [split for split, shards in ds.shards.items() for _ in shards]},
+                                schema={"_file": pl.Int64, "split": pl.String})
+        ids = pairs.join(split_of, on="_file").select(SUBJECT_ID, "split").unique()
+        several = ids.group_by(SUBJECT_ID).agg(pl.col("split").sort()).filter(pl.col("split").list.len() > 1)
+        if several.height:
+            by = several.group_by(pl.col("split").list.join(" and ")).len().sort("split")
+            where = ", ".join(f"{n} in {sp}" for sp, n in by.iter_rows())
+            raise UserError(f"MEDS dataset {ds.root}: {several.height} subjects have rows in more than one split ({where}); "
+                            "each subject must live in exactly one split, or held-out data leaks into training")
+    # MEDS's subject contiguity: a subject's rows are all in one file. A reader that reads a file at
+    # a time (tokenize) would make two timelines of a subject split over files (e.g. a file of only
+    # its static rows), so every reader refuses it.
+    spread = pairs.group_by(SUBJECT_ID).agg(pl.col("_file").min().alias("a"), pl.col("_file").max().alias("b"),
+                                            pl.len().alias("n")).filter(pl.col("n") > 1)
+    if spread.height:
+        a, b, n = spread.group_by("a", "b").len().sort("len", "a", "b", descending=[True, False, False]).row(0)
+        raise UserError(f"MEDS dataset {ds.root}: {spread.height} subjects have rows in more than one shard file "
+                        f"({n} of them in {files[a]} and {files[b]}); MEDS keeps each subject's rows in one file "
+                        "(subject contiguity): merge those shards by subject")
 
 
 def _null_counts(path: Path, columns: tuple[str, ...]) -> list[int]:
@@ -221,6 +247,30 @@ def _null_counts(path: Path, columns: tuple[str, ...]) -> list[int]:
     if any(c is None for c in counts):
         return list(pl.scan_parquet(path).select(pl.col(c).null_count() for c in columns).collect().row(0))
     return counts
+
+
+def _blank_code_count(path: Path) -> int:
+    """Rows of one shard whose code is "" or whitespace only (a null written as text by some exporters).
+
+    Zero without reading data when every row group's footer holds a minimum code starting with a
+    printable character (no blank string sorts above it); else one scan of the code column.
+    """
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    names = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    if CODE not in names:
+        return 0
+    col = names.index(CODE)
+    mins = []
+    for rg in range(meta.num_row_groups):
+        st = meta.row_group(rg).column(col).statistics
+        mins.append(st.min if st is not None and st.has_min_max else None)
+    if mins and all(isinstance(m, (str, bytes)) and len(m) and (m[:1] if isinstance(m, str) else m[:1].decode("latin-1")) > " "
+                    for m in mins):
+        return 0
+    code = pl.col(CODE).cast(pl.String)
+    return int(pl.scan_parquet(path).select((code.str.strip_chars() == "").sum()).collect().item() or 0)
 
 
 def _split_folder_shards(data: Path, folders: list[str]) -> tuple[dict[str, list[Shard]], dict[str, str]]:
@@ -379,7 +429,7 @@ def scan_shard(shard: Shard | Path, columns: Iterable[str] = REQUIRED_COLUMNS) -
     """A lazy frame of one shard's rows.
 
     A lazy frame of one shard's `columns` (subject_id Int64, time Datetime(us), code String,
-    numeric_value Float64; a missing optional column is all null), filtered to the shard's
+    numeric_value Float64, hadm_id String (STAY_ID); a missing optional column is all null), filtered to the shard's
     subjects and without its non-static null-time rows (`Shard.drop_null_time`).
     """
     path = shard.path if isinstance(shard, Shard) else Path(shard)
@@ -390,7 +440,7 @@ def scan_shard(shard: Shard | Path, columns: Iterable[str] = REQUIRED_COLUMNS) -
     zone = getattr(schema.get(TIME), "time_zone", None)
     if zone is not None and TIME in present:  # the UTC instant, without a zone: every shard alike
         lf = lf.with_columns(pl.col(TIME).dt.convert_time_zone("UTC").dt.replace_time_zone(None))
-    casts = {SUBJECT_ID: pl.Int64, TIME: pl.Datetime("us"), CODE: pl.String, NUMERIC_VALUE: pl.Float64}
+    casts = {SUBJECT_ID: pl.Int64, TIME: pl.Datetime("us"), CODE: pl.String, NUMERIC_VALUE: pl.Float64, STAY_ID: pl.String}
     lf = lf.with_columns([pl.lit(None, casts.get(c, pl.String)).alias(c) for c in columns if c not in schema])
     lf = lf.with_columns([pl.col(c).cast(t) for c, t in casts.items() if c in columns]).select(columns)
     if isinstance(shard, Shard) and shard.subjects is not None:

@@ -99,10 +99,19 @@ def depth_for_params(target_n_params: float) -> int:
     """
     if not target_n_params > 0:
         raise ValueError(f"target_n_params must be > 0 (got {target_n_params})")
-    n_layer = 1
-    while math.sqrt(_count(n_layer, ASPECT_RATIO * n_layer) * _count(n_layer + 1, ASPECT_RATIO * (n_layer + 1))) <= target_n_params:
-        n_layer += 1
-    return n_layer
+
+    def steps_up(n_layer: int) -> bool:  # is N past the boundary between depth n_layer and n_layer + 1? (monotone)
+        return math.sqrt(_count(n_layer, ASPECT_RATIO * n_layer) * _count(n_layer + 1, ASPECT_RATIO * (n_layer + 1))) <= target_n_params
+
+    # the smallest L with not steps_up(L): doubling, then bisection (a 1e14-parameter target is
+    # ~2,000 layers deep; counting up one layer at a time made planning such budgets hang)
+    lo, hi = 0, 1  # steps_up(lo) holds (or lo = 0); steps_up(hi) does not
+    while steps_up(hi):
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if steps_up(mid) else (lo, mid)
+    return hi
 
 
 def shape_for_params(target_n_params: float, vocab_size: int, context: int) -> ModelConfig:

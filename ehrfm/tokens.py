@@ -76,6 +76,7 @@ class TokenDir:
         if not (self.path / "tokenizer.json").is_file():
             raise UserError(f"{self.path} is not a token dir: tokenizer.json not found (run `ehrfm tokenize` first)")
         self._splits: dict[str, TokenSplit] = {}
+        self._ids_checked: set[str] = set()  # splits whose every token id was read and found in the vocab
 
     def __repr__(self) -> str:
         return f"TokenDir({str(self.path)!r}, vocab_size={self.vocab_size})"
@@ -214,15 +215,82 @@ class TokenDir:
         missing = [c for c in ("subject_id", "offset", "length") if c not in index.column_names]
         if missing:
             raise UserError(f"token index {d / 'index.parquet'} is damaged: missing column(s) {', '.join(missing)}; {_REDO}")
-        split = TokenSplit(
-            name=name,
-            tokens=tokens,
-            times=times,
-            subject_ids=index.column("subject_id").to_numpy().astype(np.int64),
-            offsets=index.column("offset").to_numpy().astype(np.int64),
-            lengths=index.column("length").to_numpy().astype(np.int64),
-        )
+        _check_array(d / "tokens.npy", "token array", tokens, "integer token ids")
+        _check_array(d / "times.npy", "token times", times, "int64 microseconds since the epoch", itemsize=8)
+        import pyarrow.types as pat
+
+        columns = {}
+        for c in ("subject_id", "offset", "length"):
+            col = index.column(c)
+            if not pat.is_integer(col.type) or col.null_count:
+                what = f"{col.null_count} null value(s)" if pat.is_integer(col.type) else f"type {col.type}"
+                raise UserError(f"token index {d / 'index.parquet'} is damaged: column {c} has {what}, not integers; {_REDO}")
+            columns[c] = col.to_numpy().astype(np.int64)
+        split = TokenSplit(name=name, tokens=tokens, times=times, subject_ids=columns["subject_id"],
+                           offsets=columns["offset"], lengths=columns["length"])
         if tokens.shape != times.shape or int(split.lengths.sum()) != tokens.shape[0]:
             raise UserError(f"token dir {d} is inconsistent: tokens, times and index.parquet disagree in length")
+        _check_index(d / "index.parquet", split)
         self._splits[name] = split
         return split
+
+    def check_token_ids(self, name: str, trust_stats: bool = True) -> None:
+        """Refuse split `name` when a token id is outside 0..vocab_size - 1 (UserError naming the file).
+
+        With `trust_stats`, stats.json's max_token_id (written by tokenize) spares a read of every
+        token of an unsigned array; it is trusted only when its token count is the file's, else
+        (older or hand-made dirs) the tokens are read. A signed array is always read for negative
+        ids. A split that passed a full read is not read again by this TokenDir.
+        """
+        if name in self._ids_checked:
+            return
+        split = self.split(name)
+        if split.n_tokens == 0:
+            raise UserError(f"token dir {self.path}: split {name} has no tokens")
+        where = f"token dir {self.path}: {name}/tokens.npy"
+        tokens = np.asarray(split.tokens)
+        if np.issubdtype(tokens.dtype, np.signedinteger) and int(tokens.min()) < 0:
+            raise UserError(f"{where} has {int((tokens < 0).sum())} negative token ids (not token ids of tokenizer.json); {_REDO}")
+        recorded = self.stats.get("splits", {}).get(name, {})
+        read = not (trust_stats and isinstance(recorded.get("max_token_id"), int) and recorded.get("tokens") == split.n_tokens)
+        top = int(tokens.max()) if read else recorded["max_token_id"]
+        if top >= self.vocab_size:
+            n_bad = int((tokens >= self.vocab_size).sum())
+            what = f"has {n_bad} token ids" if n_bad else f"is recorded in stats.json with a token id {top}"
+            raise UserError(
+                f"{where} {what} >= the vocab size {self.vocab_size} of tokenizer.json "
+                "(tokens and tokenizer do not belong together)"
+            )
+        if read:
+            self._ids_checked.add(name)
+
+
+def _check_array(path: Path, what: str, a: np.ndarray, expected: str, itemsize: int | None = None) -> None:
+    """Refuse a token dir array that is not 1-D integers (of `itemsize` bytes): one line naming the file."""
+    ok = a.ndim == 1 and np.issubdtype(a.dtype, np.integer) and (itemsize is None or a.dtype.itemsize == itemsize)
+    if not ok:
+        raise UserError(f"{what} {path} is damaged: dtype {a.dtype} with {a.ndim} dimension(s), expected 1-D {expected}; {_REDO}")
+
+
+def _check_index(path: Path, split: TokenSplit) -> None:
+    """Refuse an index.parquet whose (offset, length) rows do not tile tokens.npy, or that repeats a subject.
+
+    Subject i is tokens[offset:offset+length]: lengths >= 0, every slice inside the array and no
+    two slices overlapping (with the lengths summing to the array's, checked before, they cover
+    it exactly). Counts only in the message, never a subject's values.
+    """
+    n, off, length = split.n_tokens, split.offsets, split.lengths
+    problems = []
+    if (length < 0).any():
+        problems.append(f"{int((length < 0).sum())} negative length(s)")
+    if (off < 0).any() or (off + length > n).any():
+        problems.append(f"{int(((off < 0) | (off + length > n)).sum())} subject(s) whose offset + length lie outside tokens.npy ({n} tokens)")
+    if not problems and len(off) > 1:
+        order = np.argsort(off, kind="stable")
+        overlap = int((off[order][1:] < (off + length)[order][:-1]).sum())
+        if overlap:
+            problems.append(f"{overlap} subject(s) overlapping the one before them")
+    if len(np.unique(split.subject_ids)) != len(split.subject_ids):
+        problems.append(f"{len(split.subject_ids) - len(np.unique(split.subject_ids))} repeated subject_id(s)")
+    if problems:
+        raise UserError(f"token index {path} is damaged: {'; '.join(problems)}; {_REDO}")

@@ -385,22 +385,8 @@ def _check_same_run(run_dir: Path, saved: dict, expected: dict) -> None:
 
 
 def _check_token_ids(td: TokenDir, split) -> None:
-    if split.n_tokens == 0:
-        raise UserError(f"token dir {td.path}: split {split.name} has no tokens")
-    # stats.json's max_token_id (written by tokenize) spares a read of every token; it is trusted
-    # only when its token count is the file's, else (older or hand-made dirs) the tokens are read.
-    recorded = td.stats.get("splits", {}).get(split.name, {})
-    if isinstance(recorded.get("max_token_id"), int) and recorded.get("tokens") == split.n_tokens:
-        top = recorded["max_token_id"]
-    else:
-        top = int(np.max(split.tokens))
-    if top >= td.vocab_size:
-        n_bad = int((np.asarray(split.tokens) >= td.vocab_size).sum())
-        what = f"has {n_bad} token ids" if n_bad else f"is recorded in stats.json with a token id {top}"
-        raise UserError(
-            f"token dir {td.path}: {split.name}/tokens.npy {what} >= the vocab size "
-            f"{td.vocab_size} of tokenizer.json (tokens and tokenizer do not belong together)"
-        )
+    """Refuse a split with no tokens or a token id outside the vocab (TokenDir.check_token_ids)."""
+    td.check_token_ids(split.name)
 
 
 def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool, held: contextlib.ExitStack,
@@ -465,7 +451,12 @@ def _finished(run_dir: Path) -> bool:
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop metrics lines logged after the checkpoint we resume from (they will be redone)."""
+    """Drop metrics lines logged after the checkpoint we resume from (they will be redone).
+
+    Lines after `last_step`, and at `last_step` the end-of-run line (the final held-out loss,
+    the only line without "lr", written by _finish): a run killed after its final checkpoint but
+    before result.json resumes at its last step and writes that line again.
+    """
     if not path.is_file():
         return
     import json
@@ -473,9 +464,11 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     keep = []
     for line in path.read_text().splitlines():
         try:
-            if json.loads(line)["step"] <= last_step:
+            obj = json.loads(line)
+            step = obj["step"]
+            if step < last_step or (step == last_step and "lr" in obj):
                 keep.append(line)
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, TypeError):
             break  # a torn last line from a hard kill
     from ehrfm.io import atomic_file
 
@@ -735,6 +728,8 @@ def _train(cfg: TrainConfig, dd: _Dist, held: contextlib.ExitStack) -> dict:
         "trunk_dir": str(Path(cfg.trunk_dir).resolve()) if cfg.trunk_dir else None,
         "branch_tokens": branch_point(cfg, n_steps, step_tokens)[1] if cfg.trunk_dir else 0,
     }
+    if dd.main:
+        _warn_repeated_data(td, train_split, D)
     try:
         return _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_dir, base)
     except (UserError, KeyboardInterrupt):
@@ -742,6 +737,20 @@ def _train(cfg: TrainConfig, dd: _Dist, held: contextlib.ExitStack) -> dict:
     except Exception as e:  # recorded, never dropped: the sweep sees status failed
         return _end(dd, run_dir, Status.FAILED, base, val_loss=None, wall_s=None, tokens_per_s=None,
                     error=f"{type(e).__name__}: {e}")
+
+
+def _warn_repeated_data(td: TokenDir, train_split, D: int) -> None:
+    """Say on stderr when D exceeds the train split's unique tokens: the run sees data more than once.
+
+    A multi-epoch run is trained as asked, and result.json records its `epochs`; but its loss is
+    not a one-pass point of a scaling law (Muennighoff et al. 2023: repeated tokens are worth less),
+    so the user is told before hours of compute, with the numbers to choose a smaller D.
+    """
+    epochs = D / train_split.n_tokens
+    if epochs > 1:
+        print(f"ehrfm: warning: {D:,} training tokens are {epochs:.3g} epochs of the {train_split.n_tokens:,} tokens of "
+              f"{td.path / train_split.name}: data is repeated (result.json records epochs; fits use effective data)",
+              file=sys.stderr, flush=True)
 
 
 def _end(dd: _Dist, run_dir: Path, status: Status, base: dict, **outcome) -> dict:
@@ -1025,6 +1034,8 @@ def _finish(run: _Run, session_tokens: int, session_s: float) -> dict:
         with metrics_log(run_dir, run.cfg) as f:
             f.write(run.metrics_line(step, val_loss=val_loss))
     run.save(run_dir, Status.COMPLETED)  # before result.json: a finished run is never resumed
+    # a test can kill the process here: the final checkpoint written, result.json not yet
+    fault_points.hold("final-checkpoint", run_dir.name)
     result = _end(
         dd, run_dir, Status.COMPLETED, run.base,
         val_loss=val_loss,
@@ -1040,16 +1051,20 @@ def _finish(run: _Run, session_tokens: int, session_s: float) -> dict:
         epochs=D / run.stream.epoch_tokens,
         wall_s=wall_s + eval_s,
         tokens_per_s=(D - run.base["branch_tokens"]) / wall_s if wall_s > 0 else None,
-        session_tokens_per_s=session_tokens / session_s if session_s > 0 else None,
+        # None when this process trained no step (it resumed a run killed after its last checkpoint)
+        session_tokens_per_s=session_tokens / session_s if session_s > 0 and session_tokens > 0 else None,
         device=str(dd.device),
         dtype=run.dtype_name,
         world_size=dd.world,
         error=None,
     )
     if dd.main:
+        epochs = D / run.stream.epoch_tokens
+        tok_s = f"{result['tokens_per_s']:,.0f} tok/s" if result["tokens_per_s"] is not None else "rate n/a"
         summary(
-            f"trained {run.base['n_params']:,} params on {D:,} tokens in {result['wall_s']:.1f} s "
-            f"({result['tokens_per_s']:,.0f} tok/s): val_loss {val_loss:.4f} -> {run_dir}"
+            f"trained {run.base['n_params']:,} params on {D:,} tokens"
+            + (f" ({epochs:.3g} epochs: data repeated)" if epochs > 1 else "")
+            + f" in {result['wall_s']:.1f} s ({tok_s}): val_loss {val_loss:.4f} -> {run_dir}"
         )
     dd.barrier()
     return result

@@ -44,6 +44,15 @@ class _Run:
         self.result = st.result or RunResult(st.state)
         self.completed = st.state == Status.COMPLETED
 
+    @property
+    def error(self) -> str | None:
+        """Why the run failed or diverged: result.json's error, or a note that it names none (a hand-made record)."""
+        if self.result.error:
+            return self.result.error
+        if self.st.state in (Status.FAILED, Status.DIVERGED):
+            return f"no reason recorded (runs/{self.rid}/result.json says {self.st.state} without an error)"
+        return None
+
     def get(self, key: str):
         """The run's `key` from its result.json, else from its plan row."""
         v = getattr(self.result, key)
@@ -64,7 +73,7 @@ def status_rows(sweep_dir: str | Path) -> list[dict]:
     return [
         {"run_id": r.rid, "budget": r.planned.get("budget"), "n_params": r.get("n_params"), "tokens": r.get("tokens"),
          "state": r.st.state, "loss": r.result.val_loss if r.completed else None, "job_id": r.st.job_id,
-         "error": r.result.error}
+         "error": r.error}
         for r in runs
     ]
 
@@ -188,7 +197,7 @@ def _results_row(sweep, sweep_dir: Path, r: _Run) -> dict:
         "eval_loss_se": _float_or_none(result.eval_loss_se) if r.completed else None,
         "loss_per_event_se": _float_or_none(result.loss_per_event_se) if r.completed else None,
         "status": str(r.st.state),
-        "error": result.error,
+        "error": r.error,
         "n_layer": r.get("n_layer"),
         "d_model": r.get("d_model"),
         "n_head": r.get("n_head"),

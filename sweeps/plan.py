@@ -38,6 +38,19 @@ that end of that budget's ladder (sweep.json `extra_rungs`, kept on every later 
 researcher would add a model size; the other runs keep their ids. Below the family's smallest shape
 there is nothing to add, and the plan says so.
 
+Budgets closer than 0.1% (analysis.table.BUDGET_SAME_DECADES, the tolerance within which `ehrfm fit`
+merges planned budgets into one IsoFLOP group) are one budget written two ways: they are planned
+once, at the value already planned in the sweep dir or else the smallest, and the plan says so in
+one warning line (`canonical_budgets`), rather than training every size twice into one parabola.
+
+Checks made before anything is written: a budget too small to train the family's smallest shape
+for one optimizer step is an error naming every such budget and the smallest budget that works;
+--span-dex 0 with several --sizes is an error. Warnings: a budget left with fewer than 3 runs (no
+IsoFLOP parabola), runs whose weights, gradients and Adam state (16 bytes per parameter) exceed
+this machine's memory, runs over 1 epoch, and, on a re-plan, runs of the previous plan that the new
+one leaves out. Ladder targets far above what a budget can train (a huge --span-dex) are dropped
+without being shaped.
+
 `planned_flops` in sweep.json is what the sweep will really spend: the sum of the runs' FLOPs for
 cosine; for wsd each trunk once plus each branch's decay only.
 
@@ -164,7 +177,14 @@ def plan_schema():
 
 
 def parse_budgets(text: str) -> list[float]:
-    """'1e12,3e12,1e13' -> [1e12, 3e12, 1e13] (sorted, unique); UserError naming a bad item."""
+    """'1e12,3e12,1e13' -> [1e12, 3e12, 1e13] (sorted, exact duplicates dropped).
+
+    Spaces around items and empty items ('1e12,,3e12', a trailing comma) are ignored. Budgets
+    closer than 0.1% are merged later by `canonical_budgets` (plan_sweep), which says so.
+
+    Raises:
+        UserError: an item that is not a number, or not a positive finite number of FLOPs; or no budget.
+    """
     out = []
     for item in str(text).split(","):
         item = item.strip()
@@ -180,6 +200,60 @@ def parse_budgets(text: str) -> list[float]:
     if not out:
         raise UserError("--budgets: give at least one compute budget in FLOPs, e.g. 1e12,3e12")
     return sorted(set(out))
+
+
+def canonical_budgets(budgets, keep=()) -> tuple[list[float], list[str]]:
+    """The budgets a sweep plans, sorted, with budgets `ehrfm fit` would merge planned once; and a note per merge.
+
+    `ehrfm fit` (analysis.table) treats planned budgets within BUDGET_SAME_DECADES (0.1%) of each
+    other as one IsoFLOP group: 2e9 and 2.0000001e9 are one budget written two ways. Planning both
+    would train every size twice into one parabola, so the planner merges them the same way (chains
+    of neighbours closer than that, as the fit groups them) and plans each group once, at the value
+    `keep` holds (the budgets already planned in the sweep dir, so their run ids survive a re-plan),
+    else at the group's smallest. Each merge gets one note ("merged ... planned once as ...").
+
+    Args:
+        budgets: compute budgets C in FLOPs (any order, duplicates allowed).
+        keep: budgets already planned (FLOPs), preferred as a group's value.
+
+    Returns:
+        (sorted distinct budgets in FLOPs, notes).
+
+    Raises:
+        UserError: no budget, or a budget that is not a positive finite number of FLOPs (named).
+    """
+    from analysis.table import BUDGET_SAME_DECADES
+
+    values = []
+    for b in budgets:
+        try:
+            c = float(b)
+        except (TypeError, ValueError):
+            raise UserError(f"budgets: {b!r} is not a number of FLOPs") from None
+        if not (c > 0 and math.isfinite(c)):
+            raise UserError(f"budgets: {b!r} must be a positive finite number of FLOPs")
+        values.append(c)
+    if not values:
+        raise UserError("budgets: give at least one compute budget in FLOPs, e.g. 1e12,3e12")
+    values = sorted(set(values))
+    kept = {float(b) for b in keep}
+    groups = [[values[0]]]
+    for c in values[1:]:
+        if math.log10(c) - math.log10(groups[-1][-1]) > BUDGET_SAME_DECADES:
+            groups.append([])
+        groups[-1].append(c)
+    out, notes = [], []
+    for g in groups:
+        planned = [k for k in kept if any(abs(math.log10(k) - math.log10(c)) <= BUDGET_SAME_DECADES for c in g)]
+        chosen = min(planned or g)
+        out.append(chosen)
+        if len(g) > 1:
+            notes.append(f"budgets {', '.join(f'{c:.10g}' for c in g)} are within 0.1% of each other (one IsoFLOP group to "
+                         f"`ehrfm fit`): planned once, as {chosen:.10g}")
+        elif chosen != g[0]:
+            notes.append(f"budget {g[0]:.10g} is within 0.1% of {chosen:.10g}, already planned in this sweep dir (one "
+                         f"IsoFLOP group to `ehrfm fit`): planned as {chosen:.10g}, so its runs keep their ids")
+    return out, notes
 
 
 def parse_train_options(items: list[str] | None) -> dict:
@@ -371,11 +445,16 @@ def centre_law_from_fit(fit_path: str | Path, budgets: list[float]) -> tuple[dic
     a2 = fits.get("approach2")
     if not isinstance(a2, dict):
         raise UserError(f"{fits_json}: no approach2 fit (IsoFLOP parabolas); --centre-from needs its N_opt law")
-    used = [float(b["budget"]) for b in a2.get("budgets") or [] if isinstance(b, dict) and b.get("used")]
+    entries = a2.get("budgets") or []
+    if not isinstance(entries, list) or not all(
+            isinstance(b, dict) and _positive_number(b.get("budget")) for b in entries if not isinstance(b, dict) or b.get("used")):
+        raise UserError(f"{fits_json}: approach2.budgets must be a list of objects with a positive number `budget` "
+                        "(the file is damaged or not written by `ehrfm fit`); rerun `ehrfm fit` to rewrite it")
+    used = [float(b["budget"]) for b in entries if isinstance(b, dict) and b.get("used")]
     law = {}
     for key in ("n_coef", "a"):
         v = a2.get(key)
-        if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        if not _positive_number(v):
             raise UserError(
                 f"{fits_json}: approach2.{key} = {v!r} ({len(used)} budget(s) used); --centre-from needs N_opt = n_coef * C^a "
                 "with both positive and finite: a law whose optimum does not grow with compute cannot place a larger "
@@ -387,10 +466,14 @@ def centre_law_from_fit(fit_path: str | Path, budgets: list[float]) -> tuple[dic
     from analysis.recommend import trust
 
     b = a2.get("b")
-    if not isinstance(b, (int, float)) or not math.isfinite(b) or b <= 0:
+    if not _positive_number(b):
         raise UserError(f"{fits_json}: approach2.b = {b!r}: a law whose D_opt does not grow with compute cannot place a "
                         "larger budget's ladder (plan without --centre-from, or fit more budgets first)")
-    law.update(fits=str(fits_json.resolve()), n_count=str(fits.get("n_count") or "non-embedding"), from_budget=max(used))
+    n_count = fits.get("n_count") or "non-embedding"
+    if n_count not in ("total", "non-embedding"):
+        raise UserError(f"{fits_json}: n_count = {n_count!r}, expected \"total\" or \"non-embedding\" (the parameter count "
+                        "of its N_opt law); rerun `ehrfm fit` to rewrite it")
+    law.update(fits=str(fits_json.resolve()), n_count=n_count, from_budget=max(used))
     notes = []
     ok, why = trust(fits, 2)  # the judgement `ehrfm recommend` makes of the same law
     if not ok:
@@ -403,6 +486,11 @@ def centre_law_from_fit(fit_path: str | Path, budgets: list[float]) -> tuple[dic
         notes.append(f"--centre-from: no budget above the fit's largest ({law['from_budget']:.3g}); every ladder keeps its "
                      "tokens_per_param centre")
     return law, notes
+
+
+def _positive_number(v) -> bool:
+    """A JSON value that is a positive finite number (not a bool, not a string)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
 
 def smallest_shape(vocab_size: int, context: int) -> ModelConfig:
@@ -420,7 +508,8 @@ def shared_ladder(sweep: SweepConfig) -> dict[float, list[float]]:
     budget takes the `sizes` consecutive rungs centred nearest its own N*(C) (`ladder_centre`: the
     tokens_per_param optimum, or a fit's prediction with `centre_law`), so its ladder spans
     N*(C) * 10**(+-span_dex) to within r / 2. With one size per budget there is no ladder: the
-    target is N*(C) itself.
+    target is N*(C) itself. Targets beyond the range of floats (a huge span_dex) are 0 or inf, never
+    an overflow: `make_plan` snaps 0 to the smallest shape and drops targets no budget can train.
     """
     stars = {b: ladder_centre(sweep, b) for b in sweep.budgets}
     k = sweep.sizes
@@ -432,8 +521,13 @@ def shared_ladder(sweep: SweepConfig) -> dict[float, list[float]]:
     for b, n in stars.items():
         centre = math.floor(math.log10(n) / rung - half + 0.5) + half  # nearest admissible centre, half up
         below, above = sweep.extra_rungs.get(budget_key(b), (0, 0))
-        out[b] = [10 ** ((centre + i - half) * rung) for i in range(-int(below), k + int(above))]
+        out[b] = [_pow10((centre + i - half) * rung) for i in range(-int(below), k + int(above))]
     return out
+
+
+def _pow10(x: float) -> float:
+    """10**x, inf above the float range (10**400 raises OverflowError), 0.0 below it."""
+    return math.inf if x > 308 else 10.0 ** x
 
 
 def budget_key(budget: float) -> str:
@@ -444,28 +538,31 @@ def budget_key(budget: float) -> str:
 def bracket_rungs(sweep: SweepConfig, rows: list[dict], results: str | Path) -> tuple[dict, list[str]]:
     """extra_rungs after one bracketing step, and a note per budget it extends or cannot.
 
-    For each budget with >= 3 completed runs of this plan in `results` (a results table: run_id,
-    budget, status, loss), one rung is added beyond the end of its ladder where its lowest loss sits.
+    For each budget whose every planned run (at least 3) is completed in `results` (a results table:
+    run_id, status, loss (nats/token); parquet, or CSV as DESIGN.md allows), one rung is added beyond
+    the end of its ladder where its lowest loss sits. A budget it cannot judge gets a note saying why
+    (runs missing or not completed), so a table of another sweep never passes silently.
 
     Raises:
-        UserError: the results table cannot be read or lacks run_id / status / loss.
+        UserError: the results table is missing, a directory, unreadable, or lacks run_id / status / loss.
     """
-    from ehrfm.io import read_parquet
-
-    table = read_parquet(results, "results table")
+    table = _read_results(results)
     missing = [c for c in ("run_id", "status", "loss") if c not in table.column_names]
     if missing:
         raise UserError(f"--bracket-from {results}: no column {', '.join(missing)} (it needs run_id, status and loss: "
                         "the table `ehrfm sweep collect` writes)")
     table = table.select(["run_id", "status", "loss"]).to_pylist()
-    loss = {r["run_id"]: r["loss"] for r in table
-            if r["status"] == "completed" and isinstance(r["loss"], float) and math.isfinite(r["loss"])}
+    loss = {str(r["run_id"]): float(r["loss"]) for r in table
+            if r["status"] == "completed" and isinstance(r["loss"], (int, float)) and not isinstance(r["loss"], bool)
+            and math.isfinite(r["loss"])}
     extra = {k: list(v) for k, v in sweep.extra_rungs.items()}
     notes = []
     for budget in sweep.budgets:
         ladder = sorted((r for r in rows if r["budget"] == budget), key=lambda r: r["n_params"])
         done = [r for r in ladder if r["run_id"] in loss]
         if len(done) < 3 or len(done) < len(ladder):
+            notes.append(f"--bracket-from: budget {budget:.3g}: not extended: {len(done)} of its {len(ladder)} planned run(s) "
+                         f"completed with a finite loss in {results} (bracketing needs every run of a ladder of >= 3)")
             continue
         best = min(done, key=lambda r: loss[r["run_id"]])
         side = 0 if best is ladder[0] else 1 if best is ladder[-1] else None
@@ -482,6 +579,27 @@ def bracket_rungs(sweep: SweepConfig, rows: list[dict], results: str | Path) -> 
     return extra, notes
 
 
+def _read_results(results: str | Path):
+    """A results table (parquet, or .csv) as a pyarrow Table; UserError naming the path otherwise."""
+    from ehrfm.io import read_parquet
+
+    path = Path(results)
+    if path.is_dir():
+        hint = f" (did you mean {path / 'results.parquet'}?)" if (path / "results.parquet").is_file() else ""
+        raise UserError(f"--bracket-from {path}: a directory, not a results table{hint}")
+    if path.suffix.lower() != ".csv":
+        return read_parquet(path, "results table", hint="run `ehrfm sweep collect` to rewrite it")
+    if not path.is_file():
+        raise UserError(f"results table {path} not found")
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    try:
+        return pcsv.read_csv(path)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise UserError(f"results table {path} is damaged: not a readable CSV file ({type(e).__name__})") from None
+
+
 def make_plan(sweep: SweepConfig) -> tuple[list[dict], list[str]]:
     """Plan rows (dicts with PLAN_COLUMNS) and human-readable warnings for a sweep config."""
     from ehrfm.shapes import n_params, n_params_total, shape_for_params
@@ -492,26 +610,43 @@ def make_plan(sweep: SweepConfig) -> tuple[list[dict], list[str]]:
         raise UserError(f"--sizes must be >= 1 (got {sweep.sizes})")
     if not (sweep.span_dex >= 0 and math.isfinite(sweep.span_dex)):
         raise UserError(f"--span-dex must be finite and >= 0 (got {sweep.span_dex})")
+    if sweep.span_dex == 0 and sweep.sizes > 1:
+        raise UserError(f"--span-dex 0 with --sizes {sweep.sizes}: every size of a ladder would be the same model; give "
+                        "--span-dex > 0 (decades each side of the centre) or --sizes 1")
     if not (sweep.tokens_per_param > 0 and math.isfinite(sweep.tokens_per_param)):
         raise UserError(f"--tokens-per-param must be finite and > 0 (got {sweep.tokens_per_param})")
 
     rows: list[dict] = []
     warnings: list[str] = []
     smallest = smallest_shape(sweep.vocab_size, sweep.context)
+    f_smallest = _flops_per_token(smallest)
+    too_small = [b for b in sweep.budgets if int(b // f_smallest) < tokens_per_step]
+    if too_small:
+        one_step = f_smallest * tokens_per_step
+        named = (f"budget {too_small[0]:.3g} FLOPs is" if len(too_small) == 1
+                 else f"budgets {', '.join(f'{b:.3g}' for b in too_small)} FLOPs are")
+        raise UserError(
+            f"{named} too small for the smallest shape (n_layer=1, "
+            f"d_model=16, N={n_params(smallest)}, {f_smallest:.3g} FLOPs/token): budget {too_small[0]:.3g} buys "
+            f"{int(too_small[0] // f_smallest)} tokens, less than one optimizer step of batch_size*context={tokens_per_step} "
+            f"tokens; the smallest budget that works is {_ceil3(one_step)} FLOPs (one step; "
+            f"{_ceil3(one_step * max(sweep.min_steps, 1))} for --min-steps {sweep.min_steps})"
+        )
     ladder = shared_ladder(sweep)
+    memory = _memory_bytes()
+    heavy: list[dict] = []
     for budget in sweep.budgets:
-        d_smallest = int(budget // _flops_per_token(smallest))
-        if d_smallest < tokens_per_step:
-            raise UserError(
-                f"budget {budget:.3g} FLOPs is too small for the smallest shape (n_layer=1, d_model=16, "
-                f"N={n_params(smallest)}, {_flops_per_token(smallest):.3g} FLOPs/token): it buys {d_smallest} tokens, "
-                f"less than one optimizer step of batch_size*context={tokens_per_step} tokens"
-            )
+        n_max = budget / (6.0 * tokens_per_step)  # no shape above this N buys one step: F >= 6 N
         k = sweep.sizes
         targets = ladder[budget]
         seen: set[tuple[int, int, int]] = set()
+        n_rows = len(rows)
         for target in targets:
-            shape = shape_for_params(target, sweep.vocab_size, sweep.context)
+            if target > 10.0 * n_max:  # shaping it would be wasted (or, for a huge target, endless): it snaps to N > n_max
+                warnings.append(f"budget {budget:.3g}: target N={target:.3g} dropped, no model that size can train one "
+                                f"optimizer step ({tokens_per_step} tokens) on it")
+                continue
+            shape = shape_for_params(max(target, 1.0), sweep.vocab_size, sweep.context)
             key = (shape.n_layer, shape.d_model, shape.n_head)
             if key in seen:
                 continue  # small targets can snap to the same shape; train it once per budget
@@ -556,11 +691,42 @@ def make_plan(sweep: SweepConfig) -> tuple[list[dict], list[str]]:
             )
         if len(seen) < k:
             warnings.append(f"budget {budget:.3g}: {k} sizes asked, {len(seen)} distinct shapes (small sizes snap to the same shape)")
+        planned = len(rows) - n_rows
+        if planned < 3:
+            warnings.append(f"budget {budget:.3g}: {planned} run(s) planned; an IsoFLOP parabola (`ehrfm fit` Approach 2) needs "
+                            "at least 3 sizes per budget, so this budget gives none (more --sizes or --span-dex, or a larger budget)")
+        if memory:
+            heavy += [r for r in rows[n_rows:] if 16 * r["n_params_total"] > memory]
+    if heavy:
+        big = max(heavy, key=lambda r: r["n_params_total"])
+        warnings.append(f"{len(heavy)} run(s) need more than this machine's {memory / 2**30:.3g} GiB of memory for weights, "
+                        f"gradients and Adam state alone (16 bytes per parameter, before activations): the largest, "
+                        f"{big['run_id']} ({big['n_params_total']:.3g} parameters), needs ~{16 * big['n_params_total'] / 2**30:.3g} GiB; "
+                        "train them where a device holds that (several GPUs do not split one model here)")
+    if not rows:
+        raise UserError(f"no run could be planned for budget(s) {', '.join(f'{b:.3g}' for b in sweep.budgets)} (every target "
+                        "size was too large to train one optimizer step on its budget): give larger budgets or a smaller --span-dex")
     if sweep.schedule == "wsd":
         rows = _wsd_rows(sweep, base, rows)
     elif sweep.schedule != "cosine":
         raise UserError(f"--schedule must be one of {', '.join(SCHEDULES)} (got {sweep.schedule!r})")
     return rows, warnings
+
+
+def _ceil3(x: float) -> str:
+    """The text of x rounded up to 3 significant digits: a budget of at least x."""
+    e = math.floor(math.log10(x)) - 2
+    return f"{math.ceil(x / 10**e) * 10**e:.3g}"
+
+
+def _memory_bytes() -> int:
+    """This machine's physical memory in bytes (0 when the OS does not say)."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def _wsd_rows(sweep: SweepConfig, base: TrainConfig, rows: list[dict]) -> list[dict]:
@@ -657,7 +823,8 @@ def plan_sweep(
 
     Args:
         tokens_dir: the token dir every run trains on.
-        budgets: compute budgets C in FLOPs (positive, finite; sorted and deduplicated).
+        budgets: compute budgets C in FLOPs (positive, finite; sorted, and budgets within 0.1% of each
+            other, or of one already planned in `out`, planned once: `canonical_budgets`).
         out: the sweep dir to write.
         sizes: model sizes per budget.
         span_dex: the ladder spans N*(C) * 10^(+-span_dex) (decades).
@@ -676,8 +843,10 @@ def plan_sweep(
         (SweepConfig as saved in sweep.json, one dict per planned run as in plan.parquet, warnings).
 
     Raises:
-        UserError: per-run train options given, non-positive budgets, a bad token dir or fit, a
-            sweep dir planned on another tokenizer, or a wsd plan whose points cannot share trunks.
+        UserError: per-run train options given, non-positive or non-finite budgets, a budget too
+            small for the smallest shape, --span-dex 0 with several sizes, a bad token dir, fit or
+            results table, an `out` that is a file or a non-empty dir other than a sweep dir, a sweep
+            dir planned on another tokenizer or recipe, or a wsd plan whose points cannot share trunks.
     """
     import ehrfm
     from ehrfm.tokens import TokenDir
@@ -687,9 +856,13 @@ def plan_sweep(
         raise UserError(f"train options {', '.join(clash)} are set per run by the planner, not per sweep")
     if not int(lr_ref_width) >= 0:
         raise UserError(f"--lr-ref-width must be >= 0 (got {lr_ref_width})")
-    budgets = sorted({float(b) for b in budgets})
-    if not budgets or not all(b > 0 and math.isfinite(b) for b in budgets):
-        raise UserError(f"budgets must be positive finite FLOPs (got {budgets})")
+    out = Path(out)
+    old = None
+    if out.is_dir() and (out / SWEEP_JSON).is_file():
+        old = SweepConfig.from_dict(read_json(out / SWEEP_JSON, "sweep config", expect=dict,
+                                              hint="plan into a new --out, or remove the damaged sweep.json"))
+    old_budgets = old.budgets if old is not None and isinstance(old.budgets, list) else []
+    budgets, merged = canonical_budgets(budgets, keep=[b for b in old_budgets if isinstance(b, (int, float))])
     td = TokenDir(tokens_dir)
     train_tokens = td.split("train").n_tokens if "train" in td.splits else 0
     sweep = SweepConfig(
@@ -709,13 +882,13 @@ def plan_sweep(
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         ehrfm_version=ehrfm.__version__,
     )
-    out = Path(out)
     if out.exists():
-        if not (out / SWEEP_JSON).is_file():
-            if any(out.iterdir()):
+        if old is None:
+            if not out.is_dir():
+                raise UserError(f"output {out} exists and is not a directory; choose another --out")
+            if any(p.name != PLAN_PARQUET for p in out.iterdir()):
                 raise UserError(f"output {out} exists and is not a sweep dir (no {SWEEP_JSON}); choose another --out")
         else:
-            old = SweepConfig.from_dict(read_json(out / SWEEP_JSON, "sweep config"))
             if old.tokenizer_fingerprint != sweep.tokenizer_fingerprint:
                 raise UserError(
                     f"sweep dir {out} was planned with another tokenizer (fingerprint {old.tokenizer_fingerprint[:12]}, "
@@ -727,20 +900,46 @@ def plan_sweep(
                     f"sweep dir {out} was planned with another training recipe ({'; '.join(changed)}): its runs and "
                     "the new ones would meet in one fit; use a new --out (or plan again with the same options)")
             sweep.extra_rungs = {k: v for k, v in old.extra_rungs.items() if k in {budget_key(b) for b in budgets}}
-    notes = []
+    notes = list(merged)
     if centre_from is not None:
-        sweep.centre_law, notes = centre_law_from_fit(centre_from, sweep.budgets)
+        sweep.centre_law, more = centre_law_from_fit(centre_from, sweep.budgets)
+        notes += more
     rows, warnings = make_plan(sweep)
     if bracket_from is not None:
         sweep.extra_rungs, more = bracket_rungs(sweep, rows, bracket_from)
         notes += more
         rows, warnings = make_plan(sweep)
+    if old is not None:
+        notes += _replan_notes(out, rows)
     warnings = notes + warnings
     sweep.planned_flops = planned_flops(rows)
     out.mkdir(parents=True, exist_ok=True)
     write_plan_table(rows, out / PLAN_PARQUET)
-    write_json(out / SWEEP_JSON, sweep)
+    write_json(out / SWEEP_JSON, sweep)  # last: a dir holding only plan.parquet (interrupted here) may be planned again
     return sweep, rows, warnings
+
+
+def _replan_notes(out: Path, rows: list[dict]) -> list[str]:
+    """A note when re-planning sweep dir `out` leaves runs of its previous plan out of the new one.
+
+    Changing --budgets, --sizes, --span-dex or --tokens-per-param moves ladders: the runs no longer
+    planned keep their run dirs, but `ehrfm sweep collect` lists them with budget null and
+    `ehrfm fit` leaves them out. Saying so is the difference between a re-plan and a silent loss.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        before = pq.read_table(out / PLAN_PARQUET, columns=["run_id"]).column("run_id").to_pylist()
+    except (OSError, pa.ArrowException, KeyError, ValueError):
+        return []  # no readable previous plan: nothing to compare with (it is rewritten now)
+    gone = sorted(set(before) - {r["run_id"] for r in rows})
+    if not gone:
+        return []
+    started = [g for g in gone if (out / "runs" / str(g)).is_dir()]
+    return [f"re-plan of {out}: {len(gone)} run(s) of its previous plan are not in this one ({len(started)} of them "
+            "with a run dir, kept in runs/): `ehrfm sweep collect` lists them as unplanned and `ehrfm fit` leaves them "
+            f"out; e.g. {gone[0]} (plan again with the previous budgets and options to keep them)"]
 
 
 def _recipe_changes(old: SweepConfig, new: SweepConfig) -> list[str]:

@@ -63,6 +63,29 @@ def synth_raw(tmp_path_factory) -> Path:
     return out
 
 
+def private_synth_pipeline(base: Path, n_patients: int, seed: int, labels: bool = False) -> dict[str, Path]:
+    """A private synth -> etl -> tokenize (-> labels) chain under `base`, for destructive tests.
+
+    Tests that try to make a command wipe or damage its own inputs use their own copy, never the
+    session fixtures above: a regression there would corrupt every later test's data.
+    Returns {"base", "raw", "meds", "tok"} (+ "labels") paths.
+    """
+    from tokenization.etl import etl
+    from tokenization.synth import synthesize
+    from tokenization.tokenize import tokenize
+
+    paths = {"base": base, "raw": base / "raw", "meds": base / "meds", "tok": base / "tok"}
+    synthesize(paths["raw"], n_patients=n_patients, seed=seed)
+    etl(paths["raw"], paths["meds"])
+    tokenize(paths["meds"], paths["tok"])
+    if labels:
+        from ehrfm.clinical.labels import make_labels, write_label_dir
+
+        paths["labels"] = base / "labels"
+        write_label_dir(*make_labels(paths["meds"], "all"), paths["labels"])
+    return paths
+
+
 def _etl(raw: Path, tmp_path_factory, folder: str) -> Path:
     from tokenization.etl import etl
 

@@ -75,6 +75,16 @@ def _copy_run(run, dst):
     return dst
 
 
+def _record_checksums(run):
+    """Re-record the checkpoint's sha256s, as a trainer that wrote these files itself would."""
+    import hashlib
+
+    state_path = run / "checkpoint" / "state.json"
+    state = json.loads(state_path.read_text())
+    state["files"] = {name: hashlib.sha256((run / "checkpoint" / name).read_bytes()).hexdigest() for name in state["files"]}
+    state_path.write_text(json.dumps(state))
+
+
 def test_export_refuses_what_llama_cannot_express(tiny_run, tmp_path):
     from safetensors.torch import load_file, save_file
 
@@ -82,6 +92,7 @@ def test_export_refuses_what_llama_cannot_express(tiny_run, tmp_path):
     run = _copy_run(tiny_run, tmp_path / "gelu")
     p = run / "checkpoint" / "model_config.json"
     p.write_text(json.dumps({**json.loads(p.read_text()), "activation": "gelu"}))
+    _record_checksums(run)
     r = subprocess.run([sys.executable, "-m", "ehrfm", "export", str(run), "--out", str(tmp_path / "o1")], capture_output=True, text=True)
     assert r.returncode == 2 and "activation='gelu'" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "o1").exists()
@@ -92,6 +103,7 @@ def test_export_refuses_what_llama_cannot_express(tiny_run, tmp_path):
     t = load_file(str(f))
     t["blocks.0.attn.proj.bias"] = torch.zeros(t["blocks.0.attn.proj.weight"].shape[0])
     save_file(t, str(f))
+    _record_checksums(run)
     r = subprocess.run([sys.executable, "-m", "ehrfm", "export", str(run), "--out", str(tmp_path / "o2")], capture_output=True, text=True)
     assert r.returncode == 2 and "blocks.0.attn.proj.bias" in r.stderr, r.stderr
     assert not (tmp_path / "o2").exists()
@@ -103,3 +115,28 @@ def test_export_refuses_failed_run(tiny_run, tmp_path):
     res.write_text(json.dumps({**json.loads(res.read_text()), "status": "diverged"}))
     r = subprocess.run([sys.executable, "-m", "ehrfm", "export", str(run), "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode == 2 and "diverged" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("damage", ["bit flip", "truncated", "zero bytes", "run config"])
+def test_export_refuses_a_damaged_checkpoint_or_run_config(tiny_run, tmp_path, damage):
+    """A checkpoint file that fails its sha256 (or cannot be read) is never exported: one line naming it."""
+    run = _copy_run(tiny_run, tmp_path / "run")
+    f = run / "checkpoint" / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    if damage == "bit flip":  # in the weights, past the header: still a readable safetensors file
+        data[-17] ^= 0x10
+        f.write_bytes(bytes(data))
+    elif damage == "truncated":
+        f.write_bytes(bytes(data[: len(data) // 2]))
+    elif damage == "zero bytes":
+        f.write_bytes(b"")
+    else:
+        (run / "config.json").write_text('{"train": {"tokens_dir"')  # torn
+    out = tmp_path / "hf"
+    r = subprocess.run([sys.executable, "-m", "ehrfm", "export", str(run), "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 2, (r.returncode, r.stderr[-1500:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    named = "config.json" if damage == "run config" else "checkpoint/model.safetensors"
+    assert named in lines[0] and "damaged" in lines[0], lines
+    assert not out.exists()

@@ -305,3 +305,24 @@ def test_a_train_split_without_events_is_refused_by_tokenize(tmp_path, capsys):
     write_shard(meds / "data" / "train" / "0.parquet", [])
     assert main(["tokenize", str(meds), "--out", str(tmp_path / "tok")]) == 2
     assert "the train split has 0 events" in one_error_line(capsys) and not (tmp_path / "tok").exists()
+
+
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_blank_codes_are_refused_with_or_without_parquet_statistics(tmp_path, blank):
+    # some exporters write a null code as "" (or spaces): every reader refuses it by count, never silently a code
+    for stats in (True, False):
+        meds = write_dataset(tmp_path / f"m{stats}", {"train": list(range(1, 5))})
+        shard = meds / "data" / "train" / "0.parquet"
+        df = pl.read_parquet(shard)
+        df.with_columns(code=pl.when(pl.int_range(pl.len()) % 10 == 4).then(pl.lit(blank)).otherwise(pl.col("code"))).write_parquet(
+            shard, statistics=stats, row_group_size=4)
+        n = (pl.read_parquet(shard)["code"].str.strip_chars() == "").sum()
+        assert n > 0
+        with pytest.raises(UserError, match=f"{shard}: {n} rows whose code is empty or only spaces"):
+            open_meds(meds)
+    # a dataset of ordinary codes is untouched, whether its footers have statistics or not
+    for stats in (True, False):
+        meds = write_dataset(tmp_path / f"ok{stats}", {"train": [1, 2]})
+        shard = meds / "data" / "train" / "0.parquet"
+        pl.read_parquet(shard).write_parquet(shard, statistics=stats)
+        open_meds(meds)

@@ -114,3 +114,20 @@ def test_bad_configs_are_user_errors():
 def test_shapes_is_torch_free():
     code = "import sys, ehrfm.shapes, ehrfm.config; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_depth_of_huge_targets_is_found_by_bisection_on_the_same_rule():
+    # The rule is "the L whose exact-ratio shape is nearest in log N"; checked at every boundary
+    # it decides, up to 1e20 parameters (~46,000 layers: a layer-by-layer count made planning a
+    # 1e30-FLOP budget hang).
+    from ehrfm.shapes import _count
+
+    def boundary(n_layer):  # geometric mean of the exact-ratio sizes of depths L and L + 1
+        return math.sqrt(_count(n_layer, ASPECT_RATIO * n_layer) * _count(n_layer + 1, ASPECT_RATIO * (n_layer + 1)))
+
+    for target in (1.0, 3e4, 1e6, 1e9, 1e14, 1e20):
+        depth = depth_for_params(target)
+        assert (depth == 1 or boundary(depth - 1) <= target) and boundary(depth) > target, target
+    assert abs(depth_for_params(1e20) / (1e20 / 12288) ** (1 / 3) - 1) < 0.05  # n_params(L, 32 L) ~ 12 * 32^2 L^3
+    cfg = shape_for_params(1e14, vocab_size=500, context=256)  # even depths up there (module docstring)
+    assert abs(cfg.n_layer - depth_for_params(1e14)) <= 1 and abs(math.log10(n_params(cfg) / 1e14)) < 0.05

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import private_synth_pipeline
 from test_train import make_token_dir
 
 from ehrfm.fault_points import wait_held
@@ -52,16 +53,10 @@ def _mount(*args) -> str | None:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
-    """Real inputs of every stage, on a normal filesystem."""
+    """Real inputs of every stage, on a normal filesystem (a private copy: the tests fill and break disks)."""
     from analysis.synthetic import synthetic_results
-    from tokenization.etl import etl
-    from tokenization.synth import synthesize
-    from tokenization.tokenize import tokenize
 
-    base = tmp_path_factory.mktemp("inputs")
-    synthesize(base / "raw", n_patients=150, seed=1)
-    etl(base / "raw", base / "meds")
-    tokenize(base / "meds", base / "tok")
+    base = private_synth_pipeline(tmp_path_factory.mktemp("inputs"), n_patients=150, seed=1)["base"]
     synthetic_results(budgets=(1e18, 1e19, 1e20), sizes=5, seed=1).write_csv(base / "results.csv")
     return {"raw": base / "raw", "meds": base / "meds", "tok": make_token_dir(base / "small_tok"),
             "meds_tok": base / "tok", "results": base / "results.csv", "regular": _touch(base / "a_file")}
@@ -169,7 +164,7 @@ def test_out_under_a_regular_file_is_one_line(inputs, cmd):
 @pytest.mark.parametrize("cmd", ["train", "sweep plan", "etl", "fit"])
 def test_out_at_a_regular_file_is_one_line(inputs, cmd):
     line = assert_one_line(ehrfm(*commands(inputs, inputs["regular"])[cmd]), str(inputs["regular"]))
-    assert "Not a directory" in line or "regular file" in line or "already exists" in line
+    assert any(says in line for says in ("Not a directory", "regular file", "already exists", "is not a directory"))
     assert inputs["regular"].read_text() == "not a directory\n"
 
 

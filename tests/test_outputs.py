@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import private_synth_pipeline
 
 from ehrfm.app.cli import main
 from ehrfm.errors import UserError
@@ -19,17 +20,8 @@ from ehrfm.io import OUTPUT_MARKER
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:
-    from ehrfm.clinical.labels import make_labels, write_label_dir
-    from tokenization.etl import etl
-    from tokenization.synth import synthesize
-    from tokenization.tokenize import tokenize
-
-    base = tmp_path_factory.mktemp("outputs")
-    synthesize(base / "raw", n_patients=120, seed=2)
-    etl(base / "raw", base / "meds")
-    tokenize(base / "meds", base / "tok")
-    write_label_dir(*make_labels(base / "meds", "all"), base / "labels")
-    return {"base": base, "raw": base / "raw", "meds": base / "meds", "tok": base / "tok", "labels": base / "labels"}
+    # a private copy: these tests try to make commands wipe their own inputs
+    return private_synth_pipeline(tmp_path_factory.mktemp("outputs"), n_patients=120, seed=2, labels=True)
 
 
 def digest(root: Path) -> str:

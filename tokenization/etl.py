@@ -773,13 +773,36 @@ def find_table(raw: Path, name: str) -> Path | None:
     return found[0] if found else None
 
 
-def _header(path: Path) -> list[str]:
+# Raw CSVs are UTF-8 (as PhysioNet ships them); a byte-order mark (written by Excel and some
+# Windows tools) is skipped, as pyarrow's CSV reader skips it for the rows.
+CSV_ENCODING = "utf-8-sig"
+NOT_UTF8_HINT = "MIMIC-IV is UTF-8 text; re-encode the file (e.g. iconv -f latin1 -t utf-8)"
+
+
+def _header(path: Path, table: str | None = None) -> list[str]:
+    """The column names of a raw CSV[.gz].
+
+    Only its first line is read and decoded, so a bad byte further down is not blamed on the header.
+
+    Raises:
+        UserError: unreadable, not UTF-8, or empty (no header line: a header-only file is an
+            empty table, a file without one is a truncated copy).
+    """
     opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt", newline="") as f:
-            return next(csv.reader(f), [])
-    except (OSError, EOFError, UnicodeDecodeError) as e:
+        with opener(path, "rb") as f:
+            line = f.readline()
+    except (OSError, EOFError) as e:
         raise UserError(f"{path}: cannot read the CSV header ({type(e).__name__})") from None
+    try:
+        text = line.decode(CSV_ENCODING)
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: the header line is not UTF-8 text; {NOT_UTF8_HINT}") from None
+    header = next(csv.reader([text.rstrip("\r\n")]), []) if text.strip() else []
+    if not header:
+        raise UserError(f"{path}: empty file, no header line (table {table or path.name}); a truncated copy? "
+                        "Copy it again: a table without rows still has its header line")
+    return header
 
 
 def _check_columns(path: Path, needed: list[str], optional: set[str] = frozenset(), table: str | None = None) -> dict[str, str]:
@@ -795,7 +818,7 @@ def _check_columns(path: Path, needed: list[str], optional: set[str] = frozenset
             unknown columns; names the file, the table, every missing and unknown column and the
             columns the file has (names only, never values).
     """
-    header = _header(path)
+    header = _header(path, table)
     by_lower = {}
     for c in header:
         by_lower.setdefault(c.strip().lower(), c)
@@ -829,11 +852,11 @@ def _read_batches(path: Path, columns: list[str] | dict[str, str], block_size: i
                                     include_columns=columns, column_types={c: pa.string() for c in columns},
                                     strings_can_be_null=True, null_values=[""]))
     except (pa.ArrowInvalid, OSError, EOFError) as e:
-        raise UserError(f"{path}: cannot be read as CSV ({_safe_reason(e)})") from None
-    return _iter_batches(reader, path, {v: k for k, v in rename.items() if k != v})
+        raise _csv_error(path, e, block_size) from None
+    return _iter_batches(reader, path, {v: k for k, v in rename.items() if k != v}, block_size)
 
 
-def _iter_batches(reader, path: Path, rename: dict[str, str]):
+def _iter_batches(reader, path: Path, rename: dict[str, str], block_size: int = 4 << 20):
     import pyarrow as pa
 
     while True:
@@ -842,7 +865,7 @@ def _iter_batches(reader, path: Path, rename: dict[str, str]):
         except StopIteration:
             return
         except (pa.ArrowInvalid, OSError, EOFError) as e:
-            raise UserError(f"{path}: cannot be read as CSV ({_safe_reason(e)})") from None
+            raise _csv_error(path, e, block_size) from None
         if batch.num_rows:
             df = pl.from_arrow(pa.Table.from_batches([batch]))
             yield df.rename(rename) if rename else df
@@ -895,6 +918,54 @@ def _prefetched(items, depth: int = 1):
         thread.join()
 
 
+def _csv_error(path: Path, e: Exception, block_size: int) -> UserError:
+    """The UserError for a CSV read error `e`.
+
+    A text column that is not UTF-8 is named, with its count of such rows (one more pass over that
+    column); any other error by its kind (_safe_reason).
+    """
+    import re
+
+    m = re.search(r"CSV column #(\d+):.*invalid UTF8", str(e))
+    if m:
+        header = _header(path)
+        i = int(m.group(1))
+        if i < len(header):
+            col = header[i]
+            n = _count_not_utf8(path, col, block_size)
+            rows = f"{n} row{'s' if n != 1 else ''}" if n is not None else "some rows"
+            return UserError(f"{path}: column {col.strip()!r} has {rows} that are not UTF-8 text; {NOT_UTF8_HINT}")
+    return UserError(f"{path}: cannot be read as CSV ({_safe_reason(e)})")
+
+
+def _count_not_utf8(path: Path, col: str, block_size: int) -> int | None:
+    """Values of column `col` that are not valid UTF-8 (None when the file cannot be read to the end)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    try:
+        reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=block_size, use_threads=False),
+                                convert_options=pacsv.ConvertOptions(include_columns=[col], column_types={col: pa.binary()}))
+        n = 0
+        for batch in reader:
+            values = batch.column(0)
+            try:  # a whole block at once (the common case: valid); else value by value
+                values.view(pa.string()).validate(full=True)
+            except pa.ArrowInvalid:
+                n += sum(not _is_utf8(v) for v in values.to_pylist() if v is not None)
+        return n
+    except (pa.ArrowInvalid, OSError, EOFError):
+        return None
+
+
+def _is_utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
 def _safe_reason(e: Exception) -> str:
     """The kind of a CSV read error without the row content pyarrow quotes (patient data)."""
     import re
@@ -921,16 +992,31 @@ class _BadValues:
     def __init__(self, path: Path):
         self.path = path
         self.counts: dict[str, tuple[str, int]] = {}
+        self.markers: dict[str, int] = {}  # column -> how many of its unparseable values are a null marker
 
-    def add(self, col: str, kind: str, n: int):
+    def add(self, col: str, kind: str, n: int, markers: int = 0):
         if n:
             k, m = self.counts.get(col, (kind, 0))
             self.counts[col] = (k, m + n)
+            self.markers[col] = self.markers.get(col, 0) + markers
 
     def raise_if_any(self):
         if self.counts:
             col, (kind, n) = next(iter(self.counts.items()))
-            raise UserError(f"{self.path}: column {col!r} has {n} unparseable {kind} value{'s' if n != 1 else ''}")
+            k = self.markers.get(col, 0)
+            why = (f" ({'all' if k == n else k} of them the text {'/'.join(NULL_MARKERS[:2])} or the like: a database "
+                   "export's null; write nulls as empty fields, as PhysioNet's files do)") if k else ""
+            raise UserError(f"{self.path}: column {col!r} has {n} unparseable {kind} value{'s' if n != 1 else ''}{why}")
+
+
+# Texts some database exports write for a null (MySQL \N, psql/pandas NULL, NaN, ...); MIMIC-IV
+# writes an empty field. Not read as null (a text column may hold them as values): an id or time
+# column holding them is refused with a hint.
+NULL_MARKERS = ("NULL", "\\N", "NONE", "NAN", "NA", "N/A", "NIL")
+
+
+def _is_null_marker(col: str) -> pl.Expr:
+    return pl.col(col).str.strip_chars().str.to_uppercase().is_in(list(NULL_MARKERS))
 
 
 def _typed(df: pl.DataFrame, table: Table, bad: _BadValues, ctx: Context) -> pl.DataFrame:
@@ -953,12 +1039,13 @@ def _typed(df: pl.DataFrame, table: Table, bad: _BadValues, ctx: Context) -> pl.
     midnight = {c: typed[c].is_not_null() & ~is_date[c] & (typed[c].dt.time() == dt.time(0)) for c in times}
     counts = df.select(
         [(pl.col(c).is_not_null() & typed[c].is_null()).sum().alias(c) for c in present]
+        + [(_is_null_marker(c) & typed[c].is_null()).sum().alias(f"marker:{c}") for c in present]
         + [(pl.col(c).is_not_null() & typed[c].is_null()).sum().alias(f"float:{c}") for c in floats]
         + [pl.lit(is_date[c].sum()).alias(f"date:{c}") for c in times]
         + [pl.lit(midnight[c].sum()).alias(f"midnight:{c}") for c in times]
     ).row(0, named=True) if len(df) else {}
     for c, kind in checks:
-        bad.add(c, kind, int(counts.get(c, 0)))
+        bad.add(c, kind, int(counts.get(c, 0)), int(counts.get(f"marker:{c}", 0)))
     for c in floats:
         n = int(counts.get(f"float:{c}", 0))
         if n:  # kept as an event without a number (the raw text stays in text_value where there is one)
@@ -1954,14 +2041,16 @@ def _dictionary_rows(path: Path, columns: dict[str, str], keys: set[str]) -> pl.
     opener = gzip.open if path.suffix == ".gz" else open
     rows = []
     try:
-        with opener(path, "rt", newline="") as f:
+        with opener(path, "rt", newline="", encoding=CSV_ENCODING) as f:
             reader = csv.reader(f)
             header = next(reader, [])
             at = [header.index(columns[c]) for c in names]
             for row in reader:
                 if len(row) > at[0] and row[at[0]] in keys:
                     rows.append([row[i] if i < len(row) and row[i] != "" else None for i in at])
-    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as e:
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text; {NOT_UTF8_HINT}") from None
+    except (OSError, EOFError, csv.Error) as e:
         raise UserError(f"{path}: cannot be read as CSV ({type(e).__name__})") from None
     return pl.DataFrame(rows, schema={c: pl.String for c in names}, orient="row")
 

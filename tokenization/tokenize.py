@@ -236,7 +236,12 @@ def fit_tokenizer(meds: Path | MedsDataset, min_count: int = 10, n_quantiles: in
 
 
 def _valid_number() -> pl.Expr:
-    return pl.col("numeric_value").is_not_null() & pl.col("numeric_value").is_not_nan()
+    """A numeric value that is a finite number.
+
+    NaN (pandas' null) and +-inf are read as no value (an infinite decile edge would be written
+    into tokenizer.json as non-standard JSON).
+    """
+    return pl.col("numeric_value").is_not_null() & pl.col("numeric_value").is_finite()
 
 
 def _train_counts(shards: list[Shard]) -> tuple[pl.DataFrame, int]:
@@ -432,7 +437,7 @@ class _Encoder:
         q = timed.join(self.q_codes, on="code", how="left", maintain_order="left")
         q_row = q["q_row"].fill_null(-1).to_numpy()
         val = q["numeric_value"].fill_null(float("nan")).to_numpy()
-        has_q = (q_row >= 0) & ~np.isnan(val)
+        has_q = (q_row >= 0) & np.isfinite(val)
         q_tok = np.zeros(len(timed), np.int64)
         if has_q.any():
             rows = np.nonzero(has_q)[0]
@@ -457,8 +462,12 @@ class _Encoder:
         K = MAX_PARTS + 2
         t_us = timed["time"].dt.epoch("us").to_numpy()
         sid = timed["subject_id"].to_numpy()
-        same = np.r_[False, sid[1:] == sid[:-1]]
-        gap = np.r_[0, np.diff(t_us)]
+        # Per timed row: same subject as the row before, and the gap since it (a chunk may hold no
+        # timed row at all: subjects with only static codes or a birth).
+        same = np.zeros(len(sid), bool)
+        same[1:] = sid[1:] == sid[:-1]
+        gap = np.zeros(len(t_us), np.int64)
+        gap[1:] = np.diff(t_us)
         has_int = same & (gap >= self.interval_lo[0])
         int_tok = self.interval_first + np.searchsorted(self.interval_lo, gap, side="right") - 1
         has_q, q_tok = self._quantile_tokens(timed)
@@ -502,8 +511,10 @@ class _Encoder:
         index = pl.DataFrame({"subject_id": uniq.astype(np.int64), "offset": start.astype(np.int64),
                               "length": length.astype(np.int64)})
         status = df["status"].to_numpy()
+        nv = df["numeric_value"]
         counts = {"code_events": df.height, "code_tokens": len(code_tok) + n_static_tokens,
-                  "unk_events": int((status == UNKNOWN).sum()), "coarsened_events": int((status == COARSENED).sum())}
+                  "unk_events": int((status == UNKNOWN).sum()), "coarsened_events": int((status == COARSENED).sum()),
+                  "non_finite_values": int((nv.is_not_null() & ~nv.is_finite()).sum())}
         return tokens, times, index, counts
 
 
@@ -602,6 +613,7 @@ def _split_stats(st: dict) -> dict:
         "unk_events": st["unk_events"], "unk_fraction": round(st["unk_events"] / n_ev, 6),
         "coarsened_events": st["coarsened_events"],
         "coarsened_fraction": round(st["coarsened_events"] / n_ev, 6),
+        "non_finite_values": st["non_finite_values"],
     }
 
 
@@ -626,7 +638,8 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
         tokens.npy, -1 when empty: a trainer checks ids against the vocab without reading the
         tokens); unk_events and unk_fraction (code events whose
         code became UNK, over code_events); coarsened_events and coarsened_fraction (code events
-        encoded by a fallback ancestor or a truncated hierarchy, over code_events; 0 when flat).
+        encoded by a fallback ancestor or a truncated hierarchy, over code_events; 0 when flat);
+        non_finite_values (numeric values that are NaN or +-inf: read as no value, so no Q token).
 
     Raises:
         UserError: missing or invalid input, `out` exists without overwrite, a mode that
@@ -647,7 +660,7 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
         (tmp / "tokenizer.json").write_text(_tokenizer_json(tok))
         jobs = [sh for s in SPLITS for sh in shards.get(s, [])]
         state = {s: dict(subjects=0, events=0, tokens=0, code_events=0, code_tokens=0, unk_events=0,
-                         coarsened_events=0, max_token_id=-1, index=[]) for s in shards}
+                         coarsened_events=0, non_finite_values=0, max_token_id=-1, index=[]) for s in shards}
         files = {}
         for s in shards:
             (tmp / s).mkdir()

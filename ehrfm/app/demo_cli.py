@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
-
 from ehrfm.cli_args import command
 
 
 def _budgets(text: str) -> list[float]:
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated FLOPs like 1e11,3e11,1e12 (got {text!r})") from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"budgets must be positive (got {text!r})")
-    return values
+    """--budgets as `ehrfm sweep plan` reads it (sweeps.plan.parse_budgets): UserError naming a bad item."""
+    from sweeps.plan import parse_budgets
+
+    return parse_budgets(text)
 
 
 def _add_arguments(p) -> None:
@@ -25,7 +20,7 @@ def _add_arguments(p) -> None:
     add_fields(p, DemoConfig, ["out", "quick"], out=dict(metavar="DIR"))
     add_fields(p, DemoConfig, ["patients", "budgets", "sizes", "span_dex", "tokens_per_param", "first_stage", "bracket", "seed", "executor",
                                "slurm_partition", "max_parallel", "bootstrap"],
-               patients=unset, budgets=dict(type=_budgets, metavar="C1,C2,...", unset=True), sizes=unset,
+               patients=unset, budgets=dict(convert=_budgets, metavar="C1,C2,...", unset=True), sizes=unset,
                span_dex=unset, tokens_per_param=unset, first_stage=unset, bracket=unset, seed=unset, executor=unset,
                slurm_partition=dict(flag="--partition", unset=True), max_parallel=unset, bootstrap=unset)
     p.add_argument("--overwrite", action="store_true", help="delete DIR first instead of resuming it")

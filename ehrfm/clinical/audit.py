@@ -47,11 +47,11 @@ from pathlib import Path
 import polars as pl
 
 from ehrfm.errors import UserError
-from ehrfm.meds_io import MedsDataset, open_meds, scan_shard
+from ehrfm.meds_io import STAY_ID, MedsDataset, open_meds, scan_shard
 
 ADMISSION, DISCHARGE, ICU, DEATH = "HOSPITAL_ADMISSION//", "HOSPITAL_DISCHARGE//", "ICU_ADMISSION//", "MEDS_DEATH"
 DIED = "HOSPITAL_DISCHARGE//DIED"
-STAY_ID_COLUMN = "hadm_id"
+STAY_ID_COLUMN = STAY_ID
 DATE_ONLY_KEY = "date_only_codes"
 DATE_ONLY_KEYS = (DATE_ONLY_KEY, "date_only_sources")  # the second: an accepted synonym
 US_PER_DAY = 86_400_000_000
@@ -230,8 +230,9 @@ def _events(ds: MedsDataset, date_only: list[str]) -> pl.DataFrame:
               for shards in ds.shards.values() for sh in shards]
     ev = pl.concat(frames, how="vertical_relaxed").collect()
     if not schema_has_stay:
-        ev = ev.with_columns(pl.lit(None, pl.Int64).alias(STAY_ID_COLUMN))
-    return ev.with_columns(pl.col("time").dt.epoch("us").alias("t"), pl.col(STAY_ID_COLUMN).cast(pl.Int64))
+        ev = ev.with_columns(pl.lit(None, pl.String).alias(STAY_ID_COLUMN))
+    # Stay ids as text (ehrfm.meds_io.STAY_ID): an id column of text ids or floats is only compared.
+    return ev.with_columns(pl.col("time").dt.epoch("us").alias("t"), pl.col(STAY_ID_COLUMN).cast(pl.String))
 
 
 def _stays(ev: pl.DataFrame) -> pl.DataFrame:
@@ -343,7 +344,7 @@ def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
         unknown.append(f"(d) overlapping stays: the MEDS data has no stay id column ({STAY_ID_COLUMN})")
     tasks = {}
     for task, f in files.items():
-        lab = read_labels(f)
+        lab = read_labels(f, allow_empty=True)  # a task no stay qualified for: 0 labels to audit
         tasks[task] = _task_audit(task, lab, ev, date_only, sorted(ds.null_time_codes), stays, partial)
         if task not in OUTCOME_RULES:
             unknown.append(f"(a) task {task!r}: its outcome code is unknown (known tasks: {', '.join(OUTCOME_RULES)})")

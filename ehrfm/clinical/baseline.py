@@ -174,7 +174,9 @@ def feature_matrix(counts: pl.DataFrame, keys: pl.DataFrame, train_idx: np.ndarr
     freq = counts.join(train_set, on="label_idx", how="semi").group_by("feature").agg(pl.len().alias("n_labels"))
     vocab = freq.filter(pl.col("n_labels") >= min_count).sort(["n_labels", "feature"], descending=[True, False])
     names = vocab["feature"].to_list()
-    col = pl.DataFrame({"feature": names, "col": np.arange(len(names), dtype=np.int64)})
+    # Typed even when no feature is kept (few train labels): an untyped empty frame cannot be joined.
+    col = pl.DataFrame({"feature": names, "col": np.arange(len(names), dtype=np.int64)},
+                       schema={"feature": pl.String, "col": pl.Int64})
     kept = counts.join(col, on="feature", how="inner")
     x = sp.csr_matrix(
         (kept["count"].cast(pl.Float32).to_numpy(), (kept["label_idx"].to_numpy(), kept["col"].to_numpy())),

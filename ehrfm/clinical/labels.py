@@ -67,7 +67,7 @@ import pyarrow as pa
 
 from ehrfm.clinical.configs import LabelConfig
 from ehrfm.errors import UserError
-from ehrfm.meds_io import LEGACY_COLUMNS, MEDS_VERSION, MedsDataset, open_meds, scan_shards
+from ehrfm.meds_io import LEGACY_COLUMNS, MEDS_VERSION, STAY_ID, MedsDataset, open_meds, scan_shards
 
 TASKS = ("in_hospital_mortality", "long_los", "icu_admission", "readmission_30d")
 
@@ -76,7 +76,7 @@ DISCHARGE_PREFIX = "HOSPITAL_DISCHARGE//"
 ICU_ADMISSION_PREFIX = "ICU_ADMISSION//"
 DEATH_CODE = "MEDS_DEATH"
 DIED_DISCHARGE_CODE = "HOSPITAL_DISCHARGE//DIED"
-STAY_ID = "hadm_id"  # the stay id column this package's ETL keeps (MIMIC's hadm_id), when present
+# STAY_ID: the stay id column this package's ETL keeps (MIMIC's hadm_id), when present; read as text.
 
 US_PER_HOUR = 3_600_000_000
 US_PER_DAY = 24 * US_PER_HOUR
@@ -461,8 +461,11 @@ def head_labels(path: str | os.PathLike, task: str | None = None) -> tuple[Path,
     return path, task or recorded or path.stem
 
 
-def read_labels(path: str | os.PathLike) -> pl.DataFrame:
+def read_labels(path: str | os.PathLike, allow_empty: bool = False) -> pl.DataFrame:
     """Read any label parquet in the MEDS label schema (ours, ACES output, ...).
+
+    A file without rows is refused (a head cannot be fitted or scored on it) unless `allow_empty`
+    (the audit: `ehrfm labels` writes a task that no stay qualifies for as a file without rows).
 
     Only boolean labels are used by the heads. Columns are cast to the schema's types; null
     labels or prediction times, and types that would be cast by guessing (`_check_label_types`),
@@ -513,7 +516,7 @@ def read_labels(path: str | os.PathLike) -> pl.DataFrame:
         frames.append(frame)
     labels = pl.concat(frames).sort("subject_id", "prediction_time", maintain_order=True)
     LabelSchema.validate(to_label_table(labels))
-    if labels.height == 0:
+    if labels.height == 0 and not allow_empty:
         raise UserError(f"label file {path} has no rows")
     # One label per (subject, time), as make_labels keeps (duplicate_prediction_time): a repeat would
     # count twice in training and in the AUROC, and two stays starting together (ACES on the MIMIC-IV
