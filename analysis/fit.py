@@ -1335,6 +1335,10 @@ def load_fits(fit_dir: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     fit_dir = Path(fit_dir)
     if fit_dir.is_file():
         fit_dir = fit_dir.parent
+    if not (fit_dir / "fits.json").exists():
+        where = "no such directory" if not fit_dir.exists() else "the directory holds no fits.json"
+        raise UserError(f"fits file {fit_dir / 'fits.json'} not found ({where}): pass the --out dir of `ehrfm fit`, "
+                        "or make one with `ehrfm fit RESULTS --out FIT`")
     redo = "rerun `ehrfm fit` with --overwrite to rewrite it"
     fits = read_json(fit_dir / "fits.json", what="fits file", expect=dict, hint=redo)
     draws = {}

@@ -29,7 +29,7 @@ class FitConfig:
     """Approaches to fit, e.g. 2,3."""
     bootstrap: int = 1000
     """Bootstrap replicates for the intervals, at most 100,000; a 95% interval is reported from >= 20 (fewer: none); 0: none
-    (intervals are then [nan, nan])."""
+    (intervals are then null in fits.json, n/a in the tables)."""
     seed: int = 0
     """Seed of the bootstrap."""
     confidence: float = 0.95
@@ -45,7 +45,8 @@ class FitConfig:
     # A parabola whose minimum lies outside the sampled N range is an extrapolation: report it,
     # leave it out of the power laws (set False to keep it).
     require_interior: bool = True
-    """Leave IsoFLOP minima outside the sampled sizes out of the power laws (--keep-exterior keeps them)."""
+    """IsoFLOP minima outside their budget's sampled sizes are left out of the power laws by default;
+    --keep-exterior keeps them."""
     r_star: float = R_STAR_DATA
     """Decay constant of the value of repeated tokens (Muennighoff et al. 2023)."""
     n_count: str = "total"
@@ -68,8 +69,10 @@ class FitConfig:
     budget resampled). The planner fixes the sizes of a ladder, so the design is fixed; with 4-5
     runs per budget, resampling runs makes about half the replicates pass exactly through 3 points."""
     holdout: bool = True
-    """Validate on a held-out budget: refit Approach 2 without the largest usable budget and
-    predict its L_min and N_opt (fits.json `holdout`). The main fit still uses every budget."""
+    """Held-out-budget validation, on by default (--no-holdout turns it off): refit without the
+    largest usable budget and predict its L_min (Approach 3's compute-optimal curve, else Approach
+    2's L_min law) and N_opt (Approach 2) before looking at it (fits.json `holdout`). The main fit
+    still uses every budget."""
     max_epochs: float | None = None
     """Leave out runs trained for more than this many epochs over their unique tokens (listed in
     `excluded`). None (default) keeps them: dropping the most-repeated runs (the smallest models of

@@ -114,6 +114,21 @@ def depth_for_params(target_n_params: float) -> int:
     return hi
 
 
+def _first_width_of_depth(n_layer: int) -> int:
+    """The smallest d_model (a multiple of 64) whose (n_layer, d_model) shape has depth n_layer or more.
+
+    For deep members only (n_layer > 64, where d_model >= 512 moves in steps of 64): a bisection
+    between half and twice the family's width 32 L (sizes 1/4 and 4 times its own, depths ~0.63 L
+    and ~1.59 L), so `shape_for_params` scans the few widths of a depth's band instead of every
+    width from 16 up (~2 L steps: a 1e19-parameter model is ~86,000 layers deep).
+    """
+    lo, hi = ASPECT_RATIO * n_layer // 2 // 64, 2 * ASPECT_RATIO * n_layer // 64 + 1  # in units of 64
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if depth_for_params(_count(n_layer, 64 * mid)) >= n_layer else (mid, hi)
+    return 64 * lo
+
+
 def shape_for_params(target_n_params: float, vocab_size: int, context: int) -> ModelConfig:
     """The family member nearest to `target_n_params` (non-embedding) in log N (module docstring).
 
@@ -135,7 +150,7 @@ def shape_for_params(target_n_params: float, vocab_size: int, context: int) -> M
     depth = depth_for_params(target_n_params)
     best = None
     for n_layer in range(max(1, depth - 2), depth + 3):
-        d = 16
+        d = _first_width_of_depth(n_layer) if n_layer > 64 else 16
         while True:
             if d % head_dim_for(d) == 0:
                 cfg = ModelConfig(n_layer=n_layer, d_model=d, n_head=d // head_dim_for(d), context=context, vocab_size=vocab_size)

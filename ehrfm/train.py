@@ -748,7 +748,7 @@ def _warn_repeated_data(td: TokenDir, train_split, D: int) -> None:
     """
     epochs = D / train_split.n_tokens
     if epochs > 1:
-        print(f"ehrfm: warning: {D:,} training tokens are {epochs:.3g} epochs of the {train_split.n_tokens:,} tokens of "
+        print(f"ehrfm: warning: {D:,} training tokens are {epochs:.3f} epochs of the {train_split.n_tokens:,} tokens of "
               f"{td.path / train_split.name}: data is repeated (result.json records epochs; fits use effective data)",
               file=sys.stderr, flush=True)
 
@@ -1063,7 +1063,7 @@ def _finish(run: _Run, session_tokens: int, session_s: float) -> dict:
         tok_s = f"{result['tokens_per_s']:,.0f} tok/s" if result["tokens_per_s"] is not None else "rate n/a"
         summary(
             f"trained {run.base['n_params']:,} params on {D:,} tokens"
-            + (f" ({epochs:.3g} epochs: data repeated)" if epochs > 1 else "")
+            + (f" ({epochs:.3f} epochs: data repeated)" if epochs > 1 else "")
             + f" in {result['wall_s']:.1f} s ({tok_s}): val_loss {val_loss:.4f} -> {run_dir}"
         )
     dd.barrier()

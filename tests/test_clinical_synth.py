@@ -157,7 +157,7 @@ def test_cli_zeroshot_and_finetune(pipeline, tmp_path, capsys):
     root, _ = pipeline
     labels = str(root / "labels" / "in_hospital_mortality.parquet")
     rc = main(["zeroshot", str(root / "run"), "--tokens", str(root / "tok"), "--labels", labels, "--out", str(tmp_path / "zs"),
-               "--task", "in_hospital_mortality", "--samples", "8", "--max-new-tokens", "64", "--max-labels", "40", "--bootstrap", "100",
+               "--samples", "8", "--max-new-tokens", "64", "--max-labels", "40", "--bootstrap", "100",  # --task: from the file name
                "--undecided", "negative"])
     assert rc == 0
     m = json.loads((tmp_path / "zs" / "metrics.json").read_text())

@@ -29,7 +29,7 @@ def test_why_the_fit_targets_missed_gives_the_scatter_against_the_parabolas_rise
     rise = 0.08 / 2 * 1.0 ** 2  # curvature / 2 * (half the ladder's ln N span)^2
     assert why.startswith("Why Approach 2 a, held-out budget L_min missed:")
     assert "an SD of 0.020 nats" in why and "pooled over 2 budgets" in why and f"a median {rise:.3f} nats" in why
-    assert f"({0.02 / rise:.2f} of it)" in why and "median 0.020 nats" in why
+    assert f"the scatter is {0.02 / rise:.2f} of that rise" in why and "median 0.020 nats" in why
 
 
 def test_why_the_auroc_and_wall_time_targets_missed_uses_the_loss_optimal_runs_and_run_time():

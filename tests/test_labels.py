@@ -336,3 +336,12 @@ def test_read_labels_refuses_a_zoned_prediction_time(tmp_path):
             read_labels(path)
     lab.write_parquet(path)
     assert read_labels(path).equals(lab)  # naive times: as they are
+
+
+@pytest.mark.parametrize("flag,value", [("gap_hours", -5), ("long_los_days", 0), ("readmission_days", -1), ("gap_hours", float("nan"))])
+def test_label_windows_that_cannot_define_a_task_are_refused(tmp_path, flag, value):
+    # a negative gap predicts before the admission; a zero-day window labels nothing: refused before any data is read
+    from ehrfm.clinical.labels import make_labels
+
+    with pytest.raises(UserError, match=f"--{flag.replace('_', '-')} must be a finite number"):
+        make_labels(tmp_path / "not_read", "all", **{flag: value})

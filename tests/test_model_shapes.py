@@ -131,3 +131,34 @@ def test_depth_of_huge_targets_is_found_by_bisection_on_the_same_rule():
     assert abs(depth_for_params(1e20) / (1e20 / 12288) ** (1 / 3) - 1) < 0.05  # n_params(L, 32 L) ~ 12 * 32^2 L^3
     cfg = shape_for_params(1e14, vocab_size=500, context=256)  # even depths up there (module docstring)
     assert abs(cfg.n_layer - depth_for_params(1e14)) <= 1 and abs(math.log10(n_params(cfg) / 1e14)) < 0.05
+
+
+def _scan_from_16(target: float, vocab_size: int, context: int) -> ModelConfig:
+    """shape_for_params as first written: every width from 16 up at each candidate depth (slow when deep)."""
+    depth, best = depth_for_params(target), None
+    for n_layer in range(max(1, depth - 2), depth + 3):
+        d = 16
+        while True:
+            if d % head_dim_for(d) == 0:
+                cfg = ModelConfig(n_layer=n_layer, d_model=d, n_head=d // head_dim_for(d), context=context, vocab_size=vocab_size)
+                n, own = n_params(cfg), depth_for_params(n_params(cfg))
+                if own > n_layer:
+                    break
+                if own == n_layer:
+                    score = abs(math.log(n / target))
+                    if best is None or score < best[0] or (score == best[0] and n < n_params(best[1])):
+                        best = (score, cfg)
+                    if n > target:
+                        break
+            d += 16
+    return best[1]
+
+
+@pytest.mark.parametrize("target", [3.2e9, 1e10, 4e10, 2e11])  # depths 64-140: the deep path's start
+def test_deep_members_are_the_full_scans_members(target):
+    assert shape_for_params(target, 500, 256) == _scan_from_16(target, 500, 256)
+
+
+def test_a_1e19_parameter_target_is_planned_at_once():
+    cfg = shape_for_params(1e19, 500, 256)  # ~93,000 layers: the full scan takes minutes
+    assert abs(cfg.n_layer - depth_for_params(1e19)) <= 1 and abs(math.log10(n_params(cfg) / 1e19)) < 0.05

@@ -100,7 +100,8 @@ def test_recommend_cli_from_a_fit_dir(fit, table, tmp_path):
     p = subprocess.run([sys.executable, "-m", "ehrfm", "recommend", str(out), "--flops", "1e20", "--approach", "2"], capture_output=True, text=True)
     assert p.returncode == 0 and "(Approach 2)" in p.stdout
     p = subprocess.run([sys.executable, "-m", "ehrfm", "recommend", str(tmp_path / "nope"), "--flops", "1e20"], capture_output=True, text=True)
-    assert p.returncode == 2 and "not found" in p.stderr and p.stderr.count("\n") == 1
+    assert p.returncode == 2 and "not found (no such directory)" in p.stderr and p.stderr.count("\n") == 1
+    assert "--overwrite" not in p.stderr  # nothing to overwrite: the advice is to point at a fit or make one
 
 
 def test_unique_tokens_come_from_a_multi_epoch_table():

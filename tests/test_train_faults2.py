@@ -80,7 +80,7 @@ def test_more_tokens_than_the_train_split_is_flagged(tmp_path):
     res = json.loads((tmp_path / "run" / "result.json").read_text())
     assert res["status"] == "completed" and res["epochs"] == pytest.approx(4_000 / unique)
     warning = [line for line in p.stderr.splitlines() if line.startswith("ehrfm: warning:")]
-    assert len(warning) == 1 and f"{res['epochs']:.3g} epochs" in warning[0] and f"{unique:,} tokens" in warning[0], p.stderr
+    assert len(warning) == 1 and f"{res['epochs']:.3f} epochs" in warning[0] and f"{unique:,} tokens" in warning[0], p.stderr
     assert str(tok / "train") in warning[0]
     # a run within one epoch says nothing of the kind
     q = subprocess.run(train_cmd(tok, tmp_path / "short", unique // 2), env=ENV, capture_output=True, text=True)

@@ -103,11 +103,11 @@ class DemoConfig:
     AUROC a DeLong SE of ~0.01 (500 gave ~0.03: with 16x of compute moving AUROC by a few
     points, the utility exponent's interval always included 0)."""
     quick: bool = False
-    """A ~1-minute smoke version (small cohort, tiny budgets; used by the tests)."""
+    """A smoke version of a few minutes (small cohort, tiny budgets; used by the tests)."""
 
     @classmethod
     def quick_config(cls, **overrides) -> DemoConfig:
-        """A ~1-minute smoke version: a small cohort, three tiny budgets, three distinct sizes each."""
+        """A smoke version of a few minutes: a small cohort, three tiny budgets, three distinct sizes each."""
         # 9 runs, depths 1-2, ~125 CPU-s of training; the largest D is 1.9M tokens (the 1-layer d_model 32
         # run of 3.8e11), which >= 3,520 patients hold in 1 epoch (540 train tokens per patient).
         # A smoke test, not a result: its smallest budget lies below the family's smallest shape's optimum, and
@@ -631,8 +631,9 @@ def _why_missed(missed: set[str], budgets: list[dict], res, cfg) -> list[str]:
                    "moves all of them together and does not scatter them." if se else "")
         lines.append(
             f"Why {', '.join(sorted(missed & fit_checks))} missed: runs scatter about their budget's parabola with an SD of "
-            f"{sd:.3f} nats (leverage-adjusted residuals pooled over {len(used)} budgets), while a parabola rises a median "
-            f"{rise:.3f} nats from its minimum to the ends of its ladder ({sd / rise:.2f} of it). With one training seed per "
+            f"{sd:.3f} nats (leverage-adjusted residuals pooled over {len(used)} budget{'s' if len(used) > 1 else ''}), while a "
+            f"parabola rises a median {rise:.3f} nats from its minimum to the ends of its ladder: the scatter is "
+            f"{sd / rise:.2f} of that rise. With one training seed per "
             "point that scatter is training noise (three seeds of one (2, 48) run at 2.4e12 FLOPs of the default demo ended "
             "3% apart: README, \"The model family and the grid\"), so each budget's N_opt and L_min move over "
             f"much of the ladder between bootstrap replicates.{se_text} More seeds per point, or larger models with smoother "
@@ -650,8 +651,8 @@ def _why_missed(missed: set[str], budgets: list[dict], res, cfg) -> list[str]:
         if parts:
             lines.append(
                 f"Why {', '.join(sorted(missed & auroc_checks))} missed: across the budgets' loss-optimal runs the probe AUROCs "
-                f"span less than, or about, one 95% interval of a single AUROC ({'; '.join(parts)}: range across budgets vs "
-                "the interval's half-width), so over this compute range the probes' gains are the size of the held-out "
+                f"move by about as much as one AUROC's own 95% margin ({'; '.join(parts)}: the range across budgets vs "
+                "+- the half-width of one interval), so over this compute range the probes' gains are the size of the held-out "
                 f"sample's noise. The probe reads at most the last {cfg.context} tokens of a history, while the count baseline "
                 f"counts every code of all of it.")
     if "wall time" in missed and "wall_s" in res.columns:

@@ -97,7 +97,7 @@ def _zeroshot_arguments(p) -> None:
 
     _head_args(p, ZeroShotConfig)
     add_fields(p, ZeroShotConfig, ["task", "n_samples", "max_new_tokens", "rollout_contexts", "undecided", "temperature"],
-               task=dict(required=True), n_samples=dict(flag="--samples"))
+               n_samples=dict(flag="--samples"))
 
 
 def _baseline_arguments(p) -> None:

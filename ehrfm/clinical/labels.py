@@ -56,6 +56,7 @@ Tasks (DESIGN.md section 6):
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -312,6 +313,21 @@ def labels_from_stays(stays: list[Stay], cfg: LabelConfig) -> tuple[pl.DataFrame
     return frame, excluded
 
 
+def _check_label_options(options: dict) -> None:
+    """Refuse windows that cannot define a task (UserError naming the flag), before any data is read.
+
+    gap_hours >= 0 (a negative gap would predict before the admission the label is about);
+    long_los_days and readmission_days > 0; all finite.
+    """
+    for name, low, strict in (("gap_hours", 0.0, False), ("long_los_days", 0.0, True), ("readmission_days", 0.0, True)):
+        if name not in options or options[name] is None:
+            continue
+        v = float(options[name])
+        if not math.isfinite(v) or v < low or (strict and v == low):
+            need = f"> {low:g}" if strict else f">= {low:g}"
+            raise UserError(f"--{name.replace('_', '-')} must be a finite number {need} (got {options[name]})")
+
+
 def make_labels(meds_dir: str | os.PathLike, task: str, **options) -> tuple[pl.DataFrame, dict]:
     """Labels of one task (or of every task, task="all") from a MEDS dataset dir.
 
@@ -319,6 +335,7 @@ def make_labels(meds_dir: str | os.PathLike, task: str, **options) -> tuple[pl.D
     holds n, n_positive, prevalence, excluded counts and the config. For task="all" returns
     ({task: labels}, {task: info}).
     """
+    _check_label_options(options)
     events, ds = _stay_events(meds_dir)
     stays = stays_from_events(events)
     if not stays:  # every task would write an empty file that looks like a result
