@@ -186,11 +186,12 @@ def _check_rows(ds: MedsDataset) -> None:
     others; a subject in two splits puts held-out data in training).
     """
     for path in ds.paths():
-        nulls = _null_counts(path, (SUBJECT_ID, CODE))
+        stats = _row_group_stats(path)  # the footer, read once for both checks
+        nulls = _null_counts(path, (SUBJECT_ID, CODE), stats)
         for col, n in zip((SUBJECT_ID, CODE), nulls, strict=True):
             if n:
                 raise UserError(f"MEDS shard {path}: {n} rows with a null {col}; every MEDS row needs a {SUBJECT_ID} and a {CODE}")
-        blank = _blank_code_count(path)
+        blank = _blank_code_count(path, stats)
         if blank:
             raise UserError(f"MEDS shard {path}: {blank} rows whose {CODE} is empty or only spaces; a code names what happened "
                             "(drop or recode those rows)")
@@ -224,48 +225,46 @@ def _check_rows(ds: MedsDataset) -> None:
                         "(subject contiguity): merge those shards by subject")
 
 
-def _null_counts(path: Path, columns: tuple[str, ...]) -> list[int]:
-    """Null count of each column of one shard.
-
-    From the parquet footer's statistics when every row group has them (no data read, which matters
-    for MIMIC-scale shards), else by a scan of those columns.
-    """
+def _row_group_stats(path: Path) -> dict[str, list]:
+    """Per column of one shard, its row groups' parquet statistics (None where a group has none)."""
     import pyarrow.parquet as pq
 
     meta = pq.ParquetFile(path).metadata
     names = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    return {name: [meta.row_group(rg).column(i).statistics for rg in range(meta.num_row_groups)]
+            for i, name in enumerate(names)}
+
+
+def _null_counts(path: Path, columns: tuple[str, ...], stats: dict[str, list]) -> list[int]:
+    """Null count of each column of one shard.
+
+    From the parquet footer's statistics (`_row_group_stats`) when every row group has them (no
+    data read, which matters for MIMIC-scale shards), else by a scan of those columns.
+    """
+    n_groups = len(next(iter(stats.values()), []))
     counts = []
     for col in columns:
-        total = 0
-        for rg in range(meta.num_row_groups):
-            st = meta.row_group(rg).column(names.index(col)).statistics if col in names else None
-            if st is None or not st.has_null_count:
-                total = None
-                break
-            total += st.null_count
-        counts.append(total)
+        groups = stats.get(col, [None] * n_groups)
+        if any(st is None or not st.has_null_count for st in groups):
+            counts.append(None)
+        else:
+            counts.append(sum(st.null_count for st in groups))
     if any(c is None for c in counts):
         return list(pl.scan_parquet(path).select(pl.col(c).null_count() for c in columns).collect().row(0))
     return counts
 
 
-def _blank_code_count(path: Path) -> int:
+def _blank_code_count(path: Path, stats: dict[str, list]) -> int:
     """Rows of one shard whose code is "" or whitespace only (a null written as text by some exporters).
 
-    Zero without reading data when every row group's footer holds a minimum code starting with a
-    printable character (no blank string sorts above it); else one scan of the code column.
+    Zero without reading data when every row group's footer (`_row_group_stats`) holds a minimum
+    code starting with a printable character (no blank string sorts above it); else one scan of
+    the code column.
     """
-    import pyarrow.parquet as pq
-
-    meta = pq.ParquetFile(path).metadata
-    names = [meta.schema.column(i).path for i in range(meta.num_columns)]
-    if CODE not in names:
+    groups = stats.get(CODE)
+    if groups is None:
         return 0
-    col = names.index(CODE)
-    mins = []
-    for rg in range(meta.num_row_groups):
-        st = meta.row_group(rg).column(col).statistics
-        mins.append(st.min if st is not None and st.has_min_max else None)
+    mins = [st.min if st is not None and st.has_min_max else None for st in groups]
     if mins and all(isinstance(m, (str, bytes)) and len(m) and (m[:1] if isinstance(m, str) else m[:1].decode("latin-1")) > " "
                     for m in mins):
         return 0

@@ -188,18 +188,22 @@ def parse_budgets(text: str) -> list[float]:
     out = []
     for item in str(text).split(","):
         item = item.strip()
-        if not item:
-            continue
-        try:
-            c = float(item)
-        except ValueError:
-            raise UserError(f"--budgets: {item!r} is not a number (expected FLOPs like 1e12,3e12)") from None
-        if not (c > 0 and math.isfinite(c)):
-            raise UserError(f"--budgets: {item!r} must be a positive finite number of FLOPs")
-        out.append(c)
+        if item:
+            out.append(_budget_flops(item, "--budgets", "is not a number (expected FLOPs like 1e12,3e12)"))
     if not out:
         raise UserError("--budgets: give at least one compute budget in FLOPs, e.g. 1e12,3e12")
     return sorted(set(out))
+
+
+def _budget_flops(item, where: str, not_a_number: str) -> float:
+    """One compute budget as FLOPs; UserError (`where`: ...) unless a positive finite number."""
+    try:
+        c = float(item)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: {item!r} {not_a_number}") from None
+    if not (c > 0 and math.isfinite(c)):
+        raise UserError(f"{where}: {item!r} must be a positive finite number of FLOPs")
+    return c
 
 
 def canonical_budgets(budgets, keep=()) -> tuple[list[float], list[str]]:
@@ -224,15 +228,7 @@ def canonical_budgets(budgets, keep=()) -> tuple[list[float], list[str]]:
     """
     from analysis.table import BUDGET_SAME_DECADES
 
-    values = []
-    for b in budgets:
-        try:
-            c = float(b)
-        except (TypeError, ValueError):
-            raise UserError(f"budgets: {b!r} is not a number of FLOPs") from None
-        if not (c > 0 and math.isfinite(c)):
-            raise UserError(f"budgets: {b!r} must be a positive finite number of FLOPs")
-        values.append(c)
+    values = [_budget_flops(b, "budgets", "is not a number of FLOPs") for b in budgets]
     if not values:
         raise UserError("budgets: give at least one compute budget in FLOPs, e.g. 1e12,3e12")
     values = sorted(set(values))
