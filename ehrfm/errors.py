@@ -8,3 +8,7 @@ traceback. Messages name files, columns and row counts, never patient values.
 
 class UserError(Exception):
     """Bad input or a refused operation; the message is shown to the user as is."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that cleanup runs as for Ctrl-C (the CLI exits 143)."""

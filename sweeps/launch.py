@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ehrfm.errors import UserError
+from ehrfm.errors import Terminated, UserError
 from ehrfm.io import progress, summary, write_json
 from ehrfm.results import ACTIVE, RunResult, Status, write_result
 from sweeps.job import TrainJob
@@ -521,6 +521,51 @@ def _next_ready(pending: list[TrainJob], running: dict, trunk_of: dict[str, str]
     return None
 
 
+class _StopSignals:
+    """SIGINT, SIGTERM and SIGHUP turned into a flag for the local launch loop (a context manager).
+
+    The loop stops between steps, never inside one: a KeyboardInterrupt raised anywhere (between
+    submitting a job and recording it, or inside a library that installed its own SIGINT hook)
+    would leave a running job unrecorded or the stop unseen. A SIGINT that the launcher inherited
+    as ignored (a background job of a script) stays ignored, as the shell intended.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict[int, object] = {}
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                old = signal.getsignal(s)
+                if old is not signal.SIG_IGN:
+                    self._old[s] = signal.signal(s, self._on_signal)
+        return self
+
+    def __exit__(self, *exc):
+        for s, old in self._old.items():
+            signal.signal(s, old if old is not None else signal.SIG_DFL)
+        return False
+
+    def _on_signal(self, signum, frame):
+        if self.signum is None:
+            self.signum = signum
+
+    def wait(self, seconds: float) -> None:
+        """Sleep up to `seconds`, returning early once a stop signal arrived."""
+        deadline = time.monotonic() + seconds
+        while self.signum is None and time.monotonic() < deadline:
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
+    def exception(self) -> KeyboardInterrupt:
+        """The exception the CLI turns into its exit code: 143 for SIGTERM, 130 otherwise."""
+        return Terminated() if self.signum == signal.SIGTERM else KeyboardInterrupt()
+
+
 def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, slots: LocalSlots, time_min: int, report: LaunchReport,
                trunk_of: dict[str, str] | None = None) -> None:
     import submitit
@@ -540,32 +585,39 @@ def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, slots: 
     free_gpu_groups = [list(g) for g in slots.gpu_groups]
     bar = progress(total=len(jobs), desc="runs", unit="run")
     start = time.time()
+    stop = _StopSignals()
     try:
-        while pending or running:
-            while pending and len(running) < max_parallel:
-                job = _next_ready(pending, running, trunk_of)
-                if job is None:
-                    break  # every pending job waits for a trunk still running here
-                pending.remove(job)
-                group = free_gpu_groups.pop(0) if gpus else []
-                if gpus:
-                    executor.update_parameters(gpus_per_node=len(group), visible_gpus=tuple(group))
-                sj = executor.submit(job)
-                _write_record(sweep_dir, job.run_id, job_id=f"local-{sj.job_id}", job_pid=int(sj.job_id))
-                running[job.run_id] = (sj, job, group)
-                report.submitted.append(job.run_id)
-                report.job_ids[job.run_id] = f"local-{sj.job_id}"
-            time.sleep(0.5)
-            for rid, (sj, job, group) in list(running.items()):
-                if sj.done():
-                    del running[rid]
-                    if group:
-                        free_gpu_groups.append(group)
-                    _local_outcome(sj, job)
-                    _write_record(sweep_dir, rid, finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
-                    bar.update(1)
+        with stop:
+            while (pending or running) and not stop.signum:
+                while pending and len(running) < max_parallel and not stop.signum:
+                    job = _next_ready(pending, running, trunk_of)
+                    if job is None:
+                        break  # every pending job waits for a trunk still running here
+                    pending.remove(job)
+                    group = free_gpu_groups.pop(0) if gpus else []
+                    if gpus:
+                        executor.update_parameters(gpus_per_node=len(group), visible_gpus=tuple(group))
+                    sj = executor.submit(job)
+                    _write_record(sweep_dir, job.run_id, job_id=f"local-{sj.job_id}", job_pid=int(sj.job_id))
+                    running[job.run_id] = (sj, job, group)
+                    report.submitted.append(job.run_id)
+                    report.job_ids[job.run_id] = f"local-{sj.job_id}"
+                stop.wait(0.5)
+                if stop.signum:
+                    break  # the jobs still registered are stopped below, finished or not
+                for rid, (sj, job, group) in list(running.items()):
+                    if sj.done():
+                        del running[rid]
+                        if group:
+                            free_gpu_groups.append(group)
+                        _local_outcome(sj, job)
+                        _write_record(sweep_dir, rid, finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+                        bar.update(1)
+        if stop.signum:
+            raise stop.exception()
     except KeyboardInterrupt:
-        # Ctrl-C: every live job gets SIGTERM, its trainer checkpoints; a relaunch resumes them.
+        # Ctrl-C, SIGTERM or SIGHUP: every live job gets SIGTERM, its trainer checkpoints; a
+        # relaunch resumes them.
         for sj, _, _ in running.values():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(sj.job_id), signal.SIGTERM)

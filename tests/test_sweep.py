@@ -288,6 +288,42 @@ def test_local_failed_run_is_recorded_and_retried_only_when_asked(synth_tokens, 
     assert record["launches"] == 2 and len(record["previous_job_ids"]) == 1
 
 
+def _signal_dispositions(pid: int) -> str:
+    """The SigIgn/SigCgt lines of /proc/PID/status: what a process does with each signal (for failure messages)."""
+    try:
+        return " ".join(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith(("SigIgn", "SigCgt")))
+    except OSError as e:
+        return f"(unreadable: {e})"
+
+
+def _launch_held_at_step_5(out: Path, rid: str, holds: Path) -> subprocess.Popen:
+    """A local launch of `out` whose one trainer holds after step 5 until it is stopped (ehrfm.fault_points)."""
+    launcher = subprocess.Popen([sys.executable, "-m", "ehrfm", "sweep", "launch", str(out), "--executor", "local"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                env=dict(os.environ, EHRFM_QUIET="1", EHRFM_HOLD_AT="step-5", EHRFM_HOLD_DIR=str(holds)))
+    wait_held(holds, rid, "step-5", is_alive=lambda: launcher.poll() is None)
+    return launcher
+
+
+def test_local_launch_sigterm_checkpoints_its_jobs_and_exits_143(synth_tokens, tmp_path):
+    """SIGTERM to the launcher alone (a cluster's job killer, `kill PID`): its jobs checkpoint, exit 143."""
+    import signal
+
+    from sweeps.plan import plan_sweep
+
+    out = tmp_path / "sweep"
+    plan_sweep(synth_tokens, [5e10], out, sizes=1, context=64, train={"batch_size": 8})
+    (rid,) = [r["run_id"] for r in plan_rows(out)]
+    launcher = _launch_held_at_step_5(out, rid, tmp_path / "holds")
+    dispositions = _signal_dispositions(launcher.pid)
+    launcher.send_signal(signal.SIGTERM)
+    _, err = launcher.communicate(timeout=300)
+    assert launcher.returncode == 143 and "1 running jobs checkpointed" in err and "terminated (SIGTERM)" in err, \
+        f"{dispositions}\n{err[-2000:]}"
+    assert json.loads((out / "runs" / rid / "checkpoint" / "state.json").read_text())["step"] == 5
+    assert " interrupted " in ehrfm("sweep", "status", out).stdout
+
+
 def test_local_ctrl_c_checkpoints_and_relaunch_resumes_to_the_same_loss(synth_tokens, tmp_path):
     import signal
 
@@ -297,14 +333,11 @@ def test_local_ctrl_c_checkpoints_and_relaunch_resumes_to_the_same_loss(synth_to
     for d in (out, reference):  # one run of ~780 optimizer steps, planned twice: same run id
         plan_sweep(synth_tokens, [5e10], d, sizes=1, context=64, train={"batch_size": 8})
     (rid,) = [r["run_id"] for r in plan_rows(out)]
-    holds = tmp_path / "holds"  # the trainer holds after step 5 until interrupted: no race (ehrfm.fault_points)
-    launcher = subprocess.Popen([sys.executable, "-m", "ehrfm", "sweep", "launch", str(out), "--executor", "local"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                                env=dict(os.environ, EHRFM_QUIET="1", EHRFM_HOLD_AT="step-5", EHRFM_HOLD_DIR=str(holds)))
-    wait_held(holds, rid, "step-5", is_alive=lambda: launcher.poll() is None)
+    launcher = _launch_held_at_step_5(out, rid, tmp_path / "holds")  # held until interrupted: no race
+    dispositions = _signal_dispositions(launcher.pid)
     os.killpg(launcher.pid, signal.SIGINT)  # Ctrl-C in the launching terminal: the whole process group
     _, err = launcher.communicate(timeout=300)
-    assert launcher.returncode == 130 and "running jobs checkpointed" in err, err[-2000:]
+    assert launcher.returncode == 130 and "1 running jobs checkpointed" in err, f"{dispositions}\n{err[-2000:]}"
     assert json.loads((out / "runs" / rid / "checkpoint" / "state.json").read_text())["step"] == 5
     status = ehrfm("sweep", "status", out)
     assert f"{rid}" in status.stdout and " interrupted " in status.stdout, status.stdout

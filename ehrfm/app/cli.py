@@ -22,7 +22,7 @@ import threading
 
 from ehrfm import __version__
 from ehrfm.cli_args import Parser
-from ehrfm.errors import UserError
+from ehrfm.errors import Terminated, UserError
 from ehrfm.io import error_line
 
 # Order here is the order of `ehrfm --help`: the pipeline, stage by stage.
@@ -48,10 +48,6 @@ def build_parser() -> Parser:
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread so that cleanup runs as for Ctrl-C."""
 
 
 _MAIN_PID = os.getpid()
