@@ -183,8 +183,13 @@ def test_tokenizer_is_fitted_on_train_only(synth_meds, synth_tokens, tmp_path):
                               TokenDir(synth_tokens).split("held_out").tokens)
 
 
-def test_apply_an_existing_tokenizer_to_another_dataset(synth_tokens, demo_meds, tmp_path):
+def test_apply_an_existing_tokenizer_to_another_dataset(synth_tokens, demo_meds, tmp_path, capsys):
     res = tokenize(demo_meds, tmp_path / "tok", tokenizer=synth_tokens / "tokenizer.json")
+    # Mostly UNK is said per split, with the likely cause and the most frequent unknown codes (codes, not rows).
+    err = capsys.readouterr().err
+    train = res["splits"]["train"]
+    assert f"ehrfm: warning: tokenize: train: {train['unk_fraction']:.1%} of its {train['code_events']:,} code events became UNK" in err
+    assert "the applied tokenizer" in err and "was fitted on other codes" in err and "the most frequent: " in err
     td = TokenDir(tmp_path / "tok")
     assert td.fingerprint == TokenDir(synth_tokens).fingerprint and td.vocab == TokenDir(synth_tokens).vocab
     _check_token_dir(tmp_path / "tok")
@@ -207,6 +212,12 @@ def test_flat_meds_layout_with_subject_splits(hand_meds, tmp_path):
     tokenize(hand_meds, tmp_path / "b")
     for s in ("train", "tuning", "held_out"):
         assert np.array_equal(TokenDir(tmp_path / "a").split(s).tokens, TokenDir(tmp_path / "b").split(s).tokens)
+
+
+def test_a_fitted_tokenizer_with_few_unknown_codes_does_not_warn(synth_tokens, synth_meds, tmp_path, capsys):
+    res = tokenize(synth_meds, tmp_path / "again", tokenizer=synth_tokens / "tokenizer.json")
+    assert max(v["unk_fraction"] for v in res["splits"].values()) < 0.05
+    assert "became UNK" not in capsys.readouterr().err
 
 
 def test_tokenize_bad_input(hand_meds, tmp_path):

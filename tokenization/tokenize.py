@@ -49,7 +49,7 @@ import polars as pl
 
 from ehrfm.errors import UserError
 from ehrfm.io import atomic_dir, check_overwrite, progress, summary, write_json
-from ehrfm.meds_io import SPLITS, MedsDataset, Shard, open_meds, read_shard, scan_shards
+from ehrfm.meds_io import SPLITS, MedsDataset, Shard, open_meds, read_shard, scan_shards, warn
 from tokenization.hierarchy import CODE_MODES, FLAT, HIERARCHICAL, MAX_PARTS, code_parts
 
 EVENT_COLUMNS = ("subject_id", "time", "code", "numeric_value")
@@ -444,11 +444,14 @@ class _Encoder:
             q_tok[rows] = self.q_first + (self.q_edges[q_row[rows]] <= val[rows, None]).sum(1)
         return has_q, q_tok
 
-    def encode(self, df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, pl.DataFrame, dict]:
-        """Events of whole subjects (sorted by subject, time, statics first) -> tokens, times, index, counts.
+    def encode(self, df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, pl.DataFrame, dict, dict]:
+        """Events of whole subjects (sorted by subject, time, statics first) -> tokens, times, index, counts, unk_codes.
 
+        Events at one time keep the input's row order (MEDS leaves it to the ETL, which may order
+        them on purpose: admission before labs, diagnoses by rank).
         counts: code_events (rows emitted as code tokens: every row but not_emitted ones),
         code_tokens (the tokens those rows became), unk_events and coarsened_events.
+        unk_codes: {code: events} of the codes that became UNK.
         """
         birth = df.filter(pl.col("code") == BIRTH_CODE).group_by("subject_id").agg(pl.col("time").min().alias("birth"))
         df = df.filter(~pl.col("code").is_in(self.not_emitted))
@@ -515,7 +518,8 @@ class _Encoder:
         counts = {"code_events": df.height, "code_tokens": len(code_tok) + n_static_tokens,
                   "unk_events": int((status == UNKNOWN).sum()), "coarsened_events": int((status == COARSENED).sum()),
                   "non_finite_values": int((nv.is_not_null() & ~nv.is_finite()).sum())}
-        return tokens, times, index, counts
+        unk_codes = df.filter(pl.col("status") == UNKNOWN).group_by("code").len()
+        return tokens, times, index, counts, dict(unk_codes.iter_rows())
 
 
 def _subject_chunks(df: pl.DataFrame, n_subjects: int):
@@ -589,7 +593,9 @@ def _encode_shards(enc: _Encoder, jobs: list, state: dict, files: dict) -> None:
         split = shard.split
         st = state[split]
         for chunk in _subject_chunks(df, CHUNK_SUBJECTS):
-            tokens, times, index, counts = enc.encode(chunk)
+            tokens, times, index, counts, unk_codes = enc.encode(chunk)
+            for code, n in unk_codes.items():
+                st["unk_codes"][code] = st["unk_codes"].get(code, 0) + n
             _append(files[split][0], tokens)
             _append(files[split][1], times.astype(np.int64))
             st["index"].append(index.with_columns(pl.col("offset") + st["tokens"]))
@@ -660,7 +666,7 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
         (tmp / "tokenizer.json").write_text(_tokenizer_json(tok))
         jobs = [sh for s in SPLITS for sh in shards.get(s, [])]
         state = {s: dict(subjects=0, events=0, tokens=0, code_events=0, code_tokens=0, unk_events=0,
-                         coarsened_events=0, non_finite_values=0, max_token_id=-1, index=[]) for s in shards}
+                         coarsened_events=0, non_finite_values=0, max_token_id=-1, index=[], unk_codes={}) for s in shards}
         files = {}
         for s in shards:
             (tmp / s).mkdir()
@@ -685,6 +691,7 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
         stats["seconds"] = round(time.time() - t0, 2)
         write_json(tmp / "stats.json", stats)
         write_json(tmp / "config.json", cfg)
+    _warn_unknown_codes(state, stats, tokenizer, cfg.min_count)
     seconds = time.time() - t0
     n_sub = sum(v["subjects"] for v in stats["splits"].values())
     n_ev = sum(v["events"] for v in stats["splits"].values())
@@ -692,6 +699,25 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
     summary(f"tokenize: {n_sub} subjects, {n_ev} events, {n_tok} tokens, vocab {stats['vocab_size']}, codes {enc.mode} "
             f"({'applied ' + str(tokenizer) if tokenizer else 'fitted on train'}) -> {out} in {seconds:.1f}s")
     return {"out": str(out), "subjects": n_sub, "events": n_ev, "tokens": n_tok, **stats, "seconds": round(seconds, 2)}
+
+
+# A split with more of its code events UNK than this was most likely tokenized with a tokenizer
+# fitted on other codes (another dataset, code system or ETL): the model would see mostly UNK.
+UNK_WARN_FRACTION = 0.25
+
+
+def _warn_unknown_codes(state: dict, stats: dict, tokenizer, min_count: int) -> None:
+    """Warn, per split, when more than UNK_WARN_FRACTION of its code events became UNK (names its top codes)."""
+    for split, st in state.items():
+        frac = stats["splits"][split]["unk_fraction"]
+        if frac <= UNK_WARN_FRACTION:
+            continue
+        top = sorted(st["unk_codes"].items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+        cause = (f"the applied tokenizer {tokenizer} was fitted on other codes (another dataset, code system or ETL?)"
+                 if tokenizer else f"its codes are rare or absent in train (--min-count {min_count})")
+        warn(f"tokenize: {split}: {frac:.1%} of its {st['code_events']:,} code events became UNK: {cause}; "
+             f"{len(st['unk_codes']):,} codes unknown, the most frequent: "
+             + ", ".join(f"{c} ({n:,})" for c, n in top))
 
 
 def _check_disjoint(tmp: Path, meds: Path) -> None:
