@@ -42,3 +42,17 @@ def test_why_the_auroc_and_wall_time_targets_missed_uses_the_loss_optimal_runs_a
 
 def test_nothing_missed_says_nothing():
     assert _why_missed(set(), _budgets(), _results(), DemoConfig()) == []
+
+
+def test_reproduce_commands_centre_the_larger_budgets_only_on_a_first_stage_law_the_run_had():
+    from ehrfm.app.demo import _plan_commands
+
+    cfg = DemoConfig(budgets=[1e12, 2e12, 4e12, 8e12], first_stage=2)
+    with_law = _plan_commands(cfg, first_stage_law="fit-stage1")
+    assert sum("--centre-from fit-stage1" in c for c in with_law) >= 1
+    assert with_law[-1].startswith("ehrfm sweep") and not any(c.startswith("#") for c in with_law)
+    without = _plan_commands(cfg, first_stage_law=None)
+    assert not any("--centre-from" in c for c in without)
+    assert any(c.startswith("# the first stage's fit gave no law") for c in without)
+    # the larger budgets are still planned, with every budget, as the run planned them
+    assert any("--budgets 1e+12,2e+12,4e+12,8e+12" in c for c in without)

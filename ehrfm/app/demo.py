@@ -809,12 +809,18 @@ def _reproduce_section(cfg, st, wall: float, best_run: str | None) -> list[str]:
         f"ehrfm synth --out raw --patients {cfg.patients} --seed {cfg.seed}",
         "ehrfm etl raw --out meds", "ehrfm tokenize meds --out tokens", "ehrfm labels meds --task all --out labels",
         "ehrfm audit meds --labels labels",
-        *_plan_commands(cfg), f"ehrfm sweep collect sweep --labels labels --max-labels {cfg.max_labels}",
+        *_plan_commands(cfg, first_stage_law=st.progress.get("first_stage_law", "fit-stage1")),
+        f"ehrfm sweep collect sweep --labels labels --max-labels {cfg.max_labels}",
         f"ehrfm fit sweep/results.parquet --out fit --bootstrap {cfg.bootstrap}",
         f"ehrfm recommend fit --flops {max(cfg.budgets) * 10:g}", *heads, "```", ""]
 
 
-def _plan_commands(cfg) -> list[str]:
+def _plan_commands(cfg, first_stage_law: str | None = "fit-stage1") -> list[str]:
+    """The sweep's commands, stage by stage, as this run made them.
+
+    first_stage_law: the first stage's fit dir that centred the larger budgets, or None when
+    that fit gave no law (they then keep --tokens-per-param, as the run did).
+    """
     def plan(budgets, extra=""):
         return (f"ehrfm sweep plan --tokens tokens --budgets {','.join(f'{b:g}' for b in budgets)} --sizes {cfg.sizes} "
                 f"--span-dex {cfg.span_dex} --tokens-per-param {cfg.tokens_per_param:g} --context {cfg.context} "
@@ -826,9 +832,13 @@ def _plan_commands(cfg) -> list[str]:
     if not 0 < cfg.first_stage < len(cfg.budgets):
         return [plan(cfg.budgets), launch, *rounds(cfg.budgets)]
     small = sorted(cfg.budgets)[: cfg.first_stage]
-    return [plan(small), launch, *rounds(small), collect,
-            "ehrfm fit sweep/results.parquet --out fit-stage1 --approach 2 --bootstrap 0 --no-holdout --no-plots",
-            plan(cfg.budgets, " --centre-from fit-stage1"), launch, *rounds(cfg.budgets, " --centre-from fit-stage1")]
+    first = [plan(small), launch, *rounds(small), collect,
+             "ehrfm fit sweep/results.parquet --out fit-stage1 --approach 2 --bootstrap 0 --no-holdout --no-plots"]
+    if not first_stage_law:  # the run's first stage gave no law: its larger budgets were not centred on one
+        return [*first, "# the first stage's fit gave no law (see above): the larger budgets keep --tokens-per-param",
+                plan(cfg.budgets), launch, *rounds(cfg.budgets)]
+    centre = f" --centre-from {first_stage_law}"
+    return [*first, plan(cfg.budgets, centre), launch, *rounds(cfg.budgets, centre)]
 
 
 def _version() -> str:
