@@ -556,9 +556,13 @@ def bracket_rungs(sweep: SweepConfig, rows: list[dict], results: str | Path) -> 
     for budget in sweep.budgets:
         ladder = sorted((r for r in rows if r["budget"] == budget), key=lambda r: r["n_params"])
         done = [r for r in ladder if r["run_id"] in loss]
-        if len(done) < 3 or len(done) < len(ladder):
-            notes.append(f"--bracket-from: budget {budget:.3g}: not extended: {len(done)} of its {len(ladder)} planned run(s) "
-                         f"completed with a finite loss in {results} (bracketing needs every run of a ladder of >= 3)")
+        if len(ladder) < 3:
+            notes.append(f"--bracket-from: budget {budget:.3g}: not extended: its ladder has {len(ladder)} size(s), and "
+                         "an end of a ladder says where the optimum lies only with at least 3 (plan with --sizes 3 or more)")
+            continue
+        if len(done) < len(ladder):
+            notes.append(f"--bracket-from: budget {budget:.3g}: not extended: {len(done)} of its {len(ladder)} planned runs "
+                         f"completed with a finite loss in {results} (bracketing needs every run of its ladder)")
             continue
         best = min(done, key=lambda r: loss[r["run_id"]])
         side = 0 if best is ladder[0] else 1 if best is ladder[-1] else None
@@ -566,8 +570,8 @@ def bracket_rungs(sweep: SweepConfig, rows: list[dict], results: str | Path) -> 
             continue
         smallest = smallest_shape(sweep.vocab_size, sweep.context)
         if side == 0 and (best["n_layer"], best["d_model"]) == (smallest.n_layer, smallest.d_model):
-            notes.append(f"--bracket-from: budget {budget:.3g}: its lowest loss is at the family's smallest shape (n_layer=1, "
-                         "d_model=16); there is no smaller model to add")
+            notes.append(f"--bracket-from: budget {budget:.3g}: its lowest loss is at the family's smallest shape "
+                         f"(n_layer={smallest.n_layer}, d_model={smallest.d_model}); there is no smaller model to add")
             continue
         extra.setdefault(budget_key(budget), [0, 0])[side] += 1
         notes.append(f"--bracket-from: budget {budget:.3g}: its lowest loss is at its {('smallest', 'largest')[side]} size "

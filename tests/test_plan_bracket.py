@@ -64,7 +64,7 @@ def test_bracketing_stops_at_the_familys_smallest_shape(synth_tokens, tmp_path):
     table = results(tmp_path / "r.parquet", rows, {1e10: 0})
     sweep, rows2, notes = plan_sweep(synth_tokens, [1e10], out, bracket_from=table, **OPTS)
     assert sweep.extra_rungs == {} and {r["run_id"] for r in rows2} == {r["run_id"] for r in rows}
-    assert any("no smaller model to add" in n for n in notes)
+    assert any("at the family's smallest shape (n_layer=1, d_model=16); there is no smaller model to add" in n for n in notes)
 
 
 def test_bracket_from_a_bad_table_is_one_clear_error(synth_tokens, tmp_path):

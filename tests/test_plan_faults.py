@@ -211,7 +211,14 @@ def test_bracket_from_reads_csv_names_a_dir_and_says_what_it_skips(synth_tokens,
     other = pa.table({"run_id": ["x", "y", "z"], "status": ["completed"] * 3, "loss": [3.0, 2.5, 2.0]})
     pq.write_table(other, tmp_path / "other.parquet")
     sweep, _, notes = plan_sweep(synth_tokens, [1e10], out, bracket_from=tmp_path / "other.parquet", **OPTS)
-    assert sweep.extra_rungs == {} and any("budget 1e+10: not extended: 0 of its 3 planned run(s)" in n for n in notes)
+    assert sweep.extra_rungs == {} and any("budget 1e+10: not extended: 0 of its 3 planned runs" in n for n in notes)
+    # a ladder of 2 sizes, every run completed: the note names the ladder, not the runs
+    two, two_rows, _ = plan_sweep(synth_tokens, [1e10], tmp_path / "two", **{**OPTS, "sizes": 2})
+    pq.write_table(pa.table({"run_id": [r["run_id"] for r in two_rows], "status": ["completed"] * 2, "loss": [2.5, 2.0]}),
+                   tmp_path / "two.parquet")
+    two, _, notes = plan_sweep(synth_tokens, [1e10], tmp_path / "two", bracket_from=tmp_path / "two.parquet", **{**OPTS, "sizes": 2})
+    (note,) = [n for n in notes if n.startswith("--bracket-from")]
+    assert two.extra_rungs == {} and "its ladder has 2 size(s)" in note and "--sizes 3 or more" in note, note
 
 
 # --- ehrfm demo -------------------------------------------------------------------------------------------
