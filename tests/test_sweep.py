@@ -317,9 +317,9 @@ def test_local_launch_sigterm_checkpoints_its_jobs_and_exits_143(synth_tokens, t
     launcher = _launch_held_at_step_5(out, rid, tmp_path / "holds")
     dispositions = _signal_dispositions(launcher.pid)
     launcher.send_signal(signal.SIGTERM)
-    _, err = launcher.communicate(timeout=300)
+    stdout, err = launcher.communicate(timeout=300)
     assert launcher.returncode == 143 and "1 running jobs checkpointed" in err and "terminated (SIGTERM)" in err, \
-        f"{dispositions}\n{err[-2000:]}"
+        f"{dispositions}\n{stdout[-1000:]}\n{err[-2000:]}"
     assert json.loads((out / "runs" / rid / "checkpoint" / "state.json").read_text())["step"] == 5
     assert " interrupted " in ehrfm("sweep", "status", out).stdout
 
@@ -336,8 +336,8 @@ def test_local_ctrl_c_checkpoints_and_relaunch_resumes_to_the_same_loss(synth_to
     launcher = _launch_held_at_step_5(out, rid, tmp_path / "holds")  # held until interrupted: no race
     dispositions = _signal_dispositions(launcher.pid)
     os.killpg(launcher.pid, signal.SIGINT)  # Ctrl-C in the launching terminal: the whole process group
-    _, err = launcher.communicate(timeout=300)
-    assert launcher.returncode == 130 and "1 running jobs checkpointed" in err, f"{dispositions}\n{err[-2000:]}"
+    stdout, err = launcher.communicate(timeout=300)
+    assert launcher.returncode == 130 and "1 running jobs checkpointed" in err, f"{dispositions}\n{stdout[-1000:]}\n{err[-2000:]}"
     assert json.loads((out / "runs" / rid / "checkpoint" / "state.json").read_text())["step"] == 5
     status = ehrfm("sweep", "status", out)
     assert f"{rid}" in status.stdout and " interrupted " in status.stdout, status.stdout
