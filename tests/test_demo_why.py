@@ -56,3 +56,19 @@ def test_reproduce_commands_centre_the_larger_budgets_only_on_a_first_stage_law_
     assert any(c.startswith("# the first stage's fit gave no law") for c in without)
     # the larger budgets are still planned, with every budget, as the run planned them
     assert any("--budgets 1e+12,2e+12,4e+12,8e+12" in c for c in without)
+
+
+def test_headline_counts_the_parabolas_the_checks_table_counts():
+    from types import SimpleNamespace
+
+    from ehrfm.app.demo import _scaling_verdict
+
+    nan = float("nan")
+    budgets = [SimpleNamespace(used=True, curvature=0.3, interior=True, curvature_ci=[0.1, 0.5]),
+               SimpleNamespace(used=True, curvature=0.2, interior=True, curvature_ci=[0.05, 0.4]),
+               SimpleNamespace(used=True, curvature=0.07, interior=True, curvature_ci=[-0.02, 0.2]),  # positive, interval not
+               SimpleNamespace(used=True, curvature=0.07, interior=True, curvature_ci=[nan, nan]),   # no interval made
+               SimpleNamespace(used=True, curvature=0.1, interior=False, curvature_ci=[0.05, 0.2])]  # minimum at an end
+    ok, verdict = _scaling_verdict(SimpleNamespace(approach2=SimpleNamespace(budgets=budgets, a=0.4, b=0.5), not_fitted={}))
+    assert ok and "4 of 5 budgets have a parabola with positive curvature and an interior minimum" in verdict
+    assert "2 of them with a curvature interval above 0" in verdict

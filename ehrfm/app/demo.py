@@ -487,8 +487,10 @@ def _scaling_verdict(fit) -> tuple[bool, str]:
         return False, f"Approach 2 was not fitted: {why}."
     a2 = fit.approach2
     good = [b for b in a2.budgets if b.used and b.curvature > 0 and b.interior]
+    # The checks table counts the stricter kind (curvature interval above 0); say both counts.
+    sure = [b for b in good if b.curvature_ci and math.isfinite(b.curvature_ci[0]) and b.curvature_ci[0] > 0]
     lines = [f"{len(good)} of {len(a2.budgets)} budgets have a parabola with positive curvature and an "
-             f"interior minimum (needed: 3)."]
+             f"interior minimum (needed: 3); {len(sure)} of them with a curvature interval above 0."]
     # Parabolas alone are not enough: their minima must move to larger models and more tokens as
     # compute grows, or the "law" is noise around one size.
     growing = a2.a > 0 and a2.b > 0
