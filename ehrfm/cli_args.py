@@ -27,6 +27,7 @@ This module imports only the standard library.
 from __future__ import annotations
 
 import argparse
+import math
 
 # Only argparse at top level: `ehrfm --help` builds every subcommand's parser and must stay instant
 # (dataclasses, inspect, ast and typing are imported by the functions that need them).
@@ -105,13 +106,13 @@ def command(sub, name: str, run, arguments=None, **kwargs) -> argparse.ArgumentP
 
 
 def positive_number(text: str) -> float:
-    """An argparse type: a number > 0, e.g. a FLOP budget "1e18" (ArgumentTypeError otherwise)."""
+    """An argparse type: a finite number > 0, e.g. a FLOP budget "1e18" (ArgumentTypeError otherwise)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number like 1e18 (got {text!r})") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0 (got {text!r})")
+    if not (value > 0 and math.isfinite(value)):  # inf: no budget, token count or epoch limit is infinite
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0 (got {text!r})")
     return value
 
 

@@ -285,3 +285,13 @@ def test_demo_resumed_with_other_settings_names_them(tmp_path):
     new = dataclasses.asdict(dataclasses.replace(made, out=str(out) + "/", executor="slurm", max_parallel=4, bootstrap=10))
     hard, soft = _config_changes(old, new)
     assert hard == [] and [c.split()[0] for c in soft] == ["bootstrap", "executor", "max_parallel", "out"]
+
+
+@pytest.mark.parametrize("argv", [["train", "tok", "--tokens", "inf"], ["train", "tok", "--flops", "nan"],
+                                  ["recommend", "fit", "--flops", "inf"], ["recommend", "fit", "--flops", "1e18", "--unique-tokens", "inf"],
+                                  ["fit", "results.parquet", "--max-epochs", "inf"]])
+def test_infinite_or_nan_numbers_are_refused_by_every_positive_number_flag(argv):
+    flag, value = argv[-2:]
+    p = ehrfm(*argv)  # an argparse error: its usage, then one error line
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip().splitlines()[-1].endswith(f"argument {flag}: must be a finite number > 0 (got '{value}')"), p.stderr
