@@ -38,6 +38,7 @@ from analysis.laws import (
     format_interval,
     interval_problem,
     percentile_ci,
+    power_law,
 )
 from analysis.table import Results, load_results
 from ehrfm.errors import UserError
@@ -102,7 +103,9 @@ class Approach1:
     loss_exponent: float
     loss_exponent_ci: list[float]
     n_points: int
-    points: list[dict]  # run_id, budget, flops, n_params, tokens, loss, at_edge
+    # run_id (one run of the shape), budget, flops, n_params, tokens, loss (the shape's mean over its
+    # n_runs replicate runs: seeds), at_edge, n_runs (absent in older fits.json)
+    points: list[dict]
     # Budgets whose envelope run is the smallest or largest model size sampled in that budget (or
     # its only size): its optimum is not bracketed, so the envelope there follows the ladder's
     # end, not N_opt, and the law is not trusted (analysis.recommend.trust). [] in older fits.json.
@@ -288,24 +291,50 @@ def _finite_json(obj):
 # Approach 1
 
 
-def _envelope(res: Results, mask: np.ndarray | None = None) -> np.ndarray:
-    """Indices of the lower-envelope runs (Approach 1).
+def shape_groups(res: Results) -> np.ndarray:
+    """The shape of each run: runs of one budget with the same N and D (to 1e-6) share a group id.
 
-    The lowest-loss run of each budget, kept when its loss is below that of every cheaper budget's
-    best run.
+    Runs of one shape are replicates (seeds): the same model trained on the same tokens.
+    """
+    key = np.stack([res.budget, np.round(np.log(res.n_params), 6), np.round(np.log(res.tokens), 6)], 1)
+    return np.unique(key, axis=0, return_inverse=True)[1].ravel()
+
+
+def replicate_summary(res: Results) -> dict | None:
+    """How many shapes were run more than once (seeds), or None when every shape has one run.
+
+    {"shapes": shapes with >= 2 runs, "runs": the runs of those shapes, "max": the most runs of one shape}.
+    """
+    _, counts = np.unique(shape_groups(res), return_counts=True)
+    rep = counts[counts > 1]
+    return dict(shapes=int(rep.size), runs=int(rep.sum()), max=int(rep.max())) if rep.size else None
+
+
+def _envelope(res: Results, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The lower-envelope shapes (Approach 1): (a run of each, its shape's mean loss).
+
+    Per budget the shape (N, D) of lowest mean loss over its replicate runs (seeds; one run per
+    shape is the usual case, and its loss is its own), kept when that loss is below every cheaper
+    budget's. The lowest single seed would be the minimum of noisy draws: biased low, and picking
+    the shape by its luckiest seed.
     """
     idx = np.arange(res.n) if mask is None else np.flatnonzero(mask)
+    group = shape_groups(res)[idx]
+    gids, first, inv = np.unique(group, return_index=True, return_inverse=True)
+    mean = np.bincount(inv.ravel(), weights=res.loss[idx], minlength=gids.size) / np.bincount(inv.ravel(), minlength=gids.size)
+    rep = idx[first]  # one run of each shape
     best = []
-    for bud in np.unique(res.budget[idx]):
-        members = idx[res.budget[idx] == bud]
-        best.append(members[np.argmin(res.loss[members])])
-    best.sort(key=lambda i: res.budget[i])
+    for bud in np.unique(res.budget[rep]):
+        members = np.flatnonzero(res.budget[rep] == bud)
+        best.append(members[np.argmin(mean[members])])
+    best.sort(key=lambda j: res.budget[rep[j]])
     kept, lowest = [], np.inf
-    for i in best:
-        if res.loss[i] < lowest:
-            kept.append(i)
-            lowest = res.loss[i]
-    return np.array(kept, dtype=int)
+    for j in best:
+        if mean[j] < lowest:
+            kept.append(j)
+            lowest = mean[j]
+    kept = np.array(kept, dtype=int)
+    return rep[kept], mean[kept]
 
 
 def _at_ladder_edge(res: Results, i: int) -> bool:
@@ -319,11 +348,11 @@ def _at_ladder_edge(res: Results, i: int) -> bool:
     return bool(np.unique(np.round(x, 9)).size < 3 or xi <= x.min() + tol or xi >= x.max() - tol)
 
 
-def _approach1_laws(res: Results, env: np.ndarray) -> np.ndarray:
+def _approach1_laws(res: Results, env: np.ndarray, loss: np.ndarray) -> np.ndarray:
     c = res.flops[env]
     n_coef, a, _ = fit_power_law(c, res.n_params[env])
     d_coef, b, _ = fit_power_law(c, res.tokens[env])
-    l_coef, l_exp, _ = fit_power_law(c, res.loss[env])
+    l_coef, l_exp, _ = fit_power_law(c, loss)
     return np.array([a, b, n_coef, d_coef, l_coef, l_exp])
 
 
@@ -350,24 +379,26 @@ def fit_approach1(res: Results, counts: np.ndarray | None, cfg: FitConfig):
     Raises:
         UserError: the envelope spans fewer than 2 budgets.
     """
-    env = _envelope(res)
+    env, env_loss = _envelope(res)
     if env.size < 2:
         raise UserError(
             f"Approach 1 needs the lower envelope to span >= 2 budgets; {res.source} gives {env.size} "
             f"(losses do not fall with compute across budgets); drop it with --approach 2,3"
         )
-    point = _approach1_laws(res, env)
+    point = _approach1_laws(res, env, env_loss)
     at_edge = [_at_ladder_edge(res, i) for i in env]
     draws = np.full((0 if counts is None else len(counts), 6), np.nan)
     for r in range(len(draws)):
-        e = _envelope(res, counts[r] > 0)
+        e, el = _envelope(res, counts[r] > 0)
         if e.size >= 2 and np.unique(res.flops[e]).size >= 2:
-            draws[r] = _approach1_laws(res, e)
+            draws[r] = _approach1_laws(res, e, el)
     ci = {k: percentile_ci(draws[:, j], cfg.confidence) for j, k in enumerate(A12_KEYS)}
+    group = shape_groups(res)
     points = [
         dict(run_id=str(res.run_id[i]), budget=float(res.budget[i]), flops=float(res.flops[i]),
-             n_params=float(res.n_params[i]), tokens=float(res.tokens[i]), loss=float(res.loss[i]), at_edge=edge)
-        for i, edge in zip(env, at_edge, strict=True)
+             n_params=float(res.n_params[i]), tokens=float(res.tokens[i]), loss=float(loss), at_edge=edge,
+             n_runs=int((group == group[i]).sum()))
+        for i, loss, edge in zip(env, env_loss, at_edge, strict=True)
     ]
     fit = Approach1(
         **{k: float(point[j]) for j, k in enumerate(A12_KEYS)}, **{f"{k}_ci": ci[k] for k in A12_KEYS},
@@ -423,7 +454,9 @@ def _budget_points(res: Results, members: np.ndarray, coef: np.ndarray, w: np.nd
     slope = (wm * (x - xm[:, None]) * (ld - lm[:, None])).sum(1) / np.maximum((wm * (x - xm[:, None]) ** 2).sum(1), 1e-300)
     ld_opt = lm + slope * (x_opt - xm)
     loss_min = c0 + c1 * x_opt + c2 * x_opt**2
-    return np.exp(x_opt), np.exp(ld_opt), loss_min, np.where(convex, 2 * c2, np.nan), np.stack([lm - slope * xm, slope], 1)
+    with np.errstate(over="ignore", under="ignore"):  # a vertex at ln N = 1e3 (nearly flat parabola): inf / 0
+        n_opt, d_opt = np.exp(x_opt), np.exp(ld_opt)
+    return n_opt, d_opt, loss_min, np.where(convex, 2 * c2, np.nan), np.stack([lm - slope * xm, slope], 1)
 
 
 def fit_approach2(res: Results, rng: np.random.Generator, cfg: FitConfig, warn):
@@ -524,7 +557,13 @@ def _fit_budget_parabola(res: Results, members: np.ndarray, budget: float, cfg: 
     if not coef[2] > 0:
         bf.reason = "concave parabola (no minimum: loss does not turn up at either end)"
         return bf
-    bf.n_opt, bf.d_opt, bf.loss_min, bf.curvature = float(n_opt), float(d_opt), float(loss_min), float(curv)
+    bf.curvature = float(curv)
+    if not (0 < n_opt < np.inf and 0 < d_opt < np.inf):
+        # exp() of a vertex hundreds of e-folds away: N_opt inf and D_opt 0 tokens would be printed as numbers
+        bf.reason = (f"the parabola is nearly flat: its vertex, ln N = {-coef[1] / (2 * coef[2]):.3g}, lies far outside the "
+                     f"sampled sizes (ln N {x.min():.3g} to {x.max():.3g}): no minimum")
+        return bf
+    bf.n_opt, bf.d_opt, bf.loss_min = float(n_opt), float(d_opt), float(loss_min)
     bf.interior = bool(x.min() <= math.log(n_opt) <= x.max())
     se = res.loss_se[members] if res.loss_se is not None else np.full(members.size, np.nan)
     if n_distinct > 3 and np.all(np.isfinite(se) & (se > 0)):
@@ -755,7 +794,7 @@ def fit_holdout(res: Results, a2: Approach2, cfg: FitConfig) -> tuple[dict | Non
 
     def ci(coef, exp):
         dc, de = hd.get(f"approach2/{coef}"), hd.get(f"approach2/{exp}")
-        return percentile_ci(dc * c**de, cfg.confidence) if dc is not None and len(dc) else [float("nan")] * 2
+        return percentile_ci(power_law(dc, de, c), cfg.confidence) if dc is not None and len(dc) else [float("nan")] * 2
 
     pred_n, a2_loss = float(h.n_opt(c)), float(h.loss(c))
     pred_loss, pred_loss_ci, loss_method = a2_loss, ci("loss_coef", "loss_exponent"), "approach2"
@@ -802,6 +841,20 @@ def fit_holdout(res: Results, a2: Approach2, cfg: FitConfig) -> tuple[dict | Non
     return out, ""
 
 
+def ratio_text(x, digits: int = 2, percent: bool = False) -> str:
+    """A ratio (or, with percent, a share as "1.74%") to `digits` decimals, never a false zero.
+
+    A value that rounds to 0 at that precision but is not 0 keeps one significant digit (0.005 ->
+    "0.005", not "0.00", which reads as an exact prediction); null or infinite (a ratio over a
+    zero difference, NaN or inf written as null in fits.json) is "n/a".
+    """
+    if x is None or not math.isfinite(float(x)):
+        return "n/a"
+    v = 100 * float(x) if percent else float(x)
+    text = f"{v:.{digits}f}" if v == 0 or abs(v) >= 0.5 * 10.0**-digits else f"{v:.1g}"
+    return text + ("%" if percent else "")
+
+
 def format_holdout(fit: FitResult) -> str:
     """One paragraph on the held-out-budget validation (or why there is none)."""
     h = fit.holdout
@@ -813,15 +866,16 @@ def format_holdout(fit: FitResult) -> str:
         return f"Held-out budget: not made ({why})." if why else "Held-out budget: not made (FitConfig.holdout is off)."
     how = ("Approach 3's compute-optimal frontier" if h.get("loss_method") == "approach3"
            else "Approach 2's L_min power law (Approach 3 not fitted or not identified)")
-    verdict = ("beats" if h["error_ratio"] <= 0.5 else "is closer than" if h["error_ratio"] < 1 else "does not beat")
+    ratio = h["error_ratio"] if h.get("error_ratio") is not None else math.inf  # null: inf (no change was exact)
+    verdict = ("beats" if ratio <= 0.5 else "is closer than" if ratio < 1 else "does not beat")
     return (
         f"Held-out budget {h['budget']:.3g} FLOPs (refitted on the runs of the {len(h['fitted_budgets'])} smaller budgets; "
         f"L_min from {how}, N_opt from Approach 2's power law): predicted L_min {ci_text(h['predicted_loss'], h['predicted_loss_ci'], '{:.4g}')} vs "
-        f"observed {ci_text(h['observed_loss'], h['observed_loss_ci'], '{:.4g}')}, relative error {100 * h['rel_error']:.2f}%; "
-        f"\"no change\" (the {h['previous_budget']:.3g} budget's L_min {h['previous_loss']:.4g}) is off by {100 * h['no_change_rel_error']:.2f}%, "
-        f"so the law {verdict} it (error ratio {h['error_ratio']:.2f}; <= 0.5 is the target). "
+        f"observed {ci_text(h['observed_loss'], h['observed_loss_ci'], '{:.4g}')}, relative error {ratio_text(h['rel_error'], percent=True)}; "
+        f"\"no change\" (the {h['previous_budget']:.3g} budget's L_min {h['previous_loss']:.4g}) is off by {ratio_text(h['no_change_rel_error'], percent=True)}, "
+        f"so the law {verdict} it (error ratio {ratio_text(h['error_ratio'])}; <= 0.5 is the target). "
         f"Predicted N_opt {ci_text(h['predicted_n_opt'], h['predicted_n_opt_ci'])} vs observed "
-        f"{ci_text(h['observed_n_opt'], h['observed_n_opt_ci'])} (ratio {h['n_opt_ratio']:.2f})."
+        f"{ci_text(h['observed_n_opt'], h['observed_n_opt_ci'])} (ratio {ratio_text(h['n_opt_ratio'])})."
         + (f" Note: {h['note']}." if h.get("note") else "")
     )
 
@@ -1032,6 +1086,14 @@ def _interval_notes(draws: dict[str, np.ndarray], cfg: FitConfig, warn) -> dict[
     return notes
 
 
+def _excluded_tally(excluded: list[dict]) -> str:
+    """The reasons rows were not fitted, counted: "status failed 3, above uniform guessing 2"."""
+    reasons = [e["reason"].split(":")[0] for e in excluded]
+    reasons = ["loss above uniform guessing" if r.startswith("status completed but loss") else r for r in reasons]
+    values, counts = np.unique(reasons, return_counts=True)
+    return ", ".join(f"{values[i]} {counts[i]}" for i in np.argsort(-counts, kind="stable")[:4])
+
+
 def _grouping_hint(res: Results, cfg: FitConfig) -> str:
     """A hint when IsoFLOP groups made from FLOPs are mostly too small for a parabola ("" otherwise).
 
@@ -1062,7 +1124,7 @@ def _fit_inputs(res: Results, cfg: FitConfig, n_count_note: str | None) -> dict:
         max_epochs=float(np.nanmax(res.epochs)) if res.epochs is not None and np.isfinite(res.epochs).any() else None,
         vocab_size=res.vocab_size, context=res.context, utility_columns=sorted(res.utility),
         loss_column=res.loss_column, loss_unit=res.loss_unit, n_count=res.n_count, n_count_requested=cfg.n_count,
-        n_count_note=n_count_note or None, multi_epoch_runs=multi_epoch_runs(res),
+        n_count_note=n_count_note or None, multi_epoch_runs=multi_epoch_runs(res), replicates=replicate_summary(res),
     )
 
 
@@ -1110,7 +1172,8 @@ def _fit_results(res: Results, cfg: FitConfig) -> FitResult:
     if hint:
         warn(hint)
     if np.unique(res.budget).size < 2:
-        raise UserError(f"{res.source}: all {res.n} completed runs are one IsoFLOP budget; a scaling law needs >= 2 budgets")
+        left = f" ({len(res.excluded)} other rows not fitted: {_excluded_tally(res.excluded)})" if res.excluded else ""
+        raise UserError(f"{res.source}: all {res.n} completed runs are one IsoFLOP budget{left}; a scaling law needs >= 2 budgets")
 
     # One stream of random numbers, drawn in a fixed order: the seed fixes every interval.
     rng = np.random.default_rng(cfg.seed)
@@ -1202,7 +1265,8 @@ def write_fits(fit: FitResult, out: str | Path, results: Results | None = None, 
 
     with atomic_dir(out, overwrite=overwrite, inputs=inputs, command="fit") as tmp:
         write_json(tmp / "fits.json", fit.to_json())
-        write_json(tmp / "fit_config.json", dataclasses.asdict(fit.config) | {"grid": {
+        # _finite_json: `--max-epochs inf` (no limit) is null, as None is; JSON has no Infinity token
+        write_json(tmp / "fit_config.json", _finite_json(dataclasses.asdict(fit.config)) | {"grid": {
             "alpha": parametric.GRID_ALPHA, "beta": parametric.GRID_BETA, "e": parametric.GRID_E,
             "a": parametric.GRID_A, "b": parametric.GRID_B}, "interval": "percentile bootstrap"})
         with atomic_file(tmp / "fits.md") as f:
@@ -1247,8 +1311,11 @@ def runs_frame(res: Results):
 def _approach3_cell(f: Approach3, name: str, boot: bool = False) -> str:
     """A parameter with its interval ("[n/a]" when bootstrapped without one), or "not identified"."""
     value, ci = getattr(f, name), getattr(f, f"{name}_ci")
-    if (f.identified or {}).get(name) is False:
+    ident = (f.identified or {}).get(name)
+    if ident is False:
         return f"{name} not identified ({format_interval(value, ci, expected=boot)})"
+    if ident is None and not boot:  # --bootstrap 0: no interval, so identification was never checked
+        return f"{name}={format_interval(value, ci, expected=boot)} (unchecked)"
     return f"{name}={format_interval(value, ci, expected=boot)}"
 
 
@@ -1271,8 +1338,10 @@ def format_fit_table(fit: FitResult) -> str:
     elif n_count == "total":
         count_text += " (Pearce & Song 2024: non-embedding counts bias small-scale exponents)"
     lines = [
-        f"Fitted {fit.n_fitted} of {fit.n_runs} runs ({len(fit.excluded)} excluded); {pct}% bootstrap intervals, "
-        f"{fit.config.bootstrap} replicates, seed {fit.config.seed}. Loss fitted: held-out {column} ({unit}). {count_text}.",
+        f"Fitted {fit.n_fitted} of {fit.n_runs} runs ({len(fit.excluded)} excluded); "
+        + (f"{pct}% bootstrap intervals, {fit.config.bootstrap} replicates, seed {fit.config.seed}. " if boot else
+           "no intervals (--bootstrap 0: nothing below has an uncertainty). ")
+        + f"Loss fitted: held-out {column} ({unit}). {count_text}.",
         "",
         "| approach | a (N_opt ~ C^a) | b (D_opt ~ C^b) | details |",
         "|---|---|---|---|",
@@ -1291,6 +1360,10 @@ def format_fit_table(fit: FitResult) -> str:
         cells = ", ".join(_approach3_cell(f, k, boot) for k in ("E", "A", "B", "alpha", "beta"))
         bound = f"; {', '.join(f.at_bound)} at the searched range's edge" if f.at_bound else ""
         lines.append(f"| 3 parametric ({how}) | {ci_text(f.a, f.a_ci)} | {ci_text(f.b, f.b_ci)} | {cells}{bound} |")
+    if fit.approach3 and not boot:
+        lines += ["", "Approach 3 without bootstrap intervals (--bootstrap 0): whether E, A, B, alpha and beta are identified "
+                  "is unchecked (the check reads their intervals; A, B and G are often not pinned down by a sweep): refit with "
+                  "--bootstrap 1000 before quoting them."]
     if fit.approach3 and any(v is False for v in (fit.approach3.identified or {}).values()):
         bad = [k for k, v in fit.approach3.identified.items() if v is False]
         lines += ["", f"Approach 3: {', '.join(bad)} not identified (the {pct}% interval spans more than "
@@ -1317,6 +1390,11 @@ def format_fit_table(fit: FitResult) -> str:
                (False, False): "a case bootstrap of the budgets' points"}
         kinds = sorted({how[(bool(u.paired), bool(u.measurement_noise or u.paired))] for u in fit.utility.values()})
         lines += ["", "k's interval: " + "; ".join(kinds) + "."]
+    rep = fit.inputs.get("replicates")
+    if rep:
+        lines += ["", f"**{rep['shapes']} shape(s) (budget, N, D) were run more than once** ({rep['runs']} runs, up to {rep['max']} "
+                  "per shape: seeds): every run is a point of its IsoFLOP parabola and of Approach 3; Approach 1's envelope "
+                  "takes each shape's mean loss, not its luckiest seed."]
     multi = fit.inputs.get("multi_epoch_runs") or []
     if multi:
         shown = ", ".join(f"{m['run_id']} ({m['epochs']:.2f})" for m in multi[:8]) + (f" and {len(multi) - 8} more" if len(multi) > 8 else "")

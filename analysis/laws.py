@@ -31,7 +31,18 @@ def fit_power_law(c, y, weights=None) -> tuple[float, float, float]:
     ss_res = np.sum(w * (z - intercept - slope * x) ** 2)
     ss_tot = np.sum(w * (z - zm) ** 2)
     r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
-    return float(np.exp(intercept)), float(slope), float(r2)
+    with np.errstate(over="ignore"):  # a wild bootstrap replicate's coefficient past 1e308 is inf (a failed replicate)
+        return float(np.exp(intercept)), float(slope), float(r2)
+
+
+def power_law(coef, exponent, c):
+    """The power law coef * c^exponent over arrays of bootstrap draws (broadcast), without overflow warnings.
+
+    A draw whose value overflows (a wild replicate: coefficient 1e300, exponent -15) is inf or NaN,
+    which percentile_ci counts as not fitted; numpy's RuntimeWarning on stderr said nothing more.
+    """
+    with np.errstate(all="ignore"):
+        return np.asarray(coef, dtype=float) * np.asarray(c, dtype=float) ** np.asarray(exponent, dtype=float)
 
 
 # A bootstrap interval is reported only when at least this share of its replicates gave a value.

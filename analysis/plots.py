@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.laws import auroc_from_law, percentile_ci
+from analysis.laws import auroc_from_law, percentile_ci, power_law
 
 APPROACH_STYLE = {1: dict(color="tab:gray", ls=":"), 2: dict(color="tab:red", ls="-"), 3: dict(color="tab:blue", ls="--")}
 APPROACH_LABEL = {1: "Approach 1 (envelope)", 2: "Approach 2 (IsoFLOP)", 3: "Approach 3 (parametric)"}
@@ -108,7 +108,7 @@ def _law_draws(fit, k: int, what: str, c: np.ndarray):
     if k in (1, 2):
         coef, exp = {"n": ("n_coef", "a"), "d": ("d_coef", "b"), "loss": ("loss_coef", "loss_exponent")}[what]
         dc, de = d.get(f"approach{k}/{coef}"), d.get(f"approach{k}/{exp}")
-        return None if dc is None else dc[:, None] * c[None, :] ** de[:, None]
+        return None if dc is None else power_law(dc[:, None], de[:, None], c[None, :])
     keys = ("E", "A", "B", "alpha", "beta", "a", "b", "G")
     if not all(f"approach3/{q}" in d for q in keys):
         return None
@@ -118,6 +118,21 @@ def _law_draws(fit, k: int, what: str, c: np.ndarray):
         n = p["G"] * (c / kf) ** p["a"]
         dd = (c / kf) ** p["b"] / p["G"]
         return {"n": n, "d": dd, "loss": p["E"] + p["A"] / n ** p["alpha"] + p["B"] / dd ** p["beta"]}[what]
+
+
+# A left-out budget's parabola minimum is drawn only within this many decades of its sampled sizes:
+# a nearly flat parabola's vertex at 1e19 parameters would set the axes and squash every other budget.
+MINIMUM_DRAW_DECADES = 1.0
+
+
+def _drawable_minimum(bf) -> bool:
+    """Draw this budget's minimum? A used budget's always; a left-out one's near its sampled sizes only."""
+    if not (np.isfinite(bf.n_opt) and bf.n_opt > 0 and np.isfinite(bf.loss_min)):
+        return False
+    if bf.used or not bf.log_n_range:
+        return True
+    pad = MINIMUM_DRAW_DECADES * np.log(10)
+    return bool(bf.log_n_range[0] - pad <= np.log(bf.n_opt) <= bf.log_n_range[1] + pad)
 
 
 def _compute_grid(fit, results, pad: float = 2.0):
@@ -135,6 +150,8 @@ def plot_isoflops(ax, fit, results, label: str | None = None, color=None) -> Non
         label: prefix of the legend entries (which sweep).
         color: one colour for everything drawn.
     """
+    from analysis.fit import ratio_text
+
     fit = _fit(fit)
     results = _results(results, fit)
     colors = budget_colors(results.budget, color)
@@ -149,7 +166,7 @@ def plot_isoflops(ax, fit, results, label: str | None = None, color=None) -> Non
             x = np.linspace(bf.log_n_range[0] - 0.15, bf.log_n_range[1] + 0.15, 100)
             c0, c1, c2 = bf.coef
             ax.plot(np.exp(x), c0 + c1 * x + c2 * x * x, color=col, lw=1.3, ls="-" if used else ":")
-            if np.isfinite(bf.n_opt):
+            if _drawable_minimum(bf):
                 ax.scatter([bf.n_opt], [bf.loss_min], marker="*", s=110, color=col, edgecolor="black", lw=0.6, zorder=4)
     h = fit.holdout
     if h and h.get("predicted_loss") is not None:
@@ -160,7 +177,7 @@ def plot_isoflops(ax, fit, results, label: str | None = None, color=None) -> Non
         pc = "tab:red" if color is None else color
         ax.errorbar([h["predicted_n_opt"]], [h["predicted_loss"]], yerr=yerr, fmt="D", ms=7, mfc="none", color=pc,
                     mec=pc, ecolor=pc, mew=1.4, capsize=3, zorder=5,
-                    label=_label(label, f"{_sci(h['budget'])} predicted from smaller budgets ({100 * h['rel_error']:.1f}% off)"))
+                    label=_label(label, f"{_sci(h['budget'])} predicted from smaller budgets ({ratio_text(h['rel_error'], 1, percent=True)} off)"))
     _log_x(ax)
     ax.set_xlabel(_n_label(fit))
     ax.set_ylabel(f"Held-out loss ({results.loss_unit})")
@@ -185,7 +202,7 @@ def plot_optimal_scaling(ax, fit, results, which: str = "n", label: str | None =
         ax.errorbar([], [], yerr=[], fmt="o", color="0.35" if color is None else color, ms=5, capsize=2,
                     label=_label(label, f"IsoFLOP minima ({pct}% CI; hollow: left out)"))
         for bf in fit.approach2.budgets:
-            if not np.isfinite(bf.n_opt):
+            if not _drawable_minimum(bf) or not (np.isfinite(bf.d_opt) and bf.d_opt > 0):
                 continue
             y, ci = (bf.n_opt, bf.n_opt_ci) if which == "n" else (bf.d_opt, bf.d_opt_ci)
             err = None

@@ -33,7 +33,15 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.laws import R_STAR_DATA, auroc_from_law, edge_note, effective_tokens, format_interval, percentile_ci
+from analysis.laws import (
+    R_STAR_DATA,
+    auroc_from_law,
+    edge_note,
+    effective_tokens,
+    format_interval,
+    percentile_ci,
+    power_law,
+)
 from ehrfm.errors import UserError
 from ehrfm.io import format_ci, markdown_table
 
@@ -42,6 +50,10 @@ EXTRAPOLATION_WARN = 10.0  # warn past this factor beyond the largest fitted bud
 # tested range, a power law's N_opt is the exponent's error times ln(factor) away (a 0.05 error in a
 # is a factor 1.4 at 1000x) and below it the laws give models of under one parameter.
 EXTRAPOLATION_UNTRUSTED = 1000.0
+# The data-constrained optimum is searched on a log grid of N this dense (points per decade), with
+# at most DC_GRID_MAX points (bootstrap draws x grid points are held at once).
+DC_GRID_PER_DECADE = 200
+DC_GRID_MAX = 4000
 
 
 @dataclass
@@ -194,7 +206,7 @@ def _predict_12(fits: dict, draws: dict, k: int, c: float, conf: float) -> Appro
 
     def ci(coef, exp):
         dc, de = draws.get(f"approach{k}/{coef}"), draws.get(f"approach{k}/{exp}")
-        return percentile_ci(dc * c**de, conf) if dc is not None else [float("nan")] * 2
+        return percentile_ci(power_law(dc, de, c), conf) if dc is not None else [float("nan")] * 2
 
     return ApproachPrediction(k, n, ci("n_coef", "a"), d, ci("d_coef", "b"), loss, ci("loss_coef", "loss_exponent"))
 
@@ -232,9 +244,14 @@ def _data_constrained(fits: dict, draws: dict, c: float, unique: float, r_star: 
     k = f["flops_per_param_token"]
     point = {key: np.array([f[key]]) for key in ("E", "A", "B", "alpha", "beta", "G", "a")}
     boot = _a3_arrays(f, draws)
-    # Candidate N over 4 decades around the unconstrained optimum, evaluated for all draws at once.
+    # Candidate N, evaluated for all draws at once: from 2 decades below the unconstrained optimum
+    # n0 to a decade past N = C / (k U), where D falls to the unique tokens U. With D < U nothing is
+    # repeated and the loss is the unconstrained law's, which rises past n0 (< C / (k U) whenever
+    # D_opt > U): the constrained optimum lies inside. A fixed 4 decades around n0 cut it off when
+    # D_opt is thousands of epochs (1e25 FLOPs on 1e6 tokens: "optimum" = the grid's end, 100 n0).
     n0 = f["G"] * (c / k) ** f["a"]
-    grid = n0 * np.logspace(-2, 2, 801)
+    lo, hi = math.log10(n0) - 2.0, max(math.log10(n0) + 2.0, math.log10(c / (k * unique)) + 1.0)
+    grid = np.logspace(lo, hi, int(min(DC_GRID_MAX, max(800, round(DC_GRID_PER_DECADE * (hi - lo))))) + 1)
 
     def solve(p):
         with np.errstate(all="ignore"):
@@ -259,7 +276,8 @@ def _data_constrained(fits: dict, draws: dict, c: float, unique: float, r_star: 
         out.update(loss_at_unconstrained_optimum_ci=percentile_ci(bu, conf), n_opt_ci=percentile_ci(bn, conf),
                    d_opt_ci=percentile_ci(bd, conf), loss_ci=percentile_ci(bl, conf))
     if n >= grid[-2] or n <= grid[1]:
-        out["note"] = "constrained optimum at the edge of the searched range (4 decades around N_opt)"
+        out["note"] = (f"constrained optimum at the edge of the searched range (N {grid[0]:.3g} to {grid[-1]:.3g}): "
+                       "not a minimum, a bound")
     return out
 
 

@@ -14,10 +14,12 @@ which makes the utility bootstrap paired), and these optional columns (written b
 Only status == "completed" rows are fitted; every other row is reported in `excluded` with its
 reason (the status, and the `error` column's text when there is one). A completed row whose loss
 is above uniform guessing, ln(vocab_size) nats/token, is a blow-up recorded by a trainer that did
-not check it: excluded too, with that reason, never fitted. A completed row with a missing, NaN or non-positive required value is an error naming
+not check it: excluded too, with that reason, never fitted; when a quarter of the completed rows
+or more are above it, the column is in another unit (bits, perplexity): an error. A completed row with a missing, NaN or non-positive required value is an error naming
 the file, column and run ids (never patient data: the table holds none, but we still name ids only).
 Hand-made tables are read leniently where the meaning is certain and refused where it is not:
-padded numbers and headers in a CSV ("3.2 ", "loss ") and a status written "Completed" are read;
+padded numbers and headers in a CSV ("3.2 ", "loss ") and a status written "Completed" are read, and
+so are other trackers' words for it (W&B's and MLflow's "finished", "succeeded": COMPLETED_SYNONYMS);
 completed rows repeated in every column (a table pasted twice), text that is not a number, an
 empty table and infinite optional values are errors; planned budgets within 0.1% of each other
 (1e11 vs 1.0000001e11) are one IsoFLOP budget.
@@ -47,6 +49,12 @@ LOSS_SE_COLUMNS = {"loss": "eval_loss_se", "loss_per_event": "loss_per_event_se"
 BUDGET_GROUP_DECADES = 0.05
 # Planned budgets closer than this (0.1%) are one budget written two ways (1e11 vs 1.0000001e11).
 BUDGET_SAME_DECADES = 4.3e-4
+# When at least this share of the completed runs has a loss above ln(vocab_size), the loss column is
+# in another unit (bits are 1.44x nats, a perplexity exp(nats)), not a sweep of blow-ups: an error.
+BLOWN_UP_UNIT_SHARE = 0.25
+# Statuses other trackers write for a run that ended normally, read as completed: W&B's and
+# MLflow's "finished" (FINISHED), "succeeded"/"success" (Argo, Kubernetes jobs, hand-made tables).
+COMPLETED_SYNONYMS = ("finished", "succeeded", "success")
 # Parameter counts a fit can use: Results.with_n_count.
 N_COUNTS = ("total", "non-embedding")
 
@@ -282,9 +290,16 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss") ->
         values["flops"] = _numeric(df, "flops", source, keep)
     for col, v in values.items():
         _refuse(source, col, "missing, NaN or non-positive", keep & ~(np.isfinite(v) & (v > 0)), run_id, "completed ")
+    if "flops" in values and keep.any():
+        _refuse_unit_mismatch(source, values["flops"][keep], values["n_params"][keep], values["tokens"][keep])
     if keep.sum() == 0:
         named = _name_ids(f"{e['run_id']} ({e['reason'].split(':')[0]})" for e in excluded)
-        raise UserError(f"results table {source} has no completed runs to fit ({df.height} rows, {len(excluded)} excluded: {named})")
+        values, counts = np.unique([e["reason"].split(":")[0] for e in excluded], return_counts=True)
+        order = np.argsort(-counts, kind="stable")
+        tally = ", ".join(f"{values[i]} in {counts[i]}" for i in order[:6]) + (" ..." if values.size > 6 else "")
+        raise UserError(f"results table {source} has no completed runs to fit ({df.height} rows, {len(excluded)} excluded: {named}; "
+                        f"{tally}): only rows with status completed "
+                        f"(or {', '.join(COMPLETED_SYNONYMS)}) are fitted")
 
     def positive(col: str) -> np.ndarray | None:
         """The optional column `col` (None when absent); non-positive values of kept runs refused."""
@@ -325,7 +340,57 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss") ->
     )
     res = res.subset(keep)
     res.budget = group_budgets(res.flops, res.budget)
+    _refuse_crowded_budgets(source, res)
     return res
+
+
+def _refuse_crowded_budgets(source: str, res: Results) -> None:
+    """UserError when planned budgets lie within BUDGET_GROUP_DECADES (12%) of each other.
+
+    An IsoFLOP budget is the compute a ladder of sizes shares, planned >= 2x apart; a budget column
+    whose values differ by a few percent run to run holds each run's own FLOPs (another tool's
+    "budget", or flops copied into it), and splits every IsoFLOP parabola into groups of 1-2 runs
+    (Approach 2 then fits nothing and Approach 1's envelope runs are not optima).
+    """
+    if res.budget_from != "budget":
+        return
+    values = np.unique(res.budget)
+    gaps = np.diff(np.log10(values))
+    close = np.flatnonzero(gaps < BUDGET_GROUP_DECADES)
+    if close.size:
+        crowded = np.unique(np.concatenate([close, close + 1]))
+        i = close[0]
+        raise UserError(
+            f"results table {source}: column budget holds {values.size} values, {crowded.size} of them within "
+            f"{10 ** BUDGET_GROUP_DECADES - 1:.0%} of another (e.g. {values[i]:.4g} and {values[i + 1]:.4g}): an IsoFLOP budget is "
+            "the planned compute a ladder of model sizes shares, not each run's own FLOPs; write each run's planned "
+            "budget, or drop the budget column to group the runs by their flops")
+
+
+# flops / (n_params x tokens) of a transformer run: 6 for training on the parameters alone (2 forward,
+# 4 backward); more with attention and the output layer over the non-embedding count (~800 for a
+# 16-wide layer, 30,000 codes, context 4,096: ehrfm.shapes), down to ~3 over a total count that holds a
+# large vocabulary's embeddings, and to ~1 for forward-only FLOPs. Outside this range a column is in
+# another unit (tokens or parameters in millions or billions, FLOPs in PFLOP).
+FLOPS_PER_PARAM_TOKEN_RANGE = (1.0, 1e5)
+
+
+def _refuse_unit_mismatch(source: str, flops: np.ndarray, n_params: np.ndarray, tokens: np.ndarray) -> None:
+    """UserError when flops / (n_params x tokens) of the median completed run is no transformer's.
+
+    A table from another tool with tokens in billions ("1.5") or parameters in millions would be
+    fitted as models of a few parameters trained on a few tokens: every N_opt and D_opt then comes
+    out in the wrong unit. The ratio is 6 for C = 6 N D; FLOPS_PER_PARAM_TOKEN_RANGE allows for
+    attention, embeddings and forward-only counts.
+    """
+    ratio = float(np.median(flops / (n_params * tokens)))
+    lo, hi = FLOPS_PER_PARAM_TOKEN_RANGE
+    if not lo <= ratio <= hi:
+        raise UserError(
+            f"results table {source}: columns flops, n_params and tokens disagree: flops / (n_params x tokens) is "
+            f"{ratio:.3g} in the median completed run (training spends 6 per parameter and token, up to hundreds "
+            f"with attention and the output layer of a tiny model): {'is n_params or tokens in millions or billions' if ratio > hi else 'is flops in another unit (PFLOP, FLOPs per step)'}? "
+            "ehrfm reads plain counts: parameters, tokens, FLOPs")
 
 
 UNPLANNED_REASON = "not in the sweep's current plan (budget null)"
@@ -413,6 +478,8 @@ def _completed(df: pl.DataFrame, run_id: np.ndarray) -> tuple[np.ndarray, list[d
     if "status" in df.columns:
         # "Completed", " completed" (spreadsheets, other trackers) are the status completed
         status = df["status"].cast(pl.Utf8).str.strip_chars().str.to_lowercase().fill_null("<null>").to_numpy().astype(str)
+        # other trackers' word for a run that ended normally (W&B and MLflow "finished", "succeeded")
+        status = np.where(np.isin(status, COMPLETED_SYNONYMS), str(Status.COMPLETED), status)
         error = df["error"].cast(pl.Utf8).to_list() if "error" in df.columns else [None] * df.height
         for i in np.flatnonzero(status != Status.COMPLETED):
             excluded.append({"run_id": str(run_id[i]), "reason": f"status {status[i]}" + (f": {error[i]}" if error[i] else "")})
@@ -431,6 +498,15 @@ def _blown_up(df: pl.DataFrame, source: str, values: dict, keep: np.ndarray, run
     uniform = np.log(_numeric(df, "vocab_size", source))
     per_token = values["loss"] if "loss" in values else _numeric(df, "loss", source)
     blown = keep & np.isfinite(uniform) & (per_token > uniform)
+    checked = int((keep & np.isfinite(uniform) & np.isfinite(per_token)).sum())
+    if blown.sum() >= 2 and blown.sum() >= BLOWN_UP_UNIT_SHARE * checked:
+        # A quarter of the runs "worse than guessing" is not a sweep of blow-ups: the column holds another unit.
+        raise UserError(
+            f"results table {source}: column loss is above uniform guessing, ln(vocab_size) nats/token, in "
+            f"{int(blown.sum())} of {checked} completed runs: a loss in another unit, not blow-ups? ehrfm reads "
+            "held-out cross-entropy in nats (natural log): convert bits (log2) with nats = bits x 0.6931 and a "
+            "perplexity with nats = ln(perplexity), or correct the vocab_size column (runs that did blow up: "
+            "status failed)")
     for i in np.flatnonzero(blown):
         excluded.append({"run_id": str(run_id[i]), "reason": f"status completed but loss {per_token[i]:.4g} nats/token is "
                          f"above uniform guessing ln V = {uniform[i]:.4g}: a blow-up, not a measurement"})

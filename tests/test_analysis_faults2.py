@@ -1,0 +1,268 @@
+"""Faults a scaling-law reviewer finds in `ehrfm fit` / `ehrfm recommend`, fixed by kind (second round).
+
+Each test builds a small table from a known law and checks real numbers:
+- the data-constrained optimum was searched 4 decades around N_opt only, so with D_opt thousands
+  of epochs over the unique tokens it was the grid's end (100 N_opt), reported as an optimum;
+- `--bootstrap 0` printed Approach 3's A and B as numbers, though nothing checked that they are
+  identified, under a header of "95% bootstrap intervals, 0 replicates";
+- replicate runs of one shape (seeds): Approach 1 took the luckiest seed, and nothing said so;
+- a nearly flat IsoFLOP parabola: N_opt overflowed to inf and D_opt to "0" tokens (numpy
+  RuntimeWarnings on stderr), and a left-out budget's far vertex squashed every plot;
+- a loss column in bits (or a perplexity): half the sweep excluded as "blow-ups", the rest fitted;
+- a held-out error ratio of 0.004 printed "0.00" (reads as an exact prediction);
+- W&B / MLflow tables (status "finished"): no completed runs; errors that did not count the statuses;
+- `--max-epochs inf`: an Infinity token in fit_config.json (not JSON);
+- a budget column holding each run's own FLOPs: 21 "IsoFLOP budgets" of 1-2 runs;
+- tokens in billions or flops in PFLOP: fitted as models of a few parameters on a few tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import polars as pl
+import pytest
+from scipy.optimize import minimize_scalar
+
+from analysis.fit import FitConfig, FitWarning, fit_results, format_fit_table, format_holdout, ratio_text, write_fits
+from analysis.laws import effective_tokens
+from analysis.recommend import recommend
+from analysis.synthetic import BESIROGLU, synthetic_results
+from ehrfm.errors import UserError
+
+ENV = {**os.environ, "EHRFM_QUIET": "1", "OMP_NUM_THREADS": "1"}
+BUDGETS = (1e18, 1e19, 1e20, 1e21)
+
+
+def _table(noise: float = 0.005, sizes: int = 7) -> pl.DataFrame:
+    return synthetic_results(BESIROGLU, budgets=BUDGETS, sizes=sizes, noise=noise, seed=1)
+
+
+def _fit(table, **cfg):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitWarning)
+        return fit_results(table, config=FitConfig(**{"holdout": False, **cfg}))
+
+
+def _flat_top_budget(curvature: float) -> pl.DataFrame:
+    """The 1e21 budget's losses falling almost linearly in ln N: its parabola's vertex lies far right."""
+    t = _table()
+    top = t["budget"].to_numpy() == 1e21
+    x = np.log(t["n_params"].to_numpy()[top])
+    loss = t["loss"].to_numpy().copy()
+    loss[top] = 2.5 - 0.05 * (x - x.min()) + curvature * (x - x.min()) ** 2
+    return t.with_columns(pl.Series("loss", loss))
+
+
+def test_data_constrained_optimum_is_searched_until_it_is_found(tmp_path):
+    fit = _fit(_table(), approaches=(3,), bootstrap=40)
+    d = write_fits(fit, tmp_path / "fit", plots=False)
+    c, unique = 1e21, 1e6  # D_opt is ~64,000 epochs over 1e6 unique tokens
+    rec = recommend(d, c, unique_tokens=unique)
+    dc = rec.data_constrained
+    a3 = fit.approach3
+    k = a3.flops_per_param_token
+
+    def loss(log_n):  # the fitted law on Muennighoff effective data at compute c
+        n = math.exp(log_n)
+        return a3.E + a3.A / n**a3.alpha + a3.B / float(effective_tokens(c / (k * n), unique)) ** a3.beta
+
+    best = minimize_scalar(loss, bounds=(math.log(rec.n_opt), math.log(c / (k * unique))), method="bounded",
+                           options=dict(xatol=1e-6))
+    n_true = math.exp(best.x)
+    assert n_true > 300 * rec.n_opt  # beyond the old grid's end (100 N_opt), where it stopped
+    assert abs(math.log(dc["n_opt"] / n_true)) < 0.02, (dc["n_opt"], n_true)
+    assert dc["loss"] == pytest.approx(best.fun, rel=1e-4)
+    assert "note" not in dc  # an interior optimum, not "at the edge of the searched range"
+    lo, hi = dc["n_opt_ci"]
+    assert lo <= dc["n_opt"] <= hi
+    assert 50 < dc["epochs"] < 500
+    # Inside the data: no repetition, no data-constrained view.
+    assert recommend(d, 1e19, unique_tokens=1e13).data_constrained is None
+
+
+def test_bootstrap_0_says_approach3_parameters_are_unchecked():
+    fit = _fit(_table(), approaches=(2, 3), bootstrap=0)
+    text = format_fit_table(fit)
+    assert "95% bootstrap intervals, 0 replicates" not in text
+    assert "no intervals (--bootstrap 0: nothing below has an uncertainty)" in text.splitlines()[0]
+    row = next(ln for ln in text.splitlines() if ln.startswith("| 3 parametric"))
+    for name in ("E", "A", "B", "alpha", "beta"):
+        assert f"{name}={getattr(fit.approach3, name):.3g} (unchecked)" in row
+    assert "whether E, A, B, alpha and beta are identified is unchecked" in text
+    # With intervals the check is made and the cells carry them.
+    boot = format_fit_table(_fit(_table(), approaches=(3,), bootstrap=30))
+    assert "(unchecked)" not in boot and "30 replicates" in boot
+
+
+def test_seed_replicates_enter_approach1_as_their_shape_mean():
+    # Two seeds per shape, one 3% above the noiseless law and one below by a shape-dependent 0-3%:
+    # their mean is the law, their minimum is the luckiest seed.
+    law = _table(noise=0.0)
+    rng = np.random.default_rng(0)
+    delta = rng.uniform(0.0, 0.03, law.height)
+    seeds = pl.concat([
+        law.with_columns(pl.col("run_id") + "-s0", loss=pl.col("loss") * (1 + pl.Series(delta))),
+        law.with_columns(pl.col("run_id") + "-s1", loss=pl.col("loss") * (1 - pl.Series(delta))),
+    ])
+    fit = _fit(seeds, approaches=(1,), bootstrap=0)
+    truth = dict(zip(zip(law["budget"], law["n_params"], strict=True), law["loss"], strict=True))
+    for p in fit.approach1.points:
+        assert p["n_runs"] == 2
+        assert p["loss"] == pytest.approx(truth[(p["budget"], p["n_params"])], rel=1e-12)  # was the lower seed
+    clean = _fit(law, approaches=(1,), bootstrap=0).approach1
+    assert fit.approach1.loss_exponent == pytest.approx(clean.loss_exponent, rel=1e-9)
+    assert fit.inputs["replicates"] == {"shapes": 28, "runs": 56, "max": 2}
+    assert "**28 shape(s) (budget, N, D) were run more than once** (56 runs, up to 2 per shape" in format_fit_table(fit)
+    assert _fit(law, approaches=(1,), bootstrap=0).inputs["replicates"] is None
+
+
+def test_a_nearly_flat_parabola_has_no_minimum_and_no_overflow():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # numpy's overflow warnings went to stderr
+        fit = _fit(_flat_top_budget(1e-5), approaches=(2,), bootstrap=40)
+    top = fit.approach2.budgets[-1]
+    assert top.budget == 1e21 and not top.used
+    assert math.isnan(top.n_opt) and math.isnan(top.d_opt) and math.isnan(top.loss_min)  # were inf and 0.0
+    assert top.reason.startswith("the parabola is nearly flat: its vertex, ln N = 2.52e+03, lies far outside")
+    row = next(ln for ln in format_fit_table(fit).splitlines() if ln.startswith("| 1e+21 |"))
+    assert row.startswith("| 1e+21 | 7 | n/a | n/a | n/a |")
+    assert fit.approach2.n_budgets_used == 3 and fit.approach2.a == pytest.approx(0.5, abs=0.03)
+
+
+def test_a_left_out_budgets_far_minimum_does_not_set_the_plot_axes():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from analysis.plots import plot_isoflops, plot_optimal_scaling
+    from analysis.table import load_results
+
+    table = _flat_top_budget(1e-3)
+    fit = _fit(table, approaches=(2,), bootstrap=0)
+    top = fit.approach2.budgets[-1]
+    assert not top.used and top.n_opt > 1e18 and top.d_opt < 100  # vertex 2.5e19 parameters, 7 tokens
+    res = load_results(table)
+    fig, (a1, a2, a3) = plt.subplots(1, 3)
+    plot_isoflops(a1, fit, res)
+    plot_optimal_scaling(a2, fit, res, "n")
+    plot_optimal_scaling(a3, fit, res, "d")
+    try:
+        assert a1.get_xlim()[1] < 1e12  # was ~1e20: every used budget squeezed into the left edge
+        assert a2.get_ylim()[1] < 1e12
+        assert a3.get_ylim()[0] > 1e8  # was ~1: a D_opt of 7 tokens
+    finally:
+        plt.close(fig)
+
+
+def test_a_loss_in_bits_is_refused_not_half_excluded_as_blowups(tmp_path):
+    t = _table().with_columns(vocab_size=pl.lit(64))  # ln 64 = 4.16 nats; the runs' losses 2.3-4.1 nats
+    bits = t.with_columns(loss=pl.col("loss") / math.log(2))
+    with pytest.raises(UserError, match=r"column loss is above uniform guessing, ln\(vocab_size\) nats/token, in 14 of 28 "
+                                        r"completed runs: a loss in another unit"):
+        _fit(bits)
+    bits.write_csv(tmp_path / "bits.csv")
+    p = subprocess.run([sys.executable, "-m", "ehrfm", "fit", str(tmp_path / "bits.csv"), "--out", str(tmp_path / "fit"),
+                        "--bootstrap", "0", "--no-plots"], env=ENV, capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "bits.csv" in p.stderr and "nats = bits x 0.6931" in p.stderr
+    assert not (tmp_path / "fit").exists()
+    # The same runs in nats fit every run; one real blow-up is still excluded, not an error.
+    assert _fit(t, approaches=(2,), bootstrap=0).n_fitted == 28
+    one = t.with_columns(loss=pl.when(pl.int_range(pl.len()) == 3).then(9.0).otherwise(pl.col("loss")))
+    assert _fit(one, approaches=(2,), bootstrap=0).n_fitted == 27
+
+
+def test_small_ratios_are_not_printed_as_zero():
+    assert [ratio_text(0.69), ratio_text(0.0045), ratio_text(0.0223, percent=True), ratio_text(4e-5, percent=True),
+            ratio_text(None), ratio_text(0)] == ["0.69", "0.004", "2.23%", "0.004%", "n/a", "0.00"]
+    fit = _fit(_table(), approaches=(2, 3), bootstrap=0, holdout=True)
+    h = fit.holdout
+    assert h["error_ratio"] < 0.005  # Approach 3 predicts the held-out 1e21 budget almost exactly
+    text = format_holdout(fit)
+    assert f"error ratio {ratio_text(h['error_ratio'])};" in text and "error ratio 0.00;" not in text
+    # A ratio over an exact "no change" forecast is inf, written null in fits.json: "n/a", not a crash.
+    fit.holdout = {**h, "error_ratio": None}
+    assert "the law does not beat it (error ratio n/a;" in format_holdout(fit)
+
+
+def test_other_trackers_finished_runs_are_completed_and_statuses_are_counted(tmp_path):
+    t = _table()
+    crashed = pl.int_range(pl.len()) % 4 == 0
+    wandb = t.with_columns(status=pl.when(crashed).then(pl.lit("crashed")).otherwise(pl.lit("FINISHED")))  # W&B / MLflow
+    fit = _fit(wandb, approaches=(2,), bootstrap=0)
+    assert fit.n_fitted == 21 and [e["reason"] for e in fit.excluded] == ["status crashed"] * 7  # was: no completed runs
+    odd = t.with_columns(status=pl.when(crashed).then(pl.lit("crashed")).otherwise(pl.lit("ok")))
+    odd.write_csv(tmp_path / "odd.csv")
+    p = subprocess.run([sys.executable, "-m", "ehrfm", "fit", str(tmp_path / "odd.csv"), "--out", str(tmp_path / "fit"),
+                        "--bootstrap", "0", "--no-plots"], env=ENV, capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1
+    assert "; status ok in 21, status crashed in 7): only rows with status completed (or finished, succeeded, success)" in p.stderr
+    # One budget left after exclusions: the error says why the others are gone.
+    one = t.with_columns(status=pl.when(pl.col("budget") > 1e18).then(pl.lit("failed")).otherwise(pl.col("status")))
+    with pytest.raises(UserError, match=r"all 7 completed runs are one IsoFLOP budget \(21 other rows not fitted: status failed 21\)"):
+        _fit(one)
+
+
+def test_fit_config_json_has_no_infinity_token(tmp_path):
+    import json
+
+    from analysis.fit import load_fit
+
+    fit = _fit(_table(), approaches=(2,), bootstrap=0, max_epochs=math.inf)  # `--max-epochs inf`: no limit
+    d = write_fits(fit, tmp_path / "fit", plots=False)
+
+    def refuse(token):
+        raise AssertionError(f"{token} in JSON")
+
+    for name in ("fits.json", "fit_config.json"):
+        json.loads((d / name).read_text(), parse_constant=refuse)
+    assert json.loads((d / "fit_config.json").read_text())["max_epochs"] is None
+    assert load_fit(d).config.max_epochs is None
+
+
+def test_a_budget_column_of_each_runs_own_flops_is_refused(tmp_path):
+    # Another tool wrote each run's actual compute (planned budget +-1%) as its budget: 21 "budgets"
+    # of 1-2 runs, Approach 2 could fit none and Approach 1 took 10 runs of one ladder as optima.
+    t = _table()
+    jitter = pl.Series(np.random.default_rng(0).uniform(-0.01, 0.01, t.height))
+    own = t.with_columns(flops=pl.col("flops") * (1 + jitter), budget=pl.col("flops") * (1 + jitter))
+    with pytest.raises(UserError, match=r"column budget holds 21 values, 21 of them within 12% of another \(e\.g\. 9\.903e\+17 "
+                                        r"and 9\.954e\+17\): an IsoFLOP budget is the planned compute"):
+        _fit(own)
+    # Without the column, the same runs are grouped by their flops into the 4 budgets.
+    fit = _fit(own.drop("budget"), approaches=(2,), bootstrap=0)
+    assert fit.approach2.n_budgets_used == 4 and fit.approach2.a == pytest.approx(0.5, abs=0.02)
+    # Budgets written with float noise (0.001%) are still one budget each, not an error.
+    noisy = t.with_columns(budget=pl.col("budget") * (1 + 1e-5 * pl.int_range(pl.len()).cast(pl.Float64) / pl.len()))
+    assert _fit(noisy, approaches=(2,), bootstrap=0).approach2.n_budgets_used == 4
+
+
+def test_tokens_or_flops_in_another_unit_are_refused(tmp_path):
+    t = _table()
+    # Another tool's table: tokens in billions ("20.6"), or flops in PFLOP: every N_opt and D_opt
+    # would come out in the wrong unit (a 1e21 budget "trained" on 20 tokens).
+    for table, ratio, hint in ((t.with_columns(tokens=pl.col("tokens") / 1e9), "6e+09", "is n_params or tokens in millions or billions"),
+                               (t.with_columns(flops=pl.col("flops") / 1e15, budget=pl.col("budget") / 1e15), "6e-15",
+                                "is flops in another unit")):
+        with pytest.raises(UserError, match=rf"columns flops, n_params and tokens disagree: flops / \(n_params x tokens\) is "
+                                            rf"{re.escape(ratio)} in the median completed run .*: {hint}"):
+            _fit(table)
+    table.write_csv(tmp_path / "pflop.csv")
+    p = subprocess.run([sys.executable, "-m", "ehrfm", "fit", str(tmp_path / "pflop.csv"), "--out", str(tmp_path / "fit"),
+                        "--bootstrap", "0", "--no-plots"], env=ENV, capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "pflop.csv" in p.stderr and not (tmp_path / "fit").exists()
+    # A tiny model with a large vocabulary spends hundreds of FLOPs per non-embedding parameter and token: read.
+    from ehrfm import shapes
+
+    cfg = shapes.shape_for_params(3000, 30000, 4096)
+    ratio = shapes.flops_per_token(cfg) / shapes.n_params(cfg)
+    assert 100 < ratio < 1e5
+    tiny = t.with_columns(flops=pl.col("flops") * ratio / 6, budget=pl.col("budget") * ratio / 6)
+    assert _fit(tiny, approaches=(2,), bootstrap=0).approach2.n_budgets_used == 4
