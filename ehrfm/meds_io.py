@@ -9,8 +9,11 @@ same one-line error and applies the same rules:
   (meds_etl). Split names are the
   `meds` package's constants (train, tuning, held_out). Known aliases some tools write (`val`,
   `valid`, `validation`, `dev` -> tuning; `test`, `heldout`, `held-out`, `holdout` -> held_out)
-  are mapped, and the mapping is reported on stderr; any other folder under `data/` is refused,
-  naming it, so that no split is silently left out.
+  and any of these names in other letter case (`Train`, `TEST`) are mapped, and the mapping is
+  reported on stderr; any other folder under `data/` is refused, naming it, so that no split is
+  silently left out. Hidden files and folders (a name starting with `.`: macOS's `._0.parquet`
+  resource forks, `.ipynb_checkpoints/`) are not data, as for pyarrow datasets and Spark: they
+  are left out, and their count said on stderr when any of them is named `*.parquet`.
 - Columns: `subject_id`, `time`, `code` (MEDS 0.4, `meds.DataSchema`). A shard written by MEDS
   0.3 or older (`patient_id`) is refused naming the file, the missing column and the MEDS version
   expected.
@@ -67,12 +70,25 @@ SPLIT_ALIASES = {
 # Column names of older MEDS versions -> the 0.4 name that replaced them.
 LEGACY_COLUMNS = {"patient_id": SUBJECT_ID, "timestamp": TIME}
 NEVER_STATIC_CODES = (meds.birth_code, meds.death_code)
+INT64_MAX = (1 << 63) - 1
+WARN_CODES = 10  # codes named in a warning line, the most frequent first (the rest counted)
 # Prefixes of codes that are events by nature (MIMIC_IV_MEDS style, as written by this ETL).
 EVENT_PREFIXES = (
     "HOSPITAL_ADMISSION//", "HOSPITAL_DISCHARGE//", "ICU_ADMISSION//", "ICU_DISCHARGE//", "TRANSFER_TO//",
     "ED_", "LAB//", "MEDICATION//", "DIAGNOSIS//", "PROCEDURE//", "DRG//", "VITAL//", "INFUSION//",
     "OUTPUT//", "OMR//",
 )
+
+
+def split_name(name: str) -> str | None:
+    """The MEDS split a folder or split name stands for (a split, a known alias, in any letter case), else None."""
+    n = name.lower()
+    return n if n in SPLITS else SPLIT_ALIASES.get(n)
+
+
+def _parquet_files(folder: Path, data: Path) -> list[Path]:
+    """The parquet files under `folder`, sorted, without hidden ones (a `.` name anywhere below `data`)."""
+    return sorted(p for p in folder.rglob("*.parquet") if not any(part.startswith(".") for part in p.relative_to(data).parts))
 
 
 def warn(line: str) -> None:
@@ -153,12 +169,17 @@ def open_meds(meds_dir: str | os.PathLike, check_static: bool = True) -> MedsDat
     data = root / DATA_DIR
     if not data.is_dir():
         raise UserError(f"{root} is not a MEDS dataset: no {DATA_DIR}/ directory")
+    visible = _parquet_files(data, data)
+    hidden = sum(1 for _ in data.rglob("*.parquet")) - len(visible)
+    if hidden:
+        warn(f"{data}: left out {hidden} hidden file(s) named *.parquet (a name starting with '.', e.g. macOS's ._* "
+             "copies or .ipynb_checkpoints/): not data")
     # A truncated shard would otherwise surface mid-scan as an error naming no file.
-    check_parquet_files([*data.rglob("*.parquet"), *(root / "metadata").glob("*.parquet")], "MEDS file",
+    check_parquet_files([*visible, *(root / "metadata").glob("*.parquet")], "MEDS file",
                         hint="re-create the MEDS dataset (ehrfm etl --overwrite)")
     folders = sorted(p.name for p in data.iterdir()
-                     if p.is_dir() and not p.name.startswith(".") and any(p.rglob("*.parquet")))
-    split_named = [f for f in folders if f in SPLITS or f in SPLIT_ALIASES]
+                     if p.is_dir() and not p.name.startswith(".") and _parquet_files(p, data))
+    split_named = [f for f in folders if split_name(f)]
     if folders and not split_named and (root / SUBJECT_SPLITS_FILE).is_file():
         folders = []  # shard folders that are not splits (meds_etl): the splits come from metadata
     shards, aliases = _split_folder_shards(data, folders) if folders else _subject_split_shards(root, data)
@@ -171,7 +192,11 @@ def open_meds(meds_dir: str | os.PathLike, check_static: bool = True) -> MedsDat
         drop = tuple(sorted(ds.null_time_codes))
         ds.shards = {k: [dataclasses.replace(s, drop_null_time=drop) for s in v] for k, v in ds.shards.items()}
         if ds.null_time_codes:
-            parts = ", ".join(f"{c} ({n} rows)" for c, n in sorted(ds.null_time_codes.items()))
+            top = sorted(ds.null_time_codes.items(), key=lambda cn: (-cn[1], cn[0]))
+            parts = ", ".join(f"{c} ({n} rows)" for c, n in top[:WARN_CODES])
+            if len(top) > WARN_CODES:  # one readable line, not every code of another ETL's dataset
+                rest = top[WARN_CODES:]
+                parts += f" and {len(rest)} more codes ({sum(n for _, n in rest)} rows)"
             warn(f"{root}: dropped rows with a null time whose code is not static: {parts}; "
                  "only static codes (e.g. GENDER//F) may lack a time")
     return ds
@@ -191,6 +216,11 @@ def _check_rows(ds: MedsDataset) -> None:
         for col, n in zip((SUBJECT_ID, CODE), nulls, strict=True):
             if n:
                 raise UserError(f"MEDS shard {path}: {n} rows with a null {col}; every MEDS row needs a {SUBJECT_ID} and a {CODE}")
+        if pl.read_parquet_schema(path)[SUBJECT_ID] == pl.UInt64:  # any integer width is read as int64
+            n = pl.scan_parquet(path).select((pl.col(SUBJECT_ID) > INT64_MAX).sum()).collect().item()
+            if n:
+                raise UserError(f"MEDS shard {path}: {n} rows whose {SUBJECT_ID} (uint64) is above int64's range; MEDS "
+                                f"{MEDS_VERSION}'s {SUBJECT_ID} is int64: map those ids in the ETL")
         blank = _blank_code_count(path, stats)
         if blank:
             raise UserError(f"MEDS shard {path}: {blank} rows whose {CODE} is empty or only spaces; a code names what happened "
@@ -278,25 +308,25 @@ def _split_folder_shards(data: Path, folders: list[str]) -> tuple[dict[str, list
     ({split: shards}, {folder alias: split}) of data/<split>/ folders (UserError: unknown or
     clashing folders, or parquet files beside them).
     """
-    unknown = [f for f in folders if f not in SPLITS and f not in SPLIT_ALIASES]
+    unknown = [f for f in folders if not split_name(f)]
     if unknown:
         raise UserError(
             f"{data}: split folder(s) {', '.join(unknown)} are not MEDS splits ({', '.join(SPLITS)}; "
             f"known aliases {', '.join(sorted(SPLIT_ALIASES))}); rename them or use a flat layout with "
             f"{SUBJECT_SPLITS_FILE}")
-    loose = sorted(data.glob("*.parquet"))
+    loose = [p for p in sorted(data.glob("*.parquet")) if not p.name.startswith(".")]
     if loose:
         raise UserError(f"{data}: {len(loose)} parquet file(s) lie beside the split folders "
                         f"{', '.join(folders)}; put every shard in a split folder")
     aliases: dict[str, str] = {}
     shards: dict[str, list[Shard]] = {}
     for f in folders:
-        split = f if f in SPLITS else SPLIT_ALIASES[f]
+        split = split_name(f)
         if split != f:
             aliases[f] = split
-        files = sorted((data / f).rglob("*.parquet"))
+        files = _parquet_files(data / f, data)
         shards.setdefault(split, []).extend(Shard(p, split) for p in files)
-    clash = [s for s in shards if sum(1 for f in folders if (SPLIT_ALIASES.get(f, f)) == s) > 1]
+    clash = [s for s in shards if sum(1 for f in folders if split_name(f) == s) > 1]
     if clash:
         raise UserError(f"{data}: several folders map to split {clash[0]!r} ({', '.join(folders)})")
     if aliases:
@@ -311,7 +341,7 @@ def _subject_split_shards(root: Path, data: Path) -> tuple[dict[str, list[Shard]
     splits come from metadata/subject_splits.parquet; each split reads every shard, keeping its
     own subjects (UserError: no shards, no or a malformed splits file, unknown split names).
     """
-    files = sorted(data.rglob("*.parquet"))
+    files = _parquet_files(data, data)
     if not files:
         raise UserError(f"{data} holds no parquet shards")
     splits_path = root / SUBJECT_SPLITS_FILE
@@ -324,18 +354,24 @@ def _subject_split_shards(root: Path, data: Path) -> tuple[dict[str, list[Shard]
             found = f" (found {old[0]!r}: the name used before MEDS 0.4)" if old else ""
             raise UserError(f"{splits_path} lacks column {col!r}{found}; ehrfm reads MEDS {MEDS_VERSION} "
                             f"subject splits ({SUBJECT_ID}, split)")
+    for col, ok, want in ((SUBJECT_ID, COLUMN_TYPES[SUBJECT_ID][0], "an integer (int64)"),
+                          ("split", COLUMN_TYPES[CODE][0], "text (string) naming the split")):
+        if not ok(sp.schema[col]):  # ids as text, splits as numbers: refused, not cast by guessing
+            raise UserError(f"{splits_path}: column {col} is {sp.schema[col]}, not {want} (the MEDS {MEDS_VERSION} "
+                            "subject splits schema)")
+    sp = sp.with_columns(pl.col("split").cast(pl.String))
     several = sp.select(SUBJECT_ID, "split").drop_nulls().unique().group_by(SUBJECT_ID).len().filter(pl.col("len") > 1).height
     if several:
         raise UserError(f"{splits_path}: {several} subjects are listed in more than one split; each subject must "
                         "live in exactly one split, or held-out data leaks into training")
     names = sorted(set(sp["split"].drop_nulls().to_list()))
-    unknown = [n for n in names if n not in SPLITS and n not in SPLIT_ALIASES]
+    unknown = [n for n in names if not split_name(n)]
     if unknown:
         raise UserError(f"{splits_path}: split name(s) {', '.join(unknown)} are not MEDS splits ({', '.join(SPLITS)})")
     aliases: dict[str, str] = {}
     shards: dict[str, list[Shard]] = {}
     for n in names:
-        split = SPLIT_ALIASES.get(n, n)
+        split = split_name(n)
         if split != n:
             aliases[n] = split
         ids = sp.filter(pl.col("split") == n)[SUBJECT_ID]

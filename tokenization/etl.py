@@ -13,7 +13,10 @@ descriptions), provider and caregiver (id lists), poe_detail (attributes of poe 
 free text (chiefcomplaint, icd_title). Headers match without regard to case; 3.1's only
 difference in the columns read is the case of procedureevents' ORIGINALAMOUNT/ORIGINALRATE
 (lower case in 3.1; compared against a 3.1 column inventory), and a table without the columns
-this ETL needs is refused naming the table, every missing column and the columns it has.
+this ETL needs is refused naming the table, every missing column and the columns it has, and
+one it reads that the header names twice is refused too. Folder and file names match without
+regard to case, a table file in another folder than its module's is refused (find_table), gzip
+is recognised by content, not by the .gz name, and quoted values may hold line breaks.
 
 Output (DESIGN.md section 1):
     data/{train,tuning,held_out}/{k}.parquet   subject_id, time, code, numeric_value, text_value,
@@ -128,16 +131,23 @@ Dates and midnights (an event is never placed before the first moment it could h
   parent row of an administration repeats its product lines; a line without a dose; a line
   whose emar row is absent or dropped), missing_stay_id / unknown_stay_id (ED triage and
   diagnoses), missing_name (ED medrecon, pyxis), discharge_row_made_by_admissions (transfers),
-  later_death_merged (one death per subject, the earliest kept). Distinct orders keep their
+  later_death_merged (one death per subject, the earliest kept), time_outside_lifetime (an
+  event more than a year before the subject's MEDS_BIRTH -- its birth year is anchor_year -
+  anchor_age, give or take one -- or over MAX_ANCHOR_AGE + 1 years after it: a database's
+  sentinel date such as 1900-01-01 or 9999-12-31, an epoch-0 1970-01-01, or a date that was not
+  shifted as MIMIC-IV's are; subjects without a birth are not checked). Distinct orders keep their
   row id (pharmacy_id, poe_seq, the emar_detail product line) so only true repeats are
   `duplicate`.
   Numbers that do not parse are kept as null and counted (`unparseable_numbers_set_null`);
-  unparseable ids and times refuse the table (UserError).
+  numbers that parse but are no usable value -- NaN, infinite, or beyond float32's range
+  (|x| > 3.4e38, which numeric_value would hold as inf: `1e308`, `Infinity`, `NaN` from an
+  export) -- are kept as null too and counted (`out_of_range_numbers_set_null`); unparseable
+  ids and times refuse the table (UserError).
   They are printed as detail lines before the one-line summary and written to
   metadata/etl_config.json: `tables` = {table: {rows_read, events_written, dropped: {reason: n},
   date_only_values: {column: n}, date_only_placed_at_discharge, midnight_times: {column: n},
-  unparseable_numbers_set_null: {column: n}, moved_to_store_time: {column: n}}} (the last five
-  only when non-zero).
+  unparseable_numbers_set_null: {column: n}, out_of_range_numbers_set_null: {column: n},
+  moved_to_store_time: {column: n}}} (the last six only when non-zero).
 
 metadata/ehrfm_etl.json (read by `ehrfm audit` without importing this package):
     {"format": "ehrfm_etl/1", "etl_name", "etl_version", "end_of_day": "23:59:59",
@@ -304,6 +314,7 @@ class Context:
     date_only: dict = field(default_factory=dict)  # (table, column) -> date-only values read
     midnight: dict = field(default_factory=dict)  # table -> column -> timed values at exactly 00:00:00
     unparseable: dict = field(default_factory=dict)  # table -> column -> numbers that did not parse (set null)
+    out_of_range: dict = field(default_factory=dict)  # table -> column -> NaN, inf or beyond float32 (set null)
     stored: dict = field(default_factory=dict)  # (table, time column) -> {"store_column", "present", "moved"}
     discharge: dict = field(default_factory=dict)  # how discharge times were placed -> count
     ed_stays: pl.DataFrame | None = None  # stay_id, intime, outtime of ed/edstays (triage and ED diagnoses)
@@ -316,6 +327,15 @@ class Context:
 
 
 # ------------------------------------------------------------------------------- event rules
+# numeric_value is float32: a larger magnitude would be written as inf.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _usable_number(x: pl.Expr) -> pl.Expr:
+    """The value of x where it is a finite number float32 can hold, else null (NaN compares false)."""
+    return pl.when(x.abs() <= FLOAT32_MAX).then(x)
+
+
 def _ev(df: pl.DataFrame, time: pl.Expr | str, code: pl.Expr, order: int, numeric: pl.Expr | None = None,
         text: pl.Expr | None = None, hadm: bool = True, key: pl.Expr | None = None) -> pl.DataFrame:
     """MEDS events of `df`; `time` given as a column name carries that column's date-only flag along."""
@@ -328,7 +348,7 @@ def _ev(df: pl.DataFrame, time: pl.Expr | str, code: pl.Expr, order: int, numeri
         subject_id=pl.col("subject_id"),
         time=time,
         code=code,
-        numeric_value=(numeric if numeric is not None else pl.lit(None)).cast(pl.Float32),
+        numeric_value=(_usable_number(numeric.cast(pl.Float64)) if numeric is not None else pl.lit(None)).cast(pl.Float32),
         text_value=(text if text is not None else pl.lit(None)).cast(pl.String),
         hadm_id=(pl.col("hadm_id") if hadm and "hadm_id" in df.columns else pl.lit(None)).cast(pl.Int64),
         _order=pl.lit(order, pl.Int8),
@@ -575,7 +595,7 @@ def _ed_med(prefix: str):
 
 
 def _omr(df, ctx):
-    value = pl.col("result_value").cast(pl.Float64, strict=False)
+    value = _usable_number(pl.col("result_value").cast(pl.Float64, strict=False))
     text = pl.when(value.is_null()).then(pl.col("result_value")).otherwise(None)
     # chartdate is a date: _typed put it at the end of its day (never seen before it was taken).
     return [_ev(df, "chartdate", pl.lit("OMR//") + _part("result_name"), ORDER_MEASURE,
@@ -764,19 +784,77 @@ DICTIONARIES = {
 def find_table(raw: Path, name: str) -> Path | None:
     """The file of raw table `name` (e.g. "hosp/labevents") under `raw`: .csv.gz or .csv, else None.
 
+    Folder and file names match without regard to case (`HOSP/LABEVENTS.CSV.GZ` as some
+    copies and Windows tools write them). A table file that lies in another folder of `raw` (or
+    in `raw` itself) is refused, never left out as absent: MIMIC-IV 1.0's core/patients, a
+    flattened copy, or an icu/ table saved in hosp/ would otherwise vanish from the output
+    with only "absent" said about it.
+
     Raises:
-        UserError: both exist (which one is the table is a guess: a half-done decompression?).
+        UserError: two files of the table in its folder (which one is the table is a guess: a
+            half-done decompression?), or a file of it in another folder (named, with where
+            it belongs).
     """
-    found = [p for p in (raw / f"{name}.csv.gz", raw / f"{name}.csv") if p.is_file()]
-    if len(found) > 1:
-        raise UserError(f"table {name}: both {found[0]} and {found[1]} exist; keep one")
-    return found[0] if found else None
+    module, table = name.split("/", 1)
+    wanted = {f"{table}.csv.gz", f"{table}.csv"}
+
+    def files(folder: Path) -> list[Path]:
+        try:
+            return sorted(f for f in folder.iterdir() if f.name.lower() in wanted and f.is_file())
+        except OSError:
+            return []
+
+    folders = [d for d in sorted(raw.iterdir()) if d.is_dir()] if raw.is_dir() else []
+    home = [f for d in folders if d.name.lower() == module for f in files(d)]
+    elsewhere = [f for d in [raw, *(d for d in folders if d.name.lower() != module)] for f in files(d)]
+    if len(home) > 1:
+        raise UserError(f"table {name}: both {home[0]} and {home[1]} exist; keep one")
+    if elsewhere:
+        what = (f", which holds {home[0].name} too: remove the stray copy" if home
+                else f": MIMIC-IV keeps {table} in {module}/, move it there")
+        raise UserError(f"table {name}: {elsewhere[0]} lies outside {raw / module}/{what}")
+    return home[0] if home else None
 
 
 # Raw CSVs are UTF-8 (as PhysioNet ships them); a byte-order mark (written by Excel and some
 # Windows tools) is skipped, as pyarrow's CSV reader skips it for the rows.
 CSV_ENCODING = "utf-8-sig"
 NOT_UTF8_HINT = "MIMIC-IV is UTF-8 text; re-encode the file (e.g. iconv -f latin1 -t utf-8)"
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _is_gzip(path: Path) -> bool:
+    """Whether the file holds gzip data, by its first bytes, not its name.
+
+    A `.csv.gz` that is plain text (saved decompressed under its old name) and a `.csv` that is
+    still compressed both read as what they hold: judged by the name, the first failed as a bad
+    gzip file and the second was refused as "not UTF-8 text" (its compressed bytes).
+    """
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == GZIP_MAGIC
+    except OSError:
+        return path.suffix == ".gz"  # unreadable: the read itself reports it
+
+
+def _open_text(path: Path, mode: str = "rb", **kwargs):
+    """open() or gzip.open() of a raw CSV, by its content (_is_gzip)."""
+    return (gzip.open if _is_gzip(path) else open)(path, mode, **kwargs)
+
+
+def _csv_source(path: Path):
+    """A pyarrow input stream of a raw CSV, decompressed when its content is gzip (_is_gzip)."""
+    import pyarrow as pa
+
+    return pa.input_stream(str(path), compression="gzip" if _is_gzip(path) else None)
+
+
+# Quoted values may hold line breaks (free text: drug names, comments). Without this pyarrow
+# cuts blocks at any newline, and a quoted one at a block boundary failed the table ("CSV parser
+# got out of sync with chunker" or "Expected N columns, got M"), depending on the block size.
+CSV_PARSE = {"newlines_in_values": True}
 
 
 def _header(path: Path, table: str | None = None) -> list[str]:
@@ -788,9 +866,8 @@ def _header(path: Path, table: str | None = None) -> list[str]:
         UserError: unreadable, not UTF-8, or empty (no header line: a header-only file is an
             empty table, a file without one is a truncated copy).
     """
-    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rb") as f:
+        with _open_text(path) as f:
             line = f.readline()
     except (OSError, EOFError) as e:
         raise UserError(f"{path}: cannot read the CSV header ({type(e).__name__})") from None
@@ -822,6 +899,11 @@ def _check_columns(path: Path, needed: list[str], optional: set[str] = frozenset
     by_lower = {}
     for c in header:
         by_lower.setdefault(c.strip().lower(), c)
+    twice = [c for c in needed if sum(h.strip().lower() == c for h in header) > 1]
+    if twice:  # e.g. a SELECT * of a join: which column holds the table's values is a guess
+        names = [h for h in header if h.strip().lower() == twice[0]]
+        raise UserError(f"{path}: column {twice[0]!r} appears {len(names)} times in the header "
+                        f"({', '.join(map(repr, names))}); keep one (table {table or path.name})")
     missing = [c for c in needed if c not in by_lower and c not in optional]
     if missing:
         more = f" (and {len(missing) - 1} more: {', '.join(map(repr, missing[1:]))})" if len(missing) > 1 else ""
@@ -847,7 +929,8 @@ def _read_batches(path: Path, columns: list[str] | dict[str, str], block_size: i
     import pyarrow.csv as pacsv
 
     try:
-        reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=block_size, use_threads=False),
+        reader = pacsv.open_csv(_csv_source(path), read_options=pacsv.ReadOptions(block_size=block_size, use_threads=False),
+                                parse_options=pacsv.ParseOptions(**CSV_PARSE),
                                 convert_options=pacsv.ConvertOptions(
                                     include_columns=columns, column_types={c: pa.string() for c in columns},
                                     strings_can_be_null=True, null_values=[""]))
@@ -944,7 +1027,8 @@ def _count_not_utf8(path: Path, col: str, block_size: int) -> int | None:
     import pyarrow.csv as pacsv
 
     try:
-        reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=block_size, use_threads=False),
+        reader = pacsv.open_csv(_csv_source(path), read_options=pacsv.ReadOptions(block_size=block_size, use_threads=False),
+                                parse_options=pacsv.ParseOptions(**CSV_PARSE),
                                 convert_options=pacsv.ConvertOptions(include_columns=[col], column_types={col: pa.binary()}))
         n = 0
         for batch in reader:
@@ -966,12 +1050,22 @@ def _is_utf8(b: bytes) -> bool:
         return False
 
 
+# pyarrow's and zlib's words for gzip data that ends early or is corrupt.
+DAMAGED_GZIP = ("Truncated compressed stream", "zlib inflate failed", "Compressed file ended", "incorrect header check",
+                "invalid stored block", "invalid distance", "invalid block type")
+
+
 def _safe_reason(e: Exception) -> str:
     """The kind of a CSV read error without the row content pyarrow quotes (patient data)."""
     import re
 
-    m = re.search(r"Expected \d+ columns, got \d+", str(e))
-    return m.group(0) if m else type(e).__name__
+    text = str(e)
+    if isinstance(e, EOFError) or any(w in text for w in DAMAGED_GZIP):
+        return "its gzip data is truncated or damaged: an interrupted download or copy? Copy it again"
+    if "straddling object" in text:
+        return "a row longer than the CSV block size (batch_bytes); a damaged file?"
+    m = re.search(r"Expected \d+ columns, got \d+", text)
+    return (m.group(0) + ": a row cut short (a truncated copy?) or a value with an unquoted comma") if m else type(e).__name__
 
 
 def _parse_times(df: pl.DataFrame, cols: list[str]) -> pl.DataFrame:
@@ -986,6 +1080,23 @@ def _parse_times(df: pl.DataFrame, cols: list[str]) -> pl.DataFrame:
     ])
 
 
+def _parse_ints(df: pl.DataFrame, typed: pl.DataFrame, cols: list[str]) -> pl.DataFrame:
+    """Integer columns of `typed` that failed to parse, read again as whole numbers written as decimals.
+
+    `20000001.0` is 20000001 (pandas writes an id column holding a null as float; exact up to 2^53). Only columns with failures are parsed again (the usual file costs nothing more); what is still
+    null is counted as unparseable by _typed.
+    """
+    slow = [c for c in cols if (df[c].is_not_null() & typed[c].is_null()).any()]
+    if not slow:
+        return typed
+    exprs = []
+    for c in slow:
+        x = df[c].str.strip_chars().cast(pl.Float64, strict=False)
+        whole = x.is_finite() & (x == x.floor()) & (x.abs() <= 2.0 ** 53)
+        exprs.append(pl.coalesce(typed[c], pl.when(whole).then(x).cast(pl.Int64)).alias(c))
+    return typed.with_columns(exprs)
+
+
 class _BadValues:
     """Counts unparseable values per column across batches; reported once per table."""
 
@@ -993,12 +1104,16 @@ class _BadValues:
         self.path = path
         self.counts: dict[str, tuple[str, int]] = {}
         self.markers: dict[str, int] = {}  # column -> how many of its unparseable values are a null marker
+        self.zones: dict[str, int] = {}  # column -> how many of its unparseable times carry a time zone
+        self.slashes: dict[str, int] = {}  # column -> how many of its unparseable times are 1/2/2150-style dates
 
-    def add(self, col: str, kind: str, n: int, markers: int = 0):
+    def add(self, col: str, kind: str, n: int, markers: int = 0, zones: int = 0, slashes: int = 0):
         if n:
             k, m = self.counts.get(col, (kind, 0))
             self.counts[col] = (k, m + n)
             self.markers[col] = self.markers.get(col, 0) + markers
+            self.zones[col] = self.zones.get(col, 0) + zones
+            self.slashes[col] = self.slashes.get(col, 0) + slashes
 
     def raise_if_any(self):
         if self.counts:
@@ -1006,6 +1121,14 @@ class _BadValues:
             k = self.markers.get(col, 0)
             why = (f" ({'all' if k == n else k} of them the text {'/'.join(NULL_MARKERS[:2])} or the like: a database "
                    "export's null; write nulls as empty fields, as PhysioNet's files do)") if k else ""
+            z = self.zones.get(col, 0)
+            if z and not k:
+                why = (f" ({'all' if z == n else z} of them with a time zone, e.g. Z, +01:00 or UTC: MIMIC-IV's times "
+                       "have none; export them as local times without a zone)")
+            d = self.slashes.get(col, 0)
+            if d and not k and not z:
+                why = (f" ({'all' if d == n else d} of them dates written with '/', as a spreadsheet saves them: "
+                       "MIMIC-IV writes YYYY-MM-DD HH:MM:SS; use the file as downloaded, or save times in that format)")
             raise UserError(f"{self.path}: column {col!r} has {n} unparseable {kind} value{'s' if n != 1 else ''}{why}")
 
 
@@ -1013,6 +1136,11 @@ class _BadValues:
 # writes an empty field. Not read as null (a text column may hold them as values): an id or time
 # column holding them is refused with a hint.
 NULL_MARKERS = ("NULL", "\\N", "NONE", "NAN", "NA", "N/A", "NIL")
+
+
+# A time zone written after a timestamp (ISO 8601's Z or +hh:mm, a database's " UTC"): MIMIC-IV's
+# times are local times without one, so such values are refused with this hint, never shifted.
+ZONE_SUFFIX = r"\d(?:Z|z|\s*[+-]\d\d(?::?\d\d)?|\s*UTC)$"
 
 
 def _is_null_marker(col: str) -> pl.Expr:
@@ -1030,7 +1158,8 @@ def _typed(df: pl.DataFrame, table: Table, bad: _BadValues, ctx: Context) -> pl.
     exprs += [pl.col(c).cast(pl.Int64, strict=False) for c in table.ints if c in df.columns]
     exprs += [pl.col(c).cast(pl.Float64, strict=False) for c in table.floats if c in df.columns]
     times = [c for c in table.times if c in df.columns]
-    typed = _parse_times(df.with_columns(exprs), times)
+    typed = _parse_ints(df, df.with_columns(exprs), ["subject_id", *(c for c in table.ints if c in df.columns)])
+    typed = _parse_times(typed, times)
     checks = [("subject_id", "integer")] + [(c, "timestamp") for c in table.times] + [(c, "integer") for c in table.ints]
     present = [c for c, _ in checks if c in df.columns]
     floats = [c for c in table.floats if c in df.columns]
@@ -1041,15 +1170,28 @@ def _typed(df: pl.DataFrame, table: Table, bad: _BadValues, ctx: Context) -> pl.
         [(pl.col(c).is_not_null() & typed[c].is_null()).sum().alias(c) for c in present]
         + [(_is_null_marker(c) & typed[c].is_null()).sum().alias(f"marker:{c}") for c in present]
         + [(pl.col(c).is_not_null() & typed[c].is_null()).sum().alias(f"float:{c}") for c in floats]
+        + [(typed[c].is_not_null() & _usable_number(typed[c]).is_null()).sum().alias(f"range:{c}") for c in floats]
         + [pl.lit(is_date[c].sum()).alias(f"date:{c}") for c in times]
         + [pl.lit(midnight[c].sum()).alias(f"midnight:{c}") for c in times]
     ).row(0, named=True) if len(df) else {}
+    bad_times = [c for c in times if counts.get(c, 0)]
+    if bad_times:  # rare: only then look for time zones and 1/2/2150 dates among the values that did not parse
+        counts.update(df.select(
+            [(pl.col(c).str.strip_chars().str.contains(ZONE_SUFFIX) & typed[c].is_null()).sum().alias(f"zone:{c}")
+             for c in bad_times]
+            + [(pl.col(c).str.contains(r"^\s*\d{1,4}/\d{1,2}/\d{1,4}") & typed[c].is_null()).sum().alias(f"slash:{c}")
+               for c in bad_times]).row(0, named=True))
     for c, kind in checks:
-        bad.add(c, kind, int(counts.get(c, 0)), int(counts.get(f"marker:{c}", 0)))
+        bad.add(c, kind, int(counts.get(c, 0)), int(counts.get(f"marker:{c}", 0)), int(counts.get(f"zone:{c}", 0)),
+                int(counts.get(f"slash:{c}", 0)))
     for c in floats:
         n = int(counts.get(f"float:{c}", 0))
         if n:  # kept as an event without a number (the raw text stays in text_value where there is one)
             d = ctx.unparseable.setdefault(table.name, {})
+            d[c] = d.get(c, 0) + n
+        n = int(counts.get(f"range:{c}", 0))
+        if n:  # NaN, inf, 1e308: no value a float32 numeric_value can hold (kept as an event without a number)
+            d = ctx.out_of_range.setdefault(table.name, {})
             d[c] = d.get(c, 0) + n
     for c in times:
         n = int(counts.get(f"date:{c}", 0))
@@ -1059,7 +1201,8 @@ def _typed(df: pl.DataFrame, table: Table, bad: _BadValues, ctx: Context) -> pl.
             d = ctx.midnight.setdefault(table.name, {})
             d[c] = d.get(c, 0) + m
     return typed.with_columns(
-        [pl.when(is_date[c]).then(typed[c].dt.truncate("1d") + END_OF_DAY).otherwise(typed[c]).alias(c) for c in times]
+        [_usable_number(pl.col(c)).alias(c) for c in floats]
+        + [pl.when(is_date[c]).then(typed[c].dt.truncate("1d") + END_OF_DAY).otherwise(typed[c]).alias(c) for c in times]
         + [is_date[c].alias(f"{DATE_FLAG}{c}") for c in times]
     )
 
@@ -1179,7 +1322,7 @@ def _resolve_tables(raw: Path, cfg: EtlConfig) -> tuple[list, dict, list[str], d
     """
     selected = select_tables(cfg.tables)
     cfg.tables = None if cfg.tables is None else selected
-    has_ed = (raw / "ed").is_dir()
+    has_ed = any(d.is_dir() and d.name.lower() == "ed" for d in raw.iterdir())
     # The ED module is read only when its directory is there; its tables are then expected.
     # (ED tables named in --tables are reported absent when there is no ed/.)
     wanted = [t for t in TABLES if t.name in selected and (t.module != "ed" or has_ed or cfg.tables is not None)]
@@ -1322,6 +1465,8 @@ def _account(rows_in: dict, counts: dict, ctx: Context) -> dict:
             entry["midnight_times"] = dict(ctx.midnight[name])
         if ctx.unparseable.get(name):
             entry["unparseable_numbers_set_null"] = dict(ctx.unparseable[name])
+        if ctx.out_of_range.get(name):
+            entry["out_of_range_numbers_set_null"] = dict(ctx.out_of_range[name])
         moved = {c: v["moved"] for (t, c), v in ctx.stored.items() if t == name and v["moved"]}
         if moved:
             entry["moved_to_store_time"] = moved
@@ -1352,6 +1497,9 @@ def _detail_lines(account: dict, ctx: Context) -> list[str]:
         if a.get("unparseable_numbers_set_null"):
             bits.append("unparseable numbers kept as null " + ", ".join(
                 f"{c} {n}" for c, n in a["unparseable_numbers_set_null"].items()))
+        if a.get("out_of_range_numbers_set_null"):
+            bits.append("NaN, infinite or beyond-float32 numbers kept as null " + ", ".join(
+                f"{c} {n}" for c, n in a["out_of_range_numbers_set_null"].items()))
         # Every table gets its line: the per-table account (rows read, events written, drops).
         lines.append(f"etl:   {name}: {a['rows_read']} rows -> {a['events_written']} events"
                      + ("; " + "; ".join(bits) if bits else ""))
@@ -1512,6 +1660,7 @@ def _merge_context(ctx: Context, part: Context) -> None:
     ctx.date_only.update(part.date_only)
     ctx.midnight.update(part.midnight)
     ctx.unparseable.update(part.unparseable)
+    ctx.out_of_range.update(part.out_of_range)
     ctx.stored.update(part.stored)
     ctx.discharge.update(part.discharge)
     if part.admissions is not None:
@@ -1906,6 +2055,13 @@ def _assemble(parts: list[pl.DataFrame], names: list[str], ctx: Context, placed_
     shard = _time_from_parents(shard, names, ctx)
     shard = _place_dates(shard, ctx.admissions, names, placed_at_discharge)
     shard = shard.sort(["subject_id", "time", "_order"], nulls_last=False, maintain_order=True)
+    # A time no life can hold (module docstring: time_outside_lifetime), by the subject's MEDS_BIRTH.
+    birth = pl.col("time").filter(pl.col("code") == "MEDS_BIRTH").min().over("subject_id")
+    outside = (pl.col("time") < birth.dt.offset_by("-1y")) | (pl.col("time") >= birth.dt.offset_by(f"{MAX_ANCHOR_AGE + 1}y"))
+    shard = shard.with_columns(_outside=outside.fill_null(False))
+    for src, n in shard.filter(pl.col("_outside")).group_by("_src").len().iter_rows():
+        ctx.drop("time_outside_lifetime", n, names[src])
+    shard = shard.filter(~pl.col("_outside")).drop("_outside")
     # One death per subject: the earliest (admissions.deathtime beats patients.dod).
     is_death = pl.col("code") == "MEDS_DEATH"
     later_death = is_death & (is_death.cast(pl.Int32).cum_sum().over("subject_id") > 1)
@@ -2038,10 +2194,9 @@ def _dictionary_rows(path: Path, columns: dict[str, str], keys: set[str]) -> pl.
     tables, and this keeps the ~10^5-row ICD and HCPCS tables out of memory (peak RSS).
     """
     names = list(columns)
-    opener = gzip.open if path.suffix == ".gz" else open
     rows = []
     try:
-        with opener(path, "rt", newline="", encoding=CSV_ENCODING) as f:
+        with _open_text(path, "rt", newline="", encoding=CSV_ENCODING) as f:
             reader = csv.reader(f)
             header = next(reader, [])
             at = [header.index(columns[c]) for c in names]

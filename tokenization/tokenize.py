@@ -119,8 +119,19 @@ def _scan(shards: list[Shard]) -> pl.LazyFrame:
     return scan_shards(shards, EVENT_COLUMNS)
 
 
-def _read_shard(shard: Shard) -> pl.DataFrame:
-    return read_shard(shard, EVENT_COLUMNS).sort(["subject_id", "time"], nulls_last=False, maintain_order=True)
+def _read_shard(shard: Shard) -> tuple[pl.DataFrame, bool]:
+    """A shard's events, sorted, and whether the file was sorted so already.
+
+    Sorted by (subject_id, time), static rows first, rows at one time in file order. MEDS requires
+    that order; other tools' shards may not keep it.
+    """
+    df = read_shard(shard, EVENT_COLUMNS)
+    sid, t = pl.col("subject_id"), pl.col("time").dt.epoch("us").fill_null(np.iinfo(np.int64).min)  # statics first
+    back = (sid < sid.shift(1)) | ((sid == sid.shift(1)) & (t < t.shift(1)))  # compared, not subtracted: no overflow
+    was_sorted = not df.select(back.any()).item()
+    if was_sorted:
+        return df, True
+    return df.sort(["subject_id", "time"], nulls_last=False, maintain_order=True), False
 
 
 # ------------------------------------------------------------------------------- fitting
@@ -235,13 +246,18 @@ def fit_tokenizer(meds: Path | MedsDataset, min_count: int = 10, n_quantiles: in
     }
 
 
-def _valid_number() -> pl.Expr:
-    """A numeric value that is a finite number.
+# MEDS's numeric_value is float32; a float64 value beyond its range would become an infinite edge.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
-    NaN (pandas' null) and +-inf are read as no value (an infinite decile edge would be written
-    into tokenizer.json as non-standard JSON).
+
+def _valid_number() -> pl.Expr:
+    """A numeric value that is a finite number float32 can hold.
+
+    NaN (pandas' null), +-inf and float64 values beyond float32's range (|x| > 3.4e38, from an ETL
+    that writes float64) are read as no value: their decile edges, rounded to float32, would be
+    infinite and written into tokenizer.json as non-standard JSON (`Infinity`).
     """
-    return pl.col("numeric_value").is_not_null() & pl.col("numeric_value").is_finite()
+    return pl.col("numeric_value").is_not_null() & (pl.col("numeric_value").abs() <= FLOAT32_MAX)
 
 
 def _train_counts(shards: list[Shard]) -> tuple[pl.DataFrame, int]:
@@ -437,7 +453,7 @@ class _Encoder:
         q = timed.join(self.q_codes, on="code", how="left", maintain_order="left")
         q_row = q["q_row"].fill_null(-1).to_numpy()
         val = q["numeric_value"].fill_null(float("nan")).to_numpy()
-        has_q = (q_row >= 0) & np.isfinite(val)
+        has_q = (q_row >= 0) & (np.abs(val) <= FLOAT32_MAX)  # _valid_number: NaN compares false
         q_tok = np.zeros(len(timed), np.int64)
         if has_q.any():
             rows = np.nonzero(has_q)[0]
@@ -517,7 +533,7 @@ class _Encoder:
         nv = df["numeric_value"]
         counts = {"code_events": df.height, "code_tokens": len(code_tok) + n_static_tokens,
                   "unk_events": int((status == UNKNOWN).sum()), "coarsened_events": int((status == COARSENED).sum()),
-                  "non_finite_values": int((nv.is_not_null() & ~nv.is_finite()).sum())}
+                  "non_finite_values": int((nv.is_not_null() & ~(nv.abs() <= FLOAT32_MAX)).sum())}
         unk_codes = df.filter(pl.col("status") == UNKNOWN).group_by("code").len()
         return tokens, times, index, counts, dict(unk_codes.iter_rows())
 
@@ -586,10 +602,14 @@ def _encode_shards(enc: _Encoder, jobs: list, state: dict, files: dict) -> None:
     """Encode each shard, appending to its split's token and time files.
 
     Encode each shard by chunks of whole subjects, appending to its split's open token and
-    time files and adding to its split's counts in `state`.
+    time files and adding to its split's counts in `state`. Shard files not sorted by (subject_id,
+    time) are read sorted (rows at one time keep their file order) and said once on stderr.
     """
+    unsorted: dict = {}
     for shard in progress(jobs, desc="tokenize: shards", unit="shard"):
-        df = _read_shard(shard)
+        df, was_sorted = _read_shard(shard)
+        if not was_sorted:
+            unsorted[shard.path] = None
         split = shard.split
         st = state[split]
         for chunk in _subject_chunks(df, CHUNK_SUBJECTS):
@@ -606,6 +626,10 @@ def _encode_shards(enc: _Encoder, jobs: list, state: dict, files: dict) -> None:
                 st["max_token_id"] = max(st["max_token_id"], int(tokens.max()))
             for k, v in counts.items():
                 st[k] += v
+    if unsorted:
+        files_read = {s.path for s in jobs}
+        warn(f"tokenize: {len(unsorted)} of {len(files_read)} MEDS shard file(s) not sorted by (subject_id, time) as MEDS "
+             f"requires (first: {next(iter(unsorted))}): read sorted, rows at one time in their file order")
 
 
 def _split_stats(st: dict) -> dict:
@@ -645,7 +669,8 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
         tokens); unk_events and unk_fraction (code events whose
         code became UNK, over code_events); coarsened_events and coarsened_fraction (code events
         encoded by a fallback ancestor or a truncated hierarchy, over code_events; 0 when flat);
-        non_finite_values (numeric values that are NaN or +-inf: read as no value, so no Q token).
+        non_finite_values (numeric values that are NaN, +-inf or beyond float32's range: read as no
+        value, so no Q token).
 
     Raises:
         UserError: missing or invalid input, `out` exists without overwrite, a mode that
