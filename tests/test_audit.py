@@ -159,7 +159,7 @@ def test_demo_report_section(tmp_path):
     labels.mkdir()
     write_label_file(labels / "long_los.parquet", "long_los", [(1, T0 + h(24), False), (2, T0 + h(24), True)])
     lines = _audit_section(meds, labels, tmp_path / "audit.json")
-    assert "| long_los | 2 | 1 (50.0%) | 0 | 0 | 0 | 0 |" in lines  # subject 2's death is in its history
+    assert "| long_los | 2 | 1 (50.0%) | 0 | 0 | 0 | 0 | 0 |" in lines  # subject 2's death is in its history
     assert lines[-1] == "Verdict: LEAKAGE: (a)-(c) are not all 0."
     assert json.loads((tmp_path / "audit.json").read_text())["clean"] is False
     assert _audit_section(tmp_path / "nope", labels, tmp_path / "x.json")[0].startswith("The audit failed: MEDS dataset")

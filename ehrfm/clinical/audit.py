@@ -5,9 +5,18 @@ model: the subject's events with time <= prediction_time, plus its null-time row
 reader treats every null-time row as static). Per task the audit counts the labels whose
 history holds
 
-(a) the outcome's own code (`OUTCOME_RULES`: MEDS_DEATH or a DIED discharge for mortality; the
-    stay's own discharge or a death for long stay; an ICU admission since the stay's admission for
-    ICU admission; a new admission at the prediction time or a death for readmission);
+(a) the outcome's own code (`OUTCOME_RULES`), or a prediction time that already shows it:
+    - mortality: MEDS_DEATH, a DIED discharge, or the stay's own discharge (the stay has ended,
+      alive or not);
+    - long stay: a death, the stay's own discharge, or a prediction time later than the
+      long-stay threshold (`long_los_days` of the label file's sidecar JSON, else 7 days) after
+      the stay's admission (a patient still in hospital then is known to have a long stay);
+    - ICU admission: a death, the stay's own discharge, or an ICU admission since 24 h before the
+      stay's admission or at any time under the stay's own id (an ED patient boarded in the ICU
+      is in it when the stay opens, as `ehrfm labels` excludes);
+    - readmission: a death, or an admission at or after the subject's last discharge at or before
+      the prediction time (a readmission that has already happened);
+    the stay is the subject's last admission at or before the prediction time;
 (b) an event from a date-only source (a code named in the MEDS metadata, see below) dated the
     prediction day and placed before it could have been known: its true time that day is
     unknown, so unless it sits at the end of its day (23:59:59 or later) or at a discharge of
@@ -18,12 +27,16 @@ history holds
     HOSPITAL_DISCHARGE//* rows sharing a stay id column, `hadm_id`), where facts of one stay can
     leak into the other's label;
 
+(f) a subject that is not in the MEDS data (or has no timed event there), or a prediction time
+    before the subject's first timed event or after its last: such a label has no history to
+    audit, and every head refuses it (ehrfm.clinical.histories, baseline.check_prediction_times);
+
 and, for the dataset, (e) the result tables whose events sit at their chart (specimen) time
 although a lab value or culture result is known only when it is stored (MIMIC-IV's storetime:
 a median 65 min later for labs and 3 days for cultures on the demo), read from the ETL metadata's
 `stored_time_sources`; and reports the ETL's drop and duplicate counts from its metadata (below).
-(a)-(c) and (e) are faults (`AuditResult.clean` is False and the CLI exits 1); (d) is reported for
-review.
+(a)-(c), (e) and (f) are faults (`AuditResult.clean` is False and the CLI exits 1); (d) is reported
+for review.
 
 Date-only codes are read from the MEDS metadata (`metadata/ehrfm_etl.json`, written by this
 package's ETL, else `metadata/dataset.json` or `metadata/etl_config.json`), key
@@ -55,16 +68,21 @@ STAY_ID_COLUMN = STAY_ID
 DATE_ONLY_KEY = "date_only_codes"
 DATE_ONLY_KEYS = (DATE_ONLY_KEY, "date_only_sources")  # the second: an accepted synonym
 US_PER_DAY = 86_400_000_000
+US_PER_HOUR = 3_600_000_000
+LONG_LOS_DAYS = 7.0  # ehrfm.clinical.configs.LabelConfig's default, when a label file records none
 
 # task -> (codes, prefixes, window): a history event with one of these codes or prefixes is the
 # outcome when its time is in the window: "any" (<= prediction time), "stay" (at or after the
 # stay's admission, the last admission at or before the prediction time), "in_stay" (strictly
-# after it: a discharge at the admission time closes the previous stay), "at" (== prediction time).
+# after it: a discharge at the admission time closes the previous stay), "stay_24h" (at or after
+# 24 h before it: labels.py's ICU boarding rule), "after_discharge" (at or after the subject's last
+# discharge at or before the prediction time, or == the prediction time when there is none).
+# long_los also counts a prediction time past the long-stay threshold (module docstring).
 OUTCOME_RULES: dict[str, list[tuple[tuple[str, ...], tuple[str, ...], str]]] = {
-    "in_hospital_mortality": [((DEATH, DIED), (), "any")],
+    "in_hospital_mortality": [((DEATH, DIED), (), "any"), ((), (DISCHARGE,), "in_stay")],
     "long_los": [((DEATH,), (), "any"), ((), (DISCHARGE,), "in_stay")],
-    "icu_admission": [((DEATH,), (), "any"), ((), (ICU,), "stay")],
-    "readmission_30d": [((DEATH,), (), "any"), ((), (ADMISSION,), "at")],
+    "icu_admission": [((DEATH,), (), "any"), ((), (ICU,), "stay_24h"), ((), (DISCHARGE,), "in_stay")],
+    "readmission_30d": [((DEATH,), (), "any"), ((), (ADMISSION,), "after_discharge")],
 }
 
 
@@ -79,11 +97,21 @@ class TaskAudit:
     not_known_before_prediction: int
     overlapping_stays: int | None
     midnight_same_day: int  # hint only: prediction-day events at exactly 00:00 in the history
+    # (f) labels no head can score: subject not in the MEDS data (or without a timed event);
+    # prediction time before the subject's first timed event; after its last.
+    subject_not_in_data: int = 0
+    before_first_event: int = 0
+    after_last_event: int = 0
+
+    @property
+    def outside_data(self) -> int:
+        """(f): labels whose subject is not in the data or whose time is outside its timeline."""
+        return self.subject_not_in_data + self.before_first_event + self.after_last_event
 
 
 @dataclass
 class AuditResult:
-    """What `audit` found; `clean` is False when any task has (a), (b) or (c) above 0."""
+    """What `audit` found; `clean` is False when any task has (a), (b), (c) or (f) above 0."""
 
     meds_dir: str
     labels: str
@@ -101,14 +129,17 @@ class AuditResult:
 
     @property
     def clean(self) -> bool:
-        """True when no task has (a)-(c) above 0 and no result table sits at its chart time (e)."""
+        """True when no task has (a)-(c) or (f) above 0 and no result table sits at its chart time (e)."""
         return not (any(t.outcome_code_in_history or t.date_only_same_day or t.not_known_before_prediction
-                        for t in self.tasks.values())
+                        or t.outside_data for t in self.tasks.values())
                     or (self.result_times or {}).get("at_chart_time"))
 
     def to_dict(self) -> dict:
-        """The audit as a JSON-ready dict (every field, plus "clean")."""
-        return {**dataclasses.asdict(self), "clean": self.clean}
+        """The audit as a JSON-ready dict (every field, each task's "outside_data", and "clean")."""
+        out = {**dataclasses.asdict(self), "clean": self.clean}
+        for name, t in self.tasks.items():
+            out["tasks"][name]["outside_data"] = t.outside_data
+        return out
 
 
 def _read_json(path: Path) -> dict:
@@ -253,14 +284,44 @@ def _stays(ev: pl.DataFrame) -> pl.DataFrame:
     return st.join(overl, on=["subject_id", STAY_ID_COLUMN], how="left").with_columns(pl.col("overlaps").fill_null(False))
 
 
+def _timelines(ds: MedsDataset) -> pl.DataFrame:
+    """subject_id, first, last: each subject's first and last timed event (us), over every shard."""
+    frames = [scan_shard(sh, ["subject_id", "time"]).filter(pl.col("time").is_not_null())
+              for shards in ds.shards.values() for sh in shards]
+    if not frames:
+        return pl.DataFrame(schema={"subject_id": pl.Int64, "first": pl.Int64, "last": pl.Int64})
+    return (pl.concat(frames, how="vertical_relaxed").group_by("subject_id")
+            .agg(pl.col("time").min().dt.epoch("us").alias("first"), pl.col("time").max().dt.epoch("us").alias("last"))
+            .collect())
+
+
+def _outside(lab: pl.DataFrame, timelines: pl.DataFrame) -> tuple[int, int, int]:
+    """(f): label rows (i, subject_id, pred) whose subject is not in `timelines`, before its first, after its last."""
+    j = lab.join(timelines, on="subject_id", how="left")
+    missing = int(j["first"].null_count())
+    return (missing, int((j["pred"] < j["first"]).sum() or 0), int((j["pred"] > j["last"]).sum() or 0))
+
+
+def _last_at_or_before(lab: pl.DataFrame, ev: pl.DataFrame, prefix: str, name: str) -> pl.DataFrame:
+    """`lab` with column `name`: each label's subject's last `prefix` event time at or before its pred (or null)."""
+    rows = ev.filter(pl.col("code").str.starts_with(prefix) & pl.col("t").is_not_null()).select("subject_id", "t")
+    last = (lab.join(rows, on="subject_id").filter(pl.col("t") <= pl.col("pred"))
+            .group_by("i").agg(pl.col("t").max().alias(name)))
+    return lab.join(last, on="i", how="left")
+
+
 def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: list[str] | None,
-                null_codes: list[str], stays: pl.DataFrame | None, partial: Sequence[str] = ()) -> TaskAudit:
+                null_codes: list[str], stays: pl.DataFrame | None, partial: Sequence[str] = (),
+                timelines: pl.DataFrame | None = None, long_los_days: float = LONG_LOS_DAYS) -> TaskAudit:
+    """One task's counts (module docstring); `timelines`: _timelines of the data, for (f)."""
     lab = labels.select("subject_id", pl.col("prediction_time").dt.epoch("us").alias("pred")).unique().with_row_index("i")
-    adm = ev.filter(pl.col("code").str.starts_with(ADMISSION) & pl.col("t").is_not_null())
-    # The stay a label belongs to: the subject's last admission at or before the prediction time.
-    stay_start = (lab.join(adm.select("subject_id", "t"), on="subject_id").filter(pl.col("t") <= pl.col("pred"))
-                  .group_by("i").agg(pl.col("t").max().alias("stay_adm")))
-    lab = lab.join(stay_start, on="i", how="left")
+    # The stay a label belongs to: the subject's last admission at or before the prediction time;
+    # the subject's last discharge at or before it (after which any admission is a readmission).
+    lab = _last_at_or_before(lab, ev, ADMISSION, "stay_adm")
+    lab = _last_at_or_before(lab, ev, DISCHARGE, "last_dis")
+    adm_ids = (ev.filter(pl.col("code").str.starts_with(ADMISSION) & pl.col(STAY_ID_COLUMN).is_not_null())
+               .group_by("subject_id", "t").agg(pl.col(STAY_ID_COLUMN).first().alias("stay_id")))
+    lab = lab.join(adm_ids.rename({"t": "stay_adm"}), on=["subject_id", "stay_adm"], how="left")
     hist = lab.join(ev, on="subject_id").filter(pl.col("t").is_null() | (pl.col("t") <= pl.col("pred")))
 
     def n_with(cond: pl.Expr) -> int:
@@ -278,13 +339,20 @@ def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: li
                 match = match & pl.col("t").is_not_null() & (pl.col("t") >= pl.col("stay_adm"))
             elif window == "in_stay":
                 match = match & pl.col("t").is_not_null() & (pl.col("t") > pl.col("stay_adm"))
-            elif window == "at":
-                match = match & (pl.col("t") == pl.col("pred"))
+            elif window == "stay_24h":  # or any time under the stay's own id (labels.py's rule)
+                match = match & pl.col("t").is_not_null() & ((pl.col("t") >= pl.col("stay_adm") - 24 * US_PER_HOUR)
+                                                             | (pl.col(STAY_ID_COLUMN) == pl.col("stay_id")).fill_null(False))
+            elif window == "after_discharge":
+                match = match & pl.col("t").is_not_null() & pl.when(pl.col("last_dis").is_null()).then(
+                    pl.col("t") == pl.col("pred")).otherwise(pl.col("t") >= pl.col("last_dis"))
             conds.append(match)
         any_cond = conds[0]
         for c in conds[1:]:
             any_cond = any_cond | c
-        outcome = n_with(any_cond)
+        known = set(hist.filter(any_cond)["i"].unique().to_list())
+        if task == "long_los":  # still in hospital past the threshold: the long stay is known
+            known |= set(lab.filter(pl.col("pred") - pl.col("stay_adm") > long_los_days * US_PER_DAY)["i"].to_list())
+        outcome = len(known)
     same_day = pl.col("t").is_not_null() & ((pl.col("t") // US_PER_DAY) == (pl.col("pred") // US_PER_DAY))
     date_only_n = None
     if date_only is not None:
@@ -305,7 +373,8 @@ def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: li
     if stays is not None:
         own = lab.join(stays, on="subject_id").filter((pl.col("adm") <= pl.col("pred")) & (pl.col("pred") <= pl.col("dis")))
         overlapping = own.filter(pl.col("overlaps")).select("i").n_unique()
-    return TaskAudit(task, labels.height, outcome, date_only_n, not_known, overlapping, midnight)
+    outside = _outside(lab, timelines) if timelines is not None else (0, 0, 0)
+    return TaskAudit(task, labels.height, outcome, date_only_n, not_known, overlapping, midnight, *outside)
 
 
 def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
@@ -342,10 +411,12 @@ def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
     stays = _stays(ev) if ev[STAY_ID_COLUMN].null_count() < ev.height else None
     if stays is None:
         unknown.append(f"(d) overlapping stays: the MEDS data has no stay id column ({STAY_ID_COLUMN})")
+    timelines = _timelines(ds)
     tasks = {}
     for task, f in files.items():
         lab = read_labels(f, allow_empty=True)  # a task no stay qualified for: 0 labels to audit
-        tasks[task] = _task_audit(task, lab, ev, date_only, sorted(ds.null_time_codes), stays, partial)
+        tasks[task] = _task_audit(task, lab, ev, date_only, sorted(ds.null_time_codes), stays, partial,
+                                  timelines, _long_los_days(f))
         if task not in OUTCOME_RULES:
             unknown.append(f"(a) task {task!r}: its outcome code is unknown (known tasks: {', '.join(OUTCOME_RULES)})")
     result_times = result_times_from_metadata(meds_dir)
@@ -362,6 +433,12 @@ def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
                        dict(ds.null_time_codes), unknown, partial, result_times)
 
 
+def _long_los_days(label_file: Path) -> float:
+    """The long-stay threshold a label file was made with (its sidecar JSON's config), else LONG_LOS_DAYS."""
+    v = (_read_json(label_file.with_suffix(".json")).get("config") or {}).get("long_los_days")
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 else LONG_LOS_DAYS
+
+
 def _fmt(x: int | None, n: int) -> str:
     return "unknown" if x is None else f"{x} ({x / n:.1%})" if n and x else str(x)
 
@@ -369,12 +446,17 @@ def _fmt(x: int | None, n: int) -> str:
 def format_audit(res: AuditResult) -> list[str]:
     """The audit as short markdown lines (a table per task plus the ETL counts and unknowns)."""
     lines = ["| task | labels | (a) outcome code | (b) date-only, same day | (c) not known before | "
-             "(d) overlapping stays | 00:00 same day (hint) |", "|---|---|---|---|---|---|---|"]
+             "(d) overlapping stays | 00:00 same day (hint) | (f) outside the data |", "|---|---|---|---|---|---|---|---|"]
     for t in res.tasks.values():
         lines.append(f"| {t.task} | {t.n_labels} | {_fmt(t.outcome_code_in_history, t.n_labels)} | "
                      f"{_fmt(t.date_only_same_day, t.n_labels)} | {_fmt(t.not_known_before_prediction, t.n_labels)} | "
-                     f"{_fmt(t.overlapping_stays, t.n_labels)} | {t.midnight_same_day} |")
+                     f"{_fmt(t.overlapping_stays, t.n_labels)} | {t.midnight_same_day} | {_fmt(t.outside_data, t.n_labels)} |")
     lines.append("")
+    for t in res.tasks.values():
+        if t.outside_data:
+            lines.append(f"(f) {t.task}: {t.subject_not_in_data} labels of subjects not in the MEDS data (or without a timed event), "
+                         f"{t.before_first_event} before the subject's first event, {t.after_last_event} after its last: "
+                         "no history; every head refuses them.")
     if res.date_only_codes is not None:
         lines.append(f"Date-only codes ({res.date_only_from}): {', '.join(res.date_only_codes) or 'none'}.")
     if res.result_times is not None:
@@ -393,6 +475,9 @@ def format_audit(res: AuditResult) -> list[str]:
     tasks_leak = any(t.outcome_code_in_history or t.date_only_same_day or t.not_known_before_prediction
                      for t in res.tasks.values())
     chart = " (e) lists results at their chart time." if (res.result_times or {}).get("at_chart_time") else ""
-    lines.append("Verdict: " + ("LEAKAGE: (a)-(c) are not all 0." + chart if tasks_leak else "LEAKAGE:" + chart if chart
-                                else "no leak in (a) and (c); (b) unknown." if open_b else "clean ((a)-(c) are 0)."))
+    outside = sum(t.outside_data for t in res.tasks.values())
+    unscorable = f"UNSCORABLE: {outside} labels outside the data (f)." if outside else ""
+    verdict = ("LEAKAGE: (a)-(c) are not all 0." + chart if tasks_leak else "LEAKAGE:" + chart if chart
+               else "" if outside else "no leak in (a) and (c); (b) unknown." if open_b else "clean ((a)-(c) are 0).")
+    lines.append("Verdict: " + " ".join(x for x in (verdict, unscorable) if x))
     return lines

@@ -224,7 +224,7 @@ def _fmt(m: dict) -> str:
     if m.get("auroc") is None:
         return "n/a (one class)"
     ci = m.get("auroc_ci")
-    return f"{m['auroc']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+    return f"{m['auroc']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else " (no interval)" if m.get("note") else "")
 
 
 def baseline(cfg: BaselineConfig, out: str | os.PathLike, overwrite: bool = False) -> dict:
@@ -269,7 +269,9 @@ def baseline(cfg: BaselineConfig, out: str | os.PathLike, overwrite: bool = Fals
     lr, selection = fit_logistic(x[tr], y[tr], x[tu], y[tu], cfg.seed, task)
     p_lr = as_stored(positive_proba(lr, x))  # score what the prediction files hold
 
-    models = {"logistic_regression": {**binary_metrics(y[ho], p_lr[ho], task, cfg.bootstrap, cfg.seed), "selection": selection}}
+    subjects = labels["subject_id"].to_numpy()[ho]  # the intervals resample subjects (metrics.bootstrap_ci)
+    models = {"logistic_regression": {**binary_metrics(y[ho], p_lr[ho], task, cfg.bootstrap, cfg.seed, subjects),
+                                      "selection": selection}}
     predictions = split_predictions(labels, p_lr, split, prefix="logistic_regression/")
     skipped = boosting_skip_reason(y[tr])
     if skipped:  # logistic regression alone; the reason is in metrics.json and the summary line
@@ -284,7 +286,7 @@ def baseline(cfg: BaselineConfig, out: str | os.PathLike, overwrite: bool = Fals
         with small_problem_threads(*dense.shape):
             hgb.fit(dense[tr], y[tr])
             p_hgb = as_stored(positive_proba(hgb, dense))
-        models["gradient_boosting"] = {**binary_metrics(y[ho], p_hgb[ho], task, cfg.bootstrap, cfg.seed),
+        models["gradient_boosting"] = {**binary_metrics(y[ho], p_hgb[ho], task, cfg.bootstrap, cfg.seed, subjects),
                                        "n_iter": int(hgb.n_iter_)}
         predictions.update(split_predictions(labels, p_hgb, split, prefix="gradient_boosting/"))
     n_pos = int(y[ho].sum())

@@ -21,7 +21,7 @@ def _labels(args) -> int:
     from ehrfm.errors import UserError
     from ehrfm.io import check_overwrite, summary
 
-    options = values(LabelConfig, args, names=("gap_hours", "long_los_days", "readmission_days"))
+    options = values(LabelConfig, args, names=("gap_hours", "long_los_days", "readmission_days", "transfer_hours"))
     out = Path(args.out)
     if args.task == "all":
         if out.suffix == ".parquet":
@@ -58,7 +58,10 @@ def _audit(args) -> int:
              for t in res.tasks.values()}
     at_chart = (res.result_times or {}).get("at_chart_time") or []
     leaks = [f"{t} ({n})" for t, n in worst.items() if n] + [f"results at chart time ({', '.join(at_chart)})"] * bool(at_chart)
-    summary(f"audit: {len(res.tasks)} tasks, " + ("clean" if res.clean else "LEAKAGE in " + ", ".join(leaks))
+    outside = [f"{t.task} ({t.outside_data})" for t in res.tasks.values() if t.outside_data]
+    found = (["LEAKAGE in " + ", ".join(leaks)] if leaks else []) + (
+        ["labels outside the data (no history; heads refuse them) in " + ", ".join(outside)] if outside else [])
+    summary(f"audit: {len(res.tasks)} tasks, " + ("; ".join(found) if found else "clean")
             + (f", {len(res.unknown)} unknown" if res.unknown else ""))
     return 0 if res.clean else 1
 
@@ -118,7 +121,7 @@ def _labels_arguments(p) -> None:
     add_fields(p, LabelConfig, ["meds_dir", "task"], meds_dir=dict(flag="meds_dir", metavar="meds"),
                task=dict(required=True, choices=TASK_CHOICES))
     p.add_argument("--out", required=True, help="LABELS.parquet, or a dir of <task>.parquet with --task all")
-    add_fields(p, LabelConfig, ["gap_hours", "long_los_days", "readmission_days"])
+    add_fields(p, LabelConfig, ["gap_hours", "long_los_days", "readmission_days", "transfer_hours"])
     p.add_argument("--overwrite", action="store_true")
 
 
@@ -166,7 +169,8 @@ def register(sub) -> None:
         help="leakage audit of label histories (exit 1 when a history holds its outcome)",
         description="Per task, how many label histories hold (a) the outcome's own code, (b) a date-only event "
         "of the prediction day, (c) an event not known to precede the prediction time, (d) a stay overlapping "
-        "another stay; plus the ETL's drop/duplicate counts. Exit 1 when (a)-(c) are not all 0. "
+        "another stay, (f) a subject or prediction time outside the data; plus the ETL's drop/duplicate counts. "
+        "Exit 1 when (a)-(c) or (f) are not all 0. "
         "Rules: see ehrfm/clinical/audit.py.",
     )
     p.add_argument("meds", help="MEDS dataset dir (any ETL)")

@@ -116,7 +116,8 @@ def fit_logistic(x_train, y_train, x_tuning, y_tuning, seed: int, task: str):
         "tuning" or "train 5-fold CV", "auroc_by_C": {C: AUROC}}).
 
     Raises:
-        UserError: train labels that are empty or of one class.
+        UserError: train labels that are empty or of one class, or, when tuning lacks a class, train
+            labels with fewer than 2 of a class (too few for cross-validation).
     """
     import copy
 
@@ -148,6 +149,10 @@ def fit_logistic(x_train, y_train, x_tuning, y_tuning, seed: int, task: str):
             scores, fitted = path_scores(x_train, y_train, x_tuning, y_tuning)
         else:
             n_min = int(min(y_train.sum(), len(y_train) - y_train.sum()))
+            if n_min < 2:  # a 2-fold split would leave a fold's fit with one class (a solver traceback)
+                raise UserError(f"task {task}: the tuning split's {len(y_tuning)} labels lack a class, and train's "
+                                f"{len(y_train)} labels ({int(y_train.sum())} positive) are too few to choose the L2 "
+                                "strength by cross-validation (needs 2 of each class): give more labels")
             folds = StratifiedKFold(n_splits=max(2, min(5, n_min)), shuffle=True, random_state=seed)
             per_fold = [path_scores(x_train[tr], y_train[tr], x_train[va], y_train[va])[0]
                         for tr, va in folds.split(np.zeros(len(y_train)), y_train)]

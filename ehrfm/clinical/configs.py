@@ -27,6 +27,8 @@ class LabelConfig:
     """A long stay lasts longer than this many days."""
     readmission_days: float = 30.0
     """A readmission within this many days of discharge counts."""
+    transfer_hours: float = 1.0
+    """Readmission: a next admission within this many hours of the discharge is a transfer (excluded), not a readmission."""
 
 
 @dataclass

@@ -93,7 +93,7 @@ def finetune(cfg: FinetuneConfig, out: str | os.PathLike, overwrite: bool = Fals
         model.load_state_dict(best[2])
     p = as_stored(predict(np.arange(len(y))))  # score what predictions.parquet holds
     metrics = {
-        **binary_metrics(y[ho], p[ho], task, cfg.bootstrap, cfg.seed),
+        **binary_metrics(y[ho], p[ho], task, cfg.bootstrap, cfg.seed, h.labels["subject_id"].to_numpy()[ho]),
         "head": "finetune_full" if cfg.full else "finetune_head",
         "split": "held_out",
         "context": context,

@@ -16,9 +16,13 @@ hospitals recorded as discharge + admission) closes the first stay and opens a s
 
 In-hospital death. A subject's death is its earliest MEDS_DEATH event; later records (a second
 death, often of an organ-donation admission) are counted in `info["deaths"]`, never used. The
-stay ends in death when that death falls between admission and the end of the discharge day
-(death dates in MIMIC are often day-resolved, so the death code can sit at midnight of the
-discharge day), or when the discharge location is DIED (HOSPITAL_DISCHARGE//DIED). MEDS_DEATH
+stay ends in death when the discharge location is DIED (HOSPITAL_DISCHARGE//DIED), when the
+death falls between admission and discharge, or when it falls later on the discharge day and the
+discharge names no live destination (location unknown: death dates are often day-resolved, so
+the death code can sit at the end of the discharge day). A death later on the discharge day
+after a discharge to a named place (HOME, HOSPICE, SKILLED NURSING FACILITY, ...) is a death
+after discharge, not in hospital (MIMIC-IV: the patients.dod of an out-of-hospital death; an
+in-hospital death has its admissions.deathtime, all 15 on the demo). MEDS_DEATH
 rows with a null time are dropped by the MEDS reader (ehrfm.meds_io) and counted.
 
 Exclusions common to every task, each counted under its own reason in `info["excluded"]`:
@@ -41,16 +45,25 @@ Tasks (DESIGN.md section 6):
   labelled by their length of stay.
 - icu_admission: prediction_time = admission; true when an ICU_ADMISSION//* event falls after
   the admission and at or before the discharge. Excluded: stays whose first ICU admission is at
-  or before the prediction time, or in the 24 h before the hospital admission (ED patients
-  boarded in the ICU before admittime): the patient is already in the ICU when the prediction is
-  made and the ICU token would be in the history. Also excluded: stays that end at the
+  or before the prediction time, or in the 24 h before the hospital admission, or at any time
+  before it under the stay's own id (ED patients boarded in the ICU before admittime): the
+  patient is already in the ICU when the prediction is made and the ICU token would be in the
+  history. Also excluded: stays that end at the
   admission timestamp.
 - readmission_30d: prediction_time = discharge; true when the subject's next hospital admission
   is after the discharge and within 30 days (next_admission - discharge <= 30 * 24 h; a
   readmission on day 30 is positive, on day 31 negative). Excluded: in-hospital deaths (no
-  readmission is possible) and stays whose discharge coincides with the next admission (a
-  transfer between hospitals, not a discharge). A subject with no later admission in the data is negative (MIMIC
-  records readmissions to the same hospital only; this is the usual convention).
+  readmission is possible) and stays whose next admission follows the discharge within
+  `transfer_hours` (default 1 h; at the same timestamp included): a transfer, not a discharge
+  and a return (on the MIMIC-IV demo: a discharge to a psych facility with an "INTERNAL TRANSFER
+  TO OR FROM PSYCH" admission 15 minutes later, and an observation stay admitted as inpatient 1
+  minute after its discharge; the next-shortest gap there is 20 h), and stays discharged while
+  another stay of the subject is open (overlapping stay ids: the patient is still in hospital,
+  in_another_stay_at_discharge). A subject with no later
+  admission in the data is negative (MIMIC records readmissions to the same hospital only; this
+  is the usual convention; MIMIC's dates are shifted per patient, so the end of a subject's
+  follow-up cannot be known), as is a death after discharge without readmission (a competing
+  event); `info["negatives"]` counts both (on the MIMIC-IV demo: 85 and 5 of 207 negatives).
 """
 
 from __future__ import annotations
@@ -77,6 +90,8 @@ DISCHARGE_PREFIX = "HOSPITAL_DISCHARGE//"
 ICU_ADMISSION_PREFIX = "ICU_ADMISSION//"
 DEATH_CODE = "MEDS_DEATH"
 DIED_DISCHARGE_CODE = "HOSPITAL_DISCHARGE//DIED"
+# Discharge locations that do not say the patient left alive (MIMIC-IV's null location is UNK).
+UNKNOWN_DISCHARGE_LOCATIONS = frozenset({"", "DIED", "UNK", "UNKNOWN", "NONE", "NULL", "NAN", "OTHER"})
 # STAY_ID: the stay id column this package's ETL keeps (MIMIC's hadm_id), when present; read as text.
 
 US_PER_HOUR = 3_600_000_000
@@ -91,7 +106,7 @@ class Stay:
     discharge: int | None  # None: no discharge recorded
     died: bool
     first_icu: int | None  # first ICU admission in [admission, discharge], us
-    icu_just_before: bool = False  # an ICU admission in the 24 h before the hospital admission
+    icu_just_before: bool = False  # an ICU admission in the 24 h before the admission, or before it under its id
     death: int | None = None  # the subject's death (earliest MEDS_DEATH) when at or after admission, us
     admitted_after_death: bool = False  # opened after the subject's death (e.g. organ donation)
 
@@ -139,35 +154,42 @@ def _death_counts(events: pl.DataFrame, ds: MedsDataset | None = None) -> dict:
     }
 
 
-def _pairs_by_time(by_time: dict[int, tuple[list[str], list[str]]]) -> list[tuple[int, int | None, bool, None]]:
-    """(admission, discharge or None, discharged DIED, None) in time order (module docstring)."""
+def _live_discharge(code: str) -> bool:
+    """Does a HOSPITAL_DISCHARGE//<location> code name where a live patient went (not DIED, not unknown)?"""
+    if not code.startswith(DISCHARGE_PREFIX):
+        return False
+    return code[len(DISCHARGE_PREFIX):].strip().upper() not in UNKNOWN_DISCHARGE_LOCATIONS
+
+
+def _pairs_by_time(by_time: dict[int, tuple[list[str], list[str]]]) -> list[tuple[int, int | None, str, None]]:
+    """(admission, discharge or None, discharge code or "", None) in time order (module docstring)."""
     open_adm: int | None = None
-    pairs: list[tuple[int, int | None, bool, None]] = []
+    pairs: list[tuple[int, int | None, str, None]] = []
     for t in sorted(by_time):
         adms, diss = by_time[t]
         diss = list(diss)
         if open_adm is not None and diss:
             d = diss.pop(0)
-            pairs.append((open_adm, t, d == DIED_DISCHARGE_CODE, None))
+            pairs.append((open_adm, t, d, None))
             open_adm = None
         for _ in adms:
             if open_adm is not None:
-                pairs.append((open_adm, None, False, None))
+                pairs.append((open_adm, None, "", None))
             open_adm = t
             if diss:
                 d = diss.pop(0)
-                pairs.append((open_adm, t, d == DIED_DISCHARGE_CODE, None))
+                pairs.append((open_adm, t, d, None))
                 open_adm = None
         # Discharges with no open stay are ignored (a timeline starting mid-stay).
     if open_adm is not None:
-        pairs.append((open_adm, None, False, None))
+        pairs.append((open_adm, None, "", None))
     return pairs
 
 
-def _pairs_by_id(codes: list[str], times: list[int], ids: list) -> list[tuple[int, int | None, bool, object]]:
-    """Per stay id, its admission, discharge and death-at-discharge.
+def _pairs_by_id(codes: list[str], times: list[int], ids: list) -> list[tuple[int, int | None, str, object]]:
+    """Per stay id, its admission, discharge and discharge code.
 
-    (admission, discharge or None, discharged DIED, stay id) per stay id: the admission and
+    (admission, discharge or None, discharge code or "", stay id) per stay id: the admission and
     discharge rows that share the id, so overlapping stays keep their own ends.
     """
     adm: dict = {}
@@ -178,8 +200,8 @@ def _pairs_by_id(codes: list[str], times: list[int], ids: list) -> list[tuple[in
         elif c.startswith(DISCHARGE_PREFIX) and (i not in dis or t > dis[i][0]):
             dis[i] = (t, c)
     # Discharges of an id with no admission are ignored (a timeline starting mid-stay).
-    return sorted((a, dis[i][0] if i in dis and dis[i][0] >= a else None,
-                   i in dis and dis[i][1] == DIED_DISCHARGE_CODE, i) for i, a in adm.items())
+    ok = {i: i in dis and dis[i][0] >= a for i, a in adm.items()}
+    return sorted((a, dis[i][0] if ok[i] else None, dis[i][1] if ok[i] else "", i) for i, a in adm.items())
 
 
 def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True) -> list[Stay]:
@@ -213,23 +235,39 @@ def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True) -> list[Sta
             i is not None for c, i in zip(codes, ids, strict=False)
             if c.startswith(ADMISSION_PREFIX) or c.startswith(DISCHARGE_PREFIX))
         pairs = _pairs_by_id(codes, times, ids) if by_id else _pairs_by_time(by_time)
-        for adm, dis, died_code, sid in pairs:
+        for adm, dis, dis_code, sid in pairs:
             # With stay ids, ICU rows of another stay are that stay's facts, not this one's.
             icu_times = [t for c, t, i in zip(codes, times, ids, strict=False) if c.startswith(ICU_ADMISSION_PREFIX)
                          and (sid is None or i is None or i == sid)]
-            died = died_code
-            if dis is not None and not died:
+            died = dis_code == DIED_DISCHARGE_CODE
+            if dis is not None and not died and first_death is not None:
                 end_of_discharge_day = (dis // US_PER_DAY + 1) * US_PER_DAY
-                died = first_death is not None and adm <= first_death < end_of_discharge_day
+                # A day-resolved death later on the discharge day is in hospital unless the
+                # discharge names where a live patient went (HOME, HOSPICE, ...): then it is a
+                # death after discharge (MIMIC-IV's patients.dod of an out-of-hospital death).
+                died = adm <= first_death <= dis or (dis < first_death < end_of_discharge_day and not _live_discharge(dis_code))
             first_icu = None
             if dis is not None:
                 in_stay = [t for t in icu_times if adm <= t <= dis]
                 first_icu = min(in_stay) if in_stay else None
-            just_before = any(adm - 24 * US_PER_HOUR <= t < adm for t in icu_times)
+            # In the ICU when the stay opens: an ICU admission in the 24 h before it, or one recorded
+            # under this stay's own id before it (ED boarding; the ICU stay belongs to this stay).
+            just_before = any(adm - 24 * US_PER_HOUR <= t < adm for t in icu_times) or (sid is not None and any(
+                c.startswith(ICU_ADMISSION_PREFIX) and i == sid and t < adm for c, t, i in zip(codes, times, ids, strict=False)))
             death = first_death if first_death is not None and first_death >= adm else None
             after_death = first_death is not None and adm > first_death
             stays.append(Stay(int(subject_id), adm, dis, died, first_icu, just_before, death, after_death))
     return stays
+
+
+def _open_at_discharge(stays: list[Stay]) -> list[bool]:
+    """For each stay, is another stay of the subject open at its discharge (admitted before, discharged after)?"""
+    by_subject: dict[int, list[Stay]] = {}
+    for s in stays:
+        if s.discharge is not None and not s.admitted_after_death:
+            by_subject.setdefault(s.subject_id, []).append(s)
+    return [s.discharge is not None and any(o is not s and o.admission < s.discharge < o.discharge
+                                            for o in by_subject.get(s.subject_id, [])) for s in stays]
 
 
 def _next_admissions(stays: list[Stay]) -> list[int | None]:
@@ -249,19 +287,27 @@ def _next_admissions(stays: list[Stay]) -> list[int | None]:
 
 
 # --- the tasks -------------------------------------------------------------------------------------
-def labels_from_stays(stays: list[Stay], cfg: LabelConfig) -> tuple[pl.DataFrame, dict]:
-    """Apply one task's definition to the stays: (labels frame, exclusion counts)."""
+def labels_from_stays(stays: list[Stay], cfg: LabelConfig, notes: dict | None = None) -> tuple[pl.DataFrame, dict]:
+    """Apply one task's definition to the stays: (labels frame, exclusion counts).
+
+    notes: for readmission_30d, filled with how many negative labels have no later admission in
+    the data at all ("negative_no_later_admission": follow-up ends with the data, an assumption
+    the negative rests on) and how many of those died within the window after discharge
+    ("negative_died_within_window": a competing death, labelled negative as no readmission).
+    """
     if cfg.task not in TASKS:
         raise UserError(f"unknown task {cfg.task!r}; choose one of {', '.join(TASKS)} or all")
     gap = int(cfg.gap_hours * US_PER_HOUR)
-    rows: list[tuple[int, int, bool]] = []
+    transfer = int(cfg.transfer_hours * US_PER_HOUR)
+    rows: list[tuple] = []  # (subject_id, prediction_time, label[, why negative: 0, 1 no later admission, 2 + died])
     excluded = {"no_discharge": 0}
 
     def exclude(reason: str) -> None:
         excluded[reason] = excluded.get(reason, 0) + 1
 
     nexts = _next_admissions(stays) if cfg.task == "readmission_30d" else [None] * len(stays)
-    for s, nxt in zip(stays, nexts, strict=False):
+    still_in = _open_at_discharge(stays) if cfg.task == "readmission_30d" else [False] * len(stays)
+    for s, nxt, in_other in zip(stays, nexts, still_in, strict=False):
         if s.admitted_after_death:
             exclude("admitted_after_death")
             continue
@@ -294,14 +340,19 @@ def labels_from_stays(stays: list[Stay], cfg: LabelConfig) -> tuple[pl.DataFrame
             if s.died:
                 exclude("died_in_hospital")
                 continue
-            if nxt is not None and nxt == s.discharge:
+            if nxt is not None and nxt - s.discharge <= transfer:
                 exclude("transferred")
                 continue
+            if in_other:  # an overlapping stay of the subject is still open: not a discharge from hospital
+                exclude("in_another_stay_at_discharge")
+                continue
             label = nxt is not None and nxt - s.discharge <= cfg.readmission_days * US_PER_DAY
-            rows.append((s.subject_id, s.discharge, label))
+            died_in_window = s.death is not None and s.death - s.discharge <= cfg.readmission_days * US_PER_DAY
+            rows.append((s.subject_id, s.discharge, label, 0 if nxt is not None else 2 if died_in_window else 1))
+    rows = [r if len(r) == 4 else (*r, 0) for r in rows]
     frame = pl.DataFrame(
         rows,
-        schema={"subject_id": pl.Int64, "prediction_time": pl.Int64, "boolean_value": pl.Boolean},
+        schema={"subject_id": pl.Int64, "prediction_time": pl.Int64, "boolean_value": pl.Boolean, "_why": pl.Int8},
         orient="row",
     ).with_columns(pl.col("prediction_time").cast(pl.Datetime("us")))
     # Two stays can share a prediction time only through duplicated source rows; keep one, counted.
@@ -309,23 +360,44 @@ def labels_from_stays(stays: list[Stay], cfg: LabelConfig) -> tuple[pl.DataFrame
     frame = frame.unique(["subject_id", "prediction_time"], keep="first", maintain_order=True)
     if frame.height < n_rows:
         excluded["duplicate_prediction_time"] = n_rows - frame.height
-    frame = frame.sort("subject_id", "prediction_time")
+    if notes is not None and cfg.task == "readmission_30d":
+        notes["negative_no_later_admission"] = int((frame["_why"] >= 1).sum())
+        notes["negative_died_within_window"] = int((frame["_why"] == 2).sum())
+    frame = frame.drop("_why").sort("subject_id", "prediction_time")
     return frame, excluded
 
 
-def _check_label_options(options: dict) -> None:
+def _check_label_options(options: dict, task: str | None = None) -> None:
     """Refuse windows that cannot define a task (UserError naming the flag), before any data is read.
 
     gap_hours >= 0 (a negative gap would predict before the admission the label is about);
-    long_los_days and readmission_days > 0; all finite.
+    long_los_days and readmission_days > 0; transfer_hours >= 0 and shorter than the readmission
+    window; all finite. For long_los (or "all"), the gap must be shorter than the long-stay
+    threshold: a stay still open at admission + gap would already have
+    lasted the threshold, so every label would be positive and known at the prediction time.
     """
-    for name, low, strict in (("gap_hours", 0.0, False), ("long_los_days", 0.0, True), ("readmission_days", 0.0, True)):
+    for name, low, strict in (("gap_hours", 0.0, False), ("long_los_days", 0.0, True), ("readmission_days", 0.0, True),
+                              ("transfer_hours", 0.0, False)):
         if name not in options or options[name] is None:
             continue
         v = float(options[name])
         if not math.isfinite(v) or v < low or (strict and v == low):
             need = f"> {low:g}" if strict else f">= {low:g}"
             raise UserError(f"--{name.replace('_', '-')} must be a finite number {need} (got {options[name]})")
+    if task in ("readmission_30d", "all"):
+        hours = float(options.get("transfer_hours") if options.get("transfer_hours") is not None else LabelConfig.transfer_hours)
+        days = float(options.get("readmission_days") if options.get("readmission_days") is not None
+                     else LabelConfig.readmission_days)
+        if hours >= days * 24:
+            raise UserError(f"--transfer-hours {hours:g} is not shorter than --readmission-days {days:g} ({days * 24:g} h): "
+                            "every readmission would be a transfer; use a shorter transfer window")
+    if task in ("long_los", "all"):
+        gap = float(options.get("gap_hours") if options.get("gap_hours") is not None else LabelConfig.gap_hours)
+        days = float(options.get("long_los_days") if options.get("long_los_days") is not None else LabelConfig.long_los_days)
+        if gap >= days * 24:
+            raise UserError(f"--gap-hours {gap:g} is not shorter than --long-los-days {days:g} ({days * 24:g} h): every "
+                            "long_los stay open at the prediction time would already be long (all labels positive, the "
+                            "outcome known); use a shorter gap or a longer threshold")
 
 
 def make_labels(meds_dir: str | os.PathLike, task: str, **options) -> tuple[pl.DataFrame, dict]:
@@ -335,7 +407,7 @@ def make_labels(meds_dir: str | os.PathLike, task: str, **options) -> tuple[pl.D
     holds n, n_positive, prevalence, excluded counts and the config. For task="all" returns
     ({task: labels}, {task: info}).
     """
-    _check_label_options(options)
+    _check_label_options(options, task)
     events, ds = _stay_events(meds_dir)
     stays = stays_from_events(events)
     if not stays:  # every task would write an empty file that looks like a result
@@ -346,7 +418,8 @@ def make_labels(meds_dir: str | os.PathLike, task: str, **options) -> tuple[pl.D
     out_labels, out_info = {}, {}
     for t in tasks:
         cfg = LabelConfig(meds_dir=str(meds_dir), task=t, **options)
-        labels, excluded = labels_from_stays(stays, cfg)
+        notes: dict = {}
+        labels, excluded = labels_from_stays(stays, cfg, notes)
         n = labels.height
         n_pos = int(labels["boolean_value"].sum()) if n else 0
         out_labels[t] = labels
@@ -364,6 +437,8 @@ def make_labels(meds_dir: str | os.PathLike, task: str, **options) -> tuple[pl.D
             "dropped_null_time_rows": ds.null_time_codes,
             "config": dataclasses.asdict(cfg),
         }
+        if notes:  # readmission: what its negatives rest on (labels_from_stays)
+            out_info[t]["negatives"] = notes
     if task == "all":
         return out_labels, out_info
     return out_labels[task], out_info[task]
@@ -522,14 +597,15 @@ def read_labels(path: str | os.PathLike, allow_empty: bool = False) -> pl.DataFr
             if nulls:
                 raise UserError(f"label file {f}: column {col} has {nulls} null rows")
         _check_label_types(f, frame)
-        try:
-            frame = frame.with_columns(
-                pl.col("subject_id").cast(pl.Int64, strict=True),
-                pl.col("prediction_time").cast(pl.Datetime("us"), strict=True),
-                pl.col("boolean_value").cast(pl.Boolean, strict=True),
-            )
-        except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as e:
-            raise UserError(f"label file {f}: columns cannot be cast to the MEDS label schema types ({type(e).__name__})") from None
+        for col, dtype in (("subject_id", pl.Int64), ("prediction_time", pl.Datetime("us")), ("boolean_value", pl.Boolean)):
+            # Values the type check lets through but the schema's type cannot hold (a uint64 id past
+            # int64's range): counted per column, never a polars cast error.
+            cast = frame[col].cast(dtype, strict=False)
+            bad = cast.null_count() - frame[col].null_count()
+            if bad:
+                raise UserError(f"label file {f}: column {col} ({frame[col].dtype}) has {bad} of {frame.height} rows that "
+                                f"{dtype} (the MEDS {MEDS_VERSION} LabelSchema) cannot hold")
+            frame = frame.with_columns(cast.alias(col))
         frames.append(frame)
     labels = pl.concat(frames).sort("subject_id", "prediction_time", maintain_order=True)
     LabelSchema.validate(to_label_table(labels))
@@ -558,7 +634,7 @@ def _check_label_types(path: Path, frame: pl.DataFrame) -> None:
     as in MEDS data (ehrfm.meds_io.COLUMN_TYPES): a date would predict at midnight, an epoch number
     in another unit in 1970, and a zoned time would be moved to UTC against the data's wall-clock
     times (a 5 h look-ahead for America/New_York). boolean_value may be a boolean or numbers that are
-    all 0 or 1; any other number (0.5, 2) is not a binary label.
+    all 0 or 1; any other number (0.5, 2) is not a binary label; text ("True") is refused by its type.
     """
     from ehrfm.meds_io import COLUMN_TYPES, SUBJECT_ID, TIME
 
@@ -573,6 +649,9 @@ def _check_label_types(path: Path, frame: pl.DataFrame) -> None:
                         f"not naive timestamps (the MEDS {MEDS_VERSION} LabelSchema, the data's clock); convert it "
                         "to the MEDS data's local time without a zone where the labels are made")
     bv = frame["boolean_value"]
+    if bv.dtype != pl.Boolean and not bv.dtype.is_numeric() and bv.dtype != pl.Null:
+        raise UserError(f"label file {path}: column boolean_value is {bv.dtype}, not a boolean (or numbers 0/1) "
+                        f"(the MEDS {MEDS_VERSION} LabelSchema); convert it where the labels are made")
     if bv.dtype.is_numeric():
         other = int(((bv != 0) & (bv != 1)).sum())
         if other:

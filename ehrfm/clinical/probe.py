@@ -129,7 +129,7 @@ def probe(cfg: ProbeConfig, out: str | os.PathLike, overwrite: bool = False, fea
     p = as_stored(p)  # score what predictions.parquet holds
     y = h.y
     metrics = {
-        **binary_metrics(y[ho], p[ho], task, cfg.bootstrap, cfg.seed),
+        **binary_metrics(y[ho], p[ho], task, cfg.bootstrap, cfg.seed, h.labels["subject_id"].to_numpy()[ho]),
         "head": "probe",
         "split": "held_out",
         "representation": REPRESENTATIONS[cfg.pooling],

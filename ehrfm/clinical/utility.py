@@ -54,7 +54,8 @@ def score_run(
             max_labels and seed), so that a sweep locates each task's labels once, not once per
             run; None locates them here.
         n_boot: when > 0, also auroc_boot/<task>: the AUROC on n_boot resamples of the held_out
-            labels that every run scored with the same labels and seed shares (paired replicates).
+            labels that every run scored with the same labels and seed shares (paired replicates;
+            resampling subjects when some have several labels: metrics.shared_bootstrap_auroc).
         pooling: the probe's representation (ProbeConfig.pooling).
 
     Returns:
@@ -93,7 +94,8 @@ def score_run(
         out[f"auroc_se/{task}"] = m["auroc_se"]
         out[f"auprc/{task}"] = m["auprc"] if m["auprc"] is None else float(m["auprc"])
         if n_boot > 0:
-            out[f"auroc_boot/{task}"] = shared_bootstrap_auroc(h.y[ho], p[ho], n_boot, seed).tolist()
+            subjects = h.labels["subject_id"].to_numpy()[ho]  # replicates resample patients, not their stays
+            out[f"auroc_boot/{task}"] = shared_bootstrap_auroc(h.y[ho], p[ho], n_boot, seed, subjects).tolist()
     return out
 
 

@@ -401,7 +401,7 @@ def zeroshot(cfg: ZeroShotConfig, out: str | os.PathLike, overwrite: bool = Fals
         p, extras = _run_rollouts(cfg, td, h, model, context, task, rows, bar)
     y, p = h.y, as_stored(p)  # score what predictions.parquet holds
     metrics = {
-        **binary_metrics(y[rows], p[rows], task, cfg.bootstrap, cfg.seed),
+        **binary_metrics(y[rows], p[rows], task, cfg.bootstrap, cfg.seed, h.labels["subject_id"].to_numpy()[rows]),
         "head": "zeroshot",
         "split": ",".join(cfg.splits),
         "context": context,
