@@ -50,6 +50,8 @@ EXTRAPOLATION_WARN = 10.0  # warn past this factor beyond the largest fitted bud
 # tested range, a power law's N_opt is the exponent's error times ln(factor) away (a 0.05 error in a
 # is a factor 1.4 at 1000x) and below it the laws give models of under one parameter.
 EXTRAPOLATION_UNTRUSTED = 1000.0
+# A predicted AUROC above this (1 - AUROC under 0.001) is a power law run into its bound, not a forecast.
+AUROC_SATURATED = 0.999
 # The data-constrained optimum is searched on a log grid of N this dense (points per decade), with
 # at most DC_GRID_MAX points (bootstrap draws x grid points are held at once).
 DC_GRID_PER_DECADE = 200
@@ -329,18 +331,34 @@ def _load(fits) -> tuple[dict, dict, float, str]:
 def _utility(fit_json: dict, draws: dict, flops: float, conf: float, notes: list[str]) -> dict:
     """Predicted AUROC per task at `flops`, from the utility laws.
 
-    {task: {"auroc", "auroc_ci"}} at `flops` from each utility law whose AUROC rose with compute;
-    a note in `notes` for each task left out.
+    {task: {"auroc", "auroc_ci"}} at `flops` from each utility law whose AUROC rose with compute:
+    its exponent's interval lies below 0 (issue 13's "rising"), or, for a fit made without a
+    bootstrap, its exponent is below 0. No task is predicted at a budget no law is trusted at
+    (`_outside_range`). A prediction at AUROC's bound (1, or chance 0.5) is the law saturating, not
+    a measurement: its note says so. A note in `notes` for each task left out.
     """
     utility = {}
+    outside = _outside_range(flops, fit_json.get("inputs") or {})
     for task, u in fit_json.get("utility", {}).items():
-        if not (u.get("exponent") is not None and u["exponent"] < 0):
+        k, k_ci = u.get("exponent"), u.get("exponent_ci") or [None, None]
+        hi = k_ci[1] if len(k_ci) == 2 else None
+        if outside:
+            notes.append(f"no AUROC prediction for {task}: {outside}")
+            continue
+        if not (k is not None and k < 0):
             notes.append(f"no AUROC prediction for {task}: its AUROC did not rise with compute in the fitted sweep")
+            continue
+        if hi is not None and math.isfinite(hi) and not hi < 0:
+            notes.append(f"no AUROC prediction for {task}: its utility exponent's interval [{k_ci[0]:.3g}, {hi:.3g}] "
+                         "includes 0, so the sweep does not show its AUROC rising with compute")
             continue
         dc, de = draws.get(f"utility/{u['metric']}/coef"), draws.get(f"utility/{u['metric']}/exponent")
         # AUROC is bounded: a law extrapolated past chance (0.5) or 1 is clipped there.
         entry = {"auroc": float(auroc_from_law(u["coef"], u["exponent"], flops))}
         entry["auroc_ci"] = percentile_ci(auroc_from_law(dc, de, flops), conf) if dc is not None else [float("nan")] * 2
+        if entry["auroc"] > AUROC_SATURATED or entry["auroc"] <= 0.5:
+            notes.append(f"the AUROC law of {task} reaches its bound at this budget (AUROC {entry['auroc']:.4f}): the "
+                         "power law saturates there, which no measurement supports")
         utility[task] = entry
     return utility
 

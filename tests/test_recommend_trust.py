@@ -100,3 +100,23 @@ def test_unknown_interval_or_identification_is_not_trusted():
     a3 = {"a": 0.45, "a_ci": [0.1, 0.8], "b": 0.55, "b_ci": [0.2, 0.9], "identified": {"G": None}}
     ok, why = trust({"approach3": a3, "inputs": {"bootstrap": 100}}, 3)
     assert not ok and "no interval of G" in why
+
+
+def test_auroc_is_predicted_only_from_a_law_that_rose_and_only_where_a_law_is_trusted(tmp_path):
+    d = _fit_dir(tmp_path, approach2=_a12(0.5, (0.4, 0.6)))
+    fits = json.loads((d / "fits.json").read_text())
+    # 1 - AUROC = coef C^k: rising (k's interval < 0), flat (k's interval includes 0), and saturating at 1e13
+    fits["utility"] = {"mortality": {"metric": "auroc/mortality", "coef": 0.5, "exponent": -0.05, "exponent_ci": [-0.08, -0.02]},
+                       "icu": {"metric": "auroc/icu", "coef": 3.0, "exponent": -0.05, "exponent_ci": [-0.09, 0.01]},
+                       "los": {"metric": "auroc/los", "coef": 1e2, "exponent": -0.5, "exponent_ci": [-0.7, -0.3]}}
+    (d / "fits.json").write_text(json.dumps(fits))
+    rec = recommend(d, 1e13)
+    assert set(rec.utility) == {"mortality", "los"}
+    assert abs(rec.utility["mortality"]["auroc"] - (1 - 0.5 * 1e13 ** -0.05)) < 1e-12
+    assert any("no AUROC prediction for icu: its utility exponent's interval [-0.09, 0.01] includes 0" in w for w in rec.warnings)
+    assert rec.utility["los"]["auroc"] > 0.9999 and any("the AUROC law of los reaches its bound at this budget (AUROC 1.0000)" in w
+                                                        for w in rec.warnings)
+    assert not any("law of mortality reaches" in w for w in rec.warnings)
+    # 1e16 is 10,000x past the largest fitted budget (1e12): no law is trusted there, nor any AUROC from it
+    far = recommend(d, 1e16)
+    assert far.utility == {} and any(w.startswith("no AUROC prediction for mortality: the budget is 1e+04x past") for w in far.warnings)
