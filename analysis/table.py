@@ -152,6 +152,13 @@ class Results:
 
 
 def _read_frame(path: Path) -> pl.DataFrame:
+    if path.is_dir():
+        table = path / "results.parquet"
+        if table.is_file():
+            raise UserError(f"results table {path} is a directory (a sweep dir?): pass {table}")
+        hint = (f"a sweep dir: run `ehrfm sweep collect {path}` first, then pass {table}" if (path / "sweep.json").is_file()
+                else "pass the results table (results.parquet or a CSV) that `ehrfm sweep collect` writes")
+        raise UserError(f"results table {path} is a directory, not a table: {hint}")
     if not path.is_file():
         raise UserError(f"results table {path} not found")
     try:

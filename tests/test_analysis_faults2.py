@@ -266,3 +266,18 @@ def test_tokens_or_flops_in_another_unit_are_refused(tmp_path):
     assert 100 < ratio < 1e5
     tiny = t.with_columns(flops=pl.col("flops") * ratio / 6, budget=pl.col("budget") * ratio / 6)
     assert _fit(tiny, approaches=(2,), bootstrap=0).approach2.n_budgets_used == 4
+
+
+def test_a_directory_given_as_the_results_table_gets_the_path_to_pass(tmp_path):
+    from analysis.fit import fit_results
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "sweep.json").write_text("{}")
+    with pytest.raises(UserError, match=r"is a directory, not a table: a sweep dir: run `ehrfm sweep collect .*sweep` first"):
+        fit_results(sweep)
+    pl.DataFrame({"n_params": [1.0]}).write_parquet(sweep / "results.parquet")
+    with pytest.raises(UserError, match=r"is a directory \(a sweep dir\?\): pass .*sweep/results.parquet"):
+        fit_results(sweep)
+    with pytest.raises(UserError, match="is a directory, not a table: pass the results table"):
+        fit_results(tmp_path)
