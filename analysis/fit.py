@@ -1128,7 +1128,8 @@ def _fit_inputs(res: Results, cfg: FitConfig, n_count_note: str | None) -> dict:
     )
 
 
-def fit_results(table, approaches=(1, 2, 3), bootstrap: int = 1000, seed: int = 0, config: FitConfig | None = None) -> FitResult:
+def fit_results(table, approaches=(1, 2, 3), bootstrap: int = 1000, seed: int = 0, config: FitConfig | None = None,
+                name: str | None = None) -> FitResult:
     """Fit every requested approach, the held-out budget and the utility laws to a results table.
 
     Args:
@@ -1137,6 +1138,7 @@ def fit_results(table, approaches=(1, 2, 3), bootstrap: int = 1000, seed: int = 
         bootstrap: bootstrap replicates (0: no intervals); used only when `config` is None.
         seed: fixes every random draw; used only when `config` is None.
         config: the full FitConfig (saved in fits.json).
+        name: what messages call `table` when it is a DataFrame (e.g. the file it came from).
 
     Returns:
         FitResult; left-out budgets, tasks and approaches are listed in `warnings` / `not_fitted`
@@ -1148,7 +1150,7 @@ def fit_results(table, approaches=(1, 2, 3), bootstrap: int = 1000, seed: int = 
     """
     cfg = config or FitConfig(approaches=tuple(approaches), bootstrap=int(bootstrap), seed=int(seed))
     _check_config(cfg)
-    res = table if isinstance(table, Results) else load_results(table)
+    res = table if isinstance(table, Results) else load_results(table, name=name)
     try:
         return _fit_results(res, cfg)
     except MemoryError:

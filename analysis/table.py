@@ -262,20 +262,21 @@ def _merge_near(budget: np.ndarray) -> np.ndarray:
     return mapped[np.searchsorted(values, budget)]
 
 
-def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss") -> Results:
+def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss", name: str | None = None) -> Results:
     """Read a results table (parquet, CSV or a polars DataFrame), check it and keep completed runs.
 
     Args:
         table: the results table or its path.
         loss_column: the column fitted as the loss: "loss" (nats/token, the default) or
             "loss_per_event" (nats/event); Results.loss holds it, Results.loss_unit names its unit.
+        name: what messages call a DataFrame `table` (e.g. the file it was read from).
 
     Raises:
         UserError: unreadable table, a missing required column, or a completed run whose
             required value is missing, NaN or non-positive (naming the column and run ids).
     """
     if isinstance(table, pl.DataFrame):
-        df, source = table, "<DataFrame>"
+        df, source = table, name or "(a DataFrame)"
     else:
         source = str(table)
         df = _read_frame(Path(table))

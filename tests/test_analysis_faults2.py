@@ -281,3 +281,13 @@ def test_a_directory_given_as_the_results_table_gets_the_path_to_pass(tmp_path):
         fit_results(sweep)
     with pytest.raises(UserError, match="is a directory, not a table: pass the results table"):
         fit_results(tmp_path)
+
+
+def test_a_dataframe_is_named_in_messages_as_its_caller_says():
+    from analysis.fit import fit_results
+
+    one_budget = pl.DataFrame({"n_params": [1e5, 2e5, 4e5], "tokens": [2e6, 1e6, 5e5], "flops": [1.2e12] * 3, "loss": [3.0, 2.9, 3.1]})
+    with pytest.raises(UserError, match=r"^demo/sweep/results.parquet \(stage 1's runs\): all 3 completed runs are one"):
+        fit_results(one_budget, name="demo/sweep/results.parquet (stage 1's runs)")
+    with pytest.raises(UserError, match=r"^\(a DataFrame\): all 3 completed runs"):
+        fit_results(one_budget)

@@ -403,7 +403,8 @@ def _first_stage(cfg: DemoConfig, st: _Stages, tok: Path, sweep: Path, launch, f
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fit = fit_results(planned, config=FitConfig(approaches=(2,), bootstrap=0, holdout=False, seed=cfg.seed))
+            fit = fit_results(planned, config=FitConfig(approaches=(2,), bootstrap=0, holdout=False, seed=cfg.seed),
+                              name=f"{results} (stage 1's runs)")
         write_fits(fit, fit_dir, overwrite=True, plots=False)
         if not fit.approach2.a > 0:
             raise UserError(f"its exponent a = {fit.approach2.a:.3g} is not positive")
