@@ -91,6 +91,17 @@ def _parquet_files(folder: Path, data: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*.parquet") if not any(part.startswith(".") for part in p.relative_to(data).parts))
 
 
+def _what_it_is(root: Path) -> str:
+    """A hint for a directory passed where a MEDS dataset belongs: what it looks like, what to do."""
+    if any((root / m).is_dir() for m in ("hosp", "HOSP", "icu", "core")):
+        return f"; it looks like raw MIMIC-IV: make MEDS first with `ehrfm etl {root} --out MEDS_DIR`"
+    if (root / "tokenizer.json").is_file():
+        return "; it is a token dir: pass the MEDS dataset it was tokenized from (`meds_dir` in its config.json)"
+    if (root / "sweep.json").is_file() or (root / "result.json").is_file() or (root / "checkpoint").is_dir():
+        return "; it is a sweep or run dir: pass the MEDS dataset (the --out of `ehrfm etl`)"
+    return ""
+
+
 def warn(line: str) -> None:
     """One warning line on stderr (not silenced by EHRFM_QUIET: warnings are never progress)."""
     print(f"ehrfm: warning: {line}", file=sys.stderr, flush=True)
@@ -165,10 +176,10 @@ def open_meds(meds_dir: str | os.PathLike, check_static: bool = True) -> MedsDat
     """
     root = Path(meds_dir)
     if not root.is_dir():
-        raise UserError(f"MEDS dataset {root} not found")
+        raise UserError(f"MEDS dataset {root} " + ("is a file, not a directory" if root.is_file() else "not found"))
     data = root / DATA_DIR
     if not data.is_dir():
-        raise UserError(f"{root} is not a MEDS dataset: no {DATA_DIR}/ directory")
+        raise UserError(f"{root} is not a MEDS dataset: no {DATA_DIR}/ directory{_what_it_is(root)}")
     visible = _parquet_files(data, data)
     hidden = sum(1 for _ in data.rglob("*.parquet")) - len(visible)
     if hidden:

@@ -450,3 +450,26 @@ def test_sorted_shards_are_read_without_a_word(synth, tmp_path, capsys):
     (a null time, first) and subjects over many ids are read silently."""
     assert main(["tokenize", str(synth / "ref"), "--out", str(tmp_path / "tok")]) == 0
     assert "not sorted" not in capsys.readouterr().err
+
+
+def test_a_wrong_directory_where_meds_belongs_says_what_it_is(tmp_path):
+    from ehrfm.errors import UserError
+    from ehrfm.meds_io import open_meds
+    from tokenization.etl import etl
+
+    raw = tmp_path / "raw"
+    (raw / "hosp").mkdir(parents=True)
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "tokenizer.json").write_text("{}")
+    with pytest.raises(UserError, match=r"no data/ directory; it looks like raw MIMIC-IV: make MEDS first with `ehrfm etl "):
+        open_meds(raw)
+    with pytest.raises(UserError, match=r"no data/ directory; it is a token dir: pass the MEDS dataset it was tokenized from"):
+        open_meds(tok)
+    with pytest.raises(UserError, match=r"no data/ directory$"):
+        open_meds(tmp_path)
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(UserError, match=r"MEDS dataset .*f.txt is a file, not a directory"):
+        open_meds(tmp_path / "f.txt")
+    with pytest.raises(UserError, match=r"raw MIMIC-IV directory .*f.txt is a file: pass the directory holding hosp/"):
+        etl(tmp_path / "f.txt", tmp_path / "out")

@@ -1406,7 +1406,8 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
     cfg = EtlConfig(raw=str(raw), out=str(out), **options)
     cfg.split_fractions = tuple(float(x) for x in cfg.split_fractions)
     if not raw.is_dir():
-        raise UserError(f"raw MIMIC-IV directory {raw} not found")
+        raise UserError(f"raw MIMIC-IV directory {raw} " + ("is a file: pass the directory holding hosp/ (and icu/)"
+                                                             if raw.is_file() else "not found"))
     check_overwrite(out, overwrite, inputs=(raw,))
 
     if cfg.workers is None:
