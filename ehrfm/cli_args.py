@@ -83,6 +83,13 @@ class Parser(argparse.ArgumentParser):
         self.populate()
         return super().format_usage()
 
+    def error(self, message: str):
+        """One line on stderr, exit 2, like every other ehrfm error (argparse prints its whole usage first).
+
+        The line names the command and ends with where the flags are listed.
+        """
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
 
 def command(sub, name: str, run, arguments=None, **kwargs) -> argparse.ArgumentParser:
     """Add subcommand `name` to the subparsers action `sub`, run by `run(args) -> exit code`.
