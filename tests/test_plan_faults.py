@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -229,6 +230,11 @@ def test_bracket_from_reads_csv_names_a_dir_and_says_what_it_skips(synth_tokens,
     (dict(budgets=[math.nan, 1e9]), "must be a positive finite number"),
     (dict(span_dex=0.0), "--span-dex 0.0: must be > 0 with --sizes"),
     (dict(bracket=-1), "--bracket -1"),
+    # what no fit can use: before, each ran synth, ETL, tokenize, labels and a sweep first
+    (dict(budgets=[1e9]), "--budgets '1e+09': must be at least 2 distinct budgets"),
+    (dict(budgets=[1e9, 1.0000001e9]), "--budgets '1e+09': must be at least 2 distinct budgets"),
+    (dict(sizes=2), "--sizes 2: must be at least 3 (an IsoFLOP parabola needs 3 sizes per budget)"),
+    (dict(bootstrap=10), "--bootstrap 10: must be 0 (no intervals) or at least 20"),
 ])
 def test_demo_refuses_bad_settings_before_any_stage(tmp_path, bad, says):
     """Before: a bad setting surfaced only at `sweep plan`, after synth, ETL, tokenizing and labels
@@ -236,7 +242,7 @@ def test_demo_refuses_bad_settings_before_any_stage(tmp_path, bad, says):
     from ehrfm.app.demo import DemoConfig, run_demo
 
     out = tmp_path / "demo"
-    with pytest.raises(UserError, match=says.replace("(", r"\(").replace("+", r"\+")):
+    with pytest.raises(UserError, match=re.escape(says)):
         run_demo(DemoConfig(out=str(out), patients=50, budgets=bad.pop("budgets", [1e9, 2e9, 4e9]), first_stage=0,
                             bracket=bad.pop("bracket", 0), **bad))
     assert not out.exists()

@@ -127,7 +127,9 @@ class DemoConfig:
         however its budgets were written. Notes: each merge, and a --first-stage that leaves one stage.
 
         Raises:
-            UserError: a setting out of range, named by its `ehrfm demo` flag with the value given.
+            UserError: a setting out of range, named by its `ehrfm demo` flag with the value given,
+                including what no fit can use: fewer than 2 budgets, fewer than 3 sizes, or a
+                bootstrap too small for a 95% interval.
         """
         from sweeps.plan import canonical_budgets
 
@@ -159,6 +161,14 @@ class DemoConfig:
         need(finite(self.lr) and self.lr > 0, "--lr", self.lr, "a finite number > 0")
         need(finite(self.warmup_frac) and 0 <= self.warmup_frac < 1, "--warmup-frac", self.warmup_frac, "in [0, 1)")
         need(self.executor in ("local", "slurm"), "--executor", self.executor, "local or slurm")
+        # What no fit can use, refused now rather than after the data stages and the sweep:
+        need(len(budgets) >= 2, "--budgets", ",".join(f"{b:g}" for b in budgets),
+             "at least 2 distinct budgets (a scaling law relates the optima of several IsoFLOP budgets)")
+        need(self.sizes >= 3, "--sizes", self.sizes, "at least 3 (an IsoFLOP parabola needs 3 sizes per budget)")
+        from analysis.laws import min_replicates
+
+        need(self.bootstrap == 0 or self.bootstrap >= min_replicates(), "--bootstrap", self.bootstrap,
+             f"0 (no intervals) or at least {min_replicates()} (the fewest a 95% interval can come from)")
         if self.first_stage >= len(budgets) > 0 and self.first_stage:
             notes.append(f"--first-stage {self.first_stage} is not below the {len(budgets)} budget(s): every budget is "
                          "planned in one stage, on --tokens-per-param (no first-stage fit centres the larger ones)")
