@@ -42,6 +42,10 @@ write_conf() {
   # hostname may not resolve.
   cpus=$(nproc --all)
   mem_mb=$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.95}' /proc/meminfo)
+  # Never replace a slurm.conf this script did not write (a real cluster's node, or the admin's).
+  if [ -s "$CONF" ] && ! head -1 "$CONF" | grep -q "^# Written by ehrfm scripts/slurm-local.sh"; then
+    die "$CONF exists and was not written by this script (a real cluster's?): refusing to replace it; on a cluster use its own SLURM"
+  fi
   mkdir -p "$CONF_DIR" "$STATE"/{ctld,d,log,run}
   cat >"$CONF" <<EOF
 # Written by ehrfm scripts/slurm-local.sh: a single-node cluster on $host.
