@@ -448,11 +448,20 @@ def progress(iterable=None, **kwargs):
     kwargs.setdefault("disable", os.environ.get("EHRFM_QUIET") == "1")
     kwargs.setdefault("file", sys.stderr)
     kwargs.setdefault("dynamic_ncols", True)
+    # In a log file (SLURM, CI, nohup) a bar redrawn ten times a second floods it: redraw twice a minute.
+    kwargs.setdefault("mininterval", 0.1 if _isatty(kwargs["file"]) else 30.0)
     _bars_shown = _bars_shown or not kwargs["disable"]
     return tqdm(iterable, **kwargs)
 
 
 _bars_shown = False  # a bar wrote to stderr in this process: an error line must start a new line
+
+
+def _isatty(f) -> bool:
+    try:
+        return bool(f.isatty())
+    except (AttributeError, ValueError, OSError):  # no isatty, or a closed stream
+        return False
 
 
 def error_line(text: str) -> str:
