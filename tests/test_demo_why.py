@@ -72,3 +72,17 @@ def test_headline_counts_the_parabolas_the_checks_table_counts():
     ok, verdict = _scaling_verdict(SimpleNamespace(approach2=SimpleNamespace(budgets=budgets, a=0.4, b=0.5), not_fitted={}))
     assert ok and "4 of 5 budgets have a parabola with positive curvature and an interior minimum" in verdict
     assert "2 of them with a curvature interval above 0" in verdict
+
+
+def test_the_report_gives_cpu_time_and_load_beside_wall_time():
+    import re
+    import subprocess
+    import sys
+
+    from ehrfm.app.demo import _machine_load
+
+    subprocess.run([sys.executable, "-c", "sum(range(3_000_000))"], check=True)  # a finished child counts
+    text = _machine_load()
+    m = re.fullmatch(r"(\d+\.\d) CPU min \(this process and its finished children\), load average (\d+\.\d|n/a) over the last 15 min", text)
+    assert m, text
+    assert float(m.group(1)) >= 0.0

@@ -535,12 +535,29 @@ def _resumed_note(resumed_from: list[str]) -> str:
     return f"resumed from an earlier run's {', '.join(resumed_from)}" if resumed_from else ""
 
 
+def _machine_load() -> str:
+    """CPU minutes of this process and its finished children, and the 15-minute load average.
+
+    Wall time on a shared machine says little by itself: the CPU time is what the demo cost, the
+    load average how many cores other work took (above the core count: the demo waited).
+    """
+    import resource
+
+    cpu = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+    try:
+        load = f"{os.getloadavg()[2]:.1f}"
+    except OSError:
+        load = "n/a"
+    return f"{cpu / 60:.1f} CPU min (this process and its finished children), load average {load} over the last 15 min"
+
+
 def _intro_section(cfg, out, rel, wall: float, resumed_from: list[str] = ()) -> list[str]:
     resumed = f" ({_resumed_note(resumed_from)}: the time of this process only)" if resumed_from else ""
     return ["# ehrfm demo report", "",
             f"Made {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by `ehrfm demo{' --quick' if cfg.quick else ''}` "
-            f"(ehrfm {_version()}), in {wall / 60:.1f} min{resumed} on {os.cpu_count()} CPU cores. Settings: "
-            f"`{rel(Path(out) / 'demo_config.json')}`.", ""]
+            f"(ehrfm {_version()}), in {wall / 60:.1f} min{resumed} on {os.cpu_count()} CPU cores ({_machine_load()}). "
+            f"Settings: `{rel(Path(out) / 'demo_config.json')}`.", ""]
 
 
 def _headline_section(fit, fit_error) -> list[str]:
