@@ -86,3 +86,28 @@ def test_the_report_gives_cpu_time_and_load_beside_wall_time():
     m = re.fullmatch(r"(\d+\.\d) CPU min \(this process and its finished children\), load average (\d+\.\d|n/a) over the last 15 min", text)
     assert m, text
     assert float(m.group(1)) >= 0.0
+
+
+def test_each_missed_check_gets_its_own_reason_from_its_own_figures():
+    from ehrfm.app.demo import _own_reasons
+
+    fits = {"approach2": {"a": 0.5, "a_ci": [None, None], "b": 0.4, "b_ci": [None, None], "budgets": [
+        dict(budget=6e10, used=False, reason="concave parabola (no minimum: loss does not turn up at either end)",
+             interior=False, curvature_ci=[None, None]),
+        dict(budget=1.5e11, used=True, interior=True, curvature_ci=[None, None],
+             interval_note="12 of 50 bootstrap replicates could not be fitted; an interval needs 90% of them"),
+        dict(budget=3.8e11, used=True, interior=True, curvature_ci=[-0.01, 0.8])]},
+        "not_fitted": {"holdout": "2 usable IsoFLOP budget(s): a held-out prediction needs >= 3"}}
+    res = pl.DataFrame({"budget": [1.5e11] * 3 + [3.8e11] * 4, "status": ["completed"] * 7,
+                        "n_params": [1e4, 2e4, 4e4, 1e4, 2e4, 4e4, 8e4], "loss": [1.12, 1.20, 1.36, 1.10, 1.03, 1.05, 1.59],
+                        "epochs": [0.5] * 7})
+    missed = {"IsoFLOP parabolas", "Approach 2 a", "Approach 2 b", "held-out budget L_min", "budgets"}
+    lines = [x for x in _own_reasons(missed, fits, res, DemoConfig(budgets=[6e10, 1.5e11, 3.8e11])) if x]
+    (parabolas,) = [x for x in lines if x.startswith("Why IsoFLOP parabolas missed: ")]
+    assert "6e+10 FLOPs: left out of the laws: concave parabola" in parabolas
+    assert "1.5e+11 FLOPs: its lowest run is the ladder's smallest size, so runs do not bracket the minimum; no curvature " \
+           "interval (12 of 50 bootstrap replicates could not be fitted" in parabolas
+    assert "3.8e+11 FLOPs: its curvature interval reaches -0.01 (not above 0)" in parabolas
+    assert any(x.startswith("Why Approach 2 a, Approach 2 b missed: only 2 budget(s) gave a usable parabola") for x in lines)
+    assert "Why held-out budget L_min missed: no held-out prediction was made: 2 usable IsoFLOP budget(s)" in "\n".join(lines)
+    assert "Why budgets missed: the settings plan 3 budget(s) spanning 6.33x (`--budgets`)." in lines

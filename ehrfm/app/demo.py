@@ -607,8 +607,10 @@ def _checks_section(cfg, fit, res, heads: dict, wall: float, resumed_from: list[
         check(f"Approach 2 {k}", "interval excludes 0, width <= 0.5", _ci3(a2.get(k), ci) if a2.get(k) is not None else "not fitted",
               width_ok(ci))
     gap = abs(a3["a"] - a2["a"]) if a3.get("a") is not None and a2.get("a") is not None else None
-    check("Approach 3 a", "fitted, within 0.2 of Approach 2's", "not fitted" if gap is None else f"{a3['a']:.3f} ({gap:.3f} apart)",
-          gap is not None and gap <= 0.2)
+    unidentified = [k for k, ok in (a3.get("identified") or {}).items() if ok is False and k in ("E", "A", "B", "alpha", "beta")]
+    a3_note = f"; {', '.join(unidentified)} not identified" if unidentified else ""
+    check("Approach 3 a", "fitted, within 0.2 of Approach 2's",
+          "not fitted" if gap is None else f"{a3['a']:.3f} ({gap:.3f} apart{a3_note})", gap is not None and gap <= 0.2)
     rel, ratio = hold.get("rel_error"), hold.get("error_ratio")
     check("held-out budget L_min", "rel_error <= 2%, error <= half of no-change's",
           "not made" if rel is None else f"{rel:.2%}, {ratio:.2f}x no-change's" if ratio is not None else f"{rel:.2%}",
@@ -636,7 +638,70 @@ def _checks_section(cfg, fit, res, heads: dict, wall: float, resumed_from: list[
     check("depths among fitted runs", ">= 2", f"{len(depths)} ({', '.join(map(str, depths))})", len(depths) >= 2)
     missed = {r.split(" | ")[0].lstrip("| ") for r in rows if r.endswith("**MISSED** |")}
     return ["## What a reviewer checks", "", "| check | needed | this run | |", "|---|---|---|---|", *rows, "",
-            *_why_missed(missed, budgets, res, cfg)]
+            *_own_reasons(missed, fits, res, cfg), *_why_missed(missed, budgets, res, cfg)]
+
+
+def _ladder_end_of_lowest(res, budget: float) -> str:
+    """"smallest"/"largest" when a budget's lowest completed loss is at an end of its ladder ("" otherwise)."""
+    runs = res.filter((res["budget"] == budget) & (res["status"] == "completed")).sort("n_params") \
+        if "status" in res.columns else res.filter(res["budget"] == budget).sort("n_params")
+    if runs.height < 3:
+        return ""
+    i = int(runs["loss"].arg_min())
+    return "smallest" if i == 0 else "largest" if i == runs.height - 1 else ""
+
+
+def _own_reasons(missed: set[str], fits: dict, res, cfg) -> list[str]:
+    """One line per missed check whose cause is in its own figures (not the runs' scatter, `_why_missed`).
+
+    Per IsoFLOP budget: left out of the laws (the fit's reason), a minimum outside the ladder, a
+    lowest run at an end of its ladder (the minimum not bracketed by runs), no curvature interval
+    or one reaching 0. Approach 2: too few usable budgets, or no interval (the bootstrap's note).
+    The held-out budget: why it was not made. Budgets and epochs: the settings that decide them.
+    """
+    a2, not_fitted = fits.get("approach2") or {}, fits.get("not_fitted") or {}
+    budgets = a2.get("budgets") or []
+    lines = []
+    if "IsoFLOP parabolas" in missed:
+        parts = []
+        for x in budgets:
+            why = []
+            if not x.get("used"):
+                why.append(f"left out of the laws: {x.get('reason') or 'no reason recorded'}")
+            elif not x.get("interior"):
+                why.append("its minimum lies outside its ladder")
+            end = _ladder_end_of_lowest(res, x["budget"]) if "budget" in res.columns and "loss" in res.columns else ""
+            if end:
+                why.append(f"its lowest run is the ladder's {end} size, so runs do not bracket the minimum")
+            lo = (x.get("curvature_ci") or [None])[0]
+            if x.get("used") and lo is None:
+                why.append(f"no curvature interval ({x.get('interval_note') or 'too few bootstrap replicates fitted'})")
+            elif x.get("used") and not lo > 0:
+                why.append(f"its curvature interval reaches {lo:.3g} (not above 0)")
+            if why:
+                parts.append(f"{x['budget']:.3g} FLOPs: {'; '.join(why)}")
+        if parts:
+            lines.append("Why IsoFLOP parabolas missed: " + ". ".join(parts) + ".")
+    a2_missed = sorted(missed & {"Approach 2 a", "Approach 2 b"})
+    if a2_missed:
+        n_used = sum(1 for x in budgets if x.get("used"))
+        if not a2:
+            lines.append(f"Why {', '.join(a2_missed)} missed: Approach 2 was not fitted ({not_fitted.get('approach2', 'no reason recorded')}).")
+        elif n_used < 3:
+            lines.append(f"Why {', '.join(a2_missed)} missed: only {n_used} budget(s) gave a usable parabola, and a power law "
+                         "through 2 points has no scatter to bound its exponent: its bootstrap intervals are unreliable or none.")
+        elif None in (a2.get("a_ci") or [None]) + (a2.get("b_ci") or [None]):
+            notes = sorted({x.get("interval_note") for x in budgets if x.get("interval_note")})
+            lines.append(f"Why {', '.join(a2_missed)} missed: no interval" + (f" ({'; '.join(notes)})." if notes else "."))
+    if "held-out budget L_min" in missed and not_fitted.get("holdout"):
+        lines.append(f"Why held-out budget L_min missed: no held-out prediction was made: {not_fitted['holdout']}.")
+    if "budgets" in missed:
+        b = sorted(cfg.budgets)
+        lines.append(f"Why budgets missed: the settings plan {len(b)} budget(s) spanning {b[-1] / b[0]:.3g}x (`--budgets`).")
+    if "epochs of fitted runs" in missed and "epochs" in res.columns:
+        lines.append(f"Why epochs of fitted runs missed: a run's tokens exceed the {cfg.patients:,} patients' unique training "
+                     "tokens at the largest budgets; more `--patients` (the generator is cheap) keeps every run under 1 epoch.")
+    return [x for line in lines for x in (line, "")]
 
 
 def _why_missed(missed: set[str], budgets: list[dict], res, cfg) -> list[str]:
@@ -651,7 +716,7 @@ def _why_missed(missed: set[str], budgets: list[dict], res, cfg) -> list[str]:
     lines = []
     fit_checks = {"IsoFLOP parabolas", "Approach 2 a", "Approach 2 b", "held-out budget L_min"}
     used = [b for b in budgets if b.get("used") and b.get("residuals") and len(b.get("log_n_range") or []) == 2]
-    if missed & fit_checks and used:
+    if missed & fit_checks and len(used) >= 2:  # with fewer, the scatter is one ladder's and the reasons above decide
         resid = [r for b in used for r in b["residuals"]]
         sd = math.sqrt(sum(r * r for r in resid) / len(resid))
         rises = sorted(b["curvature"] / 2 * ((b["log_n_range"][1] - b["log_n_range"][0]) / 2) ** 2 for b in used)
