@@ -1368,8 +1368,10 @@ def format_fit_table(fit: FitResult) -> str:
                   "--bootstrap 1000 before quoting them."]
     if fit.approach3 and any(v is False for v in (fit.approach3.identified or {}).values()):
         bad = [k for k, v in fit.approach3.identified.items() if v is False]
+        kept = [k for k in ("a", "b", "E") if k not in bad]
         lines += ["", f"Approach 3: {', '.join(bad)} not identified (the {pct}% interval spans more than "
-                  f"{IDENTIFIED_DECADES:g} decades or reaches 0); its derived exponents a, b and E are what the runs constrain."]
+                  f"{IDENTIFIED_DECADES:g} decades or reaches 0)"
+                  + (f"; what the runs constrain is {', '.join(kept)}, read from the derived exponents." if kept else ".")]
     if fit.config.holdout or fit.holdout:
         lines += ["", format_holdout(fit)]
     if fit.approach2:

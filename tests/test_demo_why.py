@@ -111,3 +111,13 @@ def test_each_missed_check_gets_its_own_reason_from_its_own_figures():
     assert any(x.startswith("Why Approach 2 a, Approach 2 b missed: only 2 budget(s) gave a usable parabola") for x in lines)
     assert "Why held-out budget L_min missed: no held-out prediction was made: 2 usable IsoFLOP budget(s)" in "\n".join(lines)
     assert "Why budgets missed: the settings plan 3 budget(s) spanning 6.33x (`--budgets`)." in lines
+
+
+def test_the_headline_of_a_run_without_a_law_reads_as_sentences():
+    from ehrfm.app.demo import _headline_section
+
+    (line,) = [x for x in _headline_section(None, "results table x: all 3 completed runs are one IsoFLOP budget; "
+                                                  "a scaling law needs >= 2 budgets") if x and not x.startswith("#")]
+    assert line == ("**No reliable scaling result from this run**: Approach 2 was not fitted: no IsoFLOP fit could be made. "
+                    "results table x: all 3 completed runs are one IsoFLOP budget; a scaling law needs >= 2 budgets. "
+                    "Widen the budgets or sizes (`--budgets`, `--sizes`) or use more patients."), line

@@ -572,7 +572,8 @@ def _headline_section(fit, fit_error) -> list[str]:
             L.append("The intervals still include 0: a sweep this small shows the minima moving, but does not pin the "
                      "exponents down; more budgets, more sizes per budget or repeated seeds would narrow them.")
     else:
-        L.append(f"**No reliable scaling result from this run**: {verdict} {fit_error or ''} "
+        why = " ".join(x.strip().rstrip(".") + "." for x in (verdict, fit_error) if x and x.strip())
+        L.append(f"**No reliable scaling result from this run**: {why} "
                  "Widen the budgets or sizes (`--budgets`, `--sizes`) or use more patients.")
     return [*L, ""]
 
@@ -792,7 +793,8 @@ def _centre_law_sentence(cfg, sweep_json: dict) -> str:
     law = sweep_json.get("centre_law") or {}
     first = f"Ladders centred on D/N = {cfg.tokens_per_param:g}"
     if not law:
-        return first + ". " + ("(The first stage's fit gave no law to centre the larger budgets on.) " if cfg.first_stage else "")
+        two_stages = 0 < cfg.first_stage < len(cfg.budgets)
+        return first + ". " + ("(The first stage's fit gave no law to centre the larger budgets on.) " if two_stages else "")
     return (f"{first} up to {law['from_budget']:.3g} FLOPs (the first stage); the larger budgets' ladders are centred on "
             f"that stage's Approach 2 law N_opt = {law['n_coef']:.3g} C^{law['a']:.3f} ({law['n_count']} parameters; "
             "`sweep plan --centre-from`). ")
