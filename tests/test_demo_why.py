@@ -121,3 +121,15 @@ def test_the_headline_of_a_run_without_a_law_reads_as_sentences():
     assert line == ("**No reliable scaling result from this run**: Approach 2 was not fitted: no IsoFLOP fit could be made. "
                     "results table x: all 3 completed runs are one IsoFLOP budget; a scaling law needs >= 2 budgets. "
                     "Widen the budgets or sizes (`--budgets`, `--sizes`) or use more patients."), line
+
+
+def test_the_sweep_table_gives_both_parameter_counts_and_each_auroc_with_its_error():
+    from ehrfm.app.demo import _sweep_section
+
+    res = pl.DataFrame({"budget": [1e12], "run_id": ["C1e12_L1_D32"], "n_params_total": [60000.0], "n_params": [13000.0],
+                        "n_layer": [1], "d_model": [32], "tokens": [2.0e6], "loss": [1.0123], "status": ["completed"],
+                        "auroc/mortality": [0.917], "auroc_se/mortality": [0.041]})
+    lines = _sweep_section(DemoConfig(budgets=[1e12, 2e12], max_labels=100), res, {"splits": {"train": {"tokens": 4.0e6}}},
+                           "sweep/results.parquet", {})
+    assert "| 1e+12 | `C1e12_L1_D32` | 6e+04 | 1.3e+04 | 1 x 32 | 2e+06 | 0.50 | 1.0123 | completed | 0.917 +- 0.041 |" in lines
+    assert any("at most 100 labels per split and task" in x and "so their AUROC of the same run differs" in x for x in lines)

@@ -808,18 +808,27 @@ def _sweep_section(cfg, res, tok_stats: dict, results_link: str, sweep_json: dic
          f"{res.height} runs over {len(cfg.budgets)} compute budgets ({', '.join(f'{b:.3g}' for b in cfg.budgets)} FLOPs), "
          f"{cfg.sizes} model sizes each, executor `{cfg.executor}`; results table `{results_link}`. "
          f"{_centring_sentence(cfg, sweep_json)}"
-         "Loss is held-out nats/token on a fixed tuning sample; AUROC is a linear probe on held_out.", "",
-         "| budget | run | N (non-emb.) | layers x width | tokens D | epochs | loss | status | "
+         "Loss is held-out nats/token on a fixed tuning sample. AUROC is a linear probe on held_out, fitted and scored on "
+         f"at most {cfg.max_labels:,} labels per split and task (the same labels for every run), +- its DeLong standard "
+         "error: the clinical heads below probe one model on every label, so their AUROC of the same run differs. "
+         "N total counts every parameter, embeddings included (the count the fits use by default); N non-emb. leaves "
+         "the embeddings out.", "",
+         "| budget | run | N total | N non-emb. | layers x width | tokens D | epochs | loss | status | "
          + " | ".join(c.replace("auroc/", "AUROC ") for c in ucols) + " |",
-         "|---" * (8 + len(ucols)) + "|"]
+         "|---" * (9 + len(ucols)) + "|"]
     train_tokens = tok_stats["splits"]["train"]["tokens"]
     def num(v, spec: str, missing: str = "-") -> str:  # failed or unplanned runs lack some values
         return missing if v is None else format(v, spec)
 
+    def auroc(r, c: str) -> str:
+        se = r.get(c.replace("auroc/", "auroc_se/"))
+        return num(r[c], ".3f") + (f" +- {se:.3f}" if r[c] is not None and se is not None else "")
+
     for r in res.iter_rows(named=True):
-        us = " | ".join(num(r[c], ".3f") for c in ucols)
+        us = " | ".join(auroc(r, c) for c in ucols)
         epochs = num(r["tokens"] / train_tokens if r["tokens"] is not None else None, ".2f")
-        L.append(f"| {num(r['budget'], '.3g', 'unplanned')} | `{r['run_id']}` | {num(r['n_params'], '.3g')} | "
+        L.append(f"| {num(r['budget'], '.3g', 'unplanned')} | `{r['run_id']}` | {num(r.get('n_params_total'), '.3g')} | "
+                 f"{num(r['n_params'], '.3g')} | "
                  f"{num(r['n_layer'], 'd')} x {num(r['d_model'], 'd')} | {num(r['tokens'], '.3g')} | {epochs} | {num(r['loss'], '.4f')} | "
                  f"{r['status']} | {us} |")
     failed = res.filter(pl.col("status") != Status.COMPLETED)
