@@ -104,7 +104,7 @@ class SweepConfig:
     tokens_dir: str
     """Token dir (ehrfm tokenize output)."""
     budgets: list[float]
-    """Compute budgets in FLOPs, e.g. 1e12,3e12,1e13."""
+    """Compute budgets C in training FLOPs, e.g. 1e12,3e12,1e13; each run trains D = floor(C / F) tokens, F = 6 (N + d V) + 6 L T d FLOPs per token (Kaplan et al. 2020; N non-embedding parameters, d width, V vocabulary, L layers, T context)."""
     sizes: int = 7
     """Model sizes per budget."""
     # The ladder spans N*(C) * 10**(+-span_dex); N*(C) is where D/N = tokens_per_param
