@@ -1387,7 +1387,8 @@ def format_fit_table(fit: FitResult) -> str:
         lines += ["", "| task | 1 - AUROC ~ C^k: k | budgets | AUROC = c0 + c1 loss: c1 | R^2 | runs |", "|---|---|---|---|---|---|"]
         for name, u in fit.utility.items():
             link = u.loss_link or {}
-            lines.append(f"| {name} | {ci_text(u.exponent, u.exponent_ci)} | {u.n_points} | "
+            task = name.split("/", 1)[1] if name.startswith("auroc/") else name  # as fits.json keys it
+            lines.append(f"| {task} | {ci_text(u.exponent, u.exponent_ci)} | {u.n_points} | "
                          f"{ci_text(link.get('slope'), link.get('slope_ci'))} | {ci_text(link.get('r2'), None)} | {link.get('n_points', '-')} |")
         how = {(True, True): "paired: every run's AUROC on the same held-out resamples (auroc_boot/<task>)",
                (False, True): "each point redrawn within its DeLong standard error, independently",

@@ -92,6 +92,8 @@ def test_each_leak_is_counted_per_task(tmp_path):
     assert not res.clean and len(res.unknown) == 1 and res.unknown[0].startswith("(e) result times")
     text = "\n".join(format_audit(res))
     assert "| in_hospital_mortality | 6 | 2 (33.3%) | 1 (16.7%) | 1 (16.7%) | 1 (16.7%) |" in text
+    # the ETL's counts as words, not a JSON dump
+    assert "ETL drop/duplicate counts (its metadata): dropped_events: hosp/x: no_hadm 2; duplicates_dropped: hosp/labevents 3." in text
     assert main(["audit", str(meds), "--labels", str(labels), "--out", str(tmp_path / "audit.json")]) == 1
     saved = json.loads((tmp_path / "audit.json").read_text())
     assert saved["clean"] is False and saved["tasks"]["in_hospital_mortality"]["date_only_same_day"] == 1

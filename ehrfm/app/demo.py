@@ -636,7 +636,7 @@ def _checks_section(cfg, fit, res, heads: dict, wall: float, resumed_from: list[
     depths = sorted(set(fitted["n_layer"].to_list()))
     check("epochs of fitted runs", "<= 1", "no fitted runs" if max_epochs is None else f"max {max_epochs:.2f}",
           max_epochs is not None and max_epochs <= 1)
-    check("depths among fitted runs", ">= 2", f"{len(depths)} ({', '.join(map(str, depths))})", len(depths) >= 2)
+    check("depths among fitted runs", ">= 2", f"{len(depths)} ({', '.join(map(str, depths)) or 'no fitted runs'})", len(depths) >= 2)
     missed = {r.split(" | ")[0].lstrip("| ") for r in rows if r.endswith("**MISSED** |")}
     return ["## What a reviewer checks", "", "| check | needed | this run | |", "|---|---|---|---|", *rows, "",
             *_own_reasons(missed, fits, res, cfg), *_why_missed(missed, budgets, res, cfg)]

@@ -443,6 +443,19 @@ def _fmt(x: int | None, n: int) -> str:
     return "unknown" if x is None else f"{x} ({x / n:.1%})" if n and x else str(x)
 
 
+def _counts_text(counts: dict, prefix: str = "") -> str:
+    """Nested {name: count} as "a/b 3, a/c 1" (zero counts left out): readable, unlike the raw JSON."""
+    parts = []
+    for k, v in sorted(counts.items()):
+        if isinstance(v, dict):
+            inner = _counts_text(v, f"{prefix}{k}: ")
+            if inner:
+                parts.append(inner)
+        elif v:
+            parts.append(f"{prefix}{k} {v:,}" if isinstance(v, int) else f"{prefix}{k} {v}")
+    return "; ".join(parts)
+
+
 def format_audit(res: AuditResult) -> list[str]:
     """The audit as short markdown lines (a table per task plus the ETL counts and unknowns)."""
     lines = ["| task | labels | (a) outcome code | (b) date-only, same day | (c) not known before | "
@@ -465,8 +478,7 @@ def format_audit(res: AuditResult) -> list[str]:
                      + (f"; LEFT AT THEIR CHART TIME (no store-time column): {', '.join(rt['at_chart_time'])}"
                         if rt["at_chart_time"] else "") + ".")
     if res.etl_counts is not None:
-        counts = json.dumps(res.etl_counts, sort_keys=True)
-        lines.append(f"ETL drop/duplicate counts (its metadata): {counts}.")
+        lines.append(f"ETL drop/duplicate counts (its metadata): {_counts_text(res.etl_counts) or 'none'}.")
     if res.null_time_codes:
         lines.append("Non-static codes with a null time: "
                      + ", ".join(f"{c} {n}" for c, n in sorted(res.null_time_codes.items())) + ".")
