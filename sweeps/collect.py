@@ -31,7 +31,7 @@ from ehrfm.errors import UserError
 from ehrfm.io import atomic_file, progress, summary, text_table
 from ehrfm.results import RunResult, Status
 from sweeps.plan import load_sweep
-from sweeps.state import RunState, run_states, runs_dir
+from sweeps.state import RunState, check_tokens_dir, run_states, runs_dir
 
 RESULTS_PARQUET = "results.parquet"
 
@@ -46,7 +46,13 @@ class _Run:
 
     @property
     def error(self) -> str | None:
-        """Why the run failed or diverged: result.json's error, or a note that it names none (a hand-made record)."""
+        """Why the run failed, diverged or is unknown: a damaged or foreign file, else result.json's error.
+
+        RunState.note (a damaged or foreign file), else result.json's error, else a note that it
+        names none (a hand-made record).
+        """
+        if self.st.note:
+            return self.st.note
         if self.result.error:
             return self.result.error
         if self.st.state in (Status.FAILED, Status.DIVERGED):
@@ -63,8 +69,15 @@ def _runs(sweep_dir: Path):
     """(SweepConfig, [_Run]) of every planned run, and every unplanned run dir under runs/."""
     sweep, plan = load_sweep(sweep_dir)
     by_id = {r["run_id"]: r for r in plan}
-    states = run_states(sweep_dir, list(by_id))
+    states = run_states(sweep_dir, list(by_id), plan=plan, fingerprint=sweep.tokenizer_fingerprint)
     return sweep, [_Run(rid, st, by_id.get(rid, {})) for rid, st in states.items()]
+
+
+def _warn_bad_files(runs: list[_Run]) -> None:
+    """One stderr line per damaged or foreign file (the run is reported failed or unknown, the others as read)."""
+    for r in runs:
+        if r.st.bad_file:
+            print(f"warning: {r.rid}: {r.st.state}: {r.st.note}", file=sys.stderr)
 
 
 def status_rows(sweep_dir: str | Path) -> list[dict]:
@@ -90,7 +103,7 @@ def print_status(rows: list[dict], file=sys.stdout) -> None:
     for line in text_table(columns, rows):
         print(line, file=file)
     for r in rows:
-        if r["state"] in (Status.FAILED, Status.DIVERGED) and r["error"]:
+        if r["state"] in (Status.FAILED, Status.DIVERGED, Status.UNKNOWN, Status.LOST, Status.INTERRUPTED, Status.QUEUED) and r["error"]:
             print(f"{r['run_id']}: {r['state']}: {r['error']}", file=file)
     counts: dict[str, int] = {}
     for r in rows:
@@ -148,8 +161,11 @@ def collect_sweep(
 
     sweep_dir = Path(sweep_dir)
     sweep, runs = _runs(sweep_dir)
+    _warn_bad_files(runs)
     rows = [_results_row(sweep, sweep_dir, r) for r in runs]
     utility_columns: list[str] = []
+    if (labels_dir is not None or zeroshot) and any(r["status"] == Status.COMPLETED for r in rows):
+        check_tokens_dir(sweep.tokens_dir, sweep_dir)  # the probes read the histories there
     if labels_dir is not None:
         utility_columns = _add_utility(sweep, sweep_dir, rows, find_label_files(labels_dir), max_labels, seed, utility_boot,
                                        pooling)

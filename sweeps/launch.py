@@ -12,7 +12,9 @@ itself (up to max_timeouts times); a job killed by `scontrol requeue` or preempt
 its checkpoint when SLURM restarts it. Multi-GPU jobs run one task per GPU (`tasks_per_node`
 defaults to `gpus_per_node`), each task one trainer rank of a torch DDP group (gloo on CPU).
 Local: submitit's LocalExecutor, at most `max_parallel` jobs at a time with `cores / max_parallel`
-threads each; the call blocks until every launched run has finished (Ctrl-C checkpoints them).
+threads each (at most the launcher's $OMP_NUM_THREADS when set, unless --cpus-per-task says
+otherwise: a user who limited the threads keeps that limit); the call blocks until every launched
+run has finished (Ctrl-C checkpoints them).
 
 WSD sweeps (sweeps/plan.py): a branch starts only after its trunk has ended. On SLURM the trunks
 are submitted first and each trunk's branches as a job array with `--dependency=afterany:<trunk
@@ -42,7 +44,7 @@ from ehrfm.io import progress, summary, write_json
 from ehrfm.results import ACTIVE, RunResult, Status, write_result
 from sweeps.job import TrainJob
 from sweeps.plan import check_tokenizer, load_sweep, run_train_config
-from sweeps.state import log_path, read_result, record_path, run_states, runs_dir
+from sweeps.state import check_tokens_dir, log_path, read_result, record_path, run_states, runs_dir
 
 EXECUTORS = ("slurm", "local")
 SLURM_COMMANDS = ("sbatch", "srun", "squeue", "scontrol")
@@ -146,6 +148,25 @@ def parse_time_minutes(text: str) -> int:
     return minutes
 
 
+def check_signal_delay(signal_delay_s: int, time_min: int, time_text: str) -> None:
+    """Refuse a checkpoint signal that would come at or before a job's start.
+
+    USR2 goes to a job `signal_delay_s` seconds before its time limit: at or above the limit it
+    arrives as the job starts, so every attempt checkpoints and requeues itself without training
+    (until --max-timeouts is spent).
+
+    Raises:
+        UserError: signal_delay_s is negative, or not shorter than the time limit.
+    """
+    if signal_delay_s < 0:
+        raise UserError(f"--signal-delay-s {signal_delay_s}: expected seconds >= 0")
+    if signal_delay_s >= time_min * 60:
+        raise UserError(
+            f"--signal-delay-s {signal_delay_s} is not shorter than --time {time_text} ({time_min * 60} s): every job "
+            "would be told to checkpoint and requeue as it starts, never training; give a longer --time or a smaller --signal-delay-s"
+        )
+
+
 def check_executor(executor: str) -> None:
     """Refuse an unknown executor, or "slurm" where the SLURM commands are not on PATH.
 
@@ -181,6 +202,7 @@ def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
     sweep_dir = Path(sweep_dir).resolve()
     check_executor(cfg.executor)
     sweep, plan = load_sweep(sweep_dir)
+    check_tokens_dir(sweep.tokens_dir, sweep_dir)  # moved since planning: say so, and how to re-point the sweep
     check_tokenizer(sweep, sweep_dir)
     if cfg.gpus_per_node < 0 or cfg.nodes < 1 or (cfg.max_parallel is not None and cfg.max_parallel < 1) \
             or (cfg.tasks_per_node is not None and cfg.tasks_per_node < 1):
@@ -194,8 +216,10 @@ def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
     if cfg.mem is not None and not re.fullmatch(r"\d+[KMGT]?B?", str(cfg.mem), flags=re.I):
         raise UserError(f"--mem {cfg.mem!r}: expected a size like 16G or 4000M")
     time_min = parse_time_minutes(cfg.time)
+    check_signal_delay(cfg.signal_delay_s, time_min, cfg.time)
     if cfg.executor == "local":
-        slots = local_slots(cfg, len(os.sched_getaffinity(0)), _visible_gpus() if cfg.gpus_per_node else [])
+        slots = local_slots(cfg, len(os.sched_getaffinity(0)), _visible_gpus() if cfg.gpus_per_node else [],
+                            thread_cap=user_threads())
 
     # One launcher at a time decides and submits: two concurrent relaunches must not both submit
     # a run. A local launch holds the lock until its runs are recorded as queued under its pid.
@@ -227,7 +251,12 @@ def _sweep_lock(sweep_dir: Path):
     import fcntl
 
     with open(sweep_dir / ".launch.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another launch is deciding or submitting: say why nothing happens yet
+            print(f"waiting for another `ehrfm sweep launch` of {sweep_dir} to finish submitting ({sweep_dir / '.launch.lock'})",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -236,7 +265,7 @@ def _sweep_lock(sweep_dir: Path):
 
 def _select_and_prepare(sweep_dir: Path, sweep, plan: list[dict], cfg: LaunchConfig) -> tuple[LaunchReport, list[TrainJob]]:
     """The runs to submit now (by state), with their train configs written; [] when none."""
-    states = run_states(sweep_dir, [r["run_id"] for r in plan])
+    states = run_states(sweep_dir, [r["run_id"] for r in plan], plan=plan, fingerprint=sweep.tokenizer_fingerprint)
     to_submit: list[dict] = []
     skipped: dict[str, list[str]] = {}
     for row in plan:
@@ -413,9 +442,7 @@ def _submit_slurm(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, time
                 _write_record(sweep_dir, job.run_id, job_id=str(by_id[job.run_id].job_id))
             else:
                 record_path(sweep_dir, job.run_id).unlink(missing_ok=True)
-        lines = [ln.strip() for ln in err["text"].splitlines() if ln.strip()]
-        msg = lines[-1] if lines else (str(e).strip().splitlines() or [type(e).__name__])[-1]
-        raise UserError(f"sbatch refused the sweep's jobs: {msg[:400]}") from None
+        raise UserError(f"sbatch refused the sweep's jobs: {sbatch_error(err['text'], e, cfg)}") from None
     if err["text"].strip():
         print(err["text"].rstrip(), file=sys.stderr)  # sbatch warnings, passed on
     submitted = [by_id[job.run_id] for job in jobs]
@@ -432,6 +459,40 @@ def _submit_slurm(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, time
             f"`ehrfm sweep status {sweep_dir}` to follow")
 
 
+# sbatch's words for what it refused -> the launch option that set it
+_SBATCH_OPTIONS = (("partition", "partition"), ("account", "account"), ("qos", "qos"), ("feature", "constraint"),
+                   ("constraint", "constraint"), ("node name", "exclude"), ("gres", "gpus_per_node"), ("gpu", "gpus_per_node"),
+                   ("memory", "mem"), ("time limit", "time"), ("node count", "nodes"), ("cpu count", "cpus_per_task"),
+                   ("tasks", "tasks_per_node"))
+
+
+def sbatch_error(stderr: str, exc: BaseException, cfg: LaunchConfig) -> str:
+    """One line for an sbatch refusal: sbatch's error line (not its 'Try sbatch --help' hint), and the option it names.
+
+    Args:
+        stderr: what sbatch wrote on stderr.
+        exc: the exception submitit raised (its text when stderr is empty).
+        cfg: the launch config, to name the option sbatch refused, e.g. "(--partition gpu)".
+    """
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()] or \
+        [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+    useful = [ln for ln in lines if not ln.lower().startswith("try ")] or lines
+    msg = next((ln for ln in reversed(useful) if "error" in ln.lower() or "unrecognized" in ln.lower()
+                or "invalid" in ln.lower()), useful[-1])[:400]
+    low = msg.lower()
+    unrecognized = re.search(r"(?:unrecognized|invalid) option '?--?([\w-]+)", msg)
+    if unrecognized:
+        key = unrecognized.group(1)
+        given = {k.replace("_", "-"): k for k in cfg.slurm_args}
+        return msg + (f" (--slurm-arg {given[key]}=...)" if key in given else "")
+    for word, name in _SBATCH_OPTIONS:
+        value = getattr(cfg, name)
+        if word in low and value not in (None, 0, ""):
+            return f"{msg} (--{name.replace('_', '-')} {value})"
+    extra = [f"--slurm-arg {k}={v}" if v is not True else f"--slurm-arg {k}" for k, v in cfg.slurm_args.items() if k.lower() in low]
+    return msg + (f" ({', '.join(extra)})" if extra else "")
+
+
 def _wait_slurm(sweep_dir: Path, report: LaunchReport, poll_s: float) -> None:
     report.final_states = wait_for_runs(sweep_dir, report.submitted, poll_s)
     by_state: dict[str, int] = {}
@@ -444,14 +505,14 @@ def wait_for_runs(sweep_dir: Path, run_ids: list[str], poll_s: float = 5.0, time
     """Block until none of `run_ids` is queued or running; returns their final states."""
     from sweeps.plan import load_sweep
 
-    _, plan = load_sweep(sweep_dir)
+    sweep, plan = load_sweep(sweep_dir)
     planned = [r["run_id"] for r in plan]
     start = time.time()
     bar = progress(total=len(run_ids), desc="runs", unit="run")
     done = 0
     try:
         while True:
-            states = run_states(sweep_dir, planned)
+            states = run_states(sweep_dir, planned, plan=plan, fingerprint=sweep.tokenizer_fingerprint)
             current = {rid: states[rid].state for rid in run_ids if rid in states}
             n_done = sum(1 for s in current.values() if s not in _BUSY)
             bar.update(n_done - done)
@@ -492,11 +553,19 @@ class LocalSlots:
     gpu_groups: list  # one list of GPU indices per slot ([] without GPUs)
 
 
-def local_slots(cfg: LaunchConfig, cores: int, gpus: list[int]) -> LocalSlots:
+def user_threads(environ=None) -> int | None:
+    """The thread limit a user set with $OMP_NUM_THREADS (its first level: "4,2" -> 4), or None when unset or not a number."""
+    text = (os.environ if environ is None else environ).get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def local_slots(cfg: LaunchConfig, cores: int, gpus: list[int], thread_cap: int | None = None) -> LocalSlots:
     """How a local launch shares this machine's GPUs or cores.
 
     How a local launch shares this machine: GPU groups when jobs use GPUs, else the cores
-    split evenly between jobs (and their DDP tasks) so that they never oversubscribe.
+    split evenly between jobs (and their DDP tasks) so that they never oversubscribe. Without
+    cfg.cpus_per_task, each trainer's threads are at most `thread_cap` (the user's $OMP_NUM_THREADS,
+    user_threads()).
     """
     tasks = _tasks_per_node(cfg)
     if cfg.gpus_per_node:
@@ -509,6 +578,8 @@ def local_slots(cfg: LaunchConfig, cores: int, gpus: list[int]) -> LocalSlots:
         max_parallel = cfg.max_parallel or max(1, cores // (tasks * (cfg.cpus_per_task or 1)))
         groups = []
     threads = cfg.cpus_per_task or max(1, cores // (max_parallel * tasks))
+    if not cfg.cpus_per_task and thread_cap:
+        threads = min(threads, thread_cap)
     return LocalSlots(max_parallel=max_parallel, threads=threads, gpu_groups=groups)
 
 

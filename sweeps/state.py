@@ -3,6 +3,12 @@
 States, and where each comes from:
     completed | failed | diverged   runs/<id>/result.json says so (the trainer, or the job wrapper
                                     when the trainer died, wrote it)
+    failed                          also: result.json is damaged (unreadable, wrongly typed) or
+                                    belongs to another run (its shape, tokens, seed or tokenizer
+                                    differ from the plan row: copied from another run or sweep);
+                                    the reason names the file and the field. Never used as the
+                                    run's result; `launch --retry-failed` moves it aside and the
+                                    run resumes from its checkpoint
     queued | running                jobs/<id>.json names a job that SLURM or this machine (a live
                                     local process) still has; SLURM is asked about the recorded job
                                     ids, whoever submitted them (`squeue -j`), and a held job
@@ -13,8 +19,10 @@ States, and where each comes from:
     lost                            the job is gone and nothing was saved (cancelled before start,
                                     killed without checkpoint): launch starts it again
     unknown                         a SLURM job that cannot be checked here (no squeue, controller
-                                    down) or in a state this module does not know (SLURM_STATES):
-                                    never resubmitted until SLURM answers with a known state
+                                    down) or in a state this module does not know (SLURM_STATES),
+                                    or a damaged jobs/<id>.json (the job it named may be alive):
+                                    never resubmitted until SLURM answers with a known state (or
+                                    the damaged record is deleted)
     planned                         never launched
     unplanned                       a run dir under runs/ that the current plan does not list
 """
@@ -34,7 +42,11 @@ from ehrfm.results import RunResult, Status
 from ehrfm.results import read_result as _read_result
 from ehrfm.run_lock import run_dir_busy
 
-_RESULT_HINT = "delete it and relaunch the sweep: the run resumes from its checkpoint and writes it again"
+_RESULT_HINT = ("relaunch the sweep with --retry-failed (or delete it and relaunch): the run resumes from its checkpoint "
+                "and writes it again")
+_RECORD_HINT = "if no job of this run is alive (squeue), delete the file and relaunch"
+# result.json fields that must equal the plan row's (a result of another run or sweep differs in one)
+_IDENTITY_FIELDS = ("n_layer", "d_model", "n_head", "context", "tokens", "seed")
 
 
 @dataclass
@@ -45,6 +57,8 @@ class RunState:
     job_id: str | None = None
     executor: str | None = None
     result: RunResult | None = None
+    note: str | None = None  # why: a damaged or foreign file, SLURM's end state or pending reason, SLURM not answering
+    bad_file: bool = False  # the note is about a damaged or foreign file of the sweep dir
 
 
 def runs_dir(sweep_dir: Path) -> Path:
@@ -80,12 +94,25 @@ def read_record_file(path: Path, damaged_ok: bool = False) -> dict | None:
     if not path.exists():
         return None
     try:
-        return read_json(path, "job record", expect=dict,
-                         hint="if no job of this run is alive (squeue), delete the file and relaunch")
+        return read_json(path, "job record", expect=dict, hint=_RECORD_HINT)
     except (UserError, OSError):
         if damaged_ok:
             return None
         raise
+
+
+def check_tokens_dir(tokens_dir: str, sweep_dir: Path) -> None:
+    """Refuse, with what to do, a sweep whose token dir (sweep.json tokens_dir) is gone: moved or deleted since planning.
+
+    Raises:
+        UserError: tokens_dir/tokenizer.json does not exist.
+    """
+    if not (Path(tokens_dir) / "tokenizer.json").is_file():
+        raise UserError(
+            f"{Path(sweep_dir) / 'sweep.json'}: tokens_dir {tokens_dir} is not a token dir any more (moved or deleted since "
+            "planning?); if it moved, plan the same sweep again with the new path (`ehrfm sweep plan --tokens NEW_PATH "
+            f"--out {sweep_dir}` and the same options: the runs keep their ids and results)"
+        )
 
 
 def read_result(run_dir: Path) -> RunResult | None:
@@ -144,16 +171,23 @@ def slurm_job_states(job_ids) -> dict[str, str] | None:
     Args:
         job_ids: recorded ids, e.g. ["123_0", "123_1", "130"]; ids of another form are not asked.
 
-    Asks `squeue -h -r -j ID,... -o %i|%T` (never `-u $USER`: a teammate relaunching a shared
-    sweep must see the jobs others submitted). A job id SLURM no longer knows is absent.
+    Asks `squeue -h -r -t all -j ID,... -o %i|%T|%r` (never `-u $USER`: a teammate relaunching a
+    shared sweep must see the jobs others submitted; `-t all`: a job that ended lately is listed
+    with its end state, e.g. OUT_OF_MEMORY, for MinJobAge). A job id SLURM no longer knows is absent.
     """
+    jobs = _squeue(job_ids)
+    return None if jobs is None else {jid: st for jid, (st, _) in jobs.items()}
+
+
+def _squeue(job_ids) -> dict[str, tuple[str, str]] | None:
+    """{job id: (SLURM state, reason)} of slurm_job_states; None when SLURM cannot be asked."""
     if shutil.which("squeue") is None:
         return None
     ids = sorted({str(j) for j in job_ids if j is not None and _JOB_ID.fullmatch(str(j))})
-    states: dict[str, str] = {}
+    states: dict[str, tuple[str, str]] = {}
     for i in range(0, len(ids), _SQUEUE_CHUNK):
         chunk = ids[i:i + _SQUEUE_CHUNK]
-        cmd = ["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(chunk)]
+        cmd = ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%r", "-j", ",".join(chunk)]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         except (subprocess.TimeoutExpired, OSError):
@@ -164,10 +198,43 @@ def slurm_job_states(job_ids) -> dict[str, str] | None:
                 continue
             return None
         for line in proc.stdout.splitlines():
-            jid, _, st = line.strip().partition("|")
+            jid, _, rest = line.strip().partition("|")
+            st, _, reason = rest.partition("|")
             if jid:
-                states[jid] = st
+                states[jid] = (st, reason.strip())
     return states
+
+
+# SLURM end states that say why a run's job is gone without result.json (its wrapper was killed
+# with it): shown as the reason of a lost or interrupted run. COMPLETED says nothing more.
+_ENDED_WHY = ("CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY")
+
+
+def _ended_note(record: dict, squeue: dict[str, tuple[str, str]] | None, state: Status) -> str | None:
+    """'SLURM job 12_3 ended OUT_OF_MEMORY (reason)' for a job SLURM lists as over for a reason, else None."""
+    jid = str(record.get("job_id"))
+    st, reason = (squeue or {}).get(jid, ("", ""))
+    base = st.strip().upper().split(" ")[0].rstrip("+")
+    if base not in _ENDED_WHY:
+        return None
+    why = f" ({reason})" if reason and reason.lower() not in ("none", "(null)") else ""
+    again = "resumes it from its checkpoint" if state == Status.INTERRUPTED else "starts it again"
+    return f"SLURM job {jid} ended {base}{why} without a result.json; a relaunch {again}"
+
+
+# Pending reasons that pass by themselves (the queue moves, a begin time, an array throttle, a
+# dependency); any other (PartitionConfig, BadConstraints, InvalidAccount, JobHeldUser, a launch
+# failure's hold, ReqNodeNotAvail, ...) may keep the job waiting forever, so status shows it.
+_ORDINARY_WAITS = ("", "none", "(null)", "resources", "priority", "begintime", "dependency", "jobarraytasklimit")
+
+
+def _waiting_note(record: dict, squeue: dict[str, tuple[str, str]] | None) -> str | None:
+    """'SLURM job 12_3 waits: PartitionConfig' for a queued job whose pending reason does not pass by itself, else None."""
+    jid = str(record.get("job_id"))
+    _, reason = (squeue or {}).get(jid, ("", ""))
+    if reason.strip().lower() in _ORDINARY_WAITS:
+        return None
+    return f"SLURM job {jid} waits: {reason.strip()} (`scontrol show job {jid}` says more; it may never start as submitted)"
 
 
 def _pid_alive(pid, needle: str | None = None) -> bool:
@@ -192,9 +259,9 @@ def _pid_alive(pid, needle: str | None = None) -> bool:
     return True
 
 
-def _slurm_state(record: dict, squeue: dict[str, str]) -> Status | None:
+def _slurm_state(record: dict, squeue: dict[str, tuple[str, str]]) -> Status | None:
     st = squeue.get(str(record.get("job_id")))
-    return None if st is None else slurm_state_of(st)
+    return None if st is None else slurm_state_of(st[0])
 
 
 def _local_state(record: dict) -> Status | None:
@@ -207,33 +274,96 @@ def _local_state(record: dict) -> Status | None:
     return None
 
 
-def run_states(sweep_dir: str | Path, run_ids: list[str]) -> dict[str, RunState]:
-    """State of each planned run, plus any run dir under runs/ that the plan does not list."""
+def _foreign(result: RunResult, row: dict | None, fingerprint: str | None) -> list[str]:
+    """The identity fields where a finished result.json differs from its plan row ([] when it is the run's own)."""
+    diffs = []
+    if row:
+        for k in _IDENTITY_FIELDS:
+            have, want = getattr(result, k), row.get(k)
+            if have is not None and want is not None and have != want:
+                diffs.append(f"{k} {have} (planned {want})")
+    if fingerprint and result.tokenizer_fingerprint and result.tokenizer_fingerprint != fingerprint:
+        diffs.append(f"tokenizer_fingerprint {result.tokenizer_fingerprint[:12]} (planned {fingerprint[:12]})")
+    return diffs
+
+
+def _plan_of(sweep_dir: Path) -> tuple[dict[str, dict], str | None]:
+    """({run id: plan row}, tokenizer fingerprint) of a planned sweep dir; ({}, None) when it has no plan."""
+    from sweeps.plan import load_sweep
+
+    try:
+        sweep, rows = load_sweep(sweep_dir)
+    except UserError:
+        return {}, None
+    return {r["run_id"]: r for r in rows}, sweep.tokenizer_fingerprint
+
+
+def run_states(sweep_dir: str | Path, run_ids: list[str], plan: list[dict] | None = None,
+               fingerprint: str | None = None) -> dict[str, RunState]:
+    """State of each planned run, plus any run dir under runs/ that the plan does not list.
+
+    Args:
+        sweep_dir: the sweep dir.
+        run_ids: the runs to report (the plan's, usually).
+        plan: the sweep's plan rows, to check that each result.json is its run's own (default:
+            read from the sweep dir, with its tokenizer fingerprint).
+        fingerprint: the sweep's tokenizer fingerprint (with `plan`).
+
+    A damaged or foreign result.json makes its run failed (RunState.note says why, naming the
+    file and field), a damaged job record makes it unknown: one bad file never stops the others.
+    """
     sweep_dir = Path(sweep_dir)
+    if plan is None:
+        by_plan, fingerprint = _plan_of(sweep_dir)
+    else:
+        by_plan = {r["run_id"]: r for r in plan}
     ids = list(run_ids)
     rdir = runs_dir(sweep_dir)
     if rdir.is_dir():
         planned = set(ids)
         ids += sorted(p.name for p in rdir.iterdir() if p.is_dir() and p.name not in planned and ".tmp-" not in p.name)
-    records = {rid: read_record(sweep_dir, rid) for rid in ids}
-    squeue: dict[str, str] | None = None
+    records, record_notes = {}, {}
+    for rid in ids:
+        try:
+            records[rid] = read_record(sweep_dir, rid)
+        except (UserError, OSError) as e:
+            records[rid], record_notes[rid] = None, str(e) if isinstance(e, UserError) else \
+                f"job record {record_path(sweep_dir, rid)} cannot be read ({e.strerror or e}); {_RECORD_HINT}"
+    squeue: dict[str, tuple[str, str]] | None = None
     asked_slurm = False
     out: dict[str, RunState] = {}
     planned_ids = set(run_ids)
     for rid in ids:
         run_dir = rdir / rid
         record = records[rid]
-        result = read_result(run_dir)
         executor = record.get("executor") if record else None
         job_id = str(record["job_id"]) if record and record.get("job_id") else None
+        try:
+            result = read_result(run_dir)
+        except UserError as e:  # damaged: reported as this run's failure, the other runs still read
+            out[rid] = RunState(rid, Status.FAILED, job_id, executor, RunResult(Status.FAILED, error=str(e)), note=str(e), bad_file=True)
+            continue
+        except OSError as e:
+            why = f"run result {run_dir / 'result.json'} cannot be read ({e.strerror or e}); {_RESULT_HINT}"
+            out[rid] = RunState(rid, Status.FAILED, job_id, executor, RunResult(Status.FAILED, error=why), note=why, bad_file=True)
+            continue
         if result is not None and result.finished:
+            diffs = _foreign(result, by_plan.get(rid), fingerprint)
+            if diffs:
+                why = (f"run result {run_dir / 'result.json'} is not this run's: {', '.join(diffs)} (copied from another "
+                       f"run or sweep?); {_RESULT_HINT}")
+                out[rid] = RunState(rid, Status.FAILED, job_id, executor, RunResult(Status.FAILED, error=why), note=why, bad_file=True)
+                continue
             out[rid] = RunState(rid, result.status, job_id, executor, result)
+            continue
+        if rid in record_notes:  # the job it named may still be alive: never resubmitted on a guess
+            out[rid] = RunState(rid, Status.UNKNOWN, None, None, result, note=record_notes[rid], bad_file=True)
             continue
         active = None
         if record is not None:
             if executor == "slurm":
                 if not asked_slurm:
-                    squeue = slurm_job_states(r["job_id"] for r in records.values() if r and r.get("executor") == "slurm")
+                    squeue = _squeue(r["job_id"] for r in records.values() if r and r.get("executor") == "slurm")
                     asked_slurm = True
                 # Without an answer from SLURM the job may still be alive: never resubmit it blindly.
                 active = Status.UNKNOWN if squeue is None else _slurm_state(record, squeue)
@@ -243,6 +373,7 @@ def run_states(sweep_dir: str | Path, run_ids: list[str]) -> dict[str, RunState]
             # a trainer holds the run dir although no job we can see runs it (another user's
             # private jobs, another machine, a job wrapper gone before its trainer): never twice
             active = Status.RUNNING
+        note = None
         if active is not None:
             state = active
         elif (run_dir / "checkpoint").exists() or (run_dir / "checkpoint.prev").exists():  # .prev: killed mid-swap
@@ -251,5 +382,12 @@ def run_states(sweep_dir: str | Path, run_ids: list[str]) -> dict[str, RunState]
             state = Status.LOST
         else:
             state = Status.PLANNED if rid in planned_ids else Status.UNPLANNED
-        out[rid] = RunState(rid, state, job_id, executor, result)
+        if state in (Status.INTERRUPTED, Status.LOST) and executor == "slurm":
+            note = _ended_note(record, squeue, state)  # e.g. killed with its wrapper by the OOM killer or scancel
+        elif state == Status.UNKNOWN and executor == "slurm" and squeue is None:
+            note = (f"SLURM could not be asked about job {job_id} (no `squeue` on PATH, or it failed or timed out): "
+                    "never resubmitted until it answers")
+        elif state == Status.QUEUED and executor == "slurm":
+            note = _waiting_note(record, squeue)  # e.g. more CPUs than any node has: pending forever
+        out[rid] = RunState(rid, state, job_id, executor, result, note=note)
     return out
