@@ -150,6 +150,31 @@ def save_checkpoint(run_dir, model, optimizer, state: dict) -> Path:
     return out
 
 
+def check_format(ckpt: str | os.PathLike) -> None:
+    """Refuse a checkpoint written by a newer ehrfm (state.json format above FORMAT_VERSION).
+
+    Checked before `recover_checkpoint` judges a checkpoint: its files may be laid out in a way
+    this ehrfm cannot verify, and a checkpoint it took for damaged would be discarded. A missing
+    or unreadable state.json is left to `verify_checkpoint`.
+
+    Raises:
+        UserError: naming the state.json, its format and this ehrfm's.
+    """
+    path = Path(ckpt) / "state.json"
+    try:
+        state = read_json(path, "checkpoint state", expect=dict) if path.is_file() else {}
+    except UserError:
+        return
+    fmt = state.get("format")
+    if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > FORMAT_VERSION:
+        from ehrfm import __version__
+
+        raise UserError(
+            f"checkpoint state {path} has format {fmt}, written by a newer ehrfm (ehrfm {__version__} reads formats "
+            f"up to {FORMAT_VERSION}): resume or load it with that ehrfm; nothing was changed"
+        )
+
+
 def verify_checkpoint(ckpt: str | os.PathLike) -> tuple[dict | None, str | None]:
     """Check one checkpoint directory without loading it into a model.
 
@@ -212,6 +237,8 @@ def recover_checkpoint(run_dir: str | os.PathLike) -> str | None:
     out, prev = run_dir / CHECKPOINT_DIR, run_dir / PREVIOUS_DIR
     if not run_dir.is_dir():
         return None
+    for ckpt in (out, prev):  # a newer ehrfm's checkpoint is refused, never judged damaged and discarded
+        check_format(ckpt)
     remove_stale_temporaries(prev)
     # Only one trainer works in a run dir (it is locked while training), so another node's
     # temporaries are stale too: a SLURM requeue usually lands on another node.
@@ -297,6 +324,7 @@ def load_verified_weights(ckpt: str | os.PathLike, use: str = "used") -> tuple[d
             a checkpoint state; `use` says what was refused ("exported").
     """
     ckpt = Path(ckpt)
+    check_format(ckpt)
     state, problem = verify_checkpoint(ckpt)
     if state is None:
         raise UserError(f"checkpoint {ckpt} cannot be {use}: {problem}; retrain the run (ehrfm train ... --overwrite)")
@@ -378,6 +406,7 @@ def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
     ckpt = run_dir if (run_dir / "model.safetensors").is_file() else run_dir / CHECKPOINT_DIR
     if not (ckpt / "model.safetensors").is_file():
         raise UserError(f"{run_dir} has no model checkpoint ({CHECKPOINT_DIR}/model.safetensors not found)")
+    check_format(ckpt)
     state, problem = verify_checkpoint(ckpt)
     if state is None:
         raise UserError(f"checkpoint of {run_dir} cannot be used: {problem}; retrain the run (ehrfm train ... --overwrite)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Self
 
@@ -141,6 +142,9 @@ class ModelConfig(_DictConfig):
         for name in ("n_layer", "d_model", "n_head", "context", "vocab_size", "mlp_hidden"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"model config: {name} must be >= 1 (got {getattr(self, name)})")
+        for name in ("rope_theta", "norm_eps"):
+            if not (math.isfinite(float(getattr(self, name))) and float(getattr(self, name)) > 0):
+                raise UserError(f"model config: {name} must be finite and > 0 (got {getattr(self, name):g})")
         if self.d_model % self.n_head:
             raise UserError(f"model config: d_model={self.d_model} is not divisible by n_head={self.n_head}")
         if (self.d_model // self.n_head) % 2:
@@ -286,6 +290,22 @@ class TrainConfig(_DictConfig):
         for name in ("eval_tokens",):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"train config: {name} must be >= 1 (got {getattr(self, name)})")
+        # 0 means "off" / "the default" for these; a negative one was taken silently (intervals) or
+        # scored nothing (eval_batch_size: a NaN held-out loss, the run recorded diverged)
+        for name in ("eval_interval", "checkpoint_interval", "eval_batch_size"):
+            if int(getattr(self, name)) < 0:
+                raise UserError(f"train config: {name} must be >= 0 (got {getattr(self, name)})")
+        # torch.manual_seed takes at most 64 bits, numpy's generators no negative seed: a bad seed
+        # failed the run after it had started (recorded failed), never a usage error
+        seed = self.seed if isinstance(self.seed, numbers.Integral) and not isinstance(self.seed, bool) else None
+        if seed is None and isinstance(self.seed, float) and self.seed.is_integer():
+            seed = int(self.seed)  # 3.0 from a JSON or YAML file
+        if seed is None or not 0 <= int(seed) < 2**63:
+            raise UserError(f"train config: seed must be an integer in 0..2**63-1 (got {self.seed!r})")
+        self.seed = int(seed)
+        if not (math.isfinite(float(self.rope_theta)) and float(self.rope_theta) > 0):
+            # RoPE divides by powers of theta: 0 or a negative base gives NaN at the first step (diverged)
+            raise UserError(f"train config: rope_theta must be finite and > 0 (got {self.rope_theta:g})")
         _check_choice(self, "dtype")
         _check_choice(self, "attention")
         self._check_schedule()

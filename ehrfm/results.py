@@ -98,6 +98,7 @@ class RunResult:
     eval_subjects: int | None = _UNSET
     train_loss: float | None = _UNSET
     initial_train_loss: float | None = _UNSET
+    initial_train_loss_se: float | None = _UNSET  # SE of initial_train_loss over the first batch's subjects
     eval_tokens: int | None = _UNSET
     epochs: float | None = _UNSET
     wall_s: float | None = _UNSET

@@ -77,6 +77,7 @@ class TokenDir:
             raise UserError(f"{self.path} is not a token dir: tokenizer.json not found (run `ehrfm tokenize` first)")
         self._splits: dict[str, TokenSplit] = {}
         self._ids_checked: set[str] = set()  # splits whose every token id was read and found in the vocab
+        self._digests: dict[str, str] = {}  # content_digest per split
 
     def __repr__(self) -> str:
         return f"TokenDir({str(self.path)!r}, vocab_size={self.vocab_size})"
@@ -233,6 +234,27 @@ class TokenDir:
         _check_index(d / "index.parquet", split)
         self._splits[name] = split
         return split
+
+    def content_digest(self, name: str) -> str:
+        """sha256 of split `name`'s content: its token ids (tokens.npy's values) and its index.
+
+        Two splits with the same digest hold the same timelines in the same order: what a run's
+        resume checks, beyond the tokenizer's fingerprint and the split's counts, so that a token
+        dir re-tokenized in place (same counts, other content) is never resumed on. Reads every
+        token (about a second per GB); cached per TokenDir.
+        """
+        if name in self._digests:
+            return self._digests[name]
+        split = self.split(name)
+        h = hashlib.sha256()
+        h.update(f"{split.tokens.dtype.str}:{split.n_tokens}:{len(split)}".encode())
+        for a in (split.subject_ids, split.offsets, split.lengths):
+            h.update(np.ascontiguousarray(a, dtype="<i8").tobytes())
+        step = 1 << 26  # 64 Mi tokens at a time: bounded memory on a memory-mapped array
+        for i in range(0, split.n_tokens, step):
+            h.update(np.ascontiguousarray(split.tokens[i:i + step]).tobytes())
+        self._digests[name] = h.hexdigest()
+        return self._digests[name]
 
     def check_token_ids(self, name: str, trust_stats: bool = True) -> None:
         """Refuse split `name` when a token id is outside 0..vocab_size - 1 (UserError naming the file).

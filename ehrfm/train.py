@@ -48,9 +48,13 @@ Stops and faults:
   step) and the checkpoint holds weights, AdamW moments and RNG states exactly.
 - Divergence (`divergence_reason`) ends the run as "diverged", never "completed": a non-finite
   train loss or gradient norm at a step, or a non-finite periodic held-out loss, stops it at
-  once; a final held-out loss that is non-finite, above uniform guessing (ln V nats/token) or
-  above the run's initial loss (its first step's train loss, at the initial weights) is a
-  finite blow-up. result.json's `error` names the quantity and the step ("grad norm became inf
+  once; a final held-out loss that is non-finite, or above uniform guessing (ln V nats/token)
+  or the run's initial loss (its first step's train loss, at the initial weights) by more than
+  DIVERGENCE_Z = 3 standard errors (eval_loss_se; for the initial loss also the first batch's
+  initial_train_loss_se), is a blow-up. A tiny run that ends at ln V within that noise is
+  completed; a bound without a standard error is strict (< 2 eval subjects), and an initial loss
+  without one (a one-subject first batch, an older checkpoint) bounds nothing. result.json's
+  `error` names the quantity and the step ("grad norm became inf
   at step 13"); the last metrics.jsonl line logs it (non-finite values as null, the reason in
   `diverged`). Any other error ends the run as "failed" with the error type and message (never
   patient data).
@@ -59,7 +63,10 @@ Stops and faults:
   until train returns; a second trainer on it is refused with RunDirBusyError (a UserError,
   `ehrfm train` exit 2) and touches nothing, --overwrite included.
 - Resuming with another tokenizer, other data or another run config is refused (UserError) and
-  nothing in the run dir is touched. A completed or diverged run dir returns its result.json
+  nothing in the run dir is touched. Other data includes a token dir re-tokenized in place with
+  the same counts (config.json's "data" holds each split's content sha256); each differing field
+  is named with both values. A run dir of an older ehrfm lacking a field counts it at its
+  default; a field of a newer ehrfm, or a checkpoint of a newer format, is refused. A completed or diverged run dir returns its result.json
   unchanged; a failed one is retried (from its last checkpoint).
 
 DDP: run the same entry point under torchrun; ranks split each step's rows (round-robin), the
@@ -174,20 +181,39 @@ def tokens_for(cfg: TrainConfig, model_cfg: ModelConfig) -> int:
     return int(math.floor(float(cfg.flops) / flops_per_token(model_cfg)))
 
 
-def divergence_reason(step: int, vocab_size: int | None = None, initial_loss: float | None = None, **quantities) -> str | None:
+# How many standard errors a finite final held-out loss must exceed a bound (ln V, the initial
+# loss) by to be called a blow-up: one-sided, a run that is at its bound by noise is called
+# diverged about once in 740 (normal tail beyond 3 sigma).
+DIVERGENCE_Z = 3.0
+
+
+def divergence_reason(step: int, vocab_size: int | None = None, initial_loss: float | None = None,
+                      val_loss_se: float | None = None, initial_loss_se: float | None = None, **quantities) -> str | None:
     """Why a run has diverged at `step`, or None when it has not.
+
+    The rule: any non-finite quantity is a divergence; a finite `val_loss` is a blow-up only when
+    it is clearly above a bound -- uniform guessing (ln V nats/token) or the run's initial loss --
+    by more than DIVERGENCE_Z standard errors: of the eval sample (`val_loss_se`, ratio_se over eval
+    subjects) for ln V, and of the difference of the two estimates, sqrt(val_loss_se^2 +
+    initial_loss_se^2), for the initial loss (measured on the first batch: a sample of its own).
+    A run that barely moved from its initial weights (a tiny budget, a tiny lr) ends at ln V plus
+    its initialisation's small excess, within that noise, and is not diverged. A missing
+    standard error counts as 0 (strict bounds: fewer than 2 eval subjects).
 
     Args:
         step: the optimizer step (1-based) the quantities belong to; named in the reason.
-        vocab_size: V; a `val_loss` above ln V nats/token (uniform guessing) is a blow-up.
-        initial_loss: the run's loss at its initial weights (nats/token); a `val_loss` above it
-            means the run ended worse than it started.
+        vocab_size: V; a `val_loss` clearly above ln V nats/token (uniform guessing) is a blow-up.
+        initial_loss: the run's loss at its initial weights (nats/token); a `val_loss` clearly
+            above it means the run ended worse than it started.
+        val_loss_se: standard error of `val_loss` over the eval subjects, or None.
+        initial_loss_se: standard error of `initial_loss` over the first batch's subjects, or None.
         **quantities: the values to check by name, e.g. train_loss, grad_norm, val_loss (floats).
             Every non-finite one is named; only `val_loss` is compared with the two bounds.
 
     Returns:
         e.g. "grad norm became inf at step 13" or "val loss 2.4e+06 nats/token at step 40 is
-        above uniform guessing ln V = 5.47 (V = 240) and above the initial loss 5.49"; None.
+        above uniform guessing ln V = 5.47 (V = 240) and above the initial loss 5.49 (by more
+        than 3 standard errors, 3 x 0.0031 and 0.0042)"; None.
     """
     bad = [f"{name.replace('_', ' ')} became {float(v)}" for name, v in quantities.items()
            if v is not None and not math.isfinite(float(v))]
@@ -196,14 +222,23 @@ def divergence_reason(step: int, vocab_size: int | None = None, initial_loss: fl
     val = quantities.get("val_loss")
     if val is None:
         return None
-    above = []
-    if vocab_size is not None and val > math.log(vocab_size):
+    def se(x):
+        return float(x) if x is not None and math.isfinite(float(x)) and x > 0 else 0.0
+
+    se_uniform = se(val_loss_se)
+    se_initial = math.hypot(se_uniform, se(initial_loss_se))
+    above, margins = [], []
+    if vocab_size is not None and val > math.log(vocab_size) + DIVERGENCE_Z * se_uniform:
         above.append(f"above uniform guessing ln V = {math.log(vocab_size):.4g} (V = {vocab_size})")
-    if initial_loss is not None and math.isfinite(initial_loss) and val > initial_loss:
+        margins.append(se_uniform)
+    if initial_loss is not None and math.isfinite(initial_loss) and val > initial_loss + DIVERGENCE_Z * se_initial:
         above.append(f"above the initial loss {initial_loss:.4g}")
+        margins.append(se_initial)
     if not above:
         return None
-    return f"val loss {val:.4g} nats/token at step {step} is " + " and ".join(above)
+    shown = sorted({f"{m:.2g}" for m in margins if m > 0})
+    by = f" (by more than {DIVERGENCE_Z:g} standard errors, {DIVERGENCE_Z:g} x {' and '.join(shown)})" if shown else ""
+    return f"val loss {val:.4g} nats/token at step {step} is " + " and ".join(above) + by
 
 
 def lr_at(step: int, n_steps: int, cfg: TrainConfig) -> float:
@@ -275,6 +310,25 @@ def _stable_steps(cfg: TrainConfig, n_steps: int, step_tokens: int) -> dict[int,
     return out
 
 
+def _check_wsd_phases(cfg: TrainConfig, n_steps: int) -> None:
+    """Refuse a wsd run whose decay would start inside its warmup (UserError, before anything is written).
+
+    lr_at gives the decay precedence, so such a run would silently train without the warmup it
+    asks for (decay_fraction 1 with the default warmup_frac started at the peak lr). A decay from
+    the first step is asked for with warmup_steps 0 (or warmup_frac 0).
+    """
+    if cfg.schedule != "wsd":
+        return
+    warmup, start = warmup_steps_for(n_steps, cfg), wsd_decay_start(n_steps, cfg)
+    if start < warmup:
+        given = f"warmup_steps {cfg.warmup_steps}" if cfg.warmup_steps is not None else f"warmup_frac {cfg.warmup_frac:g}"
+        raise UserError(
+            f"train config: wsd decay_fraction {cfg.decay_fraction:g} starts the decay at step {start} of {n_steps}, "
+            f"inside the {warmup}-step warmup ({given}); lower decay_fraction, or set warmup_steps 0 to decay from "
+            "the first step"
+        )
+
+
 def branch_point(cfg: TrainConfig, n_steps: int, step_tokens: int) -> tuple[int, int]:
     """(step, tokens) where a WSD branch leaves its trunk: its own decay start.
 
@@ -307,14 +361,14 @@ def _check_trunk(cfg: TrainConfig, run_config: dict, n_steps: int, step_tokens: 
     problems = []
     if saved.get("tokenizer_fingerprint") != run_config["tokenizer_fingerprint"]:
         problems.append("another tokenizer (tokenizer.json fingerprint differs)")
-    if saved.get("data") != run_config["data"]:
-        problems.append("other token data (subjects/tokens per split differ)")
-    a, b = saved.get("model", {}), run_config["model"]
-    shape = [f"{k} {a.get(k)} vs {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    data = _data_differences(saved.get("data"), run_config["data"])
+    if data:
+        problems.append("other token data (" + ", ".join(data) + ")")
+    shape = _config_differences(saved.get("model"), run_config["model"], ModelConfig, where="the trunk")
     if shape:
         problems.append("another shape (" + ", ".join(shape) + ")")
-    ta, tb = saved.get("train", {}), run_config["train"]
-    fields = sorted(k for k in set(ta) | set(tb) if k not in BRANCH_FREE and ta.get(k) != tb.get(k))
+    ta = saved.get("train", {})
+    fields = _config_differences(ta, run_config["train"], TrainConfig, skip=BRANCH_FREE, where="the trunk")
     if fields:
         problems.append("other train options (" + ", ".join(fields) + ")")
     if problems:
@@ -355,13 +409,41 @@ def _check_trunk(cfg: TrainConfig, run_config: dict, n_steps: int, step_tokens: 
 
 
 def _data_identity(td: TokenDir) -> dict:
+    """The token data a run trains and evaluates on: counts and content digest of train and tuning.
+
+    Recorded in config.json's "data"; a resume or a WSD branch on other data is refused
+    (`_data_differences`). The digests (TokenDir.content_digest) catch a token dir re-tokenized in
+    place with the same counts.
+    """
     train, tuning = td.split("train"), td.split("tuning")
     return {
         "train_subjects": len(train),
         "train_tokens": train.n_tokens,
         "tuning_subjects": len(tuning),
         "tuning_tokens": tuning.n_tokens,
+        "train_sha256": td.content_digest("train"),
+        "tuning_sha256": td.content_digest("tuning"),
     }
+
+
+def _data_differences(saved: dict | None, expected: dict) -> list[str]:
+    """What differs between a run dir's recorded "data" and the token dir's, each key named.
+
+    A key absent from the recorded data (a run dir of an older ehrfm, before content digests) is
+    not compared; a recorded "data" that is not an object differs as a whole.
+    """
+    if not isinstance(saved, dict):
+        return ["data (not recorded in config.json)"]
+    out = []
+    for key, now in expected.items():
+        if key not in saved or saved[key] == now:
+            continue
+        if key.endswith("_sha256"):
+            split = key.removesuffix("_sha256")
+            out.append(f"{split} content ({split}/tokens.npy and index.parquet: sha256 differs)")
+        else:
+            out.append(f"{key} {saved[key]} vs {now}")
+    return out
 
 
 def _check_same_run(run_dir: Path, saved: dict, expected: dict) -> None:
@@ -369,19 +451,49 @@ def _check_same_run(run_dir: Path, saved: dict, expected: dict) -> None:
     problems = []
     if saved.get("tokenizer_fingerprint") != expected["tokenizer_fingerprint"]:
         problems.append("tokenizer (tokenizer.json fingerprint) differs")
-    if saved.get("data") != expected["data"]:
-        problems.append("token data (subjects/tokens per split) differs")
-    if saved.get("model") != expected["model"]:
-        problems.append("model config differs")
-    a, b = saved.get("train", {}), expected["train"]
-    fields = sorted(k for k in set(a) | set(b) if k not in RESUMABLE_CHANGES and a.get(k) != b.get(k))
-    if fields:
-        problems.append("train config differs in " + ", ".join(fields))
+    data = _data_differences(saved.get("data"), expected["data"])
+    if data:
+        problems.append("token data differs in " + ", ".join(data))
+    model = _config_differences(saved.get("model"), expected["model"], ModelConfig)
+    if model:
+        problems.append("model config differs in " + ", ".join(model))
+    train = _config_differences(saved.get("train"), expected["train"], TrainConfig, skip=RESUMABLE_CHANGES)
+    if train:
+        problems.append("train config differs in " + ", ".join(train))
     if problems:
+        made_by = saved.get("ehrfm_version")
+        version = f" (it was made by ehrfm {made_by}, this is {__version__})" if made_by and made_by != __version__ else ""
         raise UserError(
-            f"run dir {run_dir} holds a different run ({'; '.join(problems)}); "
+            f"run dir {run_dir} holds a different run ({'; '.join(problems)}){version}; "
             "use another --out or pass --overwrite to discard it"
         )
+
+
+def _config_differences(saved, expected: dict, cls, skip=frozenset(), where: str = "the run dir") -> list[str]:
+    """The fields of config dataclass `cls` in which a run dir's recorded config differs, with both values.
+
+    A field absent from the recorded config (written by an older ehrfm, before the field existed)
+    counts as its default: equal when this run uses the default. A recorded field this ehrfm does
+    not know (a newer ehrfm's) always differs: what it changed cannot be reproduced here.
+    """
+    import dataclasses
+
+    if not isinstance(saved, dict):
+        return ["(config.json holds no such object)"]
+    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    defaults.update({f.name: f.default_factory() for f in dataclasses.fields(cls) if f.default_factory is not dataclasses.MISSING})
+    out = []
+    for k in sorted(set(saved) | set(expected)):
+        if k in skip:
+            continue
+        if k not in expected:
+            out.append(f"{k} (unknown to ehrfm {__version__}: {saved[k]!r})")
+        elif saved.get(k, defaults.get(k, _ABSENT)) != expected[k]:
+            out.append(f"{k} {saved.get(k, 'absent')!r} in {where} vs {expected[k]!r} now")
+    return out
+
+
+_ABSENT = object()
 
 
 def _check_token_ids(td: TokenDir, split) -> None:
@@ -661,6 +773,9 @@ def train(cfg: TrainConfig, handle_signals: bool = True) -> dict:
 
 def _train(cfg: TrainConfig, dd: _Dist, held: contextlib.ExitStack) -> dict:
     td = TokenDir(cfg.tokens_dir)
+    if td.vocab_size < 2:  # one token: every target is it, a held-out loss of 0 (sweeps call that damaged)
+        raise UserError(f"{td.path / 'tokenizer.json'}: field vocab has {td.vocab_size} token(s); a model needs at least 2 "
+                        "to predict anything (re-create the token dir with `ehrfm tokenize`)")
     model_cfg = cfg.model_config(td.vocab_size)
     D = tokens_for(cfg, model_cfg)
     fpt = flops_per_token(model_cfg)
@@ -691,6 +806,7 @@ def _train(cfg: TrainConfig, dd: _Dist, held: contextlib.ExitStack) -> dict:
     if cfg.schedule == "wsd":
         run_config["warmup_steps"] = warmup_steps_for(n_steps, cfg)
         run_config["decay_start_step"] = wsd_decay_start(n_steps, cfg)
+    _check_wsd_phases(cfg, n_steps)
     _stable_steps(cfg, n_steps, step_tokens)
     finished = None
     if dd.main:
@@ -799,6 +915,7 @@ class _Run:
     wall_s: float = 0.0
     train_loss: float = float("nan")
     initial_loss: float | None = None  # the first step's train loss, at the initial weights: what a run must beat
+    initial_loss_se: float | None = None  # its standard error over the first batch's subjects (`_initial_loss_se`)
 
     @property
     def step_tokens(self) -> int:
@@ -817,16 +934,20 @@ class _Run:
             save_checkpoint(where, self.core, self.optimizer, {
                 "step": self.step, "tokens_seen": self.tokens_at(self.step), "wall_s": self.wall_s, "status": str(status),
                 "train_loss": self.train_loss, "initial_train_loss": self.initial_loss,
+                "initial_train_loss_se": self.initial_loss_se,
                 "tokenizer_fingerprint": self.td.fingerprint, "steps": self.n_steps, "tokens": self.D})
         self.dd.barrier()
 
     def evaluate(self) -> float:
         return evaluate(self.model, self.eval_rows, self.eval_bs, self.dd.device, self.autocast, self.dd)
 
-    def diverged(self, step: int, reason: str, wall_s: float, val_loss: float | None = None) -> dict:
-        """Record a diverged run; `val_loss` is kept (as a diagnosis, never fitted) when finite."""
+    def diverged(self, step: int, reason: str, wall_s: float, val_loss: float | None = None,
+                 eval_loss_se: float | None = None) -> dict:
+        """Record a diverged run; `val_loss` (and its eval_loss_se) is kept (as a diagnosis, never fitted) when finite."""
         kept = val_loss if val_loss is not None and math.isfinite(val_loss) else None
-        result = _end(self.dd, self.run_dir, Status.DIVERGED, self.base, val_loss=kept, initial_train_loss=self.initial_loss,
+        more = {"eval_loss_se": eval_loss_se} if kept is not None and eval_loss_se is not None else {}
+        result = _end(self.dd, self.run_dir, Status.DIVERGED, self.base, val_loss=kept, **more, initial_train_loss=self.initial_loss,
+                      initial_train_loss_se=self.initial_loss_se,
                       wall_s=wall_s, tokens_per_s=None, diverged_step=step, error=reason)
         if self.dd.main:
             summary(f"diverged: {reason}; recorded in {self.run_dir / 'result.json'}")
@@ -851,7 +972,7 @@ def _setup(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_di
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fused,
     )
-    step, wall_s, train_loss, initial_loss = _resume(cfg, core, optimizer, n_steps, run_dir, device)
+    step, wall_s, train_loss, initial_loss, initial_loss_se = _resume(cfg, core, optimizer, n_steps, run_dir, device)
     if dd.main:
         _truncate_metrics(run_dir / "metrics.jsonl", step)
     model = core
@@ -867,27 +988,28 @@ def _setup(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_di
     return _Run(cfg, dd, td, D, n_steps, run_dir, base, core, model, optimizer, autocast, dtype_name, stream,
                 eval_rows=eval_stream.rows(0, eval_n), eval_n=eval_n, eval_bs=cfg.eval_batch_size or cfg.micro_batch_size,
                 stable_steps=_stable_steps(cfg, n_steps, cfg.batch_size * cfg.context),
-                step=step, wall_s=wall_s, train_loss=train_loss, initial_loss=initial_loss)
+                step=step, wall_s=wall_s, train_loss=train_loss, initial_loss=initial_loss, initial_loss_se=initial_loss_se)
 
 
-def _resume(cfg, core, optimizer, n_steps: int, run_dir: Path, device) -> tuple[int, float, float, float | None]:
+def _resume(cfg, core, optimizer, n_steps: int, run_dir: Path, device) -> tuple[int, float, float, float | None, float | None]:
     """Load the run's checkpoint and return where training resumes.
 
-    (step, wall_s, train_loss, initial_train_loss) to start from, loading the run's checkpoint
+    (step, wall_s, train_loss, initial_train_loss, initial_train_loss_se) to start from, loading the run's checkpoint
     (or a WSD branch's trunk checkpoint) into `core` and `optimizer`; a fresh run starts at 0.
     """
     if has_checkpoint(run_dir):
         state = load_training_state(run_dir, core, optimizer, device=device)
         return (int(state["step"]), float(state["wall_s"]), float(state.get("train_loss", "nan")),
-                state.get("initial_train_loss"))
+                state.get("initial_train_loss"), state.get("initial_train_loss_se"))
     if cfg.trunk_dir:  # a WSD branch starts from its trunk's stable checkpoint (checked in _train)
         b_step, b_tokens = branch_point(cfg, n_steps, cfg.batch_size * cfg.context)
         state = load_training_state(stable_checkpoint_dir(cfg.trunk_dir, b_tokens), core, optimizer, device=device)
         if int(state["step"]) != b_step:
             raise UserError(f"trunk {cfg.trunk_dir}: stable checkpoint at {b_tokens} tokens holds step {state['step']}, not {b_step}")
         # wall_s counts the branch's own time; the initial loss is the trunk's (the same initial weights)
-        return b_step, 0.0, float(state.get("train_loss", "nan")), state.get("initial_train_loss")
-    return 0, 0.0, float("nan"), None
+        return (b_step, 0.0, float(state.get("train_loss", "nan")), state.get("initial_train_loss"),
+                state.get("initial_train_loss_se"))
+    return 0, 0.0, float("nan"), None, None
 
 
 def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_dir: Path, base: dict) -> dict:
@@ -975,7 +1097,41 @@ def _step(run: _Run) -> tuple[PackedRows, float, float, bool]:
     run.train_loss = float(flags[0]) / max(n_predicted, 1)
     if run.step == 0 and math.isfinite(run.train_loss):
         run.initial_loss = run.train_loss
+        run.initial_loss_se = _initial_loss_se(run, batch)
     return batch, lr, float(grad_norm), float(flags[1]) > 0
+
+
+@torch.no_grad()
+def _initial_loss_se(run: _Run, batch: PackedRows) -> float | None:
+    """Standard error of the first step's train loss (the initial loss) over the batch's subjects.
+
+    The initial loss is a sample of the first batch's tokens: its noise (ratio_se over the
+    subjects, as the held-out loss's) enters the divergence margin. One extra no-grad forward of
+    the first batch at the initial weights (no RNG drawn, gradients untouched); under DDP each
+    rank scores its own rows and the per-subject sums are all-reduced. None with fewer than 2
+    subjects in the batch.
+    """
+    dd, core = run.dd, run.core
+    mine = np.arange(dd.rank, len(batch.tokens), dd.world)  # this rank's rows (none: it only joins the all-reduce)
+    subject, n = eval_subjects(batch)
+    sums = np.zeros((2, n + 1), dtype=np.float64)
+    if len(mine) and batch.n_targets:
+        was_training = core.training
+        core.eval()
+        for i in range(0, len(mine), run.cfg.micro_batch_size):
+            rows = mine[i : i + run.cfg.micro_batch_size]
+            idx, tgt, seg = _to_torch(batch.take(rows), dd.device)
+            with run.autocast():
+                _, losses = core(idx, tgt, segment_ids=seg, reduction="none")
+            where = subject[rows].ravel()
+            sums[0] += np.bincount(where, weights=losses.double().cpu().numpy().ravel(), minlength=n + 1)
+            sums[1] += np.bincount(where, weights=(batch.targets[rows] != IGNORE_INDEX).ravel(), minlength=n + 1)
+        core.train(was_training)
+    if dd.world > 1:
+        total = torch.from_numpy(sums).to(dd.device)
+        dist.all_reduce(total)
+        sums = total.cpu().numpy()
+    return ratio_se(sums[0, :n], sums[1, :n])
 
 
 def _after_step(run: _Run, metrics_f, lr: float, grad_norm: float, tokens_per_s: float, stop: bool, bar) -> dict | None:
@@ -1017,12 +1173,17 @@ def _finish(run: _Run, session_tokens: int, session_s: float) -> dict:
                                                 per_subject=True)
     eval_s = time.perf_counter() - t_eval
     session_s += eval_s
-    reason = divergence_reason(step, vocab_size=run.td.vocab_size, initial_loss=run.initial_loss, val_loss=val_loss)
+    eval_loss_se = ratio_se(loss_sums, eval_counts)  # the eval sample's own noise: the divergence margin
+    # an initial loss without its noise (a first batch of one subject; a checkpoint of an older
+    # ehrfm) is not compared with: ln V bounds the run alone
+    initial = run.initial_loss if run.initial_loss_se is not None else None
+    reason = divergence_reason(step, vocab_size=run.td.vocab_size, initial_loss=initial, val_loss_se=eval_loss_se,
+                               initial_loss_se=run.initial_loss_se, val_loss=val_loss)
     if reason:
         if dd.main:
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(run.metrics_line(step, val_loss=val_loss, diverged=reason))
-        return run.diverged(step, reason, run.wall_s + eval_s, val_loss=val_loss)
+        return run.diverged(step, reason, run.wall_s + eval_s, val_loss=val_loss, eval_loss_se=eval_loss_se)
     # Tokens per event differ between code modes: compare runs by held-out nats per event
     # (TokenDir.event_head_mask: the events whose first token is among the scored targets).
     eval_events = run.td.count_events(run.eval_rows.targets)
@@ -1042,11 +1203,12 @@ def _finish(run: _Run, session_tokens: int, session_s: float) -> dict:
         loss_per_event=val_loss * run.eval_rows.n_targets / eval_events if eval_events else None,
         eval_events=eval_events,
         # standard errors over eval subjects (ratio_se): the eval sample's own noise
-        eval_loss_se=ratio_se(loss_sums, eval_counts),
+        eval_loss_se=eval_loss_se,
         loss_per_event_se=ratio_se(loss_sums, events) if eval_events else None,
         eval_subjects=n_subjects,
         train_loss=run.train_loss,
         initial_train_loss=run.initial_loss,
+        initial_train_loss_se=run.initial_loss_se,
         eval_tokens=int(run.eval_n),
         epochs=D / run.stream.epoch_tokens,
         wall_s=wall_s + eval_s,

@@ -149,9 +149,9 @@ def test_resume_against_other_tokenizer_or_config_is_refused(tok, tmp_path):
     other_tok = make_token_dir(tmp_path / "other_tok", vocab_size=40, seed=5)  # same vocab size, other tokenizer
     with pytest.raises(UserError, match="tokenizer"):
         train(TrainConfig(tokens_dir=str(other_tok), out_dir=str(out), **kw))
-    with pytest.raises(UserError, match="model config differs"):
+    with pytest.raises(UserError, match="model config differs in d_model 32 in the run dir vs 64 now"):
         train(TrainConfig(tokens_dir=str(tok), out_dir=str(out), **dict(kw, d_model=64)))
-    with pytest.raises(UserError, match="train config differs in lr, seed"):
+    with pytest.raises(UserError, match=r"train config differs in lr 0.001 in the run dir vs 0.005 now, seed 0 in the run dir vs 9 now"):
         train(TrainConfig(tokens_dir=str(tok), out_dir=str(out), lr=5e-3, seed=9, **kw))
     assert dir_digest(out) == before  # nothing touched
     cli = subprocess.run([sys.executable, "-m", "ehrfm", "train", str(other_tok), "--out", str(out), *SHAPE,

@@ -99,8 +99,8 @@ def test_branch_refusals_write_nothing(tok, trunk, tmp_path):
     # 50 steps: its decay would start at step 40, past the trunk's stable phase (ends at step 32).
     refused(r"branch point at 10240 tokens \(step 40\) is past trunk .* stable phase, which ends at 8192 of its 10240 tokens",
             tokens=50 * STEP)
-    refused(r"another shape \(d_model 32 vs 48", d_model=48)
-    refused(r"other train options \(lr\)", lr=1e-3)
+    refused(r"another shape \(d_model 32 in the trunk vs 48 now", d_model=48)
+    refused(r"other train options \(lr 0.003 in the trunk vs 0.001 now\)", lr=1e-3)
     refused("keeps no stable checkpoint at 3072 tokens", tokens=15 * STEP)
     # A branch whose job recorded a failure (result.json only) is checked again when retried.
     retried = tmp_path / "retried"
