@@ -35,7 +35,7 @@ import numpy as np
 import polars as pl
 
 from ehrfm.errors import UserError
-from ehrfm.results import Status
+from ehrfm.results import DIVERGENCE_Z, Status
 from ehrfm.tables import RESULTS_REQUIRED
 
 REQUIRED = ("n_params", "tokens", "loss")
@@ -498,14 +498,19 @@ def _completed(df: pl.DataFrame, run_id: np.ndarray) -> tuple[np.ndarray, list[d
 def _blown_up(df: pl.DataFrame, source: str, values: dict, keep: np.ndarray, run_id: np.ndarray, excluded: list) -> np.ndarray:
     """Exclude kept rows whose loss is worse than uniform guessing.
 
-    Kept rows whose per-token loss is above uniform guessing (ln vocab_size), each added to
-    `excluded`: a finite blow-up a trainer did not catch. Checked on `loss` whatever column is fitted.
+    Kept rows whose per-token loss is above uniform guessing (ln vocab_size) by more than
+    DIVERGENCE_Z (3) times its eval standard error (`eval_loss_se`, 0 where absent), the margin
+    the trainer uses (ehrfm.train.divergence_reason), each added to `excluded`: a finite blow-up a
+    trainer did not catch. A tiny run that ends at ln V within its eval noise is a measurement.
+    Checked on `loss` whatever column is fitted.
     """
     if "vocab_size" not in df.columns or "loss" not in df.columns:
         return np.zeros(df.height, dtype=bool)
     uniform = np.log(_numeric(df, "vocab_size", source))
     per_token = values["loss"] if "loss" in values else _numeric(df, "loss", source)
-    blown = keep & np.isfinite(uniform) & (per_token > uniform)
+    se = _numeric(df, "eval_loss_se", source) if "eval_loss_se" in df.columns else np.zeros(df.height)
+    margin = DIVERGENCE_Z * np.where(np.isfinite(se) & (se > 0), se, 0.0)
+    blown = keep & np.isfinite(uniform) & (per_token > uniform + margin)
     checked = int((keep & np.isfinite(uniform) & np.isfinite(per_token)).sum())
     if blown.sum() >= 2 and blown.sum() >= BLOWN_UP_UNIT_SHARE * checked:
         # A quarter of the runs "worse than guessing" is not a sweep of blow-ups: the column holds another unit.

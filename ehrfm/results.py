@@ -25,6 +25,11 @@ from typing import Any
 from ehrfm.errors import UserError
 from ehrfm.io import read_json, write_json
 
+# How many standard errors a finite final held-out loss must exceed a bound (ln V, the initial
+# loss) by to be called a blow-up: one-sided, a run that is at its bound by noise is called
+# diverged about once in 740 (normal tail beyond 3 sigma). The trainer and `ehrfm fit` share it.
+DIVERGENCE_Z = 3.0
+
 RESULT_FILE = "result.json"
 
 

@@ -112,7 +112,7 @@ from ehrfm.io import check_ehrfm_output, check_not_input, mark_output, progress,
 from ehrfm.loggers import metrics_log
 from ehrfm.model import GPT
 from ehrfm.packing import IGNORE_INDEX, PAD_SEGMENT, PackedRows, PackedStream
-from ehrfm.results import RunResult, Status, read_result, write_result
+from ehrfm.results import DIVERGENCE_Z, RunResult, Status, read_result, write_result
 from ehrfm.run_lock import LOCK_FILE, RunDirBusyError, lock_run_dir
 from ehrfm.shapes import flops_per_token, n_params, n_params_total
 from ehrfm.tokens import TokenDir
@@ -181,10 +181,6 @@ def tokens_for(cfg: TrainConfig, model_cfg: ModelConfig) -> int:
     return int(math.floor(float(cfg.flops) / flops_per_token(model_cfg)))
 
 
-# How many standard errors a finite final held-out loss must exceed a bound (ln V, the initial
-# loss) by to be called a blow-up: one-sided, a run that is at its bound by noise is called
-# diverged about once in 740 (normal tail beyond 3 sigma).
-DIVERGENCE_Z = 3.0
 
 
 def divergence_reason(step: int, vocab_size: int | None = None, initial_loss: float | None = None,

@@ -177,6 +177,12 @@ def test_a_loss_in_bits_is_refused_not_half_excluded_as_blowups(tmp_path):
     assert _fit(t, approaches=(2,), bootstrap=0).n_fitted == 28
     one = t.with_columns(loss=pl.when(pl.int_range(pl.len()) == 3).then(9.0).otherwise(pl.col("loss")))
     assert _fit(one, approaches=(2,), bootstrap=0).n_fitted == 27
+    # A run at ln V within 3 of its eval standard errors is a measurement (the trainer calls it completed), not a blow-up.
+    at_uniform = t.with_columns(eval_loss_se=pl.lit(0.01),
+                                loss=pl.when(pl.int_range(pl.len()) == 3).then(math.log(64) + 0.02).otherwise(pl.col("loss")))
+    assert _fit(at_uniform, approaches=(2,), bootstrap=0).n_fitted == 28
+    beyond = at_uniform.with_columns(loss=pl.when(pl.int_range(pl.len()) == 3).then(math.log(64) + 0.04).otherwise(pl.col("loss")))
+    assert _fit(beyond, approaches=(2,), bootstrap=0).n_fitted == 27
 
 
 def test_small_ratios_are_not_printed_as_zero():
