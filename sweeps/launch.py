@@ -695,12 +695,14 @@ def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, slots: 
         # Wait for the trainers themselves (they may outlive their job process while they write
         # the checkpoint), so that a relaunch right after this resumes from a complete checkpoint.
         from sweeps.job import STOP_GRACE_S
-        from sweeps.state import _pid_alive, read_record
+        from sweeps.state import _pid_alive, read_record_file
+
+        def trainer_alive(rid: str) -> bool:  # a damaged record must not stop the stopping
+            record = read_record_file(record_path(sweep_dir, rid), damaged_ok=True) or {}
+            return _pid_alive(record.get("trainer_pid"), "sweeps.run_one")
 
         deadline = time.time() + STOP_GRACE_S
-        while time.time() < deadline and any(
-            not sj.done() or _pid_alive((read_record(sweep_dir, rid) or {}).get("trainer_pid"), "sweeps.run_one") for rid, (sj, _, _) in running.items()
-        ):
+        while time.time() < deadline and any(not sj.done() or trainer_alive(rid) for rid, (sj, _, _) in running.items()):
             time.sleep(0.5)
         print(f"interrupted: {len(running)} running jobs checkpointed; `ehrfm sweep launch {sweep_dir} --executor local` resumes them",
               file=sys.stderr)
