@@ -190,7 +190,7 @@ class TrainConfig(_DictConfig):
     tokens: int | None = _f(IDENTITY, None, per_run=True, branch=True)
     """Training tokens D (e.g. 2e6)."""
     flops: float | None = _f(IDENTITY, None, per_run=True, branch=True)
-    """Compute budget C in FLOPs; D = floor(C / flops_per_token)."""
+    """Compute budget C in training FLOPs; D = floor(C / F), F = 6 (N + d V) + 6 L T d FLOPs per token (Kaplan et al. 2020; N non-embedding parameters, d width, V vocabulary, L layers, T context)."""
     # batch: batch_size rows of `context` tokens per optimizer step (global, across DDP ranks);
     # micro_batch_size rows per forward/backward (gradient accumulation), 0: = batch_size.
     batch_size: int = _f(IDENTITY, 32)

@@ -35,6 +35,6 @@ def register(sub) -> None:
     p.add_argument("run", metavar="RUN", help="a completed run dir")
     p.add_argument("--out", required=True, metavar="DIR", help="directory to create")
     p.add_argument("--tokens", default=None, metavar="TOK", help="the run's token dir (default: the one in RUN/config.json)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (only an output ehrfm wrote)")
     p.add_argument("--allow-incomplete", action="store_true",
                    help="export the last checkpoint of a run that did not complete (interrupted, failed, diverged)")

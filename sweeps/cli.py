@@ -90,7 +90,7 @@ def _launch_arguments(pl) -> None:
     from ehrfm.cli_args import add_fields
     from sweeps.launch import LaunchConfig
 
-    pl.add_argument("sweep", metavar="SWEEP")
+    pl.add_argument("sweep", metavar="SWEEP", help="a sweep dir (the --out of `ehrfm sweep plan`)")
     add_fields(pl, LaunchConfig, [
         "executor", "partition", "account", "qos", "time", "cpus_per_task", "mem", "gpus_per_node", "tasks_per_node",
         "nodes", "max_parallel", "constraint", "exclude", "signal_delay_s", "max_timeouts", "slurm_args", "setup",
@@ -116,12 +116,21 @@ def register(sub) -> None:
     command(ssub, "plan", _plan, _plan_arguments,
             help="plan runs per compute budget: sizes log-spaced around the optimum, D = C / FLOPs per token")
     command(ssub, "launch", _launch, _launch_arguments,
-            help="submit the runs that still need to run (SLURM job array or local processes)")
-    ps = command(ssub, "status", _status, help="table of runs: budget, N, D, state, loss, job id")
-    ps.add_argument("sweep", metavar="SWEEP")
+            help="submit the runs that still need to run (SLURM job array or local processes)",
+            description="Submit every planned run of SWEEP that still needs to run: a SLURM job array (--executor slurm) "
+                        "or local processes (--executor local, waiting for them). Completed runs are never submitted again, "
+                        "queued or running ones not twice, failed ones only with --retry-failed. Exit 1 when a run failed.")
+    ps = command(ssub, "status", _status, help="table of runs: budget, N, D, state, loss, job id",
+                 description="Print one row per planned run of SWEEP: budget, N, D, state (planned, queued, running, "
+                             "interrupted, completed, failed, diverged, lost, unknown), loss (nats/token), job id, and why "
+                             "a run failed or waits. Reads the run dirs and job records; asks SLURM only about live jobs.")
+    ps.add_argument("sweep", metavar="SWEEP", help="a sweep dir (the --out of `ehrfm sweep plan`)")
 
-    pc = command(ssub, "collect", _collect, help="write SWEEP/results.parquet (all runs, with status and error)")
-    pc.add_argument("sweep", metavar="SWEEP")
+    pc = command(ssub, "collect", _collect, help="write SWEEP/results.parquet (all runs, with status and error)",
+                 description="Write SWEEP/results.parquet (the table `ehrfm fit` reads): one row per planned run with "
+                             "its status, error, N, D, FLOPs, loss (nats/token) and its eval standard error; with --labels, "
+                             "a linear probe's AUROC/AUPRC per task and run.")
+    pc.add_argument("sweep", metavar="SWEEP", help="a sweep dir (the --out of `ehrfm sweep plan`)")
     pc.add_argument("--labels", metavar="LABELS_DIR", help="dir of <task>.parquet label files: add auroc/<task>, auprc/<task> columns")
     pc.add_argument("--max-labels", type=int, default=2000, help="labels scored per task and run (default 2000)")
     pc.add_argument("--seed", type=int, default=0, help="seed of the label subsample and bootstrap (default 0)")
@@ -134,5 +143,6 @@ def register(sub) -> None:
     from ehrfm.clinical.configs import POOLINGS
 
     pc.add_argument("--pooling", choices=POOLINGS, default="last",
-                    help="the probes' representation, as `ehrfm probe --pooling` (default last; recorded in the table's metadata)")
+                    help="the probes' representation, as `ehrfm probe --pooling` (default last, the cheapest for every run of a "
+                         "sweep; `ehrfm probe` defaults to last+mean for one model; recorded in the table's metadata)")
     pc.add_argument("--zeroshot-max-labels", type=int, default=200, help="held_out labels rolled out per task and run (default 200)")

@@ -74,7 +74,7 @@ def _head_args(p: argparse.ArgumentParser, cls) -> None:
                tokens_dir=dict(flag="--tokens", required=True), labels=dict(required=True))
     p.add_argument("--out", required=True, help="output dir (metrics.json, predictions.parquet, config.json)")
     add_fields(p, cls, ["context", "batch_size", "device", "bootstrap", "seed", "max_labels"])
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (only an output ehrfm wrote)")
     add_fields(p, cls, ["allow_incomplete"])
 
 
@@ -111,7 +111,7 @@ def _baseline_arguments(p) -> None:
                labels=dict(required=True))
     p.add_argument("--out", required=True, help="output dir (metrics.json, predictions.parquet, config.json)")
     add_fields(p, BaselineConfig, ["windows", "min_count", "bootstrap", "seed", "max_labels"])
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (only an output ehrfm wrote)")
 
 
 def _labels_arguments(p) -> None:
@@ -122,7 +122,7 @@ def _labels_arguments(p) -> None:
                task=dict(required=True, choices=TASK_CHOICES))
     p.add_argument("--out", required=True, help="LABELS.parquet, or a dir of <task>.parquet with --task all")
     add_fields(p, LabelConfig, ["gap_hours", "long_los_days", "readmission_days", "transfer_hours"])
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (only an output ehrfm wrote)")
 
 
 def _run_head(args, config_class, run) -> int:
@@ -169,8 +169,9 @@ def register(sub) -> None:
         help="leakage audit of label histories (exit 1 when a history holds its outcome)",
         description="Per task, how many label histories hold (a) the outcome's own code, (b) a date-only event "
         "of the prediction day, (c) an event not known to precede the prediction time, (d) a stay overlapping "
-        "another stay, (f) a subject or prediction time outside the data; plus the ETL's drop/duplicate counts. "
-        "Exit 1 when (a)-(c) or (f) are not all 0. "
+        "another stay, (f) a subject or prediction time outside the data; for the dataset, (e) result tables left at "
+        "their chart time (no storetime); plus the ETL's drop/duplicate counts. "
+        "Exit 1 when (a)-(c) or (f) are not all 0 or (e) lists a table. "
         "Rules: see ehrfm/clinical/audit.py.",
     )
     p.add_argument("meds", help="MEDS dataset dir (any ETL)")

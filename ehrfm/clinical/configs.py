@@ -55,7 +55,7 @@ class HeadConfig:
     seed: int = 0
     """Seed of the label subsample, the head and the bootstrap."""
     max_labels: int | None = None
-    """Subsample at most this many labels per split (a seeded sample, the same for every run)."""
+    """Subsample at most this many labels per split (a seeded sample, the same for every run; default: every label)."""
     task: str | None = None
     """The task the labels are for (default: from the labels' sidecar JSON or file name)."""
     allow_incomplete: bool = False
@@ -113,9 +113,9 @@ class ZeroShotConfig:
     bootstrap: int = 1000
     """Bootstrap resamples for the 95% intervals."""
     seed: int = 0
-    """Seed of the label subsample, the head and the bootstrap."""
+    """Seed of the label subsample, the rollouts' sampling and the bootstrap."""
     max_labels: int | None = None
-    """Subsample at most this many labels per split (a seeded sample, the same for every run)."""
+    """Subsample at most this many labels per split (a seeded sample, the same for every run; default: every label)."""
     n_samples: int = 20
     """Sampled continuations per label."""
     max_new_tokens: int | None = None
