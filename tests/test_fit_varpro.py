@@ -91,4 +91,4 @@ def test_loss_to_auroc_link_is_fitted_and_plotted(tmp_path):
     j = json.loads((out / "fits.json").read_text())["utility"]["icu"]
     assert j["loss_link"]["slope"] == pytest.approx(link["slope"]) and len(j["exponent_ci"]) == 2
     assert (out / "loss_auroc.png").stat().st_size > 10_000 and (out / "loss_auroc.pdf").is_file()
-    assert "| auroc/icu |" in format_fit_table(f) and f"{link['slope']:.3g}" in format_fit_table(f)
+    assert "| icu |" in format_fit_table(f) and f"{link['slope']:.3g}" in format_fit_table(f)
