@@ -24,6 +24,7 @@ import re
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -162,17 +163,25 @@ def test_a_left_out_budgets_far_minimum_does_not_set_the_plot_axes():
         plt.close(fig)
 
 
+def _cli_fit_refuses(table: pl.DataFrame, csv: Path) -> str:
+    """`ehrfm fit` of `table` written to `csv`: exit 2, one stderr line (returned), no fit dir left."""
+    table.write_csv(csv)
+    out = csv.parent / "fit"
+    p = subprocess.run([sys.executable, "-m", "ehrfm", "fit", str(csv), "--out", str(out), "--bootstrap", "0", "--no-plots"],
+                       env=ENV, capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert not out.exists()
+    return p.stderr
+
+
 def test_a_loss_in_bits_is_refused_not_half_excluded_as_blowups(tmp_path):
     t = _table().with_columns(vocab_size=pl.lit(64))  # ln 64 = 4.16 nats; the runs' losses 2.3-4.1 nats
     bits = t.with_columns(loss=pl.col("loss") / math.log(2))
     with pytest.raises(UserError, match=r"column loss is above uniform guessing, ln\(vocab_size\) nats/token, in 14 of 28 "
                                         r"completed runs: a loss in another unit"):
         _fit(bits)
-    bits.write_csv(tmp_path / "bits.csv")
-    p = subprocess.run([sys.executable, "-m", "ehrfm", "fit", str(tmp_path / "bits.csv"), "--out", str(tmp_path / "fit"),
-                        "--bootstrap", "0", "--no-plots"], env=ENV, capture_output=True, text=True)
-    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "bits.csv" in p.stderr and "nats = bits x 0.6931" in p.stderr
-    assert not (tmp_path / "fit").exists()
+    err = _cli_fit_refuses(bits, tmp_path / "bits.csv")
+    assert "bits.csv" in err and "nats = bits x 0.6931" in err
     # The same runs in nats fit every run; one real blow-up is still excluded, not an error.
     assert _fit(t, approaches=(2,), bootstrap=0).n_fitted == 28
     one = t.with_columns(loss=pl.when(pl.int_range(pl.len()) == 3).then(9.0).otherwise(pl.col("loss")))
@@ -260,10 +269,7 @@ def test_tokens_or_flops_in_another_unit_are_refused(tmp_path):
         with pytest.raises(UserError, match=rf"columns flops, n_params and tokens disagree: flops / \(n_params x tokens\) is "
                                             rf"{re.escape(ratio)} in the median completed run .*: {hint}"):
             _fit(table)
-    table.write_csv(tmp_path / "pflop.csv")
-    p = subprocess.run([sys.executable, "-m", "ehrfm", "fit", str(tmp_path / "pflop.csv"), "--out", str(tmp_path / "fit"),
-                        "--bootstrap", "0", "--no-plots"], env=ENV, capture_output=True, text=True)
-    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "pflop.csv" in p.stderr and not (tmp_path / "fit").exists()
+    assert "pflop.csv" in _cli_fit_refuses(table, tmp_path / "pflop.csv")
     # A tiny model with a large vocabulary spends hundreds of FLOPs per non-embedding parameter and token: read.
     from ehrfm import shapes
 

@@ -318,18 +318,27 @@ def test_times_no_life_can_hold_are_dropped_and_counted(raw, synth, tmp_path):
     assert meds.height == _meds(synth / "ref").height - n
 
 
+def _etl_refuses_admittime(raw, tmp_path, admittime: pl.Expr) -> tuple:
+    """admissions' admittime rewritten by `admittime` (gzipped back in place); the ETL's refusal.
+
+    Returns (the admissions file, its row count, the UserError's message).
+    """
+    path = raw / "hosp/admissions.csv.gz"
+    df = pl.read_csv(path, infer_schema=False)
+    df.with_columns(admittime=admittime).write_csv(tmp_path / "adm.csv", null_value="")
+    path.write_bytes(gzip.compress((tmp_path / "adm.csv").read_bytes()))
+    with pytest.raises(UserError) as e:
+        etl(raw, tmp_path / "out")
+    return path, df.height, str(e.value)
+
+
 def test_times_with_a_time_zone_are_named_as_such(raw, tmp_path):
     """Before: times exported with a zone (2150-01-01T10:00:00Z, +01:00, ' UTC') were refused as "N
     unparseable timestamp values" with no word of why. Now the message says they carry a time zone
     (still refused: MIMIC-IV's times are local, and ehrfm does not shift them by guessing)."""
-    path = raw / "hosp/admissions.csv.gz"
-    df = pl.read_csv(path, infer_schema=False)
     zoned = pl.col("admittime") + pl.lit(pl.Series(["Z", "+01:00", " UTC"])).gather(pl.int_range(pl.len()) % 3)
-    df.with_columns(admittime=zoned).write_csv(tmp_path / "adm.csv", null_value="")
-    path.write_bytes(gzip.compress((tmp_path / "adm.csv").read_bytes()))
-    with pytest.raises(UserError) as e:
-        etl(raw, tmp_path / "out")
-    assert str(e.value) == (f"{path}: column 'admittime' has {df.height} unparseable timestamp values (all of them with "
+    path, n, message = _etl_refuses_admittime(raw, tmp_path, zoned)
+    assert message == (f"{path}: column 'admittime' has {n} unparseable timestamp values (all of them with "
                             "a time zone, e.g. Z, +01:00 or UTC: MIMIC-IV's times have none; export them as local times "
                             "without a zone)")
     assert not (tmp_path / "out").exists()
@@ -386,14 +395,9 @@ def test_times_a_spreadsheet_resaved_are_named_as_such(raw, tmp_path):
     """Before: admittime re-saved by a spreadsheet (3/14/2150 9:05) was refused as "N unparseable
     timestamp values" with no word of why. Now the message says they are '/' dates and what MIMIC-IV
     writes; a bad value of another kind gets no such hint."""
-    path = raw / "hosp/admissions.csv.gz"
-    df = pl.read_csv(path, infer_schema=False)
     t = pl.col("admittime").str.to_datetime("%Y-%m-%d %H:%M:%S")
-    df.with_columns(admittime=t.dt.strftime("%-m/%-d/%Y %-H:%M")).write_csv(tmp_path / "adm.csv", null_value="")
-    path.write_bytes(gzip.compress((tmp_path / "adm.csv").read_bytes()))
-    with pytest.raises(UserError) as e:
-        etl(raw, tmp_path / "out")
-    assert str(e.value) == (f"{path}: column 'admittime' has {df.height} unparseable timestamp values (all of them dates "
+    path, n, message = _etl_refuses_admittime(raw, tmp_path, t.dt.strftime("%-m/%-d/%Y %-H:%M"))
+    assert message == (f"{path}: column 'admittime' has {n} unparseable timestamp values (all of them dates "
                             "written with '/', as a spreadsheet saves them: MIMIC-IV writes YYYY-MM-DD HH:MM:SS; use the "
                             "file as downloaded, or save times in that format)")
 
