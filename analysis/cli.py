@@ -18,13 +18,12 @@ def _approaches(text: str) -> tuple[int, ...]:
 
 
 def _fit(args) -> int:
-    import sys
     import warnings
 
     from analysis.fit import FitConfig, FitWarning, fit_results, format_fit_table, write_fits
     from analysis.table import load_results
     from ehrfm.cli_args import build
-    from ehrfm.io import check_overwrite, summary
+    from ehrfm.io import check_overwrite, summary, warn
 
     cfg = build(FitConfig, args)
     check_overwrite(args.out, args.overwrite, inputs=(args.results,))  # before the bootstrap, not after
@@ -35,7 +34,7 @@ def _fit(args) -> int:
     write_fits(fit, args.out, results=results, overwrite=args.overwrite, plots=not args.no_plots, inputs=(args.results,))
     print(format_fit_table(fit))
     for e in fit.excluded:  # never only in fits.json: a diverged or failed run must be seen
-        print(f"ehrfm fit: warning: run {e['run_id']} not fitted: {e['reason']}", file=sys.stderr)
+        warn(f"run {e['run_id']} not fitted: {e['reason']}", "fit")
     fitted = [str(k) for k in cfg.approaches if getattr(fit, f"approach{k}") is not None]
     missing = [str(k) for k in cfg.approaches if getattr(fit, f"approach{k}") is None]
     summary(f"fit: {fit.n_fitted} runs ({len(fit.excluded)} excluded), approaches {','.join(fitted)} fitted"

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import torch
@@ -36,7 +35,7 @@ from safetensors.torch import save_file
 from ehrfm import fault_points
 from ehrfm.config import ModelConfig
 from ehrfm.errors import UserError
-from ehrfm.io import read_json, remove_stale_temporaries, stale_temporaries, temporary_sibling, write_json
+from ehrfm.io import read_json, remove_stale_temporaries, stale_temporaries, temporary_sibling, warn, write_json
 from ehrfm.results import Status
 
 CHECKPOINT_DIR = "checkpoint"
@@ -220,10 +219,6 @@ def verify_checkpoint(ckpt: str | os.PathLike) -> tuple[dict | None, str | None]
     return state, None
 
 
-def _warn(msg: str) -> None:
-    print(f"ehrfm: warning: {msg}", file=sys.stderr, flush=True)
-
-
 def recover_checkpoint(run_dir: str | os.PathLike) -> str | None:
     """Make RUN/checkpoint the newest verified checkpoint there is; return what was done (or None).
 
@@ -268,7 +263,7 @@ def recover_checkpoint(run_dir: str | os.PathLike) -> str | None:
     if not notes:
         return None
     msg = f"{run_dir}: " + "; ".join(notes)
-    _warn(msg)
+    warn(msg)
     return msg
 
 

@@ -6,20 +6,18 @@ from ehrfm.cli_args import command
 
 
 def _export(args) -> int:
-    import sys
     from pathlib import Path
 
     from ehrfm.export import export_hf
-    from ehrfm.io import read_json, summary
+    from ehrfm.io import read_json, summary, warn
 
     out = export_hf(args.run, args.out, tokens_dir=args.tokens, overwrite=args.overwrite,
                     allow_incomplete=args.allow_incomplete)
     summary(f"export: {args.run} -> {out} (Hugging Face LlamaForCausalLM: config.json, model.safetensors, tokenizer.json)")
     made = read_json(Path(out) / "config.json", "exported config").get("ehrfm", {})
     if made.get("status") not in (None, "completed"):
-        print(f"ehrfm export: warning: {args.run} did not complete (status {made['status']}, step {made.get('step')} of "
-              f"{made.get('steps')}): {out} holds its last checkpoint, recorded in its config.json under \"ehrfm\"",
-              file=sys.stderr)
+        warn(f"{args.run} did not complete (status {made['status']}, step {made.get('step')} of {made.get('steps')}): "
+             f"{out} holds its last checkpoint, recorded in its config.json under \"ehrfm\"", "export")
     return 0
 
 

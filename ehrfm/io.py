@@ -30,6 +30,14 @@ from ehrfm.errors import UserError
 _HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 
 
+def warn(line: str, command: str = "") -> None:
+    """One warning line on stderr, `ehrfm[ COMMAND]: warning: LINE`, the one form every stage uses.
+
+    Never silenced by EHRFM_QUIET (warnings are not progress); never carries patient values.
+    """
+    print(f"ehrfm{' ' + command if command else ''}: warning: {line}", file=sys.stderr, flush=True)
+
+
 def temporary_sibling(path: str | os.PathLike) -> Path:
     """`<path>.tmp-<pid>-<host>-<random>`: a fresh temporary name next to `path` (not created)."""
     path = Path(path)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +42,7 @@ import meds
 import polars as pl
 
 from ehrfm.errors import UserError
-from ehrfm.io import check_parquet_files
+from ehrfm.io import check_parquet_files, warn
 
 SUBJECT_ID = meds.DataSchema.subject_id_name
 TIME = meds.DataSchema.time_name
@@ -100,11 +99,6 @@ def _what_it_is(root: Path) -> str:
     if (root / "sweep.json").is_file() or (root / "result.json").is_file() or (root / "checkpoint").is_dir():
         return "; it is a sweep or run dir: pass the MEDS dataset (the --out of `ehrfm etl`)"
     return ""
-
-
-def warn(line: str) -> None:
-    """One warning line on stderr (not silenced by EHRFM_QUIET: warnings are never progress)."""
-    print(f"ehrfm: warning: {line}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)

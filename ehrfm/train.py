@@ -108,7 +108,7 @@ from ehrfm.config import (
     wsd_decay_start,
 )
 from ehrfm.errors import UserError
-from ehrfm.io import check_ehrfm_output, check_not_input, mark_output, progress, read_json, summary, write_json
+from ehrfm.io import check_ehrfm_output, check_not_input, mark_output, progress, read_json, summary, warn, write_json
 from ehrfm.loggers import metrics_log
 from ehrfm.model import GPT
 from ehrfm.packing import IGNORE_INDEX, PAD_SEGMENT, PackedRows, PackedStream
@@ -860,9 +860,8 @@ def _warn_repeated_data(td: TokenDir, train_split, D: int) -> None:
     """
     epochs = D / train_split.n_tokens
     if epochs > 1:
-        print(f"ehrfm: warning: {D:,} training tokens are {epochs:.3f} epochs of the {train_split.n_tokens:,} tokens of "
-              f"{td.path / train_split.name}: data is repeated (result.json records epochs; fits use effective data)",
-              file=sys.stderr, flush=True)
+        warn(f"{D:,} training tokens are {epochs:.3f} epochs of the {train_split.n_tokens:,} tokens of "
+             f"{td.path / train_split.name}: data is repeated (result.json records epochs; fits use effective data)")
 
 
 def _end(dd: _Dist, run_dir: Path, status: Status, base: dict, **outcome) -> dict:

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 from ehrfm.errors import UserError
-from ehrfm.io import atomic_file, progress, summary, text_table
+from ehrfm.io import atomic_file, progress, summary, text_table, warn
 from ehrfm.results import RunResult, Status
 from sweeps.plan import load_sweep
 from sweeps.state import RunState, check_tokens_dir, run_states, runs_dir
@@ -77,7 +77,7 @@ def _warn_bad_files(runs: list[_Run]) -> None:
     """One stderr line per damaged or foreign file (the run is reported failed or unknown, the others as read)."""
     for r in runs:
         if r.st.bad_file:
-            print(f"warning: {r.rid}: {r.st.state}: {r.st.note}", file=sys.stderr)
+            warn(f"{r.rid}: {r.st.state}: {r.st.note}", "sweep")
 
 
 def status_rows(sweep_dir: str | Path) -> list[dict]:

@@ -81,7 +81,7 @@ from pathlib import Path
 
 from ehrfm.config import ModelConfig, TrainConfig, not_identity_fields, per_run_fields, wsd_fields
 from ehrfm.errors import UserError
-from ehrfm.io import atomic_file, read_json, summary, write_json
+from ehrfm.io import atomic_file, read_json, summary, warn, write_json
 
 SWEEP_JSON = "sweep.json"
 PLAN_PARQUET = "plan.parquet"
@@ -1030,7 +1030,7 @@ def print_plan(sweep: SweepConfig, rows: list[dict], warnings: list[str], out: P
         print(line, file=file)
     file.flush()
     for w in warnings:
-        print(f"warning: {w}", file=sys.stderr, flush=True)
+        warn(w, "sweep plan")
     trunks = f", {len({r['trunk_id'] for r in rows})} wsd trunks" if sweep.schedule == "wsd" else ""
     law = sweep.centre_law
     if law and any(b > law["from_budget"] for b in sweep.budgets):

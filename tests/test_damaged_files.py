@@ -76,6 +76,7 @@ def test_damaged_result_json_fails_its_run_and_the_others_are_still_reported(swe
     assert collect.returncode == 0, collect.stderr
     warnings = collect.stderr.strip().splitlines()
     assert len(warnings) == 1 and str(run / "result.json") in warnings[0] and "damaged" in warnings[0], collect.stderr
+    assert warnings[0].startswith(f"ehrfm sweep: warning: {ids[0]}: failed: "), warnings[0]  # the one form (ehrfm.io.warn)
     rows = {r["run_id"]: r for r in read_parquet(sweep_dir / "results.parquet").to_pylist()}
     assert rows[ids[0]]["status"] == "failed" and rows[ids[0]]["loss"] is None and "damaged" in rows[ids[0]]["error"]
     assert all(rows[i]["status"] == "planned" for i in ids[1:])
