@@ -1,7 +1,11 @@
-"""The main job: the whole study, end to end, on the built-in synthetic data.
+"""The main job: the whole study, end to end, on the built-in synthetic data or on your own.
 
     synth -> etl -> tokenize -> labels -> sweep plan + launch (local or SLURM) -> collect (with
     clinical probes) -> fit + plots -> clinical heads -> recommendations -> DIR/report.md
+
+`--raw RAW` starts from raw MIMIC-IV instead of `ehrfm synth` (one command from the PhysioNet
+download to fitted laws and clinical heads), `--meds MEDS` from any MEDS dataset (skipping the
+ETL too); the data are read in place, never copied into DIR.
 
 Every stage is the same public function its CLI subcommand calls, so the report is exactly what a
 user would get by running the commands one by one (they are listed at the end of the report).
@@ -27,7 +31,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ehrfm.errors import UserError
-from ehrfm.io import atomic_file, check_ehrfm_output, format_ci, mark_output, read_json, summary, write_json
+from ehrfm.io import (
+    atomic_file,
+    check_ehrfm_output,
+    check_not_input,
+    format_ci,
+    mark_output,
+    read_json,
+    summary,
+    warn,
+    write_json,
+)
 from ehrfm.results import Status
 
 TASKS = ("in_hospital_mortality", "long_los", "icu_admission", "readmission_30d")
@@ -42,6 +56,11 @@ class DemoConfig:
 
     out: str = "demo_out"
     """Output dir."""
+    raw: str | None = None
+    """Raw MIMIC-IV 2.2/3.x dir (hosp/, icu/ CSV[.gz], as downloaded from PhysioNet) to study instead of the
+    synthetic cohort: `ehrfm etl` reads it in place."""
+    meds: str | None = None
+    """A MEDS dataset (the output of `ehrfm etl` or of any MEDS ETL) to study instead of the synthetic cohort."""
     # The grid (issue 13), derived from measured costs on the 2-core machine (benchmarks/grid_cost.py):
     # family ehrfm.shapes (aspect ratio 32) takes depths 1-3 here, 4-5 distinct shapes per budget.
     # `patients`: no run over 1 epoch -- the largest D is the (1, 32) run of 6e12 (~25M tokens) at
@@ -49,8 +68,8 @@ class DemoConfig:
     # parameters) must sit above the family's smallest member, (1, 16) at 2.2e4, for its ladder to
     # bracket it: measured, 2.4e11 FLOPs is too small (its parabola fails the lack-of-fit test) and
     # 3.8e11 is enough; 3.7e11 makes the span at least 16x (6e12 / 3.8e11 is only 15.8x).
-    patients: int = 44_000
-    """Synthetic cohort size (quick: 4000)."""
+    patients: int | None = 44_000
+    """Synthetic cohort size (quick: 4000); none with --raw or --meds."""
     seed: int = 0
     """Seed of the data, runs, fits and heads."""
     budgets: list = field(default_factory=lambda: [3.7e11, 9.5e11, 2.4e12, 6e12])
@@ -91,6 +110,10 @@ class DemoConfig:
     """Runs at once (local default: the CPU cores; SLURM: the array throttle)."""
     slurm_partition: str | None = None
     """SLURM partition (with --executor slurm)."""
+    gpus_per_node: int = 0
+    """GPUs per sweep job (on SLURM; locally, the visible GPUs are shared out among the runs)."""
+    slurm_time: str = "24:00:00"
+    """SLURM time limit per sweep job (minutes, HH:MM:SS or D-HH:MM:SS); jobs checkpoint and requeue at the limit."""
     bootstrap: int = 400
     """Bootstrap replicates of the fits."""
     head_bootstrap: int = 1000
@@ -133,6 +156,8 @@ class DemoConfig:
         """
         from sweeps.plan import canonical_budgets
 
+        own = self.raw is not None or self.meds is not None
+
         def need(ok: bool, flag: str, value, what: str) -> None:
             if not ok:
                 raise UserError(f"{flag} {value!r}: must be {what}")
@@ -145,9 +170,12 @@ class DemoConfig:
 
         need(isinstance(self.budgets, (list, tuple)), "--budgets", self.budgets, "a list of FLOPs")
         budgets, notes = canonical_budgets(self.budgets)
-        for name, low in (("patients", 1), ("sizes", 1), ("first_stage", 0), ("bracket", 0), ("context", 1),
+        need(self.raw is None or self.meds is None, "--meds", self.meds, f"not given together with --raw {self.raw}")
+        for flag, path in (("--raw", self.raw), ("--meds", self.meds)):
+            need(path is None or (isinstance(path, str) and Path(path).is_dir()), flag, path, "an existing directory")
+        for name, low in ((("patients", 1),) if not own else ()) + (("sizes", 1), ("first_stage", 0), ("bracket", 0), ("context", 1),
                           ("batch_size", 1), ("lr_ref_width", 0), ("eval_tokens", 1), ("bootstrap", 0),
-                          ("head_bootstrap", 0), ("max_labels", 1), ("seed", 0)):
+                          ("head_bootstrap", 0), ("max_labels", 1), ("seed", 0), ("gpus_per_node", 0)):
             v = getattr(self, name)
             need(integer(v) and v >= low, "--" + name.replace("_", "-"), v, f"an integer >= {low}")
         for name in ("max_parallel", "head_max_labels"):
@@ -161,6 +189,9 @@ class DemoConfig:
         need(finite(self.lr) and self.lr > 0, "--lr", self.lr, "a finite number > 0")
         need(finite(self.warmup_frac) and 0 <= self.warmup_frac < 1, "--warmup-frac", self.warmup_frac, "in [0, 1)")
         need(self.executor in ("local", "slurm"), "--executor", self.executor, "local or slurm")
+        from sweeps.launch import parse_time_minutes
+
+        parse_time_minutes(self.slurm_time)  # UserError naming --time, before the data stages rather than at launch
         # What no fit can use, refused now rather than after the data stages and the sweep:
         need(len(budgets) >= 2, "--budgets", ",".join(f"{b:g}" for b in budgets),
              "at least 2 distinct budgets (a scaling law relates the optima of several IsoFLOP budgets)")
@@ -172,21 +203,37 @@ class DemoConfig:
         if self.first_stage >= len(budgets) > 0 and self.first_stage:
             notes.append(f"--first-stage {self.first_stage} is not below the {len(budgets)} budget(s): every budget is "
                          "planned in one stage, on --tokens-per-param (no first-stage fit centres the larger ones)")
-        return dataclasses.replace(self, budgets=budgets), notes
+        own_data = {}
+        if own:  # an absolute path: a resumed demo names the same data from any working directory
+            own_data = {"raw": self.raw and str(Path(self.raw).resolve()), "meds": self.meds and str(Path(self.meds).resolve()),
+                        "patients": None}  # the data's own cohort, not a synthetic one
+        return dataclasses.replace(self, budgets=budgets, **own_data), notes
+
+    @property
+    def own_data(self) -> str | None:
+        """The user's data this demo studies, as its flag says it (`--raw RAW`, `--meds MEDS`), or None (synthetic)."""
+        return f"--raw {self.raw}" if self.raw else f"--meds {self.meds}" if self.meds else None
 
 
 # Settings that decide where and how the demo's runs execute, or only the analysis made again on every
 # resume (fits, heads, report): a resumed demo may change them. Every other setting changes what
 # the data, the sweep or its runs are, so a demo dir made with another value is refused.
-RESUMABLE_CHANGES = ("out", "executor", "max_parallel", "slurm_partition", "bootstrap", "head_bootstrap", "head_max_labels")
+RESUMABLE_CHANGES = ("out", "executor", "max_parallel", "slurm_partition", "gpus_per_node", "slurm_time", "bootstrap",
+                     "head_bootstrap", "head_max_labels")
 
 
 def _config_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
-    """(changes that forbid resuming, changes a resume may take), each "name old -> new"."""
+    """(changes that forbid resuming, changes a resume may take), each "name old -> new".
+
+    A setting a demo dir predates (no key in its demo_config.json) held its default then, so it
+    is a change only when this demo sets another value.
+    """
     hard, soft = [], []
+    defaults = json.loads(json.dumps(dataclasses.asdict(DemoConfig())))
     for k in sorted(set(old) | set(new)):
-        if old.get(k) != new.get(k):
-            (soft if k in RESUMABLE_CHANGES else hard).append(f"{k} {old.get(k, 'unset')} -> {new.get(k, 'unset')}")
+        if old.get(k, defaults.get(k)) != new.get(k):
+            (soft if k in RESUMABLE_CHANGES else hard).append(f"{k} {old.get(k, defaults.get(k, 'unset'))} -> "
+                                                              f"{new.get(k, 'unset')}")
     return hard, soft
 
 
@@ -195,6 +242,7 @@ class _Stages:
 
     def __init__(self, resumed_from: list[str] | None = None, progress_path: Path | None = None):
         self.times: dict[str, float] = {}
+        self.warned: set[str] = set()  # plan warnings printed (each stage re-plans the same budgets)
         self.t0 = time.time()
         # stage outputs an earlier process made: this process's time is then not the study's
         self.resumed_from = resumed_from or []
@@ -289,19 +337,22 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
                          "(these settings do not change them); fits, heads and report are made again")
     for note in notes:
         print(f"demo: {note}", file=sys.stderr, flush=True)
+    check_not_input(out, inputs=(cfg.raw, cfg.meds))  # --overwrite would delete the user's data
     if out.exists() and overwrite:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     mark_output(out, "demo")
     write_json(old_cfg, cfg)
-    raw, meds, tok = out / "raw", out / "meds", out / "tokens"
-    labels_dir, sweep, fit_dir, heads = out / "labels", out / "sweep", out / "fit", out / "heads"
-    st = _Stages(resumed_from=[p.name for p in (raw, meds, tok, labels_dir, sweep / "runs") if p.exists()],
-                 progress_path=out / "progress.json")
+    # The user's data are read where they are; only what the demo makes lies in `out`.
+    raw = Path(cfg.raw) if cfg.raw else out / "raw"
+    meds = Path(cfg.meds) if cfg.meds else out / "meds"
+    tok, labels_dir, sweep, fit_dir, heads = out / "tokens", out / "labels", out / "sweep", out / "fit", out / "heads"
+    made = [p for p in (raw, meds) if p.parent == out] + [tok, labels_dir, sweep / "runs"]
+    st = _Stages(resumed_from=[p.name for p in made if p.exists()], progress_path=out / "progress.json")
 
-    if not _reuse(raw):
+    if cfg.own_data is None and not _reuse(raw):
         st.run("synth", synthesize, raw, n_patients=cfg.patients, seed=cfg.seed)
-    if not _reuse(meds):
+    if cfg.meds is None and not _reuse(meds):
         st.run("etl", etl, raw, meds)
     if not _reuse(tok):
         st.run("tokenize", tokenize, meds, tok)
@@ -310,7 +361,7 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
     audit_lines = st.run("audit", _audit_section, meds, labels_dir, out / "audit.json")
 
     launch = LaunchConfig(executor=cfg.executor, max_parallel=cfg.max_parallel, partition=cfg.slurm_partition,
-                          wait=True, retry_failed=True)
+                          gpus_per_node=cfg.gpus_per_node, time=cfg.slurm_time, wait=True, retry_failed=True)
     centre_from = None
     if 0 < cfg.first_stage < len(cfg.budgets):
         if "first_stage_law" in st.progress:  # stage 1 finished in an earlier process: its fit decides, as then
@@ -318,7 +369,7 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
         else:
             centre_from = _first_stage(cfg, st, tok, sweep, launch, out / "fit-stage1")
             st.record("first_stage_law", centre_from and centre_from.name)
-    st.run("sweep plan", _plan, cfg, tok, sweep, cfg.budgets, centre_from)
+    st.run("sweep plan", _plan, cfg, tok, sweep, cfg.budgets, centre_from, warned=st.warned)
     st.run("sweep launch", launch_sweep, sweep, launch)
     _bracket(cfg, st, tok, sweep, launch, cfg.budgets, centre_from, "")
     results_path = st.run("sweep collect", collect_sweep, sweep, labels_dir=labels_dir, max_labels=cfg.max_labels,
@@ -356,13 +407,20 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
 
 
 def _plan(cfg: DemoConfig, tok: Path, sweep: Path, budgets: list[float], centre_from: Path | None = None,
-          bracket_from: Path | None = None):
+          bracket_from: Path | None = None, warned: set | None = None):
+    """sweeps.plan.plan_sweep with the demo's recipe; prints each plan warning once (into `warned`)."""
     from sweeps.plan import plan_sweep
 
     train_opts = {"batch_size": cfg.batch_size, "lr": cfg.lr, "warmup_frac": cfg.warmup_frac, "eval_tokens": cfg.eval_tokens}
-    return plan_sweep(tok, budgets, sweep, sizes=cfg.sizes, span_dex=cfg.span_dex, tokens_per_param=cfg.tokens_per_param,
-                      context=cfg.context, train=train_opts, centre_from=centre_from, lr_ref_width=cfg.lr_ref_width,
-                      bracket_from=bracket_from)
+    planned = plan_sweep(tok, budgets, sweep, sizes=cfg.sizes, span_dex=cfg.span_dex, tokens_per_param=cfg.tokens_per_param,
+                         context=cfg.context, train=train_opts, centre_from=centre_from, lr_ref_width=cfg.lr_ref_width,
+                         bracket_from=bracket_from)
+    warned = set() if warned is None else warned
+    for note in planned[2]:  # repeated data, runs too small to fit, ... (on your own data, most likely epochs)
+        if not note.startswith("--bracket-from") and note not in warned:  # the bracketing rounds print their own
+            warn(note, "demo")
+            warned.add(note)
+    return planned
 
 
 def _bracket(cfg: DemoConfig, st: _Stages, tok: Path, sweep: Path, launch, budgets, centre_from, stage: str) -> None:
@@ -375,7 +433,8 @@ def _bracket(cfg: DemoConfig, st: _Stages, tok: Path, sweep: Path, launch, budge
     for i in range(st.progress.get(key, 0), cfg.bracket):  # rounds planned earlier: their rungs are in sweep.json
         before = {r["run_id"] for r in load_sweep(sweep)[1]}
         results = st.run(f"sweep collect (bracketing{stage})", collect_sweep, sweep)
-        _, rows, notes = st.run(f"sweep plan (bracketing{stage})", _plan, cfg, tok, sweep, budgets, centre_from, results)
+        _, rows, notes = st.run(f"sweep plan (bracketing{stage})", _plan, cfg, tok, sweep, budgets, centre_from, results,
+                                 warned=st.warned)
         for note in notes:
             if note.startswith("--bracket-from"):
                 print(f"demo: {note}", file=sys.stderr)
@@ -402,7 +461,7 @@ def _first_stage(cfg: DemoConfig, st: _Stages, tok: Path, sweep: Path, launch, f
     from sweeps.launch import launch_sweep
 
     small = sorted(cfg.budgets)[: cfg.first_stage]
-    st.run("sweep plan (stage 1)", _plan, cfg, tok, sweep, small)
+    st.run("sweep plan (stage 1)", _plan, cfg, tok, sweep, small, warned=st.warned)
     st.run("sweep launch (stage 1)", launch_sweep, sweep, launch)
     _bracket(cfg, st, tok, sweep, launch, small, None, ", stage 1")
     results = st.run("sweep collect (stage 1)", collect_sweep, sweep)
@@ -520,7 +579,7 @@ def _report(cfg, st, out, meds, tok, labels_dir, results_path, fit, fit_error, h
     res = pl.read_parquet(results_path).sort("budget", "n_params")
     return "\n".join([
         *_intro_section(cfg, out, rel, wall, st.resumed_from),
-        *_headline_section(fit, fit_error),
+        *_headline_section(fit, fit_error, cfg),
         *_checks_section(cfg, fit, res, heads, wall, st.resumed_from),
         *_data_section(cfg, meds, tok_stats, labels_dir, audit_lines),
         *_sweep_section(cfg, res, tok_stats, rel(results_path), read_json(Path(results_path).parent / "sweep.json", "sweep config")),
@@ -555,12 +614,12 @@ def _machine_load() -> str:
 def _intro_section(cfg, out, rel, wall: float, resumed_from: list[str] = ()) -> list[str]:
     resumed = f" ({_resumed_note(resumed_from)}: the time of this process only)" if resumed_from else ""
     return ["# ehrfm demo report", "",
-            f"Made {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by `ehrfm demo{' --quick' if cfg.quick else ''}` "
+            f"Made {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by `ehrfm demo{' --quick' if cfg.quick else ''}{' ' + cfg.own_data if cfg.own_data else ''}` "
             f"(ehrfm {_version()}), in {wall / 60:.1f} min{resumed} on {os.cpu_count()} CPU cores ({_machine_load()}). "
             f"Settings: `{rel(Path(out) / 'demo_config.json')}`.", ""]
 
 
-def _headline_section(fit, fit_error) -> list[str]:
+def _headline_section(fit, fit_error, cfg=None) -> list[str]:
     ok, verdict = _scaling_verdict(fit)
     L = ["## Headline", ""]
     if ok:
@@ -574,7 +633,8 @@ def _headline_section(fit, fit_error) -> list[str]:
     else:
         why = " ".join(x.strip().rstrip(".") + "." for x in (verdict, fit_error) if x and x.strip())
         L.append(f"**No reliable scaling result from this run**: {why} "
-                 "Widen the budgets or sizes (`--budgets`, `--sizes`) or use more patients.")
+                 "Widen the budgets or sizes (`--budgets`, `--sizes`)"
+                 + (" or use more patients." if cfg is None or cfg.own_data is None else "."))
     return [*L, ""]
 
 
@@ -700,8 +760,13 @@ def _own_reasons(missed: set[str], fits: dict, res, cfg) -> list[str]:
         b = sorted(cfg.budgets)
         lines.append(f"Why budgets missed: the settings plan {len(b)} budget(s) spanning {b[-1] / b[0]:.3g}x (`--budgets`).")
     if "epochs of fitted runs" in missed and "epochs" in res.columns:
-        lines.append(f"Why epochs of fitted runs missed: a run's tokens exceed the {cfg.patients:,} patients' unique training "
-                     "tokens at the largest budgets; more `--patients` (the generator is cheap) keeps every run under 1 epoch.")
+        if cfg.own_data is None:
+            lines.append(f"Why epochs of fitted runs missed: a run's tokens exceed the {cfg.patients:,} patients' unique training "
+                         "tokens at the largest budgets; more `--patients` (the generator is cheap) keeps every run under 1 epoch.")
+        else:
+            lines.append(f"Why epochs of fitted runs missed: at the largest budgets a run's tokens exceed the unique training "
+                         f"tokens of the data ({_train_tokens(res)}); smaller `--budgets` keep every run within 1 epoch. Losses of "
+                         "repeated data are not one-pass points of a law (Muennighoff et al. 2023).")
     return [x for line in lines for x in (line, "")]
 
 
@@ -757,15 +822,33 @@ def _why_missed(missed: set[str], budgets: list[dict], res, cfg) -> list[str]:
         lines.append(
             f"Why the wall time missed: the sweep's {res.height} runs trained for {run_s / 60:.1f} min of run time "
             f"(summed over runs, which share the machine's {os.cpu_count()} cores) for {flops:.3g} FLOPs, "
-            f"{cfg.patients:,} patients were synthesized and prepared, and every run was probed on "
+            f"{_data_phrase(cfg)}, and every run was probed on "
             f"{cfg.max_labels:,} labels per split and task.")
     return [x for line in lines for x in (line, "")]
 
 
+def _train_tokens(res) -> str:
+    """The train split's token count, from any completed run's tokens / epochs (results.parquet)."""
+    done = res.filter(res["status"] == "completed").drop_nulls(["tokens", "epochs"]) if "tokens" in res.columns else res.clear()
+    done = done.filter(done["epochs"] > 0)
+    return f"{done['tokens'][0] / done['epochs'][0]:,.0f} tokens in the train split" if done.height else "its train split"
+
+
+def _data_phrase(cfg) -> str:
+    """How the demo got its data, for the wall-time reason."""
+    if cfg.raw:
+        return "the raw data were converted (`ehrfm etl`) and tokenized"
+    if cfg.meds:
+        return "the MEDS data were tokenized"
+    return f"{cfg.patients:,} patients were synthesized and prepared"
+
+
 def _data_section(cfg, meds, tok_stats: dict, labels_dir, audit_lines) -> list[str]:
     meds_meta = read_json(Path(meds) / "metadata" / "dataset.json", "dataset metadata")
+    source = (f"Raw MIMIC-IV from `{cfg.raw}`" if cfg.raw else f"The MEDS dataset `{cfg.meds}`" if cfg.meds
+              else f"Synthetic MIMIC-IV-shaped cohort (`ehrfm synth`, seed {cfg.seed}): {cfg.patients:,} patients")
     L = ["## Data", "",
-         f"Synthetic MIMIC-IV-shaped cohort (`ehrfm synth`, seed {cfg.seed}): {cfg.patients:,} patients -> MEDS "
+         f"{source} -> MEDS "
          f"({meds_meta.get('etl_name', 'ehrfm')} {meds_meta.get('etl_version', '')}, MEDS {meds_meta.get('meds_version', '')}) "
          f"-> tokens (vocabulary {tok_stats['vocab_size']}, fitted on train only).", "",
          "| split | subjects | events | tokens | tokens/subject |", "|---|---|---|---|---|"]
@@ -905,20 +988,27 @@ def _reproduce_section(cfg, st, wall: float, best_run: str | None) -> list[str]:
     L = ["## Stage times", "", "| stage | seconds |", "|---|---|"]
     L += [f"| {k} | {v:.1f} |" for k, v in st.times.items()]
     cap = f" --max-labels {cfg.head_max_labels}" if cfg.head_max_labels else ""
-    heads = [f"ehrfm baseline meds --labels labels/{t}.parquet --out heads/{t}/baseline --bootstrap {cfg.head_bootstrap} "
+    meds = cfg.meds or "meds"
+    heads = [f"ehrfm baseline {meds} --labels labels/{t}.parquet --out heads/{t}/baseline --bootstrap {cfg.head_bootstrap} "
              f"--seed {cfg.seed}{cap}" for t in TASKS]
     if best_run:
         heads += [f"ehrfm probe sweep/runs/{best_run} --tokens tokens --labels labels/{t}.parquet --out heads/{t}/probe "
                   f"--bootstrap {cfg.head_bootstrap} --seed {cfg.seed}{cap}" for t in TASKS]
     return L + [
         f"| total | {wall:.1f} |", "", "## Reproduce stage by stage", "", "```",
-        f"ehrfm synth --out raw --patients {cfg.patients} --seed {cfg.seed}",
-        "ehrfm etl raw --out meds", "ehrfm tokenize meds --out tokens", "ehrfm labels meds --task all --out labels",
-        "ehrfm audit meds --labels labels",
+        *_data_commands(cfg), f"ehrfm labels {meds} --task all --out labels", f"ehrfm audit {meds} --labels labels",
         *_plan_commands(cfg, first_stage_law=st.progress.get("first_stage_law", "fit-stage1")),
         f"ehrfm sweep collect sweep --labels labels --max-labels {cfg.max_labels}",
         f"ehrfm fit sweep/results.parquet --out fit --bootstrap {cfg.bootstrap}",
         f"ehrfm recommend fit --flops {max(cfg.budgets) * 10:g}", *heads, "```", ""]
+
+
+def _data_commands(cfg) -> list[str]:
+    """The commands that make `meds` (unless it is your own MEDS dataset) and `tokens`."""
+    if cfg.meds:
+        return [f"ehrfm tokenize {cfg.meds} --out tokens"]
+    synth = [] if cfg.raw else [f"ehrfm synth --out raw --patients {cfg.patients} --seed {cfg.seed}"]
+    return [*synth, f"ehrfm etl {cfg.raw or 'raw'} --out meds", "ehrfm tokenize meds --out tokens"]
 
 
 def _plan_commands(cfg, first_stage_law: str | None = "fit-stage1") -> list[str]:

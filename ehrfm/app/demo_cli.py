@@ -1,4 +1,4 @@
-"""`ehrfm demo`: the whole study end to end on the built-in synthetic data (ehrfm.app.demo)."""
+"""`ehrfm demo`: the whole study end to end on the built-in synthetic data or your own (ehrfm.app.demo)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,14 @@ def _add_arguments(p) -> None:
 
     unset = dict(unset=True)  # not given: DemoConfig's default, or quick_config's with --quick
     add_fields(p, DemoConfig, ["out", "quick"], out=dict(metavar="DIR"))
+    data = p.add_mutually_exclusive_group()  # the synthetic cohort (default), or your own data
+    add_fields(data, DemoConfig, ["raw", "meds"], raw=dict(metavar="RAW", unset=True), meds=dict(metavar="MEDS", unset=True))
     add_fields(p, DemoConfig, ["patients", "budgets", "sizes", "span_dex", "tokens_per_param", "first_stage", "bracket", "seed", "executor",
-                               "slurm_partition", "max_parallel", "bootstrap"],
+                               "slurm_partition", "gpus_per_node", "slurm_time", "max_parallel", "bootstrap"],
                patients=unset, budgets=dict(convert=_budgets, metavar="C1,C2,...", unset=True), sizes=unset,
                span_dex=unset, tokens_per_param=unset, first_stage=unset, bracket=unset, seed=unset, executor=unset,
-               slurm_partition=dict(flag="--partition", unset=True), max_parallel=unset, bootstrap=unset)
+               slurm_partition=dict(flag="--partition", unset=True), gpus_per_node=unset,
+               slurm_time=dict(flag="--time", unset=True), max_parallel=unset, bootstrap=unset)
     p.add_argument("--overwrite", action="store_true", help="delete DIR first instead of resuming it")
 
 
@@ -30,10 +33,10 @@ def register(sub) -> None:
     """Add the `ehrfm demo` subcommand to the subparsers action `sub`."""
     command(
         sub, "demo", _run, _add_arguments,
-        help="run the whole study on synthetic data: synth -> etl -> tokenize -> sweep -> fit -> heads -> report.md",
-        description="The main job: synthetic MIMIC-IV -> MEDS -> tokens -> a local (or SLURM) IsoFLOP sweep -> "
-        "collect with clinical probes -> scaling-law fits and plots -> clinical heads -> DIR/report.md. "
-        "An existing DIR made with the same settings is resumed.",
+        help="run the whole study: synth (or your raw MIMIC-IV / MEDS) -> etl -> tokenize -> sweep -> fit -> heads -> report.md",
+        description="The main job: synthetic MIMIC-IV (or --raw RAW, your MIMIC-IV download; or --meds MEDS, any MEDS "
+        "dataset) -> MEDS -> tokens -> a local (or SLURM) IsoFLOP sweep -> collect with clinical probes -> scaling-law fits "
+        "and plots -> clinical heads -> DIR/report.md. An existing DIR made with the same settings is resumed.",
     )
 
 
@@ -42,6 +45,11 @@ def _run(args) -> int:
     from ehrfm.cli_args import values
 
     given = values(DemoConfig, args)
+    if (given.get("raw") or given.get("meds")) and given.get("patients") is not None:
+        from ehrfm.errors import UserError
+
+        raise UserError(f"--patients {given['patients']}: sizes the synthetic cohort; with "
+                        f"{'--raw' if given.get('raw') else '--meds'} the study uses that data's own patients")
     cfg = DemoConfig.quick_config(**given) if given.pop("quick") else DemoConfig(**given)
     run_demo(cfg, overwrite=args.overwrite)
     return 0
