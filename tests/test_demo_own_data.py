@@ -104,3 +104,35 @@ def test_a_demo_dir_from_before_these_settings_resumes_without_changes():
     assert _config_changes(old, new) == ([], [])
     hard, soft = _config_changes(old, {**new, "meds": "/data/meds", "gpus_per_node": 1})
     assert hard == ["meds None -> /data/meds"] and soft == ["gpus_per_node 0 -> 1"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_own_meds_without_hospital_stays_gives_the_scaling_study_without_heads(demo_meds, tmp_path):
+    """Any MEDS dataset, not only MIMIC-IV's: one without hospital admissions has no clinical labels,
+    and the demo says so and still runs the sweep and the fit (before: the labels stage ended it)."""
+    import shutil
+
+    meds = tmp_path / "no_stays"
+    shutil.copytree(demo_meds, meds)
+    dropped = 0
+    for shard in (meds / "data").rglob("*.parquet"):
+        frame = pl.read_parquet(shard)
+        kept = frame.filter(~pl.col("code").str.starts_with("HOSPITAL_ADMISSION//"))
+        dropped += frame.height - kept.height
+        kept.write_parquet(shard)
+    assert dropped > 200  # every admission of the 100 patients
+    out = tmp_path / "study"
+    p = ehrfm("demo", "--meds", meds, "--out", out, *TINY)
+    assert p.returncode == 0, p.stderr[-3000:]
+    warned = [ln for ln in p.stderr.splitlines() if ln.startswith("ehrfm demo: warning: no clinical labels (")]
+    assert len(warned) == 1 and "no hospital stays" in warned[0], p.stderr[-2000:]
+    assert not (out / "meds").exists() and not (out / "labels").exists() and not (out / "heads").exists()
+    res = pl.read_parquet(out / "sweep" / "results.parquet")
+    assert res.height >= 4 and set(res["status"]) == {"completed"}
+    assert not any(c.startswith("auroc/") for c in res.columns)
+    report = (out / "report.md").read_text()
+    assert f"The MEDS dataset `{meds.resolve()}` (ehrfm.tokenization.etl " in report
+    assert "No clinical labels: MEDS " in report and "None: the data gave no clinical labels" in report
+    assert "| probe vs counts + logistic | >= 2 tasks better | no clinical labels | not measured |" in report
+    assert f"ehrfm tokenize {meds.resolve()} --out tokens" in report and "ehrfm labels" not in report

@@ -356,9 +356,20 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
         st.run("etl", etl, raw, meds)
     if not _reuse(tok):
         st.run("tokenize", tokenize, meds, tok)
+    labels_error = None
     if not _reuse(labels_dir):
-        st.run("labels", lambda: write_label_dir(*make_labels(meds, "all"), labels_dir))
-    audit_lines = st.run("audit", _audit_section, meds, labels_dir, out / "audit.json")
+        try:
+            st.run("labels", lambda: write_label_dir(*make_labels(meds, "all"), labels_dir))
+        except UserError as e:
+            # Your own MEDS data may hold no MIMIC-style hospital stays: the scaling study needs none of them.
+            if cfg.own_data is None:
+                raise
+            labels_error = str(e)
+            warn(f"no clinical labels ({e}): the scaling study goes on without probes and clinical heads", "demo")
+    if labels_error is None:
+        audit_lines = st.run("audit", _audit_section, meds, labels_dir, out / "audit.json")
+    else:
+        labels_dir, audit_lines = None, []
 
     launch = LaunchConfig(executor=cfg.executor, max_parallel=cfg.max_parallel, partition=cfg.slurm_partition,
                           gpus_per_node=cfg.gpus_per_node, time=cfg.slurm_time, wait=True, retry_failed=True)
@@ -390,7 +401,10 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
 
         st.run("plots", write_fits, fit, fit_dir, results=load_results(results_path), overwrite=True)
 
-    head_metrics = st.run("clinical heads", _clinical_heads, cfg, meds, tok, labels_dir, results_path, heads)
+    if labels_dir is not None:
+        head_metrics = st.run("clinical heads", _clinical_heads, cfg, meds, tok, labels_dir, results_path, heads)
+    else:
+        head_metrics = {"best_run": None, "tasks": {}, "labels_error": labels_error}
 
     recs = []
     if fit is not None:
@@ -581,12 +595,12 @@ def _report(cfg, st, out, meds, tok, labels_dir, results_path, fit, fit_error, h
         *_intro_section(cfg, out, rel, wall, st.resumed_from),
         *_headline_section(fit, fit_error, cfg),
         *_checks_section(cfg, fit, res, heads, wall, st.resumed_from),
-        *_data_section(cfg, meds, tok_stats, labels_dir, audit_lines),
+        *_data_section(cfg, meds, tok_stats, labels_dir, audit_lines, heads.get("labels_error")),
         *_sweep_section(cfg, res, tok_stats, rel(results_path), read_json(Path(results_path).parent / "sweep.json", "sweep config")),
         *_fits_section(fit, fit_error, out, rel),
         *_heads_section(heads, cfg.head_max_labels),
         *_recommend_section(recs),
-        *_reproduce_section(cfg, st, wall, (heads.get("best_run") or {}).get("run_id")),
+        *_reproduce_section(cfg, st, wall, (heads.get("best_run") or {}).get("run_id"), labels=labels_dir is not None),
     ])
 
 
@@ -678,7 +692,12 @@ def _checks_section(cfg, fit, res, heads: dict, wall: float, resumed_from: list[
           rel is not None and rel <= 0.02 and ratio is not None and ratio <= 0.5)
     rising = [t for t, u in util.items() if isinstance(u, dict) and (u.get("exponent_ci") or [None, None])[1] is not None
               and u["exponent_ci"][1] < 0]
-    check("AUROC rises with compute", ">= 2 tasks with k's interval < 0", f"{len(rising)} ({', '.join(rising) or 'none'})", len(rising) >= 2)
+    no_labels = heads.get("labels_error")
+    if no_labels:
+        check("AUROC rises with compute", ">= 2 tasks with k's interval < 0", "no clinical labels", "not measured")
+    else:
+        check("AUROC rises with compute", ">= 2 tasks with k's interval < 0", f"{len(rising)} ({', '.join(rising) or 'none'})",
+              len(rising) >= 2)
 
     def auroc(e, *keys):
         for k in keys:
@@ -688,7 +707,10 @@ def _checks_section(cfg, fit, res, heads: dict, wall: float, resumed_from: list[
     pairs = {t: (auroc(e, "probe", "auroc"), auroc(e, "baseline", "models", "logistic_regression", "auroc"))
              for t, e in (heads.get("tasks") or {}).items()}
     beat = [t for t, (probe, counts) in pairs.items() if None not in (probe, counts) and probe > counts]
-    check("probe vs counts + logistic", ">= 2 tasks better", f"{len(beat)} ({', '.join(beat) or 'none'})", len(beat) >= 2)
+    if no_labels:
+        check("probe vs counts + logistic", ">= 2 tasks better", "no clinical labels", "not measured")
+    else:
+        check("probe vs counts + logistic", ">= 2 tasks better", f"{len(beat)} ({', '.join(beat) or 'none'})", len(beat) >= 2)
     used = {x["budget"] for x in budgets if x.get("used")}
     fitted = res.filter(res["status"] == "completed")
     fitted = fitted.filter(fitted["budget"].is_in(list(used))) if used else fitted.clear()
@@ -843,17 +865,20 @@ def _data_phrase(cfg) -> str:
     return f"{cfg.patients:,} patients were synthesized and prepared"
 
 
-def _data_section(cfg, meds, tok_stats: dict, labels_dir, audit_lines) -> list[str]:
+def _data_section(cfg, meds, tok_stats: dict, labels_dir, audit_lines, labels_error: str | None = None) -> list[str]:
     meds_meta = read_json(Path(meds) / "metadata" / "dataset.json", "dataset metadata")
     source = (f"Raw MIMIC-IV from `{cfg.raw}`" if cfg.raw else f"The MEDS dataset `{cfg.meds}`" if cfg.meds
               else f"Synthetic MIMIC-IV-shaped cohort (`ehrfm synth`, seed {cfg.seed}): {cfg.patients:,} patients")
     L = ["## Data", "",
-         f"{source} -> MEDS "
-         f"({meds_meta.get('etl_name', 'ehrfm')} {meds_meta.get('etl_version', '')}, MEDS {meds_meta.get('meds_version', '')}) "
+         f"{source}{' (' if cfg.meds else ' -> MEDS ('}"
+         f"{meds_meta.get('etl_name', 'ehrfm')} {meds_meta.get('etl_version', '')}, MEDS {meds_meta.get('meds_version', '')}) "
          f"-> tokens (vocabulary {tok_stats['vocab_size']}, fitted on train only).", "",
          "| split | subjects | events | tokens | tokens/subject |", "|---|---|---|---|---|"]
     for split, s in tok_stats["splits"].items():
         L.append(f"| {split} | {s['subjects']:,} | {s['events']:,} | {s['tokens']:,} | {s['tokens_per_subject']:.0f} |")
+    if labels_dir is None:
+        return [*L, "", f"No clinical labels: {labels_error}. The scaling study needs none; probes and clinical heads are "
+                "left out.", ""]
     L += ["", "Clinical labels (`ehrfm labels`, all splits):", "", "| task | labels | positives | prevalence |", "|---|---|---|---|"]
     for task in TASKS:
         info = read_json(Path(labels_dir) / f"{task}.json", "label info")
@@ -950,6 +975,8 @@ def _fits_section(fit, fit_error, out, rel) -> list[str]:
 
 
 def _heads_section(heads: dict, cap: int | None) -> list[str]:
+    if heads.get("labels_error"):
+        return ["## Clinical heads", "", f"None: the data gave no clinical labels ({heads['labels_error']}).", ""]
     L = ["## Clinical heads", ""]
     best = heads.get("best_run")
     if best:
@@ -984,21 +1011,24 @@ def _recommend_section(recs) -> list[str]:
     return L
 
 
-def _reproduce_section(cfg, st, wall: float, best_run: str | None) -> list[str]:
+def _reproduce_section(cfg, st, wall: float, best_run: str | None, labels: bool = True) -> list[str]:
     L = ["## Stage times", "", "| stage | seconds |", "|---|---|"]
     L += [f"| {k} | {v:.1f} |" for k, v in st.times.items()]
     cap = f" --max-labels {cfg.head_max_labels}" if cfg.head_max_labels else ""
     meds = cfg.meds or "meds"
     heads = [f"ehrfm baseline {meds} --labels labels/{t}.parquet --out heads/{t}/baseline --bootstrap {cfg.head_bootstrap} "
              f"--seed {cfg.seed}{cap}" for t in TASKS]
-    if best_run:
+    if not labels:
+        heads = []
+    if best_run and labels:
         heads += [f"ehrfm probe sweep/runs/{best_run} --tokens tokens --labels labels/{t}.parquet --out heads/{t}/probe "
                   f"--bootstrap {cfg.head_bootstrap} --seed {cfg.seed}{cap}" for t in TASKS]
     return L + [
         f"| total | {wall:.1f} |", "", "## Reproduce stage by stage", "", "```",
-        *_data_commands(cfg), f"ehrfm labels {meds} --task all --out labels", f"ehrfm audit {meds} --labels labels",
+        *_data_commands(cfg),
+        *([f"ehrfm labels {meds} --task all --out labels", f"ehrfm audit {meds} --labels labels"] if labels else []),
         *_plan_commands(cfg, first_stage_law=st.progress.get("first_stage_law", "fit-stage1")),
-        f"ehrfm sweep collect sweep --labels labels --max-labels {cfg.max_labels}",
+        f"ehrfm sweep collect sweep --labels labels --max-labels {cfg.max_labels}" if labels else "ehrfm sweep collect sweep",
         f"ehrfm fit sweep/results.parquet --out fit --bootstrap {cfg.bootstrap}",
         f"ehrfm recommend fit --flops {max(cfg.budgets) * 10:g}", *heads, "```", ""]
 
