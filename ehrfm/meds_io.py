@@ -11,15 +11,19 @@ same one-line error and applies the same rules:
   `valid`, `validation`, `dev` -> tuning; `test`, `heldout`, `held-out`, `holdout` -> held_out)
   and any of these names in other letter case (`Train`, `TEST`) are mapped, and the mapping is
   reported on stderr; any other folder under `data/` is refused, naming it, so that no split is
-  silently left out. Hidden files and folders (a name starting with `.`: macOS's `._0.parquet`
-  resource forks, `.ipynb_checkpoints/`) are not data, as for pyarrow datasets and Spark: they
-  are left out, and their count said on stderr when any of them is named `*.parquet`.
+  silently left out. Links to folders are followed, and a folder named `*.parquet` (a Spark or
+  Dask dataset) is read as the part files it holds. Hidden files and folders (a name starting
+  with `.`: macOS's `._0.parquet` resource forks, `.ipynb_checkpoints/`) are not data, as for
+  pyarrow datasets and Spark: they are left out, and their count said on stderr when any of them
+  is named `*.parquet`.
 - Columns: `subject_id`, `time`, `code` (MEDS 0.4, `meds.DataSchema`). A shard written by MEDS
   0.3 or older (`patient_id`) is refused naming the file, the missing column and the MEDS version
   expected.
 - Types: subject_id an integer, time a timestamp (any unit; a time zone is read as the UTC
-  instant), code text, numeric_value a number; anything else (text ids, epoch numbers, dates) is
-  refused naming the file and column (`COLUMN_TYPES`), never cast by guessing. Rows with a null
+  instant), code text, numeric_value a number (read as the float32 MEDS stores, whatever its
+  width), or a column of nulls (as pandas writes an empty shard); anything else (text ids, epoch
+  numbers, dates) is refused naming the file and column (`COLUMN_TYPES`), never cast by
+  guessing. Rows with a null
   subject_id or code, subjects with rows in more than one split folder, and subjects with rows in
   more than one file (MEDS's subject contiguity) are refused by `open_meds` with counts.
 - Static rows: a row with a null time is in every history, so only truly static codes may have
@@ -85,9 +89,27 @@ def split_name(name: str) -> str | None:
     return n if n in SPLITS else SPLIT_ALIASES.get(n)
 
 
+def _all_parquet_files(folder: Path) -> list[Path]:
+    """Every file named *.parquet under `folder`, following links to folders (each real folder once).
+
+    Path.rglob does not enter a linked folder (Python < 3.13), so shards kept elsewhere and linked
+    in (`data/train/part2 -> /scratch/...`) were silently left out of their split.
+    """
+    found, seen = [], set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:  # a link back to a folder already walked (a loop, or the same shards twice)
+            dirs[:] = []
+            continue
+        seen.add(real)
+        found += [Path(top) / f for f in files if f.endswith(".parquet")]
+    return found
+
+
 def _parquet_files(folder: Path, data: Path) -> list[Path]:
     """The parquet files under `folder`, sorted, without hidden ones (a `.` name anywhere below `data`)."""
-    return sorted(p for p in folder.rglob("*.parquet") if not any(part.startswith(".") for part in p.relative_to(data).parts))
+    return sorted(p for p in _all_parquet_files(folder)
+                  if not any(part.startswith(".") for part in p.relative_to(data).parts))
 
 
 def _what_it_is(root: Path) -> str:
@@ -175,17 +197,19 @@ def open_meds(meds_dir: str | os.PathLike, check_static: bool = True) -> MedsDat
     if not data.is_dir():
         raise UserError(f"{root} is not a MEDS dataset: no {DATA_DIR}/ directory{_what_it_is(root)}")
     visible = _parquet_files(data, data)
-    hidden = sum(1 for _ in data.rglob("*.parquet")) - len(visible)
+    hidden = len(_all_parquet_files(data)) - len(visible)
     if hidden:
         warn(f"{data}: left out {hidden} hidden file(s) named *.parquet (a name starting with '.', e.g. macOS's ._* "
              "copies or .ipynb_checkpoints/): not data")
-    # A truncated shard would otherwise surface mid-scan as an error naming no file.
-    check_parquet_files([*visible, *(root / "metadata").glob("*.parquet")], "MEDS file",
+    # A truncated shard would otherwise surface mid-scan as an error naming no file. Metadata files
+    # as data files: hidden ones (macOS's ._codes.parquet) left out, a folder of parts (Spark) read.
+    metadata = root / "metadata"
+    check_parquet_files([*visible, *_parquet_files(metadata, metadata)], "MEDS file",
                         hint="re-create the MEDS dataset (ehrfm etl --overwrite)")
     folders = sorted(p.name for p in data.iterdir()
                      if p.is_dir() and not p.name.startswith(".") and _parquet_files(p, data))
     split_named = [f for f in folders if split_name(f)]
-    if folders and not split_named and (root / SUBJECT_SPLITS_FILE).is_file():
+    if folders and not split_named and (root / SUBJECT_SPLITS_FILE).exists():
         folders = []  # shard folders that are not splits (meds_etl): the splits come from metadata
     shards, aliases = _split_folder_shards(data, folders) if folders else _subject_split_shards(root, data)
     ds = MedsDataset(root, {s: shards[s] for s in SPLITS if s in shards}, aliases, metadata=_metadata(root))
@@ -350,9 +374,10 @@ def _subject_split_shards(root: Path, data: Path) -> tuple[dict[str, list[Shard]
     if not files:
         raise UserError(f"{data} holds no parquet shards")
     splits_path = root / SUBJECT_SPLITS_FILE
-    if not splits_path.is_file():
+    if not splits_path.exists():
         raise UserError(f"{root}: shards are not in {DATA_DIR}/<split>/ and {SUBJECT_SPLITS_FILE} is missing")
-    sp = pl.read_parquet(splits_path)
+    # A file, or a folder of part files as Spark and Dask write a parquet dataset.
+    sp = pl.read_parquet(_parquet_files(splits_path, splits_path) if splits_path.is_dir() else splits_path)
     for col in (SUBJECT_ID, "split"):
         if col not in sp.columns:
             old = [o for o, c in LEGACY_COLUMNS.items() if c == col and o in sp.columns]
@@ -432,10 +457,12 @@ def check_columns(path: Path, metadata: dict | None = None) -> dict:
 # What each column's parquet type may be. Any integer width or timestamp unit, a time zone (read as
 # the UTC instant) and a column of nulls are accepted; text ids, epoch numbers, dates (no time of day:
 # an event at 00:00 would precede the prediction times of its own day) and text values are not.
+# A column of nulls (pl.Null) is what pandas writes for an empty shard's text and id columns (an
+# empty object column); null subject_id or code rows are then refused by count (_check_rows).
 COLUMN_TYPES = {
-    SUBJECT_ID: (lambda t: t.is_integer(), "an integer (int64)"),
+    SUBJECT_ID: (lambda t: t.is_integer() or t == pl.Null, "an integer (int64)"),
     TIME: (lambda t: isinstance(t, pl.Datetime) or t == pl.Null, "a timestamp (timestamp[us])"),
-    CODE: (lambda t: t == pl.String or isinstance(t, (pl.Categorical, pl.Enum)), "text (string)"),
+    CODE: (lambda t: t == pl.String or isinstance(t, (pl.Categorical, pl.Enum)) or t == pl.Null, "text (string)"),
     NUMERIC_VALUE: (lambda t: t.is_numeric() or t == pl.Null, "a number (float32)"),
 }
 
@@ -469,8 +496,9 @@ def scan_shard(shard: Shard | Path, columns: Iterable[str] = REQUIRED_COLUMNS) -
     """A lazy frame of one shard's rows.
 
     A lazy frame of one shard's `columns` (subject_id Int64, time Datetime(us), code String,
-    numeric_value Float64, hadm_id String (STAY_ID); a missing optional column is all null), filtered to the shard's
-    subjects and without its non-static null-time rows (`Shard.drop_null_time`).
+    numeric_value Float64 holding the float32 value MEDS stores, hadm_id String (STAY_ID); a missing
+    optional column is all null), filtered to the shard's subjects and without its non-static
+    null-time rows (`Shard.drop_null_time`).
     """
     path = shard.path if isinstance(shard, Shard) else Path(shard)
     schema = check_columns(path)
@@ -482,6 +510,12 @@ def scan_shard(shard: Shard | Path, columns: Iterable[str] = REQUIRED_COLUMNS) -
         lf = lf.with_columns(pl.col(TIME).dt.convert_time_zone("UTC").dt.replace_time_zone(None))
     casts = {SUBJECT_ID: pl.Int64, TIME: pl.Datetime("us"), CODE: pl.String, NUMERIC_VALUE: pl.Float64, STAY_ID: pl.String}
     lf = lf.with_columns([pl.lit(None, casts.get(c, pl.String)).alias(c) for c in columns if c not in schema])
+    if NUMERIC_VALUE in present and schema[NUMERIC_VALUE] != pl.Float32:
+        # MEDS stores numeric_value as float32: a float64 (or decimal, integer) shard is read as the
+        # float32 it stands for, so the same values give the same quantile tokens whichever way they
+        # were written (0.1 as float64 lay just below the decile edge 0.1 as float32, 0.100000001,
+        # and took a lower bin). Beyond float32's range this is +-inf, which readers treat as no value.
+        lf = lf.with_columns(pl.col(NUMERIC_VALUE).cast(pl.Float32))
     lf = lf.with_columns([pl.col(c).cast(t) for c, t in casts.items() if c in columns]).select(columns)
     if isinstance(shard, Shard) and shard.subjects is not None:
         lf = lf.filter(pl.col(SUBJECT_ID).is_in(shard.subjects.cast(pl.Int64).implode()))

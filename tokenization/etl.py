@@ -15,8 +15,10 @@ difference in the columns read is the case of procedureevents' ORIGINALAMOUNT/OR
 (lower case in 3.1; compared against a 3.1 column inventory), and a table without the columns
 this ETL needs is refused naming the table, every missing column and the columns it has, and
 one it reads that the header names twice is refused too. Folder and file names match without
-regard to case, a table file in another folder than its module's is refused (find_table), gzip
-is recognised by content, not by the .gz name, and quoted values may hold line breaks.
+regard to case, a table file in another folder than its module's or only in a form this ETL does
+not read (a `.part` download, a `.zip`, a split export) is refused (find_table), gzip is
+recognised by content, not by the .gz name (other compressions are named), lines may end in LF,
+CRLF or a lone CR, and quoted values may hold line breaks.
 
 Output (DESIGN.md section 1):
     data/{train,tuning,held_out}/{k}.parquet   subject_id, time, code, numeric_value, text_value,
@@ -176,6 +178,7 @@ import csv
 import datetime as dt
 import gzip
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -792,8 +795,8 @@ def find_table(raw: Path, name: str) -> Path | None:
 
     Raises:
         UserError: two files of the table in its folder (which one is the table is a guess: a
-            half-done decompression?), or a file of it in another folder (named, with where
-            it belongs).
+            half-done decompression?), a file of it in another folder (named, with where
+            it belongs), or only a file of it in another format (`labevents.csv.gz.part`).
     """
     module, table = name.split("/", 1)
     wanted = {f"{table}.csv.gz", f"{table}.csv"}
@@ -809,10 +812,23 @@ def find_table(raw: Path, name: str) -> Path | None:
     elsewhere = [f for d in [raw, *(d for d in folders if d.name.lower() != module)] for f in files(d)]
     if len(home) > 1:
         raise UserError(f"table {name}: both {home[0]} and {home[1]} exist; keep one")
+    if elsewhere and not home and elsewhere[0].parent == raw and raw.name.lower() in {t.name.split("/")[0] for t in TABLES}:
+        raise UserError(f"{raw} is MIMIC-IV's {raw.name}/ folder, not the folder that holds hosp/ and icu/: pass {raw.parent}")
     if elsewhere:
         what = (f", which holds {home[0].name} too: remove the stray copy" if home
                 else f": MIMIC-IV keeps {table} in {module}/, move it there")
         raise UserError(f"table {name}: {elsewhere[0]} lies outside {raw / module}/{what}")
+    if not home:
+        # The table in a form this ETL does not read was left out as absent: an unfinished download
+        # (labevents.csv.gz.part, .crdownload), another format (.zip, .bz2, .parquet), a split export
+        # (BigQuery's labevents-000000000000.csv.gz) or a browser's second copy ("labevents (1).csv.gz").
+        # Refused, named. The name must not go on with a letter, digit or "_" (poe vs poe_detail).
+        of_table = re.compile(rf"{re.escape(table)}(?![a-z0-9_])")
+        other = [f for d in folders if d.name.lower() == module for f in sorted(d.iterdir())
+                 if of_table.match(f.name.lower()) and f.is_file()]
+        if other:
+            raise UserError(f"table {name}: {other[0]} is not {table}.csv.gz or {table}.csv (an unfinished download, "
+                            "a split export or another format?): ehrfm reads one file per table, a .csv.gz or .csv")
     return home[0] if home else None
 
 
@@ -857,29 +873,56 @@ def _csv_source(path: Path):
 CSV_PARSE = {"newlines_in_values": True}
 
 
+# The first bytes of other compressed or binary formats a raw table may have been saved in. A
+# gzip inside the gzip is a file compressed twice (a download that was gzipped in transit, too).
+OTHER_FORMATS = {b"PK\x03\x04": "zip", b"BZh": "bzip2", b"\x28\xb5\x2f\xfd": "zstd", b"\xfd7zXZ\x00": "xz",
+                 b"7z\xbc\xaf\x27\x1c": "7-zip", b"PAR1": "parquet", GZIP_MAGIC: "gzip-inside-gzip (compressed twice)"}
+
+
 def _header(path: Path, table: str | None = None) -> list[str]:
     """The column names of a raw CSV[.gz].
 
     Only its first line is read and decoded, so a bad byte further down is not blamed on the header.
 
     Raises:
-        UserError: unreadable, not UTF-8, or empty (no header line: a header-only file is an
-            empty table, a file without one is a truncated copy).
+        UserError: unreadable, another format (zip, bzip2, zstd, xz, 7-zip, parquet, gzip twice),
+            not UTF-8, or empty (no header line: a header-only file is an empty table, a file
+            without one is a truncated copy).
     """
     try:
         with _open_text(path) as f:
-            line = f.readline()
+            line = _first_line(f)
     except (OSError, EOFError) as e:
         raise UserError(f"{path}: cannot read the CSV header ({type(e).__name__})") from None
+    kind = next((k for magic, k in OTHER_FORMATS.items() if line.startswith(magic)), None)
+    if kind:  # else refused as "not UTF-8 text; re-encode (iconv)", which does not help
+        raise UserError(f"{path}: holds {kind} data, not CSV text or gzip-compressed CSV (table {table or path.name}); "
+                        "decompress it to a .csv (or .csv.gz) file")
     try:
         text = line.decode(CSV_ENCODING)
     except UnicodeDecodeError:
         raise UserError(f"{path}: the header line is not UTF-8 text; {NOT_UTF8_HINT}") from None
-    header = next(csv.reader([text.rstrip("\r\n")]), []) if text.strip() else []
+    header = next(csv.reader([text]), []) if text.strip() else []
     if not header:
         raise UserError(f"{path}: empty file, no header line (table {table or path.name}); a truncated copy? "
                         "Copy it again: a table without rows still has its header line")
     return header
+
+
+def _first_line(f, limit: int = 1 << 20) -> bytes:
+    """The first line of a binary file object, without its line end (LF, CRLF or a lone CR).
+
+    A lone CR ends a line too: old Mac tools and Excel's "CSV (Macintosh)" end lines with it, and
+    pyarrow's CSV reader reads such rows; readline() alone took the whole file as the header line
+    (and the csv module then failed with a traceback). Reads at most `limit` bytes.
+    """
+    head = b""
+    while len(head) < limit:
+        chunk = f.readline(1 << 16)  # stops after a newline; a file of lone CRs gives 64 KiB at a time
+        head += chunk
+        if not chunk or b"\n" in chunk or b"\r" in chunk:
+            break
+    return head.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n", 1)[0]
 
 
 def _check_columns(path: Path, needed: list[str], optional: set[str] = frozenset(), table: str | None = None) -> dict[str, str]:
@@ -935,6 +978,10 @@ def _read_batches(path: Path, columns: list[str] | dict[str, str], block_size: i
                                     include_columns=columns, column_types={c: pa.string() for c in columns},
                                     strings_can_be_null=True, null_values=[""]))
     except (pa.ArrowInvalid, OSError, EOFError) as e:
+        if "Empty CSV file" in str(e) and _header(path):
+            # A header line without a line end (what some exporters write for a table with no
+            # rows): pyarrow finds no complete line; the table has no rows.
+            return iter(())
         raise _csv_error(path, e, block_size) from None
     return _iter_batches(reader, path, {v: k for k, v in rename.items() if k != v}, block_size)
 
@@ -1329,7 +1376,7 @@ def _resolve_tables(raw: Path, cfg: EtlConfig) -> tuple[list, dict, list[str], d
     present = {t.name: find_table(raw, t.name) for t in wanted}
     for t in wanted:
         if t.required and present[t.name] is None:
-            raise UserError(f"required table {t.name}.csv.gz (or .csv) not found in {raw}")
+            raise UserError(f"required table {t.name}.csv.gz (or .csv) not found in {raw}{_where_mimic_is(raw)}")
     if has_ed and any(t.module == "ed" for t in wanted) and present.get("ed/edstays") is None:
         raise UserError(f"{raw / 'ed'}: MIMIC-IV-ED directory without edstays.csv.gz (or .csv): every ED "
                         "event is timed by its ED stay; add ed/edstays or remove the ed/ directory")
@@ -1344,6 +1391,29 @@ def _resolve_tables(raw: Path, cfg: EtlConfig) -> tuple[list, dict, list[str], d
             optional = {c for c in t.columns if c in OPTIONAL_COLUMNS}
             used_columns[t.name] = _check_columns(present[t.name], t.columns, optional, table=t.name)
     return wanted, present, missing, used_columns
+
+
+def _where_mimic_is(raw: Path, depth: int = 4) -> str:
+    """A hint naming the MIMIC-IV folders (holding hosp/patients) up to `depth` levels below `raw`.
+
+    `wget -r` from PhysioNet writes physionet.org/files/mimiciv/<version>/hosp/...: passing a
+    folder above the version's is a common slip. "" when none is found (or `raw` has hosp/).
+    """
+    def has_patients(hosp: Path) -> bool:
+        try:
+            return hosp.is_dir() and any(f.name.lower() in ("patients.csv.gz", "patients.csv") for f in hosp.iterdir())
+        except OSError:  # an unreadable folder: not where to look
+            return False
+
+    if any(d.name.lower() == "hosp" for d in raw.iterdir() if d.is_dir()):
+        return ""
+    found = []
+    for k in range(1, depth + 1):
+        found += [str(h.parent) for h in sorted(raw.glob("/".join(["[!.]*"] * k) + "/[hH][oO][sS][pP]")) if has_patients(h)]
+        if found:
+            more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
+            return f"; MIMIC-IV is in {', '.join(found[:3])}{more}: pass " + ("that folder" if len(found) == 1 else "one of them")
+    return ""
 
 
 def _etl_result(out, split_of, counts: dict, rows_in: dict, missing: list[str], account: dict, ctx: Context,
