@@ -313,3 +313,14 @@ def test_stats_record_the_largest_token_id_and_train_checks_ids_by_it(hand_meds,
         train(TrainConfig(tokens_dir=str(tmp_path / "t"), out_dir=str(tmp_path / "run"), tokens=1000, batch_size=2,
                           context=8))
     assert not (tmp_path / "run").exists()
+
+
+def test_min_count_with_a_fitted_tokenizer_is_its_own_or_refused(synth_tokens, synth_meds, tmp_path):
+    """--min-count with --tokenizer used to be silently ignored (the vocabulary is the tokenizer's):
+    a user asking for --min-count 1 got the fitted tokenizer's UNKs without a word."""
+    fitted = json.loads((synth_tokens / "tokenizer.json").read_text())["min_count"]
+    with pytest.raises(UserError, match=rf"was fitted with --min-count {fitted}, not 1: drop --min-count"):
+        tokenize(synth_meds, tmp_path / "t1", tokenizer=synth_tokens / "tokenizer.json", min_count=1)
+    assert not (tmp_path / "t1").exists()
+    tokenize(synth_meds, tmp_path / "t2", tokenizer=synth_tokens / "tokenizer.json", min_count=fitted)
+    assert json.loads((tmp_path / "t2" / "config.json").read_text())["min_count"] == fitted

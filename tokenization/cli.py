@@ -147,7 +147,8 @@ def register(sub) -> None:
     p.add_argument("meds", metavar="MEDS", help="MEDS dataset directory (with --decode: a token dir)")
     p.add_argument("--out", help="output token directory")
     p.add_argument("--tokenizer", metavar="TOK0/tokenizer.json", help="apply this tokenizer unchanged instead of fitting")
-    p.add_argument("--min-count", type=int, default=10, help="codes seen fewer times in train become UNK (default 10)")
+    p.add_argument("--min-count", type=int, default=None,
+                   help="codes seen fewer times in train become UNK (default 10; with --tokenizer, that tokenizer's)")
     p.add_argument("--codes", choices=("hierarchical", "flat"), default=None,
                    help="hierarchical: ICD codes as ETHOS-style hierarchy tokens, rare codes fall back to their "
                         "nearest frequent ancestor; flat: one token per code (default hierarchical; with "

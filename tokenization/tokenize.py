@@ -1,6 +1,6 @@
 """MEDS dataset dir -> token dir: ETHOS-style event tokens (DESIGN.md section 2).
 
-    tokenize(meds, out, tokenizer=None, overwrite=False, min_count=10, codes=None)
+    tokenize(meds, out, tokenizer=None, overwrite=False, min_count=None, codes=None)
 
 Fitted on the train split only (vocab, quantile edges) and applied unchanged to tuning and
 held_out; `tokenizer=<TOK0>/tokenizer.json` applies an existing tokenizer unchanged instead of
@@ -567,7 +567,7 @@ def _bin_to_npy(bin_path: Path, npy_path: Path, dtype, n: int, chunk: int = 1 <<
     bin_path.unlink()
 
 
-def _resolve(meds: Path, out, tokenizer, overwrite: bool, min_count: int, codes: str | None,
+def _resolve(meds: Path, out, tokenizer, overwrite: bool, min_count: int | None, codes: str | None,
              options: dict) -> tuple[TokenizeConfig, object, dict]:
     """Check tokenize()'s arguments and open its inputs.
 
@@ -577,11 +577,11 @@ def _resolve(meds: Path, out, tokenizer, overwrite: bool, min_count: int, codes:
     unknown = set(options) - {"n_quantiles"}
     if unknown:
         raise TypeError(f"tokenize() got unknown options: {sorted(unknown)}")
-    if min_count < 1:
+    if min_count is not None and min_count < 1:
         raise UserError(f"--min-count must be at least 1 (got {min_count})")
     cfg = TokenizeConfig(meds_dir=str(meds.resolve()), out=str(out),
                          tokenizer=str(Path(tokenizer).resolve()) if tokenizer else None,
-                         min_count=int(min_count), n_quantiles=int(options.get("n_quantiles", N_QUANTILES)))
+                         min_count=int(min_count if min_count is not None else TokenizeConfig.min_count), n_quantiles=int(options.get("n_quantiles", N_QUANTILES)))
     check_overwrite(out, overwrite, inputs=(meds, tokenizer))
     if codes is not None and codes not in CODE_MODES:
         raise UserError(f"--codes must be one of {', '.join(CODE_MODES)} (got {codes!r})")
@@ -591,6 +591,10 @@ def _resolve(meds: Path, out, tokenizer, overwrite: bool, min_count: int, codes:
         if codes is not None and codes != code_mode(tok):
             raise UserError(f"tokenizer {tokenizer} splits codes {code_mode(tok)}, not {codes}: "
                             f"drop --codes to apply it unchanged, or fit a new tokenizer")
+        # Its vocabulary was fitted with its own min_count: another would be silently ignored.
+        if min_count is not None and min_count != tok["min_count"]:
+            raise UserError(f"tokenizer {tokenizer} was fitted with --min-count {tok['min_count']}, not {min_count}: "
+                            "drop --min-count to apply it unchanged, or fit a new tokenizer")
         cfg.min_count, cfg.n_quantiles, cfg.codes = tok["min_count"], tok["n_quantiles"], code_mode(tok)
     else:
         cfg.codes = codes or HIERARCHICAL
@@ -648,7 +652,7 @@ def _split_stats(st: dict) -> dict:
 
 
 def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | os.PathLike | None = None,
-             overwrite: bool = False, min_count: int = 10, codes: str | None = None, **options) -> dict:
+             overwrite: bool = False, min_count: int | None = None, codes: str | None = None, **options) -> dict:
     """Tokenize a MEDS dataset into a token dir at `out`; return a summary dict (also stats.json).
 
     Args:
@@ -656,7 +660,8 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
         out: token dir to write (atomically).
         tokenizer: an existing tokenizer.json (or token dir) to apply unchanged, its code mode included.
         overwrite: replace `out` when it exists.
-        min_count: the least number of train events a code token must encode (when fitting).
+        min_count: the least number of train events a code token must encode (when fitting; default 10).
+            With `tokenizer`, only that tokenizer's own value is accepted: another would not apply.
         codes: "hierarchical" (default when fitting) or "flat"; with `tokenizer`, None or its own mode.
         **options: n_quantiles, the number of value bins per numeric code (default N_QUANTILES).
 
