@@ -374,8 +374,9 @@ def test_collect_with_labels_adds_utility_columns(local_sweep, synth_meds, tmp_p
     for r in table.to_pylist():
         assert r["status"] == "completed"
         assert 0.0 <= r["auroc/long_los"] <= 1.0 and 0.0 < r["auprc/long_los"] <= 1.0
-        assert 0.0 < r["auroc_se/long_los"] < 0.2
-        # 400 shared resamples (the default): centred on the run's AUROC, spread about its DeLong SE
+        # Clustered DeLong (patients with several stays): held_out has 6 positives of 5 patients, so ~0.2-0.26.
+        assert 0.0 < r["auroc_se/long_los"] < 0.35
+        # 400 shared resamples of patients (the default): centred on the run's AUROC, spread about its SE
         boot = np.array(r["auroc_boot/long_los"], dtype=float)
         assert boot.shape == (400,) and np.isfinite(boot).mean() > 0.95
         assert abs(np.nanmean(boot) - r["auroc/long_los"]) < 0.5 * r["auroc_se/long_los"]

@@ -28,8 +28,9 @@ history holds
     leak into the other's label;
 
 (f) a subject that is not in the MEDS data (or has no timed event there), or a prediction time
-    before the subject's first timed event or after its last: such a label has no history to
-    audit, and every head refuses it (ehrfm.clinical.histories, baseline.check_prediction_times);
+    before the subject's first timed event or after its last (MEDS_BIRTH is not one: `_timelines`):
+    such a label has no history to audit, and every head refuses it (ehrfm.clinical.histories,
+    baseline.check_prediction_times);
 
 and, for the dataset, (e) the result tables whose events sit at their chart (specimen) time
 although a lab value or culture result is known only when it is stored (MIMIC-IV's storetime:
@@ -63,6 +64,7 @@ from ehrfm.errors import UserError
 from ehrfm.meds_io import STAY_ID, MedsDataset, open_meds, scan_shard
 
 ADMISSION, DISCHARGE, ICU, DEATH = "HOSPITAL_ADMISSION//", "HOSPITAL_DISCHARGE//", "ICU_ADMISSION//", "MEDS_DEATH"
+BIRTH = "MEDS_BIRTH"  # not a timeline event for (f): the token dir has no birth token
 DIED = "HOSPITAL_DISCHARGE//DIED"
 STAY_ID_COLUMN = STAY_ID
 DATE_ONLY_KEY = "date_only_codes"
@@ -285,13 +287,20 @@ def _stays(ev: pl.DataFrame) -> pl.DataFrame:
 
 
 def _timelines(ds: MedsDataset) -> pl.DataFrame:
-    """subject_id, first, last: each subject's first and last timed event (us), over every shard."""
-    frames = [scan_shard(sh, ["subject_id", "time"]).filter(pl.col("time").is_not_null())
+    """subject_id, first, last: each subject's first and last timed event (us), over every shard.
+
+    MEDS_BIRTH is not an event of the timeline (the birth alone when there is no other): the token
+    dir has no birth token, so a label between the birth and the first recorded care has no history
+    there, and the heads refuse it (histories.locate_histories, baseline.check_prediction_times).
+    """
+    frames = [scan_shard(sh, ["subject_id", "time", "code"]).filter(pl.col("time").is_not_null())
               for shards in ds.shards.values() for sh in shards]
     if not frames:
         return pl.DataFrame(schema={"subject_id": pl.Int64, "first": pl.Int64, "last": pl.Int64})
+    care, birth = pl.col("time").filter(pl.col("code") != BIRTH), pl.col("time").filter(pl.col("code") == BIRTH).min()
     return (pl.concat(frames, how="vertical_relaxed").group_by("subject_id")
-            .agg(pl.col("time").min().dt.epoch("us").alias("first"), pl.col("time").max().dt.epoch("us").alias("last"))
+            .agg(care.min().fill_null(birth).dt.epoch("us").alias("first"),
+                 care.max().fill_null(birth).dt.epoch("us").alias("last"))
             .collect())
 
 

@@ -36,6 +36,7 @@ from ehrfm.clinical.common import (
     small_problem_threads,
     split_predictions,
     subsample_per_split,
+    warn_death_in_history,
     write_head_outputs,
 )
 from ehrfm.clinical.configs import BaselineConfig
@@ -44,6 +45,7 @@ from ehrfm.clinical.metrics import binary_metrics, format_metrics
 from ehrfm.errors import UserError
 from ehrfm.meds_io import SPLITS, MedsDataset, open_meds, scan_shard
 
+BIRTH_CODE = "MEDS_BIRTH"  # the age feature's source; not an event of the timeline (count_features)
 US = {"s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000, "y": 365 * 86_400_000_000}
 
 
@@ -104,11 +106,13 @@ def count_features(meds_dir, labels: pl.DataFrame, windows: list[tuple[str, int 
     """Code counts per label window, and each label's timeline bounds.
 
     Long-format counts (label_idx, feature, count) of codes in each window, and per-label
-    (label_idx, first_time, last_time, birth) timeline bounds.
+    (label_idx, first_time, last_time, birth, death) timeline bounds (death: the first MEDS_DEATH).
 
     Only events with time <= prediction_time (or static, time null) are counted; a null-time row
     of a code that is not static (a MEDS_DEATH without a time, ...) is dropped by the MEDS reader,
-    never counted as static. `meds_dir` is a dataset dir or an opened MedsDataset.
+    never counted as static. first_time / last_time: the subject's first and last timed event
+    other than MEDS_BIRTH (the token dir's timeline; the birth alone when there is no other).
+    `meds_dir` is a dataset dir or an opened MedsDataset.
     """
     ds = meds_dir if isinstance(meds_dir, MedsDataset) else open_meds(meds_dir)
     keys = labels.select(
@@ -128,11 +132,16 @@ def count_features(meds_dir, labels: pl.DataFrame, windows: list[tuple[str, int 
         )
         if ev.height == 0:
             continue
+        # The timeline runs from the first to the last timed event other than the birth, as in the
+        # token dir (the tokenizer emits no MEDS_BIRTH token): a label before any recorded care has
+        # no history there, so every head refuses it alike (audit (f)).
+        care = pl.col("t").filter(pl.col("code") != BIRTH_CODE)
         bounds.append(
             ev.group_by("subject_id").agg(
-                pl.col("t").min().alias("first_time"),
-                pl.col("t").max().alias("last_time"),
-                pl.col("t").filter(pl.col("code") == "MEDS_BIRTH").min().alias("birth"),
+                care.min().alias("first_time"),
+                care.max().alias("last_time"),
+                pl.col("t").filter(pl.col("code") == BIRTH_CODE).min().alias("birth"),
+                pl.col("t").filter(pl.col("code") == "MEDS_DEATH").min().alias("death"),
             )
         )
         ev = ev.join(keys, on="subject_id").filter(pl.col("t").is_null() | (pl.col("t") <= pl.col("pred")))
@@ -146,8 +155,9 @@ def count_features(meds_dir, labels: pl.DataFrame, windows: list[tuple[str, int 
     if not bounds:
         raise UserError(f"MEDS dataset {meds_dir} has no events for the labels' subjects")
     bounds = pl.concat(bounds).group_by("subject_id").agg(
-        pl.col("first_time").min(), pl.col("last_time").max(), pl.col("birth").min()
-    )
+        pl.col("first_time").min(), pl.col("last_time").max(), pl.col("birth").min(), pl.col("death").min()
+    ).with_columns(  # only a birth: the timeline is that instant (the tokenizer's fallback)
+        pl.col("first_time").fill_null(pl.col("birth")), pl.col("last_time").fill_null(pl.col("birth")))
     counts = pl.concat(counts) if counts else pl.DataFrame(schema={"label_idx": pl.Int64, "feature": pl.Utf8, "count": pl.UInt32})
     counts = counts.group_by("label_idx", "feature").agg(pl.col("count").sum())
     return counts, keys.join(bounds, on="subject_id", how="left")
@@ -198,6 +208,8 @@ def prepare(cfg: BaselineConfig):
     labels = labels.with_row_index("label_idx").with_columns(pl.col("label_idx").cast(pl.Int64))
     counts, keys = count_features(ds, labels, parse_windows(cfg.windows))
     check_prediction_times(keys, cfg.labels, f"MEDS dataset {cfg.meds_dir}")
+    dead = keys.filter(pl.col("death") <= pl.col("pred"))  # the same warning as the token heads (histories)
+    warn_death_in_history(cfg.labels, dead.height, dead["subject_id"].n_unique())
     train_idx = np.flatnonzero(labels["split"].to_numpy() == "train")
     x, names = feature_matrix(counts, keys, train_idx, cfg.min_count)
     return labels, x, names

@@ -37,6 +37,22 @@ def subsample_per_split(labels: pl.DataFrame, max_labels: int | None, seed: int)
     return pl.concat(parts)
 
 
+def warn_death_in_history(labels_path, n_rows: int, n_subjects: int) -> None:
+    """One warning line: n_rows labels (of n_subjects) have the subject's death at or before their prediction time.
+
+    Such a history holds MEDS_DEATH: a mortality outcome is then known, and every task of `ehrfm
+    labels` excludes the row (died_before_prediction_time). A user's label file may hold them
+    (a prediction after death); the heads score them as asked, but say so (the token heads and the
+    baseline alike).
+    """
+    from ehrfm.io import warn
+
+    if n_rows:
+        warn(f"label file {labels_path}: {n_rows} rows ({n_subjects} subjects) have the subject's death (MEDS_DEATH) at or "
+             "before their prediction_time, in their history: the outcome may be known (`ehrfm labels` excludes such rows; "
+             "see `ehrfm audit`)")
+
+
 def require_two_classes(y: np.ndarray, split: str, task: str) -> None:
     """Refuse labels y (n,) of one split that are empty or all one class.
 

@@ -7,7 +7,8 @@ the future (for example no readmission). Models read at most the last `context` 
 
 Bad input is refused with one error naming the problem and the number of affected rows:
 subjects missing from the token dir, and prediction times outside a subject's timeline (before
-its first token or after its last).
+its first token or after its last). Labels whose history holds the subject's death (MEDS_DEATH
+at or before the prediction time) are kept with one warning line (common.warn_death_in_history).
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from functools import cached_property
 import numpy as np
 import polars as pl
 
+from ehrfm.clinical.common import warn_death_in_history
 from ehrfm.errors import UserError
 from ehrfm.tokens import TokenDir
 
 # Special tokens that mark the end of a timeline (the tokenizer's name first).
 END_TOKENS = ("TIMELINE_END", "END", "EOS", "<eos>", "</s>")
+DEATH_TOKEN = "MEDS_DEATH"
 
 
 @dataclass
@@ -72,6 +75,9 @@ def locate_histories(td: TokenDir, labels: pl.DataFrame, labels_path: str | os.P
         )
     pred = labels["prediction_time"].cast(pl.Datetime("us")).dt.epoch("us").to_numpy().astype(np.int64)
     ends = end_token_ids(td)
+    death = td.token_id(DEATH_TOKEN) if DEATH_TOKEN in set(td.vocab) else None
+    first_death: dict[int, int] = {}  # subject -> flat index of its first MEDS_DEATH token (its end when none)
+    dead_rows, dead_subjects = 0, set()
     split_names, start, stop = [], np.empty(len(sids), np.int64), np.empty(len(sids), np.int64)
     outside = 0
     unsorted: set[int] = set()
@@ -93,6 +99,13 @@ def locate_histories(td: TokenDir, labels: pl.DataFrame, labels_path: str | os.P
             cut -= 1
         split_names.append(name)
         start[k], stop[k] = a, cut
+        if death is not None:
+            if int(sid) not in first_death:
+                hits = np.flatnonzero(np.asarray(sp.tokens[a:b]) == death)
+                first_death[int(sid)] = a + int(hits[0]) if len(hits) else b
+            if first_death[int(sid)] < cut:
+                dead_rows += 1
+                dead_subjects.add(int(sid))
     if outside:
         raise UserError(
             f"label file {labels_path}: {outside} rows have a prediction_time outside the subject's timeline in token dir {td.path} "
@@ -100,6 +113,7 @@ def locate_histories(td: TokenDir, labels: pl.DataFrame, labels_path: str | os.P
         )
     if unsorted:
         raise UserError(f"token dir {td.path}: token times decrease within {len(unsorted)} subjects' timelines; cannot cut histories")
+    warn_death_in_history(labels_path, dead_rows, len(dead_subjects))
     return Histories(labels.with_columns(pl.Series("split", split_names, dtype=pl.Utf8)), start, stop)
 
 

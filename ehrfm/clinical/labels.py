@@ -96,6 +96,8 @@ UNKNOWN_DISCHARGE_LOCATIONS = frozenset({"", "DIED", "UNK", "UNKNOWN", "NONE", "
 
 US_PER_HOUR = 3_600_000_000
 US_PER_DAY = 24 * US_PER_HOUR
+# The MEDS label schema's other value columns (a label file may use one instead of boolean_value).
+OTHER_LABEL_VALUES = ("integer_value", "float_value", "categorical_value")
 
 
 @dataclass
@@ -590,12 +592,19 @@ def read_labels(path: str | os.PathLike, allow_empty: bool = False) -> pl.DataFr
                 if old:
                     raise UserError(f"label file {f} lacks column {col!r} (found {old[0]!r}: the name used before "
                                     f"MEDS 0.4); ehrfm reads the MEDS {MEDS_VERSION} label schema")
-                raise UserError(f"label file {f} lacks column {col!r} (MEDS label schema; binary tasks need boolean_value)")
+                has = [c for c in OTHER_LABEL_VALUES if c in cols]
+                raise UserError(f"label file {f} lacks column {col!r} (MEDS label schema; binary tasks need boolean_value"
+                                + (f"; it has {', '.join(has)}: convert the labels to boolean_value)" if has else ")"))
         frame = pl.from_arrow(table.select(["subject_id", "prediction_time", "boolean_value"]))
         for col in ("subject_id", "prediction_time", "boolean_value"):
             nulls = frame[col].null_count()
             if nulls:
-                raise UserError(f"label file {f}: column {col} has {nulls} null rows")
+                # A MEDS label file may hold its label in another value column; say where it is,
+                # as the heads (binary tasks) read boolean_value only.
+                other = [f"{c} has {len(table[c]) - table[c].null_count}" for c in OTHER_LABEL_VALUES
+                         if col == "boolean_value" and c in cols and table[c].null_count < len(table[c])]
+                hint = f" ({', '.join(other)} values: binary tasks read boolean_value only; convert the labels to it)" if other else ""
+                raise UserError(f"label file {f}: column {col} has {nulls} null rows{hint}")
         _check_label_types(f, frame)
         for col, dtype in (("subject_id", pl.Int64), ("prediction_time", pl.Datetime("us")), ("boolean_value", pl.Boolean)):
             # Values the type check lets through but the schema's type cannot hold (a uint64 id past

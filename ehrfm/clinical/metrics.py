@@ -3,9 +3,11 @@
 Every head writes `metrics.json` through `binary_metrics`: task, n, n_positive, prevalence,
 AUROC and AUPRC with percentile-bootstrap 95% intervals, and a calibration summary (Brier score,
 expected calibration error over 10 equal-width bins, calibration intercept and slope from a
-logistic regression of the outcome on logit(p)). `auroc_se` is DeLong's standard error of the
+logistic regression of the outcome on logit(p)). `auroc_se` is the analytic standard error of the
 AUROC (no resampling), which sweeps carry into the results table so that utility laws can be
-fitted with each point's measurement noise.
+fitted with each point's measurement noise: DeLong's when each subject has one label, else the
+clustered DeLong variance of Obuchowski (1997) with subjects as the independent units, as the
+bootstrap below resamples them; `auroc_se_method` says which.
 
 Resampling: subjects with replacement, each with all of its labels, when the labels' subjects
 are given and some subject has several (the stays of one patient are not independent:
@@ -29,6 +31,8 @@ import numpy as np
 from ehrfm.errors import UserError
 
 MIN_CLASS_FOR_INTERVAL = 10  # labels of each class needed for a bootstrap interval (module docstring)
+SE_DELONG = "DeLong 1988 (labels independent)"  # metrics.json "auroc_se_method"
+SE_CLUSTERED = "clustered DeLong, Obuchowski 1997 (subjects independent, their labels not)"
 
 
 def _calibration_fit(y: np.ndarray, p: np.ndarray) -> tuple[float | None, float | None]:
@@ -67,12 +71,21 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> 
     return float(ece)
 
 
-def auroc_standard_error(y: np.ndarray, p: np.ndarray) -> float | None:
-    """DeLong et al. (1988) standard error of the AUROC of scores p for labels y (None for one class).
+def auroc_standard_error(y: np.ndarray, p: np.ndarray, groups: np.ndarray | None = None) -> float | None:
+    """Standard error of the AUROC of scores p (n,) for labels y (n,); None with < 2 of a class.
 
-    Placement values: V10_i is the share of negatives a positive outscores (ties count half),
-    V01_j the share of positives that outscore a negative; var = var(V10)/m + var(V01)/n.
-    Computed from midranks in O(n log n).
+    Without `groups`: DeLong et al. (1988). Placement values: V10_j is the share of negatives
+    positive j outscores (ties count half), V01_k the share of positives that outscore negative k;
+    var = var(V10)/m + var(V01)/n. Computed from midranks in O(n log n).
+
+    With `groups` (n,), the subject of each label: the clustered DeLong variance of Obuchowski
+    (1997, Biometrics 53:567). The labels of one subject (its stays) are not independent, so the
+    placements are summed per subject and the subjects are the independent units:
+    var = S10/m + S01/n + 2 S11/(m n), with S10 = I10/((I10-1) m) sum_i (V10_i - m_i A)^2 over the
+    I10 subjects with a positive, S01 likewise, S11 = I/(I-1) sum_i (V10_i - m_i A)(V01_i - n_i A).
+    With one label per subject it equals DeLong's; with several it is as a rule wider (DeLong
+    treating 10 identical stays of 40 patients as 400 labels gives an SE sqrt(10) times too small).
+    None when fewer than 2 subjects have a positive (or a negative).
     """
     from scipy.stats import rankdata
 
@@ -85,7 +98,23 @@ def auroc_standard_error(y: np.ndarray, p: np.ndarray) -> float | None:
     rank_all = rankdata(np.concatenate([pos, neg]))
     v10 = (rank_all[:m] - rankdata(pos)) / n
     v01 = 1.0 - (rank_all[m:] - rankdata(neg)) / m
-    return float(np.sqrt(v10.var(ddof=1) / m + v01.var(ddof=1) / n))
+    if groups is None:
+        return float(np.sqrt(v10.var(ddof=1) / m + v01.var(ddof=1) / n))
+    _, subject = np.unique(np.asarray(groups), return_inverse=True)
+    subject = subject.reshape(-1)
+    n_subj = int(subject.max()) + 1
+    auc = v10.mean()
+    m_i = np.bincount(subject[y], minlength=n_subj)
+    n_i = np.bincount(subject[~y], minlength=n_subj)
+    d10 = np.bincount(subject[y], weights=v10, minlength=n_subj) - m_i * auc  # per subject, 0 without positives
+    d01 = np.bincount(subject[~y], weights=v01, minlength=n_subj) - n_i * auc
+    i10, i01 = int((m_i > 0).sum()), int((n_i > 0).sum())
+    if i10 < 2 or i01 < 2:
+        return None
+    s10 = i10 / ((i10 - 1) * m) * float((d10**2).sum())
+    s01 = i01 / ((i01 - 1) * n) * float((d01**2).sum())
+    s11 = n_subj / (n_subj - 1) * float((d10 * d01).sum())
+    return float(np.sqrt(max(s10 / m + s01 / n + 2 * s11 / (m * n), 0.0)))
 
 
 def shared_bootstrap_auroc(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int,
@@ -209,7 +238,8 @@ def binary_metrics(y, p, task: str, n_boot: int = 1000, seed: int = 0, groups=No
             intervals resample subjects (bootstrap_ci), and "bootstrap" says so ("unit").
 
     Returns:
-        {task, n, n_positive, prevalence, auroc, auroc_ci, auroc_se (DeLong et al. 1988), auprc,
+        {task, n, n_positive, prevalence, auroc, auroc_ci, auroc_se, auroc_se_method (DeLong et al.
+        1988, or its clustered form when a subject has several labels: auroc_standard_error), auprc,
         auprc_ci, bootstrap, calibration: {brier, ece_10_bins, intercept, slope, mean_predicted}};
         the AUROC and AUPRC entries are None (with a "note") when y has a single class; the
         intervals are None (with a "note" giving the counts) when a class has fewer than
@@ -240,7 +270,9 @@ def binary_metrics(y, p, task: str, n_boot: int = 1000, seed: int = 0, groups=No
             raise ValueError("groups and y differ in length")
         clustered = groups is not None and len(np.unique(np.asarray(groups))) < len(y)
         out["auroc_ci"], used = bootstrap_ci(y, p, roc_auc_score, boot, seed, groups)
-        out["auroc_se"] = auroc_standard_error(y, p)
+        # The SE follows the interval's unit: subjects when some have several labels (clustered).
+        out["auroc_se"] = auroc_standard_error(y, p, groups if clustered else None)
+        out["auroc_se_method"] = SE_CLUSTERED if clustered else SE_DELONG
         out["auprc"] = float(average_precision_score(y, p))
         out["auprc_ci"], _ = bootstrap_ci(y, p, average_precision_score, boot, seed, groups)
         out["bootstrap"] = {"resamples": boot, "used": used, "interval": "percentile 95%",
@@ -249,7 +281,7 @@ def binary_metrics(y, p, task: str, n_boot: int = 1000, seed: int = 0, groups=No
             out["note"] = (f"{n_pos} positive and {len(y) - n_pos} negative labels: no interval with fewer than "
                            f"{MIN_CLASS_FOR_INTERVAL} of a class (a bootstrap interval would be falsely narrow)")
     else:
-        out.update(auroc=None, auroc_ci=None, auroc_se=None, auprc=None, auprc_ci=None)
+        out.update(auroc=None, auroc_ci=None, auroc_se=None, auroc_se_method=None, auprc=None, auprc_ci=None)
         out["note"] = "held_out labels have a single class: AUROC and AUPRC are undefined"
     intercept, slope = _calibration_fit(y, p)
     out["calibration"] = {

@@ -1,7 +1,8 @@
 """Clinical utility of one run, for sweeps: a linear probe per task on a fixed label sample.
 
 `ehrfm sweep collect SWEEP --labels LABELS_DIR` calls `score_run` for each completed run and
-adds the returned `auroc/<task>`, `auroc_se/<task>` (DeLong standard error on the same sample),
+adds the returned `auroc/<task>`, `auroc_se/<task>` (DeLong standard error on the same sample, clustered by
+patient when a patient has several labels: metrics.auroc_standard_error),
 `auprc/<task>` and `auroc_boot/<task>` (AUROC on resamples shared by every run) columns to the results table, so analysis can fit utility against compute
 with each point's measurement noise. The label sample depends only on the label files, max_labels
 and the seed, never on the run: every run of a sweep is scored on the same labels.
@@ -59,7 +60,7 @@ def score_run(
         pooling: the probe's representation (ProbeConfig.pooling).
 
     Returns:
-        Per task: auroc/<task>, auroc_se/<task> (DeLong) and auprc/<task> of the held_out labels
+        Per task: auroc/<task>, auroc_se/<task> (DeLong, clustered by subject) and auprc/<task> of the held_out labels
         (None when they have one class), and auroc_boot/<task> (a list) when n_boot > 0: the
         columns `sweep collect --labels` adds to the results table.
 
@@ -89,12 +90,12 @@ def score_run(
                           batch_size=batch_size, device=device, bootstrap=0, seed=seed, max_labels=max_labels, task=task,
                           pooling=pooling)
         p, _ = probe_scores(model, td, h, ctx, cfg, task, features)
-        m = binary_metrics(h.y[ho], p[ho], task, n_boot=0, seed=seed)
+        subjects = h.labels["subject_id"].to_numpy()[ho]  # the SE (and replicates) treat patients, not stays, as independent
+        m = binary_metrics(h.y[ho], p[ho], task, n_boot=0, seed=seed, groups=subjects)
         out[f"auroc/{task}"] = m["auroc"] if m["auroc"] is None else float(m["auroc"])
         out[f"auroc_se/{task}"] = m["auroc_se"]
         out[f"auprc/{task}"] = m["auprc"] if m["auprc"] is None else float(m["auprc"])
         if n_boot > 0:
-            subjects = h.labels["subject_id"].to_numpy()[ho]  # replicates resample patients, not their stays
             out[f"auroc_boot/{task}"] = shared_bootstrap_auroc(h.y[ho], p[ho], n_boot, seed, subjects).tolist()
     return out
 

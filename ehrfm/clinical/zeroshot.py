@@ -28,7 +28,10 @@ train split (`interval_durations`), from the time of the last history token.
   that (a death does not end the stay: the label counts the discharge).
 - readmission_30d: outcome HOSPITAL_ADMISSION//* at simulated time <= prediction time +
   readmission_days; competing simulated time passing that bound first, MEDS_DEATH or
-  TIMELINE_END.
+  TIMELINE_END. An admission at simulated time <= prediction time + transfer_hours is a transfer,
+  as `ehrfm labels` rules (it excludes such a stay): the rollout ends "transferred", counted
+  apart (`transfer_share`) and left out of the label's share under either undecided rule, as
+  that future has no readmission label.
 
 Probability and undecided rollouts. With `undecided="exclude"` (default) a label's probability
 is its share of outcome among its decided rollouts (outcome or competing); a label with no
@@ -69,7 +72,7 @@ CACHE_BUDGET_BYTES = 1 << 30  # default KV cache per batch: every rollout of a s
 US_PER_HOUR = 3_600_000_000
 US_PER_DAY = 24 * US_PER_HOUR
 # the defaults of `ehrfm labels` (ehrfm.clinical.labels.LabelConfig), used when a label file has no config beside it
-LABEL_DEFAULTS = {"gap_hours": 24.0, "long_los_days": 7.0, "readmission_days": 30.0}
+LABEL_DEFAULTS = {"gap_hours": 24.0, "long_los_days": 7.0, "readmission_days": 30.0, "transfer_hours": 1.0}
 
 
 
@@ -161,8 +164,9 @@ def outcome_tokens(td: TokenDir, task: str) -> tuple[list[int], list[int]]:
 def label_options(labels_path: str | os.PathLike) -> dict:
     """The label windows a label file was made with.
 
-    gap_hours, long_los_days, readmission_days of a label file: from the `config` of the
-    `<stem>.json` that `ehrfm labels` writes beside it, else the defaults (and which was used).
+    gap_hours, long_los_days, readmission_days, transfer_hours of a label file: from the `config`
+    of the `<stem>.json` that `ehrfm labels` writes beside it, else (or for a key it lacks) the
+    defaults; "source" says which file, if any, was read.
     """
     side = Path(labels_path).with_suffix(".json")
     found = {}
@@ -172,7 +176,7 @@ def label_options(labels_path: str | os.PathLike) -> dict:
         except (OSError, ValueError, AttributeError):
             found = {}
     opts = {k: float(found.get(k, v)) for k, v in LABEL_DEFAULTS.items()}
-    opts["source"] = str(side) if all(k in found for k in LABEL_DEFAULTS) else "defaults of `ehrfm labels`"
+    opts["source"] = str(side) if any(k in found for k in LABEL_DEFAULTS) else "defaults of `ehrfm labels`"
     return opts
 
 
@@ -185,6 +189,17 @@ def time_limits(task: str, prediction_us: np.ndarray, last_us: np.ndarray, opts:
     else:
         return np.full(len(last_us), np.inf)
     return bound.astype(np.float64) - last_us.astype(np.float64)
+
+
+def transfer_limits(task: str, prediction_us: np.ndarray, last_us: np.ndarray, opts: dict) -> np.ndarray:
+    """(L,) readmission only: an admission at most this long (us) after the last history token is a transfer.
+
+    The bound is prediction time (the discharge) + transfer_hours, as `ehrfm labels` applies it;
+    -inf for the other tasks (no admission is a transfer).
+    """
+    if task != "readmission_30d":
+        return np.full(len(last_us), -np.inf)
+    return (prediction_us + opts["transfer_hours"] * US_PER_HOUR).astype(np.float64) - last_us.astype(np.float64)
 
 
 def slide_cache(model, cache, drop: int = 1) -> None:
@@ -218,10 +233,12 @@ class Rollouts:
     competing: np.ndarray  # (L,) int
     undecided: np.ndarray  # (L,) int
     tokens: np.ndarray  # (L,) total tokens sampled over the label's rollouts
+    transferred: np.ndarray | None = None  # (L,) int: readmission rollouts ended by a transfer (none of the above)
 
 
 def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: RolloutSpec, limits: np.ndarray,
-                  n_samples: int, max_new_tokens: int, temperature: float, device, pad_id: int = 0) -> Rollouts:
+                  n_samples: int, max_new_tokens: int, temperature: float, device, pad_id: int = 0,
+                  transfers: np.ndarray | None = None) -> Rollouts:
     """Roll out n_samples continuations of each of L prompts (1-D token arrays, any lengths) at once.
 
     Prompts are left-padded to the longest and the padding is masked (GPT.forward_step's `pad`).
@@ -230,7 +247,9 @@ def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: Roll
     while any of the label's rollouts runs, so a label's rollouts depend only on its seed, never on
     which labels share its batch. A rollout is decided at the first token that meets the task's
     outcome or competing rule (time is checked first: an interval token that crosses the bound
-    decides before the event it precedes).
+    decides before the event it precedes). transfers: (L,) per label, an outcome token at simulated
+    time <= this (us after its last history token) ends the rollout as a transfer (readmission:
+    `transfer_limits`), neither outcome nor competing; None: no transfer rule.
     """
     import torch
 
@@ -258,6 +277,8 @@ def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: Roll
     n_tok = torch.zeros(L * S, dtype=torch.long, device=device)
     elapsed = torch.zeros(L * S, dtype=torch.float64, device=device)
     limit = torch.as_tensor(np.asarray(limits, dtype=np.float64), device=device).repeat_interleave(S)
+    transfer = None if transfers is None else torch.as_tensor(
+        np.asarray(transfers, dtype=np.float64), device=device).repeat_interleave(S)
     V = logits.shape[-1]
     for step in range(max_new_tokens):
         labels = torch.unique(alive // S)  # sorted; each draws its full (S, V) block
@@ -275,6 +296,8 @@ def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: Roll
             else:
                 hit_out, hit_comp = hit_out & ~crossed, hit_comp | crossed
         res = torch.where(hit_out, 1, torch.where(hit_comp, -1, 0)).to(torch.int8)
+        if transfer is not None:  # an admission within transfer_hours of the discharge: no readmission label (labels.py)
+            res = torch.where(hit_out & (elapsed[alive] <= transfer[alive]), torch.full_like(res, 2), res)
         result[alive] = res
         running = res == 0
         if not bool(running.any()) or step == max_new_tokens - 1:
@@ -288,7 +311,8 @@ def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: Roll
         ragged = ragged and bool(pad.any())
         logits = model.forward_step(nxt[:, None], cache, pad=pad if ragged else None)[:, -1]
     r = result.view(L, S).cpu().numpy()
-    return Rollouts((r == 1).sum(1), (r == -1).sum(1), (r == 0).sum(1), n_tok.view(L, S).sum(1).cpu().numpy())
+    return Rollouts((r == 1).sum(1), (r == -1).sum(1), (r == 0).sum(1), n_tok.view(L, S).sum(1).cpu().numpy(),
+                    (r == 2).sum(1))
 
 
 def rollout_groups(lengths: np.ndarray, labels_per_batch: int):
@@ -326,11 +350,12 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
     last_us = np.array([int(td.split(h.split[int(k)]).times[int(h.stop[int(k)]) - 1]) for k in rows], dtype=np.int64)
     pred_us = h.labels["prediction_time"].cast(pl.Datetime("us")).dt.epoch("us").to_numpy()[rows]
     limits = dict(zip((int(k) for k in rows), time_limits(task, pred_us, last_us, opts or LABEL_DEFAULTS), strict=True))
+    transfers = dict(zip((int(k) for k in rows), transfer_limits(task, pred_us, last_us, opts or LABEL_DEFAULTS), strict=True))
     lengths = np.array([len(prompts[int(k)]) for k in rows])
     rows_per_batch = cfg.batch_size or CACHE_BUDGET_BYTES // (2 * mcfg_bytes(model, context))
     labels_per_batch = max(1, rows_per_batch // cfg.n_samples)
     n = len(h.start)
-    counts = np.zeros((n, 4), dtype=np.int64)  # outcome, competing, undecided, tokens
+    counts = np.zeros((n, 5), dtype=np.int64)  # outcome, competing, undecided, tokens, transferred
     device = torch.device(cfg.device)
     pad_id = td.token_id("PAD") if "PAD" in set(td.vocab) else 0  # any id: padding is masked
     with torch.no_grad():
@@ -338,8 +363,9 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
             ks = [int(rows[g]) for g in group]
             seeds = [cfg.seed * 1_000_003 + k for k in ks]
             r = rollout_batch(model, [prompts[k] for k in ks], seeds, spec, np.array([limits[k] for k in ks]),
-                              cfg.n_samples, max_new, cfg.temperature, device, pad_id)
-            counts[ks] = np.stack([r.outcome, r.competing, r.undecided, r.tokens], axis=1)
+                              cfg.n_samples, max_new, cfg.temperature, device, pad_id,
+                              np.array([transfers[k] for k in ks]) if task == "readmission_30d" else None)
+            counts[ks] = np.stack([r.outcome, r.competing, r.undecided, r.tokens, r.transferred], axis=1)
             if bar is not None:
                 bar.update(len(ks))
     c = counts[rows]
@@ -350,6 +376,7 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
     extras = {
         "max_new_tokens": max_new,
         "undecided_share": float(c[:, 2].sum() / n_roll),
+        "transfer_share": float(c[:, 4].sum() / n_roll),  # readmission: rollouts ended by a transfer
         "undecided_rule": cfg.undecided,
         "labels_without_decided_rollout": none,
         "outcome_share": float(c[:, 0].sum() / n_roll),
@@ -375,7 +402,8 @@ def zeroshot(cfg: ZeroShotConfig, out: str | os.PathLike, overwrite: bool = Fals
     """Zero-shot rollouts of one task; writes OUT/metrics.json, predictions.parquet, config.json.
 
     Returns the metrics: binary_metrics (AUROC with bootstrap 95% interval, DeLong SE, ...) plus
-    undecided_share, labels_without_decided_rollout, max_new_tokens, rollout_tokens_mean, wall_s.
+    undecided_share, transfer_share (readmission), labels_without_decided_rollout, max_new_tokens,
+    rollout_tokens_mean, wall_s.
 
     Raises:
         UserError: an unsupported task, a --task other than the label file's (labels.head_labels),
@@ -429,8 +457,8 @@ def score_run_zeroshot(
 
     One rollout evaluation per task at the defaults (max_labels labels per split, seeded sample,
     n_samples rollouts each). With cache_dir, each task's result is kept in
-    cache_dir/<task>.json under a key of the settings, the label file's bytes and the run's
-    result.json, and reused while the key matches: collecting again skips finished work and an
+    cache_dir/<task>.json under a key of the settings, the label file's bytes and windows
+    (label_options) and the run's result.json, and reused while the key matches: collecting again skips finished work and an
     interrupted collect resumes where it stopped.
     """
     from ehrfm.clinical.model_io import load_run, resolve_context
@@ -449,7 +477,10 @@ def score_run_zeroshot(
                              max_labels=max_labels, n_samples=n_samples)
         key = {"config": {k: v for k, v in asdict(cfg).items() if k not in ("run_dir", "tokens_dir", "labels", "device", "batch_size")},
                "labels_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(), "run": run_key,
-               "tokenizer": td.fingerprint}
+               "tokenizer": td.fingerprint,
+               # the label windows the rollouts follow (the sidecar's; the transfer rule is new here,
+               # so scores cached without it are not reused)
+               "windows": {k: v for k, v in label_options(path).items() if k != "source"}}
         key = json.loads(json.dumps(key))  # as stored: tuples become lists
         cached = Path(cache_dir) / f"{task}.json" if cache_dir is not None else None
         if cached is not None and cached.is_file():
@@ -469,7 +500,8 @@ def score_run_zeroshot(
             raise UserError(f"task {task}: no labels in the held_out split of {path}")
         _check(cfg, task)
         p, extras = _run_rollouts(cfg, td, h, model, context, task, rows)
-        m = binary_metrics(h.y[rows], as_stored(p)[rows], task, n_boot=0, seed=seed)
+        m = binary_metrics(h.y[rows], as_stored(p)[rows], task, n_boot=0, seed=seed,
+                           groups=h.labels["subject_id"].to_numpy()[rows])  # an SE clustered by patient
         scores = {f"zeroshot_auroc/{task}": m["auroc"], f"zeroshot_auroc_se/{task}": m["auroc_se"],
                   f"zeroshot_undecided/{task}": extras["undecided_share"]}
         if cached is not None:
