@@ -250,3 +250,19 @@ def test_labels_after_the_death_are_scored_with_one_warning(tmp_path, capsys):
     for err in (token_err, baseline_err):
         assert err.count("\n") == 1 and "1 rows (1 subjects) have the subject's death (MEDS_DEATH)" in err, err
         assert "2150" not in err  # counts, never times
+
+
+def test_a_missing_age_is_filled_from_train_labels_only():
+    """The count baseline's age column: a label without a birth row took the mean age over every
+    split, so held-out ages reached the training features (covariate leakage, not label leakage)."""
+    from ehrfm.clinical.baseline import US, feature_matrix
+
+    t0 = 5_000_000_000_000_000  # times as count_features keeps them: epoch microseconds
+    keys = pl.DataFrame({"pred": [t0] * 4, "birth": [t0 - a * US["y"] if a else None for a in (20, 40, None, 90)]},
+                        schema={"pred": pl.Int64, "birth": pl.Int64})
+    counts = pl.DataFrame({"label_idx": [0, 1, 2, 3], "feature": ["A"] * 4, "count": [1] * 4},
+                          schema={"label_idx": pl.Int64, "feature": pl.String, "count": pl.Int64})
+    x, names = feature_matrix(counts, keys, train_idx=np.array([0, 1, 2]), min_count=1)
+    age = x.toarray()[:, names.index("age_years")]
+    assert age[2] == pytest.approx(30.0, abs=0.01)  # the train mean (20, 40), not (20, 40, 90)'s 50
+    assert age[3] == pytest.approx(90.0, abs=0.01)

@@ -194,7 +194,10 @@ def feature_matrix(counts: pl.DataFrame, keys: pl.DataFrame, train_idx: np.ndarr
         dtype=np.float32,
     )
     age = ((keys["pred"] - keys["birth"]) / US["y"]).fill_null(np.nan).to_numpy().astype(np.float32)
-    age = np.nan_to_num(age, nan=float(np.nanmean(age)) if np.isfinite(age).any() else 0.0)
+    # A missing age (no birth row) takes the train labels' mean: a mean over every split would carry
+    # the held-out labels' ages into the training features.
+    train_age = age[train_idx]
+    age = np.nan_to_num(age, nan=float(np.nanmean(train_age)) if np.isfinite(train_age).any() else 0.0)
     x = sp.hstack([x, sp.csr_matrix(age.reshape(-1, 1))], format="csr")
     return x, names + ["age_years"]
 
