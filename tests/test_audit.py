@@ -93,7 +93,7 @@ def test_each_leak_is_counted_per_task(tmp_path):
     text = "\n".join(format_audit(res))
     assert "| in_hospital_mortality | 6 | 2 (33.3%) | 1 (16.7%) | 1 (16.7%) | 1 (16.7%) |" in text
     # the ETL's counts as words, not a JSON dump
-    assert "ETL drop/duplicate counts (its metadata): dropped_events: hosp/x: no_hadm 2; duplicates_dropped: hosp/labevents 3." in text
+    assert "ETL drop/duplicate counts (its metadata): dropped_events: hosp/x no_hadm 2; duplicates_dropped: hosp/labevents 3." in text
     assert main(["audit", str(meds), "--labels", str(labels), "--out", str(tmp_path / "audit.json")]) == 1
     saved = json.loads((tmp_path / "audit.json").read_text())
     assert saved["clean"] is False and saved["tasks"]["in_hospital_mortality"]["date_only_same_day"] == 1
@@ -196,3 +196,16 @@ def test_date_only_sources_from_ehrfm_etl_metadata(tmp_path):
     assert res.etl_counts == {"duplicates_dropped": {"hosp/labevents": 4},
                               "dropped_by_table": {"hosp/labevents": {"duplicate": 4}}}
     assert audit(meds, tmp_path / "readm.parquet").tasks["readmission_30d"].date_only_same_day == 0
+
+
+def test_etl_counts_name_each_group_and_table_once():
+    """The audit's ETL-count line repeated its group and table before every reason
+    ("dropped_by_table: hosp/emar_detail: a 1; dropped_by_table: hosp/emar_detail: b 2; ...")."""
+    from ehrfm.clinical.audit import _counts_text
+
+    counts = {"dropped_by_table": {"hosp/emar": {"missing_medication": 1576},
+                                   "hosp/emar_detail": {"administration_summary_row": 35835, "no_dose_given": 3616, "none": 0}},
+              "duplicates_dropped": {"hosp/labevents": 18, "hosp/omr": 127}, "empty": {}}
+    assert _counts_text(counts) == ("dropped_by_table: hosp/emar missing_medication 1,576, hosp/emar_detail "
+                                    "(administration_summary_row 35,835, no_dose_given 3,616); "
+                                    "duplicates_dropped: hosp/labevents 18, hosp/omr 127")

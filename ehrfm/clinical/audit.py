@@ -452,17 +452,33 @@ def _fmt(x: int | None, n: int) -> str:
     return "unknown" if x is None else f"{x} ({x / n:.1%})" if n and x else str(x)
 
 
-def _counts_text(counts: dict, prefix: str = "") -> str:
-    """Nested {name: count} as "a/b 3, a/c 1" (zero counts left out): readable, unlike the raw JSON."""
+def _count_parts(counts: dict) -> list[str]:
+    """{name: count or nested dict} -> ["name count", "name (a 1, b 2)", "name a 1"], zero counts left out."""
     parts = []
     for k, v in sorted(counts.items()):
         if isinstance(v, dict):
-            inner = _counts_text(v, f"{prefix}{k}: ")
-            if inner:
-                parts.append(inner)
+            inner = _count_parts(v)
+            if len(inner) > 1:
+                parts.append(f"{k} ({', '.join(inner)})")
+            elif inner:
+                parts.append(f"{k} {inner[0]}")
         elif v:
-            parts.append(f"{prefix}{k} {v:,}" if isinstance(v, int) else f"{prefix}{k} {v}")
-    return "; ".join(parts)
+            parts.append(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}")
+    return parts
+
+
+def _counts_text(counts: dict) -> str:
+    """Nested {group: {name: count}} as text, each name once (readable, unlike the raw JSON).
+
+    {"dropped": {"hosp/a": {"x": 2, "y": 3}, "hosp/b": {"x": 1}}, "duplicates": {"hosp/c": 4}} ->
+    "dropped: hosp/a (x 2, y 3), hosp/b x 1; duplicates: hosp/c 4".
+    """
+    groups = []
+    for k, v in sorted(counts.items()):
+        inner = _count_parts(v) if isinstance(v, dict) else _count_parts({k: v})
+        if inner:
+            groups.append(f"{k}: {', '.join(inner)}" if isinstance(v, dict) else inner[0])
+    return "; ".join(groups)
 
 
 def format_audit(res: AuditResult) -> list[str]:
