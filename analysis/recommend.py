@@ -11,7 +11,8 @@ Muennighoff et al. (2023, "Scaling Data-Constrained Language Models") a repeated
 less: D' = U + U R* (1 - exp(-(epochs - 1) / R*)) with R* = 15.4 (their fitted R_D*). With the
 parametric law (Approach 3) we then predict the loss at D' and also give the data-constrained
 optimum: the N (and D = C / (k N)) minimising L(N, D'(D, U)) at the same compute. (Their
-parameter-side decay R_N* for excess parameters is not modelled.)
+parameter-side decay R_N* for excess parameters is not in the search; an optimum it would devalue, N past
+the compute-optimal size for U, is flagged as optimistic: `_excess_parameters`.)
 
 Trust. A law whose exponent of N_opt or D_opt in C (a, b) is not positive, or whose bootstrap
 interval reaches 0, recommends nonsense when extrapolated (a = -0.15 recommends a smaller model for
@@ -56,6 +57,9 @@ AUROC_SATURATED = 0.999
 # at most DC_GRID_MAX points (bootstrap draws x grid points are held at once).
 DC_GRID_PER_DECADE = 200
 DC_GRID_MAX = 4000
+# Muennighoff et al. (2023)'s fitted R_N*: parameters beyond the compute-optimal size for the unique tokens
+# decay like repeated tokens do (R_D* = R_STAR_DATA), but faster.
+R_STAR_PARAMS = 5.309
 
 
 @dataclass
@@ -103,6 +107,7 @@ class Recommendation:
 
 
 NO_INTERVALS = "fitted without bootstrap intervals: trust cannot be judged"
+NO_NUMBERS = "gives no N_opt or D_opt at this budget (null or non-finite parameters in fits.json)"
 
 
 def _has_interval(ci) -> bool:
@@ -133,10 +138,14 @@ def trust(fits: dict, k: int) -> tuple[bool, str]:
             unknown.append(name)
         elif ci[0] <= 0:
             problems.append(f"the interval of {name} = {format_ci(x, ci)} includes 0")
-    if k == 1 and f.get("edge_budgets"):  # Approach1.edge_budgets: envelope runs at their ladder's end
-        problems.append(edge_note(list(f["edge_budgets"])))
+    edges = f.get("edge_budgets")
+    if k == 1 and edges:  # Approach1.edge_budgets: envelope runs at their ladder's end
+        numbers = isinstance(edges, list) and all(_is_number(b) and b is not None for b in edges)
+        problems.append(edge_note(edges) if numbers else "its edge_budgets in fits.json are not budgets: whether its "
+                        "optimum is bracketed is unknown")
     if k == 3 and not problems and not unknown:
-        g = (f.get("identified") or {}).get("G")
+        identified = f.get("identified")
+        g = identified.get("G") if isinstance(identified, dict) else None  # anything else: unknown, never trusted
         if g is False:
             problems.append("its N_opt coefficient G is not identified")
         elif g is not True:
@@ -157,6 +166,8 @@ NEEDED = {
     3: ("flops_per_param_token", "E", "A", "B", "alpha", "beta", "a", "b", "G"),
 }
 UTILITY_NEEDED = ("metric", "coef", "exponent")
+# The numbers the recommendation reads from fits.json `inputs`.
+INPUT_NUMBERS = ("min_budget", "max_budget", "unique_tokens", "vocab_size", "context", "bootstrap")
 _REDO = "rerun `ehrfm fit` with --overwrite (a fits.json from an older ehrfm, or edited by hand?)"
 
 
@@ -195,8 +206,9 @@ def _usable(fit_json: dict) -> tuple[dict, dict]:
             out["utility"][task] = {**u, **{key: float("nan") if u[key] is None else u[key] for key in UTILITY_NEEDED[1:]}}
         else:
             why[f"utility/{task}"] = f"the utility law of {task} lacks one of {', '.join(UTILITY_NEEDED)} or holds non-numbers"
-    if not isinstance(out.get("inputs"), dict):
-        out["inputs"] = {}
+    inputs = out.get("inputs")
+    # a non-number where `inputs` holds a number (budgets, sizes) is unknown, like a missing key: never a traceback
+    out["inputs"] = {key: v for key, v in inputs.items() if key not in INPUT_NUMBERS or _is_number(v)} if isinstance(inputs, dict) else {}
     return out, why
 
 
@@ -281,6 +293,26 @@ def _data_constrained(fits: dict, draws: dict, c: float, unique: float, r_star: 
         out["note"] = (f"constrained optimum at the edge of the searched range (N {grid[0]:.3g} to {grid[-1]:.3g}): "
                        "not a minimum, a bound")
     return out
+
+
+def _excess_parameters(f: dict, n: float, unique: float) -> str:
+    """Why a data-constrained N is optimistic ("" when it is not): it is past Muennighoff's excess-parameter decay.
+
+    The search above decays repeated tokens only. Muennighoff et al. (2023) fit a second decay: parameters
+    beyond U_N, the compute-optimal size for the U unique tokens (here the N whose D_opt is U on Approach
+    3's frontier, G (U G)^(a / b)), are worth N' = U_N + U_N R_N* (1 - exp(-(N / U_N - 1) / R_N*)), with
+    R_N* = R_STAR_PARAMS: a few times U_N at most. Where N' is under 80% of N, more epochs on a smaller
+    model do about as well and the predicted loss is too low.
+    """
+    with np.errstate(all="ignore"):
+        u_n = f["G"] * (unique * f["G"]) ** (f["a"] / f["b"])
+        worth = float(effective_tokens(n, u_n, R_STAR_PARAMS))  # the same saturating form as repeated tokens
+    if not (math.isfinite(worth) and worth < 0.8 * n):
+        return ""
+    return (f"the data-constrained optimum's N {n:.3g} is {n / u_n:.3g}x the compute-optimal size for {unique:.3g} unique "
+            f"tokens ({u_n:.3g}); Muennighoff et al. (2023) find such excess parameters lose value too (R_N* = "
+            f"{R_STAR_PARAMS}, not modelled in the search): by their fit these parameters are worth {worth:.3g}, so its "
+            "loss is optimistic and a smaller model trained for more epochs may do as well")
 
 
 def _shape(n_opt: float, c: float, vocab_size: int | None, context: int | None, n_count: str = "non-embedding") -> dict | None:
@@ -409,6 +441,9 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
     outside = _outside_range(flops, fit_json["inputs"])
     for p in preds:
         p.trusted, p.why_untrusted = trust(fit_json, p.approach)
+        if not (p.n_opt > 0 and p.d_opt > 0 and math.isfinite(p.n_opt) and math.isfinite(p.d_opt)):
+            # null parameters (an older or hand-edited fits.json) give NaN: never the headline over a law with numbers
+            p.trusted, p.why_untrusted = False, "; ".join(filter(None, [p.why_untrusted, NO_NUMBERS]))
         if outside:
             p.trusted, p.why_untrusted = False, "; ".join(filter(None, [p.why_untrusted, outside]))
     if approach is None:
@@ -420,6 +455,19 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
         raise UserError(f"approach {approach} was not fitted (fits.json has {', '.join(str(k) for k in sorted(by_k))})")
 
     notes = [f"fits file {source}: {why}; not used ({_REDO})" for why in unusable.values()]
+    a3 = fit_json.get("approach3") or {}
+    identified = a3.get("identified")
+    floor = a3.get("E") if isinstance(identified, dict) and identified.get("E") is True else None
+    if floor is not None and _has_interval(a3.get("E_ci")):
+        floor = a3["E_ci"][0]  # clearly below the floor: under its interval, not within its noise
+    for p in preds:
+        # Approaches 1-2 predict the loss by a pure power law L_min = k C^g, which has no irreducible term and
+        # falls below any floor: past the fitted budgets it is biased low (1.43 at 1000x past Chinchilla-law data
+        # whose E is 1.69; the law's own frontier says 1.85). Say so where it crosses the floor Approach 3 found.
+        if p.approach != 3 and floor is not None and p.loss < floor:
+            notes.append(f"Approach {p.approach}'s predicted loss {p.loss:.4g} is below Approach 3's irreducible loss "
+                         f"E = {format_ci(a3['E'], a3.get('E_ci') if _has_interval(a3.get('E_ci')) else None)}: its "
+                         "L_min ~ C^k power law has no floor and falls too fast outside the fitted budgets")
     if not head.trusted:
         notes.append(f"Approach {head.approach} is not trusted: {head.why_untrusted}")
     max_budget = float(inputs.get("max_budget") or "nan")
@@ -436,8 +484,21 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
     constrained = None
     if epochs is not None and epochs > 1:
         notes.append(f"D_opt needs {_num(epochs, '{:.1f}')} epochs over the {unique:.3g} unique tokens available")
-        if "approach3" in fit_json:
+        if "approach3" in fit_json and NO_NUMBERS in by_k[3].why_untrusted:
+            notes.append(f"no data-constrained prediction: Approach 3 {NO_NUMBERS}")
+        elif "approach3" in fit_json:
             constrained = _data_constrained(fit_json, draws, flops, unique, r_star, conf)
+            # The constrained optimum is Approach 3's law at work: no more trusted than that law here. An
+            # untrusted one is shown, labelled, but the model shape stays at the headline's N_opt.
+            constrained["trusted"] = by_k[3].trusted
+            if constrained.get("note"):  # "at the edge of the searched range": printed, not only in --json
+                notes.append(f"data-constrained optimum: {constrained['note']}")
+            excess = _excess_parameters(fit_json["approach3"], constrained["n_opt"], unique)
+            if excess:
+                notes.append(excess)
+            if not by_k[3].trusted:
+                notes.append(f"the data-constrained optimum comes from Approach 3, which is not trusted here "
+                             f"({by_k[3].why_untrusted}): do not size a model from it")
             if not inputs.get("multi_epoch"):
                 notes.append("the fitted runs were all single-epoch: the repeated-data correction (Muennighoff et al. 2023, R*=15.4) is assumed, not fitted")
         else:
@@ -447,7 +508,7 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
 
     vocab_size = vocab_size or inputs.get("vocab_size")
     context = context or inputs.get("context")
-    shape_n = constrained["n_opt"] if constrained else head.n_opt
+    shape_n = constrained["n_opt"] if constrained and constrained["trusted"] else head.n_opt
     n_count = fit_json.get("n_count") or "non-embedding"
     shape = _shape(shape_n, flops, vocab_size, context, n_count)
     if shape is None:
@@ -529,7 +590,7 @@ def format_recommendation(rec: Recommendation) -> str:
                      f"{ci_text(p.loss, p.loss_ci, '{:.4g}')} | {ok} |")
     if rec.shape:
         s = rec.shape
-        target = "the data-constrained optimum" if rec.data_constrained else "N_opt"
+        target = "the data-constrained optimum" if rec.data_constrained and rec.data_constrained.get("trusted", True) else "N_opt"
         lines += ["", f"Model shape for {target}: n_layer={s['n_layer']} d_model={s['d_model']} n_head={s['n_head']} context={s['context']} "
                   f"vocab={s['vocab_size']} ({_count(s['n_params'])} non-embedding / {_count(s['n_params_total'])} total parameters), "
                   f"train {_count(s['tokens'])} tokens at {s['flops_per_token']:.3g} FLOPs/token."]
@@ -538,7 +599,8 @@ def format_recommendation(rec: Recommendation) -> str:
     if rec.data_constrained:
         dc = rec.data_constrained
         lines += [
-            f"Repeated data (Muennighoff et al. 2023, R*={dc['r_star']}): at N_opt the loss would be "
+            f"Repeated data (Muennighoff et al. 2023, R*={dc['r_star']}{'' if dc.get('trusted', True) else '; Approach 3, untrusted'}): "
+            "at N_opt the loss would be "
             f"{ci_text(dc['loss_at_unconstrained_optimum'], dc.get('loss_at_unconstrained_optimum_ci'), '{:.4g}')}; "
             f"the data-constrained optimum is N {ci_text(dc['n_opt'], dc.get('n_opt_ci'))}, D {ci_text(dc['d_opt'], dc.get('d_opt_ci'))} "
             f"({_num(dc['epochs'], '{:.1f}')} epochs, {dc['effective_tokens']:.3g} effective tokens), loss {ci_text(dc['loss'], dc.get('loss_ci'), '{:.4g}')}."

@@ -22,7 +22,11 @@ padded numbers and headers in a CSV ("3.2 ", "loss ") and a status written "Comp
 so are other trackers' words for it (W&B's and MLflow's "finished", "succeeded": COMPLETED_SYNONYMS);
 completed rows repeated in every column (a table pasted twice), text that is not a number, an
 empty table and infinite optional values are errors; planned budgets within 0.1% of each other
-(1e11 vs 1.0000001e11) are one IsoFLOP budget.
+(1e11 vs 1.0000001e11) are one IsoFLOP budget. A ';'-separated CSV (spreadsheets in locales with
+decimal commas) is read as such. Columns that say one thing must agree: epochs = tokens / unique_tokens
+(either one gives the other), n_params_total >= n_params; vocab_size and context are positive whole
+numbers. A table lacking a required column under ehrfm's name (Epoch AI's "Model Size", "Training FLOP")
+gets the renames to make in its error (COLUMN_ALIASES), never a silent guess.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ BUDGET_SAME_DECADES = 4.3e-4
 # When at least this share of the completed runs has a loss above ln(vocab_size), the loss column is
 # in another unit (bits are 1.44x nats, a perplexity exp(nats)), not a sweep of blow-ups: an error.
 BLOWN_UP_UNIT_SHARE = 0.25
+# epochs and tokens / unique_tokens, both written, may differ by this much (relative; rounding in a CSV).
+EPOCHS_TOLERANCE = 0.01
 # Statuses other trackers write for a run that ended normally, read as completed: W&B's and
 # MLflow's "finished" (FINISHED), "succeeded"/"success" (Argo, Kubernetes jobs, hand-made tables).
 COMPLETED_SYNONYMS = ("finished", "succeeded", "success")
@@ -163,7 +169,7 @@ def _read_frame(path: Path) -> pl.DataFrame:
         raise UserError(f"results table {path} not found")
     try:
         if path.suffix.lower() in (".csv", ".tsv") or path.name.lower().endswith((".csv.gz", ".tsv.gz")):
-            sep = "\t" if ".tsv" in path.name.lower() else ","
+            sep = "\t" if ".tsv" in path.name.lower() else _csv_separator(path)
             df = pl.read_csv(path, separator=sep, infer_schema_length=None, null_values=["", "NA", "null", "None"])
             # spreadsheets pad headers ("loss "): a padded name is the same column
             stripped = [c.strip() for c in df.columns]
@@ -174,6 +180,43 @@ def _read_frame(path: Path) -> pl.DataFrame:
     except (pl.exceptions.PolarsError, OSError, ValueError) as e:
         kind = type(e).__name__
         raise UserError(f"results table {path} could not be read as {'CSV' if path.suffix.lower() == '.csv' else 'parquet'} ({kind})") from None
+
+
+# Other scaling-law tables' names for ehrfm's columns (lower-cased): Epoch AI's replication of Chinchilla
+# (Besiroglu et al. 2024: "Model Size", "Training FLOP", "loss"; tokens derived as FLOP / (6 N)), and
+# common hand-made ones. Only named in the error, never read silently: whether "Model Size" counts the
+# embeddings, or "compute" is training FLOPs, is the user's to say.
+COLUMN_ALIASES = {
+    "n_params": ("model size", "params", "parameters", "num_params", "n", "model_size", "non_embedding_params"),
+    "tokens": ("training tokens", "train_tokens", "num_tokens", "tokens_seen", "d", "data", "training_tokens"),
+    "flops": ("training flop", "training flops", "training_flops", "flop", "compute", "c"),
+    "loss": ("val_loss", "eval_loss", "validation loss", "test_loss", "final_loss", "l"),
+}
+
+
+def _rename_hint(columns, missing) -> str:
+    """'; rename ...' for missing columns the table holds under another tool's name ("" when none)."""
+    by_lower = {c.strip().lower(): c for c in columns}
+    found = {want: next((by_lower[a] for a in COLUMN_ALIASES.get(want, ()) if a in by_lower), None) for want in (*missing, "flops")}
+    optional = ["flops"] if "flops" not in columns else []  # else flops is taken as 6 N D
+    renames = [f"'{found[w]}' -> {w}" for w in (*missing, *optional) if found[w]]
+    hint = f"; another tool's names? rename {', '.join(renames)}" if renames else ""
+    if "tokens" in missing and not found["tokens"] and ("flops" in columns or found["flops"]):
+        hint += "; no tokens column: add tokens = flops / (6 x n_params), as Besiroglu et al. (2024) derive Chinchilla's"
+    return hint
+
+
+def _csv_separator(path: Path) -> str:
+    """',' unless the header line has none but has ';' or a tab.
+
+    Spreadsheets in locales with decimal commas export CSV with ';' between fields: read with ',' such a
+    table is one column named "run_id;budget;n_params;...", or, with decimal commas, rows of uneven width.
+    """
+    import gzip
+
+    with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rt", errors="replace") as f:
+        header = f.readline()
+    return next((sep for sep in (";", "\t") if "," not in header and sep in header), ",")
 
 
 def _name_ids(ids) -> str:
@@ -285,7 +328,7 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss", na
     if missing:
         raise UserError(
             f"results table {source} lacks column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-            f"(needs {', '.join(required)}; has {', '.join(df.columns[:12])})"
+            f"(needs {', '.join(required)}; has {', '.join(df.columns[:12])}){_rename_hint(df.columns, missing)}"
         )
     if df.height == 0:
         raise UserError(f"results table {source} is empty (0 rows; columns {', '.join(df.columns[:12])})")
@@ -293,6 +336,12 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss", na
     keep, excluded = _completed(df, run_id)
     _refuse_duplicate_rows(df, source, keep)
     values = {c: _numeric(df, c, source, keep) for c in required}
+    # Vocabulary and context sizes, checked before ln(vocab_size) judges the losses: a size of 0, -5 or inf
+    # would otherwise be fitted without a word (or crash) and fail only in `ehrfm recommend`'s model shape.
+    sizes = {c: _numeric(df, c, source, keep) for c in ("vocab_size", "context") if c in df.columns}
+    for col, v in sizes.items():
+        _refuse(source, col, "not a positive whole number",
+                keep & ~np.isnan(v) & ~((v >= 1) & np.isfinite(v) & (v == np.round(v))), run_id, "completed ")
     keep &= ~_blown_up(df, source, values, keep, run_id, excluded)
     if "flops" in df.columns:
         values["flops"] = _numeric(df, "flops", source, keep)
@@ -322,19 +371,36 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss", na
         if "flops" in df.columns:
             _refuse_off_budget(source, budget, values["flops"], values["tokens"], keep, run_id)
     n_total = positive("n_params_total")
+    if n_total is not None:
+        # A total count (embeddings included) below the non-embedding one is some other number; the fits
+        # use it as N by default (n_count "total"), which would move every N_opt by that factor.
+        _refuse(source, "n_params_total", "below n_params (a total count includes the non-embedding parameters)",
+                keep & (n_total < values["n_params"]), run_id)
+    # epochs = tokens / unique_tokens: one fact in two columns. Either one gives the other (a table with only
+    # epochs is still fitted on effective data); both written must agree, or the fits would read one
+    # (Approach 3's effective tokens use unique_tokens) and the report the other.
     if epochs is None and unique_tokens is not None:
         epochs = values["tokens"] / unique_tokens
         _refuse(source, "epochs", "non-positive", keep & np.isfinite(epochs) & ~(epochs > 0), run_id)
+    elif epochs is not None and unique_tokens is None:
+        unique_tokens = values["tokens"] / epochs
+    elif epochs is not None:
+        with np.errstate(all="ignore"):
+            off = np.abs(np.log(epochs * unique_tokens / values["tokens"])) > EPOCHS_TOLERANCE
+        _refuse(source, "epochs", f"not tokens / unique_tokens (off by more than {EPOCHS_TOLERANCE:.0%})",
+                keep & np.isfinite(epochs) & np.isfinite(unique_tokens) & off, run_id)
     utility, utility_se = _utility(df, source, keep, run_id)
     utility_boot = _utility_boot(df, source, keep, run_id)
     se_col = LOSS_SE_COLUMNS.get(loss_column)
     loss_se = _numeric(df, se_col, source) if se_col in df.columns else None
+    if loss_se is not None:  # NaN = unknown; a negative or infinite standard error is no measurement
+        _refuse(source, se_col, "negative or infinite", keep & ~np.isnan(loss_se) & ~((loss_se >= 0) & np.isfinite(loss_se)), run_id)
 
     def first_int(col):
-        if col not in df.columns:
+        if col not in sizes:
             return None
-        v = df.filter(pl.Series(keep))[col].drop_nulls()
-        return int(v.max()) if v.len() else None
+        v = sizes[col][keep & ~np.isnan(sizes[col])]
+        return int(v.max()) if v.size else None
 
     res = Results(
         source=source, run_id=run_id, n_params=values["n_params"], tokens=values["tokens"], loss=values[loss_column],
@@ -534,7 +600,8 @@ def _utility(df: pl.DataFrame, source: str, keep: np.ndarray, run_id: np.ndarray
     """
     def bounded(col: str, lo: float, hi: float) -> np.ndarray:
         v = _numeric(df, col, source)
-        _refuse(source, col, f"outside [{lo:g}, {hi:g}]", keep & np.isfinite(v) & ~((v >= lo) & (v <= hi)), run_id)
+        # NaN is a missing value; inf is outside the range too (not a missing value to skip)
+        _refuse(source, col, f"outside [{lo:g}, {hi:g}]", keep & ~np.isnan(v) & ~((v >= lo) & (v <= hi)), run_id)
         return v
 
     utility = {col: bounded(col, 0, 1) for col in df.columns if col.startswith(("auroc/", "auprc/"))}
