@@ -264,11 +264,38 @@ def _add_utility(sweep, sweep_dir: Path, rows: list[dict], labels: dict[str, Pat
         return _add_scores(rows, "utility", lambda r: {})
     # every run is scored on the same label sample: locate it once, not once per run
     histories = task_histories(sweep.tokens_dir, dict(labels), max_labels, seed)
+    labels = _scorable_tasks(labels, histories)
+    histories = {t: histories[t] for t in labels}
+    if not labels:
+        return _add_scores(rows, "utility", lambda r: {})
     return _add_scores(rows, "utility", lambda r: {
         k: v for k, v in score_run(runs_dir(sweep_dir) / r["run_id"], sweep.tokens_dir, labels=dict(labels),
                                    max_labels=max_labels, seed=seed, histories=histories, n_boot=utility_boot,
                                    pooling=pooling).items()
         if is_utility_column(k)})
+
+
+def _scorable_tasks(labels: dict[str, Path], histories: dict) -> dict[str, Path]:
+    """The tasks a probe can be fitted and scored on; each other task is named once, with why, on stderr.
+
+    A task without held_out labels, or whose train labels are all one class (a hospital without ICU
+    data has no ICU admissions), would fail every run's scoring after hours of training; the sweep's
+    other tasks are still scored, and the task has no columns in the table.
+    """
+    from ehrfm.clinical.common import require_two_classes
+
+    scorable = {}
+    for task, path in sorted(labels.items()):
+        h = histories[task]
+        try:
+            if not (h.split == "held_out").any():
+                raise UserError(f"task {task}: no labels in the held_out split")
+            require_two_classes(h.y[h.split == "train"], "train", task)
+        except UserError as e:
+            warn(f"{e} ({path}): not scored", "sweep collect")
+            continue
+        scorable[task] = path
+    return scorable
 
 
 def _add_zeroshot(sweep, sweep_dir: Path, rows: list[dict], labels: dict[str, Path], max_labels: int, n_samples: int,

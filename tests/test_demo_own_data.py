@@ -136,3 +136,78 @@ def test_own_meds_without_hospital_stays_gives_the_scaling_study_without_heads(d
     assert "No clinical labels: MEDS " in report and "None: the data gave no clinical labels" in report
     assert "| probe vs counts + logistic | >= 2 tasks better | no clinical labels | not measured |" in report
     assert f"ehrfm tokenize {meds.resolve()} --out tokens" in report and "ehrfm labels" not in report
+
+
+def test_collect_scores_the_tasks_it_can_and_names_the_others(capsys):
+    """A task with one class in train (a hospital without ICU data: every ICU label negative) or
+    without held_out labels failed `sweep collect --labels` for every task, after the whole sweep
+    had trained (and the demo with it, on every resume)."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from ehrfm.clinical.histories import Histories
+    from sweeps.collect import _scorable_tasks
+
+    def hist(splits, values):
+        frame = pl.DataFrame({"subject_id": list(range(len(splits))), "boolean_value": values, "split": splits})
+        return Histories(frame, np.zeros(len(splits), dtype=np.int64), np.ones(len(splits), dtype=np.int64))
+
+    histories = {"icu_admission": hist(["train"] * 3 + ["held_out"], [False] * 4),
+                 "long_los": hist(["train"] * 3 + ["held_out"], [True, False, True, False]),
+                 "mortality": hist(["train", "train"], [True, False])}
+    labels = {t: Path(f"labels/{t}.parquet") for t in histories}
+    assert list(_scorable_tasks(labels, histories)) == ["long_los"]
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["ehrfm sweep collect: warning: task icu_admission: the train split's 3 labels are all negative; a head "
+                   "needs both classes (labels/icu_admission.parquet): not scored",
+                   "ehrfm sweep collect: warning: task mortality: no labels in the held_out split "
+                   "(labels/mortality.parquet): not scored"]
+
+
+def test_a_demo_dir_that_made_nothing_takes_corrected_settings(tmp_path):
+    """A first try that failed before its first output (a wrong flag, the wrong folder) left only its
+    settings; the corrected command was refused as "other settings" and needed --overwrite."""
+    from ehrfm.app.demo import run_demo
+    from ehrfm.errors import UserError
+    from ehrfm.io import mark_output, write_json
+
+    out, raw = tmp_path / "study", tmp_path / "mimic"
+    (raw / "hosp").mkdir(parents=True)  # raw MIMIC-IV without its tables: the ETL, the first stage, refuses it
+    out.mkdir()
+    mark_output(out, "demo")
+    write_json(out / "demo_config.json", DemoConfig.quick_config(out=str(out), patients=50))
+    with pytest.raises(UserError, match="required table hosp/patients"):
+        run_demo(DemoConfig.quick_config(out=str(out), raw=str(raw)))
+    assert json.loads((out / "demo_config.json").read_text())["raw"] == str(raw.resolve())  # the new settings
+    # Once a stage has made something, other settings are refused again (the test above: other data).
+    (out / "tokens").mkdir()
+    with pytest.raises(UserError, match="holds a demo made with other settings"):
+        run_demo(DemoConfig.quick_config(out=str(out), raw=str(raw), seed=3))
+
+
+def test_resuming_with_other_files_at_the_same_path_is_refused_and_moved_files_resume(tmp_path):
+    from ehrfm.app.demo import _data_fingerprint, run_demo
+    from ehrfm.errors import UserError
+    from ehrfm.io import mark_output, write_json
+
+    raw = tmp_path / "mimic"
+    (raw / "hosp").mkdir(parents=True)
+    (raw / "hosp" / "omr.csv.gz").write_bytes(b"x" * 100_000)
+    out = tmp_path / "study"
+    out.mkdir()
+    mark_output(out, "demo")
+    cfg, _ = DemoConfig.quick_config(out=str(out), raw=str(raw)).checked()
+    write_json(out / "demo_config.json", cfg)
+    write_json(out / "progress.json", {"data_fingerprint": _data_fingerprint(str(raw))})
+    (out / "meds").mkdir()  # the ETL's output: this demo made something from those files
+    (raw / "hosp" / "omr.csv.gz").unlink()  # the user's data changed at the same path
+    with pytest.raises(UserError, match=r"files changed since .* was made from them"):
+        run_demo(DemoConfig.quick_config(out=str(out), raw=str(raw)))
+    # The same files moved elsewhere: a new path is no new study (it fails later, at the empty meds/).
+    (raw / "hosp" / "omr.csv.gz").write_bytes(b"x" * 100_000)
+    moved = tmp_path / "moved"
+    raw.rename(moved)
+    with pytest.raises(UserError) as e:
+        run_demo(DemoConfig.quick_config(out=str(out), raw=str(moved)))
+    assert "other settings" not in str(e.value) and "changed since" not in str(e.value), e.value

@@ -285,6 +285,7 @@ def test_demo_resumed_with_other_settings_names_them(tmp_path):
     mark_output(out, "demo")
     made = DemoConfig.quick_config(out=str(out), patients=50)
     write_json(out / "demo_config.json", made)
+    (out / "tokens").mkdir()  # a stage's output: the dir holds a study, not only its settings
     before = sorted(p.name for p in out.iterdir())
     with pytest.raises(UserError, match=r"other settings \(patients 50 -> 60; sizes 3 -> 4;"):
         run_demo(DemoConfig.quick_config(out=str(out), patients=60, sizes=4))

@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import math
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -173,6 +174,14 @@ class DemoConfig:
         need(self.raw is None or self.meds is None, "--meds", self.meds, f"not given together with --raw {self.raw}")
         for flag, path in (("--raw", self.raw), ("--meds", self.meds)):
             need(path is None or (isinstance(path, str) and Path(path).is_dir()), flag, path, "an existing directory")
+        # Each kind of data named for the flag it belongs to, before minutes of ETL fail on it.
+        if self.raw is not None and (Path(self.raw) / "data").is_dir() and (Path(self.raw) / "metadata").is_dir():
+            raise UserError(f"--raw {self.raw}: is a MEDS dataset (data/, metadata/), not raw MIMIC-IV: pass it as --meds")
+        if self.meds is not None and any((Path(self.meds) / d).is_dir() for d in ("hosp", "icu")):
+            raise UserError(f"--meds {self.meds}: is raw MIMIC-IV (hosp/, icu/), not a MEDS dataset: pass it as --raw")
+        if self.meds is not None and Path(self.meds).name == "data" and (Path(self.meds).parent / "metadata").is_dir():
+            raise UserError(f"--meds {self.meds}: is the data/ folder of a MEDS dataset: pass the dataset, "
+                            f"{Path(self.meds).parent}")
         for name, low in ((("patients", 1),) if not own else ()) + (("sizes", 1), ("first_stage", 0), ("bracket", 0), ("context", 1),
                           ("batch_size", 1), ("lr_ref_width", 0), ("eval_tokens", 1), ("bootstrap", 0),
                           ("head_bootstrap", 0), ("max_labels", 1), ("seed", 0), ("gpus_per_node", 0)):
@@ -212,7 +221,30 @@ class DemoConfig:
     @property
     def own_data(self) -> str | None:
         """The user's data this demo studies, as its flag says it (`--raw RAW`, `--meds MEDS`), or None (synthetic)."""
-        return f"--raw {self.raw}" if self.raw else f"--meds {self.meds}" if self.meds else None
+        return f"--raw {shlex.quote(self.raw)}" if self.raw else f"--meds {shlex.quote(self.meds)}" if self.meds else None
+
+    def command_line(self) -> str:
+        """The `ehrfm demo` command that makes this config: every flag whose value is not its default (shell-quoted).
+
+        Settings that have no flag (the recipe: context, lr, ...) cannot be given on the command
+        line; when they differ from their defaults, the command says so.
+        """
+        base = DemoConfig.quick_config() if self.quick else DemoConfig()
+        flags = {"out": "--out", "raw": "--raw", "meds": "--meds", "patients": "--patients", "budgets": "--budgets",
+                 "sizes": "--sizes", "span_dex": "--span-dex", "tokens_per_param": "--tokens-per-param",
+                 "first_stage": "--first-stage", "bracket": "--bracket", "seed": "--seed", "executor": "--executor",
+                 "slurm_partition": "--partition", "gpus_per_node": "--gpus-per-node", "slurm_time": "--time",
+                 "max_parallel": "--max-parallel", "bootstrap": "--bootstrap"}
+        words = ["ehrfm", "demo"] + (["--quick"] if self.quick else [])
+        for name, flag in flags.items():
+            value, default = getattr(self, name), getattr(base, name)
+            if value == default or value is None or (name == "patients" and self.own_data):
+                continue
+            text = ",".join(f"{b:g}" for b in value) if name == "budgets" else str(value)
+            words += [flag, shlex.quote(text)]
+        unflagged = [f.name for f in dataclasses.fields(self) if f.name not in flags and f.name != "quick"
+                     and getattr(self, f.name) != getattr(base, f.name)]
+        return " ".join(words) + (f" (and {', '.join(unflagged)} set in Python: demo_config.json)" if unflagged else "")
 
 
 # Settings that decide where and how the demo's runs execute, or only the analysis made again on every
@@ -262,6 +294,52 @@ class _Stages:
         result = fn(*args, **kwargs)
         self.times[name] = time.time() - t
         return result
+
+
+def _check_where_it_runs(cfg: DemoConfig) -> None:
+    """Refuse, before any stage, an executor this machine cannot run the sweep on (as `sweep launch` would, later).
+
+    Raises:
+        UserError: --executor slurm without the SLURM commands, more --gpus-per-node than this machine
+            shows for local runs, or a SLURM --time no longer than the checkpoint signal's lead.
+    """
+    from sweeps.launch import LaunchConfig, _visible_gpus, check_executor, parse_time_minutes
+
+    check_executor(cfg.executor)
+    if cfg.executor == "local" and cfg.gpus_per_node and len(_visible_gpus()) < cfg.gpus_per_node:
+        raise UserError(f"--gpus-per-node {cfg.gpus_per_node}: this machine has {len(_visible_gpus())} visible GPU(s) "
+                        "for local runs")
+    lead = LaunchConfig.signal_delay_s
+    if cfg.executor == "slurm" and parse_time_minutes(cfg.slurm_time) * 60 <= lead:
+        raise UserError(f"--time {cfg.slurm_time}: must be longer than {lead} s: jobs are told to checkpoint {lead} s "
+                        "before their time limit")
+
+
+def _data_fingerprint(root: str) -> str:
+    """sha256 over a data dir's visible files: relative path, size, and the first and last 64 KiB of each.
+
+    Cheap at full MIMIC-IV scale (two reads per file) and unchanged by a move or copy of the dir, it
+    tells a resumed demo that the files at its data path are still the ones it began from.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    base = Path(root)
+    for path in sorted(p for p in base.rglob("*") if p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(base).parts)):
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(base).as_posix()}\0{size}\0".encode())
+        with open(path, "rb") as f:
+            digest.update(f.read(65536))
+            if size > 65536:
+                f.seek(max(size - 65536, 65536))
+                digest.update(f.read())
+    return digest.hexdigest()
+
+
+def _made_anything(out: Path) -> bool:
+    """Whether a demo dir holds any stage's output (a dir with only its settings can take other ones)."""
+    return any((out / name).exists() for name in ("raw", "meds", "tokens", "labels", "sweep", "fit-stage1", "fit", "heads"))
 
 
 def _other_command(out: Path) -> str | None:
@@ -314,6 +392,7 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
     from tokenization.tokenize import tokenize
 
     cfg, notes = cfg.checked()
+    _check_where_it_runs(cfg)
     out = Path(cfg.out)
     old_cfg = out / "demo_config.json"
     if out.exists() and not out.is_dir():
@@ -325,9 +404,24 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
             raise UserError(f"--out {out}: holds the output of `ehrfm {other}`, not a demo; choose another --out (or "
                             "--overwrite to replace it)")
     old = None
+    fingerprint = _data_fingerprint(cfg.raw or cfg.meds) if cfg.own_data else None
     if not overwrite and old_cfg.is_file():
         old = read_json(old_cfg, "demo config", expect=dict, hint="pass --overwrite or another --out")
         hard, soft = _config_changes(old, json.loads(json.dumps(dataclasses.asdict(cfg))))
+        progress = out / "progress.json"
+        old_print = (read_json(progress, "demo progress", expect=dict) if progress.is_file() else {}).get("data_fingerprint")
+        same_data = fingerprint is not None and old_print == fingerprint
+        if same_data:  # the same files, moved: the data's path is only where it is read from
+            moved = [c for c in hard if c.split()[0] in ("raw", "meds")]
+            hard, soft = [c for c in hard if c not in moved], soft + moved
+        if hard and not _made_anything(out):  # an earlier try failed before its first output: nothing to mix
+            notes.append(f"{out} holds only the settings of a demo that made nothing ({'; '.join(hard)}): starting afresh")
+            hard = []
+            progress.unlink(missing_ok=True)
+            old_print = None
+        if not hard and old_print is not None and fingerprint is not None and old_print != fingerprint:
+            raise UserError(f"{cfg.own_data}: its files changed since {out} was made from them (names, sizes or "
+                            "contents differ): resuming would mix two datasets; pass --overwrite or another --out")
         if hard:
             raise UserError(f"--out {out} holds a demo made with other settings ({'; '.join(hard)}; {old_cfg}): resuming "
                             "it would mix two studies; pass the same settings, --overwrite, or another --out")
@@ -349,6 +443,8 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
     tok, labels_dir, sweep, fit_dir, heads = out / "tokens", out / "labels", out / "sweep", out / "fit", out / "heads"
     made = [p for p in (raw, meds) if p.parent == out] + [tok, labels_dir, sweep / "runs"]
     st = _Stages(resumed_from=[p.name for p in made if p.exists()], progress_path=out / "progress.json")
+    if fingerprint is not None and "data_fingerprint" not in st.progress:
+        st.record("data_fingerprint", fingerprint)  # a resume refuses other files at the same path
 
     if cfg.own_data is None and not _reuse(raw):
         st.run("synth", synthesize, raw, n_patients=cfg.patients, seed=cfg.seed)
@@ -367,7 +463,7 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
             labels_error = str(e)
             warn(f"no clinical labels ({e}): the scaling study goes on without probes and clinical heads", "demo")
     if labels_error is None:
-        audit_lines = st.run("audit", _audit_section, meds, labels_dir, out / "audit.json")
+        audit_lines = st.run("audit", _audit_section, meds, labels_dir, out / "audit.json", shlex.quote(cfg.meds or "meds"))
     else:
         labels_dir, audit_lines = None, []
 
@@ -498,7 +594,7 @@ def _first_stage(cfg: DemoConfig, st: _Stages, tok: Path, sweep: Path, launch, f
     return fit_dir
 
 
-def _audit_section(meds, labels_dir, path) -> list[str]:
+def _audit_section(meds, labels_dir, path, shown: str = "meds") -> list[str]:
     """`ehrfm audit` of the demo's labels (also written to `path`), as report lines."""
     from ehrfm.clinical.audit import audit, format_audit
 
@@ -507,7 +603,7 @@ def _audit_section(meds, labels_dir, path) -> list[str]:
     except UserError as e:
         return [f"The audit failed: {e}"]
     write_json(path, res.to_dict())
-    return ["Leakage audit (`ehrfm audit meds --labels labels`): labels whose history holds (a) the outcome's own "
+    return [f"Leakage audit (`ehrfm audit {shown} --labels labels`): labels whose history holds (a) the outcome's own "
             "code, (b) a date-only event of the prediction day placed before it was known, (c) an event not known to "
             "precede the prediction time, (d) a stay overlapping another.", "", *format_audit(res)]
 
@@ -628,7 +724,7 @@ def _machine_load() -> str:
 def _intro_section(cfg, out, rel, wall: float, resumed_from: list[str] = ()) -> list[str]:
     resumed = f" ({_resumed_note(resumed_from)}: the time of this process only)" if resumed_from else ""
     return ["# ehrfm demo report", "",
-            f"Made {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by `ehrfm demo{' --quick' if cfg.quick else ''}{' ' + cfg.own_data if cfg.own_data else ''}` "
+            f"Made {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by `{cfg.command_line()}` "
             f"(ehrfm {_version()}), in {wall / 60:.1f} min{resumed} on {os.cpu_count()} CPU cores ({_machine_load()}). "
             f"Settings: `{rel(Path(out) / 'demo_config.json')}`.", ""]
 
@@ -781,7 +877,13 @@ def _own_reasons(missed: set[str], fits: dict, res, cfg) -> list[str]:
     if "budgets" in missed:
         b = sorted(cfg.budgets)
         lines.append(f"Why budgets missed: the settings plan {len(b)} budget(s) spanning {b[-1] / b[0]:.3g}x (`--budgets`).")
-    if "epochs of fitted runs" in missed and "epochs" in res.columns:
+    used = {x["budget"] for x in budgets if x.get("used")}
+    fitted_epochs = res.filter(res["budget"].is_in(list(used)) & (res["status"] == "completed"))["epochs"].drop_nulls() \
+        if used and {"budget", "status", "epochs"} <= set(res.columns) else None
+    if "epochs of fitted runs" in missed and (fitted_epochs is None or not fitted_epochs.len()):
+        lines.append("Why epochs of fitted runs missed: no run was fitted (no IsoFLOP budget was usable: see above), so "
+                     "there is nothing to check.")
+    elif "epochs of fitted runs" in missed and "epochs" in res.columns:
         if cfg.own_data is None:
             lines.append(f"Why epochs of fitted runs missed: a run's tokens exceed the {cfg.patients:,} patients' unique training "
                          "tokens at the largest budgets; more `--patients` (the generator is cheap) keeps every run under 1 epoch.")
@@ -912,13 +1014,20 @@ def _sweep_section(cfg, res, tok_stats: dict, results_link: str, sweep_json: dic
     import polars as pl
 
     ucols = [c for c in res.columns if c.startswith("auroc/")]
+    shapes = res.group_by("budget").agg(pl.struct("n_layer", "d_model").n_unique().alias("n"))["n"] \
+        if {"n_layer", "d_model"} <= set(res.columns) and res.height else pl.Series([cfg.sizes])
+    sizes = (f"{cfg.sizes} model sizes each" if shapes.min() == shapes.max() == cfg.sizes
+             else f"{cfg.sizes} model sizes asked per budget ({shapes.min()}-{shapes.max()} distinct shapes: small sizes "
+             "snap to one shape, bracketing adds one)")
+    auroc_text = ("AUROC is a linear probe on held_out, fitted and scored on "
+                  f"at most {cfg.max_labels:,} labels per split and task (the same labels for every run), +- its standard "
+                  "error: the clinical heads below probe one model on every label, so their AUROC of the same run differs. "
+                  if ucols else "")
     L = ["## Sweep", "",
          f"{res.height} runs over {len(cfg.budgets)} compute budgets ({', '.join(f'{b:.3g}' for b in cfg.budgets)} FLOPs), "
-         f"{cfg.sizes} model sizes each, executor `{cfg.executor}`; results table `{results_link}`. "
+         f"{sizes}, executor `{cfg.executor}`; results table `{results_link}`. "
          f"{_centring_sentence(cfg, sweep_json)}"
-         "Loss is held-out nats/token on a fixed tuning sample. AUROC is a linear probe on held_out, fitted and scored on "
-         f"at most {cfg.max_labels:,} labels per split and task (the same labels for every run), +- its DeLong standard "
-         "error: the clinical heads below probe one model on every label, so their AUROC of the same run differs. "
+         f"Loss is held-out nats/token on a fixed tuning sample. {auroc_text}"
          "N total counts every parameter, embeddings included (the count the fits use by default); N non-emb. leaves "
          "the embeddings out.", "",
          "| budget | run | N total | N non-emb. | layers x width | tokens D | epochs | loss | status | "
@@ -980,7 +1089,8 @@ def _heads_section(heads: dict, cap: int | None) -> list[str]:
     L = ["## Clinical heads", ""]
     best = heads.get("best_run")
     if best:
-        L.append(f"Linear probe of the lowest-loss run of the largest budget (`{best['run_id']}`, N={best['n_params']:.3g}, "
+        n_total = best.get("n_params_total") or best["n_params"]
+        L.append(f"Linear probe of the lowest-loss run of the largest budget (`{best['run_id']}`, N={n_total:.3g} total, "
                  f"loss {best['loss']:.4f}) against the count-feature baseline (logistic regression on code counts), on held_out "
                  f"{'' if cap is None else f'(a seeded sample of at most {cap:,} labels per split) '}with 95% bootstrap intervals:")
     L += ["", "| task | n | prevalence | counts + logistic AUROC | counts + boosting AUROC | probe AUROC | probe AUPRC |",
@@ -1015,7 +1125,7 @@ def _reproduce_section(cfg, st, wall: float, best_run: str | None, labels: bool 
     L = ["## Stage times", "", "| stage | seconds |", "|---|---|"]
     L += [f"| {k} | {v:.1f} |" for k, v in st.times.items()]
     cap = f" --max-labels {cfg.head_max_labels}" if cfg.head_max_labels else ""
-    meds = cfg.meds or "meds"
+    meds = shlex.quote(cfg.meds or "meds")
     heads = [f"ehrfm baseline {meds} --labels labels/{t}.parquet --out heads/{t}/baseline --bootstrap {cfg.head_bootstrap} "
              f"--seed {cfg.seed}{cap}" for t in TASKS]
     if not labels:
@@ -1036,9 +1146,9 @@ def _reproduce_section(cfg, st, wall: float, best_run: str | None, labels: bool 
 def _data_commands(cfg) -> list[str]:
     """The commands that make `meds` (unless it is your own MEDS dataset) and `tokens`."""
     if cfg.meds:
-        return [f"ehrfm tokenize {cfg.meds} --out tokens"]
+        return [f"ehrfm tokenize {shlex.quote(cfg.meds)} --out tokens"]
     synth = [] if cfg.raw else [f"ehrfm synth --out raw --patients {cfg.patients} --seed {cfg.seed}"]
-    return [*synth, f"ehrfm etl {cfg.raw or 'raw'} --out meds", "ehrfm tokenize meds --out tokens"]
+    return [*synth, f"ehrfm etl {shlex.quote(cfg.raw or 'raw')} --out meds", "ehrfm tokenize meds --out tokens"]
 
 
 def _plan_commands(cfg, first_stage_law: str | None = "fit-stage1") -> list[str]:
