@@ -4,6 +4,12 @@
     logits = model(ids)                          # (B, T) int64 token ids -> (B, T, V) float32
     export_hf("run", "hf_dir")                   # `ehrfm export RUN --out hf_dir`
     AutoModelForCausalLM.from_pretrained("hf_dir")(ids).logits   # the same logits (fp32, CPU, 1e-4)
+    hf(ids, position_ids=segment_positions(seg), use_cache=False).logits   # packed rows (segment ids seg)
+
+Packed rows (several subjects per row, ehrfm's training layout): transformers (>= 4.54) builds the
+block-diagonal causal mask from position_ids that restart at 0 per segment (ehrfm.model.
+segment_positions), but only without a cache: pass use_cache=False (the exported config enables
+the cache for generation), else every position attends across subjects.
 
 The export directory is what Hugging Face tools (transformers, vLLM, SGLang) expect of a
 `LlamaForCausalLM`: config.json (with the run's provenance under "ehrfm": run dir, status, step
@@ -280,19 +286,32 @@ def _event_vocab(run: Path, tokens_dir: str | os.PathLike | None, vocab_size: in
         tokens_dir = run_cfg.get("train", {}).get("tokens_dir")
         if not tokens_dir:
             raise UserError(f"{run}/config.json names no token dir; pass --tokens TOK (the token dir the run was trained on)")
+        # a run dir copied to another machine, or a token dir moved or deleted since training: TokenDir's
+        # own message ("run `ehrfm tokenize` first") would send the user to re-tokenize
+        if not (Path(tokens_dir) / "tokenizer.json").is_file():
+            raise UserError(f"{run_cfg_path}: field train.tokens_dir {tokens_dir} holds no tokenizer.json (moved or "
+                            "deleted since training?); pass --tokens TOK, the run's token dir where it is now")
     td = TokenDir(tokens_dir)
     recorded = run_cfg.get("tokenizer_fingerprint") or (state or {}).get("tokenizer_fingerprint")
     if recorded and recorded != td.fingerprint:
         raise UserError(f"vocab mismatch: run {run} was trained on tokenizer {recorded[:12]} but {td.path} has {td.fingerprint[:12]}")
     if td.vocab_size != vocab_size:
         raise UserError(f"vocab mismatch: run {run} has vocab size {vocab_size} but {td.path}/tokenizer.json has {td.vocab_size}")
+    # a text tokenizer maps each string to one id: a repeated string left an id without a token (len(tok) < V)
+    first: dict[str, int] = {}
+    for i, token in enumerate(td.vocab):
+        if first.setdefault(token, i) != i:
+            raise UserError(f"{td.path / 'tokenizer.json'}: field vocab repeats {token!r} (ids {first[token]} and {i}); "
+                            "a Hugging Face tokenizer cannot tell them apart (re-create the token dir with `ehrfm tokenize`)")
     return td.vocab
 
 
-def write_hf_tokenizer(vocab: list[str], out: Path) -> dict[str, int]:
+def write_hf_tokenizer(vocab: list[str], out: Path, context: int | None = None) -> dict[str, int]:
     """Write a fast WordLevel tokenizer (tokenizer.json + configs) over `vocab`; returns special ids.
 
-    Uses the `tokenizers` library (installed with transformers: the `hf` extra).
+    `context`: the model's context (tokens); `tok(text, truncation=True)` then keeps a timeline's
+    last `context` tokens, the history ehrfm's heads feed the model (the most recent events), never
+    positions the model was not trained on. Uses the `tokenizers` library (the `hf` extra).
     """
     try:
         from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
@@ -314,7 +333,9 @@ def write_hf_tokenizer(vocab: list[str], out: Path) -> dict[str, int]:
     (out / "special_tokens_map.json").write_text(json.dumps(names, indent=2))
     (out / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": 1 << 30,
+        # was 2**30: truncation=True kept whole timelines, longer than any position the model was trained on
+        "model_max_length": int(context) if context else 1 << 30,
+        "truncation_side": "left",  # the most recent events, as ehrfm.clinical.histories.history_window
         "clean_up_tokenization_spaces": False,
         "add_bos_token": False,
         "add_eos_token": False,
@@ -383,7 +404,7 @@ def export_hf(run: str | os.PathLike, out: str | os.PathLike, tokens_dir: str | 
     tensors = llama_state_dict(weights, model_cfg)
     vocab = _event_vocab(run if ckpt != run else run.parent, tokens_dir, int(model_cfg["vocab_size"]), state)
     with atomic_dir(out, overwrite=overwrite, inputs=(run, tokens_dir), command="export") as tmp:
-        special = write_hf_tokenizer(vocab, tmp)
+        special = write_hf_tokenizer(vocab, tmp, context=int(model_cfg["context"]))
         config = llama_config(model_cfg, special)
         config["ehrfm"] = export_provenance(run if ckpt != run else run.parent, state)
         write_json(tmp / "config.json", config)

@@ -10,8 +10,10 @@ The run dir (DESIGN.md section 3):
                      "n_params", "n_params_total", "flops_per_token", "tokens", "steps", ...}
     metrics.jsonl   one line per log_interval steps: step, tokens, train_loss, lr, grad_norm,
                     tokens_per_s (+ val_loss when measured)
-    checkpoint/     ehrfm.checkpoint (safetensors weights, AdamW state, RNG states); always
-                    written at the end, on stop signals and every checkpoint_interval steps
+    checkpoint/     ehrfm.checkpoint (safetensors weights, AdamW state, RNG states; state.json's
+                    "dtype": the precision dtype auto resolved to where the run began, which a
+                    resume on another kind of device keeps); always written after the last step
+                    (before the final eval), on stop signals and every checkpoint_interval steps
     result.json     written last: status completed | failed | diverged, n_params, n_params_total,
                     vocab_size, tokens, flops, val_loss, wall_s, tokens_per_s, error, ...
 
@@ -42,7 +44,9 @@ and differences between runs are less noisy than it; training noise (seeds) is n
 Stops and faults:
 - SIGTERM / SIGUSR1, a first Ctrl-C (SIGINT; a second one raises KeyboardInterrupt at once), or
   `request_stop()` from the same process set a flag checked between
-  optimizer steps: the trainer writes checkpoint/ and returns {"status": "interrupted"} WITHOUT
+  optimizer steps (and after a periodic eval; at the last step, before the final eval: the final
+  checkpoint is written before the final eval, so a kill during it costs only the eval): the
+  trainer writes checkpoint/ and returns {"status": "interrupted"} WITHOUT
   writing result.json (`ehrfm train` exits 3). Calling train again with the same config resumes
   and ends bit-identical (CPU) to an uninterrupted run: data order is a pure function of (seed,
   step) and the checkpoint holds weights, AdamW moments and RNG states exactly.
@@ -318,10 +322,14 @@ def _check_wsd_phases(cfg: TrainConfig, n_steps: int) -> None:
     warmup, start = warmup_steps_for(n_steps, cfg), wsd_decay_start(n_steps, cfg)
     if start < warmup:
         given = f"warmup_steps {cfg.warmup_steps}" if cfg.warmup_steps is not None else f"warmup_frac {cfg.warmup_frac:g}"
+        # the decay is at least one step: when even that one starts inside the warmup (a budget under
+        # warmup + 1 steps, e.g. fewer tokens than one batch), a lower decay_fraction cannot help
+        fix = "lower decay_fraction" if n_steps - 1 >= warmup else (
+            f"train more than {warmup * cfg.batch_size * cfg.context} tokens (at least {warmup + 1} steps of "
+            f"batch_size*context={cfg.batch_size * cfg.context} tokens)")
         raise UserError(
             f"train config: wsd decay_fraction {cfg.decay_fraction:g} starts the decay at step {start} of {n_steps}, "
-            f"inside the {warmup}-step warmup ({given}); lower decay_fraction, or set warmup_steps 0 to decay from "
-            "the first step"
+            f"inside the {warmup}-step warmup ({given}); {fix}, or set warmup_steps 0 to decay from the first step"
         )
 
 
@@ -493,8 +501,14 @@ _ABSENT = object()
 
 
 def _check_token_ids(td: TokenDir, split) -> None:
-    """Refuse a split with no tokens or a token id outside the vocab (TokenDir.check_token_ids)."""
-    td.check_token_ids(split.name)
+    """Refuse a split with no tokens or a token id outside the vocab (TokenDir.check_token_ids).
+
+    Every id is read, stats.json's max_token_id is not trusted: a stale stats.json (tokens.npy
+    replaced by one of the same length) let an id >= V through, and the run failed mid-way with
+    "IndexError: index out of range in self" (a device-side assert on CUDA). The trainer reads
+    every token for the content digest anyway (_data_identity), so this costs no extra I/O.
+    """
+    td.check_token_ids(split.name, trust_stats=False)
 
 
 def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool, held: contextlib.ExitStack,
@@ -876,8 +890,9 @@ def _end(dd: _Dist, run_dir: Path, status: Status, base: dict, **outcome) -> dic
     return result.to_json()
 
 
-def _autocast_for(cfg: TrainConfig, device: torch.device):
-    dtype = cfg.dtype
+def _autocast_for(cfg: TrainConfig, device: torch.device, dtype: str | None = None):
+    """(autocast context factory, dtype name) of cfg.dtype (or `dtype`, a resolved name) on `device`."""
+    dtype = dtype or cfg.dtype
     if dtype == "auto":
         dtype = "bfloat16" if device.type == "cuda" else "float32"
     if dtype == "bfloat16":
@@ -929,7 +944,7 @@ class _Run:
             save_checkpoint(where, self.core, self.optimizer, {
                 "step": self.step, "tokens_seen": self.tokens_at(self.step), "wall_s": self.wall_s, "status": str(status),
                 "train_loss": self.train_loss, "initial_train_loss": self.initial_loss,
-                "initial_train_loss_se": self.initial_loss_se,
+                "initial_train_loss_se": self.initial_loss_se, "dtype": self.dtype_name,
                 "tokenizer_fingerprint": self.td.fingerprint, "steps": self.n_steps, "tokens": self.D})
         self.dd.barrier()
 
@@ -967,7 +982,14 @@ def _setup(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_di
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fused,
     )
-    step, wall_s, train_loss, initial_loss, initial_loss_se = _resume(cfg, core, optimizer, n_steps, run_dir, device)
+    step, wall_s, train_loss, initial_loss, initial_loss_se, trained_in = _resume(cfg, core, optimizer, n_steps, run_dir, device)
+    if cfg.dtype == "auto" and trained_in in ("float32", "bfloat16") and trained_in != dtype_name:
+        # "auto" is resolved where a run begins (bf16 on CUDA, fp32 on CPU): a run resumed on another kind
+        # of device (a requeue to a node without a GPU) keeps the precision it was trained in, never switches
+        if dd.main:
+            warn(f"{run_dir}: resuming in {trained_in}, the precision its checkpoint was trained in (dtype auto "
+                 f"would give {dtype_name} on {device.type})")
+        autocast, dtype_name = _autocast_for(cfg, device, trained_in)
     if dd.main:
         _truncate_metrics(run_dir / "metrics.jsonl", step)
     model = core
@@ -986,16 +1008,17 @@ def _setup(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_di
                 step=step, wall_s=wall_s, train_loss=train_loss, initial_loss=initial_loss, initial_loss_se=initial_loss_se)
 
 
-def _resume(cfg, core, optimizer, n_steps: int, run_dir: Path, device) -> tuple[int, float, float, float | None, float | None]:
+def _resume(cfg, core, optimizer, n_steps: int, run_dir: Path, device) -> tuple[int, float, float, float | None, float | None, str | None]:
     """Load the run's checkpoint and return where training resumes.
 
-    (step, wall_s, train_loss, initial_train_loss, initial_train_loss_se) to start from, loading the run's checkpoint
-    (or a WSD branch's trunk checkpoint) into `core` and `optimizer`; a fresh run starts at 0.
+    (step, wall_s, train_loss, initial_train_loss, initial_train_loss_se, dtype trained in) to start from,
+    loading the run's checkpoint (or a WSD branch's trunk checkpoint) into `core` and `optimizer`; a fresh
+    run starts at 0 (dtype None, as for a checkpoint of an older ehrfm).
     """
     if has_checkpoint(run_dir):
         state = load_training_state(run_dir, core, optimizer, device=device)
         return (int(state["step"]), float(state["wall_s"]), float(state.get("train_loss", "nan")),
-                state.get("initial_train_loss"), state.get("initial_train_loss_se"))
+                state.get("initial_train_loss"), state.get("initial_train_loss_se"), state.get("dtype"))
     if cfg.trunk_dir:  # a WSD branch starts from its trunk's stable checkpoint (checked in _train)
         b_step, b_tokens = branch_point(cfg, n_steps, cfg.batch_size * cfg.context)
         state = load_training_state(stable_checkpoint_dir(cfg.trunk_dir, b_tokens), core, optimizer, device=device)
@@ -1003,8 +1026,8 @@ def _resume(cfg, core, optimizer, n_steps: int, run_dir: Path, device) -> tuple[
             raise UserError(f"trunk {cfg.trunk_dir}: stable checkpoint at {b_tokens} tokens holds step {state['step']}, not {b_step}")
         # wall_s counts the branch's own time; the initial loss is the trunk's (the same initial weights)
         return (b_step, 0.0, float(state.get("train_loss", "nan")), state.get("initial_train_loss"),
-                state.get("initial_train_loss_se"))
-    return 0, 0.0, float("nan"), None, None
+                state.get("initial_train_loss_se"), state.get("dtype"))
+    return 0, 0.0, float("nan"), None, None, None
 
 
 def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_dir: Path, base: dict) -> dict:
@@ -1019,6 +1042,7 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
     bar = progress(total=D, initial=run.tokens_at(run.step), unit="tok", unit_scale=True, desc="train", **quiet)
     run.model.train()
     session_t0, session_tokens = time.perf_counter(), 0
+    stop = False  # a stop requested at the last step is honoured by _finish, before the final eval
     try:
         while run.step < n_steps:
             t0 = time.perf_counter()
@@ -1041,11 +1065,13 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
             ended = _after_step(run, metrics_f, lr, grad_norm, tokens_per_s=batch.n_tokens / dt, stop=stop, bar=bar)
             if ended is not None:
                 return ended
+        bar.close()
+        # the final line goes through the same log: a second one opened a second W&B run for it
+        return _finish(run, metrics_f, session_tokens, time.perf_counter() - session_t0, stop)
     finally:
         bar.close()
         if metrics_f:
             metrics_f.close()
-    return _finish(run, session_tokens, time.perf_counter() - session_t0)
 
 
 def _step(run: _Run) -> tuple[PackedRows, float, float, bool]:
@@ -1129,6 +1155,14 @@ def _initial_loss_se(run: _Run, batch: PackedRows) -> float | None:
     return ratio_se(sums[0, :n], sums[1, :n])
 
 
+def _any_rank_stopping(dd: _Dist) -> bool:
+    """Whether any rank was asked to stop (one all-reduce under DDP: every rank gets the same answer)."""
+    flag = torch.tensor(float(_stop_requested.is_set()), dtype=torch.float64, device=dd.device)
+    if dd.world > 1:
+        dist.all_reduce(flag)
+    return float(flag) > 0
+
+
 def _after_step(run: _Run, metrics_f, lr: float, grad_norm: float, tokens_per_s: float, stop: bool, bar) -> dict | None:
     """After an optimizer step: the periodic held-out loss, the metrics line, and a stop or periodic checkpoint.
 
@@ -1137,6 +1171,8 @@ def _after_step(run: _Run, metrics_f, lr: float, grad_norm: float, tokens_per_s:
     cfg, dd, step, n_steps = run.cfg, run.dd, run.step, run.n_steps
     val_loss = None
     if cfg.eval_interval and step % cfg.eval_interval == 0 and step < n_steps:
+        # a test can hold the run here, at the start of step `step`'s periodic eval, to stop it mid-eval
+        fault_points.hold(f"eval-{step}", run.run_dir.name, _stop_requested)
         val_loss = run.evaluate()
         # only a non-finite loss stops a run early: a finite spike may still recover
         if not math.isfinite(val_loss):
@@ -1144,6 +1180,8 @@ def _after_step(run: _Run, metrics_f, lr: float, grad_norm: float, tokens_per_s:
             if dd.main:
                 metrics_f.write(run.metrics_line(step, lr=lr, grad_norm=grad_norm, val_loss=val_loss, diverged=reason))
             return run.diverged(step, reason, run.wall_s)
+        # a stop requested during the eval (a long one, on any rank) is honoured now, not after one more step
+        stop = stop or _any_rank_stopping(dd)
     if dd.main and (step % cfg.log_interval == 0 or val_loss is not None or step == n_steps):
         more = {} if val_loss is None else {"val_loss": val_loss}
         metrics_f.write(run.metrics_line(step, lr=lr, grad_norm=grad_norm, tokens_per_s=tokens_per_s, **more))
@@ -1151,18 +1189,37 @@ def _after_step(run: _Run, metrics_f, lr: float, grad_norm: float, tokens_per_s:
     if stop and step < n_steps:
         run.save(run.run_dir, Status.INTERRUPTED)
         bar.close()
-        if dd.main:
-            summary(f"interrupted at step {step}/{n_steps}; checkpoint written to {run.run_dir / 'checkpoint'}; rerun to resume")
-        return _end(dd, run.run_dir, Status.INTERRUPTED, run.base, step=step, val_loss=None, wall_s=run.wall_s,
-                    tokens_per_s=None, error=None)
+        return _interrupted(run)
     if cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0 and step < n_steps:
         run.save(run.run_dir, Status.RUNNING)
     return None
 
 
-def _finish(run: _Run, session_tokens: int, session_s: float) -> dict:
-    """The final held-out loss; the completed (or, for a final blow-up, diverged) result."""
+def _interrupted(run: _Run) -> dict:
+    """The result of a run stopped (its checkpoint written) at run.step: "interrupted", no result.json."""
+    if run.dd.main:
+        summary(f"interrupted at step {run.step}/{run.n_steps}; checkpoint written to {run.run_dir / 'checkpoint'}; "
+                "rerun to resume")
+    return _end(run.dd, run.run_dir, Status.INTERRUPTED, run.base, step=run.step, val_loss=None, wall_s=run.wall_s,
+                tokens_per_s=None, error=None)
+
+
+def _finish(run: _Run, metrics_f, session_tokens: int, session_s: float, stop: bool = False) -> dict:
+    """The final checkpoint, then the final held-out loss; the completed (or, for a final blow-up, diverged) result.
+
+    `metrics_f`: the run's open metrics log (ehrfm.loggers; None on ranks > 0), for the final line.
+    `stop`: a stop was requested at the last step (every rank agrees: _step's all-reduce); the run
+    returns "interrupted" after its checkpoint, and its resumption only evaluates.
+    """
     dd, run_dir, D, step = run.dd, run.run_dir, run.D, run.step
+    # The final checkpoint comes before the final eval, never after it: a kill during the eval (SLURM's
+    # SIGKILL at the end of a SIGTERM's grace, an OOM on a large eval batch) then costs the eval, not
+    # every step since the last periodic checkpoint (all of them by default). result.json still comes last.
+    run.save(run_dir, Status.INTERRUPTED if stop else Status.COMPLETED)
+    if stop:
+        return _interrupted(run)
+    # a test can kill the process here: the final checkpoint written, the final eval not begun
+    fault_points.hold("final-eval", run_dir.name, _stop_requested)
     t_eval = time.perf_counter()
     val_loss, loss_sums, eval_counts = evaluate(run.model, run.eval_rows, run.eval_bs, run.dd.device, run.autocast, run.dd,
                                                 per_subject=True)
@@ -1176,8 +1233,7 @@ def _finish(run: _Run, session_tokens: int, session_s: float) -> dict:
                                initial_loss_se=run.initial_loss_se, val_loss=val_loss)
     if reason:
         if dd.main:
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(run.metrics_line(step, val_loss=val_loss, diverged=reason))
+            metrics_f.write(run.metrics_line(step, val_loss=val_loss, diverged=reason))
         return run.diverged(step, reason, run.wall_s + eval_s, val_loss=val_loss, eval_loss_se=eval_loss_se)
     # Tokens per event differ between code modes: compare runs by held-out nats per event
     # (TokenDir.event_head_mask: the events whose first token is among the scored targets).
@@ -1187,9 +1243,8 @@ def _finish(run: _Run, session_tokens: int, session_s: float) -> dict:
     events = np.bincount(subject[scored], weights=run.td.event_head_mask[run.eval_rows.targets[scored]], minlength=n_subjects)
     wall_s = run.wall_s
     if dd.main:
-        with metrics_log(run_dir, run.cfg) as f:
-            f.write(run.metrics_line(step, val_loss=val_loss))
-    run.save(run_dir, Status.COMPLETED)  # before result.json: a finished run is never resumed
+        metrics_f.write(run.metrics_line(step, val_loss=val_loss))
+        metrics_f.flush()
     # a test can kill the process here: the final checkpoint written, result.json not yet
     fault_points.hold("final-checkpoint", run_dir.name)
     result = _end(

@@ -7,6 +7,8 @@ same command to resume). Runs unchanged under `torchrun --nproc-per-node N -m eh
 
 from __future__ import annotations
 
+import argparse
+
 from ehrfm.cli_args import command, positive_number
 
 EXIT_FAILED = 1
@@ -14,7 +16,18 @@ EXIT_INTERRUPTED = 3
 
 
 def _token_count(value: str) -> int:
-    return int(positive_number(value))
+    """An argparse type: a whole number of tokens, written as 20000 or 2e6 (TrainConfig checks >= 1).
+
+    Exact for integers (int(float("9007199254740993")) is off by one), and a fraction is refused:
+    int() truncated "0.5" to 0 ("tokens must be >= 1 (got 0)") and "1000.7" silently to 1000.
+    """
+    try:
+        return int(value)
+    except ValueError:
+        number = positive_number(value)
+    if not number.is_integer():
+        raise argparse.ArgumentTypeError(f"expected a whole number of tokens like 20000 or 2e6 (got {value!r})")
+    return int(number)
 
 
 def _token_list(text) -> list[int]:
@@ -26,9 +39,9 @@ def _token_list(text) -> list[int]:
     for item in (text or "").split(","):
         if item.strip():
             try:
-                out.append(int(float(item)))
-            except ValueError:
-                raise UserError(f"--stable-checkpoints: {item.strip()!r} is not a token count") from None
+                out.append(_token_count(item.strip()))
+            except argparse.ArgumentTypeError:  # a number that is not whole (a fraction was truncated before)
+                raise UserError(f"--stable-checkpoints: {item.strip()!r} is not a token count (a whole number >= 1)") from None
     return out
 
 
