@@ -37,14 +37,12 @@ def _slurm_args(items: list[str] | None) -> dict:
 
 def _launch(args) -> int:
     from ehrfm.cli_args import build
-    from sweeps.launch import LaunchConfig, check_executor, launch_sweep
+    from sweeps.launch import LaunchConfig, check_executor, launch_sweep, unfinished_runs
 
     check_executor(args.executor)  # before anything else: the one clear error
-    from ehrfm.results import Status
-
     report = launch_sweep(args.sweep, build(LaunchConfig, args))
-    bad = [rid for rid, s in report.final_states.items() if s in (Status.FAILED, Status.DIVERGED)]
-    return 1 if bad else 0
+    # waited for (local, or --wait): a run that did not complete (failed, diverged, cancelled, lost) is exit 1
+    return 1 if unfinished_runs(report) else 0
 
 
 def _status(args) -> int:
@@ -119,7 +117,8 @@ def register(sub) -> None:
             help="submit the runs that still need to run (SLURM job array or local processes)",
             description="Submit every planned run of SWEEP that still needs to run: a SLURM job array (--executor slurm) "
                         "or local processes (--executor local, waiting for them). Completed runs are never submitted again, "
-                        "queued or running ones not twice, failed ones only with --retry-failed. Exit 1 when a run failed.")
+                        "queued or running ones not twice, failed ones only with --retry-failed. Exit 1 when a run waited for "
+                        "did not complete (failed, diverged, or ended without a result: cancelled, timed out, lost).")
     ps = command(ssub, "status", _status, help="table of runs: budget, N, D, state, loss, job id",
                  description="Print one row per planned run of SWEEP: budget, N, D, state (planned, queued, running, "
                              "interrupted, completed, failed, diverged, lost, unknown), loss (nats/token), job id, and why "

@@ -40,11 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ehrfm.errors import Terminated, UserError
-from ehrfm.io import progress, summary, write_json
+from ehrfm.io import progress, summary, warn, write_json
 from ehrfm.results import ACTIVE, RunResult, Status, write_result
 from sweeps.job import TrainJob
 from sweeps.plan import check_tokenizer, load_sweep, run_train_config
-from sweeps.state import check_tokens_dir, log_path, read_result, record_path, run_states, runs_dir
+from sweeps.state import check_tokens_dir, log_path, read_record_file, read_result, record_path, run_states, runs_dir
 
 EXECUTORS = ("slurm", "local")
 SLURM_COMMANDS = ("sbatch", "srun", "squeue", "scontrol")
@@ -226,6 +226,8 @@ def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
     trunk_of = _trunks_of(plan)
     with _sweep_lock(sweep_dir):
         report, jobs = _select_and_prepare(sweep_dir, sweep, plan, cfg)
+        if cfg.executor == "slurm":
+            _warn_queued_keep_options(sweep_dir, cfg, report)
         if not jobs:
             return report
         if cfg.executor == "slurm":
@@ -315,6 +317,43 @@ def _select_and_prepare(sweep_dir: Path, sweep, plan: list[dict], cfg: LaunchCon
     return report, jobs
 
 
+# The launch options a SLURM job is submitted with (sbatch reads them once: a relaunch cannot change them)
+_JOB_OPTIONS = ("partition", "account", "qos", "time", "cpus_per_task", "mem", "gpus_per_node", "tasks_per_node", "nodes",
+                "constraint", "exclude", "signal_delay_s", "max_timeouts", "slurm_args", "setup")
+
+
+def _warn_queued_keep_options(sweep_dir: Path, cfg: LaunchConfig, report: LaunchReport) -> None:
+    """Say when this launch asks other options than queued runs' jobs were submitted with.
+
+    A relaunch with other options (more --mem, another --partition for jobs pending forever)
+    skipped the queued runs in silence: their jobs keep the options of the launch that submitted
+    them (launches.jsonl). Options left at their default are taken as not asked for.
+    """
+    queued = report.skipped.get(Status.QUEUED, [])
+    if not queued:
+        return
+    by_job: dict[str, dict] = {}  # job id -> the launch (its options) that submitted it
+    try:
+        with open(sweep_dir / "launches.jsonl") as f:
+            for line in filter(str.strip, f):
+                launch = json.loads(line)
+                by_job.update({jid: launch for jid in launch.get("job_ids", {}).values()})
+    except (OSError, ValueError, AttributeError):
+        return  # no launch history (or a damaged one): nothing to compare with
+    defaults, changed, runs = LaunchConfig(), {}, 0
+    for rid in queued:
+        record = read_record_file(record_path(sweep_dir, rid), damaged_ok=True) or {}
+        before = by_job.get(str(record.get("job_id"))) if record.get("executor") == "slurm" else None
+        diffs = {k: before[k] for k in _JOB_OPTIONS if before and k in before and getattr(cfg, k) != getattr(defaults, k)
+                 and getattr(cfg, k) != before[k]}
+        changed.update(diffs)
+        runs += bool(diffs)
+    if runs:
+        was = ", ".join(f"--{k.replace('_', '-')} {'unset' if v is None else v}" for k, v in changed.items())
+        warn(f"{runs} queued runs keep the options their jobs were submitted with ({was}), not this launch's: `scancel` "
+             "their jobs and launch again to submit them with these", "sweep")
+
+
 def _save_launch(sweep_dir: Path, cfg: LaunchConfig, report: LaunchReport) -> None:
     """launch.json: the last launch's config; launches.jsonl: every launch, with its runs and job ids."""
     write_json(sweep_dir / "launch.json", cfg)
@@ -371,6 +410,7 @@ def _new_record(sweep_dir: Path, run_id: str, executor: str, **fields) -> None:
         "executor": executor,
         "job_id": None,
         "host": os.uname().nodename,
+        "sweep_dir": str(sweep_dir),  # where its job reads and writes (sweeps.state notes a sweep dir moved since)
         "submitted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "launches": int(old.get("launches", 0)) + 1,
         "previous_job_ids": (old.get("previous_job_ids") or []) + ([old["job_id"]] if old.get("job_id") else []),
@@ -464,6 +504,8 @@ _SBATCH_OPTIONS = (("partition", "partition"), ("account", "account"), ("qos", "
                    ("constraint", "constraint"), ("node name", "exclude"), ("gres", "gpus_per_node"), ("gpu", "gpus_per_node"),
                    ("memory", "mem"), ("time limit", "time"), ("node count", "nodes"), ("cpu count", "cpus_per_task"),
                    ("tasks", "tasks_per_node"))
+# The launch options that decide which nodes can run a job
+_NODE_RESOURCES = ("mem", "cpus_per_task", "gpus_per_node", "tasks_per_node", "nodes", "constraint")
 
 
 def sbatch_error(stderr: str, exc: BaseException, cfg: LaunchConfig) -> str:
@@ -490,6 +532,12 @@ def sbatch_error(stderr: str, exc: BaseException, cfg: LaunchConfig) -> str:
         if word in low and value not in (None, 0, ""):
             return f"{msg} (--{name.replace('_', '-')} {value})"
     extra = [f"--slurm-arg {k}={v}" if v is not True else f"--slurm-arg {k}" for k, v in cfg.slurm_args.items() if k.lower() in low]
+    if not extra and "configuration" in low:
+        # "Requested node configuration is not available" names no option: no node has this much
+        # memory, CPUs, GPUs, tasks or features; name every one of them that the launch asked for.
+        extra = [f"--{name.replace('_', '-')} {getattr(cfg, name)}" for name in _NODE_RESOURCES
+                 if getattr(cfg, name) not in (None, 0, "") and not (name == "nodes" and cfg.nodes == 1)]
+        return msg + (f" (no node offers what was asked: {', '.join(extra)})" if extra else "")
     return msg + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -499,6 +547,28 @@ def _wait_slurm(sweep_dir: Path, report: LaunchReport, poll_s: float) -> None:
     for st in report.final_states.values():
         by_state[st] = by_state.get(st, 0) + 1
     summary(f"{len(report.final_states)} SLURM runs finished: " + ", ".join(f"{v} {k}" for k, v in sorted(by_state.items())))
+    warn_unfinished(sweep_dir, report)
+
+
+def unfinished_runs(report: LaunchReport) -> list[str]:
+    """The waited-for runs that ended without completing (a run another trainer still runs is not one)."""
+    return [rid for rid, st in report.final_states.items() if st != Status.COMPLETED and st not in ACTIVE]
+
+
+def warn_unfinished(sweep_dir: Path, report: LaunchReport) -> None:
+    """One warning per waited-for run that did not complete, with why (its error, or how its job ended).
+
+    A run cancelled (`scancel`), timed out or lost ends `interrupted` or `lost`: the launch said only
+    its count, and its exit status was 0, so `launch --wait && collect && fit` went on without it.
+    """
+    unfinished = unfinished_runs(report)
+    if not unfinished:
+        return
+    states = run_states(sweep_dir, unfinished)
+    for rid in unfinished:
+        st = states[rid]
+        why = st.note or (st.result.error if st.result else None) or "no reason recorded"
+        warn(f"{rid}: {st.state}: {why}", "sweep")
 
 
 def wait_for_runs(sweep_dir: Path, run_ids: list[str], poll_s: float = 5.0, timeout_s: float | None = None) -> dict[str, str]:
@@ -509,11 +579,18 @@ def wait_for_runs(sweep_dir: Path, run_ids: list[str], poll_s: float = 5.0, time
     planned = [r["run_id"] for r in plan]
     start = time.time()
     bar = progress(total=len(run_ids), desc="runs", unit="run")
-    done = 0
+    done, said = 0, set()
     try:
         while True:
             states = run_states(sweep_dir, planned, plan=plan, fingerprint=sweep.tokenizer_fingerprint)
             current = {rid: states[rid].state for rid in run_ids if rid in states}
+            for rid in current:
+                # a job that may wait forever (held, PartitionConfig, a drained node, SLURM not answering):
+                # say so once while waiting, instead of a silent wait
+                note = states[rid].note
+                if states[rid].state in _BUSY and note and (rid, note) not in said:
+                    said.add((rid, note))
+                    warn(f"{rid}: {states[rid].state}: {note}", "sweep")
             n_done = sum(1 for s in current.values() if s not in _BUSY)
             bar.update(n_done - done)
             done = n_done
@@ -695,7 +772,7 @@ def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, slots: 
         # Wait for the trainers themselves (they may outlive their job process while they write
         # the checkpoint), so that a relaunch right after this resumes from a complete checkpoint.
         from sweeps.job import STOP_GRACE_S
-        from sweeps.state import _pid_alive, read_record_file
+        from sweeps.state import _pid_alive
 
         def trainer_alive(rid: str) -> bool:  # a damaged record must not stop the stopping
             record = read_record_file(record_path(sweep_dir, rid), damaged_ok=True) or {}
@@ -718,6 +795,7 @@ def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, slots: 
     summary(f"ran {len(jobs)} jobs locally (at most {max_parallel} at a time, {threads} threads each) in {time.time() - start:.0f} s: "
             + ", ".join(f"{v} {k}" for k, v in sorted(by_state.items()))
             + f" (not submitted: {report.reason()})")
+    warn_unfinished(sweep_dir, report)
 
 
 def _local_outcome(sj, job: TrainJob) -> str:

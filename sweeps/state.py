@@ -18,6 +18,11 @@ States, and where each comes from:
                                     (ehrfm.run_lock), e.g. a teammate's job SLURM hides from us
     lost                            the job is gone and nothing was saved (cancelled before start,
                                     killed without checkpoint): launch starts it again
+                                    (lost and interrupted SLURM runs say why their job ended: squeue's
+                                    end state while SLURM lists it, and the job's own submitit log,
+                                    which outlives MinJobAge and needs no sacct: scancel, time
+                                    limit, oom-kill, node failure; any run whose job was submitted
+                                    from another sweep dir path, moved since, names it)
     unknown                         a SLURM job that cannot be checked here (no squeue, controller
                                     down) or in a state this module does not know (SLURM_STATES),
                                     or a damaged jobs/<id>.json (the job it named may be alive):
@@ -38,7 +43,7 @@ from pathlib import Path
 
 from ehrfm.errors import UserError
 from ehrfm.io import read_json
-from ehrfm.results import RunResult, Status
+from ehrfm.results import ACTIVE, RunResult, Status
 from ehrfm.results import read_result as _read_result
 from ehrfm.run_lock import run_dir_busy
 
@@ -183,7 +188,10 @@ def _squeue(job_ids) -> dict[str, tuple[str, str]] | None:
     """{job id: (SLURM state, reason)} of slurm_job_states; None when SLURM cannot be asked."""
     if shutil.which("squeue") is None:
         return None
-    ids = sorted({str(j) for j in job_ids if j is not None and _JOB_ID.fullmatch(str(j))})
+    asked = {str(j) for j in job_ids if j is not None and _JOB_ID.fullmatch(str(j))}
+    # Array tasks cancelled together while pending are listed as their array's id alone ("12", not
+    # "12_3"): ask for the array ids too, to read those tasks' end from it.
+    ids = sorted(asked | {j.split("_")[0] for j in asked if "_" in j})
     states: dict[str, tuple[str, str]] = {}
     for i in range(0, len(ids), _SQUEUE_CHUNK):
         chunk = ids[i:i + _SQUEUE_CHUNK]
@@ -202,6 +210,10 @@ def _squeue(job_ids) -> dict[str, tuple[str, str]] | None:
             st, _, reason = rest.partition("|")
             if jid:
                 states[jid] = (st, reason.strip())
+    for jid in asked - set(states):
+        array = states.get(jid.split("_")[0])
+        if "_" in jid and array is not None and slurm_state_of(array[0]) is None:  # the array record says the task ended
+            states[jid] = array
     return states
 
 
@@ -210,16 +222,60 @@ def _squeue(job_ids) -> dict[str, tuple[str, str]] | None:
 _ENDED_WHY = ("CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY")
 
 
-def _ended_note(record: dict, squeue: dict[str, tuple[str, str]] | None, state: Status) -> str | None:
-    """'SLURM job 12_3 ended OUT_OF_MEMORY (reason)' for a job SLURM lists as over for a reason, else None."""
+# Lines of a job's own output that say why it ended: slurmstepd's "*** JOB 12 ON node CANCELLED AT
+# <time> [DUE TO TIME LIMIT|NODE FAILURE|PREEMPTION] ***" (no "DUE TO": scancel) or "... STEPD
+# TERMINATED ...", its cgroup's "Detected 1 oom-kill event(s) in StepId=12.batch ..." (22.05;
+# "oom_kill event" later), and submitit's "Job not requeued because: timed-out too many times."
+# (--max-timeouts spent). A requeue's "DUE TO JOB REQUEUE" is not an end: the job ran again.
+_LOG_END = re.compile(r"\*\*\* JOB \d+ (?!.*DUE TO JOB REQUEUE).*(CANCELLED|TERMINATED).*\*\*\*|.*oom[_-]kill.*|.*out of memory.*"
+                      r"|Job not requeued because: .*", re.I)
+_LOG_TAIL_BYTES = 65536
+
+
+def _log_reason(sweep_dir: Path, job_id: str) -> str | None:
+    """The last line of a SLURM job's submitit log (SWEEP/submitit/<job id>/) that says why it ended, with its path; None if none.
+
+    SLURM forgets an ended job after MinJobAge (squeue no longer lists it) and `sacct` may not be
+    there (no accounting, a login node without it): the job's own output still says why it ended.
+    """
+    from submitit.core.utils import JobPaths
+
+    paths = JobPaths(Path(sweep_dir) / "submitit" / "%j", job_id=job_id, task_id=0)
+    found = None
+    for path in (paths.stdout, paths.stderr):  # one file with stderr_to_stdout; both looked at anyway
+        try:
+            with open(path, "rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - _LOG_TAIL_BYTES))
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            m = _LOG_END.search(line)
+            if m:
+                said = re.sub(r"^slurmstepd\S*: (error: )?", "", m.group(0).strip())[:300]
+                found = f"{said} ({path})"
+    return found
+
+
+def _ended_note(sweep_dir: Path, record: dict, squeue: dict[str, tuple[str, str]] | None, state: Status) -> str | None:
+    """Why a SLURM job ended without result.json, e.g. 'SLURM job 12_3 ended OUT_OF_MEMORY (reason)'; None when nothing says.
+
+    From squeue while SLURM still lists the job over for a reason, and from the job's own log
+    (_log_reason) also after SLURM forgot it, or when its state alone (FAILED) hides the cause.
+    """
     jid = str(record.get("job_id"))
     st, reason = (squeue or {}).get(jid, ("", ""))
     base = st.strip().upper().split(" ")[0].rstrip("+")
-    if base not in _ENDED_WHY:
+    logged = _log_reason(sweep_dir, jid)
+    if base not in _ENDED_WHY and logged is None:
         return None
-    why = f" ({reason})" if reason and reason.lower() not in ("none", "(null)") else ""
+    # a pending reason left on a job cancelled while it waited (JobArrayTaskLimit) says nothing of its end
+    why = f" ({reason})" if reason.strip().lower() not in _ORDINARY_WAITS else ""
+    ended = f"ended {base}{why}" if base in _ENDED_WHY else "ended"
+    said = f"; its log says: {logged}" if logged else ""
     again = "resumes it from its checkpoint" if state == Status.INTERRUPTED else "starts it again"
-    return f"SLURM job {jid} ended {base}{why} without a result.json; a relaunch {again}"
+    return f"SLURM job {jid} {ended} without a result.json{said}; a relaunch {again}"
 
 
 # Pending reasons that pass by themselves (the queue moves, a begin time, an array throttle, a
@@ -235,6 +291,15 @@ def _waiting_note(record: dict, squeue: dict[str, tuple[str, str]] | None) -> st
     if reason.strip().lower() in _ORDINARY_WAITS:
         return None
     return f"SLURM job {jid} waits: {reason.strip()} (`scontrol show job {jid}` says more; it may never start as submitted)"
+
+
+def _moved_note(record: dict | None, sweep_dir: Path) -> str | None:
+    """Say so when the sweep dir moved after this run's job was submitted (its job uses the old paths), else None."""
+    submitted_in = (record or {}).get("sweep_dir")
+    if not submitted_in or Path(submitted_in) == Path(sweep_dir).resolve():
+        return None
+    # moved or renamed since (or seen under another mount path): a queued job fails to start, a running one writes there
+    return f"its job was submitted from {submitted_in}, not {Path(sweep_dir).resolve()}: it reads and writes there"
 
 
 def _pid_alive(pid, needle: str | None = None) -> bool:
@@ -354,7 +419,13 @@ def run_states(sweep_dir: str | Path, run_ids: list[str], plan: list[dict] | Non
                        f"run or sweep?); {_RESULT_HINT}")
                 out[rid] = RunState(rid, Status.FAILED, job_id, executor, RunResult(Status.FAILED, error=why), note=why, bad_file=True)
                 continue
-            out[rid] = RunState(rid, result.status, job_id, executor, result)
+            note = None
+            if result.status == Status.FAILED and executor == "slurm" and job_id and (result.exit_code or 0) < 0:
+                # "trainer killed by signal 9": the OOM killer's cgroup line reaches the job's log only
+                # after the wrapper wrote result.json, and sacct may not be there to say OUT_OF_MEMORY
+                logged = _log_reason(sweep_dir, job_id)
+                note = f"{result.error}; its job's log says: {logged}" if logged else None
+            out[rid] = RunState(rid, result.status, job_id, executor, result, note=note)
             continue
         if rid in record_notes:  # the job it named may still be alive: never resubmitted on a guess
             out[rid] = RunState(rid, Status.UNKNOWN, None, None, result, note=record_notes[rid], bad_file=True)
@@ -383,11 +454,14 @@ def run_states(sweep_dir: str | Path, run_ids: list[str], plan: list[dict] | Non
         else:
             state = Status.PLANNED if rid in planned_ids else Status.UNPLANNED
         if state in (Status.INTERRUPTED, Status.LOST) and executor == "slurm":
-            note = _ended_note(record, squeue, state)  # e.g. killed with its wrapper by the OOM killer or scancel
+            note = _ended_note(sweep_dir, record, squeue, state)  # e.g. killed with its wrapper by the OOM killer or scancel
         elif state == Status.UNKNOWN and executor == "slurm" and squeue is None:
             note = (f"SLURM could not be asked about job {job_id} (no `squeue` on PATH, or it failed or timed out): "
                     "never resubmitted until it answers")
         elif state == Status.QUEUED and executor == "slurm":
             note = _waiting_note(record, squeue)  # e.g. more CPUs than any node has: pending forever
+        moved = _moved_note(record, sweep_dir) if state in (*ACTIVE, Status.INTERRUPTED, Status.LOST) else None
+        if moved:
+            note = f"{note}; {moved}" if note else moved
         out[rid] = RunState(rid, state, job_id, executor, result, note=note)
     return out
