@@ -211,3 +211,21 @@ def test_resuming_with_other_files_at_the_same_path_is_refused_and_moved_files_r
     with pytest.raises(UserError) as e:
         run_demo(DemoConfig.quick_config(out=str(out), raw=str(moved)))
     assert "other settings" not in str(e.value) and "changed since" not in str(e.value), e.value
+
+
+def test_own_meds_without_a_tuning_split_is_refused_before_any_run(demo_meds, tmp_path):
+    """Only a train split: every run failed ("token dir has no split 'tuning'"), the demo exited 0 and
+    its report blamed the budgets."""
+    import shutil
+
+    meds = tmp_path / "train_only"
+    shutil.copytree(demo_meds / "metadata", meds / "metadata")
+    shutil.copytree(demo_meds / "data" / "train", meds / "data" / "train")
+    out = tmp_path / "study"
+    p = ehrfm("demo", "--meds", meds, "--out", out, *TINY)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    line = p.stderr.strip().splitlines()[-1]  # after the tokenize stage's banner
+    assert line == (f"ehrfm demo: error: MEDS {meds.resolve()}: no tokens in its tuning split(s): every run trains on "
+                    "train and reports its loss on tuning (MEDS splits train/tuning/held_out, or "
+                    "metadata/subject_splits.parquet)"), line
+    assert not (out / "sweep").exists()

@@ -315,6 +315,19 @@ def _check_where_it_runs(cfg: DemoConfig) -> None:
                         "before their time limit")
 
 
+def _check_splits(tok: Path, meds: Path) -> None:
+    """Refuse, before any run trains, data without the splits every run needs: train, and tuning (its loss).
+
+    Without them every run of the sweep failed and the report blamed the budgets. (A missing
+    held_out split only leaves the clinical tasks unscored, which the report says per task.)
+    """
+    splits = read_json(Path(tok) / "stats.json", "token stats").get("splits") or {}
+    missing = [s for s in ("train", "tuning") if not (splits.get(s) or {}).get("tokens")]
+    if missing:
+        raise UserError(f"MEDS {meds}: no tokens in its {' and '.join(missing)} split(s): every run trains on train and "
+                        "reports its loss on tuning (MEDS splits train/tuning/held_out, or metadata/subject_splits.parquet)")
+
+
 def _data_fingerprint(root: str) -> str:
     """sha256 over a data dir's visible files: relative path, size, and the first and last 64 KiB of each.
 
@@ -452,6 +465,7 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
         st.run("etl", etl, raw, meds)
     if not _reuse(tok):
         st.run("tokenize", tokenize, meds, tok)
+    _check_splits(tok, meds)
     labels_error = None
     if not _reuse(labels_dir):
         try:
