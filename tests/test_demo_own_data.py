@@ -52,7 +52,9 @@ def test_one_command_from_raw_mimic_to_fits_heads_and_report(mimic_demo_dir, tmp
     for task in ("in_hospital_mortality", "long_los", "icu_admission", "readmission_30d"):
         assert (out / "heads" / task / "baseline" / "metrics.json").is_file()
     report = (out / "report.md").read_text()
-    assert f"by `ehrfm demo --quick --raw {cfg['raw']}`" in report
+    # The header gives the whole command (every flag off its default), so it can be run again as written.
+    assert (f"by `ehrfm demo --quick --out {out} --raw {cfg['raw']} --budgets 2e+10,4e+10 --first-stage 0 --bracket 0 "
+            "--bootstrap 0`") in report
     assert f"Raw MIMIC-IV from `{cfg['raw']}` -> MEDS" in report and "Synthetic" not in report
     assert f"ehrfm etl {cfg['raw']} --out meds" in report and "ehrfm synth" not in report
     assert "or use more patients" not in report  # no synthetic cohort to grow
