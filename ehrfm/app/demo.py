@@ -306,9 +306,9 @@ def _check_where_it_runs(cfg: DemoConfig) -> None:
     from sweeps.launch import LaunchConfig, _visible_gpus, check_executor, parse_time_minutes
 
     check_executor(cfg.executor)
-    if cfg.executor == "local" and cfg.gpus_per_node and len(_visible_gpus()) < cfg.gpus_per_node:
-        raise UserError(f"--gpus-per-node {cfg.gpus_per_node}: this machine has {len(_visible_gpus())} visible GPU(s) "
-                        "for local runs")
+    visible = len(_visible_gpus()) if cfg.executor == "local" and cfg.gpus_per_node else None
+    if visible is not None and visible < cfg.gpus_per_node:
+        raise UserError(f"--gpus-per-node {cfg.gpus_per_node}: this machine has {visible} visible GPU(s) for local runs")
     lead = LaunchConfig.signal_delay_s
     if cfg.executor == "slurm" and parse_time_minutes(cfg.slurm_time) * 60 <= lead:
         raise UserError(f"--time {cfg.slurm_time}: must be longer than {lead} s: jobs are told to checkpoint {lead} s "
