@@ -75,3 +75,39 @@ def test_equal_histories_tie_exactly_whatever_the_blas_summation_order():
     xs = csr_matrix(np.array([[0.3, 0.0], [0.3, 0.0], [-1.0, 2.0]]))
     ps = positive_proba(SparseNoise(), xs)
     assert ps[0] == ps[1] and ps[2] != ps[0]
+
+
+def test_vectorised_bootstrap_equals_sklearn_on_each_resample():
+    """bootstrap_intervals scores all replicates at once; each must equal sklearn on that resample."""
+    from sklearn.metrics import average_precision_score
+
+    from ehrfm.clinical.metrics import bootstrap_intervals, weighted_auroc_auprc
+
+    rng = np.random.default_rng(5)
+    n = 300
+    y = (rng.random(n) < 0.3).astype(int)
+    p = np.round(rng.random(n) + 0.4 * y, 1)  # 15 distinct scores: many ties
+    w = rng.integers(0, 4, (20, n)).astype(float)  # replicate weights, zeros included
+    w[0, y == 1] = 0  # a replicate with one class only
+    auc, ap = weighted_auroc_auprc(y, p, w)
+    assert np.isnan(auc[0]) and np.isnan(ap[0])
+    for r in range(1, len(w)):
+        assert auc[r] == pytest.approx(roc_auc_score(y, p, sample_weight=w[r]), abs=1e-12)
+        assert ap[r] == pytest.approx(average_precision_score(y, p, sample_weight=w[r]), abs=1e-12)
+
+    # The same resamples as one sklearn call per replicate: label draws, then subject draws.
+    for groups in (None, rng.integers(0, 120, n)):
+        got_auc, got_ap, used = bootstrap_intervals(y, p, 200, 3, groups)
+        draws = np.random.default_rng(3)
+        ref_auc, ref_ap = [], []
+        for _ in range(200):
+            if groups is None:
+                wr = np.bincount(draws.integers(0, n, n), minlength=n)
+            else:
+                _, inv = np.unique(groups, return_inverse=True)
+                wr = np.bincount(draws.integers(0, inv.max() + 1, inv.max() + 1), minlength=inv.max() + 1)[inv]
+            ref_auc.append(roc_auc_score(y, p, sample_weight=wr))
+            ref_ap.append(average_precision_score(y, p, sample_weight=wr))
+        assert used == 200
+        assert got_auc == pytest.approx(list(np.percentile(ref_auc, [2.5, 97.5])), abs=1e-12)
+        assert got_ap == pytest.approx(list(np.percentile(ref_ap, [2.5, 97.5])), abs=1e-12)

@@ -284,7 +284,7 @@ def baseline(cfg: BaselineConfig, out: str | os.PathLike, overwrite: bool = Fals
     lr, selection = fit_logistic(x[tr], y[tr], x[tu], y[tu], cfg.seed, task)
     p_lr = as_stored(positive_proba(lr, x))  # score what the prediction files hold
 
-    subjects = labels["subject_id"].to_numpy()[ho]  # the intervals resample subjects (metrics.bootstrap_ci)
+    subjects = labels["subject_id"].to_numpy()[ho]  # the intervals resample subjects (metrics.bootstrap_intervals)
     models = {"logistic_regression": {**binary_metrics(y[ho], p_lr[ho], task, cfg.bootstrap, cfg.seed, subjects),
                                       "selection": selection}}
     predictions = split_predictions(labels, p_lr, split, prefix="logistic_regression/")

@@ -161,43 +161,73 @@ def shared_bootstrap_auroc(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int,
 
 def _cluster_bootstrap_auroc(y: np.ndarray, p: np.ndarray, inverse: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     """shared_bootstrap_auroc's subject resamples: y (n,) bool, p (n,), inverse (n,) subject index 0..G-1."""
-    import scipy.sparse as sp
-
     n_groups = int(inverse.max()) + 1
     draws = np.random.default_rng([seed, 9]).integers(0, n_groups, size=(n_boot, n_groups))
     offsets = (np.arange(n_boot) * n_groups)[:, None]
     counts = np.bincount((draws + offsets).ravel(), minlength=n_boot * n_groups).reshape(n_boot, n_groups)
-    w = counts[:, inverse].astype(np.float64)  # (n_boot, n): each label's weight in each replicate
-    values, at = np.unique(p, return_inverse=True)  # ties share a score value
-    onehot = sp.csr_matrix((np.ones(len(p)), (np.arange(len(p)), at.reshape(-1))), shape=(len(p), len(values)))
-    w_pos = np.asarray((sp.csr_matrix(w * y) @ onehot).todense())  # (n_boot, values)
-    w_neg = np.asarray((sp.csr_matrix(w * ~y) @ onehot).todense())
-    below = np.cumsum(w_neg, axis=1) - w_neg  # negative weight strictly below each value
-    n_pos, n_neg = w_pos.sum(axis=1), w_neg.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = (w_pos * (below + 0.5 * w_neg)).sum(axis=1) / (n_pos * n_neg)
-    return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
+    auc, _ = weighted_auroc_auprc(y, p, counts[:, inverse].astype(np.float64))
+    return auc
 
 
-def bootstrap_ci(y: np.ndarray, p: np.ndarray, metric, n_boot: int, seed: int,
-                 groups: np.ndarray | None = None) -> tuple[list[float] | None, int]:
-    """Percentile 95% interval of metric(y, p) over resamples; (interval, resamples used).
+def weighted_auroc_auprc(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUROC and average precision of scores p for labels y under each row of weights w, at once.
 
     Args:
         y: (n,) 0/1 labels.
         p: (n,) scores.
-        metric: metric(y, p, sample_weight=None) (sklearn's roc_auc_score, average_precision_score).
+        w: (b, n) non-negative label weights (a bootstrap replicate's draw counts: a label drawn
+            k times weighs k).
+
+    Returns:
+        (auroc, auprc), each (b,) float64; NaN where a row's weight is all on one class. They equal
+        sklearn's roc_auc_score and average_precision_score with sample_weight=w[r] (to rounding):
+        AUROC as the Mann-Whitney statistic with ties counted half (the trapezoidal ROC area), AP
+        as sum over distinct thresholds of (recall step) * (precision at that threshold).
+    """
+    y = np.asarray(y).astype(bool)
+    order = np.argsort(p, kind="stable")
+    p_sorted = np.asarray(p)[order]
+    starts = np.flatnonzero(np.r_[True, p_sorted[1:] != p_sorted[:-1]])  # one bin per distinct score, ascending
+    ws, ys = w[:, order], y[order]
+    w_pos = np.add.reduceat(ws * ys, starts, axis=1)  # (b, distinct scores)
+    w_neg = np.add.reduceat(ws * ~ys, starts, axis=1)
+    n_pos, n_neg = w_pos.sum(axis=1), w_neg.sum(axis=1)
+    below = np.cumsum(w_neg, axis=1) - w_neg  # negative weight strictly below each score
+    tp = np.cumsum(w_pos[:, ::-1], axis=1)[:, ::-1]  # weight at or above each score (the threshold)
+    fp = np.cumsum(w_neg[:, ::-1], axis=1)[:, ::-1]
+    called = tp + fp
+    precision = np.divide(tp, called, out=np.zeros_like(tp), where=called > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (w_pos * (below + 0.5 * w_neg)).sum(axis=1) / (n_pos * n_neg)
+        ap = (w_pos * precision).sum(axis=1) / n_pos
+    two = (n_pos > 0) & (n_neg > 0)
+    return np.where(two, auc, np.nan), np.where(two, ap, np.nan)
+
+
+def bootstrap_intervals(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int,
+                        groups: np.ndarray | None = None) -> tuple[list[float] | None, list[float] | None, int]:
+    """Percentile 95% intervals of AUROC and AUPRC over the same resamples; (auroc_ci, auprc_ci, resamples used).
+
+    Args:
+        y: (n,) 0/1 labels.
+        p: (n,) scores.
         n_boot: resamples (0: no interval).
         seed: fixes the resamples.
         groups: (n,) the subject of each label, or None. When some subject has several labels, a
             resample draws subjects with replacement and weighs each label by its subject's draws
             (a cluster bootstrap); else labels are drawn (the same resamples as without groups).
+
+    Resamples with a single class are skipped; with fewer than half of n_boot left, no interval
+    (None). Every replicate is scored at once from its weights (weighted_auroc_auprc, equal to
+    sklearn's metrics on the resample): on 8,400 held-out labels, 1,000 replicates take ~1 s
+    instead of ~20 s of one sklearn call per replicate.
     """
     if n_boot <= 0:
-        return None, 0
+        return None, None, 0
+    y = np.asarray(y).astype(bool)
+    p = np.asarray(p, dtype=np.float64)
     rng = np.random.default_rng(seed)
     n = len(y)
-    values = []
     inverse = None
     if groups is not None:
         _, inverse = np.unique(np.asarray(groups), return_inverse=True)
@@ -205,24 +235,24 @@ def bootstrap_ci(y: np.ndarray, p: np.ndarray, metric, n_boot: int, seed: int,
         n_groups = int(inverse.max()) + 1 if n else 0
         if n_groups == n:  # one label per subject: the label bootstrap is the cluster bootstrap
             inverse = None
-    for _ in range(n_boot):
-        if inverse is None:
-            idx = rng.integers(0, n, n)
-            yb = y[idx]
-            if yb.min() == yb.max():
-                continue
-            values.append(metric(yb, p[idx]))
-            continue
-        w = np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups)[inverse]
-        keep = w > 0
-        yb = y[keep]
-        if yb.min() == yb.max():
-            continue
-        values.append(metric(yb, p[keep], sample_weight=w[keep]))
-    if len(values) < 0.5 * n_boot:  # too few two-class resamples for a trustworthy interval
-        return None, len(values)
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return [float(lo), float(hi)], len(values)
+    chunk = max(1, 4_000_000 // max(n, 1))  # replicates scored together (~32 MB of weights)
+    aucs, aps = [], []
+    for first in range(0, n_boot, chunk):
+        w = np.empty((min(chunk, n_boot - first), n))
+        for r in range(len(w)):  # the draws of one replicate at a time: the resamples do not depend on `chunk`
+            if inverse is None:
+                w[r] = np.bincount(rng.integers(0, n, n), minlength=n)
+            else:
+                w[r] = np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups)[inverse]
+        auc, ap = weighted_auroc_auprc(y, p, w)
+        aucs.append(auc)
+        aps.append(ap)
+    auc, ap = np.concatenate(aucs), np.concatenate(aps)
+    used = int(np.isfinite(auc).sum())
+    if used < 0.5 * n_boot:  # too few two-class resamples for a trustworthy interval
+        return None, None, used
+    ci = [[float(v) for v in np.percentile(x[np.isfinite(x)], [2.5, 97.5])] for x in (auc, ap)]
+    return ci[0], ci[1], used
 
 
 def binary_metrics(y, p, task: str, n_boot: int = 1000, seed: int = 0, groups=None) -> dict:
@@ -235,7 +265,7 @@ def binary_metrics(y, p, task: str, n_boot: int = 1000, seed: int = 0, groups=No
         n_boot: bootstrap resamples of the labels for the percentile intervals (0: none).
         seed: fixes the resamples.
         groups: (n,) the subject_id of each label, or None: when a subject has several labels the
-            intervals resample subjects (bootstrap_ci), and "bootstrap" says so ("unit").
+            intervals resample subjects (bootstrap_intervals), and "bootstrap" says so ("unit").
 
     Returns:
         {task, n, n_positive, prevalence, auroc, auroc_ci, auroc_se, auroc_se_method (DeLong et al.
@@ -269,12 +299,12 @@ def binary_metrics(y, p, task: str, n_boot: int = 1000, seed: int = 0, groups=No
         if groups is not None and len(groups) != len(y):
             raise ValueError("groups and y differ in length")
         clustered = groups is not None and len(np.unique(np.asarray(groups))) < len(y)
-        out["auroc_ci"], used = bootstrap_ci(y, p, roc_auc_score, boot, seed, groups)
+        out["auroc_ci"], auprc_ci, used = bootstrap_intervals(y, p, boot, seed, groups)
         # The SE follows the interval's unit: subjects when some have several labels (clustered).
         out["auroc_se"] = auroc_standard_error(y, p, groups if clustered else None)
         out["auroc_se_method"] = SE_CLUSTERED if clustered else SE_DELONG
         out["auprc"] = float(average_precision_score(y, p))
-        out["auprc_ci"], _ = bootstrap_ci(y, p, average_precision_score, boot, seed, groups)
+        out["auprc_ci"] = auprc_ci
         out["bootstrap"] = {"resamples": boot, "used": used, "interval": "percentile 95%",
                             "unit": "subject" if clustered else "label"}
         if n_boot > 0 and not boot:
