@@ -54,6 +54,15 @@ without being shaped.
 `planned_flops` in sweep.json is what the sweep will really spend: the sum of the runs' FLOPs for
 cosine; for wsd each trunk once plus each branch's decay only.
 
+Replicate seeds (`run_seeds` K, `sweep plan --run-seeds K`): each (budget, shape) point is trained
+K times, with training seeds seed, seed+1, ..., seed+K-1 (same data, tokens and recipe; the seed sets
+the initial weights and the batch order). Runs of the demo's size at one point end up to 3% apart
+between seeds, as deep as the sides of an IsoFLOP parabola (README, "The model family and the grid"),
+so one seed per point leaves each budget's N_opt uncertain; `ehrfm fit` fits every replicate, and
+its residual bootstrap sees their scatter. The first seed's runs keep their ids, so re-planning a
+sweep dir with more seeds adds runs and keeps the trained ones; with wsd each (shape, seed) has its
+own trunk. Bracketing compares a ladder's sizes by their replicates' mean loss.
+
 Every planned run has a stable id: a hash of its training config (and budget, and trunk), so
 planning twice gives the same ids and relaunches find their runs.
 
@@ -128,6 +137,9 @@ class SweepConfig:
     extra_rungs: dict = field(default_factory=dict)
     """Set by `--bracket-from RESULTS` and kept on re-planning: {budget (`budget_key`): [below, above]}, ladder rungs added
     beyond each end of that budget's ladder (module docstring)."""
+    run_seeds: int = 1
+    """Training seeds per (budget, shape): runs with seeds SEED, SEED+1, ... (replicates); their scatter is training noise that
+    one seed per point hides, and the fits use every replicate (module docstring)."""
     lr_ref_width: int = 0
     """Scale each run's peak lr by LR_REF_WIDTH / d_model, so the sweep's lr is the lr at that width (muP for
     Adam, Yang et al. 2022: a width's best lr falls as 1/width); 0: the same lr for every run."""
@@ -301,9 +313,15 @@ def run_train_config(sweep: SweepConfig, row: dict, run_dir: str | Path) -> Trai
         n_head=int(row["n_head"]),
         context=int(row["context"]),
         tokens=int(row["tokens"]),
-        **{**sweep.train, **run_lr(sweep, int(row["d_model"]))},
+        **{**sweep.train, **run_lr(sweep, int(row["d_model"])), **_row_seed(row)},
         **wsd,
     )
+
+
+def _row_seed(row: dict) -> dict:
+    """{"seed": the planned run's training seed} (a replicate's own), or {} for a plan row without one."""
+    seed = row.get("seed")
+    return {} if seed is None else {"seed": int(seed)}
 
 
 def run_lr(sweep: SweepConfig, d_model: int) -> dict:
@@ -554,17 +572,24 @@ def bracket_rungs(sweep: SweepConfig, rows: list[dict], results: str | Path) -> 
     extra = {k: list(v) for k, v in sweep.extra_rungs.items()}
     notes = []
     for budget in sweep.budgets:
-        ladder = sorted((r for r in rows if r["budget"] == budget), key=lambda r: r["n_params"])
-        done = [r for r in ladder if r["run_id"] in loss]
+        runs = [r for r in rows if r["budget"] == budget]
+        done = [r for r in runs if r["run_id"] in loss]
+        # One rung per shape; with replicate seeds (run_seeds) a shape's loss is its replicates' mean.
+        by_shape: dict[tuple[int, int], list[float]] = {}
+        for r in runs:
+            by_shape.setdefault((r["n_layer"], r["d_model"]), []).append(loss.get(r["run_id"], math.nan))
+        ladder = sorted(({"n_layer": k[0], "d_model": k[1], "n_params": next(r["n_params"] for r in runs
+                          if (r["n_layer"], r["d_model"]) == k), "loss": sum(v) / len(v)} for k, v in by_shape.items()),
+                        key=lambda r: r["n_params"])
         if len(ladder) < 3:
             notes.append(f"--bracket-from: budget {budget:.3g}: not extended: its ladder has {len(ladder)} size(s), and "
                          "an end of a ladder says where the optimum lies only with at least 3 (plan with --sizes 3 or more)")
             continue
-        if len(done) < len(ladder):
-            notes.append(f"--bracket-from: budget {budget:.3g}: not extended: {len(done)} of its {len(ladder)} planned runs "
+        if len(done) < len(runs):
+            notes.append(f"--bracket-from: budget {budget:.3g}: not extended: {len(done)} of its {len(runs)} planned runs "
                          f"completed with a finite loss in {results} (bracketing needs every run of its ladder)")
             continue
-        best = min(done, key=lambda r: loss[r["run_id"]])
+        best = min(ladder, key=lambda r: r["loss"])
         side = 0 if best is ladder[0] else 1 if best is ladder[-1] else None
         if side is None:
             continue
@@ -602,7 +627,7 @@ def _read_results(results: str | Path):
 
 def make_plan(sweep: SweepConfig) -> tuple[list[dict], list[str]]:
     """Plan rows (dicts with PLAN_COLUMNS) and human-readable warnings for a sweep config."""
-    from ehrfm.shapes import n_params, n_params_total, shape_for_params
+    from ehrfm.shapes import n_params, shape_for_params
 
     base = TrainConfig(tokens_dir=sweep.tokens_dir, out_dir="", tokens=1, context=sweep.context, **sweep.train)
     tokens_per_step = base.batch_size * base.context
@@ -615,6 +640,8 @@ def make_plan(sweep: SweepConfig) -> tuple[list[dict], list[str]]:
                         "--span-dex > 0 (decades each side of the centre) or --sizes 1")
     if not (sweep.tokens_per_param > 0 and math.isfinite(sweep.tokens_per_param)):
         raise UserError(f"--tokens-per-param must be finite and > 0 (got {sweep.tokens_per_param})")
+    if not (isinstance(sweep.run_seeds, int) and sweep.run_seeds >= 1):
+        raise UserError(f"--run-seeds must be an integer >= 1 (got {sweep.run_seeds!r}): training seeds per (budget, shape)")
 
     rows: list[dict] = []
     warnings: list[str] = []
@@ -641,6 +668,7 @@ def make_plan(sweep: SweepConfig) -> tuple[list[dict], list[str]]:
         targets = ladder[budget]
         seen: set[tuple[int, int, int]] = set()
         n_rows = len(rows)
+        planned_shapes = 0
         for target in targets:
             if target > 10.0 * n_max:  # shaping it would be wasted (or, for a huge target, endless): it snaps to N > n_max
                 warnings.append(f"budget {budget:.3g}: target N={target:.3g} dropped, no model that size can train one "
@@ -657,43 +685,23 @@ def make_plan(sweep: SweepConfig) -> tuple[list[dict], list[str]]:
             if tokens < tokens_per_step:
                 warnings.append(f"{label}: dropped, D={tokens} tokens is less than one optimizer step ({tokens_per_step} tokens)")
                 continue
-            cfg = dataclasses.replace(base, n_layer=shape.n_layer, d_model=shape.d_model, n_head=shape.n_head, tokens=tokens,
-                                      **run_lr(sweep, shape.d_model))
+            shape_cfg = dataclasses.replace(base, n_layer=shape.n_layer, d_model=shape.d_model, n_head=shape.n_head,
+                                            tokens=tokens, **run_lr(sweep, shape.d_model))
             steps = math.ceil(tokens / tokens_per_step)
             epochs = tokens / sweep.train_tokens if sweep.train_tokens else float("nan")
             if steps < sweep.min_steps:
                 warnings.append(f"{label}: only {steps} optimizer steps (< --min-steps {sweep.min_steps})")
             if sweep.train_tokens and tokens > sweep.train_tokens:
                 warnings.append(f"{label}: D={tokens:.3g} tokens is {epochs:.1f} epochs of the {sweep.train_tokens} unique training tokens")
-            rows.append(
-                {
-                    "run_id": run_id_for(sweep.tokenizer_fingerprint, budget, cfg),
-                    "budget": float(budget),
-                    "target_n_params": float(target),
-                    "n_layer": shape.n_layer,
-                    "d_model": shape.d_model,
-                    "n_head": shape.n_head,
-                    "context": shape.context,
-                    "n_params": n_params(shape),
-                    "n_params_total": n_params_total(shape),
-                    "flops_per_token": float(fpt),
-                    "tokens": tokens,
-                    "flops": float(tokens * fpt),
-                    "steps": steps,
-                    "epochs": float(epochs),
-                    "seed": cfg.seed,
-                    "schedule": "cosine",
-                    "trunk_id": None,
-                    "branch_tokens": 0,
-                    "warmup_steps": None,
-                    "stable_checkpoints": [],
-                }
-            )
+            planned_shapes += 1
+            for replicate in range(sweep.run_seeds):  # the first keeps the run id a one-seed plan gives
+                cfg = dataclasses.replace(shape_cfg, seed=base.seed + replicate)
+                rows.append(_plan_row(sweep, budget, target, shape, cfg, steps, epochs))
         if len(seen) < k:
             warnings.append(f"budget {budget:.3g}: {k} sizes asked, {len(seen)} distinct shapes (small sizes snap to the same shape)")
-        planned = len(rows) - n_rows
-        if planned < 3:
-            warnings.append(f"budget {budget:.3g}: {planned} run(s) planned; an IsoFLOP parabola (`ehrfm fit` Approach 2) needs "
+        if planned_shapes < 3:
+            what = f"{planned_shapes} run(s)" if sweep.run_seeds == 1 else f"{planned_shapes} size(s) ({sweep.run_seeds} seeds each)"
+            warnings.append(f"budget {budget:.3g}: {what} planned; an IsoFLOP parabola (`ehrfm fit` Approach 2) needs "
                             "at least 3 sizes per budget, so this budget gives none (more --sizes or --span-dex, or a larger budget)")
         if memory:
             heavy += [r for r in rows[n_rows:] if 16 * r["n_params_total"] > memory]
@@ -711,6 +719,36 @@ def make_plan(sweep: SweepConfig) -> tuple[list[dict], list[str]]:
     elif sweep.schedule != "cosine":
         raise UserError(f"--schedule must be one of {', '.join(SCHEDULES)} (got {sweep.schedule!r})")
     return rows, warnings
+
+
+def _plan_row(sweep: SweepConfig, budget: float, target: float, shape: ModelConfig, cfg: TrainConfig, steps: int,
+              epochs: float) -> dict:
+    """One plan.parquet row (a cosine run; _wsd_rows turns rows into trunks and branches)."""
+    from ehrfm.shapes import n_params, n_params_total
+
+    fpt = _flops_per_token(shape)
+    return {
+        "run_id": run_id_for(sweep.tokenizer_fingerprint, budget, cfg),
+        "budget": float(budget),
+        "target_n_params": float(target),
+        "n_layer": shape.n_layer,
+        "d_model": shape.d_model,
+        "n_head": shape.n_head,
+        "context": shape.context,
+        "n_params": n_params(shape),
+        "n_params_total": n_params_total(shape),
+        "flops_per_token": float(fpt),
+        "tokens": cfg.tokens,
+        "flops": float(cfg.tokens * fpt),
+        "steps": steps,
+        "epochs": float(epochs),
+        "seed": cfg.seed,
+        "schedule": "cosine",
+        "trunk_id": None,
+        "branch_tokens": 0,
+        "warmup_steps": None,
+        "stable_checkpoints": [],
+    }
 
 
 def _ceil3(x: float) -> str:
@@ -741,9 +779,9 @@ def _wsd_rows(sweep: SweepConfig, base: TrainConfig, rows: list[dict]) -> list[d
         raise UserError("set the schedule with --schedule wsd, not through --train-opt")
     base = dataclasses.replace(base, schedule="wsd")
     step_tokens = base.batch_size * base.context
-    groups: dict[tuple[int, int, int], list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["n_layer"], r["d_model"], r["n_head"]), []).append(r)
+    groups: dict[tuple[int, int, int, int], list[dict]] = {}
+    for r in rows:  # one trunk per shape and training seed: a replicate shares nothing with another seed's runs
+        groups.setdefault((r["n_layer"], r["d_model"], r["n_head"], r["seed"]), []).append(r)
     if not any(len(g) > 1 for g in groups.values()):
         raise UserError(
             f"--schedule wsd: no model shape serves more than one of the {len(sweep.budgets)} budget(s), so no trunk "
@@ -766,7 +804,7 @@ def _wsd_rows(sweep: SweepConfig, base: TrainConfig, rows: list[dict]) -> list[d
             points[r["run_id"]] = start * step_tokens
         stable = sorted(set(points.values()))
         tcfg = dataclasses.replace(base, n_layer=trunk["n_layer"], d_model=trunk["d_model"], n_head=trunk["n_head"],
-                                   tokens=trunk["tokens"], warmup_steps=warmup, stable_checkpoints=stable,
+                                   tokens=trunk["tokens"], warmup_steps=warmup, stable_checkpoints=stable, seed=trunk["seed"],
                                    **run_lr(sweep, trunk["d_model"]))
         trunk_id = run_id_for(sweep.tokenizer_fingerprint, trunk["budget"], tcfg)
         out.append({**trunk, "run_id": trunk_id, "schedule": "wsd", "trunk_id": trunk_id, "branch_tokens": 0,
@@ -776,8 +814,8 @@ def _wsd_rows(sweep: SweepConfig, base: TrainConfig, rows: list[dict]) -> list[d
             out.append({**r, "run_id": run_id_for(sweep.tokenizer_fingerprint, r["budget"], bcfg, trunk_id=trunk_id),
                         "schedule": "wsd", "trunk_id": trunk_id, "branch_tokens": points[r["run_id"]],
                         "warmup_steps": warmup, "stable_checkpoints": []})
-    key = {(r["budget"], r["n_layer"], r["d_model"]): i for i, r in enumerate(rows)}  # keep the plan's order
-    return sorted(out, key=lambda r: key[(r["budget"], r["n_layer"], r["d_model"])])
+    key = {(r["budget"], r["n_layer"], r["d_model"], r["seed"]): i for i, r in enumerate(rows)}  # keep the plan's order
+    return sorted(out, key=lambda r: key[(r["budget"], r["n_layer"], r["d_model"], r["seed"])])
 
 
 def planned_flops(rows: list[dict]) -> float:
@@ -813,6 +851,7 @@ def plan_sweep(
     centre_from: str | Path | None = None,
     lr_ref_width: int = 0,
     bracket_from: str | Path | None = None,
+    run_seeds: int = 1,
 ) -> tuple[SweepConfig, list[dict], list[str]]:
     """Plan an IsoFLOP sweep into `out` (sweep.json + plan.parquet); returns (config, rows, warnings).
 
@@ -838,6 +877,8 @@ def plan_sweep(
         lr_ref_width: > 0: each run's peak lr is lr * lr_ref_width / d_model (`run_lr`); 0: one lr.
         bracket_from: a results table of this sweep dir's runs: add a rung beyond the end of each
             ladder where its lowest loss sits (`bracket_rungs`). Rungs added earlier are kept.
+        run_seeds: training seeds per (budget, shape), from the `seed` train option up (replicates;
+            module docstring). Re-planning with more keeps the trained runs and adds the new seeds'.
 
     Returns:
         (SweepConfig as saved in sweep.json, one dict per planned run as in plan.parquet, warnings).
@@ -879,6 +920,7 @@ def plan_sweep(
         train_tokens=int(train_tokens),
         schedule=str(schedule),
         lr_ref_width=int(lr_ref_width),
+        run_seeds=run_seeds,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         ehrfm_version=ehrfm.__version__,
     )
@@ -1025,13 +1067,15 @@ def print_plan(sweep: SweepConfig, rows: list[dict], warnings: list[str], out: P
 
     columns = [("run_id", "run_id", "<34"), ("budget", "budget", ">8.2g"), ("n_params", "N", ">9.3g"), ("n_layer", "L", ">3"),
                ("d_model", "d", ">5"), ("n_head", "H", ">3"), ("tokens", "D", ">10.3g"), ("steps", "steps", ">6"),
-               ("epochs", "epochs", ">6.2f")]
+               ("epochs", "epochs", ">6.2f")] + ([("seed", "seed", ">4")] if sweep.run_seeds > 1 else [])
     for line in text_table(columns, rows):
         print(line, file=file)
     file.flush()
     for w in warnings:
         warn(w, "sweep plan")
     trunks = f", {len({r['trunk_id'] for r in rows})} wsd trunks" if sweep.schedule == "wsd" else ""
+    if sweep.run_seeds > 1:
+        trunks += f", {sweep.run_seeds} training seeds per (budget, shape)"
     law = sweep.centre_law
     if law and any(b > law["from_budget"] for b in sweep.budgets):
         n = sum(b > law["from_budget"] for b in sweep.budgets)

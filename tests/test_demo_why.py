@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import polars as pl
+import pytest
 
 from ehrfm.app.demo import DemoConfig, _why_missed
 
@@ -133,3 +134,25 @@ def test_the_sweep_table_gives_both_parameter_counts_and_each_auroc_with_its_err
                            "sweep/results.parquet", {})
     assert "| 1e+12 | `C1e12_L1_D32` | 6e+04 | 1.3e+04 | 1 x 32 | 2e+06 | 0.50 | 1.0123 | completed | 0.917 +- 0.041 |" in lines
     assert any("at most 100 labels per split and task" in x and "so their AUROC of the same run differs" in x for x in lines)
+
+
+def test_replicate_seeds_are_a_demo_setting_in_its_command_plan_and_resume_check():
+    """`ehrfm demo --run-seeds 2`: in the command line and the reproduce commands; a demo dir of one seed is not
+    resumed with two (its sweep would change); a dir from before the setting resumes on one seed."""
+    import dataclasses
+    import json
+
+    from ehrfm.app.demo import _config_changes, _plan_commands
+    from ehrfm.errors import UserError
+
+    cfg = DemoConfig(run_seeds=2)
+    assert "--run-seeds 2" in cfg.command_line()
+    assert all("--run-seeds 2" in c for c in _plan_commands(cfg, first_stage_law="fit-stage1") if c.startswith("ehrfm sweep plan"))
+    assert not any("--run-seeds" in c for c in _plan_commands(DemoConfig(), first_stage_law="fit-stage1"))
+    one = json.loads(json.dumps(dataclasses.asdict(DemoConfig())))
+    hard, _ = _config_changes(one, {**one, "run_seeds": 2})
+    assert hard == ["run_seeds 1 -> 2"]
+    before = {k: v for k, v in one.items() if k != "run_seeds"}
+    assert _config_changes(before, one) == ([], [])
+    with pytest.raises(UserError, match=r"--run-seeds 0: must be an integer >= 1"):
+        DemoConfig(run_seeds=0).checked()
