@@ -233,11 +233,9 @@ class DemoConfig:
         line; when they differ from their defaults, the command says so.
         """
         base = DemoConfig.quick_config() if self.quick else DemoConfig()
-        flags = {"out": "--out", "raw": "--raw", "meds": "--meds", "patients": "--patients", "budgets": "--budgets",
-                 "sizes": "--sizes", "span_dex": "--span-dex", "tokens_per_param": "--tokens-per-param",
-                 "first_stage": "--first-stage", "bracket": "--bracket", "run_seeds": "--run-seeds", "seed": "--seed", "executor": "--executor",
-                 "slurm_partition": "--partition", "gpus_per_node": "--gpus-per-node", "slurm_time": "--time",
-                 "max_parallel": "--max-parallel", "bootstrap": "--bootstrap"}
+        from ehrfm.app.demo_cli import demo_flags
+
+        flags = {name: flag for name, flag in demo_flags().items() if name != "quick"}
         words = ["ehrfm", "demo"] + (["--quick"] if self.quick else [])
         for name, flag in flags.items():
             value, default = getattr(self, name), getattr(base, name)

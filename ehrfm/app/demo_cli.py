@@ -29,6 +29,20 @@ def _add_arguments(p) -> None:
     p.add_argument("--overwrite", action="store_true", help="delete DIR first instead of resuming it")
 
 
+def demo_flags() -> dict[str, str]:
+    """{DemoConfig field: its `ehrfm demo` option string}, in the parser's order, read from the parser itself.
+
+    DemoConfig.command_line writes a config back as the command that makes it; taking the flags
+    from the parser keeps the two from drifting apart (a renamed flag, a new one).
+    """
+    from ehrfm.cli_args import Parser
+
+    p = Parser(prog="ehrfm demo")
+    _add_arguments(p)
+    return {a.config_field: a.option_strings[0] for a in p._actions  # argparse has no public list of its actions
+            if getattr(a, "config_field", None) and a.option_strings}
+
+
 def register(sub) -> None:
     """Add the `ehrfm demo` subcommand to the subparsers action `sub`."""
     command(
