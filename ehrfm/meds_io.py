@@ -20,7 +20,8 @@ same one-line error and applies the same rules:
   0.3 or older (`patient_id`) is refused naming the file, the missing column and the MEDS version
   expected.
 - Types: subject_id an integer, time a timestamp (any unit; a time zone is read as the UTC
-  instant), code text, numeric_value a number (read as the float32 MEDS stores, whatever its
+  instant, with one warning per zone: labels made elsewhere on the data's local clock would sit
+  hours off their histories -- a New York shard's labels all failed the leakage audit), code text, numeric_value a number (read as the float32 MEDS stores, whatever its
   width), or a column of nulls (as pandas writes an empty shard); anything else (text ids, epoch
   numbers, dates) is refused naming the file and column (`COLUMN_TYPES`), never cast by
   guessing. Rows with a null
@@ -492,6 +493,21 @@ def null_time_codes(paths: Iterable[Path]) -> dict[str, int]:
     return {c: int(n) for c, n in bad.sort(CODE).iter_rows() if c is not None}
 
 
+_ZONES_WARNED: set[str] = set()  # one warning per zone and process, not one per shard
+
+
+def _warn_zone_once(zone: str, path: Path) -> None:
+    """Say once that shards zoned `zone` are read as UTC: naive label times from elsewhere must be UTC too."""
+    if zone in _ZONES_WARNED or zone.upper() == "UTC":
+        return
+    _ZONES_WARNED.add(zone)
+    from ehrfm.io import warn
+
+    warn(f"MEDS shard {path}: column time has time zone {zone}; MEDS times have none, so ehrfm reads them as UTC "
+         "instants (so does every ehrfm label): a label file made elsewhere on the data's local clock would put each "
+         "prediction time hours off its history (check it with `ehrfm audit`)")
+
+
 def scan_shard(shard: Shard | Path, columns: Iterable[str] = REQUIRED_COLUMNS) -> pl.LazyFrame:
     """A lazy frame of one shard's rows.
 
@@ -507,6 +523,7 @@ def scan_shard(shard: Shard | Path, columns: Iterable[str] = REQUIRED_COLUMNS) -
     lf = pl.scan_parquet(path).select(present)
     zone = getattr(schema.get(TIME), "time_zone", None)
     if zone is not None and TIME in present:  # the UTC instant, without a zone: every shard alike
+        _warn_zone_once(zone, path)
         lf = lf.with_columns(pl.col(TIME).dt.convert_time_zone("UTC").dt.replace_time_zone(None))
     casts = {SUBJECT_ID: pl.Int64, TIME: pl.Datetime("us"), CODE: pl.String, NUMERIC_VALUE: pl.Float64, STAY_ID: pl.String}
     lf = lf.with_columns([pl.lit(None, casts.get(c, pl.String)).alias(c) for c in columns if c not in schema])

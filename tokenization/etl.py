@@ -23,7 +23,8 @@ CRLF or a lone CR, and quoted values may hold line breaks.
 Output (DESIGN.md section 1):
     data/{train,tuning,held_out}/{k}.parquet   subject_id, time, code, numeric_value, text_value,
                                                hadm_id (extra column: the raw admission id)
-    metadata/codes.parquet                     code, description, parent_codes, count
+    metadata/codes.parquet                     code, description, parent_codes (ICD codes: ICD9CM/,
+                                               ICD9Proc/, ICD10CM/, ICD10PCS/ + the code), count
     metadata/dataset.json                      dataset_name, ..., meds_version, created_at
     metadata/subject_splits.parquet            subject_id, split
     metadata/etl_config.json                   the EtlConfig that made it, tables used and missing,
@@ -86,7 +87,8 @@ Codes (MIMIC_IV_MEDS "//" style; values always in numeric_value, never in the co
     (intime), ED_DISPOSITION//<disposition> (outtime), ED_TRIAGE//<temperature|heartrate|resprate|
     o2sat|sbp|dbp|pain|acuity> (at the ED stay's intime), ED_VITAL//<same but acuity> (charttime),
     ED_DIAGNOSIS//ICD//<9|10>//<code> (at the ED stay's outtime), ED_MEDRECON//<name>,
-    ED_PYXIS//<name> (charttime). A missing unit, location or name part is `UNK`.
+    ED_PYXIS//<name> (charttime). A missing or blank unit, location or name part is `UNK`;
+    spaces around a part are dropped (`Vitamin D3 ` and a CHAR(7) `4019   ` are `Vitamin D3`, `4019`).
 Within one timestamp events keep a clinical order: admission, transfers, measurements,
 medications, procedures, diagnoses, death, discharge.
 
@@ -361,8 +363,15 @@ def _ev(df: pl.DataFrame, time: pl.Expr | str, code: pl.Expr, order: int, numeri
 
 
 def _part(col: str) -> pl.Expr:
-    """A code component: the raw value, or UNK when missing; '//' inside it would break parsing."""
-    return pl.col(col).cast(pl.String).fill_null("UNK").str.replace_all("//", "/", literal=True)
+    """A code component: the raw value without surrounding spaces, or UNK when missing or blank.
+
+    '//' inside it would break parsing. Spaces around a value carry no meaning but made two codes
+    of one: the real demo writes some drug names with a trailing space (`PHARMACY//Vitamin D3 ` beside
+    `PHARMACY//Vitamin D3`, 23 such pairs) and a blank lab unit (`LAB//51498// `), and a PostgreSQL
+    export pads CHAR(n) columns (icd_code CHAR(7): `4019   `, which no ICD hierarchy parses).
+    """
+    value = pl.col(col).cast(pl.String).str.strip_chars()
+    return pl.when(value.str.len_chars() > 0).then(value).otherwise(pl.lit("UNK")).str.replace_all("//", "/", literal=True)
 
 
 def _keep(df: pl.DataFrame, ctx: Context, cond: pl.Expr, reason: str) -> pl.DataFrame:
@@ -524,7 +533,8 @@ def _pharmacy(df, ctx):
 def _microbiology(df, ctx):
     # One event per result row: the organism grown (NONE: no growth) and, for a susceptibility
     # row, the antibiotic; its dilution in numeric_value, its interpretation (S/I/R) in text_value.
-    org = pl.col("org_name").cast(pl.String).fill_null("NONE").str.replace_all("//", "/", literal=True)
+    org = pl.col("org_name").cast(pl.String).str.strip_chars()
+    org = pl.when(org.str.len_chars() > 0).then(org).otherwise(pl.lit("NONE")).str.replace_all("//", "/", literal=True)
     ab = pl.when(pl.col("ab_name").is_not_null()).then(pl.lit("//") + _part("ab_name")).otherwise(pl.lit(""))
     code = pl.concat_str(pl.lit("MICROBIOLOGY//"), _part("test_name"), pl.lit("//"), org, ab)
     return [_ev(df, "charttime", code, ORDER_MEASURE, numeric=pl.col("dilution_value"),
@@ -1376,7 +1386,8 @@ def _resolve_tables(raw: Path, cfg: EtlConfig) -> tuple[list, dict, list[str], d
     present = {t.name: find_table(raw, t.name) for t in wanted}
     for t in wanted:
         if t.required and present[t.name] is None:
-            raise UserError(f"required table {t.name}.csv.gz (or .csv) not found in {raw}{_where_mimic_is(raw)}")
+            raise UserError(f"required table {t.name}.csv.gz (or .csv) not found in {raw}"
+                            f"{_other_output_hint(raw) or _where_mimic_is(raw)}")
     if has_ed and any(t.module == "ed" for t in wanted) and present.get("ed/edstays") is None:
         raise UserError(f"{raw / 'ed'}: MIMIC-IV-ED directory without edstays.csv.gz (or .csv): every ED "
                         "event is timed by its ED stay; add ed/edstays or remove the ed/ directory")
@@ -1391,6 +1402,18 @@ def _resolve_tables(raw: Path, cfg: EtlConfig) -> tuple[list, dict, list[str], d
             optional = {c for c in t.columns if c in OPTIONAL_COLUMNS}
             used_columns[t.name] = _check_columns(present[t.name], t.columns, optional, table=t.name)
     return wanted, present, missing, used_columns
+
+
+def _other_output_hint(raw: Path) -> str:
+    """A hint for a dir ehrfm made passed where raw MIMIC-IV belongs (a MEDS dataset, a token dir), else "".
+
+    `ehrfm etl MEDS_DIR` said only that hosp/patients was not found, as for an empty folder.
+    """
+    if (raw / "tokenizer.json").is_file():
+        return "; it is a token dir (made by `ehrfm tokenize`), not raw MIMIC-IV"
+    if (raw / "data").is_dir() and ((raw / "metadata").is_dir() or any((raw / "data").rglob("*.parquet"))):
+        return f"; it is a MEDS dataset already (data/, metadata/): tokenize it with `ehrfm tokenize {raw} --out TOKEN_DIR`"
+    return ""
 
 
 def _where_mimic_is(raw: Path, depth: int = 4) -> str:
@@ -1912,6 +1935,10 @@ def _check_options(cfg: EtlConfig) -> None:
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise UserError(f"{name} must be a whole number of at least 1 (got {v!r})")
+    seed = cfg.split_seed
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 1 << 63:
+        # The split hash adds the seed as an unsigned 64-bit number: -1 or 2**64 ended in a traceback.
+        raise UserError(f"--split-seed must be a whole number from 0 to 2**63 - 1 (got {seed!r})")
     fr = cfg.split_fractions
     if cfg.splits_file is None and (len(fr) != 3 or not all(np.isfinite(fr)) or min(fr) < 0 or abs(sum(fr) - 1) > 1e-6):
         raise UserError(f"split fractions must be 3 finite numbers >= 0 summing to 1 (train, tuning, held_out); got {list(fr)}")
@@ -2272,6 +2299,8 @@ def _dictionary_rows(path: Path, columns: dict[str, str], keys: set[str]) -> pl.
             header = next(reader, [])
             at = [header.index(columns[c]) for c in names]
             for row in reader:
+                # Keys without surrounding spaces, as _part writes them into codes (CHAR(n) padding).
+                row = [v.strip() for v in row]
                 if len(row) > at[0] and row[at[0]] in keys:
                     rows.append([row[i] if i < len(row) and row[i] != "" else None for i in at])
     except UnicodeDecodeError:
@@ -2279,6 +2308,13 @@ def _dictionary_rows(path: Path, columns: dict[str, str], keys: set[str]) -> pl.
     except (OSError, EOFError, csv.Error) as e:
         raise UserError(f"{path}: cannot be read as CSV ({type(e).__name__})") from None
     return pl.DataFrame(rows, schema={c: pl.String for c in names}, orient="row")
+
+
+# The OMOP vocabulary of an ICD code, by its code's head and ICD version: the parent_codes prefix.
+# ICD-9 diagnoses and procedures are two code systems: one "ICD9/" prefix made diagnosis 518.7
+# (transfusion lung injury) and procedure 51.87 (a bile duct stent) one parent code, ICD9/5187.
+ICD_VOCABULARIES = {("DIAGNOSIS", "9"): "ICD9CM", ("DIAGNOSIS", "10"): "ICD10CM", ("ED_DIAGNOSIS", "9"): "ICD9CM",
+                    ("ED_DIAGNOSIS", "10"): "ICD10CM", ("PROCEDURE", "9"): "ICD9Proc", ("PROCEDURE", "10"): "ICD10PCS"}
 
 
 def _write_codes(raw: Path, out: Path, counts: dict[str, int]) -> None:
@@ -2304,11 +2340,8 @@ def _write_codes(raw: Path, out: Path, counts: dict[str, int]) -> None:
     parents = []
     for c in codes:
         p = c.split("//")
-        if p[0] in ("DIAGNOSIS", "PROCEDURE") and len(p) >= 4 and p[1] == "ICD":
-            kind = "CM" if p[0] == "DIAGNOSIS" else "PCS"
-            parents.append([f"ICD{p[2]}{kind if p[2] == '10' else ''}/{p[3]}"])
-        else:
-            parents.append(None)
+        vocabulary = ICD_VOCABULARIES.get((p[0], p[2])) if len(p) >= 4 and p[1] == "ICD" else None
+        parents.append([f"{vocabulary}/{p[3]}"] if vocabulary else None)
     df = pl.DataFrame({
         "code": codes,
         "description": [_describe(c, dictionaries) for c in codes],

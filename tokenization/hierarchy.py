@@ -146,7 +146,8 @@ def code_parts(code: str, mode: str) -> tuple[list[str], list[str]]:
         raise ValueError(f"unknown code mode {mode!r} (expected one of {', '.join(CODE_MODES)})")
     m = _ICD.match(code)
     if m:
-        parsed = _icd_parts(m["prefix"], m["version"], m["code"].replace(".", "").upper())
+        # Dots, letter case and surrounding spaces (a PostgreSQL CHAR(7) export) are not part of the code.
+        parsed = _icd_parts(m["prefix"], m["version"], m["code"].replace(".", "").strip().upper())
         if parsed is not None:
             chain, rest = parsed
             top = f"{m['prefix']}//{ANY}"

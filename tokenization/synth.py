@@ -364,19 +364,21 @@ def synthesize(out: str | os.PathLike, n_patients: int = 1000, seed: int = 0, ov
     Args:
         out: output directory (must not exist unless `overwrite`).
         n_patients: number of subjects (>= 1).
-        seed: fixes every value of every table, together with `n_patients`.
+        seed: fixes every value of every table, together with `n_patients` (>= 0).
         overwrite: replace an existing `out`.
 
     Returns:
         dict with out, patients, admissions, rows (total), tables (rows per table), seconds.
 
     Raises:
-        UserError: n_patients < 1, or `out` exists without `overwrite`.
+        UserError: n_patients < 1, seed < 0, or `out` exists without `overwrite`.
     """
     from ehrfm.errors import UserError
 
     if n_patients < 1:
         raise UserError(f"--patients must be at least 1 (got {n_patients})")
+    if seed < 0:  # numpy's generators take no negative seed (a ValueError traceback, after --out was checked)
+        raise UserError(f"--seed must be a whole number of at least 0 (got {seed})")
     cfg = SynthConfig(n_patients=int(n_patients), seed=int(seed))
     t0 = time.time()
     counts: dict[str, int] = {}

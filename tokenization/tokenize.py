@@ -343,11 +343,47 @@ def load_tokenizer(path: str | os.PathLike) -> dict:
         tok = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"tokenizer {path} is not valid JSON (line {e.lineno})") from None
-    if tok.get("format") != TOKENIZER_FORMAT:
-        raise UserError(f"{path} is not an ehrfm tokenizer (format {tok.get('format')!r})")
+    if not isinstance(tok, dict) or tok.get("format") != TOKENIZER_FORMAT:
+        what = tok.get("format") if isinstance(tok, dict) else f"a JSON {type(tok).__name__}"
+        raise UserError(f"{path} is not an ehrfm tokenizer (format {what!r})")
     if code_mode(tok) not in CODE_MODES:
         raise UserError(f"{path}: key 'codes' is {tok.get('codes')!r}, expected one of {', '.join(CODE_MODES)}")
+    _check_tokenizer(tok, path)
     return tok
+
+
+# The keys _Encoder and tokenize() read (continuation_tokens and codes may be absent: version 1).
+TOKENIZER_KEYS = ("vocab", "special_tokens", "quantile_edges", "n_quantiles", "interval_tokens", "age_tokens",
+                  "age_bin_years", "not_emitted", "min_count")
+
+
+def _check_tokenizer(tok: dict, path: Path) -> None:
+    """Refuse an ehrfm tokenizer.json that lacks what encoding reads (UserError naming the file and key).
+
+    A hand-edited or partly written file (a key deleted, the vocab cut) otherwise failed mid-tokenize
+    with a KeyError or a numpy reshape error and no file named.
+    """
+    redo = "re-create it with `ehrfm tokenize` (fitting a new tokenizer)"
+    missing = [k for k in TOKENIZER_KEYS if k not in tok]
+    if missing:
+        raise UserError(f"tokenizer {path} is damaged: no key {', '.join(map(repr, missing))}; {redo}")
+    vocab = tok["vocab"]
+    if not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab):
+        raise UserError(f"tokenizer {path} is damaged: 'vocab' is not a list of token strings; {redo}")
+    intervals, ages = tok["interval_tokens"], tok["age_tokens"]
+    if not (isinstance(intervals, list) and intervals and all(isinstance(t, dict) and "token" in t for t in intervals)
+            and isinstance(ages, list) and ages):
+        raise UserError(f"tokenizer {path} is damaged: 'interval_tokens' or 'age_tokens' is not a list of tokens; {redo}")
+    used = ["UNK", "TIMELINE_START", "TIMELINE_END", "Q1", *ages, *(t["token"] for t in intervals)]
+    absent = sorted(set(used) - set(vocab))
+    if absent:
+        raise UserError(f"tokenizer {path} is damaged: its vocab lacks {len(absent)} token(s) it uses "
+                        f"({', '.join(absent[:5])}); {redo}")
+    nq, edges = tok["n_quantiles"], tok["quantile_edges"]
+    ok = isinstance(nq, int) and nq >= 1 and isinstance(edges, dict)
+    if not ok or any(not isinstance(e, list) or len(e) != nq - 1 for e in edges.values()):
+        raise UserError(f"tokenizer {path} is damaged: 'quantile_edges' does not hold n_quantiles - 1 edges per "
+                        f"code; {redo}")
 
 
 def code_mode(tok: dict) -> str:
