@@ -228,17 +228,18 @@ def _etl_counts(meds_dir: str | os.PathLike) -> dict | None:
 def _label_files(labels: str | os.PathLike) -> dict[str, Path]:
     """Map each task to its label parquet file.
 
-    task -> label parquet: one file, or every *.parquet of a labels dir (task from the sidecar
-    JSON's "task", else the file name).
+    task -> label parquet: one file, every *.parquet of a labels dir (task from the sidecar
+    JSON's "task", else the file name) and its subdirs of one task's shards, or one task's shards
+    in split folders (its dir, task: the dir's name; labels.label_shards, labels.task_label_paths).
     """
+    from ehrfm.clinical.labels import label_shards, task_label_paths, task_name
+
     path = Path(labels)
-    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path] if path.is_file() else []
-    if not files:
+    if label_shards(path):  # one task's shards (ACES on sharded MEDS: <task>/<split>/<shard>.parquet)
+        return {path.name: path}
+    out = task_label_paths(path) if path.is_dir() else {task_name(path): path} if path.is_file() else {}
+    if not out:
         raise UserError(f"labels {path}: no label parquet files found")
-    out = {}
-    for f in files:
-        task = _read_json(f.with_suffix(".json")).get("task")
-        out[task if isinstance(task, str) else f.stem] = f
     return out
 
 

@@ -46,6 +46,7 @@ from ehrfm.errors import UserError
 from ehrfm.meds_io import SPLITS, MedsDataset, open_meds, scan_shard
 
 BIRTH_CODE = "MEDS_BIRTH"  # the age feature's source; not an event of the timeline (count_features)
+JOIN_ROWS = 5_000_000  # label x event rows count_features joins at once (a few hundred MB)
 US = {"s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000, "y": 365 * 86_400_000_000}
 
 
@@ -144,14 +145,22 @@ def count_features(meds_dir, labels: pl.DataFrame, windows: list[tuple[str, int 
                 pl.col("t").filter(pl.col("code") == "MEDS_DEATH").min().alias("death"),
             )
         )
-        ev = ev.join(keys, on="subject_id").filter(pl.col("t").is_null() | (pl.col("t") <= pl.col("pred")))
-        for name, span in windows:
-            w = ev if span is None else ev.filter(pl.col("t").is_null() | (pl.col("t") >= pl.col("pred") - span))
-            counts.append(
-                w.group_by("label_idx", "code")
-                .agg(pl.len().alias("count"))
-                .select("label_idx", (pl.lit(name + "/") + pl.col("code")).alias("feature"), "count")
-            )
+        # Each label meets every event of its subject (labels x events rows): joined a chunk of labels
+        # at a time, codes as categorical ids, so that a patient with many labels (hourly prediction
+        # times) cannot exhaust memory (3 GB for 100 labels per patient on the MIMIC-IV demo before).
+        ev = ev.with_columns(pl.col("code").cast(pl.Categorical))
+        per_label = keys.join(ev.group_by("subject_id").len(), on="subject_id")
+        chunks = per_label.with_columns((pl.col("len").cum_sum() // JOIN_ROWS).alias("chunk")).partition_by("chunk")
+        for part in chunks:
+            hist = ev.join(part.select("label_idx", "subject_id", "pred"), on="subject_id").filter(
+                pl.col("t").is_null() | (pl.col("t") <= pl.col("pred")))
+            for name, span in windows:
+                w = hist if span is None else hist.filter(pl.col("t").is_null() | (pl.col("t") >= pl.col("pred") - span))
+                counts.append(
+                    w.group_by("label_idx", "code")
+                    .agg(pl.len().alias("count"))
+                    .select("label_idx", (pl.lit(name + "/") + pl.col("code").cast(pl.String)).alias("feature"), "count")
+                )
     if not bounds:
         raise UserError(f"MEDS dataset {meds_dir} has no events for the labels' subjects")
     bounds = pl.concat(bounds).group_by("subject_id").agg(

@@ -81,6 +81,7 @@ def locate_histories(td: TokenDir, labels: pl.DataFrame, labels_path: str | os.P
     split_names, start, stop = [], np.empty(len(sids), np.int64), np.empty(len(sids), np.int64)
     outside = 0
     unsorted: set[int] = set()
+    checked: set[int] = set()  # subjects whose timeline order was checked: once each, not once per label
     for k, (sid, t) in enumerate(zip(sids, pred, strict=False)):
         name, i = where[int(sid)]
         sp = td.split(name)
@@ -92,8 +93,12 @@ def locate_histories(td: TokenDir, labels: pl.DataFrame, labels_path: str | os.P
             split_names.append(name)
             start[k], stop[k] = a, a
             continue
-        if int(sid) not in unsorted and np.any(np.diff(times) < 0):
-            unsorted.add(int(sid))
+        # Checked once per subject: per label, a subject with many labels (hourly prediction times)
+        # cost labels x timeline length (quadratic in the stay's length).
+        if int(sid) not in checked:
+            checked.add(int(sid))
+            if np.any(np.diff(times) < 0):
+                unsorted.add(int(sid))
         cut = a + int(np.searchsorted(times, t, side="right"))
         if cut > a and int(sp.tokens[cut - 1]) in ends:
             cut -= 1

@@ -22,7 +22,11 @@ discharge names no live destination (location unknown: death dates are often day
 the death code can sit at the end of the discharge day). A death later on the discharge day
 after a discharge to a named place (HOME, HOSPICE, SKILLED NURSING FACILITY, ...) is a death
 after discharge, not in hospital (MIMIC-IV: the patients.dod of an out-of-hospital death; an
-in-hospital death has its admissions.deathtime, all 15 on the demo). MEDS_DEATH
+in-hospital death has its admissions.deathtime, all 15 on the demo). A death at exactly 00:00 is
+read as a date (MIMIC-IV's patients.dod, which ETLs such as MIMIC_IV_MEDS place at midnight; this
+package's ETL places it at 23:59:59): it may have happened any time that day, so on a discharge day
+it follows the rule above (a live discharge that day: a death after discharge), and a stay admitted
+that day is not "admitted after death". MEDS_DEATH
 rows with a null time are dropped by the MEDS reader (ehrfm.meds_io) and counted.
 
 Exclusions common to every task, each counted under its own reason in `info["excluded"]`:
@@ -109,7 +113,7 @@ class Stay:
     died: bool
     first_icu: int | None  # first ICU admission in [admission, discharge], us
     icu_just_before: bool = False  # an ICU admission in the 24 h before the admission, or before it under its id
-    death: int | None = None  # the subject's death (earliest MEDS_DEATH) when at or after admission, us
+    death: int | None = None  # the subject's death (earliest MEDS_DEATH) when at or after admission (its day, for a date), us
     admitted_after_death: bool = False  # opened after the subject's death (e.g. organ donation)
 
 
@@ -222,6 +226,12 @@ def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True) -> list[Sta
         times = ev["t"].to_list()
         deaths = [t for c, t in zip(codes, times, strict=False) if c == DEATH_CODE and t is not None]
         first_death = min(deaths) if deaths else None
+        # A death at exactly 00:00 is a date (MIMIC-IV's patients.dod, which ETLs such as MIMIC_IV_MEDS
+        # place at midnight): it happened at some time that day, up to `death_by`. An admission that day
+        # is not after it (a readmission that day was real), and on a discharge day it is in hospital
+        # only as a later death on that day is (the rule below: not after a live discharge).
+        death_is_date = first_death is not None and first_death % US_PER_DAY == 0
+        death_by = first_death + US_PER_DAY - 1 if death_is_date else first_death
         # Group by timestamp: at a shared timestamp the open stay is closed first, then new
         # admissions open, then a remaining discharge closes a zero-length stay.
         by_time: dict[int, tuple[list[str], list[str]]] = {}
@@ -247,7 +257,9 @@ def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True) -> list[Sta
                 # A day-resolved death later on the discharge day is in hospital unless the
                 # discharge names where a live patient went (HOME, HOSPICE, ...): then it is a
                 # death after discharge (MIMIC-IV's patients.dod of an out-of-hospital death).
-                died = adm <= first_death <= dis or (dis < first_death < end_of_discharge_day and not _live_discharge(dis_code))
+                on_discharge_day = death_is_date and first_death // US_PER_DAY == dis // US_PER_DAY
+                died = (adm <= death_by and first_death <= dis and not on_discharge_day) or (
+                    (dis < first_death < end_of_discharge_day or on_discharge_day) and not _live_discharge(dis_code))
             first_icu = None
             if dis is not None:
                 in_stay = [t for t in icu_times if adm <= t <= dis]
@@ -256,8 +268,9 @@ def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True) -> list[Sta
             # under this stay's own id before it (ED boarding; the ICU stay belongs to this stay).
             just_before = any(adm - 24 * US_PER_HOUR <= t < adm for t in icu_times) or (sid is not None and any(
                 c.startswith(ICU_ADMISSION_PREFIX) and i == sid and t < adm for c, t, i in zip(codes, times, ids, strict=False)))
-            death = first_death if first_death is not None and first_death >= adm else None
-            after_death = first_death is not None and adm > first_death
+            # `death` keeps the recorded time: a MEDS_DEATH at or before a prediction time is in its history.
+            death = first_death if first_death is not None and death_by >= adm else None
+            after_death = first_death is not None and adm > death_by
             stays.append(Stay(int(subject_id), adm, dis, died, first_icu, just_before, death, after_death))
     return stays
 
@@ -526,19 +539,54 @@ def task_name(path: str | os.PathLike) -> str:
     return recorded_task(path) or Path(path).stem
 
 
+def label_shards(path: Path) -> list[Path] | None:
+    """The shards of ONE task's labels in `path`, when it is a sharded label dir, else None.
+
+    ACES on sharded MEDS data (and the MEDS label layout) writes one task as
+    `<task>/<split>/<shard>.parquet`: every parquet file lies in a folder named by a MEDS split
+    (train, tuning, held_out or an alias), none at the top. A dir of several tasks
+    (`<task>.parquet` files, `ehrfm labels --task all`) is not one: it returns None.
+    """
+    from ehrfm.meds_io import split_name
+
+    if not path.is_dir():
+        return None
+    files = sorted(path.rglob("*.parquet"))
+    shards = [f for f in files if len(f.relative_to(path).parts) > 1 and split_name(f.relative_to(path).parts[0])]
+    return shards if files and len(shards) == len(files) else None
+
+
+def task_label_paths(labels_dir: Path) -> dict[str, Path]:
+    """{task: label file or shard dir} of a dir of tasks.
+
+    Each `<task>.parquet` (task: its sidecar's, else the stem; `ehrfm labels --task all`) and each
+    `<task>/` subdir of one task's shards (ACES's cohort_dir on sharded MEDS; label_shards). Empty
+    when there is none.
+    """
+    out = {task_name(f): f for f in sorted(labels_dir.glob("*.parquet")) if f.is_file()}
+    for sub in sorted(p for p in labels_dir.iterdir() if p.is_dir()):
+        if label_shards(sub):
+            out.setdefault(sub.name, sub)
+    return out
+
+
 def head_labels(path: str | os.PathLike, task: str | None = None) -> tuple[Path, str]:
-    """(label file, task) for a head, which scores one task.
+    """(label file or sharded label dir, task) for a head, which scores one task.
 
     Args:
-        path: a label parquet, or a directory holding exactly one (e.g. one ACES task).
+        path: a label parquet, a directory holding exactly one (e.g. one ACES task), or one task's
+            shards in split folders (ACES on sharded MEDS: `<task>/<split>/<shard>.parquet`,
+            label_shards; read_labels reads them all, the task is the dir's name).
         task: the task the user named (--task); None: the recorded task, else the file stem.
 
     Raises:
-        UserError: `path` missing; a directory with no or several .parquet files (named: one task
-            per head, as several would be mixed); or `task` given where the file records another
-            task (its sidecar JSON, written by `ehrfm labels`).
+        UserError: `path` missing; a directory with no or several .parquet files that are not one
+            task's shards (named: one task per head, as several would be mixed); or `task` given
+            where the file records another task (its sidecar JSON, written by `ehrfm labels`).
     """
     path = Path(path)
+    if label_shards(path):  # one task's shards: read together (refused before, as "several files")
+        return path, task or path.name
     if path.is_dir():
         files = sorted(path.rglob("*.parquet"))
         if len(files) != 1:

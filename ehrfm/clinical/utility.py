@@ -17,13 +17,19 @@ from ehrfm.errors import UserError
 
 
 def label_files(labels_dir: str | os.PathLike) -> dict[str, Path]:
-    """{task: path} for each <task>.parquet in a labels dir (as `ehrfm labels --task all` writes)."""
+    """{task: path} for each <task>.parquet in a labels dir (as `ehrfm labels --task all` writes).
+
+    Also each <task>/ subdir of one task's shards in split folders (ACES's cohort_dir on sharded
+    MEDS: <task>/<split>/<shard>.parquet; labels.task_label_paths).
+    """
+    from ehrfm.clinical.labels import task_label_paths
+
     d = Path(labels_dir)
     if not d.is_dir():
         raise UserError(f"labels dir {d} not found (make it with `ehrfm labels MEDS --task all --out {d}`)")
-    files = {p.stem: p for p in sorted(d.glob("*.parquet"))}
+    files = task_label_paths(d)
     if not files:
-        raise UserError(f"labels dir {d} holds no <task>.parquet label files")
+        raise UserError(f"labels dir {d} holds no <task>.parquet label files (nor <task>/<split>/ shard dirs)")
     return files
 
 
