@@ -271,6 +271,16 @@ def llama_state_dict(tensors: dict[str, torch.Tensor], model_cfg: dict) -> dict[
     return out
 
 
+def _recorded_tokens_dir(run: Path) -> str | None:
+    """The token dir RUN/config.json records (RUN or its checkpoint dir given), or None when unknown or unreadable."""
+    run_dir = run.parent if (run / "model.safetensors").is_file() else run
+    try:
+        recorded = json.loads((run_dir / "config.json").read_text()).get("train", {}).get("tokens_dir")
+    except (OSError, ValueError, AttributeError):
+        return None  # absent or damaged: _event_vocab names the problem when it reads the vocab
+    return recorded if isinstance(recorded, str) and recorded else None
+
+
 def _event_vocab(run: Path, tokens_dir: str | os.PathLike | None, vocab_size: int, state: dict | None = None) -> list[str]:
     """The run's event vocabulary (index = token id), from its token dir, fingerprint-checked.
 
@@ -392,7 +402,10 @@ def export_hf(run: str | os.PathLike, out: str | os.PathLike, tokens_dir: str | 
     from ehrfm.io import atomic_dir, check_overwrite, read_json, write_json
 
     run = Path(run)
-    check_overwrite(out, overwrite, inputs=(run, tokens_dir))
+    # the token dir is an input even when it is not given: `--out TOK --overwrite` (TOK the token dir
+    # recorded in RUN/config.json) deleted the run's token dir and put the export in its place
+    inputs = (run, tokens_dir if tokens_dir is not None else _recorded_tokens_dir(run))
+    check_overwrite(out, overwrite, inputs=inputs)
     _require_usable(run, allow_incomplete)
     ckpt = _checkpoint_dir(run)
     # every file against its sha256 in state.json, as the heads load it: a damaged checkpoint is never exported
@@ -403,7 +416,7 @@ def export_hf(run: str | os.PathLike, out: str | os.PathLike, tokens_dir: str | 
     llama_config(model_cfg, {})  # refuse before reading the vocab
     tensors = llama_state_dict(weights, model_cfg)
     vocab = _event_vocab(run if ckpt != run else run.parent, tokens_dir, int(model_cfg["vocab_size"]), state)
-    with atomic_dir(out, overwrite=overwrite, inputs=(run, tokens_dir), command="export") as tmp:
+    with atomic_dir(out, overwrite=overwrite, inputs=inputs, command="export") as tmp:
         special = write_hf_tokenizer(vocab, tmp, context=int(model_cfg["context"]))
         config = llama_config(model_cfg, special)
         config["ehrfm"] = export_provenance(run if ckpt != run else run.parent, state)

@@ -101,15 +101,30 @@ class _WandB:
         self.run.finish()
 
 
+def logger_for(cfg=None) -> str:
+    """The logger a run uses: cfg.extra["logger"], else EHRFM_LOGGER, else none (check_logger'd).
+
+    EHRFM_LOGGER: the logger for runs whose config does not name one (e.g. the runs of a sweep
+    launched with EHRFM_LOGGER=tensorboard; local and SLURM jobs inherit the environment). The
+    trainer calls this before it writes anything: a bad name, or a backend that is not installed,
+    left a run dir holding only config.json.
+    """
+    named = (getattr(cfg, "extra", None) or {}).get("logger")
+    if named or not os.environ.get("EHRFM_LOGGER"):
+        return check_logger(named)
+    try:
+        return check_logger(os.environ["EHRFM_LOGGER"])
+    except UserError as e:  # say where the name came from: the user typed no --logger
+        raise UserError(f"environment variable EHRFM_LOGGER={os.environ['EHRFM_LOGGER']!r}: {e}") from None
+
+
 class MetricsLog:
     """File-like (write/flush/close, a context manager) over RUN/metrics.jsonl plus one backend."""
 
     def __init__(self, run_dir: str | os.PathLike, cfg=None):
         run_dir = Path(run_dir)
         path = run_dir / "metrics.jsonl"
-        # EHRFM_LOGGER: the logger for runs whose config does not name one (e.g. the runs of a sweep
-        # launched with EHRFM_LOGGER=tensorboard; local and SLURM jobs inherit the environment)
-        name = check_logger((getattr(cfg, "extra", None) or {}).get("logger") or os.environ.get("EHRFM_LOGGER"))
+        name = logger_for(cfg)
         self.backend = None
         if name == "tensorboard":
             self.backend = _TensorBoard(run_dir, _last_step(path))

@@ -228,6 +228,11 @@ def run_status(run_dir: str | Path) -> tuple[str | None, str]:
     bare checkpoint).
     """
     run_dir = Path(run_dir)
+    # a run's checkpoint dir given alone (RUN/checkpoint): its run's result.json decides, as for RUN.
+    # The final checkpoint records "completed" before the final eval, so a run that diverged (or
+    # failed) there was exported and loaded through its checkpoint dir without --allow-incomplete.
+    if (run_dir / "state.json").is_file() and not result_path(run_dir).exists() and result_path(run_dir.parent).exists():
+        run_dir = run_dir.parent
     result = read_result(run_dir, check_values=False)
     if result is not None:
         return str(result.status), str(result_path(run_dir))
@@ -249,10 +254,20 @@ def require_completed(run_dir: str | Path, use: str, allow_incomplete: bool = Fa
     Raises:
         UserError: result.json records failed or diverged, or there is no result.json and the
             checkpoint's state.json records a run that did not finish (interrupted, running,
-            stable); the message names the run dir, the status and the file it came from. A dir
+            stable), or a trainer's run dir (config.json) without result.json whose final checkpoint
+            was never evaluated; the message names the run dir, the status and the file it came
+            from. A run's checkpoint dir given alone is judged by its run's result.json. A dir
             with neither file (a bare checkpoint) is accepted.
     """
     status, where = run_status(run_dir)
     if status is not None and status != Status.COMPLETED and not allow_incomplete:
         raise UserError(f"run {run_dir} has status {status!r} ({where}); {use} needs a completed run "
                         "(pass --allow-incomplete to use its last checkpoint anyway)")
+    # A trainer's run dir (RUN/config.json) whose final checkpoint says completed but that has no
+    # result.json was stopped before or during its final eval: whether it diverged there is unknown.
+    ckpt = Path(where).parent
+    if status == Status.COMPLETED and where.endswith("state.json") and ckpt.name == "checkpoint" \
+            and (ckpt.parent / "config.json").is_file() and not allow_incomplete:
+        raise UserError(f"run {ckpt.parent} has no {RESULT_FILE}: its final held-out loss was never measured (stopped "
+                        f"during the final eval?), so it may have diverged there; {use} needs a completed run: rerun its "
+                        "`ehrfm train` command (it only evaluates), or pass --allow-incomplete to use its last checkpoint")

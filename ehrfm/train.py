@@ -113,7 +113,7 @@ from ehrfm.config import (
 )
 from ehrfm.errors import UserError
 from ehrfm.io import check_ehrfm_output, check_not_input, mark_output, progress, read_json, summary, warn, write_json
-from ehrfm.loggers import metrics_log
+from ehrfm.loggers import logger_for, metrics_log
 from ehrfm.model import GPT
 from ehrfm.packing import IGNORE_INDEX, PAD_SEGMENT, PackedRows, PackedStream
 from ehrfm.results import DIVERGENCE_Z, RunResult, Status, read_result, write_result
@@ -311,13 +311,22 @@ def _stable_steps(cfg: TrainConfig, n_steps: int, step_tokens: int) -> dict[int,
 
 
 def _check_wsd_phases(cfg: TrainConfig, n_steps: int) -> None:
-    """Refuse a wsd run whose decay would start inside its warmup (UserError, before anything is written).
+    """Refuse a schedule without its decay: a warmup the run never leaves (UserError, nothing written).
 
-    lr_at gives the decay precedence, so such a run would silently train without the warmup it
+    A wsd run whose decay would start inside its warmup, or a cosine run whose warmup_steps leave no
+    decay step. For wsd, lr_at gives the decay precedence, so such a run would silently train without the warmup it
     asks for (decay_fraction 1 with the default warmup_frac started at the peak lr). A decay from
     the first step is asked for with warmup_steps 0 (or warmup_frac 0).
     """
     if cfg.schedule != "wsd":
+        # a cosine run that ends inside (or at the end of) its warmup never decays: it ended at a fraction of
+        # (or at) the peak lr instead of min_lr_ratio * lr, "completed" as if it had followed its schedule
+        if cfg.warmup_steps is not None and cfg.warmup_steps > max(n_steps - 1, 1):
+            raise UserError(
+                f"train config: warmup_steps {cfg.warmup_steps} leaves no decay in this run of {n_steps} steps (of "
+                f"batch_size*context={cfg.batch_size * cfg.context} tokens): it would end at "
+                f"{min(n_steps, cfg.warmup_steps) / cfg.warmup_steps:.3g} x lr, not min_lr_ratio x lr; set warmup_steps "
+                f"at most {max(n_steps - 1, 1)} (or use warmup_frac), or train more tokens")
         return
     warmup, start = warmup_steps_for(n_steps, cfg), wsd_decay_start(n_steps, cfg)
     if start < warmup:
@@ -511,6 +520,27 @@ def _check_token_ids(td: TokenDir, split) -> None:
     td.check_token_ids(split.name, trust_stats=False)
 
 
+def _check_something_to_predict(td: TokenDir, train_split, tuning_split, cfg: TrainConfig) -> None:
+    """Refuse (UserError, before anything is written) splits that hold no next token to predict.
+
+    A subject of one token has no target (its last token's is IGNORE). A train split of such
+    subjects trained D tokens without a single gradient and was recorded "completed" (val_loss ln V);
+    eval rows of such subjects gave 0/0 after the whole run, recorded "diverged: val loss became
+    nan", blaming the model for the data. The eval rows are the first eval_tokens of the tuning split.
+    """
+    if int(np.maximum(np.asarray(train_split.lengths) - 1, 0).sum()) == 0:
+        raise UserError(f"token dir {td.path}: split train holds no next token to predict (its {len(train_split)} "
+                        "subject(s) have at most 1 token each); re-create the token dir with longer timelines")
+    eval_stream = PackedStream(tuning_split, cfg.context, shuffle=False)
+    eval_n = min(cfg.eval_tokens, eval_stream.epoch_tokens)
+    if eval_stream.rows(0, eval_n).n_targets == 0:
+        where, fix = (f"split tuning ({len(tuning_split)} subject(s) of at most 1 token each)", "")
+        if eval_n < eval_stream.epoch_tokens:
+            where, fix = f"the first {eval_n} tokens (--eval-tokens) of split tuning", "raise --eval-tokens or "
+        raise UserError(f"token dir {td.path}: {where} hold no next token to predict, so the held-out loss would be 0/0; "
+                        f"{fix}re-create the token dir with longer timelines")
+
+
 def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool, held: contextlib.ExitStack,
                      inputs=()) -> dict | None:
     """Create or validate the run dir (rank 0) under its training lock, which `held` keeps until the run ends.
@@ -525,6 +555,10 @@ def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool, held: con
         check_ehrfm_output(run_dir, ignore=(LOCK_FILE,))
     if run_dir.exists() and not overwrite and not (run_dir / "config.json").is_file() \
             and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
+        left = sorted(p.name for p in run_dir.iterdir() if p.name in (CHECKPOINT_DIR, "result.json", "metrics.jsonl"))
+        if left:  # a run dir whose config.json was deleted: what it trained cannot be checked, so not resumed
+            raise UserError(f"run dir {run_dir} has lost its config.json ({', '.join(left)} remain): what it trained "
+                            "cannot be checked against this run; pass --overwrite to retrain it, or choose another --out")
         raise UserError(f"output {run_dir} exists and is not a run dir (no config.json); choose another --out")
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -796,6 +830,7 @@ def _train(cfg: TrainConfig, dd: _Dist, held: contextlib.ExitStack) -> dict:
     train_split, tuning_split = td.split("train"), td.split("tuning")
     for split in (train_split, tuning_split):
         _check_token_ids(td, split)
+    _check_something_to_predict(td, train_split, tuning_split, cfg)
     run_dir = Path(cfg.out_dir)
     run_config = {
         "ehrfm_version": __version__,
@@ -818,6 +853,7 @@ def _train(cfg: TrainConfig, dd: _Dist, held: contextlib.ExitStack) -> dict:
         run_config["decay_start_step"] = wsd_decay_start(n_steps, cfg)
     _check_wsd_phases(cfg, n_steps)
     _stable_steps(cfg, n_steps, step_tokens)
+    logger_for(cfg)  # a bad logger name or a missing backend, before the run dir is written
     finished = None
     if dd.main:
         try:
@@ -982,7 +1018,9 @@ def _setup(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_di
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fused,
     )
-    step, wall_s, train_loss, initial_loss, initial_loss_se, trained_in = _resume(cfg, core, optimizer, n_steps, run_dir, device)
+    expected = {"tokenizer_fingerprint": td.fingerprint, "tokens": D, "steps": n_steps}
+    step, wall_s, train_loss, initial_loss, initial_loss_se, trained_in = _resume(cfg, core, optimizer, n_steps, run_dir,
+                                                                                  device, expected)
     if cfg.dtype == "auto" and trained_in in ("float32", "bfloat16") and trained_in != dtype_name:
         # "auto" is resolved where a run begins (bf16 on CUDA, fp32 on CPU): a run resumed on another kind
         # of device (a requeue to a node without a GPU) keeps the precision it was trained in, never switches
@@ -1008,14 +1046,38 @@ def _setup(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_di
                 step=step, wall_s=wall_s, train_loss=train_loss, initial_loss=initial_loss, initial_loss_se=initial_loss_se)
 
 
-def _resume(cfg, core, optimizer, n_steps: int, run_dir: Path, device) -> tuple[int, float, float, float | None, float | None, str | None]:
+def _check_checkpoint_is_this_runs(ckpt: Path, model_cfg: ModelConfig, expected: dict) -> None:
+    """Refuse (UserError, nothing changed) a checkpoint that another run wrote into this run dir.
+
+    A checkpoint/ copied from another run dir (another shape, vocab, tokenizer or budget) was
+    loaded blindly: a shape mismatch failed the run with a 20-line "size mismatch" RuntimeError,
+    recorded as "failed" and failing again on every retry; a checkpoint of the same shape but
+    another tokenizer or budget would have been resumed silently. Checked against model_config.json
+    and state.json's tokenizer_fingerprint, tokens and steps (`expected`, the run's config.json values).
+    """
+    problems = []
+    if (ckpt / "model_config.json").is_file():  # a format-1 checkpoint may lack it: load_state_dict still checks shapes
+        saved = read_json(ckpt / "model_config.json", "checkpoint model config")
+        problems += _config_differences(saved, model_cfg.to_dict(), ModelConfig, where="the checkpoint")
+    state = read_json(ckpt / "state.json", "checkpoint state", expect=dict)
+    for key in ("tokenizer_fingerprint", "tokens", "steps"):
+        if key in state and state[key] != expected[key]:
+            problems.append(f"{key} {state[key]!r} in the checkpoint vs {expected[key]!r} now")
+    if problems:
+        raise UserError(f"checkpoint {ckpt} was written by another run ({'; '.join(problems)}); delete {ckpt} "
+                        "to train this run from step 0, or pass --overwrite to discard the run dir")
+
+
+def _resume(cfg, core, optimizer, n_steps: int, run_dir: Path, device, expected: dict) -> tuple[int, float, float, float | None, float | None, str | None]:
     """Load the run's checkpoint and return where training resumes.
 
     (step, wall_s, train_loss, initial_train_loss, initial_train_loss_se, dtype trained in) to start from,
     loading the run's checkpoint (or a WSD branch's trunk checkpoint) into `core` and `optimizer`; a fresh
-    run starts at 0 (dtype None, as for a checkpoint of an older ehrfm).
+    run starts at 0 (dtype None, as for a checkpoint of an older ehrfm). `expected`: the run's
+    tokenizer_fingerprint, tokens and steps, which its own checkpoint must hold.
     """
     if has_checkpoint(run_dir):
+        _check_checkpoint_is_this_runs(run_dir / CHECKPOINT_DIR, core.config, expected)
         state = load_training_state(run_dir, core, optimizer, device=device)
         return (int(state["step"]), float(state["wall_s"]), float(state.get("train_loss", "nan")),
                 state.get("initial_train_loss"), state.get("initial_train_loss_se"), state.get("dtype"))
