@@ -6,6 +6,9 @@ import argparse
 
 from ehrfm.cli_args import command, positive_number
 
+# `ehrfm fit` prints at most this many "run X not fitted" lines per reason (status pending, failed ...).
+EXCLUDED_LINES = 20
+
 
 def _approaches(text: str) -> tuple[int, ...]:
     try:
@@ -33,8 +36,18 @@ def _fit(args) -> int:
         fit = fit_results(results, config=cfg)
     write_fits(fit, args.out, results=results, overwrite=args.overwrite, plots=not args.no_plots, inputs=(args.results,))
     print(format_fit_table(fit))
-    for e in fit.excluded:  # never only in fits.json: a diverged or failed run must be seen
-        warn(f"run {e['run_id']} not fitted: {e['reason']}", "fit")
+    # never only in fits.json: a diverged or failed run must be seen; but a sweep collected mid-way has
+    # hundreds of runs "status pending", whose lines buried every other warning: EXCLUDED_LINES of each kind
+    by_kind: dict[str, int] = {}
+    for e in fit.excluded:
+        kind = e["reason"].split(":")[0]
+        by_kind[kind] = by_kind.get(kind, 0) + 1
+        if by_kind[kind] <= EXCLUDED_LINES:
+            warn(f"run {e['run_id']} not fitted: {e['reason']}", "fit")
+    for kind, n in by_kind.items():
+        if n > EXCLUDED_LINES:
+            warn(f"{n - EXCLUDED_LINES} more runs not fitted: {kind} (every run left out is listed in "
+                 f"{args.out}/fits.json `excluded`)", "fit")
     fitted = [str(k) for k in cfg.approaches if getattr(fit, f"approach{k}") is not None]
     missing = [str(k) for k in cfg.approaches if getattr(fit, f"approach{k}") is None]
     summary(f"fit: {fit.n_fitted} runs ({len(fit.excluded)} excluded), approaches {','.join(fitted)} fitted"

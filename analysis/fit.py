@@ -50,6 +50,14 @@ IDENTIFIED_DECADES = 3.0
 # The most bootstrap replicates a fit accepts (FitConfig.bootstrap): Efron & Tibshirani (1993, ch.
 # 13) advise 1,000-2,000 for percentile intervals; 1e9 would ask for 200 GiB of run weights.
 MAX_BOOTSTRAP = 100_000
+# A group of runs made from their FLOPs (no budget column) whose FLOPs span more than this many decades
+# (2x) is not one IsoFLOP budget: grouping joins runs within 12% of a neighbour, and a dense spread of
+# FLOPs (Chinchilla's extracted runs: 1.6e19 to 1.5e20 in one chain of 92) chains several budgets.
+MAX_FLOPS_GROUP_SPAN_DECADES = 0.3
+# A run whose ln-loss residual from Approach 3's law is this many robust SDs (1.4826 MAD) from the median
+# residual is named as an outlier: the default fit is least squares, which such runs pull (Chinchilla's
+# extracted runs: 4 of 245, a = 0.64 against the published 0.51 that a Huber fit or leaving 5 out gives).
+OUTLIER_SDS = 5.0
 # An IsoFLOP parabola whose residuals are this unlikely under the runs' eval SEs (chi-square test)
 # does not describe its budget: the budget is left out of Approach 2's power laws.
 LACK_OF_FIT_P = 0.01
@@ -184,6 +192,7 @@ class Approach3:
     # IDENTIFIED_DECADES decades (or reaches 0): the data do not pin it down. None: no interval.
     identified: dict = field(default_factory=dict)
     at_bound: list = field(default_factory=list)  # varpro: exponents at the searched range's edge
+    outliers: list = field(default_factory=list)  # run ids OUTLIER_SDS robust SDs off the law in ln L
 
     def loss(self, n, d):
         """Predicted loss E + A / N^alpha + B / D^beta at parameters n and tokens d (broadcast arrays)."""
@@ -538,6 +547,12 @@ def _fit_budget_parabola(res: Results, members: np.ndarray, budget: float, cfg: 
     x, y = np.log(res.n_params[members]), res.loss[members]
     n_distinct = np.unique(np.round(x, 9)).size
     bf = BudgetFit(budget=budget, n_points=int(members.size), used=False, reason="")
+    lo, hi = res.flops[members].min(), res.flops[members].max()
+    if res.budget_from != "budget" and math.log10(hi / lo) > MAX_FLOPS_GROUP_SPAN_DECADES:
+        # a parabola through runs of several budgets mixes their IsoFLOP curves (R^2 0.32 on Chinchilla's)
+        bf.reason = (f"its {members.size} runs, grouped by FLOPs, span {lo:.3g} to {hi:.3g} FLOPs ({hi / lo:.3g}x): "
+                     "several IsoFLOP budgets chained together, not one (add a budget column: each run's planned FLOPs)")
+        return bf
     if n_distinct < cfg.min_points_per_budget:
         bf.reason = f"{n_distinct} distinct model size(s) (a parabola needs >= {cfg.min_points_per_budget})"
         return bf
@@ -739,13 +754,15 @@ def fit_approach3(res: Results, counts: np.ndarray | None, cfg: FitConfig):
             draws = _a3_derived(parametric.bootstrap_parametric(res.n_params, data, res.loss, counts, starts, cfg.huber_delta))
     ci = {k: percentile_ci(draws[:, j], cfg.confidence) for j, k in enumerate(A3_KEYS)}
     resid = np.log(best.loss(res.n_params, data)) - np.log(res.loss)
+    spread = 1.4826 * np.median(np.abs(resid - np.median(resid)))
+    outliers = res.run_id[np.abs(resid - np.median(resid)) > OUTLIER_SDS * spread] if spread > 0 else res.run_id[:0]
     fit = Approach3(
         **{k: float(point[j]) for j, k in enumerate(A3_KEYS)}, **{f"{k}_ci": ci[k] for k in A3_KEYS},
         flops_per_param_token=float(np.median(res.flops / (res.n_params * res.tokens))),
         huber_delta=huber_delta, objective=float(objective), rmse_log_loss=float(np.sqrt(np.mean(resid**2))),
         n_points=res.n, n_starts=n_starts, effective_data=bool(effective), r_star=cfg.r_star if effective else None,
         method=cfg.approach3_method, identified={k: identified(ci[k]) for k in ("E", "A", "B", "alpha", "beta", "G")},
-        at_bound=list(at_bound),
+        at_bound=list(at_bound), outliers=[str(r) for r in outliers],
     )
     return fit, {f"approach3/{k}": draws[:, j] for j, k in enumerate(A3_KEYS)}
 
@@ -1120,7 +1137,9 @@ def _fit_inputs(res: Results, cfg: FitConfig, n_count_note: str | None) -> dict:
     unique = res.unique_tokens[np.isfinite(res.unique_tokens)] if res.unique_tokens is not None else np.array([])
     return dict(
         source=res.source, bootstrap=cfg.bootstrap, budgets=[float(b) for b in budgets], min_budget=float(budgets.min()), max_budget=float(budgets.max()),
-        unique_tokens=float(unique.max()) if unique.size else None, multi_epoch=res.multi_epoch,
+        unique_tokens=float(unique.max()) if unique.size else None,
+        unique_tokens_values=int(np.unique(unique).size),  # > 1: runs on data sets of several sizes (recommend says so)
+        multi_epoch=res.multi_epoch,
         max_epochs=float(np.nanmax(res.epochs)) if res.epochs is not None and np.isfinite(res.epochs).any() else None,
         vocab_size=res.vocab_size, context=res.context, utility_columns=sorted(res.utility),
         loss_column=res.loss_column, loss_unit=res.loss_unit, n_count=res.n_count, n_count_requested=cfg.n_count,
@@ -1200,6 +1219,12 @@ def _fit_results(res: Results, cfg: FitConfig) -> FitResult:
     if 1 in fitted and fitted[1].edge_budgets:
         warn(f"Approach 1 is not an estimate of N_opt: {edge_note(fitted[1].edge_budgets)} (add sizes beyond the ladder's "
              "end: `ehrfm sweep plan --bracket-from RESULTS`)")
+    a3 = fitted.get(3)
+    if a3 is not None and a3.outliers:
+        robust = " (or refit with --approach3-method huber-lbfgs, which down-weights them)" if a3.method == "varpro" else ""
+        warn(f"Approach 3: {len(a3.outliers)} run(s) lie more than {OUTLIER_SDS:g} robust SDs off the fitted law in ln loss "
+             f"({', '.join(a3.outliers[:8])}{' and more' if len(a3.outliers) > 8 else ''}): outliers pull its fit; check "
+             f"their losses{robust}")
     a2 = fitted.get(2)
     holdout = None
     if cfg.holdout and a2 is None:
@@ -1496,7 +1521,7 @@ def load_fit(fit_dir: str | Path) -> FitResult:
         a2 = _typed(Approach2, fits["approach2"], keep=("budgets",), where=f"{src} approach2")
         a2.budgets = [_typed(BudgetFit, b, keep=("reason",), where=f"{src} approach2 budgets")
                       for b in fits["approach2"].get("budgets") or []]
-    a3 = (_typed(Approach3, fits["approach3"], keep=("r_star", "method", "identified", "at_bound"), where=f"{src} approach3")
+    a3 = (_typed(Approach3, fits["approach3"], keep=("r_star", "method", "identified", "at_bound", "outliers"), where=f"{src} approach3")
           if fits.get("approach3") else None)
     # in memory, utility fits are keyed by their results column ("auroc/icu"); fits.json drops "auroc/"
     utility = {}

@@ -117,7 +117,10 @@ def _law_draws(fit, k: int, what: str, c: np.ndarray):
     with np.errstate(all="ignore"):
         n = p["G"] * (c / kf) ** p["a"]
         dd = (c / kf) ** p["b"] / p["G"]
-        return {"n": n, "d": dd, "loss": p["E"] + p["A"] / n ** p["alpha"] + p["B"] / dd ** p["beta"]}[what]
+        loss = p["E"] + p["A"] / n ** p["alpha"] + p["B"] / dd ** p["beta"]
+    # a draw with G of inf or 0 has N_opt inf and D_opt 0 (or the reverse): failed for all three, as in recommend
+    failed = ~(np.isfinite(n) & np.isfinite(dd) & np.isfinite(loss) & (n > 0) & (dd > 0))
+    return np.where(failed, np.nan, {"n": n, "d": dd, "loss": loss}[what])
 
 
 # A left-out budget's parabola minimum is drawn only within this many decades of its sampled sizes:
@@ -138,6 +141,10 @@ def _drawable_minimum(bf) -> bool:
 def _compute_grid(fit, results, pad: float = 2.0):
     lo, hi = results.flops.min() / pad, results.flops.max() * pad
     return np.logspace(np.log10(lo), np.log10(hi), 100)
+
+
+# The isoflops legend (one entry per budget) is drawn beside the axes, not over the runs, past this many budgets.
+MAX_LEGEND_INSIDE = 10
 
 
 def plot_isoflops(ax, fit, results, label: str | None = None, color=None) -> None:
@@ -182,7 +189,12 @@ def plot_isoflops(ax, fit, results, label: str | None = None, color=None) -> Non
     ax.set_xlabel(_n_label(fit))
     ax.set_ylabel(f"Held-out loss ({results.loss_unit})")
     ax.set_title("IsoFLOP curves (stars: parabola minima)" if fit.approach2 else "IsoFLOP runs (Approach 2 not fitted)")
-    ax.legend(fontsize=7, title="budget", title_fontsize=7, frameon=False, loc="best")
+    if len(colors) > MAX_LEGEND_INSIDE:
+        # one entry per budget: 21 of them (Chinchilla's runs grouped by FLOPs) ran over the runs and off the figure
+        ax.legend(fontsize=7, title="budget", title_fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  ncols=-(-len(colors) // 2 // MAX_LEGEND_INSIDE))
+    else:
+        ax.legend(fontsize=7, title="budget", title_fontsize=7, frameon=False, loc="best")
     ax.grid(True, which="major", alpha=0.3)
 
 
@@ -226,6 +238,11 @@ def plot_optimal_scaling(ax, fit, results, which: str = "n", label: str | None =
         ax.plot(c, y, lw=1.6, label=_label(label, f"{APPROACH_LABEL[k]}: {'a' if which == 'n' else 'b'}={exp:.2f}{ci_txt}"), **style)
         _band(ax, c, _law_draws(fit, k, which, c), style, conf)
     _log_x(ax)
+    y0, y1 = ax.dataLim.intervaly
+    if y0 > 0 and y1 < np.inf and y1 <= y0 * (1 + 1e-6):
+        # every run one size (a = 0): a flat line, whose autoscaled log axis matplotlib warns about on
+        # stderr ("identical low and high ylims"); a decade either side shows it
+        ax.set_ylim(y0 / 10, y0 * 10)
     ax.set_yscale("log")
     ax.set_xlabel("Training compute C (FLOPs)")
     ax.set_ylabel(("Optimal parameters $N_{opt}$" + (" (total)" if fit.n_count == "total" else " (non-embedding)"))
@@ -376,7 +393,9 @@ def make_plots(fit, results, out_dir) -> list[Path]:
         plt.close(fig)
 
     with plt.rc_context({"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9}):
-        fig, ax = plt.subplots(figsize=(5.5, 4))
+        n_budgets = np.unique(results.budget).size  # past MAX_LEGEND_INSIDE the legend stands beside the axes
+        wide = 0.0 if n_budgets <= MAX_LEGEND_INSIDE else 2.6 * -(-n_budgets // 2 // MAX_LEGEND_INSIDE)
+        fig, ax = plt.subplots(figsize=(5.5 + wide, 4))
         plot_isoflops(ax, fit, results)  # the runs alone when Approach 2 could not be fitted
         save(fig, "isoflops")
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))

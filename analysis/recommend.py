@@ -74,6 +74,7 @@ class ApproachPrediction:
     loss_ci: list[float]
     trusted: bool = True
     why_untrusted: str = ""  # "" when trusted
+    one_sided: list[str] = field(default_factory=list)  # "n_opt", "d_opt", "loss": no interval, replicates on one side
 
 
 @dataclass
@@ -120,7 +121,8 @@ def trust(fits: dict, k: int) -> tuple[bool, str]:
 
     Not when an exponent of N_opt or D_opt in C (a, b) is non-positive or its interval reaches 0,
     nor, for Approach 1, when an envelope run is the smallest or largest size of its budget's ladder
-    (`edge_budgets`: that budget's optimum is not bracketed), nor, for Approach 3, when its frontier
+    (`edge_budgets`: that budget's optimum is not bracketed) or its envelope holds fewer than 3 runs
+    (`n_points`: a power law through 2 points is untested), nor, for Approach 3, when its frontier
     coefficient G is not identified. Unknown never passes: a
     law without intervals (`ehrfm fit --bootstrap 0`: NO_INTERVALS), or whose interval of a or b, or
     Approach 3's identification of G, is not available (too few bootstrap replicates succeeded,
@@ -138,6 +140,13 @@ def trust(fits: dict, k: int) -> tuple[bool, str]:
             unknown.append(name)
         elif ci[0] <= 0:
             problems.append(f"the interval of {name} = {format_ci(x, ci)} includes 0")
+    points = f.get("n_points")
+    if k == 1 and isinstance(points, int) and points < 3:
+        # A line through 2 envelope runs fits them exactly; on losses of pure noise the envelope kept 2 of 4
+        # budgets (the others' best runs no better than a cheaper one's) and its a, following the ladders'
+        # centres, was the trusted headline, N_opt 2.2e+09 [2e+09, 6.8e+09].
+        problems.append(f"its envelope holds {points} run(s): a power law through 2 points fits them exactly, so "
+                        "nothing tests it (Approach 1 needs >= 3 budgets whose best run beats every cheaper budget's)")
     edges = f.get("edge_budgets")
     if k == 1 and edges:  # Approach1.edge_budgets: envelope runs at their ladder's end
         numbers = isinstance(edges, list) and all(_is_number(b) and b is not None for b in edges)
@@ -212,17 +221,35 @@ def _usable(fit_json: dict) -> tuple[dict, dict]:
     return out, why
 
 
+def _interval(values: np.ndarray, estimate: float, conf: float) -> tuple[list[float], bool]:
+    """(percentile interval of the bootstrap `values`, whether it is one-sided and so withheld as NaN).
+
+    One-sided: fewer than the tail share (1 - conf) / 2 of the finite replicates lie below the estimate,
+    or above it. The percentile interval then ends at the estimate (Approach 1's loss law at a fitted
+    budget: 99.8% of replicates above it, "3.028 [3.028, 3.083]"), an end the bootstrap never tested:
+    the replicates measure a bias of the statistic (a minimum over runs), not its uncertainty.
+    """
+    ci = percentile_ci(values, conf)
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    tail, tol = (1 - conf) / 2, 1e-9 * abs(estimate)  # replicates that reproduce the estimate are on neither side
+    if _has_interval(ci) and math.isfinite(estimate) and min(np.mean(v < estimate - tol), np.mean(v > estimate + tol)) < tail:
+        return [float("nan")] * 2, True
+    return ci, False
+
+
 def _predict_12(fits: dict, draws: dict, k: int, c: float, conf: float) -> ApproachPrediction | None:
     f = fits.get(f"approach{k}")
     if not f:
         return None
     n, d, loss = (f[coef] * c ** f[exp] for coef, exp in (("n_coef", "a"), ("d_coef", "b"), ("loss_coef", "loss_exponent")))
-
-    def ci(coef, exp):
+    cis, one_sided = {}, []
+    for name, x, coef, exp in (("n_opt", n, "n_coef", "a"), ("d_opt", d, "d_coef", "b"), ("loss", loss, "loss_coef", "loss_exponent")):
         dc, de = draws.get(f"approach{k}/{coef}"), draws.get(f"approach{k}/{exp}")
-        return percentile_ci(power_law(dc, de, c), conf) if dc is not None else [float("nan")] * 2
-
-    return ApproachPrediction(k, n, ci("n_coef", "a"), d, ci("d_coef", "b"), loss, ci("loss_coef", "loss_exponent"))
+        cis[name], biased = _interval(power_law(dc, de, c), x, conf) if dc is not None else ([float("nan")] * 2, False)
+        if biased:
+            one_sided.append(name)
+    return ApproachPrediction(k, n, cis["n_opt"], d, cis["d_opt"], loss, cis["loss"], one_sided=one_sided)
 
 
 def _a3_arrays(f: dict, draws: dict) -> dict[str, np.ndarray]:
@@ -246,6 +273,11 @@ def _predict_3(fits: dict, draws: dict, c: float, conf: float) -> ApproachPredic
     if len(boot) == 8:
         with np.errstate(all="ignore"):
             bn, bd, bl = frontier(boot)
+        # One replicate, one law: a draw whose G is inf or 0 (a frontier coefficient at 0) gives N_opt inf and
+        # D_opt 0 (or the reverse); the 0 is finite and was kept, so D_opt got an interval "[0, 4.6e+10]" from
+        # the very replicates N_opt counted as failed. Such a draw fails for N_opt, D_opt and the loss alike.
+        failed = ~(np.isfinite(bn) & np.isfinite(bd) & np.isfinite(bl) & (bn > 0) & (bd > 0))
+        bn, bd, bl = (np.where(failed, np.nan, v) for v in (bn, bd, bl))
         cis = [percentile_ci(v, conf) for v in (bn, bd, bl)]
     else:
         cis = [[float("nan")] * 2] * 3
@@ -455,6 +487,12 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
         raise UserError(f"approach {approach} was not fitted (fits.json has {', '.join(str(k) for k in sorted(by_k))})")
 
     notes = [f"fits file {source}: {why}; not used ({_REDO})" for why in unusable.values()]
+    for p in preds:
+        if p.one_sided:
+            why = (" (its law goes through each budget's lowest loss, which resampling runs can only raise)"
+                   if p.approach == 1 and "loss" in p.one_sided else "")
+            notes.append(f"Approach {p.approach}: no interval for {', '.join(p.one_sided)}: its bootstrap replicates lie on one "
+                         f"side of the estimate{why}, so a percentile interval would end at the estimate itself")
     a3 = fit_json.get("approach3") or {}
     identified = a3.get("identified")
     floor = a3.get("E") if isinstance(identified, dict) and identified.get("E") is True else None
@@ -480,6 +518,11 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
     unique = unique_tokens if unique_tokens is not None else inputs.get("unique_tokens")
     if unique is not None and not unique > 0:
         raise UserError(f"--unique-tokens must be > 0 (got {unique})")
+    sizes = inputs.get("unique_tokens_values")
+    if unique_tokens is None and unique is not None and isinstance(sizes, int) and sizes > 1:
+        # the largest was taken without a word, though half the runs may have trained on 1000x less data
+        notes.append(f"unique tokens {unique:.3g}: the largest of the {sizes} data-set sizes (unique_tokens) the fitted runs "
+                     "had; pass --unique-tokens for the data the model will train on")
     epochs = head.d_opt / unique if unique else None
     constrained = None
     if epochs is not None and epochs > 1:
@@ -544,8 +587,13 @@ def _outside_range(flops: float, inputs: dict) -> str:
 
 
 def _num(x: float, fmt: str) -> str:
-    """A number in `fmt` ("{:.1f}") while that stays short (below 1e4), else compact scientific ("8.64e+17")."""
-    return fmt.format(x) if abs(x) < 1e4 else f"{x:.3g}"
+    """A number in `fmt` ("{:.1f}") while that stays short and non-zero, else compact scientific.
+
+    Compact scientific above 1e4 ("8.64e+17") and where `fmt` would round a non-zero value to 0
+    (D_opt 2.4e+10 over 1e+13 unique tokens is "0.00243 epochs", never "0.00 epochs").
+    """
+    text = fmt.format(x)
+    return text if abs(x) < 1e4 and (x == 0 or float(text) != 0) else f"{x:.3g}"
 
 
 def _count(n: int) -> str:

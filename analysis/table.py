@@ -18,10 +18,13 @@ not check it: excluded too, with that reason, never fitted; when a quarter of th
 or more are above it, the column is in another unit (bits, perplexity): an error. A completed row with a missing, NaN or non-positive required value is an error naming
 the file, column and run ids (never patient data: the table holds none, but we still name ids only).
 Hand-made tables are read leniently where the meaning is certain and refused where it is not:
-padded numbers and headers in a CSV ("3.2 ", "loss ") and a status written "Completed" are read, and
+padded numbers and headers in a CSV ("3.2 ", "loss "), ehrfm's column names in another case ("Loss")
+and a status written "Completed" are read, and
 so are other trackers' words for it (W&B's and MLflow's "finished", "succeeded": COMPLETED_SYNONYMS);
-completed rows repeated in every column (a table pasted twice), text that is not a number, an
-empty table and infinite optional values are errors; planned budgets within 0.1% of each other
+completed rows repeated in every column (a table pasted twice), or in every column but run_id with
+a loss equal to every digit (one run under two ids), text that is not a number, an empty table and
+infinite optional values are errors; rows empty in every column (a spreadsheet's blank lines) are
+skipped, and a run with an empty run_id cell is named row<i>; planned budgets within 0.1% of each other
 (1e11 vs 1.0000001e11) are one IsoFLOP budget. A ';'-separated CSV (spreadsheets in locales with
 decimal commas) is read as such. Columns that say one thing must agree: epochs = tokens / unique_tokens
 (either one gives the other), n_params_total >= n_params; vocab_size and context are positive whole
@@ -40,7 +43,7 @@ import polars as pl
 
 from ehrfm.errors import UserError
 from ehrfm.results import DIVERGENCE_Z, Status
-from ehrfm.tables import RESULTS_REQUIRED
+from ehrfm.tables import RESULTS_COLUMNS, RESULTS_REQUIRED, UTILITY_PREFIXES
 
 REQUIRED = ("n_params", "tokens", "loss")
 # The loss columns the trainer and sweeps write, and their units (any other numeric column may be
@@ -194,6 +197,26 @@ COLUMN_ALIASES = {
 }
 
 
+def _ehrfm_case(df: pl.DataFrame) -> pl.DataFrame:
+    """`df` with headers that are ehrfm's column names in another case ("Loss", "N_Params", "AUROC/mort") renamed.
+
+    A spreadsheet's capitalised header is the same column: it was "lacks columns n_params, tokens, loss"
+    with a "no tokens column" hint beside its "Tokens". Renamed only when the name is one of
+    ehrfm's (RESULTS_COLUMNS, a utility prefix) and nothing else in the table claims it.
+    """
+    known = {name for name, _ in RESULTS_COLUMNS}
+    renames = {}
+    for c in df.columns:
+        low = c.lower()
+        prefix = next((p for p in UTILITY_PREFIXES if low.startswith(p)), None)
+        want = low if low in known else prefix + c[len(prefix):] if prefix else None
+        if want and want != c and want not in df.columns:
+            renames[c] = want
+    if len(set(renames.values())) < len(renames):  # "Loss" and "LOSS": which one is meant is not certain
+        return df
+    return df.rename(renames)
+
+
 def _rename_hint(columns, missing) -> str:
     """'; rename ...' for missing columns the table holds under another tool's name ("" when none)."""
     by_lower = {c.strip().lower(): c for c in columns}
@@ -323,6 +346,7 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss", na
     else:
         source = str(table)
         df = _read_frame(Path(table))
+    df = _ehrfm_case(df)
     required = (*RESULTS_REQUIRED, loss_column)
     missing = [c for c in required if c not in df.columns]
     if missing:
@@ -330,6 +354,9 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss", na
             f"results table {source} lacks column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
             f"(needs {', '.join(required)}; has {', '.join(df.columns[:12])}){_rename_hint(df.columns, missing)}"
         )
+    # Rows empty in every column are a spreadsheet's blank lines (",,,,," at the end of an export), not
+    # runs: kept, they became "duplicated run_id <null>" errors or runs excluded for "status <null>".
+    df = df.filter(~pl.all_horizontal(pl.all().is_null()))
     if df.height == 0:
         raise UserError(f"results table {source} is empty (0 rows; columns {', '.join(df.columns[:12])})")
     run_id = _run_ids(df, source)
@@ -370,6 +397,11 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss", na
         keep &= ~_unplanned(budget, keep, run_id, excluded)
         if "flops" in df.columns:
             _refuse_off_budget(source, budget, values["flops"], values["tokens"], keep, run_id)
+        elif keep.any():
+            # Without flops, the planned budget is the only compute to check the units of n_params and tokens
+            # against (parameters in millions, tokens in billions: Approach 2 then fits N_opt in C = budget
+            # while Approach 3's frontier uses C = 6 N D, 1e15 times smaller).
+            _refuse_unit_mismatch(source, budget[keep], values["n_params"][keep], values["tokens"][keep], col="budget")
     n_total = positive("n_params_total")
     if n_total is not None:
         # A total count (embeddings included) below the non-embedding one is some other number; the fits
@@ -449,21 +481,22 @@ def _refuse_crowded_budgets(source: str, res: Results) -> None:
 FLOPS_PER_PARAM_TOKEN_RANGE = (1.0, 1e5)
 
 
-def _refuse_unit_mismatch(source: str, flops: np.ndarray, n_params: np.ndarray, tokens: np.ndarray) -> None:
+def _refuse_unit_mismatch(source: str, flops: np.ndarray, n_params: np.ndarray, tokens: np.ndarray, col: str = "flops") -> None:
     """UserError when flops / (n_params x tokens) of the median completed run is no transformer's.
 
     A table from another tool with tokens in billions ("1.5") or parameters in millions would be
     fitted as models of a few parameters trained on a few tokens: every N_opt and D_opt then comes
     out in the wrong unit. The ratio is 6 for C = 6 N D; FLOPS_PER_PARAM_TOKEN_RANGE allows for
-    attention, embeddings and forward-only counts.
+    attention, embeddings and forward-only counts. `col` names the compute column checked: "flops",
+    or "budget" in a table without flops (a planned run spends its budget to within one token).
     """
     ratio = float(np.median(flops / (n_params * tokens)))
     lo, hi = FLOPS_PER_PARAM_TOKEN_RANGE
     if not lo <= ratio <= hi:
         raise UserError(
-            f"results table {source}: columns flops, n_params and tokens disagree: flops / (n_params x tokens) is "
+            f"results table {source}: columns {col}, n_params and tokens disagree: {col} / (n_params x tokens) is "
             f"{ratio:.3g} in the median completed run (training spends 6 per parameter and token, up to hundreds "
-            f"with attention and the output layer of a tiny model): {'is n_params or tokens in millions or billions' if ratio > hi else 'is flops in another unit (PFLOP, FLOPs per step)'}? "
+            f"with attention and the output layer of a tiny model): {'is n_params or tokens in millions or billions' if ratio > hi else f'is {col} in another unit (PFLOP, FLOPs per step)'}? "
             "ehrfm reads plain counts: parameters, tokens, FLOPs")
 
 
@@ -513,11 +546,15 @@ def _refuse(source: str, col: str, what: str, bad: np.ndarray, run_id: np.ndarra
 
 
 def _run_ids(df: pl.DataFrame, source: str) -> np.ndarray:
-    """The run_id column as str (row<i> when absent); UserError for duplicated ids."""
+    """The run_id column as str (row<i> where absent or empty, i counting rows from 0); UserError for duplicated ids."""
+    rows = np.array([f"row{i}" for i in range(df.height)])
     if "run_id" in df.columns:
-        run_id = df["run_id"].cast(pl.Utf8).fill_null("<null>").to_numpy().astype(str)
+        # a run whose id cell is empty is still a run: named by its row, as in a table without run_id
+        # (all of them "<null>" were "duplicated ids")
+        ids = df["run_id"].cast(pl.Utf8)
+        run_id = np.where(ids.is_null().to_numpy(), rows, ids.fill_null("").to_numpy().astype(str))
     else:
-        run_id = np.array([f"row{i}" for i in range(df.height)])
+        run_id = rows
     dup = [r for r, c in zip(*np.unique(run_id, return_counts=True), strict=False) if c > 1]
     if dup:
         raise UserError(f"results table {source}: column run_id has {len(dup)} duplicated id(s): {_name_ids(dup)}")
@@ -539,6 +576,20 @@ def _refuse_duplicate_rows(df: pl.DataFrame, source: str, keep: np.ndarray) -> N
         first = np.flatnonzero(dup)
         raise UserError(f"results table {source}: {int(dup.sum())} rows are duplicates of another row in every column "
                         f"(rows {_name_ids(first)}, counting from 0): remove the repeats, or give each run a distinct run_id")
+    # The same run under two ids (a table pasted twice with new ids, two collects of one sweep dir) was
+    # fitted as seeds of one shape, each measurement counted twice and every interval too narrow. Seeds
+    # differ in loss; two losses with more digits than a rounded CSV cell agreeing to every digit do not.
+    others = [c for c, t in df.schema.items() if c != "run_id" and not isinstance(t, (pl.List, pl.Array, pl.Struct))]
+    if "run_id" not in df.columns or "loss" not in others or not df.schema["loss"].is_float():
+        return
+    loss = df["loss"].to_numpy()
+    with np.errstate(all="ignore"):
+        precise = np.isfinite(loss) & (np.abs(loss - np.round(loss, 6)) > 0)
+    same = df.select(others).is_duplicated().to_numpy() & keep & precise
+    if same.any():
+        raise UserError(f"results table {source}: {int(same.sum())} completed rows repeat another row in every column but run_id, "
+                        f"loss to every digit (run ids {_name_ids(df['run_id'].cast(pl.Utf8).to_numpy()[same])}): one run listed "
+                        "twice under two ids? Seeds of one shape differ in loss: remove the repeats")
 
 
 def _completed(df: pl.DataFrame, run_id: np.ndarray) -> tuple[np.ndarray, list[dict]]:
