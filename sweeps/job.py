@@ -187,8 +187,13 @@ class TrainJob:
 
     def _note_start(self) -> None:
         record = _read_record(Path(self.record_path))
+        # A record damaged (half-written on NFS) or deleted while the job waited is rewritten from
+        # nothing here: without its executor a SLURM run read as a local one, and once requeued
+        # (its processes gone) a relaunch submitted it again beside its queued job.
+        who = {k: v for k, v in (("run_id", self.run_id), ("executor", os.environ.get("SUBMITIT_EXECUTOR"))) if v and not record.get(k)}
         _update_record(
             Path(self.record_path),
+            **who,
             started_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             job_id=record.get("job_id") or _job_id(),
             running_job_id=_job_id(),

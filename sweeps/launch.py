@@ -16,12 +16,18 @@ threads each (at most the launcher's $OMP_NUM_THREADS when set, unless --cpus-pe
 otherwise: a user who limited the threads keeps that limit); the call blocks until every launched
 run has finished (Ctrl-C checkpoints them).
 
+Ctrl-C, SIGTERM or SIGHUP while sbatch submits wait until every submitted job is on record, then
+stop the launch (exit 130/143): a relaunch submits only what is missing. Runs a stopped or refused
+launch did not submit are as before it (a failed one keeps its result.json, moved back).
+
 WSD sweeps (sweeps/plan.py): a branch starts only after its trunk has ended. On SLURM the trunks
 are submitted first and each trunk's branches as a job array with `--dependency=afterany:<trunk
 job>` (a requeued trunk keeps its dependants waiting); locally a branch waits for a free slot
 and its trunk. A branch whose trunk failed or diverged before its branch point is refused by
 the trainer, and its job records it failed with the trainer's reason (the trunk's error). A branch
-whose trunk is running under another launch is not submitted ("waiting for trunk").
+whose trunk is running under another launch is not submitted ("waiting for trunk"). A branch refused
+only because its trunk was not there yet (trunk cancelled, lost, preempted) is launched again with
+its trunk, or once the trunk completed, without --retry-failed.
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ SLURM_COMMANDS = ("sbatch", "srun", "squeue", "scontrol")
 _LAUNCHED = (Status.PLANNED, Status.LOST, Status.INTERRUPTED)
 # A job may still run: active, or "unknown" (SLURM did not answer this time), waited on like one.
 _BUSY = (*ACTIVE, Status.UNKNOWN)
+# The trainer's exit code when it refused its config before training (UserError; sweeps/run_one.py)
+_EXIT_REFUSED = 2
 
 
 @dataclass
@@ -117,6 +125,7 @@ class LaunchReport:
     job_ids: dict[str, str]
     skipped: dict[str, list[str]]  # state -> run ids not submitted
     final_states: dict[str, str] = field(default_factory=dict)  # after waiting
+    archived: dict[str, str] = field(default_factory=dict)  # failed result.json moved aside for a retry: run id -> jobs/<id>.failed-N.json
 
     def reason(self) -> str:
         """The skipped runs as text, e.g. "3 completed, 1 failed (pass --retry-failed ...)", or "none"."""
@@ -276,8 +285,14 @@ def _select_and_prepare(sweep_dir: Path, sweep, plan: list[dict], cfg: LaunchCon
             to_submit.append(row)
         else:
             skipped.setdefault(st.state, []).append(row["run_id"])
-    # A branch whose trunk runs under another launch cannot be ordered after it from here.
     trunk_of, now = _trunks_of(plan), {r["run_id"] for r in to_submit}
+    for row in plan:  # a branch refused only because its trunk was not there yet goes with (or after) the trunk
+        rid = row["run_id"]
+        if rid not in now and rid in trunk_of and _refused_for_trunk(sweep_dir, rid, trunk_of[rid], states, now):
+            to_submit.append(row)
+            skipped[Status.FAILED].remove(rid)
+    now = {r["run_id"] for r in to_submit}
+    # A branch whose trunk runs under another launch cannot be ordered after it from here.
     waiting = [r for r in to_submit if r["run_id"] in trunk_of and trunk_of[r["run_id"]] not in now
                and states[trunk_of[r["run_id"]]].state in _BUSY]
     for r in waiting:
@@ -298,7 +313,7 @@ def _select_and_prepare(sweep_dir: Path, sweep, plan: list[dict], cfg: LaunchCon
         rid = row["run_id"]
         run_dir = runs_dir(sweep_dir) / rid
         if states[rid].state == Status.FAILED:
-            _archive_failed(sweep_dir, rid)
+            report.archived[rid] = str(_archive_failed(sweep_dir, rid))
         config_path = sweep_dir / "jobs" / f"{rid}.train.json"
         train_cfg = run_train_config(sweep, row, run_dir)
         train_cfg.extra = {"sweep": str(sweep_dir), "run_id": rid, "budget": row["budget"],
@@ -315,6 +330,30 @@ def _select_and_prepare(sweep_dir: Path, sweep, plan: list[dict], cfg: LaunchCon
             )
         )
     return report, jobs
+
+
+def _refused_for_trunk(sweep_dir: Path, run_id: str, trunk_id: str, states: dict, now: set[str]) -> bool:
+    """Is branch `run_id` failed only because the trainer refused it (exit 2) before its trunk was there, the trunk now training or done?
+
+    A trunk cancelled, lost to a node failure or preempted before its branch point lets its branch
+    start (`afterany`) and be refused ("trunk ... is not a run dir", "has no stable checkpoint"):
+    the branch failed for its trunk, not itself. A relaunch that trains the trunk again (or finds
+    it running, or completed since the refusal) must train the branch too, not leave it missing
+    until a --retry-failed; a trunk that failed or diverged keeps its branch failed.
+    """
+    st = states[run_id]
+    if st.state != Status.FAILED or st.bad_file or st.result is None or st.result.exit_code != _EXIT_REFUSED:
+        return False
+    trunk = states[trunk_id].state
+    if trunk_id in now or trunk in _BUSY:
+        return True
+    if trunk != Status.COMPLETED:
+        return False
+    try:  # completed after the branch was refused: the refusal was about the unfinished trunk
+        refused_at = (runs_dir(sweep_dir) / run_id / "result.json").stat().st_mtime
+        return refused_at < (runs_dir(sweep_dir) / trunk_id / "result.json").stat().st_mtime
+    except OSError:
+        return False
 
 
 # The launch options a SLURM job is submitted with (sbatch reads them once: a relaunch cannot change them)
@@ -381,14 +420,28 @@ def _stderr_captured():
             captured["text"] = tmp.read().decode("utf-8", "replace")
 
 
-def _archive_failed(sweep_dir: Path, run_id: str) -> None:
-    """Move a failed result.json aside (jobs/<id>.failed-<n>.json) so the run starts again."""
+def _archive_failed(sweep_dir: Path, run_id: str) -> Path:
+    """Move a failed result.json aside (jobs/<id>.failed-<n>.json, returned) so the run starts again."""
     src = runs_dir(sweep_dir) / run_id / "result.json"
     n = 1
     while (dst := sweep_dir / "jobs" / f"{run_id}.failed-{n}.json").exists():
         n += 1
     dst.parent.mkdir(parents=True, exist_ok=True)
     os.replace(src, dst)
+    return dst
+
+
+def _unlaunch(sweep_dir: Path, run_id: str, report: LaunchReport) -> None:
+    """Undo the launch of a run whose job was never submitted or started (sbatch refused, Ctrl-C).
+
+    Its record goes, and a failed result.json that this launch's --retry-failed moved aside comes
+    back: the run stays `failed` with its reason, not `planned` with the failure gone from status and collect.
+    """
+    record_path(sweep_dir, run_id).unlink(missing_ok=True)
+    archived = report.archived.pop(run_id, None)
+    result = runs_dir(sweep_dir) / run_id / "result.json"
+    if archived and Path(archived).exists() and not result.exists():
+        os.replace(archived, result)
 
 
 def _write_record(sweep_dir: Path, run_id: str, **fields) -> None:
@@ -468,31 +521,44 @@ def _submit_slurm(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, time
     for job in jobs:
         _new_record(sweep_dir, job.run_id, "slurm")
     by_id: dict[str, object] = {}
-    try:
-        with _stderr_captured() as err:
-            for wave, trunk in _slurm_waves(jobs, trunk_of or {}):
-                extra = {"dependency": f"afterany:{by_id[trunk].job_id}"} if trunk else {}
-                executor.update_parameters(additional_parameters={**params["additional_parameters"], **extra})
-                with executor.batch():
-                    subs = [executor.submit(job) for job in wave]
-                by_id.update({job.run_id: sj for job, sj in zip(wave, subs, strict=True)})
-    except Exception as e:  # sbatch refused (bad partition, account, limits): its message says why
-        for job in jobs:
-            if job.run_id in by_id:  # an earlier wave went in: keep it on record
-                _write_record(sweep_dir, job.run_id, job_id=str(by_id[job.run_id].job_id))
-            else:
-                record_path(sweep_dir, job.run_id).unlink(missing_ok=True)
-        raise UserError(f"sbatch refused the sweep's jobs: {sbatch_error(err['text'], e, cfg)}") from None
+    # Ctrl-C, SIGTERM or SIGHUP between sbatch and the records killed the launcher with its jobs
+    # queued but recorded without a job id ("lost"): a relaunch submitted them a second time. The
+    # signal now waits until every submitted job is on record; then the launch stops (130/143).
+    with _StopSignals() as stop:
+        try:
+            with _stderr_captured() as err:
+                for wave, trunk in _slurm_waves(jobs, trunk_of or {}):
+                    extra = {"dependency": f"afterany:{by_id[trunk].job_id}"} if trunk else {}
+                    executor.update_parameters(additional_parameters={**params["additional_parameters"], **extra})
+                    with executor.batch():
+                        subs = [executor.submit(job) for job in wave]
+                    for job, sj in zip(wave, subs, strict=True):  # on record at once, wave by wave
+                        by_id[job.run_id] = sj
+                        _write_record(sweep_dir, job.run_id, job_id=str(sj.job_id),
+                                      **({"after_job": str(by_id[trunk].job_id)} if trunk else {}))
+                    if stop.signum:
+                        break  # the waves not yet submitted are not queued anywhere
+        except Exception as e:  # sbatch refused (bad partition, account, limits): its message says why
+            for job in jobs:
+                if job.run_id not in by_id:  # the waves that went in stay on record
+                    _unlaunch(sweep_dir, job.run_id, report)
+            if stop.signum:  # sbatch got the terminal's Ctrl-C too: not a refusal
+                raise stop.exception() from None
+            raise UserError(f"sbatch refused the sweep's jobs: {sbatch_error(err['text'], e, cfg)}") from None
     if err["text"].strip():
         print(err["text"].rstrip(), file=sys.stderr)  # sbatch warnings, passed on
-    submitted = [by_id[job.run_id] for job in jobs]
-    for job, sj in zip(jobs, submitted, strict=False):
-        dep = (trunk_of or {}).get(job.run_id)
-        _write_record(sweep_dir, job.run_id, job_id=str(sj.job_id),
-                      **({"after_job": str(by_id[dep].job_id)} if dep in by_id else {}))
+    for job in jobs:
+        if job.run_id not in by_id:
+            _unlaunch(sweep_dir, job.run_id, report)
+            continue
         report.submitted.append(job.run_id)
-        report.job_ids[job.run_id] = str(sj.job_id)
+        report.job_ids[job.run_id] = str(by_id[job.run_id].job_id)
     _save_launch(sweep_dir, cfg, report)
+    if stop.signum:
+        print(f"interrupted: {len(report.submitted)} of {len(jobs)} jobs were submitted and are on record; "
+              f"`ehrfm sweep launch {sweep_dir}` submits the rest", file=sys.stderr)
+        raise stop.exception()
+    submitted = [by_id[job.run_id] for job in jobs]
     first = str(submitted[0].job_id)
     where = f"array {first.split('_')[0]}" if "_" in first else f"job {first}"
     summary(f"submitted {len(jobs)} jobs to SLURM as {where} (not submitted: {report.reason()}); "
@@ -787,7 +853,7 @@ def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, slots: 
     finally:
         bar.close()
         for job in pending:  # not started (Ctrl-C): no longer queued anywhere
-            record_path(sweep_dir, job.run_id).unlink(missing_ok=True)
+            _unlaunch(sweep_dir, job.run_id, report)
     report.final_states = {rid: st.state for rid, st in run_states(sweep_dir, report.submitted).items() if rid in report.submitted}
     by_state: dict[str, int] = {}
     for s in report.final_states.values():

@@ -21,8 +21,10 @@ States, and where each comes from:
                                     (lost and interrupted SLURM runs say why their job ended: squeue's
                                     end state while SLURM lists it, and the job's own submitit log,
                                     which outlives MinJobAge and needs no sacct: scancel, time
-                                    limit, oom-kill, node failure; any run whose job was submitted
-                                    from another sweep dir path, moved since, names it)
+                                    limit, oom-kill, node failure, the exception a job raised (a
+                                    job pickle of another version); any run whose job was submitted
+                                    from another sweep dir path, moved since, names it; a record
+                                    without a job id says its launcher died mid-submit)
     unknown                         a SLURM job that cannot be checked here (no squeue, controller
                                     down) or in a state this module does not know (SLURM_STATES),
                                     or a damaged jobs/<id>.json (the job it named may be alive):
@@ -184,8 +186,18 @@ def slurm_job_states(job_ids) -> dict[str, str] | None:
     return None if jobs is None else {jid: st for jid, (st, _) in jobs.items()}
 
 
-def _squeue(job_ids) -> dict[str, tuple[str, str]] | None:
-    """{job id: (SLURM state, reason)} of slurm_job_states; None when SLURM cannot be asked."""
+# squeue's state for a job id that now names a job of another command than this sweep's (see _squeue)
+_OTHER_JOB = "OTHER_JOB"
+
+
+def _squeue(job_ids, submitted_from: dict[str, str] | None = None) -> dict[str, tuple[str, str]] | None:
+    """{job id: (SLURM state, reason)} of slurm_job_states; None when SLURM cannot be asked.
+
+    With submitted_from ({job id: the sweep dir its record says it was submitted from}), a job whose
+    batch script (squeue %o) is not that sweep dir's submitit script is (_OTHER_JOB, its script): the id
+    names someone else's job now (a sweep dir copied from another cluster, SLURM's ids started again),
+    and must not keep the run `queued` or `running` forever.
+    """
     if shutil.which("squeue") is None:
         return None
     asked = {str(j) for j in job_ids if j is not None and _JOB_ID.fullmatch(str(j))}
@@ -195,7 +207,7 @@ def _squeue(job_ids) -> dict[str, tuple[str, str]] | None:
     states: dict[str, tuple[str, str]] = {}
     for i in range(0, len(ids), _SQUEUE_CHUNK):
         chunk = ids[i:i + _SQUEUE_CHUNK]
-        cmd = ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%r", "-j", ",".join(chunk)]
+        cmd = ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%r|%o", "-j", ",".join(chunk)]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         except (subprocess.TimeoutExpired, OSError):
@@ -206,9 +218,11 @@ def _squeue(job_ids) -> dict[str, tuple[str, str]] | None:
                 continue
             return None
         for line in proc.stdout.splitlines():
-            jid, _, rest = line.strip().partition("|")
-            st, _, reason = rest.partition("|")
-            if jid:
+            jid, st, reason, script = (line.strip().split("|", 3) + ["", "", ""])[:4]
+            ours = (submitted_from or {}).get(jid)
+            if ours and script.startswith("/") and not script.startswith(f"{ours}/submitit/"):
+                states[jid] = (_OTHER_JOB, script)  # ("(null)" for --wrap jobs: not known, so trusted)
+            elif jid:
                 states[jid] = (st, reason.strip())
     for jid in asked - set(states):
         array = states.get(jid.split("_")[0])
@@ -230,6 +244,11 @@ _ENDED_WHY = ("CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_
 _LOG_END = re.compile(r"\*\*\* JOB \d+ (?!.*DUE TO JOB REQUEUE).*(CANCELLED|TERMINATED).*\*\*\*|.*oom[_-]kill.*|.*out of memory.*"
                       r"|Job not requeued because: .*", re.I)
 _LOG_TAIL_BYTES = 65536
+# submitit's line when the job raised before or around the trainer (a job pickle of another ehrfm or
+# submitit version after a requeue: "ModuleNotFoundError: ...", "AttributeError: Can't get attribute
+# ..."), and the traceback's last line that says what was raised
+_LOG_RAISED = "Submitted job triggered an exception"
+_EXCEPTION_LINE = re.compile(r"[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)(: .*)?")
 
 
 def _log_reason(sweep_dir: Path, job_id: str) -> str | None:
@@ -250,11 +269,16 @@ def _log_reason(sweep_dir: Path, job_id: str) -> str | None:
                 text = f.read().decode("utf-8", "replace")
         except OSError:
             continue
+        raised = False
         for line in text.splitlines():
             m = _LOG_END.search(line)
             if m:
                 said = re.sub(r"^slurmstepd\S*: (error: )?", "", m.group(0).strip())[:300]
                 found = f"{said} ({path})"
+            elif _LOG_RAISED in line:
+                raised = True  # SLURM says only "FAILED (NonZeroExitCode)", and after MinJobAge nothing
+            elif raised and _EXCEPTION_LINE.fullmatch(line.strip()):
+                raised, found = False, f"the job raised {line.strip()[:300]} ({path})"
     return found
 
 
@@ -264,8 +288,17 @@ def _ended_note(sweep_dir: Path, record: dict, squeue: dict[str, tuple[str, str]
     From squeue while SLURM still lists the job over for a reason, and from the job's own log
     (_log_reason) also after SLURM forgot it, or when its state alone (FAILED) hides the cause.
     """
+    if not record.get("job_id"):
+        # the launcher was killed (SIGKILL, a node reboot) between sbatch and its record: a job may
+        # be queued for this run although none is on record (a second job for the run finds the run
+        # dir locked, exits "busy", or finds it finished: it never trains the run twice)
+        name = Path(record.get("sweep_dir") or sweep_dir).name
+        return f"its launch stopped before it recorded a job id: sbatch may have queued one anyway (`squeue --name ehrfm-{name}`); a relaunch starts it again"
     jid = str(record.get("job_id"))
     st, reason = (squeue or {}).get(jid, ("", ""))
+    if st == _OTHER_JOB:
+        return (f"SLURM job {jid} is now another job ({reason}), not this run's (a record from another cluster, or "
+                "SLURM's job ids started again); a relaunch starts it again")
     base = st.strip().upper().split(" ")[0].rstrip("+")
     logged = _log_reason(sweep_dir, jid)
     if base not in _ENDED_WHY and logged is None:
@@ -326,7 +359,7 @@ def _pid_alive(pid, needle: str | None = None) -> bool:
 
 def _slurm_state(record: dict, squeue: dict[str, tuple[str, str]]) -> Status | None:
     st = squeue.get(str(record.get("job_id")))
-    return None if st is None else slurm_state_of(st[0])
+    return None if st is None or st[0] == _OTHER_JOB else slurm_state_of(st[0])
 
 
 def _local_state(record: dict) -> Status | None:
@@ -434,7 +467,9 @@ def run_states(sweep_dir: str | Path, run_ids: list[str], plan: list[dict] | Non
         if record is not None:
             if executor == "slurm":
                 if not asked_slurm:
-                    squeue = _squeue(r["job_id"] for r in records.values() if r and r.get("executor") == "slurm")
+                    slurm = [r for r in records.values() if r and r.get("executor") == "slurm"]
+                    squeue = _squeue([r["job_id"] for r in slurm],
+                                     {str(r["job_id"]): r["sweep_dir"] for r in slurm if r.get("job_id") and r.get("sweep_dir")})
                     asked_slurm = True
                 # Without an answer from SLURM the job may still be alive: never resubmit it blindly.
                 active = Status.UNKNOWN if squeue is None else _slurm_state(record, squeue)
