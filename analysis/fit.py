@@ -90,7 +90,8 @@ class BudgetFit:
     d_line: list[float] = field(default_factory=list)  # ln D = d_line[0] + d_line[1] ln N within the budget
     # Leverage-adjusted, centred residuals of a used budget's parabola (pooled by the residual bootstrap).
     residuals: list[float] = field(default_factory=list, repr=False)
-    lack_of_fit_p: float = float("nan")  # chi-square test of the residuals against the runs' eval SEs
+    lack_of_fit_p: float = float("nan")  # p of the lack-of-fit test named in lack_of_fit_test (NaN: not tested)
+    lack_of_fit_test: str = ""  # "pure error" (replicate runs of a size) or "eval SE" (chi-square); "" when not tested
     interval_note: str = ""  # why its intervals are not available (laws.interval_problem), "" when they are
 
 
@@ -537,10 +538,12 @@ def _fit_budget_parabola(res: Results, members: np.ndarray, budget: float, cfg: 
     """One IsoFLOP budget's parabola L = c0 + c1 ln N + c2 (ln N)^2 and its minimum.
 
     The budget is used in the power laws when the parabola is convex, its vertex lies within the
-    sampled sizes (cfg.require_interior) and it fits its runs: with >= 4 sizes and every run's
-    eval standard error known, a chi-square lack-of-fit test of the residuals against those errors
-    (n - 3 degrees of freedom) must give p >= LACK_OF_FIT_P. A ladder far off its budget's optimum
-    samples the steep, exponential side of the IsoFLOP curve, which a parabola cannot follow.
+    sampled sizes (cfg.require_interior) and it fits its runs: with >= 4 sizes, a lack-of-fit test
+    must give p >= LACK_OF_FIT_P. A ladder far off its budget's optimum samples the steep,
+    exponential side of the IsoFLOP curve, which a parabola cannot follow. The test
+    (`_lack_of_fit`) is the classical F-test against pure error when some size was trained more
+    than once (replicate seeds: their scatter is all the noise a run's loss has, training noise
+    included), else a chi-square test of the residuals against the runs' eval standard errors.
     Nor is a budget used whose minimum is not credible (`_incredible_minimum`), nor one whose runs
     all have the same loss (no curvature to fit: the sign of c2 is rounding).
     """
@@ -581,21 +584,53 @@ def _fit_budget_parabola(res: Results, members: np.ndarray, budget: float, cfg: 
     bf.n_opt, bf.d_opt, bf.loss_min = float(n_opt), float(d_opt), float(loss_min)
     bf.interior = bool(x.min() <= math.log(n_opt) <= x.max())
     se = res.loss_se[members] if res.loss_se is not None else np.full(members.size, np.nan)
-    if n_distinct > 3 and np.all(np.isfinite(se) & (se > 0)):
-        chi2 = float(np.sum(((y - pred) / se) ** 2))
-        bf.lack_of_fit_p = float(scipy_stats.chi2.sf(chi2, members.size - 3))
+    bf.lack_of_fit_p, bf.lack_of_fit_test, noise = _lack_of_fit(x, y, pred, se)
     incredible = _incredible_minimum(res, members, bf.loss_min)
     if incredible:
         bf.reason = incredible
     elif not bf.interior and cfg.require_interior:
         bf.reason = "minimum outside the sampled model sizes (extrapolated)"
     elif bf.lack_of_fit_p < LACK_OF_FIT_P:
-        bf.reason = (f"the parabola does not fit its runs (residual SD {np.std(y - pred):.3g} vs eval SE {np.median(se):.3g}; "
+        bf.reason = (f"the parabola does not fit its runs (residual SD {np.std(y - pred):.3g} vs {noise}; "
                      f"lack-of-fit p = {bf.lack_of_fit_p:.2g}): the sizes are too far from this budget's optimum")
     else:
         bf.used = True
         bf.residuals = [float(r) for r in _adjusted_residuals(x, y - pred)] if n_distinct > 3 else []
     return bf
+
+
+def _lack_of_fit(x: np.ndarray, y: np.ndarray, pred: np.ndarray, se: np.ndarray) -> tuple[float, str, str]:
+    """(p, test name, the noise it compares with, in words) of a budget's parabola; (NaN, "", "") when untestable.
+
+    x: (n,) ln N of the runs; y: (n,) their losses; pred: (n,) the parabola's; se: (n,) eval SEs.
+
+    Pure error (Draper & Smith 1998, "Applied Regression Analysis", section 2.1), when some size
+    has replicate runs: SS_res = SS_pure + SS_lack, where SS_pure sums each run's squared distance
+    from its size's mean loss (n - m degrees of freedom for m distinct sizes) and SS_lack the rest
+    (m - 3); F = (SS_lack / (m - 3)) / (SS_pure / (n - m)). Replicate seeds of one shape scatter by
+    training noise (3% between seeds at the demo's scale, README), which the eval SE does not
+    contain: against the eval SE alone a parabola through seeds would fail for their scatter, not
+    for its shape. Without replicates: chi-square of the residuals over the eval SEs, n - 3
+    degrees of freedom (each run's SE known and positive). Either needs m >= 4 sizes.
+    """
+    level, inv = np.unique(np.round(x, 9), return_inverse=True)
+    m, n = level.size, y.size
+    if m <= 3:
+        return float("nan"), "", ""
+    resid = y - pred
+    if n > m:
+        inv = inv.ravel()
+        means = np.bincount(inv, weights=y, minlength=m) / np.bincount(inv, minlength=m)
+        ss_pure = float(np.sum((y - means[inv]) ** 2))
+        if ss_pure > 0:
+            ss_lack = max(float(np.sum(resid**2)) - ss_pure, 0.0)
+            f_stat = (ss_lack / (m - 3)) / (ss_pure / (n - m))
+            return (float(scipy_stats.f.sf(f_stat, m - 3, n - m)), "pure error",
+                    f"replicate SD {math.sqrt(ss_pure / (n - m)):.3g} ({n - m} df)")
+    if np.all(np.isfinite(se) & (se > 0)):
+        chi2 = float(np.sum((resid / se) ** 2))
+        return float(scipy_stats.chi2.sf(chi2, n - 3)), "eval SE", f"eval SE {np.median(se):.3g}"
+    return float("nan"), "", ""
 
 
 def _incredible_minimum(res: Results, members: np.ndarray, loss_min: float) -> str:

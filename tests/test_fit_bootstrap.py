@@ -108,3 +108,33 @@ def test_zero_width_interval_is_not_reported_as_certain():
     draws = np.r_[np.linspace(0, 1, 45), [np.nan] * 5]
     assert np.isfinite(percentile_ci(draws)).all() and interval_problem(draws) == ""
     assert np.isnan(percentile_ci(np.r_[np.linspace(0, 1, 44), [np.nan] * 6])).all()
+
+
+def _replicate_table(seed_sd: float, off_centre: bool) -> pl.DataFrame:
+    """4 budgets x 5 sizes x 2 training seeds; each seed moves a run's loss by seed_sd (training noise),
+    while its eval SE says 0.003. Optionally the smallest budget's ladder runs up its steep side."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for i, c in enumerate(BUDGETS):
+        centre, span = (LAW.n_opt(c) * 10**0.6, 0.8) if (off_centre and i == 0) else (LAW.n_opt(c), 0.4)
+        for n in centre * np.logspace(-span, span, 5):
+            n, d = int(n), int(c / (6 * n))
+            for seed in (0, 1):
+                rows.append(dict(run_id=f"c{c:.2g}-n{n}-s{seed}", budget=c, n_params=n, tokens=d, flops=6.0 * n * d,
+                                 seed=seed, loss=float(LAW.loss(n, d) + rng.normal(0, seed_sd)), eval_loss_se=0.003,
+                                 status="completed"))
+    return pl.DataFrame(rows)
+
+
+def test_replicate_seeds_test_the_parabola_against_their_own_scatter():
+    """With two seeds per size the lack-of-fit test is the F-test against pure error (the seeds' own
+    scatter): seeds 2% apart on well-centred ladders are not a misfit (against the eval SE of 0.003
+    each budget failed), while a ladder up the steep side still fails against seeds 0.3% apart."""
+    fit = fit_results(_replicate_table(seed_sd=0.02, off_centre=False), config=FitConfig(approaches=(2,), bootstrap=0, holdout=False))
+    assert all(b.used and b.lack_of_fit_test == "pure error" for b in fit.approach2.budgets), \
+        [(b.budget, b.lack_of_fit_p, b.reason) for b in fit.approach2.budgets]
+    with pytest.warns(FitWarning, match=r"does not fit its runs \(residual SD .* vs replicate SD"):
+        fit = fit_results(_replicate_table(seed_sd=0.003, off_centre=True), config=FitConfig(approaches=(2,), bootstrap=0, holdout=False))
+    smallest = min(fit.approach2.budgets, key=lambda b: b.budget)
+    assert not smallest.used and smallest.lack_of_fit_test == "pure error" and smallest.lack_of_fit_p < 0.01
+    assert all(b.used for b in fit.approach2.budgets if b is not smallest)
