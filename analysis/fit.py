@@ -227,7 +227,9 @@ class UtilityFit:
     exponent_ci: list[float]
     r2: float
     n_points: int
-    points: list[dict]  # budget, flops, run_id, value, se (None when unknown)
+    # budget, flops, run_id (one run of the shape), value and se (None when unknown): the shape's mean over its
+    # n_runs replicate runs with a value (seeds; n_runs absent in older fits.json)
+    points: list[dict]
     measurement_noise: bool = False  # weighted by, and intervals from, each point's AUROC standard error
     paired: bool = False  # intervals from shared held-out resamples (auroc_boot/<task>), not independent draws
     # AUROC = intercept + slope * loss over every run with an AUROC (see fit_loss_link), or None
@@ -320,18 +322,24 @@ def replicate_summary(res: Results) -> dict | None:
     return dict(shapes=int(rep.size), runs=int(rep.sum()), max=int(rep.max())) if rep.size else None
 
 
-def _envelope(res: Results, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _envelope(res: Results, counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The lower-envelope shapes (Approach 1): (a run of each, its shape's mean loss).
 
     Per budget the shape (N, D) of lowest mean loss over its replicate runs (seeds; one run per
     shape is the usual case, and its loss is its own), kept when that loss is below every cheaper
     budget's. The lowest single seed would be the minimum of noisy draws: biased low, and picking
-    the shape by its luckiest seed.
+    the shape by its luckiest seed. counts: (n,) a bootstrap replicate's multiplicity of each run;
+    the shape's mean is then weighted by them (a seed drawn twice counts twice, as the bootstrap of a
+    mean has it: an unweighted mean of the seeds drawn gave the plain mean in most replicates).
     """
-    idx = np.arange(res.n) if mask is None else np.flatnonzero(mask)
+    w = np.ones(res.n) if counts is None else np.asarray(counts, dtype=float)
+    idx = np.flatnonzero(w > 0)
     group = shape_groups(res)[idx]
     gids, first, inv = np.unique(group, return_index=True, return_inverse=True)
-    mean = np.bincount(inv.ravel(), weights=res.loss[idx], minlength=gids.size) / np.bincount(inv.ravel(), minlength=gids.size)
+    inv, wi = inv.ravel(), w[idx]
+    mean = np.bincount(inv, weights=res.loss[idx] * wi, minlength=gids.size) / np.bincount(inv, weights=wi, minlength=gids.size)
+    alone = np.bincount(inv, minlength=gids.size) == 1
+    mean[alone] = res.loss[idx[first[alone]]]  # a shape's only run: its own loss, exactly (x * 3 / 3 can move the last bit)
     rep = idx[first]  # one run of each shape
     best = []
     for bud in np.unique(res.budget[rep]):
@@ -399,7 +407,7 @@ def fit_approach1(res: Results, counts: np.ndarray | None, cfg: FitConfig):
     at_edge = [_at_ladder_edge(res, i) for i in env]
     draws = np.full((0 if counts is None else len(counts), 6), np.nan)
     for r in range(len(draws)):
-        e, el = _envelope(res, counts[r] > 0)
+        e, el = _envelope(res, counts[r])
         if e.size >= 2 and np.unique(res.flops[e]).size >= 2:
             draws[r] = _approach1_laws(res, e, el)
     ci = {k: percentile_ci(draws[:, j], cfg.confidence) for j, k in enumerate(A12_KEYS)}
@@ -441,8 +449,9 @@ def _parabolas(x, y, w):
 def _adjusted_residuals(x: np.ndarray, residuals: np.ndarray) -> np.ndarray:
     """Leverage-adjusted, centred residuals r_i / sqrt(1 - h_ii) of one budget's parabola.
 
-    Davison & Hinkley 1997, eq. 6.9. `residuals` = y - fitted at the sizes x (ln N); call it only
-    with > 3 distinct sizes (with 3 the parabola interpolates and every h_ii is 1).
+    Davison & Hinkley 1997, eq. 6.9. `residuals` = y - fitted at the sizes x (ln N, repeated for
+    replicate seeds); call it only with > 3 runs. A run alone at its size among 3 sizes is
+    interpolated (h_ii = 1) and left out; replicates of a size keep their scatter (h_ii < 1).
     """
     X = np.stack([np.ones_like(x), x, x * x], axis=1)
     h = np.einsum("pi,ij,pj->p", X, np.linalg.pinv(X.T @ X), X)
@@ -501,7 +510,7 @@ def fit_approach2(res: Results, rng: np.random.Generator, cfg: FitConfig, warn):
     pool = np.array([r for bf in fits for r in bf.residuals])
     method = cfg.approach2_bootstrap
     if R and method == "residuals" and pool.size < 3:
-        warn(f"Approach 2: {pool.size} residual(s) to resample (every budget has <= 3 sizes); its intervals resample runs instead")
+        warn(f"Approach 2: {pool.size} residual(s) to resample (no used budget has more runs than its parabola has coefficients, 3); its intervals resample runs instead")
         method = "runs"
     for m, bf in zip(members, fits, strict=True):
         per_budget_draws.append(_bootstrap_budget(res, m, bf, pool, method, rng, cfg) if R and bf.coef and bf.coef[2] > 0 else None)
@@ -595,7 +604,9 @@ def _fit_budget_parabola(res: Results, members: np.ndarray, budget: float, cfg: 
                      f"lack-of-fit p = {bf.lack_of_fit_p:.2g}): the sizes are too far from this budget's optimum")
     else:
         bf.used = True
-        bf.residuals = [float(r) for r in _adjusted_residuals(x, y - pred)] if n_distinct > 3 else []
+        # Replicate seeds leave residual degrees of freedom even at 3 sizes (n - 3 > 0): the seeds' scatter
+        # around each size's mean (leverage < 1). Counting sizes instead sent 3 sizes x 2 seeds to "runs".
+        bf.residuals = [float(r) for r in _adjusted_residuals(x, y - pred)] if members.size > 3 else []
     return bf
 
 
@@ -936,15 +947,20 @@ def format_holdout(fit: FitResult) -> str:
 # Utility
 
 
-def _utility_points(res: Results, metric: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """The loss-optimal run of each budget that has the metric (the model the laws recommend)."""
-    idx = np.arange(res.n) if mask is None else np.flatnonzero(mask)
-    idx = idx[np.isfinite(metric[idx])]
+def _utility_points(res: Results, metric: np.ndarray) -> list[np.ndarray]:
+    """The loss-optimal shape of each budget that has the metric (the model the laws recommend), by budget.
+
+    Each entry holds the runs of that shape with the metric: its replicate seeds (one run per shape
+    is the usual case). The shape is the one of lowest mean loss over them, as in Approach 1's
+    envelope: the lowest single seed would pick the luckiest seed, and its AUROC with it.
+    """
+    idx = np.flatnonzero(np.isfinite(metric))
+    group = shape_groups(res)[idx]
     out = []
     for bud in np.unique(res.budget[idx]):
-        members = idx[res.budget[idx] == bud]
-        out.append(members[np.argmin(res.loss[members])])
-    return np.array(sorted(out, key=lambda i: res.budget[i]), dtype=int)
+        shapes = [idx[group == g] for g in np.unique(group[res.budget[idx] == bud])]
+        out.append(shapes[int(np.argmin([res.loss[s].mean() for s in shapes]))])
+    return out
 
 
 # A point's log-error standard error is floored here in the weighted fit: an AUROC measured with
@@ -1025,14 +1041,20 @@ def fit_utility(res: Results, counts: np.ndarray | None, cfg: FitConfig, warn):
     for col, metric in res.utility.items():
         if not col.startswith("auroc/"):
             continue  # AUPRC's floor is the prevalence, not 0: no clean power law; reported by the heads
-        pts = _utility_points(res, metric)
-        err = 1.0 - metric[pts]
+        shapes = _utility_points(res, metric)
+        pts = np.array([s[0] for s in shapes], dtype=int)  # one run of each point's shape (its budget, run_id)
+        # A point is its shape's mean over replicate seeds; its SE the mean of theirs, which bounds the SE of
+        # the mean from above (seeds scored on the same held-out labels are correlated, up to fully).
+        value = np.array([metric[s].mean() for s in shapes])
+        err = 1.0 - value
         if pts.size < 2 or not np.all(err > 0):
             warn(f"utility {col}: {pts.size} budget(s) with a value{' (AUROC of 1)' if np.any(err <= 0) else ''}; no law fitted")
             continue
         c_pts = res.budget[pts]
         se = res.utility_se.get(col)
-        se = np.full(pts.size, np.nan) if se is None else se[pts]
+        # (the seeds that have one: a seed's SE missing alone must not turn the whole law's weights off)
+        se = np.full(pts.size, np.nan) if se is None else np.array([np.mean(v) if (v := se[s][np.isfinite(se[s])]).size else np.nan
+                                                                    for s in shapes])
         with_se = bool(np.all(np.isfinite(se)))
         log_sd = np.maximum(se / err, MIN_LOG_ERROR_SE) if with_se else None
         weights = 1.0 / log_sd**2 if with_se else None
@@ -1040,11 +1062,11 @@ def fit_utility(res: Results, counts: np.ndarray | None, cfg: FitConfig, warn):
         draws = np.full((0 if counts is None else len(counts), 2), np.nan)
         boot = res.utility_boot.get(col)
         # paired when at least one replicate holds every point (others are skipped below)
-        paired = boot is not None and boot.shape[1] > 0 and bool(np.isfinite(boot[pts]).all(axis=0).any())
+        paired = boot is not None and boot.shape[1] > 0 and bool(np.isfinite(boot[np.concatenate(shapes)]).all(axis=0).any())
         if len(draws):
             rng = np.random.default_rng([cfg.seed, 3])
             if paired:
-                reps = boot[pts]  # (points, B)
+                reps = np.stack([boot[s].mean(0) for s in shapes])  # (points, B): paired, so seeds average per replicate
                 for r in range(len(draws)):
                     v = reps[:, r % reps.shape[1]]
                     if np.all(np.isfinite(v)) and np.all(v < 1.0):
@@ -1059,9 +1081,9 @@ def fit_utility(res: Results, counts: np.ndarray | None, cfg: FitConfig, warn):
             else:
                 picks = rng.integers(0, pts.size, size=(len(draws), pts.size))
                 for r in range(len(draws)):
-                    p = pts[picks[r]]
-                    if np.unique(res.budget[p]).size >= 2:
-                        c, x, _ = fit_power_law(res.budget[p], 1.0 - metric[p])
+                    p = picks[r]
+                    if np.unique(c_pts[p]).size >= 2:
+                        c, x, _ = fit_power_law(c_pts[p], err[p])
                         draws[r] = [c, x]
         link, link_draws = fit_loss_link(res, metric, counts, cfg)
         draws_out[f"utility/{col}/link_slope"], draws_out[f"utility/{col}/link_intercept"] = link_draws[:, 0], link_draws[:, 1]
@@ -1071,8 +1093,8 @@ def fit_utility(res: Results, counts: np.ndarray | None, cfg: FitConfig, warn):
         fits[col] = UtilityFit(
             metric=col, coef=coef, coef_ci=percentile_ci(draws[:, 0], cfg.confidence), exponent=exponent,
             exponent_ci=percentile_ci(draws[:, 1], cfg.confidence), r2=r2, n_points=int(pts.size),
-            points=[dict(budget=float(res.budget[i]), flops=float(res.flops[i]), run_id=str(res.run_id[i]), value=float(metric[i]),
-                         se=float(s) if np.isfinite(s) else None) for i, s in zip(pts, se, strict=False)],
+            points=[dict(budget=float(res.budget[i]), flops=float(res.flops[i]), run_id=str(res.run_id[i]), value=float(v),
+                         se=float(s) if np.isfinite(s) else None, n_runs=int(g.size)) for i, v, s, g in zip(pts, value, se, shapes, strict=True)],
             measurement_noise=with_se, paired=paired, loss_link=link,
         )
         draws_out[f"utility/{col}/coef"], draws_out[f"utility/{col}/exponent"] = draws[:, 0], draws[:, 1]
@@ -1459,7 +1481,8 @@ def format_fit_table(fit: FitResult) -> str:
     if rep:
         lines += ["", f"**{rep['shapes']} shape(s) (budget, N, D) were run more than once** ({rep['runs']} runs, up to {rep['max']} "
                   "per shape: seeds): every run is a point of its IsoFLOP parabola and of Approach 3; Approach 1's envelope "
-                  "takes each shape's mean loss, not its luckiest seed."]
+                  "takes each shape's mean loss, not its luckiest seed" + (", and the utility laws that shape's mean AUROC"
+                                                                           if fit.utility else "") + "."]
     multi = fit.inputs.get("multi_epoch_runs") or []
     if multi:
         shown = ", ".join(f"{m['run_id']} ({m['epochs']:.2f})" for m in multi[:8]) + (f" and {len(multi) - 8} more" if len(multi) > 8 else "")

@@ -319,8 +319,10 @@ def plot_utility(ax, fit, results, task: str, label: str | None = None, color=No
     for bud, col in colors.items():
         m = (results.budget == bud) & np.isfinite(vals)
         ax.scatter(results.flops[m], vals[m], s=12, color=col, alpha=0.45, zorder=2)
+    # with replicate seeds a point is the loss-optimal shape's mean AUROC over its seeds, not one run
+    what = "loss-optimal shape per budget (mean of its seeds)" if any(p.get("n_runs", 1) > 1 for p in u.points) else "loss-optimal run per budget"
     ax.scatter([p["flops"] for p in u.points], [p["value"] for p in u.points], s=40, marker="D",
-               color=[colors[p["budget"]] for p in u.points], edgecolor="black", lw=0.6, zorder=4, label=_label(label, "loss-optimal run per budget"))
+               color=[colors[p["budget"]] for p in u.points], edgecolor="black", lw=0.6, zorder=4, label=_label(label, what))
     c = _compute_grid(fit, results)
     law = "black" if color is None else color
     ax.plot(c, u.predict(c), color=law, lw=1.5,

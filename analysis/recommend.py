@@ -555,7 +555,10 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
     n_count = fit_json.get("n_count") or "non-embedding"
     shape = _shape(shape_n, flops, vocab_size, context, n_count)
     if shape is None:
-        notes.append("no model shape: pass --vocab-size and --context (the results table had no vocab_size/context columns)")
+        # name what is missing: a table with vocab_size but no context was told it had neither
+        lacking = [k for k, v in (("vocab_size", vocab_size), ("context", context)) if not v]
+        notes.append(f"no model shape: pass {' and '.join('--' + k.replace('_', '-') for k in lacking)} (the results table had no "
+                     f"{' or '.join(lacking)} column)" if lacking else f"no model shape: N_opt {shape_n:.3g} is not a model size")
     return Recommendation(
         flops=float(flops), approach=head.approach, n_opt=head.n_opt, n_opt_ci=head.n_opt_ci, d_opt=head.d_opt,
         d_opt_ci=head.d_opt_ci, loss=head.loss, loss_ci=head.loss_ci, per_approach=preds,

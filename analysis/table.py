@@ -590,6 +590,17 @@ def _refuse_duplicate_rows(df: pl.DataFrame, source: str, keep: np.ndarray) -> N
         raise UserError(f"results table {source}: {int(same.sum())} completed rows repeat another row in every column but run_id, "
                         f"loss to every digit (run ids {_name_ids(df['run_id'].cast(pl.Utf8).to_numpy()[same])}): one run listed "
                         "twice under two ids? Seeds of one shape differ in loss: remove the repeats")
+    # A sweep's table differs between two runs in seed, wall_s and job_id even when one seed's loss was
+    # copied from another's (a result.json copied, a run dir linked): the copy was fitted as a seed of no
+    # scatter, which shrinks the pure error of the lack-of-fit test and every interval. Same shape, same loss.
+    shape = [c for c in ("budget", "n_params", "n_params_total", "tokens", "loss") if c in others]
+    rows = np.flatnonzero(keep & precise)
+    copied = np.zeros(df.height, dtype=bool)
+    copied[rows] = df[rows.tolist()].select(shape).is_duplicated().to_numpy()
+    if copied.any():
+        raise UserError(f"results table {source}: column loss: {int(copied.sum())} completed runs of one shape ({', '.join(shape[:-1])}) "
+                        f"have the same loss to every digit (run ids {_name_ids(df['run_id'].cast(pl.Utf8).to_numpy()[copied])}): "
+                        "one result copied to another seed? Seeds of one shape differ in loss: remove the copies or rerun them")
 
 
 def _completed(df: pl.DataFrame, run_id: np.ndarray) -> tuple[np.ndarray, list[dict]]:
