@@ -115,20 +115,25 @@ def test_etl_real_mimic_iv_demo_is_valid_meds(demo_meds, mimic_demo_dir):
     raw_adm = pl.read_csv(mimic_demo_dir / "hosp/admissions.csv.gz")
     assert df.filter(pl.col("code").str.starts_with("HOSPITAL_ADMISSION//")).height == raw_adm.height
     raw_labs = pl.read_csv(mimic_demo_dir / "hosp/labevents.csv.gz", infer_schema_length=0)
-    # One event per distinct stored lab row (of the columns read): the 992 rows never stored (no
-    # storetime: no result known) and the 18 exact repeats are counted.
+    # One event per stored lab row: the 992 rows never stored (no storetime: no result known) are
+    # counted. The demo holds no exact repeat of a row; 18 rows alike in the other columns read are
+    # distinct results (their own labevent_id), so they stay events (they were dropped as duplicates).
     read = ["subject_id", "hadm_id", "itemid", "charttime", "storetime", "value", "valuenum", "valueuom"]
     n_labs = df.filter(pl.col("code").str.starts_with("LAB//")).height
     stored = raw_labs.filter(pl.col("storetime").is_not_null())
-    assert n_labs == stored.select(read).unique().height == raw_labs.height - 992 - 18
+    assert n_labs == stored.select([*read, "labevent_id"]).unique().height == raw_labs.height - 992
+    assert stored.select(read).unique().height == n_labs - 18
     # Every table of the demo is used; chartevents (absent from the demo) is reported missing.
     cfg = json.loads((demo_meds / "metadata/etl_config.json").read_text())
     labs = cfg["tables"]["hosp/labevents"]
     assert labs == {"rows_read": raw_labs.height, "events_written": n_labs,
-                    "dropped": {"duplicate": 18, "result_never_stored": 992},
+                    "dropped": {"result_never_stored": 992},
                     "midnight_times": {"charttime": 3403, "storetime": 46}, "moved_to_store_time": {"charttime": 106498}}
     dups = {t: a["dropped"].get("duplicate", 0) for t, a in cfg["tables"].items()}
-    assert sum(dups.values()) == 3183 and dups["hosp/prescriptions"] == 2602
+    # No exact duplicate row in the demo's raw files: none dropped. (3,183 were before rows were keyed by
+    # their row id, Table.row_id: prescriptions 2,602, ingredientevents 344, omr 127, microbiologyevents
+    # 60, inputevents 19, labevents 18, procedureevents 12, hcpcsevents 1.)
+    assert sum(dups.values()) == 0
     assert cfg["tables_missing"] == ["icu/chartevents"]
     for prefix in ("INFUSION//", "OUTPUT//", "PROCEDURE//ITEM//", "DRG//", "OMR//", "MEDICATION//", "ICU_ADMISSION//"):
         assert df["code"].str.starts_with(prefix).any(), prefix
@@ -137,7 +142,9 @@ def test_etl_real_mimic_iv_demo_is_valid_meds(demo_meds, mimic_demo_dir):
     written = {t: a["events_written"] for t, a in cfg["tables"].items()}
     assert len(written) == 22 and min(written.values()) > 0
     assert written["hosp/poe"] == 45154 and written["hosp/emar_detail"] == 32324 and written["hosp/services"] == 319
-    assert df.height == sum(written.values()) == 334160
+    assert written["hosp/prescriptions"] == 18087  # every raw row: one drug ordered PR and PO at once is two orders
+    # 334,160 before distinct rows alike in the columns read were kept (3,183 more: see dups above).
+    assert df.height == sum(written.values()) == 337343
     hcpcs = cm.filter(pl.col("code").str.starts_with("HCPCS//"))["description"]
     assert hcpcs.len() > 0 and (~hcpcs.str.starts_with("HCPCS ")).all()  # from d_hcpcs
     # Descriptions from the real dictionaries.

@@ -114,8 +114,8 @@ Dates and midnights (an event is never placed before the first moment it could h
   `result_never_stored`; a culture's storedate stands in for an empty storetime (a date: the
   date-only rule). A file without the storetime column keeps its rows at their time column and
   the metadata says so (`stored_time_sources`, present false), which `ehrfm audit` reports as
-  leakage (e). Rows that land on one time keep their source time as the event key (_key), so
-  distinct source rows stay distinct events.
+  leakage (e). Rows that land on one time keep their source time in the event key (_key, with
+  the row id where the table has one), so distinct source rows stay distinct events.
 - Midnights: a timed value of exactly 00:00:00 is kept as a time, except admissions.dischtime.
   MIMIC-IV writes the discharge of some in-hospital deaths as the date at 00:00:00 while the
   death (deathtime) is later that day (3 of 15 deaths on the demo), so the discharge, its
@@ -126,8 +126,21 @@ Dates and midnights (an event is never placed before the first moment it could h
   times are common real times (00:00 is a standard draw and order time) and are kept; every
   column's count of 00:00:00 values is reported. Counts: `midnight_times` per table and
   `discharge_times` in etl_config.json and the detail lines.
-- Exact duplicate source rows (identical in every column read, hence identical events) are
-  dropped, counted per table as `duplicate`.
+- Exact duplicate source rows are dropped, counted per table as `duplicate`. A row is told apart
+  by the columns read plus its row id where its table has one (the event key, _key): poe_seq,
+  pharmacy_id (pharmacy), emar_seq and the emar_detail product line always; Table.row_id, read
+  when the file has it (without it, rows are compared in the other columns read): labevent_id,
+  microevent_id, prescriptions' pharmacy_id, orderid (inputevents, ingredientevents,
+  procedureevents), seq_num (procedures_icd, hcpcsevents, omr), med_rn (ED pyxis). So distinct
+  records that give one event -- one drug ordered PR and PO at one time, two equal blood
+  pressures of one day, ingredients of two orders -- stay two events: on the real demo, whose
+  raw files hold no exact duplicate row, 3,183 such events were dropped as duplicates before
+  (prescriptions 2,602, ingredientevents 344, omr 127, microbiologyevents 60, inputevents 19,
+  labevents 18, procedureevents 12, hcpcsevents 1); now none is. Tables without a row id read:
+  MIMIC-IV has none for chartevents, outputevents, datetimeevents, drgcodes, services, ED
+  vitalsign and medrecon (its rows of one medication differ by GSN/NDC class only); a repeat in
+  transfers or icustays (one move at one instant), diagnoses_icd and ED diagnosis (a code listed
+  twice for one stay: one diagnosis) is no second event.
 - Every other drop is counted by table and reason (events): missing_subject_id,
   unknown_subject_id (not in patients), missing_time, missing_hadm_id / unknown_hadm_id
   (diagnoses and DRG codes, timed by their stay's discharge), missing_drug, missing_medication
@@ -139,9 +152,8 @@ Dates and midnights (an event is never placed before the first moment it could h
   event more than a year before the subject's MEDS_BIRTH -- its birth year is anchor_year -
   anchor_age, give or take one -- or over MAX_ANCHOR_AGE + 1 years after it: a database's
   sentinel date such as 1900-01-01 or 9999-12-31, an epoch-0 1970-01-01, or a date that was not
-  shifted as MIMIC-IV's are; subjects without a birth are not checked). Distinct orders keep their
-  row id (pharmacy_id, poe_seq, the emar_detail product line) so only true repeats are
-  `duplicate`.
+  shifted as MIMIC-IV's are; subjects without a birth are not checked). Distinct source rows keep
+  their row id (above) so only true repeats are `duplicate`.
   Numbers that do not parse are kept as null and counted (`unparseable_numbers_set_null`);
   numbers that parse but are no usable value -- NaN, infinite, or beyond float32's range
   (|x| > 3.4e38, which numeric_value would hold as inf: `1e308`, `Infinity`, `NaN` from an
@@ -200,6 +212,7 @@ TIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S%.f"
 END_OF_DAY = pl.duration(hours=23, minutes=59, seconds=59)
 END_OF_DAY_TEXT = "23:59:59"
 SOURCE_TIME = "_source_time"  # a moved result's chart time (us): its event _key, see _at_stored_time
+ROW_KEY = "_row_key"  # the row id (Table.row_id), with SOURCE_TIME where both: the event _key, see _with_row_key
 DATE_FLAG = "_date_only__"  # + time column: that row's value was a date (placed by the date-only rule)
 ETL_METADATA = "ehrfm_etl.json"  # in metadata/: what the audit reads (format in the module docstring)
 ETL_METADATA_FORMAT = "ehrfm_etl/1"
@@ -227,7 +240,9 @@ ORDER_MEASURE, ORDER_MED, ORDER_PROC, ORDER_ICU_OUT, ORDER_DX, ORDER_DEATH, ORDE
 EVENT_SCHEMA = {
     "subject_id": pl.Int64, "time": pl.Datetime("us"), "code": pl.String, "numeric_value": pl.Float32,
     "text_value": pl.String, "hadm_id": pl.Int64, "_order": pl.Int8, "_date_only": pl.Boolean,
-    "_key": pl.Int64,  # emar_seq of emar and emar_detail events: the shard step times a detail by its emar row
+    # The event key: emar_seq of emar and emar_detail events (the shard step times a detail by its emar
+    # row), else the source row's id and/or SOURCE_TIME (_ev, _with_row_key): only exact repeats are duplicates.
+    "_key": pl.Int64,
 }
 
 
@@ -302,6 +317,10 @@ class Table:
     timed_by: str | None = None  # events take their time in the shard step from this table's rows (emar_detail)
     module: str = ""  # "ed": read only when the raw dir has ed/ (MIMIC-IV-ED)
     needs: tuple[str, ...] = ()  # tables staged first: their rows time this table's (Context.admissions, ed_stays)
+    # The column that tells distinct source rows (orders, results) apart where the columns read
+    # can repeat: the events' key (_row_key), so that only exact repeats of a row are `duplicate`.
+    # Optional (read when the file has it; without it rows are told apart as before).
+    row_id: str | None = None
 
     def __post_init__(self):
         for c, s in self.stored_at.items():  # the store time times the same codes (date-only metadata)
@@ -358,7 +377,8 @@ def _ev(df: pl.DataFrame, time: pl.Expr | str, code: pl.Expr, order: int, numeri
         hadm_id=(pl.col("hadm_id") if hadm and "hadm_id" in df.columns else pl.lit(None)).cast(pl.Int64),
         _order=pl.lit(order, pl.Int8),
         _date_only=date_only.fill_null(False),
-        _key=(key if key is not None else pl.col(SOURCE_TIME) if SOURCE_TIME in df.columns else pl.lit(None)).cast(pl.Int64),
+        _key=(key if key is not None else pl.col(ROW_KEY) if ROW_KEY in df.columns
+              else pl.col(SOURCE_TIME) if SOURCE_TIME in df.columns else pl.lit(None)).cast(pl.Int64),
     )
 
 
@@ -635,17 +655,19 @@ TABLES: list[Table] = [
           code_prefixes={"intime": ["ICU_ADMISSION//"], "outtime": ["ICU_DISCHARGE//"]}),
     Table("hosp/diagnoses_icd", ["subject_id", "hadm_id", "seq_num", "icd_code", "icd_version"],
           ints=["hadm_id", "seq_num"], to_events=_diagnoses, needs=("hosp/admissions",)),
-    Table("hosp/procedures_icd", ["subject_id", "hadm_id", "chartdate", "icd_code", "icd_version"],
-          times=["chartdate"], ints=["hadm_id"], to_events=_procedures, dates=["chartdate"],
-          code_prefixes={"chartdate": ["PROCEDURE//ICD//"]}),
+    Table("hosp/procedures_icd", ["subject_id", "hadm_id", "chartdate", "icd_code", "icd_version", "seq_num"],
+          times=["chartdate"], ints=["hadm_id", "seq_num"], to_events=_procedures, dates=["chartdate"],
+          code_prefixes={"chartdate": ["PROCEDURE//ICD//"]}, row_id="seq_num"),
     Table("hosp/drgcodes", ["subject_id", "hadm_id", "drg_type", "drg_code"], ints=["hadm_id"], to_events=_drgcodes,
           needs=("hosp/admissions",)),
-    Table("hosp/labevents", ["subject_id", "hadm_id", "itemid", "charttime", "storetime", "value", "valuenum", "valueuom"],
-          times=["charttime", "storetime"], ints=["hadm_id"], floats=["valuenum"],
+    Table("hosp/labevents", ["subject_id", "hadm_id", "itemid", "charttime", "storetime", "value", "valuenum", "valueuom",
+                             "labevent_id"],
+          times=["charttime", "storetime"], ints=["hadm_id", "labevent_id"], floats=["valuenum"],
           to_events=_measure("LAB//", "charttime", "valueuom", "valuenum", "value"), code_prefixes={"charttime": ["LAB//"]},
-          stored_at={"charttime": "storetime"}),
-    Table("hosp/prescriptions", ["subject_id", "hadm_id", "starttime", "drug"], times=["starttime"], ints=["hadm_id"],
-          to_events=_prescriptions, code_prefixes={"starttime": ["MEDICATION//"]}),
+          stored_at={"charttime": "storetime"}, row_id="labevent_id"),
+    Table("hosp/prescriptions", ["subject_id", "hadm_id", "starttime", "drug", "pharmacy_id"], times=["starttime"],
+          ints=["hadm_id", "pharmacy_id"], to_events=_prescriptions, code_prefixes={"starttime": ["MEDICATION//"]},
+          row_id="pharmacy_id"),
     Table("hosp/emar", ["subject_id", "hadm_id", "emar_seq", "charttime", "storetime", "medication", "event_txt"],
           times=["charttime", "storetime"], ints=["hadm_id", "emar_seq"], to_events=_emar,
           code_prefixes={"charttime": ["EMAR//", "EMAR_DOSE//"]}, stored_at={"charttime": "storetime"}),
@@ -658,38 +680,40 @@ TABLES: list[Table] = [
     Table("hosp/poe", ["subject_id", "hadm_id", "poe_seq", "ordertime", "order_type", "order_subtype"],
           times=["ordertime"], ints=["hadm_id", "poe_seq"], to_events=_poe, code_prefixes={"ordertime": ["POE//"]}),
     Table("hosp/microbiologyevents", ["subject_id", "hadm_id", "chartdate", "charttime", "storedate", "storetime",
-                                      "test_name", "org_name", "ab_name", "dilution_value", "interpretation"],
-          times=["charttime", "storetime"], ints=["hadm_id"], floats=["dilution_value"], to_events=_microbiology,
+                                      "test_name", "org_name", "ab_name", "dilution_value", "interpretation", "microevent_id"],
+          times=["charttime", "storetime"], ints=["hadm_id", "microevent_id"], floats=["dilution_value"], to_events=_microbiology,
           fallback={"charttime": "chartdate", "storetime": "storedate"}, code_prefixes={"charttime": ["MICROBIOLOGY//"]},
-          stored_at={"charttime": "storetime"}),
-    Table("hosp/hcpcsevents", ["subject_id", "hadm_id", "chartdate", "hcpcs_cd"], times=["chartdate"], ints=["hadm_id"],
-          to_events=_hcpcs, dates=["chartdate"], code_prefixes={"chartdate": ["HCPCS//"]}),
+          stored_at={"charttime": "storetime"}, row_id="microevent_id"),
+    Table("hosp/hcpcsevents", ["subject_id", "hadm_id", "chartdate", "hcpcs_cd", "seq_num"], times=["chartdate"],
+          ints=["hadm_id", "seq_num"], to_events=_hcpcs, dates=["chartdate"], code_prefixes={"chartdate": ["HCPCS//"]},
+          row_id="seq_num"),
     Table("hosp/services", ["subject_id", "hadm_id", "transfertime", "curr_service"], times=["transfertime"],
           ints=["hadm_id"], to_events=_services, code_prefixes={"transfertime": ["SERVICE//"]}),
-    Table("hosp/omr", ["subject_id", "chartdate", "result_name", "result_value"], times=["chartdate"], to_events=_omr,
-          dates=["chartdate"], code_prefixes={"chartdate": ["OMR//"]}),
+    Table("hosp/omr", ["subject_id", "chartdate", "result_name", "result_value", "seq_num"], times=["chartdate"],
+          ints=["seq_num"], to_events=_omr, dates=["chartdate"], code_prefixes={"chartdate": ["OMR//"]}, row_id="seq_num"),
     Table("icu/chartevents", ["subject_id", "hadm_id", "charttime", "storetime", "itemid", "value", "valuenum", "valueuom"],
           times=["charttime", "storetime"], ints=["hadm_id"], floats=["valuenum"],
           to_events=_measure("VITAL//", "charttime", "valueuom", "valuenum", "value"), code_prefixes={"charttime": ["VITAL//"]},
           stored_at={"charttime": "storetime"}),
-    Table("icu/inputevents", ["subject_id", "hadm_id", "starttime", "storetime", "itemid", "amount", "amountuom"],
-          times=["starttime", "storetime"], ints=["hadm_id"], floats=["amount"],
+    Table("icu/inputevents", ["subject_id", "hadm_id", "starttime", "storetime", "itemid", "amount", "amountuom", "orderid"],
+          times=["starttime", "storetime"], ints=["hadm_id", "orderid"], floats=["amount"],
           to_events=_measure("INFUSION//", "starttime", "amountuom", "amount", None, order=ORDER_MED),
-          code_prefixes={"starttime": ["INFUSION//"]}, stored_at={"starttime": "storetime"}),
+          code_prefixes={"starttime": ["INFUSION//"]}, stored_at={"starttime": "storetime"}, row_id="orderid"),
     Table("icu/outputevents", ["subject_id", "hadm_id", "charttime", "storetime", "itemid", "value", "valueuom"],
           times=["charttime", "storetime"], ints=["hadm_id"], floats=["value"],
           to_events=_measure("OUTPUT//", "charttime", "valueuom", "value", None), code_prefixes={"charttime": ["OUTPUT//"]},
           stored_at={"charttime": "storetime"}),
-    Table("icu/procedureevents", ["subject_id", "hadm_id", "starttime", "storetime", "itemid"], times=["starttime", "storetime"],
-          ints=["hadm_id"], to_events=_procedureevents, code_prefixes={"starttime": ["PROCEDURE//ITEM//"]},
-          stored_at={"starttime": "storetime"}),
+    Table("icu/procedureevents", ["subject_id", "hadm_id", "starttime", "storetime", "itemid", "orderid"],
+          times=["starttime", "storetime"], ints=["hadm_id", "orderid"], to_events=_procedureevents,
+          code_prefixes={"starttime": ["PROCEDURE//ITEM//"]}, stored_at={"starttime": "storetime"}, row_id="orderid"),
     Table("icu/datetimeevents", ["subject_id", "hadm_id", "charttime", "storetime", "itemid"], times=["charttime", "storetime"],
           ints=["hadm_id"], to_events=_datetimeevents, code_prefixes={"charttime": ["DATETIME//"]},
           stored_at={"charttime": "storetime"}),
-    Table("icu/ingredientevents", ["subject_id", "hadm_id", "starttime", "storetime", "itemid", "amount", "amountuom"],
-          times=["starttime", "storetime"], ints=["hadm_id"], floats=["amount"],
+    Table("icu/ingredientevents", ["subject_id", "hadm_id", "starttime", "storetime", "itemid", "amount", "amountuom",
+                                   "orderid"],
+          times=["starttime", "storetime"], ints=["hadm_id", "orderid"], floats=["amount"],
           to_events=_measure("INGREDIENT//", "starttime", "amountuom", "amount", None, order=ORDER_MED),
-          code_prefixes={"starttime": ["INGREDIENT//"]}, stored_at={"starttime": "storetime"}),
+          code_prefixes={"starttime": ["INGREDIENT//"]}, stored_at={"starttime": "storetime"}, row_id="orderid"),
     # MIMIC-IV-ED (a separate module: read when the raw dir has ed/; edstays then required).
     Table("ed/edstays", ["subject_id", "hadm_id", "stay_id", "intime", "outtime", "arrival_transport", "disposition"],
           times=["intime", "outtime"], ints=["hadm_id", "stay_id"], to_events=_edstays, module="ed",
@@ -702,12 +726,14 @@ TABLES: list[Table] = [
           to_events=_ed_diagnosis, module="ed", needs=("ed/edstays",)),
     Table("ed/medrecon", ["subject_id", "stay_id", "charttime", "name"], times=["charttime"], ints=["stay_id"],
           to_events=_ed_med("ED_MEDRECON//"), module="ed", code_prefixes={"charttime": ["ED_MEDRECON//"]}),
-    Table("ed/pyxis", ["subject_id", "stay_id", "charttime", "name"], times=["charttime"], ints=["stay_id"],
-          to_events=_ed_med("ED_PYXIS//"), module="ed", code_prefixes={"charttime": ["ED_PYXIS//"]}),
+    Table("ed/pyxis", ["subject_id", "stay_id", "charttime", "name", "med_rn"], times=["charttime"], ints=["stay_id", "med_rn"],
+          to_events=_ed_med("ED_PYXIS//"), module="ed", code_prefixes={"charttime": ["ED_PYXIS//"]}, row_id="med_rn"),
 ]
 TABLE_NAMES = [t.name for t in TABLES]
 TABLES_BY_NAME = {t.name: t for t in TABLES}
-# Columns a table may lack (older or trimmed extracts); they are read as all-null.
+# Columns a table may lack (older or trimmed extracts); they are read as all-null. A table's row id
+# (Table.row_id: labevent_id, microevent_id, orderid, seq_num, med_rn, prescriptions' pharmacy_id)
+# may be absent too (_check_columns' keys): without it rows are told apart by the columns read.
 OPTIONAL_COLUMNS = {"dod", "hadm_id", "storetime", "storedate", "value", "valueuom", "amountuom", "discharge_location", "admission_location",
                     "seq_num", "edregtime", "edouttime", "order_subtype", "product_description", "dose_given_unit",
                     "dilution_value", "interpretation", "ab_name", "arrival_transport", "disposition", "acuity", "pain"}
@@ -935,13 +961,16 @@ def _first_line(f, limit: int = 1 << 20) -> bytes:
     return head.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n", 1)[0]
 
 
-def _check_columns(path: Path, needed: list[str], optional: set[str] = frozenset(), table: str | None = None) -> dict[str, str]:
+def _check_columns(path: Path, needed: list[str], optional: set[str] = frozenset(), table: str | None = None,
+                   keys: set[str] = frozenset()) -> dict[str, str]:
     """The needed columns the file has: {name in MIMIC-IV's lower case: name in the file's header}.
 
     Names match without regard to case (MIMIC-IV 2.2 writes procedureevents' ORIGINALAMOUNT in
     upper case, 3.1 and database exports lower case); extra columns are ignored, and optional
     columns may be absent (trimmed extracts) unless the file also has columns MIMIC-IV never
     had (KNOWN_COLUMNS): then a column was renamed and reading it as null would hide that.
+    `keys` (a table's row id, Table.row_id) may be absent in any case: its values only tell rows
+    apart, so without it rows are told apart by the other columns read, as before it was read.
 
     Raises:
         UserError: a needed column is missing, or an optional one is missing from a file with
@@ -957,13 +986,13 @@ def _check_columns(path: Path, needed: list[str], optional: set[str] = frozenset
         names = [h for h in header if h.strip().lower() == twice[0]]
         raise UserError(f"{path}: column {twice[0]!r} appears {len(names)} times in the header "
                         f"({', '.join(map(repr, names))}); keep one (table {table or path.name})")
-    missing = [c for c in needed if c not in by_lower and c not in optional]
+    missing = [c for c in needed if c not in by_lower and c not in optional and c not in keys]
     if missing:
         more = f" (and {len(missing) - 1} more: {', '.join(map(repr, missing[1:]))})" if len(missing) > 1 else ""
         raise UserError(f"{path}: missing column {missing[0]!r}{more}; table {table or path.name} has an unexpected "
                         f"column set for MIMIC-IV 2.2/3.x: {', '.join(header)}")
     known = KNOWN_COLUMNS.get(table or "")
-    absent = [c for c in needed if c not in by_lower]
+    absent = [c for c in needed if c not in by_lower and c not in keys]
     unknown = [c for c in header if known is not None and c.strip().lower() not in known]
     if absent and unknown:
         raise UserError(f"{path}: table {table} has an unexpected column set for MIMIC-IV 2.2/3.x: no "
@@ -1288,6 +1317,27 @@ def _at_stored_time(df: pl.DataFrame, table: Table, present: dict, ctx: Context)
     return df
 
 
+def _with_row_key(df: pl.DataFrame, table: Table) -> pl.DataFrame:
+    """The rows with ROW_KEY, their events' _key, for a table with a row id (Table.row_id); else df as is.
+
+    Rows whose columns read are identical but whose row ids differ (one drug ordered PR and PO at
+    one time: two pharmacy_id) are distinct records: the key keeps them two events, and only
+    exact repeats of a row are dropped as `duplicate`. Where the row also has SOURCE_TIME (a
+    result moved to its store time, _at_stored_time) the key is a hash of both, so rows apart in
+    either stay apart. A row without an id (a file without the column) keeps the key it had
+    without one: SOURCE_TIME or none.
+    """
+    if table.row_id is None:
+        return df
+    row_id = pl.col(table.row_id)
+    if SOURCE_TIME in df.columns:
+        both = pl.struct(row_id, pl.col(SOURCE_TIME)).hash(seed=0).reinterpret(signed=True)
+        key = pl.when(row_id.is_not_null()).then(both).otherwise(pl.col(SOURCE_TIME))
+    else:
+        key = row_id
+    return df.with_columns(key.cast(pl.Int64).alias(ROW_KEY))
+
+
 def _lean_arrow_memory() -> None:
     """Use arrow's jemalloc pool, returning freed memory at once (measured on the demo: the lowest peak RSS)."""
     import pyarrow as pa
@@ -1400,7 +1450,8 @@ def _resolve_tables(raw: Path, cfg: EtlConfig) -> tuple[list, dict, list[str], d
     for t in wanted:
         if present[t.name] is not None:
             optional = {c for c in t.columns if c in OPTIONAL_COLUMNS}
-            used_columns[t.name] = _check_columns(present[t.name], t.columns, optional, table=t.name)
+            keys = {t.row_id} if t.row_id else set()
+            used_columns[t.name] = _check_columns(present[t.name], t.columns, optional, table=t.name, keys=keys)
     return wanted, present, missing, used_columns
 
 
@@ -1822,7 +1873,7 @@ def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context
                 # (as for dischtime): a date, or it would precede the day's events.
                 date_as_time = (t.str.slice(0, 10) == day) & (t.str.slice(11).str.replace_all(r"[0:.]", "") == "")
                 batch = batch.with_columns(pl.when(t.is_null() | date_as_time).then(day).otherwise(pl.col(c)).alias(c))
-            typed = _at_stored_time(_typed(batch, table, bad, ctx), table, columns, ctx)
+            typed = _with_row_key(_at_stored_time(_typed(batch, table, bad, ctx), table, columns, ctx), table)
             if not bad.counts:  # else keep counting over the whole file, write nothing
                 yield typed
 
