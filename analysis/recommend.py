@@ -416,6 +416,12 @@ def _utility(fit_json: dict, draws: dict, flops: float, conf: float, notes: list
             notes.append(f"no AUROC prediction for {task}: its utility exponent's interval [{k_ci[0]:.3g}, {hi:.3g}] "
                          "includes 0, so the sweep does not show its AUROC rising with compute")
             continue
+        if (fit_json.get("inputs") or {}).get("bootstrap") and not (hi is not None and math.isfinite(hi)):
+            # bootstrapped, but too few replicates fitted for an interval: "rising" cannot be told from noise
+            why = (fit_json.get("intervals_not_available") or {}).get(f"utility/{u.get('metric')}/exponent", "")
+            notes.append(f"no AUROC prediction for {task}: its utility exponent has no interval{f' ({why})' if why else ''}, "
+                         "so the sweep does not show its AUROC rising with compute")
+            continue
         dc, de = draws.get(f"utility/{u['metric']}/coef"), draws.get(f"utility/{u['metric']}/exponent")
         # AUROC is bounded: a law extrapolated past chance (0.5) or 1 is clipped there.
         entry = {"auroc": float(auroc_from_law(u["coef"], u["exponent"], flops))}

@@ -118,3 +118,22 @@ def test_approach1s_bootstrap_weighs_a_seed_drawn_twice_twice():
     expect = [(2 * res.loss[i] + res.loss[twin[i]]) / 3 for i in env]
     assert loss_b == pytest.approx(expect, rel=1e-12)  # was the plain mean of the two seeds drawn
     assert not np.allclose(loss_b, loss, rtol=1e-9, atol=0)
+
+
+def test_a_bootstrapped_utility_law_without_an_interval_predicts_no_auroc():
+    """A newcomer's `ehrfm recommend FIT --flops 1e11` printed mortality AUROC 0.797 [n/a] with no mark:
+    its exponent k = -0.0725 had no interval (366 of 1000 replicates failed), so its AUROC is not shown
+    to rise with compute. Without a bootstrap at all the point estimate still predicts."""
+    from analysis.recommend import _utility
+
+    law = {"metric": "auroc/in_hospital_mortality", "coef": 0.9, "exponent": -0.0725, "exponent_ci": [None, None]}
+    why = "366 of 1000 bootstrap replicates could not be fitted; an interval needs 90% of them"
+    fit_json = {"inputs": {"bootstrap": 1000, "min_budget": 1e10, "max_budget": 1e11},
+                "utility": {"in_hospital_mortality": law},
+                "intervals_not_available": {"utility/auroc/in_hospital_mortality/exponent": why}}
+    notes: list[str] = []
+    assert _utility(fit_json, {}, 1e11, 0.95, notes) == {}
+    assert notes == [f"no AUROC prediction for in_hospital_mortality: its utility exponent has no interval ({why}), "
+                     "so the sweep does not show its AUROC rising with compute"]
+    fit_json["inputs"]["bootstrap"] = 0
+    assert set(_utility(fit_json, {}, 1e11, 0.95, [])) == {"in_hospital_mortality"}

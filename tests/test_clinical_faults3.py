@@ -188,3 +188,16 @@ def test_baseline_counts_join_a_bounded_number_of_label_event_rows(tmp_path, mon
     row = whole.filter((pl.col("label_idx") == 10) & pl.col("feature").str.starts_with("full/LAB"))
     assert dict(zip(row["feature"], row["count"], strict=True)) == {
         "full/LAB//1": 2, "full/LAB//2": 2, "full/LAB//3": 2, "full/LAB//4": 1, "full/LAB//5": 1, "full/LAB//6": 1, "full/LAB//0": 1}
+
+
+def test_collect_labels_given_one_tasks_file_says_it_takes_the_dir(tmp_path):
+    """A newcomer passed `sweep collect SWEEP --labels labels/icu_admission.parquet`: the error said the
+    labels dir was "not found" and told them to write a labels dir named *.parquet."""
+    from ehrfm.clinical.utility import label_files
+    from ehrfm.errors import UserError
+
+    f = tmp_path / "labels" / "icu_admission.parquet"
+    f.parent.mkdir()
+    f.write_bytes(b"PAR1")
+    with pytest.raises(UserError, match=r"is a file: it takes the labels dir .* e\.g\. .*labels$"):
+        label_files(f)

@@ -25,6 +25,9 @@ def label_files(labels_dir: str | os.PathLike) -> dict[str, Path]:
     from ehrfm.clinical.labels import task_label_paths
 
     d = Path(labels_dir)
+    if d.is_file():  # one task's file where the dir of every task belongs: "not found" would send the user astray
+        raise UserError(f"--labels {d} is a file: it takes the labels dir that `ehrfm labels MEDS --task all --out DIR` "
+                        f"writes (one <task>.parquet per task), e.g. {d.parent}")
     if not d.is_dir():
         raise UserError(f"labels dir {d} not found (make it with `ehrfm labels MEDS --task all --out {d}`)")
     files = task_label_paths(d)
