@@ -1450,7 +1450,8 @@ def format_fit_table(fit: FitResult) -> str:
                   "--bootstrap 1000 before quoting them."]
     if fit.approach3 and any(v is False for v in (fit.approach3.identified or {}).values()):
         bad = [k for k, v in fit.approach3.identified.items() if v is False]
-        kept = [k for k in ("a", "b", "E") if k not in bad]
+        # E with no verdict (None: no interval to judge it by) is not claimed as constrained either
+        kept = [k for k in ("a", "b", "E") if (fit.approach3.identified or {}).get(k, True) is True]
         lines += ["", f"Approach 3: {', '.join(bad)} not identified (the {pct}% interval spans more than "
                   f"{IDENTIFIED_DECADES:g} decades or reaches 0)"
                   + (f"; what the runs constrain is {', '.join(kept)}, read from the derived exponents." if kept else ".")]

@@ -137,3 +137,17 @@ def test_a_bootstrapped_utility_law_without_an_interval_predicts_no_auroc():
                      "so the sweep does not show its AUROC rising with compute"]
     fit_json["inputs"]["bootstrap"] = 0
     assert set(_utility(fit_json, {}, 1e11, 0.95, [])) == {"in_hospital_mortality"}
+
+
+def test_fits_md_never_claims_an_unjudged_e_is_constrained():
+    """fits.md said "what the runs constrain is a, b, E" beside E = 0 [n/a]: E had no verdict (None)."""
+    from analysis.fit import FitConfig, fit_results, format_fit_table
+    from analysis.synthetic import BESIROGLU, synthetic_results
+
+    fit = fit_results(synthetic_results(BESIROGLU, budgets=(1e18, 4e18, 1.6e19), sizes=5, span_decades=0.8, noise=0.01, seed=0),
+                      config=FitConfig(approaches=(3,), bootstrap=20, seed=0, holdout=False))
+    fit.approach3.identified = {"E": None, "A": False, "B": False, "alpha": True, "beta": True}
+    text = format_fit_table(fit)
+    assert "what the runs constrain is a, b, read from the derived exponents" in text, text
+    fit.approach3.identified["E"] = True
+    assert "what the runs constrain is a, b, E, read" in format_fit_table(fit)
