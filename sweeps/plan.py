@@ -575,11 +575,10 @@ def bracket_rungs(sweep: SweepConfig, rows: list[dict], results: str | Path) -> 
         runs = [r for r in rows if r["budget"] == budget]
         done = [r for r in runs if r["run_id"] in loss]
         # One rung per shape; with replicate seeds (run_seeds) a shape's loss is its replicates' mean.
-        by_shape: dict[tuple[int, int], list[float]] = {}
+        by_shape: dict[tuple[int, int, int], list[float]] = {}
         for r in runs:
-            by_shape.setdefault((r["n_layer"], r["d_model"]), []).append(loss.get(r["run_id"], math.nan))
-        ladder = sorted(({"n_layer": k[0], "d_model": k[1], "n_params": next(r["n_params"] for r in runs
-                          if (r["n_layer"], r["d_model"]) == k), "loss": sum(v) / len(v)} for k, v in by_shape.items()),
+            by_shape.setdefault((r["n_layer"], r["d_model"], r["n_params"]), []).append(loss.get(r["run_id"], math.nan))
+        ladder = sorted(({"n_layer": L, "d_model": d, "n_params": n, "loss": sum(v) / len(v)} for (L, d, n), v in by_shape.items()),
                         key=lambda r: r["n_params"])
         if len(ladder) < 3:
             notes.append(f"--bracket-from: budget {budget:.3g}: not extended: its ladder has {len(ladder)} size(s), and "
@@ -696,7 +695,7 @@ def make_plan(sweep: SweepConfig) -> tuple[list[dict], list[str]]:
             planned_shapes += 1
             for replicate in range(sweep.run_seeds):  # the first keeps the run id a one-seed plan gives
                 cfg = dataclasses.replace(shape_cfg, seed=base.seed + replicate)
-                rows.append(_plan_row(sweep, budget, target, shape, cfg, steps, epochs))
+                rows.append(_plan_row(sweep, budget, target, shape, fpt, cfg, steps, epochs))
         if len(seen) < k:
             warnings.append(f"budget {budget:.3g}: {k} sizes asked, {len(seen)} distinct shapes (small sizes snap to the same shape)")
         if planned_shapes < 3:
@@ -721,12 +720,11 @@ def make_plan(sweep: SweepConfig) -> tuple[list[dict], list[str]]:
     return rows, warnings
 
 
-def _plan_row(sweep: SweepConfig, budget: float, target: float, shape: ModelConfig, cfg: TrainConfig, steps: int,
-              epochs: float) -> dict:
-    """One plan.parquet row (a cosine run; _wsd_rows turns rows into trunks and branches)."""
+def _plan_row(sweep: SweepConfig, budget: float, target: float, shape: ModelConfig, fpt: float, cfg: TrainConfig,
+              steps: int, epochs: float) -> dict:
+    """One plan.parquet row (a cosine run; _wsd_rows turns rows into trunks and branches); fpt: the shape's FLOPs per token."""
     from ehrfm.shapes import n_params, n_params_total
 
-    fpt = _flops_per_token(shape)
     return {
         "run_id": run_id_for(sweep.tokenizer_fingerprint, budget, cfg),
         "budget": float(budget),
