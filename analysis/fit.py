@@ -927,8 +927,10 @@ def format_holdout(fit: FitResult) -> str:
     if not h:
         why = fit.not_fitted.get("holdout")
         return f"Held-out budget: not made ({why})." if why else "Held-out budget: not made (FitConfig.holdout is off)."
+    # the note (printed last) says why Approach 3 was not used: at a bound, or which parameters are not identified
+    a3_in_note = "Approach 3" in (h.get("note") or "")
     how = ("Approach 3's compute-optimal frontier" if h.get("loss_method") == "approach3"
-           else "Approach 2's L_min power law (Approach 3 not fitted or not identified)")
+           else f"Approach 2's L_min power law ({'Approach 3 not used: see the note' if a3_in_note else 'Approach 3 not fitted'})")
     ratio = h["error_ratio"] if h.get("error_ratio") is not None else math.inf  # null: inf (no change was exact)
     verdict = ("beats" if ratio <= 0.5 else "is closer than" if ratio < 1 else "does not beat")
     return (

@@ -282,7 +282,9 @@ def plot_frontier(ax, fit, results, label: str | None = None, color=None) -> Non
     lo, hi = results.loss.min(), results.loss.max()
     if fit.approach3 and 0.5 * lo < fit.approach3.E:
         ax.axhline(fit.approach3.E, color="tab:blue" if color is None else color, lw=0.8, ls=":",
-                   label=_label(label, f"irreducible loss E = {fit.approach3.E:.3g}"))
+                   # an E its runs do not pin down reads as a floor the data show: the label says it is not
+                   label=_label(label, f"irreducible loss E = {fit.approach3.E:.3g}"
+                                + (" (not identified)" if fit.approach3.identified.get("E") is False else "")))
         lo = min(lo, fit.approach3.E)
     if earlier is not None:
         lo, hi = min(lo, earlier[0] * 1.1), max(hi, earlier[1] / 1.1)

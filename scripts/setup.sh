@@ -11,7 +11,8 @@ python -m pip install -q --upgrade pip
 # Pin torch first and explicitly: an unpinned `torch` would pull a multi-GB CUDA build. A version
 # pin alone does not choose the build: where pip's own configuration offers no CPU wheel (this
 # project's machines have one on disk), set EHRFM_TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu.
-python -m pip install -q "torch==${EHRFM_TORCH_VERSION:-2.13.0}" ${EHRFM_TORCH_INDEX_URL:+--index-url "$EHRFM_TORCH_INDEX_URL"}
+# NumPy comes with it: torch warns "Failed to initialize NumPy" when it is imported without one.
+python -m pip install -q "torch==${EHRFM_TORCH_VERSION:-2.13.0}" "numpy>=1.26" ${EHRFM_TORCH_INDEX_URL:+--index-url "$EHRFM_TORCH_INDEX_URL"}
 # Say which build came: a CUDA build on a CPU-only machine is gigabytes for nothing.
 python -c "import torch; print('torch', torch.__version__, '(CUDA build)' if torch.version.cuda else '(CPU build)')"
 extras="test,bench"
