@@ -13,7 +13,10 @@ one in; key: the run dir's name), `eval-K` (the trainer, during the periodic eva
 `final-eval` (the trainer, its final checkpoint written, the final eval under way),
 `final-checkpoint` (the trainer, its final checkpoint written,
 result.json not yet; key: the run dir's name), `atomic-dir` (ehrfm.io.atomic_dir, the output complete in its
-temporary, before the rename; key: the output's name).
+temporary, before the rename; key: the output's name), `etl-table` (tokenization.etl, a table partly
+staged, in a worker process with --workers > 1; key: the table's name with `/` as `__`, e.g.
+`hosp__labevents`), `etl-staged` (tokenization.etl's main process, every table staged and the workers
+idle, no shard written; key: the output's name).
     EHRFM_HOLD_DIR=/some/dir                 where the hold is announced and released
 
 At a named point the process writes `<dir>/<key>.<point>.held` (JSON: pid, point) and waits until

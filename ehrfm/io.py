@@ -16,8 +16,10 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -141,6 +143,15 @@ def _as_os_error(e: BaseException, out: Path, tmp: Path) -> OSError | None:
     return OSError(code, os.strerror(code), str(out))
 
 
+def as_os_error(e: BaseException, path: str | os.PathLike) -> OSError | None:
+    """The OSError (errno, its meaning, `path`) behind a failed write under `path`, or None if `e` is not one.
+
+    For writes outside atomic_dir/atomic_file (a scratch directory): a full disk reads as
+    `os error 28` in a polars message, as a bare OSError from `write`, and so on.
+    """
+    return _as_os_error(e, Path(path), Path(path))
+
+
 def check_writable_path(out: str | os.PathLike) -> None:
     """Raise UserError when `out` lies under a regular file (no directory can be made there)."""
     out = Path(out)
@@ -232,7 +243,9 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False, inputs=(), comma
     later --overwrite may replace it. Temporaries of `out` left by dead processes are removed first. On any exception
     (including KeyboardInterrupt and ehrfm.app.cli's SIGTERM) the temporary directory is removed and
     `out` is left exactly as it was; an OS error while writing (full disk, read-only filesystem)
-    is re-raised as an OSError naming `out` and the errno.
+    is re-raised as an OSError naming `out` and the errno. An existing `out` (with `overwrite`) is
+    swapped for the new one with Ctrl-C and SIGTERM held off (signals_deferred), so no signal
+    leaves the user without either.
     """
     out = Path(out)
     check_writable_path(out)
@@ -259,9 +272,13 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False, inputs=(), comma
     try:
         if out.exists():
             old = _tmp_sibling(out)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
+            try:
+                with signals_deferred():  # Ctrl-C or SIGTERM between the two renames would leave no `out`
+                    os.replace(out, old)
+                    os.replace(tmp, out)
+            finally:
+                if not tmp.exists():  # swapped: the old output goes
+                    shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
     except OSError as e:
@@ -296,6 +313,70 @@ def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def signals_deferred(signums=(signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+    """Hold off Ctrl-C and SIGTERM for a few steps that must not be cut apart (renames that go together).
+
+    Their Python handlers are swapped for a recorder; a signal that arrived meanwhile is handed to
+    its own handler when the block ends (KeyboardInterrupt, ehrfm.app.cli's Terminated). Masking
+    the signal would not do: the kernel hands it to another thread, and Python still raises it in
+    the main thread. A no-op outside the main thread (no Python handler runs there) and when a
+    handler was not set from Python (it could not be put back).
+    """
+    if threading.current_thread() is not threading.main_thread() or any(signal.getsignal(s) is None for s in signums):
+        yield
+        return
+    arrived: list[int] = []
+    old = {s: signal.signal(s, lambda signum, frame: arrived.append(signum)) for s in signums}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        for s in arrived[:1]:
+            if callable(old[s]):
+                old[s](s, None)
+            elif old[s] == signal.SIG_DFL:
+                signal.raise_signal(s)
+
+
+@contextlib.contextmanager
+def atomic_files(*paths: str | os.PathLike) -> Iterator[tuple[Path, ...]]:
+    """Yield a temporary path for each of `paths`, files that belong together (labels and their sidecar JSON).
+
+    The caller writes each temporary whole; on success the old `paths` are removed and the
+    temporaries renamed into place with Ctrl-C and SIGTERM held off (signals_deferred). So a file
+    is never left beside another run's partner: an interrupt before the renames leaves the old
+    files, after them the new ones (only a kill -9 between two renames can leave one absent, never
+    stale). On failure the temporaries are removed; an OS error names the path (see atomic_dir).
+    """
+    paths = tuple(Path(p) for p in paths)
+    for path in paths:
+        check_writable_path(path)
+        if path.is_dir():
+            raise UserError(f"output {path} is a directory, not a file; choose another path")
+    tmps = tuple(_tmp_sibling(p) for p in paths)
+    try:
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(path)
+        yield tmps
+        with signals_deferred():
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            for tmp, path in zip(tmps, paths, strict=True):
+                os.replace(tmp, path)
+    except BaseException as e:
+        where = getattr(e, "filename", None) or ""
+        i = next((i for i, t in enumerate(tmps) if str(where).startswith(str(t))), 0)
+        _reraise_named(e, paths[i], tmps[i])
+        raise
+    finally:
+        for tmp in tmps:
+            _remove(tmp)
 
 
 def _to_jsonable(obj: Any) -> Any:

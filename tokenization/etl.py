@@ -193,6 +193,7 @@ import datetime as dt
 import gzip
 import os
 import re
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -201,6 +202,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from ehrfm import fault_points
 from ehrfm.errors import UserError
 from ehrfm.io import atomic_dir, check_overwrite, progress, summary, write_json
 from ehrfm.meds_io import SPLITS
@@ -1569,6 +1571,8 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
         ctx = Context()
         rows_in = _stage_tables([t for t in wanted if present[t.name] is not None], present, used_columns, ctx,
                                 stage, cfg, pool)
+        # a test can interrupt etl here: every table staged, the workers idle, no shard written yet
+        fault_points.hold("etl-staged", Path(out).name)
 
         subjects = _subjects(stage, present["hosp/patients"])
         split_of = _split_subjects(subjects, cfg)
@@ -1716,8 +1720,57 @@ def _worker_pool(workers: int):
                                   initargs=(env,))
     try:
         yield pool
+    except BaseException:
+        # Ctrl-C, SIGTERM or an error: stop the running jobs now instead of waiting for them
+        # (minutes on a large table). The pool has no public way to do this before Python 3.14.
+        for process in list((pool._processes or {}).values()):
+            process.terminate()
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _submit(pool, fn, *args):
+    """pool.submit(fn, *args) with SIGINT blocked, which a worker it spawns inherits for good.
+
+    Ctrl-C reaches a terminal's whole process group: each worker would print its own
+    KeyboardInterrupt traceback. Blocked there, it reaches this process only, which stops the
+    workers (_worker_pool).
+    """
+    if not hasattr(signal, "pthread_sigmask"):
+        return pool.submit(_job, fn, *args)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return pool.submit(_job, fn, *args)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+_worker_set_up = False  # in a worker: _job's first call has run
+
+
+def _job(fn, *args):
+    """fn(*args) in a worker; the first call sets the worker up to be stopped cleanly.
+
+    A thread waits on the parent's sentinel (a pipe closed when the parent dies) and ends the
+    worker: after a kill -9 of `ehrfm etl` (the OOM killer) it would otherwise wait for jobs for
+    good, holding its memory. tqdm's lock becomes a thread lock (bars are off in workers): its
+    default is a named semaphore that a worker stopped by _worker_pool leaves to the resource
+    tracker, which then warns of it on the user's terminal.
+    """
+    global _worker_set_up
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    if parent is not None and not _worker_set_up:
+        import threading
+
+        from tqdm import tqdm
+
+        threading.Thread(target=lambda: (parent.join(), os._exit(1)), name="exit-with-parent", daemon=True).start()
+        tqdm.set_lock(threading.RLock())
+        _worker_set_up = True
+    return fn(*args)
 
 
 def _usable_cpus() -> int:
@@ -1754,7 +1807,7 @@ def _run_jobs(pool, n: int, make: Callable[[int, list], tuple], needs: list[list
                 pending.remove(i)
                 if i < limit:
                     fn, *args = make(i, results)
-                    running[pool.submit(fn, *args)] = i
+                    running[_submit(pool, fn, *args)] = i
             if not running:
                 break
             finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
@@ -1912,6 +1965,8 @@ def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context
             if writer is None:
                 writer = pq.ParquetWriter(out_path, arrow.schema, compression=SCRATCH_COMPRESSION)
             writer.write_table(arrow)
+            # a test can interrupt etl here, a table partly staged (in a worker with --workers > 1)
+            fault_points.hold("etl-table", table.name.replace("/", "__"))
     finally:
         bar.close()
         if writer is not None:

@@ -36,6 +36,7 @@ Output (see ehrfm/tokens.py for the reader):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -48,7 +49,16 @@ import numpy as np
 import polars as pl
 
 from ehrfm.errors import UserError
-from ehrfm.io import atomic_dir, check_overwrite, progress, summary, write_json
+from ehrfm.io import (
+    as_os_error,
+    atomic_dir,
+    check_overwrite,
+    progress,
+    remove_stale_temporaries,
+    summary,
+    temporary_sibling,
+    write_json,
+)
 from ehrfm.meds_io import SPLITS, MedsDataset, Shard, open_meds, read_shard, scan_shards, warn
 from tokenization.hierarchy import CODE_MODES, FLAT, HIERARCHICAL, MAX_PARTS, code_parts
 
@@ -314,12 +324,14 @@ def _quantile_edges(shards: list[Shard], n_values: dict[str, int], n_quantiles: 
         fitted = [values(_scan(shards)).group_by("_c").agg(deciles).collect(engine="streaming")]
     else:
         fitted = []
-        with tempfile.TemporaryDirectory(prefix="ehrfm-fit-") as spill:
-            spill = Path(spill)
+        with _spill_dir() as spill:
             for i, shard in enumerate(shards):
                 df = values(scan_shards([shard], EVENT_COLUMNS)).collect(engine="streaming")
                 for (b,), part in df.partition_by("_b", as_dict=True, include_key=False).items():
-                    part.write_parquet(spill / f"{b}_{i}.parquet")
+                    try:
+                        part.write_parquet(spill / f"{b}_{i}.parquet")
+                    except Exception as e:  # a full /tmp (small on cluster nodes): polars' traceback named no path
+                        raise _spill_error(e, spill) from None
                 del df
             for b in range(n_batches):
                 files = sorted(spill.glob(f"{b}_*.parquet"))
@@ -330,6 +342,37 @@ def _quantile_edges(shards: list[Shard], n_values: dict[str, int], n_quantiles: 
         for row in df.iter_rows():
             edges[codes[row[0]]] = [float(np.float32(x)) for x in row[1:]]
     return {c: edges[c] for c in sorted(edges)}
+
+
+@contextlib.contextmanager
+def _spill_dir():
+    """A fresh directory in TMPDIR for the fit's spill files, removed on leaving.
+
+    Named as ehrfm's temporaries are (`ehrfm-fit.tmp-<pid>-<host>-<random>`), so that the spill
+    of a fit killed by kill -9 or the OOM killer (gigabytes on a large dataset, in a node's small
+    /tmp) is removed by the next fit on this machine instead of staying for good.
+    """
+    base = Path(tempfile.gettempdir()) / "ehrfm-fit"
+    remove_stale_temporaries(base)
+    spill = temporary_sibling(base)
+    spill.mkdir()
+    try:
+        yield spill
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+
+
+def _spill_error(e: Exception, spill: Path) -> Exception:
+    """The error to raise for `e`, a failed write of the fit's spill files under `spill`.
+
+    An OS error (a full disk, in any library's wording) becomes one line naming the temporary
+    directory and TMPDIR; any other error is `e` itself.
+    """
+    named = as_os_error(e, spill)
+    if named is None:
+        return e
+    return UserError(f"cannot write the tokenizer fit's temporary files in {spill.parent}: {named.strerror}; "
+                     "set TMPDIR to a directory with room")
 
 
 def load_tokenizer(path: str | os.PathLike) -> dict:

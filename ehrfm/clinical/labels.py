@@ -482,23 +482,31 @@ def _meds_inputs(info: dict) -> set[str]:
 
 
 def write_labels(labels: pl.DataFrame, path: str | os.PathLike, info: dict | None = None) -> Path:
-    """Write labels atomically as parquet (MEDS label schema) and `<stem>.json` beside it.
+    """Write labels atomically as parquet (MEDS label schema) and, given `info`, `<stem>.json` beside it.
+
+    The two files are replaced together (ehrfm.io.atomic_files): an interrupted write leaves the
+    old pair or the new one, never labels beside another run's sidecar.
 
     UserError: `path` (or its sidecar) is, or lies inside, the MEDS dataset of info["config"].
     """
     import pyarrow.parquet as pq
 
-    from ehrfm.io import atomic_file, check_not_input, write_json
+    from ehrfm.io import atomic_file, atomic_files, check_not_input, write_json
 
     path = Path(path)
     if info is not None:
         for f in (path, path.with_suffix(".json")):
             check_not_input(f, _meds_inputs(info))
     table = to_label_table(labels)
-    with atomic_file(path, "wb") as f:
-        pq.write_table(table, f)
-    if info is not None:
-        write_json(path.with_suffix(".json"), info)
+    if info is None:
+        with atomic_file(path, "wb") as f:
+            pq.write_table(table, f)
+        return path
+    # Replaced together: labels interrupted beside an older run's sidecar would be read as that
+    # run's task and windows (task_name, the audit, zeroshot's label_options).
+    with atomic_files(path, path.with_suffix(".json")) as (parquet_tmp, sidecar_tmp):
+        pq.write_table(table, parquet_tmp)
+        write_json(sidecar_tmp, info)
     return path
 
 

@@ -1,0 +1,280 @@
+"""Interruptions of the data and clinical stages (Ctrl-C, SIGTERM, kill -9), one test per kind of fault.
+
+Each interruption lands at a named hold point (ehrfm.fault_points) or at an exact call
+(monkeypatched), never after a sleep. After it: nothing in --out looks complete but is not, a
+rerun into the same --out works, and its output equals an uninterrupted run's, byte for byte.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ehrfm.fault_points import release, wait_held
+from ehrfm.io import pid_alive
+
+ENV = {**os.environ, "EHRFM_QUIET": "1", "OMP_NUM_THREADS": "1"}
+
+
+def files(root: Path) -> dict[str, bytes]:
+    """Every file under `root` (relative path -> bytes), the run-dependent ones left out."""
+    skip = {"etl_config.json", "dataset.json"}  # hold the output path and the seconds taken
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name not in skip}
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory) -> dict[str, Path]:
+    """A small synthetic raw dir and its MEDS made by an uninterrupted run (the reference)."""
+    from tokenization.etl import etl
+    from tokenization.synth import synthesize
+
+    base = tmp_path_factory.mktemp("interrupt")
+    synthesize(base / "raw", n_patients=120, seed=3)
+    etl(base / "raw", base / "meds", workers=1)
+    return {"raw": base / "raw", "meds": base / "meds"}
+
+
+@pytest.fixture()
+def start_etl():
+    """start(raw, out, hold_at, holds): `ehrfm etl RAW --out OUT --workers 2` held at `hold_at`.
+
+    Each in its own process group (as a terminal's job is), killed whole when the test ends, so a
+    failing test leaves no worker behind.
+    """
+    started = []
+
+    def start(raw: Path, out: Path, hold_at: str, holds: Path, output=subprocess.PIPE) -> subprocess.Popen:
+        env = dict(ENV, EHRFM_HOLD_AT=hold_at, EHRFM_HOLD_DIR=str(holds))
+        started.append(subprocess.Popen(
+            [sys.executable, "-m", "ehrfm", "etl", str(raw), "--out", str(out), "--workers", "2"],
+            env=env, stdout=output, stderr=output, text=True, start_new_session=True))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def assert_rerun_equals_reference(raw: dict[str, Path], out: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "ehrfm", "etl", str(raw["raw"]), "--out", str(out), "--workers", "2"],
+                          env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-800:]
+    assert files(out) == files(raw["meds"])
+    assert not list(out.parent.glob(f"{out.name}.tmp-*"))
+
+
+def test_ctrl_c_with_etl_workers_is_one_line(raw, tmp_path, start_etl):
+    """Before: Ctrl-C (SIGINT to the terminal's whole process group) during `ehrfm etl --workers 2`
+    printed a KeyboardInterrupt traceback from every idle worker (45 lines) above "interrupted".
+    Now the workers never take SIGINT (it is blocked while they are spawned): the main process
+    stops them and says so in one line."""
+    out, holds = tmp_path / "meds", tmp_path / "holds"
+    proc = start_etl(raw["raw"], out, "etl-staged", holds)
+    wait_held(holds, out.name, "etl-staged", is_alive=lambda: proc.poll() is None)  # workers idle, tables staged
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-800:]
+    assert err.strip() == "ehrfm etl: interrupted"
+    assert not out.exists() and not list(tmp_path.glob("meds.tmp-*"))
+    assert_rerun_equals_reference(raw, out)
+
+
+def test_sigterm_to_the_main_process_stops_a_busy_worker(raw, tmp_path, start_etl):
+    """Before: `kill PID` (SIGTERM to the main process only, as a user or some schedulers send it)
+    while a worker staged a table waited for that table to finish (minutes on MIMIC-IV's labevents;
+    here, a worker held at the point, forever). Now the workers are stopped at once: exit 143, one line."""
+    out, holds = tmp_path / "meds", tmp_path / "holds"
+    proc = start_etl(raw["raw"], out, "etl-table", holds)
+    wait_held(holds, "hosp__labevents", "etl-table", is_alive=lambda: proc.poll() is None)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)  # generous: the stop takes well under a second
+    assert proc.returncode == 128 + signal.SIGTERM, err[-800:]
+    assert err.strip() == "ehrfm etl: terminated (SIGTERM)"
+    assert not out.exists() and not list(tmp_path.glob("meds.tmp-*"))
+    assert_rerun_equals_reference(raw, out)
+
+
+def test_workers_of_a_killed_etl_end_with_it(raw, tmp_path, start_etl):
+    """Before: kill -9 of `ehrfm etl` (the OOM killer) left its worker processes alive for good, each
+    holding its memory, blocked on a queue no one writes. Now a worker ends when its parent does;
+    the rerun removes the dead run's temporary and writes the reference output."""
+    out, holds = tmp_path / "meds", tmp_path / "holds"
+    proc = start_etl(raw["raw"], out, "etl-table", holds, output=subprocess.DEVNULL)
+    worker = wait_held(holds, "hosp__labevents", "etl-table", is_alive=lambda: proc.poll() is None)["pid"]
+    assert worker != proc.pid
+    proc.kill()
+    proc.wait()
+    release(holds, "hosp__labevents", "etl-table")  # the worker may go on: it must end by itself, not hang
+    deadline = time.monotonic() + 60  # a generous bound on a wait for an event: the worker ends at once
+    while pid_alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not pid_alive(worker), "the worker outlived its killed parent"
+    assert len(list(tmp_path.glob("meds.tmp-*"))) == 1 and not out.exists()  # the dead run's temporary only
+    assert_rerun_equals_reference(raw, out)
+
+
+# --- labels: a parquet and its sidecar JSON -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def labels_ref(raw, tmp_path_factory) -> dict[str, dict[str, bytes]]:
+    """Uninterrupted single-task label files: task -> {"parquet": bytes, "json": bytes}."""
+    from ehrfm.app.cli import main
+
+    base = tmp_path_factory.mktemp("labels_ref")
+    ref = {}
+    for task in ("long_los", "in_hospital_mortality"):
+        assert main(["labels", str(raw["meds"]), "--task", task, "--out", str(base / f"{task}.parquet")]) == 0
+        ref[task] = {"parquet": (base / f"{task}.parquet").read_bytes(), "json": (base / f"{task}.json").read_bytes()}
+    return ref
+
+
+def _interrupt_at_sidecar(monkeypatch):
+    """Ctrl-C while the sidecar JSON is written (its temporary, or the old code's file itself)."""
+    import ehrfm.io
+
+    real = ehrfm.io.write_json
+
+    def write_json(path, obj, indent=2):
+        if Path(path).name.startswith("L.json"):
+            raise KeyboardInterrupt
+        return real(path, obj, indent)
+
+    monkeypatch.setattr(ehrfm.io, "write_json", write_json)
+
+
+def _sigterm_at_first_rename(monkeypatch):
+    """SIGTERM (a scheduler's time limit) arriving as the first output is renamed into place."""
+    real = os.replace
+
+    def replace(src, dst):
+        real(src, dst)
+        if Path(dst).name.startswith("L."):
+            monkeypatch.setattr(os, "replace", real)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+@pytest.mark.parametrize("interrupt", [_interrupt_at_sidecar, _sigterm_at_first_rename])
+def test_labels_interrupted_never_sit_beside_another_runs_sidecar(raw, labels_ref, tmp_path, monkeypatch, capsys, interrupt):
+    """Before: `ehrfm labels --task in_hospital_mortality --out L.parquet --overwrite` over long-stay
+    labels, interrupted after L.parquet was replaced, left the old L.json: the mortality labels were
+    then read as task long_los (and its windows) by the heads, the audit and zeroshot, silently.
+    Now the two files are replaced together: the old pair or the new pair, never a mix."""
+    from ehrfm.app.cli import main
+    from ehrfm.clinical.labels import task_name
+
+    out = tmp_path / "L.parquet"
+    args = ["labels", str(raw["meds"]), "--task", "in_hospital_mortality", "--out", str(out), "--overwrite"]
+    assert main(["labels", str(raw["meds"]), "--task", "long_los", "--out", str(out)]) == 0
+    interrupt(monkeypatch)
+    assert main(args) in (130, 143)
+    monkeypatch.undo()
+    task = task_name(out)
+    assert task in labels_ref
+    assert out.read_bytes() == labels_ref[task]["parquet"]  # the parquet is the one its sidecar names
+    assert out.with_suffix(".json").read_bytes() == labels_ref[task]["json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["L.json", "L.parquet"]  # no temporaries left
+    assert main(args) == 0  # the rerun
+    assert out.read_bytes() == labels_ref["in_hospital_mortality"]["parquet"]
+    assert out.with_suffix(".json").read_bytes() == labels_ref["in_hospital_mortality"]["json"]
+    capsys.readouterr()
+
+
+# --- tokenize: the tokenizer fit's temporary files --------------------------------------------
+
+
+def test_a_full_tmpdir_while_fitting_the_tokenizer_is_one_line(raw, tmp_path, monkeypatch, capsys):
+    """Before: a full TMPDIR (a cluster node's small /tmp) while the decile fit spilled its values
+    ended in polars' ComputeError traceback ("... No space left on device (os error 28)"), naming
+    no path. Now: exit 2, one line naming the directory, the errno's meaning and TMPDIR; nothing
+    written; the rerun gives the token dir of an uninterrupted run."""
+    import polars as pl
+
+    import tokenization.tokenize as tokenize_module
+    from ehrfm.app.cli import main
+
+    monkeypatch.setattr(tokenize_module, "FIT_BATCH_VALUES", 2000)  # several batches: the fit spills to TMPDIR
+    real = pl.DataFrame.write_parquet
+
+    def write_parquet(self, path, *args, **kwargs):
+        if Path(path).parent.name.startswith("ehrfm-fit"):  # what polars raises on a full disk
+            raise pl.exceptions.ComputeError("parquet: File out of specification: underlying IO error: "
+                                             "No space left on device (os error 28)")
+        return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", write_parquet)
+    out = tmp_path / "tok"
+    assert main(["tokenize", str(raw["meds"]), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ehrfm tokenize: error: cannot write the tokenizer fit's temporary files")
+    assert "No space left on device" in err[0] and "TMPDIR" in err[0]
+    assert not list(tmp_path.iterdir())
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", real)
+    assert main(["tokenize", str(raw["meds"]), "--out", str(out)]) == 0
+    monkeypatch.undo()
+    assert main(["tokenize", str(raw["meds"]), "--out", str(tmp_path / "reference")]) == 0
+    run_dependent = {"stats.json", "config.json"}
+    assert {k: v for k, v in files(out).items() if Path(k).name not in run_dependent} == \
+           {k: v for k, v in files(tmp_path / "reference").items() if Path(k).name not in run_dependent}
+
+
+# --- --overwrite: the swap of the old output for the new one ------------------------------------
+
+
+def test_sigterm_inside_the_overwrite_swap_leaves_a_whole_output(tmp_path, monkeypatch, capsys):
+    """Before: SIGTERM or Ctrl-C landing between atomic_dir's two renames (the old output moved aside,
+    the new one not yet in) of `ehrfm synth --out OUT --overwrite` left no OUT at all, the old and
+    the new output both sitting in temporaries. Now the two renames go together: OUT is the new
+    output, whole, and the command still reports the signal (exit 143)."""
+    from ehrfm.app.cli import main
+
+    out = tmp_path / "raw"
+    assert main(["synth", "--out", str(out), "--patients", "20", "--seed", "1"]) == 0
+    assert main(["synth", "--out", str(tmp_path / "reference"), "--patients", "30", "--seed", "2"]) == 0
+    real = os.replace
+
+    def replace(src, dst):
+        real(src, dst)
+        if Path(src) == out:  # the old output just moved aside
+            monkeypatch.setattr(os, "replace", real)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(os, "replace", replace)
+    assert main(["synth", "--out", str(out), "--patients", "30", "--seed", "2", "--overwrite"]) == 128 + signal.SIGTERM
+    monkeypatch.undo()
+    assert capsys.readouterr().err.strip().endswith("ehrfm synth: terminated (SIGTERM)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw", "reference"]  # no temporaries left
+    assert files(out) == files(tmp_path / "reference")
+
+
+def test_the_spill_of_a_killed_tokenizer_fit_is_removed_by_the_next(raw, tmp_path, monkeypatch):
+    """Before: the decile fit's spill directory in TMPDIR (`ehrfm-fit-*`, gigabytes on a large
+    dataset) of a tokenize killed by kill -9 or the OOM killer stayed in /tmp for good. Now it is
+    named as ehrfm's temporaries are and the next fit on the machine removes it; a live
+    process's is left alone."""
+    import tempfile
+
+    import ehrfm.io
+    from tokenization.tokenize import fit_tokenizer
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = ehrfm.io._HOST_TAG
+    killed = tmp_path / f"ehrfm-fit.tmp-{int(dead.stdout)}-{host}-0badf00d"
+    live = tmp_path / f"ehrfm-fit.tmp-{os.getppid()}-{host}-0badf00d"  # the test runner's parent: alive
+    for d in (killed, live):
+        d.mkdir()
+        (d / "0_0.parquet").write_bytes(b"spilled values")
+    reference = fit_tokenizer(raw["meds"])  # one batch: no spill
+    assert fit_tokenizer(raw["meds"], batch_values=2000) == reference  # spills, and cleans up first
+    assert sorted(tmp_path.iterdir()) == [live]
