@@ -13,6 +13,14 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("EHRFM_QUIET", "1")
+# Bars off whatever the shell exported: with EHRFM_QUIET=0 a bar drawn by a fixture made every later
+# in-process one-line error start with a newline (tests/test_outputs.py failed). Tests of the bars
+# set or delete it themselves (monkeypatch).
+os.environ["EHRFM_QUIET"] = "1"
+# A logger chosen in the shell that runs the suite (EHRFM_LOGGER=wandb or tensorboard, meant for one's
+# own sweeps) must not reach the tests' runs: with wandb not installed every training test failed.
+# Tests of EHRFM_LOGGER set it themselves, in the environment of the process they start.
+os.environ.pop("EHRFM_LOGGER", None)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MIMIC_DEMO = REPO_ROOT.parent / "shared" / "data" / "mimic-iv-demo-2.2"

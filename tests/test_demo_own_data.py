@@ -213,6 +213,7 @@ def test_resuming_with_other_files_at_the_same_path_is_refused_and_moved_files_r
     with pytest.raises(UserError) as e:
         run_demo(DemoConfig.quick_config(out=str(out), raw=str(moved)))
     assert "other settings" not in str(e.value) and "changed since" not in str(e.value), e.value
+    assert f"{out / 'meds'} is not a MEDS dataset" in str(e.value), e.value  # it got that far: resumed, not refused
 
 
 def test_own_meds_without_a_tuning_split_is_refused_before_any_run(demo_meds, tmp_path):

@@ -22,8 +22,13 @@ def _cmd(tokens, out, *extra):
            "--eval-interval", "5", "--seed", "0", *extra]
 
 
+# The trainer's own environment, not the caller's: an EHRFM_LOGGER exported in the shell that runs
+# the suite would give the "no logger" run a logger (ehrfm.loggers.logger_for reads it).
+ENV = {k: v for k, v in os.environ.items() if k != "EHRFM_LOGGER"} | {"EHRFM_QUIET": "1"}
+
+
 def _train(tokens, out, *extra):
-    r = subprocess.run(_cmd(tokens, out, *extra), capture_output=True, text=True)
+    r = subprocess.run(_cmd(tokens, out, *extra), capture_output=True, text=True, env=ENV)
     assert r.returncode == 0, r.stderr
     return out
 
