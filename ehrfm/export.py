@@ -72,7 +72,18 @@ class CausalLM(torch.nn.Module):
         self.config = gpt.config
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """Logits (B, T, vocab_size), float32 on CPU, of ids (B, T) int64 token ids, T <= context."""
+        """Logits (B, T, vocab_size), float32 on CPU, of ids (B, T) int64 token ids, T <= context.
+
+        Raises:
+            ValueError: ids not (B, T) integers, or ids outside [0, vocab_size) (counted): the
+                embedding lookup's own error ("index out of range in self") names neither.
+        """
+        if ids.dim() != 2 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
+            raise ValueError(f"ids must be (B, T) integer token ids; got shape {tuple(ids.shape)} dtype {ids.dtype}")
+        vocab = self.config.vocab_size
+        outside = int(((ids < 0) | (ids >= vocab)).sum())
+        if outside:  # e.g. ids of another tokenizer, or text offsets instead of token ids
+            raise ValueError(f"{outside} of {ids.numel()} token ids are outside the vocabulary [0, {vocab}) of this model")
         return self.gpt(ids)[0]
 
     def generate(self, *args, **kwargs) -> torch.Tensor:

@@ -11,13 +11,14 @@ same one-line error and applies the same rules:
   `valid`, `validation`, `dev` -> tuning; `test`, `heldout`, `held-out`, `holdout` -> held_out)
   and any of these names in other letter case (`Train`, `TEST`) are mapped, and the mapping is
   reported on stderr; any other folder under `data/` is refused, naming it, so that no split is
-  silently left out. Links to folders are followed, and a folder named `*.parquet` (a Spark or
-  Dask dataset) is read as the part files it holds. Hidden files and folders (a name starting
+  silently left out. Split folders that disagree with a `metadata/subject_splits.parquet` beside
+  them (which other MEDS tools read) are refused with counts. Links to folders are followed, and a
+  folder named `*.parquet` (a Spark or Dask dataset) is read as the part files it holds. Hidden files and folders (a name starting
   with `.`: macOS's `._0.parquet` resource forks, `.ipynb_checkpoints/`) are not data, as for
   pyarrow datasets and Spark: they are left out, and their count said on stderr when any of them
   is named `*.parquet`.
-- Columns: `subject_id`, `time`, `code` (MEDS 0.4, `meds.DataSchema`). A shard written by MEDS
-  0.3 or older (`patient_id`) is refused naming the file, the missing column and the MEDS version
+- Columns: `subject_id`, `time`, `code` (MEDS 0.4, `meds.DataSchema`). A shard written before MEDS
+  0.3.2 (`patient_id`) is refused naming the file, the missing column and the MEDS version
   expected.
 - Types: subject_id an integer, time a timestamp (any unit; a time zone is read as the UTC
   instant, with one warning per zone: labels made elsewhere on the data's local clock would sit
@@ -73,6 +74,9 @@ SPLIT_ALIASES = {
 }
 # Column names of older MEDS versions -> the 0.4 name that replaced them.
 LEGACY_COLUMNS = {"patient_id": SUBJECT_ID, "timestamp": TIME}
+# How an error names an old column's version: patient_id became subject_id in MEDS 0.3.2, not 0.4 (MEDS
+# 0.3.3 data of MIMIC_IV_MEDS or meds_etl already has subject_id).
+LEGACY_SINCE = {"patient_id": "the name used before MEDS 0.3.2", "timestamp": "a name of older MEDS versions"}
 NEVER_STATIC_CODES = (meds.birth_code, meds.death_code)
 INT64_MAX = (1 << 63) - 1
 WARN_CODES = 10  # codes named in a warning line, the most frequent first (the rest counted)
@@ -217,6 +221,8 @@ def open_meds(meds_dir: str | os.PathLike, check_static: bool = True) -> MedsDat
     for path in ds.paths():
         check_columns(path, ds.metadata)
     _check_rows(ds)
+    if folders:
+        _check_folders_match_splits_file(ds)
     if check_static:
         ds.null_time_codes = null_time_codes(ds.paths())
         drop = tuple(sorted(ds.null_time_codes))
@@ -283,6 +289,34 @@ def _check_rows(ds: MedsDataset) -> None:
         raise UserError(f"MEDS dataset {ds.root}: {spread.height} subjects have rows in more than one shard file "
                         f"({n} of them in {files[a]} and {files[b]}); MEDS keeps each subject's rows in one file "
                         "(subject contiguity): merge those shards by subject")
+
+
+def _check_folders_match_splits_file(ds: MedsDataset) -> None:
+    """Refuse split folders that disagree with metadata/subject_splits.parquet, with counts.
+
+    ehrfm takes the splits from the data/<split>/ folders, but other MEDS tools (ACES, MEDS-Tab,
+    meds-evaluation's users) take them from the splits file: a file re-written after the shards (a
+    new held-out set) silently gave ehrfm another held-out set than theirs, or trained on theirs. A
+    file ehrfm cannot read as (subject_id, split) is not compared (it is not used).
+    """
+    path = ds.root / SUBJECT_SPLITS_FILE
+    if not path.exists():
+        return
+    try:  # a file, or a folder of part files (Spark, Dask)
+        listed = pl.read_parquet(_parquet_files(path, path) if path.is_dir() else path, columns=[SUBJECT_ID, "split"])
+    except Exception:  # noqa: BLE001 (unreadable or other columns: not compared, as it is not used)
+        return
+    if not (listed.schema[SUBJECT_ID].is_integer() and listed.schema["split"] in (pl.String, pl.Categorical)):
+        return
+    listed = listed.select(pl.col(SUBJECT_ID).cast(pl.Int64, strict=False), pl.col("split").cast(pl.String)).drop_nulls().unique()
+    names = {n: split_name(n) for n in listed["split"].unique()}  # aliases (test, val) as for folder names
+    listed = listed.select(SUBJECT_ID, pl.col("split").replace_strict(names, default=None).alias("listed")).drop_nulls()
+    both = ds.subject_splits().join(listed, on=SUBJECT_ID).filter(pl.col("split") != pl.col("listed"))
+    if both.height:
+        a, b, n = both.group_by("split", "listed").len().sort("len", "split", "listed", descending=[True, False, False]).row(0)
+        raise UserError(f"MEDS dataset {ds.root}: {both.height} subjects are in another split in {SUBJECT_SPLITS_FILE} than "
+                        f"their {DATA_DIR}/<split>/ folder ({n} of them in folder {a}, listed as {b}); other MEDS tools "
+                        "read the file, ehrfm the folders: make them agree (re-write the file or move the shards)")
 
 
 def _row_group_stats(path: Path) -> dict[str, list]:
@@ -382,7 +416,7 @@ def _subject_split_shards(root: Path, data: Path) -> tuple[dict[str, list[Shard]
     for col in (SUBJECT_ID, "split"):
         if col not in sp.columns:
             old = [o for o, c in LEGACY_COLUMNS.items() if c == col and o in sp.columns]
-            found = f" (found {old[0]!r}: the name used before MEDS 0.4)" if old else ""
+            found = f" (found {old[0]!r}: {LEGACY_SINCE[old[0]]})" if old else ""
             raise UserError(f"{splits_path} lacks column {col!r}{found}; ehrfm reads MEDS {MEDS_VERSION} "
                             f"subject splits ({SUBJECT_ID}, split)")
     for col, ok, want in ((SUBJECT_ID, COLUMN_TYPES[SUBJECT_ID][0], "an integer (int64)"),
@@ -443,7 +477,7 @@ def check_columns(path: Path, metadata: dict | None = None) -> dict:
         if col in schema:
             continue
         old = [o for o, new in LEGACY_COLUMNS.items() if new == col and o in schema]
-        found = f" (found {old[0]!r}: the name used before MEDS 0.4)" if old else ""
+        found = f" (found {old[0]!r}: {LEGACY_SINCE[old[0]]})" if old else ""
         version = (metadata or {}).get("meds_version")
         said = f"; its metadata says meds_version {version}" if version else ""
         raise UserError(f"MEDS shard {path} lacks column {col!r}{found}; ehrfm reads MEDS {MEDS_VERSION} data "

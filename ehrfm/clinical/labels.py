@@ -647,7 +647,7 @@ def read_labels(path: str | os.PathLike, allow_empty: bool = False) -> pl.DataFr
                 old = [o for o, c in LEGACY_COLUMNS.items() if c == col and o in cols]
                 if old:
                     raise UserError(f"label file {f} lacks column {col!r} (found {old[0]!r}: the name used before "
-                                    f"MEDS 0.4); ehrfm reads the MEDS {MEDS_VERSION} label schema")
+                                    f"MEDS 0.3.2); ehrfm reads the MEDS {MEDS_VERSION} label schema")
                 has = [c for c in OTHER_LABEL_VALUES if c in cols]
                 raise UserError(f"label file {f} lacks column {col!r} (MEDS label schema; binary tasks need boolean_value"
                                 + (f"; it has {', '.join(has)}: convert the labels to boolean_value)" if has else ")"))

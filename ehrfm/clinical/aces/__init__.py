@@ -5,8 +5,13 @@
 
 Each YAML mirrors a rule of ehrfm/clinical/labels.py (`ehrfm labels`); the label parquet aces-cli
 writes is in the MEDS label schema and feeds every head, `ehrfm baseline` and `sweep collect --labels`
-as is. On the MIMIC-IV demo the counts agree within 10% (tests/test_aces.py; DESIGN/README note the
-differences: unpaired admissions and discharges coinciding with a readmission).
+as is. On the MIMIC-IV demo every ACES label equals `ehrfm labels`' (tests/test_ecosystem_faults.py;
+tests/test_aces.py checks the counts); long_los leaves out the 6 short stays (of 245) that follow a stay
+ended in the week before their discharge, which ACES cannot tell from long ones (long_los.yaml).
+Stays that have no discharge of their own (never discharged, or of zero length), which `ehrfm labels`
+excludes, and discharges of no stay (a record that starts mid-stay), which it ignores, get no ACES
+label either; events at one time are one ACES row, so the windows start 1 s
+after an admission, or end 1 s before a discharge, where another stay's event may share its minute.
 """
 
 from __future__ import annotations
