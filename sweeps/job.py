@@ -37,7 +37,7 @@ from pathlib import Path
 
 from ehrfm.errors import UserError
 from ehrfm.results import RunResult, Status, read_result, write_result
-from sweeps.state import read_record_file
+from sweeps.state import read_record_file, record_lock
 
 # The trainer's exit code after checkpointing on SIGTERM/SIGUSR1 (ehrfm train contract).
 EXIT_INTERRUPTED = 3
@@ -186,21 +186,23 @@ class TrainJob:
         return result.to_json()
 
     def _note_start(self) -> None:
-        record = _read_record(Path(self.record_path))
-        # A record damaged (half-written on NFS) or deleted while the job waited is rewritten from
-        # nothing here: without its executor a SLURM run read as a local one, and once requeued
-        # (its processes gone) a relaunch submitted it again beside its queued job.
-        who = {k: v for k, v in (("run_id", self.run_id), ("executor", os.environ.get("SUBMITIT_EXECUTOR"))) if v and not record.get(k)}
-        _update_record(
-            Path(self.record_path),
-            **who,
-            started_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            job_id=record.get("job_id") or _job_id(),
-            running_job_id=_job_id(),
-            pid=os.getpid(),
-            host=os.uname().nodename,
-            starts=int(record.get("starts", 0)) + 1,
-        )
+        path = Path(self.record_path)
+        with record_lock(path):  # read and written back under one lock: `starts` counts every start
+            record = _read_record(path)
+            # A record damaged (half-written on NFS) or deleted while the job waited is rewritten from
+            # nothing here: without its executor a SLURM run read as a local one, and once requeued
+            # (its processes gone) a relaunch submitted it again beside its queued job.
+            who = {k: v for k, v in (("run_id", self.run_id), ("executor", os.environ.get("SUBMITIT_EXECUTOR"))) if v and not record.get(k)}
+            _write_json(path, {
+                **record,
+                **who,
+                "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "job_id": record.get("job_id") or _job_id(),
+                "running_job_id": _job_id(),
+                "pid": os.getpid(),
+                "host": os.uname().nodename,
+                "starts": int(record.get("starts", 0)) + 1,
+            })
 
 
 def _read_record(path: Path) -> dict:
@@ -209,9 +211,10 @@ def _read_record(path: Path) -> dict:
 
 
 def _update_record(path: Path, **fields) -> None:
-    record = _read_record(path)
-    record.update(fields)
-    _write_json(path, record)
+    with record_lock(path):  # the launcher updates the same record (sweeps.launch._write_record)
+        record = _read_record(path)
+        record.update(fields)
+        _write_json(path, record)
 
 
 def _finished_result(run_dir: str | Path) -> dict | None:

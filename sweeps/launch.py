@@ -50,7 +50,16 @@ from ehrfm.io import progress, summary, warn, write_json
 from ehrfm.results import ACTIVE, RunResult, Status, write_result
 from sweeps.job import TrainJob
 from sweeps.plan import check_tokenizer, load_sweep, run_train_config
-from sweeps.state import check_tokens_dir, log_path, read_record_file, read_result, record_path, run_states, runs_dir
+from sweeps.state import (
+    check_tokens_dir,
+    log_path,
+    read_record_file,
+    read_result,
+    record_lock,
+    record_path,
+    run_states,
+    runs_dir,
+)
 
 EXECUTORS = ("slurm", "local")
 SLURM_COMMANDS = ("sbatch", "srun", "squeue", "scontrol")
@@ -446,15 +455,21 @@ def _unlaunch(sweep_dir: Path, run_id: str, report: LaunchReport) -> None:
 
 def _write_record(sweep_dir: Path, run_id: str, **fields) -> None:
     path = record_path(sweep_dir, run_id)
-    record = {}
-    with contextlib.suppress(OSError, json.JSONDecodeError):
-        record = json.loads(path.read_text())
-    record.update(fields)
-    write_json(path, record)
+    with record_lock(path):  # the job updates the same record (sweeps.job._update_record)
+        record = {}
+        with contextlib.suppress(OSError, json.JSONDecodeError):
+            record = json.loads(path.read_text())
+        record.update(fields)
+        write_json(path, record)
 
 
 def _new_record(sweep_dir: Path, run_id: str, executor: str, **fields) -> None:
     """A fresh submission record (the previous attempt's fields are dropped)."""
+    with record_lock(record_path(sweep_dir, run_id)):
+        _new_record_locked(sweep_dir, run_id, executor, **fields)
+
+
+def _new_record_locked(sweep_dir: Path, run_id: str, executor: str, **fields) -> None:
     old = {}
     with contextlib.suppress(OSError, json.JSONDecodeError):
         old = json.loads(record_path(sweep_dir, run_id).read_text())

@@ -36,10 +36,13 @@ States, and where each comes from:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +79,27 @@ def runs_dir(sweep_dir: Path) -> Path:
 def record_path(sweep_dir: Path, run_id: str) -> Path:
     """SWEEP/jobs/<run_id>.json: the launcher's record of a run's job."""
     return Path(sweep_dir) / "jobs" / f"{run_id}.json"
+
+
+@contextlib.contextmanager
+def record_lock(path: str | Path) -> Iterator[None]:
+    """Hold SWEEP/jobs/<run_id>.lock while a job record is read, changed and written back.
+
+    The launcher (job id, pid) and the job itself (start, pid, trainer pid) both update one record;
+    a read-modify-write of one interleaved with the other's dropped the other's fields (a launcher
+    descheduled between its read and its write lost the job's trainer_pid). The record is replaced
+    by rename (ehrfm.io.write_json), so the lock is a sibling file, not the record. flock is
+    advisory and per host, which is where both writers run (the job on a node, over a shared
+    filesystem, takes it too; NFS v4 honours it).
+    """
+    lock = Path(path).with_suffix(".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def log_path(sweep_dir: Path, run_id: str) -> Path:
@@ -396,6 +420,24 @@ def _plan_of(sweep_dir: Path) -> tuple[dict[str, dict], str | None]:
     return {r["run_id"]: r for r in rows}, sweep.tokenizer_fingerprint
 
 
+def _finished_state(sweep_dir: Path, rid: str, result: RunResult, plan_row: dict | None, fingerprint: str | None,
+                    job_id: str | None, executor: str | None) -> RunState:
+    """The state of a run whose result.json is final: its own status, or failed when the result is another run's."""
+    run_dir = runs_dir(sweep_dir) / rid
+    diffs = _foreign(result, plan_row, fingerprint)
+    if diffs:
+        why = (f"run result {run_dir / 'result.json'} is not this run's: {', '.join(diffs)} (copied from another "
+               f"run or sweep?); {_RESULT_HINT}")
+        return RunState(rid, Status.FAILED, job_id, executor, RunResult(Status.FAILED, error=why), note=why, bad_file=True)
+    note = None
+    if result.status == Status.FAILED and executor == "slurm" and job_id and (result.exit_code or 0) < 0:
+        # "trainer killed by signal 9": the OOM killer's cgroup line reaches the job's log only
+        # after the wrapper wrote result.json, and sacct may not be there to say OUT_OF_MEMORY
+        logged = _log_reason(sweep_dir, job_id)
+        note = f"{result.error}; its job's log says: {logged}" if logged else None
+    return RunState(rid, result.status, job_id, executor, result, note=note)
+
+
 def run_states(sweep_dir: str | Path, run_ids: list[str], plan: list[dict] | None = None,
                fingerprint: str | None = None) -> dict[str, RunState]:
     """State of each planned run, plus any run dir under runs/ that the plan does not list.
@@ -446,19 +488,7 @@ def run_states(sweep_dir: str | Path, run_ids: list[str], plan: list[dict] | Non
             out[rid] = RunState(rid, Status.FAILED, job_id, executor, RunResult(Status.FAILED, error=why), note=why, bad_file=True)
             continue
         if result is not None and result.finished:
-            diffs = _foreign(result, by_plan.get(rid), fingerprint)
-            if diffs:
-                why = (f"run result {run_dir / 'result.json'} is not this run's: {', '.join(diffs)} (copied from another "
-                       f"run or sweep?); {_RESULT_HINT}")
-                out[rid] = RunState(rid, Status.FAILED, job_id, executor, RunResult(Status.FAILED, error=why), note=why, bad_file=True)
-                continue
-            note = None
-            if result.status == Status.FAILED and executor == "slurm" and job_id and (result.exit_code or 0) < 0:
-                # "trainer killed by signal 9": the OOM killer's cgroup line reaches the job's log only
-                # after the wrapper wrote result.json, and sacct may not be there to say OUT_OF_MEMORY
-                logged = _log_reason(sweep_dir, job_id)
-                note = f"{result.error}; its job's log says: {logged}" if logged else None
-            out[rid] = RunState(rid, result.status, job_id, executor, result, note=note)
+            out[rid] = _finished_state(sweep_dir, rid, result, by_plan.get(rid), fingerprint, job_id, executor)
             continue
         if rid in record_notes:  # the job it named may still be alive: never resubmitted on a guess
             out[rid] = RunState(rid, Status.UNKNOWN, None, None, result, note=record_notes[rid], bad_file=True)
@@ -479,6 +509,16 @@ def run_states(sweep_dir: str | Path, run_ids: list[str], plan: list[dict] | Non
             # a trainer holds the run dir although no job we can see runs it (another user's
             # private jobs, another machine, a job wrapper gone before its trainer): never twice
             active = Status.RUNNING
+        if active is None:
+            # The job may have finished between the result.json read above and the question to squeue
+            # (or the pid check): read it again before calling the run interrupted or lost. Without
+            # this, a run that completed in that window was reported "interrupted" and a `launch --wait`
+            # whose last run it was ended on that.
+            with contextlib.suppress(UserError, OSError):  # damaged now: the first read stands, the next status says
+                result = read_result(run_dir) or result
+            if result is not None and result.finished:
+                out[rid] = _finished_state(sweep_dir, rid, result, by_plan.get(rid), fingerprint, job_id, executor)
+                continue
         note = None
         if active is not None:
             state = active

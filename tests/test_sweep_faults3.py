@@ -119,7 +119,9 @@ def test_a_run_out_of_time_limits_says_so(tok, tmp_path):
     sweep_dir, holds = tmp_path / "sweep", tmp_path / "holds"
     _, rows, _ = plan_sweep(tok, [2e8], sweep_dir, sizes=1, context=64, min_steps=1, train={"batch_size": 4})
     rid = rows[0]["run_id"]
-    p = ehrfm("sweep", "launch", sweep_dir, "--executor", "slurm", "--time", "1", "--signal-delay-s", "30", "--max-timeouts", "0",
+    # the signal comes 45 s after the start: the trainer must be at its hold by then (a loaded machine's
+    # torch import and data load took up to ~30 s); 15 s is ample for a tiny model's checkpoint before the kill
+    p = ehrfm("sweep", "launch", sweep_dir, "--executor", "slurm", "--time", "1", "--signal-delay-s", "15", "--max-timeouts", "0",
               "--cpus-per-task", "1", "--mem", "1G", env={"EHRFM_HOLD_AT": "step-2", "EHRFM_HOLD_DIR": str(holds)})
     assert p.returncode == 0, p.stderr
     jid = json.loads((sweep_dir / "jobs" / f"{rid}.json").read_text())["job_id"]

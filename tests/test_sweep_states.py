@@ -102,3 +102,66 @@ def test_held_jobs_of_another_user_are_queued_and_never_resubmitted(synth_tokens
     finally:
         if jobs:
             subprocess.run(["scancel", *jobs], capture_output=True)
+
+
+def test_a_run_that_finishes_while_its_state_is_read_is_completed_not_interrupted(tmp_path, monkeypatch):
+    """run_states reads result.json, then asks whether the job still runs (squeue, or its pid). A job
+    that ends in between wrote result.json after the first read: it was reported interrupted (it
+    has a checkpoint) and a `launch --wait` whose last run it was stopped on that. No SLURM: the
+    local executor's pid check is the moment the run ends."""
+    from test_train import make_token_dir
+
+    import sweeps.state as state
+    from sweeps.plan import plan_sweep
+
+    tok = make_token_dir(tmp_path / "tok")
+    out = tmp_path / "sweep"
+    _, rows, _ = plan_sweep(tok, [1e9], out, sizes=2, context=64, train={"batch_size": 8})
+    rid = rows[0]["run_id"]
+    run = out / "runs" / rid
+    (run / "checkpoint").mkdir(parents=True)  # the final checkpoint is written before result.json
+    (out / "jobs").mkdir(exist_ok=True)
+    (out / "jobs" / f"{rid}.json").write_text(json.dumps({"run_id": rid, "executor": "local", "job_pid": 1}))
+
+    def job_ends_now(record):  # the trainer writes its result and exits while run_states asks about it
+        (run / "result.json").write_text(json.dumps({"status": "completed", "val_loss": 2.5}))
+        return None
+
+    monkeypatch.setattr(state, "_local_state", job_ends_now)
+    st = run_states(out, [r["run_id"] for r in rows])[rid]
+    assert st.state == "completed", (st.state, st.note)
+    assert st.result.val_loss == 2.5
+
+
+def test_both_writers_of_a_job_record_hold_its_lock_while_they_write(tmp_path, monkeypatch):
+    """The launcher (job id, pid) and the job (start, trainer pid) both read-modify-write one record;
+    unlocked, one's write dropped the other's fields. Each must hold SWEEP/jobs/<run_id>.lock from
+    its read to its write: checked at the write, where another open of the lock must not get it."""
+    import fcntl
+
+    import sweeps.job as job
+    import sweeps.launch as launch
+    from sweeps.state import record_path
+
+    sweep = tmp_path / "sweep"
+    path = record_path(sweep, "r1")
+    held = []
+
+    def lock_is_held() -> bool:
+        with open(path.with_suffix(".lock"), "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return False
+
+    real_launch_write, real_job_write = launch.write_json, job._write_json
+    monkeypatch.setattr(launch, "write_json", lambda p, obj: (held.append(("launcher", lock_is_held())), real_launch_write(p, obj)))
+    monkeypatch.setattr(job, "_write_json", lambda p, obj: (held.append(("job", lock_is_held())), real_job_write(p, obj)))
+    launch._new_record(sweep, "r1", "local")
+    launch._write_record(sweep, "r1", job_id="local-1", job_pid=1)
+    job._update_record(path, trainer_pid=42)
+    assert held == [("launcher", True), ("launcher", True), ("job", True)]
+    record = json.loads(path.read_text())
+    assert (record["job_id"], record["job_pid"], record["trainer_pid"], record["executor"]) == ("local-1", 1, 42, "local")
