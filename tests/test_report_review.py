@@ -194,3 +194,19 @@ def test_the_second_seed_figures_are_named_as_an_earlier_runs_not_this_ones():
     (why,) = [x for x in _why_missed({"Approach 2 a"}, budgets, res, DemoConfig()) if x]
     assert "on an earlier run of the default grid (a's interval 0.81 wide with one seed, 0.61 with two: README, not " \
            "this run's figures)" in why and "from 0.81 to 0.61" not in why
+
+
+def test_the_fit_reason_names_ladders_that_mix_one_layer_models_with_deeper_ones():
+    """A 1-layer model sits 0.05 nats off the deeper members' trend at equal size and tokens (README):
+    the fit targets' reason says when the fitted ladders mix depth 1 with deeper ones, and not otherwise."""
+    import polars as pl
+
+    from ehrfm.app.demo import _mixed_depths
+
+    res = pl.DataFrame({"budget": [1e12, 1e12, 1e12, 4e12, 4e12, 9e12], "status": ["completed"] * 5 + ["failed"],
+                        "n_layer": [1, 1, 2, 2, 3, 1]})
+    used = [{"budget": 1e12}, {"budget": 4e12}]
+    said = _mixed_depths(res, used)
+    assert "mix 1-layer models with deeper ones (depths 1, 2, 3)" in said and "Kaplan et al. 2020" in said
+    assert _mixed_depths(res, [{"budget": 4e12}]) == ""  # 2 and 3 layers only
+    assert _mixed_depths(res.filter(pl.col("budget") == 9e12), [{"budget": 9e12}]) == ""  # a failed run is not fitted

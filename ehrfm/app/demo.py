@@ -1073,9 +1073,9 @@ def _why_missed(missed: set[str], budgets: list[dict], res, cfg, stage_s: dict |
             f"{sd:.3f} nats (leverage-adjusted residuals pooled over {len(used)} budget{'s' if len(used) > 1 else ''}), while a "
             f"parabola rises a median {rise:.3f} nats from its minimum to the ends of its ladder: the scatter is "
             f"{sd / rise:.2f} of that rise. With {'one training seed' if cfg.run_seeds == 1 else f'{cfg.run_seeds} training seeds'} per "
-            "point that scatter is training noise (three seeds of one (2, 48) run at 2.4e12 FLOPs of the default demo ended "
-            "3% apart: README, \"The model family and the grid\"), so each budget's N_opt and L_min move over "
-            f"much of the ladder between bootstrap replicates.{se_text} A second seed per point narrowed them only part way "
+            "point part of that scatter is training noise (seeds of one (2, 48) run at 2.4e12 FLOPs of the default demo ended "
+            f"0.9-3% apart: README, \"The model family and the grid\"){_mixed_depths(res, used)}, so each budget's N_opt and "
+            f"L_min move over much of the ladder between bootstrap replicates.{se_text} A second seed per point narrowed them only part way "
             # an earlier run's figures (README), named as such: beside this run's own widths they read as stale
             "on an earlier run of the default grid (a's interval 0.81 wide with one seed, 0.61 with two: README, not this "
             "run's figures) at double the training time; larger "
@@ -1107,6 +1107,23 @@ def _why_missed(missed: set[str], budgets: list[dict], res, cfg, stage_s: dict |
             f"{_data_phrase(cfg)}, and every run was probed on "
             f"{cfg.max_labels:,} labels per split and task." + _stage_shares(stage_s))
     return [x for line in lines for x in (line, "")]
+
+
+def _mixed_depths(res, used: list[dict]) -> str:
+    """", and part is the family's own: ..." when the fitted ladders mix 1-layer models with deeper ones, else "".
+
+    Kaplan et al. (2020, fig. 6): models with fewer than 2 layers deviate from the trend of deeper
+    ones; measured on the default demo's tokens (README), a 1-layer model ends 0.05 nats above a
+    2-layer one of the same size and tokens, more than a parabola's rise over its ladder.
+    """
+    budgets = {b["budget"] for b in used}
+    done = res.filter(res["status"] == Status.COMPLETED) if "status" in res.columns else res
+    depths = sorted(set(done.filter(done["budget"].is_in(list(budgets)))["n_layer"].to_list())) if "n_layer" in done.columns else []
+    if not depths or depths[0] != 1 or len(depths) < 2:
+        return ""
+    return (f", and part is the family's own: its ladders mix 1-layer models with deeper ones (depths {', '.join(map(str, depths))}), "
+            "and 1-layer models sit off the deeper ones' trend (Kaplan et al. 2020, fig. 6; on the default demo's tokens a (1, 48) "
+            "model ended 0.05 nats above a (2, 32) one of the same size, tokens and lr: README, `benchmarks/depth_at_equal_size.py`)")
 
 
 def _stage_shares(stage_s: dict | None) -> str:
