@@ -279,6 +279,8 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False, inputs=(), comma
             finally:
                 if not tmp.exists():  # swapped: the old output goes
                     shutil.rmtree(old, ignore_errors=True)
+                elif not out.exists() and old.exists():  # the second rename failed (EIO, ...): the old output goes back
+                    os.replace(old, out)
         else:
             os.replace(tmp, out)
     except OSError as e:
@@ -329,12 +331,23 @@ def signals_deferred(signums=(signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
         yield
         return
     arrived: list[int] = []
-    old = {s: signal.signal(s, lambda signum, frame: arrived.append(signum)) for s in signums}
+    old = {s: signal.getsignal(s) for s in signums}  # known before any is swapped: all go back whatever interrupts
     try:
+        for s in signums:
+            signal.signal(s, lambda signum, frame: arrived.append(signum))
         yield
     finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
+        # A restored handler may run (Ctrl-C raises KeyboardInterrupt) before the others are restored: finish
+        # restoring all of them, then raise what it raised, so no signal is left on the recorder for good.
+        raised, pending = None, list(old.items())
+        while pending:
+            try:
+                signal.signal(*pending[0])
+                pending.pop(0)
+            except BaseException as e:  # noqa: BLE001 (re-raised below, once every handler is back)
+                raised = raised or e
+        if raised is not None:
+            raise raised
         for s in arrived[:1]:
             if callable(old[s]):
                 old[s](s, None)

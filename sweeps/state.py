@@ -89,8 +89,9 @@ def record_lock(path: str | Path) -> Iterator[None]:
     a read-modify-write of one interleaved with the other's dropped the other's fields (a launcher
     descheduled between its read and its write lost the job's trainer_pid). The record is replaced
     by rename (ehrfm.io.write_json), so the lock is a sibling file, not the record. flock is
-    advisory and per host, which is where both writers run (the job on a node, over a shared
-    filesystem, takes it too; NFS v4 honours it).
+    advisory: it serialises the two writers on one host and over NFSv4 (which emulates it with POSIX
+    locks); a filesystem whose flock is node-local (Lustre `localflock`) serialises only writers on
+    one node. Where flock is refused (ENOLCK) the trainer's own run lock (ehrfm.run_lock) fails too.
     """
     lock = Path(path).with_suffix(".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)

@@ -199,3 +199,20 @@ def test_a_patient_id_shard_is_said_to_predate_meds_0_3_2(tmp_path, capsys):
     assert one_error_line(capsys).endswith(
         f"MEDS shard {shard} lacks column 'subject_id' (found 'patient_id': the name used before MEDS 0.3.2); "
         "ehrfm reads MEDS 0.4 data (subject_id, time, code); its metadata says meds_version 0.3.0")
+
+
+def test_aces_readmission_keeps_the_first_stay_of_a_record_without_birth(aces_cli, tmp_path):  # noqa: F811
+    """A MEDS dataset without MEDS_BIRTH events (many ETLs write none): the readmission config's
+    own-stay window was anchored on the previous discharge or birth, so every record's first stay
+    lost its label (2 labels instead of 5 on such data). Anchored on the stay's admission it needs no birth."""
+    from ehrfm.clinical.labels import make_labels
+
+    no_birth = lambda ev: [e for e in ev if e[2] != "MEDS_BIRTH"]  # noqa: E731
+    events = no_birth(stay(1, T0, T0 + h(100)) + stay(1, T0 + h(300), T0 + h(400)))  # readmitted 200 h later
+    events += no_birth(stay(2, T0, T0 + h(50)))
+    meds = write_meds(tmp_path / "meds", events)
+    ours = sorted(make_labels(meds, "readmission_30d")[0].select("subject_id", "prediction_time", "boolean_value").iter_rows())
+    (tmp_path / "aces").mkdir()
+    aces = pl.read_parquet(run_aces(aces_cli, meds, "readmission_30d", tmp_path / "aces"))
+    got = sorted(aces.select("subject_id", "prediction_time", "boolean_value").iter_rows())
+    assert got == ours == [(1, T0 + h(100), True), (1, T0 + h(400), False), (2, T0 + h(50), False)]

@@ -278,3 +278,71 @@ def test_the_spill_of_a_killed_tokenizer_fit_is_removed_by_the_next(raw, tmp_pat
     reference = fit_tokenizer(raw["meds"])  # one batch: no spill
     assert fit_tokenizer(raw["meds"], batch_values=2000) == reference  # spills, and cleans up first
     assert sorted(tmp_path.iterdir()) == [live]
+
+
+def test_a_failed_second_rename_of_an_overwrite_puts_the_old_output_back(tmp_path, monkeypatch):
+    """`--overwrite` swaps by two renames (out -> old, new -> out). When the second failed (EIO on a
+    network filesystem), `out` was gone and the old output sat in a temporary that the next run deletes."""
+    import errno
+
+    import ehrfm.io as io
+
+    out = tmp_path / "out"
+    with io.atomic_dir(out) as t:
+        (t / "f").write_text("old")
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(src)
+        if len(calls) == 2:
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(src))
+        return real(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", replace)
+    with pytest.raises(OSError), io.atomic_dir(out, overwrite=True) as t:
+        (t / "f").write_text("new")
+    monkeypatch.setattr(io.os, "replace", real)
+    assert (out / "f").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("when", ["entering", "leaving"])
+def test_a_signal_while_handlers_are_swapped_leaves_every_handler_restored(monkeypatch, when):
+    """signals_deferred swaps SIGINT's and SIGTERM's handlers for a recorder and back. A SIGTERM
+    between the two installs, or a Ctrl-C between the two restores, escaped with the other signal
+    left on the recorder for good: every later Ctrl-C (or SIGTERM) was silently swallowed."""
+    import ehrfm.io as io
+
+    class TerminatedError(Exception):
+        pass
+
+    def on_term(signum, frame):
+        raise TerminatedError
+
+    pytests = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    real, armed = signal.signal, []
+
+    def swap(signum, handler):  # the real swap, with a signal landing right after the chosen one
+        previous = real(signum, handler)
+        if armed and signum == armed[0][0] and (handler is armed[0][1] or armed[0][1] is None):
+            _, _, kill = armed.pop()
+            os.kill(os.getpid(), kill)
+        return previous
+
+    try:
+        real(signal.SIGTERM, on_term)
+        real(signal.SIGINT, signal.default_int_handler)
+        monkeypatch.setattr(io.signal, "signal", swap)
+        if when == "entering":  # SIGTERM lands just after SIGINT's recorder went in
+            armed.append((signal.SIGINT, None, signal.SIGTERM))
+            with pytest.raises(TerminatedError), io.signals_deferred():
+                pass
+        else:
+            with pytest.raises(KeyboardInterrupt), io.signals_deferred():  # Ctrl-C lands once SIGINT's handler is back
+                armed.append((signal.SIGINT, signal.default_int_handler, signal.SIGINT))
+        monkeypatch.undo()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGTERM) is on_term
+    finally:
+        monkeypatch.undo()
+        for signum, handler in pytests.items():
+            real(signum, handler)

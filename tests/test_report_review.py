@@ -210,3 +210,18 @@ def test_the_fit_reason_names_ladders_that_mix_one_layer_models_with_deeper_ones
     assert "mix 1-layer models with deeper ones (depths 1, 2, 3)" in said and "Kaplan et al. 2020" in said
     assert _mixed_depths(res, [{"budget": 4e12}]) == ""  # 2 and 3 layers only
     assert _mixed_depths(res.filter(pl.col("budget") == 9e12), [{"budget": 9e12}]) == ""  # a failed run is not fitted
+
+
+def test_probe_vs_counts_without_a_paired_interval_is_not_judged_on_point_estimates():
+    """With no paired interval (no bootstrap, too few usable resamples, no predictions files) the row
+    said "2 ... | met" from the point estimates while its "needed" column asks an interval above 0."""
+    import polars as pl
+
+    from ehrfm.app.demo import DemoConfig, _checks_section
+
+    heads = {"tasks": {t: {"probe": {"auroc": 0.80}, "baseline": {"models": {"logistic_regression": {"auroc": 0.70}}}}
+                       for t in ("level", "clear")}}
+    res = pl.DataFrame({"budget": [1e12], "status": ["completed"], "epochs": [0.5], "n_layer": [2]})
+    rows = _checks_section(DemoConfig(head_bootstrap=0), None, res, heads, wall=60.0, heads_dir=None)
+    row = next(r for r in rows if r.startswith("| probe vs counts + logistic"))
+    assert row.endswith("| not measured |") and "0 (" in row and "no paired interval for level, clear" in row, row

@@ -928,13 +928,18 @@ def _checks_section(cfg, fit, res, heads: dict, wall: float, resumed_from: list[
     for t, gap in gaps.items():
         if gap is None:  # no predictions to pair (or no bootstrap): the point estimates, without an interval
             gaps[t] = (pairs[t][0] - pairs[t][1], None, None)
-    beat = [t for t, (diff, lo, _) in gaps.items() if (lo if lo is not None else diff) > 0]
+    # only a paired interval decides: a task without one (no bootstrap, too few usable resamples, no predictions)
+    # is not counted as beaten, and leaves the row "not measured" unless enough other tasks decide it
+    beat = [t for t, (_, lo, _) in gaps.items() if lo is not None and lo > 0]
+    no_interval = [t for t, (_, lo, _) in gaps.items() if lo is None]
     if no_labels:
         check("probe vs counts + logistic", ">= 2 tasks better", "no clinical labels", "not measured")
     else:
         shown = "; ".join(f"{t} {_signed_ci(*g)}" for t, g in gaps.items())
+        undecided = len(beat) < 2 and len(beat) + len(no_interval) >= 2
         check("probe vs counts + logistic", ">= 2 tasks better (paired 95% interval of probe - counts AUROC above 0)",
-              f"{len(beat)} ({shown or 'no heads'})", len(beat) >= 2)
+              f"{len(beat)} ({shown or 'no heads'})" + (f"; no paired interval for {', '.join(no_interval)}" if no_interval else ""),
+              "not measured" if undecided else len(beat) >= 2)
     used = {x["budget"] for x in budgets if x.get("used")}
     fitted = res.filter(res["status"] == "completed")
     fitted = fitted.filter(fitted["budget"].is_in(list(used))) if used else fitted.clear()

@@ -8,9 +8,11 @@ writes is in the MEDS label schema and feeds every head, `ehrfm baseline` and `s
 as is. On the MIMIC-IV demo every ACES label equals `ehrfm labels`' (tests/test_ecosystem_faults.py;
 tests/test_aces.py checks the counts); long_los leaves out the 6 short stays (of 245) that follow a stay
 ended in the week before their discharge, which ACES cannot tell from long ones (long_los.yaml).
-Stays that have no discharge of their own (never discharged, or of zero length), which `ehrfm labels`
-excludes, and discharges of no stay (a record that starts mid-stay), which it ignores, get no ACES
-label either; events at one time are one ACES row, so the windows start 1 s
+Stays never discharged, which `ehrfm labels` excludes, and discharges of no stay (a record that
+starts mid-stay), which it ignores, get no ACES label either. Known differences: a stay of zero
+length (admitted and discharged at one minute) gets no ACES label, though `ehrfm labels` labels its
+discharge for readmission, and long_los leaves out a stay that follows one of zero length; long_los
+labels nothing for a record without MEDS_BIRTH (its first window opens at birth); events at one time are one ACES row, so the windows start 1 s
 after an admission, or end 1 s before a discharge, where another stay's event may share its minute.
 """
 
