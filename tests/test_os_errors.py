@@ -175,19 +175,24 @@ def held_in_atomic_dir(inputs, tmp_path, cmd: str, output=subprocess.PIPE) -> tu
     """(out, process, hold record) of `ehrfm CMD ... --out tmp_path/out` held while it writes its temporary."""
     out, holds = tmp_path / "out", tmp_path / "holds"
     env = dict(ENV, EHRFM_HOLD_AT="atomic-dir", EHRFM_HOLD_DIR=str(holds))
+    # SIGHUP as a terminal leaves it, even where the suite runs under nohup (which ignores it, and ehrfm then does too)
     proc = subprocess.Popen([sys.executable, "-m", "ehrfm", *map(str, commands(inputs, out)[cmd])], env=env,
-                            stdout=output, stderr=output, text=True)
+                            stdout=output, stderr=output, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     return out, proc, wait_held(holds, out.name, "atomic-dir", is_alive=lambda: proc.poll() is None)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 @pytest.mark.parametrize("cmd", ["etl", "tokenize"])
-def test_sigterm_removes_the_temporary(inputs, tmp_path, cmd):
+def test_sigterm_removes_the_temporary(inputs, tmp_path, cmd, sig):
+    """SIGTERM (SLURM, `timeout`) and SIGHUP (a closed terminal, a dropped ssh session) clean up like
+    Ctrl-C; SIGHUP used to kill the process with its temporary left behind."""
     out, proc, held = held_in_atomic_dir(inputs, tmp_path, cmd)
     assert list(tmp_path.glob(f"out.tmp-{held['pid']}-*"))  # the whole output sits in its temporary
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    assert err.strip() == f"ehrfm {cmd}: terminated (SIGTERM)"
+    assert proc.returncode == 128 + sig, err
+    assert err.strip() == f"ehrfm {cmd}: terminated ({sig.name})"
     assert not out.exists() and not list(tmp_path.glob("out.tmp-*"))
 
 

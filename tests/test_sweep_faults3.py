@@ -54,7 +54,12 @@ def wait_for(predicate, what: str, timeout_s: float = 300):
 
 
 def squeue_state(job_id: str) -> str:
-    return subprocess.run(["squeue", "-h", "-r", "-t", "all", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout.strip()
+    """The job's state; "" once SLURM no longer lists it; "?" when squeue failed (a busy slurmctld's
+    "Socket timed out"): a poll asks again rather than take a hiccup for a job that is gone."""
+    p = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
+    if p.returncode != 0:
+        return "" if "Invalid job id" in p.stderr else "?"  # a purged job's id is invalid: not listed
+    return p.stdout.strip()
 
 
 def submitit_log(sweep_dir: Path, job_id: str) -> Path:

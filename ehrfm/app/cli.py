@@ -53,11 +53,15 @@ def build_parser() -> Parser:
 _MAIN_PID = os.getpid()
 
 
+_TERMINATED_BY = [signal.SIGTERM]  # the signal that raised Terminated last (SIGTERM or SIGHUP)
+
+
 def _raise_terminated(signum, frame):
     if os.getpid() != _MAIN_PID:  # a forked child inherited the handler: die as SIGTERM would
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
         return
+    _TERMINATED_BY[0] = signum
     raise Terminated()
 
 
@@ -92,7 +96,8 @@ def os_error_line(e: OSError) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the `ehrfm` command line and return its exit code.
 
-    UserError and OSError print one line to stderr and return 2; SIGTERM returns 128 + 15;
+    UserError and OSError print one line to stderr and return 2; SIGTERM returns 128 + 15 and SIGHUP
+    128 + 1 (each after the same cleanup as Ctrl-C; SIGHUP only where it is not ignored, as under nohup);
     Ctrl-C returns 130; no subcommand prints the help and returns 2.
 
     Args:
@@ -107,18 +112,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     global _MAIN_PID
-    old_term = None
+    old_handlers = {}
     if threading.current_thread() is threading.main_thread():
         _MAIN_PID = os.getpid()
-        old_term = signal.signal(signal.SIGTERM, _raise_terminated)
+        old_handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, _raise_terminated)
+        # A closed terminal or a dropped ssh session (SIGHUP) cleans up as SIGTERM does, instead of dying
+        # with its temporaries; a command started under nohup (SIGHUP ignored) keeps ignoring it.
+        if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
+            old_handlers[signal.SIGHUP] = signal.signal(signal.SIGHUP, _raise_terminated)
     try:
         rc = args.func(args)
     except UserError as e:
         print(error_line(f"ehrfm {args.command}: error: {e}"), file=sys.stderr)
         return 2
     except Terminated:
-        print(f"ehrfm {args.command}: terminated (SIGTERM)", file=sys.stderr)
-        return 128 + signal.SIGTERM
+        by = signal.Signals(_TERMINATED_BY[0])
+        print(f"ehrfm {args.command}: terminated ({by.name})", file=sys.stderr)
+        return 128 + by
     except KeyboardInterrupt:
         print(f"ehrfm {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -128,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         print(error_line(f"ehrfm {args.command}: error: {os_error_line(e)}"), file=sys.stderr)
         return 2
     finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+        for signum, handler in old_handlers.items():
+            signal.signal(signum, handler)
     return int(rc or 0)
 
 
