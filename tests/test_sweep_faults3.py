@@ -124,18 +124,22 @@ def test_a_run_out_of_time_limits_says_so(tok, tmp_path):
     sweep_dir, holds = tmp_path / "sweep", tmp_path / "holds"
     _, rows, _ = plan_sweep(tok, [2e8], sweep_dir, sizes=1, context=64, min_steps=1, train={"batch_size": 4})
     rid = rows[0]["run_id"]
-    # the signal comes 45 s after the start: the trainer must be at its hold by then (a loaded machine's
-    # torch import and data load took up to ~30 s); 15 s is ample for a tiny model's checkpoint before the kill
-    p = ehrfm("sweep", "launch", sweep_dir, "--executor", "slurm", "--time", "1", "--signal-delay-s", "15", "--max-timeouts", "0",
+    # SLURM may send the signal up to 60 s before --signal-delay-s asks (sbatch(1)); on 2026-12-02 it came 29 s
+    # after the start with a delay of 15 s, so the delay is no lever on the timing: the old 30 s stays
+    p = ehrfm("sweep", "launch", sweep_dir, "--executor", "slurm", "--time", "1", "--signal-delay-s", "30", "--max-timeouts", "0",
               "--cpus-per-task", "1", "--mem", "1G", env={"EHRFM_HOLD_AT": "step-2", "EHRFM_HOLD_DIR": str(holds)})
     assert p.returncode == 0, p.stderr
     jid = json.loads((sweep_dir / "jobs" / f"{rid}.json").read_text())["job_id"]
     try:
-        wait_for(lambda: squeue_state(jid) == "FAILED", f"job {jid} to reach its time limit", timeout_s=600)
+        # SLURM ends the job FAILED (NonZeroExitCode) when submitit's "not requeued" error leaves it, or COMPLETED when
+        # the SIGCONT that SLURM sends with the signal makes submitit's logging swallow that error (seen 2026-12-02);
+        # either way the run is interrupted, its log says why, and a relaunch resumes it. ("": SLURM purged it.)
+        wait_for(lambda: squeue_state(jid) in ("FAILED", "COMPLETED", ""), f"job {jid} to reach its time limit", timeout_s=600)
         status = ehrfm("sweep", "status", sweep_dir)
-        assert (f"{rid}: interrupted: SLURM job {jid} ended FAILED (NonZeroExitCode) without a result.json; its log says: "
-                f"Job not requeued because: timed-out too many times. ({submitit_log(sweep_dir, jid)}); "
-                "a relaunch resumes it from its checkpoint") in status.stdout, status.stdout
+        said = (f"without a result.json; its log says: Job not requeued because: timed-out too many times. "
+                f"({submitit_log(sweep_dir, jid)}); a relaunch resumes it from its checkpoint")
+        assert any(f"{rid}: interrupted: SLURM job {jid} ended {how}{said}" in status.stdout
+                   for how in ("FAILED (NonZeroExitCode) ", "")), status.stdout
     finally:
         subprocess.run(["scancel", jid], capture_output=True)
 
