@@ -53,6 +53,14 @@ def wait_for(predicate, what: str, timeout_s: float = 300):
     return value
 
 
+def text_of(path: Path) -> str:
+    """The file's text; "" while it does not exist yet (a poll asks again)."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
 def squeue_state(job_id: str) -> str:
     """The job's state; "" once SLURM no longer lists it; "?" when squeue failed (a busy slurmctld's
     "Socket timed out"): a poll asks again rather than take a hiccup for a job that is gone."""
@@ -73,13 +81,16 @@ def test_a_cancelled_job_says_so_from_its_own_log(sweep):
     sweep_dir, rows = sweep
     rid = rows[0]["run_id"]
     jid = subprocess.run(["sbatch", "--parsable", "--hold", "--mem", "50M", "-c", "1", "-o", str(sweep_dir / "submitit" / "%j" / "%j_0_log.out"),
-                          "--wrap", "sleep 600"], capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
+                          "--wrap", "echo started; exec sleep 600"], capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
     try:
-        submitit_log(sweep_dir, jid).parent.mkdir(parents=True)  # SLURM does not make the log's dir
+        log = submitit_log(sweep_dir, jid)
+        log.parent.mkdir(parents=True)  # SLURM does not make the log's dir
         subprocess.run(["scontrol", "release", jid], check=True, capture_output=True)
-        wait_for(lambda: squeue_state(jid) == "RUNNING", f"job {jid} to run")
+        # squeue says RUNNING once the node is allocated, before slurmstepd has opened the log: a
+        # scancel then ends the job with no log at all. The job's own first line says its step runs.
+        wait_for(lambda: text_of(log).startswith("started"), f"job {jid}'s batch step to start")
         subprocess.run(["scancel", jid], check=True, capture_output=True)
-        wait_for(lambda: "CANCELLED AT" in submitit_log(sweep_dir, jid).read_text(), f"job {jid}'s log to say it was cancelled")
+        wait_for(lambda: "CANCELLED AT" in text_of(log), f"job {jid}'s log to say it was cancelled")
         write(sweep_dir / "jobs" / f"{rid}.json", {"run_id": rid, "executor": "slurm", "job_id": jid})
         wait_for(lambda: squeue_state(jid) == "CANCELLED", f"job {jid} to be over")
         status = ehrfm("sweep", "status", sweep_dir)
