@@ -76,9 +76,14 @@ def test_held_jobs_of_another_user_are_queued_and_never_resubmitted(synth_tokens
     jobs = []
     try:
         held = sbatch("--hold", "--wrap", "true")
-        special = sbatch("--wrap", "sleep 600")
+        special = sbatch("-o", str(tmp_path / "%j.out"), "--wrap", "echo started; exec sleep 600")
         running = sbatch("--wrap", "sleep 600")
         jobs = [held, special, running]
+        # squeue says RUNNING once the node is allocated; the job's first line says its batch step runs
+        deadline = time.monotonic() + 180
+        while not (tmp_path / f"{special}.out").exists() or not (tmp_path / f"{special}.out").read_text().startswith("started"):
+            assert time.monotonic() < deadline, f"job {special}'s batch step never started (now {squeue_state(special)!r})"
+            time.sleep(0.3)
         wait_for_state(special, "RUNNING")
         subprocess.run(["scontrol", "requeuehold", "State=SpecialExit", special], check=True, capture_output=True)
         wait_for_state(special, "SPECIAL_EXIT")
