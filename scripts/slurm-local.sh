@@ -79,6 +79,9 @@ KillWait=120
 InactiveLimit=0
 SlurmctldTimeout=30
 SlurmdTimeout=60
+# A busy slurmctld on a loaded 2-core machine answers squeue/sbatch late: the default 10 s made
+# clients fail with "Socket timed out" now and then.
+MessageTimeout=60
 Waittime=0
 MaxArraySize=10001
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN

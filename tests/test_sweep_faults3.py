@@ -127,7 +127,7 @@ def test_a_job_slurm_forgot_says_why_it_ended_from_its_own_log(sweep, line, said
 
 @on_slurm
 def test_a_run_out_of_time_limits_says_so(tok, tmp_path):
-    """--time 1 with --max-timeouts 0: at the time limit the trainer checkpoints and submitit does
+    """--time 2 with --max-timeouts 0: at the time limit the trainer checkpoints and submitit does
     not requeue; SLURM says only "FAILED (NonZeroExitCode)". The trainer holds at step 2
     (ehrfm.fault_points) until the time-limit signal stops it: no race with a fast machine."""
     from sweeps.plan import plan_sweep
@@ -135,9 +135,11 @@ def test_a_run_out_of_time_limits_says_so(tok, tmp_path):
     sweep_dir, holds = tmp_path / "sweep", tmp_path / "holds"
     _, rows, _ = plan_sweep(tok, [2e8], sweep_dir, sizes=1, context=64, min_steps=1, train={"batch_size": 4})
     rid = rows[0]["run_id"]
-    # SLURM may send the signal up to 60 s before --signal-delay-s asks (sbatch(1)); on 2026-12-02 it came 29 s
-    # after the start with a delay of 15 s, so the delay is no lever on the timing: the old 30 s stays
-    p = ehrfm("sweep", "launch", sweep_dir, "--executor", "slurm", "--time", "1", "--signal-delay-s", "30", "--max-timeouts", "0",
+    # slurmctld checks time limits every 30 s (PERIODIC_TIMEOUT) and signals at the first check once now >= end -
+    # delay - 30 s (send_job_warn_signal): --time 1 with a delay of 30 s signalled 0-30 s after the start, maybe before
+    # submitit's USR2 handler or the trainer's hold at step 2 (up to ~30 s on a loaded machine; with a delay of 15 s it
+    # came 29 s after the start on 2026-12-02). --time 2: the signal comes 60-90 s after the start, 30-60 s before the limit.
+    p = ehrfm("sweep", "launch", sweep_dir, "--executor", "slurm", "--time", "2", "--signal-delay-s", "30", "--max-timeouts", "0",
               "--cpus-per-task", "1", "--mem", "1G", env={"EHRFM_HOLD_AT": "step-2", "EHRFM_HOLD_DIR": str(holds)})
     assert p.returncode == 0, p.stderr
     jid = json.loads((sweep_dir / "jobs" / f"{rid}.json").read_text())["job_id"]
@@ -238,7 +240,9 @@ def test_launch_wait_with_a_cancelled_run_exits_1_and_says_why(sweep, tmp_path):
     assert launch.returncode == 1, out + err
     assert "2 SLURM runs finished: 1 completed, 1 interrupted" in out, out
     assert f"ehrfm sweep: warning: {cancelled}: interrupted: SLURM job {jid} ended CANCELLED" in err, err
-    assert "a relaunch resumes it from its checkpoint" in err and completed not in err, err
+    # (a busy slurmctld's squeue "Socket timed out" while the launch waits is said of any run: "unknown: SLURM could not be asked")
+    warned = "\n".join(ln for ln in err.splitlines() if "SLURM could not be asked" not in ln)
+    assert "a relaunch resumes it from its checkpoint" in err and completed not in warned, err
 
 
 @on_slurm
@@ -301,12 +305,14 @@ def test_launch_wait_says_once_why_a_job_waits(sweep):
                                "--mem", "1G", "--slurm-arg", "hold", "--wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     jobs = {}
     try:
-        said = b""
-        while said.count(b"\n") < len(rows):  # raw reads: a buffered readline would hide the lines already read
+        said, lines = b"", []
+        while len(lines) < len(rows):  # raw reads: a buffered readline would hide the lines already read
             ready, _, _ = select.select([launch.stderr], [], [], 300)  # a hang guard only
             assert ready, f"the waiting launch said nothing of why its jobs wait: {said}"
             said += os.read(launch.stderr.fileno(), 65536)
-        lines = said.decode().splitlines()
+            # a busy slurmctld's squeue "Socket timed out" is said too, as it happens ("unknown: SLURM could not be
+            # asked ..."): a hiccup of the cluster, not a reason why a job waits
+            lines = [ln for ln in said.decode().split("\n")[:-1] if "SLURM could not be asked" not in ln]
         jobs = {r["run_id"]: json.loads((sweep_dir / "jobs" / f"{r['run_id']}.json").read_text())["job_id"] for r in rows}
         assert sorted(lines) == sorted(f"ehrfm sweep: warning: {rid}: queued: SLURM job {jid} waits: JobHeldUser (`scontrol show job "
                                        f"{jid}` says more; it may never start as submitted)" for rid, jid in jobs.items())

@@ -95,9 +95,18 @@ def release_requeued(job_id: str, old_pids: list[int | None]) -> None:
         raise AssertionError(f"could not release requeued job {job_id}: {p.stderr.strip()}")
 
 
+def sinfo_answers() -> subprocess.CompletedProcess:
+    """`sinfo`'s answer once SLURM answers: a busy slurmctld's "Socket timed out" is asked again for a minute (a hang
+    guard only) before the cluster is taken for down."""
+    deadline = time.monotonic() + 60
+    while (p := subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)).returncode != 0 and time.monotonic() < deadline:
+        time.sleep(2)
+    return p
+
+
 @pytest.fixture(scope="module", autouse=True)
 def cluster_is_up():
-    p = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+    p = sinfo_answers()
     assert p.returncode == 0 and p.stdout.strip(), f"sbatch is installed but SLURM is not running (sinfo: {p.stderr.strip()}); run `sudo bash scripts/slurm-local.sh up`"
 
 
@@ -163,6 +172,11 @@ def test_slurm_requeue_and_preemption_resume_with_identical_loss(synth_tokens, t
     subprocess.run(["scontrol", "requeue", jobs[requeued]], check=True, capture_output=True)
     subprocess.run(["scancel", "--signal=USR2", jobs[preempted]], check=True, capture_output=True)  # what SLURM sends before the time limit
     for rid in (requeued, preempted):
+        # scontrol and scancel return once slurmctld took the request; slurmd, slurmstepd (and, for USR2,
+        # submitit's handler) pass the signal on to the trainer later: a release before it arrives lets the
+        # trainer train past the point. Its own line says it stopped there.
+        wait_until(lambda rid=rid: f"interrupted at step {HOLD_STEP}/" in (out / "logs" / f"{rid}.log").read_text(), 300,
+                   f"{rid}'s trainer to stop at step {HOLD_STEP}")
         release(holds, rid, point)  # the resumed attempt starts past the point; release it anyway
         release_requeued(jobs[rid], first_pids[rid])
     from sweeps.launch import wait_for_runs
