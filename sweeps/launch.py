@@ -285,7 +285,8 @@ def _sweep_lock(sweep_dir: Path):
 
 def _select_and_prepare(sweep_dir: Path, sweep, plan: list[dict], cfg: LaunchConfig) -> tuple[LaunchReport, list[TrainJob]]:
     """The runs to submit now (by state), with their train configs written; [] when none."""
-    states = run_states(sweep_dir, [r["run_id"] for r in plan], plan=plan, fingerprint=sweep.tokenizer_fingerprint)
+    states = run_states(sweep_dir, [r["run_id"] for r in plan], plan=plan, fingerprint=sweep.tokenizer_fingerprint,
+                        own_launch=True)  # under the launch lock: a record without a job id is an earlier launch's
     to_submit: list[dict] = []
     skipped: dict[str, list[str]] = {}
     for row in plan:

@@ -439,8 +439,29 @@ def _finished_state(sweep_dir: Path, rid: str, result: RunResult, plan_row: dict
     return RunState(rid, result.status, job_id, executor, result, note=note)
 
 
+def launch_in_progress(sweep_dir: str | Path) -> bool:
+    """True when a `sweep launch` holds SWEEP/.launch.lock now (it is deciding or submitting).
+
+    A SLURM launch writes each run's job record before its sbatch and the job id after it (a
+    whole wave of a wsd sweep at a time); flock is seen across a cluster's nodes on NFSv4.
+    """
+    import fcntl
+
+    try:
+        f = open(Path(sweep_dir) / ".launch.lock")  # noqa: SIM115
+    except OSError:
+        return False
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
 def run_states(sweep_dir: str | Path, run_ids: list[str], plan: list[dict] | None = None,
-               fingerprint: str | None = None) -> dict[str, RunState]:
+               fingerprint: str | None = None, own_launch: bool = False) -> dict[str, RunState]:
     """State of each planned run, plus any run dir under runs/ that the plan does not list.
 
     Args:
@@ -449,6 +470,8 @@ def run_states(sweep_dir: str | Path, run_ids: list[str], plan: list[dict] | Non
         plan: the sweep's plan rows, to check that each result.json is its run's own (default:
             read from the sweep dir, with its tokenizer fingerprint).
         fingerprint: the sweep's tokenizer fingerprint (with `plan`).
+        own_launch: the caller is the launch holding SWEEP/.launch.lock (a SLURM record without a
+            job id is then an earlier launch's, stopped before its sbatch, never one being submitted).
 
     A damaged or foreign result.json makes its run failed (RunState.note says why, naming the
     file and field), a damaged job record makes it unknown: one bad file never stops the others.
@@ -472,6 +495,7 @@ def run_states(sweep_dir: str | Path, run_ids: list[str], plan: list[dict] | Non
                 f"job record {record_path(sweep_dir, rid)} cannot be read ({e.strerror or e}); {_RECORD_HINT}"
     squeue: dict[str, tuple[str, str]] | None = None
     asked_slurm = False
+    submitting: bool | None = None  # launch_in_progress, asked once
     out: dict[str, RunState] = {}
     planned_ids = set(run_ids)
     for rid in ids:
@@ -496,7 +520,11 @@ def run_states(sweep_dir: str | Path, run_ids: list[str], plan: list[dict] | Non
             continue
         active = None
         if record is not None:
-            if executor == "slurm":
+            if executor == "slurm" and not job_id and not own_launch and \
+                    (submitting := launch_in_progress(sweep_dir) if submitting is None else submitting):
+                # a live launch wrote this record and has not had sbatch's job id yet: not lost
+                active = Status.QUEUED
+            elif executor == "slurm":
                 if not asked_slurm:
                     slurm = [r for r in records.values() if r and r.get("executor") == "slurm"]
                     squeue = _squeue([r["job_id"] for r in slurm],
@@ -534,6 +562,8 @@ def run_states(sweep_dir: str | Path, run_ids: list[str], plan: list[dict] | Non
         elif state == Status.UNKNOWN and executor == "slurm" and squeue is None:
             note = (f"SLURM could not be asked about job {job_id} (no `squeue` on PATH, or it failed or timed out): "
                     "never resubmitted until it answers")
+        elif state == Status.QUEUED and executor == "slurm" and not job_id:
+            note = f"being submitted by a running `ehrfm sweep launch` (it holds {sweep_dir / '.launch.lock'})"
         elif state == Status.QUEUED and executor == "slurm":
             note = _waiting_note(record, squeue)  # e.g. more CPUs than any node has: pending forever
         moved = _moved_note(record, sweep_dir) if state in (*ACTIVE, Status.INTERRUPTED, Status.LOST) else None

@@ -53,7 +53,7 @@ def squeue_state(job_id: str) -> str:
     return p.stdout.strip()
 
 
-def wait_for_state(job_id: str, state: str, timeout_s: float = 180) -> None:
+def wait_for_state(job_id: str, state: str, timeout_s: float = 300) -> None:
     """Poll SLURM until the job reaches `state` (how long the scheduler takes never decides the test)."""
     deadline = time.monotonic() + timeout_s
     while squeue_state(job_id) != state:
@@ -80,7 +80,7 @@ def test_held_jobs_of_another_user_are_queued_and_never_resubmitted(synth_tokens
         running = sbatch("--wrap", "sleep 600")
         jobs = [held, special, running]
         # squeue says RUNNING once the node is allocated; the job's first line says its batch step runs
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 300  # a hang guard only: a CPU may be freed late by an earlier test's job
         while not (tmp_path / f"{special}.out").exists() or not (tmp_path / f"{special}.out").read_text().startswith("started"):
             assert time.monotonic() < deadline, f"job {special}'s batch step never started (now {squeue_state(special)!r})"
             time.sleep(0.3)
@@ -170,3 +170,31 @@ def test_both_writers_of_a_job_record_hold_its_lock_while_they_write(tmp_path, m
     assert held == [("launcher", True), ("launcher", True), ("job", True)]
     record = json.loads(path.read_text())
     assert (record["job_id"], record["job_pid"], record["trainer_pid"], record["executor"]) == ("local-1", 1, 42, "local")
+
+
+def test_a_slurm_record_without_a_job_id_is_queued_while_its_launch_submits(tmp_path):
+    """A SLURM launch writes each run's record before its sbatch and the job id after it (a wsd
+    sweep: a whole wave at a time). `sweep status` or `collect` in between read the record as
+    `lost` ("its launch stopped before it recorded a job id") while the launch was alive. The
+    launch holds SWEEP/.launch.lock all that time; here this test holds it, as a launch would."""
+    import fcntl
+
+    from test_train import make_token_dir
+
+    from ehrfm.results import Status
+    from sweeps.plan import plan_sweep
+
+    tok = make_token_dir(tmp_path / "tok")
+    out = tmp_path / "sweep"
+    _, rows, _ = plan_sweep(tok, [1e9], out, sizes=2, context=64, train={"batch_size": 8})
+    rid = rows[0]["run_id"]
+    (out / "jobs").mkdir(exist_ok=True)
+    (out / "jobs" / f"{rid}.json").write_text(json.dumps({"run_id": rid, "executor": "slurm", "job_id": None}))
+    with open(out / ".launch.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        st = run_states(out, [rid])[rid]
+        assert (st.state, st.note) == (Status.QUEUED, f"being submitted by a running `ehrfm sweep launch` (it holds {out / '.launch.lock'})")
+        # the launch itself (under that lock) sees an earlier launch's record: one to submit again
+        assert run_states(out, [rid], own_launch=True)[rid].state == Status.LOST
+    st = run_states(out, [rid])[rid]  # the launch is gone: lost, and why
+    assert st.state == Status.LOST and st.note.startswith("its launch stopped before it recorded a job id"), st.note
