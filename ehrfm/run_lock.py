@@ -21,6 +21,7 @@ from pathlib import Path
 from ehrfm.errors import UserError
 
 LOCK_FILE = ".train.lock"
+DEMO_LOCK_FILE = ".demo.lock"
 # A launcher's probe holds the lock for microseconds; a trainer that meets one retries this long
 # before it concludes that another trainer holds the run dir.
 _PROBE_GRACE_S = 5.0  # generous: a probe descheduled on a loaded machine must not look like a trainer
@@ -73,3 +74,30 @@ def run_dir_busy(run_dir: str | os.PathLike) -> bool:
             return True
         fcntl.flock(f, fcntl.LOCK_UN)
         return False
+
+
+def lock_demo_dir(out: str | os.PathLike):
+    """Take OUT's exclusive `ehrfm demo` lock; returns the open lock file (closing it releases it).
+
+    A demo runs its stages one after another into one dir and records its planning decisions
+    (progress.json) as it goes: two demos into the same --out (a second shell, a rerun while the
+    first still trains) would interleave those, so the second is refused at once.
+
+    Args:
+        out: an existing demo output dir.
+
+    Raises:
+        UserError: another process holds the lock (one line naming the dir).
+    """
+    path = Path(out) / DEMO_LOCK_FILE
+    f = open(path, "a")  # noqa: SIM115 (the caller holds it open for the whole demo)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise UserError(f"--out {out}: another `ehrfm demo` is running into it (it holds {path}); wait for it to finish "
+                        "(a rerun then resumes its study) or choose another --out") from None
+    except BaseException:
+        f.close()
+        raise
+    return f

@@ -95,6 +95,26 @@ def test_scaling_verdict_needs_three_interior_minima_that_grow_with_compute():
     assert not ok and why.startswith("2 of 4 budgets")
 
 
+def test_a_second_demo_into_a_running_demos_dir_is_refused_and_deletes_nothing(quick_demo):
+    """Two `ehrfm demo --out X` at once (a second shell, a rerun while the first still trains) ran
+    their stages into one dir, interleaving progress.json's planning decisions; with --overwrite the
+    second deleted the first's runs under it. A running demo holds X/.demo.lock (flock)."""
+    import fcntl
+
+    out, _ = quick_demo
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    with open(out / ".demo.lock", "a") as held:  # what a running demo holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for extra in ([], ["--overwrite"]):
+            cmd = [sys.executable, "-m", "ehrfm", "demo", "--quick", "--out", str(out), "--seed", "0", *extra]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            assert proc.returncode == 2, proc.stderr[-2000:]
+            assert proc.stderr.strip().splitlines()[-1] == (
+                f"ehrfm demo: error: --out {out}: another `ehrfm demo` is running into it (it holds {out / '.demo.lock'}); wait for it "
+                "to finish (a rerun then resumes its study) or choose another --out"), proc.stderr
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before  # nothing deleted, nothing added
+
+
 def test_resumed_quick_demo_reuses_every_run_and_gives_no_wall_time_verdict(quick_demo):
     """A second `ehrfm demo` into the same dir (as after an interruption) reuses the data and every
     run, and its report does not judge the 15-minute goal on the time of the resumed process.

@@ -225,3 +225,25 @@ def test_probe_vs_counts_without_a_paired_interval_is_not_judged_on_point_estima
     rows = _checks_section(DemoConfig(head_bootstrap=0), None, res, heads, wall=60.0, heads_dir=None)
     row = next(r for r in rows if r.startswith("| probe vs counts + logistic"))
     assert row.endswith("| not measured |") and "0 (" in row and "no paired interval for level, clear" in row, row
+
+
+def test_the_paired_gap_pairs_labels_that_share_a_subject_and_time_once(tmp_path):
+    """Two labels of one subject at one prediction time (two stays starting in one minute) were joined
+    all with all: 2 such labels became 4 rows, 3 became 9, and the gap was that of another sample."""
+    from ehrfm.app.demo import _paired_auroc_gap
+
+    rng = np.random.default_rng(0)
+    subject = np.concatenate([np.arange(40), [7, 7, 9, 9, 9]])  # subjects 7 and 9 have 2 and 3 more labels at one time
+    t0 = dt.datetime(2150, 1, 1)
+    when = [t0 + dt.timedelta(days=i) for i in range(40)] + [t0 + dt.timedelta(days=100)] * 5
+    y = (np.arange(len(subject)) % 2).astype(bool)
+    probe = (np.where(y, 0.7, 0.3) + rng.normal(0, 0.25, len(y))).astype(np.float32)
+    counts = rng.uniform(0, 1, len(y)).astype(np.float32)
+    heads = tmp_path / "heads"
+    for path, p in ((heads / "t" / "probe", probe), (heads / "t" / "baseline" / "logistic_regression", counts)):
+        path.mkdir(parents=True)
+        pl.DataFrame({"subject_id": subject, "prediction_time": when, "boolean_value": y,
+                      "predicted_boolean_probability": p}).write_parquet(path / "predictions.parquet")
+    diff, lo, hi = _paired_auroc_gap(heads, "t", n_boot=200, seed=0)
+    assert abs(diff - (roc_auc_score(y, probe) - roc_auc_score(y, counts))) < 1e-9
+    assert lo < diff < hi

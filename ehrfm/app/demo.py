@@ -44,6 +44,7 @@ from ehrfm.io import (
     write_json,
 )
 from ehrfm.results import Status
+from ehrfm.run_lock import DEMO_LOCK_FILE, lock_demo_dir
 
 TASKS = ("in_hospital_mortality", "long_los", "icu_admission", "readmission_30d")
 
@@ -396,15 +397,6 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
             another command's output or holds a demo made with other settings; and the stages'
             own errors.
     """
-    from analysis.fit import fit_results, write_fits
-    from analysis.recommend import recommend
-    from ehrfm.clinical.labels import make_labels, write_label_dir
-    from sweeps.collect import collect_sweep
-    from sweeps.launch import LaunchConfig, launch_sweep
-    from tokenization.etl import etl
-    from tokenization.synth import synthesize
-    from tokenization.tokenize import tokenize
-
     cfg, notes = cfg.checked()
     _check_where_it_runs(cfg)
     out = Path(cfg.out)
@@ -412,7 +404,7 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory; choose another --out")
     if out.exists() and (overwrite or not old_cfg.is_file()):
-        check_ehrfm_output(out)  # a user's own directory is neither deleted nor filled
+        check_ehrfm_output(out, ignore=(DEMO_LOCK_FILE,))  # a user's own directory is neither deleted nor filled
         other = _other_command(out)
         if other and not overwrite:  # another command's output (a token dir, a sweep): never filled with a demo
             raise UserError(f"--out {out}: holds the output of `ehrfm {other}`, not a demo; choose another --out (or "
@@ -446,9 +438,27 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
     for note in notes:
         print(f"demo: {note}", file=sys.stderr, flush=True)
     check_not_input(out, inputs=(cfg.raw, cfg.meds))  # --overwrite would delete the user's data
-    if out.exists() and overwrite:
-        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    with lock_demo_dir(out):  # one demo at a time per --out, from before anything in it is deleted or written
+        if overwrite:
+            for entry in out.iterdir():  # all but the lock, which a second demo may already be asking for
+                if entry.name != DEMO_LOCK_FILE:
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        return _run_stages(cfg, out, fingerprint)
+
+
+def _run_stages(cfg: DemoConfig, out: Path, fingerprint: str | None) -> Path:
+    """run_demo's stages, under the demo's lock on `out` (already checked); returns report.md's path."""
+    from analysis.fit import fit_results, write_fits
+    from analysis.recommend import recommend
+    from ehrfm.clinical.labels import make_labels, write_label_dir
+    from sweeps.collect import collect_sweep
+    from sweeps.launch import LaunchConfig, launch_sweep
+    from tokenization.etl import etl
+    from tokenization.synth import synthesize
+    from tokenization.tokenize import tokenize
+
+    old_cfg = out / "demo_config.json"
     mark_output(out, "demo")
     write_json(old_cfg, cfg)
     # The user's data are read where they are; only what the demo makes lies in `out`.
@@ -797,7 +807,7 @@ def _paired_auroc_gap(heads_dir, task: str, n_boot: int, seed: int) -> tuple[flo
     """Probe minus counts + logistic AUROC on the same held-out labels, with a paired 95% bootstrap interval.
 
     Reads heads_dir/TASK/probe/predictions.parquet and heads_dir/TASK/baseline/logistic_regression/
-    predictions.parquet (joined on subject_id, prediction_time). Each replicate draws subjects with
+    predictions.parquet (joined on subject_id, prediction_time; labels sharing those, in file order). Each replicate draws subjects with
     replacement and scores both heads on that same resample, so the interval of the difference keeps
     the correlation of their errors (two heads on one sample: far narrower than the two intervals side by side).
 
@@ -815,8 +825,12 @@ def _paired_auroc_gap(heads_dir, task: str, n_boot: int, seed: int) -> tuple[flo
     if n_boot <= 0 or not all(f.is_file() for f in files):
         return None
     keys, cols = ["subject_id", "prediction_time"], ["boolean_value", "predicted_boolean_probability"]
-    probe, counts = (pl.read_parquet(f, columns=keys + cols) for f in files)
-    both = probe.join(counts.select(*keys, pl.col(cols[1]).alias("counts")), on=keys, how="inner")
+    # Two labels may share (subject, time) (two stays starting in one minute): pair them in file order
+    # (both heads keep their labels' order), never all with all, which counted such labels twice or more.
+    probe, counts = (pl.read_parquet(f, columns=keys + cols).with_columns(pl.int_range(pl.len()).over(keys).alias("_nth"))
+                     for f in files)
+    both = probe.join(counts.select(*keys, "_nth", pl.col(cols[1]).alias("counts")), on=[*keys, "_nth"], how="inner",
+                      validate="1:1")
     if not both.height:
         return None
     y = both["boolean_value"].to_numpy().astype(bool)
