@@ -119,7 +119,8 @@ def test_every_event_table_of_mimic_iv_becomes_events_with_a_per_table_account(t
     assert _at(df, "HCPCS//99218") == [("2150-01-03 23:59:59", None)]
     assert _at(df, "SERVICE//MED") == [("2150-01-01 10:05:00", None)]
     assert _at(df, "DATETIME//225754") == [("2150-01-02 10:00:00", None)]
-    assert _at(df, "INGREDIENT//220490//mL") == [("2150-01-02 11:00:00", 200.0)]
+    # an infusion's amount is what ran until its endtime: known then, not at its start (11:00)
+    assert _at(df, "INGREDIENT//220490//mL") == [("2150-01-02 12:00:00", 200.0)]
 
     tables = json.loads((tmp_path / "meds/metadata/etl_config.json").read_text())["tables"]
     assert tables["hosp/emar"] == {"rows_read": 3, "events_written": 2, "dropped": {"missing_medication": 1}}

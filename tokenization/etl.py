@@ -72,13 +72,16 @@ Codes (MIMIC_IV_MEDS "//" style; values always in numeric_value, never in the co
     HOSPITAL_ADMISSION//<admission_type>//<admission_location>, HOSPITAL_DISCHARGE//<location>,
     ED_REGISTRATION, ED_OUT, TRANSFER_TO//<eventtype>//<careunit>, ICU_ADMISSION//<careunit>,
     ICU_DISCHARGE//<careunit>, DIAGNOSIS//ICD//<9|10>//<code> (at discharge: ICD codes are coded
-    then), PROCEDURE//ICD//<9|10>//<code> (chartdate, a date: see below), DRG//<type>//<code>,
-    LAB//<itemid>//<unit>, MEDICATION//<drug> (prescriptions), OMR//<result_name>,
+    then), PROCEDURE//ICD//<9|10>//<code> (chartdate, a date: see below; at discharge for codes that
+    state a duration, DURATION_CODED_PROCEDURES), DRG//<type>//<code>,
+    LAB//<itemid>//<unit>, MEDICATION//<drug> (prescriptions: starttime, or its pharmacy row's
+    entertime when later), OMR//<result_name>,
     VITAL//<itemid>//<unit> (chartevents), INFUSION//<itemid>//<unit>, OUTPUT//<itemid>//<unit>,
     PROCEDURE//ITEM//<itemid>,
     EMAR//<event_txt>//<medication> (every charted action: Administered, Not Given, ...),
     EMAR_DOSE//<product_description>//<dose_given_unit> (emar_detail product lines, value = dose
-    given, at its emar row's time and stay), PHARMACY//<medication> (starttime),
+    given, at its emar row's time and stay), PHARMACY//<medication> (the later of starttime and
+    entertime: an order is in the record from its entry; see Results below),
     POE//<order_type>//<order_subtype> (ordertime), MICROBIOLOGY//<test_name>//<org_name|NONE>
     [//<ab_name>] (storetime, else storedate as a date: when the result was known; value = dilution_value, text_value =
     interpretation S/I/R), HCPCS//<hcpcs_cd> (chartdate, a date), SERVICE//<curr_service>
@@ -107,14 +110,21 @@ Dates and midnights (an event is never placed before the first moment it could h
   put procedures at 00:00 or at the admission, before the day's own events (look-ahead).
 - Results (labevents, microbiologyevents, chartevents, outputevents, datetimeevents, inputevents,
   ingredientevents, procedureevents, emar): each row is placed at the later of its time column
-  and its storetime, when its value was in the record (Table.stored_at). On the real demo lab
+  and its storetime, when its value was in the record (Table.stored_at). An ICU infusion's time
+  column is its endtime, not its starttime: its amount is what ran until then (on the demo 12,867 of
+  20,404 inputevents and 16,498 of 25,728 ingredientevents rows were stored before their endtime;
+  at their start, 61 of 245 24-hour mortality histories held an amount that ran past the prediction time). On the real demo lab
   results were stored a median 65 min after the specimen (90th percentile 3 h) and culture
   results 73 h after it, so a result at its charttime entered 24-hour mortality histories before
   anyone knew it. A row without a storetime (a result never stored) is dropped and counted
   `result_never_stored`; a culture's storedate stands in for an empty storetime (a date: the
   date-only rule). A file without the storetime column keeps its rows at their time column and
   the metadata says so (`stored_time_sources`, present false), which `ehrfm audit` reports as
-  leakage (e). Rows that land on one time keep their source time in the event key (_key, with
+  leakage (e). Orders too: a pharmacy row is placed at the later of its starttime and its entertime
+  (1,274 of 15,306 rows on the demo start before they were entered, median 0.8 h, up to 4 days),
+  and a prescription at its pharmacy row's time when later (Table.entered_by: 1,389 moved; 15 whose
+  pharmacy row is dropped for a missing medication, and all when hosp/pharmacy is not read, keep
+  their starttime). Rows that land on one time keep their source time in the event key (_key, with
   the row id where the table has one), so distinct source rows stay distinct events.
 - Midnights: a timed value of exactly 00:00:00 is kept as a time, except admissions.dischtime.
   MIMIC-IV writes the discharge of some in-hospital deaths as the date at 00:00:00 while the
@@ -317,6 +327,10 @@ class Table:
     # event is placed at the later of the two, when its content was known (module docstring).
     stored_at: dict[str, str] = field(default_factory=dict)
     timed_by: str | None = None  # events take their time in the shard step from this table's rows (emar_detail)
+    # A table whose row of the same key (_key) records when this row was entered: the events move
+    # to that row's (placed) time when it is later (prescriptions by their pharmacy row's entertime:
+    # on the real demo 1,404 of 18,087 start before they were entered, up to 4 days; _at_entry_time).
+    entered_by: str | None = None
     module: str = ""  # "ed": read only when the raw dir has ed/ (MIMIC-IV-ED)
     needs: tuple[str, ...] = ()  # tables staged first: their rows time this table's (Context.admissions, ed_stays)
     # The column that tells distinct source rows (orders, results) apart where the columns read
@@ -343,6 +357,7 @@ class Context:
     out_of_range: dict = field(default_factory=dict)  # table -> column -> NaN, inf or beyond float32 (set null)
     stored: dict = field(default_factory=dict)  # (table, time column) -> {"store_column", "present", "moved"}
     discharge: dict = field(default_factory=dict)  # how discharge times were placed -> count
+    duration_coded: int = 0  # procedures_icd rows placed at their stay's discharge (DURATION_CODED_PROCEDURES)
     ed_stays: pl.DataFrame | None = None  # stay_id, intime, outtime of ed/edstays (triage and ED diagnoses)
 
     def drop(self, reason: str, n: int, table: str | None = None) -> None:
@@ -478,11 +493,25 @@ def _diagnoses(df, ctx):
     return [_ev(df.sort("hadm_id", "seq_num", maintain_order=True), pl.col("dischtime"), code, ORDER_DX)]
 
 
+# ICD procedure codes that state how long the procedure went on (ventilation < 24 h, 24-96 h, > 96 h;
+# ICD-9 96.70-96.72), as "<version>//<code>". Their chartdate is the start, but the code is only true
+# once the procedure has ended: at its start day's end, "ventilated > 96 hours" told 24-hour
+# mortality and long-stay histories the future (22 of 245 on the real demo, 15 of them long stays).
+DURATION_CODED_PROCEDURES = r"^(?:10//5A[01]9[345]5|9//967[0-2]$)"
+
+
 def _procedures(df, ctx):
     # chartdate is a date: at the end of its day here; the shard step moves it to the stay's
-    # discharge when that comes sooner (the date-only rule, module docstring).
-    code = pl.concat_str(pl.lit("PROCEDURE//ICD//"), _part("icd_version"), pl.lit("//"), _part("icd_code"))
-    return [_ev(df, "chartdate", code, ORDER_PROC)]
+    # discharge when that comes sooner (the date-only rule, module docstring). A duration-coded
+    # procedure goes to its stay's discharge (coded then, as diagnoses; known by then at the latest).
+    version_code = pl.concat_str(_part("icd_version"), pl.lit("//"), _part("icd_code"))
+    df = df.join(ctx.admissions.select("hadm_id", "dischtime"), on="hadm_id", how="left", maintain_order="left").with_columns(
+        _dur=version_code.str.contains(DURATION_CODED_PROCEDURES) & pl.col("dischtime").is_not_null())
+    flag = f"{DATE_FLAG}chartdate"
+    ctx.duration_coded += int(df["_dur"].sum())
+    df = df.with_columns(chartdate=pl.when("_dur").then(pl.col("dischtime")).otherwise(pl.col("chartdate")),
+                         **{flag: pl.col(flag) & ~pl.col("_dur")})
+    return [_ev(df, "chartdate", pl.lit("PROCEDURE//ICD//") + version_code, ORDER_PROC)]
 
 
 def _drgcodes(df, ctx):
@@ -659,7 +688,7 @@ TABLES: list[Table] = [
           ints=["hadm_id", "seq_num"], to_events=_diagnoses, needs=("hosp/admissions",)),
     Table("hosp/procedures_icd", ["subject_id", "hadm_id", "chartdate", "icd_code", "icd_version", "seq_num"],
           times=["chartdate"], ints=["hadm_id", "seq_num"], to_events=_procedures, dates=["chartdate"],
-          code_prefixes={"chartdate": ["PROCEDURE//ICD//"]}, row_id="seq_num"),
+          code_prefixes={"chartdate": ["PROCEDURE//ICD//"]}, row_id="seq_num", needs=("hosp/admissions",)),
     Table("hosp/drgcodes", ["subject_id", "hadm_id", "drg_type", "drg_code"], ints=["hadm_id"], to_events=_drgcodes,
           needs=("hosp/admissions",)),
     Table("hosp/labevents", ["subject_id", "hadm_id", "itemid", "charttime", "storetime", "value", "valuenum", "valueuom",
@@ -669,16 +698,19 @@ TABLES: list[Table] = [
           stored_at={"charttime": "storetime"}, row_id="labevent_id"),
     Table("hosp/prescriptions", ["subject_id", "hadm_id", "starttime", "drug", "pharmacy_id"], times=["starttime"],
           ints=["hadm_id", "pharmacy_id"], to_events=_prescriptions, code_prefixes={"starttime": ["MEDICATION//"]},
-          row_id="pharmacy_id"),
+          row_id="pharmacy_id", entered_by="hosp/pharmacy"),
     Table("hosp/emar", ["subject_id", "hadm_id", "emar_seq", "charttime", "storetime", "medication", "event_txt"],
           times=["charttime", "storetime"], ints=["hadm_id", "emar_seq"], to_events=_emar,
           code_prefixes={"charttime": ["EMAR//", "EMAR_DOSE//"]}, stored_at={"charttime": "storetime"}),
     Table("hosp/emar_detail", ["subject_id", "emar_seq", "parent_field_ordinal", "dose_given", "dose_given_unit",
                                "product_description"], ints=["emar_seq"], floats=["dose_given"],
           to_events=_emar_detail, timed_by="hosp/emar"),
-    Table("hosp/pharmacy", ["subject_id", "hadm_id", "pharmacy_id", "starttime", "medication"], times=["starttime"],
-          ints=["hadm_id", "pharmacy_id"],
-          to_events=_pharmacy, code_prefixes={"starttime": ["PHARMACY//"]}),
+    # An order is in the record from its entertime: starttime can be earlier (a start set back to
+    # the time of a verbal order or a dose already given: 1,274 of 15,306 rows on the real demo,
+    # median 0.8 h, up to 4 days), so it is placed at the later of the two, as results are.
+    Table("hosp/pharmacy", ["subject_id", "hadm_id", "pharmacy_id", "starttime", "medication", "entertime"],
+          times=["starttime", "entertime"], ints=["hadm_id", "pharmacy_id"],
+          to_events=_pharmacy, code_prefixes={"starttime": ["PHARMACY//"]}, stored_at={"starttime": "entertime"}),
     Table("hosp/poe", ["subject_id", "hadm_id", "poe_seq", "ordertime", "order_type", "order_subtype"],
           times=["ordertime"], ints=["hadm_id", "poe_seq"], to_events=_poe, code_prefixes={"ordertime": ["POE//"]}),
     Table("hosp/microbiologyevents", ["subject_id", "hadm_id", "chartdate", "charttime", "storedate", "storetime",
@@ -697,10 +729,12 @@ TABLES: list[Table] = [
           times=["charttime", "storetime"], ints=["hadm_id"], floats=["valuenum"],
           to_events=_measure("VITAL//", "charttime", "valueuom", "valuenum", "value"), code_prefixes={"charttime": ["VITAL//"]},
           stored_at={"charttime": "storetime"}),
-    Table("icu/inputevents", ["subject_id", "hadm_id", "starttime", "storetime", "itemid", "amount", "amountuom", "orderid"],
-          times=["starttime", "storetime"], ints=["hadm_id", "orderid"], floats=["amount"],
-          to_events=_measure("INFUSION//", "starttime", "amountuom", "amount", None, order=ORDER_MED),
-          code_prefixes={"starttime": ["INFUSION//"]}, stored_at={"starttime": "storetime"}, row_id="orderid"),
+    # An infusion's amount is what ran from starttime to endtime (a bag stopped early, at a death,
+    # holds less): it is known at endtime, so it sits there (or at its storetime, when later).
+    Table("icu/inputevents", ["subject_id", "hadm_id", "endtime", "storetime", "itemid", "amount", "amountuom", "orderid"],
+          times=["endtime", "storetime"], ints=["hadm_id", "orderid"], floats=["amount"],
+          to_events=_measure("INFUSION//", "endtime", "amountuom", "amount", None, order=ORDER_MED),
+          code_prefixes={"endtime": ["INFUSION//"]}, stored_at={"endtime": "storetime"}, row_id="orderid"),
     Table("icu/outputevents", ["subject_id", "hadm_id", "charttime", "storetime", "itemid", "value", "valueuom"],
           times=["charttime", "storetime"], ints=["hadm_id"], floats=["value"],
           to_events=_measure("OUTPUT//", "charttime", "valueuom", "value", None), code_prefixes={"charttime": ["OUTPUT//"]},
@@ -711,11 +745,11 @@ TABLES: list[Table] = [
     Table("icu/datetimeevents", ["subject_id", "hadm_id", "charttime", "storetime", "itemid"], times=["charttime", "storetime"],
           ints=["hadm_id"], to_events=_datetimeevents, code_prefixes={"charttime": ["DATETIME//"]},
           stored_at={"charttime": "storetime"}),
-    Table("icu/ingredientevents", ["subject_id", "hadm_id", "starttime", "storetime", "itemid", "amount", "amountuom",
+    Table("icu/ingredientevents", ["subject_id", "hadm_id", "endtime", "storetime", "itemid", "amount", "amountuom",
                                    "orderid"],
-          times=["starttime", "storetime"], ints=["hadm_id", "orderid"], floats=["amount"],
-          to_events=_measure("INGREDIENT//", "starttime", "amountuom", "amount", None, order=ORDER_MED),
-          code_prefixes={"starttime": ["INGREDIENT//"]}, stored_at={"starttime": "storetime"}, row_id="orderid"),
+          times=["endtime", "storetime"], ints=["hadm_id", "orderid"], floats=["amount"],
+          to_events=_measure("INGREDIENT//", "endtime", "amountuom", "amount", None, order=ORDER_MED),
+          code_prefixes={"endtime": ["INGREDIENT//"]}, stored_at={"endtime": "storetime"}, row_id="orderid"),
     # MIMIC-IV-ED (a separate module: read when the raw dir has ed/; edstays then required).
     Table("ed/edstays", ["subject_id", "hadm_id", "stay_id", "intime", "outtime", "arrival_transport", "disposition"],
           times=["intime", "outtime"], ints=["hadm_id", "stay_id"], to_events=_edstays, module="ed",
@@ -738,7 +772,8 @@ TABLES_BY_NAME = {t.name: t for t in TABLES}
 # may be absent too (_check_columns' keys): without it rows are told apart by the columns read.
 OPTIONAL_COLUMNS = {"dod", "hadm_id", "storetime", "storedate", "value", "valueuom", "amountuom", "discharge_location", "admission_location",
                     "seq_num", "edregtime", "edouttime", "order_subtype", "product_description", "dose_given_unit",
-                    "dilution_value", "interpretation", "ab_name", "arrival_transport", "disposition", "acuity", "pain"}
+                    "dilution_value", "interpretation", "ab_name", "arrival_transport", "disposition", "acuity", "pain",
+                    "entertime"}
 # Every column of each table in MIMIC-IV 2.2 and 3.1 (the same up to case: 2.2's procedureevents
 # has ORIGINALAMOUNT, ORIGINALRATE) and MIMIC-IV-ED 2.2. A file that lacks a column this ETL
 # reads and has a column not listed here was renamed or reshaped: refused, never read as nulls.
@@ -1610,6 +1645,8 @@ def _account(rows_in: dict, counts: dict, ctx: Context) -> dict:
         if dates:
             entry["date_only_values"] = dates
             entry["date_only_placed_at_discharge"] = int(counts["at_discharge"].get(name, 0))
+        if name == "hosp/procedures_icd" and ctx.duration_coded:
+            entry["duration_coded_at_discharge"] = ctx.duration_coded
         if ctx.midnight.get(name):
             entry["midnight_times"] = dict(ctx.midnight[name])
         if ctx.unparseable.get(name):
@@ -1635,6 +1672,8 @@ def _detail_lines(account: dict, ctx: Context) -> list[str]:
             bits.append(f"{n} date-only {c} at {END_OF_DAY_TEXT}"
                         + (f" ({a['date_only_placed_at_discharge']} of those events at the stay's discharge)"
                            if a["date_only_placed_at_discharge"] else ""))
+        if a.get("duration_coded_at_discharge"):
+            bits.append(f"{a['duration_coded_at_discharge']} duration-coded (ventilation hours) at the stay's discharge")
         if a.get("midnight_times"):
             bits.append("00:00:00 times " + ", ".join(f"{c} {n}" for c, n in a["midnight_times"].items()))
         if name == "hosp/admissions" and any(ctx.discharge.values()):
@@ -1861,6 +1900,7 @@ def _merge_context(ctx: Context, part: Context) -> None:
     ctx.out_of_range.update(part.out_of_range)
     ctx.stored.update(part.stored)
     ctx.discharge.update(part.discharge)
+    ctx.duration_coded += part.duration_coded
     if part.admissions is not None:
         ctx.admissions = part.admissions
     if part.ed_stays is not None:
@@ -2108,6 +2148,13 @@ def _write_shards(stage: Path, out: Path, split_of: pl.DataFrame, cfg: EtlConfig
             ctx.drop("unknown_subject_id", n, names[src])
 
     placed_at_discharge: dict[str, int] = {}
+    by_name = {t.name: t for t in TABLES}
+    for name in names:  # tables placed at another table's entry time (_at_entry_time): its store column present?
+        other = by_name[name].entered_by
+        if other in names:
+            src = next((v for (t, _), v in ctx.stored.items() if t == other), {"store_column": "?", "present": False})
+            ctx.stored[(name, by_name[name].times[0])] = {"store_column": f"{other} {src['store_column']}",
+                                                          "present": src["present"], "moved": 0}
     paths = [out / "data" / name / f"{k}.parquet" for name, k in jobs]
     if pool is None:
         for j in progress(range(len(jobs)), desc="etl: shards", unit="shard"):
@@ -2127,6 +2174,8 @@ def _write_shards(stage: Path, out: Path, split_of: pl.DataFrame, cfg: EtlConfig
                     ctx.drop(reason, n, table)
             for table, n in r["at_discharge"].items():
                 placed_at_discharge[table] = placed_at_discharge.get(table, 0) + n
+            for key, n in r["entered"].items():
+                ctx.stored[key]["moved"] += n
             for table, n in r["written"].items():
                 written[table] += n
             for code, n in r["codes"].items():
@@ -2171,7 +2220,8 @@ def _shard_job(buckets: Path, j: int, ids: np.ndarray, path: Path, names: list[s
     ctx = Context(admissions=admissions)
     placed, written, codes = {}, dict.fromkeys(names, 0), {}
     n = _write_shard(buckets, j, ids, path, names, chunk_events, ctx, placed, written, codes)
-    return dict(events=n, drops=ctx.drops, at_discharge=placed, written=written, codes=codes)
+    return dict(events=n, drops=ctx.drops, at_discharge=placed, written=written, codes=codes,
+                entered={k: v["moved"] for k, v in ctx.stored.items()})
 
 
 def _write_shard(buckets: Path, j: int, ids: np.ndarray, path: Path, names: list[str], chunk_events: int,
@@ -2257,6 +2307,7 @@ def _assemble(parts: list[pl.DataFrame], names: list[str], ctx: Context, placed_
     """One chunk of whole subjects' staged events -> a validated MEDS arrow table (sorted, placed, counted)."""
     shard = pl.concat(parts, how="vertical") if parts else pl.DataFrame(schema={**EVENT_SCHEMA, "_src": pl.Int16})
     shard = _time_from_parents(shard, names, ctx)
+    shard = _at_entry_time(shard, names, ctx)
     shard = _place_dates(shard, ctx.admissions, names, placed_at_discharge)
     shard = shard.sort(["subject_id", "time", "_order"], nulls_last=False, maintain_order=True)
     # A time no life can hold (module docstring: time_outside_lifetime), by the subject's MEDS_BIRTH.
@@ -2302,6 +2353,30 @@ def _time_from_parents(shard: pl.DataFrame, names: list[str], ctx: Context) -> p
                  .with_columns(time=pl.col("_t"), hadm_id=pl.col("_h"), _date_only=pl.col("_d"))
                  .drop("_t", "_h", "_d"))
         shard = pl.concat([shard.filter(~is_child), child], how="vertical")
+    return shard
+
+
+def _at_entry_time(shard: pl.DataFrame, names: list[str], ctx: Context) -> pl.DataFrame:
+    """Events of a table entered by another (Table.entered_by) move to that row's time when it is later.
+
+    A prescription and its pharmacy row share (subject_id, _key) (pharmacy_id); the pharmacy event
+    sits at max(starttime, entertime) (stored_at), so the prescription is never placed before its
+    order was in the record. Without such a row it keeps its own time. Moves are counted in ctx.stored.
+    """
+    by_name = {t.name: t for t in TABLES}
+    for ci, name in enumerate(names):
+        other = by_name[name].entered_by
+        if other is None or other not in names:
+            continue
+        entry = (shard.filter((pl.col("_src") == names.index(other)) & pl.col("_key").is_not_null())
+                 .group_by("subject_id", "_key").agg(_e=pl.col("time").max(), _ed=pl.col("_date_only").first()))
+        rows = shard.filter(pl.col("_src") == ci).join(entry, on=["subject_id", "_key"], how="left", maintain_order="left")
+        later = (pl.col("_e") > pl.col("time")).fill_null(False)
+        info = ctx.stored.setdefault((name, by_name[name].times[0]), {"store_column": "", "present": True, "moved": 0})
+        info["moved"] += int(rows.select(later.sum()).item())
+        rows = rows.with_columns(time=pl.when(later).then(pl.col("_e")).otherwise(pl.col("time")),
+                                 _date_only=pl.when(later).then(pl.col("_ed")).otherwise(pl.col("_date_only"))).drop("_e", "_ed")
+        shard = pl.concat([shard.filter(pl.col("_src") != ci), rows], how="vertical")
     return shard
 
 
