@@ -57,9 +57,9 @@ def test_distinct_source_rows_that_give_one_event_are_not_dropped_as_duplicates(
             # stored together with the rows above but drawn earlier: apart by their chart time
             "3,1,11,50912,2150-01-02 05:00:00,2150-01-02 07:00:00,1.0,1.0,mg/dL\n"
             "3,1,11,50912,2150-01-02 05:00:00,2150-01-02 07:00:00,1.0,1.0,mg/dL\n")   # an exact repeat
-    ingr = ("subject_id,hadm_id,stay_id,starttime,storetime,itemid,amount,amountuom,orderid\n"
-            "1,11,31,2150-01-02 09:00:00,2150-01-02 09:10:00,220490,100,ml,7\n"
-            "1,11,31,2150-01-02 09:00:00,2150-01-02 09:10:00,220490,100,ml,8\n")   # another order
+    ingr = ("subject_id,hadm_id,stay_id,starttime,endtime,storetime,itemid,amount,amountuom,orderid\n"
+            "1,11,31,2150-01-02 09:00:00,2150-01-02 09:30:00,2150-01-02 09:10:00,220490,100,ml,7\n"
+            "1,11,31,2150-01-02 09:00:00,2150-01-02 09:30:00,2150-01-02 09:10:00,220490,100,ml,8\n")   # another order
     omr = ("subject_id,chartdate,seq_num,result_name,result_value\n"
            "1,2150-01-03,1,Blood Pressure,120/80\n"
            "1,2150-01-03,2,Blood Pressure,120/80\n")   # a second reading of the day
