@@ -37,32 +37,41 @@ def test_a_medication_order_is_placed_when_it_was_entered(tmp_path):
     mortality histories held an order nobody had entered yet. Both now sit at the later time."""
     pharmacy = ("subject_id,hadm_id,pharmacy_id,poe_id,starttime,stoptime,medication,entertime,verifiedtime\n"
                 "1,11,101,1-1,2150-01-01 10:00:00,,Heparin,2150-01-01 13:00:00,2150-01-01 13:30:00\n"  # entered 3 h later
-                "1,11,102,1-2,2150-01-02 08:00:00,,Aspirin,2150-01-02 07:30:00,2150-01-02 07:40:00\n")  # entered first
+                "1,11,102,1-2,2150-01-02 08:00:00,,Aspirin,2150-01-02 07:30:00,2150-01-02 07:40:00\n"  # entered first
+                # no medication (1,013 such rows on the real demo): no event, but its entry still places its prescription
+                "1,11,103,1-4,2150-01-04 06:00:00,,,2150-01-04 09:00:00,2150-01-04 09:10:00\n"
+                "1,11,103,1-4,2150-01-04 06:00:00,,,2150-01-04 09:00:00,2150-01-04 09:10:00\n")  # an exact repeat of it
     rx = ("subject_id,hadm_id,pharmacy_id,poe_id,starttime,drug,route\n"
           "1,11,101,1-1,2150-01-01 10:00:00,Heparin,SC\n"
           "1,11,102,1-2,2150-01-02 08:00:00,Aspirin,PO\n"
-          "1,11,,1-3,2150-01-03 09:00:00,Senna,PO\n")  # no pharmacy row: its own start
+          "1,11,,1-3,2150-01-03 09:00:00,Senna,PO\n"  # no pharmacy row: its own start
+          "1,11,103,1-4,2150-01-04 06:00:00,Insulin,SC\n")
     out = tmp_path / "meds"
     etl(_raw(tmp_path, {"hosp/pharmacy": pharmacy, "hosp/prescriptions": rx}), out, workers=1, split_fractions=(1.0, 0.0, 0.0))
     assert _times(out, "PHARMACY//") == ["01-01 13:00", "01-02 08:00"]
-    assert _times(out, "MEDICATION//") == ["01-01 13:00", "01-02 08:00", "01-03 09:00"]
+    assert _times(out, "MEDICATION//") == ["01-01 13:00", "01-02 08:00", "01-03 09:00", "01-04 09:00"]
+    ev = pl.read_parquet(str(out / "data" / "*" / "*.parquet"))
+    assert not ev["code"].str.contains("\x00").any()  # the entry-only rows are gone from the output
     meta = json.loads((out / "metadata" / "ehrfm_etl.json").read_text())
     stored = {s["table"]: (s["present"], s["moved"]) for s in meta["stored_time_sources"]}
-    assert stored["hosp/pharmacy"] == (True, 1) and stored["hosp/prescriptions"] == (True, 1)
+    # rows moved, the medication-less ones (and the repeat) among them; prescriptions 101 and 103
+    assert stored["hosp/pharmacy"] == (True, 3) and stored["hosp/prescriptions"] == (True, 2)
+    pharmacy_account = meta["tables"]["hosp/pharmacy"]
+    assert (pharmacy_account["rows_read"], pharmacy_account["events_written"]) == (4, 2)
+    assert pharmacy_account["dropped"] == {"missing_medication": 2}  # each row counted once, the repeat too
 
 
 def test_the_demos_orders_sit_at_their_entry_time(demo_meds, mimic_demo_dir):
     """On the real demo every PHARMACY// event is at max(starttime, entertime) of a pharmacy row and
-    every MEDICATION// event at max(starttime, its pharmacy row's entertime) (1,274 and 1,389 were at
-    their earlier starttime before); 15 prescriptions whose pharmacy row has no medication (that row
-    is dropped) keep their starttime."""
+    every MEDICATION// event at max(starttime, its pharmacy row's entertime) (1,274 and 1,404 were at
+    their earlier starttime before; 15 of the 1,404 by a pharmacy row without a medication, which
+    makes no event of its own)."""
     def rd(name):
         return pl.read_csv(mimic_demo_dir / "hosp" / f"{name}.csv.gz", infer_schema_length=0).with_columns(
             pl.col("subject_id").cast(pl.Int64), pl.col("starttime").str.to_datetime().alias("s"))
 
     ph = rd("pharmacy").with_columns(pl.col("entertime").str.to_datetime().alias("e"))
-    rx = rd("prescriptions").join(ph.filter(pl.col("medication").is_not_null()).select("pharmacy_id", "e"),
-                                  on="pharmacy_id", how="left")
+    rx = rd("prescriptions").join(ph.select("pharmacy_id", "e"), on="pharmacy_id", how="left")
     ev = pl.read_parquet(str(demo_meds / "data" / "*" / "*.parquet"))
 
     def excess(prefix: str, raw: pl.DataFrame) -> int:
@@ -79,7 +88,7 @@ def test_the_demos_orders_sit_at_their_entry_time(demo_meds, mimic_demo_dir):
     assert (early_pharmacy, early_prescriptions) == (0, 0)
     meta = json.loads((demo_meds / "metadata" / "ehrfm_etl.json").read_text())
     moved = {s["table"]: s["moved"] for s in meta["stored_time_sources"]}
-    assert moved["hosp/pharmacy"] == 1274 and moved["hosp/prescriptions"] == 1389
+    assert moved["hosp/pharmacy"] == 1274 and moved["hosp/prescriptions"] == 1404
 
 
 def test_the_demos_infusion_amounts_sit_at_their_endtime(demo_meds, mimic_demo_dir):

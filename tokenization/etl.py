@@ -122,9 +122,9 @@ Dates and midnights (an event is never placed before the first moment it could h
   the metadata says so (`stored_time_sources`, present false), which `ehrfm audit` reports as
   leakage (e). Orders too: a pharmacy row is placed at the later of its starttime and its entertime
   (1,274 of 15,306 rows on the demo start before they were entered, median 0.8 h, up to 4 days),
-  and a prescription at its pharmacy row's time when later (Table.entered_by: 1,389 moved; 15 whose
-  pharmacy row is dropped for a missing medication, and all when hosp/pharmacy is not read, keep
-  their starttime). Rows that land on one time keep their source time in the event key (_key, with
+  and a prescription at its pharmacy row's time when later (Table.entered_by: 1,404 moved, 15 of
+  them by a pharmacy row that makes no event for its missing medication; all keep their starttime
+  when hosp/pharmacy is not read). Rows that land on one time keep their source time in the event key (_key, with
   the row id where the table has one), so distinct source rows stay distinct events.
 - Midnights: a timed value of exactly 00:00:00 is kept as a time, except admissions.dischtime.
   MIMIC-IV writes the discharge of some in-hospital deaths as the date at 00:00:00 while the
@@ -575,10 +575,18 @@ def _emar_detail(df, ctx):
                 hadm=False, key=pl.col("emar_seq") * KEY_LINES + line)]
 
 
+# Not a MEDS code: a pharmacy row without a medication makes no event, but its entry time still
+# places its prescriptions (_at_entry_time); such rows are staged under this code and removed there.
+ENTRY_ONLY = "\x00entry-only"
+
+
 def _pharmacy(df, ctx):
-    df = _keep(df, ctx, pl.col("medication").is_not_null(), "missing_medication")
+    has_med = pl.col("medication").is_not_null()
+    entry_only = df.filter(~has_med & pl.col("subject_id").is_not_null() & pl.col("starttime").is_not_null())
+    df = _keep(df, ctx, has_med, "missing_medication")
     # Keyed by pharmacy_id: two orders of one drug at one time are two events, not duplicates.
-    return [_ev(df, "starttime", pl.lit("PHARMACY//") + _part("medication"), ORDER_MED, key=pl.col("pharmacy_id"))]
+    return [_ev(df, "starttime", pl.lit("PHARMACY//") + _part("medication"), ORDER_MED, key=pl.col("pharmacy_id")),
+            _ev(entry_only, "starttime", pl.lit(ENTRY_ONLY), ORDER_MED, key=pl.col("pharmacy_id"))]
 
 
 def _microbiology(df, ctx):
@@ -2250,7 +2258,11 @@ def _write_shard(buckets: Path, j: int, ids: np.ndarray, path: Path, names: list
                 f.unlink()
                 # Exact duplicates of a source row make identical events: keep one, count the rest.
                 unique = _unique_rows(part)
-                ctx.drop("duplicate", part.height - unique.height, names[src])
+                # An ENTRY_ONLY row was counted (missing_medication) when staged: its repeat is no second drop.
+                repeats = part.height - unique.height
+                if repeats and names[src] == "hosp/pharmacy":
+                    repeats -= int((part["code"] == ENTRY_ONLY).sum() - (unique["code"] == ENTRY_ONLY).sum())
+                ctx.drop("duplicate", repeats, names[src])
                 parts.append(unique.with_columns(_src=pl.lit(src, pl.Int16)))
                 del part, unique
             table = _assemble(parts, names, ctx, placed_at_discharge, written, code_counts, path)
@@ -2361,7 +2373,10 @@ def _at_entry_time(shard: pl.DataFrame, names: list[str], ctx: Context) -> pl.Da
 
     A prescription and its pharmacy row share (subject_id, _key) (pharmacy_id); the pharmacy event
     sits at max(starttime, entertime) (stored_at), so the prescription is never placed before its
-    order was in the record. Without such a row it keeps its own time. Moves are counted in ctx.stored.
+    order was in the record. A pharmacy row without a medication is staged as an ENTRY_ONLY row for
+    this step alone (on the real demo 15 prescriptions start up to 24 h before such a row's entry)
+    and removed here. Without a pharmacy row a prescription keeps its own time. Moves are counted in
+    ctx.stored.
     """
     by_name = {t.name: t for t in TABLES}
     for ci, name in enumerate(names):
@@ -2377,7 +2392,7 @@ def _at_entry_time(shard: pl.DataFrame, names: list[str], ctx: Context) -> pl.Da
         rows = rows.with_columns(time=pl.when(later).then(pl.col("_e")).otherwise(pl.col("time")),
                                  _date_only=pl.when(later).then(pl.col("_ed")).otherwise(pl.col("_date_only"))).drop("_e", "_ed")
         shard = pl.concat([shard.filter(pl.col("_src") != ci), rows], how="vertical")
-    return shard
+    return shard.filter(pl.col("code") != ENTRY_ONLY)  # counted as dropped (missing_medication) when staged
 
 
 def _place_dates(shard: pl.DataFrame, admissions: pl.DataFrame | None, names: list[str], at_discharge: dict) -> pl.DataFrame:
