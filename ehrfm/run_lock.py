@@ -13,6 +13,7 @@ Light on purpose (no torch): `sweep status` imports it.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
@@ -25,6 +26,34 @@ DEMO_LOCK_FILE = ".demo.lock"
 # A launcher's probe holds the lock for microseconds; a trainer that meets one retries this long
 # before it concludes that another trainer holds the run dir.
 _PROBE_GRACE_S = 5.0  # generous: a probe descheduled on a loaded machine must not look like a trainer
+
+
+# A filesystem without working locks answers flock so: ENOLCK (NFS mounted `nolock`, no lockd),
+# ENOSYS or EOPNOTSUPP (Lustre mounted without `-o flock`/`localflock`, some FUSE filesystems).
+NO_LOCK_ERRNOS = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP})
+
+
+def flock(f, flags: int, path: str | os.PathLike) -> None:
+    """fcntl.flock(f, flags), in one line naming `path` when the filesystem refuses locks.
+
+    fcntl's OSError carries no file name, so "No locks available" could not say which directory
+    sits on the lockless filesystem. BlockingIOError (LOCK_NB, another holder) passes through.
+
+    Raises:
+        UserError: flock failed with an errno of NO_LOCK_ERRNOS (names `path` and the errno).
+        OSError: any other flock error, as is.
+    """
+    try:
+        fcntl.flock(f, flags)
+    except BlockingIOError:
+        raise
+    except OSError as e:
+        if e.errno not in NO_LOCK_ERRNOS:
+            raise
+        raise UserError(f"{os.fspath(path)}: its filesystem refuses file locks ({errno.errorcode.get(e.errno, e.errno)}: "
+                        f"{os.strerror(e.errno)}; NFS mounted nolock, or Lustre without -o flock), and ehrfm needs them to "
+                        "keep two processes off one run or sweep: put the dir on a filesystem with locks (or ask your "
+                        "admins to enable them)") from None
 
 
 class RunDirBusyError(UserError):
@@ -45,7 +74,7 @@ def lock_run_dir(run_dir: str | os.PathLike):
     deadline = time.monotonic() + _PROBE_GRACE_S
     while True:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB, path)
             return f
         except BlockingIOError:
             if time.monotonic() > deadline:
@@ -69,7 +98,7 @@ def run_dir_busy(run_dir: str | os.PathLike) -> bool:
         return False
     with f:
         try:
-            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB, path)
         except BlockingIOError:
             return True
         fcntl.flock(f, fcntl.LOCK_UN)
@@ -92,7 +121,7 @@ def lock_demo_dir(out: str | os.PathLike):
     path = Path(out) / DEMO_LOCK_FILE
     f = open(path, "a")  # noqa: SIM115 (the caller holds it open for the whole demo)
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB, path)
     except BlockingIOError:
         f.close()
         raise UserError(f"--out {out}: another `ehrfm demo` is running into it (it holds {path}); wait for it to finish "

@@ -270,13 +270,16 @@ def _trunks_of(plan: list[dict]) -> dict[str, str]:
 def _sweep_lock(sweep_dir: Path):
     import fcntl
 
-    with open(sweep_dir / ".launch.lock", "w") as f:
+    from ehrfm.run_lock import flock
+
+    path = sweep_dir / ".launch.lock"
+    with open(path, "w") as f:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB, path)
         except BlockingIOError:  # another launch is deciding or submitting: say why nothing happens yet
-            print(f"waiting for another `ehrfm sweep launch` of {sweep_dir} to finish submitting ({sweep_dir / '.launch.lock'})",
+            print(f"waiting for another `ehrfm sweep launch` of {sweep_dir} to finish submitting ({path})",
                   file=sys.stderr, flush=True)
-            fcntl.flock(f, fcntl.LOCK_EX)
+            flock(f, fcntl.LOCK_EX, path)
         try:
             yield
         finally:

@@ -50,7 +50,7 @@ from ehrfm.errors import UserError
 from ehrfm.io import read_json
 from ehrfm.results import ACTIVE, RunResult, Status
 from ehrfm.results import read_result as _read_result
-from ehrfm.run_lock import run_dir_busy
+from ehrfm.run_lock import flock, run_dir_busy
 
 _RESULT_HINT = ("relaunch the sweep with --retry-failed (or delete it and relaunch): the run resumes from its checkpoint "
                 "and writes it again")
@@ -91,12 +91,13 @@ def record_lock(path: str | Path) -> Iterator[None]:
     by rename (ehrfm.io.write_json), so the lock is a sibling file, not the record. flock is
     advisory: it serialises the two writers on one host and over NFSv4 (which emulates it with POSIX
     locks); a filesystem whose flock is node-local (Lustre `localflock`) serialises only writers on
-    one node. Where flock is refused (ENOLCK) the trainer's own run lock (ehrfm.run_lock) fails too.
+    one node. Where the filesystem refuses flock (ENOLCK, ENOSYS: ehrfm.run_lock.flock) this fails in one line naming
+    the lock file, as the trainer's own run lock does.
     """
     lock = Path(path).with_suffix(".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        flock(f, fcntl.LOCK_EX, lock)
         try:
             yield
         finally:
@@ -445,15 +446,14 @@ def launch_in_progress(sweep_dir: str | Path) -> bool:
     A SLURM launch writes each run's job record before its sbatch and the job id after it (a
     whole wave of a wsd sweep at a time); flock is seen across a cluster's nodes on NFSv4.
     """
-    import fcntl
-
+    path = Path(sweep_dir) / ".launch.lock"
     try:
-        f = open(Path(sweep_dir) / ".launch.lock")  # noqa: SIM115
+        f = open(path)  # noqa: SIM115
     except OSError:
         return False
     with f:
         try:
-            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB, path)
         except BlockingIOError:
             return True
         fcntl.flock(f, fcntl.LOCK_UN)
