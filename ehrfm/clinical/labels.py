@@ -52,8 +52,12 @@ Tasks (DESIGN.md section 6):
   or before the prediction time, or in the 24 h before the hospital admission, or at any time
   before it under the stay's own id (ED patients boarded in the ICU before admittime): the
   patient is already in the ICU when the prediction is made and the ICU token would be in the
-  history. Also excluded: stays that end at the
-  admission timestamp.
+  history. Also excluded (admitted_directly_to_icu): stays whose first ICU admission follows the
+  admission within DIRECT_ICU_MINUTES (5): the patient is admitted straight into the ICU, one
+  registration (MIMIC-IV writes admittime to the minute and the ICU intime to the second: on the
+  demo 20 of 126 ICU stays begin 24-117 s after admittime, their first unit the ICU; the next 12
+  minutes after), so the outcome is decided when the prediction is made. Also excluded: stays that
+  end at the admission timestamp.
 - readmission_30d: prediction_time = discharge; true when the subject's next hospital admission
   is after the discharge and within 30 days (next_admission - discharge <= 30 * 24 h; a
   readmission on day 30 is positive, on day 31 negative). Excluded: in-hospital deaths (no
@@ -100,6 +104,9 @@ UNKNOWN_DISCHARGE_LOCATIONS = frozenset({"", "DIED", "UNK", "UNKNOWN", "NONE", "
 
 US_PER_HOUR = 3_600_000_000
 US_PER_DAY = 24 * US_PER_HOUR
+# icu_admission: an ICU admission this soon after the hospital admission is the admission itself
+# (admitted straight into the ICU; module docstring), not an outcome to predict at it.
+DIRECT_ICU_MINUTES = 5
 # The MEDS label schema's other value columns (a label file may use one instead of boolean_value).
 OTHER_LABEL_VALUES = ("integer_value", "float_value", "categorical_value")
 
@@ -349,6 +356,9 @@ def labels_from_stays(stays: list[Stay], cfg: LabelConfig, notes: dict | None = 
                 continue
             if s.icu_just_before or (s.first_icu is not None and s.first_icu <= pred):
                 exclude("in_icu_at_prediction_time")
+                continue
+            if s.first_icu is not None and s.first_icu - pred < DIRECT_ICU_MINUTES * 60_000_000:
+                exclude("admitted_directly_to_icu")
                 continue
             rows.append((s.subject_id, pred, s.first_icu is not None))
         else:  # readmission_30d
