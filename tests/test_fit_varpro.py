@@ -24,11 +24,16 @@ def test_varpro_recovers_a_noiseless_law(law):
 
 
 def test_nnls_never_returns_negative_coefficients():
-    # Loss that does not depend on N at all: the N term's coefficient is exactly 0, not negative.
+    # Loss that does not depend on N at all: the N term's coefficient is 0 or negligible, never negative.
+    # (Not exactly 0: at alpha's lower bound N^-alpha is nearly constant, 0.83-0.87 here, so E and the
+    # N term trade off at round-off level, and which wins depends on the BLAS build: A = 1.6e-7 with
+    # numpy 2.4.6, 0 before.)
     rng = np.random.default_rng(0)
     n, d = np.geomspace(1e6, 1e8, 20), np.geomspace(1e8, 1e10, 20)[rng.permutation(20)]
     f = parametric.fit_varpro(n, d, 2.0 + 300.0 / d**0.3)
-    assert f.A == 0.0 and pytest.approx(2.0, rel=1e-4) == f.E and f.beta == pytest.approx(0.3, abs=1e-3)
+    assert f.A >= 0.0 and f.B >= 0.0 and f.E >= 0.0
+    assert f.A / n.min() ** f.alpha < 1e-5  # the N term moves no loss by more than 1e-5 nats
+    assert pytest.approx(2.0, rel=1e-4) == f.E and f.beta == pytest.approx(0.3, abs=1e-3)
 
 
 def test_default_is_varpro_and_flags_what_the_data_do_not_identify(tmp_path):
