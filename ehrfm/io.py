@@ -210,6 +210,20 @@ def check_ehrfm_output(out: str | os.PathLike, ignore=()) -> None:
                         "is really an old ehrfm output")
 
 
+def check_file_output(out: str | os.PathLike, flag: str = "--out") -> None:
+    """Refuse a one-file output named as a directory: a trailing '/' or an existing directory.
+
+    Path("x/") is Path("x"), so `--out x/` wrote a file named x where a directory was meant.
+
+    Raises:
+        UserError: naming the flag and the path.
+    """
+    given = os.fspath(out)
+    if given.endswith(("/", os.sep)) or Path(given).is_dir():
+        raise UserError(f"{flag} {given}: this command writes one file there, and that names a directory; "
+                        "give a file path (e.g. DIR/name.parquet)")
+
+
 def check_overwrite(out: str | os.PathLike, overwrite: bool, inputs=()) -> None:
     """The one overwrite check, for directory and single-file outputs.
 

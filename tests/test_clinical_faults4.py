@@ -40,7 +40,8 @@ def test_a_medication_order_is_placed_when_it_was_entered(tmp_path):
                 "1,11,102,1-2,2150-01-02 08:00:00,,Aspirin,2150-01-02 07:30:00,2150-01-02 07:40:00\n"  # entered first
                 # no medication (1,013 such rows on the real demo): no event, but its entry still places its prescription
                 "1,11,103,1-4,2150-01-04 06:00:00,,,2150-01-04 09:00:00,2150-01-04 09:10:00\n"
-                "1,11,103,1-4,2150-01-04 06:00:00,,,2150-01-04 09:00:00,2150-01-04 09:10:00\n")  # an exact repeat of it
+                "1,11,103,1-4,2150-01-04 06:00:00,,,2150-01-04 09:00:00,2150-01-04 09:10:00\n"  # an exact repeat of it
+                "9,91,104,9-1,2150-01-04 06:00:00,,,2150-01-04 09:00:00,2150-01-04 09:10:00\n")  # subject 9 not in patients
     rx = ("subject_id,hadm_id,pharmacy_id,poe_id,starttime,drug,route\n"
           "1,11,101,1-1,2150-01-01 10:00:00,Heparin,SC\n"
           "1,11,102,1-2,2150-01-02 08:00:00,Aspirin,PO\n"
@@ -55,10 +56,11 @@ def test_a_medication_order_is_placed_when_it_was_entered(tmp_path):
     meta = json.loads((out / "metadata" / "ehrfm_etl.json").read_text())
     stored = {s["table"]: (s["present"], s["moved"]) for s in meta["stored_time_sources"]}
     # rows moved, the medication-less ones (and the repeat) among them; prescriptions 101 and 103
-    assert stored["hosp/pharmacy"] == (True, 3) and stored["hosp/prescriptions"] == (True, 2)
+    assert stored["hosp/pharmacy"] == (True, 4) and stored["hosp/prescriptions"] == (True, 2)
     pharmacy_account = meta["tables"]["hosp/pharmacy"]
-    assert (pharmacy_account["rows_read"], pharmacy_account["events_written"]) == (4, 2)
-    assert pharmacy_account["dropped"] == {"missing_medication": 2}  # each row counted once, the repeat too
+    assert (pharmacy_account["rows_read"], pharmacy_account["events_written"]) == (5, 2)
+    # each row counted once: the repeat too, and the unknown subject's (not also as unknown_subject_id)
+    assert pharmacy_account["dropped"] == {"missing_medication": 3}
 
 
 def test_the_demos_orders_sit_at_their_entry_time(demo_meds, mimic_demo_dir):

@@ -10,7 +10,7 @@ after the admission: on the demo 20 of the 126 positive stays began their ICU st
 admittime, each with its first unit (the transfers "admit" row, at the ICU intime) an ICU. The
 outcome was decided when the prediction was made (at 0 s the same stay was excluded). Such stays
 are now excluded (`admitted_directly_to_icu`, an ICU admission within
-labels.DIRECT_ICU_MINUTES = 5 min of the admission; the next ICU stay on the demo begins 12 min
+LabelConfig.direct_icu_minutes, default 5 min, of the admission; the next ICU stay on the demo begins 12 min
 after). The synthetic data (ICU stays from 1 h after the admission) is unchanged.
 """
 
@@ -84,3 +84,55 @@ def test_the_synthetic_icu_labels_have_no_direct_icu_admission(synth_meds):
     (the default demo's labels are unchanged, byte for byte on a 2,000-patient cohort)."""
     _, info = make_labels(synth_meds, "icu_admission")
     assert "admitted_directly_to_icu" not in info["excluded"] and info["n_positive"] > 0
+
+
+def test_the_direct_icu_window_is_a_saved_setting(demo_meds, tmp_path):
+    """The 5-minute window is `ehrfm labels --direct-icu-minutes` (LabelConfig.direct_icu_minutes), saved
+    in the label file's JSON like the other windows; 0 turns the exclusion off (273 labels, 126 positive
+    on the demo, as before it) and a negative window is refused in one line."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "EHRFM_QUIET": "1"}
+
+    def labels(*flags):
+        out = tmp_path / f"icu{len(list(tmp_path.iterdir()))}.parquet"
+        p = subprocess.run([sys.executable, "-m", "ehrfm", "labels", str(demo_meds), "--task", "icu_admission",
+                            "--out", str(out), *flags], capture_output=True, text=True, env=env)
+        return p, out
+
+    p, out = labels()
+    assert p.returncode == 0, p.stderr
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["config"]["direct_icu_minutes"] == 5.0 and (side["n"], side["n_positive"]) == (253, 106)
+    p, out = labels("--direct-icu-minutes", "0")
+    assert p.returncode == 0, p.stderr
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["config"]["direct_icu_minutes"] == 0.0 and (side["n"], side["n_positive"]) == (273, 126)
+    p, _ = labels("--direct-icu-minutes", "-1")
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        "ehrfm labels: error: --direct-icu-minutes must be a finite number >= 0 (got -1.0)"], p.stderr
+
+
+def test_a_one_file_output_named_as_a_directory_is_refused(demo_meds, tmp_path):
+    """`ehrfm labels --task icu_admission --out d/` wrote a parquet file named d (Path drops the
+    slash); `ehrfm audit --out` likewise. Both now refuse it in one line and write nothing."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "EHRFM_QUIET": "1"}
+    (tmp_path / "existing").mkdir()
+    for out in (f"{tmp_path / 'd'}/", str(tmp_path / "existing")):
+        p = subprocess.run([sys.executable, "-m", "ehrfm", "labels", str(demo_meds), "--task", "icu_admission", "--out", out],
+                           capture_output=True, text=True, env=env)
+        assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+            f"ehrfm labels: error: --out {out}: this command writes one file there, and that names a directory; "
+            "give a file path (e.g. DIR/name.parquet)"], p.stderr
+    assert not (tmp_path / "d").exists() and not any((tmp_path / "existing").iterdir())
+    p = subprocess.run([sys.executable, "-m", "ehrfm", "audit", str(demo_meds), "--labels", str(tmp_path), "--out",
+                        f"{tmp_path / 'a'}/"], capture_output=True, text=True, env=env)
+    assert p.returncode == 2 and "--out" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert not (tmp_path / "a").exists()

@@ -2198,7 +2198,7 @@ def _route(path: Path, src: int, shard_of: pl.DataFrame, buckets: Path) -> int:
     """Append staged file `path`'s rows (source index `src`) to their shards' bucket files.
 
     shard_of: subject_id -> _shard. Writes buckets/{shard}__{src:03d}.parquet; returns the
-    events dropped as their subject is not in patients.
+    events dropped as their subject is not in patients (ENTRY_ONLY rows, already counted, aside).
     """
     import pyarrow.parquet as pq
 
@@ -2208,8 +2208,11 @@ def _route(path: Path, src: int, shard_of: pl.DataFrame, buckets: Path) -> int:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=BUCKET_ROWS):
             df = pl.from_arrow(batch)
             n = df.height
-            df = df.join(shard_of, on="subject_id", how="inner")  # drops subjects absent from patients
-            dropped += n - df.height
+            kept = df.join(shard_of, on="subject_id", how="inner")  # drops subjects absent from patients
+            if kept.height < n:  # an ENTRY_ONLY row was counted (missing_medication) when staged: not twice
+                lost = df.join(shard_of, on="subject_id", how="anti")
+                dropped += lost.height - int((lost["code"] == ENTRY_ONLY).sum())
+            df = kept
             for (j,), part in df.partition_by("_shard", as_dict=True, include_key=False).items():
                 arrow = part.to_arrow()
                 if j not in writers:

@@ -813,12 +813,13 @@ def _paired_auroc_gap(heads_dir, task: str, n_boot: int, seed: int) -> tuple[flo
 
     Returns:
         (difference, low, high) in AUROC units, or None: a file missing, no bootstrap (n_boot 0),
-        or fewer than half of the replicates with both classes.
+        fewer than MIN_CLASS_FOR_INTERVAL paired labels of a class (the heads give no interval
+        there either: it would be falsely narrow), or fewer than half of the replicates with both classes.
     """
     import numpy as np
     import polars as pl
 
-    from ehrfm.clinical.metrics import weighted_auroc_auprc
+    from ehrfm.clinical.metrics import MIN_CLASS_FOR_INTERVAL, weighted_auroc_auprc
 
     files = [Path(heads_dir) / task / "probe" / "predictions.parquet",
              Path(heads_dir) / task / "baseline" / "logistic_regression" / "predictions.parquet"]
@@ -834,6 +835,8 @@ def _paired_auroc_gap(heads_dir, task: str, n_boot: int, seed: int) -> tuple[flo
     if not both.height:
         return None
     y = both["boolean_value"].to_numpy().astype(bool)
+    if min(int(y.sum()), int((~y).sum())) < MIN_CLASS_FOR_INTERVAL:
+        return None
     p_probe, p_counts = (both[c].to_numpy().astype(np.float64) for c in (cols[1], "counts"))
     _, subject = np.unique(both["subject_id"].to_numpy(), return_inverse=True)
     n_subjects = int(subject.max()) + 1
@@ -893,12 +896,15 @@ def _checks_section(cfg, fit, res, heads: dict, wall: float, resumed_from: list[
     # of the fit (or a fit not made) does not count towards the target.
     u = sorted(x["budget"] for x in budgets if x.get("used"))
     span = f" spanning {u[-1] / u[0]:.3g}x" if len(u) >= 2 else ""
-    check("budgets", ">= 4 spanning >= 16x", f"{len(u)}{span}" if u == b else f"{len(u)} used of {len(b)} planned{span}",
+    # Without an Approach 2 fit no budget is used, though some may have a parabola (the headline counts those)
+    not_fitted = "" if budgets else " (Approach 2 not fitted: no budget's parabola is used)"
+    check("budgets", ">= 4 spanning >= 16x", f"{len(u)}{span}" if u == b else f"{len(u)} used of {len(b)} planned{span}{not_fitted}",
           len(u) >= 4 and u[-1] / u[0] >= 16)
     # A curvature interval not available (too few bootstrap replicates fitted) does not show curvature > 0.
     good = [x for x in budgets if x.get("used") and x.get("interior")
             and ((x.get("curvature_ci") or [None])[0] or 0) > 0]
-    check("IsoFLOP parabolas", "all interior, curvature interval > 0", f"{len(good)} of {len(budgets)}", budgets and len(good) == len(budgets))
+    check("IsoFLOP parabolas", "all interior, curvature interval > 0",
+          f"{len(good)} of {len(budgets)}" if budgets else "none fitted (Approach 2 not fitted)", budgets and len(good) == len(budgets))
     for k in ("a", "b"):
         ci = a2.get(f"{k}_ci")
         # the width beside the interval: the row says which half of the target a miss is (0 inside, or too wide)

@@ -19,9 +19,10 @@ def _labels(args) -> int:
     from ehrfm.cli_args import values
     from ehrfm.clinical.labels import LabelConfig, make_labels, write_label_dir, write_labels
     from ehrfm.errors import UserError
-    from ehrfm.io import check_overwrite, summary
+    from ehrfm.io import check_file_output, check_overwrite, summary
 
-    options = values(LabelConfig, args, names=("gap_hours", "long_los_days", "readmission_days", "transfer_hours"))
+    options = values(LabelConfig, args, names=("gap_hours", "long_los_days", "readmission_days", "transfer_hours",
+                                                      "direct_icu_minutes"))
     out = Path(args.out)
     if args.task == "all":
         if out.suffix == ".parquet":
@@ -32,6 +33,7 @@ def _labels(args) -> int:
         parts = ", ".join(f"{t} {i['n']} ({i['n_positive']} positive)" for t, i in info.items())
         summary(f"labels: {parts} -> {out}")
         return 0
+    check_file_output(args.out)  # one task: one parquet (--task all takes a directory)
     check_overwrite(out, args.overwrite, inputs=(args.meds_dir,))
     check_overwrite(out.with_suffix(".json"), args.overwrite, inputs=(args.meds_dir,))  # the sidecar
     labels, info = make_labels(args.meds_dir, args.task, **options)
@@ -43,9 +45,10 @@ def _labels(args) -> int:
 
 def _audit(args) -> int:
     from ehrfm.clinical.audit import audit, format_audit
-    from ehrfm.io import atomic_file, check_overwrite, summary
+    from ehrfm.io import atomic_file, check_file_output, check_overwrite, summary
 
     if args.out:
+        check_file_output(args.out)
         check_overwrite(args.out, args.overwrite, inputs=(args.meds, args.labels))
     codes = [c.strip() for c in args.date_only_codes.split(",") if c.strip()] if args.date_only_codes is not None else None
     res = audit(args.meds, args.labels, date_only_codes=codes)
@@ -121,7 +124,7 @@ def _labels_arguments(p) -> None:
     add_fields(p, LabelConfig, ["meds_dir", "task"], meds_dir=dict(flag="meds_dir", metavar="meds"),
                task=dict(required=True, choices=TASK_CHOICES))
     p.add_argument("--out", required=True, help="LABELS.parquet, or a dir of <task>.parquet with --task all")
-    add_fields(p, LabelConfig, ["gap_hours", "long_los_days", "readmission_days", "transfer_hours"])
+    add_fields(p, LabelConfig, ["gap_hours", "long_los_days", "readmission_days", "transfer_hours", "direct_icu_minutes"])
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (only an output ehrfm wrote)")
 
 

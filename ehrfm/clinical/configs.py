@@ -29,6 +29,9 @@ class LabelConfig:
     """A readmission within this many days of discharge counts."""
     transfer_hours: float = 1.0
     """Readmission: a next admission within this many hours of the discharge is a transfer (excluded), not a readmission."""
+    direct_icu_minutes: float = 5.0
+    """ICU admission: an ICU stay starting within this many minutes of the hospital admission is a direct ICU admission
+    (excluded: the outcome is decided at the prediction time), not an outcome to predict."""
 
 
 @dataclass

@@ -53,9 +53,9 @@ Tasks (DESIGN.md section 6):
   before it under the stay's own id (ED patients boarded in the ICU before admittime): the
   patient is already in the ICU when the prediction is made and the ICU token would be in the
   history. Also excluded (admitted_directly_to_icu): stays whose first ICU admission follows the
-  admission within DIRECT_ICU_MINUTES (5): the patient is admitted straight into the ICU, one
+  admission within `direct_icu_minutes` (default 5): the patient is admitted straight into the ICU, one
   registration (MIMIC-IV writes admittime to the minute and the ICU intime to the second: on the
-  demo 20 of 126 ICU stays begin 24-117 s after admittime, their first unit the ICU; the next 12
+  demo 20 of the 126 positive stays began their ICU stay 24-117 s after admittime, their first unit the ICU; the next 12
   minutes after), so the outcome is decided when the prediction is made. Also excluded: stays that
   end at the admission timestamp.
 - readmission_30d: prediction_time = discharge; true when the subject's next hospital admission
@@ -104,9 +104,6 @@ UNKNOWN_DISCHARGE_LOCATIONS = frozenset({"", "DIED", "UNK", "UNKNOWN", "NONE", "
 
 US_PER_HOUR = 3_600_000_000
 US_PER_DAY = 24 * US_PER_HOUR
-# icu_admission: an ICU admission this soon after the hospital admission is the admission itself
-# (admitted straight into the ICU; module docstring), not an outcome to predict at it.
-DIRECT_ICU_MINUTES = 5
 # The MEDS label schema's other value columns (a label file may use one instead of boolean_value).
 OTHER_LABEL_VALUES = ("integer_value", "float_value", "categorical_value")
 
@@ -321,6 +318,7 @@ def labels_from_stays(stays: list[Stay], cfg: LabelConfig, notes: dict | None = 
         raise UserError(f"unknown task {cfg.task!r}; choose one of {', '.join(TASKS)} or all")
     gap = int(cfg.gap_hours * US_PER_HOUR)
     transfer = int(cfg.transfer_hours * US_PER_HOUR)
+    direct_icu = int(cfg.direct_icu_minutes * 60_000_000)
     rows: list[tuple] = []  # (subject_id, prediction_time, label[, why negative: 0, 1 no later admission, 2 + died])
     excluded = {"no_discharge": 0}
 
@@ -357,7 +355,7 @@ def labels_from_stays(stays: list[Stay], cfg: LabelConfig, notes: dict | None = 
             if s.icu_just_before or (s.first_icu is not None and s.first_icu <= pred):
                 exclude("in_icu_at_prediction_time")
                 continue
-            if s.first_icu is not None and s.first_icu - pred < DIRECT_ICU_MINUTES * 60_000_000:
+            if s.first_icu is not None and s.first_icu - pred < direct_icu:
                 exclude("admitted_directly_to_icu")
                 continue
             rows.append((s.subject_id, pred, s.first_icu is not None))
@@ -396,13 +394,13 @@ def _check_label_options(options: dict, task: str | None = None) -> None:
     """Refuse windows that cannot define a task (UserError naming the flag), before any data is read.
 
     gap_hours >= 0 (a negative gap would predict before the admission the label is about);
-    long_los_days and readmission_days > 0; transfer_hours >= 0 and shorter than the readmission
+    long_los_days and readmission_days > 0; direct_icu_minutes >= 0; transfer_hours >= 0 and shorter than the readmission
     window; all finite. For long_los (or "all"), the gap must be shorter than the long-stay
     threshold: a stay still open at admission + gap would already have
     lasted the threshold, so every label would be positive and known at the prediction time.
     """
     for name, low, strict in (("gap_hours", 0.0, False), ("long_los_days", 0.0, True), ("readmission_days", 0.0, True),
-                              ("transfer_hours", 0.0, False)):
+                              ("transfer_hours", 0.0, False), ("direct_icu_minutes", 0.0, False)):
         if name not in options or options[name] is None:
             continue
         v = float(options[name])
