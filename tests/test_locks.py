@@ -63,22 +63,18 @@ def test_each_lock_names_its_own_file(lockless, tmp_path):
         assert str(e.value).startswith(f"{path}: its filesystem refuses file locks ({lockless}: "), str(e.value)
 
 
-def test_a_held_lock_is_still_told_apart_from_a_lockless_filesystem(tmp_path):
+def test_a_held_lock_is_still_told_apart_from_a_lockless_filesystem(tmp_path, monkeypatch):
     """BlockingIOError (another holder) passes through flock's wrapper: the run dir is busy, not lockless."""
+    import ehrfm.run_lock as rl
     from ehrfm.run_lock import RunDirBusyError, lock_run_dir, run_dir_busy
 
+    monkeypatch.setattr(rl, "_PROBE_GRACE_S", 0.0)  # refused at once, not after the launcher-probe grace
     tmp_path.joinpath("run").mkdir()
     held = lock_run_dir(tmp_path / "run")
     try:
         assert run_dir_busy(tmp_path / "run")
         with pytest.raises(RunDirBusyError):
-            import ehrfm.run_lock as rl
-
-            grace, rl._PROBE_GRACE_S = rl._PROBE_GRACE_S, 0.0
-            try:
-                lock_run_dir(tmp_path / "run")
-            finally:
-                rl._PROBE_GRACE_S = grace
+            lock_run_dir(tmp_path / "run")
     finally:
         held.close()
     assert not run_dir_busy(tmp_path / "run")

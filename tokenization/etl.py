@@ -2395,7 +2395,10 @@ def _at_entry_time(shard: pl.DataFrame, names: list[str], ctx: Context) -> pl.Da
         rows = rows.with_columns(time=pl.when(later).then(pl.col("_e")).otherwise(pl.col("time")),
                                  _date_only=pl.when(later).then(pl.col("_ed")).otherwise(pl.col("_date_only"))).drop("_e", "_ed")
         shard = pl.concat([shard.filter(pl.col("_src") != ci), rows], how="vertical")
-    return shard.filter(pl.col("code") != ENTRY_ONLY)  # counted as dropped (missing_medication) when staged
+    if "hosp/pharmacy" not in names:  # no ENTRY_ONLY rows: no pass over every event's code
+        return shard
+    entry_only = (pl.col("_src") == names.index("hosp/pharmacy")) & (pl.col("code") == ENTRY_ONLY)
+    return shard.filter(~entry_only)  # counted as dropped (missing_medication) when staged
 
 
 def _place_dates(shard: pl.DataFrame, admissions: pl.DataFrame | None, names: list[str], at_discharge: dict) -> pl.DataFrame:
