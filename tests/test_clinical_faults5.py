@@ -72,10 +72,11 @@ def test_no_icu_label_of_the_demo_is_a_direct_icu_admission(demo_meds):
     icu = ev.filter(pl.col("code").str.starts_with("ICU_ADMISSION//")).group_by("hadm_id").agg(first_icu=pl.col("time").min())
     pos = labels.filter("boolean_value").join(adm, on=["subject_id", "prediction_time"]).join(icu, on="hadm_id")
     soonest = int(pos.select((pl.col("first_icu") - pl.col("prediction_time")).dt.total_seconds().min()).item())
-    assert (info["n"], info["n_positive"], pos.height, soonest) == (253, 106, 106, 720)  # before: 273, 126, 126, 24
-    assert info["excluded"] == {"no_discharge": 0, "admitted_directly_to_icu": 20, "in_icu_at_prediction_time": 2}
+    # before: 273, 126, 126, 24; 253, 106, 106 before stays continued by the next within 1 h were excluded (3, 1 positive)
+    assert (info["n"], info["n_positive"], pos.height, soonest) == (250, 105, 105, 720)
+    assert info["excluded"] == {"no_discharge": 0, "admitted_directly_to_icu": 20, "in_icu_at_prediction_time": 2, "transferred": 3}
     counts = {t: (i["n"], i["n_positive"]) for t, i in make_labels(demo_meds, "all")[1].items()}
-    assert counts == {"in_hospital_mortality": (245, 14), "long_los": (245, 91), "icu_admission": (253, 106),
+    assert counts == {"in_hospital_mortality": (243, 14), "long_los": (243, 91), "icu_admission": (250, 105),
                       "readmission_30d": (257, 50)}
 
 
@@ -88,7 +89,7 @@ def test_the_synthetic_icu_labels_have_no_direct_icu_admission(synth_meds):
 
 def test_the_direct_icu_window_is_a_saved_setting(demo_meds, tmp_path):
     """The 5-minute window is `ehrfm labels --direct-icu-minutes` (LabelConfig.direct_icu_minutes), saved
-    in the label file's JSON like the other windows; 0 turns the exclusion off (273 labels, 126 positive
+    in the label file's JSON like the other windows; 0 turns the exclusion off (270 labels, 125 positive
     on the demo, as before it) and a negative window is refused in one line."""
     import json
     import os
@@ -106,11 +107,11 @@ def test_the_direct_icu_window_is_a_saved_setting(demo_meds, tmp_path):
     p, out = labels()
     assert p.returncode == 0, p.stderr
     side = json.loads(out.with_suffix(".json").read_text())
-    assert side["config"]["direct_icu_minutes"] == 5.0 and (side["n"], side["n_positive"]) == (253, 106)
+    assert side["config"]["direct_icu_minutes"] == 5.0 and (side["n"], side["n_positive"]) == (250, 105)
     p, out = labels("--direct-icu-minutes", "0")
     assert p.returncode == 0, p.stderr
     side = json.loads(out.with_suffix(".json").read_text())
-    assert side["config"]["direct_icu_minutes"] == 0.0 and (side["n"], side["n_positive"]) == (273, 126)
+    assert side["config"]["direct_icu_minutes"] == 0.0 and (side["n"], side["n_positive"]) == (270, 125)  # 273, 126 less 3 transferred
     p, _ = labels("--direct-icu-minutes", "-1")
     assert p.returncode == 2 and p.stderr.strip().splitlines() == [
         "ehrfm labels: error: --direct-icu-minutes must be a finite number >= 0 (got -1.0)"], p.stderr

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_sweep import slurm_answered
 from test_sweep_faults import ehrfm, write
 
 from sweeps.launch import LaunchConfig, sbatch_error
@@ -93,7 +94,7 @@ def test_a_cancelled_job_says_so_from_its_own_log(sweep):
         wait_for(lambda: "CANCELLED AT" in text_of(log), f"job {jid}'s log to say it was cancelled")
         write(sweep_dir / "jobs" / f"{rid}.json", {"run_id": rid, "executor": "slurm", "job_id": jid})
         wait_for(lambda: squeue_state(jid) == "CANCELLED", f"job {jid} to be over")
-        status = ehrfm("sweep", "status", sweep_dir)
+        status = slurm_answered(ehrfm, "sweep", "status", sweep_dir)
         assert status.returncode == 0, status.stderr
         assert f"{rid}: lost: SLURM job {jid} ended CANCELLED without a result.json; its log says: *** JOB {jid} ON " in status.stdout, status.stdout
         assert " CANCELLED AT " in status.stdout and f"*** ({submitit_log(sweep_dir, jid)}); a relaunch starts it again" in status.stdout
@@ -119,7 +120,7 @@ def test_a_job_slurm_forgot_says_why_it_ended_from_its_own_log(sweep, line, said
     write(sweep_dir / "jobs" / f"{rid}.json", {"run_id": rid, "executor": "slurm", "job_id": jid})
     (sweep_dir / "runs" / rid / "checkpoint").mkdir(parents=True)
     write(submitit_log(sweep_dir, jid), f"submitit INFO (2026-12-01 21:08:00,405) - Starting with JobEnvironment(job_id={jid})\n{line}\n")
-    status = ehrfm("sweep", "status", sweep_dir)
+    status = slurm_answered(ehrfm, "sweep", "status", sweep_dir)
     assert status.returncode == 0, status.stderr
     assert f"{rid}: interrupted: SLURM job {jid} ended without a result.json; {said}" in status.stdout, status.stdout
     assert f"({submitit_log(sweep_dir, jid)}); a relaunch resumes it from its checkpoint" in status.stdout, status.stdout
@@ -148,7 +149,7 @@ def test_a_run_out_of_time_limits_says_so(tok, tmp_path):
         # the SIGCONT that SLURM sends with the signal makes submitit's logging swallow that error (seen 2026-12-02);
         # either way the run is interrupted, its log says why, and a relaunch resumes it. ("": SLURM purged it.)
         wait_for(lambda: squeue_state(jid) in ("FAILED", "COMPLETED", ""), f"job {jid} to reach its time limit", timeout_s=600)
-        status = ehrfm("sweep", "status", sweep_dir)
+        status = slurm_answered(ehrfm, "sweep", "status", sweep_dir)
         said = (f"without a result.json; its log says: Job not requeued because: timed-out too many times. "
                 f"({submitit_log(sweep_dir, jid)}); a relaunch resumes it from its checkpoint")
         assert any(f"{rid}: interrupted: SLURM job {jid} ended {how}{said}" in status.stdout
@@ -256,12 +257,12 @@ def test_a_relaunch_with_other_options_says_queued_runs_keep_theirs(sweep):
     first = ehrfm("sweep", "launch", sweep_dir, "--executor", "slurm", "--time", "20", "--mem", "1G", "--slurm-arg", "hold")
     assert first.returncode == 0, first.stderr
     try:
-        again = ehrfm("sweep", "launch", sweep_dir, "--executor", "slurm", "--time", "20", "--mem", "2G", "--partition", partition)
+        again = slurm_answered(ehrfm, "sweep", "launch", sweep_dir, "--executor", "slurm", "--time", "20", "--mem", "2G", "--partition", partition)
         assert again.returncode == 0 and again.stdout.strip() == f"submitted 0 jobs: nothing to run ({len(rows)} queued)", again.stdout
         assert again.stderr.strip().splitlines() == [
             f"ehrfm sweep: warning: {len(rows)} queued runs keep the options their jobs were submitted with (--partition unset, "
             "--mem 1G), not this launch's: `scancel` their jobs and launch again to submit them with these"], again.stderr
-        plain = ehrfm("sweep", "launch", sweep_dir, "--executor", "slurm")
+        plain = slurm_answered(ehrfm, "sweep", "launch", sweep_dir, "--executor", "slurm")
         assert plain.returncode == 0 and plain.stderr == "", plain.stderr
     finally:
         jobs = {json.loads((sweep_dir / "jobs" / f"{r['run_id']}.json").read_text()).get("job_id") for r in rows}
@@ -280,7 +281,7 @@ def test_a_sweep_dir_moved_while_its_jobs_wait_says_where_they_write(sweep, tmp_
     sweep_dir.rename(moved)
     jobs = {r["run_id"]: json.loads((moved / "jobs" / f"{r['run_id']}.json").read_text())["job_id"] for r in rows}
     try:
-        status = ehrfm("sweep", "status", moved)
+        status = slurm_answered(ehrfm, "sweep", "status", moved)
         assert status.returncode == 0 and f"{len(rows)} runs: {len(rows)} queued" in status.stdout, status.stdout + status.stderr
         for rid, jid in jobs.items():
             assert (f"{rid}: queued: SLURM job {jid} waits: JobHeldUser (`scontrol show job {jid}` says more; it may never start as "
@@ -338,7 +339,7 @@ def test_array_tasks_cancelled_while_pending_say_so(sweep):
         wait_for(lambda: squeue_state(array) == "CANCELLED", f"array {array} to be cancelled")
         for i, r in enumerate(rows):
             write(sweep_dir / "jobs" / f"{r['run_id']}.json", {"run_id": r["run_id"], "executor": "slurm", "job_id": f"{array}_{i}"})
-        status = ehrfm("sweep", "status", sweep_dir)
+        status = slurm_answered(ehrfm, "sweep", "status", sweep_dir)
         for i, r in enumerate(rows):
             assert (f"{r['run_id']}: lost: SLURM job {array}_{i} ended CANCELLED (JobHeldUser) without a result.json; "
                     "a relaunch starts it again") in status.stdout, status.stdout

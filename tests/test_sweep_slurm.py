@@ -13,7 +13,7 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-from test_sweep import TINY, break_one_run, ehrfm, launched_ok, launched_sweep, plan_rows
+from test_sweep import TINY, break_one_run, ehrfm, launched_ok, launched_sweep, plan_rows, slurm_answered
 
 pytestmark = [
     pytest.mark.slurm,
@@ -159,7 +159,7 @@ def test_slurm_requeue_and_preemption_resume_with_identical_loss(synth_tokens, t
     p = ehrfm("sweep", "launch", out, "--executor", "slurm", "--time", "20", "--cpus-per-task", "1", env=hold_env)
     assert p.returncode == 0, p.stderr
     # Already queued or running: a relaunch does not submit them twice.
-    again = ehrfm("sweep", "launch", out, "--executor", "slurm")
+    again = slurm_answered(ehrfm, "sweep", "launch", out, "--executor", "slurm")
     assert again.stdout.startswith("submitted 0 jobs: nothing to run (") and ("queued" in again.stdout or "running" in again.stdout), again.stdout
 
     jobs = {r["run_id"]: json.loads((out / "jobs" / f"{r['run_id']}.json").read_text())["job_id"] for r in rows}
@@ -282,10 +282,10 @@ def test_relaunch_by_a_teammate_submits_nothing_for_running_runs(synth_tokens, t
         held = wait_until(lambda: sorted(h.name.split(".")[0] for h in holds.glob("*.held")) if len(list(holds.glob("*.held"))) == 2 else None,
                           300, "two trainers to hold at step 1")
         teammate = {"USER": "a-teammate", "LOGNAME": "a-teammate"}
-        again = ehrfm("sweep", "launch", out, "--executor", "slurm", env=teammate)
+        again = slurm_answered(ehrfm, "sweep", "launch", out, "--executor", "slurm", env=teammate)
         assert again.returncode == 0, again.stderr
         assert again.stdout.strip() == "submitted 0 jobs: nothing to run (2 queued, 2 running)"
-        status = ehrfm("sweep", "status", out, env=teammate)
+        status = slurm_answered(ehrfm, "sweep", "status", out, env=teammate)
         assert "4 runs: 2 queued, 2 running" in status.stdout
         # The job of one running run made invisible (as SLURM's PrivateData=jobs would): its trainer's lock still says running.
         hidden = held[0]

@@ -71,8 +71,8 @@ Codes (MIMIC_IV_MEDS "//" style; values always in numeric_value, never in the co
     (admissions.deathtime, else patients.dod at 23:59:59 so a date never precedes the death),
     HOSPITAL_ADMISSION//<admission_type>//<admission_location>, HOSPITAL_DISCHARGE//<location>,
     ED_REGISTRATION, ED_OUT, TRANSFER_TO//<eventtype>//<careunit>, ICU_ADMISSION//<careunit>,
-    ICU_DISCHARGE//<careunit>, DIAGNOSIS//ICD//<9|10>//<code> (at discharge: ICD codes are coded
-    then), PROCEDURE//ICD//<9|10>//<code> (chartdate, a date: see below; at discharge for codes that
+    ICU_DISCHARGE//<careunit>, DIAGNOSIS//ICD//<9|10>//<code> (at discharge, the earliest they are
+    known: coded from the whole record, often days later), PROCEDURE//ICD//<9|10>//<code> (chartdate, a date: see below; at discharge for codes that
     state a duration, DURATION_CODED_PROCEDURES), DRG//<type>//<code>,
     LAB//<itemid>//<unit>, MEDICATION//<drug> (prescriptions: starttime, or its pharmacy row's
     entertime when later), OMR//<result_name>,
@@ -317,6 +317,9 @@ class Table:
     columns: list[str]
     times: list[str] = field(default_factory=list)
     ints: list[str] = field(default_factory=list)
+    # integer column -> (lowest, highest) value this ETL can hold: others refuse the file (a year
+    # polars' and Python's dates cannot hold made a traceback that quoted the value).
+    int_ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
     floats: list[str] = field(default_factory=list)
     to_events: Callable[[pl.DataFrame, Context], list[pl.DataFrame]] | None = None
     required: bool = False
@@ -397,6 +400,21 @@ def _ev(df: pl.DataFrame, time: pl.Expr | str, code: pl.Expr, order: int, numeri
         _key=(key if key is not None else pl.col(ROW_KEY) if ROW_KEY in df.columns
               else pl.col(SOURCE_TIME) if SOURCE_TIME in df.columns else pl.lit(None)).cast(pl.Int64),
     )
+
+
+# A whole number written as a decimal ("50971.0", "9.00"), as pandas and spreadsheets write an integer
+# column that holds a null: its integer's digits. Only for columns that are integers in MIMIC-IV's
+# schema (itemid, icd_version); text codes (icd_code "0389", drg_code) keep every character.
+WHOLE_AS_DECIMAL = r"^(\d+)\.0*$"
+
+
+def _int_part(col: str) -> pl.Expr:
+    """A code component from an integer column (itemid, icd_version): _part, with "50971.0" read as 50971.
+
+    Without this `LAB//50971.0//mEq/L` was a code of its own beside `LAB//50971//mEq/L`, with no
+    dictionary description, and `DIAGNOSIS//ICD//9.0//78829` matched no ICD vocabulary.
+    """
+    return _part(col).str.replace(WHOLE_AS_DECIMAL, "${1}")
 
 
 def _part(col: str) -> pl.Expr:
@@ -489,7 +507,7 @@ def _at_discharge(df: pl.DataFrame, ctx: Context) -> pl.DataFrame:
 
 def _diagnoses(df, ctx):
     df = _at_discharge(df, ctx)
-    code = pl.concat_str(pl.lit("DIAGNOSIS//ICD//"), _part("icd_version"), pl.lit("//"), _part("icd_code"))
+    code = pl.concat_str(pl.lit("DIAGNOSIS//ICD//"), _int_part("icd_version"), pl.lit("//"), _part("icd_code"))
     return [_ev(df.sort("hadm_id", "seq_num", maintain_order=True), pl.col("dischtime"), code, ORDER_DX)]
 
 
@@ -503,8 +521,8 @@ DURATION_CODED_PROCEDURES = r"^(?:10//5A[01]9[345]5|9//967[0-2]$)"
 def _procedures(df, ctx):
     # chartdate is a date: at the end of its day here; the shard step moves it to the stay's
     # discharge when that comes sooner (the date-only rule, module docstring). A duration-coded
-    # procedure goes to its stay's discharge (coded then, as diagnoses; known by then at the latest).
-    version_code = pl.concat_str(_part("icd_version"), pl.lit("//"), _part("icd_code"))
+    # procedure goes to its stay's discharge (coded from the whole record, as diagnoses; not known before it).
+    version_code = pl.concat_str(_int_part("icd_version"), pl.lit("//"), _part("icd_code"))
     df = df.join(ctx.admissions.select("hadm_id", "dischtime"), on="hadm_id", how="left", maintain_order="left").with_columns(
         _dur=version_code.str.contains(DURATION_CODED_PROCEDURES) & pl.col("dischtime").is_not_null())
     flag = f"{DATE_FLAG}chartdate"
@@ -538,7 +556,7 @@ def _icustays(df, ctx):
 
 def _measure(prefix: str, time_col: str, unit_col: str, value_col: str, text_col: str | None, order=ORDER_MEASURE):
     def rule(df, ctx):
-        code = pl.concat_str(pl.lit(prefix), _part("itemid"), pl.lit("//"), _part(unit_col))
+        code = pl.concat_str(pl.lit(prefix), _int_part("itemid"), pl.lit("//"), _part(unit_col))
         text = None
         if text_col is not None:
             text = pl.when(pl.col(value_col).is_null()).then(pl.col(text_col)).otherwise(None)
@@ -611,7 +629,7 @@ def _services(df, ctx):
 
 def _datetimeevents(df, ctx):
     # The value is itself a date (e.g. of a line insertion): the charted item is the event.
-    return [_ev(df, "charttime", pl.lit("DATETIME//") + _part("itemid"), ORDER_MEASURE)]
+    return [_ev(df, "charttime", pl.lit("DATETIME//") + _int_part("itemid"), ORDER_MEASURE)]
 
 
 def _poe(df, ctx):
@@ -654,7 +672,7 @@ def _ed_vitalsign(df, ctx):
 def _ed_diagnosis(df, ctx):
     # Coded at the end of the ED stay, like hospital diagnoses at discharge.
     df = _ed_stay_times(df, ctx)
-    code = pl.concat_str(pl.lit("ED_DIAGNOSIS//ICD//"), _part("icd_version"), pl.lit("//"), _part("icd_code"))
+    code = pl.concat_str(pl.lit("ED_DIAGNOSIS//ICD//"), _int_part("icd_version"), pl.lit("//"), _part("icd_code"))
     return [_ev(df.sort("stay_id", "seq_num", maintain_order=True), pl.col("_out"), code, ORDER_DX)]
 
 
@@ -675,12 +693,12 @@ def _omr(df, ctx):
 
 
 def _procedureevents(df, ctx):
-    return [_ev(df, "starttime", pl.lit("PROCEDURE//ITEM//") + _part("itemid"), ORDER_PROC)]
+    return [_ev(df, "starttime", pl.lit("PROCEDURE//ITEM//") + _int_part("itemid"), ORDER_PROC)]
 
 
 TABLES: list[Table] = [
     Table("hosp/patients", ["subject_id", "gender", "anchor_age", "anchor_year", "dod"], times=["dod"],
-          ints=["anchor_age", "anchor_year"], to_events=_patients, required=True, dates=["dod"],
+          ints=["anchor_age", "anchor_year"], int_ranges={"anchor_year": (1, 9999)}, to_events=_patients, required=True, dates=["dod"],
           code_prefixes={"dod": ["MEDS_DEATH"]}),
     Table("hosp/admissions", ["subject_id", "hadm_id", "admittime", "dischtime", "deathtime", "admission_type",
                               "admission_location", "discharge_location", "edregtime", "edouttime"],
@@ -1222,10 +1240,25 @@ def _parse_ints(df: pl.DataFrame, typed: pl.DataFrame, cols: list[str]) -> pl.Da
         return typed
     exprs = []
     for c in slow:
-        x = df[c].str.strip_chars().cast(pl.Float64, strict=False)
+        x = df[c].str.strip_chars().str.strip_prefix("+").cast(pl.Float64, strict=False)
         whole = x.is_finite() & (x == x.floor()) & (x.abs() <= 2.0 ** 53)
         exprs.append(pl.coalesce(typed[c], pl.when(whole).then(x).cast(pl.Int64)).alias(c))
     return typed.with_columns(exprs)
+
+
+def _parse_floats(df: pl.DataFrame, typed: pl.DataFrame, cols: list[str]) -> pl.DataFrame:
+    """Number columns of `typed` that failed to parse, read again without surrounding spaces or a leading '+'.
+
+    `" 7.5 "` (a fixed-width export) and `+7.5` are 7.5: polars' cast refuses both, and every such
+    value became an event without a number. Only columns with failures are parsed again; what is
+    still null is counted as unparseable by _typed.
+    """
+    slow = [c for c in cols if (df[c].is_not_null() & typed[c].is_null()).any()]
+    if not slow:
+        return typed
+    return typed.with_columns([
+        pl.coalesce(typed[c], df[c].str.strip_chars().str.strip_prefix("+").cast(pl.Float64, strict=False)).alias(c)
+        for c in slow])
 
 
 class _BadValues:
@@ -1260,7 +1293,9 @@ class _BadValues:
             if d and not k and not z:
                 why = (f" ({'all' if d == n else d} of them dates written with '/', as a spreadsheet saves them: "
                        "MIMIC-IV writes YYYY-MM-DD HH:MM:SS; use the file as downloaded, or save times in that format)")
-            raise UserError(f"{self.path}: column {col!r} has {n} unparseable {kind} value{'s' if n != 1 else ''}{why}")
+            what = f"value{'s' if n != 1 else ''} {kind}" if kind.startswith("outside ") else \
+                f"unparseable {kind} value{'s' if n != 1 else ''}"
+            raise UserError(f"{self.path}: column {col!r} has {n} {what}{why}")
 
 
 # Texts some database exports write for a null (MySQL \N, psql/pandas NULL, NaN, ...); MIMIC-IV
@@ -1290,7 +1325,7 @@ def _typed(df: pl.DataFrame, table: Table, bad: _BadValues, ctx: Context) -> pl.
     exprs += [pl.col(c).cast(pl.Float64, strict=False) for c in table.floats if c in df.columns]
     times = [c for c in table.times if c in df.columns]
     typed = _parse_ints(df, df.with_columns(exprs), ["subject_id", *(c for c in table.ints if c in df.columns)])
-    typed = _parse_times(typed, times)
+    typed = _parse_floats(df, _parse_times(typed, times), [c for c in table.floats if c in df.columns])
     checks = [("subject_id", "integer")] + [(c, "timestamp") for c in table.times] + [(c, "integer") for c in table.ints]
     present = [c for c, _ in checks if c in df.columns]
     floats = [c for c in table.floats if c in df.columns]
@@ -1302,6 +1337,8 @@ def _typed(df: pl.DataFrame, table: Table, bad: _BadValues, ctx: Context) -> pl.
         + [(_is_null_marker(c) & typed[c].is_null()).sum().alias(f"marker:{c}") for c in present]
         + [(pl.col(c).is_not_null() & typed[c].is_null()).sum().alias(f"float:{c}") for c in floats]
         + [(typed[c].is_not_null() & _usable_number(typed[c]).is_null()).sum().alias(f"range:{c}") for c in floats]
+        + [pl.lit((~typed[c].is_between(lo, hi)).sum()).alias(f"outside:{c}") for c, (lo, hi) in table.int_ranges.items()
+           if c in df.columns]
         + [pl.lit(is_date[c].sum()).alias(f"date:{c}") for c in times]
         + [pl.lit(midnight[c].sum()).alias(f"midnight:{c}") for c in times]
     ).row(0, named=True) if len(df) else {}
@@ -1315,6 +1352,8 @@ def _typed(df: pl.DataFrame, table: Table, bad: _BadValues, ctx: Context) -> pl.
     for c, kind in checks:
         bad.add(c, kind, int(counts.get(c, 0)), int(counts.get(f"marker:{c}", 0)), int(counts.get(f"zone:{c}", 0)),
                 int(counts.get(f"slash:{c}", 0)))
+    for c, (lo, hi) in table.int_ranges.items():
+        bad.add(c, f"outside {lo}-{hi}", int(counts.get(f"outside:{c}", 0)))
     for c in floats:
         n = int(counts.get(f"float:{c}", 0))
         if n:  # kept as an event without a number (the raw text stays in text_value where there is one)
@@ -2503,6 +2542,9 @@ def _dictionary_rows(path: Path, columns: dict[str, str], keys: set[str]) -> pl.
             for row in reader:
                 # Keys without surrounding spaces, as _part writes them into codes (CHAR(n) padding).
                 row = [v.strip() for v in row]
+                for name, i in zip(names, at, strict=True):  # integer columns as _int_part writes them into codes
+                    if name in ("itemid", "icd_version") and i < len(row):
+                        row[i] = re.sub(WHOLE_AS_DECIMAL, r"\1", row[i])
                 if len(row) > at[0] and row[at[0]] in keys:
                     rows.append([row[i] if i < len(row) and row[i] != "" else None for i in at])
     except UnicodeDecodeError:

@@ -23,7 +23,11 @@ history holds
     the subject (the stay's end), it may have happened after the prediction; or an ICD procedure
     code that states its duration (`DURATION_CODED`: ventilation < 24 h, 24-96 h, > 96 h) of the
     label's own stay placed before a discharge: dated by its start, it tells how long the
-    procedure will go on (any ETL that keeps procedures at their chartdate);
+    procedure will go on (any ETL that keeps procedures at their chartdate); or a code assigned
+    only after the discharge (`DISCHARGE_CODED`: the stay's ICD diagnoses and DRG, which coders
+    give from the whole record) of the label's own stay placed before a discharge (an ETL that
+    dates them by the admission puts every diagnosis of the stay, the cause of death among them,
+    into its 24-hour history);
 (c) an event not known to precede the prediction time: a row with a null time whose code is not
     static (ehrfm.meds_io's rule), e.g. a MEDS_DEATH without a time;
 (d) a stay that overlaps another stay of the same subject (stays from HOSPITAL_ADMISSION//* and
@@ -79,6 +83,10 @@ LONG_LOS_DAYS = 7.0  # ehrfm.clinical.configs.LabelConfig's default, when a labe
 # DURATION_CODED_PROCEDURES): true only once it has ended, so never known within the stay before
 # the discharge (on the real MIMIC-IV demo at their chartdate: 22 of 245 mortality histories).
 DURATION_CODED = r"^PROCEDURE//ICD//(?:10//5A[01]9[345]5|9//967[0-2]$)"
+# Codes assigned after the discharge from the whole record (MIMIC-IV's diagnoses_icd and drgcodes,
+# which have no time of their own: tokenization.etl places them at the discharge; MIMIC_IV_MEDS
+# uses the same prefixes). Of the label's own stay and before a discharge, they are look-ahead.
+DISCHARGE_CODED = ("DIAGNOSIS//", "DRG//")
 
 # task -> (codes, prefixes, window): a history event with one of these codes or prefixes is the
 # outcome when its time is in the window: "any" (<= prediction time), "stay" (at or after the
@@ -253,7 +261,7 @@ def _label_files(labels: str | os.PathLike) -> dict[str, Path]:
 def _events(ds: MedsDataset, date_only: list[str]) -> pl.DataFrame:
     """Read the rows the audit checks need.
 
-    The rows the checks need (stay codes, deaths, date-only and duration codes, midnight events, null-time
+    The rows the checks need (stay codes, deaths, date-only, duration and discharge codes, midnight events, null-time
     rows of non-static codes), null-time rows included, with a stay id when the data has one.
     """
     cols = ["subject_id", "time", "code"]
@@ -263,7 +271,7 @@ def _events(ds: MedsDataset, date_only: list[str]) -> pl.DataFrame:
     code = pl.col("code")
     wanted = (code.str.starts_with(ADMISSION) | code.str.starts_with(DISCHARGE) | code.str.starts_with(ICU)
               | (code == DEATH) | (pl.col("time").is_not_null() & (pl.col("time").dt.time() == pl.time(0)))
-              | code.str.contains(DURATION_CODED))
+              | code.str.contains(DURATION_CODED) | pl.any_horizontal(code.str.starts_with(p) for p in DISCHARGE_CODED))
     for p in date_only:
         wanted = wanted | code.str.starts_with(p)
     if ds.null_time_codes:
@@ -372,23 +380,29 @@ def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: li
             known |= set(lab.filter(pl.col("pred") - pl.col("stay_adm") > long_los_days * US_PER_DAY)["i"].to_list())
         outcome = len(known)
     same_day = pl.col("t").is_not_null() & ((pl.col("t") // US_PER_DAY) == (pl.col("pred") // US_PER_DAY))
-    date_only_n = None
+    # Placed at a discharge (or, below, at the end of its day): known by then. Anything earlier may be a leak.
+    dis_times = ev.filter(code.str.starts_with(DISCHARGE)).select("subject_id", "t").unique().with_columns(
+        pl.lit(True).alias("at_discharge"))
+    hist = hist.join(dis_times, on=["subject_id", "t"], how="left").with_columns(pl.col("at_discharge").fill_null(False))
+    # Whatever its day: a duration-coded procedure, diagnosis or DRG of this stay is not known while it is open.
+    # This needs no metadata, so it is counted on any ETL's MEDS (then (b) is at least this count).
+    stay_open = pl.col("last_dis").is_null() | (pl.col("last_dis") <= pl.col("stay_adm"))
+    coded_later = code.str.contains(DURATION_CODED) | pl.any_horizontal(code.str.starts_with(p) for p in DISCHARGE_CODED)
+    # Its stay: the label's own by the stay id when both have one, else any not at a discharge (at the
+    # stay's admission that is the previous stay's discharge, of a transfer recorded as discharge + admission).
+    own_stay = (pl.col(STAY_ID_COLUMN) == pl.col("stay_id")).fill_null(~pl.col("at_discharge"))
+    coded_in_open_stay = (coded_later & pl.col("t").is_not_null() & stay_open
+                          & (pl.col("t") >= pl.col("stay_adm")).fill_null(False) & own_stay)
     if date_only is not None:
         is_date_only = pl.lit(False)
         midnight_only = pl.col("t") % US_PER_DAY == 0
         for p in date_only:
             is_date_only = is_date_only | (code.str.starts_with(p) & (midnight_only if p in partial else pl.lit(True)))
-        # Placed at the end of its day or at a discharge (sooner, and after the day's timed
-        # events): known by then, whatever its true time that day. Anything earlier may be a leak.
-        dis_times = ev.filter(code.str.starts_with(DISCHARGE)).select("subject_id", "t").unique().with_columns(
-            pl.lit(True).alias("at_discharge"))
-        hist = hist.join(dis_times, on=["subject_id", "t"], how="left").with_columns(pl.col("at_discharge").fill_null(False))
+        # At the end of its day (after the day's timed events): known by then, whatever its true time that day.
         known_by_then = pl.col("at_discharge") | (pl.col("t") % US_PER_DAY >= US_PER_DAY - 1_000_000)
-        # Whatever its day: a duration-coded procedure of this stay is not known while the stay is open.
-        stay_open = pl.col("last_dis").is_null() | (pl.col("last_dis") <= pl.col("stay_adm"))
-        states_duration = (code.str.contains(DURATION_CODED) & pl.col("t").is_not_null() & stay_open
-                           & (pl.col("t") >= pl.col("stay_adm")).fill_null(False) & ~pl.col("at_discharge"))
-        date_only_n = n_with((is_date_only & same_day & ~known_by_then) | states_duration)
+        date_only_n = n_with((is_date_only & same_day & ~known_by_then) | coded_in_open_stay)
+    else:
+        date_only_n = n_with(coded_in_open_stay) or None  # 0 is not "clean" while the date-only sources are unknown
     not_known = n_with(pl.col("t").is_null() & code.is_in(null_codes)) if null_codes else 0
     midnight = n_with(same_day & (pl.col("t") % US_PER_DAY == 0))
     overlapping = None
@@ -496,7 +510,7 @@ def _counts_text(counts: dict) -> str:
 
 def format_audit(res: AuditResult) -> list[str]:
     """The audit as short markdown lines (a table per task plus the ETL counts and unknowns)."""
-    lines = ["| task | labels | (a) outcome code | (b) date-only same day, duration code | (c) not known before | "
+    lines = ["| task | labels | (a) outcome code | (b) date-only same day, duration or discharge code | (c) not known before | "
              "(d) overlapping stays | 00:00 same day (hint) | (f) outside the data |", "|---|---|---|---|---|---|---|---|"]
     for t in res.tasks.values():
         lines.append(f"| {t.task} | {t.n_labels} | {_fmt(t.outcome_code_in_history, t.n_labels)} | "

@@ -28,7 +28,8 @@ class LabelConfig:
     readmission_days: float = 30.0
     """A readmission within this many days of discharge counts."""
     transfer_hours: float = 1.0
-    """Readmission: a next admission within this many hours of the discharge is a transfer (excluded), not a readmission."""
+    """A next admission within this many hours of a discharge is a transfer: the stay continues into it, so it is
+    excluded from every task (its outcome is not its own), and for readmission the next stay is no readmission."""
     direct_icu_minutes: float = 5.0
     """ICU admission: an ICU stay starting within this many minutes of the hospital admission is a direct ICU admission
     (excluded: the outcome is decided at the prediction time), not an outcome to predict."""

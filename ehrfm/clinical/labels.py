@@ -36,6 +36,14 @@ Exclusions common to every task, each counted under its own reason in `info["exc
   is already in the history (admitted 10:00, died 20:00, discharge paperwork 30 h later).
 - duplicate_prediction_time: a second stay of the subject with the same prediction time
   (duplicated source rows); the first is kept.
+- transferred: the subject's next admission follows the discharge within `transfer_hours`
+  (default 1 h; at the same timestamp included): the next stay continues this one (on the
+  MIMIC-IV demo: a discharge to a psych facility with an "INTERNAL TRANSFER TO OR FROM PSYCH"
+  admission 15 minutes later, and an observation stay admitted as inpatient 1 minute after its
+  discharge; the next-shortest gap there is 20 h). Its discharge is no end of care, so its death,
+  length of stay or ICU bed may lie in the next stay; it is excluded whatever its outcome (an
+  exclusion that looked at the outcome would bias the labels), and the next stay is labelled as
+  its own. For readmission the next stay is a transfer, not a readmission.
 Every stay is either labelled or excluded: n + n_excluded == n_stays, and prevalence is stated.
 
 Tasks (DESIGN.md section 6):
@@ -61,11 +69,7 @@ Tasks (DESIGN.md section 6):
 - readmission_30d: prediction_time = discharge; true when the subject's next hospital admission
   is after the discharge and within 30 days (next_admission - discharge <= 30 * 24 h; a
   readmission on day 30 is positive, on day 31 negative). Excluded: in-hospital deaths (no
-  readmission is possible) and stays whose next admission follows the discharge within
-  `transfer_hours` (default 1 h; at the same timestamp included): a transfer, not a discharge
-  and a return (on the MIMIC-IV demo: a discharge to a psych facility with an "INTERNAL TRANSFER
-  TO OR FROM PSYCH" admission 15 minutes later, and an observation stay admitted as inpatient 1
-  minute after its discharge; the next-shortest gap there is 20 h), and stays discharged while
+  readmission is possible), transfers (above), and stays discharged while
   another stay of the subject is open (overlapping stay ids: the patient is still in hospital,
   in_another_stay_at_discharge). A subject with no later
   admission in the data is negative (MIMIC records readmissions to the same hospital only; this
@@ -325,7 +329,7 @@ def labels_from_stays(stays: list[Stay], cfg: LabelConfig, notes: dict | None = 
     def exclude(reason: str) -> None:
         excluded[reason] = excluded.get(reason, 0) + 1
 
-    nexts = _next_admissions(stays) if cfg.task == "readmission_30d" else [None] * len(stays)
+    nexts = _next_admissions(stays)
     still_in = _open_at_discharge(stays) if cfg.task == "readmission_30d" else [False] * len(stays)
     for s, nxt, in_other in zip(stays, nexts, still_in, strict=False):
         if s.admitted_after_death:
@@ -340,9 +344,16 @@ def labels_from_stays(stays: list[Stay], cfg: LabelConfig, notes: dict | None = 
         if s.death is not None and s.death <= pred and not (cfg.task == "readmission_30d" and s.died):
             exclude("died_before_prediction_time")
             continue
+        # A stay the next one continues within the transfer window (an observation stay admitted as
+        # inpatient, an internal transfer recorded as discharge + admission): its discharge is no end
+        # of care, so its outcome (a death, the length of stay, an ICU bed) is not this stay's alone.
+        continued = nxt is not None and nxt - s.discharge <= transfer
         if cfg.task in ("in_hospital_mortality", "long_los"):
             if s.discharge <= pred:
                 exclude("ended_before_prediction_time")
+                continue
+            if continued:
+                exclude("transferred")
                 continue
             if cfg.task == "in_hospital_mortality":
                 rows.append((s.subject_id, pred, s.died))
@@ -358,12 +369,15 @@ def labels_from_stays(stays: list[Stay], cfg: LabelConfig, notes: dict | None = 
             if s.first_icu is not None and s.first_icu - pred < direct_icu:
                 exclude("admitted_directly_to_icu")
                 continue
+            if continued:
+                exclude("transferred")
+                continue
             rows.append((s.subject_id, pred, s.first_icu is not None))
         else:  # readmission_30d
             if s.died:
                 exclude("died_in_hospital")
                 continue
-            if nxt is not None and nxt - s.discharge <= transfer:
+            if continued:
                 exclude("transferred")
                 continue
             if in_other:  # an overlapping stay of the subject is still open: not a discharge from hospital

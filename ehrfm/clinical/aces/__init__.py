@@ -6,7 +6,7 @@
 Each YAML mirrors a rule of ehrfm/clinical/labels.py (`ehrfm labels`); the label parquet aces-cli
 writes is in the MEDS label schema and feeds every head, `ehrfm baseline` and `sweep collect --labels`
 as is. On the MIMIC-IV demo every ACES label equals `ehrfm labels`' (tests/test_ecosystem_faults.py;
-tests/test_aces.py checks the counts); long_los leaves out the 6 short stays (of 245) that follow a stay
+tests/test_aces.py checks the counts); long_los leaves out the 6 short stays (of 243) that follow a stay
 ended in the week before their discharge, which ACES cannot tell from long ones (long_los.yaml).
 Stays never discharged, which `ehrfm labels` excludes, and discharges of no stay (a record that
 starts mid-stay), which it ignores, get no ACES label either. Known differences: a stay of zero
