@@ -113,3 +113,19 @@ def test_a_stay_the_next_one_continues_is_labelled_by_no_task(tmp_path):
         "readmission_30d": [(2, 36, True), (2, 216, False)],
     }
     assert {t: info[t]["excluded"].get("transferred", 0) for t in TASKS} == dict.fromkeys(TASKS, 1)
+
+
+def test_a_discharge_to_another_acute_hospital_is_no_readmission_label(tmp_path):
+    """A discharge to ACUTE HOSPITAL moves the patient to acute care elsewhere: a return to this hospital
+    cannot be seen, and the stay was labelled "not readmitted" (1 on the real demo). Readmission measures
+    (CMS's) exclude such stays; so does `ehrfm labels` now (discharged_to_another_hospital), and its ACES
+    config (checked row for row on the demo in test_ecosystem_faults). The other tasks keep the stay."""
+    from ehrfm.clinical.labels import make_labels
+
+    events = (stay(1, 11, T0, T0 + d(3))[:2] + [(1, T0 + d(3), "HOSPITAL_DISCHARGE//ACUTE HOSPITAL", 11)]
+              + stay(2, 21, T0, T0 + d(3)))
+    meds = write_meds(tmp_path / "meds", events)
+    labels, info = make_labels(meds, "all")
+    assert sorted(labels["readmission_30d"]["subject_id"].to_list()) == [2]
+    assert info["readmission_30d"]["excluded"]["discharged_to_another_hospital"] == 1
+    assert sorted(labels["long_los"]["subject_id"].to_list()) == [1, 2]

@@ -107,7 +107,7 @@ def test_aces_labels_no_stay_by_an_admission_that_is_not_its_own(aces_cli, tmp_p
 
 
 
-@pytest.mark.parametrize("task", ["icu_admission", "long_los"])
+@pytest.mark.parametrize("task", ["icu_admission", "long_los", "in_hospital_mortality", "readmission_30d"])
 def test_aces_labels_of_the_mimic_demo_are_ehrfm_labels(aces_cli, demo_meds, tmp_path, task):  # noqa: F811
     from ehrfm.clinical.labels import make_labels
 
@@ -121,8 +121,11 @@ def test_aces_labels_of_the_mimic_demo_are_ehrfm_labels(aces_cli, demo_meds, tmp
     # before: ICU 272 of 273 (a stay opening the minute another ended); long stay 245 with 5 short stays long.
     # ICU 253 (106): both leave out the 20 stays admitted straight into the ICU (test_clinical_faults5); 250 (105) and
     # long stay 237 of 243 (91): both leave out the 3 and 2 stays the next admission continues within 1 h
-    assert (aces.height, int(aces["boolean_value"].sum())) == {"icu_admission": (250, 105), "long_los": (237, 91)}[task]
-    assert (left_out.height, int(left_out["boolean_value"].sum())) == {"icu_admission": (0, 0), "long_los": (6, 0)}[task]
+    # mortality 243 (14) and readmission 256 (50): 245 and 257 before transfers, and for readmission discharges
+    # to another acute hospital, were excluded (test_clinical_faults6)
+    assert (aces.height, int(aces["boolean_value"].sum())) == {"icu_admission": (250, 105), "long_los": (237, 91),
+                                                               "in_hospital_mortality": (243, 14), "readmission_30d": (256, 50)}[task]
+    assert (left_out.height, int(left_out["boolean_value"].sum())) == {"long_los": (6, 0)}.get(task, (0, 0))
 
 
 

@@ -69,7 +69,10 @@ Tasks (DESIGN.md section 6):
 - readmission_30d: prediction_time = discharge; true when the subject's next hospital admission
   is after the discharge and within 30 days (next_admission - discharge <= 30 * 24 h; a
   readmission on day 30 is positive, on day 31 negative). Excluded: in-hospital deaths (no
-  readmission is possible), transfers (above), and stays discharged while
+  readmission is possible), transfers (above), discharges to another acute hospital
+  (HOSPITAL_DISCHARGE//ACUTE HOSPITAL, `OTHER_HOSPITAL_LOCATIONS`: the acute episode goes on
+  elsewhere, so a return cannot be seen; the usual readmission measures, such as CMS's, exclude
+  them; 1 on the MIMIC-IV demo), and stays discharged while
   another stay of the subject is open (overlapping stay ids: the patient is still in hospital,
   in_another_stay_at_discharge). A subject with no later
   admission in the data is negative (MIMIC records readmissions to the same hospital only; this
@@ -104,6 +107,9 @@ DEATH_CODE = "MEDS_DEATH"
 DIED_DISCHARGE_CODE = "HOSPITAL_DISCHARGE//DIED"
 # Discharge locations that do not say the patient left alive (MIMIC-IV's null location is UNK).
 UNKNOWN_DISCHARGE_LOCATIONS = frozenset({"", "DIED", "UNK", "UNKNOWN", "NONE", "NULL", "NAN", "OTHER"})
+# Discharge locations that move the patient to acute care in another hospital (MIMIC-IV's discharge_location):
+# the stay ends here but the acute episode goes on elsewhere, where a readmission cannot be seen.
+OTHER_HOSPITAL_LOCATIONS = frozenset({"ACUTE HOSPITAL"})
 # STAY_ID: the stay id column this package's ETL keeps (MIMIC's hadm_id), when present; read as text.
 
 US_PER_HOUR = 3_600_000_000
@@ -123,6 +129,7 @@ class Stay:
     icu_just_before: bool = False  # an ICU admission in the 24 h before the admission, or before it under its id
     death: int | None = None  # the subject's death (earliest MEDS_DEATH) when at or after admission (its day, for a date), us
     admitted_after_death: bool = False  # opened after the subject's death (e.g. organ donation)
+    discharge_location: str = ""  # of HOSPITAL_DISCHARGE//<location>, stripped and upper-cased ("" when none)
 
 
 # --- reading MEDS ----------------------------------------------------------------------------------
@@ -279,7 +286,8 @@ def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True) -> list[Sta
             # `death` keeps the recorded time: a MEDS_DEATH at or before a prediction time is in its history.
             death = first_death if first_death is not None and death_by >= adm else None
             after_death = first_death is not None and adm > death_by
-            stays.append(Stay(int(subject_id), adm, dis, died, first_icu, just_before, death, after_death))
+            location = dis_code[len(DISCHARGE_PREFIX):].strip().upper() if dis_code.startswith(DISCHARGE_PREFIX) else ""
+            stays.append(Stay(int(subject_id), adm, dis, died, first_icu, just_before, death, after_death, location))
     return stays
 
 
@@ -379,6 +387,9 @@ def labels_from_stays(stays: list[Stay], cfg: LabelConfig, notes: dict | None = 
                 continue
             if continued:
                 exclude("transferred")
+                continue
+            if s.discharge_location in OTHER_HOSPITAL_LOCATIONS:  # in acute care elsewhere: no return here to see
+                exclude("discharged_to_another_hospital")
                 continue
             if in_other:  # an overlapping stay of the subject is still open: not a discharge from hospital
                 exclude("in_another_stay_at_discharge")
