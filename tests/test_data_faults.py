@@ -236,7 +236,7 @@ def test_audit_reads_the_empty_task_files_that_labels_writes(tmp_path, capsys):
     assert one_error_line(capsys).endswith("readmission_30d.parquet has no rows")
 
 
-def test_nan_and_infinite_values_are_no_value_and_counted(tmp_path):
+def test_nan_and_infinite_values_are_no_value_and_counted(tmp_path, capsys):
     """Before: +-inf numeric values (a float overflow in another ETL) entered the deciles, so
     tokenizer.json held `Infinity` edges (not JSON to other readers) and every value of such a code
     landed in one bin. Now NaN (pandas' null) and +-inf read as no value, as null does, and are
@@ -255,7 +255,13 @@ def test_nan_and_infinite_values_are_no_value_and_counted(tmp_path):
         pl.read_parquet(r).with_columns(numeric_value=pl.when(lab).then(None).otherwise(pl.col("numeric_value"))).write_parquet(r)
         n_odd[split] = int(pl.read_parquet(f).select(lab.sum()).item())
     assert main(["tokenize", str(ref), "--out", str(tmp_path / "t_ref"), "--min-count", "1"]) == 0
+    assert "NaN" not in capsys.readouterr().err
     assert main(["tokenize", str(odd), "--out", str(tmp_path / "t_odd"), "--min-count", "1"]) == 0
+    # said once on stderr too, not only in stats.json (a break-it pass found it there alone)
+    said = [ln for ln in capsys.readouterr().err.splitlines() if "NaN" in ln]
+    assert said == [f"ehrfm: warning: tokenize: {sum(n_odd.values()):,} numeric values are NaN, +-inf or beyond float32's "
+                    f"range and were read as no value, their codes kept (train {n_odd['train']:,}, tuning {n_odd['tuning']:,}; "
+                    "stats.json non_finite_values)"], said
 
     def strict(c):
         raise ValueError(c)

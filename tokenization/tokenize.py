@@ -801,6 +801,10 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
         write_json(tmp / "stats.json", stats)
         write_json(tmp / "config.json", cfg)
     _warn_unknown_codes(state, stats, tokenizer, cfg.min_count)
+    odd = {s: v["non_finite_values"] for s, v in stats["splits"].items() if v["non_finite_values"]}
+    if odd:  # read as no value (the code's token stays): said once, not only in stats.json
+        warn(f"tokenize: {sum(odd.values()):,} numeric values are NaN, +-inf or beyond float32's range and were read as "
+             f"no value, their codes kept ({', '.join(f'{s} {n:,}' for s, n in odd.items())}; stats.json non_finite_values)")
     seconds = time.time() - t0
     n_sub = sum(v["subjects"] for v in stats["splits"].values())
     n_ev = sum(v["events"] for v in stats["splits"].values())
