@@ -29,7 +29,7 @@ def _fit(args) -> int:
     from ehrfm.io import check_overwrite, summary, warn
 
     cfg = build(FitConfig, args)
-    check_overwrite(args.out, args.overwrite, inputs=(args.results,))  # before the bootstrap, not after
+    check_overwrite(args.out, args.overwrite, inputs=(args.results,), command="fit")  # before the bootstrap, not after
     results = load_results(args.results, loss_column=args.loss_column)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FitWarning)  # printed below, once, as part of the table

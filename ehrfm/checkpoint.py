@@ -35,7 +35,15 @@ from safetensors.torch import save_file
 from ehrfm import fault_points
 from ehrfm.config import ModelConfig
 from ehrfm.errors import UserError
-from ehrfm.io import read_json, remove_stale_temporaries, stale_temporaries, temporary_sibling, warn, write_json
+from ehrfm.io import (
+    as_os_error,
+    read_json,
+    remove_stale_temporaries,
+    stale_temporaries,
+    temporary_sibling,
+    warn,
+    write_json,
+)
 from ehrfm.results import Status
 
 CHECKPOINT_DIR = "checkpoint"
@@ -134,8 +142,12 @@ def save_checkpoint(run_dir, model, optimizer, state: dict) -> Path:
                 os.fsync(f.fileno())
         write_json(tmp / "state.json", {"format": FORMAT_VERSION, **state, "files": files})
         _fsync_dir(tmp)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        # safetensors says "File too large (os error 27)" with no path: name the checkpoint and the errno
+        named = as_os_error(e, out)
+        if named is not None and named is not e:
+            raise named from e
         raise
     if out.exists():
         _discard(prev)

@@ -416,7 +416,7 @@ def export_hf(run: str | os.PathLike, out: str | os.PathLike, tokens_dir: str | 
     # the token dir is an input even when it is not given: `--out TOK --overwrite` (TOK the token dir
     # recorded in RUN/config.json) deleted the run's token dir and put the export in its place
     inputs = (run, tokens_dir if tokens_dir is not None else _recorded_tokens_dir(run))
-    check_overwrite(out, overwrite, inputs=inputs)
+    check_overwrite(out, overwrite, inputs=inputs, command="export")
     _require_usable(run, allow_incomplete)
     ckpt = _checkpoint_dir(run)
     # every file against its sha256 in state.json, as the heads load it: a damaged checkpoint is never exported

@@ -195,13 +195,34 @@ def check_not_input(out: str | os.PathLike, inputs=()) -> None:
                             "choose another --out")
 
 
-def check_ehrfm_output(out: str | os.PathLike, ignore=()) -> None:
-    """Raise UserError when `out` is a non-empty directory without OUTPUT_MARKER (ehrfm did not write it).
+def output_command(out: str | os.PathLike) -> str | None:
+    """The ehrfm command whose output directory `out` is (its OUTPUT_MARKER), or None without a marker."""
+    marker = Path(out) / OUTPUT_MARKER
+    if not marker.is_file():
+        return None
+    try:
+        return marker.read_text().strip() or "ehrfm"
+    except (OSError, UnicodeDecodeError):
+        return "an unknown command"
 
+
+def check_ehrfm_output(out: str | os.PathLike, ignore=(), command: str | None = None) -> None:
+    """Raise UserError when --overwrite may not empty `out`.
+
+    That is: a non-empty directory without OUTPUT_MARKER (ehrfm did not write it), or, with `command`,
+    the output of another ehrfm command (`ehrfm train --out MEDS --overwrite` deleted a MEDS dataset,
+    hours of ETL, without a word). A marker of no command ("ehrfm", an older release) is not refused.
     Files named in `ignore` (e.g. a run dir's lock) do not count as content.
     """
     out = Path(out)
-    if not out.is_dir() or (out / OUTPUT_MARKER).is_file():
+    made_by = output_command(out) if out.is_dir() else None
+    if made_by is not None:
+        # (a head's marker names its variant: finetune_full is an output of `ehrfm finetune`)
+        if command is not None and made_by not in (command, "ehrfm") and not made_by.startswith(f"{command}_"):
+            raise UserError(f"output {out} holds the output of `ehrfm {made_by}`, not of `ehrfm {command}`; --overwrite "
+                            f"replaces only an earlier output of `ehrfm {command}`: choose another --out, or remove it by hand")
+        return
+    if not out.is_dir():
         return
     found = [p.name for p in out.iterdir() if p.name not in ignore]
     if found:
@@ -224,7 +245,7 @@ def check_file_output(out: str | os.PathLike, flag: str = "--out") -> None:
                         "give a file path (e.g. DIR/name.parquet)")
 
 
-def check_overwrite(out: str | os.PathLike, overwrite: bool, inputs=()) -> None:
+def check_overwrite(out: str | os.PathLike, overwrite: bool, inputs=(), command: str | None = None) -> None:
     """The one overwrite check, for directory and single-file outputs.
 
     Stages call it before hours of work (not only when the output is renamed into place).
@@ -233,18 +254,19 @@ def check_overwrite(out: str | os.PathLike, overwrite: bool, inputs=()) -> None:
         out: the output path.
         overwrite: whether --overwrite was given.
         inputs: the command's input paths (files or dirs; None skipped).
+        command: the ehrfm command writing `out`: a directory another command wrote is refused.
 
     Raises:
         UserError: `out` is, holds or lies inside an input (check_not_input); `out` exists and
             `overwrite` is false; or `out` is a non-empty directory ehrfm did not write
-            (check_ehrfm_output).
+            (check_ehrfm_output), or with `command` another command's output.
     """
     check_not_input(out, inputs)
     if not Path(out).exists():
         return
     if not overwrite:
         raise UserError(f"output {out} already exists; pass --overwrite to replace it")
-    check_ehrfm_output(out)
+    check_ehrfm_output(out, command=command)
 
 
 @contextlib.contextmanager
@@ -265,7 +287,7 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False, inputs=(), comma
     check_writable_path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"output {out} exists and is a regular file, not a directory; choose another --out")
-    check_overwrite(out, overwrite, inputs)
+    check_overwrite(out, overwrite, inputs, command=None if command == "ehrfm" else command)
     tmp = _tmp_sibling(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -42,8 +42,9 @@ being correlated. Every run scores the same sample, so this noise is shared by a
 and differences between runs are less noisy than it; training noise (seeds) is not in it.
 
 Stops and faults:
-- SIGTERM / SIGUSR1, a first Ctrl-C (SIGINT; a second one raises KeyboardInterrupt at once), or
-  `request_stop()` from the same process set a flag checked between
+- SIGTERM / SIGUSR1, SIGHUP (a closed terminal or dropped ssh session), a first Ctrl-C (SIGINT; a
+  second one raises KeyboardInterrupt at once), or `request_stop()` from the same process set a flag
+  checked between
   optimizer steps (and after a periodic eval; at the last step, before the final eval: the final
   checkpoint is written before the final eval, so a kill during it costs only the eval): the
   trainer writes checkpoint/ and returns {"status": "interrupted"} WITHOUT
@@ -122,6 +123,9 @@ from ehrfm.shapes import flops_per_token, n_params, n_params_total
 from ehrfm.tokens import TokenDir
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# Stop like SIGTERM unless the process was started with them ignored: under nohup (SIGHUP), as a
+# background job of a script (SIGINT), or as a sweep job's trainer, whose job process forwards them.
+STOP_UNLESS_IGNORED = (signal.SIGHUP,)
 
 
 class StopFlag:
@@ -482,6 +486,31 @@ def _check_same_run(run_dir: Path, saved: dict, expected: dict) -> None:
         )
 
 
+# RUNTIME fields a resume may change that still change the floating-point sums (gradient accumulation
+# order, kernels): the resumed run is the same run, but not bit-identical to an uninterrupted one.
+NUMERIC_RUNTIME = ("micro_batch_size", "eval_batch_size", "compile")
+
+
+def _warn_numeric_changes(run_dir: Path, saved, expected: dict) -> None:
+    """Warn once when a resume changes a NUMERIC_RUNTIME field (0 batch sizes read as their defaults)."""
+    if not isinstance(saved, dict):
+        return
+
+    def value(cfg: dict, name: str):
+        v = cfg.get(name, getattr(TrainConfig, name, None))
+        if name == "micro_batch_size" and not v:
+            return cfg.get("batch_size")
+        if name == "eval_batch_size" and not v:
+            return value(cfg, "micro_batch_size")
+        return v
+
+    changed = [f"{n.replace('_', '-')} {value(saved, n)} -> {value(expected, n)}" for n in NUMERIC_RUNTIME
+               if value(saved, n) != value(expected, n)]
+    if changed:
+        warn(f"resuming {run_dir} with {', '.join(changed)}: the same run, but not bit-identical to one run without "
+             "the change (floating-point sums in another order); keep the settings to reproduce it exactly")
+
+
 def _config_differences(saved, expected: dict, cls, skip=frozenset(), where: str = "the run dir") -> list[str]:
     """The fields of config dataclass `cls` in which a run dir's recorded config differs, with both values.
 
@@ -552,7 +581,7 @@ def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool, held: con
     """
     check_not_input(run_dir, inputs)
     if overwrite:
-        check_ehrfm_output(run_dir, ignore=(LOCK_FILE,))
+        check_ehrfm_output(run_dir, ignore=(LOCK_FILE,), command="train")
     if run_dir.exists() and not overwrite and not (run_dir / "config.json").is_file() \
             and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         left = sorted(p.name for p in run_dir.iterdir() if p.name in (CHECKPOINT_DIR, "result.json", "metrics.jsonl"))
@@ -574,6 +603,8 @@ def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool, held: con
     if (run_dir / "config.json").is_file():
         saved = read_json(run_dir / "config.json", "run config")
         _check_same_run(run_dir, saved, run_config)
+        if _started(run_dir):
+            _warn_numeric_changes(run_dir, saved.get("train"), run_config["train"])
         mark_output(run_dir, "train")  # ours (a run dir of an older ehrfm gets its marker here)
         result = read_result(run_dir)
         if result is not None:
@@ -787,7 +818,8 @@ def train(cfg: TrainConfig, handle_signals: bool = True) -> dict:
 
     Args:
         cfg: the run's config (token dir, out dir, shape, budget in tokens or FLOPs, optimizer).
-        handle_signals: install SIGTERM/SIGUSR1/SIGINT handlers (main thread only) for the duration of the run.
+        handle_signals: install SIGTERM/SIGUSR1/SIGHUP/SIGINT handlers (main thread only) for the duration of the
+            run; SIGHUP and SIGINT only where they are not ignored (nohup, a script's background job, a sweep job's trainer).
 
     Returns:
         result.json's content: status ("completed", "failed", "diverged"; "interrupted" when
@@ -804,7 +836,11 @@ def train(cfg: TrainConfig, handle_signals: bool = True) -> dict:
     if handle_signals and threading.current_thread() is threading.main_thread():
         for s in STOP_SIGNALS:
             old_handlers[s] = signal.signal(s, lambda signum, frame: _stop_requested.set())
-        old_handlers[signal.SIGINT] = signal.signal(signal.SIGINT, _on_ctrl_c)
+        for s in STOP_UNLESS_IGNORED:  # before: a SIGHUP killed the run through the CLI's handler, no checkpoint
+            if signal.getsignal(s) is not signal.SIG_IGN:
+                old_handlers[s] = signal.signal(s, lambda signum, frame: _stop_requested.set())
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            old_handlers[signal.SIGINT] = signal.signal(signal.SIGINT, _on_ctrl_c)
     try:
         with contextlib.ExitStack() as held:  # the run dir's lock (rank 0), released on return
             return _train(cfg, dd, held)

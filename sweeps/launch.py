@@ -884,7 +884,18 @@ def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, slots: 
 
 
 def _local_outcome(sj, job: TrainJob) -> str:
-    """Status of a finished local job, recording a failure when the job process itself died."""
+    """Status of a finished local job, recording a failure when the job process itself died.
+
+    A job process killed while its trainer stops (a Ctrl-C to the process group of a script that runs
+    the launch in the background: submitit's local controller dies of it and kills the job process
+    while the trainer, told to stop, writes its checkpoint) is not a failure: the trainer still runs
+    or has left a checkpoint, so the run is interrupted and a plain relaunch resumes it. Before, it
+    was recorded failed ("failed outside the trainer: submitit INFO ... Loading pickle").
+    """
+    from submitit.core.utils import UncompletedJobError
+
+    from sweeps.state import _pid_alive
+
     result = read_result(job.run_dir)
     if result is not None:
         return str(result.status)
@@ -892,6 +903,11 @@ def _local_outcome(sj, job: TrainJob) -> str:
         out = sj.result()
         return str(out.get("status", "unknown")) if isinstance(out, dict) else "unknown"
     except Exception as e:  # the wrapper itself failed before the trainer could: record it
+        if isinstance(e, UncompletedJobError):  # killed, no outcome of its own: what did its trainer leave?
+            record = read_record_file(Path(job.record_path), damaged_ok=True) or {}
+            if _pid_alive(record.get("trainer_pid"), "sweeps.run_one") or any(
+                    (Path(job.run_dir) / d).exists() for d in ("checkpoint", "checkpoint.prev")):
+                return str(Status.INTERRUPTED)
         error = f"job {sj.job_id} failed outside the trainer: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__}"
         write_result(job.run_dir, RunResult(Status.FAILED, error=error))
         return str(Status.FAILED)

@@ -120,3 +120,38 @@ def test_audit_out_is_refused_when_it_exists_unless_overwrite(data, tmp_path, ca
     assert main([str(a) for a in argv] + ["--overwrite"]) in (0, 1)  # 1: leakage found (the audit's verdict)
     assert set(json.loads(out.read_text())["tasks"]) == {"in_hospital_mortality", "long_los", "icu_admission",
                                                          "readmission_30d"}
+
+
+def test_overwrite_replaces_only_an_output_of_the_same_command(data, tmp_path, capsys):
+    """Before: `ehrfm train --out MEDS --overwrite` deleted a MEDS dataset (hours of ETL at full scale)
+    without a word and left a run dir in its place; any stage's --overwrite replaced any other stage's
+    output, the demo's too. Now --overwrite replaces only an earlier output of the same command; another
+    command's output is refused in one line naming both, and nothing is touched."""
+    import shutil
+
+    from ehrfm.app.demo import DemoConfig, run_demo
+    from ehrfm.config import TrainConfig
+    from ehrfm.train import train
+
+    meds, tok, labels = (tmp_path / n for n in ("meds", "tok", "labels"))
+    for name, path in (("meds", meds), ("tok", tok), ("labels", labels)):
+        shutil.copytree(data[name], path)
+    before = {p: digest(p) for p in (meds, tok, labels)}
+    cases = [
+        (["tokenize", data["meds"], "--out", labels], "labels", "tokenize"),
+        (["labels", data["meds"], "--task", "all", "--out", tok], "tokenize", "labels"),
+        (["etl", data["raw"], "--out", tok], "tokenize", "etl"),
+        (["baseline", data["meds"], "--labels", data["labels"] / "long_los.parquet", "--out", meds], "etl", "baseline"),
+    ]
+    for argv, made_by, command in cases:
+        refused(capsys, *argv, "--overwrite", says=f"holds the output of `ehrfm {made_by}`, not of `ehrfm {command}`; "
+                                                    f"--overwrite replaces only an earlier output of `ehrfm {command}`")
+    with pytest.raises(UserError, match="holds the output of `ehrfm etl`, not of `ehrfm train`"):
+        train(TrainConfig(tokens_dir=str(data["tok"]), out_dir=str(meds), n_layer=1, d_model=32, n_head=2, context=64,
+                          tokens=1000, batch_size=4, overwrite=True))
+    with pytest.raises(UserError, match="holds the output of `ehrfm tokenize`, not a demo"):
+        run_demo(DemoConfig(out=str(tok), patients=50, budgets=[1e9, 2e9, 4e9]), overwrite=True)
+    assert {p: digest(p) for p in before} == before
+    # the same command's earlier output is still replaced
+    assert main(["labels", str(data["meds"]), "--task", "all", "--out", str(labels), "--overwrite"]) == 0
+    assert (labels / OUTPUT_MARKER).read_text() == "labels\n"

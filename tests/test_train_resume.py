@@ -60,7 +60,8 @@ def reference(tok, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])  # SIGINT: a first Ctrl-C
+# SIGINT: a first Ctrl-C; SIGHUP: a closed terminal (before: the run died without a checkpoint)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP])
 def test_kill_at_random_step_then_resume_is_bit_identical(tok, reference, tmp_path, sig):
     ref = json.loads((reference / "result.json").read_text())
     # A step drawn from a seed fixed per signal: the same step on every run of the suite (a failure
@@ -69,7 +70,9 @@ def test_kill_at_random_step_then_resume_is_bit_identical(tok, reference, tmp_pa
     out, holds = tmp_path / "run", tmp_path / "holds"
     # The trainer holds after step kill_after until the signal arrives (ehrfm.fault_points): no race.
     hold_env = dict(ENV, EHRFM_HOLD_AT=f"step-{kill_after}", EHRFM_HOLD_DIR=str(holds))
-    proc = subprocess.Popen(run_cmd(tok, out), env=hold_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # SIGINT and SIGHUP as a terminal's foreground command has them (a shell's background job or nohup ignores them)
+    proc = subprocess.Popen(run_cmd(tok, out), env=hold_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGHUP, signal.SIGINT)])
     wait_held(holds, out.name, f"step-{kill_after}", is_alive=lambda: proc.poll() is None)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
@@ -228,3 +231,37 @@ def test_nonsense_optimiser_settings_are_refused_before_anything_is_written(tok,
     p = subprocess.run([sys.executable, "-m", "ehrfm", "train", str(tok), "--out", str(tmp_path / "run"), *SHAPE,
                         "--tokens", "1000", flag, str(value)], env=ENV, capture_output=True, text=True)
     assert p.returncode == 2 and message in p.stderr and not (tmp_path / "run").exists()
+
+
+def test_a_resume_that_changes_the_micro_batch_says_it_is_not_bit_identical(tok, tmp_path, capsys):
+    """--micro-batch-size may change at a resume (e.g. after running out of memory), but the gradients are
+    then summed in another order: the run ended ~1e-9 away from the uninterrupted one, silently, where the
+    README promises bit-identical resumes. Now the resume says so in one warning; unchanged, nothing."""
+    kw = dict(tokens_dir=str(tok), n_layer=1, d_model=32, n_head=2, context=64, tokens=3_000, batch_size=4,
+              eval_tokens=1024, seed=1)
+    for name, micro in (("same", 0), ("changed", 2)):
+        request_stop()
+        assert train(TrainConfig(out_dir=str(tmp_path / name), **kw))["status"] == "interrupted"
+        capsys.readouterr()
+        assert train(TrainConfig(out_dir=str(tmp_path / name), micro_batch_size=micro, **kw))["status"] == "completed"
+        said = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
+        if name == "same":
+            assert said == []
+        else:
+            assert said == [f"ehrfm: warning: resuming {tmp_path / name} with micro-batch-size 4 -> 2, eval-batch-size 4 -> 2: "
+                            "the same run, but not bit-identical to one run without the change (floating-point sums in "
+                            "another order); keep the settings to reproduce it exactly"]
+
+
+def test_a_checkpoint_that_cannot_be_written_names_itself(tok, tmp_path):
+    """A write limit (`ulimit -f`; a full quota fails alike) made the run fail with "SafetensorError: ...
+    File too large (os error 27)": no path, so no way to tell which disk. Now the run's error names the
+    checkpoint and the errno, and the run is recorded failed (a retry without the limit resumes it)."""
+    import resource
+
+    out = tmp_path / "run"
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (128 * 1024, resource.RLIM_INFINITY))  # noqa: E731
+    p = subprocess.run(run_cmd(tok, out, tokens=2_000), env=ENV, capture_output=True, text=True, preexec_fn=limit)
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "failed" and result["error"] == f"OSError: [Errno 27] File too large: '{out / 'checkpoint'}'", p.stderr[-800:]
+    assert not list(out.glob("checkpoint*")), sorted(x.name for x in out.iterdir())  # no temporary left

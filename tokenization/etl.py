@@ -1636,7 +1636,7 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
     if not raw.is_dir():
         raise UserError(f"raw MIMIC-IV directory {raw} " + ("is a file: pass the directory holding hosp/ (and icu/)"
                                                              if raw.is_file() else "not found"))
-    check_overwrite(out, overwrite, inputs=(raw,))
+    check_overwrite(out, overwrite, inputs=(raw,), command="etl")
 
     if cfg.workers is None:
         cfg.workers = auto_workers(raw)

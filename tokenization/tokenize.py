@@ -661,7 +661,7 @@ def _resolve(meds: Path, out, tokenizer, overwrite: bool, min_count: int | None,
     cfg = TokenizeConfig(meds_dir=str(meds.resolve()), out=str(out),
                          tokenizer=str(Path(tokenizer).resolve()) if tokenizer else None,
                          min_count=int(min_count if min_count is not None else TokenizeConfig.min_count), n_quantiles=int(options.get("n_quantiles", N_QUANTILES)))
-    check_overwrite(out, overwrite, inputs=(meds, tokenizer))
+    check_overwrite(out, overwrite, inputs=(meds, tokenizer), command="tokenize")
     if codes is not None and codes not in CODE_MODES:
         raise UserError(f"--codes must be one of {', '.join(CODE_MODES)} (got {codes!r})")
     ds = open_meds(meds)

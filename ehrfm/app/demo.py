@@ -359,16 +359,10 @@ def _made_anything(out: Path) -> bool:
 
 def _other_command(out: Path) -> str | None:
     """The ehrfm command whose output `out` is, when not a demo's (its OUTPUT_MARKER), else None."""
-    from ehrfm.io import OUTPUT_MARKER
+    from ehrfm.io import output_command
 
-    marker = out / OUTPUT_MARKER
-    if not marker.is_file():
-        return None
-    try:
-        name = marker.read_text().strip()
-    except (OSError, UnicodeDecodeError):
-        return "an unknown command"
-    return None if name == "demo" else name or "an unknown command"
+    name = output_command(out)
+    return None if name in (None, "demo") else "an unknown command" if name == "ehrfm" else name
 
 
 def _reuse(path: Path) -> bool:
@@ -406,9 +400,9 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
     if out.exists() and (overwrite or not old_cfg.is_file()):
         check_ehrfm_output(out, ignore=(DEMO_LOCK_FILE,))  # a user's own directory is neither deleted nor filled
         other = _other_command(out)
-        if other and not overwrite:  # another command's output (a token dir, a sweep): never filled with a demo
-            raise UserError(f"--out {out}: holds the output of `ehrfm {other}`, not a demo; choose another --out (or "
-                            "--overwrite to replace it)")
+        if other:  # another command's output (a token dir, a sweep): never filled with a demo, nor deleted for one
+            raise UserError(f"--out {out}: holds the output of `ehrfm {other}`, not a demo; choose another --out "
+                            "(--overwrite replaces only a demo's output; remove it by hand if it is really unwanted)")
     old = None
     fingerprint = _data_fingerprint(cfg.raw or cfg.meds) if cfg.own_data else None
     if not overwrite and old_cfg.is_file():

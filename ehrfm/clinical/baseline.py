@@ -279,7 +279,7 @@ def baseline(cfg: BaselineConfig, out: str | os.PathLike, overwrite: bool = Fals
 
     from ehrfm.io import summary
 
-    check_out(out, overwrite, cfg)
+    check_out(out, overwrite, cfg, command="baseline")
     t0 = time.time()
     task = head_labels(cfg.labels, cfg.task)[1]
     labels, x, names = prepare(cfg)

@@ -27,7 +27,7 @@ def _labels(args) -> int:
     if args.task == "all":
         if out.suffix == ".parquet":
             raise UserError(f"--task all writes one file per task: --out {out} must be a directory, not a .parquet")
-        check_overwrite(out, args.overwrite, inputs=(args.meds_dir,))
+        check_overwrite(out, args.overwrite, inputs=(args.meds_dir,), command="labels")
         labels, info = make_labels(args.meds_dir, "all", **options)
         write_label_dir(labels, info, out, overwrite=args.overwrite)
         parts = ", ".join(f"{t} {i['n']} ({i['n_positive']} positive)" for t, i in info.items())

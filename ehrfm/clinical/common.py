@@ -288,6 +288,10 @@ def head_inputs(config) -> list:
     return [cfg.get(k) for k in ("run_dir", "tokens_dir", "meds_dir", "labels")]
 
 
-def check_out(out, overwrite: bool, config=None) -> None:
-    """Refuse an existing output, or one that is or holds an input of `config`, before hours of work."""
-    check_overwrite(out, overwrite, head_inputs(config) if config is not None else ())
+def check_out(out, overwrite: bool, config=None, command: str | None = None) -> None:
+    """Refuse a bad output before hours of work.
+
+    That is an existing output without `overwrite`, one that is or holds an input of `config`, or (with
+    `command`, the head's name) another command's output.
+    """
+    check_overwrite(out, overwrite, head_inputs(config) if config is not None else (), command=command)

@@ -59,7 +59,7 @@ def finetune(cfg: FinetuneConfig, out: str | os.PathLike, overwrite: bool = Fals
     from ehrfm.clinical.model_io import batches_by_length, padded_batch
     from ehrfm.io import summary
 
-    check_out(out, overwrite, cfg)
+    check_out(out, overwrite, cfg, command="finetune")
     t0 = time.time()
     task, td, h, model, mcfg, context = load_head_inputs(cfg)
     device = torch.device(cfg.device)

@@ -119,7 +119,7 @@ def probe(cfg: ProbeConfig, out: str | os.PathLike, overwrite: bool = False, fea
     """
     from ehrfm.io import summary
 
-    check_out(out, overwrite, cfg)
+    check_out(out, overwrite, cfg, command="probe")
     t0 = time.time()
     task, td, h, model, mcfg, context = load_head_inputs(cfg)
     ho = h.split == "held_out"

@@ -414,7 +414,7 @@ def zeroshot(cfg: ZeroShotConfig, out: str | os.PathLike, overwrite: bool = Fals
     from ehrfm.clinical.model_io import load_run, resolve_context
     from ehrfm.io import progress, summary
 
-    check_out(out, overwrite, cfg)
+    check_out(out, overwrite, cfg, command="zeroshot")
     t0 = time.time()
     labels, task = head_labels(cfg.labels, cfg.task)
     _check(cfg, task)
