@@ -203,7 +203,7 @@ def output_command(out: str | os.PathLike) -> str | None:
     try:
         return marker.read_text().strip() or "ehrfm"
     except (OSError, UnicodeDecodeError):
-        return "an unknown command"
+        return "?"
 
 
 def check_ehrfm_output(out: str | os.PathLike, ignore=(), command: str | None = None) -> None:
@@ -217,9 +217,10 @@ def check_ehrfm_output(out: str | os.PathLike, ignore=(), command: str | None = 
     out = Path(out)
     made_by = output_command(out) if out.is_dir() else None
     if made_by is not None:
-        # (a head's marker names its variant: finetune_full is an output of `ehrfm finetune`)
-        if command is not None and made_by not in (command, "ehrfm") and not made_by.startswith(f"{command}_"):
-            raise UserError(f"output {out} holds the output of `ehrfm {made_by}`, not of `ehrfm {command}`; --overwrite "
+        # (a head's marker names its variant: finetune_full and finetune_head are outputs of `ehrfm finetune`)
+        if command is not None and made_by != "ehrfm" and made_by.split("_")[0] != command.split("_")[0]:
+            by = "an unknown command (its marker cannot be read)" if made_by == "?" else f"`ehrfm {made_by}`"
+            raise UserError(f"output {out} holds the output of {by}, not of `ehrfm {command}`; --overwrite "
                             f"replaces only an earlier output of `ehrfm {command}`: choose another --out, or remove it by hand")
         return
     if not out.is_dir():

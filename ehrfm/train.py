@@ -603,14 +603,14 @@ def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool, held: con
     if (run_dir / "config.json").is_file():
         saved = read_json(run_dir / "config.json", "run config")
         _check_same_run(run_dir, saved, run_config)
-        if _started(run_dir):
-            _warn_numeric_changes(run_dir, saved.get("train"), run_config["train"])
         mark_output(run_dir, "train")  # ours (a run dir of an older ehrfm gets its marker here)
         result = read_result(run_dir)
         if result is not None:
             if result.kept:  # deterministic outcomes: keep
                 return result.to_json()
             (run_dir / "result.json").unlink()  # a failed run (e.g. out of memory) is retried, from its checkpoint
+        if _started(run_dir):  # it trains on from a checkpoint (a kept result above trains nothing)
+            _warn_numeric_changes(run_dir, saved.get("train"), run_config["train"])
         return None
     try:
         write_json(run_dir / "config.json", run_config)

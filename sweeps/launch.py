@@ -883,18 +883,46 @@ def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, slots: 
     warn_unfinished(sweep_dir, report)
 
 
+def _checkpointed_since(sj, job: TrainJob) -> bool:
+    """Did the trainer of a job process that died without an outcome checkpoint since this job was submitted?
+
+    A trainer still running (its job process gone before it passed a stop on) is stopped as a Ctrl-C
+    would stop it, and given STOP_GRACE_S to write its checkpoint: it must not train beside the next job.
+    A checkpoint older than the submission (a resumed run's) says nothing about this job.
+    """
+    from sweeps.job import STOP_GRACE_S
+    from sweeps.state import _pid_alive
+
+    pid = (read_record_file(Path(job.record_path), damaged_ok=True) or {}).get("trainer_pid")
+    if _pid_alive(pid, "sweeps.run_one"):
+        with contextlib.suppress(OSError, TypeError, ValueError):
+            os.kill(int(pid), signal.SIGTERM)
+        deadline = time.time() + STOP_GRACE_S
+        while time.time() < deadline and _pid_alive(pid, "sweeps.run_one"):
+            time.sleep(0.2)
+    try:
+        submitted = Path(sj.paths.submitted_pickle).stat().st_mtime
+    except (OSError, AttributeError):
+        submitted = None
+    for d in ("checkpoint", "checkpoint.prev"):
+        state = Path(job.run_dir) / d / "state.json"
+        with contextlib.suppress(OSError):
+            if submitted is None or state.stat().st_mtime >= submitted:
+                return True
+    return False
+
+
 def _local_outcome(sj, job: TrainJob) -> str:
     """Status of a finished local job, recording a failure when the job process itself died.
 
     A job process killed while its trainer stops (a Ctrl-C to the process group of a script that runs
     the launch in the background: submitit's local controller dies of it and kills the job process
-    while the trainer, told to stop, writes its checkpoint) is not a failure: the trainer still runs
-    or has left a checkpoint, so the run is interrupted and a plain relaunch resumes it. Before, it
-    was recorded failed ("failed outside the trainer: submitit INFO ... Loading pickle").
+    while the trainer, told to stop, writes its checkpoint) is not a failure: its trainer checkpointed
+    since the submission (_checkpointed_since), so the run is interrupted and a plain relaunch resumes
+    it. Before, it was recorded failed ("failed outside the trainer: submitit INFO ... Loading pickle").
+    Without such a checkpoint the job's failure is recorded, as before.
     """
     from submitit.core.utils import UncompletedJobError
-
-    from sweeps.state import _pid_alive
 
     result = read_result(job.run_dir)
     if result is not None:
@@ -903,11 +931,8 @@ def _local_outcome(sj, job: TrainJob) -> str:
         out = sj.result()
         return str(out.get("status", "unknown")) if isinstance(out, dict) else "unknown"
     except Exception as e:  # the wrapper itself failed before the trainer could: record it
-        if isinstance(e, UncompletedJobError):  # killed, no outcome of its own: what did its trainer leave?
-            record = read_record_file(Path(job.record_path), damaged_ok=True) or {}
-            if _pid_alive(record.get("trainer_pid"), "sweeps.run_one") or any(
-                    (Path(job.run_dir) / d).exists() for d in ("checkpoint", "checkpoint.prev")):
-                return str(Status.INTERRUPTED)
+        if isinstance(e, UncompletedJobError) and _checkpointed_since(sj, job):  # killed while its trainer stopped
+            return str(Status.INTERRUPTED)
         error = f"job {sj.job_id} failed outside the trainer: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__}"
         write_result(job.run_dir, RunResult(Status.FAILED, error=error))
         return str(Status.FAILED)

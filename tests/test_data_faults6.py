@@ -62,10 +62,11 @@ def test_numbers_with_spaces_or_a_plus_sign_keep_their_value(tmp_path):
     assert tables["hosp/labevents"]["unparseable_numbers_set_null"] == {"valuenum": 1}
 
 
-@pytest.mark.parametrize("year", ["300000", "-300000", "0"])
+@pytest.mark.parametrize("year", ["300000", "-300000", "0", "50"])  # 50: a birth year before 1 (age 50)
 def test_an_anchor_year_no_date_can_hold_is_one_clear_error(tmp_path, year):
     """anchor_year 300000 made a polars traceback quoting the patient's birth year; 0 dropped every
-    event of the subject as outside its lifetime. Now one line names the file, the column and the
+    event of the subject as outside its lifetime; 50 (a birth year before 1) failed later the same way.
+    A year must leave room for the oldest plausible age (MAX_ANCHOR_AGE, 130) after year 1. Now one line names the file, the column and the
     count, quotes no value, and nothing is written."""
     raw = tmp_path / "raw"
     (raw / "hosp").mkdir(parents=True)
@@ -73,6 +74,6 @@ def test_an_anchor_year_no_date_can_hold_is_one_clear_error(tmp_path, year):
     (raw / "hosp" / "admissions.csv").write_text(ADMISSIONS)
     with pytest.raises(UserError) as e:
         etl(raw, tmp_path / "meds", split_fractions=(1.0, 0.0, 0.0))
-    assert str(e.value) == f"{raw / 'hosp' / 'patients.csv'}: column 'anchor_year' has 1 value outside 1-9999"
-    assert year not in str(e.value).replace("9999", "")
+    assert str(e.value) == f"{raw / 'hosp' / 'patients.csv'}: column 'anchor_year' has 1 value outside 131-9999"
+    assert year not in str(e.value).replace("9999", "").replace("131", "")
     assert not (tmp_path / "meds").exists()

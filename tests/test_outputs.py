@@ -155,3 +155,22 @@ def test_overwrite_replaces_only_an_output_of_the_same_command(data, tmp_path, c
     # the same command's earlier output is still replaced
     assert main(["labels", str(data["meds"]), "--task", "all", "--out", str(labels), "--overwrite"]) == 0
     assert (labels / OUTPUT_MARKER).read_text() == "labels\n"
+
+
+def test_a_head_variant_overwrites_its_own_commands_output(tmp_path):
+    """`ehrfm finetune` marks its output finetune_head or finetune_full: `finetune --full --overwrite` over a
+    head-only finetune's output is the same command and must not be refused (after hours of training);
+    a probe's output is another command's."""
+    from ehrfm.io import atomic_dir, check_overwrite, mark_output
+
+    out = tmp_path / "ft"
+    out.mkdir()
+    mark_output(out, "finetune_head")
+    check_overwrite(out, True, command="finetune")
+    with atomic_dir(out, overwrite=True, command="finetune_full") as tmp:
+        (tmp / "metrics.json").write_text("{}")
+    assert (out / OUTPUT_MARKER).read_text() == "finetune_full\n"
+    mark_output(out, "probe")
+    with pytest.raises(UserError, match="holds the output of `ehrfm probe`, not of `ehrfm finetune_full`"), \
+            atomic_dir(out, overwrite=True, command="finetune_full"):
+        pass

@@ -698,7 +698,7 @@ def _procedureevents(df, ctx):
 
 TABLES: list[Table] = [
     Table("hosp/patients", ["subject_id", "gender", "anchor_age", "anchor_year", "dod"], times=["dod"],
-          ints=["anchor_age", "anchor_year"], int_ranges={"anchor_year": (1, 9999)}, to_events=_patients, required=True, dates=["dod"],
+          ints=["anchor_age", "anchor_year"], int_ranges={"anchor_year": (1 + MAX_ANCHOR_AGE, 9999)}, to_events=_patients, required=True, dates=["dod"],
           code_prefixes={"dod": ["MEDS_DEATH"]}),
     Table("hosp/admissions", ["subject_id", "hadm_id", "admittime", "dischtime", "deathtime", "admission_type",
                               "admission_location", "discharge_location", "edregtime", "edouttime"],

@@ -362,7 +362,7 @@ def _other_command(out: Path) -> str | None:
     from ehrfm.io import output_command
 
     name = output_command(out)
-    return None if name in (None, "demo") else "an unknown command" if name == "ehrfm" else name
+    return None if name in (None, "demo") else "an unknown command" if name in ("ehrfm", "?") else name
 
 
 def _reuse(path: Path) -> bool:

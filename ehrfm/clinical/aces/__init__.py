@@ -14,6 +14,10 @@ length (admitted and discharged at one minute) gets no ACES label, though `ehrfm
 discharge for readmission, and long_los leaves out a stay that follows one of zero length; long_los
 labels nothing for a record without MEDS_BIRTH (its first window opens at birth); events at one time are one ACES row, so the windows start 1 s
 after an admission, or end 1 s before a discharge, where another stay's event may share its minute.
+The `transfer` windows (a next admission within 1 h of the discharge) also see an admission opened
+after the patient's death (an organ-donation record within the hour), which `ehrfm labels` never
+counts as a next stay; and the readmission config matches `HOSPITAL_DISCHARGE//ACUTE HOSPITAL` exactly,
+where `ehrfm labels` ignores case and spaces around the location. Neither occurs on the MIMIC-IV demo.
 """
 
 from __future__ import annotations
