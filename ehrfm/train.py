@@ -123,8 +123,8 @@ from ehrfm.shapes import flops_per_token, n_params, n_params_total
 from ehrfm.tokens import TokenDir
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-# Stop like SIGTERM unless the process was started with them ignored: under nohup (SIGHUP), as a
-# background job of a script (SIGINT), or as a sweep job's trainer, whose job process forwards them.
+# Stop like SIGTERM unless the process was started with it ignored (under nohup, or as a sweep job's
+# trainer, whose job process forwards it). SIGINT (_on_ctrl_c) follows the same rule.
 STOP_UNLESS_IGNORED = (signal.SIGHUP,)
 
 

@@ -857,14 +857,10 @@ def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, slots: 
         # Wait for the trainers themselves (they may outlive their job process while they write
         # the checkpoint), so that a relaunch right after this resumes from a complete checkpoint.
         from sweeps.job import STOP_GRACE_S
-        from sweeps.state import _pid_alive
-
-        def trainer_alive(rid: str) -> bool:  # a damaged record must not stop the stopping
-            record = read_record_file(record_path(sweep_dir, rid), damaged_ok=True) or {}
-            return _pid_alive(record.get("trainer_pid"), "sweeps.run_one")
 
         deadline = time.time() + STOP_GRACE_S
-        while time.time() < deadline and any(not sj.done() or trainer_alive(rid) for rid, (sj, _, _) in running.items()):
+        while time.time() < deadline and any(not sj.done() or _live_trainer(record_path(sweep_dir, rid))
+                                             for rid, (sj, _, _) in running.items()):
             time.sleep(0.5)
         print(f"interrupted: {len(running)} running jobs checkpointed; `ehrfm sweep launch {sweep_dir} --executor local` resumes them",
               file=sys.stderr)
@@ -883,6 +879,17 @@ def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, slots: 
     warn_unfinished(sweep_dir, report)
 
 
+def _live_trainer(record_file: Path) -> int | None:
+    """The pid of the run's trainer (its job record's trainer_pid) while it runs, else None.
+
+    A damaged record reads as no trainer: it must not stop the stopping.
+    """
+    from sweeps.state import _pid_alive
+
+    pid = (read_record_file(record_file, damaged_ok=True) or {}).get("trainer_pid")
+    return pid if _pid_alive(pid, "sweeps.run_one") else None
+
+
 def _checkpointed_since(sj, job: TrainJob) -> bool:
     """Did the trainer of a job process that died without an outcome checkpoint since this job was submitted?
 
@@ -891,14 +898,13 @@ def _checkpointed_since(sj, job: TrainJob) -> bool:
     A checkpoint older than the submission (a resumed run's) says nothing about this job.
     """
     from sweeps.job import STOP_GRACE_S
-    from sweeps.state import _pid_alive
 
-    pid = (read_record_file(Path(job.record_path), damaged_ok=True) or {}).get("trainer_pid")
-    if _pid_alive(pid, "sweeps.run_one"):
+    pid = _live_trainer(Path(job.record_path))
+    if pid is not None:
         with contextlib.suppress(OSError, TypeError, ValueError):
             os.kill(int(pid), signal.SIGTERM)
         deadline = time.time() + STOP_GRACE_S
-        while time.time() < deadline and _pid_alive(pid, "sweeps.run_one"):
+        while time.time() < deadline and _live_trainer(Path(job.record_path)) is not None:
             time.sleep(0.2)
     try:
         submitted = Path(sj.paths.submitted_pickle).stat().st_mtime

@@ -1229,6 +1229,11 @@ def _parse_times(df: pl.DataFrame, cols: list[str]) -> pl.DataFrame:
     ])
 
 
+def _number_text(text: pl.Series) -> pl.Series:
+    """A text column read as float64 without surrounding spaces or a leading '+' (null where it is no number)."""
+    return text.str.strip_chars().str.strip_prefix("+").cast(pl.Float64, strict=False)
+
+
 def _parse_ints(df: pl.DataFrame, typed: pl.DataFrame, cols: list[str]) -> pl.DataFrame:
     """Integer columns of `typed` that failed to parse, read again as whole numbers written as decimals.
 
@@ -1240,7 +1245,7 @@ def _parse_ints(df: pl.DataFrame, typed: pl.DataFrame, cols: list[str]) -> pl.Da
         return typed
     exprs = []
     for c in slow:
-        x = df[c].str.strip_chars().str.strip_prefix("+").cast(pl.Float64, strict=False)
+        x = _number_text(df[c])
         whole = x.is_finite() & (x == x.floor()) & (x.abs() <= 2.0 ** 53)
         exprs.append(pl.coalesce(typed[c], pl.when(whole).then(x).cast(pl.Int64)).alias(c))
     return typed.with_columns(exprs)
@@ -1257,8 +1262,7 @@ def _parse_floats(df: pl.DataFrame, typed: pl.DataFrame, cols: list[str]) -> pl.
     if not slow:
         return typed
     return typed.with_columns([
-        pl.coalesce(typed[c], df[c].str.strip_chars().str.strip_prefix("+").cast(pl.Float64, strict=False)).alias(c)
-        for c in slow])
+        pl.coalesce(typed[c], _number_text(df[c])).alias(c) for c in slow])
 
 
 class _BadValues:

@@ -88,6 +88,11 @@ DURATION_CODED = r"^PROCEDURE//ICD//(?:10//5A[01]9[345]5|9//967[0-2]$)"
 # uses the same prefixes). Of the label's own stay and before a discharge, they are look-ahead.
 DISCHARGE_CODED = ("DIAGNOSIS//", "DRG//")
 
+
+def _coded_after_discharge(code: pl.Expr) -> pl.Expr:
+    """True for a code known only once its stay has ended: DURATION_CODED or DISCHARGE_CODED."""
+    return code.str.contains(DURATION_CODED) | pl.any_horizontal(code.str.starts_with(p) for p in DISCHARGE_CODED)
+
 # task -> (codes, prefixes, window): a history event with one of these codes or prefixes is the
 # outcome when its time is in the window: "any" (<= prediction time), "stay" (at or after the
 # stay's admission, the last admission at or before the prediction time), "in_stay" (strictly
@@ -271,7 +276,7 @@ def _events(ds: MedsDataset, date_only: list[str]) -> pl.DataFrame:
     code = pl.col("code")
     wanted = (code.str.starts_with(ADMISSION) | code.str.starts_with(DISCHARGE) | code.str.starts_with(ICU)
               | (code == DEATH) | (pl.col("time").is_not_null() & (pl.col("time").dt.time() == pl.time(0)))
-              | code.str.contains(DURATION_CODED) | pl.any_horizontal(code.str.starts_with(p) for p in DISCHARGE_CODED))
+              | _coded_after_discharge(code))
     for p in date_only:
         wanted = wanted | code.str.starts_with(p)
     if ds.null_time_codes:
@@ -387,11 +392,10 @@ def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: li
     # Whatever its day: a duration-coded procedure, diagnosis or DRG of this stay is not known while it is open.
     # This needs no metadata, so it is counted on any ETL's MEDS (then (b) is at least this count).
     stay_open = pl.col("last_dis").is_null() | (pl.col("last_dis") <= pl.col("stay_adm"))
-    coded_later = code.str.contains(DURATION_CODED) | pl.any_horizontal(code.str.starts_with(p) for p in DISCHARGE_CODED)
     # Its stay: the label's own by the stay id when both have one, else any not at a discharge (at the
     # stay's admission that is the previous stay's discharge, of a transfer recorded as discharge + admission).
     own_stay = (pl.col(STAY_ID_COLUMN) == pl.col("stay_id")).fill_null(~pl.col("at_discharge"))
-    coded_in_open_stay = (coded_later & pl.col("t").is_not_null() & stay_open
+    coded_in_open_stay = (_coded_after_discharge(code) & pl.col("t").is_not_null() & stay_open
                           & (pl.col("t") >= pl.col("stay_adm")).fill_null(False) & own_stay)
     if date_only is not None:
         is_date_only = pl.lit(False)
