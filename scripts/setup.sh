@@ -5,7 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-[ -d .venv ] || "$PY" -m venv .venv
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "setup: ehrfm needs Python >= 3.10; $PY is $("$PY" -V 2>&1) (set PYTHON=...)" >&2; exit 1; }
+if [ ! -x .venv/bin/python ]; then
+  # A failed venv (Debian/Ubuntu without python3-venv) leaves a .venv with no interpreter: start over.
+  rm -rf .venv
+  "$PY" -m venv .venv || { rm -rf .venv; echo "setup: '$PY -m venv' failed; on Debian/Ubuntu: apt-get install python3-venv" >&2; exit 1; }
+fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 # Pin torch first and explicitly: an unpinned `torch` would pull a multi-GB CUDA build. A version
@@ -18,4 +23,6 @@ python -c "import torch; print('torch', torch.__version__, '(CUDA build)' if tor
 extras="test,bench"
 [ "${EHRFM_CUDA:-0}" = 1 ] && extras="$extras,cuda"
 python -m pip install -q -e ".[$extras]"
+# Import every stage: `ehrfm --version` alone imports too little to prove the install works.
+python -c "import ehrfm.train, ehrfm.clinical.probe, tokenization.etl, sweeps.launch, analysis.fit"
 echo "ehrfm installed in $(pwd)/.venv: $(.venv/bin/ehrfm --version)"
