@@ -538,8 +538,9 @@ def _warn_zone_once(zone: str, path: Path) -> None:
     from ehrfm.io import warn
 
     warn(f"MEDS shard {path}: column time has time zone {zone}; MEDS times have none, so ehrfm reads them as UTC "
-         "instants (so does every ehrfm label): a label file made elsewhere on the data's local clock would put each "
-         "prediction time hours off its history (check it with `ehrfm audit`)")
+         "instants, as it reads zoned label prediction times (and as `ehrfm labels` writes them): a label file made "
+         "elsewhere with naive times on the data's local clock would put each prediction time hours off its history "
+         "(give its times their zone, or convert them to UTC; check it with `ehrfm audit`)")
 
 
 def scan_shard(shard: Shard | Path, columns: Iterable[str] = REQUIRED_COLUMNS) -> pl.LazyFrame:

@@ -12,7 +12,8 @@ the prediction time enters a feature (see `count_features`).
 
 Logistic regression: L2, C chosen on tuning AUROC, on max-abs-scaled sparse counts.
 Gradient boosting: sklearn HistGradientBoostingClassifier on the `max_dense_features` most
-frequent features (it needs dense input), early-stopped on a seeded slice of train.
+frequent features (it needs dense input), early-stopped on a seeded ~10% of train's subjects
+(all labels of a subject on one side: a patient's stays on both sides would reward memorising patients).
 Both are scored on held_out (metrics.json under "models"); each writes its predictions in
 meds-evaluation's PredictionSchema to OUT/<model>/predictions.parquet (held_out rows only).
 """
@@ -136,15 +137,7 @@ def count_features(meds_dir, labels: pl.DataFrame, windows: list[tuple[str, int 
         # The timeline runs from the first to the last timed event other than the birth, as in the
         # token dir (the tokenizer emits no MEDS_BIRTH token): a label before any recorded care has
         # no history there, so every head refuses it alike (audit (f)).
-        care = pl.col("t").filter(pl.col("code") != BIRTH_CODE)
-        bounds.append(
-            ev.group_by("subject_id").agg(
-                care.min().alias("first_time"),
-                care.max().alias("last_time"),
-                pl.col("t").filter(pl.col("code") == BIRTH_CODE).min().alias("birth"),
-                pl.col("t").filter(pl.col("code") == "MEDS_DEATH").min().alias("death"),
-            )
-        )
+        bounds.append(_shard_bounds(ev))
         # Each label meets every event of its subject (labels x events rows): joined a chunk of labels
         # at a time, codes as categorical ids, so that a patient with many labels (hourly prediction
         # times) cannot exhaust memory (3 GB for 100 labels per patient on the MIMIC-IV demo before).
@@ -161,15 +154,48 @@ def count_features(meds_dir, labels: pl.DataFrame, windows: list[tuple[str, int 
                     .agg(pl.len().alias("count"))
                     .select("label_idx", (pl.lit(name + "/") + pl.col("code").cast(pl.String)).alias("feature"), "count")
                 )
-    if not bounds:
-        raise UserError(f"MEDS dataset {meds_dir} has no events for the labels' subjects")
-    bounds = pl.concat(bounds).group_by("subject_id").agg(
-        pl.col("first_time").min(), pl.col("last_time").max(), pl.col("birth").min(), pl.col("death").min()
-    ).with_columns(  # only a birth: the timeline is that instant (the tokenizer's fallback)
-        pl.col("first_time").fill_null(pl.col("birth")), pl.col("last_time").fill_null(pl.col("birth")))
+    bounds = _merge_bounds(bounds, meds_dir)
     counts = pl.concat(counts) if counts else pl.DataFrame(schema={"label_idx": pl.Int64, "feature": pl.Utf8, "count": pl.UInt32})
     counts = counts.group_by("label_idx", "feature").agg(pl.col("count").sum())
     return counts, keys.join(bounds, on="subject_id", how="left")
+
+
+def _shard_bounds(ev: pl.DataFrame) -> pl.DataFrame:
+    """Per subject of one shard's events (subject_id, t, code): first/last timed event but the birth, birth, death."""
+    care = pl.col("t").filter(pl.col("code") != BIRTH_CODE)
+    return ev.group_by("subject_id").agg(
+        care.min().alias("first_time"),
+        care.max().alias("last_time"),
+        pl.col("t").filter(pl.col("code") == BIRTH_CODE).min().alias("birth"),
+        pl.col("t").filter(pl.col("code") == "MEDS_DEATH").min().alias("death"),
+    )
+
+
+def _merge_bounds(bounds: list[pl.DataFrame], meds_dir) -> pl.DataFrame:
+    """The shards' _shard_bounds as one row per subject. UserError: no shard had the subjects' events."""
+    if not bounds:
+        raise UserError(f"MEDS dataset {meds_dir} has no events for the labels' subjects")
+    return pl.concat(bounds).group_by("subject_id").agg(
+        pl.col("first_time").min(), pl.col("last_time").max(), pl.col("birth").min(), pl.col("death").min()
+    ).with_columns(  # only a birth: the timeline is that instant (the tokenizer's fallback)
+        pl.col("first_time").fill_null(pl.col("birth")), pl.col("last_time").fill_null(pl.col("birth")))
+
+
+def timeline_keys(ds: MedsDataset, labels: pl.DataFrame) -> pl.DataFrame:
+    """Each label's (subject_id, pred) with its subject's timeline bounds, as count_features gives, without counting.
+
+    Raises:
+        UserError: the MEDS data has no events of the labels' subjects.
+    """
+    keys = labels.select("subject_id", pl.col("prediction_time").cast(pl.Datetime("us")).dt.epoch("us").alias("pred"))
+    subjects = keys.select("subject_id").unique().lazy()
+    bounds = []
+    for shard in [sh for split_shards in ds.shards.values() for sh in split_shards]:
+        ev = (scan_shard(shard).select("subject_id", pl.col("time").dt.epoch("us").alias("t"), "code")
+              .join(subjects, on="subject_id", how="semi").collect())
+        if ev.height:
+            bounds.append(_shard_bounds(ev))
+    return keys.join(_merge_bounds(bounds, ds.root), on="subject_id", how="left")
 
 
 def check_prediction_times(keys: pl.DataFrame, labels_path, where: str) -> None:
@@ -211,17 +237,36 @@ def feature_matrix(counts: pl.DataFrame, keys: pl.DataFrame, train_idx: np.ndarr
     return x, names + ["age_years"]
 
 
-def prepare(cfg: BaselineConfig):
-    """Labels with splits and their feature matrix (the parts tests check for look-ahead)."""
-    labels = read_labels(head_labels(cfg.labels, cfg.task)[0])
-    ds = open_meds(cfg.meds_dir)
-    labels = attach_splits(labels, meds_subject_splits(ds), cfg.labels, f"MEDS dataset {cfg.meds_dir}")
-    labels = subsample_per_split(labels, cfg.max_labels, cfg.seed)
-    labels = labels.with_row_index("label_idx").with_columns(pl.col("label_idx").cast(pl.Int64))
-    counts, keys = count_features(ds, labels, parse_windows(cfg.windows))
+def _check_timelines(keys: pl.DataFrame, cfg: BaselineConfig) -> None:
+    """check_prediction_times and the death-in-history warning on label keys with timeline bounds."""
     check_prediction_times(keys, cfg.labels, f"MEDS dataset {cfg.meds_dir}")
     dead = keys.filter(pl.col("death") <= pl.col("pred"))  # the same warning as the token heads (histories)
     warn_death_in_history(cfg.labels, dead.height, dead["subject_id"].n_unique())
+
+
+def prepare(cfg: BaselineConfig):
+    """Labels with splits and their feature matrix (the parts tests check for look-ahead).
+
+    Every row of the label file is checked (prediction times inside the subject's timeline, deaths in
+    history) before --max-labels subsamples it, as the token heads do.
+
+    Raises:
+        UserError: bad labels or MEDS data (labels.read_labels, attach_splits, check_prediction_times).
+    """
+    labels = read_labels(head_labels(cfg.labels, cfg.task)[0])
+    ds = open_meds(cfg.meds_dir)
+    labels = attach_splits(labels, meds_subject_splits(ds), cfg.labels, f"MEDS dataset {cfg.meds_dir}")
+    windows = parse_windows(cfg.windows)
+    sampled = subsample_per_split(labels, cfg.max_labels, cfg.seed)
+    dropped = sampled.height < labels.height
+    if dropped:
+        # Check every row of the file before sampling, as the token heads do (probe.load_label_histories):
+        # the same file is then refused (or warned about) alike whatever --max-labels and --seed.
+        _check_timelines(timeline_keys(ds, labels), cfg)
+    labels = sampled.with_row_index("label_idx").with_columns(pl.col("label_idx").cast(pl.Int64))
+    counts, keys = count_features(ds, labels, windows)
+    if not dropped:  # nothing dropped: the counted rows are the whole file
+        _check_timelines(keys, cfg)
     train_idx = np.flatnonzero(labels["split"].to_numpy() == "train")
     x, names = feature_matrix(counts, keys, train_idx, cfg.min_count)
     return labels, x, names
@@ -242,6 +287,28 @@ def boosting_skip_reason(y_train: np.ndarray) -> str | None:
     return None
 
 
+def boosting_validation(y_train: np.ndarray, groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray] | str:
+    """(fit rows, validation rows) of train for gradient boosting's early stopping, or why there are none.
+
+    About 10% of train's subjects (StratifiedGroupKFold's first of 10 folds, seeded), each with all
+    its labels: sklearn's own validation_fraction splits labels, so a patient's stays fell on both
+    sides. y_train: (n,) 0/1; groups: (n,) subject ids. Both sides must hold both classes.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    reason = boosting_skip_reason(y_train)
+    if reason:
+        return reason
+    n, n_pos, n_groups = len(y_train), int(y_train.sum()), len(np.unique(groups))
+    if n_groups >= 2:
+        folds = StratifiedGroupKFold(n_splits=min(10, n_groups), shuffle=True, random_state=seed)
+        fit, val = next(folds.split(np.zeros(n), y_train, groups))
+        if len(np.unique(y_train[fit])) == 2 and len(np.unique(y_train[val])) == 2:
+            return fit, val
+    return (f"{n} train labels ({n_pos} positive) of {n_groups} subjects are too few for its early-stopping split by "
+            "subject (needs both classes in the held-back ~10% of subjects and in the rest)")
+
+
 def _fmt(m: dict) -> str:
     if m.get("skipped"):
         return f"skipped: {m['skipped']}"
@@ -258,7 +325,9 @@ def baseline(cfg: BaselineConfig, out: str | os.PathLike, overwrite: bool = Fals
     (L2 strength C chosen by tuning AUROC) and histogram gradient boosting on the most frequent
     features plus age. Gradient boosting is skipped, with the reason in its metrics entry
     ({"skipped": ...}) and no prediction files, when train is too small for its early-stopping
-    split (boosting_skip_reason).
+    split by subject (boosting_validation). Both models' choices on train (C by grouped
+    cross-validation when tuning lacks a class; boosting's early stopping) keep each subject's
+    labels on one side.
 
     Args:
         cfg: the MEDS dir, labels, task, windows, feature limits, bootstrap, seed.
@@ -290,16 +359,17 @@ def baseline(cfg: BaselineConfig, out: str | os.PathLike, overwrite: bool = Fals
     if ho.sum() == 0:
         raise UserError(f"task {task}: no labels in the held_out split to score")
 
-    lr, selection = fit_logistic(x[tr], y[tr], x[tu], y[tu], cfg.seed, task)
+    subject_ids = labels["subject_id"].to_numpy()
+    lr, selection = fit_logistic(x[tr], y[tr], x[tu], y[tu], cfg.seed, task, subject_ids[tr])
     p_lr = as_stored(positive_proba(lr, x))  # score what the prediction files hold
 
-    subjects = labels["subject_id"].to_numpy()[ho]  # the intervals resample subjects (metrics.bootstrap_intervals)
+    subjects = subject_ids[ho]  # the intervals resample subjects (metrics.bootstrap_intervals)
     models = {"logistic_regression": {**binary_metrics(y[ho], p_lr[ho], task, cfg.bootstrap, cfg.seed, subjects),
                                       "selection": selection}}
     predictions = split_predictions(labels, p_lr, split, prefix="logistic_regression/")
-    skipped = boosting_skip_reason(y[tr])
-    if skipped:  # logistic regression alone; the reason is in metrics.json and the summary line
-        models["gradient_boosting"] = {"skipped": skipped}
+    split_rows = boosting_validation(y[tr], subject_ids[tr], cfg.seed)
+    if isinstance(split_rows, str):  # logistic regression alone; the reason is in metrics.json and the summary line
+        models["gradient_boosting"] = {"skipped": split_rows}
     else:
         # Gradient boosting needs dense input: the most frequent features (columns are sorted by
         # train frequency), plus age (the last column).
@@ -307,8 +377,10 @@ def baseline(cfg: BaselineConfig, out: str | os.PathLike, overwrite: bool = Fals
         cols = list(range(k)) + [x.shape[1] - 1]
         dense = x[:, cols].toarray()
         hgb = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.05, early_stopping=True, random_state=cfg.seed)
+        fit_rows, val_rows = split_rows
+        d_tr, y_tr = dense[tr], y[tr]
         with small_problem_threads(*dense.shape):
-            hgb.fit(dense[tr], y[tr])
+            hgb.fit(d_tr[fit_rows], y_tr[fit_rows], X_val=d_tr[val_rows], y_val=y_tr[val_rows])
             p_hgb = as_stored(positive_proba(hgb, dense))
         models["gradient_boosting"] = {**binary_metrics(y[ho], p_hgb[ho], task, cfg.bootstrap, cfg.seed, subjects),
                                        "n_iter": int(hgb.n_iter_)}

@@ -115,12 +115,14 @@ def positive_proba(model, x, rows: tuple[np.ndarray, np.ndarray] | None = None) 
     return model.predict_proba(x[first])[:, 1][inverse]
 
 
-def fit_logistic(x_train, y_train, x_tuning, y_tuning, seed: int, task: str):
+def fit_logistic(x_train, y_train, x_tuning, y_tuning, seed: int, task: str, groups_train=None):
     """Logistic regression on standardised features; C chosen by tuning AUROC.
 
     The C grid is walked from strong to weak regularisation, each fit warm-started from the
     previous one (same optimum, a fraction of the iterations). Falls back to 5-fold
-    cross-validation on train when tuning lacks a class.
+    cross-validation on train when tuning lacks a class; with `groups_train` the folds keep each
+    subject's labels together (StratifiedGroupKFold): folds that share a patient's stays reward
+    memorising patients, and chose the weakest regularisation on pure per-patient noise.
 
     Args:
         x_train: (n_train, d) features, dense or scipy sparse (scaled by MaxAbsScaler when sparse,
@@ -130,20 +132,23 @@ def fit_logistic(x_train, y_train, x_tuning, y_tuning, seed: int, task: str):
         y_tuning: (n_tuning,) 0/1 labels.
         seed: fixes the solver and the cross-validation folds.
         task: named in errors.
+        groups_train: (n_train,) the subject of each train label, or None (labels independent).
 
     Returns:
         (fitted sklearn pipeline, record {"C": the chosen inverse L2 strength, "selected_on":
-        "tuning" or "train 5-fold CV", "auroc_by_C": {C: AUROC}}).
+        "tuning", "train 5-fold CV" or "train 5-fold CV grouped by subject", "auroc_by_C": {C: AUROC}}).
 
     Raises:
         UserError: train labels that are empty or of one class, or, when tuning lacks a class, train
-            labels with fewer than 2 of a class (too few for cross-validation).
+            labels with fewer than 2 of a class (with groups: fewer than 2 subjects with a label of
+            each class; too few for cross-validation), or grouped folds none of which has both classes
+            on both sides.
     """
     import copy
 
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import MaxAbsScaler, StandardScaler
 
@@ -169,13 +174,28 @@ def fit_logistic(x_train, y_train, x_tuning, y_tuning, seed: int, task: str):
             scores, fitted = path_scores(x_train, y_train, x_tuning, y_tuning)
         else:
             n_min = int(min(y_train.sum(), len(y_train) - y_train.sum()))
+            unit = "labels"
+            if groups_train is not None:  # the folds split subjects: count those with a label of each class
+                g = np.asarray(groups_train)
+                n_min = min(len(np.unique(g[y_train == 1])), len(np.unique(g[y_train == 0])))
+                unit = "subjects"
             if n_min < 2:  # a 2-fold split would leave a fold's fit with one class (a solver traceback)
                 raise UserError(f"task {task}: the tuning split's {len(y_tuning)} labels lack a class, and train's "
                                 f"{len(y_train)} labels ({int(y_train.sum())} positive) are too few to choose the L2 "
-                                "strength by cross-validation (needs 2 of each class): give more labels")
-            folds = StratifiedKFold(n_splits=max(2, min(5, n_min)), shuffle=True, random_state=seed)
-            per_fold = [path_scores(x_train[tr], y_train[tr], x_train[va], y_train[va])[0]
-                        for tr, va in folds.split(np.zeros(len(y_train)), y_train)]
+                                f"strength by cross-validation (needs 2 {unit} of each class): give more labels")
+            if groups_train is None:
+                folds = StratifiedKFold(n_splits=max(2, min(5, n_min)), shuffle=True, random_state=seed)
+                pairs = folds.split(np.zeros(len(y_train)), y_train)
+            else:
+                folds = StratifiedGroupKFold(n_splits=max(2, min(5, n_min)), shuffle=True, random_state=seed)
+                pairs = folds.split(np.zeros(len(y_train)), y_train, g)
+            # Grouped folds cannot always stratify: a fold with one class on a side cannot be scored.
+            pairs = [(tr, va) for tr, va in pairs if len(np.unique(y_train[tr])) == 2 and len(np.unique(y_train[va])) == 2]
+            if not pairs:
+                raise UserError(f"task {task}: the tuning split's {len(y_tuning)} labels lack a class, and no "
+                                f"cross-validation fold of train's {len(y_train)} labels ({int(y_train.sum())} positive, "
+                                "grouped by subject) has both classes: give more labels")
+            per_fold = [path_scores(x_train[tr], y_train[tr], x_train[va], y_train[va])[0] for tr, va in pairs]
             scores = {c: float(np.mean([f[c] for f in per_fold])) for c in C_GRID}
             fitted = None
         # Ties -> stronger regularisation. AUROCs are ratios of pair counts; rounding them first
@@ -186,7 +206,8 @@ def fit_logistic(x_train, y_train, x_tuning, y_tuning, seed: int, task: str):
         else:
             scaler = MaxAbsScaler() if sparse else StandardScaler()
             model = make_pipeline(scaler, LogisticRegression(C=best, max_iter=1000, random_state=seed)).fit(x_train, y_train)
-    record = {"C": best, "selected_on": "tuning" if tuning_ok else "train 5-fold CV", "auroc_by_C": {str(c): s for c, s in scores.items()}}
+    cv = "train 5-fold CV" + (" grouped by subject" if groups_train is not None else "")
+    record = {"C": best, "selected_on": "tuning" if tuning_ok else cv, "auroc_by_C": {str(c): s for c, s in scores.items()}}
     return model, record
 
 

@@ -7,10 +7,43 @@ importable from its own module (ehrfm.clinical.probe.ProbeConfig, ...).
 
 from __future__ import annotations
 
+import math
 from dataclasses import KW_ONLY, dataclass, field
+
+from ehrfm.errors import UserError
 
 POOLINGS = ("last", "last+mean")  # the probe's representations (ehrfm.clinical.model_io)
 ZEROSHOT_TASKS = ("in_hospital_mortality", "long_los", "icu_admission", "readmission_30d")
+
+
+# Allowed ranges of the heads' numeric options: (field, flag, lowest, lowest allowed itself, None allowed).
+# Checked when a config is made (the CLI builds it before any loading), so a value no head can use is
+# one error line, exit 2, not a traceback after the model and every history were loaded.
+_AT_LEAST_1, _AT_LEAST_0, _ABOVE_0 = (1, True), (0, True), (0, False)
+_HEAD_RANGES = (
+    ("context", "--context", *_AT_LEAST_1, True),
+    ("batch_size", "--batch-size", *_AT_LEAST_1, True),  # zero-shot: None is its KV-cache default
+    ("bootstrap", "--bootstrap", *_AT_LEAST_0, False),
+    ("seed", "--seed", *_AT_LEAST_0, False),  # numpy's generators refuse a negative seed
+    ("max_labels", "--max-labels", *_AT_LEAST_1, True),
+)
+
+
+def _check_ranges(config, ranges) -> None:
+    """Refuse a numeric option outside its range (one line naming the flag and the value given).
+
+    Raises:
+        UserError: a value that is not a finite number, is below its lowest value (or equal to an
+            excluded lowest), or is None where a value is needed.
+    """
+    for name, flag, low, inclusive, optional in ranges:
+        v = getattr(config, name)
+        if v is None and optional:
+            continue
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v >= low if inclusive else v > low)
+        if not ok:
+            raise UserError(f"{flag} ({type(config).__name__}.{name}) must be a number {'>=' if inclusive else '>'} {low}, "
+                            f"not {v!r}")
 
 
 @dataclass
@@ -65,6 +98,10 @@ class HeadConfig:
     allow_incomplete: bool = False
     """Use the last checkpoint of a run that did not complete (interrupted, failed, diverged)."""
 
+    def __post_init__(self) -> None:
+        """Raises UserError: a numeric option out of its range (_HEAD_RANGES)."""
+        _check_ranges(self, _HEAD_RANGES)
+
 
 @dataclass
 class ProbeConfig(HeadConfig):
@@ -93,6 +130,13 @@ class FinetuneConfig(HeadConfig):
     """At most this many epochs (early stopping on tuning)."""
     patience: int = 3
     """Epochs without tuning AUROC gain before stopping."""
+
+    def __post_init__(self) -> None:
+        """Raises UserError: a numeric option out of its range (_HEAD_RANGES, and the training options')."""
+        super().__post_init__()
+        _check_ranges(self, (("lr", "--lr", *_ABOVE_0, False), ("body_lr", "body_lr", *_ABOVE_0, False),
+                             ("weight_decay", "weight_decay", *_AT_LEAST_0, False),
+                             ("max_epochs", "--epochs", *_AT_LEAST_1, False), ("patience", "--patience", *_AT_LEAST_1, False)))
 
 
 @dataclass
@@ -136,6 +180,13 @@ class ZeroShotConfig:
     allow_incomplete: bool = False
     """Use the last checkpoint of a run that did not complete (interrupted, failed, diverged)."""
 
+    def __post_init__(self) -> None:
+        """Raises UserError: a numeric option out of its range (_HEAD_RANGES, and the rollout options')."""
+        _check_ranges(self, _HEAD_RANGES + (
+            ("n_samples", "--samples", *_AT_LEAST_1, False), ("max_new_tokens", "--max-new-tokens", *_AT_LEAST_1, True),
+            ("rollout_contexts", "--rollout-contexts", *_AT_LEAST_1, False),
+            ("temperature", "--temperature", *_ABOVE_0, False)))
+
 
 @dataclass
 class BaselineConfig:
@@ -159,3 +210,10 @@ class BaselineConfig:
     """Subsample at most this many labels per split."""
     task: str | None = None
     """The task the labels are for (default: from the labels' sidecar JSON or file name)."""
+
+    def __post_init__(self) -> None:
+        """Raises UserError: a numeric option out of its range."""
+        _check_ranges(self, (("min_count", "--min-count", *_AT_LEAST_0, False),
+                             ("max_dense_features", "max_dense_features", *_AT_LEAST_1, False),
+                             ("bootstrap", "--bootstrap", *_AT_LEAST_0, False), ("seed", "--seed", *_AT_LEAST_0, False),
+                             ("max_labels", "--max-labels", *_AT_LEAST_1, True)))

@@ -580,6 +580,16 @@ def task_name(path: str | os.PathLike) -> str:
     return recorded_task(path) or Path(path).stem
 
 
+def _visible_parquet_files(folder: Path) -> list[Path]:
+    """The *.parquet files under `folder`, sorted, without hidden ones, as the MEDS readers leave them out.
+
+    Hidden: a name starting with '.' anywhere below `folder` (macOS's ._* copies, .ipynb_checkpoints/).
+    """
+    from ehrfm.meds_io import _parquet_files
+
+    return _parquet_files(folder, folder)
+
+
 def label_shards(path: Path) -> list[Path] | None:
     """The shards of ONE task's labels in `path`, when it is a sharded label dir, else None.
 
@@ -592,7 +602,7 @@ def label_shards(path: Path) -> list[Path] | None:
 
     if not path.is_dir():
         return None
-    files = sorted(path.rglob("*.parquet"))
+    files = _visible_parquet_files(path)
     shards = [f for f in files if len(f.relative_to(path).parts) > 1 and split_name(f.relative_to(path).parts[0])]
     return shards if files and len(shards) == len(files) else None
 
@@ -604,8 +614,8 @@ def task_label_paths(labels_dir: Path) -> dict[str, Path]:
     `<task>/` subdir of one task's shards (ACES's cohort_dir on sharded MEDS; label_shards). Empty
     when there is none.
     """
-    out = {task_name(f): f for f in sorted(labels_dir.glob("*.parquet")) if f.is_file()}
-    for sub in sorted(p for p in labels_dir.iterdir() if p.is_dir()):
+    out = {task_name(f): f for f in sorted(labels_dir.glob("*.parquet")) if f.is_file() and not f.name.startswith(".")}
+    for sub in sorted(p for p in labels_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if label_shards(sub):
             out.setdefault(sub.name, sub)
     return out
@@ -629,7 +639,7 @@ def head_labels(path: str | os.PathLike, task: str | None = None) -> tuple[Path,
     if label_shards(path):  # one task's shards: read together (refused before, as "several files")
         return path, task or path.name
     if path.is_dir():
-        files = sorted(path.rglob("*.parquet"))
+        files = _visible_parquet_files(path)
         if len(files) != 1:
             names = ", ".join(str(f.relative_to(path)) for f in files[:6]) + (", ..." if len(files) > 6 else "")
             raise UserError(f"--labels {path} is a directory holding {len(files)} parquet files ({names or 'none'}); a head "
@@ -661,9 +671,9 @@ def read_labels(path: str | os.PathLike, allow_empty: bool = False) -> pl.DataFr
 
     path = Path(path)
     if path.is_dir():
-        files = sorted(path.rglob("*.parquet"))
+        files = _visible_parquet_files(path)
         if not files:
-            raise UserError(f"label dir {path} holds no parquet files")
+            raise UserError(f"label dir {path} holds no parquet files (hidden ones, named '.*', are left out)")
     elif path.is_file():
         files = [path]
     else:
@@ -694,7 +704,7 @@ def read_labels(path: str | os.PathLike, allow_empty: bool = False) -> pl.DataFr
                          if col == "boolean_value" and c in cols and table[c].null_count < len(table[c])]
                 hint = f" ({', '.join(other)} values: binary tasks read boolean_value only; convert the labels to it)" if other else ""
                 raise UserError(f"label file {f}: column {col} has {nulls} null rows{hint}")
-        _check_label_types(f, frame)
+        frame = _check_label_types(f, frame)
         for col, dtype in (("subject_id", pl.Int64), ("prediction_time", pl.Datetime("us")), ("boolean_value", pl.Boolean)):
             # Values the type check lets through but the schema's type cannot hold (a uint64 id past
             # int64's range): counted per column, never a polars cast error.
@@ -725,14 +735,21 @@ def read_labels(path: str | os.PathLike, allow_empty: bool = False) -> pl.DataFr
     return labels
 
 
-def _check_label_types(path: Path, frame: pl.DataFrame) -> None:
+def _check_label_types(path: Path, frame: pl.DataFrame) -> pl.DataFrame:
     """Refuse label columns whose type would be cast by guessing (the MEDS LabelSchema types).
 
-    subject_id must be an integer and prediction_time a timestamp without a time zone (any unit),
-    as in MEDS data (ehrfm.meds_io.COLUMN_TYPES): a date would predict at midnight, an epoch number
-    in another unit in 1970, and a zoned time would be moved to UTC against the data's wall-clock
-    times (a 5 h look-ahead for America/New_York). boolean_value may be a boolean or numbers that are
-    all 0 or 1; any other number (0.5, 2) is not a binary label; text ("True") is refused by its type.
+    Returns `frame`, a zoned prediction_time made the naive UTC instant.
+
+    subject_id must be an integer and prediction_time a timestamp (any unit), as in MEDS data
+    (ehrfm.meds_io.COLUMN_TYPES): a date would predict at midnight, an epoch number in another unit
+    in 1970. A zoned prediction_time is an instant: it is converted to naive UTC exactly as
+    meds_io.scan_shard converts zoned MEDS times (with one warning), so both sides of each history
+    cut are on one clock (stripping the zone instead, wall-clock, put labels hours after the UTC
+    token times: look-ahead). boolean_value may be a boolean or numbers that are all 0 or 1; any
+    other number (0.5, 2) is not a binary label; text ("True") is refused by its type.
+
+    Raises:
+        UserError: a column of another type, or boolean_value numbers other than 0 and 1 (counted).
     """
     from ehrfm.meds_io import COLUMN_TYPES, SUBJECT_ID, TIME
 
@@ -743,9 +760,8 @@ def _check_label_types(path: Path, frame: pl.DataFrame) -> None:
                             f"{MEDS_VERSION} LabelSchema); convert it where the labels are made")
     zone = getattr(frame["prediction_time"].dtype, "time_zone", None)
     if zone is not None:
-        raise UserError(f"label file {path}: column prediction_time has a time zone ({zone}) in all {frame.height} rows, "
-                        f"not naive timestamps (the MEDS {MEDS_VERSION} LabelSchema, the data's clock); convert it "
-                        "to the MEDS data's local time without a zone where the labels are made")
+        _warn_label_zone_once(zone, path)
+        frame = frame.with_columns(pl.col("prediction_time").dt.convert_time_zone("UTC").dt.replace_time_zone(None))
     bv = frame["boolean_value"]
     if bv.dtype != pl.Boolean and not bv.dtype.is_numeric() and bv.dtype != pl.Null:
         raise UserError(f"label file {path}: column boolean_value is {bv.dtype}, not a boolean (or numbers 0/1) "
@@ -755,6 +771,22 @@ def _check_label_types(path: Path, frame: pl.DataFrame) -> None:
         if other:
             raise UserError(f"label file {path}: column boolean_value has {other} of {frame.height} rows that are "
                             "neither 0 nor 1 (nor true/false): not a binary label")
+    return frame
+
+
+_LABEL_ZONES_WARNED: set[str] = set()  # one warning per zone and process, not one per label shard
+
+
+def _warn_label_zone_once(zone: str, path: Path) -> None:
+    """Say once that zoned prediction times are read as UTC instants, as zoned MEDS shards are."""
+    if zone in _LABEL_ZONES_WARNED or zone.upper() == "UTC":
+        return
+    _LABEL_ZONES_WARNED.add(zone)
+    from ehrfm.meds_io import warn
+
+    warn(f"label file {path}: column prediction_time has time zone {zone}; ehrfm reads it as UTC instants, as it "
+         f"reads zoned MEDS times. If the MEDS data's times have no zone and are {zone} wall-clock times, this puts "
+         "each prediction time hours off its history: write the labels on that clock without a zone instead")
 
 
 def epoch_us(labels: pl.DataFrame) -> np.ndarray:

@@ -19,7 +19,8 @@ positives (or negatives) its intervals are far too narrow: scores unrelated to t
 AUROC 0.5) with 200 negatives, 300 replicates, 300 draws each, gave a nominal 95% interval
 covering 0.5 in 16% of draws with 1 positive, 56% with 2, 77% with 3, 89% with 5, 93% with 10
 and 98% with 20. So no interval is given (None, with the reason in "note") unless each class has
-at least MIN_CLASS_FOR_INTERVAL labels; the AUROC itself is still reported.
+at least MIN_CLASS_FOR_INTERVAL labels (and, when subjects are resampled, as many distinct subjects);
+the AUROC itself is still reported.
 """
 
 from __future__ import annotations
@@ -36,7 +37,11 @@ SE_CLUSTERED = "clustered DeLong, Obuchowski 1997 (subjects independent, their l
 
 
 def _calibration_fit(y: np.ndarray, p: np.ndarray) -> tuple[float | None, float | None]:
-    """Calibration intercept and slope: y ~ sigmoid(a + b * logit(p)), unpenalised."""
+    """Calibration intercept and slope: y ~ sigmoid(a + b * logit(p)), unpenalised.
+
+    (None, None) when y has one class or logit(p) is constant (after clipping): then the fit is not
+    identifiable. Raises nothing.
+    """
     from sklearn.linear_model import LogisticRegression
 
     if len(np.unique(y)) < 2:
@@ -44,6 +49,8 @@ def _calibration_fit(y: np.ndarray, p: np.ndarray) -> tuple[float | None, float 
     eps = 1e-6
     q = np.clip(p, eps, 1 - eps)
     logit = np.log(q / (1 - q)).reshape(-1, 1)
+    if np.ptp(logit) == 0:  # constant logit(p): a + b*logit(p) is not identifiable, lbfgs would pick any split
+        return None, None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lr = LogisticRegression(C=np.inf, solver="lbfgs", max_iter=1000).fit(logit, y)
@@ -273,7 +280,8 @@ def binary_metrics(y, p, task: str, n_boot: int = 1000, seed: int = 0, groups=No
         auprc_ci, bootstrap, calibration: {brier, ece_10_bins, intercept, slope, mean_predicted}};
         the AUROC and AUPRC entries are None (with a "note") when y has a single class; the
         intervals are None (with a "note" giving the counts) when a class has fewer than
-        MIN_CLASS_FOR_INTERVAL labels, as they would be falsely narrow (module docstring).
+        MIN_CLASS_FOR_INTERVAL labels, or (labels clustered by subject) fewer than that many distinct
+        subjects, as they would be falsely narrow (module docstring).
 
     Raises:
         ValueError: y and p differ in length.
@@ -293,12 +301,16 @@ def binary_metrics(y, p, task: str, n_boot: int = 1000, seed: int = 0, groups=No
     out: dict = {"task": task, "n": int(len(y)), "n_positive": n_pos, "prevalence": n_pos / len(y)}
     two_classes = 0 < n_pos < len(y)
     if two_classes:
-        n_min = min(n_pos, len(y) - n_pos)
-        boot = n_boot if n_min >= MIN_CLASS_FOR_INTERVAL else 0
-        out["auroc"] = float(roc_auc_score(y, p))
         if groups is not None and len(groups) != len(y):
             raise ValueError("groups and y differ in length")
         clustered = groups is not None and len(np.unique(np.asarray(groups))) < len(y)
+        n_min = min(n_pos, len(y) - n_pos)
+        if clustered:  # the cluster bootstrap resamples subjects: count the subjects of each class
+            g = np.asarray(groups)
+            s_pos, s_neg = len(np.unique(g[y == 1])), len(np.unique(g[y == 0]))
+            n_min = min(n_min, s_pos, s_neg)
+        boot = n_boot if n_min >= MIN_CLASS_FOR_INTERVAL else 0
+        out["auroc"] = float(roc_auc_score(y, p))
         out["auroc_ci"], auprc_ci, used = bootstrap_intervals(y, p, boot, seed, groups)
         # The SE follows the interval's unit: subjects when some have several labels (clustered).
         out["auroc_se"] = auroc_standard_error(y, p, groups if clustered else None)
@@ -308,8 +320,13 @@ def binary_metrics(y, p, task: str, n_boot: int = 1000, seed: int = 0, groups=No
         out["bootstrap"] = {"resamples": boot, "used": used, "interval": "percentile 95%",
                             "unit": "subject" if clustered else "label"}
         if n_boot > 0 and not boot:
-            out["note"] = (f"{n_pos} positive and {len(y) - n_pos} negative labels: no interval with fewer than "
-                           f"{MIN_CLASS_FOR_INTERVAL} of a class (a bootstrap interval would be falsely narrow)")
+            if clustered:
+                out["note"] = (f"{n_pos} positive and {len(y) - n_pos} negative labels from {s_pos} and {s_neg} "
+                               f"subjects: no interval with fewer than {MIN_CLASS_FOR_INTERVAL} labels or subjects "
+                               "of a class (a bootstrap interval would be falsely narrow)")
+            else:
+                out["note"] = (f"{n_pos} positive and {len(y) - n_pos} negative labels: no interval with fewer than "
+                               f"{MIN_CLASS_FOR_INTERVAL} of a class (a bootstrap interval would be falsely narrow)")
     else:
         out.update(auroc=None, auroc_ci=None, auroc_se=None, auroc_se_method=None, auprc=None, auprc_ci=None)
         out["note"] = "held_out labels have a single class: AUROC and AUPRC are undefined"

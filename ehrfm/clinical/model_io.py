@@ -44,12 +44,69 @@ def _recorded_fingerprint(run_dir: Path) -> str | None:
     return None
 
 
+SCORED_SPLITS = ("tuning", "held_out")  # the splits a head selects on or scores
+_UNCHECKED_WARNED: set[str] = set()  # runs already warned about: once per run and process (sweeps load runs often)
+
+
+def check_not_pretrained_on(run_dir: str | os.PathLike, td: TokenDir) -> None:
+    """Refuse a token dir whose tuning/held_out subjects were in the run's pretraining train split.
+
+    The run's config.json records train.tokens_dir; a head on another token dir (the same MEDS
+    split again with another --split-seed, tokenized with the run's tokenizer) would select and
+    score on patients whose whole timelines the model was trained on. When that dir (or the
+    record) is gone the check cannot be made: one warning, no error. Counts only, never ids.
+
+    Raises:
+        UserError: some subject of `td`'s tuning or held_out split is in the train split of the run's
+            pretraining token dir (the counts per split are given).
+    """
+    from ehrfm.io import warn
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    try:
+        recorded = json.loads(cfg_path.read_text()).get("train", {}).get("tokens_dir")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if not recorded:
+        if str(run_dir) in _UNCHECKED_WARNED:
+            return
+        _UNCHECKED_WARNED.add(str(run_dir))
+        warn(f"run {run_dir}: no train.tokens_dir in {cfg_path}: could not check that the heads' tuning/held_out "
+             "subjects were not in the run's pretraining train split")
+        return
+    pre = Path(recorded)
+    if pre.exists() and td.path.exists() and os.path.samefile(pre, td.path):
+        return  # the run's own token dir: its splits are disjoint by construction
+    if not (pre / "tokenizer.json").is_file() or not (pre / "train" / "tokens.npy").is_file():
+        if str(run_dir) in _UNCHECKED_WARNED:
+            return
+        _UNCHECKED_WARNED.add(str(run_dir))
+        warn(f"run {run_dir}: its pretraining token dir {pre} (train.tokens_dir in {cfg_path}) is gone or has no train "
+             f"split: could not check that token dir {td.path}'s tuning/held_out subjects were not pretrained on")
+        return
+    seen = TokenDir(pre).split("train").subject_ids
+    overlaps = []
+    for name in SCORED_SPLITS:
+        if name in td.splits:
+            ids = td.split(name).subject_ids
+            n = int(np.isin(ids, seen).sum())
+            if n:
+                overlaps.append(f"{n} of {len(ids)} {name}")
+    if overlaps:
+        raise UserError(f"token dir {td.path}: {' and '.join(overlaps)} subjects were in the train split of the run's "
+                        f"pretraining token dir {pre} (train.tokens_dir in {cfg_path}): the model has seen their "
+                        "timelines, so a head tuned or scored on them would be optimistic; use a token dir with the "
+                        "run's own split (the MEDS data split as it was when the run's token dir was made)")
+
+
 def load_run(run_dir: str | os.PathLike, td: TokenDir, device: str = "cpu", n_labels: int | None = None,
              allow_incomplete: bool = False):
     """(model, ModelConfig) of a completed run, refusing a run trained on another tokenizer.
 
     UserError: a run that did not complete (unless `allow_incomplete`; results.require_completed),
-    a device this machine lacks (checkpoint.check_device), a damaged checkpoint, a vocab mismatch.
+    a device this machine lacks (checkpoint.check_device), a damaged checkpoint, a vocab mismatch,
+    a token dir whose tuning/held_out subjects the run was pretrained on (check_not_pretrained_on).
     """
     from ehrfm.checkpoint import load_model
 
@@ -67,6 +124,7 @@ def load_run(run_dir: str | os.PathLike, td: TokenDir, device: str = "cpu", n_la
         raise UserError(
             f"vocab mismatch: run {run_dir} has vocab size {cfg.vocab_size} but token dir {td.path} has {td.vocab_size}{affected}"
         )
+    check_not_pretrained_on(run_dir, td)
     for split in td.splits:  # every id the heads feed the model must be in its vocab (read once per TokenDir)
         td.check_token_ids(split, trust_stats=False)
     return model, cfg

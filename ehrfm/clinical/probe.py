@@ -94,7 +94,8 @@ def probe_scores(model, td: TokenDir, h: Histories, context: int, cfg: ProbeConf
         x = embed_histories(model, td, h, context, cfg.batch_size, cfg.device, desc=f"probe {task}", pooling=cfg.pooling)
         if features is not None:
             features[key] = x
-    clf, selection = fit_logistic(x[tr], y[tr], x[tu], y[tu], cfg.seed, task)
+    subjects = h.labels["subject_id"].to_numpy()
+    clf, selection = fit_logistic(x[tr], y[tr], x[tu], y[tu], cfg.seed, task, subjects[tr])
     return positive_proba(clf, x), selection
 
 
