@@ -174,15 +174,15 @@ def fit_logistic(x_train, y_train, x_tuning, y_tuning, seed: int, task: str, gro
             scores, fitted = path_scores(x_train, y_train, x_tuning, y_tuning)
         else:
             n_min = int(min(y_train.sum(), len(y_train) - y_train.sum()))
-            unit = "labels"
+            unit = ""
             if groups_train is not None:  # the folds split subjects: count those with a label of each class
                 g = np.asarray(groups_train)
                 n_min = min(len(np.unique(g[y_train == 1])), len(np.unique(g[y_train == 0])))
-                unit = "subjects"
+                unit = "subjects "
             if n_min < 2:  # a 2-fold split would leave a fold's fit with one class (a solver traceback)
                 raise UserError(f"task {task}: the tuning split's {len(y_tuning)} labels lack a class, and train's "
                                 f"{len(y_train)} labels ({int(y_train.sum())} positive) are too few to choose the L2 "
-                                f"strength by cross-validation (needs 2 {unit} of each class): give more labels")
+                                f"strength by cross-validation (needs 2 {unit}of each class): give more labels")
             if groups_train is None:
                 folds = StratifiedKFold(n_splits=max(2, min(5, n_min)), shuffle=True, random_state=seed)
                 pairs = folds.split(np.zeros(len(y_train)), y_train)
