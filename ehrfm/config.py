@@ -16,9 +16,12 @@ import dataclasses
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Self
+from typing import TYPE_CHECKING
 
 from ehrfm.errors import UserError
+
+if TYPE_CHECKING:  # typing.Self is Python 3.11+; the package supports 3.10 (annotations are strings here)
+    from typing_extensions import Self
 
 MLP_MULTIPLE_OF = 32
 

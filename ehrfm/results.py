@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ DIVERGENCE_Z = 3.0
 RESULT_FILE = "result.json"
 
 
-class Status(StrEnum):
+class Status(str, Enum):
     """Every state a run (its result.json, its checkpoint or its sweep entry) can be in.
 
     result.json: completed | failed | diverged. The trainer returns interrupted (no result.json).
@@ -53,6 +53,14 @@ class Status(StrEnum):
     LOST = "lost"
     UNKNOWN = "unknown"
     BUSY = "busy"
+
+    # enum.StrEnum is Python 3.11+: these two make str(), f-strings and format() give the bare
+    # value ("completed", not "Status.COMPLETED") on 3.10 to 3.13 alike, as StrEnum does.
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, format_spec: str) -> str:
+        return str.__format__(str(self), format_spec)
 
 
 # A run with one of these results is over; relaunching it does nothing (a failed one only on request).

@@ -1,0 +1,112 @@
+"""Contracts the docs state and the code must keep (newcomer review, fix-contract)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PY310 = Path("/root/.pyenv/versions/3.10.13/bin/python3.10")
+
+# --- item 1: requires-python >= 3.10 -------------------------------------------------------------
+
+# Names that exist only from Python 3.11 on, by the module they are imported from.
+PY311_ONLY = {
+    "typing": {"Self", "Never", "LiteralString", "NotRequired", "Required", "assert_never", "reveal_type",
+               "Unpack", "TypeVarTuple", "dataclass_transform", "assert_type", "override"},
+    "enum": {"StrEnum", "verify", "member", "nonmember", "global_enum", "ReprEnum", "EnumCheck", "FlagBoundary",
+             "show_flag_values", "property"},
+    "datetime": {"UTC"},
+    "asyncio": {"TaskGroup", "timeout", "Runner"},
+    "contextlib": {"chdir"},
+    "hashlib": {"file_digest"},
+}
+PY311_MODULES = {"tomllib", "wsgiref.types"}
+PY311_BUILTINS = {"ExceptionGroup", "BaseExceptionGroup"}
+
+
+def repo_py_files() -> list[Path]:
+    skip = {".venv", ".git", "build", "dist", "__pycache__"}
+    return sorted(p for p in ROOT.rglob("*.py") if not skip.intersection(p.relative_to(ROOT).parts))
+
+
+def py311_uses(path: Path) -> list[str]:
+    """3.11-only stdlib names a file uses at run time (imports outside `if TYPE_CHECKING:`)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    guarded: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            guarded.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    found = []
+    for node in ast.walk(tree):
+        where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', '?')}"
+        if id(node) in guarded:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module in PY311_MODULES:
+                found.append(f"{where} imports {node.module}")
+            for alias in node.names:
+                if alias.name in PY311_ONLY.get(node.module, ()):
+                    found.append(f"{where} imports {node.module}.{alias.name}")
+        elif isinstance(node, ast.Import):
+            found += [f"{where} imports {a.name}" for a in node.names if a.name in PY311_MODULES]
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            if node.attr in PY311_ONLY.get(node.value.id, ()):
+                found.append(f"{where} uses {node.value.id}.{node.attr}")
+        elif isinstance(node, ast.Name) and node.id in PY311_BUILTINS:
+            found.append(f"{where} uses {node.id}")
+        elif getattr(ast, "TryStar", None) is not None and isinstance(node, ast.TryStar):
+            found.append(f"{where} uses except*")
+    return found
+
+
+def test_no_python311_only_stdlib_names():
+    files = repo_py_files()
+    assert len(files) > 100, files  # the walk found the repository
+    bad = [u for p in files for u in py311_uses(p)]
+    assert bad == [], "requires-python is >=3.10 but these need 3.11+:\n" + "\n".join(bad)
+
+
+def test_py311_checker_catches_the_old_imports(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    f = tmp_path / "m.py"
+    f.write_text("from typing import Self, Any\nfrom enum import StrEnum\nimport tomllib\nimport datetime\n"
+                 "x = datetime.UTC\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from typing import Never\n")
+    assert py311_uses(f) == ["m.py:1 imports typing.Self", "m.py:2 imports enum.StrEnum", "m.py:3 imports tomllib",
+                             "m.py:5 uses datetime.UTC"]
+
+
+@pytest.mark.skipif(not PY310.exists() and shutil.which("python3.10") is None, reason="no python3.10 here")
+def test_every_module_compiles_and_base_imports_on_python310(tmp_path):
+    py = str(PY310) if PY310.exists() else shutil.which("python3.10")
+    files = [str(p) for p in repo_py_files()]
+    # byte-compile in memory (what py_compile does, without writing .pyc files into the repository)
+    code = ("import sys\nbad = []\nfor f in sys.argv[1:]:\n    try:\n"
+            "        compile(open(f, encoding='utf-8').read(), f, 'exec', dont_inherit=True)\n"
+            "    except SyntaxError as e:\n        bad.append(f'{f}: {e}')\nprint('\\n'.join(bad))\n"
+            "sys.exit(1 if bad else 0)\n")
+    r = subprocess.run([py, "-c", code, *files], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # the torch-free base modules import on a bare 3.10 (no third-party packages), Status as StrEnum did
+    probe = ("import json; from ehrfm.results import Status; from ehrfm.config import ModelConfig; c = Status.COMPLETED\n"
+             "print(json.dumps([str(c), f'{c}', f'{c:>10}', '%s' % c, c == 'completed', json.dumps({c: c})]))")
+    r = subprocess.run([py, "-c", probe], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == ["completed", "completed", " completed", "completed", True,
+                                    '{"completed": "completed"}']
+
+
+def test_status_prints_and_serialises_as_its_value():
+    from ehrfm.results import Status
+    c = Status.DIVERGED
+    assert [str(c), f"{c}", f"{c:<9}|", "%s" % c,  # noqa: UP031
+        format(c)] == ["diverged", "diverged", "diverged |", "diverged", "diverged"]
+    assert json.dumps({"status": c, c: 1}) == '{"status": "diverged", "diverged": 1}'
+    assert c == "diverged" and Status("diverged") is c and isinstance(c, str) and hash(c) == hash("diverged")
