@@ -61,8 +61,8 @@ def _add_arguments(p) -> None:
                trunk_dir=dict(flag="--trunk", metavar="RUN"),
                stable_checkpoints=dict(metavar="T1,T2,...", convert=_token_list))
     ev = p.add_argument_group("evaluation and runtime")
-    add_fields(ev, TrainConfig, ["eval_tokens", "eval_interval", "checkpoint_interval", "log_interval", "seed", "device",
-                                 "dtype", "attention", "compile", "overwrite"])
+    add_fields(ev, TrainConfig, ["eval_tokens", "eval_interval", "eval_batch_size", "checkpoint_interval", "log_interval",
+                                 "seed", "device", "dtype", "attention", "compile", "overwrite"])
     ev.add_argument("--logger", default="none", choices=["none", "tensorboard", "wandb"],
                     help="also send metrics.jsonl lines to TensorBoard (event files in RUN/) or W&B (offline) (default none)")
 

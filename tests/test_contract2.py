@@ -97,7 +97,7 @@ def test_every_module_compiles_and_base_imports_on_python310(tmp_path):
     probe = ("import json; from ehrfm.results import Status; from ehrfm.config import ModelConfig; c = Status.COMPLETED\n"
              "print(json.dumps([str(c), f'{c}', f'{c:>10}', '%s' % c, c == 'completed', json.dumps({c: c})]))")
     r = subprocess.run([py, "-c", probe], capture_output=True, text=True, timeout=60, cwd=ROOT,
-                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"})
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == ["completed", "completed", " completed", "completed", True,
                                     '{"completed": "completed"}']
@@ -110,3 +110,36 @@ def test_status_prints_and_serialises_as_its_value():
         format(c)] == ["diverged", "diverged", "diverged |", "diverged", "diverged"]
     assert json.dumps({"status": c, c: 1}) == '{"status": "diverged", "diverged": 1}'
     assert c == "diverged" and Status("diverged") is c and isinstance(c, str) and hash(c) == hash("diverged")
+
+
+# --- item 2: `ehrfm train --eval-batch-size` (README: a resume may change it) ----------------------
+
+TRAIN_ARGV = ["train", "TOK", "--out", "RUN", "--n-layer", "2", "--d-model", "64", "--n-head", "2", "--tokens", "4096",
+              "--batch-size", "8"]
+
+
+def _train_config(extra):
+    from ehrfm.app.cli import build_parser
+    from ehrfm.cli_args import build, populate_all
+    from ehrfm.config import TrainConfig
+
+    args = populate_all(build_parser()).parse_args(TRAIN_ARGV + extra)
+    return build(TrainConfig, args)
+
+
+def test_train_eval_batch_size_reaches_the_config():
+    cfg = _train_config(["--micro-batch-size", "4", "--eval-batch-size", "16"])
+    assert (cfg.eval_batch_size, cfg.micro_batch_size, cfg.batch_size) == (16, 4, 8)
+    assert _train_config([]).eval_batch_size == 0  # the default: the micro batch size
+
+
+def test_train_eval_batch_size_is_validated_like_micro_batch_size(capsys):
+    from ehrfm.errors import UserError
+
+    for flag in ("--micro-batch-size", "--eval-batch-size"):
+        with pytest.raises(SystemExit) as e:  # not a whole number: argparse's usage error
+            _train_config([flag, "2.5"])
+        assert e.value.code == 2
+        assert f"argument {flag}: invalid int value: '2.5'" in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"eval_batch_size must be >= 0 \(got -1\)"):
+        _train_config(["--eval-batch-size", "-1"])
