@@ -641,8 +641,9 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     """Drop metrics lines logged after the checkpoint we resume from (they will be redone).
 
     Lines after `last_step`, and at `last_step` the end-of-run line (the final held-out loss,
-    the only line without "lr", written by _finish): a run killed after its final checkpoint but
-    before result.json resumes at its last step and writes that line again.
+    the only line without "grad_norm", written by _finish; older ehrfm also left out its "lr"): a
+    run killed after its final checkpoint but before result.json resumes at its last step and
+    writes that line again.
     """
     if not path.is_file():
         return
@@ -653,7 +654,7 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
         try:
             obj = json.loads(line)
             step = obj["step"]
-            if step < last_step or (step == last_step and "lr" in obj):
+            if step < last_step or (step == last_step and "grad_norm" in obj):
                 keep.append(line)
         except (ValueError, KeyError, TypeError):
             break  # a torn last line from a hard kill
@@ -1329,9 +1330,11 @@ def _finish(run: _Run, metrics_f, session_tokens: int, session_s: float, stop: b
     initial = run.initial_loss if run.initial_loss_se is not None else None
     reason = divergence_reason(step, vocab_size=run.td.vocab_size, initial_loss=initial, val_loss_se=eval_loss_se,
                                initial_loss_se=run.initial_loss_se, val_loss=val_loss)
+    # the end-of-run line carries the lr of the last optimizer step (DESIGN: step, tokens, train_loss, lr, val_loss)
+    final_lr = lr_at(step - 1, run.n_steps, run.cfg) if step >= 1 else None
     if reason:
         if dd.main:
-            metrics_f.write(run.metrics_line(step, val_loss=val_loss, diverged=reason))
+            metrics_f.write(run.metrics_line(step, lr=final_lr, val_loss=val_loss, diverged=reason))
         return run.diverged(step, reason, run.wall_s + eval_s, val_loss=val_loss, eval_loss_se=eval_loss_se)
     # Tokens per event differ between code modes: compare runs by held-out nats per event
     # (TokenDir.event_head_mask: the events whose first token is among the scored targets).
@@ -1341,7 +1344,7 @@ def _finish(run: _Run, metrics_f, session_tokens: int, session_s: float, stop: b
     events = np.bincount(subject[scored], weights=run.td.event_head_mask[run.eval_rows.targets[scored]], minlength=n_subjects)
     wall_s = run.wall_s
     if dd.main:
-        metrics_f.write(run.metrics_line(step, val_loss=val_loss))
+        metrics_f.write(run.metrics_line(step, lr=final_lr, val_loss=val_loss))
         metrics_f.flush()
     # a test can kill the process here: the final checkpoint written, result.json not yet
     fault_points.hold("final-checkpoint", run_dir.name)

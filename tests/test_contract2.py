@@ -143,3 +143,40 @@ def test_train_eval_batch_size_is_validated_like_micro_batch_size(capsys):
         assert f"argument {flag}: invalid int value: '2.5'" in capsys.readouterr().err
     with pytest.raises(UserError, match=r"eval_batch_size must be >= 0 \(got -1\)"):
         _train_config(["--eval-batch-size", "-1"])
+
+
+# --- item 3: the end-of-run metrics.jsonl line has lr (DESIGN: step, tokens, train_loss, lr, val_loss) -------
+
+def test_last_metrics_line_has_the_final_lr(tok, tmp_path):
+    from test_train import cfg_for
+
+    from ehrfm.train import lr_at, train
+
+    cfg = cfg_for(tok, tmp_path / "run", n_layer=1, d_model=16, tokens=2048, eval_tokens=1024, lr=1e-3,
+                  min_lr_ratio=0.1, warmup_steps=1)
+    res = train(cfg)
+    assert res["status"] == "completed" and res["steps"] == 4  # 2048 tokens / (8 rows * 64)
+    lines = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 3, 4, 4]
+    last = lines[-1]
+    assert set(last) == {"step", "tokens", "train_loss", "lr", "val_loss"}
+    assert last["val_loss"] == res["val_loss"] and last["tokens"] == 2048
+    # the lr of the last optimizer step: the cosine schedule's end, min_lr_ratio * lr, as on the step-4 line
+    assert last["lr"] == lines[-2]["lr"] == lr_at(3, 4, cfg) == pytest.approx(1e-4)
+    assert [m["lr"] for m in lines[:-1]] == [lr_at(k, 4, cfg) for k in range(4)]
+
+
+def test_resume_truncation_still_drops_the_end_of_run_line(tmp_path):
+    """A run killed after its final checkpoint, before result.json, writes its end-of-run line again:
+    the truncation must drop the old one though it now carries lr (it is the one without grad_norm)."""
+    from ehrfm.train import _truncate_metrics
+
+    p = tmp_path / "metrics.jsonl"
+    rows = [{"step": 1, "tokens": 512, "train_loss": 3.5, "lr": 1e-3, "grad_norm": 2.0, "tokens_per_s": 9.0},
+            {"step": 2, "tokens": 1024, "train_loss": 3.1, "lr": 1e-4, "grad_norm": 1.5, "tokens_per_s": 9.0},
+            {"step": 2, "tokens": 1024, "train_loss": 3.1, "lr": 1e-4, "val_loss": 3.0},  # end of run (new form)
+            {"step": 2, "tokens": 1024, "train_loss": 3.1, "val_loss": 3.0}]  # end of run (older ehrfm)
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _truncate_metrics(p, 2)
+    assert [json.loads(s) for s in p.read_text().splitlines()] == rows[:2]
+
