@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from analysis.fit_config import R_STAR_DATA  # Muennighoff et al. 2023's R_D*, defined beside the fit config
+from ehrfm.law_checks import edge_note  # noqa: F401 (shared with the sweep planner; re-exported)
 
 
 def fit_power_law(c, y, weights=None) -> tuple[float, float, float]:
@@ -157,20 +158,3 @@ def format_interval(x, ci, fmt: str = "{:.3g}", expected: bool = True) -> str:
     if expected and s != "n/a" and not s.endswith("]"):  # no interval at all, though one was expected
         s += " [n/a]"
     return s
-
-
-def edge_note(budgets) -> str:
-    """Why an Approach 1 law whose envelope runs sit at their ladders' ends is not an estimate of N_opt.
-
-    Args:
-        budgets: the IsoFLOP budgets (FLOPs) whose lowest-loss run is the smallest or largest
-            size sampled there (Approach1.edge_budgets).
-
-    Returns:
-        One clause naming up to 8 budgets; "" when there are none.
-    """
-    if not budgets:
-        return ""
-    shown = ", ".join(f"{b:.3g}" for b in budgets[:8]) + (f" and {len(budgets) - 8} more" if len(budgets) > 8 else "")
-    return (f"the envelope run of budget{'s' if len(budgets) > 1 else ''} {shown} FLOPs is the smallest or largest size "
-            "its ladder sampled (or its only size): the optimum is not bracketed there")

@@ -37,7 +37,6 @@ import numpy as np
 from analysis.laws import (
     R_STAR_DATA,
     auroc_from_law,
-    edge_note,
     effective_tokens,
     format_interval,
     percentile_ci,
@@ -45,6 +44,9 @@ from analysis.laws import (
 )
 from ehrfm.errors import UserError
 from ehrfm.io import format_ci, markdown_table
+from ehrfm.law_checks import NO_INTERVALS, trust  # noqa: F401 (shared with the sweep planner; re-exported)
+from ehrfm.law_checks import has_interval as _has_interval
+from ehrfm.law_checks import is_number as _is_number
 
 EXTRAPOLATION_WARN = 10.0  # warn past this factor beyond the largest fitted budget (or below the smallest)
 # Past this factor beyond the fitted budgets (either way) no law is trusted: 3 decades outside the
@@ -107,65 +109,9 @@ class Recommendation:
     bootstrapped: bool = False  # the fit has bootstrap draws: a missing interval prints "[n/a]"
 
 
-NO_INTERVALS = "fitted without bootstrap intervals: trust cannot be judged"
 NO_NUMBERS = "gives no N_opt or D_opt at this budget (null or non-finite parameters in fits.json)"
 
 
-def _has_interval(ci) -> bool:
-    return isinstance(ci, (list, tuple)) and len(ci) == 2 and all(
-        _is_number(v) and v is not None and math.isfinite(v) for v in ci)
-
-
-def trust(fits: dict, k: int) -> tuple[bool, str]:
-    """Can approach k's law of a fits.json dict be the default recommendation? Returns (ok, why not).
-
-    Not when an exponent of N_opt or D_opt in C (a, b) is non-positive or its interval reaches 0,
-    nor, for Approach 1, when an envelope run is the smallest or largest size of its budget's ladder
-    (`edge_budgets`: that budget's optimum is not bracketed) or its envelope holds fewer than 3 runs
-    (`n_points`: a power law through 2 points is untested), nor, for Approach 3, when its frontier
-    coefficient G is not identified. Unknown never passes: a
-    law without intervals (`ehrfm fit --bootstrap 0`: NO_INTERVALS), or whose interval of a or b, or
-    Approach 3's identification of G, is not available (too few bootstrap replicates succeeded,
-    zero width: fits.json `intervals_not_available`), is not trusted either.
-    """
-    f = fits.get(f"approach{k}") or {}
-    notes = fits.get("intervals_not_available") or {}
-    boot = (fits.get("inputs") or {}).get("bootstrap")
-    problems, unknown = [], []
-    for name, what in (("a", "N_opt"), ("b", "D_opt")):
-        x, ci = f.get(name), f.get(f"{name}_ci")
-        if x is None or not _is_number(x) or not math.isfinite(x) or x <= 0:
-            problems.append(f"{what} ~ C^{name} with {name} = {format_ci(x, ci if _has_interval(ci) else None)} does not grow with compute")
-        elif not _has_interval(ci):
-            unknown.append(name)
-        elif ci[0] <= 0:
-            problems.append(f"the interval of {name} = {format_ci(x, ci)} includes 0")
-    points = f.get("n_points")
-    if k == 1 and isinstance(points, int) and points < 3:
-        # A line through 2 envelope runs fits them exactly; on losses of pure noise the envelope kept 2 of 4
-        # budgets (the others' best runs no better than a cheaper one's) and its a, following the ladders'
-        # centres, was the trusted headline, N_opt 2.2e+09 [2e+09, 6.8e+09].
-        problems.append(f"its envelope holds {points} run(s): a power law through 2 points fits them exactly, so "
-                        "nothing tests it (Approach 1 needs >= 3 budgets whose best run beats every cheaper budget's)")
-    edges = f.get("edge_budgets")
-    if k == 1 and edges:  # Approach1.edge_budgets: envelope runs at their ladder's end
-        numbers = isinstance(edges, list) and all(_is_number(b) and b is not None for b in edges)
-        problems.append(edge_note(edges) if numbers else "its edge_budgets in fits.json are not budgets: whether its "
-                        "optimum is bracketed is unknown")
-    if k == 3 and not problems and not unknown:
-        identified = f.get("identified")
-        g = identified.get("G") if isinstance(identified, dict) else None  # anything else: unknown, never trusted
-        if g is False:
-            problems.append("its N_opt coefficient G is not identified")
-        elif g is not True:
-            unknown.append("G")
-    if unknown:
-        if boot == 0 or (boot is None and not any(_has_interval(f.get(f"{n}_ci")) for n in ("a", "b"))):
-            problems.append(NO_INTERVALS)
-        else:
-            why = "; ".join(dict.fromkeys(notes.get(f"approach{k}/{n}", "") for n in unknown if notes.get(f"approach{k}/{n}")))
-            problems.append(f"no interval of {', '.join(unknown)}{f' ({why})' if why else ''}: trust cannot be judged")
-    return not problems, "; ".join(problems)
 
 
 # The keys each approach's prediction reads from fits.json (null = NaN, as write_fits writes NaN).
@@ -178,10 +124,6 @@ UTILITY_NEEDED = ("metric", "coef", "exponent")
 # The numbers the recommendation reads from fits.json `inputs`.
 INPUT_NUMBERS = ("min_budget", "max_budget", "unique_tokens", "vocab_size", "context", "bootstrap")
 _REDO = "rerun `ehrfm fit` with --overwrite (a fits.json from an older ehrfm, or edited by hand?)"
-
-
-def _is_number(v) -> bool:
-    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
 def _usable(fit_json: dict) -> tuple[dict, dict]:

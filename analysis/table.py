@@ -42,6 +42,7 @@ import numpy as np
 import polars as pl
 
 from ehrfm.errors import UserError
+from ehrfm.law_checks import BUDGET_SAME_DECADES  # shared with the sweep planner; re-exported
 from ehrfm.results import DIVERGENCE_Z, Status
 from ehrfm.tables import RESULTS_COLUMNS, RESULTS_REQUIRED, UTILITY_PREFIXES
 
@@ -54,8 +55,8 @@ LOSS_SE_COLUMNS = {"loss": "eval_loss_se", "loss_per_event": "loss_per_event_se"
 # Budgets within this many decades of each other are one IsoFLOP group when the table has no
 # budget column (or a null budget): planned budgets are normally >= 2x apart (0.3 decades).
 BUDGET_GROUP_DECADES = 0.05
-# Planned budgets closer than this (0.1%) are one budget written two ways (1e11 vs 1.0000001e11).
-BUDGET_SAME_DECADES = 4.3e-4
+# Planned budgets closer than this (0.1%) are one budget written two ways: shared with the sweep planner
+# (defined in ehrfm.law_checks, re-exported here).
 # When at least this share of the completed runs has a loss above ln(vocab_size), the loss column is
 # in another unit (bits are 1.44x nats, a perplexity exp(nats)), not a sweep of blow-ups: an error.
 BLOWN_UP_UNIT_SHARE = 0.25

@@ -38,7 +38,7 @@ that end of that budget's ladder (sweep.json `extra_rungs`, kept on every later 
 researcher would add a model size; the other runs keep their ids. Below the family's smallest shape
 there is nothing to add, and the plan says so.
 
-Budgets closer than 0.1% (analysis.table.BUDGET_SAME_DECADES, the tolerance within which `ehrfm fit`
+Budgets closer than 0.1% (ehrfm.law_checks.BUDGET_SAME_DECADES, the tolerance within which `ehrfm fit`
 merges planned budgets into one IsoFLOP group) are one budget written two ways: they are planned
 once, at the value already planned in the sweep dir or else the smallest, and the plan says so in
 one warning line (`canonical_budgets`), rather than training every size twice into one parabola.
@@ -238,7 +238,7 @@ def canonical_budgets(budgets, keep=()) -> tuple[list[float], list[str]]:
     Raises:
         UserError: no budget, or a budget that is not a positive finite number of FLOPs (named).
     """
-    from analysis.table import BUDGET_SAME_DECADES
+    from ehrfm.law_checks import BUDGET_SAME_DECADES
 
     values = [_budget_flops(b, "budgets", "is not a number of FLOPs") for b in budgets]
     if not values:
@@ -448,7 +448,7 @@ def centre_law_from_fit(fit_path: str | Path, budgets: list[float]) -> tuple[dic
     Raises:
         UserError: fits.json missing or damaged, without an Approach 2 law, or with a law whose
             exponents a, b or coefficient n_coef are not positive finite numbers. A law that
-            analysis.recommend.trust does not trust otherwise (no bootstrap intervals, an interval
+            ehrfm.law_checks.trust (what `ehrfm recommend` applies) does not trust otherwise (no bootstrap intervals, an interval
             reaching 0) still centres the ladders, with a note saying so.
     """
     fit_path = Path(fit_path)
@@ -477,7 +477,7 @@ def centre_law_from_fit(fit_path: str | Path, budgets: list[float]) -> tuple[dic
         law[key] = float(v)
     if not used:
         raise UserError(f"{fits_json}: approach2 used no budget (approach2.budgets[].used); nothing to extrapolate from")
-    from analysis.recommend import trust
+    from ehrfm.law_checks import trust
 
     b = a2.get("b")
     if not _positive_number(b):

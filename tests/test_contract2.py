@@ -180,3 +180,19 @@ def test_resume_truncation_still_drops_the_end_of_run_line(tmp_path):
     _truncate_metrics(p, 2)
     assert [json.loads(s) for s in p.read_text().splitlines()] == rows[:2]
 
+
+# --- item 4: what sweeps shares with analysis lives in ehrfm/ (stages meet only at files) ----------
+
+def test_shared_law_checks_are_one_object_under_the_old_names():
+    import analysis.laws
+    import analysis.recommend
+    import analysis.table
+    from ehrfm import law_checks
+
+    assert analysis.table.BUDGET_SAME_DECADES is law_checks.BUDGET_SAME_DECADES == 4.3e-4
+    assert analysis.recommend.trust is law_checks.trust and analysis.laws.edge_note is law_checks.edge_note
+    assert analysis.recommend.NO_INTERVALS is law_checks.NO_INTERVALS
+    fits = {"approach2": {"a": 0.5, "a_ci": [0.4, 0.6], "b": 0.5, "b_ci": [-0.1, 0.9]}, "inputs": {"bootstrap": 100}}
+    assert law_checks.trust(fits, 2) == (False, "the interval of b = 0.5 [-0.1, 0.9] includes 0")
+    src = (ROOT / "sweeps" / "plan.py").read_text()
+    assert "from analysis" not in src and "import analysis" not in src

@@ -117,3 +117,15 @@ def test_stages_and_the_base_they_reach_never_import_the_app():
     base_reaching_app = sorted(m for m in g if m.startswith("ehrfm.") and not m.startswith("ehrfm.app")
                                and m not in APP_OUTSIDE_APP_DIR and g[m] & app)
     assert not base_reaching_app, base_reaching_app
+
+
+def test_no_stage_imports_another_stages_modules():
+    """DESIGN.md: no stage imports another stage's internals (shared helpers live in `ehrfm/`).
+
+    A module of a stage package may import another stage only through that package itself (its
+    `__init__.py`, the public API), never one of its modules: sweeps.plan imported
+    analysis.table.BUDGET_SAME_DECADES and analysis.recommend.trust (now in ehrfm.law_checks)."""
+    g = graph()
+    crossings = sorted(f"{m} -> {d}" for m, deps in g.items() if m.split(".")[0] in STAGES for d in deps
+                       if d.split(".")[0] in STAGES and d.split(".")[0] != m.split(".")[0] and "." in d)
+    assert not crossings, f"stage modules importing another stage's non-public modules: {crossings}"

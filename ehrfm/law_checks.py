@@ -1,0 +1,98 @@
+"""What the sweep planner and the scaling-law fit share: one budget's tolerance and one judgement of a law.
+
+Stages meet only at files (DESIGN.md): `sweeps` plans budgets as `ehrfm fit` (analysis) groups
+them, and `ehrfm sweep plan --centre-from` judges a fits.json as `ehrfm recommend` does, so both
+read these from here rather than from each other. analysis.table, analysis.laws and
+analysis.recommend re-export them under their old names. Pure Python: no numpy, no torch.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ehrfm.io import format_ci
+
+# Planned budgets closer than this (0.1%) are one budget written two ways (1e11 vs 1.0000001e11).
+BUDGET_SAME_DECADES = 4.3e-4
+
+NO_INTERVALS = "fitted without bootstrap intervals: trust cannot be judged"
+
+
+def is_number(v) -> bool:
+    """A JSON number or null (NaN is written as null), not a bool."""
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def has_interval(ci) -> bool:
+    """A confidence interval [lo, hi] of two finite numbers (fits.json's *_ci)."""
+    return isinstance(ci, (list, tuple)) and len(ci) == 2 and all(
+        is_number(v) and v is not None and math.isfinite(v) for v in ci)
+
+
+def edge_note(budgets) -> str:
+    """Why an Approach 1 law whose envelope runs sit at their ladders' ends is not an estimate of N_opt.
+
+    Args:
+        budgets: the IsoFLOP budgets (FLOPs) whose lowest-loss run is the smallest or largest
+            size sampled there (Approach1.edge_budgets).
+
+    Returns:
+        One clause naming up to 8 budgets; "" when there are none.
+    """
+    if not budgets:
+        return ""
+    shown = ", ".join(f"{b:.3g}" for b in budgets[:8]) + (f" and {len(budgets) - 8} more" if len(budgets) > 8 else "")
+    return (f"the envelope run of budget{'s' if len(budgets) > 1 else ''} {shown} FLOPs is the smallest or largest size "
+            "its ladder sampled (or its only size): the optimum is not bracketed there")
+
+
+def trust(fits: dict, k: int) -> tuple[bool, str]:
+    """Can approach k's law of a fits.json dict be the default recommendation? Returns (ok, why not).
+
+    Not when an exponent of N_opt or D_opt in C (a, b) is non-positive or its interval reaches 0,
+    nor, for Approach 1, when an envelope run is the smallest or largest size of its budget's ladder
+    (`edge_budgets`: that budget's optimum is not bracketed) or its envelope holds fewer than 3 runs
+    (`n_points`: a power law through 2 points is untested), nor, for Approach 3, when its frontier
+    coefficient G is not identified. Unknown never passes: a
+    law without intervals (`ehrfm fit --bootstrap 0`: NO_INTERVALS), or whose interval of a or b, or
+    Approach 3's identification of G, is not available (too few bootstrap replicates succeeded,
+    zero width: fits.json `intervals_not_available`), is not trusted either.
+    """
+    f = fits.get(f"approach{k}") or {}
+    notes = fits.get("intervals_not_available") or {}
+    boot = (fits.get("inputs") or {}).get("bootstrap")
+    problems, unknown = [], []
+    for name, what in (("a", "N_opt"), ("b", "D_opt")):
+        x, ci = f.get(name), f.get(f"{name}_ci")
+        if x is None or not is_number(x) or not math.isfinite(x) or x <= 0:
+            problems.append(f"{what} ~ C^{name} with {name} = {format_ci(x, ci if has_interval(ci) else None)} does not grow with compute")
+        elif not has_interval(ci):
+            unknown.append(name)
+        elif ci[0] <= 0:
+            problems.append(f"the interval of {name} = {format_ci(x, ci)} includes 0")
+    points = f.get("n_points")
+    if k == 1 and isinstance(points, int) and points < 3:
+        # A line through 2 envelope runs fits them exactly; on losses of pure noise the envelope kept 2 of 4
+        # budgets (the others' best runs no better than a cheaper one's) and its a, following the ladders'
+        # centres, was the trusted headline, N_opt 2.2e+09 [2e+09, 6.8e+09].
+        problems.append(f"its envelope holds {points} run(s): a power law through 2 points fits them exactly, so "
+                        "nothing tests it (Approach 1 needs >= 3 budgets whose best run beats every cheaper budget's)")
+    edges = f.get("edge_budgets")
+    if k == 1 and edges:  # Approach1.edge_budgets: envelope runs at their ladder's end
+        numbers = isinstance(edges, list) and all(is_number(b) and b is not None for b in edges)
+        problems.append(edge_note(edges) if numbers else "its edge_budgets in fits.json are not budgets: whether its "
+                        "optimum is bracketed is unknown")
+    if k == 3 and not problems and not unknown:
+        identified = f.get("identified")
+        g = identified.get("G") if isinstance(identified, dict) else None  # anything else: unknown, never trusted
+        if g is False:
+            problems.append("its N_opt coefficient G is not identified")
+        elif g is not True:
+            unknown.append("G")
+    if unknown:
+        if boot == 0 or (boot is None and not any(has_interval(f.get(f"{n}_ci")) for n in ("a", "b"))):
+            problems.append(NO_INTERVALS)
+        else:
+            why = "; ".join(dict.fromkeys(notes.get(f"approach{k}/{n}", "") for n in unknown if notes.get(f"approach{k}/{n}")))
+            problems.append(f"no interval of {', '.join(unknown)}{f' ({why})' if why else ''}: trust cannot be judged")
+    return not problems, "; ".join(problems)
