@@ -1,8 +1,8 @@
 """`ehrfm train TOK --out RUN ...`: a thin wrapper over ehrfm.train.train.
 
 Exit codes: 0 completed (or already completed), 1 diverged or failed (recorded in result.json),
-2 user error (nothing written), 3 interrupted by SIGTERM/SIGUSR1 or a first Ctrl-C (checkpoint written; rerun the
-same command to resume). Runs unchanged under `torchrun --nproc-per-node N -m ehrfm train ...`.
+2 user error (nothing written), 3 interrupted by SIGTERM/SIGUSR1, SIGHUP (unless ignored, as under nohup) or a first
+Ctrl-C (checkpoint written; rerun the same command to resume). Runs unchanged under `torchrun --nproc-per-node N -m ehrfm train ...`.
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ def register(sub) -> None:
         help="train one model on a token dir for exactly D tokens (or C FLOPs)",
         description="Train one Llama-style GPT on TOK's train split for exactly D tokens; held-out loss on its "
         "tuning split. Writes RUN/{config.json,metrics.jsonl,checkpoint/,result.json}. "
-        "SIGTERM/SIGUSR1 or a first Ctrl-C: checkpoint and exit 3; rerun the same command to resume.",
+        "SIGTERM/SIGUSR1, SIGHUP (a closed terminal or ssh session; not when ignored, as under nohup) or a first "
+        "Ctrl-C: checkpoint and exit 3; rerun the same command to resume.",
     )
 
 

@@ -196,3 +196,18 @@ def test_shared_law_checks_are_one_object_under_the_old_names():
     assert law_checks.trust(fits, 2) == (False, "the interval of b = 0.5 [-0.1, 0.9] includes 0")
     src = (ROOT / "sweeps" / "plan.py").read_text()
     assert "from analysis" not in src and "import analysis" not in src
+
+
+# --- item 5: `train --help` names every stop signal the trainer checkpoints on --------------------
+
+def test_train_help_names_sighup(capsys):
+    from ehrfm.app.cli import main
+    from ehrfm.train import STOP_UNLESS_IGNORED
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert [s.name for s in STOP_UNLESS_IGNORED] == ["SIGHUP"]
+    assert "SIGTERM/SIGUSR1, SIGHUP (a closed terminal or ssh session; not when ignored, as under nohup) or a first " \
+           "Ctrl-C: checkpoint and exit 3" in text
