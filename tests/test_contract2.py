@@ -211,3 +211,71 @@ def test_train_help_names_sighup(capsys):
     assert [s.name for s in STOP_UNLESS_IGNORED] == ["SIGHUP"]
     assert "SIGTERM/SIGUSR1, SIGHUP (a closed terminal or ssh session; not when ignored, as under nohup) or a first " \
            "Ctrl-C: checkpoint and exit 3" in text
+
+
+# --- item 6: the demo prints "collected N runs into ..." once, not again for an unchanged sweep -----
+
+def _fake_sweep_stages(monkeypatch, tmp_path, plans):
+    """The demo's stage functions replaced by fakes that log their calls; `plans`: run ids each re-plan gives."""
+    import polars as pl
+
+    import analysis.fit
+    import sweeps.collect
+    import sweeps.launch
+    import sweeps.plan
+    from ehrfm.app import demo
+    from ehrfm.errors import UserError
+
+    calls, state = [], {"runs": ["r1", "r2"]}
+    results = tmp_path / "results.parquet"
+    pl.DataFrame({"run_id": ["r1", "r2"], "budget": [1e12, 1e12]}).write_parquet(results)
+
+    def collect(sweep, **kw):
+        calls.append("collect")
+        print(f"collected {len(state['runs'])} runs into {results}")
+        return results
+
+    def plan(cfg, tok, sweep, budgets, centre_from=None, bracket_from=None, warned=None):
+        calls.append("plan")
+        if bracket_from is not None:
+            state["runs"] = plans.pop(0)
+        return None, [{"run_id": r} for r in state["runs"]], []
+
+    def no_fit(*a, **k):
+        raise UserError("no law (test)")
+
+    monkeypatch.setattr(sweeps.collect, "collect_sweep", collect)
+    monkeypatch.setattr(sweeps.plan, "load_sweep", lambda sweep: (None, [{"run_id": r} for r in state["runs"]]))
+    monkeypatch.setattr(sweeps.launch, "launch_sweep", lambda sweep, launch: calls.append("launch"))
+    monkeypatch.setattr(demo, "_plan", plan)
+    monkeypatch.setattr(analysis.fit, "fit_results", no_fit)
+    return calls
+
+
+def test_demo_first_stage_collects_once_when_bracketing_adds_nothing(monkeypatch, tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from ehrfm.app import demo
+
+    calls = _fake_sweep_stages(monkeypatch, tmp_path, plans=[["r1", "r2"]])
+    cfg = SimpleNamespace(budgets=[1e12, 1e13], first_stage=1, bracket=2, seed=0, tokens_per_param=20)
+    assert demo._first_stage(cfg, demo._Stages(), tmp_path, tmp_path, None, tmp_path / "fit") is None
+    out = capsys.readouterr().out
+    assert calls == ["plan", "launch", "collect", "plan"]  # the bracketing's collect is stage 1's results
+    assert out.count("collected 2 runs into") == 1, out
+
+
+def test_demo_bracket_collects_again_when_its_replan_changed_the_sweep(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from ehrfm.app import demo
+
+    # round 1 adds r3 (launched), round 2 adds nothing: its collect is the sweep's latest -> reused
+    calls = _fake_sweep_stages(monkeypatch, tmp_path, plans=[["r1", "r2", "r3"], ["r1", "r2", "r3"]])
+    cfg = SimpleNamespace(bracket=3)
+    assert demo._bracket(cfg, demo._Stages(), tmp_path, tmp_path, None, [1e12], None, "") == tmp_path / "results.parquet"
+    assert calls == ["collect", "plan", "launch", "collect", "plan"]
+    # a re-plan that drops a run changes the sweep after the collect: the caller must collect again
+    calls = _fake_sweep_stages(monkeypatch, tmp_path, plans=[["r1"]])
+    assert demo._bracket(cfg, demo._Stages(), tmp_path, tmp_path, None, [1e12], None, "") is None
+    assert calls == ["collect", "plan"]

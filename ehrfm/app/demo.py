@@ -497,9 +497,10 @@ def _run_stages(cfg: DemoConfig, out: Path, fingerprint: str | None) -> Path:
             st.record("first_stage_law", centre_from and centre_from.name)
     st.run("sweep plan", _plan, cfg, tok, sweep, cfg.budgets, centre_from, warned=st.warned)
     st.run("sweep launch", launch_sweep, sweep, launch)
-    _bracket(cfg, st, tok, sweep, launch, cfg.budgets, centre_from, "")
-    results_path = st.run("sweep collect", collect_sweep, sweep, labels_dir=labels_dir, max_labels=cfg.max_labels,
-                          seed=cfg.seed)
+    results_path = _bracket(cfg, st, tok, sweep, launch, cfg.budgets, centre_from, "")
+    if results_path is None or labels_dir is not None:  # with labels, this collect also scores the clinical probes
+        results_path = st.run("sweep collect", collect_sweep, sweep, labels_dir=labels_dir, max_labels=cfg.max_labels,
+                              seed=cfg.seed)
 
     import warnings
 
@@ -552,8 +553,13 @@ def _plan(cfg: DemoConfig, tok: Path, sweep: Path, budgets: list[float], centre_
     return planned
 
 
-def _bracket(cfg: DemoConfig, st: _Stages, tok: Path, sweep: Path, launch, budgets, centre_from, stage: str) -> None:
-    """Up to cfg.bracket rounds: re-plan with --bracket-from this sweep's results and train the sizes it adds."""
+def _bracket(cfg: DemoConfig, st: _Stages, tok: Path, sweep: Path, launch, budgets, centre_from, stage: str) -> Path | None:
+    """Up to cfg.bracket rounds: re-plan with --bracket-from this sweep's results and train the sizes it adds.
+
+    Returns the results.parquet of its last collect when the sweep has not changed since (the
+    re-plan kept exactly its runs), so the caller need not collect again (and print it again);
+    None when the sweep may have changed since, or no round ran.
+    """
     from sweeps.collect import collect_sweep
     from sweeps.launch import launch_sweep
     from sweeps.plan import load_sweep
@@ -567,11 +573,13 @@ def _bracket(cfg: DemoConfig, st: _Stages, tok: Path, sweep: Path, launch, budge
         for note in notes:
             if note.startswith("--bracket-from"):
                 print(f"demo: {note}", file=sys.stderr)
-        added = not {r["run_id"] for r in rows} <= before
+        after = {r["run_id"] for r in rows}
+        added = not after <= before
         st.record(key, i + 1 if added else cfg.bracket)  # nothing added: later rounds would add nothing either
         if not added:
-            return
+            return results if after == before else None
         st.run(f"sweep launch (bracketing{stage})", launch_sweep, sweep, launch)
+    return None
 
 
 def _first_stage(cfg: DemoConfig, st: _Stages, tok: Path, sweep: Path, launch, fit_dir: Path) -> Path | None:
@@ -592,8 +600,9 @@ def _first_stage(cfg: DemoConfig, st: _Stages, tok: Path, sweep: Path, launch, f
     small = sorted(cfg.budgets)[: cfg.first_stage]
     st.run("sweep plan (stage 1)", _plan, cfg, tok, sweep, small, warned=st.warned)
     st.run("sweep launch (stage 1)", launch_sweep, sweep, launch)
-    _bracket(cfg, st, tok, sweep, launch, small, None, ", stage 1")
-    results = st.run("sweep collect (stage 1)", collect_sweep, sweep)
+    # the bracketing's last collect when the sweep is unchanged since: collecting again printed the same line twice
+    results = _bracket(cfg, st, tok, sweep, launch, small, None, ", stage 1") \
+        or st.run("sweep collect (stage 1)", collect_sweep, sweep)
     # Only the runs this plan holds: a resumed demo's dir also holds the larger budgets' runs
     # (unplanned now, budget null), and fitting them here would centre those budgets differently
     # from the first time, so the resumed demo would plan another sweep.
