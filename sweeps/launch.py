@@ -862,8 +862,7 @@ def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, slots: 
         while time.time() < deadline and any(not sj.done() or _live_trainer(record_path(sweep_dir, rid))
                                              for rid, (sj, _, _) in running.items()):
             time.sleep(0.5)
-        print(f"interrupted: {len(running)} running jobs checkpointed; `ehrfm sweep launch {sweep_dir} --executor local` resumes them",
-              file=sys.stderr)
+        print(_stopped_line(sweep_dir, [job for _, job, _ in running.values()]), file=sys.stderr)
         raise
     finally:
         bar.close()
@@ -877,6 +876,32 @@ def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, slots: 
             + ", ".join(f"{v} {k}" for k, v in sorted(by_state.items()))
             + f" (not submitted: {report.reason()})")
     warn_unfinished(sweep_dir, report)
+
+
+def _stopped_line(sweep_dir: Path, stopped: list[TrainJob]) -> str:
+    """The local launcher's line after a stop, for the jobs it was running when the stop came.
+
+    A job whose run finished anyway (its result.json written: it completed during the stop's grace,
+    or between the last check and the signal) is counted by its result, not as checkpointed: the
+    line said "1 running jobs checkpointed" for a run that `sweep status` then showed completed.
+    """
+    from ehrfm.results import FINISHED
+
+    finished: dict[str, int] = {}
+    checkpointed = 0
+    for job in stopped:
+        try:
+            result = read_result(Path(job.run_dir))
+        except UserError:  # a damaged result.json: not finished (sweep status names the file)
+            result = None
+        if result is not None and result.status in FINISHED:
+            finished[str(result.status)] = finished.get(str(result.status), 0) + 1
+        else:
+            checkpointed += 1
+    line = f"interrupted: {checkpointed} running jobs checkpointed"
+    if finished:
+        line += "; " + ", ".join(f"{v} {k}" for k, v in sorted(finished.items())) + " before the stop"
+    return line + f"; `ehrfm sweep launch {sweep_dir} --executor local` resumes the rest"
 
 
 def _live_trainer(record_file: Path) -> int | None:

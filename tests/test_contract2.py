@@ -279,3 +279,22 @@ def test_demo_bracket_collects_again_when_its_replan_changed_the_sweep(monkeypat
     calls = _fake_sweep_stages(monkeypatch, tmp_path, plans=[["r1"]])
     assert demo._bracket(cfg, demo._Stages(), tmp_path, tmp_path, None, [1e12], None, "") is None
     assert calls == ["collect", "plan"]
+
+
+# --- item 7: after a stop, `sweep launch` counts a job that finished anyway by its result ----------
+
+def test_launch_stop_line_counts_a_finished_job_as_finished(tmp_path):
+    from types import SimpleNamespace
+
+    from ehrfm.results import RunResult, Status, write_result
+    from sweeps.launch import _stopped_line
+
+    jobs = [SimpleNamespace(run_dir=str(tmp_path / r)) for r in ("a", "b", "c")]
+    for j in jobs:
+        Path(j.run_dir).mkdir()
+    write_result(tmp_path / "a", RunResult(Status.COMPLETED, val_loss=2.5, n_params=1000))  # finished in the grace
+    write_result(tmp_path / "c", RunResult(Status.FAILED, error="boom"))
+    assert _stopped_line(tmp_path, jobs) == (
+        f"interrupted: 1 running jobs checkpointed; 1 completed, 1 failed before the stop; "
+        f"`ehrfm sweep launch {tmp_path} --executor local` resumes the rest")
+    assert _stopped_line(tmp_path, jobs[1:2]).startswith("interrupted: 1 running jobs checkpointed; `ehrfm sweep launch")
