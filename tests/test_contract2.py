@@ -298,3 +298,25 @@ def test_launch_stop_line_counts_a_finished_job_as_finished(tmp_path):
         f"interrupted: 1 running jobs checkpointed; 1 completed, 1 failed before the stop; "
         f"`ehrfm sweep launch {tmp_path} --executor local` resumes the rest")
     assert _stopped_line(tmp_path, jobs[1:2]).startswith("interrupted: 1 running jobs checkpointed; `ehrfm sweep launch")
+
+
+# --- item 8: sweeps/README.md names the columns the tables have, and the run id's rounded budget ---
+
+def test_sweeps_readme_lists_real_plan_and_results_columns_and_the_rounded_run_id_budget():
+    import re
+
+    from ehrfm.config import TrainConfig
+    from ehrfm.tables import RESULTS_COLUMNS
+    from sweeps.plan import PLAN_COLUMNS, SCHEDULE_COLUMNS, run_id_for
+
+    text = (ROOT / "sweeps" / "README.md").read_text()
+    block = text[text.index("## Sweep dir"):]
+    plan = block[block.index("plan.parquet"):block.index("runs/<run_id>/")]
+    listed = set(re.findall(r"[a-z_]+", plan.split(":", 1)[1].split("(sweeps.plan")[0])) - {"the", "shape"}
+    assert listed == set(PLAN_COLUMNS + SCHEDULE_COLUMNS)
+    results = block[block.index("results.parquet       collect"):].splitlines()[0]
+    assert "error, the shape (n_layer, d_model, n_head, context)" in results
+    assert {"n_layer", "d_model", "n_head", "context"} <= {c for c, _ in RESULTS_COLUMNS} and "shape" not in dict(RESULTS_COLUMNS)
+    cfg = TrainConfig(tokens_dir="", out_dir="", n_layer=4, d_model=256, n_head=4, tokens=1)
+    assert run_id_for("fp", 3.16e15, cfg).startswith("C3e15_L4_D256_") and "(3.16e15 FLOPs reads `C3e15`" in text
+    assert run_id_for("fp", 1.5e15, cfg).startswith("C2e15_L4_D256_") and "1.5e15 `C2e15`" in text
