@@ -1497,25 +1497,45 @@ def format_fit_table(fit: FitResult) -> str:
     return "\n".join(lines)
 
 
-def load_fits(fit_dir: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """Read FIT/fits.json and its bootstrap draws (for the recommender and plots of a saved fit)."""
-    from ehrfm.io import read_json
+def fit_files(fit_dir: str | Path) -> tuple[Path, Path | None]:
+    """(the fits.json to read, the directory whose bootstrap.parquet / fit_config.json belong to it, or None).
 
+    A directory is read as DIR/fits.json with its siblings. A file is read as itself, never swapped
+    for the fits.json beside it (a renamed or copied fits.json next to another fit read that other
+    fit); its directory's bootstrap draws and config are used only when that directory's fits.json
+    is the same bytes (the file is that fit's own), otherwise the fit is read without them.
+    """
     fit_dir = Path(fit_dir)
-    if fit_dir.is_file():
-        fit_dir = fit_dir.parent
-    if not (fit_dir / "fits.json").exists():
-        where = "no such directory" if not fit_dir.exists() else "the directory holds no fits.json"
-        raise UserError(f"fits file {fit_dir / 'fits.json'} not found ({where}): pass the --out dir of `ehrfm fit`, "
+    if not fit_dir.is_file():
+        return fit_dir / "fits.json", fit_dir
+    own = fit_dir.parent / "fits.json"
+    try:
+        same = own.is_file() and (fit_dir.name == "fits.json" or own.read_bytes() == fit_dir.read_bytes())
+    except OSError:
+        same = False
+    return fit_dir, (fit_dir.parent if same else None)
+
+
+def load_fits(fit_dir: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """Read FIT/fits.json (or the fits file given) and its bootstrap draws (for the recommender and plots of a saved fit)."""
+    from ehrfm.io import read_json, warn
+
+    path, home = fit_files(fit_dir)
+    if not path.exists():
+        where = "no such directory" if not path.parent.exists() else "the directory holds no fits.json"
+        raise UserError(f"fits file {path} not found ({where}): pass the --out dir of `ehrfm fit`, "
                         "or make one with `ehrfm fit RESULTS --out FIT`")
     redo = "rerun `ehrfm fit` with --overwrite to rewrite it"
-    fits = read_json(fit_dir / "fits.json", what="fits file", expect=dict, hint=redo)
+    fits = read_json(path, what="fits file", expect=dict, hint=redo)
     draws = {}
-    if (fit_dir / "bootstrap.parquet").is_file():
+    if home is not None and (home / "bootstrap.parquet").is_file():
         from ehrfm.io import read_parquet
 
-        table = read_parquet(fit_dir / "bootstrap.parquet", "bootstrap draws", hint=redo)
+        table = read_parquet(home / "bootstrap.parquet", "bootstrap draws", hint=redo)
         draws = {c: table.column(c).to_numpy().astype(float) for c in table.column_names}
+    elif home is None:
+        warn(f"{path} is not the fits.json of its directory: read without bootstrap draws (intervals n/a) "
+             "and with the default confidence; pass the fit directory for intervals")
     return fits, draws
 
 
@@ -1566,16 +1586,14 @@ def load_fit(fit_dir: str | Path) -> FitResult:
     """
     from ehrfm.io import read_json
 
-    fit_dir = Path(fit_dir)
-    if fit_dir.is_file():
-        fit_dir = fit_dir.parent
     fits, draws = load_fits(fit_dir)
-    cfg_path = fit_dir / "fit_config.json"
-    cfg_raw = read_json(cfg_path, what="fit config") if cfg_path.is_file() else {}
+    path, home = fit_files(fit_dir)
+    cfg_path = home / "fit_config.json" if home is not None else None
+    cfg_raw = read_json(cfg_path, what="fit config") if cfg_path is not None and cfg_path.is_file() else {}
     cfg_fields = {f.name for f in dataclasses.fields(FitConfig)}
     cfg = FitConfig(**{k: v for k, v in cfg_raw.items() if k in cfg_fields})
     cfg.approaches = tuple(cfg.approaches)
-    src = str(fit_dir / "fits.json")
+    src = str(path)
     a1 = _typed(Approach1, fits["approach1"], keep=("points",), where=f"{src} approach1") if fits.get("approach1") else None
     a2 = None
     if fits.get("approach2"):

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -319,15 +318,16 @@ def _load(fits) -> tuple[dict, dict, float, str]:
     (fits.json's content, its bootstrap draws, the confidence level of its intervals, where it came
     from) of a FIT directory, a fits.json path or an analysis.fit.FitResult.
     """
-    from analysis.fit import FitResult, load_fits
+    from analysis.fit import FitResult, fit_files, load_fits
 
     if isinstance(fits, FitResult):
         return fits.to_json(), fits.draws, fits.config.confidence, "<FitResult>"
     fit_json, draws = load_fits(fits)
-    source = str(Path(fits) if Path(fits).is_file() else Path(fits) / "fits.json")
-    cfg_path = Path(fits) / "fit_config.json" if Path(fits).is_dir() else Path(fits).with_name("fit_config.json")
+    path, home = fit_files(fits)
+    source = str(path)
+    cfg_path = home / "fit_config.json" if home is not None else None  # another fit's config is not this one's
     conf = 0.95
-    if cfg_path.is_file():
+    if cfg_path is not None and cfg_path.is_file():
         import json
 
         conf = json.loads(cfg_path.read_text()).get("confidence", 0.95)

@@ -171,10 +171,19 @@ def _read_frame(path: Path) -> pl.DataFrame:
         raise UserError(f"results table {path} is a directory, not a table: {hint}")
     if not path.is_file():
         raise UserError(f"results table {path} not found")
+    name = path.name.lower()
+    csv = name.endswith((".csv", ".tsv", ".csv.gz", ".tsv.gz"))
+    if not csv and not name.endswith(".parquet"):
+        # was read as parquet whatever its name: a CSV saved as .txt was "could not be read as parquet"
+        what = "it looks like CSV text: rename it to .csv" if _looks_like_text(path) else "save it as .parquet or .csv"
+        raise UserError(f"results table {path}: unsupported extension {path.suffix or '(none)'} "
+                        f"(.csv, .tsv, .parquet, .csv.gz, .tsv.gz); {what}")
     try:
-        if path.suffix.lower() in (".csv", ".tsv") or path.name.lower().endswith((".csv.gz", ".tsv.gz")):
-            sep = "\t" if ".tsv" in path.name.lower() else _csv_separator(path)
+        if csv:
+            sep = "\t" if ".tsv" in name else _csv_separator(path)
+            header = _csv_header(path, sep)
             df = pl.read_csv(path, separator=sep, infer_schema_length=None, null_values=["", "NA", "null", "None"])
+            _refuse_duplicate_columns(str(path), header, df.height)
             # spreadsheets pad headers ("loss "): a padded name is the same column
             stripped = [c.strip() for c in df.columns]
             if len(set(stripped)) == len(stripped):
@@ -182,8 +191,79 @@ def _read_frame(path: Path) -> pl.DataFrame:
             return df
         return pl.read_parquet(path)
     except (pl.exceptions.PolarsError, OSError, ValueError) as e:
-        kind = type(e).__name__
-        raise UserError(f"results table {path} could not be read as {'CSV' if path.suffix.lower() == '.csv' else 'parquet'} ({kind})") from None
+        raise UserError(f"results table {path} could not be read as {'CSV' if csv else 'parquet'}: "
+                        f"{_polars_reason(e)}{_csv_hint(path) if csv else ''}") from None
+
+
+def _looks_like_text(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    return not head.startswith(b"PAR1") and b"\0" not in head and (b"," in head or b"\t" in head or b";" in head)
+
+
+def _polars_reason(e: Exception) -> str:
+    """Polars' message, first paragraph only, with the cell values it quotes in backticks replaced.
+
+    The cause ("invalid utf-8 sequence", "found more fields than defined in 'Schema'") was hidden behind
+    "(ComputeError)"; a results table holds no patient data, but messages never quote cells anyway.
+    """
+    import re
+
+    text = str(e).strip().split("\n\n")[0].replace("\n", " ")
+    text = re.sub(r"`[^`]*`", "<value>", text)
+    return text[:300] or type(e).__name__
+
+
+def _csv_hint(path: Path) -> str:
+    """What spreadsheet exports put before a CSV's header or in its bytes, said plainly ('' when none)."""
+    import gzip
+
+    try:
+        with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
+            raw = f.read(1 << 20)
+    except OSError:
+        return ""
+    first = raw.split(b"\n", 1)[0].strip()
+    if first.lower().startswith(b"sep="):
+        return "; its first line is Excel's 'sep=' line: delete that line"
+    if first.startswith(b"#"):
+        return "; its first line is a '#' comment: delete the comment lines above the header"
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as u:
+        if u.start < len(raw) - 4:  # not a character cut by the 1 MiB read
+            line = raw[:u.start].count(b"\n") + 1
+            return (f"; line {line} is not UTF-8 (a spreadsheet's 'CSV' in cp1252/Latin-1?): save it as 'CSV UTF-8'")
+    return ""
+
+
+def _csv_header(path: Path, sep: str) -> list[str]:
+    import csv
+    import gzip
+
+    with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rt", errors="replace", newline="") as f:
+        return next(csv.reader(f, delimiter=sep), [])
+
+
+def _refuse_duplicate_columns(source: str, columns, n_rows: int) -> None:
+    """UserError for two headers that name one of ehrfm's columns ("loss" twice, "loss" and "Loss").
+
+    polars renames a repeated CSV header to loss_duplicated_0 and the first was fitted silently (a
+    train and an eval loss exported under one name); _ehrfm_case kept "loss" beside "Loss". Which one
+    is meant is not ours to guess. Names ehrfm does not read may repeat.
+    """
+    known = {name for name, _ in RESULTS_COLUMNS} | {"loss_per_event"}
+    seen: dict[str, list[str]] = {}
+    for c in columns:
+        low = c.strip().lower()
+        if low in known or any(low.startswith(p) for p in UTILITY_PREFIXES):
+            seen.setdefault(low, []).append(c.strip())
+    dup = {k: v for k, v in seen.items() if len(v) > 1}
+    if dup:
+        k, v = next(iter(dup.items()))
+        raise UserError(f"results table {source}: column {k} appears {len(v)} times in the header "
+                        f"({', '.join(repr(x) for x in v)}; {n_rows} rows): which one to fit is not certain; "
+                        "rename or drop all but one")
 
 
 # Other scaling-law tables' names for ehrfm's columns (lower-cased): Epoch AI's replication of Chinchilla
@@ -198,13 +278,14 @@ COLUMN_ALIASES = {
 }
 
 
-def _ehrfm_case(df: pl.DataFrame) -> pl.DataFrame:
+def _ehrfm_case(df: pl.DataFrame, source: str = "(a DataFrame)") -> pl.DataFrame:
     """`df` with headers that are ehrfm's column names in another case ("Loss", "N_Params", "AUROC/mort") renamed.
 
     A spreadsheet's capitalised header is the same column: it was "lacks columns n_params, tokens, loss"
     with a "no tokens column" hint beside its "Tokens". Renamed only when the name is one of
     ehrfm's (RESULTS_COLUMNS, a utility prefix) and nothing else in the table claims it.
     """
+    _refuse_duplicate_columns(source, df.columns, df.height)  # "loss" and "Loss": neither is certain
     known = {name for name, _ in RESULTS_COLUMNS}
     renames = {}
     for c in df.columns:
@@ -347,7 +428,7 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss", na
     else:
         source = str(table)
         df = _read_frame(Path(table))
-    df = _ehrfm_case(df)
+    df = _ehrfm_case(df, source)
     required = (*RESULTS_REQUIRED, loss_column)
     missing = [c for c in required if c not in df.columns]
     if missing:

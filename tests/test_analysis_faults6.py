@@ -1,0 +1,91 @@
+"""Faults a tester found in `ehrfm fit` / `ehrfm recommend` / the plots (sixth round).
+
+Each test fails on the code before its fix and checks real numbers or the one clear error.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import polars as pl
+import pytest
+
+from analysis.fit import FitConfig, fit_results, load_fit, write_fits
+from analysis.recommend import recommend
+from analysis.synthetic import BESIROGLU, HOFFMANN, synthetic_results
+from analysis.table import load_results
+from ehrfm.errors import UserError
+
+BUDGETS = (1e18, 4e18, 1.6e19, 6.4e19)
+
+
+def _table(law=HOFFMANN, **kw) -> pl.DataFrame:
+    return synthetic_results(law, budgets=BUDGETS, sizes=5, span_decades=0.8, noise=0.002, seed=0, **kw)
+
+
+def _fit(t, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fit_results(load_results(t) if isinstance(t, pl.DataFrame) else t,
+                           config=FitConfig(**{"bootstrap": 20, "holdout": False, **kw}))
+
+
+def _cli(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ehrfm.app.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+# 1. `recommend FIT/other.json` read FIT/fits.json, the sibling, not the file given
+def test_recommend_reads_the_fits_file_given_not_its_sibling(tmp_path):
+    fa, fb = _fit(_table(HOFFMANN), approaches=(3,)), _fit(_table(BESIROGLU), approaches=(3,))
+    write_fits(fa, tmp_path / "A")
+    write_fits(fb, tmp_path / "B")
+    shutil.copy(tmp_path / "B" / "fits.json", tmp_path / "A" / "fits_from_B.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        direct = recommend(tmp_path / "B", 1e20)
+        other = recommend(tmp_path / "A" / "fits_from_B.json", 1e20)
+        own = recommend(tmp_path / "A" / "fits.json", 1e20)
+    assert other.n_opt == pytest.approx(direct.n_opt, rel=1e-12)  # was fit A's N_opt
+    assert abs(np.log(direct.n_opt / recommend(tmp_path / "A", 1e20).n_opt)) > 0.05  # the two fits do differ
+    assert not np.isfinite(other.n_opt_ci).any()  # A's draws are not B's: no interval rather than A's
+    assert np.isfinite(own.n_opt_ci).all()  # FIT/fits.json keeps its own draws
+    assert load_fit(tmp_path / "A" / "fits_from_B.json").approach3.alpha == pytest.approx(fb.approach3.alpha)
+
+
+# 2. a header naming `loss` twice (or `loss` and `Loss`) was fitted on the first, silently
+@pytest.mark.parametrize("names", [("loss", "loss"), ("loss", "Loss"), ("Loss", "LOSS")])
+def test_a_column_named_twice_is_refused_naming_it(tmp_path, names):
+    t = _table().select("run_id", "n_params", "tokens", "flops", "loss")
+    path = tmp_path / "t.csv"
+    header = "run_id,n_params,tokens,flops," + ",".join(names)
+    path.write_text(header + "\n" + "".join(f"{r},{n},{d},{c},{loss * 0.8},{loss}\n" for r, n, d, c, loss in t.iter_rows()))
+    with pytest.raises(UserError, match=rf"t\.csv: column loss appears 2 times .*{t.height} rows"):
+        load_results(path)
+    # a DataFrame (or parquet) with `loss` and `Loss` too: `loss` was taken, `Loss` ignored
+    with pytest.raises(UserError, match=r"column loss appears 2 times"):
+        load_results(t.with_columns(Loss=pl.col("loss") * 0.8))
+
+
+# 3. CSV read failures said "(ComputeError)" only; a CSV named .txt was "could not be read as parquet"
+def test_csv_read_failures_say_why(tmp_path):
+    t = _table().select("run_id", "n_params", "tokens", "flops", "loss")
+    lines = t.write_csv().strip().split("\n")
+    (tmp_path / "cp.csv").write_bytes(("note," + lines[0] + "\n" + "".join(
+        ("caf\xe9," if i == 3 else "x,") + row + "\n" for i, row in enumerate(lines[1:]))).encode("cp1252"))
+    (tmp_path / "comment.csv").write_text("# exported\n" + "\n".join(lines) + "\n")
+    (tmp_path / "sep.csv").write_text("sep=;\n" + "\n".join(row.replace(",", ";") for row in lines) + "\n")
+    (tmp_path / "results.txt").write_text("\n".join(lines) + "\n")
+    for name, want in [("cp.csv", r"invalid utf-8 sequence; line 5 is not UTF-8 .*CSV UTF-8"),
+                       ("comment.csv", r"more fields than defined .*'#' comment"),
+                       ("sep.csv", r"Excel's 'sep=' line"),
+                       ("results.txt", r"unsupported extension \.txt .*looks like CSV text: rename it to \.csv")]:
+        with pytest.raises(UserError, match=want) as e:
+            load_results(tmp_path / name)
+        assert "ComputeError" not in str(e.value) and "caf" not in str(e.value)
+    t.write_parquet(tmp_path / "t.xlsx")
+    with pytest.raises(UserError, match=r"unsupported extension \.xlsx .*save it as \.parquet or \.csv"):
+        load_results(tmp_path / "t.xlsx")
