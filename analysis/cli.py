@@ -10,6 +10,17 @@ from ehrfm.cli_args import command, positive_number
 EXCLUDED_LINES = 20
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (--vocab-size 0 was taken as not given)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number like 512 (got {text!r})") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1 (got {text!r})")
+    return value
+
+
 def _approaches(text: str) -> tuple[int, ...]:
     try:
         out = tuple(sorted({int(t) for t in text.split(",") if t.strip()}))
@@ -108,6 +119,6 @@ def register(sub):
     r.add_argument("--unique-tokens", type=positive_number, default=None,
                    help="unique training tokens available (default: the results table's unique_tokens, if any)")
     r.add_argument("--approach", type=int, choices=(1, 2, 3), default=None, help="approach for the headline (default 3, else 2, else 1)")
-    r.add_argument("--vocab-size", type=int, default=None, help="vocabulary size for the model shape (default: from the results table)")
-    r.add_argument("--context", type=int, default=None, help="context length for the model shape (default: from the results table)")
+    r.add_argument("--vocab-size", type=_positive_int, default=None, help="vocabulary size for the model shape (default: from the results table)")
+    r.add_argument("--context", type=_positive_int, default=None, help="context length for the model shape (default: from the results table)")
     r.add_argument("--json", action="store_true", help="print the recommendation as JSON")

@@ -1106,16 +1106,41 @@ def fit_utility(res: Results, counts: np.ndarray | None, cfg: FitConfig, warn):
 # ---------------------------------------------------------------------------------------------
 
 
+def _flag(name: str) -> str:
+    """`--seed` for a FitConfig field `ehrfm fit` has an option for; the field name for the API-only ones."""
+    api_only = ("huber_delta", "bootstrap_starts", "min_points_per_budget", "r_star", "confidence")
+    return name if name in api_only else "--" + name.replace("_", "-")
+
+
 def _check_config(cfg: FitConfig) -> None:
     if not set(cfg.approaches) <= {1, 2, 3} or not cfg.approaches:
         raise UserError(f"approaches must be a subset of 1,2,3 (got {','.join(map(str, cfg.approaches))})")
-    if cfg.bootstrap < 0:
-        raise UserError(f"bootstrap must be >= 0 (got {cfg.bootstrap})")
-    if cfg.bootstrap > MAX_BOOTSTRAP:
+    if isinstance(cfg.bootstrap, (int, np.integer)) and cfg.bootstrap > MAX_BOOTSTRAP:
         raise UserError(f"bootstrap must be <= {MAX_BOOTSTRAP:,} (got {cfg.bootstrap:,}): each replicate refits every law and "
                         f"holds a row of run weights in memory; percentile intervals settle within a few thousand replicates")
     if not 0.5 <= cfg.confidence < 1:
         raise UserError(f"confidence must be in [0.5, 1) (got {cfg.confidence})")
+    # every numeric option, one line each: `--seed -1` was numpy's traceback from default_rng
+    def whole(name: str, lo: int) -> None:
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise UserError(f"{_flag(name)} must be a whole number of at least {lo} (got {v!r})")
+
+    whole("bootstrap", 0)
+    whole("seed", 0)
+    whole("bootstrap_starts", 1)
+    whole("min_points_per_budget", 3)  # a parabola needs 3 sizes
+    for name in ("huber_delta", "r_star"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+            raise UserError(f"{_flag(name)} must be a finite number > 0 (got {v!r})")
+    # inf is "no limit" (written as null); NaN or <= 0 would leave out every run or none, silently
+    if cfg.max_epochs is not None and not (isinstance(cfg.max_epochs, (int, float)) and cfg.max_epochs > 0):
+        raise UserError(f"--max-epochs must be a number > 0 (got {cfg.max_epochs!r})")
+    for name, allowed in (("n_count", ("total", "non-embedding")), ("approach3_method", ("varpro", "huber-lbfgs")),
+                          ("approach2_bootstrap", ("residuals", "runs"))):
+        if getattr(cfg, name) not in allowed:
+            raise UserError(f"{_flag(name)} must be one of {', '.join(allowed)} (got {getattr(cfg, name)!r})")
 
 
 def _drop_over_max_epochs(res: Results, max_epochs: float | None) -> Results:

@@ -407,6 +407,12 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
     fit_json, draws, conf, source = _load(fits)
     if not (flops and math.isfinite(flops) and flops > 0):
         raise UserError(f"--flops must be a positive number of FLOPs (got {flops})")
+    if unique_tokens is not None and not (isinstance(unique_tokens, (int, float)) and math.isfinite(unique_tokens) and unique_tokens > 0):
+        raise UserError(f"--unique-tokens must be a finite number > 0 (got {unique_tokens})")
+    if approach is not None and approach not in (1, 2, 3):
+        raise UserError(f"--approach must be 1, 2 or 3 (got {approach!r})")
+    if not (isinstance(r_star, (int, float)) and math.isfinite(r_star) and r_star > 0):
+        raise UserError(f"r_star must be a finite number > 0 (got {r_star})")
     fit_json, unusable = _usable(fit_json)
     if approach in unusable:
         raise UserError(f"fits file {source}: {unusable[approach]}; {_REDO}")
@@ -497,8 +503,12 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
 
     utility = _utility(fit_json, draws, flops, conf, notes)
 
-    vocab_size = vocab_size or inputs.get("vocab_size")
-    context = context or inputs.get("context")
+    # `is None`, not `or`: 0 is a wrong value, refused, not "not given" (the table's used instead, silently)
+    for name, v in (("vocab_size", vocab_size), ("context", context)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+            raise UserError(f"--{name.replace('_', '-')} must be a whole number >= 1 (got {v!r})")
+    vocab_size = vocab_size if vocab_size is not None else inputs.get("vocab_size")
+    context = context if context is not None else inputs.get("context")
     shape_n = constrained["n_opt"] if constrained and constrained["trusted"] else head.n_opt
     n_count = fit_json.get("n_count") or "non-embedding"
     shape = _shape(shape_n, flops, vocab_size, context, n_count)

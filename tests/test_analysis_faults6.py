@@ -5,6 +5,7 @@ Each test fails on the code before its fix and checks real numbers or the one cl
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -89,3 +90,47 @@ def test_csv_read_failures_say_why(tmp_path):
     t.write_parquet(tmp_path / "t.xlsx")
     with pytest.raises(UserError, match=r"unsupported extension \.xlsx .*save it as \.parquet or \.csv"):
         load_results(tmp_path / "t.xlsx")
+
+
+# 4. `fit --seed -1` ended in numpy's traceback; every numeric option is checked the same way
+@pytest.mark.parametrize(("field", "value", "want"), [
+    ("seed", -1, "--seed must be a whole number of at least 0 (got -1)"),
+    ("seed", 1.5, "--seed must be a whole number of at least 0 (got 1.5)"),
+    ("bootstrap", -2, "--bootstrap must be a whole number of at least 0 (got -2)"),
+    ("bootstrap_starts", 0, "bootstrap_starts must be a whole number of at least 1 (got 0)"),
+    ("min_points_per_budget", 2, "min_points_per_budget must be a whole number of at least 3 (got 2)"),
+    ("huber_delta", float("nan"), "huber_delta must be a finite number > 0 (got nan)"),
+    ("r_star", -1.0, "r_star must be a finite number > 0 (got -1.0)"),
+    ("max_epochs", 0.0, "--max-epochs must be a number > 0 (got 0.0)"),
+    ("max_epochs", float("nan"), "--max-epochs must be a number > 0 (got nan)"),
+    ("n_count", "all", "--n-count must be one of total, non-embedding (got 'all')"),
+])
+def test_fit_options_out_of_range_are_one_clear_error(field, value, want):
+    with pytest.raises(UserError) as e:
+        _fit(_table(), **{field: value})
+    assert str(e.value) == want
+
+
+def test_fit_seed_minus_one_is_one_line_on_the_command_line(tmp_path):
+    _table().write_csv(tmp_path / "t.csv")
+    r = _cli("fit", tmp_path / "t.csv", "--out", tmp_path / "fit", "--seed", "-1", "--bootstrap", "0", "--no-plots")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == ["ehrfm fit: error: --seed must be a whole number of at least 0 (got -1)"]
+    assert not (tmp_path / "fit").exists()
+
+
+# 5. `recommend --vocab-size 0` / `--context 0` were taken as not given (the table's values used)
+def test_recommend_vocab_size_or_context_zero_is_refused(tmp_path):
+    fit = _fit(_table(), approaches=(3,))
+    fit.inputs.update(vocab_size=1000, context=512)
+    for kw, want in [(dict(vocab_size=0), "--vocab-size must be a whole number >= 1 (got 0)"),
+                     (dict(context=0), "--context must be a whole number >= 1 (got 0)"),
+                     (dict(unique_tokens=float("nan")), "--unique-tokens must be a finite number > 0"),
+                     (dict(approach=4), "--approach must be 1, 2 or 3")]:
+        with pytest.raises(UserError, match=re.escape(want)):
+            recommend(fit, 1e20, **kw)
+    assert recommend(fit, 1e20, context=256).shape["context"] == 256
+    write_fits(fit, tmp_path / "fit")
+    for opt in ("--vocab-size", "--context"):
+        r = _cli("recommend", tmp_path / "fit", "--flops", "1e20", opt, "0")
+        assert r.returncode == 2 and f"argument {opt}: must be a whole number >= 1 (got '0')" in r.stderr
