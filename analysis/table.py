@@ -258,7 +258,8 @@ def _refuse_duplicate_columns(source: str, columns, n_rows: int) -> None:
         low = c.strip().lower()
         if low in known or any(low.startswith(p) for p in UTILITY_PREFIXES):
             seen.setdefault(low, []).append(c.strip())
-    dup = {k: v for k, v in seen.items() if len(v) > 1}
+    # "Loss" and "LOSS" without "loss": neither is renamed, and the table "lacks column loss" naming both
+    dup = {k: v for k, v in seen.items() if len(v) > 1 and k in v}
     if dup:
         k, v = next(iter(dup.items()))
         raise UserError(f"results table {source}: column {k} appears {len(v)} times in the header "
@@ -435,6 +436,8 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss", na
         raise UserError(
             f"results table {source} lacks column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
             f"(needs {', '.join(required)}; has {', '.join(df.columns[:12])}){_rename_hint(df.columns, missing)}"
+            + "".join(f"; {' and '.join(repr(c) for c in cs)} each could be {m}: keep one"
+                      for m in missing if len(cs := [c for c in df.columns if c.strip().lower() == m]) > 1)
         )
     # Rows empty in every column are a spreadsheet's blank lines (",,,,," at the end of an export), not
     # runs: kept, they became "duplicated run_id <null>" errors or runs excluded for "status <null>".
@@ -705,6 +708,11 @@ def _completed(df: pl.DataFrame, run_id: np.ndarray) -> tuple[np.ndarray, list[d
     return keep, excluded
 
 
+# The largest vocabulary a loss is checked against when the table has no vocab_size: 2^24 (16.8M) codes,
+# far above any tokenizer (LLMs ~256k; EHR code vocabularies ~10^4-10^6).
+MAX_VOCAB = 2**24
+
+
 def _blown_up(df: pl.DataFrame, source: str, values: dict, keep: np.ndarray, run_id: np.ndarray, excluded: list) -> np.ndarray:
     """Exclude kept rows whose loss is worse than uniform guessing.
 
@@ -712,11 +720,16 @@ def _blown_up(df: pl.DataFrame, source: str, values: dict, keep: np.ndarray, run
     DIVERGENCE_Z (3) times its eval standard error (`eval_loss_se`, 0 where absent), the margin
     the trainer uses (ehrfm.train.divergence_reason), each added to `excluded`: a finite blow-up a
     trainer did not catch. A tiny run that ends at ln V within its eval noise is a measurement.
-    Checked on `loss` whatever column is fitted.
+    Checked on `loss` whatever column is fitted; ln(MAX_VOCAB) where vocab_size is absent.
     """
-    if "vocab_size" not in df.columns or "loss" not in df.columns:
+    if "loss" not in df.columns:
         return np.zeros(df.height, dtype=bool)
-    uniform = np.log(_numeric(df, "vocab_size", source))
+    # Without a vocab_size (column or cell), uniform guessing over MAX_VOCAB codes bounds nats/token: a
+    # perplexity (13-40) in the loss column was fitted as nats/token, L_min "34 nats" = a vocabulary of 7e14.
+    vocab = _numeric(df, "vocab_size", source) if "vocab_size" in df.columns else np.full(df.height, np.nan)
+    uniform = np.where(np.isfinite(vocab) & (vocab > 0), np.log(np.where(vocab > 0, vocab, 1.0)), np.log(MAX_VOCAB))
+    bound = ("ln(vocab_size)" if "vocab_size" in df.columns else
+             f"ln(2^24) = {np.log(MAX_VOCAB):.4g} (no vocab_size column; no tokenizer has 2^24 = 16.8M tokens)")
     per_token = values["loss"] if "loss" in values else _numeric(df, "loss", source)
     se = _numeric(df, "eval_loss_se", source) if "eval_loss_se" in df.columns else np.zeros(df.height)
     margin = DIVERGENCE_Z * np.where(np.isfinite(se) & (se > 0), se, 0.0)
@@ -725,7 +738,7 @@ def _blown_up(df: pl.DataFrame, source: str, values: dict, keep: np.ndarray, run
     if blown.sum() >= 2 and blown.sum() >= BLOWN_UP_UNIT_SHARE * checked:
         # A quarter of the runs "worse than guessing" is not a sweep of blow-ups: the column holds another unit.
         raise UserError(
-            f"results table {source}: column loss is above uniform guessing, ln(vocab_size) nats/token, in "
+            f"results table {source}: column loss is above uniform guessing, {bound} nats/token, in "
             f"{int(blown.sum())} of {checked} completed runs: a loss in another unit, not blow-ups? ehrfm reads "
             "held-out cross-entropy in nats (natural log): convert bits (log2) with nats = bits x 0.6931 and a "
             "perplexity with nats = ln(perplexity), or correct the vocab_size column (runs that did blow up: "

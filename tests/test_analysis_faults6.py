@@ -58,7 +58,7 @@ def test_recommend_reads_the_fits_file_given_not_its_sibling(tmp_path):
 
 
 # 2. a header naming `loss` twice (or `loss` and `Loss`) was fitted on the first, silently
-@pytest.mark.parametrize("names", [("loss", "loss"), ("loss", "Loss"), ("Loss", "LOSS")])
+@pytest.mark.parametrize("names", [("loss", "loss"), ("loss", "Loss"), ("Loss", "loss")])
 def test_a_column_named_twice_is_refused_naming_it(tmp_path, names):
     t = _table().select("run_id", "n_params", "tokens", "flops", "loss")
     path = tmp_path / "t.csv"
@@ -69,6 +69,9 @@ def test_a_column_named_twice_is_refused_naming_it(tmp_path, names):
     # a DataFrame (or parquet) with `loss` and `Loss` too: `loss` was taken, `Loss` ignored
     with pytest.raises(UserError, match=r"column loss appears 2 times"):
         load_results(t.with_columns(Loss=pl.col("loss") * 0.8))
+    # neither named exactly: not guessed between, and the error names both
+    with pytest.raises(UserError, match=r"lacks column loss .*'Loss' and 'LOSS' each could be loss: keep one"):
+        load_results(t.rename({"loss": "Loss"}).with_columns(LOSS=pl.col("Loss")))
 
 
 # 3. CSV read failures said "(ComputeError)" only; a CSV named .txt was "could not be read as parquet"
@@ -134,3 +137,17 @@ def test_recommend_vocab_size_or_context_zero_is_refused(tmp_path):
     for opt in ("--vocab-size", "--context"):
         r = _cli("recommend", tmp_path / "fit", "--flops", "1e20", opt, "0")
         assert r.returncode == 2 and f"argument {opt}: must be a whole number >= 1 (got '0')" in r.stderr
+
+
+# 6. a perplexity in the loss column of a table without vocab_size was fitted as nats/token
+def test_perplexity_without_vocab_size_is_refused():
+    t = _table().drop("vocab_size", strict=False)
+    assert "vocab_size" not in t.columns
+    with pytest.raises(UserError, match=rf"column loss is above uniform guessing, ln\(2\^24\) = 16.64 .* in 1[0-9] of {t.height} completed runs"):
+        load_results(t.with_columns(pl.col("loss").exp()))
+    # one run at 30 nats/token among nats: a blow-up, left out and listed (was fitted)
+    blown = t.with_columns(loss=pl.when(pl.int_range(pl.len()) == 0).then(30.0).otherwise(pl.col("loss")))
+    res = load_results(blown)
+    assert res.n == t.height - 1
+    assert [e["run_id"] for e in res.excluded] == [t["run_id"][0]]
+    assert "above uniform guessing ln V = 16.64" in res.excluded[0]["reason"]
