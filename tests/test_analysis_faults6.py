@@ -145,9 +145,23 @@ def test_perplexity_without_vocab_size_is_refused():
     assert "vocab_size" not in t.columns
     with pytest.raises(UserError, match=rf"column loss is above uniform guessing, ln\(2\^24\) = 16.64 .* in 1[0-9] of {t.height} completed runs"):
         load_results(t.with_columns(pl.col("loss").exp()))
-    # one run at 30 nats/token among nats: a blow-up, left out and listed (was fitted)
-    blown = t.with_columns(loss=pl.when(pl.int_range(pl.len()) == 0).then(30.0).otherwise(pl.col("loss")))
-    res = load_results(blown)
-    assert res.n == t.height - 1
-    assert [e["run_id"] for e in res.excluded] == [t["run_id"][0]]
-    assert "above uniform guessing ln V = 16.64" in res.excluded[0]["reason"]
+    # two runs at 30 nats/token among 20: not a unit (left to the IsoFLOP outlier checks, as before)
+    two = t.with_columns(loss=pl.when(pl.int_range(pl.len()) < 2).then(30.0).otherwise(pl.col("loss")))
+    assert load_results(two).n == t.height
+    # a vocab_size column: the same bound is ln V, and single runs above it are left out as blow-ups
+    with pytest.raises(UserError, match=r"above uniform guessing, ln\(vocab_size\) nats/token"):
+        load_results(t.with_columns(pl.col("loss").exp(), vocab_size=pl.lit(1000)))
+
+
+# 7. a minimal table (no flops, no budget) with tokens in billions was fitted: D_opt "2.09 tokens"
+@pytest.mark.parametrize("scale", [("tokens", 1e-9), ("n_params", 1e-9)])
+def test_tokens_per_parameter_far_outside_any_run_is_refused(scale):
+    col, k = scale
+    t = _table().select("run_id", "n_params", "tokens", "loss").with_columns(pl.col(col) * k)
+    want = "tokens in billions" if col == "tokens" else "n_params in millions"
+    with pytest.raises(UserError, match=rf"columns tokens and n_params disagree: .*\({t.height} of {t.height} completed runs outside .*{want}"):
+        load_results(t)
+    # with a flops column computed from the wrong tokens, the FLOPs check passes: this one still refuses
+    with pytest.raises(UserError, match="columns tokens and n_params disagree"):
+        load_results(t.with_columns(flops=6 * pl.col("n_params") * pl.col("tokens")))
+    assert load_results(_table().select("run_id", "n_params", "tokens", "loss")).n == t.height  # real units pass
