@@ -446,6 +446,7 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss", na
         raise UserError(f"results table {source} is empty (0 rows; columns {', '.join(df.columns[:12])})")
     run_id = _run_ids(df, source)
     keep, excluded = _completed(df, run_id)
+    _refuse_duplicate_ids(source, run_id, keep, excluded)
     _refuse_duplicate_rows(df, source, keep)
     values = {c: _numeric(df, c, source, keep) for c in required}
     # Vocabulary and context sizes, checked before ln(vocab_size) judges the losses: a size of 0, -5 or inf
@@ -656,7 +657,7 @@ def _refuse(source: str, col: str, what: str, bad: np.ndarray, run_id: np.ndarra
 
 
 def _run_ids(df: pl.DataFrame, source: str) -> np.ndarray:
-    """The run_id column as str (row<i> where absent or empty, i counting rows from 0); UserError for duplicated ids."""
+    """The run_id column as str (row<i> where absent or empty, i counting rows from 0); duplicates: _refuse_duplicate_ids."""
     rows = np.array([f"row{i}" for i in range(df.height)])
     if "run_id" in df.columns:
         # a run whose id cell is empty is still a run: named by its row, as in a table without run_id
@@ -665,10 +666,30 @@ def _run_ids(df: pl.DataFrame, source: str) -> np.ndarray:
         run_id = np.where(ids.is_null().to_numpy(), rows, ids.fill_null("").to_numpy().astype(str))
     else:
         run_id = rows
-    dup = [r for r, c in zip(*np.unique(run_id, return_counts=True), strict=False) if c > 1]
-    if dup:
-        raise UserError(f"results table {source}: column run_id has {len(dup)} duplicated id(s): {_name_ids(dup)}")
     return run_id
+
+
+def _refuse_duplicate_ids(source: str, run_id: np.ndarray, keep: np.ndarray, excluded: list) -> None:
+    """UserError for duplicated run ids, except a retried run: its failed (pending ...) attempts beside the one completed.
+
+    A tracker's export lists each attempt of a retried run under its name; the failed one is never
+    fitted (it is in `excluded`, now said to be an earlier attempt), so only two completed rows of one
+    id, or an id with no completed row at all, are ambiguous.
+    """
+    ids, counts = np.unique(run_id, return_counts=True)
+    dup = ids[counts > 1]
+    if not dup.size:
+        return
+    done = {r: int((keep & (run_id == r)).sum()) for r in dup}
+    bad = [r for r in dup if done[r] != 1]
+    if bad:
+        raise UserError(f"results table {source}: column run_id has {len(bad)} duplicated id(s) "
+                        f"({sum(int((run_id == r).sum()) for r in bad)} rows, {sum(done[r] for r in bad)} of them completed): "
+                        f"{_name_ids(bad)}; only a retried run's failed attempts may share the id of its completed row")
+    retried = set(dup.tolist())
+    for e in excluded:
+        if e["run_id"] in retried:
+            e["reason"] += " (an earlier attempt of a run whose completed row is fitted)"
 
 
 def _refuse_duplicate_rows(df: pl.DataFrame, source: str, keep: np.ndarray) -> None:

@@ -165,3 +165,19 @@ def test_tokens_per_parameter_far_outside_any_run_is_refused(scale):
     with pytest.raises(UserError, match="columns tokens and n_params disagree"):
         load_results(t.with_columns(flops=6 * pl.col("n_params") * pl.col("tokens")))
     assert load_results(_table().select("run_id", "n_params", "tokens", "loss")).n == t.height  # real units pass
+
+
+# 8. a retried run (failed attempt + completed attempt under one run_id) was refused as a duplicated id
+def test_a_retried_runs_failed_attempt_is_excluded_not_a_duplicate_id():
+    t = _table().select("run_id", "n_params", "tokens", "flops", "loss").with_columns(status=pl.lit("completed"))
+    failed = t.head(1).with_columns(status=pl.lit("failed"), loss=pl.lit(None, dtype=pl.Float64))
+    res = load_results(pl.concat([failed, t]))
+    assert res.n == t.height and list(res.run_id).count(t["run_id"][0]) == 1
+    assert res.excluded == [{"run_id": t["run_id"][0],
+                             "reason": "status failed (an earlier attempt of a run whose completed row is fitted)"}]
+    np.testing.assert_array_equal(res.loss, load_results(t).loss)
+    # two completed rows of one id stay ambiguous; so do failed attempts with no completed row
+    with pytest.raises(UserError, match=r"column run_id has 1 duplicated id\(s\) \(2 rows, 2 of them completed\)"):
+        load_results(pl.concat([t.head(1), t]))
+    with pytest.raises(UserError, match=r"\(2 rows, 0 of them completed\)"):
+        load_results(pl.concat([failed, failed.with_columns(status=pl.lit("pending")), t.tail(-1)]))
