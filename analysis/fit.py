@@ -827,7 +827,7 @@ def fit_holdout(res: Results, a2: Approach2, cfg: FitConfig) -> tuple[dict | Non
     A/N^alpha + B/D^beta is E + K C^(-alpha beta / (alpha + beta)): a pure power law of L_min in C
     has no irreducible term and on exact Chinchilla data mispredicts the next budget by ~5%; it is
     kept as `approach2_predicted_loss`, and used (loss_method "approach2") only when Approach 3
-    cannot be fitted or is not identified. The predicted loss's interval has min(bootstrap, 200) replicates.
+    cannot be fitted, is not identified or is not in cfg.approaches. The predicted loss's interval has min(bootstrap, 200) replicates.
 
     Returns (holdout, reason): holdout is None (and reason says why) with fewer than 3 usable
     budgets. Keys: budget, predicted_loss(_ci), observed_loss(_ci), rel_error = |predicted -
@@ -861,13 +861,15 @@ def fit_holdout(res: Results, a2: Approach2, cfg: FitConfig) -> tuple[dict | Non
 
     pred_n, a2_loss = float(h.n_opt(c)), float(h.loss(c))
     pred_loss, pred_loss_ci, loss_method = a2_loss, ci("loss_coef", "loss_exponent"), "approach2"
-    R = min(cfg.bootstrap, 200)
-    rng = np.random.default_rng([cfg.seed, 5])
-    counts = rng.multinomial(sub.n, np.full(sub.n, 1.0 / sub.n), size=R).astype(float) if R else None
-    try:
-        a3, d3 = fit_approach3(sub, counts, cfg)
-    except UserError:
-        a3 = None
+    a3 = None
+    if 3 in cfg.approaches:  # `--approach 2`: no Approach 3 here either (it was fitted and reported as the holdout's)
+        R = min(cfg.bootstrap, 200)
+        rng = np.random.default_rng([cfg.seed, 5])
+        counts = rng.multinomial(sub.n, np.full(sub.n, 1.0 / sub.n), size=R).astype(float) if R else None
+        try:
+            a3, d3 = fit_approach3(sub, counts, cfg)
+        except UserError:
+            a3 = None
     # An Approach 3 law that the smaller budgets do not pin down (an exponent at the searched
     # range's edge, or alpha, beta or E not identified) predicts nothing: Approach 2's L_min law does.
     unidentified = [k for k in ("alpha", "beta", "E") if a3 is not None and a3.identified.get(k) is False]
@@ -897,6 +899,8 @@ def fit_holdout(res: Results, a2: Approach2, cfg: FitConfig) -> tuple[dict | Non
     )
     top = max(a2.budgets, key=lambda bf: bf.budget)
     notes = [a3_note] if a3_note else []
+    if 3 not in cfg.approaches:
+        notes.append("Approach 3 not requested (--approach): L_min from Approach 2's power law of the parabola minima")
     if top.budget > c:  # the largest budget gave no usable minimum to compare with
         notes.append(f"the largest budget {top.budget:.3g} was not usable ({top.reason}); the largest usable one was held out")
     if notes:

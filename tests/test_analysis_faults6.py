@@ -154,7 +154,7 @@ def test_perplexity_without_vocab_size_is_refused():
 
 
 # 7. a minimal table (no flops, no budget) with tokens in billions was fitted: D_opt "2.09 tokens"
-@pytest.mark.parametrize("scale", [("tokens", 1e-9), ("n_params", 1e-9)])
+@pytest.mark.parametrize("scale", [("tokens", 1e-9), ("n_params", 1e-12)])
 def test_tokens_per_parameter_far_outside_any_run_is_refused(scale):
     col, k = scale
     t = _table().select("run_id", "n_params", "tokens", "loss").with_columns(pl.col(col) * k)
@@ -181,3 +181,16 @@ def test_a_retried_runs_failed_attempt_is_excluded_not_a_duplicate_id():
         load_results(pl.concat([t.head(1), t]))
     with pytest.raises(UserError, match=r"\(2 rows, 0 of them completed\)"):
         load_results(pl.concat([failed, failed.with_columns(status=pl.lit("pending")), t.tail(-1)]))
+
+
+# 9. `fit --approach 2` still fitted Approach 3 for the held-out check and predicted L_min from it
+def test_holdout_respects_the_approaches_asked_for():
+    t = _table()
+    only2 = _fit(t, approaches=(2,), holdout=True).holdout
+    both = _fit(t, approaches=(2, 3), holdout=True).holdout
+    assert both["loss_method"] == "approach3"  # the table does fit Approach 3
+    assert only2["loss_method"] == "approach2"  # was "approach3"
+    assert only2["predicted_loss"] == pytest.approx(only2["approach2_predicted_loss"], rel=1e-12)
+    assert only2["predicted_loss"] != pytest.approx(both["predicted_loss"], rel=1e-4)
+    assert "Approach 3 not requested" in only2["note"]
+    assert only2["predicted_n_opt"] == pytest.approx(both["predicted_n_opt"], rel=1e-12)  # N_opt: Approach 2 in both
