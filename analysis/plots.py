@@ -25,10 +25,21 @@ APPROACH_LABEL = {1: "Approach 1 (envelope)", 2: "Approach 2 (IsoFLOP)", 3: "App
 
 
 def _results(results, fit=None):
-    """Results as given or loaded, with N the parameter count `fit` used (FitResult.n_count)."""
-    from analysis.table import Results, load_results
+    """Results as given or loaded, with the loss column and N the parameter count `fit` used.
 
-    results = results if isinstance(results, Results) else load_results(results)
+    A table path is read with the fit's loss column (fits.json inputs.loss_column): a fit of
+    loss_per_event was drawn over its runs read as `loss`, nats/event curves over nats/token points.
+    Results loaded with another loss column than the fit's are refused, not drawn in mixed units.
+    """
+    from analysis.table import Results, load_results
+    from ehrfm.errors import UserError
+
+    column = (fit.inputs or {}).get("loss_column") if fit is not None else None
+    if not isinstance(results, Results):
+        results = load_results(results, loss_column=column or "loss")
+    elif column and results.loss_column != column:
+        raise UserError(f"results {results.source} were loaded with loss column {results.loss_column}, but the fit is of "
+                        f"{column}: load them with load_results(..., loss_column={column!r}) or pass the table's path")
     return results if fit is None else results.with_n_count(fit.n_count)[0]
 
 

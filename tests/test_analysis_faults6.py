@@ -194,3 +194,27 @@ def test_holdout_respects_the_approaches_asked_for():
     assert only2["predicted_loss"] != pytest.approx(both["predicted_loss"], rel=1e-4)
     assert "Approach 3 not requested" in only2["note"]
     assert only2["predicted_n_opt"] == pytest.approx(both["predicted_n_opt"], rel=1e-12)  # N_opt: Approach 2 in both
+
+
+# 10. a saved loss_per_event fit plotted with its table's path read the runs as `loss` (nats/token)
+def test_plots_of_a_saved_fit_read_the_runs_in_the_fits_loss_column(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from analysis.plots import plot_isoflops
+
+    t = _table().with_columns(loss_per_event=pl.col("loss") * 3)
+    t.write_csv(tmp_path / "t.csv")
+    res = load_results(tmp_path / "t.csv", loss_column="loss_per_event")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        write_fits(fit_results(res, config=FitConfig(approaches=(2,), bootstrap=0, holdout=False)), tmp_path / "fit", plots=False)
+    fig, ax = plt.subplots()
+    plot_isoflops(ax, load_fit(tmp_path / "fit"), tmp_path / "t.csv")
+    ys = np.concatenate([np.asarray(c.get_offsets())[:, 1] for c in ax.collections if len(c.get_offsets()) > 1])
+    np.testing.assert_allclose(np.sort(ys), np.sort(t["loss_per_event"].to_numpy()))  # were t["loss"], 3x lower
+    with pytest.raises(UserError, match="loaded with loss column loss, but the fit is of loss_per_event"):
+        plot_isoflops(ax, load_fit(tmp_path / "fit"), load_results(tmp_path / "t.csv"))
+    plt.close(fig)
