@@ -953,20 +953,31 @@ def format_holdout(fit: FitResult) -> str:
 # Utility
 
 
-def _utility_points(res: Results, metric: np.ndarray) -> list[np.ndarray]:
+def _utility_points(res: Results, metric: np.ndarray) -> tuple[list[np.ndarray], list[tuple[float, str]]]:
     """The loss-optimal shape of each budget that has the metric (the model the laws recommend), by budget.
 
     Each entry holds the runs of that shape with the metric: its replicate seeds (one run per shape
-    is the usual case). The shape is the one of lowest mean loss over them, as in Approach 1's
+    is the usual case). The shape is the one of lowest mean loss over all its seeds, as in Approach 1's
     envelope: the lowest single seed would pick the luckiest seed, and its AUROC with it.
+
+    Returns (points, skipped): a budget whose loss-optimal shape has no value (its probe failed, a
+    null auroc cell) is skipped, as (budget, run ids): taking the best run that has one put a worse
+    model's lower AUROC on the law, silently. A missing point costs a budget; a substituted one bends
+    the exponent, and no warning can undo that.
     """
     idx = np.flatnonzero(np.isfinite(metric))
-    group = shape_groups(res)[idx]
-    out = []
+    group = shape_groups(res)
+    out, skipped = [], []
     for bud in np.unique(res.budget[idx]):
-        shapes = [idx[group == g] for g in np.unique(group[res.budget[idx] == bud])]
-        out.append(shapes[int(np.argmin([res.loss[s].mean() for s in shapes]))])
-    return out
+        runs = np.flatnonzero(res.budget == bud)
+        shapes = [runs[group[runs] == g] for g in np.unique(group[runs])]
+        best = shapes[int(np.argmin([res.loss[s].mean() for s in shapes]))]
+        have = best[np.isfinite(metric[best])]
+        if have.size:
+            out.append(have)
+        else:
+            skipped.append((float(bud), ", ".join(str(r) for r in res.run_id[best])))
+    return out, skipped
 
 
 # A point's log-error standard error is floored here in the weighted fit: an AUROC measured with
@@ -1047,7 +1058,10 @@ def fit_utility(res: Results, counts: np.ndarray | None, cfg: FitConfig, warn):
     for col, metric in res.utility.items():
         if not col.startswith("auroc/"):
             continue  # AUPRC's floor is the prevalence, not 0: no clean power law; reported by the heads
-        shapes = _utility_points(res, metric)
+        shapes, skipped = _utility_points(res, metric)
+        for bud, runs in skipped:
+            warn(f"utility {col}: budget {bud:.3g} FLOPs left out of the law: its loss-optimal run ({runs}) has no "
+                 f"{col} (probe failed?); another run of the budget would be a worse model")
         pts = np.array([s[0] for s in shapes], dtype=int)  # one run of each point's shape (its budget, run_id)
         # A point is its shape's mean over replicate seeds; its SE the mean of theirs, which bounds the SE of
         # the mean from above (seeds scored on the same held-out labels are correlated, up to fully).

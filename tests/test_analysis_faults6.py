@@ -218,3 +218,16 @@ def test_plots_of_a_saved_fit_read_the_runs_in_the_fits_loss_column(tmp_path):
     with pytest.raises(UserError, match="loaded with loss column loss, but the fit is of loss_per_event"):
         plot_isoflops(ax, load_fit(tmp_path / "fit"), load_results(tmp_path / "t.csv"))
     plt.close(fig)
+
+
+# 11. the loss-optimal run of a budget with a null AUROC: the utility point was silently a worse run's
+def test_a_budget_whose_loss_optimal_run_has_no_auroc_is_left_out_and_named():
+    t = _table().with_columns(**{"auroc/mort": (1.9 - 0.35 * pl.col("loss")).clip(0, 1)})
+    top = t.filter(pl.col("budget") == BUDGETS[2]).sort("loss")["run_id"][0]
+    holed = t.with_columns(**{"auroc/mort": pl.when(pl.col("run_id") == top).then(None).otherwise(pl.col("auroc/mort"))})
+    dropped = t.with_columns(**{"auroc/mort": pl.when(pl.col("budget") == BUDGETS[2]).then(None).otherwise(pl.col("auroc/mort"))})
+    f, ref = _fit(holed, approaches=(2,), bootstrap=0), _fit(dropped, approaches=(2,), bootstrap=0)
+    u = f.utility["auroc/mort"]
+    assert u.n_points == 3  # was 4: the budget's second-best run stood in
+    assert u.exponent == pytest.approx(ref.utility["auroc/mort"].exponent, rel=1e-12)
+    assert any(f"budget 1.6e+19 FLOPs left out of the law: its loss-optimal run ({top}) has no auroc/mort" in w for w in f.warnings)
