@@ -464,10 +464,10 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
         notes.append(f"Approach {head.approach} is not trusted: {head.why_untrusted}")
     max_budget = float(inputs.get("max_budget") or "nan")
     if flops > EXTRAPOLATION_WARN * max_budget:
-        notes.append(f"extrapolating {_factor(flops / max_budget)} past the largest fitted budget ({max_budget:.3g} FLOPs): treat the numbers as rough")
+        notes.append(f"extrapolating {_factor(flops, max_budget)} past the largest fitted budget ({max_budget:.3g} FLOPs): treat the numbers as rough")
     min_budget = inputs.get("min_budget")
     if min_budget and flops < min_budget / EXTRAPOLATION_WARN:
-        notes.append(f"budget is {_factor(min_budget / flops)} below the smallest fitted budget ({min_budget:.3g} FLOPs)")
+        notes.append(f"budget is {_factor(min_budget, flops)} below the smallest fitted budget ({min_budget:.3g} FLOPs)")
 
     unique = unique_tokens if unique_tokens is not None else inputs.get("unique_tokens")
     if unique is not None and not unique > 0:
@@ -539,10 +539,10 @@ def _outside_range(flops: float, inputs: dict) -> str:
 
     hi, lo = number("max_budget"), number("min_budget")
     if hi is not None and flops > EXTRAPOLATION_UNTRUSTED * hi:
-        return (f"the budget is {_factor(flops / hi)} past the largest fitted budget ({hi:.3g} FLOPs): no law fitted there "
+        return (f"the budget is {_factor(flops, hi)} past the largest fitted budget ({hi:.3g} FLOPs): no law fitted there "
                 f"is trusted beyond {_factor(EXTRAPOLATION_UNTRUSTED)}")
     if lo is not None and flops < lo / EXTRAPOLATION_UNTRUSTED:
-        return (f"the budget is {_factor(lo / flops)} below the smallest fitted budget ({lo:.3g} FLOPs): no law fitted there "
+        return (f"the budget is {_factor(lo, flops)} below the smallest fitted budget ({lo:.3g} FLOPs): no law fitted there "
                 f"is trusted beyond {_factor(EXTRAPOLATION_UNTRUSTED)}")
     return ""
 
@@ -562,9 +562,17 @@ def _count(n: int) -> str:
     return f"{n:,}" if abs(n) < 1e9 else f"{n:.3g}"
 
 
-def _factor(x: float) -> str:
-    """A ratio of budgets: "25x", or "2.5e+19x" when it is too large to read."""
-    return f"{x:.0f}x" if x < 1e4 else f"{x:.3g}x"
+def _factor(x: float, den: float = 1.0) -> str:
+    """The ratio x / den of budgets: "25x", or "2.5e+19x" when it is too large to read.
+
+    Taken in logs: 1e-20 / 1e-300 and 1e18 / 1e-300 overflow a float ("infx below"), the ratio does not.
+    """
+    log10 = math.log10(x) - math.log10(den)
+    if log10 < 4:
+        return f"{10 ** log10:.0f}x"
+    exp = math.floor(log10)
+    mant = 10 ** (log10 - exp)
+    return f"{mant:.3g}e+{exp:02d}x" if round(mant, 2) < 10 else f"1e+{exp + 1:02d}x"
 
 
 def format_recommendation(rec: Recommendation) -> str:

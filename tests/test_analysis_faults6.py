@@ -231,3 +231,15 @@ def test_a_budget_whose_loss_optimal_run_has_no_auroc_is_left_out_and_named():
     assert u.n_points == 3  # was 4: the budget's second-best run stood in
     assert u.exponent == pytest.approx(ref.utility["auroc/mort"].exponent, rel=1e-12)
     assert any(f"budget 1.6e+19 FLOPs left out of the law: its loss-optimal run ({top}) has no auroc/mort" in w for w in f.warnings)
+
+
+# 12. `recommend --flops 1e-300`: "the budget is infx below the smallest fitted budget"
+def test_budget_factors_are_finite_however_far_the_budget():
+    from analysis.recommend import _factor, format_recommendation
+
+    fit = _fit(_table(), approaches=(2,), bootstrap=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        text = format_recommendation(recommend(fit, 1e-300))
+    assert "inf" not in text and "the budget is 1e+318x below the smallest fitted budget (1e+18 FLOPs)" in text
+    assert [_factor(25), _factor(2.5e19), _factor(1e18, 1e-300), _factor(12345)] == ["25x", "2.5e+19x", "1e+318x", "1.23e+04x"]
