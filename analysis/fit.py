@@ -1244,6 +1244,7 @@ def _fit_inputs(res: Results, cfg: FitConfig, n_count_note: str | None) -> dict:
         multi_epoch=res.multi_epoch,
         max_epochs=float(np.nanmax(res.epochs)) if res.epochs is not None and np.isfinite(res.epochs).any() else None,
         vocab_size=res.vocab_size, context=res.context, utility_columns=sorted(res.utility),
+        compute_convention=res.flops_from,  # "flops" (the table's column) or "6ND": how C was measured
         loss_column=res.loss_column, loss_unit=res.loss_unit, n_count=res.n_count, n_count_requested=cfg.n_count,
         n_count_note=n_count_note or None, multi_epoch_runs=multi_epoch_runs(res), replicates=replicate_summary(res),
     )

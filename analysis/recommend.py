@@ -288,8 +288,19 @@ def _excess_parameters(f: dict, n: float, unique: float) -> str:
             "loss is optimistic and a smaller model trained for more epochs may do as well")
 
 
-def _shape(n_opt: float, c: float, vocab_size: int | None, context: int | None, n_count: str = "non-embedding") -> dict | None:
-    """The family's shape nearest N_opt, in the count the fit used (total: embeddings included)."""
+# recommend warns when its model shape's tokens differ from D_opt by more than this factor.
+SHAPE_TOKENS_OFF = 2.0
+
+
+def _shape(n_opt: float, c: float, vocab_size: int | None, context: int | None, n_count: str = "non-embedding",
+           convention: str | None = "flops") -> dict | None:
+    """The family's shape nearest N_opt, in the count the fit used (total: embeddings included).
+
+    Its tokens are C over its FLOPs per token in the convention the fit measured C in (fits.json
+    inputs.compute_convention): "6ND" (a table without flops) 6 x n_params, as load_results computed
+    each run's C; else ehrfm's own FLOPs/token (attention, output layer). Mixing them gave a shape
+    that trains 79x fewer tokens than D_opt on a small model with a large vocabulary.
+    """
     if not vocab_size or not context or not (n_opt > 0 and math.isfinite(n_opt)):
         return None
     from ehrfm import shapes
@@ -307,9 +318,11 @@ def _shape(n_opt: float, c: float, vocab_size: int | None, context: int | None, 
                 break
             cfg = shapes.shape_for_params(target, vocab_size, context)
         cfg = best
-    fpt = shapes.flops_per_token(cfg)
+    own = shapes.flops_per_token(cfg)
+    fpt = 6.0 * shapes.n_params(cfg) if convention == "6ND" else own
     return dict(n_layer=cfg.n_layer, d_model=cfg.d_model, n_head=cfg.n_head, context=cfg.context, vocab_size=cfg.vocab_size,
-                n_params=shapes.n_params(cfg), n_params_total=shapes.n_params_total(cfg), flops_per_token=fpt, tokens=int(c // fpt))
+                n_params=shapes.n_params(cfg), n_params_total=shapes.n_params_total(cfg), flops_per_token=fpt, tokens=int(c // fpt),
+                compute_convention=convention or "unknown", ehrfm_flops_per_token=own)
 
 
 def _load(fits) -> tuple[dict, dict, float, str]:
@@ -511,7 +524,19 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
     context = context if context is not None else inputs.get("context")
     shape_n = constrained["n_opt"] if constrained and constrained["trusted"] else head.n_opt
     n_count = fit_json.get("n_count") or "non-embedding"
-    shape = _shape(shape_n, flops, vocab_size, context, n_count)
+    shape = _shape(shape_n, flops, vocab_size, context, n_count, inputs.get("compute_convention"))
+    shape_d = constrained["d_opt"] if constrained and constrained["trusted"] else head.d_opt
+    if shape is not None and shape["compute_convention"] == "6ND":
+        notes.append(f"the fit measured compute as C = 6 N D (no flops column): the shape's tokens are C / (6 N); by ehrfm's "
+                     f"FLOPs/token for this shape ({shape['ehrfm_flops_per_token']:.3g}, attention and output layer included) "
+                     f"training them costs {shape['tokens'] * shape['ehrfm_flops_per_token']:.3g} FLOPs")
+    if shape is not None and shape_d > 0 and shape["tokens"] > 0 and abs(math.log(shape["tokens"] / shape_d)) > math.log(SHAPE_TOKENS_OFF):
+        # the nearest shape in the family can sit far from N_opt (few widths at small N), or the fit's
+        # compute convention is unknown (a fits.json from before compute_convention): say so, not silently
+        notes.append(f"the model shape trains {_count(shape['tokens'])} tokens, {_factor(max(shape['tokens'], shape_d), min(shape['tokens'], shape_d))} "
+                     f"{'fewer' if shape['tokens'] < shape_d else 'more'} than D_opt {shape_d:.3g} "
+                     f"({shape['flops_per_token']:.3g} FLOPs/token, compute convention {shape['compute_convention']}): "
+                     "size the run from N_opt and D_opt, not from the shape line")
     if shape is None:
         # name what is missing: a table with vocab_size but no context was told it had neither
         lacking = [k for k, v in (("vocab_size", vocab_size), ("context", context)) if not v]

@@ -98,6 +98,9 @@ class Results:
     # Where `budget` came from: "budget" (the planned column), "flops" (grouped by the flops column)
     # or "6ND" (grouped by 6 N D: the table has neither budget nor flops).
     budget_from: str = "budget"
+    # How `flops` was measured: "flops" (the table's column) or "6ND" (no flops column: C = 6 N D, with N
+    # the table's n_params). recommend converts a budget to a shape's tokens the same way.
+    flops_from: str = "flops"
 
     @property
     def loss_unit(self) -> str:
@@ -126,7 +129,7 @@ class Results:
             utility_boot={k: v[mask] for k, v in self.utility_boot.items()}, vocab_size=self.vocab_size,
             context=self.context, n_rows=self.n_rows, excluded=list(self.excluded), loss_column=self.loss_column,
             n_params_total=pick(self.n_params_total), n_params_non_embedding=pick(self.n_params_non_embedding),
-            n_count=self.n_count, loss_se=pick(self.loss_se), budget_from=self.budget_from,
+            n_count=self.n_count, loss_se=pick(self.loss_se), budget_from=self.budget_from, flops_from=self.flops_from,
         )
 
     def with_n_count(self, n_count: str) -> tuple[Results, str]:
@@ -532,6 +535,7 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss", na
         n_params_non_embedding=values["n_params"], loss_se=loss_se,
         budget_from="budget" if budget is not None and np.isfinite(budget[keep]).all() else
         "flops" if "flops" in df.columns else "6ND",
+        flops_from="flops" if "flops" in df.columns else "6ND",
     )
     res = res.subset(keep)
     res.budget = group_budgets(res.flops, res.budget)

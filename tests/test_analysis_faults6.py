@@ -243,3 +243,29 @@ def test_budget_factors_are_finite_however_far_the_budget():
         text = format_recommendation(recommend(fit, 1e-300))
     assert "inf" not in text and "the budget is 1e+318x below the smallest fitted budget (1e+18 FLOPs)" in text
     assert [_factor(25), _factor(2.5e19), _factor(1e18, 1e-300), _factor(12345)] == ["25x", "2.5e+19x", "1e+318x", "1.23e+04x"]
+
+
+# 13. a table without flops (C = 6 N D): the shape converted C with ehrfm's FLOPs/token, 79x fewer tokens than D_opt
+def test_the_model_shape_uses_the_fits_compute_convention():
+    from analysis.synthetic import Law
+
+    small = Law(E=1.2, A=30.0, B=200.0, alpha=0.34, beta=0.28)
+    t = synthetic_results(small, budgets=(1e13, 1e14, 1e15), sizes=5, span_decades=0.8, noise=0.002, seed=0)
+    t = t.select("run_id", "n_params", "tokens", "loss").with_columns(vocab_size=pl.lit(30000), context=pl.lit(4096))
+    fit = _fit(t, approaches=(3,))
+    assert fit.inputs["compute_convention"] == "6ND"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rec = recommend(fit, 1e13)
+    s = rec.shape
+    assert s["flops_per_token"] == 6.0 * s["n_params"] and s["tokens"] == int(1e13 // s["flops_per_token"])
+    assert 0.5 < s["tokens"] / rec.d_opt < 2  # was 1/79
+    assert s["ehrfm_flops_per_token"] > 50 * s["flops_per_token"]  # the 30,000-code output layer dominates
+    assert any("the fit measured compute as C = 6 N D" in w for w in rec.warnings)
+    # a fits.json from before compute_convention: ehrfm's FLOPs/token, and the mismatch is said, not silent
+    fit.inputs.pop("compute_convention")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        old = recommend(fit, 1e13)
+    assert old.shape["tokens"] < old.d_opt / 50
+    assert any(f"fewer than D_opt {old.d_opt:.3g}" in w and "compute convention unknown" in w for w in old.warnings)
