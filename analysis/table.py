@@ -467,7 +467,7 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss", na
         _refuse_unit_mismatch(source, values["flops"][keep], values["n_params"][keep], values["tokens"][keep])
     if keep.any():
         # with or without flops: tokens in billions with flops computed from them pass the FLOPs check
-        _refuse_tokens_per_param(source, values["n_params"][keep], values["tokens"][keep])
+        _refuse_tokens_per_param(source, values["n_params"][keep], values["tokens"][keep], upper="flops" not in values)
     if keep.sum() == 0:
         named = _name_ids(f"{e['run_id']} ({e['reason'].split(':')[0]})" for e in excluded)
         values, counts = np.unique([e["reason"].split(":")[0] for e in excluded], return_counts=True)
@@ -580,15 +580,18 @@ FLOPS_PER_PARAM_TOKEN_RANGE = (1.0, 1e5)
 # range the median run holds n_params or tokens in another unit: a minimal table (no flops, no budget)
 # with tokens in billions was fitted as budgets of 1e9 FLOPs, D_opt "2 tokens" (ratio ~1e-8). The upper
 # bound is 1e10, not 1e7: synthetic laws whose N term dies out at 3e4 parameters (tests/test_fit_holdout)
-# sample 1e9 tokens per parameter; 1e10 still catches n_params in billions (the flops check catches the rest).
+# sample 1e9 tokens per parameter; 1e10 still catches n_params in billions. It applies only to tables
+# without flops: with flops, parameters in another unit fail the FLOPs check, and synthetic tables with
+# a tiny N term (tests/test_fit_varpro: 2e10 tokens per parameter) are fitted as before.
 TOKENS_PER_PARAM_RANGE = (1e-3, 1e10)
 
 
-def _refuse_tokens_per_param(source: str, n_params: np.ndarray, tokens: np.ndarray) -> None:
-    """UserError when tokens / n_params of the median completed run is outside TOKENS_PER_PARAM_RANGE."""
+def _refuse_tokens_per_param(source: str, n_params: np.ndarray, tokens: np.ndarray, upper: bool = True) -> None:
+    """UserError when tokens / n_params of the median completed run is outside TOKENS_PER_PARAM_RANGE (below only: upper False)."""
     ratio = tokens / n_params
     median = float(np.median(ratio))
     lo, hi = TOKENS_PER_PARAM_RANGE
+    hi = hi if upper else float("inf")
     if not lo <= median <= hi:
         out = int(((ratio < lo) | (ratio > hi)).sum())
         unit = "tokens in billions or millions, or n_params in units" if median < lo else "n_params in millions or billions"
