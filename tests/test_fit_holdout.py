@@ -162,7 +162,7 @@ def test_an_unusable_largest_budget_holds_out_the_largest_usable_one(table):
     t = table.filter((pl.col("budget") < 1e21) | pl.col("run_id").is_in(top))  # 2 runs: no parabola
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FitWarning)
-        f = fit_results(t, approaches=(2,), bootstrap=20, seed=0)
+        f = fit_results(t, approaches=(2, 3), bootstrap=20, seed=0)
     h = f.holdout
     assert h["budget"] == pytest.approx(10**20.25) and len(h["fitted_budgets"]) == 3
     assert "largest budget 1e+21 was not usable (2 distinct model size" in h["note"]

@@ -318,22 +318,26 @@ def test_read_labels_keeps_one_row_per_pair_and_refuses_guessed_types(tmp_path, 
     assert read_labels(path).equals(lab)
 
 
-def test_read_labels_refuses_a_zoned_prediction_time(tmp_path):
-    # Before: 08:00 America/New_York was read as 13:00 naive UTC, 5 h after the data's 08:00 wall
-    # clock: the history took in 5 h of the future. Now one line: file, column, row count.
+def test_read_labels_reads_a_zoned_prediction_time_as_a_utc_instant(tmp_path, capsys):
+    # Zoned MEDS times are read as naive UTC (meds_io.scan_shard); a zoned label time is the same
+    # instant on the same clock, so 08:00 America/New_York (EST) is 13:00 naive, with one warning
+    # that names the file, column and zone, never a time. (It used to be refused.)
+    from ehrfm.clinical import labels as labels_module
+
     lab = pl.DataFrame({"subject_id": [1, 2, 3], "prediction_time": [T0, T0 + h(1), T0 + h(2)],
                         "boolean_value": [True, False, True]})
     path = tmp_path / "zoned.parquet"
+    labels_module._LABEL_ZONES_WARNED.clear()
     lab.with_columns(pl.col("prediction_time").dt.replace_time_zone("America/New_York")).write_parquet(path)
-    with pytest.raises(UserError) as e:
-        read_labels(path)
-    msg = str(e.value)
-    assert f"label file {path}: column prediction_time has a time zone (America/New_York) in all 3 rows" in msg
-    assert "\n" not in msg and "2150" not in msg
-    for zone in ("UTC", "Europe/Berlin"):  # even UTC: the data's times carry no zone to compare with
-        lab.with_columns(pl.col("prediction_time").dt.replace_time_zone(zone)).write_parquet(path)
-        with pytest.raises(UserError, match=f"time zone \\({zone}\\) in all 3 rows"):
-            read_labels(path)
+    got = read_labels(path)
+    assert got["prediction_time"].dtype == pl.Datetime("us")
+    assert (got["prediction_time"] - lab["prediction_time"]).dt.total_hours().to_list() == [5, 5, 5]
+    err = capsys.readouterr().err
+    assert f"label file {path}: column prediction_time has time zone America/New_York" in err
+    assert err.count("warning") == 1 and "2150" not in err
+    lab.with_columns(pl.col("prediction_time").dt.replace_time_zone("UTC")).write_parquet(path)
+    assert read_labels(path).equals(lab)  # UTC: the same wall clock, no warning
+    assert "time zone" not in capsys.readouterr().err
     lab.write_parquet(path)
     assert read_labels(path).equals(lab)  # naive times: as they are
 
