@@ -32,8 +32,15 @@ PY311_BUILTINS = {"ExceptionGroup", "BaseExceptionGroup"}
 
 
 def repo_py_files() -> list[Path]:
-    skip = {".venv", ".git", "build", "dist", "__pycache__"}
-    return sorted(p for p in ROOT.rglob("*.py") if not skip.intersection(p.relative_to(ROOT).parts))
+    # Our code only: not build outputs, nor any hidden dir (.venv, .git, .pytest_cache, whose cached
+    # ACES venv holds Python 3.11 site-packages), nor an installed package tree.
+    skip = {"build", "dist", "__pycache__", "site-packages"}
+
+    def ours(p: Path) -> bool:
+        parts = p.relative_to(ROOT).parts[:-1]
+        return not skip.intersection(parts) and not any(part.startswith(".") for part in parts)
+
+    return sorted(p for p in ROOT.rglob("*.py") if ours(p))
 
 
 def py311_uses(path: Path) -> list[str]:

@@ -124,9 +124,9 @@ def load_run(run_dir: str | os.PathLike, td: TokenDir, device: str = "cpu", n_la
         raise UserError(
             f"vocab mismatch: run {run_dir} has vocab size {cfg.vocab_size} but token dir {td.path} has {td.vocab_size}{affected}"
         )
-    check_not_pretrained_on(run_dir, td)
     for split in td.splits:  # every id the heads feed the model must be in its vocab (read once per TokenDir)
         td.check_token_ids(split, trust_stats=False)
+    check_not_pretrained_on(run_dir, td)  # after the token dir's own checks: a damaged dir is named first
     return model, cfg
 
 
