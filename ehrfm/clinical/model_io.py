@@ -53,8 +53,11 @@ def check_not_pretrained_on(run_dir: str | os.PathLike, td: TokenDir) -> None:
 
     The run's config.json records train.tokens_dir; a head on another token dir (the same MEDS
     split again with another --split-seed, tokenized with the run's tokenizer) would select and
-    score on patients whose whole timelines the model was trained on. When that dir (or the
-    record) is gone the check cannot be made: one warning, no error. Counts only, never ids.
+    score on patients whose whole timelines the model was trained on. A subject counts as seen when
+    its id is in that train split and, unless both token dirs record the same MEDS dir, its timeline
+    starts at the same instant there: another dataset tokenized with the run's tokenizer numbers its
+    own patients, and an id alone is no patient. When that dir (or the record) is gone the check
+    cannot be made: one warning, no error. Counts only, never ids.
 
     Raises:
         UserError: some subject of `td`'s tuning or held_out split is in the train split of the run's
@@ -85,14 +88,27 @@ def check_not_pretrained_on(run_dir: str | os.PathLike, td: TokenDir) -> None:
         warn(f"run {run_dir}: its pretraining token dir {pre} (train.tokens_dir in {cfg_path}) is gone or has no train "
              f"split: could not check that token dir {td.path}'s tuning/held_out subjects were not pretrained on")
         return
-    seen = TokenDir(pre).split("train").subject_ids
+    pre_td = TokenDir(pre)
+    seen = pre_td.split("train")
+    # Another dataset tokenized with the run's tokenizer (external validation) numbers its own patients:
+    # the default demo's 44,000 synthetic ids span the MIMIC-IV demo's, whose held_out was refused as
+    # "seen". Unless both token dirs come from one MEDS dir, a subject is the same patient only when its
+    # timeline also starts at the same instant (the same data re-split keeps every time).
+    same_meds = (pre_td.meds_dir is not None and td.meds_dir is not None and pre_td.meds_dir.exists()
+                 and td.meds_dir.exists() and os.path.samefile(pre_td.meds_dir, td.meds_dir))
     overlaps = []
     for name in SCORED_SPLITS:
         if name in td.splits:
-            ids = td.split(name).subject_ids
-            n = int(np.isin(ids, seen).sum())
+            sp = td.split(name)
+            _, i_seen, i_sp = np.intersect1d(seen.subject_ids, sp.subject_ids, return_indices=True)
+            if same_meds:
+                n = len(i_sp)
+            else:  # a timeline's first token (TIMELINE_START) has the time of its first event
+                both = (seen.lengths[i_seen] > 0) & (sp.lengths[i_sp] > 0)
+                i_seen, i_sp = i_seen[both], i_sp[both]
+                n = int((seen.times[seen.offsets[i_seen]] == sp.times[sp.offsets[i_sp]]).sum())
             if n:
-                overlaps.append(f"{n} of {len(ids)} {name}")
+                overlaps.append(f"{n} of {len(sp.subject_ids)} {name}")
     if overlaps:
         raise UserError(f"token dir {td.path}: {' and '.join(overlaps)} subjects were in the train split of the run's "
                         f"pretraining token dir {pre} (train.tokens_dir in {cfg_path}): the model has seen their "

@@ -1,0 +1,53 @@
+"""A third ecosystem break-it pass: a user's own data and tools beside ehrfm, each test failing without its fix."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from test_heads import VOCAB, make_cohort, save_random_run, write_token_dir
+
+
+# 1 ---------------------------------------------------------------------------------------------
+def _timelines(tok, shift_days: int = 0) -> dict:
+    """{split: [(subject_id, [(token, time)])]} of a token dir, every time moved by shift_days * subject_id."""
+    from datetime import datetime
+
+    from ehrfm.tokens import TokenDir
+
+    td = TokenDir(tok)
+    out = {}
+    for name in td.splits:
+        sp = td.split(name)
+        out[name] = [(int(s), [(VOCAB[t], datetime(1970, 1, 1) + timedelta(microseconds=int(u), days=shift_days * int(s)))
+                               for t, u in zip(*sp.subject(i), strict=True)]) for i, s in enumerate(sp.subject_ids)]
+    return out
+
+
+def test_another_dataset_with_the_same_subject_ids_is_not_pretrained_on(tmp_path):
+    """Before: the heads refused any token dir whose tuning/held_out subject ids were in the run's
+    pretraining train split, even another dataset tokenized with the run's tokenizer (external
+    validation) that merely numbers its patients alike: the default demo's 44,000 synthetic ids
+    (10000000 + i) span the MIMIC-IV demo's, so a demo-pretrained model could not be probed on it.
+    Now a subject counts as seen when its id matches and its timeline starts at the same instant
+    (a re-split of the same data, still refused)."""
+    from ehrfm.clinical.model_io import load_run
+    from ehrfm.errors import UserError
+    from ehrfm.tokens import TokenDir
+
+    tok, _ = make_cohort(tmp_path / "a")
+    run = save_random_run(tmp_path / "run", len(VOCAB), TokenDir(tok).fingerprint)
+    (run / "config.json").write_text(json.dumps({"train": {"tokens_dir": str(tok.resolve())}}))
+    pre = _timelines(tok)
+    # another hospital: its held_out patients carry ids 1..20 (train ids of the run), with their own times
+    other = _timelines(tok, shift_days=3)
+    other = {"train": other["tuning"], "tuning": other["held_out"], "held_out": other["train"][:20]}
+    ext = write_token_dir(tmp_path / "ext", other)
+    assert TokenDir(ext).fingerprint == TokenDir(tok).fingerprint
+    load_run(run, TokenDir(ext))  # no error: not the run's patients
+    # the same patients re-split (same timelines): refused as before
+    resplit = write_token_dir(tmp_path / "resplit", {"train": pre["tuning"], "tuning": pre["held_out"],
+                                                      "held_out": pre["train"][:20]})
+    with pytest.raises(UserError, match="20 of 20 held_out subjects were in the train split"):
+        load_run(run, TokenDir(resplit))
