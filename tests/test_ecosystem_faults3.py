@@ -51,3 +51,9 @@ def test_another_dataset_with_the_same_subject_ids_is_not_pretrained_on(tmp_path
                                                       "held_out": pre["train"][:20]})
     with pytest.raises(UserError, match="20 of 20 held_out subjects were in the train split"):
         load_run(run, TokenDir(resplit))
+    # both made from one MEDS dir (recorded in their config.json): the ids alone, whatever the times
+    for d in (tok, ext):
+        (d / "config.json").write_text(json.dumps({"meds_dir": str(tmp_path)}))
+    with pytest.raises(UserError, match="20 of 20 held_out subjects were in the train split"):
+        load_run(run, TokenDir(ext))
+
