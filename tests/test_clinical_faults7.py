@@ -181,21 +181,26 @@ def test_baseline_checks_every_row_before_max_labels(tmp_path):
 
 
 # 6 ---------------------------------------------------------------------------------------------
+# Each head's positional arguments and required flags: the range checks refuse before any is read.
+HEAD_ARGS = {head: [head, "R", "--tokens", "T", "--labels", "L", "--out", "O"] for head in ("finetune", "probe", "zeroshot")}
+HEAD_ARGS["baseline"] = ["baseline", "M", "--labels", "L", "--out", "O"]
+
+
 @pytest.mark.parametrize("argv,line", [
-    (["finetune", "R", "--tokens", "T", "--labels", "L", "--out", "O", "--epochs", "0"], "--epochs (FinetuneConfig.max_epochs) must be a number >= 1, not 0"),
-    (["finetune", "R", "--tokens", "T", "--labels", "L", "--out", "O", "--batch-size", "0"], "--batch-size (FinetuneConfig.batch_size) must be a number >= 1, not 0"),
-    (["finetune", "R", "--tokens", "T", "--labels", "L", "--out", "O", "--lr", "0"], "--lr (FinetuneConfig.lr) must be a number > 0, not 0.0"),
-    (["finetune", "R", "--tokens", "T", "--labels", "L", "--out", "O", "--patience", "0"], "--patience (FinetuneConfig.patience) must be a number >= 1, not 0"),
-    (["probe", "R", "--tokens", "T", "--labels", "L", "--out", "O", "--batch-size", "0"], "--batch-size (ProbeConfig.batch_size) must be a number >= 1, not 0"),
-    (["probe", "R", "--tokens", "T", "--labels", "L", "--out", "O", "--max-labels", "-1"], "--max-labels (ProbeConfig.max_labels) must be a number >= 1, not -1"),
-    (["probe", "R", "--tokens", "T", "--labels", "L", "--out", "O", "--context", "0"], "--context (ProbeConfig.context) must be a number >= 1, not 0"),
-    (["probe", "R", "--tokens", "T", "--labels", "L", "--out", "O", "--bootstrap", "-5"], "--bootstrap (ProbeConfig.bootstrap) must be a number >= 0, not -5"),
-    (["probe", "R", "--tokens", "T", "--labels", "L", "--out", "O", "--seed", "-1"], "--seed (ProbeConfig.seed) must be a number >= 0, not -1"),
-    (["zeroshot", "R", "--tokens", "T", "--labels", "L", "--out", "O", "--temperature", "nan"], "--temperature (ZeroShotConfig.temperature) must be a number > 0, not nan"),
-    (["zeroshot", "R", "--tokens", "T", "--labels", "L", "--out", "O", "--samples", "0"], "--samples (ZeroShotConfig.n_samples) must be a number >= 1, not 0"),
-    (["zeroshot", "R", "--tokens", "T", "--labels", "L", "--out", "O", "--batch-size", "0"], "--batch-size (ZeroShotConfig.batch_size) must be a number >= 1, not 0"),
-    (["baseline", "M", "--labels", "L", "--out", "O", "--max-labels", "-1"], "--max-labels (BaselineConfig.max_labels) must be a number >= 1, not -1"),
-    (["baseline", "M", "--labels", "L", "--out", "O", "--min-count", "-1"], "--min-count (BaselineConfig.min_count) must be a number >= 0, not -1"),
+    ([*HEAD_ARGS["finetune"], "--epochs", "0"], "--epochs (FinetuneConfig.max_epochs) must be a number >= 1, not 0"),
+    ([*HEAD_ARGS["finetune"], "--batch-size", "0"], "--batch-size (FinetuneConfig.batch_size) must be a number >= 1, not 0"),
+    ([*HEAD_ARGS["finetune"], "--lr", "0"], "--lr (FinetuneConfig.lr) must be a number > 0, not 0.0"),
+    ([*HEAD_ARGS["finetune"], "--patience", "0"], "--patience (FinetuneConfig.patience) must be a number >= 1, not 0"),
+    ([*HEAD_ARGS["probe"], "--batch-size", "0"], "--batch-size (ProbeConfig.batch_size) must be a number >= 1, not 0"),
+    ([*HEAD_ARGS["probe"], "--max-labels", "-1"], "--max-labels (ProbeConfig.max_labels) must be a number >= 1, not -1"),
+    ([*HEAD_ARGS["probe"], "--context", "0"], "--context (ProbeConfig.context) must be a number >= 1, not 0"),
+    ([*HEAD_ARGS["probe"], "--bootstrap", "-5"], "--bootstrap (ProbeConfig.bootstrap) must be a number >= 0, not -5"),
+    ([*HEAD_ARGS["probe"], "--seed", "-1"], "--seed (ProbeConfig.seed) must be a number >= 0, not -1"),
+    ([*HEAD_ARGS["zeroshot"], "--temperature", "nan"], "--temperature (ZeroShotConfig.temperature) must be a number > 0, not nan"),
+    ([*HEAD_ARGS["zeroshot"], "--samples", "0"], "--samples (ZeroShotConfig.n_samples) must be a number >= 1, not 0"),
+    ([*HEAD_ARGS["zeroshot"], "--batch-size", "0"], "--batch-size (ZeroShotConfig.batch_size) must be a number >= 1, not 0"),
+    ([*HEAD_ARGS["baseline"], "--max-labels", "-1"], "--max-labels (BaselineConfig.max_labels) must be a number >= 1, not -1"),
+    ([*HEAD_ARGS["baseline"], "--min-count", "-1"], "--min-count (BaselineConfig.min_count) must be a number >= 0, not -1"),
 ])
 def test_head_options_out_of_range_are_one_line_before_any_work(argv, line, capsys, tmp_path, monkeypatch):
     """Before: finetune --epochs 0, --batch-size 0, --max-labels -1 (and the like) ended in
