@@ -219,10 +219,8 @@ def _polars_reason(e: Exception) -> str:
 
 def _csv_hint(path: Path) -> str:
     """What spreadsheet exports put before a CSV's header or in its bytes, said plainly ('' when none)."""
-    import gzip
-
     try:
-        with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
+        with _open_csv(path, "rb") as f:
             raw = f.read(1 << 20)
     except OSError:
         return ""
@@ -242,9 +240,7 @@ def _csv_hint(path: Path) -> str:
 
 def _csv_header(path: Path, sep: str) -> list[str]:
     import csv
-    import gzip
-
-    with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rt", errors="replace", newline="") as f:
+    with _open_csv(path, "rt", errors="replace", newline="") as f:
         return next(csv.reader(f, delimiter=sep), [])
 
 
@@ -315,15 +311,20 @@ def _rename_hint(columns, missing) -> str:
     return hint
 
 
+def _open_csv(path: Path, mode: str, **kwargs):
+    """`path` opened for reading, through gzip when its name ends in .gz (.csv.gz, .tsv.gz)."""
+    import gzip
+
+    return (gzip.open if path.name.lower().endswith(".gz") else open)(path, mode, **kwargs)
+
+
 def _csv_separator(path: Path) -> str:
     """',' unless the header line has none but has ';' or a tab.
 
     Spreadsheets in locales with decimal commas export CSV with ';' between fields: read with ',' such a
     table is one column named "run_id;budget;n_params;...", or, with decimal commas, rows of uneven width.
     """
-    import gzip
-
-    with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rt", errors="replace") as f:
+    with _open_csv(path, "rt", errors="replace") as f:
         header = f.readline()
     return next((sep for sep in (";", "\t") if "," not in header and sep in header), ",")
 
