@@ -22,7 +22,10 @@ train split (`interval_durations`), from the time of the last history token.
 - in_hospital_mortality: outcome MEDS_DEATH or HOSPITAL_DISCHARGE//DIED; competing any other
   HOSPITAL_DISCHARGE//* or TIMELINE_END.
 - icu_admission: outcome ICU_ADMISSION//*; competing HOSPITAL_DISCHARGE//*, MEDS_DEATH or
-  TIMELINE_END.
+  TIMELINE_END. An ICU admission at simulated time < prediction time (the admission) +
+  direct_icu_minutes is a direct ICU admission, which `ehrfm labels` excludes: the rollout ends
+  "transferred" as below (counted in `transfer_share`, left out of the share), as that future
+  has no ICU label (when the tokenizer lists interval tokens, which measure the time).
 - long_los: outcome simulated time passes admission + long_los_days (admission = prediction
   time - gap_hours) before the stay ends; competing HOSPITAL_DISCHARGE//* or TIMELINE_END before
   that (a death does not end the stay: the label counts the discharge).
@@ -72,7 +75,8 @@ CACHE_BUDGET_BYTES = 1 << 30  # default KV cache per batch: every rollout of a s
 US_PER_HOUR = 3_600_000_000
 US_PER_DAY = 24 * US_PER_HOUR
 # the defaults of `ehrfm labels` (ehrfm.clinical.labels.LabelConfig), used when a label file has no config beside it
-LABEL_DEFAULTS = {"gap_hours": 24.0, "long_los_days": 7.0, "readmission_days": 30.0, "transfer_hours": 1.0}
+LABEL_DEFAULTS = {"gap_hours": 24.0, "long_los_days": 7.0, "readmission_days": 30.0, "transfer_hours": 1.0,
+                  "direct_icu_minutes": 5.0}
 
 
 
@@ -146,7 +150,9 @@ def rollout_spec(td: TokenDir, task: str) -> RolloutSpec:
         raise UserError(f"zero-shot supports {', '.join(ZEROSHOT_TASKS)}, not {task!r}")
     if cross is not None:
         durations = interval_durations(td)
-    elif not outcome:
+    elif task == "icu_admission" and td.tokenizer.get("interval_tokens"):
+        durations = interval_durations(td)  # times the direct ICU admission rule (transfer_limits)
+    if cross is None and not outcome:
         raise UserError(f"token dir {td.path} has no outcome token for {task} in its vocabulary")
     if task == "readmission_30d" and not outcome:
         raise UserError(f"token dir {td.path} has no HOSPITAL_ADMISSION//* token for {task} in its vocabulary")
@@ -164,7 +170,7 @@ def outcome_tokens(td: TokenDir, task: str) -> tuple[list[int], list[int]]:
 def label_options(labels_path: str | os.PathLike) -> dict:
     """The label windows a label file was made with.
 
-    gap_hours, long_los_days, readmission_days, transfer_hours of a label file: from the `config`
+    gap_hours, long_los_days, readmission_days, transfer_hours, direct_icu_minutes of a label file: from the `config`
     of the `<stem>.json` that `ehrfm labels` writes beside it, else (or for a key it lacks) the
     defaults; "source" says which file, if any, was read.
     """
@@ -192,14 +198,19 @@ def time_limits(task: str, prediction_us: np.ndarray, last_us: np.ndarray, opts:
 
 
 def transfer_limits(task: str, prediction_us: np.ndarray, last_us: np.ndarray, opts: dict) -> np.ndarray:
-    """(L,) readmission only: an admission at most this long (us) after the last history token is a transfer.
+    """(L,) an outcome at most this long (us) after the last history token is a future with no label.
 
-    The bound is prediction time (the discharge) + transfer_hours, as `ehrfm labels` applies it;
-    -inf for the other tasks (no admission is a transfer).
+    Readmission: an admission by prediction time (the discharge) + transfer_hours is a transfer.
+    ICU admission: an ICU admission before prediction time (the admission) + direct_icu_minutes
+    is a direct ICU admission (strictly before: the largest float below that bound). Both as
+    `ehrfm labels` applies them; -inf for the other tasks.
     """
-    if task != "readmission_30d":
-        return np.full(len(last_us), -np.inf)
-    return (prediction_us + opts["transfer_hours"] * US_PER_HOUR).astype(np.float64) - last_us.astype(np.float64)
+    if task == "readmission_30d":
+        return (prediction_us + opts["transfer_hours"] * US_PER_HOUR).astype(np.float64) - last_us.astype(np.float64)
+    if task == "icu_admission":
+        bound = (prediction_us + opts["direct_icu_minutes"] * 60_000_000).astype(np.float64) - last_us.astype(np.float64)
+        return np.nextafter(bound, -np.inf)
+    return np.full(len(last_us), -np.inf)
 
 
 def slide_cache(model, cache, drop: int = 1) -> None:
@@ -233,7 +244,7 @@ class Rollouts:
     competing: np.ndarray  # (L,) int
     undecided: np.ndarray  # (L,) int
     tokens: np.ndarray  # (L,) total tokens sampled over the label's rollouts
-    transferred: np.ndarray | None = None  # (L,) int: readmission rollouts ended by a transfer (none of the above)
+    transferred: np.ndarray | None = None  # (L,) int: rollouts ended by a transfer or a direct ICU admission (none of the above)
 
 
 def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: RolloutSpec, limits: np.ndarray,
@@ -248,8 +259,8 @@ def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: Roll
     which labels share its batch. A rollout is decided at the first token that meets the task's
     outcome or competing rule (time is checked first: an interval token that crosses the bound
     decides before the event it precedes). transfers: (L,) per label, an outcome token at simulated
-    time <= this (us after its last history token) ends the rollout as a transfer (readmission:
-    `transfer_limits`), neither outcome nor competing; None: no transfer rule.
+    time <= this (us after its last history token) ends the rollout as a transfer (readmission,
+    and a direct ICU admission: `transfer_limits`), neither outcome nor competing; None: no such rule.
     """
     import torch
 
@@ -290,13 +301,14 @@ def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: Roll
         hit_out, hit_comp = torch.isin(nxt, out_set), torch.isin(nxt, comp_set)
         if dur is not None:
             elapsed[alive] += dur[nxt]
+        if spec.cross is not None:
             crossed = elapsed[alive] > limit[alive]
             if spec.cross == "outcome":
                 hit_out, hit_comp = hit_out | crossed, hit_comp & ~crossed
             else:
                 hit_out, hit_comp = hit_out & ~crossed, hit_comp | crossed
         res = torch.where(hit_out, 1, torch.where(hit_comp, -1, 0)).to(torch.int8)
-        if transfer is not None:  # an admission within transfer_hours of the discharge: no readmission label (labels.py)
+        if transfer is not None:  # a transfer or a direct ICU admission: a future with no label (labels.py)
             res = torch.where(hit_out & (elapsed[alive] <= transfer[alive]), torch.full_like(res, 2), res)
         result[alive] = res
         running = res == 0
@@ -345,7 +357,7 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
 
     max_new = cfg.max_new_tokens or cfg.rollout_contexts * context
     spec = rollout_spec(td, task)
-    opts = label_options(cfg.labels) if spec.cross else None
+    opts = label_options(cfg.labels) if spec.durations is not None else None
     prompts = {int(k): history_window(td, h, int(k), context) for k in rows}
     last_us = np.array([int(td.split(h.split[int(k)]).times[int(h.stop[int(k)]) - 1]) for k in rows], dtype=np.int64)
     pred_us = h.labels["prediction_time"].cast(pl.Datetime("us")).dt.epoch("us").to_numpy()[rows]
@@ -364,7 +376,7 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
             seeds = [cfg.seed * 1_000_003 + k for k in ks]
             r = rollout_batch(model, [prompts[k] for k in ks], seeds, spec, np.array([limits[k] for k in ks]),
                               cfg.n_samples, max_new, cfg.temperature, device, pad_id,
-                              np.array([transfers[k] for k in ks]) if task == "readmission_30d" else None)
+                              np.array([transfers[k] for k in ks]) if spec.durations is not None else None)
             counts[ks] = np.stack([r.outcome, r.competing, r.undecided, r.tokens, r.transferred], axis=1)
             if bar is not None:
                 bar.update(len(ks))
@@ -376,7 +388,7 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
     extras = {
         "max_new_tokens": max_new,
         "undecided_share": float(c[:, 2].sum() / n_roll),
-        "transfer_share": float(c[:, 4].sum() / n_roll),  # readmission: rollouts ended by a transfer
+        "transfer_share": float(c[:, 4].sum() / n_roll),  # rollouts ended by a transfer or a direct ICU admission
         "undecided_rule": cfg.undecided,
         "labels_without_decided_rollout": none,
         "outcome_share": float(c[:, 0].sum() / n_roll),
@@ -384,6 +396,8 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
         "outcome_tokens": td.decode(spec.outcome)[:20],
         "competing_tokens": len(spec.competing),
         "time_bound": None if spec.cross is None else {"crossing_is": spec.cross, **opts},
+        **({"direct_icu_minutes": opts["direct_icu_minutes"], "label_windows_source": opts["source"]}
+           if task == "icu_admission" and opts else {}),
     }
     return p, extras
 
@@ -402,7 +416,7 @@ def zeroshot(cfg: ZeroShotConfig, out: str | os.PathLike, overwrite: bool = Fals
     """Zero-shot rollouts of one task; writes OUT/metrics.json, predictions.parquet, config.json.
 
     Returns the metrics: binary_metrics (AUROC with bootstrap 95% interval, DeLong SE, ...) plus
-    undecided_share, transfer_share (readmission), labels_without_decided_rollout, max_new_tokens,
+    undecided_share, transfer_share (readmission's transfers, ICU admission's direct ones), labels_without_decided_rollout, max_new_tokens,
     rollout_tokens_mean, wall_s.
 
     Raises:

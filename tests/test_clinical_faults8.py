@@ -1,0 +1,64 @@
+"""An eighth clinical review of the heads (probe, finetune, zeroshot, sweep collect --labels): each
+test fails without its fix (checked against the code as it was before it).
+"""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+import torch
+from test_heads import T0, VOCAB, make_cohort, save_random_run
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _uniform_run(root, tok):
+    """A real checkpoint whose logits are all zero: every token is sampled with chance 1/12."""
+    from ehrfm.checkpoint import load_model, save_checkpoint
+    from ehrfm.tokens import TokenDir
+
+    run = save_random_run(root / "random_run", len(VOCAB), TokenDir(tok).fingerprint)
+    model, _ = load_model(run)
+    with torch.no_grad():
+        model.head.weight.zero_()
+    save_checkpoint(root / "flat_run", model, None, json.loads((run / "checkpoint" / "state.json").read_text()))
+    (root / "flat_run" / "result.json").write_text(json.dumps({"status": "completed"}))
+    return root / "flat_run"
+
+
+# 1 ---------------------------------------------------------------------------------------------
+def test_zeroshot_icu_rollouts_leave_out_direct_icu_admissions(tmp_path):
+    """Before: an ICU admission sampled right after the hospital admission (no interval token: under
+    5 min) counted as the outcome, though `ehrfm labels` excludes such a stay (admitted_directly_to_icu):
+    P(ICU) held futures that have no label, as readmission's transfers did before their rule. Now the
+    rollout ends "transferred" (transfer_share), left out of the share; --direct-icu-minutes 0 in the
+    label sidecar turns the rule off.
+
+    Uniform sampling over 12 tokens: outcome ICU_ADMISSION, competing DISCHARGE, MEDS_DEATH,
+    TIMELINE_END, and the interval token 1h-2h. Direct (ICU first of those five): 1/5. Outcome after an
+    interval: 1/5 * 1/4. Share among decided: (1/20) / (1/20 + 3/5) = 1/13 (before: 1/4)."""
+    from ehrfm.clinical.zeroshot import ZeroShotConfig, zeroshot
+    from ehrfm.tokens import TokenDir
+
+    tok, labels = make_cohort(tmp_path)
+    tz = json.loads((tok / "tokenizer.json").read_text())
+    tz["interval_tokens"] = [{"token": "1h-2h", "min_us": 3_600_000_000}]
+    (tok / "tokenizer.json").write_text(json.dumps(tz))
+    assert TokenDir(tok).fingerprint  # the run below records this tokenizer
+    run = _uniform_run(tmp_path, tok)
+    icu = tmp_path / "icu_admission.parquet"  # predicted at the admission (T0), as `ehrfm labels` does
+    pl.read_parquet(labels).with_columns(pl.lit(T0).cast(pl.Datetime("us")).alias("prediction_time")).write_parquet(icu)
+    cfg = ZeroShotConfig(str(run), str(tok), str(icu), n_samples=100, max_new_tokens=64, bootstrap=0, seed=1)
+    m = zeroshot(cfg, tmp_path / "zs")
+    p = pl.read_parquet(tmp_path / "zs" / "predictions.parquet")["predicted_boolean_probability"].mean()
+    # 20 labels x 100 rollouts: ~1,600 decided, sd of the share ~0.007
+    assert abs(p - 1 / 13) < 0.03, p
+    assert abs(m["transfer_share"] - 1 / 5) < 0.04 and m["direct_icu_minutes"] == 5.0
+    # the label file's own window: 0 minutes, no stay is direct, every ICU admission is the outcome
+    (tmp_path / "icu_admission.json").write_text(json.dumps({"task": "icu_admission", "config": {"direct_icu_minutes": 0.0}}))
+    m0 = zeroshot(cfg, tmp_path / "zs0")
+    p0 = pl.read_parquet(tmp_path / "zs0" / "predictions.parquet")["predicted_boolean_probability"].mean()
+    assert abs(p0 - 1 / 4) < 0.04 and m0["transfer_share"] == 0.0
+
