@@ -5,11 +5,14 @@ test fails without its fix (checked against the code as it was before it).
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import polars as pl
 import pytest
 import torch
 from test_heads import T0, VOCAB, make_cohort, save_random_run
+
+from ehrfm.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -62,3 +65,26 @@ def test_zeroshot_icu_rollouts_leave_out_direct_icu_admissions(tmp_path):
     p0 = pl.read_parquet(tmp_path / "zs0" / "predictions.parquet")["predicted_boolean_probability"].mean()
     assert abs(p0 - 1 / 4) < 0.04 and m0["transfer_share"] == 0.0
 
+
+# 2 ---------------------------------------------------------------------------------------------
+def test_a_labels_dir_with_two_files_of_one_task_is_refused(tmp_path):
+    """Before: `ehrfm labels --task long_los --long-los-days 3 --out LABELS/los3.parquet` beside
+    LABELS/long_los.parquet made two files of task long_los (the sidecar's); sweep collect --labels
+    (and the audit) kept the last one silently, so auroc/long_los scored the 3-day labels. Now the dir
+    is refused, naming both files."""
+    from ehrfm.clinical.audit import _label_files
+    from ehrfm.clinical.labels import write_labels
+    from ehrfm.clinical.utility import label_files
+
+    rows = pl.DataFrame({"subject_id": [1, 2], "prediction_time": [T0, T0 + timedelta(hours=1)], "boolean_value": [True, False]},
+                        schema={"subject_id": pl.Int64, "prediction_time": pl.Datetime("us"), "boolean_value": pl.Boolean})
+    lab = tmp_path / "labels"
+    lab.mkdir()
+    write_labels(rows, lab / "long_los.parquet", {"task": "long_los", "config": {"meds_dir": str(tmp_path / "meds"), "long_los_days": 7.0}})
+    write_labels(rows, lab / "los3.parquet", {"task": "long_los", "config": {"meds_dir": str(tmp_path / "meds"), "long_los_days": 3.0}})
+    with pytest.raises(UserError, match="long_los.parquet and los3.parquet both hold labels of task long_los"):
+        label_files(lab)
+    with pytest.raises(UserError, match="both hold labels of task long_los"):  # the audit's reader alike
+        _label_files(lab)
+    (lab / "los3.parquet").rename(tmp_path / "los3.parquet")
+    assert list(label_files(lab)) == ["long_los"]

@@ -613,11 +613,20 @@ def task_label_paths(labels_dir: Path) -> dict[str, Path]:
     Each `<task>.parquet` (task: its sidecar's, else the stem; `ehrfm labels --task all`) and each
     `<task>/` subdir of one task's shards (ACES's cohort_dir on sharded MEDS; label_shards). Empty
     when there is none.
+
+    Raises:
+        UserError: two of them are one task (a `los14.parquet` whose sidecar records long_los beside
+            `long_los.parquet`): one would be scored, silently, under the other's name.
     """
-    out = {task_name(f): f for f in sorted(labels_dir.glob("*.parquet")) if f.is_file() and not f.name.startswith(".")}
-    for sub in sorted(p for p in labels_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if label_shards(sub):
-            out.setdefault(sub.name, sub)
+    found = [(task_name(f), f) for f in sorted(labels_dir.glob("*.parquet")) if f.is_file() and not f.name.startswith(".")]
+    found += [(sub.name, sub) for sub in sorted(p for p in labels_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+              if label_shards(sub)]
+    out: dict[str, Path] = {}
+    for task, f in found:
+        if task in out:
+            raise UserError(f"labels dir {labels_dir}: {out[task].name} and {f.name} both hold labels of task {task} "
+                            "(a sidecar's \"task\", else the name): one task per file or shard dir; move one of them out")
+        out[task] = f
     return out
 
 
