@@ -88,3 +88,30 @@ def test_a_labels_dir_with_two_files_of_one_task_is_refused(tmp_path):
         _label_files(lab)
     (lab / "los3.parquet").rename(tmp_path / "los3.parquet")
     assert list(label_files(lab)) == ["long_los"]
+
+
+# 3 ---------------------------------------------------------------------------------------------
+def test_sweep_zeroshot_scores_one_tasks_shard_dir_and_keys_its_cache_on_the_shards(tmp_path):
+    """Before: `sweep collect --labels DIR --zeroshot` with one task's ACES shards in DIR
+    (<task>/<split>/<shard>.parquet, which the probes and every head read) died with IsADirectoryError
+    while hashing the label "file" for its cache key. Now the key covers each shard's path and bytes:
+    scored, reused while unchanged, redone when a shard changes."""
+    from ehrfm.clinical.zeroshot import score_run_zeroshot
+    from ehrfm.tokens import TokenDir
+
+    tok, labels = make_cohort(tmp_path)
+    run = save_random_run(tmp_path / "run", len(VOCAB), TokenDir(tok).fingerprint)
+    rows = pl.read_parquet(labels)
+    task = tmp_path / "aces" / "in_hospital_mortality"
+    for i, split in enumerate(("train", "tuning", "held_out")):  # any split folders: the token dir says the split
+        (task / split).mkdir(parents=True)
+        rows[i::3].write_parquet(task / split / "0.parquet")
+    kw = dict(max_labels=8, n_samples=4, cache_dir=tmp_path / "cache")
+    a = score_run_zeroshot(run, tok, {"in_hospital_mortality": task}, **kw)
+    assert set(a) == {f"zeroshot_{k}/in_hospital_mortality" for k in ("auroc", "auroc_se", "undecided")}
+    stamp = (tmp_path / "cache" / "in_hospital_mortality.json").stat().st_mtime_ns
+    assert score_run_zeroshot(run, tok, {"in_hospital_mortality": task}, **kw) == a
+    assert (tmp_path / "cache" / "in_hospital_mortality.json").stat().st_mtime_ns == stamp  # reused
+    rows[2::3].with_columns(~pl.col("boolean_value")).write_parquet(task / "held_out" / "0.parquet")
+    b = score_run_zeroshot(run, tok, {"in_hospital_mortality": task}, **kw)
+    assert b["zeroshot_auroc/in_hospital_mortality"] != a["zeroshot_auroc/in_hospital_mortality"]

@@ -457,6 +457,20 @@ def zeroshot(cfg: ZeroShotConfig, out: str | os.PathLike, overwrite: bool = Fals
     return metrics
 
 
+def _labels_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a label file's bytes, or of each shard's path and bytes in one task's shard dir (label_shards)."""
+    from ehrfm.clinical.labels import label_shards
+
+    path = Path(path)
+    shards = label_shards(path)
+    if shards is None:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    h = hashlib.sha256()
+    for f in shards:
+        h.update(f.relative_to(path).as_posix().encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
 def score_run_zeroshot(
     run_dir: str | os.PathLike,
     tokens_dir: str | os.PathLike,
@@ -490,7 +504,7 @@ def score_run_zeroshot(
         cfg = ZeroShotConfig(str(run_dir), str(tokens_dir), str(path), task=task, device=device, bootstrap=0, seed=seed,
                              max_labels=max_labels, n_samples=n_samples)
         key = {"config": {k: v for k, v in asdict(cfg).items() if k not in ("run_dir", "tokens_dir", "labels", "device", "batch_size")},
-               "labels_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(), "run": run_key,
+               "labels_sha256": _labels_sha256(path), "run": run_key,
                "tokenizer": td.fingerprint,
                # the label windows the rollouts follow (the sidecar's; the transfer rule is new here,
                # so scores cached without it are not reused)
