@@ -303,6 +303,42 @@ def _add_zeroshot(sweep, sweep_dir: Path, rows: list[dict], labels: dict[str, Pa
     """Zero-shot rollout AUROC of each completed run per task (ehrfm.clinical.zeroshot), cached per run."""
     from ehrfm.clinical.zeroshot import score_run_zeroshot
 
+    labels = _zeroshot_tasks(sweep.tokens_dir, labels, max_labels, seed)
+    if not labels:
+        return _add_scores(rows, "zeroshot", lambda r: {})
     return _add_scores(rows, "zeroshot", lambda r: score_run_zeroshot(
         runs_dir(sweep_dir) / r["run_id"], sweep.tokens_dir, labels=dict(labels), max_labels=max_labels,
         n_samples=n_samples, seed=seed, cache_dir=sweep_dir / "zeroshot" / r["run_id"]))
+
+
+def _zeroshot_tasks(tokens_dir, labels: dict[str, Path], max_labels: int, seed: int) -> dict[str, Path]:
+    """The tasks zero-shot rollouts can score; each other task is named once, with why, on stderr.
+
+    Rollouts follow the rules of one of ZEROSHOT_TASKS, need its tokens in the vocabulary (a hospital
+    without ICU data has no ICU_ADMISSION token) and held_out labels. Any other task failed every run's
+    rollouts after the probes had scored the whole sweep (or, not one of those tasks, got no columns
+    without a word); as in _scorable_tasks, the other tasks are still rolled out.
+    """
+    from ehrfm.clinical.configs import ZEROSHOT_TASKS
+    from ehrfm.clinical.utility import task_histories
+    from ehrfm.clinical.zeroshot import rollout_spec
+    from ehrfm.tokens import TokenDir
+
+    td = TokenDir(tokens_dir)
+    scorable = {}
+    for task, path in sorted(labels.items()):
+        why = None
+        if task not in ZEROSHOT_TASKS:
+            why = f"task {task}: zero-shot rollouts follow the rules of {', '.join(ZEROSHOT_TASKS)} only"
+        else:
+            try:
+                rollout_spec(td, task)
+            except UserError as e:
+                why = str(e)
+        if why is None and not (task_histories(tokens_dir, {task: path}, max_labels, seed)[task].split == "held_out").any():
+            why = f"task {task}: no labels in the held_out split"
+        if why is not None:
+            warn(f"{why} ({path}): no zero-shot columns", "sweep collect")
+            continue
+        scorable[task] = path
+    return scorable

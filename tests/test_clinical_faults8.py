@@ -115,3 +115,36 @@ def test_sweep_zeroshot_scores_one_tasks_shard_dir_and_keys_its_cache_on_the_sha
     rows[2::3].with_columns(~pl.col("boolean_value")).write_parquet(task / "held_out" / "0.parquet")
     b = score_run_zeroshot(run, tok, {"in_hospital_mortality": task}, **kw)
     assert b["zeroshot_auroc/in_hospital_mortality"] != a["zeroshot_auroc/in_hospital_mortality"]
+
+
+# 4 ---------------------------------------------------------------------------------------------
+def test_sweep_zeroshot_rolls_out_the_tasks_it_can_and_names_the_others(tmp_path, capsys):
+    """Before: `sweep collect --labels DIR --zeroshot` failed after every run's probes when one task could
+    not be rolled out (a hospital without ICU data has no ICU_ADMISSION token; readmission needs interval
+    tokens; a task without held_out labels), and left a task outside the four rollout rules without a
+    word. The probes already name such tasks and score the others (_scorable_tasks); now the rollouts do."""
+    import shutil
+
+    from ehrfm.clinical.zeroshot import score_run_zeroshot
+    from ehrfm.tokens import TokenDir
+    from sweeps.collect import _zeroshot_tasks
+
+    tok, mortality = make_cohort(tmp_path)
+    run = save_random_run(tmp_path / "run", len(VOCAB), TokenDir(tok).fingerprint)
+    lab = tmp_path / "labels"
+    lab.mkdir()
+    shutil.copy(mortality, lab / "in_hospital_mortality.parquet")
+    shutil.copy(mortality, lab / "readmission_30d.parquet")  # this token dir has no interval tokens
+    shutil.copy(mortality, lab / "mortality_aces.parquet")  # no rollout rule of that name
+    held_out = TokenDir(tok).split("held_out").subject_ids
+    pl.read_parquet(mortality).filter(~pl.col("subject_id").is_in(held_out.tolist())).write_parquet(lab / "icu_admission.parquet")
+    labels = {p.stem: p for p in sorted(lab.glob("*.parquet"))}
+    with pytest.raises(UserError):  # what every run's rollouts met
+        score_run_zeroshot(run, tok, labels, max_labels=4, n_samples=2)
+    capsys.readouterr()
+    assert _zeroshot_tasks(tok, labels, 200, 0) == {"in_hospital_mortality": lab / "in_hospital_mortality.parquet"}
+    err = capsys.readouterr().err
+    for task, why in (("icu_admission", "no labels in the held_out split"), ("mortality_aces", "zero-shot rollouts follow the rules of"),
+                      ("readmission_30d", "lists no interval tokens")):
+        assert why in err and f"{task}.parquet): no zero-shot columns" in err
+    assert len(err.strip().splitlines()) == 3
