@@ -148,3 +148,34 @@ def test_sweep_zeroshot_rolls_out_the_tasks_it_can_and_names_the_others(tmp_path
                       ("readmission_30d", "lists no interval tokens")):
         assert why in err and f"{task}.parquet): no zero-shot columns" in err
     assert len(err.strip().splitlines()) == 3
+
+
+# 5 ---------------------------------------------------------------------------------------------
+def test_a_task_other_than_the_one_a_label_file_is_named_after_is_refused(tmp_path, capsys):
+    """Before: only a sidecar's task was checked, so `ehrfm zeroshot --labels aces/in_hospital_mortality.parquet
+    --task icu_admission` (an ACES output named by its config, no sidecar) rolled mortality labels out
+    with the ICU rule and wrote an AUROC of the wrong question. Now a file or shard dir named after
+    another task is refused with one line; a name that is no task (los.parquet) still takes --task."""
+    import shutil
+
+    from ehrfm.app.cli import main
+    from ehrfm.clinical.labels import head_labels
+    from ehrfm.tokens import TokenDir
+
+    tok, labels = make_cohort(tmp_path)
+    run = save_random_run(tmp_path / "run", len(VOCAB), TokenDir(tok).fingerprint)
+    capsys.readouterr()
+    rc = main(["zeroshot", str(run), "--tokens", str(tok), "--labels", str(labels), "--task", "icu_admission",
+               "--out", str(tmp_path / "z"), "--samples", "1", "--bootstrap", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "is named after task in_hospital_mortality, not icu_admission" in err, err
+    assert not (tmp_path / "z").exists()
+    shards = tmp_path / "aces" / "long_los" / "held_out"
+    shards.mkdir(parents=True)
+    shutil.copy(labels, shards / "0.parquet")
+    with pytest.raises(UserError, match="named after task long_los, not icu_admission"):
+        head_labels(shards.parent, "icu_admission")
+    other = tmp_path / "los.parquet"
+    shutil.copy(labels, other)
+    assert head_labels(other, "icu_admission") == (other, "icu_admission")
+    assert head_labels(labels, "in_hospital_mortality") == (labels, "in_hospital_mortality")

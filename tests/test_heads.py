@@ -283,8 +283,10 @@ def test_zeroshot_uniform_model_gives_analytic_share(cohort, tmp_path):
         assert pl.read_parquet(tmp_path / name / "predictions.parquet")["predicted_boolean_probability"].equals(pa_)
     with pytest.raises(UserError, match="zero-shot supports"):
         zeroshot(ZeroShotConfig(str(flat), str(tok), str(labels), task="sepsis"), tmp_path / "zs3")
+    los = tmp_path / "los.parquet"  # not named after another task (the heads refuse mortality labels as long_los)
+    los.write_bytes(labels.read_bytes())
     with pytest.raises(UserError, match="lists no interval tokens"):  # time-bound tasks need the tokenizer's intervals
-        zeroshot(ZeroShotConfig(str(flat), str(tok), str(labels), task="long_los"), tmp_path / "zs4")
+        zeroshot(ZeroShotConfig(str(flat), str(tok), str(los), task="long_los"), tmp_path / "zs4")
 
 
 def test_probe_embeds_the_same_histories_once_per_pooling(cohort):

@@ -642,10 +642,13 @@ def head_labels(path: str | os.PathLike, task: str | None = None) -> tuple[Path,
     Raises:
         UserError: `path` missing; a directory with no or several .parquet files that are not one
             task's shards (named: one task per head, as several would be mixed); or `task` given
-            where the file records another task (its sidecar JSON, written by `ehrfm labels`).
+            where the file records another task (its sidecar JSON, written by `ehrfm labels`), or,
+            without a sidecar, is named after another of TASKS (`long_los.parquet`, an ACES output
+            named by its config, or a shard dir `long_los/`).
     """
     path = Path(path)
     if label_shards(path):  # one task's shards: read together (refused before, as "several files")
+        _check_named_task(path, path.name, task)
         return path, task or path.name
     if path.is_dir():
         files = _visible_parquet_files(path)
@@ -660,7 +663,20 @@ def head_labels(path: str | os.PathLike, task: str | None = None) -> tuple[Path,
     if task is not None and recorded is not None and task != recorded:
         raise UserError(f"label file {path} holds labels of task {recorded} ({path.with_suffix('.json')}), not {task}: "
                         "pass that task's label file, or the matching --task")
+    if recorded is None:
+        _check_named_task(path, path.stem, task)
     return path, task or recorded or path.stem
+
+
+def _check_named_task(path: Path, name: str, task: str | None) -> None:
+    """Refuse `task`, one of TASKS, for labels without a sidecar whose file (or shard dir) is named after another.
+
+    A zero-shot --task sets the rollout's outcome rule: long_los labels rolled out as mortality gave an
+    AUROC of the wrong question, without a word.
+    """
+    if task in TASKS and name in TASKS and name != task:
+        raise UserError(f"label file {path} is named after task {name}, not {task}: pass that task's label file, or "
+                        f"--task {name} (a file of other labels: rename it)")
 
 
 def read_labels(path: str | os.PathLike, allow_empty: bool = False) -> pl.DataFrame:
