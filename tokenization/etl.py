@@ -1543,6 +1543,22 @@ def _resolve_tables(raw: Path, cfg: EtlConfig) -> tuple[list, dict, list[str], d
     return wanted, present, missing, used_columns
 
 
+def _dictionary_files(raw: Path) -> dict[str, tuple[Path, dict[str, str]]]:
+    """The dictionaries present (DICTIONARIES): name -> (file, columns used), their headers checked.
+
+    Called before any event table is read: a misplaced, doubled, empty or reshaped dictionary is
+    refused in seconds, not after every table and shard of a full MIMIC-IV was converted (its
+    codes' descriptions are written last, by _write_codes).
+    """
+    found = {}
+    for name, cols in DICTIONARIES.items():
+        path = find_table(raw, name)
+        if path is not None:
+            optional = set(cols[2:]) if name in ("hosp/d_labitems", "hosp/d_hcpcs") else set()
+            found[name] = (path, _check_columns(path, cols, optional=optional, table=name))
+    return found
+
+
 def _other_output_hint(raw: Path) -> str:
     """A hint for a dir ehrfm made passed where raw MIMIC-IV belongs (a MEDS dataset, a token dir), else "".
 
@@ -1649,6 +1665,7 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
     _check_options(cfg)
 
     wanted, present, missing, used_columns = _resolve_tables(raw, cfg)
+    dictionaries = _dictionary_files(raw)
 
     # The pool closes (its workers done) before atomic_dir removes a failed run's tmp dir.
     with atomic_dir(out, overwrite=overwrite, inputs=(raw,), command="etl") as tmp, _worker_pool(cfg.workers) as pool:
@@ -1663,7 +1680,7 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
         subjects = _subjects(stage, present["hosp/patients"])
         split_of = _split_subjects(subjects, cfg)
         counts = _write_shards(stage, tmp, split_of, cfg, ctx, pool)
-        _write_codes(raw, tmp, counts.pop("codes"))
+        _write_codes(dictionaries, tmp, counts.pop("codes"))
         account = _account(rows_in, counts, ctx)
         _write_metadata(tmp, cfg, split_of, rows_in, missing, ctx.untimed, account)
         write_json(tmp / "metadata" / ETL_METADATA, _audit_metadata(account, ctx))
@@ -2565,16 +2582,13 @@ ICD_VOCABULARIES = {("DIAGNOSIS", "9"): "ICD9CM", ("DIAGNOSIS", "10"): "ICD10CM"
                     ("ED_DIAGNOSIS", "10"): "ICD10CM", ("PROCEDURE", "9"): "ICD9Proc", ("PROCEDURE", "10"): "ICD10PCS"}
 
 
-def _write_codes(raw: Path, out: Path, counts: dict[str, int]) -> None:
+def _write_codes(files: dict[str, tuple[Path, dict[str, str]]], out: Path, counts: dict[str, int]) -> None:
+    """metadata/codes.parquet of the codes written, described from the dictionaries `files` (_dictionary_files)."""
     dictionaries: dict[str, dict] = {k: {} for k in DICTIONARIES}
     # Only the entries of codes in the data are kept (the ICD and HCPCS dictionaries hold ~10^5 rows).
     used = {p for c in counts for p in c.split("//")}
-    for name, cols in DICTIONARIES.items():
-        path = find_table(raw, name)
-        if path is None:
-            continue
-        optional = set(cols[2:]) if name in ("hosp/d_labitems", "hosp/d_hcpcs") else set()
-        have = _check_columns(path, cols, optional=optional, table=name)
+    for name, (path, have) in files.items():
+        cols = DICTIONARIES[name]
         d = _dictionary_rows(path, have, used)
         if name.startswith("hosp/d_icd"):
             dictionaries[name] = {(c, v): t for c, v, t in d.select(cols).iter_rows()}

@@ -1,0 +1,51 @@
+"""Faults of a full-scale MIMIC-IV conversion, one test per kind (continued from test_data_faults6.py).
+
+Small hand-made raw tables, invented values; each test fails without its fix.
+"""
+
+from __future__ import annotations
+
+import pytest
+from test_data_faults5 import ADMISSIONS, PATIENTS
+
+from ehrfm.errors import UserError
+from tokenization.etl import etl
+
+pytestmark = pytest.mark.usefixtures("quiet")
+
+
+@pytest.fixture
+def quiet(monkeypatch):
+    monkeypatch.setenv("EHRFM_QUIET", "1")
+
+# A lab table the ETL refuses only once it reads its rows (a time in another format): an error
+# about it means the dictionaries were not checked before the event tables were read.
+LABS_BAD_TIME = ("labevent_id,subject_id,hadm_id,itemid,charttime,storetime,value,valuenum,valueuom\n"
+                 "1,1,11,50912,yesterday,2150-01-02 07:00:00,1.0,1.0,mg/dL\n")
+
+
+def _raw(tmp_path, tables: dict[str, str]):
+    raw = tmp_path / "raw"
+    for name, text in {"hosp/patients": PATIENTS, "hosp/admissions": ADMISSIONS, **tables}.items():
+        (raw / name).parent.mkdir(parents=True, exist_ok=True)
+        (raw / f"{name}.csv").write_text(text)
+    return raw
+
+
+@pytest.mark.parametrize("dictionary, text, said", [
+    ("hosp/d_labitems", "", "empty file"),                                  # a truncated copy
+    ("hosp/d_labitems", "itemid,fluid,category\n50912,Blood,Chemistry\n", "missing column 'label'"),
+    ("hosp/d_items", "itemid,label\n220045,Heart Rate\n", "lies outside"),  # icu's dictionary saved in hosp/
+])
+def test_a_broken_dictionary_is_refused_before_any_event_table_is_read(tmp_path, dictionary, text, said):
+    """The code dictionaries (d_labitems, d_items, d_icd_*, d_hcpcs) were found and their headers
+    checked only by the last step, after every table and shard was converted: on a full MIMIC-IV
+    (labevents ~120M rows, chartevents ~430M) a truncated, reshaped or misplaced dictionary failed
+    the run after its hours of work. They are checked with the event tables' headers, up front.
+    """
+    raw = _raw(tmp_path, {"hosp/labevents": LABS_BAD_TIME, dictionary: text})
+    with pytest.raises(UserError) as e:
+        etl(raw, tmp_path / "meds", split_fractions=(1.0, 0.0, 0.0))
+    assert said in str(e.value) and dictionary.split("/")[1] in str(e.value)
+    assert "charttime" not in str(e.value)  # labevents was not read first
+    assert not (tmp_path / "meds").exists()
