@@ -49,3 +49,29 @@ def test_a_broken_dictionary_is_refused_before_any_event_table_is_read(tmp_path,
     assert said in str(e.value) and dictionary.split("/")[1] in str(e.value)
     assert "charttime" not in str(e.value)  # labevents was not read first
     assert not (tmp_path / "meds").exists()
+
+
+def test_a_shard_bucket_is_split_into_chunks_a_batch_at_a_time(tmp_path):
+    """A shard's bucket file of one table was read whole to split it by subject chunk: with
+    10,000 MIMIC-IV subjects per shard, chartevents' bucket holds ~12M events (~1 GiB in memory,
+    twice while split), so memory grew with the shard and the events per subject, not the chunk.
+    It is read and written a batch at a time: each chunk's file gets one row group per batch that
+    held its rows, and the pieces are the same rows in the same order as before.
+    """
+    import numpy as np
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    from tokenization.etl import _split_buckets
+
+    events = pl.DataFrame({"subject_id": [1, 1, 2, 2, 3, 3, 3, 4], "code": list("abcdefgh"),
+                           "numeric_value": [float(i) for i in range(8)]})
+    bucket = tmp_path / "0__003.parquet"
+    pq.write_table(events.to_arrow(), bucket, row_group_size=2)
+    chunks = [np.array([1, 2]), np.array([3, 4])]
+    pieces = _split_buckets([bucket], chunks, batch_rows=2)
+    assert not bucket.exists()
+    assert [[src for src, _ in p] for p in pieces] == [[3], [3]]
+    for ids, [(_, f)] in zip(chunks, pieces, strict=True):
+        assert pl.read_parquet(f).equals(events.filter(pl.col("subject_id").is_in(ids.tolist())))
+        assert pq.ParquetFile(f).metadata.num_row_groups == 2  # two batches of 2 rows each: never the file whole
