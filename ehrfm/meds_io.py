@@ -543,19 +543,22 @@ def _warn_zone_once(zone: str, path: Path) -> None:
          "(give its times their zone, or convert them to UTC; check it with `ehrfm audit`)")
 
 
-def scan_shard(shard: Shard | Path, columns: Iterable[str] = REQUIRED_COLUMNS) -> pl.LazyFrame:
+def scan_shard(shard: Shard | Path, columns: Iterable[str] = REQUIRED_COLUMNS,
+               rows: tuple[int, int] | None = None) -> pl.LazyFrame:
     """A lazy frame of one shard's rows.
 
     A lazy frame of one shard's `columns` (subject_id Int64, time Datetime(us), code String,
     numeric_value Float64 holding the float32 value MEDS stores, hadm_id String (STAY_ID); a missing
     optional column is all null), filtered to the shard's subjects and without its non-static
-    null-time rows (`Shard.drop_null_time`).
+    null-time rows (`Shard.drop_null_time`). rows=(offset, length): only those rows of the file
+    (before the filters), so a large shard can be read a slice at a time.
     """
     path = shard.path if isinstance(shard, Shard) else Path(shard)
     schema = check_columns(path)
     columns = list(dict.fromkeys([*columns]))
     present = [c for c in columns if c in schema]
-    lf = pl.scan_parquet(path).select(present)
+    lf = pl.scan_parquet(path)
+    lf = (lf.slice(*rows) if rows is not None else lf).select(present)
     zone = getattr(schema.get(TIME), "time_zone", None)
     if zone is not None and TIME in present:  # the UTC instant, without a zone: every shard alike
         _warn_zone_once(zone, path)
@@ -576,8 +579,9 @@ def scan_shard(shard: Shard | Path, columns: Iterable[str] = REQUIRED_COLUMNS) -
     return lf
 
 
-def read_shard(shard: Shard | Path, columns: Iterable[str] = REQUIRED_COLUMNS) -> pl.DataFrame:
-    """`scan_shard` collected, refusing null subject_id or code with a count (never values).
+def read_shard(shard: Shard | Path, columns: Iterable[str] = REQUIRED_COLUMNS,
+               rows: tuple[int, int] | None = None) -> pl.DataFrame:
+    """`scan_shard` collected (its `rows` slice), refusing null subject_id or code with a count (never values).
 
     Raises:
         UserError: a shard with rows whose subject_id or code is null, or whose columns cannot be
@@ -585,7 +589,7 @@ def read_shard(shard: Shard | Path, columns: Iterable[str] = REQUIRED_COLUMNS) -
     """
     path = shard.path if isinstance(shard, Shard) else Path(shard)
     try:
-        df = scan_shard(shard, columns).collect()
+        df = scan_shard(shard, columns, rows).collect()
     except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError, pl.exceptions.SchemaError) as e:
         raise UserError(f"MEDS shard {path}: columns cannot be cast to the MEDS types ({type(e).__name__})") from None
     n_null = sum(df[c].null_count() for c in (SUBJECT_ID, CODE) if c in df.columns)

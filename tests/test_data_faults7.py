@@ -75,3 +75,38 @@ def test_a_shard_bucket_is_split_into_chunks_a_batch_at_a_time(tmp_path):
     for ids, [(_, f)] in zip(chunks, pieces, strict=True):
         assert pl.read_parquet(f).equals(events.filter(pl.col("subject_id").is_in(ids.tolist())))
         assert pq.ParquetFile(f).metadata.num_row_groups == 2  # two batches of 2 rows each: never the file whole
+
+
+def test_a_large_meds_shard_is_tokenized_a_slice_at_a_time(demo_meds, tmp_path, monkeypatch):
+    """tokenize read each MEDS shard whole: other ETLs write shards of 10^8 events (MEDS_transforms
+    keeps 50,000 subjects a shard; MIMIC-IV 3.1 with chartevents), so its memory grew with the
+    shard. A sorted shard is read READ_ROWS rows at a time (a slice's last subject waits for the
+    next), with byte-identical tokens; an unsorted one is still read whole and sorted.
+    """
+    import polars as pl
+
+    from ehrfm.meds_io import Shard
+    from tokenization import tokenize as tk
+
+    shard = Shard(sorted((demo_meds / "data/train").glob("*.parquet"))[0], "train")
+    whole, was_sorted = tk._read_shard(shard)
+    assert was_sorted and whole.height > 50_000
+    per_subject = whole.group_by("subject_id").len()["len"].max()
+    chunks, was_sorted = tk._shard_chunks(shard, read_rows=10_000)
+    chunks = list(chunks)
+    assert was_sorted and len(chunks) > 5
+    assert max(c.height for c in chunks) <= 10_000 + per_subject  # a slice and one subject, never the shard
+    assert pl.concat(chunks).equals(whole)
+
+    unsorted = tmp_path / "unsorted.parquet"
+    whole.reverse().write_parquet(unsorted)
+    chunks, was_sorted = tk._shard_chunks(Shard(unsorted, "train"), read_rows=10_000)
+    assert not was_sorted and pl.concat(list(chunks)).equals(tk._read_shard(Shard(unsorted, "train"))[0])
+
+    tk.tokenize(demo_meds, tmp_path / "tok_whole")
+    monkeypatch.setattr(tk, "READ_ROWS", 10_000)
+    tk.tokenize(demo_meds, tmp_path / "tok_sliced")
+    for split in ("train", "tuning", "held_out"):
+        for name in ("tokens.npy", "times.npy", "index.parquet"):
+            a, b = tmp_path / "tok_whole" / split / name, tmp_path / "tok_sliced" / split / name
+            assert a.read_bytes() == b.read_bytes(), (split, name)

@@ -84,6 +84,9 @@ AGE_TOKENS = [f"AGE//{a}-{a + AGE_BIN_YEARS - 1}" for a in range(0, 90, AGE_BIN_
 SPECIAL_TOKENS = ["PAD", "UNK", "TIMELINE_START", "TIMELINE_END"] + QUANTILE_TOKENS + [n for n, _ in INTERVALS] + AGE_TOKENS
 BIRTH_CODE = "MEDS_BIRTH"
 CHUNK_SUBJECTS = 2048  # subjects encoded at a time
+# A MEDS shard longer than this is read this many rows at a time (_shard_chunks): other ETLs write
+# shards of 10^8 events (MEDS_transforms: 50,000 subjects per shard; MIMIC-IV 3.1 with chartevents).
+READ_ROWS = 1 << 20
 NOT_EMITTED = (BIRTH_CODE,)
 FIT_BATCH_VALUES = 1 << 24  # numeric values held at once while fitting deciles (~16M: a few hundred MB)
 
@@ -142,6 +145,51 @@ def _read_shard(shard: Shard) -> tuple[pl.DataFrame, bool]:
     if was_sorted:
         return df, True
     return df.sort(["subject_id", "time"], nulls_last=False, maintain_order=True), False
+
+
+def _shard_chunks(shard: Shard, read_rows: int | None = None):
+    """A shard's chunks of whole subjects, sorted (as _subject_chunks of _read_shard), and whether it was sorted.
+
+    A shard of more than `read_rows` rows that is sorted (checked a slice at a time on subject_id,
+    time and code) is read `read_rows` rows at a time, a slice's last subject held back for the
+    next: memory follows the slice, not the shard (read whole, it grew with the shard's events).
+    An unsorted one is read whole and sorted, as before.
+    """
+    import pyarrow.parquet as pq
+
+    read_rows = read_rows or READ_ROWS
+    n = pq.ParquetFile(shard.path).metadata.num_rows
+    if n > read_rows and _sorted_by_slices(shard, n, read_rows):
+        return _sliced_chunks(shard, n, read_rows), True
+    df, was_sorted = _read_shard(shard)
+    return _subject_chunks(df, CHUNK_SUBJECTS), was_sorted
+
+
+def _sorted_by_slices(shard: Shard, n: int, read_rows: int) -> bool:
+    """Whether the shard's rows are sorted by (subject_id, time), statics first, read `read_rows` rows at a time."""
+    sid, t = pl.col("subject_id"), pl.col("time").dt.epoch("us").fill_null(np.iinfo(np.int64).min)
+    back = (sid < sid.shift(1)) | ((sid == sid.shift(1)) & (t < t.shift(1)))
+    prev = None
+    for offset in range(0, n, read_rows):
+        df = read_shard(shard, ("subject_id", "time", "code"), rows=(offset, read_rows)).select("subject_id", "time")
+        df = pl.concat([prev, df]) if prev is not None else df
+        if df.select(back.any()).item():
+            return False
+        prev = df.tail(1)
+    return True
+
+
+def _sliced_chunks(shard: Shard, n: int, read_rows: int):
+    """Chunks of whole subjects of a sorted shard, read `read_rows` rows at a time (see _shard_chunks)."""
+    carry = None
+    for offset in range(0, n, read_rows):
+        df = read_shard(shard, EVENT_COLUMNS, rows=(offset, read_rows))
+        df = pl.concat([carry, df]) if carry is not None else df
+        carry = None
+        if offset + read_rows < n and df.height:  # the last subject may go on in the next slice
+            last = df.height - int((df["subject_id"] == df["subject_id"][-1]).sum())
+            carry, df = df.slice(last), df.slice(0, last)
+        yield from _subject_chunks(df, CHUNK_SUBJECTS)
 
 
 # ------------------------------------------------------------------------------- fitting
@@ -690,12 +738,12 @@ def _encode_shards(enc: _Encoder, jobs: list, state: dict, files: dict) -> None:
     """
     unsorted: dict = {}
     for shard in progress(jobs, desc="tokenize: shards", unit="shard"):
-        df, was_sorted = _read_shard(shard)
+        chunks, was_sorted = _shard_chunks(shard)
         if not was_sorted:
             unsorted[shard.path] = None
         split = shard.split
         st = state[split]
-        for chunk in _subject_chunks(df, CHUNK_SUBJECTS):
+        for chunk in chunks:
             tokens, times, index, counts, unk_codes = enc.encode(chunk)
             for code, n in unk_codes.items():
                 st["unk_codes"][code] = st["unk_codes"].get(code, 0) + n
