@@ -110,3 +110,31 @@ def test_a_large_meds_shard_is_tokenized_a_slice_at_a_time(demo_meds, tmp_path, 
         for name in ("tokens.npy", "times.npy", "index.parquet"):
             a, b = tmp_path / "tok_whole" / split / name, tmp_path / "tok_sliced" / split / name
             assert a.read_bytes() == b.read_bytes(), (split, name)
+
+
+@pytest.mark.parametrize("hard", [80, 4096])
+def test_more_shards_than_open_files_is_one_clear_error_or_runs(mimic_demo_dir, tmp_path, repo_root, hard):
+    """Routing events keeps one bucket file open per output shard: small --shard-subjects on a large
+    cohort (364k MIMIC-IV 3.1 subjects in shards of 100: 3,650 files; `ulimit -n` is often 1024)
+    failed after every table was staged with "Too many open files" naming only the output dir.
+    `ehrfm etl` now raises its soft limit to the hard one, and where that is not enough says so
+    before routing, naming --shard-subjects and the least that fits.
+    """
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    def limit():  # a soft limit of 80 files: the demo's 100 subjects in shards of 1 need ~110
+        resource.setrlimit(resource.RLIMIT_NOFILE, (80, hard))
+
+    out = tmp_path / "meds"
+    p = subprocess.run([sys.executable, "-m", "ehrfm", "etl", str(mimic_demo_dir), "--out", str(out),
+                        "--shard-subjects", "1", "--workers", "1"], capture_output=True, text=True, cwd=repo_root,
+                       env={**os.environ, "EHRFM_QUIET": "1"}, preexec_fn=limit)
+    if hard == 80:
+        assert p.returncode == 2 and p.stderr.strip().count("\n") == 0, p.stderr[-500:]
+        assert "--shard-subjects" in p.stderr and "ulimit -n" in p.stderr and not out.exists()
+    else:
+        assert p.returncode == 0, p.stderr[-500:]
+        assert len(list((out / "data").rglob("*.parquet"))) == 100

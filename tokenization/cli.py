@@ -49,11 +49,27 @@ LEAN_ALLOCATOR_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "jemalloc", "JE_ARROW_MALLOC_
                       "_RJEM_MALLOC_CONF": _JEMALLOC_LEAN}
 
 
+def _raise_open_files_limit() -> None:
+    """Raise this process's soft limit of open files to its hard limit (`ulimit -n`; etl holds a file per shard).
+
+    Often 1024 of a hard 4096 or more: the workers, spawned after this, inherit it.
+    """
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):  # not POSIX, or a hard limit the kernel refuses as soft
+        pass
+
+
 def _etl(args) -> int:
     import os
 
     for k, v in LEAN_ALLOCATOR_ENV.items():
         os.environ.setdefault(k, v)
+    _raise_open_files_limit()
     from tokenization.etl import etl
 
     options = dict(split_fractions=args.split_fractions, split_seed=args.split_seed, shard_subjects=args.shard_subjects)

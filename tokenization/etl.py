@@ -2201,6 +2201,7 @@ def _write_shards(stage: Path, out: Path, split_of: pl.DataFrame, cfg: EtlConfig
             shard_ids.append(part.to_numpy())
             jobs.append((name, k))
     shard_of = pl.concat(shard_of)
+    _check_open_files(len(jobs), len(split_of))
 
     # One linear pass: route each staged batch's rows to their shard's bucket file.
     buckets = stage / "buckets"
@@ -2252,6 +2253,30 @@ def _write_shards(stage: Path, out: Path, split_of: pl.DataFrame, cfg: EtlConfig
             total_events += r["events"]
     return dict(events=total_events, subjects_per_split=subjects_per_split, events_per_split=events_per_split,
                 codes=code_counts, n_codes=len(code_counts), written=written, at_discharge=placed_at_discharge)
+
+
+# Files a process holds open besides one bucket file per shard while routing (the staged file, python's and
+# the libraries' own).
+RESERVED_FILES = 16
+
+
+def _check_open_files(n_shards: int, n_subjects: int) -> None:
+    """Refuse (UserError) more shards than this process may hold files open: _route keeps one open per shard.
+
+    Without this, small --shard-subjects on a large cohort (364k MIMIC-IV 3.1 subjects in shards of
+    100: 3,650 files, against a usual `ulimit -n` of 1024) failed after every table was staged with
+    "Too many open files" naming only the output dir.
+    """
+    try:
+        import resource
+    except ImportError:  # not POSIX: no limit to read
+        return
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if limit != resource.RLIM_INFINITY and n_shards + RESERVED_FILES > limit:
+        least = -(-n_subjects // max(1, limit - RESERVED_FILES - len(SPLITS)))
+        raise UserError(f"{n_shards} output shards: the ETL keeps a file open per shard while it routes events and "
+                        f"this process may open {limit} files (ulimit -n); use --shard-subjects {least} or more for "
+                        f"{n_subjects} subjects, or raise ulimit -n")
 
 
 def _route(path: Path, src: int, shard_of: pl.DataFrame, buckets: Path) -> int:
