@@ -138,3 +138,23 @@ def test_more_shards_than_open_files_is_one_clear_error_or_runs(mimic_demo_dir, 
     else:
         assert p.returncode == 0, p.stderr[-500:]
         assert len(list((out / "data").rglob("*.parquet"))) == 100
+
+
+def test_a_mimic_iv_ed_download_saved_below_the_raw_dir_is_not_left_out_silently(tmp_path):
+    """MIMIC-IV-ED is its own PhysioNet download (mimic-iv-ed-2.2/ed/). Saved inside the MIMIC-IV
+    folder under that name, the ETL read no ED table and said nothing (the ED tables are listed,
+    read or absent, only when RAW/ed exists): every ED stay, triage, vital and ED diagnosis was lost.
+    It is refused, naming the folder and where it belongs.
+    """
+    raw = _raw(tmp_path, {})
+    ed = raw / "mimic-iv-ed-2.2" / "ed"
+    ed.mkdir(parents=True)
+    (ed / "edstays.csv").write_text("subject_id,hadm_id,stay_id,intime,outtime,arrival_transport,disposition\n"
+                                    "1,11,301,2150-01-01 08:00:00,2150-01-01 10:00:00,AMBULANCE,ADMITTED\n")
+    with pytest.raises(UserError, match=r"mimic-iv-ed-2\.2/ed holds MIMIC-IV-ED.*raw/ed"):
+        etl(raw, tmp_path / "meds", split_fractions=(1.0, 0.0, 0.0))
+    assert not (tmp_path / "meds").exists()
+    ed.parent.rename(raw / "elsewhere")
+    (raw / "elsewhere" / "ed").rename(raw / "ed")  # where MIMIC-IV-ED belongs: converted
+    etl(raw, tmp_path / "meds", split_fractions=(1.0, 0.0, 0.0))
+    assert (tmp_path / "meds" / "metadata" / "etl_config.json").read_text().count("ed/edstays") > 0

@@ -1518,6 +1518,8 @@ def _resolve_tables(raw: Path, cfg: EtlConfig) -> tuple[list, dict, list[str], d
     selected = select_tables(cfg.tables)
     cfg.tables = None if cfg.tables is None else selected
     has_ed = any(d.is_dir() and d.name.lower() == "ed" for d in raw.iterdir())
+    if not has_ed:
+        _refuse_nested_ed(raw)
     # The ED module is read only when its directory is there; its tables are then expected.
     # (ED tables named in --tables are reported absent when there is no ed/.)
     wanted = [t for t in TABLES if t.name in selected and (t.module != "ed" or has_ed or cfg.tables is not None)]
@@ -1557,6 +1559,23 @@ def _dictionary_files(raw: Path) -> dict[str, tuple[Path, dict[str, str]]]:
             optional = set(cols[2:]) if name in ("hosp/d_labitems", "hosp/d_hcpcs") else set()
             found[name] = (path, _check_columns(path, cols, optional=optional, table=name))
     return found
+
+
+def _refuse_nested_ed(raw: Path, depth: int = 3) -> None:
+    """Refuse (UserError) a MIMIC-IV-ED ed/ folder (holding edstays) below `raw` but not at raw/ed.
+
+    PhysioNet ships MIMIC-IV-ED as its own download (mimic-iv-ed-2.2/ed/); saved inside the MIMIC-IV
+    folder under that name, its ED stays, triage, vitals and diagnoses were left out without a word
+    (the ED tables are read, and reported absent, only when raw/ed exists).
+    """
+    for k in range(1, depth + 1):
+        for ed in sorted(raw.glob("/".join(["[!.]*"] * k) + "/[eE][dD]")):
+            try:
+                if ed.is_dir() and any(f.name.lower() in ("edstays.csv.gz", "edstays.csv") for f in ed.iterdir()):
+                    raise UserError(f"{ed} holds MIMIC-IV-ED, which ehrfm reads from {raw / 'ed'}: move or link that "
+                                    f"ed/ folder there (or move it out of {raw} to convert without the ED module)")
+            except OSError:  # an unreadable folder: not where to look
+                continue
 
 
 def _other_output_hint(raw: Path) -> str:
