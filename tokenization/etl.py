@@ -340,6 +340,9 @@ class Table:
     # can repeat: the events' key (_row_key), so that only exact repeats of a row are `duplicate`.
     # Optional (read when the file has it; without it rows are told apart as before).
     row_id: str | None = None
+    # A column whose rows of one value the rule orders together (diagnoses by seq_num within their
+    # stay): each such run is staged in one batch, never cut at a CSV block boundary (_whole_groups).
+    groups: str | None = None
 
     def __post_init__(self):
         for c, s in self.stored_at.items():  # the store time times the same codes (date-only metadata)
@@ -711,7 +714,7 @@ TABLES: list[Table] = [
           times=["intime", "outtime"], ints=["hadm_id"], to_events=_icustays,
           code_prefixes={"intime": ["ICU_ADMISSION//"], "outtime": ["ICU_DISCHARGE//"]}),
     Table("hosp/diagnoses_icd", ["subject_id", "hadm_id", "seq_num", "icd_code", "icd_version"],
-          ints=["hadm_id", "seq_num"], to_events=_diagnoses, needs=("hosp/admissions",)),
+          ints=["hadm_id", "seq_num"], to_events=_diagnoses, needs=("hosp/admissions",), groups="hadm_id"),
     Table("hosp/procedures_icd", ["subject_id", "hadm_id", "chartdate", "icd_code", "icd_version", "seq_num"],
           times=["chartdate"], ints=["hadm_id", "seq_num"], to_events=_procedures, dates=["chartdate"],
           code_prefixes={"chartdate": ["PROCEDURE//ICD//"]}, row_id="seq_num", needs=("hosp/admissions",)),
@@ -785,7 +788,7 @@ TABLES: list[Table] = [
     Table("ed/vitalsign", ["subject_id", "stay_id", "charttime", *ED_VITALS], times=["charttime"], ints=["stay_id"],
           floats=ED_VITALS, to_events=_ed_vitalsign, module="ed", code_prefixes={"charttime": ["ED_VITAL//"]}),
     Table("ed/diagnosis", ["subject_id", "stay_id", "seq_num", "icd_code", "icd_version"], ints=["stay_id", "seq_num"],
-          to_events=_ed_diagnosis, module="ed", needs=("ed/edstays",)),
+          to_events=_ed_diagnosis, module="ed", needs=("ed/edstays",), groups="stay_id"),
     Table("ed/medrecon", ["subject_id", "stay_id", "charttime", "name"], times=["charttime"], ints=["stay_id"],
           to_events=_ed_med("ED_MEDRECON//"), module="ed", code_prefixes={"charttime": ["ED_MEDRECON//"]}),
     Table("ed/pyxis", ["subject_id", "stay_id", "charttime", "name", "med_rn"], times=["charttime"], ints=["stay_id", "med_rn"],
@@ -2041,6 +2044,8 @@ def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context
         blocks = _read_batches(path, columns, cfg.batch_bytes)
         if cfg.workers > 1:  # a worker process: read the next block while this one is transformed
             blocks = _prefetched(blocks)
+        if table.groups is not None:
+            blocks = _whole_groups(blocks, table.groups)
         for batch in blocks:
             n_rows += len(batch)
             bar.update(len(batch))
@@ -2107,6 +2112,29 @@ def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context
         ctx.admissions = pl.DataFrame(schema={"hadm_id": pl.Int64, "admittime": pl.Datetime("us"),
                                               "dischtime": pl.Datetime("us"), "deathtime": pl.Datetime("us")})
     return n_rows
+
+
+def _whole_groups(batches, column: str):
+    """The raw batches (_read_batches) re-cut so that a run of rows with one value of `column` lies in one batch.
+
+    A batch's last run waits for the next batch. A rule that orders the rows of a group (diagnoses
+    by seq_num within their stay: MIMIC-IV's files do not list them in that order) sorts each batch:
+    a stay cut at a CSV block boundary (one in every 4 MiB block of diagnoses_icd) had its two
+    halves sorted apart, its diagnoses out of rank order, and the order depended on batch_bytes.
+    """
+    carry = None
+    for batch in batches:
+        if column not in batch.columns:  # an optional column the file lacks: nothing to keep together
+            yield batch
+            continue
+        batch = pl.concat([carry, batch]) if carry is not None else batch
+        other = np.nonzero(~batch[column].eq_missing(batch[column][-1]).to_numpy())[0]
+        cut = int(other[-1]) + 1 if len(other) else 0
+        carry = batch.slice(cut)
+        if cut:
+            yield batch.slice(0, cut)
+    if carry is not None:
+        yield carry
 
 
 def _one_row_per_key(df: pl.DataFrame, key: str, path: Path) -> pl.DataFrame:
