@@ -217,7 +217,7 @@ def open_meds(meds_dir: str | os.PathLike, check_static: bool = True) -> MedsDat
     if folders and not split_named and (root / SUBJECT_SPLITS_FILE).exists():
         folders = []  # shard folders that are not splits (meds_etl): the splits come from metadata
     shards, aliases = _split_folder_shards(data, folders) if folders else _subject_split_shards(root, data)
-    ds = MedsDataset(root, {s: shards[s] for s in SPLITS if s in shards}, aliases, metadata=_metadata(root))
+    ds = MedsDataset(root, {s: shards[s] for s in SPLITS if s in shards}, aliases, metadata=dataset_metadata(root))
     for path in ds.paths():
         check_columns(path, ds.metadata)
     _check_rows(ds)
@@ -453,8 +453,12 @@ def _subject_split_shards(root: Path, data: Path) -> tuple[dict[str, list[Shard]
     return shards, aliases
 
 
-def _metadata(root: Path) -> dict:
-    path = root / DATASET_METADATA_FILE
+def dataset_metadata(root: str | os.PathLike) -> dict:
+    """`metadata/dataset.json` of a MEDS dir as a dict; {} when absent, unreadable or not an object.
+
+    Optional for ehrfm's readers: other ETLs (and hand-made datasets) may not write it.
+    """
+    path = Path(root) / DATASET_METADATA_FILE
     try:
         meta = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -57,3 +57,26 @@ def test_another_dataset_with_the_same_subject_ids_is_not_pretrained_on(tmp_path
     with pytest.raises(UserError, match="20 of 20 held_out subjects were in the train split"):
         load_run(run, TokenDir(ext))
 
+
+
+# 2 ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dataset_json", [None, "[]", '{"dataset_name": "x"}'])
+def test_demo_report_of_own_meds_without_dataset_json_names_no_etl(tmp_path, dataset_json):
+    """Before: `ehrfm demo --meds MEDS` read MEDS/metadata/dataset.json strictly when writing the report,
+    after the whole sweep and every head: a MEDS dir without it (optional for every ehrfm reader; not
+    all tools write it) failed with "dataset metadata ... not found" (a JSON list: a traceback), on
+    every rerun; a file without etl_name credited ehrfm's ETL. Now the report says what is not recorded."""
+    from datetime import datetime
+
+    from test_labels import stay, write_meds
+
+    from ehrfm.app.demo import DemoConfig, _data_section
+
+    meds = write_meds(tmp_path / "meds", stay(1, datetime(2150, 1, 1), datetime(2150, 1, 3)))
+    if dataset_json is not None:
+        (meds / "metadata").mkdir()
+        (meds / "metadata" / "dataset.json").write_text(dataset_json)
+    stats = {"vocab_size": 40, "splits": {"train": {"subjects": 1, "events": 4, "tokens": 6, "tokens_per_subject": 6}}}
+    cfg = DemoConfig(meds=str(meds))
+    lines = _data_section(cfg, meds, stats, None, [], "no hospital stays")
+    assert f"The MEDS dataset `{meds}` (ETL not recorded, MEDS version not recorded) -> tokens" in lines[2]

@@ -1189,12 +1189,16 @@ def _data_phrase(cfg) -> str:
 
 
 def _data_section(cfg, meds, tok_stats: dict, labels_dir, audit_lines, labels_error: str | None = None) -> list[str]:
-    meds_meta = read_json(Path(meds) / "metadata" / "dataset.json", "dataset metadata")
+    from ehrfm.meds_io import dataset_metadata
+
+    # optional in MEDS from other tools: read strictly, its absence failed the report after the whole sweep
+    meds_meta = dataset_metadata(meds)
+    etl = " ".join(str(meds_meta[k]) for k in ("etl_name", "etl_version") if meds_meta.get(k)) or "ETL not recorded"
     source = (f"Raw MIMIC-IV from `{cfg.raw}`" if cfg.raw else f"The MEDS dataset `{cfg.meds}`" if cfg.meds
               else f"Synthetic MIMIC-IV-shaped cohort (`ehrfm synth`, seed {cfg.seed}): {cfg.patients:,} patients")
     L = ["## Data", "",
          f"{source}{' (' if cfg.meds else ' -> MEDS ('}"
-         f"{meds_meta.get('etl_name', 'ehrfm')} {meds_meta.get('etl_version', '')}, MEDS {meds_meta.get('meds_version', '')}) "
+         f"{etl}, MEDS {meds_meta.get('meds_version') or 'version not recorded'}) "
          f"-> tokens (vocabulary {tok_stats['vocab_size']}, fitted on train only).", "",
          "| split | subjects | events | tokens | tokens/subject |", "|---|---|---|---|---|"]
     for split, s in tok_stats["splits"].items():
