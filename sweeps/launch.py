@@ -225,10 +225,14 @@ def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
     if cfg.gpus_per_node < 0 or cfg.nodes < 1 or (cfg.max_parallel is not None and cfg.max_parallel < 1) \
             or (cfg.tasks_per_node is not None and cfg.tasks_per_node < 1):
         raise UserError("--gpus-per-node must be >= 0; --nodes, --tasks-per-node and --max-parallel >= 1")
-    if cfg.logger is not None:
-        from ehrfm.loggers import check_logger
+    from ehrfm.loggers import check_logger, logger_for
 
-        check_logger(cfg.logger)  # a missing package is said now, not in every job
+    # a missing package or a misspelt name is said now, not by every job (each failed, launch exited 0);
+    # without --logger the jobs take $EHRFM_LOGGER, so check that
+    if cfg.logger is not None:
+        check_logger(cfg.logger)
+    else:
+        logger_for()
     if cfg.executor == "local" and cfg.nodes != 1:
         raise UserError("--nodes > 1 needs --executor slurm (the local executor has one machine)")
     if cfg.mem is not None and not re.fullmatch(r"\d+[KMGT]?B?", str(cfg.mem), flags=re.I):

@@ -80,3 +80,25 @@ def test_demo_report_of_own_meds_without_dataset_json_names_no_etl(tmp_path, dat
     cfg = DemoConfig(meds=str(meds))
     lines = _data_section(cfg, meds, stats, None, [], "no hospital stays")
     assert f"The MEDS dataset `{meds}` (ETL not recorded, MEDS version not recorded) -> tokens" in lines[2]
+
+
+# 3 ---------------------------------------------------------------------------------------------
+def test_sweep_launch_checks_the_logger_of_the_environment_before_any_job(synth_tokens, tmp_path):
+    """Before: `EHRFM_LOGGER=tensorbaord ehrfm sweep launch` (a typo, or wandb not installed) checked only
+    --logger: it submitted every job, each failed with the logger error, and launch exited 0 (on SLURM,
+    after queueing). Now launch says it in one line, exit 2, and submits nothing."""
+    import os
+    import subprocess
+    import sys
+
+    from sweeps.plan import plan_sweep
+
+    out = tmp_path / "sweep"
+    plan_sweep(synth_tokens, out=out, budgets=[1e9], sizes=2, context=64, train={"batch_size": 8})
+    env = {**os.environ, "EHRFM_QUIET": "1", "EHRFM_LOGGER": "tensorbaord"}
+    p = subprocess.run([sys.executable, "-m", "ehrfm", "sweep", "launch", str(out), "--executor", "local"],
+                       capture_output=True, text=True, env=env)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert p.stderr.strip() == ("ehrfm sweep: error: environment variable EHRFM_LOGGER='tensorbaord': unknown logger "
+                                "'tensorbaord'; choose one of none, tensorboard, wandb")
+    assert not (out / "runs").exists() or not any((out / "runs").iterdir())
