@@ -63,8 +63,9 @@ def _add_arguments(p) -> None:
     ev = p.add_argument_group("evaluation and runtime")
     add_fields(ev, TrainConfig, ["eval_tokens", "eval_interval", "eval_batch_size", "checkpoint_interval", "log_interval",
                                  "seed", "device", "dtype", "attention", "compile", "overwrite"])
-    ev.add_argument("--logger", default="none", choices=["none", "tensorboard", "wandb"],
-                    help="also send metrics.jsonl lines to TensorBoard (event files in RUN/) or W&B (offline) (default none)")
+    ev.add_argument("--logger", default=None, choices=["none", "tensorboard", "wandb"],
+                    help="also send metrics.jsonl lines to TensorBoard (event files in RUN/) or W&B (offline) "
+                    "(default: $EHRFM_LOGGER, else none; --logger none overrides $EHRFM_LOGGER)")
 
 
 def register(sub) -> None:
@@ -88,7 +89,8 @@ def _run(args) -> int:
     from ehrfm.results import Status
     from ehrfm.train import train
 
-    extra = {"logger": check_logger(args.logger)} if args.logger != "none" else {}
+    # an explicit --logger none is recorded too: without it the run took $EHRFM_LOGGER regardless
+    extra = {"logger": check_logger(args.logger)} if args.logger is not None else {}
     cfg = build(TrainConfig, args, extra=extra)
     result = train(cfg)
     status = result["status"]

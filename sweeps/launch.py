@@ -120,9 +120,10 @@ class LaunchConfig:
     """SLURM: wait until the submitted runs finish (local always waits)."""
     dry_run: bool = False
     """List the runs that would be submitted, submit nothing."""
-    logger: str | None = field(default=None, metadata={"choices": ("tensorboard", "wandb")})
+    logger: str | None = field(default=None, metadata={"choices": ("none", "tensorboard", "wandb")})
     """Every run also logs its metrics there (TensorBoard event files beside metrics.jsonl; W&B offline, run
-    name = run id, group = the sweep); default: none, or $EHRFM_LOGGER."""
+    name = run id, group = the sweep); default: $EHRFM_LOGGER, else none (none: no logger, whatever
+    $EHRFM_LOGGER says)."""
     poll_s: float = 5.0
     """Seconds between checks of the running jobs."""
 

@@ -102,3 +102,29 @@ def test_sweep_launch_checks_the_logger_of_the_environment_before_any_job(synth_
     assert p.stderr.strip() == ("ehrfm sweep: error: environment variable EHRFM_LOGGER='tensorbaord': unknown logger "
                                 "'tensorbaord'; choose one of none, tensorboard, wandb")
     assert not (out / "runs").exists() or not any((out / "runs").iterdir())
+
+
+# 4 ---------------------------------------------------------------------------------------------
+def test_logger_none_overrides_the_environment(synth_tokens, tmp_path):
+    """Before: `ehrfm train --logger none` was the default value, indistinguishable from no flag, so the run
+    took $EHRFM_LOGGER anyway (TensorBoard files written; with EHRFM_LOGGER=wandb and no wandb, the run
+    was refused), and `sweep launch` had no `none` at all. Now an explicit none wins in both."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("tensorboard")
+    from sweeps.plan import plan_sweep
+
+    env = {**os.environ, "EHRFM_QUIET": "1", "EHRFM_LOGGER": "tensorboard"}
+    run = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "ehrfm", "train", str(synth_tokens), "--out", str(run), "--n-layer", "1",
+                        "--d-model", "16", "--n-head", "2", "--context", "32", "--tokens", "640", "--logger", "none"],
+                       capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert not list(run.glob("events.out.tfevents*"))
+    sweep = tmp_path / "sweep"
+    plan_sweep(synth_tokens, out=sweep, budgets=[1e9], sizes=2, context=64, train={"batch_size": 8})
+    p = subprocess.run([sys.executable, "-m", "ehrfm", "sweep", "launch", str(sweep), "--executor", "local", "--dry-run",
+                        "--logger", "none"], capture_output=True, text=True, env={**env, "EHRFM_LOGGER": "wandb"})
+    assert p.returncode == 0, p.stderr[-2000:]
