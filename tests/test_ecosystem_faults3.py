@@ -128,3 +128,17 @@ def test_logger_none_overrides_the_environment(synth_tokens, tmp_path):
     p = subprocess.run([sys.executable, "-m", "ehrfm", "sweep", "launch", str(sweep), "--executor", "local", "--dry-run",
                         "--logger", "none"], capture_output=True, text=True, env={**env, "EHRFM_LOGGER": "wandb"})
     assert p.returncode == 0, p.stderr[-2000:]
+
+
+# 5 ---------------------------------------------------------------------------------------------
+def test_demo_checks_the_logger_of_the_environment_before_any_stage(tmp_path, monkeypatch):
+    """Before: `EHRFM_LOGGER=tensorbaord ehrfm demo` ran synth, ETL and tokenize (minutes; the default
+    demo's 44,000 patients far longer) before its sweep launch refused the logger. Now the demo's
+    up-front checks (those of where its runs execute) name it before any stage."""
+    from ehrfm.app.demo import DemoConfig, _check_where_it_runs
+    from ehrfm.errors import UserError
+
+    monkeypatch.setenv("EHRFM_LOGGER", "tensorbaord")
+    cfg, _ = DemoConfig(out=str(tmp_path / "demo"), quick=True).checked()
+    with pytest.raises(UserError, match="environment variable EHRFM_LOGGER='tensorbaord': unknown logger"):
+        _check_where_it_runs(cfg)

@@ -303,11 +303,14 @@ def _check_where_it_runs(cfg: DemoConfig) -> None:
 
     Raises:
         UserError: --executor slurm without the SLURM commands, more --gpus-per-node than this machine
-            shows for local runs, or a SLURM --time no longer than the checkpoint signal's lead.
+            shows for local runs, a SLURM --time no longer than the checkpoint signal's lead, or an
+            $EHRFM_LOGGER the runs cannot use (a misspelt name, a package not installed).
     """
+    from ehrfm.loggers import logger_for
     from sweeps.launch import LaunchConfig, _visible_gpus, check_executor, parse_time_minutes
 
     check_executor(cfg.executor)
+    logger_for()  # the sweep's runs take $EHRFM_LOGGER: said now, not after synth, ETL and tokenize
     visible = len(_visible_gpus()) if cfg.executor == "local" and cfg.gpus_per_node else None
     if visible is not None and visible < cfg.gpus_per_node:
         raise UserError(f"--gpus-per-node {cfg.gpus_per_node}: this machine has {visible} visible GPU(s) for local runs")
