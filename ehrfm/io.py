@@ -500,6 +500,31 @@ def read_parquet(path: str | os.PathLike, what: str = "file", hint: str = "", co
         raise UserError(f"{what} {path} is damaged: not a readable parquet file ({reason}){tail}") from None
 
 
+def repeated_columns(path: str | os.PathLike) -> dict[str, int]:
+    """{name: count} of the column names a parquet file holds more than once ({} when unreadable).
+
+    pyarrow writes such files (a join that kept both sides' column); polars refuses them with a
+    DuplicateError and pyarrow's reader with ArrowInvalid, which ehrfm's readers reported as "not a
+    readable parquet file" (or as a traceback). Which column is meant is not ours to guess.
+    """
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(path).names
+    except Exception:  # noqa: BLE001 (unreadable: the caller's own read names it)
+        return {}
+    return {n: names.count(n) for n in dict.fromkeys(names) if names.count(n) > 1}
+
+
+def refuse_repeated_columns(path: str | os.PathLike, what: str) -> None:
+    """UserError naming `what` `path`, its first repeated column and how often it appears (repeated_columns)."""
+    rep = repeated_columns(path)
+    if rep:
+        name, n = next(iter(rep.items()))
+        raise UserError(f"{what} {path}: column {name!r} appears {n} times ({len(rep)} repeated name(s)); which one is "
+                        "meant is not certain: drop or rename all but one")
+
+
 def check_parquet_files(paths, what: str = "file", hint: str = "") -> None:
     """Read the footer of each parquet file; UserError naming the first truncated or non-parquet one.
 

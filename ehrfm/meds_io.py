@@ -48,7 +48,7 @@ import meds
 import polars as pl
 
 from ehrfm.errors import UserError
-from ehrfm.io import check_parquet_files, warn
+from ehrfm.io import check_parquet_files, refuse_repeated_columns, warn
 
 SUBJECT_ID = meds.DataSchema.subject_id_name
 TIME = meds.DataSchema.time_name
@@ -412,7 +412,10 @@ def _subject_split_shards(root: Path, data: Path) -> tuple[dict[str, list[Shard]
     if not splits_path.exists():
         raise UserError(f"{root}: shards are not in {DATA_DIR}/<split>/ and {SUBJECT_SPLITS_FILE} is missing")
     # A file, or a folder of part files as Spark and Dask write a parquet dataset.
-    sp = pl.read_parquet(_parquet_files(splits_path, splits_path) if splits_path.is_dir() else splits_path)
+    parts = _parquet_files(splits_path, splits_path) if splits_path.is_dir() else [splits_path]
+    for part in parts:  # a column named twice was a polars DuplicateError traceback
+        refuse_repeated_columns(part, "subject splits file")
+    sp = pl.read_parquet(parts if splits_path.is_dir() else splits_path)
     for col in (SUBJECT_ID, "split"):
         if col not in sp.columns:
             old = [o for o, c in LEGACY_COLUMNS.items() if c == col and o in sp.columns]
@@ -476,6 +479,7 @@ def check_columns(path: Path, metadata: dict | None = None) -> dict:
     try:
         schema = pl.read_parquet_schema(path)
     except Exception as e:  # pyarrow/polars raise several types for a non-parquet file
+        refuse_repeated_columns(path, "MEDS shard")  # readable, but a column named twice
         raise UserError(f"MEDS shard {path} is not a readable parquet file ({type(e).__name__})") from None
     for col in REQUIRED_COLUMNS:
         if col in schema:

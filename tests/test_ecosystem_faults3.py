@@ -142,3 +142,47 @@ def test_demo_checks_the_logger_of_the_environment_before_any_stage(tmp_path, mo
     cfg, _ = DemoConfig(out=str(tmp_path / "demo"), quick=True).checked()
     with pytest.raises(UserError, match="environment variable EHRFM_LOGGER='tensorbaord': unknown logger"):
         _check_where_it_runs(cfg)
+
+
+# 6 ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("where", ["shard", "subject_splits", "labels"])
+def test_a_parquet_column_named_twice_is_named_by_every_reader(tmp_path, capsys, where):
+    """Before: a parquet file with a column named twice (pyarrow writes them, e.g. after a join that kept
+    both sides' column) was "not a readable parquet file" for a MEDS shard or a label file, and a
+    traceback (polars DuplicateError) for metadata/subject_splits.parquet. Now one line names the file,
+    the column and how often it appears."""
+    from datetime import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from test_labels import stay, write_meds
+    from test_meds_reader import one_error_line
+
+    from ehrfm.app.cli import main
+
+    def twice(t: pa.Table, name: str) -> pa.Table:
+        return pa.Table.from_arrays([*t.columns, t[name]], names=[*t.column_names, name])
+
+    meds = write_meds(tmp_path / "meds", stay(1, datetime(2150, 1, 1), datetime(2150, 1, 3)) +
+                      stay(2, datetime(2150, 2, 1), datetime(2150, 2, 12)))
+    shard = meds / "data" / "train" / "0.parquet"
+    labels = tmp_path / "long_los.parquet"
+    pq.write_table(pa.table({"subject_id": pa.array([1, 2], pa.int64()),
+                             "prediction_time": pa.array([datetime(2150, 1, 2), datetime(2150, 2, 2)], pa.timestamp("us")),
+                             "boolean_value": [False, True]}), labels)
+    if where == "shard":
+        bad, column, argv = shard, "code", ["tokenize", str(meds), "--out", str(tmp_path / "tok")]
+    elif where == "subject_splits":  # a flat layout (meds_etl): the splits come from the file
+        shard.rename(meds / "data" / "0.parquet")
+        (meds / "data" / "train").rmdir()
+        (meds / "metadata").mkdir()
+        bad, column = meds / "metadata" / "subject_splits.parquet", "split"
+        pq.write_table(pa.table({"subject_id": pa.array([1, 2], pa.int64()), "split": ["train", "train"]}), bad)
+        argv = ["tokenize", str(meds), "--out", str(tmp_path / "tok")]
+    else:
+        bad, column, argv = labels, "boolean_value", ["baseline", str(meds), "--labels", str(labels), "--out", str(tmp_path / "b")]
+    pq.write_table(twice(pq.read_table(bad), column), bad)
+    assert main(argv) == 2
+    line = one_error_line(capsys)
+    assert f"{bad}: column {column!r} appears 2 times" in line, line
+    assert not (tmp_path / "tok").exists() and not (tmp_path / "b").exists()

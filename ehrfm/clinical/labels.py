@@ -96,6 +96,7 @@ import pyarrow as pa
 
 from ehrfm.clinical.configs import LabelConfig
 from ehrfm.errors import UserError
+from ehrfm.io import refuse_repeated_columns
 from ehrfm.meds_io import LEGACY_COLUMNS, MEDS_VERSION, STAY_ID, MedsDataset, open_meds, scan_shards
 
 TASKS = ("in_hospital_mortality", "long_los", "icu_admission", "readmission_30d")
@@ -708,6 +709,7 @@ def read_labels(path: str | os.PathLike, allow_empty: bool = False) -> pl.DataFr
         try:
             table = pq.read_table(f)
         except Exception as e:  # pyarrow raises several types for non-parquet input
+            refuse_repeated_columns(f, "label file")  # readable, but a column named twice
             raise UserError(f"label file {f} is not a readable parquet file ({type(e).__name__})") from None
         cols = set(table.column_names)
         for col in ("subject_id", "prediction_time", "boolean_value"):
