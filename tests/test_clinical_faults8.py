@@ -179,3 +179,36 @@ def test_a_task_other_than_the_one_a_label_file_is_named_after_is_refused(tmp_pa
     shutil.copy(labels, other)
     assert head_labels(other, "icu_admission") == (other, "icu_admission")
     assert head_labels(labels, "in_hospital_mortality") == (labels, "in_hospital_mortality")
+
+
+def _with_interval_token(tok):
+    """Let the cohort's tokenizer list its 1h-2h token as an interval token (each counts as 1 h: its mean gap in train)."""
+    tz = json.loads((tok / "tokenizer.json").read_text())
+    tz["interval_tokens"] = [{"token": "1h-2h", "min_us": 3_600_000_000}]
+    (tok / "tokenizer.json").write_text(json.dumps(tz))
+
+
+# 6 ---------------------------------------------------------------------------------------------
+def test_zeroshot_simulated_time_starts_at_the_prediction_time(tmp_path):
+    """Before: the rollout's clock started at the last history event (admission + 1 h here), 23 h
+    before the prediction time (admission + 24 h), so the rollout had to sample those quiet 23 h again
+    before any window counted: a stay "long" past admission + 25 h needed 25 sampled hours, ~never
+    reached (P ~ 3^-25). Now the clock starts at the prediction time: 1 h is left, the 2nd 1-hour
+    interval token crosses it.
+
+    Uniform sampling over 12 tokens; the ones that count: the interval token 1h-2h (1 h), the
+    discharge and TIMELINE_END. Long stay = two interval tokens before either end: 1/3 * 1/3 = 1/9
+    (under --undecided negative, whatever the end of record counts as)."""
+    from ehrfm.clinical.zeroshot import ZeroShotConfig, zeroshot
+
+    tok, labels = make_cohort(tmp_path)
+    _with_interval_token(tok)
+    run = _uniform_run(tmp_path, tok)
+    los = tmp_path / "long_los.parquet"
+    pl.read_parquet(labels).write_parquet(los)  # predicted at T0 + 24 h, the last history event at T0 + 1 h
+    (tmp_path / "long_los.json").write_text(json.dumps({"task": "long_los", "config": {"gap_hours": 24.0, "long_los_days": 25 / 24}}))
+    cfg = ZeroShotConfig(str(run), str(tok), str(los), n_samples=100, max_new_tokens=64, bootstrap=0, seed=1, undecided="negative")
+    m = zeroshot(cfg, tmp_path / "zs")
+    p = pl.read_parquet(tmp_path / "zs" / "predictions.parquet")["predicted_boolean_probability"].mean()
+    assert abs(p - 1 / 9) < 0.03, p  # 2,000 rollouts: sd 0.007 (before: 0.0)
+    assert m["time_bound"]["long_los_days"] == 25 / 24

@@ -184,22 +184,24 @@ def test_undecided_rules():
 
 
 def test_time_limits_follow_the_label_definitions(tmp_path):
+    """Bounds in us after the prediction time, where simulated time starts (the span since the last
+    history event has passed): whatever that span, the window left is the same."""
     import json
 
-    from ehrfm.clinical.zeroshot import label_options, time_limits
+    from ehrfm.clinical.zeroshot import label_options, time_limits, transfer_limits
 
-    pred = np.array([100 * DAY, 100 * DAY])
-    last = np.array([100 * DAY - 2 * 3_600_000_000, 100 * DAY])  # last history token 2 h before / at prediction
     opts = label_options(tmp_path / "none.parquet")
     assert opts["source"] == "defaults of `ehrfm labels`" and opts["long_los_days"] == 7.0
-    # long stay: admission = prediction - 24 h; bound = admission + 7 d, from the last history token
-    np.testing.assert_allclose(time_limits("long_los", pred, last, opts), [6 * DAY + 2 * 3_600_000_000, 6 * DAY])
-    np.testing.assert_allclose(time_limits("readmission_30d", pred, last, opts), [30 * DAY + 2 * 3_600_000_000, 30 * DAY])
-    assert np.isinf(time_limits("in_hospital_mortality", pred, last, opts)).all()
+    # long stay: admission = prediction - 24 h; bound = admission + 7 d, 6 d after the prediction time
+    np.testing.assert_allclose(time_limits("long_los", 2, opts), [6 * DAY, 6 * DAY])
+    np.testing.assert_allclose(time_limits("readmission_30d", 2, opts), [30 * DAY, 30 * DAY])
+    assert np.isinf(time_limits("in_hospital_mortality", 2, opts)).all()
+    np.testing.assert_allclose(transfer_limits("readmission_30d", 1, opts), [3_600_000_000])
+    assert transfer_limits("icu_admission", 1, opts)[0] == np.nextafter(5 * 60_000_000.0, 0)  # strictly before 5 min
     (tmp_path / "los.json").write_text(json.dumps({"config": {"gap_hours": 48.0, "long_los_days": 3.0, "readmission_days": 7.0}}))
     opts = label_options(tmp_path / "los.parquet")
     assert opts["source"].endswith("los.json")
-    np.testing.assert_allclose(time_limits("long_los", pred, last, opts)[1], DAY)
+    np.testing.assert_allclose(time_limits("long_los", 1, opts), [DAY])
 
 
 def test_task_tokens_on_a_real_token_dir(synth_tokens):
@@ -267,10 +269,10 @@ def test_rollout_rules_applied_to_the_real_future_reproduce_every_label(synth_me
             sp = td.split(h.split[k])
             i = np.searchsorted(sp.offsets, h.start[k], side="right") - 1
             end = int(sp.offsets[i] + sp.lengths[i])
-            last = int(sp.times[h.stop[k] - 1])
-            limit = time_limits(task, pred[k : k + 1], np.array([last]), opts)[0]
+            limit = time_limits(task, 1, opts)[0]
             future = np.asarray(sp.tokens[h.stop[k] : end]).astype(np.int64)
-            verdicts.append(replay(spec, future, np.asarray(sp.times[h.stop[k] : end]) - last, limit))
+            # simulated time starts at the prediction time (the quiet span since the last event has passed)
+            verdicts.append(replay(spec, future, np.asarray(sp.times[h.stop[k] : end]) - pred[k], limit))
             stay_end = np.flatnonzero(np.isin(future, spec.competing))
             unk_before.append(td.token_id("UNK") in future[: stay_end[0] if len(stay_end) else len(future)])
         verdicts, wrong = np.array(verdicts), (np.array(verdicts) == 1) != (h.y == 1)

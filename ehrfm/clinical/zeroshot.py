@@ -17,7 +17,20 @@ Outcome and competing events, in the tokenizer's tokens (tokenization/tokenize.p
 labels define them (ehrfm/clinical/labels.py; the label config is read from `<labels>.json`
 beside the label file, the defaults of `ehrfm labels` otherwise). Simulated time advances by
 the interval tokens (`5m-15m` ... `=6mt`); each counts as the mean gap it stands for in the
-train split (`interval_durations`), from the time of the last history token.
+train split (`interval_durations`).
+
+Simulated time starts at the prediction time, not at the last history event (since 2026-12-03).
+The history holds every event up to the prediction time, so the span from its last event to the
+prediction time is known to be quiet: it has elapsed, it counts toward every window, and nothing
+sampled can be placed inside it (a discharge sampled "5 minutes after" a lab drawn 20 h before the
+prediction time would be a discharge we know did not happen). The model is not told that span (no
+token stands for "no event yet"), so its first sampled interval is read as the wait after the
+prediction time, as if the wait since its last event started afresh there. The windows below are
+therefore counted from the prediction time: long_los has long_los_days - gap_hours left,
+readmission readmission_days, the transfer rules transfer_hours and direct_icu_minutes. (Before,
+the clock started at the last history event, so a rollout had to re-sample the quiet span: with a
+last event 23 h before the prediction time (admission + 24 h), a long stay needed 7 d - 1 h of
+sampled intervals after that event instead of 6 d after the prediction time.)
 
 - in_hospital_mortality: outcome MEDS_DEATH or HOSPITAL_DISCHARGE//DIED; competing any other
   HOSPITAL_DISCHARGE//* or TIMELINE_END.
@@ -59,7 +72,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 
 from ehrfm.clinical.common import as_stored, check_out, prediction_frame, write_head_outputs
 from ehrfm.clinical.configs import ZEROSHOT_TASKS, ZeroShotConfig
@@ -84,8 +96,8 @@ LABEL_DEFAULTS = {"gap_hours": 24.0, "long_los_days": 7.0, "readmission_days": 3
 class RolloutSpec:
     """What ends a rollout: stop tokens and an optional time bound.
 
-    What ends a rollout: token ids, and an optional time bound (per label, us after the last
-    history token) whose crossing is the outcome (`cross="outcome"`) or competing (`"competing"`).
+    What ends a rollout: token ids, and an optional time bound (per label, us after the
+    prediction time) whose crossing is the outcome (`cross="outcome"`) or competing (`"competing"`).
     """
 
     task: str
@@ -186,19 +198,22 @@ def label_options(labels_path: str | os.PathLike) -> dict:
     return opts
 
 
-def time_limits(task: str, prediction_us: np.ndarray, last_us: np.ndarray, opts: dict) -> np.ndarray:
-    """(L,) time bound of each label in us after its last history token (inf without one)."""
+def time_limits(task: str, n: int, opts: dict) -> np.ndarray:
+    """(n,) time bound of each label in us after its prediction time (inf without one).
+
+    Simulated time starts at the prediction time (module docstring), so the bounds are the label
+    windows less what has passed by then: long_los admission + long_los_days with admission =
+    prediction time - gap_hours; readmission_30d prediction time (the discharge) + readmission_days.
+    """
     if task == "long_los":
-        bound = prediction_us - opts["gap_hours"] * US_PER_HOUR + opts["long_los_days"] * US_PER_DAY
-    elif task == "readmission_30d":
-        bound = prediction_us + opts["readmission_days"] * US_PER_DAY
-    else:
-        return np.full(len(last_us), np.inf)
-    return bound.astype(np.float64) - last_us.astype(np.float64)
+        return np.full(n, opts["long_los_days"] * US_PER_DAY - opts["gap_hours"] * US_PER_HOUR, dtype=np.float64)
+    if task == "readmission_30d":
+        return np.full(n, opts["readmission_days"] * US_PER_DAY, dtype=np.float64)
+    return np.full(n, np.inf)
 
 
-def transfer_limits(task: str, prediction_us: np.ndarray, last_us: np.ndarray, opts: dict) -> np.ndarray:
-    """(L,) an outcome at most this long (us) after the last history token is a future with no label.
+def transfer_limits(task: str, n: int, opts: dict) -> np.ndarray:
+    """(n,) an outcome at most this long (us) after the prediction time is a future with no label.
 
     Readmission: an admission by prediction time (the discharge) + transfer_hours is a transfer.
     ICU admission: an ICU admission before prediction time (the admission) + direct_icu_minutes
@@ -206,11 +221,10 @@ def transfer_limits(task: str, prediction_us: np.ndarray, last_us: np.ndarray, o
     `ehrfm labels` applies them; -inf for the other tasks.
     """
     if task == "readmission_30d":
-        return (prediction_us + opts["transfer_hours"] * US_PER_HOUR).astype(np.float64) - last_us.astype(np.float64)
+        return np.full(n, opts["transfer_hours"] * US_PER_HOUR, dtype=np.float64)
     if task == "icu_admission":
-        bound = (prediction_us + opts["direct_icu_minutes"] * 60_000_000).astype(np.float64) - last_us.astype(np.float64)
-        return np.nextafter(bound, -np.inf)
-    return np.full(len(last_us), -np.inf)
+        return np.full(n, np.nextafter(opts["direct_icu_minutes"] * 60_000_000.0, -np.inf))
+    return np.full(n, -np.inf)
 
 
 def slide_cache(model, cache, drop: int = 1) -> None:
@@ -253,13 +267,14 @@ def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: Roll
     """Roll out n_samples continuations of each of L prompts (1-D token arrays, any lengths) at once.
 
     Prompts are left-padded to the longest and the padding is masked (GPT.forward_step's `pad`).
-    limits: (L,) time bound of each label (us after its last history token; inf for none).
+    limits: (L,) time bound of each label (us after its prediction time; inf for none); simulated
+    time starts at 0, the prediction time (module docstring).
     Sampling is Gumbel-max with one generator per label, drawing (n_samples, V) uniforms per step
     while any of the label's rollouts runs, so a label's rollouts depend only on its seed, never on
     which labels share its batch. A rollout is decided at the first token that meets the task's
     outcome or competing rule (time is checked first: an interval token that crosses the bound
     decides before the event it precedes). transfers: (L,) per label, an outcome token at simulated
-    time <= this (us after its last history token) ends the rollout as a transfer (readmission,
+    time <= this (us after its prediction time) ends the rollout as a transfer (readmission,
     and a direct ICU admission: `transfer_limits`), neither outcome nor competing; None: no such rule.
     """
     import torch
@@ -359,10 +374,9 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
     spec = rollout_spec(td, task)
     opts = label_options(cfg.labels) if spec.durations is not None else None
     prompts = {int(k): history_window(td, h, int(k), context) for k in rows}
-    last_us = np.array([int(td.split(h.split[int(k)]).times[int(h.stop[int(k)]) - 1]) for k in rows], dtype=np.int64)
-    pred_us = h.labels["prediction_time"].cast(pl.Datetime("us")).dt.epoch("us").to_numpy()[rows]
-    limits = dict(zip((int(k) for k in rows), time_limits(task, pred_us, last_us, opts or LABEL_DEFAULTS), strict=True))
-    transfers = dict(zip((int(k) for k in rows), transfer_limits(task, pred_us, last_us, opts or LABEL_DEFAULTS), strict=True))
+    # Windows from the prediction time: the quiet span after the last history event has elapsed.
+    limits = dict(zip((int(k) for k in rows), time_limits(task, len(rows), opts or LABEL_DEFAULTS), strict=True))
+    transfers = dict(zip((int(k) for k in rows), transfer_limits(task, len(rows), opts or LABEL_DEFAULTS), strict=True))
     lengths = np.array([len(prompts[int(k)]) for k in rows])
     rows_per_batch = cfg.batch_size or CACHE_BUDGET_BYTES // (2 * mcfg_bytes(model, context))
     labels_per_batch = max(1, rows_per_batch // cfg.n_samples)
