@@ -39,9 +39,10 @@ def test_zeroshot_icu_rollouts_leave_out_direct_icu_admissions(tmp_path):
     rollout ends "transferred" (transfer_share), left out of the share; --direct-icu-minutes 0 in the
     label sidecar turns the rule off.
 
-    Uniform sampling over 12 tokens: outcome ICU_ADMISSION, competing DISCHARGE, MEDS_DEATH,
-    TIMELINE_END, and the interval token 1h-2h. Direct (ICU first of those five): 1/5. Outcome after an
-    interval: 1/5 * 1/4. Share among decided: (1/20) / (1/20 + 3/5) = 1/13 (before: 1/4)."""
+    Uniform sampling over 12 tokens: outcome ICU_ADMISSION, competing DISCHARGE and MEDS_DEATH,
+    TIMELINE_END (an end of record: undecided, test 7), and the interval token 1h-2h. Direct (ICU first
+    of those five): 1/5. Outcome after an interval: 1/5 * 1/4; competing 2/5 + 1/5 * 2/4. Share among
+    decided: (1/20) / (1/20 + 1/2) = 1/11 (before: 1/3)."""
     from ehrfm.clinical.zeroshot import ZeroShotConfig, zeroshot
     from ehrfm.tokens import TokenDir
 
@@ -57,13 +58,13 @@ def test_zeroshot_icu_rollouts_leave_out_direct_icu_admissions(tmp_path):
     m = zeroshot(cfg, tmp_path / "zs")
     p = pl.read_parquet(tmp_path / "zs" / "predictions.parquet")["predicted_boolean_probability"].mean()
     # 20 labels x 100 rollouts: ~1,600 decided, sd of the share ~0.007
-    assert abs(p - 1 / 13) < 0.03, p
+    assert abs(p - 1 / 11) < 0.03, p
     assert abs(m["transfer_share"] - 1 / 5) < 0.04 and m["direct_icu_minutes"] == 5.0
-    # the label file's own window: 0 minutes, no stay is direct, every ICU admission is the outcome
+    # the label file's own window: 0 minutes, no stay is direct, every ICU admission is the outcome (vs discharge, death)
     (tmp_path / "icu_admission.json").write_text(json.dumps({"task": "icu_admission", "config": {"direct_icu_minutes": 0.0}}))
     m0 = zeroshot(cfg, tmp_path / "zs0")
     p0 = pl.read_parquet(tmp_path / "zs0" / "predictions.parquet")["predicted_boolean_probability"].mean()
-    assert abs(p0 - 1 / 4) < 0.04 and m0["transfer_share"] == 0.0
+    assert abs(p0 - 1 / 3) < 0.04 and m0["transfer_share"] == 0.0
 
 
 # 2 ---------------------------------------------------------------------------------------------
@@ -212,3 +213,35 @@ def test_zeroshot_simulated_time_starts_at_the_prediction_time(tmp_path):
     p = pl.read_parquet(tmp_path / "zs" / "predictions.parquet")["predicted_boolean_probability"].mean()
     assert abs(p - 1 / 9) < 0.03, p  # 2,000 rollouts: sd 0.007 (before: 0.0)
     assert m["time_bound"]["long_los_days"] == 25 / 24
+
+
+# 7 ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("task, share, ended", [("in_hospital_mortality", 1 / 2, 1 / 3), ("icu_admission", 1 / 3, 1 / 4),
+                                                ("long_los", 1 / 5, 4 / 9)])
+def test_zeroshot_an_end_of_record_is_undecided_not_a_discharge(tmp_path, task, share, ended):
+    """Before: a rollout that sampled TIMELINE_END before the stay ended counted as the competing event
+    (as a discharge), though `ehrfm labels` gives a stay the data leave open no label (no_discharge):
+    every share was pulled toward 0 by the model's rate of ending the record. Now it stops the rollout
+    undecided (end_of_record_share, within undecided_share).
+
+    Uniform sampling over 12 tokens. Mortality: MEDS_DEATH vs the discharge, 1/2 (before 1/3 with
+    TIMELINE_END competing). ICU: ICU_ADMISSION vs the discharge or MEDS_DEATH, 1/3 (before 1/4; this
+    tokenizer has no interval tokens, so no direct-ICU rule). Long stay (1 h left after the prediction
+    time, the 1h-2h token counting 1 h): two interval tokens before the discharge, 1/9, vs the discharge
+    first 4/9: 1/5 (before 1/9); TIMELINE_END first 4/9."""
+    from ehrfm.clinical.zeroshot import ZeroShotConfig, zeroshot
+
+    tok, labels = make_cohort(tmp_path)
+    if task == "long_los":
+        _with_interval_token(tok)
+        (tmp_path / "long_los.json").write_text(json.dumps({"task": task, "config": {"gap_hours": 24.0, "long_los_days": 25 / 24}}))
+    run = _uniform_run(tmp_path, tok)
+    path = tmp_path / f"{task}.parquet"
+    pl.read_parquet(labels).write_parquet(path)
+    cfg = ZeroShotConfig(str(run), str(tok), str(path), n_samples=200, max_new_tokens=64, bootstrap=0, seed=1)
+    m = zeroshot(cfg, tmp_path / "zs")
+    p = pl.read_parquet(tmp_path / "zs" / "predictions.parquet")["predicted_boolean_probability"].mean()
+    # 20 labels x 200 rollouts, >= 1/2 decided: sd of the mean share <= 0.009; the shares before lie >= 0.083 away
+    assert abs(p - share) < 0.035, p
+    assert abs(m["end_of_record_share"] - ended) < 0.04 and m["undecided_share"] >= m["end_of_record_share"]
+    assert m["end_tokens_undecided"] == ["TIMELINE_END"]

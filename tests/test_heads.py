@@ -255,7 +255,8 @@ def test_bad_input_one_clear_error(cohort, tmp_path):
 
 def test_zeroshot_uniform_model_gives_analytic_share(cohort, tmp_path):
     """With all logits zero, sampling is uniform over the vocab: the chance of hitting the outcome
-    (MEDS_DEATH) before a competing token (HOSPITAL_DISCHARGE//HOME, TIMELINE_END) is 1/3."""
+    (MEDS_DEATH) before the competing token (HOSPITAL_DISCHARGE//HOME) is 1/2; TIMELINE_END, an end of
+    record, stops 1/3 of the rollouts undecided."""
     from ehrfm.checkpoint import load_model, save_checkpoint
     from ehrfm.clinical.zeroshot import ZeroShotConfig, zeroshot
 
@@ -269,9 +270,9 @@ def test_zeroshot_uniform_model_gives_analytic_share(cohort, tmp_path):
     m = zeroshot(cfg, tmp_path / "zs")
     pred = pl.read_parquet(tmp_path / "zs" / "predictions.parquet")
     assert pred.height == 20 and pred.columns == PREDICTION_COLUMNS  # the held_out rows scored, nothing else
-    # 20 labels x 100 samples: sd of the mean share ~ 0.011; undecided after 48 draws ~ (9/12)^48
-    assert abs(pred["predicted_boolean_probability"].mean() - 1 / 3) < 0.045
-    assert m["undecided_share"] < 0.01
+    # 20 labels x 100 samples, ~67 decided each: sd of the mean share ~ 0.014; no event after 48 draws ~ (9/12)^48
+    assert abs(pred["predicted_boolean_probability"].mean() - 1 / 2) < 0.045
+    assert abs(m["undecided_share"] - 1 / 3) < 0.04 and m["undecided_share"] - m["end_of_record_share"] < 0.01
     # seeded: the same labels give the same probabilities
     small = ZeroShotConfig(str(flat), str(tok), str(labels), n_samples=20, max_new_tokens=48, bootstrap=0, seed=3, max_labels=6)
     a, b = zeroshot(small, tmp_path / "zs_a"), zeroshot(small, tmp_path / "zs_b")

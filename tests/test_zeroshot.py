@@ -213,15 +213,19 @@ def test_task_tokens_on_a_real_token_dir(synth_tokens):
     td = TokenDir(synth_tokens)
     names = lambda ids: set(td.decode(ids))  # noqa: E731
     m = rollout_spec(td, "in_hospital_mortality")
-    assert "MEDS_DEATH" in names(m.outcome) and "TIMELINE_END" in names(m.competing) and m.cross is None
-    assert all(n.startswith("HOSPITAL_DISCHARGE//") and n != "HOSPITAL_DISCHARGE//DIED" for n in names(m.competing) - {"TIMELINE_END"})
+    assert "MEDS_DEATH" in names(m.outcome) and m.cross is None
+    assert all(n.startswith("HOSPITAL_DISCHARGE//") and n != "HOSPITAL_DISCHARGE//DIED" for n in names(m.competing))
     icu = rollout_spec(td, "icu_admission")
     assert all(n.startswith("ICU_ADMISSION//") for n in names(icu.outcome)) and "MEDS_DEATH" in names(icu.competing)
     los = rollout_spec(td, "long_los")
     assert los.outcome == [] and los.cross == "outcome" and "MEDS_DEATH" not in names(los.competing)
+    # the end of the record is no end of the stay: undecided, never competing...
+    for spec in (m, icu, los):
+        assert names(spec.ends) == {"TIMELINE_END"} and "TIMELINE_END" not in names(spec.competing), spec.task
+    # ...except for readmission, whose label calls "no later admission in the data" a negative
     re = rollout_spec(td, "readmission_30d")
     assert all(n.startswith("HOSPITAL_ADMISSION//") for n in names(re.outcome)) and re.cross == "competing"
-    assert names(re.competing) == {"MEDS_DEATH", "TIMELINE_END"}
+    assert names(re.competing) == {"MEDS_DEATH", "TIMELINE_END"} and re.ends == []
     dur = interval_durations(td)
     bins = td.tokenizer["interval_tokens"]
     for b, nxt in zip(bins, bins[1:] + [None], strict=True):

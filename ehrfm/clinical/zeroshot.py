@@ -33,21 +33,30 @@ last event 23 h before the prediction time (admission + 24 h), a long stay neede
 sampled intervals after that event instead of 6 d after the prediction time.)
 
 - in_hospital_mortality: outcome MEDS_DEATH or HOSPITAL_DISCHARGE//DIED; competing any other
-  HOSPITAL_DISCHARGE//* or TIMELINE_END.
-- icu_admission: outcome ICU_ADMISSION//*; competing HOSPITAL_DISCHARGE//*, MEDS_DEATH or
-  TIMELINE_END. An ICU admission at simulated time < prediction time (the admission) +
-  direct_icu_minutes is a direct ICU admission, which `ehrfm labels` excludes: the rollout ends
-  "transferred" as below (counted in `transfer_share`, left out of the share), as that future
-  has no ICU label (when the tokenizer lists interval tokens, which measure the time).
+  HOSPITAL_DISCHARGE//*.
+- icu_admission: outcome ICU_ADMISSION//*; competing HOSPITAL_DISCHARGE//* or MEDS_DEATH. An ICU
+  admission at simulated time < prediction time (the admission) + direct_icu_minutes is a direct
+  ICU admission, which `ehrfm labels` excludes: the rollout ends "transferred" as below (counted
+  in `transfer_share`, left out of the share), as that future has no ICU label (when the
+  tokenizer lists interval tokens, which measure the time).
 - long_los: outcome simulated time passes admission + long_los_days (admission = prediction
-  time - gap_hours) before the stay ends; competing HOSPITAL_DISCHARGE//* or TIMELINE_END before
-  that (a death does not end the stay: the label counts the discharge).
+  time - gap_hours) before the stay ends; competing HOSPITAL_DISCHARGE//* before that (a death
+  does not end the stay: the label counts the discharge).
 - readmission_30d: outcome HOSPITAL_ADMISSION//* at simulated time <= prediction time +
   readmission_days; competing simulated time passing that bound first, MEDS_DEATH or
   TIMELINE_END. An admission at simulated time <= prediction time + transfer_hours is a transfer,
   as `ehrfm labels` rules (it excludes such a stay): the rollout ends "transferred", counted
   apart (`transfer_share`) and left out of the label's share under either undecided rule, as
   that future has no readmission label.
+
+The end of the record (TIMELINE_END, or whichever of END_TOKENS the vocabulary has) ends a
+rollout undecided (since 2026-12-03; before, it counted as the competing event): the data stop,
+the stay does not. `ehrfm labels` excludes a stay the data leave open (no_discharge), so such a
+future has no mortality, ICU or long-stay label, and calling it a discharge pulled every share
+toward 0 by the model's rate of sampling the end. It is counted in the undecided share (and apart,
+in `end_of_record_share`). Readmission is the exception, as its label rules: a discharge with no
+later admission in the data is a negative (follow-up is taken to run to the end of the data), so
+there the end of the record stays a competing event.
 
 Probability and undecided rollouts. With `undecided="exclude"` (default) a label's probability
 is its share of outcome among its decided rollouts (outcome or competing); a label with no
@@ -68,7 +77,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +106,8 @@ class RolloutSpec:
     """What ends a rollout: stop tokens and an optional time bound.
 
     What ends a rollout: token ids, and an optional time bound (per label, us after the
-    prediction time) whose crossing is the outcome (`cross="outcome"`) or competing (`"competing"`).
+    prediction time) whose crossing is the outcome (`cross="outcome"`) or competing (`"competing"`);
+    `ends` stop it undecided (an end of record the task's label does not decide on).
     """
 
     task: str
@@ -105,6 +115,7 @@ class RolloutSpec:
     competing: list[int]
     cross: str | None = None  # None: no time bound
     durations: np.ndarray | None = None  # (V,) float64 us each token adds to simulated time
+    ends: list[int] = field(default_factory=list)  # end-of-record ids that stop a rollout undecided
 
 
 def interval_durations(td: TokenDir) -> np.ndarray:
@@ -149,15 +160,19 @@ def rollout_spec(td: TokenDir, task: str) -> RolloutSpec:
     death = [td.token_id(t) for t in ("MEDS_DEATH", "HOSPITAL_DISCHARGE//DIED") if t in have]
     meds_death = [td.token_id("MEDS_DEATH")] if "MEDS_DEATH" in have else []
     cross, durations = None, None
+    # The end of the record is no end of the stay: those tasks' labels exclude an open stay, so it
+    # stops the rollout undecided. Readmission's label counts "no later admission in the data" as
+    # a negative, so there it is competing (module docstring).
     if task == "in_hospital_mortality":
-        outcome, competing = death, [i for i in discharge if i not in death] + ends
+        outcome, competing = death, [i for i in discharge if i not in death]
     elif task == "icu_admission":
         outcome = td.token_ids_with_prefix("ICU_ADMISSION//")
-        competing = discharge + [i for i in meds_death if i not in discharge] + ends
+        competing = discharge + [i for i in meds_death if i not in discharge]
     elif task == "long_los":
-        outcome, competing, cross = [], discharge + ends, "outcome"
+        outcome, competing, cross = [], discharge, "outcome"
     elif task == "readmission_30d":
         outcome, competing, cross = td.token_ids_with_prefix("HOSPITAL_ADMISSION//"), meds_death + ends, "competing"
+        ends = []
     else:
         raise UserError(f"zero-shot supports {', '.join(ZEROSHOT_TASKS)}, not {task!r}")
     if cross is not None:
@@ -169,8 +184,9 @@ def rollout_spec(td: TokenDir, task: str) -> RolloutSpec:
     if task == "readmission_30d" and not outcome:
         raise UserError(f"token dir {td.path} has no HOSPITAL_ADMISSION//* token for {task} in its vocabulary")
     if not competing:
-        raise UserError(f"token dir {td.path} has no competing token (HOSPITAL_DISCHARGE//*, TIMELINE_END) for {task}")
-    return RolloutSpec(task, outcome, competing, cross, durations)
+        what = "MEDS_DEATH, TIMELINE_END" if task == "readmission_30d" else "HOSPITAL_DISCHARGE//*"
+        raise UserError(f"token dir {td.path} has no competing token ({what}) for {task}")
+    return RolloutSpec(task, outcome, competing, cross, durations, ends)
 
 
 def outcome_tokens(td: TokenDir, task: str) -> tuple[list[int], list[int]]:
@@ -259,6 +275,7 @@ class Rollouts:
     undecided: np.ndarray  # (L,) int
     tokens: np.ndarray  # (L,) total tokens sampled over the label's rollouts
     transferred: np.ndarray | None = None  # (L,) int: rollouts ended by a transfer or a direct ICU admission (none of the above)
+    ended: np.ndarray | None = None  # (L,) int: undecided rollouts stopped by an end of record (within `undecided`)
 
 
 def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: RolloutSpec, limits: np.ndarray,
@@ -276,6 +293,7 @@ def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: Roll
     decides before the event it precedes). transfers: (L,) per label, an outcome token at simulated
     time <= this (us after its prediction time) ends the rollout as a transfer (readmission,
     and a direct ICU admission: `transfer_limits`), neither outcome nor competing; None: no such rule.
+    An end-of-record token (spec.ends) that decides nothing stops the rollout undecided.
     """
     import torch
 
@@ -297,9 +315,11 @@ def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: Roll
     gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
     out_set = torch.tensor(spec.outcome, device=device, dtype=torch.long)
     comp_set = torch.tensor(spec.competing, device=device, dtype=torch.long)
+    end_set = torch.tensor(spec.ends, device=device, dtype=torch.long)
     dur = None if spec.durations is None else torch.as_tensor(spec.durations, device=device)
     alive = torch.arange(L * S, device=device)  # original row (label * S + sample) of each cache row
-    result = torch.zeros(L * S, dtype=torch.int8, device=device)  # 0 undecided, 1 outcome, -1 competing
+    # 0 running (undecided at the end), 1 outcome, -1 competing, 2 transferred, 3 stopped undecided by an end of record
+    result = torch.zeros(L * S, dtype=torch.int8, device=device)
     n_tok = torch.zeros(L * S, dtype=torch.long, device=device)
     elapsed = torch.zeros(L * S, dtype=torch.float64, device=device)
     limit = torch.as_tensor(np.asarray(limits, dtype=np.float64), device=device).repeat_interleave(S)
@@ -322,7 +342,8 @@ def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: Roll
                 hit_out, hit_comp = hit_out | crossed, hit_comp & ~crossed
             else:
                 hit_out, hit_comp = hit_out & ~crossed, hit_comp | crossed
-        res = torch.where(hit_out, 1, torch.where(hit_comp, -1, 0)).to(torch.int8)
+        ended = torch.isin(nxt, end_set)  # an end of record that decides nothing stops the rollout undecided
+        res = torch.where(hit_out, 1, torch.where(hit_comp, -1, torch.where(ended, 3, 0))).to(torch.int8)
         if transfer is not None:  # a transfer or a direct ICU admission: a future with no label (labels.py)
             res = torch.where(hit_out & (elapsed[alive] <= transfer[alive]), torch.full_like(res, 2), res)
         result[alive] = res
@@ -338,8 +359,8 @@ def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: Roll
         ragged = ragged and bool(pad.any())
         logits = model.forward_step(nxt[:, None], cache, pad=pad if ragged else None)[:, -1]
     r = result.view(L, S).cpu().numpy()
-    return Rollouts((r == 1).sum(1), (r == -1).sum(1), (r == 0).sum(1), n_tok.view(L, S).sum(1).cpu().numpy(),
-                    (r == 2).sum(1))
+    return Rollouts((r == 1).sum(1), (r == -1).sum(1), ((r == 0) | (r == 3)).sum(1), n_tok.view(L, S).sum(1).cpu().numpy(),
+                    (r == 2).sum(1), (r == 3).sum(1))
 
 
 def rollout_groups(lengths: np.ndarray, labels_per_batch: int):
@@ -381,7 +402,7 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
     rows_per_batch = cfg.batch_size or CACHE_BUDGET_BYTES // (2 * mcfg_bytes(model, context))
     labels_per_batch = max(1, rows_per_batch // cfg.n_samples)
     n = len(h.start)
-    counts = np.zeros((n, 5), dtype=np.int64)  # outcome, competing, undecided, tokens, transferred
+    counts = np.zeros((n, 6), dtype=np.int64)  # outcome, competing, undecided, tokens, transferred, ended
     device = torch.device(cfg.device)
     pad_id = td.token_id("PAD") if "PAD" in set(td.vocab) else 0  # any id: padding is masked
     with torch.no_grad():
@@ -391,7 +412,7 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
             r = rollout_batch(model, [prompts[k] for k in ks], seeds, spec, np.array([limits[k] for k in ks]),
                               cfg.n_samples, max_new, cfg.temperature, device, pad_id,
                               np.array([transfers[k] for k in ks]) if spec.durations is not None else None)
-            counts[ks] = np.stack([r.outcome, r.competing, r.undecided, r.tokens, r.transferred], axis=1)
+            counts[ks] = np.stack([r.outcome, r.competing, r.undecided, r.tokens, r.transferred, r.ended], axis=1)
             if bar is not None:
                 bar.update(len(ks))
     c = counts[rows]
@@ -403,12 +424,14 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
         "max_new_tokens": max_new,
         "undecided_share": float(c[:, 2].sum() / n_roll),
         "transfer_share": float(c[:, 4].sum() / n_roll),  # rollouts ended by a transfer or a direct ICU admission
+        "end_of_record_share": float(c[:, 5].sum() / n_roll),  # undecided ones stopped by an end of record (in undecided_share)
         "undecided_rule": cfg.undecided,
         "labels_without_decided_rollout": none,
         "outcome_share": float(c[:, 0].sum() / n_roll),
         "rollout_tokens_mean": float(c[:, 3].sum() / n_roll),
         "outcome_tokens": td.decode(spec.outcome)[:20],
         "competing_tokens": len(spec.competing),
+        "end_tokens_undecided": td.decode(spec.ends),
         "time_bound": None if spec.cross is None else {"crossing_is": spec.cross, **opts},
         **({"direct_icu_minutes": opts["direct_icu_minutes"], "label_windows_source": opts["source"]}
            if task == "icu_admission" and opts else {}),
@@ -430,7 +453,8 @@ def zeroshot(cfg: ZeroShotConfig, out: str | os.PathLike, overwrite: bool = Fals
     """Zero-shot rollouts of one task; writes OUT/metrics.json, predictions.parquet, config.json.
 
     Returns the metrics: binary_metrics (AUROC with bootstrap 95% interval, DeLong SE, ...) plus
-    undecided_share, transfer_share (readmission's transfers, ICU admission's direct ones), labels_without_decided_rollout, max_new_tokens,
+    undecided_share (of which end_of_record_share), transfer_share (readmission's transfers, ICU admission's direct ones),
+    labels_without_decided_rollout, max_new_tokens,
     rollout_tokens_mean, wall_s.
 
     Raises:
