@@ -452,7 +452,8 @@ class GPT(nn.Module):
         p = self.head.weight
         return KVCache(self.config, batch_size, max_len, device=p.device, dtype=p.dtype)
 
-    def forward_step(self, idx, cache: KVCache, start_pos: int | None = None, pad: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_step(self, idx, cache: KVCache, start_pos: int | None = None, pad: torch.Tensor | None = None,
+                     last_only: bool = False) -> torch.Tensor:
         """Logits (B, t, V) of new tokens idx (B, t) at positions [start_pos, start_pos+t).
 
         start_pos defaults to cache.length; the cache then holds start_pos + t positions.
@@ -460,6 +461,9 @@ class GPT(nn.Module):
         pad: optional (B,) int, how many leading cache slots of each row are left padding: no
         position attends to them (a padding position attends to itself only). RoPE scores depend
         on relative positions only, so a left-padded row gives the logits it would give alone.
+        last_only: the logits (B, 1, V) of the last position alone; a prefill that samples from
+        its end needs no more, and (B, t, V) of a long prompt and a large vocabulary can exceed
+        the KV cache many times over.
         """
         start = cache.length if start_pos is None else int(start_pos)
         B, t = idx.shape
@@ -477,6 +481,8 @@ class GPT(nn.Module):
             x = x + block.attn.forward_step(block.norm1(x), cos, sin, cache.k[i], cache.v[i], start, mask)
             x = x + block.mlp(block.norm2(x))
         cache.length = start + t
+        if last_only:
+            x = x[:, -1:]
         return self.head(self.norm(x))
 
     @torch.no_grad()

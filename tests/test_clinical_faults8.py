@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+import numpy as np
 import polars as pl
 import pytest
 import torch
@@ -245,3 +246,68 @@ def test_zeroshot_an_end_of_record_is_undecided_not_a_discharge(tmp_path, task, 
     assert abs(p - share) < 0.035, p
     assert abs(m["end_of_record_share"] - ended) < 0.04 and m["undecided_share"] >= m["end_of_record_share"]
     assert m["end_tokens_undecided"] == ["TIMELINE_END"]
+
+
+# 8 ---------------------------------------------------------------------------------------------
+def test_zeroshot_batches_count_the_logits_memory(tmp_path, monkeypatch):
+    """Before: a batch was sized by its KV cache alone, and the prefill returned logits at every prompt
+    position: with 20,012 tokens, 62-token prompts and an 8 MB budget, all 8 labels were one batch and
+    the prefill alone returned 8 x 62 x 20,012 float32 = 40 MB. Now the prefill returns the last
+    position's logits, and a batch holds what the budget holds counting LOGIT_COPIES (rows, V) float32
+    copies and each label's (n_samples, V) draw per step; a batch below n_samples rows splits a label's
+    samples with the same draws; a model of which one rollout cannot fit the free memory is refused."""
+    from datetime import timedelta
+
+    from test_heads import save_random_run, write_token_dir
+
+    from ehrfm.clinical import zeroshot as zs
+    from ehrfm.clinical.configs import ZeroShotConfig
+    from ehrfm.clinical.model_io import load_run
+    from ehrfm.clinical.probe import load_label_histories
+    from ehrfm.tokens import TokenDir
+
+    vocab = ["PAD", "UNK", "TIMELINE_END", "GENDER//F", "MEDS_DEATH", "HOSPITAL_DISCHARGE//HOME", "HOSPITAL_ADMISSION//EW"]
+    vocab += [f"LAB//X{i}" for i in range(20_005)]
+
+    def timeline(sid):  # 62 history tokens before T0 + 24 h
+        ev = [("GENDER//F", T0 - timedelta(days=400)), ("HOSPITAL_ADMISSION//EW", T0)]
+        ev += [(f"LAB//X{(sid * 61 + j) % 20_005}", T0 + timedelta(minutes=j + 1)) for j in range(60)]
+        return sid, ev + [("HOSPITAL_DISCHARGE//HOME", T0 + timedelta(days=3)), ("TIMELINE_END", T0 + timedelta(days=3))]
+
+    tok = write_token_dir(tmp_path / "tok", {"train": [timeline(1), timeline(2)], "held_out": [timeline(s) for s in range(3, 11)]}, vocab)
+    labels = tmp_path / "in_hospital_mortality.parquet"
+    pl.DataFrame({"subject_id": list(range(3, 11)), "prediction_time": [T0 + timedelta(hours=24)] * 8, "boolean_value": [True, False] * 4},
+                 schema={"subject_id": pl.Int64, "prediction_time": pl.Datetime("us"), "boolean_value": pl.Boolean}).write_parquet(labels)
+    td = TokenDir(tok)
+    run = save_random_run(tmp_path / "run", len(vocab), td.fingerprint)
+    model, _ = load_run(run, td, "cpu")
+    h = load_label_histories(td, labels, None, 0)
+    rows = np.flatnonzero(h.split == "held_out")
+    assert (h.lengths()[rows] == 62).all()
+    V, S, budget = len(vocab), 4, 8 << 20
+    monkeypatch.setattr(zs, "ROLLOUT_BUDGET_BYTES", budget)
+    returned = []  # (rows, positions) of each logits tensor the model returns
+    model.head.register_forward_hook(lambda mod, inp, out: returned.append(out.shape[:-1]))
+
+    def run_with(**kw):
+        cfg = ZeroShotConfig(str(run), str(tok), str(labels), n_samples=S, max_new_tokens=6, seed=2, **kw)
+        returned.clear()
+        with torch.no_grad():
+            return zs._run_rollouts(cfg, td, h, model, 64, "in_hospital_mortality", rows)[0][rows]
+
+    p = run_with()
+    row, draw = zs.rollout_memory(model, 64)
+    assert draw == V * 4 and row == 2 * 2 * 64 * 32 * 4 + zs.LOGIT_COPIES * V * 4  # 32 KiB of KV cache, 235 KiB of logits
+    assert all(t == 1 for _, t in returned)  # the prefill returns the last position only (before: 62)
+    # every batch's rows, with their labels' draws, fit the 8 MB: 5 labels of 4 rows (before: all 8 labels at once)
+    most = max(r for r, _ in returned)
+    assert most == 5 * S and most * (row + draw) <= budget
+    # split samples (3 + 1 per label) draw the same: the same probabilities
+    np.testing.assert_array_equal(run_with(batch_size=3), p)
+    assert max(r for r, _ in returned) == 3
+    # one rollout that cannot fit the free memory: refused before any rollout, with the sizes
+    monkeypatch.setattr(zs, "free_memory", lambda device: 512 << 10)  # 272 KiB of row + 4 x 78 KiB of draws do not fit
+    with pytest.raises(UserError, match=r"one rollout needs 0\.6 MiB on cpu .* logits over 20012 tokens, 4 samples' draws\), "
+                                        r"more than the 0\.5 MiB free"):
+        run_with()
+    assert returned == []

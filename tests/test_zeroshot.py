@@ -65,6 +65,10 @@ def test_left_padded_rows_decode_as_they_would_alone():
     with torch.no_grad():
         cache = model.new_cache(3)
         got = [model.forward_step(batch, cache, pad=pad)[:, -1]]
+        # the prefill of a rollout asks for the last position alone: the same logits, (B, 1, V)
+        last = model.forward_step(batch, model.new_cache(3), pad=pad, last_only=True)
+        assert last.shape == (3, 1, 50)
+        torch.testing.assert_close(last[:, -1], got[0])
         for t in range(cont.shape[1]):
             slide_cache(model, cache, 1)
             pad = (pad - 1).clamp(min=0)

@@ -22,7 +22,7 @@ ZEROSHOT_TASKS = ("in_hospital_mortality", "long_los", "icu_admission", "readmis
 _AT_LEAST_1, _AT_LEAST_0, _ABOVE_0 = (1, True), (0, True), (0, False)
 _HEAD_RANGES = (
     ("context", "--context", *_AT_LEAST_1, True),
-    ("batch_size", "--batch-size", *_AT_LEAST_1, True),  # zero-shot: None is its KV-cache default
+    ("batch_size", "--batch-size", *_AT_LEAST_1, True),  # zero-shot: None is its memory-budget default
     ("bootstrap", "--bootstrap", *_AT_LEAST_0, False),
     ("seed", "--seed", *_AT_LEAST_0, False),  # numpy's generators refuse a negative seed
     ("max_labels", "--max-labels", *_AT_LEAST_1, True),
@@ -155,7 +155,7 @@ class ZeroShotConfig:
     context: int | None = None
     """History length in tokens (default: the model's context)."""
     batch_size: int | None = None
-    """Rows (label x sample) decoded together (default: as many as 1 GiB of KV cache holds)."""
+    """Rows (label x sample) decoded together (default: as many as 1 GiB, or the free memory if less, holds: KV cache and logits)."""
     device: str = "cpu"
     """cpu, cuda, cuda:1, ..."""
     bootstrap: int = 1000

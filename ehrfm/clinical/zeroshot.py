@@ -65,10 +65,17 @@ such labels are counted. `undecided="negative"` counts an undecided rollout as n
 behaviour before). The undecided share is always reported.
 
 Sampling is seeded per label (seed, label row), so results do not depend on the batch layout.
-Labels are decoded together, `batch_size` rows (label x
-sample) at a time (default: as many as a 1 GiB KV cache holds), their prompts left-padded to the
-longest with the padding masked; each prompt is encoded once and its KV cache is shared by its
-samples; decided rows leave the batch, so a batch costs about as many steps as its longest rollout.
+Labels are decoded together, `batch_size` rows (label x sample) at a time, their prompts
+left-padded to the longest with the padding masked; each prompt is encoded once and its KV cache
+is shared by its samples; decided rows leave the batch, so a batch costs about as many steps as
+its longest rollout. The default batch holds as many rows as 1 GiB (or the device's free memory,
+if less) holds, counting each row's KV cache and its logits: (rows, V) float32 working copies at
+each step and the (n_samples, V) uniforms its label draws (`rollout_memory`; since 2026-12-03:
+before, only the KV cache was counted, and the prefill returned logits at every prompt position,
+labels x context x V, gigabytes for a large vocabulary). A batch smaller than n_samples splits a
+label's samples over several batches (the same draws: each sample reads its own row of its
+label's per-step uniforms). A model of which not even one rollout fits the device's free memory
+is refused before any rollout, naming the sizes.
 """
 
 from __future__ import annotations
@@ -92,7 +99,10 @@ from ehrfm.errors import UserError
 from ehrfm.tokens import TokenDir
 
 UNDECIDED_RULES = ("exclude", "negative")
-CACHE_BUDGET_BYTES = 1 << 30  # default KV cache per batch: every rollout of a small model's labels at once
+ROLLOUT_BUDGET_BYTES = 1 << 30  # default memory of a batch (KV cache and logits): every rollout of a small model's labels at once
+# (rows, V) float32 tensors a decoding step holds at once, beside its labels' draws: the logits,
+# the uniforms gathered per row, and the Gumbel scores (rollout_batch computes them in place)
+LOGIT_COPIES = 3
 US_PER_HOUR = 3_600_000_000
 US_PER_DAY = 24 * US_PER_HOUR
 # the defaults of `ehrfm labels` (ehrfm.clinical.labels.LabelConfig), used when a label file has no config beside it
@@ -280,7 +290,7 @@ class Rollouts:
 
 def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: RolloutSpec, limits: np.ndarray,
                   n_samples: int, max_new_tokens: int, temperature: float, device, pad_id: int = 0,
-                  transfers: np.ndarray | None = None) -> Rollouts:
+                  transfers: np.ndarray | None = None, samples: tuple[int, int] | None = None) -> Rollouts:
     """Roll out n_samples continuations of each of L prompts (1-D token arrays, any lengths) at once.
 
     Prompts are left-padded to the longest and the padding is masked (GPT.forward_step's `pad`).
@@ -294,10 +304,14 @@ def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: Roll
     time <= this (us after its prediction time) ends the rollout as a transfer (readmission,
     and a direct ICU admission: `transfer_limits`), neither outcome nor competing; None: no such rule.
     An end-of-record token (spec.ends) that decides nothing stops the rollout undecided.
+    samples: (first, stop), roll out only those of each label's n_samples (counts cover them
+    alone); each still draws its own row of the label's (n_samples, V) uniforms, so a label's
+    samples split over batches give exactly the counts of one batch.
     """
     import torch
 
-    L, S = len(prompts), n_samples
+    first, stop = samples or (0, n_samples)
+    L, S = len(prompts), stop - first  # S rows per label in this batch
     T = max(len(q) for q in prompts)
     padded = np.full((L, T), pad_id, dtype=np.int64)
     for j, q in enumerate(prompts):
@@ -306,7 +320,8 @@ def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: Roll
     pad = torch.as_tensor([T - len(q) for q in prompts], dtype=torch.long, device=device)
     ragged = bool(pad.any())
     cache = model.new_cache(L)  # max_len = the model's context
-    logits = model.forward_step(idx, cache, pad=pad if ragged else None)[:, -1]
+    # the last position's logits only: (L, T, V) of the whole prompt is what a large vocabulary cannot hold
+    logits = model.forward_step(idx, cache, pad=pad if ragged else None, last_only=True)[:, -1]
     # Encode each prompt once; its keys and values are shared by its S samples.
     cache.k = cache.k.repeat_interleave(S, dim=1)
     cache.v = cache.v.repeat_interleave(S, dim=1)
@@ -328,10 +343,15 @@ def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: Roll
     V = logits.shape[-1]
     for step in range(max_new_tokens):
         labels = torch.unique(alive // S)  # sorted; each draws its full (S, V) block
-        u = torch.cat([torch.rand((S, V), generator=gens[int(j)], device=device) for j in labels])
+        # the full (n_samples, V) draw keeps each label's stream whatever share of its samples runs here
+        u = torch.cat([torch.rand((n_samples, V), generator=gens[int(j)], device=device)[first:stop] for j in labels])
         block = torch.searchsorted(labels, alive // S) * S + alive % S
-        gumbel = -torch.log(-torch.log(u[block].clamp_(1e-20, 1.0 - 1e-7)))
-        nxt = (logits.float() / temperature + gumbel).argmax(-1)
+        # Gumbel-max, in place: every (rows, V) float32 copy counts against the batch (LOGIT_COPIES)
+        gumbel = u[block]
+        del u
+        gumbel.clamp_(1e-20, 1.0 - 1e-7).log_().neg_().log_().neg_()
+        nxt = gumbel.add_(logits.float() / temperature).argmax(-1)
+        del gumbel
         n_tok[alive] += 1
         hit_out, hit_comp = torch.isin(nxt, out_set), torch.isin(nxt, comp_set)
         if dur is not None:
@@ -381,10 +401,62 @@ def rollout_probabilities(n_out: np.ndarray, n_comp: np.ndarray, n_und: np.ndarr
     return np.where(none, pooled, n_out / np.where(none, 1.0, decided)), int(none.sum())
 
 
-def mcfg_bytes(model, context: int) -> int:
-    """Bytes of keys (or values) one rollout row holds in the KV cache."""
+def rollout_memory(model, context: int) -> tuple[int, int]:
+    """(bytes of one rollout row, bytes its label draws per sample) at each decoding step.
+
+    A row holds its keys and values (n_layer x context x d_model each, in the weights' dtype) and
+    LOGIT_COPIES float32 vectors over the vocabulary; its label draws (n_samples, V) float32
+    uniforms per step, whichever of its samples the batch holds.
+    """
     c = model.config
-    return c.n_layer * context * c.d_model * model.head.weight.element_size()
+    kv = 2 * c.n_layer * context * c.d_model * model.head.weight.element_size()
+    return kv + LOGIT_COPIES * c.vocab_size * 4, c.vocab_size * 4
+
+
+def free_memory(device) -> int | None:
+    """Bytes free on a device: CUDA's free memory, the host's MemAvailable for cpu; None if unknown."""
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            return None
+    return None
+
+
+def rollout_plan(model, context: int, n_samples: int, batch_size: int | None, device) -> tuple[int, int]:
+    """(labels per batch, samples per batch): whole labels while n_samples rows fit, else one label's samples in parts.
+
+    batch_size: rows (label x sample) per batch; None: as many as ROLLOUT_BUDGET_BYTES (or the
+    device's free memory, if less) holds (rollout_memory).
+
+    Raises:
+        UserError: not even one rollout (one row, with its label's draw) fits the device's free memory.
+    """
+    row, draw = rollout_memory(model, context)
+    free = free_memory(device)
+    one = row + n_samples * draw
+    if free is not None and one > free:
+        c = model.config
+        raise UserError(f"zero-shot: one rollout needs {one / 2**20:,.1f} MiB on {device} (a KV cache of {context} positions x "
+                        f"{c.n_layer} layers x {c.d_model} dims, logits over {c.vocab_size} tokens, {n_samples} samples' draws), "
+                        f"more than the {free / 2**20:,.1f} MiB free: pass a smaller --context or fewer --samples")
+    if batch_size is None:
+        budget = ROLLOUT_BUDGET_BYTES if free is None else min(ROLLOUT_BUDGET_BYTES, free)
+        # a whole label costs n_samples rows and draws; else one label's draw and as many rows as fit beside it
+        per_label = n_samples * (row + draw)
+        if per_label <= budget:
+            return budget // per_label, n_samples
+        return 1, max(1, (budget - n_samples * draw) // row)
+    if batch_size >= n_samples:
+        return batch_size // n_samples, n_samples
+    return 1, batch_size
 
 
 def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, task: str, rows: np.ndarray, bar=None):
@@ -399,20 +471,21 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
     limits = dict(zip((int(k) for k in rows), time_limits(task, len(rows), opts or LABEL_DEFAULTS), strict=True))
     transfers = dict(zip((int(k) for k in rows), transfer_limits(task, len(rows), opts or LABEL_DEFAULTS), strict=True))
     lengths = np.array([len(prompts[int(k)]) for k in rows])
-    rows_per_batch = cfg.batch_size or CACHE_BUDGET_BYTES // (2 * mcfg_bytes(model, context))
-    labels_per_batch = max(1, rows_per_batch // cfg.n_samples)
+    device = torch.device(cfg.device)
+    labels_per_batch, per_part = rollout_plan(model, context, cfg.n_samples, cfg.batch_size, device)
     n = len(h.start)
     counts = np.zeros((n, 6), dtype=np.int64)  # outcome, competing, undecided, tokens, transferred, ended
-    device = torch.device(cfg.device)
     pad_id = td.token_id("PAD") if "PAD" in set(td.vocab) else 0  # any id: padding is masked
     with torch.no_grad():
         for group in rollout_groups(lengths, labels_per_batch):
             ks = [int(rows[g]) for g in group]
             seeds = [cfg.seed * 1_000_003 + k for k in ks]
-            r = rollout_batch(model, [prompts[k] for k in ks], seeds, spec, np.array([limits[k] for k in ks]),
-                              cfg.n_samples, max_new, cfg.temperature, device, pad_id,
-                              np.array([transfers[k] for k in ks]) if spec.durations is not None else None)
-            counts[ks] = np.stack([r.outcome, r.competing, r.undecided, r.tokens, r.transferred, r.ended], axis=1)
+            for first in range(0, cfg.n_samples, per_part):  # one part unless a label's samples do not fit at once
+                r = rollout_batch(model, [prompts[k] for k in ks], seeds, spec, np.array([limits[k] for k in ks]),
+                                  cfg.n_samples, max_new, cfg.temperature, device, pad_id,
+                                  np.array([transfers[k] for k in ks]) if spec.durations is not None else None,
+                                  samples=(first, min(first + per_part, cfg.n_samples)))
+                counts[ks] += np.stack([r.outcome, r.competing, r.undecided, r.tokens, r.transferred, r.ended], axis=1)
             if bar is not None:
                 bar.update(len(ks))
     c = counts[rows]
