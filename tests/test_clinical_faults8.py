@@ -114,6 +114,12 @@ def test_sweep_zeroshot_scores_one_tasks_shard_dir_and_keys_its_cache_on_the_sha
     stamp = (tmp_path / "cache" / "in_hospital_mortality.json").stat().st_mtime_ns
     assert score_run_zeroshot(run, tok, {"in_hospital_mortality": task}, **kw) == a
     assert (tmp_path / "cache" / "in_hospital_mortality.json").stat().st_mtime_ns == stamp  # reused
+    # a score cached under older rollout rules (its key without them) is redone, not reused
+    cached = json.loads((tmp_path / "cache" / "in_hospital_mortality.json").read_text())
+    del cached["key"]["rules"]
+    cached["scores"]["zeroshot_auroc/in_hospital_mortality"] = -1.0
+    (tmp_path / "cache" / "in_hospital_mortality.json").write_text(json.dumps(cached))
+    assert score_run_zeroshot(run, tok, {"in_hospital_mortality": task}, **kw) == a
     rows[2::3].with_columns(~pl.col("boolean_value")).write_parquet(task / "held_out" / "0.parquet")
     b = score_run_zeroshot(run, tok, {"in_hospital_mortality": task}, **kw)
     assert b["zeroshot_auroc/in_hospital_mortality"] != a["zeroshot_auroc/in_hospital_mortality"]

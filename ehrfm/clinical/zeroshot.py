@@ -99,6 +99,8 @@ from ehrfm.errors import UserError
 from ehrfm.tokens import TokenDir
 
 UNDECIDED_RULES = ("exclude", "negative")
+# The rollout rules' version, in sweep collect's cache key: scores cached under older rules are redone.
+ROLLOUT_RULES = "2026-12-03: clock from the prediction time; an end of record is undecided"
 ROLLOUT_BUDGET_BYTES = 1 << 30  # default memory of a batch (KV cache and logits): every rollout of a small model's labels at once
 # (rows, V) float32 tensors a decoding step holds at once, beside its labels' draws: the logits,
 # the uniforms gathered per row, and the Gumbel scores (rollout_batch computes them in place)
@@ -619,7 +621,8 @@ def score_run_zeroshot(
                "tokenizer": td.fingerprint,
                # the label windows the rollouts follow (the sidecar's; the transfer rule is new here,
                # so scores cached without it are not reused)
-               "windows": {k: v for k, v in label_options(path).items() if k != "source"}}
+               "windows": {k: v for k, v in label_options(path).items() if k != "source"},
+               "rules": ROLLOUT_RULES}
         key = json.loads(json.dumps(key))  # as stored: tuples become lists
         cached = Path(cache_dir) / f"{task}.json" if cache_dir is not None else None
         if cached is not None and cached.is_file():
