@@ -346,3 +346,34 @@ def test_rows_that_contradict_their_key_are_refused_and_impossible_intervals_cou
     ev = _events(tmp_path / "intervals" / "meds")
     assert ev.filter(pl.col("subject_id") == 2)["code"].str.starts_with("HOSPITAL_").sum() == 0
     assert ev.filter(pl.col("code") == "MEDS_BIRTH")["subject_id"].to_list() == [1]
+
+
+@pytest.mark.parametrize("table", ["ed/edstays", "ed/triage", "icu/icustays"])
+def test_a_stay_listed_twice_with_other_values_is_refused_and_an_exact_repeat_counted(tmp_path, table):
+    """MIMIC-IV has one row per stay_id in icustays, edstays and ED triage. Before 2026-12-03 a second,
+    different row of a stay was kept (two arrivals, two triage readings, two ICU admissions) or
+    silently lost (the first ED stay's times timed its triage): now refused like a patient with two
+    genders, naming file, column and count; an exact repeat is a counted duplicate."""
+    icu = ("subject_id,hadm_id,stay_id,first_careunit,last_careunit,intime,outtime,los\n"
+           "1,11,31,MICU,MICU,2150-01-02 10:00:00,2150-01-03 08:00:00,1\n")
+    tables = {**ED, "icu/icustays": icu}
+    first = tables[table].splitlines()[1]
+    other = {"ed/edstays": first.replace("2150-01-01 10:00:00", "2150-01-01 11:00:00"),
+             "ed/triage": first.replace(",110,", ",111,"),
+             "icu/icustays": first.replace("2150-01-03 08:00:00", "2150-01-03 09:00:00")}[table]
+    assert other != first
+    raw = _raw(tmp_path / "conflict", {**tables, table: tables[table] + other + "\n"})
+    with pytest.raises(UserError) as e:
+        etl(raw, tmp_path / "conflict" / "meds", split_fractions=(1.0, 0.0, 0.0))
+    path = raw / f"{table}.csv"
+    assert str(e.value) == (f"{path}: column 'stay_id': 1 stay_id value appears in rows that disagree in other "
+                            "columns; the table must have one row per stay_id")
+    assert not (tmp_path / "conflict" / "meds").exists() and not list((tmp_path / "conflict").glob("meds.tmp*"))
+
+    clean = etl(_raw(tmp_path / "clean", tables), tmp_path / "clean" / "meds", split_fractions=(1.0, 0.0, 0.0))
+    res = etl(_raw(tmp_path / "repeat", {**tables, table: tables[table] + first + "\n"}), tmp_path / "repeat" / "meds",
+              split_fractions=(1.0, 0.0, 0.0))
+    made = clean["tables"][table]["events_written"]
+    assert res["tables"][table]["events_written"] == made
+    assert res["tables"][table]["dropped"].get("duplicate") == {"ed/edstays": 2, "ed/triage": 7, "icu/icustays": 2}[table]
+    assert _events(tmp_path / "repeat" / "meds").equals(_events(tmp_path / "clean" / "meds"))

@@ -163,7 +163,9 @@ Dates and midnights (an event is never placed before the first moment it could h
   anchor_age, give or take one -- or over MAX_ANCHOR_AGE + 1 years after it: a database's
   sentinel date such as 1900-01-01 or 9999-12-31, an epoch-0 1970-01-01, or a date that was not
   shifted as MIMIC-IV's are; subjects without a birth are not checked). Distinct source rows keep
-  their row id (above) so only true repeats are `duplicate`.
+  their row id (above) so only true repeats are `duplicate`. A table keyed by one row per id
+  (Table.key: patients, admissions, icustays, ED edstays and triage) with two different rows of one
+  id is refused, naming file, column and how many ids (_one_row_per_key).
   Numbers that do not parse are kept as null and counted (`unparseable_numbers_set_null`);
   numbers that parse but are no usable value -- NaN, infinite, or beyond float32's range
   (|x| > 3.4e38, which numeric_value would hold as inf: `1e308`, `Infinity`, `NaN` from an
@@ -343,6 +345,11 @@ class Table:
     # A column whose rows of one value the rule orders together (diagnoses by seq_num within their
     # stay): each such run is staged in one batch, never cut at a CSV block boundary (_whole_groups).
     groups: str | None = None
+    # The column the table has one row per (MIMIC-IV's primary key: subject_id of patients, hadm_id
+    # of admissions, stay_id of icustays, edstays and ED triage): the table is small (a row per
+    # subject or stay) and read whole, and rows of one key that disagree are refused (_one_row_per_key);
+    # exact repeats make repeated events, dropped and counted as `duplicate`.
+    key: str | None = None
 
     def __post_init__(self):
         for c, s in self.stored_at.items():  # the store time times the same codes (date-only metadata)
@@ -702,16 +709,17 @@ def _procedureevents(df, ctx):
 TABLES: list[Table] = [
     Table("hosp/patients", ["subject_id", "gender", "anchor_age", "anchor_year", "dod"], times=["dod"],
           ints=["anchor_age", "anchor_year"], int_ranges={"anchor_year": (1 + MAX_ANCHOR_AGE, 9999)}, to_events=_patients, required=True, dates=["dod"],
-          code_prefixes={"dod": ["MEDS_DEATH"]}),
+          code_prefixes={"dod": ["MEDS_DEATH"]}, key="subject_id"),
     Table("hosp/admissions", ["subject_id", "hadm_id", "admittime", "dischtime", "deathtime", "admission_type",
                               "admission_location", "discharge_location", "edregtime", "edouttime"],
           times=["admittime", "dischtime", "deathtime", "edregtime", "edouttime"], ints=["hadm_id"], to_events=_admissions, required=True,
+          key="hadm_id",
           code_prefixes={"admittime": ["HOSPITAL_ADMISSION//"], "dischtime": ["HOSPITAL_DISCHARGE//", "DIAGNOSIS//ICD//", "DRG//"],
                          "deathtime": ["MEDS_DEATH"], "edregtime": ["ED_REGISTRATION"], "edouttime": ["ED_OUT"]}),
     Table("hosp/transfers", ["subject_id", "hadm_id", "eventtype", "careunit", "intime"], times=["intime"],
           ints=["hadm_id"], to_events=_transfers, code_prefixes={"intime": ["TRANSFER_TO//"]}),
-    Table("icu/icustays", ["subject_id", "hadm_id", "first_careunit", "last_careunit", "intime", "outtime"],
-          times=["intime", "outtime"], ints=["hadm_id"], to_events=_icustays,
+    Table("icu/icustays", ["subject_id", "hadm_id", "stay_id", "first_careunit", "last_careunit", "intime", "outtime"],
+          times=["intime", "outtime"], ints=["hadm_id", "stay_id"], to_events=_icustays, key="stay_id",
           code_prefixes={"intime": ["ICU_ADMISSION//"], "outtime": ["ICU_DISCHARGE//"]}),
     Table("hosp/diagnoses_icd", ["subject_id", "hadm_id", "seq_num", "icd_code", "icd_version"],
           ints=["hadm_id", "seq_num"], to_events=_diagnoses, needs=("hosp/admissions",), groups="hadm_id"),
@@ -781,10 +789,10 @@ TABLES: list[Table] = [
           code_prefixes={"endtime": ["INGREDIENT//"]}, stored_at={"endtime": "storetime"}, row_id="orderid"),
     # MIMIC-IV-ED (a separate module: read when the raw dir has ed/; edstays then required).
     Table("ed/edstays", ["subject_id", "hadm_id", "stay_id", "intime", "outtime", "arrival_transport", "disposition"],
-          times=["intime", "outtime"], ints=["hadm_id", "stay_id"], to_events=_edstays, module="ed",
+          times=["intime", "outtime"], ints=["hadm_id", "stay_id"], to_events=_edstays, module="ed", key="stay_id",
           code_prefixes={"intime": ["ED_ARRIVAL//", "ED_TRIAGE//"], "outtime": ["ED_DISPOSITION//", "ED_DIAGNOSIS//"]}),
     Table("ed/triage", ["subject_id", "stay_id", *ED_VITALS, "acuity"], ints=["stay_id"],
-          floats=[*ED_VITALS, "acuity"], to_events=_ed_triage, module="ed", needs=("ed/edstays",)),
+          floats=[*ED_VITALS, "acuity"], to_events=_ed_triage, module="ed", needs=("ed/edstays",), key="stay_id"),
     Table("ed/vitalsign", ["subject_id", "stay_id", "charttime", *ED_VITALS], times=["charttime"], ints=["stay_id"],
           floats=ED_VITALS, to_events=_ed_vitalsign, module="ed", code_prefixes={"charttime": ["ED_VITAL//"]}),
     Table("ed/diagnosis", ["subject_id", "stay_id", "seq_num", "icd_code", "icd_version"], ints=["stay_id", "seq_num"],
@@ -2063,16 +2071,14 @@ def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context
                 yield typed
 
     batches = typed_batches()
-    if table.name == "hosp/patients":  # small (one row per subject): its key is checked whole
+    if table.key is not None:  # small (one row per subject or stay): its key is checked whole
         parts = list(batches)
-        batches = [_one_row_per_key(pl.concat(parts), "subject_id", path)] if parts else []
+        batches = [_one_row_per_key(pl.concat(parts), table.key, path)] if parts else []
     if table.name == "hosp/admissions":
-        # Small (one row per stay) and needed whole: a discharge's placement depends on the
-        # subject's next admission, and every stay-bound table needs the placed discharge.
-        parts = list(batches)
-        adm = pl.concat(parts) if parts else None
+        # Needed whole: a discharge's placement depends on the subject's next admission, and every
+        # stay-bound table needs the placed discharge.
+        adm = batches[0] if batches else None
         if adm is not None:
-            adm = _one_row_per_key(adm, "hadm_id", path)
             adm = _keep(adm, ctx, ~(pl.col("dischtime") < pl.col("admittime")).fill_null(False), "discharge_before_admission")
             adm = _place_discharges(adm, ctx)
             ctx.admissions = adm.select("hadm_id", "admittime", "dischtime", "deathtime").filter(
