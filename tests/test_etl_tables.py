@@ -5,6 +5,7 @@ Small hand-made raw tables (invented values) in MIMIC-IV's layout, each converte
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -151,7 +152,8 @@ def test_mimic_iv_ed_module_is_read_when_its_directory_is_there(tmp_path):
     assert _at(df, "ED_DISPOSITION//HOME") == [("2150-03-01 15:00:00", None)]
     assert _at(df, "ED_TRIAGE//heartrate") == [("2150-01-01 06:00:00", 110.0)]  # at arrival
     assert _at(df, "ED_TRIAGE//acuity") == [("2150-01-01 06:00:00", 2.0)]
-    assert _at(df, "ED_TRIAGE//pain") == []  # "unable": no number, no event
+    pain = df.filter(pl.col("code") == "ED_TRIAGE//pain")  # "unable": no rating, its text kept
+    assert pain.select("time", "numeric_value", "text_value").rows() == [(dt.datetime(2150, 1, 1, 6), None, "unable")]
     assert _at(df, "ED_VITAL//heartrate") == [("2150-01-01 07:00:00", 105.0)]
     assert _at(df, "ED_DIAGNOSIS//ICD//10//R079") == [("2150-01-01 10:00:00", None)]  # at the ED stay's end
     assert _at(df, "ED_MEDRECON//aspirin") == [("2150-01-01 06:30:00", None)]
@@ -159,7 +161,7 @@ def test_mimic_iv_ed_module_is_read_when_its_directory_is_there(tmp_path):
     assert not df["code"].str.contains("Chest pain").any()  # free text is never read
     t = res["tables"]
     assert t["ed/triage"]["dropped"] == {"unknown_stay_id": 1}
-    assert t["ed/triage"]["unparseable_numbers_set_null"] == {"pain": 1}
+    assert "unparseable_numbers_set_null" not in t["ed/triage"] and t["ed/triage"]["text_values_kept"] == {"pain": 1}
     assert {n for n in res["tables_used"] if n.startswith("ed/")} == set(ED)
     assert not [n for n in res["tables_missing"] if n.startswith("ed/")]
 
@@ -375,5 +377,35 @@ def test_a_stay_listed_twice_with_other_values_is_refused_and_an_exact_repeat_co
               split_fractions=(1.0, 0.0, 0.0))
     made = clean["tables"][table]["events_written"]
     assert res["tables"][table]["events_written"] == made
-    assert res["tables"][table]["dropped"].get("duplicate") == {"ed/edstays": 2, "ed/triage": 7, "icu/icustays": 2}[table]
+    assert res["tables"][table]["dropped"].get("duplicate") == {"ed/edstays": 2, "ed/triage": 8, "icu/icustays": 2}[table]
     assert _events(tmp_path / "repeat" / "meds").equals(_events(tmp_path / "clean" / "meds"))
+
+
+def test_ed_pain_is_a_0_10_rating_where_it_states_one_and_its_text_otherwise(tmp_path, repo_root):
+    """MIMIC-IV-ED's pain is typed free text. Before 2026-12-03 it was read as a number: "10/10" and
+    "unable" alike became unparseable numbers (counted as faults) and made no event at all. Now a
+    value stating one 0-10 rating is that number; a range, an off-scale number or words are kept
+    as text_value (no number) and counted as `text_values_kept`, never as unparseable."""
+    values = ["7", " 10/10 ", "8/10", "+3", "7.5", "0", "unable", "UTA", "sleeping", "3-4", "13", "5/5", ""]
+    rated = [7.0, 10.0, 8.0, 3.0, 7.5, 0.0] + [None] * 6
+    texts = [None] * 6 + ["unable", "UTA", "sleeping", "3-4", "13", "5/5"]
+    stays = "subject_id,hadm_id,stay_id,intime,outtime,gender,race,arrival_transport,disposition\n" + "".join(
+        f"1,,{400 + i},2150-01-{1 + i:02d} 06:00:00,2150-01-{1 + i:02d} 10:00:00,F,WHITE,WALK IN,HOME\n"
+        for i in range(len(values)))
+    triage = "subject_id,stay_id,temperature,heartrate,resprate,o2sat,sbp,dbp,pain,acuity,chiefcomplaint\n" + "".join(
+        f'1,{400 + i},,,,,,,"{v}",,\n' for i, v in enumerate(values))
+    vitals = "subject_id,stay_id,charttime,temperature,heartrate,resprate,o2sat,sbp,dbp,rhythm,pain\n" + "".join(
+        f'1,{400 + i},2150-01-{1 + i:02d} 07:00:00,,,,,,,,"{v}"\n' for i, v in enumerate(values))
+    raw = _raw(tmp_path, {"ed/edstays": stays, "ed/triage": triage, "ed/vitalsign": vitals})
+    p = _cli([raw, "--out", tmp_path / "meds", "--split-fractions", "1,0,0"], repo_root)
+    assert p.returncode == 0, p.stderr
+    df = _events(tmp_path / "meds")
+    for code, hour in (("ED_TRIAGE//pain", 6), ("ED_VITAL//pain", 7)):
+        got = df.filter(pl.col("code") == code).sort("time").select("time", "numeric_value", "text_value").rows()
+        assert got == [(dt.datetime(2150, 1, 1 + i, hour), r, t) for i, (r, t) in enumerate(zip(rated, texts, strict=True))]
+    config = json.loads((tmp_path / "meds/metadata/etl_config.json").read_text(encoding="utf-8"))
+    for table in ("ed/triage", "ed/vitalsign"):
+        account = config["tables"][table]
+        assert account["text_values_kept"] == {"pain": 6} and "unparseable_numbers_set_null" not in account
+        assert account["events_written"] == 12 and account["dropped"] == {}
+    assert "free text kept as text_value (no 0-10 rating) pain 6" in p.stdout + p.stderr

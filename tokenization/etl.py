@@ -88,7 +88,8 @@ Codes (MIMIC_IV_MEDS "//" style; values always in numeric_value, never in the co
     (transfertime), DATETIME//<itemid> (datetimeevents charttime; the charted date itself is not
     read), INGREDIENT//<itemid>//<amountuom> (value = amount), MIMIC-IV-ED: ED_ARRIVAL//<arrival_transport>
     (intime), ED_DISPOSITION//<disposition> (outtime), ED_TRIAGE//<temperature|heartrate|resprate|
-    o2sat|sbp|dbp|pain|acuity> (at the ED stay's intime), ED_VITAL//<same but acuity> (charttime),
+    o2sat|sbp|dbp|pain|acuity> (at the ED stay's intime), ED_VITAL//<same but acuity> (charttime;
+    pain is free text: a 0-10 rating where it states one, "7" or "7/10", else its text in text_value, _pain),
     ED_DIAGNOSIS//ICD//<9|10>//<code> (at the ED stay's outtime), ED_MEDRECON//<name>,
     ED_PYXIS//<name> (charttime). A missing or blank unit, location or name part is `UNK`;
     spaces around a part are dropped (`Vitamin D3 ` and a CHAR(7) `4019   ` are `Vitamin D3`, `4019`).
@@ -170,12 +171,14 @@ Dates and midnights (an event is never placed before the first moment it could h
   numbers that parse but are no usable value -- NaN, infinite, or beyond float32's range
   (|x| > 3.4e38, which numeric_value would hold as inf: `1e308`, `Infinity`, `NaN` from an
   export) -- are kept as null too and counted (`out_of_range_numbers_set_null`); unparseable
-  ids and times refuse the table (UserError).
+  ids and times refuse the table (UserError). ED pain is text, not a number column: text that
+  states no 0-10 rating ("unable", "3-4", "13") is kept as text_value and counted
+  (`text_values_kept`), not as unparseable.
   They are printed as detail lines before the one-line summary and written to
   metadata/etl_config.json: `tables` = {table: {rows_read, events_written, dropped: {reason: n},
   date_only_values: {column: n}, date_only_placed_at_discharge, midnight_times: {column: n},
   unparseable_numbers_set_null: {column: n}, out_of_range_numbers_set_null: {column: n},
-  moved_to_store_time: {column: n}}} (the last six only when non-zero).
+  text_values_kept: {column: n}, moved_to_store_time: {column: n}}} (the last seven only when non-zero).
 
 metadata/ehrfm_etl.json (read by `ehrfm audit` without importing this package):
     {"format": "ehrfm_etl/1", "etl_name", "etl_version", "end_of_day": "23:59:59",
@@ -368,6 +371,7 @@ class Context:
     midnight: dict = field(default_factory=dict)  # table -> column -> timed values at exactly 00:00:00
     unparseable: dict = field(default_factory=dict)  # table -> column -> numbers that did not parse (set null)
     out_of_range: dict = field(default_factory=dict)  # table -> column -> NaN, inf or beyond float32 (set null)
+    text_values: dict = field(default_factory=dict)  # table -> column -> free-text values kept as text_value (ED pain)
     stored: dict = field(default_factory=dict)  # (table, time column) -> {"store_column", "present", "moved"}
     discharge: dict = field(default_factory=dict)  # how discharge times were placed -> count
     duration_coded: int = 0  # procedures_icd rows placed at their stay's discharge (DURATION_CODED_PROCEDURES)
@@ -649,6 +653,43 @@ def _poe(df, ctx):
 
 
 ED_VITALS = ["temperature", "heartrate", "resprate", "o2sat", "sbp", "dbp", "pain"]
+ED_NUMBERS = [c for c in ED_VITALS if c != "pain"]  # NUMERIC in MIMIC-IV-ED's schema; pain is free text (_pain)
+# MIMIC-IV-ED's pain is what the nurse typed (VARCHAR): mostly a 0-10 rating, also "10/10", "unable",
+# "uta" (unable to assess), "sleeping", "denies", ranges "3-4". A value is a number only where it
+# states one rating on the 0-10 scale: "7", "7.5", "+7", "7/10". Anything else -- a range (which
+# rating?), a number off the scale ("13", "100": a typo or another scale), words -- is no rating:
+# kept as the event's text_value (a patient unable to rate pain is itself a finding), counted per
+# column as `text_values_kept`, never as an unparseable number.
+PAIN_SCALE = (0.0, 10.0)
+PAIN_RATING = r"^\+?(\d+(?:\.\d*)?|\.\d+)(?:\s*/\s*10)?$"
+
+
+def _pain(df: pl.DataFrame, ctx: Context) -> pl.DataFrame:
+    """The rows with `pain` as its 0-10 rating (Float64, null where none) and `_pain_text` (its text where no rating)."""
+    text = pl.col("pain").cast(pl.String).str.strip_chars()
+    rating = text.str.extract(PAIN_RATING, 1).cast(pl.Float64, strict=False)
+    rating = pl.when(rating.is_between(*PAIN_SCALE)).then(rating)
+    df = df.with_columns(pain=rating, _pain_text=pl.when(rating.is_null() & (text.str.len_chars() > 0)).then(text))
+    n = df["_pain_text"].count()
+    if n:
+        d = ctx.text_values.setdefault(ctx.table, {})
+        d["pain"] = d.get("pain", 0) + n
+    return df
+
+
+def _ed_vitals_events(df: pl.DataFrame, ctx: Context, time, prefix: str, columns: list[str]) -> list[pl.DataFrame]:
+    """One event per non-null vital of `columns` (pain: its rating, else its text as text_value)."""
+    df = _pain(df, ctx)
+    out = []
+    for c in columns:
+        if c == "pain":
+            rows = df.filter(pl.col("pain").is_not_null() | pl.col("_pain_text").is_not_null())
+            out.append(_ev(rows, time, pl.lit(f"{prefix}pain"), ORDER_MEASURE, numeric=pl.col("pain"),
+                           text=pl.col("_pain_text")))
+        else:
+            out.append(_ev(df.filter(pl.col(c).is_not_null()), time, pl.lit(f"{prefix}{c}"), ORDER_MEASURE,
+                           numeric=pl.col(c)))
+    return out
 
 
 def _ed_stay_times(df: pl.DataFrame, ctx: Context) -> pl.DataFrame:
@@ -670,13 +711,11 @@ def _edstays(df, ctx):
 def _ed_triage(df, ctx):
     # Triage has no time of its own: it is taken at arrival (the ED stay's intime).
     df = _ed_stay_times(df, ctx)
-    return [_ev(df.filter(pl.col(c).is_not_null()), pl.col("_in"), pl.lit(f"ED_TRIAGE//{c}"), ORDER_MEASURE,
-                numeric=pl.col(c)) for c in [*ED_VITALS, "acuity"]]
+    return _ed_vitals_events(df, ctx, pl.col("_in"), "ED_TRIAGE//", [*ED_VITALS, "acuity"])
 
 
 def _ed_vitalsign(df, ctx):
-    return [_ev(df.filter(pl.col(c).is_not_null()), "charttime", pl.lit(f"ED_VITAL//{c}"), ORDER_MEASURE,
-                numeric=pl.col(c)) for c in ED_VITALS]
+    return _ed_vitals_events(df, ctx, "charttime", "ED_VITAL//", ED_VITALS)
 
 
 def _ed_diagnosis(df, ctx):
@@ -792,9 +831,9 @@ TABLES: list[Table] = [
           times=["intime", "outtime"], ints=["hadm_id", "stay_id"], to_events=_edstays, module="ed", key="stay_id",
           code_prefixes={"intime": ["ED_ARRIVAL//", "ED_TRIAGE//"], "outtime": ["ED_DISPOSITION//", "ED_DIAGNOSIS//"]}),
     Table("ed/triage", ["subject_id", "stay_id", *ED_VITALS, "acuity"], ints=["stay_id"],
-          floats=[*ED_VITALS, "acuity"], to_events=_ed_triage, module="ed", needs=("ed/edstays",), key="stay_id"),
+          floats=[*ED_NUMBERS, "acuity"], to_events=_ed_triage, module="ed", needs=("ed/edstays",), key="stay_id"),
     Table("ed/vitalsign", ["subject_id", "stay_id", "charttime", *ED_VITALS], times=["charttime"], ints=["stay_id"],
-          floats=ED_VITALS, to_events=_ed_vitalsign, module="ed", code_prefixes={"charttime": ["ED_VITAL//"]}),
+          floats=ED_NUMBERS, to_events=_ed_vitalsign, module="ed", code_prefixes={"charttime": ["ED_VITAL//"]}),
     Table("ed/diagnosis", ["subject_id", "stay_id", "seq_num", "icd_code", "icd_version"], ints=["stay_id", "seq_num"],
           to_events=_ed_diagnosis, module="ed", needs=("ed/edstays",), groups="stay_id"),
     Table("ed/medrecon", ["subject_id", "stay_id", "charttime", "name"], times=["charttime"], ints=["stay_id"],
@@ -1751,6 +1790,8 @@ def _account(rows_in: dict, counts: dict, ctx: Context) -> dict:
             entry["unparseable_numbers_set_null"] = dict(ctx.unparseable[name])
         if ctx.out_of_range.get(name):
             entry["out_of_range_numbers_set_null"] = dict(ctx.out_of_range[name])
+        if ctx.text_values.get(name):
+            entry["text_values_kept"] = dict(ctx.text_values[name])
         moved = {c: v["moved"] for (t, c), v in ctx.stored.items() if t == name and v["moved"]}
         if moved:
             entry["moved_to_store_time"] = moved
@@ -1786,6 +1827,9 @@ def _detail_lines(account: dict, ctx: Context) -> list[str]:
         if a.get("out_of_range_numbers_set_null"):
             bits.append("NaN, infinite or beyond-float32 numbers kept as null " + ", ".join(
                 f"{c} {n}" for c, n in a["out_of_range_numbers_set_null"].items()))
+        if a.get("text_values_kept"):
+            bits.append("free text kept as text_value (no 0-10 rating) " + ", ".join(
+                f"{c} {n}" for c, n in a["text_values_kept"].items()))
         # Every table gets its line: the per-table account (rows read, events written, drops).
         lines.append(f"etl:   {name}: {a['rows_read']} rows -> {a['events_written']} events"
                      + ("; " + "; ".join(bits) if bits else ""))
@@ -1996,6 +2040,7 @@ def _merge_context(ctx: Context, part: Context) -> None:
     ctx.midnight.update(part.midnight)
     ctx.unparseable.update(part.unparseable)
     ctx.out_of_range.update(part.out_of_range)
+    ctx.text_values.update(part.text_values)
     ctx.stored.update(part.stored)
     ctx.discharge.update(part.discharge)
     ctx.duration_coded += part.duration_coded
