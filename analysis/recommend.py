@@ -343,7 +343,7 @@ def _load(fits) -> tuple[dict, dict, float, str]:
     if cfg_path is not None and cfg_path.is_file():
         import json
 
-        conf = json.loads(cfg_path.read_text()).get("confidence", 0.95)
+        conf = json.loads(cfg_path.read_text(encoding="utf-8")).get("confidence", 0.95)
     return fit_json, draws, conf, source
 
 

@@ -286,7 +286,7 @@ def _recorded_tokens_dir(run: Path) -> str | None:
     """The token dir RUN/config.json records (RUN or its checkpoint dir given), or None when unknown or unreadable."""
     run_dir = run.parent if (run / "model.safetensors").is_file() else run
     try:
-        recorded = json.loads((run_dir / "config.json").read_text()).get("train", {}).get("tokens_dir")
+        recorded = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("train", {}).get("tokens_dir")
     except (OSError, ValueError, AttributeError):
         return None  # absent or damaged: _event_vocab names the problem when it reads the vocab
     return recorded if isinstance(recorded, str) and recorded else None
@@ -351,7 +351,7 @@ def write_hf_tokenizer(vocab: list[str], out: Path, context: int | None = None) 
     tok.add_tokens([AddedToken(t, single_word=True, normalized=False) for t in whole])
     tok.save(str(out / "tokenizer.json"))
     names = {k: SPECIAL[k] for k in special}
-    (out / "special_tokens_map.json").write_text(json.dumps(names, indent=2))
+    (out / "special_tokens_map.json").write_text(json.dumps(names, indent=2), encoding="utf-8")
     (out / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast",
         # was 2**30: truncation=True kept whole timelines, longer than any position the model was trained on
@@ -361,7 +361,7 @@ def write_hf_tokenizer(vocab: list[str], out: Path, context: int | None = None) 
         "add_bos_token": False,
         "add_eos_token": False,
         **names,
-    }, indent=2))
+    }, indent=2), encoding="utf-8")
     return special
 
 

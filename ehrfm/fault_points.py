@@ -63,7 +63,7 @@ def hold(point: str, key: str, stop=None) -> None:
     if release.exists():  # released before (e.g. a resumed attempt passing the same point)
         return
     tmp = held.with_name(held.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "point": point}))
+    tmp.write_text(json.dumps({"pid": os.getpid(), "point": point}), encoding="utf-8")
     os.replace(tmp, held)
     # Sleep, never `stop.wait()`: the stop flag is set by a signal handler running in this same
     # thread, and Event.set() from inside Event.wait() deadlocks on the event's own lock.
@@ -85,7 +85,7 @@ def wait_held(hold_dir: str | os.PathLike, key: str, point: str, is_alive=lambda
         if time.monotonic() > deadline:
             raise AssertionError(f"{key} did not reach hold point {point} within {timeout_s:.0f} s")
         time.sleep(_POLL_S)
-    return json.loads(held.read_text())
+    return json.loads(held.read_text(encoding="utf-8"))
 
 
 def release(hold_dir: str | os.PathLike, key: str, point: str) -> None:

@@ -58,7 +58,7 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True  # alive, owned by another user
     try:
-        with open(f"/proc/{int(pid)}/stat") as f:
+        with open(f"/proc/{int(pid)}/stat", encoding="utf-8", errors="replace") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
@@ -175,7 +175,7 @@ OUTPUT_MARKER = ".ehrfm-output"
 
 def mark_output(out: str | os.PathLike, command: str) -> None:
     """Write `out`/OUTPUT_MARKER (the command's name): `out` is an ehrfm output that --overwrite may replace."""
-    (Path(out) / OUTPUT_MARKER).write_text(command + "\n")
+    (Path(out) / OUTPUT_MARKER).write_text(command + "\n", encoding="utf-8")
 
 
 def check_not_input(out: str | os.PathLike, inputs=()) -> None:
@@ -201,7 +201,7 @@ def output_command(out: str | os.PathLike) -> str | None:
     if not marker.is_file():
         return None
     try:
-        return marker.read_text().strip() or "ehrfm"
+        return marker.read_text(encoding="utf-8").strip() or "ehrfm"
     except (OSError, UnicodeDecodeError):
         return "?"
 
@@ -341,7 +341,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path)
-        with open(tmp, mode) as f:
+        with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

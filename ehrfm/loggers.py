@@ -52,7 +52,7 @@ def _last_step(path: Path) -> int:
     """Largest "step" already in metrics.jsonl (0 if none): later events are from a lost session."""
     last = 0
     if path.is_file():
-        for text in path.read_text().splitlines():
+        for text in path.read_text(encoding="utf-8").splitlines():
             try:
                 last = max(last, int(json.loads(text).get("step", 0)))
             except (ValueError, AttributeError):
@@ -130,7 +130,7 @@ class MetricsLog:
             self.backend = _TensorBoard(run_dir, _last_step(path))
         elif name == "wandb":
             self.backend = _WandB(run_dir, cfg)
-        self.file = open(path, "a")  # noqa: SIM115 (closed in close())
+        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
 
     def write(self, text: str) -> int:
         """Append JSON lines `text` to metrics.jsonl and log each to the backend; returns characters written."""

@@ -463,7 +463,7 @@ def dataset_metadata(root: str | os.PathLike) -> dict:
     """
     path = Path(root) / DATASET_METADATA_FILE
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return meta if isinstance(meta, dict) else {}

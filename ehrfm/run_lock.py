@@ -70,7 +70,7 @@ def lock_run_dir(run_dir: str | os.PathLike):
         RunDirBusyError: another process holds the lock (one line naming the run dir).
     """
     path = Path(run_dir) / LOCK_FILE
-    f = open(path, "a")  # noqa: SIM115 (the caller holds it open for the whole run)
+    f = open(path, "a", encoding="utf-8")  # noqa: SIM115 (the caller holds it open for the whole run)
     deadline = time.monotonic() + _PROBE_GRACE_S
     while True:
         try:
@@ -93,7 +93,7 @@ def run_dir_busy(run_dir: str | os.PathLike) -> bool:
     """True when a trainer holds RUN's training lock now (False when there is no lock file)."""
     path = Path(run_dir) / LOCK_FILE
     try:
-        f = open(path)  # noqa: SIM115
+        f = open(path, encoding="utf-8")  # noqa: SIM115
     except OSError:
         return False
     with f:
@@ -119,7 +119,7 @@ def lock_demo_dir(out: str | os.PathLike):
         UserError: another process holds the lock (one line naming the dir).
     """
     path = Path(out) / DEMO_LOCK_FILE
-    f = open(path, "a")  # noqa: SIM115 (the caller holds it open for the whole demo)
+    f = open(path, "a", encoding="utf-8")  # noqa: SIM115 (the caller holds it open for the whole demo)
     try:
         flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB, path)
     except BlockingIOError:

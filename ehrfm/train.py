@@ -650,7 +650,7 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     import json
 
     keep = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         try:
             obj = json.loads(line)
             step = obj["step"]

@@ -278,7 +278,7 @@ def _sweep_lock(sweep_dir: Path):
     from ehrfm.run_lock import flock
 
     path = sweep_dir / ".launch.lock"
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:
         try:
             flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB, path)
         except BlockingIOError:  # another launch is deciding or submitting: say why nothing happens yet
@@ -391,7 +391,7 @@ def _warn_queued_keep_options(sweep_dir: Path, cfg: LaunchConfig, report: Launch
         return
     by_job: dict[str, dict] = {}  # job id -> the launch (its options) that submitted it
     try:
-        with open(sweep_dir / "launches.jsonl") as f:
+        with open(sweep_dir / "launches.jsonl", encoding="utf-8") as f:
             for line in filter(str.strip, f):
                 launch = json.loads(line)
                 by_job.update({jid: launch for jid in launch.get("job_ids", {}).values()})
@@ -415,7 +415,7 @@ def _save_launch(sweep_dir: Path, cfg: LaunchConfig, report: LaunchReport) -> No
     """launch.json: the last launch's config; launches.jsonl: every launch, with its runs and job ids."""
     write_json(sweep_dir / "launch.json", cfg)
     stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    with open(sweep_dir / "launches.jsonl", "a") as f:
+    with open(sweep_dir / "launches.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps({"at": stamp, "job_ids": report.job_ids, **dataclasses.asdict(cfg)}) + "\n")
 
 
@@ -467,7 +467,7 @@ def _write_record(sweep_dir: Path, run_id: str, **fields) -> None:
     with record_lock(path):  # the job updates the same record (sweeps.job._update_record)
         record = {}
         with contextlib.suppress(OSError, json.JSONDecodeError):
-            record = json.loads(path.read_text())
+            record = json.loads(path.read_text(encoding="utf-8"))
         record.update(fields)
         write_json(path, record)
 
@@ -481,7 +481,7 @@ def _new_record(sweep_dir: Path, run_id: str, executor: str, **fields) -> None:
 def _new_record_locked(sweep_dir: Path, run_id: str, executor: str, **fields) -> None:
     old = {}
     with contextlib.suppress(OSError, json.JSONDecodeError):
-        old = json.loads(record_path(sweep_dir, run_id).read_text())
+        old = json.loads(record_path(sweep_dir, run_id).read_text(encoding="utf-8"))
     record = {
         "run_id": run_id,
         "executor": executor,

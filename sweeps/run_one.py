@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     threads = os.environ.get("EHRFM_NUM_THREADS")
     try:
-        cfg = TrainConfig.from_dict(json.loads(Path(argv[0]).read_text()))
+        cfg = TrainConfig.from_dict(json.loads(Path(argv[0]).read_text(encoding="utf-8")))
         import torch
 
         if threads:

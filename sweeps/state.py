@@ -96,7 +96,7 @@ def record_lock(path: str | Path) -> Iterator[None]:
     """
     lock = Path(path).with_suffix(".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as f:
+    with open(lock, "a", encoding="utf-8") as f:
         flock(f, fcntl.LOCK_EX, lock)
         try:
             yield
@@ -235,7 +235,7 @@ def _squeue(job_ids, submitted_from: dict[str, str] | None = None) -> dict[str, 
         chunk = ids[i:i + _SQUEUE_CHUNK]
         cmd = ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%r|%o", "-j", ",".join(chunk)]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, encoding="utf-8", errors="replace")
         except (subprocess.TimeoutExpired, OSError):
             return None
         if proc.returncode != 0:
@@ -372,7 +372,7 @@ def _pid_alive(pid, needle: str | None = None) -> bool:
     except PermissionError:
         return True
     try:
-        with open(f"/proc/{int(pid)}/stat") as f:
+        with open(f"/proc/{int(pid)}/stat", encoding="utf-8", errors="replace") as f:
             if f.read().rsplit(")", 1)[1].split()[0] == "Z":
                 return False  # a zombie has exited
         if needle is not None:
@@ -448,7 +448,7 @@ def launch_in_progress(sweep_dir: str | Path) -> bool:
     """
     path = Path(sweep_dir) / ".launch.lock"
     try:
-        f = open(path)  # noqa: SIM115
+        f = open(path, encoding="utf-8")  # noqa: SIM115
     except OSError:
         return False
     with f:

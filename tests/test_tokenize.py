@@ -324,3 +324,37 @@ def test_min_count_with_a_fitted_tokenizer_is_its_own_or_refused(synth_tokens, s
     assert not (tmp_path / "t1").exists()
     tokenize(synth_meds, tmp_path / "t2", tokenizer=synth_tokens / "tokenizer.json", min_count=fitted)
     assert json.loads((tmp_path / "t2" / "config.json").read_text())["min_count"] == fitted
+
+
+def test_non_ascii_codes_round_trip_under_an_ascii_locale(hand_meds, tmp_path, repo_root):
+    """tokenizer.json (written with its codes as they are, ensure_ascii=False) and the MEDS
+    metadata were read and written in the locale's encoding: under LC_ALL=C (a cron job, a
+    container without locales, SLURM's batch environment) a code like `LAB//50912//µg/L` made
+    tokenize fail with a UnicodeEncodeError traceback, and a tokenizer.json or dataset.json
+    written under UTF-8 could not be read back. Since 2026-12-03 every text file is UTF-8."""
+    import os
+    import subprocess
+    import sys
+
+    for split in ("train", "tuning", "held_out"):
+        p = hand_meds / "data" / split / "0.parquet"
+        pl.read_parquet(p).with_columns(pl.col("code").str.replace("mg/dL", "µg/L", literal=True)
+                                        .str.replace("EMERGENCY ROOM", "URGENCES PÉDIATRIQUES", literal=True)).write_parquet(p)
+    (hand_meds / "metadata").mkdir()
+    (hand_meds / "metadata/dataset.json").write_text(json.dumps({"dataset_name": "Hôpital Saint-Éloi", "meds_version": "0.4"},
+                                                                ensure_ascii=False), encoding="utf-8")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": "", "EHRFM_QUIET": "1"}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "ehrfm", "tokenize", *map(str, args)], capture_output=True,
+                              cwd=repo_root, env=env)
+
+    first = cli(hand_meds, "--out", tmp_path / "tok")
+    assert first.returncode == 0, first.stderr.decode("utf-8", "replace")
+    text = (tmp_path / "tok/tokenizer.json").read_text(encoding="utf-8")
+    assert "LAB//50912//µg/L" in text and "PÉDIATRIQUES" in text
+    again = cli(hand_meds, "--out", tmp_path / "tok2", "--tokenizer", tmp_path / "tok/tokenizer.json")
+    assert again.returncode == 0, again.stderr.decode("utf-8", "replace")
+    assert (tmp_path / "tok2/tokenizer.json").read_text(encoding="utf-8") == text
+    for split in ("train", "tuning", "held_out"):
+        assert np.array_equal(np.load(tmp_path / "tok" / split / "tokens.npy"), np.load(tmp_path / "tok2" / split / "tokens.npy"))

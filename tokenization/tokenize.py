@@ -431,9 +431,11 @@ def load_tokenizer(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise UserError(f"tokenizer {path} not found")
     try:
-        tok = json.loads(path.read_text())
+        tok = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise UserError(f"tokenizer {path} is not valid JSON (line {e.lineno})") from None
+    except UnicodeDecodeError as e:  # tokenizer.json is UTF-8 (since 2026-12-03; the locale's encoding before)
+        raise UserError(f"tokenizer {path} is not UTF-8 text (byte {e.start})") from None
     if not isinstance(tok, dict) or tok.get("format") != TOKENIZER_FORMAT:
         what = tok.get("format") if isinstance(tok, dict) else f"a JSON {type(tok).__name__}"
         raise UserError(f"{path} is not an ehrfm tokenizer (format {what!r})")
@@ -820,7 +822,7 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
     stats = {"vocab_size": len(enc.vocab), "dtype": np.dtype(enc.dtype).name, "codes": enc.mode, "splits": {},
              "split_aliases": ds.aliases, "dropped_null_time_rows": ds.null_time_codes}
     with atomic_dir(out, overwrite=overwrite, inputs=(meds, tokenizer), command="tokenize") as tmp:
-        (tmp / "tokenizer.json").write_text(_tokenizer_json(tok))
+        (tmp / "tokenizer.json").write_text(_tokenizer_json(tok), encoding="utf-8")
         jobs = [sh for s in SPLITS for sh in shards.get(s, [])]
         state = {s: dict(subjects=0, events=0, tokens=0, code_events=0, code_tokens=0, unk_events=0,
                          coarsened_events=0, non_finite_values=0, max_token_id=-1, index=[], unk_codes={}) for s in shards}

@@ -166,7 +166,7 @@ class AuditResult:
 
 def _read_json(path: Path) -> dict:
     try:
-        obj = json.loads(path.read_text())
+        obj = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return obj if isinstance(obj, dict) else {}

@@ -570,7 +570,7 @@ def recorded_task(path: str | os.PathLike) -> str | None:
 
     side = Path(path).with_suffix(".json")
     try:
-        t = json.loads(side.read_text()).get("task")
+        t = json.loads(side.read_text(encoding="utf-8")).get("task")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
         return None
     return t if isinstance(t, str) else None

@@ -35,7 +35,7 @@ def _recorded_fingerprint(run_dir: Path) -> str | None:
         if not p.is_file():
             continue
         try:
-            data = json.loads(p.read_text())
+            data = json.loads(p.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             continue
         for key, value in data.items():
@@ -68,7 +68,7 @@ def check_not_pretrained_on(run_dir: str | os.PathLike, td: TokenDir) -> None:
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
     try:
-        recorded = json.loads(cfg_path.read_text()).get("train", {}).get("tokens_dir")
+        recorded = json.loads(cfg_path.read_text(encoding="utf-8")).get("train", {}).get("tokens_dir")
     except (OSError, ValueError, AttributeError):
         recorded = None
     if not recorded:

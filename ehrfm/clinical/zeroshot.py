@@ -218,7 +218,7 @@ def label_options(labels_path: str | os.PathLike) -> dict:
     found = {}
     if side.is_file():
         try:
-            found = (json.loads(side.read_text()).get("config") or {})
+            found = (json.loads(side.read_text(encoding="utf-8")).get("config") or {})
         except (OSError, ValueError, AttributeError):
             found = {}
     opts = {k: float(found.get(k, v)) for k, v in LABEL_DEFAULTS.items()}
@@ -627,7 +627,7 @@ def score_run_zeroshot(
         cached = Path(cache_dir) / f"{task}.json" if cache_dir is not None else None
         if cached is not None and cached.is_file():
             try:
-                stored = json.loads(cached.read_text())
+                stored = json.loads(cached.read_text(encoding="utf-8"))
             except ValueError:
                 stored = {}
             if stored.get("key") == key:
