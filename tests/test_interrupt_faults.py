@@ -198,28 +198,33 @@ def test_a_full_tmpdir_while_fitting_the_tokenizer_is_one_line(raw, tmp_path, mo
     ended in polars' ComputeError traceback ("... No space left on device (os error 28)"), naming
     no path. Now: exit 2, one line naming the directory, the errno's meaning and TMPDIR; nothing
     written; the rerun gives the token dir of an uninterrupted run."""
-    import polars as pl
+    import errno
+
+    import pyarrow.parquet as pq
 
     import tokenization.tokenize as tokenize_module
     from ehrfm.app.cli import main
 
     monkeypatch.setattr(tokenize_module, "FIT_BATCH_VALUES", 2000)  # several batches: the fit spills to TMPDIR
-    real = pl.DataFrame.write_parquet
+    real = pq.ParquetWriter.write_table
+    writes = []
 
-    def write_parquet(self, path, *args, **kwargs):
-        if Path(path).parent.name.startswith("ehrfm-fit"):  # what polars raises on a full disk
-            raise pl.exceptions.ComputeError("parquet: File out of specification: underlying IO error: "
-                                             "No space left on device (os error 28)")
-        return real(self, path, *args, **kwargs)
+    def write_table(self, table, *args, **kwargs):
+        # The spill's writers (since 2026-12-03 pyarrow's, a slice of a shard at a time; polars'
+        # write_parquet before): the third write finds the disk full, as pyarrow reports it.
+        writes.append(1)
+        if len(writes) == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, table, *args, **kwargs)
 
-    monkeypatch.setattr(pl.DataFrame, "write_parquet", write_parquet)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", write_table)
     out = tmp_path / "tok"
     assert main(["tokenize", str(raw["meds"]), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ehrfm tokenize: error: cannot write the tokenizer fit's temporary files")
     assert "No space left on device" in err[0] and "TMPDIR" in err[0]
     assert not list(tmp_path.iterdir())
-    monkeypatch.setattr(pl.DataFrame, "write_parquet", real)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", real)
     assert main(["tokenize", str(raw["meds"]), "--out", str(out)]) == 0
     monkeypatch.undo()
     assert main(["tokenize", str(raw["meds"]), "--out", str(tmp_path / "reference")]) == 0

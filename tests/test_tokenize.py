@@ -280,6 +280,34 @@ def test_streamed_fit_equals_an_in_memory_fit(synth_meds):
     assert json.dumps(small) == json.dumps(tok)
 
 
+def test_the_decile_spill_holds_a_slice_of_a_shard_never_the_whole_shard(synth_meds, monkeypatch):
+    """With several decile batches, the spill pass collected each train shard's (code, value) rows
+    at once: memory followed the shard (another ETL's shard holds up to 10^8 events), not the
+    batch. Since 2026-12-03 it reads a shard READ_ROWS rows at a time, with the same edges."""
+    import tokenization.tokenize as tz
+
+    whole = tz.fit_tokenizer(synth_meds)
+    collected = []
+    collect = pl.LazyFrame.collect
+
+    def counting(self, *args, **kwargs):
+        df = collect(self, *args, **kwargs)
+        if df.columns == ["_b", "_c", "numeric_value"]:  # the spill pass's values (_quantile_edges)
+            collected.append(df.height)
+        return df
+
+    monkeypatch.setattr(pl.LazyFrame, "collect", counting)
+    monkeypatch.setattr(tz, "READ_ROWS", 997)
+    sliced = tz.fit_tokenizer(synth_meds, batch_values=5000)
+    assert json.dumps(sliced) == json.dumps(whole)
+    train = pl.concat([pl.read_parquet(p) for p in (synth_meds / "data" / "train").glob("*.parquet")])
+    heads = set(whole["quantile_edges"])
+    n_values = train.filter(pl.col("code").is_in(heads) & pl.col("numeric_value").is_not_null()
+                            & pl.col("numeric_value").is_finite()).height
+    assert n_values > 20 * 997 and sum(collected) == n_values  # every value spilled once
+    assert max(collected) <= 997
+
+
 def test_fit_sums_counts_and_values_over_train_shards(hand_meds, tmp_path):
     from tokenization.tokenize import fit_tokenizer
 

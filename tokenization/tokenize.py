@@ -59,7 +59,7 @@ from ehrfm.io import (
     temporary_sibling,
     write_json,
 )
-from ehrfm.meds_io import SPLITS, MedsDataset, Shard, open_meds, read_shard, scan_shards, warn
+from ehrfm.meds_io import SPLITS, MedsDataset, Shard, open_meds, read_shard, scan_shard, scan_shards, warn
 from tokenization.hierarchy import CODE_MODES, FLAT, HIERARCHICAL, MAX_PARTS, code_parts
 
 EVENT_COLUMNS = ("subject_id", "time", "code", "numeric_value")
@@ -248,7 +248,8 @@ def fit_tokenizer(meds: Path | MedsDataset, min_count: int = 10, n_quantiles: in
     (polars' linear interpolation on all of a code's train values) and fitted a batch of codes
     at a time, each batch holding at most `batch_values` values (one code with more is a batch
     of its own; the values are spilled to a temporary directory batch by batch in one more pass
-    over the shards), so memory follows a shard or a batch, not the split.
+    over the shards, read READ_ROWS rows at a time), so memory follows a slice or a batch, not a
+    shard or the split.
 
     Args:
         meds: a MEDS dataset dir with a train split (or one already opened with ehrfm.meds_io.open_meds).
@@ -339,18 +340,23 @@ def _train_counts(shards: list[Shard]) -> tuple[pl.DataFrame, int]:
 
 
 def _quantile_edges(shards: list[Shard], n_values: dict[str, int], n_quantiles: int,
-                    batch_values: int | None = None) -> dict[str, list[float]]:
+                    batch_values: int | None = None, read_rows: int | None = None) -> dict[str, list[float]]:
     """Train value quantiles per numeric code.
 
     code -> its n_quantiles - 1 train quantiles (linear interpolation, float32-rounded), for the
     codes of `n_values` (code -> its number of valid values).
 
     The codes are cut into batches of at most `batch_values` values (in code order). One batch:
-    fitted in memory. Several: one pass over the shards spills each shard's (code index, value)
-    rows to a temporary file per batch, then each batch's files are read and fitted in turn, so
-    memory follows the larger of a shard and a batch, and the shards are read once.
+    fitted in memory. Several: one pass over the shards, each read `read_rows` rows at a time
+    (default READ_ROWS), appends each slice's (code index, value) rows to a temporary file per
+    batch, then each batch's file is read and fitted in turn, so memory follows the larger of a
+    slice and a batch, and the shards are read once. (Before 2026-12-03 a whole shard's values
+    were collected at once: another ETL's shard of 10^8 events held them all.)
     """
+    import pyarrow.parquet as pq
+
     budget = batch_values or FIT_BATCH_VALUES
+    read_rows = read_rows or READ_ROWS
     qs = [i / n_quantiles for i in range(1, n_quantiles)]
     codes = sorted(n_values)
     batch_of, held, n_batches = [], budget, 0
@@ -373,18 +379,33 @@ def _quantile_edges(shards: list[Shard], n_values: dict[str, int], n_quantiles: 
     else:
         fitted = []
         with _spill_dir() as spill:
-            for i, shard in enumerate(shards):
-                df = values(scan_shards([shard], EVENT_COLUMNS)).collect(engine="streaming")
-                for (b,), part in df.partition_by("_b", as_dict=True, include_key=False).items():
+            writers: dict[int, pq.ParquetWriter] = {}
+            try:
+                for shard in shards:
+                    n = pq.ParquetFile(shard.path).metadata.num_rows
+                    for offset in range(0, n, read_rows):
+                        df = values(scan_shard(shard, EVENT_COLUMNS, rows=(offset, read_rows))).collect()
+                        for (b,), part in df.partition_by("_b", as_dict=True, include_key=False).items():
+                            table = part.to_arrow()
+                            try:
+                                if b not in writers:
+                                    writers[b] = pq.ParquetWriter(spill / f"{b}.parquet", table.schema, compression="none")
+                                writers[b].write_table(table)
+                            except Exception as e:  # a full /tmp (small on cluster nodes): the traceback named no path
+                                raise _spill_error(e, spill) from None
+                        del df
+                for w in writers.values():
                     try:
-                        part.write_parquet(spill / f"{b}_{i}.parquet")
-                    except Exception as e:  # a full /tmp (small on cluster nodes): polars' traceback named no path
+                        w.close()  # writes the file's footer: can fail on a full disk too
+                    except Exception as e:
                         raise _spill_error(e, spill) from None
-                del df
-            for b in range(n_batches):
-                files = sorted(spill.glob(f"{b}_*.parquet"))
-                if files:
-                    fitted.append(pl.scan_parquet(files).group_by("_c").agg(deciles).collect(engine="streaming"))
+            except BaseException:
+                for w in writers.values():  # pyarrow's close() of a closed writer does nothing
+                    with contextlib.suppress(Exception):
+                        w.close()
+                raise
+            for b in sorted(writers):
+                fitted.append(pl.scan_parquet(spill / f"{b}.parquet").group_by("_c").agg(deciles).collect(engine="streaming"))
     edges: dict[str, list[float]] = {}
     for df in fitted:
         for row in df.iter_rows():
