@@ -423,7 +423,7 @@ def free_memory(device) -> int | None:
         return int(torch.cuda.mem_get_info(device)[0])
     if device.type == "cpu":
         try:
-            with open("/proc/meminfo") as f:
+            with open("/proc/meminfo", encoding="utf-8") as f:
                 for line in f:
                     if line.startswith("MemAvailable:"):
                         return int(line.split()[1]) * 1024
