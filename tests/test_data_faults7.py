@@ -186,3 +186,23 @@ def test_diagnoses_keep_their_rank_when_a_stay_straddles_a_csv_block(tmp_path):
             f"ED_DIAGNOSIS//ICD//10//B{r:02d}" for r in range(1, 41)]
         tables = json.loads((meds / "metadata/etl_config.json").read_text())["tables"]
         assert tables["hosp/diagnoses_icd"]["rows_read"] == 40 and tables["ed/diagnosis"]["rows_read"] == 40
+
+
+def test_de_identification_placeholders_are_counted_apart_from_unparseable_numbers(tmp_path):
+    """MIMIC-IV writes `___` where de-identification removed free text (emar_detail's dose_given on
+    the real demo: 88 values). Counted as unparseable numbers, a removal on purpose read as a fault
+    of the export; now it is kept as null and counted as redacted_numbers_set_null, and only text
+    that is neither stays unparseable."""
+    labs = ("labevent_id,subject_id,hadm_id,itemid,charttime,storetime,value,valuenum,valueuom\n"
+            "1,1,11,50912,2150-01-02 06:00:00,2150-01-02 07:00:00,1.0,1.0,mg/dL\n"
+            "2,1,11,50912,2150-01-03 06:00:00,2150-01-03 07:00:00,___, ___ ,mg/dL\n"
+            "3,1,11,50912,2150-01-04 06:00:00,2150-01-04 07:00:00,x,___,mg/dL\n"
+            "4,1,11,50912,2150-01-05 06:00:00,2150-01-05 07:00:00,high,7.5 mg,mg/dL\n")
+    raw = _raw(tmp_path, {"hosp/labevents": labs})
+    etl(raw, tmp_path / "meds", split_fractions=(1.0, 0.0, 0.0))
+    import json
+
+    lab = json.loads((tmp_path / "meds" / "metadata" / "etl_config.json").read_text(encoding="utf-8"))["tables"]["hosp/labevents"]
+    assert lab["redacted_numbers_set_null"] == {"valuenum": 2}
+    assert lab["unparseable_numbers_set_null"] == {"valuenum": 1}
+    assert lab["events_written"] == 4

@@ -170,7 +170,9 @@ Dates and midnights (an event is never placed before the first moment it could h
   Numbers that do not parse are kept as null and counted (`unparseable_numbers_set_null`);
   numbers that parse but are no usable value -- NaN, infinite, or beyond float32's range
   (|x| > 3.4e38, which numeric_value would hold as inf: `1e308`, `Infinity`, `NaN` from an
-  export) -- are kept as null too and counted (`out_of_range_numbers_set_null`); unparseable
+  export) -- are kept as null too and counted (`out_of_range_numbers_set_null`); MIMIC-IV's
+  de-identification placeholder `___` in a number column is kept as null and counted apart
+  (`redacted_numbers_set_null`: removed on purpose, not a fault); unparseable
   ids and times refuse the table (UserError). ED pain is text, not a number column: text that
   states no 0-10 rating ("unable", "3-4", "13") is kept as text_value and counted
   (`text_values_kept`), not as unparseable.
@@ -178,7 +180,8 @@ Dates and midnights (an event is never placed before the first moment it could h
   metadata/etl_config.json: `tables` = {table: {rows_read, events_written, dropped: {reason: n},
   date_only_values: {column: n}, date_only_placed_at_discharge, midnight_times: {column: n},
   unparseable_numbers_set_null: {column: n}, out_of_range_numbers_set_null: {column: n},
-  text_values_kept: {column: n}, moved_to_store_time: {column: n}}} (the last seven only when non-zero).
+  redacted_numbers_set_null: {column: n}, text_values_kept: {column: n}, moved_to_store_time:
+  {column: n}}} (the last eight only when non-zero).
 
 metadata/ehrfm_etl.json (read by `ehrfm audit` without importing this package):
     {"format": "ehrfm_etl/1", "etl_name", "etl_version", "end_of_day": "23:59:59",
@@ -371,6 +374,7 @@ class Context:
     midnight: dict = field(default_factory=dict)  # table -> column -> timed values at exactly 00:00:00
     unparseable: dict = field(default_factory=dict)  # table -> column -> numbers that did not parse (set null)
     out_of_range: dict = field(default_factory=dict)  # table -> column -> NaN, inf or beyond float32 (set null)
+    redacted: dict = field(default_factory=dict)  # table -> column -> de-identification placeholders ___ (set null)
     text_values: dict = field(default_factory=dict)  # table -> column -> free-text values kept as text_value (ED pain)
     stored: dict = field(default_factory=dict)  # (table, time column) -> {"store_column", "present", "moved"}
     discharge: dict = field(default_factory=dict)  # how discharge times were placed -> count
@@ -1355,6 +1359,15 @@ class _BadValues:
 # Texts some database exports write for a null (MySQL \N, psql/pandas NULL, NaN, ...); MIMIC-IV
 # writes an empty field. Not read as null (a text column may hold them as values): an id or time
 # column holding them is refused with a hint.
+# MIMIC-IV's de-identification placeholder (free text that could name a person, e.g. emar_detail's
+# dose_given): removed on purpose, so counted apart from numbers that do not parse.
+REDACTED = r"^_{3,}$"
+
+
+def _is_redacted(col: str) -> pl.Expr:
+    return pl.col(col).str.strip_chars().str.contains(REDACTED)
+
+
 NULL_MARKERS = ("NULL", "\\N", "NONE", "NAN", "NA", "N/A", "NIL")
 
 
@@ -1390,6 +1403,7 @@ def _typed(df: pl.DataFrame, table: Table, bad: _BadValues, ctx: Context) -> pl.
         [(pl.col(c).is_not_null() & typed[c].is_null()).sum().alias(c) for c in present]
         + [(_is_null_marker(c) & typed[c].is_null()).sum().alias(f"marker:{c}") for c in present]
         + [(pl.col(c).is_not_null() & typed[c].is_null()).sum().alias(f"float:{c}") for c in floats]
+        + [(_is_redacted(c) & typed[c].is_null()).sum().alias(f"redacted:{c}") for c in floats]
         + [(typed[c].is_not_null() & _usable_number(typed[c]).is_null()).sum().alias(f"range:{c}") for c in floats]
         + [pl.lit((~typed[c].is_between(lo, hi)).sum()).alias(f"outside:{c}") for c, (lo, hi) in table.int_ranges.items()
            if c in df.columns]
@@ -1409,7 +1423,11 @@ def _typed(df: pl.DataFrame, table: Table, bad: _BadValues, ctx: Context) -> pl.
     for c, (lo, hi) in table.int_ranges.items():
         bad.add(c, f"outside {lo}-{hi}", int(counts.get(f"outside:{c}", 0)))
     for c in floats:
-        n = int(counts.get(f"float:{c}", 0))
+        r = int(counts.get(f"redacted:{c}", 0))
+        if r:  # MIMIC's de-identification placeholder: a value removed on purpose, not a fault of the data
+            d = ctx.redacted.setdefault(table.name, {})
+            d[c] = d.get(c, 0) + r
+        n = int(counts.get(f"float:{c}", 0)) - r
         if n:  # kept as an event without a number (the raw text stays in text_value where there is one)
             d = ctx.unparseable.setdefault(table.name, {})
             d[c] = d.get(c, 0) + n
@@ -1790,6 +1808,8 @@ def _account(rows_in: dict, counts: dict, ctx: Context) -> dict:
             entry["unparseable_numbers_set_null"] = dict(ctx.unparseable[name])
         if ctx.out_of_range.get(name):
             entry["out_of_range_numbers_set_null"] = dict(ctx.out_of_range[name])
+        if ctx.redacted.get(name):
+            entry["redacted_numbers_set_null"] = dict(ctx.redacted[name])
         if ctx.text_values.get(name):
             entry["text_values_kept"] = dict(ctx.text_values[name])
         moved = {c: v["moved"] for (t, c), v in ctx.stored.items() if t == name and v["moved"]}
@@ -1827,6 +1847,9 @@ def _detail_lines(account: dict, ctx: Context) -> list[str]:
         if a.get("out_of_range_numbers_set_null"):
             bits.append("NaN, infinite or beyond-float32 numbers kept as null " + ", ".join(
                 f"{c} {n}" for c, n in a["out_of_range_numbers_set_null"].items()))
+        if a.get("redacted_numbers_set_null"):
+            bits.append("de-identified (___) numbers kept as null " + ", ".join(
+                f"{c} {n}" for c, n in a["redacted_numbers_set_null"].items()))
         if a.get("text_values_kept"):
             bits.append("free text kept as text_value (no 0-10 rating) " + ", ".join(
                 f"{c} {n}" for c, n in a["text_values_kept"].items()))
@@ -2040,6 +2063,7 @@ def _merge_context(ctx: Context, part: Context) -> None:
     ctx.midnight.update(part.midnight)
     ctx.unparseable.update(part.unparseable)
     ctx.out_of_range.update(part.out_of_range)
+    ctx.redacted.update(part.redacted)
     ctx.text_values.update(part.text_values)
     ctx.stored.update(part.stored)
     ctx.discharge.update(part.discharge)
