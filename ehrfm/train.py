@@ -637,33 +637,6 @@ def _finished(run_dir: Path) -> bool:
     return result is not None and result.kept
 
 
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop metrics lines logged after the checkpoint we resume from (they will be redone).
-
-    Lines after `last_step`, and at `last_step` the end-of-run line (the final held-out loss,
-    the only line without "grad_norm", written by _finish; older ehrfm also left out its "lr"): a
-    run killed after its final checkpoint but before result.json resumes at its last step and
-    writes that line again.
-    """
-    if not path.is_file():
-        return
-    import json
-
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            obj = json.loads(line)
-            step = obj["step"]
-            if step < last_step or (step == last_step and "grad_norm" in obj):
-                keep.append(line)
-        except (ValueError, KeyError, TypeError):
-            break  # a torn last line from a hard kill
-    from ehrfm.io import atomic_file
-
-    with atomic_file(path) as f:
-        f.write("".join(k + "\n" for k in keep))
-
-
 # --- distributed -------------------------------------------------------------------------------
 
 
@@ -1065,8 +1038,6 @@ def _setup(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_di
             warn(f"{run_dir}: resuming in {trained_in}, the precision its checkpoint was trained in (dtype auto "
                  f"would give {dtype_name} on {device.type})")
         autocast, dtype_name = _autocast_for(cfg, device, trained_in)
-    if dd.main:
-        _truncate_metrics(run_dir / "metrics.jsonl", step)
     model = core
     if dd.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None)
@@ -1136,7 +1107,8 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
     _step (forward/backward), the optimizer step, _after_step (eval, log, checkpoint), _finish.
     """
     run = _setup(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_dir, base)
-    metrics_f = metrics_log(run_dir, cfg) if dd.main else None  # metrics.jsonl (+ --logger backend); closed below
+    # metrics.jsonl truncated to the step resumed from (+ --logger backend); closed below
+    metrics_f = metrics_log(run_dir, cfg, resume_step=run.step) if dd.main else None
     quiet = {} if dd.main else {"disable": True}  # one bar, on rank 0 (EHRFM_QUIET=1 silences it)
     bar = progress(total=D, initial=run.tokens_at(run.step), unit="tok", unit_scale=True, desc="train", **quiet)
     run.model.train()

@@ -176,7 +176,7 @@ def test_last_metrics_line_has_the_final_lr(tok, tmp_path):
 def test_resume_truncation_still_drops_the_end_of_run_line(tmp_path):
     """A run killed after its final checkpoint, before result.json, writes its end-of-run line again:
     the truncation must drop the old one though it now carries lr (it is the one without grad_norm)."""
-    from ehrfm.train import _truncate_metrics
+    from ehrfm.loggers import truncate_metrics
 
     p = tmp_path / "metrics.jsonl"
     rows = [{"step": 1, "tokens": 512, "train_loss": 3.5, "lr": 1e-3, "grad_norm": 2.0, "tokens_per_s": 9.0},
@@ -184,7 +184,7 @@ def test_resume_truncation_still_drops_the_end_of_run_line(tmp_path):
             {"step": 2, "tokens": 1024, "train_loss": 3.1, "lr": 1e-4, "val_loss": 3.0},  # end of run (new form)
             {"step": 2, "tokens": 1024, "train_loss": 3.1, "val_loss": 3.0}]  # end of run (older ehrfm)
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    _truncate_metrics(p, 2)
+    truncate_metrics(p, 2)
     assert [json.loads(s) for s in p.read_text().splitlines()] == rows[:2]
 
 

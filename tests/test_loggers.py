@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,3 +130,70 @@ def test_sweep_launch_logger_flag_reaches_every_run(synth_tokens, tmp_path):
     for run in runs:
         _assert_events_equal_jsonl(run)
         assert json.loads((out / "jobs" / f"{run.name}.train.json").read_text())["extra"]["logger"] == "tensorboard"
+
+
+def _kill_at(cmd, out, holds, point, env=ENV):
+    """Run `cmd` until it holds at `point`, then SIGKILL it (a crash at an exact moment, never a race)."""
+    from ehrfm.fault_points import wait_held
+
+    env = {**env, "EHRFM_HOLD_AT": point, "EHRFM_HOLD_DIR": str(holds)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_held(holds, out.name, point, is_alive=lambda: proc.poll() is None)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=120)
+
+
+@pytest.mark.parametrize("point", ["step-6", "final-checkpoint"])
+def test_tensorboard_after_a_crash_equals_the_uninterrupted_run(synth_tokens, tmp_path, point):
+    """A crash before any checkpoint (resume from step 0) or after the end-of-run line (resume at the
+    last step, which writes that line again): TensorBoard shows each logged value once, exactly as
+    metrics.jsonl and the uninterrupted run do. Before 2026-12-03 both showed the lost session's
+    values and the redone ones (TensorBoard was purged only after metrics.jsonl's last kept step)."""
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "crash"
+    cmd = _cmd(synth_tokens, out, "--logger", "tensorboard")
+    _kill_at(cmd, out, tmp_path / "holds", point)
+    assert list(out.glob("events.out.tfevents.*")) and not (out / "result.json").exists()
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-500:]
+    _assert_events_equal_jsonl(out)
+    whole = _train(synth_tokens, tmp_path / "whole", "--logger", "tensorboard")
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]  # noqa: E731 (timing)
+    assert strip(_jsonl(out)) == strip(_jsonl(whole))
+
+
+FAKE_WANDB = str(Path(__file__).parent / "fake_wandb")  # tests/fake_wandb/wandb: records W&B calls
+
+
+def _wandb_sessions(run) -> list[list[dict]]:
+    """The calls each session made to (the fake) W&B: one list per wandb.init."""
+    sessions = []
+    for call in map(json.loads, (run / "wandb" / "fake_calls.jsonl").read_text().splitlines()):
+        if call["call"] == "init":
+            sessions.append([])
+        sessions[-1].append(call)
+    return sessions
+
+
+@pytest.mark.parametrize("point", ["step-7", "final-checkpoint"])
+def test_wandb_after_a_crash_resumes_one_run_and_sends_each_line_once(synth_tokens, tmp_path, point):
+    """Killed mid-run (checkpoint at step 4, steps 5 and 6 logged) or after the end-of-run line: the
+    resumed session opens the same W&B run (its id, resume="allow") and sends only the lines the lost
+    session had not, so W&B holds metrics.jsonl's lines once each, at monotone steps. Before 2026-12-03
+    each session was a new W&B run and the redone steps were sent twice."""
+    out = tmp_path / "crash"
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([FAKE_WANDB, os.environ.get("PYTHONPATH", "")])}
+    cmd = _cmd(synth_tokens, out, "--logger", "wandb", "--checkpoint-interval", "4")
+    _kill_at(cmd, out, tmp_path / "holds", point, env)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-500:]
+    sessions = _wandb_sessions(out)
+    assert len(sessions) == 2 and sessions[0][0]["id"] and {s[0]["id"] for s in sessions} == {sessions[0][0]["id"]}
+    assert {s[0]["resume"] for s in sessions} == {"allow"}
+    sent = [c for s in sessions for c in s if c["call"] == "log"]
+    timing = "tokens_per_s"  # a wall-clock rate: the lost session's, where it sent the line
+    want = [(line["step"], {k: v for k, v in line.items() if k not in ("step", timing) and v is not None})
+            for line in _jsonl(out)]
+    assert [(c["step"], {k: v for k, v in c["data"].items() if k != timing}) for c in sent] == want
+    if point == "step-7":
+        assert [c["step"] for c in sessions[0] if c["call"] == "log"][-1] == 6  # sent before the kill, not again
