@@ -150,3 +150,31 @@ def test_too_few_train_labels_skip_boosting_with_its_reason(cohort, tmp_path, ca
     assert "gradient boosting AUROC skipped: 5 train labels" in out
     saved = json.loads((tmp_path / "b2" / "metrics.json").read_text())
     assert saved["n_train"] == 5 and "skipped" in saved["models"]["gradient_boosting"]
+
+
+def test_max_labels_scans_the_meds_data_once_and_equals_the_run_on_its_sample(cohort, tmp_path, monkeypatch):
+    """Before 2026-12-03, a --max-labels that drops rows read every MEDS shard twice: once to check
+    every row of the label file, once to count the sample's codes. Now once (calls to the shard reader
+    counted through real runs), with the outputs of a run on the sampled rows alone."""
+    from ehrfm.clinical import baseline as base
+    from ehrfm.meds_io import open_meds
+
+    meds, labels, n = cohort
+    real, scans = base.scan_shard, []
+    monkeypatch.setattr(base, "scan_shard", lambda shard, *a, **k: scans.append(shard) or real(shard, *a, **k))
+    n_shards = sum(len(s) for s in open_meds(meds).shards.values())
+    cfg = BaselineConfig(str(meds), str(labels), max_labels=60, bootstrap=50, seed=3)
+    sampled = baseline(cfg, tmp_path / "sampled")
+    assert len(scans) == n_shards == 3 and sampled["n_train"] == 60  # rows were dropped: 560 train labels
+    # the rows it scored (its prediction files hold every split), as a label file of their own
+    rows = pl.concat([pl.read_parquet(f) for f in (tmp_path / "sampled" / "logistic_regression").glob("*.parquet")])
+    (tmp_path / "sample").mkdir()
+    rows.select("subject_id", "prediction_time", "boolean_value").sort("subject_id", "prediction_time").write_parquet(
+        tmp_path / "sample" / labels.name)
+    scans.clear()
+    alone = baseline(BaselineConfig(str(meds), str(tmp_path / "sample" / labels.name), bootstrap=50, seed=3), tmp_path / "alone")
+    assert len(scans) == n_shards
+    assert {**sampled, "wall_s": 0} == {**alone, "wall_s": 0}
+    for model in ("logistic_regression", "gradient_boosting"):
+        for pred in sorted((tmp_path / "sampled" / model).glob("*.parquet")):
+            assert pl.read_parquet(pred).equals(pl.read_parquet(tmp_path / "alone" / model / pred.name)), pred

@@ -117,19 +117,38 @@ def count_features(meds_dir, labels: pl.DataFrame, windows: list[tuple[str, int 
     `meds_dir` is a dataset dir or an opened MedsDataset.
     """
     ds = meds_dir if isinstance(meds_dir, MedsDataset) else open_meds(meds_dir)
-    keys = labels.select(
-        "label_idx", "subject_id", pl.col("prediction_time").cast(pl.Datetime("us")).dt.epoch("us").alias("pred")
-    )
-    subjects = keys.select("subject_id").unique()
+    keys = labels.select("label_idx").hstack(_label_keys(labels))
+    counts, bounds = _scan_counts(ds, keys, windows, keys["subject_id"])
+    return counts, keys.join(bounds, on="subject_id", how="left")
+
+
+def _label_keys(labels: pl.DataFrame) -> pl.DataFrame:
+    """(subject_id, pred): each label's subject and prediction time in epoch microseconds."""
+    return labels.select("subject_id", pl.col("prediction_time").cast(pl.Datetime("us")).dt.epoch("us").alias("pred"))
+
+
+def _scan_counts(ds: MedsDataset, keys: pl.DataFrame, windows: list[tuple[str, int | None]],
+                 subjects: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One scan of the MEDS shards: code counts of `keys`' labels, and the timeline bounds of `subjects`.
+
+    keys: (label_idx, subject_id, pred) of the labels to count; subjects: every subject whose
+    bounds are wanted (those of `keys` and more: the whole label file's, checked when --max-labels
+    counts only a sample of it). Returns (counts as count_features gives them, per-subject bounds
+    (subject_id, first_time, last_time, birth, death)).
+
+    Raises:
+        UserError: the MEDS data has no events of `subjects`.
+    """
     from ehrfm.io import progress
 
+    wanted = subjects.unique().to_frame("subject_id").lazy()
     counts, bounds = [], []
     shards = [sh for split_shards in ds.shards.values() for sh in split_shards]
     for shard in progress(shards, desc="baseline: count codes", unit="shard"):
         ev = (
             scan_shard(shard)
             .select("subject_id", pl.col("time").dt.epoch("us").alias("t"), "code")
-            .join(subjects.lazy(), on="subject_id", how="semi")
+            .join(wanted, on="subject_id", how="semi")
             .collect()
         )
         if ev.height == 0:
@@ -154,10 +173,10 @@ def count_features(meds_dir, labels: pl.DataFrame, windows: list[tuple[str, int 
                     .agg(pl.len().alias("count"))
                     .select("label_idx", (pl.lit(name + "/") + pl.col("code").cast(pl.String)).alias("feature"), "count")
                 )
-    bounds = _merge_bounds(bounds, meds_dir)
+    bounds = _merge_bounds(bounds, ds.root)
     counts = pl.concat(counts) if counts else pl.DataFrame(schema={"label_idx": pl.Int64, "feature": pl.Utf8, "count": pl.UInt32})
     counts = counts.group_by("label_idx", "feature").agg(pl.col("count").sum())
-    return counts, keys.join(bounds, on="subject_id", how="left")
+    return counts, bounds
 
 
 def _shard_bounds(ev: pl.DataFrame) -> pl.DataFrame:
@@ -179,23 +198,6 @@ def _merge_bounds(bounds: list[pl.DataFrame], meds_dir) -> pl.DataFrame:
         pl.col("first_time").min(), pl.col("last_time").max(), pl.col("birth").min(), pl.col("death").min()
     ).with_columns(  # only a birth: the timeline is that instant (the tokenizer's fallback)
         pl.col("first_time").fill_null(pl.col("birth")), pl.col("last_time").fill_null(pl.col("birth")))
-
-
-def timeline_keys(ds: MedsDataset, labels: pl.DataFrame) -> pl.DataFrame:
-    """Each label's (subject_id, pred) with its subject's timeline bounds, as count_features gives, without counting.
-
-    Raises:
-        UserError: the MEDS data has no events of the labels' subjects.
-    """
-    keys = labels.select("subject_id", pl.col("prediction_time").cast(pl.Datetime("us")).dt.epoch("us").alias("pred"))
-    subjects = keys.select("subject_id").unique().lazy()
-    bounds = []
-    for shard in [sh for split_shards in ds.shards.values() for sh in split_shards]:
-        ev = (scan_shard(shard).select("subject_id", pl.col("time").dt.epoch("us").alias("t"), "code")
-              .join(subjects, on="subject_id", how="semi").collect())
-        if ev.height:
-            bounds.append(_shard_bounds(ev))
-    return keys.join(_merge_bounds(bounds, ds.root), on="subject_id", how="left")
 
 
 def check_prediction_times(keys: pl.DataFrame, labels_path, where: str) -> None:
@@ -248,7 +250,7 @@ def prepare(cfg: BaselineConfig):
     """Labels with splits and their feature matrix (the parts tests check for look-ahead).
 
     Every row of the label file is checked (prediction times inside the subject's timeline, deaths in
-    history) before --max-labels subsamples it, as the token heads do.
+    history), not only the --max-labels sample, as the token heads do; the MEDS data is scanned once.
 
     Raises:
         UserError: bad labels or MEDS data (labels.read_labels, attach_splits, check_prediction_times).
@@ -257,16 +259,16 @@ def prepare(cfg: BaselineConfig):
     ds = open_meds(cfg.meds_dir)
     labels = attach_splits(labels, meds_subject_splits(ds), cfg.labels, f"MEDS dataset {cfg.meds_dir}")
     windows = parse_windows(cfg.windows)
-    sampled = subsample_per_split(labels, cfg.max_labels, cfg.seed)
-    dropped = sampled.height < labels.height
-    if dropped:
-        # Check every row of the file before sampling, as the token heads do (probe.load_label_histories):
-        # the same file is then refused (or warned about) alike whatever --max-labels and --seed.
-        _check_timelines(timeline_keys(ds, labels), cfg)
-    labels = sampled.with_row_index("label_idx").with_columns(pl.col("label_idx").cast(pl.Int64))
-    counts, keys = count_features(ds, labels, windows)
-    if not dropped:  # nothing dropped: the counted rows are the whole file
-        _check_timelines(keys, cfg)
+    everyone = labels
+    labels = subsample_per_split(labels, cfg.max_labels, cfg.seed).with_row_index("label_idx").with_columns(
+        pl.col("label_idx").cast(pl.Int64))
+    # One scan of the MEDS data counts the sampled labels' codes and bounds the timelines of every
+    # subject in the file, so every row is checked (as the token heads do, probe.load_label_histories):
+    # the same file is refused (or warned about) alike whatever --max-labels and --seed.
+    keys = labels.select("label_idx").hstack(_label_keys(labels))
+    counts, bounds = _scan_counts(ds, keys, windows, everyone["subject_id"])
+    _check_timelines(_label_keys(everyone).join(bounds, on="subject_id", how="left"), cfg)
+    keys = keys.join(bounds, on="subject_id", how="left")
     train_idx = np.flatnonzero(labels["split"].to_numpy() == "train")
     x, names = feature_matrix(counts, keys, train_idx, cfg.min_count)
     return labels, x, names
