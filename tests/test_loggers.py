@@ -197,3 +197,20 @@ def test_wandb_after_a_crash_resumes_one_run_and_sends_each_line_once(synth_toke
     assert [(c["step"], {k: v for k, v in c["data"].items() if k != timing}) for c in sent] == want
     if point == "step-7":
         assert [c["step"] for c in sessions[0] if c["call"] == "log"][-1] == 6  # sent before the kill, not again
+
+
+def test_tensorboard_turned_on_at_a_resume_gets_the_kept_lines_too(synth_tokens, tmp_path):
+    """A run stopped (SIGTERM: checkpoint, exit 3) without a logger and resumed with --logger
+    tensorboard: its event files hold every metrics.jsonl line, the first session's too."""
+    pytest.importorskip("tensorboard")
+    from ehrfm.fault_points import wait_held
+
+    out, holds = tmp_path / "late", tmp_path / "holds"
+    proc = subprocess.Popen(_cmd(synth_tokens, out), env={**ENV, "EHRFM_HOLD_AT": "step-6", "EHRFM_HOLD_DIR": str(holds)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_held(holds, out.name, "step-6", is_alive=lambda: proc.poll() is None)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 3 and not list(out.glob("events.out.tfevents.*"))
+    _train(synth_tokens, out, "--logger", "tensorboard")
+    _assert_events_equal_jsonl(out)
