@@ -409,3 +409,24 @@ def test_ed_pain_is_a_0_10_rating_where_it_states_one_and_its_text_otherwise(tmp
         assert account["text_values_kept"] == {"pain": 6} and "unparseable_numbers_set_null" not in account
         assert account["events_written"] == 12 and account["dropped"] == {}
     assert "free text kept as text_value (no 0-10 rating) pain 6" in p.stdout + p.stderr
+
+
+def test_ed_pain_deidentified_placeholder_is_counted_as_redacted_not_kept_as_text(tmp_path):
+    """MIMIC-IV's de-identification placeholder ___ is a value removed, not a pain text the nurse
+    typed. When pain became a text column (a49c308) it fell out of the number columns' redacted
+    rule and was kept as an ED pain event with text_value "___", counted as text_values_kept."""
+    stays = ("subject_id,hadm_id,stay_id,intime,outtime,gender,race,arrival_transport,disposition\n"
+             "1,,401,2150-01-01 06:00:00,2150-01-01 10:00:00,F,WHITE,WALK IN,HOME\n"
+             "1,,402,2150-01-02 06:00:00,2150-01-02 10:00:00,F,WHITE,WALK IN,HOME\n")
+    triage = ("subject_id,stay_id,temperature,heartrate,resprate,o2sat,sbp,dbp,pain,acuity,chiefcomplaint\n"
+              "1,401,,,,,,,___,,\n1,402,,,,,,, ___ ,,\n")
+    vitals = ("subject_id,stay_id,charttime,temperature,heartrate,resprate,o2sat,sbp,dbp,rhythm,pain\n"
+              "1,401,2150-01-01 07:00:00,,,,,,,,___\n1,402,2150-01-02 07:00:00,,,,,,,,unable\n")
+    raw = _raw(tmp_path, {"ed/edstays": stays, "ed/triage": triage, "ed/vitalsign": vitals})
+    res = etl(raw, tmp_path / "meds", split_fractions=(1.0, 0.0, 0.0))
+    pain = _events(tmp_path / "meds").filter(pl.col("code").str.ends_with("//pain"))
+    assert pain.select("code", "numeric_value", "text_value").rows() == [("ED_VITAL//pain", None, "unable")]
+    assert res["tables"]["ed/triage"]["redacted_numbers_set_null"] == {"pain": 2}
+    assert "text_values_kept" not in res["tables"]["ed/triage"]
+    assert res["tables"]["ed/vitalsign"]["redacted_numbers_set_null"] == {"pain": 1}
+    assert res["tables"]["ed/vitalsign"]["text_values_kept"] == {"pain": 1}

@@ -175,7 +175,8 @@ Dates and midnights (an event is never placed before the first moment it could h
   (`redacted_numbers_set_null`: removed on purpose, not a fault); unparseable
   ids and times refuse the table (UserError). ED pain is text, not a number column: text that
   states no 0-10 rating ("unable", "3-4", "13") is kept as text_value and counted
-  (`text_values_kept`), not as unparseable.
+  (`text_values_kept`), not as unparseable; its placeholder `___` makes no event, counted as
+  `redacted_numbers_set_null` as in the number columns.
   They are printed as detail lines before the one-line summary and written to
   metadata/etl_config.json: `tables` = {table: {rows_read, events_written, dropped: {reason: n},
   date_only_values: {column: n}, date_only_placed_at_discharge, midnight_times: {column: n},
@@ -663,7 +664,8 @@ ED_NUMBERS = [c for c in ED_VITALS if c != "pain"]  # NUMERIC in MIMIC-IV-ED's s
 # states one rating on the 0-10 scale: "7", "7.5", "+7", "7/10". Anything else -- a range (which
 # rating?), a number off the scale ("13", "100": a typo or another scale), words -- is no rating:
 # kept as the event's text_value (a patient unable to rate pain is itself a finding), counted per
-# column as `text_values_kept`, never as an unparseable number.
+# column as `text_values_kept`, never as an unparseable number. The placeholder ___ is no value:
+# no event, counted as redacted (REDACTED).
 PAIN_SCALE = (0.0, 10.0)
 PAIN_RATING = r"^\+?(\d+(?:\.\d*)?|\.\d+)(?:\s*/\s*10)?$"
 
@@ -671,6 +673,14 @@ PAIN_RATING = r"^\+?(\d+(?:\.\d*)?|\.\d+)(?:\s*/\s*10)?$"
 def _pain(df: pl.DataFrame, ctx: Context) -> pl.DataFrame:
     """The rows with `pain` as its 0-10 rating (Float64, null where none) and `_pain_text` (its text where no rating)."""
     text = pl.col("pain").cast(pl.String).str.strip_chars()
+    # MIMIC-IV's de-identification placeholder ___ is a value removed, not what the nurse typed: no
+    # event, counted as redacted as in the number columns (_typed), never kept as a pain "text".
+    redacted = text.str.contains(REDACTED).fill_null(False)
+    n_redacted = df.select(redacted.sum()).item() if df.height else 0
+    if n_redacted:
+        d = ctx.redacted.setdefault(ctx.table, {})
+        d["pain"] = d.get("pain", 0) + n_redacted
+    text = pl.when(~redacted).then(text)
     rating = text.str.extract(PAIN_RATING, 1).cast(pl.Float64, strict=False)
     rating = pl.when(rating.is_between(*PAIN_SCALE)).then(rating)
     df = df.with_columns(pain=rating, _pain_text=pl.when(rating.is_null() & (text.str.len_chars() > 0)).then(text))
