@@ -1366,9 +1366,6 @@ class _BadValues:
             raise UserError(f"{self.path}: column {col!r} has {n} {what}{why}")
 
 
-# Texts some database exports write for a null (MySQL \N, psql/pandas NULL, NaN, ...); MIMIC-IV
-# writes an empty field. Not read as null (a text column may hold them as values): an id or time
-# column holding them is refused with a hint.
 # MIMIC-IV's de-identification placeholder (free text that could name a person, e.g. emar_detail's
 # dose_given): removed on purpose, so counted apart from numbers that do not parse.
 REDACTED = r"^_{3,}$"
@@ -1378,6 +1375,9 @@ def _is_redacted(col: str) -> pl.Expr:
     return pl.col(col).str.strip_chars().str.contains(REDACTED)
 
 
+# Texts some database exports write for a null (MySQL \N, psql/pandas NULL, NaN, ...); MIMIC-IV
+# writes an empty field. Not read as null (a text column may hold them as values): an id or time
+# column holding them is refused with a hint.
 NULL_MARKERS = ("NULL", "\\N", "NONE", "NAN", "NA", "N/A", "NIL")
 
 
