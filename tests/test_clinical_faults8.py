@@ -92,6 +92,28 @@ def test_a_labels_dir_with_two_files_of_one_task_is_refused(tmp_path):
     assert list(label_files(lab)) == ["long_los"]
 
 
+def test_a_label_dir_with_a_file_and_a_shard_dir_of_one_task_is_refused_and_hints_the_shard_dir(tmp_path):
+    """A dir holding long_los.parquet beside an ACES shard dir long_los/<split>/<shard>.parquet is
+    refused as two of one task (sweep collect) and as several files (a head). The head's hint named
+    one shard (long_los/held_out/0.parquet): followed, it scored a part of that task's labels; it
+    names the shard dir now."""
+    from ehrfm.clinical.labels import head_labels, task_label_paths
+
+    rows = pl.DataFrame({"subject_id": [1, 2], "prediction_time": [T0, T0 + timedelta(hours=1)], "boolean_value": [True, False]},
+                        schema={"subject_id": pl.Int64, "prediction_time": pl.Datetime("us"), "boolean_value": pl.Boolean})
+    lab = tmp_path / "labels"
+    for shard in ("held_out/0.parquet", "held_out/1.parquet", "train/0.parquet"):
+        (lab / "long_los" / shard).parent.mkdir(parents=True, exist_ok=True)
+        rows.write_parquet(lab / "long_los" / shard)
+    rows.write_parquet(lab / "long_los.parquet")
+    with pytest.raises(UserError, match="long_los.parquet and long_los both hold labels of task long_los"):
+        task_label_paths(lab)
+    with pytest.raises(UserError) as e:
+        head_labels(lab)
+    assert str(e.value).endswith(f"pass one label file or task shard dir, e.g. --labels {lab / 'long_los'}")
+    assert head_labels(lab / "long_los") == (lab / "long_los", "long_los")
+
+
 # 3 ---------------------------------------------------------------------------------------------
 def test_sweep_zeroshot_scores_one_tasks_shard_dir_and_keys_its_cache_on_the_shards(tmp_path):
     """Before: `sweep collect --labels DIR --zeroshot` with one task's ACES shards in DIR

@@ -655,8 +655,11 @@ def head_labels(path: str | os.PathLike, task: str | None = None) -> tuple[Path,
         files = _visible_parquet_files(path)
         if len(files) != 1:
             names = ", ".join(str(f.relative_to(path)) for f in files[:6]) + (", ..." if len(files) > 6 else "")
+            example = files[0] if files else path / "TASK.parquet"
+            if files and label_shards(path / files[0].relative_to(path).parts[0]):
+                example = path / files[0].relative_to(path).parts[0]  # a task's shard dir, not one shard of it
             raise UserError(f"--labels {path} is a directory holding {len(files)} parquet files ({names or 'none'}); a head "
-                            "scores one task: pass one label file, e.g. --labels " + str(files[0] if files else path / "TASK.parquet"))
+                            "scores one task: pass one label file or task shard dir, e.g. --labels " + str(example))
         path = files[0]
     elif not path.is_file():
         raise UserError(f"label file {path} not found")
