@@ -42,8 +42,10 @@ def test_zeroshot_icu_rollouts_leave_out_direct_icu_admissions(tmp_path):
 
     Uniform sampling over 12 tokens: outcome ICU_ADMISSION, competing DISCHARGE and MEDS_DEATH,
     TIMELINE_END (an end of record: undecided, test 7), and the interval token 1h-2h. Direct (ICU first
-    of those five): 1/5. Outcome after an interval: 1/5 * 1/4; competing 2/5 + 1/5 * 2/4. Share among
-    decided: (1/20) / (1/20 + 1/2) = 1/11 (before: 1/3)."""
+    of those five): 1/5. Outcome after an interval: 1/5 * 1/4; discharge 1/5 + 1/5 * 1/4 = 1/4, death
+    1/4. Of the discharges 5/16 are transfers (an admission within 1 h, test 9), 11/16 decide. Share
+    among decided: (1/20) / (1/20 + 1/4 + 11/64) = 16/151 (before: 1/3; 1/11 before test 9's rule);
+    transfers 1/5 + 5/64."""
     from ehrfm.clinical.zeroshot import ZeroShotConfig, zeroshot
     from ehrfm.tokens import TokenDir
 
@@ -59,13 +61,14 @@ def test_zeroshot_icu_rollouts_leave_out_direct_icu_admissions(tmp_path):
     m = zeroshot(cfg, tmp_path / "zs")
     p = pl.read_parquet(tmp_path / "zs" / "predictions.parquet")["predicted_boolean_probability"].mean()
     # 20 labels x 100 rollouts: ~1,600 decided, sd of the share ~0.007
-    assert abs(p - 1 / 11) < 0.03, p
-    assert abs(m["transfer_share"] - 1 / 5) < 0.04 and m["direct_icu_minutes"] == 5.0
-    # the label file's own window: 0 minutes, no stay is direct, every ICU admission is the outcome (vs discharge, death)
+    assert abs(p - 16 / 151) < 0.03, p
+    assert abs(m["transfer_share"] - (1 / 5 + 5 / 64)) < 0.04 and m["direct_icu_minutes"] == 5.0
+    # the label file's own window: 0 minutes, no stay is direct, every ICU admission is the outcome (vs discharge,
+    # death): 1/4 / (1/4 + 1/4 + 1/4 * 11/16) = 16/43, transfers only after a discharge
     (tmp_path / "icu_admission.json").write_text(json.dumps({"task": "icu_admission", "config": {"direct_icu_minutes": 0.0}}))
     m0 = zeroshot(cfg, tmp_path / "zs0")
     p0 = pl.read_parquet(tmp_path / "zs0" / "predictions.parquet")["predicted_boolean_probability"].mean()
-    assert abs(p0 - 1 / 3) < 0.04 and m0["transfer_share"] == 0.0
+    assert abs(p0 - 16 / 43) < 0.04 and abs(m0["transfer_share"] - 5 / 64) < 0.02
 
 
 # 2 ---------------------------------------------------------------------------------------------
@@ -228,7 +231,8 @@ def test_zeroshot_simulated_time_starts_at_the_prediction_time(tmp_path):
 
     Uniform sampling over 12 tokens; the ones that count: the interval token 1h-2h (1 h), the
     discharge and TIMELINE_END. Long stay = two interval tokens before either end: 1/3 * 1/3 = 1/9
-    (under --undecided negative, whatever the end of record counts as)."""
+    (under --undecided negative, whatever the end of record counts as) of the rollouts that are no
+    transfer (test 9: 5/16 of the 4/9 that reach a discharge): 4/31."""
     from ehrfm.clinical.zeroshot import ZeroShotConfig, zeroshot
 
     tok, labels = make_cohort(tmp_path)
@@ -240,13 +244,13 @@ def test_zeroshot_simulated_time_starts_at_the_prediction_time(tmp_path):
     cfg = ZeroShotConfig(str(run), str(tok), str(los), n_samples=100, max_new_tokens=64, bootstrap=0, seed=1, undecided="negative")
     m = zeroshot(cfg, tmp_path / "zs")
     p = pl.read_parquet(tmp_path / "zs" / "predictions.parquet")["predicted_boolean_probability"].mean()
-    assert abs(p - 1 / 9) < 0.03, p  # 2,000 rollouts: sd 0.007 (before: 0.0)
+    assert abs(p - 4 / 31) < 0.03, p  # 2,000 rollouts: sd 0.007 (before: 0.0)
     assert m["time_bound"]["long_los_days"] == 25 / 24
 
 
 # 7 ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("task, share, ended", [("in_hospital_mortality", 1 / 2, 1 / 3), ("icu_admission", 1 / 3, 1 / 4),
-                                                ("long_los", 1 / 5, 4 / 9)])
+                                                ("long_los", 4 / 15, 4 / 9)])
 def test_zeroshot_an_end_of_record_is_undecided_not_a_discharge(tmp_path, task, share, ended):
     """Before: a rollout that sampled TIMELINE_END before the stay ended counted as the competing event
     (as a discharge), though `ehrfm labels` gives a stay the data leave open no label (no_discharge):
@@ -257,7 +261,8 @@ def test_zeroshot_an_end_of_record_is_undecided_not_a_discharge(tmp_path, task, 
     TIMELINE_END competing). ICU: ICU_ADMISSION vs the discharge or MEDS_DEATH, 1/3 (before 1/4; this
     tokenizer has no interval tokens, so no direct-ICU rule). Long stay (1 h left after the prediction
     time, the 1h-2h token counting 1 h): two interval tokens before the discharge, 1/9, vs the discharge
-    first 4/9: 1/5 (before 1/9); TIMELINE_END first 4/9."""
+    first 4/9, of which 11/16 decide (test 9): 4/15 (before 1/9; 1/5 before test 9's rule); TIMELINE_END
+    first 4/9."""
     from ehrfm.clinical.zeroshot import ZeroShotConfig, zeroshot
 
     tok, labels = make_cohort(tmp_path)
@@ -339,3 +344,46 @@ def test_zeroshot_batches_count_the_logits_memory(tmp_path, monkeypatch):
                                         r"more than the 0\.5 MiB free"):
         run_with()
     assert returned == []
+
+
+# 9 ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("task, sidecar, share, transferred", [
+    ("in_hospital_mortality", None, 16 / 27, 5 / 48),
+    ("icu_admission", {"direct_icu_minutes": 0.0}, 16 / 43, 5 / 64),
+    ("long_los", {"gap_hours": 24.0, "long_los_days": 25 / 24}, 4 / 15, 5 / 36)])
+def test_zeroshot_a_discharge_followed_by_an_admission_within_transfer_hours_is_a_transfer(
+        tmp_path, task, sidecar, share, transferred):
+    """Before: a sampled discharge decided at once (the competing event), though `ehrfm labels` excludes
+    a stay whose discharge the next admission follows within --transfer-hours (reason transferred, for
+    every task): the share counted futures that have no label as discharges. Now the discharge waits
+    for its window (1 h by default): an admission inside it ends the rollout "transferred"
+    (transfer_share, left out of the share); the window passing, a death or the end of the record lets
+    the discharge decide.
+
+    Uniform sampling over 12 tokens, the interval token 1h-2h counting 1 h. After a discharge only the
+    admission, 1h-2h, MEDS_DEATH and TIMELINE_END count, 1/4 each: an admission first (1/4), or after one
+    1h-2h (1 h: still inside the window, inclusive as the label's <=; 1/16) is a transfer, 5/16; 11/16
+    of discharges decide. Mortality: death vs discharge vs end of record, 1/3 each: share 1/3 / (1/3 +
+    1/3 * 11/16) = 16/27 (before 1/2), transfers 5/48 (before 0). ICU (direct rule off): ICU, discharge,
+    death, end 1/4 each: 16/43 (before 1/3), transfers 5/64. Long stay (1 h left, two 1h-2h first: 1/9;
+    the discharge first 4/9): 4/15 (before 1/5), transfers 5/36."""
+    from ehrfm.clinical.zeroshot import ZeroShotConfig, zeroshot
+
+    tok, labels = make_cohort(tmp_path)
+    _with_interval_token(tok)
+    run = _uniform_run(tmp_path, tok)
+    path = tmp_path / f"{task}.parquet"
+    pl.read_parquet(labels).write_parquet(path)  # predicted at T0 + 24 h
+    if sidecar is not None:
+        (tmp_path / f"{task}.json").write_text(json.dumps({"task": task, "config": sidecar}))
+    cfg = ZeroShotConfig(str(run), str(tok), str(path), n_samples=400, max_new_tokens=64, bootstrap=0, seed=1)
+    m = zeroshot(cfg, tmp_path / "zs")
+    p = pl.read_parquet(tmp_path / "zs" / "predictions.parquet")["predicted_boolean_probability"].mean()
+    # 20 labels x 400 rollouts: sd of the mean share <= 0.008, of the transfer share <= 0.004
+    assert abs(p - share) < 0.03, p
+    assert abs(m["transfer_share"] - transferred) < 0.015, m["transfer_share"]
+    assert m["discharge_transfer_hours"] == 1.0
+    if task == "in_hospital_mortality":  # the label file's own window: 0 h, only an admission at the discharge's time
+        (tmp_path / f"{task}.json").write_text(json.dumps({"task": task, "config": {"transfer_hours": 0.0}}))
+        m0 = zeroshot(cfg, tmp_path / "zs0")
+        assert abs(m0["transfer_share"] - 1 / 12) < 0.01 and m0["discharge_transfer_hours"] == 0.0  # 1/3 * 1/4

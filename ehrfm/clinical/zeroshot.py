@@ -33,7 +33,7 @@ last event 23 h before the prediction time (admission + 24 h), a long stay neede
 sampled intervals after that event instead of 6 d after the prediction time.)
 
 - in_hospital_mortality: outcome MEDS_DEATH or HOSPITAL_DISCHARGE//DIED; competing any other
-  HOSPITAL_DISCHARGE//*.
+  HOSPITAL_DISCHARGE//*, once its transfer window has passed (below).
 - icu_admission: outcome ICU_ADMISSION//*; competing HOSPITAL_DISCHARGE//* or MEDS_DEATH. An ICU
   admission at simulated time < prediction time (the admission) + direct_icu_minutes is a direct
   ICU admission, which `ehrfm labels` excludes: the rollout ends "transferred" as below (counted
@@ -48,6 +48,29 @@ sampled intervals after that event instead of 6 d after the prediction time.)
   as `ehrfm labels` rules (it excludes such a stay): the rollout ends "transferred", counted
   apart (`transfer_share`) and left out of the label's share under either undecided rule, as
   that future has no readmission label.
+
+A discharge's transfer window (in_hospital_mortality, icu_admission, long_los; since 2026-12-03).
+`ehrfm labels` excludes a stay whose discharge is followed by the subject's next admission within
+transfer_hours (reason "transferred", whatever its outcome: the next stay continues it), for every
+task; it never merges the two stays. So a sampled live discharge (HOSPITAL_DISCHARGE//* other than
+DIED) does not decide at once: the rollout goes on, and from then on only three things count. A
+HOSPITAL_ADMISSION//* at simulated time <= discharge + transfer_hours (inclusive, as the label's
+`next_admission - discharge <= transfer_hours`; an admission at the discharge's own time included)
+ends it "transferred" (`transfer_share`, left out of the share: that future has no label).
+Simulated time passing discharge + transfer_hours, a MEDS_DEATH or an end of record (no admission
+can follow: an admission after a death is no next stay, the end of the data is no next admission)
+lets the discharge decide, as the competing event. Whatever else is sampled meanwhile (an ICU
+admission, the long stay's bound passing) belongs to no stay of the label and is ignored; a
+rollout still waiting at max_new_tokens is undecided. A death decides at once where it decides
+(HOSPITAL_DISCHARGE//DIED; MEDS_DEATH for mortality and ICU admission): `ehrfm labels` never
+counts an admission after a death as a next stay. Before, the discharge decided at once, so the
+share counted transferred futures, which have no label, as competing (a model as likely to sample
+a death as a discharge, with an admission within the default 1 h after 5 of 16 discharges: a
+mortality share of 1/2 where the labelled futures give 16/27). The window needs the interval
+tokens to measure time: a tokenizer without them keeps a discharge deciding at once. A rollout
+that has reached the outcome (an ICU admission, the long stay's bound) stops there, unchecked for
+a transfer after its later discharge, though `ehrfm labels` would exclude that stay too: following
+every positive rollout on to its discharge would cost a stay's length of tokens each.
 
 The end of the record (TIMELINE_END, or whichever of END_TOKENS the vocabulary has) ends a
 rollout undecided (since 2026-12-03; before, it counted as the competing event): the data stop,
@@ -100,7 +123,8 @@ from ehrfm.tokens import TokenDir
 
 UNDECIDED_RULES = ("exclude", "negative")
 # The rollout rules' version, in sweep collect's cache key: scores cached under older rules are redone.
-ROLLOUT_RULES = "2026-12-03: clock from the prediction time; an end of record is undecided"
+ROLLOUT_RULES = ("2026-12-03b: clock from the prediction time; an end of record is undecided; a discharge followed by "
+                 "an admission within transfer_hours is a transfer (mortality, ICU admission, long stay)")
 ROLLOUT_BUDGET_BYTES = 1 << 30  # default memory of a batch (KV cache and logits): every rollout of a small model's labels at once
 # (rows, V) float32 tensors a decoding step holds at once, beside its labels' draws: the logits,
 # the uniforms gathered per row, and the Gumbel scores (rollout_batch computes them in place)
@@ -119,7 +143,9 @@ class RolloutSpec:
 
     What ends a rollout: token ids, and an optional time bound (per label, us after the
     prediction time) whose crossing is the outcome (`cross="outcome"`) or competing (`"competing"`);
-    `ends` stop it undecided (an end of record the task's label does not decide on).
+    `ends` stop it undecided (an end of record the task's label does not decide on). A sampled
+    `discharges` id waits for the transfer window: an `admissions` id inside it is a transfer, the
+    window passing or a `final` id lets the discharge decide (module docstring).
     """
 
     task: str
@@ -128,6 +154,11 @@ class RolloutSpec:
     cross: str | None = None  # None: no time bound
     durations: np.ndarray | None = None  # (V,) float64 us each token adds to simulated time
     ends: list[int] = field(default_factory=list)  # end-of-record ids that stop a rollout undecided
+    # competing ids (live discharges) that decide only once the transfer window after them passes
+    # with no admission; empty: a competing id decides at once (rollout_batch's `waits`)
+    discharges: list[int] = field(default_factory=list)
+    admissions: list[int] = field(default_factory=list)  # ids that, inside that window, make the discharge a transfer
+    final: list[int] = field(default_factory=list)  # ids after which no admission can follow (a death, the end of the record)
 
 
 def interval_durations(td: TokenDir) -> np.ndarray:
@@ -189,8 +220,14 @@ def rollout_spec(td: TokenDir, task: str) -> RolloutSpec:
         raise UserError(f"zero-shot supports {', '.join(ZEROSHOT_TASKS)}, not {task!r}")
     if cross is not None:
         durations = interval_durations(td)
-    elif task == "icu_admission" and td.tokenizer.get("interval_tokens"):
-        durations = interval_durations(td)  # times the direct ICU admission rule (transfer_limits)
+    elif td.tokenizer.get("interval_tokens"):
+        durations = interval_durations(td)  # times the transfer rules (transfer_limits, the discharge's window)
+    admissions, waiting = td.token_ids_with_prefix("HOSPITAL_ADMISSION//"), []
+    if task != "readmission_30d" and durations is not None and admissions:
+        # A live discharge followed within transfer_hours by an admission is a transfer, which `ehrfm labels`
+        # excludes: it decides once that window passes. A death (HOSPITAL_DISCHARGE//DIED) decides at once:
+        # an admission after a death is no next stay (admitted_after_death).
+        waiting = [i for i in competing if i in discharge and i not in death]
     if cross is None and not outcome:
         raise UserError(f"token dir {td.path} has no outcome token for {task} in its vocabulary")
     if task == "readmission_30d" and not outcome:
@@ -198,7 +235,8 @@ def rollout_spec(td: TokenDir, task: str) -> RolloutSpec:
     if not competing:
         what = "MEDS_DEATH, TIMELINE_END" if task == "readmission_30d" else "HOSPITAL_DISCHARGE//*"
         raise UserError(f"token dir {td.path} has no competing token ({what}) for {task}")
-    return RolloutSpec(task, outcome, competing, cross, durations, ends)
+    return RolloutSpec(task, outcome, competing, cross, durations, ends, waiting, admissions if waiting else [],
+                       (meds_death + [td.token_id(t) for t in END_TOKENS if t in have]) if waiting else [])
 
 
 def outcome_tokens(td: TokenDir, task: str) -> tuple[list[int], list[int]]:
@@ -292,7 +330,8 @@ class Rollouts:
 
 def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: RolloutSpec, limits: np.ndarray,
                   n_samples: int, max_new_tokens: int, temperature: float, device, pad_id: int = 0,
-                  transfers: np.ndarray | None = None, samples: tuple[int, int] | None = None) -> Rollouts:
+                  transfers: np.ndarray | None = None, samples: tuple[int, int] | None = None,
+                  waits: np.ndarray | None = None) -> Rollouts:
     """Roll out n_samples continuations of each of L prompts (1-D token arrays, any lengths) at once.
 
     Prompts are left-padded to the longest and the padding is masked (GPT.forward_step's `pad`).
@@ -305,6 +344,11 @@ def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: Roll
     decides before the event it precedes). transfers: (L,) per label, an outcome token at simulated
     time <= this (us after its prediction time) ends the rollout as a transfer (readmission,
     and a direct ICU admission: `transfer_limits`), neither outcome nor competing; None: no such rule.
+    waits: (L,) per label, us a sampled spec.discharges token waits before it decides (transfer_hours):
+    while it waits only three things count, an spec.admissions token at simulated time <= discharge
+    + wait (a transfer, as above), simulated time passing discharge + wait or a spec.final token (a
+    death, the end of the record: no admission can follow) (the discharge decides: competing); a
+    rollout still waiting at max_new_tokens is undecided. None: a discharge decides at once.
     An end-of-record token (spec.ends) that decides nothing stops the rollout undecided.
     samples: (first, stop), roll out only those of each label's n_samples (counts cover them
     alone); each still draws its own row of the label's (n_samples, V) uniforms, so a label's
@@ -342,6 +386,12 @@ def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: Roll
     limit = torch.as_tensor(np.asarray(limits, dtype=np.float64), device=device).repeat_interleave(S)
     transfer = None if transfers is None else torch.as_tensor(
         np.asarray(transfers, dtype=np.float64), device=device).repeat_interleave(S)
+    wait = None if waits is None or not spec.discharges else torch.as_tensor(
+        np.asarray(waits, dtype=np.float64), device=device).repeat_interleave(S)
+    if wait is not None:
+        dis_set, adm_set, final_set = (torch.tensor(ids, device=device, dtype=torch.long)
+                                       for ids in (spec.discharges, spec.admissions, spec.final))
+        left = torch.full((L * S,), float("inf"), dtype=torch.float64, device=device)  # simulated time of a waiting discharge
     V = logits.shape[-1]
     for step in range(max_new_tokens):
         labels = torch.unique(alive // S)  # sorted; each draws its full (S, V) block
@@ -368,6 +418,14 @@ def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: Roll
         res = torch.where(hit_out, 1, torch.where(hit_comp, -1, torch.where(ended, 3, 0))).to(torch.int8)
         if transfer is not None:  # a transfer or a direct ICU admission: a future with no label (labels.py)
             res = torch.where(hit_out & (elapsed[alive] <= transfer[alive]), torch.full_like(res, 2), res)
+        if wait is not None:  # after a sampled discharge: an admission within the window is a transfer (labels.py)
+            since, w = elapsed[alive] - left[alive], wait[alive]
+            waiting = torch.isfinite(since)
+            verdict = torch.where(torch.isin(nxt, adm_set) & (since <= w), 2,
+                                  torch.where((since > w) | torch.isin(nxt, final_set), -1, 0)).to(torch.int8)
+            starts = ~waiting & (res == -1) & torch.isin(nxt, dis_set)
+            left[alive[starts]] = elapsed[alive[starts]]
+            res = torch.where(waiting, verdict, torch.where(starts, torch.zeros_like(res), res))
         result[alive] = res
         running = res == 0
         if not bool(running.any()) or step == max_new_tokens - 1:
@@ -471,6 +529,7 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
     prompts = {int(k): history_window(td, h, int(k), context) for k in rows}
     # Windows from the prediction time: the quiet span after the last history event has elapsed.
     limits = dict(zip((int(k) for k in rows), time_limits(task, len(rows), opts or LABEL_DEFAULTS), strict=True))
+    wait = (opts or LABEL_DEFAULTS)["transfer_hours"] * US_PER_HOUR  # a sampled discharge's transfer window (spec.discharges)
     transfers = dict(zip((int(k) for k in rows), transfer_limits(task, len(rows), opts or LABEL_DEFAULTS), strict=True))
     lengths = np.array([len(prompts[int(k)]) for k in rows])
     device = torch.device(cfg.device)
@@ -486,7 +545,8 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
                 r = rollout_batch(model, [prompts[k] for k in ks], seeds, spec, np.array([limits[k] for k in ks]),
                                   cfg.n_samples, max_new, cfg.temperature, device, pad_id,
                                   np.array([transfers[k] for k in ks]) if spec.durations is not None else None,
-                                  samples=(first, min(first + per_part, cfg.n_samples)))
+                                  samples=(first, min(first + per_part, cfg.n_samples)),
+                                  waits=np.full(len(ks), wait) if spec.discharges else None)
                 counts[ks] += np.stack([r.outcome, r.competing, r.undecided, r.tokens, r.transferred, r.ended], axis=1)
             if bar is not None:
                 bar.update(len(ks))
@@ -498,7 +558,8 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
     extras = {
         "max_new_tokens": max_new,
         "undecided_share": float(c[:, 2].sum() / n_roll),
-        "transfer_share": float(c[:, 4].sum() / n_roll),  # rollouts ended by a transfer or a direct ICU admission
+        # rollouts ended by a transfer (an admission within transfer_hours of a discharge) or a direct ICU admission
+        "transfer_share": float(c[:, 4].sum() / n_roll),
         "end_of_record_share": float(c[:, 5].sum() / n_roll),  # undecided ones stopped by an end of record (in undecided_share)
         "undecided_rule": cfg.undecided,
         "labels_without_decided_rollout": none,
@@ -508,6 +569,8 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
         "competing_tokens": len(spec.competing),
         "end_tokens_undecided": td.decode(spec.ends),
         "time_bound": None if spec.cross is None else {"crossing_is": spec.cross, **opts},
+        # hours a sampled discharge waits for an admission that makes it a transfer; None: it decides at once
+        "discharge_transfer_hours": wait / US_PER_HOUR if spec.discharges else None,
         **({"direct_icu_minutes": opts["direct_icu_minutes"], "label_windows_source": opts["source"]}
            if task == "icu_admission" and opts else {}),
     }
@@ -528,7 +591,8 @@ def zeroshot(cfg: ZeroShotConfig, out: str | os.PathLike, overwrite: bool = Fals
     """Zero-shot rollouts of one task; writes OUT/metrics.json, predictions.parquet, config.json.
 
     Returns the metrics: binary_metrics (AUROC with bootstrap 95% interval, DeLong SE, ...) plus
-    undecided_share (of which end_of_record_share), transfer_share (readmission's transfers, ICU admission's direct ones),
+    undecided_share (of which end_of_record_share), transfer_share (transfers after a discharge, ICU admission's
+    direct ones), discharge_transfer_hours,
     labels_without_decided_rollout, max_new_tokens,
     rollout_tokens_mean, wall_s.
 
