@@ -24,11 +24,17 @@ def quiet(monkeypatch):
     monkeypatch.setenv("EHRFM_QUIET", "1")
 
 
-def _etl(tmp_path, tables: dict[str, str]):
+def _raw(tmp_path, tables: dict[str, str]):
+    """tmp_path/raw holding PATIENTS, ADMISSIONS and `tables` ({"hosp/labevents": csv text}) as CSVs."""
     raw = tmp_path / "raw"
     for name, text in {"hosp/patients": PATIENTS, "hosp/admissions": ADMISSIONS, **tables}.items():
         (raw / name).parent.mkdir(parents=True, exist_ok=True)
         (raw / f"{name}.csv").write_text(text)
+    return raw
+
+
+def _etl(tmp_path, tables: dict[str, str]):
+    raw = _raw(tmp_path, tables)
     meds = tmp_path / "meds"
     etl(raw, meds, split_fractions=(1.0, 0.0, 0.0))
     events = pl.concat([pl.read_parquet(p) for p in sorted((meds / "data").rglob("*.parquet"))])

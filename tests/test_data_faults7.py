@@ -6,7 +6,7 @@ Small hand-made raw tables, invented values; each test fails without its fix.
 from __future__ import annotations
 
 import pytest
-from test_data_faults5 import ADMISSIONS, PATIENTS
+from test_data_faults5 import _raw
 
 from ehrfm.errors import UserError
 from tokenization.etl import etl
@@ -22,14 +22,6 @@ def quiet(monkeypatch):
 # about it means the dictionaries were not checked before the event tables were read.
 LABS_BAD_TIME = ("labevent_id,subject_id,hadm_id,itemid,charttime,storetime,value,valuenum,valueuom\n"
                  "1,1,11,50912,yesterday,2150-01-02 07:00:00,1.0,1.0,mg/dL\n")
-
-
-def _raw(tmp_path, tables: dict[str, str]):
-    raw = tmp_path / "raw"
-    for name, text in {"hosp/patients": PATIENTS, "hosp/admissions": ADMISSIONS, **tables}.items():
-        (raw / name).parent.mkdir(parents=True, exist_ok=True)
-        (raw / f"{name}.csv").write_text(text)
-    return raw
 
 
 @pytest.mark.parametrize("dictionary, text, said", [

@@ -1829,6 +1829,15 @@ def _account(rows_in: dict, counts: dict, ctx: Context) -> dict:
     return account
 
 
+# The per-column value counts of a table's account, each printed as "<what> column n, ...".
+VALUE_COUNT_LINES = (
+    ("unparseable_numbers_set_null", "unparseable numbers kept as null"),
+    ("out_of_range_numbers_set_null", "NaN, infinite or beyond-float32 numbers kept as null"),
+    ("redacted_numbers_set_null", "de-identified (___) numbers kept as null"),
+    ("text_values_kept", "free text kept as text_value (no 0-10 rating)"),
+)
+
+
 def _detail_lines(account: dict, ctx: Context) -> list[str]:
     """The lines printed before the one-line summary: per table rows, events, every drop and moved time."""
     lines = []
@@ -1851,18 +1860,9 @@ def _detail_lines(account: dict, ctx: Context) -> list[str]:
             if t == name:
                 bits.append(f"{v['moved']} {c} moved later to their {v['store_column']}" if v["present"] else
                             f"NO {v['store_column']} COLUMN: results left at their {c}, maybe before they were known")
-        if a.get("unparseable_numbers_set_null"):
-            bits.append("unparseable numbers kept as null " + ", ".join(
-                f"{c} {n}" for c, n in a["unparseable_numbers_set_null"].items()))
-        if a.get("out_of_range_numbers_set_null"):
-            bits.append("NaN, infinite or beyond-float32 numbers kept as null " + ", ".join(
-                f"{c} {n}" for c, n in a["out_of_range_numbers_set_null"].items()))
-        if a.get("redacted_numbers_set_null"):
-            bits.append("de-identified (___) numbers kept as null " + ", ".join(
-                f"{c} {n}" for c, n in a["redacted_numbers_set_null"].items()))
-        if a.get("text_values_kept"):
-            bits.append("free text kept as text_value (no 0-10 rating) " + ", ".join(
-                f"{c} {n}" for c, n in a["text_values_kept"].items()))
+        for key, what in VALUE_COUNT_LINES:
+            if a.get(key):
+                bits.append(f"{what} " + ", ".join(f"{c} {n}" for c, n in a[key].items()))
         # Every table gets its line: the per-table account (rows read, events written, drops).
         lines.append(f"etl:   {name}: {a['rows_read']} rows -> {a['events_written']} events"
                      + ("; " + "; ".join(bits) if bits else ""))
