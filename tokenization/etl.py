@@ -384,9 +384,13 @@ class Context:
 
     def drop(self, reason: str, n: int, table: str | None = None) -> None:
         """Count `n` events dropped for `reason` under `table` (default: the table being staged)."""
+        self.count(self.drops, reason, n, table)
+
+    def count(self, counts: dict, key: str, n: int, table: str | None = None) -> None:
+        """Add `n` to counts[table][key], one of the table -> column (or reason) -> n counts above."""
         if n:
-            d = self.drops.setdefault(table or self.table, {})
-            d[reason] = d.get(reason, 0) + int(n)
+            d = counts.setdefault(table or self.table, {})
+            d[key] = d.get(key, 0) + int(n)
 
 
 # ------------------------------------------------------------------------------- event rules
@@ -677,17 +681,12 @@ def _pain(df: pl.DataFrame, ctx: Context) -> pl.DataFrame:
     # event, counted as redacted as in the number columns (_typed), never kept as a pain "text".
     redacted = text.str.contains(REDACTED).fill_null(False)
     n_redacted = df.select(redacted.sum()).item() if df.height else 0
-    if n_redacted:
-        d = ctx.redacted.setdefault(ctx.table, {})
-        d["pain"] = d.get("pain", 0) + n_redacted
+    ctx.count(ctx.redacted, "pain", n_redacted)
     text = pl.when(~redacted).then(text)
     rating = text.str.extract(PAIN_RATING, 1).cast(pl.Float64, strict=False)
     rating = pl.when(rating.is_between(*PAIN_SCALE)).then(rating)
     df = df.with_columns(pain=rating, _pain_text=pl.when(rating.is_null() & (text.str.len_chars() > 0)).then(text))
-    n = df["_pain_text"].count()
-    if n:
-        d = ctx.text_values.setdefault(ctx.table, {})
-        d["pain"] = d.get("pain", 0) + n
+    ctx.count(ctx.text_values, "pain", df["_pain_text"].count())
     return df
 
 
@@ -1433,25 +1432,17 @@ def _typed(df: pl.DataFrame, table: Table, bad: _BadValues, ctx: Context) -> pl.
     for c, (lo, hi) in table.int_ranges.items():
         bad.add(c, f"outside {lo}-{hi}", int(counts.get(f"outside:{c}", 0)))
     for c in floats:
+        # MIMIC's de-identification placeholder: a value removed on purpose, not a fault of the data
         r = int(counts.get(f"redacted:{c}", 0))
-        if r:  # MIMIC's de-identification placeholder: a value removed on purpose, not a fault of the data
-            d = ctx.redacted.setdefault(table.name, {})
-            d[c] = d.get(c, 0) + r
-        n = int(counts.get(f"float:{c}", 0)) - r
-        if n:  # kept as an event without a number (the raw text stays in text_value where there is one)
-            d = ctx.unparseable.setdefault(table.name, {})
-            d[c] = d.get(c, 0) + n
-        n = int(counts.get(f"range:{c}", 0))
-        if n:  # NaN, inf, 1e308: no value a float32 numeric_value can hold (kept as an event without a number)
-            d = ctx.out_of_range.setdefault(table.name, {})
-            d[c] = d.get(c, 0) + n
+        ctx.count(ctx.redacted, c, r, table.name)
+        # kept as an event without a number (the raw text stays in text_value where there is one)
+        ctx.count(ctx.unparseable, c, int(counts.get(f"float:{c}", 0)) - r, table.name)
+        # NaN, inf, 1e308: no value a float32 numeric_value can hold (kept as an event without a number)
+        ctx.count(ctx.out_of_range, c, int(counts.get(f"range:{c}", 0)), table.name)
     for c in times:
         n = int(counts.get(f"date:{c}", 0))
         ctx.date_only[(table.name, c)] = ctx.date_only.get((table.name, c), 0) + n
-        m = int(counts.get(f"midnight:{c}", 0))
-        if m:
-            d = ctx.midnight.setdefault(table.name, {})
-            d[c] = d.get(c, 0) + m
+        ctx.count(ctx.midnight, c, int(counts.get(f"midnight:{c}", 0)), table.name)
     return typed.with_columns(
         [_usable_number(pl.col(c)).alias(c) for c in floats]
         + [pl.when(is_date[c]).then(typed[c].dt.truncate("1d") + END_OF_DAY).otherwise(typed[c]).alias(c) for c in times]
