@@ -13,7 +13,8 @@ history holds
       the stay's admission (a patient still in hospital then is known to have a long stay);
     - ICU admission: a death, the stay's own discharge, or an ICU admission since 24 h before the
       stay's admission or at any time under the stay's own id (an ED patient boarded in the ICU
-      is in it when the stay opens, as `ehrfm labels` excludes);
+      is in it when the stay opens, as `ehrfm labels` excludes), or one of any time whose ICU stay
+      is still open at the prediction time (its next ICU_DISCHARGE//* is later);
     - readmission: a death, or an admission at or after the subject's last discharge at or before
       the prediction time (a readmission that has already happened);
     the stay is the subject's last admission at or before the prediction time;
@@ -71,6 +72,7 @@ from ehrfm.errors import UserError
 from ehrfm.meds_io import STAY_ID, MedsDataset, open_meds, scan_shard
 
 ADMISSION, DISCHARGE, ICU, DEATH = "HOSPITAL_ADMISSION//", "HOSPITAL_DISCHARGE//", "ICU_ADMISSION//", "MEDS_DEATH"
+ICU_OUT = "ICU_DISCHARGE//"
 BIRTH = "MEDS_BIRTH"  # not a timeline event for (f): the token dir has no birth token
 DIED = "HOSPITAL_DISCHARGE//DIED"
 STAY_ID_COLUMN = STAY_ID
@@ -275,6 +277,7 @@ def _events(ds: MedsDataset, date_only: list[str]) -> pl.DataFrame:
         cols.append(STAY_ID_COLUMN)
     code = pl.col("code")
     wanted = (code.str.starts_with(ADMISSION) | code.str.starts_with(DISCHARGE) | code.str.starts_with(ICU)
+              | code.str.starts_with(ICU_OUT)
               | (code == DEATH) | (pl.col("time").is_not_null() & (pl.col("time").dt.time() == pl.time(0)))
               | _coded_after_discharge(code))
     for p in date_only:
@@ -341,6 +344,15 @@ def _last_at_or_before(lab: pl.DataFrame, ev: pl.DataFrame, prefix: str, name: s
     return lab.join(last, on="i", how="left")
 
 
+def _in_open_icu_stay(lab: pl.DataFrame, ev: pl.DataFrame) -> pl.DataFrame:
+    """The `lab` rows whose subject's last ICU admission at or before pred has its next ICU discharge after pred."""
+    lab = _last_at_or_before(lab, ev, ICU, "last_icu").filter(pl.col("last_icu").is_not_null())
+    outs = ev.filter(pl.col("code").str.starts_with(ICU_OUT) & pl.col("t").is_not_null()).select("subject_id", "t")
+    nxt = (lab.join(outs, on="subject_id").filter(pl.col("t") > pl.col("last_icu"))
+           .group_by("i").agg(pl.col("t").min().alias("icu_out")))
+    return lab.join(nxt, on="i").filter(pl.col("icu_out") > pl.col("pred"))
+
+
 def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: list[str] | None,
                 null_codes: list[str], stays: pl.DataFrame | None, partial: Sequence[str] = (),
                 timelines: pl.DataFrame | None = None, long_los_days: float = LONG_LOS_DAYS) -> TaskAudit:
@@ -381,6 +393,8 @@ def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: li
         for c in conds[1:]:
             any_cond = any_cond | c
         known = set(hist.filter(any_cond)["i"].unique().to_list())
+        if task == "icu_admission":  # in an ICU stay begun before (however long) and not yet ended
+            known |= set(_in_open_icu_stay(lab, ev)["i"].to_list())
         if task == "long_los":  # still in hospital past the threshold: the long stay is known
             known |= set(lab.filter(pl.col("pred") - pl.col("stay_adm") > long_los_days * US_PER_DAY)["i"].to_list())
         outcome = len(known)

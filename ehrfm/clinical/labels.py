@@ -58,7 +58,8 @@ Tasks (DESIGN.md section 6):
 - icu_admission: prediction_time = admission; true when an ICU_ADMISSION//* event falls after
   the admission and at or before the discharge. Excluded: stays whose first ICU admission is at
   or before the prediction time, or in the 24 h before the hospital admission, or at any time
-  before it under the stay's own id (ED patients boarded in the ICU before admittime): the
+  before it under the stay's own id (ED patients boarded in the ICU before admittime), or whose
+  patient is in an ICU stay begun earlier and ended (ICU_DISCHARGE//*) only after the admission: the
   patient is already in the ICU when the prediction is made and the ICU token would be in the
   history. Also excluded (admitted_directly_to_icu): stays whose first ICU admission follows the
   admission within `direct_icu_minutes` (default 5): the patient is admitted straight into the ICU, one
@@ -104,6 +105,7 @@ TASKS = ("in_hospital_mortality", "long_los", "icu_admission", "readmission_30d"
 ADMISSION_PREFIX = "HOSPITAL_ADMISSION//"
 DISCHARGE_PREFIX = "HOSPITAL_DISCHARGE//"
 ICU_ADMISSION_PREFIX = "ICU_ADMISSION//"
+ICU_DISCHARGE_PREFIX = "ICU_DISCHARGE//"
 DEATH_CODE = "MEDS_DEATH"
 DIED_DISCHARGE_CODE = "HOSPITAL_DISCHARGE//DIED"
 # Discharge locations that do not say the patient left alive (MIMIC-IV's null location is UNK).
@@ -127,7 +129,7 @@ class Stay:
     discharge: int | None  # None: no discharge recorded
     died: bool
     first_icu: int | None  # first ICU admission in [admission, discharge], us
-    icu_just_before: bool = False  # an ICU admission in the 24 h before the admission, or before it under its id
+    icu_just_before: bool = False  # an ICU admission in the 24 h before the admission, or before it under its id, or an ICU stay open at it
     death: int | None = None  # the subject's death (earliest MEDS_DEATH) when at or after admission (its day, for a date), us
     admitted_after_death: bool = False  # opened after the subject's death (e.g. organ donation)
     discharge_location: str = ""  # of HOSPITAL_DISCHARGE//<location>, stripped and upper-cased ("" when none)
@@ -148,6 +150,7 @@ def _stay_events(meds_dir: str | os.PathLike) -> tuple[pl.DataFrame, MedsDataset
         pl.col("code").str.starts_with(ADMISSION_PREFIX)
         | pl.col("code").str.starts_with(DISCHARGE_PREFIX)
         | pl.col("code").str.starts_with(ICU_ADMISSION_PREFIX)
+        | pl.col("code").str.starts_with(ICU_DISCHARGE_PREFIX)
         | (pl.col("code") == DEATH_CODE)
     )
     # A flat layout lists each file once per split with that split's subjects: no row twice.
@@ -282,14 +285,29 @@ def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True) -> list[Sta
                 first_icu = min(in_stay) if in_stay else None
             # In the ICU when the stay opens: an ICU admission in the 24 h before it, or one recorded
             # under this stay's own id before it (ED boarding; the ICU stay belongs to this stay).
+            # Or an ICU stay of the subject (any id) begun earlier and ended (ICU_DISCHARGE) only after the
+            # admission: still in the ICU at the prediction time, however long before it began.
             just_before = any(adm - 24 * US_PER_HOUR <= t < adm for t in icu_times) or (sid is not None and any(
-                c.startswith(ICU_ADMISSION_PREFIX) and i == sid and t < adm for c, t, i in zip(codes, times, ids, strict=False)))
+                c.startswith(ICU_ADMISSION_PREFIX) and i == sid and t < adm for c, t, i in zip(codes, times, ids, strict=False))
+            ) or _icu_open_at(codes, times, adm)
             # `death` keeps the recorded time: a MEDS_DEATH at or before a prediction time is in its history.
             death = first_death if first_death is not None and death_by >= adm else None
             after_death = first_death is not None and adm > death_by
             location = dis_code[len(DISCHARGE_PREFIX):].strip().upper() if dis_code.startswith(DISCHARGE_PREFIX) else ""
             stays.append(Stay(int(subject_id), adm, dis, died, first_icu, just_before, death, after_death, location))
     return stays
+
+
+def _icu_open_at(codes: list[str], times: list[int], at: int) -> bool:
+    """Is an ICU stay open at `at`: the last ICU admission before it followed by no ICU discharge until after it?
+
+    Only a recorded ICU discharge later than `at` says so (data without ICU_DISCHARGE//* rows never does).
+    """
+    ins = [t for c, t in zip(codes, times, strict=False) if c.startswith(ICU_ADMISSION_PREFIX) and t < at]
+    if not ins:
+        return False
+    outs = [t for c, t in zip(codes, times, strict=False) if c.startswith(ICU_DISCHARGE_PREFIX) and t > max(ins)]
+    return bool(outs) and min(outs) > at
 
 
 def _open_at_discharge(stays: list[Stay]) -> list[bool]:
