@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import polars as pl
 from test_labels import T0, d, h, labels_of, stay
 
@@ -28,3 +30,22 @@ def test_an_icu_stay_begun_long_before_the_admission_and_still_open_is_in_the_ic
                  tmp_path / "icu_admission.parquet")
     res = audit(meds, tmp_path / "icu_admission.parquet")
     assert res.tasks["icu_admission"].outcome_code_in_history == 1
+
+
+def test_the_window_boundaries_are_those_the_readme_states(tmp_path):
+    # README: readmission <= 30 x 24 h after the discharge time (a clock, not calendar days);
+    # direct ICU admission less than --direct-icu-minutes after the admission; transfer within
+    # --transfer-hours including its end.
+    us = timedelta(microseconds=1)
+    readm = (stay(1, T0, T0 + d(2)) + stay(1, T0 + d(32), T0 + d(33))  # exactly 30 d: positive
+             + stay(2, T0, T0 + d(2)) + stay(2, T0 + d(32) + us, T0 + d(33))  # 1 us more: negative
+             + stay(3, T0, T0 + d(2)) + stay(3, T0 + d(32) + h(5), T0 + d(33))  # day 30, later in the day: negative
+             + stay(4, T0, T0 + d(2)) + stay(4, T0 + d(2) + h(1), T0 + d(5))  # exactly 1 h: a transfer
+             + stay(5, T0, T0 + d(2)) + stay(5, T0 + d(2) + h(1) + us, T0 + d(5)))  # 1 us more: a readmission
+    labels, info = labels_of(tmp_path / "r", readm, "readmission_30d")
+    first = {s: v for (s, t), v in labels.items() if t == T0 + d(2)}
+    assert first == {1: True, 2: False, 3: False, 5: True} and info["excluded"]["transferred"] == 1
+    icu = (stay(1, T0, T0 + d(5), [(1, T0 + timedelta(minutes=5), "ICU_ADMISSION//MICU")])  # exactly 5 min: a label
+           + stay(2, T0, T0 + d(5), [(2, T0 + timedelta(minutes=5) - us, "ICU_ADMISSION//MICU")]))  # less: direct
+    labels, info = labels_of(tmp_path / "i", icu, "icu_admission")
+    assert labels == {(1, T0): True} and info["excluded"]["admitted_directly_to_icu"] == 1

@@ -62,14 +62,15 @@ Tasks (DESIGN.md section 6):
   patient is in an ICU stay begun earlier and ended (ICU_DISCHARGE//*) only after the admission: the
   patient is already in the ICU when the prediction is made and the ICU token would be in the
   history. Also excluded (admitted_directly_to_icu): stays whose first ICU admission follows the
-  admission within `direct_icu_minutes` (default 5): the patient is admitted straight into the ICU, one
+  admission by less than `direct_icu_minutes` (default 5; exactly 5 min after is labelled): the patient is admitted straight into the ICU, one
   registration (MIMIC-IV writes admittime to the minute and the ICU intime to the second: on the
   demo 20 of the 126 positive stays began their ICU stay 24-117 s after admittime, their first unit the ICU; the next 12
   minutes after), so the outcome is decided when the prediction is made. Also excluded: stays that
   end at the admission timestamp.
 - readmission_30d: prediction_time = discharge; true when the subject's next hospital admission
-  is after the discharge and within 30 days (next_admission - discharge <= 30 * 24 h; a
-  readmission on day 30 is positive, on day 31 negative). Excluded: in-hospital deaths (no
+  is after the discharge and within 30 days (next_admission - discharge <= 30 * 24 h, a clock
+  not calendar days: 30 days to the microsecond is positive, on day 30 later in the day than the
+  discharge was is negative). Excluded: in-hospital deaths (no
   readmission is possible), transfers (above), discharges to another acute hospital
   (HOSPITAL_DISCHARGE//ACUTE HOSPITAL, `OTHER_HOSPITAL_LOCATIONS`: the acute episode goes on
   elsewhere, so a return cannot be seen; the usual readmission measures, such as CMS's, exclude
