@@ -8,7 +8,7 @@ import polars as pl
 from test_labels import T0, d, h, labels_of, stay
 
 from ehrfm.clinical.audit import audit
-from ehrfm.clinical.labels import write_labels
+from ehrfm.clinical.labels import make_labels, write_label_dir, write_labels
 
 
 def test_an_icu_stay_begun_long_before_the_admission_and_still_open_is_in_the_icu(tmp_path):
@@ -49,3 +49,39 @@ def test_the_window_boundaries_are_those_the_readme_states(tmp_path):
            + stay(2, T0, T0 + d(5), [(2, T0 + timedelta(minutes=5) - us, "ICU_ADMISSION//MICU")]))  # less: direct
     labels, info = labels_of(tmp_path / "i", icu, "icu_admission")
     assert labels == {(1, T0): True} and info["excluded"]["admitted_directly_to_icu"] == 1
+
+
+def _shard(path, rows, with_stay_id: bool):
+    """One MEDS shard from (subject_id, time, code, hadm_id) rows; the hadm_id column only when asked."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = {"subject_id": pa.array([r[0] for r in rows], pa.int64()), "time": pa.array([r[1] for r in rows], pa.timestamp("us")),
+            "code": pa.array([r[2] for r in rows], pa.string()), "numeric_value": pa.array([None] * len(rows), pa.float32())}
+    if with_stay_id:
+        cols["hadm_id"] = pa.array([r[3] for r in rows], pa.int64())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(cols), path)
+
+
+def test_a_shard_without_the_stay_id_column_does_not_unpair_the_other_shards_stays(tmp_path):
+    # Subject 7's two stays overlap (ids 71, 72): paired by id, each keeps its own discharge. Another
+    # subject's shard written without the (optional) hadm_id column made every subject fall back to
+    # pairing by time order (stay 72 ended at 71's discharge; 71 lost), and the audit's (d) unknown.
+    from test_labels import ADM, DIS
+
+    s7 = [(7, T0, ADM, 71), (7, T0 + d(2), ADM, 72), (7, T0 + d(3), "ICU_ADMISSION//MICU", 72),
+          (7, T0 + d(4), DIS, 71), (7, T0 + d(11), DIS, 72)]
+    s8 = [(8, T0, ADM, None), (8, T0 + d(3), DIS, None)]
+    results = {}
+    for name, layout in (("one", [("0", s7 + s8, True)]), ("two", [("0", s7, True), ("1", s8, False)])):
+        meds = tmp_path / name
+        for stem, rows, with_id in layout:
+            _shard(meds / "data" / "train" / f"{stem}.parquet", rows, with_id)
+        labels, info = make_labels(meds, "all")
+        write_label_dir(labels, info, tmp_path / f"labels_{name}")
+        res = audit(meds, tmp_path / f"labels_{name}")
+        results[name] = ({t: f.rows() for t, f in labels.items()}, {t: a.overlapping_stays for t, a in res.tasks.items()})
+    assert results["two"] == results["one"]
+    assert results["one"][0]["long_los"] == [(7, T0 + h(24), False), (7, T0 + d(2) + h(24), True), (8, T0 + h(24), False)]
+    assert results["one"][1]["long_los"] == 2

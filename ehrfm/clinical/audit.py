@@ -272,7 +272,8 @@ def _events(ds: MedsDataset, date_only: list[str]) -> pl.DataFrame:
     rows of non-static codes), null-time rows included, with a stay id when the data has one.
     """
     cols = ["subject_id", "time", "code"]
-    schema_has_stay = all(STAY_ID_COLUMN in pl.read_parquet_schema(p) for p in ds.paths())
+    # Any shard with it (a shard without it reads as null ids): as labels._stay_events.
+    schema_has_stay = any(STAY_ID_COLUMN in pl.read_parquet_schema(p) for p in ds.paths())
     if schema_has_stay:
         cols.append(STAY_ID_COLUMN)
     code = pl.col("code")

@@ -145,7 +145,9 @@ def _stay_events(meds_dir: str | os.PathLike) -> tuple[pl.DataFrame, MedsDataset
     """
     ds = open_meds(meds_dir)
     cols = ["subject_id", "time", "code"]
-    if all(STAY_ID in pl.read_parquet_schema(p) for p in ds.paths()):
+    # Any shard with the stay id column: scan_shard reads it as null in a shard without it, whose subjects
+    # are then paired by time (stays_from_events); requiring it in every shard unpaired every subject.
+    if any(STAY_ID in pl.read_parquet_schema(p) for p in ds.paths()):
         cols.append(STAY_ID)
     lf = scan_shards([sh for shards in ds.shards.values() for sh in shards], cols).filter(
         pl.col("code").str.starts_with(ADMISSION_PREFIX)
