@@ -85,3 +85,18 @@ def test_a_shard_without_the_stay_id_column_does_not_unpair_the_other_shards_sta
     assert results["two"] == results["one"]
     assert results["one"][0]["long_los"] == [(7, T0 + h(24), False), (7, T0 + d(2) + h(24), True), (8, T0 + h(24), False)]
     assert results["one"][1]["long_los"] == 2
+
+
+def test_a_discharge_before_its_admission_is_excluded_under_its_own_reason(tmp_path):
+    # Bad data (stay 91 discharged 3 h before it was admitted): no usable end. It was counted as
+    # no_discharge, as if the stay were still open; now under its own reason, and never paired.
+    from test_labels import ADM, DIS
+
+    rows = [(9, T0, ADM, 91), (9, T0 - h(3), DIS, 91), (9, T0 + d(10), ADM, 92), (9, T0 + d(12), DIS, 92)]
+    _shard(tmp_path / "meds" / "data" / "train" / "0.parquet", sorted(rows, key=lambda r: r[1]), True)
+    labels, info = make_labels(tmp_path / "meds", "all")
+    for task in labels:
+        assert info[task]["excluded"]["discharge_before_admission"] == 1, task
+        assert info[task]["excluded"]["no_discharge"] == 0, task
+        assert info[task]["n"] + info[task]["n_excluded"] == info[task]["n_stays"] == 2, task
+    assert labels["readmission_30d"].rows() == [(9, T0 + d(12), False)]

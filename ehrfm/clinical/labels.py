@@ -30,6 +30,8 @@ that day is not "admitted after death". MEDS_DEATH
 rows with a null time are dropped by the MEDS reader (ehrfm.meds_io) and counted.
 
 Exclusions common to every task, each counted under its own reason in `info["excluded"]`:
+- discharge_before_admission: with stay ids, a stay whose discharge row precedes its admission
+  row (bad data): it has no usable end, so no task can label it.
 - admitted_after_death: an admission opened after the subject's death (MIMIC-IV records organ
   donation as a new admission). It gets no label and is never anybody's readmission.
 - died_before_prediction_time: the death is at or before the prediction time, so the outcome
@@ -134,6 +136,7 @@ class Stay:
     death: int | None = None  # the subject's death (earliest MEDS_DEATH) when at or after admission (its day, for a date), us
     admitted_after_death: bool = False  # opened after the subject's death (e.g. organ donation)
     discharge_location: str = ""  # of HOSPITAL_DISCHARGE//<location>, stripped and upper-cased ("" when none)
+    discharge_before_admission: bool = False  # its stay id's discharge precedes its admission (bad data; no discharge)
 
 
 # --- reading MEDS ----------------------------------------------------------------------------------
@@ -214,6 +217,9 @@ def _pairs_by_time(by_time: dict[int, tuple[list[str], list[str]]]) -> list[tupl
     return pairs
 
 
+BEFORE_ADMISSION = "<discharge before admission>"  # _pairs_by_id's discharge code of a stay whose discharge precedes it
+
+
 def _pairs_by_id(codes: list[str], times: list[int], ids: list) -> list[tuple[int, int | None, str, object]]:
     """Per stay id, its admission, discharge and discharge code.
 
@@ -229,7 +235,9 @@ def _pairs_by_id(codes: list[str], times: list[int], ids: list) -> list[tuple[in
             dis[i] = (t, c)
     # Discharges of an id with no admission are ignored (a timeline starting mid-stay).
     ok = {i: i in dis and dis[i][0] >= a for i, a in adm.items()}
-    return sorted((a, dis[i][0] if ok[i] else None, dis[i][1] if ok[i] else "", i) for i, a in adm.items())
+    # A discharge of the id before its admission (bad data): no usable end, excluded under its own reason.
+    return sorted((a, dis[i][0] if ok[i] else None, dis[i][1] if ok[i] else BEFORE_ADMISSION if i in dis else "", i)
+                  for i, a in adm.items())
 
 
 def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True) -> list[Stay]:
@@ -270,6 +278,8 @@ def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True) -> list[Sta
             if c.startswith(ADMISSION_PREFIX) or c.startswith(DISCHARGE_PREFIX))
         pairs = _pairs_by_id(codes, times, ids) if by_id else _pairs_by_time(by_time)
         for adm, dis, dis_code, sid in pairs:
+            before_admission = dis_code == BEFORE_ADMISSION
+            dis_code = "" if before_admission else dis_code
             # With stay ids, ICU rows of another stay are that stay's facts, not this one's.
             icu_times = [t for c, t, i in zip(codes, times, ids, strict=False) if c.startswith(ICU_ADMISSION_PREFIX)
                          and (sid is None or i is None or i == sid)]
@@ -297,7 +307,8 @@ def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True) -> list[Sta
             death = first_death if first_death is not None and death_by >= adm else None
             after_death = first_death is not None and adm > death_by
             location = dis_code[len(DISCHARGE_PREFIX):].strip().upper() if dis_code.startswith(DISCHARGE_PREFIX) else ""
-            stays.append(Stay(int(subject_id), adm, dis, died, first_icu, just_before, death, after_death, location))
+            stays.append(Stay(int(subject_id), adm, dis, died, first_icu, just_before, death, after_death, location,
+                              before_admission))
     return stays
 
 
@@ -364,6 +375,9 @@ def labels_from_stays(stays: list[Stay], cfg: LabelConfig, notes: dict | None = 
     for s, nxt, in_other in zip(stays, nexts, still_in, strict=False):
         if s.admitted_after_death:
             exclude("admitted_after_death")
+            continue
+        if s.discharge_before_admission:  # bad data, not an open stay: counted apart from no_discharge
+            exclude("discharge_before_admission")
             continue
         if s.discharge is None:
             excluded["no_discharge"] += 1
