@@ -100,3 +100,19 @@ def test_a_discharge_before_its_admission_is_excluded_under_its_own_reason(tmp_p
         assert info[task]["excluded"]["no_discharge"] == 0, task
         assert info[task]["n"] + info[task]["n_excluded"] == info[task]["n_stays"] == 2, task
     assert labels["readmission_30d"].rows() == [(9, T0 + d(12), False)]
+
+
+def test_a_date_only_death_on_the_day_of_a_date_only_live_discharge_is_not_in_hospital(tmp_path):
+    # The ETL places a date (patients.dod; a dischtime with no time) at 23:59:59. A home discharge and a
+    # death both dated day 5 were one timestamp, read as a death at the discharge: in hospital. The
+    # same facts with the discharge at 14:00 were not. Both are a death after a live discharge that day.
+    from datetime import datetime
+
+    from test_labels import ADM, DIS, write_meds
+
+    a, eod = datetime(2150, 1, 1, 8), datetime(2150, 1, 5, 23, 59, 59)
+    events = [(1, a, ADM), (1, eod, DIS), (1, eod, "MEDS_DEATH"),
+              (2, a, ADM), (2, datetime(2150, 1, 5, 14), DIS), (2, eod, "MEDS_DEATH"),
+              (3, a, ADM), (3, eod, "HOSPITAL_DISCHARGE//DIED"), (3, eod, "MEDS_DEATH")]  # DIED: in hospital
+    labels, _ = make_labels(write_meds(tmp_path / "meds", events), "in_hospital_mortality")
+    assert labels.rows() == [(1, a + h(24), False), (2, a + h(24), False), (3, a + h(24), True)]

@@ -26,7 +26,9 @@ in-hospital death has its admissions.deathtime, all 15 on the demo). A death at 
 read as a date (MIMIC-IV's patients.dod, which ETLs such as MIMIC_IV_MEDS place at midnight; this
 package's ETL places it at 23:59:59): it may have happened any time that day, so on a discharge day
 it follows the rule above (a live discharge that day: a death after discharge), and a stay admitted
-that day is not "admitted after death". MEDS_DEATH
+that day is not "admitted after death". A death at 23:59:59 on a discharge day follows that rule
+too, also when the discharge is a date placed at 23:59:59 as well (both at one time: a live
+discharge there was a death in hospital before 2026-12-03). MEDS_DEATH
 rows with a null time are dropped by the MEDS reader (ehrfm.meds_io) and counted.
 
 Exclusions common to every task, each counted under its own reason in `info["excluded"]`:
@@ -262,6 +264,9 @@ def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True) -> list[Sta
         # only as a later death on that day is (the rule below: not after a live discharge).
         death_is_date = first_death is not None and first_death % US_PER_DAY == 0
         death_by = first_death + US_PER_DAY - 1 if death_is_date else first_death
+        # A death at 23:59:59 (or later in its second) is a date placed at the end of its day (this package's
+        # ETL, patients.dod): on a discharge day it is no later than a date-only discharge placed there too.
+        death_at_day_end = first_death is not None and first_death % US_PER_DAY >= US_PER_DAY - 1_000_000
         # Group by timestamp: at a shared timestamp the open stay is closed first, then new
         # admissions open, then a remaining discharge closes a zero-length stay.
         by_time: dict[int, tuple[list[str], list[str]]] = {}
@@ -289,7 +294,7 @@ def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True) -> list[Sta
                 # A day-resolved death later on the discharge day is in hospital unless the
                 # discharge names where a live patient went (HOME, HOSPICE, ...): then it is a
                 # death after discharge (MIMIC-IV's patients.dod of an out-of-hospital death).
-                on_discharge_day = death_is_date and first_death // US_PER_DAY == dis // US_PER_DAY
+                on_discharge_day = (death_is_date or death_at_day_end) and first_death // US_PER_DAY == dis // US_PER_DAY
                 died = (adm <= death_by and first_death <= dis and not on_discharge_day) or (
                     (dis < first_death < end_of_discharge_day or on_discharge_day) and not _live_discharge(dis_code))
             first_icu = None
