@@ -116,3 +116,29 @@ def test_a_date_only_death_on_the_day_of_a_date_only_live_discharge_is_not_in_ho
               (3, a, ADM), (3, eod, "HOSPITAL_DISCHARGE//DIED"), (3, eod, "MEDS_DEATH")]  # DIED: in hospital
     labels, _ = make_labels(write_meds(tmp_path / "meds", events), "in_hospital_mortality")
     assert labels.rows() == [(1, a + h(24), False), (2, a + h(24), False), (3, a + h(24), True)]
+
+
+def test_the_audit_does_not_depend_on_the_order_of_rows_at_one_timestamp(tmp_path):
+    # Two stays of one subject admitted at one time (ids 10 and 11; duplicated source rows), an ICU
+    # stay begun 30 h before under id 11 (boarded for it). The labels keep one label at T0 whichever
+    # way the rows are listed; the audit took the stay id of whichever admission row came first, so
+    # the same data was clean listed one way and a leak the other.
+    from test_labels import ADM, DIS
+
+    rows = [(1, T0 - h(30), "ICU_ADMISSION//MICU", 11), (1, T0, ADM, 10), (1, T0, ADM, 11),
+            (1, T0 + d(3), DIS, 11), (1, T0 + d(5), DIS, 10)]
+    swapped = [rows[0], rows[2], rows[1], *rows[3:]]
+    found = []
+    for name, order in (("a", rows), ("b", swapped)):
+        _shard(tmp_path / name / "data" / "train" / "0.parquet", order, True)
+        labels, info = make_labels(tmp_path / name, "icu_admission")
+        (tmp_path / f"labels_{name}").mkdir()
+        write_labels(labels, tmp_path / f"labels_{name}" / "icu_admission.parquet")
+        found.append((labels.rows(), audit(tmp_path / name, tmp_path / f"labels_{name}").tasks["icu_admission"].n_labels))
+    # Both stays share the history that holds the boarding: neither is labelled, however listed.
+    assert found[0][0] == found[1][0] == []
+    # A label made at T0 anyway is a leak to the audit, however the rows are listed.
+    lab = pl.DataFrame({"subject_id": [1], "prediction_time": [T0], "boolean_value": [False]})
+    for name in ("a", "b"):
+        write_labels(lab, tmp_path / f"labels_{name}" / "icu_admission.parquet")
+        assert audit(tmp_path / name, tmp_path / f"labels_{name}").tasks["icu_admission"].outcome_code_in_history == 1

@@ -364,9 +364,14 @@ def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: li
     lab = _last_at_or_before(lab, ev, ADMISSION, "stay_adm")
     lab = _last_at_or_before(lab, ev, DISCHARGE, "last_dis")
     adm_ids = (ev.filter(pl.col("code").str.starts_with(ADMISSION) & pl.col(STAY_ID_COLUMN).is_not_null())
-               .group_by("subject_id", "t").agg(pl.col(STAY_ID_COLUMN).first().alias("stay_id")))
+               .group_by("subject_id", "t").agg(pl.col(STAY_ID_COLUMN).unique().alias("stay_ids")))
     lab = lab.join(adm_ids.rename({"t": "stay_adm"}), on=["subject_id", "stay_adm"], how="left")
     hist = lab.join(ev, on="subject_id").filter(pl.col("t").is_null() | (pl.col("t") <= pl.col("pred")))
+    # A row of the label's own stay: its id is one of the stays admitted at the label's admission (all of
+    # them, as `ehrfm labels` treats them: one id picked by row order made the audit depend on it); null
+    # when either id is unknown.
+    own_id = pl.when(pl.col(STAY_ID_COLUMN).is_null() | pl.col("stay_ids").is_null()).then(None).otherwise(
+        pl.col("stay_ids").list.contains(pl.col(STAY_ID_COLUMN)))
 
     def n_with(cond: pl.Expr) -> int:
         return hist.filter(cond).select("i").n_unique()
@@ -385,7 +390,7 @@ def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: li
                 match = match & pl.col("t").is_not_null() & (pl.col("t") > pl.col("stay_adm"))
             elif window == "stay_24h":  # or any time under the stay's own id (labels.py's rule)
                 match = match & pl.col("t").is_not_null() & ((pl.col("t") >= pl.col("stay_adm") - 24 * US_PER_HOUR)
-                                                             | (pl.col(STAY_ID_COLUMN) == pl.col("stay_id")).fill_null(False))
+                                                             | own_id.fill_null(False))
             elif window == "after_discharge":
                 match = match & pl.col("t").is_not_null() & pl.when(pl.col("last_dis").is_null()).then(
                     pl.col("t") == pl.col("pred")).otherwise(pl.col("t") >= pl.col("last_dis"))
@@ -409,7 +414,7 @@ def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: li
     stay_open = pl.col("last_dis").is_null() | (pl.col("last_dis") <= pl.col("stay_adm"))
     # Its stay: the label's own by the stay id when both have one, else any not at a discharge (at the
     # stay's admission that is the previous stay's discharge, of a transfer recorded as discharge + admission).
-    own_stay = (pl.col(STAY_ID_COLUMN) == pl.col("stay_id")).fill_null(~pl.col("at_discharge"))
+    own_stay = own_id.fill_null(~pl.col("at_discharge"))
     coded_in_open_stay = (_coded_after_discharge(code) & pl.col("t").is_not_null() & stay_open
                           & (pl.col("t") >= pl.col("stay_adm")).fill_null(False) & own_stay)
     if date_only is not None:

@@ -62,7 +62,8 @@ Tasks (DESIGN.md section 6):
 - icu_admission: prediction_time = admission; true when an ICU_ADMISSION//* event falls after
   the admission and at or before the discharge. Excluded: stays whose first ICU admission is at
   or before the prediction time, or in the 24 h before the hospital admission, or at any time
-  before it under the stay's own id (ED patients boarded in the ICU before admittime), or whose
+  before it under the stay's own id or that of another stay admitted at the same time (ED patients
+  boarded in the ICU before admittime; duplicated admissions share one history), or whose
   patient is in an ICU stay begun earlier and ended (ICU_DISCHARGE//*) only after the admission: the
   patient is already in the ICU when the prediction is made and the ICU token would be in the
   history. Also excluded (admitted_directly_to_icu): stays whose first ICU admission follows the
@@ -305,8 +306,12 @@ def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True) -> list[Sta
             # under this stay's own id before it (ED boarding; the ICU stay belongs to this stay).
             # Or an ICU stay of the subject (any id) begun earlier and ended (ICU_DISCHARGE) only after the
             # admission: still in the ICU at the prediction time, however long before it began.
-            just_before = any(adm - 24 * US_PER_HOUR <= t < adm for t in icu_times) or (sid is not None and any(
-                c.startswith(ICU_ADMISSION_PREFIX) and i == sid and t < adm for c, t, i in zip(codes, times, ids, strict=False))
+            # Its own id: that of any stay admitted at its admission time (duplicated admissions share one
+            # history, so a boarding of one is in the other's too, as the audit reads it).
+            own_ids = {i for c, t, i in zip(codes, times, ids, strict=False) if c.startswith(ADMISSION_PREFIX) and t == adm
+                       and i is not None} if sid is not None else set()
+            just_before = any(adm - 24 * US_PER_HOUR <= t < adm for t in icu_times) or any(
+                c.startswith(ICU_ADMISSION_PREFIX) and i in own_ids and t < adm for c, t, i in zip(codes, times, ids, strict=False)
             ) or _icu_open_at(codes, times, adm)
             # `death` keeps the recorded time: a MEDS_DEATH at or before a prediction time is in its history.
             death = first_death if first_death is not None and death_by >= adm else None
