@@ -142,3 +142,32 @@ def test_the_audit_does_not_depend_on_the_order_of_rows_at_one_timestamp(tmp_pat
     for name in ("a", "b"):
         write_labels(lab, tmp_path / f"labels_{name}" / "icu_admission.parquet")
         assert audit(tmp_path / name, tmp_path / f"labels_{name}").tasks["icu_admission"].outcome_code_in_history == 1
+
+
+def test_demo_labels_and_audit_do_not_depend_on_sharding_or_row_order(demo_meds, tmp_path):
+    # Metamorphic: the MIMIC-IV demo resharded (3 shards a split, under other names), subjects in
+    # reverse order, and the rows of each (subject, time) listed in another (seeded) order.
+    import dataclasses
+    import shutil
+
+    from ehrfm.clinical.labels import TASKS
+
+    other = tmp_path / "meds"
+    shutil.copytree(demo_meds / "metadata", other / "metadata")
+    for split in sorted(p for p in (demo_meds / "data").iterdir() if p.is_dir()):
+        df = pl.concat([pl.read_parquet(f) for f in sorted(split.glob("*.parquet"))], how="vertical_relaxed")
+        df = (df.with_columns(pl.int_range(pl.len()).shuffle(seed=7).alias("_r"))
+              .sort(["subject_id", "time", "_r"], descending=[True, False, False], nulls_last=False).drop("_r"))
+        subjects = df["subject_id"].unique(maintain_order=True).to_list()
+        (other / "data" / split.name).mkdir(parents=True)
+        for k in range(3):
+            df.filter(pl.col("subject_id").is_in(subjects[k::3])).write_parquet(other / "data" / split.name / f"part-{9 - k}.parquet")
+    results = []
+    for meds, out in ((demo_meds, tmp_path / "l0"), (other, tmp_path / "l1")):
+        labels, info = make_labels(meds, "all")
+        write_label_dir(labels, info, out)
+        res = audit(meds, out)
+        results.append(({t: labels[t].rows() for t in TASKS}, {t: info[t]["excluded"] for t in TASKS},
+                        {t: dataclasses.asdict(a) for t, a in res.tasks.items()}, res.clean))
+    assert results[0] == results[1]
+    assert results[0][3]
