@@ -19,14 +19,17 @@ def test_an_icu_stay_begun_long_before_the_admission_and_still_open_is_in_the_ic
               + stay(2, T0, T0 + d(5), [(2, T0 - h(40), "ICU_ADMISSION//MICU"), (2, T0 - h(30), "ICU_DISCHARGE//MICU"),
                                         (2, T0 + d(2), "ICU_ADMISSION//SICU")])
               # no ICU discharge recorded at all: nothing says the patient is still there -> negative
-              + stay(3, T0, T0 + d(5), [(3, T0 - d(30), "ICU_ADMISSION//MICU")]))
+              + stay(3, T0, T0 + d(5), [(3, T0 - d(30), "ICU_ADMISSION//MICU")])
+              # no discharge of the old ICU stay; the ICU discharge after the admission is a later ICU stay's
+              + stay(4, T0, T0 + d(5), [(4, T0 - d(30), "ICU_ADMISSION//MICU"), (4, T0 + d(2), "ICU_ADMISSION//SICU"),
+                                        (4, T0 + d(4), "ICU_DISCHARGE//SICU")]))
     labels, info = labels_of(tmp_path, events, "icu_admission")
-    assert labels == {(2, T0): True, (3, T0): False}
+    assert labels == {(2, T0): True, (3, T0): False, (4, T0): True}
     assert info["excluded"]["in_icu_at_prediction_time"] == 1
 
     # The audit sees a label made at such a time: the outcome (the ICU bed) is already there.
     meds = tmp_path / "meds"
-    write_labels(pl.DataFrame({"subject_id": [1, 2, 3], "prediction_time": [T0, T0, T0], "boolean_value": [False, True, False]}),
+    write_labels(pl.DataFrame({"subject_id": [1, 2, 3, 4], "prediction_time": [T0] * 4, "boolean_value": [False, True, False, True]}),
                  tmp_path / "icu_admission.parquet")
     res = audit(meds, tmp_path / "icu_admission.parquet")
     assert res.tasks["icu_admission"].outcome_code_in_history == 1

@@ -348,10 +348,12 @@ def _last_at_or_before(lab: pl.DataFrame, ev: pl.DataFrame, prefix: str, name: s
 def _in_open_icu_stay(lab: pl.DataFrame, ev: pl.DataFrame) -> pl.DataFrame:
     """The `lab` rows whose subject's last ICU admission at or before pred has its next ICU discharge after pred."""
     lab = _last_at_or_before(lab, ev, ICU, "last_icu").filter(pl.col("last_icu").is_not_null())
-    outs = ev.filter(pl.col("code").str.starts_with(ICU_OUT) & pl.col("t").is_not_null()).select("subject_id", "t")
-    nxt = (lab.join(outs, on="subject_id").filter(pl.col("t") > pl.col("last_icu"))
-           .group_by("i").agg(pl.col("t").min().alias("icu_out")))
-    return lab.join(nxt, on="i").filter(pl.col("icu_out") > pl.col("pred"))
+    # Its own discharge: the next ICU event after it when that is a discharge (labels._icu_open_at).
+    icu = ev.filter((pl.col("code").str.starts_with(ICU) | pl.col("code").str.starts_with(ICU_OUT)) & pl.col("t").is_not_null()
+                    ).select("subject_id", "t", pl.col("code").str.starts_with(ICU_OUT).alias("out"))
+    nxt = (lab.join(icu, on="subject_id").filter(pl.col("t") > pl.col("last_icu")).sort("t", "out")
+           .group_by("i").agg(pl.col("t").first().alias("icu_next"), pl.col("out").first()))
+    return lab.join(nxt, on="i").filter(pl.col("out") & (pl.col("icu_next") > pl.col("pred")))
 
 
 def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: list[str] | None,

@@ -330,8 +330,11 @@ def _icu_open_at(codes: list[str], times: list[int], at: int) -> bool:
     ins = [t for c, t in zip(codes, times, strict=False) if c.startswith(ICU_ADMISSION_PREFIX) and t < at]
     if not ins:
         return False
-    outs = [t for c, t in zip(codes, times, strict=False) if c.startswith(ICU_DISCHARGE_PREFIX) and t > max(ins)]
-    return bool(outs) and min(outs) > at
+    # Its own discharge: the next ICU event after it, when that is a discharge (a later ICU admission first
+    # means this one's discharge is missing, and a discharge after that one is the later stay's).
+    after = sorted((t, c.startswith(ICU_DISCHARGE_PREFIX)) for c, t in zip(codes, times, strict=False)
+                   if (c.startswith(ICU_ADMISSION_PREFIX) or c.startswith(ICU_DISCHARGE_PREFIX)) and t > max(ins))
+    return bool(after) and after[0][1] and after[0][0] > at
 
 
 def _open_at_discharge(stays: list[Stay]) -> list[bool]:
