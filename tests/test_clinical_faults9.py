@@ -174,3 +174,26 @@ def test_demo_labels_and_audit_do_not_depend_on_sharding_or_row_order(demo_meds,
                         {t: dataclasses.asdict(a) for t, a in res.tasks.items()}, res.clean))
     assert results[0] == results[1]
     assert results[0][3]
+
+
+def test_a_nested_stays_discharge_is_not_the_outcome_of_the_open_stay(tmp_path):
+    # Stay 10 (10 days) holds stay 11 (admitted 2 h later, discharged at 20 h). Stay 10's mortality and
+    # long-stay labels at 24 h are valid (it is open); the audit took the last admission (11) as the
+    # label's stay and its discharge as the outcome in the history: a leak, exit 1. Subject 2's stay
+    # really ended before its label, which stays a leak.
+    from test_labels import ADM, DIS
+
+    rows = [(1, T0, ADM, 10), (1, T0 + h(2), ADM, 11), (1, T0 + h(20), DIS, 11), (1, T0 + d(10), DIS, 10),
+            (2, T0, ADM, 20), (2, T0 + h(20), DIS, 20), (2, T0 + d(2), "LAB//1//mg", None)]
+    _shard(tmp_path / "meds" / "data" / "train" / "0.parquet", rows, True)
+    labels, info = make_labels(tmp_path / "meds", "all")
+    assert labels["in_hospital_mortality"].rows() == [(1, T0 + h(24), False)]
+    out = tmp_path / "labels"
+    write_label_dir(labels, info, out)
+    res = audit(tmp_path / "meds", out)
+    assert res.tasks["in_hospital_mortality"].outcome_code_in_history == 0
+    assert res.tasks["long_los"].outcome_code_in_history == 0
+    bad = pl.DataFrame({"subject_id": [1, 2], "prediction_time": [T0 + h(24)] * 2, "boolean_value": [False, False]})
+    (tmp_path / "bad").mkdir()
+    write_labels(bad, tmp_path / "bad" / "in_hospital_mortality.parquet")
+    assert audit(tmp_path / "meds", tmp_path / "bad").tasks["in_hospital_mortality"].outcome_code_in_history == 1

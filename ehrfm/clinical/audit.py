@@ -7,7 +7,8 @@ history holds
 
 (a) the outcome's own code (`OUTCOME_RULES`), or a prediction time that already shows it:
     - mortality: MEDS_DEATH, a DIED discharge, or the stay's own discharge (the stay has ended,
-      alive or not);
+      alive or not; with stay ids, none while a stay of the subject is open at the prediction time:
+      a discharge of a stay nested in it is not its end);
     - long stay: a death, the stay's own discharge, or a prediction time later than the
       long-stay threshold (`long_los_days` of the label file's sidecar JSON, else 7 days) after
       the stay's admission (a patient still in hospital then is known to have a long stay);
@@ -379,6 +380,10 @@ def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: li
         return hist.filter(cond).select("i").n_unique()
 
     code = pl.col("code")
+    # Labels with a stay (by id) still open at pred: theirs, whose end is not in the history; another stay's
+    # discharge there (a stay nested in it, ended before pred) is no outcome of this label.
+    open_i = [] if stays is None else lab.join(stays, on="subject_id").filter(
+        (pl.col("adm") <= pl.col("pred")) & (pl.col("pred") < pl.col("dis")))["i"].unique().to_list()
     outcome = None
     if task in OUTCOME_RULES:
         conds = []
@@ -389,7 +394,7 @@ def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: li
             if window == "stay":
                 match = match & pl.col("t").is_not_null() & (pl.col("t") >= pl.col("stay_adm"))
             elif window == "in_stay":
-                match = match & pl.col("t").is_not_null() & (pl.col("t") > pl.col("stay_adm"))
+                match = match & pl.col("t").is_not_null() & (pl.col("t") > pl.col("stay_adm")) & ~pl.col("i").is_in(open_i)
             elif window == "stay_24h":  # or any time under the stay's own id (labels.py's rule)
                 match = match & pl.col("t").is_not_null() & ((pl.col("t") >= pl.col("stay_adm") - 24 * US_PER_HOUR)
                                                              | own_id.fill_null(False))
