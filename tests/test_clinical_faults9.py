@@ -197,3 +197,19 @@ def test_a_nested_stays_discharge_is_not_the_outcome_of_the_open_stay(tmp_path):
     (tmp_path / "bad").mkdir()
     write_labels(bad, tmp_path / "bad" / "in_hospital_mortality.parquet")
     assert audit(tmp_path / "meds", tmp_path / "bad").tasks["in_hospital_mortality"].outcome_code_in_history == 1
+
+
+def test_discharge_rows_no_stay_ends_with_are_counted(tmp_path):
+    # Paired by time (no stay ids), a discharge before any admission ended no stay and was dropped
+    # without a word; the discharge-before-admission stay's row (ids) likewise.
+    from datetime import datetime
+
+    from test_labels import ADM, DIS, write_meds
+
+    events = [(1, T0 - h(3), DIS), (1, T0, ADM), (1, T0 + d(3), DIS), (2, T0, ADM), (2, T0 + d(3), DIS)]
+    _, info = make_labels(write_meds(tmp_path / "a", events), "long_los")
+    assert info["discharges_not_paired"] == 1 and info["n"] == 2
+    rows = [(9, T0, ADM, 91), (9, T0 - h(3), DIS, 91), (9, T0 + d(10), ADM, 92), (9, T0 + d(12), DIS, 92)]
+    _shard(tmp_path / "b" / "data" / "train" / "0.parquet", sorted(rows, key=lambda r: r[1] or datetime.min), True)
+    _, info = make_labels(tmp_path / "b", "long_los")
+    assert info["discharges_not_paired"] == 1

@@ -511,6 +511,7 @@ def make_labels(meds_dir: str | os.PathLike, task: str, **options) -> tuple[pl.D
         raise UserError(f"MEDS {meds_dir}: no hospital stays (no HOSPITAL_ADMISSION//* with a HOSPITAL_DISCHARGE//* "
                         f"among {events.height} stay events): nothing to label")
     deaths = _death_counts(events, ds)
+    unpaired = int(events["code"].str.starts_with(DISCHARGE_PREFIX).sum()) - sum(s.discharge is not None for s in stays)
     tasks = TASKS if task == "all" else (task,)
     out_labels, out_info = {}, {}
     for t in tasks:
@@ -531,6 +532,9 @@ def make_labels(meds_dir: str | os.PathLike, task: str, **options) -> tuple[pl.D
             "n_excluded": sum(excluded.values()),
             "deaths": deaths,
             "stay_pairing": f"by {STAY_ID}" if STAY_ID in events.columns else "by time order",
+            # Discharge rows no stay ended with (before any admission, a second of one stay, one of an id without
+            # an admission): ignored, so counted; a timeline that starts mid-stay has one.
+            "discharges_not_paired": unpaired,
             "dropped_null_time_rows": ds.null_time_codes,
             "config": dataclasses.asdict(cfg),
         }
