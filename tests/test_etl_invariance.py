@@ -96,3 +96,17 @@ def test_diagnoses_keep_their_rank_whatever_the_row_order_and_block_size(tmp_pat
         codes = pl.read_parquet(sorted((meds / "data").rglob("*.parquet"))[0])["code"].to_list()
         assert [c for c in codes if c.startswith("DIAGNOSIS//")] == [f"DIAGNOSIS//ICD//10//A{r:02d}" for r in range(1, 6)]
         assert [c for c in codes if c.startswith("PROCEDURE//")] == [f"PROCEDURE//ICD//10//P{r:02d}" for r in range(1, 6)]
+
+
+def test_a_csv_block_smaller_than_a_header_line_reads_every_row(tmp_path):
+    """A header line longer than batch_bytes made pyarrow report an empty file, which the ETL took for a
+    table without rows: admissions (a 100-byte header) read 0 rows at batch_bytes=64, every stay
+    and the events timed by it dropped, exit 0. Now the block holds at least the header line."""
+    adm = ("subject_id,hadm_id,admittime,dischtime,deathtime,admission_type,admission_location,discharge_location\n"
+           "1,11,2150-01-01 10:00:00,2150-01-05 14:00:00,,URGENT,ER,HOME\n")
+    dx = "subject_id,hadm_id,seq_num,icd_code,icd_version\n1,11,1,A01,10\n"
+    raw = _raw(tmp_path, {"hosp/admissions": adm, "hosp/diagnoses_icd": dx})
+    for batch_bytes in (1 << 20, 64):
+        etl(raw, tmp_path / f"meds{batch_bytes}", split_fractions=(1.0, 0.0, 0.0), batch_bytes=batch_bytes)
+    _assert_same_meds(tmp_path / "meds1048576", tmp_path / "meds64")
+    assert _account(tmp_path / "meds64")["hosp/admissions"]["rows_read"] == 1

@@ -1140,6 +1140,10 @@ def _read_batches(path: Path, columns: list[str] | dict[str, str], block_size: i
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
+    # pyarrow finds the header in the first block: with a header line longer than the block it
+    # reported an empty file, read below as a table without rows (every row lost, unsaid).
+    with _open_text(path) as f:
+        block_size = max(block_size, len(_first_line(f)) + 2)
     try:
         reader = pacsv.open_csv(_csv_source(path), read_options=pacsv.ReadOptions(block_size=block_size, use_threads=False),
                                 parse_options=pacsv.ParseOptions(**CSV_PARSE),
