@@ -1,8 +1,9 @@
-"""Metamorphic tests of `ehrfm etl`: what the MEDS output must not depend on.
+"""Metamorphic tests of `ehrfm etl` and `ehrfm tokenize`: what their output must not depend on.
 
-Each test changes the raw input in a way that carries no information (the row order of a CSV,
-the CSV block size, gzip or not) and expects the same MEDS files, byte for byte in content and
-row order, as the events one time shares feed `ehrfm tokenize` in that order.
+Each test changes the input in a way that carries no information (the row order of a CSV, the
+CSV block size, how MEDS subjects are sharded) and expects the same files, in content and in
+order: tokenize keeps the events one time shares in their MEDS order, and training draws its
+order over the token files' subjects.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 from test_data_faults5 import _raw
 
 from tokenization.etl import etl
+from tokenization.tokenize import tokenize
 
 pytestmark = pytest.mark.usefixtures("quiet")
 
@@ -110,3 +112,34 @@ def test_a_csv_block_smaller_than_a_header_line_reads_every_row(tmp_path):
         etl(raw, tmp_path / f"meds{batch_bytes}", split_fractions=(1.0, 0.0, 0.0), batch_bytes=batch_bytes)
     _assert_same_meds(tmp_path / "meds1048576", tmp_path / "meds64")
     assert _account(tmp_path / "meds64")["hosp/admissions"]["rows_read"] == 1
+
+
+def _resharded(meds: Path, out: Path) -> Path:
+    """`meds` with each split's subjects dealt at random into 4 shards, named so that they sort in another order."""
+    shutil.copytree(meds / "metadata", out / "metadata")
+    for split in sorted((meds / "data").iterdir()):
+        df = pl.concat([pl.read_parquet(f) for f in sorted(split.glob("*.parquet"))])
+        ids = df["subject_id"].unique().sort().to_list()
+        random.Random(7).shuffle(ids)
+        (out / "data" / split.name).mkdir(parents=True)
+        for k in range(4):
+            part = df.filter(pl.col("subject_id").is_in(ids[k::4])).sort("subject_id", maintain_order=True)
+            part.write_parquet(out / "data" / split.name / f"{10 - 3 * k}.parquet")  # 10, 7, 4, 1
+    return out
+
+
+def test_tokens_do_not_depend_on_how_the_meds_subjects_are_sharded(demo_meds, tmp_path):
+    """Subjects were written in the order of the shard files' names: the same real demo MEDS dealt
+    into other shards (another --shard-subjects, another ETL; `10.parquet` sorts before `2.parquet`)
+    gave other token files and, as training draws its order over their subjects, other batches."""
+    tokenize(demo_meds, tmp_path / "tok_a")
+    tokenize(_resharded(demo_meds, tmp_path / "meds_b"), tmp_path / "tok_b")
+    a, b = tmp_path / "tok_a", tmp_path / "tok_b"
+    assert (a / "tokenizer.json").read_bytes() == (b / "tokenizer.json").read_bytes()
+    stats = [{k: v for k, v in json.loads((d / "stats.json").read_text()).items() if k != "seconds"} for d in (a, b)]
+    assert stats[0] == stats[1]
+    for split in ("train", "tuning", "held_out"):
+        ids = pl.read_parquet(b / split / "index.parquet")["subject_id"]
+        assert ids.is_sorted() and ids.n_unique() == len(ids)
+        for name in ("tokens.npy", "times.npy", "index.parquet"):
+            assert (a / split / name).read_bytes() == (b / split / name).read_bytes(), f"{split}/{name} differs"
