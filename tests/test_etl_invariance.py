@@ -114,6 +114,60 @@ def test_a_csv_block_smaller_than_a_header_line_reads_every_row(tmp_path):
     assert _account(tmp_path / "meds64")["hosp/admissions"]["rows_read"] == 1
 
 
+def _reformatted(raw: Path, out: Path) -> Path:
+    """A copy of `raw` whose tables, each in one of these ways, say the same in another form: plain
+    .csv, CRLF line ends, a byte order mark, upper-case header, columns in another order, every value
+    quoted, blank lines at the end, an extra column whose values hold commas and line breaks."""
+    def plain(h, rows):
+        return [h, *rows], "\n", csv.QUOTE_MINIMAL
+
+    def crlf(h, rows):
+        return [h, *rows], "\r\n", csv.QUOTE_MINIMAL
+
+    def upper(h, rows):
+        return [[c.upper() for c in h], *rows], "\n", csv.QUOTE_MINIMAL
+
+    def columns(h, rows):
+        order = list(range(len(h)))[::-1]
+        return [[r[i] for i in order] for r in [h, *rows]], "\n", csv.QUOTE_MINIMAL
+
+    def quoted(h, rows):
+        return [h, *rows], "\n", csv.QUOTE_ALL
+
+    def extra(h, rows):
+        return [[*h, "comment"], *[[*r, "seen, then\nrechecked"] for r in rows]], "\n", csv.QUOTE_MINIMAL
+
+    ways = [plain, crlf, upper, columns, quoted, extra, "bom", "blank_lines"]
+    shutil.copytree(raw, out)
+    for i, f in enumerate(sorted(out.rglob("*.csv.gz"))):
+        f.chmod(0o644)
+        data = gzip.decompress(f.read_bytes())
+        way = ways[i % len(ways)]
+        if way == "bom":
+            data = b"\xef\xbb\xbf" + data
+        elif way == "blank_lines":
+            data += b"\n\n"
+        else:
+            header, *rows = list(csv.reader(io.StringIO(data.decode(), newline="")))
+            table, end, quoting = way(header, rows)
+            text = io.StringIO(newline="")
+            csv.writer(text, lineterminator=end, quoting=quoting).writerows(table)
+            data = text.getvalue().encode()
+        if way is plain:
+            f.unlink()
+            f.with_suffix("").write_bytes(data)
+        else:
+            f.write_bytes(gzip.compress(data, mtime=0))
+    return out
+
+
+def test_the_form_of_the_real_demo_csvs_changes_nothing(demo_meds, mimic_demo_dir, tmp_path):
+    """What a re-export or an editor does to a CSV without changing what it says: each table of the
+    real demo in one such form (module docstring of _reformatted) gives the same MEDS and account."""
+    etl(_reformatted(mimic_demo_dir, tmp_path / "raw"), tmp_path / "meds")
+    _assert_same_meds(demo_meds, tmp_path / "meds")
+
+
 def _resharded(meds: Path, out: Path) -> Path:
     """`meds` with each split's subjects dealt at random into 4 shards, named so that they sort in another order."""
     shutil.copytree(meds / "metadata", out / "metadata")
