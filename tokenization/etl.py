@@ -92,7 +92,8 @@ Codes (MIMIC_IV_MEDS "//" style; values always in numeric_value, never in the co
     pain is free text: a 0-10 rating where it states one, "7" or "7/10", else its text in text_value, _pain),
     ED_DIAGNOSIS//ICD//<9|10>//<code> (at the ED stay's outtime), ED_MEDRECON//<name>,
     ED_PYXIS//<name> (charttime). A missing or blank unit, location or name part is `UNK`;
-    spaces around a part are dropped (`Vitamin D3 ` and a CHAR(7) `4019   ` are `Vitamin D3`, `4019`).
+    spaces around a part are dropped (`Vitamin D3 ` and a CHAR(7) `4019   ` are `Vitamin D3`, `4019`); so are
+    spaces around every raw value when it is read, and a value of spaces only is empty (_trimmed).
 Within one timestamp events keep a clinical order: admission, transfers, measurements,
 medications, procedures, diagnoses, death, discharge; then source table, rank (seq_num of ICD
 diagnoses and procedures, HCPCS: Table.rank), code, value, text, stay and row key (_event_order).
@@ -2134,6 +2135,7 @@ def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context
         for batch in blocks:
             n_rows += len(batch)
             bar.update(len(batch))
+            batch = batch.with_columns(_trimmed(c) for c in batch.columns)
             for c in table.columns:  # optional columns absent from this file
                 if c not in batch.columns:
                     batch = batch.with_columns(pl.lit(None, pl.String).alias(c))
@@ -2195,6 +2197,17 @@ def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context
         ctx.admissions = pl.DataFrame(schema={"hadm_id": pl.Int64, "admittime": pl.Datetime("us"),
                                               "dischtime": pl.Datetime("us"), "deathtime": pl.Datetime("us")})
     return n_rows
+
+
+def _trimmed(col: str) -> pl.Expr:
+    """A raw text column without spaces around its values, null where nothing else is left.
+
+    Spaces around a value carry no meaning (a fixed-width export pads CHAR(n) columns, a hand edit
+    adds them), but the rules compare values: padded, a transfer's `discharge` row became an event
+    of its own and 5,102 of the real demo's eMAR doses became duplicates of their first product line.
+    """
+    value = pl.col(col).str.strip_chars()
+    return pl.when(value.str.len_bytes() > 0).then(value).alias(col)
 
 
 def _one_row_per_key(df: pl.DataFrame, key: str, path: Path) -> pl.DataFrame:
