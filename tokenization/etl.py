@@ -1239,7 +1239,39 @@ def _csv_error(path: Path, e: Exception, block_size: int) -> UserError:
             n = _count_not_utf8(path, col, block_size)
             rows = f"{n} row{'s' if n != 1 else ''}" if n is not None else "some rows"
             return UserError(f"{path}: column {col.strip()!r} has {rows} that are not UTF-8 text; {NOT_UTF8_HINT}")
+    if re.search(r"Expected \d+ columns, got \d+", str(e)):
+        counted = _count_ragged_rows(path, block_size)
+        if counted is not None and counted[0]:
+            n, expected, first = counted
+            return UserError(f"{path}: cannot be read as CSV: {n} row{'s' if n != 1 else ''} without the header's {expected} "
+                             f"columns (the first at line {first}): rows cut short (a truncated copy?) or values with an "
+                             "unquoted comma")
     return UserError(f"{path}: cannot be read as CSV ({_safe_reason(e)})")
+
+
+def _count_ragged_rows(path: Path, block_size: int) -> tuple[int, int, int] | None:
+    """Rows whose column count is not the header's: (how many, the header's count, the first's line), or None.
+
+    pyarrow stops at the first such row; one more pass counts them all (never their text: patient data).
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    seen: list[tuple[int, int]] = []
+
+    def count(row):
+        seen.append((row.expected_columns, row.number if row.number is not None else -1))
+        return "skip"
+
+    try:
+        reader = pacsv.open_csv(_csv_source(path), read_options=pacsv.ReadOptions(block_size=block_size, use_threads=False),
+                                parse_options=pacsv.ParseOptions(**CSV_PARSE, invalid_row_handler=count),
+                                convert_options=pacsv.ConvertOptions(include_columns=[]))
+        for _ in reader:
+            pass
+    except (pa.ArrowInvalid, OSError, EOFError):
+        return None
+    return (len(seen), seen[0][0], seen[0][1]) if seen else (0, 0, 0)
 
 
 def _count_not_utf8(path: Path, col: str, block_size: int) -> int | None:
