@@ -198,3 +198,21 @@ def test_de_identification_placeholders_are_counted_apart_from_unparseable_numbe
     assert lab["redacted_numbers_set_null"] == {"valuenum": 2}
     assert lab["unparseable_numbers_set_null"] == {"valuenum": 1}
     assert lab["events_written"] == 4
+
+
+def test_rows_without_the_headers_columns_are_counted_with_the_first_ones_line(tmp_path):
+    """A ragged CSV (rows cut short, an unquoted comma) was refused at its first bad row with pyarrow's
+    "Expected 9 columns, got 4": no count, no line to look at. Now every such row is counted, the
+    first one's line given, no value shown, and nothing is written."""
+    labs = ("labevent_id,subject_id,hadm_id,itemid,charttime,storetime,value,valuenum,valueuom\n"
+            "1,1,11,50912,2150-01-02 06:00:00,2150-01-02 07:00:00,1.0,1.0,mg/dL\n"
+            "2,1,11,50912\n"                                                        # line 3: cut short
+            "3,1,11,50912,2150-01-02 06:00:00,2150-01-02 07:00:00,1.0,1.0,mg/dL\n"
+            "4,1,11,50912,2150-01-02 06:00:00,2150-01-02 07:00:00,1,5,1.5,mg/dL\n")  # line 5: unquoted comma
+    raw = _raw(tmp_path, {"hosp/labevents": labs})
+    with pytest.raises(UserError) as e:
+        etl(raw, tmp_path / "meds", split_fractions=(1.0, 0.0, 0.0))
+    said = str(e.value)
+    assert "labevents.csv" in said and "2 rows without the header's 9 columns (the first at line 3)" in said
+    assert "50912" not in said and "2150" not in said
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]

@@ -92,9 +92,12 @@ Codes (MIMIC_IV_MEDS "//" style; values always in numeric_value, never in the co
     pain is free text: a 0-10 rating where it states one, "7" or "7/10", else its text in text_value, _pain),
     ED_DIAGNOSIS//ICD//<9|10>//<code> (at the ED stay's outtime), ED_MEDRECON//<name>,
     ED_PYXIS//<name> (charttime). A missing or blank unit, location or name part is `UNK`;
-    spaces around a part are dropped (`Vitamin D3 ` and a CHAR(7) `4019   ` are `Vitamin D3`, `4019`).
+    spaces around a part are dropped (`Vitamin D3 ` and a CHAR(7) `4019   ` are `Vitamin D3`, `4019`); so are
+    spaces around every raw value when it is read, and a value of spaces only is empty (_trimmed).
 Within one timestamp events keep a clinical order: admission, transfers, measurements,
-medications, procedures, diagnoses, death, discharge.
+medications, procedures, diagnoses, death, discharge; then source table, rank (seq_num of ICD
+diagnoses and procedures, HCPCS: Table.rank), code, value, text, stay and row key (_event_order).
+The order is a function of the events alone, never of the CSV rows' order or block size.
 
 Dates and midnights (an event is never placed before the first moment it could have been known):
 - A date-only value is a value of a DATE column of MIMIC-IV's schema (patients.dod,
@@ -349,9 +352,11 @@ class Table:
     # can repeat: the events' key (_row_key), so that only exact repeats of a row are `duplicate`.
     # Optional (read when the file has it; without it rows are told apart as before).
     row_id: str | None = None
-    # A column whose rows of one value the rule orders together (diagnoses by seq_num within their
-    # stay): each such run is staged in one batch, never cut at a CSV block boundary (_whole_groups).
-    groups: str | None = None
+    # The column that ranks the rows one time shares (seq_num of ICD codes: the principal diagnosis
+    # first): their events follow it in the shard step (_assemble), whatever the order of the CSV rows.
+    # Without a row id it is the events' _key, and rows that differ only in it are one event (the
+    # lowest rank kept: a code listed twice for one stay is one diagnosis).
+    rank: str | None = None
     # The column the table has one row per (MIMIC-IV's primary key: subject_id of patients, hadm_id
     # of admissions, stay_id of icustays, edstays and ED triage): the table is small (a row per
     # subject or stay) and read whole, and rows of one key that disagree are refused (_one_row_per_key);
@@ -531,7 +536,7 @@ def _at_discharge(df: pl.DataFrame, ctx: Context) -> pl.DataFrame:
 def _diagnoses(df, ctx):
     df = _at_discharge(df, ctx)
     code = pl.concat_str(pl.lit("DIAGNOSIS//ICD//"), _int_part("icd_version"), pl.lit("//"), _part("icd_code"))
-    return [_ev(df.sort("hadm_id", "seq_num", maintain_order=True), pl.col("dischtime"), code, ORDER_DX)]
+    return [_ev(df, pl.col("dischtime"), code, ORDER_DX)]  # in rank order at the shard step (Table.rank)
 
 
 # ICD procedure codes that state how long the procedure went on (ventilation < 24 h, 24-96 h, > 96 h;
@@ -735,7 +740,7 @@ def _ed_diagnosis(df, ctx):
     # Coded at the end of the ED stay, like hospital diagnoses at discharge.
     df = _ed_stay_times(df, ctx)
     code = pl.concat_str(pl.lit("ED_DIAGNOSIS//ICD//"), _int_part("icd_version"), pl.lit("//"), _part("icd_code"))
-    return [_ev(df.sort("stay_id", "seq_num", maintain_order=True), pl.col("_out"), code, ORDER_DX)]
+    return [_ev(df, pl.col("_out"), code, ORDER_DX)]
 
 
 def _ed_med(prefix: str):
@@ -774,10 +779,10 @@ TABLES: list[Table] = [
           times=["intime", "outtime"], ints=["hadm_id", "stay_id"], to_events=_icustays, key="stay_id",
           code_prefixes={"intime": ["ICU_ADMISSION//"], "outtime": ["ICU_DISCHARGE//"]}),
     Table("hosp/diagnoses_icd", ["subject_id", "hadm_id", "seq_num", "icd_code", "icd_version"],
-          ints=["hadm_id", "seq_num"], to_events=_diagnoses, needs=("hosp/admissions",), groups="hadm_id"),
+          ints=["hadm_id", "seq_num"], to_events=_diagnoses, needs=("hosp/admissions",), rank="seq_num"),
     Table("hosp/procedures_icd", ["subject_id", "hadm_id", "chartdate", "icd_code", "icd_version", "seq_num"],
           times=["chartdate"], ints=["hadm_id", "seq_num"], to_events=_procedures, dates=["chartdate"],
-          code_prefixes={"chartdate": ["PROCEDURE//ICD//"]}, row_id="seq_num", needs=("hosp/admissions",)),
+          code_prefixes={"chartdate": ["PROCEDURE//ICD//"]}, row_id="seq_num", rank="seq_num", needs=("hosp/admissions",)),
     Table("hosp/drgcodes", ["subject_id", "hadm_id", "drg_type", "drg_code"], ints=["hadm_id"], to_events=_drgcodes,
           needs=("hosp/admissions",)),
     Table("hosp/labevents", ["subject_id", "hadm_id", "itemid", "charttime", "storetime", "value", "valuenum", "valueuom",
@@ -809,7 +814,7 @@ TABLES: list[Table] = [
           stored_at={"charttime": "storetime"}, row_id="microevent_id"),
     Table("hosp/hcpcsevents", ["subject_id", "hadm_id", "chartdate", "hcpcs_cd", "seq_num"], times=["chartdate"],
           ints=["hadm_id", "seq_num"], to_events=_hcpcs, dates=["chartdate"], code_prefixes={"chartdate": ["HCPCS//"]},
-          row_id="seq_num"),
+          row_id="seq_num", rank="seq_num"),
     Table("hosp/services", ["subject_id", "hadm_id", "transfertime", "curr_service"], times=["transfertime"],
           ints=["hadm_id"], to_events=_services, code_prefixes={"transfertime": ["SERVICE//"]}),
     Table("hosp/omr", ["subject_id", "chartdate", "result_name", "result_value", "seq_num"], times=["chartdate"],
@@ -848,7 +853,7 @@ TABLES: list[Table] = [
     Table("ed/vitalsign", ["subject_id", "stay_id", "charttime", *ED_VITALS], times=["charttime"], ints=["stay_id"],
           floats=ED_NUMBERS, to_events=_ed_vitalsign, module="ed", code_prefixes={"charttime": ["ED_VITAL//"]}),
     Table("ed/diagnosis", ["subject_id", "stay_id", "seq_num", "icd_code", "icd_version"], ints=["stay_id", "seq_num"],
-          to_events=_ed_diagnosis, module="ed", needs=("ed/edstays",), groups="stay_id"),
+          to_events=_ed_diagnosis, module="ed", needs=("ed/edstays",), rank="seq_num"),
     Table("ed/medrecon", ["subject_id", "stay_id", "charttime", "name"], times=["charttime"], ints=["stay_id"],
           to_events=_ed_med("ED_MEDRECON//"), module="ed", code_prefixes={"charttime": ["ED_MEDRECON//"]}),
     Table("ed/pyxis", ["subject_id", "stay_id", "charttime", "name", "med_rn"], times=["charttime"], ints=["stay_id", "med_rn"],
@@ -1136,6 +1141,10 @@ def _read_batches(path: Path, columns: list[str] | dict[str, str], block_size: i
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
+    # pyarrow finds the header in the first block: with a header line longer than the block it
+    # reported an empty file, read below as a table without rows (every row lost, unsaid).
+    with _open_text(path) as f:
+        block_size = max(block_size, len(_first_line(f)) + 2)
     try:
         reader = pacsv.open_csv(_csv_source(path), read_options=pacsv.ReadOptions(block_size=block_size, use_threads=False),
                                 parse_options=pacsv.ParseOptions(**CSV_PARSE),
@@ -1230,7 +1239,39 @@ def _csv_error(path: Path, e: Exception, block_size: int) -> UserError:
             n = _count_not_utf8(path, col, block_size)
             rows = f"{n} row{'s' if n != 1 else ''}" if n is not None else "some rows"
             return UserError(f"{path}: column {col.strip()!r} has {rows} that are not UTF-8 text; {NOT_UTF8_HINT}")
+    if re.search(r"Expected \d+ columns, got \d+", str(e)):
+        counted = _count_ragged_rows(path, block_size)
+        if counted is not None and counted[0]:
+            n, expected, first = counted
+            return UserError(f"{path}: cannot be read as CSV: {n} row{'s' if n != 1 else ''} without the header's {expected} "
+                             f"columns (the first at line {first}): rows cut short (a truncated copy?) or values with an "
+                             "unquoted comma")
     return UserError(f"{path}: cannot be read as CSV ({_safe_reason(e)})")
+
+
+def _count_ragged_rows(path: Path, block_size: int) -> tuple[int, int, int] | None:
+    """Rows whose column count is not the header's: (how many, the header's count, the first's line), or None.
+
+    pyarrow stops at the first such row; one more pass counts them all (never their text: patient data).
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    seen: list[tuple[int, int]] = []
+
+    def count(row):
+        seen.append((row.expected_columns, row.number if row.number is not None else -1))
+        return "skip"
+
+    try:
+        reader = pacsv.open_csv(_csv_source(path), read_options=pacsv.ReadOptions(block_size=block_size, use_threads=False),
+                                parse_options=pacsv.ParseOptions(**CSV_PARSE, invalid_row_handler=count),
+                                convert_options=pacsv.ConvertOptions(include_columns=[]))
+        for _ in reader:
+            pass
+    except (pa.ArrowInvalid, OSError, EOFError):
+        return None
+    return (len(seen), seen[0][0], seen[0][1]) if seen else (0, 0, 0)
 
 
 def _count_not_utf8(path: Path, col: str, block_size: int) -> int | None:
@@ -1482,10 +1523,11 @@ def _with_row_key(df: pl.DataFrame, table: Table) -> pl.DataFrame:
     exact repeats of a row are dropped as `duplicate`. Where the row also has SOURCE_TIME (a
     result moved to its store time, _at_stored_time) the key is a hash of both, so rows apart in
     either stay apart. A row without an id (a file without the column) keeps the key it had
-    without one: SOURCE_TIME or none.
+    without one: SOURCE_TIME or none. A table with a rank but no row id (diagnoses: seq_num) is keyed
+    by its rank, which orders its events (_assemble) but tells no rows apart (_write_shard).
     """
     if table.row_id is None:
-        return df
+        return df.with_columns(pl.col(table.rank).cast(pl.Int64).alias(ROW_KEY)) if table.rank else df
     row_id = pl.col(table.row_id)
     if SOURCE_TIME in df.columns:
         both = pl.struct(row_id, pl.col(SOURCE_TIME)).hash(seed=0).reinterpret(signed=True)
@@ -2122,11 +2164,10 @@ def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context
         blocks = _read_batches(path, columns, cfg.batch_bytes)
         if cfg.workers > 1:  # a worker process: read the next block while this one is transformed
             blocks = _prefetched(blocks)
-        if table.groups is not None:
-            blocks = _whole_groups(blocks, table.groups)
         for batch in blocks:
             n_rows += len(batch)
             bar.update(len(batch))
+            batch = batch.with_columns(_trimmed(c) for c in batch.columns)
             for c in table.columns:  # optional columns absent from this file
                 if c not in batch.columns:
                     batch = batch.with_columns(pl.lit(None, pl.String).alias(c))
@@ -2190,27 +2231,15 @@ def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context
     return n_rows
 
 
-def _whole_groups(batches, column: str):
-    """The raw batches (_read_batches) re-cut so that a run of rows with one value of `column` lies in one batch.
+def _trimmed(col: str) -> pl.Expr:
+    """A raw text column without spaces around its values, null where nothing else is left.
 
-    A batch's last run waits for the next batch. A rule that orders the rows of a group (diagnoses
-    by seq_num within their stay: MIMIC-IV's files do not list them in that order) sorts each batch:
-    a stay cut at a CSV block boundary (one in every 4 MiB block of diagnoses_icd) had its two
-    halves sorted apart, its diagnoses out of rank order, and the order depended on batch_bytes.
+    Spaces around a value carry no meaning (a fixed-width export pads CHAR(n) columns, a hand edit
+    adds them), but the rules compare values: padded, a transfer's `discharge` row became an event
+    of its own and 5,102 of the real demo's eMAR doses became duplicates of their first product line.
     """
-    carry = None
-    for batch in batches:
-        if column not in batch.columns:  # an optional column the file lacks: nothing to keep together
-            yield batch
-            continue
-        batch = pl.concat([carry, batch]) if carry is not None else batch
-        other = np.nonzero(~batch[column].eq_missing(batch[column][-1]).to_numpy())[0]
-        cut = int(other[-1]) + 1 if len(other) else 0
-        carry = batch.slice(cut)
-        if cut:
-            yield batch.slice(0, cut)
-    if carry is not None:
-        yield carry
+    value = pl.col(col).str.strip_chars()
+    return pl.when(value.str.len_bytes() > 0).then(value).alias(col)
 
 
 def _one_row_per_key(df: pl.DataFrame, key: str, path: Path) -> pl.DataFrame:
@@ -2468,7 +2497,11 @@ def _write_shard(buckets: Path, j: int, ids: np.ndarray, path: Path, names: list
                 part = pl.read_parquet(f)
                 f.unlink()
                 # Exact duplicates of a source row make identical events: keep one, count the rest.
-                unique = _unique_rows(part)
+                # A rank without a row id tells no rows apart (Table.rank): the lowest is kept.
+                rank_only = TABLES_BY_NAME[names[src]].rank is not None and TABLES_BY_NAME[names[src]].row_id is None
+                if rank_only:
+                    part = part.sort("_key", nulls_last=True, maintain_order=True)
+                unique = _unique_rows(part, ignore=("_key",) if rank_only else ())
                 # An ENTRY_ONLY row was counted (missing_medication) when staged: its repeat is no second drop.
                 repeats = part.height - unique.height
                 if repeats and names[src] == "hosp/pharmacy":
@@ -2489,17 +2522,19 @@ def _write_shard(buckets: Path, j: int, ids: np.ndarray, path: Path, names: list
     return total
 
 
-def _unique_rows(df: pl.DataFrame) -> pl.DataFrame:
+def _unique_rows(df: pl.DataFrame, ignore: tuple[str, ...] = ()) -> pl.DataFrame:
     """df.unique(maintain_order=True), the first of each set of identical rows kept; ~4x faster.
 
-    Only rows whose row hash repeats can be duplicates (hash_rows, like unique, treats -0.0/0.0
-    and every NaN as equal), so only those are compared exactly.
+    Rows are compared in every column but `ignore`. Only rows whose row hash repeats can be
+    duplicates (hash_rows, like unique, treats -0.0/0.0 and every NaN as equal), so only those are
+    compared exactly.
     """
-    repeated = df.hash_rows().is_duplicated()
+    columns = [c for c in df.columns if c not in ignore]
+    repeated = df.select(columns).hash_rows().is_duplicated()
     if not repeated.any():
         return df
     rows = df.with_row_index("_row")
-    first = rows.filter(repeated).unique(subset=df.columns, keep="first", maintain_order=True)["_row"]
+    first = rows.filter(repeated).unique(subset=columns, keep="first", maintain_order=True)["_row"]
     return rows.filter(~repeated | pl.col("_row").is_in(first.implode())).drop("_row")
 
 
@@ -2547,7 +2582,7 @@ def _assemble(parts: list[pl.DataFrame], names: list[str], ctx: Context, placed_
     shard = _time_from_parents(shard, names, ctx)
     shard = _at_entry_time(shard, names, ctx)
     shard = _place_dates(shard, ctx.admissions, names, placed_at_discharge)
-    shard = shard.sort(["subject_id", "time", "_order"], nulls_last=False, maintain_order=True)
+    shard = shard.sort(_event_order(names), nulls_last=False)
     # A time no life can hold (module docstring: time_outside_lifetime), by the subject's MEDS_BIRTH.
     birth = pl.col("time").filter(pl.col("code") == "MEDS_BIRTH").min().over("subject_id")
     outside = (pl.col("time") < birth.dt.offset_by("-1y")) | (pl.col("time") >= birth.dt.offset_by(f"{MAX_ANCHOR_AGE + 1}y"))
@@ -2566,6 +2601,22 @@ def _assemble(parts: list[pl.DataFrame], names: list[str], ctx: Context, placed_
     for code, n in shard.group_by("code").len().iter_rows():
         code_counts[code] = code_counts.get(code, 0) + n
     return _validate(shard.drop("_order", "_date_only", "_src", "_key"), path)
+
+
+def _event_order(names: list[str]) -> list[pl.Expr]:
+    """The sort key of MEDS events: subject, time, then what orders the events one time shares.
+
+    The clinical order (_order), source table, rank (Table.rank: seq_num of ICD codes), then the
+    content and the row key.
+
+    Every column written is in it, so the order is a function of the events alone: a tie left to
+    the rows' order made the events of one time (labs of one draw, a stay's diagnoses) follow the
+    CSV rows, so shuffling the real demo's rows moved 196,784 of 337,343 events and the tokens with them.
+    """
+    ranked = [i for i, n in enumerate(names) if TABLES_BY_NAME[n].rank is not None]
+    rank = pl.when(pl.col("_src").is_in(ranked)).then(pl.col("_key"))
+    return [pl.col(c) for c in ("subject_id", "time", "_order", "_src")] + [rank] + [
+        pl.col(c) for c in ("code", "numeric_value", "text_value", "hadm_id", "_key")]
 
 
 def _time_from_parents(shard: pl.DataFrame, names: list[str], ctx: Context) -> pl.DataFrame:

@@ -32,6 +32,8 @@ Token conventions (others rely on them; they are also written into tokenizer.jso
 Output (see ehrfm/tokens.py for the reader):
     tokenizer.json, stats.json, config.json, {split}/tokens.npy, {split}/times.npy,
     {split}/index.parquet (subject_id, offset, length)
+Subjects are written in ascending subject_id order within each split, whatever the MEDS shards'
+names, number and order (_in_subject_order): one dataset sharded otherwise gives the same files.
 """
 
 from __future__ import annotations
@@ -702,19 +704,54 @@ def _append(f, arr: np.ndarray) -> None:
     f.write(np.ascontiguousarray(arr).tobytes())
 
 
-def _bin_to_npy(bin_path: Path, npy_path: Path, dtype, n: int, chunk: int = 1 << 24) -> None:
-    """Copy a raw array file into a .npy file.
+def _bin_to_npy(bin_path: Path, npy_path: Path, dtype, n: int, runs: list[tuple[int, int]] | None = None,
+                chunk: int = 1 << 24) -> None:
+    """Copy a raw array file into a .npy file, whole or as `runs` ((offset, length) in items, in order).
 
     The raw array file -> a .npy file (header, then the bytes copied by read/write: a memory
     map of both files would count every page of them in this process's RSS, 1.9 GiB at 300k
     synthetic patients).
     """
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (n,)}
+    item = np.dtype(dtype).itemsize
     with open(npy_path, "wb") as out:
         np.lib.format.write_array_header_1_0(out, header)
         with open(bin_path, "rb") as src:
-            shutil.copyfileobj(src, out, chunk)
+            if runs is None:
+                shutil.copyfileobj(src, out, chunk)
+            for offset, length in runs or ():
+                src.seek(offset * item)
+                left = length * item
+                while left:
+                    buf = src.read(min(chunk, left))
+                    out.write(buf)
+                    left -= len(buf)
     bin_path.unlink()
+
+
+def _in_subject_order(index: pl.DataFrame) -> tuple[pl.DataFrame, list[tuple[int, int]] | None]:
+    """The index in ascending subject_id order, and the runs _bin_to_npy copies to match it.
+
+    Runs are (offset, length) of the written token and time files, in the new order; None when the
+    subjects are in that order already.
+
+    Subjects were written in the order of the shard files' names and of subjects within each, so
+    one MEDS dataset sharded otherwise (another --shard-subjects, another ETL; shard 10 sorts before
+    shard 2) gave other token files, and training, whose order is drawn over the file's subjects
+    (ehrfm/packing.py), another stream of batches.
+    """
+    ids = index["subject_id"].to_numpy()
+    if len(ids) < 2 or bool((ids[1:] > ids[:-1]).all()):
+        return index, None
+    index = index.sort("subject_id")
+    off, length = index["offset"].to_numpy(), index["length"].to_numpy()
+    runs: list[list[int]] = []
+    for o, n in zip(off.tolist(), length.tolist(), strict=True):
+        if runs and runs[-1][0] + runs[-1][1] == o:  # adjacent in the written file: one copy
+            runs[-1][1] += n
+        else:
+            runs.append([o, n])
+    return index.with_columns(offset=pl.col("length").cum_sum() - pl.col("length")), [tuple(r) for r in runs]
 
 
 def _resolve(meds: Path, out, tokenizer, overwrite: bool, min_count: int | None, codes: str | None,
@@ -858,12 +895,13 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
                 f1.close()
                 f2.close()
         for s, st in state.items():
-            _bin_to_npy(tmp / s / "tokens.bin", tmp / s / "tokens.npy", enc.dtype, st["tokens"])
-            _bin_to_npy(tmp / s / "times.bin", tmp / s / "times.npy", np.int64, st["tokens"])
             index = pl.concat(st["index"]) if st["index"] else pl.DataFrame(
                 schema={"subject_id": pl.Int64, "offset": pl.Int64, "length": pl.Int64})
             if index["subject_id"].is_duplicated().any():
                 raise UserError(f"{meds}: a subject appears in more than one shard of split {s!r}")
+            index, runs = _in_subject_order(index)
+            _bin_to_npy(tmp / s / "tokens.bin", tmp / s / "tokens.npy", enc.dtype, st["tokens"], runs)
+            _bin_to_npy(tmp / s / "times.bin", tmp / s / "times.npy", np.int64, st["tokens"], runs)
             index.write_parquet(tmp / s / "index.parquet")
             stats["splits"][s] = _split_stats(st)
         if "train" in stats["splits"] and "tuning" in stats["splits"]:
