@@ -14,6 +14,8 @@ Signals, as they really arrive (see submitit/core/job_environment.py and slurm.p
   of the step; the trainer checkpoints and exits 3; SLURM requeues (or cancels) the job and the
   next start resumes from the checkpoint.
 - LocalExecutor: its controller sends USR2 at time-out and restarts the job on exit code 144.
+- A SIGTERM that reaches the trainer before `train` installs its handlers (while it imports torch)
+  is kept by sweeps.run_one (exit 3 before training); a trainer SIGTERM killed anyway is interrupted.
 A run dir holding result.json is finished: a requeued job for it returns that result at once.
 
 Multi-GPU runs: submitit starts one task per GPU; each task runs one trainer process with the
@@ -170,7 +172,9 @@ class TrainJob:
         result = _finished_result(self.run_dir)
         if result is not None:
             return result
-        if rc == EXIT_INTERRUPTED or self._stopping:
+        # A trainer that SIGTERM ended was stopped, not broken: the signal came before any handler
+        # (interpreter start-up) and it trained nothing since its last checkpoint. Never a failure.
+        if rc in (EXIT_INTERRUPTED, -signal.SIGTERM) or self._stopping:
             return RunResult(Status.INTERRUPTED, run_id=self.run_id).to_json()
         if rc == EXIT_BUSY:  # another trainer holds the run dir: its outcome is the run's, never overwritten
             return RunResult(Status.BUSY, run_id=self.run_id).to_json()

@@ -1,0 +1,73 @@
+"""Sweep and trainer faults of a sixth break-it pass (real training, real processes, no mocks).
+
+- A stop signal (SIGTERM: `scancel`, `scontrol requeue`, preemption, systemd stopping a service)
+  that reaches a sweep job's trainer while it still imports torch, before `train` installs its
+  handlers: the trainer died of it and its job recorded the run `failed` ("trainer killed by signal
+  15"), so a plain relaunch skipped it, while the same signal a second later checkpointed it as
+  `interrupted`. Now it is `interrupted`, its checkpoint untouched, and a rerun resumes it to the
+  uninterrupted run's loss.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ehrfm.config import TrainConfig
+from ehrfm.fault_points import wait_held
+from ehrfm.train import request_stop, train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+KW = dict(n_layer=2, d_model=32, n_head=2, context=64, tokens=6_000, batch_size=4, lr=3e-3, eval_tokens=2048, seed=5)
+ENV = {**os.environ, "EHRFM_QUIET": "1", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def reference(tok, tmp_path_factory) -> dict:
+    return train(TrainConfig(tokens_dir=str(tok), out_dir=str(tmp_path_factory.mktemp("ref") / "run"), **KW))
+
+
+def job_files(tok, tmp_path: Path, name: str = "run") -> list[str]:
+    """TrainJob's arguments for one run: (run_id, run_dir, log, record, TrainConfig JSON)."""
+    run_dir = tmp_path / name
+    config = tmp_path / "jobs" / f"{name}.train.json"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(json.dumps(TrainConfig(tokens_dir=str(tok), out_dir=str(run_dir), **KW).to_dict()))
+    return [name, str(run_dir), str(tmp_path / "logs" / f"{name}.log"), str(tmp_path / "jobs" / f"{name}.json"), str(config)]
+
+
+def start_job(args: list[str], env: dict) -> subprocess.Popen:
+    """The sweep job wrapper (sweeps.job.TrainJob) in its own process, as submitit runs it; prints its outcome."""
+    code = "import json, sys; from sweeps.job import TrainJob; print(json.dumps(TrainJob(*sys.argv[1:])()))"
+    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigterm_before_the_trainer_handles_it_interrupts_the_run_and_a_rerun_resumes_it(tok, reference, tmp_path):
+    args = job_files(tok, tmp_path)
+    request_stop()  # stops after its first step: a run with a checkpoint, as a preempted one has
+    first = train(TrainConfig(tokens_dir=str(tok), out_dir=args[1], **KW))
+    assert first["status"] == "interrupted"
+    ckpt = Path(args[1]) / "checkpoint" / "state.json"
+    step = json.loads(ckpt.read_text())["step"]
+
+    holds = tmp_path / "holds"  # the trainer holds before it imports torch: no handler of train() yet
+    job = start_job(args, dict(ENV, EHRFM_HOLD_AT="trainer-start", EHRFM_HOLD_DIR=str(holds)))
+    held = wait_held(holds, "run", "trainer-start", is_alive=lambda: job.poll() is None)
+    os.kill(held["pid"], signal.SIGTERM)  # the trainer alone: as `kill`, or a stop its wrapper has not seen
+    out, err = job.communicate(timeout=120)
+    log = Path(args[2]).read_text()
+    assert job.returncode == 0 and json.loads(out.splitlines()[-1])["status"] == "interrupted", f"{out}\n{err[-2000:]}\n{log[-2000:]}"
+    assert not (Path(args[1]) / "result.json").exists(), (Path(args[1]) / "result.json").read_text()
+    assert json.loads(ckpt.read_text())["step"] == step and "stopped (signal 15) before training" in log
+
+    again = start_job(args, ENV)  # the requeued job (or a plain relaunch): resumes from the checkpoint
+    out, err = again.communicate(timeout=300)
+    result = json.loads((Path(args[1]) / "result.json").read_text())
+    assert result["status"] == "completed" and result["val_loss"] == reference["val_loss"], f"{out}\n{err[-2000:]}"
