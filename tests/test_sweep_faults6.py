@@ -71,3 +71,42 @@ def test_sigterm_before_the_trainer_handles_it_interrupts_the_run_and_a_rerun_re
     out, err = again.communicate(timeout=300)
     result = json.loads((Path(args[1]) / "result.json").read_text())
     assert result["status"] == "completed" and result["val_loss"] == reference["val_loss"], f"{out}\n{err[-2000:]}"
+
+
+def test_a_trainer_killed_for_memory_says_so_and_how_to_go_on(tok, tmp_path):
+    """The OOM killer's SIGKILL on a local launch: the run said only "trainer killed by signal 9". Now its
+    error (result.json, status, collect) names SIGKILL, exit status 137 and the likely cause, and how to
+    go on; the advice works: a re-plan with a smaller micro-batch keeps the run ids (it was refused as
+    "another training recipe") and --retry-failed then completes the run."""
+    from test_sweep import ehrfm, plan_rows
+
+    from ehrfm.io import read_parquet
+    from sweeps.plan import plan_sweep
+
+    out, holds = tmp_path / "sweep", tmp_path / "holds"
+    plan_sweep(tok, [2e8], out, sizes=1, context=64, min_steps=1, train={"batch_size": 4})
+    (rid,) = [r["run_id"] for r in plan_rows(out)]
+    launcher = subprocess.Popen([sys.executable, "-m", "ehrfm", "sweep", "launch", str(out), "--executor", "local"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(ENV, EHRFM_HOLD_AT="step-2", EHRFM_HOLD_DIR=str(holds)))
+    held = wait_held(holds, rid, "step-2", is_alive=lambda: launcher.poll() is None)
+    os.kill(held["pid"], signal.SIGKILL)  # what the OOM killer sends
+    stdout, err = launcher.communicate(timeout=300)
+    assert launcher.returncode == 1 and "1 failed" in stdout, err[-2000:]
+    error = json.loads((out / "runs" / rid / "result.json").read_text())["error"]
+    assert error.startswith("trainer killed by signal 9 (SIGKILL, exit status 137)"), error
+    assert "out-of-memory killer" in error and f"`ehrfm sweep launch {out} --retry-failed`" in error, error
+    assert "--train-opt micro_batch_size=N" in error, error
+    status = ehrfm("sweep", "status", out)
+    assert f"{rid}: failed: {error}" in status.stdout, status.stdout
+    assert ehrfm("sweep", "collect", out).returncode == 0
+    assert read_parquet(out / "results.parquet").to_pylist()[0]["error"] == error
+
+    replan = ehrfm("sweep", "plan", "--tokens", tok, "--budgets", "2e8", "--sizes", "1", "--context", "64", "--min-steps", "1",
+                   "--batch-size", "4", "--train-opt", "micro_batch_size=2", "--out", out)
+    assert replan.returncode == 0, replan.stderr
+    assert [r["run_id"] for r in plan_rows(out)] == [rid]
+    retry = ehrfm("sweep", "launch", out, "--executor", "local", "--retry-failed")
+    assert retry.returncode == 0 and "1 completed" in retry.stdout, retry.stderr[-2000:]
+    assert json.loads((out / "jobs" / f"{rid}.train.json").read_text())["micro_batch_size"] == 2
+    assert json.loads((out / "runs" / rid / "result.json").read_text())["status"] == "completed"
