@@ -6,12 +6,17 @@
   15"), so a plain relaunch skipped it, while the same signal a second later checkpointed it as
   `interrupted`. Now it is `interrupted`, its checkpoint untouched, and a rerun resumes it to the
   uninterrupted run's loss.
+- A trainer killed by SIGKILL (the OOM killer) said only "killed by signal 9"; now it names SIGKILL, exit
+  status 137, the likely cause and how to go on, and a re-plan with a smaller micro-batch is accepted.
+- `scancel` of a starting run on real SLURM: `lost`, never `failed`, and a plain relaunch submits it
+  (the README's rule, checked; old code already did this, since SLURM signals the job wrapper too).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -110,3 +115,34 @@ def test_a_trainer_killed_for_memory_says_so_and_how_to_go_on(tok, tmp_path):
     assert retry.returncode == 0 and "1 completed" in retry.stdout, retry.stderr[-2000:]
     assert json.loads((out / "jobs" / f"{rid}.train.json").read_text())["micro_batch_size"] == 2
     assert json.loads((out / "runs" / rid / "result.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(shutil.which("sbatch") is None, reason="SLURM not installed (no `sbatch` on PATH)")
+def test_scancel_of_a_starting_run_is_never_failed_and_a_plain_relaunch_submits_it(tok, tmp_path):
+    """The user `scancel`s a run's job while its trainer starts (imports torch, no handler yet): the run
+    must not be `failed` (a plain relaunch would skip it): it is `lost` (nothing saved yet) or
+    `interrupted`, and a plain relaunch, without --retry-failed, submits it (README: "On SLURM")."""
+    from test_sweep import ehrfm, plan_rows, slurm_answered
+    from test_sweep_faults3 import squeue_state, wait_for
+
+    from sweeps.plan import plan_sweep
+
+    out, holds = tmp_path / "sweep", tmp_path / "holds"
+    plan_sweep(tok, [2e8], out, sizes=1, context=64, min_steps=1, train={"batch_size": 4})
+    (rid,) = [r["run_id"] for r in plan_rows(out)]
+    launch = ehrfm("sweep", "launch", out, "--executor", "slurm", "--time", "20", "--cpus-per-task", "1", "--mem", "1G",
+                   env={"EHRFM_HOLD_AT": "trainer-start", "EHRFM_HOLD_DIR": str(holds)})
+    assert launch.returncode == 0, launch.stderr
+    jid = json.loads((out / "jobs" / f"{rid}.json").read_text())["job_id"]
+    try:
+        wait_held(holds, rid, "trainer-start", timeout_s=300)
+        subprocess.run(["scancel", jid], check=True, capture_output=True)
+        wait_for(lambda: squeue_state(jid) in ("", "CANCELLED"), f"job {jid} to end")
+    finally:
+        subprocess.run(["scancel", jid.split("_")[0]], capture_output=True)
+    assert not (out / "runs" / rid / "result.json").exists(), (out / "runs" / rid / "result.json").read_text()
+    status = slurm_answered(ehrfm, "sweep", "status", out)
+    assert f"{rid}: lost: SLURM job {jid} ended" in status.stdout and "a relaunch starts it again" in status.stdout, status.stdout
+    dry = ehrfm("sweep", "launch", out, "--executor", "slurm", "--dry-run")
+    assert dry.returncode == 0 and rid in dry.stdout and "would submit 1" in dry.stdout.lower(), dry.stdout + dry.stderr
