@@ -196,6 +196,10 @@ class TrainJob:
                       "give each run more memory (fewer at a time: --max-parallel; on SLURM --mem) or a smaller "
                       "micro-batch (plan the sweep again with --train-opt micro_batch_size=N: same run ids)")
         result = RunResult(Status.FAILED, error=error, exit_code=rc)
+        if not Path(self.run_dir).is_dir():
+            # deleted while the job ran (the trainer refused to recreate it): never recreated with a
+            # lone result.json; the run is lost and a relaunch starts it again
+            return result.to_json()
         write_result(self.run_dir, result)
         return result.to_json()
 

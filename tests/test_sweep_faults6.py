@@ -10,6 +10,10 @@
   status 137, the likely cause and how to go on, and a re-plan with a smaller micro-batch is accepted.
 - `scancel` of a starting run on real SLURM: `lost`, never `failed`, and a plain relaunch submits it
   (the README's rule, checked; old code already did this, since SLURM signals the job wrapper too).
+- A run dir deleted (`rm -rf`, a scratch purge) while its trainer ran: the trainer recreated it with a
+  checkpoint and a `completed` result.json only (no config.json, no metrics, no lock: a second trainer
+  could start beside it). Now the trainer stops without writing into it (one line, exit 2), its sweep
+  job records nothing there, the run is `lost` and a plain relaunch trains it again.
 """
 
 from __future__ import annotations
@@ -146,3 +150,42 @@ def test_scancel_of_a_starting_run_is_never_failed_and_a_plain_relaunch_submits_
     assert f"{rid}: lost: SLURM job {jid} ended" in status.stdout and "a relaunch starts it again" in status.stdout, status.stdout
     dry = ehrfm("sweep", "launch", out, "--executor", "slurm", "--dry-run")
     assert dry.returncode == 0 and rid in dry.stdout and "would submit 1" in dry.stdout.lower(), dry.stdout + dry.stderr
+
+
+def test_a_run_dir_deleted_while_it_trains_is_never_recreated(tok, tmp_path):
+    out, holds = tmp_path / "run", tmp_path / "holds"
+    cmd = [sys.executable, "-m", "ehrfm", "train", str(tok), "--out", str(out), "--n-layer", "2", "--d-model", "32", "--n-head", "2",
+           "--context", "64", "--tokens", "6000", "--batch-size", "4", "--eval-tokens", "2048"]
+    proc = subprocess.Popen(cmd, env=dict(ENV, EHRFM_HOLD_AT="step-3", EHRFM_HOLD_DIR=str(holds)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_held(holds, "run", "step-3", is_alive=lambda: proc.poll() is None)
+    shutil.rmtree(out)
+    (holds / "run.step-3.release").touch()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and err.strip() == (
+        f"ehrfm train: error: run dir {out} was deleted, moved or replaced while this trainer ran (.train.lock is gone): "
+        "stopped without writing into it; rerun to train it again"), err[-2000:]
+    assert not out.exists(), sorted(p.name for p in out.iterdir())
+
+
+def test_a_sweep_run_dir_deleted_while_its_job_runs_is_lost_and_relaunched(tok, tmp_path):
+    from test_sweep import ehrfm, plan_rows
+
+    from sweeps.plan import plan_sweep
+
+    out, holds = tmp_path / "sweep", tmp_path / "holds"
+    plan_sweep(tok, [2e8], out, sizes=1, context=64, min_steps=1, train={"batch_size": 4})
+    (rid,) = [r["run_id"] for r in plan_rows(out)]
+    launcher = subprocess.Popen([sys.executable, "-m", "ehrfm", "sweep", "launch", str(out), "--executor", "local"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(ENV, EHRFM_HOLD_AT="step-2", EHRFM_HOLD_DIR=str(holds)))
+    wait_held(holds, rid, "step-2", is_alive=lambda: launcher.poll() is None)
+    shutil.rmtree(out / "runs" / rid)
+    (holds / f"{rid}.step-2.release").touch()
+    stdout, err = launcher.communicate(timeout=300)
+    assert launcher.returncode == 1 and "1 lost" in stdout, stdout + err[-2000:]
+    assert not (out / "runs" / rid).exists(), sorted(p.name for p in (out / "runs" / rid).iterdir())
+    assert "was deleted, moved or replaced while this trainer ran" in (out / "logs" / f"{rid}.log").read_text()
+    again = ehrfm("sweep", "launch", out, "--executor", "local")
+    assert again.returncode == 0 and "1 completed" in again.stdout, again.stdout + again.stderr[-2000:]
+    assert (out / "runs" / rid / "config.json").is_file()
