@@ -6,6 +6,8 @@
   15"), so a plain relaunch skipped it, while the same signal a second later checkpointed it as
   `interrupted`. Now it is `interrupted`, its checkpoint untouched, and a rerun resumes it to the
   uninterrupted run's loss.
+- The same for `ehrfm train` itself: SIGTERM while it imports torch exited 143 and SIGUSR1 killed it,
+  not the documented 3 ("interrupted, rerun to resume") that job scripts requeue on.
 - A trainer killed by SIGKILL (the OOM killer) said only "killed by signal 9"; now it names SIGKILL, exit
   status 137, the likely cause and how to go on, and a re-plan with a smaller micro-batch is accepted.
 - `scancel` of a starting run on real SLURM: `lost`, never `failed`, and a plain relaunch submits it
@@ -189,3 +191,23 @@ def test_a_sweep_run_dir_deleted_while_its_job_runs_is_lost_and_relaunched(tok, 
     again = ehrfm("sweep", "launch", out, "--executor", "local")
     assert again.returncode == 0 and "1 completed" in again.stdout, again.stdout + again.stderr[-2000:]
     assert (out / "runs" / rid / "config.json").is_file()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_ehrfm_train_stopped_before_its_handlers_exits_3_and_resumes(tok, reference, tmp_path, sig):
+    out, holds = tmp_path / "run", tmp_path / "holds"
+    request_stop()  # a checkpoint at step 1, as a preempted run has
+    assert train(TrainConfig(tokens_dir=str(tok), out_dir=str(out), **KW))["status"] == "interrupted"
+    step = json.loads((out / "checkpoint" / "state.json").read_text())["step"]
+    cmd = [sys.executable, "-m", "ehrfm", "train", str(tok), "--out", str(out), *(f"--{k.replace('_', '-')}={v}" for k, v in KW.items())]
+    proc = subprocess.Popen(cmd, env=dict(ENV, EHRFM_HOLD_AT="train-start", EHRFM_HOLD_DIR=str(holds)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_held(holds, "run", "train-start", is_alive=lambda: proc.poll() is None)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err[-2000:]
+    assert err.strip() == "ehrfm train: stopped by a signal before training began; rerun the same command to resume", err
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == step
+    again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((out / "result.json").read_text())["val_loss"] == reference["val_loss"]
