@@ -37,6 +37,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ehrfm import fault_points
 from ehrfm.errors import UserError
 from ehrfm.results import RunResult, Status, read_result, write_result
 from sweeps.state import read_record_file, record_lock
@@ -117,6 +118,8 @@ class TrainJob:
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._proc, self._returncode, self._stopping, self._oom_before = None, None, False, None
+        # a test holds the job here: unpickled by submitit, none of its or our signal handlers yet
+        fault_points.hold("job-start", self.run_id)
 
     # --- the trainer child ----------------------------------------------------------------------
     def _spawn(self, rank: int, local_rank: int, world: int) -> None:

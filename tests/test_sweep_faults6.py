@@ -6,6 +6,9 @@
   15"), so a plain relaunch skipped it, while the same signal a second later checkpointed it as
   `interrupted`. Now it is `interrupted`, its checkpoint untouched, and a rerun resumes it to the
   uninterrupted run's loss.
+- One step earlier, the local job process itself (Python, submitit, unpickling the job: no handler yet):
+  SIGTERM killed it and the launcher recorded the run `failed` ("failed outside the trainer"). Now a
+  job process killed by a signal without a traceback records nothing: the run is `lost`, relaunched.
 - The same for `ehrfm train` itself: SIGTERM while it imports torch exited 143 and SIGUSR1 killed it,
   not the documented 3 ("interrupted, rerun to resume") that job scripts requeue on.
 - A trainer killed by SIGKILL (the OOM killer) said only "killed by signal 9"; now it names SIGKILL, exit
@@ -211,3 +214,23 @@ def test_ehrfm_train_stopped_before_its_handlers_exits_3_and_resumes(tok, refere
     again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((out / "result.json").read_text())["val_loss"] == reference["val_loss"]
+
+
+def test_a_local_job_killed_by_sigterm_before_its_handlers_is_not_failed(tok, tmp_path):
+    from test_sweep import ehrfm, plan_rows
+
+    from sweeps.plan import plan_sweep
+
+    out, holds = tmp_path / "sweep", tmp_path / "holds"
+    plan_sweep(tok, [2e8], out, sizes=1, context=64, min_steps=1, train={"batch_size": 4})
+    (rid,) = [r["run_id"] for r in plan_rows(out)]
+    launcher = subprocess.Popen([sys.executable, "-m", "ehrfm", "sweep", "launch", str(out), "--executor", "local"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(ENV, EHRFM_HOLD_AT="job-start", EHRFM_HOLD_DIR=str(holds)))
+    held = wait_held(holds, rid, "job-start", is_alive=lambda: launcher.poll() is None)
+    os.kill(held["pid"], signal.SIGTERM)  # the job process alone (`kill`, systemd stopping it), in its start-up
+    stdout, err = launcher.communicate(timeout=300)
+    assert not (out / "runs" / rid / "result.json").exists(), (out / "runs" / rid / "result.json").read_text()
+    assert launcher.returncode == 1 and "1 lost" in stdout, stdout + err[-2000:]
+    dry = ehrfm("sweep", "launch", out, "--executor", "local", "--dry-run")  # a plain relaunch submits it
+    assert dry.returncode == 0 and rid in dry.stdout and "would submit 1" in dry.stdout.lower(), dry.stdout + dry.stderr
