@@ -60,6 +60,10 @@ class RunDirBusyError(UserError):
     """Another process is training this run dir (it holds RUN/.train.lock)."""
 
 
+class RunDirGoneError(UserError):
+    """The run dir was deleted, moved or replaced while this process trained it (check_run_dir_intact)."""
+
+
 # (device, inode) of each run dir's lock file this process locked, by the run dir's absolute path
 _LOCKED: dict[str, tuple[int, int]] = {}
 
@@ -73,7 +77,7 @@ def check_run_dir_intact(run_dir: str | os.PathLike) -> None:
     this process locked says the run dir is the same. A run dir this process did not lock is not checked.
 
     Raises:
-        UserError: RUN/.train.lock is gone or another file (one line naming the run dir).
+        RunDirGoneError: RUN/.train.lock is gone or another file (a UserError; one line naming the run dir).
     """
     mine = _LOCKED.get(os.path.abspath(run_dir))
     if mine is None:
@@ -84,7 +88,7 @@ def check_run_dir_intact(run_dir: str | os.PathLike) -> None:
     except OSError:
         now = None
     if now != mine:
-        raise UserError(f"run dir {run_dir} was deleted, moved or replaced while this trainer ran ({LOCK_FILE} is "
+        raise RunDirGoneError(f"run dir {run_dir} was deleted, moved or replaced while this trainer ran ({LOCK_FILE} is "
                         f"{'gone' if now is None else 'another file'}): stopped without writing into it; rerun to train it again")
 
 

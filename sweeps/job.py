@@ -46,6 +46,8 @@ from sweeps.state import read_record_file, record_lock
 EXIT_INTERRUPTED = 3
 # sweeps.run_one's exit code when another trainer holds the run dir (ehrfm.run_lock).
 EXIT_BUSY = 4
+# sweeps.run_one's exit code when the run dir was deleted, moved or replaced while it trained.
+EXIT_GONE = 5
 # How long a stopping trainer may take to write its checkpoint before it is killed.
 STOP_GRACE_S = 120
 
@@ -183,6 +185,10 @@ class TrainJob:
             return RunResult(Status.INTERRUPTED, run_id=self.run_id).to_json()
         if rc == EXIT_BUSY:  # another trainer holds the run dir: its outcome is the run's, never overwritten
             return RunResult(Status.BUSY, run_id=self.run_id).to_json()
+        if rc == EXIT_GONE:
+            # the run dir was deleted under the trainer, which refused to recreate it: nothing is written
+            # there (a lone result.json would recreate it); the run is lost and a relaunch starts it again
+            return RunResult(Status.FAILED, run_id=self.run_id, error=_last_line(self.log_path), exit_code=rc).to_json()
         if rank != 0:
             return RunResult(Status.FAILED, run_id=self.run_id, error=f"rank {rank} trainer exited with status {rc}").to_json()
         # The trainer died without writing result.json (killed, crashed, refused its arguments):
@@ -199,10 +205,6 @@ class TrainJob:
                       "give each run more memory (fewer at a time: --max-parallel; on SLURM --mem) or a smaller "
                       "micro-batch (plan the sweep again with --train-opt micro_batch_size=N: same run ids)")
         result = RunResult(Status.FAILED, error=error, exit_code=rc)
-        if not Path(self.run_dir).is_dir():
-            # deleted while the job ran (the trainer refused to recreate it): never recreated with a
-            # lone result.json; the run is lost and a relaunch starts it again
-            return result.to_json()
         write_result(self.run_dir, result)
         return result.to_json()
 

@@ -6,6 +6,7 @@ SIGTERM/SIGUSR1 checkpoint handlers) and turns the outcome into an exit code for
     0  completed or diverged (result.json written)     3  interrupted (checkpoint written)
     1  failed (result.json written by the trainer)      2  refused (UserError, nothing written)
     4  busy: another trainer holds the run dir (ehrfm.run_lock); nothing written, not a failure
+    5  gone: the run dir was deleted, moved or replaced while training; nothing written into it
 Under DDP (RANK/WORLD_SIZE set by the wrapper) every rank runs this; rank 0 writes the files.
 
 A stop signal (SIGTERM, SIGUSR1) that arrives before `train` installs its handlers, while this
@@ -25,6 +26,7 @@ from ehrfm.results import Status
 
 EXIT_CODES = {Status.COMPLETED: 0, Status.DIVERGED: 0, Status.FAILED: 1, Status.INTERRUPTED: 3}
 EXIT_BUSY = 4
+EXIT_GONE = 5
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         fault_points.hold("trainer-start", Path(json.loads(Path(argv[0]).read_text(encoding="utf-8"))["out_dir"]).name, early_stop)
     from ehrfm.config import TrainConfig
     from ehrfm.errors import UserError
-    from ehrfm.run_lock import RunDirBusyError
+    from ehrfm.run_lock import RunDirBusyError, RunDirGoneError
 
     threads = os.environ.get("EHRFM_NUM_THREADS")
     try:
@@ -74,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunDirBusyError as e:
         print(f"ehrfm train: {e}", file=sys.stderr)
         return EXIT_BUSY
+    except RunDirGoneError as e:
+        print(f"ehrfm train: error: {e}", file=sys.stderr)
+        return EXIT_GONE
     except UserError as e:
         print(f"ehrfm train: error: {e}", file=sys.stderr)
         return 2
