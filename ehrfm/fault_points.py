@@ -11,6 +11,9 @@ Points: `step-K` (the trainer, after step K's gradients; key: the run dir's name
 `checkpoint-swap` (ehrfm.checkpoint, between moving the old checkpoint aside and moving the new
 one in; key: the run dir's name), `eval-K` (the trainer, during the periodic eval after step K),
 `final-eval` (the trainer, its final checkpoint written, the final eval under way),
+`trainer-start` (sweeps.run_one) and `train-start` (`ehrfm train`): before torch is imported, no stop
+handler of `train` yet (key: the run dir's name),
+`job-start` (sweeps.job.TrainJob, unpickled in its job process, before any signal handler; key: the run id),
 `final-checkpoint` (the trainer, its final checkpoint written,
 result.json not yet; key: the run dir's name), `atomic-dir` (ehrfm.io.atomic_dir, the output complete in its
 temporary, before the rename; key: the output's name), `etl-table` (tokenization.etl, a table partly

@@ -60,6 +60,38 @@ class RunDirBusyError(UserError):
     """Another process is training this run dir (it holds RUN/.train.lock)."""
 
 
+class RunDirGoneError(UserError):
+    """The run dir was deleted, moved or replaced while this process trained it (check_run_dir_intact)."""
+
+
+# (device, inode) of each run dir's lock file this process locked, by the run dir's absolute path
+_LOCKED: dict[str, tuple[int, int]] = {}
+
+
+def check_run_dir_intact(run_dir: str | os.PathLike) -> None:
+    """Refuse to write into a run dir deleted, moved or replaced since this process locked it.
+
+    `rm -rf RUN` (a user resetting a run, a scratch purge) while its trainer ran: the trainer recreated
+    RUN with a checkpoint and result.json only (no config.json, no metrics), unlocked (its lock file was
+    gone), so a second trainer could start on it beside the first. The lock file still being the one
+    this process locked says the run dir is the same. A run dir this process did not lock is not checked.
+
+    Raises:
+        RunDirGoneError: RUN/.train.lock is gone or another file (a UserError; one line naming the run dir).
+    """
+    mine = _LOCKED.get(os.path.abspath(run_dir))
+    if mine is None:
+        return
+    try:
+        st = os.stat(Path(run_dir) / LOCK_FILE)
+        now = (st.st_dev, st.st_ino)
+    except OSError:
+        now = None
+    if now != mine:
+        raise RunDirGoneError(f"run dir {run_dir} was deleted, moved or replaced while this trainer ran ({LOCK_FILE} is "
+                        f"{'gone' if now is None else 'another file'}): stopped without writing into it; rerun to train it again")
+
+
 def lock_run_dir(run_dir: str | os.PathLike):
     """Take RUN's exclusive training lock; returns the open lock file (closing it releases it).
 
@@ -75,6 +107,8 @@ def lock_run_dir(run_dir: str | os.PathLike):
     while True:
         try:
             flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB, path)
+            st = os.fstat(f.fileno())
+            _LOCKED[os.path.abspath(run_dir)] = (st.st_dev, st.st_ino)  # check_run_dir_intact compares with it
             return f
         except BlockingIOError:
             if time.monotonic() > deadline:

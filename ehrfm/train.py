@@ -67,6 +67,8 @@ Stops and faults:
   RUN/.train.lock, released by the OS when the process dies) from before the run dir is read
   until train returns; a second trainer on it is refused with RunDirBusyError (a UserError,
   `ehrfm train` exit 2) and touches nothing, --overwrite included.
+- A run dir deleted, moved or replaced while it trains (its lock file is no longer the one locked)
+  is never written into again: its next checkpoint or result.json raises UserError instead.
 - Resuming with another tokenizer, other data or another run config is refused (UserError) and
   nothing in the run dir is touched. Other data includes a token dir re-tokenized in place with
   the same counts (config.json's "data" holds each split's content sha256); each differing field
@@ -118,7 +120,7 @@ from ehrfm.loggers import logger_for, metrics_log
 from ehrfm.model import GPT
 from ehrfm.packing import IGNORE_INDEX, PAD_SEGMENT, PackedRows, PackedStream
 from ehrfm.results import DIVERGENCE_Z, RunResult, Status, read_result, write_result
-from ehrfm.run_lock import LOCK_FILE, RunDirBusyError, lock_run_dir
+from ehrfm.run_lock import LOCK_FILE, RunDirBusyError, check_run_dir_intact, lock_run_dir
 from ehrfm.shapes import flops_per_token, n_params, n_params_total
 from ehrfm.tokens import TokenDir
 
@@ -932,6 +934,7 @@ def _end(dd: _Dist, run_dir: Path, status: Status, base: dict, **outcome) -> dic
     """
     result = RunResult(status, **base, **outcome)
     if dd.main and status != Status.INTERRUPTED:
+        check_run_dir_intact(run_dir)
         write_result(run_dir, result)
     return result.to_json()
 
@@ -987,6 +990,7 @@ class _Run:
     def save(self, where: Path, status: Status) -> None:
         """Checkpoint (rank 0) weights, AdamW and RNG state to `where`/checkpoint; every rank waits."""
         if self.dd.main:
+            check_run_dir_intact(self.run_dir)  # never recreate a run dir deleted under us (ehrfm.run_lock)
             save_checkpoint(where, self.core, self.optimizer, {
                 "step": self.step, "tokens_seen": self.tokens_at(self.step), "wall_s": self.wall_s, "status": str(status),
                 "train_loss": self.train_loss, "initial_train_loss": self.initial_loss,

@@ -81,18 +81,40 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
+    import signal
     import sys
+    import threading
+    from pathlib import Path
 
-    from ehrfm.cli_args import build
-    from ehrfm.config import TrainConfig
-    from ehrfm.loggers import check_logger
-    from ehrfm.results import Status
-    from ehrfm.train import train
+    from ehrfm import fault_points
+    from ehrfm.errors import Terminated
 
-    # an explicit --logger none is recorded too: without it the run took $EHRFM_LOGGER regardless
-    extra = {"logger": check_logger(args.logger)} if args.logger is not None else {}
-    cfg = build(TrainConfig, args, extra=extra)
-    result = train(cfg)
+    # A stop (SIGTERM from SLURM or `timeout`, SIGHUP, SIGUSR1) in the seconds this process imports torch,
+    # before `train` installs its handlers, ended it with exit 143 (SIGUSR1: killed outright), not the
+    # 3 ("interrupted, rerun to resume") that job scripts requeue on. Nothing is written by then: exit 3.
+    def stop(signum, frame):
+        raise Terminated()
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_usr1 = signal.signal(signal.SIGUSR1, stop) if main_thread else None
+    try:
+        fault_points.hold("train-start", Path(args.out_dir).name)  # a test holds here, before torch is imported
+        from ehrfm.cli_args import build
+        from ehrfm.config import TrainConfig
+        from ehrfm.loggers import check_logger
+        from ehrfm.results import Status
+        from ehrfm.train import train
+
+        # an explicit --logger none is recorded too: without it the run took $EHRFM_LOGGER regardless
+        extra = {"logger": check_logger(args.logger)} if args.logger is not None else {}
+        cfg = build(TrainConfig, args, extra=extra)
+        result = train(cfg)
+    except Terminated:
+        print("ehrfm train: stopped by a signal before training began; rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGUSR1, old_usr1)
     status = result["status"]
     if status == Status.INTERRUPTED:
         return EXIT_INTERRUPTED

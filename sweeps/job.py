@@ -14,6 +14,8 @@ Signals, as they really arrive (see submitit/core/job_environment.py and slurm.p
   of the step; the trainer checkpoints and exits 3; SLURM requeues (or cancels) the job and the
   next start resumes from the checkpoint.
 - LocalExecutor: its controller sends USR2 at time-out and restarts the job on exit code 144.
+- A SIGTERM that reaches the trainer before `train` installs its handlers (while it imports torch)
+  is kept by sweeps.run_one (exit 3 before training); a trainer SIGTERM killed anyway is interrupted.
 A run dir holding result.json is finished: a requeued job for it returns that result at once.
 
 Multi-GPU runs: submitit starts one task per GPU; each task runs one trainer process with the
@@ -35,6 +37,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ehrfm import fault_points
 from ehrfm.errors import UserError
 from ehrfm.results import RunResult, Status, read_result, write_result
 from sweeps.state import read_record_file, record_lock
@@ -43,6 +46,8 @@ from sweeps.state import read_record_file, record_lock
 EXIT_INTERRUPTED = 3
 # sweeps.run_one's exit code when another trainer holds the run dir (ehrfm.run_lock).
 EXIT_BUSY = 4
+# sweeps.run_one's exit code when the run dir was deleted, moved or replaced while it trained.
+EXIT_GONE = 5
 # How long a stopping trainer may take to write its checkpoint before it is killed.
 STOP_GRACE_S = 120
 
@@ -62,6 +67,7 @@ class TrainJob:
         self._proc: subprocess.Popen | None = None
         self._returncode: int | None = None
         self._stopping = False
+        self._oom_before: int | None = None
 
     # --- submitit protocol ----------------------------------------------------------------------
     def __call__(self) -> dict:
@@ -109,11 +115,13 @@ class TrainJob:
 
     def __getstate__(self):
         # The child process and its watcher thread live only in the running job.
-        return {k: v for k, v in self.__dict__.items() if k not in ("_proc", "_returncode", "_stopping", "_watcher")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_proc", "_returncode", "_stopping", "_watcher", "_oom_before")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._proc, self._returncode, self._stopping = None, None, False
+        self._proc, self._returncode, self._stopping, self._oom_before = None, None, False, None
+        # a test holds the job here: unpickled by submitit, none of its or our signal handlers yet
+        fault_points.hold("job-start", self.run_id)
 
     # --- the trainer child ----------------------------------------------------------------------
     def _spawn(self, rank: int, local_rank: int, world: int) -> None:
@@ -129,6 +137,7 @@ class TrainJob:
         stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         log.write(f"--- {stamp} job {_job_id()} rank {rank}/{world}: python -m sweeps.run_one {self.config_path}\n".encode())
         log.flush()
+        self._oom_before = oom_kills()  # the cgroup's OOM-kill count, to tell an OOM kill from another SIGKILL
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "sweeps.run_one", self.config_path],
             stdout=log,
@@ -170,20 +179,48 @@ class TrainJob:
         result = _finished_result(self.run_dir)
         if result is not None:
             return result
-        if rc == EXIT_INTERRUPTED or self._stopping:
+        # A trainer that SIGTERM ended was stopped, not broken: the signal came before any handler
+        # (interpreter start-up) and it trained nothing since its last checkpoint. Never a failure.
+        if rc in (EXIT_INTERRUPTED, -signal.SIGTERM) or self._stopping:
             return RunResult(Status.INTERRUPTED, run_id=self.run_id).to_json()
         if rc == EXIT_BUSY:  # another trainer holds the run dir: its outcome is the run's, never overwritten
             return RunResult(Status.BUSY, run_id=self.run_id).to_json()
+        if rc == EXIT_GONE:
+            # the run dir was deleted under the trainer, which refused to recreate it: nothing is written
+            # there (a lone result.json would recreate it); the run is lost and a relaunch starts it again
+            return RunResult(Status.FAILED, run_id=self.run_id, error=_last_line(self.log_path), exit_code=rc).to_json()
         if rank != 0:
             return RunResult(Status.FAILED, run_id=self.run_id, error=f"rank {rank} trainer exited with status {rc}").to_json()
         # The trainer died without writing result.json (killed, crashed, refused its arguments):
         # record the run as failed so it is reported, never silently dropped.
         why = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exited with status {rc}"
+        if rc == -signal.SIGKILL:
+            why += self._sigkill_cause()
         last = _last_line(self.log_path)
         error = f"trainer {why}" + (f": {last}" if last else "") + f" (log: {self.log_path})"
+        if rc == -signal.SIGKILL:
+            # what to do, in the error that status and collect show: a bare "signal 9" left users guessing
+            sweep = Path(self.record_path).parent.parent
+            error += (f"; to go on: `ehrfm sweep launch {sweep} --retry-failed` resumes it from its last checkpoint; "
+                      "give each run more memory (fewer at a time: --max-parallel; on SLURM --mem) or a smaller "
+                      "micro-batch (plan the sweep again with --train-opt micro_batch_size=N: same run ids)")
         result = RunResult(Status.FAILED, error=error, exit_code=rc)
         write_result(self.run_dir, result)
         return result.to_json()
+
+    def _sigkill_cause(self) -> str:
+        """What a SIGKILL of the trainer most likely was: the kernel's (or SLURM's cgroup) OOM killer.
+
+        Nothing but the OOM killer, SLURM at the end of a stop's grace (then the job was stopping and
+        never gets here) or a user's `kill -9` sends SIGKILL; the cgroup's oom_kill count says which.
+        """
+        after = oom_kills()
+        if self._oom_before is not None and after is not None and after > self._oom_before:
+            return (f" (SIGKILL, exit status 137) by the out-of-memory killer (its cgroup's oom_kill count rose "
+                    f"from {self._oom_before} to {after})")
+        pid = self._proc.pid if self._proc is not None else "?"
+        return (f" (SIGKILL, exit status 137), most likely by the out-of-memory killer (`dmesg` or `journalctl -k` "
+                f"then says \"Killed process {pid}\"; a `kill -9` is the other cause)")
 
     def _note_start(self) -> None:
         path = Path(self.record_path)
@@ -203,6 +240,34 @@ class TrainJob:
                 "host": os.uname().nodename,
                 "starts": int(record.get("starts", 0)) + 1,
             })
+
+
+def oom_kills() -> int | None:
+    """How many processes the OOM killer has killed in this process's memory cgroup; None where unknown.
+
+    cgroup v2: `oom_kill` of memory.events; v1: `oom_kill` of memory.oom_control (Linux >= 4.13).
+    A sweep job's trainer is in its job's cgroup (SLURM's task cgroup, or the launcher's on one machine).
+    """
+    try:
+        lines = Path("/proc/self/cgroup").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    files = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "memory":
+            files.append(Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.oom_control")
+        elif controllers == "" and line.startswith("0::"):
+            files.append(Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.events")
+    for f in files:
+        try:
+            for row in f.read_text(encoding="utf-8").splitlines():
+                key, _, value = row.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def _read_record(path: Path) -> dict:

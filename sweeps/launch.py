@@ -956,7 +956,9 @@ def _local_outcome(sj, job: TrainJob) -> str:
     while the trainer, told to stop, writes its checkpoint) is not a failure: its trainer checkpointed
     since the submission (_checkpointed_since), so the run is interrupted and a plain relaunch resumes
     it. Before, it was recorded failed ("failed outside the trainer: submitit INFO ... Loading pickle").
-    Without such a checkpoint the job's failure is recorded, as before.
+    A job process killed by a signal before it trained (no traceback in its error stream) records
+    nothing either: its run is lost or interrupted, and a plain relaunch submits it. Otherwise the
+    job's failure is recorded, as before.
     """
     from submitit.core.utils import UncompletedJobError
 
@@ -969,6 +971,12 @@ def _local_outcome(sj, job: TrainJob) -> str:
     except Exception as e:  # the wrapper itself failed before the trainer could: record it
         if isinstance(e, UncompletedJobError) and _checkpointed_since(sj, job):  # killed while its trainer stopped
             return str(Status.INTERRUPTED)
+        if isinstance(e, UncompletedJobError) and "Traceback (most recent call last)" not in str(e):
+            # Killed by a signal, not broken: a SIGTERM while the job process started (Python, submitit,
+            # the unpickling: before any handler of submitit's or ours) was recorded failed, so a plain
+            # relaunch skipped the run, while the same SIGTERM a moment later checkpointed it. A job that
+            # raised leaves its traceback in its error stream and stays failed, as before.
+            return str(Status.LOST)
         error = f"job {sj.job_id} failed outside the trainer: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__}"
         write_result(job.run_dir, RunResult(Status.FAILED, error=error))
         return str(Status.FAILED)

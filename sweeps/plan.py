@@ -985,11 +985,13 @@ def _replan_notes(out: Path, rows: list[dict]) -> list[str]:
 def _recipe_changes(old: SweepConfig, new: SweepConfig) -> list[str]:
     """How `new` trains runs differently from `old` ("lr 0.01 -> 0.03", ...).
 
-    Compares the shared train options, context, schedule and lr scaling; budgets and the ladder may
-    change on a re-plan.
+    Compares the shared train options, context, schedule and lr scaling; budgets, the ladder and the
+    options outside the run ids (NOT_IDENTITY: micro-batch, device, ...) may change on a re-plan.
     """
+    # Options that change only how a run is computed (micro_batch_size after an OOM kill, eval_batch_size,
+    # device, compile: NOT_IDENTITY) are no other recipe: a re-plan takes them, run ids and results stay.
     changes = [f"{k} {old.train.get(k, 'default')} -> {new.train.get(k, 'default')}"
-               for k in sorted(set(old.train) | set(new.train)) if old.train.get(k) != new.train.get(k)]
+               for k in sorted(set(old.train) | set(new.train)) if old.train.get(k) != new.train.get(k) and k not in NOT_IDENTITY]
     for k in ("context", "schedule", "lr_ref_width"):
         if getattr(old, k) != getattr(new, k):
             changes.append(f"{k} {getattr(old, k)} -> {getattr(new, k)}")

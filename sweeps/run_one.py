@@ -6,20 +6,27 @@ SIGTERM/SIGUSR1 checkpoint handlers) and turns the outcome into an exit code for
     0  completed or diverged (result.json written)     3  interrupted (checkpoint written)
     1  failed (result.json written by the trainer)      2  refused (UserError, nothing written)
     4  busy: another trainer holds the run dir (ehrfm.run_lock); nothing written, not a failure
+    5  gone: the run dir was deleted, moved or replaced while training; nothing written into it
 Under DDP (RANK/WORLD_SIZE set by the wrapper) every rank runs this; rank 0 writes the files.
+
+A stop signal (SIGTERM, SIGUSR1) that arrives before `train` installs its handlers, while this
+process imports torch, is kept and honoured: exit 3 before training, the run dir untouched.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
+from ehrfm import fault_points
 from ehrfm.results import Status
 
 EXIT_CODES = {Status.COMPLETED: 0, Status.DIVERGED: 0, Status.FAILED: 1, Status.INTERRUPTED: 3}
 EXIT_BUSY = 4
+EXIT_GONE = 5
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,13 +39,22 @@ def main(argv: list[str] | None = None) -> int:
         0 completed or diverged, 1 failed (or any other status), 2 refused (bad usage or UserError),
         3 interrupted, 4 busy (another trainer holds the run dir).
     """
+    # First of all: a stop (scancel, scontrol requeue, preemption, a forwarded Ctrl-C) may come in the
+    # seconds this process spends importing torch, before `train` installs its handlers. It killed
+    # the trainer (signal 15) and the job recorded the run failed, while the same signal a moment
+    # later checkpointed it as interrupted. It is kept here, and honoured before training.
+    early_stop = _EarlyStop()
+    for s in _STOPS:
+        signal.signal(s, early_stop.set)
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m sweeps.run_one CONFIG.json", file=sys.stderr)
         return 2
+    if fault_points.armed("trainer-start"):  # a test holds the trainer here, before torch is imported
+        fault_points.hold("trainer-start", Path(json.loads(Path(argv[0]).read_text(encoding="utf-8"))["out_dir"]).name, early_stop)
     from ehrfm.config import TrainConfig
     from ehrfm.errors import UserError
-    from ehrfm.run_lock import RunDirBusyError
+    from ehrfm.run_lock import RunDirBusyError, RunDirGoneError
 
     threads = os.environ.get("EHRFM_NUM_THREADS")
     try:
@@ -48,18 +64,43 @@ def main(argv: list[str] | None = None) -> int:
         if threads:
             # One job's share of the machine's cores, so parallel jobs do not oversubscribe them.
             torch.set_num_threads(int(threads))
-        from ehrfm.train import train
+        from ehrfm.train import request_stop, train
 
+        for s in _STOPS:  # from here a stop reaches the trainer's own flag, which `train` checks between steps
+            signal.signal(s, lambda signum, frame: request_stop())
+        if early_stop.is_set():
+            print(f"run_one: {cfg.out_dir}: stopped (signal {early_stop.signum}) before training; a rerun resumes it",
+                  flush=True)
+            return EXIT_CODES[Status.INTERRUPTED]
         result = train(cfg)
     except RunDirBusyError as e:
         print(f"ehrfm train: {e}", file=sys.stderr)
         return EXIT_BUSY
+    except RunDirGoneError as e:
+        print(f"ehrfm train: error: {e}", file=sys.stderr)
+        return EXIT_GONE
     except UserError as e:
         print(f"ehrfm train: error: {e}", file=sys.stderr)
         return 2
     status = result.get("status")
     print(f"run_one: {cfg.out_dir}: {status}" + (f" ({result.get('error')})" if result.get("error") else ""), flush=True)
     return EXIT_CODES.get(status, 1)
+
+
+_STOPS = (signal.SIGTERM, signal.SIGUSR1)  # ehrfm.train.STOP_SIGNALS, without importing torch
+
+
+class _EarlyStop:
+    """A stop signal received before `train` runs (a plain attribute: safe in a handler)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def set(self, signum=signal.SIGTERM, frame=None) -> None:
+        self.signum = int(signum)
+
+    def is_set(self) -> bool:
+        return self.signum is not None
 
 
 if __name__ == "__main__":

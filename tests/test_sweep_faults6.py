@@ -1,0 +1,236 @@
+"""Sweep and trainer faults of a sixth break-it pass (real training, real processes, no mocks).
+
+- A stop signal (SIGTERM: `scancel`, `scontrol requeue`, preemption, systemd stopping a service)
+  that reaches a sweep job's trainer while it still imports torch, before `train` installs its
+  handlers: the trainer died of it and its job recorded the run `failed` ("trainer killed by signal
+  15"), so a plain relaunch skipped it, while the same signal a second later checkpointed it as
+  `interrupted`. Now it is `interrupted`, its checkpoint untouched, and a rerun resumes it to the
+  uninterrupted run's loss.
+- One step earlier, the local job process itself (Python, submitit, unpickling the job: no handler yet):
+  SIGTERM killed it and the launcher recorded the run `failed` ("failed outside the trainer"). Now a
+  job process killed by a signal without a traceback records nothing: the run is `lost`, relaunched.
+- The same for `ehrfm train` itself: SIGTERM while it imports torch exited 143 and SIGUSR1 killed it,
+  not the documented 3 ("interrupted, rerun to resume") that job scripts requeue on.
+- A trainer killed by SIGKILL (the OOM killer) said only "killed by signal 9"; now it names SIGKILL, exit
+  status 137, the likely cause and how to go on, and a re-plan with a smaller micro-batch is accepted.
+- `scancel` of a starting run on real SLURM: `lost`, never `failed`, and a plain relaunch submits it
+  (the README's rule, checked; old code already did this, since SLURM signals the job wrapper too).
+- A run dir deleted (`rm -rf`, a scratch purge) while its trainer ran: the trainer recreated it with a
+  checkpoint and a `completed` result.json only (no config.json, no metrics, no lock: a second trainer
+  could start beside it). Now the trainer stops without writing into it (one line, exit 2), its sweep
+  job records nothing there, the run is `lost` and a plain relaunch trains it again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ehrfm.config import TrainConfig
+from ehrfm.fault_points import wait_held
+from ehrfm.train import request_stop, train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+KW = dict(n_layer=2, d_model=32, n_head=2, context=64, tokens=6_000, batch_size=4, lr=3e-3, eval_tokens=2048, seed=5)
+ENV = {**os.environ, "EHRFM_QUIET": "1", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def reference(tok, tmp_path_factory) -> dict:
+    return train(TrainConfig(tokens_dir=str(tok), out_dir=str(tmp_path_factory.mktemp("ref") / "run"), **KW))
+
+
+def job_files(tok, tmp_path: Path, name: str = "run") -> list[str]:
+    """TrainJob's arguments for one run: (run_id, run_dir, log, record, TrainConfig JSON)."""
+    run_dir = tmp_path / name
+    config = tmp_path / "jobs" / f"{name}.train.json"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(json.dumps(TrainConfig(tokens_dir=str(tok), out_dir=str(run_dir), **KW).to_dict()))
+    return [name, str(run_dir), str(tmp_path / "logs" / f"{name}.log"), str(tmp_path / "jobs" / f"{name}.json"), str(config)]
+
+
+def start_job(args: list[str], env: dict) -> subprocess.Popen:
+    """The sweep job wrapper (sweeps.job.TrainJob) in its own process, as submitit runs it; prints its outcome."""
+    code = "import json, sys; from sweeps.job import TrainJob; print(json.dumps(TrainJob(*sys.argv[1:])()))"
+    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigterm_before_the_trainer_handles_it_interrupts_the_run_and_a_rerun_resumes_it(tok, reference, tmp_path):
+    args = job_files(tok, tmp_path)
+    request_stop()  # stops after its first step: a run with a checkpoint, as a preempted one has
+    first = train(TrainConfig(tokens_dir=str(tok), out_dir=args[1], **KW))
+    assert first["status"] == "interrupted"
+    ckpt = Path(args[1]) / "checkpoint" / "state.json"
+    step = json.loads(ckpt.read_text())["step"]
+
+    holds = tmp_path / "holds"  # the trainer holds before it imports torch: no handler of train() yet
+    job = start_job(args, dict(ENV, EHRFM_HOLD_AT="trainer-start", EHRFM_HOLD_DIR=str(holds)))
+    held = wait_held(holds, "run", "trainer-start", is_alive=lambda: job.poll() is None)
+    os.kill(held["pid"], signal.SIGTERM)  # the trainer alone: as `kill`, or a stop its wrapper has not seen
+    out, err = job.communicate(timeout=120)
+    log = Path(args[2]).read_text()
+    assert job.returncode == 0 and json.loads(out.splitlines()[-1])["status"] == "interrupted", f"{out}\n{err[-2000:]}\n{log[-2000:]}"
+    assert not (Path(args[1]) / "result.json").exists(), (Path(args[1]) / "result.json").read_text()
+    assert json.loads(ckpt.read_text())["step"] == step and "stopped (signal 15) before training" in log
+
+    again = start_job(args, ENV)  # the requeued job (or a plain relaunch): resumes from the checkpoint
+    out, err = again.communicate(timeout=300)
+    result = json.loads((Path(args[1]) / "result.json").read_text())
+    assert result["status"] == "completed" and result["val_loss"] == reference["val_loss"], f"{out}\n{err[-2000:]}"
+
+
+def test_a_trainer_killed_for_memory_says_so_and_how_to_go_on(tok, tmp_path):
+    """The OOM killer's SIGKILL on a local launch: the run said only "trainer killed by signal 9". Now its
+    error (result.json, status, collect) names SIGKILL, exit status 137 and the likely cause, and how to
+    go on; the advice works: a re-plan with a smaller micro-batch keeps the run ids (it was refused as
+    "another training recipe") and --retry-failed then completes the run."""
+    from test_sweep import ehrfm, plan_rows
+
+    from ehrfm.io import read_parquet
+    from sweeps.plan import plan_sweep
+
+    out, holds = tmp_path / "sweep", tmp_path / "holds"
+    plan_sweep(tok, [2e8], out, sizes=1, context=64, min_steps=1, train={"batch_size": 4})
+    (rid,) = [r["run_id"] for r in plan_rows(out)]
+    launcher = subprocess.Popen([sys.executable, "-m", "ehrfm", "sweep", "launch", str(out), "--executor", "local"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(ENV, EHRFM_HOLD_AT="step-2", EHRFM_HOLD_DIR=str(holds)))
+    held = wait_held(holds, rid, "step-2", is_alive=lambda: launcher.poll() is None)
+    os.kill(held["pid"], signal.SIGKILL)  # what the OOM killer sends
+    stdout, err = launcher.communicate(timeout=300)
+    assert launcher.returncode == 1 and "1 failed" in stdout, err[-2000:]
+    error = json.loads((out / "runs" / rid / "result.json").read_text())["error"]
+    assert error.startswith("trainer killed by signal 9 (SIGKILL, exit status 137)"), error
+    assert "out-of-memory killer" in error and f"`ehrfm sweep launch {out} --retry-failed`" in error, error
+    assert "--train-opt micro_batch_size=N" in error, error
+    status = ehrfm("sweep", "status", out)
+    assert f"{rid}: failed: {error}" in status.stdout, status.stdout
+    assert ehrfm("sweep", "collect", out).returncode == 0
+    assert read_parquet(out / "results.parquet").to_pylist()[0]["error"] == error
+
+    replan = ehrfm("sweep", "plan", "--tokens", tok, "--budgets", "2e8", "--sizes", "1", "--context", "64", "--min-steps", "1",
+                   "--batch-size", "4", "--train-opt", "micro_batch_size=2", "--out", out)
+    assert replan.returncode == 0, replan.stderr
+    assert [r["run_id"] for r in plan_rows(out)] == [rid]
+    retry = ehrfm("sweep", "launch", out, "--executor", "local", "--retry-failed")
+    assert retry.returncode == 0 and "1 completed" in retry.stdout, retry.stderr[-2000:]
+    assert json.loads((out / "jobs" / f"{rid}.train.json").read_text())["micro_batch_size"] == 2
+    assert json.loads((out / "runs" / rid / "result.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(shutil.which("sbatch") is None, reason="SLURM not installed (no `sbatch` on PATH)")
+def test_scancel_of_a_starting_run_is_never_failed_and_a_plain_relaunch_submits_it(tok, tmp_path):
+    """The user `scancel`s a run's job while its trainer starts (imports torch, no handler yet): the run
+    must not be `failed` (a plain relaunch would skip it): it is `lost` (nothing saved yet) or
+    `interrupted`, and a plain relaunch, without --retry-failed, submits it (README: "On SLURM")."""
+    from test_sweep import ehrfm, plan_rows, slurm_answered
+    from test_sweep_faults3 import squeue_state, wait_for
+
+    from sweeps.plan import plan_sweep
+
+    out, holds = tmp_path / "sweep", tmp_path / "holds"
+    plan_sweep(tok, [2e8], out, sizes=1, context=64, min_steps=1, train={"batch_size": 4})
+    (rid,) = [r["run_id"] for r in plan_rows(out)]
+    launch = ehrfm("sweep", "launch", out, "--executor", "slurm", "--time", "20", "--cpus-per-task", "1", "--mem", "1G",
+                   env={"EHRFM_HOLD_AT": "trainer-start", "EHRFM_HOLD_DIR": str(holds)})
+    assert launch.returncode == 0, launch.stderr
+    jid = json.loads((out / "jobs" / f"{rid}.json").read_text())["job_id"]
+    try:
+        wait_held(holds, rid, "trainer-start", timeout_s=300)
+        subprocess.run(["scancel", jid], check=True, capture_output=True)
+        wait_for(lambda: squeue_state(jid) in ("", "CANCELLED"), f"job {jid} to end")
+    finally:
+        subprocess.run(["scancel", jid.split("_")[0]], capture_output=True)
+    assert not (out / "runs" / rid / "result.json").exists(), (out / "runs" / rid / "result.json").read_text()
+    status = slurm_answered(ehrfm, "sweep", "status", out)
+    assert f"{rid}: lost: SLURM job {jid} ended" in status.stdout and "a relaunch starts it again" in status.stdout, status.stdout
+    dry = ehrfm("sweep", "launch", out, "--executor", "slurm", "--dry-run")
+    assert dry.returncode == 0 and rid in dry.stdout and "would submit 1" in dry.stdout.lower(), dry.stdout + dry.stderr
+
+
+def test_a_run_dir_deleted_while_it_trains_is_never_recreated(tok, tmp_path):
+    out, holds = tmp_path / "run", tmp_path / "holds"
+    cmd = [sys.executable, "-m", "ehrfm", "train", str(tok), "--out", str(out), "--n-layer", "2", "--d-model", "32", "--n-head", "2",
+           "--context", "64", "--tokens", "6000", "--batch-size", "4", "--eval-tokens", "2048"]
+    proc = subprocess.Popen(cmd, env=dict(ENV, EHRFM_HOLD_AT="step-3", EHRFM_HOLD_DIR=str(holds)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_held(holds, "run", "step-3", is_alive=lambda: proc.poll() is None)
+    shutil.rmtree(out)
+    (holds / "run.step-3.release").touch()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and err.strip() == (
+        f"ehrfm train: error: run dir {out} was deleted, moved or replaced while this trainer ran (.train.lock is gone): "
+        "stopped without writing into it; rerun to train it again"), err[-2000:]
+    assert not out.exists(), sorted(p.name for p in out.iterdir())
+
+
+def test_a_sweep_run_dir_deleted_while_its_job_runs_is_lost_and_relaunched(tok, tmp_path):
+    from test_sweep import ehrfm, plan_rows
+
+    from sweeps.plan import plan_sweep
+
+    out, holds = tmp_path / "sweep", tmp_path / "holds"
+    plan_sweep(tok, [2e8], out, sizes=1, context=64, min_steps=1, train={"batch_size": 4})
+    (rid,) = [r["run_id"] for r in plan_rows(out)]
+    launcher = subprocess.Popen([sys.executable, "-m", "ehrfm", "sweep", "launch", str(out), "--executor", "local"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(ENV, EHRFM_HOLD_AT="step-2", EHRFM_HOLD_DIR=str(holds)))
+    wait_held(holds, rid, "step-2", is_alive=lambda: launcher.poll() is None)
+    shutil.rmtree(out / "runs" / rid)
+    (holds / f"{rid}.step-2.release").touch()
+    stdout, err = launcher.communicate(timeout=300)
+    assert launcher.returncode == 1 and "1 lost" in stdout, stdout + err[-2000:]
+    assert not (out / "runs" / rid).exists(), sorted(p.name for p in (out / "runs" / rid).iterdir())
+    assert "was deleted, moved or replaced while this trainer ran" in (out / "logs" / f"{rid}.log").read_text()
+    again = ehrfm("sweep", "launch", out, "--executor", "local")
+    assert again.returncode == 0 and "1 completed" in again.stdout, again.stdout + again.stderr[-2000:]
+    assert (out / "runs" / rid / "config.json").is_file()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_ehrfm_train_stopped_before_its_handlers_exits_3_and_resumes(tok, reference, tmp_path, sig):
+    out, holds = tmp_path / "run", tmp_path / "holds"
+    request_stop()  # a checkpoint at step 1, as a preempted run has
+    assert train(TrainConfig(tokens_dir=str(tok), out_dir=str(out), **KW))["status"] == "interrupted"
+    step = json.loads((out / "checkpoint" / "state.json").read_text())["step"]
+    cmd = [sys.executable, "-m", "ehrfm", "train", str(tok), "--out", str(out), *(f"--{k.replace('_', '-')}={v}" for k, v in KW.items())]
+    proc = subprocess.Popen(cmd, env=dict(ENV, EHRFM_HOLD_AT="train-start", EHRFM_HOLD_DIR=str(holds)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_held(holds, "run", "train-start", is_alive=lambda: proc.poll() is None)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err[-2000:]
+    assert err.strip() == "ehrfm train: stopped by a signal before training began; rerun the same command to resume", err
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == step
+    again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((out / "result.json").read_text())["val_loss"] == reference["val_loss"]
+
+
+def test_a_local_job_killed_by_sigterm_before_its_handlers_is_not_failed(tok, tmp_path):
+    from test_sweep import ehrfm, plan_rows
+
+    from sweeps.plan import plan_sweep
+
+    out, holds = tmp_path / "sweep", tmp_path / "holds"
+    plan_sweep(tok, [2e8], out, sizes=1, context=64, min_steps=1, train={"batch_size": 4})
+    (rid,) = [r["run_id"] for r in plan_rows(out)]
+    launcher = subprocess.Popen([sys.executable, "-m", "ehrfm", "sweep", "launch", str(out), "--executor", "local"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(ENV, EHRFM_HOLD_AT="job-start", EHRFM_HOLD_DIR=str(holds)))
+    held = wait_held(holds, rid, "job-start", is_alive=lambda: launcher.poll() is None)
+    os.kill(held["pid"], signal.SIGTERM)  # the job process alone (`kill`, systemd stopping it), in its start-up
+    stdout, err = launcher.communicate(timeout=300)
+    assert not (out / "runs" / rid / "result.json").exists(), (out / "runs" / rid / "result.json").read_text()
+    assert launcher.returncode == 1 and "1 lost" in stdout, stdout + err[-2000:]
+    dry = ehrfm("sweep", "launch", out, "--executor", "local", "--dry-run")  # a plain relaunch submits it
+    assert dry.returncode == 0 and rid in dry.stdout and "would submit 1" in dry.stdout.lower(), dry.stdout + dry.stderr
