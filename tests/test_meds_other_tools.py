@@ -1,0 +1,94 @@
+"""MEDS written by other tools (MEDS-Extract / MIMIC_IV_MEDS, meds_etl, a pandas export) read as ours.
+
+The MIMIC-IV demo's MEDS (this package's ETL) is rewritten the way other tools write MEDS: other
+column types and widths, extra columns, other shard layouts, metadata absent. Each variation must
+give the same tokens and labels as the original, or be refused in one line naming the file.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ehrfm.clinical.labels import make_labels
+from ehrfm.errors import UserError
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".ehrfm-output"))
+    return dst
+
+
+def _shards(root: Path) -> list[Path]:
+    return sorted((root / "data").rglob("*.parquet"))
+
+
+def _each_table(root: Path, change) -> None:
+    for f in _shards(root):
+        pq.write_table(change(pq.read_table(f)), f)
+
+
+def _set(t: pa.Table, name: str, arr) -> pa.Table:
+    return t.set_column(t.schema.get_field_index(name), name, arr)
+
+
+def _recode(change):
+    """A change of every shard's code column (a polars expression on `code`)."""
+    return lambda t: pl.from_arrow(t).with_columns(change(pl.col("code")).alias("code")).to_arrow()
+
+
+def _drop_codes(keep):
+    return lambda t: pl.from_arrow(t).filter(keep(pl.col("code"))).to_arrow()
+
+
+def _labels(meds: Path) -> dict[str, pl.DataFrame]:
+    labels, _ = make_labels(meds, "all")
+    return {t: df.sort("subject_id", "prediction_time") for t, df in labels.items()}
+
+
+@pytest.fixture(scope="module")
+def demo_labels(demo_meds) -> dict[str, pl.DataFrame]:
+    return _labels(demo_meds)
+
+
+# --- the codes a task needs -----------------------------------------------------------------------
+CODE_VARIATIONS = {
+    # A bare DEATH (older conventions) and an EXPIRED discharge: mortality would be all negative.
+    "death_renamed": (_recode(lambda c: c.replace({"MEDS_DEATH": "DEATH", "HOSPITAL_DISCHARGE//DIED": "HOSPITAL_DISCHARGE//EXPIRED"})),
+                      ["no MEDS_DEATH or HOSPITAL_DISCHARGE//DIED row among the 100 subjects", "DEATH (", "HOSPITAL_DISCHARGE//EXPIRED ("]),
+    # A dataset without ICU tables: icu_admission would be all negative.
+    "no_icu": (_drop_codes(lambda c: ~c.str.starts_with("ICU_")), ["no ICU_ADMISSION//* row among the 100 subjects"]),
+    # meds_etl's visits: no stays at all.
+    "meds_etl_visits": (_recode(lambda c: pl.when(c.str.starts_with("HOSPITAL_ADMISSION//")).then(pl.lit("Visit/IP"))
+                                .when(c.str.starts_with("HOSPITAL_DISCHARGE//")).then(pl.lit("Visit_End/IP")).otherwise(c)),
+                        ["no hospital stays among 100 subjects", "Visit/IP (", "Visit_End/IP ("]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CODE_VARIATIONS))
+def test_a_task_whose_codes_the_data_lacks_is_said_naming_them(name, demo_meds, tmp_path, capsys):
+    """Codes the labels stage does not recognise are one line naming the codes looked for and found, never silent zeros."""
+    change, said = CODE_VARIATIONS[name]
+    meds = _copy(demo_meds, tmp_path / "meds")
+    _each_table(meds, change)
+    if name == "meds_etl_visits":  # no stays: refused, nothing to write
+        with pytest.raises(UserError) as e:
+            make_labels(meds, "all")
+        msg = str(e.value)
+    else:  # all-negative labels of one task: written (a small dataset may truly hold no death), and said
+        capsys.readouterr()
+        _, info = make_labels(meds, "all")
+        task = "in_hospital_mortality" if name == "death_renamed" else "icu_admission"
+        assert info[task]["n_positive"] == 0 and "100 subjects" in info[task]["missing_outcome_codes"]
+        assert all("missing_outcome_codes" not in i for t, i in info.items() if t != task)
+        lines = [ln for ln in capsys.readouterr().err.splitlines() if "every label is negative" in ln]
+        assert len(lines) == 1 and task in lines[0], lines
+        msg = lines[0]
+    for part in [*said, "HOSPITAL_ADMISSION//*"]:
+        assert part in msg, msg
+    assert "\n" not in msg
