@@ -28,6 +28,8 @@ same one-line error and applies the same rules:
   guessing. Rows with a null
   subject_id or code, subjects with rows in more than one split folder, and subjects with rows in
   more than one file (MEDS's subject contiguity) are refused by `open_meds` with counts.
+  An optional column (the stay id hadm_id) counts as present when every shard holding rows has it
+  (`MedsDataset.has_column`): an empty shard need not carry it.
 - Static rows: a row with a null time is in every history, so only truly static codes may have
   one. A code is not static when it is `MEDS_BIRTH` or `MEDS_DEATH`, when it starts with a known
   event prefix (admission, discharge, lab, ...), or when the same code also occurs with a time.
@@ -166,6 +168,17 @@ class MedsDataset:
     def paths(self) -> list[Path]:
         """Every distinct shard file, sorted (a flat shard is listed once, not once per split)."""
         return sorted({s.path for shards in self.shards.values() for s in shards})
+
+    def has_column(self, column: str) -> bool:
+        """Does every shard file holding rows have `column` (an optional one: hadm_id, numeric_value)?
+
+        A file of no rows is left out: pandas writes an empty shard with only the columns it was
+        given (often subject_id, time, code), and one such file made labels pair every stay by
+        time and the audit call overlapping stays unknown for the whole dataset.
+        """
+        import pyarrow.parquet as pq
+
+        return all(column in pl.read_parquet_schema(p) for p in self.paths() if pq.ParquetFile(p).metadata.num_rows)
 
     def subject_splits(self) -> pl.DataFrame:
         """subject_id (Int64) -> split (String), one row per subject."""

@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ehrfm.clinical.labels import make_labels
+from ehrfm.clinical.audit import audit
+from ehrfm.clinical.labels import make_labels, write_label_dir
 from ehrfm.errors import UserError
 
 
@@ -92,3 +93,15 @@ def test_a_task_whose_codes_the_data_lacks_is_said_naming_them(name, demo_meds, 
     for part in [*said, "HOSPITAL_ADMISSION//*"]:
         assert part in msg, msg
     assert "\n" not in msg
+
+
+def test_an_empty_shard_without_the_stay_id_column_changes_no_stay(demo_meds, tmp_path):
+    """pandas writes an empty shard with only the columns it was given: the other shards' hadm_id still pairs stays."""
+    meds = _copy(demo_meds, tmp_path / "meds")
+    empty = {c: pa.array([], pa.null()) for c in ("subject_id", "time", "code")}  # an empty object column each
+    pq.write_table(pa.table(empty), meds / "data" / "train" / "1.parquet")
+    labels, info = make_labels(meds, "all")
+    assert {i["stay_pairing"] for i in info.values()} == {"by hadm_id"}
+    write_label_dir(labels, info, tmp_path / "labels")
+    res = audit(meds, tmp_path / "labels")
+    assert not [u for u in res.unknown if u.startswith("(d)")], res.unknown

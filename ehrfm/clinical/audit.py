@@ -270,7 +270,7 @@ def _events(ds: MedsDataset, date_only: list[str]) -> pl.DataFrame:
     rows of non-static codes), null-time rows included, with a stay id when the data has one.
     """
     cols = ["subject_id", "time", "code"]
-    schema_has_stay = all(STAY_ID_COLUMN in pl.read_parquet_schema(p) for p in ds.paths())
+    schema_has_stay = ds.has_column(STAY_ID_COLUMN)
     if schema_has_stay:
         cols.append(STAY_ID_COLUMN)
     code = pl.col("code")

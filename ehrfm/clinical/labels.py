@@ -142,7 +142,7 @@ def _stay_events(meds_dir: str | os.PathLike) -> tuple[pl.DataFrame, MedsDataset
     """
     ds = open_meds(meds_dir)
     cols = ["subject_id", "time", "code"]
-    if all(STAY_ID in pl.read_parquet_schema(p) for p in ds.paths()):
+    if ds.has_column(STAY_ID):
         cols.append(STAY_ID)
     lf = scan_shards([sh for shards in ds.shards.values() for sh in shards], cols).filter(
         pl.col("code").str.starts_with(ADMISSION_PREFIX)
