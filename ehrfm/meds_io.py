@@ -23,7 +23,7 @@ same one-line error and applies the same rules:
 - Types: subject_id an integer, time a timestamp (any unit; a time zone is read as the UTC
   instant, with one warning per zone: labels made elsewhere on the data's local clock would sit
   hours off their histories -- a New York shard's labels all failed the leakage audit), code text, numeric_value a number (read as the float32 MEDS stores, whatever its
-  width), or a column of nulls (as pandas writes an empty shard); anything else (text ids, epoch
+  width; a decimal of over 38 digits, pyarrow's decimal256, is refused: polars cannot read it), or a column of nulls (as pandas writes an empty shard); anything else (text ids, epoch
   numbers, dates) is refused naming the file and column (`COLUMN_TYPES`), never cast by
   guessing. Rows with a null
   subject_id or code, subjects with rows in more than one split folder, and subjects with rows in
@@ -504,6 +504,11 @@ def check_columns(path: Path, metadata: dict | None = None) -> dict:
         raise UserError(f"MEDS shard {path} lacks column {col!r}{found}; ehrfm reads MEDS {MEDS_VERSION} data "
                         f"({', '.join(REQUIRED_COLUMNS)}){said}")
     for col, (ok, want) in COLUMN_TYPES.items():
+        if col in schema and isinstance(schema[col], pl.Decimal) and (schema[col].precision or 0) > MAX_DECIMAL_PRECISION:
+            # pyarrow's decimal256: the schema reads, the values do not (a polars traceback mid-tokenize).
+            raise UserError(f"MEDS shard {path}: column {col} is {schema[col]}, a decimal of more than "
+                            f"{MAX_DECIMAL_PRECISION} digits (decimal256), which ehrfm cannot read; write it as float32 "
+                            f"(the MEDS {MEDS_VERSION} DataSchema) or a decimal of at most {MAX_DECIMAL_PRECISION} digits")
         if col in schema and not ok(schema[col]):
             raise UserError(f"MEDS shard {path}: column {col} is {schema[col]}, not {want} (the MEDS {MEDS_VERSION} "
                             f"DataSchema); convert it in the ETL: ehrfm does not guess ids, units or time zones")
@@ -515,6 +520,7 @@ def check_columns(path: Path, metadata: dict | None = None) -> dict:
 # an event at 00:00 would precede the prediction times of its own day) and text values are not.
 # A column of nulls (pl.Null) is what pandas writes for an empty shard's text and id columns (an
 # empty object column); null subject_id or code rows are then refused by count (_check_rows).
+MAX_DECIMAL_PRECISION = 38  # the widest decimal polars reads (pyarrow's decimal128)
 COLUMN_TYPES = {
     SUBJECT_ID: (lambda t: t.is_integer() or t == pl.Null, "an integer (int64)"),
     TIME: (lambda t: isinstance(t, pl.Datetime) or t == pl.Null, "a timestamp (timestamp[us])"),

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from ehrfm.app.cli import main
 from ehrfm.clinical.audit import audit
 from ehrfm.clinical.labels import make_labels, write_label_dir
 from ehrfm.errors import UserError
@@ -105,3 +106,18 @@ def test_an_empty_shard_without_the_stay_id_column_changes_no_stay(demo_meds, tm
     write_label_dir(labels, info, tmp_path / "labels")
     res = audit(meds, tmp_path / "labels")
     assert not [u for u in res.unknown if u.startswith("(d)")], res.unknown
+
+
+def test_a_decimal256_numeric_value_is_refused_by_every_reader_in_one_line(demo_meds, tmp_path, capsys):
+    """pyarrow's decimal256 (more than 38 digits): its schema reads in polars, its values do not (a traceback mid-tokenize)."""
+    meds = _copy(demo_meds, tmp_path / "meds")
+    bad = meds / "data" / "tuning" / "0.parquet"
+    t = pq.read_table(bad)
+    pq.write_table(_set(t, "numeric_value", t["numeric_value"].cast(pa.float64()).cast(pa.decimal256(40, 10))), bad)
+    capsys.readouterr()
+    for argv in (["tokenize", str(meds), "--out", str(tmp_path / "tok")],
+                 ["labels", str(meds), "--task", "all", "--out", str(tmp_path / "lab")]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(bad) in err[0] and "column numeric_value is Decimal(precision=40" in err[0], err
+    assert not (tmp_path / "tok").exists() and not (tmp_path / "lab").exists()
