@@ -10,8 +10,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -19,6 +21,7 @@ from ehrfm.app.cli import main
 from ehrfm.clinical.audit import audit
 from ehrfm.clinical.labels import make_labels, write_label_dir
 from ehrfm.errors import UserError
+from tokenization.tokenize import tokenize
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -121,3 +124,98 @@ def test_a_decimal256_numeric_value_is_refused_by_every_reader_in_one_line(demo_
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and str(bad) in err[0] and "column numeric_value is Decimal(precision=40" in err[0], err
     assert not (tmp_path / "tok").exists() and not (tmp_path / "lab").exists()
+
+
+# --- accepted variations: the same tokens and labels --------------------------------------------------
+def _nested(root: Path) -> None:  # data/<split>/deep/er/shard_0.parquet
+    for f in _shards(root):
+        to = f.parent / "deep" / "er" / "shard_0.parquet"
+        to.parent.mkdir(parents=True)
+        f.rename(to)
+
+
+def _many_small(root: Path) -> None:  # three subjects a file, as a sharded export writes
+    for f in _shards(root):
+        df = pl.read_parquet(f)
+        f.unlink()
+        ids = df["subject_id"].unique().sort().to_list()
+        for i in range(0, len(ids), 3):
+            df.filter(pl.col("subject_id").is_in(ids[i:i + 3])).write_parquet(f.parent / f"part-{i:04d}.parquet")
+
+
+def _flat(root: Path) -> None:  # meds_etl: data/<n>.parquet, the splits in metadata/subject_splits.parquet
+    for i, f in enumerate(_shards(root)):
+        f.rename(root / "data" / f"{i}.parquet")
+    for d in sorted((root / "data").iterdir()):
+        if d.is_dir():
+            d.rmdir()
+    (root / "metadata" / "codes.parquet").unlink()
+
+
+def _bare(root: Path) -> None:  # a hand-made export: no metadata at all
+    shutil.rmtree(root / "metadata")
+
+
+def _static_inside(t: pa.Table) -> pa.Table:  # null-time (static) rows after each subject's first timed row
+    df = pl.from_arrow(t).with_columns(pl.int_range(pl.len()).over("subject_id").cast(pl.Float64).alias("_k"))
+    return df.with_columns(pl.when(pl.col("time").is_null()).then(1.5).otherwise("_k").alias("_k")).sort(
+        "subject_id", "_k").drop("_k").to_arrow()
+
+
+def _pandas_like(t: pa.Table) -> pa.Table:  # ns times, categorical codes, NaN for no value, an index column
+    t = _set(_set(t, "time", t["time"].cast(pa.timestamp("ns"))), "code", pc.dictionary_encode(t["code"]))
+    t = _set(t, "numeric_value", pc.fill_null(t["numeric_value"], float("nan")))
+    return t.append_column("__index_level_0__", pa.array(np.arange(len(t)))).drop(["text_value"])
+
+
+ACCEPTED = {
+    "time_ns_int32_ids": lambda t: _set(_set(t, "time", t["time"].cast(pa.timestamp("ns"))), "subject_id",
+                                        t["subject_id"].cast(pa.int32())),
+    "time_ms_uint32_ids": lambda t: _set(_set(t, "time", t["time"].cast(pa.timestamp("ms"))), "subject_id",
+                                         t["subject_id"].cast(pa.uint32())),
+    "time_zoned_new_york": lambda t: _set(t, "time", t["time"].cast(pa.timestamp("us", "UTC")).cast(
+        pa.timestamp("us", "America/New_York"))),
+    "code_large_string_value_float64": lambda t: _set(_set(t, "code", t["code"].cast(pa.large_string())), "numeric_value",
+                                                      t["numeric_value"].cast(pa.float64())),
+    "value_decimal_extra_columns": lambda t: _set(t, "numeric_value", t["numeric_value"].cast(pa.float64()).cast(
+        pa.decimal128(38, 10))).append_column("unit_note", pa.array(["x"] * len(t))),
+    "pandas_like": _pandas_like,
+    "static_rows_inside_a_subject": _static_inside,
+    "nested_arbitrary_names": _nested,
+    "many_small_shards": _many_small,
+    "flat_meds_etl_no_codes": _flat,
+    "no_metadata": _bare,
+}
+
+
+@pytest.fixture(scope="module")
+def demo_tok(demo_meds, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("other_tools") / "tok"
+    tokenize(demo_meds, out)
+    return out
+
+
+def _token_arrays(tok: Path) -> dict[str, np.ndarray]:
+    out = {}
+    for split in ("train", "tuning", "held_out"):
+        for name in ("tokens", "times"):
+            out[f"{split}/{name}"] = np.load(tok / split / f"{name}.npy")
+        out[f"{split}/index"] = pl.read_parquet(tok / split / "index.parquet").sort("subject_id").to_numpy()
+    return out
+
+
+@pytest.mark.parametrize("name", list(ACCEPTED))
+def test_meds_written_by_other_tools_gives_the_same_tokens_and_labels(name, demo_meds, demo_tok, demo_labels, tmp_path):
+    meds = _copy(demo_meds, tmp_path / "meds")
+    change = ACCEPTED[name]
+    if change.__name__.startswith("_") and change.__code__.co_varnames[:1] == ("root",):
+        change(meds)
+    else:
+        _each_table(meds, change)
+    tokenize(meds, tmp_path / "tok")
+    want, got = _token_arrays(demo_tok), _token_arrays(tmp_path / "tok")
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    labels = _labels(meds)
+    for task, df in demo_labels.items():
+        assert labels[task].equals(df), task
