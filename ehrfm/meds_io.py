@@ -12,7 +12,8 @@ same one-line error and applies the same rules:
   and any of these names in other letter case (`Train`, `TEST`) are mapped, and the mapping is
   reported on stderr; any other folder under `data/` is refused, naming it, so that no split is
   silently left out. Split folders that disagree with a `metadata/subject_splits.parquet` beside
-  them (which other MEDS tools read) are refused with counts. Links to folders are followed, and a
+  them (which other MEDS tools read) are refused with counts; subjects that file lists under a name that is
+  no split (`fold_1`), or that have no rows in the data, are counted on stderr. Links to folders are followed, and a
   folder named `*.parquet` (a Spark or Dask dataset) is read as the part files it holds. Hidden files and folders (a name starting
   with `.`: macOS's `._0.parquet` resource forks, `.ipynb_checkpoints/`) are not data, as for
   pyarrow datasets and Spark: they are left out, and their count said on stderr when any of them
@@ -323,13 +324,32 @@ def _check_folders_match_splits_file(ds: MedsDataset) -> None:
         return
     listed = listed.select(pl.col(SUBJECT_ID).cast(pl.Int64, strict=False), pl.col("split").cast(pl.String)).drop_nulls().unique()
     names = {n: split_name(n) for n in listed["split"].unique()}  # aliases (test, val) as for folder names
+    other = sorted(n for n, s in names.items() if s is None)
+    if other:  # e.g. fold_0: not compared, so say so (other tools reading the file see another split)
+        n = listed.filter(pl.col("split").is_in(other))[SUBJECT_ID].n_unique()
+        warn(f"{path}: split name(s) {', '.join(other)} are not MEDS splits ({', '.join(SPLITS)}): its {n} subjects "
+             f"listed under them are not compared with the {DATA_DIR}/<split>/ folders ehrfm reads")
     listed = listed.select(SUBJECT_ID, pl.col("split").replace_strict(names, default=None).alias("listed")).drop_nulls()
+    _warn_listed_without_rows(path, listed.rename({"listed": "split"}), ds.subject_splits())
     both = ds.subject_splits().join(listed, on=SUBJECT_ID).filter(pl.col("split") != pl.col("listed"))
     if both.height:
         a, b, n = both.group_by("split", "listed").len().sort("len", "split", "listed", descending=[True, False, False]).row(0)
         raise UserError(f"MEDS dataset {ds.root}: {both.height} subjects are in another split in {SUBJECT_SPLITS_FILE} than "
                         f"their {DATA_DIR}/<split>/ folder ({n} of them in folder {a}, listed as {b}); other MEDS tools "
                         "read the file, ehrfm the folders: make them agree (re-write the file or move the shards)")
+
+
+def _warn_listed_without_rows(path: Path, listed: pl.DataFrame, present: pl.DataFrame) -> None:
+    """Say how many subjects `path` lists (per MEDS split) that have no rows in the data.
+
+    They are left out by every reader; a held-out set listed as 100 subjects but scored on 80 should
+    not pass unsaid (another tool, or a filter, dropped their rows after the splits were written).
+    """
+    gone = (listed.select(pl.col(SUBJECT_ID).cast(pl.Int64), "split").unique(SUBJECT_ID)
+            .join(present.select(pl.col(SUBJECT_ID).cast(pl.Int64)), on=SUBJECT_ID, how="anti"))
+    if gone.height:
+        by = ", ".join(f"{sp} {n}" for sp, n in gone.group_by("split").len().sort("split").iter_rows())
+        warn(f"{path}: {gone.height} listed subjects have no rows in {DATA_DIR}/ ({by}); every reader leaves them out")
 
 
 def _row_group_stats(path: Path) -> dict[str, list]:
@@ -466,6 +486,9 @@ def _subject_split_shards(root: Path, data: Path) -> tuple[dict[str, list[Shard]
                      how="anti").select(pl.len()).collect().item()
     if n_out:
         warn(f"{splits_path}: {n_out} subjects of the shards are in no split; every reader leaves them out")
+    listed = sp.select(pl.col(SUBJECT_ID).cast(pl.Int64), pl.col("split").replace_strict(
+        {n: split_name(n) for n in names}, default=None)).drop_nulls()
+    _warn_listed_without_rows(splits_path, listed, ids.collect())
     return shards, aliases
 
 

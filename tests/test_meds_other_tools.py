@@ -21,6 +21,7 @@ from ehrfm.app.cli import main
 from ehrfm.clinical.audit import audit
 from ehrfm.clinical.labels import make_labels, write_label_dir
 from ehrfm.errors import UserError
+from ehrfm.meds_io import open_meds
 from tokenization.tokenize import tokenize
 
 
@@ -124,6 +125,25 @@ def test_a_decimal256_numeric_value_is_refused_by_every_reader_in_one_line(demo_
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and str(bad) in err[0] and "column numeric_value is Decimal(precision=40" in err[0], err
     assert not (tmp_path / "tok").exists() and not (tmp_path / "lab").exists()
+
+
+def test_a_splits_file_that_names_other_splits_or_absent_subjects_is_said(demo_meds, tmp_path, capsys):
+    """Subjects listed under a non-MEDS split name, or with no rows, were passed over without a word."""
+    meds = _copy(demo_meds, tmp_path / "meds")
+    path = meds / "metadata" / "subject_splits.parquet"
+    sp = pl.read_parquet(path)
+    n_tuning = sp.filter(pl.col("split") == "tuning").height
+    absent = pl.DataFrame({"subject_id": [1, 2], "split": ["held_out", "train"]}, schema=sp.schema)
+    pl.concat([sp.with_columns(pl.col("split").replace({"tuning": "fold_1"})), absent]).write_parquet(path)
+    capsys.readouterr()
+    open_meds(meds)  # the folders hold the splits
+    err = capsys.readouterr().err
+    assert f"split name(s) fold_1 are not MEDS splits (train, tuning, held_out): its {n_tuning} subjects" in err, err
+    assert "2 listed subjects have no rows in data/ (held_out 1, train 1)" in err, err
+    _flat(meds)  # meds_etl's layout: the file holds the splits
+    pl.concat([sp, absent]).write_parquet(path)
+    open_meds(meds)
+    assert "2 listed subjects have no rows in data/ (held_out 1, train 1)" in capsys.readouterr().err
 
 
 # --- accepted variations: the same tokens and labels --------------------------------------------------
