@@ -100,6 +100,19 @@ def test_a_task_whose_codes_the_data_lacks_is_said_naming_them(name, demo_meds, 
     assert "\n" not in msg
 
 
+def test_audit_of_labels_made_from_codes_the_data_lacks_says_unknown(demo_meds, tmp_path):
+    """ACES-style labels on data that writes DEATH: (a) looked only for MEDS_DEATH and said 0 (clean), unseen."""
+    labels, info = make_labels(demo_meds, "all")
+    write_label_dir(labels, info, tmp_path / "labels")
+    meds = _copy(demo_meds, tmp_path / "meds")
+    _each_table(meds, CODE_VARIATIONS["death_renamed"][0])
+    res = audit(meds, tmp_path / "labels")
+    assert res.tasks["in_hospital_mortality"].outcome_code_in_history is None
+    assert res.tasks["long_los"].outcome_code_in_history == 0
+    said = [u for u in res.unknown if u.startswith("(a)")]
+    assert len(said) == 1 and "in_hospital_mortality" in said[0] and "DEATH (" in said[0], said
+
+
 def test_an_empty_shard_without_the_stay_id_column_changes_no_stay(demo_meds, tmp_path):
     """pandas writes an empty shard with only the columns it was given: the other shards' hadm_id still pairs stays."""
     meds = _copy(demo_meds, tmp_path / "meds")
