@@ -177,9 +177,13 @@ class MedsDataset:
         given (often subject_id, time, code), and one such file made labels pair every stay by
         time and the audit call overlapping stays unknown for the whole dataset.
         """
+        return not self.files_without(column)
+
+    def files_without(self, column: str) -> list[Path]:
+        """The shard files holding rows that lack `column` (see `has_column`)."""
         import pyarrow.parquet as pq
 
-        return all(column in pl.read_parquet_schema(p) for p in self.paths() if pq.ParquetFile(p).metadata.num_rows)
+        return [p for p in self.paths() if column not in pl.read_parquet_schema(p) and pq.ParquetFile(p).metadata.num_rows]
 
     def subject_splits(self) -> pl.DataFrame:
         """subject_id (Int64) -> split (String), one row per subject."""

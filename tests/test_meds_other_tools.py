@@ -125,6 +125,17 @@ def test_an_empty_shard_without_the_stay_id_column_changes_no_stay(demo_meds, tm
     assert not [u for u in res.unknown if u.startswith("(d)")], res.unknown
 
 
+def test_a_shard_with_rows_but_no_stay_id_column_is_named_by_the_audit(demo_meds, tmp_path):
+    """One export's shard without hadm_id: (d) said "the MEDS data has no stay id column", though two files have one."""
+    labels, info = make_labels(demo_meds, "all")
+    write_label_dir(labels, info, tmp_path / "labels")
+    meds = _copy(demo_meds, tmp_path / "meds")
+    bad = meds / "data" / "tuning" / "0.parquet"
+    pq.write_table(pq.read_table(bad).drop(["hadm_id"]), bad)
+    said = [u for u in audit(meds, tmp_path / "labels").unknown if u.startswith("(d)")]
+    assert len(said) == 1 and "1 of the 3 shard files with rows lack the stay id column" in said[0] and str(bad) in said[0], said
+
+
 def test_a_decimal256_numeric_value_is_refused_by_every_reader_in_one_line(demo_meds, tmp_path, capsys):
     """pyarrow's decimal256 (more than 38 digits): its schema reads in polars, its values do not (a traceback mid-tokenize)."""
     meds = _copy(demo_meds, tmp_path / "meds")
