@@ -125,7 +125,7 @@ def test_an_empty_shard_without_the_stay_id_column_changes_no_stay(demo_meds, tm
     assert not [u for u in res.unknown if u.startswith("(d)")], res.unknown
 
 
-def test_a_shard_with_rows_but_no_stay_id_column_is_named_by_the_audit(demo_meds, tmp_path):
+def test_a_shard_with_rows_but_no_stay_id_column_is_named_by_audit_and_labels(demo_meds, tmp_path, capsys):
     """One export's shard without hadm_id: (d) said "the MEDS data has no stay id column", though two files have one."""
     labels, info = make_labels(demo_meds, "all")
     write_label_dir(labels, info, tmp_path / "labels")
@@ -134,6 +134,11 @@ def test_a_shard_with_rows_but_no_stay_id_column_is_named_by_the_audit(demo_meds
     pq.write_table(pq.read_table(bad).drop(["hadm_id"]), bad)
     said = [u for u in audit(meds, tmp_path / "labels").unknown if u.startswith("(d)")]
     assert len(said) == 1 and "1 of the 3 shard files with rows lack the stay id column" in said[0] and str(bad) in said[0], said
+    capsys.readouterr()
+    _, info = make_labels(meds, "long_los")
+    assert info["stay_pairing"] == "by time order"
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "stay id column" in ln]
+    assert len(err) == 1 and "1 of the shard files with rows lack the stay id column hadm_id" in err[0] and str(bad) in err[0], err
 
 
 def test_a_decimal256_numeric_value_is_refused_by_every_reader_in_one_line(demo_meds, tmp_path, capsys):

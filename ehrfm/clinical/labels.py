@@ -142,8 +142,14 @@ def _stay_events(meds_dir: str | os.PathLike) -> tuple[pl.DataFrame, MedsDataset
     """
     ds = open_meds(meds_dir)
     cols = ["subject_id", "time", "code"]
-    if ds.has_column(STAY_ID):
+    lacking = ds.files_without(STAY_ID)
+    if not lacking:
         cols.append(STAY_ID)
+    elif len(lacking) < len(ds.paths()):  # some shards have ids: their pairing changes without a word otherwise
+        from ehrfm.io import warn
+
+        warn(f"labels: {len(lacking)} of the shard files with rows lack the stay id column {STAY_ID} (first: {lacking[0]}): "
+             "every stay is paired by time order, not by id (write the column in every shard to pair by id)")
     lf = scan_shards([sh for shards in ds.shards.values() for sh in shards], cols).filter(
         pl.col("code").str.starts_with(ADMISSION_PREFIX)
         | pl.col("code").str.starts_with(DISCHARGE_PREFIX)
