@@ -181,9 +181,13 @@ class MedsDataset:
 
     def files_without(self, column: str) -> list[Path]:
         """The shard files holding rows that lack `column` (see `has_column`)."""
+        return [p for p in self.paths_with_rows() if column not in pl.read_parquet_schema(p)]
+
+    def paths_with_rows(self) -> list[Path]:
+        """`paths()` less the files of no rows (their footer's count)."""
         import pyarrow.parquet as pq
 
-        return [p for p in self.paths() if column not in pl.read_parquet_schema(p) and pq.ParquetFile(p).metadata.num_rows]
+        return [p for p in self.paths() if pq.ParquetFile(p).metadata.num_rows]
 
     def subject_splits(self) -> pl.DataFrame:
         """subject_id (Int64) -> split (String), one row per subject."""

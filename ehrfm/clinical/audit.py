@@ -297,13 +297,6 @@ def _events(ds: MedsDataset, date_only: list[str]) -> pl.DataFrame:
 PRIMARY_OUTCOME = {"in_hospital_mortality": ((DEATH, DIED), "DEATH"), "icu_admission": ((ICU,), "ICU")}
 
 
-def _pq_rows(path: Path) -> int:
-    """A parquet file's row count, from its footer."""
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(path).metadata.num_rows
-
-
 def _outcome_codes_absent(task: str, lab: pl.DataFrame, ev: pl.DataFrame, ds: MedsDataset) -> str | None:
     """An `unknown` line when `task`'s labels have positives but the data none of its outcome codes, else None."""
     if task not in PRIMARY_OUTCOME or not lab.height or not lab["boolean_value"].any():
@@ -481,7 +474,7 @@ def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
     ev = _events(ds, date_only or [])
     stays = _stays(ev) if ev[STAY_ID_COLUMN].null_count() < ev.height else None
     if stays is None:
-        lacking, n_files = ds.files_without(STAY_ID_COLUMN), sum(1 for p in ds.paths() if _pq_rows(p))
+        lacking, n_files = ds.files_without(STAY_ID_COLUMN), len(ds.paths_with_rows())
         # Some shards with the column, some without: say which, so the user fixes the export.
         where = (f"{len(lacking)} of the {n_files} shard files with rows lack the stay id column ({STAY_ID_COLUMN}; "
                  f"first: {lacking[0]}), so the others' ids are not used" if lacking and len(lacking) < n_files

@@ -145,7 +145,7 @@ def _stay_events(meds_dir: str | os.PathLike) -> tuple[pl.DataFrame, MedsDataset
     lacking = ds.files_without(STAY_ID)
     if not lacking:
         cols.append(STAY_ID)
-    elif len(lacking) < len(ds.paths()):  # some shards have ids: their pairing changes without a word otherwise
+    elif len(lacking) < len(ds.paths_with_rows()):  # some shards have ids: their pairing changes without a word otherwise
         from ehrfm.io import warn
 
         warn(f"labels: {len(lacking)} of the shard files with rows lack the stay id column {STAY_ID} (first: {lacking[0]}): "
