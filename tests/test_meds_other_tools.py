@@ -107,8 +107,7 @@ def test_audit_of_labels_made_from_codes_the_data_lacks_says_unknown(demo_meds, 
     meds = _copy(demo_meds, tmp_path / "meds")
     _each_table(meds, CODE_VARIATIONS["death_renamed"][0])
     res = audit(meds, tmp_path / "labels")
-    assert res.tasks["in_hospital_mortality"].outcome_code_in_history is None
-    assert res.tasks["long_los"].outcome_code_in_history == 0
+    assert len(res.unknown) == 1  # the demo has none: "clean" alone before
     said = [u for u in res.unknown if u.startswith("(a)")]
     assert len(said) == 1 and "in_hospital_mortality" in said[0] and "DEATH (" in said[0], said
 

@@ -52,9 +52,9 @@ package's ETL, else `metadata/dataset.json` or `metadata/etl_config.json`), key
 "code_prefixes": [...], "schema_date": bool, "rule": ...}` (plain prefix strings are accepted
 too), or given by the user (`date_only_codes=`, `--date-only-codes`). Drop and duplicate counts
 come from the same files. Nothing is imported from tokenization/: on MEDS made by another ETL,
-what the metadata does not say is reported as unknown (None), never guessed, and so is (a) of a
+what the metadata does not say is reported as unknown (None), never guessed, and a line says what (a) of a
 mortality or ICU-admission label file with positives on data that holds none of that task's outcome codes
-(labels made elsewhere from other codes, e.g. a bare DEATH: (a) would look for MEDS_DEATH and say 0); the
+(labels made elsewhere from other codes, e.g. a bare DEATH) cannot see: its count stands; the
 count of prediction-day events at exactly 00:00 is given as a hint of undeclared date-only values.
 """
 
@@ -311,7 +311,7 @@ def _outcome_codes_absent(task: str, lab: pl.DataFrame, ev: pl.DataFrame, ds: Me
     like = _look_alike(ds, DEATH_LOOK_ALIKE if kind == "DEATH" else ICU_LOOK_ALIKE)
     named = " or ".join(c + ("*" if c.endswith("//") else "") for c in codes)
     return (f"(a) task {task!r}: {int(lab['boolean_value'].sum())} positive labels, but the MEDS data has no {named} row"
-            f"{like}: the labels were made from other codes, so an outcome in a history is not seen")
+            f"{like}: the labels were made from other codes, so (a) does not see such an outcome in a history")
 
 
 def _stays(ev: pl.DataFrame) -> pl.DataFrame:
@@ -489,8 +489,8 @@ def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
         if task not in OUTCOME_RULES:
             unknown.append(f"(a) task {task!r}: its outcome code is unknown (known tasks: {', '.join(OUTCOME_RULES)})")
         elif (absent := _outcome_codes_absent(task, lab, ev, ds)) is not None:
-            unknown.append(absent)  # (a) counted only the codes the data lacks: not 0, unknown
-            tasks[task] = dataclasses.replace(tasks[task], outcome_code_in_history=None)
+            # (a)'s count stands (a discharge in a history is still seen); the line says what it cannot see.
+            unknown.append(absent)
     result_times = result_times_from_metadata(meds_dir)
     if result_times is None:
         unknown.append("(e) result times: the MEDS metadata has no 'stored_time_sources' (another ETL, or an older "
