@@ -12,7 +12,8 @@ same one-line error and applies the same rules:
   and any of these names in other letter case (`Train`, `TEST`) are mapped, and the mapping is
   reported on stderr; any other folder under `data/` is refused, naming it, so that no split is
   silently left out. Split folders that disagree with a `metadata/subject_splits.parquet` beside
-  them (which other MEDS tools read) are refused with counts. Links to folders are followed, and a
+  them (which other MEDS tools read) are refused with counts; subjects that file lists under a name that is
+  no split (`fold_1`), or that have no rows in the data, are counted on stderr. Links to folders are followed, and a
   folder named `*.parquet` (a Spark or Dask dataset) is read as the part files it holds. Hidden files and folders (a name starting
   with `.`: macOS's `._0.parquet` resource forks, `.ipynb_checkpoints/`) are not data, as for
   pyarrow datasets and Spark: they are left out, and their count said on stderr when any of them
@@ -23,11 +24,13 @@ same one-line error and applies the same rules:
 - Types: subject_id an integer, time a timestamp (any unit; a time zone is read as the UTC
   instant, with one warning per zone: labels made elsewhere on the data's local clock would sit
   hours off their histories -- a New York shard's labels all failed the leakage audit), code text, numeric_value a number (read as the float32 MEDS stores, whatever its
-  width), or a column of nulls (as pandas writes an empty shard); anything else (text ids, epoch
+  width; a decimal of over 38 digits, pyarrow's decimal256, is refused: polars cannot read it), or a column of nulls (as pandas writes an empty shard); anything else (text ids, epoch
   numbers, dates) is refused naming the file and column (`COLUMN_TYPES`), never cast by
   guessing. Rows with a null
   subject_id or code, subjects with rows in more than one split folder, and subjects with rows in
   more than one file (MEDS's subject contiguity) are refused by `open_meds` with counts.
+  An optional column (the stay id hadm_id) counts as present when every shard holding rows has it
+  (`MedsDataset.has_column`): an empty shard need not carry it.
 - Static rows: a row with a null time is in every history, so only truly static codes may have
   one. A code is not static when it is `MEDS_BIRTH` or `MEDS_DEATH`, when it starts with a known
   event prefix (admission, discharge, lab, ...), or when the same code also occurs with a time.
@@ -166,6 +169,25 @@ class MedsDataset:
     def paths(self) -> list[Path]:
         """Every distinct shard file, sorted (a flat shard is listed once, not once per split)."""
         return sorted({s.path for shards in self.shards.values() for s in shards})
+
+    def has_column(self, column: str) -> bool:
+        """Does every shard file holding rows have `column` (an optional one: hadm_id, numeric_value)?
+
+        A file of no rows is left out: pandas writes an empty shard with only the columns it was
+        given (often subject_id, time, code), and one such file made labels pair every stay by
+        time and the audit call overlapping stays unknown for the whole dataset.
+        """
+        return not self.files_without(column)
+
+    def files_without(self, column: str) -> list[Path]:
+        """The shard files holding rows that lack `column` (see `has_column`)."""
+        return [p for p in self.paths_with_rows() if column not in pl.read_parquet_schema(p)]
+
+    def paths_with_rows(self) -> list[Path]:
+        """`paths()` less the files of no rows (their footer's count)."""
+        import pyarrow.parquet as pq
+
+        return [p for p in self.paths() if pq.ParquetFile(p).metadata.num_rows]
 
     def subject_splits(self) -> pl.DataFrame:
         """subject_id (Int64) -> split (String), one row per subject."""
@@ -310,13 +332,32 @@ def _check_folders_match_splits_file(ds: MedsDataset) -> None:
         return
     listed = listed.select(pl.col(SUBJECT_ID).cast(pl.Int64, strict=False), pl.col("split").cast(pl.String)).drop_nulls().unique()
     names = {n: split_name(n) for n in listed["split"].unique()}  # aliases (test, val) as for folder names
+    other = sorted(n for n, s in names.items() if s is None)
+    if other:  # e.g. fold_0: not compared, so say so (other tools reading the file see another split)
+        n = listed.filter(pl.col("split").is_in(other))[SUBJECT_ID].n_unique()
+        warn(f"{path}: split name(s) {', '.join(other)} are not MEDS splits ({', '.join(SPLITS)}): its {n} subjects "
+             f"listed under them are not compared with the {DATA_DIR}/<split>/ folders ehrfm reads")
     listed = listed.select(SUBJECT_ID, pl.col("split").replace_strict(names, default=None).alias("listed")).drop_nulls()
+    _warn_listed_without_rows(path, listed.rename({"listed": "split"}), ds.subject_splits())
     both = ds.subject_splits().join(listed, on=SUBJECT_ID).filter(pl.col("split") != pl.col("listed"))
     if both.height:
         a, b, n = both.group_by("split", "listed").len().sort("len", "split", "listed", descending=[True, False, False]).row(0)
         raise UserError(f"MEDS dataset {ds.root}: {both.height} subjects are in another split in {SUBJECT_SPLITS_FILE} than "
                         f"their {DATA_DIR}/<split>/ folder ({n} of them in folder {a}, listed as {b}); other MEDS tools "
                         "read the file, ehrfm the folders: make them agree (re-write the file or move the shards)")
+
+
+def _warn_listed_without_rows(path: Path, listed: pl.DataFrame, present: pl.DataFrame) -> None:
+    """Say how many subjects `path` lists (per MEDS split) that have no rows in the data.
+
+    They are left out by every reader; a held-out set listed as 100 subjects but scored on 80 should
+    not pass unsaid (another tool, or a filter, dropped their rows after the splits were written).
+    """
+    gone = (listed.select(pl.col(SUBJECT_ID).cast(pl.Int64), "split").unique(SUBJECT_ID)
+            .join(present.select(pl.col(SUBJECT_ID).cast(pl.Int64)), on=SUBJECT_ID, how="anti"))
+    if gone.height:
+        by = ", ".join(f"{sp} {n}" for sp, n in gone.group_by("split").len().sort("split").iter_rows())
+        warn(f"{path}: {gone.height} listed subjects have no rows in {DATA_DIR}/ ({by}); every reader leaves them out")
 
 
 def _row_group_stats(path: Path) -> dict[str, list]:
@@ -453,6 +494,9 @@ def _subject_split_shards(root: Path, data: Path) -> tuple[dict[str, list[Shard]
                      how="anti").select(pl.len()).collect().item()
     if n_out:
         warn(f"{splits_path}: {n_out} subjects of the shards are in no split; every reader leaves them out")
+    listed = sp.select(pl.col(SUBJECT_ID).cast(pl.Int64), pl.col("split").replace_strict(
+        {n: split_name(n) for n in names}, default=None)).drop_nulls()
+    _warn_listed_without_rows(splits_path, listed, ids.collect())
     return shards, aliases
 
 
@@ -491,6 +535,11 @@ def check_columns(path: Path, metadata: dict | None = None) -> dict:
         raise UserError(f"MEDS shard {path} lacks column {col!r}{found}; ehrfm reads MEDS {MEDS_VERSION} data "
                         f"({', '.join(REQUIRED_COLUMNS)}){said}")
     for col, (ok, want) in COLUMN_TYPES.items():
+        if col in schema and isinstance(schema[col], pl.Decimal) and (schema[col].precision or 0) > MAX_DECIMAL_PRECISION:
+            # pyarrow's decimal256: the schema reads, the values do not (a polars traceback mid-tokenize).
+            raise UserError(f"MEDS shard {path}: column {col} is {schema[col]}, a decimal of more than "
+                            f"{MAX_DECIMAL_PRECISION} digits (decimal256), which ehrfm cannot read; write it as float32 "
+                            f"(the MEDS {MEDS_VERSION} DataSchema) or a decimal of at most {MAX_DECIMAL_PRECISION} digits")
         if col in schema and not ok(schema[col]):
             raise UserError(f"MEDS shard {path}: column {col} is {schema[col]}, not {want} (the MEDS {MEDS_VERSION} "
                             f"DataSchema); convert it in the ETL: ehrfm does not guess ids, units or time zones")
@@ -502,6 +551,7 @@ def check_columns(path: Path, metadata: dict | None = None) -> dict:
 # an event at 00:00 would precede the prediction times of its own day) and text values are not.
 # A column of nulls (pl.Null) is what pandas writes for an empty shard's text and id columns (an
 # empty object column); null subject_id or code rows are then refused by count (_check_rows).
+MAX_DECIMAL_PRECISION = 38  # the widest decimal polars reads (pyarrow's decimal128)
 COLUMN_TYPES = {
     SUBJECT_ID: (lambda t: t.is_integer() or t == pl.Null, "an integer (int64)"),
     TIME: (lambda t: isinstance(t, pl.Datetime) or t == pl.Null, "a timestamp (timestamp[us])"),

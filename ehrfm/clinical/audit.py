@@ -54,7 +54,9 @@ package's ETL, else `metadata/dataset.json` or `metadata/etl_config.json`), key
 "code_prefixes": [...], "schema_date": bool, "rule": ...}` (plain prefix strings are accepted
 too), or given by the user (`date_only_codes=`, `--date-only-codes`). Drop and duplicate counts
 come from the same files. Nothing is imported from tokenization/: on MEDS made by another ETL,
-what the metadata does not say is reported as unknown (None), never guessed; the
+what the metadata does not say is reported as unknown (None), never guessed, and a line says what (a) of a
+mortality or ICU-admission label file with positives on data that holds none of that task's outcome codes
+(labels made elsewhere from other codes, e.g. a bare DEATH) cannot see: its count stands; the
 count of prediction-day events at exactly 00:00 is given as a hint of undeclared date-only values.
 """
 
@@ -273,8 +275,8 @@ def _events(ds: MedsDataset, date_only: list[str]) -> pl.DataFrame:
     rows of non-static codes), null-time rows included, with a stay id when the data has one.
     """
     cols = ["subject_id", "time", "code"]
-    # Any shard with it (a shard without it reads as null ids): as labels._stay_events.
-    schema_has_stay = any(STAY_ID_COLUMN in pl.read_parquet_schema(p) for p in ds.paths())
+    # Any shard with rows with it (a shard without it reads as null ids): as labels._stay_events.
+    schema_has_stay = len(ds.files_without(STAY_ID_COLUMN)) < len(ds.paths_with_rows())
     if schema_has_stay:
         cols.append(STAY_ID_COLUMN)
     code = pl.col("code")
@@ -293,6 +295,28 @@ def _events(ds: MedsDataset, date_only: list[str]) -> pl.DataFrame:
         ev = ev.with_columns(pl.lit(None, pl.String).alias(STAY_ID_COLUMN))
     # Stay ids as text (ehrfm.meds_io.STAY_ID): an id column of text ids or floats is only compared.
     return ev.with_columns(pl.col("time").dt.epoch("us").alias("t"), pl.col(STAY_ID_COLUMN).cast(pl.String))
+
+
+# The code a task's positives rest on; when the data holds none of it yet the labels have positives, they
+# were made from other codes (ACES on a dataset that writes DEATH, not MEDS_DEATH), which (a) cannot see.
+PRIMARY_OUTCOME = {"in_hospital_mortality": ((DEATH, DIED), "DEATH"), "icu_admission": ((ICU,), "ICU")}
+
+
+def _outcome_codes_absent(task: str, lab: pl.DataFrame, ev: pl.DataFrame, ds: MedsDataset) -> str | None:
+    """An `unknown` line when `task`'s labels have positives but the data none of its outcome codes, else None."""
+    if task not in PRIMARY_OUTCOME or not lab.height or not lab["boolean_value"].any():
+        return None
+    codes, kind = PRIMARY_OUTCOME[task]
+    code = pl.col("code")
+    present = ev.filter(pl.any_horizontal([code == c if not c.endswith("//") else code.str.starts_with(c) for c in codes]))
+    if present.height:
+        return None
+    from ehrfm.clinical.labels import DEATH_LOOK_ALIKE, ICU_LOOK_ALIKE, _look_alike
+
+    like = _look_alike(ds, DEATH_LOOK_ALIKE if kind == "DEATH" else ICU_LOOK_ALIKE)
+    named = " or ".join(c + ("*" if c.endswith("//") else "") for c in codes)
+    return (f"(a) task {task!r}: {int(lab['boolean_value'].sum())} positive labels, but the MEDS data has no {named} row"
+            f"{like}: the labels were made from other codes, so (a) does not see such an outcome in a history")
 
 
 def _stays(ev: pl.DataFrame) -> pl.DataFrame:
@@ -476,8 +500,12 @@ def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
                            "or an older one); pass --date-only-codes to check them")
     ev = _events(ds, date_only or [])
     stays = _stays(ev) if ev[STAY_ID_COLUMN].null_count() < ev.height else None
+    lacking, n_files = ds.files_without(STAY_ID_COLUMN), len(ds.paths_with_rows())
     if stays is None:
         unknown.append(f"(d) overlapping stays: the MEDS data has no stay id column ({STAY_ID_COLUMN})")
+    elif lacking:  # some shards with the column, some without: say which, so the user fixes the export
+        unknown.append(f"(d) overlapping stays: {len(lacking)} of the {n_files} shard files with rows lack the stay id "
+                       f"column ({STAY_ID_COLUMN}; first: {lacking[0]}): their subjects' stays are not checked")
     timelines = _timelines(ds)
     tasks = {}
     for task, f in files.items():
@@ -486,6 +514,9 @@ def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
                                   timelines, _long_los_days(f))
         if task not in OUTCOME_RULES:
             unknown.append(f"(a) task {task!r}: its outcome code is unknown (known tasks: {', '.join(OUTCOME_RULES)})")
+        elif (absent := _outcome_codes_absent(task, lab, ev, ds)) is not None:
+            # (a)'s count stands (a discharge in a history is still seen); the line says what it cannot see.
+            unknown.append(absent)
     result_times = result_times_from_metadata(meds_dir)
     if result_times is None:
         unknown.append("(e) result times: the MEDS metadata has no 'stored_time_sources' (another ETL, or an older "

@@ -153,8 +153,15 @@ def _stay_events(meds_dir: str | os.PathLike) -> tuple[pl.DataFrame, MedsDataset
     cols = ["subject_id", "time", "code"]
     # Any shard with the stay id column: scan_shard reads it as null in a shard without it, whose subjects
     # are then paired by time (stays_from_events); requiring it in every shard unpaired every subject.
-    if any(STAY_ID in pl.read_parquet_schema(p) for p in ds.paths()):
+    lacking = ds.files_without(STAY_ID)
+    if len(lacking) < len(ds.paths_with_rows()):
         cols.append(STAY_ID)
+        if lacking:  # the subjects of those shards are paired otherwise: say so
+            from ehrfm.io import warn
+
+            warn(f"labels: {len(lacking)} of the shard files with rows lack the stay id column {STAY_ID} (first: "
+                 f"{lacking[0]}): their subjects' stays are paired by time order, not by id (write the column in "
+                 "every shard to pair every stay by id)")
     lf = scan_shards([sh for shards in ds.shards.values() for sh in shards], cols).filter(
         pl.col("code").str.starts_with(ADMISSION_PREFIX)
         | pl.col("code").str.starts_with(DISCHARGE_PREFIX)
@@ -497,6 +504,58 @@ def _check_label_options(options: dict, task: str | None = None) -> None:
                             "outcome known); use a shorter gap or a longer threshold")
 
 
+# Codes of other conventions that may stand for a task's codes (meds_etl's Visit/IP, a bare DEATH, lower case),
+# named in the error when a task's own codes are absent, so the user sees what to map. Case-insensitive regexes on
+# the whole code; most match the code's first part only (a drug named "Critical Care" is no ICU stay).
+STAY_LOOK_ALIKE = r"^(HOSPITAL_|HOSP_|IP_)?(ADMISSION|ADMIT|DISCHARGE|VISIT|VISIT_END|ENCOUNTER|INPATIENT)[A-Z_]*(/|$)"
+DEATH_LOOK_ALIKE = r"^[A-Z_]*(DEATH|DECEASED|MORTALITY)[A-Z_]*(/|$)|DISCHARGE[A-Z_]*//.*(DIED|EXPIRED|DEAD)"
+ICU_LOOK_ALIKE = r"^[A-Z_]*(ICU|INTENSIVE)[A-Z_]*(/|$)"
+CODE_HINT = ("ehrfm labels reads MIMIC_IV_MEDS-style codes (MEDS_DEATH, HOSPITAL_ADMISSION//*, HOSPITAL_DISCHARGE//*, "
+             "ICU_ADMISSION//*; README \"Clinical tasks\"): rename your dataset's codes to them, or make labels with ACES")
+
+
+def _n_subjects(ds: MedsDataset) -> int:
+    return ds.subject_splits().height
+
+
+def _look_alike(ds: MedsDataset, pattern: str, n: int = 5) -> str:
+    """' (codes like it in the data: X (k rows), ...)' for codes matching `pattern`, the most frequent first; else ''."""
+    shards = [sh for shards in ds.shards.values() for sh in shards]
+    found = (scan_shards(shards, ["code"]).filter(pl.col("code").str.contains(f"(?i){pattern}"))
+             .group_by("code").len().sort("len", "code", descending=[True, False]).collect())
+    if not found.height:
+        return ""
+    parts = ", ".join(f"{c} ({k} rows)" for c, k in found.head(n).iter_rows())
+    more = f" and {found.height - n} more" if found.height > n else ""
+    return f" (codes like it in the data: {parts}{more})"
+
+
+def _missing_outcomes(meds_dir, events: pl.DataFrame, ds: MedsDataset, tasks: tuple[str, ...]) -> dict[str, str]:
+    """Per task whose outcome codes the dataset lacks entirely, a warning line naming the codes and counts.
+
+    Labels made without them are all negative: a dataset that writes DEATH, not MEDS_DEATH, gave 243
+    mortality labels with 0 positives and no word. Not refused: a small dataset may truly hold no
+    death or ICU stay. Said on stderr once per task and kept in the label info (`missing_outcome_codes`).
+    """
+    codes = events["code"]
+    found: dict[str, tuple[str, str]] = {}  # task -> (what is absent, look-alike regex)
+    if "in_hospital_mortality" in tasks and not ((codes == DEATH_CODE).any() or (codes == DIED_DISCHARGE_CODE).any()):
+        untimed = int(ds.null_time_codes.get(DEATH_CODE, 0))
+        note = f"; its {untimed} {DEATH_CODE} rows have no time" if untimed else ""
+        found["in_hospital_mortality"] = f"no {DEATH_CODE} or {DIED_DISCHARGE_CODE} row{note}", DEATH_LOOK_ALIKE
+    if "icu_admission" in tasks and not codes.str.starts_with(ICU_ADMISSION_PREFIX).any():
+        found["icu_admission"] = f"no {ICU_ADMISSION_PREFIX}* row", ICU_LOOK_ALIKE
+    if not found:
+        return {}
+    from ehrfm.io import warn
+
+    n, said = _n_subjects(ds), {}
+    for task, (why, pattern) in found.items():
+        said[task] = f"{why} among the {n} subjects{_look_alike(ds, pattern)}"
+        warn(f"labels: {task}: every label is negative: {said[task]} of {meds_dir}. {CODE_HINT}")
+    return said
+
+
 def make_labels(meds_dir: str | os.PathLike, task: str, **options) -> tuple[pl.DataFrame, dict]:
     """Labels of one task (or of every task, task="all") from a MEDS dataset dir.
 
@@ -507,12 +566,19 @@ def make_labels(meds_dir: str | os.PathLike, task: str, **options) -> tuple[pl.D
     _check_label_options(options, task)
     events, ds = _stay_events(meds_dir)
     stays = stays_from_events(events)
+    tasks = TASKS if task == "all" else (task,)
     if not stays:  # every task would write an empty file that looks like a result
-        raise UserError(f"MEDS {meds_dir}: no hospital stays (no HOSPITAL_ADMISSION//* with a HOSPITAL_DISCHARGE//* "
-                        f"among {events.height} stay events): nothing to label")
+        n_adm = events.filter(pl.col("code").str.starts_with(ADMISSION_PREFIX)).height
+        n_dis = events.filter(pl.col("code").str.starts_with(DISCHARGE_PREFIX)).height
+        raise UserError(f"MEDS {meds_dir}: no hospital stays among {_n_subjects(ds)} subjects: looked for a "
+                        f"{ADMISSION_PREFIX}* row followed by a {DISCHARGE_PREFIX}* row (found {n_adm} and {n_dis} rows)"
+                        f"{_look_alike(ds, STAY_LOOK_ALIKE)}; nothing to label. {CODE_HINT}")
+    missing = _missing_outcomes(meds_dir, events, ds, tasks)
     deaths = _death_counts(events, ds)
     unpaired = int(events["code"].str.starts_with(DISCHARGE_PREFIX).sum()) - sum(s.discharge is not None for s in stays)
-    tasks = TASKS if task == "all" else (task,)
+    lacking = ds.files_without(STAY_ID) if STAY_ID in events.columns else []
+    pairing = "by time order" if STAY_ID not in events.columns else f"by {STAY_ID}" + (
+        f" (by time order for the subjects of {len(lacking)} shard files without it)" if lacking else "")
     out_labels, out_info = {}, {}
     for t in tasks:
         cfg = LabelConfig(meds_dir=str(meds_dir), task=t, **options)
@@ -531,13 +597,15 @@ def make_labels(meds_dir: str | os.PathLike, task: str, **options) -> tuple[pl.D
             "excluded": excluded,
             "n_excluded": sum(excluded.values()),
             "deaths": deaths,
-            "stay_pairing": f"by {STAY_ID}" if STAY_ID in events.columns else "by time order",
+            "stay_pairing": pairing,
             # Discharge rows no stay ended with (before any admission, a second of one stay, one of an id without
             # an admission): ignored, so counted; a timeline that starts mid-stay has one.
             "discharges_not_paired": unpaired,
             "dropped_null_time_rows": ds.null_time_codes,
             "config": dataclasses.asdict(cfg),
         }
+        if t in missing:  # its outcome codes are absent: every label is negative (warned)
+            out_info[t]["missing_outcome_codes"] = missing[t]
         if notes:  # readmission: what its negatives rest on (labels_from_stays)
             out_info[t]["negatives"] = notes
     if task == "all":
