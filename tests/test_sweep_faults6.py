@@ -87,6 +87,25 @@ def test_sigterm_before_the_trainer_handles_it_interrupts_the_run_and_a_rerun_re
     assert result["status"] == "completed" and result["val_loss"] == reference["val_loss"], f"{out}\n{err[-2000:]}"
 
 
+
+def _held_local_launch(tok, tmp_path, hold_at: str):
+    """A one-run sweep launched locally in a subprocess, its job held at fault point `hold_at`.
+
+    Returns (sweep dir, holds dir, run id, launcher Popen, the hold's record from wait_held).
+    """
+    from test_sweep import plan_rows
+
+    from sweeps.plan import plan_sweep
+
+    out, holds = tmp_path / "sweep", tmp_path / "holds"
+    plan_sweep(tok, [2e8], out, sizes=1, context=64, min_steps=1, train={"batch_size": 4})
+    (rid,) = [r["run_id"] for r in plan_rows(out)]
+    launcher = subprocess.Popen([sys.executable, "-m", "ehrfm", "sweep", "launch", str(out), "--executor", "local"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(ENV, EHRFM_HOLD_AT=hold_at, EHRFM_HOLD_DIR=str(holds)))
+    held = wait_held(holds, rid, hold_at, is_alive=lambda: launcher.poll() is None)
+    return out, holds, rid, launcher, held
+
 def test_a_trainer_killed_for_memory_says_so_and_how_to_go_on(tok, tmp_path):
     """The OOM killer's SIGKILL on a local launch: the run said only "trainer killed by signal 9". Now its
     error (result.json, status, collect) names SIGKILL, exit status 137 and the likely cause, and how to
@@ -95,15 +114,8 @@ def test_a_trainer_killed_for_memory_says_so_and_how_to_go_on(tok, tmp_path):
     from test_sweep import ehrfm, plan_rows
 
     from ehrfm.io import read_parquet
-    from sweeps.plan import plan_sweep
 
-    out, holds = tmp_path / "sweep", tmp_path / "holds"
-    plan_sweep(tok, [2e8], out, sizes=1, context=64, min_steps=1, train={"batch_size": 4})
-    (rid,) = [r["run_id"] for r in plan_rows(out)]
-    launcher = subprocess.Popen([sys.executable, "-m", "ehrfm", "sweep", "launch", str(out), "--executor", "local"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=dict(ENV, EHRFM_HOLD_AT="step-2", EHRFM_HOLD_DIR=str(holds)))
-    held = wait_held(holds, rid, "step-2", is_alive=lambda: launcher.poll() is None)
+    out, holds, rid, launcher, held = _held_local_launch(tok, tmp_path, "step-2")
     os.kill(held["pid"], signal.SIGKILL)  # what the OOM killer sends
     stdout, err = launcher.communicate(timeout=300)
     assert launcher.returncode == 1 and "1 failed" in stdout, err[-2000:]
@@ -174,17 +186,10 @@ def test_a_run_dir_deleted_while_it_trains_is_never_recreated(tok, tmp_path):
 
 
 def test_a_sweep_run_dir_deleted_while_its_job_runs_is_lost_and_relaunched(tok, tmp_path):
-    from test_sweep import ehrfm, plan_rows
+    from test_sweep import ehrfm
 
-    from sweeps.plan import plan_sweep
 
-    out, holds = tmp_path / "sweep", tmp_path / "holds"
-    plan_sweep(tok, [2e8], out, sizes=1, context=64, min_steps=1, train={"batch_size": 4})
-    (rid,) = [r["run_id"] for r in plan_rows(out)]
-    launcher = subprocess.Popen([sys.executable, "-m", "ehrfm", "sweep", "launch", str(out), "--executor", "local"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=dict(ENV, EHRFM_HOLD_AT="step-2", EHRFM_HOLD_DIR=str(holds)))
-    wait_held(holds, rid, "step-2", is_alive=lambda: launcher.poll() is None)
+    out, holds, rid, launcher, held = _held_local_launch(tok, tmp_path, "step-2")
     shutil.rmtree(out / "runs" / rid)
     (holds / f"{rid}.step-2.release").touch()
     stdout, err = launcher.communicate(timeout=300)
@@ -217,17 +222,10 @@ def test_ehrfm_train_stopped_before_its_handlers_exits_3_and_resumes(tok, refere
 
 
 def test_a_local_job_killed_by_sigterm_before_its_handlers_is_not_failed(tok, tmp_path):
-    from test_sweep import ehrfm, plan_rows
+    from test_sweep import ehrfm
 
-    from sweeps.plan import plan_sweep
 
-    out, holds = tmp_path / "sweep", tmp_path / "holds"
-    plan_sweep(tok, [2e8], out, sizes=1, context=64, min_steps=1, train={"batch_size": 4})
-    (rid,) = [r["run_id"] for r in plan_rows(out)]
-    launcher = subprocess.Popen([sys.executable, "-m", "ehrfm", "sweep", "launch", str(out), "--executor", "local"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=dict(ENV, EHRFM_HOLD_AT="job-start", EHRFM_HOLD_DIR=str(holds)))
-    held = wait_held(holds, rid, "job-start", is_alive=lambda: launcher.poll() is None)
+    out, holds, rid, launcher, held = _held_local_launch(tok, tmp_path, "job-start")
     os.kill(held["pid"], signal.SIGTERM)  # the job process alone (`kill`, systemd stopping it), in its start-up
     stdout, err = launcher.communicate(timeout=300)
     assert not (out / "runs" / rid / "result.json").exists(), (out / "runs" / rid / "result.json").read_text()
