@@ -185,7 +185,9 @@ Dates and midnights (an event is never placed before the first moment it could h
   date_only_values: {column: n}, date_only_placed_at_discharge, midnight_times: {column: n},
   unparseable_numbers_set_null: {column: n}, out_of_range_numbers_set_null: {column: n},
   redacted_numbers_set_null: {column: n}, text_values_kept: {column: n}, moved_to_store_time:
-  {column: n}}} (the last eight only when non-zero).
+  {column: n}}} (the last eight only when non-zero), and `count_units` (COUNT_UNITS): which counts are
+  per row read (a row listed twice counts twice; its repeat is a `duplicate` drop) and which per
+  event written, after exact repeats are dropped (a row listed twice changes none of them).
 
 metadata/ehrfm_etl.json (read by `ehrfm audit` without importing this package):
     {"format": "ehrfm_etl/1", "etl_name", "etl_version", "end_of_day": "23:59:59",
@@ -237,6 +239,7 @@ END_OF_DAY = pl.duration(hours=23, minutes=59, seconds=59)
 END_OF_DAY_TEXT = "23:59:59"
 SOURCE_TIME = "_source_time"  # a moved result's chart time (us): its event _key, see _at_stored_time
 ROW_KEY = "_row_key"  # the row id (Table.row_id), with SOURCE_TIME where both: the event _key, see _with_row_key
+MOVED = "_moved"  # a row's (then its events') flag: placed later than its time column (EVENT_SCHEMA)
 DATE_FLAG = "_date_only__"  # + time column: that row's value was a date (placed by the date-only rule)
 ETL_METADATA = "ehrfm_etl.json"  # in metadata/: what the audit reads (format in the module docstring)
 ETL_METADATA_FORMAT = "ehrfm_etl/1"
@@ -267,6 +270,9 @@ EVENT_SCHEMA = {
     # The event key: emar_seq of emar and emar_detail events (the shard step times a detail by its emar
     # row), else the source row's id and/or SOURCE_TIME (_ev, _with_row_key): only exact repeats are duplicates.
     "_key": pl.Int64,
+    # The event was placed later than its row's own time (a result at its store time, _at_stored_time; a
+    # duration-coded procedure at its stay's discharge): counted per table after duplicates are dropped (_assemble).
+    MOVED: pl.Boolean,
 }
 
 
@@ -384,7 +390,7 @@ class Context:
     text_values: dict = field(default_factory=dict)  # table -> column -> free-text values kept as text_value (ED pain)
     stored: dict = field(default_factory=dict)  # (table, time column) -> {"store_column", "present", "moved"}
     discharge: dict = field(default_factory=dict)  # how discharge times were placed -> count
-    duration_coded: int = 0  # procedures_icd rows placed at their stay's discharge (DURATION_CODED_PROCEDURES)
+    duration_coded: int = 0  # procedures_icd events placed at their stay's discharge (DURATION_CODED_PROCEDURES)
     ed_stays: pl.DataFrame | None = None  # stay_id, intime, outtime of ed/edstays (triage and ED diagnoses)
 
     def drop(self, reason: str, n: int, table: str | None = None) -> None:
@@ -425,6 +431,7 @@ def _ev(df: pl.DataFrame, time: pl.Expr | str, code: pl.Expr, order: int, numeri
         hadm_id=(pl.col("hadm_id") if hadm and "hadm_id" in df.columns else pl.lit(None)).cast(pl.Int64),
         _order=pl.lit(order, pl.Int8),
         _date_only=date_only.fill_null(False),
+        **{MOVED: pl.col(MOVED).fill_null(False) if MOVED in df.columns else pl.lit(False)},
         _key=(key if key is not None else pl.col(ROW_KEY) if ROW_KEY in df.columns
               else pl.col(SOURCE_TIME) if SOURCE_TIME in df.columns else pl.lit(None)).cast(pl.Int64),
     )
@@ -554,8 +561,8 @@ def _procedures(df, ctx):
     df = df.join(ctx.admissions.select("hadm_id", "dischtime"), on="hadm_id", how="left", maintain_order="left").with_columns(
         _dur=version_code.str.contains(DURATION_CODED_PROCEDURES) & pl.col("dischtime").is_not_null())
     flag = f"{DATE_FLAG}chartdate"
-    ctx.duration_coded += int(df["_dur"].sum())
     df = df.with_columns(chartdate=pl.when("_dur").then(pl.col("dischtime")).otherwise(pl.col("chartdate")),
+                         **{MOVED: pl.col("_dur")},  # counted after duplicates are dropped (_assemble)
                          **{flag: pl.col(flag) & ~pl.col("_dur")})
     return [_ev(df, "chartdate", pl.lit("PROCEDURE//ICD//") + version_code, ORDER_PROC)]
 
@@ -1509,8 +1516,9 @@ def _at_stored_time(df: pl.DataFrame, table: Table, present: dict, ctx: Context)
         later = pl.col(s) > pl.col(c)
         if SOURCE_TIME not in df.columns:  # rows distinct at their chart times stay distinct when stored together
             df = df.with_columns(pl.col(c).dt.epoch("us").alias(SOURCE_TIME))
-        info["moved"] += int(df.select(later.sum()).item()) if len(df) else 0
-        df = df.with_columns(pl.when(later).then(pl.col(s)).otherwise(pl.col(c)).alias(c),
+        # Moved events are counted after duplicates are dropped (_assemble): a repeated row is one move.
+        df = df.with_columns(later.fill_null(False).alias(MOVED),
+                             pl.when(later).then(pl.col(s)).otherwise(pl.col(c)).alias(c),
                              pl.when(later).then(pl.col(DATE_FLAG + s)).otherwise(pl.col(DATE_FLAG + c)).alias(DATE_FLAG + c))
     return df
 
@@ -1861,6 +1869,17 @@ def _account(rows_in: dict, counts: dict, ctx: Context) -> dict:
         account[name] = entry
     return account
 
+
+# What each count of a table's account counts (written to etl_config.json as `count_units`). Per row
+# read: every raw row, a row listed twice twice; its drops put each row under one reason (`duplicate`
+# for the repeats of a row), so rows_read = events_written + the drops where a row makes one event.
+# Per event written: after exact duplicate rows are dropped, so a repeated row changes none of them.
+COUNT_UNITS = {
+    "rows read": ["rows_read", "dropped", "date_only_values", "midnight_times", "unparseable_numbers_set_null",
+                  "out_of_range_numbers_set_null", "redacted_numbers_set_null", "text_values_kept"],
+    "events written": ["events_written", "date_only_placed_at_discharge", "duration_coded_at_discharge",
+                       "moved_to_store_time"],
+}
 
 # The per-column value counts of a table's account, each printed as "<what> column n, ...".
 VALUE_COUNT_LINES = (
@@ -2397,6 +2416,7 @@ def _write_shards(stage: Path, out: Path, split_of: pl.DataFrame, cfg: EtlConfig
                 placed_at_discharge[table] = placed_at_discharge.get(table, 0) + n
             for key, n in r["entered"].items():
                 ctx.stored[key]["moved"] += n
+            ctx.duration_coded += r["duration_coded"]
             for table, n in r["written"].items():
                 written[table] += n
             for code, n in r["codes"].items():
@@ -2469,7 +2489,7 @@ def _shard_job(buckets: Path, j: int, ids: np.ndarray, path: Path, names: list[s
     placed, written, codes = {}, dict.fromkeys(names, 0), {}
     n = _write_shard(buckets, j, ids, path, names, chunk_events, ctx, placed, written, codes)
     return dict(events=n, drops=ctx.drops, at_discharge=placed, written=written, codes=codes,
-                entered={k: v["moved"] for k, v in ctx.stored.items()})
+                entered={k: v["moved"] for k, v in ctx.stored.items()}, duration_coded=ctx.duration_coded)
 
 
 def _write_shard(buckets: Path, j: int, ids: np.ndarray, path: Path, names: list[str], chunk_events: int,
@@ -2598,9 +2618,25 @@ def _assemble(parts: list[pl.DataFrame], names: list[str], ctx: Context, placed_
     shard = shard.filter(~later_death)
     for (src, n) in shard.group_by("_src").len().iter_rows():
         written[names[src]] += n
+    _count_moved(shard, names, ctx)
     for code, n in shard.group_by("code").len().iter_rows():
         code_counts[code] = code_counts.get(code, 0) + n
-    return _validate(shard.drop("_order", "_date_only", "_src", "_key"), path)
+    return _validate(shard.drop("_order", "_date_only", "_src", "_key", MOVED), path)
+
+
+def _count_moved(shard: pl.DataFrame, names: list[str], ctx: Context) -> None:
+    """Count the events written that were placed later than their row's time (MOVED), per table.
+
+    Counted here, after exact duplicate rows are dropped (_write_shard), like events_written: a row
+    listed twice is one event moved, not two (counted when staged, the demo with every row listed
+    twice reported 212,996 lab results moved to their storetime for 106,735 written).
+    """
+    for src, n in shard.filter(pl.col(MOVED)).group_by("_src").len().iter_rows():
+        table = TABLES_BY_NAME[names[src]]
+        if table.name == "hosp/procedures_icd":
+            ctx.duration_coded += n
+        for c, s in table.stored_at.items():
+            ctx.stored.setdefault((table.name, c), {"store_column": s, "present": True, "moved": 0})["moved"] += n
 
 
 def _event_order(names: list[str]) -> list[pl.Expr]:
@@ -2862,4 +2898,5 @@ def _write_metadata(out: Path, cfg: EtlConfig, split_of: pl.DataFrame, rows_in: 
         "dropped_events_without_time": {k: v for k, v in untimed.items() if v},
         "tables_selected": cfg.tables,  # --tables as resolved (null: every table); "tables" is the account
         "tables": account,
+        "count_units": COUNT_UNITS,
     })
