@@ -93,7 +93,9 @@ Codes (MIMIC_IV_MEDS "//" style; values always in numeric_value, never in the co
     ED_DIAGNOSIS//ICD//<9|10>//<code> (at the ED stay's outtime), ED_MEDRECON//<name>,
     ED_PYXIS//<name> (charttime). A missing or blank unit, location or name part is `UNK`;
     spaces around a part are dropped (`Vitamin D3 ` and a CHAR(7) `4019   ` are `Vitamin D3`, `4019`); so are
-    spaces around every raw value when it is read, and a value of spaces only is empty (_trimmed).
+    spaces around every raw value when it is read, and a value of spaces only is empty (_trimmed). A tab or
+    line break inside a value is one space (counted); any other control character (a NUL byte) refuses
+    the table, naming file, column and count (_without_control_characters): no code holds one.
 Within one timestamp events keep a clinical order: admission, transfers, measurements,
 medications, procedures, diagnoses, death, discharge; then source table, rank (seq_num of ICD
 diagnoses and procedures, HCPCS: Table.rank), code, value, text, stay and row key (_event_order).
@@ -185,7 +187,7 @@ Dates and midnights (an event is never placed before the first moment it could h
   date_only_values: {column: n}, date_only_placed_at_discharge, midnight_times: {column: n},
   unparseable_numbers_set_null: {column: n}, out_of_range_numbers_set_null: {column: n},
   redacted_numbers_set_null: {column: n}, text_values_kept: {column: n}, moved_to_store_time:
-  {column: n}}} (the last eight only when non-zero), and `count_units` (COUNT_UNITS): which counts are
+  {column: n}, line_breaks_set_to_space: {column: n}}} (the last nine only when non-zero), and `count_units` (COUNT_UNITS): which counts are
   per row read (a row listed twice counts twice; its repeat is a `duplicate` drop) and which per
   event written, after exact repeats are dropped (a row listed twice changes none of them).
 
@@ -388,6 +390,7 @@ class Context:
     out_of_range: dict = field(default_factory=dict)  # table -> column -> NaN, inf or beyond float32 (set null)
     redacted: dict = field(default_factory=dict)  # table -> column -> de-identification placeholders ___ (set null)
     text_values: dict = field(default_factory=dict)  # table -> column -> free-text values kept as text_value (ED pain)
+    line_breaks: dict = field(default_factory=dict)  # table -> column -> values whose tabs/line breaks became a space
     stored: dict = field(default_factory=dict)  # (table, time column) -> {"store_column", "present", "moved"}
     discharge: dict = field(default_factory=dict)  # how discharge times were placed -> count
     duration_coded: int = 0  # procedures_icd events placed at their stay's discharge (DURATION_CODED_PROCEDURES)
@@ -1385,6 +1388,10 @@ class _BadValues:
         self.markers: dict[str, int] = {}  # column -> how many of its unparseable values are a null marker
         self.zones: dict[str, int] = {}  # column -> how many of its unparseable times carry a time zone
         self.slashes: dict[str, int] = {}  # column -> how many of its unparseable times are 1/2/2150-style dates
+        self.control: dict[str, int] = {}  # column -> values holding a control character (_without_control_characters)
+
+    def __bool__(self) -> bool:
+        return bool(self.counts or self.control)
 
     def add(self, col: str, kind: str, n: int, markers: int = 0, zones: int = 0, slashes: int = 0):
         if n:
@@ -1395,6 +1402,11 @@ class _BadValues:
             self.slashes[col] = self.slashes.get(col, 0) + slashes
 
     def raise_if_any(self):
+        for col, n in self.control.items():  # damage first: it is what made the values unparseable
+            raise UserError(f"{self.path}: column {col!r} has {n} value{'s' if n != 1 else ''} holding a NUL byte or "
+                            "another control character (U+0000-U+001F but tab and line breaks, U+007F-U+009F): "
+                            "MIMIC-IV's values hold none; a damaged copy (a block of zeros) or binary data in a text "
+                            "field? Download or export the file again")
         if self.counts:
             col, (kind, n) = next(iter(self.counts.items()))
             k = self.markers.get(col, 0)
@@ -1863,6 +1875,8 @@ def _account(rows_in: dict, counts: dict, ctx: Context) -> dict:
             entry["redacted_numbers_set_null"] = dict(ctx.redacted[name])
         if ctx.text_values.get(name):
             entry["text_values_kept"] = dict(ctx.text_values[name])
+        if ctx.line_breaks.get(name):
+            entry["line_breaks_set_to_space"] = dict(ctx.line_breaks[name])
         moved = {c: v["moved"] for (t, c), v in ctx.stored.items() if t == name and v["moved"]}
         if moved:
             entry["moved_to_store_time"] = moved
@@ -1876,7 +1890,8 @@ def _account(rows_in: dict, counts: dict, ctx: Context) -> dict:
 # Per event written: after exact duplicate rows are dropped, so a repeated row changes none of them.
 COUNT_UNITS = {
     "rows read": ["rows_read", "dropped", "date_only_values", "midnight_times", "unparseable_numbers_set_null",
-                  "out_of_range_numbers_set_null", "redacted_numbers_set_null", "text_values_kept"],
+                  "out_of_range_numbers_set_null", "redacted_numbers_set_null", "text_values_kept",
+                  "line_breaks_set_to_space"],
     "events written": ["events_written", "date_only_placed_at_discharge", "duration_coded_at_discharge",
                        "moved_to_store_time"],
 }
@@ -1887,6 +1902,7 @@ VALUE_COUNT_LINES = (
     ("out_of_range_numbers_set_null", "NaN, infinite or beyond-float32 numbers kept as null"),
     ("redacted_numbers_set_null", "de-identified (___) numbers kept as null"),
     ("text_values_kept", "free text kept as text_value (no 0-10 rating)"),
+    ("line_breaks_set_to_space", "values whose tabs or line breaks became a space"),
 )
 
 
@@ -2127,6 +2143,7 @@ def _merge_context(ctx: Context, part: Context) -> None:
     ctx.out_of_range.update(part.out_of_range)
     ctx.redacted.update(part.redacted)
     ctx.text_values.update(part.text_values)
+    ctx.line_breaks.update(part.line_breaks)
     ctx.stored.update(part.stored)
     ctx.discharge.update(part.discharge)
     ctx.duration_coded += part.duration_coded
@@ -2186,7 +2203,7 @@ def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context
         for batch in blocks:
             n_rows += len(batch)
             bar.update(len(batch))
-            batch = batch.with_columns(_trimmed(c) for c in batch.columns)
+            batch = _without_control_characters(batch.with_columns(_trimmed(c) for c in batch.columns), bad, ctx)
             for c in table.columns:  # optional columns absent from this file
                 if c not in batch.columns:
                     batch = batch.with_columns(pl.lit(None, pl.String).alias(c))
@@ -2197,7 +2214,7 @@ def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context
                 date_as_time = (t.str.slice(0, 10) == day) & (t.str.slice(11).str.replace_all(r"[0:.]", "") == "")
                 batch = batch.with_columns(pl.when(t.is_null() | date_as_time).then(day).otherwise(pl.col(c)).alias(c))
             typed = _with_row_key(_at_stored_time(_typed(batch, table, bad, ctx), table, columns, ctx), table)
-            if not bad.counts:  # else keep counting over the whole file, write nothing
+            if not bad:  # else keep counting over the whole file, write nothing
                 yield typed
 
     batches = typed_batches()
@@ -2259,6 +2276,42 @@ def _trimmed(col: str) -> pl.Expr:
     """
     value = pl.col(col).str.strip_chars()
     return pl.when(value.str.len_bytes() > 0).then(value).alias(col)
+
+
+# Characters no MIMIC-IV value holds and no code may: C0 controls (NUL included) but tab and line
+# breaks, DEL and C1 controls. In a value they mean damage (a block of zeros from a failed copy, binary
+# data in a text field) and went into event codes as they were (`MEDICATION//Hepa\x00rin`): such a
+# table is refused, naming the file, column and how many values, as text that is not UTF-8 is.
+CONTROL_CHARACTERS = "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
+# Tabs and line breaks inside a value (a quoted CSV value may hold them; an edit or a spreadsheet puts
+# them there): whitespace, one space in the value with the spaces next to them, counted per column.
+LINE_BREAKS = "[ ]*[\t\n\r\u2028\u2029]+[ ]*"
+ANY_CONTROL = "[\x00-\x1f\x7f-\x9f\u2028\u2029]"
+
+
+def _without_control_characters(df: pl.DataFrame, bad: _BadValues, ctx: Context) -> pl.DataFrame:
+    """The raw text columns df (_trimmed), every tab or line break inside a value made one space.
+
+    Values holding another control character (CONTROL_CHARACTERS) are counted in `bad` per column,
+    which refuses the table once the whole file is read; tabs and line breaks are counted in
+    ctx.line_breaks (`line_breaks_set_to_space`). So no code or text written holds a control character.
+    """
+    cols = [c for c in df.columns if df[c].dtype == pl.String]
+    if not len(df) or not cols:
+        return df
+    # One cheap scan (a character class, no leading repeat) finds the rare columns that hold any.
+    found = df.select(pl.col(c).str.contains(ANY_CONTROL).any() for c in cols).row(0)
+    cols = [c for c, f in zip(cols, found, strict=True) if f]
+    if not cols:
+        return df
+    counts = df.select([pl.col(c).str.contains(CONTROL_CHARACTERS).sum().alias(f"c:{c}") for c in cols]
+                       + [pl.col(c).str.contains(LINE_BREAKS).sum().alias(f"b:{c}") for c in cols]).row(0, named=True)
+    for c in cols:
+        if counts[f"c:{c}"]:
+            bad.control[c] = bad.control.get(c, 0) + int(counts[f"c:{c}"])
+        ctx.count(ctx.line_breaks, c, int(counts[f"b:{c}"] or 0))
+    broken = [c for c in cols if counts[f"b:{c}"]]
+    return df.with_columns(pl.col(c).str.replace_all(LINE_BREAKS, " ") for c in broken) if broken else df
 
 
 def _one_row_per_key(df: pl.DataFrame, key: str, path: Path) -> pl.DataFrame:

@@ -1,0 +1,92 @@
+"""Faults of real-world MIMIC-IV exports on the real demo (continued from test_data_faults7.py):
+characters that break codes, values whose order followed the file.
+
+Each test damages a few values of the real demo's tables (never printed: codes and counts only) and
+fails without its fix.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from ehrfm.errors import UserError
+from tokenization.etl import etl
+
+pytestmark = pytest.mark.usefixtures("quiet")
+
+CONTROL = r"[\x00-\x1f\x7f-\x9f]"
+
+
+@pytest.fixture
+def quiet(monkeypatch):
+    monkeypatch.setenv("EHRFM_QUIET", "1")
+
+
+def _demo_copy(demo: Path, out: Path, tables: list[str], edit) -> Path:
+    """out/raw: the real demo's patients, admissions and `tables`, each of `tables` as edit(header, rows)."""
+    for t in ["hosp/patients", "hosp/admissions", *tables]:
+        dst = out / "raw" / f"{t}.csv.gz"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(demo / f"{t}.csv.gz", dst)
+        if t in tables:
+            header, *rows = list(csv.reader(io.StringIO(gzip.decompress(dst.read_bytes()).decode(), newline="")))
+            text = io.StringIO(newline="")
+            csv.writer(text, lineterminator="\n").writerows([header, *edit(header, rows)])
+            dst.write_bytes(gzip.compress(text.getvalue().encode(), compresslevel=1, mtime=0))
+    return out / "raw"
+
+
+def _inserted(column: str, chars: str, n: int = 3):
+    """An edit putting `chars` inside the value of `column` of the first n rows that have one."""
+    def edit(header, rows):
+        i, done = header.index(column), 0
+        for r in rows:
+            if len(r[i]) > 2 and done < n:
+                r[i], done = r[i][:2] + chars + r[i][2:], done + 1
+        return rows
+    return edit
+
+
+def _events(meds: Path) -> pl.DataFrame:
+    return pl.concat([pl.read_parquet(p) for p in sorted((meds / "data").rglob("*.parquet"))])
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x07", "\x1b", "\x7f", "\x85"])
+def test_a_control_character_in_a_value_is_refused_naming_file_column_and_count(mimic_demo_dir, tmp_path, char):
+    """A NUL byte (a block of zeros from a failed copy) or another control character inside a drug
+    name went into the event code as it was (`MEDICATION//He\\x00parin`: 3 such codes from 3 damaged
+    demo rows), a code no vocabulary or tokenizer matches. It is refused as text that is not UTF-8
+    is: one error naming the file, the column and how many values, no value."""
+    raw = _demo_copy(mimic_demo_dir, tmp_path, ["hosp/prescriptions"], _inserted("drug", f"x{char}"))
+    with pytest.raises(UserError) as e:
+        etl(raw, tmp_path / "meds", split_fractions=(1.0, 0.0, 0.0))
+    msg = str(e.value)
+    assert "prescriptions.csv.gz: column 'drug' has 3 values holding a NUL byte or another control character" in msg
+    assert char not in msg and "x" + char not in msg
+    assert not (tmp_path / "meds").exists()
+
+
+def test_tabs_and_line_breaks_inside_a_value_become_one_space(mimic_demo_dir, tmp_path):
+    """A quoted CSV value may hold a line break or a tab (an edit, a spreadsheet): it went into the
+    code (`MEDICATION//Ac\\n\\tetaminophen`). Now it is one space, counted per column, and no code or
+    text written holds a control character."""
+    for name, chars in (("spaced", " "), ("broken", " \r\n\t "), ("tabbed", "\t"), ("unicode", "\u2028")):
+        raw = _demo_copy(mimic_demo_dir, tmp_path / name, ["hosp/prescriptions"], _inserted("drug", chars))
+        etl(raw, tmp_path / name / "meds", split_fractions=(1.0, 0.0, 0.0))
+    spaced = _events(tmp_path / "spaced" / "meds")
+    for name in ("broken", "tabbed", "unicode"):
+        ev = _events(tmp_path / name / "meds")
+        assert ev.filter(pl.col("code").str.contains(CONTROL) | pl.col("text_value").str.contains(CONTROL)).height == 0
+        assert ev.equals(spaced), name  # the value as if written with one space
+        tables = json.loads((tmp_path / name / "meds" / "metadata" / "etl_config.json").read_text())["tables"]
+        assert tables["hosp/prescriptions"]["line_breaks_set_to_space"] == {"drug": 3}
+        assert tables["hosp/prescriptions"]["events_written"] == 18087
+
