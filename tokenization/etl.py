@@ -99,7 +99,8 @@ Codes (MIMIC_IV_MEDS "//" style; values always in numeric_value, never in the co
 Within one timestamp events keep a clinical order: admission, transfers, measurements,
 medications, procedures, diagnoses, death, discharge; then source table, rank (seq_num of ICD
 diagnoses and procedures, HCPCS: Table.rank), code, value, text, stay and row key (_event_order).
-The order is a function of the events alone, never of the CSV rows' order or block size.
+The order is a function of the events alone, never of the CSV rows' order or block size (numeric_value
+-0.0 is written 0.0, _unsigned_zero: the two are equal to the sort and the duplicate check).
 
 Dates and midnights (an event is never placed before the first moment it could have been known):
 - A date-only value is a value of a DATE column of MIMIC-IV's schema (patients.dod,
@@ -417,6 +418,16 @@ def _usable_number(x: pl.Expr) -> pl.Expr:
     return pl.when(x.abs() <= FLOAT32_MAX).then(x)
 
 
+def _unsigned_zero(x: pl.Expr) -> pl.Expr:
+    """The float32 values x, -0.0 made 0.0 (after the float32 cast: `-1e-50` is -0.0 there).
+
+    `-0` and `0` are one value, but the exact de-duplication (_unique_rows) and the sort take them as
+    equal while the file keeps the sign: of two outputevents rows alike but for `-0`/`0` (no row id),
+    the first listed was written, so the MEDS bytes followed the rows' order.
+    """
+    return pl.when(x == 0).then(pl.lit(0.0, pl.Float32)).otherwise(x)
+
+
 def _ev(df: pl.DataFrame, time: pl.Expr | str, code: pl.Expr, order: int, numeric: pl.Expr | None = None,
         text: pl.Expr | None = None, hadm: bool = True, key: pl.Expr | None = None) -> pl.DataFrame:
     """MEDS events of `df`; `time` given as a column name carries that column's date-only flag along."""
@@ -429,7 +440,8 @@ def _ev(df: pl.DataFrame, time: pl.Expr | str, code: pl.Expr, order: int, numeri
         subject_id=pl.col("subject_id"),
         time=time,
         code=code,
-        numeric_value=(_usable_number(numeric.cast(pl.Float64)) if numeric is not None else pl.lit(None)).cast(pl.Float32),
+        numeric_value=_unsigned_zero((_usable_number(numeric.cast(pl.Float64)) if numeric is not None else pl.lit(None))
+                                     .cast(pl.Float32)),
         text_value=(text if text is not None else pl.lit(None)).cast(pl.String),
         hadm_id=(pl.col("hadm_id") if hadm and "hadm_id" in df.columns else pl.lit(None)).cast(pl.Int64),
         _order=pl.lit(order, pl.Int8),
