@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from test_data_faults5 import _raw
 
 from ehrfm.errors import UserError
 from tokenization.etl import etl
@@ -86,7 +87,8 @@ def test_tabs_and_line_breaks_inside_a_value_become_one_space(mimic_demo_dir, tm
     for name in ("broken", "tabbed", "unicode"):
         ev = _events(tmp_path / name / "meds")
         assert ev.filter(pl.col("code").str.contains(CONTROL) | pl.col("text_value").str.contains(CONTROL)).height == 0
-        assert ev.equals(spaced), name  # the value as if written with one space
+        same = ev.equals(spaced)  # the value as if written with one space (no frame in a failure: patient rows)
+        assert same, name
         tables = json.loads((tmp_path / name / "meds" / "metadata" / "etl_config.json").read_text())["tables"]
         assert tables["hosp/prescriptions"]["line_breaks_set_to_space"] == {"drug": 3}
         assert tables["hosp/prescriptions"]["events_written"] == 18087
@@ -141,3 +143,22 @@ def test_minus_zero_is_zero_whatever_the_row_order(mimic_demo_dir, tmp_path):
 
 def _table_of(header: list[str]) -> str:
     return "hosp/labevents" if "labevent_id" in header else "icu/outputevents"
+
+
+def test_an_admission_listed_twice_is_not_its_own_next_admission(tmp_path):
+    """A discharge written as a date on its admission day is placed at the day's end, or at the
+    subject's next admission when that comes later that day. With the admission's row listed twice,
+    its repeat was taken for the next admission: the discharge was placed at its own admittime
+    (08:00), before the day's events, and the placement counted twice."""
+    adm = ("subject_id,hadm_id,admittime,dischtime,deathtime,admission_type,admission_location,discharge_location\n"
+           "1,11,2150-01-01 08:00:00,2150-01-01,,URGENT,ER,HOME\n")
+    for name, rows in (("once", adm), ("twice", adm + adm.splitlines()[1] + "\n")):
+        raw = _raw(tmp_path / name, {"hosp/admissions": rows})
+        etl(raw, tmp_path / name / "meds", split_fractions=(1.0, 0.0, 0.0))
+    ev = _events(tmp_path / "twice" / "meds")
+    assert ev.filter(pl.col("code").str.starts_with("HOSPITAL_DISCHARGE"))["time"].dt.strftime("%H:%M:%S").to_list() == ["23:59:59"]
+    same = ev.equals(_events(tmp_path / "once" / "meds"))
+    assert same
+    placed = json.loads((tmp_path / "twice" / "meds" / "metadata" / "ehrfm_etl.json").read_text())["discharge_times"]
+    assert placed["date_only"] == 1
+

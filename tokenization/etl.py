@@ -519,15 +519,22 @@ def _place_discharges(adm: pl.DataFrame, ctx: Context) -> pl.DataFrame:
     adm: the whole typed admissions table. A dischtime that is a date (no time, or exactly
     00:00:00) moves to the end of its day, or sooner to the stay's death or the subject's next
     admission when either falls later that day; any discharge before its own stay's death moves
-    to the death. Counts go to ctx.discharge.
+    to the death. Counts go to ctx.discharge, one per stay: an exact repeat of a row (dropped later as
+    `duplicate`) is neither counted again nor its own stay's next admission (listed twice, a stay
+    discharged on its admission day, a date, was placed at its own admittime).
     """
     flag = f"{DATE_FLAG}dischtime"
     midnight = pl.col("dischtime").is_not_null() & (pl.col("dischtime").dt.time() == pl.time(0)) & ~pl.col(flag)
     day_start = pl.col("dischtime").dt.truncate("1d")
-    nxt = pl.col("admittime").shift(-1).over("subject_id", order_by="admittime")
-    adm = adm.with_columns(_midnight=midnight, _next=nxt, _raw=pl.col("dischtime"))
-    ctx.discharge["midnight_read_as_date"] = int(adm["_midnight"].sum())
-    ctx.discharge["date_only"] = int(adm[flag].sum())
+    stay = ["subject_id", "hadm_id", "admittime"]
+    # Each stay once, ties of one admittime ordered by hadm_id: the next admission never follows the rows' order.
+    nxt = (adm.select(stay).unique().with_columns(_next=pl.col("admittime").shift(-1).over(
+        "subject_id", order_by=["admittime", "hadm_id"])))
+    adm = adm.join(nxt, on=stay, how="left", maintain_order="left", nulls_equal=True).with_columns(
+        _midnight=midnight, _raw=pl.col("dischtime"))
+    once = adm.unique()  # the counts below: per stay, not per row read
+    ctx.discharge["midnight_read_as_date"] = int(once["_midnight"].sum())
+    ctx.discharge["date_only"] = int(once[flag].sum())
     is_date = pl.col("_midnight") | pl.col(flag)
     eod = day_start + END_OF_DAY
     # The earliest later fact of that day that the discharge cannot follow: the death or a new admission.
@@ -538,9 +545,9 @@ def _place_discharges(adm: pl.DataFrame, ctx: Context) -> pl.DataFrame:
     placed = pl.when(is_date).then(pl.min_horizontal(eod, cap)).otherwise(pl.col("dischtime"))
     adm = adm.with_columns(dischtime=placed, **{flag: is_date})
     before_death = pl.col("deathtime").is_not_null() & (pl.col("dischtime") < pl.col("deathtime"))
-    ctx.discharge["moved_to_death"] = int(adm.select(before_death.sum()).item())
+    ctx.discharge["moved_to_death"] = int(adm.unique().select(before_death.sum()).item())
     adm = adm.with_columns(dischtime=pl.when(before_death).then(pl.col("deathtime")).otherwise(pl.col("dischtime")))
-    ctx.discharge["date_moved_by_death_or_next_admission"] = int(adm.select(
+    ctx.discharge["date_moved_by_death_or_next_admission"] = int(adm.unique().select(
         (is_date & (pl.col("dischtime") < pl.col("_raw").dt.truncate("1d") + END_OF_DAY)).sum()).item())
     return adm.drop("_midnight", "_next", "_raw")
 
