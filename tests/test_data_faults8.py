@@ -162,3 +162,25 @@ def test_an_admission_listed_twice_is_not_its_own_next_admission(tmp_path):
     placed = json.loads((tmp_path / "twice" / "meds" / "metadata" / "ehrfm_etl.json").read_text())["discharge_times"]
     assert placed["date_only"] == 1
 
+
+def test_a_dose_line_takes_the_same_time_whichever_of_its_ids_rows_is_listed_first(tmp_path):
+    """emar_detail's dose lines take their emar row's time (by emar_seq). Two emar rows of one
+    emar_seq (a re-charted administration, or a damaged export) left the dose at the time of
+    whichever was listed first: the MEDS followed the rows' order. Now the later row times it (it
+    was not known before), as a prescription takes the later of its pharmacy rows' times."""
+    emar = ("subject_id,hadm_id,emar_id,emar_seq,poe_id,charttime,medication,event_txt\n"
+            "1,11,1-5,5,1-9,2150-01-02 08:00:00,Heparin,Administered\n"
+            "1,11,1-5,5,1-9,2150-01-02 09:30:00,Heparin,Administered\n")
+    detail = ("subject_id,emar_id,emar_seq,parent_field_ordinal,dose_given,dose_given_unit,product_description\n"
+              "1,1-5,5,1.1,5000,UNIT,Heparin 5000 Units\n")
+    outs = []
+    for name, flip in (("as_read", False), ("reversed", True)):
+        tables = {"hosp/emar": emar, "hosp/emar_detail": detail}
+        if flip:
+            tables = {t: "".join([v.splitlines(True)[0], *v.splitlines(True)[1:][::-1]]) for t, v in tables.items()}
+        etl(_raw(tmp_path / name, tables), tmp_path / name / "meds", split_fractions=(1.0, 0.0, 0.0))
+        outs.append(_events(tmp_path / name / "meds"))
+    same = outs[0].equals(outs[1])
+    assert same
+    dose = outs[0].filter(pl.col("code").str.starts_with("EMAR_DOSE//"))["time"].dt.strftime("%H:%M").to_list()
+    assert dose == ["09:30"]

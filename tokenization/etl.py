@@ -2731,7 +2731,9 @@ def _time_from_parents(shard: pl.DataFrame, names: list[str], ctx: Context) -> p
     """Events of a table timed by another (emar_detail by emar) take their row's time and stay.
 
     shard: events of whole subjects; a child event and its parent row share (subject_id, _key)
-    (emar_id is subject_id-emar_seq). A child without a parent row is counted and dropped.
+    (emar_id is subject_id-emar_seq). A child without a parent row is counted and dropped. Of two
+    parent rows of one key (a re-charted administration) the later times the child, whatever the
+    rows' order (it took the first listed).
     """
     by_name = {t.name: t for t in TABLES}
     for ci, name in enumerate(names):
@@ -2741,6 +2743,7 @@ def _time_from_parents(shard: pl.DataFrame, names: list[str], ctx: Context) -> p
         is_child = pl.col("_src") == ci
         parents = (shard.filter(pl.col("_src") == names.index(parent))
                    .select("subject_id", "_key", _t=pl.col("time"), _h=pl.col("hadm_id"), _d=pl.col("_date_only"))
+                   .sort("subject_id", "_key", "_t", "_h", "_d", descending=[False, False, True, True, False], nulls_last=True)
                    .unique(["subject_id", "_key"], keep="first", maintain_order=True))
         child = (shard.filter(is_child).with_columns(_pk=pl.col("_key") // KEY_LINES)
                  .join(parents.rename({"_key": "_pk"}), on=["subject_id", "_pk"], how="left", maintain_order="left")
@@ -2769,7 +2772,9 @@ def _at_entry_time(shard: pl.DataFrame, names: list[str], ctx: Context) -> pl.Da
         if other is None or other not in names:
             continue
         entry = (shard.filter((pl.col("_src") == names.index(other)) & pl.col("_key").is_not_null())
-                 .group_by("subject_id", "_key").agg(_e=pl.col("time").max(), _ed=pl.col("_date_only").first()))
+                 # the latest entry; of entries at that time, a timed one (the date flag never follows the rows' order)
+                 .group_by("subject_id", "_key").agg(_e=pl.col("time").max(),
+                                                     _ed=pl.col("_date_only").filter(pl.col("time") == pl.col("time").max()).min()))
         rows = shard.filter(pl.col("_src") == ci).join(entry, on=["subject_id", "_key"], how="left", maintain_order="left")
         later = (pl.col("_e") > pl.col("time")).fill_null(False)
         info = ctx.stored.setdefault((name, by_name[name].times[0]), {"store_column": "", "present": True, "moved": 0})
