@@ -67,10 +67,17 @@ counts an admission after a death as a next stay. Before, the discharge decided 
 share counted transferred futures, which have no label, as competing (a model as likely to sample
 a death as a discharge, with an admission within the default 1 h after 5 of 16 discharges: a
 mortality share of 1/2 where the labelled futures give 16/27). The window needs the interval
-tokens to measure time: a tokenizer without them keeps a discharge deciding at once. A rollout
-that has reached the outcome (an ICU admission, the long stay's bound) stops there, unchecked for
-a transfer after its later discharge, though `ehrfm labels` would exclude that stay too: following
-every positive rollout on to its discharge would cost a stay's length of tokens each.
+tokens to measure time: a tokenizer without them keeps a discharge deciding at once.
+
+An outcome reached while the stay runs (icu_admission's ICU admission, long_los's bound; since
+2026-12-03) is followed to the stay's end, as `ehrfm labels` excludes a transferred stay whatever
+its outcome: a live discharge waits for its window as above (an admission inside it: transferred;
+the window passing, a death or an end of record: the outcome), a death (MEDS_DEATH,
+HOSPITAL_DISCHARGE//DIED) confirms it at once (no admission after a death is a next stay), an end of
+record before any discharge leaves the stay open (no_discharge: undecided), anything else is
+ignored. A rollout still followed at max_new_tokens counts as the outcome (its stay can only be
+positive or, after a transfer, unlabelled; `outcome_unconfirmed_share`). Before, the rollout
+stopped at the outcome, so transferred futures, which have no label, counted as positives.
 
 The end of the record (TIMELINE_END, or whichever of END_TOKENS the vocabulary has) ends a
 rollout undecided (since 2026-12-03; before, it counted as the competing event): the data stop,
@@ -123,8 +130,9 @@ from ehrfm.tokens import TokenDir
 
 UNDECIDED_RULES = ("exclude", "negative")
 # The rollout rules' version, in sweep collect's cache key: scores cached under older rules are redone.
-ROLLOUT_RULES = ("2026-12-03b: clock from the prediction time; an end of record is undecided; a discharge followed by "
-                 "an admission within transfer_hours is a transfer (mortality, ICU admission, long stay)")
+ROLLOUT_RULES = ("2026-12-03c: clock from the prediction time; an end of record is undecided; a discharge followed by "
+                 "an admission within transfer_hours is a transfer (mortality, ICU admission, long stay); an outcome "
+                 "is followed to its stay's end (ICU admission, long stay)")
 ROLLOUT_BUDGET_BYTES = 1 << 30  # default memory of a batch (KV cache and logits): every rollout of a small model's labels at once
 # (rows, V) float32 tensors a decoding step holds at once, beside its labels' draws: the logits,
 # the uniforms gathered per row, and the Gumbel scores (rollout_batch computes them in place)
@@ -159,6 +167,10 @@ class RolloutSpec:
     discharges: list[int] = field(default_factory=list)
     admissions: list[int] = field(default_factory=list)  # ids that, inside that window, make the discharge a transfer
     final: list[int] = field(default_factory=list)  # ids after which no admission can follow (a death, the end of the record)
+    # icu_admission, long_los: an outcome reached while the stay runs is followed to the stay's end (its
+    # discharge and that discharge's transfer window) before it counts; `deaths` end such a stay at once
+    follow: bool = False
+    deaths: list[int] = field(default_factory=list)
 
 
 def interval_durations(td: TokenDir) -> np.ndarray:
@@ -235,8 +247,10 @@ def rollout_spec(td: TokenDir, task: str) -> RolloutSpec:
     if not competing:
         what = "MEDS_DEATH, TIMELINE_END" if task == "readmission_30d" else "HOSPITAL_DISCHARGE//*"
         raise UserError(f"token dir {td.path} has no competing token ({what}) for {task}")
+    follow = bool(waiting) and task in ("icu_admission", "long_los")
     return RolloutSpec(task, outcome, competing, cross, durations, ends, waiting, admissions if waiting else [],
-                       (meds_death + [td.token_id(t) for t in END_TOKENS if t in have]) if waiting else [])
+                       (meds_death + [td.token_id(t) for t in END_TOKENS if t in have]) if waiting else [],
+                       follow, death if follow else [])
 
 
 def outcome_tokens(td: TokenDir, task: str) -> tuple[list[int], list[int]]:
@@ -326,6 +340,7 @@ class Rollouts:
     tokens: np.ndarray  # (L,) total tokens sampled over the label's rollouts
     transferred: np.ndarray | None = None  # (L,) int: rollouts ended by a transfer or a direct ICU admission (none of the above)
     ended: np.ndarray | None = None  # (L,) int: undecided rollouts stopped by an end of record (within `undecided`)
+    unconfirmed: np.ndarray | None = None  # (L,) int: outcomes still followed to their stay's end at max_new_tokens (within `outcome`)
 
 
 def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: RolloutSpec, limits: np.ndarray,
@@ -392,6 +407,11 @@ def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: Roll
         dis_set, adm_set, final_set = (torch.tensor(ids, device=device, dtype=torch.long)
                                        for ids in (spec.discharges, spec.admissions, spec.final))
         left = torch.full((L * S,), float("inf"), dtype=torch.float64, device=device)  # simulated time of a waiting discharge
+        # what a waiting discharge decides once its window passes: -1 (competing), 1 (an outcome followed to its stay's end)
+        then = torch.full((L * S,), -1, dtype=torch.int8, device=device)
+        death_set = torch.tensor(spec.deaths, device=device, dtype=torch.long)
+    # rows that reached the outcome and follow their stay to its end (spec.follow)
+    pend = torch.zeros(L * S, dtype=torch.bool, device=device)
     V = logits.shape[-1]
     for step in range(max_new_tokens):
         labels = torch.unique(alive // S)  # sorted; each draws its full (S, V) block
@@ -419,13 +439,20 @@ def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: Roll
         if transfer is not None:  # a transfer or a direct ICU admission: a future with no label (labels.py)
             res = torch.where(hit_out & (elapsed[alive] <= transfer[alive]), torch.full_like(res, 2), res)
         if wait is not None:  # after a sampled discharge: an admission within the window is a transfer (labels.py)
-            since, w = elapsed[alive] - left[alive], wait[alive]
+            since, w, pe = elapsed[alive] - left[alive], wait[alive], pend[alive]
             waiting = torch.isfinite(since)
             verdict = torch.where(torch.isin(nxt, adm_set) & (since <= w), 2,
-                                  torch.where((since > w) | torch.isin(nxt, final_set), -1, 0)).to(torch.int8)
-            starts = ~waiting & (res == -1) & torch.isin(nxt, dis_set)
+                                  torch.where((since > w) | torch.isin(nxt, final_set), then[alive].to(torch.int32), 0)).to(torch.int8)
+            is_dis = torch.isin(nxt, dis_set)
+            # an outcome followed to its stay's end: a live discharge starts its window (then: the outcome), a
+            # death ends the stay (no admission can follow: the outcome), an end of record leaves it open (undecided)
+            followed = torch.where(torch.isin(nxt, death_set), 1, torch.where(ended & ~is_dis, 3, 0)).to(torch.int8)
+            starts = ~waiting & is_dis & ((res == -1) | pe)
             left[alive[starts]] = elapsed[alive[starts]]
-            res = torch.where(waiting, verdict, torch.where(starts, torch.zeros_like(res), res))
+            then[alive[starts & pe]] = 1
+            newly = ~waiting & ~pe & (res == 1) if spec.follow else torch.zeros_like(pe)
+            pend[alive[newly]] = True
+            res = torch.where(waiting, verdict, torch.where(pe, followed, torch.where(starts | newly, torch.zeros_like(res), res)))
         result[alive] = res
         running = res == 0
         if not bool(running.any()) or step == max_new_tokens - 1:
@@ -438,9 +465,12 @@ def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: Roll
             pad = (pad - 1).clamp_(min=0)
         ragged = ragged and bool(pad.any())
         logits = model.forward_step(nxt[:, None], cache, pad=pad if ragged else None)[:, -1]
-    r = result.view(L, S).cpu().numpy()
+    # an outcome still followed at max_new_tokens counts: its stay can only be labelled positive or, after a
+    # transfer, not at all (counted apart as unconfirmed)
+    unconfirmed = ((result == 0) & pend).view(L, S).cpu().numpy()
+    r = np.where(unconfirmed, 1, result.view(L, S).cpu().numpy())
     return Rollouts((r == 1).sum(1), (r == -1).sum(1), ((r == 0) | (r == 3)).sum(1), n_tok.view(L, S).sum(1).cpu().numpy(),
-                    (r == 2).sum(1), (r == 3).sum(1))
+                    (r == 2).sum(1), (r == 3).sum(1), unconfirmed.sum(1))
 
 
 def rollout_groups(lengths: np.ndarray, labels_per_batch: int):
@@ -535,7 +565,7 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
     device = torch.device(cfg.device)
     labels_per_batch, per_part = rollout_plan(model, context, cfg.n_samples, cfg.batch_size, device)
     n = len(h.start)
-    counts = np.zeros((n, 6), dtype=np.int64)  # outcome, competing, undecided, tokens, transferred, ended
+    counts = np.zeros((n, 7), dtype=np.int64)  # outcome, competing, undecided, tokens, transferred, ended, unconfirmed
     pad_id = td.token_id("PAD") if "PAD" in set(td.vocab) else 0  # any id: padding is masked
     with torch.no_grad():
         for group in rollout_groups(lengths, labels_per_batch):
@@ -547,7 +577,8 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
                                   np.array([transfers[k] for k in ks]) if spec.durations is not None else None,
                                   samples=(first, min(first + per_part, cfg.n_samples)),
                                   waits=np.full(len(ks), wait) if spec.discharges else None)
-                counts[ks] += np.stack([r.outcome, r.competing, r.undecided, r.tokens, r.transferred, r.ended], axis=1)
+                counts[ks] += np.stack([r.outcome, r.competing, r.undecided, r.tokens, r.transferred, r.ended,
+                                              r.unconfirmed], axis=1)
             if bar is not None:
                 bar.update(len(ks))
     c = counts[rows]
@@ -564,6 +595,9 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
         "undecided_rule": cfg.undecided,
         "labels_without_decided_rollout": none,
         "outcome_share": float(c[:, 0].sum() / n_roll),
+        # outcomes (an ICU admission, the long stay's bound) whose stay was still running at max_new_tokens, so
+        # a transfer after its discharge could not be checked (in outcome_share); None: outcomes decide at once
+        "outcome_unconfirmed_share": float(c[:, 6].sum() / n_roll) if spec.follow else None,
         "rollout_tokens_mean": float(c[:, 3].sum() / n_roll),
         "outcome_tokens": td.decode(spec.outcome)[:20],
         "competing_tokens": len(spec.competing),

@@ -1,0 +1,93 @@
+"""The zero-shot rollout decides each future by the rule its label uses (ehrfm/clinical/labels.py).
+
+A scripted model samples a given continuation, so each test drives `rollout_batch` through one
+future whose label rule and old rollout rule disagree; each failed on the code before its fix.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_heads import VOCAB, timeline, write_token_dir
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+H = 3_600_000_000  # us per hour
+
+
+class _Cache:
+    def __init__(self, rows):
+        self.k = torch.zeros(1, rows, 1)
+        self.v = torch.zeros(1, rows, 1)
+        self.length, self.max_len = 0, 1 << 20  # never slides
+
+
+class ScriptedModel:
+    """Samples `script` token by token, whatever the prompt (logit 1e4 on the scripted token)."""
+
+    def __init__(self, script: list[int], vocab_size: int):
+        self.script, self.V, self.step = script, vocab_size, 0
+
+    def new_cache(self, rows):
+        return _Cache(rows)
+
+    def forward_step(self, idx, cache, pad=None, last_only=False):
+        B = idx.shape[0]
+        logits = torch.zeros(B, 1, self.V)
+        if self.step < len(self.script):
+            logits[:, :, self.script[self.step]] = 1e4
+        self.step += 1
+        return logits
+
+
+def token_dir(tmp_path, extra=()):
+    """A token dir with interval tokens (1h-2h: 1 h) and the vocabulary VOCAB + extra."""
+    vocab = VOCAB + list(extra)
+    tok = write_token_dir(tmp_path / "tok", {"train": [timeline(s, s % 2 == 0) for s in range(1, 9)]}, vocab)
+    tz = json.loads((tok / "tokenizer.json").read_text())
+    tz["interval_tokens"] = [{"token": "1h-2h", "min_us": H}]
+    (tok / "tokenizer.json").write_text(json.dumps(tz))
+    return tok
+
+
+def decide(td, task, script: list[str], limit=np.inf, transfer=-np.inf, wait=1.0 * H, max_new=None, origin=None):
+    """(outcome, competing, undecided, transferred, unconfirmed) of one rollout sampling `script` (token names)."""
+    from ehrfm.clinical.zeroshot import rollout_batch, rollout_spec
+
+    spec = rollout_spec(td, task)
+    ids = [td.token_id(t) for t in script]
+    model = ScriptedModel(ids, td.vocab_size)
+    kw = {} if origin is None else {"origins": np.array([origin], dtype=np.int64)}
+    r = rollout_batch(model, [np.array([td.token_id("LAB//A")])], [0], spec, np.array([limit]), 1, max_new or len(ids),
+                      1.0, torch.device("cpu"), 0, np.array([transfer]), waits=np.array([wait]), **kw)
+    return int(r.outcome[0]), int(r.competing[0]), int(r.undecided[0]), int(r.transferred[0]), int(r.unconfirmed[0])
+
+
+# 1 ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("task, limit, transfer", [("icu_admission", np.inf, 5 * 60e6 - 1), ("long_los", 0.5 * H, -np.inf)])
+def test_an_outcome_is_followed_to_its_stays_discharge_and_transfer_window(tmp_path, task, limit, transfer):
+    """Before: a rollout stopped at its outcome (an ICU admission, the long stay's bound passing), though
+    `ehrfm labels` excludes a stay whose discharge the next admission follows within --transfer-hours
+    (transferred) whatever its outcome: a future with no label counted as a positive. Now the outcome is
+    followed to the stay's end: a discharge then an admission within the window is a transfer; the window
+    passing, a death or an end after the discharge confirm the outcome; an end of record before any
+    discharge leaves the stay open (no_discharge: undecided)."""
+    from ehrfm.tokens import TokenDir
+
+    td = TokenDir(token_dir(tmp_path))
+    reach = ["1h-2h", "ICU_ADMISSION//MICU"] if task == "icu_admission" else ["1h-2h"]
+    dis, adm = "HOSPITAL_DISCHARGE//HOME", "HOSPITAL_ADMISSION//EW"
+    # discharge, admission 0 h later: transferred (before: the outcome)
+    assert decide(td, task, reach + ["LAB//B", dis, adm], limit, transfer) == (0, 0, 0, 1, 0)
+    # the window passes: the outcome
+    assert decide(td, task, reach + [dis, "1h-2h", "1h-2h"], limit, transfer) == (1, 0, 0, 0, 0)
+    # a death while the stay runs: no admission can follow, the outcome
+    assert decide(td, task, reach + ["MEDS_DEATH"], limit, transfer) == (1, 0, 0, 0, 0)
+    # the record ends with the stay open: undecided (as no_discharge)
+    assert decide(td, task, reach + ["TIMELINE_END"], limit, transfer) == (0, 0, 1, 0, 0)
+    # still running at max_new_tokens: counted as the outcome, and as unconfirmed
+    assert decide(td, task, reach + ["LAB//B", "LAB//C"], limit, transfer) == (1, 0, 0, 0, 1)
+    # a discharge before the outcome still waits and decides as before
+    assert decide(td, task, [dis, "1h-2h", "1h-2h"], limit, transfer) == (0, 1, 0, 0, 0)
