@@ -355,7 +355,7 @@ def test_zeroshot_batches_count_the_logits_memory(tmp_path, monkeypatch):
 
 # 9 ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("task, sidecar, share, transferred", [
-    ("in_hospital_mortality", None, 16 / 27, 5 / 48),
+    ("in_hospital_mortality", None, 4 / 9, 5 / 48),
     ("icu_admission", {"direct_icu_minutes": 0.0}, 1 / 4, 5 / 48),
     ("long_los", {"gap_hours": 24.0, "long_los_days": 25 / 24}, 9 / 53, 65 / 432)])
 def test_zeroshot_a_discharge_followed_by_an_admission_within_transfer_hours_is_a_transfer(
@@ -374,7 +374,10 @@ def test_zeroshot_a_discharge_followed_by_an_admission_within_transfer_hours_is_
     1/3 * 11/16) = 16/27 (before 1/2), transfers 5/48 (before 0). ICU (direct rule off): ICU, discharge,
     death, end 1/4 each: 16/43 (before 1/3), transfers 5/64. Long stay (1 h left, two 1h-2h first: 1/9;
     the discharge first 4/9): 4/15 (before 1/5), transfers 5/36. Since an outcome is followed to its stay's
-    end (test 10), ICU 1/4 and transfers 5/64 + 5/192, long stay 9/53 and transfers 5/36 + 5/432."""
+    end (test 10), ICU 1/4 and transfers 5/64 + 5/192, long stay 9/53 and transfers 5/36 + 5/432. Since
+    mortality's day rule (test_zeroshot_label_rules 2), a death is a death after the discharge when a live
+    discharge comes at its time (before 1h-2h, the end of record or another death: 1/4): 1/4 / (1/4 + 1/12
+    + 11/48) = 4/9."""
     from ehrfm.clinical.zeroshot import ZeroShotConfig, zeroshot
 
     tok, labels = make_cohort(tmp_path)

@@ -7,6 +7,7 @@ future whose label rule and old rollout rule disagree; each failed on the code b
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 
 import numpy as np
 import pytest
@@ -91,3 +92,37 @@ def test_an_outcome_is_followed_to_its_stays_discharge_and_transfer_window(tmp_p
     assert decide(td, task, reach + ["LAB//B", "LAB//C"], limit, transfer) == (1, 0, 0, 0, 1)
     # a discharge before the outcome still waits and decides as before
     assert decide(td, task, [dis, "1h-2h", "1h-2h"], limit, transfer) == (0, 1, 0, 0, 0)
+
+
+# 2 ---------------------------------------------------------------------------------------------
+def test_mortality_rollouts_follow_the_labels_day_resolved_death_rule(tmp_path):
+    """Before: a sampled MEDS_DEATH was an in-hospital death at once, and a death after any non-DIED
+    discharge was a discharge alive, though `ehrfm labels` rules by the day: a date-only death (23:59:59)
+    at the time of a date-only discharge to a named place is a death after the discharge (negative), and
+    a death later on the day of a discharge that names no live destination (UNK, OTHER) is in hospital.
+    Now a death waits while no time passes for a live discharge at its time, and an unknown discharge
+    waits to the end of its calendar day (by the prediction time and the sampled intervals) for a death."""
+    from ehrfm.tokens import TokenDir
+
+    td = TokenDir(token_dir(tmp_path, ["HOSPITAL_DISCHARGE//UNK", "HOSPITAL_DISCHARGE//DIED"]))
+    task, home, unk = "in_hospital_mortality", "HOSPITAL_DISCHARGE//HOME", "HOSPITAL_DISCHARGE//UNK"
+    morning = int(datetime(2150, 1, 2, 8, tzinfo=timezone.utc).timestamp() * 1_000_000)  # the prediction time, 08:00
+    # death and a live discharge at one time (both dates at 23:59:59): after the discharge (before: in hospital)
+    assert decide(td, task, ["MEDS_DEATH", home], origin=morning)[:3] == (0, 1, 0)
+    # a death, then a live discharge an hour later: in hospital, as before
+    assert decide(td, task, ["MEDS_DEATH", "1h-2h", home], origin=morning)[:3] == (1, 0, 0)
+    # a death and an unknown or DIED discharge at its time: in hospital
+    assert decide(td, task, ["MEDS_DEATH", unk], origin=morning)[:3] == (1, 0, 0)
+    assert decide(td, task, ["MEDS_DEATH", "LAB//B", "HOSPITAL_DISCHARGE//DIED"], origin=morning)[:3] == (1, 0, 0)
+    # a discharge to an unknown place at 08:00, a death 3 h later that day: in hospital (before: competing)
+    assert decide(td, task, [unk, "1h-2h", "1h-2h", "1h-2h", "MEDS_DEATH"], origin=morning)[:3] == (1, 0, 0)
+    # ... the same from 22:00: the death falls on the next day, after the discharge
+    late = morning + 14 * H
+    assert decide(td, task, [unk, "1h-2h", "1h-2h", "1h-2h", "MEDS_DEATH"], origin=late)[:3] == (0, 1, 0)
+    # ... an unknown discharge whose day passes with no death decides, and one followed by an admission
+    # within the window is a transfer; a live discharge followed by a death that day is no in-hospital death
+    assert decide(td, task, [unk] + ["1h-2h"] * 3, origin=late)[:3] == (0, 1, 0)
+    assert decide(td, task, [unk, "HOSPITAL_ADMISSION//EW"], origin=morning)[3] == 1
+    assert decide(td, task, [home, "1h-2h", "1h-2h", "MEDS_DEATH"], origin=morning)[:3] == (0, 1, 0)
+    # ... a death still waiting at max_new_tokens: in hospital (unconfirmed)
+    assert decide(td, task, ["MEDS_DEATH", "LAB//B"], origin=morning) == (1, 0, 0, 0, 1)

@@ -33,7 +33,18 @@ last event 23 h before the prediction time (admission + 24 h), a long stay neede
 sampled intervals after that event instead of 6 d after the prediction time.)
 
 - in_hospital_mortality: outcome MEDS_DEATH or HOSPITAL_DISCHARGE//DIED; competing any other
-  HOSPITAL_DISCHARGE//*, once its transfer window has passed (below).
+  HOSPITAL_DISCHARGE//*, once its transfer window has passed (below). The labels' day rule (since
+  2026-12-03): a date-only death (23:59:59) at the time of a date-only discharge to a named place
+  is a death after that discharge, so a sampled MEDS_DEATH waits while no simulated time passes: a
+  live discharge then (one naming a place; not DIED, not an unknown location such as UNK or OTHER)
+  makes it competing; time passing, another discharge or an end of record makes it the outcome (as
+  does max_new_tokens, counted in `outcome_unconfirmed_share`). The tokens cannot tell a date-only
+  death from a timed one at the same time (an interval token marks only gaps of 5 min or more), so
+  this reads every death with a live discharge at its time as the date-only case. And a death later
+  on the calendar day of a discharge that names no live destination is in hospital: such a discharge
+  waits to the end of its day (the prediction time plus the sampled intervals) as well as its
+  transfer window, and a MEDS_DEATH before the day ends is the outcome. Both need the transfer
+  window's machinery (interval tokens and admission tokens).
 - icu_admission: outcome ICU_ADMISSION//*; competing HOSPITAL_DISCHARGE//* or MEDS_DEATH. An ICU
   admission at simulated time < prediction time (the admission) + direct_icu_minutes is a direct
   ICU admission, which `ehrfm labels` excludes: the rollout ends "transferred" as below (counted
@@ -122,7 +133,7 @@ import numpy as np
 from ehrfm.clinical.common import as_stored, check_out, prediction_frame, write_head_outputs
 from ehrfm.clinical.configs import ZEROSHOT_TASKS, ZeroShotConfig
 from ehrfm.clinical.histories import END_TOKENS, history_window
-from ehrfm.clinical.labels import head_labels
+from ehrfm.clinical.labels import DISCHARGE_PREFIX, UNKNOWN_DISCHARGE_LOCATIONS, head_labels
 from ehrfm.clinical.metrics import binary_metrics, format_metrics
 from ehrfm.clinical.probe import load_label_histories
 from ehrfm.errors import UserError
@@ -132,7 +143,7 @@ UNDECIDED_RULES = ("exclude", "negative")
 # The rollout rules' version, in sweep collect's cache key: scores cached under older rules are redone.
 ROLLOUT_RULES = ("2026-12-03c: clock from the prediction time; an end of record is undecided; a discharge followed by "
                  "an admission within transfer_hours is a transfer (mortality, ICU admission, long stay); an outcome "
-                 "is followed to its stay's end (ICU admission, long stay)")
+                 "is followed to its stay's end (ICU admission, long stay); mortality's day rule")
 ROLLOUT_BUDGET_BYTES = 1 << 30  # default memory of a batch (KV cache and logits): every rollout of a small model's labels at once
 # (rows, V) float32 tensors a decoding step holds at once, beside its labels' draws: the logits,
 # the uniforms gathered per row, and the Gumbel scores (rollout_batch computes them in place)
@@ -171,6 +182,12 @@ class RolloutSpec:
     # discharge and that discharge's transfer window) before it counts; `deaths` end such a stay at once
     follow: bool = False
     deaths: list[int] = field(default_factory=list)
+    # in_hospital_mortality's day rule (labels.py): `unknown` discharges (no live destination) wait to the end of
+    # their calendar day for a death, which makes them in hospital; a `day_death` (MEDS_DEATH) waits while no
+    # time passes for a `live` discharge at its time, which makes it a death after that discharge
+    unknown: list[int] = field(default_factory=list)
+    live: list[int] = field(default_factory=list)
+    day_death: list[int] = field(default_factory=list)
 
 
 def interval_durations(td: TokenDir) -> np.ndarray:
@@ -248,9 +265,12 @@ def rollout_spec(td: TokenDir, task: str) -> RolloutSpec:
         what = "MEDS_DEATH, TIMELINE_END" if task == "readmission_30d" else "HOSPITAL_DISCHARGE//*"
         raise UserError(f"token dir {td.path} has no competing token ({what}) for {task}")
     follow = bool(waiting) and task in ("icu_admission", "long_los")
+    day_rule = bool(waiting) and task == "in_hospital_mortality"
+    unknown = [i for i in waiting if vocab[i][len(DISCHARGE_PREFIX):].strip().upper() in UNKNOWN_DISCHARGE_LOCATIONS]
     return RolloutSpec(task, outcome, competing, cross, durations, ends, waiting, admissions if waiting else [],
                        (meds_death + [td.token_id(t) for t in END_TOKENS if t in have]) if waiting else [],
-                       follow, death if follow else [])
+                       follow, death if follow else [], unknown if day_rule else [],
+                       [i for i in waiting if i not in unknown] if day_rule else [], meds_death if day_rule else [])
 
 
 def outcome_tokens(td: TokenDir, task: str) -> tuple[list[int], list[int]]:
@@ -346,7 +366,7 @@ class Rollouts:
 def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: RolloutSpec, limits: np.ndarray,
                   n_samples: int, max_new_tokens: int, temperature: float, device, pad_id: int = 0,
                   transfers: np.ndarray | None = None, samples: tuple[int, int] | None = None,
-                  waits: np.ndarray | None = None) -> Rollouts:
+                  waits: np.ndarray | None = None, origins: np.ndarray | None = None) -> Rollouts:
     """Roll out n_samples continuations of each of L prompts (1-D token arrays, any lengths) at once.
 
     Prompts are left-padded to the longest and the padding is masked (GPT.forward_step's `pad`).
@@ -365,6 +385,8 @@ def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: Roll
     death, the end of the record: no admission can follow) (the discharge decides: competing); a
     rollout still waiting at max_new_tokens is undecided. None: a discharge decides at once.
     An end-of-record token (spec.ends) that decides nothing stops the rollout undecided.
+    origins: (L,) each label's prediction time, us since the epoch: the calendar day of a sampled
+    spec.unknown discharge (mortality's day rule; None: such a discharge waits as a live one).
     samples: (first, stop), roll out only those of each label's n_samples (counts cover them
     alone); each still draws its own row of the label's (n_samples, V) uniforms, so a label's
     samples split over batches give exactly the counts of one batch.
@@ -412,6 +434,17 @@ def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: Roll
         death_set = torch.tensor(spec.deaths, device=device, dtype=torch.long)
     # rows that reached the outcome and follow their stay to its end (spec.follow)
     pend = torch.zeros(L * S, dtype=torch.bool, device=device)
+    day_rule = wait is not None and bool(spec.day_death)
+    if day_rule:  # mortality's day rule (spec.unknown, spec.live, spec.day_death)
+        unk_set, live_set, dd_set = (torch.tensor(ids, device=device, dtype=torch.long)
+                                     for ids in (spec.unknown, spec.live, spec.day_death))
+        any_dis = torch.tensor(spec.competing + spec.outcome, device=device, dtype=torch.long)  # every discharge, and deaths
+        origin = None if origins is None else torch.as_tensor(
+            np.asarray(origins, dtype=np.float64), device=device).repeat_interleave(S)
+        # elapsed at which a waiting unknown discharge's day ends (-inf: none waits, or a live one)
+        day_end = torch.full((L * S,), -float("inf"), dtype=torch.float64, device=device)
+        dpend = torch.zeros(L * S, dtype=torch.bool, device=device)  # a sampled death waiting for a discharge at its time
+        dtime = torch.zeros(L * S, dtype=torch.float64, device=device)
     V = logits.shape[-1]
     for step in range(max_new_tokens):
         labels = torch.unique(alive // S)  # sorted; each draws its full (S, V) block
@@ -444,14 +477,34 @@ def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: Roll
             verdict = torch.where(torch.isin(nxt, adm_set) & (since <= w), 2,
                                   torch.where((since > w) | torch.isin(nxt, final_set), then[alive].to(torch.int32), 0)).to(torch.int8)
             is_dis = torch.isin(nxt, dis_set)
+            if day_rule:  # an unknown discharge: a death before its day ends is in hospital, and it waits that long
+                de = day_end[alive]
+                verdict = torch.where(waiting & torch.isin(nxt, dd_set) & (elapsed[alive] < de) & (verdict != 2), 1,
+                                      torch.where((verdict == -1) & (elapsed[alive] < de) & ~torch.isin(nxt, final_set), 0,
+                                                  verdict)).to(torch.int8)
             # an outcome followed to its stay's end: a live discharge starts its window (then: the outcome), a
             # death ends the stay (no admission can follow: the outcome), an end of record leaves it open (undecided)
             followed = torch.where(torch.isin(nxt, death_set), 1, torch.where(ended & ~is_dis, 3, 0)).to(torch.int8)
-            starts = ~waiting & is_dis & ((res == -1) | pe)
+            dp = dpend[alive] if day_rule else torch.zeros_like(pe)  # a death waiting for a discharge at its time
+            starts = ~waiting & ~dp & is_dis & ((res == -1) | pe)
             left[alive[starts]] = elapsed[alive[starts]]
             then[alive[starts & pe]] = 1
             newly = ~waiting & ~pe & (res == 1) if spec.follow else torch.zeros_like(pe)
             pend[alive[newly]] = True
+            if day_rule:
+                # a death waits while no time passes: a live discharge at its time makes it a death after that
+                # discharge (competing), any other discharge, time passing or an end of record a death in hospital
+                dverdict = torch.where(elapsed[alive] > dtime[alive], 1, torch.where(
+                    torch.isin(nxt, live_set), -1, torch.where(torch.isin(nxt, any_dis) | ended, 1, 0))).to(torch.int8)
+                dstarts = ~waiting & ~dp & (res == 1) & torch.isin(nxt, dd_set)
+                dpend[alive[dstarts]] = True
+                dtime[alive[dstarts]] = elapsed[alive[dstarts]]
+                ustarts = starts & torch.isin(nxt, unk_set)
+                if origin is not None and bool(ustarts.any()):
+                    rows_u = alive[ustarts]
+                    at = origin[rows_u] + elapsed[rows_u]
+                    day_end[rows_u] = (torch.floor(at / US_PER_DAY) + 1) * US_PER_DAY - origin[rows_u]
+                res = torch.where(dp, dverdict, torch.where(dstarts, torch.zeros_like(res), res))
             res = torch.where(waiting, verdict, torch.where(pe, followed, torch.where(starts | newly, torch.zeros_like(res), res)))
         result[alive] = res
         running = res == 0
@@ -467,6 +520,8 @@ def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: Roll
         logits = model.forward_step(nxt[:, None], cache, pad=pad if ragged else None)[:, -1]
     # an outcome still followed at max_new_tokens counts: its stay can only be labelled positive or, after a
     # transfer, not at all (counted apart as unconfirmed)
+    if day_rule:
+        pend |= dpend  # a death still waiting for a discharge at its time: in hospital unless a live one came
     unconfirmed = ((result == 0) & pend).view(L, S).cpu().numpy()
     r = np.where(unconfirmed, 1, result.view(L, S).cpu().numpy())
     return Rollouts((r == 1).sum(1), (r == -1).sum(1), ((r == 0) | (r == 3)).sum(1), n_tok.view(L, S).sum(1).cpu().numpy(),
@@ -551,6 +606,7 @@ def rollout_plan(model, context: int, n_samples: int, batch_size: int | None, de
 
 def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, task: str, rows: np.ndarray, bar=None):
     """Rollouts of the label rows `rows`; (p over all rows (nan elsewhere), metrics extras)."""
+    import polars as pl
     import torch
 
     max_new = cfg.max_new_tokens or cfg.rollout_contexts * context
@@ -562,6 +618,8 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
     wait = (opts or LABEL_DEFAULTS)["transfer_hours"] * US_PER_HOUR  # a sampled discharge's transfer window (spec.discharges)
     transfers = dict(zip((int(k) for k in rows), transfer_limits(task, len(rows), opts or LABEL_DEFAULTS), strict=True))
     lengths = np.array([len(prompts[int(k)]) for k in rows])
+    # prediction times (us since the epoch): the calendar day of a sampled discharge (mortality's day rule)
+    origins = h.labels["prediction_time"].cast(pl.Datetime("us")).dt.epoch("us").to_numpy().astype(np.int64)
     device = torch.device(cfg.device)
     labels_per_batch, per_part = rollout_plan(model, context, cfg.n_samples, cfg.batch_size, device)
     n = len(h.start)
@@ -576,7 +634,7 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
                                   cfg.n_samples, max_new, cfg.temperature, device, pad_id,
                                   np.array([transfers[k] for k in ks]) if spec.durations is not None else None,
                                   samples=(first, min(first + per_part, cfg.n_samples)),
-                                  waits=np.full(len(ks), wait) if spec.discharges else None)
+                                  waits=np.full(len(ks), wait) if spec.discharges else None, origins=origins[ks])
                 counts[ks] += np.stack([r.outcome, r.competing, r.undecided, r.tokens, r.transferred, r.ended,
                                               r.unconfirmed], axis=1)
             if bar is not None:
@@ -595,9 +653,10 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
         "undecided_rule": cfg.undecided,
         "labels_without_decided_rollout": none,
         "outcome_share": float(c[:, 0].sum() / n_roll),
-        # outcomes (an ICU admission, the long stay's bound) whose stay was still running at max_new_tokens, so
-        # a transfer after its discharge could not be checked (in outcome_share); None: outcomes decide at once
-        "outcome_unconfirmed_share": float(c[:, 6].sum() / n_roll) if spec.follow else None,
+        # outcomes still followed at max_new_tokens (in outcome_share): an ICU admission or the long stay's bound
+        # whose stay was still running (a transfer after its discharge unchecked), a death still waiting for a
+        # discharge at its time (mortality's day rule); None: outcomes decide at once
+        "outcome_unconfirmed_share": float(c[:, 6].sum() / n_roll) if spec.follow or spec.day_death else None,
         "rollout_tokens_mean": float(c[:, 3].sum() / n_roll),
         "outcome_tokens": td.decode(spec.outcome)[:20],
         "competing_tokens": len(spec.competing),
