@@ -336,18 +336,22 @@ def test_zeroshot_batches_count_the_logits_memory(tmp_path, monkeypatch):
             return zs._run_rollouts(cfg, td, h, model, 64, "in_hospital_mortality", rows)[0][rows]
 
     p = run_with()
-    row, draw = zs.rollout_memory(model, 64)
-    assert draw == V * 4 and row == 2 * 2 * 64 * 32 * 4 + zs.LOGIT_COPIES * V * 4  # 32 KiB of KV cache, 235 KiB of logits
+    row, draw, prefill = zs.rollout_memory(model, 64)
+    kv, act = 2 * 2 * 64 * 32 * 4, (zs.ACT_WIDTHS * 32 + 3 * 96) * 4  # 32 KiB of KV cache; one position's activations
+    # a row: its cache, a slide's rotated keys, a step's activations and attention, 235 KiB of logits (test_zeroshot_label_rules 3)
+    assert draw == V * 4 and row == kv + kv // 2 + act + 3 * 64 * 4 + zs.LOGIT_COPIES * V * 4
+    assert prefill == kv + 64 * act + (4 + zs.MASK_BOOLS) * 64 * 64  # a prompt's cache, activations and attention masks
     assert all(t == 1 for _, t in returned)  # the prefill returns the last position only (before: 62)
-    # every batch's rows, with their labels' draws, fit the 8 MB: 5 labels of 4 rows (before: all 8 labels at once)
+    # every batch's rows, with their labels' draws and prompt encodings, fit the 8 MB: 4 labels of 4 rows (before: all
+    # 8 labels at once; 5 before the encoding was counted)
     most = max(r for r, _ in returned)
-    assert most == 5 * S and most * (row + draw) <= budget
+    assert most == 4 * S and most * (row + draw) + 4 * prefill <= budget
     # split samples (3 + 1 per label) draw the same: the same probabilities
     np.testing.assert_array_equal(run_with(batch_size=3), p)
     assert max(r for r, _ in returned) == 3
     # one rollout that cannot fit the free memory: refused before any rollout, with the sizes
-    monkeypatch.setattr(zs, "free_memory", lambda device: 512 << 10)  # 272 KiB of row + 4 x 78 KiB of draws do not fit
-    with pytest.raises(UserError, match=r"one rollout needs 0\.6 MiB on cpu .* logits over 20012 tokens, 4 samples' draws\), "
+    monkeypatch.setattr(zs, "free_memory", lambda device: 512 << 10)  # 285 KiB of row + 4 x 78 KiB of draws + 200 KiB do not fit
+    with pytest.raises(UserError, match=r"one rollout needs 0\.8 MiB on cpu .* logits over 20012 tokens, 4 samples' draws\), "
                                         r"more than the 0\.5 MiB free"):
         run_with()
     assert returned == []

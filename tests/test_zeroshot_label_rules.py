@@ -126,3 +126,51 @@ def test_mortality_rollouts_follow_the_labels_day_resolved_death_rule(tmp_path):
     assert decide(td, task, [home, "1h-2h", "1h-2h", "MEDS_DEATH"], origin=morning)[:3] == (0, 1, 0)
     # ... a death still waiting at max_new_tokens: in hospital (unconfirmed)
     assert decide(td, task, ["MEDS_DEATH", "LAB//B"], origin=morning) == (1, 0, 0, 0, 1)
+
+
+# 3 ---------------------------------------------------------------------------------------------
+def _peak_bytes(fn) -> int:
+    """Peak bytes torch allocates on the CPU while fn runs (the profiler's allocations and frees, in order)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage)
+    now = peak = 0
+    for _, b in events:
+        now += b
+        peak = max(peak, now)
+    return peak
+
+
+def test_rollout_batches_count_the_prompts_attention_memory(monkeypatch):
+    """Before: a batch was sized by each row's KV cache, logits and draws, but encoding its prompts
+    also builds (context x context) attention masks per label (GPT.forward_step's boolean causal and
+    padding masks, and SDPA's float copy): with context 512 and a one-layer 16-dim model, ~0.9 MiB
+    measured per label against a 64 KiB KV cache row, so a 4 MiB budget took 31 labels and their
+    encoding allocated ~27 MiB. Now rollout_memory counts the encoding; the allocation torch measures
+    for a batch stays within the estimate (and above a quarter of it), and a planned batch within its budget."""
+    from ehrfm.clinical import zeroshot as zs
+    from ehrfm.config import ModelConfig
+    from ehrfm.model import GPT
+
+    torch.manual_seed(0)
+    C, V = 512, 32
+    model = GPT(ModelConfig(n_layer=1, d_model=16, n_head=4, context=C, vocab_size=V)).eval()
+    row, draw, prefill = zs.rollout_memory(model, C)
+    spec = zs.RolloutSpec("t", [1], [2])
+    rng = np.random.default_rng(0)
+
+    def measured(L, S):
+        prompts = [rng.integers(3, V, size=C - j).astype(np.int64) for j in range(L)]  # left-padded: the masked path
+        with torch.no_grad():
+            return _peak_bytes(lambda: zs.rollout_batch(model, prompts, list(range(L)), spec, np.full(L, np.inf), S, 4, 1.0,
+                                                        torch.device("cpu")))
+
+    for L, S in ((1, 2), (3, 2), (2, 8)):
+        estimate = L * (prefill + S * (row + draw))
+        assert estimate / 4 <= measured(L, S) <= estimate, (L, S)
+    budget = 4 << 20
+    monkeypatch.setattr(zs, "ROLLOUT_BUDGET_BYTES", budget)
+    labels, per = zs.rollout_plan(model, C, 2, None, torch.device("cpu"))
+    assert per == 2 and labels >= 1 and measured(labels, 2) <= budget

@@ -113,7 +113,9 @@ its longest rollout. The default batch holds as many rows as 1 GiB (or the devic
 if less) holds, counting each row's KV cache and its logits: (rows, V) float32 working copies at
 each step and the (n_samples, V) uniforms its label draws (`rollout_memory`; since 2026-12-03:
 before, only the KV cache was counted, and the prefill returned logits at every prompt position,
-labels x context x V, gigabytes for a large vocabulary). A batch smaller than n_samples splits a
+labels x context x V, gigabytes for a large vocabulary), and each label's prompt encoding: its
+activations and (context x context) attention masks (`rollout_memory`; since 2026-12-03, later:
+with a long context and a small model they outweigh the cache). A batch smaller than n_samples splits a
 label's samples over several batches (the same draws: each sample reads its own row of its
 label's per-step uniforms). A model of which not even one rollout fits the device's free memory
 is refused before any rollout, naming the sizes.
@@ -144,10 +146,15 @@ UNDECIDED_RULES = ("exclude", "negative")
 ROLLOUT_RULES = ("2026-12-03c: clock from the prediction time; an end of record is undecided; a discharge followed by "
                  "an admission within transfer_hours is a transfer (mortality, ICU admission, long stay); an outcome "
                  "is followed to its stay's end (ICU admission, long stay); mortality's day rule")
-ROLLOUT_BUDGET_BYTES = 1 << 30  # default memory of a batch (KV cache and logits): every rollout of a small model's labels at once
+ROLLOUT_BUDGET_BYTES = 1 << 30  # default memory of a batch (KV cache, prompt encoding and logits): every rollout of a small model's labels at once
 # (rows, V) float32 tensors a decoding step holds at once, beside its labels' draws: the logits,
 # the uniforms gathered per row, and the Gumbel scores (rollout_batch computes them in place)
 LOGIT_COPIES = 3
+# rollout_memory's activations: d_model-wide vectors a position holds at once in a layer (the residual, its norm,
+# q, k, v, the attention output and its projection, the MLP output), beside 3 of the MLP's hidden width (its
+# fused gate and up, and their product); boolean (t, keys) masks GPT.forward_step builds for a left-padded prompt
+ACT_WIDTHS = 8
+MASK_BOOLS = 4
 US_PER_HOUR = 3_600_000_000
 US_PER_DAY = 24 * US_PER_HOUR
 # the defaults of `ehrfm labels` (ehrfm.clinical.labels.LabelConfig), used when a label file has no config beside it
@@ -546,16 +553,30 @@ def rollout_probabilities(n_out: np.ndarray, n_comp: np.ndarray, n_und: np.ndarr
     return np.where(none, pooled, n_out / np.where(none, 1.0, decided)), int(none.sum())
 
 
-def rollout_memory(model, context: int) -> tuple[int, int]:
-    """(bytes of one rollout row, bytes its label draws per sample) at each decoding step.
+def rollout_memory(model, context: int) -> tuple[int, int, int]:
+    """(bytes of one rollout row, bytes its label draws per sample, bytes of encoding one label's prompt).
 
-    A row holds its keys and values (n_layer x context x d_model each, in the weights' dtype) and
-    LOGIT_COPIES float32 vectors over the vocabulary; its label draws (n_samples, V) float32
-    uniforms per step, whichever of its samples the batch holds.
+    A row holds its keys and values (n_layer x context x d_model each, in the weights' dtype), at a
+    slide a rotated copy of its keys (slide_cache), LOGIT_COPIES float32 vectors over the vocabulary,
+    and a decoding step's activations: ACT_WIDTHS d_model-wide and 3 MLP-wide vectors of its position,
+    and its attention over the context (a score per head and key, and the padding mask as floats). Its
+    label draws (n_samples, V) float32 uniforms per step, whichever of its samples the batch holds.
+    Encoding a prompt of `context` tokens (once per label, before its samples share its cache) holds
+    its own cache, the activations of every position, and its attention masks: MASK_BOOLS boolean
+    (context, context) masks (GPT.forward_step's causal and padding masks) and the float copy SDPA
+    makes of them, in the weights' dtype (8 bytes per key pair at float32: 32 MiB per label at context
+    2,048, beside a KV cache that may be smaller; since 2026-12-03, before only the cache was counted,
+    so a long context and a small model could encode far more than the budget). SDPA's fused kernels
+    (CPU flash, CUDA memory-efficient) build no (n_head, context, context) score matrix, so none is
+    counted (measured on CPU: tests/test_zeroshot_label_rules.py).
     """
     c = model.config
-    kv = 2 * c.n_layer * context * c.d_model * model.head.weight.element_size()
-    return kv + LOGIT_COPIES * c.vocab_size * 4, c.vocab_size * 4
+    e = model.head.weight.element_size()
+    kv = 2 * c.n_layer * context * c.d_model * e
+    act = (ACT_WIDTHS * c.d_model + 3 * c.mlp_hidden) * e  # one position in one layer (activations are freed per layer)
+    step = kv // 2 + act + (c.n_head + 1) * context * e
+    prefill = kv + context * act + (e + MASK_BOOLS) * context * context
+    return kv + step + LOGIT_COPIES * c.vocab_size * 4, c.vocab_size * 4, prefill
 
 
 def free_memory(device) -> int | None:
@@ -584,21 +605,23 @@ def rollout_plan(model, context: int, n_samples: int, batch_size: int | None, de
     Raises:
         UserError: not even one rollout (one row, with its label's draw) fits the device's free memory.
     """
-    row, draw = rollout_memory(model, context)
+    row, draw, prefill = rollout_memory(model, context)
     free = free_memory(device)
-    one = row + n_samples * draw
+    one = row + n_samples * draw + prefill
     if free is not None and one > free:
         c = model.config
         raise UserError(f"zero-shot: one rollout needs {one / 2**20:,.1f} MiB on {device} (a KV cache of {context} positions x "
-                        f"{c.n_layer} layers x {c.d_model} dims, logits over {c.vocab_size} tokens, {n_samples} samples' draws), "
+                        f"{c.n_layer} layers x {c.d_model} dims, its prompt's attention over {c.n_head} heads, logits over "
+                        f"{c.vocab_size} tokens, {n_samples} samples' draws), "
                         f"more than the {free / 2**20:,.1f} MiB free: pass a smaller --context or fewer --samples")
     if batch_size is None:
         budget = ROLLOUT_BUDGET_BYTES if free is None else min(ROLLOUT_BUDGET_BYTES, free)
-        # a whole label costs n_samples rows and draws; else one label's draw and as many rows as fit beside it
-        per_label = n_samples * (row + draw)
+        # a whole label costs its prompt's encoding, n_samples rows and draws; else one label's encoding and draw
+        # and as many rows as fit beside them
+        per_label = prefill + n_samples * (row + draw)
         if per_label <= budget:
             return budget // per_label, n_samples
-        return 1, max(1, (budget - n_samples * draw) // row)
+        return 1, max(1, (budget - prefill - n_samples * draw) // row)
     if batch_size >= n_samples:
         return batch_size // n_samples, n_samples
     return 1, batch_size
