@@ -174,3 +174,38 @@ def test_rollout_batches_count_the_prompts_attention_memory(monkeypatch):
     monkeypatch.setattr(zs, "ROLLOUT_BUDGET_BYTES", budget)
     labels, per = zs.rollout_plan(model, C, 2, None, torch.device("cpu"))
     assert per == 2 and labels >= 1 and measured(labels, 2) <= budget
+
+
+# 4 ---------------------------------------------------------------------------------------------
+class _UniformModel(ScriptedModel):
+    def forward_step(self, idx, cache, pad=None, last_only=False):
+        return torch.zeros(idx.shape[0], 1, self.V)
+
+
+@pytest.mark.parametrize("task", ["in_hospital_mortality", "icu_admission", "long_los"])
+def test_the_label_rules_give_the_same_counts_alone_batched_and_split(tmp_path, task):
+    """The states the rules above keep per row (an outcome followed, a death waiting, an unknown discharge's
+    day end, from each label's own prediction time) follow their rows when decided rows leave the batch and
+    when a label's samples are split over batches: the counts do not depend on the batch layout."""
+    from ehrfm.clinical import zeroshot as zs
+    from ehrfm.tokens import TokenDir
+
+    td = TokenDir(token_dir(tmp_path, ["HOSPITAL_DISCHARGE//UNK", "HOSPITAL_DISCHARGE//DIED"]))
+    spec, L, S = zs.rollout_spec(td, task), 5, 16
+    prompts = [np.full(3 + j, td.token_id("LAB//A")) for j in range(L)]
+    opts = {**zs.LABEL_DEFAULTS, "long_los_days": 25 / 24}
+    limits, transfers = zs.time_limits(task, L, opts), zs.transfer_limits(task, L, opts)
+    origins = int(datetime(2150, 1, 2, 8, tzinfo=timezone.utc).timestamp() * 1_000_000) + 3 * H * np.arange(L)
+
+    def run(j, samples=None):
+        return zs.rollout_batch(_UniformModel([], td.vocab_size), prompts[j], list(range(L))[j], spec, limits[j], S, 64, 1.0,
+                                torch.device("cpu"), 0, transfers[j], samples=samples, waits=np.full(L, 1.0 * H)[j],
+                                origins=origins[j])
+
+    every = slice(None)
+    full, alone, parts = run(every), [run(slice(j, j + 1)) for j in range(L)], [run(every, (0, 5)), run(every, (5, S))]
+    for f in ("outcome", "competing", "undecided", "transferred", "unconfirmed"):
+        counts = getattr(full, f)
+        np.testing.assert_array_equal(counts, np.concatenate([getattr(r, f) for r in alone]), err_msg=f)
+        np.testing.assert_array_equal(counts, sum(getattr(r, f) for r in parts), err_msg=f)
+    assert full.outcome.sum() and full.competing.sum() and full.transferred.sum()
