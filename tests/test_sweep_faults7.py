@@ -1,0 +1,116 @@
+"""Sweep faults of a seventh break-it pass: a flaky cluster, as a demanding user meets it (real processes).
+
+- A job process that crashes at start-up (SIGSEGV before any handler: no traceback, nothing written)
+  left its run `lost`, and every plain relaunch submitted it again, forever. Now each such crash is
+  counted in the job record (by job id, so a relaunch never counts one twice); after
+  STARTUP_CRASHES_MAX in a row the run is `failed`, its error saying it crashed at start-up N times
+  and how to retry (`--retry-failed`, which gives it as many tries again). Locally and on SLURM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from ehrfm.fault_points import wait_held
+from sweeps.launch import STARTUP_CRASHES_MAX
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+ENV = {**os.environ, "EHRFM_QUIET": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _one_run_sweep(tok, tmp_path):
+    from test_sweep import plan_rows
+
+    from sweeps.plan import plan_sweep
+
+    out = tmp_path / "sweep"
+    plan_sweep(tok, [2e8], out, sizes=1, context=64, min_steps=1, train={"batch_size": 4})
+    (rid,) = [r["run_id"] for r in plan_rows(out)]
+    return out, rid
+
+
+def _crash_local_job_at_start(out, rid, holds) -> subprocess.CompletedProcess:
+    """A local launch whose job process is killed by SIGSEGV in its start-up (unpickled, no handler yet)."""
+    launcher = subprocess.Popen([sys.executable, "-m", "ehrfm", "sweep", "launch", str(out), "--executor", "local"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(ENV, EHRFM_HOLD_AT="job-start", EHRFM_HOLD_DIR=str(holds)))
+    held = wait_held(holds, rid, "job-start", is_alive=lambda: launcher.poll() is None)
+    (holds / f"{rid}.job-start.held").unlink()  # the next attempt announces itself again
+    os.kill(held["pid"], signal.SIGSEGV)
+    stdout, stderr = launcher.communicate(timeout=300)
+    return subprocess.CompletedProcess(launcher.args, launcher.returncode, stdout, stderr)
+
+
+def test_a_local_job_crashing_at_start_up_is_resubmitted_a_bounded_number_of_times_then_failed(tok, tmp_path):
+    from test_sweep import ehrfm
+
+    out, rid = _one_run_sweep(tok, tmp_path)
+    holds = tmp_path / "holds"
+    for i in range(1, STARTUP_CRASHES_MAX):
+        launch = _crash_local_job_at_start(out, rid, holds)
+        assert launch.returncode == 1 and "1 lost" in launch.stdout, f"crash {i}: {launch.stdout}{launch.stderr[-2000:]}"
+        assert not (out / "runs" / rid / "result.json").exists()
+        assert len(json.loads((out / "jobs" / f"{rid}.json").read_text())["startup_crashes"]) == i
+    launch = _crash_local_job_at_start(out, rid, holds)  # the last one allowed
+    assert launch.returncode == 1 and "1 failed" in launch.stdout, launch.stdout + launch.stderr[-2000:]
+    error = json.loads((out / "runs" / rid / "result.json").read_text())["error"]
+    assert error.startswith(f"its job process crashed at start-up {STARTUP_CRASHES_MAX} times in a row"), error
+    assert f"`ehrfm sweep launch {out} --retry-failed`" in error, error
+    status = ehrfm("sweep", "status", out)
+    assert f"{rid}: failed: {error}" in status.stdout, status.stdout
+    again = ehrfm("sweep", "launch", out, "--executor", "local")  # a plain relaunch: no more tries
+    assert again.returncode == 0 and "submitted 0 jobs" in again.stdout + again.stderr, again.stdout + again.stderr
+
+    retry = ehrfm("sweep", "launch", out, "--executor", "local", "--retry-failed")  # fixed: it trains
+    assert retry.returncode == 0 and "1 completed" in retry.stdout, retry.stdout + retry.stderr[-2000:]
+
+
+def test_a_crash_at_start_up_after_a_run_that_trained_starts_a_new_row(tok, tmp_path):
+    """The count is of crashes in a row: a job that started its trainer ends the row."""
+    out, rid = _one_run_sweep(tok, tmp_path)
+    record = out / "jobs" / f"{rid}.json"
+    holds = tmp_path / "holds"
+    assert _crash_local_job_at_start(out, rid, holds).returncode == 1
+    data = json.loads(record.read_text())
+    record.write_text(json.dumps({**data, "startup_crashes": [f"local-{i}" for i in range(STARTUP_CRASHES_MAX - 1)],
+                                  "trainer_pid": 1}))  # as if the job after the crash had started its trainer
+    launch = _crash_local_job_at_start(out, rid, holds)
+    assert launch.returncode == 1 and "1 lost" in launch.stdout, launch.stdout + launch.stderr[-2000:]
+    assert len(json.loads(record.read_text())["startup_crashes"]) == 1
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(shutil.which("sbatch") is None, reason="SLURM not installed (no `sbatch` on PATH)")
+def test_a_slurm_job_crashing_at_start_up_is_resubmitted_a_bounded_number_of_times_then_failed(tok, tmp_path):
+    from test_sweep import ehrfm, slurm_answered
+    from test_sweep_faults3 import squeue_state, wait_for
+
+    out, rid = _one_run_sweep(tok, tmp_path)
+    holds = tmp_path / "holds"
+    args = ("--executor", "slurm", "--time", "20", "--cpus-per-task", "1", "--mem", "1G")
+    for i in range(1, STARTUP_CRASHES_MAX + 1):
+        launch = ehrfm("sweep", "launch", out, *args, env={"EHRFM_HOLD_AT": "job-start", "EHRFM_HOLD_DIR": str(holds)})
+        assert launch.returncode == 0 and "submitted 1 jobs" in launch.stdout + launch.stderr, launch.stdout + launch.stderr
+        jid = json.loads((out / "jobs" / f"{rid}.json").read_text())["job_id"]
+        try:
+            held = wait_held(holds, rid, "job-start", timeout_s=300)
+            (holds / f"{rid}.job-start.held").unlink()
+            os.kill(held["pid"], signal.SIGSEGV)
+            wait_for(lambda jid=jid: squeue_state(jid) in ("", "FAILED"), f"job {jid} to end")
+        finally:
+            subprocess.run(["scancel", jid], capture_output=True)
+        status = slurm_answered(ehrfm, "sweep", "status", out)
+        assert f"{rid}: lost" in status.stdout, f"crash {i}: {status.stdout}"
+    last = slurm_answered(ehrfm, "sweep", "launch", out, *args, "--dry-run")  # counts the last crash: no more tries
+    assert "nothing to run (1 failed" in last.stdout + last.stderr, last.stdout + last.stderr
+    error = json.loads((out / "runs" / rid / "result.json").read_text())["error"]
+    assert error.startswith(f"its job process crashed at start-up {STARTUP_CRASHES_MAX} times in a row"), error
+    assert "--retry-failed" in error, error
