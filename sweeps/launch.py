@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import errno
 import json
 import os
 import re
@@ -886,10 +887,26 @@ def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, slots: 
     bar = progress(total=len(jobs), desc="runs", unit="run")
     start = time.time()
     stop = _StopSignals()
+    # A job record or result this launcher cannot write (a full disk, a quota): it stopped the launch
+    # (exit 2) with its jobs running on, unwatched. Now no more jobs start, the running ones are watched
+    # to their end, and the launch then fails with that error (naming the file).
+    write_error: list[OSError] = []
+
+    def bookkeeping(fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except OSError as e:
+            if not write_error:
+                write_error.append(e)
+                what = f"{e.filename}: " if e.filename else ""
+                warn(f"{what}cannot be written ({errno.errorcode.get(e.errno or 0, e.errno)}: {e.strerror or e}): no more jobs "
+                     f"start; waiting for the {len(running)} running ones to end", "sweep")
+            return None
+
     try:
         with stop:
-            while (pending or running) and not stop.signum:
-                while pending and len(running) < max_parallel and not stop.signum:
+            while ((pending and not write_error) or running) and not stop.signum:
+                while pending and len(running) < max_parallel and not stop.signum and not write_error:
                     job = _next_ready(pending, running, trunk_of)
                     if job is None:
                         break  # every pending job waits for a trunk still running here
@@ -898,8 +915,8 @@ def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, slots: 
                     if gpus:
                         executor.update_parameters(gpus_per_node=len(group), visible_gpus=tuple(group))
                     sj = executor.submit(job)
-                    _write_record(sweep_dir, job.run_id, job_id=f"local-{sj.job_id}", job_pid=int(sj.job_id))
                     running[job.run_id] = (sj, job, group)
+                    bookkeeping(_write_record, sweep_dir, job.run_id, job_id=f"local-{sj.job_id}", job_pid=int(sj.job_id))
                     report.submitted.append(job.run_id)
                     report.job_ids[job.run_id] = f"local-{sj.job_id}"
                 stop.wait(0.5)
@@ -910,8 +927,9 @@ def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, slots: 
                         del running[rid]
                         if group:
                             free_gpu_groups.append(group)
-                        _local_outcome(sj, job)
-                        _write_record(sweep_dir, rid, finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+                        bookkeeping(_local_outcome, sj, job)
+                        bookkeeping(_write_record, sweep_dir, rid,
+                                    finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
                         bar.update(1)
         if stop.signum:
             raise stop.exception()
@@ -933,8 +951,10 @@ def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, slots: 
         raise
     finally:
         bar.close()
-        for job in pending:  # not started (Ctrl-C): no longer queued anywhere
+        for job in pending:  # not started (Ctrl-C, a write that failed): no longer queued anywhere
             _unlaunch(sweep_dir, job.run_id, report)
+    if write_error:  # every job it started has ended: `sweep status` tells each run's state, a relaunch goes on
+        raise write_error[0]
     report.final_states = {rid: st.state for rid, st in run_states(sweep_dir, report.submitted).items() if rid in report.submitted}
     by_state: dict[str, int] = {}
     for s in report.final_states.values():

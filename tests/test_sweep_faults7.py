@@ -5,16 +5,24 @@
   counted in the job record (by job id, so a relaunch never counts one twice); after
   STARTUP_CRASHES_MAX in a row the run is `failed`, its error saying it crashed at start-up N times
   and how to retry (`--retry-failed`, which gives it as many tries again). Locally and on SLURM.
+- A full disk (a real tmpfs filled up) under a local launch: the launcher stopped (exit 2) at the first
+  job record it could not write, while the jobs it had started trained on, unwatched. Now it starts no
+  more jobs, watches the running ones to their end, then exits 2 naming the file and the errno; nothing
+  is half-written and a relaunch, the disk freed, completes every run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +122,69 @@ def test_a_slurm_job_crashing_at_start_up_is_resubmitted_a_bounded_number_of_tim
     error = json.loads((out / "runs" / rid / "result.json").read_text())["error"]
     assert error.startswith(f"its job process crashed at start-up {STARTUP_CRASHES_MAX} times in a row"), error
     assert "--retry-failed" in error, error
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MiB tmpfs (root only): a real filesystem that fills up."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)]).returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
+
+
+def _fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_under_a_local_launch_stops_new_jobs_but_watches_the_running_ones_to_their_end(tok, tmp_path, small_disk):
+    from test_sweep import ehrfm, plan_rows
+
+    from sweeps.plan import plan_sweep
+
+    out, holds = small_disk / "sweep", tmp_path / "holds"
+    plan_sweep(tok, [2e8, 3e8], out, sizes=1, context=64, min_steps=1, train={"batch_size": 4})
+    first, second = sorted(r["run_id"] for r in plan_rows(out))
+    launcher = subprocess.Popen([sys.executable, "-m", "ehrfm", "sweep", "launch", str(out), "--executor", "local", "--max-parallel", "2"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(ENV, EHRFM_HOLD_AT="step-2", EHRFM_HOLD_DIR=str(holds)))
+    for rid in (first, second):
+        wait_held(holds, rid, "step-2", is_alive=lambda: launcher.poll() is None)
+    filler = _fill(small_disk)
+    (holds / f"{first}.step-2.release").touch()  # the first run goes on, on a full disk; the second stays held
+    err: list[str] = []  # the launcher's stderr, read by a thread (its jobs hold the pipe open: no EOF while they live)
+    reader = threading.Thread(target=lambda: err.extend(iter(launcher.stderr.readline, "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 300  # a hang guard only
+        while not any("cannot be written" in ln for ln in err) and launcher.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        said = "".join(err)
+        assert "cannot be written" in said and launcher.poll() is None, said  # still watching the held run
+        assert "No space left on device" in said and "no more jobs start; waiting for the 1 running ones to end" in said, said
+    finally:
+        filler.unlink()
+        (holds / f"{second}.step-2.release").touch()
+    launcher.wait(timeout=300)
+    reader.join(timeout=60)
+    lines = [ln for ln in err if ln.strip()]
+    assert launcher.returncode == 2 and "No space left on device (ENOSPC)" in lines[-1] and str(out) in lines[-1], "".join(err)
+    assert json.loads((out / "runs" / second / "result.json").read_text())["status"] == "completed"  # watched to its end
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name], sorted(str(p) for p in out.rglob("*.tmp-*"))
+    status = ehrfm("sweep", "status", out)  # its result could not be written: lost, trained again by a plain relaunch
+    assert re.search(rf"{first} .* lost ", status.stdout), status.stdout
+    again = ehrfm("sweep", "launch", out, "--executor", "local")
+    assert again.returncode == 0 and "1 completed" in again.stdout, again.stdout + again.stderr[-2000:]
+    assert json.loads((out / "runs" / first / "result.json").read_text())["status"] == "completed"
