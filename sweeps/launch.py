@@ -499,6 +499,10 @@ def _startup_crash(sweep_dir: Path, run_id: str, job_id: str, how: str) -> bool:
     return failed
 
 
+# srun's line for a task a stop signal killed (SIGTERM, SIGUSR2 before submitit's handler, SIGHUP, SIGINT)
+_STOP_SIGNAL_LINE = re.compile(r"srun: error: .*: tasks? [\d,-]+: (Terminated|User defined signal \d|Hangup|Interrupt)")
+
+
 def _slurm_startup_crash(sweep_dir: Path, run_id: str) -> bool:
     """For a lost SLURM run: did its last job crash at start-up (counted by _startup_crash)? True when the run is now failed for it.
 
@@ -520,6 +524,9 @@ def _slurm_startup_crash(sweep_dir: Path, run_id: str) -> bool:
     logged = _log_reason(sweep_dir, str(jid)) or ""
     if re.search(r"\*\*\* JOB .*(CANCELLED|TERMINATED)|Job not requeued because", logged):
         return False
+    with contextlib.suppress(OSError):  # killed by a stop signal (srun says which): a stop, not a crash
+        if _STOP_SIGNAL_LINE.search(paths.stdout.read_text(encoding="utf-8", errors="replace")[-65536:]):
+            return False
     return _startup_crash(sweep_dir, run_id, str(jid), f"SLURM job {jid} ended without a result" + (f"; {logged}" if logged else ""))
 
 

@@ -9,6 +9,10 @@
   job record it could not write, while the jobs it had started trained on, unwatched. Now it starts no
   more jobs, watches the running ones to their end, then exits 2 naming the file and the errno; nothing
   is half-written and a relaunch, the disk freed, completes every run.
+- SLURM's time-limit signal (USR2) reaching a job while it is unpickled, before submitit installs its
+  handler: USR2's default action killed the job, which ended FAILED without a requeue (and, with the
+  count above, as a crash at start-up). Now the job keeps the signal and hands it to submitit's handler
+  once installed: the job checkpoints and requeues itself as at any other moment.
 """
 
 from __future__ import annotations
@@ -188,3 +192,52 @@ def test_a_full_disk_under_a_local_launch_stops_new_jobs_but_watches_the_running
     again = ehrfm("sweep", "launch", out, "--executor", "local")
     assert again.returncode == 0 and "1 completed" in again.stdout, again.stdout + again.stderr[-2000:]
     assert json.loads((out / "runs" / first / "result.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(shutil.which("sbatch") is None, reason="SLURM not installed (no `sbatch` on PATH)")
+def test_a_slurm_time_limit_signal_before_submitits_handler_requeues_the_job(tok, tmp_path):
+    from test_sweep import ehrfm, slurm_answered
+    from test_sweep_faults3 import squeue_state, submitit_log, text_of, wait_for
+
+    out, rid = _one_run_sweep(tok, tmp_path)
+    holds = tmp_path / "holds"
+    launch = ehrfm("sweep", "launch", out, "--executor", "slurm", "--time", "20", "--cpus-per-task", "1", "--mem", "1G",
+                   env={"EHRFM_HOLD_AT": "job-start", "EHRFM_HOLD_DIR": str(holds)})
+    assert launch.returncode == 0, launch.stdout + launch.stderr
+    jid = json.loads((out / "jobs" / f"{rid}.json").read_text())["job_id"]
+    try:
+        held = wait_held(holds, rid, "job-start", timeout_s=300)
+        os.kill(held["pid"], signal.SIGUSR2)  # what `--signal=USR2@...` sends near the time limit, in the job's start-up
+        (holds / f"{rid}.job-start.release").touch()
+        wait_for(lambda: squeue_state(jid) not in ("RUNNING", "COMPLETING", "?"), f"job {jid} to leave RUNNING")
+        log = text_of(submitit_log(out, jid))
+        assert "Caught signal SIGUSR2" in log and "Job not requeued" not in log, log[-3000:]
+        assert squeue_state(jid) in ("PENDING", "REQUEUED", "REQUEUE_HOLD"), (squeue_state(jid), log[-3000:])
+        status = slurm_answered(ehrfm, "sweep", "status", out)
+        assert re.search(rf"{rid} .* queued ", status.stdout), status.stdout
+    finally:
+        subprocess.run(["scancel", jid], capture_output=True)
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(shutil.which("sbatch") is None, reason="SLURM not installed (no `sbatch` on PATH)")
+def test_a_slurm_job_stopped_by_a_signal_at_start_up_is_no_crash(tok, tmp_path):
+    """SIGTERM (a stop) killing a SLURM job in its start-up: `lost`, relaunched, and not counted as a crash."""
+    from test_sweep import ehrfm
+    from test_sweep_faults3 import squeue_state, wait_for
+
+    out, rid = _one_run_sweep(tok, tmp_path)
+    holds = tmp_path / "holds"
+    args = ("--executor", "slurm", "--time", "20", "--cpus-per-task", "1", "--mem", "1G")
+    launch = ehrfm("sweep", "launch", out, *args, env={"EHRFM_HOLD_AT": "job-start", "EHRFM_HOLD_DIR": str(holds)})
+    assert launch.returncode == 0, launch.stdout + launch.stderr
+    jid = json.loads((out / "jobs" / f"{rid}.json").read_text())["job_id"]
+    try:
+        os.kill(wait_held(holds, rid, "job-start", timeout_s=300)["pid"], signal.SIGTERM)
+        wait_for(lambda: squeue_state(jid) in ("", "FAILED"), f"job {jid} to end")
+    finally:
+        subprocess.run(["scancel", jid], capture_output=True)
+    dry = ehrfm("sweep", "launch", out, *args, "--dry-run")
+    assert "would submit 1" in dry.stdout.lower(), dry.stdout + dry.stderr
+    assert not json.loads((out / "jobs" / f"{rid}.json").read_text()).get("startup_crashes")
