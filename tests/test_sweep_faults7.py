@@ -99,6 +99,30 @@ def test_a_crash_at_start_up_after_a_run_that_trained_starts_a_new_row(tok, tmp_
     assert len(json.loads(record.read_text())["startup_crashes"]) == 1
 
 
+SLURM_ARGS = ("--executor", "slurm", "--time", "20", "--cpus-per-task", "1", "--mem", "1G")
+
+
+def _slurm_job_held_at_start(out, rid, holds) -> tuple[str, dict]:
+    """Launch the one-run sweep `out` on SLURM, its job held at `job-start` (unpickled, no handler yet): (job id, hold)."""
+    from test_sweep import ehrfm
+
+    launch = ehrfm("sweep", "launch", out, *SLURM_ARGS, env={"EHRFM_HOLD_AT": "job-start", "EHRFM_HOLD_DIR": str(holds)})
+    assert launch.returncode == 0 and "submitted 1 jobs" in launch.stdout + launch.stderr, launch.stdout + launch.stderr
+    jid = json.loads((out / "jobs" / f"{rid}.json").read_text())["job_id"]
+    try:
+        return jid, wait_held(holds, rid, "job-start", timeout_s=300)
+    except BaseException:
+        subprocess.run(["scancel", jid], capture_output=True)
+        raise
+
+
+def _held_slurm_sweep(tok, tmp_path):
+    """A one-run sweep launched on SLURM, its job held at `job-start`: (sweep dir, run id, holds dir, job id, hold)."""
+    out, rid = _one_run_sweep(tok, tmp_path)
+    holds = tmp_path / "holds"
+    return (out, rid, holds, *_slurm_job_held_at_start(out, rid, holds))
+
+
 @pytest.mark.slurm
 @pytest.mark.skipif(shutil.which("sbatch") is None, reason="SLURM not installed (no `sbatch` on PATH)")
 def test_a_slurm_job_crashing_at_start_up_is_resubmitted_a_bounded_number_of_times_then_failed(tok, tmp_path):
@@ -107,13 +131,9 @@ def test_a_slurm_job_crashing_at_start_up_is_resubmitted_a_bounded_number_of_tim
 
     out, rid = _one_run_sweep(tok, tmp_path)
     holds = tmp_path / "holds"
-    args = ("--executor", "slurm", "--time", "20", "--cpus-per-task", "1", "--mem", "1G")
     for i in range(1, STARTUP_CRASHES_MAX + 1):
-        launch = ehrfm("sweep", "launch", out, *args, env={"EHRFM_HOLD_AT": "job-start", "EHRFM_HOLD_DIR": str(holds)})
-        assert launch.returncode == 0 and "submitted 1 jobs" in launch.stdout + launch.stderr, launch.stdout + launch.stderr
-        jid = json.loads((out / "jobs" / f"{rid}.json").read_text())["job_id"]
+        jid, held = _slurm_job_held_at_start(out, rid, holds)
         try:
-            held = wait_held(holds, rid, "job-start", timeout_s=300)
             (holds / f"{rid}.job-start.held").unlink()
             os.kill(held["pid"], signal.SIGSEGV)
             wait_for(lambda jid=jid: squeue_state(jid) in ("", "FAILED"), f"job {jid} to end")
@@ -121,7 +141,7 @@ def test_a_slurm_job_crashing_at_start_up_is_resubmitted_a_bounded_number_of_tim
             subprocess.run(["scancel", jid], capture_output=True)
         status = slurm_answered(ehrfm, "sweep", "status", out)
         assert f"{rid}: lost" in status.stdout, f"crash {i}: {status.stdout}"
-    last = slurm_answered(ehrfm, "sweep", "launch", out, *args, "--dry-run")  # counts the last crash: no more tries
+    last = slurm_answered(ehrfm, "sweep", "launch", out, *SLURM_ARGS, "--dry-run")  # counts the last crash: no more tries
     assert "nothing to run (1 failed" in last.stdout + last.stderr, last.stdout + last.stderr
     error = json.loads((out / "runs" / rid / "result.json").read_text())["error"]
     assert error.startswith(f"its job process crashed at start-up {STARTUP_CRASHES_MAX} times in a row"), error
@@ -200,14 +220,8 @@ def test_a_slurm_time_limit_signal_before_submitits_handler_requeues_the_job(tok
     from test_sweep import ehrfm, slurm_answered
     from test_sweep_faults3 import squeue_state, submitit_log, text_of, wait_for
 
-    out, rid = _one_run_sweep(tok, tmp_path)
-    holds = tmp_path / "holds"
-    launch = ehrfm("sweep", "launch", out, "--executor", "slurm", "--time", "20", "--cpus-per-task", "1", "--mem", "1G",
-                   env={"EHRFM_HOLD_AT": "job-start", "EHRFM_HOLD_DIR": str(holds)})
-    assert launch.returncode == 0, launch.stdout + launch.stderr
-    jid = json.loads((out / "jobs" / f"{rid}.json").read_text())["job_id"]
+    out, rid, holds, jid, held = _held_slurm_sweep(tok, tmp_path)
     try:
-        held = wait_held(holds, rid, "job-start", timeout_s=300)
         os.kill(held["pid"], signal.SIGUSR2)  # what `--signal=USR2@...` sends near the time limit, in the job's start-up
         (holds / f"{rid}.job-start.release").touch()
         wait_for(lambda: squeue_state(jid) not in ("RUNNING", "COMPLETING", "?"), f"job {jid} to leave RUNNING")
@@ -227,17 +241,12 @@ def test_a_slurm_job_stopped_by_a_signal_at_start_up_is_no_crash(tok, tmp_path):
     from test_sweep import ehrfm
     from test_sweep_faults3 import squeue_state, wait_for
 
-    out, rid = _one_run_sweep(tok, tmp_path)
-    holds = tmp_path / "holds"
-    args = ("--executor", "slurm", "--time", "20", "--cpus-per-task", "1", "--mem", "1G")
-    launch = ehrfm("sweep", "launch", out, *args, env={"EHRFM_HOLD_AT": "job-start", "EHRFM_HOLD_DIR": str(holds)})
-    assert launch.returncode == 0, launch.stdout + launch.stderr
-    jid = json.loads((out / "jobs" / f"{rid}.json").read_text())["job_id"]
+    out, rid, holds, jid, held = _held_slurm_sweep(tok, tmp_path)
     try:
-        os.kill(wait_held(holds, rid, "job-start", timeout_s=300)["pid"], signal.SIGTERM)
+        os.kill(held["pid"], signal.SIGTERM)
         wait_for(lambda: squeue_state(jid) in ("", "FAILED"), f"job {jid} to end")
     finally:
         subprocess.run(["scancel", jid], capture_output=True)
-    dry = ehrfm("sweep", "launch", out, *args, "--dry-run")
+    dry = ehrfm("sweep", "launch", out, *SLURM_ARGS, "--dry-run")
     assert "would submit 1" in dry.stdout.lower(), dry.stdout + dry.stderr
     assert not json.loads((out / "jobs" / f"{rid}.json").read_text()).get("startup_crashes")
