@@ -94,8 +94,10 @@ Codes (MIMIC_IV_MEDS "//" style; values always in numeric_value, never in the co
     ED_PYXIS//<name> (charttime). A missing or blank unit, location or name part is `UNK`;
     spaces around a part are dropped (`Vitamin D3 ` and a CHAR(7) `4019   ` are `Vitamin D3`, `4019`); so are
     spaces around every raw value when it is read, and a value of spaces only is empty (_trimmed). A tab or
-    line break inside a value is one space (counted); any other control character (a NUL byte) refuses
-    the table, naming file, column and count (_without_control_characters): no code holds one.
+    line break inside a value is one space (counted); any other control character but NUL (C0, DEL, C1:
+    cp1252 text read as Latin-1 leaves C1 characters in real free text) is removed (counted); a NUL byte
+    (a damaged copy) refuses the table, naming file, column and count (_without_control_characters):
+    no code holds a control character.
 Within one timestamp events keep a clinical order: admission, transfers, measurements,
 medications, procedures, diagnoses, death, discharge; then source table, rank (seq_num of ICD
 diagnoses and procedures, HCPCS: Table.rank), code, value, text, stay and row key (_event_order).
@@ -188,7 +190,8 @@ Dates and midnights (an event is never placed before the first moment it could h
   date_only_values: {column: n}, date_only_placed_at_discharge, midnight_times: {column: n},
   unparseable_numbers_set_null: {column: n}, out_of_range_numbers_set_null: {column: n},
   redacted_numbers_set_null: {column: n}, text_values_kept: {column: n}, moved_to_store_time:
-  {column: n}, line_breaks_set_to_space: {column: n}}} (the last nine only when non-zero), and `count_units` (COUNT_UNITS): which counts are
+  {column: n}, line_breaks_set_to_space: {column: n}, control_characters_removed: {column: n}}} (the
+  last ten only when non-zero), and `count_units` (COUNT_UNITS): which counts are
   per row read (a row listed twice counts twice; its repeat is a `duplicate` drop) and which per
   event written, after exact repeats are dropped (a row listed twice changes none of them).
 
@@ -392,6 +395,7 @@ class Context:
     redacted: dict = field(default_factory=dict)  # table -> column -> de-identification placeholders ___ (set null)
     text_values: dict = field(default_factory=dict)  # table -> column -> free-text values kept as text_value (ED pain)
     line_breaks: dict = field(default_factory=dict)  # table -> column -> values whose tabs/line breaks became a space
+    controls: dict = field(default_factory=dict)  # table -> column -> values whose other control characters were removed
     stored: dict = field(default_factory=dict)  # (table, time column) -> {"store_column", "present", "moved"}
     discharge: dict = field(default_factory=dict)  # how discharge times were placed -> count
     duration_coded: int = 0  # procedures_icd events placed at their stay's discharge (DURATION_CODED_PROCEDURES)
@@ -1407,7 +1411,7 @@ class _BadValues:
         self.markers: dict[str, int] = {}  # column -> how many of its unparseable values are a null marker
         self.zones: dict[str, int] = {}  # column -> how many of its unparseable times carry a time zone
         self.slashes: dict[str, int] = {}  # column -> how many of its unparseable times are 1/2/2150-style dates
-        self.control: dict[str, int] = {}  # column -> values holding a control character (_without_control_characters)
+        self.control: dict[str, int] = {}  # column -> values holding a NUL byte (_without_control_characters)
 
     def __bool__(self) -> bool:
         return bool(self.counts or self.control)
@@ -1422,8 +1426,7 @@ class _BadValues:
 
     def raise_if_any(self):
         for col, n in self.control.items():  # damage first: it is what made the values unparseable
-            raise UserError(f"{self.path}: column {col!r} has {n} value{'s' if n != 1 else ''} holding a NUL byte or "
-                            "another control character (U+0000-U+001F but tab and line breaks, U+007F-U+009F): "
+            raise UserError(f"{self.path}: column {col!r} has {n} value{'s' if n != 1 else ''} holding a NUL byte: "
                             "MIMIC-IV's values hold none; a damaged copy (a block of zeros) or binary data in a text "
                             "field? Download or export the file again")
         if self.counts:
@@ -1896,6 +1899,8 @@ def _account(rows_in: dict, counts: dict, ctx: Context) -> dict:
             entry["text_values_kept"] = dict(ctx.text_values[name])
         if ctx.line_breaks.get(name):
             entry["line_breaks_set_to_space"] = dict(ctx.line_breaks[name])
+        if ctx.controls.get(name):
+            entry["control_characters_removed"] = dict(ctx.controls[name])
         moved = {c: v["moved"] for (t, c), v in ctx.stored.items() if t == name and v["moved"]}
         if moved:
             entry["moved_to_store_time"] = moved
@@ -1910,7 +1915,7 @@ def _account(rows_in: dict, counts: dict, ctx: Context) -> dict:
 COUNT_UNITS = {
     "rows read": ["rows_read", "dropped", "date_only_values", "midnight_times", "unparseable_numbers_set_null",
                   "out_of_range_numbers_set_null", "redacted_numbers_set_null", "text_values_kept",
-                  "line_breaks_set_to_space"],
+                  "line_breaks_set_to_space", "control_characters_removed"],
     "events written": ["events_written", "date_only_placed_at_discharge", "duration_coded_at_discharge",
                        "moved_to_store_time"],
 }
@@ -1922,6 +1927,7 @@ VALUE_COUNT_LINES = (
     ("redacted_numbers_set_null", "de-identified (___) numbers kept as null"),
     ("text_values_kept", "free text kept as text_value (no 0-10 rating)"),
     ("line_breaks_set_to_space", "values whose tabs or line breaks became a space"),
+    ("control_characters_removed", "values whose control characters were removed"),
 )
 
 
@@ -2163,6 +2169,7 @@ def _merge_context(ctx: Context, part: Context) -> None:
     ctx.redacted.update(part.redacted)
     ctx.text_values.update(part.text_values)
     ctx.line_breaks.update(part.line_breaks)
+    ctx.controls.update(part.controls)
     ctx.stored.update(part.stored)
     ctx.discharge.update(part.discharge)
     ctx.duration_coded += part.duration_coded
@@ -2297,23 +2304,30 @@ def _trimmed(col: str) -> pl.Expr:
     return pl.when(value.str.len_bytes() > 0).then(value).alias(col)
 
 
-# Characters no MIMIC-IV value holds and no code may: C0 controls (NUL included) but tab and line
-# breaks, DEL and C1 controls. In a value they mean damage (a block of zeros from a failed copy, binary
-# data in a text field) and went into event codes as they were (`MEDICATION//Hepa\x00rin`): such a
-# table is refused, naming the file, column and how many values, as text that is not UTF-8 is.
-CONTROL_CHARACTERS = "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
+# A NUL byte in a value means damage (a block of zeros from a failed copy, binary data in a text
+# field): such a table is refused, naming the file, column and how many values, as text that is not
+# UTF-8 is. It went into event codes as it was (`MEDICATION//Hepa\x00rin`).
+NUL = "\x00"
 # Tabs and line breaks inside a value (a quoted CSV value may hold them; an edit or a spreadsheet puts
-# them there): whitespace, one space in the value with the spaces next to them, counted per column.
-LINE_BREAKS = "[ ]*[\t\n\r\u2028\u2029]+[ ]*"
+# them there; VT, FF and NEL are line breaks to Unicode): whitespace, one space in the value with the
+# whitespace next to them, counted per column.
+_BREAK = "\t\n\r\x0b\x0c\x85\u2028\u2029"
+LINE_BREAKS = f"[ {_BREAK}]*[{_BREAK}][ {_BREAK}]*"
+# Other C0 controls, DEL and C1 controls: real free text holds some (cp1252 text read as Latin-1
+# leaves C1 characters, as in MIMIC-IV-ED's chief complaints), so they are removed, counted per column,
+# rather than refusing a whole table; no code or text written holds one.
+CONTROL_CHARACTERS = "[\x01-\x08\x0e-\x1f\x7f-\x84\x86-\x9f]"
 ANY_CONTROL = "[\x00-\x1f\x7f-\x9f\u2028\u2029]"
 
 
 def _without_control_characters(df: pl.DataFrame, bad: _BadValues, ctx: Context) -> pl.DataFrame:
-    """The raw text columns df (_trimmed), every tab or line break inside a value made one space.
+    """The raw text columns df (_trimmed), line breaks made one space, other control characters removed.
 
-    Values holding another control character (CONTROL_CHARACTERS) are counted in `bad` per column,
-    which refuses the table once the whole file is read; tabs and line breaks are counted in
-    ctx.line_breaks (`line_breaks_set_to_space`). So no code or text written holds a control character.
+    A tab or line break inside a value becomes one space with the whitespace next to it, any other
+    control character but NUL is removed, and the changed values are trimmed again. Values holding a NUL byte are counted in `bad` per column, which refuses the table once the whole
+    file is read; line breaks are counted in ctx.line_breaks (`line_breaks_set_to_space`), other
+    control characters in ctx.controls (`control_characters_removed`). So no code or text written
+    holds a control character.
     """
     cols = [c for c in df.columns if df[c].dtype == pl.String]
     if not len(df) or not cols:
@@ -2323,14 +2337,19 @@ def _without_control_characters(df: pl.DataFrame, bad: _BadValues, ctx: Context)
     cols = [c for c, f in zip(cols, found, strict=True) if f]
     if not cols:
         return df
-    counts = df.select([pl.col(c).str.contains(CONTROL_CHARACTERS).sum().alias(f"c:{c}") for c in cols]
+    counts = df.select([pl.col(c).str.contains(NUL, literal=True).sum().alias(f"n:{c}") for c in cols]
+                       + [pl.col(c).str.contains(CONTROL_CHARACTERS).sum().alias(f"c:{c}") for c in cols]
                        + [pl.col(c).str.contains(LINE_BREAKS).sum().alias(f"b:{c}") for c in cols]).row(0, named=True)
     for c in cols:
-        if counts[f"c:{c}"]:
-            bad.control[c] = bad.control.get(c, 0) + int(counts[f"c:{c}"])
+        if counts[f"n:{c}"]:
+            bad.control[c] = bad.control.get(c, 0) + int(counts[f"n:{c}"])
         ctx.count(ctx.line_breaks, c, int(counts[f"b:{c}"] or 0))
-    broken = [c for c in cols if counts[f"b:{c}"]]
-    return df.with_columns(pl.col(c).str.replace_all(LINE_BREAKS, " ") for c in broken) if broken else df
+        ctx.count(ctx.controls, c, int(counts[f"c:{c}"] or 0))
+    changed = [c for c in cols if counts[f"b:{c}"] or counts[f"c:{c}"]]
+    if not changed:
+        return df
+    df = df.with_columns(pl.col(c).str.replace_all(CONTROL_CHARACTERS, "").str.replace_all(LINE_BREAKS, " ") for c in changed)
+    return df.with_columns(_trimmed(c) for c in changed)
 
 
 def _one_row_per_key(df: pl.DataFrame, key: str, path: Path) -> pl.DataFrame:
