@@ -1067,8 +1067,10 @@ def _local_outcome(sj, job: TrainJob) -> str:
             # raised leaves its traceback in its error stream and stays failed, as before. Before its trainer
             # started, it counts as a crash at start-up: so many in a row fail the run (_startup_crash).
             record = read_record_file(Path(job.record_path), damaged_ok=True) or {}
+            # the job id is a pid, which a new container or a wrapped pid counter gives again: keyed by launch
+            crash_id = f"local-{sj.job_id} (launch {record.get('launches', '?')})"
             if not record.get("trainer_pid") and _startup_crash(Path(job.record_path).parent.parent, job.run_id,
-                                                                f"local-{sj.job_id}", "killed by a signal, no traceback"):
+                                                                crash_id, "killed by a signal, no traceback"):
                 return str(Status.FAILED)
             return str(Status.LOST)
         error = f"job {sj.job_id} failed outside the trainer: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__}"

@@ -70,7 +70,10 @@ def test_a_local_job_crashing_at_start_up_is_resubmitted_a_bounded_number_of_tim
         launch = _crash_local_job_at_start(out, rid, holds)
         assert launch.returncode == 1 and "1 lost" in launch.stdout, f"crash {i}: {launch.stdout}{launch.stderr[-2000:]}"
         assert not (out / "runs" / rid / "result.json").exists()
-        assert len(json.loads((out / "jobs" / f"{rid}.json").read_text())["startup_crashes"]) == i
+        crashes = json.loads((out / "jobs" / f"{rid}.json").read_text())["startup_crashes"]
+        # one entry per launch, keyed by it: a job id is a pid, which a new container gives again (then
+        # a count of distinct pids stayed at 1 and the run was relaunched forever)
+        assert [c.endswith(f"(launch {k})") for k, c in enumerate(crashes, 1)] == [True] * i, crashes
     launch = _crash_local_job_at_start(out, rid, holds)  # the last one allowed
     assert launch.returncode == 1 and "1 failed" in launch.stdout, launch.stdout + launch.stderr[-2000:]
     error = json.loads((out / "runs" / rid / "result.json").read_text())["error"]
