@@ -141,6 +141,8 @@ class LaunchReport:
     skipped: dict[str, list[str]]  # state -> run ids not submitted
     final_states: dict[str, str] = field(default_factory=dict)  # after waiting
     archived: dict[str, str] = field(default_factory=dict)  # failed result.json moved aside for a retry: run id -> jobs/<id>.failed-N.json
+    # each run's job record as it was before this launch replaced it ({} if none): an undone launch puts it back
+    previous_records: dict[str, dict] = field(default_factory=dict)
 
     def reason(self) -> str:
         """The skipped runs as text, e.g. "3 completed, 1 failed (pass --retry-failed ...)", or "none"."""
@@ -262,7 +264,7 @@ def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
             _submit_slurm(sweep_dir, jobs, cfg, time_min, report, trunk_of)
         else:
             for job in jobs:
-                _new_record(sweep_dir, job.run_id, "local", launcher_pid=os.getpid())
+                report.previous_records[job.run_id] = _new_record(sweep_dir, job.run_id, "local", launcher_pid=os.getpid())
     if cfg.executor == "slurm":
         if cfg.wait:
             _wait_slurm(sweep_dir, report, cfg.poll_s)
@@ -304,7 +306,12 @@ def _select_and_prepare(sweep_dir: Path, sweep, plan: list[dict], cfg: LaunchCon
     skipped: dict[str, list[str]] = {}
     for row in plan:
         st = states[row["run_id"]]
-        if st.state == Status.LOST and st.executor == "slurm" and _slurm_startup_crash(sweep_dir, row["run_id"]):
+        if st.state == Status.LOST and st.executor == "slurm" and _slurm_startup_crash(sweep_dir, row["run_id"], write=not cfg.dry_run):
+            if cfg.dry_run:  # reads only: says what a launch would record
+                print(f"would record {row['run_id']} failed: its job crashed at start-up {STARTUP_CRASHES_MAX} times in a row")
+                if not cfg.retry_failed:
+                    skipped.setdefault(Status.FAILED, []).append(row["run_id"])
+                    continue
             st = states[row["run_id"]] = run_states(sweep_dir, [row["run_id"]], plan=plan,
                                                     fingerprint=sweep.tokenizer_fingerprint, own_launch=True)[row["run_id"]]
         if st.state in _LAUNCHED or (st.state == Status.FAILED and cfg.retry_failed):
@@ -460,18 +467,27 @@ def _archive_failed(sweep_dir: Path, run_id: str) -> Path:
 def _unlaunch(sweep_dir: Path, run_id: str, report: LaunchReport) -> None:
     """Undo the launch of a run whose job was never submitted or started (sbatch refused, Ctrl-C).
 
-    Its record goes, and a failed result.json that this launch's --retry-failed moved aside comes
-    back: the run stays `failed` with its reason, not `planned` with the failure gone from status and collect.
+    Its record goes back to the one this launch replaced (none: it goes), so the run's earlier jobs and
+    its count of crashes at start-up are kept; and a failed result.json that this launch's --retry-failed
+    moved aside comes back: the run stays `failed` with its reason, not `planned` with the failure gone
+    from status and collect.
     """
-    record_path(sweep_dir, run_id).unlink(missing_ok=True)
+    path, previous = record_path(sweep_dir, run_id), report.previous_records.pop(run_id, None)
+    with record_lock(path):
+        if previous:
+            write_json(path, previous)
+        else:
+            path.unlink(missing_ok=True)
     archived = report.archived.pop(run_id, None)
     result = runs_dir(sweep_dir) / run_id / "result.json"
     if archived and Path(archived).exists() and not result.exists():
         os.replace(archived, result)
 
 
-def _startup_crash(sweep_dir: Path, run_id: str, job_id: str, how: str) -> bool:
+def _startup_crash(sweep_dir: Path, run_id: str, job_id: str, how: str, write: bool = True) -> bool:
     """Count job `job_id` as a crash of run `run_id` at start-up; True when that made the run failed.
+
+    With write=False (a dry run) nothing is written: True when counting it would make the run failed.
 
     The job record keeps the ids of the run's jobs that crashed at start-up in a row (`startup_crashes`;
     each id counted once, so asking again is harmless). At STARTUP_CRASHES_MAX the run's result.json
@@ -488,6 +504,8 @@ def _startup_crash(sweep_dir: Path, run_id: str, job_id: str, how: str) -> bool:
         if job_id not in crashes:
             crashes.append(job_id)
         failed = len(crashes) >= STARTUP_CRASHES_MAX
+        if not write:
+            return failed
         if failed:
             error = (f"its job process crashed at start-up {len(crashes)} times in a row (jobs {', '.join(crashes)}: {how}), "
                      "killed before it started the trainer and without a traceback (a segmentation fault in Python or a "
@@ -503,8 +521,10 @@ def _startup_crash(sweep_dir: Path, run_id: str, job_id: str, how: str) -> bool:
 _STOP_SIGNAL_LINE = re.compile(r"srun: error: .*: tasks? [\d,-]+: (Terminated|User defined signal \d|Hangup|Interrupt)")
 
 
-def _slurm_startup_crash(sweep_dir: Path, run_id: str) -> bool:
+def _slurm_startup_crash(sweep_dir: Path, run_id: str, write: bool = True) -> bool:
     """For a lost SLURM run: did its last job crash at start-up (counted by _startup_crash)? True when the run is now failed for it.
+
+    With write=False (a dry run) nothing is written: True when the run would be failed for it.
 
     A crash at start-up: the job ran (its submitit log exists), never started the trainer (no
     trainer_pid on record) and was not stopped (its log has no slurmstepd CANCELLED/TERMINATED line:
@@ -527,7 +547,8 @@ def _slurm_startup_crash(sweep_dir: Path, run_id: str) -> bool:
     with contextlib.suppress(OSError):  # killed by a stop signal (srun says which): a stop, not a crash
         if _STOP_SIGNAL_LINE.search(paths.stdout.read_text(encoding="utf-8", errors="replace")[-65536:]):
             return False
-    return _startup_crash(sweep_dir, run_id, str(jid), f"SLURM job {jid} ended without a result" + (f"; {logged}" if logged else ""))
+    return _startup_crash(sweep_dir, run_id, str(jid), f"SLURM job {jid} ended without a result" + (f"; {logged}" if logged else ""),
+                          write=write)
 
 
 def _write_record(sweep_dir: Path, run_id: str, **fields) -> None:
@@ -540,13 +561,13 @@ def _write_record(sweep_dir: Path, run_id: str, **fields) -> None:
         write_json(path, record)
 
 
-def _new_record(sweep_dir: Path, run_id: str, executor: str, **fields) -> None:
-    """A fresh submission record (the previous attempt's fields are dropped)."""
+def _new_record(sweep_dir: Path, run_id: str, executor: str, **fields) -> dict:
+    """A fresh submission record (the previous attempt's fields are dropped); returns the one it replaced ({} if none)."""
     with record_lock(record_path(sweep_dir, run_id)):
-        _new_record_locked(sweep_dir, run_id, executor, **fields)
+        return _new_record_locked(sweep_dir, run_id, executor, **fields)
 
 
-def _new_record_locked(sweep_dir: Path, run_id: str, executor: str, **fields) -> None:
+def _new_record_locked(sweep_dir: Path, run_id: str, executor: str, **fields) -> dict:
     old = {}
     with contextlib.suppress(OSError, json.JSONDecodeError):
         old = json.loads(record_path(sweep_dir, run_id).read_text(encoding="utf-8"))
@@ -564,6 +585,7 @@ def _new_record_locked(sweep_dir: Path, run_id: str, executor: str, **fields) ->
         **fields,
     }
     write_json(record_path(sweep_dir, run_id), record)
+    return old
 
 
 # --- SLURM -------------------------------------------------------------------------------------
@@ -613,7 +635,7 @@ def _submit_slurm(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, time
         params["setup"] = list(cfg.setup)
     executor.update_parameters(**params)
     for job in jobs:
-        _new_record(sweep_dir, job.run_id, "slurm")
+        report.previous_records[job.run_id] = _new_record(sweep_dir, job.run_id, "slurm")
     by_id: dict[str, object] = {}
     # Ctrl-C, SIGTERM or SIGHUP between sbatch and the records killed the launcher with its jobs
     # queued but recorded without a job id ("lost"): a relaunch submitted them a second time. The

@@ -144,7 +144,11 @@ def test_a_slurm_job_crashing_at_start_up_is_resubmitted_a_bounded_number_of_tim
             subprocess.run(["scancel", jid], capture_output=True)
         status = slurm_answered(ehrfm, "sweep", "status", out)
         assert f"{rid}: lost" in status.stdout, f"crash {i}: {status.stdout}"
-    last = slurm_answered(ehrfm, "sweep", "launch", out, *SLURM_ARGS, "--dry-run")  # counts the last crash: no more tries
+    record = (out / "jobs" / f"{rid}.json").read_text()
+    dry = slurm_answered(ehrfm, "sweep", "launch", out, *SLURM_ARGS, "--dry-run")  # says what it would record, writes nothing
+    assert f"would record {rid} failed" in dry.stdout and "nothing to run (1 failed" in dry.stdout + dry.stderr, dry.stdout + dry.stderr
+    assert not (out / "runs" / rid / "result.json").exists() and (out / "jobs" / f"{rid}.json").read_text() == record
+    last = slurm_answered(ehrfm, "sweep", "launch", out, *SLURM_ARGS)  # counts the last crash: no more tries
     assert "nothing to run (1 failed" in last.stdout + last.stderr, last.stdout + last.stderr
     error = json.loads((out / "runs" / rid / "result.json").read_text())["error"]
     assert error.startswith(f"its job process crashed at start-up {STARTUP_CRASHES_MAX} times in a row"), error
@@ -253,3 +257,22 @@ def test_a_slurm_job_stopped_by_a_signal_at_start_up_is_no_crash(tok, tmp_path):
     dry = ehrfm("sweep", "launch", out, *SLURM_ARGS, "--dry-run")
     assert "would submit 1" in dry.stdout.lower(), dry.stdout + dry.stderr
     assert not json.loads((out / "jobs" / f"{rid}.json").read_text()).get("startup_crashes")
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(shutil.which("sbatch") is None, reason="SLURM not installed (no `sbatch` on PATH)")
+def test_a_launch_sbatch_refuses_keeps_the_runs_earlier_record_and_its_crash_count(tok, tmp_path):
+    """Before: a launch undone (sbatch refused it, or Ctrl-C before its job started) deleted the run's job
+    record, and with it the count of its crashes at start-up: the run got STARTUP_CRASHES_MAX tries again.
+    Now the record this launch replaced is put back, as it was."""
+    from test_sweep import ehrfm
+
+    out, rid = _one_run_sweep(tok, tmp_path)
+    path = out / "jobs" / f"{rid}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    earlier = {"run_id": rid, "executor": "slurm", "job_id": "999999", "host": os.uname().nodename, "sweep_dir": str(out),
+               "launches": 2, "previous_job_ids": ["999998"], "startup_crashes": ["999998", "999999"]}
+    path.write_text(json.dumps(earlier))
+    refused = ehrfm("sweep", "launch", out, *SLURM_ARGS, "--partition", "no_such_partition")
+    assert refused.returncode != 0 and "sbatch refused" in refused.stderr, refused.stdout + refused.stderr
+    assert json.loads(path.read_text()) == earlier
