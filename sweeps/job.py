@@ -92,6 +92,11 @@ class TrainJob:
         signal.signal(signal.SIGHUP, self._forward_stop)  # the launching terminal closed
         if rank != 0:  # submitit's USR2 handler acts on rank 0 only; other ranks stop their own trainer
             signal.signal(signal.SIGUSR2, self._forward_stop)
+        if getattr(self, "_early_usr2", False):
+            # SLURM's time-limit (or preemption) signal came while the job was unpickled, before submitit's
+            # handler: kept by _keep_early_usr2, given now to that handler (checkpoint, requeue as a time-out)
+            self._early_usr2 = False
+            os.kill(os.getpid(), signal.SIGUSR2)
         try:
             if rank == 0:
                 self._note_start()
@@ -115,13 +120,22 @@ class TrainJob:
 
     def __getstate__(self):
         # The child process and its watcher thread live only in the running job.
-        return {k: v for k, v in self.__dict__.items() if k not in ("_proc", "_returncode", "_stopping", "_watcher", "_oom_before")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_proc", "_returncode", "_stopping", "_watcher", "_oom_before", "_early_usr2")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._proc, self._returncode, self._stopping, self._oom_before = None, None, False, None
+        # Unpickled in the job process, before submitit installs its USR2 handler: a USR2 (SLURM's
+        # time-limit signal, the local executor's time-out) now killed the job (default action), and the job
+        # ended without a requeue. It is kept instead, and passed on in __call__, once submitit handles it.
+        self._early_usr2 = False
+        if threading.current_thread() is threading.main_thread() and os.environ.get("SUBMITIT_EXECUTOR"):
+            signal.signal(signal.SIGUSR2, self._keep_early_usr2)
         # a test holds the job here: unpickled by submitit, none of its or our signal handlers yet
         fault_points.hold("job-start", self.run_id)
+
+    def _keep_early_usr2(self, signum=None, frame=None) -> None:
+        self._early_usr2 = True
 
     # --- the trainer child ----------------------------------------------------------------------
     def _spawn(self, rank: int, local_rank: int, world: int) -> None:

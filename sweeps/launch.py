@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import errno
 import json
 import os
 import re
@@ -71,6 +72,10 @@ _LAUNCHED = (Status.PLANNED, Status.LOST, Status.INTERRUPTED)
 _BUSY = (*ACTIVE, Status.UNKNOWN)
 # The trainer's exit code when it refused its config before training (UserError; sweeps/run_one.py)
 _EXIT_REFUSED = 2
+# A job process that dies at start-up, before it starts the trainer and without a traceback (a signal
+# before any handler: SIGSEGV in a library, a broken interpreter), leaves its run `lost` and a plain
+# relaunch submits it again: at most this many times in a row, then the run is recorded failed, saying so.
+STARTUP_CRASHES_MAX = 3
 
 
 @dataclass
@@ -136,6 +141,8 @@ class LaunchReport:
     skipped: dict[str, list[str]]  # state -> run ids not submitted
     final_states: dict[str, str] = field(default_factory=dict)  # after waiting
     archived: dict[str, str] = field(default_factory=dict)  # failed result.json moved aside for a retry: run id -> jobs/<id>.failed-N.json
+    # each run's job record as it was before this launch replaced it ({} if none): an undone launch puts it back
+    previous_records: dict[str, dict] = field(default_factory=dict)
 
     def reason(self) -> str:
         """The skipped runs as text, e.g. "3 completed, 1 failed (pass --retry-failed ...)", or "none"."""
@@ -257,7 +264,7 @@ def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
             _submit_slurm(sweep_dir, jobs, cfg, time_min, report, trunk_of)
         else:
             for job in jobs:
-                _new_record(sweep_dir, job.run_id, "local", launcher_pid=os.getpid())
+                report.previous_records[job.run_id] = _new_record(sweep_dir, job.run_id, "local", launcher_pid=os.getpid())
     if cfg.executor == "slurm":
         if cfg.wait:
             _wait_slurm(sweep_dir, report, cfg.poll_s)
@@ -299,6 +306,14 @@ def _select_and_prepare(sweep_dir: Path, sweep, plan: list[dict], cfg: LaunchCon
     skipped: dict[str, list[str]] = {}
     for row in plan:
         st = states[row["run_id"]]
+        if st.state == Status.LOST and st.executor == "slurm" and _slurm_startup_crash(sweep_dir, row["run_id"], write=not cfg.dry_run):
+            if cfg.dry_run:  # reads only: says what a launch would record
+                print(f"would record {row['run_id']} failed: its job crashed at start-up {STARTUP_CRASHES_MAX} times in a row")
+                if not cfg.retry_failed:
+                    skipped.setdefault(Status.FAILED, []).append(row["run_id"])
+                    continue
+            st = states[row["run_id"]] = run_states(sweep_dir, [row["run_id"]], plan=plan,
+                                                    fingerprint=sweep.tokenizer_fingerprint, own_launch=True)[row["run_id"]]
         if st.state in _LAUNCHED or (st.state == Status.FAILED and cfg.retry_failed):
             to_submit.append(row)
         else:
@@ -452,14 +467,88 @@ def _archive_failed(sweep_dir: Path, run_id: str) -> Path:
 def _unlaunch(sweep_dir: Path, run_id: str, report: LaunchReport) -> None:
     """Undo the launch of a run whose job was never submitted or started (sbatch refused, Ctrl-C).
 
-    Its record goes, and a failed result.json that this launch's --retry-failed moved aside comes
-    back: the run stays `failed` with its reason, not `planned` with the failure gone from status and collect.
+    Its record goes back to the one this launch replaced (none: it goes), so the run's earlier jobs and
+    its count of crashes at start-up are kept; and a failed result.json that this launch's --retry-failed
+    moved aside comes back: the run stays `failed` with its reason, not `planned` with the failure gone
+    from status and collect.
     """
-    record_path(sweep_dir, run_id).unlink(missing_ok=True)
+    path, previous = record_path(sweep_dir, run_id), report.previous_records.pop(run_id, None)
+    with record_lock(path):
+        if previous:
+            write_json(path, previous)
+        else:
+            path.unlink(missing_ok=True)
     archived = report.archived.pop(run_id, None)
     result = runs_dir(sweep_dir) / run_id / "result.json"
     if archived and Path(archived).exists() and not result.exists():
         os.replace(archived, result)
+
+
+def _startup_crash(sweep_dir: Path, run_id: str, job_id: str, how: str, write: bool = True) -> bool:
+    """Count job `job_id` as a crash of run `run_id` at start-up; True when that made the run failed.
+
+    With write=False (a dry run) nothing is written: True when counting it would make the run failed.
+
+    The job record keeps the ids of the run's jobs that crashed at start-up in a row (`startup_crashes`;
+    each id counted once, so asking again is harmless). At STARTUP_CRASHES_MAX the run's result.json
+    says failed, with how often, how it looked and what to do; the count starts again, so
+    `--retry-failed` gives the run as many tries again. A job that started its trainer ends the row
+    (_new_record_locked carries the count only from a record without a trainer_pid).
+    """
+    path = record_path(sweep_dir, run_id)
+    with record_lock(path):
+        record = read_record_file(path, damaged_ok=True)
+        if record is None:
+            return False  # no record (or a damaged one): nothing to count on
+        crashes = [str(j) for j in record.get("startup_crashes") or []]
+        if job_id not in crashes:
+            crashes.append(job_id)
+        failed = len(crashes) >= STARTUP_CRASHES_MAX
+        if not write:
+            return failed
+        if failed:
+            error = (f"its job process crashed at start-up {len(crashes)} times in a row (jobs {', '.join(crashes)}: {how}), "
+                     "killed before it started the trainer and without a traceback (a segmentation fault in Python or a "
+                     f"library, a broken environment: try the job's command by hand); see {log_path(sweep_dir, run_id)} and "
+                     f"{sweep_dir / 'submitit'}; after fixing it, `ehrfm sweep launch {sweep_dir} --retry-failed` "
+                     f"tries it up to {STARTUP_CRASHES_MAX} times again")
+            write_result(runs_dir(sweep_dir) / run_id, RunResult(Status.FAILED, error=error))
+        write_json(path, {**record, "startup_crashes": [] if failed else crashes})
+    return failed
+
+
+# srun's line for a task a stop signal killed (SIGTERM, SIGUSR2 before submitit's handler, SIGHUP, SIGINT)
+_STOP_SIGNAL_LINE = re.compile(r"srun: error: .*: tasks? [\d,-]+: (Terminated|User defined signal \d|Hangup|Interrupt)")
+
+
+def _slurm_startup_crash(sweep_dir: Path, run_id: str, write: bool = True) -> bool:
+    """For a lost SLURM run: did its last job crash at start-up (counted by _startup_crash)? True when the run is now failed for it.
+
+    With write=False (a dry run) nothing is written: True when the run would be failed for it.
+
+    A crash at start-up: the job ran (its submitit log exists), never started the trainer (no
+    trainer_pid on record) and was not stopped (its log has no slurmstepd CANCELLED/TERMINATED line:
+    scancel, time limit, node failure, preemption are no crash; a job cancelled while pending has no log).
+    """
+    from submitit.core.utils import JobPaths
+
+    from sweeps.state import _log_reason
+
+    record = read_record_file(record_path(sweep_dir, run_id), damaged_ok=True) or {}
+    jid = record.get("job_id")
+    if not jid or record.get("trainer_pid") or str(jid) in (record.get("startup_crashes") or []):
+        return False
+    paths = JobPaths(sweep_dir / "submitit" / "%j", job_id=str(jid), task_id=0)
+    if not (paths.stdout.exists() or paths.stderr.exists()):
+        return False
+    logged = _log_reason(sweep_dir, str(jid)) or ""
+    if re.search(r"\*\*\* JOB .*(CANCELLED|TERMINATED)|Job not requeued because", logged):
+        return False
+    with contextlib.suppress(OSError):  # killed by a stop signal (srun says which): a stop, not a crash
+        if _STOP_SIGNAL_LINE.search(paths.stdout.read_text(encoding="utf-8", errors="replace")[-65536:]):
+            return False
+    return _startup_crash(sweep_dir, run_id, str(jid), f"SLURM job {jid} ended without a result" + (f"; {logged}" if logged else ""),
+                          write=write)
 
 
 def _write_record(sweep_dir: Path, run_id: str, **fields) -> None:
@@ -472,13 +561,13 @@ def _write_record(sweep_dir: Path, run_id: str, **fields) -> None:
         write_json(path, record)
 
 
-def _new_record(sweep_dir: Path, run_id: str, executor: str, **fields) -> None:
-    """A fresh submission record (the previous attempt's fields are dropped)."""
+def _new_record(sweep_dir: Path, run_id: str, executor: str, **fields) -> dict:
+    """A fresh submission record (the previous attempt's fields are dropped); returns the one it replaced ({} if none)."""
     with record_lock(record_path(sweep_dir, run_id)):
-        _new_record_locked(sweep_dir, run_id, executor, **fields)
+        return _new_record_locked(sweep_dir, run_id, executor, **fields)
 
 
-def _new_record_locked(sweep_dir: Path, run_id: str, executor: str, **fields) -> None:
+def _new_record_locked(sweep_dir: Path, run_id: str, executor: str, **fields) -> dict:
     old = {}
     with contextlib.suppress(OSError, json.JSONDecodeError):
         old = json.loads(record_path(sweep_dir, run_id).read_text(encoding="utf-8"))
@@ -491,9 +580,12 @@ def _new_record_locked(sweep_dir: Path, run_id: str, executor: str, **fields) ->
         "submitted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "launches": int(old.get("launches", 0)) + 1,
         "previous_job_ids": (old.get("previous_job_ids") or []) + ([old["job_id"]] if old.get("job_id") else []),
+        # the last job crashed at start-up (it never started a trainer): the row of such crashes goes on
+        **({"startup_crashes": old["startup_crashes"]} if old.get("startup_crashes") and not old.get("trainer_pid") else {}),
         **fields,
     }
     write_json(record_path(sweep_dir, run_id), record)
+    return old
 
 
 # --- SLURM -------------------------------------------------------------------------------------
@@ -543,7 +635,7 @@ def _submit_slurm(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, time
         params["setup"] = list(cfg.setup)
     executor.update_parameters(**params)
     for job in jobs:
-        _new_record(sweep_dir, job.run_id, "slurm")
+        report.previous_records[job.run_id] = _new_record(sweep_dir, job.run_id, "slurm")
     by_id: dict[str, object] = {}
     # Ctrl-C, SIGTERM or SIGHUP between sbatch and the records killed the launcher with its jobs
     # queued but recorded without a job id ("lost"): a relaunch submitted them a second time. The
@@ -824,10 +916,26 @@ def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, slots: 
     bar = progress(total=len(jobs), desc="runs", unit="run")
     start = time.time()
     stop = _StopSignals()
+    # A job record or result this launcher cannot write (a full disk, a quota): it stopped the launch
+    # (exit 2) with its jobs running on, unwatched. Now no more jobs start, the running ones are watched
+    # to their end, and the launch then fails with that error (naming the file).
+    write_error: list[OSError] = []
+
+    def bookkeeping(fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except OSError as e:
+            if not write_error:
+                write_error.append(e)
+                what = f"{e.filename}: " if e.filename else ""
+                warn(f"{what}cannot be written ({errno.errorcode.get(e.errno or 0, e.errno)}: {e.strerror or e}): no more jobs "
+                     f"start; waiting for the {len(running)} running ones to end", "sweep")
+            return None
+
     try:
         with stop:
-            while (pending or running) and not stop.signum:
-                while pending and len(running) < max_parallel and not stop.signum:
+            while ((pending and not write_error) or running) and not stop.signum:
+                while pending and len(running) < max_parallel and not stop.signum and not write_error:
                     job = _next_ready(pending, running, trunk_of)
                     if job is None:
                         break  # every pending job waits for a trunk still running here
@@ -836,8 +944,8 @@ def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, slots: 
                     if gpus:
                         executor.update_parameters(gpus_per_node=len(group), visible_gpus=tuple(group))
                     sj = executor.submit(job)
-                    _write_record(sweep_dir, job.run_id, job_id=f"local-{sj.job_id}", job_pid=int(sj.job_id))
                     running[job.run_id] = (sj, job, group)
+                    bookkeeping(_write_record, sweep_dir, job.run_id, job_id=f"local-{sj.job_id}", job_pid=int(sj.job_id))
                     report.submitted.append(job.run_id)
                     report.job_ids[job.run_id] = f"local-{sj.job_id}"
                 stop.wait(0.5)
@@ -848,8 +956,9 @@ def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, slots: 
                         del running[rid]
                         if group:
                             free_gpu_groups.append(group)
-                        _local_outcome(sj, job)
-                        _write_record(sweep_dir, rid, finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+                        bookkeeping(_local_outcome, sj, job)
+                        bookkeeping(_write_record, sweep_dir, rid,
+                                    finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
                         bar.update(1)
         if stop.signum:
             raise stop.exception()
@@ -871,8 +980,10 @@ def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, slots: 
         raise
     finally:
         bar.close()
-        for job in pending:  # not started (Ctrl-C): no longer queued anywhere
+        for job in pending:  # not started (Ctrl-C, a write that failed): no longer queued anywhere
             _unlaunch(sweep_dir, job.run_id, report)
+    if write_error:  # every job it started has ended: `sweep status` tells each run's state, a relaunch goes on
+        raise write_error[0]
     report.final_states = {rid: st.state for rid, st in run_states(sweep_dir, report.submitted).items() if rid in report.submitted}
     by_state: dict[str, int] = {}
     for s in report.final_states.values():
@@ -975,7 +1086,14 @@ def _local_outcome(sj, job: TrainJob) -> str:
             # Killed by a signal, not broken: a SIGTERM while the job process started (Python, submitit,
             # the unpickling: before any handler of submitit's or ours) was recorded failed, so a plain
             # relaunch skipped the run, while the same SIGTERM a moment later checkpointed it. A job that
-            # raised leaves its traceback in its error stream and stays failed, as before.
+            # raised leaves its traceback in its error stream and stays failed, as before. Before its trainer
+            # started, it counts as a crash at start-up: so many in a row fail the run (_startup_crash).
+            record = read_record_file(Path(job.record_path), damaged_ok=True) or {}
+            # the job id is a pid, which a new container or a wrapped pid counter gives again: keyed by launch
+            crash_id = f"local-{sj.job_id} (launch {record.get('launches', '?')})"
+            if not record.get("trainer_pid") and _startup_crash(Path(job.record_path).parent.parent, job.run_id,
+                                                                crash_id, "killed by a signal, no traceback"):
+                return str(Status.FAILED)
             return str(Status.LOST)
         error = f"job {sj.job_id} failed outside the trainer: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__}"
         write_result(job.run_dir, RunResult(Status.FAILED, error=error))

@@ -45,7 +45,10 @@ def test_zeroshot_icu_rollouts_leave_out_direct_icu_admissions(tmp_path):
     of those five): 1/5. Outcome after an interval: 1/5 * 1/4; discharge 1/5 + 1/5 * 1/4 = 1/4, death
     1/4. Of the discharges 5/16 are transfers (an admission within 1 h, test 9), 11/16 decide. Share
     among decided: (1/20) / (1/20 + 1/4 + 11/64) = 16/151 (before: 1/3; 1/11 before test 9's rule);
-    transfers 1/5 + 5/64."""
+    transfers 1/5 + 5/64. Since the outcome is followed to its stay's end (test 10): of the ICU admissions
+    reached, 1/3 end in a death (the outcome), 1/3 in a discharge of which 11/16 decide (the outcome) and
+    5/16 are transfers, 1/3 in an end of record (undecided): outcome 9/16 of them, share (9/320) / (9/320 +
+    1/4 + 11/64) = 1/16, transfers 1/5 + 5/64 + 1/192."""
     from ehrfm.clinical.zeroshot import ZeroShotConfig, zeroshot
     from ehrfm.tokens import TokenDir
 
@@ -61,14 +64,15 @@ def test_zeroshot_icu_rollouts_leave_out_direct_icu_admissions(tmp_path):
     m = zeroshot(cfg, tmp_path / "zs")
     p = pl.read_parquet(tmp_path / "zs" / "predictions.parquet")["predicted_boolean_probability"].mean()
     # 20 labels x 100 rollouts: ~1,600 decided, sd of the share ~0.007
-    assert abs(p - 16 / 151) < 0.03, p
-    assert abs(m["transfer_share"] - (1 / 5 + 5 / 64)) < 0.04 and m["direct_icu_minutes"] == 5.0
+    assert abs(p - 1 / 16) < 0.03, p
+    assert abs(m["transfer_share"] - (1 / 5 + 5 / 64 + 1 / 192)) < 0.04 and m["direct_icu_minutes"] == 5.0
     # the label file's own window: 0 minutes, no stay is direct, every ICU admission is the outcome (vs discharge,
-    # death): 1/4 / (1/4 + 1/4 + 1/4 * 11/16) = 16/43, transfers only after a discharge
+    # death), followed to its stay's end: 1/4 * 9/16 / (1/4 * 9/16 + 1/4 + 1/4 * 11/16) = 1/4, transfers only after a
+    # discharge: 5/64 + 1/4 * 5/48
     (tmp_path / "icu_admission.json").write_text(json.dumps({"task": "icu_admission", "config": {"direct_icu_minutes": 0.0}}))
     m0 = zeroshot(cfg, tmp_path / "zs0")
     p0 = pl.read_parquet(tmp_path / "zs0" / "predictions.parquet")["predicted_boolean_probability"].mean()
-    assert abs(p0 - 16 / 43) < 0.04 and abs(m0["transfer_share"] - 5 / 64) < 0.02
+    assert abs(p0 - 1 / 4) < 0.04 and abs(m0["transfer_share"] - 5 / 48) < 0.02
 
 
 # 2 ---------------------------------------------------------------------------------------------
@@ -232,7 +236,9 @@ def test_zeroshot_simulated_time_starts_at_the_prediction_time(tmp_path):
     Uniform sampling over 12 tokens; the ones that count: the interval token 1h-2h (1 h), the
     discharge and TIMELINE_END. Long stay = two interval tokens before either end: 1/3 * 1/3 = 1/9
     (under --undecided negative, whatever the end of record counts as) of the rollouts that are no
-    transfer (test 9: 5/16 of the 4/9 that reach a discharge): 4/31."""
+    transfer (test 9: 5/16 of the 4/9 that reach a discharge): 4/31. Since a long stay is followed to its
+    end (test 10), 9/16 of the 1/9 are the outcome (5/48 transfers, 1/3 an end of record): 1/16 of the
+    367/432 that are no transfer, 27/367."""
     from ehrfm.clinical.zeroshot import ZeroShotConfig, zeroshot
 
     tok, labels = make_cohort(tmp_path)
@@ -244,13 +250,13 @@ def test_zeroshot_simulated_time_starts_at_the_prediction_time(tmp_path):
     cfg = ZeroShotConfig(str(run), str(tok), str(los), n_samples=100, max_new_tokens=64, bootstrap=0, seed=1, undecided="negative")
     m = zeroshot(cfg, tmp_path / "zs")
     p = pl.read_parquet(tmp_path / "zs" / "predictions.parquet")["predicted_boolean_probability"].mean()
-    assert abs(p - 4 / 31) < 0.03, p  # 2,000 rollouts: sd 0.007 (before: 0.0)
+    assert abs(p - 27 / 367) < 0.03, p  # 2,000 rollouts: sd 0.006 (before: 0.0)
     assert m["time_bound"]["long_los_days"] == 25 / 24
 
 
 # 7 ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("task, share, ended", [("in_hospital_mortality", 1 / 2, 1 / 3), ("icu_admission", 1 / 3, 1 / 4),
-                                                ("long_los", 4 / 15, 4 / 9)])
+                                                ("long_los", 9 / 53, 13 / 27)])
 def test_zeroshot_an_end_of_record_is_undecided_not_a_discharge(tmp_path, task, share, ended):
     """Before: a rollout that sampled TIMELINE_END before the stay ended counted as the competing event
     (as a discharge), though `ehrfm labels` gives a stay the data leave open no label (no_discharge):
@@ -262,7 +268,8 @@ def test_zeroshot_an_end_of_record_is_undecided_not_a_discharge(tmp_path, task, 
     tokenizer has no interval tokens, so no direct-ICU rule). Long stay (1 h left after the prediction
     time, the 1h-2h token counting 1 h): two interval tokens before the discharge, 1/9, vs the discharge
     first 4/9, of which 11/16 decide (test 9): 4/15 (before 1/9; 1/5 before test 9's rule); TIMELINE_END
-    first 4/9."""
+    first 4/9. Since a long stay is followed to its end (test 10), 9/16 of the 1/9 decide as the outcome and
+    1/3 end in TIMELINE_END: 9/53, ended 4/9 + 1/27."""
     from ehrfm.clinical.zeroshot import ZeroShotConfig, zeroshot
 
     tok, labels = make_cohort(tmp_path)
@@ -329,18 +336,22 @@ def test_zeroshot_batches_count_the_logits_memory(tmp_path, monkeypatch):
             return zs._run_rollouts(cfg, td, h, model, 64, "in_hospital_mortality", rows)[0][rows]
 
     p = run_with()
-    row, draw = zs.rollout_memory(model, 64)
-    assert draw == V * 4 and row == 2 * 2 * 64 * 32 * 4 + zs.LOGIT_COPIES * V * 4  # 32 KiB of KV cache, 235 KiB of logits
+    row, draw, prefill = zs.rollout_memory(model, 64)
+    kv, act = 2 * 2 * 64 * 32 * 4, (zs.ACT_WIDTHS * 32 + 3 * 96) * 4  # 32 KiB of KV cache; one position's activations
+    # a row: its cache, a slide's rotated keys, a step's activations and attention, 235 KiB of logits (test_zeroshot_label_rules 3)
+    assert draw == V * 4 and row == kv + kv // 2 + act + 3 * 64 * 4 + zs.LOGIT_COPIES * V * 4
+    assert prefill == kv + 64 * act + (4 + zs.MASK_BOOLS) * 64 * 64  # a prompt's cache, activations and attention masks
     assert all(t == 1 for _, t in returned)  # the prefill returns the last position only (before: 62)
-    # every batch's rows, with their labels' draws, fit the 8 MB: 5 labels of 4 rows (before: all 8 labels at once)
+    # every batch's rows, with their labels' draws and prompt encodings, fit the 8 MB: 4 labels of 4 rows (before: all
+    # 8 labels at once; 5 before the encoding was counted)
     most = max(r for r, _ in returned)
-    assert most == 5 * S and most * (row + draw) <= budget
+    assert most == 4 * S and most * (row + draw) + 4 * prefill <= budget
     # split samples (3 + 1 per label) draw the same: the same probabilities
     np.testing.assert_array_equal(run_with(batch_size=3), p)
     assert max(r for r, _ in returned) == 3
     # one rollout that cannot fit the free memory: refused before any rollout, with the sizes
-    monkeypatch.setattr(zs, "free_memory", lambda device: 512 << 10)  # 272 KiB of row + 4 x 78 KiB of draws do not fit
-    with pytest.raises(UserError, match=r"one rollout needs 0\.6 MiB on cpu .* logits over 20012 tokens, 4 samples' draws\), "
+    monkeypatch.setattr(zs, "free_memory", lambda device: 512 << 10)  # 285 KiB of row + 4 x 78 KiB of draws + 200 KiB do not fit
+    with pytest.raises(UserError, match=r"one rollout needs 0\.8 MiB on cpu .* logits over 20012 tokens, 4 samples' draws\), "
                                         r"more than the 0\.5 MiB free"):
         run_with()
     assert returned == []
@@ -348,9 +359,9 @@ def test_zeroshot_batches_count_the_logits_memory(tmp_path, monkeypatch):
 
 # 9 ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("task, sidecar, share, transferred", [
-    ("in_hospital_mortality", None, 16 / 27, 5 / 48),
-    ("icu_admission", {"direct_icu_minutes": 0.0}, 16 / 43, 5 / 64),
-    ("long_los", {"gap_hours": 24.0, "long_los_days": 25 / 24}, 4 / 15, 5 / 36)])
+    ("in_hospital_mortality", None, 4 / 9, 5 / 48),
+    ("icu_admission", {"direct_icu_minutes": 0.0}, 1 / 4, 5 / 48),
+    ("long_los", {"gap_hours": 24.0, "long_los_days": 25 / 24}, 9 / 53, 65 / 432)])
 def test_zeroshot_a_discharge_followed_by_an_admission_within_transfer_hours_is_a_transfer(
         tmp_path, task, sidecar, share, transferred):
     """Before: a sampled discharge decided at once (the competing event), though `ehrfm labels` excludes
@@ -366,7 +377,11 @@ def test_zeroshot_a_discharge_followed_by_an_admission_within_transfer_hours_is_
     of discharges decide. Mortality: death vs discharge vs end of record, 1/3 each: share 1/3 / (1/3 +
     1/3 * 11/16) = 16/27 (before 1/2), transfers 5/48 (before 0). ICU (direct rule off): ICU, discharge,
     death, end 1/4 each: 16/43 (before 1/3), transfers 5/64. Long stay (1 h left, two 1h-2h first: 1/9;
-    the discharge first 4/9): 4/15 (before 1/5), transfers 5/36."""
+    the discharge first 4/9): 4/15 (before 1/5), transfers 5/36. Since an outcome is followed to its stay's
+    end (test 10), ICU 1/4 and transfers 5/64 + 5/192, long stay 9/53 and transfers 5/36 + 5/432. Since
+    mortality's day rule (test_zeroshot_label_rules 2), a death is a death after the discharge when a live
+    discharge comes at its time (before 1h-2h, the end of record or another death: 1/4): 1/4 / (1/4 + 1/12
+    + 11/48) = 4/9."""
     from ehrfm.clinical.zeroshot import ZeroShotConfig, zeroshot
 
     tok, labels = make_cohort(tmp_path)

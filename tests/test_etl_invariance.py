@@ -217,3 +217,48 @@ def test_tokens_do_not_depend_on_how_the_meds_subjects_are_sharded(demo_meds, tm
         assert ids.is_sorted() and ids.n_unique() == len(ids)
         for name in ("tokens.npy", "times.npy", "index.parquet"):
             assert (a / split / name).read_bytes() == (b / split / name).read_bytes(), f"{split}/{name} differs"
+
+
+def _with_rows_twice(raw: Path, out: Path, tables: list[str]) -> Path:
+    """A copy of `raw` in which every row of `tables` is listed twice, each repeat next to its row."""
+    shutil.copytree(raw, out)
+    for t in tables:
+        f = out / f"{t}.csv.gz"
+        f.chmod(0o644)
+        header, *rows = gzip.decompress(f.read_bytes()).decode().splitlines(keepends=True)
+        f.write_bytes(gzip.compress("".join([header, *(r for r in rows for _ in (0, 1))]).encode(), compresslevel=1, mtime=0))
+    return out
+
+
+def test_rows_listed_twice_change_no_meds_and_no_count_of_events(demo_meds, mimic_demo_dir, tmp_path):
+    """Exact repeats are dropped, so the MEDS is the same; but moved_to_store_time and
+    duration_coded_at_discharge were counted on the rows read, before the repeats were dropped: with
+    every row listed twice the demo reported 212,996 lab results moved to their storetime for 106,735
+    written, 84 duration-coded procedures for 42 and 6 midnight discharges read as dates for 3. Every count of events written is now taken after
+    the repeats are dropped; the counts of rows read double, and the repeats are the `duplicate` drops."""
+    twice = ["hosp/admissions", "hosp/labevents", "hosp/procedures_icd", "hosp/emar", "hosp/pharmacy", "icu/ingredientevents"]
+    etl(_with_rows_twice(mimic_demo_dir, tmp_path / "raw", twice), tmp_path / "meds")
+    ma, mb = _meds(demo_meds), _meds(tmp_path / "meds")
+    differ = [k for k in ma if k not in mb or not ma[k].equals(mb[k])]
+    assert ma.keys() == mb.keys() and differ == []
+    a, b = _account(demo_meds), _account(tmp_path / "meds")
+    units = json.loads((tmp_path / "meds" / "metadata" / "etl_config.json").read_text())["count_units"]
+    for t in a:
+        for key in units["events written"]:
+            assert a[t].get(key) == b[t].get(key), (t, key)
+        n = 2 if t in twice else 1
+        assert b[t]["rows_read"] == n * a[t]["rows_read"], t
+        for key in set(units["rows read"]) - {"rows_read", "dropped"}:
+            assert b[t].get(key) == ({c: n * v for c, v in a[t][key].items()} if key in a[t] else None), (t, key)
+        # Each row read under one reason: a repeat under `duplicate`, or under the row's reason when it was
+        # dropped as it was read (result_never_stored) rather than after the repeats (no_emar_row).
+        assert set(b[t]["dropped"]) == set(a[t]["dropped"]) | ({"duplicate"} if n == 2 else set()), t
+        assert all(b[t]["dropped"][r] in (v, n * v) for r, v in a[t]["dropped"].items()), t
+        if n == 2 and t != "hosp/admissions":  # a row of these makes one event (an admission makes several)
+            assert b[t]["events_written"] + sum(b[t]["dropped"].values()) == b[t]["rows_read"], t
+    # How discharges were placed, one count per stay (they were per row read: 3 midnights read as dates, 6 listed twice).
+    placed = [json.loads((m / "metadata" / "ehrfm_etl.json").read_text())["discharge_times"] for m in (demo_meds, tmp_path / "meds")]
+    assert placed[0] == placed[1] and placed[1]["midnight_read_as_date"] == 3
+    assert b["hosp/labevents"]["moved_to_store_time"] == {"charttime": 106498}
+    assert b["hosp/procedures_icd"]["duration_coded_at_discharge"] == 42
+    assert b["hosp/labevents"]["dropped"] == {"duplicate": 106735, "result_never_stored": 1984}

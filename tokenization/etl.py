@@ -93,11 +93,16 @@ Codes (MIMIC_IV_MEDS "//" style; values always in numeric_value, never in the co
     ED_DIAGNOSIS//ICD//<9|10>//<code> (at the ED stay's outtime), ED_MEDRECON//<name>,
     ED_PYXIS//<name> (charttime). A missing or blank unit, location or name part is `UNK`;
     spaces around a part are dropped (`Vitamin D3 ` and a CHAR(7) `4019   ` are `Vitamin D3`, `4019`); so are
-    spaces around every raw value when it is read, and a value of spaces only is empty (_trimmed).
+    spaces around every raw value when it is read, and a value of spaces only is empty (_trimmed). A tab or
+    line break inside a value is one space (counted); any other control character but NUL (C0, DEL, C1:
+    cp1252 text read as Latin-1 leaves C1 characters in real free text) is removed (counted); a NUL byte
+    (a damaged copy) refuses the table, naming file, column and count (_without_control_characters):
+    no code holds a control character.
 Within one timestamp events keep a clinical order: admission, transfers, measurements,
 medications, procedures, diagnoses, death, discharge; then source table, rank (seq_num of ICD
 diagnoses and procedures, HCPCS: Table.rank), code, value, text, stay and row key (_event_order).
-The order is a function of the events alone, never of the CSV rows' order or block size.
+The order is a function of the events alone, never of the CSV rows' order or block size (numeric_value
+-0.0 is written 0.0, _unsigned_zero: the two are equal to the sort and the duplicate check).
 
 Dates and midnights (an event is never placed before the first moment it could have been known):
 - A date-only value is a value of a DATE column of MIMIC-IV's schema (patients.dod,
@@ -185,7 +190,10 @@ Dates and midnights (an event is never placed before the first moment it could h
   date_only_values: {column: n}, date_only_placed_at_discharge, midnight_times: {column: n},
   unparseable_numbers_set_null: {column: n}, out_of_range_numbers_set_null: {column: n},
   redacted_numbers_set_null: {column: n}, text_values_kept: {column: n}, moved_to_store_time:
-  {column: n}}} (the last eight only when non-zero).
+  {column: n}, line_breaks_set_to_space: {column: n}, control_characters_removed: {column: n}}} (the
+  last ten only when non-zero), and `count_units` (COUNT_UNITS): which counts are
+  per row read (a row listed twice counts twice; its repeat is a `duplicate` drop) and which per
+  event written, after exact repeats are dropped (a row listed twice changes none of them).
 
 metadata/ehrfm_etl.json (read by `ehrfm audit` without importing this package):
     {"format": "ehrfm_etl/1", "etl_name", "etl_version", "end_of_day": "23:59:59",
@@ -237,6 +245,7 @@ END_OF_DAY = pl.duration(hours=23, minutes=59, seconds=59)
 END_OF_DAY_TEXT = "23:59:59"
 SOURCE_TIME = "_source_time"  # a moved result's chart time (us): its event _key, see _at_stored_time
 ROW_KEY = "_row_key"  # the row id (Table.row_id), with SOURCE_TIME where both: the event _key, see _with_row_key
+MOVED = "_moved"  # a row's (then its events') flag: placed later than its time column (EVENT_SCHEMA)
 DATE_FLAG = "_date_only__"  # + time column: that row's value was a date (placed by the date-only rule)
 ETL_METADATA = "ehrfm_etl.json"  # in metadata/: what the audit reads (format in the module docstring)
 ETL_METADATA_FORMAT = "ehrfm_etl/1"
@@ -267,6 +276,9 @@ EVENT_SCHEMA = {
     # The event key: emar_seq of emar and emar_detail events (the shard step times a detail by its emar
     # row), else the source row's id and/or SOURCE_TIME (_ev, _with_row_key): only exact repeats are duplicates.
     "_key": pl.Int64,
+    # The event was placed later than its row's own time (a result at its store time, _at_stored_time; a
+    # duration-coded procedure at its stay's discharge): counted per table after duplicates are dropped (_assemble).
+    MOVED: pl.Boolean,
 }
 
 
@@ -382,9 +394,11 @@ class Context:
     out_of_range: dict = field(default_factory=dict)  # table -> column -> NaN, inf or beyond float32 (set null)
     redacted: dict = field(default_factory=dict)  # table -> column -> de-identification placeholders ___ (set null)
     text_values: dict = field(default_factory=dict)  # table -> column -> free-text values kept as text_value (ED pain)
+    line_breaks: dict = field(default_factory=dict)  # table -> column -> values whose tabs/line breaks became a space
+    controls: dict = field(default_factory=dict)  # table -> column -> values whose other control characters were removed
     stored: dict = field(default_factory=dict)  # (table, time column) -> {"store_column", "present", "moved"}
     discharge: dict = field(default_factory=dict)  # how discharge times were placed -> count
-    duration_coded: int = 0  # procedures_icd rows placed at their stay's discharge (DURATION_CODED_PROCEDURES)
+    duration_coded: int = 0  # procedures_icd events placed at their stay's discharge (DURATION_CODED_PROCEDURES)
     ed_stays: pl.DataFrame | None = None  # stay_id, intime, outtime of ed/edstays (triage and ED diagnoses)
 
     def drop(self, reason: str, n: int, table: str | None = None) -> None:
@@ -408,6 +422,16 @@ def _usable_number(x: pl.Expr) -> pl.Expr:
     return pl.when(x.abs() <= FLOAT32_MAX).then(x)
 
 
+def _unsigned_zero(x: pl.Expr) -> pl.Expr:
+    """The float32 values x, -0.0 made 0.0 (after the float32 cast: `-1e-50` is -0.0 there).
+
+    `-0` and `0` are one value, but the exact de-duplication (_unique_rows) and the sort take them as
+    equal while the file keeps the sign: of two outputevents rows alike but for `-0`/`0` (no row id),
+    the first listed was written, so the MEDS bytes followed the rows' order.
+    """
+    return pl.when(x == 0).then(pl.lit(0.0, pl.Float32)).otherwise(x)
+
+
 def _ev(df: pl.DataFrame, time: pl.Expr | str, code: pl.Expr, order: int, numeric: pl.Expr | None = None,
         text: pl.Expr | None = None, hadm: bool = True, key: pl.Expr | None = None) -> pl.DataFrame:
     """MEDS events of `df`; `time` given as a column name carries that column's date-only flag along."""
@@ -420,11 +444,13 @@ def _ev(df: pl.DataFrame, time: pl.Expr | str, code: pl.Expr, order: int, numeri
         subject_id=pl.col("subject_id"),
         time=time,
         code=code,
-        numeric_value=(_usable_number(numeric.cast(pl.Float64)) if numeric is not None else pl.lit(None)).cast(pl.Float32),
+        numeric_value=_unsigned_zero((_usable_number(numeric.cast(pl.Float64)) if numeric is not None else pl.lit(None))
+                                     .cast(pl.Float32)),
         text_value=(text if text is not None else pl.lit(None)).cast(pl.String),
         hadm_id=(pl.col("hadm_id") if hadm and "hadm_id" in df.columns else pl.lit(None)).cast(pl.Int64),
         _order=pl.lit(order, pl.Int8),
         _date_only=date_only.fill_null(False),
+        **{MOVED: pl.col(MOVED).fill_null(False) if MOVED in df.columns else pl.lit(False)},
         _key=(key if key is not None else pl.col(ROW_KEY) if ROW_KEY in df.columns
               else pl.col(SOURCE_TIME) if SOURCE_TIME in df.columns else pl.lit(None)).cast(pl.Int64),
     )
@@ -497,15 +523,22 @@ def _place_discharges(adm: pl.DataFrame, ctx: Context) -> pl.DataFrame:
     adm: the whole typed admissions table. A dischtime that is a date (no time, or exactly
     00:00:00) moves to the end of its day, or sooner to the stay's death or the subject's next
     admission when either falls later that day; any discharge before its own stay's death moves
-    to the death. Counts go to ctx.discharge.
+    to the death. Counts go to ctx.discharge, one per stay: an exact repeat of a row (dropped later as
+    `duplicate`) is neither counted again nor its own stay's next admission (listed twice, a stay
+    discharged on its admission day, a date, was placed at its own admittime).
     """
     flag = f"{DATE_FLAG}dischtime"
     midnight = pl.col("dischtime").is_not_null() & (pl.col("dischtime").dt.time() == pl.time(0)) & ~pl.col(flag)
     day_start = pl.col("dischtime").dt.truncate("1d")
-    nxt = pl.col("admittime").shift(-1).over("subject_id", order_by="admittime")
-    adm = adm.with_columns(_midnight=midnight, _next=nxt, _raw=pl.col("dischtime"))
-    ctx.discharge["midnight_read_as_date"] = int(adm["_midnight"].sum())
-    ctx.discharge["date_only"] = int(adm[flag].sum())
+    stay = ["subject_id", "hadm_id", "admittime"]
+    # Each stay once, ties of one admittime ordered by hadm_id: the next admission never follows the rows' order.
+    nxt = (adm.select(stay).unique().with_columns(_next=pl.col("admittime").shift(-1).over(
+        "subject_id", order_by=["admittime", "hadm_id"])))
+    adm = adm.join(nxt, on=stay, how="left", maintain_order="left", nulls_equal=True).with_columns(
+        _midnight=midnight, _raw=pl.col("dischtime"))
+    once = adm.unique()  # the counts below: per stay, not per row read
+    ctx.discharge["midnight_read_as_date"] = int(once["_midnight"].sum())
+    ctx.discharge["date_only"] = int(once[flag].sum())
     is_date = pl.col("_midnight") | pl.col(flag)
     eod = day_start + END_OF_DAY
     # The earliest later fact of that day that the discharge cannot follow: the death or a new admission.
@@ -516,9 +549,9 @@ def _place_discharges(adm: pl.DataFrame, ctx: Context) -> pl.DataFrame:
     placed = pl.when(is_date).then(pl.min_horizontal(eod, cap)).otherwise(pl.col("dischtime"))
     adm = adm.with_columns(dischtime=placed, **{flag: is_date})
     before_death = pl.col("deathtime").is_not_null() & (pl.col("dischtime") < pl.col("deathtime"))
-    ctx.discharge["moved_to_death"] = int(adm.select(before_death.sum()).item())
+    ctx.discharge["moved_to_death"] = int(adm.unique().select(before_death.sum()).item())
     adm = adm.with_columns(dischtime=pl.when(before_death).then(pl.col("deathtime")).otherwise(pl.col("dischtime")))
-    ctx.discharge["date_moved_by_death_or_next_admission"] = int(adm.select(
+    ctx.discharge["date_moved_by_death_or_next_admission"] = int(adm.unique().select(
         (is_date & (pl.col("dischtime") < pl.col("_raw").dt.truncate("1d") + END_OF_DAY)).sum()).item())
     return adm.drop("_midnight", "_next", "_raw")
 
@@ -554,8 +587,8 @@ def _procedures(df, ctx):
     df = df.join(ctx.admissions.select("hadm_id", "dischtime"), on="hadm_id", how="left", maintain_order="left").with_columns(
         _dur=version_code.str.contains(DURATION_CODED_PROCEDURES) & pl.col("dischtime").is_not_null())
     flag = f"{DATE_FLAG}chartdate"
-    ctx.duration_coded += int(df["_dur"].sum())
     df = df.with_columns(chartdate=pl.when("_dur").then(pl.col("dischtime")).otherwise(pl.col("chartdate")),
+                         **{MOVED: pl.col("_dur")},  # counted after duplicates are dropped (_assemble)
                          **{flag: pl.col(flag) & ~pl.col("_dur")})
     return [_ev(df, "chartdate", pl.lit("PROCEDURE//ICD//") + version_code, ORDER_PROC)]
 
@@ -1378,6 +1411,10 @@ class _BadValues:
         self.markers: dict[str, int] = {}  # column -> how many of its unparseable values are a null marker
         self.zones: dict[str, int] = {}  # column -> how many of its unparseable times carry a time zone
         self.slashes: dict[str, int] = {}  # column -> how many of its unparseable times are 1/2/2150-style dates
+        self.control: dict[str, int] = {}  # column -> values holding a NUL byte (_without_control_characters)
+
+    def __bool__(self) -> bool:
+        return bool(self.counts or self.control)
 
     def add(self, col: str, kind: str, n: int, markers: int = 0, zones: int = 0, slashes: int = 0):
         if n:
@@ -1388,6 +1425,10 @@ class _BadValues:
             self.slashes[col] = self.slashes.get(col, 0) + slashes
 
     def raise_if_any(self):
+        for col, n in self.control.items():  # damage first: it is what made the values unparseable
+            raise UserError(f"{self.path}: column {col!r} has {n} value{'s' if n != 1 else ''} holding a NUL byte: "
+                            "MIMIC-IV's values hold none; a damaged copy (a block of zeros) or binary data in a text "
+                            "field? Download or export the file again")
         if self.counts:
             col, (kind, n) = next(iter(self.counts.items()))
             k = self.markers.get(col, 0)
@@ -1509,8 +1550,9 @@ def _at_stored_time(df: pl.DataFrame, table: Table, present: dict, ctx: Context)
         later = pl.col(s) > pl.col(c)
         if SOURCE_TIME not in df.columns:  # rows distinct at their chart times stay distinct when stored together
             df = df.with_columns(pl.col(c).dt.epoch("us").alias(SOURCE_TIME))
-        info["moved"] += int(df.select(later.sum()).item()) if len(df) else 0
-        df = df.with_columns(pl.when(later).then(pl.col(s)).otherwise(pl.col(c)).alias(c),
+        # Moved events are counted after duplicates are dropped (_assemble): a repeated row is one move.
+        df = df.with_columns(later.fill_null(False).alias(MOVED),
+                             pl.when(later).then(pl.col(s)).otherwise(pl.col(c)).alias(c),
                              pl.when(later).then(pl.col(DATE_FLAG + s)).otherwise(pl.col(DATE_FLAG + c)).alias(DATE_FLAG + c))
     return df
 
@@ -1855,6 +1897,10 @@ def _account(rows_in: dict, counts: dict, ctx: Context) -> dict:
             entry["redacted_numbers_set_null"] = dict(ctx.redacted[name])
         if ctx.text_values.get(name):
             entry["text_values_kept"] = dict(ctx.text_values[name])
+        if ctx.line_breaks.get(name):
+            entry["line_breaks_set_to_space"] = dict(ctx.line_breaks[name])
+        if ctx.controls.get(name):
+            entry["control_characters_removed"] = dict(ctx.controls[name])
         moved = {c: v["moved"] for (t, c), v in ctx.stored.items() if t == name and v["moved"]}
         if moved:
             entry["moved_to_store_time"] = moved
@@ -1862,12 +1908,26 @@ def _account(rows_in: dict, counts: dict, ctx: Context) -> dict:
     return account
 
 
+# What each count of a table's account counts (written to etl_config.json as `count_units`). Per row
+# read: every raw row, a row listed twice twice; its drops put each row under one reason (`duplicate`
+# for the repeats of a row), so rows_read = events_written + the drops where a row makes one event.
+# Per event written: after exact duplicate rows are dropped, so a repeated row changes none of them.
+COUNT_UNITS = {
+    "rows read": ["rows_read", "dropped", "date_only_values", "midnight_times", "unparseable_numbers_set_null",
+                  "out_of_range_numbers_set_null", "redacted_numbers_set_null", "text_values_kept",
+                  "line_breaks_set_to_space", "control_characters_removed"],
+    "events written": ["events_written", "date_only_placed_at_discharge", "duration_coded_at_discharge",
+                       "moved_to_store_time"],
+}
+
 # The per-column value counts of a table's account, each printed as "<what> column n, ...".
 VALUE_COUNT_LINES = (
     ("unparseable_numbers_set_null", "unparseable numbers kept as null"),
     ("out_of_range_numbers_set_null", "NaN, infinite or beyond-float32 numbers kept as null"),
     ("redacted_numbers_set_null", "de-identified (___) numbers kept as null"),
     ("text_values_kept", "free text kept as text_value (no 0-10 rating)"),
+    ("line_breaks_set_to_space", "values whose tabs or line breaks became a space"),
+    ("control_characters_removed", "values whose control characters were removed"),
 )
 
 
@@ -2108,6 +2168,8 @@ def _merge_context(ctx: Context, part: Context) -> None:
     ctx.out_of_range.update(part.out_of_range)
     ctx.redacted.update(part.redacted)
     ctx.text_values.update(part.text_values)
+    ctx.line_breaks.update(part.line_breaks)
+    ctx.controls.update(part.controls)
     ctx.stored.update(part.stored)
     ctx.discharge.update(part.discharge)
     ctx.duration_coded += part.duration_coded
@@ -2167,7 +2229,7 @@ def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context
         for batch in blocks:
             n_rows += len(batch)
             bar.update(len(batch))
-            batch = batch.with_columns(_trimmed(c) for c in batch.columns)
+            batch = _without_control_characters(batch.with_columns(_trimmed(c) for c in batch.columns), bad, ctx)
             for c in table.columns:  # optional columns absent from this file
                 if c not in batch.columns:
                     batch = batch.with_columns(pl.lit(None, pl.String).alias(c))
@@ -2178,7 +2240,7 @@ def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context
                 date_as_time = (t.str.slice(0, 10) == day) & (t.str.slice(11).str.replace_all(r"[0:.]", "") == "")
                 batch = batch.with_columns(pl.when(t.is_null() | date_as_time).then(day).otherwise(pl.col(c)).alias(c))
             typed = _with_row_key(_at_stored_time(_typed(batch, table, bad, ctx), table, columns, ctx), table)
-            if not bad.counts:  # else keep counting over the whole file, write nothing
+            if not bad:  # else keep counting over the whole file, write nothing
                 yield typed
 
     batches = typed_batches()
@@ -2240,6 +2302,54 @@ def _trimmed(col: str) -> pl.Expr:
     """
     value = pl.col(col).str.strip_chars()
     return pl.when(value.str.len_bytes() > 0).then(value).alias(col)
+
+
+# A NUL byte in a value means damage (a block of zeros from a failed copy, binary data in a text
+# field): such a table is refused, naming the file, column and how many values, as text that is not
+# UTF-8 is. It went into event codes as it was (`MEDICATION//Hepa\x00rin`).
+NUL = "\x00"
+# Tabs and line breaks inside a value (a quoted CSV value may hold them; an edit or a spreadsheet puts
+# them there; VT, FF and NEL are line breaks to Unicode): whitespace, one space in the value with the
+# whitespace next to them, counted per column.
+_BREAK = "\t\n\r\x0b\x0c\x85\u2028\u2029"
+LINE_BREAKS = f"[ {_BREAK}]*[{_BREAK}][ {_BREAK}]*"
+# Other C0 controls, DEL and C1 controls: real free text holds some (cp1252 text read as Latin-1
+# leaves C1 characters, as in MIMIC-IV-ED's chief complaints), so they are removed, counted per column,
+# rather than refusing a whole table; no code or text written holds one.
+CONTROL_CHARACTERS = "[\x01-\x08\x0e-\x1f\x7f-\x84\x86-\x9f]"
+ANY_CONTROL = "[\x00-\x1f\x7f-\x9f\u2028\u2029]"
+
+
+def _without_control_characters(df: pl.DataFrame, bad: _BadValues, ctx: Context) -> pl.DataFrame:
+    """The raw text columns df (_trimmed), line breaks made one space, other control characters removed.
+
+    A tab or line break inside a value becomes one space with the whitespace next to it, any other
+    control character but NUL is removed, and the changed values are trimmed again. Values holding a NUL byte are counted in `bad` per column, which refuses the table once the whole
+    file is read; line breaks are counted in ctx.line_breaks (`line_breaks_set_to_space`), other
+    control characters in ctx.controls (`control_characters_removed`). So no code or text written
+    holds a control character.
+    """
+    cols = [c for c in df.columns if df[c].dtype == pl.String]
+    if not len(df) or not cols:
+        return df
+    # One cheap scan (a character class, no leading repeat) finds the rare columns that hold any.
+    found = df.select(pl.col(c).str.contains(ANY_CONTROL).any() for c in cols).row(0)
+    cols = [c for c, f in zip(cols, found, strict=True) if f]
+    if not cols:
+        return df
+    counts = df.select([pl.col(c).str.contains(NUL, literal=True).sum().alias(f"n:{c}") for c in cols]
+                       + [pl.col(c).str.contains(CONTROL_CHARACTERS).sum().alias(f"c:{c}") for c in cols]
+                       + [pl.col(c).str.contains(LINE_BREAKS).sum().alias(f"b:{c}") for c in cols]).row(0, named=True)
+    for c in cols:
+        if counts[f"n:{c}"]:
+            bad.control[c] = bad.control.get(c, 0) + int(counts[f"n:{c}"])
+        ctx.count(ctx.line_breaks, c, int(counts[f"b:{c}"] or 0))
+        ctx.count(ctx.controls, c, int(counts[f"c:{c}"] or 0))
+    changed = [c for c in cols if counts[f"b:{c}"] or counts[f"c:{c}"]]
+    if not changed:
+        return df
+    df = df.with_columns(pl.col(c).str.replace_all(CONTROL_CHARACTERS, "").str.replace_all(LINE_BREAKS, " ") for c in changed)
+    return df.with_columns(_trimmed(c) for c in changed)
 
 
 def _one_row_per_key(df: pl.DataFrame, key: str, path: Path) -> pl.DataFrame:
@@ -2397,6 +2507,7 @@ def _write_shards(stage: Path, out: Path, split_of: pl.DataFrame, cfg: EtlConfig
                 placed_at_discharge[table] = placed_at_discharge.get(table, 0) + n
             for key, n in r["entered"].items():
                 ctx.stored[key]["moved"] += n
+            ctx.duration_coded += r["duration_coded"]
             for table, n in r["written"].items():
                 written[table] += n
             for code, n in r["codes"].items():
@@ -2469,7 +2580,7 @@ def _shard_job(buckets: Path, j: int, ids: np.ndarray, path: Path, names: list[s
     placed, written, codes = {}, dict.fromkeys(names, 0), {}
     n = _write_shard(buckets, j, ids, path, names, chunk_events, ctx, placed, written, codes)
     return dict(events=n, drops=ctx.drops, at_discharge=placed, written=written, codes=codes,
-                entered={k: v["moved"] for k, v in ctx.stored.items()})
+                entered={k: v["moved"] for k, v in ctx.stored.items()}, duration_coded=ctx.duration_coded)
 
 
 def _write_shard(buckets: Path, j: int, ids: np.ndarray, path: Path, names: list[str], chunk_events: int,
@@ -2598,9 +2709,25 @@ def _assemble(parts: list[pl.DataFrame], names: list[str], ctx: Context, placed_
     shard = shard.filter(~later_death)
     for (src, n) in shard.group_by("_src").len().iter_rows():
         written[names[src]] += n
+    _count_moved(shard, names, ctx)
     for code, n in shard.group_by("code").len().iter_rows():
         code_counts[code] = code_counts.get(code, 0) + n
-    return _validate(shard.drop("_order", "_date_only", "_src", "_key"), path)
+    return _validate(shard.drop("_order", "_date_only", "_src", "_key", MOVED), path)
+
+
+def _count_moved(shard: pl.DataFrame, names: list[str], ctx: Context) -> None:
+    """Count the events written that were placed later than their row's time (MOVED), per table.
+
+    Counted here, after exact duplicate rows are dropped (_write_shard), like events_written: a row
+    listed twice is one event moved, not two (counted when staged, the demo with every row listed
+    twice reported 212,996 lab results moved to their storetime for 106,735 written).
+    """
+    for src, n in shard.filter(pl.col(MOVED)).group_by("_src").len().iter_rows():
+        table = TABLES_BY_NAME[names[src]]
+        if table.name == "hosp/procedures_icd":
+            ctx.duration_coded += n
+        for c, s in table.stored_at.items():
+            ctx.stored.setdefault((table.name, c), {"store_column": s, "present": True, "moved": 0})["moved"] += n
 
 
 def _event_order(names: list[str]) -> list[pl.Expr]:
@@ -2623,7 +2750,9 @@ def _time_from_parents(shard: pl.DataFrame, names: list[str], ctx: Context) -> p
     """Events of a table timed by another (emar_detail by emar) take their row's time and stay.
 
     shard: events of whole subjects; a child event and its parent row share (subject_id, _key)
-    (emar_id is subject_id-emar_seq). A child without a parent row is counted and dropped.
+    (emar_id is subject_id-emar_seq). A child without a parent row is counted and dropped. Of two
+    parent rows of one key (a re-charted administration) the later times the child, whatever the
+    rows' order (it took the first listed).
     """
     by_name = {t.name: t for t in TABLES}
     for ci, name in enumerate(names):
@@ -2633,6 +2762,7 @@ def _time_from_parents(shard: pl.DataFrame, names: list[str], ctx: Context) -> p
         is_child = pl.col("_src") == ci
         parents = (shard.filter(pl.col("_src") == names.index(parent))
                    .select("subject_id", "_key", _t=pl.col("time"), _h=pl.col("hadm_id"), _d=pl.col("_date_only"))
+                   .sort("subject_id", "_key", "_t", "_h", "_d", descending=[False, False, True, True, False], nulls_last=True)
                    .unique(["subject_id", "_key"], keep="first", maintain_order=True))
         child = (shard.filter(is_child).with_columns(_pk=pl.col("_key") // KEY_LINES)
                  .join(parents.rename({"_key": "_pk"}), on=["subject_id", "_pk"], how="left", maintain_order="left")
@@ -2661,7 +2791,9 @@ def _at_entry_time(shard: pl.DataFrame, names: list[str], ctx: Context) -> pl.Da
         if other is None or other not in names:
             continue
         entry = (shard.filter((pl.col("_src") == names.index(other)) & pl.col("_key").is_not_null())
-                 .group_by("subject_id", "_key").agg(_e=pl.col("time").max(), _ed=pl.col("_date_only").first()))
+                 # the latest entry; of entries at that time, a timed one (the date flag never follows the rows' order)
+                 .group_by("subject_id", "_key").agg(_e=pl.col("time").max(),
+                                                     _ed=pl.col("_date_only").filter(pl.col("time") == pl.col("time").max()).min()))
         rows = shard.filter(pl.col("_src") == ci).join(entry, on=["subject_id", "_key"], how="left", maintain_order="left")
         later = (pl.col("_e") > pl.col("time")).fill_null(False)
         info = ctx.stored.setdefault((name, by_name[name].times[0]), {"store_column": "", "present": True, "moved": 0})
@@ -2862,4 +2994,5 @@ def _write_metadata(out: Path, cfg: EtlConfig, split_of: pl.DataFrame, rows_in: 
         "dropped_events_without_time": {k: v for k, v in untimed.items() if v},
         "tables_selected": cfg.tables,  # --tables as resolved (null: every table); "tables" is the account
         "tables": account,
+        "count_units": COUNT_UNITS,
     })

@@ -33,7 +33,18 @@ last event 23 h before the prediction time (admission + 24 h), a long stay neede
 sampled intervals after that event instead of 6 d after the prediction time.)
 
 - in_hospital_mortality: outcome MEDS_DEATH or HOSPITAL_DISCHARGE//DIED; competing any other
-  HOSPITAL_DISCHARGE//*, once its transfer window has passed (below).
+  HOSPITAL_DISCHARGE//*, once its transfer window has passed (below). The labels' day rule (since
+  2026-12-03): a date-only death (23:59:59) at the time of a date-only discharge to a named place
+  is a death after that discharge, so a sampled MEDS_DEATH waits while no simulated time passes: a
+  live discharge then (one naming a place; not DIED, not an unknown location such as UNK or OTHER)
+  makes it competing; time passing, another discharge or an end of record makes it the outcome (as
+  does max_new_tokens, counted in `outcome_unconfirmed_share`). The tokens cannot tell a date-only
+  death from a timed one at the same time (an interval token marks only gaps of 5 min or more), so
+  this reads every death with a live discharge at its time as the date-only case. And a death later
+  on the calendar day of a discharge that names no live destination is in hospital: such a discharge
+  waits to the end of its day (the prediction time plus the sampled intervals) as well as its
+  transfer window, and a MEDS_DEATH before the day ends is the outcome. Both need the transfer
+  window's machinery (interval tokens and admission tokens).
 - icu_admission: outcome ICU_ADMISSION//*; competing HOSPITAL_DISCHARGE//* or MEDS_DEATH. An ICU
   admission at simulated time < prediction time (the admission) + direct_icu_minutes is a direct
   ICU admission, which `ehrfm labels` excludes: the rollout ends "transferred" as below (counted
@@ -67,10 +78,17 @@ counts an admission after a death as a next stay. Before, the discharge decided 
 share counted transferred futures, which have no label, as competing (a model as likely to sample
 a death as a discharge, with an admission within the default 1 h after 5 of 16 discharges: a
 mortality share of 1/2 where the labelled futures give 16/27). The window needs the interval
-tokens to measure time: a tokenizer without them keeps a discharge deciding at once. A rollout
-that has reached the outcome (an ICU admission, the long stay's bound) stops there, unchecked for
-a transfer after its later discharge, though `ehrfm labels` would exclude that stay too: following
-every positive rollout on to its discharge would cost a stay's length of tokens each.
+tokens to measure time: a tokenizer without them keeps a discharge deciding at once.
+
+An outcome reached while the stay runs (icu_admission's ICU admission, long_los's bound; since
+2026-12-03) is followed to the stay's end, as `ehrfm labels` excludes a transferred stay whatever
+its outcome: a live discharge waits for its window as above (an admission inside it: transferred;
+the window passing, a death or an end of record: the outcome), a death (MEDS_DEATH,
+HOSPITAL_DISCHARGE//DIED) confirms it at once (no admission after a death is a next stay), an end of
+record before any discharge leaves the stay open (no_discharge: undecided), anything else is
+ignored. A rollout still followed at max_new_tokens counts as the outcome (its stay can only be
+positive or, after a transfer, unlabelled; `outcome_unconfirmed_share`). Before, the rollout
+stopped at the outcome, so transferred futures, which have no label, counted as positives.
 
 The end of the record (TIMELINE_END, or whichever of END_TOKENS the vocabulary has) ends a
 rollout undecided (since 2026-12-03; before, it counted as the competing event): the data stop,
@@ -95,7 +113,9 @@ its longest rollout. The default batch holds as many rows as 1 GiB (or the devic
 if less) holds, counting each row's KV cache and its logits: (rows, V) float32 working copies at
 each step and the (n_samples, V) uniforms its label draws (`rollout_memory`; since 2026-12-03:
 before, only the KV cache was counted, and the prefill returned logits at every prompt position,
-labels x context x V, gigabytes for a large vocabulary). A batch smaller than n_samples splits a
+labels x context x V, gigabytes for a large vocabulary), and each label's prompt encoding: its
+activations and (context x context) attention masks (`rollout_memory`; since 2026-12-03, later:
+with a long context and a small model they outweigh the cache). A batch smaller than n_samples splits a
 label's samples over several batches (the same draws: each sample reads its own row of its
 label's per-step uniforms). A model of which not even one rollout fits the device's free memory
 is refused before any rollout, naming the sizes.
@@ -115,7 +135,7 @@ import numpy as np
 from ehrfm.clinical.common import as_stored, check_out, prediction_frame, write_head_outputs
 from ehrfm.clinical.configs import ZEROSHOT_TASKS, ZeroShotConfig
 from ehrfm.clinical.histories import END_TOKENS, history_window
-from ehrfm.clinical.labels import head_labels
+from ehrfm.clinical.labels import DISCHARGE_PREFIX, UNKNOWN_DISCHARGE_LOCATIONS, head_labels
 from ehrfm.clinical.metrics import binary_metrics, format_metrics
 from ehrfm.clinical.probe import load_label_histories
 from ehrfm.errors import UserError
@@ -123,12 +143,18 @@ from ehrfm.tokens import TokenDir
 
 UNDECIDED_RULES = ("exclude", "negative")
 # The rollout rules' version, in sweep collect's cache key: scores cached under older rules are redone.
-ROLLOUT_RULES = ("2026-12-03b: clock from the prediction time; an end of record is undecided; a discharge followed by "
-                 "an admission within transfer_hours is a transfer (mortality, ICU admission, long stay)")
-ROLLOUT_BUDGET_BYTES = 1 << 30  # default memory of a batch (KV cache and logits): every rollout of a small model's labels at once
+ROLLOUT_RULES = ("2026-12-03c: clock from the prediction time; an end of record is undecided; a discharge followed by "
+                 "an admission within transfer_hours is a transfer (mortality, ICU admission, long stay); an outcome "
+                 "is followed to its stay's end (ICU admission, long stay); mortality's day rule")
+ROLLOUT_BUDGET_BYTES = 1 << 30  # default memory of a batch (KV cache, prompt encoding and logits): every rollout of a small model's labels at once
 # (rows, V) float32 tensors a decoding step holds at once, beside its labels' draws: the logits,
 # the uniforms gathered per row, and the Gumbel scores (rollout_batch computes them in place)
 LOGIT_COPIES = 3
+# rollout_memory's activations: d_model-wide vectors a position holds at once in a layer (the residual, its norm,
+# q, k, v, the attention output and its projection, the MLP output), beside 3 of the MLP's hidden width (its
+# fused gate and up, and their product); boolean (t, keys) masks GPT.forward_step builds for a left-padded prompt
+ACT_WIDTHS = 8
+MASK_BOOLS = 4
 US_PER_HOUR = 3_600_000_000
 US_PER_DAY = 24 * US_PER_HOUR
 # the defaults of `ehrfm labels` (ehrfm.clinical.labels.LabelConfig), used when a label file has no config beside it
@@ -159,6 +185,16 @@ class RolloutSpec:
     discharges: list[int] = field(default_factory=list)
     admissions: list[int] = field(default_factory=list)  # ids that, inside that window, make the discharge a transfer
     final: list[int] = field(default_factory=list)  # ids after which no admission can follow (a death, the end of the record)
+    # icu_admission, long_los: an outcome reached while the stay runs is followed to the stay's end (its
+    # discharge and that discharge's transfer window) before it counts; `deaths` end such a stay at once
+    follow: bool = False
+    deaths: list[int] = field(default_factory=list)
+    # in_hospital_mortality's day rule (labels.py): `unknown` discharges (no live destination) wait to the end of
+    # their calendar day for a death, which makes them in hospital; a `day_death` (MEDS_DEATH) waits while no
+    # time passes for a `live` discharge at its time, which makes it a death after that discharge
+    unknown: list[int] = field(default_factory=list)
+    live: list[int] = field(default_factory=list)
+    day_death: list[int] = field(default_factory=list)
 
 
 def interval_durations(td: TokenDir) -> np.ndarray:
@@ -235,8 +271,13 @@ def rollout_spec(td: TokenDir, task: str) -> RolloutSpec:
     if not competing:
         what = "MEDS_DEATH, TIMELINE_END" if task == "readmission_30d" else "HOSPITAL_DISCHARGE//*"
         raise UserError(f"token dir {td.path} has no competing token ({what}) for {task}")
+    follow = bool(waiting) and task in ("icu_admission", "long_los")
+    day_rule = bool(waiting) and task == "in_hospital_mortality"
+    unknown = [i for i in waiting if vocab[i][len(DISCHARGE_PREFIX):].strip().upper() in UNKNOWN_DISCHARGE_LOCATIONS]
     return RolloutSpec(task, outcome, competing, cross, durations, ends, waiting, admissions if waiting else [],
-                       (meds_death + [td.token_id(t) for t in END_TOKENS if t in have]) if waiting else [])
+                       (meds_death + [td.token_id(t) for t in END_TOKENS if t in have]) if waiting else [],
+                       follow, death if follow else [], unknown if day_rule else [],
+                       [i for i in waiting if i not in unknown] if day_rule else [], meds_death if day_rule else [])
 
 
 def outcome_tokens(td: TokenDir, task: str) -> tuple[list[int], list[int]]:
@@ -326,12 +367,13 @@ class Rollouts:
     tokens: np.ndarray  # (L,) total tokens sampled over the label's rollouts
     transferred: np.ndarray | None = None  # (L,) int: rollouts ended by a transfer or a direct ICU admission (none of the above)
     ended: np.ndarray | None = None  # (L,) int: undecided rollouts stopped by an end of record (within `undecided`)
+    unconfirmed: np.ndarray | None = None  # (L,) int: outcomes still followed to their stay's end at max_new_tokens (within `outcome`)
 
 
 def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: RolloutSpec, limits: np.ndarray,
                   n_samples: int, max_new_tokens: int, temperature: float, device, pad_id: int = 0,
                   transfers: np.ndarray | None = None, samples: tuple[int, int] | None = None,
-                  waits: np.ndarray | None = None) -> Rollouts:
+                  waits: np.ndarray | None = None, origins: np.ndarray | None = None) -> Rollouts:
     """Roll out n_samples continuations of each of L prompts (1-D token arrays, any lengths) at once.
 
     Prompts are left-padded to the longest and the padding is masked (GPT.forward_step's `pad`).
@@ -350,6 +392,8 @@ def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: Roll
     death, the end of the record: no admission can follow) (the discharge decides: competing); a
     rollout still waiting at max_new_tokens is undecided. None: a discharge decides at once.
     An end-of-record token (spec.ends) that decides nothing stops the rollout undecided.
+    origins: (L,) each label's prediction time, us since the epoch: the calendar day of a sampled
+    spec.unknown discharge (mortality's day rule; None: such a discharge waits as a live one).
     samples: (first, stop), roll out only those of each label's n_samples (counts cover them
     alone); each still draws its own row of the label's (n_samples, V) uniforms, so a label's
     samples split over batches give exactly the counts of one batch.
@@ -392,6 +436,22 @@ def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: Roll
         dis_set, adm_set, final_set = (torch.tensor(ids, device=device, dtype=torch.long)
                                        for ids in (spec.discharges, spec.admissions, spec.final))
         left = torch.full((L * S,), float("inf"), dtype=torch.float64, device=device)  # simulated time of a waiting discharge
+        # what a waiting discharge decides once its window passes: -1 (competing), 1 (an outcome followed to its stay's end)
+        then = torch.full((L * S,), -1, dtype=torch.int8, device=device)
+        death_set = torch.tensor(spec.deaths, device=device, dtype=torch.long)
+    # rows that reached the outcome and follow their stay to its end (spec.follow)
+    pend = torch.zeros(L * S, dtype=torch.bool, device=device)
+    day_rule = wait is not None and bool(spec.day_death)
+    if day_rule:  # mortality's day rule (spec.unknown, spec.live, spec.day_death)
+        unk_set, live_set, dd_set = (torch.tensor(ids, device=device, dtype=torch.long)
+                                     for ids in (spec.unknown, spec.live, spec.day_death))
+        any_dis = torch.tensor(spec.competing + spec.outcome, device=device, dtype=torch.long)  # every discharge, and deaths
+        origin = None if origins is None else torch.as_tensor(
+            np.asarray(origins, dtype=np.float64), device=device).repeat_interleave(S)
+        # elapsed at which a waiting unknown discharge's day ends (-inf: none waits, or a live one)
+        day_end = torch.full((L * S,), -float("inf"), dtype=torch.float64, device=device)
+        dpend = torch.zeros(L * S, dtype=torch.bool, device=device)  # a sampled death waiting for a discharge at its time
+        dtime = torch.zeros(L * S, dtype=torch.float64, device=device)
     V = logits.shape[-1]
     for step in range(max_new_tokens):
         labels = torch.unique(alive // S)  # sorted; each draws its full (S, V) block
@@ -419,13 +479,40 @@ def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: Roll
         if transfer is not None:  # a transfer or a direct ICU admission: a future with no label (labels.py)
             res = torch.where(hit_out & (elapsed[alive] <= transfer[alive]), torch.full_like(res, 2), res)
         if wait is not None:  # after a sampled discharge: an admission within the window is a transfer (labels.py)
-            since, w = elapsed[alive] - left[alive], wait[alive]
+            since, w, pe = elapsed[alive] - left[alive], wait[alive], pend[alive]
             waiting = torch.isfinite(since)
             verdict = torch.where(torch.isin(nxt, adm_set) & (since <= w), 2,
-                                  torch.where((since > w) | torch.isin(nxt, final_set), -1, 0)).to(torch.int8)
-            starts = ~waiting & (res == -1) & torch.isin(nxt, dis_set)
+                                  torch.where((since > w) | torch.isin(nxt, final_set), then[alive].to(torch.int32), 0)).to(torch.int8)
+            is_dis = torch.isin(nxt, dis_set)
+            if day_rule:  # an unknown discharge: a death before its day ends is in hospital, and it waits that long
+                de = day_end[alive]
+                verdict = torch.where(waiting & torch.isin(nxt, dd_set) & (elapsed[alive] < de) & (verdict != 2), 1,
+                                      torch.where((verdict == -1) & (elapsed[alive] < de) & ~torch.isin(nxt, final_set), 0,
+                                                  verdict)).to(torch.int8)
+            # an outcome followed to its stay's end: a live discharge starts its window (then: the outcome), a
+            # death ends the stay (no admission can follow: the outcome), an end of record leaves it open (undecided)
+            followed = torch.where(torch.isin(nxt, death_set), 1, torch.where(ended & ~is_dis, 3, 0)).to(torch.int8)
+            dp = dpend[alive] if day_rule else torch.zeros_like(pe)  # a death waiting for a discharge at its time
+            starts = ~waiting & ~dp & is_dis & ((res == -1) | pe)
             left[alive[starts]] = elapsed[alive[starts]]
-            res = torch.where(waiting, verdict, torch.where(starts, torch.zeros_like(res), res))
+            then[alive[starts & pe]] = 1
+            newly = ~waiting & ~pe & (res == 1) if spec.follow else torch.zeros_like(pe)
+            pend[alive[newly]] = True
+            if day_rule:
+                # a death waits while no time passes: a live discharge at its time makes it a death after that
+                # discharge (competing), any other discharge, time passing or an end of record a death in hospital
+                dverdict = torch.where(elapsed[alive] > dtime[alive], 1, torch.where(
+                    torch.isin(nxt, live_set), -1, torch.where(torch.isin(nxt, any_dis) | ended, 1, 0))).to(torch.int8)
+                dstarts = ~waiting & ~dp & (res == 1) & torch.isin(nxt, dd_set)
+                dpend[alive[dstarts]] = True
+                dtime[alive[dstarts]] = elapsed[alive[dstarts]]
+                ustarts = starts & torch.isin(nxt, unk_set)
+                if origin is not None and bool(ustarts.any()):
+                    rows_u = alive[ustarts]
+                    at = origin[rows_u] + elapsed[rows_u]
+                    day_end[rows_u] = (torch.floor(at / US_PER_DAY) + 1) * US_PER_DAY - origin[rows_u]
+                res = torch.where(dp, dverdict, torch.where(dstarts, torch.zeros_like(res), res))
+            res = torch.where(waiting, verdict, torch.where(pe, followed, torch.where(starts | newly, torch.zeros_like(res), res)))
         result[alive] = res
         running = res == 0
         if not bool(running.any()) or step == max_new_tokens - 1:
@@ -438,9 +525,14 @@ def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: Roll
             pad = (pad - 1).clamp_(min=0)
         ragged = ragged and bool(pad.any())
         logits = model.forward_step(nxt[:, None], cache, pad=pad if ragged else None)[:, -1]
-    r = result.view(L, S).cpu().numpy()
+    # an outcome still followed at max_new_tokens counts: its stay can only be labelled positive or, after a
+    # transfer, not at all (counted apart as unconfirmed)
+    if day_rule:
+        pend |= dpend  # a death still waiting for a discharge at its time: in hospital unless a live one came
+    unconfirmed = ((result == 0) & pend).view(L, S).cpu().numpy()
+    r = np.where(unconfirmed, 1, result.view(L, S).cpu().numpy())
     return Rollouts((r == 1).sum(1), (r == -1).sum(1), ((r == 0) | (r == 3)).sum(1), n_tok.view(L, S).sum(1).cpu().numpy(),
-                    (r == 2).sum(1), (r == 3).sum(1))
+                    (r == 2).sum(1), (r == 3).sum(1), unconfirmed.sum(1))
 
 
 def rollout_groups(lengths: np.ndarray, labels_per_batch: int):
@@ -461,16 +553,30 @@ def rollout_probabilities(n_out: np.ndarray, n_comp: np.ndarray, n_und: np.ndarr
     return np.where(none, pooled, n_out / np.where(none, 1.0, decided)), int(none.sum())
 
 
-def rollout_memory(model, context: int) -> tuple[int, int]:
-    """(bytes of one rollout row, bytes its label draws per sample) at each decoding step.
+def rollout_memory(model, context: int) -> tuple[int, int, int]:
+    """(bytes of one rollout row, bytes its label draws per sample, bytes of encoding one label's prompt).
 
-    A row holds its keys and values (n_layer x context x d_model each, in the weights' dtype) and
-    LOGIT_COPIES float32 vectors over the vocabulary; its label draws (n_samples, V) float32
-    uniforms per step, whichever of its samples the batch holds.
+    A row holds its keys and values (n_layer x context x d_model each, in the weights' dtype), at a
+    slide a rotated copy of its keys (slide_cache), LOGIT_COPIES float32 vectors over the vocabulary,
+    and a decoding step's activations: ACT_WIDTHS d_model-wide and 3 MLP-wide vectors of its position,
+    and its attention over the context (a score per head and key, and the padding mask as floats). Its
+    label draws (n_samples, V) float32 uniforms per step, whichever of its samples the batch holds.
+    Encoding a prompt of `context` tokens (once per label, before its samples share its cache) holds
+    its own cache, the activations of every position, and its attention masks: MASK_BOOLS boolean
+    (context, context) masks (GPT.forward_step's causal and padding masks) and the float copy SDPA
+    makes of them, in the weights' dtype (8 bytes per key pair at float32: 32 MiB per label at context
+    2,048, beside a KV cache that may be smaller; since 2026-12-03, before only the cache was counted,
+    so a long context and a small model could encode far more than the budget). SDPA's fused kernels
+    (CPU flash, CUDA memory-efficient) build no (n_head, context, context) score matrix, so none is
+    counted (measured on CPU: tests/test_zeroshot_label_rules.py).
     """
     c = model.config
-    kv = 2 * c.n_layer * context * c.d_model * model.head.weight.element_size()
-    return kv + LOGIT_COPIES * c.vocab_size * 4, c.vocab_size * 4
+    e = model.head.weight.element_size()
+    kv = 2 * c.n_layer * context * c.d_model * e
+    act = (ACT_WIDTHS * c.d_model + 3 * c.mlp_hidden) * e  # one position in one layer (activations are freed per layer)
+    step = kv // 2 + act + (c.n_head + 1) * context * e
+    prefill = kv + context * act + (e + MASK_BOOLS) * context * context
+    return kv + step + LOGIT_COPIES * c.vocab_size * 4, c.vocab_size * 4, prefill
 
 
 def free_memory(device) -> int | None:
@@ -499,21 +605,23 @@ def rollout_plan(model, context: int, n_samples: int, batch_size: int | None, de
     Raises:
         UserError: not even one rollout (one row, with its label's draw) fits the device's free memory.
     """
-    row, draw = rollout_memory(model, context)
+    row, draw, prefill = rollout_memory(model, context)
     free = free_memory(device)
-    one = row + n_samples * draw
+    one = row + n_samples * draw + prefill
     if free is not None and one > free:
         c = model.config
         raise UserError(f"zero-shot: one rollout needs {one / 2**20:,.1f} MiB on {device} (a KV cache of {context} positions x "
-                        f"{c.n_layer} layers x {c.d_model} dims, logits over {c.vocab_size} tokens, {n_samples} samples' draws), "
+                        f"{c.n_layer} layers x {c.d_model} dims, its prompt's attention over {c.n_head} heads, logits over "
+                        f"{c.vocab_size} tokens, {n_samples} samples' draws), "
                         f"more than the {free / 2**20:,.1f} MiB free: pass a smaller --context or fewer --samples")
     if batch_size is None:
         budget = ROLLOUT_BUDGET_BYTES if free is None else min(ROLLOUT_BUDGET_BYTES, free)
-        # a whole label costs n_samples rows and draws; else one label's draw and as many rows as fit beside it
-        per_label = n_samples * (row + draw)
+        # a whole label costs its prompt's encoding, n_samples rows and draws; else one label's encoding and draw
+        # and as many rows as fit beside them
+        per_label = prefill + n_samples * (row + draw)
         if per_label <= budget:
             return budget // per_label, n_samples
-        return 1, max(1, (budget - n_samples * draw) // row)
+        return 1, max(1, (budget - prefill - n_samples * draw) // row)
     if batch_size >= n_samples:
         return batch_size // n_samples, n_samples
     return 1, batch_size
@@ -521,6 +629,7 @@ def rollout_plan(model, context: int, n_samples: int, batch_size: int | None, de
 
 def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, task: str, rows: np.ndarray, bar=None):
     """Rollouts of the label rows `rows`; (p over all rows (nan elsewhere), metrics extras)."""
+    import polars as pl
     import torch
 
     max_new = cfg.max_new_tokens or cfg.rollout_contexts * context
@@ -532,10 +641,12 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
     wait = (opts or LABEL_DEFAULTS)["transfer_hours"] * US_PER_HOUR  # a sampled discharge's transfer window (spec.discharges)
     transfers = dict(zip((int(k) for k in rows), transfer_limits(task, len(rows), opts or LABEL_DEFAULTS), strict=True))
     lengths = np.array([len(prompts[int(k)]) for k in rows])
+    # prediction times (us since the epoch): the calendar day of a sampled discharge (mortality's day rule)
+    origins = h.labels["prediction_time"].cast(pl.Datetime("us")).dt.epoch("us").to_numpy().astype(np.int64)
     device = torch.device(cfg.device)
     labels_per_batch, per_part = rollout_plan(model, context, cfg.n_samples, cfg.batch_size, device)
     n = len(h.start)
-    counts = np.zeros((n, 6), dtype=np.int64)  # outcome, competing, undecided, tokens, transferred, ended
+    counts = np.zeros((n, 7), dtype=np.int64)  # outcome, competing, undecided, tokens, transferred, ended, unconfirmed
     pad_id = td.token_id("PAD") if "PAD" in set(td.vocab) else 0  # any id: padding is masked
     with torch.no_grad():
         for group in rollout_groups(lengths, labels_per_batch):
@@ -546,8 +657,9 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
                                   cfg.n_samples, max_new, cfg.temperature, device, pad_id,
                                   np.array([transfers[k] for k in ks]) if spec.durations is not None else None,
                                   samples=(first, min(first + per_part, cfg.n_samples)),
-                                  waits=np.full(len(ks), wait) if spec.discharges else None)
-                counts[ks] += np.stack([r.outcome, r.competing, r.undecided, r.tokens, r.transferred, r.ended], axis=1)
+                                  waits=np.full(len(ks), wait) if spec.discharges else None, origins=origins[ks])
+                counts[ks] += np.stack([r.outcome, r.competing, r.undecided, r.tokens, r.transferred, r.ended,
+                                              r.unconfirmed], axis=1)
             if bar is not None:
                 bar.update(len(ks))
     c = counts[rows]
@@ -564,6 +676,10 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
         "undecided_rule": cfg.undecided,
         "labels_without_decided_rollout": none,
         "outcome_share": float(c[:, 0].sum() / n_roll),
+        # outcomes still followed at max_new_tokens (in outcome_share): an ICU admission or the long stay's bound
+        # whose stay was still running (a transfer after its discharge unchecked), a death still waiting for a
+        # discharge at its time (mortality's day rule); None: outcomes decide at once
+        "outcome_unconfirmed_share": float(c[:, 6].sum() / n_roll) if spec.follow or spec.day_death else None,
         "rollout_tokens_mean": float(c[:, 3].sum() / n_roll),
         "outcome_tokens": td.decode(spec.outcome)[:20],
         "competing_tokens": len(spec.competing),
