@@ -116,6 +116,48 @@ def test_tabs_and_line_breaks_inside_a_value_become_one_space(mimic_demo_dir, tm
         assert tables["hosp/prescriptions"]["events_written"] == 18087
 
 
+
+def test_no_break_spaces_and_invisible_characters_are_a_plain_space_or_nothing(mimic_demo_dir, tmp_path):
+    """Text pasted from a web page, a spreadsheet or a word processor holds no-break spaces (U+00A0),
+    thin or ideographic spaces, zero-width spaces, byte-order marks, soft hyphens, direction marks: each
+    made a code of its own (`MEDICATION//Ac\u00a0etaminophen` beside `MEDICATION//Ac etaminophen`; one
+    at a value's end: `MEDICATION//Heparin\u200b`). Now a Unicode space is one plain space with the
+    spaces next to it, counted as `unicode_spaces_set_to_space`; an invisible character is removed,
+    counted with the control characters; the MEDS equals the one written with a plain space (or none)."""
+    def ended(chars):  # the first 3 drug values with `chars` at their end
+        def edit(header, rows):
+            i, done = header.index("drug"), 0
+            for r in rows:
+                if len(r[i]) > 2 and done < 3:
+                    r[i], done = r[i] + chars, done + 1
+            return rows
+        return edit
+
+    references = {"spaced": _inserted("drug", " "), "plain": _inserted("drug", "")}
+    cases = {"nbsp": ("spaced", _inserted("drug", "\u00a0"), "unicode_spaces_set_to_space"),
+             "mixed_spaces": ("spaced", _inserted("drug", " \u2009\u00a0 \u3000\u202f"), "unicode_spaces_set_to_space"),
+             "zero_width": ("plain", _inserted("drug", "\u200b\u200d\u2060"), "control_characters_removed"),
+             "bom_soft_hyphen_marks": ("plain", _inserted("drug", "\ufeff\u00ad\u200e\u202a"), "control_characters_removed"),
+             "at_the_end": ("plain", ended("\u00a0\u200b"), None)}
+    for name, edit in references.items():
+        etl(_demo_copy(mimic_demo_dir, tmp_path / name, ["hosp/prescriptions"], edit), tmp_path / name / "meds",
+            split_fractions=(1.0, 0.0, 0.0))
+    invisible = r"[\u00a0\u2009\u3000\u202f\u200b\u200d\u2060\ufeff\u00ad\u200e\u202a]"
+    for name, (reference, edit, counted) in cases.items():
+        etl(_demo_copy(mimic_demo_dir, tmp_path / name, ["hosp/prescriptions"], edit), tmp_path / name / "meds",
+            split_fractions=(1.0, 0.0, 0.0))
+        ev = _events(tmp_path / name / "meds")
+        assert ev.filter(pl.col("code").str.contains(invisible)).height == 0, name
+        same = ev.equals(_events(tmp_path / reference / "meds"))  # (no frame in a failure message: patient rows)
+        assert same, name
+        table = json.loads((tmp_path / name / "meds" / "metadata" / "etl_config.json").read_text())["tables"]["hosp/prescriptions"]
+        if counted:
+            assert table[counted] == {"drug": 3}, name
+        else:  # at a value's end, behind the zero-width space: each counted, the value trimmed after
+            assert table["control_characters_removed"] == table["unicode_spaces_set_to_space"] == {"drug": 3}, name
+        assert table["events_written"] == 18087
+
+
 def _minus_zeros(column: str, row_id: str | None, reverse: bool):
     """An edit writing every other zero of `column` as `-0`, adding for each of the first 50 zeros a
     second row alike but for its zero's sign (`0` or `-1e-50`) (and its own row id where the table has one), and

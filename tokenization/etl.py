@@ -94,10 +94,11 @@ Codes (MIMIC_IV_MEDS "//" style; values always in numeric_value, never in the co
     ED_PYXIS//<name> (charttime). A missing or blank unit, location or name part is `UNK`;
     spaces around a part are dropped (`Vitamin D3 ` and a CHAR(7) `4019   ` are `Vitamin D3`, `4019`); so are
     spaces around every raw value when it is read, and a value of spaces only is empty (_trimmed). A tab or
-    line break inside a value is one space (counted); any other control character but NUL (C0, DEL, C1:
-    cp1252 text read as Latin-1 leaves C1 characters in real free text) is removed (counted); a NUL byte
-    (a damaged copy) refuses the table, naming file, column and count (_without_control_characters):
-    no code holds a control character.
+    line break inside a value is one space (counted), as is a no-break or other Unicode space (counted);
+    any other control character but NUL (C0, DEL, C1: cp1252 text read as Latin-1 leaves C1 characters in
+    real free text) and any invisible format character (zero-width space, byte-order mark, soft hyphen,
+    direction marks) is removed (counted); a NUL byte (a damaged copy) refuses the table, naming file,
+    column and count (_without_control_characters): no code holds a control or invisible character.
 Within one timestamp events keep a clinical order: admission, transfers, measurements,
 medications, procedures, diagnoses, death, discharge; then source table, rank (seq_num of ICD
 diagnoses and procedures, HCPCS: Table.rank), code, value, text, stay and row key (_event_order).
@@ -190,8 +191,8 @@ Dates and midnights (an event is never placed before the first moment it could h
   date_only_values: {column: n}, date_only_placed_at_discharge, midnight_times: {column: n},
   unparseable_numbers_set_null: {column: n}, out_of_range_numbers_set_null: {column: n},
   redacted_numbers_set_null: {column: n}, text_values_kept: {column: n}, moved_to_store_time:
-  {column: n}, line_breaks_set_to_space: {column: n}, control_characters_removed: {column: n}}} (the
-  last ten only when non-zero), and `count_units` (COUNT_UNITS): which counts are
+  {column: n}, line_breaks_set_to_space: {column: n}, unicode_spaces_set_to_space: {column: n},
+  control_characters_removed: {column: n}}} (the last eleven only when non-zero), and `count_units` (COUNT_UNITS): which counts are
   per row read (a row listed twice counts twice; its repeat is a `duplicate` drop) and which per
   event written, after exact repeats are dropped (a row listed twice changes none of them).
 
@@ -395,7 +396,8 @@ class Context:
     redacted: dict = field(default_factory=dict)  # table -> column -> de-identification placeholders ___ (set null)
     text_values: dict = field(default_factory=dict)  # table -> column -> free-text values kept as text_value (ED pain)
     line_breaks: dict = field(default_factory=dict)  # table -> column -> values whose tabs/line breaks became a space
-    controls: dict = field(default_factory=dict)  # table -> column -> values whose other control characters were removed
+    unicode_spaces: dict = field(default_factory=dict)  # table -> column -> values whose no-break (or other) spaces became one space
+    controls: dict = field(default_factory=dict)  # table -> column -> values whose other control or invisible characters were removed
     stored: dict = field(default_factory=dict)  # (table, time column) -> {"store_column", "present", "moved"}
     discharge: dict = field(default_factory=dict)  # how discharge times were placed -> count
     duration_coded: int = 0  # procedures_icd events placed at their stay's discharge (DURATION_CODED_PROCEDURES)
@@ -1899,6 +1901,8 @@ def _account(rows_in: dict, counts: dict, ctx: Context) -> dict:
             entry["text_values_kept"] = dict(ctx.text_values[name])
         if ctx.line_breaks.get(name):
             entry["line_breaks_set_to_space"] = dict(ctx.line_breaks[name])
+        if ctx.unicode_spaces.get(name):
+            entry["unicode_spaces_set_to_space"] = dict(ctx.unicode_spaces[name])
         if ctx.controls.get(name):
             entry["control_characters_removed"] = dict(ctx.controls[name])
         moved = {c: v["moved"] for (t, c), v in ctx.stored.items() if t == name and v["moved"]}
@@ -1915,7 +1919,7 @@ def _account(rows_in: dict, counts: dict, ctx: Context) -> dict:
 COUNT_UNITS = {
     "rows read": ["rows_read", "dropped", "date_only_values", "midnight_times", "unparseable_numbers_set_null",
                   "out_of_range_numbers_set_null", "redacted_numbers_set_null", "text_values_kept",
-                  "line_breaks_set_to_space", "control_characters_removed"],
+                  "line_breaks_set_to_space", "unicode_spaces_set_to_space", "control_characters_removed"],
     "events written": ["events_written", "date_only_placed_at_discharge", "duration_coded_at_discharge",
                        "moved_to_store_time"],
 }
@@ -1927,7 +1931,8 @@ VALUE_COUNT_LINES = (
     ("redacted_numbers_set_null", "de-identified (___) numbers kept as null"),
     ("text_values_kept", "free text kept as text_value (no 0-10 rating)"),
     ("line_breaks_set_to_space", "values whose tabs or line breaks became a space"),
-    ("control_characters_removed", "values whose control characters were removed"),
+    ("unicode_spaces_set_to_space", "values whose no-break or other Unicode spaces became a space"),
+    ("control_characters_removed", "values whose control or invisible characters were removed"),
 )
 
 
@@ -2169,6 +2174,7 @@ def _merge_context(ctx: Context, part: Context) -> None:
     ctx.redacted.update(part.redacted)
     ctx.text_values.update(part.text_values)
     ctx.line_breaks.update(part.line_breaks)
+    ctx.unicode_spaces.update(part.unicode_spaces)
     ctx.controls.update(part.controls)
     ctx.stored.update(part.stored)
     ctx.discharge.update(part.discharge)
@@ -2316,18 +2322,30 @@ LINE_BREAKS = f"[ {_BREAK}]*[{_BREAK}][ {_BREAK}]*"
 # Other C0 controls, DEL and C1 controls: real free text holds some (cp1252 text read as Latin-1
 # leaves C1 characters, as in MIMIC-IV-ED's chief complaints), so they are removed, counted per column,
 # rather than refusing a whole table; no code or text written holds one.
-CONTROL_CHARACTERS = "[\x01-\x08\x0e-\x1f\x7f-\x84\x86-\x9f]"
-ANY_CONTROL = "[\x00-\x1f\x7f-\x9f\u2028\u2029]"
+# Invisible format characters are removed with them: a zero-width space, joiner or word joiner, a
+# byte-order mark inside a value, a soft hyphen or a direction mark (text pasted from a web page or a
+# word processor) made `MEDICATION//Heparin\u200b` a code of its own beside `MEDICATION//Heparin`.
+_INVISIBLE = "\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff"
+CONTROL_CHARACTERS = f"[\x01-\x08\x0e-\x1f\x7f-\x84\x86-\x9f{_INVISIBLE}]"
+# No-break and other Unicode spaces (NBSP from a spreadsheet or a web page, thin, ideographic): one
+# plain space with the spaces next to them, counted per column; `Metoprolol\u00a0Tartrate` was a
+# code of its own beside `Metoprolol Tartrate`.
+_SPACES = "\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000"
+UNICODE_SPACES = f"[ {_SPACES}]*[{_SPACES}][ {_SPACES}]*"
+ANY_CONTROL = f"[\x00-\x1f\x7f-\x9f\u2028\u2029{_INVISIBLE}{_SPACES}]"
 
 
 def _without_control_characters(df: pl.DataFrame, bad: _BadValues, ctx: Context) -> pl.DataFrame:
-    """The raw text columns df (_trimmed), line breaks made one space, other control characters removed.
+    """The raw text columns df (_trimmed), line breaks and Unicode spaces made one space, other control characters removed.
 
-    A tab or line break inside a value becomes one space with the whitespace next to it, any other
-    control character but NUL is removed, and the changed values are trimmed again. Values holding a NUL byte are counted in `bad` per column, which refuses the table once the whole
-    file is read; line breaks are counted in ctx.line_breaks (`line_breaks_set_to_space`), other
-    control characters in ctx.controls (`control_characters_removed`). So no code or text written
-    holds a control character.
+    A tab or line break inside a value becomes one space with the whitespace next to it, as does a
+    no-break or other Unicode space; any other control character but NUL, and any invisible format
+    character (zero-width space, byte-order mark, soft hyphen, direction marks), is removed; the
+    changed values are trimmed again. Values holding a NUL byte are counted in `bad` per column,
+    which refuses the table once the whole file is read; line breaks are counted in ctx.line_breaks
+    (`line_breaks_set_to_space`), Unicode spaces in ctx.unicode_spaces (`unicode_spaces_set_to_space`),
+    the characters removed in ctx.controls (`control_characters_removed`). So no code or text written
+    holds a control or invisible character, or a space other than U+0020.
     """
     cols = [c for c in df.columns if df[c].dtype == pl.String]
     if not len(df) or not cols:
@@ -2339,16 +2357,19 @@ def _without_control_characters(df: pl.DataFrame, bad: _BadValues, ctx: Context)
         return df
     counts = df.select([pl.col(c).str.contains(NUL, literal=True).sum().alias(f"n:{c}") for c in cols]
                        + [pl.col(c).str.contains(CONTROL_CHARACTERS).sum().alias(f"c:{c}") for c in cols]
-                       + [pl.col(c).str.contains(LINE_BREAKS).sum().alias(f"b:{c}") for c in cols]).row(0, named=True)
+                       + [pl.col(c).str.contains(LINE_BREAKS).sum().alias(f"b:{c}") for c in cols]
+                       + [pl.col(c).str.contains(UNICODE_SPACES).sum().alias(f"s:{c}") for c in cols]).row(0, named=True)
     for c in cols:
         if counts[f"n:{c}"]:
             bad.control[c] = bad.control.get(c, 0) + int(counts[f"n:{c}"])
         ctx.count(ctx.line_breaks, c, int(counts[f"b:{c}"] or 0))
+        ctx.count(ctx.unicode_spaces, c, int(counts[f"s:{c}"] or 0))
         ctx.count(ctx.controls, c, int(counts[f"c:{c}"] or 0))
-    changed = [c for c in cols if counts[f"b:{c}"] or counts[f"c:{c}"]]
+    changed = [c for c in cols if counts[f"b:{c}"] or counts[f"c:{c}"] or counts[f"s:{c}"]]
     if not changed:
         return df
-    df = df.with_columns(pl.col(c).str.replace_all(CONTROL_CHARACTERS, "").str.replace_all(LINE_BREAKS, " ") for c in changed)
+    df = df.with_columns(pl.col(c).str.replace_all(CONTROL_CHARACTERS, "").str.replace_all(LINE_BREAKS, " ")
+                         .str.replace_all(UNICODE_SPACES, " ") for c in changed)
     return df.with_columns(_trimmed(c) for c in changed)
 
 
