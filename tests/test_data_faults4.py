@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 from datetime import datetime, timedelta
 
@@ -167,3 +168,22 @@ def test_a_meds_dataset_or_token_dir_given_to_etl_says_what_it_is(tmp_path, caps
     assert main(["etl", str(tmp_path / "tok"), "--out", str(tmp_path / "out")]) == 2
     assert one_error_line(capsys).endswith("; it is a token dir (made by `ehrfm tokenize`), not raw MIMIC-IV")
     assert not (tmp_path / "out").exists()
+
+
+def test_etl_run_in_process_leaves_the_environment_as_it_was(tmp_path, monkeypatch):
+    """`ehrfm etl` sets arrow's and jemalloc's allocator variables for the libraries it loads. Run in-process
+    (a notebook calling ehrfm.app.cli.main, the test suite) it left them in os.environ, so every process
+    started later (a training run, a subprocess) got arrow's lean allocator. Now they are taken back,
+    whether the run succeeds or fails, and a value the user set stays as the user set it."""
+    from tokenization.cli import LEAN_ALLOCATOR_ENV
+
+    raw = tmp_path / "raw"
+    synthesize(raw, n_patients=60, seed=1)
+    for k in LEAN_ALLOCATOR_ENV:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("JE_ARROW_MALLOC_CONF", "narenas:2")  # the user's own
+    before = dict(os.environ)
+    assert main(["etl", str(raw), "--out", str(tmp_path / "meds")]) == 0
+    assert dict(os.environ) == before
+    assert main(["etl", str(raw), "--out", str(tmp_path / "meds")]) == 2  # refused: --out exists
+    assert dict(os.environ) == before

@@ -67,8 +67,18 @@ def _raise_open_files_limit() -> None:
 def _etl(args) -> int:
     import os
 
-    for k, v in LEAN_ALLOCATOR_ENV.items():
-        os.environ.setdefault(k, v)
+    # Set for the libraries loaded from here on, and taken back after: `ehrfm etl` run in-process (a
+    # notebook calling ehrfm.app.cli.main, the tests) left them to every process it started later.
+    ours = [k for k in LEAN_ALLOCATOR_ENV if k not in os.environ]
+    os.environ.update({k: LEAN_ALLOCATOR_ENV[k] for k in ours})
+    try:
+        return _run_etl(args)
+    finally:
+        for k in ours:
+            os.environ.pop(k, None)
+
+
+def _run_etl(args) -> int:
     _raise_open_files_limit()
     from tokenization.etl import etl
 
