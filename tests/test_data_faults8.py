@@ -158,6 +158,41 @@ def test_no_break_spaces_and_invisible_characters_are_a_plain_space_or_nothing(m
         assert table["events_written"] == 18087
 
 
+
+def test_dictionary_keys_and_descriptions_are_cleaned_as_event_values(mimic_demo_dir, tmp_path):
+    """The dictionaries (d_labitems, d_items, d_icd_*, d_hcpcs) were read without the event tables'
+    cleaning: a key holding a zero-width space or a byte-order mark matched no code (its description
+    was lost), a description kept its line breaks and no-break spaces in codes.parquet, and one
+    holding a NUL byte went in as it was. Now keys and descriptions are cleaned as event values are,
+    and a NUL byte refuses the file, naming it, the column and how many values."""
+    def edited(nul: bool):
+        def edit(header, rows):
+            if "label" not in header:
+                return rows  # labevents as it is
+            i, lab = header.index("itemid"), header.index("label")
+            for n, r in enumerate(rows):
+                r[i] = ("\ufeff" if n % 2 else "\u200b") + r[i]
+                r[lab] = " \u200b" + r[lab].replace(" ", "\u00a0 \r\n\t", 1) + "\u200b\u00a0"
+            if nul:
+                rows[5][lab] += "\x00"
+            return rows
+        return edit
+
+    for name, edit in (("plain", lambda header, rows: rows), ("edited", edited(False))):
+        raw = _demo_copy(mimic_demo_dir, tmp_path / name, ["hosp/labevents", "hosp/d_labitems"], edit)
+        etl(raw, tmp_path / name / "meds", split_fractions=(1.0, 0.0, 0.0))
+    plain, got = (pl.read_parquet(tmp_path / n / "meds" / "metadata" / "codes.parquet") for n in ("plain", "edited"))
+    described = plain.filter(pl.col("code").str.starts_with("LAB//") & pl.col("description").is_not_null()).height
+    assert described > 200  # the demo's lab codes, described from d_labitems
+    same = got.equals(plain)  # (codes and counts; no frame in a failure message)
+    assert same
+    raw = _demo_copy(mimic_demo_dir, tmp_path / "nul", ["hosp/labevents", "hosp/d_labitems"], edited(True))
+    with pytest.raises(UserError) as e:
+        etl(raw, tmp_path / "nul" / "meds", split_fractions=(1.0, 0.0, 0.0))
+    assert "d_labitems.csv.gz: column 'label' has 1 value holding a NUL byte" in str(e.value)
+    assert not (tmp_path / "nul" / "meds").exists()
+
+
 def _minus_zeros(column: str, row_id: str | None, reverse: bool):
     """An edit writing every other zero of `column` as `-0`, adding for each of the first 50 zeros a
     second row alike but for its zero's sign (`0` or `-1e-50`) (and its own row id where the table has one), and

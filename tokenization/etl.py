@@ -2333,6 +2333,9 @@ CONTROL_CHARACTERS = f"[\x01-\x08\x0e-\x1f\x7f-\x84\x86-\x9f{_INVISIBLE}]"
 _SPACES = "\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000"
 UNICODE_SPACES = f"[ {_SPACES}]*[{_SPACES}][ {_SPACES}]*"
 ANY_CONTROL = f"[\x00-\x1f\x7f-\x9f\u2028\u2029{_INVISIBLE}{_SPACES}]"
+# The same classes for Python's re (the dictionaries are read a row at a time: _dictionary_rows).
+CONTROL_CHARACTERS_RE, LINE_BREAKS_RE, UNICODE_SPACES_RE, ANY_CONTROL_RE = (
+    re.compile(p) for p in (CONTROL_CHARACTERS, LINE_BREAKS, UNICODE_SPACES, ANY_CONTROL))
 
 
 def _without_control_characters(df: pl.DataFrame, bad: _BadValues, ctx: Context) -> pl.DataFrame:
@@ -2922,14 +2925,19 @@ def _dictionary_rows(path: Path, columns: dict[str, str], keys: set[str]) -> pl.
     """
     names = list(columns)
     rows = []
+    bad = _BadValues(path)
     try:
         with _open_text(path, "rt", newline="", encoding=CSV_ENCODING) as f:
             reader = csv.reader(f)
             header = next(reader, [])
             at = [header.index(columns[c]) for c in names]
             for row in reader:
-                # Keys without surrounding spaces, as _part writes them into codes (CHAR(n) padding).
-                row = [v.strip() for v in row]
+                # Keys and descriptions cleaned as the event tables' values are (_without_control_characters):
+                # a key with a zero-width space matched no code, a description kept its line breaks.
+                for name, i in zip(names, at, strict=True):
+                    if i < len(row) and NUL in row[i]:
+                        bad.control[columns[name]] = bad.control.get(columns[name], 0) + 1
+                row = [_clean_text(v) for v in row]
                 for name, i in zip(names, at, strict=True):  # integer columns as _int_part writes them into codes
                     if name in ("itemid", "icd_version") and i < len(row):
                         row[i] = re.sub(WHOLE_AS_DECIMAL, r"\1", row[i])
@@ -2939,7 +2947,15 @@ def _dictionary_rows(path: Path, columns: dict[str, str], keys: set[str]) -> pl.
         raise UserError(f"{path}: not UTF-8 text; {NOT_UTF8_HINT}") from None
     except (OSError, EOFError, csv.Error) as e:
         raise UserError(f"{path}: cannot be read as CSV ({type(e).__name__})") from None
+    bad.raise_if_any()
     return pl.DataFrame(rows, schema={c: pl.String for c in names}, orient="row")
+
+
+def _clean_text(value: str) -> str:
+    """One dictionary value as _without_control_characters and _trimmed make an event table's (NUL aside)."""
+    if ANY_CONTROL_RE.search(value):
+        value = UNICODE_SPACES_RE.sub(" ", LINE_BREAKS_RE.sub(" ", CONTROL_CHARACTERS_RE.sub("", value)))
+    return value.strip()
 
 
 # The OMOP vocabulary of an ICD code, by its code's head and ICD version: the parent_codes prefix.
