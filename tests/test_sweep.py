@@ -301,9 +301,11 @@ def test_local_failed_run_is_recorded_and_retried_only_when_asked(synth_tokens, 
 
 
 def _signal_dispositions(pid: int) -> str:
-    """The SigIgn/SigCgt lines of /proc/PID/status: what a process does with each signal (for failure messages)."""
+    """The SigBlk/SigIgn/SigCgt lines of /proc/PID/status: which signals a process blocks (its main thread), ignores and
+    catches (for failure messages: a Ctrl-C that a launcher never saw under load, stops 36-37)."""
     try:
-        return " ".join(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith(("SigIgn", "SigCgt")))
+        return " ".join(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                        if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
     except OSError as e:
         return f"(unreadable: {e})"
 
