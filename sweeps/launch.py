@@ -269,6 +269,10 @@ def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
         if cfg.wait:
             _wait_slurm(sweep_dir, report, cfg.poll_s)
     else:
+        # Costliest first (planned FLOPs, then tokens: at one budget the smaller model trains more tokens
+        # and takes longer), so that the last job to end is a short one: greedy longest-first scheduling.
+        cost = {r["run_id"]: (float(r.get("flops") or 0), float(r.get("tokens") or 0)) for r in plan}
+        jobs = sorted(jobs, key=lambda job: tuple(-c for c in cost.get(job.run_id, (0.0, 0.0))))
         _run_local(sweep_dir, jobs, cfg, slots, time_min, report, trunk_of)
     return report
 

@@ -259,6 +259,17 @@ def test_local_sweep_completes_and_collects(local_sweep):
         # The data available to every run, for the fits' repeated-data correction and the recommender.
         assert got["unique_tokens"] == TokenDir(json.loads((out / "sweep.json").read_text())["tokens_dir"]).split("train").n_tokens
         assert got["epochs"] == pytest.approx(got["tokens"] / got["unique_tokens"]) and got["epochs"] == pytest.approx(r["epochs"])
+    # Costliest first (longest-first scheduling: the last job to end is a short one): with 2 slots and
+    # 4 runs, both 2.5e9 runs were submitted before either 1e9 run (plan order puts 1e9 first). The
+    # job processes' pids give the order (submitted_at has 1 s resolution, shorter than these runs),
+    # read past a wrap of the pid counter (pid_max can be 32768) within the launch's few seconds.
+    job_pid = {r["run_id"]: json.loads((out / "jobs" / f"{r['run_id']}.json").read_text())["job_pid"] for r in rows}
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    if max(job_pid.values()) - min(job_pid.values()) > pid_max // 2:
+        job_pid = {k: p + pid_max if p < pid_max // 2 else p for k, p in job_pid.items()}
+    assert [r["budget"] for r in rows][0] == 1e9
+    assert max(job_pid[r["run_id"]] for r in rows if r["budget"] == 2.5e9) < \
+        min(job_pid[r["run_id"]] for r in rows if r["budget"] == 1e9)
     # More compute, lower loss for the same shape.
     by_shape = {}
     for r in rows:

@@ -2932,17 +2932,19 @@ def _dictionary_rows(path: Path, columns: dict[str, str], keys: set[str]) -> pl.
             header = next(reader, [])
             at = [header.index(columns[c]) for c in names]
             for row in reader:
-                # Keys and descriptions cleaned as the event tables' values are (_without_control_characters):
+                # Only the kept columns, cleaned as the event tables' values are (_without_control_characters):
                 # a key with a zero-width space matched no code, a description kept its line breaks.
+                kept = []
                 for name, i in zip(names, at, strict=True):
-                    if i < len(row) and NUL in row[i]:
+                    value = row[i] if i < len(row) else ""
+                    if NUL in value:
                         bad.control[columns[name]] = bad.control.get(columns[name], 0) + 1
-                row = [_clean_text(v) for v in row]
-                for name, i in zip(names, at, strict=True):  # integer columns as _int_part writes them into codes
-                    if name in ("itemid", "icd_version") and i < len(row):
-                        row[i] = re.sub(WHOLE_AS_DECIMAL, r"\1", row[i])
-                if len(row) > at[0] and row[at[0]] in keys:
-                    rows.append([row[i] if i < len(row) and row[i] != "" else None for i in at])
+                    value = _clean_text(value)
+                    if name in ("itemid", "icd_version"):  # integer columns as _int_part writes them into codes
+                        value = re.sub(WHOLE_AS_DECIMAL, r"\1", value)
+                    kept.append(value or None)
+                if kept[0] in keys:
+                    rows.append(kept)
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text; {NOT_UTF8_HINT}") from None
     except (OSError, EOFError, csv.Error) as e:
