@@ -135,6 +135,12 @@ def test_boosting_early_stopping_holds_back_whole_patients():
     fit, val = boosting_validation(y, g, seed=0)
     assert set(g[fit]).isdisjoint(g[val]) and len(fit) + len(val) == len(y)
     assert len(set(g[val])) == 6 and set(y[val]) == {0, 1} and set(y[fit]) == {0, 1}
+    # 15 subjects, 7 with a positive label: fewer per class than 10 folds, still split (on subjects, not labels)
+    y15, g15 = np.repeat(np.r_[np.ones(7), np.zeros(8)], 6).astype(np.int64), np.repeat(np.arange(15), 6)
+    y15[::12] = 0  # a positive subject's stays are not all positive
+    for seed in range(5):
+        fit, val = boosting_validation(y15, g15, seed)
+        assert set(g15[fit]).isdisjoint(g15[val]) and 1 <= len(set(g15[val])) <= 3 and set(y15[val]) == {0, 1}
     # two subjects, one per class: no split by subject holds both classes on both sides
     reason = boosting_validation(np.r_[np.ones(20), np.zeros(20)].astype(np.int64), np.r_[np.zeros(20), np.ones(20)], 0)
     assert isinstance(reason, str) and "40 train labels (20 positive) of 2 subjects" in reason
