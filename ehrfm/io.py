@@ -354,6 +354,26 @@ def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
             tmp.unlink()
 
 
+def sigint_back_from_polars() -> None:
+    """Import polars, then give SIGINT back to the handler Python holds for it (main thread only).
+
+    polars (>= 1.22, pola-rs/polars#20961) installs its own SIGINT hook when first imported, over
+    whatever the process had. A process that inherited SIGINT as ignored (a background job of a
+    script, `ehrfm sweep launch ... &`; a trainer that leaves Ctrl-C to its job wrapper) then
+    catches it: the children it execs get the default action and die of a Ctrl-C the shell meant
+    for no one, and a polars query under way raises KeyboardInterrupt. The hook also sets
+    SA_RESTART, so Ctrl-C no longer cuts a blocking wait short (pola-rs/polars#21739). Every ehrfm
+    process entry point (the CLI, a sweep job, a trainer) calls this before anything else imports
+    polars; signal handlers set later replace polars' hook anyway.
+    """
+    import polars  # noqa: F401 (imported for its side effect: the hook this undoes)
+
+    if threading.current_thread() is threading.main_thread():
+        handler = signal.getsignal(signal.SIGINT)
+        if handler is not None:  # None: set from C, not by Python; nothing to give back
+            signal.signal(signal.SIGINT, handler)
+
+
 @contextlib.contextmanager
 def signals_deferred(signums=(signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
     """Hold off Ctrl-C and SIGTERM for a few steps that must not be cut apart (renames that go together).

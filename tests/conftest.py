@@ -8,6 +8,7 @@ demo from ../shared/data when it is there.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,11 @@ os.environ["EHRFM_QUIET"] = "1"
 # own sweeps) must not reach the tests' runs: with wandb not installed every training test failed.
 # Tests of EHRFM_LOGGER set it themselves, in the environment of the process they start.
 os.environ.pop("EHRFM_LOGGER", None)
+# The Ctrl-C tests model a terminal's foreground job: SIGINT at its default. A suite started as a
+# background job of a script (`bash .ci/run &`, no job control) inherits SIGINT ignored, and so did
+# every process it started, which then ignored the tests' Ctrl-C, as ehrfm must (ehrfm.io.sigint_back_from_polars).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MIMIC_DEMO = REPO_ROOT.parent / "shared" / "data" / "mimic-iv-demo-2.2"

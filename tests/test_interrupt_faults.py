@@ -50,10 +50,12 @@ def start_etl():
     """
     started = []
 
-    def start(raw: Path, out: Path, hold_at: str, holds: Path, output=subprocess.PIPE) -> subprocess.Popen:
+    def start(raw: Path, out: Path, hold_at: str, holds: Path, output=subprocess.PIPE, sigint_ignored=False) -> subprocess.Popen:
         env = dict(ENV, EHRFM_HOLD_AT=hold_at, EHRFM_HOLD_DIR=str(holds))
+        # sigint_ignored: as a script's background job (`ehrfm etl ... &`) starts, SIGINT ignored; exec keeps that
+        shell = ["bash", "-c", 'trap "" INT; exec "$@"', "bash"] if sigint_ignored else []
         started.append(subprocess.Popen(
-            [sys.executable, "-m", "ehrfm", "etl", str(raw), "--out", str(out), "--workers", "2"],
+            [*shell, sys.executable, "-m", "ehrfm", "etl", str(raw), "--out", str(out), "--workers", "2"],
             env=env, stdout=output, stderr=output, text=True, start_new_session=True))
         return started[-1]
 
@@ -85,6 +87,29 @@ def test_ctrl_c_with_etl_workers_is_one_line(raw, tmp_path, start_etl):
     assert err.strip() == "ehrfm etl: interrupted"
     assert not out.exists() and not list(tmp_path.glob("meds.tmp-*"))
     assert_rerun_equals_reference(raw, out)
+
+
+def sigint_ignored(pid: int) -> bool:
+    """Whether the kernel ignores SIGINT for process `pid` (what the processes it execs inherit)."""
+    ignored = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("SigIgn:"))
+    return bool(int(ignored.split()[1], 16) >> (signal.SIGINT - 1) & 1)
+
+
+def test_a_background_etl_leaves_ctrl_c_ignored_as_its_shell_did(raw, tmp_path, start_etl):
+    """Before: `ehrfm etl ... &` in a script (SIGINT ignored, as a shell without job control starts a
+    background job) caught SIGINT once polars was imported: polars installs its own hook over the
+    ignore (pola-rs/polars#20961), so each process it then exec'd took Ctrl-C's default action, and
+    a polars query under way raised KeyboardInterrupt. Now the ignore is the kernel's again: a Ctrl-C
+    to the terminal's group leaves the run going, and its output is the reference."""
+    out, holds = tmp_path / "meds", tmp_path / "holds"
+    proc = start_etl(raw["raw"], out, "etl-staged", holds, sigint_ignored=True)
+    wait_held(holds, out.name, "etl-staged", is_alive=lambda: proc.poll() is None)
+    assert sigint_ignored(proc.pid)
+    os.killpg(proc.pid, signal.SIGINT)
+    release(holds, out.name, "etl-staged")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-800:]
+    assert files(out) == files(raw["meds"])
 
 
 def test_sigterm_to_the_main_process_stops_a_busy_worker(raw, tmp_path, start_etl):
