@@ -7,7 +7,9 @@ takes the `sizes` rungs centred nearest its own expected compute-optimal size N*
 half a rung). Each target size
 becomes a concrete shape with the trainer's depth/width rule (`ehrfm.shapes.shape_for_params`) and
 gets D = floor(C / F) training tokens, F being the shape's `flops_per_token`. Because the ladder
-is shared, one shape serves several budgets.
+is shared, one shape serves several budgets. Small targets can snap to one shape; a budget whose
+rungs give fewer than `sizes` distinct shapes takes the next rungs above until it has `sizes`
+(never below, toward repeated data; `shared_ladder`).
 
 Schedules (`schedule`, the same (budget, n_layer, d_model) points for both):
 - cosine: every run trains on its own, with its own cosine schedule.
@@ -33,9 +35,10 @@ sweep.json records the law used (`centre_law`).
 
 Bracketing (`bracket_from`, `sweep plan --bracket-from RESULTS`): a ladder whose lowest loss sits
 at its smallest or largest size has not bracketed its optimum, and a parabola through it can only
-extrapolate. Re-planning the same sweep dir with a results table of its runs adds one rung beyond
-that end of that budget's ladder (sweep.json `extra_rungs`, kept on every later re-plan), as a
-researcher would add a model size; the other runs keep their ids. Below the family's smallest shape
+extrapolate. Re-planning the same sweep dir with a results table of its runs adds one size beyond
+that end of that budget's ladder (sweep.json `extra_rungs`, kept on every later re-plan; as many
+rungs as it takes to reach a shape the ladder lacks), as a researcher would add a model size; the
+other runs keep their ids. Below the family's smallest shape
 there is nothing to add, and the plan says so.
 
 Budgets closer than 0.1% (ehrfm.law_checks.BUDGET_SAME_DECADES, the tolerance within which `ehrfm fit`
@@ -514,8 +517,8 @@ def smallest_shape(vocab_size: int, context: int) -> ModelConfig:
     return ModelConfig(n_layer=1, d_model=16, n_head=16 // head_dim_for(16), context=context, vocab_size=vocab_size)
 
 
-def shared_ladder(sweep: SweepConfig) -> dict[float, list[float]]:
-    """{budget: its `sizes` target sizes N}, all on one log-spaced ladder (module docstring).
+def shared_ladder(sweep: SweepConfig, tokens_per_step: int) -> dict[float, list[float]]:
+    """{budget: its target sizes N}, all on one log-spaced ladder (module docstring).
 
     Rungs are r = 2 * span_dex / (sizes - 1) decades apart on a grid fixed in log10 N (not by the
     budgets: re-planning with another budget keeps every other budget's targets and run ids); a
@@ -524,19 +527,62 @@ def shared_ladder(sweep: SweepConfig) -> dict[float, list[float]]:
     N*(C) * 10**(+-span_dex) to within r / 2. With one size per budget there is no ladder: the
     target is N*(C) itself. Targets beyond the range of floats (a huge span_dex) are 0 or inf, never
     an overflow: `make_plan` snaps 0 to the smallest shape and drops targets no budget can train.
+
+    Small targets can snap to one shape (the family's smallest widths are far apart: (1, 16) and
+    (1, 32) differ 3.2x in N, more than a rung), and a ladder of 5 rungs then gave 4 models that, in
+    the fits' total-parameter count, spanned 3.6x instead of ~7x: too narrow to pin the parabola's
+    curvature. So a budget with fewer than `sizes` distinct shapes takes the next rungs above its
+    ladder until it has `sizes`, never below (a smaller model at the same budget trains on more
+    tokens, toward repeated data), and never one that trains fewer than `min_steps` optimizer steps
+    of `tokens_per_step` tokens on the budget. Each bracketing rung (`extra_rungs`) beyond an end
+    is one more distinct shape on that side (as many rungs as that takes), not a rung that snaps to
+    the shape already at the end.
     """
+    from ehrfm.shapes import shape_for_params
+
     stars = {b: ladder_centre(sweep, b) for b in sweep.budgets}
     k = sweep.sizes
     if k == 1 or sweep.span_dex == 0:
         return {b: [n] * k for b, n in stars.items()}
     rung = 2.0 * sweep.span_dex / (k - 1)
     half = (k - 1) / 2  # an even ladder has no middle rung: its centre lies between two
+
+    def shape_at(i: float, budget: float):
+        """The shape of rung i (in rungs from 0), or None where no model that size trains on `budget`."""
+        target = _pow10(i * rung)
+        if target > budget / (6.0 * tokens_per_step):  # F >= 6 N: not one optimizer step
+            return None
+        shape = shape_for_params(max(target, 1.0), sweep.vocab_size, sweep.context)
+        return (shape.n_layer, shape.d_model, shape.n_head), budget // _flops_per_token(shape) / tokens_per_step
+
     out = {}
     for b, n in stars.items():
         centre = math.floor(math.log10(n) / rung - half + 0.5) + half  # nearest admissible centre, half up
+        lo, hi = centre - half, centre + half  # first and last rung (indices)
+        shapes = {s[0] for i in range(k) if (s := shape_at(lo + i, b))}
+        while len(shapes) < k and (s := shape_at(hi + 1, b)) and s[1] >= max(sweep.min_steps, 1):
+            hi += 1
+            shapes.add(s[0])
         below, above = sweep.extra_rungs.get(budget_key(b), (0, 0))
-        out[b] = [_pow10((centre + i - half) * rung) for i in range(-int(below), k + int(above))]
+        for _ in range(int(below)):  # step down to the next smaller shape; none below the family's smallest
+            end = shape_at(lo, b)
+            i = lo - 1
+            while (s := shape_at(i, b)) and end and s[0] == end[0] and _pow10(i * rung) >= 1.0:
+                i -= 1
+            lo = i
+        for _ in range(int(above)):
+            end = shape_at(hi, b)
+            i = hi + 1
+            while (s := shape_at(i, b)) and end and s[0] == end[0]:
+                i += 1
+            hi = i
+        out[b] = [_pow10(i * rung) for i in _rung_range(lo, hi)]
     return out
+
+
+def _rung_range(lo: float, hi: float) -> list[float]:
+    """Rung indices lo, lo + 1, ..., hi (half-integers for an even ladder)."""
+    return [lo + i for i in range(int(round(hi - lo)) + 1)]
 
 
 def _pow10(x: float) -> float:
@@ -658,7 +704,7 @@ def make_plan(sweep: SweepConfig) -> tuple[list[dict], list[str]]:
             f"tokens; the smallest budget that works is {_ceil3(one_step)} FLOPs (one step; "
             f"{_ceil3(one_step * max(sweep.min_steps, 1))} for --min-steps {sweep.min_steps})"
         )
-    ladder = shared_ladder(sweep)
+    ladder = shared_ladder(sweep, tokens_per_step)
     memory = _memory_bytes()
     heavy: list[dict] = []
     for budget in sweep.budgets:
@@ -697,7 +743,8 @@ def make_plan(sweep: SweepConfig) -> tuple[list[dict], list[str]]:
                 cfg = dataclasses.replace(shape_cfg, seed=base.seed + replicate)
                 rows.append(_plan_row(sweep, budget, target, shape, fpt, cfg, steps, epochs))
         if len(seen) < k:
-            warnings.append(f"budget {budget:.3g}: {k} sizes asked, {len(seen)} distinct shapes (small sizes snap to the same shape)")
+            warnings.append(f"budget {budget:.3g}: {k} sizes asked, {len(seen)} distinct shapes (small sizes snap to the same shape, "
+                            f"and no larger one trains --min-steps {sweep.min_steps} steps on this budget)")
         if planned_shapes < 3:
             what = f"{planned_shapes} run(s)" if sweep.run_seeds == 1 else f"{planned_shapes} size(s) ({sweep.run_seeds} seeds each)"
             warnings.append(f"budget {budget:.3g}: {what} planned; an IsoFLOP parabola (`ehrfm fit` Approach 2) needs "
