@@ -73,8 +73,8 @@ class TrainJob:
     def __call__(self) -> dict:
         """Run the trainer child for this run and return its result.json content (the job's outcome).
 
-        A run that already finished is not trained again. SIGTERM, SIGINT, SIGHUP (and SIGUSR2 on
-        ranks other than 0) are forwarded to the trainer so it checkpoints. When the trainer exits
+        A run that already finished is not trained again. SIGTERM, SIGINT, SIGHUP (each of the last two
+        unless inherited ignored) and SIGUSR2 on ranks other than 0 are forwarded to the trainer so it checkpoints. When the trainer exits
         without result.json, the outcome is interrupted (exit code 3 or a stop), busy (exit code 4:
         another trainer holds the run dir) or failed (recorded with the log's last line).
 
@@ -88,8 +88,12 @@ class TrainJob:
         # Our own SIGTERM handler (submitit only logs SIGTERM): pass it on so the trainer
         # checkpoints even where SLURM signals only the task's main process.
         signal.signal(signal.SIGTERM, self._forward_stop)
-        signal.signal(signal.SIGINT, self._forward_stop)  # Ctrl-C on a local launch: checkpoint too
-        signal.signal(signal.SIGHUP, self._forward_stop)  # the launching terminal closed
+        # Ctrl-C on a local launch, or its terminal closed: checkpoint too. Unless this process inherited
+        # the signal ignored: a launch that a script started in the background (SIGINT) or under nohup
+        # (SIGHUP) goes on, its runs with it, as the shell meant.
+        for s in (signal.SIGINT, signal.SIGHUP):
+            if signal.getsignal(s) is not signal.SIG_IGN:
+                signal.signal(s, self._forward_stop)
         if rank != 0:  # submitit's USR2 handler acts on rank 0 only; other ranks stop their own trainer
             signal.signal(signal.SIGUSR2, self._forward_stop)
         if getattr(self, "_early_usr2", False):

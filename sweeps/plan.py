@@ -7,9 +7,7 @@ takes the `sizes` rungs centred nearest its own expected compute-optimal size N*
 half a rung). Each target size
 becomes a concrete shape with the trainer's depth/width rule (`ehrfm.shapes.shape_for_params`) and
 gets D = floor(C / F) training tokens, F being the shape's `flops_per_token`. Because the ladder
-is shared, one shape serves several budgets. Small targets can snap to one shape; a budget whose
-rungs give fewer than `sizes` distinct shapes takes the next rungs above until it has `sizes`
-(never below, toward repeated data; `shared_ladder`).
+is shared, one shape serves several budgets.
 
 Schedules (`schedule`, the same (budget, n_layer, d_model) points for both):
 - cosine: every run trains on its own, with its own cosine schedule.
@@ -529,14 +527,12 @@ def shared_ladder(sweep: SweepConfig, tokens_per_step: int) -> dict[float, list[
     an overflow: `make_plan` snaps 0 to the smallest shape and drops targets no budget can train.
 
     Small targets can snap to one shape (the family's smallest widths are far apart: (1, 16) and
-    (1, 32) differ 3.2x in N, more than a rung), and a ladder of 5 rungs then gave 4 models that, in
-    the fits' total-parameter count, spanned 3.6x instead of ~7x: too narrow to pin the parabola's
-    curvature. So a budget with fewer than `sizes` distinct shapes takes the next rungs above its
-    ladder until it has `sizes`, never below (a smaller model at the same budget trains on more
-    tokens, toward repeated data), and never one that trains fewer than `min_steps` optimizer steps
-    of `tokens_per_step` tokens on the budget. Each bracketing rung (`extra_rungs`) beyond an end
-    is one more distinct shape on that side (as many rungs as that takes), not a rung that snaps to
-    the shape already at the end.
+    (1, 32) differ 3.2x in N, more than a rung), so each bracketing rung (`extra_rungs`) beyond an
+    end is one more distinct shape on that side (as many rungs as that takes; none below the
+    family's smallest), not a rung that snaps to the shape already at the end. A ladder is not
+    widened to make up for rungs that snap together inside it: tried at stop 40, a rung added above
+    the demo's 3.7e11 ladder (the (2, 64) model, 171 optimizer steps) ended 0.35 nats above the
+    budget's best run, and its parabola failed the lack-of-fit test.
     """
     from ehrfm.shapes import shape_for_params
 
@@ -548,32 +544,28 @@ def shared_ladder(sweep: SweepConfig, tokens_per_step: int) -> dict[float, list[
     half = (k - 1) / 2  # an even ladder has no middle rung: its centre lies between two
 
     def shape_at(i: float, budget: float):
-        """The shape of rung i (in rungs from 0), or None where no model that size trains on `budget`."""
+        """Rung i's shape (n_layer, d_model, n_head); None where it cannot train one step on `budget`."""
         target = _pow10(i * rung)
         if target > budget / (6.0 * tokens_per_step):  # F >= 6 N: not one optimizer step
             return None
         shape = shape_for_params(max(target, 1.0), sweep.vocab_size, sweep.context)
-        return (shape.n_layer, shape.d_model, shape.n_head), budget // _flops_per_token(shape) / tokens_per_step
+        return shape.n_layer, shape.d_model, shape.n_head
 
     out = {}
     for b, n in stars.items():
         centre = math.floor(math.log10(n) / rung - half + 0.5) + half  # nearest admissible centre, half up
         lo, hi = centre - half, centre + half  # first and last rung (indices)
-        shapes = {s[0] for i in range(k) if (s := shape_at(lo + i, b))}
-        while len(shapes) < k and (s := shape_at(hi + 1, b)) and s[1] >= max(sweep.min_steps, 1):
-            hi += 1
-            shapes.add(s[0])
         below, above = sweep.extra_rungs.get(budget_key(b), (0, 0))
         for _ in range(int(below)):  # step down to the next smaller shape; none below the family's smallest
             end = shape_at(lo, b)
             i = lo - 1
-            while (s := shape_at(i, b)) and end and s[0] == end[0] and _pow10(i * rung) >= 1.0:
+            while (s := shape_at(i, b)) and end and s == end and _pow10(i * rung) >= 1.0:
                 i -= 1
             lo = i
         for _ in range(int(above)):
             end = shape_at(hi, b)
             i = hi + 1
-            while (s := shape_at(i, b)) and end and s[0] == end[0]:
+            while (s := shape_at(i, b)) and end and s == end:
                 i += 1
             hi = i
         out[b] = [_pow10(i * rung) for i in _rung_range(lo, hi)]
@@ -743,8 +735,7 @@ def make_plan(sweep: SweepConfig) -> tuple[list[dict], list[str]]:
                 cfg = dataclasses.replace(shape_cfg, seed=base.seed + replicate)
                 rows.append(_plan_row(sweep, budget, target, shape, fpt, cfg, steps, epochs))
         if len(seen) < k:
-            warnings.append(f"budget {budget:.3g}: {k} sizes asked, {len(seen)} distinct shapes (small sizes snap to the same shape, "
-                            f"and no larger one trains --min-steps {sweep.min_steps} steps on this budget)")
+            warnings.append(f"budget {budget:.3g}: {k} sizes asked, {len(seen)} distinct shapes (small sizes snap to the same shape)")
         if planned_shapes < 3:
             what = f"{planned_shapes} run(s)" if sweep.run_seeds == 1 else f"{planned_shapes} size(s) ({sweep.run_seeds} seeds each)"
             warnings.append(f"budget {budget:.3g}: {what} planned; an IsoFLOP parabola (`ehrfm fit` Approach 2) needs "

@@ -87,23 +87,6 @@ DEMO_LIKE = dict(tokens_dir="unused", sizes=5, span_dex=0.6, tokens_per_param=60
                  train={"batch_size": 8}, train_tokens=26_000_000)
 
 
-def test_a_ladder_whose_small_rungs_snap_to_one_shape_takes_the_next_rungs_above():
-    """Before: at 1e12 FLOPs the rungs 10^3.9 and 10^4.2 both snapped to (1, 32), so 5 sizes asked gave
-    4 models spanning 3.6x in total parameters (the demo's 2.4e12 budget then had no curvature
-    interval). Now the next rung above is added: 5 distinct shapes, none trained on more tokens than
-    the ladder's smallest, none below --min-steps."""
-    from sweeps.plan import SweepConfig, make_plan
-
-    rows, warnings = make_plan(SweepConfig(budgets=[1e12], **DEMO_LIKE))
-    assert shapes(rows, 1e12) == [(1, 32), (1, 48), (2, 48), (2, 64), (3, 80)]
-    assert max(r["tokens"] for r in rows) == next(r["tokens"] for r in rows if (r["n_layer"], r["d_model"]) == (1, 32))
-    assert min(r["steps"] for r in rows) >= 50 and warnings == []
-    # Where no larger shape trains --min-steps steps, nothing is added and the plan says why.
-    rows, warnings = make_plan(SweepConfig(budgets=[1e12], **{**DEMO_LIKE, "min_steps": 400}))
-    assert shapes(rows, 1e12) == [(1, 32), (1, 48), (2, 48), (2, 64)]
-    assert any("5 sizes asked, 4 distinct shapes" in w and "--min-steps 400" in w for w in warnings), warnings
-
-
 def test_a_bracketing_rung_below_is_a_new_shape_not_one_that_snaps_to_the_end():
     """Before: at 1.5e12 the ladder's lowest rung (10^4.2) is (1, 32), and one rung below (10^3.9) snaps
     to (1, 32) again: bracketing below added nothing. Now it steps down to the next distinct shape."""

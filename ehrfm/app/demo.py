@@ -64,7 +64,7 @@ class DemoConfig:
     meds: str | None = None
     """A MEDS dataset (the output of `ehrfm etl` or of any MEDS ETL) to study instead of the synthetic cohort."""
     # The grid (issue 13), derived from measured costs on the 2-core machine (benchmarks/grid_cost.py):
-    # family ehrfm.shapes (aspect ratio 32) takes depths 1-3 here, 5-6 distinct shapes per budget.
+    # family ehrfm.shapes (aspect ratio 32) takes depths 1-3 here, 4-5 distinct shapes per budget.
     # `patients`: no run over 1 epoch -- the largest D is the (1, 32) run of 6e12 (~25M tokens) at
     # ~600 train tokens per synthetic patient. The smallest budget's optimum (~3.5e4 total
     # parameters) must sit above the family's smallest member, (1, 16) at 2.2e4, for its ladder to
@@ -1249,8 +1249,8 @@ def _sweep_section(cfg, res, tok_stats: dict, results_link: str, sweep_json: dic
     shapes = res.group_by("budget").agg(pl.struct("n_layer", "d_model").n_unique().alias("n"))["n"] \
         if {"n_layer", "d_model"} <= set(res.columns) and res.height else pl.Series([cfg.sizes])
     sizes = (f"{cfg.sizes} model sizes each" if shapes.min() == shapes.max() == cfg.sizes
-             else f"{cfg.sizes} model sizes asked per budget ({shapes.min()}-{shapes.max()} distinct shapes: the planner adds "
-             "a rung above a ladder whose small sizes snap to one shape, bracketing adds one beyond an end)")
+             else f"{cfg.sizes} model sizes asked per budget ({shapes.min()}-{shapes.max()} distinct shapes: small sizes "
+             "snap to one shape, bracketing adds one)")
     if cfg.run_seeds > 1:
         sizes += f", each (budget, shape) trained with {cfg.run_seeds} training seeds (replicates the fits all use)"
     auroc_text = ("AUROC is a linear probe on held_out, fitted and scored on "
