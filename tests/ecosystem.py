@@ -20,5 +20,5 @@ def meds_evaluation_auroc(predictions: Path) -> float:
     assert cli.exists(), "meds-evaluation-cli not found: pip install -e '.[test]' (meds-evaluation)"
     out = Path(predictions).parent / f"{Path(predictions).stem}.meds_evaluation.json"
     r = subprocess.run([str(cli), f"predictions_path={predictions}", f"output_file={out}"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.returncode == 0, f"meds-evaluation-cli exit {r.returncode}: " + r.stdout[-2000:] + r.stderr[-2000:]
     return float(json.loads(out.read_text())["samples_equally_weighted"]["roc_auc_score"])
