@@ -354,24 +354,23 @@ def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
             tmp.unlink()
 
 
-def sigint_back_from_polars() -> None:
-    """Import polars, then give SIGINT back to the handler Python holds for it (main thread only).
+def keep_sigint_ignored() -> None:
+    """In a process that inherited SIGINT ignored, import polars and put the ignore back (main thread only).
 
     polars (>= 1.22, pola-rs/polars#20961) installs its own SIGINT hook when first imported, over
     whatever the process had. A process that inherited SIGINT as ignored (a background job of a
     script, `ehrfm sweep launch ... &`; a trainer that leaves Ctrl-C to its job wrapper) then
-    catches it: the children it execs get the default action and die of a Ctrl-C the shell meant
-    for no one, and a polars query under way raises KeyboardInterrupt. The hook also sets
-    SA_RESTART, so Ctrl-C no longer cuts a blocking wait short (pola-rs/polars#21739). Every ehrfm
-    process entry point (the CLI, a sweep job, a trainer) calls this before anything else imports
-    polars; signal handlers set later replace polars' hook anyway.
+    caught it: the children it exec'd took the default action and died of a Ctrl-C the shell
+    meant for no one, and a polars query under way raised KeyboardInterrupt. Elsewhere polars'
+    hook stays: in a terminal's foreground it is what cancels a running query at once (without it
+    Ctrl-C waits for `collect()` to return). Called first by the CLI and the trainer
+    (sweeps.run_one); a sweep job process never imports polars, so its inherited ignore holds.
     """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        return
     import polars  # noqa: F401 (imported for its side effect: the hook this undoes)
 
-    if threading.current_thread() is threading.main_thread():
-        handler = signal.getsignal(signal.SIGINT)
-        if handler is not None:  # None: set from C, not by Python; nothing to give back
-            signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @contextlib.contextmanager

@@ -135,9 +135,6 @@ class TrainJob:
         self._early_usr2 = False
         if threading.current_thread() is threading.main_thread() and os.environ.get("SUBMITIT_EXECUTOR"):
             signal.signal(signal.SIGUSR2, self._keep_early_usr2)
-            from ehrfm.io import sigint_back_from_polars
-
-            sigint_back_from_polars()  # the job process's Ctrl-C is Python's (ehrfm.io), not polars'
         # a test holds the job here: unpickled by submitit, none of its or our signal handlers yet
         fault_points.hold("job-start", self.run_id)
 

@@ -54,10 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         fault_points.hold("trainer-start", Path(json.loads(Path(argv[0]).read_text(encoding="utf-8"))["out_dir"]).name, early_stop)
     from ehrfm.config import TrainConfig
     from ehrfm.errors import UserError
-    from ehrfm.io import sigint_back_from_polars
+    from ehrfm.io import keep_sigint_ignored
     from ehrfm.run_lock import RunDirBusyError, RunDirGoneError
 
-    sigint_back_from_polars()  # Ctrl-C stays ignored here, as the job wrapper set it (_trainer_signals)
+    keep_sigint_ignored()  # Ctrl-C stays ignored here, as the job wrapper set it (_trainer_signals)
 
     threads = os.environ.get("EHRFM_NUM_THREADS")
     try:

@@ -24,7 +24,7 @@ os.environ["EHRFM_QUIET"] = "1"
 os.environ.pop("EHRFM_LOGGER", None)
 # The Ctrl-C tests model a terminal's foreground job: SIGINT at its default. A suite started as a
 # background job of a script (`bash .ci/run &`, no job control) inherits SIGINT ignored, and so did
-# every process it started, which then ignored the tests' Ctrl-C, as ehrfm must (ehrfm.io.sigint_back_from_polars).
+# every process it started, which then ignored the tests' Ctrl-C, as ehrfm must (ehrfm.io.keep_sigint_ignored).
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 

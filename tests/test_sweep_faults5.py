@@ -6,7 +6,7 @@
   the run `failed` ("failed outside the trainer: submitit INFO ... Loading pickle"), so a plain
   relaunch skipped it. Then (2026-12-02) the run was `interrupted` and resumed by a relaunch. The
   cause was polars' SIGINT hook, which undid the inherited ignore in every process that imported it
-  (ehrfm.io.sigint_back_from_polars): now the Ctrl-C reaches no process of the launch, and its runs
+  (ehrfm.io.keep_sigint_ignored): now the Ctrl-C reaches no process of the launch, and its runs
   complete as an uninterrupted launch's do.
 - SIGHUP (a closed terminal) to `ehrfm train`: the run ended with no checkpoint (every step lost);
   it now checkpoints and exits 3 like SIGTERM (tests/test_train_resume.py, the SIGHUP case).

@@ -23,7 +23,7 @@ import threading
 from ehrfm import __version__
 from ehrfm.cli_args import Parser
 from ehrfm.errors import Terminated, UserError
-from ehrfm.io import error_line, sigint_back_from_polars
+from ehrfm.io import error_line, keep_sigint_ignored
 
 # Order here is the order of `ehrfm --help`: the pipeline, stage by stage.
 COMMAND_MODULES = [
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     global _MAIN_PID
     old_handlers = {}
-    sigint_back_from_polars()
+    keep_sigint_ignored()
     if threading.current_thread() is threading.main_thread():
         _MAIN_PID = os.getpid()
         old_handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, _raise_terminated)
