@@ -527,9 +527,14 @@ def shared_ladder(sweep: SweepConfig, tokens_per_step: int) -> dict[float, list[
     an overflow: `make_plan` snaps 0 to the smallest shape and drops targets no budget can train.
 
     Small targets can snap to one shape (the family's smallest widths are far apart: (1, 16) and
-    (1, 32) differ 3.2x in N, more than a rung), so each bracketing rung (`extra_rungs`) beyond an
-    end is one more distinct shape on that side (as many rungs as that takes; none below the
-    family's smallest), not a rung that snaps to the shape already at the end. A ladder is not
+    (1, 32) differ 3.2x in N, more than a rung). Where a ladder's end rung snaps to the same shape
+    as the rung inside it, that end steps outward to the next distinct shape (none below the
+    family's smallest, none too large for one optimizer step): the ends set the ladder's span, and
+    a parabola's curvature is pinned by its span (its standard error scales as 1 / span^2), so a
+    collapsed end would cost the budget a whole rung of span, not just a point (the demo's 2.4e12
+    ladder lost 10^3.9 to (1, 32): 4 shapes over 0.9 decades of non-embedding N, and no curvature
+    interval). Likewise each bracketing rung (`extra_rungs`) beyond an end is one more distinct
+    shape on that side, not a rung that snaps to the shape already at the end. A ladder is not
     widened to make up for rungs that snap together inside it: tried at stop 40, a rung added above
     the demo's 3.7e11 ladder (the (2, 64) model, 171 optimizer steps) ended 0.35 nats above the
     budget's best run, and its parabola failed the lack-of-fit test.
@@ -551,23 +556,40 @@ def shared_ladder(sweep: SweepConfig, tokens_per_step: int) -> dict[float, list[
         shape = shape_for_params(max(target, 1.0), sweep.vocab_size, sweep.context)
         return shape.n_layer, shape.d_model, shape.n_head
 
+    def past(i: float, step: int, budget: float) -> float:
+        """The first rung beyond rung i (step -1: below, +1: above) whose shape differs from rung i's.
+
+        Below, the search stops at a target of 1 parameter (every smaller target snaps to the
+        family's smallest shape); above, at the first rung too large for one step (shape None).
+        """
+        end = shape_at(i, budget)
+        j = i + step
+        while (s := shape_at(j, budget)) and end and s == end and (step > 0 or _pow10(j * rung) >= 1.0):
+            j += step
+        return j
+
+    def step_out(end: float, inner: float, step: int, budget: float) -> float:
+        """An end rung that snaps onto its inner neighbour's shape, moved to the next distinct shape beyond it (docstring)."""
+        s = shape_at(end, budget)
+        if s is None or s != shape_at(inner, budget):
+            return end
+        j = past(end, step, budget)
+        moved = shape_at(j, budget)
+        return j if moved is not None and moved != s else end  # none beyond (the family's smallest; too large): stays
+
     out = {}
     for b, n in stars.items():
         centre = math.floor(math.log10(n) / rung - half + 0.5) + half  # nearest admissible centre, half up
         lo, hi = centre - half, centre + half  # first and last rung (indices)
+        lo = step_out(lo, lo + 1, -1, b)
+        if len({shape_at(i, b) for i in _rung_range(lo, hi)}) < k:  # (a 2-size ladder whose low end stepped has its 2)
+            hi = step_out(hi, hi - 1, +1, b)
         below, above = sweep.extra_rungs.get(budget_key(b), (0, 0))
         for _ in range(int(below)):  # step down to the next smaller shape; none below the family's smallest
-            end = shape_at(lo, b)
-            i = lo - 1
-            while (s := shape_at(i, b)) and end and s == end and _pow10(i * rung) >= 1.0:
-                i -= 1
-            lo = i
+            if shape_at(j := past(lo, -1, b), b) != shape_at(lo, b):
+                lo = j
         for _ in range(int(above)):
-            end = shape_at(hi, b)
-            i = hi + 1
-            while (s := shape_at(i, b)) and end and s == end:
-                i += 1
-            hi = i
+            hi = past(hi, +1, b)
         out[b] = [_pow10(i * rung) for i in _rung_range(lo, hi)]
     return out
 

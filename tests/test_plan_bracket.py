@@ -96,3 +96,48 @@ def test_a_bracketing_rung_below_is_a_new_shape_not_one_that_snaps_to_the_end():
     below, _ = make_plan(SweepConfig(budgets=[1.5e12], extra_rungs={"1.5e+12": [1, 0]}, **DEMO_LIKE))
     assert shapes(below, 1.5e12) == [(1, 16)] + shapes(plain, 1.5e12)
     assert {r["run_id"] for r in plain} < {r["run_id"] for r in below}  # the other runs keep their ids
+
+
+def test_a_ladder_end_that_snaps_onto_its_neighbour_steps_out_to_the_next_shape():
+    """Before: at 1e12 the demo-like ladder's lowest rung (10^3.9) snapped to (1, 32), as did 10^4.2, so
+    the ladder had 4 shapes over 0.9 decades of N and its parabola's curvature no interval. Now the
+    end steps out to (1, 16), and the other runs keep their ids."""
+    from sweeps.plan import SweepConfig, make_plan
+
+    rows, warnings = make_plan(SweepConfig(budgets=[1e12], **DEMO_LIKE))
+    assert shapes(rows, 1e12) == [(1, 16), (1, 32), (1, 48), (2, 48), (2, 64)]
+    assert not any("distinct shapes" in w for w in warnings)
+    # The end that cannot step (the family's smallest shape) stays: 1e11's rungs 10^3.3 and 10^3.6 are both (1, 16).
+    rows, warnings = make_plan(SweepConfig(budgets=[1e11], **DEMO_LIKE))
+    assert shapes(rows, 1e11) == [(1, 16), (1, 32), (1, 48)]
+    assert any("5 sizes asked, 3 distinct shapes" in w for w in warnings)
+
+
+@pytest.mark.parametrize("sizes,span_dex", [(2, 0.1), (3, 0.2), (5, 0.6), (9, 0.6), (4, 0.15)])
+def test_a_ladder_short_of_shapes_has_no_end_left_to_step(sizes, span_dex):
+    """Over budgets from 1e10 to 1e19 FLOPs: a ladder never has more distinct shapes than asked, and an
+    end that repeats the shape inside it is one that cannot step out: below, the family's smallest
+    shape; above (in a ladder short of shapes), the next distinct shape cannot train one step."""
+    from ehrfm.shapes import shape_for_params
+    from sweeps.plan import SweepConfig, make_plan, shared_ladder
+
+    opts = dict(DEMO_LIKE, sizes=sizes, span_dex=span_dex)
+    rung = 10 ** (2 * span_dex / (sizes - 1))
+    n_max = lambda budget: budget / (6 * 8 * 256)  # noqa: E731  (F >= 6 N per token, 8 x 256 tokens a step)
+    shape = lambda n: (lambda s: (s.n_layer, s.d_model))(shape_for_params(max(n, 1.0), 572, 256))  # noqa: E731
+    stepped = 0
+    for budget in [10 ** (10 + i / 4) for i in range(37)]:
+        sweep = SweepConfig(budgets=[budget], **opts)
+        targets = shared_ladder(sweep, 8 * 256)[budget]
+        rows, _ = make_plan(sweep)
+        distinct = shapes(rows, budget)
+        assert len(distinct) <= sizes, (budget, distinct)
+        stepped += len(targets) > sizes
+        if shape(targets[0]) == shape(targets[1]):
+            assert shape(targets[0]) == (1, 16), (budget, distinct)
+        if shape(targets[-1]) == shape(targets[-2]) and len(distinct) < sizes:
+            above = targets[-1] * rung
+            while above <= n_max(budget) and shape(above) == shape(targets[-1]):
+                above *= rung
+            assert above > n_max(budget), (budget, distinct)
+    assert stepped > 0  # the rule was exercised

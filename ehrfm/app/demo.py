@@ -1249,8 +1249,8 @@ def _sweep_section(cfg, res, tok_stats: dict, results_link: str, sweep_json: dic
     shapes = res.group_by("budget").agg(pl.struct("n_layer", "d_model").n_unique().alias("n"))["n"] \
         if {"n_layer", "d_model"} <= set(res.columns) and res.height else pl.Series([cfg.sizes])
     sizes = (f"{cfg.sizes} model sizes each" if shapes.min() == shapes.max() == cfg.sizes
-             else f"{cfg.sizes} model sizes asked per budget ({shapes.min()}-{shapes.max()} distinct shapes: small sizes "
-             "snap to one shape, bracketing adds one)")
+             else f"{cfg.sizes} model sizes asked per budget ({shapes.min()}-{shapes.max()} distinct shapes: neighbouring small "
+             "sizes can snap to one shape; an end that does steps out to the next shape, and bracketing adds one)")
     if cfg.run_seeds > 1:
         sizes += f", each (budget, shape) trained with {cfg.run_seeds} training seeds (replicates the fits all use)"
     auroc_text = ("AUROC is a linear probe on held_out, fitted and scored on "
