@@ -7,7 +7,9 @@ takes the `sizes` rungs centred nearest its own expected compute-optimal size N*
 half a rung). Each target size
 becomes a concrete shape with the trainer's depth/width rule (`ehrfm.shapes.shape_for_params`) and
 gets D = floor(C / F) training tokens, F being the shape's `flops_per_token`. Because the ladder
-is shared, one shape serves several budgets.
+is shared, one shape serves several budgets. A ladder whose end rung snaps to the shape inside it
+takes one rung more at that end when that rung is a new shape, so it keeps its span
+(`shared_ladder`).
 
 Schedules (`schedule`, the same (budget, n_layer, d_model) points for both):
 - cosine: every run trains on its own, with its own cosine schedule.
@@ -515,6 +517,9 @@ def smallest_shape(vocab_size: int, context: int) -> ModelConfig:
     return ModelConfig(n_layer=1, d_model=16, n_head=16 // head_dim_for(16), context=context, vocab_size=vocab_size)
 
 
+MAX_RUNG_WALK = 10_000  # rungs a bracketing step walks for a new shape (0.4 ms each): a tiny-rung ladder gives up
+
+
 def shared_ladder(sweep: SweepConfig, tokens_per_step: int) -> dict[float, list[float]]:
     """{budget: its target sizes N}, all on one log-spaced ladder (module docstring).
 
@@ -527,14 +532,19 @@ def shared_ladder(sweep: SweepConfig, tokens_per_step: int) -> dict[float, list[
     an overflow: `make_plan` snaps 0 to the smallest shape and drops targets no budget can train.
 
     Small targets can snap to one shape (the family's smallest widths are far apart: (1, 16) and
-    (1, 32) differ 3.2x in N, more than a rung). Where a ladder's end rung snaps to the same shape
-    as the rung inside it, that end steps outward to the next distinct shape (none below the
-    family's smallest, none too large for one optimizer step): the ends set the ladder's span, and
-    a parabola's curvature is pinned by its span (its standard error scales as 1 / span^2), so a
-    collapsed end would cost the budget a whole rung of span, not just a point (the demo's 2.4e12
-    ladder lost 10^3.9 to (1, 32): 4 shapes over 0.9 decades of non-embedding N, and no curvature
-    interval). Likewise each bracketing rung (`extra_rungs`) beyond an end is one more distinct
-    shape on that side, not a rung that snaps to the shape already at the end. A ladder is not
+    (1, 32) differ 3.2x in N, more than a rung). Where a ladder's low end rung snaps to the same
+    shape as the rung inside it, the ladder takes one rung more below when that rung is a new shape
+    (never below the family's smallest); then, if the ladder still has fewer than `sizes` shapes, the
+    same at its high end (never a shape that cannot train one optimizer step; a 2-size ladder whose
+    low end stepped has its 2). So a ladder spans N*(C) * 10**(+-span_dex) to within r / 2, or to
+    within 3 r / 2 at an end that stepped. Why: the ends set the ladder's span, and a parabola's
+    curvature is pinned by its span (its standard error scales as 1 / span^2), so a collapsed end
+    would cost the budget a whole rung of span, not just a point (the demo's 2.4e12 ladder lost
+    10^3.9 to (1, 32): 4 shapes over 0.9 decades of non-embedding N, and no curvature interval;
+    10^3.6 is (1, 16)). One rung only: a ladder of tiny rungs (a small span_dex) that all snap to one
+    shape stays one shape, as asked. Each bracketing rung (`extra_rungs`) beyond an end is one more
+    distinct shape on that side (as many rungs as that takes, up to MAX_RUNG_WALK), not a rung that
+    snaps to the shape already at the end. A ladder is not
     widened to make up for rungs that snap together inside it: tried at stop 40, a rung added above
     the demo's 3.7e11 ladder (the (2, 64) model, 171 optimizer steps) ended 0.35 nats above the
     budget's best run, and its parabola failed the lack-of-fit test.
@@ -551,38 +561,43 @@ def shared_ladder(sweep: SweepConfig, tokens_per_step: int) -> dict[float, list[
     def shape_at(i: float, budget: float):
         """Rung i's shape (n_layer, d_model, n_head); None where it cannot train one step on `budget`."""
         target = _pow10(i * rung)
-        if target > budget / (6.0 * tokens_per_step):  # F >= 6 N: not one optimizer step
+        if target > budget / (6.0 * tokens_per_step):  # F >= 6 N: not one optimizer step (and no shape to build)
             return None
         shape = shape_for_params(max(target, 1.0), sweep.vocab_size, sweep.context)
+        if budget // _flops_per_token(shape) < tokens_per_step:  # its head and attention too: what make_plan drops
+            return None
         return shape.n_layer, shape.d_model, shape.n_head
 
     def past(i: float, step: int, budget: float) -> float:
         """The first rung beyond rung i (step -1: below, +1: above) whose shape differs from rung i's.
 
-        Below, the search stops at a target of 1 parameter (every smaller target snaps to the
-        family's smallest shape); above, at the first rung too large for one step (shape None).
+        Below, the search ends at the first rung whose target is under 1 parameter (every smaller
+        target snaps to the family's smallest shape: the caller sees the same shape); above, at the
+        first rung too large for one step (shape None). It walks at most MAX_RUNG_WALK rungs (a
+        ladder of tiny rungs: --span-dex 1e-6) and then returns i itself: no new shape.
         """
         end = shape_at(i, budget)
-        j = i + step
-        while (s := shape_at(j, budget)) and end and s == end and (step > 0 or _pow10(j * rung) >= 1.0):
-            j += step
-        return j
+        for n in range(1, MAX_RUNG_WALK + 1):
+            j = i + n * step  # (a huge rung index, i + 1 == i in floats, walks to the limit and stays)
+            s = shape_at(j, budget)
+            if s is None or s != end or (step < 0 and _pow10(j * rung) < 1.0):
+                return j
+        return i
 
     def step_out(end: float, inner: float, step: int, budget: float) -> float:
-        """An end rung that snaps onto its inner neighbour's shape, moved to the next distinct shape beyond it (docstring)."""
+        """A ladder end rung that snaps onto its inner neighbour's shape, moved one rung out when that rung is a new shape."""
         s = shape_at(end, budget)
         if s is None or s != shape_at(inner, budget):
             return end
-        j = past(end, step, budget)
-        moved = shape_at(j, budget)
-        return j if moved is not None and moved != s else end  # none beyond (the family's smallest; too large): stays
+        moved = shape_at(end + step, budget)
+        return end + step if moved is not None and moved != s else end
 
     out = {}
     for b, n in stars.items():
         centre = math.floor(math.log10(n) / rung - half + 0.5) + half  # nearest admissible centre, half up
         lo, hi = centre - half, centre + half  # first and last rung (indices)
         lo = step_out(lo, lo + 1, -1, b)
-        if len({shape_at(i, b) for i in _rung_range(lo, hi)}) < k:  # (a 2-size ladder whose low end stepped has its 2)
+        if len({shape_at(i, b) for i in _rung_range(lo, hi)} - {None}) < k:  # a 2-size ladder whose low end stepped has its 2
             hi = step_out(hi, hi - 1, +1, b)
         below, above = sweep.extra_rungs.get(budget_key(b), (0, 0))
         for _ in range(int(below)):  # step down to the next smaller shape; none below the family's smallest

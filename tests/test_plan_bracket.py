@@ -114,30 +114,66 @@ def test_a_ladder_end_that_snaps_onto_its_neighbour_steps_out_to_the_next_shape(
 
 
 @pytest.mark.parametrize("sizes,span_dex", [(2, 0.1), (3, 0.2), (5, 0.6), (9, 0.6), (4, 0.15)])
-def test_a_ladder_short_of_shapes_has_no_end_left_to_step(sizes, span_dex):
+def test_a_ladder_end_that_repeats_the_shape_inside_it_has_no_new_shape_one_rung_out(sizes, span_dex):
     """Over budgets from 1e10 to 1e19 FLOPs: a ladder never has more distinct shapes than asked, and an
-    end that repeats the shape inside it is one that cannot step out: below, the family's smallest
-    shape; above (in a ladder short of shapes), the next distinct shape cannot train one step."""
-    from ehrfm.shapes import shape_for_params
+    end that repeats the shape inside it is one whose next rung out is no new shape it could train:
+    below, the same shape (the family's smallest among them); above (in a ladder short of shapes), the
+    same shape or one that cannot train one optimizer step."""
+    from ehrfm.shapes import flops_per_token, shape_for_params
     from sweeps.plan import SweepConfig, make_plan, shared_ladder
 
     opts = dict(DEMO_LIKE, sizes=sizes, span_dex=span_dex)
     rung = 10 ** (2 * span_dex / (sizes - 1))
-    n_max = lambda budget: budget / (6 * 8 * 256)  # noqa: E731  (F >= 6 N per token, 8 x 256 tokens a step)
-    shape = lambda n: (lambda s: (s.n_layer, s.d_model))(shape_for_params(max(n, 1.0), 572, 256))  # noqa: E731
+    step_tokens = 8 * 256
+
+    def shape(n):
+        s = shape_for_params(max(n, 1.0), 572, 256)
+        return s.n_layer, s.d_model
+
+    def trains(n, budget):  # one optimizer step of the shape n snaps to, as make_plan requires
+        return n <= budget / (6 * step_tokens) and budget // flops_per_token(shape_for_params(max(n, 1.0), 572, 256)) >= step_tokens
+
     stepped = 0
     for budget in [10 ** (10 + i / 4) for i in range(37)]:
         sweep = SweepConfig(budgets=[budget], **opts)
-        targets = shared_ladder(sweep, 8 * 256)[budget]
+        targets = shared_ladder(sweep, step_tokens)[budget]
         rows, _ = make_plan(sweep)
         distinct = shapes(rows, budget)
         assert len(distinct) <= sizes, (budget, distinct)
         stepped += len(targets) > sizes
         if shape(targets[0]) == shape(targets[1]):
-            assert shape(targets[0]) == (1, 16), (budget, distinct)
+            assert shape(targets[0] / rung) == shape(targets[0]), (budget, distinct)
         if shape(targets[-1]) == shape(targets[-2]) and len(distinct) < sizes:
             above = targets[-1] * rung
-            while above <= n_max(budget) and shape(above) == shape(targets[-1]):
-                above *= rung
-            assert above > n_max(budget), (budget, distinct)
+            assert shape(above) == shape(targets[-1]) or not trains(above, budget), (budget, distinct)
     assert stepped > 0  # the rule was exercised
+
+
+@pytest.mark.parametrize("span_dex", [1e-17, 1e-6])
+def test_a_ladder_of_tiny_rungs_plans_at_once_as_one_shape(span_dex):
+    """A span_dex so small that every rung is one model (1e-17: neighbouring rung indices are equal in
+    floats) plans that one shape at once; its stepped end does not walk the rungs. Bracketing such a
+    ladder walks a bounded number of rungs and adds no shape it cannot find."""
+    import time
+
+    from sweeps.plan import SweepConfig, make_plan
+
+    t0 = time.perf_counter()
+    rows, warnings = make_plan(SweepConfig(budgets=[1e12], **dict(DEMO_LIKE, sizes=2, span_dex=span_dex)))
+    assert len(shapes(rows, 1e12)) == 1 and any("2 sizes asked, 1 distinct shapes" in w for w in warnings)
+    rows, _ = make_plan(SweepConfig(budgets=[1e12], extra_rungs={"1e+12": [1, 1]}, **dict(DEMO_LIKE, sizes=2, span_dex=span_dex)))
+    assert 1 <= len(shapes(rows, 1e12)) <= 3
+    assert time.perf_counter() - t0 < 60  # (a hang, not a speed: unbounded, 1e-17 never ended)
+
+
+def test_a_ladder_end_does_not_step_onto_a_shape_too_large_for_one_step():
+    """At 1.23e10 FLOPs with a 7,409-code vocabulary and 32 x 256-token steps, the rung above the
+    ladder's top is (1, 32), whose head costs more than the budget buys in one step: the end stays
+    (a first version stepped onto it and make_plan then dropped it with a warning)."""
+    from sweeps.plan import SweepConfig, make_plan
+
+    cfg = SweepConfig(tokens_dir="unused", budgets=[1.23e10], sizes=5, span_dex=0.067, tokens_per_param=3.7,
+                      vocab_size=7409, context=256, train={"batch_size": 32})
+    rows, warnings = make_plan(cfg)
+    assert shapes(rows, 1.23e10) == [(1, 16)]
+    assert not any("dropped" in w for w in warnings), warnings
