@@ -143,5 +143,5 @@ def register(sub) -> None:
 
     pc.add_argument("--pooling", choices=POOLINGS, default="last",
                     help="the probes' representation, as `ehrfm probe --pooling` (default last, the cheapest for every run of a "
-                         "sweep; `ehrfm probe` defaults to last+mean for one model; recorded in the table's metadata)")
+                         "sweep; `ehrfm probe` defaults to last+mean+max for one model; recorded in the table's metadata)")
     pc.add_argument("--zeroshot-max-labels", type=int, default=200, help="held_out labels rolled out per task and run (default 200)")

@@ -168,9 +168,9 @@ def test_representation_independent_of_batching_and_context(cohort):
     assert not np.allclose(a, c, atol=1e-3)
 
 
-def test_last_plus_mean_pooling_is_the_mean_over_the_window_without_padding(cohort):
-    """The probe's default representation: the last state, then the mean of the window's states,
-    each window run alone (no padding to average in)."""
+def test_mean_and_max_pooling_are_over_the_window_without_padding(cohort):
+    """The probe's representations: the last state, then the mean of the window's states, then their
+    feature-wise max (the default), each window run alone (no padding to average or take the max of)."""
     import torch
 
     from ehrfm.clinical.histories import Histories, history_window
@@ -194,6 +194,13 @@ def test_last_plus_mean_pooling_is_the_mean_over_the_window_without_padding(coho
         for k in range(len(h.start)):
             w = torch.from_numpy(history_window(td, h, k, 64))[None]
             np.testing.assert_allclose(both[k, cfg.d_model :], model.hidden_states(w)[0].mean(0).numpy(), atol=1e-5)
+    three = embed_histories(model, td, h, 64, batch_size=32, pooling="last+mean+max")
+    assert three.shape == (len(h.start), 3 * cfg.d_model)
+    np.testing.assert_array_equal(three[:, : 2 * cfg.d_model], both)
+    with torch.no_grad():
+        for k in range(len(h.start)):
+            w = torch.from_numpy(history_window(td, h, k, 64))[None]
+            np.testing.assert_allclose(three[k, 2 * cfg.d_model :], model.hidden_states(w)[0].amax(0).numpy(), atol=1e-5)
     with pytest.raises(ValueError, match="pooling"):
         embed_histories(model, td, h, 64, pooling="max")
 
@@ -306,7 +313,7 @@ def test_probe_embeds_the_same_histories_once_per_pooling(cohort):
     p2, _ = probe_scores(model, td, h, 64, cfg, "long_los", features)
     assert len(features) == 1 and np.array_equal(p1, p2)
     (x,) = features.values()
-    assert x.shape == (len(h.start), 2 * model.config.d_model)
+    assert x.shape == (len(h.start), 3 * model.config.d_model)  # the default: last, mean and max
     probe_scores(model, td, h, 64, ProbeConfig(str(run), str(tok), str(labels), pooling="last"), "long_los", features)
     probe_scores(model, td, h, 32, cfg, "long_los", features)
     assert len(features) == 3  # another pooling or context is another representation

@@ -723,7 +723,10 @@ def _report(cfg, st, out, meds, tok, labels_dir, results_path, fit, fit_error, h
     tok_stats = read_json(Path(tok) / "stats.json", "token stats")
     wall = time.time() - st.t0
     res = pl.read_parquet(results_path).sort("budget", "n_params")
-    checks = _checks_section(cfg, fit, res, heads, wall, st.resumed_from, heads_dir=Path(out) / "heads", stage_s=st.times)
+    strata = ((lambda task: _held_out_beyond_context(tok, Path(labels_dir) / f"{task}.parquet", cfg.head_max_labels, cfg.seed,
+                                                     cfg.context)) if labels_dir is not None else None)
+    checks = _checks_section(cfg, fit, res, heads, wall, st.resumed_from, heads_dir=Path(out) / "heads", stage_s=st.times,
+                             history_strata=strata)
     return "\n".join([
         *_intro_section(cfg, out, rel, wall, st.resumed_from),
         *_headline_section(fit, fit_error, cfg, checks=checks),
@@ -813,8 +816,11 @@ def _shown(x: float, limit: float, decimals: int, percent: bool = False) -> str:
     return text + ("%" if percent else "")
 
 
-def _paired_auroc_gap(heads_dir, task: str, n_boot: int, seed: int) -> tuple[float, float, float] | None:
+def _paired_auroc_gap(heads_dir, task: str, n_boot: int, seed: int, rows=None) -> tuple[float, float, float] | None:
     """Probe minus counts + logistic AUROC on the same held-out labels, with a paired 95% bootstrap interval.
+
+    rows: optional polars DataFrame (subject_id, prediction_time, _nth: the label's rank among those
+    sharing its subject and time, in file order): only these labels are compared (a stratum).
 
     Reads heads_dir/TASK/probe/predictions.parquet and heads_dir/TASK/baseline/logistic_regression/
     predictions.parquet (joined on subject_id, prediction_time; labels sharing those, in file order). Each replicate draws subjects with
@@ -842,6 +848,8 @@ def _paired_auroc_gap(heads_dir, task: str, n_boot: int, seed: int) -> tuple[flo
                      for f in files)
     both = probe.join(counts.select(*keys, "_nth", pl.col(cols[1]).alias("counts")), on=[*keys, "_nth"], how="inner",
                       validate="1:1")
+    if rows is not None:
+        both = both.join(rows.select(*keys, "_nth"), on=[*keys, "_nth"], how="semi")
     if not both.height:
         return None
     y = both["boolean_value"].to_numpy().astype(bool)
@@ -867,6 +875,25 @@ def _paired_auroc_gap(heads_dir, task: str, n_boot: int, seed: int) -> tuple[flo
     return diff, float(lo), float(hi)
 
 
+def _held_out_beyond_context(tok, labels, max_labels: int | None, seed: int, context: int):
+    """The clinical heads' held-out labels and whether each history is longer than `context` tokens.
+
+    The same seeded subsample the probe and the baseline score (probe.load_label_histories with
+    their max_labels and seed). Returns a polars DataFrame: subject_id, prediction_time, _nth (rank
+    among labels sharing subject and time, in file order, as _paired_auroc_gap pairs them), beyond (bool).
+    """
+    import polars as pl
+
+    from ehrfm.clinical.probe import load_label_histories
+    from ehrfm.tokens import TokenDir
+
+    h = load_label_histories(TokenDir(tok), labels, max_labels, seed)
+    held_out = h.split == "held_out"
+    keys = ["subject_id", "prediction_time"]
+    return (h.labels.filter(pl.Series(held_out)).select(keys)
+            .with_columns(pl.int_range(pl.len()).over(keys).alias("_nth"), pl.Series("beyond", h.lengths()[held_out] > context)))
+
+
 def _signed_ci(x: float, lo: float | None, hi: float | None) -> str:
     """An AUROC difference with its sign, and its interval when there is one: "+0.002 [-0.009, +0.013]".
 
@@ -879,10 +906,12 @@ def _signed_ci(x: float, lo: float | None, hi: float | None) -> str:
 
 
 def _checks_section(cfg, fit, res, heads: dict, wall: float, resumed_from: list[str] = (), heads_dir=None,
-                    stage_s: dict | None = None) -> list[str]:
+                    stage_s: dict | None = None, history_strata=None) -> list[str]:
     """What a reviewer checks (issue 13's targets), each with this run's figure and met / MISSED.
 
-    heads_dir: the clinical heads' dir (its predictions pair probe and counts per task); stage_s: {stage: seconds}.
+    heads_dir: the clinical heads' dir (its predictions pair probe and counts per task); stage_s: {stage: seconds};
+    history_strata: task -> _held_out_beyond_context's DataFrame (or None): a missed probe check says where the
+    probe falls behind, on histories the probe reads whole and on longer ones.
     """
     fits = fit.to_json() if fit is not None else {}  # what fits.json holds
     a2, a3, hold, util = (fits.get(k) or {} for k in ("approach2", "approach3", "holdout", "utility"))
@@ -986,10 +1015,54 @@ def _checks_section(cfg, fit, res, heads: dict, wall: float, resumed_from: list[
         said = [f"below the counts on {len(worse)} task(s) ({'; '.join(worse)})" if worse else "",
                 f"within noise of them on {len(level)} ({'; '.join(level)}: the interval includes 0)" if level else ""]
         probe_why = [f"Why probe vs counts + logistic missed: the best run's probe is {' and '.join(x for x in said if x) or 'no better than the counts'} "
-                     f"(probe - counts AUROC, paired 95% interval). The probe reads at most the last {cfg.context} tokens of "
-                     "a history, while the count baseline counts every code of all of it.", ""]
+                     f"(probe - counts AUROC, paired 95% interval). {_probe_gap_by_history(cfg, heads, heads_dir, gaps, history_strata)}", ""]
     return ["## What a reviewer checks", "", "| check | needed | this run | |", "|---|---|---|---|", *rows, "",
             *_own_reasons(missed, fits, res, cfg), *_why_missed(missed, budgets, res, cfg, stage_s), *probe_why]
+
+
+def _probe_gap_by_history(cfg, heads: dict, heads_dir, gaps: dict, history_strata) -> str:
+    """Where the probe falls behind the counts: on histories it reads whole (<= context tokens) and on longer ones.
+
+    A probe reads at most the last `context` tokens, the counts every code; if the gap were the window's,
+    it would be on the longer histories only. Sentences for the report ("" when nothing can be said).
+    """
+    parts = {"within": [], "beyond": []}
+    if history_strata is not None and heads_dir is not None:
+        for t in gaps:
+            try:
+                strata = history_strata(t)
+            except (UserError, OSError):
+                continue
+            if strata is None:
+                continue
+            for name, keep in (("within", ~strata["beyond"]), ("beyond", strata["beyond"])):
+                rows = strata.filter(keep)
+                gap = _paired_auroc_gap(heads_dir, t, cfg.head_bootstrap, cfg.seed, rows=rows) if rows.height else None
+                if gap is not None:
+                    parts[name].append((t, gap, rows.height))
+    said = []
+    if parts["within"]:
+        shown = {k: "; ".join(f"{t} {_signed_ci(*g)} (n={n})" for t, g, n in v) for k, v in parts.items()}
+        ahead = [t for t, g, _ in parts["within"] if g[1] > 0]
+        verdict = (f"where it reads every token the counts see, it is ahead of them on {', '.join(ahead)}: the window may be "
+                   "part of what it lacks." if ahead else "where it reads every token the counts see, it is not ahead of "
+                   "them either, so a longer window is not what it lacks.")
+        said.append(f"On the held-out labels whose whole history fits in the probe's {cfg.context}-token window, probe - counts "
+                    f"is {shown['within']}; on the longer histories {shown['beyond'] or 'not measured'}: {verdict}")
+    best = heads.get("best_run") or {}
+    n_features = {(e.get("baseline") or {}).get("n_features") for e in (heads.get("tasks") or {}).values()} - {None}
+    if best.get("d_model") and n_features:
+        probe_cfg = next(((e.get("probe") or {}).get("config") or {} for e in (heads.get("tasks") or {}).values()
+                          if isinstance(e.get("probe"), dict)), {})
+        width = len(str(probe_cfg.get("pooling", "last+mean+max")).split("+")) * int(best["d_model"])
+        said.append(f"The probe represents a history in {width} numbers (the best run has d_model {int(best['d_model'])} and "
+                    f"N={best.get('n_params_total') or best['n_params']:.3g}), the counts in "
+                    f"{'-'.join(dict.fromkeys(f'{k:,}' for k in (min(n_features), max(n_features))))} code counts; a wider model holds more of what the counts list, which is what AUROC rising with compute "
+                    "measures (Clinical utility).")
+    else:
+        said.append(f"The probe reads at most the last {cfg.context} tokens of a history, while the count baseline counts "
+                    "every code of all of it.")
+    return " ".join(said)
 
 
 def _ladder_end_of_lowest(res, budget: float) -> str:

@@ -7,6 +7,10 @@ tokens with time <= prediction_time), by `pooling`:
   last state forgets much of a long window; the mean keeps what it saw earlier (mean pooling as in
   Sentence-BERT, Reimers & Gurevych 2019). On the default demo's best model it lifts held_out
   AUROC by 0.006-0.019 on the four tasks (README).
+- "last+mean+max": those two beside the feature-wise max of the window's states, (3 * d_model,).
+  A mean dilutes a rare event of a long window (one MI among hundreds of lab tokens); the max keeps
+  that it happened (max pooling as in InferSent, Conneau et al. 2017). On the default demo's best
+  model it lifts tuning AUROC by 0.001-0.008 over last+mean on all four tasks (README).
 Histories are batched by similar length and right-padded; attention is causal, so padding after a
 row's last token never changes that token's state, and the mean skips the padding.
 """
@@ -177,8 +181,9 @@ def embed_histories(model, td: TokenDir, h: Histories, context: int, batch_size:
                     pooling: str = "last") -> np.ndarray:
     """Float32 representations at the prediction times (see module doc).
 
-    Returns (n_labels, d_model), or (n_labels, 2 * d_model) with pooling "last+mean" (the last
-    token's state first). ValueError: an unknown pooling.
+    Returns (n_labels, d_model) with pooling "last", (n_labels, 2 * d_model) with "last+mean",
+    (n_labels, 3 * d_model) with "last+mean+max" (in that order: last, mean, max). ValueError: an
+    unknown pooling.
     """
     if pooling not in POOLINGS:
         raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
@@ -186,7 +191,7 @@ def embed_histories(model, td: TokenDir, h: Histories, context: int, batch_size:
     device = torch.device(device)
     n = len(h.start)
     d = model.config.d_model
-    out = np.zeros((n, d if pooling == "last" else 2 * d), dtype=np.float32)
+    out = np.zeros((n, d * len(pooling.split("+"))), dtype=np.float32)
     use_bf16 = device.type == "cuda"
     with progress(total=n, desc=desc, unit="label") as bar:
         for idx in batches_by_length(np.minimum(h.lengths(), context), batch_size):
@@ -195,10 +200,12 @@ def embed_histories(model, td: TokenDir, h: Histories, context: int, batch_size:
                 hs = model.hidden_states(x).float()
             rows = torch.arange(len(idx), device=device)
             out[idx, :d] = hs[rows, last].cpu().numpy()
-            if pooling == "last+mean":
-                real = (torch.arange(x.shape[1], device=device)[None, :] <= last[:, None]).float()
+            if pooling != "last":
+                real = torch.arange(x.shape[1], device=device)[None, :] <= last[:, None]  # (B, T): not padding
                 mean = (hs * real[..., None]).sum(1) / real.sum(1, keepdim=True)
-                out[idx, d:] = mean.cpu().numpy()
+                out[idx, d : 2 * d] = mean.cpu().numpy()
+            if pooling == "last+mean+max":
+                out[idx, 2 * d :] = hs.masked_fill(~real[..., None], -torch.inf).amax(1).cpu().numpy()
             bar.update(len(idx))
     return out
 

@@ -1,10 +1,10 @@
 """Linear probe: a frozen model's representation at the prediction time -> logistic regression.
 
 Representation (ProbeConfig.pooling, ehrfm.clinical.model_io): the final-normed hidden state at
-the last history token (time <= prediction_time) beside the mean of the states over the window
-(default "last+mean"), or that last state alone ("last"), through at most the last `context`
-tokens. The logistic regression is fitted on train labels, its L2 strength C chosen by tuning AUROC, and it
-is scored on held_out: metrics.json, predictions.parquet (exactly the scored held_out rows, in
+the last history token (time <= prediction_time) beside the mean and the feature-wise max of the
+states over the window (default "last+mean+max"), beside the mean alone ("last+mean"), or that last
+state alone ("last"), through at most the last `context` tokens. The logistic regression is fitted
+on train labels, its L2 strength C chosen by tuning AUROC, and it is scored on held_out: metrics.json, predictions.parquet (exactly the scored held_out rows, in
 meds-evaluation's PredictionSchema; predictions_train/_tuning.parquet hold the other splits) and
 config.json in OUT.
 """
@@ -37,6 +37,8 @@ REPRESENTATIONS = {
     "last": "final-normed hidden state at the last token with time <= prediction_time",
     "last+mean": "final-normed hidden state at the last token with time <= prediction_time, beside the mean "
                  "of the states over the window",
+    "last+mean+max": "final-normed hidden state at the last token with time <= prediction_time, beside the mean "
+                     "and the feature-wise max of the states over the window",
 }
 
 
