@@ -1024,7 +1024,9 @@ def _probe_gap_by_history(cfg, heads: dict, heads_dir, gaps: dict, history_strat
     """Where the probe falls behind the counts: on histories it reads whole (<= context tokens) and on longer ones.
 
     A probe reads at most the last `context` tokens, the counts every code; if the gap were the window's,
-    it would be on the longer histories only. Sentences for the report ("" when nothing can be said).
+    it would be on the longer histories only. Sentences for the report: the paired gap per stratum
+    (history_strata: task -> _held_out_beyond_context's DataFrame) and the probe's width against the
+    counts' features, where the heads' metrics give them.
     """
     parts = {"within": [], "beyond": []}
     if history_strata is not None and heads_dir is not None:
@@ -1055,13 +1057,13 @@ def _probe_gap_by_history(cfg, heads: dict, heads_dir, gaps: dict, history_strat
         probe_cfg = next(((e.get("probe") or {}).get("config") or {} for e in (heads.get("tasks") or {}).values()
                           if isinstance(e.get("probe"), dict)), {})
         width = len(str(probe_cfg.get("pooling", "last+mean+max")).split("+")) * int(best["d_model"])
+        counts = "-".join(dict.fromkeys(f"{k:,}" for k in (min(n_features), max(n_features))))
         said.append(f"The probe represents a history in {width} numbers (the best run has d_model {int(best['d_model'])} and "
-                    f"N={best.get('n_params_total') or best['n_params']:.3g}), the counts in "
-                    f"{'-'.join(dict.fromkeys(f'{k:,}' for k in (min(n_features), max(n_features))))} code counts; a wider model holds more of what the counts list, which is what AUROC rising with compute "
-                    "measures (Clinical utility).")
-    else:
-        said.append(f"The probe reads at most the last {cfg.context} tokens of a history, while the count baseline counts "
-                    "every code of all of it.")
+                    f"N={best.get('n_params_total') or best['n_params']:.3g}), the counts in {counts} code counts; a wider "
+                    "model holds more of what the counts list, which is what AUROC rising with compute measures (Clinical utility).")
+    if not said:
+        said.append(f"The probe reads at most the last {cfg.context} tokens of a history, the counts every code of it "
+                    "(the gap by history length could not be measured here).")
     return " ".join(said)
 
 

@@ -4,9 +4,9 @@ Representation (ProbeConfig.pooling, ehrfm.clinical.model_io): the final-normed 
 the last history token (time <= prediction_time) beside the mean and the feature-wise max of the
 states over the window (default "last+mean+max"), beside the mean alone ("last+mean"), or that last
 state alone ("last"), through at most the last `context` tokens. The logistic regression is fitted
-on train labels, its L2 strength C chosen by tuning AUROC, and it is scored on held_out: metrics.json, predictions.parquet (exactly the scored held_out rows, in
-meds-evaluation's PredictionSchema; predictions_train/_tuning.parquet hold the other splits) and
-config.json in OUT.
+on train labels, its L2 strength C chosen by tuning AUROC, and it is scored on held_out:
+metrics.json, predictions.parquet (exactly the scored held_out rows, in meds-evaluation's
+PredictionSchema; predictions_train/_tuning.parquet hold the other splits) and config.json in OUT.
 """
 
 from __future__ import annotations
