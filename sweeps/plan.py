@@ -372,6 +372,15 @@ def _flops_per_token(cfg: ModelConfig) -> float:
     return flops_per_token(cfg)
 
 
+def _trains_one_step(budget: float, flops_per_token: float, tokens_per_step: int) -> bool:
+    """Whether a shape costing `flops_per_token` buys at least one optimizer step of D = budget // flops_per_token tokens.
+
+    The one rule by which the error for a too-small budget, the bracketing ladder's ends and the plan's
+    dropped rows agree on what can train.
+    """
+    return int(budget // flops_per_token) >= tokens_per_step
+
+
 def expected_optimum(budget: float, tokens_per_param: float, vocab_size: int, context: int) -> float:
     """N*(C): the non-embedding size at which D/N = tokens_per_param when D = C / flops_per_token.
 
@@ -564,7 +573,7 @@ def shared_ladder(sweep: SweepConfig, tokens_per_step: int) -> dict[float, list[
         if target > budget / (6.0 * tokens_per_step):  # F >= 6 N: not one optimizer step (and no shape to build)
             return None
         shape = shape_for_params(max(target, 1.0), sweep.vocab_size, sweep.context)
-        if budget // _flops_per_token(shape) < tokens_per_step:  # its head and attention too: what make_plan drops
+        if not _trains_one_step(budget, _flops_per_token(shape), tokens_per_step):  # its head and attention too
             return None
         return shape.n_layer, shape.d_model, shape.n_head
 
@@ -721,7 +730,7 @@ def make_plan(sweep: SweepConfig) -> tuple[list[dict], list[str]]:
     warnings: list[str] = []
     smallest = smallest_shape(sweep.vocab_size, sweep.context)
     f_smallest = _flops_per_token(smallest)
-    too_small = [b for b in sweep.budgets if int(b // f_smallest) < tokens_per_step]
+    too_small = [b for b in sweep.budgets if not _trains_one_step(b, f_smallest, tokens_per_step)]
     if too_small:
         one_step = f_smallest * tokens_per_step
         named = (f"budget {too_small[0]:.3g} FLOPs is" if len(too_small) == 1
@@ -756,7 +765,7 @@ def make_plan(sweep: SweepConfig) -> tuple[list[dict], list[str]]:
             fpt = _flops_per_token(shape)
             tokens = int(budget // fpt)
             label = f"budget {budget:.3g}, N={n_params(shape):.3g} (n_layer={shape.n_layer}, d_model={shape.d_model})"
-            if tokens < tokens_per_step:
+            if not _trains_one_step(budget, fpt, tokens_per_step):
                 warnings.append(f"{label}: dropped, D={tokens} tokens is less than one optimizer step ({tokens_per_step} tokens)")
                 continue
             shape_cfg = dataclasses.replace(base, n_layer=shape.n_layer, d_model=shape.d_model, n_head=shape.n_head,

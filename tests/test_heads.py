@@ -223,6 +223,23 @@ def test_probe_and_finetune_write_metrics(cohort, tmp_path):
     assert pred["predicted_boolean_probability"].is_between(0, 1).all()
     assert sum(pl.read_parquet(tmp_path / "probe" / f"predictions_{s}.parquet").height for s in ("train", "tuning")) == 80
     assert abs(meds_evaluation_auroc(tmp_path / "probe" / "predictions.parquet") - saved["auroc"]) < 1e-6
+    # history_tokens.parquet: each scored row's whole history length, in predictions.parquet's order; the
+    # report reads it (not the token dir again) to compare the heads on histories longer than the window
+    from ehrfm.app.demo import _held_out_beyond_context
+    from ehrfm.clinical.probe import load_label_histories
+    from ehrfm.tokens import TokenDir
+
+    hist = pl.read_parquet(tmp_path / "probe" / "history_tokens.parquet")
+    assert hist.select("subject_id", "prediction_time").equals(pred.select("subject_id", "prediction_time"))
+    h = load_label_histories(TokenDir(str(tok)), labels, None, 0)
+    assert hist["history_tokens"].to_list() == h.lengths()[h.split == "held_out"].tolist()
+    (tmp_path / "heads").mkdir()
+    (tmp_path / "heads" / "t").symlink_to(tmp_path)  # heads/TASK/probe, as the demo lays them out
+    for context in (int(hist["history_tokens"].min()) - 1, int(hist["history_tokens"].max())):  # every one beyond, none
+        strata = _held_out_beyond_context(tmp_path / "heads", "t", context)
+        assert strata["beyond"].to_list() == (hist["history_tokens"] > context).to_list()
+        assert strata["beyond"].sum() == (strata.height if context < hist["history_tokens"].min() else 0)
+    assert _held_out_beyond_context(tmp_path / "heads", "absent", context) is None
 
     f = finetune(FinetuneConfig(str(run), str(tok), str(labels), bootstrap=100, max_epochs=30, lr=3e-2, patience=5), tmp_path / "ft")
     assert f["auroc"] > 0.95 and 1 <= f["best_epoch"] <= len(f["epochs"]) <= 30

@@ -723,8 +723,7 @@ def _report(cfg, st, out, meds, tok, labels_dir, results_path, fit, fit_error, h
     tok_stats = read_json(Path(tok) / "stats.json", "token stats")
     wall = time.time() - st.t0
     res = pl.read_parquet(results_path).sort("budget", "n_params")
-    strata = ((lambda task: _held_out_beyond_context(tok, Path(labels_dir) / f"{task}.parquet", cfg.head_max_labels, cfg.seed,
-                                                     cfg.context)) if labels_dir is not None else None)
+    strata = lambda task: _held_out_beyond_context(Path(out) / "heads", task, cfg.context)  # noqa: E731
     checks = _checks_section(cfg, fit, res, heads, wall, st.resumed_from, heads_dir=Path(out) / "heads", stage_s=st.times,
                              history_strata=strata)
     return "\n".join([
@@ -816,16 +815,38 @@ def _shown(x: float, limit: float, decimals: int, percent: bool = False) -> str:
     return text + ("%" if percent else "")
 
 
-def _paired_auroc_gap(heads_dir, task: str, n_boot: int, seed: int, rows=None) -> tuple[float, float, float] | None:
-    """Probe minus counts + logistic AUROC on the same held-out labels, with a paired 95% bootstrap interval.
-
-    rows: optional polars DataFrame (subject_id, prediction_time, _nth: the label's rank among those
-    sharing its subject and time, in file order): only these labels are compared (a stratum).
+def _paired_predictions(heads_dir, task: str):
+    """The probe's and the counts + logistic's held-out predictions of one task, label by label.
 
     Reads heads_dir/TASK/probe/predictions.parquet and heads_dir/TASK/baseline/logistic_regression/
-    predictions.parquet (joined on subject_id, prediction_time; labels sharing those, in file order). Each replicate draws subjects with
-    replacement and scores both heads on that same resample, so the interval of the difference keeps
-    the correlation of their errors (two heads on one sample: far narrower than the two intervals side by side).
+    predictions.parquet, joined on (subject_id, prediction_time, _nth: a label's rank among those
+    sharing its subject and time, in file order). Returns a polars DataFrame (subject_id,
+    prediction_time, _nth, boolean_value, predicted_boolean_probability: the probe's, counts: the
+    baseline's), or None where a file is missing.
+    """
+    import polars as pl
+
+    files = [Path(heads_dir) / task / "probe" / "predictions.parquet",
+             Path(heads_dir) / task / "baseline" / "logistic_regression" / "predictions.parquet"]
+    if not all(f.is_file() for f in files):
+        return None
+    keys, cols = ["subject_id", "prediction_time"], ["boolean_value", "predicted_boolean_probability"]
+    # Two labels may share (subject, time) (two stays starting in one minute): pair them in file order
+    # (both heads keep their labels' order), never all with all, which counted such labels twice or more.
+    probe, counts = (pl.read_parquet(f, columns=keys + cols).with_columns(pl.int_range(pl.len()).over(keys).alias("_nth"))
+                     for f in files)
+    return probe.join(counts.select(*keys, "_nth", pl.col(cols[1]).alias("counts")), on=[*keys, "_nth"], how="inner",
+                      validate="1:1")
+
+
+def _paired_auroc_gap(heads_dir, task: str, n_boot: int, seed: int, rows=None, pairs=None) -> tuple[float, float, float] | None:
+    """Probe minus counts + logistic AUROC on the same held-out labels, with a paired 95% bootstrap interval.
+
+    The labels are `_paired_predictions(heads_dir, task)`, or `pairs` (that frame, read once by the
+    caller). rows: optional polars DataFrame (subject_id, prediction_time, _nth): only these labels
+    are compared (a stratum). Each replicate draws subjects with replacement and scores both heads on
+    that same resample, so the interval of the difference keeps the correlation of their errors (two
+    heads on one sample: far narrower than the two intervals side by side).
 
     Returns:
         (difference, low, high) in AUROC units, or None: a file missing, no bootstrap (n_boot 0),
@@ -833,29 +854,23 @@ def _paired_auroc_gap(heads_dir, task: str, n_boot: int, seed: int, rows=None) -
         there either: it would be falsely narrow), or fewer than half of the replicates with both classes.
     """
     import numpy as np
-    import polars as pl
 
     from ehrfm.clinical.metrics import MIN_CLASS_FOR_INTERVAL, weighted_auroc_auprc
 
-    files = [Path(heads_dir) / task / "probe" / "predictions.parquet",
-             Path(heads_dir) / task / "baseline" / "logistic_regression" / "predictions.parquet"]
-    if n_boot <= 0 or not all(f.is_file() for f in files):
+    if n_boot <= 0:
         return None
-    keys, cols = ["subject_id", "prediction_time"], ["boolean_value", "predicted_boolean_probability"]
-    # Two labels may share (subject, time) (two stays starting in one minute): pair them in file order
-    # (both heads keep their labels' order), never all with all, which counted such labels twice or more.
-    probe, counts = (pl.read_parquet(f, columns=keys + cols).with_columns(pl.int_range(pl.len()).over(keys).alias("_nth"))
-                     for f in files)
-    both = probe.join(counts.select(*keys, "_nth", pl.col(cols[1]).alias("counts")), on=[*keys, "_nth"], how="inner",
-                      validate="1:1")
+    both = pairs if pairs is not None else _paired_predictions(heads_dir, task)
+    if both is None:
+        return None
     if rows is not None:
-        both = both.join(rows.select(*keys, "_nth"), on=[*keys, "_nth"], how="semi")
+        both = both.join(rows.select("subject_id", "prediction_time", "_nth"), on=["subject_id", "prediction_time", "_nth"],
+                         how="semi")
     if not both.height:
         return None
     y = both["boolean_value"].to_numpy().astype(bool)
     if min(int(y.sum()), int((~y).sum())) < MIN_CLASS_FOR_INTERVAL:
         return None
-    p_probe, p_counts = (both[c].to_numpy().astype(np.float64) for c in (cols[1], "counts"))
+    p_probe, p_counts = (both[c].to_numpy().astype(np.float64) for c in ("predicted_boolean_probability", "counts"))
     _, subject = np.unique(both["subject_id"].to_numpy(), return_inverse=True)
     n_subjects = int(subject.max()) + 1
     full = np.ones((1, len(y)))
@@ -875,23 +890,23 @@ def _paired_auroc_gap(heads_dir, task: str, n_boot: int, seed: int, rows=None) -
     return diff, float(lo), float(hi)
 
 
-def _held_out_beyond_context(tok, labels, max_labels: int | None, seed: int, context: int):
-    """The clinical heads' held-out labels and whether each history is longer than `context` tokens.
+def _held_out_beyond_context(heads_dir, task: str, context: int):
+    """The probe's held-out labels and whether each history is longer than `context` tokens.
 
-    The same seeded subsample the probe and the baseline score (probe.load_label_histories with
-    their max_labels and seed). Returns a polars DataFrame: subject_id, prediction_time, _nth (rank
-    among labels sharing subject and time, in file order, as _paired_auroc_gap pairs them), beyond (bool).
+    Reads heads_dir/TASK/probe/history_tokens.parquet (the probe writes each held-out label's
+    history length there, in predictions.parquet's order). Returns a polars DataFrame: subject_id,
+    prediction_time, _nth (rank among labels sharing subject and time, in file order, as
+    _paired_predictions pairs them), beyond (bool); None where the file is missing (a probe
+    written before it existed).
     """
     import polars as pl
 
-    from ehrfm.clinical.probe import load_label_histories
-    from ehrfm.tokens import TokenDir
-
-    h = load_label_histories(TokenDir(tok), labels, max_labels, seed)
-    held_out = h.split == "held_out"
+    f = Path(heads_dir) / task / "probe" / "history_tokens.parquet"
+    if not f.is_file():
+        return None
     keys = ["subject_id", "prediction_time"]
-    return (h.labels.filter(pl.Series(held_out)).select(keys)
-            .with_columns(pl.int_range(pl.len()).over(keys).alias("_nth"), pl.Series("beyond", h.lengths()[held_out] > context)))
+    return (pl.read_parquet(f).with_columns(pl.int_range(pl.len()).over(keys).alias("_nth"))
+            .select(*keys, "_nth", (pl.col("history_tokens") > context).alias("beyond")))
 
 
 def _signed_ci(x: float, lo: float | None, hi: float | None) -> str:
@@ -1037,9 +1052,11 @@ def _probe_gap_by_history(cfg, heads: dict, heads_dir, gaps: dict, history_strat
                 continue
             if strata is None:
                 continue
+            pairs = _paired_predictions(heads_dir, t)  # read once for both strata
             for name, keep in (("within", ~strata["beyond"]), ("beyond", strata["beyond"])):
                 rows = strata.filter(keep)
-                gap = _paired_auroc_gap(heads_dir, t, cfg.head_bootstrap, cfg.seed, rows=rows) if rows.height else None
+                gap = (_paired_auroc_gap(heads_dir, t, cfg.head_bootstrap, cfg.seed, rows=rows, pairs=pairs)
+                       if rows.height and pairs is not None else None)
                 if gap is not None:
                     parts[name].append((t, gap, rows.height))
     said = []

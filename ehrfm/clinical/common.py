@@ -280,11 +280,13 @@ def split_predictions(labels: pl.DataFrame, p: np.ndarray, split: np.ndarray, sc
 
 
 def write_head_outputs(out: str | os.PathLike, overwrite: bool, config, metrics: dict,
-                       predictions: pl.DataFrame | dict[str, pl.DataFrame], extra: dict | None = None) -> Path:
+                       predictions: pl.DataFrame | dict[str, pl.DataFrame], extra: dict | None = None,
+                       tables: dict[str, pl.DataFrame] | None = None) -> Path:
     """OUT/metrics.json (metrics + config), OUT/config.json and the prediction files, atomically.
 
     predictions: one frame (-> predictions.parquet) or {path inside OUT: frame}; every frame must
     be in PREDICTION_SCHEMA exactly (a programming error otherwise: ValueError, nothing written).
+    tables: other parquet files {name inside OUT: frame}, written as they are (a head's per-label facts).
     UserError: what ehrfm.io.atomic_dir refuses, the config's inputs (head_inputs) among them.
     """
     from ehrfm.io import atomic_dir, write_json
@@ -297,7 +299,7 @@ def write_head_outputs(out: str | os.PathLike, overwrite: bool, config, metrics:
     with atomic_dir(out, overwrite=overwrite, inputs=head_inputs(cfg), command=str(metrics.get("head", "head"))) as tmp:
         write_json(tmp / "metrics.json", {**metrics, **(extra or {}), "config": cfg})
         write_json(tmp / "config.json", cfg)
-        for name, frame in files.items():
+        for name, frame in {**files, **(tables or {})}.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             frame.write_parquet(tmp / name)
     return Path(out)

@@ -6,7 +6,10 @@ states over the window (default "last+mean+max"), beside the mean alone ("last+m
 state alone ("last"), through at most the last `context` tokens. The logistic regression is fitted
 on train labels, its L2 strength C chosen by tuning AUROC, and it is scored on held_out:
 metrics.json, predictions.parquet (exactly the scored held_out rows, in meds-evaluation's
-PredictionSchema; predictions_train/_tuning.parquet hold the other splits) and config.json in OUT.
+PredictionSchema; predictions_train/_tuning.parquet hold the other splits), history_tokens.parquet
+(subject_id, prediction_time, history_tokens: each held_out row's whole history length in tokens,
+in predictions.parquet's order; the report compares the heads on histories longer than the window
+with it) and config.json in OUT.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import time
 
 import numpy as np
+import polars as pl
 
 from ehrfm.clinical.common import (
     as_stored,
@@ -106,7 +110,7 @@ def probe(cfg: ProbeConfig, out: str | os.PathLike, overwrite: bool = False, fea
 
     Args:
         cfg: the run dir, token dir, labels, task, context, max_labels, bootstrap, seed, device, pooling.
-        out: output directory: metrics.json, config.json, predictions*.parquet (atomically).
+        out: output directory: metrics.json, config.json, predictions*.parquet, history_tokens.parquet (atomically).
         overwrite: replace `out` if it exists.
         features: a memo shared by probes of one model, so that tasks with the same histories embed
             them once (probe_scores).
@@ -144,6 +148,9 @@ def probe(cfg: ProbeConfig, out: str | os.PathLike, overwrite: bool = False, fea
         "history_tokens_mean": float(np.minimum(h.lengths(), context).mean()),
         "wall_s": time.time() - t0,
     }
-    write_head_outputs(out, overwrite, cfg, metrics, split_predictions(h.labels, p, h.split))
+    history = (h.labels.filter(pl.Series(ho)).select("subject_id", "prediction_time")
+               .with_columns(pl.Series("history_tokens", h.lengths()[ho], dtype=pl.Int64)))
+    write_head_outputs(out, overwrite, cfg, metrics, split_predictions(h.labels, p, h.split),
+                       tables={"history_tokens.parquet": history})
     summary(f"probe {format_metrics(metrics)} -> {out}")
     return metrics
