@@ -556,17 +556,26 @@ def _outside_range(flops: float, inputs: dict) -> str:
     """Why a budget this far outside the fitted budgets gets no trusted law ("" when it is close enough).
 
     More than EXTRAPOLATION_UNTRUSTED times the largest fitted budget, or less than the smallest
-    divided by it (fits.json inputs max_budget / min_budget, FLOPs; unknown in older fits: "").
+    divided by it (fits.json inputs max_budget / min_budget, FLOPs, else the ends of inputs.budgets);
+    a fits.json that records neither gets a reason too: its range cannot be judged.
     """
     def number(key):
         v = inputs.get(key)
         return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 else None
 
     hi, lo = number("max_budget"), number("min_budget")
-    if hi is not None and flops > EXTRAPOLATION_UNTRUSTED * hi:
+    listed = inputs.get("budgets")
+    fitted = [float(b) for b in listed if _is_number(b) and b is not None and math.isfinite(b) and b > 0] \
+        if isinstance(listed, list) else []
+    if fitted:  # an older fits.json has the budgets but not their ends
+        hi, lo = hi if hi is not None else max(fitted), lo if lo is not None else min(fitted)
+    if hi is None or lo is None:  # before: no range, no check, every law trusted at 1e40 FLOPs
+        return ("fits.json does not record the fitted budgets (inputs min_budget, max_budget, budgets: an older or "
+                "edited fit), so how far this budget lies outside them cannot be judged; refit with `ehrfm fit`")
+    if flops > EXTRAPOLATION_UNTRUSTED * hi:
         return (f"the budget is {_factor(flops, hi)} past the largest fitted budget ({hi:.3g} FLOPs): no law fitted there "
                 f"is trusted beyond {_factor(EXTRAPOLATION_UNTRUSTED)}")
-    if lo is not None and flops < lo / EXTRAPOLATION_UNTRUSTED:
+    if flops < lo / EXTRAPOLATION_UNTRUSTED:
         return (f"the budget is {_factor(lo, flops)} below the smallest fitted budget ({lo:.3g} FLOPs): no law fitted there "
                 f"is trusted beyond {_factor(EXTRAPOLATION_UNTRUSTED)}")
     return ""

@@ -193,7 +193,7 @@ def _read_frame(path: Path) -> pl.DataFrame:
                 df = df.rename(dict(zip(df.columns, stripped, strict=True)))
             return df
         return pl.read_parquet(path)
-    except (pl.exceptions.PolarsError, OSError, ValueError) as e:
+    except (pl.exceptions.PolarsError, OSError, ValueError, EOFError) as e:
         raise UserError(f"results table {path} could not be read as {'CSV' if csv else 'parquet'}: "
                         f"{_polars_reason(e)}{_csv_hint(path) if csv else ''}") from None
 
@@ -222,6 +222,8 @@ def _csv_hint(path: Path) -> str:
     try:
         with _open_csv(path, "rb") as f:
             raw = f.read(1 << 20)
+    except EOFError:  # gzip's, not an OSError: a traceback before
+        return "; the gzip file ends before its end-of-stream marker: it is truncated (an interrupted copy or download?)"
     except OSError:
         return ""
     first = raw.split(b"\n", 1)[0].strip()
@@ -355,6 +357,8 @@ def _numeric(df: pl.DataFrame, col: str, source: str, keep: np.ndarray | None = 
                             f"of {df.height} that are not numbers "
                             f"(text such as 'n/a' or '1,000'): write plain numbers, or leave the cell empty")
         return parsed.to_numpy()
+    if s.dtype == pl.Boolean:  # casts to 1.0/0.0: a loss column of true/false was fitted as losses of 1
+        raise UserError(f"results table {source}: column {col} is boolean (true/false), not numbers")
     try:
         return s.cast(pl.Float64, strict=True).to_numpy()
     except pl.exceptions.PolarsError:
@@ -465,7 +469,8 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss", na
     for col, v in values.items():
         _refuse(source, col, "missing, NaN or non-positive", keep & ~(np.isfinite(v) & (v > 0)), run_id, "completed ")
     if "flops" in values and keep.any():
-        _refuse_unit_mismatch(source, values["flops"][keep], values["n_params"][keep], values["tokens"][keep])
+        _refuse_unit_mismatch(source, values["flops"][keep], values["n_params"][keep], values["tokens"][keep],
+                              run_id=run_id[keep])
     if keep.any():
         # with or without flops: tokens in billions with flops computed from them pass the FLOPs check
         _refuse_tokens_per_param(source, values["n_params"][keep], values["tokens"][keep], upper="flops" not in values)
@@ -494,7 +499,8 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss", na
             # Without flops, the planned budget is the only compute to check the units of n_params and tokens
             # against (parameters in millions, tokens in billions: Approach 2 then fits N_opt in C = budget
             # while Approach 3's frontier uses C = 6 N D, 1e15 times smaller).
-            _refuse_unit_mismatch(source, budget[keep], values["n_params"][keep], values["tokens"][keep], col="budget")
+            _refuse_unit_mismatch(source, budget[keep], values["n_params"][keep], values["tokens"][keep], col="budget",
+                                  run_id=run_id[keep])
     n_total = positive("n_params_total")
     if n_total is not None:
         # A total count (embeddings included) below the non-embedding one is some other number; the fits
@@ -602,17 +608,31 @@ def _refuse_tokens_per_param(source: str, n_params: np.ndarray, tokens: np.ndarr
             f"compute-optimal training is ~20): {unit}? ehrfm reads plain counts: parameters, tokens")
 
 
-def _refuse_unit_mismatch(source: str, flops: np.ndarray, n_params: np.ndarray, tokens: np.ndarray, col: str = "flops") -> None:
-    """UserError when flops / (n_params x tokens) of the median completed run is no transformer's.
+def _refuse_unit_mismatch(source: str, flops: np.ndarray, n_params: np.ndarray, tokens: np.ndarray, col: str = "flops",
+                          run_id: np.ndarray | None = None) -> None:
+    """UserError when flops / (n_params x tokens) of the median completed run, or of any one run, is no transformer's.
 
     A table from another tool with tokens in billions ("1.5") or parameters in millions would be
     fitted as models of a few parameters trained on a few tokens: every N_opt and D_opt then comes
     out in the wrong unit. The ratio is 6 for C = 6 N D; FLOPS_PER_PARAM_TOKEN_RANGE allows for
     attention, embeddings and forward-only counts. `col` names the compute column checked: "flops",
-    or "budget" in a table without flops (a planned run spends its budget to within one token).
+    or "budget" in a table without flops (a planned run spends its budget to within one token). One
+    row in another unit (a value pasted in billions) is refused too, naming the runs (`run_id`, (n,)):
+    checked only at the median, it was fitted silently into a tight, wrong exponent (b 0.87 [0.86,
+    0.88] where the law's is 0.48).
     """
-    ratio = float(np.median(flops / (n_params * tokens)))
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        ratios = flops / (n_params * tokens)
+    ratio = float(np.median(ratios))
     lo, hi = FLOPS_PER_PARAM_TOKEN_RANGE
+    if lo <= ratio <= hi and run_id is not None:
+        bad = ~((ratios >= lo) & (ratios <= hi))
+        if bad.any():
+            raise UserError(
+                f"results table {source}: columns {col}, n_params and tokens disagree in {int(bad.sum())} of {len(ratios)} "
+                f"completed runs ({_name_ids(run_id[bad])}): {col} / (n_params x tokens) is outside {lo:g}-{hi:g} there, "
+                f"where the table's median run has {ratio:.3g}: is a value in another unit (tokens in billions, parameters "
+                f"in millions, {col} in PFLOP)? ehrfm reads plain counts: parameters, tokens, FLOPs")
     if not lo <= ratio <= hi:
         raise UserError(
             f"results table {source}: columns {col}, n_params and tokens disagree: {col} / (n_params x tokens) is "

@@ -206,15 +206,49 @@ def output_command(out: str | os.PathLike) -> str | None:
         return "?"
 
 
+FILE_OUTPUT_KEY = "ehrfm_output"
+"""A one-file output's mark (its command's name): a top-level key of a .json, b"ehrfm.output" in a .parquet's metadata."""
+
+
+def file_output_command(path: str | os.PathLike) -> str | None:
+    """The ehrfm command that wrote the one-file output `path` (its FILE_OUTPUT_KEY), or None: unmarked or unreadable."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    try:
+        if path.suffix == ".json":
+            d = json.loads(path.read_text(encoding="utf-8"))
+            made_by = d.get(FILE_OUTPUT_KEY) if isinstance(d, dict) else None
+        elif path.suffix == ".parquet":
+            made_by = ((pq.read_schema(path).metadata or {}).get(b"ehrfm.output") or b"").decode("utf-8")
+        else:
+            return None
+    except (OSError, ValueError, UnicodeDecodeError):  # (pyarrow's ArrowInvalid and JSONDecodeError are ValueErrors)
+        return None
+    return made_by if isinstance(made_by, str) and made_by else None
+
+
 def check_ehrfm_output(out: str | os.PathLike, ignore=(), command: str | None = None) -> None:
-    """Raise UserError when --overwrite may not empty `out`.
+    """Raise UserError when --overwrite may not empty (or replace) `out`.
 
     That is: a non-empty directory without OUTPUT_MARKER (ehrfm did not write it), or, with `command`,
     the output of another ehrfm command (`ehrfm train --out MEDS --overwrite` deleted a MEDS dataset,
     hours of ETL, without a word). A marker of no command ("ehrfm", an older release) is not refused.
-    Files named in `ignore` (e.g. a run dir's lock) do not count as content.
+    Files named in `ignore` (e.g. a run dir's lock) do not count as content. An existing file is
+    replaced only when it carries FILE_OUTPUT_KEY naming `command` (`ehrfm audit --out R/result.json
+    --overwrite` replaced a training run's result, `--out ~/notes.txt` a user's file).
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        made_by = file_output_command(out)
+        if made_by is None:
+            raise UserError(f"output {out} is a file ehrfm did not write (no {FILE_OUTPUT_KEY} mark); --overwrite replaces "
+                            "only an earlier output of the same command: choose another --out, or remove it by hand if it "
+                            "is really an old ehrfm output")
+        if command is not None and made_by != command:
+            raise UserError(f"output {out} holds the output of `ehrfm {made_by}`, not of `ehrfm {command}`; --overwrite "
+                            f"replaces only an earlier output of `ehrfm {command}`: choose another --out, or remove it by hand")
+        return
     made_by = output_command(out) if out.is_dir() else None
     if made_by is not None:
         # (a head's marker names its variant: finetune_full and finetune_head are outputs of `ehrfm finetune`)

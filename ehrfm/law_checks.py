@@ -53,7 +53,9 @@ def trust(fits: dict, k: int) -> tuple[bool, str]:
     nor, for Approach 1, when an envelope run is the smallest or largest size of its budget's ladder
     (`edge_budgets`: that budget's optimum is not bracketed) or its envelope holds fewer than 3 runs
     (`n_points`: a power law through 2 points is untested), nor, for Approach 3, when its frontier
-    coefficient G is not identified. Unknown never passes: a
+    coefficient G is not identified or its E, A, B, alpha or beta is out of range (E < 0, others <= 0),
+    nor when an interval of a or b is reversed, nor an Approach 1 without `edge_budgets` (an older
+    fit: whether its optimum is bracketed is unknown). Unknown never passes: a
     law without intervals (`ehrfm fit --bootstrap 0`: NO_INTERVALS), or whose interval of a or b, or
     Approach 3's identification of G, is not available (too few bootstrap replicates succeeded,
     zero width: fits.json `intervals_not_available`), is not trusted either.
@@ -68,6 +70,8 @@ def trust(fits: dict, k: int) -> tuple[bool, str]:
             problems.append(f"{what} ~ C^{name} with {name} = {format_ci(x, ci if has_interval(ci) else None)} does not grow with compute")
         elif not has_interval(ci):
             unknown.append(name)
+        elif ci[0] > ci[1]:
+            problems.append(f"the interval of {name} in fits.json is reversed ({ci[0]:.3g} > {ci[1]:.3g}): the file is damaged")
         elif ci[0] <= 0:
             problems.append(f"the interval of {name} = {format_ci(x, ci)} includes 0")
     points = f.get("n_points")
@@ -78,6 +82,17 @@ def trust(fits: dict, k: int) -> tuple[bool, str]:
         problems.append(f"its envelope holds {points} run(s): a power law through 2 points fits them exactly, so "
                         "nothing tests it (Approach 1 needs >= 3 budgets whose best run beats every cheaper budget's)")
     edges = f.get("edge_budgets")
+    if k == 1 and f and "edge_budgets" not in f:  # written by every fit since the key exists: unknown, never trusted
+        problems.append("fits.json has no approach1 edge_budgets (an older fit): whether its optimum is bracketed is "
+                        "unknown; refit with `ehrfm fit`")
+    if k == 3:
+        # A loss floor below 0 or a non-positive term is no loss law: a damaged (hand-edited) fits.json predicted
+        # "loss -3.514 nats/token", trusted.
+        bad = [f"{name} = {f.get(name):.3g}" for name in ("E", "A", "B", "alpha", "beta")
+               if is_number(f.get(name)) and f.get(name) is not None and math.isfinite(f.get(name))
+               and (f.get(name) < 0 if name == "E" else f.get(name) <= 0)]
+        if bad:
+            problems.append(f"its {', '.join(bad)} is no loss law (E >= 0, A, B, alpha, beta > 0): fits.json is damaged")
     if k == 1 and edges:  # Approach1.edge_budgets: envelope runs at their ladder's end
         numbers = isinstance(edges, list) and all(is_number(b) and b is not None for b in edges)
         problems.append(edge_note(edges) if numbers else "its edge_budgets in fits.json are not budgets: whether its "

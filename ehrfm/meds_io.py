@@ -170,6 +170,15 @@ class MedsDataset:
         """Every distinct shard file, sorted (a flat shard is listed once, not once per split)."""
         return sorted({s.path for shards in self.shards.values() for s in shards})
 
+    def time_zones(self) -> list[str]:
+        """The time zones of the shards' time column other than UTC, sorted; [] when every time is naive (or UTC).
+
+        Zoned shards are read as UTC instants (scan_shard); a label file's zone is only meaningful
+        beside data that had one (ehrfm.clinical.labels.read_labels' `data_zones`).
+        """
+        zones = {getattr(check_columns(p).get(TIME), "time_zone", None) for p in self.paths()}
+        return sorted(z for z in zones if z and z.upper() != "UTC")
+
     def has_column(self, column: str) -> bool:
         """Does every shard file holding rows have `column` (an optional one: hadm_id, numeric_value)?
 

@@ -188,6 +188,12 @@ class TokenDir:
         return read_json(p, "token dir config", expect=dict, hint=_REDO) if p.is_file() else {}
 
     @property
+    def meds_time_zones(self) -> list[str] | None:
+        """The MEDS data's time zones other than UTC ([]: naive times), or None when not recorded (an older token dir)."""
+        zones = self.stats.get("meds_time_zones")
+        return [str(z) for z in zones] if isinstance(zones, list) else None
+
+    @property
     def meds_dir(self) -> Path | None:
         """The MEDS dataset dir this token dir was made from, when recorded."""
         m = self.config.get("meds_dir")

@@ -62,14 +62,17 @@ def test_envelope_runs_at_their_ladders_end_are_not_an_approach1_law(tmp_path):
     assert not rec.trusted and format_recommendation(rec).startswith("**No trustworthy scaling law in this fit**")
     assert load_fit(d).approach1.edge_budgets == list(BUDGETS)  # round-trips
 
-    # A sweep whose ladders bracket their optima: no edge, trusted; and a fits.json written before
-    # edge_budgets existed is read as before.
+    # A sweep whose ladders bracket their optima: no edge, trusted; a fits.json written before
+    # edge_budgets existed is read, but its Approach 1 is not trusted: whether its optimum is
+    # bracketed is unknown, and unknown never passes (it was trusted, with no word).
     fit, d = _fit(_table(), tmp_path, "bracketed", approaches=(1,), bootstrap=50)
     assert fit.approach1.edge_budgets == [] and trust(json.loads((d / "fits.json").read_text()), 1) == (True, "")
     old = json.loads((d / "fits.json").read_text())
     del old["approach1"]["edge_budgets"]
     (d / "fits.json").write_text(json.dumps(old))
-    assert recommend(d, 1e22).trusted and load_fit(d).approach1.edge_budgets == []
+    rec = recommend(d, 1e22)
+    assert not rec.trusted and "no approach1 edge_budgets (an older fit)" in rec.per_approach[0].why_untrusted
+    assert load_fit(d).approach1.edge_budgets == []
 
 
 def test_too_few_bootstrap_replicates_give_no_interval_and_no_trust(tmp_path):

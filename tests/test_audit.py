@@ -10,10 +10,12 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from ehrfm.app.cli import main
 from ehrfm.clinical.audit import audit, format_audit
 from ehrfm.clinical.labels import TASKS, make_labels, write_labels
+from ehrfm.errors import UserError
 
 T0 = datetime(2150, 5, 1, 10, 0)
 ADM = "HOSPITAL_ADMISSION//URGENT//WALK-IN"
@@ -123,6 +125,34 @@ def test_labels_made_by_ehrfm_pass_and_unknowns_are_reported(tmp_path, capsys):
     res = audit(meds, tmp_path / "custom.parquet", date_only_codes=[])
     assert res.tasks["sepsis"].outcome_code_in_history is None and res.tasks["sepsis"].date_only_same_day == 0
     assert any("task 'sepsis'" in u for u in res.unknown)
+    assert res.unchecked == ["sepsis"] and not res.clean  # (a) not made: never "clean"
+
+
+def test_a_label_file_of_unknown_name_is_not_clean_and_task_names_it(tmp_path, capsys):
+    """Before: ICU labels made after the ICU admission, in a file named icu_v2.parquet (no sidecar), gave
+    "audit: 1 tasks, clean, 1 unknown" and exit 0: the outcome check (a) was never made. Now such a
+    file is NOT CHECKED (exit 1, no "clean"), and --task icu_admission audits it: LEAKAGE."""
+    events = stay(3, 31, T0, T0 + d(2)) + stay(3, 32, T0 + d(20), T0 + d(29), [(3, T0 + d(21), "ICU_ADMISSION//MICU", 32)])
+    meds = write_meds(tmp_path / "meds", events)
+    leaky = tmp_path / "icu_v2.parquet"
+    pl.DataFrame({"subject_id": [3], "prediction_time": [T0 + d(21) + h(1)], "boolean_value": [True]},
+                 schema={"subject_id": pl.Int64, "prediction_time": pl.Datetime("us"), "boolean_value": pl.Boolean}
+                 ).write_parquet(leaky)
+    argv = ["audit", str(meds), "--labels", str(leaky), "--date-only-codes", ""]
+    capsys.readouterr()
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert "NOT CHECKED for its outcome: icu_v2 (pass --task)" in out and "clean" not in out.splitlines()[-1], out
+    assert format_audit(audit(meds, leaky, date_only_codes=[]))[-1] == \
+        "Verdict: NOT CHECKED: (a) for icu_v2 (outcome unknown; pass --task)."
+    assert main([*argv, "--task", "icu_admission"]) == 1
+    out = capsys.readouterr().out
+    assert "LEAKAGE in icu_admission (1)" in out and "NOT CHECKED" not in out, out
+    assert audit(meds, leaky, date_only_codes=[], task="icu_admission").tasks["icu_admission"].outcome_code_in_history == 1
+    with pytest.raises(UserError, match="--task names the task of one label file, and labels .* holds 2 tasks"):
+        write_label_file(tmp_path / "two" / "a.parquet", "long_los", [(3, T0 + d(1), False)])
+        write_label_file(tmp_path / "two" / "b.parquet", "icu_admission", [(3, T0 + d(1), False)])
+        audit(meds, tmp_path / "two", task="icu_admission")
 
 
 def audit_of_ehrfm_labels(meds: Path, labels_dir: Path):

@@ -75,6 +75,18 @@ def test_heads_refuse_held_out_subjects_the_run_was_pretrained_on(pretrained, tm
     load_run(moved, TokenDir(tok2))
     err = capsys.readouterr().err
     assert err.count("could not check") == 1 and "gone" in err
+    # a damaged config.json is refused, not read as one without the record (the check was skipped
+    # silently and held_out patients the model was pretrained on were scored)
+    cut = tmp_path / "run_cut"
+    shutil.copytree(run, cut)
+    text = (run / "config.json").read_text()
+    for damaged, says in ((text[: len(text) // 2], "is damaged: not valid JSON"),
+                          ('{"train": [1]}', "its train entry is a JSON list"),
+                          ('{"train": {"tokens_dir": 7}}', "its train.tokens_dir is a JSON int")):
+        (cut / "config.json").write_text(damaged)
+        with pytest.raises(UserError, match=f"run config {cut / 'config.json'} {'is damaged' if 'damaged' in says else ''}") as e:
+            load_run(cut, TokenDir(tok2))
+        assert says in str(e.value)
 
 
 # 2 ---------------------------------------------------------------------------------------------

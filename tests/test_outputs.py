@@ -6,10 +6,12 @@ in this process; every refusal is one line (exit 2) and leaves every file as it 
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from pathlib import Path
 
+import polars as pl
 import pytest
 from conftest import private_synth_pipeline
 
@@ -117,9 +119,48 @@ def test_audit_out_is_refused_when_it_exists_unless_overwrite(data, tmp_path, ca
     refused(capsys, *argv, says=f"output {out} already exists; pass --overwrite to replace it")
     assert out.read_text() == "mine\n"
     capsys.readouterr()
-    assert main([str(a) for a in argv] + ["--overwrite"]) in (0, 1)  # 1: leakage found (the audit's verdict)
+    # --overwrite replaces only an earlier audit: not a file of the user's (before: "mine" was replaced)
+    refused(capsys, *argv, "--overwrite", says=f"output {out} is a file ehrfm did not write")
+    assert out.read_text() == "mine\n"
+    out.unlink()
+    assert main([str(a) for a in argv]) in (0, 1)  # 1: leakage found (the audit's verdict)
+    first = out.read_text()
+    assert json.loads(first)["ehrfm_output"] == "audit"
+    assert main([str(a) for a in argv] + ["--overwrite"]) in (0, 1)
     assert set(json.loads(out.read_text())["tasks"]) == {"in_hospital_mortality", "long_los", "icu_admission",
                                                          "readmission_30d"}
+    capsys.readouterr()
+
+
+def test_overwrite_of_one_file_replaces_only_the_same_commands_file(data, tmp_path, capsys):
+    """Before: a one-file output's --overwrite replaced any file: `ehrfm audit --out RUN/result.json
+    --overwrite` replaced a training run's result (the heads then refused the run as damaged),
+    `--out TOKENS/tokenizer.json` the tokenizer, `--out ~/notes.txt` a user's file. Now a file is
+    replaced only when it carries the same command's mark (ehrfm.io.FILE_OUTPUT_KEY)."""
+    import pyarrow.parquet as pq
+
+    labels = tmp_path / "L.parquet"
+    assert main(["labels", str(data["meds"]), "--task", "long_los", "--out", str(labels)]) == 0
+    assert pq.read_schema(labels).metadata[b"ehrfm.output"] == b"labels"
+    assert json.loads(labels.with_suffix(".json").read_text())["ehrfm_output"] == "labels"
+    assert main(["labels", str(data["meds"]), "--task", "long_los", "--out", str(labels), "--overwrite"]) == 0
+    sidecar = labels.with_suffix(".json")
+    before = {p: p.read_bytes() for p in (labels, sidecar)}
+    audit = ["audit", str(data["meds"]), "--labels", str(data["labels"]), "--overwrite", "--out"]
+    refused(capsys, *audit, sidecar, says=f"output {sidecar} holds the output of `ehrfm labels`, not of `ehrfm audit`")
+    notes, tokenizer, thesis = tmp_path / "notes.json", tmp_path / "tokenizer.json", tmp_path / "thesis.txt"
+    notes.write_text('{"mine": 1}\n')
+    tokenizer.write_text('{"vocab": []}\n')
+    thesis.write_text("precious\n")
+    mine = tmp_path / "mine.parquet"
+    pl.DataFrame({"subject_id": [1], "prediction_time": [dt.datetime(2150, 1, 1)], "boolean_value": [True]}).write_parquet(mine)
+    kept = {p: p.read_bytes() for p in (notes, tokenizer, thesis, mine)}
+    for path in (notes, tokenizer, thesis):
+        refused(capsys, *audit, path, says=f"output {path} is a file ehrfm did not write")
+    refused(capsys, "labels", data["meds"], "--task", "long_los", "--overwrite", "--out", mine,
+            says=f"output {mine} is a file ehrfm did not write")
+    assert {p: p.read_bytes() for p in kept} == kept
+    assert {p: p.read_bytes() for p in (labels, sidecar)} == before
 
 
 def test_overwrite_replaces_only_an_output_of_the_same_command(data, tmp_path, capsys):
@@ -174,3 +215,30 @@ def test_a_head_variant_overwrites_its_own_commands_output(tmp_path):
     with pytest.raises(UserError, match="holds the output of `ehrfm probe`, not of `ehrfm finetune_full`"), \
             atomic_dir(out, overwrite=True, command="finetune_full"):
         pass
+
+
+def test_zoned_labels_beside_naive_data_are_refused_by_every_reader(data, tmp_path, capsys):
+    """Before: ICU labels zoned America/New_York (the data's wall clock) beside MEDS times without a zone
+    were read as UTC instants, 4-5 h later: the audit found the outcome in 25% of histories, yet probe,
+    finetune, zeroshot and baseline scored them with one warning (probe AUROC 0.887 against 0.807).
+    Now the token heads (the token dir records the MEDS zones), the baseline and the audit refuse them;
+    UTC-zoned labels are the naive clock and pass."""
+    from ehrfm.clinical.probe import load_label_histories
+    from ehrfm.tokens import TokenDir
+
+    td = TokenDir(data["tok"])
+    assert td.meds_time_zones == []  # tokenize recorded the (naive) MEDS times
+    labels = pl.read_parquet(data["labels"] / "icu_admission.parquet")
+    zoned, utc = tmp_path / "icu_admission.parquet", tmp_path / "utc" / "icu_admission.parquet"
+    labels.with_columns(pl.col("prediction_time").dt.replace_time_zone("America/New_York")).write_parquet(zoned)
+    utc.parent.mkdir()
+    labels.with_columns(pl.col("prediction_time").dt.replace_time_zone("UTC")).write_parquet(utc)
+    says = f"label file {zoned}: column prediction_time has time zone America/New_York, and the times of"
+    with pytest.raises(UserError, match=says.replace("(", r"\(").replace(")", r"\)")) as e:
+        load_label_histories(td, zoned, None, 0)
+    assert f"token dir {td.path} have none" in str(e.value) and "2150" not in str(e.value)
+    refused(capsys, "audit", data["meds"], "--labels", zoned, says=says)
+    refused(capsys, "baseline", data["meds"], "--labels", zoned, "--out", tmp_path / "b", "--bootstrap", 0, says=says)
+    assert not (tmp_path / "b").exists()
+    h = load_label_histories(td, utc, None, 0)  # UTC: the data's clock
+    assert h.labels.height == labels.height

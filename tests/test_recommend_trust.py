@@ -37,7 +37,7 @@ def test_interval_including_zero_is_not_the_default(tmp_path):
     assert trust({"approach2": _a12(0.5, (0.4, 0.6), b=0.5, b_ci=(0.0, 1.0))}, 2)[0] is False
     assert trust({"approach2": _a12(0.5, (0.4, 0.6))}, 2) == (True, "")
     # A trusted approach exists: it is the headline, the untrusted one is labelled.
-    d = _fit_dir(tmp_path, approach2=_a12(0.3, (-0.05, 0.7)), approach1=_a12(0.5, (0.3, 0.7)))
+    d = _fit_dir(tmp_path, approach2=_a12(0.3, (-0.05, 0.7)), approach1={**_a12(0.5, (0.3, 0.7)), "edge_budgets": []})
     rec = recommend(d, 1e13)
     assert rec.trusted and rec.approach == 1
     text = format_recommendation(rec)

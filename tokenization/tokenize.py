@@ -878,7 +878,9 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
     enc = _Encoder(tok)
 
     stats = {"vocab_size": len(enc.vocab), "dtype": np.dtype(enc.dtype).name, "codes": enc.mode, "splits": {},
-             "split_aliases": ds.aliases, "dropped_null_time_rows": ds.null_time_codes}
+             "split_aliases": ds.aliases, "dropped_null_time_rows": ds.null_time_codes,
+             # zones other than UTC the MEDS times had ([]: naive): the heads refuse zoned labels beside naive data
+             "meds_time_zones": ds.time_zones()}
     with atomic_dir(out, overwrite=overwrite, inputs=(meds, tokenizer), command="tokenize") as tmp:
         (tmp / "tokenizer.json").write_text(_tokenizer_json(tok), encoding="utf-8")
         jobs = [sh for s in SPLITS for sh in shards.get(s, [])]

@@ -155,15 +155,24 @@ class AuditResult:
     result_times: dict | None = None
 
     @property
+    def unchecked(self) -> list[str]:
+        """Tasks whose outcome code is unknown (not in OUTCOME_RULES): (a), the look-ahead check itself, was not made."""
+        return [t for t in self.tasks if t not in OUTCOME_RULES]
+
+    @property
     def clean(self) -> bool:
-        """True when no task has (a)-(c) or (f) above 0 and no result table sits at its chart time (e)."""
+        """True when every task's (a) was made and no (a)-(c) or (f) is above 0, and no result table is at its chart time (e).
+
+        A task of unknown outcome (a label file named icu_v2.parquet) is not clean: its histories were
+        never checked for the outcome (before, such an audit said "clean" and exited 0).
+        """
         return not (any(t.outcome_code_in_history or t.date_only_same_day or t.not_known_before_prediction
                         or t.outside_data for t in self.tasks.values())
-                    or (self.result_times or {}).get("at_chart_time"))
+                    or (self.result_times or {}).get("at_chart_time") or self.unchecked)
 
     def to_dict(self) -> dict:
         """The audit as a JSON-ready dict (every field, each task's "outside_data", and "clean")."""
-        out = {**dataclasses.asdict(self), "clean": self.clean}
+        out = {**dataclasses.asdict(self), "clean": self.clean, "unchecked": self.unchecked}
         for name, t in self.tasks.items():
             out["tasks"][name]["outside_data"] = t.outside_data
         return out
@@ -469,7 +478,7 @@ def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: li
 
 
 def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
-          date_only_codes: Sequence[str] | None = None) -> AuditResult:
+          date_only_codes: Sequence[str] | None = None, task: str | None = None) -> AuditResult:
     """Audit every label file of `labels` (a dir of <task>.parquet or one file) against a MEDS dir.
 
     Args:
@@ -477,18 +486,29 @@ def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
         labels: a label parquet in the MEDS label schema, or a dir of them (`ehrfm labels --task all`).
         date_only_codes: code prefixes of date-only sources; default: the MEDS metadata's
             `date_only_codes`, else unknown.
+        task: the task of a labels input of one task whose name does not say it (an ACES output
+            named icu_v2.parquet): one of OUTCOME_RULES. Default: the sidecar's task, else the file
+            (or shard dir) name.
 
     Returns:
         An AuditResult: per task the counts (a)-(d) described in the module docstring (None where
         the data cannot tell, with the reason in `unknown`), the ETL's drop/duplicate counts.
 
     Raises:
-        UserError: bad MEDS or label input (the one MEDS reader's and read_labels's messages).
+        UserError: bad MEDS or label input (the one MEDS reader's and read_labels's messages); `task`
+            not a known task, or given for labels of several tasks.
     """
     from ehrfm.clinical.labels import read_labels
 
-    ds = open_meds(meds_dir)
     files = _label_files(labels)
+    if task is not None:
+        if task not in OUTCOME_RULES:
+            raise UserError(f"--task {task!r} is not a task whose outcome the audit knows ({', '.join(OUTCOME_RULES)})")
+        if len(files) != 1:
+            raise UserError(f"--task names the task of one label file, and labels {labels} holds {len(files)} tasks "
+                            f"({', '.join(sorted(files))}); audit each file with its own --task")
+        files = {task: next(iter(files.values()))}
+    ds = open_meds(meds_dir)
     unknown: list[str] = []
     partial: list[str] = []
     if date_only_codes is not None:
@@ -507,14 +527,16 @@ def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
         unknown.append(f"(d) overlapping stays: {len(lacking)} of the {n_files} shard files with rows lack the stay id "
                        f"column ({STAY_ID_COLUMN}; first: {lacking[0]}): their subjects' stays are not checked")
     timelines = _timelines(ds)
+    zones = ds.time_zones()
     tasks = {}
-    for task, f in files.items():
-        lab = read_labels(f, allow_empty=True)  # a task no stay qualified for: 0 labels to audit
-        tasks[task] = _task_audit(task, lab, ev, date_only, sorted(ds.null_time_codes), stays, partial,
+    for name, f in files.items():
+        lab = read_labels(f, allow_empty=True, data_zones=zones, data=f"MEDS dataset {meds_dir}")  # 0 labels: no stay qualified
+        tasks[name] = _task_audit(name, lab, ev, date_only, sorted(ds.null_time_codes), stays, partial,
                                   timelines, _long_los_days(f))
-        if task not in OUTCOME_RULES:
-            unknown.append(f"(a) task {task!r}: its outcome code is unknown (known tasks: {', '.join(OUTCOME_RULES)})")
-        elif (absent := _outcome_codes_absent(task, lab, ev, ds)) is not None:
+        if name not in OUTCOME_RULES:
+            unknown.append(f"(a) task {name!r}: its outcome code is unknown, so its histories were NOT checked for the "
+                           f"outcome (known tasks: {', '.join(OUTCOME_RULES)}; pass --task for a file named otherwise)")
+        elif (absent := _outcome_codes_absent(name, lab, ev, ds)) is not None:
             # (a)'s count stands (a discharge in a history is still seen); the line says what it cannot see.
             unknown.append(absent)
     result_times = result_times_from_metadata(meds_dir)
@@ -603,7 +625,10 @@ def format_audit(res: AuditResult) -> list[str]:
     chart = " (e) lists results at their chart time." if (res.result_times or {}).get("at_chart_time") else ""
     outside = sum(t.outside_data for t in res.tasks.values())
     unscorable = f"UNSCORABLE: {outside} labels outside the data (f)." if outside else ""
+    unchecked = (f"NOT CHECKED: (a) for {', '.join(res.unchecked)} (outcome unknown; pass --task)."
+                 if res.unchecked else "")
     verdict = ("LEAKAGE: (a)-(c) are not all 0." + chart if tasks_leak else "LEAKAGE:" + chart if chart
-               else "" if outside else "no leak in (a) and (c); (b) unknown." if open_b else "clean ((a)-(c) are 0).")
-    lines.append("Verdict: " + " ".join(x for x in (verdict, unscorable) if x))
+               else "" if outside or unchecked else "no leak in (a) and (c); (b) unknown." if open_b
+               else "clean ((a)-(c) are 0).")
+    lines.append("Verdict: " + " ".join(x for x in (verdict, unscorable, unchecked) if x))
     return lines

@@ -255,8 +255,8 @@ def prepare(cfg: BaselineConfig):
     Raises:
         UserError: bad labels or MEDS data (labels.read_labels, attach_splits, check_prediction_times).
     """
-    labels = read_labels(head_labels(cfg.labels, cfg.task)[0])
     ds = open_meds(cfg.meds_dir)
+    labels = read_labels(head_labels(cfg.labels, cfg.task)[0], data_zones=ds.time_zones(), data=f"MEDS dataset {cfg.meds_dir}")
     labels = attach_splits(labels, meds_subject_splits(ds), cfg.labels, f"MEDS dataset {cfg.meds_dir}")
     windows = parse_windows(cfg.windows)
     everyone = labels

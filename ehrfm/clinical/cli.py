@@ -34,8 +34,8 @@ def _labels(args) -> int:
         summary(f"labels: {parts} -> {out}")
         return 0
     check_file_output(args.out)  # one task: one parquet (--task all takes a directory)
-    check_overwrite(out, args.overwrite, inputs=(args.meds_dir,))
-    check_overwrite(out.with_suffix(".json"), args.overwrite, inputs=(args.meds_dir,))  # the sidecar
+    check_overwrite(out, args.overwrite, inputs=(args.meds_dir,), command="labels")
+    check_overwrite(out.with_suffix(".json"), args.overwrite, inputs=(args.meds_dir,), command="labels")  # the sidecar
     labels, info = make_labels(args.meds_dir, args.task, **options)
     write_labels(labels, out, info)
     prev = f"{info['prevalence']:.3f}" if info["prevalence"] is not None else "n/a"
@@ -45,16 +45,16 @@ def _labels(args) -> int:
 
 def _audit(args) -> int:
     from ehrfm.clinical.audit import audit, format_audit
-    from ehrfm.io import atomic_file, check_file_output, check_overwrite, summary
+    from ehrfm.io import FILE_OUTPUT_KEY, atomic_file, check_file_output, check_overwrite, summary
 
     if args.out:
         check_file_output(args.out)
-        check_overwrite(args.out, args.overwrite, inputs=(args.meds, args.labels))
+        check_overwrite(args.out, args.overwrite, inputs=(args.meds, args.labels), command="audit")
     codes = [c.strip() for c in args.date_only_codes.split(",") if c.strip()] if args.date_only_codes is not None else None
-    res = audit(args.meds, args.labels, date_only_codes=codes)
+    res = audit(args.meds, args.labels, date_only_codes=codes, task=args.task)
     if args.out:
         with atomic_file(args.out) as f:
-            f.write(json.dumps(res.to_dict(), indent=2) + "\n")
+            f.write(json.dumps({FILE_OUTPUT_KEY: "audit", **res.to_dict()}, indent=2) + "\n")
     for line in format_audit(res)[:-1]:
         print(line)
     worst = {t.task: (t.outcome_code_in_history or 0) + (t.date_only_same_day or 0) + t.not_known_before_prediction
@@ -64,6 +64,8 @@ def _audit(args) -> int:
     outside = [f"{t.task} ({t.outside_data})" for t in res.tasks.values() if t.outside_data]
     found = (["LEAKAGE in " + ", ".join(leaks)] if leaks else []) + (
         ["labels outside the data (no history; heads refuse them) in " + ", ".join(outside)] if outside else [])
+    if res.unchecked:  # (a) not made: never "clean" (before: a file named icu_v2.parquet passed unchecked)
+        found.append(f"NOT CHECKED for its outcome: {', '.join(res.unchecked)} (pass --task)")
     summary(f"audit: {len(res.tasks)} tasks, " + ("; ".join(found) if found else "clean")
             + (f", {len(res.unknown)} unknown" if res.unknown else ""))
     return 0 if res.clean else 1
@@ -174,11 +176,14 @@ def register(sub) -> None:
         "of the prediction day, (c) an event not known to precede the prediction time, (d) a stay overlapping "
         "another stay, (f) a subject or prediction time outside the data; for the dataset, (e) result tables left at "
         "their chart time (no storetime); plus the ETL's drop/duplicate counts. "
-        "Exit 1 when (a)-(c) or (f) are not all 0 or (e) lists a table. "
+        "Exit 1 when (a)-(c) or (f) are not all 0, (e) lists a table, or a task's outcome is unknown ((a) not made: "
+        "name the file <task>.parquet or pass --task). "
         "Rules: see ehrfm/clinical/audit.py.",
     )
     p.add_argument("meds", help="MEDS dataset dir (any ETL)")
     p.add_argument("--labels", required=True, help="a label parquet or a dir of <task>.parquet (ehrfm labels --task all)")
+    p.add_argument("--task", default=None, choices=TASK_CHOICES[:-1],
+                   help="the task of a --labels file whose name does not say it (default: its sidecar's task, else its name)")
     p.add_argument("--date-only-codes", default=None, metavar="PREFIX,...",
                    help="code prefixes of date-only sources (default: the MEDS metadata's date_only_codes)")
     p.add_argument("--out", default=None, help="also write the audit as JSON here")

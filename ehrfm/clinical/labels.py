@@ -645,13 +645,15 @@ def write_labels(labels: pl.DataFrame, path: str | os.PathLike, info: dict | Non
     """
     import pyarrow.parquet as pq
 
-    from ehrfm.io import atomic_file, atomic_files, check_not_input, write_json
+    from ehrfm.io import FILE_OUTPUT_KEY, atomic_file, atomic_files, check_not_input, write_json
 
     path = Path(path)
     if info is not None:
         for f in (path, path.with_suffix(".json")):
             check_not_input(f, _meds_inputs(info))
+        info = {FILE_OUTPUT_KEY: "labels", **info}  # what --overwrite may replace (ehrfm.io.check_ehrfm_output)
     table = to_label_table(labels)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"ehrfm.output": b"labels"})
     if info is None:
         with atomic_file(path, "wb") as f:
             pq.write_table(table, f)
@@ -803,11 +805,17 @@ def _check_named_task(path: Path, name: str, task: str | None) -> None:
                         f"--task {name} (a file of other labels: rename it)")
 
 
-def read_labels(path: str | os.PathLike, allow_empty: bool = False) -> pl.DataFrame:
+def read_labels(path: str | os.PathLike, allow_empty: bool = False, data_zones: list[str] | None = None,
+                data: str = "the data") -> pl.DataFrame:
     """Read any label parquet in the MEDS label schema (ours, ACES output, ...).
 
     A file without rows is refused (a head cannot be fitted or scored on it) unless `allow_empty`
     (the audit: `ehrfm labels` writes a task that no stay qualifies for as a file without rows).
+    Zoned prediction times are read as UTC instants, as zoned MEDS times are. With `data_zones` (the
+    zones other than UTC of the MEDS times the labels are read against, `data` naming them; None:
+    not known), a zone other than UTC beside data whose times have none is refused: that label
+    is hours off its history, and read as UTC it put the outcome inside 25% of ICU-admission
+    histories (probe AUROC 0.887 instead of 0.807, with only a warning).
 
     Only boolean labels are used by the heads. Columns are cast to the schema's types; null
     labels or prediction times, and types that would be cast by guessing (`_check_label_types`),
@@ -845,6 +853,12 @@ def read_labels(path: str | os.PathLike, allow_empty: bool = False) -> pl.DataFr
                 raise UserError(f"label file {f} lacks column {col!r} (MEDS label schema; binary tasks need boolean_value"
                                 + (f"; it has {', '.join(has)}: convert the labels to boolean_value)" if has else ")"))
         frame = pl.from_arrow(table.select(["subject_id", "prediction_time", "boolean_value"]))
+        zone = getattr(frame["prediction_time"].dtype, "time_zone", None)
+        if data_zones is not None and not data_zones and zone is not None and zone.upper() != "UTC":
+            raise UserError(f"label file {f}: column prediction_time has time zone {zone}, and the times of {data} have "
+                            "none: read as UTC instants, each prediction time would sit hours off its history (look-ahead). "
+                            "Write the labels on the data's clock without a zone (polars: "
+                            "pl.col('prediction_time').dt.replace_time_zone(None) keeps the wall clock)")
         for col in ("subject_id", "prediction_time", "boolean_value"):
             nulls = frame[col].null_count()
             if nulls:

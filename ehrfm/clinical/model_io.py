@@ -65,16 +65,22 @@ def check_not_pretrained_on(run_dir: str | os.PathLike, td: TokenDir) -> None:
 
     Raises:
         UserError: some subject of `td`'s tuning or held_out split is in the train split of the run's
-            pretraining token dir (the counts per split are given).
+            pretraining token dir (the counts per split are given); the run's config.json is damaged
+            (not JSON, or its train.tokens_dir not a path).
     """
-    from ehrfm.io import warn
+    from ehrfm.io import read_json, warn
 
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
-    try:
-        recorded = json.loads(cfg_path.read_text(encoding="utf-8")).get("train", {}).get("tokens_dir")
-    except (OSError, ValueError, AttributeError):
-        recorded = None
+    # A missing config (an exported or hand-made run) leaves the check undone, with a warning; a damaged
+    # one is refused: it was read as missing, and the check was silently skipped.
+    cfg = read_json(cfg_path, "run config", expect=dict) if cfg_path.exists() else {}
+    train = cfg.get("train", {})
+    if not isinstance(train, dict):
+        raise UserError(f"run config {cfg_path} is damaged: its train entry is a JSON {type(train).__name__}, not an object")
+    recorded = train.get("tokens_dir")
+    if recorded is not None and not isinstance(recorded, str):
+        raise UserError(f"run config {cfg_path} is damaged: its train.tokens_dir is a JSON {type(recorded).__name__}, not a path")
     if not recorded:
         if str(run_dir) in _UNCHECKED_WARNED:
             return

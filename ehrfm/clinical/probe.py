@@ -48,7 +48,7 @@ REPRESENTATIONS = {
 
 def load_label_histories(td: TokenDir, labels_path, max_labels: int | None, seed: int) -> Histories:
     """Read labels, locate their histories (refusing bad rows), then subsample per split."""
-    labels = read_labels(labels_path)
+    labels = read_labels(labels_path, data_zones=td.meds_time_zones, data=f"token dir {td.path}")
     h = locate_histories(td, labels, labels_path)
     if max_labels:
         keyed = h.labels.with_row_index("_row")

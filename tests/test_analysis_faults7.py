@@ -1,0 +1,118 @@
+"""Faults a review helper found in `ehrfm fit` and `ehrfm recommend` (2026-12-04), each of its kind.
+
+1. One row in another unit (tokens pasted in billions) passed the median-only unit check and was
+   fitted into a tight, wrong exponent; now every row is checked, naming the runs.
+2. A truncated .csv.gz ended in gzip's EOFError traceback; now one line says it is truncated.
+3. A loss column of true/false was fitted as losses of 1.
+4. recommend trusted laws of a fits.json without the fitted budgets' ends (at 1e40 FLOPs), a loss
+   floor E below 0, a reversed interval, and an Approach 1 without edge_budgets.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import warnings
+
+import numpy as np
+import polars as pl
+import pytest
+
+from analysis.fit import FitConfig, fit_results, write_fits
+from analysis.recommend import recommend
+from analysis.synthetic import HOFFMANN, synthetic_results
+from analysis.table import load_results
+from ehrfm.errors import UserError
+from ehrfm.law_checks import trust
+
+BUDGETS = (1e18, 4e18, 1.6e19, 6.4e19)
+
+
+def _table() -> pl.DataFrame:
+    return synthetic_results(HOFFMANN, budgets=BUDGETS, sizes=5, span_decades=0.8, noise=0.002, seed=0)
+
+
+@pytest.mark.parametrize(("col", "factor"), [("tokens", 1e-9), ("n_params", 1e-6), ("n_params", 1e20), ("flops", 1e-15)])
+def test_one_row_in_another_unit_is_refused_naming_the_run(tmp_path, col, factor):
+    t = _table().select("run_id", "n_params", "tokens", "flops", "loss")
+    bad = t.with_columns(pl.when(pl.int_range(pl.len()) == 3).then(pl.col(col).cast(pl.Float64) * factor)
+                         .otherwise(pl.col(col).cast(pl.Float64)).alias(col))
+    path = tmp_path / "t.csv"
+    bad.write_csv(path)
+    with pytest.raises(UserError, match=r"columns flops, n_params and tokens disagree in 1 of 20 completed runs") as e:
+        load_results(path)
+    assert str(t["run_id"][3]) in str(e.value) and "\n" not in str(e.value)
+    t.write_csv(path)
+    assert load_results(path).n == 20  # the table as it was: read
+
+
+def test_a_truncated_gzip_table_is_one_clear_error(tmp_path):
+    t = _table().select("run_id", "n_params", "tokens", "flops", "loss")
+    whole = gzip.compress(t.write_csv().encode() * 50)
+    path = tmp_path / "t.csv.gz"
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(UserError, match=r"could not be read as CSV: .*the gzip file ends before its end-of-stream marker: "
+                                        r"it is truncated"):
+        load_results(path)
+
+
+def test_a_boolean_loss_column_is_refused(tmp_path):
+    t = _table().select("run_id", "n_params", "tokens", "flops", "loss").with_columns(pl.lit(True).alias("loss"))
+    for path in (tmp_path / "t.parquet", tmp_path / "t.csv"):
+        t.write_parquet(path) if path.suffix == ".parquet" else t.write_csv(path)
+        with pytest.raises(UserError, match="column loss is (boolean|not numeric)"):
+            load_results(path)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fit") / "F"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = fit_results(load_results(_table()), config=FitConfig(bootstrap=40, holdout=False))
+    write_fits(fit, out)
+    return out
+
+
+def _edited(fitted, tmp_path, edit) -> str:
+    d = tmp_path / "edited"
+    shutil.copytree(fitted, d)
+    f = json.loads((d / "fits.json").read_text())
+    edit(f)
+    (d / "fits.json").write_text(json.dumps(f))
+    return str(d)
+
+
+def test_recommend_trusts_no_law_when_the_fitted_range_is_not_recorded(fitted, tmp_path):
+    assert recommend(fitted, 1e19).trusted  # the fit as written: trusted within its budgets
+    assert not recommend(fitted, 1e40).trusted
+
+    def drop_ends(f):
+        del f["inputs"]["min_budget"], f["inputs"]["max_budget"]
+    d = _edited(fitted, tmp_path, drop_ends)
+    assert recommend(d, 1e19).trusted  # the ends taken from inputs.budgets
+    rec = recommend(d, 1e40)  # before: Approach 3 trusted, N_opt 2.1e19, 1e22x past the largest budget
+    assert not rec.trusted and all("past the largest fitted budget" in p.why_untrusted for p in rec.per_approach)
+
+    def drop_all(f):
+        del f["inputs"]["min_budget"], f["inputs"]["max_budget"], f["inputs"]["budgets"]
+    shutil.rmtree(tmp_path / "edited")
+    rec = recommend(_edited(fitted, tmp_path, drop_all), 1e19)
+    assert not rec.trusted and all("does not record the fitted budgets" in p.why_untrusted for p in rec.per_approach)
+
+
+def test_trust_refuses_impossible_numbers_of_a_damaged_fit(fitted):
+    f = json.loads((fitted / "fits.json").read_text())
+    assert trust(f, 3) == (True, "") and trust(f, 2) == (True, "")
+    for name, value in (("E", -5.0), ("A", 0.0), ("beta", -0.3)):
+        ok, why = trust({**f, "approach3": {**f["approach3"], name: value}}, 3)
+        assert not ok and f"{name} = " in why and "fits.json is damaged" in why
+    a2 = f["approach2"]
+    ok, why = trust({**f, "approach2": {**a2, "a_ci": a2["a_ci"][::-1]}}, 2)
+    assert not ok and "interval of a in fits.json is reversed" in why
+    a1 = {k: v for k, v in (f.get("approach1") or {"a": 0.5, "b": 0.5, "a_ci": [0.4, 0.6], "b_ci": [0.4, 0.6]}).items()
+          if k != "edge_budgets"}
+    ok, why = trust({**f, "approach1": a1}, 1)
+    assert not ok and "no approach1 edge_budgets" in why
+    assert np.isfinite(f["approach3"]["E"])
