@@ -1570,6 +1570,9 @@ def load_fits(fit_dir: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
         raise UserError(f"fits file {path} not found ({where}): pass the --out dir of `ehrfm fit`, "
                         "or make one with `ehrfm fit RESULTS --out FIT`")
     redo = "rerun `ehrfm fit` with --overwrite to rewrite it"
+    if path.name.lower().endswith((".csv", ".tsv", ".parquet", ".csv.gz", ".tsv.gz")):  # was "damaged ... rerun ehrfm fit"
+        raise UserError(f"fits file {path} is a table, not a fits.json (a results table?): fit it first with "
+                        f"`ehrfm fit {path} --out FIT`, then pass FIT")
     fits = read_json(path, what="fits file", expect=dict, hint=redo)
     draws = {}
     if home is not None and (home / "bootstrap.parquet").is_file():

@@ -296,6 +296,8 @@ def check_overwrite(out: str | os.PathLike, overwrite: bool, inputs=(), command:
             `overwrite` is false; or `out` is a non-empty directory ehrfm did not write
             (check_ehrfm_output), or with `command` another command's output.
     """
+    if not os.fspath(out).strip():  # Path("") is ".": "output  already exists", or the working directory
+        raise UserError("the output path is empty (--out ''): give a path")
     check_not_input(out, inputs)
     if not Path(out).exists():
         return

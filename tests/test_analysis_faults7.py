@@ -116,3 +116,17 @@ def test_trust_refuses_impossible_numbers_of_a_damaged_fit(fitted):
     ok, why = trust({**f, "approach1": a1}, 1)
     assert not ok and "no approach1 edge_budgets" in why
     assert np.isfinite(f["approach3"]["E"])
+
+
+def test_an_empty_out_and_a_table_given_to_recommend_are_named(tmp_path, capsys):
+    """`fit T --out ''` said "output  already exists"; `recommend T.csv` called the table a damaged fits file."""
+    from ehrfm.app.cli import main
+
+    t = tmp_path / "t.csv"
+    _table().select("run_id", "n_params", "tokens", "flops", "loss").write_csv(t)
+    for argv, says in ((["fit", str(t), "--out", ""], "the output path is empty (--out ''): give a path"),
+                       (["recommend", str(t), "--flops", "1e18"], f"fits file {t} is a table, not a fits.json")):
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, err
