@@ -311,7 +311,7 @@ def test_results_sit_at_their_store_time_and_the_audit_flags_tables_without_one(
                  schema={"subject_id": pl.Int64, "prediction_time": pl.Datetime("us"), "boolean_value": pl.Boolean}
                  ).write_parquet(labels)
     for meds, clean, chart in ((root / "meds", True, []), (bare / "meds", False, ["hosp/labevents"])):
-        a = audit(meds, labels)
+        a = audit(meds, labels, task="in_hospital_mortality")  # a known task: its (a) is made too
         assert a.result_times["at_chart_time"] == chart and a.clean is clean
 
 
