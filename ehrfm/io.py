@@ -152,6 +152,12 @@ def as_os_error(e: BaseException, path: str | os.PathLike) -> OSError | None:
     return _as_os_error(e, Path(path), Path(path))
 
 
+def check_output_given(out: str | os.PathLike | None, flag: str = "--out") -> None:
+    """UserError for an empty output path (`--out ''`): Path("") is ".", the working directory."""
+    if out is not None and not os.fspath(out).strip():
+        raise UserError(f"the output path is empty ({flag} ''): give a path")
+
+
 def check_writable_path(out: str | os.PathLike) -> None:
     """Raise UserError when `out` lies under a regular file (no directory can be made there)."""
     out = Path(out)
@@ -211,21 +217,41 @@ FILE_OUTPUT_KEY = "ehrfm_output"
 
 
 def file_output_command(path: str | os.PathLike) -> str | None:
-    """The ehrfm command that wrote the one-file output `path` (its FILE_OUTPUT_KEY), or None: unmarked or unreadable."""
+    """The ehrfm command that wrote the one-file output `path`, or None: not recognisably ehrfm's, or unreadable.
+
+    Told by content, whatever the file's name (`--out audit.txt`, `L.PQ`): a parquet file (its
+    magic bytes) by its metadata's b"ehrfm.output"; a JSON object by its FILE_OUTPUT_KEY. Outputs
+    written before the mark existed are recognised by their shape: an audit JSON (meds_dir, labels,
+    tasks, clean), a label sidecar (task, config, n), and a label parquet (exactly the MEDS label
+    columns) beside such a sidecar.
+    """
     import pyarrow.parquet as pq
 
     path = Path(path)
     try:
-        if path.suffix == ".json":
-            d = json.loads(path.read_text(encoding="utf-8"))
-            made_by = d.get(FILE_OUTPUT_KEY) if isinstance(d, dict) else None
-        elif path.suffix == ".parquet":
-            made_by = ((pq.read_schema(path).metadata or {}).get(b"ehrfm.output") or b"").decode("utf-8")
-        else:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head == b"PAR1":
+            schema = pq.read_schema(path)
+            made_by = ((schema.metadata or {}).get(b"ehrfm.output") or b"").decode("utf-8")
+            if not made_by and sorted(schema.names) == ["boolean_value", "prediction_time", "subject_id"]:
+                made_by = "labels" if file_output_command(path.with_suffix(".json")) == "labels" else ""
+            return made_by or None
+        if path.stat().st_size > 64 << 20:  # no JSON output of ehrfm is this large
             return None
+        d = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError):  # (pyarrow's ArrowInvalid and JSONDecodeError are ValueErrors)
         return None
-    return made_by if isinstance(made_by, str) and made_by else None
+    if not isinstance(d, dict):
+        return None
+    made_by = d.get(FILE_OUTPUT_KEY)
+    if isinstance(made_by, str) and made_by:
+        return made_by
+    if {"meds_dir", "labels", "tasks", "clean"} <= d.keys():
+        return "audit"
+    if {"task", "config", "n"} <= d.keys():
+        return "labels"
+    return None
 
 
 def check_ehrfm_output(out: str | os.PathLike, ignore=(), command: str | None = None) -> None:
@@ -296,8 +322,7 @@ def check_overwrite(out: str | os.PathLike, overwrite: bool, inputs=(), command:
             `overwrite` is false; or `out` is a non-empty directory ehrfm did not write
             (check_ehrfm_output), or with `command` another command's output.
     """
-    if not os.fspath(out).strip():  # Path("") is ".": "output  already exists", or the working directory
-        raise UserError("the output path is empty (--out ''): give a path")
+    check_output_given(out)
     check_not_input(out, inputs)
     if not Path(out).exists():
         return

@@ -82,18 +82,23 @@ def trust(fits: dict, k: int) -> tuple[bool, str]:
         problems.append(f"its envelope holds {points} run(s): a power law through 2 points fits them exactly, so "
                         "nothing tests it (Approach 1 needs >= 3 budgets whose best run beats every cheaper budget's)")
     edges = f.get("edge_budgets")
-    if k == 1 and f and "edge_budgets" not in f:  # written by every fit since the key exists: unknown, never trusted
-        problems.append("fits.json has no approach1 edge_budgets (an older fit): whether its optimum is bracketed is "
-                        "unknown; refit with `ehrfm fit`")
-    if k == 3:
-        # A loss floor below 0 or a non-positive term is no loss law: a damaged (hand-edited) fits.json predicted
-        # "loss -3.514 nats/token", trusted.
-        bad = [f"{name} = {f.get(name):.3g}" for name in ("E", "A", "B", "alpha", "beta")
-               if is_number(f.get(name)) and f.get(name) is not None and math.isfinite(f.get(name))
-               and (f.get(name) < 0 if name == "E" else f.get(name) <= 0)]
+    if k == 1 and f and edges is None:  # written by every fit since the key exists: unknown, never trusted
+        problems.append("fits.json has no approach1 edge_budgets list (an older fit, or null): whether its optimum is "
+                        "bracketed is unknown; refit with `ehrfm fit`")
+    if k == 3 and f:
+        # A loss floor below 0, a non-positive term or a missing number is no loss law: a damaged (hand-edited)
+        # fits.json predicted "loss -3.514 nats/token", trusted.
+        def out_of_range(name: str) -> str:  # (a key missing altogether: recommend's _usable names it)
+            if name not in f:
+                return ""
+            v = f[name]
+            if not (is_number(v) and v is not None and math.isfinite(v)):
+                return f"{name} is not a number"
+            return f"{name} = {v:.3g}" if (v < 0 if name == "E" else v <= 0) else ""
+        bad = [x for x in map(out_of_range, ("E", "A", "B", "alpha", "beta")) if x]
         if bad:
-            problems.append(f"its {', '.join(bad)} is no loss law (E >= 0, A, B, alpha, beta > 0): fits.json is damaged")
-    if k == 1 and edges:  # Approach1.edge_budgets: envelope runs at their ladder's end
+            problems.append(f"its {', '.join(bad)}: no loss law (E >= 0, A, B, alpha, beta > 0 and finite); fits.json is damaged")
+    if k == 1 and edges is not None and edges != []:  # Approach1.edge_budgets: envelope runs at their ladder's end
         numbers = isinstance(edges, list) and all(is_number(b) and b is not None for b in edges)
         problems.append(edge_note(edges) if numbers else "its edge_budgets in fits.json are not budgets: whether its "
                         "optimum is bracketed is unknown")

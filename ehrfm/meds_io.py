@@ -177,7 +177,7 @@ class MedsDataset:
         beside data that had one (ehrfm.clinical.labels.read_labels' `data_zones`).
         """
         zones = {getattr(check_columns(p).get(TIME), "time_zone", None) for p in self.paths()}
-        return sorted(z for z in zones if z and z.upper() != "UTC")
+        return sorted(z for z in zones if z and not is_utc(z))
 
     def has_column(self, column: str) -> bool:
         """Does every shard file holding rows have `column` (an optional one: hadm_id, numeric_value)?
@@ -596,10 +596,20 @@ def null_time_codes(paths: Iterable[Path]) -> dict[str, int]:
 
 _ZONES_WARNED: set[str] = set()  # one warning per zone and process, not one per shard
 
+# Names of UTC itself: a time in one of these is the naive clock ehrfm reads (Etc/UTC and GMT were taken for zones)
+UTC_NAMES = frozenset({"UTC", "ETC/UTC", "UCT", "ETC/UCT", "GMT", "ETC/GMT", "GMT0", "ETC/GMT0", "GMT+0", "ETC/GMT+0",
+                       "GMT-0", "ETC/GMT-0", "GREENWICH", "ETC/GREENWICH", "UNIVERSAL", "ETC/UNIVERSAL", "ZULU",
+                       "ETC/ZULU", "Z", "+00:00", "-00:00", "+0000", "00:00"})
+
+
+def is_utc(zone: str | None) -> bool:
+    """Whether a polars/arrow time zone name is UTC itself (no zone at all is not: None -> False)."""
+    return zone is not None and zone.strip().upper() in UTC_NAMES
+
 
 def _warn_zone_once(zone: str, path: Path) -> None:
     """Say once that shards zoned `zone` are read as UTC: naive label times from elsewhere must be UTC too."""
-    if zone in _ZONES_WARNED or zone.upper() == "UTC":
+    if zone in _ZONES_WARNED or is_utc(zone):
         return
     _ZONES_WARNED.add(zone)
     from ehrfm.io import warn

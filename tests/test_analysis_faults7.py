@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import json
 import shutil
@@ -130,3 +131,37 @@ def test_an_empty_out_and_a_table_given_to_recommend_are_named(tmp_path, capsys)
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert says in err and err.count("\n") == 1, err
+
+
+def test_trust_never_passes_null_numbers_of_a_damaged_fit(fitted):
+    """A review helper: edge_budgets null, or Approach 3's E NaN and A null, still passed trust()."""
+    f = json.loads((fitted / "fits.json").read_text())
+    a1 = {**f["approach2"], "n_points": 4, "edge_budgets": None}
+    ok, why = trust({**f, "approach1": a1}, 1)
+    assert not ok and "no approach1 edge_budgets list" in why
+    ok, why = trust({**f, "approach3": {**f["approach3"], "E": float("nan"), "A": None}}, 3)
+    assert not ok and "E is not a number, A is not a number" in why
+
+
+def test_an_ehrfm_file_output_is_recognised_by_its_content_whatever_its_name(tmp_path):
+    """A review helper: `audit --out audit.txt` (or A.JSON) then --overwrite was refused as not ehrfm's, and so was
+    every audit and label file written before the mark existed (the demo's own audit.json among them)."""
+    from ehrfm.io import check_overwrite, file_output_command
+
+    marked = {"ehrfm_output": "audit", "tasks": {}}
+    legacy_audit = {"meds_dir": "M", "labels": "L", "tasks": {}, "clean": True}
+    legacy_sidecar = {"task": "long_los", "config": {}, "n": 3}
+    for name, content, by in (("a.txt", marked, "audit"), ("A.JSON", marked, "audit"), ("old.json", legacy_audit, "audit"),
+                              ("L.json", legacy_sidecar, "labels"), ("notes.json", {"mine": 1}, None)):
+        (tmp_path / name).write_text(json.dumps(content))
+        assert file_output_command(tmp_path / name) == by, name
+    labels = pl.DataFrame({"subject_id": [1], "prediction_time": [dt.datetime(2150, 1, 1)], "boolean_value": [True]})
+    labels.write_parquet(tmp_path / "L.parquet")  # an old label file: beside its sidecar, it is the labels' output
+    labels.write_parquet(tmp_path / "mine.parquet")  # the same columns, no sidecar: a user's file
+    assert file_output_command(tmp_path / "L.parquet") == "labels" and file_output_command(tmp_path / "mine.parquet") is None
+    check_overwrite(tmp_path / "a.txt", True, command="audit")
+    check_overwrite(tmp_path / "L.parquet", True, command="labels")
+    with pytest.raises(UserError, match="holds the output of `ehrfm labels`, not of `ehrfm audit`"):
+        check_overwrite(tmp_path / "L.json", True, command="audit")
+    with pytest.raises(UserError, match="is a file ehrfm did not write"):
+        check_overwrite(tmp_path / "mine.parquet", True, command="labels")

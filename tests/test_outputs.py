@@ -242,3 +242,26 @@ def test_zoned_labels_beside_naive_data_are_refused_by_every_reader(data, tmp_pa
     assert not (tmp_path / "b").exists()
     h = load_label_histories(td, utc, None, 0)  # UTC: the data's clock
     assert h.labels.height == labels.height
+
+
+def test_utc_by_any_name_is_the_naive_clock_and_empty_outs_and_stale_tasks_are_named(data, tmp_path, capsys):
+    """A review helper: labels zoned Etc/UTC or GMT were refused as hours off the data (only "UTC" counted as UTC);
+    `audit --out ''` wrote nothing silently and `labels --task all --out ''` named '.'; `audit --task` overrode
+    the task a label file's sidecar records (ehrfm's long_los labels audited as mortality)."""
+    from ehrfm.clinical.probe import load_label_histories
+    from ehrfm.meds_io import is_utc
+    from ehrfm.tokens import TokenDir
+
+    labels = pl.read_parquet(data["labels"] / "long_los.parquet")
+    for zone in ("Etc/UTC", "GMT", "UTC"):
+        path = tmp_path / zone.replace("/", "_") / "long_los.parquet"
+        path.parent.mkdir()
+        labels.with_columns(pl.col("prediction_time").dt.replace_time_zone(zone)).write_parquet(path)
+        assert load_label_histories(TokenDir(data["tok"]), path, None, 0).labels.height == labels.height
+    assert is_utc("etc/utc") and not is_utc("Europe/London") and not is_utc(None)
+    for argv in (["audit", data["meds"], "--labels", data["labels"], "--out", ""],
+                 ["labels", data["meds"], "--task", "all", "--out", ""],
+                 ["labels", data["meds"], "--task", "long_los", "--out", " "]):
+        refused(capsys, *argv, says="the output path is empty (--out ''): give a path")
+    refused(capsys, "audit", data["meds"], "--labels", data["labels"] / "long_los.parquet", "--task", "in_hospital_mortality",
+            says="--task in_hospital_mortality, but the sidecar of label file")

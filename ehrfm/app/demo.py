@@ -33,6 +33,7 @@ from pathlib import Path
 
 from ehrfm.errors import UserError
 from ehrfm.io import (
+    FILE_OUTPUT_KEY,
     atomic_file,
     check_ehrfm_output,
     check_not_input,
@@ -637,7 +638,7 @@ def _audit_section(meds, labels_dir, path, shown: str = "meds") -> list[str]:
         res = audit(meds, labels_dir)
     except UserError as e:
         return [f"The audit failed: {e}"]
-    write_json(path, res.to_dict())
+    write_json(path, {FILE_OUTPUT_KEY: "audit", **res.to_dict()})  # as `ehrfm audit --out` writes it
     return [f"Leakage audit (`ehrfm audit {shown} --labels labels`): labels whose history holds (a) the outcome's own "
             "code, (b) a date-only event of the prediction day placed before it was known, (c) an event not known to "
             "precede the prediction time, (d) a stay overlapping another.", "", *format_audit(res)]

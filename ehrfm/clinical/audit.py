@@ -498,7 +498,7 @@ def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
         UserError: bad MEDS or label input (the one MEDS reader's and read_labels's messages); `task`
             not a known task, or given for labels of several tasks.
     """
-    from ehrfm.clinical.labels import read_labels
+    from ehrfm.clinical.labels import read_labels, recorded_task
 
     files = _label_files(labels)
     if task is not None:
@@ -507,7 +507,12 @@ def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
         if len(files) != 1:
             raise UserError(f"--task names the task of one label file, and labels {labels} holds {len(files)} tasks "
                             f"({', '.join(sorted(files))}); audit each file with its own --task")
-        files = {task: next(iter(files.values()))}
+        path = next(iter(files.values()))
+        recorded = recorded_task(path) if path.is_file() else None
+        if recorded is not None and recorded != task:  # ehrfm's long_los.parquet audited as mortality came out clean
+            raise UserError(f"--task {task}, but the sidecar of label file {path} records task {recorded}: audit it "
+                            f"as {recorded} (without --task), or remove the stale sidecar {path.with_suffix('.json')}")
+        files = {task: path}
     ds = open_meds(meds_dir)
     unknown: list[str] = []
     partial: list[str] = []

@@ -19,10 +19,11 @@ def _labels(args) -> int:
     from ehrfm.cli_args import values
     from ehrfm.clinical.labels import LabelConfig, make_labels, write_label_dir, write_labels
     from ehrfm.errors import UserError
-    from ehrfm.io import check_file_output, check_overwrite, summary
+    from ehrfm.io import check_file_output, check_output_given, check_overwrite, summary
 
     options = values(LabelConfig, args, names=("gap_hours", "long_los_days", "readmission_days", "transfer_hours",
                                                       "direct_icu_minutes"))
+    check_output_given(args.out)  # before Path(): Path("") is "."
     out = Path(args.out)
     if args.task == "all":
         if out.suffix == ".parquet":
@@ -45,8 +46,9 @@ def _labels(args) -> int:
 
 def _audit(args) -> int:
     from ehrfm.clinical.audit import audit, format_audit
-    from ehrfm.io import FILE_OUTPUT_KEY, atomic_file, check_file_output, check_overwrite, summary
+    from ehrfm.io import FILE_OUTPUT_KEY, atomic_file, check_file_output, check_output_given, check_overwrite, summary
 
+    check_output_given(args.out)  # `--out ''` wrote nothing, silently
     if args.out:
         check_file_output(args.out)
         check_overwrite(args.out, args.overwrite, inputs=(args.meds, args.labels), command="audit")

@@ -104,7 +104,7 @@ import pyarrow as pa
 from ehrfm.clinical.configs import LabelConfig
 from ehrfm.errors import UserError
 from ehrfm.io import refuse_repeated_columns
-from ehrfm.meds_io import LEGACY_COLUMNS, MEDS_VERSION, STAY_ID, MedsDataset, open_meds, scan_shards
+from ehrfm.meds_io import LEGACY_COLUMNS, MEDS_VERSION, STAY_ID, MedsDataset, is_utc, open_meds, scan_shards
 
 TASKS = ("in_hospital_mortality", "long_los", "icu_admission", "readmission_30d")
 
@@ -854,7 +854,7 @@ def read_labels(path: str | os.PathLike, allow_empty: bool = False, data_zones: 
                                 + (f"; it has {', '.join(has)}: convert the labels to boolean_value)" if has else ")"))
         frame = pl.from_arrow(table.select(["subject_id", "prediction_time", "boolean_value"]))
         zone = getattr(frame["prediction_time"].dtype, "time_zone", None)
-        if data_zones is not None and not data_zones and zone is not None and zone.upper() != "UTC":
+        if data_zones is not None and not data_zones and zone is not None and not is_utc(zone):
             raise UserError(f"label file {f}: column prediction_time has time zone {zone}, and the times of {data} have "
                             "none: read as UTC instants, each prediction time would sit hours off its history (look-ahead). "
                             "Write the labels on the data's clock without a zone (polars: "
@@ -943,7 +943,7 @@ _LABEL_ZONES_WARNED: set[str] = set()  # one warning per zone and process, not o
 
 def _warn_label_zone_once(zone: str, path: Path) -> None:
     """Say once that zoned prediction times are read as UTC instants, as zoned MEDS shards are."""
-    if zone in _LABEL_ZONES_WARNED or zone.upper() == "UTC":
+    if zone in _LABEL_ZONES_WARNED or is_utc(zone):
         return
     _LABEL_ZONES_WARNED.add(zone)
     from ehrfm.meds_io import warn
