@@ -1583,7 +1583,17 @@ def load_fits(fit_dir: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     elif home is None:
         warn(f"{path} is not the fits.json of its directory: read without bootstrap draws (intervals n/a) "
              "and with the default confidence; pass the fit directory for intervals")
+    elif _bootstrapped(fits):  # was a silent "[n/a]" on every interval of the recommendation and the plots
+        warn(f"{home / 'bootstrap.parquet'} is missing, though {path.name} was fitted with "
+             f"{fits['inputs']['bootstrap']} bootstrap replicates: read without its draws, so its predictions' intervals "
+             f"are n/a; {redo}")
     return fits, draws
+
+
+def _bootstrapped(fits: dict) -> bool:
+    """Whether a fits.json records a bootstrap (inputs.bootstrap > 0): write_fits then wrote bootstrap.parquet beside it."""
+    n = (fits.get("inputs") or {}).get("bootstrap") if isinstance(fits.get("inputs"), dict) else None
+    return isinstance(n, int) and not isinstance(n, bool) and n > 0
 
 
 def dump(obj) -> str:

@@ -559,14 +559,12 @@ def _outside_range(flops: float, inputs: dict) -> str:
     divided by it (fits.json inputs max_budget / min_budget, FLOPs, else the ends of inputs.budgets);
     a fits.json that records neither gets a reason too: its range cannot be judged.
     """
-    def number(key):
-        v = inputs.get(key)
+    def positive(v):
         return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 else None
 
-    hi, lo = number("max_budget"), number("min_budget")
+    hi, lo = positive(inputs.get("max_budget")), positive(inputs.get("min_budget"))
     listed = inputs.get("budgets")
-    fitted = [float(b) for b in listed if _is_number(b) and b is not None and math.isfinite(b) and b > 0] \
-        if isinstance(listed, list) else []
+    fitted = [b for b in map(positive, listed) if b is not None] if isinstance(listed, list) else []
     if fitted:  # an older fits.json has the budgets but not their ends
         hi, lo = hi if hi is not None else max(fitted), lo if lo is not None else min(fitted)
     if hi is None or lo is None:  # before: no range, no check, every law trusted at 1e40 FLOPs

@@ -213,14 +213,16 @@ def output_command(out: str | os.PathLike) -> str | None:
 
 
 FILE_OUTPUT_KEY = "ehrfm_output"
-"""A one-file output's mark (its command's name): a top-level key of a .json, b"ehrfm.output" in a .parquet's metadata."""
+"""A one-file output's mark (its command's name): a top-level key of a .json (a .parquet's: PARQUET_OUTPUT_KEY)."""
+PARQUET_OUTPUT_KEY = b"ehrfm.output"
+"""The same mark as a key of a .parquet's schema metadata."""
 
 
 def file_output_command(path: str | os.PathLike) -> str | None:
     """The ehrfm command that wrote the one-file output `path`, or None: not recognisably ehrfm's, or unreadable.
 
     Told by content, whatever the file's name (`--out audit.txt`, `L.PQ`): a parquet file (its
-    magic bytes) by its metadata's b"ehrfm.output"; a JSON object by its FILE_OUTPUT_KEY. Outputs
+    magic bytes) by its metadata's PARQUET_OUTPUT_KEY; a JSON object by its FILE_OUTPUT_KEY. Outputs
     written before the mark existed are recognised by their shape: an audit JSON (meds_dir, labels,
     tasks, clean), a label sidecar (task, config, n), and a label parquet (exactly the MEDS label
     columns) beside such a sidecar.
@@ -233,7 +235,7 @@ def file_output_command(path: str | os.PathLike) -> str | None:
             head = f.read(4)
         if head == b"PAR1":
             schema = pq.read_schema(path)
-            made_by = ((schema.metadata or {}).get(b"ehrfm.output") or b"").decode("utf-8")
+            made_by = ((schema.metadata or {}).get(PARQUET_OUTPUT_KEY) or b"").decode("utf-8")
             if not made_by and sorted(schema.names) == ["boolean_value", "prediction_time", "subject_id"]:
                 made_by = "labels" if file_output_command(path.with_suffix(".json")) == "labels" else ""
             return made_by or None
@@ -261,8 +263,9 @@ def check_ehrfm_output(out: str | os.PathLike, ignore=(), command: str | None = 
     the output of another ehrfm command (`ehrfm train --out MEDS --overwrite` deleted a MEDS dataset,
     hours of ETL, without a word). A marker of no command ("ehrfm", an older release) is not refused.
     Files named in `ignore` (e.g. a run dir's lock) do not count as content. An existing file is
-    replaced only when it carries FILE_OUTPUT_KEY naming `command` (`ehrfm audit --out R/result.json
-    --overwrite` replaced a training run's result, `--out ~/notes.txt` a user's file).
+    replaced only when its content shows that `command` wrote it (file_output_command: its mark, or
+    an older output's shape), whatever its name: `ehrfm audit --out R/result.json --overwrite`
+    replaced a training run's result, `--out ~/notes.txt` a user's file.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():

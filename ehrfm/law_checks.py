@@ -107,6 +107,9 @@ def trust(fits: dict, k: int) -> tuple[bool, str]:
         g = identified.get("G") if isinstance(identified, dict) else None  # anything else: unknown, never trusted
         if g is False:
             problems.append("its N_opt coefficient G is not identified")
+        elif g is not True and has_interval(f.get("G_ci")):  # an interval, but no record of whether it is narrow enough
+            problems.append("fits.json does not record whether its N_opt coefficient G is identified (approach3 "
+                            "identified: an older or edited fit): trust cannot be judged; refit with `ehrfm fit`")
         elif g is not True:
             unknown.append("G")
     if unknown:

@@ -152,6 +152,8 @@ class MedsDataset:
         null_time_codes: code -> number of rows with a null time whose code is not static; every
             reader drops these rows.
         metadata: `metadata/dataset.json` as a dict ({} when absent or unreadable).
+        time_column_zones: the time column's zone of each shard (None: naive), read by open_meds
+            with the columns.
     """
 
     root: Path
@@ -159,6 +161,7 @@ class MedsDataset:
     aliases: dict[str, str] = field(default_factory=dict)
     null_time_codes: dict[str, int] = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
+    time_column_zones: set = field(default_factory=set)
 
     def __fspath__(self) -> str:
         return str(self.root)
@@ -176,8 +179,7 @@ class MedsDataset:
         Zoned shards are read as UTC instants (scan_shard); a label file's zone is only meaningful
         beside data that had one (ehrfm.clinical.labels.read_labels' `data_zones`).
         """
-        zones = {getattr(check_columns(p).get(TIME), "time_zone", None) for p in self.paths()}
-        return sorted(z for z in zones if z and not is_utc(z))
+        return sorted(z for z in self.time_column_zones if z and not is_utc(z))
 
     def has_column(self, column: str) -> bool:
         """Does every shard file holding rows have `column` (an optional one: hadm_id, numeric_value)?
@@ -249,8 +251,7 @@ def open_meds(meds_dir: str | os.PathLike, check_static: bool = True) -> MedsDat
         folders = []  # shard folders that are not splits (meds_etl): the splits come from metadata
     shards, aliases = _split_folder_shards(data, folders) if folders else _subject_split_shards(root, data)
     ds = MedsDataset(root, {s: shards[s] for s in SPLITS if s in shards}, aliases, metadata=dataset_metadata(root))
-    for path in ds.paths():
-        check_columns(path, ds.metadata)
+    ds.time_column_zones = {getattr(check_columns(path, ds.metadata).get(TIME), "time_zone", None) for path in ds.paths()}
     _check_rows(ds)
     if folders:
         _check_folders_match_splits_file(ds)

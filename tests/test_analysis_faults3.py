@@ -183,7 +183,9 @@ def test_non_numbers_in_a_fits_json_are_unknown_never_a_traceback(tmp_path):
     rec = recommend(d, 1e20)
     ok = {p.approach: p for p in rec.per_approach}
     assert rec.approach == 2 and ok[2].trusted
-    assert not ok[3].trusted and "no interval of G" in ok[3].why_untrusted  # identified unknown: never trusted
+    # identified unknown: never trusted, and said as such (before: "no interval of G", though G has one)
+    assert not ok[3].trusted and "does not record whether its N_opt coefficient G is identified" in ok[3].why_untrusted
+    assert "no interval of G" not in ok[3].why_untrusted
     assert not ok[1].trusted and "edge_budgets in fits.json are not budgets" in ok[1].why_untrusted
 
 

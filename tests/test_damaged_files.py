@@ -132,6 +132,12 @@ def test_truncated_bootstrap_parquet_is_one_line(tmp_path):
     boot = fit / "bootstrap.parquet"
     boot.write_bytes(boot.read_bytes()[:100])
     assert_one_line_error(ehrfm("recommend", fit, "--flops", "1e19"), str(boot), "damaged", "ehrfm fit")
+    # Gone altogether: the intervals are n/a, and the warning says why (before: "[n/a]" and nothing else).
+    boot.unlink()
+    gone = ehrfm("recommend", fit, "--flops", "1e19")
+    assert gone.returncode == 0, gone.stderr[-500:]
+    assert "[n/a]" in gone.stdout
+    assert f"{boot} is missing, though fits.json was fitted with 20 bootstrap replicates" in gone.stderr, gone.stderr
 
 
 TRAIN = ["--n-layer", "1", "--d-model", "32", "--n-head", "2", "--context", "64", "--tokens", "1000", "--batch-size", "4",

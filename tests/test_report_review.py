@@ -274,7 +274,7 @@ def test_a_missed_probe_check_says_where_the_probe_falls_behind_by_history_lengt
     run it lost as much on histories it read whole (ICU -0.030). Now the gap is given on both strata,
     paired, and the verdict follows the figures: not ahead where it reads everything -> the window is
     not what it lacks; ahead there -> the window may be."""
-    from ehrfm.app.demo import DemoConfig, _paired_auroc_gap, _probe_gap_by_history
+    from ehrfm.app.demo import DemoConfig, _paired_auroc_gap, _paired_predictions, _probe_gap_by_history
 
     rng = np.random.default_rng(2)
     n = 400
@@ -295,7 +295,8 @@ def test_a_missed_probe_check_says_where_the_probe_falls_behind_by_history_lengt
                           "predicted_boolean_probability": p.astype(np.float32)}).write_parquet(path / "predictions.parquet")
         within = _paired_auroc_gap(d, "t", 200, 0, rows=strata.filter(~pl.col("beyond")))
         assert abs(within[0] - (roc_auc_score(y[:300], probe[:300]) - roc_auc_score(y[:300], counts[:300]))) < 1e-6
-        text = _probe_gap_by_history(DemoConfig(head_bootstrap=200), heads, d, {"t": None}, lambda t: strata)
+        text = _probe_gap_by_history(DemoConfig(head_bootstrap=200), heads, {"t": _paired_predictions(d, "t")}, {"t": None},
+                                     lambda t: strata)
         assert "(n=300)" in text and "(n=100)" in text, text
         assert "in 144 numbers" in text and "in 1,039 code counts" in text, text
         if case == "behind within":

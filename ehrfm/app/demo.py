@@ -998,8 +998,10 @@ def _checks_section(cfg, fit, res, heads: dict, wall: float, resumed_from: list[
              for t, e in (heads.get("tasks") or {}).items()}
     # "Beats" is judged on the paired difference of the two heads on the same held-out labels: a probe 0.002 AUROC
     # above the counts with intervals +-0.015 wide does not beat them (the AUROC check asks an interval, too).
-    gaps = {t: _paired_auroc_gap(heads_dir, t, cfg.head_bootstrap, cfg.seed) if heads_dir is not None else None
-            for t, pair in pairs.items() if None not in pair}
+    paired = {t: _paired_predictions(heads_dir, t) if heads_dir is not None else None  # read once: here and the strata
+              for t, pair in pairs.items() if None not in pair}
+    gaps = {t: _paired_auroc_gap(heads_dir, t, cfg.head_bootstrap, cfg.seed, pairs=both) if both is not None else None
+            for t, both in paired.items()}
     for t, gap in gaps.items():
         if gap is None:  # no predictions to pair (or no bootstrap): the point estimates, without an interval
             gaps[t] = (pairs[t][0] - pairs[t][1], None, None)
@@ -1031,33 +1033,35 @@ def _checks_section(cfg, fit, res, heads: dict, wall: float, resumed_from: list[
         said = [f"below the counts on {len(worse)} task(s) ({'; '.join(worse)})" if worse else "",
                 f"within noise of them on {len(level)} ({'; '.join(level)}: the interval includes 0)" if level else ""]
         probe_why = [f"Why probe vs counts + logistic missed: the best run's probe is {' and '.join(x for x in said if x) or 'no better than the counts'} "
-                     f"(probe - counts AUROC, paired 95% interval). {_probe_gap_by_history(cfg, heads, heads_dir, gaps, history_strata)}", ""]
+                     f"(probe - counts AUROC, paired 95% interval). {_probe_gap_by_history(cfg, heads, paired, gaps, history_strata)}", ""]
     return ["## What a reviewer checks", "", "| check | needed | this run | |", "|---|---|---|---|", *rows, "",
             *_own_reasons(missed, fits, res, cfg), *_why_missed(missed, budgets, res, cfg, stage_s), *probe_why]
 
 
-def _probe_gap_by_history(cfg, heads: dict, heads_dir, gaps: dict, history_strata) -> str:
+def _probe_gap_by_history(cfg, heads: dict, paired: dict, gaps: dict, history_strata) -> str:
     """Where the probe falls behind the counts: on histories it reads whole (<= context tokens) and on longer ones.
 
     A probe reads at most the last `context` tokens, the counts every code; if the gap were the window's,
     it would be on the longer histories only. Sentences for the report: the paired gap per stratum
-    (history_strata: task -> _held_out_beyond_context's DataFrame) and the probe's width against the
-    counts' features, where the heads' metrics give them.
+    (history_strata: task -> _held_out_beyond_context's DataFrame; paired: task -> _paired_predictions'
+    DataFrame or None) and the probe's width against the counts' features, where the heads' metrics give them.
     """
     parts = {"within": [], "beyond": []}
-    if history_strata is not None and heads_dir is not None:
+    if history_strata is not None:
         for t in gaps:
+            both = paired.get(t)
+            if both is None:
+                continue
             try:
                 strata = history_strata(t)
             except (UserError, OSError):
                 continue
             if strata is None:
                 continue
-            pairs = _paired_predictions(heads_dir, t)  # read once for both strata
             for name, keep in (("within", ~strata["beyond"]), ("beyond", strata["beyond"])):
                 rows = strata.filter(keep)
-                gap = (_paired_auroc_gap(heads_dir, t, cfg.head_bootstrap, cfg.seed, rows=rows, pairs=pairs)
-                       if rows.height and pairs is not None else None)
+                gap = (_paired_auroc_gap(None, t, cfg.head_bootstrap, cfg.seed, rows=rows, pairs=both)
+                       if rows.height else None)
                 if gap is not None:
                     parts[name].append((t, gap, rows.height))
     said = []

@@ -645,7 +645,7 @@ def write_labels(labels: pl.DataFrame, path: str | os.PathLike, info: dict | Non
     """
     import pyarrow.parquet as pq
 
-    from ehrfm.io import FILE_OUTPUT_KEY, atomic_file, atomic_files, check_not_input, write_json
+    from ehrfm.io import FILE_OUTPUT_KEY, PARQUET_OUTPUT_KEY, atomic_file, atomic_files, check_not_input, write_json
 
     path = Path(path)
     if info is not None:
@@ -653,7 +653,7 @@ def write_labels(labels: pl.DataFrame, path: str | os.PathLike, info: dict | Non
             check_not_input(f, _meds_inputs(info))
         info = {FILE_OUTPUT_KEY: "labels", **info}  # what --overwrite may replace (ehrfm.io.check_ehrfm_output)
     table = to_label_table(labels)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"ehrfm.output": b"labels"})
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), PARQUET_OUTPUT_KEY: b"labels"})
     if info is None:
         with atomic_file(path, "wb") as f:
             pq.write_table(table, f)
