@@ -1315,8 +1315,11 @@ def _fit_results(res: Results, cfg: FitConfig) -> FitResult:
             not_fitted[f"approach{k}"] = str(e)
             continue
         draws.update(d)
-    if not fitted:
-        raise UserError("; ".join(not_fitted.values()))
+    if not fitted:  # the rows left out may be why (a run above uniform guessing took a budget below 3 sizes)
+        ids = [str(e.get("run_id")) for e in res.excluded]
+        left = (f" ({len(ids)} row(s) not fitted: {_excluded_tally(res.excluded)}: {', '.join(ids[:4])}"
+                f"{f' and {len(ids) - 4} more' if len(ids) > 4 else ''})" if ids else "")
+        raise UserError("; ".join(not_fitted.values()) + left)
     for name, reason in not_fitted.items():
         warn(f"{name} not fitted: {reason}")
     if 1 in fitted and fitted[1].edge_budgets:
@@ -1562,8 +1565,9 @@ def fit_files(fit_dir: str | Path) -> tuple[Path, Path | None]:
 
 def load_fits(fit_dir: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     """Read FIT/fits.json (or the fits file given) and its bootstrap draws (for the recommender and plots of a saved fit)."""
-    from ehrfm.io import read_json, warn
+    from ehrfm.io import check_not_temporary, read_json, warn
 
+    check_not_temporary(fit_dir, "fit")
     path, home = fit_files(fit_dir)
     if not path.exists():
         where = "no such directory" if not path.parent.exists() else "the directory holds no fits.json"

@@ -435,6 +435,9 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss", na
     if isinstance(table, pl.DataFrame):
         df, source = table, name or "(a DataFrame)"
     else:
+        from ehrfm.io import check_not_temporary
+
+        check_not_temporary(table, "results table")
         source = str(table)
         df = _read_frame(Path(table))
     df = _ehrfm_case(df, source)

@@ -48,6 +48,25 @@ def temporary_sibling(path: str | os.PathLike) -> Path:
 
 _tmp_sibling = temporary_sibling
 
+_TEMPORARY_NAME = re.compile(r"\.tmp-\d+-[0-9a-f]{8}-[0-9a-f]{8}$")
+
+
+def check_not_temporary(path: str | os.PathLike, what: str = "input") -> None:
+    """Refuse an input that is, or lies inside, an unfinished output: a `temporary_sibling` of some output.
+
+    A killed stage (kill -9, OOM, a node lost) leaves `<out>.tmp-<pid>-<host>-<random>` holding part
+    of its output (a MEDS dataset without metadata/, a split missing, a label sidecar unwritten);
+    read as an input it gave tokens, labels and a "clean" audit of 88 of 100 subjects.
+
+    Raises:
+        UserError: naming the path, the temporary and what to do.
+    """
+    for part in Path(path).parts:
+        if _TEMPORARY_NAME.search(part):
+            raise UserError(f"{what} {path} is the unfinished output of an ehrfm command ({part}: the temporary name of an "
+                            "output that was never finished, e.g. its command was killed), so it may hold part of its "
+                            f"data; rerun that command to its end and use its output ({part.split('.tmp-')[0]})")
+
 
 def pid_alive(pid: int) -> bool:
     """True when process `pid` exists on this machine and is not a zombie."""
@@ -370,16 +389,22 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False, inputs=(), comma
         shutil.rmtree(tmp, ignore_errors=True)
         _reraise_named(e, out, tmp)
         raise
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        # another process made `out` while this one worked (two `ehrfm etl --out X` at once): swapping it
+        # out would replace that output without --overwrite, and both commands would say they wrote X
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"output {out} appeared while this command ran (another command wrote it?); nothing was written: "
+                        "pass --overwrite to replace it, or choose another --out")
     try:
-        if out.exists():
+        if out.exists() or out.is_symlink():
             old = _tmp_sibling(out)
             try:
                 with signals_deferred():  # Ctrl-C or SIGTERM between the two renames would leave no `out`
                     os.replace(out, old)
                     os.replace(tmp, out)
             finally:
-                if not tmp.exists():  # swapped: the old output goes
-                    shutil.rmtree(old, ignore_errors=True)
+                if not tmp.exists():  # swapped: the old output goes (a symlinked `out`: the link, not its target)
+                    _remove(old)
                 elif not out.exists() and old.exists():  # the second rename failed (EIO, ...): the old output goes back
                     os.replace(old, out)
         else:
@@ -416,6 +441,25 @@ def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked in this thread for the block: a process started inside it inherits the block for good.
+
+    Ctrl-C reaches a terminal's whole process group. A helper process started here (an ETL worker,
+    submitit's local job controller) never takes it, so it prints no KeyboardInterrupt traceback of
+    its own; this process gets it and stops the helpers its own way (a worker pool's terminate, a
+    launch's SIGTERM to each job, which checkpoints its trainer). A no-op where signals cannot be masked.
+    """
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def keep_sigint_ignored() -> None:

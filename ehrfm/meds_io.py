@@ -228,6 +228,9 @@ def open_meds(meds_dir: str | os.PathLike, check_static: bool = True) -> MedsDat
         UserError: not a MEDS dir, no shards, unknown split folders, shards beside split folders,
             a flat layout without subject_splits.parquet, or a shard lacking a MEDS 0.4 column.
     """
+    from ehrfm.io import check_not_temporary
+
+    check_not_temporary(meds_dir, "MEDS dataset")
     root = Path(meds_dir)
     if not root.is_dir():
         raise UserError(f"MEDS dataset {root} " + ("is a file, not a directory" if root.is_file() else "not found"))

@@ -72,6 +72,9 @@ class TokenDir:
     """A token dir written by `ehrfm tokenize` (see the module docstring)."""
 
     def __init__(self, path: str | os.PathLike):
+        from ehrfm.io import check_not_temporary
+
+        check_not_temporary(path, "token dir")
         self.path = Path(path)
         if not (self.path / "tokenizer.json").is_file():
             raise UserError(f"{self.path} is not a token dir: tokenizer.json not found (run `ehrfm tokenize` first)")

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ehrfm.errors import Terminated, UserError
-from ehrfm.io import progress, summary, warn, write_json
+from ehrfm.io import progress, sigint_blocked, summary, warn, write_json
 from ehrfm.results import ACTIVE, RunResult, Status, write_result
 from sweeps.job import TrainJob
 from sweeps.plan import check_tokenizer, load_sweep, run_train_config
@@ -947,7 +947,8 @@ def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, slots: 
                     group = free_gpu_groups.pop(0) if gpus else []
                     if gpus:
                         executor.update_parameters(gpus_per_node=len(group), visible_gpus=tuple(group))
-                    sj = executor.submit(job)
+                    with sigint_blocked():  # Ctrl-C is the launcher's to relay: no controller traceback
+                        sj = executor.submit(job)
                     running[job.run_id] = (sj, job, group)
                     bookkeeping(_write_record, sweep_dir, job.run_id, job_id=f"local-{sj.job_id}", job_pid=int(sj.job_id))
                     report.submitted.append(job.run_id)

@@ -1084,8 +1084,9 @@ def _recipe_changes(old: SweepConfig, new: SweepConfig) -> list[str]:
 
 def load_sweep(sweep_dir: str | Path) -> tuple[SweepConfig, list[dict]]:
     """SweepConfig and plan rows of a planned sweep dir (UserError if it is not one, or a file is damaged)."""
-    from ehrfm.io import read_parquet
+    from ehrfm.io import check_not_temporary, read_parquet
 
+    check_not_temporary(sweep_dir, "sweep dir")
     sweep_dir = Path(sweep_dir)
     if not (sweep_dir / SWEEP_JSON).is_file():
         raise UserError(f"{sweep_dir} is not a sweep dir: {SWEEP_JSON} not found (run `ehrfm sweep plan` first)")

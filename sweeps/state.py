@@ -399,15 +399,30 @@ def _local_state(record: dict) -> Status | None:
 
 
 def _foreign(result: RunResult, row: dict | None, fingerprint: str | None) -> list[str]:
-    """The identity fields where a finished result.json differs from its plan row ([] when it is the run's own)."""
+    """The identity fields where a finished result.json differs from its plan row ([] when it is the run's own).
+
+    A completed result must also carry each of them (ehrfm.train writes them all): one without its
+    tokenizer fingerprint (another tokenizer's run, the key deleted) or a bare {"status":
+    "completed", "val_loss": 0.1} was taken as the run's own, its loss fitted beside the plan's N and D.
+    """
     diffs = []
+    completed = result.status == Status.COMPLETED
+
+    def absent(v) -> bool:
+        return v is None or not isinstance(v, str | int | float)  # null, or left out of the file
+
     if row:
         for k in _IDENTITY_FIELDS:
             have, want = getattr(result, k), row.get(k)
-            if have is not None and want is not None and have != want:
+            if not absent(have) and want is not None and have != want:
                 diffs.append(f"{k} {have} (planned {want})")
-    if fingerprint and result.tokenizer_fingerprint and result.tokenizer_fingerprint != fingerprint:
-        diffs.append(f"tokenizer_fingerprint {result.tokenizer_fingerprint[:12]} (planned {fingerprint[:12]})")
+            elif completed and absent(have) and want is not None:
+                diffs.append(f"no {k} (planned {want})")
+    have = result.tokenizer_fingerprint
+    if fingerprint and not absent(have) and have != fingerprint:
+        diffs.append(f"tokenizer_fingerprint {str(have)[:12]} (planned {fingerprint[:12]})")
+    elif fingerprint and completed and row and absent(have):
+        diffs.append(f"no tokenizer_fingerprint (planned {fingerprint[:12]})")
     return diffs
 
 

@@ -165,3 +165,16 @@ def test_an_ehrfm_file_output_is_recognised_by_its_content_whatever_its_name(tmp
         check_overwrite(tmp_path / "L.json", True, command="audit")
     with pytest.raises(UserError, match="is a file ehrfm did not write"):
         check_overwrite(tmp_path / "mine.parquet", True, command="labels")
+
+
+def test_a_fit_that_fails_names_the_rows_it_left_out():
+    """A failed fit said only "1e+10: 2 distinct model size(s)"; the run left out (failed, or above uniform
+    guessing) that made it so was named only by a warning of a fit that succeeds. Now the error names it."""
+    t = synthetic_results(HOFFMANN, budgets=BUDGETS[:2], sizes=3, span_decades=0.8, noise=0.002, seed=0)
+    t = t.with_columns(status=pl.when(pl.int_range(pl.len()) == 1).then(pl.lit("failed")).otherwise(pl.lit("completed")),
+                       error=pl.lit(None, pl.String))
+    gone = t["run_id"][1]
+    with pytest.raises(UserError) as e, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit_results(load_results(t), config=FitConfig(approaches=(2,), bootstrap=0, holdout=False))
+    assert f"(1 row(s) not fitted: status failed 1: {gone})" in str(e.value), str(e.value)

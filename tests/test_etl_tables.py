@@ -174,7 +174,7 @@ def test_ed_directory_without_edstays_is_refused_naming_it(tmp_path, repo_root):
     assert len(lines) == 1 and str(raw / "ed") in lines[0] and "edstays" in lines[0]
     assert not (tmp_path / "meds").exists() and not list(tmp_path.glob("meds.tmp*"))
     # Without the ED tables selected, the same directory converts.
-    assert _cli([raw, "--out", tmp_path / "meds", "--tables", "labevents", "--split-fractions", "1,0,0"],
+    assert _cli([raw, "--out", tmp_path / "meds", "--tables", "admissions", "--split-fractions", "1,0,0"],
                 repo_root).returncode == 0
 
 
@@ -194,7 +194,12 @@ def test_tables_flag_chooses_the_tables(tmp_path, repo_root):
     bad = _cli([raw, "--out", tmp_path / "m2", "--tables", "labevents,chartevnts"], repo_root)
     assert bad.returncode == 2 and "chartevnts" in bad.stderr and "icu/chartevents" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
-    assert select_tables(None) == select_tables("") and "ed/pyxis" in select_tables(None)
+    assert "ed/pyxis" in select_tables(None)
+    # Nothing named (an unset shell variable) converted every table; a table named but absent converted none of it.
+    for tables, says in (("", "--tables: no table named"), (" , ", "--tables: no table named"),
+                         ("emar,chartevents", "--tables names icu/chartevents, which")):
+        refused = _cli([raw, "--out", tmp_path / "m3", "--tables", tables], repo_root)
+        assert refused.returncode == 2 and says in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
 
 
 def test_mimic_iv_3_1_shaped_tables_convert_like_2_2(tmp_path):
@@ -249,6 +254,34 @@ def test_shards_assembled_in_small_chunks_equal_whole_shards(synth_raw, synth_me
             assert pl.read_parquet(a).equals(pl.read_parquet(b)), (split, a.name)
     acc = [json.loads((d / "metadata/etl_config.json").read_text())["tables"] for d in (synth_meds, tmp_path / "chunked")]
     assert acc[0] == acc[1]
+
+
+def test_a_table_without_its_header_line_is_refused_without_its_first_rows_values(tmp_path):
+    """A table exported without its header line: its first data row was printed as the "column set"
+    (a subject's id, gender, age and year). Now the error says the header is missing and shows no value."""
+    for table, text in (("hosp/patients", PATIENTS), ("hosp/admissions", ADMISSIONS)):
+        msg = _refusal(tmp_path / table.replace("/", "_"), {table: text.split("\n", 1)[1]})
+        assert f"{table.split('/')[1]}.csv: the first line is not a header" in msg and "(values not shown)" in msg, msg
+        first = text.split("\n")[1].split(",")
+        assert not [v for v in first if v and v in msg.split(": ", 1)[1]], msg  # neither the id, nor F, nor the times
+
+
+def test_admission_times_without_a_time_of_day_are_refused(tmp_path):
+    """admittime written as dates (an export that dropped the times) was placed at each day's end: a
+    discharge and the next admission of one day tied, and `ehrfm labels` wrote labels whose histories
+    held their outcome (the audit: leakage in all four tasks). Now refused, naming the column and count."""
+    one = ADMISSIONS.replace("2150-02-01 09:00:00", "2150-02-01")
+    msg = _refusal(tmp_path / "one", {"hosp/admissions": one})
+    assert "admissions.csv: column 'admittime' has 1 value written as a date without a time of day" in msg, msg
+    both = one.replace("2150-01-01 10:00:00", "2150-01-01")
+    assert "column 'admittime' has 2 values written as a date" in _refusal(tmp_path / "both", {"hosp/admissions": both})
+    header_only = ADMISSIONS.split("\n", 1)[0] + "\n"  # required like patients, refused like them
+    assert "admissions.csv: no admissions (the table has no rows)" in _refusal(tmp_path / "none", {"hosp/admissions": header_only})
+    # A midnight is a time (planned admissions): kept, as are dates in other time columns (the date-only rule).
+    midnight = ADMISSIONS.replace("2150-02-01 09:00:00", "2150-02-01 00:00:00").replace("2150-02-03 12:00:00", "2150-02-03")
+    etl(_raw(tmp_path / "m", {"hosp/admissions": midnight}), tmp_path / "m/meds", split_fractions=(1.0, 0.0, 0.0))
+    admitted = _events(tmp_path / "m/meds").filter(pl.col("code").str.starts_with("HOSPITAL_ADMISSION//"))
+    assert sorted(str(t) for t in admitted["time"]) == ["2150-01-01 10:00:00", "2150-02-01 00:00:00"]
 
 
 def test_a_renamed_optional_column_is_refused_not_read_as_missing(tmp_path):

@@ -265,3 +265,54 @@ def test_utc_by_any_name_is_the_naive_clock_and_empty_outs_and_stale_tasks_are_n
         refused(capsys, *argv, says="the output path is empty (--out ''): give a path")
     refused(capsys, "audit", data["meds"], "--labels", data["labels"] / "long_los.parquet", "--task", "in_hospital_mortality",
             says="--task in_hospital_mortality, but the sidecar of label file")
+
+
+def test_an_unfinished_output_is_refused_as_any_commands_input(data, tmp_path, capsys):
+    """A killed `ehrfm etl` (kill -9) leaves MEDS.tmp-<pid>-<host>-<random> holding part of the dataset (no
+    metadata/, a split missing): tokenize, labels and the audit read it, and the audit called 88 of 100 subjects
+    "clean". Every reader now refuses an unfinished output, whichever stage left it."""
+    import shutil
+
+    from ehrfm.io import temporary_sibling
+
+    says = "is the unfinished output of an ehrfm command"
+    meds = temporary_sibling(tmp_path / "meds")
+    shutil.copytree(data["meds"], meds)
+    shutil.rmtree(meds / "metadata")  # as a kill during the ETL's last step leaves it
+    labels, tok = temporary_sibling(tmp_path / "labels"), temporary_sibling(tmp_path / "tok")
+    shutil.copytree(data["labels"], labels)
+    shutil.copytree(data["tok"], tok)
+    refused(capsys, "tokenize", meds, "--out", tmp_path / "t", says=says)
+    refused(capsys, "labels", meds, "--task", "all", "--out", tmp_path / "l", says=says)
+    refused(capsys, "audit", meds, "--labels", data["labels"], says=says)
+    refused(capsys, "audit", data["meds"], "--labels", labels, says=says)
+    refused(capsys, "baseline", data["meds"], "--labels", labels / "long_los.parquet", "--out", tmp_path / "b", says=says)
+    refused(capsys, "sweep", "plan", "--tokens", tok, "--budgets", "1e11", "--out", tmp_path / "s", says=says)
+    results = temporary_sibling(tmp_path / "results.parquet")
+    results.write_text("run_id,n_params,tokens,flops,loss\n")
+    refused(capsys, "fit", results, "--out", tmp_path / "f", says=says)
+    assert not any((tmp_path / name).exists() for name in ("t", "l", "b", "s", "f"))
+
+
+def test_an_output_made_by_another_process_meanwhile_is_not_replaced_without_overwrite(tmp_path):
+    """Two `ehrfm etl --out X` at once: the later to finish swapped the other's output out, without --overwrite,
+    and both said they wrote X. Now the second is refused when it would commit, and writes nothing."""
+    from ehrfm.io import atomic_dir, stale_temporaries
+
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="appeared while this command ran"), atomic_dir(out, command="etl") as tmp:
+        (tmp / "mine").write_text("1")
+        with atomic_dir(out, command="etl") as other:  # the other process, finishing first
+            (other / "theirs").write_text("2")
+    assert sorted(p.name for p in out.iterdir()) == [OUTPUT_MARKER, "theirs"]
+    assert not stale_temporaries(out) and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    # A symlinked output replaced with --overwrite: the link goes, its target stays; no leftover link beside it.
+    target = tmp_path / "target"
+    with atomic_dir(target, command="etl") as t:
+        (t / "old").write_text("0")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    with atomic_dir(link, overwrite=True, command="etl") as t:
+        (t / "new").write_text("1")
+    assert not link.is_symlink() and (link / "new").is_file() and (target / "old").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "out", "target"]

@@ -90,6 +90,29 @@ def test_a_result_json_of_another_run_or_sweep_is_never_used_as_this_runs(sweep)
     assert f"would submit {copied['run_id']} (failed)" in dry.stdout and f"would submit {other_tok['run_id']} (failed)" in dry.stdout
 
 
+def test_a_completed_result_json_without_its_identity_fields_is_never_used(sweep):
+    """Fields were compared only when present: another tokenizer's result with its fingerprint deleted, or a
+    bare {"status": "completed", "val_loss": 0.1}, was this run's, its loss collected beside the plan's N and D."""
+    sweep_dir, rows = sweep
+    fp = fingerprint_of(sweep_dir)
+    no_fp = completed_result(rows[0], fp, val_loss=3.2)
+    del no_fp["tokenizer_fingerprint"]
+    write(sweep_dir / "runs" / rows[0]["run_id"] / "result.json", no_fp)
+    write(sweep_dir / "runs" / rows[1]["run_id"] / "result.json", {"status": "completed", "val_loss": 0.1})
+    write(sweep_dir / "runs" / rows[2]["run_id"] / "result.json", completed_result(rows[2], fp, val_loss=3.6))
+    # a failed run's result names no shape (a start-up crash writes none): still its own failure
+    write(sweep_dir / "runs" / rows[3]["run_id"] / "result.json", {"status": "failed", "error": "trainer killed by signal 9"})
+    status = ehrfm("sweep", "status", sweep_dir)
+    assert status.returncode == 0 and "4 runs: 1 completed, 3 failed" in status.stdout, status.stdout
+    lines = {ln.split(":")[0]: ln for ln in status.stdout.splitlines() if ": failed: " in ln}
+    assert f"is not this run's: no tokenizer_fingerprint (planned {fp[:12]})" in lines[rows[0]["run_id"]]
+    assert f"is not this run's: no n_layer (planned {rows[1]['n_layer']}), no d_model" in lines[rows[1]["run_id"]]
+    assert "is not this run's" not in lines[rows[3]["run_id"]] and "signal 9" in lines[rows[3]["run_id"]]
+    assert ehrfm("sweep", "collect", sweep_dir).returncode == 0
+    table = {r["run_id"]: r for r in read_parquet(sweep_dir / "results.parquet").to_pylist()}
+    assert [table[r["run_id"]]["loss"] for r in rows] == [None, None, 3.6, None]
+
+
 def test_a_damaged_job_record_names_its_run_and_the_others_are_still_reported(sweep):
     """jobs/<id>.json torn (a full disk, a node dying mid-write where rename is not atomic): status,
     collect and launch used to exit 2 on it for the whole sweep. Now that run is `unknown` with the

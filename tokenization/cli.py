@@ -85,7 +85,7 @@ def _run_etl(args) -> int:
     options = dict(split_fractions=args.split_fractions, split_seed=args.split_seed, shard_subjects=args.shard_subjects)
     if args.splits:
         options["splits_file"] = args.splits
-    if args.tables:
+    if args.tables is not None:  # --tables "" is refused (etl.named_tables), never read as every table
         options["tables"] = args.tables
     if args.workers is not None:
         options["workers"] = args.workers

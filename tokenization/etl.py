@@ -224,7 +224,6 @@ import datetime as dt
 import gzip
 import os
 import re
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -351,6 +350,11 @@ class Table:
     dates: list[str] = field(default_factory=list)  # DATE columns in MIMIC-IV's schema: every value is a day
     code_prefixes: dict[str, list[str]] = field(default_factory=dict)  # time column -> codes it times
     fallback: dict[str, str] = field(default_factory=dict)  # time column -> a DATE column used where it is empty
+    # Time columns whose every value must have a time of day (a date refuses the file): admittime orders a
+    # subject's stays and sets the labels' prediction times; at its day's end (the date-only rule) a stay
+    # opened at its own discharge, or a discharge and the next admission of one day tied, and the next
+    # stay's admission entered the readmission history (`ehrfm audit`: leakage in all four tasks).
+    timed_only: list[str] = field(default_factory=list)
     # time column -> the column recording when the row was stored (MIMIC-IV's storetime): the
     # event is placed at the later of the two, when its content was known (module docstring).
     stored_at: dict[str, str] = field(default_factory=dict)
@@ -805,6 +809,7 @@ TABLES: list[Table] = [
     Table("hosp/admissions", ["subject_id", "hadm_id", "admittime", "dischtime", "deathtime", "admission_type",
                               "admission_location", "discharge_location", "edregtime", "edouttime"],
           times=["admittime", "dischtime", "deathtime", "edregtime", "edouttime"], ints=["hadm_id"], to_events=_admissions, required=True,
+          timed_only=["admittime"],
           key="hadm_id",
           code_prefixes={"admittime": ["HOSPITAL_ADMISSION//"], "dischtime": ["HOSPITAL_DISCHARGE//", "DIAGNOSIS//ICD//", "DRG//"],
                          "deathtime": ["MEDS_DEATH"], "edregtime": ["ED_REGISTRATION"], "edouttime": ["ED_OUT"]}),
@@ -1144,6 +1149,10 @@ def _check_columns(path: Path, needed: list[str], optional: set[str] = frozenset
             columns the file has (names only, never values).
     """
     header = _header(path, table)
+    if _values_in_header(header):  # its cells would be a patient's values in every message below
+        raise UserError(f"{path}: the first line is not a header: {_values_in_header(header)} of its {len(header)} fields "
+                        f"are numbers or dates where table {table or path.name} names its columns (values not shown); the "
+                        "file seems to have been exported without its header line: export it again with the header")
     by_lower = {}
     for c in header:
         by_lower.setdefault(c.strip().lower(), c)
@@ -1164,6 +1173,11 @@ def _check_columns(path: Path, needed: list[str], optional: set[str] = frozenset
         raise UserError(f"{path}: table {table} has an unexpected column set for MIMIC-IV 2.2/3.x: no "
                         f"{', '.join(map(repr, absent))} but {', '.join(map(repr, unknown))} (columns: {', '.join(header)})")
     return {c: by_lower[c] for c in needed if c in by_lower}
+
+
+def _values_in_header(header: list[str]) -> int:
+    """How many header cells look like values (start with a digit, a sign or a decimal point): no MIMIC-IV column name does."""
+    return sum(bool(re.match(r"\s*[-+.]?\d", c)) for c in header)
 
 
 def _read_batches(path: Path, columns: list[str] | dict[str, str], block_size: int):
@@ -1414,9 +1428,10 @@ class _BadValues:
         self.zones: dict[str, int] = {}  # column -> how many of its unparseable times carry a time zone
         self.slashes: dict[str, int] = {}  # column -> how many of its unparseable times are 1/2/2150-style dates
         self.control: dict[str, int] = {}  # column -> values holding a NUL byte (_without_control_characters)
+        self.dates: dict[str, int] = {}  # Table.timed_only column -> its values written without a time of day
 
     def __bool__(self) -> bool:
-        return bool(self.counts or self.control)
+        return bool(self.counts or self.control or self.dates)
 
     def add(self, col: str, kind: str, n: int, markers: int = 0, zones: int = 0, slashes: int = 0):
         if n:
@@ -1431,6 +1446,11 @@ class _BadValues:
             raise UserError(f"{self.path}: column {col!r} has {n} value{'s' if n != 1 else ''} holding a NUL byte: "
                             "MIMIC-IV's values hold none; a damaged copy (a block of zeros) or binary data in a text "
                             "field? Download or export the file again")
+        for col, n in self.dates.items():
+            raise UserError(f"{self.path}: column {col!r} has {n} value{'s' if n != 1 else ''} written as a date without a "
+                            "time of day: a subject's stays are ordered by it and the labels predict from it, which a date "
+                            "cannot do (a discharge and the next admission of one day would tie); MIMIC-IV's files give "
+                            f"{col} to the second: use the file as downloaded, or export {col} with its times")
         if self.counts:
             col, (kind, n) = next(iter(self.counts.items()))
             k = self.markers.get(col, 0)
@@ -1526,6 +1546,8 @@ def _typed(df: pl.DataFrame, table: Table, bad: _BadValues, ctx: Context) -> pl.
     for c in times:
         n = int(counts.get(f"date:{c}", 0))
         ctx.date_only[(table.name, c)] = ctx.date_only.get((table.name, c), 0) + n
+        if n and c in table.timed_only:
+            bad.dates[c] = bad.dates.get(c, 0) + n
         ctx.count(ctx.midnight, c, int(counts.get(f"midnight:{c}", 0)), table.name)
     return typed.with_columns(
         [_usable_number(pl.col(c)).alias(c) for c in floats]
@@ -1592,6 +1614,22 @@ def _lean_arrow_memory() -> None:
         pass
 
 
+def named_tables(names: list[str] | str) -> list[str]:
+    """The full names (module/table) of the tables named, as given to --tables (UserError: see select_tables)."""
+    if isinstance(names, str):
+        names = names.split(",")
+    names = [n.strip() for n in names if n.strip()]
+    if not names:
+        raise UserError("--tables: no table named; name the tables to convert (e.g. --tables labevents,prescriptions), "
+                        "or leave --tables out to convert every table")
+    short = {n.split("/", 1)[1]: n for n in TABLE_NAMES}
+    full = [n if n in TABLE_NAMES else short.get(n) for n in names]
+    unknown = [n for n, f in zip(names, full, strict=True) if f is None]
+    if unknown:
+        raise UserError(f"--tables: unknown table {unknown[0]!r}; known tables: {', '.join(TABLE_NAMES)}")
+    return full
+
+
 def select_tables(names: list[str] | str | None) -> list[str]:
     """The tables to convert, in ETL order, from names like `hosp/labevents` or `labevents`.
 
@@ -1599,28 +1637,18 @@ def select_tables(names: list[str] | str | None) -> list[str]:
     ED table brings ed/edstays (its stay times) and hosp/emar_detail brings hosp/emar (its times).
 
     Args:
-        names: table names (a list or one comma-separated string); None or empty: every table.
+        names: table names (a list or one comma-separated string); None: every table.
 
     Returns:
         Full table names (module/table), in TABLES order.
 
     Raises:
-        UserError: a name that is no table of MIMIC-IV this ETL reads (the known names listed).
+        UserError: a name that is no table of MIMIC-IV this ETL reads (the known names listed), or
+            no name at all (`--tables ''`, an unset shell variable: it converted every table).
     """
     if names is None:
         return list(TABLE_NAMES)
-    if isinstance(names, str):
-        names = names.split(",")
-    names = [n.strip() for n in names if n.strip()]
-    if not names:
-        return list(TABLE_NAMES)
-    short = {n.split("/", 1)[1]: n for n in TABLE_NAMES}
-    chosen = {"hosp/patients", "hosp/admissions"}
-    for n in names:
-        full = n if n in TABLE_NAMES else short.get(n)
-        if full is None:
-            raise UserError(f"--tables: unknown table {n!r}; known tables: {', '.join(TABLE_NAMES)}")
-        chosen.add(full)
+    chosen = {"hosp/patients", "hosp/admissions", *named_tables(names)}
     by_name = {t.name: t for t in TABLES}
     for n in list(chosen):
         if by_name[n].module == "ed":
@@ -1670,6 +1698,7 @@ def _resolve_tables(raw: Path, cfg: EtlConfig) -> tuple[list, dict, list[str], d
     The tables to read (cfg.tables normalised in place), their files (None: absent), the absent
     names and the columns used per present table; raises UserError on a required table missing.
     """
+    asked = [] if cfg.tables is None else named_tables(cfg.tables)
     selected = select_tables(cfg.tables)
     cfg.tables = None if cfg.tables is None else selected
     has_ed = any(d.is_dir() and d.name.lower() == "ed" for d in raw.iterdir())
@@ -1690,6 +1719,10 @@ def _resolve_tables(raw: Path, cfg: EtlConfig) -> tuple[list, dict, list[str], d
         if t.timed_by and present.get(t.timed_by) is None:
             present[t.name] = None
     missing = [t.name for t in wanted if present[t.name] is None]
+    absent = [n for n in asked if n in missing]
+    if absent:  # named, yet absent: none of its events, and exit 0 said nothing was wrong
+        raise UserError(f"--tables names {', '.join(absent)}, which {raw} lacks ({absent[0]}.csv.gz or .csv, or a table "
+                        "it needs); leave it out of --tables, or add the file")
     # Check every header up front: a missing column fails in seconds, not after an hour.
     used_columns = {}
     for t in wanted:
@@ -2049,13 +2082,10 @@ def _submit(pool, fn, *args):
     KeyboardInterrupt traceback. Blocked there, it reaches this process only, which stops the
     workers (_worker_pool).
     """
-    if not hasattr(signal, "pthread_sigmask"):
+    from ehrfm.io import sigint_blocked
+
+    with sigint_blocked():
         return pool.submit(_job, fn, *args)
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        return pool.submit(_job, fn, *args)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 _worker_set_up = False  # in a worker: _job's first call has run
@@ -2257,6 +2287,9 @@ def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context
         # Needed whole: a discharge's placement depends on the subject's next admission, and every
         # stay-bound table needs the placed discharge.
         adm = batches[0] if batches else None
+        if adm is None and not bad:  # a header-only file: 0 events, and `ehrfm labels` failed later, far from the cause
+            raise UserError(f"{path}: no admissions (the table has no rows): every hospital stay, and so every clinical "
+                            "label, comes from it; use the file as downloaded")
         if adm is not None:
             adm = _keep(adm, ctx, ~(pl.col("dischtime") < pl.col("admittime")).fill_null(False), "discharge_before_admission")
             adm = _place_discharges(adm, ctx)

@@ -826,6 +826,9 @@ def read_labels(path: str | os.PathLike, allow_empty: bool = False, data_zones: 
     import pyarrow.parquet as pq
     from meds import LabelSchema
 
+    from ehrfm.io import check_not_temporary
+
+    check_not_temporary(path, "label file")
     path = Path(path)
     if path.is_dir():
         files = _visible_parquet_files(path)

@@ -135,7 +135,9 @@ def load_run(run_dir: str | os.PathLike, td: TokenDir, device: str = "cpu", n_la
     a token dir whose tuning/held_out subjects the run was pretrained on (check_not_pretrained_on).
     """
     from ehrfm.checkpoint import load_model
+    from ehrfm.io import check_not_temporary
 
+    check_not_temporary(run_dir, "run dir")
     run_dir = Path(run_dir)
     require_completed(run_dir, "a clinical head", allow_incomplete)
     model, cfg = load_model(run_dir, device)
