@@ -106,8 +106,11 @@ def test_intact_result_json_is_still_read(sweep):
     sweep_dir, ids = sweep
     run = sweep_dir / "runs" / ids[0]
     run.mkdir(parents=True)
-    planned = read_parquet(sweep_dir / "plan.parquet").to_pylist()[0]  # its own run's D (another D is another run's result)
-    (run / "result.json").write_text(json.dumps({**COMPLETED, "tokens": planned["tokens"]}))
+    # its own run's identity, as the trainer writes it (another D, or none, is another run's result)
+    planned = read_parquet(sweep_dir / "plan.parquet").to_pylist()[0]
+    own = {k: planned[k] for k in ("tokens", "n_layer", "d_model", "n_head", "context", "seed")}
+    fingerprint = json.loads((sweep_dir / "sweep.json").read_text())["tokenizer_fingerprint"]
+    (run / "result.json").write_text(json.dumps({**COMPLETED, **own, "tokenizer_fingerprint": fingerprint}))
     p = ehrfm("sweep", "status", sweep_dir)
     assert p.returncode == 0 and "completed" in p.stdout, p.stderr
 
