@@ -1,7 +1,7 @@
 """Shared file helpers: atomic outputs, JSON with dataclasses, progress bars.
 
 Every stage writes through these so that an interrupted run never leaves a half-written output:
-directories are built under `<out>.tmp-<pid>-<random>` and renamed into place; single files are
+directories are built under `<out>.tmp-<pid>-<host>-<random>` and renamed into place; single files are
 written to a temporary sibling and `os.replace`d.
 """
 
@@ -46,9 +46,17 @@ def temporary_sibling(path: str | os.PathLike) -> Path:
     return path.with_name(f"{path.name}.tmp-{os.getpid()}-{_HOST_TAG}-{secrets.token_hex(4)}")
 
 
-_tmp_sibling = temporary_sibling
+# Before host tags, temporaries were `<out>.tmp-<pid>-<random>`: a killed run of that version left some.
+_TEMPORARY_SUFFIX = re.compile(r"\.tmp-(\d+)-(?:([0-9a-f]{8})-)?[0-9a-f]{8}$")
 
-_TEMPORARY_NAME = re.compile(r"\.tmp-\d+-[0-9a-f]{8}-[0-9a-f]{8}$")
+
+def temporary_parts(name: str) -> tuple[str, int, str | None] | None:
+    """(output name, pid, host tag) of a name `temporary_sibling` makes; None for any other name.
+
+    The host tag is None in a name of the earlier form without one (taken as this machine's).
+    """
+    m = _TEMPORARY_SUFFIX.search(name)
+    return (name[:m.start()], int(m[1]), m[2]) if m else None
 
 
 def check_not_temporary(path: str | os.PathLike, what: str = "input") -> None:
@@ -62,10 +70,10 @@ def check_not_temporary(path: str | os.PathLike, what: str = "input") -> None:
         UserError: naming the path, the temporary and what to do.
     """
     for part in Path(path).parts:
-        if _TEMPORARY_NAME.search(part):
+        if (temporary := temporary_parts(part)) is not None:
             raise UserError(f"{what} {path} is the unfinished output of an ehrfm command ({part}: the temporary name of an "
                             "output that was never finished, e.g. its command was killed), so it may hold part of its "
-                            f"data; rerun that command to its end and use its output ({part.split('.tmp-')[0]})")
+                            f"data; rerun that command to its end and use its output ({temporary[0]})")
 
 
 def pid_alive(pid: int) -> bool:
@@ -92,7 +100,7 @@ def _remove(path: Path) -> None:
 
 
 def stale_temporaries(path: str | os.PathLike, other_hosts: bool = False) -> list[Path]:
-    """The `<path>.tmp-<pid>-*` siblings left by processes that are no longer alive.
+    """The `temporary_sibling`s of `path` left by processes that are no longer alive.
 
     A temporary whose name carries another machine's host tag is reported only with
     `other_hosts=True` (for a caller that holds an exclusive lock on the directory, e.g. a trainer
@@ -103,23 +111,20 @@ def stale_temporaries(path: str | os.PathLike, other_hosts: bool = False) -> lis
     parent = path.parent
     if not parent.is_dir():
         return []
-    prefix = f"{path.name}.tmp-"
     stale = []
     try:
         names = os.listdir(parent)
     except OSError:
         return []
     for name in names:
-        if not name.startswith(prefix):
+        temporary = temporary_parts(name)
+        if temporary is None or temporary[0] != path.name:
             continue
-        parts = name[len(prefix):].split("-")
-        if not parts[0].isdigit():
-            continue
-        if len(parts) >= 3 and parts[1] != _HOST_TAG:
+        _, pid, host = temporary
+        if host not in (None, _HOST_TAG):
             if other_hosts:
                 stale.append(parent / name)
-            continue
-        if not pid_alive(int(parts[0])):
+        elif not pid_alive(pid):
             stale.append(parent / name)
     return sorted(stale)
 
@@ -372,7 +377,7 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False, inputs=(), comma
     if out.exists() and not out.is_dir():
         raise UserError(f"output {out} exists and is a regular file, not a directory; choose another --out")
     check_overwrite(out, overwrite, inputs, command=None if command == "ehrfm" else command)
-    tmp = _tmp_sibling(out)
+    tmp = temporary_sibling(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out)
@@ -397,7 +402,7 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False, inputs=(), comma
                         "pass --overwrite to replace it, or choose another --out")
     try:
         if out.exists() or out.is_symlink():
-            old = _tmp_sibling(out)
+            old = temporary_sibling(out)
             try:
                 with signals_deferred():  # Ctrl-C or SIGTERM between the two renames would leave no `out`
                     os.replace(out, old)
@@ -426,7 +431,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     check_writable_path(path)
     if path.is_dir():
         raise UserError(f"output {path} is a directory, not a file; choose another path")
-    tmp = _tmp_sibling(path)
+    tmp = temporary_sibling(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path)
@@ -534,7 +539,7 @@ def atomic_files(*paths: str | os.PathLike) -> Iterator[tuple[Path, ...]]:
         check_writable_path(path)
         if path.is_dir():
             raise UserError(f"output {path} is a directory, not a file; choose another path")
-    tmps = tuple(_tmp_sibling(p) for p in paths)
+    tmps = tuple(temporary_sibling(p) for p in paths)
     try:
         for path in paths:
             path.parent.mkdir(parents=True, exist_ok=True)

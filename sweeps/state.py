@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ehrfm.errors import UserError
-from ehrfm.io import read_json
+from ehrfm.io import read_json, temporary_parts
 from ehrfm.results import ACTIVE, RunResult, Status
 from ehrfm.results import read_result as _read_result
 from ehrfm.run_lock import flock, run_dir_busy
@@ -409,7 +409,8 @@ def _foreign(result: RunResult, row: dict | None, fingerprint: str | None) -> li
     completed = result.status == Status.COMPLETED
 
     def absent(v) -> bool:
-        return v is None or not isinstance(v, str | int | float)  # null, or left out of the file
+        # RunResult reads a field left out of the file as None, as it does null; a list or an object is no value either
+        return not isinstance(v, str | int | float)
 
     if row:
         for k in _IDENTITY_FIELDS:
@@ -500,7 +501,8 @@ def run_states(sweep_dir: str | Path, run_ids: list[str], plan: list[dict] | Non
     rdir = runs_dir(sweep_dir)
     if rdir.is_dir():
         planned = set(ids)
-        ids += sorted(p.name for p in rdir.iterdir() if p.is_dir() and p.name not in planned and ".tmp-" not in p.name)
+        ids += sorted(p.name for p in rdir.iterdir() if p.is_dir() and p.name not in planned
+                      and temporary_parts(p.name) is None)
     records, record_notes = {}, {}
     for rid in ids:
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import polars as pl
@@ -316,3 +317,18 @@ def test_an_output_made_by_another_process_meanwhile_is_not_replaced_without_ove
         (t / "new").write_text("1")
     assert not link.is_symlink() and (link / "new").is_file() and (target / "old").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "out", "target"]
+
+
+def test_one_rule_reads_a_temporary_name_for_every_reader():
+    """Readers refusing unfinished outputs, the cleanup of dead processes' temporaries and `sweep status`'s
+    foreign run dirs all read `temporary_sibling`'s name form through `temporary_parts`."""
+    from ehrfm.io import _HOST_TAG, check_not_temporary, temporary_parts, temporary_sibling
+
+    name = temporary_sibling(Path("/data/meds")).name
+    assert temporary_parts(name) == ("meds", os.getpid(), _HOST_TAG)
+    assert temporary_parts("checkpoint.tmp-4242-abcd1234") == ("checkpoint", 4242, None)  # the earlier form, no host
+    for other in ("meds", "meds.tmp", "meds.tmp-notes", "meds.tmp-12-xyz", "meds.tmp-12-abcd1234-extra", "run.tmp-"):
+        assert temporary_parts(other) is None, other
+        check_not_temporary(Path("/data") / other / "data")
+    with pytest.raises(UserError, match=r"unfinished output .*\(meds\)$"):
+        check_not_temporary(Path("/data") / name / "data" / "0.parquet")

@@ -1149,8 +1149,8 @@ def _check_columns(path: Path, needed: list[str], optional: set[str] = frozenset
             columns the file has (names only, never values).
     """
     header = _header(path, table)
-    if _values_in_header(header):  # its cells would be a patient's values in every message below
-        raise UserError(f"{path}: the first line is not a header: {_values_in_header(header)} of its {len(header)} fields "
+    if values := _values_in_header(header):  # its cells would be a patient's values in every message below
+        raise UserError(f"{path}: the first line is not a header: {values} of its {len(header)} fields "
                         f"are numbers or dates where table {table or path.name} names its columns (values not shown); the "
                         "file seems to have been exported without its header line: export it again with the header")
     by_lower = {}
