@@ -213,3 +213,55 @@ def test_discharge_rows_no_stay_ends_with_are_counted(tmp_path):
     _shard(tmp_path / "b" / "data" / "train" / "0.parquet", sorted(rows, key=lambda r: r[1] or datetime.min), True)
     _, info = make_labels(tmp_path / "b", "long_los")
     assert info["discharges_not_paired"] == 1
+
+
+def test_a_next_stay_whose_care_began_before_the_discharge_or_whose_times_are_backwards_labels_nothing_it_decides(tmp_path):
+    # (1) On the real MIMIC-IV demo one readmission's ED registration (under its hadm_id) is 6 h 40 min before the
+    # previous stay's discharge; with its admittime 3 h after that discharge, the previous stay's readmission label
+    # was positive with the next stay's ED_REGISTRATION and orders in its history, and the audit said clean. Care
+    # begun under the next stay's id before the discharge (or within the transfer window) now continues the stay.
+    # (2) The ETL dropped a stay whose dischtime precedes its admittime, turning the stay before it negative; now it
+    # keeps it, and a label that depends on which of its two times is the admission is excluded.
+    from test_labels import ADM, DIS
+
+    ed = "ED_REGISTRATION"
+    s1 = [(1, T0, ADM, 11), (1, T0 + d(5), DIS, 11), (1, T0 + d(5) - h(7), ed, 12), (1, T0 + d(5) + h(3), ADM, 12),
+          (1, T0 + d(9), DIS, 12)]
+    # Subject 2: its next stay written backwards, spanning day 20 to day 40 after the discharge (label unknown);
+    # subject 3: backwards too, but both of its times within 30 days (positive either way).
+    s2 = [(2, T0, ADM, 21), (2, T0 + d(5), DIS, 21), (2, T0 + d(45), ADM, 22), (2, T0 + d(25), DIS, 22)]
+    s3 = [(3, T0, ADM, 31), (3, T0 + d(5), DIS, 31), (3, T0 + d(20), ADM, 32), (3, T0 + d(10), DIS, 32)]
+    meds = tmp_path / "meds"
+    _shard(meds / "data" / "train" / "0.parquet", sorted(s1 + s2 + s3, key=lambda r: (r[0], r[1])), True)
+    labels, info = make_labels(meds, "all")
+    readmission = info["readmission_30d"]["excluded"]
+    assert labels["readmission_30d"].rows() == [(1, T0 + d(9), False), (3, T0 + d(5), True)]
+    assert readmission["transferred"] == 1 and readmission["next_admission_time_unknown"] == 1
+    assert readmission["discharge_before_admission"] == 2
+    for task in ("in_hospital_mortality", "long_los"):  # stay 11's end is no end of care either
+        assert (1, T0 + h(24)) not in [r[:2] for r in labels[task].rows()], task
+        assert info[task]["n"] + info[task]["n_excluded"] == info[task]["n_stays"] == 6, task
+    write_label_dir(labels, info, tmp_path / "labels")
+    assert audit(meds, tmp_path / "labels").clean
+    # The label made before: its history holds the ED registration of stay 12, admitted after it. The audit said clean.
+    leaky = tmp_path / "leaky" / "readmission_30d.parquet"
+    leaky.parent.mkdir()
+    pl.DataFrame({"subject_id": [1], "prediction_time": [T0 + d(5)], "boolean_value": [True]}).write_parquet(leaky)
+    res = audit(meds, leaky.parent)
+    assert res.tasks["readmission_30d"].outcome_code_in_history == 1 and not res.clean
+
+
+def test_a_clean_audit_says_how_many_labels_have_overlapping_stays(tmp_path):
+    # (d) is for review, not a fault; the verdict said "clean" with 36% of histories in overlapping stays.
+    from test_labels import ADM, DIS
+
+    from ehrfm.clinical.audit import format_audit
+
+    s7 = [(7, T0, ADM, 71), (7, T0 + d(2), ADM, 72), (7, T0 + d(4), DIS, 71), (7, T0 + d(11), DIS, 72)]
+    _shard(tmp_path / "meds" / "data" / "train" / "0.parquet", s7, True)
+    labels, info = make_labels(tmp_path / "meds", "all")
+    write_label_dir(labels, info, tmp_path / "labels")
+    res = audit(tmp_path / "meds", tmp_path / "labels")
+    assert res.clean and res.tasks["long_los"].overlapping_stays == 2
+    verdict = format_audit(res)[-1]
+    assert verdict.startswith("Verdict: no leak in (a) and (c)") and "REVIEW (d)" in verdict and "long_los 2" in verdict, verdict

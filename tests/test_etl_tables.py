@@ -375,11 +375,16 @@ def test_rows_that_contradict_their_key_are_refused_and_impossible_intervals_cou
     old = PATIENTS.replace("2,M,70,2150,", "2,M,-40,2150,")
     res = run("intervals", {"hosp/patients": old, "hosp/admissions": backwards, "icu/icustays": icu})
     dropped = res["dropped_events"]
-    assert dropped["hosp/admissions"] == {"discharge_before_admission": 1}
+    # A discharge before its admission is kept as written and counted (dropping it hid a readmission from the stay
+    # before it); `ehrfm labels` excludes the stay (test_clinical_faults9).
+    assert "hosp/admissions" not in dropped and res["discharge_times"]["before_admission"] == 1
     assert dropped["icu/icustays"] == {"icu_outtime_before_intime": 1}
     assert dropped["hosp/patients"] == {"birth_of_implausible_anchor_age": 1}
     ev = _events(tmp_path / "intervals" / "meds")
-    assert ev.filter(pl.col("subject_id") == 2)["code"].str.starts_with("HOSPITAL_").sum() == 0
+    assert ev.filter(pl.col("subject_id") == 2)["code"].str.starts_with("HOSPITAL_").sum() == 2
+    swapped = backwards.replace("1,11,2150-01-01 10:00:00,2150-01-05 14:00:00", "1,11,2150-01-05 14:00:00,2150-01-01 10:00:00")
+    with pytest.raises(UserError, match=r"column 'dischtime' precedes 'admittime' in \d+ of \d+ admissions"):
+        run("swapped", {"hosp/patients": PATIENTS, "hosp/admissions": swapped})
     assert ev.filter(pl.col("code") == "MEDS_BIRTH")["subject_id"].to_list() == [1]
 
 

@@ -299,14 +299,17 @@ def test_read_labels_keeps_one_row_per_pair_and_refuses_guessed_types(tmp_path, 
             read_labels(path)
         return str(e.value)
 
-    # repeats: the first row of each pair kept (make_labels' duplicate_prediction_time rule), counted on stderr
-    pl.concat([lab.head(1).with_columns(~pl.col("boolean_value")), lab, lab.head(2)]).write_parquet(path)
+    # exact repeats: one row of each pair kept (make_labels' duplicate_prediction_time rule), counted on stderr
+    pl.concat([lab, lab.head(2), lab.head(1)]).write_parquet(path)
     capsys.readouterr()
-    got = read_labels(path)
-    assert got["boolean_value"].to_list() == [False, False, True, False]  # subject 1's first row said False
+    assert read_labels(path).equals(lab)
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and ("l.parquet: 2 (subject_id, prediction_time) pairs have more than one row "
-                              "(3 extra rows dropped; 1 pairs with both values)") in err[0], err
+    assert len(err) == 1 and ("l.parquet: 2 (subject_id, prediction_time) pairs have more than one row, each with one "
+                              "value (3 repeated rows dropped)") in err[0], err
+    # a pair with both values: the first row's said which, so the label and the AUROC followed the file's row order
+    msg = refused(pl.concat([lab.head(1).with_columns(~pl.col("boolean_value")), lab, lab.head(2)]),
+                  r"column boolean_value: 1 \(subject_id, prediction_time\) pairs have rows with both true and false")
+    assert "subject" not in msg.split("pairs")[1]
     refused(lab.with_columns(pl.col("prediction_time").cast(pl.Date)), "column prediction_time is Date, not a timestamp")
     refused(lab.with_columns(pl.col("prediction_time").dt.epoch("ms")), "column prediction_time is Int64, not a timestamp")
     refused(lab.with_columns(pl.col("subject_id").cast(pl.String)), "column subject_id is String, not an integer")

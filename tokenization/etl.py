@@ -204,7 +204,7 @@ metadata/ehrfm_etl.json (read by `ehrfm audit` without importing this package):
                             | "discharge", "time_of_day": "23:59:59",
                             "events_at_discharge": n | "midnight_values_read_as_date": n}],
      "discharge_times": {"midnight_read_as_date", "date_only", "moved_to_death",
-                         "date_moved_by_death_or_next_admission"},
+                         "date_moved_by_death_or_next_admission", "before_admission"},
      "tables": {...as in etl_config.json}, "duplicates_dropped": {table: n},
      "stored_time_sources": [{"table", "column", "store_column", "code_prefixes", "present": bool,
                               "moved": n, "never_stored_dropped": n}]}
@@ -2291,7 +2291,15 @@ def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context
             raise UserError(f"{path}: no admissions (the table has no rows): every hospital stay, and so every clinical "
                             "label, comes from it; use the file as downloaded")
         if adm is not None:
-            adm = _keep(adm, ctx, ~(pl.col("dischtime") < pl.col("admittime")).fill_null(False), "discharge_before_admission")
+            # Kept as written, counted: which of the two times is wrong is unknown, and dropping the stay hid a
+            # readmission from the stay before it (its label turned negative). `ehrfm labels` excludes the stay
+            # and any label that depends on which time is its admission.
+            backwards = (pl.col("dischtime") < pl.col("admittime")).fill_null(False)
+            ctx.discharge["before_admission"] = int(adm.unique().select(backwards.sum()).item())
+            if 2 * ctx.discharge["before_admission"] > adm.unique().height:  # most of them: not a few bad rows
+                raise UserError(f"{path}: column 'dischtime' precedes 'admittime' in {ctx.discharge['before_admission']} "
+                                f"of {adm.unique().height} admissions: the two columns seem swapped or mislabelled; "
+                                "export the table again")
             adm = _place_discharges(adm, ctx)
             ctx.admissions = adm.select("hadm_id", "admittime", "dischtime", "deathtime").filter(
                 pl.col("hadm_id").is_not_null()).unique("hadm_id", keep="first", maintain_order=True)

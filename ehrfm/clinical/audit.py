@@ -18,6 +18,10 @@ history holds
       is still open at the prediction time (its next ICU_DISCHARGE//* is later);
     - readmission: a death, or an admission at or after the subject's last discharge at or before
       the prediction time (a readmission that has already happened);
+    - every task: a row under the stay id of a stay admitted after the prediction time (its ED
+      registration or orders: that stay has begun, so the patient is alive and coming back; on the
+      MIMIC-IV demo with one admittime moved 3 h after the previous discharge, its ED registration and
+      13 orders sat in a positive readmission history);
     the stay is the subject's last admission at or before the prediction time;
 (b) an event from a date-only source (a code named in the MEDS metadata, see below) dated the
     prediction day and placed before it could have been known: its true time that day is
@@ -46,7 +50,7 @@ although a lab value or culture result is known only when it is stored (MIMIC-IV
 a median 65 min later for labs and 3 days for cultures on the demo), read from the ETL metadata's
 `stored_time_sources`; and reports the ETL's drop and duplicate counts from its metadata (below).
 (a)-(c), (e) and (f) are faults (`AuditResult.clean` is False and the CLI exits 1); (d) is reported
-for review.
+for review, in the verdict too (a clean audit with overlapping stays says how many).
 
 Date-only codes are read from the MEDS metadata (`metadata/ehrfm_etl.json`, written by this
 package's ETL, else `metadata/dataset.json` or `metadata/etl_config.json`), key
@@ -390,10 +394,26 @@ def _in_open_icu_stay(lab: pl.DataFrame, ev: pl.DataFrame) -> pl.DataFrame:
     return lab.join(nxt, on="i").filter(pl.col("out") & (pl.col("icu_next") > pl.col("pred")))
 
 
+def _later_stays_begun(lab: pl.DataFrame, ev: pl.DataFrame, first_rows: pl.DataFrame | None) -> set:
+    """The `lab` rows (i) whose history holds a row of a stay admitted after pred (first_rows: subject_id, stay, first)."""
+    if first_rows is None or not first_rows.height:
+        return set()
+    adm = (ev.filter(pl.col("code").str.starts_with(ADMISSION) & pl.col(STAY_ID_COLUMN).is_not_null() & pl.col("t").is_not_null())
+           .group_by("subject_id", STAY_ID_COLUMN).agg(pl.col("t").min().alias("adm")))
+    later = adm.join(first_rows, on=["subject_id", STAY_ID_COLUMN])
+    hit = lab.join(later, on="subject_id").filter((pl.col("first") <= pl.col("pred")) & (pl.col("adm") > pl.col("pred")))
+    return set(hit["i"].unique().to_list())
+
+
 def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: list[str] | None,
                 null_codes: list[str], stays: pl.DataFrame | None, partial: Sequence[str] = (),
-                timelines: pl.DataFrame | None = None, long_los_days: float = LONG_LOS_DAYS) -> TaskAudit:
-    """One task's counts (module docstring); `timelines`: _timelines of the data, for (f)."""
+                timelines: pl.DataFrame | None = None, long_los_days: float = LONG_LOS_DAYS,
+                first_rows: pl.DataFrame | None = None) -> TaskAudit:
+    """One task's counts (module docstring).
+
+    `timelines`: _timelines of the data, for (f); `first_rows`: each stay id's earliest row
+    (subject_id, stay id, first in us), for (a)'s rows of a stay admitted after the prediction time.
+    """
     lab = labels.select("subject_id", pl.col("prediction_time").dt.epoch("us").alias("pred")).unique().with_row_index("i")
     # The stay a label belongs to: the subject's last admission at or before the prediction time;
     # the subject's last discharge at or before it (after which any admission is a readmission).
@@ -443,6 +463,7 @@ def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: li
             known |= set(_in_open_icu_stay(lab, ev)["i"].to_list())
         if task == "long_los":  # still in hospital past the threshold: the long stay is known
             known |= set(lab.filter(pl.col("pred") - pl.col("stay_adm") > long_los_days * US_PER_DAY)["i"].to_list())
+        known |= _later_stays_begun(lab, ev, first_rows)
         outcome = len(known)
     same_day = pl.col("t").is_not_null() & ((pl.col("t") // US_PER_DAY) == (pl.col("pred") // US_PER_DAY))
     # Placed at a discharge (or, below, at the end of its day): known by then. Anything earlier may be a leak.
@@ -532,12 +553,19 @@ def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
         unknown.append(f"(d) overlapping stays: {len(lacking)} of the {n_files} shard files with rows lack the stay id "
                        f"column ({STAY_ID_COLUMN}; first: {lacking[0]}): their subjects' stays are not checked")
     timelines = _timelines(ds)
+    first_rows = None
+    if stays is not None:
+        from ehrfm.clinical.labels import stay_first_events
+
+        first = stay_first_events(ds)
+        first_rows = pl.DataFrame([(k[0], k[1], t) for k, t in first.items()], orient="row",
+                                  schema={"subject_id": pl.Int64, STAY_ID_COLUMN: pl.String, "first": pl.Int64})
     zones = ds.time_zones()
     tasks = {}
     for name, f in files.items():
         lab = read_labels(f, allow_empty=True, data_zones=zones, data=f"MEDS dataset {meds_dir}")  # 0 labels: no stay qualified
         tasks[name] = _task_audit(name, lab, ev, date_only, sorted(ds.null_time_codes), stays, partial,
-                                  timelines, _long_los_days(f))
+                                  timelines, _long_los_days(f), first_rows)
         if name not in OUTCOME_RULES:
             unknown.append(f"(a) task {name!r}: its outcome code is unknown, so its histories were NOT checked for the "
                            f"outcome (known tasks: {', '.join(OUTCOME_RULES)}; pass --task for a file named otherwise)")
@@ -635,5 +663,8 @@ def format_audit(res: AuditResult) -> list[str]:
     verdict = ("LEAKAGE: (a)-(c) are not all 0." + chart if tasks_leak else "LEAKAGE:" + chart if chart
                else "" if outside or unchecked else "no leak in (a) and (c); (b) unknown." if open_b
                else "clean ((a)-(c) are 0).")
+    overlapping = [f"{t.task} {t.overlapping_stays}" for t in res.tasks.values() if t.overlapping_stays]
+    if overlapping:  # for review, not a fault: said beside any verdict, so "clean" never hides it
+        verdict += f" REVIEW (d): labels of stays that overlap another stay of the subject: {', '.join(overlapping)}."
     lines.append("Verdict: " + " ".join(x for x in (verdict, unscorable, unchecked) if x))
     return lines

@@ -33,15 +33,20 @@ rows with a null time are dropped by the MEDS reader (ehrfm.meds_io) and counted
 
 Exclusions common to every task, each counted under its own reason in `info["excluded"]`:
 - discharge_before_admission: with stay ids, a stay whose discharge row precedes its admission
-  row (bad data): it has no usable end, so no task can label it.
+  row (bad data, kept by this package's ETL as written): it has no usable end, so no task can
+  label it. As the next stay of another it may have been admitted at either of its two times: a
+  readmission label that depends on which is excluded (next_admission_time_unknown).
 - admitted_after_death: an admission opened after the subject's death (MIMIC-IV records organ
   donation as a new admission). It gets no label and is never anybody's readmission.
 - died_before_prediction_time: the death is at or before the prediction time, so the outcome
   is already in the history (admitted 10:00, died 20:00, discharge paperwork 30 h later).
 - duplicate_prediction_time: a second stay of the subject with the same prediction time
   (duplicated source rows); the first is kept.
-- transferred: the subject's next admission follows the discharge within `transfer_hours`
-  (default 1 h; at the same timestamp included): the next stay continues this one (on the
+- transferred: the subject's next stay begins within `transfer_hours` of the discharge (default
+  1 h; at the same timestamp included) or before it: its admission, or its first row under its
+  stay id after this stay's admission (an ED registration, orders: on the MIMIC-IV demo one
+  readmission's ED registration came 6 h 40 min before the previous discharge, and one's pharmacy
+  order 5 days before; in the previous stay's history such rows tell its readmission). The next stay continues this one (on the
   MIMIC-IV demo: a discharge to a psych facility with an "INTERNAL TRANSFER TO OR FROM PSYCH"
   admission 15 minutes later, and an observation stay admitted as inpatient 1 minute after its
   discharge; the next-shortest gap there is 20 h). Its discharge is no end of care, so its death,
@@ -140,6 +145,11 @@ class Stay:
     admitted_after_death: bool = False  # opened after the subject's death (e.g. organ donation)
     discharge_location: str = ""  # of HOSPITAL_DISCHARGE//<location>, stripped and upper-cased ("" when none)
     discharge_before_admission: bool = False  # its stay id's discharge precedes its admission (bad data; no discharge)
+    # When its care began: the earliest of its admission and every row under its stay id (an ED registration,
+    # orders); with a discharge before the admission, also that discharge (either time may be the wrong one).
+    first_event: int | None = None
+    # discharge_before_admission: its discharge and admission times as written (either may be its admission).
+    written_span: tuple[int, int] | None = None
 
 
 # --- reading MEDS ----------------------------------------------------------------------------------
@@ -177,6 +187,23 @@ def _stay_events(meds_dir: str | os.PathLike) -> tuple[pl.DataFrame, MedsDataset
     if bad:
         raise UserError(f"MEDS dataset {meds_dir}: {bad} admission/discharge/ICU rows have a null time")
     return events.sort("subject_id", "t", "code"), ds
+
+
+def stay_first_events(ds: MedsDataset) -> dict[tuple[int, str], int]:
+    """{(subject_id, stay id): its earliest timed row (us)} over every row that carries a stay id.
+
+    A stay's care can begin before its admittime: an ED registration, ED orders and medications
+    under its hadm_id (on the MIMIC-IV demo one readmission's ED registration was 6 h 40 min
+    before the previous stay's discharge). {} when the data has no stay id column.
+    """
+    shards = [sh for shards in ds.shards.values() for sh in shards if sh.path not in set(ds.files_without(STAY_ID))]
+    if not shards:
+        return {}
+    first = (scan_shards(shards, ["subject_id", "time", STAY_ID])
+             .filter(pl.col(STAY_ID).is_not_null() & pl.col("time").is_not_null())
+             .group_by("subject_id", STAY_ID).agg(pl.col("time").min().dt.epoch("us").alias("t"))
+             .collect())
+    return {(s, i): t for s, i, t in first.select("subject_id", pl.col(STAY_ID).cast(pl.String), "t").iter_rows()}
 
 
 def _death_counts(events: pl.DataFrame, ds: MedsDataset | None = None) -> dict:
@@ -250,12 +277,13 @@ def _pairs_by_id(codes: list[str], times: list[int], ids: list) -> list[tuple[in
                   for i, a in adm.items())
 
 
-def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True) -> list[Stay]:
+def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True,
+                      first_events: dict[tuple[int, str], int] | None = None) -> list[Stay]:
     """Pair admissions with discharges per subject.
 
     Pair admissions with discharges per subject (rules in the module docstring): by the stay
     id column (`hadm_id`) when every admission and discharge row of the subject has one, else by
-    time order.
+    time order. first_events: `stay_first_events` of the data, for each stay's `first_event`.
     """
     from ehrfm.io import progress
 
@@ -324,8 +352,16 @@ def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True) -> list[Sta
             death = first_death if first_death is not None and death_by >= adm else None
             after_death = first_death is not None and adm > death_by
             location = dis_code[len(DISCHARGE_PREFIX):].strip().upper() if dis_code.startswith(DISCHARGE_PREFIX) else ""
+            starts = [adm]
+            if sid is not None and first_events:
+                starts += [t for t in (first_events.get((int(subject_id), str(sid))),) if t is not None]
+            written_span = None
+            if before_admission:  # its discharge as written, before the admission: the stay lies between the two
+                written = max(t for c, t, i in zip(codes, times, ids, strict=False) if c.startswith(DISCHARGE_PREFIX) and i == sid)
+                starts.append(written)
+                written_span = (written, adm)
             stays.append(Stay(int(subject_id), adm, dis, died, first_icu, just_before, death, after_death, location,
-                              before_admission))
+                              before_admission, min(starts), written_span))
     return stays
 
 
@@ -354,19 +390,31 @@ def _open_at_discharge(stays: list[Stay]) -> list[bool]:
                                             for o in by_subject.get(s.subject_id, [])) for s in stays]
 
 
-def _next_admissions(stays: list[Stay]) -> list[int | None]:
-    """For each stay, the subject's next admission time after its discharge (None if none)."""
-    by_subject: dict[int, list[int]] = {}
+def _next_stays(stays: list[Stay]) -> list[tuple[int | None, int | None, int | None]]:
+    """For each stay, its subject's next stay after its discharge: (earliest admission, its first event, latest admission).
+
+    (None, None, None) for a stay without a discharge or a next stay. The next stay is the one admitted
+    first at or after the discharge (an admission after death is no readmission); its first event
+    (`Stay.first_event`) can precede its admission. A stay whose discharge precedes its admission
+    (bad data) may have been admitted at either time: the first value takes the earlier, the last the
+    later, so a label that depends on which is told by the two disagreeing (they are equal otherwise).
+    First events before the stay's own admission are not counted.
+    """
+    by_subject: dict[int, list[Stay]] = {}
     for s in stays:
-        if not s.admitted_after_death:  # an admission after death is no readmission
-            by_subject.setdefault(s.subject_id, []).append(s.admission)
+        if not s.admitted_after_death:
+            by_subject.setdefault(s.subject_id, []).append(s)
     out = []
     for s in stays:
-        nxt = None
-        if s.discharge is not None:
-            later = [a for a in by_subject.get(s.subject_id, []) if a >= s.discharge and a != s.admission]
-            nxt = min(later) if later else None
-        out.append(nxt)
+        later = []
+        for o in by_subject.get(s.subject_id, []) if s.discharge is not None else []:
+            early, late = o.written_span or (o.admission, o.admission)
+            if o.admission != s.admission and late >= s.discharge:
+                first = early if early >= s.discharge else late
+                # Rows of it from before this stay's admission (a stray row, years off) say nothing of this stay's end.
+                began = o.first_event if o.first_event is not None and o.first_event >= s.admission else first
+                later.append((first, min(began, first), late))
+        out.append(tuple(min(x) for x in zip(*later, strict=True)) if later else (None, None, None))
     return out
 
 
@@ -390,9 +438,9 @@ def labels_from_stays(stays: list[Stay], cfg: LabelConfig, notes: dict | None = 
     def exclude(reason: str) -> None:
         excluded[reason] = excluded.get(reason, 0) + 1
 
-    nexts = _next_admissions(stays)
+    nexts = _next_stays(stays)
     still_in = _open_at_discharge(stays) if cfg.task == "readmission_30d" else [False] * len(stays)
-    for s, nxt, in_other in zip(stays, nexts, still_in, strict=False):
+    for s, (nxt, nxt_start, nxt_late), in_other in zip(stays, nexts, still_in, strict=False):
         if s.admitted_after_death:
             exclude("admitted_after_death")
             continue
@@ -411,7 +459,9 @@ def labels_from_stays(stays: list[Stay], cfg: LabelConfig, notes: dict | None = 
         # A stay the next one continues within the transfer window (an observation stay admitted as
         # inpatient, an internal transfer recorded as discharge + admission): its discharge is no end
         # of care, so its outcome (a death, the length of stay, an ICU bed) is not this stay's alone.
-        continued = nxt is not None and nxt - s.discharge <= transfer
+        # Its care begun (an ED registration, orders under its id) before this discharge or within the
+        # window counts: the next stay's first event would otherwise sit in this stay's histories.
+        continued = nxt_start is not None and nxt_start - s.discharge <= transfer
         if cfg.task in ("in_hospital_mortality", "long_los"):
             if s.discharge <= pred:
                 exclude("ended_before_prediction_time")
@@ -450,7 +500,11 @@ def labels_from_stays(stays: list[Stay], cfg: LabelConfig, notes: dict | None = 
             if in_other:  # an overlapping stay of the subject is still open: not a discharge from hospital
                 exclude("in_another_stay_at_discharge")
                 continue
-            label = nxt is not None and nxt - s.discharge <= cfg.readmission_days * US_PER_DAY
+            window = cfg.readmission_days * US_PER_DAY
+            label = nxt is not None and nxt - s.discharge <= window
+            if nxt_late is not None and label != (nxt_late - s.discharge <= window):
+                exclude("next_admission_time_unknown")  # a next stay with its discharge before its admission
+                continue
             died_in_window = s.death is not None and s.death - s.discharge <= cfg.readmission_days * US_PER_DAY
             rows.append((s.subject_id, s.discharge, label, 0 if nxt is not None else 2 if died_in_window else 1))
     rows = [r if len(r) == 4 else (*r, 0) for r in rows]
@@ -565,7 +619,7 @@ def make_labels(meds_dir: str | os.PathLike, task: str, **options) -> tuple[pl.D
     """
     _check_label_options(options, task)
     events, ds = _stay_events(meds_dir)
-    stays = stays_from_events(events)
+    stays = stays_from_events(events, first_events=stay_first_events(ds) if STAY_ID in events.columns else None)
     tasks = TASKS if task == "all" else (task,)
     if not stays:  # every task would write an empty file that looks like a result
         n_adm = events.filter(pl.col("code").str.starts_with(ADMISSION_PREFIX)).height
@@ -891,14 +945,18 @@ def read_labels(path: str | os.PathLike, allow_empty: bool = False, data_zones: 
     # demo writes one such pair) share one history, so only one label can be scored for it.
     pairs = labels.group_by("subject_id", "prediction_time").agg(pl.len(), pl.col("boolean_value").n_unique().alias("values"))
     repeated = pairs.filter(pl.col("len") > 1)
+    disagree = int((repeated["values"] > 1).sum())
+    if disagree:  # keeping the first row made the label, and the AUROC, depend on the file's row order
+        raise UserError(f"label {'dir' if path.is_dir() else 'file'} {path}: column boolean_value: {disagree} "
+                        "(subject_id, prediction_time) pairs have rows with both true and false, so their label cannot "
+                        "be told; keep one row per pair")
     if repeated.height:
         from ehrfm.meds_io import warn
 
-        disagree = int((repeated["values"] > 1).sum())
         labels = labels.unique(["subject_id", "prediction_time"], keep="first", maintain_order=True)
         warn(f"label {'dir' if path.is_dir() else 'file'} {path}: {repeated.height} (subject_id, prediction_time) pairs have "
-             f"more than one row ({int(repeated['len'].sum() - repeated.height)} extra rows dropped; {disagree} pairs "
-             "with both values): kept the first row of each, as `ehrfm labels` does")
+             f"more than one row, each with one value ({int(repeated['len'].sum() - repeated.height)} repeated rows "
+             "dropped)")
     return labels
 
 
