@@ -83,7 +83,9 @@ def test_sweep_probe_scores_carry_the_clustered_se(demo_meds, demo_tokens, tmp_p
     run = tmp_path / "run"
     train(TrainConfig(tokens_dir=str(demo_tokens), out_dir=str(run), n_layer=1, d_model=32, n_head=2, context=64,
                       tokens=20_000, batch_size=8, seed=0))
-    labels, info = make_labels(demo_meds, "readmission_30d")
+    # 90 days: the 30-day labels' held-out split keeps one patient with a positive since 2026-12-04 (one fewer
+    # label), too few for any SE; a longer window keeps several patients with positives and with negatives.
+    labels, info = make_labels(demo_meds, "readmission_30d", readmission_days=90)
     path = write_labels(labels, tmp_path / "readmission_30d.parquet", info)
     seen = []
     real = metrics.binary_metrics

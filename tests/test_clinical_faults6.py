@@ -50,13 +50,13 @@ def test_the_audit_sees_a_stays_diagnoses_before_its_discharge(tmp_path):
 def test_the_audit_sees_the_demos_diagnoses_dated_by_their_admission(demo_meds, tmp_path):
     """On the real demo, this package's ETL puts diagnoses and DRG codes at the discharge: the audit
     is clean. The same MEDS with them moved to their stay's admission (as some ETLs date them): every
-    one of the 243 mortality histories holds its own stay's diagnoses, and the audit says so."""
+    one of the 242 mortality histories holds its own stay's diagnoses, and the audit says so."""
     from test_audit import audit_of_ehrfm_labels
 
     labels_dir = tmp_path / "labels"
     labels_dir.mkdir()
     res = audit_of_ehrfm_labels(demo_meds, labels_dir)
-    assert res.clean and res.tasks["in_hospital_mortality"].n_labels == 243
+    assert res.clean and res.tasks["in_hospital_mortality"].n_labels == 242
 
     moved = tmp_path / "moved"
     shutil.copytree(demo_meds, moved)
@@ -70,7 +70,7 @@ def test_the_audit_sees_the_demos_diagnoses_dated_by_their_admission(demo_meds, 
               .drop("admitted").sort("subject_id", "time", nulls_last=False, maintain_order=True))
         ev.write_parquet(shard)
     tasks = audit(moved, labels_dir).tasks
-    assert tasks["in_hospital_mortality"].date_only_same_day == 243
+    assert tasks["in_hospital_mortality"].date_only_same_day == 242
     assert tasks["long_los"].date_only_same_day == tasks["long_los"].n_labels
     assert tasks["readmission_30d"].date_only_same_day == 0  # predicted at the discharge: coded by then
 

@@ -265,3 +265,24 @@ def test_a_clean_audit_says_how_many_labels_have_overlapping_stays(tmp_path):
     assert res.clean and res.tasks["long_los"].overlapping_stays == 2
     verdict = format_audit(res)[-1]
     assert verdict.startswith("Verdict: no leak in (a) and (c)") and "REVIEW (d)" in verdict and "long_los 2" in verdict, verdict
+
+
+def test_a_death_its_subjects_later_home_discharge_contradicts_labels_nothing(tmp_path, capsys):
+    # A patients.dod set on day 3 of a stay that went on to a home discharge on day 8 and a later admission: the stay
+    # became an in-hospital death and the later stay was "admitted after death", silently. Now every stay of such a
+    # subject is excluded and the count said; a death after the last live discharge still counts.
+    from test_labels import ADM, DIS
+
+    home = DIS  # a discharge HOME
+    s1 = [(1, T0, ADM, 11), (1, T0 + d(3) - h(8), "MEDS_DEATH", None), (1, T0 + d(8), home, 11),
+          (1, T0 + d(20), ADM, 12), (1, T0 + d(22), home, 12)]
+    s2 = [(2, T0, ADM, 21), (2, T0 + d(6), "MEDS_DEATH", None), (2, T0 + d(6), "HOSPITAL_DISCHARGE//DIED", 21)]
+    _shard(tmp_path / "meds" / "data" / "train" / "0.parquet", sorted(s1 + s2, key=lambda r: (r[0], r[1])), True)
+    capsys.readouterr()
+    labels, info = make_labels(tmp_path / "meds", "all")
+    assert "1 subject(s)" in capsys.readouterr().err
+    for task, frame in labels.items():
+        assert 1 not in frame["subject_id"].to_list(), task
+        assert info[task]["excluded"]["death_contradicted"] == 2, task
+        assert info[task]["deaths"]["subjects_with_death_before_a_live_discharge"] == 1
+    assert labels["in_hospital_mortality"].rows() == [(2, T0 + h(24), True)]

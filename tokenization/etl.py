@@ -2295,10 +2295,12 @@ def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context
             # readmission from the stay before it (its label turned negative). `ehrfm labels` excludes the stay
             # and any label that depends on which time is its admission.
             backwards = (pl.col("dischtime") < pl.col("admittime")).fill_null(False)
-            ctx.discharge["before_admission"] = int(adm.unique().select(backwards.sum()).item())
-            if 2 * ctx.discharge["before_admission"] > adm.unique().height:  # most of them: not a few bad rows
-                raise UserError(f"{path}: column 'dischtime' precedes 'admittime' in {ctx.discharge['before_admission']} "
-                                f"of {adm.unique().height} admissions: the two columns seem swapped or mislabelled; "
+            n_backwards, n_stays = adm.unique().select(backwards.sum()).item(), adm.unique().height
+            if n_backwards:
+                ctx.discharge["before_admission"] = int(n_backwards)
+            if 2 * n_backwards > n_stays:  # most of them: not a few bad rows
+                raise UserError(f"{path}: column 'dischtime' precedes 'admittime' in {n_backwards} "
+                                f"of {n_stays} admissions: the two columns seem swapped or mislabelled; "
                                 "export the table again")
             adm = _place_discharges(adm, ctx)
             ctx.admissions = adm.select("hadm_id", "admittime", "dischtime", "deathtime").filter(

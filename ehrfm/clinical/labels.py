@@ -36,6 +36,11 @@ Exclusions common to every task, each counted under its own reason in `info["exc
   row (bad data, kept by this package's ETL as written): it has no usable end, so no task can
   label it. As the next stay of another it may have been admitted at either of its two times: a
   readmission label that depends on which is excluded (next_admission_time_unknown).
+- death_contradicted: every stay of a subject whose death (its earliest MEDS_DEATH) precedes a
+  discharge to a named live destination (HOME, SKILLED NURSING FACILITY, ...; after the death's day,
+  for a date): one of the two records is wrong, and which is unknown (a patients.dod set days into a
+  stay that went on to a home discharge and later admissions made 10 in-hospital deaths and excluded
+  17 readmissions on a copy of the MIMIC-IV demo, silently).
 - admitted_after_death: an admission opened after the subject's death (MIMIC-IV records organ
   donation as a new admission). It gets no label and is never anybody's readmission.
 - died_before_prediction_time: the death is at or before the prediction time, so the outcome
@@ -150,6 +155,7 @@ class Stay:
     first_event: int | None = None
     # discharge_before_admission: its discharge and admission times as written (either may be its admission).
     written_span: tuple[int, int] | None = None
+    death_contradicted: bool = False  # its subject's death precedes a discharge to a named live destination
 
 
 # --- reading MEDS ----------------------------------------------------------------------------------
@@ -303,6 +309,10 @@ def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True,
         # A death at 23:59:59 (or later in its second) is a date placed at the end of its day (this package's
         # ETL, patients.dod): on a discharge day it is no later than a date-only discharge placed there too.
         death_at_day_end = first_death is not None and first_death % US_PER_DAY >= US_PER_DAY - 1_000_000
+        # A death its subject's own records contradict: a discharge to a named live destination (HOME, ...) after it
+        # (after its day, for a date). Which record is wrong is unknown, so no label rests on either.
+        contradicted = first_death is not None and any(
+            _live_discharge(c) and t > death_by for c, t in zip(codes, times, strict=False) if t is not None)
         # Group by timestamp: at a shared timestamp the open stay is closed first, then new
         # admissions open, then a remaining discharge closes a zero-length stay.
         by_time: dict[int, tuple[list[str], list[str]]] = {}
@@ -361,7 +371,7 @@ def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True,
                 starts.append(written)
                 written_span = (written, adm)
             stays.append(Stay(int(subject_id), adm, dis, died, first_icu, just_before, death, after_death, location,
-                              before_admission, min(starts), written_span))
+                              before_admission, min(starts), written_span, contradicted))
     return stays
 
 
@@ -441,6 +451,9 @@ def labels_from_stays(stays: list[Stay], cfg: LabelConfig, notes: dict | None = 
     nexts = _next_stays(stays)
     still_in = _open_at_discharge(stays) if cfg.task == "readmission_30d" else [False] * len(stays)
     for s, (nxt, nxt_start, nxt_late), in_other in zip(stays, nexts, still_in, strict=False):
+        if s.death_contradicted:
+            exclude("death_contradicted")
+            continue
         if s.admitted_after_death:
             exclude("admitted_after_death")
             continue
@@ -629,6 +642,14 @@ def make_labels(meds_dir: str | os.PathLike, task: str, **options) -> tuple[pl.D
                         f"{_look_alike(ds, STAY_LOOK_ALIKE)}; nothing to label. {CODE_HINT}")
     missing = _missing_outcomes(meds_dir, events, ds, tasks)
     deaths = _death_counts(events, ds)
+    contradicted = len({s.subject_id for s in stays if s.death_contradicted})
+    deaths["subjects_with_death_before_a_live_discharge"] = contradicted
+    if contradicted:
+        from ehrfm.io import warn
+
+        warn(f"labels: {contradicted} subject(s) of {meds_dir} have a death ({DEATH_CODE}) before a discharge to a named "
+             "live destination: one of the two records is wrong, so their stays are excluded from every task "
+             "(death_contradicted in labels.json)")
     unpaired = int(events["code"].str.starts_with(DISCHARGE_PREFIX).sum()) - sum(s.discharge is not None for s in stays)
     lacking = ds.files_without(STAY_ID) if STAY_ID in events.columns else []
     pairing = "by time order" if STAY_ID not in events.columns else f"by {STAY_ID}" + (
