@@ -357,7 +357,7 @@ def _utility(fit_json: dict, draws: dict, flops: float, conf: float, notes: list
     a measurement: its note says so. A note in `notes` for each task left out.
     """
     utility = {}
-    outside = _outside_range(flops, fit_json.get("inputs") or {})
+    outside = _outside_range(flops, fit_json.get("inputs") or {}, fit_json.get("approach2"))
     for task, u in fit_json.get("utility", {}).items():
         k, k_ci = u.get("exponent"), u.get("exponent_ci") or [None, None]
         hi = k_ci[1] if len(k_ci) == 2 else None
@@ -437,7 +437,7 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
             raise UserError(f"fits file {source} has no usable approach: {'; '.join(unusable.values())}; {_REDO}")
         raise UserError("the fit holds no approach to recommend from (fits.json has no approach1/2/3)")
     by_k = {p.approach: p for p in preds}
-    outside = _outside_range(flops, fit_json["inputs"])
+    outside = _outside_range(flops, fit_json["inputs"], fit_json.get("approach2"))
     for p in preds:
         p.trusted, p.why_untrusted = trust(fit_json, p.approach)
         if not (p.n_opt > 0 and p.d_opt > 0 and math.isfinite(p.n_opt) and math.isfinite(p.d_opt)):
@@ -552,12 +552,15 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
     )
 
 
-def _outside_range(flops: float, inputs: dict) -> str:
+def _outside_range(flops: float, inputs: dict, approach2: dict | None = None) -> str:
     """Why a budget this far outside the fitted budgets gets no trusted law ("" when it is close enough).
 
     More than EXTRAPOLATION_UNTRUSTED times the largest fitted budget, or less than the smallest
     divided by it (fits.json inputs max_budget / min_budget, FLOPs, else the ends of inputs.budgets);
-    a fits.json that records neither gets a reason too: its range cannot be judged.
+    a fits.json that records neither gets a reason too: its range cannot be judged. Where Approach 2
+    records which budgets' IsoFLOP parabolas it used (`approach2.budgets[].used`), only those count:
+    a stray run at 1e12 beside budgets of 1e17-1e19 (one size, left out of every parabola) made
+    every law "trusted" at 1e12, five decades below where any was fitted.
     """
     def positive(v):
         return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 else None
@@ -567,6 +570,11 @@ def _outside_range(flops: float, inputs: dict) -> str:
     fitted = [b for b in map(positive, listed) if b is not None] if isinstance(listed, list) else []
     if fitted:  # an older fits.json has the budgets but not their ends
         hi, lo = hi if hi is not None else max(fitted), lo if lo is not None else min(fitted)
+    groups = (approach2 or {}).get("budgets") if isinstance(approach2, dict) else None
+    used = [b for g in groups if isinstance(g, dict) and g.get("used") is True
+            and (b := positive(g.get("budget"))) is not None] if isinstance(groups, list) else []
+    if used and hi is not None and lo is not None:
+        hi, lo = min(hi, max(used)), max(lo, min(used))
     if hi is None or lo is None:  # before: no range, no check, every law trusted at 1e40 FLOPs
         return ("fits.json does not record the fitted budgets (inputs min_budget, max_budget, budgets: an older or "
                 "edited fit), so how far this budget lies outside them cannot be judged; refit with `ehrfm fit`")

@@ -54,7 +54,8 @@ def trust(fits: dict, k: int) -> tuple[bool, str]:
     (`edge_budgets`: that budget's optimum is not bracketed) or its envelope holds fewer than 3 runs
     (`n_points`: a power law through 2 points is untested), nor, for Approach 3, when its frontier
     coefficient G is not identified or its E, A, B, alpha or beta is out of range (E < 0, others <= 0),
-    nor when an interval of a or b is reversed, nor an Approach 1 without `edge_budgets` (an older
+    nor when an interval of a or b is reversed or misses its point estimate by more than its own width,
+    nor an Approach 3 whose a, b are not beta/(alpha+beta), alpha/(alpha+beta), nor an Approach 1 without `edge_budgets` (an older
     fit: whether its optimum is bracketed is unknown). Unknown never passes: a
     law without intervals (`ehrfm fit --bootstrap 0`: NO_INTERVALS), or whose interval of a or b, or
     Approach 3's identification of G, is not available (too few bootstrap replicates succeeded,
@@ -72,6 +73,11 @@ def trust(fits: dict, k: int) -> tuple[bool, str]:
             unknown.append(name)
         elif ci[0] > ci[1]:
             problems.append(f"the interval of {name} in fits.json is reversed ({ci[0]:.3g} > {ci[1]:.3g}): the file is damaged")
+        elif max(ci[0] - x, x - ci[1]) > ci[1] - ci[0]:
+            # A percentile interval may miss its point estimate by a little (a skewed bootstrap), never by more than
+            # its own width: a hand-edited a = 5 beside [0.42, 0.47] was trusted, N_opt 1.9e96.
+            problems.append(f"{name} = {x:.3g} lies far outside its own interval [{ci[0]:.3g}, {ci[1]:.3g}] in fits.json: "
+                            "the file is damaged")
         elif ci[0] <= 0:
             problems.append(f"the interval of {name} = {format_ci(x, ci)} includes 0")
     points = f.get("n_points")
@@ -98,6 +104,12 @@ def trust(fits: dict, k: int) -> tuple[bool, str]:
         bad = [x for x in map(out_of_range, ("E", "A", "B", "alpha", "beta")) if x]
         if bad:
             problems.append(f"its {', '.join(bad)}: no loss law (E >= 0, A, B, alpha, beta > 0 and finite); fits.json is damaged")
+        elif all(is_number(f.get(n)) and f.get(n) is not None for n in ("alpha", "beta", "a", "b")):
+            # Its exponents follow from the loss law (Hoffmann et al. 2022, eq. 4): a = beta/(alpha+beta), b = alpha/(alpha+beta).
+            a_law, b_law = f["beta"] / (f["alpha"] + f["beta"]), f["alpha"] / (f["alpha"] + f["beta"])
+            if not (math.isclose(f["a"], a_law, rel_tol=1e-6) and math.isclose(f["b"], b_law, rel_tol=1e-6)):
+                problems.append(f"its a = {f['a']:.4g}, b = {f['b']:.4g} are not those of its alpha and beta "
+                                f"({a_law:.4g}, {b_law:.4g}): fits.json is damaged")
     if k == 1 and edges is not None and edges != []:  # Approach1.edge_budgets: envelope runs at their ladder's end
         numbers = isinstance(edges, list) and all(is_number(b) and b is not None for b in edges)
         problems.append(edge_note(edges) if numbers else "its edge_budgets in fits.json are not budgets: whether its "

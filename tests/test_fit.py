@@ -316,6 +316,12 @@ def test_a_parabola_with_an_incredible_minimum_is_not_used():
     t = synthetic_results(LAW, budgets=(1e18, 4e18, 1.6e19, 6.4e19), sizes=3, span_decades=0.8, noise=0.01, seed=0)
     bad = t.filter(pl.col("budget") == 6.4e19)["run_id"][0]
     t = t.with_columns(loss=pl.when(pl.col("run_id") == bad).then(500.0).otherwise(pl.col("loss")))
+    # 500 nats/token is above uniform guessing over any tokenizer's 2^24 codes: the run is left out and named.
+    with pytest.warns(FitWarning, match=r"budget 6.4e\+19 FLOPs left out of the power laws: 2 distinct model size"):
+        f = fit_results(t, approaches=(2,), bootstrap=0)
+    assert any(e["run_id"] == bad and "above uniform guessing over 2^24 codes" in e["reason"] for e in f.excluded)
+    # The vertex rule stands for a loss the unit check lets through (a table declaring a vocabulary it allows).
+    t = t.with_columns(vocab_size=pl.lit(1e220))
     with pytest.warns(FitWarning, match=r"budget 6.4e\+19 FLOPs left out of the power laws: L_min = -59.56 is not positive"):
         f = fit_results(t, approaches=(2,), bootstrap=0)
     top = f.approach2.budgets[-1]

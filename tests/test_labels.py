@@ -210,8 +210,9 @@ def test_death_before_prediction_time_gets_no_label(tmp_path):
     # admission + 24 h the death is in the history: no mortality or long-stay label.
     adm = datetime(2150, 3, 1, 10, 0)
     events = (
-        stay(1, adm, adm + h(30), [(1, adm + h(10), "MEDS_DEATH")])
-        + stay(2, adm, adm + d(9), [(2, adm + d(2), "MEDS_DEATH")])  # dies on day 2: a real positive
+        stay(1, adm, None, [(1, adm + h(10), "MEDS_DEATH"), (1, adm + h(30), "HOSPITAL_DISCHARGE//DIED")])
+        # dies on day 2: a real positive (discharged DIED: a discharge HOME days after the death contradicts it)
+        + stay(2, adm, None, [(2, adm + d(2), "MEDS_DEATH"), (2, adm + d(9), "HOSPITAL_DISCHARGE//DIED")])
         + stay(3, adm, adm + d(3))  # survives: negative
     )
     meds = write_meds(tmp_path / "meds", events)
@@ -255,7 +256,8 @@ def test_admission_after_death_and_second_death_are_excluded_and_counted(tmp_pat
 def test_readmission_never_counts_an_admission_after_death(tmp_path):
     # Discharged home, died at home 5 days later, then an organ-donation admission: the stay's
     # readmission label is negative, not a readmission, and the post-death stay gets no label.
-    events = stay(1, T0, T0 + d(2), [(1, T0 + d(7), "MEDS_DEATH")]) + stay(1, T0 + d(7) + h(2), T0 + d(8))
+    events = stay(1, T0, T0 + d(2), [(1, T0 + d(7), "MEDS_DEATH")]) + stay(1, T0 + d(7) + h(2), None) + [
+        (1, T0 + d(8), "HOSPITAL_DISCHARGE//DIED")]  # the donor's stay ends DIED (a HOME discharge would contradict the death)
     meds = write_meds(tmp_path / "meds", events)
     labels, info = make_labels(meds, "readmission_30d")
     assert labels.rows() == [(1, T0 + d(2), False)]

@@ -192,3 +192,37 @@ def test_huge_budgets_print_compact_numbers(tmp_path):
     # an ordinary budget keeps its readable forms
     near = format_recommendation(recommend(d, 8e10))
     assert re.search(r"D_opt is \d+\.\d\d epochs\.", near) and re.search(r"train \d{1,3}(,\d{3})+ tokens", near), near
+
+
+def test_no_law_is_trusted_far_from_the_budgets_its_parabolas_used(table):
+    # One stray run at 1e15 (one size: no parabola) beside budgets of 1e18-1e21 made min_budget 1e15, and every
+    # law "trusted" at 1e15, 3 decades below any budget a law was fitted on (two approaches 60% apart in loss).
+    n = 1e6
+    stray = table.head(1).with_columns(n_params=pl.lit(int(n)), tokens=pl.lit(int(1e15 / (6 * n))), flops=pl.lit(1e15),
+                                       budget=pl.lit(1e15), loss=pl.lit(float(LAW.loss(n, 1e15 / (6 * n)))), run_id=pl.lit("stray"))
+    fit = fit_results(pl.concat([table, stray.select(table.columns)], how="vertical_relaxed"), bootstrap=40, seed=0)
+    assert fit.inputs["min_budget"] == 1e15 and 1e15 not in [b.budget for b in fit.approach2.budgets if b.used]
+    rec = recommend(fit, 3e14)
+    assert not any(p.trusted for p in rec.per_approach)
+    assert all("below the smallest fitted budget (1e+18 FLOPs)" in p.why_untrusted for p in rec.per_approach)
+    inside = recommend(fit, 3e18).per_approach  # inside the parabolas' budgets: no range reason, as before
+    assert not any("fitted budget" in (p.why_untrusted or "") for p in inside) and any(p.trusted for p in inside)
+
+
+def test_a_point_estimate_its_own_interval_or_loss_law_contradicts_is_damaged(fit, tmp_path):
+    # a = 5 written over a fit with a in [0.42, 0.47] was "trusted: yes" with N_opt 1.9e96.
+    from ehrfm.law_checks import trust
+
+    write_fits(fit, tmp_path / "fit")
+    j = json.loads((tmp_path / "fit" / "fits.json").read_text())
+    for k in (1, 2):
+        lo, hi = j[f"approach{k}"]["a_ci"]
+        assert "far outside" not in trust(j, k)[1]
+        j[f"approach{k}"]["a"] = hi + 1.5 * (hi - lo)
+        ok, why = trust(j, k)
+        assert not ok and "lies far outside its own interval" in why and "damaged" in why, why
+    a3 = j["approach3"]
+    assert "damaged" not in trust(j, 3)[1]
+    a3["a"] = a3["a"] + 0.1  # no longer beta / (alpha + beta)
+    ok, why = trust(j, 3)
+    assert not ok and "are not those of its alpha and beta" in why, why
