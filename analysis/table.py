@@ -837,7 +837,7 @@ def _blown_up(df: pl.DataFrame, source: str, values: dict, keep: np.ndarray, run
     # give (a perplexity of 40-137 in one row in five was fitted silently, 3 of 5 parabolas "concave").
     for i in np.flatnonzero(blown):
         excluded.append({"run_id": str(run_id[i]), "reason": f"status completed but loss {per_token[i]:.4g} nats/token is "
-                         f"above uniform guessing {'ln V = ' if 'vocab_size' in df.columns else 'over 2^24 codes, '}"
+                         f"above uniform guessing {'ln V = ' if np.isfinite(vocab[i]) and vocab[i] > 0 else 'over 2^24 codes, '}"
                          f"{uniform[i]:.4g}: a blow-up or another unit, not a measurement"})
     return blown
 

@@ -59,9 +59,9 @@ def test_aces_configs_match_ehrfm_labels_on_the_demo(aces_cli, demo_meds, tmp_pa
         m, m_pos = mine.height, int(mine["boolean_value"].sum())
         assert abs(n - m) <= 0.1 * m and abs(n_pos - m_pos) <= 0.1 * m_pos, (task, n, n_pos, m, m_pos)
         if task == "readmission_30d":  # its transfer window excludes what --transfer-hours does (260/53 without it)
-            # ... by admissions: ACES cannot tie a row to its stay, so it cannot see a next stay whose care began under
-            # its hadm_id before the discharge (ehrfm labels excludes 1 such stay on the demo: a pharmacy row 5 days
-            # before it). Without that rule the labels are ACES's, row for row.
+            # ACES cannot tie a row to its stay, so it cannot see a history holding rows under a later stay's hadm_id
+            # (later_stay_in_history: 1 readmission label on the demo, heparin orders of the next stay inside this one).
+            # Without the first rows of stays the labels are ACES's, row for row.
             from ehrfm.clinical.configs import LabelConfig
             from ehrfm.clinical.labels import _stay_events, labels_from_stays, stays_from_events
 

@@ -156,7 +156,7 @@ def test_no_24h_history_of_the_demo_holds_its_stays_ventilation_duration(demo_me
     n_histories = own.select(pl.struct("subject_id", "prediction_time").n_unique()).item() if own.height else 0
     dis = ev.filter(pl.col("code").str.starts_with("HOSPITAL_DISCHARGE//")).select("hadm_id", dis=pl.col("time"))
     at_discharge = int(dur.join(dis, on="hadm_id").select((pl.col("time") == pl.col("dis")).sum()).item())
-    assert (labels.height, n_histories, dur.height, at_discharge) == (242, 0, 42, 42)  # 245 before transfers were excluded, 243 before care begun under the next stay's id
+    assert (labels.height, n_histories, dur.height, at_discharge) == (242, 0, 42, 42)  # 245 before transfers were excluded, 243 before later_stay_in_history
 
 
 def test_the_audit_sees_a_duration_coded_procedure_before_its_stay_ended(tmp_path):

@@ -215,11 +215,12 @@ def test_discharge_rows_no_stay_ends_with_are_counted(tmp_path):
     assert info["discharges_not_paired"] == 1
 
 
-def test_a_next_stay_whose_care_began_before_the_discharge_or_whose_times_are_backwards_labels_nothing_it_decides(tmp_path):
+def test_a_label_with_a_later_stays_row_in_its_history_or_a_backwards_next_stay_is_not_made(tmp_path):
     # (1) On the real MIMIC-IV demo one readmission's ED registration (under its hadm_id) is 6 h 40 min before the
     # previous stay's discharge; with its admittime 3 h after that discharge, the previous stay's readmission label
-    # was positive with the next stay's ED_REGISTRATION and orders in its history, and the audit said clean. Care
-    # begun under the next stay's id before the discharge (or within the transfer window) now continues the stay.
+    # was positive with the next stay's ED_REGISTRATION and orders in its history, and the audit said clean. A
+    # label whose history holds a row of a stay admitted after its prediction time is now left out (the audit's rule).
+    # A stray row of that stay long before (a lab dated years off) leaves the labels between them out too.
     # (2) The ETL dropped a stay whose dischtime precedes its admittime, turning the stay before it negative; now it
     # keeps it, and a label that depends on which of its two times is the admission is excluded.
     from test_labels import ADM, DIS
@@ -231,16 +232,21 @@ def test_a_next_stay_whose_care_began_before_the_discharge_or_whose_times_are_ba
     # subject 3: backwards too, but both of its times within 30 days (positive either way).
     s2 = [(2, T0, ADM, 21), (2, T0 + d(5), DIS, 21), (2, T0 + d(45), ADM, 22), (2, T0 + d(25), DIS, 22)]
     s3 = [(3, T0, ADM, 31), (3, T0 + d(5), DIS, 31), (3, T0 + d(20), ADM, 32), (3, T0 + d(10), DIS, 32)]
+    # Subject 4: stay 42's only early row is a stray lab 100 days before stay 41, whose discharge it follows by 2 h.
+    s4 = [(4, T0 - d(100), "LAB//1", 42), (4, T0, ADM, 41), (4, T0 + d(5), DIS, 41), (4, T0 + d(5) + h(2), ADM, 42),
+          (4, T0 + d(8), DIS, 42)]
     meds = tmp_path / "meds"
-    _shard(meds / "data" / "train" / "0.parquet", sorted(s1 + s2 + s3, key=lambda r: (r[0], r[1])), True)
+    _shard(meds / "data" / "train" / "0.parquet", sorted(s1 + s2 + s3 + s4, key=lambda r: (r[0], r[1])), True)
     labels, info = make_labels(meds, "all")
     readmission = info["readmission_30d"]["excluded"]
-    assert labels["readmission_30d"].rows() == [(1, T0 + d(9), False), (3, T0 + d(5), True)]
-    assert readmission["transferred"] == 1 and readmission["next_admission_time_unknown"] == 1
+    assert labels["readmission_30d"].rows() == [(1, T0 + d(9), False), (3, T0 + d(5), True), (4, T0 + d(8), False)]
+    assert readmission["later_stay_in_history"] == 2 and readmission["next_admission_time_unknown"] == 1
     assert readmission["discharge_before_admission"] == 2
-    for task in ("in_hospital_mortality", "long_los"):  # stay 11's end is no end of care either
-        assert (1, T0 + h(24)) not in [r[:2] for r in labels[task].rows()], task
-        assert info[task]["n"] + info[task]["n_excluded"] == info[task]["n_stays"] == 6, task
+    # Stay 11's first 24 h and admission hold no row of stay 12: labelled; stay 41's hold the stray lab: not.
+    assert [r[0] for r in labels["long_los"].rows() if r[1] == T0 + h(24)] == [1, 2, 3]
+    assert [r[0] for r in labels["icu_admission"].rows() if r[1] == T0] == [1, 2, 3]
+    for task in labels:
+        assert info[task]["n"] + info[task]["n_excluded"] == info[task]["n_stays"] == 8, task
     write_label_dir(labels, info, tmp_path / "labels")
     assert audit(meds, tmp_path / "labels").clean
     # The label made before: its history holds the ED registration of stay 12, admitted after it. The audit said clean.
@@ -276,7 +282,9 @@ def test_a_death_its_subjects_later_home_discharge_contradicts_labels_nothing(tm
     home = DIS  # a discharge HOME
     s1 = [(1, T0, ADM, 11), (1, T0 + d(3) - h(8), "MEDS_DEATH", None), (1, T0 + d(8), home, 11),
           (1, T0 + d(20), ADM, 12), (1, T0 + d(22), home, 12)]
-    s2 = [(2, T0, ADM, 21), (2, T0 + d(6), "MEDS_DEATH", None), (2, T0 + d(6), "HOSPITAL_DISCHARGE//DIED", 21)]
+    s2 = [(2, T0, ADM, 21), (2, T0 + d(6), "MEDS_DEATH", None), (2, T0 + d(6), "HOSPITAL_DISCHARGE//DIED", 21),
+          # an organ donation's admission after the death may name any destination: no contradiction
+          (2, T0 + d(6) + h(8), ADM, 22), (2, T0 + d(6) + h(16), "HOSPITAL_DISCHARGE//OTHER FACILITY", 22)]
     _shard(tmp_path / "meds" / "data" / "train" / "0.parquet", sorted(s1 + s2, key=lambda r: (r[0], r[1])), True)
     capsys.readouterr()
     labels, info = make_labels(tmp_path / "meds", "all")
@@ -286,3 +294,4 @@ def test_a_death_its_subjects_later_home_discharge_contradicts_labels_nothing(tm
         assert info[task]["excluded"]["death_contradicted"] == 2, task
         assert info[task]["deaths"]["subjects_with_death_before_a_live_discharge"] == 1
     assert labels["in_hospital_mortality"].rows() == [(2, T0 + h(24), True)]
+    assert info["in_hospital_mortality"]["excluded"]["admitted_after_death"] == 1

@@ -36,9 +36,9 @@ Exclusions common to every task, each counted under its own reason in `info["exc
   row (bad data, kept by this package's ETL as written): it has no usable end, so no task can
   label it. As the next stay of another it may have been admitted at either of its two times: a
   readmission label that depends on which is excluded (next_admission_time_unknown).
-- death_contradicted: every stay of a subject whose death (its earliest MEDS_DEATH) precedes a
-  discharge to a named live destination (HOME, SKILLED NURSING FACILITY, ...; after the death's day,
-  for a date): one of the two records is wrong, and which is unknown (a patients.dod set days into a
+- death_contradicted: every stay of a subject whose death (its earliest MEDS_DEATH) falls inside a
+  stay that ends with a discharge to a named live destination (HOME, SKILLED NURSING FACILITY, ...;
+  after the death's day, for a date): one of the two records is wrong, and which is unknown (a patients.dod set days into a
   stay that went on to a home discharge and later admissions made 10 in-hospital deaths and excluded
   17 readmissions on a copy of the MIMIC-IV demo, silently).
 - admitted_after_death: an admission opened after the subject's death (MIMIC-IV records organ
@@ -47,11 +47,14 @@ Exclusions common to every task, each counted under its own reason in `info["exc
   is already in the history (admitted 10:00, died 20:00, discharge paperwork 30 h later).
 - duplicate_prediction_time: a second stay of the subject with the same prediction time
   (duplicated source rows); the first is kept.
-- transferred: the subject's next stay begins within `transfer_hours` of the discharge (default
-  1 h; at the same timestamp included) or before it: its admission, or its first row under its
-  stay id after this stay's admission (an ED registration, orders: on the MIMIC-IV demo one
-  readmission's ED registration came 6 h 40 min before the previous discharge, and one's pharmacy
-  order 5 days before; in the previous stay's history such rows tell its readmission). The next stay continues this one (on the
+- later_stay_in_history: a row under the stay id of a stay admitted after the prediction time is
+  at or before it (its ED registration, orders): the patient is alive and coming back, whatever
+  the task's outcome (the audit's (a) counts the same rows). On the MIMIC-IV demo one stay's next
+  stay has heparin orders inside it, 6 days before its own admission; with one readmission's
+  admittime moved 3 h after the previous discharge, its ED registration (6 h 40 min before that
+  discharge) and 13 orders sat in a positive readmission history.
+- transferred: the subject's next admission follows the discharge within `transfer_hours`
+  (default 1 h; at the same timestamp included): the next stay continues this one (on the
   MIMIC-IV demo: a discharge to a psych facility with an "INTERNAL TRANSFER TO OR FROM PSYCH"
   admission 15 minutes later, and an observation stay admitted as inpatient 1 minute after its
   discharge; the next-shortest gap there is 20 h). Its discharge is no end of care, so its death,
@@ -150,8 +153,8 @@ class Stay:
     admitted_after_death: bool = False  # opened after the subject's death (e.g. organ donation)
     discharge_location: str = ""  # of HOSPITAL_DISCHARGE//<location>, stripped and upper-cased ("" when none)
     discharge_before_admission: bool = False  # its stay id's discharge precedes its admission (bad data; no discharge)
-    # When its care began: the earliest of its admission and every row under its stay id (an ED registration,
-    # orders); with a discharge before the admission, also that discharge (either time may be the wrong one).
+    # Its earliest row: the earliest of its admission and every row under its stay id (an ED registration,
+    # orders); with a discharge before the admission, also that discharge.
     first_event: int | None = None
     # discharge_before_admission: its discharge and admission times as written (either may be its admission).
     written_span: tuple[int, int] | None = None
@@ -310,10 +313,6 @@ def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True,
         # A death at 23:59:59 (or later in its second) is a date placed at the end of its day (this package's
         # ETL, patients.dod): on a discharge day it is no later than a date-only discharge placed there too.
         death_at_day_end = first_death is not None and first_death % US_PER_DAY >= US_PER_DAY - 1_000_000
-        # A death its subject's own records contradict: a discharge to a named live destination (HOME, ...) after it
-        # (after its day, for a date). Which record is wrong is unknown, so no label rests on either.
-        contradicted = first_death is not None and any(
-            _live_discharge(c) and t > death_by for c, t in zip(codes, times, strict=False) if t is not None)
         # Group by timestamp: at a shared timestamp the open stay is closed first, then new
         # admissions open, then a remaining discharge closes a zero-length stay.
         by_time: dict[int, tuple[list[str], list[str]]] = {}
@@ -329,6 +328,11 @@ def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True,
             i is not None for c, i in zip(codes, ids, strict=False)
             if c.startswith(ADMISSION_PREFIX) or c.startswith(DISCHARGE_PREFIX))
         pairs = _pairs_by_id(codes, times, ids) if by_id else _pairs_by_time(by_time)
+        # A death its subject's own records contradict: a stay open at it (after its day, for a date) discharged to
+        # a named live destination (HOME, ...). Which record is wrong is unknown, so no label rests on either. (A stay
+        # admitted after the death, an organ donation's, may name any destination: it is admitted_after_death.)
+        contradicted = first_death is not None and any(
+            dis is not None and adm <= death_by < dis and _live_discharge(code) for adm, dis, code, _ in pairs)
         for adm, dis, dis_code, sid in pairs:
             before_admission = dis_code == BEFORE_ADMISSION
             dis_code = "" if before_admission else dis_code
@@ -401,15 +405,14 @@ def _open_at_discharge(stays: list[Stay]) -> list[bool]:
                                             for o in by_subject.get(s.subject_id, [])) for s in stays]
 
 
-def _next_stays(stays: list[Stay]) -> list[tuple[int | None, int | None, int | None]]:
-    """For each stay, its subject's next stay after its discharge: (earliest admission, its first event, latest admission).
+def _next_stays(stays: list[Stay]) -> list[tuple[int | None, int | None]]:
+    """For each stay, its subject's next admission after its discharge, as (earliest, latest) time.
 
-    (None, None, None) for a stay without a discharge or a next stay. The next stay is the one admitted
-    first at or after the discharge (an admission after death is no readmission); its first event
-    (`Stay.first_event`) can precede its admission. A stay whose discharge precedes its admission
-    (bad data) may have been admitted at either time: the first value takes the earlier, the last the
-    later, so a label that depends on which is told by the two disagreeing (they are equal otherwise).
-    First events before the stay's own admission are not counted.
+    (None, None) for a stay without a discharge or a next stay. The next stay is the one admitted
+    first at or after the discharge (an admission after death is no readmission). A stay whose
+    discharge precedes its admission (bad data) may have been admitted at either time: the first
+    value takes the earlier, the second the later, so a label that depends on which is told by the
+    two disagreeing (they are equal otherwise).
     """
     by_subject: dict[int, list[Stay]] = {}
     for s in stays:
@@ -421,11 +424,21 @@ def _next_stays(stays: list[Stay]) -> list[tuple[int | None, int | None, int | N
         for o in by_subject.get(s.subject_id, []) if s.discharge is not None else []:
             early, late = o.written_span or (o.admission, o.admission)
             if o.admission != s.admission and late >= s.discharge:
-                first = early if early >= s.discharge else late
-                # Rows of it from before this stay's admission (a stray row, years off) say nothing of this stay's end.
-                began = o.first_event if o.first_event is not None and o.first_event >= s.admission else first
-                later.append((first, min(began, first), late))
-        out.append(tuple(min(x) for x in zip(*later, strict=True)) if later else (None, None, None))
+                later.append((early if early >= s.discharge else late, late))
+        out.append((min(e for e, _ in later), min(v for _, v in later)) if later else (None, None))
+    return out
+
+
+def _later_stays_begun(stays: list[Stay]) -> dict[int, list[tuple[int, int]]]:
+    """{subject_id: [(admission, first row) of each stay whose first row precedes its admission]}.
+
+    A label whose prediction time falls between the two has a row of a stay that begins after it in
+    its history (`later_stay_in_history`; the audit's (a) counts the same).
+    """
+    out: dict[int, list[tuple[int, int]]] = {}
+    for s in stays:
+        if s.first_event is not None and s.first_event < s.admission:
+            out.setdefault(s.subject_id, []).append((s.admission, s.first_event))
     return out
 
 
@@ -450,8 +463,9 @@ def labels_from_stays(stays: list[Stay], cfg: LabelConfig, notes: dict | None = 
         excluded[reason] = excluded.get(reason, 0) + 1
 
     nexts = _next_stays(stays)
+    begun = _later_stays_begun(stays)
     still_in = _open_at_discharge(stays) if cfg.task == "readmission_30d" else [False] * len(stays)
-    for s, (nxt, nxt_start, nxt_late), in_other in zip(stays, nexts, still_in, strict=False):
+    for s, (nxt, nxt_late), in_other in zip(stays, nexts, still_in, strict=False):
         if s.death_contradicted:
             exclude("death_contradicted")
             continue
@@ -470,12 +484,15 @@ def labels_from_stays(stays: list[Stay], cfg: LabelConfig, notes: dict | None = 
         if s.death is not None and s.death <= pred and not (cfg.task == "readmission_30d" and s.died):
             exclude("died_before_prediction_time")
             continue
+        # A stay that begins after the prediction time already has a row in the history (its ED registration or
+        # orders under its hadm_id): the patient is alive and coming back, whatever the task's outcome.
+        if any(first <= pred < admission for admission, first in begun.get(s.subject_id, ())):
+            exclude("later_stay_in_history")
+            continue
         # A stay the next one continues within the transfer window (an observation stay admitted as
         # inpatient, an internal transfer recorded as discharge + admission): its discharge is no end
         # of care, so its outcome (a death, the length of stay, an ICU bed) is not this stay's alone.
-        # Its care begun (an ED registration, orders under its id) before this discharge or within the
-        # window counts: the next stay's first event would otherwise sit in this stay's histories.
-        continued = nxt_start is not None and nxt_start - s.discharge <= transfer
+        continued = nxt is not None and nxt - s.discharge <= transfer
         if cfg.task in ("in_hospital_mortality", "long_los"):
             if s.discharge <= pred:
                 exclude("ended_before_prediction_time")
