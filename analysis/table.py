@@ -836,9 +836,10 @@ def _blown_up(df: pl.DataFrame, source: str, values: dict, keep: np.ndarray, run
     # A few such runs: blow-ups a trainer did not catch, or (without a vocab_size) a loss no tokenizer can
     # give (a perplexity of 40-137 in one row in five was fitted silently, 3 of 5 parabolas "concave").
     for i in np.flatnonzero(blown):
+        own_vocab = np.isfinite(vocab[i]) and vocab[i] > 0
+        bound_text = f"ln V = {uniform[i]:.4g}: a blow-up" if own_vocab else f"over 2^24 codes, {uniform[i]:.4g}: a blow-up or another unit"
         excluded.append({"run_id": str(run_id[i]), "reason": f"status completed but loss {per_token[i]:.4g} nats/token is "
-                         f"above uniform guessing {'ln V = ' if np.isfinite(vocab[i]) and vocab[i] > 0 else 'over 2^24 codes, '}"
-                         f"{uniform[i]:.4g}: a blow-up or another unit, not a measurement"})
+                         f"above uniform guessing {bound_text}, not a measurement"})
     return blown
 
 

@@ -45,7 +45,7 @@ def test_one_command_from_raw_mimic_to_fits_heads_and_report(mimic_demo_dir, tmp
     # Every stage ran on the real data: MIMIC-IV's own 100 subjects, its labels (as README's audit figures), the sweep.
     stats = json.loads((out / "tokens" / "stats.json").read_text())
     assert sum(s["subjects"] for s in stats["splits"].values()) == 100
-    assert json.loads((out / "labels" / "readmission_30d.json").read_text())["n"] == 256  # 257 before discharges to another hospital were excluded
+    assert json.loads((out / "labels" / "readmission_30d.json").read_text())["n"] == 255  # 257 before discharges to another hospital were excluded, 256 before later_stay_in_history
     assert json.loads((out / "audit.json").read_text())  # the leakage audit of those labels
     res = pl.read_parquet(out / "sweep" / "results.parquet")
     assert res.height >= 4 and set(res["status"]) == {"completed"} and (res["epochs"] < 1).all()
