@@ -270,7 +270,7 @@ def test_a_clean_audit_says_how_many_labels_have_overlapping_stays(tmp_path):
     res = audit(tmp_path / "meds", tmp_path / "labels")
     assert res.clean and res.tasks["long_los"].overlapping_stays == 2
     verdict = format_audit(res)[-1]
-    assert verdict.startswith("Verdict: no leak in (a) and (c)") and "REVIEW (d)" in verdict and "long_los 2" in verdict, verdict
+    assert verdict.startswith("Verdict: no leak in (a) and (c)") and "REVIEW (d)" in verdict and "long_los (2)" in verdict, verdict
 
 
 def test_a_death_its_subjects_later_home_discharge_contradicts_labels_nothing(tmp_path, capsys):

@@ -2295,7 +2295,8 @@ def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context
             # readmission from the stay before it (its label turned negative). `ehrfm labels` excludes the stay
             # and any label that depends on which time is its admission.
             backwards = (pl.col("dischtime") < pl.col("admittime")).fill_null(False)
-            n_backwards, n_stays = adm.unique().select(backwards.sum()).item(), adm.unique().height
+            once = adm.unique()  # per stay, not per row read
+            n_backwards, n_stays = once.select(backwards.sum()).item(), once.height
             if n_backwards:
                 ctx.discharge["before_admission"] = int(n_backwards)
             if 2 * n_backwards > n_stays:  # most of them: not a few bad rows

@@ -164,6 +164,11 @@ class AuditResult:
         return [t for t in self.tasks if t not in OUTCOME_RULES]
 
     @property
+    def overlapping(self) -> str:
+        """(d)'s counts for review, "task (n), ..." over the tasks with any; "" when none."""
+        return ", ".join(f"{t.task} ({t.overlapping_stays})" for t in self.tasks.values() if t.overlapping_stays)
+
+    @property
     def clean(self) -> bool:
         """True when every task's (a) was made and no (a)-(c) or (f) is above 0, and no result table is at its chart time (e).
 
@@ -394,25 +399,34 @@ def _in_open_icu_stay(lab: pl.DataFrame, ev: pl.DataFrame) -> pl.DataFrame:
     return lab.join(nxt, on="i").filter(pl.col("out") & (pl.col("icu_next") > pl.col("pred")))
 
 
-def _later_stays_begun(lab: pl.DataFrame, ev: pl.DataFrame, first_rows: pl.DataFrame | None) -> set:
-    """The `lab` rows (i) whose history holds a row of a stay admitted after pred (first_rows: subject_id, stay, first)."""
-    if first_rows is None or not first_rows.height:
-        return set()
+def _stays_begun_before_admission(ev: pl.DataFrame, first_rows: pl.DataFrame) -> pl.DataFrame:
+    """(subject_id, adm, first) of each stay id whose earliest row (`stay_first_rows`) precedes its admission.
+
+    A label whose prediction time falls in [first, adm) has a row of a stay admitted after it in its
+    history (labels.py's `later_stay_in_history`, the same rule on its Stay objects).
+    """
     adm = (ev.filter(pl.col("code").str.starts_with(ADMISSION) & pl.col(STAY_ID_COLUMN).is_not_null() & pl.col("t").is_not_null())
            .group_by("subject_id", STAY_ID_COLUMN).agg(pl.col("t").min().alias("adm")))
-    later = adm.join(first_rows, on=["subject_id", STAY_ID_COLUMN])
-    hit = lab.join(later, on="subject_id").filter((pl.col("first") <= pl.col("pred")) & (pl.col("adm") > pl.col("pred")))
+    return (adm.join(first_rows, on=["subject_id", STAY_ID_COLUMN]).filter(pl.col("first") < pl.col("adm"))
+            .select("subject_id", "adm", "first"))
+
+
+def _later_stays_begun(lab: pl.DataFrame, begun: pl.DataFrame | None) -> set:
+    """The `lab` rows (i) whose history holds a row of a stay admitted after pred (begun: `_stays_begun_before_admission`)."""
+    if begun is None or not begun.height:
+        return set()
+    hit = lab.join(begun, on="subject_id").filter((pl.col("first") <= pl.col("pred")) & (pl.col("adm") > pl.col("pred")))
     return set(hit["i"].unique().to_list())
 
 
 def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: list[str] | None,
                 null_codes: list[str], stays: pl.DataFrame | None, partial: Sequence[str] = (),
                 timelines: pl.DataFrame | None = None, long_los_days: float = LONG_LOS_DAYS,
-                first_rows: pl.DataFrame | None = None) -> TaskAudit:
+                begun: pl.DataFrame | None = None) -> TaskAudit:
     """One task's counts (module docstring).
 
-    `timelines`: _timelines of the data, for (f); `first_rows`: each stay id's earliest row
-    (subject_id, stay id, first in us), for (a)'s rows of a stay admitted after the prediction time.
+    `timelines`: _timelines of the data, for (f); `begun`: `_stays_begun_before_admission` of the data,
+    for (a)'s rows of a stay admitted after the prediction time.
     """
     lab = labels.select("subject_id", pl.col("prediction_time").dt.epoch("us").alias("pred")).unique().with_row_index("i")
     # The stay a label belongs to: the subject's last admission at or before the prediction time;
@@ -463,7 +477,7 @@ def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: li
             known |= set(_in_open_icu_stay(lab, ev)["i"].to_list())
         if task == "long_los":  # still in hospital past the threshold: the long stay is known
             known |= set(lab.filter(pl.col("pred") - pl.col("stay_adm") > long_los_days * US_PER_DAY)["i"].to_list())
-        known |= _later_stays_begun(lab, ev, first_rows)
+        known |= _later_stays_begun(lab, begun)
         outcome = len(known)
     same_day = pl.col("t").is_not_null() & ((pl.col("t") // US_PER_DAY) == (pl.col("pred") // US_PER_DAY))
     # Placed at a discharge (or, below, at the end of its day): known by then. Anything earlier may be a leak.
@@ -553,19 +567,17 @@ def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
         unknown.append(f"(d) overlapping stays: {len(lacking)} of the {n_files} shard files with rows lack the stay id "
                        f"column ({STAY_ID_COLUMN}; first: {lacking[0]}): their subjects' stays are not checked")
     timelines = _timelines(ds)
-    first_rows = None
+    begun = None
     if stays is not None:
-        from ehrfm.clinical.labels import stay_first_events
+        from ehrfm.clinical.labels import stay_first_rows
 
-        first = stay_first_events(ds)
-        first_rows = pl.DataFrame([(k[0], k[1], t) for k, t in first.items()], orient="row",
-                                  schema={"subject_id": pl.Int64, STAY_ID_COLUMN: pl.String, "first": pl.Int64})
+        begun = _stays_begun_before_admission(ev, stay_first_rows(ds))
     zones = ds.time_zones()
     tasks = {}
     for name, f in files.items():
         lab = read_labels(f, allow_empty=True, data_zones=zones, data=f"MEDS dataset {meds_dir}")  # 0 labels: no stay qualified
         tasks[name] = _task_audit(name, lab, ev, date_only, sorted(ds.null_time_codes), stays, partial,
-                                  timelines, _long_los_days(f), first_rows)
+                                  timelines, _long_los_days(f), begun)
         if name not in OUTCOME_RULES:
             unknown.append(f"(a) task {name!r}: its outcome code is unknown, so its histories were NOT checked for the "
                            f"outcome (known tasks: {', '.join(OUTCOME_RULES)}; pass --task for a file named otherwise)")
@@ -663,8 +675,7 @@ def format_audit(res: AuditResult) -> list[str]:
     verdict = ("LEAKAGE: (a)-(c) are not all 0." + chart if tasks_leak else "LEAKAGE:" + chart if chart
                else "" if outside or unchecked else "no leak in (a) and (c); (b) unknown." if open_b
                else "clean ((a)-(c) are 0).")
-    overlapping = [f"{t.task} {t.overlapping_stays}" for t in res.tasks.values() if t.overlapping_stays]
-    if overlapping:  # for review, not a fault: said beside any verdict, so "clean" never hides it
-        verdict += f" REVIEW (d): labels of stays that overlap another stay of the subject: {', '.join(overlapping)}."
+    if res.overlapping:  # for review, not a fault: said beside any verdict, so "clean" never hides it
+        verdict += f" REVIEW (d): labels of stays that overlap another stay of the subject: {res.overlapping}."
     lines.append("Verdict: " + " ".join(x for x in (verdict, unscorable, unchecked) if x))
     return lines

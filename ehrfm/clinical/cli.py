@@ -68,10 +68,9 @@ def _audit(args) -> int:
         ["labels outside the data (no history; heads refuse them) in " + ", ".join(outside)] if outside else [])
     if res.unchecked:  # (a) not made: never "clean" (before: a file named icu_v2.parquet passed unchecked)
         found.append(f"NOT CHECKED for its outcome: {', '.join(res.unchecked)} (pass --task)")
-    overlapping = [f"{t.task} ({t.overlapping_stays})" for t in res.tasks.values() if t.overlapping_stays]
     summary(f"audit: {len(res.tasks)} tasks, " + ("; ".join(found) if found else "clean")
             + (f", {len(res.unknown)} unknown" if res.unknown else "")
-            + (f"; for review, labels of overlapping stays (d) in {', '.join(overlapping)}" if overlapping else ""))
+            + (f"; for review, labels of overlapping stays (d) in {res.overlapping}" if res.overlapping else ""))
     return 0 if res.clean else 1
 
 

@@ -198,22 +198,24 @@ def _stay_events(meds_dir: str | os.PathLike) -> tuple[pl.DataFrame, MedsDataset
     return events.sort("subject_id", "t", "code"), ds
 
 
-def stay_first_events(ds: MedsDataset) -> dict[tuple[int, str], int]:
-    """{(subject_id, stay id): its earliest timed row (us)} over every row that carries a stay id.
+def stay_first_rows(ds: MedsDataset) -> pl.DataFrame:
+    """Each stay's earliest timed row: (subject_id Int64, stay id String, first: its time in us), one row per stay id.
 
-    A stay's care can begin before its admittime: an ED registration, ED orders and medications
-    under its hadm_id (on the MIMIC-IV demo one readmission's ED registration was 6 h 40 min
-    before the previous stay's discharge). {} when the data has no stay id column.
+    Over every row that carries a stay id: a stay's care can begin before its admittime (an ED
+    registration, ED orders and medications under its hadm_id; on the MIMIC-IV demo one
+    readmission's ED registration was 6 h 40 min before the previous stay's discharge). No rows
+    when the data has no stay id column. The audit's (a) reads it as a frame, `labels` as a dict.
     """
     shards = [sh for shards in ds.shards.values() for sh in shards]  # a shard without the column reads as null ids
+    schema = {"subject_id": pl.Int64, STAY_ID: pl.String, "first": pl.Int64}
     if not shards:
-        return {}
+        return pl.DataFrame(schema=schema)
     # Streaming: on full MIMIC-IV most of a few hundred million rows carry a hadm_id.
     first = (scan_shards(shards, ["subject_id", "time", STAY_ID])
              .filter(pl.col(STAY_ID).is_not_null() & pl.col("time").is_not_null())
-             .group_by("subject_id", STAY_ID).agg(pl.col("time").min().dt.epoch("us").alias("t"))
+             .group_by("subject_id", STAY_ID).agg(pl.col("time").min().dt.epoch("us").alias("first"))
              .collect(engine="streaming"))
-    return {(s, i): t for s, i, t in first.select("subject_id", pl.col(STAY_ID).cast(pl.String), "t").iter_rows()}
+    return first.select(pl.col("subject_id").cast(pl.Int64), pl.col(STAY_ID).cast(pl.String), "first")
 
 
 def _death_counts(events: pl.DataFrame, ds: MedsDataset | None = None) -> dict:
@@ -293,7 +295,7 @@ def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True,
 
     Pair admissions with discharges per subject (rules in the module docstring): by the stay
     id column (`hadm_id`) when every admission and discharge row of the subject has one, else by
-    time order. first_events: `stay_first_events` of the data, for each stay's `first_event`.
+    time order. first_events: {(subject_id, stay id): first} of `stay_first_rows`, for each stay's `first_event`.
     """
     from ehrfm.io import progress
 
@@ -650,7 +652,10 @@ def make_labels(meds_dir: str | os.PathLike, task: str, **options) -> tuple[pl.D
     """
     _check_label_options(options, task)
     events, ds = _stay_events(meds_dir)
-    stays = stays_from_events(events, first_events=stay_first_events(ds) if STAY_ID in events.columns else None)
+    first_events = None
+    if STAY_ID in events.columns:
+        first_events = {(subject, stay): t for subject, stay, t in stay_first_rows(ds).iter_rows()}
+    stays = stays_from_events(events, first_events=first_events)
     tasks = TASKS if task == "all" else (task,)
     if not stays:  # every task would write an empty file that looks like a result
         n_adm = events.filter(pl.col("code").str.starts_with(ADMISSION_PREFIX)).height
