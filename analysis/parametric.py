@@ -388,15 +388,24 @@ def _nnls3(s: np.ndarray, yy: np.ndarray):
     return best / scale, np.maximum(best_rss, 0.0)
 
 
+# Elements of one _features block (128 MiB of float64). The products are made a block at a time: whole,
+# the coarse grid of a 100,000-run table was a (1024, P, 9) array, 14.6 GB at its peak. Tables of up to
+# ~1,800 runs fit in one block, so their sums (and fits) are those of a single product.
+FEATURE_BLOCK = 1 << 24
+
+
 def _varpro_eval(log_n, log_d, y, weights, alpha, beta):
     """NNLS coefficients and RSS for replicate weights (R, P) and exponents (R, K) or (K,)."""
     yy = weights @ (y * y)  # (R,)
-    if alpha.ndim == 1:  # the same pairs for every replicate: one matrix product
-        f = _features(log_n, log_d, y, alpha, beta)  # (K, P, 9)
-        s = np.einsum("rp,kpf->rkf", weights, f, optimize=True)
-    else:
-        f = _features(log_n, log_d, y, alpha, beta)  # (R, K, P, 9)
-        s = np.einsum("rp,rkpf->rkf", weights, f, optimize=True)
+    per_pair = log_n.size * 9
+    if alpha.ndim == 1:  # the same pairs for every replicate: one matrix product per block of pairs
+        step = max(1, FEATURE_BLOCK // per_pair)
+        s = np.concatenate([np.einsum("rp,kpf->rkf", weights, _features(log_n, log_d, y, alpha[k:k + step], beta[k:k + step]),
+                                      optimize=True) for k in range(0, alpha.shape[0], step)], axis=1)
+    else:  # each replicate its own pairs: blocks of replicates
+        step = max(1, FEATURE_BLOCK // (per_pair * alpha.shape[1]))
+        s = np.concatenate([np.einsum("rp,rkpf->rkf", weights[r:r + step], _features(log_n, log_d, y, alpha[r:r + step],
+                                      beta[r:r + step]), optimize=True) for r in range(0, alpha.shape[0], step)], axis=0)
     return _nnls3(s, yy[:, None])
 
 

@@ -605,10 +605,17 @@ FLOPS_PER_PARAM_TOKEN_RANGE = (1.0, 1e5)
 # without flops: with flops, parameters in another unit fail the FLOPs check, and synthetic tables with
 # a tiny N term (tests/test_fit_varpro: 2e10 tokens per parameter) are fitted as before.
 TOKENS_PER_PARAM_RANGE = (1e-3, 1e10)
+# No transformer has fewer parameters: the smallest of this package's family (1 layer, d_model 16) has
+# ~3,000 without embeddings. A table whose n_params are in millions ("1.5") has a median run below it
+# while its tokens per parameter (~2e7) stay inside the range above.
+MIN_PARAMS = 100
 
 
 def _refuse_tokens_per_param(source: str, n_params: np.ndarray, tokens: np.ndarray, upper: bool = True) -> None:
-    """UserError when tokens / n_params of the median completed run is outside TOKENS_PER_PARAM_RANGE (below only: upper False)."""
+    """UserError when the median completed run has under MIN_PARAMS parameters or tokens / n_params outside TOKENS_PER_PARAM_RANGE.
+
+    upper False: the ratio is checked only against the range's lower end (a table with flops).
+    """
     ratio = tokens / n_params
     median = float(np.median(ratio))
     lo, hi = TOKENS_PER_PARAM_RANGE
@@ -620,6 +627,11 @@ def _refuse_tokens_per_param(source: str, n_params: np.ndarray, tokens: np.ndarr
             f"results table {source}: columns tokens and n_params disagree: tokens / n_params is {median:.3g} in the "
             f"median completed run ({out} of {ratio.size} completed runs outside {lo:g}-{hi:g} tokens per parameter; "
             f"compute-optimal training is ~20): {unit}? ehrfm reads plain counts: parameters, tokens")
+    if (median_n := float(np.median(n_params))) < MIN_PARAMS:
+        raise UserError(
+            f"results table {source}: column n_params is {median_n:.3g} in the median completed run ({int((n_params < MIN_PARAMS).sum())} "
+            f"of {n_params.size} completed runs below {MIN_PARAMS}; no transformer has so few parameters): n_params in "
+            "millions or billions? ehrfm reads plain counts: parameters, tokens")
 
 
 def _refuse_unit_mismatch(source: str, flops: np.ndarray, n_params: np.ndarray, tokens: np.ndarray, col: str = "flops",

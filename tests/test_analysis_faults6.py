@@ -174,6 +174,19 @@ def test_tokens_per_parameter_far_outside_any_run_is_refused(scale):
     assert load_results(_table().select("run_id", "n_params", "tokens", "loss")).n == t.height  # real units pass
 
 
+# 7b. n_params in millions at EHR scale (0.01-1 "parameters") kept tokens per parameter (~1e7) inside the range: fitted
+def test_parameters_in_millions_at_ehr_scale_are_refused():
+    n = np.tile(np.geomspace(1e4, 4e5, 5), 3)  # the default demo's sizes and budgets
+    c = np.repeat([4e11, 1.5e12, 6e12], 5)
+    t = pl.DataFrame({"run_id": [f"r{i}" for i in range(15)], "n_params": n, "tokens": c / (6 * n),
+                      "loss": 1.0 + 0.1 * np.log(n / 1e5) ** 2})
+    assert load_results(t).n == t.height
+    millions = t.with_columns(pl.col("n_params") * 1e-6)
+    with pytest.raises(UserError, match=rf"column n_params is 0\.\d+ in the median completed run \({t.height} of {t.height} completed "
+                                        r"runs below 100; .*n_params in millions or billions\?"):
+        load_results(millions)
+
+
 # 8. a retried run (failed attempt + completed attempt under one run_id) was refused as a duplicated id
 def test_a_retried_runs_failed_attempt_is_excluded_not_a_duplicate_id():
     t = _table().select("run_id", "n_params", "tokens", "flops", "loss").with_columns(status=pl.lit("completed"))
