@@ -13,6 +13,7 @@ import gzip
 import shutil
 from datetime import datetime, timedelta
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -242,6 +243,24 @@ def test_a_table_in_another_compression_is_named_as_such(raw, tmp_path):
             etl(raw, tmp_path / "out")
         assert str(e.value) == (f"{lab}: holds {kind} data, not CSV text or gzip-compressed CSV (table hosp/labevents); "
                                 "decompress it to a .csv (or .csv.gz) file")
+    assert not (tmp_path / "out").exists()
+
+
+def test_random_bytes_are_a_damaged_file_not_text_to_re_encode(raw, tmp_path):
+    """Before: a .csv.gz of random bytes (a damaged download), or gzip of random bytes, was refused "the header
+    line is not UTF-8 text; re-encode the file (e.g. iconv ...)". Now named binary data, with what to do; a latin-1
+    header keeps the re-encode advice."""
+    lab = raw / "hosp/labevents.csv.gz"
+    noise = np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes()
+    for data, named in ((noise, " nor gzip data, though named .gz"), (gzip.compress(noise), "")):
+        lab.write_bytes(data)
+        with pytest.raises(UserError) as e:
+            etl(raw, tmp_path / "out")
+        assert str(e.value) == (f"{lab}: holds binary data, not CSV text{named} (table hosp/labevents): a damaged or "
+                                "partial download? Download it again (MIMIC-IV's SHA256SUMS.txt gives each file's checksum)")
+    lab.write_bytes(gzip.compress("subject_id,hadm_id,itemid,chart\xe9time\n".encode("latin-1")))
+    with pytest.raises(UserError, match=r"the header line is not UTF-8 text; .*iconv"):
+        etl(raw, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

@@ -468,3 +468,37 @@ def test_ed_pain_deidentified_placeholder_is_counted_as_redacted_not_kept_as_tex
     assert "text_values_kept" not in res["tables"]["ed/triage"]
     assert res["tables"]["ed/vitalsign"]["redacted_numbers_set_null"] == {"pain": 1}
     assert res["tables"]["ed/vitalsign"]["text_values_kept"] == {"pain": 1}
+
+
+@pytest.mark.parametrize("emptied", ["storetime", "charttime"])
+def test_a_table_whose_every_row_is_dropped_is_refused_naming_it(tmp_path, emptied):
+    # A labevents export with its storetime column empty lost every lab (all result_never_stored) and the ETL went
+    # on, saying so only in its per-table line. Any reason that empties a whole table is refused; none half-written.
+    labs = {"charttime": ["2150-01-02 08:00:00", "2150-01-02 12:00:00", "2150-02-01 10:00:00"],
+            "storetime": ["2150-01-02 09:10:00", "2150-01-02 12:30:00", "2150-02-01 11:00:00"]}
+    labs[emptied] = ["", "", ""]
+    text = "subject_id,hadm_id,itemid,charttime,storetime,value,valuenum,valueuom\n" + "".join(
+        f"{s},{h},50912,{c},{st},1.0,1.0,mg/dL\n" for s, h, c, st in zip((1, 1, 2), (11, 11, 21), labs["charttime"],
+                                                                         labs["storetime"], strict=True))
+    raw = _raw(tmp_path, {"hosp/labevents": text})
+    reason = r"result_never_stored 3 \(storetime empty\)" if emptied == "storetime" else "missing_time 3"
+    with pytest.raises(UserError, match=rf"labevents.csv: all 3 rows dropped \({reason}\): none of the table would "
+                                        r"reach the MEDS data\. Export the table again, or leave it out with --tables"):
+        etl(raw, tmp_path / "meds", split_fractions=(1.0, 0.0, 0.0))
+    assert not (tmp_path / "meds").exists()
+    # one row left: kept, its drops counted as before
+    raw = _raw(tmp_path / "one", {"hosp/labevents": text.replace(",,1.0", ",2150-02-01 11:00:00,1.0", 1)
+                                  if emptied == "storetime" else text.replace("21,50912,,", "21,50912,2150-02-01 10:00:00,")})
+    etl(raw, tmp_path / "one" / "meds", split_fractions=(1.0, 0.0, 0.0))
+    cfg = json.loads((tmp_path / "one/meds/metadata/etl_config.json").read_text())["tables"]["hosp/labevents"]
+    assert cfg["events_written"] == 1 and sum(cfg["dropped"].values()) == 2, cfg
+
+
+def test_a_death_before_its_own_admission_is_kept_and_counted(tmp_path):
+    adm = ADMISSIONS.replace("2150-02-03 12:00:00,,URGENT", "2150-02-03 12:00:00,2150-01-31 08:00:00,URGENT")
+    raw = _raw(tmp_path, {})
+    (raw / "hosp/admissions.csv").write_text(adm)
+    etl(raw, tmp_path / "meds", split_fractions=(1.0, 0.0, 0.0))
+    meta = json.loads((tmp_path / "meds/metadata/ehrfm_etl.json").read_text())
+    assert meta["discharge_times"].get("death_before_admission") == 1, meta["discharge_times"]
+    assert _at(_events(tmp_path / "meds"), "MEDS_DEATH") == [("2150-01-31 08:00:00", None)]

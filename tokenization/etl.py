@@ -204,7 +204,8 @@ metadata/ehrfm_etl.json (read by `ehrfm audit` without importing this package):
                             | "discharge", "time_of_day": "23:59:59",
                             "events_at_discharge": n | "midnight_values_read_as_date": n}],
      "discharge_times": {"midnight_read_as_date", "date_only", "moved_to_death",
-                         "date_moved_by_death_or_next_admission", "before_admission"},
+                         "date_moved_by_death_or_next_admission", "before_admission",
+                         "death_before_admission"},
      "tables": {...as in etl_config.json}, "duplicates_dropped": {table: n},
      "stored_time_sources": [{"table", "column", "store_column", "code_prefixes", "present": bool,
                               "moved": n, "never_stored_dropped": n}]}
@@ -1108,6 +1109,13 @@ def _header(path: Path, table: str | None = None) -> list[str]:
     try:
         text = line.decode(CSV_ENCODING)
     except UnicodeDecodeError:
+        # Control bytes (NUL, or over 1 in 20) are no text in another encoding: random or damaged bytes, which
+        # were told to re-encode (iconv) as a latin-1 header would be.
+        if b"\x00" in line or 20 * sum(b < 9 or 13 < b < 32 for b in line) > len(line):
+            named_gz = " nor gzip data, though named .gz" if path.suffix == ".gz" and not _is_gzip(path) else ""
+            raise UserError(f"{path}: holds binary data, not CSV text{named_gz} (table {table or path.name}): a damaged "
+                            "or partial download? Download it again (MIMIC-IV's SHA256SUMS.txt gives each file's "
+                            "checksum)") from None
         raise UserError(f"{path}: the header line is not UTF-8 text; {NOT_UTF8_HINT}") from None
     header = next(csv.reader([text]), []) if text.strip() else []
     if not header:
@@ -1889,6 +1897,7 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
         counts = _write_shards(stage, tmp, split_of, cfg, ctx, pool)
         _write_codes(dictionaries, tmp, counts.pop("codes"))
         account = _account(rows_in, counts, ctx)
+        _refuse_emptied_tables(account, present, ctx)
         _write_metadata(tmp, cfg, split_of, rows_in, missing, ctx.untimed, account)
         write_json(tmp / "metadata" / ETL_METADATA, _audit_metadata(account, ctx))
         import shutil
@@ -1904,6 +1913,27 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
         f"{len(rows_in)} tables ({len(missing)} absent: {', '.join(missing) or 'none'}) -> {out} in {seconds:.1f}s"
     )
     return result
+
+
+def _refuse_emptied_tables(account: dict, present: dict, ctx: Context) -> None:
+    """UserError naming each table whose every row was dropped by a counted reason: a broken export, not data.
+
+    A labevents export whose storetime column came out empty lost every result (all
+    `result_never_stored`) and the ETL went on, saying so only in its per-table line; labels and
+    heads then ran on data without a single lab. Refused before anything is written.
+    """
+    said = []
+    for name, a in account.items():
+        # Rows that hold no value make no event and drop nothing (an ED triage row of empty vitals): not refused.
+        if not a["rows_read"] or a["events_written"] or sum(a["dropped"].values()) < a["rows_read"]:
+            continue
+        stores = " / ".join(sorted({v["store_column"] for (t, _), v in ctx.stored.items() if t == name}))
+        meaning = {"result_never_stored": f"{stores or 'store time'} empty", "unknown_subject_id": "not in hosp/patients"}
+        why = ", ".join(f"{r} {n:,}" + (f" ({meaning[r]})" if r in meaning else "") for r, n in a["dropped"].items())
+        said.append(f"{present[name]}: all {a['rows_read']:,} rows dropped ({why})")
+    if said:
+        raise UserError("; ".join(said) + ": none of the table would reach the MEDS data. Export the table again, "
+                        "or leave it out with --tables")
 
 
 def _account(rows_in: dict, counts: dict, ctx: Context) -> dict:
@@ -2299,6 +2329,10 @@ def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context
             n_backwards, n_stays = once.select(backwards.sum()).item(), once.height
             if n_backwards:
                 ctx.discharge["before_admission"] = int(n_backwards)
+            # A death before its own admission: kept as written (its MEDS_DEATH is the subject's death, and
+            # `ehrfm labels` excludes the stay as admitted after death), counted so the audit shows it.
+            if n_dead_first := once.select((pl.col("deathtime") < pl.col("admittime")).fill_null(False).sum()).item():
+                ctx.discharge["death_before_admission"] = int(n_dead_first)
             if 2 * n_backwards > n_stays:  # most of them: not a few bad rows
                 raise UserError(f"{path}: column 'dischtime' precedes 'admittime' in {n_backwards} "
                                 f"of {n_stays} admissions: the two columns seem swapped or mislabelled; "
