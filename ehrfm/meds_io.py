@@ -191,8 +191,13 @@ class MedsDataset:
         return not self.files_without(column)
 
     def files_without(self, column: str) -> list[Path]:
-        """The shard files holding rows that lack `column` (see `has_column`)."""
-        return [p for p in self.paths_with_rows() if column not in pl.read_parquet_schema(p)]
+        """The shard files holding rows that lack `column` (see `has_column`): absent, or null in every row.
+
+        A column of parquet's null type (what polars and pandas write for a column of no values), or
+        one whose footer statistics count every row null, carries nothing: such a shard's stays were
+        paired by time without a word in the audit's unknowns.
+        """
+        return [p for p in self.paths_with_rows() if not _carries(p, column)]
 
     def paths_with_rows(self) -> list[Path]:
         """`paths()` less the files of no rows (their footer's count)."""
@@ -211,6 +216,24 @@ class MedsDataset:
         if not frames:
             return pl.DataFrame(schema={SUBJECT_ID: pl.Int64, "split": pl.String})
         return pl.concat(frames).unique(SUBJECT_ID, keep="first", maintain_order=True)
+
+
+def _carries(path: Path, column: str) -> bool:
+    """Does the parquet file hold `column` with a value in at least one row (by its footer, not its data)?"""
+    import pyarrow.parquet as pq
+
+    schema = pl.read_parquet_schema(path)
+    if column not in schema or schema[column] == pl.Null:
+        return False
+    meta = pq.ParquetFile(path).metadata
+    i = meta.schema.names.index(column) if column in meta.schema.names else None
+    if i is None:
+        return True
+    for g in range(meta.num_row_groups):
+        stats = meta.row_group(g).column(i).statistics
+        if stats is None or not stats.has_null_count or stats.null_count < meta.row_group(g).num_rows:
+            return True  # a value here, or no statistics to say otherwise
+    return False
 
 
 def open_meds(meds_dir: str | os.PathLike, check_static: bool = True) -> MedsDataset:

@@ -90,6 +90,31 @@ def test_a_shard_without_the_stay_id_column_does_not_unpair_the_other_shards_sta
     assert results["one"][1]["long_los"] == 2
 
 
+def test_a_shard_whose_stay_id_column_holds_no_value_is_named_as_lacking_it(tmp_path, capsys):
+    # A shard whose hadm_id column is all null (parquet's null type, as polars and pandas write a column of no
+    # values, or int64 with every row null) was read as having the column: its subjects were paired by time
+    # without the warning or the audit's "unknown" line that a shard without the column gets.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from test_labels import ADM, DIS
+
+    s7 = [(7, T0, ADM, 71), (7, T0 + d(4), DIS, 71)]
+    s8 = [(8, T0, ADM, None), (8, T0 + d(3), DIS, None)]
+    for kind in ("null", "int64"):
+        meds = tmp_path / kind
+        _shard(meds / "data" / "train" / "0.parquet", s7, True)
+        _shard(meds / "data" / "train" / "1.parquet", s8, False)
+        one = meds / "data" / "train" / "1.parquet"
+        t = pq.read_table(one)
+        pq.write_table(t.append_column("hadm_id", pa.nulls(t.num_rows, pa.null() if kind == "null" else pa.int64())), one)
+        labels, info = make_labels(meds, "all")
+        assert "1 of the shard files with rows lack the stay id column hadm_id" in capsys.readouterr().err
+        write_label_dir(labels, info, tmp_path / f"labels_{kind}")
+        res = audit(meds, tmp_path / f"labels_{kind}")
+        assert any(u.startswith("(d) overlapping stays: 1 of the 2 shard files with rows lack the stay id column")
+                   for u in res.unknown), res.unknown
+
+
 def test_a_discharge_before_its_admission_is_excluded_under_its_own_reason(tmp_path):
     # Bad data (stay 91 discharged 3 h before it was admitted): no usable end. It was counted as
     # no_discharge, as if the stay were still open; now under its own reason, and never paired.
