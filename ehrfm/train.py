@@ -603,7 +603,10 @@ def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool, held: con
             else:
                 p.unlink()
     if (run_dir / "config.json").is_file():
-        saved = read_json(run_dir / "config.json", "run config")
+        # Damaged (a disk full or a copy cut short): what the dir trained cannot be checked, so it is not guessed at.
+        saved = read_json(run_dir / "config.json", "run config", expect=dict,
+                          hint=f"pass --overwrite (or remove {run_dir}) to train the run again from the start; in a "
+                               "sweep, remove the run dir and run `ehrfm sweep launch` again")
         _check_same_run(run_dir, saved, run_config)
         mark_output(run_dir, "train")  # ours (a run dir of an older ehrfm gets its marker here)
         result = read_result(run_dir)

@@ -175,6 +175,22 @@ def test_a_run_dir_that_lost_its_config_json_says_so(tok, reference, tmp_path):
     assert json.loads((run / "result.json").read_text())["val_loss"] == json.loads((reference / "result.json").read_text())["val_loss"]
 
 
+def test_a_run_dir_whose_config_json_is_damaged_says_how_to_train_it_again(tok, reference, tmp_path):
+    """Before: "run config RUN/config.json is damaged: not valid JSON" and nothing more; a sweep's retry failed the
+    same way each time. Now it says how to train it again; --overwrite does."""
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    text = (run / "config.json").read_text()
+    for damaged in (text[: len(text) // 2], "[]"):
+        (run / "config.json").write_text(damaged)
+        p = subprocess.run(cli(tok, run), env=ENV, capture_output=True, text=True)
+        assert p.returncode == 2 and f"run config {run / 'config.json'} is damaged" in p.stderr, p.stderr
+        assert (f"pass --overwrite (or remove {run}) to train the run again from the start; in a sweep, remove the run "
+                "dir and run `ehrfm sweep launch` again") in p.stderr, p.stderr
+    assert subprocess.run(cli(tok, run, "--overwrite"), env=ENV, capture_output=True).returncode == 0
+    assert json.loads((run / "result.json").read_text())["val_loss"] == json.loads((reference / "result.json").read_text())["val_loss"]
+
+
 def test_a_cosine_run_that_would_end_inside_its_warmup_is_refused(tok, tmp_path):
     """Before: --warmup-steps 100 on a 12-step cosine run trained at lr (step+1)/100 x lr throughout, ending at
     0.12 x lr instead of min_lr_ratio x lr, and was recorded "completed"."""
