@@ -226,7 +226,8 @@ def _carries(path: Path, column: str) -> bool:
     if column not in schema or schema[column] == pl.Null:
         return False
     meta = pq.ParquetFile(path).metadata
-    i = meta.schema.names.index(column) if column in meta.schema.names else None
+    # The top-level column itself: a struct's field of the same name is another leaf (path "x.hadm_id").
+    i = next((j for j in range(meta.num_columns) if meta.schema.column(j).path == column), None)
     if i is None:
         return True
     for g in range(meta.num_row_groups):

@@ -98,6 +98,8 @@ def test_a_shard_whose_stay_id_column_holds_no_value_is_named_as_lacking_it(tmp_
     import pyarrow.parquet as pq
     from test_labels import ADM, DIS
 
+    from ehrfm.meds_io import open_meds
+
     s7 = [(7, T0, ADM, 71), (7, T0 + d(4), DIS, 71)]
     s8 = [(8, T0, ADM, None), (8, T0 + d(3), DIS, None)]
     for kind in ("null", "int64"):
@@ -107,12 +109,23 @@ def test_a_shard_whose_stay_id_column_holds_no_value_is_named_as_lacking_it(tmp_
         one = meds / "data" / "train" / "1.parquet"
         t = pq.read_table(one)
         pq.write_table(t.append_column("hadm_id", pa.nulls(t.num_rows, pa.null() if kind == "null" else pa.int64())), one)
+        # a shard whose one subject has no hospital stay (~40% of MIMIC-IV's patients): no id is lacking there
+        _shard(meds / "data" / "train" / "2.parquet", [(9, T0, "LAB//50912//mg/dL", None)], True)
         labels, info = make_labels(meds, "all")
-        assert "1 of the shard files with rows lack the stay id column hadm_id" in capsys.readouterr().err
+        assert "1 of the shard files with rows lack the stay id column hadm_id (first: " + str(one) in capsys.readouterr().err
         write_label_dir(labels, info, tmp_path / f"labels_{kind}")
         res = audit(meds, tmp_path / f"labels_{kind}")
-        assert any(u.startswith("(d) overlapping stays: 1 of the 2 shard files with rows lack the stay id column")
-                   for u in res.unknown), res.unknown
+        assert [u for u in res.unknown if u.startswith("(d)")] == [
+            f"(d) overlapping stays: 1 of the 3 shard files with rows lack the stay id column (hadm_id; first: {one}): "
+            "their subjects' stays are not checked"], res.unknown
+    # a struct column holding a field named hadm_id (null) before the real one: the real column is read
+    meds = tmp_path / "struct"
+    _shard(meds / "data" / "train" / "0.parquet", s7, True)
+    path = meds / "data" / "train" / "0.parquet"
+    t = pq.read_table(path)
+    extra = pa.StructArray.from_arrays([pa.nulls(t.num_rows, pa.int64())], names=["hadm_id"])
+    pq.write_table(pa.table({"x": extra, **{c: t[c] for c in t.column_names}}), path)
+    assert open_meds(meds).files_without("hadm_id") == []
 
 
 def test_a_discharge_before_its_admission_is_excluded_under_its_own_reason(tmp_path):

@@ -258,9 +258,16 @@ def test_random_bytes_are_a_damaged_file_not_text_to_re_encode(raw, tmp_path):
             etl(raw, tmp_path / "out")
         assert str(e.value) == (f"{lab}: holds binary data, not CSV text{named} (table hosp/labevents): a damaged or "
                                 "partial download? Download it again (MIMIC-IV's SHA256SUMS.txt gives each file's checksum)")
-    lab.write_bytes(gzip.compress("subject_id,hadm_id,itemid,chart\xe9time\n".encode("latin-1")))
-    with pytest.raises(UserError, match=r"the header line is not UTF-8 text; .*iconv"):
-        etl(raw, tmp_path / "out")
+    for latin in ("subject_id,hadm_id,itemid,chart\xe9time\n", "subject_id,hadm_id,itemid,chart\xe9time\x1a\n"):
+        lab.write_bytes(gzip.compress(latin.encode("latin-1")))  # (a DOS end-of-file Ctrl-Z is no binary data)
+        with pytest.raises(UserError, match=r"the header line is not UTF-8 text; .*iconv -f latin1"):
+            etl(raw, tmp_path / "out")
+    header = "subject_id,hadm_id,itemid,charttime\n"
+    for enc in ("utf-16", "utf-16-le", "utf-32"):  # text, to re-encode (was "binary data": NUL bytes)
+        lab.write_bytes(gzip.compress(header.encode(enc)))
+        with pytest.raises(UserError, match=r"the header line is UTF-16 or UTF-32 text \(table hosp/labevents\); MIMIC-IV "
+                                            r"is UTF-8: re-encode the file \(e.g. iconv -f utf-16 -t utf-8\)"):
+            etl(raw, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

@@ -470,28 +470,39 @@ def test_ed_pain_deidentified_placeholder_is_counted_as_redacted_not_kept_as_tex
     assert res["tables"]["ed/vitalsign"]["text_values_kept"] == {"pain": 1}
 
 
+def _labs(n: int, emptied: str, kept: int = 0) -> str:
+    """labevents of n rows (subjects 1 and 2) whose `emptied` column is empty but in the first `kept` rows."""
+    rows = []
+    for i in range(n):
+        s, h = (1, 11) if i % 2 == 0 else (2, 21)
+        chart = f"2150-0{s}-02 {8 + i % 10:02d}:{i % 60:02d}:00"
+        store = f"2150-0{s}-02 {9 + i % 10:02d}:{i % 60:02d}:00"
+        chart, store = (chart, "") if emptied == "storetime" and i >= kept else ("", store) if i >= kept else (chart, store)
+        rows.append(f"{s},{h},50912,{chart},{store},1.0,1.0,mg/dL\n")
+    return "subject_id,hadm_id,itemid,charttime,storetime,value,valuenum,valueuom\n" + "".join(rows)
+
+
 @pytest.mark.parametrize("emptied", ["storetime", "charttime"])
-def test_a_table_whose_every_row_is_dropped_is_refused_naming_it(tmp_path, emptied):
+def test_a_table_nearly_all_of_whose_rows_are_dropped_is_refused_naming_it(tmp_path, emptied, capsys):
     # A labevents export with its storetime column empty lost every lab (all result_never_stored) and the ETL went
-    # on, saying so only in its per-table line. Any reason that empties a whole table is refused; none half-written.
-    labs = {"charttime": ["2150-01-02 08:00:00", "2150-01-02 12:00:00", "2150-02-01 10:00:00"],
-            "storetime": ["2150-01-02 09:10:00", "2150-01-02 12:30:00", "2150-02-01 11:00:00"]}
-    labs[emptied] = ["", "", ""]
-    text = "subject_id,hadm_id,itemid,charttime,storetime,value,valuenum,valueuom\n" + "".join(
-        f"{s},{h},50912,{c},{st},1.0,1.0,mg/dL\n" for s, h, c, st in zip((1, 1, 2), (11, 11, 21), labs["charttime"],
-                                                                         labs["storetime"], strict=True))
-    raw = _raw(tmp_path, {"hosp/labevents": text})
-    reason = r"result_never_stored 3 \(storetime empty\)" if emptied == "storetime" else "missing_time 3"
-    with pytest.raises(UserError, match=rf"labevents.csv: all 3 rows dropped \({reason}\): none of the table would "
-                                        r"reach the MEDS data\. Export the table again, or leave it out with --tables"):
-        etl(raw, tmp_path / "meds", split_fractions=(1.0, 0.0, 0.0))
+    # on, saying so only in its per-table line; with one row left so did labels and the audit ("clean"). Any
+    # reason that drops 95% of a table of 100+ rows is refused, before the shards are written; none half-written.
+    reason = r"result_never_stored 199 \[storetime empty\]" if emptied == "storetime" else "missing_time 199"
+    with pytest.raises(UserError, match=rf"labevents.csv: 199 of its 200 events dropped from 200 rows \({reason}\): no "
+                                        r"MIMIC-IV table loses 95% of its rows by design; export the table again, or leave "
+                                        r"it out with --tables"):
+        etl(_raw(tmp_path, {"hosp/labevents": _labs(200, emptied, kept=1)}), tmp_path / "meds", split_fractions=(1.0, 0.0, 0.0))
     assert not (tmp_path / "meds").exists()
-    # one row left: kept, its drops counted as before
-    raw = _raw(tmp_path / "one", {"hosp/labevents": text.replace(",,1.0", ",2150-02-01 11:00:00,1.0", 1)
-                                  if emptied == "storetime" else text.replace("21,50912,,", "21,50912,2150-02-01 10:00:00,")})
-    etl(raw, tmp_path / "one" / "meds", split_fractions=(1.0, 0.0, 0.0))
-    cfg = json.loads((tmp_path / "one/meds/metadata/etl_config.json").read_text())["tables"]["hosp/labevents"]
-    assert cfg["events_written"] == 1 and sum(cfg["dropped"].values()) == 2, cfg
+    # 11 of 200 rows kept (94.5% dropped): converted, its drops counted as before
+    res = etl(_raw(tmp_path / "some", {"hosp/labevents": _labs(200, emptied, kept=11)}), tmp_path / "some" / "meds",
+              split_fractions=(1.0, 0.0, 0.0))
+    assert res["tables"]["hosp/labevents"]["events_written"] == 11, res["tables"]["hosp/labevents"]
+    # a hand-made table of 3 rows, all dropped: warned, not refused
+    capsys.readouterr()
+    res = etl(_raw(tmp_path / "tiny", {"hosp/labevents": _labs(3, emptied)}), tmp_path / "tiny" / "meds",
+              split_fractions=(1.0, 0.0, 0.0))
+    assert res["tables"]["hosp/labevents"]["events_written"] == 0
+    assert "labevents.csv: 3 of its 3 events dropped from 3 rows" in capsys.readouterr().err
 
 
 def test_a_death_before_its_own_admission_is_kept_and_counted(tmp_path):

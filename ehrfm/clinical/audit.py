@@ -533,7 +533,7 @@ def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
         UserError: bad MEDS or label input (the one MEDS reader's and read_labels's messages); `task`
             not a known task, or given for labels of several tasks.
     """
-    from ehrfm.clinical.labels import read_labels, recorded_task
+    from ehrfm.clinical.labels import read_labels, recorded_task, shards_lacking_stay_ids, stay_first_rows
 
     files = _label_files(labels)
     if task is not None:
@@ -560,7 +560,7 @@ def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
                            "or an older one); pass --date-only-codes to check them")
     ev = _events(ds, date_only or [])
     stays = _stays(ev) if ev[STAY_ID_COLUMN].null_count() < ev.height else None
-    lacking, n_files = ds.files_without(STAY_ID_COLUMN), len(ds.paths_with_rows())
+    lacking, n_files = shards_lacking_stay_ids(ds), len(ds.paths_with_rows())
     if stays is None:
         unknown.append(f"(d) overlapping stays: the MEDS data has no stay id column ({STAY_ID_COLUMN})")
     elif lacking:  # some shards with the column, some without: say which, so the user fixes the export
@@ -569,8 +569,6 @@ def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
     timelines = _timelines(ds)
     begun = None
     if stays is not None:
-        from ehrfm.clinical.labels import stay_first_rows
-
         begun = _stays_begun_before_admission(ev, stay_first_rows(ds))
     zones = ds.time_zones()
     tasks = {}

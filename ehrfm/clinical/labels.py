@@ -172,10 +172,10 @@ def _stay_events(meds_dir: str | os.PathLike) -> tuple[pl.DataFrame, MedsDataset
     cols = ["subject_id", "time", "code"]
     # Any shard with the stay id column: scan_shard reads it as null in a shard without it, whose subjects
     # are then paired by time (stays_from_events); requiring it in every shard unpaired every subject.
-    lacking = ds.files_without(STAY_ID)
-    if len(lacking) < len(ds.paths_with_rows()):
+    without = ds.files_without(STAY_ID)
+    if len(without) < len(ds.paths_with_rows()):
         cols.append(STAY_ID)
-        if lacking:  # the subjects of those shards are paired otherwise: say so
+        if lacking := shards_lacking_stay_ids(ds, without):  # the subjects of those shards are paired otherwise: say so
             from ehrfm.io import warn
 
             warn(f"labels: {len(lacking)} of the shard files with rows lack the stay id column {STAY_ID} (first: "
@@ -196,6 +196,20 @@ def _stay_events(meds_dir: str | os.PathLike) -> tuple[pl.DataFrame, MedsDataset
     if bad:
         raise UserError(f"MEDS dataset {meds_dir}: {bad} admission/discharge/ICU rows have a null time")
     return events.sort("subject_id", "t", "code"), ds
+
+
+def shards_lacking_stay_ids(ds: MedsDataset, without: list[Path] | None = None) -> list[Path]:
+    """The shard files with admission rows but no stay id to pair them by: no `hadm_id` column, or one of no value.
+
+    A shard whose subjects have no hospital stay (in MIMIC-IV ~40% of patients have no admission)
+    needs no id: counted, it warned that stays it does not hold were paired by time. `without`:
+    `ds.files_without(STAY_ID)` when the caller has it.
+    """
+    def has_admissions(path: Path) -> bool:
+        return pl.scan_parquet(path).select("code").filter(pl.col("code").str.starts_with(ADMISSION_PREFIX)).head(1) \
+            .collect().height > 0
+
+    return [p for p in (ds.files_without(STAY_ID) if without is None else without) if has_admissions(p)]
 
 
 def stay_first_rows(ds: MedsDataset) -> pl.DataFrame:
@@ -674,7 +688,7 @@ def make_labels(meds_dir: str | os.PathLike, task: str, **options) -> tuple[pl.D
              "live destination: one of the two records is wrong, so their stays are excluded from every task "
              "(death_contradicted in labels.json)")
     unpaired = int(events["code"].str.starts_with(DISCHARGE_PREFIX).sum()) - sum(s.discharge is not None for s in stays)
-    lacking = ds.files_without(STAY_ID) if STAY_ID in events.columns else []
+    lacking = shards_lacking_stay_ids(ds) if STAY_ID in events.columns else []
     pairing = "by time order" if STAY_ID not in events.columns else f"by {STAY_ID}" + (
         f" (by time order for the subjects of {len(lacking)} shard files without it)" if lacking else "")
     out_labels, out_info = {}, {}
