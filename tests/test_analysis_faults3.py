@@ -226,9 +226,11 @@ def test_a_spreadsheets_semicolon_csv_is_read(tmp_path):
     comma, semicolon = load_results(tmp_path / "comma.csv"), load_results(tmp_path / "semicolon.csv")
     assert semicolon.n == comma.n == t.height
     np.testing.assert_array_equal(semicolon.loss, comma.loss)
-    # with decimal commas too: the column is named, not "could not be read as CSV (ComputeError)"
+    # with decimal commas too: the column is named, not "could not be read as CSV (ComputeError)", and (since
+    # 2026-12-05) the decimal commas, not "text such as 'n/a' or '1,000'"
     t.with_columns(pl.col("loss").cast(pl.Utf8).str.replace(r"\.", ",")).write_csv(tmp_path / "euro.csv", separator=";")
-    with pytest.raises(UserError, match=f"column loss has {t.height} completed row\\(s\\) of {t.height} that are not numbers"):
+    with pytest.raises(UserError, match=f"column loss has {t.height} completed row\\(s\\) of {t.height} written with a "
+                                        "decimal comma: export the table with a decimal point"):
         load_results(tmp_path / "euro.csv")
 
 

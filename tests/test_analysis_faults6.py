@@ -93,12 +93,6 @@ def test_csv_read_failures_say_why(tmp_path):
     t.write_parquet(tmp_path / "t.xlsx")
     with pytest.raises(UserError, match=r"unsupported extension \.xlsx .*save it as \.parquet or \.csv"):
         load_results(tmp_path / "t.xlsx")
-    # a European spreadsheet's export (';'-separated, decimal commas) got "text such as 'n/a' or '1,000'"
-    (tmp_path / "eu.csv").write_text("\n".join([lines[0].replace(",", ";")] + [
-        ";".join(v.replace(".", ",") if re.fullmatch(r"[0-9.]+", v) else v for v in row.split(",")) for row in lines[1:]]))
-    with pytest.raises(UserError, match=rf"column loss has {t.height} completed row\(s\) of {t.height} written with a "
-                                        r"decimal comma: export the table with a decimal point"):
-        load_results(tmp_path / "eu.csv")
     # a fits.json passed as the table was told to be renamed to .csv
     (tmp_path / "fits.json").write_text('{\n  "approach2": {"a": 0.45}\n}\n')
     with pytest.raises(UserError, match=r"unsupported extension \.json .*; it is JSON \(a fits.json, or a run's result.json\?\)"):
