@@ -362,8 +362,9 @@ def _numeric(df: pl.DataFrame, col: str, source: str, keep: np.ndarray | None = 
         s = s.set(s == "", None)
         parsed = s.cast(pl.Float64, strict=False)
         text = (parsed.is_null() & s.is_not_null()).to_numpy()
-        bad = int((text & (True if keep is None else keep)).sum())
-        comma = (text & (True if keep is None else keep) & s.str.contains(r"^[+-]?\d+,\d+$").fill_null(False).to_numpy()).sum()
+        bad_rows = text & (True if keep is None else keep)
+        bad = int(bad_rows.sum())
+        comma = (bad_rows & s.str.contains(r"^[+-]?\d+,\d+$").fill_null(False).to_numpy()).sum()
         if bad and comma == bad:  # a spreadsheet in a European locale: 1,2 for 1.2 (the file ';'-separated)
             raise UserError(f"results table {source}: column {col} has {bad} {'' if keep is None else 'completed '}row(s) "
                             f"of {df.height} written with a decimal comma: export the table with a decimal point")

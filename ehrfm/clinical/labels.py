@@ -162,17 +162,18 @@ class Stay:
 
 
 # --- reading MEDS ----------------------------------------------------------------------------------
-def _stay_events(meds_dir: str | os.PathLike) -> tuple[pl.DataFrame, MedsDataset]:
+def _stay_events(meds_dir: str | os.PathLike) -> tuple[pl.DataFrame, MedsDataset, list[Path]]:
     """Read the stay-defining events of a MEDS dataset.
 
-    The events that define stays (admissions, discharges, ICU admissions, deaths), and the
-    opened dataset (its null_time_codes say how many deaths had no time).
+    The events that define stays (admissions, discharges, ICU admissions, deaths), the opened
+    dataset (its null_time_codes say how many deaths had no time), and the shard files whose
+    stays are paired by time for lack of stay ids (shards_lacking_stay_ids; [] when no shard has them).
     """
     ds = open_meds(meds_dir)
     cols = ["subject_id", "time", "code"]
     # Any shard with the stay id column: scan_shard reads it as null in a shard without it, whose subjects
     # are then paired by time (stays_from_events); requiring it in every shard unpaired every subject.
-    without = ds.files_without(STAY_ID)
+    without, lacking = ds.files_without(STAY_ID), []
     if len(without) < len(ds.paths_with_rows()):
         cols.append(STAY_ID)
         if lacking := shards_lacking_stay_ids(ds, without):  # the subjects of those shards are paired otherwise: say so
@@ -195,7 +196,7 @@ def _stay_events(meds_dir: str | os.PathLike) -> tuple[pl.DataFrame, MedsDataset
     bad = events.filter(pl.col("t").is_null()).height
     if bad:
         raise UserError(f"MEDS dataset {meds_dir}: {bad} admission/discharge/ICU rows have a null time")
-    return events.sort("subject_id", "t", "code"), ds
+    return events.sort("subject_id", "t", "code"), ds, lacking
 
 
 def shards_lacking_stay_ids(ds: MedsDataset, without: list[Path] | None = None) -> list[Path]:
@@ -665,7 +666,7 @@ def make_labels(meds_dir: str | os.PathLike, task: str, **options) -> tuple[pl.D
     ({task: labels}, {task: info}).
     """
     _check_label_options(options, task)
-    events, ds = _stay_events(meds_dir)
+    events, ds, lacking = _stay_events(meds_dir)
     first_events = None
     if STAY_ID in events.columns:
         first_events = {(subject, stay): t for subject, stay, t in stay_first_rows(ds).iter_rows()}
@@ -688,7 +689,6 @@ def make_labels(meds_dir: str | os.PathLike, task: str, **options) -> tuple[pl.D
              "live destination: one of the two records is wrong, so their stays are excluded from every task "
              "(death_contradicted in labels.json)")
     unpaired = int(events["code"].str.starts_with(DISCHARGE_PREFIX).sum()) - sum(s.discharge is not None for s in stays)
-    lacking = shards_lacking_stay_ids(ds) if STAY_ID in events.columns else []
     pairing = "by time order" if STAY_ID not in events.columns else f"by {STAY_ID}" + (
         f" (by time order for the subjects of {len(lacking)} shard files without it)" if lacking else "")
     out_labels, out_info = {}, {}
