@@ -657,11 +657,72 @@ def refuse_repeated_columns(path: str | os.PathLike, what: str) -> None:
                         "meant is not certain: drop or rename all but one")
 
 
+def _polars_reads_zone(zone: str) -> bool:
+    """Whether polars parses the time zone name `zone` (IANA names, UTC and +00:00 do; 'Z' and other fixed offsets not)."""
+    import polars as pl
+
+    if zone in _ZONE_VERDICTS:
+        return _ZONE_VERDICTS[zone]
+    try:
+        pl.Series([0], dtype=pl.Int64).cast(pl.Datetime("us")).dt.replace_time_zone(zone)
+        ok = True
+    except Exception:  # noqa: BLE001 (polars raises ComputeError, or a newer type, for a name it cannot parse)
+        ok = False
+    _ZONE_VERDICTS[zone] = ok
+    return ok
+
+
+_ZONE_VERDICTS: dict[str, bool] = {}
+
+
+def zones_polars_cannot_read(schema) -> list[tuple[str, str]]:
+    """(column, zone) of each timestamp of a pyarrow schema whose time zone polars cannot parse.
+
+    'Z' and fixed UTC offsets other than +00:00 ('+05:30', '-05:00': what pyarrow writes for a
+    pandas or Python datetime.timezone offset) are valid arrow zones, but polars panics on a file
+    that holds one (a Rust backtrace through any reader, not an exception), so readers look at the
+    footer's schema first. Struct fields are searched too, named "column.field".
+    """
+    import pyarrow as pa
+
+    found = []
+
+    def walk(name: str, t) -> None:
+        if pa.types.is_timestamp(t) and t.tz is not None and not _polars_reads_zone(t.tz):
+            found.append((name, t.tz))
+        elif pa.types.is_struct(t):
+            for i in range(t.num_fields):
+                walk(f"{name}.{t.field(i).name}", t.field(i).type)
+        elif pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+            walk(name, t.value_type)
+
+    for field in schema:
+        walk(field.name, field.type)
+    return found
+
+
+def as_utc_zones(table):
+    """A pyarrow table whose top-level timestamps with a zone polars cannot parse ('Z', '+05:30') are zoned UTC.
+
+    Exact: an arrow timestamp with a zone stores the UTC instant, so only the zone's name changes
+    (the instants, and so the times polars reads, are the same). Nested ones are left as they are.
+    """
+    import pyarrow as pa
+
+    for name, _ in zones_polars_cannot_read(table.schema):
+        if name in table.column_names:
+            i = table.column_names.index(name)
+            t = table.schema.field(i).type
+            table = table.set_column(i, name, table.column(i).cast(pa.timestamp(t.unit, tz="UTC")))
+    return table
+
+
 def check_parquet_files(paths, what: str = "file", hint: str = "") -> None:
     """Read the footer of each parquet file; UserError naming the first truncated or non-parquet one.
 
     For stages that read many files lazily (polars scans), where a damaged file would otherwise
-    surface later as an error naming no file. Costs one small read per file.
+    surface later as an error naming no file, or a time zone polars cannot parse as a Rust panic
+    (zones_polars_cannot_read), also refused naming the file and column. Costs one small read per file.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -670,10 +731,15 @@ def check_parquet_files(paths, what: str = "file", hint: str = "") -> None:
     for path in paths:
         path = Path(path)
         try:
-            pq.read_metadata(path)
+            schema = pq.read_schema(path)
         except (pa.ArrowException, OSError, ValueError) as e:
             reason = "empty file" if path.is_file() and path.stat().st_size == 0 else type(e).__name__
             raise UserError(f"{what} {path} is damaged: not a readable parquet file ({reason}){tail}") from None
+        if bad := zones_polars_cannot_read(schema):
+            col, zone = bad[0]
+            raise UserError(f"{what} {path}: column {col} has time zone {zone!r} (a fixed UTC offset, as 'Z' and '+05:30' "
+                            "are), which ehrfm's parquet reader (polars) cannot read: write its times in UTC (time zone "
+                            "'UTC') or without a zone")
 
 
 def load_npy(path: str | os.PathLike, what: str = "array", hint: str = "", mmap_mode: str | None = "r"):

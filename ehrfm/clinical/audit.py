@@ -73,8 +73,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
+from ehrfm.clinical.common import JOIN_ROWS
 from ehrfm.errors import UserError
 from ehrfm.meds_io import STAY_ID, MedsDataset, open_meds, scan_shard
 
@@ -382,10 +384,12 @@ def _outside(lab: pl.DataFrame, timelines: pl.DataFrame) -> tuple[int, int, int]
 
 def _last_at_or_before(lab: pl.DataFrame, ev: pl.DataFrame, prefix: str, name: str) -> pl.DataFrame:
     """`lab` with column `name`: each label's subject's last `prefix` event time at or before its pred (or null)."""
-    rows = ev.filter(pl.col("code").str.starts_with(prefix) & pl.col("t").is_not_null()).select("subject_id", "t")
-    last = (lab.join(rows, on="subject_id").filter(pl.col("t") <= pl.col("pred"))
-            .group_by("i").agg(pl.col("t").max().alias(name)))
-    return lab.join(last, on="i", how="left")
+    rows = ev.filter(pl.col("code").str.starts_with(prefix) & pl.col("t").is_not_null()).select(
+        "subject_id", pl.col("t").alias(name)).sort(name)
+    # an as-of join, not labels x rows: a subject with thousands of labels and stays stays linear
+    return (lab.sort("pred").join_asof(rows, left_on="pred", right_on=name, by="subject_id", strategy="backward",
+                                       check_sortedness=False)  # both sorted just above (polars cannot tell within groups)
+            .sort("i"))
 
 
 def _in_open_icu_stay(lab: pl.DataFrame, ev: pl.DataFrame) -> pl.DataFrame:
@@ -419,6 +423,28 @@ def _later_stays_begun(lab: pl.DataFrame, begun: pl.DataFrame | None) -> set:
     return set(hit["i"].unique().to_list())
 
 
+def _label_chunks(lab: pl.DataFrame, ev: pl.DataFrame, join_rows: int | None = None):
+    """(labels, the audited rows of their subjects): `lab` in chunks of at most ~join_rows label x row pairs.
+
+    A label's history is a join of it with every audited row of its subject: whole at once, 2M labels
+    on the MIMIC-IV demo's 100 subjects took all of a 23 GB machine. Labels in subject order, each
+    chunk with the slice of `ev` (sorted by subject) its subjects span; a label whose subject alone
+    has more rows is a chunk of its own. Each label is in exactly one chunk.
+    """
+    join_rows = JOIN_ROWS if join_rows is None else join_rows
+    if lab.height == 0:
+        return
+    lab = lab.sort("subject_id", "i")
+    ev = ev.sort("subject_id")
+    subjects = ev["subject_id"].to_numpy()
+    wanted = lab["subject_id"].to_numpy()
+    lo, hi = np.searchsorted(subjects, wanted, "left"), np.searchsorted(subjects, wanted, "right")
+    chunk = np.cumsum(hi - lo) // max(join_rows, 1)
+    starts = np.flatnonzero(np.r_[True, chunk[1:] != chunk[:-1]])
+    for a, b in zip(starts, np.r_[starts[1:], len(chunk)], strict=True):
+        yield lab.slice(int(a), int(b - a)), ev.slice(int(lo[a]), int(hi[b - 1] - lo[a]))
+
+
 def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: list[str] | None,
                 null_codes: list[str], stays: pl.DataFrame | None, partial: Sequence[str] = (),
                 timelines: pl.DataFrame | None = None, long_los_days: float = LONG_LOS_DAYS,
@@ -436,22 +462,17 @@ def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: li
     adm_ids = (ev.filter(pl.col("code").str.starts_with(ADMISSION) & pl.col(STAY_ID_COLUMN).is_not_null())
                .group_by("subject_id", "t").agg(pl.col(STAY_ID_COLUMN).unique().alias("stay_ids")))
     lab = lab.join(adm_ids.rename({"t": "stay_adm"}), on=["subject_id", "stay_adm"], how="left")
-    hist = lab.join(ev, on="subject_id").filter(pl.col("t").is_null() | (pl.col("t") <= pl.col("pred")))
     # A row of the label's own stay: its id is one of the stays admitted at the label's admission (all of
     # them, as `ehrfm labels` treats them: one id picked by row order made the audit depend on it); null
     # when either id is unknown.
     own_id = pl.when(pl.col(STAY_ID_COLUMN).is_null() | pl.col("stay_ids").is_null()).then(None).otherwise(
         pl.col("stay_ids").list.contains(pl.col(STAY_ID_COLUMN)))
-
-    def n_with(cond: pl.Expr) -> int:
-        return hist.filter(cond).select("i").n_unique()
-
     code = pl.col("code")
     # Labels with a stay (by id) still open at pred: theirs, whose end is not in the history; another stay's
     # discharge there (a stay nested in it, ended before pred) is no outcome of this label.
     open_i = [] if stays is None else lab.join(stays, on="subject_id").filter(
         (pl.col("adm") <= pl.col("pred")) & (pl.col("pred") < pl.col("dis")))["i"].unique().to_list()
-    outcome = None
+    outcome_in_history = None
     if task in OUTCOME_RULES:
         conds = []
         for codes, prefixes, window in OUTCOME_RULES[task]:
@@ -469,21 +490,13 @@ def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: li
                 match = match & pl.col("t").is_not_null() & pl.when(pl.col("last_dis").is_null()).then(
                     pl.col("t") == pl.col("pred")).otherwise(pl.col("t") >= pl.col("last_dis"))
             conds.append(match)
-        any_cond = conds[0]
+        outcome_in_history = conds[0]
         for c in conds[1:]:
-            any_cond = any_cond | c
-        known = set(hist.filter(any_cond)["i"].unique().to_list())
-        if task == "icu_admission":  # in an ICU stay begun before (however long) and not yet ended
-            known |= set(_in_open_icu_stay(lab, ev)["i"].to_list())
-        if task == "long_los":  # still in hospital past the threshold: the long stay is known
-            known |= set(lab.filter(pl.col("pred") - pl.col("stay_adm") > long_los_days * US_PER_DAY)["i"].to_list())
-        known |= _later_stays_begun(lab, begun)
-        outcome = len(known)
+            outcome_in_history = outcome_in_history | c
     same_day = pl.col("t").is_not_null() & ((pl.col("t") // US_PER_DAY) == (pl.col("pred") // US_PER_DAY))
     # Placed at a discharge (or, below, at the end of its day): known by then. Anything earlier may be a leak.
     dis_times = ev.filter(code.str.starts_with(DISCHARGE)).select("subject_id", "t").unique().with_columns(
         pl.lit(True).alias("at_discharge"))
-    hist = hist.join(dis_times, on=["subject_id", "t"], how="left").with_columns(pl.col("at_discharge").fill_null(False))
     # Whatever its day: a duration-coded procedure, diagnosis or DRG of this stay is not known while it is open.
     # This needs no metadata, so it is counted on any ETL's MEDS (then (b) is at least this count).
     stay_open = pl.col("last_dis").is_null() | (pl.col("last_dis") <= pl.col("stay_adm"))
@@ -492,6 +505,7 @@ def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: li
     own_stay = own_id.fill_null(~pl.col("at_discharge"))
     coded_in_open_stay = (_coded_after_discharge(code) & pl.col("t").is_not_null() & stay_open
                           & (pl.col("t") >= pl.col("stay_adm")).fill_null(False) & own_stay)
+    counted = {"midnight": same_day & (pl.col("t") % US_PER_DAY == 0), "date_only": coded_in_open_stay}
     if date_only is not None:
         is_date_only = pl.lit(False)
         midnight_only = pl.col("t") % US_PER_DAY == 0
@@ -499,11 +513,31 @@ def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: li
             is_date_only = is_date_only | (code.str.starts_with(p) & (midnight_only if p in partial else pl.lit(True)))
         # At the end of its day (after the day's timed events): known by then, whatever its true time that day.
         known_by_then = pl.col("at_discharge") | (pl.col("t") % US_PER_DAY >= US_PER_DAY - 1_000_000)
-        date_only_n = n_with((is_date_only & same_day & ~known_by_then) | coded_in_open_stay)
-    else:
-        date_only_n = n_with(coded_in_open_stay) or None  # 0 is not "clean" while the date-only sources are unknown
-    not_known = n_with(pl.col("t").is_null() & code.is_in(null_codes)) if null_codes else 0
-    midnight = n_with(same_day & (pl.col("t") % US_PER_DAY == 0))
+        counted["date_only"] = (is_date_only & same_day & ~known_by_then) | coded_in_open_stay
+    if null_codes:
+        counted["not_known"] = pl.col("t").is_null() & code.is_in(null_codes)
+    # Each label's history: its subject's audited rows up to its prediction time (labels x rows), a chunk of
+    # labels at a time; every count is of labels, and each label lies in one chunk, so the chunks' counts add up.
+    n = dict.fromkeys(counted, 0)
+    known: set = set()
+    for part, rows in _label_chunks(lab, ev):
+        hist = (part.join(rows, on="subject_id").filter(pl.col("t").is_null() | (pl.col("t") <= pl.col("pred")))
+                .join(dis_times, on=["subject_id", "t"], how="left").with_columns(pl.col("at_discharge").fill_null(False)))
+        for name, cond in counted.items():
+            n[name] += hist.filter(cond).select("i").n_unique()
+        if outcome_in_history is not None:
+            known.update(hist.filter(outcome_in_history)["i"].unique().to_list())
+    outcome = None
+    if outcome_in_history is not None:
+        if task == "icu_admission":  # in an ICU stay begun before (however long) and not yet ended
+            known |= set(_in_open_icu_stay(lab, ev)["i"].to_list())
+        if task == "long_los":  # still in hospital past the threshold: the long stay is known
+            known |= set(lab.filter(pl.col("pred") - pl.col("stay_adm") > long_los_days * US_PER_DAY)["i"].to_list())
+        known |= _later_stays_begun(lab, begun)
+        outcome = len(known)
+    # 0 is not "clean" while the date-only sources are unknown
+    date_only_n = n["date_only"] if date_only is not None else (n["date_only"] or None)
+    not_known, midnight = n.get("not_known", 0), n["midnight"]
     overlapping = None
     if stays is not None:
         own = lab.join(stays, on="subject_id").filter((pl.col("adm") <= pl.col("pred")) & (pl.col("pred") <= pl.col("dis")))

@@ -29,6 +29,7 @@ import numpy as np
 import polars as pl
 
 from ehrfm.clinical.common import (
+    JOIN_ROWS,
     as_stored,
     check_out,
     fit_logistic,
@@ -47,7 +48,6 @@ from ehrfm.errors import UserError
 from ehrfm.meds_io import SPLITS, MedsDataset, open_meds, scan_shard
 
 BIRTH_CODE = "MEDS_BIRTH"  # the age feature's source; not an event of the timeline (count_features)
-JOIN_ROWS = 5_000_000  # label x event rows count_features joins at once (a few hundred MB)
 US = {"s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000, "y": 365 * 86_400_000_000}
 
 

@@ -19,6 +19,10 @@ from ehrfm.errors import UserError
 from ehrfm.io import check_overwrite
 from ehrfm.meds_io import SPLITS
 
+# label x event rows a head (baseline count features) or the audit joins at once (a few hundred MB): a subject
+# with many labels (hourly prediction times) meets all of its events once per label
+JOIN_ROWS = 5_000_000
+
 C_GRID = tuple(10.0**k for k in range(-4, 3))  # inverse L2 strength searched on tuning
 
 

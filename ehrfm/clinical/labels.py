@@ -116,7 +116,7 @@ import pyarrow as pa
 
 from ehrfm.clinical.configs import LabelConfig
 from ehrfm.errors import UserError
-from ehrfm.io import refuse_repeated_columns
+from ehrfm.io import as_utc_zones, refuse_repeated_columns
 from ehrfm.meds_io import LEGACY_COLUMNS, MEDS_VERSION, STAY_ID, MedsDataset, is_utc, open_meds, scan_shards
 
 TASKS = ("in_hospital_mortality", "long_los", "icu_admission", "readmission_30d")
@@ -967,8 +967,10 @@ def read_labels(path: str | os.PathLike, allow_empty: bool = False, data_zones: 
                 has = [c for c in OTHER_LABEL_VALUES if c in cols]
                 raise UserError(f"label file {f} lacks column {col!r} (MEDS label schema; binary tasks need boolean_value"
                                 + (f"; it has {', '.join(has)}: convert the labels to boolean_value)" if has else ")"))
-        frame = pl.from_arrow(table.select(["subject_id", "prediction_time", "boolean_value"]))
-        zone = getattr(frame["prediction_time"].dtype, "time_zone", None)
+        written = table.schema.field("prediction_time").type
+        # 'Z' and '+05:30' (a pandas or Python datetime.timezone offset) as UTC instants, which they are
+        frame = pl.from_arrow(as_utc_zones(table.select(["subject_id", "prediction_time", "boolean_value"])))
+        zone = getattr(written, "tz", None) or getattr(frame["prediction_time"].dtype, "time_zone", None)
         if data_zones is not None and not data_zones and zone is not None and not is_utc(zone):
             raise UserError(f"label file {f}: column prediction_time has time zone {zone}, and the times of {data} have "
                             "none: read as UTC instants, each prediction time would sit hours off its history (look-ahead). "

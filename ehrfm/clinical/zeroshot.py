@@ -139,6 +139,7 @@ from ehrfm.clinical.labels import DISCHARGE_PREFIX, UNKNOWN_DISCHARGE_LOCATIONS,
 from ehrfm.clinical.metrics import binary_metrics, format_metrics
 from ehrfm.clinical.probe import load_label_histories
 from ehrfm.errors import UserError
+from ehrfm.io import warn
 from ehrfm.tokens import TokenDir
 
 UNDECIDED_RULES = ("exclude", "negative")
@@ -301,8 +302,21 @@ def label_options(labels_path: str | os.PathLike) -> dict:
         except (OSError, ValueError, AttributeError):
             found = {}
     opts = {k: float(found.get(k, v)) for k, v in LABEL_DEFAULTS.items()}
-    opts["source"] = str(side) if any(k in found for k in LABEL_DEFAULTS) else "defaults of `ehrfm labels`"
+    opts["source"] = str(side) if any(k in found for k in LABEL_DEFAULTS) else DEFAULT_WINDOWS
     return opts
+
+
+DEFAULT_WINDOWS = "defaults of `ehrfm labels`"  # label_options' source when no sidecar gives the windows
+_WARNED_WINDOWS: set[str] = set()  # label files whose default windows were said
+
+
+def _windows_text(task: str, opts: dict) -> str:
+    """The windows a task's rollouts follow, in words (gap, long stay, readmission)."""
+    if task == "long_los":
+        return f"a stay over {opts['long_los_days']:g} days, predicted {opts['gap_hours']:g} h after admission"
+    if task == "readmission_30d":
+        return f"a readmission within {opts['readmission_days']:g} days, transfers within {opts['transfer_hours']:g} h not counted"
+    return ", ".join(f"{k} {v:g}" for k, v in opts.items() if k != "source")
 
 
 def time_limits(task: str, n: int, opts: dict) -> np.ndarray:
@@ -627,14 +641,26 @@ def rollout_plan(model, context: int, n_samples: int, batch_size: int | None, de
     return 1, batch_size
 
 
-def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, task: str, rows: np.ndarray, bar=None):
-    """Rollouts of the label rows `rows`; (p over all rows (nan elsewhere), metrics extras)."""
+def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, task: str, rows: np.ndarray, bar=None,
+                  labels_path: str | os.PathLike | None = None):
+    """Rollouts of the label rows `rows`; (p over all rows (nan elsewhere), metrics extras).
+
+    labels_path: the label file (or task shard dir) `cfg.labels` resolved to (labels.head_labels),
+    whose sidecar gives the label windows; None: cfg.labels itself.
+    """
     import polars as pl
     import torch
 
     max_new = cfg.max_new_tokens or cfg.rollout_contexts * context
     spec = rollout_spec(td, task)
-    opts = label_options(cfg.labels) if spec.durations is not None else None
+    opts = label_options(labels_path or cfg.labels) if spec.durations is not None else None
+    if opts is not None and opts["source"] == DEFAULT_WINDOWS and str(labels_path or cfg.labels) not in _WARNED_WINDOWS:
+        _WARNED_WINDOWS.add(str(labels_path or cfg.labels))  # once, not once per run of a sweep
+        # a label file made elsewhere (ACES, MEDS-DEV) may have other windows: say which these rollouts follow
+        warn(f"zero-shot: no `ehrfm labels` sidecar beside {labels_path or cfg.labels} (its .json): the rollouts follow "
+             f"the default windows of `ehrfm labels` ({_windows_text(task, opts)}); for labels made with other windows, "
+             "write them beside it as {\"config\": {\"gap_hours\": ..., \"long_los_days\": ..., \"readmission_days\": ...}}",
+             "zeroshot")
     prompts = {int(k): history_window(td, h, int(k), context) for k in rows}
     # Windows from the prediction time: the quiet span after the last history event has elapsed.
     limits = dict(zip((int(k) for k in rows), time_limits(task, len(rows), opts or LABEL_DEFAULTS), strict=True))
@@ -733,7 +759,7 @@ def zeroshot(cfg: ZeroShotConfig, out: str | os.PathLike, overwrite: bool = Fals
     if len(rows) == 0:
         raise UserError(f"task {task}: no labels in split(s) {', '.join(cfg.splits)}")
     with progress(total=len(rows), desc=f"zeroshot {task}", unit="label") as bar:
-        p, extras = _run_rollouts(cfg, td, h, model, context, task, rows, bar)
+        p, extras = _run_rollouts(cfg, td, h, model, context, task, rows, bar, labels_path=labels)
     y, p = h.y, as_stored(p)  # score what predictions.parquet holds
     metrics = {
         **binary_metrics(y[rows], p[rows], task, cfg.bootstrap, cfg.seed, h.labels["subject_id"].to_numpy()[rows]),
