@@ -58,6 +58,9 @@ MAX_FLOPS_GROUP_SPAN_DECADES = 0.3
 # residual is named as an outlier: the default fit is least squares, which such runs pull (Chinchilla's
 # extracted runs: 4 of 245, a = 0.64 against the published 0.51 that a Huber fit or leaving 5 out gives).
 OUTLIER_SDS = 5.0
+# Approach 3's frontier assumes one FLOPs per parameter and token, k; beyond this spread of the runs' own k
+# (max / min) its N_opt and D_opt at a budget are flagged as approximate (the demo's total counts: 1.35)
+K_SPREAD = 1.1
 # An IsoFLOP parabola whose residuals are this unlikely under the runs' eval SEs (chi-square test)
 # does not describe its budget: the budget is left out of Approach 2's power laws.
 LACK_OF_FIT_P = 0.01
@@ -1331,6 +1334,14 @@ def _fit_results(res: Results, cfg: FitConfig) -> FitResult:
         warn(f"Approach 3: {len(a3.outliers)} run(s) lie more than {OUTLIER_SDS:g} robust SDs off the fitted law in ln loss "
              f"({', '.join(a3.outliers[:8])}{' and more' if len(a3.outliers) > 8 else ''}): outliers pull its fit; check "
              f"their losses{robust}")
+    if a3 is not None:
+        k = res.flops / (res.n_params * res.tokens)
+        if k.max() > K_SPREAD * k.min():
+            warn(f"Approach 3: its N_opt and D_opt take C = k N D with one k ({a3.flops_per_param_token:.3g}, the runs' "
+                 f"median), but the table's FLOPs per parameter and token range from {k.min():.3g} to {k.max():.3g} across its "
+                 "runs (FLOPs that count attention or embeddings beside 6 N D, or another parameter count): at a given "
+                 "budget they are approximate (N_opt moves as k^-a); its exponents and loss law do not depend on k, and "
+                 "Approach 2's N_opt rests on each run's own FLOPs")
     a2 = fitted.get(2)
     holdout = None
     if cfg.holdout and a2 is None:

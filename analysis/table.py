@@ -198,11 +198,19 @@ def _read_frame(path: Path) -> pl.DataFrame:
             header = _csv_header(path, sep)
             df = pl.read_csv(path, separator=sep, infer_schema_length=None, null_values=["", "NA", "null", "None"])
             _refuse_duplicate_columns(str(path), header, df.height)
+            _refuse_short_rows(path, sep, len(header))
             # spreadsheets pad headers ("loss "): a padded name is the same column
             stripped = [c.strip() for c in df.columns]
             if len(set(stripped)) == len(stripped):
                 df = df.rename(dict(zip(df.columns, stripped, strict=True)))
             return df
+        # pyarrow first: polars panics on a timestamp zoned 'Z' or '+05:30' (a run's finish time written by pandas)
+        import pyarrow.parquet as pq
+
+        from ehrfm.io import as_utc_zones, zones_polars_cannot_read
+
+        if zones_polars_cannot_read(pq.read_schema(path)):
+            return pl.from_arrow(as_utc_zones(pq.read_table(path)))
         return pl.read_parquet(path)
     except (pl.exceptions.PolarsError, OSError, ValueError, EOFError) as e:
         raise UserError(f"results table {path} could not be read as {'CSV' if csv else 'parquet'}: "
@@ -255,6 +263,24 @@ def _csv_header(path: Path, sep: str) -> list[str]:
     import csv
     with _open_csv(path, "rt", errors="replace", newline="") as f:
         return next(csv.reader(f, delimiter=sep), [])
+
+
+def _refuse_short_rows(path: Path, sep: str, n_fields: int) -> None:
+    """UserError naming the lines (1-based) of rows with fewer fields than the header: a file cut short or hand-damaged.
+
+    polars fills a short row's missing cells with nulls: a table cut off mid-row was fitted, or its
+    last run was said to be "not fitted: status <null>", with no word of the file.
+    """
+    import csv
+
+    with _open_csv(path, "rt", errors="replace", newline="") as f:
+        reader = csv.reader(f, delimiter=sep)
+        next(reader, None)
+        short = [reader.line_num for row in reader if row and len(row) < n_fields]
+    if short:
+        raise UserError(f"results table {path}: {len(short)} row(s) have fewer fields than its header's {n_fields} (line "
+                        f"{', '.join(map(str, short[:5]))}{' ...' if len(short) > 5 else ''}): a file cut short in a copy "
+                        "or a download, or a damaged row? Write the table again (`ehrfm sweep collect` writes results.parquet)")
 
 
 def _refuse_duplicate_columns(source: str, columns, n_rows: int) -> None:
@@ -520,6 +546,14 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss", na
             # while Approach 3's frontier uses C = 6 N D, 1e15 times smaller).
             _refuse_unit_mismatch(source, budget[keep], values["n_params"][keep], values["tokens"][keep], col="budget",
                                   run_id=run_id[keep])
+    if keep.any() and "flops" not in values:
+        # Rows pasted in another unit (tokens in billions in a few rows) where no compute column checks each run
+        # and the median passes the checks above: a count below 1 is none.
+        for col in ("tokens", "n_params"):
+            if (fraction := int((keep & (values[col] < 1)).sum())):
+                raise UserError(f"results table {source}: column {col} is below 1 in {fraction} of {int(keep.sum())} "
+                                f"completed runs (a count of {'tokens' if col == 'tokens' else 'parameters'} is at least "
+                                "1): those rows in billions or millions? ehrfm reads plain counts: parameters, tokens")
     n_total = positive("n_params_total")
     if n_total is not None:
         # A total count (embeddings included) below the non-embedding one is some other number; the fits
@@ -795,17 +829,24 @@ def _refuse_duplicate_rows(df: pl.DataFrame, source: str, keep: np.ndarray) -> N
                         "one result copied to another seed? Seeds of one shape differ in loss: remove the copies or rerun them")
 
 
+STATE_COLUMNS = ("state", "run state", "run_state")  # another tracker's name of the status column (W&B: "State")
+
+
 def _completed(df: pl.DataFrame, run_id: np.ndarray) -> tuple[np.ndarray, list[dict]]:
     """Split rows into completed ones and excluded entries.
 
     (rows with status completed, or every row without a status column; the others as excluded
-    entries naming their status and error).
+    entries naming their status and error). Without a status column, a "State" column (W&B's runs
+    export: finished, crashed, running, killed) is read as it.
     """
     keep = np.ones(df.height, dtype=bool)
     excluded = []
-    if "status" in df.columns:
+    # W&B's runs export names it "State" (finished, crashed, running, ...): without a status column it is the status
+    state = next((c for c in df.columns if c.strip().lower() in STATE_COLUMNS), None) if "status" not in df.columns else None
+    column = "status" if "status" in df.columns else state
+    if column is not None:
         # "Completed", " completed" (spreadsheets, other trackers) are the status completed
-        status = df["status"].cast(pl.Utf8).str.strip_chars().str.to_lowercase().fill_null("<null>").to_numpy().astype(str)
+        status = df[column].cast(pl.Utf8).str.strip_chars().str.to_lowercase().fill_null("<null>").to_numpy().astype(str)
         # other trackers' word for a run that ended normally (W&B and MLflow "finished", "succeeded")
         status = np.where(np.isin(status, COMPLETED_SYNONYMS), str(Status.COMPLETED), status)
         error = df["error"].cast(pl.Utf8).to_list() if "error" in df.columns else [None] * df.height

@@ -178,3 +178,40 @@ def test_a_fit_that_fails_names_the_rows_it_left_out():
         warnings.simplefilter("ignore")
         fit_results(load_results(t), config=FitConfig(approaches=(2,), bootstrap=0, holdout=False))
     assert f"(1 row(s) not fitted: status failed 1: {gone})" in str(e.value), str(e.value)
+
+
+def test_a_wandb_export_takes_its_state_column_as_the_status(tmp_path):
+    """W&B's runs export names the status "State" (finished, crashed, running): before, its crashed and
+    running runs were fitted as completed ("35 runs (0 excluded)")."""
+    t = _table().select("n_params", "tokens", "flops", "loss")
+    state = ["finished"] * t.height
+    state[2], state[7] = "crashed", "running"
+    t.with_columns(pl.Series("State", state)).write_csv(tmp_path / "wandb.csv")
+    res = load_results(tmp_path / "wandb.csv")
+    assert res.n == t.height - 2
+    assert sorted(e["reason"] for e in res.excluded) == ["status crashed", "status running"]
+
+
+def test_rows_with_a_count_below_one_are_refused_in_a_table_without_flops(tmp_path):
+    """Tokens pasted in billions in 5 of 20 rows of a table without flops: before, fitted (a budget of
+    3e7 FLOPs with D_opt 0.4 tokens) with no word of the column."""
+    t = _table().select("n_params", "tokens", "loss")
+    t = t.with_columns(pl.when(pl.int_range(pl.len()) < 5).then(pl.col("tokens").cast(pl.Float64) / 1e11)
+                       .otherwise(pl.col("tokens").cast(pl.Float64)).alias("tokens"))
+    assert (t["tokens"] < 1).sum() == 5
+    t.write_csv(tmp_path / "t.csv")
+    with pytest.raises(UserError, match=r"column tokens is below 1 in 5 of 20 completed runs"):
+        load_results(tmp_path / "t.csv")
+
+
+def test_a_csv_whose_rows_are_cut_short_is_refused_naming_the_lines(tmp_path):
+    """A results CSV cut off in a copy: its last row's missing cells were read as nulls, and the run said
+    to be "not fitted: status <null>" (or, with no status column, fitted on what was left)."""
+    t = _table().select("run_id", "n_params", "tokens", "flops", "loss")
+    t.write_csv(tmp_path / "t.csv")
+    text = (tmp_path / "t.csv").read_text()
+    (tmp_path / "cut.csv").write_text(text[: text.rstrip("\n").rfind(",")])  # the last row without its loss
+    with pytest.raises(UserError, match=r"cut.csv: 1 row\(s\) have fewer fields than its header's 5 \(line 21\)"):
+        load_results(tmp_path / "cut.csv")
+    (tmp_path / "blank.csv").write_text(text + "\n")  # a blank line at the end is no row
+    assert load_results(tmp_path / "blank.csv").n == 20
