@@ -296,6 +296,45 @@ class TokenDir:
             self._ids_checked.add(name)
 
 
+def data_identity(td: TokenDir) -> dict:
+    """The token data a run trains and evaluates on: counts and content digest of train and tuning.
+
+    Recorded in config.json's "data"; a resume or a WSD branch on other data is refused
+    (`data_differences`), and a sweep records it in sweep.json at planning and refuses other data at
+    a re-plan and a launch. The digests (content_digest) catch a token dir re-tokenized in place
+    with the same counts.
+    """
+    train, tuning = td.split("train"), td.split("tuning")
+    return {
+        "train_subjects": len(train),
+        "train_tokens": train.n_tokens,
+        "tuning_subjects": len(tuning),
+        "tuning_tokens": tuning.n_tokens,
+        "train_sha256": td.content_digest("train"),
+        "tuning_sha256": td.content_digest("tuning"),
+    }
+
+
+def data_differences(saved: dict | None, expected: dict) -> list[str]:
+    """What differs between a recorded "data" (a run dir's config.json, a sweep.json) and the token dir's, each key named.
+
+    A key absent from the recorded data (a run dir of an older ehrfm, before content digests) is
+    not compared; a recorded "data" that is not an object differs as a whole.
+    """
+    if not isinstance(saved, dict):
+        return ["data (not recorded in config.json)"]
+    out = []
+    for key, now in expected.items():
+        if key not in saved or saved[key] == now:
+            continue
+        if key.endswith("_sha256"):
+            split = key.removesuffix("_sha256")
+            out.append(f"{split} content ({split}/tokens.npy and index.parquet: sha256 differs)")
+        else:
+            out.append(f"{key} {saved[key]} vs {now}")
+    return out
+
+
 def _check_array(path: Path, what: str, a: np.ndarray, expected: str, itemsize: int | None = None) -> None:
     """Refuse a token dir array that is not 1-D integers (of `itemsize` bytes): one line naming the file."""
     ok = a.ndim == 1 and np.issubdtype(a.dtype, np.integer) and (itemsize is None or a.dtype.itemsize == itemsize)

@@ -122,7 +122,7 @@ from ehrfm.packing import IGNORE_INDEX, PAD_SEGMENT, PackedRows, PackedStream
 from ehrfm.results import DIVERGENCE_Z, RunResult, Status, read_result, write_result
 from ehrfm.run_lock import LOCK_FILE, RunDirBusyError, check_run_dir_intact, lock_run_dir
 from ehrfm.shapes import flops_per_token, n_params, n_params_total
-from ehrfm.tokens import TokenDir
+from ehrfm.tokens import TokenDir, data_differences, data_identity
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 # Stop like SIGTERM unless the process was started with it ignored (under nohup, or as a sweep job's
@@ -380,7 +380,7 @@ def _check_trunk(cfg: TrainConfig, run_config: dict, n_steps: int, step_tokens: 
     problems = []
     if saved.get("tokenizer_fingerprint") != run_config["tokenizer_fingerprint"]:
         problems.append("another tokenizer (tokenizer.json fingerprint differs)")
-    data = _data_differences(saved.get("data"), run_config["data"])
+    data = data_differences(saved.get("data"), run_config["data"])
     if data:
         problems.append("other token data (" + ", ".join(data) + ")")
     shape = _config_differences(saved.get("model"), run_config["model"], ModelConfig, where="the trunk")
@@ -427,50 +427,12 @@ def _check_trunk(cfg: TrainConfig, run_config: dict, n_steps: int, step_tokens: 
 # --- run dir -----------------------------------------------------------------------------------
 
 
-def _data_identity(td: TokenDir) -> dict:
-    """The token data a run trains and evaluates on: counts and content digest of train and tuning.
-
-    Recorded in config.json's "data"; a resume or a WSD branch on other data is refused
-    (`_data_differences`). The digests (TokenDir.content_digest) catch a token dir re-tokenized in
-    place with the same counts.
-    """
-    train, tuning = td.split("train"), td.split("tuning")
-    return {
-        "train_subjects": len(train),
-        "train_tokens": train.n_tokens,
-        "tuning_subjects": len(tuning),
-        "tuning_tokens": tuning.n_tokens,
-        "train_sha256": td.content_digest("train"),
-        "tuning_sha256": td.content_digest("tuning"),
-    }
-
-
-def _data_differences(saved: dict | None, expected: dict) -> list[str]:
-    """What differs between a run dir's recorded "data" and the token dir's, each key named.
-
-    A key absent from the recorded data (a run dir of an older ehrfm, before content digests) is
-    not compared; a recorded "data" that is not an object differs as a whole.
-    """
-    if not isinstance(saved, dict):
-        return ["data (not recorded in config.json)"]
-    out = []
-    for key, now in expected.items():
-        if key not in saved or saved[key] == now:
-            continue
-        if key.endswith("_sha256"):
-            split = key.removesuffix("_sha256")
-            out.append(f"{split} content ({split}/tokens.npy and index.parquet: sha256 differs)")
-        else:
-            out.append(f"{key} {saved[key]} vs {now}")
-    return out
-
-
 def _check_same_run(run_dir: Path, saved: dict, expected: dict) -> None:
     """Refuse to resume (or reuse) a run dir made by another config, tokenizer or data."""
     problems = []
     if saved.get("tokenizer_fingerprint") != expected["tokenizer_fingerprint"]:
         problems.append("tokenizer (tokenizer.json fingerprint) differs")
-    data = _data_differences(saved.get("data"), expected["data"])
+    data = data_differences(saved.get("data"), expected["data"])
     if data:
         problems.append("token data differs in " + ", ".join(data))
     model = _config_differences(saved.get("model"), expected["model"], ModelConfig)
@@ -546,7 +508,7 @@ def _check_token_ids(td: TokenDir, split) -> None:
     Every id is read, stats.json's max_token_id is not trusted: a stale stats.json (tokens.npy
     replaced by one of the same length) let an id >= V through, and the run failed mid-way with
     "IndexError: index out of range in self" (a device-side assert on CUDA). The trainer reads
-    every token for the content digest anyway (_data_identity), so this costs no extra I/O.
+    every token for the content digest anyway (ehrfm.tokens.data_identity), so this costs no extra I/O.
     """
     td.check_token_ids(split.name, trust_stats=False)
 
@@ -852,7 +814,7 @@ def _train(cfg: TrainConfig, dd: _Dist, held: contextlib.ExitStack) -> dict:
         "train": cfg.to_dict(),
         "model": model_cfg.to_dict(),
         "tokenizer_fingerprint": td.fingerprint,
-        "data": _data_identity(td),
+        "data": data_identity(td),
         "vocab_size": td.vocab_size,
         "n_params": n_params(model_cfg),
         "n_params_total": n_params_total(model_cfg),

@@ -137,6 +137,10 @@ class SweepConfig:
     """Filled by plan: the token dir's vocabulary size."""
     train_tokens: int = 0
     """Filled by plan: unique tokens in the train split (D beyond this means > 1 epoch)."""
+    data: dict = field(default_factory=dict)
+    """Filled by plan: the token dir's train and tuning counts and content digests (ehrfm.tokens.data_identity),
+    checked again at a re-plan and a launch: a token dir re-made in place with the same tokenizer (a new extract)
+    would otherwise train new runs on other patients beside the completed ones. Empty in sweeps planned before it."""
     extra_rungs: dict = field(default_factory=dict)
     """Set by `--bracket-from RESULTS` and kept on re-planning: {budget (`budget_key`): [below, above]}, ladder rungs added
     beyond each end of that budget's ladder (module docstring)."""
@@ -972,7 +976,7 @@ def plan_sweep(
             dir planned on another tokenizer or recipe, or a wsd plan whose points cannot share trunks.
     """
     import ehrfm
-    from ehrfm.tokens import TokenDir
+    from ehrfm.tokens import TokenDir, data_differences, data_identity
 
     clash = sorted(set(train or {}) & PER_RUN_FIELDS)
     if clash:
@@ -1000,6 +1004,7 @@ def plan_sweep(
         tokenizer_fingerprint=td.fingerprint,
         vocab_size=td.vocab_size,
         train_tokens=int(train_tokens),
+        data=data_identity(td) if {"train", "tuning"} <= set(td.splits) else {},
         schedule=str(schedule),
         lr_ref_width=int(lr_ref_width),
         run_seeds=run_seeds,
@@ -1018,6 +1023,9 @@ def plan_sweep(
                     f"sweep dir {out} was planned with another tokenizer (fingerprint {old.tokenizer_fingerprint[:12]}, "
                     f"{tokens_dir} has {sweep.tokenizer_fingerprint[:12]}); its runs are not comparable: use a new --out"
                 )
+            if old.data and (moved := data_differences(old.data, sweep.data)):
+                raise UserError(f"sweep dir {out} was planned on other data than {tokens_dir} holds now ({'; '.join(moved)}): "
+                                "its runs and the new ones would meet in one fit; use a new --out")
             changed = _recipe_changes(old, sweep)
             if changed:
                 raise UserError(
@@ -1072,10 +1080,18 @@ def _recipe_changes(old: SweepConfig, new: SweepConfig) -> list[str]:
     Compares the shared train options, context, schedule and lr scaling; budgets, the ladder and the
     options outside the run ids (NOT_IDENTITY: micro-batch, device, ...) may change on a re-plan.
     """
+    defaults = {k: f.default for k, f in TrainConfig.__dataclass_fields__.items() if f.default is not dataclasses.MISSING}
+    # A WSD-only option (decay_fraction, decay_shape) changes no run of a cosine sweep
+    unused = WSD_FIELDS if old.schedule == new.schedule == "cosine" else frozenset()
+
+    def value(train: dict, k: str):  # an option left out is its default: "--lr 0.001" written out is the same recipe
+        return train.get(k, defaults.get(k, "default"))
+
     # Options that change only how a run is computed (micro_batch_size after an OOM kill, eval_batch_size,
     # device, compile: NOT_IDENTITY) are no other recipe: a re-plan takes them, run ids and results stay.
     changes = [f"{k} {old.train.get(k, 'default')} -> {new.train.get(k, 'default')}"
-               for k in sorted(set(old.train) | set(new.train)) if old.train.get(k) != new.train.get(k) and k not in NOT_IDENTITY]
+               for k in sorted(set(old.train) | set(new.train))
+               if value(old.train, k) != value(new.train, k) and k not in NOT_IDENTITY and k not in unused]
     for k in ("context", "schedule", "lr_ref_width"):
         if getattr(old, k) != getattr(new, k):
             changes.append(f"{k} {getattr(old, k)} -> {getattr(new, k)}")
@@ -1127,7 +1143,7 @@ def _castable(have, want) -> bool:
 
 def check_tokenizer(sweep: SweepConfig, sweep_dir: Path) -> None:
     """Refuse to train a sweep on a token dir whose tokenizer changed since planning."""
-    from ehrfm.tokens import TokenDir
+    from ehrfm.tokens import TokenDir, data_differences, data_identity
 
     td = TokenDir(sweep.tokens_dir)
     if td.fingerprint != sweep.tokenizer_fingerprint:
@@ -1135,6 +1151,10 @@ def check_tokenizer(sweep: SweepConfig, sweep_dir: Path) -> None:
             f"sweep dir {sweep_dir} was planned with tokenizer fingerprint {sweep.tokenizer_fingerprint[:12]} but "
             f"{sweep.tokens_dir}/tokenizer.json now has {td.fingerprint[:12]}; plan a new sweep for this token dir"
         )
+    if sweep.data and (moved := data_differences(sweep.data, data_identity(td))):
+        raise UserError(f"sweep dir {sweep_dir} was planned on other data than {sweep.tokens_dir} holds now "
+                        f"({'; '.join(moved)}): its completed runs trained on the data as planned; plan a new sweep "
+                        "(another --out) for this token dir")
 
 
 def print_plan(sweep: SweepConfig, rows: list[dict], warnings: list[str], out: Path, file=sys.stdout) -> None:

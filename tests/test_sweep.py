@@ -561,6 +561,41 @@ def test_blow_up_sweep_is_recorded_diverged_and_fit_names_its_runs(local_sweep, 
     assert fits["n_fitted"] == 4 and sorted(e["run_id"] for e in fits["excluded"]) == sorted(blown)
 
 
+def test_a_sweep_refuses_its_token_dir_re_made_on_other_data_with_the_same_tokenizer(synth_tokens, demo_meds, tmp_path):
+    """Before: only the tokenizer's fingerprint was checked, so a token dir re-made in place from another
+    extract with the same tokenizer.json (`ehrfm tokenize --tokenizer`) was re-planned and launched
+    silently, and new runs trained on other patients beside the completed ones."""
+    from tokenization.tokenize import tokenize
+
+    tok, out = tmp_path / "tok", tmp_path / "sweep"
+    shutil.copytree(synth_tokens, tok)
+    assert ehrfm("sweep", "plan", "--tokens", tok, "--out", out, *TINY_CLI).returncode == 0
+    planned = json.loads((out / "sweep.json").read_text())["data"]
+    assert planned["train_tokens"] > 0 and len(planned["train_sha256"]) == 64
+    shutil.rmtree(tok)
+    tokenize(demo_meds, tok, tokenizer=synth_tokens / "tokenizer.json")  # other patients, the same tokenizer
+    for args in (("sweep", "plan", "--tokens", tok, "--out", out, *TINY_CLI), ("sweep", "launch", out, "--executor", "local")):
+        p = ehrfm(*args)
+        assert p.returncode == 2 and "was planned on other data than" in p.stderr and "train content" in p.stderr, p.stderr
+    assert not (out / "runs").exists() or not any((out / "runs").iterdir())
+
+
+def test_replanning_with_an_option_written_at_its_default_is_the_same_recipe(synth_tokens, tmp_path):
+    """Before: a re-plan that wrote out an option at its default (--seed 0, --weight-decay 0.1), or left
+    out one the first plan wrote, or gave a WSD-only option (--decay-fraction) to a cosine sweep, was
+    refused as "another training recipe (seed default -> 0)", though every run id stayed the same.
+    --seed 0 and --lr 0.001 are TrainConfig's defaults."""
+    out = tmp_path / "sweep"
+    assert ehrfm("sweep", "plan", "--tokens", synth_tokens, "--out", out, *TINY_CLI).returncode == 0
+    ids = sorted(pq.read_table(out / "plan.parquet").column("run_id").to_pylist())
+    for extra in (["--seed", "0", "--lr", "0.001"], [], ["--decay-fraction", "0.5"]):
+        p = ehrfm("sweep", "plan", "--tokens", synth_tokens, "--out", out, *TINY_CLI, *extra)
+        assert p.returncode == 0, p.stderr
+        assert sorted(pq.read_table(out / "plan.parquet").column("run_id").to_pylist()) == ids
+    p = ehrfm("sweep", "plan", "--tokens", synth_tokens, "--out", out, *TINY_CLI, "--lr", "0.002")
+    assert p.returncode == 2 and "lr default -> 0.002" in p.stderr, p.stderr
+
+
 def test_replanning_with_another_recipe_is_refused_but_new_budgets_are_not(synth_tokens, tmp_path):
     """A re-plan into a sweep dir with another lr would leave the old runs beside the new ones, and a
     fit of the table would mix two recipes in each parabola (a tester's report): refused, naming the
