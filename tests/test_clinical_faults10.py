@@ -137,3 +137,27 @@ def test_zeroshot_takes_the_windows_of_the_file_a_label_dir_resolves_to_and_says
     err = capsys.readouterr().err
     assert m["time_bound"]["long_los_days"] == 7 and err.count("no `ehrfm labels` sidecar beside") == 1
     assert "a stay over 7 days, predicted 24 h after admission" in err
+
+
+@pytest.mark.parametrize("layout", ["spark", "pyarrow", "hive"])
+def test_a_parquet_dataset_of_one_task_is_read_as_that_task(demo_meds, tmp_path, layout):
+    """Before: a Spark/pyarrow dataset (part-00000-*.parquet, part-0.parquet) or hive partitions
+    (split=train/) of one task were refused by the heads, whose advice (pass one part) scored half the
+    labels under the task "part-00000"; the audit took each part for a task, NOT CHECKED."""
+    from ehrfm.clinical.audit import audit
+    from ehrfm.clinical.labels import head_labels, make_labels, read_labels
+
+    labels, _ = make_labels(demo_meds, "long_los")
+    half = labels.height // 2
+    task = tmp_path / "labels" / "long_los"
+    names = {"spark": ("part-00000-7f3a-c000.snappy.parquet", "part-00001-7f3a-c000.snappy.parquet"),
+             "pyarrow": ("part-0.parquet", "part-1.parquet"),
+             "hive": ("split=train/0.parquet", "split=held_out/0.parquet")}[layout]
+    for name, part in zip(names, (labels[:half], labels[half:]), strict=True):
+        (task / name).parent.mkdir(parents=True, exist_ok=True)
+        part.write_parquet(task / name)
+    (task / "_SUCCESS").write_text("")
+    assert head_labels(task) == (task, "long_los")
+    assert read_labels(task).height == labels.height
+    res = audit(demo_meds, tmp_path / "labels")
+    assert list(res.tasks) == ["long_los"] and res.tasks["long_los"].n_labels == labels.height and res.clean

@@ -106,6 +106,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -825,12 +826,20 @@ def _visible_parquet_files(folder: Path) -> list[Path]:
     return _parquet_files(folder, folder)
 
 
+# A parquet dataset's part files: Spark's part-00000-<uuid>-c000.snappy.parquet, pyarrow's part-0.parquet, Dask's part.0.parquet
+PART_FILE = re.compile(r"part[-_.]\d+")
+
+
 def label_shards(path: Path) -> list[Path] | None:
     """The shards of ONE task's labels in `path`, when it is a sharded label dir, else None.
 
     ACES on sharded MEDS data (and the MEDS label layout) writes one task as
     `<task>/<split>/<shard>.parquet`: every parquet file lies in a folder named by a MEDS split
-    (train, tuning, held_out or an alias), none at the top. A dir of several tasks
+    (train, tuning, held_out or an alias), none at the top. A parquet dataset of one task is one
+    too: the part files of Spark, pyarrow or Dask at the top (PART_FILE), or hive partitions
+    (`split=train/0.parquet`, every folder `key=value`); each was taken for several tasks named
+    "part-00000" (the audit) or refused (the heads), whose advice to pass one part scored half the
+    labels. The splits are the data's, whatever the folders say. A dir of several tasks
     (`<task>.parquet` files, `ehrfm labels --task all`) is not one: it returns None.
     """
     from ehrfm.meds_io import split_name
@@ -838,8 +847,13 @@ def label_shards(path: Path) -> list[Path] | None:
     if not path.is_dir():
         return None
     files = _visible_parquet_files(path)
-    shards = [f for f in files if len(f.relative_to(path).parts) > 1 and split_name(f.relative_to(path).parts[0])]
-    return shards if files and len(shards) == len(files) else None
+    if not files:
+        return None
+    parts = [f.relative_to(path).parts for f in files]
+    in_splits = all(len(p) > 1 and split_name(p[0]) for p in parts)
+    dataset = all(len(p) == 1 and PART_FILE.match(p[0]) for p in parts)
+    hive = all(len(p) > 1 and all("=" in folder for folder in p[:-1]) for p in parts)
+    return files if in_splits or dataset or hive else None
 
 
 def task_label_paths(labels_dir: Path) -> dict[str, Path]:
