@@ -827,6 +827,15 @@ def _refuse_duplicate_rows(df: pl.DataFrame, source: str, keep: np.ndarray) -> N
         raise UserError(f"results table {source}: column loss: {int(copied.sum())} completed runs of one shape ({', '.join(shape[:-1])}) "
                         f"have the same loss to every digit (run ids {_name_ids(df['run_id'].cast(pl.Utf8).to_numpy()[copied])}): "
                         "one result copied to another seed? Seeds of one shape differ in loss: remove the copies or rerun them")
+    # Losses rounded in the cell (a spreadsheet's 4 decimals) escape the digit test above: a table pasted twice
+    # under new ids was 35 "seeds" of zero scatter. Two seeds may round alike once; every shape's, not.
+    keys = [c for c in ("budget", "n_params", "n_params_total", "tokens") if c in others]
+    groups = (df.filter(pl.Series(keep)).group_by(keys).agg(pl.len().alias("n"), pl.col("loss").n_unique().alias("losses"))
+              .filter(pl.col("n") > 1))
+    if groups.height >= 3 and (groups["losses"] == 1).all():
+        raise UserError(f"results table {source}: column loss: each of the {groups.height} shapes run more than once has "
+                        f"one loss in all of its {int(groups['n'].sum())} runs: the table pasted twice under new run ids? "
+                        "Seeds of one shape differ in loss: remove the repeats")
 
 
 STATE_COLUMNS = ("state", "run state", "run_state")  # another tracker's name of the status column (W&B: "State")
