@@ -52,6 +52,9 @@ EXTRAPOLATION_WARN = 10.0  # warn past this factor beyond the largest fitted bud
 # tested range, a power law's N_opt is the exponent's error times ln(factor) away (a 0.05 error in a
 # is a factor 1.4 at 1000x) and below it the laws give models of under one parameter.
 EXTRAPOLATION_UNTRUSTED = 1000.0
+# Approaches 1-2's pure power-law loss against Approach 3's frontier (with its floor E): beyond this relative gap
+# the recommendation says so (exact Chinchilla-law data at 100x: 2.47 against the law's 2.93, both "trusted")
+LOSS_DISAGREE = 0.05
 # A predicted AUROC above this (1 - AUROC under 0.001) is a power law run into its bound, not a forecast.
 AUROC_SATURATED = 0.999
 # The data-constrained optimum is searched on a log grid of N this dense (points per decade), with
@@ -473,6 +476,11 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
             notes.append(f"Approach {p.approach}'s predicted loss {p.loss:.4g} is below Approach 3's irreducible loss "
                          f"E = {format_ci(a3['E'], a3.get('E_ci') if _has_interval(a3.get('E_ci')) else None)}: its "
                          "L_min ~ C^k power law has no floor and falls too fast outside the fitted budgets")
+        elif p.approach != 3 and 3 in by_k and by_k[3].trusted and floor is not None \
+                and abs(p.loss - by_k[3].loss) > LOSS_DISAGREE * by_k[3].loss:
+            notes.append(f"Approach {p.approach}'s predicted loss {p.loss:.4g} is {abs(p.loss / by_k[3].loss - 1):.0%} "
+                         f"{'below' if p.loss < by_k[3].loss else 'above'} Approach 3's frontier ({by_k[3].loss:.4g}, with its "
+                         "irreducible loss E): its L_min ~ C^k power law has no floor; take its loss as rough here")
     if not head.trusted:
         notes.append(f"Approach {head.approach} is not trusted: {head.why_untrusted}")
     max_budget = float(inputs.get("max_budget") or "nan")

@@ -231,3 +231,20 @@ def test_a_table_pasted_twice_with_rounded_losses_is_not_taken_for_seeds(tmp_pat
     seeds = seeds.with_columns(pl.when(pl.int_range(pl.len()) == 20).then(pl.col("loss").first()).otherwise(pl.col("loss")))
     seeds.with_row_index("run_id").with_columns(pl.col("run_id").cast(pl.Utf8)).write_csv(tmp_path / "seeds.csv")
     assert load_results(tmp_path / "seeds.csv").n == 40  # one shape's two seeds alike by chance: still seeds
+
+
+def test_a_power_law_loss_far_from_approach_3s_frontier_is_flagged(tmp_path):
+    """Approaches 1-2 predict L_min ~ C^k, with no floor: on Besiroglu-law data (budgets 1e15-1e17) at 1e19
+    Approach 2 said 2.468 [2.44, 2.50], "trusted", where the law's loss is 2.93 and Approach 3's frontier
+    2.944, without a word. Inside the fitted budgets they agree and nothing is said."""
+    from analysis.synthetic import BESIROGLU
+
+    t = synthetic_results(BESIROGLU, budgets=(1e15, 1e16, 1e17), sizes=7, span_decades=1.0, noise=0.005, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = fit_results(load_results(t), config=FitConfig(bootstrap=60, holdout=False))
+    far = recommend(fit, 1e19, approach=2)
+    gap = [w for w in far.warnings if w.startswith("Approach 2's predicted loss") and "below Approach 3's frontier" in w]
+    assert len(gap) == 1 and far.loss < 0.9 * BESIROGLU.loss(BESIROGLU.n_opt(1e19), 1e19 / 6 / BESIROGLU.n_opt(1e19))
+    near = recommend(fit, 1e17, approach=2)
+    assert not [w for w in near.warnings if "Approach 3's frontier" in w]
