@@ -1325,6 +1325,11 @@ def _fit_results(res: Results, cfg: FitConfig) -> FitResult:
         raise UserError("; ".join(not_fitted.values()) + left)
     for name, reason in not_fitted.items():
         warn(f"{name} not fitted: {reason}")
+    if 1 in fitted and (skipped := sorted(set(np.unique(res.budget).tolist()) - {p["budget"] for p in fitted[1].points})):
+        # its law then rests on fewer budgets than the table has, and which ones is not said anywhere else
+        warn(f"Approach 1: its lower envelope leaves out {len(skipped)} of {np.unique(res.budget).size} budgets "
+             f"({', '.join(f'{b:.3g}' for b in skipped)} FLOPs): no run there beats a cheaper budget's best (a low outlier "
+             "in a cheaper budget, or a budget that learned less); its law rests on the others")
     if 1 in fitted and fitted[1].edge_budgets:
         warn(f"Approach 1 is not an estimate of N_opt: {edge_note(fitted[1].edge_budgets)} (add sizes beyond the ladder's "
              "end: `ehrfm sweep plan --bracket-from RESULTS`)")

@@ -248,3 +248,18 @@ def test_a_power_law_loss_far_from_approach_3s_frontier_is_flagged(tmp_path):
     assert len(gap) == 1 and far.loss < 0.9 * BESIROGLU.loss(BESIROGLU.n_opt(1e19), 1e19 / 6 / BESIROGLU.n_opt(1e19))
     near = recommend(fit, 1e17, approach=2)
     assert not [w for w in near.warnings if "Approach 3's frontier" in w]
+
+
+def test_approach_1_says_which_budgets_its_envelope_leaves_out():
+    """One run recorded 30% low at the second budget: the lower envelope kept no later budget, and Approach 1's
+    law rested on two of four budgets without a word (the review's table: 3 of 5)."""
+    t = _table()
+    second = t.filter(pl.col("budget") == BUDGETS[1])["loss"].arg_min()
+    row = t.with_row_index().filter(pl.col("budget") == BUDGETS[1])["index"][second]
+    t = t.with_columns(pl.when(pl.int_range(pl.len()) == row).then(pl.col("loss") * 0.7).otherwise(pl.col("loss")).alias("loss"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = fit_results(load_results(t), config=FitConfig(approaches=(1,), bootstrap=0, holdout=False))
+    said = [str(w.message) for w in caught if "lower envelope leaves out" in str(w.message)]
+    assert fit.approach1.n_points == 2 and len(said) == 1
+    assert "leaves out 2 of 4 budgets (1.6e+19, 6.4e+19 FLOPs)" in said[0]
