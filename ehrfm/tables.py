@@ -38,6 +38,8 @@ RESULTS_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
     ("job_id", pa.string()),
     ("schedule", pa.string()),  # cosine | wsd
     ("trunk_id", pa.string()),  # wsd: the run id of the trunk whose stable phase the run shares
+    ("dtype", pa.string()),  # the precision the run trained in (float32 on CPU, bfloat16 on CUDA with dtype auto)
+    ("device", pa.string()),  # where it began (cpu, cuda)
 )
 # What a reader needs besides the loss column it fits (`loss` or `loss_per_event`).
 RESULTS_REQUIRED = ("n_params", "tokens")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 from ehrfm.errors import UserError
@@ -163,6 +164,11 @@ def collect_sweep(
     sweep, runs = _runs(sweep_dir)
     _warn_bad_files(runs)
     rows = [_results_row(sweep, sweep_dir, r) for r in runs]
+    precisions = Counter(r["dtype"] for r in rows if r["status"] == Status.COMPLETED and r["dtype"])
+    if len(precisions) > 1:  # dtype auto: float32 on CPU, bfloat16 on CUDA; one sweep launched on both mixes them
+        warn(f"completed runs trained in {len(precisions)} precisions ({', '.join(f'{k} {v}' for k, v in sorted(precisions.items()))}; "
+             "column dtype): their losses are not one recipe's, and one fit would mix them; retrain one group "
+             "(`ehrfm sweep launch --retry-failed` after removing its run dirs) or fit each apart", "sweep collect")
     utility_columns: list[str] = []
     if (labels_dir is not None or zeroshot) and any(r["status"] == Status.COMPLETED for r in rows):
         check_tokens_dir(sweep.tokens_dir, sweep_dir)  # the probes read the histories there
@@ -225,6 +231,8 @@ def _results_row(sweep, sweep_dir: Path, r: _Run) -> dict:
         "job_id": r.st.job_id,
         "schedule": r.planned.get("schedule") or result.schedule or "cosine",
         "trunk_id": r.planned.get("trunk_id") or result.trunk_id,
+        "dtype": None if result.dtype is None else str(result.dtype),
+        "device": None if result.device is None else str(result.device),
     }
 
 

@@ -256,6 +256,7 @@ def test_local_sweep_completes_and_collects(local_sweep):
         assert got["n_params"] == r["n_params"] and got["budget"] == r["budget"]
         assert got["flops"] == pytest.approx(r["flops"])
         assert got["job_id"].startswith("local-")
+        assert got["dtype"] == run_result["dtype"] == "float32" and got["device"] == run_result["device"] == "cpu"
         # The data available to every run, for the fits' repeated-data correction and the recommender.
         assert got["unique_tokens"] == TokenDir(json.loads((out / "sweep.json").read_text())["tokens_dir"]).split("train").n_tokens
         assert got["epochs"] == pytest.approx(got["tokens"] / got["unique_tokens"]) and got["epochs"] == pytest.approx(r["epochs"])
@@ -387,6 +388,23 @@ def _label_dir(meds, tmp_path, task: str):
     made = ehrfm("labels", meds, "--task", task, "--out", labels / f"{task}.parquet")
     assert made.returncode == 0, made.stderr
     return labels
+
+
+def test_collect_warns_when_completed_runs_trained_in_two_precisions(local_sweep, tmp_path):
+    """dtype auto is float32 on CPU and bfloat16 on CUDA: a sweep launched partly on each (its run ids
+    leave the device out) was collected and fitted as one recipe, and results.parquet had no column to
+    tell. Now each row has dtype and device, and a mix is said."""
+    out, _ = launched_ok(local_sweep)
+    copy = tmp_path / "sweep"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("checkpoint*", "*.lock", ".*lock"))
+    one = sorted((copy / "runs").glob("*/result.json"))[0]
+    result = json.loads(one.read_text())
+    one.write_text(json.dumps({**result, "dtype": "bfloat16", "device": "cuda"}))
+    c = ehrfm("sweep", "collect", copy)
+    assert c.returncode == 0, c.stderr
+    assert "completed runs trained in 2 precisions (bfloat16 1, float32 3; column dtype)" in c.stderr
+    dtypes = pq.read_table(copy / "results.parquet").column("dtype").to_pylist()
+    assert sorted(dtypes) == ["bfloat16", "float32", "float32", "float32"]
 
 
 def test_collect_with_labels_adds_utility_columns(local_sweep, synth_meds, tmp_path):
