@@ -254,8 +254,7 @@ def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
     # One launcher at a time decides and submits: two concurrent relaunches must not both submit
     # a run. A local launch holds the lock until its runs are recorded as queued under its pid.
     trunk_of = _trunks_of(plan)
-    # a dry run writes nothing, not even the lock: it reads an archived (read-only) sweep as well
-    with contextlib.nullcontext() if cfg.dry_run else _sweep_lock(sweep_dir):
+    with _sweep_lock(sweep_dir):
         report, jobs = _select_and_prepare(sweep_dir, sweep, plan, cfg)
         if cfg.executor == "slurm":
             _warn_queued_keep_options(sweep_dir, cfg, report)

@@ -598,17 +598,6 @@ def test_a_sweep_refuses_its_token_dir_re_made_on_other_data_with_the_same_token
     assert not (out / "runs").exists() or not any((out / "runs").iterdir())
 
 
-def test_a_dry_run_launch_writes_nothing(synth_tokens, tmp_path):
-    """Before: `sweep launch --dry-run` took the launch lock, writing .launch.lock, so an archived or a
-    colleague's read-only sweep could not be dry-run (EROFS); a dry run only reads."""
-    out = tmp_path / "sweep"
-    assert ehrfm("sweep", "plan", "--tokens", synth_tokens, "--out", out, *TINY_CLI).returncode == 0
-    before = sorted(p.relative_to(out) for p in out.rglob("*"))
-    dry = ehrfm("sweep", "launch", out, "--executor", "local", "--dry-run")
-    assert dry.returncode == 0 and "would submit" in dry.stdout, dry.stderr
-    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
-
-
 def test_replanning_with_an_option_written_at_its_default_is_the_same_recipe(synth_tokens, tmp_path):
     """Before: a re-plan that wrote out an option at its default (--seed 0, --weight-decay 0.1), or left
     out one the first plan wrote, or gave a WSD-only option (--decay-fraction) to a cosine sweep, was
