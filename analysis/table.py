@@ -195,10 +195,10 @@ def _read_frame(path: Path) -> pl.DataFrame:
     try:
         if csv:
             sep = "\t" if ".tsv" in name else _csv_separator(path)
-            header = _csv_header(path, sep)
+            header, short = _csv_header_and_short_rows(path, sep)
             df = pl.read_csv(path, separator=sep, infer_schema_length=None, null_values=["", "NA", "null", "None"])
             _refuse_duplicate_columns(str(path), header, df.height)
-            _refuse_short_rows(path, sep, len(header))
+            _refuse_short_rows(path, short, len(header))
             # spreadsheets pad headers ("loss "): a padded name is the same column
             stripped = [c.strip() for c in df.columns]
             if len(set(stripped)) == len(stripped):
@@ -259,24 +259,23 @@ def _csv_hint(path: Path) -> str:
     return ""
 
 
-def _csv_header(path: Path, sep: str) -> list[str]:
-    import csv
-    with _open_csv(path, "rt", errors="replace", newline="") as f:
-        return next(csv.reader(f, delimiter=sep), [])
-
-
-def _refuse_short_rows(path: Path, sep: str, n_fields: int) -> None:
-    """UserError naming the lines (1-based) of rows with fewer fields than the header: a file cut short or hand-damaged.
-
-    polars fills a short row's missing cells with nulls: a table cut off mid-row was fitted, or its
-    last run was said to be "not fitted: status <null>", with no word of the file.
-    """
+def _csv_header_and_short_rows(path: Path, sep: str) -> tuple[list[str], list[int]]:
+    """A CSV's header, and the lines (1-based) of its rows with fewer fields than the header."""
     import csv
 
     with _open_csv(path, "rt", errors="replace", newline="") as f:
         reader = csv.reader(f, delimiter=sep)
-        next(reader, None)
-        short = [reader.line_num for row in reader if row and len(row) < n_fields]
+        header = next(reader, [])
+        short = [reader.line_num for row in reader if row and len(row) < len(header)]
+    return header, short
+
+
+def _refuse_short_rows(path: Path, short: list[int], n_fields: int) -> None:
+    """UserError naming the lines `short` of rows with fewer fields than the header: a file cut short or hand-damaged.
+
+    polars fills a short row's missing cells with nulls: a table cut off mid-row was fitted, or its
+    last run was said to be "not fitted: status <null>", with no word of the file.
+    """
     if short:
         raise UserError(f"results table {path}: {len(short)} row(s) have fewer fields than its header's {n_fields} (line "
                         f"{', '.join(map(str, short[:5]))}{' ...' if len(short) > 5 else ''}): a file cut short in a copy "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -657,22 +658,16 @@ def refuse_repeated_columns(path: str | os.PathLike, what: str) -> None:
                         "meant is not certain: drop or rename all but one")
 
 
+@functools.cache
 def _polars_reads_zone(zone: str) -> bool:
     """Whether polars parses the time zone name `zone` (IANA names, UTC and +00:00 do; 'Z' and other fixed offsets not)."""
     import polars as pl
 
-    if zone in _ZONE_VERDICTS:
-        return _ZONE_VERDICTS[zone]
     try:
         pl.Series([0], dtype=pl.Int64).cast(pl.Datetime("us")).dt.replace_time_zone(zone)
-        ok = True
     except Exception:  # noqa: BLE001 (polars raises ComputeError, or a newer type, for a name it cannot parse)
-        ok = False
-    _ZONE_VERDICTS[zone] = ok
-    return ok
-
-
-_ZONE_VERDICTS: dict[str, bool] = {}
+        return False
+    return True
 
 
 def zones_polars_cannot_read(schema) -> list[tuple[str, str]]:

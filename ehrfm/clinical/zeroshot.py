@@ -653,11 +653,12 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
 
     max_new = cfg.max_new_tokens or cfg.rollout_contexts * context
     spec = rollout_spec(td, task)
-    opts = label_options(labels_path or cfg.labels) if spec.durations is not None else None
-    if opts is not None and opts["source"] == DEFAULT_WINDOWS and str(labels_path or cfg.labels) not in _WARNED_WINDOWS:
-        _WARNED_WINDOWS.add(str(labels_path or cfg.labels))  # once, not once per run of a sweep
+    labels_path = labels_path or cfg.labels
+    opts = label_options(labels_path) if spec.durations is not None else None
+    if opts is not None and opts["source"] == DEFAULT_WINDOWS and str(labels_path) not in _WARNED_WINDOWS:
+        _WARNED_WINDOWS.add(str(labels_path))  # once, not once per run of a sweep
         # a label file made elsewhere (ACES, MEDS-DEV) may have other windows: say which these rollouts follow
-        warn(f"zero-shot: no `ehrfm labels` sidecar beside {labels_path or cfg.labels} (its .json): the rollouts follow "
+        warn(f"zero-shot: no `ehrfm labels` sidecar beside {labels_path} (its .json): the rollouts follow "
              f"the default windows of `ehrfm labels` ({_windows_text(task, opts)}); for labels made with other windows, "
              "write them beside it as {\"config\": {\"gap_hours\": ..., \"long_los_days\": ..., \"readmission_days\": ...}}",
              "zeroshot")
