@@ -254,7 +254,7 @@ def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
     # One launcher at a time decides and submits: two concurrent relaunches must not both submit
     # a run. A local launch holds the lock until its runs are recorded as queued under its pid.
     trunk_of = _trunks_of(plan)
-    with _sweep_lock(sweep_dir):
+    with _sweep_lock(sweep_dir, read_only=cfg.dry_run):
         report, jobs = _select_and_prepare(sweep_dir, sweep, plan, cfg)
         if cfg.executor == "slurm":
             _warn_queued_keep_options(sweep_dir, cfg, report)
@@ -283,19 +283,29 @@ def _trunks_of(plan: list[dict]) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _sweep_lock(sweep_dir: Path):
+def _sweep_lock(sweep_dir: Path, read_only: bool = False):
+    """Hold the sweep's launch lock (SWEEP/.launch.lock): exclusive, or shared for `read_only` (a dry run).
+
+    A dry run waits for a launch in progress, as a launch does, so that it reads whole records, but
+    writes nothing, not even the lock file: it opens an existing lock file for reading (an archived,
+    read-only sweep can be dry-run) and takes no lock where none was ever written (never launched).
+    """
     import fcntl
 
     from ehrfm.run_lock import flock
 
     path = sweep_dir / ".launch.lock"
-    with open(path, "w", encoding="utf-8") as f:
+    if read_only and not path.exists():  # never launched: no launch's records to wait for
+        yield
+        return
+    with open(path, encoding="utf-8") if read_only else open(path, "w", encoding="utf-8") as f:
+        mode = fcntl.LOCK_SH if read_only else fcntl.LOCK_EX
         try:
-            flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB, path)
+            flock(f, mode | fcntl.LOCK_NB, path)
         except BlockingIOError:  # another launch is deciding or submitting: say why nothing happens yet
             print(f"waiting for another `ehrfm sweep launch` of {sweep_dir} to finish submitting ({path})",
                   file=sys.stderr, flush=True)
-            flock(f, fcntl.LOCK_EX, path)
+            flock(f, mode, path)
         try:
             yield
         finally:

@@ -598,6 +598,29 @@ def test_a_sweep_refuses_its_token_dir_re_made_on_other_data_with_the_same_token
     assert not (out / "runs").exists() or not any((out / "runs").iterdir())
 
 
+def test_a_dry_run_launch_writes_nothing(synth_tokens, tmp_path):
+    """Before: `sweep launch --dry-run` took the launch lock by opening .launch.lock for writing, so an
+    archived or a colleague's read-only sweep could not be dry-run (EROFS). A dry run only reads: it
+    takes a shared lock on an existing lock file opened for reading (so it still waits for a launch
+    in progress: test_a_launch_waiting_for_another_launch_says_so), and none where none exists."""
+    out = tmp_path / "sweep"
+    assert ehrfm("sweep", "plan", "--tokens", synth_tokens, "--out", out, *TINY_CLI).returncode == 0
+
+    def files():
+        return {p.relative_to(out): (p.stat().st_mtime_ns, p.stat().st_size) for p in out.rglob("*")}
+
+    before = files()
+    dry = ehrfm("sweep", "launch", out, "--executor", "local", "--dry-run")
+    assert dry.returncode == 0 and "would submit" in dry.stdout, dry.stderr
+    assert files() == before and not (out / ".launch.lock").exists()
+    (out / ".launch.lock").touch()  # a sweep launched before
+    os.utime(out / ".launch.lock", ns=(1_000_000_000, 1_000_000_000))
+    before = files()
+    dry = ehrfm("sweep", "launch", out, "--executor", "local", "--dry-run")
+    assert dry.returncode == 0 and "would submit" in dry.stdout and "waiting" not in dry.stderr, dry.stderr
+    assert files() == before
+
+
 def test_replanning_with_an_option_written_at_its_default_is_the_same_recipe(synth_tokens, tmp_path):
     """Before: a re-plan that wrote out an option at its default (--seed 0, --weight-decay 0.1), or left
     out one the first plan wrote, or gave a WSD-only option (--decay-fraction) to a cosine sweep, was
