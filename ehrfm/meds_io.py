@@ -270,7 +270,7 @@ def open_meds(meds_dir: str | os.PathLike, check_static: bool = True) -> MedsDat
     # as data files: hidden ones (macOS's ._codes.parquet) left out, a folder of parts (Spark) read.
     metadata = root / "metadata"
     check_parquet_files([*visible, *_parquet_files(metadata, metadata)], "MEDS file",
-                        hint="re-create the MEDS dataset (ehrfm etl --overwrite)")
+                        hint="re-create it with the tool that wrote the MEDS dataset (`ehrfm etl --overwrite` for ehrfm's ETL)")
     folders = sorted(p.name for p in data.iterdir()
                      if p.is_dir() and not p.name.startswith(".") and _parquet_files(p, data))
     split_named = [f for f in folders if split_name(f)]
@@ -488,7 +488,9 @@ def _subject_split_shards(root: Path, data: Path) -> tuple[dict[str, list[Shard]
         raise UserError(f"{data} holds no parquet shards")
     splits_path = root / SUBJECT_SPLITS_FILE
     if not splits_path.exists():
-        raise UserError(f"{root}: shards are not in {DATA_DIR}/<split>/ and {SUBJECT_SPLITS_FILE} is missing")
+        raise UserError(f"{root}: shards are not in {DATA_DIR}/<split>/ and {SUBJECT_SPLITS_FILE} is missing, so no "
+                        f"subject's split is known: write {SUBJECT_SPLITS_FILE} (MEDS columns {SUBJECT_ID} int64 and split "
+                        f"string: {', '.join(SPLITS)}), or move the shards into {DATA_DIR}/<split>/ folders")
     # A file, or a folder of part files as Spark and Dask write a parquet dataset.
     parts = _parquet_files(splits_path, splits_path) if splits_path.is_dir() else [splits_path]
     for part in parts:  # a column named twice was a polars DuplicateError traceback

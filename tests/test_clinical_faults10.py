@@ -161,3 +161,26 @@ def test_a_parquet_dataset_of_one_task_is_read_as_that_task(demo_meds, tmp_path,
     assert read_labels(task).height == labels.height
     res = audit(demo_meds, tmp_path / "labels")
     assert list(res.tasks) == ["long_los"] and res.tasks["long_los"].n_labels == labels.height and res.clean
+
+
+def test_labels_say_when_no_shard_has_the_stay_id_column(demo_meds, tmp_path, capsys):
+    """Before: a MEDS dataset from another ETL without `hadm_id` in any shard was labelled with stays
+    paired by time and later_stay_in_history unchecked, said only in labels.json (on the MIMIC-IV demo
+    one more readmission label, its history holding the next stay's orders); a shard lacking it among
+    shards with it was warned about. Now both are said on stderr."""
+    import shutil
+
+    from ehrfm.clinical.labels import make_labels
+
+    meds = tmp_path / "meds"
+    shutil.copytree(demo_meds, meds)
+    for path in (meds / "data").rglob("*.parquet"):
+        pq.write_table(pq.read_table(path).drop_columns(["hadm_id"]), path)
+    capsys.readouterr()
+    with_ids, _ = make_labels(demo_meds, "readmission_30d")
+    assert "stay id column" not in capsys.readouterr().err
+    without, info = make_labels(meds, "readmission_30d")
+    said = [line for line in capsys.readouterr().err.splitlines() if "stay id column" in line]
+    assert len(said) == 1 and f"no shard of {meds} has the stay id column hadm_id: stays are paired by time order" in said[0]
+    assert "later_stay_in_history is not checked" in said[0]
+    assert info["excluded"].get("later_stay_in_history", 0) == 0 and without.height > with_ids.height

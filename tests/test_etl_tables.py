@@ -284,16 +284,23 @@ def test_admission_times_without_a_time_of_day_are_refused(tmp_path):
     assert sorted(str(t) for t in admitted["time"]) == ["2150-01-01 10:00:00", "2150-02-01 00:00:00"]
 
 
-def test_a_renamed_optional_column_is_refused_not_read_as_missing(tmp_path):
+def test_a_renamed_optional_column_is_refused_not_read_as_missing(tmp_path, capsys):
     """A 3.x-style rename (valueuom -> unit) would silently make every lab unit UNK: refused instead."""
     labs = "subject_id,hadm_id,itemid,charttime,value,valuenum,unit\n1,11,50912,2150-01-02 08:00:00,1.0,1.0,mg/dL\n"
     msg = _refusal(tmp_path, {"hosp/labevents": labs})
     assert "labevents.csv: table hosp/labevents has an unexpected column set" in msg
     assert "no 'storetime', 'valueuom' but 'unit'" in msg and "mg/dL" not in msg
-    # A trimmed extract (the column simply absent) still converts, units read as UNK.
+    # A trimmed extract (the column simply absent) still converts, units read as UNK; and it says so,
+    # once per table, with what follows (it used to say nothing: labs at charttime, every unit UNK).
     trimmed = "subject_id,hadm_id,itemid,charttime,value,valuenum\n1,11,50912,2150-01-02 08:00:00,1.0,1.0\n"
     etl(_raw(tmp_path / "t", {"hosp/labevents": trimmed}), tmp_path / "t/meds", split_fractions=(1.0, 0.0, 0.0))
     assert _at(_events(tmp_path / "t/meds"), "LAB//50912//UNK") == [("2150-01-02 08:00:00", 1.0)]
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if "labevents.csv lacks optional column" in line]
+    assert len(said) == 1 and "labevents.csv lacks optional column(s) storetime, valueuom, read as empty" in said[0], err
+    assert "codes carry no unit (//UNK)" in said[0] and "not when stored" in said[0]
+    config = json.loads((tmp_path / "t/meds/metadata/etl_config.json").read_text())
+    assert config["optional_columns_absent"]["hosp/labevents"] == ["storetime", "valueuom"]
 
 
 def test_results_sit_at_their_store_time_and_the_audit_flags_tables_without_one(tmp_path):

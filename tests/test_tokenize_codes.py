@@ -174,3 +174,24 @@ def test_real_demo_hierarchical_halves_the_unk_fraction(demo_meds, tmp_path):
     assert td.tokenizer["codes"] == "hierarchical"
     for prefix in ("DIAGNOSIS//ICD//10//CHAPTER//", "DIAGNOSIS//ICD//10//3-6//", "PROCEDURE//ICD//10//1//"):
         assert td.token_ids_with_prefix(prefix)
+
+
+def test_codes_named_as_special_tokens_are_named_not_blamed_on_rarity(tmp_path, capsys):
+    """Before: MEDS codes "Q1", "TIMELINE_END" (160 train events each) became UNK, their values lost,
+    and the UNK warning said their codes were "rare or absent in train". Special tokens are never a
+    code's token (a code "Q1" must not read as a decile): now each clashing code is named with its count."""
+    train = []
+    for i in range(12):
+        train += _subject(i, [("Q1", 2.0), ("TIMELINE_END", None), ("LAB//1//u", float(i)), ("AGE//0-4", None)])
+    meds = _write_meds(tmp_path / "meds", {"train": train})
+    tokenize(meds, tmp_path / "tok", min_count=10)
+    said = [line for line in capsys.readouterr().err.splitlines() if "special tokens" in line]
+    assert len(said) == 1, said
+    assert "3 MEDS code(s) of the train split name ehrfm's special tokens" in said[0]
+    assert "AGE//0-4 (12 events), Q1 (12 events), TIMELINE_END (12 events)" in said[0]
+    td = TokenDir(tmp_path / "tok")
+    assert "LAB//1//u" in td.tokenizer["vocab"]
+    # the subject's own TIMELINE_END closes its timeline once; its code "TIMELINE_END" is UNK
+    assert td.decode(td.split("train").subject(0)[0]).count("TIMELINE_END") == 1
+    tokenize(meds, tmp_path / "flat", min_count=10, codes="flat")
+    assert "3 MEDS code(s)" in capsys.readouterr().err

@@ -1746,6 +1746,40 @@ def _resolve_tables(raw: Path, cfg: EtlConfig) -> tuple[list, dict, list[str], d
     return wanted, present, missing, used_columns
 
 
+# What a trimmed extract loses with each optional column (OPTIONAL_COLUMNS), said when it is absent.
+ABSENT_COLUMN_EFFECTS = {
+    "storetime": "results are timed when measured, not when stored: a result can enter a history before it was known",
+    "storedate": "results are timed when measured, not when stored: a result can enter a history before it was known",
+    "dod": "deaths after discharge are not recorded (only in-hospital deathtime)",
+    "hadm_id": "events are matched to hospital stays by time alone",
+    "discharge_location": "discharges to another hospital are not told apart (readmission labels count them)",
+    "valueuom": "codes carry no unit (//UNK)", "amountuom": "codes carry no unit (//UNK)",
+    "dose_given_unit": "codes carry no unit (//UNK)",
+}
+
+
+def _warn_absent_optional_columns(wanted, present: dict, used_columns: dict) -> dict[str, list[str]]:
+    """{table: [optional column it lacks]}, each table said once on stderr with what follows.
+
+    A trimmed extract's missing optional column is read as all-null (OPTIONAL_COLUMNS): the ETL
+    runs, but its events change (no storetime: labs stay at charttime; no valueuom: LAB//id//UNK)
+    and nothing said so. Recorded in etl_config.json as `optional_columns_absent`.
+    """
+    from ehrfm.io import warn
+
+    absent = {}
+    for t in wanted:
+        if present.get(t.name) is None:
+            continue
+        cols = [c for c in t.columns if c in OPTIONAL_COLUMNS and c not in used_columns[t.name] and c != t.row_id]
+        if cols:
+            absent[t.name] = cols
+            effects = sorted({ABSENT_COLUMN_EFFECTS[c] for c in cols if c in ABSENT_COLUMN_EFFECTS})
+            warn(f"etl: {present[t.name]} lacks optional column(s) {', '.join(cols)}, read as empty"
+                 + (f": {'; '.join(effects)}" if effects else ""))
+    return absent
+
+
 def _dictionary_files(raw: Path) -> dict[str, tuple[Path, dict[str, str]]]:
     """The dictionaries present (DICTIONARIES): name -> (file, columns used), their headers checked.
 
@@ -1885,6 +1919,7 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
     _check_options(cfg)
 
     wanted, present, missing, used_columns = _resolve_tables(raw, cfg)
+    absent_columns = _warn_absent_optional_columns(wanted, present, used_columns)
     dictionaries = _dictionary_files(raw)
 
     # The pool closes (its workers done) before atomic_dir removes a failed run's tmp dir.
@@ -1904,7 +1939,7 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
         _write_codes(dictionaries, tmp, counts.pop("codes"))
         account = _account(rows_in, counts, ctx)
         _refuse_lost_tables(rows_in, ctx, present, counts["written"])
-        _write_metadata(tmp, cfg, split_of, rows_in, missing, ctx.untimed, account)
+        _write_metadata(tmp, cfg, split_of, rows_in, missing, ctx.untimed, account, absent_columns)
         write_json(tmp / "metadata" / ETL_METADATA, _audit_metadata(account, ctx))
         import shutil
 
@@ -3111,7 +3146,7 @@ def _write_codes(files: dict[str, tuple[Path, dict[str, str]]], out: Path, count
 
 
 def _write_metadata(out: Path, cfg: EtlConfig, split_of: pl.DataFrame, rows_in: dict, missing: list,
-                    untimed: dict, account: dict) -> None:
+                    untimed: dict, account: dict, absent_columns: dict) -> None:
     import meds
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -3134,6 +3169,7 @@ def _write_metadata(out: Path, cfg: EtlConfig, split_of: pl.DataFrame, rows_in: 
         **asdict(cfg), "raw": str(Path(cfg.raw).resolve()), "tables_rows": rows_in, "tables_missing": missing,
         "dropped_events_without_time": {k: v for k, v in untimed.items() if v},
         "tables_selected": cfg.tables,  # --tables as resolved (null: every table); "tables" is the account
+        "optional_columns_absent": absent_columns,  # {table: [column]}: read as empty (_warn_absent_optional_columns)
         "tables": account,
         "count_units": COUNT_UNITS,
     })

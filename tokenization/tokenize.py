@@ -242,6 +242,26 @@ def fit_vocab(counts: dict[str, int], mode: str, min_count: int) -> tuple[dict[s
     return heads, continuations
 
 
+def _warn_codes_named_as_special_tokens(counts: dict[str, int], mode: str) -> None:
+    """Warn, naming each, of MEDS codes whose token would be one of SPECIAL_TOKENS ("Q1", "TIMELINE_END", "AGE//0-4").
+
+    fit_vocab never keeps such a token (a code "Q1" must not read as a value's decile), so their
+    events become UNK or their parent's token; the UNK warning blamed their rarity.
+    """
+    special = set(SPECIAL_TOKENS)
+    clash = {}
+    for code, n in counts.items():
+        chain, rest = code_parts(code, mode)
+        if chain[0] in special or special.intersection(rest):
+            clash[code] = n
+    if clash:
+        top = sorted(clash.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+        warn(f"tokenize: {len(clash)} MEDS code(s) of the train split name ehrfm's special tokens (PAD, UNK, TIMELINE_*, "
+             f"Q1..Q{N_QUANTILES}, interval and AGE// tokens): {', '.join(f'{c} ({n:,} events)' for c, n in top)}"
+             f"{' ...' if len(clash) > 5 else ''}; they are encoded as UNK or their parent code's token, never as the special "
+             "token: rename them in the MEDS data (e.g. with a prefix) to keep them")
+
+
 def fit_tokenizer(meds: Path | MedsDataset, min_count: int = 10, n_quantiles: int = N_QUANTILES, codes: str = HIERARCHICAL,
                   batch_values: int | None = None) -> dict:
     """Fit vocab and per-code quantile edges on the train split of a MEDS dataset, in bounded memory.
@@ -278,8 +298,9 @@ def fit_tokenizer(meds: Path | MedsDataset, min_count: int = 10, n_quantiles: in
         where = meds.root if isinstance(meds, MedsDataset) else meds
         raise UserError(f"{where}: the train split has 0 events ({len(shards)} shard(s)); a tokenizer fitted on it "
                         "would know no code (check the splits, or pass --tokenizer)")
-    heads, continuations = fit_vocab(dict(zip(counts["code"].to_list(), counts["n"].to_list(), strict=True)),
-                                     codes, min_count)
+    code_counts = dict(zip(counts["code"].to_list(), counts["n"].to_list(), strict=True))
+    _warn_codes_named_as_special_tokens(code_counts, codes)
+    heads, continuations = fit_vocab(code_counts, codes, min_count)
     kept = {**heads, **continuations}
     tokens = sorted(kept, key=lambda t: (-kept[t], t))
     # Deciles only for codes that are their own head token: a fallback ancestor mixes codes.

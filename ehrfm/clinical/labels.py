@@ -183,6 +183,12 @@ def _stay_events(meds_dir: str | os.PathLike) -> tuple[pl.DataFrame, MedsDataset
             warn(f"labels: {len(lacking)} of the shard files with rows lack the stay id column {STAY_ID} (first: "
                  f"{lacking[0]}): their subjects' stays are paired by time order, not by id (write the column in "
                  "every shard to pair every stay by id)")
+    elif without and shards_lacking_stay_ids(ds, without):  # no shard has it (a MEDS dataset from another ETL): said too
+        from ehrfm.io import warn
+
+        warn(f"labels: no shard of {meds_dir} has the stay id column {STAY_ID}: stays are paired by time order, and a "
+             "later stay's orders written before its admission cannot be told from this stay's (later_stay_in_history "
+             f"is not checked); keep {STAY_ID} in the MEDS shards to pair stays by id")
     lf = scan_shards([sh for shards in ds.shards.values() for sh in shards], cols).filter(
         pl.col("code").str.starts_with(ADMISSION_PREFIX)
         | pl.col("code").str.starts_with(DISCHARGE_PREFIX)
