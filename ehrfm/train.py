@@ -534,6 +534,42 @@ def _check_something_to_predict(td: TokenDir, train_split, tuning_split, cfg: Tr
                         f"{fix}re-create the token dir with longer timelines")
 
 
+def _available_memory_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where there is none: not Linux)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _bytes_text(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def _check_attention_mask_fits(cfg: TrainConfig, device) -> None:
+    """Refuse (UserError, before anything is written) a context whose attention mask cannot fit in memory on CPU.
+
+    Packed rows of several timelines attend through a (micro_batch, 1, T, T) boolean mask (model.attention_layout):
+    --context 150000 wanted 67 GB to build it for one row on a 23 GB machine, and the kernel killed the trainer
+    (exit 137, no result.json, nothing said). Only what is certain is counted (the attention's own scores come on
+    top); on CUDA an out-of-memory error is raised and the run recorded failed.
+    """
+    if device.type != "cpu":
+        return
+    # building it holds the rows' segment match, the causal triangle and their product: (2 B + 1) T^2 bytes
+    need = (2 * cfg.micro_batch_size + 1) * cfg.context**2
+    free = _available_memory_bytes()
+    if free is not None and need > free:
+        raise UserError(f"--context {cfg.context:,}: packed rows attend through a boolean mask of {cfg.micro_batch_size} x "
+                        f"{cfg.context:,}^2 that takes {_bytes_text(need)} to build, above this machine's "
+                        f"{_bytes_text(free)} of available memory (before the attention itself); use a shorter "
+                        "--context or a smaller --micro-batch-size")
+
+
 def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool, held: contextlib.ExitStack,
                      inputs=()) -> dict | None:
     """Create or validate the run dir (rank 0) under its training lock, which `held` keeps until the run ends.
@@ -808,6 +844,7 @@ def _train(cfg: TrainConfig, dd: _Dist, held: contextlib.ExitStack) -> dict:
     for split in (train_split, tuning_split):
         _check_token_ids(td, split)
     _check_something_to_predict(td, train_split, tuning_split, cfg)
+    _check_attention_mask_fits(cfg, dd.device)
     run_dir = Path(cfg.out_dir)
     run_config = {
         "ehrfm_version": __version__,

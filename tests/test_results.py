@@ -98,3 +98,40 @@ def test_plan_table_of_the_wrong_type_is_refused_naming_the_column(synth_tokens,
     pq.write_table(table.set_column(i, "tokens", pa.array([str(t) for t in table["tokens"].to_pylist()])), out / PLAN_PARQUET)
     with pytest.raises(UserError, match=rf"column\(s\) of the wrong type: tokens \(string, not int64\) \({len(rows)} rows\)"):
         load_sweep(out)
+
+
+def test_a_checkpoint_that_is_not_the_measured_model_is_refused_by_every_consumer(tiny_run, synth_tokens, tmp_path):
+    """Before: the heads and `export`/`ehrfm.load_model` took whatever checkpoint sat in a completed run
+    dir: another run's (a probe's metrics.json said d_model 48 beside a result of 32) or an interrupted
+    copy's step-8 checkpoint, scored as the completed 157-step model. `ehrfm train` refused both on
+    resume; a finished run's consumers now do too, naming what differs."""
+    import shutil
+
+    import ehrfm
+    from ehrfm.clinical.model_io import load_run
+    from ehrfm.config import TrainConfig
+    from ehrfm.tokens import TokenDir
+    from ehrfm.train import train
+
+    steps = json.loads((tiny_run / "result.json").read_text())["steps"]
+    require_completed(tiny_run, "a clinical head")  # its own checkpoint passes
+    other = tmp_path / "other"
+    assert train(TrainConfig(tokens_dir=str(synth_tokens), out_dir=str(other), n_layer=1, d_model=16, n_head=2,
+                             context=128, tokens=4096, batch_size=8, seed=0))["status"] == "completed"
+    shape = tmp_path / "shape"
+    shutil.copytree(tiny_run, shape)
+    shutil.rmtree(shape / "checkpoint")
+    shutil.copytree(other / "checkpoint", shape / "checkpoint")
+    for load in (lambda: ehrfm.load_model(shape), lambda: load_run(shape, TokenDir(synth_tokens)),
+                 lambda: require_completed(shape / "checkpoint", "loading its model")):
+        with pytest.raises(UserError) as e:
+            load()
+        assert f"run {shape}: its checkpoint is not the model its result.json measured" in str(e.value)
+        assert "n_layer 1 in the checkpoint vs 2 in result.json; d_model 16 in the checkpoint vs 32" in str(e.value)
+    early = tmp_path / "early"
+    shutil.copytree(tiny_run, early)
+    state = json.loads((early / "checkpoint" / "state.json").read_text())
+    (early / "checkpoint" / "state.json").write_text(json.dumps({**state, "step": 8, "status": "interrupted"}))
+    with pytest.raises(UserError, match=f"its state.json records status 'interrupted'; step 8 in the checkpoint vs "
+                                        f"steps {steps} in result.json"):
+        ehrfm.load_model(early)

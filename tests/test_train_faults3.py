@@ -230,3 +230,23 @@ def test_vocab_of_fewer_than_two_tokens_is_refused(tok, tmp_path, vocab):
     with pytest.raises(UserError, match=rf"^{data / 'tokenizer.json'}: field vocab has {len(vocab)} token\(s\); a model needs at least 2"):
         train(cfg_for(data, out, tokens=1024))
     assert not out.exists()
+
+
+def test_a_context_whose_attention_mask_cannot_fit_in_memory_is_refused_before_anything_is_written(synth_tokens, tmp_path,
+                                                                                                     monkeypatch):
+    """Before: `ehrfm train --context 150000` on a 23 GB machine was killed by the kernel while it built the
+    packed rows' (B, 1, T, T) attention mask (67 GB): exit 137, no result.json, config.json left behind, nothing
+    said. Now refused in one line, before the run dir is made, with the memory it needs and has."""
+    import ehrfm.train as train_mod
+    from ehrfm.config import TrainConfig
+    from ehrfm.errors import UserError
+
+    cfg = dict(tokens_dir=str(synth_tokens), n_layer=1, d_model=16, n_head=2, context=1024, tokens=2048, batch_size=2,
+               micro_batch_size=1, eval_tokens=1024, seed=0)
+    monkeypatch.setattr(train_mod, "_available_memory_bytes", lambda: 2**21)  # 2 MiB: 3 MiB needed ((2 * 1 + 1) x 1024^2)
+    with pytest.raises(UserError, match=r"--context 1,024: packed rows attend through a boolean mask of 1 x 1,024\^2 that "
+                                        r"takes 3 MiB to build, above this machine's 2 MiB of available memory"):
+        train_mod.train(TrainConfig(out_dir=str(tmp_path / "big"), **cfg))
+    assert not (tmp_path / "big").exists()
+    monkeypatch.setattr(train_mod, "_available_memory_bytes", lambda: 2**22)  # 4 MiB: it fits, and trains (1 step)
+    assert train_mod.train(TrainConfig(out_dir=str(tmp_path / "fits"), **cfg))["steps"] == 1
