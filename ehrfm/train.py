@@ -911,8 +911,13 @@ def _train(cfg: TrainConfig, dd: _Dist, held: contextlib.ExitStack) -> dict:
     except (UserError, KeyboardInterrupt):
         raise
     except Exception as e:  # recorded, never dropped: the sweep sees status failed
-        return _end(dd, run_dir, Status.FAILED, base, val_loss=None, wall_s=None, tokens_per_s=None,
-                    error=f"{type(e).__name__}: {e}")
+        error = f"{type(e).__name__}: {e}"
+        try:
+            return _end(dd, run_dir, Status.FAILED, base, val_loss=None, wall_s=None, tokens_per_s=None, error=error)
+        except (OSError, UserError) as unrecorded:  # the run dir turned unwritable (full disk): say what failed first
+            raise UserError(f"run {run_dir} failed ({error}), and the failure could not be recorded in its result.json "
+                            f"({unrecorded}); its last checkpoint, if any, resumes it once the run dir is writable "
+                            "again") from e
 
 
 def _warn_repeated_data(td: TokenDir, train_split, D: int) -> None:

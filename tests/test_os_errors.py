@@ -211,3 +211,42 @@ def test_temporaries_of_dead_processes_are_removed_by_the_next_run(inputs, tmp_p
     assert sorted(tmp_path.glob("out.tmp-*")) == [live]
     stats = out / ("stats.json" if cmd == "tokenize" else "metadata/dataset.json")
     assert json.loads(stats.read_text())
+
+
+def test_a_disk_filled_mid_run_names_the_failure_not_only_its_record(inputs, tmp_path):
+    """Before: a run dir whose disk filled mid-run failed its next write (a checkpoint, a metrics line),
+    and then the write of the failure record; only the second was said ("result.json: No space left"),
+    so what had failed was never named. Now one line names both, and the checkpoint written before the
+    fault is kept to resume the run once there is room."""
+    mnt, holds = tmp_path / "small", tmp_path / "holds"
+    mnt.mkdir()
+    holds.mkdir()
+    why = _mount("mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt))
+    if why:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {why}")
+    try:
+        run = mnt / "run"
+        env = dict(ENV, EHRFM_HOLD_AT="step-3", EHRFM_HOLD_DIR=str(holds))
+        proc = subprocess.Popen([sys.executable, "-m", "ehrfm", "train", str(inputs["tok"]), "--out", str(run), *TRAIN,
+                                 "--checkpoint-interval", "2", "--log-interval", "1"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        wait_held(holds, "run", "step-3", is_alive=lambda: proc.poll() is None)
+        assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 2
+        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
+        (holds / "run.step-3.release").touch()
+        _, err = proc.communicate(timeout=300)
+        lines = err.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in err, err
+        assert f"run {run} failed (" in lines[0] and "the failure could not be recorded in its result.json" in lines[0]
+        assert lines[0].count("ENOSPC") + lines[0].count("No space left") >= 2, lines[0]
+        assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 2  # kept to resume from
+    finally:
+        if _mount("umount", str(mnt)):
+            _mount("umount", "-l", str(mnt))
