@@ -134,6 +134,7 @@ def test_a_subject_spread_over_shard_files_is_refused_by_every_reader(tmp_path, 
     ok = write_dataset(tmp_path / "ok", {"train": sids})
     labels, info = make_labels(ok, "long_los")
     write_labels(labels, tmp_path / "los.parquet", info)
+    assert "has the stay id column hadm_id" in capsys.readouterr().err  # the hand-made shards have none
     meds = tmp_path / "meds"
     events = [e for s in sids for e in subject(s)]
     write_shard(meds / "data" / "train" / "0.parquet", [e for e in events if e[1] is not None])
@@ -183,6 +184,7 @@ def test_baseline_without_train_labels_says_so(tmp_path, capsys):
     labels, info = make_labels(meds, "long_los")
     held = labels.filter(pl.col("subject_id") >= 9)
     write_labels(held, tmp_path / "los.parquet", info)
+    assert "has the stay id column hadm_id" in capsys.readouterr().err  # the hand-made shards have none
     assert main(["baseline", str(meds), "--labels", str(tmp_path / "los.parquet"), "--out", str(tmp_path / "b")]) == 2
     assert one_error_line(capsys).endswith("task long_los: no labels in the train split")
     assert not (tmp_path / "b").exists()

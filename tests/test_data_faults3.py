@@ -87,6 +87,7 @@ def test_an_empty_shard_written_by_pandas_reads_as_no_rows(tmp_path, capsys):
     assert _token_bytes(tmp_path / "tok") == _token_bytes(tmp_path / "ref")
     assert main(["labels", str(meds), "--task", "long_los", "--out", str(tmp_path / "los.parquet")]) == 0
     assert pl.read_parquet(tmp_path / "los.parquet").height == 16
+    assert "has the stay id column hadm_id" in capsys.readouterr().err  # the hand-made shards have none
 
     t = pq.read_table(meds / "data/held_out/0.parquet")
     pq.write_table(t.set_column(0, "subject_id", pa.nulls(t.num_rows)), meds / "data/held_out/0.parquet")
