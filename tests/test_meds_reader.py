@@ -75,6 +75,7 @@ def test_meds_03_shards_are_refused_by_every_reader_in_one_line(tmp_path, capsys
     ok = write_dataset(tmp_path / "ok", {"train": list(range(1, 9))})
     labels, info = make_labels(ok, "long_los")
     write_labels(labels, tmp_path / "los.parquet", info)
+    assert "has the stay id column hadm_id" in capsys.readouterr().err  # the hand-made shards have none
     old = write_dataset(tmp_path / "old", {"train": list(range(1, 9))}, id_column="patient_id")
     for name, argv in reader_commands(old, tmp_path / "los.parquet", tmp_path).items():
         assert main(argv) == 2, name
@@ -217,6 +218,7 @@ def test_wrongly_typed_or_null_columns_are_refused_by_every_reader_in_one_line(t
     ok = write_dataset(tmp_path / "ok", {"train": list(range(1, 9))})
     labels, info = make_labels(ok, "long_los")
     write_labels(labels, tmp_path / "los.parquet", info)
+    assert "has the stay id column hadm_id" in capsys.readouterr().err  # the hand-made shards have none
     change, named = BAD_MEDS[bad]
     meds = _rewrite(write_dataset(tmp_path / "meds", {"train": list(range(1, 9))}), change)
     for name, argv in reader_commands(meds, tmp_path / "los.parquet", tmp_path).items():
