@@ -839,3 +839,20 @@ def error_line(text: str) -> str:
 def summary(line: str) -> None:
     """The one-line summary each long stage ends with (stdout, so scripts can capture it)."""
     print(line, flush=True)
+
+
+def free_memory(device) -> int | None:
+    """Bytes free on a device: CUDA's free memory, the host's MemAvailable for cpu; None if unknown."""
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo", encoding="utf-8") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            return None
+    return None

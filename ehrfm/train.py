@@ -115,7 +115,17 @@ from ehrfm.config import (
     wsd_decay_start,
 )
 from ehrfm.errors import UserError
-from ehrfm.io import check_ehrfm_output, check_not_input, mark_output, progress, read_json, summary, warn, write_json
+from ehrfm.io import (
+    check_ehrfm_output,
+    check_not_input,
+    free_memory,
+    mark_output,
+    progress,
+    read_json,
+    summary,
+    warn,
+    write_json,
+)
 from ehrfm.loggers import logger_for, metrics_log
 from ehrfm.model import GPT
 from ehrfm.packing import IGNORE_INDEX, PAD_SEGMENT, PackedRows, PackedStream
@@ -534,18 +544,6 @@ def _check_something_to_predict(td: TokenDir, train_split, tuning_split, cfg: Tr
                         f"{fix}re-create the token dir with longer timelines")
 
 
-def _available_memory_bytes() -> int | None:
-    """MemAvailable of /proc/meminfo in bytes (None where there is none: not Linux)."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
 def _bytes_text(n: int) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
@@ -562,7 +560,7 @@ def _check_attention_mask_fits(cfg: TrainConfig, device) -> None:
         return
     # building it holds the rows' segment match, the causal triangle and their product: (2 B + 1) T^2 bytes
     need = (2 * cfg.micro_batch_size + 1) * cfg.context**2
-    free = _available_memory_bytes()
+    free = free_memory(device)
     if free is not None and need > free:
         raise UserError(f"--context {cfg.context:,}: packed rows attend through a boolean mask of {cfg.micro_batch_size} x "
                         f"{cfg.context:,}^2 that takes {_bytes_text(need)} to build, above this machine's "

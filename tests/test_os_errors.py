@@ -76,18 +76,23 @@ def full_disk(tmp_path):
     if why:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {why}")
     try:
-        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
-        try:
-            while True:
-                os.write(fd, b"\0" * 4096)
-        except OSError as e:
-            assert e.errno == errno.ENOSPC
-        finally:
-            os.close(fd)
+        _fill(mnt)
         yield mnt
     finally:
         if _mount("umount", str(mnt)):
             _mount("umount", "-l", str(mnt))
+
+
+def _fill(mnt: Path) -> None:
+    """Fill the filesystem at `mnt` to its last byte (a file of zeros)."""
+    fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as e:
+        assert e.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
 
 
 @pytest.fixture()
@@ -232,14 +237,7 @@ def test_a_disk_filled_mid_run_names_the_failure_not_only_its_record(inputs, tmp
                                 stderr=subprocess.PIPE, text=True)
         wait_held(holds, "run", "step-3", is_alive=lambda: proc.poll() is None)
         assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 2
-        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
-        try:
-            while True:
-                os.write(fd, b"\0" * 4096)
-        except OSError as e:
-            assert e.errno == errno.ENOSPC
-        finally:
-            os.close(fd)
+        _fill(mnt)
         (holds / "run.step-3.release").touch()
         _, err = proc.communicate(timeout=300)
         lines = err.strip().splitlines()

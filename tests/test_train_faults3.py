@@ -243,10 +243,10 @@ def test_a_context_whose_attention_mask_cannot_fit_in_memory_is_refused_before_a
 
     cfg = dict(tokens_dir=str(synth_tokens), n_layer=1, d_model=16, n_head=2, context=1024, tokens=2048, batch_size=2,
                micro_batch_size=1, eval_tokens=1024, seed=0)
-    monkeypatch.setattr(train_mod, "_available_memory_bytes", lambda: 2**21)  # 2 MiB: 3 MiB needed ((2 * 1 + 1) x 1024^2)
+    monkeypatch.setattr(train_mod, "free_memory", lambda device: 2**21)  # 2 MiB: 3 MiB needed ((2 * 1 + 1) x 1024^2)
     with pytest.raises(UserError, match=r"--context 1,024: packed rows attend through a boolean mask of 1 x 1,024\^2 that "
                                         r"takes 3 MiB to build, above this machine's 2 MiB of available memory"):
         train_mod.train(TrainConfig(out_dir=str(tmp_path / "big"), **cfg))
     assert not (tmp_path / "big").exists()
-    monkeypatch.setattr(train_mod, "_available_memory_bytes", lambda: 2**22)  # 4 MiB: it fits, and trains (1 step)
+    monkeypatch.setattr(train_mod, "free_memory", lambda device: 2**22)  # 4 MiB: it fits, and trains (1 step)
     assert train_mod.train(TrainConfig(out_dir=str(tmp_path / "fits"), **cfg))["steps"] == 1

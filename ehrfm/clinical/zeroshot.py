@@ -139,7 +139,7 @@ from ehrfm.clinical.labels import DISCHARGE_PREFIX, UNKNOWN_DISCHARGE_LOCATIONS,
 from ehrfm.clinical.metrics import binary_metrics, format_metrics
 from ehrfm.clinical.probe import load_label_histories
 from ehrfm.errors import UserError
-from ehrfm.io import warn
+from ehrfm.io import free_memory, warn
 from ehrfm.tokens import TokenDir
 
 UNDECIDED_RULES = ("exclude", "negative")
@@ -591,23 +591,6 @@ def rollout_memory(model, context: int) -> tuple[int, int, int]:
     step = kv // 2 + act + (c.n_head + 1) * context * e
     prefill = kv + context * act + (e + MASK_BOOLS) * context * context
     return kv + step + LOGIT_COPIES * c.vocab_size * 4, c.vocab_size * 4, prefill
-
-
-def free_memory(device) -> int | None:
-    """Bytes free on a device: CUDA's free memory, the host's MemAvailable for cpu; None if unknown."""
-    import torch
-
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    if device.type == "cpu":
-        try:
-            with open("/proc/meminfo", encoding="utf-8") as f:
-                for line in f:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-        except (OSError, ValueError, IndexError):
-            return None
-    return None
 
 
 def rollout_plan(model, context: int, n_samples: int, batch_size: int | None, device) -> tuple[int, int]:
