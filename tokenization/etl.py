@@ -28,7 +28,8 @@ Output (DESIGN.md section 1):
     metadata/dataset.json                      dataset_name, ..., meds_version, created_at
     metadata/subject_splits.parquet            subject_id, split
     metadata/etl_config.json                   the EtlConfig that made it, tables used and missing,
-                                               the per-table account of rows, events and drops
+                                               the per-table account of rows, events and drops,
+                                               optional columns a table lacked (read as empty)
     metadata/ehrfm_etl.json                    where date-only events sit, drops (for `ehrfm audit`)
 
 How it stays within memory on the full MIMIC-IV:
