@@ -303,6 +303,33 @@ def test_a_renamed_optional_column_is_refused_not_read_as_missing(tmp_path, caps
     assert config["optional_columns_absent"]["hosp/labevents"] == ["storetime", "valueuom"]
 
 
+def test_raw_files_that_are_no_table_read_are_named_not_left_out_silently(tmp_path, capsys, mimic_demo_dir):
+    """A table the ETL does not know (half of labevents split off by hand, a note/ module, a file of
+    one's own) was left out without a word: its events were simply missing from the MEDS output."""
+    labs = "subject_id,hadm_id,itemid,charttime,storetime,value,valuenum,valueuom\n"
+    raw = _raw(tmp_path, {"hosp/labevents": labs + "1,11,50912,2150-01-02 08:00:00,2150-01-02 09:00:00,1.0,1.0,mg/dL\n",
+                          "hosp/labevents_part2": labs + "2,21,50912,2150-02-01 10:00:00,2150-02-01 11:00:00,0.9,0.9,mg/dL\n",
+                          "note/discharge": "note_id,subject_id,text\n1-DS-1,1,invented\n",
+                          "hosp/provider": "provider_id\nP1\n"})  # a MIMIC-IV table that holds no events: not named
+    (raw / "hosp" / "index.html").write_text("<html></html>")  # a wget mirror's folder listing: not data
+    (raw / "LICENSE.txt").write_text("ODbL")
+    (raw / "demo_subject_id.csv").write_text("subject_id\n1\n")  # files in raw itself are not tables
+    etl(raw, tmp_path / "meds", split_fractions=(1.0, 0.0, 0.0))
+    said = [line for line in capsys.readouterr().err.splitlines() if "left out" in line]
+    assert len(said) == 1, said
+    assert "2 file(s)" in said[0] and "hosp/labevents_part2.csv, note/discharge.csv" in said[0], said
+    assert "invented" not in said[0] and "provider" not in said[0] and "index.html" not in said[0]
+    config = json.loads((tmp_path / "meds/metadata/etl_config.json").read_text())
+    assert config["raw_files_not_read"] == ["hosp/labevents_part2.csv", "note/discharge.csv"]
+    assert _at(_events(tmp_path / "meds"), "LAB//50912//mg/dL") == [("2150-01-02 09:00:00", 1.0)]  # what was read
+
+    # Every MIMIC-IV file, read or not (dictionaries, provider, caregiver, poe_detail), is no stray: nothing said.
+    from tokenization.etl import _warn_raw_files_not_read
+
+    assert _warn_raw_files_not_read(mimic_demo_dir) == []
+    assert "left out" not in capsys.readouterr().err
+
+
 def test_results_sit_at_their_store_time_and_the_audit_flags_tables_without_one(tmp_path):
     """A lab value or culture result is known when it is stored (MIMIC-IV's storetime), not when
     the specimen was drawn: on the real demo a median 65 min later for labs and 3 days for cultures,

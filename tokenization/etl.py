@@ -29,7 +29,8 @@ Output (DESIGN.md section 1):
     metadata/subject_splits.parquet            subject_id, split
     metadata/etl_config.json                   the EtlConfig that made it, tables used and missing,
                                                the per-table account of rows, events and drops,
-                                               optional columns a table lacked (read as empty)
+                                               optional columns a table lacked (read as empty),
+                                               data files in raw's folders that no table is read from
     metadata/ehrfm_etl.json                    where date-only events sit, drops (for `ehrfm audit`)
 
 How it stays within memory on the full MIMIC-IV:
@@ -1781,6 +1782,41 @@ def _warn_absent_optional_columns(wanted, present: dict, used_columns: dict) -> 
     return absent
 
 
+# MIMIC-IV files that hold no events this ETL converts (module docstring): said nowhere when absent or present.
+NOT_EVENT_TABLES = frozenset({"hosp/provider", "icu/caregiver", "hosp/poe_detail"})
+# What a data file is named like (a wget mirror of PhysioNet also leaves index.html in each folder: not data).
+_DATA_FILE = re.compile(r".*\.(csv|tsv|parquet|zip|bz2|xz|zst|7z)(\.gz)?$|.*\.gz$", re.IGNORECASE)
+
+
+def _warn_raw_files_not_read(raw: Path) -> list[str]:
+    """Data files in raw's module folders that are no table this ETL knows, each said once on stderr.
+
+    A table it does not know (`hosp/mytable.csv.gz`, half of a labevents split by hand into
+    `labevents_part2.csv.gz`, MIMIC-IV-Note's `note/discharge.csv.gz`) was left out without a word,
+    and the events it held were simply not there. Returns their paths relative to raw (sorted), as
+    etl_config.json records them (`raw_files_not_read`). Files in raw itself (MIMIC-IV's LICENSE,
+    SHA256SUMS, the demo's subject list) and tables deliberately left out by --tables are not listed.
+    """
+    from ehrfm.io import warn
+
+    known = {t.name for t in TABLES} | set(DICTIONARIES) | NOT_EVENT_TABLES
+    unread = []
+    for folder in sorted(d for d in raw.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        try:
+            files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
+        except OSError:
+            continue
+        for f in files:
+            stem = re.sub(r"\.csv(\.gz)?$", "", f.name.lower())
+            if _DATA_FILE.match(f.name) and f"{folder.name.lower()}/{stem}" not in known:
+                unread.append(f"{folder.name}/{f.name}")
+    if unread:
+        shown = ", ".join(unread[:10]) + (f" and {len(unread) - 10} more" if len(unread) > 10 else "")
+        warn(f"etl: {len(unread)} file(s) in {raw} are no MIMIC-IV table this ETL reads and were left out: {shown} "
+             "(etl_config.json raw_files_not_read; the tables it reads are listed in `ehrfm etl --help`)")
+    return unread
+
+
 def _dictionary_files(raw: Path) -> dict[str, tuple[Path, dict[str, str]]]:
     """The dictionaries present (DICTIONARIES): name -> (file, columns used), their headers checked.
 
@@ -1922,6 +1958,7 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
     wanted, present, missing, used_columns = _resolve_tables(raw, cfg)
     absent_columns = _warn_absent_optional_columns(wanted, present, used_columns)
     dictionaries = _dictionary_files(raw)
+    not_read = _warn_raw_files_not_read(raw)
 
     # The pool closes (its workers done) before atomic_dir removes a failed run's tmp dir.
     with atomic_dir(out, overwrite=overwrite, inputs=(raw,), command="etl") as tmp, _worker_pool(cfg.workers) as pool:
@@ -1940,7 +1977,7 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
         _write_codes(dictionaries, tmp, counts.pop("codes"))
         account = _account(rows_in, counts, ctx)
         _refuse_lost_tables(rows_in, ctx, present, counts["written"])
-        _write_metadata(tmp, cfg, split_of, rows_in, missing, ctx.untimed, account, absent_columns)
+        _write_metadata(tmp, cfg, split_of, rows_in, missing, ctx.untimed, account, absent_columns, not_read)
         write_json(tmp / "metadata" / ETL_METADATA, _audit_metadata(account, ctx))
         import shutil
 
@@ -3147,7 +3184,7 @@ def _write_codes(files: dict[str, tuple[Path, dict[str, str]]], out: Path, count
 
 
 def _write_metadata(out: Path, cfg: EtlConfig, split_of: pl.DataFrame, rows_in: dict, missing: list,
-                    untimed: dict, account: dict, absent_columns: dict) -> None:
+                    untimed: dict, account: dict, absent_columns: dict, not_read: list[str]) -> None:
     import meds
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -3171,6 +3208,7 @@ def _write_metadata(out: Path, cfg: EtlConfig, split_of: pl.DataFrame, rows_in: 
         "dropped_events_without_time": {k: v for k, v in untimed.items() if v},
         "tables_selected": cfg.tables,  # --tables as resolved (null: every table); "tables" is the account
         "optional_columns_absent": absent_columns,  # {table: [column]}: read as empty (_warn_absent_optional_columns)
+        "raw_files_not_read": not_read,  # data files in raw's folders that are no table read (_warn_raw_files_not_read)
         "tables": account,
         "count_units": COUNT_UNITS,
     })
