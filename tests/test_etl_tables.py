@@ -113,8 +113,9 @@ def test_every_event_table_of_mimic_iv_becomes_events_with_a_per_table_account(t
     ab = df.filter(pl.col("code") == "MICROBIOLOGY//BLOOD CULTURE//E. COLI//CEFTRIAXONE")
     assert ab.select("numeric_value", "text_value").rows() == [(1.0, "S")]
     assert _at(df, "MICROBIOLOGY//BLOOD CULTURE//E. COLI") == [("2150-01-02 09:30:00", None)]
-    # No charttime: its chartdate is a date, at the stay's 12:00 discharge (the day's last event).
-    assert _at(df, "MICROBIOLOGY//URINE CULTURE//NONE") == [("2150-02-03 12:00:00", None)]
+    # No charttime: its chartdate is a date, at the end of its day; a result's date is never moved to its
+    # stay's discharge that day (12:00), as a procedure's is: it can be known only after the patient left.
+    assert _at(df, "MICROBIOLOGY//URINE CULTURE//NONE") == [("2150-02-03 23:59:59", None)]
     # charttime exactly its chartdate's 00:00:00: a date written as a time, placed as a date.
     assert _at(df, "MICROBIOLOGY//SPUTUM CULTURE//NONE") == [("2150-01-02 23:59:59", None)]
     assert _at(df, "HCPCS//99218") == [("2150-01-03 23:59:59", None)]
@@ -128,7 +129,7 @@ def test_every_event_table_of_mimic_iv_becomes_events_with_a_per_table_account(t
     assert tables["hosp/emar_detail"] == {"rows_read": 5, "events_written": 2, "dropped": {
         "administration_summary_row": 1, "no_dose_given": 1, "no_emar_row": 1}}
     assert tables["hosp/microbiologyevents"]["date_only_values"] == {"charttime": 2}
-    assert tables["hosp/microbiologyevents"]["date_only_placed_at_discharge"] == 1
+    assert tables["hosp/microbiologyevents"]["date_only_placed_at_discharge"] == 0
     for name in NEW_TABLES:  # one event per row: each row is written or counted as a drop
         a = tables[name]
         assert a["events_written"] + sum(a["dropped"].values()) == a["rows_read"], name
@@ -358,9 +359,10 @@ def test_results_sit_at_their_store_time_and_the_audit_flags_tables_without_one(
                                             ("2150-02-01 11:00:00", 0.8999999761581421),
                                             ("2150-02-01 11:00:00", 0.8999999761581421)]
     assert _at(ev, "MICROBIOLOGY//BLOOD CULTURE//E. COLI//CEFTRIAXONE") == [("2150-01-05 07:45:00", 1.0)]
-    # A storedate without a time is a date: placed by the date-only rule (its stay's discharge that
-    # day, 12:00, else 23:59:59), never at the day's start or the specimen's time.
-    assert _at(ev, "MICROBIOLOGY//URINE CULTURE//NONE") == [("2150-02-03 12:00:00", None)]
+    # A storedate without a time is a date: placed at 23:59:59 of its day, never at the day's start or the
+    # specimen's time, and not at its stay's discharge that day (12:00), as a procedure's date is: a result
+    # can be stored after the patient left (it sat in the readmission history at the discharge).
+    assert _at(ev, "MICROBIOLOGY//URINE CULTURE//NONE") == [("2150-02-03 23:59:59", None)]
     cfg = json.loads((root / "meds/metadata/etl_config.json").read_text())["tables"]
     assert cfg["hosp/labevents"]["dropped"] == {"result_never_stored": 1}
     assert cfg["hosp/labevents"]["moved_to_store_time"] == {"charttime": 3}

@@ -118,7 +118,10 @@ Dates and midnights (an event is never placed before the first moment it could h
   pharmacy.starttime and microbiologyevents.charttime mix; every other time column read holds
   only full timestamps). One rule for all of them: a date D is placed at D 23:59:59; an event with a
   stay (hadm_id) moves to the stay's discharge instead when the discharge falls on D before
-  23:59:59 and no timed event of the subject on D comes after the discharge. Earlier versions
+  23:59:59 and no timed event of the subject on D comes after the discharge; a result's or an
+  entered order's date (a table with a store or entry time: a culture's storedate) never moves
+  there, as a record time can trail the discharge (a culture finalised that evening sat in the
+  readmission history at its discharge). Earlier versions
   put procedures at 00:00 or at the admission, before the day's own events (look-ahead).
 - Results (labevents, microbiologyevents, chartevents, outputevents, datetimeevents, inputevents,
   ingredientevents, procedureevents, emar): each row is placed at the later of its time column
@@ -3012,7 +3015,9 @@ def _place_dates(shard: pl.DataFrame, admissions: pl.DataFrame | None, names: li
     shard: events of whole subjects with `_date_only` rows at the end of their day (set by
     _typed). Such a row moves to its stay's (placed) discharge when the discharge falls on the
     same day, before the end of it, and no timed event of the subject that day comes after the
-    discharge. Counts per table go to `at_discharge`.
+    discharge; never a row of a table with a store or entry time (Table.stored_at: results and
+    entered orders), whose date is a record time that can trail the discharge. Counts per table go
+    to `at_discharge`.
     """
     if admissions is None or not shard["_date_only"].any():
         return shard
@@ -3026,7 +3031,11 @@ def _place_dates(shard: pl.DataFrame, admissions: pl.DataFrame | None, names: li
              .join(admissions.select("hadm_id", _disch=pl.col("dischtime")), on="hadm_id", how="left")
              .join(last_timed, on=["subject_id", "_day"], how="left")
              .sort("_i"))
-    move = (dated & pl.col("_disch").is_not_null() & (pl.col("_disch").dt.date() == pl.col("_day"))
+    # A result's store time or an order's entry time is a record time, which can trail the discharge (a culture
+    # finalised that evening): a date of it stays at the end of its day, never moved before it could be known.
+    record_times = [i for i, n in enumerate(names) if n in TABLES_BY_NAME and TABLES_BY_NAME[n].stored_at]
+    move = (dated & ~pl.col("_src").is_in(record_times)
+            & pl.col("_disch").is_not_null() & (pl.col("_disch").dt.date() == pl.col("_day"))
             & (pl.col("_disch") < pl.col("time"))
             & (pl.col("_last").is_null() | (pl.col("_last") <= pl.col("_disch"))))
     shard = shard.with_columns(_move=move)
