@@ -39,9 +39,12 @@ def write_meds(root: Path, events: list[tuple], split: str = "train") -> Path:
 
 
 def stay(sid, adm: datetime, dis: datetime | None, extra=()):
+    """A stay's events; a death at its discharge makes that discharge DIED, as MIMIC-IV writes an in-hospital
+    death (a death at a HOME discharge contradicts it: death_contradicted)."""
     ev = [(sid, None, "GENDER//F"), (sid, datetime(2100, 1, 1), "MEDS_BIRTH"), (sid, adm, ADM)]
     if dis is not None:
-        ev.append((sid, dis, DIS))
+        died = any(code == "MEDS_DEATH" and t == dis for _, t, code in extra)
+        ev.append((sid, dis, "HOSPITAL_DISCHARGE//DIED" if died else DIS))
     ev.extend(extra)
     return ev
 

@@ -38,7 +38,9 @@ Exclusions common to every task, each counted under its own reason in `info["exc
   readmission label that depends on which is excluded (next_admission_time_unknown).
 - death_contradicted: every stay of a subject whose death (its earliest MEDS_DEATH) falls inside a
   stay that ends with a discharge to a named live destination (HOME, SKILLED NURSING FACILITY, ...;
-  after the death's day, for a date): one of the two records is wrong, and which is unknown (a patients.dod set days into a
+  after the death's day, for a date), or is timed at that very discharge (an admissions.deathtime
+  after a HOME discharge, to which the ETL moves the discharge, was an in-hospital death before
+  2026-12-05): one of the two records is wrong, and which is unknown (a patients.dod set days into a
   stay that went on to a home discharge and later admissions made 10 in-hospital deaths and excluded
   17 readmissions on a copy of the MIMIC-IV demo, silently).
 - admitted_after_death: an admission opened after the subject's death (MIMIC-IV records organ
@@ -355,8 +357,13 @@ def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True,
         # A death its subject's own records contradict: a stay open at it (after its day, for a date) discharged to
         # a named live destination (HOME, ...). Which record is wrong is unknown, so no label rests on either. (A stay
         # admitted after the death, an organ donation's, may name any destination: it is admitted_after_death.)
+        # A timed death at the very moment of a live discharge contradicts it too: a stay's own deathtime after a
+        # HOME discharge (which this package's ETL moves to the death) was an in-hospital death, silently.
+        # (A death that is a date, placed at its day's end, is after a live discharge that day: the rule below.)
+        timed_death = first_death is not None and not death_is_date and not death_at_day_end
         contradicted = first_death is not None and any(
-            dis is not None and adm <= death_by < dis and _live_discharge(code) for adm, dis, code, _ in pairs)
+            dis is not None and _live_discharge(code) and (adm <= death_by < dis or (timed_death and first_death == dis))
+            for adm, dis, code, _ in pairs)
         for adm, dis, dis_code, sid in pairs:
             before_admission = dis_code == BEFORE_ADMISSION
             dis_code = "" if before_admission else dis_code

@@ -1,0 +1,39 @@
+"""An eleventh clinical review (a helper's edits of the MIMIC-IV demo): deaths at a live discharge.
+
+Each test fails without its fix: a stay's own deathtime an hour after a HOME discharge (the ETL
+moves such a discharge to the death) or at the very minute of it was labelled an in-hospital
+death, silently, while a death a day before the same discharge was excluded as contradicted.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from ehrfm.clinical.labels import make_labels
+from tokenization.etl import etl
+
+PATIENTS = "subject_id,gender,anchor_age,anchor_year,dod\n1,F,60,2150,2150-01-05\n2,M,70,2150,2150-02-03\n" \
+           "3,F,65,2150,2150-03-04\n4,M,55,2150,\n5,F,75,2150,2150-05-02\n"
+ADMISSIONS = ("subject_id,hadm_id,admittime,dischtime,deathtime,admission_type,admission_location,discharge_location\n"
+              "1,11,2150-01-01 10:00:00,2150-01-05 14:00:00,2150-01-05 15:00:00,URGENT,ER,HOME\n"   # death 1 h after
+              "2,21,2150-02-01 09:00:00,2150-02-03 12:00:00,2150-02-03 12:00:00,URGENT,ER,HOME\n"   # death at it
+              "3,31,2150-03-01 09:00:00,2150-03-04 10:00:00,2150-03-04 10:30:00,URGENT,ER,DIED\n"   # an in-hospital death
+              "4,41,2150-04-01 09:00:00,2150-04-04 10:00:00,,URGENT,ER,HOME\n"
+              "5,51,2150-05-01 09:00:00,2150-05-04 10:00:00,,URGENT,ER,HOME\n")  # dod a day before a HOME discharge
+
+
+def test_a_stays_own_death_at_or_after_its_live_discharge_is_contradicted_not_an_in_hospital_death(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    (raw / "hosp").mkdir(parents=True)
+    (raw / "hosp/patients.csv").write_text(PATIENTS)
+    (raw / "hosp/admissions.csv").write_text(ADMISSIONS)
+    etl(raw, tmp_path / "meds", split_fractions=(1.0, 0.0, 0.0))
+    capsys.readouterr()
+    labels, info = make_labels(tmp_path / "meds", "all")
+    assert "3 subject(s)" in capsys.readouterr().err  # 1 and 2 as 5 (the day-before death) always was
+    mortality = labels["in_hospital_mortality"]
+    assert mortality.select("subject_id", "boolean_value").rows() == [(3, True), (4, False)]
+    assert mortality["prediction_time"].to_list() == [datetime(2150, 3, 2, 9), datetime(2150, 4, 2, 9)]
+    for task, frame in labels.items():
+        assert not {1, 2, 5} & set(frame["subject_id"].to_list()), task
+        assert info[task]["excluded"]["death_contradicted"] == 3, task
