@@ -37,3 +37,33 @@ def test_a_stays_own_death_at_or_after_its_live_discharge_is_contradicted_not_an
     for task, frame in labels.items():
         assert not {1, 2, 5} & set(frame["subject_id"].to_list()), task
         assert info[task]["excluded"]["death_contradicted"] == 3, task
+
+
+def test_the_audit_opens_a_readmission_window_predicted_at_no_discharge_at_the_discharge_before(demo_meds, tmp_path):
+    """The real demo's readmission labels, each predicted 30 days after its discharge (an ACES file
+    predicting at the window's end): every positive's history holds its readmission. (a) counted 18
+    of the 49: once the readmission stay was discharged too, the last discharge before the
+    prediction was the readmission's own, and its admission preceded it."""
+    from datetime import timedelta
+
+    import polars as pl
+
+    from ehrfm.clinical.audit import audit, format_audit
+    from ehrfm.clinical.labels import write_labels
+
+    labels, _ = make_labels(demo_meds, "readmission_30d")
+    at_discharge = audit(demo_meds, _written(labels, tmp_path / "at", write_labels), task="readmission_30d").tasks["readmission_30d"]
+    assert (at_discharge.outcome_code_in_history, at_discharge.not_at_discharge) == (0, 0)  # as `ehrfm labels` made them
+    late = labels.with_columns(pl.col("prediction_time") + timedelta(days=30))
+    res = audit(demo_meds, _written(late, tmp_path / "late", write_labels), task="readmission_30d")
+    t = res.tasks["readmission_30d"]
+    positives = int(labels["boolean_value"].sum())
+    assert positives == 49 and t.not_at_discharge == labels.height
+    assert t.outcome_code_in_history >= positives and not res.clean
+    assert any(f"{labels.height} labels predicted at no discharge" in line for line in format_audit(res))
+
+
+def _written(labels, path, write_labels):
+    path.mkdir()
+    write_labels(labels, path / "readmission_30d.parquet")
+    return path / "readmission_30d.parquet"

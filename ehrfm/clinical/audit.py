@@ -17,7 +17,10 @@ history holds
       is in it when the stay opens, as `ehrfm labels` excludes), or one of any time whose ICU stay
       is still open at the prediction time (its next ICU_DISCHARGE//* is later);
     - readmission: a death, or an admission at or after the subject's last discharge at or before
-      the prediction time (a readmission that has already happened);
+      the prediction time (a readmission that has already happened); for a label predicted at no
+      discharge (an ACES file predicting at the window's end), at or after the earliest discharge
+      within the readmission window (`readmission_days` of the sidecar JSON, else 30) before it,
+      counted apart too (`not_at_discharge`);
     - every task: a row under the stay id of a stay admitted after the prediction time (its ED
       registration or orders: that stay has begun, so the patient is alive and coming back; on the
       MIMIC-IV demo with one admittime moved 3 h after the previous discharge, its ED registration and
@@ -90,6 +93,7 @@ DATE_ONLY_KEYS = (DATE_ONLY_KEY, "date_only_sources")  # the second: an accepted
 US_PER_DAY = 86_400_000_000
 US_PER_HOUR = 3_600_000_000
 LONG_LOS_DAYS = 7.0  # ehrfm.clinical.configs.LabelConfig's default, when a label file records none
+READMISSION_DAYS = 30.0  # likewise
 # ICD procedure codes whose text states the procedure's duration (tokenization.etl's
 # DURATION_CODED_PROCEDURES): true only once it has ended, so never known within the stay before
 # the discharge (on the real MIMIC-IV demo at their chartdate: 22 of 245 mortality histories).
@@ -135,6 +139,9 @@ class TaskAudit:
     subject_not_in_data: int = 0
     before_first_event: int = 0
     after_last_event: int = 0
+    # readmission: labels predicted at no discharge of the subject (ehrfm labels predicts at the discharge); (a)
+    # opens their window at the earliest discharge in the readmission_days before. None for other tasks.
+    not_at_discharge: int | None = None
 
     @property
     def outside_data(self) -> int:
@@ -392,6 +399,22 @@ def _last_at_or_before(lab: pl.DataFrame, ev: pl.DataFrame, prefix: str, name: s
             .sort("i"))
 
 
+def _window_start(lab: pl.DataFrame, ev: pl.DataFrame, readmission_days: float) -> pl.DataFrame:
+    """`lab` (with last_dis) with `window_start`: where each readmission label's window opens.
+
+    Its prediction time when that is a discharge of the subject (as `ehrfm labels` predicts); else the
+    earliest discharge within `readmission_days` before it, else its last discharge before it (or null).
+    """
+    rows = ev.filter(pl.col("code").str.starts_with(DISCHARGE) & pl.col("t").is_not_null()).select(
+        "subject_id", pl.col("t").alias("first_dis")).unique().sort("first_dis")
+    lab = (lab.with_columns((pl.col("pred") - int(readmission_days * US_PER_DAY)).alias("_from")).sort("_from")
+           .join_asof(rows, left_on="_from", right_on="first_dis", by="subject_id", strategy="forward",
+                      check_sortedness=False).sort("i"))
+    first = pl.when(pl.col("first_dis") <= pl.col("pred")).then(pl.col("first_dis"))
+    return lab.with_columns(window_start=pl.when(pl.col("last_dis") == pl.col("pred")).then(pl.col("last_dis"))
+                            .otherwise(pl.coalesce(first, pl.col("last_dis")))).drop("_from", "first_dis")
+
+
 def _in_open_icu_stay(lab: pl.DataFrame, ev: pl.DataFrame) -> pl.DataFrame:
     """The `lab` rows whose subject's last ICU admission at or before pred has its next ICU discharge after pred."""
     lab = _last_at_or_before(lab, ev, ICU, "last_icu").filter(pl.col("last_icu").is_not_null())
@@ -448,7 +471,7 @@ def _label_chunks(lab: pl.DataFrame, ev: pl.DataFrame, join_rows: int | None = N
 def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: list[str] | None,
                 null_codes: list[str], stays: pl.DataFrame | None, partial: Sequence[str] = (),
                 timelines: pl.DataFrame | None = None, long_los_days: float = LONG_LOS_DAYS,
-                begun: pl.DataFrame | None = None) -> TaskAudit:
+                begun: pl.DataFrame | None = None, readmission_days: float = READMISSION_DAYS) -> TaskAudit:
     """One task's counts (module docstring).
 
     `timelines`: _timelines of the data, for (f); `begun`: `_stays_begun_before_admission` of the data,
@@ -459,6 +482,13 @@ def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: li
     # the subject's last discharge at or before it (after which any admission is a readmission).
     lab = _last_at_or_before(lab, ev, ADMISSION, "stay_adm")
     lab = _last_at_or_before(lab, ev, DISCHARGE, "last_dis")
+    not_at_discharge = None
+    if task == "readmission_30d":
+        # A readmission label's window opens at its discharge. Predicted at no discharge (an ACES file predicting at
+        # the window's end), the last discharge before it may be the readmission's own: its admission then
+        # preceded it and passed unseen. Its window opens at the earliest discharge within readmission_days before.
+        lab = _window_start(lab, ev, readmission_days)
+        not_at_discharge = lab.filter(pl.col("last_dis").is_null() | (pl.col("last_dis") != pl.col("pred"))).height
     adm_ids = (ev.filter(pl.col("code").str.starts_with(ADMISSION) & pl.col(STAY_ID_COLUMN).is_not_null())
                .group_by("subject_id", "t").agg(pl.col(STAY_ID_COLUMN).unique().alias("stay_ids")))
     lab = lab.join(adm_ids.rename({"t": "stay_adm"}), on=["subject_id", "stay_adm"], how="left")
@@ -487,8 +517,8 @@ def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: li
                 match = match & pl.col("t").is_not_null() & ((pl.col("t") >= pl.col("stay_adm") - 24 * US_PER_HOUR)
                                                              | own_id.fill_null(False))
             elif window == "after_discharge":
-                match = match & pl.col("t").is_not_null() & pl.when(pl.col("last_dis").is_null()).then(
-                    pl.col("t") == pl.col("pred")).otherwise(pl.col("t") >= pl.col("last_dis"))
+                match = match & pl.col("t").is_not_null() & pl.when(pl.col("window_start").is_null()).then(
+                    pl.col("t") == pl.col("pred")).otherwise(pl.col("t") >= pl.col("window_start"))
             conds.append(match)
         outcome_in_history = conds[0]
         for c in conds[1:]:
@@ -543,7 +573,8 @@ def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: li
         own = lab.join(stays, on="subject_id").filter((pl.col("adm") <= pl.col("pred")) & (pl.col("pred") <= pl.col("dis")))
         overlapping = own.filter(pl.col("overlaps")).select("i").n_unique()
     outside = _outside(lab, timelines) if timelines is not None else (0, 0, 0)
-    return TaskAudit(task, labels.height, outcome, date_only_n, not_known, overlapping, midnight, *outside)
+    return TaskAudit(task, labels.height, outcome, date_only_n, not_known, overlapping, midnight, *outside,
+                     not_at_discharge=not_at_discharge)
 
 
 def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
@@ -609,7 +640,7 @@ def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
     for name, f in files.items():
         lab = read_labels(f, allow_empty=True, data_zones=zones, data=f"MEDS dataset {meds_dir}")  # 0 labels: no stay qualified
         tasks[name] = _task_audit(name, lab, ev, date_only, sorted(ds.null_time_codes), stays, partial,
-                                  timelines, _long_los_days(f), begun)
+                                  timelines, _long_los_days(f), begun, _label_days(f, "readmission_days", READMISSION_DAYS))
         if name not in OUTCOME_RULES:
             unknown.append(f"(a) task {name!r}: its outcome code is unknown, so its histories were NOT checked for the "
                            f"outcome (known tasks: {', '.join(OUTCOME_RULES)}; pass --task for a file named otherwise)")
@@ -632,8 +663,13 @@ def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
 
 def _long_los_days(label_file: Path) -> float:
     """The long-stay threshold a label file was made with (its sidecar JSON's config), else LONG_LOS_DAYS."""
-    v = (_read_json(label_file.with_suffix(".json")).get("config") or {}).get("long_los_days")
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 else LONG_LOS_DAYS
+    return _label_days(label_file, "long_los_days", LONG_LOS_DAYS)
+
+
+def _label_days(label_file: Path, key: str, default: float) -> float:
+    """A span in days a label file was made with (its sidecar JSON's config `key`), else `default`."""
+    v = (_read_json(label_file.with_suffix(".json")).get("config") or {}).get(key)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 else default
 
 
 def _fmt(x: int | None, n: int) -> str:
@@ -679,6 +715,10 @@ def format_audit(res: AuditResult) -> list[str]:
                      f"{_fmt(t.overlapping_stays, t.n_labels)} | {t.midnight_same_day} | {_fmt(t.outside_data, t.n_labels)} |")
     lines.append("")
     for t in res.tasks.values():
+        if t.not_at_discharge:
+            lines.append(f"(a) {t.task}: {t.not_at_discharge} labels predicted at no discharge of the subject (`ehrfm labels` "
+                         "predicts at the discharge): their window is taken to open at the earliest discharge within the "
+                         "readmission window before them, so an admission after it counts as the outcome.")
         if t.outside_data:
             lines.append(f"(f) {t.task}: {t.subject_not_in_data} labels of subjects not in the MEDS data (or without a timed event), "
                          f"{t.before_first_event} before the subject's first event, {t.after_last_event} after its last: "
