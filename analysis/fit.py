@@ -42,6 +42,7 @@ from analysis.laws import (
 )
 from analysis.table import Results, load_results
 from ehrfm.errors import UserError
+from ehrfm.law_checks import TOKENS_PER_PARAM_MARK
 
 N_COUNT_LABEL = {"total": "total parameters (embeddings included)", "non-embedding": "non-embedding parameters"}
 APPROACH3_METHODS = ("varpro", "huber-lbfgs")
@@ -1236,6 +1237,42 @@ def _grouping_hint(res: Results, cfg: FitConfig) -> str:
             + " so that the runs of one budget fit one parabola")
 
 
+# Tokens per parameter beyond any real training run: Chinchilla-optimal ~20, over-trained small models ~1e4
+# (Llama 3 8B: ~1,900). A median run beyond it is the signature of n_params in millions (Chinchilla's own
+# tables: "Model Size (M)"), which analysis.table cannot refuse once the models are large (a median of
+# 228 "parameters" passes its MIN_PARAMS) and synthetic laws legitimately produce; so it is said, not refused.
+PLAUSIBLE_TOKENS_PER_PARAM = 1e5
+# A run whose tokens per parameter is this far from the table's median: in a sweep's grid they span
+# (budget range) x (size range)^2 end to end, ~1e4 for a wide one, so one run 1e6 off is in another unit.
+STRAY_TOKENS_PER_PARAM = 1e4
+
+
+def _tokens_per_param_hints(res: Results) -> list[str]:
+    """Warnings when the runs' tokens / n_params say n_params (or tokens) is in another unit ([] otherwise).
+
+    The absolute N_opt, D_opt and budgets of such a fit are off by the unit (1e6 for millions); its
+    exponents are not. Only tables whose flops came from 6 N D: a flops column already checks each run's
+    units (analysis.table._refuse_unit_mismatch), a budget column each run's against its budget.
+    """
+    if res.flops_from != "6ND" or res.budget_from == "budget" or res.n == 0:
+        return []
+    ratio = res.tokens / res.n_params
+    median = float(np.median(ratio))
+    hints = []
+    if median > PLAUSIBLE_TOKENS_PER_PARAM:
+        hints.append(f"{res.source}: {TOKENS_PER_PARAM_MARK} is {median:.3g} in the median run, beyond any real training run "
+                     f"(compute-optimal ~20, over-trained small models ~1e4): is n_params in millions (or tokens in "
+                     "thousands)? ehrfm reads plain counts; in another unit every absolute N_opt, D_opt and budget of "
+                     "this fit is off by it (its exponents are not)")
+    stray = np.flatnonzero((ratio > median * STRAY_TOKENS_PER_PARAM) | (ratio < median / STRAY_TOKENS_PER_PARAM))
+    if stray.size:
+        named = ", ".join(f"{res.run_id[i]} ({ratio[i]:.3g})" for i in stray[:5]) + (" ..." if stray.size > 5 else "")
+        hints.append(f"{res.source}: {stray.size} run(s) have {TOKENS_PER_PARAM_MARK} more than {STRAY_TOKENS_PER_PARAM:g}x from "
+                     f"the median run's {median:.3g}: {named}: n_params or tokens of those rows in another unit "
+                     "(millions, billions)? Each becomes an IsoFLOP budget of its own at 6 N D and moves Approaches 1 and 3")
+    return hints
+
+
 def _fit_inputs(res: Results, cfg: FitConfig, n_count_note: str | None) -> dict:
     """fits.json `inputs`: what was fitted (budgets, unique tokens, epochs, units, N count)."""
     budgets = np.unique(res.budget)
@@ -1295,9 +1332,9 @@ def _fit_results(res: Results, cfg: FitConfig) -> FitResult:
     if n_count_note:
         warn(n_count_note)
     res = _drop_over_max_epochs(res, cfg.max_epochs)
-    hint = _grouping_hint(res, cfg)
-    if hint:
-        warn(hint)
+    for hint in (_grouping_hint(res, cfg), *_tokens_per_param_hints(res)):
+        if hint:
+            warn(hint)
     if np.unique(res.budget).size < 2:
         left = f" ({len(res.excluded)} other rows not fitted: {_excluded_tally(res.excluded)})" if res.excluded else ""
         raise UserError(f"{res.source}: all {res.n} completed runs are one IsoFLOP budget{left}; a scaling law needs >= 2 budgets")

@@ -43,7 +43,7 @@ from analysis.laws import (
 )
 from ehrfm.errors import UserError
 from ehrfm.io import format_ci, markdown_table
-from ehrfm.law_checks import NO_INTERVALS, trust  # noqa: F401 (shared with the sweep planner; re-exported)
+from ehrfm.law_checks import NO_INTERVALS, TOKENS_PER_PARAM_MARK, trust  # noqa: F401 (shared with the sweep planner; re-exported)
 from ehrfm.law_checks import has_interval as _has_interval
 from ehrfm.law_checks import is_number as _is_number
 
@@ -457,6 +457,8 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
         raise UserError(f"approach {approach} was not fitted (fits.json has {', '.join(str(k) for k in sorted(by_k))})")
 
     notes = [f"fits file {source}: {why}; not used ({_REDO})" for why in unusable.values()]
+    # the fit's doubt about the table's units (analysis.fit._tokens_per_param_hints) moves every absolute number below
+    notes += [w for w in fit_json.get("warnings") or [] if isinstance(w, str) and TOKENS_PER_PARAM_MARK in w]
     for p in preds:
         if p.one_sided:
             why = (" (its law goes through each budget's lowest loss, which resampling runs can only raise)"

@@ -16,6 +16,9 @@ from ehrfm.io import format_ci
 BUDGET_SAME_DECADES = 4.3e-4
 
 NO_INTERVALS = "fitted without bootstrap intervals: trust cannot be judged"
+# In each fit warning that the runs' tokens per parameter put n_params or tokens in another unit
+# (analysis.fit._tokens_per_param_hints): `ehrfm recommend` repeats those, as they move its every number.
+TOKENS_PER_PARAM_MARK = "tokens / n_params"
 
 
 def is_number(v) -> bool:

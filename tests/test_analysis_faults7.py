@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import json
+import re
 import shutil
 import warnings
 
@@ -263,3 +264,34 @@ def test_approach_1_says_which_budgets_its_envelope_leaves_out():
     said = [str(w.message) for w in caught if "lower envelope leaves out" in str(w.message)]
     assert fit.approach1.n_points == 2 and len(said) == 1
     assert "leaves out 2 of 4 budgets (1.6e+19, 6.4e+19 FLOPs)" in said[0]
+
+
+def test_a_minimal_table_with_parameters_in_millions_is_said_by_fit_and_recommend(tmp_path):
+    """Chinchilla's tables give "Model Size (M)": n_params in millions with no flops column passed the median
+    check (a median of 228 "parameters" is above 100) and was fitted silently, every absolute N_opt 1e6 too small
+    and recommended as "trusted". One row in millions in such a table became a stray budget, named nowhere."""
+    from analysis.recommend import format_recommendation
+
+    t = _table().select("run_id", "n_params", "tokens", "loss")
+    assert not [w for w in _fit_warnings(t) if "tokens / n_params" in w]  # real units: nothing said
+    millions = t.with_columns(pl.col("n_params") * 1e-6)
+    said = [w for w in _fit_warnings(millions) if "tokens / n_params" in w]
+    assert len(said) == 1 and "is n_params in millions" in said[0] and re.search(r"is \d\.\d+e\+07 in the median run", said[0]), said
+    fit = _fit_quiet(millions)
+    write_fits(fit, tmp_path / "fit", plots=False)
+    text = format_recommendation(recommend(tmp_path / "fit", 1e12))
+    assert "is n_params in millions" in text
+
+    one = t.with_columns(pl.when(pl.int_range(pl.len()) == 9).then(pl.col("n_params") * 1e-6).otherwise(pl.col("n_params")))
+    said = [w for w in _fit_warnings(one) if "tokens / n_params" in w]
+    assert len(said) == 1 and "1 run(s) have tokens / n_params more than 10000x" in said[0] and t["run_id"][9] in said[0], said
+
+
+def _fit_quiet(t):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fit_results(load_results(t), config=FitConfig(bootstrap=20, holdout=False))
+
+
+def _fit_warnings(t) -> list[str]:
+    return _fit_quiet(t).warnings
