@@ -215,7 +215,11 @@ class TrainJob:
         if rc == -signal.SIGKILL:
             why += self._sigkill_cause()
         last = _last_line(self.log_path)
-        error = f"trainer {why}" + (f": {last}" if last else "") + f" (log: {self.log_path})"
+        if rc is not None and rc < 0:
+            # killed, it wrote nothing of its end: its log's last line (a progress bar, a warning) is no cause
+            error = f"trainer {why} (log: {self.log_path}" + (f"; its last line before: {last}" if last else "") + ")"
+        else:
+            error = f"trainer {why}" + (f": {last}" if last else "") + f" (log: {self.log_path})"
         if rc == -signal.SIGKILL:
             # what to do, in the error that status and collect show: a bare "signal 9" left users guessing
             sweep = Path(self.record_path).parent.parent

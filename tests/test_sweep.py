@@ -499,6 +499,8 @@ def test_trainer_killed_hard_is_recorded_failed_then_retried(synth_tokens, tmp_p
     assert launcher.returncode == 1 and "1 failed" in stdout
     result = json.loads((out / "runs" / rid / "result.json").read_text())
     assert result["status"] == "failed" and result["error"].startswith("trainer killed by signal 9")
+    # killed, the trainer wrote nothing of its end: its log's last line (a warning) is not given as the cause
+    assert "the other cause) (log: " in result["error"], result["error"]
     retry = ehrfm("sweep", "launch", out, "--executor", "local", "--retry-failed")
     assert retry.returncode == 0 and "1 completed" in retry.stdout
     assert json.loads((out / "runs" / rid / "result.json").read_text())["status"] == "completed"
