@@ -388,6 +388,20 @@ def _slurm_state(record: dict, squeue: dict[str, tuple[str, str]]) -> Status | N
     return None if st is None or st[0] == _OTHER_JOB else slurm_state_of(st[0])
 
 
+def _local_lost_note(record: dict) -> str:
+    """Why a local run with a job record but no process, result or checkpoint is lost, and what a relaunch does.
+
+    A `sweep launch` killed hard (SIGKILL, a closed terminal's session) left the runs it had queued
+    recorded but never started, shown "lost" without a word (a SIGTERM'd launch sets them back to planned).
+    """
+    if not record.get("job_pid") and not record.get("trainer_pid"):
+        who = f" (pid {record['launcher_pid']})" if record.get("launcher_pid") else ""
+        return (f"queued by a `sweep launch`{who} that ended before starting it (killed?); "
+                "`ehrfm sweep launch` trains it")
+    return ("its job ended with no result and no checkpoint (killed before its first checkpoint?); "
+            "`ehrfm sweep launch` trains it from step 0")
+
+
 def _local_state(record: dict) -> Status | None:
     if record.get("host") and record["host"] != os.uname().nodename:
         return Status.RUNNING  # launched from another machine: we cannot see it, so never relaunch it
@@ -576,6 +590,8 @@ def run_states(sweep_dir: str | Path, run_ids: list[str], plan: list[dict] | Non
             state = Status.PLANNED if rid in planned_ids else Status.UNPLANNED
         if state in (Status.INTERRUPTED, Status.LOST) and executor == "slurm":
             note = _ended_note(sweep_dir, record, squeue, state)  # e.g. killed with its wrapper by the OOM killer or scancel
+        elif state == Status.LOST:
+            note = _local_lost_note(record)
         elif state == Status.UNKNOWN and executor == "slurm" and squeue is None:
             note = (f"SLURM could not be asked about job {job_id} (no `squeue` on PATH, or it failed or timed out): "
                     "never resubmitted until it answers")

@@ -202,3 +202,22 @@ def test_a_slurm_record_without_a_job_id_is_queued_while_its_launch_submits(tmp_
         assert run_states(out, [rid], own_launch=True)[rid].state == Status.LOST
     st = run_states(out, [rid])[rid]  # the launch is gone: lost, and why
     assert st.state == Status.LOST and st.note.startswith("its launch stopped before it recorded a job id"), st.note
+
+
+def test_a_local_run_lost_with_its_launch_says_why_and_what_a_relaunch_does(synth_tokens, tmp_path):
+    """After `kill -9` of a local `sweep launch`, the runs it had queued but not started showed "lost"
+    with no word of why (a SIGTERM'd launch sets them back to planned)."""
+    from sweeps.plan import plan_sweep
+
+    out = tmp_path / "sweep"
+    _, rows, _ = plan_sweep(synth_tokens, out=out, **TINY)
+    queued, started = rows[0]["run_id"], rows[1]["run_id"]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    pid = int(dead.stdout)  # a process that has ended: its pid is no launcher's now
+    (out / "jobs").mkdir()
+    for rid, record in ((queued, {"launcher_pid": pid}), (started, {"launcher_pid": pid, "job_pid": pid})):
+        (out / "jobs" / f"{rid}.json").write_text(json.dumps({"run_id": rid, "executor": "local", **record}))
+    states = run_states(out, [queued, started])
+    assert states[queued].state == "lost" and states[queued].note == (
+        f"queued by a `sweep launch` (pid {pid}) that ended before starting it (killed?); `ehrfm sweep launch` trains it")
+    assert states[started].state == "lost" and states[started].note.startswith("its job ended with no result and no checkpoint")
