@@ -67,3 +67,37 @@ def _written(labels, path, write_labels):
     path.mkdir()
     write_labels(labels, path / "readmission_30d.parquet")
     return path / "readmission_30d.parquet"
+
+
+def test_an_icu_stay_filed_under_a_later_stays_id_is_paired_by_time(tmp_path, capsys):
+    """An icustays row whose hadm_id names the subject's stay admitted ~110 days later, its times inside
+    the first stay: taken on trust, the first stay's ICU label went from True to False and the later stay
+    was excluded as boarded in the ICU, silently. Now the id is taken as wrong (said) and the row paired
+    by time; an ICU stay boarded 30 h before its own stay, inside no other, keeps its id."""
+    from ehrfm.clinical.audit import audit
+    from ehrfm.clinical.labels import write_label_dir
+
+    raw = tmp_path / "raw"
+    (raw / "hosp").mkdir(parents=True)
+    (raw / "icu").mkdir()
+    (raw / "hosp/patients.csv").write_text("subject_id,gender,anchor_age,anchor_year,dod\n1,F,60,2150,\n2,M,70,2150,\n")
+    (raw / "hosp/admissions.csv").write_text(
+        "subject_id,hadm_id,admittime,dischtime,deathtime,admission_type,admission_location,discharge_location\n"
+        "1,11,2150-01-01 10:00:00,2150-01-10 14:00:00,,URGENT,ER,HOME\n"
+        "1,12,2150-04-20 09:00:00,2150-04-25 12:00:00,,URGENT,ER,HOME\n"
+        "2,21,2150-06-02 16:00:00,2150-06-09 12:00:00,,URGENT,ER,HOME\n")
+    (raw / "icu/icustays.csv").write_text(
+        "subject_id,hadm_id,stay_id,first_careunit,last_careunit,intime,outtime\n"
+        "1,12,901,MICU,MICU,2150-01-03 08:00:00,2150-01-05 08:00:00\n"    # inside stay 11, filed under 12
+        "2,21,902,MICU,MICU,2150-06-01 10:00:00,2150-06-03 10:00:00\n")   # boarded 30 h before its own stay
+    etl(raw, tmp_path / "meds", split_fractions=(1.0, 0.0, 0.0))
+    capsys.readouterr()
+    labels, info = make_labels(tmp_path / "meds", "all")
+    said = [line for line in capsys.readouterr().err.splitlines() if "ICU admission row" in line]
+    assert len(said) == 1 and "1 ICU admission row(s)" in said[0] and "paired with stays by time" in said[0], said
+    icu = labels["icu_admission"]
+    assert icu.select("subject_id", "prediction_time", "boolean_value").rows() == [
+        (1, datetime(2150, 1, 1, 10), True), (1, datetime(2150, 4, 20, 9), False)]
+    assert info["icu_admission"]["excluded"]["in_icu_at_prediction_time"] == 1  # subject 2, boarded: kept its id
+    write_label_dir(labels, info, tmp_path / "labels")
+    assert audit(tmp_path / "meds", tmp_path / "labels").tasks["icu_admission"].outcome_code_in_history == 0

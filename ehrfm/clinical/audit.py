@@ -598,7 +598,13 @@ def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
         UserError: bad MEDS or label input (the one MEDS reader's and read_labels's messages); `task`
             not a known task, or given for labels of several tasks.
     """
-    from ehrfm.clinical.labels import read_labels, recorded_task, shards_lacking_stay_ids, stay_first_rows
+    from ehrfm.clinical.labels import (
+        read_labels,
+        recorded_task,
+        shards_lacking_stay_ids,
+        stay_first_rows,
+        without_misfiled_icu_ids,
+    )
 
     files = _label_files(labels)
     if task is not None:
@@ -623,7 +629,8 @@ def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
         if date_only is None:
             unknown.append(f"(b) date-only sources: the MEDS metadata has no {DATE_ONLY_KEY!r} (made by another ETL "
                            "or an older one); pass --date-only-codes to check them")
-    ev = _events(ds, date_only or [])
+    # ICU rows filed under another stay's id are paired by time, as `ehrfm labels` pairs them
+    ev, _ = without_misfiled_icu_ids(_events(ds, date_only or []))
     stays = _stays(ev) if ev[STAY_ID_COLUMN].null_count() < ev.height else None
     lacking, n_files = shards_lacking_stay_ids(ds), len(ds.paths_with_rows())
     if stays is None:

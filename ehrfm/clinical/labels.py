@@ -208,6 +208,43 @@ def _stay_events(meds_dir: str | os.PathLike) -> tuple[pl.DataFrame, MedsDataset
     return events.sort("subject_id", "t", "code"), ds, lacking
 
 
+# An ICU stay is boarded from the ED hours before its hospital admission (30 h is read as its own: tests);
+# one further from the stay its id names, inside another stay of the subject, was filed under the wrong id.
+MISFILED_ICU_HOURS = 24
+
+
+def without_misfiled_icu_ids(events: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """`events` with the stay id of each misfiled ICU admission row set null, and how many there were.
+
+    A misfiled row: an ICU_ADMISSION//* row whose stay id names a stay it lies more than
+    MISFILED_ICU_HOURS before the admission of (or after the discharge of), while it lies inside
+    another stay of the subject (admission <= t <= discharge). Taken on trust, the id moved the ICU
+    stay to the other stay: on a copy of the MIMIC-IV demo with one icustays row given the hadm_id of
+    the subject's stay admitted 110 days later, its own stay's ICU label went from True to False and
+    the later stay's was excluded as boarded, silently. With its id null it is paired by time, as a
+    row without one always was (labels and the audit alike). events: subject_id, t (us), code and
+    STAY_ID (text); returned unchanged without that column.
+    """
+    if STAY_ID not in events.columns:
+        return events, 0
+    has_id = pl.col(STAY_ID).is_not_null() & pl.col("t").is_not_null()
+    bounds = (events.filter(has_id).group_by("subject_id", STAY_ID).agg(
+        adm=pl.col("t").filter(pl.col("code").str.starts_with(ADMISSION_PREFIX)).min(),
+        dis=pl.col("t").filter(pl.col("code").str.starts_with(DISCHARGE_PREFIX)).max()).filter(pl.col("adm").is_not_null()))
+    events = events.with_row_index("_row")
+    icu = events.filter(has_id & pl.col("code").str.starts_with(ICU_ADMISSION_PREFIX)).select("_row", "subject_id", "t", STAY_ID)
+    margin = MISFILED_ICU_HOURS * US_PER_HOUR
+    far = icu.join(bounds, on=["subject_id", STAY_ID]).filter(
+        (pl.col("t") < pl.col("adm") - margin) | (pl.col("dis").is_not_null() & (pl.col("t") > pl.col("dis") + margin)))
+    other = bounds.rename({STAY_ID: "_other", "adm": "_adm", "dis": "_dis"})
+    misfiled = far.join(other, on="subject_id").filter(
+        (pl.col("_other") != pl.col(STAY_ID)) & (pl.col("_adm") <= pl.col("t")) & pl.col("_dis").is_not_null()
+        & (pl.col("t") <= pl.col("_dis")))["_row"].unique()
+    events = events.with_columns(pl.when(pl.col("_row").is_in(misfiled.implode())).then(None).otherwise(pl.col(STAY_ID))
+                                 .alias(STAY_ID)).drop("_row")
+    return events, misfiled.len()
+
+
 def shards_lacking_stay_ids(ds: MedsDataset, without: list[Path] | None = None) -> list[Path]:
     """The shard files with admission rows but no stay id to pair them by: no `hadm_id` column, or one of no value.
 
@@ -681,6 +718,13 @@ def make_labels(meds_dir: str | os.PathLike, task: str, **options) -> tuple[pl.D
     """
     _check_label_options(options, task)
     events, ds, lacking = _stay_events(meds_dir)
+    events, misfiled = without_misfiled_icu_ids(events)
+    if misfiled:
+        from ehrfm.io import warn
+
+        warn(f"labels: {misfiled} ICU admission row(s) of {meds_dir} lie inside another stay of their subject, over "
+             f"{MISFILED_ICU_HOURS} h outside the stay their {STAY_ID} names: that id is taken as wrong and they are paired "
+             "with stays by time")
     first_events = None
     if STAY_ID in events.columns:
         first_events = {(subject, stay): t for subject, stay, t in stay_first_rows(ds).iter_rows()}
