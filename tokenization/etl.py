@@ -997,6 +997,16 @@ DICTIONARIES = {
 
 
 # ------------------------------------------------------------------------------- reading raw
+# How a raw table's file is named (lower case): the one rule find_table and _warn_raw_files_not_read share.
+TABLE_FILE_SUFFIXES = (".csv.gz", ".csv")
+
+
+def table_of_file(file_name: str) -> str | None:
+    """The table a raw file holds, by its name (`LABEVENTS.CSV.GZ` -> "labevents"), or None if no table's name."""
+    name = file_name.lower()
+    return next((name[: -len(s)] for s in TABLE_FILE_SUFFIXES if name.endswith(s)), None)
+
+
 def find_table(raw: Path, name: str) -> Path | None:
     """The file of raw table `name` (e.g. "hosp/labevents") under `raw`: .csv.gz or .csv, else None.
 
@@ -1012,11 +1022,10 @@ def find_table(raw: Path, name: str) -> Path | None:
             it belongs), or only a file of it in another format (`labevents.csv.gz.part`).
     """
     module, table = name.split("/", 1)
-    wanted = {f"{table}.csv.gz", f"{table}.csv"}
 
     def files(folder: Path) -> list[Path]:
         try:
-            return sorted(f for f in folder.iterdir() if f.name.lower() in wanted and f.is_file())
+            return sorted(f for f in folder.iterdir() if table_of_file(f.name) == table and f.is_file())
         except OSError:
             return []
 
@@ -1810,7 +1819,7 @@ def _warn_raw_files_not_read(raw: Path) -> list[str]:
         except OSError:
             continue
         for f in files:
-            stem = re.sub(r"\.csv(\.gz)?$", "", f.name.lower())
+            stem = table_of_file(f.name) or f.name.lower()
             if _DATA_FILE.match(f.name) and f"{folder.name.lower()}/{stem}" not in known:
                 unread.append(f"{folder.name}/{f.name}")
     if unread:
@@ -1846,7 +1855,7 @@ def _refuse_nested_ed(raw: Path, depth: int = 3) -> None:
     for k in range(1, depth + 1):
         for ed in sorted(raw.glob("/".join(["[!.]*"] * k) + "/[eE][dD]")):
             try:
-                if ed.is_dir() and any(f.name.lower() in ("edstays.csv.gz", "edstays.csv") for f in ed.iterdir()):
+                if ed.is_dir() and any(table_of_file(f.name) == "edstays" for f in ed.iterdir()):
                     raise UserError(f"{ed} holds MIMIC-IV-ED, which ehrfm reads from {raw / 'ed'}: move or link that "
                                     f"ed/ folder there (or move it out of {raw} to convert without the ED module)")
             except OSError:  # an unreadable folder: not where to look
@@ -1873,7 +1882,7 @@ def _where_mimic_is(raw: Path, depth: int = 4) -> str:
     """
     def has_patients(hosp: Path) -> bool:
         try:
-            return hosp.is_dir() and any(f.name.lower() in ("patients.csv.gz", "patients.csv") for f in hosp.iterdir())
+            return hosp.is_dir() and any(table_of_file(f.name) == "patients" for f in hosp.iterdir())
         except OSError:  # an unreadable folder: not where to look
             return False
 

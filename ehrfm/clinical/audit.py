@@ -349,14 +349,12 @@ def _outcome_codes_absent(task: str, lab: pl.DataFrame, ev: pl.DataFrame, ds: Me
 def _stays(ev: pl.DataFrame) -> pl.DataFrame:
     """Per stay id: subject, bounds and whether it overlaps another stay.
 
-    subject_id, stay, admission, discharge (us) per stay id, with `overlaps`: another stay of
-    the same subject shares some time with it.
+    subject_id, stay, adm, dis (us) per stay id with both, with `overlaps`: another stay of the
+    same subject shares some time with it.
     """
-    st = (ev.filter(pl.col(STAY_ID_COLUMN).is_not_null() & pl.col("t").is_not_null())
-          .group_by("subject_id", STAY_ID_COLUMN)
-          .agg(pl.col("t").filter(pl.col("code").str.starts_with(ADMISSION)).min().alias("adm"),
-               pl.col("t").filter(pl.col("code").str.starts_with(DISCHARGE)).max().alias("dis"))
-          .filter(pl.col("adm").is_not_null() & pl.col("dis").is_not_null()))
+    from ehrfm.clinical.labels import stay_bounds
+
+    st = stay_bounds(ev).filter(pl.col("dis").is_not_null())
     pairs = st.join(st, on="subject_id", suffix="_o").filter(
         (pl.col(STAY_ID_COLUMN) != pl.col(f"{STAY_ID_COLUMN}_o"))
         & (pl.col("adm") < pl.col("dis_o")) & (pl.col("adm_o") < pl.col("dis")))

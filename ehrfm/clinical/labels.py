@@ -213,6 +213,19 @@ def _stay_events(meds_dir: str | os.PathLike) -> tuple[pl.DataFrame, MedsDataset
 MISFILED_ICU_HOURS = 24
 
 
+def stay_bounds(events: pl.DataFrame) -> pl.DataFrame:
+    """Per stay id: subject_id, STAY_ID, adm (its first admission) and dis (its last discharge, null if none), in us.
+
+    events: subject_id, t (us), code and STAY_ID (text). Stays without an admission row are left
+    out. One computation for `labels` (misfiled ICU ids) and the audit (overlapping stays).
+    """
+    return (events.filter(pl.col(STAY_ID).is_not_null() & pl.col("t").is_not_null())
+            .group_by("subject_id", STAY_ID)
+            .agg(adm=pl.col("t").filter(pl.col("code").str.starts_with(ADMISSION_PREFIX)).min(),
+                 dis=pl.col("t").filter(pl.col("code").str.starts_with(DISCHARGE_PREFIX)).max())
+            .filter(pl.col("adm").is_not_null()))
+
+
 def without_misfiled_icu_ids(events: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     """`events` with the stay id of each misfiled ICU admission row set null, and how many there were.
 
@@ -228,9 +241,7 @@ def without_misfiled_icu_ids(events: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     if STAY_ID not in events.columns:
         return events, 0
     has_id = pl.col(STAY_ID).is_not_null() & pl.col("t").is_not_null()
-    bounds = (events.filter(has_id).group_by("subject_id", STAY_ID).agg(
-        adm=pl.col("t").filter(pl.col("code").str.starts_with(ADMISSION_PREFIX)).min(),
-        dis=pl.col("t").filter(pl.col("code").str.starts_with(DISCHARGE_PREFIX)).max()).filter(pl.col("adm").is_not_null()))
+    bounds = stay_bounds(events)
     events = events.with_row_index("_row")
     icu = events.filter(has_id & pl.col("code").str.starts_with(ICU_ADMISSION_PREFIX)).select("_row", "subject_id", "t", STAY_ID)
     margin = MISFILED_ICU_HOURS * US_PER_HOUR
