@@ -65,7 +65,9 @@ def truncate_metrics(path: Path, last_step: int) -> tuple[list[dict], int, int]:
     Lines after `last_step`, and at `last_step` the end-of-run line (the final held-out loss,
     the only line without "grad_norm", written by the trainer's _finish; older ehrfm also left out
     its "lr"): a run killed after its final checkpoint but before result.json resumes at its last
-    step and writes that line again. A torn last line (a hard kill) ends the file.
+    step and writes that line again. A line that is not a JSON object with a step is dropped and
+    said on stderr (with its line number, never its text): a last line cut by a hard kill, or a
+    line damaged in the middle, after which the lines it used to take with it are now kept.
 
     Returns:
         (the kept lines, parsed; how many lines the file held before; the largest step it held
@@ -73,17 +75,27 @@ def truncate_metrics(path: Path, last_step: int) -> tuple[list[dict], int, int]:
     """
     if not path.is_file():
         return [], 0, 0
-    keep, kept, n_before, step_before = [], [], 0, 0
-    for text in path.read_text(encoding="utf-8").splitlines():
+    keep, kept, n_before, step_before, bad = [], [], 0, 0, []
+    texts = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for number, text in enumerate(texts, 1):
         try:
             obj = json.loads(text)
-            step = obj["step"]
-        except (ValueError, KeyError, TypeError):
-            break
-        n_before, step_before = n_before + 1, max(step_before, int(step))
+            step = int(obj["step"])
+        except (ValueError, KeyError, TypeError, OverflowError):
+            if text.strip():
+                bad.append(number)
+            continue
+        n_before, step_before = n_before + 1, max(step_before, step)
         if step < last_step or (step == last_step and "grad_norm" in obj):
             keep.append(text)
             kept.append(obj)
+    if bad:
+        from ehrfm.io import warn
+
+        numbers = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
+        what = ("its last line was cut (a hard kill?)" if bad == [len(texts)]
+                else f"{len(bad)} line(s) are not metrics lines (line {numbers})")
+        warn(f"{path}: {what}: dropped on resume; {len(keep)} line(s) up to step {last_step} kept")
     with atomic_file(path) as f:
         f.write("".join(k + "\n" for k in keep))
     return kept, n_before, step_before

@@ -327,3 +327,24 @@ def test_sweeps_readme_lists_real_plan_and_results_columns_and_the_rounded_run_i
     cfg = TrainConfig(tokens_dir="", out_dir="", n_layer=4, d_model=256, n_head=4, tokens=1)
     assert run_id_for("fp", 3.16e15, cfg).startswith("C3e15_L4_D256_") and "(3.16e15 FLOPs reads `C3e15`" in text
     assert run_id_for("fp", 1.5e15, cfg).startswith("C2e15_L4_D256_") and "1.5e15 `C2e15`" in text
+
+
+def test_resume_truncation_keeps_lines_after_a_damaged_one_and_says_what_it_dropped(tmp_path, capsys):
+    """A damaged line in the middle of metrics.jsonl took every later line with it, silently (the run's
+    logged curve lost steps before its checkpoint for good); a cut last line was dropped without a word."""
+    from ehrfm.loggers import truncate_metrics
+
+    p = tmp_path / "metrics.jsonl"
+    rows = [{"step": s, "tokens": 512 * s, "train_loss": 4.0 - 0.1 * s, "lr": 1e-3, "grad_norm": 1.0} for s in (1, 2, 3, 4)]
+    lines = [json.dumps(r) for r in rows]
+    p.write_text("\n".join([lines[0], lines[1][:17], lines[2], lines[3]]) + "\n")
+    kept, n_before, step_before = truncate_metrics(p, 3)
+    assert kept == [rows[0], rows[2]] and (n_before, step_before) == (3, 4)
+    assert [json.loads(s) for s in p.read_text().splitlines()] == [rows[0], rows[2]]
+    err = capsys.readouterr().err
+    assert "1 line(s) are not metrics lines (line 2)" in err and "2 line(s) up to step 3 kept" in err
+    assert '"step": 2' not in err  # the line's text is never printed
+
+    p.write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])  # a hard kill mid-write
+    kept, _, _ = truncate_metrics(p, 3)
+    assert kept == rows[:3] and "its last line was cut (a hard kill?)" in capsys.readouterr().err
