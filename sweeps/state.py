@@ -402,6 +402,23 @@ def _local_lost_note(record: dict) -> str:
             "`ehrfm sweep launch` trains it from step 0")
 
 
+def _local_interrupted_note(run_dir: Path) -> str:
+    """Why a run with a checkpoint but no result and no live job is interrupted, and what a relaunch does.
+
+    Its trainer stopped after a checkpoint (a SIGTERM or Ctrl-C from anyone: its launch's, a `kill`,
+    a shutdown) or was killed hard after one; the launch said only "interrupted: no reason recorded".
+    """
+    step = None
+    for name in ("checkpoint", "checkpoint.prev"):
+        with contextlib.suppress(UserError, OSError):
+            state = read_json(run_dir / name / "state.json", "checkpoint state", expect=dict)
+            step = state.get("step") if isinstance(state.get("step"), int) else None
+            break
+    at = f" at step {step}" if step is not None else ""
+    return (f"its trainer ended without a result, after its last checkpoint{at} (stopped by a signal: a `kill`, "
+            f"Ctrl-C, a shutdown?); `ehrfm sweep launch` resumes it from that checkpoint")
+
+
 def _local_state(record: dict) -> Status | None:
     if record.get("host") and record["host"] != os.uname().nodename:
         return Status.RUNNING  # launched from another machine: we cannot see it, so never relaunch it
@@ -592,6 +609,8 @@ def run_states(sweep_dir: str | Path, run_ids: list[str], plan: list[dict] | Non
             note = _ended_note(sweep_dir, record, squeue, state)  # e.g. killed with its wrapper by the OOM killer or scancel
         elif state == Status.LOST:
             note = _local_lost_note(record)
+        elif state == Status.INTERRUPTED:
+            note = _local_interrupted_note(run_dir)
         elif state == Status.UNKNOWN and executor == "slurm" and squeue is None:
             note = (f"SLURM could not be asked about job {job_id} (no `squeue` on PATH, or it failed or timed out): "
                     "never resubmitted until it answers")

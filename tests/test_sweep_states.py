@@ -221,3 +221,24 @@ def test_a_local_run_lost_with_its_launch_says_why_and_what_a_relaunch_does(synt
     assert states[queued].state == "lost" and states[queued].note == (
         f"queued by a `sweep launch` (pid {pid}) that ended before starting it (killed?); `ehrfm sweep launch` trains it")
     assert states[started].state == "lost" and states[started].note.startswith("its job ended with no result and no checkpoint")
+
+
+def test_a_local_run_stopped_after_a_checkpoint_says_why_and_what_a_relaunch_does(synth_tokens, tmp_path):
+    """A trainer stopped by a signal from outside its launch (a `kill`, a shutdown) left a checkpoint and no
+    result: `sweep status` and the launch's warning said "interrupted: no reason recorded"."""
+    from sweeps.plan import plan_sweep
+
+    out = tmp_path / "sweep"
+    _, rows, _ = plan_sweep(synth_tokens, out=out, **TINY)
+    rid = rows[0]["run_id"]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    pid = int(dead.stdout)
+    (out / "jobs").mkdir()
+    (out / "jobs" / f"{rid}.json").write_text(json.dumps({"run_id": rid, "executor": "local", "launcher_pid": pid,
+                                                            "job_pid": pid, "trainer_pid": pid}))
+    (out / "runs" / rid / "checkpoint").mkdir(parents=True)
+    (out / "runs" / rid / "checkpoint" / "state.json").write_text(json.dumps({"step": 7, "status": "interrupted"}))
+    st = run_states(out, [rid])[rid]
+    assert st.state == "interrupted" and st.note == (
+        "its trainer ended without a result, after its last checkpoint at step 7 (stopped by a signal: a `kill`, "
+        "Ctrl-C, a shutdown?); `ehrfm sweep launch` resumes it from that checkpoint")
