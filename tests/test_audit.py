@@ -239,3 +239,21 @@ def test_etl_counts_name_each_group_and_table_once():
     assert _counts_text(counts) == ("dropped_by_table: hosp/emar missing_medication 1,576, hosp/emar_detail "
                                     "(administration_summary_row 35,835, no_dose_given 3,616); "
                                     "duplicates_dropped: hosp/labevents 18, hosp/omr 127")
+
+
+def test_an_empty_label_file_or_an_unmatched_date_only_prefix_is_never_just_clean(tmp_path, capsys):
+    """An empty label file (every head refuses it) and --date-only-codes naming a prefix no code has were
+    audited "clean": nothing had been checked."""
+    events = stay(3, 31, T0, T0 + d(2), [(3, T0 + d(1), "PROCEDURE//ICD//9//0040", 31)])
+    meds = write_meds(tmp_path / "meds", events)
+    empty = write_label_file(tmp_path / "empty" / "icu_admission.parquet", "icu_admission", [])
+    capsys.readouterr()
+    assert main(["audit", str(meds), "--labels", str(empty), "--date-only-codes", "PROCEDURE//ICD//"]) == 0
+    out = capsys.readouterr().out
+    assert "audit: 1 tasks, no labels to check in icu_admission" in out and "clean" not in out.splitlines()[-1], out
+    res = audit(meds, empty, date_only_codes=["procedure//icd//", "PROCEDURE//ICD//"])
+    assert format_audit(res)[-1].endswith("NO LABELS in icu_admission: nothing checked there.")
+    assert res.empty == ["icu_admission"] and res.to_dict()["empty"] == ["icu_admission"]
+    assert [u for u in res.unknown if "--date-only-codes" in u] == [
+        "(b) --date-only-codes procedure//icd//: no code of the MEDS data starts with it (codes are case-sensitive "
+        "prefixes), so no such event was checked"]

@@ -279,10 +279,11 @@ def test_zeroshot_an_end_of_record_is_undecided_not_a_discharge(tmp_path, task, 
     run = _uniform_run(tmp_path, tok)
     path = tmp_path / f"{task}.parquet"
     pl.read_parquet(labels).write_parquet(path)
-    cfg = ZeroShotConfig(str(run), str(tok), str(path), n_samples=200, max_new_tokens=64, bootstrap=0, seed=1)
+    cfg = ZeroShotConfig(str(run), str(tok), str(path), n_samples=400, max_new_tokens=64, bootstrap=0, seed=1)
     m = zeroshot(cfg, tmp_path / "zs")
     p = pl.read_parquet(tmp_path / "zs" / "predictions.parquet")["predicted_boolean_probability"].mean()
-    # 20 labels x 200 rollouts, >= 1/2 decided: sd of the mean share <= 0.009; the shares before lie >= 0.083 away
+    # 20 labels x 400 rollouts, >= 1/2 decided: sd of the mean share <= 0.007 (the labels' own spread
+    # included; 200 gave 0.010, and one seed in 26 came 0.041 off); the shares before lie >= 0.083 away
     assert abs(p - share) < 0.035, p
     assert abs(m["end_of_record_share"] - ended) < 0.04 and m["undecided_share"] >= m["end_of_record_share"]
     assert m["end_tokens_undecided"] == ["TIMELINE_END"]

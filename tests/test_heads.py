@@ -306,6 +306,20 @@ def test_zeroshot_uniform_model_gives_analytic_share(cohort, tmp_path):
     for bs, name in ((1, "zs_c"), (6 * 20, "zs_d")):
         zeroshot(ZeroShotConfig(**{**small.__dict__, "batch_size": bs}), tmp_path / name)
         assert pl.read_parquet(tmp_path / name / "predictions.parquet")["predicted_boolean_probability"].equals(pa_)
+    # ...and whatever else the label file holds: its held-out labels alone, in reverse order, give each label the
+    # same probability (seeded by the label, not by its row in the file: other labels moved every later one's seed)
+    key = ["subject_id", "prediction_time"]
+    full = ZeroShotConfig(**{**small.__dict__, "max_labels": None})
+    zeroshot(full, tmp_path / "zs_full")
+    pf = pl.read_parquet(tmp_path / "zs_full" / "predictions.parquet")
+    held = pl.read_parquet(labels).join(pf.select(key), on=key, how="semi").reverse()
+    assert held.height == 20 < pl.read_parquet(labels).height
+    (tmp_path / "held").mkdir()
+    held.write_parquet(tmp_path / "held" / Path(labels).name)  # the file's name says its task, as ACES names them
+    zeroshot(ZeroShotConfig(**{**full.__dict__, "labels": str(tmp_path / "held" / Path(labels).name)}), tmp_path / "zs_held")
+    both = pf.join(pl.read_parquet(tmp_path / "zs_held" / "predictions.parquet"), on=key, suffix="_held")
+    assert both.height == 20 and both["predicted_boolean_probability"].n_unique() > 3
+    assert both["predicted_boolean_probability"].equals(both["predicted_boolean_probability_held"], check_names=False)
     with pytest.raises(UserError, match="zero-shot supports"):
         zeroshot(ZeroShotConfig(str(flat), str(tok), str(labels), task="sepsis"), tmp_path / "zs3")
     los = tmp_path / "los.parquet"  # not named after another task (the heads refuse mortality labels as long_los)

@@ -173,6 +173,11 @@ class AuditResult:
         return [t for t in self.tasks if t not in OUTCOME_RULES]
 
     @property
+    def empty(self) -> list[str]:
+        """Tasks whose label file has no rows: nothing was checked (a task no stay qualifies for)."""
+        return [t.task for t in self.tasks.values() if not t.n_labels]
+
+    @property
     def overlapping(self) -> str:
         """(d)'s counts for review, "task (n), ..." over the tasks with any; "" when none."""
         return ", ".join(f"{t.task} ({t.overlapping_stays})" for t in self.tasks.values() if t.overlapping_stays)
@@ -190,7 +195,7 @@ class AuditResult:
 
     def to_dict(self) -> dict:
         """The audit as a JSON-ready dict (every field, each task's "outside_data", and "clean")."""
-        out = {**dataclasses.asdict(self), "clean": self.clean, "unchecked": self.unchecked}
+        out = {**dataclasses.asdict(self), "clean": self.clean, "unchecked": self.unchecked, "empty": self.empty}
         for name, t in self.tasks.items():
             out["tasks"][name]["outside_data"] = t.outside_data
         return out
@@ -629,6 +634,10 @@ def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
                            "or an older one); pass --date-only-codes to check them")
     # ICU rows filed under another stay's id are paired by time, as `ehrfm labels` pairs them
     ev, _ = without_misfiled_icu_ids(_events(ds, date_only or []))
+    unmatched = [p for p in (date_only or []) if source == "given" and not ev["code"].str.starts_with(p).any()]
+    if unmatched:  # a typo'd prefix checked nothing, and the audit said "clean"
+        unknown.append(f"(b) --date-only-codes {', '.join(unmatched)}: no code of the MEDS data starts with "
+                       f"{'it' if len(unmatched) == 1 else 'them'} (codes are case-sensitive prefixes), so no such event was checked")
     stays = _stays(ev) if ev[STAY_ID_COLUMN].null_count() < ev.height else None
     lacking, n_files = shards_lacking_stay_ids(ds), len(ds.paths_with_rows())
     if stays is None:
@@ -754,5 +763,6 @@ def format_audit(res: AuditResult) -> list[str]:
                else "clean ((a)-(c) are 0).")
     if res.overlapping:  # for review, not a fault: said beside any verdict, so "clean" never hides it
         verdict += f" REVIEW (d): labels of stays that overlap another stay of the subject: {res.overlapping}."
-    lines.append("Verdict: " + " ".join(x for x in (verdict, unscorable, unchecked) if x))
+    empty = f"NO LABELS in {', '.join(res.empty)}: nothing checked there." if res.empty else ""
+    lines.append("Verdict: " + " ".join(x for x in (verdict, unscorable, unchecked, empty) if x))
     return lines

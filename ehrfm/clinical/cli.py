@@ -68,6 +68,8 @@ def _audit(args) -> int:
         ["labels outside the data (no history; heads refuse them) in " + ", ".join(outside)] if outside else [])
     if res.unchecked:  # (a) not made: never "clean" (before: a file named icu_v2.parquet passed unchecked)
         found.append(f"NOT CHECKED for its outcome: {', '.join(res.unchecked)} (pass --task)")
+    if res.empty:  # 0 labels are trivially free of leakage: "clean" alone read as a checked cohort
+        found.append(f"no labels to check in {', '.join(res.empty)}")
     summary(f"audit: {len(res.tasks)} tasks, " + ("; ".join(found) if found else "clean")
             + (f", {len(res.unknown)} unknown" if res.unknown else "")
             + (f"; for review, labels of overlapping stays (d) in {res.overlapping}" if res.overlapping else ""))
