@@ -117,6 +117,14 @@ def test_baseline_cli(cohort, tmp_path, capsys):
     assert "logistic regression in_hospital_mortality: n=" in capsys.readouterr().out
     assert main(["baseline", str(meds), "--labels", str(labels), "--out", str(tmp_path / "b")]) == 2  # exists
     assert main(["baseline", str(meds), "--labels", str(labels), "--out", str(tmp_path / "c"), "--windows", "7x"]) == 2
+    # an empty window (0d) was a column of zeros per code; a --min-count no code reaches left age alone, unsaid
+    capsys.readouterr()
+    assert main(["baseline", str(meds), "--labels", str(labels), "--out", str(tmp_path / "c"), "--windows", "full,0d"]) == 2
+    assert "bad history window '0d': a window must span more than 0 d" in capsys.readouterr().err
+    _, x, names = prepare(BaselineConfig(str(meds), str(labels), min_count=100_000))
+    assert names == ["age_years"] and x.shape[1] == 1
+    assert "baseline: no code is in the histories of 100,000 train labels (--min-count; the most frequent is in" \
+        in capsys.readouterr().err
 
 
 def test_too_few_train_labels_skip_boosting_with_its_reason(cohort, tmp_path, capsys):

@@ -61,6 +61,8 @@ def parse_windows(spec: str) -> list[tuple[str, int | None]]:
         m = re.fullmatch(r"(\d+)([smhdy])", w)
         if not m:
             raise UserError(f"bad history window {w!r}: use full or a span like 30d, 24h, 1y")
+        if int(m.group(1)) == 0:  # an empty window: its counts are all 0, features that only look present
+            raise UserError(f"bad history window {w!r}: a window must span more than 0 {m.group(2)}")
         out.append((w, int(m.group(1)) * US[m.group(2)]))
     if not out:
         raise UserError("no history windows given")
@@ -221,6 +223,12 @@ def feature_matrix(counts: pl.DataFrame, keys: pl.DataFrame, train_idx: np.ndarr
     freq = counts.join(train_set, on="label_idx", how="semi").group_by("feature").agg(pl.len().alias("n_labels"))
     vocab = freq.filter(pl.col("n_labels") >= min_count).sort(["n_labels", "feature"], descending=[True, False])
     names = vocab["feature"].to_list()
+    if not names and counts.height:  # the "count baseline" would be age alone, reported as counts
+        from ehrfm.io import warn
+
+        most = int(freq["n_labels"].max() or 0) if freq.height else 0
+        warn(f"baseline: no code is in the histories of {min_count:,} train labels (--min-count; the most frequent is in "
+             f"{most:,}): its features are age alone")
     # Typed even when no feature is kept (few train labels): an untyped empty frame cannot be joined.
     col = pl.DataFrame({"feature": names, "col": np.arange(len(names), dtype=np.int64)},
                        schema={"feature": pl.String, "col": pl.Int64})

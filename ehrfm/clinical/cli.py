@@ -119,7 +119,8 @@ def _baseline_arguments(p) -> None:
 
     add_fields(p, BaselineConfig, ["meds_dir", "labels"], meds_dir=dict(flag="meds_dir", metavar="meds"),
                labels=dict(required=True))
-    p.add_argument("--out", required=True, help="output dir (metrics.json, predictions.parquet, config.json)")
+    p.add_argument("--out", required=True, help="output dir (metrics.json, config.json, and per model "
+                   "logistic_regression/ and gradient_boosting/ with its predictions.parquet)")
     add_fields(p, BaselineConfig, ["windows", "min_count", "bootstrap", "seed", "max_labels"])
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (only an output ehrfm wrote)")
 
