@@ -140,7 +140,7 @@ def test_zeroshot_takes_the_windows_of_the_file_a_label_dir_resolves_to_and_says
 
 
 @pytest.mark.parametrize("layout", ["spark", "pyarrow", "hive"])
-def test_a_parquet_dataset_of_one_task_is_read_as_that_task(demo_meds, tmp_path, layout):
+def test_a_parquet_dataset_of_one_task_is_read_as_that_task(demo_meds, tmp_path, layout, capsys):
     """Before: a Spark/pyarrow dataset (part-00000-*.parquet, part-0.parquet) or hive partitions
     (split=train/) of one task were refused by the heads, whose advice (pass one part) scored half the
     labels under the task "part-00000"; the audit took each part for a task, NOT CHECKED."""
@@ -158,7 +158,18 @@ def test_a_parquet_dataset_of_one_task_is_read_as_that_task(demo_meds, tmp_path,
         part.write_parquet(task / name)
     (task / "_SUCCESS").write_text("")
     assert head_labels(task) == (task, "long_los")
+    capsys.readouterr()
     assert read_labels(task).height == labels.height
+    # its own split (hive's split= folders) is not the one used, and that is said once (it was silent)
+    said = [line for line in capsys.readouterr().err.splitlines() if "carries its own split" in line]
+    assert len(said) == (layout == "hive") and (layout != "hive" or "ignored; labels are split by the patient splits" in said[0])
+    read_labels(task)
+    assert "carries its own split" not in capsys.readouterr().err
+    one = tmp_path / "own_split" / "long_los.parquet"  # a `split` column, as some ACES pipelines add
+    one.parent.mkdir()
+    labels.with_columns(split=pl.lit("held_out")).write_parquet(one)
+    assert read_labels(one).equals(read_labels(task).sort("subject_id", "prediction_time"))
+    assert f"label file {one} carries its own split" in capsys.readouterr().err
     res = audit(demo_meds, tmp_path / "labels")
     assert list(res.tasks) == ["long_los"] and res.tasks["long_los"].n_labels == labels.height and res.clean
 

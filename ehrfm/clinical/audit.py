@@ -45,7 +45,8 @@ history holds
 
 (f) a subject that is not in the MEDS data (or has no timed event there), or a prediction time
     before the subject's first timed event or after its last (MEDS_BIRTH is not one: `_timelines`):
-    such a label has no history to audit, and every head refuses it (ehrfm.clinical.histories,
+    such a label lies outside the data's timelines (none, or a history the data may not hold
+    whole), and every head refuses it (ehrfm.clinical.histories,
     baseline.check_prediction_times);
 
 and, for the dataset, (e) the result tables whose events sit at their chart (specimen) time
@@ -736,7 +737,7 @@ def format_audit(res: AuditResult) -> list[str]:
         if t.outside_data:
             lines.append(f"(f) {t.task}: {t.subject_not_in_data} labels of subjects not in the MEDS data (or without a timed event), "
                          f"{t.before_first_event} before the subject's first event, {t.after_last_event} after its last: "
-                         "no history; every head refuses them.")
+                         "outside the data's timelines, so every head refuses them.")
     if res.date_only_codes is not None:
         lines.append(f"Date-only codes ({res.date_only_from}): {', '.join(res.date_only_codes) or 'none'}.")
     if res.result_times is not None:

@@ -65,7 +65,7 @@ def _audit(args) -> int:
     leaks = [f"{t} ({n})" for t, n in worst.items() if n] + [f"results at chart time ({', '.join(at_chart)})"] * bool(at_chart)
     outside = [f"{t.task} ({t.outside_data})" for t in res.tasks.values() if t.outside_data]
     found = (["LEAKAGE in " + ", ".join(leaks)] if leaks else []) + (
-        ["labels outside the data (no history; heads refuse them) in " + ", ".join(outside)] if outside else [])
+        ["labels outside the data (heads refuse them) in " + ", ".join(outside)] if outside else [])
     if res.unchecked:  # (a) not made: never "clean" (before: a file named icu_v2.parquet passed unchecked)
         found.append(f"NOT CHECKED for its outcome: {', '.join(res.unchecked)} (pass --task)")
     if res.empty:  # 0 labels are trivially free of leakage: "clean" alone read as a checked cohort

@@ -1079,6 +1079,7 @@ def read_labels(path: str | os.PathLike, allow_empty: bool = False, data_zones: 
             frame = frame.with_columns(cast.alias(col))
         frames.append(frame)
     labels = pl.concat(frames).sort("subject_id", "prediction_time", maintain_order=True)
+    _say_split_ignored(path, files)
     LabelSchema.validate(to_label_table(labels))
     if labels.height == 0 and not allow_empty:
         raise UserError(f"label file {path} has no rows")
@@ -1139,6 +1140,31 @@ def _check_label_types(path: Path, frame: pl.DataFrame) -> pl.DataFrame:
             raise UserError(f"label file {path}: column boolean_value has {other} of {frame.height} rows that are "
                             "neither 0 nor 1 (nor true/false): not a binary label")
     return frame
+
+
+_SPLIT_SAID: set[str] = set()  # once per label file and process, not once per head of a sweep
+
+
+def _say_split_ignored(path: Path, files: list[Path]) -> None:
+    """One warning when a label file carries its own split (a `split` column, hive `split=` folders).
+
+    The heads score by the patient splits of the token dir the model was trained on (never a
+    held-out patient the model saw), the baseline and the audit by the MEDS data's: a label file's
+    own split was ignored without a word, and its user read held-out AUROCs of other patients.
+    """
+    import pyarrow.parquet as pq
+
+    def folders(f: Path) -> tuple[str, ...]:
+        return f.relative_to(path).parts[:-1] if path.is_dir() else ()
+
+    own = [f for f in files if "split" in pq.read_schema(f).names or any(d.startswith("split=") for d in folders(f))]
+    if not own or str(path) in _SPLIT_SAID:
+        return
+    _SPLIT_SAID.add(str(path))
+    from ehrfm.meds_io import warn
+
+    warn(f"label {'dir' if path.is_dir() else 'file'} {path} carries its own split (a `split` column or split= folders): "
+         "ignored; labels are split by the patient splits of the token dir (the model's) or the MEDS data")
 
 
 _LABEL_ZONES_WARNED: set[str] = set()  # one warning per zone and process, not one per label shard
