@@ -50,7 +50,7 @@ from ehrfm.errors import Terminated, UserError
 from ehrfm.io import progress, sigint_blocked, summary, warn, write_json
 from ehrfm.results import ACTIVE, RunResult, Status, write_result
 from sweeps.job import TrainJob
-from sweeps.plan import check_tokenizer, load_sweep, run_train_config
+from sweeps.plan import check_plan_rows, check_tokenizer, load_sweep, run_train_config
 from sweeps.state import (
     check_tokens_dir,
     log_path,
@@ -230,6 +230,7 @@ def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
     sweep, plan = load_sweep(sweep_dir)
     check_tokens_dir(sweep.tokens_dir, sweep_dir)  # moved since planning: say so, and how to re-point the sweep
     check_tokenizer(sweep, sweep_dir)
+    check_plan_rows(sweep, plan, sweep_dir)
     if cfg.gpus_per_node < 0 or cfg.nodes < 1 or (cfg.max_parallel is not None and cfg.max_parallel < 1) \
             or (cfg.tasks_per_node is not None and cfg.tasks_per_node < 1):
         raise UserError("--gpus-per-node must be >= 0; --nodes, --tasks-per-node and --max-parallel >= 1")
@@ -1015,11 +1016,13 @@ def _stopped_line(sweep_dir: Path, stopped: list[TrainJob]) -> str:
     A job whose run finished anyway (its result.json written: it completed during the stop's grace,
     or between the last check and the signal) is counted by its result, not as checkpointed: the
     line said "1 running jobs checkpointed" for a run that `sweep status` then showed completed.
+    A job stopped before its trainer wrote any checkpoint (still starting up) is counted as such: it
+    was called checkpointed, and `sweep status` then showed it lost.
     """
     from ehrfm.results import FINISHED
 
     finished: dict[str, int] = {}
-    checkpointed = 0
+    checkpointed = unsaved = 0
     for job in stopped:
         try:
             result = read_result(Path(job.run_dir))
@@ -1027,9 +1030,13 @@ def _stopped_line(sweep_dir: Path, stopped: list[TrainJob]) -> str:
             result = None
         if result is not None and result.status in FINISHED:
             finished[str(result.status)] = finished.get(str(result.status), 0) + 1
-        else:
+        elif any((Path(job.run_dir) / d / "state.json").is_file() for d in ("checkpoint", "checkpoint.prev")):
             checkpointed += 1
+        else:
+            unsaved += 1
     line = f"interrupted: {checkpointed} running jobs checkpointed"
+    if unsaved:
+        line += f", {unsaved} stopped before their first checkpoint (trained again from their start)"
     if finished:
         line += "; " + ", ".join(f"{v} {k}" for k, v in sorted(finished.items())) + " before the stop"
     return line + f"; `ehrfm sweep launch {sweep_dir} --executor local` resumes the rest"

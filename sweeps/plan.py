@@ -1141,6 +1141,36 @@ def _castable(have, want) -> bool:
     return pt.is_list(have) or pt.is_large_list(have)
 
 
+def check_plan_rows(sweep: SweepConfig, rows: list[dict], sweep_dir: Path) -> None:
+    """Refuse plan rows whose training config is not the one their run id was made from.
+
+    Each row's id is recomputed (`run_id_for`) from what its job would train (`run_train_config`):
+    a row edited by hand (its tokens doubled, another shape or seed) was trained under the planned
+    id, recorded completed, and refused only at `ehrfm fit` as a results table whose budget and flops
+    disagree. Also refused: a row whose flops are not tokens x flops_per_token.
+
+    Raises:
+        UserError: naming plan.parquet, how many rows and the first one's id; no patient data.
+    """
+    changed, flops = [], []
+    for row in rows:
+        rid = row["run_id"]
+        trunk = row.get("trunk_id") if row.get("schedule") == "wsd" and row.get("trunk_id") != rid else None
+        cfg = run_train_config(sweep, row, sweep_dir / "runs" / rid)
+        if run_id_for(sweep.tokenizer_fingerprint, row["budget"], cfg, trunk_id=trunk) != rid:
+            changed.append(rid)
+        elif not math.isclose(float(row["flops"]), int(row["tokens"]) * float(row["flops_per_token"]), rel_tol=1e-9):
+            flops.append(rid)
+    plan = sweep_dir / PLAN_PARQUET
+    if changed:
+        raise UserError(f"{plan}: {len(changed)} of {len(rows)} rows train another config than their run id was planned "
+                        f"with (first: {changed[0]}; edited by hand, or planned by another ehrfm?): run `ehrfm sweep plan` "
+                        "again with the same options to rewrite it (trained runs keep their ids)")
+    if flops:
+        raise UserError(f"{plan}: {len(flops)} of {len(rows)} rows have columns flops, tokens and flops_per_token that "
+                        f"disagree (first: {flops[0]}): run `ehrfm sweep plan` again with the same options to rewrite it")
+
+
 def check_tokenizer(sweep: SweepConfig, sweep_dir: Path) -> None:
     """Refuse to train a sweep on a token dir whose tokenizer changed since planning."""
     from ehrfm.tokens import TokenDir, data_differences, data_identity

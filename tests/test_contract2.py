@@ -296,15 +296,21 @@ def test_launch_stop_line_counts_a_finished_job_as_finished(tmp_path):
     from ehrfm.results import RunResult, Status, write_result
     from sweeps.launch import _stopped_line
 
-    jobs = [SimpleNamespace(run_dir=str(tmp_path / r)) for r in ("a", "b", "c")]
+    jobs = [SimpleNamespace(run_dir=str(tmp_path / r)) for r in ("a", "b", "c", "d")]
     for j in jobs:
         Path(j.run_dir).mkdir()
     write_result(tmp_path / "a", RunResult(Status.COMPLETED, val_loss=2.5, n_params=1000))  # finished in the grace
+    (tmp_path / "b" / "checkpoint").mkdir()
+    (tmp_path / "b" / "checkpoint" / "state.json").write_text('{"step": 3}')
     write_result(tmp_path / "c", RunResult(Status.FAILED, error="boom"))
-    assert _stopped_line(tmp_path, jobs) == (
+    assert _stopped_line(tmp_path, jobs[:3]) == (
         f"interrupted: 1 running jobs checkpointed; 1 completed, 1 failed before the stop; "
         f"`ehrfm sweep launch {tmp_path} --executor local` resumes the rest")
     assert _stopped_line(tmp_path, jobs[1:2]).startswith("interrupted: 1 running jobs checkpointed; `ehrfm sweep launch")
+    # a job stopped while its trainer started (no checkpoint, d) was called checkpointed; status then said lost
+    assert _stopped_line(tmp_path, jobs[1:]) == (
+        f"interrupted: 1 running jobs checkpointed, 1 stopped before their first checkpoint (trained again from their "
+        f"start); 1 failed before the stop; `ehrfm sweep launch {tmp_path} --executor local` resumes the rest")
 
 
 # --- item 8: sweeps/README.md names the columns the tables have, and the run id's rounded budget ---

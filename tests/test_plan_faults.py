@@ -304,3 +304,38 @@ def test_infinite_or_nan_numbers_are_refused_by_every_positive_number_flag(argv)
     line = one_error_line(ehrfm(*argv))  # argparse's errors too are one line, ending with where the flags are listed
     command = " ".join(argv[:1])
     assert line == f"ehrfm {command}: error: argument {flag}: must be a finite number > 0 (got '{value}') (see `ehrfm {command} --help`)", line
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "wsd"])
+def test_a_plan_row_edited_by_hand_is_refused_before_any_run_trains(synth_tokens, tmp_path, schedule):
+    """A plan row with its tokens doubled trained under its planned id, was recorded completed, and was refused
+    only by `ehrfm fit` ("columns budget and flops disagree"); another shape, seed or lr likewise. Now `sweep
+    launch` recomputes each row's id from what its job would train and refuses the plan, naming it."""
+    from plan_edits import write_plan
+
+    from sweeps.launch import LaunchConfig, launch_sweep
+    from sweeps.plan import plan_sweep
+
+    out = tmp_path / "sweep"
+    from test_sweep import TINY
+
+    plan_sweep(synth_tokens, out=out, schedule=schedule, **TINY)
+    table = pq.read_table(out / "plan.parquet")
+    planned = table.to_pylist()
+    for column, value in (("tokens", lambda r: 2 * r["tokens"]), ("d_model", lambda r: r["d_model"] + 16),
+                          ("seed", lambda r: (r["seed"] or 0) + 1)):
+        rows = [dict(r) for r in planned]
+        rows[-1][column] = value(rows[-1])
+        pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), out / "plan.parquet")
+        with pytest.raises(UserError, match=rf"plan.parquet: 1 of {len(rows)} rows train another config than their run id "
+                                            rf"was planned with \(first: {rows[-1]['run_id']}; edited by hand"):
+            launch_sweep(out, LaunchConfig(executor="local", dry_run=True))
+    rows = [dict(r) for r in planned]
+    rows[0]["flops"] *= 2  # not what the run trains: a results table would carry it
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), out / "plan.parquet")
+    with pytest.raises(UserError, match="columns flops, tokens and flops_per_token that disagree"):
+        launch_sweep(out, LaunchConfig(executor="local", dry_run=True))
+    write_plan(out, [dict(r) for r in planned], table.schema)  # the plan as planned passes, every id unchanged
+    assert pq.read_table(out / "plan.parquet").column("run_id").to_pylist() == [r["run_id"] for r in planned]
+    launch_sweep(out, LaunchConfig(executor="local", dry_run=True))
+    assert not (out / "runs").exists() or not any((out / "runs").iterdir())

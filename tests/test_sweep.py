@@ -194,12 +194,12 @@ def test_parse_time():
 
 def break_one_run(sweep_dir: Path) -> str:
     """Give one planned run an impossible shape (n_head not dividing d_model): its trainer raises."""
-    import pyarrow as pa
+    from plan_edits import write_plan
 
     table = pq.read_table(sweep_dir / "plan.parquet")
     rows = table.to_pylist()
     rows[0]["n_head"] = 3
-    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), sweep_dir / "plan.parquet")
+    write_plan(sweep_dir, rows, table.schema)  # with the id planning would have given it
     return rows[0]["run_id"]
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from test_sweep import TINY, ehrfm
@@ -18,6 +17,8 @@ pytestmark = [
 
 
 def test_slurm_wsd_branches_wait_for_their_trunk(synth_tokens, tmp_path):
+    from plan_edits import write_plan
+
     from sweeps.plan import plan_sweep
 
     p = sinfo_answers()  # a busy slurmctld's "Socket timed out" is not a cluster that is down
@@ -30,7 +31,7 @@ def test_slurm_wsd_branches_wait_for_their_trunk(synth_tokens, tmp_path):
     assert len(rows) == 4 and len(trunks) == 2
     broken, healthy = trunks
     broken["n_head"] = 3  # its trainer refuses the shape: the trunk fails, and so must its branch
-    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), out / "plan.parquet")
+    write_plan(out, rows, table.schema)  # planned so: the ids planning would have given
 
     p = ehrfm("sweep", "launch", out, "--executor", "slurm", "--time", "20", "--cpus-per-task", "1", "--mem", "2G", "--wait")
     assert p.returncode == 1, p.stderr[-3000:]

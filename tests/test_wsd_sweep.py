@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from test_sweep import TINY, ehrfm, plan_rows
@@ -99,6 +98,8 @@ def test_local_wsd_sweep_trunks_first_then_branches(synth_tokens, tmp_path):
 
 
 def test_failed_trunk_fails_its_branches_with_the_reason(synth_tokens, tmp_path):
+    from plan_edits import write_plan
+
     from sweeps.plan import plan_sweep
 
     out = tmp_path / "sweep"
@@ -107,7 +108,7 @@ def test_failed_trunk_fails_its_branches_with_the_reason(synth_tokens, tmp_path)
     rows = table.to_pylist()
     broken = next(r for r in rows if r["trunk_id"] == r["run_id"] and r["stable_checkpoints"])
     broken["n_head"] = 3  # an impossible shape: the trunk's trainer refuses it
-    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), out / "plan.parquet")
+    write_plan(out, rows, table.schema)  # planned so: the ids planning would have given
     p = ehrfm("sweep", "launch", out, "--executor", "local", "--max-parallel", "2")
     assert p.returncode == 1
     results = {r["run_id"]: json.loads((out / "runs" / r["run_id"] / "result.json").read_text()) for r in rows}
