@@ -223,7 +223,7 @@ def feature_matrix(counts: pl.DataFrame, keys: pl.DataFrame, train_idx: np.ndarr
     freq = counts.join(train_set, on="label_idx", how="semi").group_by("feature").agg(pl.len().alias("n_labels"))
     vocab = freq.filter(pl.col("n_labels") >= min_count).sort(["n_labels", "feature"], descending=[True, False])
     names = vocab["feature"].to_list()
-    if not names and counts.height:  # the "count baseline" would be age alone, reported as counts
+    if not names and counts.height and len(train_idx):  # the "count baseline" would be age alone, reported as counts
         from ehrfm.io import warn
 
         most = int(freq["n_labels"].max() or 0) if freq.height else 0
