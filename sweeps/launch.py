@@ -60,6 +60,7 @@ from sweeps.state import (
     record_path,
     run_states,
     runs_dir,
+    saved_checkpoint_dirs,
 )
 
 EXECUTORS = ("slurm", "local")
@@ -1030,7 +1031,7 @@ def _stopped_line(sweep_dir: Path, stopped: list[TrainJob]) -> str:
             result = None
         if result is not None and result.status in FINISHED:
             finished[str(result.status)] = finished.get(str(result.status), 0) + 1
-        elif any((Path(job.run_dir) / d / "state.json").is_file() for d in ("checkpoint", "checkpoint.prev")):
+        elif any((saved / "state.json").is_file() for saved in saved_checkpoint_dirs(Path(job.run_dir))):
             checkpointed += 1
         else:
             unsaved += 1
@@ -1073,8 +1074,8 @@ def _checkpointed_since(sj, job: TrainJob) -> bool:
         submitted = Path(sj.paths.submitted_pickle).stat().st_mtime
     except (OSError, AttributeError):
         submitted = None
-    for d in ("checkpoint", "checkpoint.prev"):
-        state = Path(job.run_dir) / d / "state.json"
+    for saved in saved_checkpoint_dirs(Path(job.run_dir)):
+        state = saved / "state.json"
         with contextlib.suppress(OSError):
             if submitted is None or state.stat().st_mtime >= submitted:
                 return True

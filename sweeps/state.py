@@ -71,6 +71,15 @@ class RunState:
     bad_file: bool = False  # the note is about a damaged or foreign file of the sweep dir
 
 
+def saved_checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """The run's saved checkpoints, newest first: RUN/checkpoint and RUN/checkpoint.prev where they exist.
+
+    The layout is ehrfm.checkpoint's (not imported here: `sweep status` runs without torch); a kill in
+    the middle of a checkpoint swap leaves only checkpoint.prev, which the trainer promotes when it resumes.
+    """
+    return [d for d in (run_dir / "checkpoint", run_dir / "checkpoint.prev") if d.exists()]
+
+
 def runs_dir(sweep_dir: Path) -> Path:
     """SWEEP/runs: the run dirs of a sweep."""
     return Path(sweep_dir) / "runs"
@@ -409,9 +418,9 @@ def _local_interrupted_note(run_dir: Path) -> str:
     a shutdown) or was killed hard after one; the launch said only "interrupted: no reason recorded".
     """
     step = None
-    for name in ("checkpoint", "checkpoint.prev"):
+    for saved in saved_checkpoint_dirs(run_dir):
         with contextlib.suppress(UserError, OSError):
-            state = read_json(run_dir / name / "state.json", "checkpoint state", expect=dict)
+            state = read_json(saved / "state.json", "checkpoint state", expect=dict)
             step = state.get("step") if isinstance(state.get("step"), int) else None
             break
     at = f" at step {step}" if step is not None else ""
@@ -599,7 +608,7 @@ def run_states(sweep_dir: str | Path, run_ids: list[str], plan: list[dict] | Non
         note = None
         if active is not None:
             state = active
-        elif (run_dir / "checkpoint").exists() or (run_dir / "checkpoint.prev").exists():  # .prev: killed mid-swap
+        elif saved_checkpoint_dirs(run_dir):
             state = Status.INTERRUPTED
         elif record is not None:
             state = Status.LOST
