@@ -465,8 +465,12 @@ def _check_same_run(run_dir: Path, saved: dict, expected: dict) -> None:
 NUMERIC_RUNTIME = ("micro_batch_size", "eval_batch_size", "compile")
 
 
-def _warn_numeric_changes(run_dir: Path, saved, expected: dict) -> None:
-    """Warn once when a resume changes a NUMERIC_RUNTIME field (0 batch sizes read as their defaults)."""
+def _warn_numeric_changes(run_dir: Path, saved, expected: dict, saved_torch: str | None = None) -> None:
+    """Warn once when a resume changes what sums its floating point: a NUMERIC_RUNTIME field or torch.
+
+    NUMERIC_RUNTIME's 0 batch sizes read as their defaults; `saved_torch` is the torch version that
+    began the run (config.json's torch_version; None: an older run dir that did not record it).
+    """
     if not isinstance(saved, dict):
         return
 
@@ -480,6 +484,8 @@ def _warn_numeric_changes(run_dir: Path, saved, expected: dict) -> None:
 
     changed = [f"{n.replace('_', '-')} {value(saved, n)} -> {value(expected, n)}" for n in NUMERIC_RUNTIME
                if value(saved, n) != value(expected, n)]
+    if isinstance(saved_torch, str) and saved_torch != torch.__version__:  # its kernels may sum in another order
+        changed.append(f"torch {saved_torch} -> {torch.__version__}")
     if changed:
         warn(f"resuming {run_dir} with {', '.join(changed)}: the same run, but not bit-identical to one run without "
              "the change (floating-point sums in another order); keep the settings to reproduce it exactly")
@@ -611,7 +617,7 @@ def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool, held: con
                 return result.to_json()
             (run_dir / "result.json").unlink()  # a failed run (e.g. out of memory) is retried, from its checkpoint
         if _started(run_dir):  # it trains on from a checkpoint (a kept result above trains nothing)
-            _warn_numeric_changes(run_dir, saved.get("train"), run_config["train"])
+            _warn_numeric_changes(run_dir, saved.get("train"), run_config["train"], saved.get("torch_version"))
         return None
     try:
         write_json(run_dir / "config.json", run_config)
@@ -846,6 +852,7 @@ def _train(cfg: TrainConfig, dd: _Dist, held: contextlib.ExitStack) -> dict:
     run_dir = Path(cfg.out_dir)
     run_config = {
         "ehrfm_version": __version__,
+        "torch_version": torch.__version__,  # another torch changes kernels: said when a resume crosses it
         "train": cfg.to_dict(),
         "model": model_cfg.to_dict(),
         "tokenizer_fingerprint": td.fingerprint,

@@ -253,6 +253,26 @@ def test_a_resume_that_changes_the_micro_batch_says_it_is_not_bit_identical(tok,
                             "another order); keep the settings to reproduce it exactly"]
 
 
+def test_a_resume_under_another_torch_says_it_is_not_bit_identical(tok, tmp_path, capsys):
+    """config.json records the torch that began the run: a resume after upgrading torch (other kernels, sums in
+    another order) reached a different loss with no word, where the README promises bit-identical resumes."""
+    import torch
+
+    kw = dict(tokens_dir=str(tok), out_dir=str(tmp_path / "run"), n_layer=1, d_model=32, n_head=2, context=64,
+              tokens=3_000, batch_size=4, eval_tokens=1024, seed=1)
+    request_stop()
+    assert train(TrainConfig(**kw))["status"] == "interrupted"
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["torch_version"] == torch.__version__
+    (tmp_path / "run" / "config.json").write_text(json.dumps({**config, "torch_version": "2.0.0"}))
+    capsys.readouterr()
+    assert train(TrainConfig(**kw))["status"] == "completed"
+    said = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
+    assert said == [f"ehrfm: warning: resuming {tmp_path / 'run'} with torch 2.0.0 -> {torch.__version__}: the same run, "
+                    "but not bit-identical to one run without the change (floating-point sums in another order); keep "
+                    "the settings to reproduce it exactly"]
+
+
 def test_a_checkpoint_that_cannot_be_written_names_itself(tok, tmp_path):
     """A write limit (`ulimit -f`; a full quota fails alike) made the run fail with "SafetensorError: ...
     File too large (os error 27)": no path, so no way to tell which disk. Now the run's error names the
