@@ -245,6 +245,48 @@ def test_zoned_labels_beside_naive_data_are_refused_by_every_reader(data, tmp_pa
     assert h.labels.height == labels.height
 
 
+def test_naive_labels_beside_zoned_data_are_refused_unless_ehrfm_wrote_them(data, tmp_path, capsys):
+    """A review helper: MEDS times zoned Asia/Tokyo (read as UTC instants) and labels on the same wall clock
+    with the zone stripped: each label sat 9 h after its history, and probe scored AUROC 1.000 (0.710 on the
+    naive data) without a word. Labels without a zone beside zoned data are now refused by every reader, unless
+    `ehrfm labels` wrote them (its sidecar: UTC instants); the same labels given their zone are read."""
+    import shutil
+
+    from ehrfm.clinical.probe import load_label_histories
+    from ehrfm.meds_io import open_meds
+    from ehrfm.tokens import TokenDir
+
+    meds, tok = tmp_path / "tokyo", tmp_path / "tok"
+    shutil.copytree(data["meds"], meds)
+    for shard in (meds / "data").rglob("*.parquet"):  # the same instants, written on the Tokyo clock
+        t = pl.read_parquet(shard)
+        t.with_columns(pl.col("time").dt.replace_time_zone("UTC").dt.convert_time_zone("Asia/Tokyo")).write_parquet(shard)
+    open_meds(meds)  # its one zone warning, said once per process
+    assert main(["tokenize", str(meds), "--out", str(tok), "--tokenizer", str(data["tok"] / "tokenizer.json")]) == 0
+    td = TokenDir(tok)
+    assert td.meds_time_zones == ["Asia/Tokyo"]
+    assert main(["labels", str(meds), "--task", "icu_admission", "--out", str(tmp_path / "ours" / "icu_admission.parquet")]) == 0
+    ours = pl.read_parquet(tmp_path / "ours" / "icu_admission.parquet")
+    assert ours.equals(pl.read_parquet(data["labels"] / "icu_admission.parquet"))  # UTC instants, as on the naive data
+    assert load_label_histories(td, tmp_path / "ours" / "icu_admission.parquet", None, 0).labels.height == ours.height
+    wall = tmp_path / "wall" / "icu_admission.parquet"  # the Tokyo wall clock, its zone stripped
+    wall.parent.mkdir()
+    local = pl.col("prediction_time").dt.replace_time_zone("UTC").dt.convert_time_zone("Asia/Tokyo")
+    ours.with_columns(local.dt.replace_time_zone(None)).write_parquet(wall)
+    says = f"label file {wall}: column prediction_time has no time zone, and the times of"
+    with pytest.raises(UserError, match=says) as e:
+        load_label_histories(td, wall, None, 0)
+    assert "are in Asia/Tokyo" in str(e.value) and "replace_time_zone('Asia/Tokyo')" in str(e.value)
+    refused(capsys, "audit", meds, "--labels", wall, says=says)
+    refused(capsys, "baseline", meds, "--labels", wall, "--out", tmp_path / "b", "--bootstrap", 0, says=says)
+    assert not (tmp_path / "b").exists()
+    zoned = tmp_path / "zoned" / "icu_admission.parquet"  # the same labels given their zone: the right instants
+    zoned.parent.mkdir()
+    pl.read_parquet(wall).with_columns(pl.col("prediction_time").dt.replace_time_zone("Asia/Tokyo")).write_parquet(zoned)
+    got = load_label_histories(td, zoned, None, 0).labels
+    assert got.select("subject_id", "prediction_time").equals(ours.select("subject_id", "prediction_time"))
+
+
 def test_utc_by_any_name_is_the_naive_clock_and_empty_outs_and_stale_tasks_are_named(data, tmp_path, capsys):
     """A review helper: labels zoned Etc/UTC or GMT were refused as hours off the data (only "UTC" counted as UTC);
     `audit --out ''` wrote nothing silently and `labels --task all --out ''` named '.'; `audit --task` overrode

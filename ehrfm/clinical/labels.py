@@ -1009,7 +1009,9 @@ def read_labels(path: str | os.PathLike, allow_empty: bool = False, data_zones: 
     zones other than UTC of the MEDS times the labels are read against, `data` naming them; None:
     not known), a zone other than UTC beside data whose times have none is refused: that label
     is hours off its history, and read as UTC it put the outcome inside 25% of ICU-admission
-    histories (probe AUROC 0.887 instead of 0.807, with only a warning).
+    histories (probe AUROC 0.887 instead of 0.807, with only a warning). Likewise labels without a
+    zone beside data with one, unless `ehrfm labels` wrote them (a sidecar: UTC instants, as it reads
+    the data): their clock cannot be told.
 
     Only boolean labels are used by the heads. Columns are cast to the schema's types; null
     labels or prediction times, and types that would be cast by guessing (`_check_label_types`),
@@ -1033,6 +1035,7 @@ def read_labels(path: str | os.PathLike, allow_empty: bool = False, data_zones: 
     else:
         raise UserError(f"label file {path} not found")
     frames = []
+    own_split = []  # files that carry a split of their own, said once below
     for f in files:
         try:
             table = pq.read_table(f)
@@ -1040,6 +1043,8 @@ def read_labels(path: str | os.PathLike, allow_empty: bool = False, data_zones: 
             refuse_repeated_columns(f, "label file")  # readable, but a column named twice
             raise UserError(f"label file {f} is not a readable parquet file ({type(e).__name__})") from None
         cols = set(table.column_names)
+        if "split" in cols or (path.is_dir() and any(d.startswith("split=") for d in f.relative_to(path).parts[:-1])):
+            own_split.append(f)
         for col in ("subject_id", "prediction_time", "boolean_value"):
             if col not in cols:
                 old = [o for o, c in LEGACY_COLUMNS.items() if c == col and o in cols]
@@ -1058,6 +1063,17 @@ def read_labels(path: str | os.PathLike, allow_empty: bool = False, data_zones: 
                             "none: read as UTC instants, each prediction time would sit hours off its history (look-ahead). "
                             "Write the labels on the data's clock without a zone (polars: "
                             "pl.col('prediction_time').dt.replace_time_zone(None) keeps the wall clock)")
+        if data_zones and zone is None and recorded_task(f) is None:
+            # The data's zoned times are read as UTC instants (meds_io.scan_shard); a naive label time is
+            # on no known clock. Written on the data's wall clock (the zone stripped), it sat 9 h after its
+            # history beside Asia/Tokyo data: probe AUROC 1.000 instead of 0.710, without a word.
+            # `ehrfm labels` (its sidecar) writes UTC instants, so those are read as they are.
+            zones = ", ".join(data_zones)
+            raise UserError(f"label file {f}: column prediction_time has no time zone, and the times of {data} are in "
+                            f"{zones} (read as UTC instants): on which clock the labels are cannot be told, and on the "
+                            "data's wall clock each would sit hours off its history (look-ahead). Give them their zone "
+                            f"(polars: pl.col('prediction_time').dt.replace_time_zone('{data_zones[0]}') for wall-clock "
+                            "times, or 'UTC' for UTC instants)")
         for col in ("subject_id", "prediction_time", "boolean_value"):
             nulls = frame[col].null_count()
             if nulls:
@@ -1079,7 +1095,7 @@ def read_labels(path: str | os.PathLike, allow_empty: bool = False, data_zones: 
             frame = frame.with_columns(cast.alias(col))
         frames.append(frame)
     labels = pl.concat(frames).sort("subject_id", "prediction_time", maintain_order=True)
-    _say_split_ignored(path, files)
+    _say_split_ignored(path, own_split)
     LabelSchema.validate(to_label_table(labels))
     if labels.height == 0 and not allow_empty:
         raise UserError(f"label file {path} has no rows")
@@ -1145,20 +1161,14 @@ def _check_label_types(path: Path, frame: pl.DataFrame) -> pl.DataFrame:
 _SPLIT_SAID: set[str] = set()  # once per label file and process, not once per head of a sweep
 
 
-def _say_split_ignored(path: Path, files: list[Path]) -> None:
-    """One warning when a label file carries its own split (a `split` column, hive `split=` folders).
+def _say_split_ignored(path: Path, own_split: list[Path]) -> None:
+    """One warning when label files under `path` carry their own split (`own_split`, read by read_labels).
 
-    The heads score by the patient splits of the token dir the model was trained on (never a
+    `own_split` lists the files with a `split` column or under hive `split=` folders. The heads score by the patient splits of the token dir the model was trained on (never a
     held-out patient the model saw), the baseline and the audit by the MEDS data's: a label file's
     own split was ignored without a word, and its user read held-out AUROCs of other patients.
     """
-    import pyarrow.parquet as pq
-
-    def folders(f: Path) -> tuple[str, ...]:
-        return f.relative_to(path).parts[:-1] if path.is_dir() else ()
-
-    own = [f for f in files if "split" in pq.read_schema(f).names or any(d.startswith("split=") for d in folders(f))]
-    if not own or str(path) in _SPLIT_SAID:
+    if not own_split or str(path) in _SPLIT_SAID:
         return
     _SPLIT_SAID.add(str(path))
     from ehrfm.meds_io import warn
