@@ -582,7 +582,25 @@ def check_columns(path: Path, metadata: dict | None = None) -> dict:
         if col in schema and not ok(schema[col]):
             raise UserError(f"MEDS shard {path}: column {col} is {schema[col]}, not {want} (the MEDS {MEDS_VERSION} "
                             f"DataSchema); convert it in the ETL: ehrfm does not guess ids, units or time zones")
+    if schema.get(TIME) == pl.Datetime("ms") and is_arrow_date(path, TIME):
+        # parquet's date64 reads as a millisecond timestamp: refused as date32 is (events at 00:00, before
+        # the prediction times of their own day: labels leaked the day's outcomes, tokenize said nothing)
+        raise UserError(f"MEDS shard {path}: column {TIME} is date64 (dates, no time of day), not "
+                        f"{COLUMN_TYPES[TIME][1]} (the MEDS {MEDS_VERSION} DataSchema); convert it in the ETL: ehrfm "
+                        "does not guess ids, units or time zones")
     return schema
+
+
+def is_arrow_date(path: Path, column: str) -> bool:
+    """Is `column` of parquet file `path` stored as an arrow date (date32 or date64: no time of day)?
+
+    polars reads date64 as Datetime("ms"), so its schema alone cannot tell a date from a timestamp.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    return column in schema.names and pa.types.is_date(schema.field(column).type)
 
 
 # What each column's parquet type may be. Any integer width or timestamp unit, a time zone (read as

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ehrfm.app.cli import main
-from ehrfm.clinical.labels import make_labels, write_labels
+from ehrfm.clinical.labels import make_labels, read_labels, write_labels
 from ehrfm.errors import UserError
 from ehrfm.meds_io import open_meds
 from ehrfm.tokens import TokenDir
@@ -226,6 +226,32 @@ def test_wrongly_typed_or_null_columns_are_refused_by_every_reader_in_one_line(t
         line = one_error_line(capsys)
         assert str(meds / "data" / "train" / "0.parquet") in line and named in line, (name, line)
     assert not any((tmp_path / n).exists() for n in ("tok", "lab", "base"))
+
+
+def test_a_date64_time_column_is_refused_as_dates_are(tmp_path, capsys):
+    """A review helper: a time column stored as parquet date64 reads in polars as a millisecond timestamp, so it
+    passed as one: every event at 00:00, before the prediction times of its own day, and labels leaked (the
+    audit found 12 readmission labels with their outcome inside). Refused as date32 is, by every reader (a label
+    file's date64 prediction_time already was)."""
+    ok = write_dataset(tmp_path / "ok", {"train": list(range(1, 9))})
+    labels, info = make_labels(ok, "long_los")
+    write_labels(labels, tmp_path / "los.parquet", info)
+    meds = write_dataset(tmp_path / "meds", {"train": list(range(1, 9))})
+    shard = meds / "data" / "train" / "0.parquet"
+    table = pq.read_table(shard)
+    at = table.schema.get_field_index("time")
+    pq.write_table(table.set_column(at, "time", table["time"].cast(pa.date64())), shard)
+    capsys.readouterr()
+    for name, argv in reader_commands(meds, tmp_path / "los.parquet", tmp_path).items():
+        assert main(argv) == 2, name
+        line = one_error_line(capsys)
+        assert f"MEDS shard {shard}: column time is date64 (dates, no time of day), not a timestamp" in line, (name, line)
+    assert not any((tmp_path / n).exists() for n in ("tok", "lab", "base"))
+    table = pq.read_table(tmp_path / "los.parquet")
+    at = table.schema.get_field_index("prediction_time")
+    pq.write_table(table.set_column(at, "prediction_time", table["prediction_time"].cast(pa.date64())), tmp_path / "d.parquet")
+    with pytest.raises(UserError, match="column prediction_time is Date, not a timestamp"):  # read from arrow as Date
+        read_labels(tmp_path / "d.parquet")
 
 
 def test_a_subject_in_two_splits_is_refused(tmp_path, capsys):
