@@ -92,7 +92,8 @@ def interval_problem(draws, confidence: float = 0.95) -> str:
     lo, hi = np.percentile(ok, [tail, 100 - tail])
     if np.isclose(lo, hi, rtol=1e-9, atol=1e-12):
         return (f"zero width: every replicate gives {lo:.3g}, so the design fixes it (e.g. one model size per budget) "
-                "and the bootstrap cannot measure its uncertainty")
+                "or the losses carry no noise to resample (exact synthetic losses), and the bootstrap cannot measure its "
+                "uncertainty")
     return ""
 
 

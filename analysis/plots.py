@@ -191,7 +191,8 @@ def plot_isoflops(ax, fit, results, label: str | None = None, color=None) -> Non
         # The held-out budget's minimum as predicted from the smaller budgets (open diamond, with
         # its interval) beside the star its own runs give.
         lo, hi = (h.get("predicted_loss_ci") or [None, None])
-        yerr = [[h["predicted_loss"] - lo], [hi - h["predicted_loss"]]] if lo is not None and hi is not None and np.isfinite([lo, hi]).all() else None
+        # clipped at 0: an interval that excludes its estimate (said in the fit's warnings) must not stop the plots
+        yerr = [[max(h["predicted_loss"] - lo, 0)], [max(hi - h["predicted_loss"], 0)]] if lo is not None and hi is not None and np.isfinite([lo, hi]).all() else None
         pc = "tab:red" if color is None else color
         ax.errorbar([h["predicted_n_opt"]], [h["predicted_loss"]], yerr=yerr, fmt="D", ms=7, mfc="none", color=pc,
                     mec=pc, ecolor=pc, mew=1.4, capsize=3, zorder=5,

@@ -161,7 +161,12 @@ def _usable(fit_json: dict) -> tuple[dict, dict]:
             why[f"utility/{task}"] = f"the utility law of {task} lacks one of {', '.join(UTILITY_NEEDED)} or holds non-numbers"
     inputs = out.get("inputs")
     # a non-number where `inputs` holds a number (budgets, sizes) is unknown, like a missing key: never a traceback
-    out["inputs"] = {key: v for key, v in inputs.items() if key not in INPUT_NUMBERS or _is_number(v)} if isinstance(inputs, dict) else {}
+    # Counts and budgets are positive (bootstrap may be 0): a hand-edited -1 budget was a math domain traceback.
+    def fits_input(key, v) -> bool:
+        return key not in INPUT_NUMBERS or (_is_number(v) and v is not None and math.isfinite(v)
+                                            and (v > 0 or (key == "bootstrap" and v == 0)))
+
+    out["inputs"] = {key: v for key, v in inputs.items() if fits_input(key, v)} if isinstance(inputs, dict) else {}
     return out, why
 
 

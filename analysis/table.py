@@ -599,7 +599,9 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss", na
     res = res.subset(keep)
     res.budget = group_budgets(res.flops, res.budget)
     _refuse_crowded_budgets(source, res)
-    return res
+    # Row order is not data: the same table exported in another order drew other bootstrap replicates at
+    # the same seed (every interval moved). Runs are fitted in one order: budget, N, D, loss, run_id.
+    return res.subset(np.lexsort((res.run_id.astype(str), res.loss, res.tokens, res.n_params, res.budget)))
 
 
 def _refuse_crowded_budgets(source: str, res: Results) -> None:

@@ -308,6 +308,10 @@ def test_a_minimal_table_split_into_tiny_groups_gets_a_hint():
     with warnings.catch_warnings():
         warnings.simplefilter("error", FitWarning)
         fit_results(_small().drop("budget"), approaches=(1,), bootstrap=0)  # grouped into 3 groups of 5: no hint
+    # one group of 2 among groups of 5 (flops scattered about their budget) is said too (it was only when most were)
+    few = _small().drop("budget").with_row_index("i").filter(~pl.col("i").is_in([0, 1, 2])).drop("i")
+    with pytest.warns(FitWarning, match=r"into 3 IsoFLOP budgets, 1 of them with fewer than 3 runs: add a budget column"):
+        fit_results(few, approaches=(1,), bootstrap=0)
 
 
 def test_a_parabola_with_an_incredible_minimum_is_not_used():

@@ -138,3 +138,14 @@ def test_replicate_seeds_test_the_parabola_against_their_own_scatter():
     smallest = min(fit.approach2.budgets, key=lambda b: b.budget)
     assert not smallest.used and smallest.lack_of_fit_test == "pure error" and smallest.lack_of_fit_p < 0.01
     assert all(b.used for b in fit.approach2.budgets if b is not smallest)
+
+
+def test_the_row_order_of_a_table_does_not_move_any_interval():
+    """A review helper shuffled a results table's rows: the point estimates stayed, every interval moved
+    (Approach 2's a [0.361, 0.551] -> [0.372, 0.543], the held-out N_opt's upper end 4.25e10 -> 2.55e14 at 30
+    replicates), as the replicates resampled rows by position. Runs are now fitted in one canonical order."""
+    t = synthetic_results(BESIROGLU, budgets=np.logspace(18, 21, 4), sizes=6, noise=0.01, seed=4)
+    fits = [fit_results(order, bootstrap=40, seed=0).to_json()
+            for order in (t, t.reverse(), t.sample(fraction=1.0, shuffle=True, seed=1))]
+    assert fits[0]["approach2"]["a_ci"][0] < fits[0]["approach2"]["a_ci"][1]
+    assert fits[1] == fits[0] and fits[2] == fits[0]

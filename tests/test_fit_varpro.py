@@ -23,6 +23,27 @@ def test_varpro_recovers_a_noiseless_law(law):
     assert f.at_bound == [] and f.rss < 1e-8
 
 
+def test_a_noiseless_table_fits_and_plots_with_intervals_around_their_estimates(tmp_path):
+    """A review helper's sanity check: Hoffmann et al.'s law without noise. The fit crashed in its plot
+    ("'yerr' must not contain negative values"): Approach 3's replicates were refitted to 1e-4 in ln alpha,
+    the point fit to 1e-7, so alpha 0.34 got [0.33997, 0.33999] and the held-out loss an interval beside
+    its estimate. Now every interval holds its estimate, and one that does not is said in the warnings."""
+    from analysis.fit import intervals_off_their_estimate
+
+    t = synthetic_results(HOFFMANN, budgets=np.logspace(18, 22, 5), sizes=7, noise=0.0, seed=0)
+    fit = fit_results(t, bootstrap=50, seed=0)
+    fits = fit.to_json()
+    assert intervals_off_their_estimate(fits) == []
+    assert not any("exclude their own estimate" in w for w in fit.warnings)
+    lo, hi = fits["approach3"]["alpha_ci"]
+    assert lo <= HOFFMANN.alpha + 1e-6 and hi >= HOFFMANN.alpha - 1e-6 and hi - lo < 1e-5
+    write_fits(fit, tmp_path / "fit", results=load_results(t))  # with its plots
+    assert (tmp_path / "fit" / "isoflops.png").stat().st_size > 0
+    off = {"a": 0.45, "a_ci": [0.46, 0.47], "budgets": [{"n_opt": 5.0, "n_opt_ci": [1.0, 9.0]},
+                                                        {"n_opt": 5.0, "n_opt_ci": [6.0, 9.0]}], "b_ci": [None, None]}
+    assert intervals_off_their_estimate({"approach2": off}) == ["approach2.a", "approach2.budgets[1].n_opt"]
+
+
 def test_nnls_never_returns_negative_coefficients():
     # Loss that does not depend on N at all: the N term's coefficient is 0 or negligible, never negative.
     # (Not exactly 0: at alpha's lower bound N^-alpha is nearly constant, 0.83-0.87 here, so E and the

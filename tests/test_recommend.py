@@ -169,6 +169,18 @@ def test_missing_and_null_keys_leave_the_other_approaches_usable(small_fit_dir, 
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "approach3 lacks G" in p.stderr, p.stderr
 
 
+def test_hand_edited_nonpositive_inputs_are_never_a_traceback(small_fit_dir, tmp_path):
+    """A review helper set inputs.min_budget and max_budget to -1: `ehrfm recommend` died in a math domain
+    error. Budgets and counts that are not positive numbers are now not read (as a missing one)."""
+    def damaged(j):
+        j["inputs"].update(min_budget=-1, max_budget=-1, unique_tokens=0, context=-5)
+
+    fit = _edited(small_fit_dir, tmp_path, damaged)
+    p = _cli(fit, "--flops", "1e19")
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-600:]
+    assert recommend(fit, 1e19).n_opt > 0
+
+
 def test_huge_budgets_print_compact_numbers(tmp_path):
     """recommend --flops 1e30: epochs, token counts and the extrapolation factor in scientific notation
     (the law of the tester's sweep: N_opt ~ 10 C^0.2, D_opt ~ 0.017 C^0.8; 2e5 unique tokens)."""
