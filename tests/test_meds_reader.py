@@ -254,6 +254,24 @@ def test_a_date64_time_column_is_refused_as_dates_are(tmp_path, capsys):
         read_labels(tmp_path / "d.parquet")
 
 
+def test_events_before_birth_are_counted_and_said(tmp_path, capsys):
+    """A review helper moved one subject's MEDS_BIRTH past all its events (MEDS from another tool): tokenize
+    gave it the youngest age token without a word. Now counted per split in stats.json and said once."""
+    meds = write_dataset(tmp_path / "meds", {"train": [1, 2, 3, 4], "tuning": [5, 6], "held_out": [7, 8]})
+    shard = meds / "data" / "train" / "0.parquet"
+    late = pl.col("time").dt.offset_by("300y")
+    pl.read_parquet(shard).with_columns(pl.when((pl.col("code") == "MEDS_BIRTH") & pl.col("subject_id").is_in([2, 3]))
+                                        .then(late).otherwise(pl.col("time")).alias("time")).write_parquet(shard)
+    capsys.readouterr()
+    assert main(["tokenize", str(meds), "--out", str(tmp_path / "tok"), "--min-count", "1"]) == 0
+    stats = json.loads((tmp_path / "tok" / "stats.json").read_text())
+    assert [stats["splits"][s]["subjects_with_events_before_birth"] for s in ("train", "tuning", "held_out")] == [2, 0, 0]
+    said = [line for line in capsys.readouterr().err.splitlines() if "before their MEDS_BIRTH" in line]
+    assert said == ["ehrfm: warning: tokenize: 2 subjects have events before their MEDS_BIRTH (train 2; stats.json "
+                    "subjects_with_events_before_birth): their birth or event times are wrong in the MEDS data, and their "
+                    "age token is the youngest bin"]
+
+
 def test_a_subject_in_two_splits_is_refused(tmp_path, capsys):
     meds = write_dataset(tmp_path / "meds", {"train": list(range(1, 9)), "held_out": [9, 10]})
     write_shard(meds / "data" / "held_out" / "1.parquet", subject(3) + subject(4))  # 3, 4 also in train

@@ -706,7 +706,11 @@ class _Encoder:
         nv = df["numeric_value"]
         counts = {"code_events": df.height, "code_tokens": len(code_tok) + n_static_tokens,
                   "unk_events": int((status == UNKNOWN).sum()), "coarsened_events": int((status == COARSENED).sum()),
-                  "non_finite_values": int((nv.is_not_null() & ~(nv.abs() <= FLOAT32_MAX)).sum())}
+                  "non_finite_values": int((nv.is_not_null() & ~(nv.abs() <= FLOAT32_MAX)).sum()),
+                  # a birth after the first event: an impossible timeline (ehrfm's ETL drops such events as
+                  # time_outside_lifetime); its age token is the youngest bin, so it is counted and said
+                  "subjects_with_events_before_birth": int((subjects["birth"].is_not_null()
+                                                            & (subjects["first"] < subjects["birth"])).sum())}
         unk_codes = df.filter(pl.col("status") == UNKNOWN).group_by("code").len()
         return tokens, times, index, counts, dict(unk_codes.iter_rows())
 
@@ -856,6 +860,7 @@ def _split_stats(st: dict) -> dict:
         "coarsened_events": st["coarsened_events"],
         "coarsened_fraction": round(st["coarsened_events"] / n_ev, 6),
         "non_finite_values": st["non_finite_values"],
+        "subjects_with_events_before_birth": st["subjects_with_events_before_birth"],
     }
 
 
@@ -883,7 +888,8 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
         code became UNK, over code_events); coarsened_events and coarsened_fraction (code events
         encoded by a fallback ancestor or a truncated hierarchy, over code_events; 0 when flat);
         non_finite_values (numeric values that are NaN, +-inf or beyond float32's range: read as no
-        value, so no Q token).
+        value, so no Q token); subjects_with_events_before_birth (a MEDS_BIRTH after the subject's
+        first event: their age token is the youngest bin).
 
     Raises:
         UserError: missing or invalid input, `out` exists without overwrite, a mode that
@@ -906,7 +912,8 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
         (tmp / "tokenizer.json").write_text(_tokenizer_json(tok), encoding="utf-8")
         jobs = [sh for s in SPLITS for sh in shards.get(s, [])]
         state = {s: dict(subjects=0, events=0, tokens=0, code_events=0, code_tokens=0, unk_events=0,
-                         coarsened_events=0, non_finite_values=0, max_token_id=-1, index=[], unk_codes={}) for s in shards}
+                         coarsened_events=0, non_finite_values=0, subjects_with_events_before_birth=0, max_token_id=-1,
+                         index=[], unk_codes={}) for s in shards}
         files = {}
         for s in shards:
             (tmp / s).mkdir()
@@ -937,6 +944,11 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
     if odd:  # read as no value (the code's token stays): said once, not only in stats.json
         warn(f"tokenize: {sum(odd.values()):,} numeric values are NaN, +-inf or beyond float32's range and were read as "
              f"no value, their codes kept ({', '.join(f'{s} {n:,}' for s, n in odd.items())}; stats.json non_finite_values)")
+    early = {s: v["subjects_with_events_before_birth"] for s, v in stats["splits"].items() if v["subjects_with_events_before_birth"]}
+    if early:  # an impossible timeline from another ETL (a birth or event time wrong): said, never silently an age
+        warn(f"tokenize: {sum(early.values()):,} subjects have events before their {BIRTH_CODE} "
+             f"({', '.join(f'{s} {n:,}' for s, n in early.items())}; stats.json subjects_with_events_before_birth): their "
+             "birth or event times are wrong in the MEDS data, and their age token is the youngest bin")
     seconds = time.time() - t0
     n_sub = sum(v["subjects"] for v in stats["splits"].values())
     n_ev = sum(v["events"] for v in stats["splits"].values())
