@@ -514,7 +514,9 @@ def fit_approach2(res: Results, rng: np.random.Generator, cfg: FitConfig, warn):
     pool = np.array([r for bf in fits for r in bf.residuals])
     method = cfg.approach2_bootstrap
     if R and method == "residuals" and pool.size < 3:
-        warn(f"Approach 2: {pool.size} residual(s) to resample (no used budget has more runs than its parabola has coefficients, 3); its intervals resample runs instead")
+        why = ("no used budget has more runs than its parabola has coefficients, 3" if any(bf.used for bf in fits)
+               else "no budget's parabola is used")  # it named the coefficients when every budget was left out
+        warn(f"Approach 2: {pool.size} residual(s) to resample ({why}); its intervals resample runs instead")
         method = "runs"
     for m, bf in zip(members, fits, strict=True):
         per_budget_draws.append(_bootstrap_budget(res, m, bf, pool, method, rng, cfg) if R and bf.coef and bf.coef[2] > 0 else None)
@@ -605,7 +607,10 @@ def _fit_budget_parabola(res: Results, members: np.ndarray, budget: float, cfg: 
         bf.reason = "minimum outside the sampled model sizes (extrapolated)"
     elif bf.lack_of_fit_p < LACK_OF_FIT_P:
         bf.reason = (f"the parabola does not fit its runs (residual SD {np.std(y - pred):.3g} vs {noise}; "
-                     f"lack-of-fit p = {bf.lack_of_fit_p:.2g}): the sizes are too far from this budget's optimum")
+                     f"lack-of-fit p = {bf.lack_of_fit_p:.2g}): its sizes span too far from the optimum for a parabola "
+                     "in ln N, or its runs differ by more than "
+                     + ("their seed replicates do (runs of one shape that differ in more than the seed?)"
+                        if bf.lack_of_fit_test == "pure error" else "their eval SE (training noise: seed replicates measure it)"))
     else:
         bf.used = True
         # Replicate seeds leave residual degrees of freedom even at 3 sizes (n - 3 > 0): the seeds' scatter

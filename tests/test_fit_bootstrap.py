@@ -137,6 +137,10 @@ def test_replicate_seeds_test_the_parabola_against_their_own_scatter():
         fit = fit_results(_replicate_table(seed_sd=0.003, off_centre=True), config=FitConfig(approaches=(2,), bootstrap=0, holdout=False))
     smallest = min(fit.approach2.budgets, key=lambda b: b.budget)
     assert not smallest.used and smallest.lack_of_fit_test == "pure error" and smallest.lack_of_fit_p < 0.01
+    # both readings are named (a review helper's seeds, one shape's copies 0.1% apart, were blamed on the ladder alone)
+    assert smallest.reason.endswith("its sizes span too far from the optimum for a parabola in ln N, or its runs differ by "
+                                    "more than their seed replicates do (runs of one shape that differ in more than the "
+                                    "seed?)"), smallest.reason
     assert all(b.used for b in fit.approach2.budgets if b is not smallest)
 
 
