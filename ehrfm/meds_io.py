@@ -368,6 +368,12 @@ def _check_folders_match_splits_file(ds: MedsDataset) -> None:
     if not (listed.schema[SUBJECT_ID].is_integer() and listed.schema["split"] in (pl.String, pl.Categorical)):
         return
     listed = listed.select(pl.col(SUBJECT_ID).cast(pl.Int64, strict=False), pl.col("split").cast(pl.String)).drop_nulls().unique()
+    present = ds.subject_splits()  # one scan of the shards' ids, for the three comparisons below
+    unlisted = present.join(listed.select(SUBJECT_ID), on=SUBJECT_ID, how="anti")
+    if unlisted.height:  # read by ehrfm from their folders, left out by the tools that read the file: said, with counts
+        by = ", ".join(f"{sp} {n}" for sp, n in unlisted.group_by("split").len().sort("split").iter_rows())
+        warn(f"{path} does not list {unlisted.height} subjects of the {DATA_DIR}/<split>/ folders ({by}): ehrfm reads them "
+             "from their folders, while MEDS tools that read the file (ACES, MEDS-Tab) leave them out")
     names = {n: split_name(n) for n in listed["split"].unique()}  # aliases (test, val) as for folder names
     other = sorted(n for n, s in names.items() if s is None)
     if other:  # e.g. fold_0: not compared, so say so (other tools reading the file see another split)
@@ -375,8 +381,8 @@ def _check_folders_match_splits_file(ds: MedsDataset) -> None:
         warn(f"{path}: split name(s) {', '.join(other)} are not MEDS splits ({', '.join(SPLITS)}): its {n} subjects "
              f"listed under them are not compared with the {DATA_DIR}/<split>/ folders ehrfm reads")
     listed = listed.select(SUBJECT_ID, pl.col("split").replace_strict(names, default=None).alias("listed")).drop_nulls()
-    _warn_listed_without_rows(path, listed.rename({"listed": "split"}), ds.subject_splits())
-    both = ds.subject_splits().join(listed, on=SUBJECT_ID).filter(pl.col("split") != pl.col("listed"))
+    _warn_listed_without_rows(path, listed.rename({"listed": "split"}), present)
+    both = present.join(listed, on=SUBJECT_ID).filter(pl.col("split") != pl.col("listed"))
     if both.height:
         a, b, n = both.group_by("split", "listed").len().sort("len", "split", "listed", descending=[True, False, False]).row(0)
         raise UserError(f"MEDS dataset {ds.root}: {both.height} subjects are in another split in {SUBJECT_SPLITS_FILE} than "

@@ -173,6 +173,15 @@ def test_a_splits_file_that_names_other_splits_or_absent_subjects_is_said(demo_m
     err = capsys.readouterr().err
     assert f"split name(s) fold_1 are not MEDS splits (train, tuning, held_out): its {n_tuning} subjects" in err, err
     assert "2 listed subjects have no rows in data/ (held_out 1, train 1)" in err, err
+    # a subject of a train folder the file does not list: ehrfm trains on it, ACES and MEDS-Tab leave it out (was silent)
+    one = sp.filter(pl.col("split") == "train")["subject_id"][0]
+    sp.filter(pl.col("subject_id") != one).write_parquet(path)
+    capsys.readouterr()
+    open_meds(meds)
+    assert f"{path} does not list 1 subjects of the data/<split>/ folders (train 1): ehrfm reads them" in capsys.readouterr().err
+    sp.write_parquet(path)
+    open_meds(meds)
+    assert "does not list" not in capsys.readouterr().err
     _flat(meds)  # meds_etl's layout: the file holds the splits
     pl.concat([sp, absent]).write_parquet(path)
     open_meds(meds)

@@ -272,6 +272,20 @@ def test_events_before_birth_are_counted_and_said(tmp_path, capsys):
                     "age token is the youngest bin"]
 
 
+def test_a_dataset_without_a_tuning_split_is_said_at_tokenize(tmp_path, capsys):
+    """A review helper deleted data/tuning: tokenize succeeded without a word and `ehrfm train` first said
+    "no split 'tuning'". Now tokenize says it; a dataset with a tuning split (or applying a tokenizer to a
+    held-out set alone) does not."""
+    meds = write_dataset(tmp_path / "meds", {"train": [1, 2, 3, 4], "held_out": [7, 8]})
+    capsys.readouterr()
+    assert main(["tokenize", str(meds), "--out", str(tmp_path / "tok"), "--min-count", "1"]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "no tuning split" in line]
+    assert len(said) == 1 and said[0].startswith(f"ehrfm: warning: MEDS dataset {meds} has no tuning split: `ehrfm train`")
+    held = write_dataset(tmp_path / "held", {"held_out": [7, 8]})
+    assert main(["tokenize", str(held), "--out", str(tmp_path / "tok2"), "--tokenizer", str(tmp_path / "tok")]) == 0
+    assert "no tuning split" not in capsys.readouterr().err
+
+
 def test_a_subject_in_two_splits_is_refused(tmp_path, capsys):
     meds = write_dataset(tmp_path / "meds", {"train": list(range(1, 9)), "held_out": [9, 10]})
     write_shard(meds / "data" / "held_out" / "1.parquet", subject(3) + subject(4))  # 3, 4 also in train

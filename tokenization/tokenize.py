@@ -902,6 +902,10 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
         raise UserError(f"MEDS dataset {meds} not found")
     cfg, ds, tok = _resolve(meds, out, tokenizer, overwrite, min_count, codes, options)
     shards = ds.shards
+    if "train" in shards and "tuning" not in shards:  # said now, not first at `ehrfm train` ("no split 'tuning'")
+        warn(f"MEDS dataset {meds} has no tuning split: `ehrfm train` measures its validation loss on the token dir's "
+             "tuning split and refuses a token dir without one (give the MEDS data a tuning split: `ehrfm etl "
+             "--split-fractions`, or move some train subjects' shards to data/tuning/)")
     enc = _Encoder(tok)
 
     stats = {"vocab_size": len(enc.vocab), "dtype": np.dtype(enc.dtype).name, "codes": enc.mode, "splits": {},
