@@ -158,6 +158,9 @@ class Approach2:
     n_budgets_used: int
     budgets: list[BudgetFit]
     bootstrap_method: str | None = None  # "residuals" or "runs" (None: no bootstrap)
+    # Used budgets whose L_min interval excludes the loss law's L_min (loss_law_misses): a power law without a
+    # floor bends away from the minima, and its loss intervals (from the same replicates) are then too narrow.
+    loss_law_misses: list[float] = field(default_factory=list)
 
     n_opt = Approach1.n_opt
     d_opt = Approach1.d_opt
@@ -545,8 +548,27 @@ def fit_approach2(res: Results, rng: np.random.Generator, cfg: FitConfig, warn):
     fit = Approach2(
         **{k: float(point[j]) for j, k in enumerate(A12_KEYS)}, **{f"{k}_ci": ci[k] for k in A12_KEYS},
         r2_n=r2_n, r2_d=r2_d, n_budgets_used=len(used), budgets=fits, bootstrap_method=method if R else None,
+        loss_law_misses=loss_law_misses(fits, l_coef, l_exp),
     )
+    if fit.loss_law_misses:
+        gap = max(abs(l_coef * bf.budget**l_exp / bf.loss_min - 1) for bf in fits if bf.budget in fit.loss_law_misses)
+        warn(f"Approach 2: its loss law L_min = {l_coef:.3g} C^{l_exp:.3g} lies outside the L_min interval of "
+             f"{len(fit.loss_law_misses)} of its {len(used)} budgets (by up to {gap:.2%}): a power law without a floor "
+             "bends away from the minima, so its predicted losses' intervals are too narrow (Approach 3 has a floor, E)")
     return fit, {f"approach2/{k}": draws[:, j] for j, k in enumerate(A12_KEYS)}
+
+
+def loss_law_misses(budgets: list[BudgetFit], coef: float, exponent: float) -> list[float]:
+    """The used budgets (FLOPs) whose L_min interval excludes coef * C^exponent, the loss law's L_min there.
+
+    Budgets without an interval (no bootstrap, or none available) are not judged.
+    """
+    out = []
+    for bf in budgets:
+        lo, hi = bf.loss_min_ci
+        if bf.used and np.isfinite([lo, hi]).all() and not lo <= coef * bf.budget**exponent <= hi:
+            out.append(float(bf.budget))
+    return out
 
 
 def _fit_budget_parabola(res: Results, members: np.ndarray, budget: float, cfg: FitConfig) -> BudgetFit:

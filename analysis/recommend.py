@@ -488,6 +488,11 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
             notes.append(f"Approach {p.approach}'s predicted loss {p.loss:.4g} is {abs(p.loss / by_k[3].loss - 1):.0%} "
                          f"{'below' if p.loss < by_k[3].loss else 'above'} Approach 3's frontier ({by_k[3].loss:.4g}, with its "
                          "irreducible loss E): its L_min ~ C^k power law has no floor; take its loss as rough here")
+    misses = (fit_json.get("approach2") or {}).get("loss_law_misses")
+    if isinstance(misses, list) and misses and any(p.approach == 2 for p in preds):
+        # its loss interval comes from replicates of the same misfitting law: narrower than the law's own miss
+        notes.append(f"Approach 2's loss law lies outside the L_min interval of {len(misses)} of its fitted budgets "
+                     "(fits.json approach2.loss_law_misses): its predicted loss interval is too narrow; take the loss as rough")
     if not head.trusted:
         notes.append(f"Approach {head.approach} is not trusted: {head.why_untrusted}")
     max_budget = float(inputs.get("max_budget") or "nan")
