@@ -848,6 +848,12 @@ def _encode_shards(enc: _Encoder, jobs: list, state: dict, files: dict) -> None:
              f"requires (first: {next(iter(unsorted))}): read sorted, rows at one time in their file order")
 
 
+def _split_counts(stats: dict, key: str) -> tuple[int, str]:
+    """(the sum of stats.json's per-split `key`, "train 2, held_out 1" for the splits where it is not 0)."""
+    counts = {s: v[key] for s, v in stats["splits"].items() if v[key]}
+    return sum(counts.values()), ", ".join(f"{s} {n:,}" for s, n in counts.items())
+
+
 def _split_stats(st: dict) -> dict:
     """One split's entry of stats.json from its running counts (see tokenize's Returns)."""
     n_ev = max(st["code_events"], 1)
@@ -944,15 +950,15 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
         write_json(tmp / "stats.json", stats)
         write_json(tmp / "config.json", cfg)
     _warn_unknown_codes(state, stats, tokenizer, cfg.min_count)
-    odd = {s: v["non_finite_values"] for s, v in stats["splits"].items() if v["non_finite_values"]}
-    if odd:  # read as no value (the code's token stays): said once, not only in stats.json
-        warn(f"tokenize: {sum(odd.values()):,} numeric values are NaN, +-inf or beyond float32's range and were read as "
-             f"no value, their codes kept ({', '.join(f'{s} {n:,}' for s, n in odd.items())}; stats.json non_finite_values)")
-    early = {s: v["subjects_with_events_before_birth"] for s, v in stats["splits"].items() if v["subjects_with_events_before_birth"]}
-    if early:  # an impossible timeline from another ETL (a birth or event time wrong): said, never silently an age
-        warn(f"tokenize: {sum(early.values()):,} subjects have events before their {BIRTH_CODE} "
-             f"({', '.join(f'{s} {n:,}' for s, n in early.items())}; stats.json subjects_with_events_before_birth): their "
-             "birth or event times are wrong in the MEDS data, and their age token is the youngest bin")
+    total, per_split = _split_counts(stats, "non_finite_values")
+    if total:  # read as no value (the code's token stays): said once, not only in stats.json
+        warn(f"tokenize: {total:,} numeric values are NaN, +-inf or beyond float32's range and were read as "
+             f"no value, their codes kept ({per_split}; stats.json non_finite_values)")
+    total, per_split = _split_counts(stats, "subjects_with_events_before_birth")
+    if total:  # an impossible timeline from another ETL (a birth or event time wrong): said, never silently an age
+        warn(f"tokenize: {total:,} subjects have events before their {BIRTH_CODE} ({per_split}; stats.json "
+             "subjects_with_events_before_birth): their birth or event times are wrong in the MEDS data, and their "
+             "age token is the youngest bin")
     seconds = time.time() - t0
     n_sub = sum(v["subjects"] for v in stats["splits"].values())
     n_ev = sum(v["events"] for v in stats["splits"].values())

@@ -1164,9 +1164,10 @@ _SPLIT_SAID: set[str] = set()  # once per label file and process, not once per h
 def _say_split_ignored(path: Path, own_split: list[Path]) -> None:
     """One warning when label files under `path` carry their own split (`own_split`, read by read_labels).
 
-    `own_split` lists the files with a `split` column or under hive `split=` folders. The heads score by the patient splits of the token dir the model was trained on (never a
-    held-out patient the model saw), the baseline and the audit by the MEDS data's: a label file's
-    own split was ignored without a word, and its user read held-out AUROCs of other patients.
+    `own_split` lists the files with a `split` column or under hive `split=` folders. The heads score
+    by the patient splits of the token dir the model was trained on (never a held-out patient the
+    model saw), the baseline and the audit by the MEDS data's: a label file's own split was ignored
+    without a word, and its user read held-out AUROCs of other patients.
     """
     if not own_split or str(path) in _SPLIT_SAID:
         return
