@@ -16,6 +16,7 @@ import dataclasses
 import math
 import numbers
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ehrfm.errors import UserError
@@ -220,12 +221,15 @@ class TrainConfig(_DictConfig):
     """wsd: shape of the decay."""
     # wsd branches: a run that starts its decay from the stable-phase checkpoint of another run
     # (its trunk, a wsd run dir of the same shape, tokenizer and options) kept at this run's
-    # decay start; a trunk keeps such checkpoints at the token counts in stable_checkpoints.
+    # decay start; a trunk keeps such checkpoints at the token counts in stable_checkpoints. A run
+    # longer than its trunk continues the trunk's stable phase from the trunk's own decay start
+    # (every wsd run keeps a checkpoint there), so a later, larger budget need not start over.
     trunk_dir: str | None = _f(TRUNK, None, per_run=True, branch=True, wsd=True)
-    """wsd branch: start the decay from this wsd run's stable checkpoint at this run's decay start."""
+    """wsd branch: start from this wsd run's stable checkpoint at this run's decay start (or, for a run
+    longer than it, at its own decay start, continuing its stable phase)."""
     stable_checkpoints: list = _f(IDENTITY, factory=list, per_run=True, branch=True, wsd=True)
     """wsd trunk: keep stable-phase checkpoints after these token counts (step boundaries) for
-    branches."""
+    branches (its own decay start is always kept)."""
     weight_decay: float = _f(IDENTITY, 0.1)
     """AdamW weight decay."""
     beta1: float = _f(IDENTITY, 0.9)
@@ -351,6 +355,18 @@ def warmup_steps_for(n_steps: int, cfg: TrainConfig) -> int:
     if cfg.warmup_steps is not None:
         return int(cfg.warmup_steps)
     return max(1, round(cfg.warmup_frac * n_steps)) if cfg.warmup_frac > 0 else 0
+
+
+STABLE_DIR = "stable"
+
+
+def stable_checkpoint_dir(run_dir, tokens: int) -> Path:
+    """The directory of a WSD run's stable-phase checkpoint after `tokens` tokens.
+
+    Where a WSD run keeps its stable-phase checkpoint after `tokens` trained tokens (a dir that
+    holds an ehrfm.checkpoint `checkpoint/`): RUN/stable/tokens-<tokens>.
+    """
+    return Path(run_dir) / STABLE_DIR / f"tokens-{int(tokens)}"
 
 
 def wsd_decay_start(n_steps: int, cfg: TrainConfig) -> int:

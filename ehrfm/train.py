@@ -26,10 +26,12 @@ next-token cross-entropy over the step's predicted positions (all ranks and micr
 together, so accumulation and DDP are exact re-groupings of the same sum).
 
 WSD trunks and branches (Hägele et al. 2024): a wsd run keeps stable-phase checkpoints at the token
-counts in cfg.stable_checkpoints (RUN/stable/tokens-<T>/checkpoint). A run with cfg.trunk_dir is a
-branch: it starts at its own decay start from the trunk's checkpoint there (weights, AdamW state,
-RNG) and trains only its decay; it ends bit-identical (CPU) to the same wsd run trained alone with
-the trunk's warmup. result.json records schedule, trunk_id, trunk_dir and branch_tokens.
+counts in cfg.stable_checkpoints and at its own decay start (RUN/stable/tokens-<T>/checkpoint). A
+run with cfg.trunk_dir is a branch: it starts at its own decay start from the trunk's checkpoint
+there (weights, AdamW state, RNG) and trains only its decay; a run longer than its trunk starts at
+the trunk's decay start instead and continues the stable phase (`branch_point`). Either ends
+bit-identical (CPU) to the same wsd run trained alone with the trunk's warmup. result.json records
+schedule, trunk_id, trunk_dir and branch_tokens.
 
 Held-out loss: the first eval_tokens tokens of the tuning split in file order (all of it when
 smaller), packed like training rows; nats per predicted token. Identical for every run on the
@@ -111,6 +113,7 @@ from ehrfm.config import (
     TrainConfig,
     branch_free_fields,
     resumable_fields,
+    stable_checkpoint_dir,
     warmup_steps_for,
     wsd_decay_start,
 )
@@ -291,19 +294,9 @@ def lr_at(step: int, n_steps: int, cfg: TrainConfig) -> float:
 
 # --- WSD trunks and branches ------------------------------------------------------------------
 
-STABLE_DIR = "stable"
 # TrainConfig fields in which a branch may differ from its trunk: its length, the checkpoints it
 # keeps, and what may change on a resume. Everything else (shape, lr, warmup, seed, ...) must match.
 BRANCH_FREE = branch_free_fields()  # RESUMABLE_CHANGES and the fields flagged `branch`
-
-
-def stable_checkpoint_dir(run_dir, tokens: int) -> Path:
-    """The directory of a WSD run's stable-phase checkpoint after `tokens` tokens.
-
-    Where a WSD run keeps its stable-phase checkpoint after `tokens` trained tokens (a dir that
-    holds an ehrfm.checkpoint `checkpoint/`): RUN/stable/tokens-<tokens>.
-    """
-    return Path(run_dir) / STABLE_DIR / f"tokens-{int(tokens)}"
 
 
 def _stable_steps(cfg: TrainConfig, n_steps: int, step_tokens: int) -> dict[int, int]:
@@ -314,6 +307,10 @@ def _stable_steps(cfg: TrainConfig, n_steps: int, step_tokens: int) -> dict[int,
     """
     out = {}
     warmup, start = warmup_steps_for(n_steps, cfg), wsd_decay_start(n_steps, cfg) if cfg.schedule == "wsd" else 0
+    if cfg.schedule == "wsd" and start > 0:
+        # Every wsd run also keeps its own decay start, where a longer run of its shape may continue its
+        # stable phase (`branch_point`): a later, larger budget then trains only what this run did not.
+        out[start] = start * step_tokens
     for t in cfg.stable_checkpoints:
         if t % step_tokens:
             raise UserError(f"stable checkpoint at {t} tokens is not a step boundary (steps of batch_size*context={step_tokens} tokens)")
@@ -358,19 +355,42 @@ def _check_wsd_phases(cfg: TrainConfig, n_steps: int) -> None:
         )
 
 
-def branch_point(cfg: TrainConfig, n_steps: int, step_tokens: int) -> tuple[int, int]:
-    """(step, tokens) where a WSD branch leaves its trunk: its own decay start.
+def branch_point(cfg: TrainConfig, n_steps: int, step_tokens: int, trunk_decay_start: int | None = None) -> tuple[int, int]:
+    """(step, tokens) where a WSD branch leaves its trunk.
+
+    A branch leaves its trunk at its own decay start and trains only its decay. A run longer than its
+    trunk (a larger budget of the trunk's shape, planned after the trunk: `sweeps.plan`) leaves it at
+    the trunk's own decay start instead, and trains the rest of the stable phase and its decay: every
+    wsd run keeps a stable checkpoint there. Either way the run equals the same wsd run trained alone
+    with the trunk's warmup (the stream is a pure function of the seed and the position:
+    `ehrfm.packing`).
 
     Args:
         cfg: the branch's config (decay_fraction).
         n_steps: the branch's optimizer steps.
         step_tokens: tokens per optimizer step (batch_size * context).
+        trunk_decay_start: the trunk's first decay step (`wsd_decay_start` of its steps and config);
+            None: not known (the trunk's config.json unreadable), taken as no earlier than the branch's.
 
     Returns:
-        (wsd_decay_start(n_steps, cfg), that step times step_tokens): 0-based step, tokens.
+        (step, that step times step_tokens): 0-based step, tokens.
     """
     step = wsd_decay_start(n_steps, cfg)
+    if trunk_decay_start is not None:
+        step = min(step, int(trunk_decay_start))
     return step, step * step_tokens
+
+
+def _trunk_decay_start(cfg: TrainConfig) -> int | None:
+    """The first decay step of cfg.trunk_dir's run (from its config.json), None when it cannot be read."""
+    path = Path(cfg.trunk_dir) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        saved = read_json(path, "trunk run config", expect=dict)
+        return wsd_decay_start(int(saved["steps"]), TrainConfig.from_dict(saved["train"]))
+    except (ValueError, KeyError, TypeError, UserError):
+        return None
 
 
 def _check_trunk(cfg: TrainConfig, run_config: dict, n_steps: int, step_tokens: int) -> None:
@@ -403,18 +423,13 @@ def _check_trunk(cfg: TrainConfig, run_config: dict, n_steps: int, step_tokens: 
     if problems:
         raise UserError(f"trunk {trunk} cannot serve branch {cfg.out_dir}: it was made with {'; '.join(problems)}")
     trunk_cfg = TrainConfig.from_dict(ta)
-    trunk_steps, trunk_tokens = int(saved["steps"]), int(saved["tokens"])
-    step, tokens = branch_point(cfg, n_steps, step_tokens)
+    trunk_steps = int(saved["steps"])
     trunk_start = wsd_decay_start(trunk_steps, trunk_cfg)
-    if step > trunk_start:
-        raise UserError(
-            f"branch point at {tokens} tokens (step {step}) is past trunk {trunk}'s stable phase, which ends at "
-            f"{trunk_start * step_tokens} of its {trunk_tokens} tokens (step {trunk_start} of {trunk_steps})"
-        )
+    step, tokens = branch_point(cfg, n_steps, step_tokens, trunk_start)  # at most the trunk's decay start
     warmup = warmup_steps_for(trunk_steps, trunk_cfg)
     if step < warmup:
         raise UserError(f"branch point at {tokens} tokens (step {step}) is inside trunk {trunk}'s warmup ({warmup} steps)")
-    if tokens not in trunk_cfg.stable_checkpoints:
+    if step != trunk_start and tokens not in trunk_cfg.stable_checkpoints:
         raise UserError(
             f"trunk {trunk} keeps no stable checkpoint at {tokens} tokens (it keeps {trunk_cfg.stable_checkpoints or 'none'}); "
             "plan the trunk with this branch point"
@@ -907,7 +922,7 @@ def _train(cfg: TrainConfig, dd: _Dist, held: contextlib.ExitStack) -> dict:
         "schedule": cfg.schedule,
         "trunk_id": Path(cfg.trunk_dir).name if cfg.trunk_dir else None,
         "trunk_dir": str(Path(cfg.trunk_dir).resolve()) if cfg.trunk_dir else None,
-        "branch_tokens": branch_point(cfg, n_steps, step_tokens)[1] if cfg.trunk_dir else 0,
+        "branch_tokens": branch_point(cfg, n_steps, step_tokens, _trunk_decay_start(cfg))[1] if cfg.trunk_dir else 0,
     }
     if dd.main:
         _warn_repeated_data(td, train_split, D)
@@ -1106,7 +1121,7 @@ def _resume(cfg, core, optimizer, n_steps: int, run_dir: Path, device, expected:
         return (int(state["step"]), float(state["wall_s"]), float(state.get("train_loss", "nan")),
                 state.get("initial_train_loss"), state.get("initial_train_loss_se"), state.get("dtype"))
     if cfg.trunk_dir:  # a WSD branch starts from its trunk's stable checkpoint (checked in _train)
-        b_step, b_tokens = branch_point(cfg, n_steps, cfg.batch_size * cfg.context)
+        b_step, b_tokens = branch_point(cfg, n_steps, cfg.batch_size * cfg.context, _trunk_decay_start(cfg))
         state = load_training_state(stable_checkpoint_dir(cfg.trunk_dir, b_tokens), core, optimizer, device=device)
         if int(state["step"]) != b_step:
             raise UserError(f"trunk {cfg.trunk_dir}: stable checkpoint at {b_tokens} tokens holds step {state['step']}, not {b_step}")

@@ -271,12 +271,19 @@ def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
         if cfg.wait:
             _wait_slurm(sweep_dir, report, cfg.poll_s)
     else:
-        # Costliest first (planned FLOPs, then tokens: at one budget the smaller model trains more tokens
+        # Costliest first (the FLOPs it trains, then tokens: at one budget the smaller model trains more tokens
         # and takes longer), so that the last job to end is a short one: greedy longest-first scheduling.
-        cost = {r["run_id"]: (float(r.get("flops") or 0), float(r.get("tokens") or 0)) for r in plan}
+        # A wsd branch trains only its tokens past its branch point.
+        cost = {r["run_id"]: _training_cost(r) for r in plan}
         jobs = sorted(jobs, key=lambda job: tuple(-c for c in cost.get(job.run_id, (0.0, 0.0))))
         _run_local(sweep_dir, jobs, cfg, slots, time_min, report, trunk_of)
     return report
+
+
+def _training_cost(r: dict) -> tuple[float, float]:
+    """(FLOPs, tokens) a plan row trains: a wsd branch only its tokens past its branch point."""
+    own = float(r.get("tokens") or 0) - float(r.get("branch_tokens") or 0)
+    return own * float(r.get("flops_per_token") or 0), own
 
 
 def _trunks_of(plan: list[dict]) -> dict[str, str]:
@@ -611,7 +618,9 @@ def _slurm_waves(jobs: list[TrainJob], trunk_of: dict[str, str]) -> list[tuple[l
     """The order in which SLURM job arrays are submitted.
 
     Submission order: every job without a trunk in this launch first (one array), then each
-    trunk's branches (one array each, depending on that trunk's job).
+    trunk's branches (one array each, depending on that trunk's job). A run that continues a trunk
+    may be a trunk itself: its branches' array comes after its own (each array depends on a job
+    already submitted).
     """
     now = {job.run_id for job in jobs}
     first = [job for job in jobs if trunk_of.get(job.run_id) not in now]
@@ -620,7 +629,14 @@ def _slurm_waves(jobs: list[TrainJob], trunk_of: dict[str, str]) -> list[tuple[l
     for job in jobs:
         if trunk_of.get(job.run_id) in now:
             groups.setdefault(trunk_of[job.run_id], []).append(job)
-    return waves + [(group, trunk) for trunk, group in groups.items()]
+
+    def depth(run_id: str) -> int:  # trunks above run_id in this launch (plans hold no cycles)
+        n = 0
+        while trunk_of.get(run_id) in now:
+            run_id, n = trunk_of[run_id], n + 1
+        return n
+
+    return waves + [(group, trunk) for trunk, group in sorted(groups.items(), key=lambda kv: depth(kv[0]))]
 
 
 def _submit_slurm(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, time_min: int, report: LaunchReport,
@@ -926,7 +942,9 @@ def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, slots: 
                                tasks_per_node=tasks, stderr_to_stdout=True)
     _save_launch(sweep_dir, cfg, report)
     trunk_of = trunk_of or {}
-    pending = sorted(jobs, key=lambda job: job.run_id in trunk_of)  # trunks (and cosine runs) first, stable order
+    now = {job.run_id for job in jobs}
+    # runs whose trunk is not in this launch (trunks, cosine runs, runs continuing an earlier stage's trunk) first, stable order
+    pending = sorted(jobs, key=lambda job: trunk_of.get(job.run_id) in now)
     running: dict[str, tuple[object, TrainJob, list[int]]] = {}
     free_gpu_groups = [list(g) for g in slots.gpu_groups]
     bar = progress(total=len(jobs), desc="runs", unit="run")

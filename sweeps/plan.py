@@ -20,6 +20,12 @@ Schedules (`schedule`, the same (budget, n_layer, d_model) points for both):
   a stable-phase checkpoint at the decay start (1 - decay_fraction of the steps, ~80%) of every
   smaller budget of its shape, and each of those runs is a branch that trains only its own decay
   from there (`ehrfm.train`, TrainConfig.trunk_dir). The trunk decays in place.
+  A re-plan of a wsd sweep dir (a second stage of larger budgets, a bracketing rung) keeps every
+  run of the previous plan that it still holds, with its id, trunk and checkpoints, so nothing
+  trained is trained again; a shape's new points that decay after its longest kept run continue
+  that run's stable phase from its decay start (every wsd run keeps a checkpoint there): the
+  longest of them is the new trunk of the others. A new point shorter than that gets a trunk of
+  its own. The sweep spends the same FLOPs as one plan of all its budgets at once.
 Centring on a fit (`centre_from`, `sweep plan --centre-from FIT`): off-centre sampling biases
 Approach 2's minima, and D/N = tokens_per_param is only a guess. So a sweep can be planned in
 stages: plan, launch and fit the smaller budgets, then re-plan the same sweep dir with every budget
@@ -91,7 +97,16 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ehrfm.config import ModelConfig, TrainConfig, not_identity_fields, per_run_fields, wsd_fields
+from ehrfm.config import (
+    ModelConfig,
+    TrainConfig,
+    not_identity_fields,
+    per_run_fields,
+    stable_checkpoint_dir,
+    warmup_steps_for,
+    wsd_decay_start,
+    wsd_fields,
+)
 from ehrfm.errors import UserError
 from ehrfm.io import atomic_file, read_json, summary, warn, write_json
 
@@ -712,8 +727,12 @@ def _read_results(results: str | Path):
         raise UserError(f"results table {path} is damaged: not a readable CSV file ({type(e).__name__})") from None
 
 
-def make_plan(sweep: SweepConfig) -> tuple[list[dict], list[str]]:
-    """Plan rows (dicts with PLAN_COLUMNS) and human-readable warnings for a sweep config."""
+def make_plan(sweep: SweepConfig, previous: list[dict] | None = None, runs: Path | None = None) -> tuple[list[dict], list[str]]:
+    """Plan rows (dicts with PLAN_COLUMNS) and human-readable warnings for a sweep config.
+
+    `previous`: the rows of the sweep dir's earlier plan, whose wsd runs a re-plan keeps
+    (`_wsd_rows`); `runs`: that sweep dir's runs/.
+    """
     from ehrfm.shapes import n_params, shape_for_params
 
     base = TrainConfig(tokens_dir=sweep.tokens_dir, out_dir="", tokens=1, context=sweep.context, **sweep.train)
@@ -802,7 +821,7 @@ def make_plan(sweep: SweepConfig) -> tuple[list[dict], list[str]]:
         raise UserError(f"no run could be planned for budget(s) {', '.join(f'{b:.3g}' for b in sweep.budgets)} (every target "
                         "size was too large to train one optimizer step on its budget): give larger budgets or a smaller --span-dex")
     if sweep.schedule == "wsd":
-        rows = _wsd_rows(sweep, base, rows)
+        rows = _wsd_rows(sweep, base, rows, previous, runs)
     elif sweep.schedule != "cosine":
         raise UserError(f"--schedule must be one of {', '.join(SCHEDULES)} (got {sweep.schedule!r})")
     return rows, warnings
@@ -853,18 +872,19 @@ def _memory_bytes() -> int:
         return 0
 
 
-def _wsd_rows(sweep: SweepConfig, base: TrainConfig, rows: list[dict]) -> list[dict]:
+def _wsd_rows(sweep: SweepConfig, base: TrainConfig, rows: list[dict], previous: list[dict] | None = None,
+              runs: Path | None = None) -> list[dict]:
     """Turn the plan's points into wsd trunks and branches.
 
     Turn the plan's points into wsd trunks and branches (module docstring); UserError when the
-    plan cannot share trunks, saying why.
+    plan cannot share trunks, saying why. `previous`: the sweep dir's earlier plan rows: the wsd
+    runs of it that this plan still holds (same point, same recipe) keep their rows and ids, and a
+    shape's new points past its longest kept run continue that run (`_keep_previous`; `runs`: the
+    sweep's runs/ dir).
     """
-    from ehrfm.config import warmup_steps_for, wsd_decay_start
-
     if base.schedule != "cosine" or base.trunk_dir or base.stable_checkpoints:
         raise UserError("set the schedule with --schedule wsd, not through --train-opt")
     base = dataclasses.replace(base, schedule="wsd")
-    step_tokens = base.batch_size * base.context
     groups: dict[tuple[int, int, int, int], list[dict]] = {}
     for r in rows:  # one trunk per shape and training seed: a replicate shares nothing with another seed's runs
         groups.setdefault((r["n_layer"], r["d_model"], r["n_head"], r["seed"]), []).append(r)
@@ -873,35 +893,116 @@ def _wsd_rows(sweep: SweepConfig, base: TrainConfig, rows: list[dict]) -> list[d
             f"--schedule wsd: no model shape serves more than one of the {len(sweep.budgets)} budget(s), so no trunk "
             "can be shared (give several budgets within the ladder's span of each other, or more --sizes / --span-dex)"
         )
+    before = {_point(p): p for p in previous or [] if p.get("schedule") == "wsd"}
     out = []
     for group in groups.values():
         group.sort(key=lambda r: r["tokens"])
-        trunk = group[-1]
-        warmup = warmup_steps_for(group[0]["steps"], base)  # the shortest run's: see the module docstring
-        points = {}
-        for r in group[:-1]:
-            start = wsd_decay_start(r["steps"], base)
-            if start < max(warmup, 1):
-                raise UserError(
-                    f"--schedule wsd: the run of budget {r['budget']:.3g} (n_layer={r['n_layer']}, d_model={r['d_model']}) "
-                    f"would branch at step {start}, inside its trunk's {warmup}-step warmup (budget {trunk['budget']:.3g}); "
-                    "lower warmup_frac (--train-opt warmup_frac=...) or drop the small budget"
-                )
-            points[r["run_id"]] = start * step_tokens
-        stable = sorted(set(points.values()))
-        tcfg = dataclasses.replace(base, n_layer=trunk["n_layer"], d_model=trunk["d_model"], n_head=trunk["n_head"],
-                                   tokens=trunk["tokens"], warmup_steps=warmup, stable_checkpoints=stable, seed=trunk["seed"],
-                                   **run_lr(sweep, trunk["d_model"]))
-        trunk_id = run_id_for(sweep.tokenizer_fingerprint, trunk["budget"], tcfg)
-        out.append({**trunk, "run_id": trunk_id, "schedule": "wsd", "trunk_id": trunk_id, "branch_tokens": 0,
-                    "warmup_steps": warmup, "stable_checkpoints": stable})
-        for r in group[:-1]:
-            bcfg = dataclasses.replace(tcfg, tokens=r["tokens"], stable_checkpoints=[])
-            out.append({**r, "run_id": run_id_for(sweep.tokenizer_fingerprint, r["budget"], bcfg, trunk_id=trunk_id),
-                        "schedule": "wsd", "trunk_id": trunk_id, "branch_tokens": points[r["run_id"]],
-                        "warmup_steps": warmup, "stable_checkpoints": []})
-    key = {(r["budget"], r["n_layer"], r["d_model"], r["seed"]): i for i, r in enumerate(rows)}  # keep the plan's order
-    return sorted(out, key=lambda r: key[(r["budget"], r["n_layer"], r["d_model"], r["seed"])])
+        kept, frontier = _keep_previous(sweep, base, group, before, runs)
+        out += kept
+        new = [r for r in group if _point(r) not in {_point(k) for k in kept}]
+        if frontier is not None:
+            # a new point decaying after the frontier's decay start continues its stable phase from there
+            f_start = _decay_start_tokens(frontier, base)
+            longer = [r for r in new if _decay_start_tokens(r, base) > f_start]
+            if longer:
+                out += _trunk_with_branches(sweep, base, longer, int(frontier["warmup_steps"]), parent=frontier)
+            new = [r for r in new if r not in longer]
+        if new:  # no earlier run of this shape serves them: a trunk of their own
+            out += _trunk_with_branches(sweep, base, new, warmup_steps_for(new[0]["steps"], base))
+    key = {_point(r): i for i, r in enumerate(rows)}  # keep the plan's order
+    return sorted(out, key=lambda r: key[_point(r)])
+
+
+def _point(r: dict) -> tuple:
+    """A plan row's point: (budget, n_layer, d_model, n_head, seed)."""
+    return (float(r["budget"]), int(r["n_layer"]), int(r["d_model"]), int(r["n_head"]), int(r["seed"]))
+
+
+def _decay_start_tokens(r: dict, base: TrainConfig) -> int:
+    """Tokens before a wsd plan row's decay starts (its branch point, when it is a branch)."""
+    return wsd_decay_start(int(r["steps"]), base) * base.batch_size * base.context
+
+
+def _row_config(sweep: SweepConfig, base: TrainConfig, r: dict, warmup: int, stable: list[int]) -> TrainConfig:
+    return dataclasses.replace(base, n_layer=r["n_layer"], d_model=r["d_model"], n_head=r["n_head"], tokens=r["tokens"],
+                               warmup_steps=warmup, stable_checkpoints=stable, seed=r["seed"], **run_lr(sweep, r["d_model"]))
+
+
+def _trunk_with_branches(sweep: SweepConfig, base: TrainConfig, members: list[dict], warmup: int,
+                         parent: dict | None = None) -> list[dict]:
+    """Plan rows for `members` (one shape and seed, sorted by tokens): the longest is the trunk, the others branch from it.
+
+    Each branch leaves the trunk at its own decay start (the trunk keeps a stable checkpoint there).
+    With `parent` (a run of the same shape planned earlier), the trunk itself continues the parent's
+    stable phase from the parent's decay start (`ehrfm.train.branch_point`), with the parent's warmup.
+    """
+    step_tokens = base.batch_size * base.context
+    trunk = members[-1]
+    points = {}
+    for r in members[:-1]:
+        start = wsd_decay_start(r["steps"], base)
+        if start < max(warmup, 1):
+            raise UserError(
+                f"--schedule wsd: the run of budget {r['budget']:.3g} (n_layer={r['n_layer']}, d_model={r['d_model']}) "
+                f"would branch at step {start}, inside its trunk's {warmup}-step warmup (budget {trunk['budget']:.3g}); "
+                "lower warmup_frac (--train-opt warmup_frac=...) or drop the small budget"
+            )
+        points[_point(r)] = start * step_tokens
+    stable = sorted(set(points.values()))
+    tcfg = _row_config(sweep, base, trunk, warmup, stable)
+    parent_id = parent["run_id"] if parent is not None else None
+    trunk_id = run_id_for(sweep.tokenizer_fingerprint, trunk["budget"], tcfg, trunk_id=parent_id)
+    out = [{**trunk, "run_id": trunk_id, "schedule": "wsd", "trunk_id": parent_id or trunk_id,
+            "branch_tokens": _decay_start_tokens(parent, base) if parent is not None else 0,
+            "warmup_steps": warmup, "stable_checkpoints": stable}]
+    for r in members[:-1]:
+        bcfg = dataclasses.replace(tcfg, tokens=r["tokens"], stable_checkpoints=[])
+        out.append({**r, "run_id": run_id_for(sweep.tokenizer_fingerprint, r["budget"], bcfg, trunk_id=trunk_id),
+                    "schedule": "wsd", "trunk_id": trunk_id, "branch_tokens": points[_point(r)],
+                    "warmup_steps": warmup, "stable_checkpoints": []})
+    return out
+
+
+def _keep_previous(sweep: SweepConfig, base: TrainConfig, group: list[dict], before: dict,
+                   runs: Path | None) -> tuple[list[dict], dict | None]:
+    """The rows of an earlier wsd plan that `group` (one shape and seed) keeps, and the run new points continue.
+
+    A re-plan (more budgets, a bracketing rung, a second stage) must not re-group runs already
+    planned: a new trunk would give the old runs new ids and train them again. A previous row is
+    kept when this plan has its point with the same tokens, its id recomputed under this recipe is
+    the same (so its warmup, checkpoints and trunk are), and its trunk is kept too. The frontier
+    is the kept run that trains through the latest decay start (a trunk, or a run continuing one;
+    every wsd run keeps a checkpoint there), unless that run finished without that checkpoint
+    (trained by an ehrfm that did not keep it; `runs`: the sweep's runs/ dir): then None, and the
+    new points get a trunk of their own.
+    """
+    candidates = {}
+    for r in group:
+        p = before.get(_point(r))
+        if p is None or int(p["tokens"]) != int(r["tokens"]) or p.get("warmup_steps") is None:
+            continue
+        cfg = _row_config(sweep, base, r, int(p["warmup_steps"]), [int(t) for t in p.get("stable_checkpoints") or []])
+        parent = p.get("trunk_id") if p.get("trunk_id") not in (None, p["run_id"]) else None
+        if run_id_for(sweep.tokenizer_fingerprint, r["budget"], cfg, trunk_id=parent) == p["run_id"]:
+            candidates[p["run_id"]] = {**r, **{k: p[k] for k in ("run_id", "schedule", "trunk_id", "branch_tokens")},
+                                       "warmup_steps": int(p["warmup_steps"]),
+                                       "stable_checkpoints": [int(t) for t in p.get("stable_checkpoints") or []]}
+    while True:  # a kept run's trunk is kept too, or the run is not
+        orphans = [i for i, k in candidates.items() if k["trunk_id"] not in candidates]
+        if not orphans:
+            break
+        for i in orphans:
+            del candidates[i]
+    kept = sorted(candidates.values(), key=lambda k: k["tokens"])
+    through = [k for k in kept if int(k["branch_tokens"] or 0) < _decay_start_tokens(k, base)]
+    if not through:
+        return kept, None
+    frontier = max(through, key=lambda k: _decay_start_tokens(k, base))
+    run = runs / frontier["run_id"] if runs is not None else None
+    if run is not None and (run / "result.json").is_file() and \
+            not stable_checkpoint_dir(run, _decay_start_tokens(frontier, base)).is_dir():
+        return kept, None
+    return kept, frontier
 
 
 def planned_flops(rows: list[dict]) -> float:
@@ -1036,11 +1137,12 @@ def plan_sweep(
     if centre_from is not None:
         sweep.centre_law, more = centre_law_from_fit(centre_from, sweep.budgets)
         notes += more
-    rows, warnings = make_plan(sweep)
+    previous = _previous_rows(out) if old is not None else None
+    rows, warnings = make_plan(sweep, previous, out / "runs")
     if bracket_from is not None:
         sweep.extra_rungs, more = bracket_rungs(sweep, rows, bracket_from)
         notes += more
-        rows, warnings = make_plan(sweep)
+        rows, warnings = make_plan(sweep, previous, out / "runs")
     if old is not None:
         notes += _replan_notes(out, rows)
     warnings = notes + warnings
@@ -1049,6 +1151,17 @@ def plan_sweep(
     write_plan_table(rows, out / PLAN_PARQUET)
     write_json(out / SWEEP_JSON, sweep)  # last: a dir holding only plan.parquet (interrupted here) may be planned again
     return sweep, rows, warnings
+
+
+def _previous_rows(out: Path) -> list[dict] | None:
+    """The rows of sweep dir `out`'s plan.parquet, None when it has none that reads."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(out / PLAN_PARQUET).to_pylist()
+    except (OSError, pa.ArrowException, ValueError):
+        return None  # no readable previous plan: planned afresh (and rewritten now)
 
 
 def _replan_notes(out: Path, rows: list[dict]) -> list[str]:

@@ -122,3 +122,75 @@ def test_failed_trunk_fails_its_branches_with_the_reason(synth_tokens, tmp_path)
             assert results[r["run_id"]]["status"] == "completed"
     again = ehrfm("sweep", "launch", out, "--executor", "local")
     assert again.stdout.startswith("submitted 0 jobs")
+
+
+def test_a_wsd_replan_keeps_its_runs_and_larger_budgets_continue_their_trunks(synth_tokens, tmp_path):
+    """A second stage (more budgets planned into the same sweep dir) trains only what the first did not."""
+    from sweeps.plan import plan_sweep
+
+    out = tmp_path / "sweep"
+    _, first, _ = plan_sweep(synth_tokens, out=out, schedule="wsd", **{**GRID, "budgets": GRID["budgets"][:2]})
+    again, rows, _ = plan_sweep(synth_tokens, out=out, schedule="wsd", **GRID)
+    by_id = {r["run_id"]: r for r in rows}
+    assert {r["run_id"] for r in first} <= set(by_id)  # nothing of the first stage is planned again
+    for old in first:
+        assert by_id[old["run_id"]] == {**old, "target_n_params": by_id[old["run_id"]]["target_n_params"]}
+    step = 8 * 64
+    continued = [r for r in rows if r["run_id"] not in {f["run_id"] for f in first}
+                 and r["trunk_id"] in {f["run_id"] for f in first}]
+    assert continued, "no larger budget continued a first-stage trunk"
+    for r in continued:
+        trunk = by_id[r["trunk_id"]]
+        assert r["budget"] > trunk["budget"] and (r["n_layer"], r["d_model"]) == (trunk["n_layer"], trunk["d_model"])
+        # it leaves its trunk at the trunk's own decay start, with the trunk's warmup
+        assert r["branch_tokens"] == (trunk["steps"] - round(0.2 * trunk["steps"])) * step
+        assert r["warmup_steps"] == trunk["warmup_steps"]
+        for b in (x for x in rows if x["trunk_id"] == r["run_id"] and x is not r):  # its own branches
+            assert b["branch_tokens"] in r["stable_checkpoints"] and b["branch_tokens"] > r["branch_tokens"]
+    # The same FLOPs as planning all four budgets at once: every shape still trains its stable phase once.
+    one_shot, _, _ = plan_sweep(synth_tokens, out=tmp_path / "once", schedule="wsd", **GRID)
+    assert again.planned_flops == pytest.approx(one_shot.planned_flops, rel=1e-12)
+
+
+def test_a_second_stage_trains_only_its_new_runs_and_continues_the_first_stages_trunks(synth_tokens, tmp_path):
+    from sweeps.plan import plan_sweep
+
+    out = tmp_path / "sweep"
+    plan_sweep(synth_tokens, out=out, schedule="wsd", **TINY)
+    p = ehrfm("sweep", "launch", out, "--executor", "local", "--max-parallel", "1")
+    assert p.returncode == 0, p.stderr[-2000:]
+    first = {r["run_id"]: (out / "runs" / r["run_id"] / "result.json").stat().st_mtime_ns for r in plan_rows(out)}
+    plan_sweep(synth_tokens, out=out, schedule="wsd", **{**TINY, "budgets": [*TINY["budgets"], 6e9]})
+    rows = plan_rows(out)
+    new = [r for r in rows if r["run_id"] not in first]
+    continued = [r for r in new if r["trunk_id"] in first]
+    assert continued and len(new) < len(rows)
+    p = ehrfm("sweep", "launch", out, "--executor", "local", "--max-parallel", "1")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert f"ran {len(new)} jobs" in p.stdout and f"{len(new)} completed" in p.stdout, p.stdout
+    assert {rid: (out / "runs" / rid / "result.json").stat().st_mtime_ns for rid in first} == first  # not retrained
+    for r in continued:
+        result = json.loads((out / "runs" / r["run_id"] / "result.json").read_text())
+        assert result["status"] == "completed" and result["branch_tokens"] == r["branch_tokens"] > 0
+        first_step = json.loads((out / "runs" / r["run_id"] / "metrics.jsonl").read_text().splitlines()[0])["step"]
+        assert first_step == r["branch_tokens"] // (8 * 64) + 1  # it trained only past its trunk's decay start
+
+
+def test_slurm_arrays_of_a_trunk_chain_come_after_the_job_they_depend_on():
+    """A run continuing a trunk is itself the trunk of its branches: each array is submitted after the job it waits for."""
+    from types import SimpleNamespace
+
+    from sweeps.launch import _slurm_waves
+
+    trunk_of = {"ext": "root", "branch_of_ext": "ext", "branch_of_root": "root", "ext2": "ext"}
+    jobs = [SimpleNamespace(run_id=r) for r in ("branch_of_ext", "ext2", "ext", "branch_of_root", "root", "alone")]
+    waves = _slurm_waves(jobs, trunk_of)
+    assert [sorted(j.run_id for j in wave) for wave, _ in waves][0] == ["alone", "root"]
+    submitted = {"alone", "root"}
+    for wave, trunk in waves[1:]:
+        assert trunk in submitted  # its dependency's job id exists when this array is submitted
+        submitted |= {j.run_id for j in wave}
+    assert submitted == {j.run_id for j in jobs}
+    # without the trunk in this launch (an earlier stage's, finished), the continuing run goes in the first array
+    later = _slurm_waves([SimpleNamespace(run_id="ext"), SimpleNamespace(run_id="branch_of_ext")], trunk_of)
+    assert [([j.run_id for j in w], t) for w, t in later] == [(["ext"], None), (["branch_of_ext"], "ext")]
