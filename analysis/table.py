@@ -940,7 +940,7 @@ def _utility_boot(df: pl.DataFrame, source: str, keep: np.ndarray, run_id: np.nd
         task = col[len("auroc_boot/"):]
         if not isinstance(df.schema[col], pl.List) or not df.schema[col].inner.is_numeric():
             raise UserError(f"results table {source}: column {col} must be a list of numbers (got {df.schema[col]})")
-        lengths = df[col].list.len().to_numpy()
+        lengths = df[col].list.len().fill_null(0).to_numpy().astype(np.int64)  # a null list (a run not probed) has none
         present = keep & ~df[col].is_null().to_numpy()
         sizes = set(lengths[present].tolist())
         if len(sizes) > 1:

@@ -57,7 +57,7 @@ def _collect(args) -> int:
 
     collect_sweep(args.sweep, labels_dir=args.labels, max_labels=args.max_labels, seed=args.seed,
                   zeroshot=args.zeroshot, zeroshot_rollouts=args.zeroshot_rollouts, zeroshot_max_labels=args.zeroshot_max_labels,
-                  utility_boot=args.utility_boot, pooling=args.pooling)
+                  utility_boot=args.utility_boot, pooling=args.pooling, probe_best=args.probe_best)
     return 0
 
 
@@ -145,3 +145,6 @@ def register(sub) -> None:
                     help="the probes' representation, as `ehrfm probe --pooling` (default last, the cheapest for every run of a "
                          "sweep; `ehrfm probe` defaults to last+mean+max for one model; recorded in the table's metadata)")
     pc.add_argument("--zeroshot-max-labels", type=int, default=200, help="held_out labels rolled out per task and run (default 200)")
+    pc.add_argument("--probe-best", type=int, metavar="K",
+                    help="probe only each budget's K lowest-loss shapes (the utility law takes each budget's loss-optimal "
+                         "run; the loss -> AUROC link every probed run); default: every completed run")

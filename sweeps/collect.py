@@ -129,6 +129,7 @@ def collect_sweep(
     zeroshot_max_labels: int = 200,
     utility_boot: int = 400,
     pooling: str = "last",
+    probe_best: int | None = None,
 ) -> Path:
     """Write SWEEP/results.parquet (see the module docstring); returns its path.
 
@@ -148,6 +149,11 @@ def collect_sweep(
             while one CI run of last+mean gave a different utility law on a rerun); written to the
             table's metadata as `ehrfm.utility` (JSON: pooling, max_labels, seed), since probes made
             another way measure something else.
+        probe_best: probe (and roll out, with zeroshot) only the runs of each budget's PROBE_BEST lowest-loss shapes (by mean loss over
+            their seeds; `best_shapes`), None: every completed run. The utility law goes through each
+            budget's loss-optimal run (`ehrfm fit`), so 1 would do for it; the loss -> AUROC link
+            takes every probed run. The other runs' utility cells are null, and the table's metadata
+            records it. Probing costs ~7 CPU-s per run on the default demo (3,000 labels per split).
 
     Returns:
         The path of results.parquet (one row per run, every status, ehrfm.tables.results_schema).
@@ -172,18 +178,21 @@ def collect_sweep(
     utility_columns: list[str] = []
     if (labels_dir is not None or zeroshot) and any(r["status"] == Status.COMPLETED for r in rows):
         check_tokens_dir(sweep.tokens_dir, sweep_dir)  # the probes read the histories there
+    if probe_best is not None and (isinstance(probe_best, bool) or not isinstance(probe_best, int) or probe_best < 1):
+        raise UserError(f"--probe-best must be a whole number >= 1 (got {probe_best!r}): shapes probed per budget")
+    probed = None if probe_best is None else best_shapes(rows, probe_best)
     if labels_dir is not None:
         utility_columns = _add_utility(sweep, sweep_dir, rows, find_label_files(labels_dir), max_labels, seed, utility_boot,
-                                       pooling)
+                                       pooling, probed)
     if zeroshot:
         if labels_dir is None:
             raise UserError("--zeroshot needs --labels LABELS_DIR (the tasks to roll out)")
         utility_columns += _add_zeroshot(sweep, sweep_dir, rows, find_label_files(labels_dir), zeroshot_max_labels,
-                                         zeroshot_rollouts, seed)
+                                         zeroshot_rollouts, seed, probed)
 
     table = pa.Table.from_pylist(rows, schema=results_schema(utility_columns))
     if labels_dir is not None:
-        utility = {"pooling": pooling, "max_labels": max_labels, "seed": seed}
+        utility = {"pooling": pooling, "max_labels": max_labels, "seed": seed, "probe_best": probe_best}
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"ehrfm.utility": json.dumps(utility).encode()})
     out = sweep_dir / RESULTS_PARQUET
     with atomic_file(out, "wb") as f:
@@ -240,14 +249,30 @@ def _float_or_none(x) -> float | None:
     return None if x is None else float(x)
 
 
-def _add_scores(rows: list[dict], desc: str, score) -> list[str]:
+def best_shapes(rows: list[dict], k: int) -> set[str]:
+    """Run ids of each budget's `k` lowest-loss shapes (every seed of them), among completed planned runs.
+
+    A shape is (n_layer, d_model, n_head); its loss the mean over its seeds, as `ehrfm fit` picks a
+    budget's loss-optimal shape for the utility law (analysis.fit._utility_points).
+    """
+    by_shape: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["status"] == Status.COMPLETED and r.get("budget") is not None and r.get("loss") is not None:
+            by_shape.setdefault((r["budget"], r["n_layer"], r["d_model"], r["n_head"]), []).append(r)
+    ranked: dict[float, list[tuple[float, list[dict]]]] = {}
+    for (budget, *_), runs in by_shape.items():
+        ranked.setdefault(budget, []).append((sum(r["loss"] for r in runs) / len(runs), runs))
+    return {r["run_id"] for shapes in ranked.values() for _, runs in sorted(shapes, key=lambda x: x[0])[:k] for r in runs}
+
+
+def _add_scores(rows: list[dict], desc: str, score, only: set[str] | None = None) -> list[str]:
     """Add score columns to the completed rows.
 
-    Set `score(row)`'s {column: value} (as floats) on each completed row, and None for those
-    columns on every other row; return the columns, sorted.
+    Set `score(row)`'s {column: value} (as floats) on each completed row (those in `only`, when
+    given), and None for those columns on every other row; return the columns, sorted.
     """
     columns: list[str] = []
-    completed = [r for r in rows if r["status"] == Status.COMPLETED]
+    completed = [r for r in rows if r["status"] == Status.COMPLETED and (only is None or r["run_id"] in only)]
     for r in progress(completed, desc=desc, unit="run"):
         for k, v in score(r).items():
             r[k] = None if v is None else [float(x) for x in v] if isinstance(v, list | tuple) else float(v)
@@ -260,8 +285,8 @@ def _add_scores(rows: list[dict], desc: str, score) -> list[str]:
 
 
 def _add_utility(sweep, sweep_dir: Path, rows: list[dict], labels: dict[str, Path], max_labels, seed,
-                 utility_boot: int = 0, pooling: str = "last") -> list[str]:
-    """Score each completed run on the clinical tasks (ehrfm.clinical.utility.score_run)."""
+                 utility_boot: int = 0, pooling: str = "last", only: set[str] | None = None) -> list[str]:
+    """Score each completed run (those in `only`, when given) on the clinical tasks (ehrfm.clinical.utility.score_run)."""
     from ehrfm.tables import is_utility_column
 
     try:
@@ -280,7 +305,7 @@ def _add_utility(sweep, sweep_dir: Path, rows: list[dict], labels: dict[str, Pat
         k: v for k, v in score_run(runs_dir(sweep_dir) / r["run_id"], sweep.tokens_dir, labels=dict(labels),
                                    max_labels=max_labels, seed=seed, histories=histories, n_boot=utility_boot,
                                    pooling=pooling).items()
-        if is_utility_column(k)})
+        if is_utility_column(k)}, only)
 
 
 def _scorable_tasks(labels: dict[str, Path], histories: dict) -> dict[str, Path]:
@@ -307,8 +332,8 @@ def _scorable_tasks(labels: dict[str, Path], histories: dict) -> dict[str, Path]
 
 
 def _add_zeroshot(sweep, sweep_dir: Path, rows: list[dict], labels: dict[str, Path], max_labels: int, n_samples: int,
-                  seed: int) -> list[str]:
-    """Zero-shot rollout AUROC of each completed run per task (ehrfm.clinical.zeroshot), cached per run."""
+                  seed: int, only: set[str] | None = None) -> list[str]:
+    """Zero-shot rollout AUROC of each completed run (those in `only`, when given) per task (ehrfm.clinical.zeroshot), cached per run."""
     from ehrfm.clinical.zeroshot import score_run_zeroshot
 
     labels = _zeroshot_tasks(sweep.tokens_dir, labels, max_labels, seed)
@@ -316,7 +341,7 @@ def _add_zeroshot(sweep, sweep_dir: Path, rows: list[dict], labels: dict[str, Pa
         return _add_scores(rows, "zeroshot", lambda r: {})
     return _add_scores(rows, "zeroshot", lambda r: score_run_zeroshot(
         runs_dir(sweep_dir) / r["run_id"], sweep.tokens_dir, labels=dict(labels), max_labels=max_labels,
-        n_samples=n_samples, seed=seed, cache_dir=sweep_dir / "zeroshot" / r["run_id"]))
+        n_samples=n_samples, seed=seed, cache_dir=sweep_dir / "zeroshot" / r["run_id"]), only)
 
 
 def _zeroshot_tasks(tokens_dir, labels: dict[str, Path], max_labels: int, seed: int) -> dict[str, Path]:

@@ -430,7 +430,27 @@ def test_collect_with_labels_adds_utility_columns(local_sweep, synth_meds, tmp_p
     # The runs differ, so their probes differ: the column is measured per run, not a constant.
     assert len({r["auroc/long_los"] for r in table.to_pylist()}) > 1
     # How the probes were made is recorded with them; another pooling measures something else.
-    assert json.loads(table.schema.metadata[b"ehrfm.utility"]) == {"pooling": "last", "max_labels": 200, "seed": 0}
+    assert json.loads(table.schema.metadata[b"ehrfm.utility"]) == {"pooling": "last", "max_labels": 200, "seed": 0,
+                                                                  "probe_best": None}
+    # --probe-best 1: only each budget's lowest-loss run is probed (the run the utility law takes), with the same AUROC
+    best = ehrfm("sweep", "collect", out, "--labels", labels, "--max-labels", "200", "--probe-best", "1")
+    assert best.returncode == 0, best.stderr[-2000:]
+    some = pq.read_table(out / "results.parquet")
+    assert json.loads(some.schema.metadata[b"ehrfm.utility"])["probe_best"] == 1
+    full = {r["run_id"]: r for r in table.to_pylist()}
+    for budget in {r["budget"] for r in full.values()}:
+        runs = [r for r in some.to_pylist() if r["budget"] == budget]
+        lowest = min(runs, key=lambda r: r["loss"])
+        assert len(runs) >= 2 and lowest["auroc/long_los"] == full[lowest["run_id"]]["auroc/long_los"]
+        assert all(r["auroc/long_los"] is None and r["auroc_boot/long_los"] is None for r in runs if r is not lowest)
+    # ... and `ehrfm fit` reads that table, its null replicate lists among them (a TypeError before)
+    fitted = ehrfm("fit", out / "results.parquet", "--out", tmp_path / "fit_best", "--bootstrap", "20", "--no-plots")
+    assert fitted.returncode == 0, fitted.stderr[-2000:]
+    points = json.loads((tmp_path / "fit_best" / "fits.json").read_text())["utility"]["long_los"]["points"]
+    assert len(points) == 2  # each budget's loss-optimal run, probed
+    assert {p["run_id"] for p in points} <= {r["run_id"] for r in some.to_pylist() if r["auroc/long_los"] is not None}
+    zero = ehrfm("sweep", "collect", out, "--labels", labels, "--probe-best", "0")
+    assert zero.returncode == 2 and "--probe-best must be a whole number >= 1" in zero.stderr
     last = ehrfm("sweep", "collect", out, "--labels", labels, "--max-labels", "200", "--utility-boot", "0", "--pooling", "last+mean")
     assert last.returncode == 0, last.stderr[-2000:]
     table_last = pq.read_table(out / "results.parquet")
