@@ -102,9 +102,16 @@ class DemoConfig:
     # Seed-to-seed spread of the shortest runs (288 steps: the (2, 48) model at 3.8e11, lr 6.7e-3, seeds
     # 0-2): 1.20-1.42 nats with a 5% warmup, 1.24-1.32 with 20%; runs of ~800+ steps differ by < 0.01.
     warmup_frac: float = 0.2
-    """Warmup share of each run's optimizer steps (a longer warmup steadies the shortest runs)."""
+    """Warmup share of each run's optimizer steps (a longer warmup steadies the shortest runs); wsd: of the shortest run
+    of each shape, whose warmup its trunk and branches share."""
     lr_ref_width: int = 32
     """Each run's peak lr is lr * LR_REF_WIDTH / d_model (muP, `sweep plan --lr-ref-width`); 0: one lr for all."""
+    schedule: str = field(default="wsd", metadata={"choices": ("wsd", "cosine")})
+    """wsd: one warmup-stable-decay trunk per model shape, shared by every budget of that shape, the larger budgets
+    continuing the smaller ones' trunks across the two stages (`sweep plan --schedule wsd`; 0.74x the FLOPs of the
+    default grid); cosine: every run on its own."""
+    decay_shape: str = field(default="1-sqrt", metadata={"choices": ("1-sqrt", "linear")})
+    """wsd: shape of each run's decay (1-sqrt stays closer to cosine's losses: README, "One run, many budgets")."""
     # Standard error over eval subjects (result.json eval_loss_se): 0.029 nats/token at 65,536 tokens
     # (124 subjects), 0.021 at 262,144 (352); two runs on this shared sample differ with a ~8x smaller
     # (paired) SE, 0.0015-0.0026, well under 1/10 of the parabolas' depths.
@@ -135,6 +142,11 @@ class DemoConfig:
     """Labels per split and task scored for every sweep run. 3000 held-out labels give each run's
     AUROC a DeLong SE of ~0.01 (500 gave ~0.03: with 16x of compute moving AUROC by a few
     points, the utility exponent's interval always included 0)."""
+    # Measured on the default demo (2026-12-05): probing all 19 runs took 140 s of the 16.2-min demo (~7 s a run, most
+    # of it embedding 9,000 histories per task); the utility law goes through each budget's loss-optimal run.
+    probe_best: int | None = 2
+    """Sweep runs probed per budget: its PROBE_BEST lowest-loss shapes (`sweep collect --probe-best`), enough for the
+    utility law (each budget's loss-optimal run) and the loss -> AUROC link; None in Python: every run."""
     quick: bool = False
     """A smoke version of a few minutes (small cohort, tiny budgets; used by the tests)."""
 
@@ -196,7 +208,7 @@ class DemoConfig:
                           ("head_bootstrap", 0), ("max_labels", 1), ("seed", 0), ("gpus_per_node", 0)):
             v = getattr(self, name)
             need(integer(v) and v >= low, "--" + name.replace("_", "-"), v, f"an integer >= {low}")
-        for name in ("max_parallel", "head_max_labels"):
+        for name in ("max_parallel", "head_max_labels", "probe_best"):
             v = getattr(self, name)
             need(v is None or (integer(v) and v >= 1), "--" + name.replace("_", "-"), v, "an integer >= 1")
         need(finite(self.span_dex) and self.span_dex >= 0, "--span-dex", self.span_dex, "a finite number >= 0 (decades)")
@@ -207,6 +219,8 @@ class DemoConfig:
         need(finite(self.lr) and self.lr > 0, "--lr", self.lr, "a finite number > 0")
         need(finite(self.warmup_frac) and 0 <= self.warmup_frac < 1, "--warmup-frac", self.warmup_frac, "in [0, 1)")
         need(self.executor in ("local", "slurm"), "--executor", self.executor, "local or slurm")
+        need(self.schedule in ("wsd", "cosine"), "--schedule", self.schedule, "wsd or cosine")
+        need(self.decay_shape in ("1-sqrt", "linear"), "--decay-shape", self.decay_shape, "1-sqrt or linear")
         from sweeps.launch import parse_time_minutes
 
         parse_time_minutes(self.slurm_time)  # UserError naming --time, before the data stages rather than at launch
@@ -508,6 +522,7 @@ def _run_stages(cfg: DemoConfig, out: Path, fingerprint: str | None) -> Path:
     results_path = _bracket(cfg, st, tok, sweep, launch, cfg.budgets, centre_from, "")
     if results_path is None or labels_dir is not None:  # with labels, this collect also scores the clinical probes
         results_path = st.run("sweep collect", collect_sweep, sweep, labels_dir=labels_dir, max_labels=cfg.max_labels,
+                              probe_best=cfg.probe_best,
                               seed=cfg.seed)
 
     import warnings
@@ -550,8 +565,11 @@ def _plan(cfg: DemoConfig, tok: Path, sweep: Path, budgets: list[float], centre_
     from sweeps.plan import plan_sweep
 
     train_opts = {"batch_size": cfg.batch_size, "lr": cfg.lr, "warmup_frac": cfg.warmup_frac, "eval_tokens": cfg.eval_tokens}
+    if cfg.schedule == "wsd":
+        train_opts["decay_shape"] = cfg.decay_shape
     planned = plan_sweep(tok, budgets, sweep, sizes=cfg.sizes, span_dex=cfg.span_dex, tokens_per_param=cfg.tokens_per_param,
-                         context=cfg.context, train=train_opts, centre_from=centre_from, lr_ref_width=cfg.lr_ref_width,
+                         context=cfg.context, train=train_opts, schedule=cfg.schedule, centre_from=centre_from,
+                         lr_ref_width=cfg.lr_ref_width,
                          bracket_from=bracket_from, run_seeds=cfg.run_seeds)
     warned = set() if warned is None else warned
     for note in planned[2]:  # repeated data, runs too small to fit, ... (on your own data, most likely epochs)
@@ -1233,12 +1251,25 @@ def _why_missed(missed: set[str], budgets: list[dict], res, cfg, stage_s: dict |
     if "wall time" in missed and "wall_s" in res.columns:
         run_s = float(res["wall_s"].fill_null(0).sum())
         flops = float(res["flops"].fill_null(0).sum()) if "flops" in res.columns else float("nan")
+        spent = _spent_flops(cfg)
+        flops_text = (f"{spent:.3g} FLOPs ({flops:.3g} of budgets: each WSD trunk's stable phase is trained once)"
+                      if cfg.schedule == "wsd" and spent is not None else f"{flops:.3g} FLOPs")
+        probed = ("every run" if cfg.probe_best is None else
+                  f"each budget's {cfg.probe_best} lowest-loss shape{'s' if cfg.probe_best > 1 else ''}")
         lines.append(
             f"Why the wall time missed: the sweep's {res.height} runs trained for {run_s / 60:.1f} min of run time "
-            f"(summed over runs, which share the machine's {os.cpu_count()} cores) for {flops:.3g} FLOPs, "
-            f"{_data_phrase(cfg)}, and every run was probed on "
+            f"(summed over runs, which share the machine's {os.cpu_count()} cores) for {flops_text}, "
+            f"{_data_phrase(cfg)}, and {probed} was probed on "
             f"{cfg.max_labels:,} labels per split and task." + _stage_shares(stage_s))
     return [x for line in lines for x in (line, "")]
+
+
+def _spent_flops(cfg) -> float | None:
+    """The FLOPs the demo's sweep planned to spend (sweep.json planned_flops: a WSD trunk's stable phase once), None if unread."""
+    try:
+        return float(read_json(Path(cfg.out) / "sweep" / "sweep.json", "sweep config", expect=dict)["planned_flops"])
+    except (UserError, KeyError, TypeError, ValueError):
+        return None
 
 
 def _mixed_depths(res, used: list[dict]) -> str:
@@ -1325,7 +1356,19 @@ def _centring_sentence(cfg, sweep_json: dict) -> str:
                       for b, v in sorted(extra.items(), key=lambda kv: float(kv[0])) if any(v))
     bracketed = (f"Bracketing (`sweep plan --bracket-from`) added sizes where a ladder's lowest loss sat at its end: {added}. "
                  if added else "")
-    return _centre_law_sentence(cfg, sweep_json) + bracketed
+    return _centre_law_sentence(cfg, sweep_json) + bracketed + _schedule_sentence(sweep_json)
+
+
+def _schedule_sentence(sweep_json: dict) -> str:
+    if sweep_json.get("schedule") != "wsd":
+        return "Each run trains on its own cosine schedule. "
+    train = sweep_json.get("train") or {}
+    decay, share = train.get("decay_shape", "linear"), train.get("decay_fraction", 0.2)
+    spent = sweep_json.get("planned_flops")
+    return ("Schedule: warmup-stable-decay (Hägele et al. 2024; `sweep plan --schedule wsd`, "
+            f"{decay} decay over each run's last {share:.0%}): one trunk per shape, each smaller budget of it a branch "
+            "that trains only its decay, each larger one continuing the trunk's stable phase"
+            + (f", {spent:.3g} FLOPs spent in all" if isinstance(spent, (int, float)) else "") + ". ")
 
 
 def _centre_law_sentence(cfg, sweep_json: dict) -> str:
@@ -1350,7 +1393,10 @@ def _sweep_section(cfg, res, tok_stats: dict, results_link: str, sweep_json: dic
              "sizes can snap to one shape; an end that does steps out to the next shape, and bracketing adds one)")
     if cfg.run_seeds > 1:
         sizes += f", each (budget, shape) trained with {cfg.run_seeds} training seeds (replicates the fits all use)"
-    auroc_text = ("AUROC is a linear probe on held_out, fitted and scored on "
+    probed = ("" if cfg.probe_best is None else
+              f" (probed: each budget's {cfg.probe_best} lowest-loss shape{'s' if cfg.probe_best > 1 else ''}, `-` for the others: "
+              "the utility law takes each budget's loss-optimal run)")
+    auroc_text = (f"AUROC is a linear probe on held_out{probed}, fitted and scored on "
                   f"at most {cfg.max_labels:,} labels per split and task (the same labels for every run), +- its standard "
                   "error: the clinical heads below probe one model on every label, so their AUROC of the same run differs. "
                   if ucols else "")
@@ -1389,7 +1435,7 @@ _FIGURES = [("isoflops", "IsoFLOP curves with fitted parabolas and their minima"
             ("optimal_scaling", "Compute-optimal N and D against compute, with the fitted laws and 95% bands"),
             ("frontier", "Loss frontier against compute"),
             ("utility", "Clinical utility (probe AUROC) against compute"),
-            ("loss_auroc", "Loss -> AUROC link across every run, with the fitted line and 95% band")]
+            ("loss_auroc", "Loss -> AUROC link across every probed run, with the fitted line and 95% band")]
 
 
 def _fits_section(fit, fit_error, out, rel) -> list[str]:
@@ -1517,7 +1563,8 @@ def _reproduce_section(cfg, st, wall: float, best_run: str | None, labels: bool 
         *_data_commands(cfg),
         *([f"ehrfm labels {meds} --task all --out labels", f"ehrfm audit {meds} --labels labels"] if labels else []),
         *_plan_commands(cfg, first_stage_law=st.progress.get("first_stage_law", "fit-stage1")),
-        f"ehrfm sweep collect sweep --labels labels --max-labels {cfg.max_labels}" if labels else "ehrfm sweep collect sweep",
+        (f"ehrfm sweep collect sweep --labels labels --max-labels {cfg.max_labels}"
+         + (f" --probe-best {cfg.probe_best}" if cfg.probe_best is not None else "")) if labels else "ehrfm sweep collect sweep",
         f"ehrfm fit sweep/results.parquet --out fit --bootstrap {cfg.bootstrap}",
         f"ehrfm recommend fit --flops {max(cfg.budgets) * 10:g}", *heads, "```", ""]
 
@@ -1540,6 +1587,7 @@ def _plan_commands(cfg, first_stage_law: str | None = "fit-stage1") -> list[str]
         return (f"ehrfm sweep plan --tokens tokens --budgets {','.join(f'{b:g}' for b in budgets)} --sizes {cfg.sizes} "
                 f"--span-dex {cfg.span_dex} --tokens-per-param {cfg.tokens_per_param:g} --context {cfg.context} "
                 f"--batch-size {cfg.batch_size} --lr {cfg.lr} --lr-ref-width {cfg.lr_ref_width} --train-opt warmup_frac={cfg.warmup_frac:g} --train-opt eval_tokens={cfg.eval_tokens}"
+                + (f" --schedule wsd --train-opt decay_shape={cfg.decay_shape}" if cfg.schedule == "wsd" else "")
                 + (f" --run-seeds {cfg.run_seeds}" if cfg.run_seeds > 1 else "") + f" --out sweep{extra}")
 
     launch, collect = f"ehrfm sweep launch sweep --executor {cfg.executor}", "ehrfm sweep collect sweep"
