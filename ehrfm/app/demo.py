@@ -158,8 +158,13 @@ class DemoConfig:
         # A smoke test, not a result: its smallest budget lies below the family's smallest shape's optimum, and
         # measured in stop 15, moving the grid up (1.5e11-9.5e11) made Approach 2's a swing with the cohort
         # (a = 0.42, 0.01, 0.45 with 6,000, 10,000, 15,000 patients): quick's budgets are too small for a law.
+        # Cosine, every run probed, as before WSD became the default grid's schedule: its runs are 50-900 steps,
+        # where a WSD branch is far from its cosine twin (README, "One run, many budgets": 3-15% under 300
+        # steps), and its probes are cheap (100 labels). On either schedule (2026-12-05) its two smaller
+        # parabolas come out concave, so Approach 2 gives no exponent (README).
         base = dict(patients=4000, budgets=[6e10, 1.5e11, 3.8e11], sizes=3, span_dex=0.5, bootstrap=50,
-                    head_bootstrap=100, head_max_labels=1000, max_labels=100, eval_tokens=16_384, quick=True)
+                    head_bootstrap=100, head_max_labels=1000, max_labels=100, eval_tokens=16_384, quick=True,
+                    schedule="cosine", probe_best=None)
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 
