@@ -1060,8 +1060,8 @@ def _setup(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_di
         lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fused,
     )
     expected = {"tokenizer_fingerprint": td.fingerprint, "tokens": D, "steps": n_steps}
-    step, wall_s, train_loss, initial_loss, initial_loss_se, trained_in = _resume(cfg, core, optimizer, n_steps, run_dir,
-                                                                                  device, expected)
+    step, wall_s, train_loss, initial_loss, initial_loss_se, trained_in = _resume(cfg, core, optimizer, run_dir, device,
+                                                                                  expected, base["branch_tokens"])
     if cfg.dtype == "auto" and trained_in in ("float32", "bfloat16") and trained_in != dtype_name:
         # "auto" is resolved where a run begins (bf16 on CUDA, fp32 on CPU): a run resumed on another kind
         # of device (a requeue to a node without a GPU) keeps the precision it was trained in, never switches
@@ -1107,13 +1107,15 @@ def _check_checkpoint_is_this_runs(ckpt: Path, model_cfg: ModelConfig, expected:
                         "to train this run from step 0, or pass --overwrite to discard the run dir")
 
 
-def _resume(cfg, core, optimizer, n_steps: int, run_dir: Path, device, expected: dict) -> tuple[int, float, float, float | None, float | None, str | None]:
+def _resume(cfg, core, optimizer, run_dir: Path, device, expected: dict,
+            branch_tokens: int) -> tuple[int, float, float, float | None, float | None, str | None]:
     """Load the run's checkpoint and return where training resumes.
 
     (step, wall_s, train_loss, initial_train_loss, initial_train_loss_se, dtype trained in) to start from,
     loading the run's checkpoint (or a WSD branch's trunk checkpoint) into `core` and `optimizer`; a fresh
     run starts at 0 (dtype None, as for a checkpoint of an older ehrfm). `expected`: the run's
-    tokenizer_fingerprint, tokens and steps, which its own checkpoint must hold.
+    tokenizer_fingerprint, tokens and steps, which its own checkpoint must hold; `branch_tokens`: a WSD
+    branch's branch point in tokens (`branch_point`, as result.json records it).
     """
     if has_checkpoint(run_dir):
         _check_checkpoint_is_this_runs(run_dir / CHECKPOINT_DIR, core.config, expected)
@@ -1121,10 +1123,11 @@ def _resume(cfg, core, optimizer, n_steps: int, run_dir: Path, device, expected:
         return (int(state["step"]), float(state["wall_s"]), float(state.get("train_loss", "nan")),
                 state.get("initial_train_loss"), state.get("initial_train_loss_se"), state.get("dtype"))
     if cfg.trunk_dir:  # a WSD branch starts from its trunk's stable checkpoint (checked in _train)
-        b_step, b_tokens = branch_point(cfg, n_steps, cfg.batch_size * cfg.context, _trunk_decay_start(cfg))
-        state = load_training_state(stable_checkpoint_dir(cfg.trunk_dir, b_tokens), core, optimizer, device=device)
+        b_step = branch_tokens // (cfg.batch_size * cfg.context)
+        state = load_training_state(stable_checkpoint_dir(cfg.trunk_dir, branch_tokens), core, optimizer, device=device)
         if int(state["step"]) != b_step:
-            raise UserError(f"trunk {cfg.trunk_dir}: stable checkpoint at {b_tokens} tokens holds step {state['step']}, not {b_step}")
+            raise UserError(f"trunk {cfg.trunk_dir}: stable checkpoint at {branch_tokens} tokens holds step {state['step']}, "
+                            f"not {b_step}")
         # wall_s counts the branch's own time; the initial loss is the trunk's (the same initial weights)
         return (b_step, 0.0, float(state.get("train_loss", "nan")), state.get("initial_train_loss"),
                 state.get("initial_train_loss_se"), state.get("dtype"))

@@ -899,7 +899,8 @@ def _wsd_rows(sweep: SweepConfig, base: TrainConfig, rows: list[dict], previous:
         group.sort(key=lambda r: r["tokens"])
         kept, frontier = _keep_previous(sweep, base, group, before, runs)
         out += kept
-        new = [r for r in group if _point(r) not in {_point(k) for k in kept}]
+        kept_points = {_point(k) for k in kept}
+        new = [r for r in group if _point(r) not in kept_points]
         if frontier is not None:
             # a new point decaying after the frontier's decay start continues its stable phase from there
             f_start = _decay_start_tokens(frontier, base)
