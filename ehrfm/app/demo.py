@@ -72,7 +72,7 @@ class DemoConfig:
     # bracket it: measured, 2.4e11 FLOPs is too small (its parabola fails the lack-of-fit test) and
     # 3.8e11 is enough; 3.7e11 makes the span at least 16x (6e12 / 3.8e11 is only 15.8x).
     patients: int | None = 44_000
-    """Synthetic cohort size (quick: 4000); none with --raw or --meds."""
+    """Synthetic cohort size (quick: 16,000); none with --raw or --meds."""
     seed: int = 0
     """Seed of the data, runs, fits and heads."""
     budgets: list = field(default_factory=lambda: [3.7e11, 9.5e11, 2.4e12, 6e12])
@@ -148,23 +148,19 @@ class DemoConfig:
     """Sweep runs probed per budget: its PROBE_BEST lowest-loss shapes (`sweep collect --probe-best`), enough for the
     utility law (each budget's loss-optimal run) and the loss -> AUROC link; None in Python: every run."""
     quick: bool = False
-    """A smoke version of a few minutes (small cohort, tiny budgets; used by the tests)."""
+    """A smoke version of about 3 minutes (a smaller cohort, 3 budgets at the default grid's low end; used by the tests)."""
 
     @classmethod
     def quick_config(cls, **overrides) -> DemoConfig:
-        """A smoke version of a few minutes: a small cohort, three tiny budgets, three distinct sizes each."""
-        # 9 runs, depths 1-2, ~125 CPU-s of training; the largest D is 1.9M tokens (the 1-layer d_model 32
-        # run of 3.8e11), which >= 3,520 patients hold in 1 epoch (540 train tokens per patient).
-        # A smoke test, not a result: its smallest budget lies below the family's smallest shape's optimum, and
-        # measured in stop 15, moving the grid up (1.5e11-9.5e11) made Approach 2's a swing with the cohort
-        # (a = 0.42, 0.01, 0.45 with 6,000, 10,000, 15,000 patients): quick's budgets are too small for a law.
-        # Cosine, every run probed, as before WSD became the default grid's schedule: its runs are 50-900 steps,
-        # where a WSD branch is far from its cosine twin (README, "One run, many budgets": 3-15% under 300
-        # steps), and its probes are cheap (100 labels). On either schedule (2026-12-05) its two smaller
-        # parabolas come out concave, so Approach 2 gives no exponent (README).
-        base = dict(patients=4000, budgets=[6e10, 1.5e11, 3.8e11], sizes=3, span_dex=0.5, bootstrap=50,
+        """A smoke version of a few minutes: a smaller cohort, three budgets spanning 2.6x, the heads on 1,000 labels."""
+        # The default demo's flow (two stages, WSD trunks continued across them) on budgets at the default grid's low
+        # end, 2.6x apart: 13 runs, depths 1-2. The largest D is 7.5M tokens (the (1, 16) run of 9.5e11), which
+        # 16,000 patients hold in 0.98 epochs. Measured 2026-12-05 (README): a = 0.33, b = 0.63, both intervals
+        # including 0 -- positive exponents, not a law. Budgets below 3.7e11 lie under the optimum of the family's
+        # smallest shape, (1, 16): the earlier quick grid (6e10-3.8e11) gave concave parabolas and no exponent.
+        base = dict(patients=16_000, budgets=[3.7e11, 6e11, 9.5e11], bootstrap=50,
                     head_bootstrap=100, head_max_labels=1000, max_labels=100, eval_tokens=16_384, quick=True,
-                    schedule="cosine", probe_best=None)
+                    probe_best=None)
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 
