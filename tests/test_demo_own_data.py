@@ -53,7 +53,7 @@ def test_one_command_from_raw_mimic_to_fits_heads_and_report(mimic_demo_dir, tmp
         assert (out / "heads" / task / "baseline" / "metrics.json").is_file()
     report = (out / "report.md").read_text()
     # The header gives the whole command (every flag off its default), so it can be run again as written.
-    assert (f"by `ehrfm demo --quick --out {out} --raw {cfg['raw']} --budgets 2e+10,4e+10 --first-stage 0 --bracket 0 "
+    assert (f"by `ehrfm demo --quick --out {out} --raw {cfg['raw']} --budgets 2e+10,4e+10 --sizes 3 --first-stage 0 --bracket 0 "
             "--bootstrap 0`") in report
     assert f"Raw MIMIC-IV from `{cfg['raw']}` -> MEDS" in report and "Synthetic" not in report
     assert f"ehrfm etl {cfg['raw']} --out meds" in report and "ehrfm synth" not in report

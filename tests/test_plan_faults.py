@@ -287,7 +287,7 @@ def test_demo_resumed_with_other_settings_names_them(tmp_path):
     write_json(out / "demo_config.json", made)
     (out / "tokens").mkdir()  # a stage's output: the dir holds a study, not only its settings
     before = sorted(p.name for p in out.iterdir())
-    with pytest.raises(UserError, match=r"other settings \(patients 50 -> 60; sizes 3 -> 4;"):
+    with pytest.raises(UserError, match=r"other settings \(patients 50 -> 60; sizes 5 -> 4;"):
         run_demo(DemoConfig.quick_config(out=str(out), patients=60, sizes=4))
     assert sorted(p.name for p in out.iterdir()) == before
     old = json.loads((out / "demo_config.json").read_text())
