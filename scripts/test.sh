@@ -3,12 +3,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export EHRFM_QUIET=1
-# One worker per core, at most 4 (pytest-xdist): each test file runs whole in one worker, so its module
-# fixtures are made once; the session fixtures (tests/conftest.py) are made once per worker. The suite
-# already passes with every core busy (two CI runs at once), which is what two workers are.
-# EHRFM_TEST_WORKERS=1 runs it in one process, as before.
+# One worker per core, at most 4 (pytest-xdist, `--dist loadgroup`): each test file runs whole in one
+# worker, so its module fixtures are made once, and the files that submit to the real SLURM cluster
+# run one after another in one worker (tests/conftest.py groups them: they compete for the single
+# node's slots); the session fixtures are made once per worker. EHRFM_TEST_WORKERS=1 runs the suite
+# in one process; a `-n K` of your own also wins over the default.
 workers=${EHRFM_TEST_WORKERS:-$(.venv/bin/python -c 'import os; print(min(4, len(os.sched_getaffinity(0))))')}
-if [ "$workers" -gt 1 ]; then
-  set -- -n "$workers" --dist loadfile "$@"
-fi
+case " $* " in
+  *" -n "*|*" -n"[0-9]*|*" --numprocesses"*) set -- --dist loadgroup "$@" ;;
+  *) if [ "$workers" -gt 1 ]; then set -- -n "$workers" --dist loadgroup "$@"; fi ;;
+esac
 exec .venv/bin/python -m pytest -q "$@"

@@ -148,11 +148,11 @@ class DemoConfig:
     """Sweep runs probed per budget: its PROBE_BEST lowest-loss shapes (`sweep collect --probe-best`), enough for the
     utility law (each budget's loss-optimal run) and the loss -> AUROC link; None in Python: every run."""
     quick: bool = False
-    """A smoke version of about 3 minutes (a smaller cohort, 3 budgets at the default grid's low end; used by the tests)."""
+    """A smoke version of about 3.5 minutes on 2 cores (a smaller cohort, 3 budgets at the default grid's low end; used by the tests)."""
 
     @classmethod
     def quick_config(cls, **overrides) -> DemoConfig:
-        """A smoke version of a few minutes: a smaller cohort, three budgets spanning 2.6x, the heads on 1,000 labels."""
+        """A smoke version of about 3.5 minutes on 2 cores: a smaller cohort, three budgets spanning 2.6x, the heads on 1,000 labels."""
         # The default demo's flow (two stages, WSD trunks continued across them) on budgets at the default grid's low
         # end, 2.6x apart: 13 runs, depths 1-2. The largest D is 7.5M tokens (the (1, 16) run of 9.5e11), which
         # 16,000 patients hold in 0.98 epochs. Measured 2026-12-05 (README): a = 0.33, b = 0.63, both intervals
