@@ -392,15 +392,19 @@ def check_device(device: str | torch.device) -> torch.device:
     return d
 
 
-def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
+def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu", with_state: bool = False):
     """(GPT in eval mode, ModelConfig) from a run dir (or its checkpoint/ dir). Safetensors only.
 
     Args:
         run_dir: a run dir, or a checkpoint dir holding model.safetensors.
         device: where to put the model.
+        with_state: also return the checkpoint's verified state.json (step, tokens_seen, status, ...):
+            the state of the very weights loaded, which a later read of the file need not be (a run
+            still training replaces its checkpoint).
 
     Returns:
-        (GPT in eval mode on `device`, its ModelConfig from model_config.json).
+        (GPT in eval mode on `device`, its ModelConfig from model_config.json), and the state dict
+        third when `with_state`.
 
     Raises:
         UserError: no model.safetensors, a checkpoint that fails verification (sha256 in
@@ -420,4 +424,6 @@ def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
     cfg = ModelConfig.from_dict(read_json(ckpt / "model_config.json", "model config", expect=dict))
     model = GPT(cfg)
     model.load_state_dict(_load_verified(ckpt, "model.safetensors", state, "cpu"), strict=True)
+    if with_state:
+        return model.to(device).eval(), cfg, state
     return model.to(device).eval(), cfg

@@ -13,7 +13,7 @@ the cache for generation), else every position attends across subjects.
 
 The export directory is what Hugging Face tools (transformers, vLLM, SGLang) expect of a
 `LlamaForCausalLM`: config.json (with the run's provenance under "ehrfm": run dir, status, step
-of steps; `export_provenance`), model.safetensors (fp32), generation_config.json, and a fast
+of steps; `ehrfm.results.run_provenance`), model.safetensors (fp32), generation_config.json, and a fast
 tokenizer (tokenizer.json, tokenizer_config.json, special_tokens_map.json) whose vocabulary is
 the run's event vocabulary (token id = ehrfm token id) with PAD / UNK / TIMELINE_START /
 TIMELINE_END as pad / unk / bos / eos. Event strings are joined with single spaces when encoded
@@ -365,29 +365,6 @@ def write_hf_tokenizer(vocab: list[str], out: Path, context: int | None = None) 
     return special
 
 
-def export_provenance(run: Path, state: dict) -> dict:
-    """Where an exported model came from, kept in the export's config.json under "ehrfm".
-
-    The run dir, its status (result.json's, else its checkpoint's: an --allow-incomplete export
-    of an interrupted, failed or diverged run says so in the export itself, never only in the
-    shell it was made in), the checkpoint's step of the run's steps and tokens seen, and the
-    tokenizer fingerprint (token id = ehrfm token id of that tokenizer).
-    """
-    from ehrfm import __version__
-    from ehrfm.results import run_status
-
-    status, _ = run_status(run)
-    return {
-        "run": str(run.resolve()),
-        "status": status if status is not None else state.get("status"),
-        "step": state.get("step"),
-        "steps": state.get("steps"),
-        "tokens_seen": state.get("tokens_seen"),
-        "tokenizer_fingerprint": state.get("tokenizer_fingerprint"),
-        "ehrfm_version": __version__,
-    }
-
-
 def export_hf(run: str | os.PathLike, out: str | os.PathLike, tokens_dir: str | os.PathLike | None = None,
               overwrite: bool = False, allow_incomplete: bool = False) -> Path:
     """Write RUN's model as a Hugging Face LlamaForCausalLM directory (module docstring).
@@ -411,6 +388,7 @@ def export_hf(run: str | os.PathLike, out: str | os.PathLike, tokens_dir: str | 
 
     from ehrfm.checkpoint import load_verified_weights
     from ehrfm.io import atomic_dir, check_overwrite, read_json, write_json
+    from ehrfm.results import run_provenance
 
     run = Path(run)
     # the token dir is an input even when it is not given: `--out TOK --overwrite` (TOK the token dir
@@ -430,7 +408,7 @@ def export_hf(run: str | os.PathLike, out: str | os.PathLike, tokens_dir: str | 
     with atomic_dir(out, overwrite=overwrite, inputs=inputs, command="export") as tmp:
         special = write_hf_tokenizer(vocab, tmp, context=int(model_cfg["context"]))
         config = llama_config(model_cfg, special)
-        config["ehrfm"] = export_provenance(run if ckpt != run else run.parent, state)
+        config["ehrfm"] = run_provenance(run if ckpt != run else run.parent, state)
         write_json(tmp / "config.json", config)
         write_json(tmp / "generation_config.json", {
             "bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"],

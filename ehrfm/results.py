@@ -251,6 +251,30 @@ def run_status(run_dir: str | Path) -> tuple[str | None, str]:
     return None, ""
 
 
+def run_provenance(run_dir: str | Path, state: dict) -> dict:
+    """Where a loaded model came from, kept beside what it made.
+
+    An export's config.json keeps it under "ehrfm", a clinical head's metrics.json under "model":
+    the run dir, its status (result.json's, else that of the checkpoint loaded: an --allow-incomplete
+    head or export of an interrupted, failed or diverged run says so in its own output, never only in
+    the shell it was made in), the loaded checkpoint's step of the run's steps and tokens seen, and the
+    tokenizer fingerprint (token id = ehrfm token id of that tokenizer). `state` is the loaded
+    checkpoint's verified state.json (checkpoint.load_model(..., with_state=True)).
+    """
+    from ehrfm import __version__
+
+    status, where = run_status(run_dir)
+    return {
+        "run": str(Path(run_dir).resolve()),
+        "status": status if where.endswith(RESULT_FILE) else state.get("status"),
+        "step": state.get("step"),
+        "steps": state.get("steps"),
+        "tokens_seen": state.get("tokens_seen"),
+        "tokenizer_fingerprint": state.get("tokenizer_fingerprint"),
+        "ehrfm_version": __version__,
+    }
+
+
 # Fields a completed result.json and its final checkpoint (model_config.json, state.json) both record.
 _MODEL_FIELDS = ("n_layer", "d_model", "n_head", "context", "vocab_size")
 _STATE_FIELDS = (("step", "steps"), ("tokens", "tokens"), ("tokenizer_fingerprint", "tokenizer_fingerprint"))

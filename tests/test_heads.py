@@ -427,11 +427,22 @@ def test_heads_refuse_an_unfinished_run_unless_allowed(cohort, tmp_path, capsys)
     (diverged / "result.json").write_text(json.dumps({"status": "diverged"}))
     rc, err = _cli(capsys, "probe", diverged, *head, "--out", tmp_path / "o")
     assert rc == 2 and f"run {diverged} has status 'diverged' ({diverged / 'result.json'})" in err, err
-    # the user's explicit choice: the last checkpoint is used
+    # the user's explicit choice: the last checkpoint is used, and each head's metrics.json says which
+    # (before: only config.json's allow_incomplete; finetune and zeroshot named no model at all)
     rc, err = _cli(capsys, "probe", part, *head, "--out", tmp_path / "ok", "--allow-incomplete")
     assert rc == 0, err
     assert json.loads((tmp_path / "ok" / "config.json").read_text())["allow_incomplete"] is True
     assert json.loads((tmp_path / "ok" / "metrics.json").read_text())["auroc"] > 0.95
+    for cmd in (["probe"], ["finetune", "--epochs", "1"], ["zeroshot", "--samples", "1", "--task", "in_hospital_mortality"]):
+        out = tmp_path / f"ok-{cmd[0]}"
+        rc, err = _cli(capsys, cmd[0], part, *cmd[1:], *head, "--out", out, "--allow-incomplete")
+        assert rc == 0, err
+        record = json.loads((out / "metrics.json").read_text())["model"]
+        assert (record["status"], record["step"], record["steps"]) == ("interrupted", state["step"], state.get("steps")), cmd
+        assert record["run_dir"] == str(part.resolve()) and record["tokens_seen"] == state.get("tokens_seen")
+    rc, err = _cli(capsys, "probe", run, *head, "--out", tmp_path / "done")  # a completed run: result.json's status
+    assert rc == 0, err
+    assert json.loads((tmp_path / "done" / "metrics.json").read_text())["model"]["status"] == "completed"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

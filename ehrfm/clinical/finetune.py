@@ -61,7 +61,7 @@ def finetune(cfg: FinetuneConfig, out: str | os.PathLike, overwrite: bool = Fals
 
     check_out(out, overwrite, cfg, command="finetune")
     t0 = time.time()
-    task, td, h, model, mcfg, context = load_head_inputs(cfg)
+    task, td, h, model, mcfg, context, record = load_head_inputs(cfg)
     device = torch.device(cfg.device)
     y = h.y
     tr, tu, ho = _split_rows(h.split, y, task)
@@ -101,6 +101,7 @@ def finetune(cfg: FinetuneConfig, out: str | os.PathLike, overwrite: bool = Fals
         "n_tuning": int(len(tu)),
         "best_epoch": best[3],
         "epochs": curve,
+        "model": record,
         "wall_s": time.time() - t0,
     }
     write_head_outputs(out, overwrite, cfg, metrics, split_predictions(h.labels, p, h.split))

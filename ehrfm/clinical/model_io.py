@@ -127,8 +127,11 @@ def check_not_pretrained_on(run_dir: str | os.PathLike, td: TokenDir) -> None:
 
 
 def load_run(run_dir: str | os.PathLike, td: TokenDir, device: str = "cpu", n_labels: int | None = None,
-             allow_incomplete: bool = False):
+             allow_incomplete: bool = False, with_provenance: bool = False):
     """(model, ModelConfig) of a completed run, refusing a run trained on another tokenizer.
+
+    With `with_provenance`, a third item: results.run_provenance of the checkpoint loaded (status,
+    step of steps, tokens seen), which a head keeps in its metrics.json under "model".
 
     UserError: a run that did not complete (unless `allow_incomplete`; results.require_completed),
     a device this machine lacks (checkpoint.check_device), a damaged checkpoint, a vocab mismatch,
@@ -140,7 +143,7 @@ def load_run(run_dir: str | os.PathLike, td: TokenDir, device: str = "cpu", n_la
     check_not_temporary(run_dir, "run dir")
     run_dir = Path(run_dir)
     require_completed(run_dir, "a clinical head", allow_incomplete)
-    model, cfg = load_model(run_dir, device)
+    model, cfg, state = load_model(run_dir, device, with_state=True)
     affected = f"; all {n_labels} label rows affected" if n_labels is not None else ""
     recorded = _recorded_fingerprint(run_dir)
     if recorded is not None and recorded != td.fingerprint:
@@ -155,7 +158,17 @@ def load_run(run_dir: str | os.PathLike, td: TokenDir, device: str = "cpu", n_la
     for split in td.splits:  # every id the heads feed the model must be in its vocab (read once per TokenDir)
         td.check_token_ids(split, trust_stats=False)
     check_not_pretrained_on(run_dir, td)  # after the token dir's own checks: a damaged dir is named first
+    if with_provenance:
+        from ehrfm.results import run_provenance
+
+        return model, cfg, run_provenance(run_dir, state)
     return model, cfg
+
+
+def model_record(provenance: dict, cfg) -> dict:
+    """A head's metrics.json "model" section: the run's provenance (results.run_provenance) and its shape."""
+    return {"run_dir": provenance["run"], "n_layer": cfg.n_layer, "d_model": cfg.d_model, "context": cfg.context,
+            **{k: v for k, v in provenance.items() if k != "run"}}
 
 
 def pad_id(td: TokenDir) -> int:

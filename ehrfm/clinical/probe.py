@@ -62,21 +62,23 @@ def load_label_histories(td: TokenDir, labels_path, max_labels: int | None, seed
 def load_head_inputs(cfg) -> tuple:
     """Load what a clinical head needs from its config.
 
-    (task, TokenDir, label Histories, model, its ModelConfig, context) of a head's config
+    (task, TokenDir, label Histories, model, its ModelConfig, context, the metrics' "model" record:
+    model_io.model_record, with the loaded checkpoint's step and status) of a head's config
     (ProbeConfig or FinetuneConfig: run_dir, tokens_dir, labels, task, max_labels, context,
     device, seed, allow_incomplete), after seeding torch with cfg.seed. UserError: see
     labels.head_labels (a label dir of several files, a task mismatch) and model_io.load_run.
     """
     import torch
 
-    from ehrfm.clinical.model_io import load_run, resolve_context
+    from ehrfm.clinical.model_io import load_run, model_record, resolve_context
 
     torch.manual_seed(cfg.seed)
     labels, task = head_labels(cfg.labels, cfg.task)
     td = TokenDir(cfg.tokens_dir)
     h = load_label_histories(td, labels, cfg.max_labels, cfg.seed)
-    model, mcfg = load_run(cfg.run_dir, td, cfg.device, n_labels=len(h.start), allow_incomplete=cfg.allow_incomplete)
-    return task, td, h, model, mcfg, resolve_context(cfg.context, mcfg.context)
+    model, mcfg, provenance = load_run(cfg.run_dir, td, cfg.device, n_labels=len(h.start),
+                                       allow_incomplete=cfg.allow_incomplete, with_provenance=True)
+    return task, td, h, model, mcfg, resolve_context(cfg.context, mcfg.context), model_record(provenance, mcfg)
 
 
 def probe_scores(model, td: TokenDir, h: Histories, context: int, cfg: ProbeConfig, task: str,
@@ -128,7 +130,7 @@ def probe(cfg: ProbeConfig, out: str | os.PathLike, overwrite: bool = False, fea
 
     check_out(out, overwrite, cfg, command="probe")
     t0 = time.time()
-    task, td, h, model, mcfg, context = load_head_inputs(cfg)
+    task, td, h, model, mcfg, context, record = load_head_inputs(cfg)
     ho = h.split == "held_out"
     if not ho.any():
         raise UserError(f"task {task}: no labels in the held_out split to score")
@@ -144,7 +146,7 @@ def probe(cfg: ProbeConfig, out: str | os.PathLike, overwrite: bool = False, fea
         "n_train": int((h.split == "train").sum()),
         "n_tuning": int((h.split == "tuning").sum()),
         "selection": selection,
-        "model": {"run_dir": str(cfg.run_dir), "n_layer": mcfg.n_layer, "d_model": mcfg.d_model, "context": mcfg.context},
+        "model": record,
         "history_tokens_mean": float(np.minimum(h.lengths(), context).mean()),
         "wall_s": time.time() - t0,
     }
