@@ -168,6 +168,30 @@ def test_representation_independent_of_batching_and_context(cohort):
     assert not np.allclose(a, c, atol=1e-3)
 
 
+def test_a_histories_representation_and_the_probe_do_not_move_with_the_batch_size(synth_meds, synth_tokens, tiny_run, tmp_path):
+    """Before: each batch was padded to its longest window, so a history's states depended on its
+    batch-mates (~1e-6), and the probe's choice of C between near-tied tuning AUROCs flipped with
+    --batch-size (held-out AUROC 0.909 at 64, 0.905 at 9). Now a window is padded by its own length."""
+    from ehrfm.clinical.labels import make_labels, write_label_dir
+    from ehrfm.clinical.model_io import embed_histories, load_run, padded_lengths
+    from ehrfm.clinical.probe import ProbeConfig, load_label_histories, probe
+    from ehrfm.tokens import TokenDir
+
+    frame, info = make_labels(synth_meds, "long_los")
+    write_label_dir({"long_los": frame}, {"long_los": info}, tmp_path / "labels")
+    labels = tmp_path / "labels" / "long_los.parquet"
+    td = TokenDir(synth_tokens)
+    h = load_label_histories(td, labels, None, 0)
+    model, mcfg = load_run(tiny_run, td)
+    windows = np.minimum(h.lengths(), mcfg.context)
+    assert len(np.unique(padded_lengths(windows, mcfg.context))) == 2 and len(np.unique(windows)) > 20  # mixed lengths
+    x = {bs: embed_histories(model, td, h, mcfg.context, batch_size=bs, pooling="last+mean+max") for bs in (64, 5)}
+    assert np.array_equal(x[64], x[5])
+    metrics = [probe(ProbeConfig(str(tiny_run), str(synth_tokens), str(labels), batch_size=bs, bootstrap=0), tmp_path / f"p{bs}")
+               for bs in (64, 5)]
+    assert metrics[0]["auroc"] == metrics[1]["auroc"] and metrics[0]["selection"] == metrics[1]["selection"]
+
+
 def test_mean_and_max_pooling_are_over_the_window_without_padding(cohort):
     """The probe's representations: the last state, then the mean of the window's states, then their
     feature-wise max (the default), each window run alone (no padding to average or take the max of)."""

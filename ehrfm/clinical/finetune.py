@@ -81,7 +81,7 @@ def finetune(cfg: FinetuneConfig, out: str | os.PathLike, overwrite: bool = Fals
     def predict(rows: np.ndarray) -> np.ndarray:
         model.eval()
         p = np.zeros(len(rows))
-        for b in batches_by_length(np.minimum(h.lengths()[rows], context), cfg.batch_size):
+        for b in batches_by_length(np.minimum(h.lengths()[rows], context), cfg.batch_size, context):
             p[b] = torch.sigmoid(logits_of(rows[b], train=False).float()).cpu().numpy()
         if cfg.full:
             model.train()

@@ -179,17 +179,40 @@ def pad_id(td: TokenDir) -> int:
         return 0
 
 
-def batches_by_length(lengths: np.ndarray, batch_size: int):
-    """Index batches of similar lengths (less padding), in a fixed order."""
+PAD_MULTIPLE = 64
+"""A history's window is padded to the next multiple of this many tokens (at most the context), set by its own
+length alone: its representation is then the same whatever batch it shares, bit for bit on CPU. Padded to its
+batch's longest window instead, a history's states moved by ~1e-6 with --batch-size, which flipped the probe's
+choice of C between near-tied tuning AUROCs (held-out AUROC 0.909 at --batch-size 64, 0.905 at 9)."""
+
+
+def padded_lengths(lengths: np.ndarray, context: int) -> np.ndarray:
+    """(n,) the padded length of each window of `lengths` tokens (PAD_MULTIPLE, at most `context`)."""
+    lengths = np.maximum(np.asarray(lengths, dtype=np.int64), 1)
+    return np.minimum(-(-lengths // PAD_MULTIPLE) * PAD_MULTIPLE, max(int(context), 1))
+
+
+def batches_by_length(lengths: np.ndarray, batch_size: int, context: int):
+    """Index batches of windows of one padded length (padded_lengths), shortest first, in a fixed order.
+
+    `lengths`: (n,) window lengths in tokens, at most `context`; at most `batch_size` indices a batch.
+    """
     order = np.argsort(lengths, kind="stable")
-    for i in range(0, len(order), batch_size):
-        yield order[i : i + batch_size]
+    padded = padded_lengths(np.asarray(lengths)[order], context)
+    edges = np.flatnonzero(np.diff(padded)) + 1  # where the padded length changes
+    for start, stop in zip(np.r_[0, edges], np.r_[edges, len(order)], strict=True):
+        for i in range(start, stop, batch_size):
+            yield order[i : min(i + batch_size, stop)]
 
 
 def padded_batch(td: TokenDir, h: Histories, idx: np.ndarray, context: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) right-padded token ids of the labels idx, and the position of each row's last token."""
+    """(B, T) right-padded token ids of the labels idx, and the position of each row's last token.
+
+    T is the padded length (padded_lengths) of the longest window: for a batch from batches_by_length,
+    every row's own padded length.
+    """
     windows = [history_window(td, h, int(k), context) for k in idx]
-    T = max(len(w) for w in windows)
+    T = int(padded_lengths(np.array([max(len(w) for w in windows)]), context)[0])
     x = np.full((len(windows), T), pad_id(td), dtype=np.int64)
     for r, w in enumerate(windows):
         x[r, : len(w)] = w
@@ -215,7 +238,7 @@ def embed_histories(model, td: TokenDir, h: Histories, context: int, batch_size:
     out = np.zeros((n, d * len(pooling.split("+"))), dtype=np.float32)
     use_bf16 = device.type == "cuda"
     with progress(total=n, desc=desc, unit="label") as bar:
-        for idx in batches_by_length(np.minimum(h.lengths(), context), batch_size):
+        for idx in batches_by_length(np.minimum(h.lengths(), context), batch_size, context):
             x, last = padded_batch(td, h, idx, context, device)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 hs = model.hidden_states(x).float()
