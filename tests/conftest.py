@@ -40,15 +40,17 @@ SYNTH_SEED = 0
 def pytest_collection_modifyitems(config, items):
     """Group the tests for pytest-xdist (scripts/test.sh: `--dist loadgroup`): a file stays whole in one
     worker, so its module fixtures are made once, and every file that submits to the real SLURM
-    cluster (a test marked `slurm`) shares one group, run first. The single-node cluster has one
+    cluster (a test marked `slurm`) shares one group. The single-node cluster has one
     slot per core and those tests hold jobs at fault points: two such files in two workers left each
     other's jobs PENDING past their 300 s guards (stop 53's CI, five tests)."""
     module_of = {item: item.nodeid.split("::")[0] for item in items}
     on_cluster = {module_of[item] for item in items if item.get_closest_marker("slurm")}
     for item in items:
         item.add_marker(pytest.mark.xdist_group("slurm-cluster" if module_of[item] in on_cluster else module_of[item]))
-    # The cluster's group is the longest unit: first, so it never starts last (stable sort).
-    items.sort(key=lambda item: module_of[item] not in on_cluster)
+    # The longest units first (stable sort), so that none starts last, when the other workers are done:
+    # the files with a test marked `slow` (the demo's), then the cluster's group.
+    slow = {module_of[item] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: (module_of[item] not in slow, module_of[item] not in on_cluster))
 
 
 @pytest.hookimpl(optionalhook=True)  # an xdist hook, called in the controller: absent without xdist
