@@ -127,11 +127,11 @@ def check_not_pretrained_on(run_dir: str | os.PathLike, td: TokenDir) -> None:
 
 
 def load_run(run_dir: str | os.PathLike, td: TokenDir, device: str = "cpu", n_labels: int | None = None,
-             allow_incomplete: bool = False, with_provenance: bool = False):
+             allow_incomplete: bool = False, with_record: bool = False):
     """(model, ModelConfig) of a completed run, refusing a run trained on another tokenizer.
 
-    With `with_provenance`, a third item: results.run_provenance of the checkpoint loaded (status,
-    step of steps, tokens seen), which a head keeps in its metrics.json under "model".
+    With `with_record`, a third item: the head's metrics.json "model" section (model_record) of the
+    checkpoint loaded: its run dir, shape, status, step of steps and tokens seen.
 
     UserError: a run that did not complete (unless `allow_incomplete`; results.require_completed),
     a device this machine lacks (checkpoint.check_device), a damaged checkpoint, a vocab mismatch,
@@ -158,10 +158,10 @@ def load_run(run_dir: str | os.PathLike, td: TokenDir, device: str = "cpu", n_la
     for split in td.splits:  # every id the heads feed the model must be in its vocab (read once per TokenDir)
         td.check_token_ids(split, trust_stats=False)
     check_not_pretrained_on(run_dir, td)  # after the token dir's own checks: a damaged dir is named first
-    if with_provenance:
+    if with_record:
         from ehrfm.results import run_provenance
 
-        return model, cfg, run_provenance(run_dir, state)
+        return model, cfg, model_record(run_provenance(run_dir, state), cfg)
     return model, cfg
 
 

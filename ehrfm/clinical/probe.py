@@ -70,15 +70,15 @@ def load_head_inputs(cfg) -> tuple:
     """
     import torch
 
-    from ehrfm.clinical.model_io import load_run, model_record, resolve_context
+    from ehrfm.clinical.model_io import load_run, resolve_context
 
     torch.manual_seed(cfg.seed)
     labels, task = head_labels(cfg.labels, cfg.task)
     td = TokenDir(cfg.tokens_dir)
     h = load_label_histories(td, labels, cfg.max_labels, cfg.seed)
-    model, mcfg, provenance = load_run(cfg.run_dir, td, cfg.device, n_labels=len(h.start),
-                                       allow_incomplete=cfg.allow_incomplete, with_provenance=True)
-    return task, td, h, model, mcfg, resolve_context(cfg.context, mcfg.context), model_record(provenance, mcfg)
+    model, mcfg, record = load_run(cfg.run_dir, td, cfg.device, n_labels=len(h.start),
+                                   allow_incomplete=cfg.allow_incomplete, with_record=True)
+    return task, td, h, model, mcfg, resolve_context(cfg.context, mcfg.context), record
 
 
 def probe_scores(model, td: TokenDir, h: Histories, context: int, cfg: ProbeConfig, task: str,

@@ -742,7 +742,7 @@ def zeroshot(cfg: ZeroShotConfig, out: str | os.PathLike, overwrite: bool = Fals
             labels in the scored splits, a run that did not complete (without allow_incomplete), a
             device this machine lacks, or a run trained on another tokenizer.
     """
-    from ehrfm.clinical.model_io import load_run, model_record, resolve_context
+    from ehrfm.clinical.model_io import load_run, resolve_context
     from ehrfm.io import progress, summary
 
     check_out(out, overwrite, cfg, command="zeroshot")
@@ -751,8 +751,8 @@ def zeroshot(cfg: ZeroShotConfig, out: str | os.PathLike, overwrite: bool = Fals
     _check(cfg, task)
     td = TokenDir(cfg.tokens_dir)
     h = load_label_histories(td, labels, cfg.max_labels, cfg.seed)
-    model, mcfg, provenance = load_run(cfg.run_dir, td, cfg.device, n_labels=len(h.start),
-                                       allow_incomplete=cfg.allow_incomplete, with_provenance=True)
+    model, mcfg, record = load_run(cfg.run_dir, td, cfg.device, n_labels=len(h.start),
+                                   allow_incomplete=cfg.allow_incomplete, with_record=True)
     context = resolve_context(cfg.context, mcfg.context)
     rows = np.flatnonzero(np.isin(h.split, cfg.splits))
     if len(rows) == 0:
@@ -767,7 +767,7 @@ def zeroshot(cfg: ZeroShotConfig, out: str | os.PathLike, overwrite: bool = Fals
         "context": context,
         "n_samples": cfg.n_samples,
         **extras,
-        "model": model_record(provenance, mcfg),
+        "model": record,
         "wall_s": time.time() - t0,
     }
     # only the scored rows have rollouts: predictions.parquet is exactly them, no other split files
