@@ -42,7 +42,8 @@ from analysis.laws import (
 )
 from analysis.table import Results, load_results
 from ehrfm.errors import UserError
-from ehrfm.law_checks import TOKENS_PER_PARAM_MARK
+from ehrfm.io import format_ci
+from ehrfm.law_checks import TOKENS_PER_PARAM_MARK, has_interval, loss_direction_problems
 
 N_COUNT_LABEL = {"total": "total parameters (embeddings included)", "non-embedding": "non-embedding parameters"}
 APPROACH3_METHODS = ("varpro", "huber-lbfgs")
@@ -1192,10 +1193,34 @@ def _check_config(cfg: FitConfig) -> None:
             raise UserError(f"{_flag(name)} must be one of {', '.join(allowed)} (got {getattr(cfg, name)!r})")
 
 
+def _no_scaling(law: Approach1 | Approach2) -> str:
+    """Why an Approach 1 or 2 law shows no scaling ("" when it does).
+
+    That is N_opt or D_opt that does not grow with compute, or an L_min that does not fall, by its
+    estimate or its interval (law_checks.trust's rules: `ehrfm recommend` refuses such a law as its
+    default, and fit said nothing of it).
+    """
+    bits = []
+    for name, what, x, ci in (("a", "N_opt", law.a, law.a_ci), ("b", "D_opt", law.b, law.b_ci)):
+        if not x > 0:
+            bits.append(f"{what} ~ C^{name} with {name} = {format_ci(x, ci if has_interval(ci) else None)} does not grow "
+                        "with compute")
+        elif has_interval(ci) and ci[0] <= 0:
+            bits.append(f"the interval of {name} = {format_ci(x, ci)} includes 0")
+    bits += loss_direction_problems({"loss_exponent": law.loss_exponent, "loss_exponent_ci": law.loss_exponent_ci})
+    return "; ".join(bits)
+
+
 def _drop_over_max_epochs(res: Results, max_epochs: float | None) -> Results:
-    """`res` without the runs trained for more than `max_epochs` epochs; each is listed in `excluded`."""
-    if max_epochs is None or res.epochs is None:
+    """`res` without the runs trained for more than `max_epochs` epochs; each is listed in `excluded`.
+
+    UserError: `max_epochs` set on a table without epochs or unique_tokens (it was silently not applied).
+    """
+    if max_epochs is None or math.isinf(max_epochs):  # --max-epochs inf: no limit
         return res
+    if res.epochs is None:
+        raise UserError(f"{res.source}: --max-epochs {max_epochs:g} needs each run's epochs: the table has no epochs or "
+                        "unique_tokens column (`ehrfm sweep collect` writes both); add one, or fit without --max-epochs")
     over = np.isfinite(res.epochs) & (res.epochs > max_epochs)
     if not over.any():
         return res
@@ -1399,6 +1424,9 @@ def _fit_results(res: Results, cfg: FitConfig) -> FitResult:
     if 1 in fitted and fitted[1].edge_budgets:
         warn(f"Approach 1 is not an estimate of N_opt: {edge_note(fitted[1].edge_budgets)} (add sizes beyond the ladder's "
              "end: `ehrfm sweep plan --bracket-from RESULTS`)")
+    for k in (1, 2):
+        if k in fitted and (why := _no_scaling(fitted[k])):
+            warn(f"Approach {k} shows no scaling law here: {why}; `ehrfm recommend` does not take it as its default")
     a3 = fitted.get(3)
     if a3 is not None and a3.outliers:
         robust = " (or refit with --approach3-method huber-lbfgs, which down-weights them)" if a3.method == "varpro" else ""

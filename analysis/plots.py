@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis.laws import auroc_from_law, percentile_ci, power_law
+from ehrfm.law_checks import trust
 
 APPROACH_STYLE = {1: dict(color="tab:gray", ls=":"), 2: dict(color="tab:red", ls="-"), 3: dict(color="tab:blue", ls="--")}
 APPROACH_LABEL = {1: "Approach 1 (envelope)", 2: "Approach 2 (IsoFLOP)", 3: "Approach 3 (parametric)"}
@@ -154,8 +155,13 @@ def _compute_grid(fit, results, pad: float = 2.0):
     return np.logspace(np.log10(lo), np.log10(hi), 100)
 
 
-# The isoflops legend (one entry per budget) is drawn beside the axes, not over the runs, past this many budgets.
-MAX_LEGEND_INSIDE = 10
+# The isoflops legend (one entry per budget, beside the axes) takes one more column per this many budgets.
+LEGEND_ROWS = 10
+
+
+def legend_columns(n_budgets: int) -> int:
+    """Columns of the isoflops legend for n_budgets budgets (LEGEND_ROWS per column, each budget ~2 entries)."""
+    return max(1, -(-n_budgets // 2 // LEGEND_ROWS))
 
 
 def plot_isoflops(ax, fit, results, label: str | None = None, color=None) -> None:
@@ -201,12 +207,10 @@ def plot_isoflops(ax, fit, results, label: str | None = None, color=None) -> Non
     ax.set_xlabel(_n_label(fit))
     ax.set_ylabel(f"Held-out loss ({results.loss_unit})")
     ax.set_title("IsoFLOP curves (stars: parabola minima)" if fit.approach2 else "IsoFLOP runs (Approach 2 not fitted)")
-    if len(colors) > MAX_LEGEND_INSIDE:
-        # one entry per budget: 21 of them (Chinchilla's runs grouped by FLOPs) ran over the runs and off the figure
-        ax.legend(fontsize=7, title="budget", title_fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                  ncols=-(-len(colors) // 2 // MAX_LEGEND_INSIDE))
-    else:
-        ax.legend(fontsize=7, title="budget", title_fontsize=7, frameon=False, loc="best")
+    # Beside the axes, never over them: inside ("best") it covered the smallest budget's runs and curve on the
+    # default demo, and 21 entries (Chinchilla's runs grouped by FLOPs) ran off the figure.
+    ax.legend(fontsize=7, title="budget", title_fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              ncols=legend_columns(len(colors)))
     ax.grid(True, which="major", alpha=0.3)
 
 
@@ -239,15 +243,22 @@ def plot_optimal_scaling(ax, fit, results, which: str = "n", label: str | None =
         ax.scatter([p["flops"] for p in pts], [p["n_params" if which == "n" else "tokens"] for p in pts],
                    marker="s", s=18, facecolor="none", edgecolor="tab:gray" if color is None else color, zorder=3,
                    label=_label(label, "envelope runs"))
+    fits_json = fit.to_json()
     for k in (1, 2, 3):
         part = getattr(fit, f"approach{k}")
         if part is None:
             continue
         style = _recolor(APPROACH_STYLE[k], color)
+        # a law `ehrfm recommend` would not stand behind (law_checks.trust) is drawn faint and labelled so,
+        # not like a trusted one (an Approach 1 with a = 0.23 [-0.49, 0.74] looked as sure as the others)
+        trusted = trust(fits_json, k)[0]
+        if not trusted:
+            style = {**style, "alpha": 0.45}
         y = part.n_opt(c) if which == "n" else part.d_opt(c)
         exp, ci = (part.a, part.a_ci) if which == "n" else (part.b, part.b_ci)
         ci_txt = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and np.all(np.isfinite(ci)) else ""
-        ax.plot(c, y, lw=1.6, label=_label(label, f"{APPROACH_LABEL[k]}: {'a' if which == 'n' else 'b'}={exp:.2f}{ci_txt}"), **style)
+        ax.plot(c, y, lw=1.6, label=_label(label, f"{APPROACH_LABEL[k]}: {'a' if which == 'n' else 'b'}={exp:.2f}{ci_txt}"
+                                           f"{'' if trusted else ' (not trusted)'}"), **style)
         _band(ax, c, _law_draws(fit, k, which, c), style, conf)
     _log_x(ax)
     y0, y1 = ax.dataLim.intervaly
@@ -409,8 +420,7 @@ def make_plots(fit, results, out_dir) -> list[Path]:
         plt.close(fig)
 
     with plt.rc_context({"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9}):
-        n_budgets = np.unique(results.budget).size  # past MAX_LEGEND_INSIDE the legend stands beside the axes
-        wide = 0.0 if n_budgets <= MAX_LEGEND_INSIDE else 2.6 * -(-n_budgets // 2 // MAX_LEGEND_INSIDE)
+        wide = 2.6 * legend_columns(np.unique(results.budget).size)  # the legend stands beside the axes
         fig, ax = plt.subplots(figsize=(5.5 + wide, 4))
         plot_isoflops(ax, fit, results)  # the runs alone when Approach 2 could not be fitted
         save(fig, "isoflops")

@@ -557,6 +557,16 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
                      f"{'fewer' if shape['tokens'] < shape_d else 'more'} than D_opt {shape_d:.3g} "
                      f"({shape['flops_per_token']:.3g} FLOPs/token, compute convention {shape['compute_convention']}): "
                      "size the run from N_opt and D_opt, not from the shape line")
+    have = None if shape is None else shape["n_params_total" if n_count == "total" else "n_params"]
+    if have and shape_n > 0 and abs(math.log(have / shape_n)) > math.log(SHAPE_TOKENS_OFF):
+        # the family's smallest shapes are far from a small N_opt, and with a large vocabulary the embeddings
+        # alone outweigh it: a 100,000-code vocabulary gave a 3.2e6-parameter shape for N_opt 1.65e5, unsaid
+        emb = shape["n_params_total"] - shape["n_params"]
+        why = (f": with a vocabulary of {shape['vocab_size']:,} its embeddings alone are {_count(emb)} parameters"
+               if n_count == "total" and have > shape_n and emb > shape_n / 2 else "")
+        notes.append(f"the family's nearest shape has {_count(have)} {'total' if n_count == 'total' else 'non-embedding'} "
+                     f"parameters, {_factor(max(have, shape_n), min(have, shape_n))} {'more' if have > shape_n else 'fewer'} "
+                     f"than N_opt {shape_n:.3g}{why}; size the run from N_opt and D_opt, not from the shape line")
     if shape is None:
         # name what is missing: a table with vocab_size but no context was told it had neither
         lacking = [k for k, v in (("vocab_size", vocab_size), ("context", context)) if not v]
@@ -645,7 +655,8 @@ def format_recommendation(rec: Recommendation) -> str:
     lines = []
     if not any(p.trusted for p in rec.per_approach):
         lines += [f"**No trustworthy scaling law in this fit** for this budget: no approach passes the checks a recommendation "
-                  "needs (exponents a, b > 0 with intervals excluding 0, a bracketed optimum, an identified frontier, a budget "
+                  "needs (exponents a, b > 0 with intervals excluding 0, an L_min that falls with compute, a bracketed optimum, "
+                  "an identified frontier, a budget "
                   f"within {_factor(EXTRAPOLATION_UNTRUSTED)} of the fitted ones) "
                   f"({'; '.join(f'Approach {p.approach}: {p.why_untrusted}' for p in rec.per_approach)}). "
                   "The numbers below are what each approach would say, untrusted: do not size a model from them.", ""]
@@ -653,6 +664,14 @@ def format_recommendation(rec: Recommendation) -> str:
         head = next(p for p in rec.per_approach if p.approach == rec.approach)
         lines += [f"**Approach {rec.approach}, as asked, is not trusted**: {head.why_untrusted}. Trusted: "
                   f"{', '.join(f'Approach {p.approach}' for p in rec.per_approach if p.trusted)}.", ""]
+    else:
+        # the headline is the first trusted approach of 3, 2, 1: say which ones it passed over, and why,
+        # before its numbers (a fit whose Approach 2 had b's interval through 0 headlined Approach 1 silently)
+        order = [p.approach for p in rec.per_approach]
+        passed_over = [p for p in rec.per_approach[: order.index(rec.approach)] if not p.trusted]
+        if passed_over:
+            lines += [f"**Headline from Approach {rec.approach}**: "
+                      + "; ".join(f"Approach {p.approach} is not trusted ({p.why_untrusted})" for p in passed_over) + ".", ""]
     lines += [
         f"Budget {rec.flops:.3g} FLOPs (Approach {rec.approach}{'' if rec.trusted else ', untrusted'}): "
         f"N_opt {ci_text(rec.n_opt, rec.n_opt_ci)} {count} parameters, "

@@ -15,7 +15,7 @@ Only status == "completed" rows are fitted; every other row is reported in `excl
 reason (the status, and the `error` column's text when there is one). A completed row whose loss
 is above uniform guessing, ln(vocab_size) nats/token, is a blow-up recorded by a trainer that did
 not check it: excluded too, with that reason, never fitted; when a quarter of the completed rows
-or more are above it, the column is in another unit (bits, perplexity): an error. A completed row with a missing, NaN or non-positive required value is an error naming
+or more are above it, the column is in another unit (bits, perplexity): an error. A completed row with a missing, NaN, infinite or non-positive required value is an error naming
 the file, column and run ids (never patient data: the table holds none, but we still name ids only).
 Hand-made tables are read leniently where the meaning is certain and refused where it is not:
 padded numbers and headers in a CSV ("3.2 ", "loss "), ehrfm's column names in another case ("Loss")
@@ -471,7 +471,7 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss", na
 
     Raises:
         UserError: unreadable table, a missing required column, or a completed run whose
-            required value is missing, NaN or non-positive (naming the column and run ids).
+            required value is missing, NaN, infinite or non-positive (naming the column and run ids).
     """
     if isinstance(table, pl.DataFrame):
         df, source = table, name or "(a DataFrame)"
@@ -511,7 +511,8 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss", na
     if "flops" in df.columns:
         values["flops"] = _numeric(df, "flops", source, keep)
     for col, v in values.items():
-        _refuse(source, col, "missing, NaN or non-positive", keep & ~(np.isfinite(v) & (v > 0)), run_id, "completed ")
+        _refuse(source, col, "missing, NaN, infinite or non-positive", keep & ~(np.isfinite(v) & (v > 0)), run_id, "completed ",
+                hint="a run that failed or diverged: mark it in a status column (failed, diverged) or drop its row")
     if "flops" in values and keep.any():
         _refuse_unit_mismatch(source, values["flops"][keep], values["n_params"][keep], values["tokens"][keep],
                               run_id=run_id[keep])
@@ -746,10 +747,12 @@ def _refuse_off_budget(source: str, budget: np.ndarray, flops: np.ndarray, token
             "to group runs by flops")
 
 
-def _refuse(source: str, col: str, what: str, bad: np.ndarray, run_id: np.ndarray, which: str = "") -> None:
-    """UserError naming the column and the run ids of the `bad` rows, if any."""
+def _refuse(source: str, col: str, what: str, bad: np.ndarray, run_id: np.ndarray, which: str = "", hint: str = "") -> None:
+    """UserError naming the column and the run ids of the `bad` rows, if any (and `hint`: what to do)."""
     if bad.any():
-        raise UserError(f"results table {source}: column {col} is {what} in {int(bad.sum())} {which}run(s): {_name_ids(run_id[bad])}")
+        rows = " (row<i>: data row i, counting from 0)" if any(str(r).startswith("row") for r in run_id[bad]) else ""
+        raise UserError(f"results table {source}: column {col} is {what} in {int(bad.sum())} {which}run(s): "
+                        f"{_name_ids(run_id[bad])}{rows}{f'; {hint}' if hint else ''}")
 
 
 def _run_ids(df: pl.DataFrame, source: str) -> np.ndarray:
@@ -906,8 +909,9 @@ def _blown_up(df: pl.DataFrame, source: str, values: dict, keep: np.ndarray, run
     for i in np.flatnonzero(blown):
         own_vocab = np.isfinite(vocab[i]) and vocab[i] > 0
         bound_text = f"ln V = {uniform[i]:.4g}: a blow-up" if own_vocab else f"over 2^24 codes, {uniform[i]:.4g}: a blow-up or another unit"
-        excluded.append({"run_id": str(run_id[i]), "reason": f"status completed but loss {per_token[i]:.4g} nats/token is "
-                         f"above uniform guessing {bound_text}, not a measurement"})
+        reason = (f"status completed but loss {per_token[i]:.4g} nats/token is above uniform guessing {bound_text}, not a "
+                  "measurement") if np.isfinite(per_token[i]) else "status completed but loss infinite: a blow-up, not a measurement"
+        excluded.append({"run_id": str(run_id[i]), "reason": reason})
     return blown
 
 

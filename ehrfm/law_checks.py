@@ -49,10 +49,32 @@ def edge_note(budgets) -> str:
             "its ladder sampled (or its only size): the optimum is not bracketed there")
 
 
+def loss_direction_problems(law: dict) -> list[str]:
+    """Why an Approach 1 or 2 law's L_min ~ C^k (fits.json loss_exponent, loss_exponent_ci) is no scaling law.
+
+    Its exponent must be below 0 and, where it has an interval, so must the interval's upper end: a
+    larger budget whose best run is no better than a smaller one's is a sweep that did not measure
+    scaling (runs undertrained, diverged or mislabelled at the larger budgets), whatever its N_opt
+    does; a law with L_min ~ C^+0.06 [0.061, 0.062] predicted a loss above every measured one,
+    trusted. A law without the key (an older fit) gives no problem here. Returns [] when it falls.
+    """
+    if "loss_exponent" not in law:
+        return []
+    x, ci = law.get("loss_exponent"), law.get("loss_exponent_ci")
+    if x is None or not is_number(x) or not math.isfinite(x) or x >= 0:
+        shown = format_ci(x if is_number(x) else None, ci if has_interval(ci) else None)
+        return [f"L_min ~ C^k with k = {shown} does not fall with compute (the larger "
+                "budgets' best runs are no better: undertrained, diverged or mislabelled runs?)"]
+    if has_interval(ci) and ci[1] >= 0:
+        return [f"the interval of L_min's exponent k = {format_ci(x, ci)} reaches 0: the loss may not fall with compute"]
+    return []
+
+
 def trust(fits: dict, k: int) -> tuple[bool, str]:
     """Can approach k's law of a fits.json dict be the default recommendation? Returns (ok, why not).
 
     Not when an exponent of N_opt or D_opt in C (a, b) is non-positive or its interval reaches 0,
+    nor, for Approaches 1-2, when L_min ~ C^k does not fall with compute (loss_direction_problems),
     nor, for Approach 1, when an envelope run is the smallest or largest size of its budget's ladder
     (`edge_budgets`: that budget's optimum is not bracketed) or its envelope holds fewer than 3 runs
     (`n_points`: a power law through 2 points is untested), nor, for Approach 3, when its frontier
@@ -83,6 +105,8 @@ def trust(fits: dict, k: int) -> tuple[bool, str]:
                             "the file is damaged")
         elif ci[0] <= 0:
             problems.append(f"the interval of {name} = {format_ci(x, ci)} includes 0")
+    if k in (1, 2) and f:
+        problems += loss_direction_problems(f)
     points = f.get("n_points")
     if k == 1 and isinstance(points, int) and points < 3:
         # A line through 2 envelope runs fits them exactly; on losses of pure noise the envelope kept 2 of 4

@@ -1,5 +1,7 @@
 """Plot functions draw what they claim on a given Axes; make_plots writes PNG and PDF."""
 
+import warnings
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -7,10 +9,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from analysis.fit import fit_results  # noqa: E402
+from analysis.fit import FitConfig, FitWarning, fit_results  # noqa: E402
 from analysis.plots import make_plots, plot_isoflops, plot_optimal_scaling, plot_utility  # noqa: E402
 from analysis.synthetic import BESIROGLU, synthetic_results  # noqa: E402
 from analysis.table import load_results  # noqa: E402
+from ehrfm.law_checks import trust  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +31,9 @@ def test_isoflops_draws_a_parabola_and_minimum_per_budget(fitted):
     assert ax.get_xscale() == "log" and "Parameters" in ax.get_xlabel() and "nats/token" in ax.get_ylabel()
     # a legend entry per budget, and the held-out budget's predicted minimum
     assert len(ax.get_legend().get_texts()) == 5 and "predicted from smaller budgets" in ax.get_legend().get_texts()[-1].get_text()
+    # beside the axes, never over the runs (inside, "best" covered the default demo's smallest budget)
+    fig.canvas.draw()
+    assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1
     plt.close(fig)
 
 
@@ -37,6 +43,26 @@ def test_optimal_scaling_has_laws_with_bands(fitted):
     plot_optimal_scaling(ax, fit, res, "d")
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert any(f"b={fit.approach2.b:.2f}" in s for s in labels)
+    # a law the recommender would not trust is labelled so and drawn faint; a trusted one is not
+    fits_json = fit.to_json()
+    for k, name in ((1, "Approach 1"), (2, "Approach 2")):
+        line = next(ln for ln in ax.lines if ln.get_label().startswith(name))
+        trusted = trust(fits_json, k)[0]
+        assert line.get_label().endswith("(not trusted)") is not trusted
+        assert (line.get_alpha() is None) is trusted
+    plt.close(fig)
+    # two budgets: Approach 1's envelope is 2 runs, a line that nothing tests (trust refuses it)
+    two = load_results(synthetic_results(BESIROGLU, budgets=(1e18, 1e19), sizes=7, noise=0.005, seed=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitWarning)
+        fit2 = fit_results(two, config=FitConfig(approaches=(1, 2), bootstrap=50, seed=0, holdout=False))
+    assert not trust(fit2.to_json(), 1)[0] and trust(fit2.to_json(), 2)[0]
+    fig, ax = plt.subplots()
+    plot_optimal_scaling(ax, fit2, two, "n")
+    a1 = next(ln for ln in ax.lines if ln.get_label().startswith("Approach 1"))
+    a2 = next(ln for ln in ax.lines if ln.get_label().startswith("Approach 2"))
+    assert a1.get_label().endswith("(not trusted)") and a1.get_alpha() == 0.45
+    assert not a2.get_label().endswith("(not trusted)") and a2.get_alpha() is None
     assert len(ax.collections) >= 2  # bootstrap bands
     assert ax.get_yscale() == "log" and "FLOPs" in ax.get_xlabel()
     plt.close(fig)

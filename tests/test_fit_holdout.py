@@ -13,6 +13,7 @@ import pytest
 from analysis.fit import FitConfig, FitWarning, fit_results, format_fit_table, load_fit, write_fits
 from analysis.synthetic import HOFFMANN, Law, synthetic_results
 from analysis.table import load_results
+from ehrfm.errors import UserError
 
 LAW = HOFFMANN
 
@@ -155,6 +156,11 @@ def test_runs_over_one_epoch_are_flagged_and_can_be_left_out(table):
     cut = fit_results(t, config=FitConfig(approaches=(2,), bootstrap=0, max_epochs=1.0))
     assert cut.n_fitted == 40 and len(cut.excluded) == 5 and "2.50 epochs > max_epochs 1" in cut.excluded[0]["reason"]
     assert cut.inputs["multi_epoch_runs"] == []
+    # Without epochs or unique_tokens the limit cannot be applied: refused, not silently ignored.
+    bare = t.select("n_params", "tokens", "flops", "loss")
+    with pytest.raises(UserError, match=r"--max-epochs 1 needs each run's epochs: the table has no epochs or unique_tokens"):
+        fit_results(bare, config=FitConfig(approaches=(2,), bootstrap=0, max_epochs=1.0))
+    assert fit_results(bare, config=FitConfig(approaches=(2,), bootstrap=0, max_epochs=float("inf"))).n_fitted == 45
 
 
 def test_an_unusable_largest_budget_holds_out_the_largest_usable_one(table):

@@ -48,7 +48,7 @@ def test_missing_or_bad_loss_column_is_one_clear_error(table):
         load_results(table.drop("loss_per_event"), loss_column="loss_per_event")
     ids = table["run_id"].to_list()
     bad = table.with_columns(loss_per_event=pl.when(pl.col("run_id") == ids[2]).then(np.nan).otherwise(pl.col("loss_per_event")))
-    with pytest.raises(UserError, match=rf"column loss_per_event is missing, NaN or non-positive in 1 completed run\(s\): {re.escape(ids[2])}"):
+    with pytest.raises(UserError, match=rf"column loss_per_event is missing, NaN, infinite or non-positive in 1 completed run\(s\): {re.escape(ids[2])}"):
         load_results(bad, loss_column="loss_per_event")
     load_results(bad)  # the per-token loss is still whole
 

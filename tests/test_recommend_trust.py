@@ -41,7 +41,10 @@ def test_interval_including_zero_is_not_the_default(tmp_path):
     rec = recommend(d, 1e13)
     assert rec.trusted and rec.approach == 1
     text = format_recommendation(rec)
-    assert text.startswith("Budget 1e+13 FLOPs (Approach 1):")
+    # Its first line says which approach it passed over, and why, before the numbers.
+    first, _, third = text.splitlines()[:3]
+    assert first == "**Headline from Approach 1**: Approach 2 is not trusted (the interval of a = 0.3 [-0.05, 0.7] includes 0)."
+    assert third.startswith("Budget 1e+13 FLOPs (Approach 1):")
     assert "| 2 |" in text and "includes 0 |" in text
     # Asked for explicitly, it is shown, and its first line says it is not trusted.
     asked = recommend(d, 1e13, approach=2)
@@ -120,3 +123,54 @@ def test_auroc_is_predicted_only_from_a_law_that_rose_and_only_where_a_law_is_tr
     # 1e16 is 10,000x past the largest fitted budget (1e12): no law is trusted there, nor any AUROC from it
     far = recommend(d, 1e16)
     assert far.utility == {} and any(w.startswith("no AUROC prediction for mortality: the budget is 1e+04x past") for w in far.warnings)
+
+
+def test_a_loss_that_does_not_fall_with_compute_is_no_law_to_recommend_from(tmp_path):
+    """L_min ~ C^k with k >= 0, or k's interval reaching 0: the larger budgets learned no more; never the default."""
+    rising = {**_a12(0.5, (0.4, 0.6)), "loss_exponent": 0.06, "loss_exponent_ci": [0.061, 0.062]}
+    ok, why = trust({"approach2": rising}, 2)
+    assert not ok and why.startswith("L_min ~ C^k with k = 0.06 [0.061, 0.062] does not fall with compute")
+    flat = {**_a12(0.5, (0.4, 0.6)), "loss_exponent": -0.01, "loss_exponent_ci": [-0.03, 0.002]}
+    assert trust({"approach2": flat}, 2) == (
+        False, "the interval of L_min's exponent k = -0.01 [-0.03, 0.002] reaches 0: the loss may not fall with compute")
+    falling = {**_a12(0.5, (0.4, 0.6)), "loss_exponent": -0.01, "loss_exponent_ci": [-0.03, -0.002]}
+    assert trust({"approach2": falling}, 2) == (True, "")
+    d = _fit_dir(tmp_path, approach2=rising)
+    text = format_recommendation(recommend(d, 1e13))
+    assert text.startswith("**No trustworthy scaling law in this fit**") and "does not fall with compute" in text.splitlines()[0]
+
+
+def test_fit_warns_of_a_law_that_shows_no_scaling():
+    """The fit says what the recommender will refuse: a loss rising with compute (+1 nat per decade added to an
+    exact Chinchilla-form sweep) fits a clean law with L_min ~ C^+k, which `ehrfm fit` printed without a word."""
+    import numpy as np
+    import polars as pl
+
+    from analysis.fit import fit_results
+    from analysis.synthetic import BESIROGLU, synthetic_results
+
+    t = synthetic_results(BESIROGLU, budgets=(1e18, 1e19, 1e20, 1e21), sizes=9, noise=0.005, seed=0)
+    clean = fit_results(t, approaches=(2,), bootstrap=50, seed=0)
+    assert clean.approach2.loss_exponent < 0 and not any("shows no scaling law" in w for w in clean.warnings)
+    rising = t.with_columns(loss=pl.col("loss") + 1.0 * np.log10(t["flops"].to_numpy() / 1e18))
+    fit = fit_results(rising, approaches=(2,), bootstrap=50, seed=0)
+    assert fit.approach2.loss_exponent > 0
+    warned = [w for w in fit.warnings if w.startswith("Approach 2 shows no scaling law here: L_min ~ C^k with k = ")]
+    assert len(warned) == 1 and "does not fall with compute" in warned[0]
+    assert not trust(fit.to_json(), 2)[0]
+
+
+def test_a_shape_far_from_n_opt_is_said_with_its_cause(tmp_path):
+    """With a large vocabulary the embeddings alone outweigh a small N_opt (total count): the shape line is warned."""
+    law = {**_a12(0.5, (0.4, 0.6)), "n_coef": 0.05}  # N_opt = 0.05 * 1e13^0.5 = 1.58e5 at 1e13 FLOPs
+    d = tmp_path / "fit"
+    d.mkdir()
+    (d / "fits.json").write_text(json.dumps({"approach2": law, "n_count": "total", "utility": {},
+                                             "inputs": {"min_budget": 1e11, "max_budget": 1e12, "context": 256}}))
+    big = recommend(d, 1e13, vocab_size=100_000)
+    assert big.shape["n_params_total"] > 2 * big.n_opt
+    said = [w for w in big.warnings if w.startswith("the family's nearest shape has ")]
+    assert len(said) == 1 and "more than N_opt 1.58e+05: with a vocabulary of 100,000 its embeddings alone are" in said[0]
+    small = recommend(d, 1e13, vocab_size=500)
+    assert 0.5 < small.shape["n_params_total"] / small.n_opt < 2
+    assert not any(w.startswith("the family's nearest shape has ") for w in small.warnings)
