@@ -37,6 +37,7 @@ from analysis.laws import (
     fit_power_law,
     format_interval,
     interval_problem,
+    min_replicates,
     percentile_ci,
     power_law,
 )
@@ -1609,8 +1610,11 @@ def format_fit_table(fit: FitResult) -> str:
         count_text += " (Pearce & Song 2024: non-embedding counts bias small-scale exponents)"
     lines = [
         f"Fitted {fit.n_fitted} of {fit.n_runs} runs ({len(fit.excluded)} excluded); "
-        + (f"{pct}% bootstrap intervals, {fit.config.bootstrap} replicates, seed {fit.config.seed}. " if boot else
-           "no intervals (--bootstrap 0: nothing below has an uncertainty). ")
+        + ("no intervals (--bootstrap 0: nothing below has an uncertainty). " if not boot else
+           f"no intervals: {fit.config.bootstrap} bootstrap replicate(s), too few for a {pct}% interval (>= "
+           f"{min_replicates(fit.config.confidence)}; every interval below is n/a). "
+           if fit.config.bootstrap < min_replicates(fit.config.confidence) else
+           f"{pct}% bootstrap intervals, {fit.config.bootstrap} replicates, seed {fit.config.seed}. ")
         + f"Loss fitted: held-out {column} ({unit}). {count_text}.",
         "",
         "| approach | a (N_opt ~ C^a) | b (D_opt ~ C^b) | details |",

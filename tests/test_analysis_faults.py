@@ -89,6 +89,10 @@ def test_too_few_bootstrap_replicates_give_no_interval_and_no_trust(tmp_path):
         assert ok is trusted, (b, why)
         if not trusted:
             assert np.isnan(fit.approach2.a_ci).all() and "needs >= 20" in why
+        # fits.md's header says which: "95% bootstrap intervals, 2 replicates" stood above intervals all n/a
+        header = (d / "fits.md").read_text()
+        assert ("no intervals: 2 bootstrap replicate(s), too few for a 95% interval (>= 20" in header) is not trusted
+        assert ("95% bootstrap intervals, 20 replicates" in header) is trusted
     from analysis.laws import min_replicates
 
     assert min_replicates(0.95) == 20 and min_replicates(0.9) == 10 and min_replicates(0.99) == 100
