@@ -138,10 +138,10 @@ def _usable(fit_json: dict) -> tuple[dict, dict]:
     out, why = dict(fit_json), {}
     for k, keys in NEEDED.items():
         f = fit_json.get(f"approach{k}")
-        if not f:
+        if f is None:  # not fitted: write_fits leaves the key out
             continue
-        if not isinstance(f, dict):
-            why[k] = f"approach{k} is not a JSON object"
+        if not isinstance(f, dict) or not f:  # {} or [] is no fit but a damaged one, said like the others
+            why[k] = f"approach{k} is {'empty' if isinstance(f, dict) else 'not a JSON object'}"
             out.pop(f"approach{k}")
             continue
         missing = [key for key in keys if key not in f]

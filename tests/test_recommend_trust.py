@@ -174,3 +174,17 @@ def test_a_shape_far_from_n_opt_is_said_with_its_cause(tmp_path):
     small = recommend(d, 1e13, vocab_size=500)
     assert 0.5 < small.shape["n_params_total"] / small.n_opt < 2
     assert not any(w.startswith("the family's nearest shape has ") for w in small.warnings)
+
+
+def test_an_emptied_approach_in_fits_json_is_said_not_dropped(tmp_path):
+    """`"approach2": {}` (a hand edit) was read as "not fitted" without a word; now it is named as damaged."""
+    import pytest
+
+    from ehrfm.errors import UserError
+
+    d = _fit_dir(tmp_path, approach2={}, approach1={**_a12(0.5, (0.3, 0.7)), "edge_budgets": []})
+    rec = recommend(d, 1e13)
+    assert rec.approach == 1 and any("approach2 is empty; not used" in w for w in rec.warnings)
+    d = _fit_dir(tmp_path, approach2=[])
+    with pytest.raises(UserError, match="has no usable approach: approach2 is not a JSON object"):
+        recommend(d, 1e13)
