@@ -251,11 +251,16 @@ def run_status(run_dir: str | Path) -> tuple[str | None, str]:
     return None, ""
 
 
+UNEVALUATED = "unevaluated"
+"""run_provenance's status of a trainer's run whose last checkpoint finished training but that has no result.json:
+its final held-out loss was never measured (stopped during the final eval), so whether it diverged there is unknown."""
+
+
 def run_provenance(run_dir: str | Path, state: dict) -> dict:
     """Where a loaded model came from, kept beside what it made.
 
     An export's config.json keeps it under "ehrfm", a clinical head's metrics.json under "model":
-    the run dir, its status (result.json's, else that of the checkpoint loaded: an --allow-incomplete
+    the run dir, its status (result.json's, else that of the checkpoint loaded, or UNEVALUATED: an --allow-incomplete
     head or export of an interrupted, failed or diverged run says so in its own output, never only in
     the shell it was made in), the loaded checkpoint's step of the run's steps and tokens seen, and the
     tokenizer fingerprint (token id = ehrfm token id of that tokenizer). `state` is the loaded
@@ -264,9 +269,16 @@ def run_provenance(run_dir: str | Path, state: dict) -> dict:
     from ehrfm import __version__
 
     status, where = run_status(run_dir)
+    if not where.endswith(RESULT_FILE):
+        status = state.get("status")
+        ckpt = Path(where).parent
+        if status == Status.COMPLETED and ckpt.name == "checkpoint" and (ckpt.parent / "config.json").is_file():
+            # a trainer's run without result.json stopped before or in its final eval (require_completed):
+            # its checkpoint says "completed", but the run was never measured, which a head's "completed" hid
+            status = UNEVALUATED
     return {
         "run": str(Path(run_dir).resolve()),
-        "status": status if where.endswith(RESULT_FILE) else state.get("status"),
+        "status": status,
         "step": state.get("step"),
         "steps": state.get("steps"),
         "tokens_seen": state.get("tokens_seen"),

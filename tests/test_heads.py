@@ -467,6 +467,16 @@ def test_heads_refuse_an_unfinished_run_unless_allowed(cohort, tmp_path, capsys)
     rc, err = _cli(capsys, "probe", run, *head, "--out", tmp_path / "done")  # a completed run: result.json's status
     assert rc == 0, err
     assert json.loads((tmp_path / "done" / "metrics.json").read_text())["model"]["status"] == "completed"
+    # a trainer's run without result.json (stopped in its final eval): its checkpoint says "completed", but the
+    # head's record says the run was never measured (it read "completed", as if scored)
+    unmeasured = tmp_path / "unmeasured"
+    save_checkpoint(unmeasured, model, None, {**state, "status": "completed"})
+    (unmeasured / "config.json").write_text("{}")  # what marks a trainer's run dir (the fixture's run has none)
+    rc, err = _cli(capsys, "probe", unmeasured, *head, "--out", tmp_path / "unmeasured-probe")
+    assert rc == 2 and "its final held-out loss was never measured" in err, err
+    rc, err = _cli(capsys, "probe", unmeasured, *head, "--out", tmp_path / "unmeasured-probe", "--allow-incomplete")
+    assert rc == 0, err
+    assert json.loads((tmp_path / "unmeasured-probe" / "metrics.json").read_text())["model"]["status"] == "unevaluated"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
