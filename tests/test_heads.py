@@ -490,3 +490,27 @@ def test_device_cuda_without_cuda_is_one_line(cohort, tmp_path, capsys):
             rc, err = _cli(capsys, *cmd, *head, "--device", device)
             assert rc == 2 and err.count("\n") == 1 and why in err and "Traceback" not in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_heads_say_when_their_score_means_little(cohort, tmp_path, capsys):
+    """Zero-shot rollouts all undecided scored AUROC 0.500 [0.500, 0.500] without a word; a tuning split of one
+    class moved the L2 choice to cross-validation on train, said only in metrics.json."""
+    import numpy as np
+
+    from ehrfm.clinical.common import fit_logistic
+
+    tok, labels, run = cohort
+    head = ["--tokens", tok, "--labels", labels, "--bootstrap", "0"]
+    rc, err = _cli(capsys, "zeroshot", run, *head, "--samples", "1", "--max-new-tokens", "1",
+                   "--task", "in_hospital_mortality", "--out", tmp_path / "z1")
+    share = json.loads((tmp_path / "z1" / "metrics.json").read_text())["undecided_share"]
+    assert rc == 0 and share >= 0.5, (err, share)
+    assert "of rollouts ended undecided (neither the outcome nor its competing event within 1 new tokens)" in err, err
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 3)), np.r_[np.zeros(30), np.ones(30)].astype(int)
+    capsys.readouterr()
+    _, record = fit_logistic(x, y, x[:10], np.ones(10, dtype=int), 0, "t")
+    assert record["selected_on"].startswith("train 5-fold CV")
+    assert "task t: the tuning split's 10 labels are all one class: the L2 strength is chosen by 5-fold" in capsys.readouterr().err
+    _, record = fit_logistic(x, y, x, y, 0, "t")
+    assert record["selected_on"] == "tuning" and "warning" not in capsys.readouterr().err

@@ -177,6 +177,12 @@ def fit_logistic(x_train, y_train, x_tuning, y_tuning, seed: int, task: str, gro
         if tuning_ok:
             scores, fitted = path_scores(x_train, y_train, x_tuning, y_tuning)
         else:
+            from ehrfm.io import warn
+
+            # said where it happens, not only in metrics.json's selection.selected_on: it moves the result
+            warn(f"task {task}: the tuning split's {len(y_tuning)} labels "
+                 f"{'are all one class' if len(y_tuning) else 'are none'}: the L2 strength is chosen by 5-fold "
+                 "cross-validation on train instead")
             n_min = int(min(y_train.sum(), len(y_train) - y_train.sum()))
             unit = ""
             if groups_train is not None:  # the folds split subjects: count those with a label of each class

@@ -144,6 +144,7 @@ from ehrfm.io import free_memory, warn
 from ehrfm.tokens import TokenDir
 
 UNDECIDED_RULES = ("exclude", "negative")
+UNDECIDED_WARN = 0.5  # a share of undecided rollouts at or above this is warned: the score then says little
 # The rollout rules' version, in sweep collect's cache key: scores cached under older rules are redone.
 ROLLOUT_RULES = ("2026-12-03c: clock from the prediction time; an end of record is undecided; a discharge followed by "
                  "an admission within transfer_hours is a transfer (mortality, ICU admission, long stay); an outcome "
@@ -770,6 +771,13 @@ def zeroshot(cfg: ZeroShotConfig, out: str | os.PathLike, overwrite: bool = Fals
         "model": record,
         "wall_s": time.time() - t0,
     }
+    if metrics["undecided_share"] >= UNDECIDED_WARN:
+        from ehrfm.io import warn
+
+        # an undecided rollout counts as no event: all of them undecided scored AUROC 0.500 with a narrow interval
+        warn(f"zeroshot {task}: {metrics['undecided_share']:.0%} of rollouts ended undecided (neither the outcome nor its "
+             f"competing event within {metrics.get('max_new_tokens', cfg.max_new_tokens)} new tokens): the AUROC measures "
+             "little of the model; allow longer rollouts (--max-new-tokens)")
     # only the scored rows have rollouts: predictions.parquet is exactly them, no other split files
     write_head_outputs(out, overwrite, cfg, metrics, {"predictions.parquet": prediction_frame(h.labels, p, rows)})
     summary(f"zeroshot {format_metrics(metrics)} undecided {metrics['undecided_share']:.2f} -> {out}")
