@@ -514,3 +514,22 @@ def test_heads_say_when_their_score_means_little(cohort, tmp_path, capsys):
     assert "task t: the tuning split's 10 labels are all one class: the L2 strength is chosen by 5-fold" in capsys.readouterr().err
     _, record = fit_logistic(x, y, x, y, 0, "t")
     assert record["selected_on"] == "tuning" and "warning" not in capsys.readouterr().err
+
+
+
+def test_finetune_that_diverges_is_refused_not_scored(synth_meds, synth_tokens, tiny_run, tmp_path):
+    """--lr 1e9 on a real cohort: a finite train loss of ~1e9 nats, every held-out probability 1.0, was scored as
+    AUROC 0.500 [0.500, 0.500] (exit 0). Now it is refused, and nothing is written."""
+    from ehrfm.clinical.finetune import DIVERGED_LOSS, FinetuneConfig, finetune
+    from ehrfm.clinical.labels import make_labels, write_label_dir
+    from ehrfm.errors import UserError
+
+    frame, info = make_labels(synth_meds, "long_los")
+    write_label_dir({"long_los": frame}, {"long_los": info}, tmp_path / "labels")
+    cfg = dict(run_dir=str(tiny_run), tokens_dir=str(synth_tokens), labels=str(tmp_path / "labels" / "long_los.parquet"),
+               bootstrap=0, max_epochs=2, max_labels=150)
+    with pytest.raises(UserError, match=r"fine-tuning diverged at epoch 1 \(mean train loss .* nats per label, above 10"):
+        finetune(FinetuneConfig(**cfg, lr=1e9), tmp_path / "ft")
+    assert not (tmp_path / "ft").exists()
+    ok = finetune(FinetuneConfig(**cfg), tmp_path / "ok")
+    assert all(e["train_loss"] < DIVERGED_LOSS / 10 for e in ok["epochs"]) and ok["auroc"] > 0.6

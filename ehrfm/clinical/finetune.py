@@ -24,6 +24,10 @@ from ehrfm.clinical.probe import load_head_inputs
 from ehrfm.errors import UserError
 from ehrfm.meds_io import SPLITS
 
+DIVERGED_LOSS = 10.0
+"""Mean train binary cross-entropy (nats per label) above which fine-tuning has diverged: the prevalence's
+constant prediction, where the head starts, scores at most ln 2 = 0.69, and 10 is the true class at p = 4.5e-5."""
+
 
 def _tuning_score(y: np.ndarray, p: np.ndarray) -> tuple[float, str]:
     """Higher is better: AUROC when tuning has both classes, else minus the log loss."""
@@ -182,6 +186,10 @@ def _train_with_early_stopping(model, head, opt, logits_of, predict, y, tr, tu, 
         train_loss = float(np.mean(losses))
         if not np.isfinite(train_loss):
             raise UserError(f"task {task}: fine-tuning diverged at epoch {epoch} (non-finite loss); lower --lr")
+        if train_loss > DIVERGED_LOSS:
+            # finite but absurd (3e9 nats at --lr 1e9, every held-out probability 1.0): scored, it read as AUROC 0.500
+            raise UserError(f"task {task}: fine-tuning diverged at epoch {epoch} (mean train loss {train_loss:.3g} nats per "
+                            f"label, above {DIVERGED_LOSS:g}: predictions confidently wrong); lower --lr")
         score, kind = _tuning_score(y[tu], predict(tu))
         curve.append({"epoch": epoch, "train_loss": train_loss, f"tuning_{kind}": score})
         if score > best[0]:
