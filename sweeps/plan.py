@@ -1093,7 +1093,13 @@ def plan_sweep(
     old_budgets = old.budgets if old is not None and isinstance(old.budgets, list) else []
     budgets, merged = canonical_budgets(budgets, keep=[b for b in old_budgets if isinstance(b, (int, float))])
     td = TokenDir(tokens_dir)
-    train_tokens = td.split("train").n_tokens if "train" in td.splits else 0
+    for name in ("train", "tuning"):
+        # every run trains on train and measures its loss on tuning: without them each run failed at launch, and the
+        # sweep recorded no data identity, so it never again checked which data its runs trained on
+        if name not in td.splits:
+            raise UserError(f"token dir {td.path} has no {name} split ({name}/tokens.npy; found: {', '.join(td.splits) or 'none'}): "
+                            "a sweep trains on train and measures each run's loss on tuning; tokenize again (`ehrfm tokenize`)")
+    train_tokens = td.split("train").n_tokens
     sweep = SweepConfig(
         tokens_dir=str(Path(tokens_dir).resolve()),
         budgets=list(budgets),
@@ -1106,7 +1112,7 @@ def plan_sweep(
         tokenizer_fingerprint=td.fingerprint,
         vocab_size=td.vocab_size,
         train_tokens=int(train_tokens),
-        data=data_identity(td) if {"train", "tuning"} <= set(td.splits) else {},
+        data=data_identity(td),
         schedule=str(schedule),
         lr_ref_width=int(lr_ref_width),
         run_seeds=run_seeds,

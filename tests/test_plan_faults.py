@@ -339,3 +339,21 @@ def test_a_plan_row_edited_by_hand_is_refused_before_any_run_trains(synth_tokens
     assert pq.read_table(out / "plan.parquet").column("run_id").to_pylist() == [r["run_id"] for r in planned]
     launch_sweep(out, LaunchConfig(executor="local", dry_run=True))
     assert not (out / "runs").exists() or not any((out / "runs").iterdir())
+
+
+@pytest.mark.parametrize("missing", ["train", "tuning"])
+def test_a_token_dir_without_train_or_tuning_is_refused_before_anything_is_written(synth_tokens, tmp_path, missing):
+    """Before: planned with exit 0 (epochs nan, sweep.json "data": {}), every run then failed at launch, and the sweep
+    never recorded which data its runs trained on: a train split changed in place later was trained on unchecked."""
+    import shutil
+
+    tokens = tmp_path / "tokens"
+    shutil.copytree(synth_tokens, tokens)
+    (tokens / missing / "tokens.npy").unlink()
+    line = one_error_line(ehrfm("sweep", "plan", "--tokens", tokens, "--budgets", "2e9", *CLI, "--out", tmp_path / "s"))
+    assert f"token dir {tokens} has no {missing} split ({missing}/tokens.npy" in line, line
+    assert not (tmp_path / "s").exists()
+    from sweeps.plan import plan_sweep
+
+    sweep, _, _ = plan_sweep(synth_tokens, [2e9], tmp_path / "ok", **OPTS)
+    assert sweep.data["train_tokens"] > 0 and sweep.data["tuning_subjects"] > 0
