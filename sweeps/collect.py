@@ -31,7 +31,7 @@ from pathlib import Path
 from ehrfm.errors import UserError
 from ehrfm.io import atomic_file, progress, summary, text_table, warn
 from ehrfm.results import RunResult, Status
-from sweeps.plan import load_sweep
+from sweeps.plan import check_plan_rows, load_sweep
 from sweeps.state import RunState, check_tokens_dir, run_states, runs_dir
 
 RESULTS_PARQUET = "results.parquet"
@@ -66,9 +66,15 @@ class _Run:
         return self.planned.get(key) if v is None else v
 
 
-def _runs(sweep_dir: Path):
-    """(SweepConfig, [_Run]) of every planned run, and every unplanned run dir under runs/."""
+def _runs(sweep_dir: Path, check_plan: bool = False):
+    """(SweepConfig, [_Run]) of every planned run, and every unplanned run dir under runs/.
+
+    check_plan: refuse plan rows edited since planning, as launch does (sweeps.plan.check_plan_rows):
+    a row whose budget was scaled after its run finished paired the run's loss with that budget.
+    """
     sweep, plan = load_sweep(sweep_dir)
+    if check_plan:
+        check_plan_rows(sweep, plan, sweep_dir)
     by_id = {r["run_id"]: r for r in plan}
     states = run_states(sweep_dir, list(by_id), plan=plan, fingerprint=sweep.tokenizer_fingerprint)
     return sweep, [_Run(rid, st, by_id.get(rid, {})) for rid, st in states.items()]
@@ -159,7 +165,8 @@ def collect_sweep(
         The path of results.parquet (one row per run, every status, ehrfm.tables.results_schema).
 
     Raises:
-        UserError: a bad sweep dir, --zeroshot without labels_dir, or labels the runs cannot score.
+        UserError: a bad sweep dir, plan rows edited since planning (sweeps.plan.check_plan_rows),
+            --zeroshot without labels_dir, or labels the runs cannot score.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -167,7 +174,7 @@ def collect_sweep(
     from ehrfm.tables import results_schema
 
     sweep_dir = Path(sweep_dir)
-    sweep, runs = _runs(sweep_dir)
+    sweep, runs = _runs(sweep_dir, check_plan=True)
     _warn_bad_files(runs)
     rows = [_results_row(sweep, sweep_dir, r) for r in runs]
     precisions = Counter(r["dtype"] for r in rows if r["status"] == Status.COMPLETED and r["dtype"])

@@ -94,6 +94,7 @@ import hashlib
 import json
 import math
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,10 +212,11 @@ def plan_schema():
 
 
 def parse_budgets(text: str) -> list[float]:
-    """'1e12,3e12,1e13' -> [1e12, 3e12, 1e13] (sorted, exact duplicates dropped).
+    """'1e12,3e12,1e13' -> [1e12, 3e12, 1e13] (sorted; a budget given twice is kept twice).
 
-    Spaces around items and empty items ('1e12,,3e12', a trailing comma) are ignored. Budgets
-    closer than 0.1% are merged later by `canonical_budgets` (plan_sweep), which says so.
+    Spaces around items and empty items ('1e12,,3e12', a trailing comma) are ignored. Repeated
+    budgets, and budgets closer than 0.1%, are merged later by `canonical_budgets` (plan_sweep),
+    which says so.
 
     Raises:
         UserError: an item that is not a number, or not a positive finite number of FLOPs; or no budget.
@@ -226,7 +228,7 @@ def parse_budgets(text: str) -> list[float]:
             out.append(_budget_flops(item, "--budgets", "is not a number (expected FLOPs like 1e12,3e12)"))
     if not out:
         raise UserError("--budgets: give at least one compute budget in FLOPs, e.g. 1e12,3e12")
-    return sorted(set(out))
+    return sorted(out)
 
 
 def _budget_flops(item, where: str, not_a_number: str) -> float:
@@ -265,6 +267,8 @@ def canonical_budgets(budgets, keep=()) -> tuple[list[float], list[str]]:
     values = [_budget_flops(b, "budgets", "is not a number of FLOPs") for b in budgets]
     if not values:
         raise UserError("budgets: give at least one compute budget in FLOPs, e.g. 1e12,3e12")
+    # a budget typed twice (1e10,1e10: a slip for another budget?) is said, as a near one is
+    notes = [f"budget {c:.10g} is given {n} times: planned once" for c, n in sorted(Counter(values).items()) if n > 1]
     values = sorted(set(values))
     kept = {float(b) for b in keep}
     groups = [[values[0]]]
@@ -272,7 +276,7 @@ def canonical_budgets(budgets, keep=()) -> tuple[list[float], list[str]]:
         if math.log10(c) - math.log10(groups[-1][-1]) > BUDGET_SAME_DECADES:
             groups.append([])
         groups[-1].append(c)
-    out, notes = [], []
+    out = []
     for g in groups:
         planned = [k for k in kept if any(abs(math.log10(k) - math.log10(c)) <= BUDGET_SAME_DECADES for c in g)]
         chosen = min(planned or g)

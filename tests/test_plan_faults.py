@@ -65,6 +65,11 @@ def test_budgets_within_the_fits_tolerance_are_planned_once(synth_tokens, tmp_pa
     assert p.stderr.count("within 0.1% of each other") == 1 and f"planned {len(rows_one)} runs over 1 budgets" in p.stdout
     merged = [ln for ln in p.stderr.splitlines() if "within 0.1% of each other" in ln]
     assert merged[0].startswith("ehrfm sweep plan: warning: "), merged  # every stage warns in one form (ehrfm.io.warn)
+    # A budget typed twice was merged without a word (a slip for another budget goes unseen).
+    p = ehrfm("sweep", "plan", "--tokens", synth_tokens, "--budgets", "2e9,2e9", *CLI, "--out", tmp_path / "twice")
+    assert p.returncode == 0, p.stderr
+    assert "ehrfm sweep plan: warning: budget 2000000000 is given 2 times: planned once" in p.stderr.splitlines()
+    assert f"planned {len(rows_one)} runs over 1 budgets" in p.stdout
 
 
 def test_budget_too_small_names_every_one_and_the_smallest_that_works(synth_tokens, tmp_path):

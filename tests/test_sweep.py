@@ -124,7 +124,7 @@ def test_plan_budget_too_small_names_it(synth_tokens, tmp_path):
 def test_plan_bad_budgets_and_options(synth_tokens, tmp_path):
     from sweeps.plan import parse_budgets, parse_train_options
 
-    assert parse_budgets("3e12, 1e12,1e12") == [1e12, 3e12]
+    assert parse_budgets("3e12, 1e12,1e12") == [1e12, 1e12, 3e12]  # the repeat is planned once, with a note (canonical_budgets)
     for bad in ("1e12,abc", "-1", "", "inf"):
         with pytest.raises(UserError):
             parse_budgets(bad)
