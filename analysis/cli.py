@@ -72,14 +72,14 @@ def _recommend(args) -> int:
     import json
 
     from analysis.recommend import format_recommendation, recommend
-    from ehrfm.io import _to_jsonable
+    from ehrfm.io import to_jsonable
 
     rec = recommend(args.fit, args.flops, unique_tokens=args.unique_tokens, approach=args.approach,
                     vocab_size=args.vocab_size, context=args.context)
     if args.json:
         from analysis.fit import _finite_json
 
-        print(json.dumps(_finite_json(_to_jsonable(rec)), indent=2))
+        print(json.dumps(_finite_json(to_jsonable(rec)), indent=2))
     else:
         print(format_recommendation(rec))
     return 0

@@ -6,7 +6,8 @@
         rng.safetensors         torch CPU (and CUDA) generator states
         model_config.json       the ModelConfig, so the weights load on their own
         state.json              step, tokens_seen, wall_s, tokenizer fingerprint, ..., and
-                                "files": {name: sha256 hex} of the four files above (written last)
+                                "files": {name: sha256 hex} of the four files above (written last),
+                                "state_sha256": the sha256 of state.json's own other keys (`state_digest`)
     RUN/checkpoint.prev/        the previous checkpoint while a run is in progress (same layout):
                                 what a damaged checkpoint falls back to
 
@@ -15,7 +16,8 @@ the old `checkpoint/` is renamed to `checkpoint.prev/` and the new one renamed i
 anywhere in between leaves at least one complete, checksummed copy: `recover_checkpoint` (run by
 `has_checkpoint`, i.e. when training starts) promotes the newest verified one among `checkpoint/`,
 a dead process's `checkpoint.tmp-*` and `checkpoint.prev/`, and deletes dead processes' temporaries.
-Loading verifies every file's sha256 against state.json: a bit flip or a truncation is never used;
+Loading verifies every file's sha256 against state.json, and state.json against its own
+"state_sha256": a bit flip, a truncation or a hand-edited step or status is never used;
 at start-up the run falls back to the previous good checkpoint, or restarts from step 0, and says
 so on stderr. `load_model(run_dir)` (what the clinical heads use) refuses a damaged checkpoint with
 one line naming the file.
@@ -24,6 +26,7 @@ one line naming the file.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -41,6 +44,7 @@ from ehrfm.io import (
     remove_stale_temporaries,
     stale_temporaries,
     temporary_sibling,
+    to_jsonable,
     warn,
     write_json,
 )
@@ -50,6 +54,7 @@ CHECKPOINT_DIR = "checkpoint"
 PREVIOUS_DIR = "checkpoint.prev"
 FORMAT_VERSION = 2  # 2: state.json carries "files" (sha256 per file); 1 (no checksums) still loads
 CHECKSUMMED = ("model.safetensors", "optimizer.safetensors", "rng.safetensors", "model_config.json")
+STATE_DIGEST = "state_sha256"  # state.json's checksum of its own other keys (checkpoints written before it have none)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -77,6 +82,18 @@ def _rng_tensors() -> dict[str, torch.Tensor]:
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             out[f"torch_cuda_{i}"] = s
     return out
+
+
+def state_digest(state: dict) -> str:
+    """sha256 hex of a checkpoint state's keys other than STATE_DIGEST, as canonical JSON (sorted keys).
+
+    state.json holds the other files' checksums but none of its own: a step set back by hand (86 ->
+    50) resumed 103 more steps on the step-86 weights without a word. Its own digest makes any edit,
+    or a state.json copied from another checkpoint, a damaged checkpoint (`verify_checkpoint`).
+    """
+    # as write_json stores it, so a state as written and as read back have one digest
+    body = to_jsonable({k: v for k, v in state.items() if k != STATE_DIGEST})
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _sha256(path: Path) -> str:
@@ -140,7 +157,8 @@ def save_checkpoint(run_dir, model, optimizer, state: dict) -> Path:
         for name in files:  # the data must be on disk before state.json declares it complete
             with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
-        write_json(tmp / "state.json", {"format": FORMAT_VERSION, **state, "files": files})
+        body = {"format": FORMAT_VERSION, **state, "files": files}
+        write_json(tmp / "state.json", {**body, STATE_DIGEST: state_digest(body)})
         _fsync_dir(tmp)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -190,7 +208,8 @@ def verify_checkpoint(ckpt: str | os.PathLike) -> tuple[dict | None, str | None]
     """Check one checkpoint directory without loading it into a model.
 
     Returns:
-        (state.json dict, None) when complete and every checksummed file matches its sha256;
+        (state.json dict, None) when complete, state.json matches its own digest (when it has one)
+        and every checksummed file matches its sha256;
         (None, reason) otherwise, the reason naming the damaged or missing file. Checkpoints of
         format 1 (no checksums) are checked only for complete safetensors headers and sizes.
     """
@@ -204,6 +223,9 @@ def verify_checkpoint(ckpt: str | os.PathLike) -> tuple[dict | None, str | None]
         return None, str(e)
     if not isinstance(state.get("step"), int) or isinstance(state.get("step"), bool):
         return None, f"checkpoint state {state_path} is damaged: no integer step"
+    if STATE_DIGEST in state and state[STATE_DIGEST] != state_digest(state):
+        return None, (f"checkpoint state {state_path} was changed after it was written (its {STATE_DIGEST} does not "
+                      "match its content: edited by hand, or copied from another checkpoint)")
     files = state.get("files")
     if files is not None:
         if not isinstance(files, dict) or "model.safetensors" not in files:

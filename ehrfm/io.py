@@ -562,13 +562,14 @@ def atomic_files(*paths: str | os.PathLike) -> Iterator[tuple[Path, ...]]:
             _remove(tmp)
 
 
-def _to_jsonable(obj: Any) -> Any:
+def to_jsonable(obj: Any) -> Any:
+    """Obj as json.dump takes it: dataclasses and dicts as objects, tuples as lists, paths as strings, scalars as numbers."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {k: _to_jsonable(v) for k, v in dataclasses.asdict(obj).items()}
+        return {k: to_jsonable(v) for k, v in dataclasses.asdict(obj).items()}
     if isinstance(obj, dict):
-        return {str(k): _to_jsonable(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_to_jsonable(v) for v in obj]
+        return [to_jsonable(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
@@ -579,7 +580,7 @@ def _to_jsonable(obj: Any) -> Any:
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
     """Atomically write `obj` (dataclasses, paths and numpy scalars allowed) as JSON."""
     with atomic_file(path) as f:
-        json.dump(_to_jsonable(obj), f, indent=indent, sort_keys=False)
+        json.dump(to_jsonable(obj), f, indent=indent, sort_keys=False)
         f.write("\n")
 
 

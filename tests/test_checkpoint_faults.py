@@ -95,6 +95,32 @@ def test_bit_flipped_weights_fall_back_to_the_previous_checkpoint(tok, reference
     assert not (out / "checkpoint.prev").exists()  # a completed run keeps one checkpoint
 
 
+@pytest.mark.parametrize("edit", ["step", "copied"])
+def test_an_edited_state_json_falls_back_to_the_previous_checkpoint(tok, reference, tmp_path, edit):
+    """Before: state.json checksummed the other files but not itself. Its step set back by hand (86 -> 50)
+    resumed 103 more steps on the step-86 weights, ending at another loss, without a word."""
+    out = tmp_path / "run"
+    interrupted_run(tok, out, tmp_path / "holds", stop_after=5, interval=2)
+    path = out / "checkpoint" / "state.json"
+    state = json.loads(path.read_text())
+    assert state["step"] == 5 and verify_checkpoint(out / "checkpoint")[1] is None
+    if edit == "step":  # the weights and moments are step 5's; the schedule and data would restart at step 3
+        path.write_text(json.dumps({**state, "step": 3, "tokens_seen": 3 * 4 * 64}))
+    else:  # step 4's state.json given step 5's file checksums: a mix of two checkpoints whose files all match
+        prev = json.loads((out / "checkpoint.prev" / "state.json").read_text())
+        path.write_text(json.dumps({**prev, "files": state["files"]}))
+    checked, problem = verify_checkpoint(out / "checkpoint")
+    assert checked is None and problem == (
+        f"checkpoint state {path} was changed after it was written (its state_sha256 does not match its content: "
+        "edited by hand, or copied from another checkpoint)")
+
+    done = subprocess.run(train_cmd(tok, out), env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert str(path) in done.stderr and "previous checkpoint (step 4)" in done.stderr
+    res = json.loads((out / "result.json").read_text())
+    assert res["status"] == "completed" and res["val_loss"] == reference["val_loss"]
+
+
 def test_truncated_checkpoint_without_a_previous_one_restarts_once(tok, reference, tmp_path, capsys):
     out = tmp_path / "run"
     request_stop()  # stops after step 1: one checkpoint, no previous one

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from state_edits import write_state
 
 torch = pytest.importorskip("torch")
 
@@ -82,7 +83,7 @@ def _record_checksums(run):
     state_path = run / "checkpoint" / "state.json"
     state = json.loads(state_path.read_text())
     state["files"] = {name: hashlib.sha256((run / "checkpoint" / name).read_bytes()).hexdigest() for name in state["files"]}
-    state_path.write_text(json.dumps(state))
+    write_state(state_path, state)
 
 
 def test_export_refuses_what_llama_cannot_express(tiny_run, tmp_path):

@@ -12,6 +12,7 @@ import math
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from state_edits import write_state
 
 from ehrfm.errors import UserError
 from ehrfm.results import FINISHED, KEPT, RunResult, Status, read_result, require_completed, write_result
@@ -131,7 +132,7 @@ def test_a_checkpoint_that_is_not_the_measured_model_is_refused_by_every_consume
     early = tmp_path / "early"
     shutil.copytree(tiny_run, early)
     state = json.loads((early / "checkpoint" / "state.json").read_text())
-    (early / "checkpoint" / "state.json").write_text(json.dumps({**state, "step": 8, "status": "interrupted"}))
+    write_state(early / "checkpoint" / "state.json", {**state, "step": 8, "status": "interrupted"})
     with pytest.raises(UserError, match=f"its state.json records status 'interrupted'; step 8 in the checkpoint vs "
                                         f"steps {steps} in result.json"):
         ehrfm.load_model(early)

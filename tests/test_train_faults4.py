@@ -39,6 +39,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from state_edits import write_state
 from test_train import cfg_for
 
 import ehrfm.train as T
@@ -145,8 +146,8 @@ def test_auto_dtype_resumes_in_the_precision_its_checkpoint_was_trained_in(tok, 
     state_path = out / "checkpoint" / "state.json"
     state = json.loads(state_path.read_text())
     assert state["dtype"] == "float32"  # recorded where it was trained
-    state["dtype"] = "bfloat16"  # as a CUDA node writes it (state.json itself is not checksummed)
-    state_path.write_text(json.dumps(state))
+    state["dtype"] = "bfloat16"  # as a CUDA node writes it
+    write_state(state_path, state)
     res = T.train(cfg_for(tok, out, tokens=2000))
     assert res["status"] == "completed" and res["dtype"] == "bfloat16"
     assert json.loads(state_path.read_text())["dtype"] == "bfloat16"
