@@ -476,7 +476,8 @@ def _split_folder_shards(data: Path, folders: list[str]) -> tuple[dict[str, list
         shards.setdefault(split, []).extend(Shard(p, split) for p in files)
     clash = [s for s in shards if sum(1 for f in folders if split_name(f) == s) > 1]
     if clash:
-        raise UserError(f"{data}: several folders map to split {clash[0]!r} ({', '.join(folders)})")
+        both = [f for f in folders if split_name(f) == clash[0]]
+        raise UserError(f"{data}: several folders map to split {clash[0]!r} ({', '.join(both)}); keep one of them")
     if aliases:
         warn(f"{data}: read split folder(s) " + ", ".join(f"{a} as {s}" for a, s in aliases.items()))
     return shards, aliases

@@ -345,6 +345,17 @@ def test_times_with_a_time_zone_are_named_as_such(raw, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_impossible_date_is_not_called_a_time_zone(raw, tmp_path):
+    """Before: "2125-13-01" (or 2125-02-30) was refused as "all of them with a time zone": the date's "-01"
+    matched the zone suffix as an offset of -01 hours."""
+    bad = pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("2125-13-01")).when(pl.int_range(pl.len()) == 1) \
+        .then(pl.lit("2125-02-30")).otherwise(pl.col("admittime"))
+    path, _, message = _etl_refuses_admittime(raw, tmp_path, bad)
+    assert message.startswith(f"{path}: column 'admittime' has 2 unparseable timestamp values"), message
+    assert "time zone" not in message and "2125" not in message
+    assert not (tmp_path / "out").exists()
+
+
 def test_uint64_ids_beyond_int64_are_refused_in_one_line(tmp_path, capsys):
     """Before: subject ids written as uint64 (hashed ids) above 2^63 - 1 crashed tokenize and labels
     with a polars strict_cast traceback. Now one line names the shard and the count of such rows;
@@ -478,3 +489,14 @@ def test_a_wrong_directory_where_meds_belongs_says_what_it_is(tmp_path):
         open_meds(tmp_path / "f.txt")
     with pytest.raises(UserError, match=r"raw MIMIC-IV directory .*f.txt is a file: pass the directory holding hosp/"):
         etl(tmp_path / "f.txt", tmp_path / "out")
+
+
+def test_two_folders_of_one_split_are_named_alone(tmp_path, capsys):
+    """Before: data/test beside data/held_out said "several folders map to split 'held_out' (held_out, test,
+    train, tuning)": train and tuning named too, as if they clashed."""
+    meds = write_dataset(tmp_path / "meds", FOLDERS)
+    shutil.copytree(meds / "data" / "held_out", meds / "data" / "test")
+    assert main(["tokenize", str(meds), "--out", str(tmp_path / "tok"), "--min-count", "1"]) == 2
+    assert one_error_line(capsys) == (
+        f"ehrfm tokenize: error: {meds / 'data'}: several folders map to split 'held_out' (held_out, test); keep one of them")
+    assert not (tmp_path / "tok").exists()

@@ -282,3 +282,28 @@ def test_a_dose_line_takes_the_same_time_whichever_of_its_ids_rows_is_listed_fir
     assert same
     dose = outs[0].filter(pl.col("code").str.starts_with("EMAR_DOSE//"))["time"].dt.strftime("%H:%M").to_list()
     assert dose == ["09:30"]
+
+
+@pytest.mark.parametrize("table", ["hosp/labevents", "icu/inputevents"])
+def test_an_itemid_that_is_not_a_number_is_refused(mimic_demo_dir, tmp_path, table):
+    """An itemid damaged to "5x0983" became its own code (`LAB//5x0983//mEq/L`), exit 0, while a
+    damaged hadm_id was refused as unparseable. itemid is an integer of MIMIC-IV's schema: refused the same
+    way, naming the file, the column and the count; "50971.0" (an id column exported as float) still reads as 50971."""
+    raw = _demo_copy(mimic_demo_dir, tmp_path, [table], _inserted("itemid", "x", n=2))
+    with pytest.raises(UserError) as e:
+        etl(raw, tmp_path / "meds", split_fractions=(1.0, 0.0, 0.0))
+    msg = str(e.value)
+    assert f"{table.split('/')[1]}.csv.gz: column 'itemid' has 2 unparseable integer values" in msg, msg
+    assert not (tmp_path / "meds").exists()
+
+    def as_float(header, rows):
+        i = header.index("itemid")
+        for r in rows[:5]:
+            r[i] += ".0"
+        return rows
+
+    raw = _demo_copy(mimic_demo_dir, tmp_path / "f", [table], as_float)
+    ref = _demo_copy(mimic_demo_dir, tmp_path / "r", [table], lambda header, rows: rows)
+    etl(raw, tmp_path / "meds_f", split_fractions=(1.0, 0.0, 0.0))
+    etl(ref, tmp_path / "meds_r", split_fractions=(1.0, 0.0, 0.0))
+    assert _events(tmp_path / "meds_f").sort(pl.all()).equals(_events(tmp_path / "meds_r").sort(pl.all()))

@@ -833,7 +833,7 @@ TABLES: list[Table] = [
           needs=("hosp/admissions",)),
     Table("hosp/labevents", ["subject_id", "hadm_id", "itemid", "charttime", "storetime", "value", "valuenum", "valueuom",
                              "labevent_id"],
-          times=["charttime", "storetime"], ints=["hadm_id", "labevent_id"], floats=["valuenum"],
+          times=["charttime", "storetime"], ints=["hadm_id", "labevent_id", "itemid"], floats=["valuenum"],
           to_events=_measure("LAB//", "charttime", "valueuom", "valuenum", "value"), code_prefixes={"charttime": ["LAB//"]},
           stored_at={"charttime": "storetime"}, row_id="labevent_id"),
     Table("hosp/prescriptions", ["subject_id", "hadm_id", "starttime", "drug", "pharmacy_id"], times=["starttime"],
@@ -866,28 +866,28 @@ TABLES: list[Table] = [
     Table("hosp/omr", ["subject_id", "chartdate", "result_name", "result_value", "seq_num"], times=["chartdate"],
           ints=["seq_num"], to_events=_omr, dates=["chartdate"], code_prefixes={"chartdate": ["OMR//"]}, row_id="seq_num"),
     Table("icu/chartevents", ["subject_id", "hadm_id", "charttime", "storetime", "itemid", "value", "valuenum", "valueuom"],
-          times=["charttime", "storetime"], ints=["hadm_id"], floats=["valuenum"],
+          times=["charttime", "storetime"], ints=["hadm_id", "itemid"], floats=["valuenum"],
           to_events=_measure("VITAL//", "charttime", "valueuom", "valuenum", "value"), code_prefixes={"charttime": ["VITAL//"]},
           stored_at={"charttime": "storetime"}),
     # An infusion's amount is what ran from starttime to endtime (a bag stopped early, at a death,
     # holds less): it is known at endtime, so it sits there (or at its storetime, when later).
     Table("icu/inputevents", ["subject_id", "hadm_id", "endtime", "storetime", "itemid", "amount", "amountuom", "orderid"],
-          times=["endtime", "storetime"], ints=["hadm_id", "orderid"], floats=["amount"],
+          times=["endtime", "storetime"], ints=["hadm_id", "orderid", "itemid"], floats=["amount"],
           to_events=_measure("INFUSION//", "endtime", "amountuom", "amount", None, order=ORDER_MED),
           code_prefixes={"endtime": ["INFUSION//"]}, stored_at={"endtime": "storetime"}, row_id="orderid"),
     Table("icu/outputevents", ["subject_id", "hadm_id", "charttime", "storetime", "itemid", "value", "valueuom"],
-          times=["charttime", "storetime"], ints=["hadm_id"], floats=["value"],
+          times=["charttime", "storetime"], ints=["hadm_id", "itemid"], floats=["value"],
           to_events=_measure("OUTPUT//", "charttime", "valueuom", "value", None), code_prefixes={"charttime": ["OUTPUT//"]},
           stored_at={"charttime": "storetime"}),
     Table("icu/procedureevents", ["subject_id", "hadm_id", "starttime", "storetime", "itemid", "orderid"],
-          times=["starttime", "storetime"], ints=["hadm_id", "orderid"], to_events=_procedureevents,
+          times=["starttime", "storetime"], ints=["hadm_id", "orderid", "itemid"], to_events=_procedureevents,
           code_prefixes={"starttime": ["PROCEDURE//ITEM//"]}, stored_at={"starttime": "storetime"}, row_id="orderid"),
     Table("icu/datetimeevents", ["subject_id", "hadm_id", "charttime", "storetime", "itemid"], times=["charttime", "storetime"],
-          ints=["hadm_id"], to_events=_datetimeevents, code_prefixes={"charttime": ["DATETIME//"]},
+          ints=["hadm_id", "itemid"], to_events=_datetimeevents, code_prefixes={"charttime": ["DATETIME//"]},
           stored_at={"charttime": "storetime"}),
     Table("icu/ingredientevents", ["subject_id", "hadm_id", "endtime", "storetime", "itemid", "amount", "amountuom",
                                    "orderid"],
-          times=["endtime", "storetime"], ints=["hadm_id", "orderid"], floats=["amount"],
+          times=["endtime", "storetime"], ints=["hadm_id", "orderid", "itemid"], floats=["amount"],
           to_events=_measure("INGREDIENT//", "endtime", "amountuom", "amount", None, order=ORDER_MED),
           code_prefixes={"endtime": ["INGREDIENT//"]}, stored_at={"endtime": "storetime"}, row_id="orderid"),
     # MIMIC-IV-ED (a separate module: read when the raw dir has ed/; edstays then required).
@@ -1513,7 +1513,8 @@ NULL_MARKERS = ("NULL", "\\N", "NONE", "NAN", "NA", "N/A", "NIL")
 
 # A time zone written after a timestamp (ISO 8601's Z or +hh:mm, a database's " UTC"): MIMIC-IV's
 # times are local times without one, so such values are refused with this hint, never shifted.
-ZONE_SUFFIX = r"\d(?:Z|z|\s*[+-]\d\d(?::?\d\d)?|\s*UTC)$"
+# It must follow a time of day: after a bare date, "2125-13-01"'s "-01" read as an offset of -01 hours.
+ZONE_SUFFIX = r"\d:\d\d(?::\d\d(?:[.,]\d+)?)?(?:Z|z|\s*[+-]\d\d(?::?\d\d)?|\s*UTC)$"
 
 
 def _is_null_marker(col: str) -> pl.Expr:

@@ -23,7 +23,13 @@ Token conventions (others rely on them; they are also written into tokenizer.jso
   the first timed event; then, per event in time order, an interval token when the gap since
   the previous event is >= 5 minutes (one token, `=6mt` for 6 months or more), the code token(s),
   and a `Qk` token directly after them when the event has a numeric value and the code has
-  fitted deciles (k = 1 + number of train deciles <= value); finally TIMELINE_END.
+  fitted deciles (k = 1 + number of train deciles <= value, where a decile repeated (a value
+  that fills several deciles: a common dose, a rounded lab) counts once, and once more for the
+  values above it: that value gets a Q token of its own, and the values above it the next one;
+  `quantile_rule` "ties" in tokenizer.json, since 2026-12-06. A tokenizer without the key counts
+  every decile <= value, as its models were trained: there every value at or above a repeated
+  decile shared one token, e.g. a code valued 0 in 92% of rows and 1 in 8% gave both values Q10);
+  finally TIMELINE_END.
 - times.npy: every token has a time (int64 us since epoch), non-decreasing per subject. The
   prefix gets the time of the subject's first timed event, an interval token the time of the
   event it precedes, a Q token its code's time, TIMELINE_END the last event's time. So "tokens
@@ -40,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -66,7 +73,10 @@ from tokenization.hierarchy import CODE_MODES, FLAT, HIERARCHICAL, MAX_PARTS, co
 
 EVENT_COLUMNS = ("subject_id", "time", "code", "numeric_value")
 TOKENIZER_FORMAT = "ehrfm-ethos-tokenizer"
-TOKENIZER_VERSION = 2  # 2: the "codes" mode and continuation_tokens (absent in 1: flat)
+TOKENIZER_VERSION = 3  # 2: the "codes" mode and continuation_tokens (absent in 1: flat); 3: quantile_rule "ties"
+# How a value becomes its Q token (module docstring): "ties" splits repeated deciles; "all" (tokenizers
+# without the key, versions 1-2) counts every decile <= value.
+QUANTILE_RULES = ("ties", "all")
 MINUTE_US = 60 * 1_000_000
 HOUR_US = 60 * MINUTE_US
 DAY_US = 24 * HOUR_US
@@ -325,6 +335,7 @@ def fit_tokenizer(meds: Path | MedsDataset, min_count: int = 10, n_quantiles: in
         "vocab": SPECIAL_TOKENS + tokens,
         "continuation_tokens": sorted(continuations),
         "quantile_edges": quantile_edges,
+        "quantile_rule": QUANTILE_RULES[0],
     }
 
 
@@ -521,6 +532,16 @@ def _check_tokenizer(tok: dict, path: Path) -> None:
     if not ok or any(not isinstance(e, list) or len(e) != nq - 1 for e in edges.values()):
         raise UserError(f"tokenizer {path} is damaged: 'quantile_edges' does not hold n_quantiles - 1 edges per "
                         f"code; {redo}")
+    # edges edited by hand (NaN, reversed) binned that code's values wrongly without a word
+    bad = [c for c, e in edges.items()
+           if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in e)
+           or any(b < a for a, b in zip(e, e[1:], strict=False))]
+    if bad:
+        raise UserError(f"tokenizer {path} is damaged: 'quantile_edges' of {len(bad)} code(s) are not finite numbers "
+                        f"in non-decreasing order (first: {bad[0]}); {redo}")
+    if tok.get("quantile_rule", "all") not in QUANTILE_RULES:
+        raise UserError(f"tokenizer {path}: 'quantile_rule' is {tok.get('quantile_rule')!r}, expected one of "
+                        f"{', '.join(QUANTILE_RULES)} (a tokenizer of a newer ehrfm?)")
 
 
 def code_mode(tok: dict) -> str:
@@ -554,6 +575,16 @@ class _Encoder:
                                     schema={"code": pl.String, "q_row": pl.Int64})
         nq = tok["n_quantiles"]
         self.q_edges = np.array([edges[c] for c in edges], dtype=np.float64).reshape(len(edges), nq - 1)
+        # Per code and decile: does it count when <= value (at_or_below), or when < value (below)?
+        # Rule "ties": a run of equal deciles counts once at or below and once below (edges are sorted,
+        # so equal ones are adjacent); "all": each decile at or below.
+        first = np.ones(self.q_edges.shape, dtype=bool)
+        first[:, 1:] = self.q_edges[:, 1:] != self.q_edges[:, :-1]
+        self.q_at_or_below, self.q_below = first, np.zeros_like(first)
+        if tok.get("quantile_rule", "all") == "ties":
+            self.q_below[:, 1:] = ~first[:, 1:] & first[:, :-1]  # the second of each run
+        else:
+            self.q_at_or_below = np.ones_like(first)
         self.q_first = self.ids["Q1"]
         self.interval_lo = np.array([t["min_us"] for t in tok["interval_tokens"]], dtype=np.int64)
         self.interval_first = self.ids[tok["interval_tokens"][0]["token"]]
@@ -630,7 +661,9 @@ class _Encoder:
         q_tok = np.zeros(len(timed), np.int64)
         if has_q.any():
             rows = np.nonzero(has_q)[0]
-            q_tok[rows] = self.q_first + (self.q_edges[q_row[rows]] <= val[rows, None]).sum(1)
+            e, v = self.q_edges[q_row[rows]], val[rows, None]
+            q_tok[rows] = self.q_first + ((e <= v) & self.q_at_or_below[q_row[rows]]).sum(1) \
+                + ((e < v) & self.q_below[q_row[rows]]).sum(1)
         return has_q, q_tok
 
     def encode(self, df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, pl.DataFrame, dict, dict]:
