@@ -74,6 +74,11 @@ def truncate_metrics(path: Path, last_step: int) -> tuple[list[dict], int, int]:
         before, 0 for none): what the lost session may already have sent to a backend.
     """
     if not path.is_file():
+        if last_step > 0:  # deleted by hand (or lost with a copy): steps 1..last_step were resumed without a word
+            from ehrfm.io import warn
+
+            warn(f"{path} is missing: the log of steps 1-{last_step} is lost; the run resumes from its checkpoint and "
+                 f"logs from step {last_step + 1}")
         return [], 0, 0
     keep, kept, n_before, step_before, bad = [], [], 0, 0, []
     texts = path.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -95,7 +100,9 @@ def truncate_metrics(path: Path, last_step: int) -> tuple[list[dict], int, int]:
         numbers = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
         what = ("its last line was cut (a hard kill?)" if bad == [len(texts)]
                 else f"{len(bad)} line(s) are not metrics lines (line {numbers})")
-        warn(f"{path}: {what}: dropped on resume; {len(keep)} line(s) up to step {last_step} kept")
+        last_kept = f", the last at step {kept[-1]['step']}" if kept else ""
+        warn(f"{path}: {what}: dropped on resume; {len(keep)} line(s) up to step {last_step} kept{last_kept} (the lines "
+             "they cut away are not in the log)")
     with atomic_file(path) as f:
         f.write("".join(k + "\n" for k in keep))
     return kept, n_before, step_before

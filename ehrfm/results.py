@@ -30,6 +30,10 @@ from ehrfm.io import read_json, write_json
 # diverged about once in 740 (normal tail beyond 3 sigma). The trainer and `ehrfm fit` share it.
 DIVERGENCE_Z = 3.0
 
+# The divergence margin when the eval's noise is not measured (fewer than 2 eval subjects): this share
+# of the bound (ln V, the initial loss). A blow-up goes far past it (losses of 10-1e6 nats against ln V ~ 6).
+UNMEASURED_MARGIN = 0.05
+
 RESULT_FILE = "result.json"
 
 
@@ -167,14 +171,99 @@ class RunResult:
         return self.status in KEPT
 
 
-_NUMBER_FIELDS = ("val_loss", "n_params", "n_params_total", "tokens", "flops", "wall_s", "tokens_per_s")
+_NUMBER_FIELDS = ("val_loss", "n_params", "n_params_total", "tokens", "flops", "wall_s", "tokens_per_s", "vocab_size",
+                  "steps", "eval_loss_se", "initial_train_loss", "initial_train_loss_se")
 _COUNT_FIELDS = ("n_params", "n_params_total", "tokens", "flops")
 _READ_HINT = "delete it and rerun: the run resumes from its checkpoint and writes it again"
+
+
+def divergence_reason(step: int, vocab_size: int | None = None, initial_loss: float | None = None,
+                      val_loss_se: float | None = None, initial_loss_se: float | None = None, **quantities) -> str | None:
+    """Why a run has diverged at `step`, or None when it has not.
+
+    The rule: any non-finite quantity is a divergence; a finite `val_loss` is a blow-up only when
+    it is clearly above a bound -- uniform guessing (ln V nats/token) or the run's initial loss --
+    by more than DIVERGENCE_Z standard errors: of the eval sample (`val_loss_se`, ratio_se over eval
+    subjects) for ln V, and of the difference of the two estimates, sqrt(val_loss_se^2 +
+    initial_loss_se^2), for the initial loss (measured on the first batch: a sample of its own).
+    A run that barely moved from its initial weights (a tiny budget, a tiny lr) ends at ln V plus
+    its initialisation's small excess, within that noise, and is not diverged. Without the eval's
+    standard error (fewer than 2 eval subjects) the margin is UNMEASURED_MARGIN of each bound.
+
+    Args:
+        step: the optimizer step (1-based) the quantities belong to; named in the reason.
+        vocab_size: V; a `val_loss` clearly above ln V nats/token (uniform guessing) is a blow-up.
+        initial_loss: the run's loss at its initial weights (nats/token); a `val_loss` clearly
+            above it means the run ended worse than it started.
+        val_loss_se: standard error of `val_loss` over the eval subjects, or None.
+        initial_loss_se: standard error of `initial_loss` over the first batch's subjects, or None.
+        **quantities: the values to check by name, e.g. train_loss, grad_norm, val_loss (floats).
+            Every non-finite one is named; only `val_loss` is compared with the two bounds.
+
+    Returns:
+        e.g. "grad norm became inf at step 13" or "val loss 2.4e+06 nats/token at step 40 is
+        above uniform guessing ln V = 5.47 (V = 240) and above the initial loss 5.49 (by more
+        than 3 standard errors, 3 x 0.0031 and 0.0042)"; None.
+    """
+    bad = [f"{name.replace('_', ' ')} became {float(v)}" for name, v in quantities.items()
+           if v is not None and not math.isfinite(float(v))]
+    if bad:
+        return " and ".join(bad) + f" at step {step}"
+    val = quantities.get("val_loss")
+    if val is None:
+        return None
+    def se(x):
+        return float(x) if x is not None and math.isfinite(float(x)) and x > 0 else 0.0
+
+    se_uniform = se(val_loss_se)
+    if se_uniform == 0.0:
+        # No eval noise measured (an eval of one subject): the margin is a share of each bound, not 0 -- a
+        # healthy tiny run 0.024 nats above ln V was recorded diverged on its one eval patient.
+        def over(bound: float, _se: float) -> bool:
+            return val > bound + UNMEASURED_MARGIN * abs(bound)
+        by = f" (by more than {UNMEASURED_MARGIN:.0%}: its eval has no standard error, fewer than 2 subjects)"
+    else:
+        def over(bound: float, se_: float) -> bool:
+            return val > bound + DIVERGENCE_Z * se_
+    se_initial = math.hypot(se_uniform, se(initial_loss_se))
+    above, margins = [], []
+    if vocab_size is not None and over(math.log(vocab_size), se_uniform):
+        above.append(f"above uniform guessing ln V = {math.log(vocab_size):.4g} (V = {vocab_size})")
+        margins.append(se_uniform)
+    if initial_loss is not None and math.isfinite(initial_loss) and over(initial_loss, se_initial):
+        above.append(f"above the initial loss {initial_loss:.4g}")
+        margins.append(se_initial)
+    if not above:
+        return None
+    if se_uniform > 0.0:
+        shown = sorted({f"{m:.2g}" for m in margins})
+        by = f" (by more than {DIVERGENCE_Z:g} standard errors, {DIVERGENCE_Z:g} x {' and '.join(shown)})"
+    return f"val loss {val:.4g} nats/token at step {step} is " + " and ".join(above) + by
 
 
 def result_path(run_dir: str | Path) -> Path:
     """RUN/result.json."""
     return Path(run_dir) / RESULT_FILE
+
+
+def _blow_up(obj: dict) -> str | None:
+    """divergence_reason's verdict on a completed result.json's final loss, by the trainer's own rule.
+
+    The trainer records a final loss clearly above ln V or above its initial loss as diverged, so
+    a "completed" record that fails the rule was not written by it as it stands (a diverged run's
+    record edited, a loss scaled by hand) and is never fitted.
+    """
+    def number(k):
+        v = obj.get(k)
+        return v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+    vocab = number("vocab_size")
+    initial_se = number("initial_train_loss_se")
+    # as the trainer does: an initial loss without its noise is not compared with
+    initial = number("initial_train_loss") if initial_se is not None else None
+    return divergence_reason(int(number("steps") or 0), vocab_size=int(vocab) if vocab and vocab >= 2 else None,
+                             initial_loss=initial, val_loss_se=number("eval_loss_se"), initial_loss_se=initial_se,
+                             val_loss=obj["val_loss"])
 
 
 def read_result(run_dir: str | Path, hint: str = _READ_HINT, check_values: bool = True) -> RunResult | None:
@@ -190,8 +279,9 @@ def read_result(run_dir: str | Path, hint: str = _READ_HINT, check_values: bool 
         UserError: the file exists but is truncated, empty, not a JSON object, or wrongly typed
             (status not a known status string, a number field not a number, a completed run
             without a finite positive val_loss, or with a zero, negative or infinite n_params,
-            n_params_total, tokens or flops). Such a run is neither interrupted nor usable: the message
-            names the file and what to do.
+            n_params_total, tokens or flops, or with a final loss that the trainer's own rule,
+            divergence_reason, calls a blow-up: clearly above ln V or above its initial loss). Such
+            a run is neither interrupted nor usable: the message names the file and what to do.
     """
     path = result_path(run_dir)
     if not path.exists():
@@ -215,6 +305,10 @@ def read_result(run_dir: str | Path, hint: str = _READ_HINT, check_values: bool 
         bad = [k for k in _COUNT_FIELDS if obj.get(k) is not None and not (math.isfinite(obj[k]) and obj[k] > 0)]
         if bad:
             problems.append(f"completed with non-positive or non-finite {', '.join(bad)}")
+        elif isinstance(loss, (int, float)) and 0 < loss < math.inf:
+            blown = _blow_up(obj)
+            if blown:
+                problems.append(f"completed, but its {blown}, which the trainer records as diverged")
     if problems:
         raise UserError(f"run result {path} is damaged: {'; '.join(problems)}; {hint}")
     return RunResult.from_json(obj)

@@ -132,7 +132,7 @@ from ehrfm.io import (
 from ehrfm.loggers import logger_for, metrics_log
 from ehrfm.model import GPT
 from ehrfm.packing import IGNORE_INDEX, PAD_SEGMENT, PackedRows, PackedStream
-from ehrfm.results import DIVERGENCE_Z, RunResult, Status, read_result, write_result
+from ehrfm.results import RunResult, Status, divergence_reason, read_result, write_result
 from ehrfm.run_lock import LOCK_FILE, RunDirBusyError, check_run_dir_intact, lock_run_dir
 from ehrfm.shapes import flops_per_token, n_params, n_params_total
 from ehrfm.tokens import TokenDir, data_differences, data_identity
@@ -204,60 +204,6 @@ def tokens_for(cfg: TrainConfig, model_cfg: ModelConfig) -> int:
     return int(math.floor(float(cfg.flops) / flops_per_token(model_cfg)))
 
 
-
-
-def divergence_reason(step: int, vocab_size: int | None = None, initial_loss: float | None = None,
-                      val_loss_se: float | None = None, initial_loss_se: float | None = None, **quantities) -> str | None:
-    """Why a run has diverged at `step`, or None when it has not.
-
-    The rule: any non-finite quantity is a divergence; a finite `val_loss` is a blow-up only when
-    it is clearly above a bound -- uniform guessing (ln V nats/token) or the run's initial loss --
-    by more than DIVERGENCE_Z standard errors: of the eval sample (`val_loss_se`, ratio_se over eval
-    subjects) for ln V, and of the difference of the two estimates, sqrt(val_loss_se^2 +
-    initial_loss_se^2), for the initial loss (measured on the first batch: a sample of its own).
-    A run that barely moved from its initial weights (a tiny budget, a tiny lr) ends at ln V plus
-    its initialisation's small excess, within that noise, and is not diverged. A missing
-    standard error counts as 0 (strict bounds: fewer than 2 eval subjects).
-
-    Args:
-        step: the optimizer step (1-based) the quantities belong to; named in the reason.
-        vocab_size: V; a `val_loss` clearly above ln V nats/token (uniform guessing) is a blow-up.
-        initial_loss: the run's loss at its initial weights (nats/token); a `val_loss` clearly
-            above it means the run ended worse than it started.
-        val_loss_se: standard error of `val_loss` over the eval subjects, or None.
-        initial_loss_se: standard error of `initial_loss` over the first batch's subjects, or None.
-        **quantities: the values to check by name, e.g. train_loss, grad_norm, val_loss (floats).
-            Every non-finite one is named; only `val_loss` is compared with the two bounds.
-
-    Returns:
-        e.g. "grad norm became inf at step 13" or "val loss 2.4e+06 nats/token at step 40 is
-        above uniform guessing ln V = 5.47 (V = 240) and above the initial loss 5.49 (by more
-        than 3 standard errors, 3 x 0.0031 and 0.0042)"; None.
-    """
-    bad = [f"{name.replace('_', ' ')} became {float(v)}" for name, v in quantities.items()
-           if v is not None and not math.isfinite(float(v))]
-    if bad:
-        return " and ".join(bad) + f" at step {step}"
-    val = quantities.get("val_loss")
-    if val is None:
-        return None
-    def se(x):
-        return float(x) if x is not None and math.isfinite(float(x)) and x > 0 else 0.0
-
-    se_uniform = se(val_loss_se)
-    se_initial = math.hypot(se_uniform, se(initial_loss_se))
-    above, margins = [], []
-    if vocab_size is not None and val > math.log(vocab_size) + DIVERGENCE_Z * se_uniform:
-        above.append(f"above uniform guessing ln V = {math.log(vocab_size):.4g} (V = {vocab_size})")
-        margins.append(se_uniform)
-    if initial_loss is not None and math.isfinite(initial_loss) and val > initial_loss + DIVERGENCE_Z * se_initial:
-        above.append(f"above the initial loss {initial_loss:.4g}")
-        margins.append(se_initial)
-    if not above:
-        return None
-    shown = sorted({f"{m:.2g}" for m in margins if m > 0})
-    by = f" (by more than {DIVERGENCE_Z:g} standard errors, {DIVERGENCE_Z:g} x {' and '.join(shown)})" if shown else ""
-    return f"val loss {val:.4g} nats/token at step {step} is " + " and ".join(above) + by
 
 
 def lr_at(step: int, n_steps: int, cfg: TrainConfig) -> float:
@@ -403,8 +349,13 @@ def _check_trunk(cfg: TrainConfig, run_config: dict, n_steps: int, step_tokens: 
     trunk = Path(cfg.trunk_dir)
     ended = read_result(trunk)
     if not (trunk / "config.json").is_file():
-        if ended:  # the trunk's job recorded a failure before the trainer wrote anything
-            raise UserError(f"trunk {trunk} {ended.status} before any checkpoint: {ended.error}")
+        if ended and ended.status == Status.FAILED and not (trunk / CHECKPOINT_DIR).exists():
+            # the trunk's job recorded a failure before the trainer wrote anything
+            raise UserError(f"trunk {trunk} {ended.status} before any checkpoint: {ended.error or 'no error recorded'}")
+        if ended or (trunk / CHECKPOINT_DIR).exists():  # a trained trunk whose config.json was deleted
+            raise UserError(f"trunk {trunk} has lost its config.json: what it trained cannot be checked against this "
+                            "branch; retrain the trunk (ehrfm train ... --overwrite, or in a sweep delete its run dir "
+                            "and relaunch)")
         raise UserError(f"trunk {trunk} is not a run dir (no config.json): train the trunk first")
     saved = read_json(trunk / "config.json", "trunk run config")
     problems = []
@@ -436,7 +387,8 @@ def _check_trunk(cfg: TrainConfig, run_config: dict, n_steps: int, step_tokens: 
         )
     # Only looked at, never repaired (has_checkpoint would delete a damaged copy): the trunk owns it.
     stable = stable_checkpoint_dir(trunk, tokens) / CHECKPOINT_DIR
-    redo = "delete the trunk's run dir and relaunch with --retry-failed (the trunk retrains, then this branch)"
+    redo = ("retrain the trunk (ehrfm train ... --overwrite; in a sweep, delete the trunk's run dir and relaunch with "
+            "--retry-failed: the trunk retrains, then this branch)")
     if stable.exists():
         _, problem = verify_checkpoint(stable)
         if problem:
@@ -557,12 +509,19 @@ def _check_something_to_predict(td: TokenDir, train_split, tuning_split, cfg: Tr
                         "subject(s) have at most 1 token each); re-create the token dir with longer timelines")
     eval_stream = PackedStream(tuning_split, cfg.context, shuffle=False)
     eval_n = min(cfg.eval_tokens, eval_stream.epoch_tokens)
-    if eval_stream.rows(0, eval_n).n_targets == 0:
+    eval_rows = eval_stream.rows(0, eval_n)
+    if eval_rows.n_targets == 0:
         where, fix = (f"split tuning ({len(tuning_split)} subject(s) of at most 1 token each)", "")
         if eval_n < eval_stream.epoch_tokens:
             where, fix = f"the first {eval_n} tokens (--eval-tokens) of split tuning", "raise --eval-tokens or "
         raise UserError(f"token dir {td.path}: {where} hold no next token to predict, so the held-out loss would be 0/0; "
                         f"{fix}re-create the token dir with longer timelines")
+    subject, n = eval_subjects(eval_rows)
+    scored = len(np.unique(subject[(eval_rows.targets != IGNORE_INDEX) & (subject < n)]))
+    if scored < 2:  # ratio_se needs 2 subjects; divergence then falls back to UNMEASURED_MARGIN
+        more = " (raise --eval-tokens)" if eval_n < eval_stream.epoch_tokens else ""
+        warn(f"the held-out loss is measured on {scored} subject of split tuning{more}: it has no standard error, and "
+             "one patient's loss is no estimate of the model's")
 
 
 def _bytes_text(n: int) -> str:

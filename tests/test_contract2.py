@@ -354,3 +354,15 @@ def test_resume_truncation_keeps_lines_after_a_damaged_one_and_says_what_it_drop
     p.write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])  # a hard kill mid-write
     kept, _, _ = truncate_metrics(p, 3)
     assert kept == rows[:3] and "its last line was cut (a hard kill?)" in capsys.readouterr().err
+
+
+def test_resume_without_its_metrics_log_says_the_steps_it_lost(tmp_path, capsys):
+    """A metrics.jsonl deleted before a resume: steps 1-20 vanished from the log without a word."""
+    from ehrfm.loggers import truncate_metrics
+
+    p = tmp_path / "metrics.jsonl"
+    assert truncate_metrics(p, 0) == ([], 0, 0) and capsys.readouterr().err == ""  # a fresh run has no log yet
+    assert truncate_metrics(p, 20) == ([], 0, 0)
+    assert capsys.readouterr().err.splitlines() == [
+        f"ehrfm: warning: {p} is missing: the log of steps 1-20 is lost; the run resumes from its checkpoint and logs "
+        "from step 21"]

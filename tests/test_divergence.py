@@ -32,10 +32,15 @@ def test_divergence_reason_names_the_quantity_and_the_bound():
     # Finite blow-ups at the end: above ln V (V = 240: 5.48) and/or above the initial loss.
     ln240 = math.log(240)
     assert divergence_reason(40, vocab_size=240, initial_loss=5.5, val_loss=2.4e6) == (
-        f"val loss 2.4e+06 nats/token at step 40 is above uniform guessing ln V = {ln240:.4g} (V = 240) and above the initial loss 5.5")
+        f"val loss 2.4e+06 nats/token at step 40 is above uniform guessing ln V = {ln240:.4g} (V = 240) and above the initial loss 5.5"
+        " (by more than 5%: its eval has no standard error, fewer than 2 subjects)")
     # Below ln V but worse than where it started (an initial loss under ln V: a strong prior at init).
-    assert divergence_reason(9, vocab_size=240, initial_loss=4.0, val_loss=4.25) == "val loss 4.25 nats/token at step 9 is above the initial loss 4"
-    assert divergence_reason(9, vocab_size=240, initial_loss=5.5, val_loss=5.49).startswith("val loss 5.49 nats/token at step 9 is above uniform")
+    assert divergence_reason(9, vocab_size=240, initial_loss=4.0, val_loss=4.25) == (
+        "val loss 4.25 nats/token at step 9 is above the initial loss 4 (by more than 5%: its eval has no standard error, "
+        "fewer than 2 subjects)")
+    # without the eval's standard error, within 5% of a bound is not a blow-up
+    assert divergence_reason(9, vocab_size=240, initial_loss=5.5, val_loss=5.49) is None
+    assert divergence_reason(9, vocab_size=240, initial_loss=5.5, val_loss=5.9).startswith("val loss 5.9 nats/token at step 9 is above uniform")
     assert divergence_reason(9, vocab_size=240, initial_loss=5.5, val_loss=3.1) is None
     assert divergence_reason(9, vocab_size=240, initial_loss=None, val_loss=5.0) is None
 
@@ -110,3 +115,18 @@ def test_fit_of_only_excluded_runs_names_them(tmp_path):
     assert p.returncode == 2 and p.stderr.count("\n") == 1
     assert "has no completed runs to fit (3 rows, 3 excluded: " + ", ".join(f"{i} (status diverged)" for i in ids) in p.stderr
     assert not (tmp_path / "fit").exists()
+
+
+def test_an_eval_of_one_subject_is_warned_and_its_noise_is_not_a_blow_up(tok, tmp_path):
+    """Before: with one eval subject there was no standard error and the bounds were strict: this healthy
+    tiny run (val 3.702, ln V 3.689, initial 3.704) was recorded diverged, exit 1."""
+    out = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "ehrfm", "train", str(tok), "--out", str(out), "--n-layer", "1", "--d-model", "32",
+                        "--n-head", "2", "--context", "64", "--batch-size", "8", "--tokens", "1000", "--eval-tokens", "64",
+                        "--seed", "1"], capture_output=True, text=True, env={**os.environ, "EHRFM_QUIET": "1"}, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert ("ehrfm: warning: the held-out loss is measured on 1 subject of split tuning (raise --eval-tokens): it has no "
+            "standard error, and one patient's loss is no estimate of the model's") in p.stderr.splitlines()
+    res = json.loads((out / "result.json").read_text())
+    assert res["status"] == "completed" and res["eval_loss_se"] is None
+    assert math.log(res["vocab_size"]) < res["val_loss"] < 1.05 * math.log(res["vocab_size"])

@@ -155,14 +155,19 @@ def test_a_damaged_stable_checkpoint_is_named_and_kept(tok, trunk, tmp_path):
             train(cfg(tok, out, trunk_dir=str(copy)))
         assert str(e.value) == (
             f"trunk {copy}: its stable checkpoint at 4096 tokens is damaged: checkpoint file model.safetensors is damaged "
-            "(sha256 differs from the one recorded in state.json); delete the trunk's run dir and relaunch with "
-            "--retry-failed (the trunk retrains, then this branch)")
+            "(sha256 differs from the one recorded in state.json); retrain the trunk (ehrfm train ... --overwrite; in a "
+            "sweep, delete the trunk's run dir and relaunch with --retry-failed: the trunk retrains, then this branch)")
         assert model.stat().st_size == 100 and not out.exists()
     # gone altogether (an older ehrfm deleted it): the trunk completed, so it is not "not reached yet"
     shutil.rmtree(model.parent)
     with pytest.raises(UserError, match=r"trunk .* completed, but its stable checkpoint at 4096 tokens \(.*\) is missing; "
-                                        "delete the trunk's run dir"):
+                                        r"retrain the trunk \(ehrfm train ... --overwrite"):
         train(cfg(tok, tmp_path / "branch2", trunk_dir=str(copy)))
+    # its config.json deleted: named as lost (before: "trunk ... completed before any checkpoint: None")
+    (copy / "config.json").unlink()
+    with pytest.raises(UserError) as e:
+        train(cfg(tok, tmp_path / "branch3", trunk_dir=str(copy)))
+    assert str(e.value).startswith(f"trunk {copy} has lost its config.json: what it trained cannot be checked")
     # A run's own damaged checkpoint state is reported once, in plain words (not "checkpoint checkpoint state").
     state = copy / "checkpoint" / "state.json"
     state.write_text("{")
