@@ -385,7 +385,7 @@ class GPT(nn.Module):
         # (B, T) positions -> (B, T, 1, hd) cos/sin, broadcast over heads of (B, T, H, hd)
         return self.rope_cos[positions][:, :, None], self.rope_sin[positions][:, :, None]
 
-    def _trunk(self, idx, segment_ids=None, positions=None) -> torch.Tensor:
+    def _trunk(self, idx, segment_ids=None, positions=None, streams: list | None = None) -> torch.Tensor:
         B, T = idx.shape
         if self.config.context < T:
             raise ValueError(f"sequence length {T} exceeds the model context {self.config.context}")
@@ -396,6 +396,8 @@ class GPT(nn.Module):
             cos, sin = self._rope(segment_positions(segment_ids) if positions is None else positions)
         x = self.embed(idx)
         for block in self.blocks:
+            if streams is not None:  # the residual stream entering each block (the embeddings first)
+                streams.append(x)
             x = block(x, cos, sin, layout)
         return self.norm(x)
 
@@ -441,6 +443,18 @@ class GPT(nn.Module):
         segment_ids and positions as for `forward`; ValueError when T exceeds the context.
         """
         return self._trunk(idx, segment_ids, positions)
+
+    def layer_states(self, idx, segment_ids=None, positions=None) -> list[torch.Tensor]:
+        """Hidden states of every depth: n_layer + 1 tensors (B, T, d_model), as for `hidden_states`.
+
+        The residual stream entering each block (the token embeddings first), RMS-normalised without
+        a learned scale so that every depth is on one scale, then the final-normed output
+        (`hidden_states`). Probing every layer, not only the last, follows ELMo (Peters et al. 2018)
+        and Tenney et al. (2019): earlier layers keep what the last one has traded away.
+        """
+        streams: list[torch.Tensor] = []
+        last = self._trunk(idx, segment_ids, positions, streams=streams)
+        return [F.rms_norm(s, (s.shape[-1],), eps=self.config.norm_eps) for s in streams] + [last]
 
     # --- incremental decoding -------------------------------------------------------------------
 

@@ -143,7 +143,7 @@ def register(sub) -> None:
 
     pc.add_argument("--pooling", choices=POOLINGS, default="last",
                     help="the probes' representation, as `ehrfm probe --pooling` (default last, the cheapest for every run of a "
-                         "sweep; `ehrfm probe` defaults to last+mean+max for one model; recorded in the table's metadata)")
+                         "sweep; `ehrfm probe` defaults to layers for one model; recorded in the table's metadata)")
     pc.add_argument("--zeroshot-max-labels", type=int, default=200, help="held_out labels rolled out per task and run (default 200)")
     pc.add_argument("--probe-best", type=int, metavar="K",
                     help="probe only each budget's K lowest-loss shapes (the utility law takes each budget's loss-optimal "

@@ -227,6 +227,20 @@ def test_mean_and_max_pooling_are_over_the_window_without_padding(cohort):
             np.testing.assert_allclose(three[k, 2 * cfg.d_model :], model.hidden_states(w)[0].amax(0).numpy(), atol=1e-5)
     with pytest.raises(ValueError, match="pooling"):
         embed_histories(model, td, h, 64, pooling="max")
+    # "layers" (the probe's default since 2026-12-06): last+mean+max of each depth, the final one last
+    layers = embed_histories(model, td, h, 64, batch_size=32, pooling="layers")
+    width = 3 * cfg.d_model
+    assert layers.shape == (len(h.start), width * (cfg.n_layer + 1))
+    np.testing.assert_array_equal(layers[:, -width:], three)
+    with torch.no_grad():
+        for k in range(len(h.start)):
+            w = torch.from_numpy(history_window(td, h, k, 64))[None]
+            emb = model.embed(w)[0]
+            emb = emb / emb.pow(2).mean(-1, keepdim=True).add(cfg.norm_eps).sqrt()  # RMS-normed token embeddings
+            np.testing.assert_allclose(layers[k, : cfg.d_model], emb[-1].numpy(), atol=1e-5)
+            np.testing.assert_allclose(layers[k, cfg.d_model : 2 * cfg.d_model], emb.mean(0).numpy(), atol=1e-5)
+            np.testing.assert_allclose(layers[k, 2 * cfg.d_model : width], emb.amax(0).numpy(), atol=1e-5)
+    assert np.array_equal(layers, embed_histories(model, td, h, 64, batch_size=5, pooling="layers"))
 
 
 def test_probe_and_finetune_write_metrics(cohort, tmp_path):

@@ -1097,7 +1097,10 @@ def _probe_gap_by_history(cfg, heads: dict, paired: dict, gaps: dict, history_st
     if best.get("d_model") and n_features:
         probe_cfg = next(((e.get("probe") or {}).get("config") or {} for e in (heads.get("tasks") or {}).values()
                           if isinstance(e.get("probe"), dict)), {})
-        width = len(str(probe_cfg.get("pooling", "last+mean+max")).split("+")) * int(best["d_model"])
+        # the probe's metrics record their width (since 2026-12-06); before, last+mean+max's 3 x d_model
+        recorded = next((e["probe"].get("n_features") for e in (heads.get("tasks") or {}).values()
+                         if isinstance(e.get("probe"), dict) and e["probe"].get("n_features")), None)
+        width = recorded or len(str(probe_cfg.get("pooling", "last+mean+max")).split("+")) * int(best["d_model"])
         counts = "-".join(dict.fromkeys(f"{k:,}" for k in (min(n_features), max(n_features))))
         said.append(f"The probe represents a history in {width} numbers (the best run has d_model {int(best['d_model'])} and "
                     f"N={best.get('n_params_total') or best['n_params']:.3g}), the counts in {counts} code counts; a wider "

@@ -12,7 +12,8 @@ from dataclasses import KW_ONLY, dataclass, field
 
 from ehrfm.errors import UserError
 
-POOLINGS = ("last", "last+mean", "last+mean+max")  # the probe's representations (ehrfm.clinical.model_io)
+LAYERS = "layers"  # last+mean+max of every depth, not only the last (ehrfm.clinical.model_io)
+POOLINGS = ("last", "last+mean", "last+mean+max", LAYERS)  # the probe's representations (ehrfm.clinical.model_io)
 ZEROSHOT_TASKS = ("in_hospital_mortality", "long_los", "icu_admission", "readmission_30d")
 
 
@@ -107,9 +108,9 @@ class HeadConfig:
 class ProbeConfig(HeadConfig):
     """A linear probe of a frozen model (ehrfm.clinical.probe); saved as OUT/config.json."""
 
-    pooling: str = field(default="last+mean+max", metadata={"choices": POOLINGS})
-    """Representation: the last history token's state (last), it beside the mean over the window (last+mean), or those
-    beside the feature-wise max over the window (last+mean+max)."""
+    pooling: str = field(default=LAYERS, metadata={"choices": POOLINGS})
+    """Representation: the last history token's state (last), it beside the mean over the window (last+mean), those
+    beside the feature-wise max over the window (last+mean+max), or last+mean+max of every layer (layers)."""
 
 
 @dataclass

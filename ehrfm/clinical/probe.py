@@ -2,8 +2,9 @@
 
 Representation (ProbeConfig.pooling, ehrfm.clinical.model_io): the final-normed hidden state at
 the last history token (time <= prediction_time) beside the mean and the feature-wise max of the
-states over the window (default "last+mean+max"), beside the mean alone ("last+mean"), or that last
-state alone ("last"), through at most the last `context` tokens. The logistic regression is fitted
+states over the window ("last+mean+max"), beside the mean alone ("last+mean"), or that last
+state alone ("last"), through at most the last `context` tokens; by default ("layers") those three
+of every depth, the embeddings' and each block's as well as the final one. The logistic regression is fitted
 on train labels, its L2 strength C chosen by tuning AUROC, and it is scored on held_out:
 metrics.json, predictions.parquet (exactly the scored held_out rows, in meds-evaluation's
 PredictionSchema; predictions_train/_tuning.parquet hold the other splits), history_tokens.parquet
@@ -43,6 +44,8 @@ REPRESENTATIONS = {
                  "of the states over the window",
     "last+mean+max": "final-normed hidden state at the last token with time <= prediction_time, beside the mean "
                      "and the feature-wise max of the states over the window",
+    "layers": "last+mean+max of every depth: the RMS-normed residual stream entering each block (the embeddings "
+              "first), then the final-normed output",
 }
 
 
@@ -120,12 +123,14 @@ def probe(cfg: ProbeConfig, out: str | os.PathLike, overwrite: bool = False, fea
     Returns:
         metrics.json's content: binary_metrics of held_out (AUROC, AUPRC with bootstrap 95%
         intervals, DeLong auroc_se, calibration) plus head, split, representation, context,
-        n_train, n_tuning, selection (the chosen C), model, history_tokens_mean (tokens), wall_s.
+        n_features (numbers per label), n_train, n_tuning, selection (the chosen C), model,
+        history_tokens_mean (tokens), wall_s.
 
     Raises:
         UserError: `out` exists without overwrite, the run, token dir or labels cannot serve the
             task (load_head_inputs), no held_out labels, or train labels of one class.
     """
+    from ehrfm.clinical.model_io import representation_width
     from ehrfm.io import summary
 
     check_out(out, overwrite, cfg, command="probe")
@@ -142,6 +147,7 @@ def probe(cfg: ProbeConfig, out: str | os.PathLike, overwrite: bool = False, fea
         "head": "probe",
         "split": "held_out",
         "representation": REPRESENTATIONS[cfg.pooling],
+        "n_features": representation_width(cfg.pooling, mcfg.n_layer, mcfg.d_model),
         "context": context,
         "n_train": int((h.split == "train").sum()),
         "n_tuning": int((h.split == "tuning").sum()),
