@@ -90,5 +90,5 @@ def test_aces_labels_feed_heads_and_sweep_scoring(aces_cli, synth_meds, synth_to
     m = probe(ProbeConfig(str(tiny_run), str(synth_tokens), str(labels), bootstrap=0, max_labels=200), tmp_path / "probe")
     assert m["task"] == "in_hospital_mortality" and 0.0 <= m["auroc"] <= 1.0 and m["n"] > 0
     # the probe's default representation (sweep collect defaults to "last")
-    scores = score_run(tiny_run, synth_tokens, {"in_hospital_mortality": labels}, max_labels=200, seed=0, pooling="last+mean+max")
+    scores = score_run(tiny_run, synth_tokens, {"in_hospital_mortality": labels}, max_labels=200, seed=0, pooling="layers")
     assert scores["auroc/in_hospital_mortality"] == pytest.approx(m["auroc"], abs=1e-12)

@@ -382,7 +382,7 @@ def test_probe_embeds_the_same_histories_once_per_pooling(cohort):
     p2, _ = probe_scores(model, td, h, 64, cfg, "long_los", features)
     assert len(features) == 1 and np.array_equal(p1, p2)
     (x,) = features.values()
-    assert x.shape == (len(h.start), 3 * model.config.d_model)  # the default: last, mean and max
+    assert x.shape == (len(h.start), 3 * model.config.d_model * (model.config.n_layer + 1))  # the default: every depth's last, mean, max
     probe_scores(model, td, h, 64, ProbeConfig(str(run), str(tok), str(labels), pooling="last"), "long_los", features)
     probe_scores(model, td, h, 32, cfg, "long_los", features)
     assert len(features) == 3  # another pooling or context is another representation
