@@ -29,6 +29,17 @@ def losses(run: Path):
     return [json.loads(line)["train_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def _root_cause(stderr: str) -> str:
+    """What a failed torchrun says about why: its ranks' own error lines, then its summary's tail.
+
+    torchrun's summary alone ends the output ("rank 1 ... SIGABRT"), and its last 1,500 characters hid the
+    rank's own message (a gloo error, a traceback) once, in one of two CIs run side by side (2026-12-06).
+    """
+    cues = ("Error", "error:", "terminate called", "what()", "Traceback", "gloo", "Connection")
+    lines = list(dict.fromkeys(ln for ln in stderr.splitlines() if any(c in ln for c in cues)))
+    return "\n".join(lines[:40]) + "\n---\n" + stderr[-1500:]
+
+
 def test_two_gloo_ranks_match_one_process(tmp_path):
     tok = make_token_dir(tmp_path / "tok")
     one = subprocess.run([sys.executable, "-m", "ehrfm", *args(tok, tmp_path / "one")], env=ENV, capture_output=True, text=True)
@@ -40,7 +51,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
          "-m", "ehrfm", *args(tok, tmp_path / "two")],
         env=ENV, capture_output=True, text=True, timeout=600,  # a hang guard only: ~1 min on 2 busy cores
     )
-    assert two.returncode == 0, two.stderr[-1500:]
+    assert two.returncode == 0, _root_cause(two.stderr)
     r1 = json.loads((tmp_path / "one" / "result.json").read_text())
     r2 = json.loads((tmp_path / "two" / "result.json").read_text())
     assert r1["world_size"] == 1 and r2["world_size"] == 2
