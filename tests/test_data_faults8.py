@@ -307,3 +307,31 @@ def test_an_itemid_that_is_not_a_number_is_refused(mimic_demo_dir, tmp_path, tab
     etl(raw, tmp_path / "meds_f", split_fractions=(1.0, 0.0, 0.0))
     etl(ref, tmp_path / "meds_r", split_fractions=(1.0, 0.0, 0.0))
     assert _events(tmp_path / "meds_f").sort(pl.all()).equals(_events(tmp_path / "meds_r").sort(pl.all()))
+
+
+def test_a_dictionary_listing_one_itemid_twice_is_said(mimic_demo_dir, tmp_path, capsys):
+    """An itemid listed twice in d_labitems with two labels described its code by one of them without a
+    word. Now one warning line names the file, the count and the first itemid (a code, not patient data);
+    rows repeated exactly say nothing."""
+    import re
+
+    def twice(changed: bool):
+        def edit(header, rows):
+            if "label" not in header:
+                return rows  # labevents as it is
+            lab = header.index("label")
+            return rows + [[*r[:lab], r[lab] + (" (v2)" if changed else ""), *r[lab + 1:]] for r in rows]
+        return edit
+
+    raw = _demo_copy(mimic_demo_dir, tmp_path / "same", ["hosp/labevents", "hosp/d_labitems"], twice(False))
+    etl(raw, tmp_path / "same" / "meds", split_fractions=(1.0, 0.0, 0.0))
+    assert "listed more than once" not in capsys.readouterr().err
+    raw = _demo_copy(mimic_demo_dir, tmp_path / "two", ["hosp/labevents", "hosp/d_labitems"], twice(True))
+    etl(raw, tmp_path / "two" / "meds", split_fractions=(1.0, 0.0, 0.0))
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "listed more than once" in ln]
+    assert len(lines) == 1 and re.fullmatch(
+        r"ehrfm: warning: .*d_labitems\.csv\.gz: \d{3} itemid value\(s\) are listed more than once with different rows "
+        r"\(first: \d+\); their codes are described by the last row listed", lines[0]), lines
+    codes = pl.read_parquet(tmp_path / "two" / "meds" / "metadata" / "codes.parquet")
+    lab = codes.filter(pl.col("code").str.starts_with("LAB//") & pl.col("description").is_not_null())
+    assert lab.height > 200 and lab["description"].str.contains(r"\(v2\)").all()

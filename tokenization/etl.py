@@ -3147,6 +3147,23 @@ def _dictionary_rows(path: Path, columns: dict[str, str], keys: set[str]) -> pl.
     return pl.DataFrame(rows, schema={c: pl.String for c in names}, orient="row")
 
 
+def _warn_repeated_keys(path: Path, d: pl.DataFrame, key: list[str]) -> None:
+    """One warning line when a dictionary lists one key (an itemid, an ICD code and version) with different rows.
+
+    Its codes' descriptions take the last row listed (as a dict does); before, an itemid listed twice with
+    two labels described its code by one of them without a word. Codes and counts are named, never values.
+    """
+    if d.is_empty():
+        return
+    clash = d.unique().group_by(key).len().filter(pl.col("len") > 1).sort(key)
+    if clash.height:
+        from ehrfm.io import warn
+
+        first = "//".join(str(v) for v in clash.row(0)[: len(key)])
+        warn(f"{path}: {clash.height} {'/'.join(key)} value(s) are listed more than once with different rows (first: "
+             f"{first}); their codes are described by the last row listed")
+
+
 def _clean_text(value: str) -> str:
     """One dictionary value as _without_control_characters and _trimmed make an event table's (NUL aside)."""
     if ANY_CONTROL_RE.search(value):
@@ -3169,6 +3186,7 @@ def _write_codes(files: dict[str, tuple[Path, dict[str, str]]], out: Path, count
     for name, (path, have) in files.items():
         cols = DICTIONARIES[name]
         d = _dictionary_rows(path, have, used)
+        _warn_repeated_keys(path, d, cols[:2] if name.startswith("hosp/d_icd") else cols[:1])
         if name.startswith("hosp/d_icd"):
             dictionaries[name] = {(c, v): t for c, v, t in d.select(cols).iter_rows()}
         elif name == "hosp/d_hcpcs" and "short_description" in have:
