@@ -43,7 +43,7 @@ import polars as pl
 
 from ehrfm.errors import UserError
 from ehrfm.law_checks import BUDGET_SAME_DECADES  # shared with the sweep planner; re-exported
-from ehrfm.results import DIVERGENCE_Z, Status
+from ehrfm.results import Status, blow_up_margin
 from ehrfm.tables import RESULTS_COLUMNS, RESULTS_REQUIRED, UTILITY_PREFIXES
 
 REQUIRED = ("n_params", "tokens", "loss")
@@ -878,9 +878,10 @@ def _blown_up(df: pl.DataFrame, source: str, values: dict, keep: np.ndarray, run
     """Exclude kept rows whose loss is worse than uniform guessing.
 
     Kept rows whose per-token loss is above uniform guessing (ln vocab_size) by more than
-    DIVERGENCE_Z (3) times its eval standard error (`eval_loss_se`, 0 where absent), the margin
-    the trainer uses (ehrfm.train.divergence_reason), each added to `excluded`: a finite blow-up a
-    trainer did not catch. A tiny run that ends at ln V within its eval noise is a measurement.
+    its margin, each added to `excluded`: a finite blow-up a trainer did not catch. The margin is the
+    trainer's (ehrfm.results.blow_up_margin, as divergence_reason applies it): DIVERGENCE_Z (3) times
+    the run's eval standard error (`eval_loss_se`), or UNMEASURED_MARGIN (5%) of ln V where there is
+    none. A tiny run that ends at ln V within its eval noise is a measurement.
     Checked on `loss` whatever column is fitted; ln(MAX_VOCAB) where vocab_size is absent.
     """
     if "loss" not in df.columns:
@@ -893,7 +894,7 @@ def _blown_up(df: pl.DataFrame, source: str, values: dict, keep: np.ndarray, run
              f"ln(2^24) = {np.log(MAX_VOCAB):.4g} (no vocab_size column; no tokenizer has 2^24 = 16.8M tokens)")
     per_token = values["loss"] if "loss" in values else _numeric(df, "loss", source)
     se = _numeric(df, "eval_loss_se", source) if "eval_loss_se" in df.columns else np.zeros(df.height)
-    margin = DIVERGENCE_Z * np.where(np.isfinite(se) & (se > 0), se, 0.0)
+    margin = blow_up_margin(np.where(np.isfinite(uniform), uniform, 0.0), se)
     blown = keep & np.isfinite(uniform) & (per_token > uniform + margin)
     checked = int((keep & np.isfinite(uniform) & np.isfinite(per_token)).sum())
     if blown.sum() >= 2 and blown.sum() >= BLOWN_UP_UNIT_SHARE * checked:

@@ -177,6 +177,21 @@ _COUNT_FIELDS = ("n_params", "n_params_total", "tokens", "flops")
 _READ_HINT = "delete it and rerun: the run resumes from its checkpoint and writes it again"
 
 
+def blow_up_margin(bound, se):
+    """How far above `bound` (nats/token) a finite loss must be to be a blow-up, in nats/token.
+
+    DIVERGENCE_Z x `se` (the loss's standard error, > 0), else UNMEASURED_MARGIN x |bound| (no
+    standard error: an eval of < 2 subjects, or a results table without eval_loss_se). Floats or
+    numpy arrays of one shape (elementwise; a NaN se counts as none).
+    """
+    import numpy as np  # here, not above: the CLI imports this module where nothing else needs numpy
+
+    se = np.asarray(se, dtype=float)
+    out = np.where(np.isfinite(se) & (se > 0), DIVERGENCE_Z * np.where(np.isfinite(se), se, 0.0),
+                   UNMEASURED_MARGIN * np.abs(np.asarray(bound, dtype=float)))
+    return float(out) if out.ndim == 0 else out
+
+
 def divergence_reason(step: int, vocab_size: int | None = None, initial_loss: float | None = None,
                       val_loss_se: float | None = None, initial_loss_se: float | None = None, **quantities) -> str | None:
     """Why a run has diverged at `step`, or None when it has not.
@@ -216,21 +231,15 @@ def divergence_reason(step: int, vocab_size: int | None = None, initial_loss: fl
         return float(x) if x is not None and math.isfinite(float(x)) and x > 0 else 0.0
 
     se_uniform = se(val_loss_se)
-    if se_uniform == 0.0:
-        # No eval noise measured (an eval of one subject): the margin is a share of each bound, not 0 -- a
-        # healthy tiny run 0.024 nats above ln V was recorded diverged on its one eval patient.
-        def over(bound: float, _se: float) -> bool:
-            return val > bound + UNMEASURED_MARGIN * abs(bound)
-        by = f" (by more than {UNMEASURED_MARGIN:.0%}: its eval has no standard error, fewer than 2 subjects)"
-    else:
-        def over(bound: float, se_: float) -> bool:
-            return val > bound + DIVERGENCE_Z * se_
-    se_initial = math.hypot(se_uniform, se(initial_loss_se))
+    by = "" if se_uniform > 0.0 else \
+        f" (by more than {UNMEASURED_MARGIN:.0%}: its eval has no standard error, fewer than 2 subjects)"
+    # without the eval's own noise, the first batch's alone is no margin for the difference: both bounds take the share
+    se_initial = math.hypot(se_uniform, se(initial_loss_se)) if se_uniform > 0.0 else 0.0
     above, margins = [], []
-    if vocab_size is not None and over(math.log(vocab_size), se_uniform):
+    if vocab_size is not None and val > math.log(vocab_size) + blow_up_margin(math.log(vocab_size), se_uniform):
         above.append(f"above uniform guessing ln V = {math.log(vocab_size):.4g} (V = {vocab_size})")
         margins.append(se_uniform)
-    if initial_loss is not None and math.isfinite(initial_loss) and over(initial_loss, se_initial):
+    if initial_loss is not None and math.isfinite(initial_loss) and val > initial_loss + blow_up_margin(initial_loss, se_initial):
         above.append(f"above the initial loss {initial_loss:.4g}")
         margins.append(se_initial)
     if not above:

@@ -73,14 +73,16 @@ def _plan_arguments(pp) -> None:
     add_fields(pp, SweepConfig, ["span_dex", "tokens_per_param", "context", "lr_ref_width"])
     unset = dict(unset=True)  # not given: the trainer's default
     add_fields(pp, TrainConfig, ["batch_size", "lr", "seed"], batch_size=unset, lr=unset, seed=unset)
-    add_fields(pp, SweepConfig, ["min_steps", "schedule", "run_seeds"], run_seeds=dict(metavar="K"))
+    add_fields(pp, SweepConfig, ["min_steps", "schedule", "run_seeds", "seed_steps", "bracket_margin"], run_seeds=dict(metavar="K"),
+               seed_steps=dict(metavar="S"),
+               bracket_margin=dict(metavar="K"))
     add_fields(pp, TrainConfig, ["decay_fraction", "decay_shape"], decay_fraction=unset, decay_shape=unset)
     pp.add_argument("--centre-from", default=None, metavar="FIT",
                     help="fit dir (or fits.json) of this sweep's smaller budgets: centre each larger budget's sizes on "
                     "the N_opt its Approach 2 law predicts, instead of D/N = --tokens-per-param (re-plan the same --out)")
     pp.add_argument("--bracket-from", default=None, metavar="RESULTS",
                     help="results table of this sweep's runs: add a size beyond the end of each budget's ladder where its "
-                    "lowest loss sits (re-plan the same --out; added sizes are kept)")
+                    "lowest loss sits, or has fewer than --bracket-margin sizes beyond it (re-plan the same --out; added sizes are kept)")
     pp.add_argument("--train-opt", action="append", metavar="KEY=VALUE", help="any other train option for every run (repeatable), e.g. warmup_frac=0.1")
 
 

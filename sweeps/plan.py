@@ -41,8 +41,12 @@ sweep.json records the law used (`centre_law`).
 
 Bracketing (`bracket_from`, `sweep plan --bracket-from RESULTS`): a ladder whose lowest loss sits
 at its smallest or largest size has not bracketed its optimum, and a parabola through it can only
-extrapolate. Re-planning the same sweep dir with a results table of its runs adds one size beyond
-that end of that budget's ladder (sweep.json `extra_rungs`, kept on every later re-plan; as many
+extrapolate; one whose lowest loss sits next to an end has one size on that side, and its
+parabola's minimum and curvature rest on that one run (a noisy run at the other end tilts it:
+off-centre sampling biases Approach 2). So a ladder's lowest loss needs `bracket_margin` sizes on
+each side (default 2, at most (sizes - 1) // 2: a centred 5-size ladder has exactly 2). Re-planning
+the same sweep dir with a results table of its runs adds one size beyond the short end of each
+budget's ladder that lacks them (sweep.json `extra_rungs`, kept on every later re-plan; as many
 rungs as it takes to reach a shape the ladder lacks), as a researcher would add a model size; the
 other runs keep their ids. Below the family's smallest shape
 there is nothing to add, and the plan says so.
@@ -71,6 +75,11 @@ so one seed per point leaves each budget's N_opt uncertain; `ehrfm fit` fits eve
 its residual bootstrap sees their scatter. The first seed's runs keep their ids, so re-planning a
 sweep dir with more seeds adds runs and keeps the trained ones; with wsd each (shape, seed) has its
 own trunk. Bracketing compares a ladder's sizes by their replicates' mean loss.
+Seeds only where they pay (`seed_steps` S, `sweep plan --seed-steps S`): the shortest runs scatter
+most between seeds (288-step runs of the demo ended 1.24-1.32 nats over three seeds, ~800-step runs
+within 0.01: README), and they are the cheapest, so a point whose runs take fewer than S optimizer
+steps is trained with ceil(S / steps) seeds (at least `run_seeds`, at most MAX_SHORT_RUN_SEEDS),
+its mean loss then resting on about S steps of training noise like every other point's.
 
 Every planned run has a stable id: a hash of its training config (and budget, and trunk), so
 planning twice gives the same ids and relaunches find their runs.
@@ -160,6 +169,13 @@ class SweepConfig:
     extra_rungs: dict = field(default_factory=dict)
     """Set by `--bracket-from RESULTS` and kept on re-planning: {budget (`budget_key`): [below, above]}, ladder rungs added
     beyond each end of that budget's ladder (module docstring)."""
+    seed_steps: int = 0
+    """Points whose runs take fewer optimizer steps than this get ceil(SEED_STEPS / steps) training seeds (at least
+    run_seeds, at most MAX_SHORT_RUN_SEEDS): seeds where the noise is (module docstring); 0: run_seeds everywhere."""
+    bracket_margin: int = 2
+    """Bracketing (`--bracket-from`): sizes that each ladder's lowest loss needs on each side (at most (sizes - 1) // 2,
+    so 3- and 4-size ladders need 1); one fewer on a side adds a rung beyond that end. 1: only a lowest loss at an end
+    (module docstring)."""
     run_seeds: int = 1
     """Training seeds per (budget, shape): runs with seeds SEED, SEED+1, ... (replicates); their scatter is training noise that
     one seed per point hides, and the fits use every replicate (module docstring)."""
@@ -661,7 +677,8 @@ def bracket_rungs(sweep: SweepConfig, rows: list[dict], results: str | Path) -> 
 
     For each budget whose every planned run (at least 3) is completed in `results` (a results table:
     run_id, status, loss (nats/token); parquet, or CSV as DESIGN.md allows), one rung is added beyond
-    the end of its ladder where its lowest loss sits. A budget it cannot judge gets a note saying why
+    the end of its ladder where fewer than `sweep.bracket_margin` sizes (capped at (sizes - 1) // 2)
+    lie beyond its lowest loss (module docstring). A budget it cannot judge gets a note saying why
     (runs missing or not completed), so a table of another sweep never passes silently.
 
     Raises:
@@ -696,17 +713,22 @@ def bracket_rungs(sweep: SweepConfig, rows: list[dict], results: str | Path) -> 
                          f"completed with a finite loss in {results} (bracketing needs every run of its ladder)")
             continue
         best = min(ladder, key=lambda r: r["loss"])
-        side = 0 if best is ladder[0] else 1 if best is ladder[-1] else None
+        i = ladder.index(best)
+        margin = max(1, min(int(sweep.bracket_margin), (len(ladder) - 1) // 2))
+        side = 0 if i < margin else 1 if len(ladder) - 1 - i < margin else None
         if side is None:
             continue
+        where = ("at its smallest size", "at its largest size") if margin == 1 or i in (0, len(ladder) - 1) else \
+                (f"{i} size(s) from its smallest", f"{len(ladder) - 1 - i} size(s) from its largest")
         smallest = smallest_shape(sweep.vocab_size, sweep.context)
         if side == 0 and (best["n_layer"], best["d_model"]) == (smallest.n_layer, smallest.d_model):
             notes.append(f"--bracket-from: budget {budget:.3g}: its lowest loss is at the family's smallest shape "
                          f"(n_layer={smallest.n_layer}, d_model={smallest.d_model}); there is no smaller model to add")
             continue
         extra.setdefault(budget_key(budget), [0, 0])[side] += 1
-        notes.append(f"--bracket-from: budget {budget:.3g}: its lowest loss is at its {('smallest', 'largest')[side]} size "
-                     f"(n_layer={best['n_layer']}, d_model={best['d_model']}); one rung added {('below', 'above')[side]}")
+        notes.append(f"--bracket-from: budget {budget:.3g}: its lowest loss is {where[side]} "
+                     f"(n_layer={best['n_layer']}, d_model={best['d_model']}; {margin} needed on each side); "
+                     f"one rung added {('below', 'above')[side]}")
     return extra, notes
 
 
@@ -752,6 +774,9 @@ def make_plan(sweep: SweepConfig, previous: list[dict] | None = None, runs: Path
         raise UserError(f"--tokens-per-param must be finite and > 0 (got {sweep.tokens_per_param})")
     if not (isinstance(sweep.run_seeds, int) and sweep.run_seeds >= 1):
         raise UserError(f"--run-seeds must be an integer >= 1 (got {sweep.run_seeds!r}): training seeds per (budget, shape)")
+    if not (isinstance(sweep.seed_steps, int) and sweep.seed_steps >= 0):
+        raise UserError(f"--seed-steps must be an integer >= 0 (got {sweep.seed_steps!r}): optimizer steps below which a "
+                        "point gets more training seeds (0: off)")
 
     rows: list[dict] = []
     warnings: list[str] = []
@@ -804,7 +829,7 @@ def make_plan(sweep: SweepConfig, previous: list[dict] | None = None, runs: Path
             if sweep.train_tokens and tokens > sweep.train_tokens:
                 warnings.append(f"{label}: D={tokens:.3g} tokens is {epochs:.1f} epochs of the {sweep.train_tokens} unique training tokens")
             planned_shapes += 1
-            for replicate in range(sweep.run_seeds):  # the first keeps the run id a one-seed plan gives
+            for replicate in range(point_seeds(sweep, steps)):  # the first keeps the run id a one-seed plan gives
                 cfg = dataclasses.replace(shape_cfg, seed=base.seed + replicate)
                 rows.append(_plan_row(sweep, budget, target, shape, fpt, cfg, steps, epochs))
         if len(seen) < k:
@@ -829,6 +854,16 @@ def make_plan(sweep: SweepConfig, previous: list[dict] | None = None, runs: Path
     elif sweep.schedule != "cosine":
         raise UserError(f"--schedule must be one of {', '.join(SCHEDULES)} (got {sweep.schedule!r})")
     return rows, warnings
+
+
+MAX_SHORT_RUN_SEEDS = 4  # a point of 1/4 of seed_steps or less gets 4: beyond that a budget is too small to fit anyway
+
+
+def point_seeds(sweep: SweepConfig, steps: int) -> int:
+    """Training seeds of a (budget, shape) point whose runs take `steps` optimizer steps (`seed_steps`, module docstring)."""
+    if not sweep.seed_steps or steps >= sweep.seed_steps:
+        return sweep.run_seeds
+    return max(sweep.run_seeds, min(MAX_SHORT_RUN_SEEDS, math.ceil(sweep.seed_steps / max(steps, 1))))
 
 
 def _plan_row(sweep: SweepConfig, budget: float, target: float, shape: ModelConfig, fpt: float, cfg: TrainConfig,
@@ -1044,6 +1079,8 @@ def plan_sweep(
     lr_ref_width: int = 0,
     bracket_from: str | Path | None = None,
     run_seeds: int = 1,
+    bracket_margin: int = 2,
+    seed_steps: int = 0,
 ) -> tuple[SweepConfig, list[dict], list[str]]:
     """Plan an IsoFLOP sweep into `out` (sweep.json + plan.parquet); returns (config, rows, warnings).
 
@@ -1068,7 +1105,10 @@ def plan_sweep(
             its largest are centred on its Approach 2 N_opt law (module docstring; `centre_law_from_fit`).
         lr_ref_width: > 0: each run's peak lr is lr * lr_ref_width / d_model (`run_lr`); 0: one lr.
         bracket_from: a results table of this sweep dir's runs: add a rung beyond the end of each
-            ladder where its lowest loss sits (`bracket_rungs`). Rungs added earlier are kept.
+            ladder where its lowest loss sits, or lies fewer than `bracket_margin` sizes from
+            (`bracket_rungs`). Rungs added earlier are kept.
+        bracket_margin: sizes each ladder's lowest loss needs on each side (>= 1; capped at (sizes - 1) // 2).
+        seed_steps: points of fewer optimizer steps get more seeds (`point_seeds`; 0: off).
         run_seeds: training seeds per (budget, shape), from the `seed` train option up (replicates;
             module docstring). Re-planning with more keeps the trained runs and adds the new seeds'.
 
@@ -1087,6 +1127,8 @@ def plan_sweep(
     clash = sorted(set(train or {}) & PER_RUN_FIELDS)
     if clash:
         raise UserError(f"train options {', '.join(clash)} are set per run by the planner, not per sweep")
+    if not int(bracket_margin) >= 1:
+        raise UserError(f"--bracket-margin must be >= 1 (got {bracket_margin}): 1 extends only a ladder whose lowest loss is at an end")
     if not int(lr_ref_width) >= 0:
         raise UserError(f"--lr-ref-width must be >= 0 (got {lr_ref_width})")
     out = Path(out)
@@ -1120,6 +1162,8 @@ def plan_sweep(
         schedule=str(schedule),
         lr_ref_width=int(lr_ref_width),
         run_seeds=run_seeds,
+        bracket_margin=int(bracket_margin),
+        seed_steps=seed_steps,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         ehrfm_version=ehrfm.__version__,
     )
@@ -1326,7 +1370,7 @@ def print_plan(sweep: SweepConfig, rows: list[dict], warnings: list[str], out: P
 
     columns = [("run_id", "run_id", "<34"), ("budget", "budget", ">8.2g"), ("n_params", "N", ">9.3g"), ("n_layer", "L", ">3"),
                ("d_model", "d", ">5"), ("n_head", "H", ">3"), ("tokens", "D", ">10.3g"), ("steps", "steps", ">6"),
-               ("epochs", "epochs", ">6.2f")] + ([("seed", "seed", ">4")] if sweep.run_seeds > 1 else [])
+               ("epochs", "epochs", ">6.2f")] + ([("seed", "seed", ">4")] if len({r["seed"] for r in rows}) > 1 else [])
     for line in text_table(columns, rows):
         print(line, file=file)
     file.flush()
@@ -1335,6 +1379,13 @@ def print_plan(sweep: SweepConfig, rows: list[dict], warnings: list[str], out: P
     trunks = f", {len({r['trunk_id'] for r in rows})} wsd trunks" if sweep.schedule == "wsd" else ""
     if sweep.run_seeds > 1:
         trunks += f", {sweep.run_seeds} training seeds per (budget, shape)"
+    seeds: dict[tuple, int] = {}
+    for r in rows:
+        point = (r["budget"], r["n_layer"], r["d_model"])
+        seeds[point] = seeds.get(point, 0) + 1
+    short = sum(k > sweep.run_seeds for k in seeds.values())
+    if short:
+        trunks += f", more seeds for {short} point(s) under {sweep.seed_steps} steps (--seed-steps)"
     law = sweep.centre_law
     if law and any(b > law["from_budget"] for b in sweep.budgets):
         n = sum(b > law["from_budget"] for b in sweep.budgets)

@@ -36,6 +36,7 @@ from analysis.laws import effective_tokens
 from analysis.recommend import recommend
 from analysis.synthetic import BESIROGLU, synthetic_results
 from ehrfm.errors import UserError
+from ehrfm.results import divergence_reason
 
 ENV = {**os.environ, "EHRFM_QUIET": "1", "OMP_NUM_THREADS": "1"}
 BUDGETS = (1e18, 1e19, 1e20, 1e21)
@@ -177,7 +178,8 @@ def _cli_fit_refuses(table: pl.DataFrame, csv: Path) -> str:
 def test_a_loss_in_bits_is_refused_not_half_excluded_as_blowups(tmp_path):
     t = _table().with_columns(vocab_size=pl.lit(64))  # ln 64 = 4.16 nats; the runs' losses 2.3-4.1 nats
     bits = t.with_columns(loss=pl.col("loss") / math.log(2))
-    with pytest.raises(UserError, match=r"column loss is above uniform guessing, ln\(vocab_size\) nats/token, in 14 of 28 "
+    # 11 of 28: the table has no eval_loss_se, so a loss counts as above ln V by more than 5% of it (blow_up_margin)
+    with pytest.raises(UserError, match=r"column loss is above uniform guessing, ln\(vocab_size\) nats/token, in 11 of 28 "
                                         r"completed runs: a loss in another unit"):
         _fit(bits)
     err = _cli_fit_refuses(bits, tmp_path / "bits.csv")
@@ -192,6 +194,16 @@ def test_a_loss_in_bits_is_refused_not_half_excluded_as_blowups(tmp_path):
     assert _fit(at_uniform, approaches=(2,), bootstrap=0).n_fitted == 28
     beyond = at_uniform.with_columns(loss=pl.when(pl.int_range(pl.len()) == 3).then(math.log(64) + 0.04).otherwise(pl.col("loss")))
     assert _fit(beyond, approaches=(2,), bootstrap=0).n_fitted == 27
+    # Without a standard error (an eval of one subject: the trainer records eval_loss_se null) the margin is the
+    # trainer's, 5% of ln V (ehrfm.results.blow_up_margin): such a run 0.02 nats above ln V was excluded by the fit
+    # though the trainer, by the same rule, called it completed.
+    no_se = at_uniform.with_columns(eval_loss_se=pl.lit(None, dtype=pl.Float64))
+    assert _fit(no_se, approaches=(2,), bootstrap=0).n_fitted == 28
+    assert _fit(no_se.drop("eval_loss_se"), approaches=(2,), bootstrap=0).n_fitted == 28
+    far = no_se.with_columns(loss=pl.when(pl.int_range(pl.len()) == 3).then(math.log(64) * 1.06).otherwise(pl.col("loss")))
+    assert _fit(far, approaches=(2,), bootstrap=0).n_fitted == 27
+    assert divergence_reason(9, vocab_size=64, val_loss=math.log(64) + 0.02) is None
+    assert divergence_reason(9, vocab_size=64, val_loss=math.log(64) * 1.06) is not None
 
 
 def test_small_ratios_are_not_printed_as_zero():

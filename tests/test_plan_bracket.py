@@ -177,3 +177,41 @@ def test_a_ladder_end_does_not_step_onto_a_shape_too_large_for_one_step():
     rows, warnings = make_plan(cfg)
     assert shapes(rows, 1.23e10) == [(1, 16)]
     assert not any("dropped" in w for w in warnings), warnings
+
+
+def test_a_lowest_loss_next_to_an_end_gets_a_rung_beyond_it(synth_tokens, tmp_path):
+    """--bracket-margin (default 2): a 5-size ladder's minimum needs 2 sizes on each side, else its
+    parabola's minimum rests on one run; 1 extends only a minimum at an end (the rule before)."""
+    from sweeps.plan import plan_sweep
+
+    opts = dict(OPTS, sizes=5, span_dex=0.6)
+    budgets = [4e11, 1.6e12, 6.4e12]
+    out = tmp_path / "sweep"
+    _, rows, _ = plan_sweep(synth_tokens, budgets, out, **opts)
+    assert all(len(shapes(rows, b)) == 5 for b in budgets)
+    table = results(tmp_path / "r.parquet", rows, {4e11: 1, 1.6e12: 2, 6.4e12: 3})
+    one = tmp_path / "one"
+    plan_sweep(synth_tokens, budgets, one, **opts)
+    sweep1, _, notes1 = plan_sweep(synth_tokens, budgets, one, bracket_from=table, bracket_margin=1, **opts)
+    assert sweep1.extra_rungs == {} and not any("one rung added" in n for n in notes1)
+
+    sweep, rows2, notes = plan_sweep(synth_tokens, budgets, out, bracket_from=table, **opts)
+    assert sweep.bracket_margin == 2
+    assert sweep.extra_rungs == {"4e+11": [1, 0], "6.4e+12": [0, 1]}
+    assert shapes(rows2, 4e11)[1:] == shapes(rows, 4e11) and shapes(rows2, 1.6e12) == shapes(rows, 1.6e12)
+    assert shapes(rows2, 6.4e12)[:5] == shapes(rows, 6.4e12) and len(shapes(rows2, 6.4e12)) == 6
+    assert any("budget 4e+11: its lowest loss is 1 size(s) from its smallest" in n and "2 needed on each side" in n
+               and "one rung added below" in n for n in notes)
+    assert any("budget 6.4e+12: its lowest loss is 1 size(s) from its largest" in n for n in notes)
+    with pytest.raises(UserError, match="--bracket-margin must be >= 1"):
+        plan_sweep(synth_tokens, budgets, tmp_path / "zero", bracket_margin=0, **opts)
+
+
+def test_a_three_size_ladder_needs_one_size_each_side_whatever_the_margin(synth_tokens, tmp_path):
+    from sweeps.plan import plan_sweep
+
+    out = tmp_path / "sweep"
+    _, rows, _ = plan_sweep(synth_tokens, [4e10], out, **OPTS)
+    table = results(tmp_path / "r.parquet", rows, {4e10: 1})
+    sweep, _, _ = plan_sweep(synth_tokens, [4e10], out, bracket_from=table, bracket_margin=3, **OPTS)
+    assert sweep.extra_rungs == {}

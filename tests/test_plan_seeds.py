@@ -103,3 +103,31 @@ def test_replicates_really_train_with_their_seeds(synth_tokens, tmp_path):
         assert saved["train"]["seed"] == r["seed"]
     assert all(set(v) == {0, 1} for v in by_point.values())
     assert all(v[0] != v[1] for v in by_point.values())  # another seed, another run
+
+
+def test_seed_steps_give_the_short_points_more_seeds_and_keep_the_rest(synth_tokens, tmp_path):
+    """--seed-steps S: a point of fewer than S optimizer steps gets ceil(S / steps) seeds (at most 4), the others
+    run_seeds; the first seed's runs keep the ids of a plan without it, and with wsd the extra seeds get trunks of
+    their own (nothing shared with seed 0's)."""
+    from sweeps.plan import MAX_SHORT_RUN_SEEDS, plan_sweep
+
+    budgets = [1e10, 2e10, 4e10]
+    _, plain, _ = plan_sweep(synth_tokens, budgets, tmp_path / "plain", schedule="wsd", **OPTS)
+    steps = {(r["budget"], r["n_layer"], r["d_model"]): r["steps"] for r in plain}
+    cut = sorted(steps.values())[len(steps) // 2]  # about half the points are shorter
+    sweep, rows, _ = plan_sweep(synth_tokens, budgets, tmp_path / "short", schedule="wsd", seed_steps=cut, **OPTS)
+    assert sweep.seed_steps == cut and json.loads((tmp_path / "short" / "sweep.json").read_text())["seed_steps"] == cut
+    got = points(rows)
+    assert set(got) == set(steps)
+    for point, n in steps.items():
+        want = 1 if n >= cut else min(MAX_SHORT_RUN_SEEDS, -(-cut // n))
+        assert got[point] == list(range(want)), (point, n, cut)
+    assert any(len(v) > 1 for v in got.values()) and any(len(v) == 1 for v in got.values())
+    assert {r["run_id"] for r in rows if r["seed"] == 0} == {r["run_id"] for r in plain}
+    trunk_seed = {r["run_id"]: r["seed"] for r in rows if r["trunk_id"] == r["run_id"]}
+    assert all(trunk_seed[r["trunk_id"]] == r["seed"] for r in rows)
+    # run_seeds is the floor: 2 seeds everywhere, more where the runs are short
+    _, rows2, _ = plan_sweep(synth_tokens, budgets, tmp_path / "two", run_seeds=2, seed_steps=cut, **OPTS)
+    assert all(len(v) >= 2 for v in points(rows2).values())
+    with pytest.raises(UserError, match=r"--seed-steps must be an integer >= 0 \(got -1\)"):
+        plan_sweep(synth_tokens, budgets, tmp_path / "neg", seed_steps=-1, **OPTS)

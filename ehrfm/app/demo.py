@@ -90,6 +90,13 @@ class DemoConfig:
     bracket: int = 1
     """Bracketing rounds after each stage: re-plan with `sweep plan --bracket-from` (a size added beyond the end of
     a ladder whose lowest loss sits there) and train the new runs. 0: none."""
+    bracket_margin: int = 2
+    """Sizes each ladder's lowest loss needs on each side, else a bracketing round adds one beyond that end
+    (`sweep plan --bracket-margin`; a minimum next to an end rests on one run)."""
+    seed_steps: int = 600
+    """Points whose runs take fewer optimizer steps get ceil(SEED_STEPS / steps) training seeds (`sweep plan --seed-steps`):
+    the shortest runs scatter most between seeds (below); on the default grid 4 points (the 280-566-step runs) get 2-3
+    seeds, 5 more runs and ~12% more FLOPs. 0: run_seeds everywhere."""
     run_seeds: int = 1
     """Training seeds per (budget, shape) (`sweep plan --run-seeds`): 2 doubles the training time; on the default grid
     it narrowed Approach 2's a interval from 0.81 to 0.61 wide (README)."""
@@ -158,9 +165,10 @@ class DemoConfig:
         # 16,000 patients hold in 0.98 epochs. Measured 2026-12-05 (README): a = 0.33, b = 0.63, both intervals
         # including 0 -- positive exponents, not a law. Budgets below 3.7e11 lie under the optimum of the family's
         # smallest shape, (1, 16): the earlier quick grid (6e10-3.8e11) gave concave parabolas and no exponent.
+        # A smoke run: no extra seeds for its short runs and the end-only bracketing rule, as measured.
         base = dict(patients=16_000, budgets=[3.7e11, 6e11, 9.5e11], bootstrap=50,
                     head_bootstrap=100, head_max_labels=1000, max_labels=100, eval_tokens=16_384, quick=True,
-                    probe_best=None)
+                    probe_best=None, seed_steps=0, bracket_margin=1)
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 
@@ -204,7 +212,7 @@ class DemoConfig:
         if self.meds is not None and Path(self.meds).name == "data" and (Path(self.meds).parent / "metadata").is_dir():
             raise UserError(f"--meds {self.meds}: is the data/ folder of a MEDS dataset: pass the dataset, "
                             f"{Path(self.meds).parent}")
-        for name, low in ((("patients", 1),) if not own else ()) + (("sizes", 1), ("first_stage", 0), ("bracket", 0), ("run_seeds", 1), ("context", 1),
+        for name, low in ((("patients", 1),) if not own else ()) + (("sizes", 1), ("first_stage", 0), ("bracket", 0), ("bracket_margin", 1), ("seed_steps", 0), ("run_seeds", 1), ("context", 1),
                           ("batch_size", 1), ("lr_ref_width", 0), ("eval_tokens", 1), ("bootstrap", 0),
                           ("head_bootstrap", 0), ("max_labels", 1), ("seed", 0), ("gpus_per_node", 0)):
             v = getattr(self, name)
@@ -571,7 +579,8 @@ def _plan(cfg: DemoConfig, tok: Path, sweep: Path, budgets: list[float], centre_
     planned = plan_sweep(tok, budgets, sweep, sizes=cfg.sizes, span_dex=cfg.span_dex, tokens_per_param=cfg.tokens_per_param,
                          context=cfg.context, train=train_opts, schedule=cfg.schedule, centre_from=centre_from,
                          lr_ref_width=cfg.lr_ref_width,
-                         bracket_from=bracket_from, run_seeds=cfg.run_seeds)
+                         bracket_from=bracket_from, run_seeds=cfg.run_seeds, bracket_margin=cfg.bracket_margin,
+                         seed_steps=cfg.seed_steps)
     warned = set() if warned is None else warned
     for note in planned[2]:  # repeated data, runs too small to fit, ... (on your own data, most likely epochs)
         if not note.startswith("--bracket-from") and note not in warned:  # the bracketing rounds print their own
@@ -1355,10 +1364,12 @@ def _data_section(cfg, meds, tok_stats: dict, labels_dir, audit_lines, labels_er
 
 
 def _centring_sentence(cfg, sweep_json: dict) -> str:
+    margin = sweep_json.get("bracket_margin", 1)
     extra = sweep_json.get("extra_rungs") or {}
     added = "; ".join(f"{float(b):.3g}: {' and '.join(f'{n} {side}' for n, side in zip(v, ('below', 'above'), strict=True) if n)}"
                       for b, v in sorted(extra.items(), key=lambda kv: float(kv[0])) if any(v))
-    bracketed = (f"Bracketing (`sweep plan --bracket-from`) added sizes where a ladder's lowest loss sat at its end: {added}. "
+    where = "at its end" if margin == 1 else f"fewer than {margin} sizes from its end"
+    bracketed = (f"Bracketing (`sweep plan --bracket-from`) added sizes where a ladder's lowest loss sat {where}: {added}. "
                  if added else "")
     return _centre_law_sentence(cfg, sweep_json) + bracketed + _schedule_sentence(sweep_json)
 
@@ -1397,6 +1408,13 @@ def _sweep_section(cfg, res, tok_stats: dict, results_link: str, sweep_json: dic
              "sizes can snap to one shape; an end that does steps out to the next shape, and bracketing adds one)")
     if cfg.run_seeds > 1:
         sizes += f", each (budget, shape) trained with {cfg.run_seeds} training seeds (replicates the fits all use)"
+    if "seed" in res.columns and res.height:
+        reps = res.group_by("budget", "n_layer", "d_model").len()
+        more = reps.filter(pl.col("len") > cfg.run_seeds)
+        if more.height:
+            sizes += (f"; {more.height} point(s) of fewer than {cfg.seed_steps} optimizer steps trained with "
+                      f"{more['len'].min()}-{more['len'].max()} seeds (`--seed-steps`: the shortest runs scatter most between "
+                      "seeds; the fits use every replicate)")
     probed = ("" if cfg.probe_best is None else
               f" (probed: each budget's {cfg.probe_best} lowest-loss shape{'s' if cfg.probe_best > 1 else ''}, `-` for the others: "
               "the utility law takes each budget's loss-optimal run)")
@@ -1592,10 +1610,11 @@ def _plan_commands(cfg, first_stage_law: str | None = "fit-stage1") -> list[str]
                 f"--span-dex {cfg.span_dex} --tokens-per-param {cfg.tokens_per_param:g} --context {cfg.context} "
                 f"--batch-size {cfg.batch_size} --lr {cfg.lr} --lr-ref-width {cfg.lr_ref_width} --train-opt warmup_frac={cfg.warmup_frac:g} --train-opt eval_tokens={cfg.eval_tokens}"
                 + (f" --schedule wsd --train-opt decay_shape={cfg.decay_shape}" if cfg.schedule == "wsd" else "")
-                + (f" --run-seeds {cfg.run_seeds}" if cfg.run_seeds > 1 else "") + f" --out sweep{extra}")
+                + (f" --run-seeds {cfg.run_seeds}" if cfg.run_seeds > 1 else "")
+                + (f" --seed-steps {cfg.seed_steps}" if cfg.seed_steps else "") + f" --out sweep{extra}")
 
     launch, collect = f"ehrfm sweep launch sweep --executor {cfg.executor}", "ehrfm sweep collect sweep"
-    bracket = " --bracket-from sweep/results.parquet"
+    bracket = " --bracket-from sweep/results.parquet" + (f" --bracket-margin {cfg.bracket_margin}" if cfg.bracket_margin != 2 else "")
     rounds = lambda budgets, extra="": [collect, plan(budgets, extra + bracket), launch] * cfg.bracket  # noqa: E731
     if not 0 < cfg.first_stage < len(cfg.budgets):
         return [plan(cfg.budgets), launch, *rounds(cfg.budgets)]

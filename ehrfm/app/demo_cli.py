@@ -20,10 +20,10 @@ def _add_arguments(p) -> None:
     add_fields(p, DemoConfig, ["out", "quick"], out=dict(metavar="DIR"))
     data = p.add_mutually_exclusive_group()  # the synthetic cohort (default), or your own data
     add_fields(data, DemoConfig, ["raw", "meds"], raw=dict(metavar="RAW", unset=True), meds=dict(metavar="MEDS", unset=True))
-    add_fields(p, DemoConfig, ["patients", "budgets", "sizes", "span_dex", "tokens_per_param", "first_stage", "bracket", "run_seeds", "schedule", "seed",
+    add_fields(p, DemoConfig, ["patients", "budgets", "sizes", "span_dex", "tokens_per_param", "first_stage", "bracket", "bracket_margin", "seed_steps", "run_seeds", "schedule", "seed",
                                "executor", "slurm_partition", "gpus_per_node", "slurm_time", "max_parallel", "bootstrap"],
                patients=unset, budgets=dict(convert=_budgets, metavar="C1,C2,...", unset=True), sizes=unset,
-               span_dex=unset, tokens_per_param=unset, first_stage=unset, bracket=unset, run_seeds=dict(metavar="K", unset=True), schedule=unset, seed=unset, executor=unset,
+               span_dex=unset, tokens_per_param=unset, first_stage=unset, bracket=unset, bracket_margin=dict(metavar="K", unset=True), seed_steps=dict(metavar="S", unset=True), run_seeds=dict(metavar="K", unset=True), schedule=unset, seed=unset, executor=unset,
                slurm_partition=dict(flag="--partition", unset=True), gpus_per_node=unset,
                slurm_time=dict(flag="--time", unset=True), max_parallel=unset, bootstrap=unset)
     p.add_argument("--overwrite", action="store_true", help="delete DIR first instead of resuming it")
