@@ -92,7 +92,7 @@ def _fit_arguments(p) -> None:
     p.add_argument("results", help="results table (.parquet or .csv), e.g. SWEEP/results.parquet")
     p.add_argument("--out", required=True, help="fit directory to write")
     add_fields(p, FitConfig, ["approaches", "bootstrap", "seed", "require_interior", "n_count", "approach3_method", "approach2_bootstrap",
-                              "holdout", "max_epochs"],
+                              "residual_scaling_level", "holdout", "max_epochs"],
                approaches=dict(flag="--approach", type=_approaches), require_interior=dict(flag="--keep-exterior"),
                n_count=dict(choices=("total", "non-embedding")), approach3_method=dict(choices=("varpro", "huber-lbfgs")),
                approach2_bootstrap=dict(choices=("residuals", "runs")),

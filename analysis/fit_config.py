@@ -68,6 +68,10 @@ class FitConfig:
     Efron & Tibshirani 1993 sec. 9.5, Davison & Hinkley 1997 sec. 6.2.3) or "runs" (the runs of each
     budget resampled). The planner fixes the sizes of a ladder, so the design is fixed; with 4-5
     runs per budget, resampling runs makes about half the replicates pass exactly through 3 points."""
+    residual_scaling_level: float = 0.05
+    """"residuals": Bartlett's test level for unequal residual variances across budgets; when it rejects, each
+    budget's residuals are drawn at its own (log-linear in C) scale instead of from one pool (`analysis.fit.
+    residual_scales`: short runs scatter most). 0: always one pool."""
     holdout: bool = True
     """Held-out-budget validation, on by default (--no-holdout turns it off): refit without the
     largest usable budget and predict its L_min (Approach 3's compute-optimal curve, else Approach

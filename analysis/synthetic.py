@@ -75,3 +75,32 @@ def synthetic_results(law: Law = BESIROGLU, budgets=(1e18, 1e19, 1e20, 1e21), si
                 row[f"auroc/{task}"] = float(auroc)
             rows.append(row)
     return pl.DataFrame(rows)
+
+
+def isoflop_parabolas(sigma, rng: np.random.Generator, budgets=(3.7e11, 9.5e11, 2.4e12, 6e12),
+                      curvature=(0.37, 0.085, 0.058, 0.05), a: float = 0.45, sizes: int = 5) -> pl.DataFrame:
+    """A minimal results table whose Approach 2 truth is known exactly: N_opt = 0.15 C^a.
+
+    Per budget C: `sizes` sizes spaced 0.3 decades around N_opt (the ladder's centre jittered by
+    0.1 in ln N), loss = C^-0.03 (C in 1e12 FLOPs) + curvature/2 (ln N - ln N_opt)^2 + Normal(0, sigma_C)
+    nats/token, D = C / (6 N). The defaults are the default demo's budgets and parabola curvatures
+    (2026-12-06). For checking intervals' coverage (benchmarks/bootstrap_coverage.py); a parabola in
+    ln N is exactly Approach 2's model, so its a is unbiased.
+
+    Args:
+        sigma: noise SD per budget (nats/token), one per budget (or one for all).
+        rng: the generator of the jitter and the noise.
+        budgets: compute budgets C (FLOPs).
+        curvature: d^2 L / d(ln N)^2 of each budget's parabola.
+        a: the N_opt exponent built in.
+        sizes: runs per budget.
+    """
+    rows = []
+    for budget, sd, curv in zip(budgets, np.broadcast_to(sigma, len(budgets)), curvature, strict=True):
+        n_opt = 0.15 * budget**a
+        for j, off in enumerate(np.linspace(-0.6, 0.6, sizes) * np.log(10) + rng.normal(0, 0.1)):
+            n = n_opt * np.exp(off)
+            loss = (budget / 1e12) ** -0.03 + curv / 2 * off**2 + rng.normal(0, sd)
+            rows.append({"run_id": f"{budget:g}-{j}", "budget": budget, "n_params": n, "tokens": budget / (6 * n),
+                         "flops": budget, "loss": loss})
+    return pl.DataFrame(rows)
