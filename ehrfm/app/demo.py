@@ -95,8 +95,8 @@ class DemoConfig:
     (`sweep plan --bracket-margin`; a minimum next to an end rests on one run)."""
     seed_steps: int = 600
     """Points whose runs take fewer optimizer steps get ceil(SEED_STEPS / steps) training seeds (`sweep plan --seed-steps`):
-    the shortest runs scatter most between seeds (below); on the default grid 4 points (the 280-566-step runs) get 2-3
-    seeds, 5 more runs and ~12% more FLOPs. 0: run_seeds everywhere."""
+    the shortest runs scatter most between seeds (below); on the default grid 3 points (280-446 steps) got 2-3 seeds,
+    4 more runs and ~4% more FLOPs (README). 0: run_seeds everywhere."""
     run_seeds: int = 1
     """Training seeds per (budget, shape) (`sweep plan --run-seeds`): 2 doubles the training time; on the default grid
     it narrowed Approach 2's a interval from 0.81 to 0.61 wide (README)."""
