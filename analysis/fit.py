@@ -756,7 +756,11 @@ def residual_scales(fits: list[BudgetFit], level: float = 0.05) -> tuple[np.ndar
     ln_c = np.log([fits[i].budget for i in have])
     ln_rms = np.log([np.sqrt(np.mean(g**2)) for g in groups])
     slope, icept = np.polyfit(ln_c, ln_rms, 1)
-    scale = np.exp(icept + slope * np.log([bf.budget for bf in fits]))
+    trend = np.exp(icept + slope * ln_c)
+    # a budget without residuals (a 3-size ladder) or outside them is not extrapolated past the trend's ends
+    scale = np.clip(np.exp(icept + slope * np.log([bf.budget for bf in fits])), trend.min(), trend.max())
+    if not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
+        return ones, {"bartlett_p": p}
     return scale, {"bartlett_p": p, "slope": float(slope), "scales": {f"{bf.budget:.6g}": float(v) for bf, v in zip(fits, scale, strict=True)}}
 
 

@@ -44,7 +44,8 @@ at its smallest or largest size has not bracketed its optimum, and a parabola th
 extrapolate; one whose lowest loss sits next to an end has one size on that side, and its
 parabola's minimum and curvature rest on that one run (a noisy run at the other end tilts it:
 off-centre sampling biases Approach 2). So a ladder's lowest loss needs `bracket_margin` sizes on
-each side (default 2, at most (sizes - 1) // 2: a centred 5-size ladder has exactly 2). Re-planning
+each side (default 2, at most (sizes - 1) // 2 and (shapes in the ladder - 1) // 2: a centred 5-size
+ladder has exactly 2). Re-planning
 the same sweep dir with a results table of its runs adds one size beyond the short end of each
 budget's ladder that lacks them (sweep.json `extra_rungs`, kept on every later re-plan; as many
 rungs as it takes to reach a shape the ladder lacks), as a researcher would add a model size; the
@@ -76,8 +77,8 @@ its residual bootstrap sees their scatter. The first seed's runs keep their ids,
 sweep dir with more seeds adds runs and keeps the trained ones; with wsd each (shape, seed) has its
 own trunk. Bracketing compares a ladder's sizes by their replicates' mean loss.
 Seeds only where they pay (`seed_steps` S, `sweep plan --seed-steps S`): the shortest runs scatter
-most between seeds (288-step runs of the demo ended 1.24-1.32 nats over three seeds, ~800-step runs
-within 0.01: README), and they are the cheapest, so a point whose runs take fewer than S optimizer
+most between seeds (three seeds of the demo's 280-step (2, 48) run at 3.7e11 ended 1.215-1.290 nats,
+four of a 1,800-step run at 2.4e12 within 0.009: README), and they are the cheapest, so a point whose runs take fewer than S optimizer
 steps is trained with ceil(S / steps) seeds (at least `run_seeds`, at most MAX_SHORT_RUN_SEEDS),
 its mean loss then resting on about S steps of training noise like every other point's.
 
@@ -714,15 +715,17 @@ def bracket_rungs(sweep: SweepConfig, rows: list[dict], results: str | Path) -> 
             continue
         best = min(ladder, key=lambda r: r["loss"])
         i = ladder.index(best)
-        margin = max(1, min(int(sweep.bracket_margin), (len(ladder) - 1) // 2))
+        margin = max(1, min(int(sweep.bracket_margin), (sweep.sizes - 1) // 2, (len(ladder) - 1) // 2))
         side = 0 if i < margin else 1 if len(ladder) - 1 - i < margin else None
         if side is None:
             continue
         where = ("at its smallest size", "at its largest size") if margin == 1 or i in (0, len(ladder) - 1) else \
                 (f"{i} size(s) from its smallest", f"{len(ladder) - 1 - i} size(s) from its largest")
         smallest = smallest_shape(sweep.vocab_size, sweep.context)
-        if side == 0 and (best["n_layer"], best["d_model"]) == (smallest.n_layer, smallest.d_model):
-            notes.append(f"--bracket-from: budget {budget:.3g}: its lowest loss is at the family's smallest shape "
+        # the ladder's end, not its lowest loss, must be the family's smallest for there to be nothing below
+        if side == 0 and (ladder[0]["n_layer"], ladder[0]["d_model"]) == (smallest.n_layer, smallest.d_model):
+            at = "at" if i == 0 else f"{i} size(s) from"
+            notes.append(f"--bracket-from: budget {budget:.3g}: its lowest loss is {at} the family's smallest shape "
                          f"(n_layer={smallest.n_layer}, d_model={smallest.d_model}); there is no smaller model to add")
             continue
         extra.setdefault(budget_key(budget), [0, 0])[side] += 1
@@ -1078,9 +1081,9 @@ def plan_sweep(
     centre_from: str | Path | None = None,
     lr_ref_width: int = 0,
     bracket_from: str | Path | None = None,
-    run_seeds: int = 1,
-    bracket_margin: int = 2,
-    seed_steps: int = 0,
+    run_seeds: int | None = None,
+    bracket_margin: int | None = None,
+    seed_steps: int | None = None,
 ) -> tuple[SweepConfig, list[dict], list[str]]:
     """Plan an IsoFLOP sweep into `out` (sweep.json + plan.parquet); returns (config, rows, warnings).
 
@@ -1111,6 +1114,8 @@ def plan_sweep(
         seed_steps: points of fewer optimizer steps get more seeds (`point_seeds`; 0: off).
         run_seeds: training seeds per (budget, shape), from the `seed` train option up (replicates;
             module docstring). Re-planning with more keeps the trained runs and adds the new seeds'.
+            None (and bracket_margin, seed_steps None): the sweep dir's own value on a re-plan (a
+            bracketing re-plan keeps its replicates), else 1 (2, 0).
 
     Returns:
         (SweepConfig as saved in sweep.json, one dict per planned run as in plan.parquet, warnings).
@@ -1127,7 +1132,11 @@ def plan_sweep(
     clash = sorted(set(train or {}) & PER_RUN_FIELDS)
     if clash:
         raise UserError(f"train options {', '.join(clash)} are set per run by the planner, not per sweep")
-    if not int(bracket_margin) >= 1:
+    saved = _saved_sweep(out)
+    run_seeds = (saved.run_seeds if saved else 1) if run_seeds is None else run_seeds
+    bracket_margin = (saved.bracket_margin if saved else 2) if bracket_margin is None else bracket_margin
+    seed_steps = (saved.seed_steps if saved else 0) if seed_steps is None else seed_steps
+    if isinstance(bracket_margin, bool) or not isinstance(bracket_margin, int) or not bracket_margin >= 1:
         raise UserError(f"--bracket-margin must be >= 1 (got {bracket_margin}): 1 extends only a ladder whose lowest loss is at an end")
     if not int(lr_ref_width) >= 0:
         raise UserError(f"--lr-ref-width must be >= 0 (got {lr_ref_width})")
@@ -1240,6 +1249,15 @@ def _replan_notes(out: Path, rows: list[dict]) -> list[str]:
     return [f"re-plan of {out}: {len(gone)} run(s) of its previous plan are not in this one ({len(started)} of them "
             "with a run dir, kept in runs/): `ehrfm sweep collect` lists them as unplanned and `ehrfm fit` leaves them "
             f"out; e.g. {gone[0]} (plan again with the previous budgets and options to keep them)"]
+
+
+def _saved_sweep(out: str | Path) -> SweepConfig | None:
+    """The sweep dir's own SweepConfig when `out` holds a readable sweep.json, else None (plan_sweep reads it again)."""
+    path = Path(out) / SWEEP_JSON
+    try:
+        return SweepConfig.from_dict(read_json(path, "sweep config", expect=dict)) if path.is_file() else None
+    except (UserError, TypeError):  # a damaged sweep.json: plan_sweep refuses it below, with its hint
+        return None
 
 
 def _recipe_changes(old: SweepConfig, new: SweepConfig) -> list[str]:

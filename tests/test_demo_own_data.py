@@ -234,3 +234,20 @@ def test_own_meds_without_a_tuning_split_is_refused_before_any_run(demo_meds, tm
                     "train and reports its loss on tuning (MEDS splits train/tuning/held_out, or "
                     "metadata/subject_splits.parquet)"), line
     assert not (out / "sweep").exists()
+
+
+def test_a_demo_dir_from_before_seed_steps_and_the_bracket_margin_is_not_resumed_on_them():
+    """A demo dir made before --seed-steps and --bracket-margin ran without extra seeds and bracketed only a
+    minimum at an end: resuming it with today's defaults (600, 2) would plan runs it never had, so it is refused
+    and the change named; with the old values it resumes. A --quick dir (0, 1 today) resumes as it was."""
+    import dataclasses
+
+    from ehrfm.app.demo import _config_changes
+
+    new = json.loads(json.dumps(dataclasses.asdict(DemoConfig())))
+    old = {k: v for k, v in new.items() if k not in ("seed_steps", "bracket_margin")}
+    hard, _ = _config_changes(old, new)
+    assert hard == ["bracket_margin 1 -> 2", "seed_steps 0 -> 600"]
+    assert _config_changes(old, {**new, "seed_steps": 0, "bracket_margin": 1}) == ([], [])
+    quick = json.loads(json.dumps(dataclasses.asdict(DemoConfig.quick_config())))
+    assert _config_changes({k: v for k, v in quick.items() if k not in ("seed_steps", "bracket_margin")}, quick) == ([], [])

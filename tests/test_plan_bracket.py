@@ -215,3 +215,45 @@ def test_a_three_size_ladder_needs_one_size_each_side_whatever_the_margin(synth_
     table = results(tmp_path / "r.parquet", rows, {4e10: 1})
     sweep, _, _ = plan_sweep(synth_tokens, [4e10], out, bracket_from=table, bracket_margin=3, **OPTS)
     assert sweep.extra_rungs == {}
+
+
+def test_nothing_is_added_below_a_ladder_that_starts_at_the_familys_smallest_shape(synth_tokens, tmp_path):
+    """Its lowest loss one size from an end that is already (1, 16): a note, no rung (the counter once grew each
+    re-plan and the note said "one rung added below")."""
+    from sweeps.plan import plan_sweep
+
+    opts = dict(OPTS, sizes=5, span_dex=1.0)
+    for budget in (4e10, 1e11, 2e11, 4e11, 8e11):  # the first whose 5-size ladder starts at (1, 16) with 5 shapes
+        out = tmp_path / f"sweep{budget:g}"
+        _, rows, _ = plan_sweep(synth_tokens, [budget], out, **opts)
+        ladder = shapes(rows, budget)
+        if ladder[0] == (1, 16) and len(ladder) >= 5:
+            break
+    assert ladder[0] == (1, 16) and len(ladder) >= 5, ladder
+    table = results(tmp_path / "r.parquet", rows, {budget: 1})
+    sweep, rows2, notes = plan_sweep(synth_tokens, [budget], out, bracket_from=table, **opts)
+    assert sweep.extra_rungs == {} and {r["run_id"] for r in rows2} == {r["run_id"] for r in rows}
+    assert any("its lowest loss is 1 size(s) from the family's smallest shape (n_layer=1, d_model=16); there is no "
+               "smaller model to add" in n for n in notes)
+    assert not any("one rung added" in n for n in notes)
+
+
+def test_a_bracketing_replan_keeps_the_sweeps_own_seeds_and_margin(synth_tokens, tmp_path):
+    """`sweep plan --bracket-from` without --seed-steps / --run-seeds / --bracket-margin re-plans with the sweep
+    dir's own values: the extra seeds' runs stay planned (they were dropped, and `fit` then left them out)."""
+    from sweeps.plan import plan_sweep
+
+    budgets = [1e10, 4e10]
+    out = tmp_path / "sweep"
+    _, plain, _ = plan_sweep(synth_tokens, budgets, tmp_path / "plain", **OPTS)
+    cut = max(r["steps"] for r in plain) + 1  # every point is short: each gets more seeds
+    sweep, rows, _ = plan_sweep(synth_tokens, budgets, out, seed_steps=cut, run_seeds=2, bracket_margin=1, **OPTS)
+    assert len(rows) > 2 * len(plain)
+    table = results(tmp_path / "r.parquet", rows, {1e10: 1, 4e10: 1})
+    again, rows2, notes = plan_sweep(synth_tokens, budgets, out, bracket_from=table, **OPTS)
+    assert (again.seed_steps, again.run_seeds, again.bracket_margin) == (cut, 2, 1)
+    assert {r["run_id"] for r in rows2} == {r["run_id"] for r in rows}
+    assert not any("not in this one" in n for n in notes)
+    # given, a value replaces the saved one (fewer seeds: the runs it leaves out are named)
+    _, rows3, notes3 = plan_sweep(synth_tokens, budgets, out, seed_steps=0, run_seeds=1, **OPTS)
+    assert {r["run_id"] for r in rows3} == {r["run_id"] for r in plain}

@@ -287,16 +287,22 @@ RESUMABLE_CHANGES = ("out", "executor", "max_parallel", "slurm_partition", "gpus
 def _config_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
     """(changes that forbid resuming, changes a resume may take), each "name old -> new".
 
-    A setting a demo dir predates (no key in its demo_config.json) held its default then, so it
-    is a change only when this demo sets another value.
+    A setting a demo dir predates (no key in its demo_config.json) ran as PREDATED_SETTINGS says
+    (the behaviour before the setting existed), else at its default then, so it is a change only
+    when this demo sets another value.
     """
     hard, soft = [], []
-    defaults = json.loads(json.dumps(dataclasses.asdict(DemoConfig())))
+    defaults = {**json.loads(json.dumps(dataclasses.asdict(DemoConfig()))), **PREDATED_SETTINGS}
     for k in sorted(set(old) | set(new)):
         if old.get(k, defaults.get(k)) != new.get(k):
             (soft if k in RESUMABLE_CHANGES else hard).append(f"{k} {old.get(k, defaults.get(k, 'unset'))} -> "
                                                               f"{new.get(k, 'unset')}")
     return hard, soft
+
+
+# Settings added after demo dirs existed, with the value that reproduces how such a dir ran (not today's
+# default): resuming one with today's defaults would plan runs it never had (extra seeds, bracketing rungs).
+PREDATED_SETTINGS = {"seed_steps": 0, "bracket_margin": 1}
 
 
 class _Stages:
@@ -1408,12 +1414,13 @@ def _sweep_section(cfg, res, tok_stats: dict, results_link: str, sweep_json: dic
              "sizes can snap to one shape; an end that does steps out to the next shape, and bracketing adds one)")
     if cfg.run_seeds > 1:
         sizes += f", each (budget, shape) trained with {cfg.run_seeds} training seeds (replicates the fits all use)"
-    if "seed" in res.columns and res.height:
+    if cfg.seed_steps and "seed" in res.columns and res.height:
         reps = res.group_by("budget", "n_layer", "d_model").len()
         more = reps.filter(pl.col("len") > cfg.run_seeds)
         if more.height:
+            lo, hi = more["len"].min(), more["len"].max()
             sizes += (f"; {more.height} point(s) of fewer than {cfg.seed_steps} optimizer steps trained with "
-                      f"{more['len'].min()}-{more['len'].max()} seeds (`--seed-steps`: the shortest runs scatter most between "
+                      f"{lo if lo == hi else f'{lo}-{hi}'} seeds (`--seed-steps`: the shortest runs scatter most between "
                       "seeds; the fits use every replicate)")
     probed = ("" if cfg.probe_best is None else
               f" (probed: each budget's {cfg.probe_best} lowest-loss shape{'s' if cfg.probe_best > 1 else ''}, `-` for the others: "
