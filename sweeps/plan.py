@@ -1132,12 +1132,6 @@ def plan_sweep(
     clash = sorted(set(train or {}) & PER_RUN_FIELDS)
     if clash:
         raise UserError(f"train options {', '.join(clash)} are set per run by the planner, not per sweep")
-    saved = _saved_sweep(out)
-    run_seeds = (saved.run_seeds if saved else 1) if run_seeds is None else run_seeds
-    bracket_margin = (saved.bracket_margin if saved else 2) if bracket_margin is None else bracket_margin
-    seed_steps = (saved.seed_steps if saved else 0) if seed_steps is None else seed_steps
-    if isinstance(bracket_margin, bool) or not isinstance(bracket_margin, int) or not bracket_margin >= 1:
-        raise UserError(f"--bracket-margin must be >= 1 (got {bracket_margin}): 1 extends only a ladder whose lowest loss is at an end")
     if not int(lr_ref_width) >= 0:
         raise UserError(f"--lr-ref-width must be >= 0 (got {lr_ref_width})")
     out = Path(out)
@@ -1145,6 +1139,12 @@ def plan_sweep(
     if out.is_dir() and (out / SWEEP_JSON).is_file():
         old = SweepConfig.from_dict(read_json(out / SWEEP_JSON, "sweep config", expect=dict,
                                               hint="plan into a new --out, or remove the damaged sweep.json"))
+    # options not given keep the sweep dir's own values on a re-plan (a --bracket-from re-plan keeps its seeds)
+    run_seeds = (old.run_seeds if old else 1) if run_seeds is None else run_seeds
+    bracket_margin = (old.bracket_margin if old else 2) if bracket_margin is None else bracket_margin
+    seed_steps = (old.seed_steps if old else 0) if seed_steps is None else seed_steps
+    if isinstance(bracket_margin, bool) or not isinstance(bracket_margin, int) or not bracket_margin >= 1:
+        raise UserError(f"--bracket-margin must be >= 1 (got {bracket_margin}): 1 extends only a ladder whose lowest loss is at an end")
     old_budgets = old.budgets if old is not None and isinstance(old.budgets, list) else []
     budgets, merged = canonical_budgets(budgets, keep=[b for b in old_budgets if isinstance(b, (int, float))])
     td = TokenDir(tokens_dir)
@@ -1249,15 +1249,6 @@ def _replan_notes(out: Path, rows: list[dict]) -> list[str]:
     return [f"re-plan of {out}: {len(gone)} run(s) of its previous plan are not in this one ({len(started)} of them "
             "with a run dir, kept in runs/): `ehrfm sweep collect` lists them as unplanned and `ehrfm fit` leaves them "
             f"out; e.g. {gone[0]} (plan again with the previous budgets and options to keep them)"]
-
-
-def _saved_sweep(out: str | Path) -> SweepConfig | None:
-    """The sweep dir's own SweepConfig when `out` holds a readable sweep.json, else None (plan_sweep reads it again)."""
-    path = Path(out) / SWEEP_JSON
-    try:
-        return SweepConfig.from_dict(read_json(path, "sweep config", expect=dict)) if path.is_file() else None
-    except (UserError, TypeError):  # a damaged sweep.json: plan_sweep refuses it below, with its hint
-        return None
 
 
 def _recipe_changes(old: SweepConfig, new: SweepConfig) -> list[str]:
