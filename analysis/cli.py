@@ -91,10 +91,11 @@ def _fit_arguments(p) -> None:
 
     p.add_argument("results", help="results table (.parquet or .csv), e.g. SWEEP/results.parquet")
     p.add_argument("--out", required=True, help="fit directory to write")
-    add_fields(p, FitConfig, ["approaches", "bootstrap", "seed", "require_interior", "n_count", "approach3_method", "approach2_bootstrap",
-                              "residual_scaling_level", "holdout", "max_epochs"],
+    add_fields(p, FitConfig, ["approaches", "bootstrap", "seed", "require_interior", "n_count", "approach3_method", "approach3_weights",
+                              "approach2_bootstrap", "residual_scaling_level", "holdout", "max_epochs"],
                approaches=dict(flag="--approach", type=_approaches), require_interior=dict(flag="--keep-exterior"),
                n_count=dict(choices=("total", "non-embedding")), approach3_method=dict(choices=("varpro", "huber-lbfgs")),
+               approach3_weights=dict(choices=("inverse-variance", "equal")),
                approach2_bootstrap=dict(choices=("residuals", "runs")),
                holdout=dict(flag="--no-holdout"), max_epochs=dict(type=positive_number))
     p.add_argument("--no-plots", action="store_true", help="skip the PNG/PDF plots")

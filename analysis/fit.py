@@ -48,6 +48,7 @@ from ehrfm.law_checks import TOKENS_PER_PARAM_MARK, has_interval, loss_direction
 
 N_COUNT_LABEL = {"total": "total parameters (embeddings included)", "non-embedding": "non-embedding parameters"}
 APPROACH3_METHODS = ("varpro", "huber-lbfgs")
+APPROACH3_WEIGHTS = ("inverse-variance", "equal")  # FitConfig.approach3_weights
 # A parameter whose bootstrap interval spans more than this many decades is reported as not identified.
 IDENTIFIED_DECADES = 3.0
 # The most bootstrap replicates a fit accepts (FitConfig.bootstrap): Efron & Tibshirani (1993, ch.
@@ -206,6 +207,9 @@ class Approach3:
     identified: dict = field(default_factory=dict)
     at_bound: list = field(default_factory=list)  # varpro: exponents at the searched range's edge
     outliers: list = field(default_factory=list)  # run ids OUTLIER_SDS robust SDs off the law in ln L
+    # How the runs were weighted (approach3_weights): {"weights": "inverse-variance" or "equal", "why"} and, when
+    # weighted, "bartlett_p", "scales" {budget: nats/token} (each run weighs 1 / its budget's scale^2, mean 1)
+    weighting: dict = field(default_factory=dict)
 
     def loss(self, n, d):
         """Predicted loss E + A / N^alpha + B / D^beta at parameters n and tokens d (broadcast arrays)."""
@@ -838,17 +842,52 @@ def identified(ci, decades: float = IDENTIFIED_DECADES) -> bool | None:
     return bool(math.log10(hi / lo) <= decades)
 
 
+def approach3_weights(res: Results, cfg: FitConfig) -> tuple[np.ndarray, dict]:
+    """Per-run weights of Approach 3's least squares (varpro), and what fits.json records of them.
+
+    A run's final loss scatters between seeds far more when it is short (`residual_scales`): in the
+    default demo the 3.7e11 budget's parabola residuals had an RMS ~8x the 6e12 budget's. Unweighted
+    least squares lets those runs pull the law as hard as the precise ones; weighted least squares
+    with weights 1 / variance is the efficient estimator under such noise (Carroll & Ruppert 1988,
+    ch. 2). The variances are the ones Approach 2's bootstrap draws at: each budget's IsoFLOP
+    parabola is fitted, and when Bartlett's test rejects equal variances of their residuals (at
+    cfg.residual_scaling_level), every run weighs 1 / s_C^2, s_C its budget's trend scale
+    (normalized to mean 1). Otherwise, and for "huber-lbfgs" or approach3_weights "equal", all weigh 1.
+    `benchmarks/approach3_weights.py` measures the estimate of a with and without on a known law.
+
+    Returns:
+        ((n,) weights, {"weights": "inverse-variance" | "equal", "why": str, "bartlett_p"?, "scales"?}).
+    """
+    ones = np.ones(res.n)
+    if cfg.approach3_method != "varpro":
+        return ones, {"weights": "equal", "why": "huber-lbfgs: Hoffmann et al.'s robust loss, unweighted as published"}
+    if cfg.approach3_weights == "equal":
+        return ones, {"weights": "equal", "why": "approach3_weights equal"}
+    budgets = np.unique(res.budget)
+    fits = [_fit_budget_parabola(res, np.flatnonzero(res.budget == b), float(b), cfg) for b in budgets]
+    scales, scaling = residual_scales(fits, cfg.residual_scaling_level)
+    if "scales" not in scaling:
+        why = (f"the budgets' residual variances do not differ (Bartlett p = {scaling['bartlett_p']:.2g})" if scaling
+               else "fewer than 3 IsoFLOP budgets with parabola residuals to compare")
+        return ones, {"weights": "equal", "why": why, **scaling}
+    w = 1.0 / scales[np.searchsorted(budgets, res.budget)] ** 2
+    return w / w.mean(), {"weights": "inverse-variance", "why": "the budgets' residual variances differ",
+                          "bartlett_p": scaling["bartlett_p"], "scales": scaling["scales"]}
+
+
 def fit_approach3(res: Results, counts: np.ndarray | None, cfg: FitConfig):
     """Fit Approach 3, the parametric law L(N, D), with bootstrap intervals.
 
     Approach 3: L(N, D) = E + A / N^alpha + B / D^beta by cfg.approach3_method (variable
-    projection by default; "huber-lbfgs" as Hoffmann et al. 2022), bootstrap intervals from
+    projection by default, weighted least squares when the budgets' noise differs:
+    `approach3_weights`; "huber-lbfgs" as Hoffmann et al. 2022), bootstrap intervals from
     resampling runs, and which parameters the data identify (IDENTIFIED_DECADES).
 
     Args:
         res: the checked runs (n runs); multi-epoch tables are fitted on Muennighoff effective tokens.
         counts: (R, n) bootstrap multiplicities of each run, or None for no intervals.
-        cfg: approach3_method, huber_delta, bootstrap_starts, confidence and r_star (effective data).
+        cfg: approach3_method, approach3_weights (with residual_scaling_level), huber_delta,
+            bootstrap_starts, confidence and r_star (effective data).
 
     Returns:
         (Approach3, {"approach3/<key>": (R,) draws}) for the keys of A3_KEYS.
@@ -867,8 +906,9 @@ def fit_approach3(res: Results, counts: np.ndarray | None, cfg: FitConfig):
         data = np.where(np.isfinite(res.unique_tokens), effective_tokens(res.tokens, res.unique_tokens, cfg.r_star), res.tokens)
     R = 0 if counts is None else len(counts)
     draws = np.full((R, 8), np.nan)
+    weights, weighting = approach3_weights(res, cfg)
     if cfg.approach3_method == "varpro":
-        best = parametric.fit_varpro(res.n_params, data, res.loss)
+        best = parametric.fit_varpro(res.n_params, data, res.loss, weights)
         point = _a3_from_params(np.array([[best.E, best.A, best.B, best.alpha, best.beta]]))[0]
         objective, n_starts, huber_delta, at_bound = best.rss, best.n_starts, float("nan"), best.at_bound
     else:
@@ -885,7 +925,7 @@ def fit_approach3(res: Results, counts: np.ndarray | None, cfg: FitConfig):
         )
     if R:
         if cfg.approach3_method == "varpro":
-            draws = _a3_from_params(parametric.bootstrap_varpro(res.n_params, data, res.loss, counts))
+            draws = _a3_from_params(parametric.bootstrap_varpro(res.n_params, data, res.loss, counts * weights))
         else:
             starts = best.local_optima[: cfg.bootstrap_starts]
             draws = _a3_derived(parametric.bootstrap_parametric(res.n_params, data, res.loss, counts, starts, cfg.huber_delta))
@@ -899,7 +939,7 @@ def fit_approach3(res: Results, counts: np.ndarray | None, cfg: FitConfig):
         huber_delta=huber_delta, objective=float(objective), rmse_log_loss=float(np.sqrt(np.mean(resid**2))),
         n_points=res.n, n_starts=n_starts, effective_data=bool(effective), r_star=cfg.r_star if effective else None,
         method=cfg.approach3_method, identified={k: identified(ci[k]) for k in ("E", "A", "B", "alpha", "beta", "G")},
-        at_bound=list(at_bound), outliers=[str(r) for r in outliers],
+        at_bound=list(at_bound), outliers=[str(r) for r in outliers], weighting=weighting,
     )
     return fit, {f"approach3/{k}": draws[:, j] for j, k in enumerate(A3_KEYS)}
 
@@ -1250,7 +1290,7 @@ def _check_config(cfg: FitConfig) -> None:
     if isinstance(lvl, bool) or not isinstance(lvl, (int, float)) or not 0 <= lvl < 1:
         raise UserError(f"{_flag('residual_scaling_level')} must be a number in [0, 1) (got {lvl!r}): 0 keeps one residual pool")
     for name, allowed in (("n_count", ("total", "non-embedding")), ("approach3_method", ("varpro", "huber-lbfgs")),
-                          ("approach2_bootstrap", ("residuals", "runs"))):
+                          ("approach2_bootstrap", ("residuals", "runs")), ("approach3_weights", APPROACH3_WEIGHTS)):
         if getattr(cfg, name) not in allowed:
             raise UserError(f"{_flag(name)} must be one of {', '.join(allowed)} (got {getattr(cfg, name)!r})")
 
@@ -1697,6 +1737,9 @@ def format_fit_table(fit: FitResult) -> str:
         how = {"varpro": "variable projection", "huber-lbfgs": "Huber/L-BFGS"}.get(f.method, f.method)
         cells = ", ".join(_approach3_cell(f, k, boot) for k in ("E", "A", "B", "alpha", "beta"))
         bound = f"; {', '.join(f.at_bound)} at the searched range's edge" if f.at_bound else ""
+        if (f.weighting or {}).get("weights") == "inverse-variance":
+            bound += (f"; weighted least squares, each run by 1 / its budget's residual scale^2 (their variances differ, "
+                      f"Bartlett p = {f.weighting['bartlett_p']:.2g})")
         lines.append(f"| 3 parametric ({how}) | {ci_text(f.a, f.a_ci)} | {ci_text(f.b, f.b_ci)} | {cells}{bound} |")
     if fit.approach3 and not boot:
         lines += ["", "Approach 3 without bootstrap intervals (--bootstrap 0): whether E, A, B, alpha and beta are identified "

@@ -62,6 +62,14 @@ class FitConfig:
     et al. 2022's Huber loss on ln L from 4,500 L-BFGS starts, to reproduce published fits).
     varpro is the default: it is better conditioned (2 searched parameters instead of 5, no start
     grid over ln A, ln B, ln E; Open-Athena's scaling-law-analysis)."""
+    approach3_weights: str = "inverse-variance"
+    """How varpro weighs the runs in Approach 3's least squares: "inverse-variance" (default) or "equal".
+    "inverse-variance": when Bartlett's test rejects equal residual variances across the IsoFLOP budgets
+    (at residual_scaling_level; `analysis.fit.residual_scales`, the scales Approach 2's bootstrap draws
+    at), each run is weighted by 1 / its budget's scale squared: weighted least squares, the efficient
+    estimator under heteroscedastic noise (Carroll & Ruppert 1988, ch. 2). Unweighted, the shortest runs,
+    which scatter most between seeds, pull the law as hard as the longest (`analysis.fit.approach3_weights`).
+    Equal weights otherwise, and always for "huber-lbfgs" (Hoffmann et al.'s method, as published)."""
     approach2_bootstrap: str = "residuals"
     """How Approach 2's intervals are drawn: "residuals" (default; each IsoFLOP parabola plus
     leverage-adjusted residuals resampled from all budgets' parabolas: the fixed-design bootstrap,

@@ -476,13 +476,15 @@ class VarProFit:
         return self.E + self.A / n**self.alpha + self.B / d**self.beta
 
 
-def fit_varpro(n_params, tokens, loss) -> VarProFit:
+def fit_varpro(n_params, tokens, loss, weights=None) -> VarProFit:
     """Fit L(N, D) by variable projection (see above): (alpha, beta) searched, (E, A, B) >= 0 solved.
 
     Args:
         n_params: (P,) positive parameter counts; P >= 5.
         tokens: (P,) positive training tokens.
         loss: (P,) positive losses (nats).
+        weights: (P,) positive weights of the squared residuals (weighted least squares; rss is
+            then the weighted sum), or None for 1 each.
 
     Returns:
         VarProFit.
@@ -494,7 +496,8 @@ def fit_varpro(n_params, tokens, loss) -> VarProFit:
     y = np.asarray(loss, dtype=np.float64)
     if y.size < 5:
         raise ValueError(f"the parametric law has 5 parameters; {y.size} points are too few")
-    p, rss = varpro_search(log_n, log_d, y, np.ones((1, y.size)))
+    w = np.ones((1, y.size)) if weights is None else np.asarray(weights, dtype=np.float64).reshape(1, y.size)
+    p, rss = varpro_search(log_n, log_d, y, w)
     E, A, B, alpha, beta = (float(v) for v in p[0])
     at_bound = [name for name, v in (("alpha", alpha), ("beta", beta))
                 if min(abs(np.log(v / VARPRO_BOUNDS[0])), abs(np.log(v / VARPRO_BOUNDS[1]))) < 1e-6]
@@ -505,8 +508,8 @@ def fit_varpro(n_params, tokens, loss) -> VarProFit:
 def bootstrap_varpro(n_params, tokens, loss, counts: np.ndarray) -> np.ndarray:
     """Refit each bootstrap replicate by variable projection.
 
-    Refit each bootstrap replicate (a row of `counts`: how often each point was drawn);
-    returns (R, 5) = E, A, B, alpha, beta.
+    Refit each bootstrap replicate (a row of `counts`: how often each point was drawn, times its
+    weight in a weighted fit); returns (R, 5) = E, A, B, alpha, beta.
     """
     log_n, log_d = np.log(np.asarray(n_params, dtype=np.float64)), np.log(np.asarray(tokens, dtype=np.float64))
     # The point fit's tolerance: at 1e-4 in ln alpha (assumed far below the replicates' spread), a table

@@ -43,13 +43,14 @@ HOFFMANN = Law(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 
 
 def synthetic_results(law: Law = BESIROGLU, budgets=(1e18, 1e19, 1e20, 1e21), sizes: int = 9, span_decades: float = 2.0,
-                      noise: float = 0.01, seed: int = 0, center_jitter_decades: float = 0.1,
+                      noise: float | tuple = 0.01, seed: int = 0, center_jitter_decades: float = 0.1,
                       tasks: dict[str, tuple[float, float]] | None = None, auroc_se: float | None = None) -> pl.DataFrame:
     """Draw a synthetic IsoFLOP sweep's results table from a known law.
 
     An IsoFLOP sweep: per budget C, `sizes` model sizes log-spaced over `span_decades` around
     the law's optimum (shifted by a random jitter), D = C / (6 N), loss multiplied by
-    exp(N(0, noise)) (noise is the standard deviation of ln L). `tasks` maps a task name to
+    exp(N(0, noise)) (noise is the standard deviation of ln L; a sequence gives each budget its own,
+    as short runs scatter more than long ones). `tasks` maps a task name to
     (coef, exponent): the compute-optimal run's 1 - AUROC is coef * C^exponent, worse off the
     optimum by the factor (L / L_opt)^4, times exp(N(0, noise)); written as `auroc/<task>`. With
     `auroc_se`, each AUROC also gets measurement noise N(0, auroc_se^2), as a probe scored on a
@@ -57,7 +58,8 @@ def synthetic_results(law: Law = BESIROGLU, budgets=(1e18, 1e19, 1e20, 1e21), si
     """
     rng = np.random.default_rng(seed)
     rows = []
-    for c in budgets:
+    noises = np.broadcast_to(np.asarray(noise, dtype=float), (len(budgets),))
+    for c, noise in zip(budgets, noises, strict=True):
         center = law.n_opt(c) * 10 ** rng.uniform(-center_jitter_decades, center_jitter_decades)
         for n in center * np.logspace(-span_decades / 2, span_decades / 2, sizes):
             n = int(round(n))
