@@ -167,8 +167,8 @@ Dates and midnights (an event is never placed before the first moment it could h
   transfers or icustays (one move at one instant), diagnoses_icd and ED diagnosis (a code listed
   twice for one stay: one diagnosis) is no second event.
 - Every other drop is counted by table and reason (events): missing_subject_id,
-  unknown_subject_id (not in patients), missing_time, missing_hadm_id / unknown_hadm_id
-  (diagnoses and DRG codes, timed by their stay's discharge), missing_drug, missing_medication
+  unknown_subject_id (not in patients), missing_time, missing_hadm_id / unknown_hadm_id /
+  hadm_id_of_another_subject (diagnoses and DRG codes, timed by their stay's discharge), missing_drug, missing_medication
   (emar, pharmacy), administration_summary_row / no_dose_given / no_emar_row (emar_detail: the
   parent row of an administration repeats its product lines; a line without a dose; a line
   whose emar row is absent or dropped), missing_stay_id / unknown_stay_id (ED triage and
@@ -190,14 +190,18 @@ Dates and midnights (an event is never placed before the first moment it could h
   ids and times refuse the table (UserError). ED pain is text, not a number column: text that
   states no 0-10 rating ("unable", "3-4", "13") is kept as text_value and counted
   (`text_values_kept`), not as unparseable; its placeholder `___` makes no event, counted as
-  `redacted_numbers_set_null` as in the number columns.
+  `redacted_numbers_set_null` as in the number columns. A hadm_id naming another subject's
+  admission is kept as null and counted (`stay_ids_of_another_subject_set_null`; the event keeps
+  its own time and is paired with a stay by time); a diagnosis or DRG code, timed by its stay's
+  discharge, is dropped instead (`hadm_id_of_another_subject`).
   They are printed as detail lines before the one-line summary and written to
   metadata/etl_config.json: `tables` = {table: {rows_read, events_written, dropped: {reason: n},
   date_only_values: {column: n}, date_only_placed_at_discharge, midnight_times: {column: n},
   unparseable_numbers_set_null: {column: n}, out_of_range_numbers_set_null: {column: n},
   redacted_numbers_set_null: {column: n}, text_values_kept: {column: n}, moved_to_store_time:
   {column: n}, line_breaks_set_to_space: {column: n}, unicode_spaces_set_to_space: {column: n},
-  control_characters_removed: {column: n}}} (the last eleven only when non-zero), and `count_units` (COUNT_UNITS): which counts are
+  control_characters_removed: {column: n}, stay_ids_of_another_subject_set_null: {"hadm_id": n}}} (the last
+  twelve only when non-zero), and `count_units` (COUNT_UNITS): which counts are
   per row read (a row listed twice counts twice; its repeat is a `duplicate` drop) and which per
   event written, after exact repeats are dropped (a row listed twice changes none of them).
 
@@ -395,7 +399,7 @@ class Table:
 class Context:
     """Small lookups that event rules need (admission times), built from admissions first."""
 
-    admissions: pl.DataFrame | None = None  # hadm_id, admittime, dischtime (as placed), deathtime
+    admissions: pl.DataFrame | None = None  # hadm_id, subject_id, admittime, dischtime (as placed), deathtime
     untimed: dict = field(default_factory=dict)  # table -> events dropped for lack of a time
     table: str = ""  # the table being staged (rules count their drops under it)
     drops: dict = field(default_factory=dict)  # table -> reason -> events dropped
@@ -408,6 +412,8 @@ class Context:
     line_breaks: dict = field(default_factory=dict)  # table -> column -> values whose tabs/line breaks became a space
     unicode_spaces: dict = field(default_factory=dict)  # table -> column -> values whose no-break (or other) spaces became one space
     controls: dict = field(default_factory=dict)  # table -> column -> values whose other control or invisible characters were removed
+    # table -> "hadm_id" -> events whose hadm_id is another subject's stay (set null: one stay id names one patient)
+    foreign_stays: dict = field(default_factory=dict)
     stored: dict = field(default_factory=dict)  # (table, time column) -> {"store_column", "present", "moved"}
     discharge: dict = field(default_factory=dict)  # how discharge times were placed -> count
     duration_coded: int = 0  # procedures_icd events placed at their stay's discharge (DURATION_CODED_PROCEDURES)
@@ -573,9 +579,37 @@ def _with_stay(df: pl.DataFrame, ctx: Context) -> pl.DataFrame:
 
 
 def _at_discharge(df: pl.DataFrame, ctx: Context) -> pl.DataFrame:
-    """Rows joined to their stay's discharge; rows without a known stay are counted and dropped."""
+    """Rows joined to their stay's discharge; rows without a known stay of their own subject are counted and dropped.
+
+    A hadm_id of another subject's stay would time the row at that patient's discharge.
+    """
     df = _keep(df, ctx, pl.col("hadm_id").is_not_null(), "missing_hadm_id")
-    return _keep(_with_stay(df, ctx), ctx, pl.col("dischtime").is_not_null(), "unknown_hadm_id")
+    df = _keep(df.join(_stay_owners(ctx), on="hadm_id", how="left", maintain_order="left"), ctx,
+               pl.col("_owner").is_null() | (pl.col("_owner") == pl.col("subject_id")), "hadm_id_of_another_subject")
+    return _keep(_with_stay(df.drop("_owner"), ctx), ctx, pl.col("dischtime").is_not_null(), "unknown_hadm_id")
+
+
+def _stay_owners(ctx: Context) -> pl.DataFrame:
+    """hadm_id -> _owner, the subject_id of its admission."""
+    return ctx.admissions.select("hadm_id", _owner=pl.col("subject_id"))
+
+
+def _without_foreign_stays(events: pl.DataFrame, ctx: Context) -> pl.DataFrame:
+    """`events` with each hadm_id that is another subject's stay set null, counted in ctx.foreign_stays.
+
+    Such an id (an export's join gone wrong) would pair the event with that patient's stay: place a
+    date-only event at their discharge (_place_dates) and let `ehrfm labels` read it as care of a stay the
+    subject never had. Set null, the event keeps its own time and is paired by time, as one without an id.
+    """
+    if ctx.admissions is None or not events.select(pl.col("hadm_id").is_not_null().any()).item():
+        return events
+    marked = events.join(_stay_owners(ctx), on="hadm_id", how="left", maintain_order="left")
+    foreign = pl.col("_owner").is_not_null() & (pl.col("_owner") != pl.col("subject_id"))
+    n = marked.select(foreign.sum()).item()
+    if not n:
+        return events
+    ctx.count(ctx.foreign_stays, "hadm_id", n)
+    return marked.with_columns(hadm_id=pl.when(foreign).then(None).otherwise(pl.col("hadm_id"))).drop("_owner")
 
 
 def _diagnoses(df, ctx):
@@ -596,7 +630,8 @@ def _procedures(df, ctx):
     # discharge when that comes sooner (the date-only rule, module docstring). A duration-coded
     # procedure goes to its stay's discharge (coded from the whole record, as diagnoses; not known before it).
     version_code = pl.concat_str(_int_part("icd_version"), pl.lit("//"), _part("icd_code"))
-    df = df.join(ctx.admissions.select("hadm_id", "dischtime"), on="hadm_id", how="left", maintain_order="left").with_columns(
+    df = df.join(ctx.admissions.select("subject_id", "hadm_id", "dischtime"), on=["subject_id", "hadm_id"], how="left",
+                 maintain_order="left").with_columns(
         _dur=version_code.str.contains(DURATION_CODED_PROCEDURES) & pl.col("dischtime").is_not_null())
     flag = f"{DATE_FLAG}chartdate"
     df = df.with_columns(chartdate=pl.when("_dur").then(pl.col("dischtime")).otherwise(pl.col("chartdate")),
@@ -2078,6 +2113,8 @@ def _account(rows_in: dict, counts: dict, ctx: Context) -> dict:
             entry["unicode_spaces_set_to_space"] = dict(ctx.unicode_spaces[name])
         if ctx.controls.get(name):
             entry["control_characters_removed"] = dict(ctx.controls[name])
+        if ctx.foreign_stays.get(name):
+            entry["stay_ids_of_another_subject_set_null"] = dict(ctx.foreign_stays[name])
         moved = {c: v["moved"] for (t, c), v in ctx.stored.items() if t == name and v["moved"]}
         if moved:
             entry["moved_to_store_time"] = moved
@@ -2092,7 +2129,8 @@ def _account(rows_in: dict, counts: dict, ctx: Context) -> dict:
 COUNT_UNITS = {
     "rows read": ["rows_read", "dropped", "date_only_values", "midnight_times", "unparseable_numbers_set_null",
                   "out_of_range_numbers_set_null", "redacted_numbers_set_null", "text_values_kept",
-                  "line_breaks_set_to_space", "unicode_spaces_set_to_space", "control_characters_removed"],
+                  "line_breaks_set_to_space", "unicode_spaces_set_to_space", "control_characters_removed",
+                  "stay_ids_of_another_subject_set_null"],
     "events written": ["events_written", "date_only_placed_at_discharge", "duration_coded_at_discharge",
                        "moved_to_store_time"],
 }
@@ -2106,6 +2144,7 @@ VALUE_COUNT_LINES = (
     ("line_breaks_set_to_space", "values whose tabs or line breaks became a space"),
     ("unicode_spaces_set_to_space", "values whose no-break or other Unicode spaces became a space"),
     ("control_characters_removed", "values whose control or invisible characters were removed"),
+    ("stay_ids_of_another_subject_set_null", "stay ids of another subject's admission kept as null"),
 )
 
 
@@ -2346,6 +2385,7 @@ def _merge_context(ctx: Context, part: Context) -> None:
     ctx.line_breaks.update(part.line_breaks)
     ctx.unicode_spaces.update(part.unicode_spaces)
     ctx.controls.update(part.controls)
+    ctx.foreign_stays.update(part.foreign_stays)
     ctx.stored.update(part.stored)
     ctx.discharge.update(part.discharge)
     ctx.duration_coded += part.duration_coded
@@ -2448,7 +2488,7 @@ def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context
                                 f"of {n_stays} admissions: the two columns seem swapped or mislabelled; "
                                 "export the table again")
             adm = _place_discharges(adm, ctx)
-            ctx.admissions = adm.select("hadm_id", "admittime", "dischtime", "deathtime").filter(
+            ctx.admissions = adm.select("hadm_id", "subject_id", "admittime", "dischtime", "deathtime").filter(
                 pl.col("hadm_id").is_not_null()).unique("hadm_id", keep="first", maintain_order=True)
         batches = [adm] if adm is not None else []
     stays = []
@@ -2466,6 +2506,8 @@ def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context
             ctx.drop("missing_time", n_time)
             ctx.untimed[table.name] = ctx.untimed.get(table.name, 0) + n_time
             events = events.filter(~no_subject & ~no_time)
+            if table.name != "hosp/admissions":
+                events = _without_foreign_stays(events, ctx)
             arrow = events.to_arrow()
             if writer is None:
                 writer = pq.ParquetWriter(out_path, arrow.schema, compression=SCRATCH_COMPRESSION)
@@ -2482,7 +2524,7 @@ def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context
             schema={"stay_id": pl.Int64, "_in": pl.Datetime("us"), "_out": pl.Datetime("us")})).filter(
             pl.col("stay_id").is_not_null()).unique("stay_id", keep="first", maintain_order=True)
     if table.name == "hosp/admissions" and ctx.admissions is None:
-        ctx.admissions = pl.DataFrame(schema={"hadm_id": pl.Int64, "admittime": pl.Datetime("us"),
+        ctx.admissions = pl.DataFrame(schema={"hadm_id": pl.Int64, "subject_id": pl.Int64, "admittime": pl.Datetime("us"),
                                               "dischtime": pl.Datetime("us"), "deathtime": pl.Datetime("us")})
     return n_rows
 

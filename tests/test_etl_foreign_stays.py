@@ -1,0 +1,34 @@
+"""A hadm_id that names another subject's admission (an export's join gone wrong) never pairs an event with that stay."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+from test_etl import ADM_COLS, _etl_small, _times
+
+ADMISSIONS = ADM_COLS + ("1,11,2150-01-01 10:00:00,2150-01-05 14:00:00,,URGENT,ER,HOME\n"
+                         "2,21,2150-02-01 09:00:00,2150-02-03 12:00:00,,URGENT,ER,HOME\n")
+
+
+def test_another_subjects_hadm_id_is_dropped_from_stay_timed_codes_and_cleared_elsewhere(tmp_path):
+    dx = ("subject_id,hadm_id,seq_num,icd_code,icd_version\n1,11,1,I10,10\n"
+          "1,21,1,E119,10\n")  # subject 2's stay: would be timed at its discharge, 2150-02-03 12:00
+    procs = ("subject_id,hadm_id,seq_num,chartdate,icd_code,icd_version\n"
+             "1,21,1,2150-02-03,3995,9\n")  # a date on the day stay 21 ends: would move to its 12:00 discharge
+    labs = ("subject_id,hadm_id,itemid,charttime,value,valuenum,valueuom\n"
+            "1,11,50912,2150-01-02 08:00:00,1.0,1.0,mg/dL\n"
+            "1,21,50971,2150-01-02 08:00:00,4.0,4.0,mEq/L\n")  # its own time, another subject's stay id
+    res, df = _etl_small(tmp_path, {"hosp/admissions": ADMISSIONS, "hosp/diagnoses_icd": dx,
+                                    "hosp/procedures_icd": procs, "hosp/labevents": labs})
+    assert _times(df, 1, "DIAGNOSIS//ICD//") == ["2150-01-05 14:00:00"]  # I10 at its own stay's discharge; E119 dropped
+    assert _times(df, 1, "PROCEDURE//ICD//") == ["2150-02-03 23:59:59"]  # at its day's end, not subject 2's discharge
+    lab = df.filter((pl.col("subject_id") == 1) & pl.col("code").str.starts_with("LAB//")).sort("code")
+    assert lab["code"].to_list() == ["LAB//50912//mg/dL", "LAB//50971//mEq/L"]
+    assert lab["hadm_id"].to_list() == [11, None]  # kept at its time, its stay id cleared
+    assert df.filter(pl.col("subject_id") == 1)["hadm_id"].drop_nulls().unique().to_list() == [11]
+    tables = json.loads((tmp_path / "meds/metadata/etl_config.json").read_text())["tables"]
+    assert tables["hosp/diagnoses_icd"]["dropped"] == {"hadm_id_of_another_subject": 1}
+    assert tables["hosp/labevents"]["stay_ids_of_another_subject_set_null"] == {"hadm_id": 1}
+    assert tables["hosp/procedures_icd"]["stay_ids_of_another_subject_set_null"] == {"hadm_id": 1}
+    assert "stay_ids_of_another_subject_set_null" not in tables["hosp/admissions"]
