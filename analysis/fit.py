@@ -195,7 +195,7 @@ class Approach3:
     G_ci: list[float]
     flops_per_param_token: float  # k: the table's median flops / (N D); 6 when flops were absent
     huber_delta: float
-    objective: float  # sum of Huber / delta at the optimum
+    objective: float  # huber-lbfgs: sum of Huber / delta at the optimum; varpro: the (weighted) sum of squared residuals
     rmse_log_loss: float  # root mean squared residual of ln L
     n_points: int
     n_starts: int
@@ -720,6 +720,24 @@ def _incredible_minimum(res: Results, members: np.ndarray, loss_min: float) -> s
     return what
 
 
+def bartlett_p(variances, dfs) -> float:
+    """P-value of Bartlett's test that k variance estimates share one variance.
+
+    variances: (k,) estimates s_i^2, each with dfs[i] >= 1 degrees of freedom (a fitted curve's
+    residuals: runs minus its coefficients). T = [nu ln s_p^2 - sum nu_i ln s_i^2] / (1 + (sum 1/nu_i
+    - 1/nu) / (3 (k - 1))), nu = sum nu_i, s_p^2 = sum nu_i s_i^2 / nu, is chi-square with k - 1 degrees
+    of freedom under equal variances (Bartlett 1937; Snedecor & Cochran 1989, sec. 13.10).
+    scipy.stats.bartlett computes it for samples about their means (nu_i = n_i - 1) only.
+    """
+    from scipy.stats import chi2
+
+    s2, nu = np.asarray(variances, dtype=float), np.asarray(dfs, dtype=float)
+    k, total = s2.size, nu.sum()
+    pooled = float(np.sum(nu * s2) / total)
+    t = (total * math.log(pooled) - float(np.sum(nu * np.log(s2)))) / (1 + (np.sum(1 / nu) - 1 / total) / (3 * (k - 1)))
+    return float(chi2.sf(t, k - 1))
+
+
 def residual_scales(fits: list[BudgetFit], level: float = 0.05) -> tuple[np.ndarray, dict]:
     """Per-budget scales of the Approach 2 residual bootstrap, and what fits.json records of them.
 
@@ -734,8 +752,9 @@ def residual_scales(fits: list[BudgetFit], level: float = 0.05) -> tuple[np.ndar
     trend of their RMS in ln C (a trend, not each budget's own RMS: 2-4 residual degrees of freedom
     estimate a scale poorly, and intervals drawn at it cover too little), the residuals are pooled
     standardized, and each budget draws them back at its scale (Davison & Hinkley 1997, sec. 6.2.6,
-    heteroscedastic errors). In the simulation above: 92% covered, median width 0.063; with equal
-    noise (SD 0.005 everywhere) 90% against one pool's 92% (the test rejects now and then).
+    heteroscedastic errors). In the simulation above: 94% covered, median width 0.069; with equal
+    noise (SD 0.005 everywhere) 92% at 0.062 against one pool's 92% at 0.063 (the test, `bartlett_p`
+    with each parabola's n - 3 degrees of freedom, rejects in ~5% of such draws).
 
     Args:
         fits: every budget's parabola (`residuals`: leverage-adjusted, centred; [] for a 3-size ladder).
@@ -745,16 +764,17 @@ def residual_scales(fits: list[BudgetFit], level: float = 0.05) -> tuple[np.ndar
         (scales (len(fits),), ones when pooled; {"bartlett_p"} and, when scaled, {"scales": {budget: s}} in
         nats/token, "slope" of ln RMS in ln C}), or ones and {} when not tested.
     """
-    from scipy.stats import bartlett
-
-    have = [i for i, bf in enumerate(fits) if len(bf.residuals) >= 2]
+    have = [i for i, bf in enumerate(fits) if len(bf.residuals) >= 2 and bf.n_points > 3]
     ones = np.ones(len(fits))
     if len(have) < 3 or not level > 0:
         return ones, {}
     groups = [np.asarray(fits[i].residuals) for i in have]
-    if min(float(np.var(g)) for g in groups) <= 0.0:  # residuals all 0 (an exact parabola): nothing to compare
+    if min(float(np.mean(g**2)) for g in groups) <= 0.0:  # residuals all 0 (an exact parabola): nothing to compare
         return ones, {}
-    p = float(bartlett(*groups).pvalue)
+    # A parabola's residuals have n - 3 degrees of freedom, not the n - 1 of a sample about its mean (what
+    # scipy.stats.bartlett assumes): with 5 sizes, 2 against 4, and that test rejected equal variances in ~32% of
+    # draws of equal noise (4 budgets x 5 sizes); with n - 3, ~4%.
+    p = bartlett_p([float(np.mean(g**2)) for g in groups], [fits[i].n_points - 3 for i in have])
     if not p < level:
         return ones, {"bartlett_p": p}
     ln_c = np.log([fits[i].budget for i in have])
@@ -849,8 +869,9 @@ def approach3_weights(res: Results, cfg: FitConfig) -> tuple[np.ndarray, dict]:
     default demo the 3.7e11 budget's parabola residuals had an RMS ~8x the 6e12 budget's. Unweighted
     least squares lets those runs pull the law as hard as the precise ones; weighted least squares
     with weights 1 / variance is the efficient estimator under such noise (Carroll & Ruppert 1988,
-    ch. 2). The variances are the ones Approach 2's bootstrap draws at: each budget's IsoFLOP
-    parabola is fitted, and when Bartlett's test rejects equal variances of their residuals (at
+    ch. 2). The variances are estimated as Approach 2's residual bootstrap estimates them
+    (`residual_scales`, whether or not that bootstrap runs): each budget's IsoFLOP parabola is
+    fitted, and when Bartlett's test rejects equal variances of their residuals (at
     cfg.residual_scaling_level), every run weighs 1 / s_C^2, s_C its budget's trend scale
     (normalized to mean 1). Otherwise, and for "huber-lbfgs" or approach3_weights "equal", all weigh 1.
     `benchmarks/approach3_weights.py` measures the estimate of a with and without on a known law.
@@ -867,8 +888,17 @@ def approach3_weights(res: Results, cfg: FitConfig) -> tuple[np.ndarray, dict]:
     fits = [_fit_budget_parabola(res, np.flatnonzero(res.budget == b), float(b), cfg) for b in budgets]
     scales, scaling = residual_scales(fits, cfg.residual_scaling_level)
     if "scales" not in scaling:
-        why = (f"the budgets' residual variances do not differ (Bartlett p = {scaling['bartlett_p']:.2g})" if scaling
-               else "fewer than 3 IsoFLOP budgets with parabola residuals to compare")
+        p = scaling.get("bartlett_p")
+        if not cfg.residual_scaling_level > 0:
+            why = "residual_scaling_level 0: variances not compared"
+        elif p is None:
+            why = ("fewer than 3 IsoFLOP budgets with parabola residuals to compare"
+                   if sum(len(bf.residuals) >= 2 and bf.n_points > 3 for bf in fits) < 3
+                   else "a budget's parabola residuals are all 0: variances not compared")
+        elif p < cfg.residual_scaling_level:
+            why = f"the residual variances differ (Bartlett p = {p:.2g}) but their trend in C gave no usable scales"
+        else:
+            why = f"the budgets' residual variances do not differ (Bartlett p = {p:.2g})"
         return ones, {"weights": "equal", "why": why, **scaling}
     w = 1.0 / scales[np.searchsorted(budgets, res.budget)] ** 2
     return w / w.mean(), {"weights": "inverse-variance", "why": "the budgets' residual variances differ",
@@ -1010,6 +1040,7 @@ def fit_holdout(res: Results, a2: Approach2, cfg: FitConfig) -> tuple[dict | Non
                    + "; ".join(filter(None, [f"{', '.join(a3.at_bound)} at the searched range's edge" if a3.at_bound else "",
                                              f"{', '.join(unidentified)} not identified" if unidentified else ""])))
         a3 = None
+    a3_weights = (a3.weighting or {}).get("weights") if a3 is not None else None
     if a3 is not None:
         pred_loss, loss_method = float(a3.loss(a3.n_opt(c), a3.d_opt(c))), "approach3"
         p = {k: d3[f"approach3/{k}"] for k in A3_KEYS}
@@ -1026,6 +1057,9 @@ def fit_holdout(res: Results, a2: Approach2, cfg: FitConfig) -> tuple[dict | Non
         previous_budget=prev.budget, previous_loss=prev.loss_min, no_change_rel_error=abs(prev.loss_min - obs) / obs,
         error_ratio=abs(pred_loss - obs) / abs(prev.loss_min - obs) if prev.loss_min != obs else float("inf"),
         predicted_n_opt=pred_n, predicted_n_opt_ci=ci("n_coef", "a"),
+        # the smaller budgets' own Approach 3 weighting (approach3_weights: their residuals decide it, as the
+        # full table's decide the main fit's), or None when Approach 3 was not fitted or not used
+        approach3_weights=a3_weights,
         observed_n_opt=held.n_opt, observed_n_opt_ci=held.n_opt_ci, n_opt_ratio=pred_n / held.n_opt,
     )
     top = max(a2.budgets, key=lambda bf: bf.budget)

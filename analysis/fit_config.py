@@ -65,8 +65,8 @@ class FitConfig:
     approach3_weights: str = "inverse-variance"
     """How varpro weighs the runs in Approach 3's least squares: "inverse-variance" (default) or "equal".
     "inverse-variance": when Bartlett's test rejects equal residual variances across the IsoFLOP budgets
-    (at residual_scaling_level; `analysis.fit.residual_scales`, the scales Approach 2's bootstrap draws
-    at), each run is weighted by 1 / its budget's scale squared: weighted least squares, the efficient
+    (at residual_scaling_level; `analysis.fit.residual_scales`, the scales Approach 2's residual bootstrap
+    draws at, whether or not it runs), each run is weighted by 1 / its budget's scale squared: weighted least squares, the efficient
     estimator under heteroscedastic noise (Carroll & Ruppert 1988, ch. 2). Unweighted, the shortest runs,
     which scatter most between seeds, pull the law as hard as the longest (`analysis.fit.approach3_weights`).
     Equal weights otherwise, and always for "huber-lbfgs" (Hoffmann et al.'s method, as published)."""

@@ -455,7 +455,7 @@ class VarProFit:
     B: float
     alpha: float
     beta: float
-    rss: float  # sum of squared loss residuals at the optimum
+    rss: float  # sum of squared loss residuals at the optimum (weighted, in a weighted fit)
     n_points: int
     n_starts: int  # coarse grid pairs searched
     at_bound: list[str] = field(default_factory=list)  # "alpha"/"beta" when the optimum is at VARPRO_BOUNDS

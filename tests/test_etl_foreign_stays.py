@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 
 import polars as pl
-from test_etl import ADM_COLS, _etl_small, _times
+import pytest
+from test_etl import ADM_COLS, _all_events, _raw, _times
+
+from tokenization.etl import etl
 
 ADMISSIONS = ADM_COLS + ("1,11,2150-01-01 10:00:00,2150-01-05 14:00:00,,URGENT,ER,HOME\n"
                          "2,21,2150-02-01 09:00:00,2150-02-03 12:00:00,,URGENT,ER,HOME\n")
 
 
-def test_another_subjects_hadm_id_is_dropped_from_stay_timed_codes_and_cleared_elsewhere(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])  # with 2, staging workers get the admissions only for tables that need them
+def test_another_subjects_hadm_id_is_dropped_from_stay_timed_codes_and_cleared_elsewhere(tmp_path, workers):
     dx = ("subject_id,hadm_id,seq_num,icd_code,icd_version\n1,11,1,I10,10\n"
           "1,21,1,E119,10\n")  # subject 2's stay: would be timed at its discharge, 2150-02-03 12:00
     procs = ("subject_id,hadm_id,seq_num,chartdate,icd_code,icd_version\n"
@@ -19,8 +23,12 @@ def test_another_subjects_hadm_id_is_dropped_from_stay_timed_codes_and_cleared_e
     labs = ("subject_id,hadm_id,itemid,charttime,value,valuenum,valueuom\n"
             "1,11,50912,2150-01-02 08:00:00,1.0,1.0,mg/dL\n"
             "1,21,50971,2150-01-02 08:00:00,4.0,4.0,mEq/L\n")  # its own time, another subject's stay id
-    res, df = _etl_small(tmp_path, {"hosp/admissions": ADMISSIONS, "hosp/diagnoses_icd": dx,
-                                    "hosp/procedures_icd": procs, "hosp/labevents": labs})
+    icu = ("subject_id,hadm_id,stay_id,first_careunit,last_careunit,intime,outtime\n"
+           "1,21,301,MICU,MICU,2150-01-02 12:00:00,2150-01-03 12:00:00\n")  # 2 events (in, out) under subject 2's stay
+    raw = _raw(tmp_path, {"hosp/admissions": ADMISSIONS, "hosp/diagnoses_icd": dx, "hosp/procedures_icd": procs,
+                          "hosp/labevents": labs, "icu/icustays": icu})
+    etl(raw, tmp_path / "meds", split_fractions=(1.0, 0.0, 0.0), workers=workers)
+    df = _all_events(tmp_path / "meds")
     assert _times(df, 1, "DIAGNOSIS//ICD//") == ["2150-01-05 14:00:00"]  # I10 at its own stay's discharge; E119 dropped
     assert _times(df, 1, "PROCEDURE//ICD//") == ["2150-02-03 23:59:59"]  # at its day's end, not subject 2's discharge
     lab = df.filter((pl.col("subject_id") == 1) & pl.col("code").str.starts_with("LAB//")).sort("code")
@@ -31,4 +39,7 @@ def test_another_subjects_hadm_id_is_dropped_from_stay_timed_codes_and_cleared_e
     assert tables["hosp/diagnoses_icd"]["dropped"] == {"hadm_id_of_another_subject": 1}
     assert tables["hosp/labevents"]["stay_ids_of_another_subject_set_null"] == {"hadm_id": 1}
     assert tables["hosp/procedures_icd"]["stay_ids_of_another_subject_set_null"] == {"hadm_id": 1}
+    assert tables["icu/icustays"]["stay_ids_of_another_subject_set_null"] == {"hadm_id": 2}  # events written, not rows
+    icu_rows = df.filter(pl.col("code").str.starts_with("ICU_"))
+    assert icu_rows.height == 2 and icu_rows["hadm_id"].null_count() == 2
     assert "stay_ids_of_another_subject_set_null" not in tables["hosp/admissions"]

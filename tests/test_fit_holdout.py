@@ -185,9 +185,7 @@ def test_an_unidentified_approach3_does_not_predict_the_held_out_loss():
                           center_jitter_decades=0.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FitWarning)
-        # unweighted: this law's parabolas misfit its small budgets, whose residuals Approach 3's inverse-variance
-        # weights would read as noise (alpha then lands 0.1% inside the edge, 4.994, and is not flagged)
-        h = fit_results(t, config=FitConfig(bootstrap=50, approach3_weights="equal")).holdout
+        h = fit_results(t, config=FitConfig(bootstrap=50)).holdout
     assert h["loss_method"] == "approach2" and np.isfinite(h["predicted_loss"])
     assert h["predicted_loss"] == h["approach2_predicted_loss"]
     assert "not used for L_min" in h["note"] and "alpha at the searched range's edge" in h["note"]

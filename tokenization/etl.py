@@ -584,32 +584,35 @@ def _at_discharge(df: pl.DataFrame, ctx: Context) -> pl.DataFrame:
     A hadm_id of another subject's stay would time the row at that patient's discharge.
     """
     df = _keep(df, ctx, pl.col("hadm_id").is_not_null(), "missing_hadm_id")
-    df = _keep(df.join(_stay_owners(ctx), on="hadm_id", how="left", maintain_order="left"), ctx,
-               pl.col("_owner").is_null() | (pl.col("_owner") == pl.col("subject_id")), "hadm_id_of_another_subject")
+    df = _keep(df.join(_stay_owners_of(ctx.admissions), on="hadm_id", how="left", maintain_order="left"), ctx,
+               pl.col("_owner").is_null() | pl.col("subject_id").is_null() | (pl.col("_owner") == pl.col("subject_id")),
+               "hadm_id_of_another_subject")
     return _keep(_with_stay(df.drop("_owner"), ctx), ctx, pl.col("dischtime").is_not_null(), "unknown_hadm_id")
 
 
-def _stay_owners(ctx: Context) -> pl.DataFrame:
+def _stay_owners_of(admissions: pl.DataFrame) -> pl.DataFrame:
     """hadm_id -> _owner, the subject_id of its admission."""
-    return ctx.admissions.select("hadm_id", _owner=pl.col("subject_id"))
+    return admissions.select("hadm_id", _owner=pl.col("subject_id"))
 
 
-def _without_foreign_stays(events: pl.DataFrame, ctx: Context) -> pl.DataFrame:
-    """`events` with each hadm_id that is another subject's stay set null, counted in ctx.foreign_stays.
+def _without_foreign_stays(shard: pl.DataFrame, admissions: pl.DataFrame | None, names: list[str],
+                           foreign: dict) -> pl.DataFrame:
+    """`shard` with each hadm_id that is another subject's stay set null, counted per table in `foreign`.
 
     Such an id (an export's join gone wrong) would pair the event with that patient's stay: place a
     date-only event at their discharge (_place_dates) and let `ehrfm labels` read it as care of a stay the
     subject never had. Set null, the event keeps its own time and is paired by time, as one without an id.
+    Done in the shard step, which every worker runs with the admissions (staging workers get them only
+    for tables that need them), after exact duplicates are dropped: counts are of events written.
     """
-    if ctx.admissions is None or not events.select(pl.col("hadm_id").is_not_null().any()).item():
-        return events
-    marked = events.join(_stay_owners(ctx), on="hadm_id", how="left", maintain_order="left")
-    foreign = pl.col("_owner").is_not_null() & (pl.col("_owner") != pl.col("subject_id"))
-    n = marked.select(foreign.sum()).item()
-    if not n:
-        return events
-    ctx.count(ctx.foreign_stays, "hadm_id", n)
-    return marked.with_columns(hadm_id=pl.when(foreign).then(None).otherwise(pl.col("hadm_id"))).drop("_owner")
+    if admissions is None or shard.height == 0 or not shard.select(pl.col("hadm_id").is_not_null().any()).item():
+        return shard
+    marked = shard.join(_stay_owners_of(admissions), on="hadm_id", how="left", maintain_order="left")
+    is_foreign = pl.col("_owner").is_not_null() & (pl.col("_owner") != pl.col("subject_id"))
+    for src, n in marked.filter(is_foreign).group_by("_src").len().iter_rows():
+        d = foreign.setdefault(names[src], {})
+        d["hadm_id"] = d.get("hadm_id", 0) + int(n)
+    return marked.with_columns(hadm_id=pl.when(is_foreign).then(None).otherwise(pl.col("hadm_id"))).drop("_owner")
 
 
 def _diagnoses(df, ctx):
@@ -2129,10 +2132,9 @@ def _account(rows_in: dict, counts: dict, ctx: Context) -> dict:
 COUNT_UNITS = {
     "rows read": ["rows_read", "dropped", "date_only_values", "midnight_times", "unparseable_numbers_set_null",
                   "out_of_range_numbers_set_null", "redacted_numbers_set_null", "text_values_kept",
-                  "line_breaks_set_to_space", "unicode_spaces_set_to_space", "control_characters_removed",
-                  "stay_ids_of_another_subject_set_null"],
+                  "line_breaks_set_to_space", "unicode_spaces_set_to_space", "control_characters_removed"],
     "events written": ["events_written", "date_only_placed_at_discharge", "duration_coded_at_discharge",
-                       "moved_to_store_time"],
+                       "moved_to_store_time", "stay_ids_of_another_subject_set_null"],
 }
 
 # The per-column value counts of a table's account, each printed as "<what> column n, ...".
@@ -2385,7 +2387,6 @@ def _merge_context(ctx: Context, part: Context) -> None:
     ctx.line_breaks.update(part.line_breaks)
     ctx.unicode_spaces.update(part.unicode_spaces)
     ctx.controls.update(part.controls)
-    ctx.foreign_stays.update(part.foreign_stays)
     ctx.stored.update(part.stored)
     ctx.discharge.update(part.discharge)
     ctx.duration_coded += part.duration_coded
@@ -2506,8 +2507,6 @@ def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context
             ctx.drop("missing_time", n_time)
             ctx.untimed[table.name] = ctx.untimed.get(table.name, 0) + n_time
             events = events.filter(~no_subject & ~no_time)
-            if table.name != "hosp/admissions":
-                events = _without_foreign_stays(events, ctx)
             arrow = events.to_arrow()
             if writer is None:
                 writer = pq.ParquetWriter(out_path, arrow.schema, compression=SCRATCH_COMPRESSION)
@@ -2759,6 +2758,9 @@ def _write_shards(stage: Path, out: Path, split_of: pl.DataFrame, cfg: EtlConfig
                     ctx.drop(reason, n, table)
             for table, n in r["at_discharge"].items():
                 placed_at_discharge[table] = placed_at_discharge.get(table, 0) + n
+            for table, cols in r["foreign_stays"].items():
+                for col, n in cols.items():
+                    ctx.count(ctx.foreign_stays, col, n, table)
             for key, n in r["entered"].items():
                 ctx.stored[key]["moved"] += n
             ctx.duration_coded += r["duration_coded"]
@@ -2834,7 +2836,8 @@ def _shard_job(buckets: Path, j: int, ids: np.ndarray, path: Path, names: list[s
     placed, written, codes = {}, dict.fromkeys(names, 0), {}
     n = _write_shard(buckets, j, ids, path, names, chunk_events, ctx, placed, written, codes)
     return dict(events=n, drops=ctx.drops, at_discharge=placed, written=written, codes=codes,
-                entered={k: v["moved"] for k, v in ctx.stored.items()}, duration_coded=ctx.duration_coded)
+                entered={k: v["moved"] for k, v in ctx.stored.items()}, duration_coded=ctx.duration_coded,
+                foreign_stays=ctx.foreign_stays)
 
 
 def _write_shard(buckets: Path, j: int, ids: np.ndarray, path: Path, names: list[str], chunk_events: int,
@@ -2946,6 +2949,7 @@ def _assemble(parts: list[pl.DataFrame], names: list[str], ctx: Context, placed_
     shard = pl.concat(parts, how="vertical") if parts else pl.DataFrame(schema={**EVENT_SCHEMA, "_src": pl.Int16})
     shard = _time_from_parents(shard, names, ctx)
     shard = _at_entry_time(shard, names, ctx)
+    shard = _without_foreign_stays(shard, ctx.admissions, names, ctx.foreign_stays)
     shard = _place_dates(shard, ctx.admissions, names, placed_at_discharge)
     shard = shard.sort(_event_order(names), nulls_last=False)
     # A time no life can hold (module docstring: time_outside_lifetime), by the subject's MEDS_BIRTH.
@@ -3080,7 +3084,8 @@ def _place_dates(shard: pl.DataFrame, admissions: pl.DataFrame | None, names: li
     last_timed = (shard.filter(~pl.col("_date_only") & pl.col("time").is_not_null())
                   .group_by("subject_id", day.alias("_day")).agg(_last=pl.col("time").max()))
     shard = (shard.with_row_index("_i").with_columns(_day=day)
-             .join(admissions.select("hadm_id", _disch=pl.col("dischtime")), on="hadm_id", how="left")
+             .join(admissions.select("subject_id", "hadm_id", _disch=pl.col("dischtime")), on=["subject_id", "hadm_id"],
+                   how="left")
              .join(last_timed, on=["subject_id", "_day"], how="left")
              .sort("_i"))
     # A result's store time or an order's entry time is a record time, which can trail the discharge (a culture
