@@ -738,6 +738,11 @@ def bartlett_p(variances, dfs) -> float:
     return float(chi2.sf(t, k - 1))
 
 
+def _has_residual_df(bf: BudgetFit) -> bool:
+    """Whether a budget's parabola leaves residuals to compare variances by (> 3 runs, >= 2 residuals)."""
+    return len(bf.residuals) >= 2 and bf.n_points > 3
+
+
 def residual_scales(fits: list[BudgetFit], level: float = 0.05) -> tuple[np.ndarray, dict]:
     """Per-budget scales of the Approach 2 residual bootstrap, and what fits.json records of them.
 
@@ -764,7 +769,7 @@ def residual_scales(fits: list[BudgetFit], level: float = 0.05) -> tuple[np.ndar
         (scales (len(fits),), ones when pooled; {"bartlett_p"} and, when scaled, {"scales": {budget: s}} in
         nats/token, "slope" of ln RMS in ln C}), or ones and {} when not tested.
     """
-    have = [i for i, bf in enumerate(fits) if len(bf.residuals) >= 2 and bf.n_points > 3]
+    have = [i for i, bf in enumerate(fits) if _has_residual_df(bf)]
     ones = np.ones(len(fits))
     if len(have) < 3 or not level > 0:
         return ones, {}
@@ -893,7 +898,7 @@ def approach3_weights(res: Results, cfg: FitConfig) -> tuple[np.ndarray, dict]:
             why = "residual_scaling_level 0: variances not compared"
         elif p is None:
             why = ("fewer than 3 IsoFLOP budgets with parabola residuals to compare"
-                   if sum(len(bf.residuals) >= 2 and bf.n_points > 3 for bf in fits) < 3
+                   if sum(map(_has_residual_df, fits)) < 3
                    else "a budget's parabola residuals are all 0: variances not compared")
         elif p < cfg.residual_scaling_level:
             why = f"the residual variances differ (Bartlett p = {p:.2g}) but their trend in C gave no usable scales"

@@ -574,30 +574,21 @@ def _place_discharges(adm: pl.DataFrame, ctx: Context) -> pl.DataFrame:
     return adm.drop("_midnight", "_next", "_raw")
 
 
-def _with_stay(df: pl.DataFrame, ctx: Context) -> pl.DataFrame:
-    return df.join(ctx.admissions.select("hadm_id", "dischtime"), on="hadm_id", how="left")
-
-
 def _at_discharge(df: pl.DataFrame, ctx: Context) -> pl.DataFrame:
     """Rows joined to their stay's discharge; rows without a known stay of their own subject are counted and dropped.
 
     A hadm_id of another subject's stay would time the row at that patient's discharge.
     """
     df = _keep(df, ctx, pl.col("hadm_id").is_not_null(), "missing_hadm_id")
-    df = _keep(df.join(_stay_owners_of(ctx.admissions), on="hadm_id", how="left", maintain_order="left"), ctx,
+    stays = ctx.admissions.select("hadm_id", "dischtime", _owner=pl.col("subject_id"))
+    df = _keep(df.join(stays, on="hadm_id", how="left", maintain_order="left"), ctx,
                pl.col("_owner").is_null() | pl.col("subject_id").is_null() | (pl.col("_owner") == pl.col("subject_id")),
                "hadm_id_of_another_subject")
-    return _keep(_with_stay(df.drop("_owner"), ctx), ctx, pl.col("dischtime").is_not_null(), "unknown_hadm_id")
+    return _keep(df.drop("_owner"), ctx, pl.col("dischtime").is_not_null(), "unknown_hadm_id")
 
 
-def _stay_owners_of(admissions: pl.DataFrame) -> pl.DataFrame:
-    """hadm_id -> _owner, the subject_id of its admission."""
-    return admissions.select("hadm_id", _owner=pl.col("subject_id"))
-
-
-def _without_foreign_stays(shard: pl.DataFrame, admissions: pl.DataFrame | None, names: list[str],
-                           foreign: dict) -> pl.DataFrame:
-    """`shard` with each hadm_id that is another subject's stay set null, counted per table in `foreign`.
+def _without_foreign_stays(shard: pl.DataFrame, names: list[str], ctx: Context) -> pl.DataFrame:
+    """`shard` with each hadm_id that is another subject's stay set null, counted per table in ctx.foreign_stays.
 
     Such an id (an export's join gone wrong) would pair the event with that patient's stay: place a
     date-only event at their discharge (_place_dates) and let `ehrfm labels` read it as care of a stay the
@@ -605,13 +596,13 @@ def _without_foreign_stays(shard: pl.DataFrame, admissions: pl.DataFrame | None,
     Done in the shard step, which every worker runs with the admissions (staging workers get them only
     for tables that need them), after exact duplicates are dropped: counts are of events written.
     """
-    if admissions is None or shard.height == 0 or not shard.select(pl.col("hadm_id").is_not_null().any()).item():
+    if ctx.admissions is None or shard.height == 0 or not shard.select(pl.col("hadm_id").is_not_null().any()).item():
         return shard
-    marked = shard.join(_stay_owners_of(admissions), on="hadm_id", how="left", maintain_order="left")
+    owners = ctx.admissions.select("hadm_id", _owner=pl.col("subject_id"))
+    marked = shard.join(owners, on="hadm_id", how="left", maintain_order="left")
     is_foreign = pl.col("_owner").is_not_null() & (pl.col("_owner") != pl.col("subject_id"))
     for src, n in marked.filter(is_foreign).group_by("_src").len().iter_rows():
-        d = foreign.setdefault(names[src], {})
-        d["hadm_id"] = d.get("hadm_id", 0) + int(n)
+        ctx.count(ctx.foreign_stays, "hadm_id", n, names[src])
     return marked.with_columns(hadm_id=pl.when(is_foreign).then(None).otherwise(pl.col("hadm_id"))).drop("_owner")
 
 
@@ -2949,7 +2940,7 @@ def _assemble(parts: list[pl.DataFrame], names: list[str], ctx: Context, placed_
     shard = pl.concat(parts, how="vertical") if parts else pl.DataFrame(schema={**EVENT_SCHEMA, "_src": pl.Int16})
     shard = _time_from_parents(shard, names, ctx)
     shard = _at_entry_time(shard, names, ctx)
-    shard = _without_foreign_stays(shard, ctx.admissions, names, ctx.foreign_stays)
+    shard = _without_foreign_stays(shard, names, ctx)
     shard = _place_dates(shard, ctx.admissions, names, placed_at_discharge)
     shard = shard.sort(_event_order(names), nulls_last=False)
     # A time no life can hold (module docstring: time_outside_lifetime), by the subject's MEDS_BIRTH.
