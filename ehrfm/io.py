@@ -204,9 +204,37 @@ def _reraise_named(e: BaseException, out: Path, tmp: Path) -> None:
 OUTPUT_MARKER = ".ehrfm-output"
 
 
-def mark_output(out: str | os.PathLike, command: str) -> None:
-    """Write `out`/OUTPUT_MARKER (the command's name): `out` is an ehrfm output that --overwrite may replace."""
-    (Path(out) / OUTPUT_MARKER).write_text(command + "\n", encoding="utf-8")
+def mark_output(out: str | os.PathLike, command: str, entries=None) -> None:
+    """Write `out`/OUTPUT_MARKER: `out` is an ehrfm output that --overwrite may replace.
+
+    The marker's first line is the command's name; given `entries` (the files the command wrote, as
+    paths relative to `out`, for outputs written whole: atomic_dir), one per line after it, so that a
+    later --overwrite refuses to delete what a user put there since (check_ehrfm_output).
+    """
+    lines = [command, *sorted(entries or ())]
+    (Path(out) / OUTPUT_MARKER).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def output_files(out: str | os.PathLike) -> list[str]:
+    """Every file under the directory `out` but its marker, as sorted POSIX paths relative to `out`."""
+    out = Path(out)
+    found = []
+    for root, _dirs, files in os.walk(out):
+        rel = Path(root).relative_to(out)
+        found += [(rel / f).as_posix() for f in files]
+    return sorted(f for f in found if f != OUTPUT_MARKER)
+
+
+def output_entries(out: str | os.PathLike) -> set[str] | None:
+    """The files the command wrote in the output dir `out` (its marker's list, relative paths), or None.
+
+    None when the marker lists none: an output written bit by bit (a run dir), or by an older ehrfm.
+    """
+    try:
+        lines = (Path(out) / OUTPUT_MARKER).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return set(lines[1:]) if len(lines) > 1 else None
 
 
 def check_not_input(out: str | os.PathLike, inputs=()) -> None:
@@ -232,7 +260,7 @@ def output_command(out: str | os.PathLike) -> str | None:
     if not marker.is_file():
         return None
     try:
-        return marker.read_text(encoding="utf-8").strip() or "ehrfm"
+        return (marker.read_text(encoding="utf-8").splitlines() or [""])[0].strip() or "ehrfm"
     except (OSError, UnicodeDecodeError):
         return "?"
 
@@ -287,7 +315,9 @@ def check_ehrfm_output(out: str | os.PathLike, ignore=(), command: str | None = 
     That is: a non-empty directory without OUTPUT_MARKER (ehrfm did not write it), or, with `command`,
     the output of another ehrfm command (`ehrfm train --out MEDS --overwrite` deleted a MEDS dataset,
     hours of ETL, without a word). A marker of no command ("ehrfm", an older release) is not refused.
-    Files named in `ignore` (e.g. a run dir's lock) do not count as content. An existing file is
+    Files named in `ignore` (e.g. a run dir's lock) do not count as content. A directory whose marker
+    lists what its command wrote (atomic_dir) is refused when it holds anything else: a user's own
+    file there (notes, their labels beside ours) would be deleted with it. An existing file is
     replaced only when its content shows that `command` wrote it (file_output_command: its mark, or
     an older output's shape), whatever its name: `ehrfm audit --out R/result.json --overwrite`
     replaced a training run's result, `--out ~/notes.txt` a user's file.
@@ -310,6 +340,14 @@ def check_ehrfm_output(out: str | os.PathLike, ignore=(), command: str | None = 
             by = "an unknown command (its marker cannot be read)" if made_by == "?" else f"`ehrfm {made_by}`"
             raise UserError(f"output {out} holds the output of {by}, not of `ehrfm {command}`; --overwrite "
                             f"replaces only an earlier output of `ehrfm {command}`: choose another --out, or remove it by hand")
+        wrote = output_entries(out)
+        if wrote is not None:
+            added = [f for f in output_files(out) if f not in wrote and f.split("/")[0] not in ignore]
+            if added:
+                shown = ", ".join(added[:5]) + (f" and {len(added) - 5} more" if len(added) > 5 else "")
+                raise UserError(f"output {out} holds {len(added)} file(s) that `ehrfm {made_by}` did not write there "
+                                f"({shown}): --overwrite would delete them with the rest; move them out of {out}, or "
+                                "choose another --out")
         return
     if not out.is_dir():
         return
@@ -320,10 +358,13 @@ def check_ehrfm_output(out: str | os.PathLike, ignore=(), command: str | None = 
                         "is really an old ehrfm output")
 
 
-def check_file_output(out: str | os.PathLike, flag: str = "--out") -> None:
-    """Refuse a one-file output named as a directory: a trailing '/' or an existing directory.
+def check_file_output(out: str | os.PathLike, flag: str = "--out", suffix: str | None = None) -> None:
+    """Refuse a one-file output named as a directory, or (given `suffix`, e.g. ".parquet") named otherwise.
 
-    Path("x/") is Path("x"), so `--out x/` wrote a file named x where a directory was meant.
+    A directory: a trailing '/' or an existing one.
+
+    Path("x/") is Path("x"), so `--out x/` wrote a file named x where a directory was meant; and
+    `--out labels.csv` wrote parquet bytes under a CSV name, which every CSV reader then misread.
 
     Raises:
         UserError: naming the flag and the path.
@@ -331,7 +372,10 @@ def check_file_output(out: str | os.PathLike, flag: str = "--out") -> None:
     given = os.fspath(out)
     if given.endswith(("/", os.sep)) or Path(given).is_dir():
         raise UserError(f"{flag} {given}: this command writes one file there, and that names a directory; "
-                        "give a file path (e.g. DIR/name.parquet)")
+                        f"give a file path (e.g. DIR/name{suffix or '.parquet'})")
+    if suffix is not None and Path(given).suffix.lower() != suffix:
+        raise UserError(f"{flag} {given}: this command writes a {suffix[1:]} file; name it with {suffix} "
+                        f"(e.g. {Path(given).with_suffix(suffix).name})")
 
 
 def check_overwrite(out: str | os.PathLike, overwrite: bool, inputs=(), command: str | None = None) -> None:
@@ -389,6 +433,7 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False, inputs=(), comma
     try:
         mark_output(tmp, command)
         yield tmp
+        mark_output(tmp, command, entries=output_files(tmp))
         # a test can stop or kill the process here, with the whole output in the temporary
         fault_points.hold("atomic-dir", out.name)
     except BaseException as e:

@@ -116,7 +116,7 @@ def test_the_direct_icu_window_is_a_saved_setting(demo_meds, tmp_path):
     assert side["config"]["direct_icu_minutes"] == 0.0 and (side["n"], side["n_positive"]) == (270, 125)  # 273, 126 less 3 transferred (or later_stay_in_history)
     p, _ = labels("--direct-icu-minutes", "-1")
     assert p.returncode == 2 and p.stderr.strip().splitlines() == [
-        "ehrfm labels: error: --direct-icu-minutes must be a finite number >= 0 (got -1.0)"], p.stderr
+        "ehrfm labels: error: --direct-icu-minutes must be a finite number >= 0 and at most 7.8894e+07 (150 years) (got -1.0)"], p.stderr
 
 
 def test_a_one_file_output_named_as_a_directory_is_refused(demo_meds, tmp_path):

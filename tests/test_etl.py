@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ehrfm.errors import UserError
+from ehrfm.io import output_command
 from tokenization import etl as etl_module
 from tokenization.etl import assign_splits, etl
 from tokenization.synth import synthesize
@@ -245,10 +246,16 @@ def test_existing_output_is_refused_unless_overwrite(small_raw, tmp_path):
     assert (out / "keep.txt").read_text() == "x"
     (out / "keep.txt").unlink()  # an empty directory is replaced
     etl(small_raw, out, overwrite=True)
-    assert (out / ".ehrfm-output").read_text() == "etl\n" and (out / "metadata/codes.parquet").exists()
+    assert output_command(out) == "etl" and (out / "metadata/codes.parquet").exists()
+    # a file the user put inside ehrfm's output is named and kept (--overwrite deleted it with the rest, silently)
     (out / "metadata/extra.txt").write_text("x")
-    etl(small_raw, out, overwrite=True)  # ehrfm's own output: replaced whole
-    assert not (out / "metadata/extra.txt").exists() and (out / "metadata/codes.parquet").exists()
+    with pytest.raises(UserError, match=r"holds 1 file\(s\) that `ehrfm etl` did not write there \(metadata/extra.txt\)"):
+        etl(small_raw, out, overwrite=True)
+    assert (out / "metadata/extra.txt").read_text() == "x"
+    (out / "metadata/extra.txt").unlink()
+    (out / "metadata/codes.parquet").write_bytes(b"edited")  # ehrfm's own file, changed: still replaced
+    etl(small_raw, out, overwrite=True)
+    assert pl.read_parquet(out / "metadata/codes.parquet").height > 0
 
 
 def test_interrupted_run_leaves_no_half_written_output(small_raw, tmp_path, monkeypatch):

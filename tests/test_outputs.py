@@ -18,7 +18,7 @@ from conftest import private_synth_pipeline
 
 from ehrfm.app.cli import main
 from ehrfm.errors import UserError
-from ehrfm.io import OUTPUT_MARKER
+from ehrfm.io import OUTPUT_MARKER, output_command
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +106,10 @@ def test_overwrite_replaces_only_what_ehrfm_wrote(data, tmp_path, capsys):
     # what ehrfm wrote carries the marker, and --overwrite replaces it
     out = tmp_path / "labels"
     assert main(["labels", str(data["meds"]), "--task", "all", "--out", str(out)]) == 0
-    assert (out / OUTPUT_MARKER).read_text() == "labels\n"
-    (out / "stale.parquet").write_text("old")
+    assert output_command(out) == "labels"
+    (out / "long_los.parquet").write_text("old")  # a file the labels wrote, changed since: replaced
     assert main(["labels", str(data["meds"]), "--task", "all", "--out", str(out), "--overwrite"]) == 0
-    assert not (out / "stale.parquet").exists() and (out / "long_los.parquet").is_file()
+    assert pl.read_parquet(out / "long_los.parquet").height > 0
 
 
 def test_audit_out_is_refused_when_it_exists_unless_overwrite(data, tmp_path, capsys):
@@ -196,7 +196,7 @@ def test_overwrite_replaces_only_an_output_of_the_same_command(data, tmp_path, c
     assert {p: digest(p) for p in before} == before
     # the same command's earlier output is still replaced
     assert main(["labels", str(data["meds"]), "--task", "all", "--out", str(labels), "--overwrite"]) == 0
-    assert (labels / OUTPUT_MARKER).read_text() == "labels\n"
+    assert output_command(labels) == "labels"
 
 
 def test_a_head_variant_overwrites_its_own_commands_output(tmp_path):
@@ -211,7 +211,7 @@ def test_a_head_variant_overwrites_its_own_commands_output(tmp_path):
     check_overwrite(out, True, command="finetune")
     with atomic_dir(out, overwrite=True, command="finetune_full") as tmp:
         (tmp / "metrics.json").write_text("{}")
-    assert (out / OUTPUT_MARKER).read_text() == "finetune_full\n"
+    assert output_command(out) == "finetune_full"
     mark_output(out, "probe")
     with pytest.raises(UserError, match="holds the output of `ehrfm probe`, not of `ehrfm finetune_full`"), \
             atomic_dir(out, overwrite=True, command="finetune_full"):

@@ -81,8 +81,9 @@ import numpy as np
 import polars as pl
 
 from ehrfm.clinical.common import JOIN_ROWS
+from ehrfm.clinical.labels import check_label_window
 from ehrfm.errors import UserError
-from ehrfm.meds_io import STAY_ID, MedsDataset, open_meds, scan_shard
+from ehrfm.meds_io import STAY_ID, MedsDataset, calendar_zone, open_meds, scan_shard, wall_clock_expr
 
 ADMISSION, DISCHARGE, ICU, DEATH = "HOSPITAL_ADMISSION//", "HOSPITAL_DISCHARGE//", "ICU_ADMISSION//", "MEDS_DEATH"
 ICU_OUT = "ICU_DISCHARGE//"
@@ -301,11 +302,12 @@ def _label_files(labels: str | os.PathLike) -> dict[str, Path]:
     return out
 
 
-def _events(ds: MedsDataset, date_only: list[str]) -> pl.DataFrame:
+def _events(ds: MedsDataset, date_only: list[str], zone: str | None = None) -> pl.DataFrame:
     """Read the rows the audit checks need.
 
-    The rows the checks need (stay codes, deaths, date-only, duration and discharge codes, midnight events, null-time
-    rows of non-static codes), null-time rows included, with a stay id when the data has one.
+    The rows the checks need (stay codes, deaths, date-only, duration and discharge codes, midnight events on the
+    wall clock of `zone` (meds_io.calendar_zone; None: the times' own), null-time rows of non-static codes),
+    null-time rows included, with a stay id when the data has one.
     """
     cols = ["subject_id", "time", "code"]
     # Any shard with rows with it (a shard without it reads as null ids): as labels._stay_events.
@@ -315,7 +317,8 @@ def _events(ds: MedsDataset, date_only: list[str]) -> pl.DataFrame:
     code = pl.col("code")
     wanted = (code.str.starts_with(ADMISSION) | code.str.starts_with(DISCHARGE) | code.str.starts_with(ICU)
               | code.str.starts_with(ICU_OUT)
-              | (code == DEATH) | (pl.col("time").is_not_null() & (pl.col("time").dt.time() == pl.time(0)))
+              | (code == DEATH) | (pl.col("time").is_not_null()
+                                   & (wall_clock_expr(pl.col("time").dt.epoch("us"), zone) % US_PER_DAY == 0))
               | _coded_after_discharge(code))
     for p in date_only:
         wanted = wanted | code.str.starts_with(p)
@@ -475,8 +478,12 @@ def _label_chunks(lab: pl.DataFrame, ev: pl.DataFrame, join_rows: int | None = N
 def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: list[str] | None,
                 null_codes: list[str], stays: pl.DataFrame | None, partial: Sequence[str] = (),
                 timelines: pl.DataFrame | None = None, long_los_days: float = LONG_LOS_DAYS,
-                begun: pl.DataFrame | None = None, readmission_days: float = READMISSION_DAYS) -> TaskAudit:
+                begun: pl.DataFrame | None = None, readmission_days: float = READMISSION_DAYS,
+                zone: str | None = None) -> TaskAudit:
     """One task's counts (module docstring).
+
+    `zone`: the data's calendar (meds_io.calendar_zone), whose days the same-day and midnight rules count; None:
+    the times' own clock.
 
     `timelines`: _timelines of the data, for (f); `begun`: `_stays_begun_before_admission` of the data,
     for (a)'s rows of a stay admitted after the prediction time.
@@ -527,7 +534,9 @@ def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: li
         outcome_in_history = conds[0]
         for c in conds[1:]:
             outcome_in_history = outcome_in_history | c
-    same_day = pl.col("t").is_not_null() & ((pl.col("t") // US_PER_DAY) == (pl.col("pred") // US_PER_DAY))
+    # days and times of day on the data's wall clock (zoned times are UTC instants here)
+    t_local, pred_local = wall_clock_expr(pl.col("t"), zone), wall_clock_expr(pl.col("pred"), zone)
+    same_day = pl.col("t").is_not_null() & ((t_local // US_PER_DAY) == (pred_local // US_PER_DAY))
     # Placed at a discharge (or, below, at the end of its day): known by then. Anything earlier may be a leak.
     dis_times = ev.filter(code.str.starts_with(DISCHARGE)).select("subject_id", "t").unique().with_columns(
         pl.lit(True).alias("at_discharge"))
@@ -539,14 +548,14 @@ def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: li
     own_stay = own_id.fill_null(~pl.col("at_discharge"))
     coded_in_open_stay = (_coded_after_discharge(code) & pl.col("t").is_not_null() & stay_open
                           & (pl.col("t") >= pl.col("stay_adm")).fill_null(False) & own_stay)
-    counted = {"midnight": same_day & (pl.col("t") % US_PER_DAY == 0), "date_only": coded_in_open_stay}
+    counted = {"midnight": same_day & (t_local % US_PER_DAY == 0), "date_only": coded_in_open_stay}
     if date_only is not None:
         is_date_only = pl.lit(False)
-        midnight_only = pl.col("t") % US_PER_DAY == 0
+        midnight_only = t_local % US_PER_DAY == 0
         for p in date_only:
             is_date_only = is_date_only | (code.str.starts_with(p) & (midnight_only if p in partial else pl.lit(True)))
         # At the end of its day (after the day's timed events): known by then, whatever its true time that day.
-        known_by_then = pl.col("at_discharge") | (pl.col("t") % US_PER_DAY >= US_PER_DAY - 1_000_000)
+        known_by_then = pl.col("at_discharge") | (t_local % US_PER_DAY >= US_PER_DAY - 1_000_000)
         counted["date_only"] = (is_date_only & same_day & ~known_by_then) | coded_in_open_stay
     if null_codes:
         counted["not_known"] = pl.col("t").is_null() & code.is_in(null_codes)
@@ -634,7 +643,8 @@ def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
             unknown.append(f"(b) date-only sources: the MEDS metadata has no {DATE_ONLY_KEY!r} (made by another ETL "
                            "or an older one); pass --date-only-codes to check them")
     # ICU rows filed under another stay's id are paired by time, as `ehrfm labels` pairs them
-    ev, _ = without_misfiled_icu_ids(_events(ds, date_only or []))
+    zone = calendar_zone(ds)  # the calendar of its days (zoned times are read as UTC instants)
+    ev, _ = without_misfiled_icu_ids(_events(ds, date_only or [], zone))
     unmatched = [p for p in (date_only or []) if source == "given" and not ev["code"].str.starts_with(p).any()]
     if unmatched:  # a typo'd prefix checked nothing, and the audit said "clean"
         unknown.append(f"(b) --date-only-codes {', '.join(unmatched)}: no code of the MEDS data starts with "
@@ -655,7 +665,8 @@ def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
     for name, f in files.items():
         lab = read_labels(f, allow_empty=True, data_zones=zones, data=f"MEDS dataset {meds_dir}")  # 0 labels: no stay qualified
         tasks[name] = _task_audit(name, lab, ev, date_only, sorted(ds.null_time_codes), stays, partial,
-                                  timelines, _long_los_days(f), begun, _label_days(f, "readmission_days", READMISSION_DAYS))
+                                  timelines, _long_los_days(f), begun, _label_days(f, "readmission_days", READMISSION_DAYS),
+                                  zone=zone)
         if name not in OUTCOME_RULES:
             unknown.append(f"(a) task {name!r}: its outcome code is unknown, so its histories were NOT checked for the "
                            f"outcome (known tasks: {', '.join(OUTCOME_RULES)}; pass --task for a file named otherwise)")
@@ -682,9 +693,13 @@ def _long_los_days(label_file: Path) -> float:
 
 
 def _label_days(label_file: Path, key: str, default: float) -> float:
-    """A span in days a label file was made with (its sidecar JSON's config `key`), else `default`."""
-    v = (_read_json(label_file.with_suffix(".json")).get("config") or {}).get(key)
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 else default
+    """A span in days a label file was made with (its sidecar JSON's config `key`), else `default`.
+
+    UserError: the sidecar gives `key` a value no label window can take (labels.check_label_window).
+    """
+    side = label_file.with_suffix(".json")
+    v = (_read_json(side).get("config") or {}).get(key)
+    return default if v is None else check_label_window(key, v, where=f"label sidecar {side}")
 
 
 def _fmt(x: int | None, n: int) -> str:

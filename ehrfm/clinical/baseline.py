@@ -49,10 +49,15 @@ from ehrfm.meds_io import SPLITS, MedsDataset, open_meds, scan_shard
 
 BIRTH_CODE = "MEDS_BIRTH"  # the age feature's source; not an event of the timeline (count_features)
 US = {"s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000, "y": 365 * 86_400_000_000}
+MAX_WINDOW_YEARS = 1000  # longer than any history, short enough that prediction_time - span stays in int64
+MAX_WINDOW_US = MAX_WINDOW_YEARS * US["y"]
 
 
 def parse_windows(spec: str) -> list[tuple[str, int | None]]:
-    """'full,30d,24h' -> [('full', None), ('30d', 30 days in us), ('24h', ...)]."""
+    """'full,30d,24h' -> [('full', None), ('30d', 30 days in us), ('24h', ...)].
+
+    UserError: a window that is not full or <n><s|m|h|d|y>, spans 0, or spans more than MAX_WINDOW_YEARS.
+    """
     out = []
     for w in [w.strip() for w in spec.split(",") if w.strip()]:
         if w == "full":
@@ -63,7 +68,11 @@ def parse_windows(spec: str) -> list[tuple[str, int | None]]:
             raise UserError(f"bad history window {w!r}: use full or a span like 30d, 24h, 1y")
         if int(m.group(1)) == 0:  # an empty window: its counts are all 0, features that only look present
             raise UserError(f"bad history window {w!r}: a window must span more than 0 {m.group(2)}")
-        out.append((w, int(m.group(1)) * US[m.group(2)]))
+        span = int(m.group(1)) * US[m.group(2)]
+        if span > MAX_WINDOW_US:  # prediction_time - span wrapped around int64: every timed event fell outside
+            raise UserError(f"bad history window {w!r}: a window spans at most {MAX_WINDOW_YEARS} years (use full for "
+                            "all history)")
+        out.append((w, span))
     if not out:
         raise UserError("no history windows given")
     return out

@@ -17,12 +17,13 @@ def _labels(args) -> int:
     from pathlib import Path
 
     from ehrfm.cli_args import values
-    from ehrfm.clinical.labels import LabelConfig, make_labels, write_label_dir, write_labels
+    from ehrfm.clinical.labels import LabelConfig, check_label_options, make_labels, write_label_dir, write_labels
     from ehrfm.errors import UserError
     from ehrfm.io import check_file_output, check_output_given, check_overwrite, summary
 
     options = values(LabelConfig, args, names=("gap_hours", "long_los_days", "readmission_days", "transfer_hours",
                                                       "direct_icu_minutes"))
+    check_label_options(options, args.task)  # what the task means first, then where it goes
     check_output_given(args.out)  # before Path(): Path("") is "."
     out = Path(args.out)
     if args.task == "all":
@@ -34,7 +35,7 @@ def _labels(args) -> int:
         parts = ", ".join(f"{t} {i['n']} ({i['n_positive']} positive)" for t, i in info.items())
         summary(f"labels: {parts} -> {out}")
         return 0
-    check_file_output(args.out)  # one task: one parquet (--task all takes a directory)
+    check_file_output(args.out, suffix=".parquet")  # one task: one parquet (--task all takes a directory)
     check_overwrite(out, args.overwrite, inputs=(args.meds_dir,), command="labels")
     check_overwrite(out.with_suffix(".json"), args.overwrite, inputs=(args.meds_dir,), command="labels")  # the sidecar
     labels, info = make_labels(args.meds_dir, args.task, **options)

@@ -120,7 +120,17 @@ import pyarrow as pa
 from ehrfm.clinical.configs import LabelConfig
 from ehrfm.errors import UserError
 from ehrfm.io import as_utc_zones, refuse_repeated_columns
-from ehrfm.meds_io import LEGACY_COLUMNS, MEDS_VERSION, STAY_ID, MedsDataset, is_utc, open_meds, scan_shards
+from ehrfm.meds_io import (
+    LEGACY_COLUMNS,
+    MEDS_VERSION,
+    STAY_ID,
+    MedsDataset,
+    calendar_zone,
+    is_utc,
+    open_meds,
+    scan_shards,
+    wall_clock_expr,
+)
 
 TASKS = ("in_hospital_mortality", "long_los", "icu_admission", "readmission_30d")
 
@@ -361,14 +371,22 @@ def _pairs_by_id(codes: list[str], times: list[int], ids: list) -> list[tuple[in
                   for i, a in adm.items())
 
 
+def _same_clock(t: int) -> int:
+    return t
+
+
 def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True,
-                      first_events: dict[tuple[int, str], int] | None = None) -> list[Stay]:
+                      first_events: dict[tuple[int, str], int] | None = None, zone: str | None = None) -> list[Stay]:
     """Pair admissions with discharges per subject.
 
     Pair admissions with discharges per subject (rules in the module docstring): by the stay
     id column (`hadm_id`) when every admission and discharge row of the subject has one, else by
     time order. first_events: {(subject_id, stay id): first} of `stay_first_rows`, for each stay's `first_event`.
+    zone: the data's calendar (meds_io.calendar_zone), whose days the date rules count (a death at midnight
+    is a date; the end of a discharge day) on its wall clock (meds_io.wall_clock); None: the times' own clock.
     """
+    if zone is not None:
+        events = events.with_columns(wall_clock_expr(pl.col("t"), zone).alias("t_local"))
     from ehrfm.io import progress
 
     stays: list[Stay] = []
@@ -376,17 +394,20 @@ def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True,
     for (subject_id,), ev in progress(groups, total=events["subject_id"].n_unique(), desc="labels: stays", unit="subject"):
         codes = ev["code"].to_list()
         times = ev["t"].to_list()
+        # each time on the data's wall clock (its day and time of day)
+        local = dict(zip(times, ev["t_local"].to_list(), strict=True)).__getitem__ if zone is not None else _same_clock
         deaths = [t for c, t in zip(codes, times, strict=False) if c == DEATH_CODE and t is not None]
         first_death = min(deaths) if deaths else None
         # A death at exactly 00:00 is a date (MIMIC-IV's patients.dod, which ETLs such as MIMIC_IV_MEDS
         # place at midnight): it happened at some time that day, up to `death_by`. An admission that day
         # is not after it (a readmission that day was real), and on a discharge day it is in hospital
         # only as a later death on that day is (the rule below: not after a live discharge).
-        death_is_date = first_death is not None and first_death % US_PER_DAY == 0
+        death_local = local(first_death) if first_death is not None else None  # its wall clock: its day and time of day
+        death_is_date = death_local is not None and death_local % US_PER_DAY == 0
         death_by = first_death + US_PER_DAY - 1 if death_is_date else first_death
         # A death at 23:59:59 (or later in its second) is a date placed at the end of its day (this package's
         # ETL, patients.dod): on a discharge day it is no later than a date-only discharge placed there too.
-        death_at_day_end = first_death is not None and first_death % US_PER_DAY >= US_PER_DAY - 1_000_000
+        death_at_day_end = death_local is not None and death_local % US_PER_DAY >= US_PER_DAY - 1_000_000
         # Group by timestamp: at a shared timestamp the open stay is closed first, then new
         # admissions open, then a remaining discharge closes a zero-length stay.
         by_time: dict[int, tuple[list[str], list[str]]] = {}
@@ -420,11 +441,12 @@ def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True,
                          and (sid is None or i is None or i == sid)]
             died = dis_code == DIED_DISCHARGE_CODE
             if dis is not None and not died and first_death is not None:
-                end_of_discharge_day = (dis // US_PER_DAY + 1) * US_PER_DAY
+                dis_local = local(dis)
+                end_of_discharge_day = dis + (dis_local // US_PER_DAY + 1) * US_PER_DAY - dis_local
                 # A day-resolved death later on the discharge day is in hospital unless the
                 # discharge names where a live patient went (HOME, HOSPICE, ...): then it is a
                 # death after discharge (MIMIC-IV's patients.dod of an out-of-hospital death).
-                on_discharge_day = (death_is_date or death_at_day_end) and first_death // US_PER_DAY == dis // US_PER_DAY
+                on_discharge_day = (death_is_date or death_at_day_end) and death_local // US_PER_DAY == dis_local // US_PER_DAY
                 died = (adm <= death_by and first_death <= dis and not on_discharge_day) or (
                     (dis < first_death < end_of_discharge_day or on_discharge_day) and not _live_discharge(dis_code))
             first_icu = None
@@ -635,23 +657,47 @@ def labels_from_stays(stays: list[Stay], cfg: LabelConfig, notes: dict | None = 
     return frame, excluded
 
 
-def _check_label_options(options: dict, task: str | None = None) -> None:
+# A label window longer than any life is no window; past ~290,000 years its microseconds overflow int64 (a traceback).
+MAX_WINDOW_YEARS = 150
+WINDOW_UNITS_PER_YEAR = {"gap_hours": 8766.0, "long_los_days": 365.25, "readmission_days": 365.25,
+                         "transfer_hours": 8766.0, "direct_icu_minutes": 525_960.0}
+WINDOW_STRICT = frozenset({"long_los_days", "readmission_days"})  # must be > 0; the others >= 0
+
+
+def check_label_window(name: str, value, where: str | None = None) -> float:
+    """A label window (gap_hours, long_los_days, readmission_days, transfer_hours or direct_icu_minutes) as a float.
+
+    Raises:
+        UserError: not a number, not finite, negative (0 too for long_los_days and readmission_days), or longer
+            than MAX_WINDOW_YEARS; named as the flag (`--gap-hours`), or as `where`'s config key when given
+            (a label file's sidecar JSON).
+    """
+    what = f"--{name.replace('_', '-')}" if where is None else f"{where}: config {name!r}"
+    try:
+        v = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        v = math.nan
+    strict = name in WINDOW_STRICT
+    most = MAX_WINDOW_YEARS * WINDOW_UNITS_PER_YEAR[name]
+    if not math.isfinite(v) or v < 0 or (strict and v == 0) or v > most:
+        need = f"{'> 0' if strict else '>= 0'} and at most {most:g} ({MAX_WINDOW_YEARS} years)"
+        raise UserError(f"{what} must be a finite number {need} (got {value!r})")
+    return v
+
+
+def check_label_options(options: dict, task: str | None = None) -> None:
     """Refuse windows that cannot define a task (UserError naming the flag), before any data is read.
 
-    gap_hours >= 0 (a negative gap would predict before the admission the label is about);
-    long_los_days and readmission_days > 0; direct_icu_minutes >= 0; transfer_hours >= 0 and shorter than the readmission
-    window; all finite. For long_los (or "all"), the gap must be shorter than the long-stay
+    Each window as `check_label_window` wants it: gap_hours >= 0 (a negative gap would predict before the
+    admission the label is about); long_los_days and readmission_days > 0; direct_icu_minutes >= 0;
+    transfer_hours >= 0 and shorter than the readmission window; all finite and at most MAX_WINDOW_YEARS.
+    For long_los (or "all"), the gap must be shorter than the long-stay
     threshold: a stay still open at admission + gap would already have
     lasted the threshold, so every label would be positive and known at the prediction time.
     """
-    for name, low, strict in (("gap_hours", 0.0, False), ("long_los_days", 0.0, True), ("readmission_days", 0.0, True),
-                              ("transfer_hours", 0.0, False), ("direct_icu_minutes", 0.0, False)):
-        if name not in options or options[name] is None:
-            continue
-        v = float(options[name])
-        if not math.isfinite(v) or v < low or (strict and v == low):
-            need = f"> {low:g}" if strict else f">= {low:g}"
-            raise UserError(f"--{name.replace('_', '-')} must be a finite number {need} (got {options[name]})")
+    for name in WINDOW_UNITS_PER_YEAR:
+        if name in options and options[name] is not None:
+            check_label_window(name, options[name])
     if task in ("readmission_30d", "all"):
         hours = float(options.get("transfer_hours") if options.get("transfer_hours") is not None else LabelConfig.transfer_hours)
         days = float(options.get("readmission_days") if options.get("readmission_days") is not None
@@ -727,7 +773,7 @@ def make_labels(meds_dir: str | os.PathLike, task: str, **options) -> tuple[pl.D
     holds n, n_positive, prevalence, excluded counts and the config. For task="all" returns
     ({task: labels}, {task: info}).
     """
-    _check_label_options(options, task)
+    check_label_options(options, task)
     events, ds, lacking = _stay_events(meds_dir)
     events, misfiled = without_misfiled_icu_ids(events)
     if misfiled:
@@ -739,7 +785,7 @@ def make_labels(meds_dir: str | os.PathLike, task: str, **options) -> tuple[pl.D
     first_events = None
     if STAY_ID in events.columns:
         first_events = {(subject, stay): t for subject, stay, t in stay_first_rows(ds).iter_rows()}
-    stays = stays_from_events(events, first_events=first_events)
+    stays = stays_from_events(events, first_events=first_events, zone=calendar_zone(ds))
     tasks = TASKS if task == "all" else (task,)
     if not stays:  # every task would write an empty file that looks like a result
         n_adm = events.filter(pl.col("code").str.starts_with(ADMISSION_PREFIX)).height

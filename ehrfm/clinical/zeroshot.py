@@ -136,11 +136,12 @@ import numpy as np
 from ehrfm.clinical.common import as_stored, check_out, prediction_frame, write_head_outputs
 from ehrfm.clinical.configs import ZEROSHOT_TASKS, ZeroShotConfig
 from ehrfm.clinical.histories import END_TOKENS, history_window
-from ehrfm.clinical.labels import DISCHARGE_PREFIX, UNKNOWN_DISCHARGE_LOCATIONS, head_labels
+from ehrfm.clinical.labels import DISCHARGE_PREFIX, UNKNOWN_DISCHARGE_LOCATIONS, check_label_window, head_labels
 from ehrfm.clinical.metrics import binary_metrics, format_metrics
 from ehrfm.clinical.probe import load_label_histories
 from ehrfm.errors import UserError
 from ehrfm.io import free_memory, warn
+from ehrfm.meds_io import wall_clock
 from ehrfm.tokens import TokenDir
 
 UNDECIDED_RULES = ("exclude", "negative")
@@ -294,7 +295,8 @@ def label_options(labels_path: str | os.PathLike) -> dict:
 
     gap_hours, long_los_days, readmission_days, transfer_hours, direct_icu_minutes of a label file: from the `config`
     of the `<stem>.json` that `ehrfm labels` writes beside it, else (or for a key it lacks) the
-    defaults; "source" says which file, if any, was read.
+    defaults; "source" says which file, if any, was read. UserError: the sidecar gives a window a
+    value no label window can take (labels.check_label_window).
     """
     side = Path(labels_path).with_suffix(".json")
     found = {}
@@ -303,7 +305,8 @@ def label_options(labels_path: str | os.PathLike) -> dict:
             found = (json.loads(side.read_text(encoding="utf-8")).get("config") or {})
         except (OSError, ValueError, AttributeError):
             found = {}
-    opts = {k: float(found.get(k, v)) for k, v in LABEL_DEFAULTS.items()}
+    opts = {k: v if found.get(k) is None else check_label_window(k, found[k], where=f"label sidecar {side}")
+            for k, v in LABEL_DEFAULTS.items()}
     opts["source"] = str(side) if any(k in found for k in LABEL_DEFAULTS) else DEFAULT_WINDOWS
     return opts
 
@@ -668,6 +671,9 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
     origins = h.labels["prediction_time"].cast(pl.Datetime("us")).dt.epoch("us").to_numpy().astype(np.int64)
     subjects = h.labels["subject_id"].cast(pl.Int64).to_numpy()
     label_seeds = {int(k): rollout_seed(cfg.seed, int(subjects[k]), int(origins[k])) for k in rows}
+    # the day rule counts the data's calendar days: zoned MEDS times are UTC instants here (meds_io.calendar_zone)
+    zones = td.meds_time_zones or []
+    day_origins = wall_clock(origins, zones[0]) if zones else origins
     device = torch.device(cfg.device)
     labels_per_batch, per_part = rollout_plan(model, context, cfg.n_samples, cfg.batch_size, device)
     n = len(h.start)
@@ -682,7 +688,7 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
                                   cfg.n_samples, max_new, cfg.temperature, device, pad_id,
                                   np.array([transfers[k] for k in ks]) if spec.durations is not None else None,
                                   samples=(first, min(first + per_part, cfg.n_samples)),
-                                  waits=np.full(len(ks), wait) if spec.discharges else None, origins=origins[ks])
+                                  waits=np.full(len(ks), wait) if spec.discharges else None, origins=day_origins[ks])
                 counts[ks] += np.stack([r.outcome, r.competing, r.undecided, r.tokens, r.transferred, r.ended,
                                               r.unconfirmed], axis=1)
             if bar is not None:
