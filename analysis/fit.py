@@ -250,6 +250,9 @@ class UtilityFit:
     paired: bool = False  # intervals from shared held-out resamples (auroc_boot/<task>), not independent draws
     # AUROC = intercept + slope * loss over every run with an AUROC (see fit_loss_link), or None
     loss_link: dict | None = None
+    # with SEs: {"q": the weighted residual sum of squares, "dof": n - 2, "ratio": sqrt(q / dof), the Birge ratio
+    # (> 1: the points scatter beyond their SEs, and k's interval widens for it), "p": P(chi2_dof >= q)}; else None
+    scatter: dict | None = None
 
     def predict(self, c):
         """AUROC predicted at compute c (FLOPs): 1 - coef * C^exponent, kept in [0.5, 1] (laws.auroc_from_law)."""
@@ -1092,6 +1095,19 @@ def ratio_text(x, digits: int = 2, percent: bool = False) -> str:
     return text + ("%" if percent else "")
 
 
+def holdout_failed(h: dict | None) -> str | None:
+    """A warning when the held-out budget's L_min is predicted no closer than "no change"; None else.
+
+    The prediction from the smaller budgets no closer than the next-smaller budget's L_min (error_ratio >= 1, or
+    null: no change was exact): the laws' extrapolation failed the one test made of it.
+    """
+    if not h or h.get("error_ratio") is not None and h["error_ratio"] < 1:
+        return None
+    return (f"held-out budget {h['budget']:.3g} FLOPs: the laws fitted on the smaller budgets predicted its L_min "
+            f"{ratio_text(h['rel_error'], percent=True)} off, no closer than \"no change\" ({ratio_text(h['no_change_rel_error'], percent=True)} "
+            "off): their extrapolation failed the one test made of it; treat predictions beyond the fitted budgets with doubt")
+
+
 def format_holdout(fit: FitResult) -> str:
     """One paragraph on the held-out-budget validation (or why there is none)."""
     h = fit.holdout
@@ -1193,6 +1209,20 @@ def fit_loss_link(res: Results, metric: np.ndarray, counts: np.ndarray | None, c
     return link, draws
 
 
+def _scatter_beyond_se(c_pts: np.ndarray, err: np.ndarray, log_sd: np.ndarray, coef: float, exponent: float) -> dict:
+    """How far the points of a weighted power law scatter beyond their standard errors (Birge 1932).
+
+    q = sum(((ln err - ln(coef C^exponent)) / log_sd)^2) is chi2 with n - 2 degrees of freedom when the SEs hold
+    all the noise; a larger q says there is more (training seeds, which run is each budget's best). Returns
+    {"q", "dof", "ratio": sqrt(q / dof) (None at dof 0), "p": P(chi2_dof >= q) (None at dof 0)}.
+    """
+    resid = (np.log(err) - (np.log(coef) + exponent * np.log(c_pts))) / log_sd
+    q, dof = float(np.sum(resid**2)), int(len(err) - 2)
+    if dof < 1:
+        return {"q": q, "dof": dof, "ratio": None, "p": None}
+    return {"q": q, "dof": dof, "ratio": math.sqrt(q / dof), "p": float(scipy_stats.chi2.sf(q, dof))}
+
+
 def fit_utility(res: Results, counts: np.ndarray | None, cfg: FitConfig, warn):
     """1 - AUROC = coef * C^exponent per task, through the loss-optimal run of each budget.
 
@@ -1253,20 +1283,29 @@ def fit_utility(res: Results, counts: np.ndarray | None, cfg: FitConfig, warn):
         boot = res.utility_boot.get(col)
         # paired when at least one replicate holds every point (others are skipped below)
         paired = boot is not None and boot.shape[1] > 0 and bool(np.isfinite(boot[np.concatenate(shapes)]).all(axis=0).any())
+        scatter = _scatter_beyond_se(c_pts, err, log_sd, coef, exponent) if with_se else None
         if len(draws):
             rng = np.random.default_rng([cfg.seed, 3])
+            # The SEs scaled by the Birge ratio when the points scatter beyond them (the Particle Data Group's scale
+            # factor; never below 1: the SEs are a lower bound). Drawing phi^2 ~ Q / chi2(n - 2) instead covered
+            # more often where the scatter is real, but with 4 budgets widened k's interval 3-5x on points that lie
+            # within their SEs (README, "Utility law").
+            phi = np.full(len(draws), max(1.0, scatter["ratio"]) if scatter and scatter["ratio"] is not None else 1.0)
             if paired:
                 reps = np.stack([boot[s].mean(0) for s in shapes])  # (points, B): paired, so seeds average per replicate
+                extra = rng.standard_normal((len(draws), pts.size))
                 for r in range(len(draws)):
                     v = reps[:, r % reps.shape[1]]
                     if np.all(np.isfinite(v)) and np.all(v < 1.0):
-                        c, x, _ = fit_power_law(c_pts, 1.0 - v, weights)
+                        # the shared resamples carry the measurement noise; scatter beyond it is drawn per point
+                        y = 1.0 - v if log_sd is None else (1.0 - v) * np.exp(log_sd * np.sqrt(phi[r] ** 2 - 1.0) * extra[r])
+                        c, x, _ = fit_power_law(c_pts, y, weights)
                         draws[r] = [c, x]
             elif with_se:
                 law = np.log(coef) + exponent * np.log(c_pts)
                 noise = rng.standard_normal((len(draws), pts.size))
                 for r in range(len(draws)):
-                    c, x, _ = fit_power_law(c_pts, np.exp(law + log_sd * noise[r]), weights)
+                    c, x, _ = fit_power_law(c_pts, np.exp(law + log_sd * phi[r] * noise[r]), weights)
                     draws[r] = [c, x]
             else:
                 picks = rng.integers(0, pts.size, size=(len(draws), pts.size))
@@ -1285,7 +1324,7 @@ def fit_utility(res: Results, counts: np.ndarray | None, cfg: FitConfig, warn):
             exponent_ci=percentile_ci(draws[:, 1], cfg.confidence), r2=r2, n_points=int(pts.size),
             points=[dict(budget=float(res.budget[i]), flops=float(res.flops[i]), run_id=str(res.run_id[i]), value=float(v),
                          se=float(s) if np.isfinite(s) else None, n_runs=int(g.size)) for i, v, s, g in zip(pts, value, se, shapes, strict=True)],
-            measurement_noise=with_se, paired=paired, loss_link=link,
+            measurement_noise=with_se, paired=paired, loss_link=link, scatter=scatter,
         )
         draws_out[f"utility/{col}/coef"], draws_out[f"utility/{col}/exponent"] = draws[:, 0], draws[:, 1]
     return fits, draws_out
@@ -1591,6 +1630,8 @@ def _fit_results(res: Results, cfg: FitConfig) -> FitResult:
         if holdout is None:
             not_fitted["holdout"] = why
             warn(f"held-out budget: not made: {why}")
+        elif (failed := holdout_failed(holdout)) is not None:
+            warn(failed)
     util, d = fit_utility(res, counts, cfg, warn)
     draws.update(d)
     interval_notes = _interval_notes(draws, cfg, warn) if cfg.bootstrap else {}
@@ -1813,7 +1854,11 @@ def format_fit_table(fit: FitResult) -> str:
                (False, True): "each point redrawn within its DeLong standard error, independently",
                (False, False): "a case bootstrap of the budgets' points"}
         kinds = sorted({how[(bool(u.paired), bool(u.measurement_noise or u.paired))] for u in fit.utility.values()})
-        lines += ["", "k's interval: " + "; ".join(kinds) + "."]
+        wide = [f"{name.split('/', 1)[-1]} {u.scatter['ratio']:.2g}" for name, u in fit.utility.items()
+                if isinstance(u.scatter, dict) and isinstance(u.scatter.get("ratio"), (int, float)) and u.scatter["ratio"] > 1]
+        lines += ["", "k's interval: " + "; ".join(kinds)
+                  + (f"; the AUROC standard errors scaled by the points' scatter beyond them (Birge ratio sqrt(Q / (n - 2)): "
+                     f"{', '.join(wide)})" if wide else "") + "."]
     rep = fit.inputs.get("replicates")
     if rep:
         lines += ["", f"**{rep['shapes']} shape(s) (budget, N, D) were run more than once** ({rep['runs']} runs, up to {rep['max']} "
@@ -1953,7 +1998,7 @@ def load_fit(fit_dir: str | Path) -> FitResult:
     # in memory, utility fits are keyed by their results column ("auroc/icu"); fits.json drops "auroc/"
     utility = {}
     for task, u in (fits.get("utility") or {}).items():
-        u = _typed(UtilityFit, u, keep=("points", "loss_link"), where=f"{src} utility {task}")
+        u = _typed(UtilityFit, u, keep=("points", "loss_link", "scatter"), where=f"{src} utility {task}")
         utility[u.metric] = u
     return FitResult(
         approach1=a1, approach2=a2, approach3=a3, utility=utility, n_runs=fits.get("n_runs", 0),

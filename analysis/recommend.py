@@ -422,14 +422,16 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
         loss unit), epochs, utility predictions per task, a model shape, warnings.
 
     Raises:
-        UserError: flops not a positive number, a fit without approaches, an approach that was not
+        UserError: flops or unique_tokens not a finite number >= 1, a fit without approaches, an approach that was not
             fitted, or an unreadable fit.
     """
     fit_json, draws, conf, source = _load(fits)
-    if not (flops and math.isfinite(flops) and flops > 0):
-        raise UserError(f"--flops must be a positive number of FLOPs (got {flops})")
-    if unique_tokens is not None and not (isinstance(unique_tokens, (int, float)) and math.isfinite(unique_tokens) and unique_tokens > 0):
-        raise UserError(f"--unique-tokens must be a finite number > 0 (got {unique_tokens})")
+    # Counts below 1 are no budget or dataset: --flops 1e-323 divided by zero, --unique-tokens 1e-300 overflowed
+    # (tracebacks) and --unique-tokens 0.5 gave 1.8e11 epochs.
+    if not (isinstance(flops, (int, float)) and math.isfinite(flops) and flops >= 1):
+        raise UserError(f"--flops must be a finite number of FLOPs >= 1 (got {flops})")
+    if unique_tokens is not None and not (isinstance(unique_tokens, (int, float)) and math.isfinite(unique_tokens) and unique_tokens >= 1):
+        raise UserError(f"--unique-tokens must be a finite number >= 1 (got {unique_tokens})")
     if approach is not None and approach not in (1, 2, 3):
         raise UserError(f"--approach must be 1, 2 or 3 (got {approach!r})")
     if not (isinstance(r_star, (int, float)) and math.isfinite(r_star) and r_star > 0):
@@ -496,6 +498,10 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
     if not head.trusted:
         notes.append(f"Approach {head.approach} is not trusted: {head.why_untrusted}")
     max_budget = float(inputs.get("max_budget") or "nan")
+    from analysis.fit import holdout_failed  # (analysis.fit is loaded by _load already)
+
+    if flops > max_budget and (failed := holdout_failed(fit_json.get("holdout") if isinstance(fit_json.get("holdout"), dict) else None)):
+        notes.append(failed)
     if flops > EXTRAPOLATION_WARN * max_budget:
         notes.append(f"extrapolating {_factor(flops, max_budget)} past the largest fitted budget ({max_budget:.3g} FLOPs): treat the numbers as rough")
     min_budget = inputs.get("min_budget")

@@ -471,7 +471,8 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss", na
 
     Raises:
         UserError: unreadable table, a missing required column, or a completed run whose
-            required value is missing, NaN, infinite or non-positive (naming the column and run ids).
+            required value is missing, NaN, infinite or non-positive (naming the column and run ids);
+            completed runs of more than one vocab_size or context (losses in different units).
     """
     if isinstance(table, pl.DataFrame):
         df, source = table, name or "(a DataFrame)"
@@ -585,6 +586,16 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss", na
             return None
         v = sizes[col][keep & ~np.isnan(sizes[col])]
         return int(v.max()) if v.size else None
+
+    for col, why in (("vocab_size", "different tokenizers, whose losses in nats/token are not comparable"),
+                     ("context", "different context lengths, whose losses per token are not comparable (a longer "
+                                 "context predicts each token better)")):
+        # one law through runs of two vocabularies mixes units: fitted without a word, recommended at the larger
+        found = np.unique(sizes[col][keep & ~np.isnan(sizes[col])]) if col in sizes else np.array([])
+        if found.size > 1:
+            each = ", ".join(f"{int(x)} ({int((keep & (sizes[col] == x)).sum())} runs)" for x in found[:6])
+            raise UserError(f"results table {source}: column {col} holds {found.size} values among the completed runs "
+                            f"({each}): the runs used {why}; fit each {col}'s runs apart (filter the table)")
 
     res = Results(
         source=source, run_id=run_id, n_params=values["n_params"], tokens=values["tokens"], loss=values[loss_column],

@@ -70,6 +70,35 @@ def loss_direction_problems(law: dict) -> list[str]:
     return []
 
 
+def approach3_problems(fits: dict) -> list[str]:
+    """Why an Approach 3 law of a fits.json dict that is in range may still not be located: [] when none.
+
+    - An exponent at the searched range's edge (`approach3.at_bound`): the optimum is the bound, not the data's.
+    - Its a or b interval disjoint from Approach 2's (both with intervals). L = E + A/N^alpha + B/D^beta
+      forces a = beta/(alpha+beta) and b = alpha/(alpha+beta) into (0, 1) whatever the runs say; Approach 2
+      reads the IsoFLOP minima directly. On IsoFLOP minima shrinking as C^-0.2 (Approach 2: a = -0.200
+      [-0.203, -0.197]), Approach 3 gave a = 0.074 [0.027, 0.19], trusted, and the recommended N_opt was 8x
+      the minima's trend.
+    """
+    f, f2 = fits.get("approach3") or {}, fits.get("approach2") or {}
+    problems = []
+    at_bound = f.get("at_bound")
+    if isinstance(at_bound, list) and at_bound:
+        problems.append(f"its {' and '.join(map(str, at_bound))} sits at the searched range's edge: the optimum is the "
+                        "bound, not located by the runs")
+    ours, theirs = [], []
+    for name in ("a", "b"):
+        ci3, ci2 = f.get(f"{name}_ci"), f2.get(f"{name}_ci")
+        if has_interval(ci3) and has_interval(ci2) and (ci3[1] < ci2[0] or ci2[1] < ci3[0]):
+            ours.append(f"{name} = {format_ci(f.get(name), ci3)}")
+            theirs.append(f"{name} = {format_ci(f2.get(name), ci2)}")
+    if ours:
+        problems.append(f"its {' and '.join(ours)} disagree{'s' if len(ours) == 1 else ''} with Approach 2's "
+                        f"{' and '.join(theirs)} (the intervals do not overlap): Approach 3's form keeps a and b in "
+                        "(0, 1) whatever the runs say, while Approach 2 reads the IsoFLOP minima")
+    return problems
+
+
 def trust(fits: dict, k: int) -> tuple[bool, str]:
     """Can approach k's law of a fits.json dict be the default recommendation? Returns (ok, why not).
 
@@ -80,7 +109,8 @@ def trust(fits: dict, k: int) -> tuple[bool, str]:
     (`n_points`: a power law through 2 points is untested), nor, for Approach 3, when its frontier
     coefficient G is not identified or its E, A, B, alpha or beta is out of range (E < 0, others <= 0),
     nor when an interval of a or b is reversed or misses its point estimate by more than its own width,
-    nor an Approach 3 whose a, b are not beta/(alpha+beta), alpha/(alpha+beta), nor an Approach 1 without `edge_budgets` (an older
+    nor an Approach 3 whose a, b are not beta/(alpha+beta), alpha/(alpha+beta), nor one with an exponent at its searched
+    range's edge or an a or b interval disjoint from Approach 2's (approach3_problems), nor an Approach 1 without `edge_budgets` (an older
     fit: whether its optimum is bracketed is unknown). Unknown never passes: a
     law without intervals (`ehrfm fit --bootstrap 0`: NO_INTERVALS), or whose interval of a or b, or
     Approach 3's identification of G, is not available (too few bootstrap replicates succeeded,
@@ -137,6 +167,8 @@ def trust(fits: dict, k: int) -> tuple[bool, str]:
             if not (math.isclose(f["a"], a_law, rel_tol=1e-6) and math.isclose(f["b"], b_law, rel_tol=1e-6)):
                 problems.append(f"its a = {f['a']:.4g}, b = {f['b']:.4g} are not those of its alpha and beta "
                                 f"({a_law:.4g}, {b_law:.4g}): fits.json is damaged")
+    if k == 3 and f and not problems:
+        problems += approach3_problems(fits)
     if k == 1 and edges is not None and edges != []:  # Approach1.edge_budgets: envelope runs at their ladder's end
         numbers = isinstance(edges, list) and all(is_number(b) and b is not None for b in edges)
         problems.append(edge_note(edges) if numbers else "its edge_budgets in fits.json are not budgets: whether its "

@@ -132,7 +132,7 @@ def test_recommend_vocab_size_or_context_zero_is_refused(tmp_path):
     fit.inputs.update(vocab_size=1000, context=512)
     for kw, want in [(dict(vocab_size=0), "--vocab-size must be a whole number >= 1 (got 0)"),
                      (dict(context=0), "--context must be a whole number >= 1 (got 0)"),
-                     (dict(unique_tokens=float("nan")), "--unique-tokens must be a finite number > 0"),
+                     (dict(unique_tokens=float("nan")), "--unique-tokens must be a finite number >= 1"),
                      (dict(approach=4), "--approach must be 1, 2 or 3")]:
         with pytest.raises(UserError, match=re.escape(want)):
             recommend(fit, 1e20, **kw)
@@ -260,8 +260,12 @@ def test_budget_factors_are_finite_however_far_the_budget():
     fit = _fit(_table(), approaches=(2,), bootstrap=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        text = format_recommendation(recommend(fit, 1e-300))
-    assert "inf" not in text and "the budget is 1e+318x below the smallest fitted budget (1e+18 FLOPs)" in text
+        text = format_recommendation(recommend(fit, 1.0))
+    assert "inf" not in text and "the budget is 1e+18x below the smallest fitted budget (1e+18 FLOPs)" in text
+    # below 1 FLOP is no budget (1e-323 divided by zero in Approach 3's frontier: a traceback)
+    for flops in (1e-300, 1e-323, 0.5):
+        with pytest.raises(UserError, match=re.escape(f"--flops must be a finite number of FLOPs >= 1 (got {flops})")):
+            recommend(fit, flops)
     assert [_factor(25), _factor(2.5e19), _factor(1e18, 1e-300), _factor(12345)] == ["25x", "2.5e+19x", "1e+318x", "1.23e+04x"]
 
 
