@@ -76,7 +76,7 @@ def _runs(sweep_dir: Path, check_plan: bool = False):
     if check_plan:
         check_plan_rows(sweep, plan, sweep_dir)
     by_id = {r["run_id"]: r for r in plan}
-    states = run_states(sweep_dir, list(by_id), plan=plan, fingerprint=sweep.tokenizer_fingerprint)
+    states = run_states(sweep_dir, list(by_id), plan=plan, fingerprint=sweep.tokenizer_fingerprint, sweep=sweep)
     return sweep, [_Run(rid, st, by_id.get(rid, {})) for rid, st in states.items()]
 
 

@@ -232,9 +232,11 @@ def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
     check_tokens_dir(sweep.tokens_dir, sweep_dir)  # moved since planning: say so, and how to re-point the sweep
     check_tokenizer(sweep, sweep_dir)
     check_plan_rows(sweep, plan, sweep_dir)
+    # (--cpus-per-task 0 was read as not given, -1 ran with "-1 threads each")
     if cfg.gpus_per_node < 0 or cfg.nodes < 1 or (cfg.max_parallel is not None and cfg.max_parallel < 1) \
-            or (cfg.tasks_per_node is not None and cfg.tasks_per_node < 1):
-        raise UserError("--gpus-per-node must be >= 0; --nodes, --tasks-per-node and --max-parallel >= 1")
+            or (cfg.tasks_per_node is not None and cfg.tasks_per_node < 1) \
+            or (cfg.cpus_per_task is not None and cfg.cpus_per_task < 1):
+        raise UserError("--gpus-per-node must be >= 0; --nodes, --tasks-per-node, --cpus-per-task and --max-parallel >= 1")
     from ehrfm.loggers import check_logger, logger_for
 
     # a missing package or a misspelt name is said now, not by every job (each failed, launch exited 0);
@@ -323,7 +325,7 @@ def _sweep_lock(sweep_dir: Path, read_only: bool = False):
 
 def _select_and_prepare(sweep_dir: Path, sweep, plan: list[dict], cfg: LaunchConfig) -> tuple[LaunchReport, list[TrainJob]]:
     """The runs to submit now (by state), with their train configs written; [] when none."""
-    states = run_states(sweep_dir, [r["run_id"] for r in plan], plan=plan, fingerprint=sweep.tokenizer_fingerprint,
+    states = run_states(sweep_dir, [r["run_id"] for r in plan], plan=plan, fingerprint=sweep.tokenizer_fingerprint, sweep=sweep,
                         own_launch=True)  # under the launch lock: a record without a job id is an earlier launch's
     to_submit: list[dict] = []
     skipped: dict[str, list[str]] = {}
@@ -336,7 +338,7 @@ def _select_and_prepare(sweep_dir: Path, sweep, plan: list[dict], cfg: LaunchCon
                     skipped.setdefault(Status.FAILED, []).append(row["run_id"])
                     continue
             st = states[row["run_id"]] = run_states(sweep_dir, [row["run_id"]], plan=plan,
-                                                    fingerprint=sweep.tokenizer_fingerprint, own_launch=True)[row["run_id"]]
+                                                    fingerprint=sweep.tokenizer_fingerprint, sweep=sweep, own_launch=True)[row["run_id"]]
         if st.state in _LAUNCHED or (st.state == Status.FAILED and cfg.retry_failed):
             to_submit.append(row)
         else:
@@ -796,7 +798,7 @@ def wait_for_runs(sweep_dir: Path, run_ids: list[str], poll_s: float = 5.0, time
     done, said = 0, set()
     try:
         while True:
-            states = run_states(sweep_dir, planned, plan=plan, fingerprint=sweep.tokenizer_fingerprint)
+            states = run_states(sweep_dir, planned, plan=plan, fingerprint=sweep.tokenizer_fingerprint, sweep=sweep)
             current = {rid: states[rid].state for rid in run_ids if rid in states}
             for rid in current:
                 # a job that may wait forever (held, PartitionConfig, a drained node, SLURM not answering):

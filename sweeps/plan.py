@@ -199,9 +199,27 @@ class SweepConfig:
     """Filled by plan: the ehrfm version that planned it."""
 
     @classmethod
-    def from_dict(cls, d: dict) -> SweepConfig:
-        """A SweepConfig from a sweep.json dict; unknown keys are ignored."""
-        known = {f.name for f in dataclasses.fields(cls)}
+    def from_dict(cls, d: dict, source: str | Path = SWEEP_JSON) -> SweepConfig:
+        """A SweepConfig from a sweep.json dict; unknown keys are ignored.
+
+        UserError naming `source` and the fields: a field missing without a default, or a value of the wrong kind
+        (`"tokens_dir": null`, budgets not a list of numbers, train or data not an object): a damaged or
+        hand-edited sweep.json ended status, launch and collect in a TypeError traceback.
+        """
+        fields = dataclasses.fields(cls)
+        known = {f.name for f in fields}
+        required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        bad = [f"{k} missing" for k in required if k not in d]
+        kinds = {"tokens_dir": str, "budgets": list, "train": dict, "data": dict, "extra_rungs": dict, "centre_law": dict,
+                 "tokenizer_fingerprint": str, "schedule": str}
+        bad += [f"{k} is {type(d[k]).__name__ if d[k] is not None else 'null'}, not {kind.__name__}"
+                for k, kind in kinds.items() if k in d and not isinstance(d[k], kind)]
+        if isinstance(d.get("budgets"), list) and not all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                                                          for b in d["budgets"]):
+            bad.append("budgets holds a value that is not a number")
+        if bad:
+            raise UserError(f"sweep config {source} is damaged: {'; '.join(bad)} (plan the sweep again with "
+                            "`ehrfm sweep plan`, the same options, into a new dir)")
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
@@ -236,7 +254,7 @@ def parse_budgets(text: str) -> list[float]:
     which says so.
 
     Raises:
-        UserError: an item that is not a number, or not a positive finite number of FLOPs; or no budget.
+        UserError: an item that is not a number, or not a positive finite number of FLOPs at most MAX_BUDGET; or no budget.
     """
     out = []
     for item in str(text).split(","):
@@ -256,7 +274,13 @@ def _budget_flops(item, where: str, not_a_number: str) -> float:
         raise UserError(f"{where}: {item!r} {not_a_number}") from None
     if not (c > 0 and math.isfinite(c)):
         raise UserError(f"{where}: {item!r} must be a positive finite number of FLOPs")
+    if c > MAX_BUDGET:  # 1e35 overflowed int64 token counts in plan.parquet: a traceback and an empty sweep dir
+        raise UserError(f"{where}: {item!r} is above {MAX_BUDGET:.0e} FLOPs, ~10^4 times the largest training runs "
+                        "made so far: a typo of the exponent?")
     return c
+
+
+MAX_BUDGET = 1e30  # the largest compute budget a sweep plans (FLOPs)
 
 
 def canonical_budgets(budgets, keep=()) -> tuple[list[float], list[str]]:
@@ -1138,7 +1162,7 @@ def plan_sweep(
     old = None
     if out.is_dir() and (out / SWEEP_JSON).is_file():
         old = SweepConfig.from_dict(read_json(out / SWEEP_JSON, "sweep config", expect=dict,
-                                              hint="plan into a new --out, or remove the damaged sweep.json"))
+                                              hint="plan into a new --out, or remove the damaged sweep.json"), out / SWEEP_JSON)
     # options not given keep the sweep dir's own values on a re-plan (a --bracket-from re-plan keeps its seeds)
     run_seeds = (old.run_seeds if old else 1) if run_seeds is None else run_seeds
     bracket_margin = (old.bracket_margin if old else 2) if bracket_margin is None else bracket_margin
@@ -1283,7 +1307,7 @@ def load_sweep(sweep_dir: str | Path) -> tuple[SweepConfig, list[dict]]:
     sweep_dir = Path(sweep_dir)
     if not (sweep_dir / SWEEP_JSON).is_file():
         raise UserError(f"{sweep_dir} is not a sweep dir: {SWEEP_JSON} not found (run `ehrfm sweep plan` first)")
-    sweep = SweepConfig.from_dict(read_json(sweep_dir / SWEEP_JSON, "sweep config", expect=dict))
+    sweep = SweepConfig.from_dict(read_json(sweep_dir / SWEEP_JSON, "sweep config", expect=dict), sweep_dir / SWEEP_JSON)
     plan_path = sweep_dir / PLAN_PARQUET
     if not plan_path.is_file():
         raise UserError(f"{plan_path} not found (run `ehrfm sweep plan` again)")

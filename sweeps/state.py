@@ -428,9 +428,16 @@ def _local_interrupted_note(run_dir: Path) -> str:
             f"Ctrl-C, a shutdown?); `ehrfm sweep launch` resumes it from that checkpoint")
 
 
-def _local_state(record: dict) -> Status | None:
+def _local_state(record: dict, run_dir: Path) -> Status | None:
+    """RUNNING or QUEUED for a local job alive by its record's pids; None when none is.
+
+    The caller then reads the run's result: interrupted, lost or finished.
+    """
     if record.get("host") and record["host"] != os.uname().nodename:
-        return Status.RUNNING  # launched from another machine: we cannot see it, so never relaunch it
+        # Launched from another hostname: its pids mean nothing here. A trainer there holds the run dir's lock
+        # (flock, seen across NFSv4 clients); none does after a container restart, which gives a new hostname:
+        # its runs showed "running" for ever and were never relaunched.
+        return Status.RUNNING if run_dir_busy(run_dir) else None
     if _pid_alive(record.get("job_pid"), "submitit") or _pid_alive(record.get("trainer_pid"), "sweeps.run_one"):
         return Status.RUNNING
     if not record.get("job_pid") and _pid_alive(record.get("launcher_pid"), "python"):
@@ -467,25 +474,74 @@ def _foreign(result: RunResult, row: dict | None, fingerprint: str | None) -> li
     return diffs
 
 
-def _plan_of(sweep_dir: Path) -> tuple[dict[str, dict], str | None]:
-    """({run id: plan row}, tokenizer fingerprint) of a planned sweep dir; ({}, None) when it has no plan."""
+def _recipe_differences(run_dir: Path, sweep, row: dict) -> list[str]:
+    """Where a completed run's config.json (what its trainer ran) differs from its plan: [] when it is the run's own.
+
+    Compared: every TrainConfig field that decides what the run computes (ehrfm.config's IDENTITY role,
+    as its run id hashes them: lr, batch size, eval tokens, schedule, ...) with the plan's
+    (`run_train_config`), and the data it trained and evaluated on ("data": counts and sha256 of train
+    and tuning) with sweep.json's. result.json carries the shape, tokens and seed only (`_foreign`): a run
+    retrained by hand with another lr and eval sample, or a token dir re-tokenized in place while a
+    launch ran (runs on two datasets), was collected as the sweep's own. A config.json that cannot be
+    read, or a key an older ehrfm did not write, is not compared.
+    """
+    import json
+    import math
+
+    from ehrfm.tokens import data_differences
+    from sweeps.plan import NOT_IDENTITY, WSD_FIELDS, run_train_config
+
+    try:
+        saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return []
+    if not isinstance(saved, dict):
+        return []
+    diffs = []
+    train = saved.get("train")
+    if isinstance(train, dict):
+        want = run_train_config(sweep, row, run_dir).to_dict()
+        for k, v in want.items():
+            if k in NOT_IDENTITY or k not in train or (want.get("schedule") == "cosine" and k in WSD_FIELDS and v is None):
+                continue
+            have = train[k]
+            same = (math.isclose(have, v, rel_tol=1e-9) if isinstance(have, (int, float)) and isinstance(v, (int, float))
+                    and not isinstance(have, bool) and not isinstance(v, bool) else have == v)
+            if not same:
+                diffs.append(f"{k} {have!r} (planned {v!r})")
+    if sweep.data and isinstance(saved.get("data"), dict):
+        diffs += [f"data {d}" for d in data_differences(saved["data"], sweep.data)]
+    return diffs
+
+
+def _plan_of(sweep_dir: Path):
+    """({run id: plan row}, tokenizer fingerprint, SweepConfig) of a planned sweep dir; ({}, None, None) without one."""
     from sweeps.plan import load_sweep
 
     try:
         sweep, rows = load_sweep(sweep_dir)
     except UserError:
-        return {}, None
-    return {r["run_id"]: r for r in rows}, sweep.tokenizer_fingerprint
+        return {}, None, None
+    return {r["run_id"]: r for r in rows}, sweep.tokenizer_fingerprint, sweep
 
 
 def _finished_state(sweep_dir: Path, rid: str, result: RunResult, plan_row: dict | None, fingerprint: str | None,
-                    job_id: str | None, executor: str | None) -> RunState:
-    """The state of a run whose result.json is final: its own status, or failed when the result is another run's."""
+                    job_id: str | None, executor: str | None, sweep=None) -> RunState:
+    """The state of a run whose result.json is final: its own status, or failed when it is not the run's own.
+
+    Not its own: the result is another run's (`_foreign`) or, with `sweep`, a completed run trained with another
+    recipe or data than planned (`_recipe_differences`).
+    """
     run_dir = runs_dir(sweep_dir) / rid
     diffs = _foreign(result, plan_row, fingerprint)
     if diffs:
         why = (f"run result {run_dir / 'result.json'} is not this run's: {', '.join(diffs)} (copied from another "
                f"run or sweep?); {_RESULT_HINT}")
+        return RunState(rid, Status.FAILED, job_id, executor, RunResult(Status.FAILED, error=why), note=why, bad_file=True)
+    if sweep is not None and plan_row and result.status == Status.COMPLETED and (diffs := _recipe_differences(run_dir, sweep, plan_row)):
+        shown = ", ".join(diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+        why = (f"run {run_dir} trained other than planned ({shown}; its config.json): its loss is not this sweep's "
+               "(retrained by hand, or the token dir changed while the sweep ran?); not collected")
         return RunState(rid, Status.FAILED, job_id, executor, RunResult(Status.FAILED, error=why), note=why, bad_file=True)
     note = None
     if result.status == Status.FAILED and executor == "slurm" and job_id and (result.exit_code or 0) < 0:
@@ -517,7 +573,7 @@ def launch_in_progress(sweep_dir: str | Path) -> bool:
 
 
 def run_states(sweep_dir: str | Path, run_ids: list[str], plan: list[dict] | None = None,
-               fingerprint: str | None = None, own_launch: bool = False) -> dict[str, RunState]:
+               fingerprint: str | None = None, own_launch: bool = False, sweep=None) -> dict[str, RunState]:
     """State of each planned run, plus any run dir under runs/ that the plan does not list.
 
     Args:
@@ -526,6 +582,8 @@ def run_states(sweep_dir: str | Path, run_ids: list[str], plan: list[dict] | Non
         plan: the sweep's plan rows, to check that each result.json is its run's own (default:
             read from the sweep dir, with its tokenizer fingerprint).
         fingerprint: the sweep's tokenizer fingerprint (with `plan`).
+        sweep: the sweep's SweepConfig (with `plan`), to check each completed run's recipe and data against
+            (`_recipe_differences`); read from the sweep dir without `plan`.
         own_launch: the caller is the launch holding SWEEP/.launch.lock (a SLURM record without a
             job id is then an earlier launch's, stopped before its sbatch, never one being submitted).
 
@@ -534,7 +592,7 @@ def run_states(sweep_dir: str | Path, run_ids: list[str], plan: list[dict] | Non
     """
     sweep_dir = Path(sweep_dir)
     if plan is None:
-        by_plan, fingerprint = _plan_of(sweep_dir)
+        by_plan, fingerprint, sweep = _plan_of(sweep_dir)
     else:
         by_plan = {r["run_id"]: r for r in plan}
     ids = list(run_ids)
@@ -570,7 +628,7 @@ def run_states(sweep_dir: str | Path, run_ids: list[str], plan: list[dict] | Non
             out[rid] = RunState(rid, Status.FAILED, job_id, executor, RunResult(Status.FAILED, error=why), note=why, bad_file=True)
             continue
         if result is not None and result.finished:
-            out[rid] = _finished_state(sweep_dir, rid, result, by_plan.get(rid), fingerprint, job_id, executor)
+            out[rid] = _finished_state(sweep_dir, rid, result, by_plan.get(rid), fingerprint, job_id, executor, sweep)
             continue
         if rid in record_notes:  # the job it named may still be alive: never resubmitted on a guess
             out[rid] = RunState(rid, Status.UNKNOWN, None, None, result, note=record_notes[rid], bad_file=True)
@@ -590,7 +648,7 @@ def run_states(sweep_dir: str | Path, run_ids: list[str], plan: list[dict] | Non
                 # Without an answer from SLURM the job may still be alive: never resubmit it blindly.
                 active = Status.UNKNOWN if squeue is None else _slurm_state(record, squeue)
             else:
-                active = _local_state(record)
+                active = _local_state(record, run_dir)
         if active is None and run_dir_busy(run_dir):
             # a trainer holds the run dir although no job we can see runs it (another user's
             # private jobs, another machine, a job wrapper gone before its trainer): never twice
@@ -603,7 +661,7 @@ def run_states(sweep_dir: str | Path, run_ids: list[str], plan: list[dict] | Non
             with contextlib.suppress(UserError, OSError):  # damaged now: the first read stands, the next status says
                 result = read_result(run_dir) or result
             if result is not None and result.finished:
-                out[rid] = _finished_state(sweep_dir, rid, result, by_plan.get(rid), fingerprint, job_id, executor)
+                out[rid] = _finished_state(sweep_dir, rid, result, by_plan.get(rid), fingerprint, job_id, executor, sweep)
                 continue
         note = None
         if active is not None:

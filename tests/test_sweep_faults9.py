@@ -1,0 +1,142 @@
+"""Sweep faults of a ninth break-it pass (a helper trying sweeps as users do; real runs, real files).
+
+- A run retrained by hand with another recipe (lr, batch size, eval sample) into its run dir, or
+  runs trained while the token dir was re-tokenized in place under a running launch (one sweep on
+  two datasets), were collected as the sweep's own: result.json carries only the shape, tokens and
+  seed. `sweep status`/`collect` now compare each completed run's config.json (its recipe and data)
+  with the plan and sweep.json, and fail the run naming what differs.
+- After the hostname changed (a container restart), a local run interrupted under the old name
+  showed "running" for ever and was never relaunched; now only a run whose trainer holds the run
+  dir's lock is running.
+- A sweep.json missing a field (or `"tokens_dir": null`) ended status in a TypeError traceback; a
+  budget of 1e35 FLOPs in an OverflowError with an empty sweep dir left; `--cpus-per-task -1` ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+ENV = {**os.environ, "EHRFM_QUIET": "1", "OMP_NUM_THREADS": "1"}
+
+
+def ehrfm(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ehrfm", *map(str, args)], capture_output=True, text=True, env=ENV,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tok, tmp_path_factory):
+    """A one-run sweep trained to completion (read-only: tests copy it)."""
+    from test_sweep import plan_rows
+
+    from sweeps.plan import plan_sweep
+
+    out = tmp_path_factory.mktemp("faults9") / "sweep"
+    plan_sweep(tok, [2e8], out, sizes=1, context=64, min_steps=1, train={"batch_size": 4, "lr": 2e-3})
+    p = ehrfm("sweep", "launch", out, "--executor", "local")
+    assert p.returncode == 0, p.stderr
+    (rid,) = [r["run_id"] for r in plan_rows(out)]
+    return out, rid
+
+
+def _copy(finished_sweep, tmp_path):
+    src, rid = finished_sweep
+    shutil.copytree(src, tmp_path / "sweep")
+    return tmp_path / "sweep", rid
+
+
+def _status(out, rid):
+    from sweeps.state import run_states
+
+    return run_states(out, [rid])[rid]
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda c: c["train"].update(lr=0.02), "lr 0.02 (planned 0.002)"),
+    (lambda c: c["train"].update(batch_size=32, eval_tokens=4096), "batch_size 32 (planned 4), eval_tokens 4096 (planned"),
+    (lambda c: c["data"].update(tuning_sha256="0" * 64), "data tuning content (tuning/tokens.npy and index.parquet: sha256 differs)"),
+    (lambda c: c["data"].update(train_tokens=c["data"]["train_tokens"] + 1), "data train_tokens"),
+])
+def test_a_completed_run_trained_other_than_planned_is_failed_not_collected(finished_sweep, tmp_path, edit, says):
+    out, rid = _copy(finished_sweep, tmp_path)
+    assert _status(out, rid).state == "completed"  # the run as its launch trained it
+    path = out / "runs" / rid / "config.json"
+    cfg = json.loads(path.read_text())
+    edit(cfg)
+    path.write_text(json.dumps(cfg))
+    st = _status(out, rid)
+    assert st.state == "failed" and says in st.note and "trained other than planned" in st.note, st.note
+    p = ehrfm("sweep", "collect", out)
+    assert p.returncode == 0, p.stderr
+    table = pq.read_table(out / "results.parquet").to_pylist()
+    assert [(r["run_id"], r["status"]) for r in table] == [(rid, "failed")]
+
+
+def test_a_run_of_the_sweeps_own_recipe_and_data_stays_completed(finished_sweep, tmp_path):
+    out, rid = _copy(finished_sweep, tmp_path)
+    path = out / "runs" / rid / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg["train"].update(device="cpu", micro_batch_size=2)  # where and how it ran: not what it computed
+    del cfg["data"]  # an older ehrfm's config.json: nothing to compare
+    path.write_text(json.dumps(cfg))
+    assert _status(out, rid).state == "completed"
+
+
+def test_a_local_run_of_another_hostname_runs_only_while_its_trainer_holds_the_run_dir(finished_sweep, tmp_path):
+    from ehrfm.run_lock import lock_run_dir
+
+    out, rid = _copy(finished_sweep, tmp_path)
+    run_dir = out / "runs" / rid
+    (run_dir / "result.json").unlink()  # the trainer ended without a result (the container stopped)
+    rec_path = out / "jobs" / f"{rid}.json"
+    rec = json.loads(rec_path.read_text())
+    assert rec["executor"] == "local"
+    rec["host"] = "the-container-before-its-restart"
+    rec_path.write_text(json.dumps(rec))
+    st = _status(out, rid)
+    assert st.state in ("interrupted", "lost"), (st.state, st.note)  # was "running", for ever
+    lock = lock_run_dir(run_dir)  # a trainer on that host holds the run dir: never trained twice
+    try:
+        assert _status(out, rid).state == "running"
+    finally:
+        lock.close()
+
+
+@pytest.mark.parametrize("edit, says", [(lambda s: s.pop("budgets"), "budgets missing"),
+                                        (lambda s: s.update(tokens_dir=None), "tokens_dir is null, not str"),
+                                        (lambda s: s.update(budgets=["1e12"]), "budgets holds a value that is not a number")])
+def test_a_damaged_sweep_json_is_one_line(finished_sweep, tmp_path, edit, says):
+    out, _ = _copy(finished_sweep, tmp_path)
+    sweep = json.loads((out / "sweep.json").read_text())
+    edit(sweep)
+    (out / "sweep.json").write_text(json.dumps(sweep))
+    for command in (["status"], ["collect"], ["launch", "--executor", "local"]):
+        p = ehrfm("sweep", *command[:1], out, *command[1:])
+        assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+            f"ehrfm sweep: error: sweep config {out / 'sweep.json'} is damaged: {says} (plan the sweep again with "
+            "`ehrfm sweep plan`, the same options, into a new dir)"], (command, p.stderr)
+
+
+def test_a_budget_beyond_any_training_run_is_refused_before_anything_is_written(tok, tmp_path):
+    p = ehrfm("sweep", "plan", "--tokens", tok, "--budgets", "1e12,1e35", "--sizes", "3", "--out", tmp_path / "s",
+              "--context", "64")
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        "ehrfm sweep: error: --budgets: '1e35' is above 1e+30 FLOPs, ~10^4 times the largest training runs made so far: "
+        "a typo of the exponent?"], p.stderr
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("cpus", ["0", "-1"])
+def test_cpus_per_task_below_one_is_refused(finished_sweep, tmp_path, cpus):
+    out, _ = _copy(finished_sweep, tmp_path)
+    p = ehrfm("sweep", "launch", out, "--executor", "local", "--cpus-per-task", cpus)
+    assert p.returncode == 2 and "--cpus-per-task and --max-parallel >= 1" in p.stderr, p.stderr
