@@ -29,6 +29,7 @@ recommendation says so in its first line and shows each approach's numbers label
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -428,9 +429,12 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
     fit_json, draws, conf, source = _load(fits)
     # Counts below 1 are no budget or dataset: --flops 1e-323 divided by zero, --unique-tokens 1e-300 overflowed
     # (tracebacks) and --unique-tokens 0.5 gave 1.8e11 epochs.
-    if not (isinstance(flops, (int, float)) and math.isfinite(flops) and flops >= 1):
+    def number(x) -> bool:  # numpy scalars too (a budget from an array), never a bool
+        return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+    if not (number(flops) and flops >= 1):
         raise UserError(f"--flops must be a finite number of FLOPs >= 1 (got {flops})")
-    if unique_tokens is not None and not (isinstance(unique_tokens, (int, float)) and math.isfinite(unique_tokens) and unique_tokens >= 1):
+    if unique_tokens is not None and not (number(unique_tokens) and unique_tokens >= 1):
         raise UserError(f"--unique-tokens must be a finite number >= 1 (got {unique_tokens})")
     if approach is not None and approach not in (1, 2, 3):
         raise UserError(f"--approach must be 1, 2 or 3 (got {approach!r})")

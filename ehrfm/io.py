@@ -204,37 +204,41 @@ def _reraise_named(e: BaseException, out: Path, tmp: Path) -> None:
 OUTPUT_MARKER = ".ehrfm-output"
 
 
-def mark_output(out: str | os.PathLike, command: str, entries=None) -> None:
-    """Write `out`/OUTPUT_MARKER: `out` is an ehrfm output that --overwrite may replace.
+OUTPUT_FILES = ".ehrfm-files"  # beside the marker in an output written whole: the files its command wrote
 
-    The marker's first line is the command's name; given `entries` (the files the command wrote, as
-    paths relative to `out`, for outputs written whole: atomic_dir), one per line after it, so that a
-    later --overwrite refuses to delete what a user put there since (check_ehrfm_output).
+
+def mark_output(out: str | os.PathLike, command: str, entries=None) -> None:
+    """Write `out`/OUTPUT_MARKER (the command's name): `out` is an ehrfm output that --overwrite may replace.
+
+    Given `entries` (the files the command wrote, as paths relative to `out`, for outputs written whole:
+    atomic_dir), also `out`/OUTPUT_FILES listing them one per line, so that a later --overwrite refuses to delete
+    what a user put there since (check_ehrfm_output). A file of its own: the marker an older ehrfm reads stays
+    the command's name alone.
     """
-    lines = [command, *sorted(entries or ())]
-    (Path(out) / OUTPUT_MARKER).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (Path(out) / OUTPUT_MARKER).write_text(command + "\n", encoding="utf-8")
+    if entries is not None:
+        (Path(out) / OUTPUT_FILES).write_text("".join(f"{e}\n" for e in sorted(entries)), encoding="utf-8")
 
 
 def output_files(out: str | os.PathLike) -> list[str]:
-    """Every file under the directory `out` but its marker, as sorted POSIX paths relative to `out`."""
+    """Every file under the directory `out` but its marker and file list, as sorted POSIX paths relative to `out`."""
     out = Path(out)
     found = []
     for root, _dirs, files in os.walk(out):
         rel = Path(root).relative_to(out)
         found += [(rel / f).as_posix() for f in files]
-    return sorted(f for f in found if f != OUTPUT_MARKER)
+    return sorted(f for f in found if f not in (OUTPUT_MARKER, OUTPUT_FILES))
 
 
 def output_entries(out: str | os.PathLike) -> set[str] | None:
-    """The files the command wrote in the output dir `out` (its marker's list, relative paths), or None.
+    """The files the command wrote in the output dir `out` (its OUTPUT_FILES, relative paths), or None.
 
-    None when the marker lists none: an output written bit by bit (a run dir), or by an older ehrfm.
+    None without that list: an output written bit by bit (a run dir, a demo dir), or by an older ehrfm.
     """
     try:
-        lines = (Path(out) / OUTPUT_MARKER).read_text(encoding="utf-8").splitlines()
+        return set((Path(out) / OUTPUT_FILES).read_text(encoding="utf-8").splitlines())
     except (OSError, UnicodeDecodeError):
         return None
-    return set(lines[1:]) if len(lines) > 1 else None
 
 
 def check_not_input(out: str | os.PathLike, inputs=()) -> None:
@@ -260,7 +264,7 @@ def output_command(out: str | os.PathLike) -> str | None:
     if not marker.is_file():
         return None
     try:
-        return (marker.read_text(encoding="utf-8").splitlines() or [""])[0].strip() or "ehrfm"
+        return marker.read_text(encoding="utf-8").strip() or "ehrfm"
     except (OSError, UnicodeDecodeError):
         return "?"
 
@@ -410,7 +414,8 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False, inputs=(), comma
     Refuses (UserError) what check_overwrite refuses (`out` exists without `overwrite`, `out` is,
     holds or lies inside one of `inputs`, `out` is a non-empty directory ehrfm did not write),
     and an `out` that is not a directory. The directory gets OUTPUT_MARKER holding `command`, so a
-    later --overwrite may replace it. Temporaries of `out` left by dead processes are removed first. On any exception
+    later --overwrite may replace it, and OUTPUT_FILES listing the files the block wrote, so that it never
+    deletes one a user adds later (check_ehrfm_output). Temporaries of `out` left by dead processes are removed first. On any exception
     (including KeyboardInterrupt and ehrfm.app.cli's SIGTERM) the temporary directory is removed and
     `out` is left exactly as it was; an OS error while writing (full disk, read-only filesystem)
     is re-raised as an OSError naming `out` and the errno. An existing `out` (with `overwrite`) is

@@ -675,6 +675,9 @@ def _warn_zone_once(zone: str, path: Path) -> None:
          "(give its times their zone, or convert them to UTC; check it with `ehrfm audit`)")
 
 
+US_PER_DAY = 86_400_000_000
+
+
 def calendar_zone(ds: MedsDataset) -> str | None:
     """The time zone whose calendar days the label rules count in: the shards' zone other than UTC, else None.
 
@@ -707,6 +710,17 @@ def wall_clock(us, zone: str | None):
     if zone is None:
         return values.to_numpy()
     return pl.select(wall_clock_expr(pl.lit(values), zone)).to_series().to_numpy()
+
+
+def day_end_expr(us: pl.Expr, zone: str | None) -> pl.Expr:
+    """The UTC instant (epoch microseconds) at which the local day of each UTC instant `us` ends.
+
+    The next midnight on `zone`'s wall clock (a changeover day lasts 23 or 25 hours); of UTC's day for None.
+    """
+    if zone is None:
+        return (us // US_PER_DAY + 1) * US_PER_DAY
+    return (pl.from_epoch(us, time_unit="us").dt.replace_time_zone("UTC").dt.convert_time_zone(zone).dt.truncate("1d")
+            .dt.offset_by("1d").dt.convert_time_zone("UTC").dt.replace_time_zone(None).dt.epoch("us"))
 
 
 def wall_clock_expr(us: pl.Expr, zone: str | None) -> pl.Expr:

@@ -217,6 +217,8 @@ class SweepConfig:
         if isinstance(d.get("budgets"), list) and not all(isinstance(b, (int, float)) and not isinstance(b, bool)
                                                           for b in d["budgets"]):
             bad.append("budgets holds a value that is not a number")
+        if isinstance(d.get("train"), dict) and (unknown := sorted(set(d["train"]) - {f.name for f in dataclasses.fields(TrainConfig)})):
+            bad.append(f"train holds {', '.join(map(repr, unknown[:5]))}, no setting of `ehrfm train`")
         if bad:
             raise UserError(f"sweep config {source} is damaged: {'; '.join(bad)} (plan the sweep again with "
                             "`ehrfm sweep plan`, the same options, into a new dir)")
@@ -413,16 +415,26 @@ def run_lr(sweep: SweepConfig, d_model: int) -> dict:
 NOT_IDENTITY = not_identity_fields()  # every role but IDENTITY in ehrfm.config
 
 
+def identity_settings(train: dict) -> dict:
+    """The settings of a TrainConfig dict that decide what its run computes: those its run id hashes.
+
+    Every field of the IDENTITY role; of a cosine run, without the wsd-only ones (warmup_steps kept when set), which a
+    re-plan of a cosine sweep may change (`_recipe_changes`) without changing any of its runs.
+    """
+    identity = {k: v for k, v in train.items() if k not in NOT_IDENTITY}
+    if train.get("schedule") == "cosine":
+        identity = {k: v for k, v in identity.items() if k not in WSD_FIELDS or (k == "warmup_steps" and v is not None)}
+    return identity
+
+
 def run_id_for(fingerprint: str, budget: float, cfg: TrainConfig, trunk_id: str | None = None) -> str:
     """Stable id of a run.
 
     Readable prefix + hash of everything that determines its result (a wsd branch's includes its
     trunk's id, which stands for the trunk's own config).
     """
-    identity = {k: v for k, v in cfg.to_dict().items() if k not in NOT_IDENTITY}
-    if cfg.schedule == "cosine":
-        identity = {k: v for k, v in identity.items() if k not in WSD_FIELDS or (k == "warmup_steps" and v is not None)}
-    elif trunk_id is not None:
+    identity = identity_settings(cfg.to_dict())
+    if cfg.schedule != "cosine" and trunk_id is not None:
         identity["trunk_id"] = trunk_id
     identity["tokenizer_fingerprint"] = fingerprint
     identity["budget"] = float(budget)

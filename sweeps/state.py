@@ -431,13 +431,15 @@ def _local_interrupted_note(run_dir: Path) -> str:
 def _local_state(record: dict, run_dir: Path) -> Status | None:
     """RUNNING or QUEUED for a local job alive by its record's pids; None when none is.
 
-    The caller then reads the run's result: interrupted, lost or finished.
+    UNKNOWN for a job launched on another host whose trainer holds no lock on the run dir. On None the caller
+    reads the run's result: interrupted, lost or finished.
     """
     if record.get("host") and record["host"] != os.uname().nodename:
         # Launched from another hostname: its pids mean nothing here. A trainer there holds the run dir's lock
-        # (flock, seen across NFSv4 clients); none does after a container restart, which gives a new hostname:
-        # its runs showed "running" for ever and were never relaunched.
-        return Status.RUNNING if run_dir_busy(run_dir) else None
+        # (flock, seen across NFSv4 clients); a run queued there (or a trainer still reading its data) holds
+        # none, so without the lock the run is unknown, never relaunched on a guess: the note says how to
+        # release it when that host is gone (a restarted container gets a new hostname; it said "running" for ever).
+        return Status.RUNNING if run_dir_busy(run_dir) else Status.UNKNOWN
     if _pid_alive(record.get("job_pid"), "submitit") or _pid_alive(record.get("trainer_pid"), "sweeps.run_one"):
         return Status.RUNNING
     if not record.get("job_pid") and _pid_alive(record.get("launcher_pid"), "python"):
@@ -489,7 +491,7 @@ def _recipe_differences(run_dir: Path, sweep, row: dict) -> list[str]:
     import math
 
     from ehrfm.tokens import data_differences
-    from sweeps.plan import NOT_IDENTITY, WSD_FIELDS, run_train_config
+    from sweeps.plan import identity_settings, run_train_config
 
     try:
         saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
@@ -500,9 +502,12 @@ def _recipe_differences(run_dir: Path, sweep, row: dict) -> list[str]:
     diffs = []
     train = saved.get("train")
     if isinstance(train, dict):
-        want = run_train_config(sweep, row, run_dir).to_dict()
+        try:
+            want = identity_settings(run_train_config(sweep, row, run_dir).to_dict())
+        except (TypeError, ValueError, UserError):  # a sweep.json train the plan cannot make a run of: launch says so
+            want = {}
         for k, v in want.items():
-            if k in NOT_IDENTITY or k not in train or (want.get("schedule") == "cosine" and k in WSD_FIELDS and v is None):
+            if k not in train:
                 continue
             have = train[k]
             same = (math.isclose(have, v, rel_tol=1e-9) if isinstance(have, (int, float)) and isinstance(v, (int, float))
@@ -678,6 +683,11 @@ def run_states(sweep_dir: str | Path, run_ids: list[str], plan: list[dict] | Non
             note = _local_lost_note(record)
         elif state == Status.INTERRUPTED:
             note = _local_interrupted_note(run_dir)
+        elif state == Status.UNKNOWN and executor == "local":
+            note = (f"launched by `ehrfm sweep launch` on host {record.get('host')}, not this one "
+                    f"({os.uname().nodename}), and no trainer holds its run dir: queued there, or that host is gone (a "
+                    f"restarted container has a new hostname); if it is gone, delete {record_path(sweep_dir, rid)} and "
+                    "relaunch (an interrupted run resumes from its checkpoint)")
         elif state == Status.UNKNOWN and executor == "slurm" and squeue is None:
             note = (f"SLURM could not be asked about job {job_id} (no `squeue` on PATH, or it failed or timed out): "
                     "never resubmitted until it answers")

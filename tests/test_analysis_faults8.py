@@ -150,3 +150,13 @@ def test_points_within_their_standard_errors_keep_their_interval():
         warnings.simplefilter("ignore")
         u = fit_results(t, config=FitConfig(approaches=(1,), bootstrap=200, seed=1, holdout=False)).utility["auroc/m"]
     assert u.scatter["ratio"] < 1 and u.exponent_ci[1] - u.exponent_ci[0] < 0.02
+
+
+def test_recommend_takes_a_budget_of_numpy_numbers():
+    fit, _ = _fit(synthetic_results(HOFFMANN, budgets=(1e18, 4e18, 1.6e19, 6.4e19), sizes=5, span_decades=0.8,
+                                    noise=0.002, seed=0), holdout=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert recommend(fit, np.int64(4 * 10**18)).n_opt == recommend(fit, 4e18).n_opt
+    with pytest.raises(UserError, match="--flops must be a finite number"):
+        recommend(fit, np.True_)

@@ -93,7 +93,7 @@ def test_a_label_file_is_named_parquet(demo_meds, tmp_path):
 
 
 def test_overwrite_keeps_what_a_user_put_inside_an_ehrfm_output(demo_meds, tmp_path):
-    from ehrfm.io import OUTPUT_MARKER, output_entries
+    from ehrfm.io import OUTPUT_FILES, OUTPUT_MARKER, output_entries
 
     out = tmp_path / "labels"
     assert _ehrfm("labels", demo_meds, "--task", "all", "--out", out).returncode == 0
@@ -113,9 +113,10 @@ def test_overwrite_keeps_what_a_user_put_inside_an_ehrfm_output(demo_meds, tmp_p
     (out / "my_task" / "0.parquet").unlink()  # an empty directory left: no file of the user's is lost
     p = _ehrfm("labels", demo_meds, "--task", "all", "--out", out, "--overwrite")
     assert p.returncode == 0, p.stderr
-    assert sorted(p.name for p in out.iterdir()) == sorted([OUTPUT_MARKER, *output_entries(out)])
-    # an output of an older ehrfm (its marker lists nothing) is replaced whole, as before
-    (out / OUTPUT_MARKER).write_text("labels\n")
+    assert sorted(p.name for p in out.iterdir()) == sorted([OUTPUT_MARKER, OUTPUT_FILES, *output_entries(out)])
+    assert (out / OUTPUT_MARKER).read_text() == "labels\n"  # what an older ehrfm reads: the command alone
+    # an output of an older ehrfm (no list of its files) is replaced whole, as before
+    (out / OUTPUT_FILES).unlink()
     (out / "stale.parquet").write_text("old")
     assert _ehrfm("labels", demo_meds, "--task", "all", "--out", out, "--overwrite").returncode == 0
     assert not (out / "stale.parquet").exists()
@@ -183,3 +184,21 @@ def test_the_audit_of_zoned_data_counts_its_days_on_its_calendar(demo_meds, tmp_
         said[name] = {t: (a.outcome_code_in_history, a.date_only_same_day, a.midnight_same_day) for t, a in res.tasks.items()}
         assert res.clean, name
     assert said["labels"] == said["plain"] and said["plain"]["in_hospital_mortality"][:2] == (0, 0), said
+
+
+def test_a_local_day_ends_at_the_next_local_midnight_on_changeover_days():
+    """A day of 23 or 25 hours (a review helper: a 24 h day put the end of a discharge day an hour off)."""
+    from datetime import datetime
+
+    from ehrfm.meds_io import day_end_expr, wall_clock
+
+    def us(*a):
+        return int((datetime(*a) - datetime(1970, 1, 1)).total_seconds()) * 1_000_000
+
+    ny = "America/New_York"
+    t = [us(2023, 3, 12, 6), us(2023, 11, 5, 4), us(2023, 6, 1, 12)]  # 01:00 EST on a 23 h day; 00:00 EDT on a 25 h one
+    ends = pl.select(day_end_expr(pl.lit(pl.Series(t)), ny)).to_series().to_list()
+    assert ends == [us(2023, 3, 13, 4), us(2023, 11, 6, 5), us(2023, 6, 2, 4)]
+    assert [x % 86_400_000_000 for x in wall_clock(t, ny)] == [3_600_000_000, 0, 8 * 3_600_000_000]
+    assert pl.select(day_end_expr(pl.lit(pl.Series(t)), None)).to_series().to_list() == [us(2023, 3, 13), us(2023, 11, 6),
+                                                                                       us(2023, 6, 2)]

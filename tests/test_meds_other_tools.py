@@ -26,7 +26,7 @@ from tokenization.tokenize import tokenize
 
 
 def _copy(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".ehrfm-output"))
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".ehrfm-output", ".ehrfm-files"))
     return dst
 
 

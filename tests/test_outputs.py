@@ -18,7 +18,7 @@ from conftest import private_synth_pipeline
 
 from ehrfm.app.cli import main
 from ehrfm.errors import UserError
-from ehrfm.io import OUTPUT_MARKER, output_command
+from ehrfm.io import OUTPUT_FILES, OUTPUT_MARKER, output_command
 
 
 @pytest.fixture(scope="module")
@@ -347,7 +347,7 @@ def test_an_output_made_by_another_process_meanwhile_is_not_replaced_without_ove
         (tmp / "mine").write_text("1")
         with atomic_dir(out, command="etl") as other:  # the other process, finishing first
             (other / "theirs").write_text("2")
-    assert sorted(p.name for p in out.iterdir()) == [OUTPUT_MARKER, "theirs"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([OUTPUT_FILES, OUTPUT_MARKER, "theirs"])
     assert not stale_temporaries(out) and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     # A symlinked output replaced with --overwrite: the link goes, its target stays; no leftover link beside it.
     target = tmp_path / "target"

@@ -6,8 +6,8 @@
   seed. `sweep status`/`collect` now compare each completed run's config.json (its recipe and data)
   with the plan and sweep.json, and fail the run naming what differs.
 - After the hostname changed (a container restart), a local run interrupted under the old name
-  showed "running" for ever and was never relaunched; now only a run whose trainer holds the run
-  dir's lock is running.
+  showed "running" for ever, with no word, and was never relaunched; now only a run whose trainer
+  holds the run dir's lock is running, and the others are unknown with a note that says how to free them.
 - A sweep.json missing a field (or `"tokens_dir": null`) ended status in a TypeError traceback; a
   budget of 1e35 FLOPs in an OverflowError with an empty sweep dir left; `--cpus-per-task -1` ran.
 """
@@ -62,6 +62,7 @@ def _status(out, rid):
 
 @pytest.mark.parametrize("edit, says", [
     (lambda c: c["train"].update(lr=0.02), "lr 0.02 (planned 0.002)"),
+    (lambda c: c["train"].update(weight_decay=0.0, grad_clip=0.5), "weight_decay 0.0 (planned 0.1)"),
     (lambda c: c["train"].update(batch_size=32, eval_tokens=4096), "batch_size 32 (planned 4), eval_tokens 4096 (planned"),
     (lambda c: c["data"].update(tuning_sha256="0" * 64), "data tuning content (tuning/tokens.npy and index.parquet: sha256 differs)"),
     (lambda c: c["data"].update(train_tokens=c["data"]["train_tokens"] + 1), "data train_tokens"),
@@ -89,6 +90,15 @@ def test_a_run_of_the_sweeps_own_recipe_and_data_stays_completed(finished_sweep,
     del cfg["data"]  # an older ehrfm's config.json: nothing to compare
     path.write_text(json.dumps(cfg))
     assert _status(out, rid).state == "completed"
+    # a cosine sweep re-planned with other wsd-only settings keeps its runs (`sweep plan` says they change none)
+    sweep = json.loads((out / "sweep.json").read_text())
+    sweep["train"].update(decay_fraction=0.5, decay_shape="1-sqrt")
+    (out / "sweep.json").write_text(json.dumps(sweep))
+    assert _status(out, rid).state == "completed"
+    sweep["train"]["not_a_setting"] = 1  # a hand-edited train: one line naming sweep.json, not a traceback
+    (out / "sweep.json").write_text(json.dumps(sweep))
+    p = ehrfm("sweep", "status", out)
+    assert p.returncode == 2 and "train holds 'not_a_setting', no setting of `ehrfm train`" in p.stderr, p.stderr
 
 
 def test_a_local_run_of_another_hostname_runs_only_while_its_trainer_holds_the_run_dir(finished_sweep, tmp_path):
@@ -103,12 +113,18 @@ def test_a_local_run_of_another_hostname_runs_only_while_its_trainer_holds_the_r
     rec["host"] = "the-container-before-its-restart"
     rec_path.write_text(json.dumps(rec))
     st = _status(out, rid)
-    assert st.state in ("interrupted", "lost"), (st.state, st.note)  # was "running", for ever
+    # was "running" for ever, with no word; queued there or gone, it is not relaunched on a guess, and says how
+    assert st.state == "unknown" and "on host the-container-before-its-restart, not this one" in st.note, st
+    assert f"if it is gone, delete {rec_path} and relaunch" in st.note
     lock = lock_run_dir(run_dir)  # a trainer on that host holds the run dir: never trained twice
     try:
         assert _status(out, rid).state == "running"
     finally:
         lock.close()
+    rec_path.unlink()  # as the note says: the run is then lost (or interrupted) and a launch trains it again
+    assert _status(out, rid).state in ("lost", "planned", "interrupted")
+    p = ehrfm("sweep", "launch", out, "--executor", "local")
+    assert p.returncode == 0 and _status(out, rid).state == "completed", p.stderr
 
 
 @pytest.mark.parametrize("edit, says", [(lambda s: s.pop("budgets"), "budgets missing"),

@@ -126,6 +126,7 @@ from ehrfm.meds_io import (
     STAY_ID,
     MedsDataset,
     calendar_zone,
+    day_end_expr,
     is_utc,
     open_meds,
     scan_shards,
@@ -371,10 +372,6 @@ def _pairs_by_id(codes: list[str], times: list[int], ids: list) -> list[tuple[in
                   for i, a in adm.items())
 
 
-def _same_clock(t: int) -> int:
-    return t
-
-
 def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True,
                       first_events: dict[tuple[int, str], int] | None = None, zone: str | None = None) -> list[Stay]:
     """Pair admissions with discharges per subject.
@@ -385,8 +382,9 @@ def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True,
     zone: the data's calendar (meds_io.calendar_zone), whose days the date rules count (a death at midnight
     is a date; the end of a discharge day) on its wall clock (meds_io.wall_clock); None: the times' own clock.
     """
-    if zone is not None:
-        events = events.with_columns(wall_clock_expr(pl.col("t"), zone).alias("t_local"))
+    # each time's day on the data's wall clock, and the UTC instant that day ends (a changeover day is 23 or 25 h)
+    events = events.with_columns(wall_clock_expr(pl.col("t"), zone).alias("t_local"),
+                                 day_end_expr(pl.col("t"), zone).alias("t_day_end"))
     from ehrfm.io import progress
 
     stays: list[Stay] = []
@@ -394,8 +392,8 @@ def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True,
     for (subject_id,), ev in progress(groups, total=events["subject_id"].n_unique(), desc="labels: stays", unit="subject"):
         codes = ev["code"].to_list()
         times = ev["t"].to_list()
-        # each time on the data's wall clock (its day and time of day)
-        local = dict(zip(times, ev["t_local"].to_list(), strict=True)).__getitem__ if zone is not None else _same_clock
+        local = dict(zip(times, ev["t_local"].to_list(), strict=True)).__getitem__  # its day and time of day
+        day_end = dict(zip(times, ev["t_day_end"].to_list(), strict=True)).__getitem__
         deaths = [t for c, t in zip(codes, times, strict=False) if c == DEATH_CODE and t is not None]
         first_death = min(deaths) if deaths else None
         # A death at exactly 00:00 is a date (MIMIC-IV's patients.dod, which ETLs such as MIMIC_IV_MEDS
@@ -404,7 +402,7 @@ def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True,
         # only as a later death on that day is (the rule below: not after a live discharge).
         death_local = local(first_death) if first_death is not None else None  # its wall clock: its day and time of day
         death_is_date = death_local is not None and death_local % US_PER_DAY == 0
-        death_by = first_death + US_PER_DAY - 1 if death_is_date else first_death
+        death_by = day_end(first_death) - 1 if death_is_date else first_death
         # A death at 23:59:59 (or later in its second) is a date placed at the end of its day (this package's
         # ETL, patients.dod): on a discharge day it is no later than a date-only discharge placed there too.
         death_at_day_end = death_local is not None and death_local % US_PER_DAY >= US_PER_DAY - 1_000_000
@@ -442,7 +440,7 @@ def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True,
             died = dis_code == DIED_DISCHARGE_CODE
             if dis is not None and not died and first_death is not None:
                 dis_local = local(dis)
-                end_of_discharge_day = dis + (dis_local // US_PER_DAY + 1) * US_PER_DAY - dis_local
+                end_of_discharge_day = day_end(dis)
                 # A day-resolved death later on the discharge day is in hospital unless the
                 # discharge names where a live patient went (HOME, HOSPICE, ...): then it is a
                 # death after discharge (MIMIC-IV's patients.dod of an out-of-hospital death).

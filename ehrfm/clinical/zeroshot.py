@@ -673,6 +673,9 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
     label_seeds = {int(k): rollout_seed(cfg.seed, int(subjects[k]), int(origins[k])) for k in rows}
     # the day rule counts the data's calendar days: zoned MEDS times are UTC instants here (meds_io.calendar_zone)
     zones = td.meds_time_zones or []
+    if len(zones) > 1:
+        warn(f"zero-shot: the MEDS times of token dir {td.path} are in {len(zones)} time zones ({', '.join(zones)}): the "
+             f"discharge-day rule counts the days of {zones[0]}", "zeroshot")
     day_origins = wall_clock(origins, zones[0]) if zones else origins
     device = torch.device(cfg.device)
     labels_per_batch, per_part = rollout_plan(model, context, cfg.n_samples, cfg.batch_size, device)
