@@ -363,7 +363,7 @@ def check_ehrfm_output(out: str | os.PathLike, ignore=(), command: str | None = 
 
 
 def check_file_output(out: str | os.PathLike, flag: str = "--out", suffix: str | None = None) -> None:
-    """Refuse a one-file output named as a directory, or (given `suffix`, e.g. ".parquet") named otherwise.
+    """Refuse a one-file output named as a directory, or (given `suffix`, e.g. ".parquet") with another suffix.
 
     A directory: a trailing '/' or an existing one.
 
@@ -377,7 +377,7 @@ def check_file_output(out: str | os.PathLike, flag: str = "--out", suffix: str |
     if given.endswith(("/", os.sep)) or Path(given).is_dir():
         raise UserError(f"{flag} {given}: this command writes one file there, and that names a directory; "
                         f"give a file path (e.g. DIR/name{suffix or '.parquet'})")
-    if suffix is not None and Path(given).suffix.lower() != suffix:
+    if suffix is not None and Path(given).suffix and Path(given).suffix.lower() != suffix:  # (no suffix: as named)
         raise UserError(f"{flag} {given}: this command writes a {suffix[1:]} file; name it with {suffix} "
                         f"(e.g. {Path(given).with_suffix(suffix).name})")
 

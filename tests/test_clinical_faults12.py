@@ -81,15 +81,17 @@ def test_a_history_window_beyond_int64_is_refused():
 
 
 def test_a_label_file_is_named_parquet(demo_meds, tmp_path):
-    for name in ("labels.csv", "labels", "labels.parquet.bak"):
+    for name in ("labels.csv", "labels.parquet.bak", "L.txt"):
         p = _ehrfm("labels", demo_meds, "--task", "long_los", "--out", tmp_path / name)
         assert p.returncode == 2 and p.stderr.strip().splitlines() == [
             f"ehrfm labels: error: --out {tmp_path / name}: this command writes a parquet file; name it with .parquet "
             f"(e.g. {(tmp_path / name).with_suffix('.parquet').name})"], p.stderr
     assert not list(tmp_path.iterdir())
-    p = _ehrfm("labels", demo_meds, "--task", "long_los", "--out", tmp_path / "L.PARQUET")
-    assert p.returncode == 0, p.stderr
-    assert pl.read_parquet(tmp_path / "L.PARQUET").height == json.loads((tmp_path / "L.json").read_text())["n"]
+    for name in ("L.PARQUET", "no_suffix"):  # no suffix: a name as the user wants it, as before
+        p = _ehrfm("labels", demo_meds, "--task", "long_los", "--out", tmp_path / name)
+        assert p.returncode == 0, p.stderr
+        sidecar = (tmp_path / name).with_suffix(".json")
+        assert pl.read_parquet(tmp_path / name).height == json.loads(sidecar.read_text())["n"]
 
 
 def test_overwrite_keeps_what_a_user_put_inside_an_ehrfm_output(demo_meds, tmp_path):

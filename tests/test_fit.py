@@ -78,11 +78,13 @@ def test_utility_intervals_carry_each_aurocs_measurement_noise():
         assert u.measurement_noise and [p["se"] for p in u.points] == [0.01] * 3
         covered += u.exponent_ci[0] < -0.05 < u.exponent_ci[1]
         # The interval is the weighted least-squares one: 2 x 1.96 x the slope's standard error
-        # with the delta-method SE of ln(1 - AUROC), 0.01 / (1 - AUROC), at each point.
+        # with the delta-method SE of ln(1 - AUROC), 0.01 / (1 - AUROC), at each point, scaled by the
+        # points' scatter beyond those SEs (the Birge ratio) where it exceeds 1.
         err = np.array([1 - p["value"] for p in u.points])
         x, w = np.log([p["budget"] for p in u.points]), (err / 0.01) ** 2
         slope_se = 1 / np.sqrt(np.sum(w * (x - np.sum(w * x) / w.sum()) ** 2))
-        assert np.diff(u.exponent_ci)[0] == pytest.approx(2 * 1.96 * slope_se, rel=0.1)
+        assert u.scatter["dof"] == 1
+        assert np.diff(u.exponent_ci)[0] == pytest.approx(2 * 1.96 * slope_se * max(1.0, u.scatter["ratio"]), rel=0.1)
     assert covered >= 4  # 95% intervals: all five here, allow one miss
     # Without the se column: a case bootstrap of the three points, flagged as such.
     table = synthetic_results(LAW, seed=4, auroc_se=0.01, **kw)
