@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
+import math
 import os
 import re
 import shutil
@@ -487,9 +489,6 @@ def _recipe_differences(run_dir: Path, sweep, row: dict) -> list[str]:
     launch ran (runs on two datasets), was collected as the sweep's own. A config.json that cannot be
     read, or a key an older ehrfm did not write, is not compared.
     """
-    import json
-    import math
-
     from ehrfm.tokens import data_differences
     from sweeps.plan import identity_settings, run_train_config
 

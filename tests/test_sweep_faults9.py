@@ -15,22 +15,12 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 
 import pyarrow.parquet as pq
 import pytest
+from test_sweep_faults8 import _copy, ehrfm  # the same CLI runner and copy of a finished sweep
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-ENV = {**os.environ, "EHRFM_QUIET": "1", "OMP_NUM_THREADS": "1"}
-
-
-def ehrfm(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ehrfm", *map(str, args)], capture_output=True, text=True, env=ENV,
-                          timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +36,6 @@ def finished_sweep(tok, tmp_path_factory):
     assert p.returncode == 0, p.stderr
     (rid,) = [r["run_id"] for r in plan_rows(out)]
     return out, rid
-
-
-def _copy(finished_sweep, tmp_path):
-    src, rid = finished_sweep
-    shutil.copytree(src, tmp_path / "sweep")
-    return tmp_path / "sweep", rid
 
 
 def _status(out, rid):
