@@ -265,6 +265,10 @@ class TrainConfig(_DictConfig):
     """Discard an existing run dir and start over."""
     extra: dict = _f(RUNTIME, factory=dict, per_run=True)
     """Free-form provenance from launchers (sweep id, logger, ...)."""
+    planned_data: dict | None = _f(RUNTIME, None, per_run=True)
+    """A launcher's record of the token data this run is planned on (ehrfm.tokens.data_identity: counts and sha256
+    of train and tuning); the trainer refuses a token dir holding other data before it writes anything. A sweep
+    sets it from sweep.json, so a token dir re-tokenized in place after planning fails its runs at their start."""
 
     def __post_init__(self):
         if (self.tokens is None) == (self.flops is None):
@@ -313,6 +317,9 @@ class TrainConfig(_DictConfig):
         if not (math.isfinite(float(self.rope_theta)) and float(self.rope_theta) > 0):
             # RoPE divides by powers of theta: 0 or a negative base gives NaN at the first step (diverged)
             raise UserError(f"train config: rope_theta must be finite and > 0 (got {self.rope_theta:g})")
+        if self.planned_data is not None and not isinstance(self.planned_data, dict):
+            raise UserError(f"train config: planned_data must be an object (ehrfm.tokens.data_identity) or null "
+                            f"(got {type(self.planned_data).__name__})")
         _check_choice(self, "dtype")
         _check_choice(self, "attention")
         self._check_schedule()

@@ -847,6 +847,11 @@ def _train(cfg: TrainConfig, dd: _Dist, held: contextlib.ExitStack) -> dict:
     _check_wsd_phases(cfg, n_steps)
     _stable_steps(cfg, n_steps, step_tokens)
     logger_for(cfg)  # a bad logger name or a missing backend, before the run dir is written
+    if cfg.planned_data is not None and (moved := data_differences(cfg.planned_data, run_config["data"])):
+        where = f"sweep {cfg.extra['sweep']}" if isinstance(cfg.extra.get("sweep"), str) else "its launcher"
+        raise UserError(f"token dir {cfg.tokens_dir} holds other data than run {run_dir} was planned on by {where} "
+                        f"({'; '.join(moved)}): re-tokenized since planning? nothing trained; plan a new sweep "
+                        "(another --out) for this token dir")
     finished = None
     if dd.main:
         try:

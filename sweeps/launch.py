@@ -376,6 +376,7 @@ def _select_and_prepare(sweep_dir: Path, sweep, plan: list[dict], cfg: LaunchCon
         train_cfg = run_train_config(sweep, row, run_dir)
         train_cfg.extra = {"sweep": str(sweep_dir), "run_id": rid, "budget": row["budget"],
                            **({"logger": cfg.logger} if cfg.logger else {})}
+        train_cfg.planned_data = sweep.data or None  # a job refuses a token dir re-tokenized since planning
         write_json(config_path, train_cfg)
         jobs.append(
             TrainJob(

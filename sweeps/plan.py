@@ -811,8 +811,9 @@ def make_plan(sweep: SweepConfig, previous: list[dict] | None = None, runs: Path
                         "--span-dex > 0 (decades each side of the centre) or --sizes 1")
     if not (sweep.tokens_per_param > 0 and math.isfinite(sweep.tokens_per_param)):
         raise UserError(f"--tokens-per-param must be finite and > 0 (got {sweep.tokens_per_param})")
-    if not (isinstance(sweep.run_seeds, int) and sweep.run_seeds >= 1):
-        raise UserError(f"--run-seeds must be an integer >= 1 (got {sweep.run_seeds!r}): training seeds per (budget, shape)")
+    if not (isinstance(sweep.run_seeds, int) and 1 <= sweep.run_seeds <= MAX_RUN_SEEDS):
+        raise UserError(f"--run-seeds must be an integer in 1..{MAX_RUN_SEEDS} (got {sweep.run_seeds!r}): training seeds "
+                        "per (budget, shape)")
     if not (isinstance(sweep.seed_steps, int) and sweep.seed_steps >= 0):
         raise UserError(f"--seed-steps must be an integer >= 0 (got {sweep.seed_steps!r}): optimizer steps below which a "
                         "point gets more training seeds (0: off)")
@@ -892,9 +893,20 @@ def make_plan(sweep: SweepConfig, previous: list[dict] | None = None, runs: Path
         rows = _wsd_rows(sweep, base, rows, previous, runs)
     elif sweep.schedule != "cosine":
         raise UserError(f"--schedule must be one of {', '.join(SCHEDULES)} (got {sweep.schedule!r})")
+    if len(rows) > MANY_RUNS:
+        warnings.append(f"{len(rows)} runs planned ({len(sweep.budgets)} budget(s), {planned_points(rows)} (budget, shape) "
+                        f"points, up to {max(point_seeds(sweep, r['steps']) for r in rows)} seeds each): more than "
+                        f"{MANY_RUNS}, SLURM's default MaxArraySize; meant?")
     return rows, warnings
 
 
+def planned_points(rows: list[dict]) -> int:
+    """Distinct (budget, shape) points among plan rows (replicate seeds of one point count once)."""
+    return len({(r["budget"], r["n_layer"], r["d_model"]) for r in rows})
+
+
+MAX_RUN_SEEDS = 100  # replicate seeds per (budget, shape): more is a typo (100000 planned 200k runs without a word)
+MANY_RUNS = 1000  # a plan with more runs is warned about: SLURM's default MaxArraySize is 1001
 MAX_SHORT_RUN_SEEDS = 4  # a point of 1/4 of seed_steps or less gets 4: beyond that a budget is too small to fit anyway
 
 

@@ -19,18 +19,19 @@ from ehrfm.config import (
 )
 from ehrfm.errors import UserError
 
-# The sets as they were written by hand before the roles (ehrfm/train.py, sweeps/plan.py).
+# The sets as they were written by hand before the roles (ehrfm/train.py, sweeps/plan.py), and planned_data since
+# (a launcher's record of the data, checked at a run's start: runtime, per run).
 OLD_RESUMABLE_CHANGES = {
     "tokens_dir", "out_dir", "device", "checkpoint_interval", "log_interval", "eval_interval",
-    "eval_batch_size", "micro_batch_size", "attention", "compile", "overwrite", "extra",
+    "eval_batch_size", "micro_batch_size", "attention", "compile", "overwrite", "extra", "planned_data",
 }
 OLD_BRANCH_FREE = OLD_RESUMABLE_CHANGES | {"tokens", "flops", "trunk_dir", "stable_checkpoints"}
 OLD_NOT_IDENTITY = {
     "tokens_dir", "out_dir", "overwrite", "extra", "device", "checkpoint_interval", "log_interval",
-    "eval_interval", "eval_batch_size", "micro_batch_size", "attention", "compile", "trunk_dir",
+    "eval_interval", "eval_batch_size", "micro_batch_size", "attention", "compile", "trunk_dir", "planned_data",
 }
 OLD_PER_RUN_FIELDS = {"tokens_dir", "out_dir", "n_layer", "d_model", "n_head", "context", "tokens", "flops", "overwrite",
-                      "extra", "schedule", "warmup_steps", "trunk_dir", "stable_checkpoints"}
+                      "extra", "schedule", "warmup_steps", "trunk_dir", "stable_checkpoints", "planned_data"}
 OLD_WSD_FIELDS = {"schedule", "decay_fraction", "decay_shape", "warmup_steps", "trunk_dir", "stable_checkpoints"}
 
 
