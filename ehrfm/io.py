@@ -258,6 +258,27 @@ def check_not_input(out: str | os.PathLike, inputs=()) -> None:
                             "choose another --out")
 
 
+# Outputs that hold other commands' outputs by design: the demo's dir (its stages' outputs), a run dir (the heads and
+# exports of that model, where users keep them).
+CONTAINER_OUTPUTS = ("demo", "train")
+
+
+def check_not_inside_output(out: str | os.PathLike) -> None:
+    """Raise UserError when `out` lies inside another command's output (an ancestor dir holds OUTPUT_MARKER).
+
+    A MEDS dir's readers take every parquet file under data/ (`etl --out meds/data/train/x` made its
+    codes.parquet a shard, and `ehrfm tokenize meds` failed: "lacks column 'subject_id'"); a token,
+    label or fit dir is read as a whole too, and its --overwrite refused once it held the stranger.
+    CONTAINER_OUTPUTS hold others by design.
+    """
+    o = Path(out).resolve()
+    for parent in o.parents:
+        command = output_command(parent)
+        if command is not None and command not in CONTAINER_OUTPUTS:
+            raise UserError(f"output {out} lies inside {parent}, the output of `ehrfm {command}`: writing there would "
+                            "change that output (its readers take what it holds); choose an --out outside it")
+
+
 def output_command(out: str | os.PathLike) -> str | None:
     """The ehrfm command whose output directory `out` is (its OUTPUT_MARKER), or None without a marker."""
     marker = Path(out) / OUTPUT_MARKER
@@ -400,6 +421,7 @@ def check_overwrite(out: str | os.PathLike, overwrite: bool, inputs=(), command:
     """
     check_output_given(out)
     check_not_input(out, inputs)
+    check_not_inside_output(out)
     if not Path(out).exists():
         return
     if not overwrite:

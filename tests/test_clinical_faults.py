@@ -36,7 +36,10 @@ def test_no_interval_from_too_few_positives():
     assert abs(m["auroc"] - 29 / 50) < 1e-12 and (p[1:] < p[0]).sum() == 29
     assert m["auroc_ci"] is None and m["auprc_ci"] is None and m["bootstrap"]["resamples"] == 0
     assert m["note"].startswith("1 positive and 50 negative labels: no interval with fewer than 10")
-    assert "(no interval: 1 positive of 51)" in format_metrics(m)
+    assert "(no interval: 1 positive and 50 negative labels, under 10 of a class)" in format_metrics(m)
+    # by subject, the console names the subjects too: 10 positive labels of 6 subjects fall short, not the labels
+    m = binary_metrics(np.r_[np.ones(10, int), np.zeros(41, int)], p, "t", n_boot=200, seed=0, groups=np.r_[np.arange(10) % 6, np.arange(41) + 6])
+    assert "(no interval: 10 positive and 41 negative labels from 6 and 41 subjects, under 10 of a class)" in format_metrics(m)
     # Few negatives count the same way.
     m = binary_metrics(1 - y, p, "t", n_boot=200, seed=0)
     assert m["auroc_ci"] is None and m["n_positive"] == 50

@@ -89,6 +89,9 @@ def _run_etl(args) -> int:
         options["tables"] = args.tables
     if args.workers is not None:
         options["workers"] = args.workers
+    for name in ("dataset_name", "dataset_version"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
     etl(args.raw, args.out, overwrite=args.overwrite, **options)
     return 0
 
@@ -160,6 +163,11 @@ def register(sub) -> None:
                    help="convert only these tables, e.g. labevents,icu/inputevents (default: every table present); "
                         "hosp/patients and hosp/admissions are always converted, an ED table brings ed/edstays "
                         "and emar_detail brings emar")
+    p.add_argument("--dataset-name", metavar="NAME",
+                   help="metadata/dataset.json's dataset_name (default: from RAW's path, e.g. mimiciv for "
+                        "physionet.org/files/mimiciv/3.1)")
+    p.add_argument("--dataset-version", metavar="VERSION",
+                   help="metadata/dataset.json's dataset_version (default: from RAW's path, e.g. 3.1, else unknown)")
     p.add_argument("--workers", type=_positive_int, metavar="N",
                    help="processes that stage tables and assemble shards side by side; 1: one process "
                         "(default: 1 for raw input under 64 MiB, else the usable CPUs, at most 4); the output is the same for any N")

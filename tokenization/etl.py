@@ -173,6 +173,7 @@ Dates and midnights (an event is never placed before the first moment it could h
   parent row of an administration repeats its product lines; a line without a dose; a line
   whose emar row is absent or dropped), missing_stay_id / unknown_stay_id (ED triage and
   diagnoses), missing_name (ED medrecon, pyxis), discharge_row_made_by_admissions (transfers),
+  icd_version_not_9_or_10 / no_icd_code (diagnoses_icd, procedures_icd: no DIAGNOSIS//ICD//<9|10>//<code> of them),
   later_death_merged (one death per subject, the earliest kept), time_outside_lifetime (an
   event more than a year before the subject's MEDS_BIRTH -- its birth year is anchor_year -
   anchor_age, give or take one -- or over MAX_ANCHOR_AGE + 1 years after it: a database's
@@ -257,6 +258,7 @@ SOURCE_TIME = "_source_time"  # a moved result's chart time (us): its event _key
 ROW_KEY = "_row_key"  # the row id (Table.row_id), with SOURCE_TIME where both: the event _key, see _with_row_key
 MOVED = "_moved"  # a row's (then its events') flag: placed later than its time column (EVENT_SCHEMA)
 DATE_FLAG = "_date_only__"  # + time column: that row's value was a date (placed by the date-only rule)
+REDACTED_FLAG = "_redacted__"  # + number column: that row's value was the placeholder ___ (set null)
 ETL_METADATA = "ehrfm_etl.json"  # in metadata/: what the audit reads (format in the module docstring)
 ETL_METADATA_FORMAT = "ehrfm_etl/1"
 # Staged rows routed to shard buckets at a time. With batch_bytes and chunk_events it sets the
@@ -606,8 +608,23 @@ def _without_foreign_stays(shard: pl.DataFrame, names: list[str], ctx: Context) 
     return marked.with_columns(hadm_id=pl.when(is_foreign).then(None).otherwise(pl.col("hadm_id"))).drop("_owner")
 
 
+ICD_VERSIONS = ("9", "10")  # MIMIC-IV's icd_version: DIAGNOSIS//ICD//<9|10>//<code> (DESIGN.md section 1)
+
+
+def _icd_rows(df, ctx):
+    """The rows of df an ICD code can be made of; the others are counted under their reason.
+
+    An icd_version other than 9 or 10 (`ICD10`, `9.5`, `-9`, missing) made codes such as
+    `DIAGNOSIS//ICD//ICD10//4139` that no ICD hierarchy parses; a missing icd_code made
+    `DIAGNOSIS//ICD//9//UNK`, and a stay's rows without a code merged into one event counted as
+    duplicates.
+    """
+    df = _keep(df, ctx, _int_part("icd_version").is_in(ICD_VERSIONS), "icd_version_not_9_or_10")
+    return _keep(df, ctx, _part("icd_code") != "UNK", "no_icd_code")
+
+
 def _diagnoses(df, ctx):
-    df = _at_discharge(df, ctx)
+    df = _at_discharge(_icd_rows(df, ctx), ctx)
     code = pl.concat_str(pl.lit("DIAGNOSIS//ICD//"), _int_part("icd_version"), pl.lit("//"), _part("icd_code"))
     return [_ev(df, pl.col("dischtime"), code, ORDER_DX)]  # in rank order at the shard step (Table.rank)
 
@@ -624,7 +641,7 @@ def _procedures(df, ctx):
     # discharge when that comes sooner (the date-only rule, module docstring). A duration-coded
     # procedure goes to its stay's discharge (coded from the whole record, as diagnoses; not known before it).
     version_code = pl.concat_str(_int_part("icd_version"), pl.lit("//"), _part("icd_code"))
-    df = df.join(ctx.admissions.select("subject_id", "hadm_id", "dischtime"), on=["subject_id", "hadm_id"], how="left",
+    df = _icd_rows(df, ctx).join(ctx.admissions.select("subject_id", "hadm_id", "dischtime"), on=["subject_id", "hadm_id"], how="left",
                  maintain_order="left").with_columns(
         _dur=version_code.str.contains(DURATION_CODED_PROCEDURES) & pl.col("dischtime").is_not_null())
     flag = f"{DATE_FLAG}chartdate"
@@ -686,7 +703,9 @@ def _emar_detail(df, ctx):
     # The per-product rows (parent_field_ordinal set) carry the dose given; the parent row of
     # each administration only repeats it. The time comes from the emar row (shard step).
     df = _keep(df, ctx, pl.col("parent_field_ordinal").is_not_null(), "administration_summary_row")
-    df = _keep(df, ctx, pl.col("dose_given").is_not_null(), "no_dose_given")
+    # A dose de-identified as ___ was given, its amount hidden: an event without a value, as the summary says
+    # (`redacted_numbers_set_null`); it was dropped as no_dose_given.
+    df = _keep(df, ctx, pl.col("dose_given").is_not_null() | pl.col(f"{REDACTED_FLAG}dose_given"), "no_dose_given")
     code = pl.concat_str(pl.lit("EMAR_DOSE//"), _part("product_description"), pl.lit("//"), _part("dose_given_unit"))
     # The key keeps the product line (parent_field_ordinal, NUMERIC(3,2)) so that two products
     # of one administration are two rows, not duplicates; // KEY_LINES recovers emar_seq.
@@ -1484,10 +1503,11 @@ class _BadValues:
         self.zones: dict[str, int] = {}  # column -> how many of its unparseable times carry a time zone
         self.slashes: dict[str, int] = {}  # column -> how many of its unparseable times are 1/2/2150-style dates
         self.control: dict[str, int] = {}  # column -> values holding a NUL byte (_without_control_characters)
+        self.merged: dict[str, int] = {}  # column -> values holding a line break and then a record's start (MERGED_RECORDS)
         self.dates: dict[str, int] = {}  # Table.timed_only column -> its values written without a time of day
 
     def __bool__(self) -> bool:
-        return bool(self.counts or self.control or self.dates)
+        return bool(self.counts or self.control or self.merged or self.dates)
 
     def add(self, col: str, kind: str, n: int, markers: int = 0, zones: int = 0, slashes: int = 0):
         if n:
@@ -1502,6 +1522,11 @@ class _BadValues:
             raise UserError(f"{self.path}: column {col!r} has {n} value{'s' if n != 1 else ''} holding a NUL byte: "
                             "MIMIC-IV's values hold none; a damaged copy (a block of zeros) or binary data in a text "
                             "field? Download or export the file again")
+        for col, n in self.merged.items():
+            raise UserError(f"{self.path}: column {col!r} has {n} value{'s' if n != 1 else ''} holding a line break followed "
+                            "by what starts a record (an id, a comma and more fields): a double quote left open in the file "
+                            "(a stray \" in a text field) merged the following lines into one value, other rows' fields with "
+                            "them; close or remove that quote, or export the file again")
         for col, n in self.dates.items():
             raise UserError(f"{self.path}: column {col!r} has {n} value{'s' if n != 1 else ''} written as a date without a "
                             "time of day: a subject's stays are ordered by it and the labels predict from it, which a date "
@@ -1606,10 +1631,14 @@ def _typed(df: pl.DataFrame, table: Table, bad: _BadValues, ctx: Context) -> pl.
         if n and c in table.timed_only:
             bad.dates[c] = bad.dates.get(c, 0) + n
         ctx.count(ctx.midnight, c, int(counts.get(f"midnight:{c}", 0)), table.name)
+    # every batch has the same columns (keyed tables concatenate them); a regex pass only where a placeholder is
+    redacted = [df.select(_is_redacted(c).fill_null(False).alias(f"{REDACTED_FLAG}{c}")).to_series()
+                if counts.get(f"redacted:{c}", 0) else pl.lit(False).alias(f"{REDACTED_FLAG}{c}") for c in floats]
     return typed.with_columns(
         [_usable_number(pl.col(c)).alias(c) for c in floats]
         + [pl.when(is_date[c]).then(typed[c].dt.truncate("1d") + END_OF_DAY).otherwise(typed[c]).alias(c) for c in times]
         + [is_date[c].alias(f"{DATE_FLAG}{c}") for c in times]
+        + redacted
     )
 
 
@@ -2132,7 +2161,7 @@ COUNT_UNITS = {
 VALUE_COUNT_LINES = (
     ("unparseable_numbers_set_null", "unparseable numbers kept as null"),
     ("out_of_range_numbers_set_null", "NaN, infinite or beyond-float32 numbers kept as null"),
-    ("redacted_numbers_set_null", "de-identified (___) numbers kept as null"),
+    ("redacted_numbers_set_null", "de-identified (___) numbers set null (ED pain's make no event)"),
     ("text_values_kept", "free text kept as text_value (no 0-10 rating)"),
     ("line_breaks_set_to_space", "values whose tabs or line breaks became a space"),
     ("unicode_spaces_set_to_space", "values whose no-break or other Unicode spaces became a space"),
@@ -2539,6 +2568,10 @@ NUL = "\x00"
 # whitespace next to them, counted per column.
 _BREAK = "\t\n\r\x0b\x0c\x85\u2028\u2029"
 LINE_BREAKS = f"[ {_BREAK}]*[{_BREAK}][ {_BREAK}]*"
+# A line break inside a value followed by an id, a comma and more fields is no free text: a double quote left open
+# (a stray " in a text field) made the CSV reader take the following lines, other patients' rows, as one quoted value,
+# with the right number of columns, so no parse error: refused (_BadValues.merged), never written into a code.
+MERGED_RECORDS = r"[\n\r][ \t]*\"?[0-9]+\"?,[^\n\r]*,"
 # Other C0 controls, DEL and C1 controls: real free text holds some (cp1252 text read as Latin-1
 # leaves C1 characters, as in MIMIC-IV-ED's chief complaints), so they are removed, counted per column,
 # rather than refusing a whole table; no code or text written holds one.
@@ -2579,12 +2612,15 @@ def _without_control_characters(df: pl.DataFrame, bad: _BadValues, ctx: Context)
     if not cols:
         return df
     counts = df.select([pl.col(c).str.contains(NUL, literal=True).sum().alias(f"n:{c}") for c in cols]
+                       + [pl.col(c).str.contains(MERGED_RECORDS).sum().alias(f"m:{c}") for c in cols]
                        + [pl.col(c).str.contains(CONTROL_CHARACTERS).sum().alias(f"c:{c}") for c in cols]
                        + [pl.col(c).str.contains(LINE_BREAKS).sum().alias(f"b:{c}") for c in cols]
                        + [pl.col(c).str.contains(UNICODE_SPACES).sum().alias(f"s:{c}") for c in cols]).row(0, named=True)
     for c in cols:
         if counts[f"n:{c}"]:
             bad.control[c] = bad.control.get(c, 0) + int(counts[f"n:{c}"])
+        if counts[f"m:{c}"]:
+            bad.merged[c] = bad.merged.get(c, 0) + int(counts[f"m:{c}"])
         ctx.count(ctx.line_breaks, c, int(counts[f"b:{c}"] or 0))
         ctx.count(ctx.unicode_spaces, c, int(counts[f"s:{c}"] or 0))
         ctx.count(ctx.controls, c, int(counts[f"c:{c}"] or 0))
@@ -2677,8 +2713,10 @@ def _split_subjects(subjects: np.ndarray, cfg: EtlConfig) -> pl.DataFrame:
         df = pl.DataFrame({"subject_id": subjects, "split": assign_splits(subjects, cfg.split_fractions, cfg.split_seed)})
     for name, frac in zip(SPLITS, cfg.split_fractions, strict=False):
         if (frac > 0 or cfg.splits_file) and df.filter(pl.col("split") == name).height == 0:
-            how = f"split file {cfg.splits_file}" if cfg.splits_file else f"fractions {list(cfg.split_fractions)}"
-            raise UserError(f"split {name!r} is empty ({len(subjects)} subjects, {how}); "
+            if cfg.splits_file:
+                raise UserError(f"split {name!r} is empty ({len(subjects)} subjects, split file {cfg.splits_file}): "
+                                f"every split needs subjects; list some of them under {name!r} in that file")
+            raise UserError(f"split {name!r} is empty ({len(subjects)} subjects, fractions {list(cfg.split_fractions)}); "
                             "use more subjects or other split fractions")
     return df
 
@@ -3258,6 +3296,24 @@ def _write_codes(files: dict[str, tuple[Path, dict[str, str]]], out: Path, count
     pq.write_table(table, out / "metadata" / "codes.parquet")
 
 
+_VERSION = re.compile(r"^v?(\d+(?:\.\d+)+)$")  # 3.1, v2.2: a release's number
+_NAMED_VERSION = re.compile(r"^(.+?)[-_ ]v?(\d+(?:\.\d+)+)$")  # mimic-iv-demo-2.2
+
+
+def dataset_identity(raw: str | os.PathLike) -> tuple[str, str | None]:
+    """(dataset_name, dataset_version or None) of a raw dir from its path, as PhysioNet lays releases out.
+
+    `physionet.org/files/mimiciv/3.1` -> ("mimiciv", "3.1") (it was named "3.1", version unknown);
+    `mimic-iv-demo-2.2` -> ("mimic-iv-demo", "2.2"); any other name is the name, version None.
+    """
+    path = Path(raw).resolve()
+    if (m := _VERSION.match(path.name)) and path.parent.name:
+        return path.parent.name, m.group(1)
+    if m := _NAMED_VERSION.match(path.name):
+        return m.group(1), m.group(2)
+    return path.name, None
+
+
 def _write_metadata(out: Path, cfg: EtlConfig, split_of: pl.DataFrame, rows_in: dict, missing: list,
                     untimed: dict, account: dict, absent_columns: dict, not_read: list[str]) -> None:
     import meds
@@ -3268,10 +3324,10 @@ def _write_metadata(out: Path, cfg: EtlConfig, split_of: pl.DataFrame, rows_in: 
     meds.SubjectSplitSchema.validate(splits)
     pq.write_table(splits,
                    out / "metadata" / "subject_splits.parquet")
-    raw_name = Path(cfg.raw).resolve().name
+    raw_name, raw_version = dataset_identity(cfg.raw)
     write_json(out / "metadata" / "dataset.json", {
         "dataset_name": cfg.dataset_name or raw_name,
-        "dataset_version": cfg.dataset_version or "unknown",
+        "dataset_version": cfg.dataset_version or raw_version or "unknown",
         "etl_name": ETL_NAME,
         "etl_version": ETL_VERSION,
         "meds_version": meds.__version__,

@@ -130,6 +130,18 @@ LABS = [
 ]
 LI = {lab[1]: i for i, lab in enumerate(LABS)}
 L = len(LABS)
+# Each lab's reportable range (an analyzer's limits, wide as real extremes): a value beyond it is reported at its limit,
+# as a laboratory reports ">30" at the top of its range. Effects add up in z: without these a lactate of 2e8 mmol/L and
+# a negative pO2 were written. The limits cut only the sickest tail (at most ~3% of a lab's values, beyond its deciles),
+# so the tokens (per-code decile bins) are the same with or without them (compared on the default demo's cohort).
+LAB_LIMITS = {
+    "Sodium": (100.0, 180.0), "Potassium": (1.5, 10.0), "Chloride": (60.0, 150.0), "Bicarbonate": (5.0, 50.0),
+    "Urea Nitrogen": (1.0, 300.0), "Creatinine": (0.1, 25.0), "Glucose": (10.0, 1500.0), "White Blood Cells": (0.1, 500.0),
+    "Hemoglobin": (2.0, 25.0), "Platelet Count": (1.0, 2000.0), "Lactate": (0.2, 30.0), "Troponin T": (0.001, 25.0),
+    "NTproBNP": (5.0, 70000.0), "Alanine Aminotransferase (ALT)": (1.0, 10000.0),
+    "Asparate Aminotransferase (AST)": (1.0, 20000.0), "Bilirubin, Total": (0.1, 60.0), "INR(PT)": (0.5, 20.0),
+    "Albumin": (0.5, 6.5), "% Hemoglobin A1c": (3.0, 20.0), "pO2": (10.0, 700.0), "pCO2": (5.0, 200.0), "pH": (6.5, 8.0),
+}
 
 # How conditions shift each lab (in sd units), persistent across admissions.
 LAB_CONDITION_EFFECT = {
@@ -954,6 +966,8 @@ def _lab_values(rng, adm, lab_offset, a_idx, day, d, li):
     value = np.round(value * 10.0 ** decimals) / 10.0 ** decimals
     if "pH" in LI:
         value = np.where(li == LI["pH"], np.round(raw, 2), value)
+    limits = np.array([LAB_LIMITS[lab[1]] for lab in LABS])[li]
+    value = np.clip(value, limits[:, 0], limits[:, 1])
     lo = np.where(kind_log, np.exp(mean - 2 * sd), mean - 2 * sd)[li]
     hi = np.where(kind_log, np.exp(mean + 2 * sd), mean + 2 * sd)[li]
     return value, lo, hi

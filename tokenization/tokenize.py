@@ -61,6 +61,7 @@ from ehrfm.errors import UserError
 from ehrfm.io import (
     as_os_error,
     atomic_dir,
+    check_not_temporary,
     check_overwrite,
     progress,
     remove_stale_temporaries,
@@ -481,6 +482,7 @@ def _spill_error(e: Exception, spill: Path) -> Exception:
 def load_tokenizer(path: str | os.PathLike) -> dict:
     """Read a tokenizer.json (or a token dir's), as written; UserError naming the file when it is not one."""
     path = Path(path)
+    check_not_temporary(path, "tokenizer")  # a killed tokenize's temporary holds a tokenizer.json its data never matched
     if path.is_dir():
         path = path / "tokenizer.json"
     if not path.is_file():

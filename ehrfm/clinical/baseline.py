@@ -39,6 +39,7 @@ from ehrfm.clinical.common import (
     split_predictions,
     subsample_per_split,
     warn_death_in_history,
+    warn_outcome_in_history,
     write_head_outputs,
 )
 from ehrfm.clinical.configs import BaselineConfig
@@ -273,7 +274,8 @@ def prepare(cfg: BaselineConfig):
         UserError: bad labels or MEDS data (labels.read_labels, attach_splits, check_prediction_times).
     """
     ds = open_meds(cfg.meds_dir)
-    labels = read_labels(head_labels(cfg.labels, cfg.task)[0], data_zones=ds.time_zones(), data=f"MEDS dataset {cfg.meds_dir}")
+    label_file, task = head_labels(cfg.labels, cfg.task)
+    labels = read_labels(label_file, data_zones=ds.time_zones(), data=f"MEDS dataset {cfg.meds_dir}")
     labels = attach_splits(labels, meds_subject_splits(ds), cfg.labels, f"MEDS dataset {cfg.meds_dir}")
     windows = parse_windows(cfg.windows)
     everyone = labels
@@ -285,6 +287,7 @@ def prepare(cfg: BaselineConfig):
     keys = labels.select("label_idx").hstack(_label_keys(labels))
     counts, bounds = _scan_counts(ds, keys, windows, everyone["subject_id"])
     _check_timelines(_label_keys(everyone).join(bounds, on="subject_id", how="left"), cfg)
+    warn_outcome_in_history(cfg.meds_dir, label_file, task)
     keys = keys.join(bounds, on="subject_id", how="left")
     train_idx = np.flatnonzero(labels["split"].to_numpy() == "train")
     x, names = feature_matrix(counts, keys, train_idx, cfg.min_count)

@@ -45,6 +45,14 @@ def _check_ranges(config, ranges) -> None:
         if not ok:
             raise UserError(f"{flag} ({type(config).__name__}.{name}) must be a number {'>=' if inclusive else '>'} {low}, "
                             f"not {v!r}")
+        if name == "bootstrap" and 0 < v < MIN_BOOTSTRAP:
+            raise UserError(f"{flag} {v}: must be 0 (no intervals) or at least {MIN_BOOTSTRAP}, the fewest resamples a 95% "
+                            f"percentile interval can come from (with 1 or 3 it did not hold its own point estimate)")
+
+
+# ceil(1 / (1 - 0.95)): with fewer resamples less than one falls in each 2.5% tail, and the "interval" is the gap
+# between the few most extreme ones (the fits' rule, analysis.laws.min_replicates)
+MIN_BOOTSTRAP = 20
 
 
 @dataclass

@@ -69,6 +69,12 @@ def finetune(cfg: FinetuneConfig, out: str | os.PathLike, overwrite: bool = Fals
     device = torch.device(cfg.device)
     y = h.y
     tr, tu, ho = _split_rows(h.split, y, task)
+    if not 0 < int(y[tu].sum()) < len(tu):
+        from ehrfm.io import warn
+
+        # said where it happens, as the probe says it: the epoch is then chosen by tuning log loss, not discrimination
+        warn(f"task {task}: the tuning split's {len(tu)} labels are all one class: the epoch is chosen by tuning log loss "
+             "(which favours predicting that class), not by tuning AUROC")
     head = _prevalence_head(mcfg.d_model, float(y[tr].mean()), device)
     feats, params = _trainable(model, head, td, h, context, cfg, device, task)
     opt = torch.optim.AdamW(params, weight_decay=cfg.weight_decay)

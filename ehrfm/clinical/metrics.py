@@ -346,7 +346,9 @@ def format_metrics(m: dict) -> str:
     if m.get("auroc") is None:
         return f"{m['task']}: n={m['n']} prevalence={m['prevalence']:.3f} AUROC n/a (one class)"
     ci = m.get("auroc_ci")
-    ci_s = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f" (no interval: {m['n_positive']} positive of {m['n']})" if m.get("note") else ""
+    # the note's first clause names the counts that fall short (labels, and subjects when the resampling is by subject)
+    short = f"{m['note'].split(': ')[0]}, under {MIN_CLASS_FOR_INTERVAL} of a class" if m.get("note") else ""
+    ci_s = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f" (no interval: {short})" if short else ""
     return (
         f"{m['task']}: n={m['n']} prevalence={m['prevalence']:.3f} AUROC {m['auroc']:.3f}{ci_s} "
         f"AUPRC {m['auprc']:.3f} Brier {m['calibration']['brier']:.3f}"

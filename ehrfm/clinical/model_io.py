@@ -96,7 +96,16 @@ def check_not_pretrained_on(run_dir: str | os.PathLike, td: TokenDir) -> None:
         return
     pre = Path(recorded)
     if pre.exists() and td.path.exists() and os.path.samefile(pre, td.path):
-        return  # the run's own token dir: its splits are disjoint by construction
+        # The run's own token dir: its splits are disjoint by construction, unless it was rewritten since (the data
+        # re-split and tokenized into the same dir): then the train split the run saw is gone, and with it the check.
+        data = cfg.get("data")
+        recorded_train = data.get("train_sha256") if isinstance(data, dict) else None
+        if isinstance(recorded_train, str) and "train" in td.splits and td.content_digest("train") != recorded_train:
+            raise UserError(f"token dir {td.path} was rewritten since run {run_dir} trained on it (its train split's "
+                            f"content differs from data.train_sha256 in {cfg_path}): its tuning/held_out subjects may "
+                            "have been in the run's train split, which can no longer be checked; score on the data the "
+                            "run trained on, or train the model again on this token dir")
+        return
     if not (pre / "tokenizer.json").is_file() or not (pre / "train" / "tokens.npy").is_file():
         if str(run_dir) in _UNCHECKED_WARNED:
             return

@@ -29,6 +29,7 @@ from ehrfm.clinical.common import (
     require_two_classes,
     split_predictions,
     subsample_per_split,
+    warn_outcome_in_history,
     write_head_outputs,
 )
 from ehrfm.clinical.configs import ProbeConfig
@@ -49,10 +50,16 @@ REPRESENTATIONS = {
 }
 
 
-def load_label_histories(td: TokenDir, labels_path, max_labels: int | None, seed: int) -> Histories:
-    """Read labels, locate their histories (refusing bad rows), then subsample per split."""
+def load_label_histories(td: TokenDir, labels_path, max_labels: int | None, seed: int, task: str | None = None) -> Histories:
+    """Read labels, locate their histories (refusing bad rows), then subsample per split.
+
+    With `task`, a label file whose histories hold that task's outcome is warned about
+    (common.warn_outcome_in_history, against the MEDS data the token dir was made from).
+    """
     labels = read_labels(labels_path, data_zones=td.meds_time_zones, data=f"token dir {td.path}")
     h = locate_histories(td, labels, labels_path)
+    if task is not None:
+        warn_outcome_in_history(td.meds_dir, labels_path, task)
     if max_labels:
         keyed = h.labels.with_row_index("_row")
         kept = subsample_per_split(keyed, max_labels, seed)["_row"].to_numpy()
@@ -81,6 +88,7 @@ def load_head_inputs(cfg) -> tuple:
     h = load_label_histories(td, labels, cfg.max_labels, cfg.seed)
     model, mcfg, record = load_run(cfg.run_dir, td, cfg.device, n_labels=len(h.start),
                                    allow_incomplete=cfg.allow_incomplete, with_record=True)
+    warn_outcome_in_history(td.meds_dir, labels, task)  # after what refuses: a refusal is the one line on stderr
     return task, td, h, model, mcfg, resolve_context(cfg.context, mcfg.context), record
 
 

@@ -91,7 +91,7 @@ def score_run(
     features: dict = {}  # tasks with the same histories embed them once
     for task, path in sorted(labels.items()):
         torch.manual_seed(seed)
-        h = histories[task] if histories is not None else load_label_histories(td, path, max_labels, seed)
+        h = histories[task] if histories is not None else load_label_histories(td, path, max_labels, seed, task)
         ho = h.split == "held_out"
         if not ho.any():
             raise UserError(f"task {task}: no labels in the held_out split of {path}")
@@ -121,7 +121,7 @@ def task_histories(tokens_dir: str | os.PathLike, labels: dict[str, str | os.Pat
     from ehrfm.tokens import TokenDir
 
     td = TokenDir(tokens_dir)
-    return {task: load_label_histories(td, path, max_labels, seed) for task, path in sorted(labels.items())}
+    return {task: load_label_histories(td, path, max_labels, seed, task) for task, path in sorted(labels.items())}
 
 
 __all__ = ["score_run", "label_files", "task_histories"]

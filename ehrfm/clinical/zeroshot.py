@@ -133,7 +133,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ehrfm.clinical.common import as_stored, check_out, prediction_frame, write_head_outputs
+from ehrfm.clinical.common import as_stored, check_out, prediction_frame, warn_outcome_in_history, write_head_outputs
 from ehrfm.clinical.configs import ZEROSHOT_TASKS, ZeroShotConfig
 from ehrfm.clinical.histories import END_TOKENS, history_window
 from ehrfm.clinical.labels import DISCHARGE_PREFIX, UNKNOWN_DISCHARGE_LOCATIONS, check_label_window, head_labels
@@ -763,6 +763,7 @@ def zeroshot(cfg: ZeroShotConfig, out: str | os.PathLike, overwrite: bool = Fals
     h = load_label_histories(td, labels, cfg.max_labels, cfg.seed)
     model, mcfg, record = load_run(cfg.run_dir, td, cfg.device, n_labels=len(h.start),
                                    allow_incomplete=cfg.allow_incomplete, with_record=True)
+    warn_outcome_in_history(td.meds_dir, labels, task)  # after what refuses: a refusal is the one line on stderr
     context = resolve_context(cfg.context, mcfg.context)
     rows = np.flatnonzero(np.isin(h.split, cfg.splits))
     if len(rows) == 0:
@@ -859,7 +860,7 @@ def score_run_zeroshot(
         if model is None:
             model, mcfg = load_run(run_dir, td, device)
             context = resolve_context(None, mcfg.context)
-        h = load_label_histories(td, path, max_labels, seed)
+        h = load_label_histories(td, path, max_labels, seed, task)
         rows = np.flatnonzero(h.split == "held_out")
         if len(rows) == 0:
             raise UserError(f"task {task}: no labels in the held_out split of {path}")
