@@ -160,6 +160,10 @@ class ModelConfig(_DictConfig):
         return self.d_model // self.n_head
 
 
+MAX_TOKENS = 10**15  # training tokens of one run: the largest published pretraining runs are ~1.5e13
+MAX_FLOPS = 1e30  # training FLOPs of one run (and the largest budget a sweep plans)
+
+
 @dataclass
 class TrainConfig(_DictConfig):
     """One training run: data, model shape, budget, optimizer, schedule, evaluation, runtime.
@@ -277,6 +281,13 @@ class TrainConfig(_DictConfig):
             raise UserError(f"train config: tokens must be >= 1 (got {self.tokens})")
         if self.flops is not None and not float(self.flops) > 0:
             raise UserError(f"train config: flops must be > 0 (got {self.flops})")
+        # --tokens 1e30 trained at an lr of 8e-25 (its warmup spanning 1e26 steps) with an epochs warning only
+        if self.tokens is not None and int(self.tokens) > MAX_TOKENS:
+            raise UserError(f"train config: tokens must be at most {MAX_TOKENS:.0e} (got {float(self.tokens):.3g}), ~70 times "
+                            "the largest published pretraining runs")
+        if self.flops is not None and float(self.flops) > MAX_FLOPS:
+            raise UserError(f"train config: flops must be at most {MAX_FLOPS:.0e} (got {float(self.flops):.3g}), ~10^4 times "
+                            "the largest training runs")
         for name in ("batch_size", "context", "log_interval"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"train config: {name} must be >= 1 (got {getattr(self, name)})")

@@ -109,9 +109,11 @@ from ehrfm.checkpoint import (
     verify_checkpoint,
 )
 from ehrfm.config import (
+    IDENTITY,
     ModelConfig,
     TrainConfig,
     branch_free_fields,
+    fields_with,
     resumable_fields,
     stable_checkpoint_dir,
     warmup_steps_for,
@@ -986,7 +988,8 @@ class _Run:
                 "step": self.step, "tokens_seen": self.tokens_at(self.step), "wall_s": self.wall_s, "status": str(status),
                 "train_loss": self.train_loss, "initial_train_loss": self.initial_loss,
                 "initial_train_loss_se": self.initial_loss_se, "dtype": self.dtype_name,
-                "tokenizer_fingerprint": self.td.fingerprint, "steps": self.n_steps, "tokens": self.D})
+                "tokenizer_fingerprint": self.td.fingerprint, "steps": self.n_steps, "tokens": self.D,
+                "train": train_identity(self.cfg)})
         self.dd.barrier()
 
     def evaluate(self) -> float:
@@ -1023,7 +1026,7 @@ def _setup(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_di
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fused,
     )
-    expected = {"tokenizer_fingerprint": td.fingerprint, "tokens": D, "steps": n_steps}
+    expected = {"tokenizer_fingerprint": td.fingerprint, "tokens": D, "steps": n_steps, "train": train_identity(cfg)}
     step, wall_s, train_loss, initial_loss, initial_loss_se, trained_in = _resume(cfg, core, optimizer, run_dir, device,
                                                                                   expected, base["branch_tokens"])
     if cfg.dtype == "auto" and trained_in in ("float32", "bfloat16") and trained_in != dtype_name:
@@ -1049,6 +1052,12 @@ def _setup(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_di
                 step=step, wall_s=wall_s, train_loss=train_loss, initial_loss=initial_loss, initial_loss_se=initial_loss_se)
 
 
+def train_identity(cfg: TrainConfig) -> dict:
+    """The settings that decide what a run computes (TrainConfig fields of role IDENTITY), as a checkpoint records them."""
+    d = cfg.to_dict()
+    return {k: d[k] for k in sorted(fields_with(TrainConfig, "role", IDENTITY))}
+
+
 def _check_checkpoint_is_this_runs(ckpt: Path, model_cfg: ModelConfig, expected: dict) -> None:
     """Refuse (UserError, nothing changed) a checkpoint that another run wrote into this run dir.
 
@@ -1066,6 +1075,12 @@ def _check_checkpoint_is_this_runs(ckpt: Path, model_cfg: ModelConfig, expected:
     for key in ("tokenizer_fingerprint", "tokens", "steps"):
         if key in state and state[key] != expected[key]:
             problems.append(f"{key} {state[key]!r} in the checkpoint vs {expected[key]!r} now")
+    # the settings it trained with (since 2026-12-06; an older checkpoint has none): a checkpoint of another seed
+    # or lr, same shape and budget, was resumed silently and its steps reported as this run's
+    saved = state.get("train")
+    if isinstance(saved, dict):
+        problems += [f"{k} {saved[k]!r} in the checkpoint vs {v!r} now" for k, v in expected["train"].items()
+                     if k in saved and saved[k] != v]
     if problems:
         raise UserError(f"checkpoint {ckpt} was written by another run ({'; '.join(problems)}); delete {ckpt} "
                         "to train this run from step 0, or pass --overwrite to discard the run dir")
@@ -1104,9 +1119,12 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
     Steps until D tokens are trained (or a stop request, or divergence), then the final eval:
     _step (forward/backward), the optimizer step, _after_step (eval, log, checkpoint), _finish.
     """
+    # A fresh WSD branch starts at its trunk's checkpoint, not its own: its log begins at the branch point (the trunk's
+    # log holds the steps before), and nothing of it was lost (every branch warned "the log of steps 1-N is lost").
+    own_checkpoint = _started(run_dir)
     run = _setup(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_dir, base)
     # metrics.jsonl truncated to the step resumed from (+ --logger backend); closed below
-    metrics_f = metrics_log(run_dir, cfg, resume_step=run.step) if dd.main else None
+    metrics_f = metrics_log(run_dir, cfg, resume_step=run.step if own_checkpoint else 0) if dd.main else None
     quiet = {} if dd.main else {"disable": True}  # one bar, on rank 0 (EHRFM_QUIET=1 silences it)
     bar = progress(total=D, initial=run.tokens_at(run.step), unit="tok", unit_scale=True, desc="train", **quiet)
     run.model.train()

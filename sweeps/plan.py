@@ -109,6 +109,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ehrfm.config import (
+    MAX_FLOPS,
     ModelConfig,
     TrainConfig,
     not_identity_fields,
@@ -282,7 +283,7 @@ def _budget_flops(item, where: str, not_a_number: str) -> float:
     return c
 
 
-MAX_BUDGET = 1e30  # the largest compute budget a sweep plans (FLOPs)
+MAX_BUDGET = MAX_FLOPS  # the largest compute budget a sweep plans (FLOPs): ehrfm.config's bound on one run
 
 
 def canonical_budgets(budgets, keep=()) -> tuple[list[float], list[str]]:
@@ -1180,6 +1181,12 @@ def plan_sweep(
     clash = sorted(set(train or {}) & PER_RUN_FIELDS)
     if clash:
         raise UserError(f"train options {', '.join(clash)} are set per run by the planner, not per sweep")
+    if (train or {}).get("mlp_hidden", 0) != 0:
+        # The family's MLP width follows d_model (ehrfm.shapes, 8/3 d): the planner counts each run's N and FLOPs
+        # with it, so another width trained on 52-80% of its budget (and -1 failed every run at its start)
+        raise UserError(f"train option mlp_hidden={train['mlp_hidden']!r}: a sweep's shapes take the family's SwiGLU width "
+                        "(8/3 d_model, ehrfm.shapes), which its parameter and FLOP counts assume; train another width "
+                        "with `ehrfm train --mlp-hidden`")
     if not int(lr_ref_width) >= 0:
         raise UserError(f"--lr-ref-width must be >= 0 (got {lr_ref_width})")
     out = Path(out)

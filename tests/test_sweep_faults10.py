@@ -73,3 +73,50 @@ def test_replicate_seeds_beyond_100_are_refused_and_a_plan_of_thousands_of_runs_
     assert p.returncode == 0, p.stderr
     n = len(pq.read_table(tmp_path / "many" / "plan.parquet"))
     assert n > 1000 and f"{n} runs planned (5 budget(s)" in p.stderr and "up to 100 seeds each" in p.stderr, p.stderr
+
+
+def test_a_sweep_wide_mlp_width_is_refused_at_planning(tok, tmp_path):
+    from test_sweep import ehrfm
+
+    for width in ("7", "-1"):
+        p = ehrfm("sweep", "plan", "--tokens", tok, "--budgets", "1e10", "--sizes", "3", "--context", "64",
+                  "--out", tmp_path / f"w{width}", "--train-opt", f"mlp_hidden={width}")
+        assert p.returncode == 2 and f"train option mlp_hidden={width}: a sweep's shapes take the family's SwiGLU width" \
+            in p.stderr, p.stderr
+        assert not (tmp_path / f"w{width}").exists()
+
+
+def test_a_budget_beyond_any_training_run_is_a_usage_error_of_ehrfm_train(tok, tmp_path):
+    kw = dict(tokens_dir=str(tok), out_dir=str(tmp_path / "r"), n_layer=1, d_model=16, n_head=2, context=32)
+    with pytest.raises(UserError, match=r"tokens must be at most 1e\+15 \(got 1e\+30\)"):
+        TrainConfig(tokens=10**30, **kw)
+    with pytest.raises(UserError, match=r"flops must be at most 1e\+30 \(got 1e\+35\)"):
+        TrainConfig(flops=1e35, **kw)
+    assert TrainConfig(tokens=10**15, **kw).tokens == 10**15
+
+
+def test_a_checkpoint_of_another_seed_or_lr_is_refused_not_resumed(tok, tmp_path):
+    from ehrfm.train import request_stop
+
+    kw = dict(tokens_dir=str(tok), n_layer=1, d_model=16, n_head=2, context=32, tokens=4096, batch_size=4, eval_tokens=512)
+    for name, seed, lr in (("a", 3, 1e-3), ("b", 4, 3e-3)):
+        request_stop()  # interrupted after its first step: a checkpoint, as a preempted run leaves
+        assert train(TrainConfig(out_dir=str(tmp_path / name), seed=seed, lr=lr, **kw))["status"] == "interrupted"
+    shutil.rmtree(tmp_path / "b" / "checkpoint")
+    shutil.copytree(tmp_path / "a" / "checkpoint", tmp_path / "b" / "checkpoint")
+    with pytest.raises(UserError, match=r"was written by another run \(.*lr 0.001 in the checkpoint vs 0.003 now.*seed 3 in "
+                                        r"the checkpoint vs 4 now"):
+        train(TrainConfig(out_dir=str(tmp_path / "b"), seed=4, lr=3e-3, **kw))
+    assert train(TrainConfig(out_dir=str(tmp_path / "a"), seed=3, lr=1e-3, **kw))["status"] == "completed"  # its own: resumed
+
+
+def test_a_fresh_wsd_branch_does_not_warn_that_its_log_is_lost(tok, tmp_path, capsys):
+    kw = dict(tokens_dir=str(tok), n_layer=1, d_model=16, n_head=2, context=64, batch_size=8, eval_tokens=512, seed=3,
+              schedule="wsd", warmup_steps=5)
+    assert train(TrainConfig(out_dir=str(tmp_path / "trunk"), tokens=60_000, stable_checkpoints=[20_480], **kw))["status"] == "completed"
+    capsys.readouterr()
+    done = train(TrainConfig(out_dir=str(tmp_path / "branch"), tokens=25_600, trunk_dir=str(tmp_path / "trunk"), **kw))
+    assert done["status"] == "completed"
+    assert "is missing" not in capsys.readouterr().err
+    steps = [json.loads(line)["step"] for line in (tmp_path / "branch" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[0] == 20_480 // 512 + 1 and steps == sorted(steps)  # its log begins after the branch point
