@@ -258,25 +258,24 @@ def check_not_input(out: str | os.PathLike, inputs=()) -> None:
                             "choose another --out")
 
 
-# Outputs that hold other commands' outputs by design: the demo's dir (its stages' outputs), a run dir (the heads and
-# exports of that model, where users keep them).
-CONTAINER_OUTPUTS = ("demo", "train")
+# Outputs read as a whole by the next stage: a MEDS dir's readers take every parquet file under data/, a token dir
+# and a raw dir are read by their layout. Others may hold a user's files (label files beside ours in a labels dir,
+# heads inside a run dir), and the demo's dir holds its stages' outputs.
+DATA_OUTPUTS = ("synth", "etl", "tokenize")
 
 
 def check_not_inside_output(out: str | os.PathLike) -> None:
-    """Raise UserError when `out` lies inside another command's output (an ancestor dir holds OUTPUT_MARKER).
+    """Raise UserError when `out` lies inside a data output (DATA_OUTPUTS: an ancestor's OUTPUT_MARKER names one).
 
-    A MEDS dir's readers take every parquet file under data/ (`etl --out meds/data/train/x` made its
-    codes.parquet a shard, and `ehrfm tokenize meds` failed: "lacks column 'subject_id'"); a token,
-    label or fit dir is read as a whole too, and its --overwrite refused once it held the stranger.
-    CONTAINER_OUTPUTS hold others by design.
+    `etl --out meds/data/train/x` made its codes.parquet a shard of that MEDS dataset: `ehrfm tokenize meds`
+    failed ("lacks column 'subject_id'"), and the dataset's --overwrite was refused once it held the stranger.
     """
     o = Path(out).resolve()
     for parent in o.parents:
         command = output_command(parent)
-        if command is not None and command not in CONTAINER_OUTPUTS:
+        if command in DATA_OUTPUTS:
             raise UserError(f"output {out} lies inside {parent}, the output of `ehrfm {command}`: writing there would "
-                            "change that output (its readers take what it holds); choose an --out outside it")
+                            "change that data (its readers take what it holds); choose an --out outside it")
 
 
 def output_command(out: str | os.PathLike) -> str | None:

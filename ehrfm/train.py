@@ -123,6 +123,7 @@ from ehrfm.errors import UserError
 from ehrfm.io import (
     check_ehrfm_output,
     check_not_input,
+    check_not_inside_output,
     free_memory,
     mark_output,
     progress,
@@ -560,6 +561,7 @@ def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool, held: con
     ehrfm did not write (ehrfm.io.check_ehrfm_output).
     """
     check_not_input(run_dir, inputs)
+    check_not_inside_output(run_dir)  # a run dir inside a token or MEDS dir would change that data
     if overwrite:
         check_ehrfm_output(run_dir, ignore=(LOCK_FILE,), command="train")
     if run_dir.exists() and not overwrite and not (run_dir / "config.json").is_file() \

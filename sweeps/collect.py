@@ -187,6 +187,12 @@ def collect_sweep(
         check_tokens_dir(sweep.tokens_dir, sweep_dir)  # the probes read the histories there
     if probe_best is not None and (isinstance(probe_best, bool) or not isinstance(probe_best, int) or probe_best < 1):
         raise UserError(f"--probe-best must be a whole number >= 1 (got {probe_best!r}): shapes probed per budget")
+    from ehrfm.clinical.configs import MIN_BOOTSTRAP
+
+    if isinstance(utility_boot, bool) or not isinstance(utility_boot, int) or not (utility_boot == 0 or utility_boot >= MIN_BOOTSTRAP):
+        # 3 resamples made `ehrfm fit`'s paired utility intervals cycle through 3 columns
+        raise UserError(f"--utility-boot must be 0 (no intervals) or a whole number >= {MIN_BOOTSTRAP} (got {utility_boot!r}): "
+                        "the fewest held-out resamples a 95% interval can come from")
     probed = None if probe_best is None else best_shapes(rows, probe_best)
     if labels_dir is not None:
         utility_columns = _add_utility(sweep, sweep_dir, rows, find_label_files(labels_dir), max_labels, seed, utility_boot,

@@ -1190,6 +1190,9 @@ def plan_sweep(
     if not int(lr_ref_width) >= 0:
         raise UserError(f"--lr-ref-width must be >= 0 (got {lr_ref_width})")
     out = Path(out)
+    from ehrfm.io import check_not_inside_output
+
+    check_not_inside_output(out)  # a sweep's runs inside a token or MEDS dir would change that data
     old = None
     if out.is_dir() and (out / SWEEP_JSON).is_file():
         old = SweepConfig.from_dict(read_json(out / SWEEP_JSON, "sweep config", expect=dict,

@@ -140,3 +140,32 @@ def test_the_audit_verdict_names_each_checks_count_instead_of_adding_them():
     clean = TaskAudit("long_los", 900, 0, 0, 0, None, 0)
     res = AuditResult("m", "l", {}, None, None, {t.task: t for t in (both, one, clean)}, None, {})
     assert leak_verdicts(res) == ["in_hospital_mortality ((a) 436, (b) 1720, of 1720 labels)", "icu_admission (12)"]
+
+
+def test_the_demo_and_sweep_collect_refuse_too_few_resamples_and_replicates_before_any_stage(tmp_path):
+    from ehrfm.app.demo import DemoConfig
+
+    for kw, says in ((dict(head_bootstrap=5), "--head-bootstrap"), (dict(run_seeds=101), "--run-seeds")):
+        with pytest.raises(UserError, match=says):
+            DemoConfig(out=str(tmp_path / "d"), **kw).checked()
+    assert not (tmp_path / "d").exists()
+
+
+def test_sweep_collect_refuses_a_utility_bootstrap_of_a_few_resamples(tmp_path):
+    from sweeps.collect import collect_sweep
+
+    with pytest.raises(UserError, match=r"--utility-boot must be 0 \(no intervals\) or a whole number >= 20 \(got 3\)"):
+        collect_sweep(_finished_sweep(tmp_path), utility_boot=3)
+
+
+def _finished_sweep(tmp_path):
+    from conftest import private_synth_pipeline
+
+    from sweeps.launch import LaunchConfig, launch_sweep
+    from sweeps.plan import plan_sweep
+
+    paths = private_synth_pipeline(tmp_path / "chain", 300, seed=2)
+    out = tmp_path / "sweep"
+    plan_sweep(paths["tok"], [2e8], out, sizes=1, context=64, min_steps=1, train={"batch_size": 4})
+    launch_sweep(out, LaunchConfig(executor="local", wait=True))
+    return out

@@ -116,11 +116,36 @@ def test_an_output_inside_another_commands_output_is_refused(mimic_demo_dir, tmp
     p = _cli("etl", mimic_demo_dir, "--out", meds / "data" / "train" / "nested", "--tables", "diagnoses_icd")
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == (
         f"ehrfm etl: error: output {meds / 'data' / 'train' / 'nested'} lies inside {meds.resolve()}, the output of "
-        "`ehrfm etl`: writing there would change that output (its readers take what it holds); choose an --out outside it"
+        "`ehrfm etl`: writing there would change that data (its readers take what it holds); choose an --out outside it"
     ), p.stderr
     assert sorted(p.relative_to(meds) for p in meds.rglob("*")) == before
     p = _cli("labels", meds, "--task", "in_hospital_mortality", "--out", meds / "labels.parquet")
     assert p.returncode == 2 and "lies inside" in p.stderr, p.stderr
+    tok = tmp_path / "tok"
+    assert _cli("tokenize", meds, "--out", tok).returncode == 0
+    for argv in (("train", tok, "--out", meds / "run", "--n-layer", "1", "--d-model", "16", "--n-head", "2", "--context", "32",
+                  "--tokens", "2048"),
+                 ("sweep", "plan", "--tokens", tok, "--budgets", "1e9", "--out", meds / "sweep")):
+        p = _cli(*argv)
+        assert p.returncode == 2 and f"lies inside {meds.resolve()}, the output of `ehrfm etl`" in p.stderr, p.stderr
+    assert sorted(p.relative_to(meds) for p in meds.rglob("*")) == before
+    # a labels dir may hold the user's own label files beside ours (`sweep collect --labels` reads them all)
+    assert _cli("labels", meds, "--task", "all", "--out", tmp_path / "labels").returncode == 0
+    p = _cli("labels", meds, "--task", "in_hospital_mortality", "--gap-hours", "48", "--out", tmp_path / "labels" / "mort48.parquet")
+    assert p.returncode == 0, p.stderr
+
+
+def test_diagnoses_of_the_ed_drg_and_hcpcs_rows_without_a_code_are_dropped_and_counted(mimic_demo_dir, tmp_path):
+    raw = _minimal_raw(mimic_demo_dir, tmp_path)
+    for table, col in (("drgcodes", "drg_code"), ("hcpcsevents", "hcpcs_cd")):
+        df = pl.read_csv(mimic_demo_dir / "hosp" / f"{table}.csv.gz", infer_schema_length=0)
+        df.with_columns(pl.when(pl.int_range(pl.len()) < 4).then(None).otherwise(pl.col(col)).alias(col)).write_csv(
+            raw / "hosp" / f"{table}.csv")
+    etl(raw, tmp_path / "meds")
+    tables = json.loads((tmp_path / "meds" / "metadata" / "etl_config.json").read_text())["tables"]
+    assert tables["hosp/drgcodes"]["dropped"]["no_drg_code"] == 4 and tables["hosp/hcpcsevents"]["dropped"]["no_hcpcs_code"] == 4
+    codes = pl.read_parquet(tmp_path / "meds" / "data" / "*" / "*.parquet")["code"]
+    assert not codes.filter(codes.str.starts_with("DRG//") | codes.str.starts_with("HCPCS//")).str.ends_with("//UNK").any()
 
 
 def test_a_tokenizer_of_a_killed_tokenize_is_refused(synth_tokens, synth_meds, tmp_path):

@@ -173,7 +173,8 @@ Dates and midnights (an event is never placed before the first moment it could h
   parent row of an administration repeats its product lines; a line without a dose; a line
   whose emar row is absent or dropped), missing_stay_id / unknown_stay_id (ED triage and
   diagnoses), missing_name (ED medrecon, pyxis), discharge_row_made_by_admissions (transfers),
-  icd_version_not_9_or_10 / no_icd_code (diagnoses_icd, procedures_icd: no DIAGNOSIS//ICD//<9|10>//<code> of them),
+  icd_version_not_9_or_10 / no_icd_code (diagnoses_icd, procedures_icd, ED diagnosis: no ICD//<9|10>//<code> of them),
+  no_drg_code (drgcodes), no_hcpcs_code (hcpcsevents),
   later_death_merged (one death per subject, the earliest kept), time_outside_lifetime (an
   event more than a year before the subject's MEDS_BIRTH -- its birth year is anchor_year -
   anchor_age, give or take one -- or over MAX_ANCHOR_AGE + 1 years after it: a database's
@@ -652,7 +653,7 @@ def _procedures(df, ctx):
 
 
 def _drgcodes(df, ctx):
-    df = _at_discharge(df, ctx)
+    df = _at_discharge(_keep(df, ctx, _part("drg_code") != "UNK", "no_drg_code"), ctx)  # DRG//<type>//UNK names no group
     code = pl.concat_str(pl.lit("DRG//"), _part("drg_type"), pl.lit("//"), _part("drg_code"))
     return [_ev(df, pl.col("dischtime"), code, ORDER_DX)]
 
@@ -741,6 +742,7 @@ def _microbiology(df, ctx):
 
 def _hcpcs(df, ctx):
     # chartdate is a date: the date-only rule places it (end of day or the stay's discharge).
+    df = _keep(df, ctx, _part("hcpcs_cd") != "UNK", "no_hcpcs_code")  # HCPCS//UNK names no procedure
     return [_ev(df, "chartdate", pl.lit("HCPCS//") + _part("hcpcs_cd"), ORDER_PROC)]
 
 
@@ -831,7 +833,7 @@ def _ed_vitalsign(df, ctx):
 
 def _ed_diagnosis(df, ctx):
     # Coded at the end of the ED stay, like hospital diagnoses at discharge.
-    df = _ed_stay_times(df, ctx)
+    df = _ed_stay_times(_icd_rows(df, ctx), ctx)
     code = pl.concat_str(pl.lit("ED_DIAGNOSIS//ICD//"), _int_part("icd_version"), pl.lit("//"), _part("icd_code"))
     return [_ev(df, pl.col("_out"), code, ORDER_DX)]
 
@@ -2568,10 +2570,11 @@ NUL = "\x00"
 # whitespace next to them, counted per column.
 _BREAK = "\t\n\r\x0b\x0c\x85\u2028\u2029"
 LINE_BREAKS = f"[ {_BREAK}]*[{_BREAK}][ {_BREAK}]*"
-# A line break inside a value followed by an id, a comma and more fields is no free text: a double quote left open
-# (a stray " in a text field) made the CSV reader take the following lines, other patients' rows, as one quoted value,
-# with the right number of columns, so no parse error: refused (_BadValues.merged), never written into a code.
-MERGED_RECORDS = r"[\n\r][ \t]*\"?[0-9]+\"?,[^\n\r]*,"
+# A line break inside a value followed by an id, a comma, more fields and a timestamp (every MIMIC-IV event row has one)
+# is no free text: a double quote left open (a stray " in a text field) made the CSV reader take the following lines,
+# other patients' rows, as one quoted value with the right number of columns, so no parse error: refused
+# (_BadValues.merged), never written into a code. Free text such as "pain\n1,500 mL given, recheck" holds no timestamp.
+MERGED_RECORDS = r"[\n\r][ \t]*\"?[0-9]+\"?,[^\n\r]*,[^\n\r]*[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}"
 # Other C0 controls, DEL and C1 controls: real free text holds some (cp1252 text read as Latin-1
 # leaves C1 characters, as in MIMIC-IV-ED's chief complaints), so they are removed, counted per column,
 # rather than refusing a whole table; no code or text written holds one.

@@ -217,6 +217,14 @@ class DemoConfig:
                           ("head_bootstrap", 0), ("max_labels", 1), ("seed", 0), ("gpus_per_node", 0)):
             v = getattr(self, name)
             need(integer(v) and v >= low, "--" + name.replace("_", "-"), v, f"an integer >= {low}")
+        from ehrfm.clinical.configs import MIN_BOOTSTRAP
+        from sweeps.plan import MAX_RUN_SEEDS
+
+        # the heads' and the planner's own bounds, checked before the data stages (they failed every head, or the plan)
+        need(not integer(self.head_bootstrap) or self.head_bootstrap == 0 or self.head_bootstrap >= MIN_BOOTSTRAP,
+             "--head-bootstrap", self.head_bootstrap, f"0 (no intervals) or at least {MIN_BOOTSTRAP}")
+        need(not integer(self.run_seeds) or self.run_seeds <= MAX_RUN_SEEDS, "--run-seeds", self.run_seeds,
+             f"an integer in 1..{MAX_RUN_SEEDS}")
         for name in ("max_parallel", "head_max_labels", "probe_best"):
             v = getattr(self, name)
             need(v is None or (integer(v) and v >= 1), "--" + name.replace("_", "-"), v, "an integer >= 1")

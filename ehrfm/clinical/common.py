@@ -58,7 +58,10 @@ def warn_death_in_history(labels_path, n_rows: int, n_subjects: int) -> None:
 
 
 def _made_by_ehrfm_labels(labels_path: Path, meds_dir: Path) -> bool:
-    """Was the label file written by `ehrfm labels` from `meds_dir` (its parquet's ehrfm mark, its sidecar's meds_dir)?"""
+    """Was the label file written by `ehrfm labels` from `meds_dir` (its parquet's ehrfm mark, its sidecar's meds_dir)?
+
+    The sidecar records meds_dir as it was typed: a relative one is tried from here and from the sidecar's dir.
+    """
     import json
 
     import pyarrow.parquet as pq
@@ -71,14 +74,17 @@ def _made_by_ehrfm_labels(labels_path: Path, meds_dir: Path) -> bool:
         made_from = side.get("config", {}).get("meds_dir")
         if not (marked and isinstance(made_from, str)):
             return False
-        same_path = os.path.abspath(made_from) == os.path.abspath(meds_dir)
-        return same_path or (Path(made_from).exists() and Path(meds_dir).exists() and os.path.samefile(made_from, meds_dir))
+        for place in (Path(made_from), labels_path.parent / made_from):
+            if os.path.abspath(place) == os.path.abspath(meds_dir) or (
+                    place.exists() and Path(meds_dir).exists() and os.path.samefile(place, meds_dir)):
+                return True
+        return False
     except (OSError, ValueError, AttributeError, TypeError):
         return False
 
 
-def _labels_after_death(meds_dir, labels_path: Path) -> int:
-    """Rows of a label file whose subject's MEDS_DEATH is at or before its prediction time (warn_death_in_history's)."""
+def _labels_after_death(meds_dir, labels: pl.DataFrame) -> int:
+    """Label rows whose subject's MEDS_DEATH is at or before its prediction time (warn_death_in_history's)."""
     from ehrfm.meds_io import open_meds
 
     deaths = [pl.scan_parquet(p).filter(pl.col("code") == "MEDS_DEATH").select("subject_id", pl.col("time").alias("death"))
@@ -86,12 +92,14 @@ def _labels_after_death(meds_dir, labels_path: Path) -> int:
     if not deaths:
         return 0
     death = pl.concat(deaths).collect().group_by("subject_id").agg(pl.col("death").min())
-    lab = pl.read_parquet(labels_path, columns=["subject_id", "prediction_time"])
-    joined = lab.with_columns(pl.col("subject_id").cast(pl.Int64)).join(death, on="subject_id")
+    joined = labels.select(pl.col("subject_id").cast(pl.Int64), "prediction_time").join(death, on="subject_id")
     try:
         return int((joined["death"].cast(pl.Datetime("us")) <= joined["prediction_time"].cast(pl.Datetime("us"))).sum())
     except pl.exceptions.PolarsError:  # zoned against naive: the heads refuse such a file in their own words
         return 0
+
+
+_OUTCOME_CHECKED: set = set()  # (label file, its mtime, MEDS dir, task) audited in this process: a sweep scores many runs
 
 
 def warn_outcome_in_history(meds_dir, labels_path, task: str) -> None:
@@ -100,32 +108,38 @@ def warn_outcome_in_history(meds_dir, labels_path, task: str) -> None:
     A head scores a user's label file as asked; one whose prediction times let the history hold the
     outcome (an ICU admission label predicted a minute before discharge: probe AUROC 0.999, without a
     word, where only a death in the history was warned about) scores look-ahead, not prediction. The
-    audit's checks (a)-(c) (ehrfm.clinical.audit) are run on the file for its task, and the labels
-    they flag are counted. Not re-checked: files `ehrfm labels` wrote from this MEDS dir (they exclude
-    such rows by construction, the demo audits them), tasks the audit knows no outcome of, token dirs that
-    record no MEDS dir, and a MEDS dir that is gone (nothing to check against: a warning says so); nor
-    labels whose flagged rows are no more than those with a death in their history (warn_death_in_history
-    says those).
+    audit's checks (a)-(c) (ehrfm.clinical.audit) are run on the file (or a task's shard dir) for its
+    task, once per process, and the labels they flag are counted. Not checked: files `ehrfm labels` wrote
+    from this MEDS dir (they exclude such rows by construction, the demo audits them), tasks the audit
+    knows no outcome of, token dirs that record no MEDS dir, and a MEDS dir that is gone (a warning says
+    so). (a) counts a death in the history for every task: when it flags no more labels than hold a
+    death, and (b), (c) none, warn_death_in_history has said it.
     """
     from ehrfm.clinical.audit import OUTCOME_RULES, audit
+    from ehrfm.clinical.labels import read_labels
     from ehrfm.io import warn
 
-    if task not in OUTCOME_RULES:
-        return
-    labels_path = Path(labels_path)
-    if meds_dir is None or not labels_path.is_file() or _made_by_ehrfm_labels(labels_path, Path(meds_dir)):
+    if task not in OUTCOME_RULES or meds_dir is None:
         return  # None: a token dir that records no MEDS dir (not made by `ehrfm tokenize`): nothing to check against
+    labels_path = Path(labels_path)
+    if not labels_path.exists() or (labels_path.is_file() and _made_by_ehrfm_labels(labels_path, Path(meds_dir))):
+        return
+    key = (str(labels_path.resolve()), labels_path.stat().st_mtime_ns, str(Path(meds_dir).resolve()), task)
+    if key in _OUTCOME_CHECKED:
+        return
+    _OUTCOME_CHECKED.add(key)
     if not Path(meds_dir).is_dir():
         warn(f"label file {labels_path}: the MEDS data its token dir was made from ({meds_dir}) is not there: its histories "
              f"were not checked for the {task} outcome (run `ehrfm audit MEDS --labels {labels_path}`)")
         return
     try:
         res = audit(meds_dir, labels_path, task=task).tasks[task]
+        dead = _labels_after_death(meds_dir, read_labels(labels_path, allow_empty=True))
     except UserError:  # what the audit refuses, the head refuses in its own words
         return
-    leaking = max(res.outcome_code_in_history or 0, res.date_only_same_day or 0, res.not_known_before_prediction or 0)
-    if leaking and leaking > _labels_after_death(meds_dir, labels_path):  # else the death warning said it all
-        warn(f"label file {labels_path}: `ehrfm audit` finds {leaking} of {res.n_labels} labels whose history may hold "
+    a, b, c = res.outcome_code_in_history or 0, res.date_only_same_day or 0, res.not_known_before_prediction or 0
+    if a > dead or b or c:
+        warn(f"label file {labels_path}: `ehrfm audit` finds {max(a, b, c)} of {res.n_labels} labels whose history may hold "
              f"their {task} outcome (look-ahead: a head scores it as asked, and its AUROC is no prediction); see "
              f"`ehrfm audit {meds_dir} --labels {labels_path} --task {task}`")
 

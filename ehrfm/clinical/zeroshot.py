@@ -860,7 +860,7 @@ def score_run_zeroshot(
         if model is None:
             model, mcfg = load_run(run_dir, td, device)
             context = resolve_context(None, mcfg.context)
-        h = load_label_histories(td, path, max_labels, seed, task)
+        h = load_label_histories(td, path, max_labels, seed, task)  # audited once per process (warn_outcome_in_history)
         rows = np.flatnonzero(h.split == "held_out")
         if len(rows) == 0:
             raise UserError(f"task {task}: no labels in the held_out split of {path}")
