@@ -85,6 +85,7 @@ gradient all-reduce averages them, rank 0 writes files. Backend nccl on CUDA, gl
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import shutil
@@ -1080,9 +1081,10 @@ def _check_checkpoint_is_this_runs(ckpt: Path, model_cfg: ModelConfig, expected:
     # the settings it trained with (since 2026-12-06; an older checkpoint has none): a checkpoint of another seed
     # or lr, same shape and budget, was resumed silently and its steps reported as this run's
     saved = state.get("train")
-    if isinstance(saved, dict):
+    if isinstance(saved, dict):  # the shape and the budget are named above (model_config.json, tokens and steps)
+        named = {f.name for f in dataclasses.fields(ModelConfig)} | {"tokens", "flops"}
         problems += [f"{k} {saved[k]!r} in the checkpoint vs {v!r} now" for k, v in expected["train"].items()
-                     if k in saved and saved[k] != v]
+                     if k in saved and saved[k] != v and k not in named]
     if problems:
         raise UserError(f"checkpoint {ckpt} was written by another run ({'; '.join(problems)}); delete {ckpt} "
                         "to train this run from step 0, or pass --overwrite to discard the run dir")

@@ -44,7 +44,7 @@ def test_replicate_seeds_add_runs_and_keep_the_first_seeds_ids(synth_tokens, tmp
     assert {r["run_id"] for r in first} == {r["run_id"] for r in rows1} and len(rows2) == 2 * len(rows1)
     assert not any("not in this one" in n for n in notes)
 
-    with pytest.raises(UserError, match=r"--run-seeds must be an integer >= 1 \(got 0\)"):
+    with pytest.raises(UserError, match=r"--run-seeds must be an integer in 1..100 \(got 0\)"):
         plan_sweep(synth_tokens, budgets, tmp_path / "zero", run_seeds=0, **OPTS)
     assert not (tmp_path / "zero").exists()  # nothing half-written
 
