@@ -190,3 +190,25 @@ def test_synth_streams_in_chunks_with_ids_unique_across_chunks(tmp_path, monkeyp
     # The first chunk does not depend on how many patients follow it.
     synthesize(tmp_path / "b", n_patients=40, seed=5)
     assert pl.read_csv(tmp_path / "b/hosp/patients.csv.gz").equals(pats.head(40))
+
+
+def test_icu_vitals_stay_physiological(synth_raw):
+    """ICU vitals stay within what a monitor shows: the severity effect once wrote a quarter of systolic
+    pressures below 40 mmHg, some negative."""
+    from tokenization.synth import SBP_FLOOR, _pressure_floor
+
+    vitals = pl.read_csv(synth_raw / "icu/chartevents.csv.gz").group_by("itemid").agg(
+        pl.col("valuenum").min().alias("lo"), pl.col("valuenum").median().alias("mid"), pl.col("valuenum").max().alias("hi"))
+    ranges = {220045: (20, 250), 220179: (SBP_FLOOR, 250), 220210: (4, 60), 220277: (50, 100), 223761: (90, 108)}
+    assert set(vitals["itemid"]) == set(ranges)
+    for itemid, lo, mid, hi in vitals.iter_rows():
+        assert ranges[itemid][0] < lo <= mid <= hi <= ranges[itemid][1], (itemid, lo, mid, hi)
+    sbp = vitals.filter(pl.col("itemid") == 220179)
+    assert 80 < sbp["mid"].item() < 130
+    # The bend keeps every pressure's order (hence its decile token) and leaves those above its knee as they were.
+    grid = np.round(np.arange(-80.0, 160.0, 0.1), 1)
+    bent = _pressure_floor(grid)
+    # strictly increasing where the demo cohort's pressures lie (its lowest is -10.5 mmHg before the bend)
+    assert (np.diff(bent) >= 0).all() and (np.diff(bent[grid >= -20]) > 0).all() and bent.min() > SBP_FLOOR
+    assert (bent[grid >= 100] == grid[grid >= 100]).all() and (bent[grid < 100] >= grid[grid < 100]).all()
+    assert abs(_pressure_floor(np.array([28.8]))[0] - 58.31) < 0.005  # the demo cohort's lowest decile edge

@@ -236,6 +236,26 @@ VITALS = [
     (220277, "O2 saturation pulseoxymetry", "SpO2", "Respiratory", "%", 96.5, 1.8, -1.2),
     (223761, "Temperature Fahrenheit", "Temperature F", "Routine Vital Signs", "°F", 98.4, 0.8, 0.8),
 ]
+SBP = 1  # its index in VITALS
+# Systolic pressure falls toward a floor as shock deepens, not linearly without end: the severity effect above wrote a
+# quarter of ICU pressures below 40 mmHg (some negative). Below SBP_KNEE the value bends toward SBP_FLOOR (continuous,
+# slope 1 at the knee, increasing), so the sickest quarter reads 50-60 mmHg. Kept to 0.01 mmHg, the bend keeps the order
+# of the values (strictly down to -20 mmHg before it), hence their decile tokens (per-code deciles): on the default demo
+# cohort the tokens are byte-identical with and without it; only tokenizer.json's systolic edges move.
+SBP_KNEE, SBP_FLOOR = 100.0, 40.0
+
+
+def _pressure_floor(value: np.ndarray) -> np.ndarray:
+    """Systolic pressures (mmHg, to 0.1) bent toward SBP_FLOOR below SBP_KNEE, to 0.01 mmHg; order-preserving.
+
+    Applied to the values rounded to 0.1 mmHg, as they were written before the bend: ties stay ties.
+    """
+    value = np.round(value, 1)
+    span = SBP_KNEE - SBP_FLOOR
+    bent = np.round(SBP_FLOOR + span * np.exp(np.minimum(value - SBP_KNEE, 0.0) / span), 2)
+    return np.where(value >= SBP_KNEE, value, bent)
+
+
 CAREUNITS = [
     "Medical Intensive Care Unit (MICU)", "Surgical Intensive Care Unit (SICU)",
     "Cardiac Vascular Intensive Care Unit (CVICU)", "Coronary Care Unit (CCU)",
@@ -1154,7 +1174,8 @@ def _vitals(rng, adm, icu_i, icu_in, icu_out, stay_id, hadm_id, sid, cfg):
     eff = np.array([v[7] for v in VITALS])[vi]
     value = mean + sd * (eff * np.minimum(intensity[rep], 4.0) + rng.normal(0, 0.6, vi.size))
     value = np.where(vi == 3, np.minimum(value, 100.0), value)
-    value = np.round(value, 1)
+    sbp = vi == SBP
+    value = np.where(sbp, _pressure_floor(value), np.round(value, 1))
     return pl.DataFrame({
         "subject_id": sid[a][rep], "hadm_id": hadm_id[a][rep], "stay_id": stay_id[s][rep],
         "caregiver_id": pl.Series([None] * rep.size, dtype=pl.Int64),
