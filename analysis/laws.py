@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from analysis.fit_config import R_STAR_DATA  # Muennighoff et al. 2023's R_D*, defined beside the fit config
-from ehrfm.law_checks import edge_note  # noqa: F401 (shared with the sweep planner; re-exported)
+
+# shared with the sweep planner and the clinical heads; re-exported
+from ehrfm.law_checks import edge_note, min_replicates  # noqa: F401
 
 
 def fit_power_law(c, y, weights=None) -> tuple[float, float, float]:
@@ -52,17 +52,6 @@ def power_law(coef, exponent, c):
 # covers only 0.95 s of the bootstrap distribution. 0.9 keeps that above 85%; fewer successes (43
 # of 50 replicates failing, as 3-run budgets resampled by runs give) report no interval.
 MIN_REPLICATE_SHARE = 0.9
-
-
-def min_replicates(confidence: float = 0.95) -> int:
-    """The fewest bootstrap replicates from which a percentile interval of this coverage is reported.
-
-    ceil(1 / (1 - confidence)) (20 for 95%): with fewer, fewer than half a replicate falls in each
-    tail, so the interval's ends are interpolated between the few most extreme replicates (with 2
-    replicates, a "95% interval" is most of the gap between them) and are narrower than the
-    coverage claims, never a measurement of it.
-    """
-    return int(math.ceil(1.0 / (1.0 - confidence) - 1e-9))
 
 
 def interval_problem(draws, confidence: float = 0.95) -> str:

@@ -1,4 +1,4 @@
-"""What the sweep planner and the scaling-law fit share: one budget's tolerance and one judgement of a law.
+"""What the sweep planner, the scaling-law fit and the clinical heads share: one budget's tolerance, one judgement of a law, the fewest bootstrap replicates.
 
 Stages meet only at files (DESIGN.md): `sweeps` plans budgets as `ehrfm fit` (analysis) groups
 them, and `ehrfm sweep plan --centre-from` judges a fits.json as `ehrfm recommend` does, so both
@@ -19,6 +19,17 @@ NO_INTERVALS = "fitted without bootstrap intervals: trust cannot be judged"
 # In each fit warning that the runs' tokens per parameter put n_params or tokens in another unit
 # (analysis.fit._tokens_per_param_hints): `ehrfm recommend` repeats those, as they move its every number.
 TOKENS_PER_PARAM_MARK = "tokens / n_params"
+
+
+def min_replicates(confidence: float = 0.95) -> int:
+    """The fewest bootstrap replicates from which a percentile interval of this coverage is reported.
+
+    ceil(1 / (1 - confidence)) (20 for 95%): with fewer, fewer than half a replicate falls in each
+    tail, so the interval's ends are interpolated between the few most extreme replicates (with 2
+    replicates, a "95% interval" is most of the gap between them) and are narrower than the
+    coverage claims, never a measurement of it.
+    """
+    return int(math.ceil(1.0 / (1.0 - confidence) - 1e-9))
 
 
 def is_number(v) -> bool:

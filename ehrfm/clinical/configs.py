@@ -11,6 +11,7 @@ import math
 from dataclasses import KW_ONLY, dataclass, field
 
 from ehrfm.errors import UserError
+from ehrfm.law_checks import min_replicates
 
 LAYERS = "layers"  # last+mean+max of every depth, not only the last (ehrfm.clinical.model_io)
 POOLINGS = ("last", "last+mean", "last+mean+max", LAYERS)  # the probe's representations (ehrfm.clinical.model_io)
@@ -50,9 +51,9 @@ def _check_ranges(config, ranges) -> None:
                             f"percentile interval can come from (with 1 or 3 it did not hold its own point estimate)")
 
 
-# ceil(1 / (1 - 0.95)): with fewer resamples less than one falls in each 2.5% tail, and the "interval" is the gap
-# between the few most extreme ones (the fits' rule, analysis.laws.min_replicates)
-MIN_BOOTSTRAP = 20
+# 20 = ceil(1 / (1 - 0.95)): with fewer resamples less than one falls in each 2.5% tail, and the "interval" is the gap
+# between the few most extreme ones (the fits' rule too)
+MIN_BOOTSTRAP = min_replicates(0.95)
 
 
 @dataclass
