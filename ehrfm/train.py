@@ -966,6 +966,7 @@ class _Run:
     eval_n: int
     eval_bs: int
     stable_steps: dict[int, int]
+    identity: dict  # train_identity(cfg): what every checkpoint of the run records
     step: int = 0
     wall_s: float = 0.0
     train_loss: float = float("nan")
@@ -992,7 +993,7 @@ class _Run:
                 "train_loss": self.train_loss, "initial_train_loss": self.initial_loss,
                 "initial_train_loss_se": self.initial_loss_se, "dtype": self.dtype_name,
                 "tokenizer_fingerprint": self.td.fingerprint, "steps": self.n_steps, "tokens": self.D,
-                "train": train_identity(self.cfg)})
+                "train": self.identity})
         self.dd.barrier()
 
     def evaluate(self) -> float:
@@ -1029,7 +1030,8 @@ def _setup(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_di
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fused,
     )
-    expected = {"tokenizer_fingerprint": td.fingerprint, "tokens": D, "steps": n_steps, "train": train_identity(cfg)}
+    identity = train_identity(cfg)
+    expected = {"tokenizer_fingerprint": td.fingerprint, "tokens": D, "steps": n_steps, "train": identity}
     step, wall_s, train_loss, initial_loss, initial_loss_se, trained_in = _resume(cfg, core, optimizer, run_dir, device,
                                                                                   expected, base["branch_tokens"])
     if cfg.dtype == "auto" and trained_in in ("float32", "bfloat16") and trained_in != dtype_name:
@@ -1051,7 +1053,7 @@ def _setup(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_di
     eval_n = min(cfg.eval_tokens, eval_stream.epoch_tokens)
     return _Run(cfg, dd, td, D, n_steps, run_dir, base, core, model, optimizer, autocast, dtype_name, stream,
                 eval_rows=eval_stream.rows(0, eval_n), eval_n=eval_n, eval_bs=cfg.eval_batch_size or cfg.micro_batch_size,
-                stable_steps=_stable_steps(cfg, n_steps, cfg.batch_size * cfg.context),
+                stable_steps=_stable_steps(cfg, n_steps, cfg.batch_size * cfg.context), identity=identity,
                 step=step, wall_s=wall_s, train_loss=train_loss, initial_loss=initial_loss, initial_loss_se=initial_loss_se)
 
 

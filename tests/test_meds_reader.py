@@ -272,6 +272,28 @@ def test_events_before_birth_are_counted_and_said(tmp_path, capsys):
                     "age token is the youngest bin"]
 
 
+def test_subjects_without_a_birth_row_are_counted_and_said(tmp_path, capsys):
+    """A review helper dropped the MEDS_BIRTH rows (an ETL that writes none, or under another code): every
+    subject's age token became AGE//UNK without a word. Now counted per split in stats.json and said once;
+    a dataset with every birth says nothing."""
+    meds = write_dataset(tmp_path / "meds", {"train": [1, 2, 3, 4], "tuning": [5, 6], "held_out": [7, 8]})
+    capsys.readouterr()
+    assert main(["tokenize", str(meds), "--out", str(tmp_path / "ok"), "--min-count", "1"]) == 0
+    stats = json.loads((tmp_path / "ok" / "stats.json").read_text())
+    assert [stats["splits"][s]["subjects_without_birth"] for s in ("train", "tuning", "held_out")] == [0, 0, 0]
+    assert "MEDS_BIRTH row" not in capsys.readouterr().err
+    for split, drop in (("train", [2, 3]), ("held_out", [7])):
+        shard = meds / "data" / split / "0.parquet"
+        pl.read_parquet(shard).filter(~((pl.col("code") == "MEDS_BIRTH") & pl.col("subject_id").is_in(drop))).write_parquet(shard)
+    assert main(["tokenize", str(meds), "--out", str(tmp_path / "tok"), "--min-count", "1"]) == 0
+    stats = json.loads((tmp_path / "tok" / "stats.json").read_text())
+    assert [stats["splits"][s]["subjects_without_birth"] for s in ("train", "tuning", "held_out")] == [2, 0, 1]
+    said = [line for line in capsys.readouterr().err.splitlines() if "MEDS_BIRTH row" in line]
+    assert said == ["ehrfm: warning: tokenize: 3 subjects have no MEDS_BIRTH row (train 2, held_out 1; stats.json "
+                    "subjects_without_birth): their age token is AGE//UNK (write each subject's birth as a MEDS_BIRTH "
+                    "event to give the model ages)"]
+
+
 def test_a_dataset_without_a_tuning_split_is_said_at_tokenize(tmp_path, capsys):
     """A review helper deleted data/tuning: tokenize succeeded without a word and `ehrfm train` first said
     "no split 'tuning'". Now tokenize says it; a dataset with a tuning split (or applying a tokenizer to a

@@ -745,7 +745,9 @@ class _Encoder:
                   # a birth after the first event: an impossible timeline (ehrfm's ETL drops such events as
                   # time_outside_lifetime); its age token is the youngest bin, so it is counted and said
                   "subjects_with_events_before_birth": int((subjects["birth"].is_not_null()
-                                                            & (subjects["first"] < subjects["birth"])).sum())}
+                                                            & (subjects["first"] < subjects["birth"])).sum()),
+                  # another ETL may write no birth row (or under another code): every such age token is AGE//UNK
+                  "subjects_without_birth": int(subjects["birth"].is_null().sum())}
         unk_codes = df.filter(pl.col("status") == UNKNOWN).group_by("code").len()
         return tokens, times, index, counts, dict(unk_codes.iter_rows())
 
@@ -902,6 +904,7 @@ def _split_stats(st: dict) -> dict:
         "coarsened_fraction": round(st["coarsened_events"] / n_ev, 6),
         "non_finite_values": st["non_finite_values"],
         "subjects_with_events_before_birth": st["subjects_with_events_before_birth"],
+        "subjects_without_birth": st["subjects_without_birth"],
     }
 
 
@@ -930,7 +933,8 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
         encoded by a fallback ancestor or a truncated hierarchy, over code_events; 0 when flat);
         non_finite_values (numeric values that are NaN, +-inf or beyond float32's range: read as no
         value, so no Q token); subjects_with_events_before_birth (a MEDS_BIRTH after the subject's
-        first event: their age token is the youngest bin).
+        first event: their age token is the youngest bin); subjects_without_birth (no MEDS_BIRTH row:
+        their age token is AGE//UNK).
 
     Raises:
         UserError: missing or invalid input, `out` exists without overwrite, a mode that
@@ -957,7 +961,8 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
         (tmp / "tokenizer.json").write_text(_tokenizer_json(tok), encoding="utf-8")
         jobs = [sh for s in SPLITS for sh in shards.get(s, [])]
         state = {s: dict(subjects=0, events=0, tokens=0, code_events=0, code_tokens=0, unk_events=0,
-                         coarsened_events=0, non_finite_values=0, subjects_with_events_before_birth=0, max_token_id=-1,
+                         coarsened_events=0, non_finite_values=0, subjects_with_events_before_birth=0, subjects_without_birth=0,
+                         max_token_id=-1,
                          index=[], unk_codes={}) for s in shards}
         files = {}
         for s in shards:
@@ -994,6 +999,10 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
         warn(f"tokenize: {total:,} subjects have events before their {BIRTH_CODE} ({per_split}; stats.json "
              "subjects_with_events_before_birth): their birth or event times are wrong in the MEDS data, and their "
              "age token is the youngest bin")
+    total, per_split = _split_counts(stats, "subjects_without_birth")
+    if total:  # a MEDS dataset from another ETL without birth rows: every age is unknown, said rather than silent
+        warn(f"tokenize: {total:,} subjects have no {BIRTH_CODE} row ({per_split}; stats.json subjects_without_birth): "
+             f"their age token is AGE//UNK (write each subject's birth as a {BIRTH_CODE} event to give the model ages)")
     seconds = time.time() - t0
     n_sub = sum(v["subjects"] for v in stats["splits"].values())
     n_ev = sum(v["events"] for v in stats["splits"].values())
