@@ -292,3 +292,33 @@ def test_rollout_rules_applied_to_the_real_future_reproduce_every_label(synth_me
             assert (h.y[wrong] == 1).all() and np.array(unk_before)[wrong].all() and wrong.mean() < 0.05, task
         else:
             assert not wrong.any(), (task, int(wrong.sum()))
+
+
+def test_a_rollout_context_below_the_models_bounds_its_window(monkeypatch):
+    """A review helper: `zeroshot --context 16` on a 128-context model cut only the prompt; the KV cache
+    grew to 128 positions before it slid, while metrics.json said 16 (a context ablation, silently invalid).
+    Now the cache holds at most `context` positions, and the rollout equals the same model's rollouts
+    within the window: the logits of a window-sized model reading the same tokens."""
+    from ehrfm.clinical.zeroshot import RolloutSpec, rollout_batch
+
+    C, W, V, S = 32, 8, 40, 3
+    model = random_gpt(1, C, V)
+    seen = []
+    step = GPT.forward_step
+
+    def recording(self, idx, cache, *args, **kwargs):
+        out = step(self, idx, cache, *args, **kwargs)
+        seen.append(cache.length)
+        return out
+
+    monkeypatch.setattr(GPT, "forward_step", recording)
+    prompts = [np.random.default_rng(3).integers(0, V, W)]
+    spec = RolloutSpec("t", [V - 1], [V - 2])  # rarely drawn: rollouts run long past the window
+    with torch.no_grad():
+        r = rollout_batch(model, prompts, [0], spec, np.full(1, np.inf), S, 4 * C, 1.0, torch.device("cpu"), context=W)
+        assert max(seen) == W and r.tokens.sum() > S * W
+        seen.clear()
+        rollout_batch(model, prompts, [0], spec, np.full(1, np.inf), S, 4 * C, 1.0, torch.device("cpu"))
+        assert max(seen) == C  # the model's context by default
+        with pytest.raises(ValueError, match="longer than the rollout's context 4"):
+            rollout_batch(model, prompts, [0], spec, np.full(1, np.inf), S, 4, 1.0, torch.device("cpu"), context=4)

@@ -56,6 +56,10 @@ def _check_ranges(config, ranges) -> None:
 MIN_BOOTSTRAP = min_replicates(0.95)
 
 
+# The least zero-shot temperature: float32 logits (|l| < 1e4) divided by it stay finite; below it sampling is greedy anyway
+MIN_TEMPERATURE = 1e-6
+
+
 @dataclass
 class LabelConfig:
     """How labels were made; saved as JSON beside every label file."""
@@ -178,9 +182,9 @@ class ZeroShotConfig:
     n_samples: int = 20
     """Sampled continuations per label."""
     max_new_tokens: int | None = None
-    """Rollout length bound (default: --rollout-contexts x the model's context)."""
+    """Rollout length bound (default: --rollout-contexts x the context the rollouts read, --context or the model's)."""
     rollout_contexts: int = 8
-    """Default rollout bound, in model contexts (the window slides over older history)."""
+    """Default rollout bound, in contexts read (the window, --context or the model's, slides over older history)."""
     undecided: str = field(default="exclude", metadata={"choices": ("exclude", "negative")})
     """Rollouts reaching neither event: left out of the label's share (a label with none decided gets the
     cohort's share) or counted as no outcome."""
@@ -197,6 +201,12 @@ class ZeroShotConfig:
             ("n_samples", "--samples", *_AT_LEAST_1, False), ("max_new_tokens", "--max-new-tokens", *_AT_LEAST_1, True),
             ("rollout_contexts", "--rollout-contexts", *_AT_LEAST_1, False),
             ("temperature", "--temperature", *_ABOVE_0, False)))
+        if self.temperature < MIN_TEMPERATURE:
+            # logits / temperature overflowed float32 to inf and Gumbel-max took the first inf: 1e-40 ended every
+            # rollout at its first token (AUROC 0.5, "100% undecided")
+            raise UserError(f"--temperature (ZeroShotConfig.temperature) {self.temperature:g} is below {MIN_TEMPERATURE:g}: "
+                            f"the logits divided by it overflow float32 (at {MIN_TEMPERATURE:g} the rollouts already take "
+                            "the most likely token)")
 
 
 @dataclass

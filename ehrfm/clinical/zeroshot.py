@@ -6,8 +6,9 @@ npj Digital Medicine).
 From each label's history (tokens with time <= prediction_time, the last `context` of them) the
 model samples `n_samples` continuations. Each continuation runs until it reaches the task's
 outcome or a competing event, or until `max_new_tokens` (default `rollout_contexts` x the
-model's context). The window slides as in ETHOS: once the context is full, each new token drops
-the oldest one, so a token always sees the last context - 1 tokens. The cache is kept, not
+context read: `context`, the model's by default). The window slides as in ETHOS: once `context`
+positions are cached, each new token drops the oldest one, so a token always sees the last
+context - 1 tokens (a `context` below the model's bounds the rollout's window too, not only the prompt). The cache is kept, not
 recomputed: RoPE scores depend only on relative positions, so rotating every cached key back by
 one position (`slide_cache`) gives exactly the keys of the shifted positions. (Cached keys keep
 what their tokens saw when they were encoded, including dropped tokens, as in StreamingLLM;
@@ -392,7 +393,7 @@ class Rollouts:
 def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: RolloutSpec, limits: np.ndarray,
                   n_samples: int, max_new_tokens: int, temperature: float, device, pad_id: int = 0,
                   transfers: np.ndarray | None = None, samples: tuple[int, int] | None = None,
-                  waits: np.ndarray | None = None, origins: np.ndarray | None = None) -> Rollouts:
+                  waits: np.ndarray | None = None, origins: np.ndarray | None = None, context: int | None = None) -> Rollouts:
     """Roll out n_samples continuations of each of L prompts (1-D token arrays, any lengths) at once.
 
     Prompts are left-padded to the longest and the padding is masked (GPT.forward_step's `pad`).
@@ -413,6 +414,8 @@ def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: Roll
     An end-of-record token (spec.ends) that decides nothing stops the rollout undecided.
     origins: (L,) each label's prediction time, us since the epoch: the calendar day of a sampled
     spec.unknown discharge (mortality's day rule; None: such a discharge waits as a live one).
+    context: the positions a rollout attends to (its KV cache slides beyond them); None: the model's
+    context. Prompts must be no longer.
     samples: (first, stop), roll out only those of each label's n_samples (counts cover them
     alone); each still draws its own row of the label's (n_samples, V) uniforms, so a label's
     samples split over batches give exactly the counts of one batch.
@@ -428,7 +431,9 @@ def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: Roll
     idx = torch.as_tensor(padded, device=device)
     pad = torch.as_tensor([T - len(q) for q in prompts], dtype=torch.long, device=device)
     ragged = bool(pad.any())
-    cache = model.new_cache(L)  # max_len = the model's context
+    if context is not None and context < T:
+        raise ValueError(f"a prompt of {T} tokens is longer than the rollout's context {context}")
+    cache = model.new_cache(L, context)  # max_len: the window every rollout token attends to
     # the last position's logits only: (L, T, V) of the whole prompt is what a large vocabulary cannot hold
     logits = model.forward_step(idx, cache, pad=pad if ragged else None, last_only=True)[:, -1]
     # Encode each prompt once; its keys and values are shared by its S samples.
@@ -691,7 +696,8 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
                                   cfg.n_samples, max_new, cfg.temperature, device, pad_id,
                                   np.array([transfers[k] for k in ks]) if spec.durations is not None else None,
                                   samples=(first, min(first + per_part, cfg.n_samples)),
-                                  waits=np.full(len(ks), wait) if spec.discharges else None, origins=day_origins[ks])
+                                  waits=np.full(len(ks), wait) if spec.discharges else None, origins=day_origins[ks],
+                                  context=context)
                 counts[ks] += np.stack([r.outcome, r.competing, r.undecided, r.tokens, r.transferred, r.ended,
                                               r.unconfirmed], axis=1)
             if bar is not None:
@@ -733,6 +739,7 @@ def _check(cfg: ZeroShotConfig, task: str) -> None:
     if cfg.n_samples < 1 or (cfg.max_new_tokens is not None and cfg.max_new_tokens < 1) or cfg.rollout_contexts < 1 \
             or cfg.temperature <= 0:
         raise UserError("zero-shot needs --samples >= 1, --max-new-tokens >= 1, --rollout-contexts >= 1 and --temperature > 0")
+
     if cfg.undecided not in UNDECIDED_RULES:
         raise UserError(f"--undecided must be one of {', '.join(UNDECIDED_RULES)}, not {cfg.undecided!r}")
 
