@@ -294,6 +294,35 @@ def test_subjects_without_a_birth_row_are_counted_and_said(tmp_path, capsys):
                     "event to give the model ages)"]
 
 
+def test_tokenize_refuses_flags_of_the_other_mode(tmp_path, capsys):
+    """A review helper: `tokenize TOK --decode --out X` printed the decode and wrote nothing, `--decode --codes
+    flat --min-count 3` decoded as without them, `tokenize MEDS --out T --subject 1 --limit 3` tokenized every
+    subject; `--limit -1` printed everything; a subject of held_out was "not in split 'train'" without a hint.
+    Now each is one line naming the flags, before any work."""
+    meds = write_dataset(tmp_path / "meds", {"train": [1, 2, 3, 4], "tuning": [5, 6], "held_out": [7, 8]})
+    assert main(["tokenize", str(meds), "--out", str(tmp_path / "tok"), "--min-count", "1"]) == 0
+    tok = str(tmp_path / "tok")
+    capsys.readouterr()
+    cases = {
+        ("--decode", "--out", str(tmp_path / "x")): "--out does not apply with --decode",
+        ("--decode", "--codes", "flat", "--min-count", "3"): "--min-count, --codes do not apply with --decode",
+        ("--out", str(tmp_path / "y"), "--subject", "1", "--limit", "3"): "--subject, --limit apply only with --decode",
+        ("--decode", "--limit", "-1"): "--limit must be 0 (every token) or a positive number of tokens, not -1",
+        ("--decode", "--subject", "7"): f"subject 7 is not in split 'train' of {tok}; it is in 'held_out' (pass --split held_out)",
+        ("--decode", "--subject", "99"): f"subject 99 is not in split 'train' of {tok}; nor in any other split",
+        ("--decode", "--subject", "1", "--index", "2"): "give --subject or --index, not both",
+    }
+    for argv, said in cases.items():
+        assert main(["tokenize", tok, *argv]) == 2, argv
+        line = one_error_line(capsys)
+        assert line.startswith(f"ehrfm tokenize: error: {said}"), (argv, line)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    assert main(["tokenize", tok, "--decode", "--subject", "7", "--split", "held_out", "--limit", "0"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("# subject 7 (held_out): ") and out[1].endswith("TIMELINE_START")
+    assert out[0].endswith(f"showing {len(out) - 1}")
+
+
 def test_a_dataset_without_a_tuning_split_is_said_at_tokenize(tmp_path, capsys):
     """A review helper deleted data/tuning: tokenize succeeded without a word and `ehrfm train` first said
     "no split 'tuning'". Now tokenize says it; a dataset with a tuning split (or applying a tokenizer to a

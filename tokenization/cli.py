@@ -99,6 +99,17 @@ def _run_etl(args) -> int:
 def _tokenize(args) -> int:
     from ehrfm.errors import UserError
 
+    decode_only = {"--split": args.split, "--subject": args.subject, "--index": args.index, "--limit": args.limit}
+    fit_only = {"--out": args.out, "--tokenizer": args.tokenizer, "--min-count": args.min_count, "--codes": args.codes,
+                "--overwrite": args.overwrite or None}
+    # a flag of the other mode was accepted and ignored (--decode --out wrote nothing; --subject without
+    # --decode tokenized everything)
+    if args.decode and (given := [f for f, v in fit_only.items() if v is not None]):
+        raise UserError(f"{', '.join(given)} do{'es' if len(given) == 1 else ''} not apply with --decode (it prints one "
+                        "subject's tokens of a token dir and writes nothing)")
+    if not args.decode and (given := [f for f, v in decode_only.items() if v is not None]):
+        raise UserError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} only with --decode (inspecting a "
+                        "token dir); tokenize reads every subject of every split")
     if args.decode:
         return _decode(args)
     if not args.out:
@@ -110,25 +121,36 @@ def _tokenize(args) -> int:
     return 0
 
 
+DECODE_LIMIT = 200  # tokens `tokenize --decode` prints by default
+
+
 def _decode(args) -> int:
     import numpy as np
 
     from ehrfm.errors import UserError
     from ehrfm.tokens import TokenDir
 
+    limit = DECODE_LIMIT if args.limit is None else args.limit
+    if limit < 0:
+        raise UserError(f"--limit must be 0 (every token) or a positive number of tokens, not {limit}")
+    if args.subject is not None and args.index is not None:
+        raise UserError("give --subject or --index, not both")
     td = TokenDir(args.meds)
-    split = td.split(args.split)
+    name = args.split or "train"
+    split = td.split(name)
     if args.subject is not None:
         pos = split.subject_index().get(args.subject)
         if pos is None:
-            raise UserError(f"subject {args.subject} is not in split {args.split!r} of {td.path}")
+            held = [s for s in td.splits if s != name and args.subject in td.split(s).subject_index()]
+            raise UserError(f"subject {args.subject} is not in split {name!r} of {td.path}"
+                            + (f"; it is in {held[0]!r} (pass --split {held[0]})" if held else "; nor in any other split"))
     else:
-        pos = args.index
+        pos = args.index or 0
         if not 0 <= pos < len(split):
-            raise UserError(f"--index {pos} is out of range: split {args.split!r} has {len(split)} subjects")
+            raise UserError(f"--index {pos} is out of range: split {name!r} has {len(split)} subjects")
     tokens, times = split.subject(pos)
-    n = len(tokens) if args.limit <= 0 else min(args.limit, len(tokens))
-    print(f"# subject {int(split.subject_ids[pos])} ({args.split}): {len(tokens)} tokens, showing {n}")
+    n = len(tokens) if limit == 0 else min(limit, len(tokens))
+    print(f"# subject {int(split.subject_ids[pos])} ({name}): {len(tokens)} tokens, showing {n}")
     stamps = np.asarray(times[:n]).astype("datetime64[us]").astype("datetime64[s]")
     for t, tok in zip(stamps, td.decode(tokens[:n]), strict=False):
         print(f"{t}  {tok}")
@@ -190,7 +212,7 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     g = p.add_argument_group("decode (inspection)")
     g.add_argument("--decode", action="store_true", help="print one subject's tokens with their times")
-    g.add_argument("--split", default="train", help="split to decode from (default train)")
+    g.add_argument("--split", help="split to decode from (default train)")
     g.add_argument("--subject", type=int, help="subject_id to decode")
-    g.add_argument("--index", type=int, default=0, help="position of the subject in the split (default 0)")
-    g.add_argument("--limit", type=int, default=200, help="tokens to print, 0 for all (default 200)")
+    g.add_argument("--index", type=int, help="position of the subject in the split (default 0)")
+    g.add_argument("--limit", type=int, help=f"tokens to print, 0 for all (default {DECODE_LIMIT})")
