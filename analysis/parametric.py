@@ -409,19 +409,23 @@ def _varpro_eval(log_n, log_d, y, weights, alpha, beta):
     return _nnls3(s, yy[:, None])
 
 
-def varpro_search(log_n, log_d, y, weights: np.ndarray, chunk: int = 64, tol: float = 1e-7):
+def varpro_search(log_n, log_d, y, weights: np.ndarray, chunk: int = 64, tol: float = 1e-7, desc: str | None = None):
     """Variable projection: minimise the NNLS residual over (alpha, beta) per weight row.
 
     Minimise the NNLS residual over (alpha, beta) for each row of `weights` (R, P): a coarse
     log-spaced grid (VARPRO_GRID^2 pairs over VARPRO_BOUNDS), then a compass search in
     (ln alpha, ln beta) from its best point, halving the step until it is below `tol`.
-    Returns (params (R, 5) = E, A, B, alpha, beta; rss (R,)).
+    Returns (params (R, 5) = E, A, B, alpha, beta; rss (R,)). desc: a progress bar over the rows (replicates) by
+    that name; its cost grows with the points (a 1e5-run table's bootstrap ran 20 minutes without a word).
     """
+    from ehrfm.io import progress
+
     lo, hi = np.log(VARPRO_BOUNDS[0]), np.log(VARPRO_BOUNDS[1])
     axis = np.linspace(lo, hi, VARPRO_GRID)
     gu, gv = (v.ravel() for v in np.meshgrid(axis, axis, indexing="ij"))
     moves = np.array([(du, dv) for du in (-1, 0, 1) for dv in (-1, 0, 1)], dtype=float)  # (9, 2), centre at 4
     out_p, out_r = [], []
+    bar = progress(total=weights.shape[0], desc=desc, unit="replicate", **({"disable": True} if desc is None else {}))
     for start in range(0, weights.shape[0], chunk):
         w = weights[start : start + chunk]
         _, rss = _varpro_eval(log_n, log_d, y, w, np.exp(gu), np.exp(gv))
@@ -443,6 +447,8 @@ def varpro_search(log_n, log_d, y, weights: np.ndarray, chunk: int = 64, tol: fl
         coef, rss = _varpro_eval(log_n, log_d, y, w, np.exp(u)[:, None], np.exp(v)[:, None])
         out_p.append(np.column_stack([coef[:, 0], np.exp(u), np.exp(v)]))
         out_r.append(rss[:, 0])
+        bar.update(len(w))
+    bar.close()
     return np.concatenate(out_p), np.concatenate(out_r)
 
 
@@ -505,14 +511,15 @@ def fit_varpro(n_params, tokens, loss, weights=None) -> VarProFit:
                      n_starts=VARPRO_GRID**2, at_bound=at_bound)
 
 
-def bootstrap_varpro(n_params, tokens, loss, counts: np.ndarray) -> np.ndarray:
+def bootstrap_varpro(n_params, tokens, loss, counts: np.ndarray, desc: str | None = "fit: Approach 3 bootstrap") -> np.ndarray:
     """Refit each bootstrap replicate by variable projection.
 
     Refit each bootstrap replicate (a row of `counts`: how often each point was drawn, times its
-    weight in a weighted fit); returns (R, 5) = E, A, B, alpha, beta.
+    weight in a weighted fit); returns (R, 5) = E, A, B, alpha, beta. desc: the progress bar's name (None: none).
     """
     log_n, log_d = np.log(np.asarray(n_params, dtype=np.float64)), np.log(np.asarray(tokens, dtype=np.float64))
     # The point fit's tolerance: at 1e-4 in ln alpha (assumed far below the replicates' spread), a table
     # without noise got intervals 1e-4 wide beside the estimate, excluding it (alpha 0.34 [0.33997, 0.33999]).
-    p, _ = varpro_search(log_n, log_d, np.asarray(loss, dtype=np.float64), np.asarray(counts, dtype=np.float64))
+    p, _ = varpro_search(log_n, log_d, np.asarray(loss, dtype=np.float64), np.asarray(counts, dtype=np.float64),
+                         desc=desc)
     return p

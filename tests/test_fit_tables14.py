@@ -1,0 +1,60 @@
+"""Results tables a user brings to `ehrfm fit` that a review helper broke (stop 61):
+- runs without a planned budget whose flops form a continuum were chained into "one IsoFLOP
+  budget" (a false error for 3 decades of compute);
+- a 1e5-run table's Approach 3 bootstrap ran 20 minutes without a word: it shows progress;
+- the refusal of a bad loss cell said "infinite" although an infinite loss is excluded as a blow-up.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from analysis.synthetic import BESIROGLU, synthetic_results
+from analysis.table import load_results
+from ehrfm.errors import UserError
+
+MINIMAL = ["n_params", "tokens", "flops", "loss"]
+
+
+def test_a_continuum_of_compute_is_not_one_isoflop_budget(tmp_path):
+    chained = synthetic_results(BESIROGLU, budgets=np.logspace(18, 21, 100), sizes=3, seed=2).select(MINIMAL)
+    chained.write_parquet(tmp_path / "chain.parquet")
+    with pytest.raises(UserError) as e:
+        load_results(tmp_path / "chain.parquet")
+    said = str(e.value)
+    assert "runs without a planned budget chain from 1e+18 to 1e+21, each within 0.05 decades (12%) of the next" in said
+    assert "add a budget column" in said and "one IsoFLOP budget" not in said
+    # four budgets 10x apart need no budget column
+    synthetic_results(BESIROGLU, budgets=(1e18, 1e19, 1e20, 1e21), sizes=9).select(MINIMAL).write_parquet(tmp_path / "ok.parquet")
+    assert np.unique(load_results(tmp_path / "ok.parquet").budget).size == 4
+
+
+def test_the_approach3_bootstrap_shows_progress(monkeypatch, capsys):
+    from analysis.parametric import bootstrap_varpro
+
+    t = synthetic_results(BESIROGLU, budgets=(1e18, 1e19, 1e20), sizes=5, seed=3)
+    counts = np.random.default_rng(0).multinomial(t.height, np.full(t.height, 1 / t.height), size=8)
+    monkeypatch.setenv("EHRFM_QUIET", "0")
+    draws = bootstrap_varpro(t["n_params"].to_numpy(), t["tokens"].to_numpy(), t["loss"].to_numpy(), counts)
+    assert draws.shape == (8, 5) and np.isfinite(draws).all()
+    err = capsys.readouterr().err
+    assert "fit: Approach 3 bootstrap" in err and "8/8" in err
+    bootstrap_varpro(t["n_params"].to_numpy(), t["tokens"].to_numpy(), t["loss"].to_numpy(), counts, desc=None)
+    assert capsys.readouterr().err == ""
+
+
+def test_a_bad_loss_cell_is_named_as_what_is_refused(tmp_path, capsys):
+    t = synthetic_results(BESIROGLU, budgets=(1e18, 1e19, 1e20), sizes=5, seed=4).select(MINIMAL)
+    loss = t["loss"].to_numpy().copy()
+    for value, refused in ((np.nan, True), (0.0, True), (np.inf, False)):
+        bad = loss.copy()
+        bad[3] = value
+        t.with_columns(loss=pl.Series(bad)).write_parquet(tmp_path / "t.parquet")
+        if refused:
+            with pytest.raises(UserError, match=r"column loss is missing, NaN or non-positive in 1 completed run\(s\)"):
+                load_results(tmp_path / "t.parquet")
+        else:  # worse than guessing: excluded as a blow-up, said, and the rest fitted
+            res = load_results(tmp_path / "t.parquet")
+            assert res.n == t.height - 1 and [e["run_id"] for e in res.excluded] == ["row3"]
