@@ -31,7 +31,7 @@ class ScriptedModel:
     def __init__(self, script: list[int], vocab_size: int):
         self.script, self.V, self.step = script, vocab_size, 0
 
-    def new_cache(self, rows):
+    def new_cache(self, rows, max_len=None):  # the scripted rollouts never slide, whatever the context
         return _Cache(rows)
 
     def forward_step(self, idx, cache, pad=None, last_only=False):
