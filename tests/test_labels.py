@@ -311,6 +311,8 @@ def test_read_labels_keeps_one_row_per_pair_and_refuses_guessed_types(tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and ("l.parquet: 2 (subject_id, prediction_time) pairs have more than one row, each with one "
                               "value (3 repeated rows dropped)") in err[0], err
+    # read again (a head reads its label file more than once: the probe said it 3 times): said once per process
+    assert read_labels(path).equals(lab) and capsys.readouterr().err == ""
     # a pair with both values: the first row's said which, so the label and the AUROC followed the file's row order
     msg = refused(pl.concat([lab.head(1).with_columns(~pl.col("boolean_value")), lab, lab.head(2)]),
                   r"column boolean_value: 1 \(subject_id, prediction_time\) pairs have rows with both true and false")

@@ -1157,9 +1157,11 @@ def read_labels(path: str | os.PathLike, allow_empty: bool = False, data_zones: 
         from ehrfm.meds_io import warn
 
         labels = labels.unique(["subject_id", "prediction_time"], keep="first", maintain_order=True)
-        warn(f"label {'dir' if path.is_dir() else 'file'} {path}: {repeated.height} (subject_id, prediction_time) pairs have "
-             f"more than one row, each with one value ({int(repeated['len'].sum() - repeated.height)} repeated rows "
-             "dropped)")
+        if str(path) not in _REPEATS_SAID:  # once: a head reads its label file more than once (the probe said it 3 times)
+            _REPEATS_SAID.add(str(path))
+            warn(f"label {'dir' if path.is_dir() else 'file'} {path}: {repeated.height} (subject_id, prediction_time) pairs "
+                 f"have more than one row, each with one value ({int(repeated['len'].sum() - repeated.height)} repeated "
+                 "rows dropped)")
     return labels
 
 
@@ -1203,6 +1205,9 @@ def _check_label_types(path: Path, frame: pl.DataFrame) -> pl.DataFrame:
 
 
 _SPLIT_SAID: set[str] = set()  # once per label file and process, not once per head of a sweep
+
+
+_REPEATS_SAID: set[str] = set()  # label files whose repeated rows were said, in this process
 
 
 def _say_split_ignored(path: Path, own_split: list[Path]) -> None:
