@@ -41,7 +41,7 @@ from analysis.laws import (
     percentile_ci,
     power_law,
 )
-from analysis.table import Results, load_results
+from analysis.table import BUDGET_GROUP_DECADES, Results, load_results
 from ehrfm.errors import UserError
 from ehrfm.io import format_ci
 from ehrfm.law_checks import TOKENS_PER_PARAM_MARK, has_interval, loss_direction_problems
@@ -1571,6 +1571,14 @@ def _fit_results(res: Results, cfg: FitConfig) -> FitResult:
             warn(hint)
     if np.unique(res.budget).size < 2:
         left = f" ({len(res.excluded)} other rows not fitted: {_excluded_tally(res.excluded)})" if res.excluded else ""
+        lo, hi = float(res.flops.min()), float(res.flops.max())
+        if res.budget_from != "budget" and math.log10(hi / lo) > 2 * BUDGET_GROUP_DECADES:
+            # grouped by flops, a continuum of compute (100 budgets 7% apart) chains into one group: "one IsoFLOP
+            # budget" was false for three decades of compute
+            raise UserError(f"{res.source}: the flops of all {res.n} completed runs chain from {lo:.3g} to {hi:.3g}, each "
+                            f"within {BUDGET_GROUP_DECADES} decades ({10 ** BUDGET_GROUP_DECADES - 1:.0%}) of the next, so no "
+                            f"IsoFLOP budgets can be told apart{left} (a sweep over continuous compute?); a scaling law needs "
+                            ">= 2 budgets more than 12% apart: add a budget column with each run's planned budget")
         raise UserError(f"{res.source}: all {res.n} completed runs are one IsoFLOP budget{left}; a scaling law needs >= 2 budgets")
 
     # One stream of random numbers, drawn in a fixed order: the seed fixes every interval.

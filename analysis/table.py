@@ -55,8 +55,6 @@ LOSS_SE_COLUMNS = {"loss": "eval_loss_se", "loss_per_event": "loss_per_event_se"
 # Budgets within this many decades of each other are one IsoFLOP group when the table has no
 # budget column (or a null budget): planned budgets are normally >= 2x apart (0.3 decades).
 BUDGET_GROUP_DECADES = 0.05
-# A group of runs joined that way spanning more than this (26%) is a continuum of compute, not a budget
-CHAINED_BUDGET_DECADES = 2 * BUDGET_GROUP_DECADES
 # Planned budgets closer than this (0.1%) are one budget written two ways: shared with the sweep planner
 # (defined in ehrfm.law_checks, re-exported here).
 # When at least this share of the completed runs has a loss above ln(vocab_size), the loss column is
@@ -613,34 +611,11 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss", na
         flops_from="flops" if "flops" in df.columns else "6ND",
     )
     res = res.subset(keep)
-    unplanned = ~np.isfinite(res.budget)
     res.budget = group_budgets(res.flops, res.budget)
-    _refuse_chained_budgets(source, res, unplanned)
     _refuse_crowded_budgets(source, res)
     # Row order is not data: the same table exported in another order drew other bootstrap replicates at
     # the same seed (every interval moved). Runs are fitted in one order: budget, N, D, loss, run_id.
     return res.subset(np.lexsort((res.run_id.astype(str), res.loss, res.tokens, res.n_params, res.budget)))
-
-
-def _refuse_chained_budgets(source: str, res: Results, grouped: np.ndarray) -> None:
-    """UserError when runs grouped by their flops (`grouped`: no planned budget) chain into a group wider than an IsoFLOP budget.
-
-    group_budgets joins runs whose flops lie within BUDGET_GROUP_DECADES of a neighbour: a table whose flops form
-    a continuum (100 budgets 7% apart, a Kaplan-style sweep) chained into one group spanning three decades, refused
-    as "all runs are one IsoFLOP budget". A group wider than CHAINED_BUDGET_DECADES is no budget at all.
-    """
-    if not grouped.any():
-        return
-    logs, budget = np.log10(res.flops[grouped]), res.budget[grouped]
-    for b in np.unique(budget):
-        at = logs[budget == b]
-        if at.max() - at.min() > CHAINED_BUDGET_DECADES:
-            raise UserError(
-                f"results table {source}: the flops of {at.size} runs without a planned budget chain from "
-                f"{10 ** at.min():.3g} to {10 ** at.max():.3g}, each within {BUDGET_GROUP_DECADES} decades "
-                f"({10 ** BUDGET_GROUP_DECADES - 1:.0%}) of the next: no IsoFLOP budgets can be told apart (a sweep over "
-                "continuous compute?); IsoFLOP fits need budgets more than 12% apart: add a budget column with each run's "
-                "planned budget")
 
 
 def _refuse_crowded_budgets(source: str, res: Results) -> None:

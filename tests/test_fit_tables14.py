@@ -1,6 +1,6 @@
 """Results tables a user brings to `ehrfm fit` that a review helper broke (stop 61):
-- runs without a planned budget whose flops form a continuum were chained into "one IsoFLOP
-  budget" (a false error for 3 decades of compute);
+- runs without a planned budget whose flops form a continuum chained into one group, refused as "one
+  IsoFLOP budget" (false for 3 decades of compute): now the error says what the flops are;
 - a 1e5-run table's Approach 3 bootstrap ran 20 minutes without a word: it shows progress;
 - the refusal of a bad loss cell said "infinite" although an infinite loss is excluded as a blow-up.
 """
@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from analysis.fit import fit_results
 from analysis.synthetic import BESIROGLU, synthetic_results
 from analysis.table import load_results
 from ehrfm.errors import UserError
@@ -22,13 +23,16 @@ def test_a_continuum_of_compute_is_not_one_isoflop_budget(tmp_path):
     chained = synthetic_results(BESIROGLU, budgets=np.logspace(18, 21, 100), sizes=3, seed=2).select(MINIMAL)
     chained.write_parquet(tmp_path / "chain.parquet")
     with pytest.raises(UserError) as e:
-        load_results(tmp_path / "chain.parquet")
+        fit_results(load_results(tmp_path / "chain.parquet"), bootstrap=0)
     said = str(e.value)
-    assert "runs without a planned budget chain from 1e+18 to 1e+21, each within 0.05 decades (12%) of the next" in said
+    assert "the flops of all 300 completed runs chain from 1e+18 to 1e+21, each within 0.05 decades (12%) of the next" in said
     assert "add a budget column" in said and "one IsoFLOP budget" not in said
-    # four budgets 10x apart need no budget column
+    # four budgets 10x apart need no budget column; one budget's runs are still "one IsoFLOP budget"
     synthetic_results(BESIROGLU, budgets=(1e18, 1e19, 1e20, 1e21), sizes=9).select(MINIMAL).write_parquet(tmp_path / "ok.parquet")
     assert np.unique(load_results(tmp_path / "ok.parquet").budget).size == 4
+    synthetic_results(BESIROGLU, budgets=(1e19,), sizes=9).select(MINIMAL).write_parquet(tmp_path / "one.parquet")
+    with pytest.raises(UserError, match="all 9 completed runs are one IsoFLOP budget; a scaling law needs >= 2 budgets"):
+        fit_results(load_results(tmp_path / "one.parquet"), bootstrap=0)
 
 
 def test_the_approach3_bootstrap_shows_progress(monkeypatch, capsys):
