@@ -963,7 +963,8 @@ def fit_approach3(res: Results, counts: np.ndarray | None, cfg: FitConfig):
         )
     if R:
         if cfg.approach3_method == "varpro":
-            draws = _a3_from_params(parametric.bootstrap_varpro(res.n_params, data, res.loss, counts * weights))
+            draws = _a3_from_params(parametric.bootstrap_varpro(res.n_params, data, res.loss, counts * weights,
+                                                                desc="fit: Approach 3 bootstrap"))
         else:
             starts = best.local_optima[: cfg.bootstrap_starts]
             draws = _a3_derived(parametric.bootstrap_parametric(res.n_params, data, res.loss, counts, starts, cfg.huber_delta))
@@ -1575,10 +1576,11 @@ def _fit_results(res: Results, cfg: FitConfig) -> FitResult:
         if res.budget_from != "budget" and math.log10(hi / lo) > 2 * BUDGET_GROUP_DECADES:
             # grouped by flops, a continuum of compute (100 budgets 7% apart) chains into one group: "one IsoFLOP
             # budget" was false for three decades of compute
-            raise UserError(f"{res.source}: the flops of all {res.n} completed runs chain from {lo:.3g} to {hi:.3g}, each "
-                            f"within {BUDGET_GROUP_DECADES} decades ({10 ** BUDGET_GROUP_DECADES - 1:.0%}) of the next, so no "
-                            f"IsoFLOP budgets can be told apart{left} (a sweep over continuous compute?); a scaling law needs "
-                            ">= 2 budgets more than 12% apart: add a budget column with each run's planned budget")
+            apart = f"{10 ** BUDGET_GROUP_DECADES - 1:.0%}"
+            raise UserError(f"{res.source}: the flops of all {res.n} completed runs chain from {lo:.3g} to {hi:.3g}, "
+                            f"each within {BUDGET_GROUP_DECADES} decades ({apart}) of the next, so no IsoFLOP budgets "
+                            f"can be told apart{left} (a sweep over continuous compute?); a scaling law needs >= 2 budgets "
+                            f"more than {apart} apart: add (or fill) a budget column with each run's planned budget")
         raise UserError(f"{res.source}: all {res.n} completed runs are one IsoFLOP budget{left}; a scaling law needs >= 2 budgets")
 
     # One stream of random numbers, drawn in a fixed order: the seed fixes every interval.

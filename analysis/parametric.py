@@ -511,11 +511,11 @@ def fit_varpro(n_params, tokens, loss, weights=None) -> VarProFit:
                      n_starts=VARPRO_GRID**2, at_bound=at_bound)
 
 
-def bootstrap_varpro(n_params, tokens, loss, counts: np.ndarray, desc: str | None = "fit: Approach 3 bootstrap") -> np.ndarray:
+def bootstrap_varpro(n_params, tokens, loss, counts: np.ndarray, desc: str | None = None) -> np.ndarray:
     """Refit each bootstrap replicate by variable projection.
 
     Refit each bootstrap replicate (a row of `counts`: how often each point was drawn, times its
-    weight in a weighted fit); returns (R, 5) = E, A, B, alpha, beta. desc: the progress bar's name (None: none).
+    weight in a weighted fit); returns (R, 5) = E, A, B, alpha, beta. desc: a progress bar's name (None: no bar).
     """
     log_n, log_d = np.log(np.asarray(n_params, dtype=np.float64)), np.log(np.asarray(tokens, dtype=np.float64))
     # The point fit's tolerance: at 1e-4 in ln alpha (assumed far below the replicates' spread), a table

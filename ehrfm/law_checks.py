@@ -1,4 +1,4 @@
-"""What the sweep planner, the scaling-law fit and the clinical heads share: one budget's tolerance, one judgement of a law, the fewest bootstrap replicates.
+"""What the sweep planner, the scaling-law fit and the clinical heads share: budgets, a law's trust, replicates.
 
 Stages meet only at files (DESIGN.md): `sweeps` plans budgets as `ehrfm fit` (analysis) groups
 them, and `ehrfm sweep plan --centre-from` judges a fits.json as `ehrfm recommend` does, so both

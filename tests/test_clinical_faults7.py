@@ -217,6 +217,8 @@ HEAD_ARGS["baseline"] = ["baseline", "M", "--labels", "L", "--out", "O"]
     ([*HEAD_ARGS["zeroshot"], "--temperature", "nan"], "--temperature (ZeroShotConfig.temperature) must be a number > 0, not nan"),
     ([*HEAD_ARGS["zeroshot"], "--temperature", "1e-40"], "--temperature (ZeroShotConfig.temperature) 1e-40 is below 1e-06: "
      "the logits divided by it overflow float32 (at 1e-06 the rollouts already take the most likely token)"),
+    ([*HEAD_ARGS["zeroshot"], "--context", "1"], "--context (ZeroShotConfig.context) must be at least 2 for rollouts "
+     "(each new token sees the last context - 1), not 1"),
     ([*HEAD_ARGS["zeroshot"], "--samples", "0"], "--samples (ZeroShotConfig.n_samples) must be a number >= 1, not 0"),
     ([*HEAD_ARGS["zeroshot"], "--batch-size", "0"], "--batch-size (ZeroShotConfig.batch_size) must be a number >= 1, not 0"),
     ([*HEAD_ARGS["baseline"], "--max-labels", "-1"], "--max-labels (BaselineConfig.max_labels) must be a number >= 1, not -1"),

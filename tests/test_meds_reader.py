@@ -290,8 +290,8 @@ def test_subjects_without_a_birth_row_are_counted_and_said(tmp_path, capsys):
     assert [stats["splits"][s]["subjects_without_birth"] for s in ("train", "tuning", "held_out")] == [2, 0, 1]
     said = [line for line in capsys.readouterr().err.splitlines() if "MEDS_BIRTH row" in line]
     assert said == ["ehrfm: warning: tokenize: 3 subjects have no MEDS_BIRTH row (train 2, held_out 1; stats.json "
-                    "subjects_without_birth): their age token is AGE//UNK (write each subject's birth as a MEDS_BIRTH "
-                    "event to give the model ages)"]
+                    "subjects_without_birth): their age token is AGE//UNK (an ETL that writes no birth, or one that "
+                    "dropped it: `ehrfm etl` drops an implausible anchor_age's, counted as birth_of_implausible_anchor_age)"]
 
 
 def test_tokenize_refuses_flags_of_the_other_mode(tmp_path, capsys):

@@ -961,8 +961,8 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
         (tmp / "tokenizer.json").write_text(_tokenizer_json(tok), encoding="utf-8")
         jobs = [sh for s in SPLITS for sh in shards.get(s, [])]
         state = {s: dict(subjects=0, events=0, tokens=0, code_events=0, code_tokens=0, unk_events=0,
-                         coarsened_events=0, non_finite_values=0, subjects_with_events_before_birth=0, subjects_without_birth=0,
-                         max_token_id=-1,
+                         coarsened_events=0, non_finite_values=0, subjects_with_events_before_birth=0,
+                         subjects_without_birth=0, max_token_id=-1,
                          index=[], unk_codes={}) for s in shards}
         files = {}
         for s in shards:
@@ -1002,7 +1002,8 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
     total, per_split = _split_counts(stats, "subjects_without_birth")
     if total:  # a MEDS dataset from another ETL without birth rows: every age is unknown, said rather than silent
         warn(f"tokenize: {total:,} subjects have no {BIRTH_CODE} row ({per_split}; stats.json subjects_without_birth): "
-             f"their age token is AGE//UNK (write each subject's birth as a {BIRTH_CODE} event to give the model ages)")
+             f"their age token is AGE//UNK (an ETL that writes no birth, or one that dropped it: `ehrfm etl` drops an "
+             "implausible anchor_age's, counted as birth_of_implausible_anchor_age)")
     seconds = time.time() - t0
     n_sub = sum(v["subjects"] for v in stats["splits"].values())
     n_ev = sum(v["events"] for v in stats["splits"].values())

@@ -56,7 +56,7 @@ def _check_ranges(config, ranges) -> None:
 MIN_BOOTSTRAP = min_replicates(0.95)
 
 
-# The least zero-shot temperature: float32 logits (|l| < 1e4) divided by it stay finite; below it sampling is greedy anyway
+# The least zero-shot temperature: float32 logits (|l| < 1e4) divided by it stay finite; below it sampling is greedy
 MIN_TEMPERATURE = 1e-6
 
 
@@ -182,7 +182,7 @@ class ZeroShotConfig:
     n_samples: int = 20
     """Sampled continuations per label."""
     max_new_tokens: int | None = None
-    """Rollout length bound (default: --rollout-contexts x the context the rollouts read, --context or the model's)."""
+    """Rollout length bound (default: --rollout-contexts x the context read, --context or the model's)."""
     rollout_contexts: int = 8
     """Default rollout bound, in contexts read (the window, --context or the model's, slides over older history)."""
     undecided: str = field(default="exclude", metadata={"choices": ("exclude", "negative")})
@@ -204,9 +204,12 @@ class ZeroShotConfig:
         if self.temperature < MIN_TEMPERATURE:
             # logits / temperature overflowed float32 to inf and Gumbel-max took the first inf: 1e-40 ended every
             # rollout at its first token (AUROC 0.5, "100% undecided")
-            raise UserError(f"--temperature (ZeroShotConfig.temperature) {self.temperature:g} is below {MIN_TEMPERATURE:g}: "
-                            f"the logits divided by it overflow float32 (at {MIN_TEMPERATURE:g} the rollouts already take "
-                            "the most likely token)")
+            raise UserError(f"--temperature (ZeroShotConfig.temperature) {self.temperature:g} is below "
+                            f"{MIN_TEMPERATURE:g}: the logits divided by it overflow float32 (at {MIN_TEMPERATURE:g} "
+                            "the rollouts already take the most likely token)")
+        if self.context is not None and self.context < 2:  # a window of 1 cannot slide: it keeps no earlier token
+            raise UserError(f"--context (ZeroShotConfig.context) must be at least 2 for rollouts (each new token sees "
+                            f"the last context - 1), not {self.context}")
 
 
 @dataclass

@@ -1157,11 +1157,11 @@ def read_labels(path: str | os.PathLike, allow_empty: bool = False, data_zones: 
         from ehrfm.meds_io import warn
 
         labels = labels.unique(["subject_id", "prediction_time"], keep="first", maintain_order=True)
-        if str(path) not in _REPEATS_SAID:  # once: a head reads its label file more than once (the probe said it 3 times)
+        if str(path) not in _REPEATS_SAID:  # once: a head reads its label file more than once (a probe said it 3x)
             _REPEATS_SAID.add(str(path))
-            warn(f"label {'dir' if path.is_dir() else 'file'} {path}: {repeated.height} (subject_id, prediction_time) pairs "
-                 f"have more than one row, each with one value ({int(repeated['len'].sum() - repeated.height)} repeated "
-                 "rows dropped)")
+            what = "dir" if path.is_dir() else "file"
+            warn(f"label {what} {path}: {repeated.height} (subject_id, prediction_time) pairs have more than one "
+                 f"row, each with one value ({int(repeated['len'].sum() - repeated.height)} repeated rows dropped)")
     return labels
 
 

@@ -8,7 +8,8 @@ model samples `n_samples` continuations. Each continuation runs until it reaches
 outcome or a competing event, or until `max_new_tokens` (default `rollout_contexts` x the
 context read: `context`, the model's by default). The window slides as in ETHOS: once `context`
 positions are cached, each new token drops the oldest one, so a token always sees the last
-context - 1 tokens (a `context` below the model's bounds the rollout's window too, not only the prompt). The cache is kept, not
+context - 1 tokens (a `context` below the model's bounds the rollout's window, not only the
+prompt). The cache is kept, not
 recomputed: RoPE scores depend only on relative positions, so rotating every cached key back by
 one position (`slide_cache`) gives exactly the keys of the shifted positions. (Cached keys keep
 what their tokens saw when they were encoded, including dropped tokens, as in StreamingLLM;
@@ -393,7 +394,8 @@ class Rollouts:
 def rollout_batch(model, prompts: list[np.ndarray], seeds: list[int], spec: RolloutSpec, limits: np.ndarray,
                   n_samples: int, max_new_tokens: int, temperature: float, device, pad_id: int = 0,
                   transfers: np.ndarray | None = None, samples: tuple[int, int] | None = None,
-                  waits: np.ndarray | None = None, origins: np.ndarray | None = None, context: int | None = None) -> Rollouts:
+                  waits: np.ndarray | None = None, origins: np.ndarray | None = None,
+                  context: int | None = None) -> Rollouts:
     """Roll out n_samples continuations of each of L prompts (1-D token arrays, any lengths) at once.
 
     Prompts are left-padded to the longest and the padding is masked (GPT.forward_step's `pad`).
