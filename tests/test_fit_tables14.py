@@ -40,7 +40,12 @@ def test_the_approach3_bootstrap_shows_progress(monkeypatch, capsys):
 
     t = synthetic_results(BESIROGLU, budgets=(1e18, 1e19, 1e20), sizes=5, seed=3)
     counts = np.random.default_rng(0).multinomial(t.height, np.full(t.height, 1 / t.height), size=8)
+    import ehrfm.io
+
     monkeypatch.setenv("EHRFM_QUIET", "0")
+    # a bar shown marks the process (error lines then start on a new line): restored after this test, or the
+    # next tests in this worker see a leading newline before their one error line
+    monkeypatch.setattr(ehrfm.io, "_bars_shown", False)
     draws = bootstrap_varpro(t["n_params"].to_numpy(), t["tokens"].to_numpy(), t["loss"].to_numpy(), counts,
                              desc="fit: Approach 3 bootstrap")
     assert draws.shape == (8, 5) and np.isfinite(draws).all()
