@@ -50,7 +50,11 @@ the same sweep dir with a results table of its runs adds one size beyond the sho
 budget's ladder that lacks them (sweep.json `extra_rungs`, kept on every later re-plan; as many
 rungs as it takes to reach a shape the ladder lacks), as a researcher would add a model size; the
 other runs keep their ids. Below the family's smallest shape
-there is nothing to add, and the plan says so.
+there is nothing to add, and the plan says so. Nor is a rung added whose run would train over
+`bracket_max_epochs` (default 1) epochs of the unique training tokens: a smaller model on the same
+budget sees more tokens, and a rung in repeated data is off the one-epoch IsoFLOP curve (the
+default demo's largest ladder was extended to a 2.2-epoch run in two draws of three); the plan
+says the budget's optimum is limited by the data.
 
 Budgets closer than 0.1% (ehrfm.law_checks.BUDGET_SAME_DECADES, the tolerance within which `ehrfm fit`
 merges planned budgets into one IsoFLOP group) are one budget written two ways: they are planned
@@ -178,6 +182,10 @@ class SweepConfig:
     """Bracketing (`--bracket-from`): sizes that each ladder's lowest loss needs on each side (at most (sizes - 1) // 2,
     so 3- and 4-size ladders need 1); one fewer on a side adds a rung beyond that end. 1: only a lowest loss at an end
     (module docstring)."""
+    bracket_max_epochs: float = 1.0
+    """Bracketing (`--bracket-from`) adds no rung whose run would train over this many epochs of the train split's
+    unique tokens (a smaller model on a budget sees more tokens): the note says the budget's optimum is limited by
+    the data instead. Default 1: the fitted grid holds no repeated data (module docstring)."""
     run_seeds: int = 1
     """Training seeds per (budget, shape): runs with seeds SEED, SEED+1, ... (replicates); their scatter is training noise that
     one seed per point hides, and the fits use every replicate (module docstring)."""
@@ -765,11 +773,48 @@ def bracket_rungs(sweep: SweepConfig, rows: list[dict], results: str | Path) -> 
             notes.append(f"--bracket-from: budget {budget:.3g}: its lowest loss is {at} the family's smallest shape "
                          f"(n_layer={smallest.n_layer}, d_model={smallest.d_model}); there is no smaller model to add")
             continue
+        over = _rung_over_max_epochs(sweep, budget, extra, side)
+        if over:
+            notes.append(f"--bracket-from: budget {budget:.3g}: its lowest loss is {where[side]} "
+                         f"(n_layer={best['n_layer']}, d_model={best['d_model']}), but not extended: {over}")
+            continue
         extra.setdefault(budget_key(budget), [0, 0])[side] += 1
         notes.append(f"--bracket-from: budget {budget:.3g}: its lowest loss is {where[side]} "
                      f"(n_layer={best['n_layer']}, d_model={best['d_model']}; {margin} needed on each side); "
                      f"one rung added {('below', 'above')[side]}")
     return extra, notes
+
+
+def _rung_over_max_epochs(sweep: SweepConfig, budget: float, extra: dict, side: int) -> str:
+    """Why a bracketing step adds no rung to `budget`'s ladder on `side` (0 below, 1 above); "" if it may.
+
+    The rung is refused when its run would train over `sweep.bracket_max_epochs` (default 1) epochs
+    of the train split's unique tokens (never when those are unknown).
+
+    Why: a smaller model on the same budget sees more tokens (D = C / (6 N)), so a rung below can
+    cross into repeated data, where its loss is no longer on the one-epoch IsoFLOP curve the fits
+    assume (Muennighoff et al. 2023); the fitted grid must hold no run over 1 epoch (issue 13).
+    Measured: the default demo's 6e12 ladder, lowest at its smallest (1, 32), was extended to
+    (1, 16) at 2.2 epochs in two draws of three. A lowest loss at the ladder's low end with the next
+    smaller shape over 1 epoch says the budget's optimum is data-limited, which the note says.
+    """
+    from ehrfm.shapes import n_params, shape_for_params
+
+    if not sweep.train_tokens:
+        return ""
+    tentative = {k: list(v) for k, v in extra.items()}
+    tentative.setdefault(budget_key(budget), [0, 0])[side] += 1
+    base = TrainConfig(tokens_dir=sweep.tokens_dir, out_dir="", tokens=1, context=sweep.context, **sweep.train)
+    targets = shared_ladder(dataclasses.replace(sweep, extra_rungs=tentative), base.batch_size * base.context)[budget]
+    shape = shape_for_params(max(targets[-1 if side else 0], 1.0), sweep.vocab_size, sweep.context)
+    tokens = int(budget // _flops_per_token(shape))
+    limit = getattr(sweep, "bracket_max_epochs", 1.0)
+    if tokens <= limit * sweep.train_tokens:
+        return ""
+    return (f"the next {('smaller', 'larger')[side]} shape (n_layer={shape.n_layer}, d_model={shape.d_model}, "
+            f"N={n_params(shape):.3g}) would train D={tokens:.3g} tokens, {tokens / sweep.train_tokens:.2f} epochs of the "
+            f"{sweep.train_tokens} unique training tokens (over --bracket-max-epochs {limit:g}: repeated data); this "
+            "budget's optimum is limited by the data, not located by its ladder")
 
 
 def _read_results(results: str | Path):
@@ -1133,6 +1178,7 @@ def plan_sweep(
     run_seeds: int | None = None,
     bracket_margin: int | None = None,
     seed_steps: int | None = None,
+    bracket_max_epochs: float | None = None,
 ) -> tuple[SweepConfig, list[dict], list[str]]:
     """Plan an IsoFLOP sweep into `out` (sweep.json + plan.parquet); returns (config, rows, warnings).
 
@@ -1160,11 +1206,12 @@ def plan_sweep(
             ladder where its lowest loss sits, or lies fewer than `bracket_margin` sizes from
             (`bracket_rungs`). Rungs added earlier are kept.
         bracket_margin: sizes each ladder's lowest loss needs on each side (>= 1; capped at (sizes - 1) // 2).
+        bracket_max_epochs: no bracketing rung trains over this many epochs (finite, > 0; default 1).
         seed_steps: points of fewer optimizer steps get more seeds (`point_seeds`; 0: off).
         run_seeds: training seeds per (budget, shape), from the `seed` train option up (replicates;
             module docstring). Re-planning with more keeps the trained runs and adds the new seeds'.
-            None (and bracket_margin, seed_steps None): the sweep dir's own value on a re-plan (a
-            bracketing re-plan keeps its replicates), else 1 (2, 0).
+            None (and bracket_margin, seed_steps, bracket_max_epochs None): the sweep dir's own value on a re-plan (a
+            bracketing re-plan keeps its replicates), else 1 (2, 0, 1).
 
     Returns:
         (SweepConfig as saved in sweep.json, one dict per planned run as in plan.parquet, warnings).
@@ -1201,6 +1248,10 @@ def plan_sweep(
     run_seeds = (old.run_seeds if old else 1) if run_seeds is None else run_seeds
     bracket_margin = (old.bracket_margin if old else 2) if bracket_margin is None else bracket_margin
     seed_steps = (old.seed_steps if old else 0) if seed_steps is None else seed_steps
+    bracket_max_epochs = (old.bracket_max_epochs if old else 1.0) if bracket_max_epochs is None else bracket_max_epochs
+    if isinstance(bracket_max_epochs, bool) or not isinstance(bracket_max_epochs, (int, float)) \
+            or not (bracket_max_epochs > 0 and math.isfinite(bracket_max_epochs)):
+        raise UserError(f"--bracket-max-epochs must be a finite number > 0 (got {bracket_max_epochs!r})")
     if isinstance(bracket_margin, bool) or not isinstance(bracket_margin, int) or not bracket_margin >= 1:
         raise UserError(f"--bracket-margin must be >= 1 (got {bracket_margin}): 1 extends only a ladder whose lowest loss is at an end")
     old_budgets = old.budgets if old is not None and isinstance(old.budgets, list) else []
@@ -1230,6 +1281,7 @@ def plan_sweep(
         lr_ref_width=int(lr_ref_width),
         run_seeds=run_seeds,
         bracket_margin=int(bracket_margin),
+        bracket_max_epochs=float(bracket_max_epochs),
         seed_steps=seed_steps,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         ehrfm_version=ehrfm.__version__,

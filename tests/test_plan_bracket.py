@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,6 +13,9 @@ from test_sweep import ehrfm
 from ehrfm.errors import UserError
 
 OPTS = dict(sizes=3, span_dex=0.5, context=64, train={"batch_size": 8})
+# The test cohort's 250k training tokens put these budgets' small models over 1 epoch; the tests of the ladder's
+# mechanics lift the epoch limit (its own tests set it).
+ANY_EPOCHS = dict(bracket_max_epochs=1e6)
 
 
 def results(path, rows, best):
@@ -39,7 +43,7 @@ def test_bracketing_adds_a_rung_at_the_end_holding_the_lowest_loss(synth_tokens,
     small, mid, large = (shapes(rows, b) for b in budgets)
     # 1e10: best at the largest size -> one rung above; 4e10: interior -> unchanged; 1.6e11: best at the smallest -> below.
     table = results(tmp_path / "r.parquet", rows, {1e10: 2, 4e10: 1, 1.6e11: 0})
-    sweep, rows2, notes = plan_sweep(synth_tokens, budgets, out, bracket_from=table, **OPTS)
+    sweep, rows2, notes = plan_sweep(synth_tokens, budgets, out, bracket_from=table, **OPTS, **ANY_EPOCHS)
     assert sweep.extra_rungs == {"1e+10": [0, 1], "1.6e+11": [1, 0]}
     assert json.loads((out / "sweep.json").read_text())["extra_rungs"] == sweep.extra_rungs
     assert ids <= {r["run_id"] for r in rows2}  # every earlier run keeps its id
@@ -195,7 +199,7 @@ def test_a_lowest_loss_next_to_an_end_gets_a_rung_beyond_it(synth_tokens, tmp_pa
     sweep1, _, notes1 = plan_sweep(synth_tokens, budgets, one, bracket_from=table, bracket_margin=1, **opts)
     assert sweep1.extra_rungs == {} and not any("one rung added" in n for n in notes1)
 
-    sweep, rows2, notes = plan_sweep(synth_tokens, budgets, out, bracket_from=table, **opts)
+    sweep, rows2, notes = plan_sweep(synth_tokens, budgets, out, bracket_from=table, **opts, **ANY_EPOCHS)
     assert sweep.bracket_margin == 2
     assert sweep.extra_rungs == {"4e+11": [1, 0], "6.4e+12": [0, 1]}
     assert shapes(rows2, 4e11)[1:] == shapes(rows, 4e11) and shapes(rows2, 1.6e12) == shapes(rows, 1.6e12)
@@ -257,3 +261,44 @@ def test_a_bracketing_replan_keeps_the_sweeps_own_seeds_and_margin(synth_tokens,
     # given, a value replaces the saved one (fewer seeds: the runs it leaves out are named)
     _, rows3, notes3 = plan_sweep(synth_tokens, budgets, out, seed_steps=0, run_seeds=1, **OPTS)
     assert {r["run_id"] for r in rows3} == {r["run_id"] for r in plain}
+
+
+def test_bracketing_adds_no_rung_over_one_epoch(synth_tokens, tmp_path):
+    """A smaller model on the same budget trains on more tokens: the rung below a ladder can cross into repeated
+    data. The default demo's 6e12 ladder was extended from (1, 32) to (1, 16) at 2.2 epochs, and fitted. By
+    default (--bracket-max-epochs 1) that rung is not added and the note says why; a rung within 1 epoch is."""
+    from sweeps.plan import SweepConfig, plan_sweep
+
+    opts = dict(OPTS, span_dex=0.3, tokens_per_param=2.0)
+    out = tmp_path / "sweep"
+    sweep0, rows, _ = plan_sweep(synth_tokens, [3e10], out, **opts)
+    assert shapes(rows, 3e10) == [(1, 32), (1, 48), (2, 48)] and sweep0.bracket_max_epochs == 1.0
+    assert max(r["epochs"] for r in rows) == pytest.approx(0.75, abs=0.01)  # (1, 16) would train 1.86 epochs
+    table = results(tmp_path / "r.parquet", rows, {3e10: 0})
+    sweep, rows2, notes = plan_sweep(synth_tokens, [3e10], out, bracket_from=table, **opts)
+    assert sweep.extra_rungs == {} and {r["run_id"] for r in rows2} == {r["run_id"] for r in rows}
+    (note,) = [n for n in notes if n.startswith("--bracket-from")]
+    assert "budget 3e+10: its lowest loss is at its smallest size (n_layer=1, d_model=32), but not extended: the next " \
+           "smaller shape (n_layer=1, d_model=16" in note and "1.86 epochs of the 247893 unique training tokens" in note \
+           and "limited by the data" in note and "one rung added" not in note
+    # a limit the user raises (kept in sweep.json for later re-plans) lets it in
+    sweep2, rows3, notes2 = plan_sweep(synth_tokens, [3e10], out, bracket_from=table, bracket_max_epochs=2.0, **opts)
+    assert sweep2.extra_rungs == {"3e+10": [1, 0]} and shapes(rows3, 3e10)[0] == (1, 16)
+    assert json.loads((out / "sweep.json").read_text())["bracket_max_epochs"] == 2.0
+    assert plan_sweep(synth_tokens, [3e10], out, **opts)[0].bracket_max_epochs == 2.0
+    # a rung below that stays within 1 epoch is added as before: (1, 48) at 0.42 epochs -> (1, 32) at 0.75
+    low = tmp_path / "low"
+    _, rows4, _ = plan_sweep(synth_tokens, [3e10], low, **dict(opts, tokens_per_param=1.0))
+    assert shapes(rows4, 3e10)[0] == (1, 48)
+    sweep5, rows5, _ = plan_sweep(synth_tokens, [3e10], low, bracket_from=results(tmp_path / "r4.parquet", rows4, {3e10: 0}),
+                                  **dict(opts, tokens_per_param=1.0))
+    assert sweep5.extra_rungs == {"3e+10": [1, 0]} and shapes(rows5, 3e10)[0] == (1, 32)
+    # a sweep.json written before the setting reads as the default
+    d = json.loads((low / "sweep.json").read_text())
+    del d["bracket_max_epochs"]
+    assert SweepConfig.from_dict(d).bracket_max_epochs == 1.0
+    for bad in (0, -1, math.inf, math.nan):
+        with pytest.raises(UserError, match="--bracket-max-epochs must be a finite number > 0"):
+            plan_sweep(synth_tokens, [3e10], tmp_path / "bad", bracket_max_epochs=bad, **opts)
+    p = ehrfm("sweep", "plan", "--tokens", synth_tokens, "--budgets", "3e10", "--out", tmp_path / "cli", "--bracket-max-epochs", "inf")
+    assert p.returncode == 2 and "--bracket-max-epochs: must be a finite number > 0" in p.stderr
