@@ -41,6 +41,23 @@ def warn(line: str, command: str = "") -> None:
     print(f"ehrfm{' ' + command if command else ''}: warning: {line}", file=sys.stderr, flush=True)
 
 
+_WARNED_ONCE: set[tuple[str, str]] = set()  # (kind, key) pairs already said by warn_once in this process
+
+
+def warn_once(kind: str, key: str, line: str, command: str = "") -> bool:
+    """`warn(line, command)` the first time this process meets (kind, key); True when it warned.
+
+    For a fact about one input that many readers meet: a sweep's heads read one label file per run,
+    a dataset's shards share one time zone; one line per file (or zone) and process, not one per read.
+    kind names the fact ("label repeats"), key the input it is about (a path, a zone).
+    """
+    if (kind, key) in _WARNED_ONCE:
+        return False
+    _WARNED_ONCE.add((kind, key))
+    warn(line, command)
+    return True
+
+
 def temporary_sibling(path: str | os.PathLike) -> Path:
     """`<path>.tmp-<pid>-<host>-<random>`: a fresh temporary name next to `path` (not created)."""
     path = Path(path)

@@ -649,8 +649,6 @@ def null_time_codes(paths: Iterable[Path]) -> dict[str, int]:
     return {c: int(n) for c, n in bad.sort(CODE).iter_rows() if c is not None}
 
 
-_ZONES_WARNED: set[str] = set()  # one warning per zone and process, not one per shard
-
 # Names of UTC itself: a time in one of these is the naive clock ehrfm reads (Etc/UTC and GMT were taken for zones)
 UTC_NAMES = frozenset({"UTC", "ETC/UTC", "UCT", "ETC/UCT", "GMT", "ETC/GMT", "GMT0", "ETC/GMT0", "GMT+0", "ETC/GMT+0",
                        "GMT-0", "ETC/GMT-0", "GREENWICH", "ETC/GREENWICH", "UNIVERSAL", "ETC/UNIVERSAL", "ZULU",
@@ -664,12 +662,11 @@ def is_utc(zone: str | None) -> bool:
 
 def _warn_zone_once(zone: str, path: Path) -> None:
     """Say once that shards zoned `zone` are read as UTC: naive label times from elsewhere must be UTC too."""
-    if zone in _ZONES_WARNED or is_utc(zone):
+    if is_utc(zone):
         return
-    _ZONES_WARNED.add(zone)
-    from ehrfm.io import warn
+    from ehrfm.io import warn_once
 
-    warn(f"MEDS shard {path}: column time has time zone {zone}; MEDS times have none, so ehrfm reads them as UTC "
+    warn_once("MEDS zone", zone, f"MEDS shard {path}: column time has time zone {zone}; MEDS times have none, so ehrfm reads them as UTC "
          "instants, as it reads zoned label prediction times (and as `ehrfm labels` writes them): a label file made "
          "elsewhere with naive times on the data's local clock would put each prediction time hours off its history "
          "(give its times their zone, or convert them to UTC; check it with `ehrfm audit`)")

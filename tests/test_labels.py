@@ -332,12 +332,12 @@ def test_read_labels_reads_a_zoned_prediction_time_as_a_utc_instant(tmp_path, ca
     # Zoned MEDS times are read as naive UTC (meds_io.scan_shard); a zoned label time is the same
     # instant on the same clock, so 08:00 America/New_York (EST) is 13:00 naive, with one warning
     # that names the file, column and zone, never a time. (It used to be refused.)
-    from ehrfm.clinical import labels as labels_module
+    from ehrfm import io
 
     lab = pl.DataFrame({"subject_id": [1, 2, 3], "prediction_time": [T0, T0 + h(1), T0 + h(2)],
                         "boolean_value": [True, False, True]})
     path = tmp_path / "zoned.parquet"
-    labels_module._LABEL_ZONES_WARNED.clear()
+    io._WARNED_ONCE.discard(("label zone", "America/New_York"))
     lab.with_columns(pl.col("prediction_time").dt.replace_time_zone("America/New_York")).write_parquet(path)
     got = read_labels(path)
     assert got["prediction_time"].dtype == pl.Datetime("us")

@@ -1154,14 +1154,14 @@ def read_labels(path: str | os.PathLike, allow_empty: bool = False, data_zones: 
                         "(subject_id, prediction_time) pairs have rows with both true and false, so their label cannot "
                         "be told; keep one row per pair")
     if repeated.height:
-        from ehrfm.meds_io import warn
+        from ehrfm.io import warn_once
 
         labels = labels.unique(["subject_id", "prediction_time"], keep="first", maintain_order=True)
-        if str(path) not in _REPEATS_SAID:  # once: a head reads its label file more than once (a probe said it 3x)
-            _REPEATS_SAID.add(str(path))
-            what = "dir" if path.is_dir() else "file"
-            warn(f"label {what} {path}: {repeated.height} (subject_id, prediction_time) pairs have more than one "
-                 f"row, each with one value ({int(repeated['len'].sum() - repeated.height)} repeated rows dropped)")
+        # once: a head reads its label file more than once (a probe said it 3x)
+        warn_once("label repeats", str(path),
+                  f"label {'dir' if path.is_dir() else 'file'} {path}: {repeated.height} (subject_id, prediction_time) "
+                  f"pairs have more than one row, each with one value ({int(repeated['len'].sum() - repeated.height)} "
+                  "repeated rows dropped)")
     return labels
 
 
@@ -1204,12 +1204,6 @@ def _check_label_types(path: Path, frame: pl.DataFrame) -> pl.DataFrame:
     return frame
 
 
-_SPLIT_SAID: set[str] = set()  # once per label file and process, not once per head of a sweep
-
-
-_REPEATS_SAID: set[str] = set()  # label files whose repeated rows were said, in this process
-
-
 def _say_split_ignored(path: Path, own_split: list[Path]) -> None:
     """One warning when label files under `path` carry their own split (`own_split`, read by read_labels).
 
@@ -1218,26 +1212,22 @@ def _say_split_ignored(path: Path, own_split: list[Path]) -> None:
     model saw), the baseline and the audit by the MEDS data's: a label file's own split was ignored
     without a word, and its user read held-out AUROCs of other patients.
     """
-    if not own_split or str(path) in _SPLIT_SAID:
+    if not own_split:
         return
-    _SPLIT_SAID.add(str(path))
-    from ehrfm.meds_io import warn
+    from ehrfm.io import warn_once
 
-    warn(f"label {'dir' if path.is_dir() else 'file'} {path} carries its own split (a `split` column or split= folders): "
+    # once per label file and process, not once per head of a sweep
+    warn_once("label split", str(path), f"label {'dir' if path.is_dir() else 'file'} {path} carries its own split (a `split` column or split= folders): "
          "ignored; labels are split by the patient splits of the token dir (the model's) or the MEDS data")
-
-
-_LABEL_ZONES_WARNED: set[str] = set()  # one warning per zone and process, not one per label shard
 
 
 def _warn_label_zone_once(zone: str, path: Path) -> None:
     """Say once that zoned prediction times are read as UTC instants, as zoned MEDS shards are."""
-    if zone in _LABEL_ZONES_WARNED or is_utc(zone):
+    if is_utc(zone):
         return
-    _LABEL_ZONES_WARNED.add(zone)
-    from ehrfm.meds_io import warn
+    from ehrfm.io import warn_once
 
-    warn(f"label file {path}: column prediction_time has time zone {zone}; ehrfm reads it as UTC instants, as it "
+    warn_once("label zone", zone, f"label file {path}: column prediction_time has time zone {zone}; ehrfm reads it as UTC instants, as it "
          f"reads zoned MEDS times. If the MEDS data's times have no zone and are {zone} wall-clock times, this puts "
          "each prediction time hours off its history: write the labels on that clock without a zone instead")
 

@@ -55,7 +55,6 @@ def _recorded_fingerprint(run_dir: Path) -> str | None:
 
 
 SCORED_SPLITS = ("tuning", "held_out")  # the splits a head selects on or scores
-_UNCHECKED_WARNED: set[str] = set()  # runs already warned about: once per run and process (sweeps load runs often)
 
 
 def check_not_pretrained_on(run_dir: str | os.PathLike, td: TokenDir) -> None:
@@ -74,7 +73,7 @@ def check_not_pretrained_on(run_dir: str | os.PathLike, td: TokenDir) -> None:
             pretraining token dir (the counts per split are given); the run's config.json is damaged
             (not JSON, or its train.tokens_dir not a path).
     """
-    from ehrfm.io import read_json, warn
+    from ehrfm.io import read_json, warn_once
 
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
@@ -88,10 +87,7 @@ def check_not_pretrained_on(run_dir: str | os.PathLike, td: TokenDir) -> None:
     if recorded is not None and not isinstance(recorded, str):
         raise UserError(f"run config {cfg_path} is damaged: its train.tokens_dir is a JSON {type(recorded).__name__}, not a path")
     if not recorded:
-        if str(run_dir) in _UNCHECKED_WARNED:
-            return
-        _UNCHECKED_WARNED.add(str(run_dir))
-        warn(f"run {run_dir}: no train.tokens_dir in {cfg_path}: could not check that the heads' tuning/held_out "
+        warn_once("run unchecked", str(run_dir), f"run {run_dir}: no train.tokens_dir in {cfg_path}: could not check that the heads' tuning/held_out "
              "subjects were not in the run's pretraining train split")
         return
     pre = Path(recorded)
@@ -107,10 +103,7 @@ def check_not_pretrained_on(run_dir: str | os.PathLike, td: TokenDir) -> None:
                             "run trained on, or train the model again on this token dir")
         return
     if not (pre / "tokenizer.json").is_file() or not (pre / "train" / "tokens.npy").is_file():
-        if str(run_dir) in _UNCHECKED_WARNED:
-            return
-        _UNCHECKED_WARNED.add(str(run_dir))
-        warn(f"run {run_dir}: its pretraining token dir {pre} (train.tokens_dir in {cfg_path}) is gone or has no train "
+        warn_once("run unchecked", str(run_dir), f"run {run_dir}: its pretraining token dir {pre} (train.tokens_dir in {cfg_path}) is gone or has no train "
              f"split: could not check that token dir {td.path}'s tuning/held_out subjects were not pretrained on")
         return
     pre_td = TokenDir(pre)

@@ -142,7 +142,7 @@ from ehrfm.clinical.labels import DISCHARGE_PREFIX, UNKNOWN_DISCHARGE_LOCATIONS,
 from ehrfm.clinical.metrics import binary_metrics, format_metrics
 from ehrfm.clinical.probe import load_label_histories
 from ehrfm.errors import UserError
-from ehrfm.io import free_memory, warn
+from ehrfm.io import free_memory, warn, warn_once
 from ehrfm.meds_io import wall_clock
 from ehrfm.tokens import TokenDir
 
@@ -314,7 +314,6 @@ def label_options(labels_path: str | os.PathLike) -> dict:
 
 
 DEFAULT_WINDOWS = "defaults of `ehrfm labels`"  # label_options' source when no sidecar gives the windows
-_WARNED_WINDOWS: set[str] = set()  # label files whose default windows were said
 
 
 def _windows_text(task: str, opts: dict) -> str:
@@ -661,10 +660,10 @@ def _run_rollouts(cfg: ZeroShotConfig, td: TokenDir, h, model, context: int, tas
     spec = rollout_spec(td, task)
     labels_path = labels_path or cfg.labels
     opts = label_options(labels_path) if spec.durations is not None else None
-    if opts is not None and opts["source"] == DEFAULT_WINDOWS and str(labels_path) not in _WARNED_WINDOWS:
-        _WARNED_WINDOWS.add(str(labels_path))  # once, not once per run of a sweep
-        # a label file made elsewhere (ACES, MEDS-DEV) may have other windows: say which these rollouts follow
-        warn(f"zero-shot: no `ehrfm labels` sidecar beside {labels_path} (its .json): the rollouts follow "
+    if opts is not None and opts["source"] == DEFAULT_WINDOWS:
+        # a label file made elsewhere (ACES, MEDS-DEV) may have other windows: say which these rollouts follow,
+        # once, not once per run of a sweep
+        warn_once("zero-shot windows", str(labels_path), f"zero-shot: no `ehrfm labels` sidecar beside {labels_path} (its .json): the rollouts follow "
              f"the default windows of `ehrfm labels` ({_windows_text(task, opts)}); for labels made with other windows, "
              "write them beside it as {\"config\": {\"gap_hours\": ..., \"long_los_days\": ..., \"readmission_days\": ...}}",
              "zeroshot")
