@@ -53,8 +53,9 @@ other runs keep their ids. Below the family's smallest shape
 there is nothing to add, and the plan says so. Nor is a rung added whose run would train over
 `bracket_max_epochs` (default 1) epochs of the unique training tokens: a smaller model on the same
 budget sees more tokens, and a rung in repeated data is off the one-epoch IsoFLOP curve (the
-default demo's largest ladder was extended to a 2.2-epoch run in two draws of three); the plan
-says the budget's optimum is limited by the data.
+default demo's largest ladder was extended to a 2.2-epoch run in two draws of three); the note
+names the refused rung's shape and epochs. A rung above is never refused for epochs (a larger model
+sees fewer tokens), only when no larger shape trains one optimizer step on the budget.
 
 Budgets closer than 0.1% (ehrfm.law_checks.BUDGET_SAME_DECADES, the tolerance within which `ehrfm fit`
 merges planned budgets into one IsoFLOP group) are one budget written two ways: they are planned
@@ -226,6 +227,9 @@ class SweepConfig:
         if isinstance(d.get("budgets"), list) and not all(isinstance(b, (int, float)) and not isinstance(b, bool)
                                                           for b in d["budgets"]):
             bad.append("budgets holds a value that is not a number")
+        limit = d.get("bracket_max_epochs", 1.0)
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not (limit > 0 and math.isfinite(limit)):
+            bad.append(f"bracket_max_epochs is {limit!r}, not a finite number > 0")
         if isinstance(d.get("train"), dict) and (unknown := sorted(set(d["train"]) - {f.name for f in dataclasses.fields(TrainConfig)})):
             bad.append(f"train holds {', '.join(map(repr, unknown[:5]))}, no setting of `ehrfm train`")
         if bad:
@@ -770,13 +774,17 @@ def bracket_rungs(sweep: SweepConfig, rows: list[dict], results: str | Path) -> 
         # the ladder's end, not its lowest loss, must be the family's smallest for there to be nothing below
         if side == 0 and (ladder[0]["n_layer"], ladder[0]["d_model"]) == (smallest.n_layer, smallest.d_model):
             at = "at" if i == 0 else f"{i} size(s) from"
+            low = min((r for r in runs), key=lambda r: r["n_params"])
+            repeats = (f" (its ({low['n_layer']}, {low['d_model']}) run trains {low['epochs']:.2f} epochs of the {sweep.train_tokens} unique training tokens: "
+                       "repeated data)") if sweep.train_tokens and low["epochs"] > 1.0 else ""
             notes.append(f"--bracket-from: budget {budget:.3g}: its lowest loss is {at} the family's smallest shape "
-                         f"(n_layer={smallest.n_layer}, d_model={smallest.d_model}); there is no smaller model to add")
+                         f"(n_layer={smallest.n_layer}, d_model={smallest.d_model}); there is no smaller model to add{repeats}")
             continue
-        over = _rung_over_max_epochs(sweep, budget, extra, side)
-        if over:
+        refusal = _bracket_refusal(sweep, budget, extra, side)
+        if refusal:
             notes.append(f"--bracket-from: budget {budget:.3g}: its lowest loss is {where[side]} "
-                         f"(n_layer={best['n_layer']}, d_model={best['d_model']}), but not extended: {over}")
+                         f"(n_layer={best['n_layer']}, d_model={best['d_model']}; {margin} needed on each side), "
+                         f"but no rung added {('below', 'above')[side]}: {refusal}")
             continue
         extra.setdefault(budget_key(budget), [0, 0])[side] += 1
         notes.append(f"--bracket-from: budget {budget:.3g}: its lowest loss is {where[side]} "
@@ -785,36 +793,48 @@ def bracket_rungs(sweep: SweepConfig, rows: list[dict], results: str | Path) -> 
     return extra, notes
 
 
-def _rung_over_max_epochs(sweep: SweepConfig, budget: float, extra: dict, side: int) -> str:
+def _bracket_refusal(sweep: SweepConfig, budget: float, extra: dict, side: int) -> str:
     """Why a bracketing step adds no rung to `budget`'s ladder on `side` (0 below, 1 above); "" if it may.
 
-    The rung is refused when its run would train over `sweep.bracket_max_epochs` (default 1) epochs
-    of the train split's unique tokens (never when those are unknown).
-
-    Why: a smaller model on the same budget sees more tokens (D = C / (6 N)), so a rung below can
-    cross into repeated data, where its loss is no longer on the one-epoch IsoFLOP curve the fits
-    assume (Muennighoff et al. 2023); the fitted grid must hold no run over 1 epoch (issue 13).
-    Measured: the default demo's 6e12 ladder, lowest at its smallest (1, 32), was extended to
-    (1, 16) at 2.2 epochs in two draws of three. A lowest loss at the ladder's low end with the next
-    smaller shape over 1 epoch says the budget's optimum is data-limited, which the note says.
+    The step adds the ladder's next rung with a new shape (`shared_ladder`); it is refused when that
+    rung has no shape the budget can train one optimizer step on (above: `make_plan` would drop it,
+    so the rung would be recorded but never planned), or when, below, its run would train over
+    `sweep.bracket_max_epochs` (default 1) epochs of the train split's unique tokens (never checked
+    when those are unknown). Why the epochs: a smaller model on the same budget sees more tokens
+    (D = C / (6 N)), so a rung below can cross into repeated data, off the one-epoch IsoFLOP curve
+    the fits assume (Muennighoff et al. 2023); the default demo's 6e12 ladder, lowest at its
+    smallest (1, 32), was extended to (1, 16) at 2.2 epochs in two draws of three. Above, a larger
+    model sees fewer tokens than every run of the ladder: nothing to refuse.
     """
     from ehrfm.shapes import n_params, shape_for_params
 
-    if not sweep.train_tokens:
-        return ""
+    base = TrainConfig(tokens_dir=sweep.tokens_dir, out_dir="", tokens=1, context=sweep.context, **sweep.train)
+    tokens_per_step = base.batch_size * base.context
     tentative = {k: list(v) for k, v in extra.items()}
     tentative.setdefault(budget_key(budget), [0, 0])[side] += 1
-    base = TrainConfig(tokens_dir=sweep.tokens_dir, out_dir="", tokens=1, context=sweep.context, **sweep.train)
-    targets = shared_ladder(dataclasses.replace(sweep, extra_rungs=tentative), base.batch_size * base.context)[budget]
-    shape = shape_for_params(max(targets[-1 if side else 0], 1.0), sweep.vocab_size, sweep.context)
+    end = -1 if side else 0
+    before = shared_ladder(dataclasses.replace(sweep, extra_rungs=extra), tokens_per_step)[budget][end]
+    after = shared_ladder(dataclasses.replace(sweep, extra_rungs=tentative), tokens_per_step)[budget][end]
+    shape = shape_for_params(max(after, 1.0), sweep.vocab_size, sweep.context)
     tokens = int(budget // _flops_per_token(shape))
-    limit = getattr(sweep, "bracket_max_epochs", 1.0)
-    if tokens <= limit * sweep.train_tokens:
+    if after == before or not _trains_one_step(budget, _flops_per_token(shape), tokens_per_step):
+        return ("its ladder's rungs reach no smaller shape" if side == 0 else
+                f"no larger shape trains one optimizer step ({tokens_per_step} tokens) on this budget")
+    limit = sweep.bracket_max_epochs
+    if side == 1 or not sweep.train_tokens or tokens <= limit * sweep.train_tokens:
         return ""
-    return (f"the next {('smaller', 'larger')[side]} shape (n_layer={shape.n_layer}, d_model={shape.d_model}, "
-            f"N={n_params(shape):.3g}) would train D={tokens:.3g} tokens, {tokens / sweep.train_tokens:.2f} epochs of the "
-            f"{sweep.train_tokens} unique training tokens (over --bracket-max-epochs {limit:g}: repeated data); this "
-            "budget's optimum is limited by the data, not located by its ladder")
+    return (f"the ladder's next rung below, (n_layer={shape.n_layer}, d_model={shape.d_model}, N={n_params(shape):.3g}), "
+            f"would train D={tokens:.3g} tokens, {_epochs_text(tokens / sweep.train_tokens, limit)} epochs of the "
+            f"{sweep.train_tokens} unique training tokens, over --bracket-max-epochs {limit:g} (repeated data); this "
+            "budget's optimum may lie where the data repeats (raise --bracket-max-epochs to add that rung anyway)")
+
+
+def _epochs_text(epochs: float, limit: float) -> str:
+    """Epochs to 2 decimals, or to as many as tell them from `limit` (1.0026 over a limit of 1 is not "1.00")."""
+    for digits in range(2, 8):
+        if f"{epochs:.{digits}f}" != f"{limit:.{digits}f}":
+            return f"{epochs:.{digits}f}"
+    return f"{epochs:g}"
 
 
 def _read_results(results: str | Path):

@@ -278,9 +278,9 @@ def test_bracketing_adds_no_rung_over_one_epoch(synth_tokens, tmp_path):
     sweep, rows2, notes = plan_sweep(synth_tokens, [3e10], out, bracket_from=table, **opts)
     assert sweep.extra_rungs == {} and {r["run_id"] for r in rows2} == {r["run_id"] for r in rows}
     (note,) = [n for n in notes if n.startswith("--bracket-from")]
-    assert "budget 3e+10: its lowest loss is at its smallest size (n_layer=1, d_model=32), but not extended: the next " \
-           "smaller shape (n_layer=1, d_model=16" in note and "1.86 epochs of the 247893 unique training tokens" in note \
-           and "limited by the data" in note and "one rung added" not in note
+    assert "budget 3e+10: its lowest loss is at its smallest size (n_layer=1, d_model=32; 1 needed on each side), but " \
+           "no rung added below: the ladder's next rung below, (n_layer=1, d_model=16" in note \
+           and "1.86 epochs of the 247893 unique training tokens, over --bracket-max-epochs 1" in note, note
     # a limit the user raises (kept in sweep.json for later re-plans) lets it in
     sweep2, rows3, notes2 = plan_sweep(synth_tokens, [3e10], out, bracket_from=table, bracket_max_epochs=2.0, **opts)
     assert sweep2.extra_rungs == {"3e+10": [1, 0]} and shapes(rows3, 3e10)[0] == (1, 16)
@@ -302,3 +302,39 @@ def test_bracketing_adds_no_rung_over_one_epoch(synth_tokens, tmp_path):
             plan_sweep(synth_tokens, [3e10], tmp_path / "bad", bracket_max_epochs=bad, **opts)
     p = ehrfm("sweep", "plan", "--tokens", synth_tokens, "--budgets", "3e10", "--out", tmp_path / "cli", "--bracket-max-epochs", "inf")
     assert p.returncode == 2 and "--bracket-max-epochs: must be a finite number > 0" in p.stderr
+
+
+def test_the_epoch_limit_guards_only_rungs_below_and_a_rung_too_large_is_not_recorded(synth_tokens, tmp_path):
+    """A larger model sees fewer tokens than every run of its ladder: a rung above is added even where the ladder is
+    already over 1 epoch. A rung above that no budget step can train was recorded in sweep.json and said "one rung
+    added above" while the plan dropped it."""
+    from sweeps.plan import SweepConfig, _epochs_text, plan_sweep
+
+    out = tmp_path / "big"
+    _, rows, _ = plan_sweep(synth_tokens, [3e12], out, **OPTS)
+    assert max(r["epochs"] for r in rows) > 1.0
+    sweep, rows2, notes = plan_sweep(synth_tokens, [3e12], out, bracket_from=results(tmp_path / "r.parquet", rows, {3e12: 2}), **OPTS)
+    assert sweep.extra_rungs == {"3e+12": [0, 1]} and len(shapes(rows2, 3e12)) == 4
+    assert any("one rung added above" in n for n in notes)
+
+    tiny = tmp_path / "tiny"
+    opts = dict(OPTS, tokens_per_param=0.001)
+    _, rows, _ = plan_sweep(synth_tokens, [1e10], tiny, **opts)
+    sweep, rows2, notes = plan_sweep(synth_tokens, [1e10], tiny, bracket_from=results(tmp_path / "t.parquet", rows, {1e10: 2}), **opts)
+    assert sweep.extra_rungs == {} and {r["run_id"] for r in rows2} == {r["run_id"] for r in rows}
+    (note,) = [n for n in notes if n.startswith("--bracket-from")]
+    assert "no rung added above: no larger shape trains one optimizer step (512 tokens) on this budget" in note, note
+
+    assert (_epochs_text(1.0026, 1.0), _epochs_text(1.86, 1.0), _epochs_text(2.0, 1.0)) == ("1.003", "1.86", "2.00")
+    d = json.loads((tiny / "sweep.json").read_text())
+    for bad in ("2", None, 0, True, math.inf):
+        with pytest.raises(UserError, match=r"sweep\.json is damaged: bracket_max_epochs is .*, not a finite number > 0"):
+            SweepConfig.from_dict({**d, "bracket_max_epochs": bad}, tiny / "sweep.json")
+
+    # a lowest loss at the family's smallest shape, itself over 1 epoch: the note says so
+    low = tmp_path / "low"
+    _, rows, _ = plan_sweep(synth_tokens, [3e10], low, **OPTS)
+    assert shapes(rows, 3e10)[0] == (1, 16)
+    _, _, notes = plan_sweep(synth_tokens, [3e10], low, bracket_from=results(tmp_path / "l.parquet", rows, {3e10: 0}), **OPTS)
+    assert any("there is no smaller model to add (its (1, 16) run trains 1.86 epochs of the 247893 unique training "
+               "tokens: repeated data)" in n for n in notes), notes
