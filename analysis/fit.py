@@ -1573,9 +1573,10 @@ def _fit_results(res: Results, cfg: FitConfig) -> FitResult:
     if np.unique(res.budget).size < 2:
         left = f" ({len(res.excluded)} other rows not fitted: {_excluded_tally(res.excluded)})" if res.excluded else ""
         lo, hi = float(res.flops.min()), float(res.flops.max())
-        if res.budget_from != "budget" and math.log10(hi / lo) > 2 * BUDGET_GROUP_DECADES:
+        if res.budget_from != "budget" and math.log10(hi / lo) > MAX_FLOPS_GROUP_SPAN_DECADES:
             # grouped by flops, a continuum of compute (100 budgets 7% apart) chains into one group: "one IsoFLOP
-            # budget" was false for three decades of compute
+            # budget" was false for three decades of compute (the span by which `_budget_fit` leaves a chained
+            # group out of Approach 2 in a table of several)
             apart = f"{10 ** BUDGET_GROUP_DECADES - 1:.0%}"
             raise UserError(f"{res.source}: the flops of all {res.n} completed runs chain from {lo:.3g} to {hi:.3g}, "
                             f"each within {BUDGET_GROUP_DECADES} decades ({apart}) of the next, so no IsoFLOP budgets "

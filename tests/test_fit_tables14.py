@@ -33,6 +33,12 @@ def test_a_continuum_of_compute_is_not_one_isoflop_budget(tmp_path):
     synthetic_results(BESIROGLU, budgets=(1e19,), sizes=9).select(MINIMAL).write_parquet(tmp_path / "one.parquet")
     with pytest.raises(UserError, match="all 9 completed runs are one IsoFLOP budget; a scaling law needs >= 2 budgets"):
         fit_results(load_results(tmp_path / "one.parquet"), bootstrap=0)
+    # a chain no wider than one budget's group may be (MAX_FLOPS_GROUP_SPAN_DECADES, 2x): one budget, as Approach 2
+    # takes it in a table of several (it said "chain" above 1.26x, while the same group beside others was one budget)
+    narrow = synthetic_results(BESIROGLU, budgets=np.logspace(19, 19.2, 6), sizes=3, seed=2).select(MINIMAL)
+    narrow.write_parquet(tmp_path / "narrow.parquet")
+    with pytest.raises(UserError, match="all 18 completed runs are one IsoFLOP budget"):
+        fit_results(load_results(tmp_path / "narrow.parquet"), bootstrap=0)
 
 
 def test_the_approach3_bootstrap_shows_progress(monkeypatch, capsys):
