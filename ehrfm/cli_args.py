@@ -112,6 +112,17 @@ def command(sub, name: str, run, arguments=None, **kwargs) -> argparse.ArgumentP
     return p
 
 
+def non_negative_number(text: str) -> float:
+    """An argparse type: a finite number >= 0, e.g. an epoch limit where 0 means none (ArgumentTypeError otherwise)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number like 1 or 0.5 (got {text!r})") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (got {text!r})")
+    return value
+
+
 def positive_number(text: str) -> float:
     """An argparse type: a finite number > 0, e.g. a FLOP budget "1e18" (ArgumentTypeError otherwise)."""
     try:

@@ -62,7 +62,7 @@ def _collect(args) -> int:
 
 
 def _plan_arguments(pp) -> None:
-    from ehrfm.cli_args import add_fields, positive_number
+    from ehrfm.cli_args import add_fields, non_negative_number
     from ehrfm.config import TrainConfig
     from sweeps.plan import SweepConfig
 
@@ -73,10 +73,10 @@ def _plan_arguments(pp) -> None:
     add_fields(pp, SweepConfig, ["span_dex", "tokens_per_param", "context", "lr_ref_width"])
     unset = dict(unset=True)  # not given: the trainer's default
     add_fields(pp, TrainConfig, ["batch_size", "lr", "seed"], batch_size=unset, lr=unset, seed=unset)
-    add_fields(pp, SweepConfig, ["min_steps", "schedule", "run_seeds", "seed_steps", "bracket_margin", "bracket_max_epochs"],
+    add_fields(pp, SweepConfig, ["min_steps", "schedule", "run_seeds", "seed_steps", "bracket_margin", "max_epochs"],
                # not given: the sweep dir's own values on a re-plan (a --bracket-from re-plan keeps its seeds)
                run_seeds=dict(metavar="K", unset=True), seed_steps=dict(metavar="S", unset=True),
-               bracket_margin=dict(metavar="K", unset=True), bracket_max_epochs=dict(metavar="E", unset=True, type=positive_number))
+               bracket_margin=dict(metavar="K", unset=True), max_epochs=dict(metavar="E", unset=True, type=non_negative_number))
     add_fields(pp, TrainConfig, ["decay_fraction", "decay_shape"], decay_fraction=unset, decay_shape=unset)
     pp.add_argument("--centre-from", default=None, metavar="FIT",
                     help="fit dir (or fits.json) of this sweep's smaller budgets: centre each larger budget's sizes on "

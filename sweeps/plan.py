@@ -183,10 +183,11 @@ class SweepConfig:
     """Bracketing (`--bracket-from`): sizes that each ladder's lowest loss needs on each side (at most (sizes - 1) // 2,
     so 3- and 4-size ladders need 1); one fewer on a side adds a rung beyond that end. 1: only a lowest loss at an end
     (module docstring)."""
-    bracket_max_epochs: float = 1.0
-    """Bracketing (`--bracket-from`) adds no rung whose run would train over this many epochs of the train split's
-    unique tokens (a smaller model on a budget sees more tokens): the note says the budget's optimum is limited by
-    the data instead. Default 1: the fitted grid holds no repeated data (module docstring)."""
+    max_epochs: float = 0.0
+    """No planned run trains over this many epochs of the train split's unique tokens: a ladder that would reach
+    over it is moved up the rungs (larger models see fewer tokens) and bracketing adds no rung below it (module
+    docstring); 1 keeps repeated data out of the fitted grid (the demo's setting). 0: no limit (runs over 1 epoch
+    are warned)."""
     run_seeds: int = 1
     """Training seeds per (budget, shape): runs with seeds SEED, SEED+1, ... (replicates); their scatter is training noise that
     one seed per point hides, and the fits use every replicate (module docstring)."""
@@ -227,9 +228,9 @@ class SweepConfig:
         if isinstance(d.get("budgets"), list) and not all(isinstance(b, (int, float)) and not isinstance(b, bool)
                                                           for b in d["budgets"]):
             bad.append("budgets holds a value that is not a number")
-        limit = d.get("bracket_max_epochs", 1.0)
-        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not (limit > 0 and math.isfinite(limit)):
-            bad.append(f"bracket_max_epochs is {limit!r}, not a finite number > 0")
+        limit = d.get("max_epochs", 0.0)
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not (limit >= 0 and math.isfinite(limit)):
+            bad.append(f"max_epochs is {limit!r}, not a finite number >= 0")
         if isinstance(d.get("train"), dict) and (unknown := sorted(set(d["train"]) - {f.name for f in dataclasses.fields(TrainConfig)})):
             bad.append(f"train holds {', '.join(map(repr, unknown[:5]))}, no setting of `ehrfm train`")
         if bad:
@@ -618,7 +619,7 @@ def smallest_shape(vocab_size: int, context: int) -> ModelConfig:
 MAX_RUNG_WALK = 10_000  # rungs a bracketing step walks for a new shape (0.4 ms each): a tiny-rung ladder gives up
 
 
-def shared_ladder(sweep: SweepConfig, tokens_per_step: int) -> dict[float, list[float]]:
+def shared_ladder(sweep: SweepConfig, tokens_per_step: int, moved: dict | None = None) -> dict[float, list[float]]:
     """{budget: its target sizes N}, all on one log-spaced ladder (module docstring).
 
     Rungs are r = 2 * span_dex / (sizes - 1) decades apart on a grid fixed in log10 N (not by the
@@ -646,6 +647,14 @@ def shared_ladder(sweep: SweepConfig, tokens_per_step: int) -> dict[float, list[
     widened to make up for rungs that snap together inside it: tried at stop 40, a rung added above
     the demo's 3.7e11 ladder (the (2, 64) model, 171 optimizer steps) ended 0.35 nats above the
     budget's best run, and its parabola failed the lack-of-fit test.
+
+    With `sweep.max_epochs` set, a ladder whose smallest size would train over that many epochs of
+    the unique training tokens moves up whole rungs (keeping its size and the shared grid) until it
+    does not, or until a larger rung cannot train one step; an end does not step out onto a shape
+    over it. `moved`, when given, receives {budget: rungs moved up}. Why: a smaller model on a
+    budget sees more tokens (D = C / (6 N)); a 2-budget fit that centres the larger budgets low (a
+    flat L_min, seed 1 of the demo) put its 6e12 ladder's (1, 16) at 2.2 epochs, off the one-epoch
+    IsoFLOP curve the fits assume.
     """
     from ehrfm.shapes import shape_for_params
 
@@ -682,18 +691,32 @@ def shared_ladder(sweep: SweepConfig, tokens_per_step: int) -> dict[float, list[
                 return j
         return i
 
+    cap = sweep.max_epochs * sweep.train_tokens if sweep.max_epochs and sweep.train_tokens else 0
+
+    def over_cap(i: float, budget: float) -> bool:
+        """Whether rung i's shape would train over the epoch limit on `budget` (never without one)."""
+        if not cap:
+            return False
+        shape = shape_for_params(max(_pow10(i * rung), 1.0), sweep.vocab_size, sweep.context)
+        return budget // _flops_per_token(shape) > cap
+
     def step_out(end: float, inner: float, step: int, budget: float) -> float:
         """A ladder end rung that snaps onto its inner neighbour's shape, moved one rung out when that rung is a new shape."""
         s = shape_at(end, budget)
         if s is None or s != shape_at(inner, budget):
             return end
-        moved = shape_at(end + step, budget)
-        return end + step if moved is not None and moved != s else end
+        out = shape_at(end + step, budget)
+        return end + step if out is not None and out != s and not over_cap(end + step, budget) else end
 
     out = {}
     for b, n in stars.items():
         centre = math.floor(math.log10(n) / rung - half + 0.5) + half  # nearest admissible centre, half up
         lo, hi = centre - half, centre + half  # first and last rung (indices)
+        up = 0
+        while over_cap(lo, b) and shape_at(hi + 1, b) is not None and up < MAX_RUNG_WALK:
+            lo, hi, up = lo + 1, hi + 1, up + 1
+        if up and moved is not None:
+            moved[b] = up
         lo = step_out(lo, lo + 1, -1, b)
         if len({shape_at(i, b) for i in _rung_range(lo, hi)} - {None}) < k:  # a 2-size ladder whose low end stepped has its 2
             hi = step_out(hi, hi - 1, +1, b)
@@ -799,7 +822,7 @@ def _bracket_refusal(sweep: SweepConfig, budget: float, extra: dict, side: int) 
     The step adds the ladder's next rung with a new shape (`shared_ladder`); it is refused when that
     rung has no shape the budget can train one optimizer step on (above: `make_plan` would drop it,
     so the rung would be recorded but never planned), or when, below, its run would train over
-    `sweep.bracket_max_epochs` (default 1) epochs of the train split's unique tokens (never checked
+    `sweep.max_epochs` epochs of the train split's unique tokens (unchecked when 0, the default, or
     when those are unknown). Why the epochs: a smaller model on the same budget sees more tokens
     (D = C / (6 N)), so a rung below can cross into repeated data, off the one-epoch IsoFLOP curve
     the fits assume (Muennighoff et al. 2023); the default demo's 6e12 ladder, lowest at its
@@ -820,13 +843,13 @@ def _bracket_refusal(sweep: SweepConfig, budget: float, extra: dict, side: int) 
     if after == before or not _trains_one_step(budget, _flops_per_token(shape), tokens_per_step):
         return ("its ladder's rungs reach no smaller shape" if side == 0 else
                 f"no larger shape trains one optimizer step ({tokens_per_step} tokens) on this budget")
-    limit = sweep.bracket_max_epochs
-    if side == 1 or not sweep.train_tokens or tokens <= limit * sweep.train_tokens:
+    limit = sweep.max_epochs
+    if side == 1 or not limit or not sweep.train_tokens or tokens <= limit * sweep.train_tokens:
         return ""
     return (f"the ladder's next rung below, (n_layer={shape.n_layer}, d_model={shape.d_model}, N={n_params(shape):.3g}), "
             f"would train D={tokens:.3g} tokens, {_epochs_text(tokens / sweep.train_tokens, limit)} epochs of the "
-            f"{sweep.train_tokens} unique training tokens, over --bracket-max-epochs {limit:g} (repeated data); this "
-            "budget's optimum may lie where the data repeats (raise --bracket-max-epochs to add that rung anyway)")
+            f"{sweep.train_tokens} unique training tokens, over --max-epochs {limit:g} (repeated data); this "
+            "budget's optimum may lie where the data repeats (raise --max-epochs to add that rung anyway)")
 
 
 def _epochs_text(epochs: float, limit: float) -> str:
@@ -900,7 +923,12 @@ def make_plan(sweep: SweepConfig, previous: list[dict] | None = None, runs: Path
             f"tokens; the smallest budget that works is {_ceil3(one_step)} FLOPs (one step; "
             f"{_ceil3(one_step * max(sweep.min_steps, 1))} for --min-steps {sweep.min_steps})"
         )
-    ladder = shared_ladder(sweep, tokens_per_step)
+    moved: dict[float, int] = {}
+    ladder = shared_ladder(sweep, tokens_per_step, moved)
+    for budget, up in moved.items():
+        warnings.append(f"budget {budget:.3g}: ladder moved up {up} rung(s) so that no run trains over --max-epochs "
+                        f"{sweep.max_epochs:g} epochs of the {sweep.train_tokens} unique training tokens (a smaller model "
+                        "sees more tokens): if its lowest loss ends at its smallest size, the optimum lies where the data repeats")
     memory = _memory_bytes()
     heavy: list[dict] = []
     for budget in sweep.budgets:
@@ -930,6 +958,11 @@ def make_plan(sweep: SweepConfig, previous: list[dict] | None = None, runs: Path
                                             tokens=tokens, **run_lr(sweep, shape.d_model))
             steps = math.ceil(tokens / tokens_per_step)
             epochs = tokens / sweep.train_tokens if sweep.train_tokens else float("nan")
+            if sweep.max_epochs and sweep.train_tokens and tokens > sweep.max_epochs * sweep.train_tokens:
+                # a ladder that could not move up far enough, or a rung kept from a plan without the limit
+                warnings.append(f"{label}: dropped, D={tokens:.3g} tokens is {_epochs_text(epochs, sweep.max_epochs)} epochs "
+                                f"of the {sweep.train_tokens} unique training tokens, over --max-epochs {sweep.max_epochs:g}")
+                continue
             if steps < sweep.min_steps:
                 warnings.append(f"{label}: only {steps} optimizer steps (< --min-steps {sweep.min_steps})")
             if sweep.train_tokens and tokens > sweep.train_tokens:
@@ -1198,7 +1231,7 @@ def plan_sweep(
     run_seeds: int | None = None,
     bracket_margin: int | None = None,
     seed_steps: int | None = None,
-    bracket_max_epochs: float | None = None,
+    max_epochs: float | None = None,
 ) -> tuple[SweepConfig, list[dict], list[str]]:
     """Plan an IsoFLOP sweep into `out` (sweep.json + plan.parquet); returns (config, rows, warnings).
 
@@ -1226,12 +1259,13 @@ def plan_sweep(
             ladder where its lowest loss sits, or lies fewer than `bracket_margin` sizes from
             (`bracket_rungs`). Rungs added earlier are kept.
         bracket_margin: sizes each ladder's lowest loss needs on each side (>= 1; capped at (sizes - 1) // 2).
-        bracket_max_epochs: no bracketing rung trains over this many epochs (finite, > 0; default 1).
+        max_epochs: no run trains over this many epochs of the unique training tokens (finite, >= 0; 0, the
+            default, no limit): ladders move up the rungs to keep under it, bracketing adds no rung over it.
         seed_steps: points of fewer optimizer steps get more seeds (`point_seeds`; 0: off).
         run_seeds: training seeds per (budget, shape), from the `seed` train option up (replicates;
             module docstring). Re-planning with more keeps the trained runs and adds the new seeds'.
-            None (and bracket_margin, seed_steps, bracket_max_epochs None): the sweep dir's own value on a re-plan (a
-            bracketing re-plan keeps its replicates), else 1 (2, 0, 1).
+            None (and bracket_margin, seed_steps, max_epochs None): the sweep dir's own value on a re-plan (a
+            bracketing re-plan keeps its replicates), else 1 (2, 0, 0).
 
     Returns:
         (SweepConfig as saved in sweep.json, one dict per planned run as in plan.parquet, warnings).
@@ -1268,10 +1302,9 @@ def plan_sweep(
     run_seeds = (old.run_seeds if old else 1) if run_seeds is None else run_seeds
     bracket_margin = (old.bracket_margin if old else 2) if bracket_margin is None else bracket_margin
     seed_steps = (old.seed_steps if old else 0) if seed_steps is None else seed_steps
-    bracket_max_epochs = (old.bracket_max_epochs if old else 1.0) if bracket_max_epochs is None else bracket_max_epochs
-    if isinstance(bracket_max_epochs, bool) or not isinstance(bracket_max_epochs, (int, float)) \
-            or not (bracket_max_epochs > 0 and math.isfinite(bracket_max_epochs)):
-        raise UserError(f"--bracket-max-epochs must be a finite number > 0 (got {bracket_max_epochs!r})")
+    max_epochs = (old.max_epochs if old else 0.0) if max_epochs is None else max_epochs
+    if isinstance(max_epochs, bool) or not isinstance(max_epochs, (int, float)) or not (max_epochs >= 0 and math.isfinite(max_epochs)):
+        raise UserError(f"--max-epochs must be a finite number >= 0 (got {max_epochs!r}; 0: no limit)")
     if isinstance(bracket_margin, bool) or not isinstance(bracket_margin, int) or not bracket_margin >= 1:
         raise UserError(f"--bracket-margin must be >= 1 (got {bracket_margin}): 1 extends only a ladder whose lowest loss is at an end")
     old_budgets = old.budgets if old is not None and isinstance(old.budgets, list) else []
@@ -1301,7 +1334,7 @@ def plan_sweep(
         lr_ref_width=int(lr_ref_width),
         run_seeds=run_seeds,
         bracket_margin=int(bracket_margin),
-        bracket_max_epochs=float(bracket_max_epochs),
+        max_epochs=float(max_epochs),
         seed_steps=seed_steps,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         ehrfm_version=ehrfm.__version__,

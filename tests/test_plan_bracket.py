@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,9 +12,6 @@ from test_sweep import ehrfm
 from ehrfm.errors import UserError
 
 OPTS = dict(sizes=3, span_dex=0.5, context=64, train={"batch_size": 8})
-# The test cohort's 250k training tokens put these budgets' small models over 1 epoch; the tests of the ladder's
-# mechanics lift the epoch limit (its own tests set it).
-ANY_EPOCHS = dict(bracket_max_epochs=1e6)
 
 
 def results(path, rows, best):
@@ -43,7 +39,7 @@ def test_bracketing_adds_a_rung_at_the_end_holding_the_lowest_loss(synth_tokens,
     small, mid, large = (shapes(rows, b) for b in budgets)
     # 1e10: best at the largest size -> one rung above; 4e10: interior -> unchanged; 1.6e11: best at the smallest -> below.
     table = results(tmp_path / "r.parquet", rows, {1e10: 2, 4e10: 1, 1.6e11: 0})
-    sweep, rows2, notes = plan_sweep(synth_tokens, budgets, out, bracket_from=table, **OPTS, **ANY_EPOCHS)
+    sweep, rows2, notes = plan_sweep(synth_tokens, budgets, out, bracket_from=table, **OPTS)
     assert sweep.extra_rungs == {"1e+10": [0, 1], "1.6e+11": [1, 0]}
     assert json.loads((out / "sweep.json").read_text())["extra_rungs"] == sweep.extra_rungs
     assert ids <= {r["run_id"] for r in rows2}  # every earlier run keeps its id
@@ -199,7 +195,7 @@ def test_a_lowest_loss_next_to_an_end_gets_a_rung_beyond_it(synth_tokens, tmp_pa
     sweep1, _, notes1 = plan_sweep(synth_tokens, budgets, one, bracket_from=table, bracket_margin=1, **opts)
     assert sweep1.extra_rungs == {} and not any("one rung added" in n for n in notes1)
 
-    sweep, rows2, notes = plan_sweep(synth_tokens, budgets, out, bracket_from=table, **opts, **ANY_EPOCHS)
+    sweep, rows2, notes = plan_sweep(synth_tokens, budgets, out, bracket_from=table, **opts)
     assert sweep.bracket_margin == 2
     assert sweep.extra_rungs == {"4e+11": [1, 0], "6.4e+12": [0, 1]}
     assert shapes(rows2, 4e11)[1:] == shapes(rows, 4e11) and shapes(rows2, 1.6e12) == shapes(rows, 1.6e12)
@@ -263,78 +259,3 @@ def test_a_bracketing_replan_keeps_the_sweeps_own_seeds_and_margin(synth_tokens,
     assert {r["run_id"] for r in rows3} == {r["run_id"] for r in plain}
 
 
-def test_bracketing_adds_no_rung_over_one_epoch(synth_tokens, tmp_path):
-    """A smaller model on the same budget trains on more tokens: the rung below a ladder can cross into repeated
-    data. The default demo's 6e12 ladder was extended from (1, 32) to (1, 16) at 2.2 epochs, and fitted. By
-    default (--bracket-max-epochs 1) that rung is not added and the note says why; a rung within 1 epoch is."""
-    from sweeps.plan import SweepConfig, plan_sweep
-
-    opts = dict(OPTS, span_dex=0.3, tokens_per_param=2.0)
-    out = tmp_path / "sweep"
-    sweep0, rows, _ = plan_sweep(synth_tokens, [3e10], out, **opts)
-    assert shapes(rows, 3e10) == [(1, 32), (1, 48), (2, 48)] and sweep0.bracket_max_epochs == 1.0
-    assert max(r["epochs"] for r in rows) == pytest.approx(0.75, abs=0.01)  # (1, 16) would train 1.86 epochs
-    table = results(tmp_path / "r.parquet", rows, {3e10: 0})
-    sweep, rows2, notes = plan_sweep(synth_tokens, [3e10], out, bracket_from=table, **opts)
-    assert sweep.extra_rungs == {} and {r["run_id"] for r in rows2} == {r["run_id"] for r in rows}
-    (note,) = [n for n in notes if n.startswith("--bracket-from")]
-    assert "budget 3e+10: its lowest loss is at its smallest size (n_layer=1, d_model=32; 1 needed on each side), but " \
-           "no rung added below: the ladder's next rung below, (n_layer=1, d_model=16" in note \
-           and "1.86 epochs of the 247893 unique training tokens, over --bracket-max-epochs 1" in note, note
-    # a limit the user raises (kept in sweep.json for later re-plans) lets it in
-    sweep2, rows3, notes2 = plan_sweep(synth_tokens, [3e10], out, bracket_from=table, bracket_max_epochs=2.0, **opts)
-    assert sweep2.extra_rungs == {"3e+10": [1, 0]} and shapes(rows3, 3e10)[0] == (1, 16)
-    assert json.loads((out / "sweep.json").read_text())["bracket_max_epochs"] == 2.0
-    assert plan_sweep(synth_tokens, [3e10], out, **opts)[0].bracket_max_epochs == 2.0
-    # a rung below that stays within 1 epoch is added as before: (1, 48) at 0.42 epochs -> (1, 32) at 0.75
-    low = tmp_path / "low"
-    _, rows4, _ = plan_sweep(synth_tokens, [3e10], low, **dict(opts, tokens_per_param=1.0))
-    assert shapes(rows4, 3e10)[0] == (1, 48)
-    sweep5, rows5, _ = plan_sweep(synth_tokens, [3e10], low, bracket_from=results(tmp_path / "r4.parquet", rows4, {3e10: 0}),
-                                  **dict(opts, tokens_per_param=1.0))
-    assert sweep5.extra_rungs == {"3e+10": [1, 0]} and shapes(rows5, 3e10)[0] == (1, 32)
-    # a sweep.json written before the setting reads as the default
-    d = json.loads((low / "sweep.json").read_text())
-    del d["bracket_max_epochs"]
-    assert SweepConfig.from_dict(d).bracket_max_epochs == 1.0
-    for bad in (0, -1, math.inf, math.nan):
-        with pytest.raises(UserError, match="--bracket-max-epochs must be a finite number > 0"):
-            plan_sweep(synth_tokens, [3e10], tmp_path / "bad", bracket_max_epochs=bad, **opts)
-    p = ehrfm("sweep", "plan", "--tokens", synth_tokens, "--budgets", "3e10", "--out", tmp_path / "cli", "--bracket-max-epochs", "inf")
-    assert p.returncode == 2 and "--bracket-max-epochs: must be a finite number > 0" in p.stderr
-
-
-def test_the_epoch_limit_guards_only_rungs_below_and_a_rung_too_large_is_not_recorded(synth_tokens, tmp_path):
-    """A larger model sees fewer tokens than every run of its ladder: a rung above is added even where the ladder is
-    already over 1 epoch. A rung above that no budget step can train was recorded in sweep.json and said "one rung
-    added above" while the plan dropped it."""
-    from sweeps.plan import SweepConfig, _epochs_text, plan_sweep
-
-    out = tmp_path / "big"
-    _, rows, _ = plan_sweep(synth_tokens, [3e12], out, **OPTS)
-    assert max(r["epochs"] for r in rows) > 1.0
-    sweep, rows2, notes = plan_sweep(synth_tokens, [3e12], out, bracket_from=results(tmp_path / "r.parquet", rows, {3e12: 2}), **OPTS)
-    assert sweep.extra_rungs == {"3e+12": [0, 1]} and len(shapes(rows2, 3e12)) == 4
-    assert any("one rung added above" in n for n in notes)
-
-    tiny = tmp_path / "tiny"
-    opts = dict(OPTS, tokens_per_param=0.001)
-    _, rows, _ = plan_sweep(synth_tokens, [1e10], tiny, **opts)
-    sweep, rows2, notes = plan_sweep(synth_tokens, [1e10], tiny, bracket_from=results(tmp_path / "t.parquet", rows, {1e10: 2}), **opts)
-    assert sweep.extra_rungs == {} and {r["run_id"] for r in rows2} == {r["run_id"] for r in rows}
-    (note,) = [n for n in notes if n.startswith("--bracket-from")]
-    assert "no rung added above: no larger shape trains one optimizer step (512 tokens) on this budget" in note, note
-
-    assert (_epochs_text(1.0026, 1.0), _epochs_text(1.86, 1.0), _epochs_text(2.0, 1.0)) == ("1.003", "1.86", "2.00")
-    d = json.loads((tiny / "sweep.json").read_text())
-    for bad in ("2", None, 0, True, math.inf):
-        with pytest.raises(UserError, match=r"sweep\.json is damaged: bracket_max_epochs is .*, not a finite number > 0"):
-            SweepConfig.from_dict({**d, "bracket_max_epochs": bad}, tiny / "sweep.json")
-
-    # a lowest loss at the family's smallest shape, itself over 1 epoch: the note says so
-    low = tmp_path / "low"
-    _, rows, _ = plan_sweep(synth_tokens, [3e10], low, **OPTS)
-    assert shapes(rows, 3e10)[0] == (1, 16)
-    _, _, notes = plan_sweep(synth_tokens, [3e10], low, bracket_from=results(tmp_path / "l.parquet", rows, {3e10: 0}), **OPTS)
-    assert any("there is no smaller model to add (its (1, 16) run trains 1.86 epochs of the 247893 unique training "
-               "tokens: repeated data)" in n for n in notes), notes

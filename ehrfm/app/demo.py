@@ -97,6 +97,11 @@ class DemoConfig:
     """Points whose runs take fewer optimizer steps get ceil(SEED_STEPS / steps) training seeds (`sweep plan --seed-steps`):
     the shortest runs scatter most between seeds (below); on the default grid 3 points (280-446 steps) got 2-3 seeds,
     4 more runs and ~4% more FLOPs (README). 0: run_seeds everywhere."""
+    max_epochs: float | None = None
+    """No planned run trains over this many epochs of the unique training tokens (`sweep plan --max-epochs`: a ladder
+    moves up the rungs, bracketing adds no rung over it; 0: no limit). None: 1 on the synthetic cohort, which is sized
+    for it (issue 13: no repeated data in the fitted grid); no limit on your own data (--raw, --meds), where runs over
+    1 epoch are flagged in results.parquet, fits.md and the report."""
     run_seeds: int = 1
     """Training seeds per (budget, shape) (`sweep plan --run-seeds`): 2 doubles the training time; on the default grid
     it narrowed Approach 2's a interval from 0.81 to 0.61 wide (README)."""
@@ -231,6 +236,8 @@ class DemoConfig:
         need(finite(self.span_dex) and self.span_dex >= 0, "--span-dex", self.span_dex, "a finite number >= 0 (decades)")
         need(self.span_dex > 0 or self.sizes == 1, "--span-dex", self.span_dex,
              f"> 0 with --sizes {self.sizes} (0 makes every size of a ladder the same model)")
+        need(self.max_epochs is None or (finite(self.max_epochs) and self.max_epochs >= 0), "--max-epochs", self.max_epochs,
+             "a finite number >= 0 (0: no limit)")
         need(finite(self.tokens_per_param) and self.tokens_per_param > 0, "--tokens-per-param", self.tokens_per_param,
              "a finite number > 0")
         need(finite(self.lr) and self.lr > 0, "--lr", self.lr, "a finite number > 0")
@@ -256,7 +263,13 @@ class DemoConfig:
         if own:  # an absolute path: a resumed demo names the same data from any working directory
             own_data = {"raw": self.raw and str(Path(self.raw).resolve()), "meds": self.meds and str(Path(self.meds).resolve()),
                         "patients": None}  # the data's own cohort, not a synthetic one
-        return dataclasses.replace(self, budgets=budgets, **own_data), notes
+        max_epochs = self.default_max_epochs(own) if self.max_epochs is None else float(self.max_epochs)
+        return dataclasses.replace(self, budgets=budgets, max_epochs=max_epochs, **own_data), notes
+
+    @staticmethod
+    def default_max_epochs(own: bool) -> float:
+        """The epoch limit a demo takes unless given: 1 on the synthetic cohort (sized for it), none (0) on your own data."""
+        return 0.0 if own else 1.0
 
     @property
     def own_data(self) -> str | None:
@@ -276,7 +289,8 @@ class DemoConfig:
         words = ["ehrfm", "demo"] + (["--quick"] if self.quick else [])
         for name, flag in flags.items():
             value, default = getattr(self, name), getattr(base, name)
-            if value == default or value is None or (name == "patients" and self.own_data):
+            if value == default or value is None or (name == "patients" and self.own_data) \
+                    or (name == "max_epochs" and value == self.default_max_epochs(bool(self.own_data))):
                 continue
             text = ",".join(f"{b:g}" for b in value) if name == "budgets" else str(value)
             words += [flag, shlex.quote(text)]
@@ -310,7 +324,7 @@ def _config_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
 
 # Settings added after demo dirs existed, with the value that reproduces how such a dir ran (not today's
 # default): resuming one with today's defaults would plan runs it never had (extra seeds, bracketing rungs).
-PREDATED_SETTINGS = {"seed_steps": 0, "bracket_margin": 1}
+PREDATED_SETTINGS = {"seed_steps": 0, "bracket_margin": 1, "max_epochs": 0.0}
 
 
 class _Stages:
@@ -594,7 +608,7 @@ def _plan(cfg: DemoConfig, tok: Path, sweep: Path, budgets: list[float], centre_
                          context=cfg.context, train=train_opts, schedule=cfg.schedule, centre_from=centre_from,
                          lr_ref_width=cfg.lr_ref_width,
                          bracket_from=bracket_from, run_seeds=cfg.run_seeds, bracket_margin=cfg.bracket_margin,
-                         seed_steps=cfg.seed_steps)
+                         seed_steps=cfg.seed_steps, max_epochs=cfg.max_epochs)
     warned = set() if warned is None else warned
     for note in planned[2]:  # repeated data, runs too small to fit, ... (on your own data, most likely epochs)
         if not note.startswith("--bracket-from") and note not in warned:  # the bracketing rounds print their own
@@ -1626,7 +1640,8 @@ def _plan_commands(cfg, first_stage_law: str | None = "fit-stage1") -> list[str]
                 f"--batch-size {cfg.batch_size} --lr {cfg.lr} --lr-ref-width {cfg.lr_ref_width} --train-opt warmup_frac={cfg.warmup_frac:g} --train-opt eval_tokens={cfg.eval_tokens}"
                 + (f" --schedule wsd --train-opt decay_shape={cfg.decay_shape}" if cfg.schedule == "wsd" else "")
                 + (f" --run-seeds {cfg.run_seeds}" if cfg.run_seeds > 1 else "")
-                + (f" --seed-steps {cfg.seed_steps}" if cfg.seed_steps else "") + f" --out sweep{extra}")
+                + (f" --seed-steps {cfg.seed_steps}" if cfg.seed_steps else "")
+                + (f" --max-epochs {cfg.max_epochs:g}" if cfg.max_epochs else "") + f" --out sweep{extra}")
 
     launch, collect = f"ehrfm sweep launch sweep --executor {cfg.executor}", "ehrfm sweep collect sweep"
     bracket = " --bracket-from sweep/results.parquet" + (f" --bracket-margin {cfg.bracket_margin}" if cfg.bracket_margin != 2 else "")

@@ -14,16 +14,16 @@ def _budgets(text: str) -> list[float]:
 
 def _add_arguments(p) -> None:
     from ehrfm.app.demo import DemoConfig
-    from ehrfm.cli_args import add_fields
+    from ehrfm.cli_args import add_fields, non_negative_number
 
     unset = dict(unset=True)  # not given: DemoConfig's default, or quick_config's with --quick
     add_fields(p, DemoConfig, ["out", "quick"], out=dict(metavar="DIR"))
     data = p.add_mutually_exclusive_group()  # the synthetic cohort (default), or your own data
     add_fields(data, DemoConfig, ["raw", "meds"], raw=dict(metavar="RAW", unset=True), meds=dict(metavar="MEDS", unset=True))
-    add_fields(p, DemoConfig, ["patients", "budgets", "sizes", "span_dex", "tokens_per_param", "first_stage", "bracket", "bracket_margin", "seed_steps", "run_seeds", "schedule", "seed",
+    add_fields(p, DemoConfig, ["patients", "budgets", "sizes", "span_dex", "tokens_per_param", "first_stage", "bracket", "bracket_margin", "max_epochs", "seed_steps", "run_seeds", "schedule", "seed",
                                "executor", "slurm_partition", "gpus_per_node", "slurm_time", "max_parallel", "bootstrap"],
                patients=unset, budgets=dict(convert=_budgets, metavar="C1,C2,...", unset=True), sizes=unset,
-               span_dex=unset, tokens_per_param=unset, first_stage=unset, bracket=unset, bracket_margin=dict(metavar="K", unset=True), seed_steps=dict(metavar="S", unset=True), run_seeds=dict(metavar="K", unset=True), schedule=unset, seed=unset, executor=unset,
+               span_dex=unset, tokens_per_param=unset, first_stage=unset, bracket=unset, bracket_margin=dict(metavar="K", unset=True), max_epochs=dict(metavar="E", unset=True, type=non_negative_number), seed_steps=dict(metavar="S", unset=True), run_seeds=dict(metavar="K", unset=True), schedule=unset, seed=unset, executor=unset,
                slurm_partition=dict(flag="--partition", unset=True), gpus_per_node=unset,
                slurm_time=dict(flag="--time", unset=True), max_parallel=unset, bootstrap=unset)
     p.add_argument("--overwrite", action="store_true", help="delete DIR first instead of resuming it")
