@@ -117,7 +117,8 @@ def trust(fits: dict, k: int) -> tuple[bool, str]:
     nor, for Approaches 1-2, when L_min ~ C^k does not fall with compute (loss_direction_problems),
     nor, for Approach 1, when an envelope run is the smallest or largest size of its budget's ladder
     (`edge_budgets`: that budget's optimum is not bracketed) or its envelope holds fewer than 3 runs
-    (`n_points`: a power law through 2 points is untested), nor, for Approach 3, when its frontier
+    (`n_points`: a power law through 2 points is untested), nor, for Approach 2, when fewer than 3 of its
+    budgets are used (`budgets[].used`: the same), nor, for Approach 3, when its frontier
     coefficient G is not identified or its E, A, B, alpha or beta is out of range (E < 0, others <= 0),
     nor when an interval of a or b is reversed or misses its point estimate by more than its own width,
     nor an Approach 3 whose a, b are not beta/(alpha+beta), alpha/(alpha+beta), nor one with an exponent at its searched
@@ -155,6 +156,15 @@ def trust(fits: dict, k: int) -> tuple[bool, str]:
         # centres, was the trusted headline, N_opt 2.2e+09 [2e+09, 6.8e+09].
         problems.append(f"its envelope holds {points} run(s): a power law through 2 points fits them exactly, so "
                         "nothing tests it (Approach 1 needs >= 3 budgets whose best run beats every cheaper budget's)")
+    budgets = f.get("budgets")
+    if k == 2 and isinstance(budgets, list):
+        used = sum(1 for b in budgets if isinstance(b, dict) and b.get("used") is True)
+        if used < 3:
+            # Its N_opt law is a line through the used budgets' minima: through 2 it fits them exactly, and its
+            # bootstrap interval is only the parabolas' scatter. A 2-budget Approach 2 was trusted while the same
+            # fit's 2-point Approach 1 was not; its loss at 100x the largest budget fell below the true E.
+            problems.append(f"it uses {used} budget(s): a power law through {used} IsoFLOP minima fits them exactly, so "
+                            "nothing tests it (Approach 2 needs >= 3 budgets with a usable parabola)")
     edges = f.get("edge_budgets")
     if k == 1 and f and edges is None:  # written by every fit since the key exists: unknown, never trusted
         problems.append("fits.json has no approach1 edge_budgets list (an older fit, or null): whether its optimum is "

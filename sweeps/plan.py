@@ -51,7 +51,7 @@ budget's ladder that lacks them (sweep.json `extra_rungs`, kept on every later r
 rungs as it takes to reach a shape the ladder lacks), as a researcher would add a model size; the
 other runs keep their ids. Below the family's smallest shape
 there is nothing to add, and the plan says so. Nor is a rung added whose run would train over
-`bracket_max_epochs` (default 1) epochs of the unique training tokens: a smaller model on the same
+`max_epochs` (`--max-epochs`; 0, the default: no limit) epochs of the unique training tokens: a smaller model on the same
 budget sees more tokens, and a rung in repeated data is off the one-epoch IsoFLOP curve (the
 default demo's largest ladder was extended to a 2.2-epoch run in two draws of three); the note
 names the refused rung's shape and epochs. A rung above is never refused for epochs (a larger model

@@ -188,3 +188,14 @@ def test_an_emptied_approach_in_fits_json_is_said_not_dropped(tmp_path):
     d = _fit_dir(tmp_path, approach2=[])
     with pytest.raises(UserError, match="has no usable approach: approach2 is not a JSON object"):
         recommend(d, 1e13)
+
+
+def test_an_approach2_law_through_two_budgets_is_not_trusted():
+    """A power law through 2 IsoFLOP minima fits them exactly: Approach 1's 2-point envelope was untrusted for that,
+    while Approach 2 through 2 budgets was the trusted headline (at 100x its largest budget it predicted a loss
+    below the true E)."""
+    budgets = [{"budget": 1e11, "used": True}, {"budget": 1e12, "used": True}, {"budget": 1e13, "used": False}]
+    ok, why = trust({"approach2": {**_a12(0.5, (0.4, 0.6)), "budgets": budgets}}, 2)
+    assert not ok and why.startswith("it uses 2 budget(s): a power law through 2 IsoFLOP minima fits them exactly"), why
+    budgets[2]["used"] = True
+    assert trust({"approach2": {**_a12(0.5, (0.4, 0.6)), "budgets": budgets}}, 2) == (True, "")

@@ -315,6 +315,14 @@ def _config_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
     """
     hard, soft = [], []
     defaults = {**json.loads(json.dumps(dataclasses.asdict(DemoConfig()))), **PREDATED_SETTINGS}
+
+    def resolved(config: dict, other: dict) -> dict:
+        """max_epochs None beside a number: the limit DemoConfig.checked gives None on that config's data."""
+        if "max_epochs" in config and config["max_epochs"] is None and other.get("max_epochs") is not None:
+            return {**config, "max_epochs": DemoConfig.default_max_epochs(bool(config.get("raw") or config.get("meds")))}
+        return config
+
+    old, new = resolved(old, new), resolved(new, old)
     for k in sorted(set(old) | set(new)):
         if old.get(k, defaults.get(k)) != new.get(k):
             (soft if k in RESUMABLE_CHANGES else hard).append(f"{k} {old.get(k, defaults.get(k, 'unset'))} -> "
