@@ -102,6 +102,14 @@ def test_epochs_without_unique_tokens_fit_effective_data_and_both_must_agree():
     with pytest.raises(UserError, match=f"column epochs is not tokens / unique_tokens \\(off by more than 1%\\) in {t.height} run"):
         load_results(t.with_columns(epochs=pl.lit(3.0), unique_tokens=pl.col("tokens")))
     load_results(t.with_columns(epochs=pl.col("tokens") / unique * 1.001, unique_tokens=pl.lit(unique)))  # rounding is fine
+    # an empty cell in one of the two is given by the other (an empty epochs read as "not repeated": a 44-epoch run
+    # left the repeated-data list and passed --max-epochs)
+    both = t.with_columns(epochs=pl.col("tokens") / unique, unique_tokens=pl.lit(unique))
+    holes = both.with_columns(epochs=pl.when(pl.int_range(pl.len()) == 0).then(None).otherwise(pl.col("epochs")),
+                              unique_tokens=pl.when(pl.int_range(pl.len()) == 1).then(None).otherwise(pl.col("unique_tokens")))
+    res = load_results(holes)
+    np.testing.assert_allclose(res.epochs, load_results(both).epochs, rtol=1e-12)
+    np.testing.assert_allclose(res.unique_tokens, unique, rtol=1e-12)
 
 
 def test_a_total_parameter_count_below_the_non_embedding_one_is_refused():
