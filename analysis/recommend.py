@@ -682,6 +682,18 @@ def format_recommendation(rec: Recommendation) -> str:
         if passed_over:
             lines += [f"**Headline from Approach {rec.approach}**: "
                       + "; ".join(f"Approach {p.approach} is not trusted ({p.why_untrusted})" for p in passed_over) + ".", ""]
+    if rec.epochs is not None and rec.epochs > 1:
+        # The headline's N_opt, D_opt and loss assume fresh tokens; said before them, not in a note after the table
+        # (the first line gave D_opt at 53 epochs and its loss, 0.09 nats better than the truth at that N).
+        dc = rec.data_constrained
+        then = (f"size the model from the data-constrained optimum below (Approach 3 with repeated data, Muennighoff et al. "
+                f"2023): N {ci_text(dc['n_opt'], dc.get('n_opt_ci'))}, loss {ci_text(dc['loss'], dc.get('loss_ci'), '{:.4g}')}"
+                if dc and dc.get("trusted", True) else
+                "no trusted data-constrained optimum sizes it here (Approach 3 is needed, and trusted, for one): "
+                "more unique data, or a smaller budget, is the sound choice")
+        lines += [f"**The data is the limit**: D_opt {rec.d_opt:.3g} tokens is {_num(rec.epochs, '{:.1f}')} epochs of the "
+                  f"{rec.unique_tokens:.3g} unique tokens available, and the compute-optimal law assumes fresh tokens, so "
+                  f"its loss below is optimistic; {then}.", ""]
     lines += [
         f"Budget {rec.flops:.3g} FLOPs (Approach {rec.approach}{'' if rec.trusted else ', untrusted'}): "
         f"N_opt {ci_text(rec.n_opt, rec.n_opt_ci)} {count} parameters, "

@@ -84,6 +84,12 @@ def test_data_constrained_recommendation(fit):
     assert dc["loss_ci"][0] < dc["loss"] < dc["loss_ci"][1]
     assert any("20.0 epochs" in w for w in rec.warnings)
     assert "Muennighoff" in format_recommendation(rec)
+    # said before the headline's numbers, not only in a note after the table: the data, not compute, is the limit
+    text = format_recommendation(rec).splitlines()
+    said = next(i for i, line in enumerate(text) if line.startswith("**The data is the limit**"))
+    assert said < next(i for i, line in enumerate(text) if line.startswith("Budget 1e+21 FLOPs"))
+    assert "is 20.0 epochs of the" in text[said] and "size the model from the data-constrained optimum below" in text[said]
+    assert not any(line.startswith("**The data is the limit**") for line in format_recommendation(free).splitlines())
     with pytest.raises(UserError, match="unique-tokens"):
         recommend(fit, c, unique_tokens=-1)
 
