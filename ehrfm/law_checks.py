@@ -16,6 +16,10 @@ from ehrfm.io import format_ci
 BUDGET_SAME_DECADES = 4.3e-4
 
 NO_INTERVALS = "fitted without bootstrap intervals: trust cannot be judged"
+# Epochs of repeated data that are worth about as much as fresh tokens (Muennighoff et al. 2023, "Scaling
+# Data-Constrained Language Models": up to ~4 epochs the loss barely differs). An IsoFLOP minimum at more
+# epochs than this sits where repetition, not compute, shapes the curve.
+FRESH_EPOCHS = 4.0
 # In each fit warning that the runs' tokens per parameter put n_params or tokens in another unit
 # (analysis.fit._tokens_per_param_hints): `ehrfm recommend` repeats those, as they move its every number.
 TOKENS_PER_PARAM_MARK = "tokens / n_params"
@@ -93,6 +97,11 @@ def approach3_problems(fits: dict) -> list[str]:
     """
     f, f2 = fits.get("approach3") or {}, fits.get("approach2") or {}
     problems = []
+    if data_limited_minima(fits):
+        # Approach 2's minima are shaped by repeated data there, Approach 3 models it (effective tokens): Approach 2 is
+        # no reference for it (a fit on 1e9 unique tokens untrusted the right law, N_opt within 4% of the truth, for
+        # disagreeing with minima at up to 38 epochs, and headlined those)
+        f2 = {}
     at_bound = f.get("at_bound")
     if isinstance(at_bound, list) and at_bound:
         problems.append(f"its {' and '.join(map(str, at_bound))} sits at the searched range's edge: the optimum is the "
@@ -110,6 +119,22 @@ def approach3_problems(fits: dict) -> list[str]:
     return problems
 
 
+def data_limited_minima(fits: dict) -> list[str]:
+    """Approach 2's used budgets whose IsoFLOP minimum trains over FRESH_EPOCHS epochs of the unique tokens.
+
+    As "1e+21 (38 epochs)"; [] when none, or when the unique tokens or D_opt are not in the fits.json dict.
+    """
+    unique = (fits.get("inputs") or {}).get("unique_tokens")
+    if not (is_number(unique) and unique is not None and unique > 0):
+        return []
+    out = []
+    for b in (fits.get("approach2") or {}).get("budgets") or []:
+        d = b.get("d_opt") if isinstance(b, dict) and b.get("used") is True else None
+        if is_number(d) and d is not None and math.isfinite(d) and d / unique > FRESH_EPOCHS:
+            out.append(f"{b.get('budget'):.3g} ({d / unique:.3g} epochs)" if is_number(b.get("budget")) else f"{d / unique:.3g} epochs")
+    return out
+
+
 def trust(fits: dict, k: int) -> tuple[bool, str]:
     """Can approach k's law of a fits.json dict be the default recommendation? Returns (ok, why not).
 
@@ -118,7 +143,8 @@ def trust(fits: dict, k: int) -> tuple[bool, str]:
     nor, for Approach 1, when an envelope run is the smallest or largest size of its budget's ladder
     (`edge_budgets`: that budget's optimum is not bracketed) or its envelope holds fewer than 3 runs
     (`n_points`: a power law through 2 points is untested), nor, for Approach 2, when fewer than 3 of its
-    budgets are used (`budgets[].used`: the same), nor, for Approach 3, when its frontier
+    budgets are used (`budgets[].used`: the same) or a used budget's minimum trains over FRESH_EPOCHS epochs
+    (`data_limited_minima`; nor is such an Approach 2 a reference that Approach 3 must agree with), nor, for Approach 3, when its frontier
     coefficient G is not identified or its E, A, B, alpha or beta is out of range (E < 0, others <= 0),
     nor when an interval of a or b is reversed or misses its point estimate by more than its own width,
     nor an Approach 3 whose a, b are not beta/(alpha+beta), alpha/(alpha+beta), nor one with an exponent at its searched
@@ -156,6 +182,10 @@ def trust(fits: dict, k: int) -> tuple[bool, str]:
         # centres, was the trusted headline, N_opt 2.2e+09 [2e+09, 6.8e+09].
         problems.append(f"its envelope holds {points} run(s): a power law through 2 points fits them exactly, so "
                         "nothing tests it (Approach 1 needs >= 3 budgets whose best run beats every cheaper budget's)")
+    if k == 2 and (limited := data_limited_minima(fits)):
+        problems.append(f"the IsoFLOP minima of budget(s) {', '.join(limited)} train over {FRESH_EPOCHS:g} epochs of the "
+                        "unique tokens: repeated data, not compute alone, places them, so their trend is no compute-optimal "
+                        "law (Approach 3, fitted on effective tokens, models the repeats)")
     budgets = f.get("budgets")
     if k == 2 and isinstance(budgets, list):
         used = sum(1 for b in budgets if isinstance(b, dict) and b.get("used") is True)

@@ -199,3 +199,21 @@ def test_an_approach2_law_through_two_budgets_is_not_trusted():
     assert not ok and why.startswith("it uses 2 budget(s): a power law through 2 IsoFLOP minima fits them exactly"), why
     budgets[2]["used"] = True
     assert trust({"approach2": {**_a12(0.5, (0.4, 0.6)), "budgets": budgets}}, 2) == (True, "")
+
+
+def test_minima_in_repeated_data_are_no_compute_optimal_law_nor_a_reference_for_approach3():
+    """On 1e9 unique tokens Approach 2's minima sat at up to 38 epochs: its law was the trusted headline, while
+    Approach 3 (fitted on effective tokens, N_opt within 4% of the truth) was untrusted for disagreeing with it."""
+    budgets = [{"budget": b, "used": True, "d_opt": d} for b, d in ((1e19, 2e9), (1e20, 8e9), (1e21, 3.8e10))]
+    fits = {"approach2": {**_a12(0.58, (0.54, 0.63)), "budgets": budgets},
+            "approach3": {"a": 0.45, "a_ci": [0.40, 0.50], "b": 0.55, "b_ci": [0.50, 0.60], "identified": {"G": True}},
+            "inputs": {"unique_tokens": 1e9}}
+    ok, why = trust(fits, 2)
+    assert not ok and why.startswith("the IsoFLOP minima of budget(s) 1e+20 (8 epochs), 1e+21 (38 epochs) train over 4 "
+                                     "epochs of the unique tokens"), why
+    assert trust(fits, 3) == (True, "")
+    # fresh enough data (at most 4 epochs at every minimum): Approach 2 is the reference again, and the two disagree
+    fits["inputs"]["unique_tokens"] = 1e10
+    assert trust(fits, 2) == (True, "")
+    ok3, why3 = trust(fits, 3)
+    assert not ok3 and "disagree" in why3
