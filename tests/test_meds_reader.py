@@ -294,6 +294,31 @@ def test_subjects_without_a_birth_row_are_counted_and_said(tmp_path, capsys):
                     "dropped it: `ehrfm etl` drops an implausible anchor_age's, counted as birth_of_implausible_anchor_age)"]
 
 
+def test_events_written_twice_are_counted_and_said_when_many(tmp_path, capsys):
+    """A foreign ETL that wrote its events twice (a join that duplicated rows) doubled every code token without a
+    word. Rows equal to an earlier one in every event column are counted per split (stats.json repeated_events) and
+    kept as written; said when over 1% of events (equal measurements at one time are real but rare)."""
+    meds = write_dataset(tmp_path / "meds", {"train": [1, 2, 3, 4], "tuning": [5, 6], "held_out": [7, 8]})
+    shard = meds / "data" / "train" / "0.parquet"
+    one = pl.read_parquet(shard)
+    timed = one.filter(pl.col("time").is_not_null() & (pl.col("code") != "MEDS_BIRTH"))  # births are no event token
+    pl.concat([one, timed.head(1)]).sort("subject_id", "time", maintain_order=True).write_parquet(shard)
+    capsys.readouterr()
+    assert main(["tokenize", str(meds), "--out", str(tmp_path / "few"), "--min-count", "1"]) == 0
+    stats = json.loads((tmp_path / "few" / "stats.json").read_text())
+    assert [stats["splits"][s]["repeated_events"] for s in ("train", "tuning", "held_out")] == [1, 0, 0]
+    few_err = capsys.readouterr().err
+    events = sum(v["events"] for v in stats["splits"].values())
+    assert ("repeat an earlier row" in few_err) == (1 > 0.01 * events)
+    pl.concat([one, timed]).sort("subject_id", "time", maintain_order=True).write_parquet(shard)
+    assert main(["tokenize", str(meds), "--out", str(tmp_path / "twice"), "--min-count", "1"]) == 0
+    stats = json.loads((tmp_path / "twice" / "stats.json").read_text())
+    assert stats["splits"]["train"]["repeated_events"] == timed.height
+    said = [line for line in capsys.readouterr().err.splitlines() if "repeat an earlier row" in line]
+    assert len(said) == 1 and f"tokenize: {timed.height:,} of " in said[0] and f"(train {timed.height:,}; stats.json " \
+        "repeated_events): kept as written" in said[0], said
+
+
 def test_tokenize_refuses_flags_of_the_other_mode(tmp_path, capsys):
     """A review helper: `tokenize TOK --decode --out X` printed the decode and wrote nothing, `--decode --codes
     flat --min-count 3` decoded as without them, `tokenize MEDS --out T --subject 1 --limit 3` tokenized every
