@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
+import sys
 
 # Only argparse at top level: `ehrfm --help` builds every subcommand's parser and must stay instant
 # (dataclasses, inspect, ast and typing are imported by the functions that need them).
@@ -69,8 +71,12 @@ class Parser(argparse.ArgumentParser):
         return self
 
     def parse_known_args(self, args=None, namespace=None):
-        """As argparse.ArgumentParser.parse_known_args, after adding the deferred arguments."""
+        """As argparse.ArgumentParser.parse_known_args, after adding the deferred arguments.
+
+        Keeps the words parsed for `error` (a subcommand's parser gets its own).
+        """
         self.populate()
+        self._words = list(sys.argv[1:] if args is None else args)
         return super().parse_known_args(args, namespace)
 
     def format_help(self):
@@ -86,9 +92,18 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         """One line on stderr, exit 2, like every other ehrfm error (argparse prints its whole usage first).
 
-        The line names the command and ends with where the flags are listed.
+        The line names the command and ends with where the flags are listed. A flag whose value starts
+        with "-" (`--split-fractions -1,1,1`, `--lr -1`) is read by argparse as a missing value; the
+        line then says how to pass one (FLAG=VALUE), so the value itself can be checked.
         """
+        m = re.match(r"argument (\S+?)(?:/\S+)?: expected (?:one|\d+) argument", message)
+        flag = m and m.group(1)
+        words = list(getattr(self, "_words", None) or [])
+        after = [words[i + 1] for i, w in enumerate(words[:-1]) if w == flag]  # what argparse took for the next flag
+        if flag and flag.startswith("--") and any(a[:1] == "-" and (a[1:2].isdigit() or a[1:2] == ".") for a in after):
+            message += f" (a value that starts with '-' reads as a flag: write {flag}=VALUE)"
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
 
 
 def command(sub, name: str, run, arguments=None, **kwargs) -> argparse.ArgumentParser:

@@ -363,3 +363,17 @@ def test_a_token_dir_without_train_or_tuning_is_refused_before_anything_is_writt
 
     sweep, _, _ = plan_sweep(synth_tokens, [2e9], tmp_path / "ok", **OPTS)
     assert sweep.data["train_tokens"] > 0 and sweep.data["tuning_subjects"] > 0
+
+
+def test_a_value_starting_with_a_minus_is_said_how_to_pass(tmp_path):
+    """`--split-fractions -1,1,1` said only "expected one argument" (argparse reads the value as a flag), so the
+    value was never checked; the line now says FLAG=VALUE, and with it the value's own check answers."""
+    (tmp_path / "raw").mkdir()
+    line = one_error_line(ehrfm("etl", tmp_path / "raw", "--out", tmp_path / "m", "--split-fractions", "-1,1,1"))
+    assert line == ("ehrfm etl: error: argument --split-fractions: expected one argument (a value that starts with '-' "
+                    "reads as a flag: write --split-fractions=VALUE) (see `ehrfm etl --help`)"), line
+    line = one_error_line(ehrfm("etl", tmp_path / "raw", "--out", tmp_path / "m", "--split-fractions=-1,1,1"))
+    assert "split fractions must be 3 finite numbers >= 0 summing to 1" in line, line
+    # a flag given no value at all gets no such hint
+    assert "FLAG=VALUE" not in one_error_line(ehrfm("fit", tmp_path / "r.parquet", "--out"))
+    assert "=VALUE" not in one_error_line(ehrfm("fit", tmp_path / "r.parquet", "--out", "--bootstrap", "10"))
