@@ -44,7 +44,7 @@ from analysis.laws import (
 )
 from ehrfm.errors import UserError
 from ehrfm.io import format_ci, markdown_table
-from ehrfm.law_checks import NO_INTERVALS, TOKENS_PER_PARAM_MARK, trust  # noqa: F401 (shared with the sweep planner; re-exported)
+from ehrfm.law_checks import FRESH_EPOCHS, NO_INTERVALS, TOKENS_PER_PARAM_MARK, trust  # noqa: F401 (shared with the sweep planner; re-exported)
 from ehrfm.law_checks import has_interval as _has_interval
 from ehrfm.law_checks import is_number as _is_number
 
@@ -682,8 +682,8 @@ def format_recommendation(rec: Recommendation) -> str:
         if passed_over:
             lines += [f"**Headline from Approach {rec.approach}**: "
                       + "; ".join(f"Approach {p.approach} is not trusted ({p.why_untrusted})" for p in passed_over) + ".", ""]
-    if rec.epochs is not None and rec.epochs > 1:
-        # The headline's N_opt, D_opt and loss assume fresh tokens; said before them, not in a note after the table
+    if rec.epochs is not None and rec.epochs > FRESH_EPOCHS:
+        # Up to FRESH_EPOCHS repeats are worth about as much as fresh tokens (a note says the epochs); beyond, the headline's N_opt, D_opt and loss assume fresh tokens; said before them, not in a note after the table
         # (the first line gave D_opt at 53 epochs and its loss, 0.09 nats better than the truth at that N).
         dc = rec.data_constrained
         then = (f"size the model from the data-constrained optimum below (Approach 3 with repeated data, Muennighoff et al. "
@@ -692,7 +692,8 @@ def format_recommendation(rec: Recommendation) -> str:
                 "no trusted data-constrained optimum sizes it here (Approach 3 is needed, and trusted, for one): "
                 "more unique data, or a smaller budget, is the sound choice")
         lines += [f"**The data is the limit**: D_opt {rec.d_opt:.3g} tokens is {_num(rec.epochs, '{:.1f}')} epochs of the "
-                  f"{rec.unique_tokens:.3g} unique tokens available, and the compute-optimal law assumes fresh tokens, so "
+                  f"{rec.unique_tokens:.3g} unique tokens available, more than the ~{FRESH_EPOCHS:g} that are worth about as "
+                  "much as fresh ones (Muennighoff et al. 2023), and the compute-optimal law assumes fresh tokens, so "
                   f"its loss below is optimistic; {then}.", ""]
     lines += [
         f"Budget {rec.flops:.3g} FLOPs (Approach {rec.approach}{'' if rec.trusted else ', untrusted'}): "

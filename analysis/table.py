@@ -578,8 +578,9 @@ def load_results(table: str | Path | pl.DataFrame, loss_column: str = "loss", na
                 keep & np.isfinite(epochs) & np.isfinite(unique_tokens) & off, run_id)
         # a cell left empty in one column is given by the other: an empty epochs beside tokens and unique_tokens
         # read as "not repeated" (a 44-epoch run left the repeated-data list, and --max-epochs kept it)
-        epochs = np.where(np.isnan(epochs), values["tokens"] / unique_tokens, epochs)
-        unique_tokens = np.where(np.isnan(unique_tokens), values["tokens"] / epochs, unique_tokens)
+        with np.errstate(all="ignore"):  # a row left out may hold a 0
+            epochs = np.where(np.isnan(epochs), values["tokens"] / unique_tokens, epochs)
+            unique_tokens = np.where(np.isnan(unique_tokens), values["tokens"] / epochs, unique_tokens)
     utility, utility_se = _utility(df, source, keep, run_id)
     utility_boot = _utility_boot(df, source, keep, run_id)
     se_col = LOSS_SE_COLUMNS.get(loss_column)

@@ -849,7 +849,8 @@ def _bracket_refusal(sweep: SweepConfig, budget: float, extra: dict, side: int) 
     return (f"the ladder's next rung below, (n_layer={shape.n_layer}, d_model={shape.d_model}, N={n_params(shape):.3g}), "
             f"would train D={tokens:.3g} tokens, {_epochs_text(tokens / sweep.train_tokens, limit)} epochs of the "
             f"{sweep.train_tokens} unique training tokens, over --max-epochs {limit:g} (repeated data); this "
-            "budget's optimum may lie where the data repeats (raise --max-epochs to add that rung anyway)")
+            "budget's optimum may lie where the data repeats (a higher --max-epochs admits that rung, and re-places every "
+            "ladder this limit moved up)")
 
 
 def _epochs_text(epochs: float, limit: float) -> str:
@@ -986,6 +987,10 @@ def make_plan(sweep: SweepConfig, previous: list[dict] | None = None, runs: Path
                         f"{big['run_id']} ({big['n_params_total']:.3g} parameters), needs ~{16 * big['n_params_total'] / 2**30:.3g} GiB; "
                         "train them where a device holds that (several GPUs do not split one model here)")
     if not rows:
+        if sweep.max_epochs and any("over --max-epochs" in w for w in warnings):
+            raise UserError(f"no run could be planned for budget(s) {', '.join(f'{b:.3g}' for b in sweep.budgets)}: every "
+                            f"size that trains one optimizer step trains over --max-epochs {sweep.max_epochs:g} epochs of the "
+                            f"{sweep.train_tokens} unique training tokens; give smaller budgets, more data or a higher --max-epochs")
         raise UserError(f"no run could be planned for budget(s) {', '.join(f'{b:.3g}' for b in sweep.budgets)} (every target "
                         "size was too large to train one optimizer step on its budget): give larger budgets or a smaller --span-dex")
     if sweep.schedule == "wsd":

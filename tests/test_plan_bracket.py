@@ -257,5 +257,3 @@ def test_a_bracketing_replan_keeps_the_sweeps_own_seeds_and_margin(synth_tokens,
     # given, a value replaces the saved one (fewer seeds: the runs it leaves out are named)
     _, rows3, notes3 = plan_sweep(synth_tokens, budgets, out, seed_steps=0, run_seeds=1, **OPTS)
     assert {r["run_id"] for r in rows3} == {r["run_id"] for r in plain}
-
-

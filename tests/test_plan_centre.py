@@ -30,7 +30,7 @@ def small_budget_table():
     return synthetic_results(law, budgets=(1e12, 2e12, 4e12, 8e12), sizes=7, span_decades=1.5, noise=0.002, seed=0)
 
 
-def write_fits(path, n_coef=N_COEF, a=A, n_count=None, used=(1e9, 2.5e9), b=None, intervals=True):
+def write_fits(path, n_coef=N_COEF, a=A, n_count=None, used=(4e8, 1e9, 2.5e9), b=None, intervals=True):
     """A fits.json with the contract's keys (DESIGN.md section 5) that the planner reads."""
     path.mkdir(parents=True)
     b = (1 - a if a is not None else None) if b is None else b
@@ -129,7 +129,7 @@ def test_centre_from_bad_fits_is_one_clear_error(synth_tokens, tmp_path):
 
     with pytest.raises(UserError, match="no fits.json there"):
         plan_sweep(synth_tokens, BUDGETS, tmp_path / "s1", centre_from=tmp_path / "nowhere", **OPTS)
-    with pytest.raises(UserError, match=r"approach2.a = -0.15 \(2 budget\(s\) used\).*does not grow with compute"):
+    with pytest.raises(UserError, match=r"approach2.a = -0.15 \(3 budget\(s\) used\).*does not grow with compute"):
         plan_sweep(synth_tokens, BUDGETS, tmp_path / "s2", centre_from=write_fits(tmp_path / "neg", a=-0.15), **OPTS)
     with pytest.raises(UserError, match="approach2.n_coef = None"):
         plan_sweep(synth_tokens, BUDGETS, tmp_path / "s3", centre_from=write_fits(tmp_path / "nan", n_coef=None), **OPTS)

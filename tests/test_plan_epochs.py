@@ -72,9 +72,16 @@ def test_the_limit_never_refuses_a_rung_above_and_a_rung_too_large_is_not_record
     added above" while the plan dropped it."""
     from sweeps.plan import plan_sweep
 
+    import dataclasses
+
+    from sweeps.plan import _bracket_refusal
+
     out = tmp_path / "big"
-    _, rows, _ = plan_sweep(synth_tokens, [3e12], out, **OPTS)
-    assert min(r["epochs"] for r in rows) > 1.0
+    sweep0, rows, _ = plan_sweep(synth_tokens, [3e12], out, **OPTS)
+    assert min(r["epochs"] for r in rows) > 1.0  # planned without a limit: every run repeats data
+    capped = dataclasses.replace(sweep0, max_epochs=1.0)
+    assert _bracket_refusal(capped, 3e12, {}, 1) == ""  # above: never refused for epochs
+    assert "over --max-epochs 1" in _bracket_refusal(capped, 3e12, {}, 0)
     sweep, rows2, notes = plan_sweep(synth_tokens, [3e12], out, bracket_from=results(tmp_path / "r.parquet", rows, {3e12: 2}),
                                      **OPTS)
     assert sweep.extra_rungs == {"3e+12": [0, 1]} and len(shapes(rows2, 3e12)) == 4
