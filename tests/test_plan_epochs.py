@@ -70,11 +70,9 @@ def test_the_limit_never_refuses_a_rung_above_and_a_rung_too_large_is_not_record
     """A larger model sees fewer tokens than every run of its ladder: a rung above is added even where the ladder is
     over the limit. A rung above that no step of the budget can train was recorded in sweep.json and said "one rung
     added above" while the plan dropped it."""
-    from sweeps.plan import plan_sweep
-
     import dataclasses
 
-    from sweeps.plan import _bracket_refusal
+    from sweeps.plan import _bracket_refusal, plan_sweep
 
     out = tmp_path / "big"
     sweep0, rows, _ = plan_sweep(synth_tokens, [3e12], out, **OPTS)
