@@ -139,9 +139,11 @@ def test_a_law_with_null_parameters_is_never_the_headline_nor_a_traceback(tmp_pa
     p = subprocess.run([sys.executable, "-m", "ehrfm", "recommend", str(d), "--flops", "1e21", "--unique-tokens", f"{good.d_opt / 20:g}"],
                        capture_output=True, text=True, env=ENV)
     assert p.returncode == 0, p.stderr
-    first, _, third = p.stdout.splitlines()[:3]
+    first, _, data, _, budget = p.stdout.splitlines()[:5]
     assert first.startswith("**Headline from Approach 2**: Approach 3 is not trusted (") and "Traceback" not in p.stderr
-    assert third.startswith("Budget 1e+21 FLOPs (Approach 2)")
+    # 20 epochs: the data is the limit, said before the numbers, and no trusted data-constrained optimum sizes it
+    assert data.startswith("**The data is the limit**") and "no trusted data-constrained optimum" in data
+    assert budget.startswith("Budget 1e+21 FLOPs (Approach 2)")
 
 
 def test_another_tools_column_names_are_named_in_the_error(tmp_path):
