@@ -691,7 +691,7 @@ def shared_ladder(sweep: SweepConfig, tokens_per_step: int, moved: dict | None =
                 return j
         return i
 
-    cap = sweep.max_epochs * sweep.train_tokens if sweep.max_epochs and sweep.train_tokens else 0
+    cap = epoch_limit_tokens(sweep)
 
     def over_cap(i: float, budget: float) -> bool:
         """Whether rung i's shape would train over the epoch limit on `budget` (never without one)."""
@@ -843,14 +843,19 @@ def _bracket_refusal(sweep: SweepConfig, budget: float, extra: dict, side: int) 
     if after == before or not _trains_one_step(budget, _flops_per_token(shape), tokens_per_step):
         return ("its ladder's rungs reach no smaller shape" if side == 0 else
                 f"no larger shape trains one optimizer step ({tokens_per_step} tokens) on this budget")
-    limit = sweep.max_epochs
-    if side == 1 or not limit or not sweep.train_tokens or tokens <= limit * sweep.train_tokens:
+    limit, cap = sweep.max_epochs, epoch_limit_tokens(sweep)
+    if side == 1 or not cap or tokens <= cap:
         return ""
     return (f"the ladder's next rung below, (n_layer={shape.n_layer}, d_model={shape.d_model}, N={n_params(shape):.3g}), "
             f"would train D={tokens:.3g} tokens, {_epochs_text(tokens / sweep.train_tokens, limit)} epochs of the "
             f"{sweep.train_tokens} unique training tokens, over --max-epochs {limit:g} (repeated data); this "
             "budget's optimum may lie where the data repeats (a higher --max-epochs admits that rung, and re-places every "
             "ladder this limit moved up)")
+
+
+def epoch_limit_tokens(sweep: SweepConfig) -> float:
+    """The most tokens one planned run may train: max_epochs x the train split's unique tokens; 0 for no limit."""
+    return sweep.max_epochs * sweep.train_tokens if sweep.max_epochs and sweep.train_tokens else 0
 
 
 def _epochs_text(epochs: float, limit: float) -> str:
@@ -926,6 +931,7 @@ def make_plan(sweep: SweepConfig, previous: list[dict] | None = None, runs: Path
         )
     moved: dict[float, int] = {}
     ladder = shared_ladder(sweep, tokens_per_step, moved)
+    cap, over_cap = epoch_limit_tokens(sweep), 0  # rows dropped for training over it
     for budget, up in moved.items():
         warnings.append(f"budget {budget:.3g}: ladder moved up {up} rung(s) so that no run trains over --max-epochs "
                         f"{sweep.max_epochs:g} epochs of the {sweep.train_tokens} unique training tokens (a smaller model "
@@ -959,8 +965,9 @@ def make_plan(sweep: SweepConfig, previous: list[dict] | None = None, runs: Path
                                             tokens=tokens, **run_lr(sweep, shape.d_model))
             steps = math.ceil(tokens / tokens_per_step)
             epochs = tokens / sweep.train_tokens if sweep.train_tokens else float("nan")
-            if sweep.max_epochs and sweep.train_tokens and tokens > sweep.max_epochs * sweep.train_tokens:
+            if cap and tokens > cap:
                 # a ladder that could not move up far enough, or a rung kept from a plan without the limit
+                over_cap += 1
                 warnings.append(f"{label}: dropped, D={tokens:.3g} tokens is {_epochs_text(epochs, sweep.max_epochs)} epochs "
                                 f"of the {sweep.train_tokens} unique training tokens, over --max-epochs {sweep.max_epochs:g}")
                 continue
@@ -987,7 +994,7 @@ def make_plan(sweep: SweepConfig, previous: list[dict] | None = None, runs: Path
                         f"{big['run_id']} ({big['n_params_total']:.3g} parameters), needs ~{16 * big['n_params_total'] / 2**30:.3g} GiB; "
                         "train them where a device holds that (several GPUs do not split one model here)")
     if not rows:
-        if sweep.max_epochs and any("over --max-epochs" in w for w in warnings):
+        if over_cap:
             raise UserError(f"no run could be planned for budget(s) {', '.join(f'{b:.3g}' for b in sweep.budgets)}: every "
                             f"size that trains one optimizer step trains over --max-epochs {sweep.max_epochs:g} epochs of the "
                             f"{sweep.train_tokens} unique training tokens; give smaller budgets, more data or a higher --max-epochs")
