@@ -16,7 +16,7 @@ from datetime import datetime
 import numpy as np
 import polars as pl
 from bad_labels import with_ghost_subjects, with_prediction_time
-from test_audit import T0, d, h, stay, write_label_file, write_meds
+from test_audit import ADM, T0, d, h, stay, write_label_file, write_meds
 
 from ehrfm.app.cli import main
 from ehrfm.clinical.audit import audit, format_audit
@@ -364,6 +364,24 @@ def test_a_discharge_while_another_stay_is_open_is_no_readmission_label(tmp_path
     assert labels.rows() == [(7, T0 + d(11), False), (8, T0 + d(3), True), (8, T0 + d(12), False)]
     assert info["excluded"]["in_another_stay_at_discharge"] == 1 and info["n"] + info["n_excluded"] == info["n_stays"] == 4
 
+
+
+def test_a_stay_nested_in_another_gets_no_label_of_any_task(tmp_path):
+    # Subject 7: stay 71 (days 0-9) ends in death; stay 72 (days 2-4, its own id, discharged HOME) lies inside it, so
+    # the patient never left. Before: stay 72 was labelled a survivor (mortality False) and a short stay while the
+    # patient died in hospital 5 days later; only readmission excluded it. Subject 8: one ordinary stay.
+    died = [(7, T0 + d(9), "HOSPITAL_DISCHARGE//DIED", 71), (7, T0 + d(9), "MEDS_DEATH", None)]
+    events = ([(7, None, "GENDER//M", None), (7, T0, ADM, 71), *died] + stay(7, 72, T0 + d(2), T0 + d(4))[1:]
+              + stay(8, 81, T0, T0 + d(3)))
+    meds = write_meds(tmp_path / "meds", events, {"date_only_codes": []})
+    expected = {"in_hospital_mortality": [(7, T0 + h(24), True), (8, T0 + h(24), False)],
+                "long_los": [(7, T0 + h(24), True), (8, T0 + h(24), False)],
+                "icu_admission": [(7, T0, False), (8, T0, False)],
+                "readmission_30d": [(8, T0 + d(3), False)]}  # stay 71 died in hospital
+    for task, rows in expected.items():
+        labels, info = make_labels(meds, task)
+        assert labels.rows() == rows, task
+        assert info["excluded"]["in_another_stay_at_discharge"] == 1 and info["n"] + info["n_excluded"] == info["n_stays"] == 3
 
 def test_readmission_negatives_say_what_they_rest_on(tmp_path):
     # Subject 1: readmitted on day 10 (positive), then its last stay (negative: no later admission

@@ -63,6 +63,10 @@ Exclusions common to every task, each counted under its own reason in `info["exc
   length of stay or ICU bed may lie in the next stay; it is excluded whatever its outcome (an
   exclusion that looked at the outcome would bias the labels), and the next stay is labelled as
   its own. For readmission the next stay is a transfer, not a readmission.
+- in_another_stay_at_discharge: the stay is discharged while another stay of the subject is open
+  (overlapping stay ids: admitted before it, discharged after): the patient is still in hospital,
+  so the stay's death, length of stay, ICU bed and discharge are not its own (every task; before
+  2026-12-07 readmission only, and a stay nested in one that ended in death was a survivor).
 Every stay is either labelled or excluded: n + n_excluded == n_stays, and prevalence is stated.
 
 Tasks (DESIGN.md section 6):
@@ -95,8 +99,7 @@ Tasks (DESIGN.md section 6):
   (HOSPITAL_DISCHARGE//ACUTE HOSPITAL, `OTHER_HOSPITAL_LOCATIONS`: the acute episode goes on
   elsewhere, so a return cannot be seen; the usual readmission measures, such as CMS's, exclude
   them; 1 on the MIMIC-IV demo), and stays discharged while
-  another stay of the subject is open (overlapping stay ids: the patient is still in hospital,
-  in_another_stay_at_discharge). A subject with no later
+  another stay of the subject is open (in_another_stay_at_discharge, above). A subject with no later
   admission in the data is negative (MIMIC records readmissions to the same hospital only; this
   is the usual convention; MIMIC's dates are shifted per patient, so the end of a subject's
   follow-up cannot be known), as is a death after discharge without readmission (a competing
@@ -563,7 +566,7 @@ def labels_from_stays(stays: list[Stay], cfg: LabelConfig, notes: dict | None = 
 
     nexts = _next_stays(stays)
     begun = _later_stays_begun(stays)
-    still_in = _open_at_discharge(stays) if cfg.task == "readmission_30d" else [False] * len(stays)
+    still_in = _open_at_discharge(stays)
     for s, (nxt, nxt_late), in_other in zip(stays, nexts, still_in, strict=False):
         if s.death_contradicted:
             exclude("death_contradicted")
@@ -592,6 +595,11 @@ def labels_from_stays(stays: list[Stay], cfg: LabelConfig, notes: dict | None = 
         # inpatient, an internal transfer recorded as discharge + admission): its discharge is no end
         # of care, so its outcome (a death, the length of stay, an ICU bed) is not this stay's alone.
         continued = nxt is not None and nxt - s.discharge <= transfer
+        # Discharged while another stay of the subject is open (overlapping stay ids): the patient is still in
+        # hospital, so neither this stay's end (death, length of stay, ICU bed) nor its discharge is its own.
+        if in_other:
+            exclude("in_another_stay_at_discharge")
+            continue
         if cfg.task in ("in_hospital_mortality", "long_los"):
             if s.discharge <= pred:
                 exclude("ended_before_prediction_time")
@@ -626,9 +634,6 @@ def labels_from_stays(stays: list[Stay], cfg: LabelConfig, notes: dict | None = 
                 continue
             if s.discharge_location in OTHER_HOSPITAL_LOCATIONS:  # in acute care elsewhere: no return here to see
                 exclude("discharged_to_another_hospital")
-                continue
-            if in_other:  # an overlapping stay of the subject is still open: not a discharge from hospital
-                exclude("in_another_stay_at_discharge")
                 continue
             window = cfg.readmission_days * US_PER_DAY
             label = nxt is not None and nxt - s.discharge <= window
