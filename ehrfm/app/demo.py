@@ -697,9 +697,11 @@ def _first_stage(cfg: DemoConfig, st: _Stages, tok: Path, sweep: Path, launch, f
 def _audit_section(meds, labels_dir, path, shown: str = "meds") -> list[str]:
     """`ehrfm audit` of the demo's labels (also written to `path`), as report lines."""
     from ehrfm.clinical.audit import audit, format_audit
+    from ehrfm.clinical.common import record_label_audit
 
     try:
         res = audit(meds, labels_dir)
+        record_label_audit(meds, labels_dir, res)  # the heads of the sweep and the demo judge the labels by it
     except UserError as e:
         return [f"The audit failed: {e}"]
     write_json(path, {FILE_OUTPUT_KEY: "audit", **res.to_dict()})  # as `ehrfm audit --out` writes it

@@ -32,6 +32,7 @@ def _labels(args) -> int:
         check_overwrite(out, args.overwrite, inputs=(args.meds_dir,), command="labels")
         labels, info = make_labels(args.meds_dir, "all", **options)
         write_label_dir(labels, info, out, overwrite=args.overwrite)
+        _audit_written_labels(args.meds_dir, out, list(info))
         parts = ", ".join(f"{t} {i['n']} ({i['n_positive']} positive)" for t, i in info.items())
         summary(f"labels: {parts} -> {out}")
         return 0
@@ -40,9 +41,31 @@ def _labels(args) -> int:
     check_overwrite(out.with_suffix(".json"), args.overwrite, inputs=(args.meds_dir,), command="labels")  # the sidecar
     labels, info = make_labels(args.meds_dir, args.task, **options)
     write_labels(labels, out, info)
+    _audit_written_labels(args.meds_dir, out, [args.task])
     prev = f"{info['prevalence']:.3f}" if info["prevalence"] is not None else "n/a"
     summary(f"labels: {args.task} n={info['n']} positive={info['n_positive']} prevalence={prev} -> {out}")
     return 0
+
+
+def _audit_written_labels(meds_dir, out, tasks: list[str]) -> None:
+    """`ehrfm audit` of the labels just written, recorded in their sidecars (the heads read it) and warned of now.
+
+    The labels exclude an outcome already in a history by construction; the audit also checks what
+    is the data's (date-only codes on the prediction day, results not known by then).
+    """
+    from pathlib import Path
+
+    from ehrfm.clinical.audit import audit
+    from ehrfm.clinical.common import record_label_audit, warn_outcome_in_history
+    from ehrfm.errors import UserError
+
+    out = Path(out)
+    try:
+        record_label_audit(meds_dir, out, audit(meds_dir, out))
+    except UserError:  # what the audit refuses, `ehrfm audit` says in its own words; the heads audit unrecorded files
+        return
+    for task in tasks:
+        warn_outcome_in_history(meds_dir, out / f"{task}.parquet" if out.is_dir() else out, task)
 
 
 def _audit(args) -> int:

@@ -8,6 +8,7 @@ head never sees held_out subjects while fitting.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import warnings
 from pathlib import Path
@@ -62,8 +63,6 @@ def _made_by_ehrfm_labels(labels_path: Path, meds_dir: Path) -> bool:
 
     The sidecar records meds_dir as it was typed: a relative one is tried from here and from the sidecar's dir.
     """
-    import json
-
     import pyarrow.parquet as pq
 
     from ehrfm.io import PARQUET_OUTPUT_KEY
@@ -101,6 +100,58 @@ def _labels_after_death(meds_dir, labels: pl.DataFrame) -> int:
 
 _OUTCOME_CHECKED: set = set()  # (label file, its mtime, MEDS dir, task) audited in this process: a sweep scores many runs
 
+# The key of a label sidecar that records the audit of its file (record_label_audit), read by the heads
+LABEL_AUDIT_KEY = "audit"
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()  # a label file: a few MB on full MIMIC-IV
+
+
+def _outcome_counts(res, dead: int) -> dict:
+    """A task's audit (TaskAudit) as the counts warn_outcome_in_history judges: (a)-(c), the labels, and those after a death."""
+    return {"n_labels": res.n_labels, "outcome_code_in_history": res.outcome_code_in_history or 0,
+            "date_only_same_day": res.date_only_same_day or 0, "not_known_before_prediction": res.not_known_before_prediction or 0,
+            "after_death": dead}
+
+
+def record_label_audit(meds_dir, labels, res) -> None:
+    """Record the audit `res` (AuditResult of `labels` against `meds_dir`) in each audited `ehrfm labels` sidecar.
+
+    `labels`: a label file or a dir of them (`ehrfm labels --task all`). The heads then judge such a
+    file by its record (warn_outcome_in_history) instead of reading the MEDS data again in every process
+    of a sweep; the record holds the file's sha256, so a file changed since is audited afresh. Files
+    without an `ehrfm labels` sidecar made from `meds_dir` are left alone. A sidecar rewrite that fails
+    leaves the old one (no record: the heads audit the file themselves).
+    """
+    from ehrfm.clinical.audit import _label_files
+    from ehrfm.clinical.labels import read_labels
+    from ehrfm.io import write_json
+
+    for task, path in _label_files(labels).items():
+        if task not in res.tasks or not path.is_file() or not _made_by_ehrfm_labels(path, Path(meds_dir)):
+            continue
+        side = path.with_suffix(".json")
+        info = json.loads(side.read_text(encoding="utf-8"))
+        dead = _labels_after_death(meds_dir, read_labels(path, allow_empty=True))
+        info[LABEL_AUDIT_KEY] = {"sha256": _file_sha256(path), **_outcome_counts(res.tasks[task], dead)}
+        write_json(side, info)
+
+
+def _recorded_audit(labels_path: Path) -> dict | None:
+    """The audit counts an `ehrfm labels` sidecar records for exactly this file's bytes, else None."""
+    try:
+        rec = json.loads(labels_path.with_suffix(".json").read_text(encoding="utf-8")).get(LABEL_AUDIT_KEY)
+        keys = ("n_labels", "outcome_code_in_history", "date_only_same_day", "not_known_before_prediction", "after_death")
+        if isinstance(rec, dict) and rec.get("sha256") == _file_sha256(labels_path) and all(
+                isinstance(rec.get(k), int) and not isinstance(rec.get(k), bool) for k in keys):
+            return rec
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None
+
 
 def warn_outcome_in_history(meds_dir, labels_path, task: str) -> None:
     """One warning line when `ehrfm audit` finds labels whose history holds their task's outcome.
@@ -109,11 +160,15 @@ def warn_outcome_in_history(meds_dir, labels_path, task: str) -> None:
     outcome (an ICU admission label predicted a minute before discharge: probe AUROC 0.999, without a
     word, where only a death in the history was warned about) scores look-ahead, not prediction. The
     audit's checks (a)-(c) (ehrfm.clinical.audit) are run on the file (or a task's shard dir) for its
-    task, once per process, and the labels they flag are counted. Not checked: files `ehrfm labels` wrote
-    from this MEDS dir (they exclude such rows by construction, the demo audits them), tasks the audit
-    knows no outcome of, token dirs that record no MEDS dir, and a MEDS dir that is gone (a warning says
-    so). (a) counts a death in the history for every task: when it flags no more labels than hold a
-    death, and (b), (c) none, warn_death_in_history has said it.
+    task, once per process, and the labels they flag are counted. A file `ehrfm labels` wrote from this
+    MEDS dir is judged by the audit its sidecar records for its bytes (record_label_audit: `ehrfm labels`
+    and the demo write it), else audited like any other: its rows exclude an outcome already in the
+    history by construction, but not (b) or (c), which are the data's (an ETL that dates discharge
+    diagnoses at admission: 242 of 242 mortality labels flagged on the MIMIC-IV demo, scored without a
+    word before 2026-12-07). Not checked: tasks the audit knows no outcome of, token dirs that record
+    no MEDS dir, and a MEDS dir that is gone (a warning says so). (a) counts a death in the history for
+    every task: when it flags no more labels than hold a death, and (b), (c) none,
+    warn_death_in_history has said it.
     """
     from ehrfm.clinical.audit import OUTCOME_RULES, audit
     from ehrfm.clinical.labels import read_labels
@@ -122,25 +177,28 @@ def warn_outcome_in_history(meds_dir, labels_path, task: str) -> None:
     if task not in OUTCOME_RULES or meds_dir is None:
         return  # None: a token dir that records no MEDS dir (not made by `ehrfm tokenize`): nothing to check against
     labels_path = Path(labels_path)
-    if not labels_path.exists() or (labels_path.is_file() and _made_by_ehrfm_labels(labels_path, Path(meds_dir))):
+    if not labels_path.exists():
         return
     key = (str(labels_path.resolve()), labels_path.stat().st_mtime_ns, str(Path(meds_dir).resolve()), task)
     if key in _OUTCOME_CHECKED:
         return
     _OUTCOME_CHECKED.add(key)
-    if not Path(meds_dir).is_dir():
-        warn(f"label file {labels_path}: the MEDS data its token dir was made from ({meds_dir}) is not there: its histories "
-             f"were not checked for the {task} outcome (run `ehrfm audit MEDS --labels {labels_path}`)")
-        return
-    try:
-        res = audit(meds_dir, labels_path, task=task).tasks[task]
-        dead = _labels_after_death(meds_dir, read_labels(labels_path, allow_empty=True))
-    except UserError:  # what the audit refuses, the head refuses in its own words
-        return
-    a, b, c = res.outcome_code_in_history or 0, res.date_only_same_day or 0, res.not_known_before_prediction or 0
-    if a > dead or b or c:
-        warn(f"label file {labels_path}: `ehrfm audit` finds {max(a, b, c)} of {res.n_labels} labels whose history may hold "
-             f"their {task} outcome (look-ahead: a head scores it as asked, and its AUROC is no prediction); see "
+    made = labels_path.is_file() and _made_by_ehrfm_labels(labels_path, Path(meds_dir))
+    counts = _recorded_audit(labels_path) if made else None
+    if counts is None:
+        if not Path(meds_dir).is_dir():
+            warn(f"label file {labels_path}: the MEDS data its token dir was made from ({meds_dir}) is not there: its "
+                 f"histories were not checked for the {task} outcome (run `ehrfm audit MEDS --labels {labels_path}`)")
+            return
+        try:
+            res = audit(meds_dir, labels_path, task=task).tasks[task]
+            counts = _outcome_counts(res, _labels_after_death(meds_dir, read_labels(labels_path, allow_empty=True)))
+        except UserError:  # what the audit refuses, the head refuses in its own words
+            return
+    a, b, c = counts["outcome_code_in_history"], counts["date_only_same_day"], counts["not_known_before_prediction"]
+    if a > counts["after_death"] or b or c:
+        warn(f"label file {labels_path}: `ehrfm audit` finds {max(a, b, c)} of {counts['n_labels']} labels whose history "
+             f"may hold their {task} outcome (look-ahead: a head scores it as asked, and its AUROC is no prediction); see "
              f"`ehrfm audit {meds_dir} --labels {labels_path} --task {task}`")
 
 
