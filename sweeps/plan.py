@@ -162,7 +162,8 @@ class SweepConfig:
     min_steps: int = 50
     """Warn for runs with fewer optimizer steps (too short for the schedule to matter)."""
     train: dict = field(default_factory=dict)
-    """TrainConfig options shared by every run (batch_size, lr, seed, ...), as given by the user."""
+    """TrainConfig options shared by every run (batch_size, lr, seed, ...): every shared identity setting, pinned at plan
+    time from the options given, the sweep dir's own values and the defaults (pinned_train_options)."""
     tokenizer_fingerprint: str = ""
     """Filled by plan: provenance of the token dir, checked again at launch."""
     vocab_size: int = 0
@@ -427,6 +428,27 @@ def run_lr(sweep: SweepConfig, d_model: int) -> dict:
 # grouped into micro-batches; the trainer resumes across changes of these): not part of run ids,
 # so moving a sweep to another cluster or GPU size keeps its finished runs.
 NOT_IDENTITY = not_identity_fields()  # every role but IDENTITY in ehrfm.config
+
+
+# TrainConfig identity settings the planner sets per run (or refuses as a train option): never pinned in sweep.train
+PER_RUN_SETTINGS = frozenset({"n_layer", "d_model", "n_head", "context", "mlp_hidden", "tokens", "flops", "schedule",
+                              "warmup_steps", "stable_checkpoints"})
+
+
+def pinned_train_options(given: dict | None, recorded: dict | None = None) -> dict:
+    """sweep.train for a plan: every shared identity setting's value, from `given`, else the sweep dir's `recorded`, else
+    today's TrainConfig default.
+
+    Pinned at plan time, so a later release that changes a default (weight_decay 0.1 -> 0.2) changes none of the
+    sweep's run ids or configs: before 2026-12-07 sweep.json held only the options given, every other one was
+    today's default wherever the sweep was read, and after such an upgrade `status` called every finished run
+    "trained other than planned" and a re-plan gave them new ids (a helper). On a re-plan an option not given keeps
+    the sweep's own value (as the sweep options do); a sweep.json from before holds only what was given, so its
+    other settings are today's defaults, as they were.
+    """
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+                if f.name not in NOT_IDENTITY and f.name not in PER_RUN_SETTINGS and f.default is not dataclasses.MISSING}
+    return {**defaults, **(recorded or {}), **(given or {})}
 
 
 def identity_settings(train: dict) -> dict:
@@ -1337,7 +1359,7 @@ def plan_sweep(
         tokens_per_param=float(tokens_per_param),
         context=int(context),
         min_steps=int(min_steps),
-        train=dict(train or {}),
+        train=pinned_train_options(train, old.train if old is not None else None),
         tokenizer_fingerprint=td.fingerprint,
         vocab_size=td.vocab_size,
         train_tokens=int(train_tokens),

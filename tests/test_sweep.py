@@ -92,7 +92,7 @@ def test_plan_is_isoflop_and_stable(synth_tokens, tmp_path):
                              train={"batch_size": 8, "micro_batch_size": 2, "device": "cpu", "log_interval": 10})
     assert [r["run_id"] for r in rows5] == [r["run_id"] for r in rows]
     saved = json.loads((tmp_path / "a" / "sweep.json").read_text())
-    assert saved["budgets"] == [1e9, 1e10] and saved["train"] == {"batch_size": 8} and saved["tokenizer_fingerprint"] == td.fingerprint
+    assert saved["budgets"] == [1e9, 1e10] and saved["train"]["batch_size"] == 8 and saved["tokenizer_fingerprint"] == td.fingerprint
 
 
 def test_plan_cli_warns_epochs_and_short_runs(synth_tokens, tmp_path):
@@ -656,7 +656,28 @@ def test_replanning_with_an_option_written_at_its_default_is_the_same_recipe(syn
         assert p.returncode == 0, p.stderr
         assert sorted(pq.read_table(out / "plan.parquet").column("run_id").to_pylist()) == ids
     p = ehrfm("sweep", "plan", "--tokens", synth_tokens, "--out", out, *TINY_CLI, "--lr", "0.002")
-    assert p.returncode == 2 and "lr default -> 0.002" in p.stderr, p.stderr
+    assert p.returncode == 2 and "lr 0.001 -> 0.002" in p.stderr, p.stderr
+
+
+def test_a_sweep_keeps_its_recipe_when_a_release_changes_a_default(synth_tokens, tmp_path, monkeypatch):
+    """Before: sweep.json held only the options given; every other setting was the default of whatever release read
+    the sweep. After an upgrade that changed weight_decay's default, `sweep status` called every finished run "trained
+    other than planned", and the re-plan it advised gave every run a new id (the finished ones unplanned: a helper).
+    Now every shared identity setting is pinned at plan time; a re-plan keeps the sweep's own values."""
+    from ehrfm.config import TrainConfig
+    from sweeps.plan import load_sweep, plan_sweep, run_train_config
+
+    out = tmp_path / "sweep"
+    _, rows, _ = plan_sweep(synth_tokens, [1e9], out, sizes=3, context=64, train={"batch_size": 8})
+    sweep, _ = load_sweep(out)
+    assert sweep.train["weight_decay"] == 0.1 and sweep.train["eval_tokens"] == TrainConfig.eval_tokens
+    field = TrainConfig.__dataclass_fields__["weight_decay"]
+    monkeypatch.setattr(field, "default", 0.2)  # the next release's default, as the planner reads defaults
+    sweep, plan = load_sweep(out)
+    assert run_train_config(sweep, plan[0], out / "runs" / plan[0]["run_id"]).weight_decay == 0.1
+    _, again, _ = plan_sweep(synth_tokens, [1e9], out, sizes=3, context=64, train={"batch_size": 8})
+    assert [r["run_id"] for r in again] == [r["run_id"] for r in rows]
+    assert load_sweep(out)[0].train["weight_decay"] == 0.1
 
 
 def test_replanning_with_another_recipe_is_refused_but_new_budgets_are_not(synth_tokens, tmp_path):
