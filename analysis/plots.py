@@ -415,7 +415,8 @@ def make_plots(fit, results, out_dir) -> list[Path]:
         fig.tight_layout()
         for ext in ("png", "pdf"):
             path = out_dir / f"{name}.{ext}"
-            fig.savefig(path, dpi=200 if ext == "png" else None)
+            # no creation date in the PDF: the same fit writes the same bytes (fits.json, the PNGs and these alike)
+            fig.savefig(path, dpi=200 if ext == "png" else None, metadata={"CreationDate": None} if ext == "pdf" else None)
             written.append(path)
         plt.close(fig)
 

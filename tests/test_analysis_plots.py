@@ -78,6 +78,8 @@ def test_make_plots_writes_png_and_pdf(fitted, tmp_path):
     for p in paths:
         head = p.read_bytes()[:8]
         assert head.startswith(b"\x89PNG") if p.suffix == ".png" else head.startswith(b"%PDF")
+    again = make_plots(fit, res, tmp_path / "again")  # the same bytes (a PDF held its creation date: a helper)
+    assert [q.read_bytes() for q in again] == [q.read_bytes() for q in paths]
     fig, ax = plt.subplots()
     plot_utility(ax, fit, res, "icu")
     assert "AUROC" in ax.get_ylabel()
