@@ -401,7 +401,11 @@ def _check_trunk(cfg: TrainConfig, run_config: dict, n_steps: int, step_tokens: 
     elif ended and ended.status == Status.COMPLETED:
         raise UserError(f"trunk {trunk} completed, but its stable checkpoint at {tokens} tokens ({stable}) is missing; {redo}")
     else:
-        why = f"the trunk {ended.status}: {ended.error}" if ended else "the trunk has not reached it yet"
+        # the trunk's own error, to its first clause: its log path and advice are the trunk's record's (a branch's
+        # line held all of them and was cut mid-word at 600 characters)
+        cause = (ended.error or "").split(" (log:")[0].split("; ")[0].strip() if ended else ""
+        why = (f"the trunk {ended.status}" + (f": {cause[:200]}" if cause else "") + "; `ehrfm sweep launch SWEEP "
+               "--retry-failed` trains it again, then this branch" if ended else "the trunk has not reached it yet")
         raise UserError(f"trunk {trunk} has no stable checkpoint at {tokens} tokens ({why})")
 
 

@@ -223,7 +223,12 @@ class TrainJob:
         if rc == -signal.SIGKILL:
             # what to do, in the error that status and collect show: a bare "signal 9" left users guessing
             sweep = Path(self.record_path).parent.parent
-            error += (f"; to go on: `ehrfm sweep launch {sweep} --retry-failed` resumes it from its last checkpoint; "
+            # only a run that saved a checkpoint resumes: a sweep's runs save one when stopped (SIGTERM, SLURM's time
+            # limit) and every checkpoint_interval steps (0 by default), so a SIGKILL mid-run usually left none
+            again = ("resumes it from its checkpoint" if (Path(self.run_dir) / "checkpoint").is_dir() else
+                     "trains it again from step 0 (it saved no checkpoint: plan the sweep again with --train-opt "
+                     "checkpoint_interval=N to save one every N steps, same run ids)")
+            error += (f"; to go on: `ehrfm sweep launch {sweep} --retry-failed` {again}; "
                       "give each run more memory (fewer at a time: --max-parallel; on SLURM --mem) or a smaller "
                       "micro-batch (plan the sweep again with --train-opt micro_batch_size=N: same run ids)")
         result = RunResult(Status.FAILED, error=error, exit_code=rc)

@@ -123,6 +123,8 @@ def test_a_trainer_killed_for_memory_says_so_and_how_to_go_on(tok, tmp_path):
     assert error.startswith("trainer killed by signal 9 (SIGKILL, exit status 137)"), error
     assert "out-of-memory killer" in error and f"`ehrfm sweep launch {out} --retry-failed`" in error, error
     assert "--train-opt micro_batch_size=N" in error, error
+    # killed at step 2 with no checkpoint saved: the retry starts over, and says so (it promised a resume: a helper)
+    assert "--retry-failed` trains it again from step 0 (it saved no checkpoint" in error, error
     status = ehrfm("sweep", "status", out)
     assert f"{rid}: failed: {error}" in status.stdout, status.stdout
     assert ehrfm("sweep", "collect", out).returncode == 0

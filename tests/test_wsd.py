@@ -139,6 +139,23 @@ def test_branch_refusals_write_nothing(tok, trunk, tmp_path):
         TrainConfig(tokens_dir="", out_dir="", tokens=1, trunk_dir=str(trunk))
 
 
+def test_a_branch_of_a_killed_trunk_says_so_in_one_short_line(tok, trunk, tmp_path):
+    """The trunk was killed (SIGKILL) before its branch point: the branch's refusal carried the trunk's whole error,
+    log path and advice included, and its job cut it at 600 characters mid-word (a helper). Now it gives the trunk's
+    first clause and what to do."""
+    copy = tmp_path / "trunk"
+    shutil.copytree(trunk, copy)
+    shutil.rmtree(stable_checkpoint_dir(copy, 4096))
+    long_error = ("trainer killed by signal 9 (SIGKILL, exit status 137): most likely the out-of-memory killer (log: "
+                  + "/x" * 200 + "); to go on: `ehrfm sweep launch S --retry-failed` trains it again from step 0")
+    (copy / "result.json").write_text(json.dumps({"status": "failed", "error": long_error}))
+    with pytest.raises(UserError) as e:
+        train(cfg(tok, tmp_path / "branch", trunk_dir=str(copy)))
+    assert str(e.value) == (f"trunk {copy} has no stable checkpoint at 4096 tokens (the trunk failed: trainer killed by "
+                            "signal 9 (SIGKILL, exit status 137): most likely the out-of-memory killer; `ehrfm sweep launch "
+                            "SWEEP --retry-failed` trains it again, then this branch)"), str(e.value)
+
+
 def test_a_damaged_stable_checkpoint_is_named_and_kept(tok, trunk, tmp_path):
     """A completed trunk whose stable checkpoint is damaged: every try of the branch says so, with what
     to do; the branch neither restarts anything nor deletes the evidence (it is the trunk's file)."""
