@@ -10,9 +10,10 @@ EHR data is finite. When D_opt exceeds the unique tokens U, the tokens are repea
 Muennighoff et al. (2023, "Scaling Data-Constrained Language Models") a repeated token is worth
 less: D' = U + U R* (1 - exp(-(epochs - 1) / R*)) with R* = 15.4 (their fitted R_D*). With the
 parametric law (Approach 3) we then predict the loss at D' and also give the data-constrained
-optimum: the N (and D = C / (k N)) minimising L(N, D'(D, U)) at the same compute. (Their
-parameter-side decay R_N* for excess parameters is not in the search; an optimum it would devalue, N past
-the compute-optimal size for U, is flagged as optimistic: `_excess_parameters`.)
+optimum: the N (and D = C / (k N)) minimising L(N', D') at the same compute, with their second
+decay on the parameter side too: parameters past U_N, the compute-optimal size for U, are worth N' =
+U_N + U_N R_N* (1 - exp(-(N / U_N - 1) / R_N*)), R_N* = 5.309 (their fitted value). (Until 2026-12-07
+the search decayed repeated tokens only and grew the model past N_opt to spend the compute.)
 
 Trust. A law whose exponent of N_opt or D_opt in C (a, b) is not positive, or whose bootstrap
 interval reaches 0, recommends nonsense when extrapolated (a = -0.15 recommends a smaller model for
@@ -63,7 +64,7 @@ AUROC_SATURATED = 0.999
 DC_GRID_PER_DECADE = 200
 DC_GRID_MAX = 4000
 # Muennighoff et al. (2023)'s fitted R_N*: parameters beyond the compute-optimal size for the unique tokens
-# decay like repeated tokens do (R_D* = R_STAR_DATA), but faster.
+# decay like repeated tokens do (R_D* = R_STAR_DATA), but faster (module docstring).
 R_STAR_PARAMS = 5.309
 
 
@@ -238,7 +239,7 @@ def _data_constrained(fits: dict, draws: dict, c: float, unique: float, r_star: 
     """Loss at the unconstrained optimum with repeated data, and the constrained optimum."""
     f = fits["approach3"]
     k = f["flops_per_param_token"]
-    point = {key: np.array([f[key]]) for key in ("E", "A", "B", "alpha", "beta", "G", "a")}
+    point = {key: np.array([f[key]]) for key in ("E", "A", "B", "alpha", "beta", "G", "a", "b")}
     boot = _a3_arrays(f, draws)
     # Candidate N, evaluated for all draws at once: from 2 decades below the unconstrained optimum
     # n0 to a decade past N = C / (k U), where D falls to the unique tokens U. With D < U nothing is
@@ -246,55 +247,44 @@ def _data_constrained(fits: dict, draws: dict, c: float, unique: float, r_star: 
     # D_opt > U): the constrained optimum lies inside. A fixed 4 decades around n0 cut it off when
     # D_opt is thousands of epochs (1e25 FLOPs on 1e6 tokens: "optimum" = the grid's end, 100 n0).
     n0 = f["G"] * (c / k) ** f["a"]
-    lo, hi = math.log10(n0) - 2.0, max(math.log10(n0) + 2.0, math.log10(c / (k * unique)) + 1.0)
+    u_n0 = f["G"] * (unique * f["G"]) ** (f["a"] / f["b"])  # the compute-optimal size for the unique tokens
+    lo = min(math.log10(n0) - 2.0, math.log10(u_n0) - 1.0) if u_n0 > 0 and math.isfinite(u_n0) else math.log10(n0) - 2.0
+    hi = max(math.log10(n0) + 2.0, math.log10(c / (k * unique)) + 1.0)
     grid = np.logspace(lo, hi, int(min(DC_GRID_MAX, max(800, round(DC_GRID_PER_DECADE * (hi - lo))))) + 1)
 
     def solve(p):
         with np.errstate(all="ignore"):
             d = c / (k * grid)  # (G,)
             dp = effective_tokens(d, unique, r_star)
-            loss = p["E"][:, None] + p["A"][:, None] / grid ** p["alpha"][:, None] + p["B"][:, None] / dp ** p["beta"][:, None]
+            # Muennighoff's second decay: parameters past U_N, the compute-optimal size for the unique tokens (the N
+            # whose D_opt is U on the law's frontier, G (U G)^(a / b)), are worth N' = U_N + U_N R_N* (1 - exp(-(N / U_N
+            # - 1) / R_N*)). Without it the search grew the model to spend the compute repeated data could not,
+            # 1.5x past the unconstrained N_opt, and predicted a loss 0.11 nats too low (a helper, by their full law).
+            u_n = (p["G"] * (unique * p["G"]) ** (p["a"] / p["b"]))[:, None]
+            np_ = effective_tokens(grid[None, :], u_n, R_STAR_PARAMS)
+            loss = p["E"][:, None] + p["A"][:, None] / np_ ** p["alpha"][:, None] + p["B"][:, None] / dp ** p["beta"][:, None]
             loss = np.where(np.isfinite(loss), loss, np.inf)
             j = loss.argmin(axis=1)
             n_unc = p["G"] * (c / k) ** p["a"]
             d_unc = c / (k * n_unc)
-            l_unc = p["E"] + p["A"] / n_unc ** p["alpha"] + p["B"] / effective_tokens(d_unc, unique, r_star) ** p["beta"]
-            return grid[j], d[j], loss[np.arange(len(j)), j], l_unc
+            n_unc_eff = effective_tokens(n_unc, u_n[:, 0], R_STAR_PARAMS)
+            l_unc = p["E"] + p["A"] / n_unc_eff ** p["alpha"] + p["B"] / effective_tokens(d_unc, unique, r_star) ** p["beta"]
+            return grid[j], d[j], loss[np.arange(len(j)), j], l_unc, np_[np.arange(len(j)), j]
 
-    n, d, loss, l_unc = (float(v[0]) for v in solve(point))
+    n, d, loss, l_unc, n_eff = (float(v[0]) for v in solve(point))
     out = dict(
-        r_star=r_star, unique_tokens=unique,
+        r_star=r_star, r_star_params=R_STAR_PARAMS, unique_tokens=unique,
         loss_at_unconstrained_optimum=l_unc, n_opt=n, d_opt=d, epochs=d / unique,
-        effective_tokens=float(effective_tokens(d, unique, r_star)), loss=loss,
+        effective_tokens=float(effective_tokens(d, unique, r_star)), effective_params=n_eff, loss=loss,
     )
     if len(boot) == 8:
-        bn, bd, bl, bu = solve(boot)
+        bn, bd, bl, bu, _ = solve(boot)
         out.update(loss_at_unconstrained_optimum_ci=percentile_ci(bu, conf), n_opt_ci=percentile_ci(bn, conf),
                    d_opt_ci=percentile_ci(bd, conf), loss_ci=percentile_ci(bl, conf))
     if n >= grid[-2] or n <= grid[1]:
         out["note"] = (f"constrained optimum at the edge of the searched range (N {grid[0]:.3g} to {grid[-1]:.3g}): "
                        "not a minimum, a bound")
     return out
-
-
-def _excess_parameters(f: dict, n: float, unique: float) -> str:
-    """Why a data-constrained N is optimistic ("" when it is not): it is past Muennighoff's excess-parameter decay.
-
-    The search above decays repeated tokens only. Muennighoff et al. (2023) fit a second decay: parameters
-    beyond U_N, the compute-optimal size for the U unique tokens (here the N whose D_opt is U on Approach
-    3's frontier, G (U G)^(a / b)), are worth N' = U_N + U_N R_N* (1 - exp(-(N / U_N - 1) / R_N*)), with
-    R_N* = R_STAR_PARAMS: a few times U_N at most. Where N' is under 80% of N, more epochs on a smaller
-    model do about as well and the predicted loss is too low.
-    """
-    with np.errstate(all="ignore"):
-        u_n = f["G"] * (unique * f["G"]) ** (f["a"] / f["b"])
-        worth = float(effective_tokens(n, u_n, R_STAR_PARAMS))  # the same saturating form as repeated tokens
-    if not (math.isfinite(worth) and worth < 0.8 * n):
-        return ""
-    return (f"the data-constrained optimum's N {n:.3g} is {n / u_n:.3g}x the compute-optimal size for {unique:.3g} unique "
-            f"tokens ({u_n:.3g}); Muennighoff et al. (2023) find such excess parameters lose value too (R_N* = "
-            f"{R_STAR_PARAMS}, not modelled in the search): by their fit these parameters are worth {worth:.3g}, so its "
-            "loss is optimistic and a smaller model trained for more epochs may do as well")
 
 
 # recommend warns when its model shape's tokens differ from D_opt by more than this factor.
@@ -533,9 +523,6 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
             constrained["trusted"] = by_k[3].trusted
             if constrained.get("note"):  # "at the edge of the searched range": printed, not only in --json
                 notes.append(f"data-constrained optimum: {constrained['note']}")
-            excess = _excess_parameters(fit_json["approach3"], constrained["n_opt"], unique)
-            if excess:
-                notes.append(excess)
             if not by_k[3].trusted:
                 notes.append(f"the data-constrained optimum comes from Approach 3, which is not trusted here "
                              f"({by_k[3].why_untrusted}): do not size a model from it")

@@ -436,10 +436,9 @@ PER_RUN_SETTINGS = frozenset({"n_layer", "d_model", "n_head", "context", "mlp_hi
 
 
 def pinned_train_options(given: dict | None, recorded: dict | None = None) -> dict:
-    """sweep.train for a plan: every shared identity setting's value, from `given`, else the sweep dir's `recorded`, else
-    today's TrainConfig default.
+    """sweep.train for a plan: every shared identity setting, as given, else as recorded, else today's default.
 
-    Pinned at plan time, so a later release that changes a default (weight_decay 0.1 -> 0.2) changes none of the
+    `given`: the options of this plan; `recorded`: the sweep dir's sweep.json `train` on a re-plan. Pinned at plan time, so a later release that changes a default (weight_decay 0.1 -> 0.2) changes none of the
     sweep's run ids or configs: before 2026-12-07 sweep.json held only the options given, every other one was
     today's default wherever the sweep was read, and after such an upgrade `status` called every finished run
     "trained other than planned" and a re-plan gave them new ids (a helper). On a re-plan an option not given keeps

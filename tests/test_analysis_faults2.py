@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from scipy.optimize import minimize_scalar
 
 from analysis.fit import FitConfig, FitWarning, fit_results, format_fit_table, format_holdout, ratio_text, write_fits
 from analysis.laws import effective_tokens
@@ -71,20 +70,20 @@ def test_data_constrained_optimum_is_searched_until_it_is_found(tmp_path):
     a3 = fit.approach3
     k = a3.flops_per_param_token
 
-    def loss(log_n):  # the fitted law on Muennighoff effective data at compute c
-        n = math.exp(log_n)
-        return a3.E + a3.A / n**a3.alpha + a3.B / float(effective_tokens(c / (k * n), unique)) ** a3.beta
-
-    best = minimize_scalar(loss, bounds=(math.log(rec.n_opt), math.log(c / (k * unique))), method="bounded",
-                           options=dict(xatol=1e-6))
-    n_true = math.exp(best.x)
-    assert n_true > 300 * rec.n_opt  # beyond the old grid's end (100 N_opt), where it stopped
-    assert abs(math.log(dc["n_opt"] / n_true)) < 0.02, (dc["n_opt"], n_true)
-    assert dc["loss"] == pytest.approx(best.fun, rel=1e-4)
+    # Muennighoff et al.'s full law: repeated tokens and parameters past U_N (the compute-optimal size for the unique
+    # tokens) both lose value. Before 2026-12-07 only the tokens did, and the "optimum" was 1.3e13 parameters on
+    # 126 epochs, past 300 N_opt, a model their law says is mostly worthless parameters (a helper).
+    u_n = a3.G * (unique * a3.G) ** (a3.a / a3.b)
+    n = np.logspace(math.log10(u_n) - 2, math.log10(c / (k * unique)) + 1, 400_001)
+    full = a3.E + a3.A / effective_tokens(n, u_n, 5.309) ** a3.alpha + a3.B / effective_tokens(c / (k * n), unique) ** a3.beta
+    best = int(np.argmin(full))
+    assert abs(math.log(dc["n_opt"] / n[best])) < 0.02, (dc["n_opt"], n[best])
+    assert dc["loss"] == pytest.approx(full[best], rel=1e-4)
+    assert dc["n_opt"] < 10 * rec.n_opt  # not the old search's 300+ N_opt
     assert "note" not in dc  # an interior optimum, not "at the edge of the searched range"
     lo, hi = dc["n_opt_ci"]
     assert lo <= dc["n_opt"] <= hi
-    assert 50 < dc["epochs"] < 500
+    assert dc["epochs"] > 1000  # the data is the limit: far more epochs than the old optimum's 50-500
     # Inside the data: no repetition, no data-constrained view.
     assert recommend(d, 1e19, unique_tokens=1e13).data_constrained is None
 

@@ -76,11 +76,11 @@ def test_data_constrained_recommendation(fit):
     rec = recommend(fit, c, unique_tokens=unique)
     assert rec.epochs == pytest.approx(20.0)
     dc = rec.data_constrained
-    # Repeated data is worth less: the loss at the unconstrained optimum rises, and the
-    # constrained optimum moves to a bigger model on fewer tokens, doing better than that.
+    # Repeated data and excess parameters are worth less (Muennighoff et al. 2023): the loss at the unconstrained
+    # optimum rises, and the constrained optimum, a model no larger on as many tokens or more, does at least as well.
     assert dc["loss_at_unconstrained_optimum"] > free.loss
-    assert dc["n_opt"] > free.n_opt and dc["d_opt"] < free.d_opt
-    assert free.loss < dc["loss"] < dc["loss_at_unconstrained_optimum"]
+    assert dc["n_opt"] <= free.n_opt * 1.001 and dc["d_opt"] >= free.d_opt / 1.001
+    assert free.loss < dc["loss"] <= dc["loss_at_unconstrained_optimum"]
     assert dc["loss_ci"][0] < dc["loss"] < dc["loss_ci"][1]
     assert any("20.0 epochs" in w for w in rec.warnings)
     assert "Muennighoff" in format_recommendation(rec)
