@@ -201,7 +201,11 @@ def test_approach1s_loss_interval_that_ends_at_its_estimate_is_withheld():
     assert below < 0.025
     assert a1.one_sided == ["loss"] and np.isnan(a1.loss_ci).all()
     assert a1.n_opt_ci[0] < a1.n_opt < a1.n_opt_ci[1]  # two-sided intervals are kept
-    assert a2.one_sided == [] and a2.loss_ci[0] < a2.loss < a2.loss_ci[1]
+    assert a2.one_sided == []
+    if fit.approach2.loss_law_misses:  # since 2026-12-07 a loss law that misses its budgets' minima gives no interval
+        assert np.isnan(a2.loss_ci).all()
+    else:
+        assert a2.loss_ci[0] < a2.loss < a2.loss_ci[1]
     text = format_recommendation(rec)
     assert f"| {a1.loss:.4g} [n/a] |" in text
     assert "Warning: Approach 1: no interval for loss: its bootstrap replicates lie on one side of the estimate" in text
