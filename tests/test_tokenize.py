@@ -36,7 +36,7 @@ def _subject(sid, lab_values, rare=True):
         (sid, T0 + 3 * m, "LAB//50912//mg/dL", lab_values[0]),  # 3 min later: no interval token
         (sid, T0 + 90 * m, "LAB//50912//mg/dL", lab_values[1]),  # 87 min: 1h-2h
         (sid, T0 + 90 * m, "RARE_CODE", None),
-        (sid, T0 + dt.timedelta(days=200), "HOSPITAL_DISCHARGE//HOME", None),  # >= 6 months: =6mt
+        (sid, T0 + dt.timedelta(days=200), "HOSPITAL_DISCHARGE//HOME", None),  # >= 6 months: >6mt
     ]
     return [r for r in rows if rare or r[2] != "RARE_CODE"]
 
@@ -66,7 +66,7 @@ def test_exact_tokens_and_times_on_a_hand_made_dataset(hand_meds, tmp_path):
         "HOSPITAL_ADMISSION//EW EMER.//EMERGENCY ROOM",
         "LAB//50912//mg/dL", f"Q{1 + sum(e <= 4.2 for e in edges)}",
         "1h-2h", "LAB//50912//mg/dL", "Q10", "UNK",
-        "=6mt", "HOSPITAL_DISCHARGE//HOME",
+        ">6mt", "HOSPITAL_DISCHARGE//HOME",
         "TIMELINE_END",
     ]
     us = lambda d: int((d - dt.datetime(1970, 1, 1)) / dt.timedelta(microseconds=1))  # noqa: E731
@@ -85,9 +85,9 @@ def test_exact_tokens_and_times_on_a_hand_made_dataset(hand_meds, tmp_path):
 def test_interval_bins_follow_ethos(hand_meds, tmp_path):
     names = [n for n, _ in INTERVALS]
     assert names == ["5m-15m", "15m-1h", "1h-2h", "2h-6h", "6h-12h", "12h-1d", "1d-3d", "3d-1w", "1w-2w",
-                     "2w-1mt", "1mt-3mt", "3mt-6mt", "=6mt"]
+                     "2w-1mt", "1mt-3mt", "3mt-6mt", ">6mt"]
     gaps_min = [4, 5, 14, 15, 59, 60, 300, 24 * 60, 8 * 24 * 60, 100 * 24 * 60, 300 * 24 * 60]
-    expect = [None, "5m-15m", "5m-15m", "15m-1h", "15m-1h", "1h-2h", "2h-6h", "1d-3d", "1w-2w", "3mt-6mt", "=6mt"]
+    expect = [None, "5m-15m", "5m-15m", "15m-1h", "15m-1h", "1h-2h", "2h-6h", "1d-3d", "1w-2w", "3mt-6mt", ">6mt"]
     rows, t = [], T0
     for g in gaps_min:
         t = t + dt.timedelta(minutes=g)
@@ -107,6 +107,14 @@ def test_interval_bins_follow_ethos(hand_meds, tmp_path):
             got.append(seq[i])
             i += 2
     assert got == expect
+    # DESIGN.md names the open last bin ">6mt"; before 2026-12-07 it was "=6mt" (a helper). A tokenizer of that time
+    # is applied as it was written: its own names, its token ids unchanged.
+    old = json.loads((tmp_path / "t" / "tokenizer.json").read_text().replace('">6mt"', '"=6mt"'))
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    tokenize(tmp_path / "m", tmp_path / "t_old", tokenizer=tmp_path / "old.json")
+    td_old = TokenDir(tmp_path / "t_old")
+    np.testing.assert_array_equal(td_old.split("train").subject(0)[0], td.split("train").subject(0)[0])
+    assert td_old.decode(td_old.split("train").subject(0)[0])[-3:-1] == ["=6mt", "X"] and seq[-3:-1] == [">6mt", "X"]
 
 
 def _check_token_dir(tok):

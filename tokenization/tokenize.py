@@ -18,10 +18,10 @@ Token conventions (others rely on them; they are also written into tokenizer.jso
   `MEDS_BIRTH` is not emitted (it becomes the age token); text_value is not tokenized.
 - Special tokens: `PAD` (id 0), `UNK`, `TIMELINE_START`, `TIMELINE_END`, `Q1`..`Q10`, the 13
   ETHOS interval tokens `5m-15m 15m-1h 1h-2h 2h-6h 6h-12h 12h-1d 1d-3d 3d-1w 1w-2w 2w-1mt
-  1mt-3mt 3mt-6mt =6mt`, and age tokens `AGE//0-4`, ..., `AGE//85-89`, `AGE//90+`, `AGE//UNK`.
+  1mt-3mt 3mt-6mt >6mt`, and age tokens `AGE//0-4`, ..., `AGE//85-89`, `AGE//90+`, `AGE//UNK`.
 - A subject's sequence: TIMELINE_START, its static codes (e.g. `GENDER//F`), its age token at
   the first timed event; then, per event in time order, an interval token when the gap since
-  the previous event is >= 5 minutes (one token, `=6mt` for 6 months or more), the code token(s),
+  the previous event is >= 5 minutes (one token, `>6mt` for 6 months or more), the code token(s),
   and a `Qk` token directly after them when the event has a numeric value and the code has
   fitted deciles (k = 1 + number of train deciles <= value, where a decile repeated (a value
   that fills several deciles: a common dose, a rounded lab) counts once, and once more for the
@@ -97,7 +97,7 @@ INTERVALS = [
     ("5m-15m", 5 * MINUTE_US), ("15m-1h", 15 * MINUTE_US), ("1h-2h", HOUR_US), ("2h-6h", 2 * HOUR_US),
     ("6h-12h", 6 * HOUR_US), ("12h-1d", 12 * HOUR_US), ("1d-3d", DAY_US), ("3d-1w", 3 * DAY_US),
     ("1w-2w", 7 * DAY_US), ("2w-1mt", 14 * DAY_US), ("1mt-3mt", MONTH_US), ("3mt-6mt", 3 * MONTH_US),
-    ("=6mt", 6 * MONTH_US),
+    (">6mt", 6 * MONTH_US),
 ]
 N_QUANTILES = 10
 QUANTILE_TOKENS = [f"Q{i}" for i in range(1, N_QUANTILES + 1)]

@@ -18,7 +18,7 @@ ETHOS recomputes the window, which forgets them.)
 Outcome and competing events, in the tokenizer's tokens (tokenization/tokenize.py) and as the
 labels define them (ehrfm/clinical/labels.py; the label config is read from `<labels>.json`
 beside the label file, the defaults of `ehrfm labels` otherwise). Simulated time advances by
-the interval tokens (`5m-15m` ... `=6mt`); each counts as the mean gap it stands for in the
+the interval tokens (`5m-15m` ... `>6mt`); each counts as the mean gap it stands for in the
 train split (`interval_durations`).
 
 Simulated time starts at the prediction time, not at the last history event (since 2026-12-03).
@@ -219,7 +219,7 @@ def interval_durations(td: TokenDir) -> np.ndarray:
         raise UserError(f"token dir {td.path}: its tokenizer.json lists no interval tokens in its vocabulary; "
                         "long_los and readmission_30d rollouts need them to advance time")
     lo = np.array([t["min_us"] for t in spec], dtype=np.float64)
-    hi = np.append(lo[1:], 2 * lo[-1])  # the open last bin (=6mt): its midpoint is 9 months
+    hi = np.append(lo[1:], 2 * lo[-1])  # the open last bin (>6mt): its midpoint is 9 months
     ids = np.array([td.token_id(n) for n in names])
     dur = np.zeros(td.vocab_size, dtype=np.float64)
     dur[ids] = (lo + hi) / 2
