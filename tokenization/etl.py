@@ -183,6 +183,10 @@ Dates and midnights (an event is never placed before the first moment it could h
   their row id (above) so only true repeats are `duplicate`. A table keyed by one row per id
   (Table.key: patients, admissions, icustays, ED edstays and triage) with two different rows of one
   id is refused, naming file, column and how many ids (_one_row_per_key).
+Kept but counted per table (etl_config.json `events_after_death`, and said in the table's line):
+events timed after the subject's MEDS_DEATH (results stored after it, an ICU discharge or infusion
+end charted after it: 225 events of 16 of the MIMIC-IV demo's 31 deceased subjects, up to 62 days
+later for a culture). They happened; a label's history ends at its prediction time, before them.
   Numbers that do not parse are kept as null and counted (`unparseable_numbers_set_null`);
   numbers that parse but are no usable value -- NaN, infinite, or beyond float32's range
   (|x| > 3.4e38, which numeric_value would hold as inf: `1e308`, `Infinity`, `NaN` from an
@@ -420,6 +424,8 @@ class Context:
     stored: dict = field(default_factory=dict)  # (table, time column) -> {"store_column", "present", "moved"}
     discharge: dict = field(default_factory=dict)  # how discharge times were placed -> count
     duration_coded: int = 0  # procedures_icd events placed at their stay's discharge (DURATION_CODED_PROCEDURES)
+    # table -> events timed after the subject's MEDS_DEATH, kept (module docstring: events_after_death)
+    after_death: dict = field(default_factory=dict)
     ed_stays: pl.DataFrame | None = None  # stay_id, intime, outtime of ed/edstays (triage and ED diagnoses)
 
     def drop(self, reason: str, n: int, table: str | None = None) -> None:
@@ -2122,6 +2128,8 @@ def _account(rows_in: dict, counts: dict, ctx: Context) -> dict:
             entry["date_only_placed_at_discharge"] = int(counts["at_discharge"].get(name, 0))
         if name == "hosp/procedures_icd" and ctx.duration_coded:
             entry["duration_coded_at_discharge"] = ctx.duration_coded
+        if ctx.after_death.get(name):
+            entry["events_after_death"] = int(ctx.after_death[name])
         if ctx.midnight.get(name):
             entry["midnight_times"] = dict(ctx.midnight[name])
         if ctx.unparseable.get(name):
@@ -2156,7 +2164,7 @@ COUNT_UNITS = {
                   "out_of_range_numbers_set_null", "redacted_numbers_set_null", "text_values_kept",
                   "line_breaks_set_to_space", "unicode_spaces_set_to_space", "control_characters_removed"],
     "events written": ["events_written", "date_only_placed_at_discharge", "duration_coded_at_discharge",
-                       "moved_to_store_time", "stay_ids_of_another_subject_set_null"],
+                       "events_after_death", "moved_to_store_time", "stay_ids_of_another_subject_set_null"],
 }
 
 # The per-column value counts of a table's account, each printed as "<what> column n, ...".
@@ -2186,6 +2194,8 @@ def _detail_lines(account: dict, ctx: Context) -> list[str]:
                            if a["date_only_placed_at_discharge"] else ""))
         if a.get("duration_coded_at_discharge"):
             bits.append(f"{a['duration_coded_at_discharge']} duration-coded (ventilation hours) at the stay's discharge")
+        if a.get("events_after_death"):
+            bits.append(f"{a['events_after_death']} events after the subject's death (kept)")
         if a.get("midnight_times"):
             bits.append("00:00:00 times " + ", ".join(f"{c} {n}" for c, n in a["midnight_times"].items()))
         if name == "hosp/admissions" and any(ctx.discharge.values()):
@@ -2796,6 +2806,8 @@ def _write_shards(stage: Path, out: Path, split_of: pl.DataFrame, cfg: EtlConfig
             for key, n in r["entered"].items():
                 ctx.stored[key]["moved"] += n
             ctx.duration_coded += r["duration_coded"]
+            for table, n in r["after_death"].items():
+                ctx.after_death[table] = ctx.after_death.get(table, 0) + n
             for table, n in r["written"].items():
                 written[table] += n
             for code, n in r["codes"].items():
@@ -2869,7 +2881,7 @@ def _shard_job(buckets: Path, j: int, ids: np.ndarray, path: Path, names: list[s
     n = _write_shard(buckets, j, ids, path, names, chunk_events, ctx, placed, written, codes)
     return dict(events=n, drops=ctx.drops, at_discharge=placed, written=written, codes=codes,
                 entered={k: v["moved"] for k, v in ctx.stored.items()}, duration_coded=ctx.duration_coded,
-                foreign_stays=ctx.foreign_stays)
+                foreign_stays=ctx.foreign_stays, after_death=ctx.after_death)
 
 
 def _write_shard(buckets: Path, j: int, ids: np.ndarray, path: Path, names: list[str], chunk_events: int,
@@ -2997,6 +3009,12 @@ def _assemble(parts: list[pl.DataFrame], names: list[str], ctx: Context, placed_
     for src, n in shard.filter(later_death).group_by("_src").len().iter_rows():
         ctx.drop("later_death_merged", n, names[src])
     shard = shard.filter(~later_death)
+    # Events after the death, kept and counted: results stored after it (a culture read days later), an ICU
+    # discharge or infusion end charted minutes after it. Nothing of them is dropped: they happened, and a label
+    # history ends at its prediction time, before any of them (16 of the MIMIC-IV demo's 31 deaths have some).
+    death = pl.col("time").filter(is_death).min().over("subject_id")
+    for src, n in shard.filter((pl.col("time") > death).fill_null(False)).group_by("_src").len().iter_rows():
+        ctx.after_death[names[src]] = ctx.after_death.get(names[src], 0) + n
     for (src, n) in shard.group_by("_src").len().iter_rows():
         written[names[src]] += n
     _count_moved(shard, names, ctx)
