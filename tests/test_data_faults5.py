@@ -76,7 +76,8 @@ def test_distinct_source_rows_that_give_one_event_are_not_dropped_as_duplicates(
     assert _n(events, "LAB//50912//mg/dL") == 3
     assert tables["hosp/labevents"]["dropped"] == {"duplicate": 1}
     assert _n(events, "INGREDIENT//220490//ml") == 2 and "duplicate" not in tables["icu/ingredientevents"]["dropped"]
-    assert _n(events, "OMR//Blood Pressure") == 2 and "duplicate" not in tables["hosp/omr"]["dropped"]
+    assert _n(events, "OMR//Blood Pressure//SYSTOLIC") == _n(events, "OMR//Blood Pressure//DIASTOLIC") == 2
+    assert "duplicate" not in tables["hosp/omr"]["dropped"]
 
 
 def test_without_the_row_id_column_rows_alike_in_the_columns_read_are_one_event(tmp_path):

@@ -129,7 +129,8 @@ def test_etl_real_mimic_iv_demo_is_valid_meds(demo_meds, mimic_demo_dir):
     labs = cfg["tables"]["hosp/labevents"]
     assert labs == {"rows_read": raw_labs.height, "events_written": n_labs,
                     "dropped": {"result_never_stored": 992},
-                    "midnight_times": {"charttime": 3403, "storetime": 46}, "moved_to_store_time": {"charttime": 106498}}
+                    "midnight_times": {"charttime": 3403, "storetime": 46}, "moved_to_store_time": {"charttime": 106498},
+                    "events_after_death": 3}
     dups = {t: a["dropped"].get("duplicate", 0) for t, a in cfg["tables"].items()}
     # No exact duplicate row in the demo's raw files: none dropped. (3,183 were before rows were keyed by
     # their row id, Table.row_id: prescriptions 2,602, ingredientevents 344, omr 127, microbiologyevents
@@ -146,7 +147,11 @@ def test_etl_real_mimic_iv_demo_is_valid_meds(demo_meds, mimic_demo_dir):
     # emar_detail: 87 of its 88 doses de-identified as ___ are events without a value since 2026-12-06 (one has no emar row)
     assert written["hosp/prescriptions"] == 18087  # every raw row: one drug ordered PR and PO at once is two orders
     # 334,160 before distinct rows alike in the columns read were kept (3,183 more: see dups above).
-    assert df.height == sum(written.values()) == 337430
+    # 337,430 before 2026-12-07, when each OMR blood pressure "120/80" (866 + 6 rows) became two numeric events
+    assert df.height == sum(written.values()) == 338302
+    omr = df.filter(pl.col("code").str.starts_with("OMR//Blood Pressure//"))
+    assert omr.height == 2 * 866 and omr["numeric_value"].null_count() == 0 and omr["text_value"].null_count() == omr.height
+    assert set(omr["code"]) == {"OMR//Blood Pressure//SYSTOLIC", "OMR//Blood Pressure//DIASTOLIC"}
     hcpcs = cm.filter(pl.col("code").str.starts_with("HCPCS//"))["description"]
     assert hcpcs.len() > 0 and (~hcpcs.str.starts_with("HCPCS ")).all()  # from d_hcpcs
     # Descriptions from the real dictionaries.

@@ -852,12 +852,23 @@ def _ed_med(prefix: str):
     return rule
 
 
+# An OMR blood pressure "systolic/diastolic" ("120/80"): two numbers, one event each (as MIMIC_IV_MEDS splits them).
+BLOOD_PRESSURE = r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)\s*$"
+
+
 def _omr(df, ctx):
     value = _usable_number(pl.col("result_value").cast(pl.Float64, strict=False))
     text = pl.when(value.is_null()).then(pl.col("result_value")).otherwise(None)
+    # A "120/80" blood pressure was one text event, so the tokens (numbers only) held that a pressure was taken
+    # and never what it was: every OMR pressure of the MIMIC-IV demo (871). It is two numeric events now.
+    pressure = pl.col("result_value").cast(pl.String).str.contains(BLOOD_PRESSURE).fill_null(False)
+    bp, rest = df.filter(pressure), df.filter(~pressure)
+    code = pl.lit("OMR//") + _part("result_name")
     # chartdate is a date: _typed put it at the end of its day (never seen before it was taken).
-    return [_ev(df, "chartdate", pl.lit("OMR//") + _part("result_name"), ORDER_MEASURE,
-                numeric=value, text=text, hadm=False)]
+    return [_ev(rest, "chartdate", code, ORDER_MEASURE, numeric=value, text=text, hadm=False)] + [
+        _ev(bp, "chartdate", code + pl.lit(f"//{side}"), ORDER_MEASURE, hadm=False,
+            numeric=pl.col("result_value").cast(pl.String).str.extract(BLOOD_PRESSURE, group).cast(pl.Float64))
+        for side, group in (("SYSTOLIC", 1), ("DIASTOLIC", 2))]
 
 
 def _procedureevents(df, ctx):
