@@ -162,7 +162,7 @@ def test_zeroshot_readmission_follows_the_labels_transfer_hours(demo_meds, demo_
         path = write_labels(labels, tmp_path / f"t{hours:g}" / "readmission_30d.parquet", info)
         h = load_label_histories(td, path, 10, 0)
         rows = np.flatnonzero(h.split == "held_out")
-        cfg = ZeroShotConfig(str(tmp_path), str(demo_tokens), str(path), task="readmission_30d", n_samples=32,
+        cfg = ZeroShotConfig(str(tmp_path), str(demo_tokens), str(path), task="readmission_30d", n_samples=128,
                              max_new_tokens=96)
         with torch.no_grad():
             p, extras = _run_rollouts(cfg, td, h, model, 64, "readmission_30d", rows)
