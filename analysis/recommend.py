@@ -720,11 +720,14 @@ def format_recommendation(rec: Recommendation) -> str:
     if rec.data_constrained:
         dc = rec.data_constrained
         lines += [
-            f"Repeated data (Muennighoff et al. 2023, R*={dc['r_star']}{'' if dc.get('trusted', True) else '; Approach 3, untrusted'}): "
+            f"Repeated data (Muennighoff et al. 2023, R_D*={dc['r_star']}, excess parameters R_N*={dc.get('r_star_params', R_STAR_PARAMS)}"
+            f"{'' if dc.get('trusted', True) else '; Approach 3, untrusted'}): "
             "at Approach 3's unconstrained N_opt the loss would be "
             f"{ci_text(dc['loss_at_unconstrained_optimum'], dc.get('loss_at_unconstrained_optimum_ci'), '{:.4g}')}; "
             f"the data-constrained optimum is N {ci_text(dc['n_opt'], dc.get('n_opt_ci'))}, D {ci_text(dc['d_opt'], dc.get('d_opt_ci'))} "
-            f"({_num(dc['epochs'], '{:.1f}')} epochs, {dc['effective_tokens']:.3g} effective tokens), loss {ci_text(dc['loss'], dc.get('loss_ci'), '{:.4g}')}."
+            f"({_num(dc['epochs'], '{:.1f}')} epochs, {dc['effective_tokens']:.3g} effective tokens"
+            + (f", {dc['effective_params']:.3g} effective parameters" if dc.get("effective_params") else "")
+            + f"), loss {ci_text(dc['loss'], dc.get('loss_ci'), '{:.4g}')}."
         ]
     if rec.utility:
         lines += ["", *markdown_table(["task", "predicted AUROC"],
