@@ -184,6 +184,23 @@ def test_a_splits_file_with_an_empty_split_says_so_of_the_file(mimic_demo_dir, t
         etl(mimic_demo_dir, tmp_path / "meds", splits_file=str(splits), tables="diagnoses_icd")
 
 
+
+def test_a_splits_file_of_an_earlier_release_says_how_to_split_the_new_subjects(mimic_demo_dir, tmp_path):
+    """A splits file kept from an earlier release (40 fewer subjects) said only "40 subjects of the raw data have
+    no split" (a helper): it now says how to go on, and that ehrfm's own split keeps a subject's split."""
+    from tokenization.etl import assign_splits
+
+    ids = pl.read_csv(mimic_demo_dir / "hosp" / "patients.csv.gz")["subject_id"].sort()
+    splits = tmp_path / "splits.parquet"
+    old = ids[:60]
+    pl.DataFrame({"subject_id": old, "split": assign_splits(old.to_numpy())}).write_parquet(splits)
+    with pytest.raises(UserError, match=r"40 of the raw data's 100 subjects have no split \(a newer release's subjects\?\): "
+                                        r"add them to the file, or leave out --splits: ehrfm's own split hashes each subject_id"):
+        etl(mimic_demo_dir, tmp_path / "meds", splits_file=str(splits), tables="diagnoses_icd")
+    assert not (tmp_path / "meds").exists()
+    # the promise: a subject split by ehrfm before keeps its split among more subjects
+    np.testing.assert_array_equal(assign_splits(ids.to_numpy())[:60], assign_splits(old.to_numpy()))
+
 def test_synthetic_labs_stay_in_their_reportable_ranges(tmp_path):
     from tokenization.synth import LAB_LIMITS, LABS, synthesize
 

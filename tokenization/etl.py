@@ -2732,7 +2732,9 @@ def _split_subjects(subjects: np.ndarray, cfg: EtlConfig) -> pl.DataFrame:
         df = pl.DataFrame({"subject_id": subjects}).join(given.select("subject_id", "split"), on="subject_id", how="left")
         n_none = df["split"].null_count()
         if n_none:
-            raise UserError(f"{cfg.splits_file}: {n_none} subjects of the raw data have no split")
+            raise UserError(f"{cfg.splits_file}: {n_none} of the raw data's {df.height} subjects have no split (a newer "
+                            "release's subjects?): add them to the file, or leave out --splits: ehrfm's own split hashes each "
+                            "subject_id (--split-seed, --split-fractions), so a subject it split before keeps its split")
     else:
         df = pl.DataFrame({"subject_id": subjects, "split": assign_splits(subjects, cfg.split_fractions, cfg.split_seed)})
     for name, frac in zip(SPLITS, cfg.split_fractions, strict=False):
