@@ -86,8 +86,9 @@ def test_a_shard_without_the_stay_id_column_does_not_unpair_the_other_shards_sta
         res = audit(meds, tmp_path / f"labels_{name}")
         results[name] = ({t: f.rows() for t, f in labels.items()}, {t: a.overlapping_stays for t, a in res.tasks.items()})
     assert results["two"] == results["one"]
-    assert results["one"][0]["long_los"] == [(7, T0 + h(24), False), (7, T0 + d(2) + h(24), True), (8, T0 + h(24), False)]
-    assert results["one"][1]["long_los"] == 2
+    # stay 71 is discharged inside stay 72: no label of any task since 2026-12-07 (test_labels.py)
+    assert results["one"][0]["long_los"] == [(7, T0 + d(2) + h(24), True), (8, T0 + h(24), False)]
+    assert results["one"][1]["long_los"] == 1
 
 
 def test_a_shard_whose_stay_id_column_holds_no_value_is_named_as_lacking_it(tmp_path, capsys):
@@ -306,9 +307,9 @@ def test_a_clean_audit_says_how_many_labels_have_overlapping_stays(tmp_path):
     labels, info = make_labels(tmp_path / "meds", "all")
     write_label_dir(labels, info, tmp_path / "labels")
     res = audit(tmp_path / "meds", tmp_path / "labels")
-    assert res.clean and res.tasks["long_los"].overlapping_stays == 2
+    assert res.clean and res.tasks["long_los"].overlapping_stays == 1  # stay 72's label (stay 71 has none)
     verdict = format_audit(res)[-1]
-    assert verdict.startswith("Verdict: no leak in (a) and (c)") and "REVIEW (d)" in verdict and "long_los (2)" in verdict, verdict
+    assert verdict.startswith("Verdict: no leak in (a) and (c)") and "REVIEW (d)" in verdict and "long_los (1)" in verdict, verdict
 
 
 def test_a_death_its_subjects_later_home_discharge_contradicts_labels_nothing(tmp_path, capsys):

@@ -269,8 +269,9 @@ def test_readmission_never_counts_an_admission_after_death(tmp_path):
 
 def test_overlapping_stays_keep_their_own_ends_and_facts_by_stay_id(tmp_path):
     # Two stays of one subject overlap (ids 71 and 72). Paired by time, stay 72 would end at
-    # stay 71's discharge (2 days, not long) and stay 71 would be lost; by id each keeps its own
-    # discharge, and the ICU admission of stay 72 is no outcome of stay 71.
+    # stay 71's discharge (2 days, not long) and stay 71 would be lost; by id stay 72 keeps its own
+    # discharge. Stay 71 is discharged while stay 72 is open: the patient never left, so its death, length
+    # of stay and ICU bed are not its own (since 2026-12-07 no task labels it; readmission did not before).
     rows = [
         (7, None, "GENDER//F", None), (7, T0, ADM, 71), (7, T0 + d(2), ADM, 72),
         (7, T0 + d(3), "ICU_ADMISSION//MICU", 72), (7, T0 + d(4), DIS, 71), (7, T0 + d(11), DIS, 72),
@@ -286,9 +287,10 @@ def test_overlapping_stays_keep_their_own_ends_and_facts_by_stay_id(tmp_path):
     (tmp_path / "meds" / "data" / "train").mkdir(parents=True)
     pq.write_table(table, tmp_path / "meds" / "data" / "train" / "0.parquet")
     labels, info = make_labels(tmp_path / "meds", "all")
-    assert labels["long_los"].rows() == [(7, T0 + h(24), False), (7, T0 + d(2) + h(24), True)]
-    assert labels["icu_admission"].rows() == [(7, T0, False), (7, T0 + d(2), True)]
-    assert info["long_los"]["stay_pairing"] == "by hadm_id" and info["long_los"]["excluded"] == {"no_discharge": 0}
+    assert labels["long_los"].rows() == [(7, T0 + d(2) + h(24), True)]
+    assert labels["icu_admission"].rows() == [(7, T0 + d(2), True)]
+    assert info["long_los"]["stay_pairing"] == "by hadm_id"
+    assert info["long_los"]["excluded"] == {"no_discharge": 0, "in_another_stay_at_discharge": 1}
 
 
 def test_read_labels_keeps_one_row_per_pair_and_refuses_guessed_types(tmp_path, capsys):

@@ -82,12 +82,21 @@ def _made_by_ehrfm_labels(labels_path: Path, meds_dir: Path) -> bool:
         return False
 
 
+def _naive_utc(dtype) -> pl.Expr:
+    """The time column as naive UTC microseconds, whatever its zone (a zoned instant converted, a naive one kept)."""
+    time = pl.col("time")
+    if isinstance(dtype, pl.Datetime) and dtype.time_zone:
+        time = time.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+    return time.cast(pl.Datetime("us"))
+
+
 def _labels_after_death(meds_dir, labels: pl.DataFrame) -> int:
     """Label rows whose subject's MEDS_DEATH is at or before its prediction time (warn_death_in_history's)."""
     from ehrfm.meds_io import open_meds
 
-    deaths = [pl.scan_parquet(p).filter(pl.col("code") == "MEDS_DEATH").select("subject_id", pl.col("time").alias("death"))
-              for p in open_meds(meds_dir).paths_with_rows()]
+    # one instant type across shards: a shard zoned and one naive (read alike elsewhere) would not concatenate
+    deaths = [pl.scan_parquet(p).filter(pl.col("code") == "MEDS_DEATH").select(
+        "subject_id", _naive_utc(pl.read_parquet_schema(p)["time"]).alias("death")) for p in open_meds(meds_dir).paths_with_rows()]
     if not deaths:
         return 0
     death = pl.concat(deaths).collect().group_by("subject_id").agg(pl.col("death").min())
