@@ -760,8 +760,8 @@ class _Encoder:
                   # rows equal to an earlier one in every event column: kept (two equal measurements or orders at one time
                   # are real: 8.1% of the MIMIC-IV demo's events, a third of its POE rows), counted per code family,
                   # and said when a family's are half its rows (an ETL that wrote a table twice: REPEATED_FAMILY_SAID)
-                  "repeated_events": timed.height - timed.select(EVENT_COLUMNS).unique().height,
-                  "repeated_by_family": _repeated_by_family(timed)}
+                  "repeated_by_family": (families := _repeated_by_family(timed)),
+                  "repeated_events": sum(r for _, r in families.values())}
         unk_codes = df.filter(pl.col("status") == UNKNOWN).group_by("code").len()
         return tokens, times, index, counts, dict(unk_codes.iter_rows())
 
@@ -893,9 +893,7 @@ def _encode_shards(enc: _Encoder, jobs: list, state: dict, files: dict) -> None:
                 st["max_token_id"] = max(st["max_token_id"], int(tokens.max()))
             for k, v in counts.items():
                 if k == "repeated_by_family":
-                    for f, (n, r) in v.items():
-                        have = st[k].setdefault(f, [0, 0])
-                        have[0], have[1] = have[0] + n, have[1] + r
+                    _add_family_counts(st[k], v)
                 else:
                     st[k] += v
     if unsorted:
@@ -912,6 +910,13 @@ def _repeated_by_family(timed: pl.DataFrame) -> dict[str, list[int]]:
                                                      pl.col("code").str.split("//").list.first().alias("_family"))
            .group_by("_family").agg(pl.len().alias("n"), (pl.col("_k") > 0).sum().alias("repeated")))
     return {f: [int(n), int(r)] for f, n, r in per.iter_rows()}
+
+
+def _add_family_counts(into: dict[str, list[int]], more: dict[str, list[int]]) -> None:
+    """Add `more`'s {family: [events, repeated]} counts to `into`'s, in place."""
+    for f, (n, r) in more.items():
+        have = into.setdefault(f, [0, 0])
+        have[0], have[1] = have[0] + n, have[1] + r
 
 
 def _doubled_families(st: dict) -> list[tuple[str, int, int]]:
@@ -1048,9 +1053,7 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
              "implausible anchor_age's, counted as birth_of_implausible_anchor_age)")
     doubled: dict[str, list[int]] = {}
     for v in stats["splits"].values():
-        for f, (n, r) in v["repeated_families"].items():
-            have = doubled.setdefault(f, [0, 0])
-            have[0], have[1] = have[0] + n, have[1] + r
+        _add_family_counts(doubled, v["repeated_families"])
     if doubled:  # orders given twice at one time are real; half of a family's rows, an ETL that wrote its table twice
         named = ", ".join(f"{f} {r:,} of {n:,} ({r / n:.0%})" for f, (n, r) in sorted(doubled.items(), key=lambda x: -x[1][1])[:5])
         warn(f"tokenize: events that repeat an earlier row in subject_id, time, code and numeric_value, by code family: "
