@@ -404,8 +404,16 @@ def _check_trunk(cfg: TrainConfig, run_config: dict, n_steps: int, step_tokens: 
         # the trunk's own error, to its first clause: its log path and advice are the trunk's record's (a branch's
         # line held all of them and was cut mid-word at 600 characters)
         cause = (ended.error or "").split(" (log:")[0].split("; ")[0].strip() if ended else ""
-        why = (f"the trunk {ended.status}" + (f": {cause[:200]}" if cause else "") + "; `ehrfm sweep launch SWEEP "
-               "--retry-failed` trains it again, then this branch" if ended else "the trunk has not reached it yet")
+        if ended is None:
+            what_now = ""
+        elif ended.status == Status.DIVERGED:
+            # --retry-failed never retrains a diverged run: the same config diverges again
+            what_now = ("; a diverged run is never trained again: plan the sweep again with a lower learning rate "
+                        "(`ehrfm sweep plan ... --lr`), which gives its runs new ids")
+        else:
+            what_now = "; `ehrfm sweep launch SWEEP --retry-failed` trains it again, then this branch"
+        why = (f"the trunk {ended.status}" + (f": {cause[:200]}" if cause else "") + what_now
+               if ended else "the trunk has not reached it yet")
         raise UserError(f"trunk {trunk} has no stable checkpoint at {tokens} tokens ({why})")
 
 

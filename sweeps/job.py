@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -225,8 +226,13 @@ class TrainJob:
             sweep = Path(self.record_path).parent.parent
             # only a run that saved a checkpoint resumes: a sweep's runs save one when stopped (SIGTERM, SLURM's time
             # limit) and every checkpoint_interval steps (0 by default), so a SIGKILL mid-run usually left none
+            try:  # a wsd branch starts from its trunk's stable checkpoint, not from step 0
+                branch = bool(json.loads(Path(self.config_path).read_text(encoding="utf-8")).get("trunk_dir"))
+            except (OSError, ValueError, AttributeError):
+                branch = False
+            start = "its trunk's stable checkpoint (its branch point)" if branch else "step 0"
             again = ("resumes it from its checkpoint" if (Path(self.run_dir) / "checkpoint").is_dir() else
-                     "trains it again from step 0 (it saved no checkpoint: plan the sweep again with --train-opt "
+                     f"trains it again from {start} (it saved no checkpoint: plan the sweep again with --train-opt "
                      "checkpoint_interval=N to save one every N steps, same run ids)")
             error += (f"; to go on: `ehrfm sweep launch {sweep} --retry-failed` {again}; "
                       "give each run more memory (fewer at a time: --max-parallel; on SLURM --mem) or a smaller "

@@ -125,7 +125,7 @@ from ehrfm.config import (
     wsd_fields,
 )
 from ehrfm.errors import UserError
-from ehrfm.io import atomic_file, read_json, summary, warn, write_json
+from ehrfm.io import atomic_file, read_json, summary, warn, warn_once, write_json
 
 SWEEP_JSON = "sweep.json"
 PLAN_PARQUET = "plan.parquet"
@@ -232,11 +232,16 @@ class SweepConfig:
         limit = d.get("max_epochs", 0.0)
         if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not (limit >= 0 and math.isfinite(limit)):
             bad.append(f"max_epochs is {limit!r}, not a finite number >= 0")
-        if isinstance(d.get("train"), dict) and (unknown := sorted(set(d["train"]) - {f.name for f in dataclasses.fields(TrainConfig)})):
-            bad.append(f"train holds {', '.join(map(repr, unknown[:5]))}, no setting of `ehrfm train`")
         if bad:
             raise UserError(f"sweep config {source} is damaged: {'; '.join(bad)} (plan the sweep again with "
                             "`ehrfm sweep plan`, the same options, into a new dir)")
+        d = dict(d)
+        if isinstance(d.get("train"), dict) and (unknown := sorted(set(d["train"]) - {f.name for f in dataclasses.fields(TrainConfig)})):
+            # Ignored with a word, not refused: sweep.json pins every training setting at plan time, so a release
+            # that drops one would otherwise call every sweep planned before it damaged.
+            warn_once("unknown train setting", f"{source}:{unknown}", f"sweep config {source}: train sets {', '.join(map(repr, unknown[:5]))}, no setting of this ehrfm's "
+                 "`ehrfm train` (a hand edit, or a setting an ehrfm release dropped): ignored")
+            d["train"] = {k: v for k, v in d["train"].items() if k not in unknown}
         return cls(**{k: v for k, v in d.items() if k in known})
 
 

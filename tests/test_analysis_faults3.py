@@ -221,7 +221,7 @@ def test_a_data_constrained_optimum_from_an_untrusted_law_does_not_size_the_mode
     assert any(w.startswith("the data-constrained optimum comes from Approach 3, which is not trusted here") for w in rec.warnings)
 
 
-def test_a_data_constrained_bound_is_printed_not_only_in_the_json():
+def test_a_data_constrained_optimum_far_past_the_data_is_the_laws_floor_not_a_bound():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FitWarning)
         fit = fit_results(_table(), config=FitConfig(approaches=(3,), bootstrap=20, holdout=False))
@@ -233,8 +233,9 @@ def test_a_data_constrained_bound_is_printed_not_only_in_the_json():
     u_n = a3.G * (1e9 * a3.G) ** (a3.a / a3.b)
     floor = a3.E + a3.A / (u_n * (1 + 5.309)) ** a3.alpha + a3.B / (1e9 * (1 + 15.4)) ** a3.beta
     assert rec.data_constrained["loss"] == pytest.approx(floor, rel=1e-6)
-    if rec.data_constrained.get("note"):  # an optimum at the grid's edge is printed, not only in the json
-        assert f"Warning: data-constrained optimum: {rec.data_constrained['note']}" in format_recommendation(rec)
+    # an interior minimum of the searched sizes: an optimum, not a bound (no "edge of the searched range" note)
+    assert "note" not in rec.data_constrained and "searched range" not in format_recommendation(rec)
+    assert 1e9 < rec.data_constrained["n_opt"] < 1e11 and rec.data_constrained["effective_params"] < rec.data_constrained["n_opt"]
 
 
 def test_a_spreadsheets_semicolon_csv_is_read(tmp_path):

@@ -202,10 +202,14 @@ def test_approach1s_loss_interval_that_ends_at_its_estimate_is_withheld():
     assert a1.one_sided == ["loss"] and np.isnan(a1.loss_ci).all()
     assert a1.n_opt_ci[0] < a1.n_opt < a1.n_opt_ci[1]  # two-sided intervals are kept
     assert a2.one_sided == []
-    if fit.approach2.loss_law_misses:  # since 2026-12-07 a loss law that misses its budgets' minima gives no interval
-        assert np.isnan(a2.loss_ci).all()
-    else:
-        assert a2.loss_ci[0] < a2.loss < a2.loss_ci[1]
+    # since 2026-12-07 a loss law that misses its budgets' minima gives no interval: a floorless power law through
+    # 3 decades of Hoffmann's law (E = 1.69) at 0.5% noise misses every budget's L_min interval
+    assert fit.approach2.loss_law_misses == [1e18, 1e19, 1e20, 1e21] and np.isnan(a2.loss_ci).all()
+    # 1 decade fewer and noisier, the law is within every budget's interval: its loss interval is two-sided
+    near = _fit(synthetic_results(HOFFMANN, budgets=(1e19, 1e20, 1e21), sizes=7, noise=0.02, seed=3),
+                approaches=(2,), bootstrap=200, holdout=False)
+    a2_near = next(p for p in recommend(near, 1e20).per_approach if p.approach == 2)
+    assert near.approach2.loss_law_misses == [] and a2_near.loss_ci[0] < a2_near.loss < a2_near.loss_ci[1]
     text = format_recommendation(rec)
     assert f"| {a1.loss:.4g} [n/a] |" in text
     assert "Warning: Approach 1: no interval for loss: its bootstrap replicates lie on one side of the estimate" in text

@@ -83,3 +83,98 @@ def test_clean_labels_made_by_ehrfm_say_nothing(tmp_path, capsys, fresh_outcome_
     assert (record["n_labels"], record["outcome_code_in_history"], record["date_only_same_day"],
             record["not_known_before_prediction"]) == (4, 0, 0, 0)
     assert pl.read_parquet(out).height == 4 and ADM and h
+
+
+def test_labels_audit_reads_shards_of_mixed_id_types_and_zones(tmp_path, capsys, fresh_outcome_checks):
+    """Before: the audit `ehrfm labels` records read each shard's deaths raw and concatenated them, so a shard with
+    Int32 subject_id beside an Int64 one (pandas and polars write both) broke it after the labels were written
+    (a traceback, exit 1, labels on disk). Now deaths are read as every stage reads shards (meds_io.scan_shard)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    events = []
+    for sid in range(1, 5):
+        events += stay(sid, sid * 10, T0, T0 + d(5), [(sid, T0 + d(5), "DIAGNOSIS//ICD//10//I10", sid * 10)])
+    meds = write_meds(tmp_path / "meds", events, {"date_only_codes": []})
+    shard = meds / "data" / "train" / "0.parquet"
+    table = pq.read_table(shard)
+    ids = table.column("subject_id").to_pylist()
+    late = table.filter(pa.array([i > 2 for i in ids]))
+    # subjects 3-4: Int32 ids and zoned times, subject 4 with a death
+    late = pa.concat_tables([late, late.slice(0, 0)])
+    death = pa.table({"subject_id": pa.array([4], pa.int64()), "time": pa.array([T0 + d(5)], pa.timestamp("us")),
+                      "code": ["MEDS_DEATH"], "numeric_value": pa.array([None], pa.float32()),
+                      "hadm_id": pa.array([40], pa.int64())})
+    late = pa.concat_tables([late, death])
+    late = late.set_column(0, "subject_id", late.column("subject_id").cast(pa.int32()))
+    late = late.set_column(1, "time", late.column("time").cast(pa.timestamp("us", tz="UTC")))
+    pq.write_table(table.filter(pa.array([i <= 2 for i in ids])), shard)
+    pq.write_table(late, shard.parent / "1.parquet")
+    out = tmp_path / "labels"
+    assert main(["labels", str(meds), "--task", "all", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "audit broke" not in err and "Traceback" not in err, err
+    mortality = pl.read_parquet(out / "in_hospital_mortality.parquet")
+    # subject 4's death before its discharge home contradicts it: excluded (death_contradicted), read across shards
+    assert mortality["subject_id"].to_list() == [1, 2, 3] and "death_contradicted" in err
+    for task in ("in_hospital_mortality", "long_los", "icu_admission", "readmission_30d"):
+        record = json.loads((out / f"{task}.json").read_text())["audit"]
+        assert record["after_death"] == 0 and record["outcome_code_in_history"] == 0, (task, record)
+
+
+def test_labels_stay_written_when_their_audit_breaks(tmp_path, capsys, monkeypatch, fresh_outcome_checks):
+    """An audit that raises what it was not written for leaves the written labels, exit 0, and one warning naming
+    the exception's type (never its text: it may quote a row) and how to see why; the sidecar holds no record."""
+    from ehrfm.clinical import common
+
+    events = []
+    for sid in range(1, 5):
+        events += stay(sid, sid * 10, T0, T0 + d(5))
+    meds = write_meds(tmp_path / "meds", events, {"date_only_codes": []})
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("subject 4 at 2150-05-06")
+
+    monkeypatch.setattr(common, "record_label_audit", broken)
+    out = tmp_path / "mortality.parquet"
+    assert main(["labels", str(meds), "--task", "in_hospital_mortality", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"labels written to {out}, but their audit broke (RuntimeError) and was not recorded" in err, err
+    assert "subject 4" not in err and "audit" not in json.loads(out.with_suffix(".json").read_text())
+    assert pl.read_parquet(out).height == 4
+
+
+def test_a_recorded_audit_holds_only_for_the_meds_data_and_checks_it_was_made_by(tmp_path, capsys, monkeypatch,
+                                                                                  fresh_outcome_checks):
+    """The record was keyed by the label file's bytes alone: MEDS data rewritten in place since (an ETL run again, the
+    date-only codes edited) or an audit with other checks kept it trusted. Now it also holds the MEDS files' stamp
+    and the audit's version; either changed, the heads audit the file again."""
+    import os
+
+    from ehrfm.clinical import audit as audit_module
+    from ehrfm.clinical import common
+
+    meds = _diagnosed_at_admission(tmp_path)
+    out = tmp_path / "mortality.parquet"
+    assert main(["labels", str(meds), "--task", "in_hospital_mortality", "--out", str(out)]) == 0
+    capsys.readouterr()
+    record = json.loads(out.with_suffix(".json").read_text())["audit"]
+    assert record["version"] == common.LABEL_AUDIT_VERSION and record["meds"] == common._meds_stamp(meds)
+    calls = []
+    real = audit_module.audit
+    monkeypatch.setattr(audit_module, "audit", lambda *a, **k: calls.append(a) or real(*a, **k))
+
+    def heads_check():
+        common._OUTCOME_CHECKED.clear()
+        common.warn_outcome_in_history(meds, out, "in_hospital_mortality")
+        return "finds 4 of 4 labels" in capsys.readouterr().err
+
+    assert heads_check() and calls == []  # judged by the record
+    meta = meds / "metadata" / "dataset.json"
+    st = meta.stat()
+    os.utime(meta, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # dataset.json rewritten since
+    assert heads_check() and len(calls) == 1
+    os.utime(meta, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert heads_check() and len(calls) == 1  # as it was recorded: the record again
+    monkeypatch.setattr(common, "LABEL_AUDIT_VERSION", common.LABEL_AUDIT_VERSION + 1)  # today's checks are others
+    assert heads_check() and len(calls) == 2

@@ -92,3 +92,22 @@ def test_without_the_row_id_column_rows_alike_in_the_columns_read_are_one_event(
     events, tables = _etl(tmp_path, {"hosp/prescriptions": rx, "hosp/labevents": labs})
     assert _n(events, "MEDICATION//Acetaminophen") == 1 and tables["hosp/prescriptions"]["dropped"] == {"duplicate": 1}
     assert _n(events, "LAB//50912//mg/dL") == 2 and tables["hosp/labevents"]["dropped"] == {"duplicate": 1}
+
+
+def test_only_a_blood_pressures_pair_is_split_and_each_number_must_fit_float32(tmp_path):
+    """The OMR split took any "x/y" (an eye chart's 20/40 became two made-up SYSTOLIC/DIASTOLIC codes) and wrote a
+    41-digit systolic as +inf (float32). Now only a blood-pressure name is split, and a number float32 cannot hold is
+    null, as every other numeric value."""
+    omr = ("subject_id,chartdate,seq_num,result_name,result_value\n"
+           "1,2150-01-03,1,Blood Pressure Sitting,118/76\n"
+           "1,2150-01-03,1,Eye Chart,20/40\n"
+           "1,2150-01-04,1,Blood Pressure," + "9" * 41 + "/80\n")
+    events, tables = _etl(tmp_path, {"hosp/omr": omr})
+    assert _n(events, "OMR//Blood Pressure Sitting//SYSTOLIC") == 1 and _n(events, "OMR//Eye Chart") == 1
+    assert not events.filter(pl.col("code").str.starts_with("OMR//Eye Chart//")).height
+    eye = events.filter(pl.col("code") == "OMR//Eye Chart")
+    assert eye["numeric_value"].null_count() == 1 and eye["text_value"].to_list() == ["20/40"]
+    big = events.filter(pl.col("code").str.starts_with("OMR//Blood Pressure//")).sort("code")
+    assert big["code"].to_list() == ["OMR//Blood Pressure//DIASTOLIC", "OMR//Blood Pressure//SYSTOLIC"]
+    assert big["numeric_value"].to_list() == [80.0, None]
+    assert tables["hosp/omr"]["events_written"] == 5

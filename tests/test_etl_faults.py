@@ -195,11 +195,23 @@ def test_a_splits_file_of_an_earlier_release_says_how_to_split_the_new_subjects(
     old = ids[:60]
     pl.DataFrame({"subject_id": old, "split": assign_splits(old.to_numpy())}).write_parquet(splits)
     with pytest.raises(UserError, match=r"40 of the raw data's 100 subjects have no split \(a newer release's subjects\?\): "
-                                        r"add them to the file, or leave out --splits: ehrfm's own split hashes each subject_id"):
+                                        r"add them to the file, or leave out --splits: the file is ehrfm's own split \(it hashes each subject_id"):
         etl(mimic_demo_dir, tmp_path / "meds", splits_file=str(splits), tables="diagnoses_icd")
     assert not (tmp_path / "meds").exists()
     # the promise: a subject split by ehrfm before keeps its split among more subjects
     np.testing.assert_array_equal(assign_splits(ids.to_numpy())[:60], assign_splits(old.to_numpy()))
+    # a file of the user's own split (or another seed): the promise would not hold, so it is not made
+    theirs = assign_splits(old.to_numpy(), seed=7)
+    moved = int((theirs != assign_splits(old.to_numpy())).sum())
+    pl.DataFrame({"subject_id": old, "split": theirs}).write_parquet(splits)
+    with pytest.raises(UserError) as e:
+        etl(mimic_demo_dir, tmp_path / "meds", splits_file=str(splits), tables="diagnoses_icd")
+    assert moved > 0 and str(e.value).endswith(
+        f"add them to the file (leaving out --splits would move {moved} of its 60 subjects to another split: it is not "
+        "ehrfm's own split with these --split-seed and --split-fractions)"), str(e.value)
+    # with the seed the file was made with, it is ehrfm's own split again
+    with pytest.raises(UserError, match=r"--split-seed 7, --split-fractions 0.8,0.1,0.1\), so its subjects keep"):
+        etl(mimic_demo_dir, tmp_path / "meds", splits_file=str(splits), tables="diagnoses_icd", split_seed=7)
 
 def test_synthetic_labs_stay_in_their_reportable_ranges(tmp_path):
     from tokenization.synth import LAB_LIMITS, LABS, synthesize

@@ -668,16 +668,22 @@ def test_a_sweep_keeps_its_recipe_when_a_release_changes_a_default(synth_tokens,
     from sweeps.plan import load_sweep, plan_sweep, run_train_config
 
     out = tmp_path / "sweep"
-    _, rows, _ = plan_sweep(synth_tokens, [1e9], out, sizes=3, context=64, train={"batch_size": 8})
-    sweep, _ = load_sweep(out)
-    assert sweep.train["weight_decay"] == 0.1 and sweep.train["eval_tokens"] == TrainConfig.eval_tokens
+    # planned by a release whose weight_decay default was 0.2 (the planner reads defaults from the fields)
     field = TrainConfig.__dataclass_fields__["weight_decay"]
-    monkeypatch.setattr(field, "default", 0.2)  # the next release's default, as the planner reads defaults
+    with monkeypatch.context() as m:
+        m.setattr(field, "default", 0.2)
+        _, rows, _ = plan_sweep(synth_tokens, [1e9], out, sizes=3, context=64, train={"batch_size": 8})
+    # read by today's release (default 0.1): the runs train with the sweep's 0.2, and a re-plan keeps it and the ids
+    assert TrainConfig(tokens_dir="", out_dir="", tokens=1).weight_decay == 0.1
     sweep, plan = load_sweep(out)
-    assert run_train_config(sweep, plan[0], out / "runs" / plan[0]["run_id"]).weight_decay == 0.1
+    assert sweep.train["weight_decay"] == 0.2 and sweep.train["eval_tokens"] == TrainConfig.eval_tokens
+    assert run_train_config(sweep, plan[0], out / "runs" / plan[0]["run_id"]).weight_decay == 0.2
     _, again, _ = plan_sweep(synth_tokens, [1e9], out, sizes=3, context=64, train={"batch_size": 8})
     assert [r["run_id"] for r in again] == [r["run_id"] for r in rows]
-    assert load_sweep(out)[0].train["weight_decay"] == 0.1
+    assert load_sweep(out)[0].train["weight_decay"] == 0.2
+    # today's plan of the same grid is another recipe: other ids (the ids hash the pinned value)
+    _, today, _ = plan_sweep(synth_tokens, [1e9], tmp_path / "today", sizes=3, context=64, train={"batch_size": 8})
+    assert not {r["run_id"] for r in today} & {r["run_id"] for r in rows}
 
 
 def test_replanning_with_another_recipe_is_refused_but_new_budgets_are_not(synth_tokens, tmp_path):

@@ -234,3 +234,25 @@ def test_a_local_job_killed_by_sigterm_before_its_handlers_is_not_failed(tok, tm
     assert launcher.returncode == 1 and "1 lost" in stdout, stdout + err[-2000:]
     dry = ehrfm("sweep", "launch", out, "--executor", "local", "--dry-run")  # a plain relaunch submits it
     assert dry.returncode == 0 and rid in dry.stdout and "would submit 1" in dry.stdout.lower(), dry.stdout + dry.stderr
+
+
+def test_a_killed_wsd_branch_is_said_to_start_again_from_its_trunks_checkpoint(tmp_path):
+    """A SIGKILLed run without a checkpoint was said to train again "from step 0"; a wsd branch starts from its
+    trunk's stable checkpoint (its branch point), and says so. Its job's outcome, as the launcher records it."""
+    from sweeps.job import TrainJob
+
+    sweep = tmp_path / "sweep"
+    for sub in ("runs/b", "jobs", "logs"):
+        (sweep / sub).mkdir(parents=True)
+    outcomes = {}
+    for name, train_cfg in (("branch", {"trunk_dir": str(sweep / "runs" / "t"), "schedule": "wsd"}), ("plain", {})):
+        config = sweep / "jobs" / f"{name}.train.json"
+        config.write_text(json.dumps({"tokens_dir": "x", "out_dir": str(sweep / "runs" / "b"), "tokens": 1, **train_cfg}))
+        job = TrainJob(run_id="b", run_dir=str(sweep / "runs" / "b"), log_path=str(sweep / "logs" / "b.log"),
+                       record_path=str(sweep / "jobs" / "b.json"), config_path=str(config))
+        job._returncode = -signal.SIGKILL
+        outcomes[name] = job._outcome(0)["error"]
+        (sweep / "runs" / "b" / "result.json").unlink()
+    assert "--retry-failed` trains it again from its trunk's stable checkpoint (its branch point) (it saved no " \
+           "checkpoint" in outcomes["branch"], outcomes["branch"]
+    assert "--retry-failed` trains it again from step 0 (it saved no checkpoint" in outcomes["plain"], outcomes["plain"]

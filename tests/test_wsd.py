@@ -154,6 +154,14 @@ def test_a_branch_of_a_killed_trunk_says_so_in_one_short_line(tok, trunk, tmp_pa
     assert str(e.value) == (f"trunk {copy} has no stable checkpoint at 4096 tokens (the trunk failed: trainer killed by "
                             "signal 9 (SIGKILL, exit status 137): most likely the out-of-memory killer; `ehrfm sweep launch "
                             "SWEEP --retry-failed` trains it again, then this branch)"), str(e.value)
+    # A diverged trunk is never trained again (--retry-failed leaves it): the advice is a lower learning rate.
+    (copy / "result.json").write_text(json.dumps({"status": "diverged", "error": "train loss is nan at step 12"}))
+    with pytest.raises(UserError) as e:
+        train(cfg(tok, tmp_path / "branch2", trunk_dir=str(copy)))
+    assert str(e.value) == (f"trunk {copy} has no stable checkpoint at 4096 tokens (the trunk diverged: train loss is nan "
+                            "at step 12; a diverged run is never trained again: plan the sweep again with a lower "
+                            "learning rate (`ehrfm sweep plan ... --lr`), which gives its runs new ids)"), str(e.value)
+    assert "--retry-failed" not in str(e.value)
 
 
 def test_a_damaged_stable_checkpoint_is_named_and_kept(tok, trunk, tmp_path):

@@ -861,13 +861,17 @@ def _omr(df, ctx):
     text = pl.when(value.is_null()).then(pl.col("result_value")).otherwise(None)
     # A "120/80" blood pressure was one text event, so the tokens (numbers only) held that a pressure was taken
     # and never what it was: every OMR pressure of the MIMIC-IV demo (871). It is two numeric events now.
-    pressure = pl.col("result_value").cast(pl.String).str.contains(BLOOD_PRESSURE).fill_null(False)
+    # Only a blood pressure's "x/y" is split (MIMIC's names: "Blood Pressure", "... Sitting", "... Standing", ...);
+    # another name's "x/y" stays the text it was.
+    pressure = (pl.col("result_value").cast(pl.String).str.contains(BLOOD_PRESSURE)
+                & pl.col("result_name").cast(pl.String).str.contains("(?i)blood pressure")).fill_null(False)
     bp, rest = df.filter(pressure), df.filter(~pressure)
     code = pl.lit("OMR//") + _part("result_name")
     # chartdate is a date: _typed put it at the end of its day (never seen before it was taken).
     return [_ev(rest, "chartdate", code, ORDER_MEASURE, numeric=value, text=text, hadm=False)] + [
         _ev(bp, "chartdate", code + pl.lit(f"//{side}"), ORDER_MEASURE, hadm=False,
-            numeric=pl.col("result_value").cast(pl.String).str.extract(BLOOD_PRESSURE, group).cast(pl.Float64))
+            numeric=_usable_number(pl.col("result_value").cast(pl.String).str.extract(BLOOD_PRESSURE, group)
+                                   .cast(pl.Float64, strict=False)))
         for side, group in (("SYSTOLIC", 1), ("DIASTOLIC", 2))]
 
 
@@ -2168,7 +2172,8 @@ def _account(rows_in: dict, counts: dict, ctx: Context) -> dict:
 
 # What each count of a table's account counts (written to etl_config.json as `count_units`). Per row
 # read: every raw row, a row listed twice twice; its drops put each row under one reason (`duplicate`
-# for the repeats of a row), so rows_read = events_written + the drops where a row makes one event.
+# for the repeats of a row), so rows_read = events_written + the drops where a row makes one event (not
+# patients, admissions, or OMR, whose blood pressure "120/80" makes two: SYSTOLIC and DIASTOLIC).
 # Per event written: after exact duplicate rows are dropped, so a repeated row changes none of them.
 COUNT_UNITS = {
     "rows read": ["rows_read", "dropped", "date_only_values", "midnight_times", "unparseable_numbers_set_null",
@@ -2732,9 +2737,19 @@ def _split_subjects(subjects: np.ndarray, cfg: EtlConfig) -> pl.DataFrame:
         df = pl.DataFrame({"subject_id": subjects}).join(given.select("subject_id", "split"), on="subject_id", how="left")
         n_none = df["split"].null_count()
         if n_none:
-            raise UserError(f"{cfg.splits_file}: {n_none} of the raw data's {df.height} subjects have no split (a newer "
-                            "release's subjects?): add them to the file, or leave out --splits: ehrfm's own split hashes each "
-                            "subject_id (--split-seed, --split-fractions), so a subject it split before keeps its split")
+            # Leaving out --splits keeps the file's subjects in their splits only when the file is ehrfm's own hash
+            # split with these --split-seed and --split-fractions: said only then, else how many would move.
+            own = given.with_columns(ehrfm=pl.Series(assign_splits(given["subject_id"].to_numpy(), cfg.split_fractions,
+                                                                   cfg.split_seed) if given.height else [], dtype=pl.String))
+            moved = own.filter(pl.col("split") != pl.col("ehrfm")).height
+            why = f"{cfg.splits_file}: {n_none} of the raw data's {df.height} subjects have no split (a newer release's subjects?): "
+            if moved == 0:
+                raise UserError(why + "add them to the file, or leave out --splits: the file is ehrfm's own split (it hashes "
+                                f"each subject_id; --split-seed {cfg.split_seed}, --split-fractions "
+                                f"{','.join(f'{f:g}' for f in cfg.split_fractions)}), so its subjects keep their splits")
+            raise UserError(why + f"add them to the file (leaving out --splits would move {moved} of its {own.height} "
+                            "subjects to another split: it is not ehrfm's own split with these --split-seed and "
+                            "--split-fractions)")
     else:
         df = pl.DataFrame({"subject_id": subjects, "split": assign_splits(subjects, cfg.split_fractions, cfg.split_seed)})
     for name, frac in zip(SPLITS, cfg.split_fractions, strict=False):

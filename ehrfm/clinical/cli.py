@@ -58,11 +58,16 @@ def _audit_written_labels(meds_dir, out, tasks: list[str]) -> None:
     from ehrfm.clinical.audit import audit
     from ehrfm.clinical.common import record_label_audit, warn_outcome_in_history
     from ehrfm.errors import UserError
+    from ehrfm.io import warn
 
     out = Path(out)
     try:
         record_label_audit(meds_dir, out, audit(meds_dir, out))
     except UserError:  # what the audit refuses, `ehrfm audit` says in its own words; the heads audit unrecorded files
+        return
+    except Exception as e:  # noqa: BLE001 - the labels are written and right; an audit that broke must not undo that
+        warn(f"labels written to {out}, but their audit broke ({type(e).__name__}) and was not recorded: the heads "
+             f"audit them when they read them; run `ehrfm audit {meds_dir} --labels {out}` to see why")
         return
     for task in tasks:
         warn_outcome_in_history(meds_dir, out / f"{task}.parquet" if out.is_dir() else out, task)

@@ -82,27 +82,26 @@ def _made_by_ehrfm_labels(labels_path: Path, meds_dir: Path) -> bool:
         return False
 
 
-def _naive_utc(dtype) -> pl.Expr:
-    """The time column as naive UTC microseconds, whatever its zone (a zoned instant converted, a naive one kept)."""
-    time = pl.col("time")
-    if isinstance(dtype, pl.Datetime) and dtype.time_zone:
-        time = time.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
-    return time.cast(pl.Datetime("us"))
+def _death_times(meds_dir) -> pl.DataFrame:
+    """subject_id (Int64) -> death (naive UTC Datetime us): each subject's first MEDS_DEATH in `meds_dir`.
+
+    Read as every stage reads shards (meds_io.scan_shard: subject_id Int64, zoned times as UTC instants), so
+    shards written with Int32 and Int64 ids, or one zoned and one naive, read alike.
+    """
+    from ehrfm.meds_io import open_meds, scan_shard
+
+    shards = [scan_shard(p, ("subject_id", "time", "code")).filter(pl.col("code") == "MEDS_DEATH")
+              for p in open_meds(meds_dir).paths_with_rows()]
+    if not shards:
+        return pl.DataFrame(schema={"subject_id": pl.Int64, "death": pl.Datetime("us")})
+    return (pl.concat(shards).collect().group_by("subject_id").agg(pl.col("time").min().alias("death")))
 
 
-def _labels_after_death(meds_dir, labels: pl.DataFrame) -> int:
-    """Label rows whose subject's MEDS_DEATH is at or before its prediction time (warn_death_in_history's)."""
-    from ehrfm.meds_io import open_meds
-
-    # one instant type across shards: a shard zoned and one naive (read alike elsewhere) would not concatenate
-    deaths = [pl.scan_parquet(p).filter(pl.col("code") == "MEDS_DEATH").select(
-        "subject_id", _naive_utc(pl.read_parquet_schema(p)["time"]).alias("death")) for p in open_meds(meds_dir).paths_with_rows()]
-    if not deaths:
-        return 0
-    death = pl.concat(deaths).collect().group_by("subject_id").agg(pl.col("death").min())
+def _labels_after_death(death: pl.DataFrame, labels: pl.DataFrame) -> int:
+    """Label rows whose subject's MEDS_DEATH (`_death_times`) is at or before its prediction time (warn_death_in_history's)."""
     joined = labels.select(pl.col("subject_id").cast(pl.Int64), "prediction_time").join(death, on="subject_id")
     try:
-        return int((joined["death"].cast(pl.Datetime("us")) <= joined["prediction_time"].cast(pl.Datetime("us"))).sum())
+        return int((joined["death"] <= joined["prediction_time"].cast(pl.Datetime("us"))).sum())
     except pl.exceptions.PolarsError:  # zoned against naive: the heads refuse such a file in their own words
         return 0
 
@@ -111,6 +110,27 @@ _OUTCOME_CHECKED: set = set()  # (label file, its mtime, MEDS dir, task) audited
 
 # The key of a label sidecar that records the audit of its file (record_label_audit), read by the heads
 LABEL_AUDIT_KEY = "audit"
+# Bumped when the audit's checks change: a record made by other checks is not trusted (the file is audited again)
+LABEL_AUDIT_VERSION = 1
+
+
+def _meds_stamp(meds_dir) -> str:
+    """sha256 of each file's relative path, size and mtime under `meds_dir`'s data/ and metadata/.
+
+    What a recorded audit was made against, at the cost of a directory walk (the heads check it in every process
+    of a sweep): the MEDS data rewritten in place (an ETL run again, a shard replaced, dataset.json's date-only
+    codes edited) makes the record stale. A copy that does not keep mtimes reads as changed: audited again.
+    """
+    import hashlib
+
+    root = Path(meds_dir)
+    lines = []
+    for sub in ("data", "metadata"):
+        for path in sorted((root / sub).rglob("*")) if (root / sub).is_dir() else []:
+            if path.is_file():
+                st = path.stat()
+                lines.append(f"{path.relative_to(root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def _file_sha256(path: Path) -> str:
@@ -139,22 +159,30 @@ def record_label_audit(meds_dir, labels, res) -> None:
     from ehrfm.clinical.labels import read_labels
     from ehrfm.io import write_json
 
+    death, stamp = None, _meds_stamp(meds_dir)
     for task, path in _label_files(labels).items():
         if task not in res.tasks or not path.is_file() or not _made_by_ehrfm_labels(path, Path(meds_dir)):
             continue
         side = path.with_suffix(".json")
         info = json.loads(side.read_text(encoding="utf-8"))
-        dead = _labels_after_death(meds_dir, read_labels(path, allow_empty=True))
-        info[LABEL_AUDIT_KEY] = {"sha256": _file_sha256(path), **_outcome_counts(res.tasks[task], dead)}
+        death = _death_times(meds_dir) if death is None else death  # read once for every task's file
+        dead = _labels_after_death(death, read_labels(path, allow_empty=True))
+        info[LABEL_AUDIT_KEY] = {"version": LABEL_AUDIT_VERSION, "sha256": _file_sha256(path), "meds": stamp,
+                                 **_outcome_counts(res.tasks[task], dead)}
         write_json(side, info)
 
 
-def _recorded_audit(labels_path: Path) -> dict | None:
-    """The audit counts an `ehrfm labels` sidecar records for exactly this file's bytes, else None."""
+def _recorded_audit(labels_path: Path, meds_dir) -> dict | None:
+    """The audit counts an `ehrfm labels` sidecar records for this file, else None.
+
+    Only a record of exactly this file's bytes, against `meds_dir` as it is now (`_meds_stamp`), by today's checks
+    (LABEL_AUDIT_VERSION).
+    """
     try:
         rec = json.loads(labels_path.with_suffix(".json").read_text(encoding="utf-8")).get(LABEL_AUDIT_KEY)
         keys = ("n_labels", "outcome_code_in_history", "date_only_same_day", "not_known_before_prediction", "after_death")
-        if isinstance(rec, dict) and rec.get("sha256") == _file_sha256(labels_path) and all(
+        if isinstance(rec, dict) and rec.get("version") == LABEL_AUDIT_VERSION and rec.get("meds") == _meds_stamp(meds_dir) \
+                and rec.get("sha256") == _file_sha256(labels_path) and all(
                 isinstance(rec.get(k), int) and not isinstance(rec.get(k), bool) for k in keys):
             return rec
     except (OSError, ValueError, AttributeError):
@@ -193,7 +221,7 @@ def warn_outcome_in_history(meds_dir, labels_path, task: str) -> None:
         return
     _OUTCOME_CHECKED.add(key)
     made = labels_path.is_file() and _made_by_ehrfm_labels(labels_path, Path(meds_dir))
-    counts = _recorded_audit(labels_path) if made else None
+    counts = _recorded_audit(labels_path, meds_dir) if made else None
     if counts is None:
         if not Path(meds_dir).is_dir():
             warn(f"label file {labels_path}: the MEDS data its token dir was made from ({meds_dir}) is not there: its "
@@ -201,7 +229,7 @@ def warn_outcome_in_history(meds_dir, labels_path, task: str) -> None:
             return
         try:
             res = audit(meds_dir, labels_path, task=task).tasks[task]
-            counts = _outcome_counts(res, _labels_after_death(meds_dir, read_labels(labels_path, allow_empty=True)))
+            counts = _outcome_counts(res, _labels_after_death(_death_times(meds_dir), read_labels(labels_path, allow_empty=True)))
         except UserError:  # what the audit refuses, the head refuses in its own words
             return
     a, b, c = counts["outcome_code_in_history"], counts["date_only_same_day"], counts["not_known_before_prediction"]
