@@ -626,7 +626,7 @@ def _started(run_dir: Path) -> bool:
     A pure look (has_checkpoint recovers files and, under DDP, waits on every rank).
     """
     return (run_dir / CHECKPOINT_DIR).exists() or (run_dir / PREVIOUS_DIR).exists() \
-        or any(run_dir.glob(f"{CHECKPOINT_DIR}.tmp-*"))
+        or any(run_dir.glob(f"{CHECKPOINT_DIR}.tmp-*")) or any(stable_checkpoint_dir(run_dir, 0).parent.glob(f"*/{CHECKPOINT_DIR}"))
 
 
 def _finished(run_dir: Path) -> bool:
@@ -1045,7 +1045,7 @@ def _setup(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_di
     identity = train_identity(cfg)
     expected = {"tokenizer_fingerprint": td.fingerprint, "tokens": D, "steps": n_steps, "train": identity}
     step, wall_s, train_loss, initial_loss, initial_loss_se, trained_in = _resume(cfg, core, optimizer, run_dir, device,
-                                                                                  expected, base["branch_tokens"])
+                                                                                  expected, base["branch_tokens"], dd.main)
     if cfg.dtype == "auto" and trained_in in ("float32", "bfloat16") and trained_in != dtype_name:
         # "auto" is resolved where a run begins (bf16 on CUDA, fp32 on CPU): a run resumed on another kind
         # of device (a requeue to a node without a GPU) keeps the precision it was trained in, never switches
@@ -1104,8 +1104,8 @@ def _check_checkpoint_is_this_runs(ckpt: Path, model_cfg: ModelConfig, expected:
                         "to train this run from step 0, or pass --overwrite to discard the run dir")
 
 
-def _resume(cfg, core, optimizer, run_dir: Path, device, expected: dict,
-            branch_tokens: int) -> tuple[int, float, float, float | None, float | None, str | None]:
+def _resume(cfg, core, optimizer, run_dir: Path, device, expected: dict, branch_tokens: int,
+            main: bool = True) -> tuple[int, float, float, float | None, float | None, str | None]:
     """Load the run's checkpoint and return where training resumes.
 
     (step, wall_s, train_loss, initial_train_loss, initial_train_loss_se, dtype trained in) to start from,
@@ -1119,6 +1119,16 @@ def _resume(cfg, core, optimizer, run_dir: Path, device, expected: dict,
         state = load_training_state(run_dir, core, optimizer, device=device)
         return (int(state["step"]), float(state["wall_s"]), float(state.get("train_loss", "nan")),
                 state.get("initial_train_loss"), state.get("initial_train_loss_se"), state.get("dtype"))
+    if cfg.schedule == "wsd" and not cfg.trunk_dir and (kept := _newest_stable_checkpoint(cfg, core, run_dir, expected)):
+        # A WSD trunk killed without a checkpoint of its own (SIGKILL, out of memory: a sweep's runs checkpoint only when
+        # stopped) resumes from the newest stable-phase checkpoint it kept for its branches: the same state a
+        # checkpoint at that step holds, so the run goes on as if uninterrupted (it trained again from step 0).
+        state = load_training_state(kept, core, optimizer, device=device)
+        if main:  # one line, not one per DDP rank
+            warn(f"{run_dir}: no checkpoint of its own; resuming from its stable-phase checkpoint at step {state['step']} "
+                 f"({kept.name})", "train")
+        return (int(state["step"]), float(state["wall_s"]), float(state.get("train_loss", "nan")),
+                state.get("initial_train_loss"), state.get("initial_train_loss_se"), state.get("dtype"))
     if cfg.trunk_dir:  # a WSD branch starts from its trunk's stable checkpoint (checked in _train)
         b_step = branch_tokens // (cfg.batch_size * cfg.context)
         state = load_training_state(stable_checkpoint_dir(cfg.trunk_dir, branch_tokens), core, optimizer, device=device)
@@ -1129,6 +1139,22 @@ def _resume(cfg, core, optimizer, run_dir: Path, device, expected: dict,
         return (b_step, 0.0, float(state.get("train_loss", "nan")), state.get("initial_train_loss"),
                 state.get("initial_train_loss_se"), state.get("dtype"))
     return 0, 0.0, float("nan"), None, None, None
+
+
+def _newest_stable_checkpoint(cfg, core, run_dir: Path, expected: dict) -> Path | None:
+    """The dir of a WSD run's newest sound stable-phase checkpoint of its own (`_stable_steps`), else None.
+
+    A damaged one is passed over for an older one (verify_checkpoint; never deleted: branches may need it);
+    one written by another run is refused (UserError, as its own checkpoint would be).
+    """
+    step_tokens = cfg.batch_size * cfg.context
+    for tokens in sorted(_stable_steps(cfg, expected["steps"], step_tokens).values(), reverse=True):
+        where = stable_checkpoint_dir(run_dir, tokens)
+        if not (where / CHECKPOINT_DIR).is_dir() or verify_checkpoint(where / CHECKPOINT_DIR)[1]:
+            continue
+        _check_checkpoint_is_this_runs(where / CHECKPOINT_DIR, core.config, expected)
+        return where
+    return None
 
 
 def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_dir: Path, base: dict) -> dict:

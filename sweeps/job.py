@@ -231,9 +231,13 @@ class TrainJob:
             except (OSError, ValueError, AttributeError):
                 branch = False
             start = "its trunk's stable checkpoint (its branch point)" if branch else "step 0"
-            again = ("resumes it from its checkpoint" if (Path(self.run_dir) / "checkpoint").is_dir() else
-                     f"trains it again from {start} (it saved no checkpoint: plan the sweep again with --train-opt "
-                     "checkpoint_interval=N to save one every N steps, same run ids)")
+            if (Path(self.run_dir) / "checkpoint").is_dir():
+                again = "resumes it from its checkpoint"
+            elif not branch and any(Path(self.run_dir).glob("stable/*/checkpoint")):
+                again = "resumes it from the newest stable-phase checkpoint it kept for its branches"
+            else:
+                again = (f"trains it again from {start} (it saved no checkpoint: plan the sweep again with --train-opt "
+                         "checkpoint_interval=N to save one every N steps, same run ids)")
             error += (f"; to go on: `ehrfm sweep launch {sweep} --retry-failed` {again}; "
                       "give each run more memory (fewer at a time: --max-parallel; on SLURM --mem) or a smaller "
                       "micro-batch (plan the sweep again with --train-opt micro_batch_size=N: same run ids)")

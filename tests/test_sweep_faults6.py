@@ -256,3 +256,7 @@ def test_a_killed_wsd_branch_is_said_to_start_again_from_its_trunks_checkpoint(t
     assert "--retry-failed` trains it again from its trunk's stable checkpoint (its branch point) (it saved no " \
            "checkpoint" in outcomes["branch"], outcomes["branch"]
     assert "--retry-failed` trains it again from step 0 (it saved no checkpoint" in outcomes["plain"], outcomes["plain"]
+    # a wsd trunk that kept a stable-phase checkpoint for its branches resumes from it (ehrfm.train)
+    (sweep / "runs" / "b" / "stable" / "tokens-4096" / "checkpoint").mkdir(parents=True)
+    job._returncode = -signal.SIGKILL
+    assert "--retry-failed` resumes it from the newest stable-phase checkpoint it kept for its branches;" in job._outcome(0)["error"]

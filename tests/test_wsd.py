@@ -211,3 +211,43 @@ def test_cli_branch_refusal_is_one_line(tok, trunk, tmp_path):
     assert p.returncode == 2, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "keeps no stable checkpoint at 3072 tokens" in p.stderr
     assert not out.exists()
+
+
+def test_a_trunk_killed_without_its_own_checkpoint_resumes_from_its_stable_checkpoint(tok, trunk, tmp_path, capsys):
+    """A trunk SIGKILLed (out of memory) after a stable-phase checkpoint but before any checkpoint of its own trained
+    again from step 0; it resumes from the newest stable checkpoint it kept for its branches, and ends as the
+    uninterrupted trunk did, to the bit (CPU)."""
+    from ehrfm.checkpoint import verify_checkpoint
+
+    def killed_at_step_25(name):
+        copy = tmp_path / name
+        shutil.copytree(trunk, copy)
+        shutil.rmtree(copy / "checkpoint")  # no checkpoint of its own (a sweep's runs checkpoint only when stopped)
+        shutil.rmtree(stable_checkpoint_dir(copy, 8192))  # the one at its decay start (step 32): not reached
+        (copy / "result.json").unlink()
+        lines = (copy / "metrics.jsonl").read_text().splitlines()
+        (copy / "metrics.jsonl").write_text("\n".join(lines[:25]) + "\n")  # its log up to the kill
+        return copy
+
+    def train_again(out):
+        capsys.readouterr()
+        result = train(TrainConfig(tokens_dir=str(tok), out_dir=str(out), tokens=TRUNK_TOKENS, stable_checkpoints=[16 * STEP], **COMMON))
+        assert result["status"] == "completed"
+        assert result["val_loss"] == json.loads((trunk / "result.json").read_text())["val_loss"]
+        assert_same_tensors(trunk / "checkpoint" / "model.safetensors", out / "checkpoint" / "model.safetensors")
+        assert_same_tensors(trunk / "checkpoint" / "optimizer.safetensors", out / "checkpoint" / "optimizer.safetensors")
+        steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+        assert steps == [json.loads(x)["step"] for x in (trunk / "metrics.jsonl").read_text().splitlines()]
+        return capsys.readouterr().err
+
+    copy = killed_at_step_25("trunk")
+    err = train_again(copy)
+    assert "no checkpoint of its own; resuming from its stable-phase checkpoint at step 16 (tokens-4096)" in err, err
+    # a damaged stable checkpoint is passed over (from step 0 here), and rewritten sound when the run passes it
+    again = killed_at_step_25("again")
+    damaged = stable_checkpoint_dir(again, 4096) / "checkpoint"
+    with open(damaged / "model.safetensors", "r+b") as f:
+        f.truncate(100)
+    assert verify_checkpoint(damaged)[1] is not None
+    err = train_again(again)
+    assert "resuming from its stable-phase" not in err and verify_checkpoint(damaged)[1] is None, err
