@@ -257,3 +257,28 @@ def test_an_empty_label_file_or_an_unmatched_date_only_prefix_is_never_just_clea
     assert [u for u in res.unknown if "--date-only-codes" in u] == [
         "(b) --date-only-codes procedure//icd//: no code of the MEDS data starts with it (codes are case-sensitive "
         "prefixes), so no such event was checked"]
+
+
+def test_procedure_billing_codes_of_the_open_stay_are_a_hint_not_a_leak(tmp_path):
+    """ICD procedure and HCPCS codes are dated to the procedure's day (placed at its end): the procedure was charted
+    then, the code assigned after discharge. 97 of the MIMIC-IV demo's 242 24-hour mortality histories hold some of
+    their own stay's (a helper); the audit said nothing. Now counted as a hint (no verdict): a study of codes as the
+    EHR holds them at prediction time would leave them out."""
+    events = (
+        # 1: a procedure and an HCPCS code of the stay, at the end of the admission day: in the 24-hour history
+        stay(1, 11, T0, T0 + d(5), [(1, datetime(2150, 5, 1, 23, 59, 59), PROC, 11),
+                                    (1, datetime(2150, 5, 1, 23, 59, 59), "HCPCS//99223", 11)])
+        # 2: a procedure of an earlier stay: history, not this stay's billing
+        + stay(2, 20, T0 - d(60), T0 - d(55), [(2, T0 - d(58), PROC, 20)]) + stay(2, 21, T0, T0 + d(5))
+        # 3: nothing billed
+        + stay(3, 31, T0, T0 + d(5))
+    )
+    meds = write_meds(tmp_path / "meds", events, {"date_only_codes": []})
+    labels = tmp_path / "in_hospital_mortality.parquet"
+    write_label_file(labels, "in_hospital_mortality", [(s, T0 + h(24), False) for s in (1, 2, 3)])
+    res = audit(meds, labels)
+    m = res.tasks["in_hospital_mortality"]
+    assert m.billing_codes_of_stay == 1 and (m.outcome_code_in_history, m.date_only_same_day) == (0, 0) and res.clean
+    assert ("Hint, in_hospital_mortality: 1 labels' histories hold procedure billing codes (PROCEDURE//ICD//, HCPCS//) "
+            "of their own open stay") in "\n".join(format_audit(res))
+    assert res.to_dict()["tasks"]["in_hospital_mortality"]["billing_codes_of_stay"] == 1

@@ -178,3 +178,40 @@ def test_a_recorded_audit_holds_only_for_the_meds_data_and_checks_it_was_made_by
     assert heads_check() and len(calls) == 1  # as it was recorded: the record again
     monkeypatch.setattr(common, "LABEL_AUDIT_VERSION", common.LABEL_AUDIT_VERSION + 1)  # today's checks are others
     assert heads_check() and len(calls) == 2
+
+
+def test_a_label_file_named_for_no_known_task_is_still_audited_for_what_the_data_leaks(tmp_path, capsys,
+                                                                                       fresh_outcome_checks):
+    """The heads skipped the look-ahead check without a word when a label file's name was not a task's (an ACES
+    output named mort.parquet; probe, finetune and baseline had no --task): leaky labels scored GBM AUROC 0.993
+    (a helper). Now (b) and (c), the data's, are checked for any file, one line says (a) was not, and --task
+    names the task."""
+    import shutil
+
+    from ehrfm.clinical.common import warn_outcome_in_history
+
+    meds = _diagnosed_at_admission(tmp_path)
+    made = tmp_path / "mortality.parquet"
+    assert main(["labels", str(meds), "--task", "in_hospital_mortality", "--out", str(made)]) == 0
+    mort = tmp_path / "aces" / "mort.parquet"  # the same rows, another tool's file: no sidecar
+    mort.parent.mkdir()
+    shutil.copy(made, mort)
+    capsys.readouterr()
+    warn_outcome_in_history(meds, mort, "mort")
+    err = capsys.readouterr().err
+    assert (f"label file {mort}: `ehrfm audit` finds 4 of 4 labels whose history may hold events not known at their "
+            f"prediction time (date-only or unreported)") in err, err
+    assert f"label file {mort}: task 'mort' is none whose outcome the audit knows" in err and "pass --task" in err, err
+    # named, as --task names it: the outcome is checked too, and the line about (a) is gone
+    warn_outcome_in_history(meds, mort, "in_hospital_mortality")
+    err = capsys.readouterr().err
+    assert "finds 4 of 4 labels whose history may hold their in_hospital_mortality outcome" in err and "is none" not in err
+
+
+@pytest.mark.parametrize("command", ["probe", "finetune", "baseline"])
+def test_every_head_takes_the_task_of_its_labels(command):
+    from ehrfm.app.cli import build_parser
+
+    first = ["meds"] if command == "baseline" else ["run", "--tokens", "tok"]
+    args = build_parser().parse_args([command, *first, "--labels", "mort.parquet", "--out", "o", "--task", "icu_admission"])
+    assert args.task == "icu_admission"

@@ -526,6 +526,9 @@ def test_heads_say_when_their_score_means_little(cohort, tmp_path, capsys):
     _, record = fit_logistic(x, y, x[:10], np.ones(10, dtype=int), 0, "t")
     assert record["selected_on"].startswith("train 5-fold CV")
     assert "task t: the tuning split's 10 labels are all one class: the L2 strength is chosen by 5-fold" in capsys.readouterr().err
+    _, record = fit_logistic(x, y, x[:0], y[:0], 0, "t")  # no tuning labels: said plainly ("0 labels are none")
+    assert record["selected_on"].startswith("train 5-fold CV")
+    assert "task t: the tuning split has no labels: the L2 strength is chosen by 5-fold" in capsys.readouterr().err
     _, record = fit_logistic(x, y, x, y, 0, "t")
     assert record["selected_on"] == "tuning" and "warning" not in capsys.readouterr().err
 

@@ -106,6 +106,13 @@ DURATION_CODED = r"^PROCEDURE//ICD//(?:10//5A[01]9[345]5|9//967[0-2]$)"
 DISCHARGE_CODED = ("DIAGNOSIS//", "DRG//")
 
 
+# Procedure billing codes dated to the procedure's day (MIMIC-IV procedures_icd, hcpcsevents: chartdate). The procedure
+# was charted that day, so its fact is known by the day's end, where the ETL places it (as the MIMIC_IV_MEDS ETL does);
+# its code is assigned by coders after discharge. Not a leak of the outcome, so no verdict: counted as a hint, since a
+# study of deployment (codes as the EHR holds them at prediction) would leave them out of a stay's own history.
+BILLING_CODED = ("PROCEDURE//ICD//", "HCPCS//")
+
+
 def _coded_after_discharge(code: pl.Expr) -> pl.Expr:
     """True for a code known only once its stay has ended: DURATION_CODED or DISCHARGE_CODED."""
     return code.str.contains(DURATION_CODED) | pl.any_horizontal(code.str.starts_with(p) for p in DISCHARGE_CODED)
@@ -144,6 +151,8 @@ class TaskAudit:
     # readmission: labels predicted at no discharge of the subject (ehrfm labels predicts at the discharge); (a)
     # opens their window at the earliest discharge in the readmission_days before. None for other tasks.
     not_at_discharge: int | None = None
+    # hint only: labels whose history holds a procedure billing code (BILLING_CODED) of their own open stay
+    billing_codes_of_stay: int = 0
 
     @property
     def outside_data(self) -> int:
@@ -319,7 +328,7 @@ def _events(ds: MedsDataset, date_only: list[str], zone: str | None = None) -> p
               | code.str.starts_with(ICU_OUT)
               | (code == DEATH) | (pl.col("time").is_not_null()
                                    & (wall_clock_expr(pl.col("time").dt.epoch("us"), zone) % US_PER_DAY == 0))
-              | _coded_after_discharge(code))
+              | _coded_after_discharge(code) | pl.any_horizontal(code.str.starts_with(p) for p in BILLING_CODED))
     for p in date_only:
         wanted = wanted | code.str.starts_with(p)
     if ds.null_time_codes:
@@ -548,7 +557,10 @@ def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: li
     own_stay = own_id.fill_null(~pl.col("at_discharge"))
     coded_in_open_stay = (_coded_after_discharge(code) & pl.col("t").is_not_null() & stay_open
                           & (pl.col("t") >= pl.col("stay_adm")).fill_null(False) & own_stay)
-    counted = {"midnight": same_day & (t_local % US_PER_DAY == 0), "date_only": coded_in_open_stay}
+    in_open_stay = pl.col("t").is_not_null() & stay_open & (pl.col("t") >= pl.col("stay_adm")).fill_null(False) & own_stay
+    billing = pl.any_horizontal(code.str.starts_with(p) for p in BILLING_CODED) & ~_coded_after_discharge(code)
+    counted = {"midnight": same_day & (t_local % US_PER_DAY == 0), "date_only": coded_in_open_stay,
+               "billing": billing & in_open_stay}
     if date_only is not None:
         is_date_only = pl.lit(False)
         midnight_only = t_local % US_PER_DAY == 0
@@ -587,7 +599,7 @@ def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: li
         overlapping = own.filter(pl.col("overlaps")).select("i").n_unique()
     outside = _outside(lab, timelines) if timelines is not None else (0, 0, 0)
     return TaskAudit(task, labels.height, outcome, date_only_n, not_known, overlapping, midnight, *outside,
-                     not_at_discharge=not_at_discharge)
+                     not_at_discharge=not_at_discharge, billing_codes_of_stay=n["billing"])
 
 
 def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
@@ -749,6 +761,11 @@ def format_audit(res: AuditResult) -> list[str]:
             lines.append(f"(a) {t.task}: {t.not_at_discharge} labels predicted at no discharge of the subject (`ehrfm labels` "
                          "predicts at the discharge): their window is taken to open at the earliest discharge within the "
                          "readmission window before them, so an admission after it counts as the outcome.")
+        if t.billing_codes_of_stay:
+            lines.append(f"Hint, {t.task}: {t.billing_codes_of_stay} labels' histories hold procedure billing codes "
+                         f"({', '.join(BILLING_CODED)}) of their own open stay, at the end of the procedure's day: the "
+                         "procedure was charted then, its code assigned after discharge (not counted as look-ahead; a "
+                         "study of codes as the EHR holds them at prediction time would leave them out).")
         if t.outside_data:
             lines.append(f"(f) {t.task}: {t.subject_not_in_data} labels of subjects not in the MEDS data (or without a timed event), "
                          f"{t.before_first_event} before the subject's first event, {t.after_last_event} after its last: "

@@ -119,7 +119,7 @@ def _probe_arguments(p) -> None:
     from ehrfm.clinical.configs import ProbeConfig
 
     _head_args(p, ProbeConfig)
-    add_fields(p, ProbeConfig, ["pooling"])
+    add_fields(p, ProbeConfig, ["pooling", "task"], task=dict(choices=TASK_CHOICES[:-1]))
 
 
 def _finetune_arguments(p) -> None:
@@ -127,7 +127,8 @@ def _finetune_arguments(p) -> None:
     from ehrfm.clinical.configs import FinetuneConfig
 
     _head_args(p, FinetuneConfig)
-    add_fields(p, FinetuneConfig, ["full", "lr", "max_epochs", "patience"], max_epochs=dict(flag="--epochs"))
+    add_fields(p, FinetuneConfig, ["full", "lr", "max_epochs", "patience", "task"], max_epochs=dict(flag="--epochs"),
+               task=dict(choices=TASK_CHOICES[:-1]))
 
 
 def _zeroshot_arguments(p) -> None:
@@ -147,7 +148,8 @@ def _baseline_arguments(p) -> None:
                labels=dict(required=True))
     p.add_argument("--out", required=True, help="output dir (metrics.json, config.json, and per model "
                    "logistic_regression/ and gradient_boosting/ with its predictions.parquet)")
-    add_fields(p, BaselineConfig, ["windows", "min_count", "bootstrap", "seed", "max_labels"])
+    add_fields(p, BaselineConfig, ["windows", "min_count", "bootstrap", "seed", "max_labels", "task"],
+               task=dict(choices=TASK_CHOICES[:-1]))
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (only an output ehrfm wrote)")
 
 

@@ -202,8 +202,10 @@ def warn_outcome_in_history(meds_dir, labels_path, task: str) -> None:
     and the demo write it), else audited like any other: its rows exclude an outcome already in the
     history by construction, but not (b) or (c), which are the data's (an ETL that dates discharge
     diagnoses at admission: 242 of 242 mortality labels flagged on the MIMIC-IV demo, scored without a
-    word before 2026-12-07). Not checked: tasks the audit knows no outcome of, token dirs that record
-    no MEDS dir, and a MEDS dir that is gone (a warning says so). (a) counts a death in the history for
+    word before 2026-12-07). A task the audit knows no outcome of (an ACES file named mort.parquet: pass
+    the head's --task) is checked for (b) and (c), and one line says (a) was not (before 2026-12-07 such a
+    file was not checked at all). Not checked: token dirs that record no MEDS dir, and a MEDS dir that is
+    gone (a warning says so). (a) counts a death in the history for
     every task: when it flags no more labels than hold a death, and (b), (c) none,
     warn_death_in_history has said it.
     """
@@ -211,8 +213,8 @@ def warn_outcome_in_history(meds_dir, labels_path, task: str) -> None:
     from ehrfm.clinical.labels import read_labels
     from ehrfm.io import warn
 
-    if task not in OUTCOME_RULES or meds_dir is None:
-        return  # None: a token dir that records no MEDS dir (not made by `ehrfm tokenize`): nothing to check against
+    if meds_dir is None:
+        return  # a token dir that records no MEDS dir (not made by `ehrfm tokenize`): nothing to check against
     labels_path = Path(labels_path)
     if not labels_path.exists():
         return
@@ -220,7 +222,8 @@ def warn_outcome_in_history(meds_dir, labels_path, task: str) -> None:
     if key in _OUTCOME_CHECKED:
         return
     _OUTCOME_CHECKED.add(key)
-    made = labels_path.is_file() and _made_by_ehrfm_labels(labels_path, Path(meds_dir))
+    known = task in OUTCOME_RULES
+    made = known and labels_path.is_file() and _made_by_ehrfm_labels(labels_path, Path(meds_dir))
     counts = _recorded_audit(labels_path, meds_dir) if made else None
     if counts is None:
         if not Path(meds_dir).is_dir():
@@ -228,15 +231,22 @@ def warn_outcome_in_history(meds_dir, labels_path, task: str) -> None:
                  f"histories were not checked for the {task} outcome (run `ehrfm audit MEDS --labels {labels_path}`)")
             return
         try:
-            res = audit(meds_dir, labels_path, task=task).tasks[task]
+            # a task the audit knows no outcome of (an ACES file named mort.parquet) is still checked for (b) and (c),
+            # which are the data's: it was skipped without a word, and scored GBM AUROC 0.993 on look-ahead labels
+            res = next(iter(audit(meds_dir, labels_path, task=task if known else None).tasks.values()))
             counts = _outcome_counts(res, _labels_after_death(_death_times(meds_dir), read_labels(labels_path, allow_empty=True)))
         except UserError:  # what the audit refuses, the head refuses in its own words
             return
-    a, b, c = counts["outcome_code_in_history"], counts["date_only_same_day"], counts["not_known_before_prediction"]
+    a, b, c = counts["outcome_code_in_history"] if known else 0, counts["date_only_same_day"], counts["not_known_before_prediction"]
     if a > counts["after_death"] or b or c:
+        what = f"their {task} outcome" if known else "events not known at their prediction time (date-only or unreported)"
         warn(f"label file {labels_path}: `ehrfm audit` finds {max(a, b, c)} of {counts['n_labels']} labels whose history "
-             f"may hold their {task} outcome (look-ahead: a head scores it as asked, and its AUROC is no prediction); see "
-             f"`ehrfm audit {meds_dir} --labels {labels_path} --task {task}`")
+             f"may hold {what} (look-ahead: a head scores it as asked, and its AUROC is no prediction); see "
+             f"`ehrfm audit {meds_dir} --labels {labels_path}" + (f" --task {task}`" if known else "`"))
+    if not known:
+        warn(f"label file {labels_path}: task {task!r} is none whose outcome the audit knows ({', '.join(OUTCOME_RULES)}): "
+             "its histories were checked for date-only and not-yet-known events, not for the outcome itself; pass "
+             "--task to name the task")
 
 
 def require_two_classes(y: np.ndarray, split: str, task: str) -> None:
@@ -362,9 +372,8 @@ def fit_logistic(x_train, y_train, x_tuning, y_tuning, seed: int, task: str, gro
             from ehrfm.io import warn
 
             # said where it happens, not only in metrics.json's selection.selected_on: it moves the result
-            warn(f"task {task}: the tuning split's {len(y_tuning)} labels "
-                 f"{'are all one class' if len(y_tuning) else 'are none'}: the L2 strength is chosen by 5-fold "
-                 "cross-validation on train instead")
+            what = f"'s {len(y_tuning)} labels are all one class" if len(y_tuning) else " has no labels"
+            warn(f"task {task}: the tuning split{what}: the L2 strength is chosen by 5-fold cross-validation on train instead")
             n_min = int(min(y_train.sum(), len(y_train) - y_train.sum()))
             unit = ""
             if groups_train is not None:  # the folds split subjects: count those with a label of each class
