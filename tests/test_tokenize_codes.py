@@ -69,6 +69,23 @@ def test_vocab_is_fitted_bottom_up_on_the_hierarchy():
     assert fit_vocab(counts, "flat", min_count=10) == ({"LAB//3//u": 20, DX10 + "I219": 12}, {})
 
 
+def test_a_rare_outcome_code_falls_back_to_its_family_never_to_unk():
+    """An ICU admission to a rare unit (the MIMIC-IV demo's Neuro SICU: 3 in train) was UNK, so no zero-shot rollout
+    could reach it as the ICU-admission outcome (a helper). In hierarchical mode (the default) an outcome family's
+    root is kept for any event reaching it; other families keep min_count."""
+    counts = {"ICU_ADMISSION//MICU": 50, "ICU_ADMISSION//Neuro SICU": 3, "HOSPITAL_DISCHARGE//HOME": 40,
+              "MEDS_DEATH": 4, "LAB//7//u": 3, "TRANSFER_TO//x": 2}
+    for mode in ("hierarchical", "flat"):
+        heads, _ = fit_vocab(counts, mode, min_count=10)
+        expected = {"ICU_ADMISSION//MICU": 50, "HOSPITAL_DISCHARGE//HOME": 40, "MEDS_DEATH": 4}
+        # hierarchical: the rare unit falls back to its family's root; flat mode is DESIGN.md's (rare codes are UNK)
+        if mode == "hierarchical":
+            expected["ICU_ADMISSION//*"] = 3
+        else:
+            del expected["MEDS_DEATH"]
+        assert heads == expected, mode
+
+
 def _subject(sid, codes):
     rows = [(sid, None, "GENDER//M", None), (sid, dt.datetime(2100, 1, 1), "MEDS_BIRTH", None)]
     return rows + [(sid, T0 + dt.timedelta(minutes=i), c, v) for i, (c, v) in enumerate(codes)]

@@ -115,7 +115,8 @@ FIT_BATCH_VALUES = 1 << 24  # numeric values held at once while fitting deciles 
 CONVENTIONS = (
     "codes=flat: code tokens are the MEDS code strings; codes with train count < min_count -> UNK. "
     "codes=hierarchical: ICD codes -> head (category, else chapter) + continuation tokens, other codes -> the "
-    "code string, rare ones -> their nearest kept ancestor (<prefix>//*), none kept -> UNK (tokenization/hierarchy.py). "
+    "code string, rare ones -> their nearest kept ancestor (<prefix>//*), none kept -> UNK (tokenization/hierarchy.py); "
+    "an outcome family's root (OUTCOME_FAMILIES: ICU_ADMISSION//*, MEDS_DEATH, ...) is kept for any train event. "
     "Sequence per subject: "
     "TIMELINE_START, static codes, AGE//<bin> (age at first timed event), then per event: [interval token if "
     "gap >= 5m] code token(s) [Qk if numeric and the code has deciles], then TIMELINE_END. "
@@ -215,12 +216,20 @@ def _sliced_chunks(shard: Shard, n: int, read_rows: int):
 
 
 # ------------------------------------------------------------------------------- fitting
+# Code families that are the clinical outcomes (labels' and zero-shot rollouts'): a rare code of one falls back to its
+# family's root (`ICU_ADMISSION//*`, `MEDS_DEATH`) however few events reach it, never to UNK. An ICU admission to a
+# rare unit (the MIMIC-IV demo's Neuro SICU, 3 in train) was UNK: no rollout could reach it as the outcome.
+OUTCOME_FAMILIES = ("MEDS_DEATH", "HOSPITAL_ADMISSION", "HOSPITAL_DISCHARGE", "ICU_ADMISSION", "ICU_DISCHARGE")
+
+
 def fit_vocab(counts: dict[str, int], mode: str, min_count: int) -> tuple[dict[str, int], dict[str, int]]:
     """The code tokens to keep, fitted bottom-up on the code hierarchy (tokenization.hierarchy).
 
     A head candidate is kept when at least `min_count` train events would be encoded with it:
     its own events plus those of its descendants that are not kept themselves (so a rare code's
-    events count for its nearest kept ancestor, and every kept token is used >= min_count times).
+    events count for its nearest kept ancestor, and every kept token is used >= min_count times, but
+    the root of an OUTCOME_FAMILIES family, kept in hierarchical mode when any event reaches it; flat
+    mode is DESIGN.md's, rare codes UNK).
     A continuation token at position j is kept when >= min_count events whose head and earlier
     continuations are kept carry it. In flat mode this is exactly "codes with count >= min_count".
 
@@ -244,7 +253,9 @@ def fit_vocab(counts: dict[str, int], mode: str, min_count: int) -> tuple[dict[s
     heads: dict[str, int] = {}
     for t in sorted(depth, key=lambda t: (-depth[t], t)):  # children before their parents
         r = residual.get(t, 0)
-        if r >= min_count and t not in SPECIAL_TOKENS:
+        if t in SPECIAL_TOKENS:
+            pass
+        elif r >= min_count or (r and mode == HIERARCHICAL and parent[t] is None and t.split("//")[0] in OUTCOME_FAMILIES):
             heads[t] = r
         elif r and parent[t] is not None:
             residual[parent[t]] = residual.get(parent[t], 0) + r
