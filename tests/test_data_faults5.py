@@ -111,3 +111,30 @@ def test_only_a_blood_pressures_pair_is_split_and_each_number_must_fit_float32(t
     assert big["code"].to_list() == ["OMR//Blood Pressure//DIASTOLIC", "OMR//Blood Pressure//SYSTOLIC"]
     assert big["numeric_value"].to_list() == [80.0, None]
     assert tables["hosp/omr"]["events_written"] == 5
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_billing_codes_go_to_the_discharge_when_asked(tmp_path, workers):
+    """`--billing-codes-at discharge`: a stay's ICD procedure and HCPCS codes at its discharge, as its diagnoses (a study
+    of codes as the EHR holds them at prediction time); by default at the end of the procedure's day. The same
+    events either way (1 and 2 worker processes: the staging workers get the admissions)."""
+    from datetime import datetime
+
+    tables = {"hosp/procedures_icd": "subject_id,hadm_id,seq_num,chartdate,icd_code,icd_version\n1,11,1,2150-01-01,9604,9\n",
+              "hosp/hcpcsevents": "subject_id,hadm_id,chartdate,hcpcs_cd,seq_num,short_description\n1,11,2150-01-02,99223,1,x\n"}
+    times = {}
+    for where in ("procedure_day", "discharge"):
+        raw = _raw(tmp_path / where, tables)
+        meds = tmp_path / where / "meds"
+        etl(raw, meds, split_fractions=(1.0, 0.0, 0.0), billing_codes_at=where, workers=workers)
+        events = pl.concat([pl.read_parquet(p) for p in sorted((meds / "data").rglob("*.parquet"))])
+        times[where] = {c: events.filter(pl.col("code") == c)["time"].to_list()
+                        for c in ("PROCEDURE//ICD//9//9604", "HCPCS//99223")}
+        rules = {s["table"]: s["rule"] for s in json.loads((meds / "metadata/ehrfm_etl.json").read_text())["date_only_sources"]}
+        assert rules["hosp/procedures_icd"] == rules["hosp/hcpcsevents"] == (
+            "discharge" if where == "discharge" else "end_of_day_or_discharge")
+    assert times["procedure_day"] == {"PROCEDURE//ICD//9//9604": [datetime(2150, 1, 1, 23, 59, 59)],
+                                      "HCPCS//99223": [datetime(2150, 1, 2, 23, 59, 59)]}
+    assert times["discharge"] == {"PROCEDURE//ICD//9//9604": [datetime(2150, 1, 5, 14)], "HCPCS//99223": [datetime(2150, 1, 5, 14)]}
+    with pytest.raises(Exception, match="--billing-codes-at must be one of procedure_day, discharge"):
+        etl(_raw(tmp_path / "bad", tables), tmp_path / "bad" / "meds", billing_codes_at="admission")

@@ -89,7 +89,7 @@ def _run_etl(args) -> int:
         options["tables"] = args.tables
     if args.workers is not None:
         options["workers"] = args.workers
-    for name in ("dataset_name", "dataset_version"):
+    for name in ("dataset_name", "dataset_version", "billing_codes_at"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     etl(args.raw, args.out, overwrite=args.overwrite, **options)
@@ -190,6 +190,10 @@ def register(sub) -> None:
                         "physionet.org/files/mimiciv/3.1)")
     p.add_argument("--dataset-version", metavar="VERSION",
                    help="metadata/dataset.json's dataset_version (default: from RAW's path, e.g. 3.1, else unknown)")
+    p.add_argument("--billing-codes-at", choices=("procedure_day", "discharge"), default=None,
+                   help="where a stay's procedure billing codes (procedures_icd, hcpcsevents) go: at the end of the "
+                        "procedure's day (procedure_day, the default: it was charted then) or at the stay's discharge, "
+                        "when coders assign them (discharge: codes as the EHR holds them at prediction time)")
     p.add_argument("--workers", type=_positive_int, metavar="N",
                    help="processes that stage tables and assemble shards side by side; 1: one process "
                         "(default: 1 for raw input under 64 MiB, else the usable CPUs, at most 4); the output is the same for any N")

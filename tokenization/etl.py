@@ -348,6 +348,10 @@ class EtlConfig:
     # process, the serial path). The output is byte-identical for any number. None: decided from
     # the raw input's size (auto_workers); the number used is what etl_config.json records.
     workers: int | None = None
+    # Where a stay's procedure billing codes (procedures_icd, hcpcsevents) go: "procedure_day", the end of their
+    # chartdate (the procedure was charted then; the MIMIC_IV_MEDS ETL's choice), or "discharge", with the
+    # diagnoses, when coders assign them (a study of codes as the EHR holds them at prediction time).
+    billing_codes_at: str = "procedure_day"
 
 
 @dataclass
@@ -427,6 +431,7 @@ class Context:
     # table -> events timed after the subject's MEDS_DEATH, kept (module docstring: events_after_death)
     after_death: dict = field(default_factory=dict)
     ed_stays: pl.DataFrame | None = None  # stay_id, intime, outtime of ed/edstays (triage and ED diagnoses)
+    billing_at_discharge: bool = False  # EtlConfig.billing_codes_at == "discharge"
 
     def drop(self, reason: str, n: int, table: str | None = None) -> None:
         """Count `n` events dropped for `reason` under `table` (default: the table being staged)."""
@@ -636,6 +641,10 @@ def _diagnoses(df, ctx):
     return [_ev(df, pl.col("dischtime"), code, ORDER_DX)]  # in rank order at the shard step (Table.rank)
 
 
+# EtlConfig.billing_codes_at's choices, and the tables it moves (their codes: ehrfm.clinical.audit.BILLING_CODED)
+BILLING_CODES_AT = ("procedure_day", "discharge")
+BILLING_TABLES = ("hosp/procedures_icd", "hosp/hcpcsevents")
+
 # ICD procedure codes that state how long the procedure went on (ventilation < 24 h, 24-96 h, > 96 h;
 # ICD-9 96.70-96.72), as "<version>//<code>". Their chartdate is the start, but the code is only true
 # once the procedure has ended: at its start day's end, "ventilated > 96 hours" told 24-hour
@@ -648,6 +657,9 @@ def _procedures(df, ctx):
     # discharge when that comes sooner (the date-only rule, module docstring). A duration-coded
     # procedure goes to its stay's discharge (coded from the whole record, as diagnoses; not known before it).
     version_code = pl.concat_str(_int_part("icd_version"), pl.lit("//"), _part("icd_code"))
+    if ctx.billing_at_discharge:  # --billing-codes-at discharge: every code at its stay's discharge, as diagnoses
+        df = _at_discharge(_icd_rows(df, ctx), ctx)
+        return [_ev(df, pl.col("dischtime"), pl.lit("PROCEDURE//ICD//") + version_code, ORDER_PROC)]
     df = _icd_rows(df, ctx).join(ctx.admissions.select("subject_id", "hadm_id", "dischtime"), on=["subject_id", "hadm_id"], how="left",
                  maintain_order="left").with_columns(
         _dur=version_code.str.contains(DURATION_CODED_PROCEDURES) & pl.col("dischtime").is_not_null())
@@ -749,6 +761,9 @@ def _microbiology(df, ctx):
 def _hcpcs(df, ctx):
     # chartdate is a date: the date-only rule places it (end of day or the stay's discharge).
     df = _keep(df, ctx, _part("hcpcs_cd") != "UNK", "no_hcpcs_code")  # HCPCS//UNK names no procedure
+    if ctx.billing_at_discharge:  # --billing-codes-at discharge: at its stay's discharge, as diagnoses
+        df = _at_discharge(df, ctx)
+        return [_ev(df, pl.col("dischtime"), pl.lit("HCPCS//") + _part("hcpcs_cd"), ORDER_PROC)]
     return [_ev(df, "chartdate", pl.lit("HCPCS//") + _part("hcpcs_cd"), ORDER_PROC)]
 
 
@@ -931,7 +946,7 @@ TABLES: list[Table] = [
           stored_at={"charttime": "storetime"}, row_id="microevent_id"),
     Table("hosp/hcpcsevents", ["subject_id", "hadm_id", "chartdate", "hcpcs_cd", "seq_num"], times=["chartdate"],
           ints=["hadm_id", "seq_num"], to_events=_hcpcs, dates=["chartdate"], code_prefixes={"chartdate": ["HCPCS//"]},
-          row_id="seq_num", rank="seq_num"),
+          row_id="seq_num", rank="seq_num", needs=("hosp/admissions",)),
     Table("hosp/services", ["subject_id", "hadm_id", "transfertime", "curr_service"], times=["transfertime"],
           ints=["hadm_id"], to_events=_services, code_prefixes={"transfertime": ["SERVICE//"]}),
     Table("hosp/omr", ["subject_id", "chartdate", "result_name", "result_value", "seq_num"], times=["chartdate"],
@@ -2058,7 +2073,7 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
     with atomic_dir(out, overwrite=overwrite, inputs=(raw,), command="etl") as tmp, _worker_pool(cfg.workers) as pool:
         stage = tmp / ".stage"
         stage.mkdir()
-        ctx = Context()
+        ctx = Context(billing_at_discharge=cfg.billing_codes_at == "discharge")
         rows_in = _stage_tables([t for t in wanted if present[t.name] is not None], present, used_columns, ctx,
                                 stage, cfg, pool)
         _refuse_lost_tables(rows_in, ctx, present)  # before the shards are written
@@ -2205,6 +2220,9 @@ def _detail_lines(account: dict, ctx: Context) -> list[str]:
             bits.append(f"dropped {sum(a['dropped'].values())} events ("
                         + ", ".join(f"{r} {n}" for r, n in a["dropped"].items()) + ")")
         for c, n in a.get("date_only_values", {}).items():
+            if ctx.billing_at_discharge and name in BILLING_TABLES:
+                bits.append(f"{n} date-only {c}, every event at its stay's discharge (--billing-codes-at discharge)")
+                continue
             bits.append(f"{n} date-only {c} at {END_OF_DAY_TEXT}"
                         + (f" ({a['date_only_placed_at_discharge']} of those events at the stay's discharge)"
                            if a["date_only_placed_at_discharge"] else ""))
@@ -2245,9 +2263,10 @@ def _audit_metadata(account: dict, ctx: Context) -> dict:
                             "schema_date": False, "date_only_values": int(n), "midnight_values_read_as_date": int(n_mid),
                             "rule": "discharge", "time_of_day": END_OF_DAY_TEXT})
             continue
+        at_discharge = ctx.billing_at_discharge and name in BILLING_TABLES  # the stay's discharge, whatever the day
         sources.append({"table": name, "column": col, "code_prefixes": t.code_prefixes.get(col, []),
                         "schema_date": col in t.dates, "date_only_values": int(n),
-                        "rule": "end_of_day_or_discharge" if "hadm_id" in t.columns else "end_of_day",
+                        "rule": "discharge" if at_discharge else "end_of_day_or_discharge" if "hadm_id" in t.columns else "end_of_day",
                         "time_of_day": END_OF_DAY_TEXT,
                         "events_at_discharge": int(account.get(name, {}).get("date_only_placed_at_discharge", 0))})
     return {
@@ -2483,6 +2502,7 @@ def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context
     writer = None
     n_rows = 0
     ctx.table = table.name
+    ctx.billing_at_discharge = cfg.billing_codes_at == "discharge"
     out_path = stage / f"{table.name.replace('/', '__')}.parquet"
     bar = progress(desc=f"etl: {table.name}", unit="rows", unit_scale=True, leave=False)
 
@@ -2724,6 +2744,8 @@ def _check_options(cfg: EtlConfig) -> None:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 1 << 63:
         # The split hash adds the seed as an unsigned 64-bit number: -1 or 2**64 ended in a traceback.
         raise UserError(f"--split-seed must be a whole number from 0 to 2**63 - 1 (got {seed!r})")
+    if cfg.billing_codes_at not in BILLING_CODES_AT:
+        raise UserError(f"--billing-codes-at must be one of {', '.join(BILLING_CODES_AT)} (got {cfg.billing_codes_at!r})")
     fr = cfg.split_fractions
     if cfg.splits_file is None and (len(fr) != 3 or not all(np.isfinite(fr)) or min(fr) < 0 or abs(sum(fr) - 1) > 1e-6):
         raise UserError(f"split fractions must be 3 finite numbers >= 0 summing to 1 (train, tuning, held_out); got {list(fr)}")
