@@ -86,6 +86,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import shutil
@@ -408,8 +409,8 @@ def _check_trunk(cfg: TrainConfig, run_config: dict, n_steps: int, step_tokens: 
             what_now = ""
         elif ended.status == Status.DIVERGED:
             # --retry-failed never retrains a diverged run: the same config diverges again
-            what_now = ("; a diverged run is never trained again: plan the sweep again with a lower learning rate "
-                        "(`ehrfm sweep plan ... --lr`), which gives its runs new ids")
+            what_now = ("; a diverged run is never trained again, and this recipe would diverge again: plan a new sweep "
+                        "(another --out) with a lower --lr")
         else:
             what_now = "; `ehrfm sweep launch SWEEP --retry-failed` trains it again, then this branch"
         why = (f"the trunk {ended.status}" + (f": {cause[:200]}" if cause else "") + what_now
@@ -1138,7 +1139,26 @@ def _resume(cfg, core, optimizer, run_dir: Path, device, expected: dict, branch_
         # wall_s counts the branch's own time; the initial loss is the trunk's (the same initial weights)
         return (b_step, 0.0, float(state.get("train_loss", "nan")), state.get("initial_train_loss"),
                 state.get("initial_train_loss_se"), state.get("dtype"))
+    logged = _last_logged_step(run_dir)
+    if main and logged:  # trained before, and no checkpoint left (deleted, or never saved): said, not done silently
+        warn(f"{run_dir}: no checkpoint to resume from (its log reaches step {logged}): training from step 0", "train")
     return 0, 0.0, float("nan"), None, None, None
+
+
+def _last_logged_step(run_dir: Path) -> int | None:
+    """The step of metrics.jsonl's last readable line, None when there is none (a fresh run dir)."""
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in reversed(lines):
+        try:
+            step = json.loads(line).get("step")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(step, int) and not isinstance(step, bool):
+            return step
+    return None
 
 
 def _newest_stable_checkpoint(cfg, core, run_dir: Path, expected: dict) -> Path | None:

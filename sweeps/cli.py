@@ -40,8 +40,17 @@ def _launch(args) -> int:
     from sweeps.launch import LaunchConfig, check_executor, launch_sweep, unfinished_runs
 
     check_executor(args.executor)  # before anything else: the one clear error
-    report = launch_sweep(args.sweep, build(LaunchConfig, args))
-    # waited for (local, or --wait): a run that did not complete (failed, diverged, cancelled, lost) is exit 1
+    cfg = build(LaunchConfig, args)
+    report = launch_sweep(args.sweep, cfg)
+    # waited for (local, or --wait): a run that did not complete (failed, diverged, cancelled, lost) is exit 1, and so
+    # is a branch left waiting for a trunk another launch runs (exit 0 let `launch && collect && fit` go on without it)
+    waiting = report.skipped.get("waiting for trunk", [])
+    if waiting and (cfg.executor == "local" or cfg.wait) and not cfg.dry_run:
+        from ehrfm.io import warn
+
+        warn(f"{len(waiting)} branch run(s) were not launched: their trunk runs under another launch (first: "
+             f"{waiting[0]}); launch again once it has ended (`ehrfm sweep status {args.sweep}`)", "sweep")
+        return 1
     return 1 if unfinished_runs(report) else 0
 
 

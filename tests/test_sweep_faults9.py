@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pyarrow.parquet as pq
 import pytest
@@ -64,6 +65,26 @@ def test_a_completed_run_trained_other_than_planned_is_failed_not_collected(fini
     assert p.returncode == 0, p.stderr
     table = pq.read_table(out / "results.parquet").to_pylist()
     assert [(r["run_id"], r["status"]) for r in table] == [(rid, "failed")]
+
+
+def test_a_run_trained_other_than_planned_says_how_to_train_it_as_planned_and_that_works(finished_sweep, tmp_path):
+    """Its note said what differs, not what to do; the documented retry (--retry-failed) is refused by the trainer
+    ("run dir ... holds a different run"). It now says to remove the run dir and launch again: followed, the run
+    trains as planned, to the sweep's loss."""
+    out, rid = _copy(finished_sweep, tmp_path)
+    before = json.loads((out / "runs" / rid / "result.json").read_text())["val_loss"]
+    path = out / "runs" / rid / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg["train"].update(lr=0.02)
+    path.write_text(json.dumps(cfg))
+    note = _status(out, rid).note
+    assert note.endswith(f"to train it as planned, remove {out / 'runs' / rid} and run `ehrfm sweep launch {out}` "
+                         "again (--retry-failed refuses a run dir that holds another run)"), note
+    shutil.rmtree(out / "runs" / rid)
+    p = ehrfm("sweep", "launch", out, "--executor", "local")
+    assert p.returncode == 0, p.stderr
+    assert _status(out, rid).state == "completed"
+    assert json.loads((out / "runs" / rid / "result.json").read_text())["val_loss"] == before
 
 
 def test_a_run_of_the_sweeps_own_recipe_and_data_stays_completed(finished_sweep, tmp_path):

@@ -159,8 +159,8 @@ def test_a_branch_of_a_killed_trunk_says_so_in_one_short_line(tok, trunk, tmp_pa
     with pytest.raises(UserError) as e:
         train(cfg(tok, tmp_path / "branch2", trunk_dir=str(copy)))
     assert str(e.value) == (f"trunk {copy} has no stable checkpoint at 4096 tokens (the trunk diverged: train loss is nan "
-                            "at step 12; a diverged run is never trained again: plan the sweep again with a lower "
-                            "learning rate (`ehrfm sweep plan ... --lr`), which gives its runs new ids)"), str(e.value)
+                            "at step 12; a diverged run is never trained again, and this recipe would diverge again: "
+                            "plan a new sweep (another --out) with a lower --lr)"), str(e.value)
     assert "--retry-failed" not in str(e.value)
 
 
@@ -251,3 +251,5 @@ def test_a_trunk_killed_without_its_own_checkpoint_resumes_from_its_stable_check
     assert verify_checkpoint(damaged)[1] is not None
     err = train_again(again)
     assert "resuming from its stable-phase" not in err and verify_checkpoint(damaged)[1] is None, err
+    # said, not done silently (a deleted checkpoint restarted without a word: a helper)
+    assert f"{again}: no checkpoint to resume from (its log reaches step 25): training from step 0" in err, err

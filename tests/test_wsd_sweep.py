@@ -194,3 +194,44 @@ def test_slurm_arrays_of_a_trunk_chain_come_after_the_job_they_depend_on():
     # without the trunk in this launch (an earlier stage's, finished), the continuing run goes in the first array
     later = _slurm_waves([SimpleNamespace(run_id="ext"), SimpleNamespace(run_id="branch_of_ext")], trunk_of)
     assert [([j.run_id for j in w], t) for w, t in later] == [(["ext"], None), (["branch_of_ext"], "ext")]
+
+
+def test_a_local_launch_that_leaves_a_branch_waiting_for_another_launchs_trunk_exits_1(synth_tokens, tmp_path):
+    """A branch whose trunk runs under another launch is not submitted ("waiting for trunk"); the local launch ended
+    exit 0 with it untrained, so `launch && collect && fit` went on without the point (a helper). Now exit 1, with a
+    line saying to launch again once the trunk has ended; that launch trains it."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from ehrfm.fault_points import release, wait_held
+    from sweeps.plan import plan_sweep
+
+    out, holds = tmp_path / "sweep", tmp_path / "holds"
+    plan_sweep(synth_tokens, out=out, schedule="wsd", **TINY)
+    rows = plan_rows(out)
+    trunk = next(r["run_id"] for r in rows if r["trunk_id"] == r["run_id"] and r["stable_checkpoints"])
+    for r in rows:  # only this trunk holds, at its step 2
+        if r["run_id"] != trunk:
+            release(holds, r["run_id"], "step-2")
+    first = subprocess.Popen([sys.executable, "-m", "ehrfm", "sweep", "launch", str(out), "--executor", "local",
+                              "--max-parallel", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=dict(os.environ, EHRFM_QUIET="1", EHRFM_HOLD_AT="step-2", EHRFM_HOLD_DIR=str(holds)))
+    try:
+        wait_held(holds, trunk, "step-2", is_alive=lambda: first.poll() is None)
+        first.kill()  # the launcher SIGKILLed: its trunk's job trains on, an orphan; the branches' jobs are gone
+        first.wait(timeout=60)
+        second = ehrfm("sweep", "launch", out, "--executor", "local", "--max-parallel", "1")
+        assert second.returncode == 1, second.stderr[-2000:]
+        assert "branch run(s) were not launched: their trunk runs under another launch" in second.stderr, second.stderr
+        assert f"launch again once it has ended (`ehrfm sweep status {out}`)" in second.stderr
+    finally:
+        release(holds, trunk, "step-2")
+    deadline = time.monotonic() + 600  # the orphan trunk ends (a hang guard, never what decides the test)
+    while not (out / "runs" / trunk / "result.json").is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    third = ehrfm("sweep", "launch", out, "--executor", "local", "--max-parallel", "1")
+    assert third.returncode == 0, third.stderr[-2000:]
+    states = {r["run_id"]: json.loads((out / "runs" / r["run_id"] / "result.json").read_text())["status"] for r in rows}
+    assert set(states.values()) == {"completed"}, states
