@@ -627,7 +627,7 @@ def _started(run_dir: Path) -> bool:
     A pure look (has_checkpoint recovers files and, under DDP, waits on every rank).
     """
     return (run_dir / CHECKPOINT_DIR).exists() or (run_dir / PREVIOUS_DIR).exists() \
-        or any(run_dir.glob(f"{CHECKPOINT_DIR}.tmp-*")) or any(stable_checkpoint_dir(run_dir, 0).parent.glob(f"*/{CHECKPOINT_DIR}"))
+        or any(run_dir.glob(f"{CHECKPOINT_DIR}.tmp-*"))
 
 
 def _finished(run_dir: Path) -> bool:
@@ -1185,7 +1185,9 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
     """
     # A fresh WSD branch starts at its trunk's checkpoint, not its own: its log begins at the branch point (the trunk's
     # log holds the steps before), and nothing of it was lost (every branch warned "the log of steps 1-N is lost").
-    own_checkpoint = _started(run_dir)
+    # its own stable-phase checkpoints count for a WSD run that is no branch: it resumes from them (_resume)
+    own_checkpoint = _started(run_dir) or (cfg.schedule == "wsd" and not cfg.trunk_dir
+                                           and any(stable_checkpoint_dir(run_dir, 0).parent.glob(f"*/{CHECKPOINT_DIR}")))
     run = _setup(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_dir, base)
     # metrics.jsonl truncated to the step resumed from (+ --logger backend); closed below
     metrics_f = metrics_log(run_dir, cfg, resume_step=run.step if own_checkpoint else 0) if dd.main else None

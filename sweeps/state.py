@@ -544,10 +544,13 @@ def _finished_state(sweep_dir: Path, rid: str, result: RunResult, plan_row: dict
         return RunState(rid, Status.FAILED, job_id, executor, RunResult(Status.FAILED, error=why), note=why, bad_file=True)
     if sweep is not None and plan_row and result.status == Status.COMPLETED and (diffs := _recipe_differences(run_dir, sweep, plan_row)):
         shown = ", ".join(diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+        if any(d.startswith("data ") for d in diffs):  # the token dir is not the one planned: a relaunch is refused too
+            todo = ("put back the token dir the sweep was planned on, or plan a new sweep on this one (another --out)")
+        else:
+            todo = (f"to train it as planned, remove {run_dir} and run `ehrfm sweep launch {sweep_dir}` again "
+                    "(--retry-failed refuses a run dir that holds another run)")
         why = (f"run {run_dir} trained other than planned ({shown}; its config.json): its loss is not this sweep's "
-               f"(retrained by hand, or the token dir changed while the sweep ran?); not collected; to train it as "
-               f"planned, remove {run_dir} and run `ehrfm sweep launch {sweep_dir}` again (--retry-failed refuses a run "
-               "dir that holds another run)")
+               f"(retrained by hand, or the token dir changed while the sweep ran?); not collected; {todo}")
         return RunState(rid, Status.FAILED, job_id, executor, RunResult(Status.FAILED, error=why), note=why, bad_file=True)
     note = None
     if result.status == Status.FAILED and executor == "slurm" and job_id and (result.exit_code or 0) < 0:

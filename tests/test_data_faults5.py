@@ -116,8 +116,8 @@ def test_only_a_blood_pressures_pair_is_split_and_each_number_must_fit_float32(t
 @pytest.mark.parametrize("workers", [1, 2])
 def test_billing_codes_go_to_the_discharge_when_asked(tmp_path, workers):
     """`--billing-codes-at discharge`: a stay's ICD procedure and HCPCS codes at its discharge, as its diagnoses (a study
-    of codes as the EHR holds them at prediction time); by default at the end of the procedure's day. The same
-    events either way (1 and 2 worker processes: the staging workers get the admissions)."""
+    of codes as the EHR holds them at prediction time); by default at the end of the procedure's day. With 1 and 2
+    worker processes (the staging workers get the admissions)."""
     from datetime import datetime
 
     tables = {"hosp/procedures_icd": "subject_id,hadm_id,seq_num,chartdate,icd_code,icd_version\n1,11,1,2150-01-01,9604,9\n",

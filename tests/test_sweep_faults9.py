@@ -61,6 +61,9 @@ def test_a_completed_run_trained_other_than_planned_is_failed_not_collected(fini
     path.write_text(json.dumps(cfg))
     st = _status(out, rid)
     assert st.state == "failed" and says in st.note and "trained other than planned" in st.note, st.note
+    # what to do: a relaunch trains another recipe again, never other data (the trainer refuses the token dir)
+    assert st.note.endswith("put back the token dir the sweep was planned on, or plan a new sweep on this one (another --out)"
+                            if says.startswith("data ") else "(--retry-failed refuses a run dir that holds another run)"), st.note
     p = ehrfm("sweep", "collect", out)
     assert p.returncode == 0, p.stderr
     table = pq.read_table(out / "results.parquet").to_pylist()

@@ -74,13 +74,14 @@ def test_a_rare_outcome_code_falls_back_to_its_family_never_to_unk():
     could reach it as the ICU-admission outcome (a helper). In hierarchical mode (the default) an outcome family's
     root is kept for any event reaching it; other families keep min_count."""
     counts = {"ICU_ADMISSION//MICU": 50, "ICU_ADMISSION//Neuro SICU": 3, "HOSPITAL_DISCHARGE//HOME": 40,
-              "MEDS_DEATH": 4, "LAB//7//u": 3, "TRANSFER_TO//x": 2}
+              "MEDS_DEATH": 4, "LAB//7//u": 3, "TRANSFER_TO//x": 2, "AGE//0-4": 50, "AGE//5-9": 30}
+    # a code named as a special token (AGE//0-4) is never kept, its events counting for its parent (AGE//*)
     for mode in ("hierarchical", "flat"):
         heads, _ = fit_vocab(counts, mode, min_count=10)
         expected = {"ICU_ADMISSION//MICU": 50, "HOSPITAL_DISCHARGE//HOME": 40, "MEDS_DEATH": 4}
         # hierarchical: the rare unit falls back to its family's root; flat mode is DESIGN.md's (rare codes are UNK)
         if mode == "hierarchical":
-            expected["ICU_ADMISSION//*"] = 3
+            expected.update({"ICU_ADMISSION//*": 3, "AGE//*": 80})
         else:
             del expected["MEDS_DEATH"]
         assert heads == expected, mode

@@ -2761,15 +2761,17 @@ def _split_subjects(subjects: np.ndarray, cfg: EtlConfig) -> pl.DataFrame:
         if n_none:
             # Leaving out --splits keeps the file's subjects in their splits only when the file is ehrfm's own hash
             # split with these --split-seed and --split-fractions: said only then, else how many would move.
-            own = given.with_columns(ehrfm=pl.Series(assign_splits(given["subject_id"].to_numpy(), cfg.split_fractions,
-                                                                   cfg.split_seed) if given.height else [], dtype=pl.String))
-            moved = own.filter(pl.col("split") != pl.col("ehrfm")).height
+            try:  # --split-fractions are not checked beside --splits: fractions that are no split make no own split
+                ours = assign_splits(given["subject_id"].to_numpy(), cfg.split_fractions, cfg.split_seed)
+            except UserError:
+                ours = None
+            moved = given.height if ours is None else int((given["split"].to_numpy() != ours).sum())
             why = f"{cfg.splits_file}: {n_none} of the raw data's {df.height} subjects have no split (a newer release's subjects?): "
-            if moved == 0:
+            if moved == 0 and given.height:
                 raise UserError(why + "add them to the file, or leave out --splits: the file is ehrfm's own split (it hashes "
                                 f"each subject_id; --split-seed {cfg.split_seed}, --split-fractions "
                                 f"{','.join(f'{f:g}' for f in cfg.split_fractions)}), so its subjects keep their splits")
-            raise UserError(why + f"add them to the file (leaving out --splits would move {moved} of its {own.height} "
+            raise UserError(why + f"add them to the file (leaving out --splits would move {moved} of its {given.height} "
                             "subjects to another split: it is not ehrfm's own split with these --split-seed and "
                             "--split-fractions)")
     else:

@@ -112,11 +112,12 @@ READ_ROWS = 1 << 20
 NOT_EMITTED = (BIRTH_CODE,)
 FIT_BATCH_VALUES = 1 << 24  # numeric values held at once while fitting deciles (~16M: a few hundred MB)
 
+# Written into tokenizer.json, whose sha256 is the token dir's fingerprint: a change here changes the fingerprint of
+# every token dir made after it, the same vocabulary too (runs and sweeps of the earlier one are then refused on it).
 CONVENTIONS = (
     "codes=flat: code tokens are the MEDS code strings; codes with train count < min_count -> UNK. "
     "codes=hierarchical: ICD codes -> head (category, else chapter) + continuation tokens, other codes -> the "
-    "code string, rare ones -> their nearest kept ancestor (<prefix>//*), none kept -> UNK (tokenization/hierarchy.py); "
-    "an outcome family's root (OUTCOME_FAMILIES: ICU_ADMISSION//*, MEDS_DEATH, ...) is kept for any train event. "
+    "code string, rare ones -> their nearest kept ancestor (<prefix>//*), none kept -> UNK (tokenization/hierarchy.py). "
     "Sequence per subject: "
     "TIMELINE_START, static codes, AGE//<bin> (age at first timed event), then per event: [interval token if "
     "gap >= 5m] code token(s) [Qk if numeric and the code has deciles], then TIMELINE_END. "
@@ -253,9 +254,8 @@ def fit_vocab(counts: dict[str, int], mode: str, min_count: int) -> tuple[dict[s
     heads: dict[str, int] = {}
     for t in sorted(depth, key=lambda t: (-depth[t], t)):  # children before their parents
         r = residual.get(t, 0)
-        if t in SPECIAL_TOKENS:
-            pass
-        elif r >= min_count or (r and mode == HIERARCHICAL and parent[t] is None and t.split("//")[0] in OUTCOME_FAMILIES):
+        outcome_root = r and mode == HIERARCHICAL and parent[t] is None and t.split("//")[0] in OUTCOME_FAMILIES
+        if t not in SPECIAL_TOKENS and (r >= min_count or outcome_root):
             heads[t] = r
         elif r and parent[t] is not None:
             residual[parent[t]] = residual.get(parent[t], 0) + r

@@ -66,8 +66,9 @@ def _audit_written_labels(meds_dir, out, tasks: list[str]) -> None:
     except UserError:  # what the audit refuses, `ehrfm audit` says in its own words; the heads audit unrecorded files
         return
     except Exception as e:  # noqa: BLE001 - the labels are written and right; an audit that broke must not undo that
-        warn(f"labels written to {out}, but their audit broke ({type(e).__name__}) and was not recorded: the heads "
-             f"audit them when they read them; run `ehrfm audit {meds_dir} --labels {out}` to see why")
+        warn(f"labels written to {out}, but auditing them or recording the audit in their sidecars broke "
+             f"({type(e).__name__}): a label file whose sidecar holds no audit is audited by the heads when they read "
+             f"it; `ehrfm audit {meds_dir} --labels {out}` audits them now")
         return
     for task in tasks:
         warn_outcome_in_history(meds_dir, out / f"{task}.parquet" if out.is_dir() else out, task)

@@ -245,8 +245,8 @@ def warn_outcome_in_history(meds_dir, labels_path, task: str) -> None:
              f"`ehrfm audit {meds_dir} --labels {labels_path}" + (f" --task {task}`" if known else "`"))
     if not known:
         warn(f"label file {labels_path}: task {task!r} is none whose outcome the audit knows ({', '.join(OUTCOME_RULES)}): "
-             "its histories were checked for date-only and not-yet-known events, not for the outcome itself; pass "
-             "--task to name the task")
+             "its histories were checked for date-only and not-yet-known events, not for the outcome itself (for one of "
+             "those tasks, pass the head's --task or name the file <task>.parquet)")
 
 
 def require_two_classes(y: np.ndarray, split: str, task: str) -> None:
