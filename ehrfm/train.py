@@ -1185,9 +1185,8 @@ def _train_loop(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, r
     """
     # A fresh WSD branch starts at its trunk's checkpoint, not its own: its log begins at the branch point (the trunk's
     # log holds the steps before), and nothing of it was lost (every branch warned "the log of steps 1-N is lost").
-    # its own stable-phase checkpoints count for a WSD run that is no branch: it resumes from them (_resume)
-    own_checkpoint = _started(run_dir) or (cfg.schedule == "wsd" and not cfg.trunk_dir
-                                           and any(stable_checkpoint_dir(run_dir, 0).parent.glob(f"*/{CHECKPOINT_DIR}")))
+    # A run that is no branch starts at step 0 or where its own checkpoint (or stable-phase checkpoint) left it.
+    own_checkpoint = _started(run_dir) or not cfg.trunk_dir
     run = _setup(cfg, dd, td, model_cfg, D, n_steps, train_split, tuning_split, run_dir, base)
     # metrics.jsonl truncated to the step resumed from (+ --logger backend); closed below
     metrics_f = metrics_log(run_dir, cfg, resume_step=run.step if own_checkpoint else 0) if dd.main else None

@@ -113,6 +113,11 @@ DISCHARGE_CODED = ("DIAGNOSIS//", "DRG//")
 BILLING_CODED = ("PROCEDURE//ICD//", "HCPCS//")
 
 
+def _billing_coded(code: pl.Expr) -> pl.Expr:
+    """True for a procedure billing code (BILLING_CODED), duration-coded ones included."""
+    return pl.any_horizontal(code.str.starts_with(p) for p in BILLING_CODED)
+
+
 def _coded_after_discharge(code: pl.Expr) -> pl.Expr:
     """True for a code known only once its stay has ended: DURATION_CODED or DISCHARGE_CODED."""
     return code.str.contains(DURATION_CODED) | pl.any_horizontal(code.str.starts_with(p) for p in DISCHARGE_CODED)
@@ -328,7 +333,7 @@ def _events(ds: MedsDataset, date_only: list[str], zone: str | None = None) -> p
               | code.str.starts_with(ICU_OUT)
               | (code == DEATH) | (pl.col("time").is_not_null()
                                    & (wall_clock_expr(pl.col("time").dt.epoch("us"), zone) % US_PER_DAY == 0))
-              | _coded_after_discharge(code) | pl.any_horizontal(code.str.starts_with(p) for p in BILLING_CODED))
+              | _coded_after_discharge(code) | _billing_coded(code))
     for p in date_only:
         wanted = wanted | code.str.starts_with(p)
     if ds.null_time_codes:
@@ -555,12 +560,10 @@ def _task_audit(task: str, labels: pl.DataFrame, ev: pl.DataFrame, date_only: li
     # Its stay: the label's own by the stay id when both have one, else any not at a discharge (at the
     # stay's admission that is the previous stay's discharge, of a transfer recorded as discharge + admission).
     own_stay = own_id.fill_null(~pl.col("at_discharge"))
-    coded_in_open_stay = (_coded_after_discharge(code) & pl.col("t").is_not_null() & stay_open
-                          & (pl.col("t") >= pl.col("stay_adm")).fill_null(False) & own_stay)
     in_open_stay = pl.col("t").is_not_null() & stay_open & (pl.col("t") >= pl.col("stay_adm")).fill_null(False) & own_stay
-    billing = pl.any_horizontal(code.str.starts_with(p) for p in BILLING_CODED) & ~_coded_after_discharge(code)
+    coded_in_open_stay = _coded_after_discharge(code) & in_open_stay
     counted = {"midnight": same_day & (t_local % US_PER_DAY == 0), "date_only": coded_in_open_stay,
-               "billing": billing & in_open_stay}
+               "billing": _billing_coded(code) & ~_coded_after_discharge(code) & in_open_stay}
     if date_only is not None:
         is_date_only = pl.lit(False)
         midnight_only = t_local % US_PER_DAY == 0
