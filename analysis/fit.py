@@ -44,13 +44,17 @@ from analysis.laws import (
 from analysis.table import BUDGET_GROUP_DECADES, Results, load_results
 from ehrfm.errors import UserError
 from ehrfm.io import format_ci
-from ehrfm.law_checks import TOKENS_PER_PARAM_MARK, has_interval, loss_direction_problems
+from ehrfm.law_checks import (
+    IDENTIFIED_DECADES,
+    TOKENS_PER_PARAM_MARK,
+    has_interval,
+    identified,
+    loss_direction_problems,
+)
 
 N_COUNT_LABEL = {"total": "total parameters (embeddings included)", "non-embedding": "non-embedding parameters"}
 APPROACH3_METHODS = ("varpro", "huber-lbfgs")
 APPROACH3_WEIGHTS = ("inverse-variance", "equal")  # FitConfig.approach3_weights
-# A parameter whose bootstrap interval spans more than this many decades is reported as not identified.
-IDENTIFIED_DECADES = 3.0
 # The most bootstrap replicates a fit accepts (FitConfig.bootstrap): Efron & Tibshirani (1993, ch.
 # 13) advise 1,000-2,000 for percentile intervals; 1e9 would ask for 200 GiB of run weights.
 MAX_BOOTSTRAP = 100_000
@@ -902,20 +906,6 @@ def _a3_from_params(params: np.ndarray) -> np.ndarray:
     with np.errstate(all="ignore"):
         G = (al * A / (be * B)) ** (1.0 / (al + be))
         return np.stack([E, A, B, al, be, be / (al + be), al / (al + be), G], 1)
-
-
-def identified(ci, decades: float = IDENTIFIED_DECADES) -> bool | None:
-    """Is a positive parameter pinned down by its interval?
-
-    False when the interval spans more than `decades` decades or reaches 0 (log-scale unbounded);
-    None when there is no interval.
-    """
-    lo, hi = (float("nan") if v is None else float(v) for v in ci)
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return None if not (math.isinf(hi) or math.isinf(lo)) else False
-    if lo <= 0:
-        return False
-    return bool(math.log10(hi / lo) <= decades)
 
 
 def approach3_weights(res: Results, cfg: FitConfig) -> tuple[np.ndarray, dict]:
@@ -1783,7 +1773,11 @@ def write_fits(fit: FitResult, out: str | Path, results: Results | None = None, 
         with atomic_file(tmp / "fits.md") as f:
             f.write(format_fit_table(fit) + "\n")
         if fit.draws:
-            pl.DataFrame({k: np.asarray(v, dtype=float) for k, v in fit.draws.items()}).write_parquet(tmp / "bootstrap.parquet")
+            import pyarrow.parquet as pq
+
+            draws = pl.DataFrame({k: np.asarray(v, dtype=float) for k, v in fit.draws.items()}).to_arrow()
+            # the fits.json these draws belong to: another fit's bootstrap.parquet copied in gave its intervals, trusted
+            pq.write_table(draws.replace_schema_metadata({DRAWS_OF: _sha256(tmp / "fits.json")}), tmp / "bootstrap.parquet")
         if results is not None:
             results = results.with_n_count(fit.n_count)[0]  # the runs as fitted: N is the count the fit used
             runs_frame(results).write_parquet(tmp / "runs.parquet")
@@ -1974,7 +1968,10 @@ def load_fits(fit_dir: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
         from ehrfm.io import read_parquet
 
         table = read_parquet(home / "bootstrap.parquet", "bootstrap draws", hint=redo)
-        draws = {c: table.column(c).to_numpy().astype(float) for c in table.column_names}
+        if (other := _draws_of_another_fit(table, path, fits)):
+            warn(f"{home / 'bootstrap.parquet'} {other}: read without its draws, so intervals are n/a; {redo}")
+        else:
+            draws = {c: table.column(c).to_numpy().astype(float) for c in table.column_names}
     elif home is None:
         warn(f"{path} is not the fits.json of its directory: read without bootstrap draws (intervals n/a) "
              "and with the default confidence; pass the fit directory for intervals")
@@ -1983,6 +1980,33 @@ def load_fits(fit_dir: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
              f"{fits['inputs']['bootstrap']} bootstrap replicates: read without its draws, so its predictions' intervals "
              f"are n/a; {redo}")
     return fits, draws
+
+
+# bootstrap.parquet's schema metadata key: the sha256 of the fits.json written beside it (write_fits).
+DRAWS_OF = b"ehrfm.fits_json_sha256"
+
+
+def _sha256(path: Path) -> bytes:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest().encode()
+
+
+def _draws_of_another_fit(table, path: Path, fits: dict) -> str:
+    """Why bootstrap draws `table` (pyarrow) are not those of fits.json `path` ("" when they are, or cannot be told).
+
+    write_fits records the sha256 of the fits.json it wrote in the draws' metadata: another fit's draws
+    (copied in), or a fits.json edited since, no longer match. Files from before that record are
+    checked by their replicate count against inputs.bootstrap.
+    """
+    recorded = (table.schema.metadata or {}).get(DRAWS_OF)
+    if recorded is not None:
+        return "" if recorded == _sha256(path) else (
+            f"was not written with {path.name} as it is now (another fit's draws, or {path.name} edited since)")
+    n = (fits.get("inputs") or {}).get("bootstrap") if isinstance(fits.get("inputs"), dict) else None
+    if _bootstrapped(fits) and table.num_rows != n:
+        return f"holds {table.num_rows} replicates where {path.name} records {n} (another fit's draws)"
+    return ""
 
 
 def _bootstrapped(fits: dict) -> bool:

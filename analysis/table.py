@@ -868,22 +868,31 @@ def _completed(df: pl.DataFrame, run_id: np.ndarray) -> tuple[np.ndarray, list[d
 
     (rows with status completed, or every row without a status column; the others as excluded
     entries naming their status and error). Without a status column, a "State" column (W&B's runs
-    export: finished, crashed, running, killed) is read as it.
+    export: finished, crashed, running, killed) is read as it. A row with a non-empty `error` text is a
+    failed run whatever its status (DESIGN.md section 3).
     """
     keep = np.ones(df.height, dtype=bool)
     excluded = []
     # W&B's runs export names it "State" (finished, crashed, running, ...): without a status column it is the status
     state = next((c for c in df.columns if c.strip().lower() in STATE_COLUMNS), None) if "status" not in df.columns else None
     column = "status" if "status" in df.columns else state
+    # DESIGN.md section 3: a non-empty `error` marks a failed run, whatever its status says (a table of
+    # runs whose only failure record is an error text fitted 3 OOM-killed runs as measurements)
+    error = (df["error"].cast(pl.Utf8).str.strip_chars().fill_null("").to_list() if "error" in df.columns
+             else [""] * df.height)
+    failed = np.array([bool(e) for e in error], dtype=bool)
     if column is not None:
         # "Completed", " completed" (spreadsheets, other trackers) are the status completed
         status = df[column].cast(pl.Utf8).str.strip_chars().str.to_lowercase().fill_null("<null>").to_numpy().astype(str)
         # other trackers' word for a run that ended normally (W&B and MLflow "finished", "succeeded")
         status = np.where(np.isin(status, COMPLETED_SYNONYMS), str(Status.COMPLETED), status)
-        error = df["error"].cast(pl.Utf8).to_list() if "error" in df.columns else [None] * df.height
         for i in np.flatnonzero(status != Status.COMPLETED):
             excluded.append({"run_id": str(run_id[i]), "reason": f"status {status[i]}" + (f": {error[i]}" if error[i] else "")})
         keep &= status == Status.COMPLETED
+    for i in np.flatnonzero(keep & failed):
+        excluded.append({"run_id": str(run_id[i]), "reason": "failed: an error is recorded" + (
+            f" beside status {status[i]}" if column is not None else "") + f": {error[i]}"})
+    keep &= ~failed
     return keep, excluded
 
 

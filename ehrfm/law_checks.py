@@ -47,6 +47,45 @@ def has_interval(ci) -> bool:
         is_number(v) and v is not None and math.isfinite(v) for v in ci)
 
 
+# A parameter whose bootstrap interval spans more than this many decades is reported as not identified.
+IDENTIFIED_DECADES = 3.0
+
+
+def identified(ci, decades: float = IDENTIFIED_DECADES) -> bool | None:
+    """Is a positive parameter pinned down by its interval?
+
+    False when the interval spans more than `decades` decades or reaches 0 (log-scale unbounded);
+    None when there is no interval.
+    """
+    lo, hi = (float("nan") if v is None else float(v) for v in ci)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return None if not (math.isinf(hi) or math.isinf(lo)) else False
+    if lo <= 0:
+        return False
+    return bool(math.log10(hi / lo) <= decades)
+
+
+def damaged_intervals(f: dict, names) -> list[str]:
+    """Problems of the fits.json approach dict `f` whose parameter beside its interval cannot be a fit's.
+
+    For each name in `names` with a number and an interval `<name>_ci`: the interval reversed, or the
+    number farther outside it than the interval is wide (a percentile interval may miss its point
+    estimate a little, a skewed bootstrap, never by more than its own width). A hand-edited G = 1e6
+    beside [0.71, 2.75] was trusted: N_opt 4.2e14 printed beside its interval [6.1e8, 6.7e8].
+    """
+    out = []
+    for name in names:
+        x, ci = f.get(name), f.get(f"{name}_ci")
+        if not (is_number(x) and x is not None and math.isfinite(x) and has_interval(ci)):
+            continue
+        if ci[0] > ci[1]:
+            out.append(f"the interval of {name} in fits.json is reversed ({ci[0]:.3g} > {ci[1]:.3g}): the file is damaged")
+        elif max(ci[0] - x, x - ci[1]) > max(ci[1] - ci[0], 1e-9 * abs(x)):
+            out.append(f"{name} = {x:.3g} lies far outside its own interval [{ci[0]:.3g}, {ci[1]:.3g}] in fits.json: "
+                       "the file is damaged")
+    return out
+
+
 def edge_note(budgets) -> str:
     """Why an Approach 1 law whose envelope runs sit at their ladders' ends is not an estimate of N_opt.
 
@@ -164,15 +203,18 @@ def trust(fits: dict, k: int) -> tuple[bool, str]:
             problems.append(f"{what} ~ C^{name} with {name} = {format_ci(x, ci if has_interval(ci) else None)} does not grow with compute")
         elif not has_interval(ci):
             unknown.append(name)
-        elif ci[0] > ci[1]:
-            problems.append(f"the interval of {name} in fits.json is reversed ({ci[0]:.3g} > {ci[1]:.3g}): the file is damaged")
-        elif max(ci[0] - x, x - ci[1]) > ci[1] - ci[0]:
-            # A percentile interval may miss its point estimate by a little (a skewed bootstrap), never by more than
-            # its own width: a hand-edited a = 5 beside [0.42, 0.47] was trusted, N_opt 1.9e96.
-            problems.append(f"{name} = {x:.3g} lies far outside its own interval [{ci[0]:.3g}, {ci[1]:.3g}] in fits.json: "
-                            "the file is damaged")
+        elif damaged := damaged_intervals(f, (name,)):  # a hand-edited a = 5 beside [0.42, 0.47]: N_opt 1.9e96
+            problems += damaged
         elif ci[0] <= 0:
             problems.append(f"the interval of {name} = {format_ci(x, ci)} includes 0")
+    # Every other fitted number beside its interval (Approach 1's loss law is a minimum over runs, biased below
+    # its replicates by their scatter: only its a and b are judged so)
+    others = {2: ("n_coef", "d_coef", "loss_coef", "loss_exponent"), 3: ("E", "A", "B", "alpha", "beta", "G")}
+    problems += damaged_intervals(f, others.get(k, ()))
+    for name in ("alpha", "beta") if k == 3 else ():
+        ci = f.get(f"{name}_ci")
+        if has_interval(ci) and ci[0] <= 0 < ci[1]:  # a or b follow from them: a loss term with no exponent is no law
+            problems.append(f"the interval of {name} = {format_ci(f.get(name), ci)} includes 0")
     if k in (1, 2) and f:
         problems += loss_direction_problems(f)
     points = f.get("n_points")
@@ -225,8 +267,10 @@ def trust(fits: dict, k: int) -> tuple[bool, str]:
         problems.append(edge_note(edges) if numbers else "its edge_budgets in fits.json are not budgets: whether its "
                         "optimum is bracketed is unknown")
     if k == 3 and not problems and not unknown:
-        identified = f.get("identified")
-        g = identified.get("G") if isinstance(identified, dict) else None  # anything else: unknown, never trusted
+        recorded = f.get("identified")
+        g = recorded.get("G") if isinstance(recorded, dict) else None  # anything else: unknown, never trusted
+        if has_interval(f.get("G_ci")) and identified(f["G_ci"]) is False:
+            g = False  # the interval says so, whatever the flag beside it (a hand-edited G_ci [0, 5] with G: true was trusted)
         if g is False:
             problems.append("its N_opt coefficient G is not identified")
         elif g is not True and has_interval(f.get("G_ci")):  # an interval, but no record of whether it is narrow enough

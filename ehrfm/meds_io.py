@@ -110,8 +110,20 @@ def _all_parquet_files(folder: Path) -> list[Path]:
             dirs[:] = []
             continue
         seen.add(real)
-        found += [Path(top) / f for f in files if f.endswith(".parquet")]
+        found += [Path(top) / f for f in files if f.lower().endswith(".parquet")]  # 1.PARQUET was skipped, silently
     return found
+
+
+# Files under data/ that look like shards in a form MEDS does not use (a dataset's shards are *.parquet)
+OTHER_DATA_SUFFIXES = (".pq", ".parquet.zst", ".parquet.gz", ".parquet.snappy", ".csv", ".csv.gz", ".tsv", ".feather",
+                       ".arrow", ".ipc", ".jsonl", ".avro", ".orc")
+
+
+def _other_data_files(data: Path) -> list[Path]:
+    """Files under `data` (not hidden) whose names say data but not *.parquet: never read, so said."""
+    return sorted(Path(top) / f for top, dirs, files in os.walk(data, followlinks=True)
+                  if not any(part.startswith(".") for part in Path(top).relative_to(data).parts)
+                  for f in files if not f.startswith(".") and f.lower().endswith(OTHER_DATA_SUFFIXES))
 
 
 def _parquet_files(folder: Path, data: Path) -> list[Path]:
@@ -266,6 +278,9 @@ def open_meds(meds_dir: str | os.PathLike, check_static: bool = True) -> MedsDat
     if hidden:
         warn(f"{data}: left out {hidden} hidden file(s) named *.parquet (a name starting with '.', e.g. macOS's ._* "
              "copies or .ipynb_checkpoints/): not data")
+    if other := _other_data_files(data):  # a shard written .pq or as CSV was left out of its split without a word
+        warn(f"{data}: left out {len(other)} file(s) not named *.parquet (e.g. {other[0].relative_to(data)}): MEDS shards "
+             "are parquet files named *.parquet; rename or convert them to be read")
     # A truncated shard would otherwise surface mid-scan as an error naming no file. Metadata files
     # as data files: hidden ones (macOS's ._codes.parquet) left out, a folder of parts (Spark) read.
     metadata = root / "metadata"

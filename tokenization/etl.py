@@ -1100,7 +1100,8 @@ def find_table(raw: Path, name: str) -> Path | None:
     copies and Windows tools write them). A table file that lies in another folder of `raw` (or
     in `raw` itself) is refused, never left out as absent: MIMIC-IV 1.0's core/patients, a
     flattened copy, or an icu/ table saved in hosp/ would otherwise vanish from the output
-    with only "absent" said about it.
+    with only "absent" said about it; so is one in a folder inside its module's folder, and a folder
+    named as the table (a folder of parts).
 
     Raises:
         UserError: two files of the table in its folder (which one is the table is a guess: a
@@ -1117,7 +1118,9 @@ def find_table(raw: Path, name: str) -> Path | None:
 
     folders = [d for d in sorted(raw.iterdir()) if d.is_dir()] if raw.is_dir() else []
     home = [f for d in folders if d.name.lower() == module for f in files(d)]
-    elsewhere = [f for d in [raw, *(d for d in folders if d.name.lower() != module)] for f in files(d)]
+    # ... and in a folder inside its module's folder (hosp/extra/labevents.csv.gz was "absent", silently)
+    inner = [sub for d in folders if d.name.lower() == module for sub in _subfolders(d)]
+    elsewhere = [f for d in [raw, *(d for d in folders if d.name.lower() != module), *inner] for f in files(d)]
     if len(home) > 1:
         raise UserError(f"table {name}: both {home[0]} and {home[1]} exist; keep one")
     if elsewhere and not home and elsewhere[0].parent == raw and raw.name.lower() in {t.name.split("/")[0] for t in TABLES}:
@@ -1132,12 +1135,21 @@ def find_table(raw: Path, name: str) -> Path | None:
         # (BigQuery's labevents-000000000000.csv.gz) or a browser's second copy ("labevents (1).csv.gz").
         # Refused, named. The name must not go on with a letter, digit or "_" (poe vs poe_detail).
         of_table = re.compile(rf"{re.escape(table)}(?![a-z0-9_])")
-        other = [f for d in folders if d.name.lower() == module for f in sorted(d.iterdir())
-                 if of_table.match(f.name.lower()) and f.is_file()]
+        other = [f for d in folders if d.name.lower() == module for f in sorted(d.iterdir()) if of_table.match(f.name.lower())]
+        if other and other[0].is_dir():  # a folder of parts (Spark, BigQuery) or an unzip's folder named labevents.csv.gz
+            raise UserError(f"table {name}: {other[0]} is a folder, not {table}.csv.gz or {table}.csv (a folder of parts, or "
+                            "an archive unpacked into a folder?): ehrfm reads one file per table; put the table's file there")
         if other:
             raise UserError(f"table {name}: {other[0]} is not {table}.csv.gz or {table}.csv (an unfinished download, "
                             "a split export or another format?): ehrfm reads one file per table, a .csv.gz or .csv")
     return home[0] if home else None
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        return sorted(d for d in folder.iterdir() if d.is_dir())
+    except OSError:
+        return []
 
 
 # Raw CSVs are UTF-8 (as PhysioNet ships them); a byte-order mark (written by Excel and some
@@ -1168,11 +1180,52 @@ def _open_text(path: Path, mode: str = "rb", **kwargs):
     return (gzip.open if _is_gzip(path) else open)(path, mode, **kwargs)
 
 
-def _csv_source(path: Path):
-    """A pyarrow input stream of a raw CSV, decompressed when its content is gzip (_is_gzip)."""
+def _csv_source(path: Path, lines: _LineCount | None = None):
+    """A pyarrow input stream of a raw CSV, decompressed when its content is gzip (_is_gzip); counted into `lines`."""
     import pyarrow as pa
 
-    return pa.input_stream(str(path), compression="gzip" if _is_gzip(path) else None)
+    stream = pa.input_stream(str(path), compression="gzip" if _is_gzip(path) else None)
+    return stream if lines is None else lines.wrap(stream)
+
+
+class _LineCount:
+    r"""Physical lines (line ends: \n, \r\n or a lone \r) of the bytes a CSV reader takes through `wrap`.
+
+    Rows read, the header and the line breaks inside the values read account for every line of a
+    sound file: more lines than that hold line breaks inside values the ETL does not read, which is
+    where a double quote left open in a free-text column (labevents.comments) hides the following
+    rows (_stage_table then checks those columns for merged records).
+    """
+
+    def __init__(self):
+        self.n, self._last_cr = 0, False
+
+    def wrap(self, stream):
+        import io
+
+        count = self
+
+        class Counted(io.RawIOBase):  # the file-like object pyarrow's CSV reader reads through
+            def readable(self):
+                return True
+
+            def read(self, n=-1):
+                b = stream.read(n)
+                count.add(b)
+                return b
+
+            def close(self):
+                stream.close()
+                super().close()
+
+        return Counted()
+
+    def add(self, b: bytes) -> None:
+        if not b:
+            return
+        crlf = b.count(b"\r\n") + (self._last_cr and b[:1] == b"\n")
+        self.n += b.count(b"\n") + b.count(b"\r") - crlf
+        self._last_cr = b[-1:] == b"\r"
 
 
 # Quoted values may hold line breaks (free text: drug names, comments). Without this pyarrow
@@ -1293,10 +1346,11 @@ def _values_in_header(header: list[str]) -> int:
     return sum(bool(re.match(r"\s*[-+.]?\d", c)) for c in header)
 
 
-def _read_batches(path: Path, columns: list[str] | dict[str, str], block_size: int):
+def _read_batches(path: Path, columns: list[str] | dict[str, str], block_size: int, lines: _LineCount | None = None):
     """Stream a CSV[.gz] as polars DataFrames of string columns, a block at a time.
 
     columns: names to read, or {output name: name in the file} (from _check_columns).
+    lines: counts the file's physical lines as it is read (_LineCount).
     """
     rename = dict(columns) if isinstance(columns, dict) else {c: c for c in columns}
     columns = list(rename.values())
@@ -1308,7 +1362,7 @@ def _read_batches(path: Path, columns: list[str] | dict[str, str], block_size: i
     with _open_text(path) as f:
         block_size = max(block_size, len(_first_line(f)) + 2)
     try:
-        reader = pacsv.open_csv(_csv_source(path), read_options=pacsv.ReadOptions(block_size=block_size, use_threads=False),
+        reader = pacsv.open_csv(_csv_source(path, lines), read_options=pacsv.ReadOptions(block_size=block_size, use_threads=False),
                                 parse_options=pacsv.ParseOptions(**CSV_PARSE),
                                 convert_options=pacsv.ConvertOptions(
                                     include_columns=columns, column_types={c: pa.string() for c in columns},
@@ -1409,6 +1463,27 @@ def _csv_error(path: Path, e: Exception, block_size: int) -> UserError:
                              f"columns (the first at line {first}): rows cut short (a truncated copy?) or values with an "
                              "unquoted comma")
     return UserError(f"{path}: cannot be read as CSV ({_safe_reason(e)})")
+
+
+def _merged_records_in_other_columns(path: Path, read: list[str], block_size: int) -> dict[str, int]:
+    """{column: values holding MERGED_RECORDS} of the columns of CSV `path` not in `read` (counts, never values)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    others = [c for c in _header(path) if c not in read]
+    if not others:
+        return {}
+    reader = pacsv.open_csv(_csv_source(path), read_options=pacsv.ReadOptions(block_size=block_size, use_threads=False),
+                            parse_options=pacsv.ParseOptions(**CSV_PARSE),
+                            convert_options=pacsv.ConvertOptions(include_columns=others,
+                                                                 column_types={c: pa.string() for c in others}))
+    found: dict[str, int] = {}
+    for batch in reader:
+        df = pl.from_arrow(pa.Table.from_batches([batch]))
+        for c, n in df.select(pl.col(c).str.contains(MERGED_RECORDS).sum() for c in others).row(0, named=True).items():
+            if n:
+                found[c] = found.get(c, 0) + int(n)
+    return found
 
 
 def _count_ragged_rows(path: Path, block_size: int) -> tuple[int, int, int] | None:
@@ -1542,6 +1617,7 @@ class _BadValues:
         self.slashes: dict[str, int] = {}  # column -> how many of its unparseable times are 1/2/2150-style dates
         self.control: dict[str, int] = {}  # column -> values holding a NUL byte (_without_control_characters)
         self.merged: dict[str, int] = {}  # column -> values holding a line break and then a record's start (MERGED_RECORDS)
+        self.line_breaks = 0  # line ends (\n, \r\n, \r) inside the values read: physical lines that are no row (_LineCount)
         self.dates: dict[str, int] = {}  # Table.timed_only column -> its values written without a time of day
 
     def __bool__(self) -> bool:
@@ -2506,9 +2582,11 @@ def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context
     out_path = stage / f"{table.name.replace('/', '__')}.parquet"
     bar = progress(desc=f"etl: {table.name}", unit="rows", unit_scale=True, leave=False)
 
+    lines = _LineCount()
+
     def typed_batches():
         nonlocal n_rows
-        blocks = _read_batches(path, columns, cfg.batch_bytes)
+        blocks = _read_batches(path, columns, cfg.batch_bytes, lines)
         if cfg.workers > 1:  # a worker process: read the next block while this one is transformed
             blocks = _prefetched(blocks)
         for batch in blocks:
@@ -2527,6 +2605,10 @@ def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context
             typed = _with_row_key(_at_stored_time(_typed(batch, table, bad, ctx), table, columns, ctx), table)
             if not bad:  # else keep counting over the whole file, write nothing
                 yield typed
+        if lines.n > n_rows + 1 + bad.line_breaks and not bad:
+            # Line breaks inside columns not read: free text, or a quote left open there (labevents.comments)
+            # that took every following row into one value: 16,282 rows read as 20, exit 0. Those columns are read now.
+            bad.merged.update(_merged_records_in_other_columns(path, list(columns.values()), cfg.batch_bytes))
 
     batches = typed_batches()
     if table.key is not None:  # small (one row per subject or stay): its key is checked whole
@@ -2620,6 +2702,8 @@ LINE_BREAKS = f"[ {_BREAK}]*[{_BREAK}][ {_BREAK}]*"
 # is no free text: a double quote left open (a stray " in a text field) made the CSV reader take the following lines,
 # other patients' rows, as one quoted value with the right number of columns, so no parse error: refused
 # (_BadValues.merged), never written into a code. Free text such as "pain\n1,500 mL given, recheck" holds no timestamp.
+# One physical line end, as _LineCount counts them.
+LINE_ENDS = r"\r\n|\r|\n"
 MERGED_RECORDS = r"[\n\r][ \t]*\"?[0-9]+\"?,[^\n\r]*,[^\n\r]*[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}"
 # Other C0 controls, DEL and C1 controls: real free text holds some (cp1252 text read as Latin-1
 # leaves C1 characters, as in MIMIC-IV-ED's chief complaints), so they are removed, counted per column,
@@ -2660,6 +2744,7 @@ def _without_control_characters(df: pl.DataFrame, bad: _BadValues, ctx: Context)
     cols = [c for c, f in zip(cols, found, strict=True) if f]
     if not cols:
         return df
+    bad.line_breaks += sum(df.select(pl.col(c).str.count_matches(LINE_ENDS).sum() for c in cols).row(0))
     counts = df.select([pl.col(c).str.contains(NUL, literal=True).sum().alias(f"n:{c}") for c in cols]
                        + [pl.col(c).str.contains(MERGED_RECORDS).sum().alias(f"m:{c}") for c in cols]
                        + [pl.col(c).str.contains(CONTROL_CHARACTERS).sum().alias(f"c:{c}") for c in cols]

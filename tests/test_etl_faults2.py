@@ -1,0 +1,91 @@
+"""ETL and MEDS-reader faults of a break-it pass (2026-12-07): tables lost without a word, each of its kind.
+
+- A double quote left open in a column the ETL does not read (labevents.comments, the last column) took
+  every following row into one value: 16,282 rows read as 20, exit 0. The merged-record check saw only
+  the columns read; the file's physical lines now account for the rows, and when they do not, the
+  other columns are checked.
+- A table kept as a folder (a Spark/BigQuery folder of parts, an archive unpacked into a folder named
+  labevents.csv.gz) or in a folder inside hosp/ was "absent".
+- A MEDS shard named 1.PARQUET was skipped, and one named .pq (or CSV) under data/ without a word.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+
+import pytest
+
+from ehrfm.errors import UserError
+from tokenization.etl import etl
+
+
+def _raw(mimic_demo_dir, tmp_path, *tables):
+    raw = tmp_path / "raw"
+    (raw / "hosp").mkdir(parents=True)
+    for t in ("patients", "admissions", *tables):
+        shutil.copy(mimic_demo_dir / "hosp" / f"{t}.csv.gz", raw / "hosp")
+    return raw
+
+
+def _lines(path) -> list[str]:
+    with gzip.open(path, "rt") as f:
+        return f.read().split("\n")
+
+
+def test_an_open_quote_in_a_column_not_read_is_refused_naming_it(mimic_demo_dir, tmp_path):
+    raw = _raw(mimic_demo_dir, tmp_path)
+    # rows without quoted fields (most of a table's): a quote opened in one is closed by none, nothing looks ragged
+    plain = [line for line in _lines(mimic_demo_dir / "hosp" / "labevents.csv.gz")[1:] if line and '"' not in line][:400]
+    lines = [_lines(mimic_demo_dir / "hosp" / "labevents.csv.gz")[0], *plain, ""]
+    k, i = lines[0].split(",").index("comments"), 20
+    f = lines[i].split(",")
+    f[k] = '"open comment'
+    lines[i] = ",".join(f)
+    (raw / "hosp" / "labevents.csv").write_text("\n".join(lines))
+    with pytest.raises(UserError) as e:
+        etl(raw, tmp_path / "meds")
+    msg = str(e.value)
+    assert msg.startswith(f"{raw / 'hosp' / 'labevents.csv'}: column 'comments' has 1 value holding a line break "
+                          "followed by what starts a record"), msg
+    assert not (tmp_path / "meds").exists()
+    # free text over two lines in that column (a quoted line break, no record after it) is a sound file
+    lines = [lines[0], *plain, ""]
+    f = lines[i].split(",")
+    f[k] = '"first line\nsecond line"'
+    lines[i] = ",".join(f)
+    (raw / "hosp" / "labevents.csv").write_text("\n".join(lines))
+    etl(raw, tmp_path / "meds_ok")
+    account = json.loads((tmp_path / "meds_ok" / "metadata" / "etl_config.json").read_text())["tables"]["hosp/labevents"]
+    assert account["rows_read"] == len(lines) - 2, account
+
+
+@pytest.mark.parametrize("layout", ["parts", "unpacked", "nested"])
+def test_a_table_in_a_folder_is_refused_never_absent(mimic_demo_dir, tmp_path, layout):
+    raw = _raw(mimic_demo_dir, tmp_path)
+    src = mimic_demo_dir / "hosp" / "labevents.csv.gz"
+    where = {"parts": "labevents/part-0.csv.gz", "unpacked": "labevents.csv.gz/labevents.csv.gz",
+             "nested": "extra/labevents.csv.gz"}[layout]
+    (raw / "hosp" / where).parent.mkdir(parents=True)
+    shutil.copy(src, raw / "hosp" / where)
+    with pytest.raises(UserError, match=r"table hosp/labevents: .*(is a folder|lies outside)"):
+        etl(raw, tmp_path / "meds")
+
+
+def test_meds_shards_are_read_whatever_the_case_of_parquet_and_other_files_are_said(synth_meds, tmp_path, capsys):
+    from ehrfm.meds_io import open_meds
+
+    meds = tmp_path / "meds"
+    shutil.copytree(synth_meds, meds)
+    (meds / "metadata" / "subject_splits.parquet").unlink()  # the split folders alone say who is where
+    before = {s: len(v) for s, v in open_meds(meds).shards.items()}
+    shard = sorted((meds / "data" / "train").glob("*.parquet"))[0]
+    shard.rename(shard.with_suffix(".PARQUET"))
+    assert {s: len(v) for s, v in open_meds(meds).shards.items()} == before
+    capsys.readouterr()
+    shard.with_suffix(".PARQUET").rename(shard.with_suffix(".pq"))
+    after = {s: len(v) for s, v in open_meds(meds).shards.items()}
+    assert after.get("train", 0) == before["train"] - 1
+    err = capsys.readouterr().err
+    assert f"left out 1 file(s) not named *.parquet (e.g. train/{shard.stem}.pq)" in err, err
