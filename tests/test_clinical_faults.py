@@ -35,7 +35,11 @@ def test_no_interval_from_too_few_positives():
     # an AUROC of 0.58 from one positive: a 95% interval that covered 0.5 in 16% of null draws).
     assert abs(m["auroc"] - 29 / 50) < 1e-12 and (p[1:] < p[0]).sum() == 29
     assert m["auroc_ci"] is None and m["auprc_ci"] is None and m["bootstrap"]["resamples"] == 0
-    assert m["note"].startswith("1 positive and 50 negative labels: no interval with fewer than 10")
+    assert m["note"].startswith("1 positive and 50 negative labels: no interval or standard error with fewer than 10")
+    # nor a standard error (DeLong's of 2 positives that separate perfectly was 0.0, weighting the utility law as exact)
+    assert m["auroc_se"] is None and m["auroc_se_method"] is None
+    sep = binary_metrics(np.r_[1, 1, np.zeros(20, int)], np.r_[0.9, 0.8, np.linspace(0, 0.5, 20)], "t", n_boot=0, seed=0)
+    assert sep["auroc"] == 1.0 and sep["auroc_se"] is None and "no interval or standard error" in sep["note"]
     assert "(no interval: 1 positive and 50 negative labels, under 10 of a class)" in format_metrics(m)
     # by subject, the console names the subjects too: 10 positive labels of 6 subjects fall short, not the labels
     m = binary_metrics(np.r_[np.ones(10, int), np.zeros(41, int)], p, "t", n_boot=200, seed=0, groups=np.r_[np.arange(10) % 6, np.arange(41) + 6])

@@ -90,6 +90,13 @@ def test_the_heads_warn_of_a_label_file_whose_histories_hold_the_outcome(synth_m
     assert p.returncode == 0 and said in p.stderr, p.stderr
     p = _ehrfm("baseline", synth_meds, "--labels", leaky_labels, "--out", tmp_path / "b", "--bootstrap", "0")
     assert p.returncode == 0 and said in p.stderr, p.stderr
+    # the verdict is in the outputs beside the scores it qualifies, not only on stderr (2026-12-07: a helper)
+    import json
+
+    for head in ("p", "b"):
+        verdict = json.loads((tmp_path / head / "metrics.json").read_text())["label_audit"]
+        assert verdict["checked"] and verdict["look_ahead"] and verdict["outcome_checked"], verdict
+        assert verdict["outcome_in_history"] == n_leaking and verdict["n_labels"] == n, verdict
 
 
 def test_labels_ehrfm_made_from_the_same_data_are_not_audited_again_and_clean_user_labels_pass(synth_meds, synth_tokens, tiny_run, tmp_path):
@@ -103,6 +110,8 @@ def test_labels_ehrfm_made_from_the_same_data_are_not_audited_again_and_clean_us
         p = _ehrfm("probe", tiny_run, "--tokens", synth_tokens, "--labels", labels, "--out", tmp_path / f"p_{labels.parent.name}",
                    "--bootstrap", "0")
         assert p.returncode == 0 and "may hold their" not in p.stderr, p.stderr
+        verdict = __import__("json").loads((tmp_path / f"p_{labels.parent.name}" / "metrics.json").read_text())["label_audit"]
+        assert verdict["checked"] and verdict["look_ahead"] is False and verdict["outcome_in_history"] == 0, verdict
 
 
 @pytest.mark.parametrize("make", ["ProbeConfig", "BaselineConfig", "FinetuneConfig", "ZeroShotConfig"])

@@ -200,7 +200,9 @@ def test_a_label_file_named_for_no_known_task_is_still_audited_for_what_the_data
     mort.parent.mkdir()
     shutil.copy(made, mort)
     capsys.readouterr()
-    warn_outcome_in_history(meds, mort, "mort")
+    verdict = warn_outcome_in_history(meds, mort, "mort")
+    assert verdict["checked"] and verdict["look_ahead"] and not verdict["outcome_checked"], verdict
+    assert verdict["outcome_in_history"] is None and verdict["date_only_same_day"] == 4 and "only (b) and (c)" in verdict["why_not_checked"]
     err = capsys.readouterr().err
     assert (f"label file {mort}: `ehrfm audit` finds 4 of 4 labels whose history may hold events not known at their "
             f"prediction time (date-only or unreported)") in err, err
@@ -219,3 +221,22 @@ def test_every_head_takes_the_task_of_its_labels(command):
     first = ["meds"] if command == "baseline" else ["run", "--tokens", "tok"]
     args = build_parser().parse_args([command, *first, "--labels", "mort.parquet", "--out", "o", "--task", "icu_admission"])
     assert args.task == "icu_admission"
+
+
+def test_the_audit_refuses_a_task_other_than_the_one_a_file_is_named_for(tmp_path, fresh_outcome_checks):
+    """`ehrfm audit --labels long_los.parquet --task readmission_30d` judged long-stay labels by the readmission rules
+    ("LEAKAGE 149" on the MIMIC-IV demo), where the heads refuse that pairing: the audit refuses it alike."""
+    import shutil
+
+    from ehrfm.clinical.audit import audit
+    from ehrfm.errors import UserError
+
+    meds = _diagnosed_at_admission(tmp_path)
+    made = tmp_path / "made.parquet"
+    assert main(["labels", str(meds), "--task", "long_los", "--out", str(made)]) == 0
+    plain = tmp_path / "user" / "long_los.parquet"  # the user's copy: no sidecar records its task
+    plain.parent.mkdir()
+    shutil.copy(made, plain)
+    with pytest.raises(UserError, match=r"is named after task long_los, not readmission_30d"):
+        audit(meds, plain, task="readmission_30d")
+    assert audit(meds, plain, task="long_los").tasks["long_los"].n_labels == pl.read_parquet(plain).height

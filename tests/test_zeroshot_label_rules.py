@@ -209,3 +209,31 @@ def test_the_label_rules_give_the_same_counts_alone_batched_and_split(tmp_path, 
         np.testing.assert_array_equal(counts, np.concatenate([getattr(r, f) for r in alone]), err_msg=f)
         np.testing.assert_array_equal(counts, sum(getattr(r, f) for r in parts), err_msg=f)
     assert full.outcome.sum() and full.competing.sum() and full.transferred.sum()
+
+
+# 4 ---------------------------------------------------------------------------------------------
+def test_a_discharge_folded_into_its_familys_root_may_be_a_death(tmp_path):
+    """A tokenizer that folded HOSPITAL_DISCHARGE//DIED into HOSPITAL_DISCHARGE//* (its train count under --min-count:
+    the MIMIC-IV demo's 14 under 30) wrote every in-hospital death as MEDS_DEATH, HOSPITAL_DISCHARGE//*, which the
+    rollout scored as a death after a live discharge: a perfect model's mortality AUROC judged every death a survivor.
+    The root now waits as an unknown place (a death that day is in hospital); the tokenizer keeps DIED (and the
+    unknown places) as tokens of their own when any train event has one."""
+    from ehrfm.clinical.labels import UNKNOWN_DISCHARGE_LOCATIONS
+    from ehrfm.tokens import TokenDir
+    from tokenization.tokenize import DECIDING_CODES, fit_vocab
+
+    td = TokenDir(token_dir(tmp_path, ["HOSPITAL_DISCHARGE//*"]))
+    task, root, home = "in_hospital_mortality", "HOSPITAL_DISCHARGE//*", "HOSPITAL_DISCHARGE//HOME"
+    morning = int(datetime(2150, 1, 2, 8, tzinfo=timezone.utc).timestamp() * 1_000_000)
+    for death in (["MEDS_DEATH", root], [root, "MEDS_DEATH"]):  # the data's in-hospital death, in either order
+        assert decide(td, task, death, origin=morning)[:3] == (1, 0, 0), death
+    assert decide(td, task, ["MEDS_DEATH", home], origin=morning)[:3] == (0, 1, 0)  # a named place is still live
+    assert decide(td, task, [root] + ["1h-2h"] * 18, origin=morning)[:3] == (0, 1, 0)  # its day passes: discharged alive
+    # the tokenizer: the codes a label or rollout decides by are kept, however rare; other rare places fold
+    assert {f"HOSPITAL_DISCHARGE//{p}" for p in UNKNOWN_DISCHARGE_LOCATIONS if p} == DECIDING_CODES
+    counts = {"HOSPITAL_DISCHARGE//HOME": 64, "HOSPITAL_DISCHARGE//DIED": 14, "HOSPITAL_DISCHARGE//UNK": 28,
+              "HOSPITAL_DISCHARGE//HOSPICE": 5, "HOSPITAL_DISCHARGE//REHAB": 7}
+    heads, _ = fit_vocab(counts, "hierarchical", min_count=30)
+    assert heads == {"HOSPITAL_DISCHARGE//HOME": 64, "HOSPITAL_DISCHARGE//DIED": 14, "HOSPITAL_DISCHARGE//UNK": 28,
+                     "HOSPITAL_DISCHARGE//*": 12}
+    assert fit_vocab(counts, "flat", min_count=30)[0] == {"HOSPITAL_DISCHARGE//HOME": 64}  # DESIGN.md's flat mode

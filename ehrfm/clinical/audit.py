@@ -627,6 +627,7 @@ def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
             not a known task, or given for labels of several tasks.
     """
     from ehrfm.clinical.labels import (
+        check_named_task,
         read_labels,
         recorded_task,
         shards_lacking_stay_ids,
@@ -641,8 +642,10 @@ def audit(meds_dir: str | os.PathLike, labels: str | os.PathLike,
         if len(files) != 1:
             raise UserError(f"--task names the task of one label file, and labels {labels} holds {len(files)} tasks "
                             f"({', '.join(sorted(files))}); audit each file with its own --task")
-        path = next(iter(files.values()))
+        (name, path), = files.items()
         recorded = recorded_task(path) if path.is_file() else None
+        if recorded is None:  # a long_los.parquet audited as readmission said "LEAKAGE 149"; the heads refuse it
+            check_named_task(path, name, task)
         if recorded is not None and recorded != task:  # ehrfm's long_los.parquet audited as mortality came out clean
             raise UserError(f"--task {task}, but the sidecar of label file {path} records task {recorded}: audit it "
                             f"as {recorded} (without --task), or remove the stale sidecar {path.with_suffix('.json')}")

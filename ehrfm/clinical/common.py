@@ -106,7 +106,9 @@ def _labels_after_death(death: pl.DataFrame, labels: pl.DataFrame) -> int:
         return 0
 
 
-_OUTCOME_CHECKED: set = set()  # (label file, its mtime, MEDS dir, task) audited in this process: a sweep scores many runs
+# (label file, its mtime, MEDS dir, task) -> its look-ahead verdict, audited once in this process (a sweep scores many
+# runs); the heads write the verdict of their label file into metrics.json (label_audit)
+_OUTCOME_CHECKED: dict = {}
 
 # The key of a label sidecar that records the audit of its file (record_label_audit), read by the heads
 LABEL_AUDIT_KEY = "audit"
@@ -190,8 +192,8 @@ def _recorded_audit(labels_path: Path, meds_dir) -> dict | None:
     return None
 
 
-def warn_outcome_in_history(meds_dir, labels_path, task: str) -> None:
-    """One warning line when `ehrfm audit` finds labels whose history holds their task's outcome.
+def warn_outcome_in_history(meds_dir, labels_path, task: str) -> dict:
+    """One warning line when `ehrfm audit` finds labels whose history holds their task's outcome; returns the verdict.
 
     A head scores a user's label file as asked; one whose prediction times let the history hold the
     outcome (an ICU admission label predicted a minute before discharge: probe AUROC 0.999, without a
@@ -208,20 +210,50 @@ def warn_outcome_in_history(meds_dir, labels_path, task: str) -> None:
     gone (a warning says so). (a) counts a death in the history for
     every task: when it flags no more labels than hold a death, and (b), (c) none,
     warn_death_in_history has said it.
+
+    Returns the verdict a head writes into its metrics.json as `label_audit` (a stderr line alone left
+    an AUROC of 0.993 on look-ahead labels looking clean to whoever read the outputs): {"checked",
+    "look_ahead", "outcome_checked", "n_labels", "outcome_in_history", "death_in_history",
+    "date_only_same_day", "not_known_before_prediction", "why_not_checked"}; counts are None where not checked.
     """
+    if meds_dir is None:  # a token dir that records no MEDS dir (not made by `ehrfm tokenize`): nothing to check against
+        return _verdict(None, f"the token dir records no MEDS dir, so {task} labels were not audited")
+    labels_path = Path(labels_path)
+    if not labels_path.exists():
+        return _verdict(None, f"label file {labels_path} not found")
+    key = (str(labels_path.resolve()), labels_path.stat().st_mtime_ns, str(Path(meds_dir).resolve()), task)
+    if key not in _OUTCOME_CHECKED:
+        _OUTCOME_CHECKED[key] = _check_outcome_in_history(meds_dir, labels_path, task)
+    return _OUTCOME_CHECKED[key]
+
+
+def label_audit_of(labels_path) -> dict | None:
+    """The verdict warn_outcome_in_history gave label file `labels_path` (or a file in that dir) in this process, or None.
+
+    The newest such verdict: a head audits the one file it scores (head_labels picks a task's file in a dir).
+    """
+    where = str(Path(labels_path).resolve())
+    found = [v for k, v in _OUTCOME_CHECKED.items() if k[0] == where or k[0].startswith(where + os.sep)]
+    return found[-1] if found else None
+
+
+def _verdict(counts: dict | None, why_not: str = "", known: bool = False) -> dict:
+    if counts is None:
+        return {"checked": False, "look_ahead": None, "outcome_checked": False, "n_labels": None, "outcome_in_history": None,
+                "death_in_history": None, "date_only_same_day": None, "not_known_before_prediction": None, "why_not_checked": why_not}
+    a = counts["outcome_code_in_history"] if known else None
+    b, c = counts["date_only_same_day"], counts["not_known_before_prediction"]
+    return {"checked": True, "look_ahead": bool((a or 0) > counts["after_death"] or b or c), "outcome_checked": known,
+            "n_labels": counts["n_labels"], "outcome_in_history": a, "death_in_history": counts["after_death"],
+            "date_only_same_day": b, "not_known_before_prediction": c, "why_not_checked": why_not}
+
+
+def _check_outcome_in_history(meds_dir, labels_path: Path, task: str) -> dict:
+    """warn_outcome_in_history's audit of one label file for one task, warned of; its verdict."""
     from ehrfm.clinical.audit import OUTCOME_RULES, audit
     from ehrfm.clinical.labels import read_labels
     from ehrfm.io import warn
 
-    if meds_dir is None:
-        return  # a token dir that records no MEDS dir (not made by `ehrfm tokenize`): nothing to check against
-    labels_path = Path(labels_path)
-    if not labels_path.exists():
-        return
-    key = (str(labels_path.resolve()), labels_path.stat().st_mtime_ns, str(Path(meds_dir).resolve()), task)
-    if key in _OUTCOME_CHECKED:
-        return
-    _OUTCOME_CHECKED.add(key)
     known = task in OUTCOME_RULES
     made = known and labels_path.is_file() and _made_by_ehrfm_labels(labels_path, Path(meds_dir))
     counts = _recorded_audit(labels_path, meds_dir) if made else None
@@ -229,16 +261,18 @@ def warn_outcome_in_history(meds_dir, labels_path, task: str) -> None:
         if not Path(meds_dir).is_dir():
             warn(f"label file {labels_path}: the MEDS data its token dir was made from ({meds_dir}) is not there: its "
                  f"histories were not checked for the {task} outcome (run `ehrfm audit MEDS --labels {labels_path}`)")
-            return
+            return _verdict(None, f"the MEDS data {meds_dir} is not there")
         try:
             # a task the audit knows no outcome of (an ACES file named mort.parquet) is still checked for (b) and (c),
             # which are the data's: it was skipped without a word, and scored GBM AUROC 0.993 on look-ahead labels
             res = next(iter(audit(meds_dir, labels_path, task=task if known else None).tasks.values()))
             counts = _outcome_counts(res, _labels_after_death(_death_times(meds_dir), read_labels(labels_path, allow_empty=True)))
-        except UserError:  # what the audit refuses, the head refuses in its own words
-            return
+        except UserError as e:  # what the audit refuses, the head refuses in its own words
+            return _verdict(None, f"the audit refused the file ({e})")
     a, b, c = counts["outcome_code_in_history"] if known else 0, counts["date_only_same_day"], counts["not_known_before_prediction"]
-    if a > counts["after_death"] or b or c:
+    verdict = _verdict(counts, "" if known else f"task {task!r} has no outcome the audit knows: only (b) and (c) checked",
+                       known)
+    if verdict["look_ahead"]:
         what = f"their {task} outcome" if known else "events not known at their prediction time (date-only or unreported)"
         warn(f"label file {labels_path}: `ehrfm audit` finds {max(a, b, c)} of {counts['n_labels']} labels whose history "
              f"may hold {what} (look-ahead: a head scores it as asked, and its AUROC is no prediction); see "
@@ -247,6 +281,7 @@ def warn_outcome_in_history(meds_dir, labels_path, task: str) -> None:
         warn(f"label file {labels_path}: task {task!r} is none whose outcome the audit knows ({', '.join(OUTCOME_RULES)}): "
              "its histories were checked for date-only and not-yet-known events, not for the outcome itself (for one of "
              "those tasks, pass the head's --task or name the file <task>.parquet)")
+    return verdict
 
 
 def require_two_classes(y: np.ndarray, split: str, task: str) -> None:
@@ -497,8 +532,11 @@ def write_head_outputs(out: str | os.PathLike, overwrite: bool, config, metrics:
         if dict(frame.schema) != PREDICTION_SCHEMA:
             raise ValueError(f"{name}: columns {dict(frame.schema)} are not meds-evaluation's PredictionSchema {PREDICTION_SCHEMA}")
     cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    # the look-ahead verdict of its labels beside the scores it qualifies (warn_outcome_in_history)
+    audit = label_audit_of(cfg["labels"]) if cfg.get("labels") else None
     with atomic_dir(out, overwrite=overwrite, inputs=head_inputs(cfg), command=str(metrics.get("head", "head"))) as tmp:
-        write_json(tmp / "metrics.json", {**metrics, **(extra or {}), "config": cfg})
+        write_json(tmp / "metrics.json", {**metrics, **(extra or {}), "label_audit": audit or _verdict(
+            None, "not audited in this process (the head was called without warn_outcome_in_history)"), "config": cfg})
         write_json(tmp / "config.json", cfg)
         for name, frame in {**files, **(tables or {})}.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)

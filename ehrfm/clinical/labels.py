@@ -1014,7 +1014,7 @@ def head_labels(path: str | os.PathLike, task: str | None = None) -> tuple[Path,
     """
     path = Path(path)
     if label_shards(path):  # one task's shards: read together (refused before, as "several files")
-        _check_named_task(path, path.name, task)
+        check_named_task(path, path.name, task)
         return path, task or path.name
     if path.is_dir():
         files = _visible_parquet_files(path)
@@ -1033,11 +1033,11 @@ def head_labels(path: str | os.PathLike, task: str | None = None) -> tuple[Path,
         raise UserError(f"label file {path} holds labels of task {recorded} ({path.with_suffix('.json')}), not {task}: "
                         "pass that task's label file, or the matching --task")
     if recorded is None:
-        _check_named_task(path, path.stem, task)
+        check_named_task(path, path.stem, task)
     return path, task or recorded or path.stem
 
 
-def _check_named_task(path: Path, name: str, task: str | None) -> None:
+def check_named_task(path: Path, name: str, task: str | None) -> None:
     """Refuse `task`, one of TASKS, for labels without a sidecar whose file (or shard dir) is named after another.
 
     A zero-shot --task sets the rollout's outcome rule: long_los labels rolled out as mortality gave an

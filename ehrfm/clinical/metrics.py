@@ -312,21 +312,23 @@ def binary_metrics(y, p, task: str, n_boot: int = 1000, seed: int = 0, groups=No
         boot = n_boot if n_min >= MIN_CLASS_FOR_INTERVAL else 0
         out["auroc"] = float(roc_auc_score(y, p))
         out["auroc_ci"], auprc_ci, used = bootstrap_intervals(y, p, boot, seed, groups)
-        # The SE follows the interval's unit: subjects when some have several labels (clustered).
-        out["auroc_se"] = auroc_standard_error(y, p, groups if clustered else None)
-        out["auroc_se_method"] = SE_CLUSTERED if clustered else SE_DELONG
+        # The SE follows the interval's unit: subjects when some have several labels (clustered). Withheld with the
+        # interval: DeLong's SE of 2 positives that separate perfectly is 0.0, which weighted the utility law as exact.
+        enough = n_min >= MIN_CLASS_FOR_INTERVAL
+        out["auroc_se"] = auroc_standard_error(y, p, groups if clustered else None) if enough else None
+        out["auroc_se_method"] = (SE_CLUSTERED if clustered else SE_DELONG) if enough else None
         out["auprc"] = float(average_precision_score(y, p))
         out["auprc_ci"] = auprc_ci
         out["bootstrap"] = {"resamples": boot, "used": used, "interval": "percentile 95%",
                             "unit": "subject" if clustered else "label"}
-        if n_boot > 0 and not boot:
+        if not enough:
             if clustered:
                 out["note"] = (f"{n_pos} positive and {len(y) - n_pos} negative labels from {s_pos} and {s_neg} "
-                               f"subjects: no interval with fewer than {MIN_CLASS_FOR_INTERVAL} labels or subjects "
-                               "of a class (a bootstrap interval would be falsely narrow)")
+                               f"subjects: no interval or standard error with fewer than {MIN_CLASS_FOR_INTERVAL} labels "
+                               "or subjects of a class (they would be falsely narrow)")
             else:
-                out["note"] = (f"{n_pos} positive and {len(y) - n_pos} negative labels: no interval with fewer than "
-                               f"{MIN_CLASS_FOR_INTERVAL} of a class (a bootstrap interval would be falsely narrow)")
+                out["note"] = (f"{n_pos} positive and {len(y) - n_pos} negative labels: no interval or standard error "
+                               f"with fewer than {MIN_CLASS_FOR_INTERVAL} of a class (they would be falsely narrow)")
     else:
         out.update(auroc=None, auroc_ci=None, auroc_se=None, auroc_se_method=None, auprc=None, auprc_ci=None)
         out["note"] = "held_out labels have a single class: AUROC and AUPRC are undefined"

@@ -104,8 +104,9 @@ def score_run(
         out[f"auroc/{task}"] = m["auroc"] if m["auroc"] is None else float(m["auroc"])
         out[f"auroc_se/{task}"] = m["auroc_se"]
         out[f"auprc/{task}"] = m["auprc"] if m["auprc"] is None else float(m["auprc"])
-        if n_boot > 0:
-            out[f"auroc_boot/{task}"] = shared_bootstrap_auroc(h.y[ho], p[ho], n_boot, seed, subjects).tolist()
+        if n_boot > 0:  # none where the SE is withheld (too few of a class): replicates as falsely narrow as it
+            out[f"auroc_boot/{task}"] = (shared_bootstrap_auroc(h.y[ho], p[ho], n_boot, seed, subjects).tolist()
+                                         if m["auroc_se"] is not None else None)
     return out
 
 

@@ -279,7 +279,11 @@ def rollout_spec(td: TokenDir, task: str) -> RolloutSpec:
         raise UserError(f"token dir {td.path} has no competing token ({what}) for {task}")
     follow = bool(waiting) and task in ("icu_admission", "long_los")
     day_rule = bool(waiting) and task == "in_hospital_mortality"
-    unknown = [i for i in waiting if vocab[i][len(DISCHARGE_PREFIX):].strip().upper() in UNKNOWN_DISCHARGE_LOCATIONS]
+    # A rare place's discharge folded into its family's root (HOSPITAL_DISCHARGE//*, hierarchical codes) may be a death
+    # or an unknown place: it waits as an unknown one (a death that day is in hospital). As a live discharge, every
+    # in-hospital death of a tokenizer that folded DIED (`--min-count` above its count) scored as a death after discharge.
+    unknown = [i for i in waiting if vocab[i][len(DISCHARGE_PREFIX):].strip().upper() in UNKNOWN_DISCHARGE_LOCATIONS
+               or vocab[i] == DISCHARGE_PREFIX + "*"]
     return RolloutSpec(task, outcome, competing, cross, durations, ends, waiting, admissions if waiting else [],
                        (meds_death + [td.token_id(t) for t in END_TOKENS if t in have]) if waiting else [],
                        follow, death if follow else [], unknown if day_rule else [],
