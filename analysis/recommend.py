@@ -299,6 +299,40 @@ def _data_constrained(fits: dict, draws: dict, c: float, unique: float, r_star: 
     return out
 
 
+# A measured loss this far (relative) below the data-constrained law's loss at its own budget contradicts the law.
+CONTRADICTION_MARGIN = 0.01
+
+
+def _constrained_beaten_by_runs(fits: dict, r_star: float, conf: float) -> str:
+    """Where the fitted sweep's own runs beat the data-constrained law at their budget ("" when nowhere).
+
+    The law (Approach 3 on effective tokens, plus Muennighoff's parameter decay, which the fit does not
+    model) is evaluated at each fitted budget on the table's unique tokens, and compared with the lowest
+    loss measured there (Approach 1's envelope runs, Approach 2's IsoFLOP minima). A run more than
+    CONTRADICTION_MARGIN below it shows the law wrong where it was fitted: the recommendation said
+    2.612 at 1e21 FLOPs, trusted, beside runs of 2.42 there (a helper's table of repeated data).
+    """
+    unique = (fits.get("inputs") or {}).get("unique_tokens")
+    if not (_is_number(unique) and unique and unique > 0):
+        return ""
+    measured: dict[float, float] = {}
+    for p in (fits.get("approach1") or {}).get("points") or []:
+        if isinstance(p, dict) and _is_number(p.get("budget")) and _is_number(p.get("loss")) and None not in (p["budget"], p["loss"]):
+            measured[p["budget"]] = min(measured.get(p["budget"], math.inf), p["loss"])
+    for b in (fits.get("approach2") or {}).get("budgets") or []:
+        if isinstance(b, dict) and b.get("used") is True and _is_number(b.get("budget")) and _is_number(b.get("loss_min")) \
+                and None not in (b["budget"], b["loss_min"]):
+            measured[b["budget"]] = min(measured.get(b["budget"], math.inf), b["loss_min"])
+    beaten = []
+    for budget, loss in sorted(measured.items()):
+        if not (budget > 0 and math.isfinite(loss)):
+            continue
+        law = _data_constrained(fits, {}, budget, unique, r_star, conf)["loss"]
+        if math.isfinite(law) and loss < law * (1 - CONTRADICTION_MARGIN):
+            beaten.append(f"{law:.4g} predicted at {budget:.3g} FLOPs, {loss:.4g} measured")
+    return "; ".join(beaten[:3]) + (f" and {len(beaten) - 3} more budgets" if len(beaten) > 3 else "")
+
+
 # recommend warns when its model shape's tokens differ from D_opt by more than this factor.
 SHAPE_TOKENS_OFF = 2.0
 
@@ -504,6 +538,13 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
             notes.append(f"Approach {p.approach}'s loss law L_min ~ C^k lies outside the L_min interval of {misses[0]} of the "
                          f"{misses[1]} fitted budgets: a power law without a floor bends away from the minima, so its "
                          "bootstrap's loss interval is too narrow and none is given; take its loss as rough")
+    for p in preds:
+        if p.approach == 1 and _has_interval(p.loss_ci):
+            # its loss law goes through each budget's lowest run, a minimum over noisy runs: biased below the budget's
+            # L_min by their scatter, and its replicates with it (the truth inside it 0 times in 15 draws at a fitted budget)
+            p.loss_ci = [float("nan"), float("nan")]
+            notes.append("Approach 1's loss law goes through each budget's lowest run, below the budget's true minimum by "
+                         "the runs' scatter: no interval is given for its loss (its bootstrap shares that bias)")
     if not head.trusted:
         notes.append(f"Approach {head.approach} is not trusted: {head.why_untrusted}")
     max_budget = float(inputs.get("max_budget") or "nan")
@@ -541,6 +582,11 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
             if not by_k[3].trusted:
                 notes.append(f"the data-constrained optimum comes from Approach 3, which is not trusted here "
                              f"({by_k[3].why_untrusted}): do not size a model from it")
+            elif contradicted := _constrained_beaten_by_runs(fit_json, r_star, conf):
+                constrained["trusted"] = False
+                notes.append(f"the data-constrained law is contradicted by the fitted sweep: {contradicted}; its parameter "
+                             f"decay (Muennighoff et al. 2023's R_N* = {R_STAR_PARAMS}) is assumed, not fitted, and these runs "
+                             "do not show it: do not size a model from it")
             if not inputs.get("multi_epoch"):
                 notes.append("the fitted runs were all single-epoch: the repeated-data correction (Muennighoff et al. 2023, R*=15.4) is assumed, not fitted")
         else:

@@ -174,6 +174,20 @@ def data_limited_minima(fits: dict) -> list[str]:
     return out
 
 
+def data_limited_envelope(fits: dict) -> list[str]:
+    """Approach 1's envelope runs that train over FRESH_EPOCHS epochs of the unique tokens, as data_limited_minima."""
+    unique = (fits.get("inputs") or {}).get("unique_tokens")
+    if not (is_number(unique) and unique is not None and unique > 0):
+        return []
+    out = []
+    for p in (fits.get("approach1") or {}).get("points") or []:
+        d = p.get("tokens") if isinstance(p, dict) else None
+        if is_number(d) and d is not None and math.isfinite(d) and d / unique > FRESH_EPOCHS:
+            out.append(f"{p.get('budget'):.3g} ({d / unique:.3g} epochs)" if is_number(p.get("budget")) and p.get("budget") is not None
+                       else f"{d / unique:.3g} epochs")
+    return out
+
+
 def trust(fits: dict, k: int) -> tuple[bool, str]:
     """Can approach k's law of a fits.json dict be the default recommendation? Returns (ok, why not).
 
@@ -183,7 +197,8 @@ def trust(fits: dict, k: int) -> tuple[bool, str]:
     (`edge_budgets`: that budget's optimum is not bracketed) or its envelope holds fewer than 3 runs
     (`n_points`: a power law through 2 points is untested), nor, for Approach 2, when fewer than 3 of its
     budgets are used (`budgets[].used`: the same) or a used budget's minimum trains over FRESH_EPOCHS epochs
-    (`data_limited_minima`; nor is such an Approach 2 a reference that Approach 3 must agree with), nor, for Approach 3, when its frontier
+    (`data_limited_minima`; nor is such an Approach 2 a reference that Approach 3 must agree with), nor, for Approach 1,
+    when an envelope run does (`data_limited_envelope`), nor, for Approach 3, when its frontier
     coefficient G is not identified or its E, A, B, alpha or beta is out of range (E < 0, others <= 0),
     nor when an interval of a or b is reversed or misses its point estimate by more than its own width,
     nor an Approach 3 whose a, b are not beta/(alpha+beta), alpha/(alpha+beta), nor one with an exponent at its searched
@@ -227,6 +242,10 @@ def trust(fits: dict, k: int) -> tuple[bool, str]:
     if k == 2 and (limited := data_limited_minima(fits)):
         problems.append(f"the IsoFLOP minima of budget(s) {', '.join(limited)} train over {FRESH_EPOCHS:g} epochs of the "
                         "unique tokens: repeated data, not compute alone, places them, so their trend is no compute-optimal "
+                        "law (Approach 3, fitted on effective tokens, models the repeats)")
+    if k == 1 and (limited := data_limited_envelope(fits)):  # it stayed trusted (a = 0.62) beside runs of 18 epochs
+        problems.append(f"the envelope runs of budget(s) {', '.join(limited)} train over {FRESH_EPOCHS:g} epochs of the "
+                        "unique tokens: repeated data, not compute alone, picks them, so their trend is no compute-optimal "
                         "law (Approach 3, fitted on effective tokens, models the repeats)")
     budgets = f.get("budgets")
     if k == 2 and isinstance(budgets, list):

@@ -149,7 +149,7 @@ from ehrfm.tokens import TokenDir
 UNDECIDED_RULES = ("exclude", "negative")
 UNDECIDED_WARN = 0.5  # a share of undecided rollouts at or above this is warned: the score then says little
 # The rollout rules' version, in sweep collect's cache key: scores cached under older rules are redone.
-ROLLOUT_RULES = ("2026-12-03c: clock from the prediction time; an end of record is undecided; a discharge followed by "
+ROLLOUT_RULES = ("2026-12-07: a discharge folded into HOSPITAL_DISCHARGE//* waits as an unknown place; clock from the prediction time; an end of record is undecided; a discharge followed by "
                  "an admission within transfer_hours is a transfer (mortality, ICU admission, long stay); an outcome "
                  "is followed to its stay's end (ICU admission, long stay); mortality's day rule")
 ROLLOUT_BUDGET_BYTES = 1 << 30  # default memory of a batch (KV cache, prompt encoding and logits): every rollout of a small model's labels at once
