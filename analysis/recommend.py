@@ -538,13 +538,14 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
             notes.append(f"Approach {p.approach}'s loss law L_min ~ C^k lies outside the L_min interval of {misses[0]} of the "
                          f"{misses[1]} fitted budgets: a power law without a floor bends away from the minima, so its "
                          "bootstrap's loss interval is too narrow and none is given; take its loss as rough")
-    for p in preds:
+    for p in preds:  # (the headline says why; elsewhere the table's [n/a] is enough)
         if p.approach == 1 and _has_interval(p.loss_ci):
             # its loss law goes through each budget's lowest run, a minimum over noisy runs: biased below the budget's
             # L_min by their scatter, and its replicates with it (the truth inside it 0 times in 15 draws at a fitted budget)
             p.loss_ci = [float("nan"), float("nan")]
-            notes.append("Approach 1's loss law goes through each budget's lowest run, below the budget's true minimum by "
-                         "the runs' scatter: no interval is given for its loss (its bootstrap shares that bias)")
+            if p is head:
+                notes.append("Approach 1's loss law goes through each budget's lowest run, below the budget's true minimum "
+                             "by the runs' scatter: no interval is given for its loss (its bootstrap shares that bias)")
     if not head.trusted:
         notes.append(f"Approach {head.approach} is not trusted: {head.why_untrusted}")
     max_budget = float(inputs.get("max_budget") or "nan")

@@ -90,11 +90,19 @@ def test_sweep_probe_scores_carry_the_clustered_se(demo_meds, demo_tokens, tmp_p
     seen = []
     real = metrics.binary_metrics
     monkeypatch.setattr(metrics, "binary_metrics", lambda y, p, *a, **k: seen.append((y, p, k.get("groups"))) or real(y, p, *a, **k))
+    # the demo's held-out split has fewer than 10 patients with a positive, where no SE is given (2026-12-07: it
+    # would be falsely narrow); the threshold lowered, the SE given is the clustered one
+    monkeypatch.setattr(metrics, "MIN_CLASS_FOR_INTERVAL", 1)
     scores = score_run(run, demo_tokens, {"readmission_30d": path}, max_labels=None)
     (y, p, groups), = seen
     assert groups is not None and len(np.unique(groups)) < len(y)  # several stays of one patient
     assert scores["auroc_se/readmission_30d"] == pytest.approx(auroc_standard_error(y, p, groups), rel=1e-12)
     assert scores["auroc_se/readmission_30d"] != pytest.approx(auroc_standard_error(y, p), rel=1e-3)
+    monkeypatch.undo()
+    assert len(np.unique(groups[y == 1])) < 10
+    scores = score_run(run, demo_tokens, {"readmission_30d": path}, max_labels=None, n_boot=20)
+    assert scores["auroc_se/readmission_30d"] is None and scores["auroc_boot/readmission_30d"] is None
+    assert scores["auroc/readmission_30d"] is not None
 
 
 # --- zeroshot: the transfer rule of readmission ---------------------------------------------------
