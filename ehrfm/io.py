@@ -33,12 +33,28 @@ from ehrfm.errors import UserError
 _HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 
 
+# The longest line a warning or error prints: a 200,000-character code of another tool's MEDS data made one warning
+# line of 200,177 characters.
+LINE_MAX_CHARS = 4000
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str, limit: int = LINE_MAX_CHARS) -> str:
+    """`text` as one printable line, at most `limit` characters and a note of how many more there were.
+
+    Control characters are escaped: a code holding a line break or ESC split a warning and coloured the terminal.
+    """
+    text = _CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} characters more)"
+
+
 def warn(line: str, command: str = "") -> None:
     """One warning line on stderr, `ehrfm[ COMMAND]: warning: LINE`, the one form every stage uses.
 
-    Never silenced by EHRFM_QUIET (warnings are not progress); never carries patient values.
+    Never silenced by EHRFM_QUIET (warnings are not progress); never carries patient values. Data's
+    text in it (another tool's codes) is made one bounded line (one_line).
     """
-    print(f"ehrfm{' ' + command if command else ''}: warning: {line}", file=sys.stderr, flush=True)
+    print(one_line(f"ehrfm{' ' + command if command else ''}: warning: {line}"), file=sys.stderr, flush=True)
 
 
 _WARNED_ONCE: set[tuple[str, str]] = set()  # (kind, key) pairs already said by warn_once in this process
@@ -911,11 +927,12 @@ def _isatty(f) -> bool:
 
 
 def error_line(text: str) -> str:
-    """`text` made ready to be the last line of stderr.
+    """`text` made ready to be the last line of stderr: one bounded line (one_line).
 
     Bars still open (an error unwound past them) are closed first, and a newline ends any partial
     bar line they left.
     """
+    text = one_line(text)
     if not _bars_shown:
         return text
     from tqdm import tqdm

@@ -89,3 +89,49 @@ def test_meds_shards_are_read_whatever_the_case_of_parquet_and_other_files_are_s
     assert after.get("train", 0) == before["train"] - 1
     err = capsys.readouterr().err
     assert f"left out 1 file(s) not named *.parquet (e.g. train/{shard.stem}.pq)" in err, err
+
+
+def test_a_missing_code_dictionary_is_reported_beside_the_table_it_describes(mimic_demo_dir, tmp_path, capsys):
+    """DESIGN.md: labevents + d_labitems, "absence reported in the summary"; it was not (codes "lab item 50813")."""
+    raw = _raw(mimic_demo_dir, tmp_path, "labevents", "diagnoses_icd", "d_icd_diagnoses")
+    etl(raw, tmp_path / "meds")
+    out = capsys.readouterr().out
+    assert "; dictionaries absent: hosp/d_labitems, their codes described by id)" in out, out
+    config = json.loads((tmp_path / "meds" / "metadata" / "etl_config.json").read_text())
+    assert config["dictionaries_missing"] == ["hosp/d_labitems"]  # d_icd_diagnoses is there; no icu table to describe
+
+
+def test_warnings_and_errors_are_one_bounded_line_whatever_the_data_holds(capsys):
+    from ehrfm.io import LINE_MAX_CHARS, error_line, warn
+
+    warn("code LAB//x\nFAKE LINE \x1b[31mred\u2028end")
+    err = capsys.readouterr().err
+    assert err == "ehrfm: warning: code LAB//x\\nFAKE LINE \\x1b[31mred\\u2028end\n", err
+    warn("codes " + "A" * 200_000)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and len(err) < LINE_MAX_CHARS + 100 and err.rstrip().endswith("characters more)"), err[-80:]
+    assert error_line("bad code X\r\nY") == "bad code X\\r\\nY"
+
+
+def test_two_births_and_empty_splits_are_said(synth_meds, tmp_path, capsys):
+    import polars as pl
+
+    from tokenization.tokenize import tokenize
+
+    meds = tmp_path / "meds"
+    shutil.copytree(synth_meds, meds)
+    shard = sorted((meds / "data" / "train").glob("*.parquet"))[0]
+    df = pl.read_parquet(shard)
+    births = df.filter(pl.col("code") == "MEDS_BIRTH").head(3).with_columns(pl.col("time") - pl.duration(days=40 * 365))
+    pl.concat([births, df]).sort("subject_id", "time", nulls_last=False, maintain_order=True).write_parquet(shard)
+    tokenize(meds, tmp_path / "tok")
+    stats = json.loads((tmp_path / "tok" / "stats.json").read_text())
+    assert stats["splits"]["train"]["subjects_with_several_births"] == 3
+    assert stats["splits"]["tuning"]["subjects_with_several_births"] == 0
+    assert "3 subjects have MEDS_BIRTH rows at two or more times (train 3" in capsys.readouterr().err
+    # a split asked to be empty is said (it was written without a word)
+    raw = json.loads((synth_meds / "metadata" / "etl_config.json").read_text())["raw"]
+    etl(raw, tmp_path / "meds_train_only", split_fractions=(1.0, 0.0, 0.0))
+    err = capsys.readouterr().err
+    assert "etl: split 'tuning' gets no subjects (--split-fractions 1,0,0)" in err and "split 'held_out' gets no" in err, err
+    assert sorted(p.name for p in (tmp_path / "meds_train_only" / "data").iterdir()) == ["train"]

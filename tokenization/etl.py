@@ -1080,6 +1080,16 @@ DICTIONARIES = {
     "hosp/d_icd_procedures": ["icd_code", "icd_version", "long_title"],
     "hosp/d_hcpcs": ["code", "long_description", "short_description"],  # CPT rows have only the short one
 }
+# The event tables whose codes each dictionary describes: a dictionary absent beside one of them is reported
+# (DESIGN.md: labevents + d_labitems, icu tables + d_items), its codes described by their ids alone.
+DESCRIBES = {
+    "hosp/d_labitems": ("hosp/labevents",),
+    "icu/d_items": ("icu/chartevents", "icu/inputevents", "icu/outputevents", "icu/procedureevents",
+                    "icu/datetimeevents", "icu/ingredientevents"),
+    "hosp/d_icd_diagnoses": ("hosp/diagnoses_icd",),
+    "hosp/d_icd_procedures": ("hosp/procedures_icd",),
+    "hosp/d_hcpcs": ("hosp/hcpcsevents",),
+}
 
 
 # ------------------------------------------------------------------------------- reading raw
@@ -2143,6 +2153,8 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
     wanted, present, missing, used_columns = _resolve_tables(raw, cfg)
     absent_columns = _warn_absent_optional_columns(wanted, present, used_columns)
     dictionaries = _dictionary_files(raw)
+    # absent beside a table they describe: its codes keep only their ids ("lab item 50813 (mmol/L)"), said
+    no_dictionary = [d for d, tables in DESCRIBES.items() if d not in dictionaries and any(present.get(t) for t in tables)]
     not_read = _warn_raw_files_not_read(raw)
 
     # The pool closes (its workers done) before atomic_dir removes a failed run's tmp dir.
@@ -2162,7 +2174,7 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
         _write_codes(dictionaries, tmp, counts.pop("codes"))
         account = _account(rows_in, counts, ctx)
         _refuse_lost_tables(rows_in, ctx, present, counts["written"])
-        _write_metadata(tmp, cfg, split_of, rows_in, missing, ctx.untimed, account, absent_columns, not_read)
+        _write_metadata(tmp, cfg, split_of, rows_in, missing, ctx.untimed, account, absent_columns, not_read, no_dictionary)
         write_json(tmp / "metadata" / ETL_METADATA, _audit_metadata(account, ctx))
         import shutil
 
@@ -2174,7 +2186,9 @@ def etl(raw: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
         print(line, flush=True)
     summary(
         f"etl: {result['subjects']} subjects, {result['events']} events, {result['codes']} codes from "
-        f"{len(rows_in)} tables ({len(missing)} absent: {', '.join(missing) or 'none'}) -> {out} in {seconds:.1f}s"
+        f"{len(rows_in)} tables ({len(missing)} absent: {', '.join(missing) or 'none'}"
+        + (f"; dictionaries absent: {', '.join(no_dictionary)}, their codes described by id" if no_dictionary else "")
+        + f") -> {out} in {seconds:.1f}s"
     )
     return result
 
@@ -2868,6 +2882,13 @@ def _split_subjects(subjects: np.ndarray, cfg: EtlConfig) -> pl.DataFrame:
                                 f"every split needs subjects; list some of them under {name!r} in that file")
             raise UserError(f"split {name!r} is empty ({len(subjects)} subjects, fractions {list(cfg.split_fractions)}); "
                             "use more subjects or other split fractions")
+        if frac == 0 and not cfg.splits_file:  # asked for, yet the MEDS data without it went on in silence
+            from ehrfm.io import warn
+
+            warn(f"etl: split {name!r} gets no subjects (--split-fractions {','.join(f'{f:g}' for f in cfg.split_fractions)})"
+                 + (": `ehrfm train` measures its validation loss on the tuning split and refuses data without one"
+                    if name == "tuning" else ": the heads score on the held_out split and refuse data without one"
+                    if name == "held_out" else ""))
     return df
 
 
@@ -3473,7 +3494,8 @@ def dataset_identity(raw: str | os.PathLike) -> tuple[str, str | None]:
 
 
 def _write_metadata(out: Path, cfg: EtlConfig, split_of: pl.DataFrame, rows_in: dict, missing: list,
-                    untimed: dict, account: dict, absent_columns: dict, not_read: list[str]) -> None:
+                    untimed: dict, account: dict, absent_columns: dict, not_read: list[str],
+                    no_dictionary: list[str] = ()) -> None:
     import meds
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -3498,6 +3520,7 @@ def _write_metadata(out: Path, cfg: EtlConfig, split_of: pl.DataFrame, rows_in: 
         "tables_selected": cfg.tables,  # --tables as resolved (null: every table); "tables" is the account
         "optional_columns_absent": absent_columns,  # {table: [column]}: read as empty (_warn_absent_optional_columns)
         "raw_files_not_read": not_read,  # data files in raw's folders that are no table read (_warn_raw_files_not_read)
+        "dictionaries_missing": list(no_dictionary),  # beside a table whose codes they describe (DESCRIBES)
         "tables": account,
         "count_units": COUNT_UNITS,
     })

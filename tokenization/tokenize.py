@@ -703,7 +703,8 @@ class _Encoder:
         code_tokens (the tokens those rows became), unk_events and coarsened_events.
         unk_codes: {code: events} of the codes that became UNK.
         """
-        birth = df.filter(pl.col("code") == BIRTH_CODE).group_by("subject_id").agg(pl.col("time").min().alias("birth"))
+        birth = df.filter(pl.col("code") == BIRTH_CODE).group_by("subject_id").agg(
+            pl.col("time").min().alias("birth"), pl.col("time").n_unique().alias("births"))
         df = df.filter(~pl.col("code").is_in(self.not_emitted))
         df = df.join(self._code_table(df["code"]), on="code", how="left", maintain_order="left")
         static = df.filter(pl.col("time").is_null())
@@ -774,6 +775,8 @@ class _Encoder:
                                                             & (subjects["first"] < subjects["birth"])).sum()),
                   # another ETL may write no birth row (or under another code): every such age token is AGE//UNK
                   "subjects_without_birth": int(subjects["birth"].is_null().sum()),
+                  # two MEDS_BIRTH times (another ETL's merge of two records): the earliest is taken, counted and said
+                  "subjects_with_several_births": int((birth["births"] > 1).sum()),
                   # rows equal to an earlier one in every event column: kept (two equal measurements or orders at one time
                   # are real: 8.1% of the MIMIC-IV demo's events, a third of its POE rows), counted per code family,
                   # and said when a family's are half its rows (an ETL that wrote a table twice: REPEATED_FAMILY_SAID)
@@ -963,6 +966,7 @@ def _split_stats(st: dict) -> dict:
         "non_finite_values": st["non_finite_values"],
         "subjects_with_events_before_birth": st["subjects_with_events_before_birth"],
         "subjects_without_birth": st["subjects_without_birth"],
+        "subjects_with_several_births": st["subjects_with_several_births"],
         "repeated_events": st["repeated_events"],
         # the code families whose events look written twice (REPEATED_FAMILY_SAID): {family: [events, repeated]}
         "repeated_families": {f: [n, r] for f, n, r in _doubled_families(st)},
@@ -1026,7 +1030,7 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
         jobs = [sh for s in SPLITS for sh in shards.get(s, [])]
         state = {s: dict(subjects=0, events=0, tokens=0, code_events=0, code_tokens=0, unk_events=0,
                          coarsened_events=0, non_finite_values=0, subjects_with_events_before_birth=0,
-                         subjects_without_birth=0, repeated_events=0, max_token_id=-1,
+                         subjects_without_birth=0, subjects_with_several_births=0, repeated_events=0, max_token_id=-1,
                          index=[], unk_codes={}, repeated_by_family={}) for s in shards}
         files = {}
         for s in shards:
@@ -1053,6 +1057,9 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
         stats["seconds"] = round(time.time() - t0, 2)
         write_json(tmp / "stats.json", stats)
         write_json(tmp / "config.json", cfg)
+    if "train" in stats["splits"] and (stats["splits"].get("tuning") or {}).get("subjects", 1) == 0:
+        warn(f"MEDS dataset {meds}: its tuning split has no subjects (its shards have no rows): `ehrfm train` measures its "
+             "validation loss on the tuning split and refuses a token dir without subjects there")
     _warn_unknown_codes(state, stats, tokenizer, cfg.min_count)
     total, per_split = _split_counts(stats, "non_finite_values")
     if total:  # read as no value (the code's token stays): said once, not only in stats.json
@@ -1068,6 +1075,10 @@ def tokenize(meds: str | os.PathLike, out: str | os.PathLike, tokenizer: str | o
         warn(f"tokenize: {total:,} subjects have no {BIRTH_CODE} row ({per_split}; stats.json subjects_without_birth): "
              f"their age token is AGE//UNK (an ETL that writes no birth, or one that dropped it: `ehrfm etl` drops an "
              "implausible anchor_age's, counted as birth_of_implausible_anchor_age)")
+    total, per_split = _split_counts(stats, "subjects_with_several_births")
+    if total:  # the age token moved by decades without a word (two births 40 years apart: the earliest taken)
+        warn(f"tokenize: {total:,} subjects have {BIRTH_CODE} rows at two or more times ({per_split}; stats.json "
+             "subjects_with_several_births): the earliest is taken for their age token; two records merged into one subject?")
     doubled: dict[str, list[int]] = {}
     for v in stats["splits"].values():
         _add_family_counts(doubled, v["repeated_families"])
