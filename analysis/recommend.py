@@ -299,37 +299,29 @@ def _data_constrained(fits: dict, draws: dict, c: float, unique: float, r_star: 
     return out
 
 
-# A measured loss this far (relative) below the data-constrained law's loss at its own budget contradicts the law.
-CONTRADICTION_MARGIN = 0.01
-
-
 def _constrained_beaten_by_runs(fits: dict, r_star: float, conf: float) -> str:
     """Where the fitted sweep's own runs beat the data-constrained law at their budget ("" when nowhere).
 
     The law (Approach 3 on effective tokens, plus Muennighoff's parameter decay, which the fit does not
-    model) is evaluated at each fitted budget on the table's unique tokens, and compared with the lowest
-    loss measured there (Approach 1's envelope runs, Approach 2's IsoFLOP minima). A run more than
-    CONTRADICTION_MARGIN below it shows the law wrong where it was fitted: the recommendation said
-    2.612 at 1e21 FLOPs, trusted, beside runs of 2.42 there (a helper's table of repeated data).
+    model) is evaluated at each budget Approach 2 used whose IsoFLOP minimum trains over one epoch of the
+    table's unique tokens (below, the law is Approach 3's alone and the runs say nothing of repeats), and
+    compared with that budget's L_min: a law above L_min's interval shows it wrong where it was fitted.
+    It said 2.612 at 1e21 FLOPs, trusted, beside runs of 2.42 there (a helper's table of repeated data).
     """
     unique = (fits.get("inputs") or {}).get("unique_tokens")
     if not (_is_number(unique) and unique and unique > 0):
         return ""
-    measured: dict[float, float] = {}
-    for p in (fits.get("approach1") or {}).get("points") or []:
-        if isinstance(p, dict) and _is_number(p.get("budget")) and _is_number(p.get("loss")) and None not in (p["budget"], p["loss"]):
-            measured[p["budget"]] = min(measured.get(p["budget"], math.inf), p["loss"])
-    for b in (fits.get("approach2") or {}).get("budgets") or []:
-        if isinstance(b, dict) and b.get("used") is True and _is_number(b.get("budget")) and _is_number(b.get("loss_min")) \
-                and None not in (b["budget"], b["loss_min"]):
-            measured[b["budget"]] = min(measured.get(b["budget"], math.inf), b["loss_min"])
     beaten = []
-    for budget, loss in sorted(measured.items()):
-        if not (budget > 0 and math.isfinite(loss)):
+    for b in (fits.get("approach2") or {}).get("budgets") or []:
+        if not (isinstance(b, dict) and b.get("used") is True and all(
+                _is_number(b.get(k)) and b.get(k) is not None for k in ("budget", "loss_min", "d_opt"))):
             continue
-        law = _data_constrained(fits, {}, budget, unique, r_star, conf)["loss"]
-        if math.isfinite(law) and loss < law * (1 - CONTRADICTION_MARGIN):
-            beaten.append(f"{law:.4g} predicted at {budget:.3g} FLOPs, {loss:.4g} measured")
+        ci = b.get("loss_min_ci")
+        if not (_has_interval(ci) and b["budget"] > 0 and b["d_opt"] > unique):
+            continue
+        law = _data_constrained(fits, {}, b["budget"], unique, r_star, conf)["loss"]
+        if math.isfinite(law) and law > ci[1]:
+            beaten.append(f"{law:.4g} predicted at {b['budget']:.3g} FLOPs, L_min {format_ci(b['loss_min'], ci)} measured")
     return "; ".join(beaten[:3]) + (f" and {len(beaten) - 3} more budgets" if len(beaten) > 3 else "")
 
 

@@ -120,10 +120,20 @@ OTHER_DATA_SUFFIXES = (".pq", ".parquet.zst", ".parquet.gz", ".parquet.snappy", 
 
 
 def _other_data_files(data: Path) -> list[Path]:
-    """Files under `data` (not hidden) whose names say data but not *.parquet: never read, so said."""
-    return sorted(Path(top) / f for top, dirs, files in os.walk(data, followlinks=True)
-                  if not any(part.startswith(".") for part in Path(top).relative_to(data).parts)
-                  for f in files if not f.startswith(".") and f.lower().endswith(OTHER_DATA_SUFFIXES))
+    """Files under `data` (not hidden) whose names say data but not *.parquet: never read, so said.
+
+    Walked as _all_parquet_files walks (links followed, each real folder once: two links back up made the
+    walk grow without end).
+    """
+    found, seen = [], set()
+    for top, dirs, files in os.walk(data, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen or any(part.startswith(".") for part in Path(top).relative_to(data).parts):
+            dirs[:] = []
+            continue
+        seen.add(real)
+        found += [Path(top) / f for f in files if not f.startswith(".") and f.lower().endswith(OTHER_DATA_SUFFIXES)]
+    return sorted(found)
 
 
 def _parquet_files(folder: Path, data: Path) -> list[Path]:
@@ -477,7 +487,7 @@ def _split_folder_shards(data: Path, folders: list[str]) -> tuple[dict[str, list
             f"{data}: split folder(s) {', '.join(unknown)} are not MEDS splits ({', '.join(SPLITS)}; "
             f"known aliases {', '.join(sorted(SPLIT_ALIASES))}); rename them or use a flat layout with "
             f"{SUBJECT_SPLITS_FILE}")
-    loose = [p for p in sorted(data.glob("*.parquet")) if not p.name.startswith(".")]
+    loose = [p for p in sorted(data.iterdir()) if p.is_file() and p.name.lower().endswith(".parquet") and not p.name.startswith(".")]
     if loose:
         raise UserError(f"{data}: {len(loose)} parquet file(s) lie beside the split folders "
                         f"{', '.join(folders)}; put every shard in a split folder")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -240,3 +241,18 @@ def test_the_audit_refuses_a_task_other_than_the_one_a_file_is_named_for(tmp_pat
     with pytest.raises(UserError, match=r"is named after task long_los, not readmission_30d"):
         audit(meds, plain, task="readmission_30d")
     assert audit(meds, plain, task="long_los").tasks["long_los"].n_labels == pl.read_parquet(plain).height
+
+
+def test_a_heads_label_audit_is_the_verdict_it_met(tmp_path, monkeypatch, fresh_outcome_checks):
+    """label_audit_of took the newest cache entry of the file: audited against MEDS A, then B, then scored against A
+    again (cached), the third head wrote B's verdict."""
+    from ehrfm.clinical import common
+
+    labels = tmp_path / "l.parquet"
+    labels.write_bytes(b"x")
+    (tmp_path / "A").mkdir()
+    (tmp_path / "B").mkdir()
+    monkeypatch.setattr(common, "_check_outcome_in_history", lambda meds, path, task: {"from": Path(meds).name})
+    for meds in ("A", "B", "A"):
+        common.warn_outcome_in_history(tmp_path / meds, labels, "long_los")
+        assert common.label_audit_of(labels) == {"from": meds}

@@ -1475,24 +1475,50 @@ def _csv_error(path: Path, e: Exception, block_size: int) -> UserError:
     return UserError(f"{path}: cannot be read as CSV ({_safe_reason(e)})")
 
 
+def merged_records_pattern(n_columns: int) -> str:
+    """A value that holds a line break followed by what starts a record of a file of `n_columns` columns.
+
+    MERGED_RECORDS (an id, two more fields and a date-time), or a line of at least n_columns - 1 commas: a
+    table whose rows hold no time (hcpcsevents, drgcodes) or start with no plain number (poe's 10000032-12)
+    lost its rows to a quote left open, unrefused, when only the first was looked for.
+    """
+    if n_columns < 3:
+        return MERGED_RECORDS
+    return f"(?:{MERGED_RECORDS})|(?:[\\r\\n](?:[^,\\r\\n]*,){{{n_columns - 1}}})"
+
+
 def _merged_records_in_other_columns(path: Path, read: list[str], block_size: int) -> dict[str, int]:
-    """{column: values holding MERGED_RECORDS} of the columns of CSV `path` not in `read` (counts, never values)."""
+    """{column: values holding a merged record} of the columns of CSV `path` not in `read` (counts, never values).
+
+    Columns are taken by position (a header with an empty or repeated name, a trailing comma, cannot be
+    selected by name); a file pyarrow cannot read is one UserError (_csv_error).
+    """
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    others = [c for c in _header(path) if c not in read]
+    header = _header(path)
+    others = [i for i, c in enumerate(header) if c not in read]
     if not others:
         return {}
-    reader = pacsv.open_csv(_csv_source(path), read_options=pacsv.ReadOptions(block_size=block_size, use_threads=False),
-                            parse_options=pacsv.ParseOptions(**CSV_PARSE),
-                            convert_options=pacsv.ConvertOptions(include_columns=others,
-                                                                 column_types={c: pa.string() for c in others}))
+    names = [f"c{i}" for i in range(len(header))]
+    pattern = merged_records_pattern(len(header))
+    with _open_text(path) as f:
+        block_size = max(block_size, len(_first_line(f)) + 2)
     found: dict[str, int] = {}
-    for batch in reader:
-        df = pl.from_arrow(pa.Table.from_batches([batch]))
-        for c, n in df.select(pl.col(c).str.contains(MERGED_RECORDS).sum() for c in others).row(0, named=True).items():
-            if n:
-                found[c] = found.get(c, 0) + int(n)
+    try:
+        reader = pacsv.open_csv(_csv_source(path), read_options=pacsv.ReadOptions(
+                                    block_size=block_size, use_threads=False, skip_rows=1, column_names=names),
+                                parse_options=pacsv.ParseOptions(**CSV_PARSE),
+                                convert_options=pacsv.ConvertOptions(include_columns=[names[i] for i in others],
+                                                                     column_types={names[i]: pa.string() for i in others}))
+        for batch in reader:
+            df = pl.from_arrow(pa.Table.from_batches([batch]))
+            counts = df.select(pl.col(names[i]).str.contains(pattern).sum() for i in others).row(0)
+            for i, n in zip(others, counts, strict=True):
+                if n:
+                    found[header[i] or f"#{i + 1}"] = found.get(header[i] or f"#{i + 1}", 0) + int(n)
+    except (pa.ArrowInvalid, OSError, EOFError) as e:
+        raise _csv_error(path, e, block_size) from None
     return found
 
 
@@ -1628,6 +1654,7 @@ class _BadValues:
         self.control: dict[str, int] = {}  # column -> values holding a NUL byte (_without_control_characters)
         self.merged: dict[str, int] = {}  # column -> values holding a line break and then a record's start (MERGED_RECORDS)
         self.line_breaks = 0  # line ends (\n, \r\n, \r) inside the values read: physical lines that are no row (_LineCount)
+        self.merged_pattern = MERGED_RECORDS  # what a merged record looks like in this file (merged_records_pattern)
         self.dates: dict[str, int] = {}  # Table.timed_only column -> its values written without a time of day
 
     def __bool__(self) -> bool:
@@ -2589,6 +2616,7 @@ def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context
     import pyarrow.parquet as pq
 
     bad = _BadValues(path)
+    bad.merged_pattern = merged_records_pattern(len(_header(path)))
     writer = None
     n_rows = 0
     ctx.table = table.name
@@ -2760,7 +2788,7 @@ def _without_control_characters(df: pl.DataFrame, bad: _BadValues, ctx: Context)
         return df
     bad.line_breaks += sum(df.select(pl.col(c).str.count_matches(LINE_ENDS).sum() for c in cols).row(0))
     counts = df.select([pl.col(c).str.contains(NUL, literal=True).sum().alias(f"n:{c}") for c in cols]
-                       + [pl.col(c).str.contains(MERGED_RECORDS).sum().alias(f"m:{c}") for c in cols]
+                       + [pl.col(c).str.contains(bad.merged_pattern).sum().alias(f"m:{c}") for c in cols]
                        + [pl.col(c).str.contains(CONTROL_CHARACTERS).sum().alias(f"c:{c}") for c in cols]
                        + [pl.col(c).str.contains(LINE_BREAKS).sum().alias(f"b:{c}") for c in cols]
                        + [pl.col(c).str.contains(UNICODE_SPACES).sum().alias(f"s:{c}") for c in cols]).row(0, named=True)

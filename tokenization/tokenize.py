@@ -222,10 +222,18 @@ def _sliced_chunks(shard: Shard, n: int, read_rows: int):
 # rare unit (the MIMIC-IV demo's Neuro SICU, 3 in train) was UNK: no rollout could reach it as the outcome.
 OUTCOME_FAMILIES = ("MEDS_DEATH", "HOSPITAL_ADMISSION", "HOSPITAL_DISCHARGE", "ICU_ADMISSION", "ICU_DISCHARGE")
 # Codes whose own token decides a label or a rollout (a death, a discharge to no known place:
-# ehrfm.clinical.labels.UNKNOWN_DISCHARGE_LOCATIONS), kept in hierarchical mode when any train event has one.
+# ehrfm.clinical.labels.UNKNOWN_DISCHARGE_LOCATIONS, read as they read it), kept in hierarchical mode when any train
+# event has one.
 # Folded into HOSPITAL_DISCHARGE//* (the MIMIC-IV demo's 14 DIED under --min-count 30), a rollout could not tell
 # a death from a live discharge.
-DECIDING_CODES = frozenset(f"HOSPITAL_DISCHARGE//{place}" for place in ("DIED", "UNK", "UNKNOWN", "NONE", "NULL", "NAN", "OTHER"))
+DECIDING_PREFIX = "HOSPITAL_DISCHARGE//"
+
+
+def is_deciding_code(code: str) -> bool:
+    """A discharge code whose place is DIED or unknown, in any case or spacing, as the labels and rollouts read it."""
+    from ehrfm.clinical.labels import UNKNOWN_DISCHARGE_LOCATIONS
+
+    return code.startswith(DECIDING_PREFIX) and code[len(DECIDING_PREFIX):].strip().upper() in UNKNOWN_DISCHARGE_LOCATIONS
 
 
 def fit_vocab(counts: dict[str, int], mode: str, min_count: int) -> tuple[dict[str, int], dict[str, int]]:
@@ -234,7 +242,7 @@ def fit_vocab(counts: dict[str, int], mode: str, min_count: int) -> tuple[dict[s
     A head candidate is kept when at least `min_count` train events would be encoded with it:
     its own events plus those of its descendants that are not kept themselves (so a rare code's
     events count for its nearest kept ancestor, and every kept token is used >= min_count times, but
-    the root of an OUTCOME_FAMILIES family and the DECIDING_CODES, kept in hierarchical mode when any
+    the root of an OUTCOME_FAMILIES family and the deciding codes (is_deciding_code), kept in hierarchical mode when any
     event reaches them; flat mode is DESIGN.md's, rare codes UNK).
     A continuation token at position j is kept when >= min_count events whose head and earlier
     continuations are kept carry it. In flat mode this is exactly "codes with count >= min_count".
@@ -260,7 +268,7 @@ def fit_vocab(counts: dict[str, int], mode: str, min_count: int) -> tuple[dict[s
     for t in sorted(depth, key=lambda t: (-depth[t], t)):  # children before their parents
         r = residual.get(t, 0)
         outcome_root = r and mode == HIERARCHICAL and parent[t] is None and t.split("//")[0] in OUTCOME_FAMILIES
-        deciding = r and mode == HIERARCHICAL and t in DECIDING_CODES
+        deciding = r and mode == HIERARCHICAL and is_deciding_code(t)
         if t not in SPECIAL_TOKENS and (r >= min_count or outcome_root or deciding):
             heads[t] = r
         elif r and parent[t] is not None:

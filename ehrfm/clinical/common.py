@@ -109,6 +109,7 @@ def _labels_after_death(death: pl.DataFrame, labels: pl.DataFrame) -> int:
 # (label file, its mtime, MEDS dir, task) -> its look-ahead verdict, audited once in this process (a sweep scores many
 # runs); the heads write the verdict of their label file into metrics.json (label_audit)
 _OUTCOME_CHECKED: dict = {}
+_LAST_VERDICT: dict = {}  # "last": (label file, verdict) of the latest call, what the head about to write it met
 
 # The key of a label sidecar that records the audit of its file (record_label_audit), read by the heads
 LABEL_AUDIT_KEY = "audit"
@@ -224,17 +225,19 @@ def warn_outcome_in_history(meds_dir, labels_path, task: str) -> dict:
     key = (str(labels_path.resolve()), labels_path.stat().st_mtime_ns, str(Path(meds_dir).resolve()), task)
     if key not in _OUTCOME_CHECKED:
         _OUTCOME_CHECKED[key] = _check_outcome_in_history(meds_dir, labels_path, task)
+    _LAST_VERDICT["last"] = (key[0], _OUTCOME_CHECKED[key])
     return _OUTCOME_CHECKED[key]
 
 
 def label_audit_of(labels_path) -> dict | None:
-    """The verdict warn_outcome_in_history gave label file `labels_path` (or a file in that dir) in this process, or None.
+    """The verdict warn_outcome_in_history last gave label file `labels_path` (or a file in that dir), or None.
 
-    The newest such verdict: a head audits the one file it scores (head_labels picks a task's file in a dir).
+    The one a head met last (_LAST_VERDICT), not the newest cache entry: a file audited against MEDS A, then B,
+    then scored against A again (cached) wrote B's verdict.
     """
     where = str(Path(labels_path).resolve())
-    found = [v for k, v in _OUTCOME_CHECKED.items() if k[0] == where or k[0].startswith(where + os.sep)]
-    return found[-1] if found else None
+    path, verdict = _LAST_VERDICT.get("last", (None, None))
+    return verdict if path is not None and (path == where or path.startswith(where + os.sep)) else None
 
 
 def _verdict(counts: dict | None, why_not: str = "", known: bool = False) -> dict:
