@@ -381,11 +381,11 @@ def test_local_ctrl_c_checkpoints_and_relaunch_resumes_to_the_same_loss(synth_to
     assert a["status"] == b["status"] == "completed" and a["val_loss"] == b["val_loss"]
 
 
-def _label_dir(meds, tmp_path, task: str):
+def _label_dir(meds, tmp_path, task: str, *options):
     """tmp_path/labels holding <task>.parquet made by `ehrfm labels` (the dir `collect --labels` reads)."""
     labels = tmp_path / "labels"
     labels.mkdir()
-    made = ehrfm("labels", meds, "--task", task, "--out", labels / f"{task}.parquet")
+    made = ehrfm("labels", meds, "--task", task, "--out", labels / f"{task}.parquet", *options)
     assert made.returncode == 0, made.stderr
     return labels
 
@@ -410,7 +410,8 @@ def test_collect_warns_when_completed_runs_trained_in_two_precisions(local_sweep
 def test_collect_with_labels_adds_utility_columns(local_sweep, synth_meds, tmp_path):
     out, p = local_sweep
     assert p.returncode == 0
-    labels = _label_dir(synth_meds, tmp_path, "long_los")
+    # stays over 3 days: 28 of the 56 held-out labels positive (over 7 days, 6: too few for an SE, which is then withheld)
+    labels = _label_dir(synth_meds, tmp_path, "long_los", "--long-los-days", "3")
     c = ehrfm("sweep", "collect", out, "--labels", labels, "--max-labels", "200")
     assert c.returncode == 0, c.stderr[-2000:]
     assert "utility columns auprc/long_los, auroc/long_los, auroc_boot/long_los, auroc_se/long_los" in c.stdout
@@ -479,7 +480,8 @@ def test_collect_zeroshot_adds_rollout_auroc_and_resumes(local_sweep, synth_meds
     assert all(str(table.schema.field(col).type) == "double" for col in cols)
     first = {r["run_id"]: r for r in table.to_pylist()}
     for r in first.values():
-        assert r["status"] == "completed" and 0.0 <= r[cols[0]] <= 1.0 and 0.0 < r[cols[1]] < 0.5
+        # the held-out split's 5 deaths are under 10 of a class: no standard error (it would be falsely narrow)
+        assert r["status"] == "completed" and 0.0 <= r[cols[0]] <= 1.0 and r[cols[1]] is None
         assert 0.0 <= r[cols[2]] < 1.0 and f"auroc/{task}" in r  # the probe columns are still there
         kept = json.loads((out / "zeroshot" / r["run_id"] / f"{task}.json").read_text())
         assert kept["metrics"]["n"] == 40 and kept["scores"][cols[0]] == r[cols[0]]
