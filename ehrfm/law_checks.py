@@ -158,34 +158,32 @@ def approach3_problems(fits: dict) -> list[str]:
     return problems
 
 
+def _over_fresh_epochs(fits: dict, rows, tokens_key: str) -> list[str]:
+    """"budget (epochs)" of each row (a fits.json dict) whose `tokens_key` trains over FRESH_EPOCHS epochs of the unique tokens."""
+    unique = (fits.get("inputs") or {}).get("unique_tokens")
+    if not (is_number(unique) and unique is not None and unique > 0):
+        return []
+    out = []
+    for row in rows:
+        d = row.get(tokens_key) if isinstance(row, dict) else None
+        if is_number(d) and d is not None and math.isfinite(d) and d / unique > FRESH_EPOCHS:
+            budget = row.get("budget")
+            out.append(f"{budget:.3g} ({d / unique:.3g} epochs)" if is_number(budget) and budget is not None else f"{d / unique:.3g} epochs")
+    return out
+
+
 def data_limited_minima(fits: dict) -> list[str]:
     """Approach 2's used budgets whose IsoFLOP minimum trains over FRESH_EPOCHS epochs of the unique tokens.
 
     As "1e+21 (38 epochs)"; [] when none, or when the unique tokens or D_opt are not in the fits.json dict.
     """
-    unique = (fits.get("inputs") or {}).get("unique_tokens")
-    if not (is_number(unique) and unique is not None and unique > 0):
-        return []
-    out = []
-    for b in (fits.get("approach2") or {}).get("budgets") or []:
-        d = b.get("d_opt") if isinstance(b, dict) and b.get("used") is True else None
-        if is_number(d) and d is not None and math.isfinite(d) and d / unique > FRESH_EPOCHS:
-            out.append(f"{b.get('budget'):.3g} ({d / unique:.3g} epochs)" if is_number(b.get("budget")) else f"{d / unique:.3g} epochs")
-    return out
+    used = [b for b in (fits.get("approach2") or {}).get("budgets") or [] if isinstance(b, dict) and b.get("used") is True]
+    return _over_fresh_epochs(fits, used, "d_opt")
 
 
 def data_limited_envelope(fits: dict) -> list[str]:
     """Approach 1's envelope runs that train over FRESH_EPOCHS epochs of the unique tokens, as data_limited_minima."""
-    unique = (fits.get("inputs") or {}).get("unique_tokens")
-    if not (is_number(unique) and unique is not None and unique > 0):
-        return []
-    out = []
-    for p in (fits.get("approach1") or {}).get("points") or []:
-        d = p.get("tokens") if isinstance(p, dict) else None
-        if is_number(d) and d is not None and math.isfinite(d) and d / unique > FRESH_EPOCHS:
-            out.append(f"{p.get('budget'):.3g} ({d / unique:.3g} epochs)" if is_number(p.get("budget")) and p.get("budget") is not None
-                       else f"{d / unique:.3g} epochs")
-    return out
+    return _over_fresh_epochs(fits, (fits.get("approach1") or {}).get("points") or [], "tokens")
 
 
 def trust(fits: dict, k: int) -> tuple[bool, str]:
