@@ -554,7 +554,8 @@ def fit_approach2(res: Results, rng: np.random.Generator, cfg: FitConfig, warn):
     if R and method == "residuals" and pool.size < 3:
         why = ("no used budget has more runs than its parabola has coefficients, 3" if any(bf.used for bf in fits)
                else "no budget's parabola is used")  # it named the coefficients when every budget was left out
-        warn(f"Approach 2: {pool.size} residual(s) to resample ({why}); its intervals resample runs instead")
+        if sum(bf.used for bf in fits) >= 2:  # else Approach 2 is not fitted at all, and says why below
+            warn(f"Approach 2: {pool.size} residual(s) to resample ({why}); its intervals resample runs instead")
         method = "runs"
     scales, scaling = (residual_scales(fits, cfg.residual_scaling_level) if R and method == "residuals"
                        else (np.ones(len(fits)), {}))

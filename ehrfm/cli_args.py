@@ -51,6 +51,9 @@ class Parser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
+        # No prefix matching: `--worker 2` was taken for --workers and `--over` for --overwrite, silently; a
+        # flag is written whole or refused with the nearest one named (ehrfm.app.cli.main).
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         self._pending: list = []
         # A value like -1e9, -.5e-3 or -inf is a (negative) number, not an option: argparse's own pattern
@@ -104,6 +107,19 @@ class Parser(argparse.ArgumentParser):
             message += f" (a value that starts with '-' reads as a flag: write {flag}=VALUE)"
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
+    def unrecognized(self, words: list[str]):
+        """Exit as `error` for words this command does not take, naming the nearest flag to each mistyped one."""
+        import difflib
+
+        flags = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+        near = {}
+        for w in words:
+            flag = w.split("=", 1)[0]
+            if flag.startswith("--") and flag not in flags and (close := difflib.get_close_matches(flag, flags, n=1, cutoff=0.6)):
+                near[flag] = close[0]
+        hint = "".join(f"; did you mean {m} for {f}?" for f, m in near.items())
+        self.error(f"unrecognized arguments: {' '.join(words)}{hint}")
+
 
 
 def command(sub, name: str, run, arguments=None, **kwargs) -> argparse.ArgumentParser:
@@ -123,7 +139,7 @@ def command(sub, name: str, run, arguments=None, **kwargs) -> argparse.ArgumentP
     p = sub.add_parser(name, **kwargs)
     if arguments is not None:
         p.defer(arguments)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, cli_parser=p)  # cli_parser: the parser that names the command in errors (`ehrfm sweep plan`)
     return p
 
 

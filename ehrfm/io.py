@@ -211,9 +211,24 @@ def as_os_error(e: BaseException, path: str | os.PathLike) -> OSError | None:
 
 
 def check_output_given(out: str | os.PathLike | None, flag: str = "--out") -> None:
-    """UserError for an empty output path (`--out ''`): Path("") is ".", the working directory."""
-    if out is not None and not os.fspath(out).strip():
+    """UserError for an output path that names no output of its own: empty, the working directory or above it.
+
+    Path("") is ".", the working directory: `--out ''` read as "." offered to replace the directory the
+    user stood in (`synth --out '' --overwrite`), and `--out .` or `--out ..` (no name of its own to make
+    a temporary sibling of) failed with a traceback. An output is written beside its final name and
+    renamed into place, so it needs a name inside some other directory.
+    """
+    if out is None:
+        return
+    text = os.fspath(out)
+    if not text.strip():
         raise UserError(f"the output path is empty ({flag} ''): give a path")
+    path = Path(text).expanduser().absolute()
+    resolved, here = Path(os.path.normpath(path)), Path.cwd()
+    if resolved == here or resolved in here.parents or not resolved.name:
+        example = f"{flag} ../{here.name}" if here.name else f"{flag} ./out"
+        raise UserError(f"output {text} is the working directory or a directory above it: an output is written "
+                        f"beside its name and renamed into place, so give it from outside (e.g. {example})")
 
 
 def check_writable_path(out: str | os.PathLike) -> None:

@@ -2908,8 +2908,9 @@ def _split_subjects(subjects: np.ndarray, cfg: EtlConfig) -> pl.DataFrame:
             if cfg.splits_file:
                 raise UserError(f"split {name!r} is empty ({len(subjects)} subjects, split file {cfg.splits_file}): "
                                 f"every split needs subjects; list some of them under {name!r} in that file")
-            raise UserError(f"split {name!r} is empty ({len(subjects)} subjects, fractions {list(cfg.split_fractions)}); "
-                            "use more subjects or other split fractions")
+            raise UserError(f"split {name!r} is empty ({len(subjects)} subjects, fractions {list(cfg.split_fractions)}, "
+                            f"--split-seed {cfg.split_seed}): use more subjects, larger --split-fractions for it, or "
+                            "another --split-seed (each subject's split is a hash of its id and the seed)")
         if frac == 0 and not cfg.splits_file:  # asked for, yet the MEDS data without it went on in silence
             from ehrfm.io import warn
 

@@ -23,7 +23,7 @@ import threading
 from ehrfm import __version__
 from ehrfm.cli_args import Parser
 from ehrfm.errors import Terminated, UserError
-from ehrfm.io import error_line, keep_sigint_ignored
+from ehrfm.io import check_output_given, error_line, keep_sigint_ignored
 
 # Order here is the order of `ehrfm --help`: the pipeline, stage by stage.
 COMMAND_MODULES = [
@@ -107,10 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         The process exit code.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    command_parser = getattr(args, "cli_parser", None) or parser
+    if extra:  # the command's own help and nearest flag, not the top-level usage
+        command_parser.unrecognized(extra)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    name = command_parser.prog if command_parser is not parser else f"ehrfm {args.command}"
     global _MAIN_PID
     old_handlers = {}
     keep_sigint_ignored()
@@ -122,21 +126,24 @@ def main(argv: list[str] | None = None) -> int:
         if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
             old_handlers[signal.SIGHUP] = signal.signal(signal.SIGHUP, _raise_terminated)
     try:
+        for action in command_parser._actions:  # every --out: empty, or the working directory (check_output_given)
+            if "--out" in action.option_strings:
+                check_output_given(getattr(args, action.dest, None))
         rc = args.func(args)
     except UserError as e:
-        print(error_line(f"ehrfm {args.command}: error: {e}"), file=sys.stderr)
+        print(error_line(f"{name}: error: {e}"), file=sys.stderr)
         return 2
     except Terminated:
         by = signal.Signals(_TERMINATED_BY[0])
-        print(f"ehrfm {args.command}: terminated ({by.name})", file=sys.stderr)
+        print(f"{name}: terminated ({by.name})", file=sys.stderr)
         return 128 + by
     except KeyboardInterrupt:
-        print(f"ehrfm {args.command}: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         os._exit(0)
     except OSError as e:
-        print(error_line(f"ehrfm {args.command}: error: {os_error_line(e)}"), file=sys.stderr)
+        print(error_line(f"{name}: error: {os_error_line(e)}"), file=sys.stderr)
         return 2
     finally:
         for signum, handler in old_handlers.items():
