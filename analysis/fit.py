@@ -1279,7 +1279,9 @@ def fit_utility(res: Results, counts: np.ndarray | None, cfg: FitConfig, warn):
     this measurement noise, not the scatter between budgets, is what limits the exponent. The draws
     are independent per point although sweeps score every run on the same held-out labels (their
     errors are positively correlated), so the interval is conservative. Without standard errors:
-    an unweighted fit and a case bootstrap of the per-budget points. (Resampling all runs instead
+    an unweighted fit and a case bootstrap of the per-budget points; but a table with the auroc_se/<task>
+    column where a point's SE is missing (withheld by the heads: too few labels or subjects of a class)
+    gets no law for that task (an AUROC on 1 positive is no measurement). (Resampling all runs instead
     would, whenever a replicate drops a budget's loss-optimal run, select a worse model and bias
     AUROC down.)
 
@@ -1315,6 +1317,15 @@ def fit_utility(res: Results, counts: np.ndarray | None, cfg: FitConfig, warn):
         # (the seeds that have one: a seed's SE missing alone must not turn the whole law's weights off)
         se = np.full(pts.size, np.nan) if se is None else np.array([np.mean(v) if (v := se[s][np.isfinite(se[s])]).size else np.nan
                                                                     for s in shapes])
+        if res.utility_se.get(col) is not None and not np.all(np.isfinite(se)):
+            # The heads withhold an AUROC's SE when a class has too few labels or subjects (MIN_CLASS_FOR_INTERVAL):
+            # such an AUROC is no measurement to fit. Read as "no SE given", the law fell back to a case bootstrap
+            # of 3 points and drew an interval excluding 0 through AUROCs of 1 held-out positive (MIMIC-IV demo).
+            missing = int(np.sum(~np.isfinite(se)))
+            warn(f"utility {col}: {missing} of its {pts.size} budget(s)' AUROC has no standard error (auroc_se/"
+                 f"{col[len('auroc/'):]} withheld: too few held-out labels or subjects of a class for an interval); "
+                 "no law fitted")
+            continue
         with_se = bool(np.all(np.isfinite(se)))
         log_sd = np.maximum(se / err, MIN_LOG_ERROR_SE) if with_se else None
         weights = 1.0 / log_sd**2 if with_se else None

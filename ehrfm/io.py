@@ -430,6 +430,33 @@ def check_ehrfm_output(out: str | os.PathLike, ignore=(), command: str | None = 
                         "is really an old ehrfm output")
 
 
+def check_own_entries(out: str | os.PathLike, own, command: str, patterns=()) -> None:
+    """Raise UserError when the directory `out` holds a top-level entry its command does not write there.
+
+    For outputs written as they go (a run dir, a demo's dir), which keep no list of their files
+    (OUTPUT_FILES): `ehrfm train --out RUN --overwrite` deleted a user's notes and a whole run trained
+    inside RUN, without a word. `own`: the entry names the command writes; `patterns`: fnmatch patterns
+    of more (TensorBoard's event files); a temporary of an own entry (temporary_sibling) is its own too.
+    """
+    import fnmatch
+
+    out = Path(out)
+    if not out.is_dir():
+        return
+
+    def ours(name: str) -> bool:
+        parts = temporary_parts(name)
+        name = parts[0] if parts else name
+        return name in own or name in (OUTPUT_MARKER, OUTPUT_FILES) or any(fnmatch.fnmatch(name, p) for p in patterns)
+
+    added = sorted(p.name for p in out.iterdir() if not ours(p.name))
+    if added:
+        shown = ", ".join(added[:5]) + (f" and {len(added) - 5} more" if len(added) > 5 else "")
+        raise UserError(f"output {out} holds {len(added)} entr{'y' if len(added) == 1 else 'ies'} that `ehrfm {command}` "
+                        f"does not write there ({shown}): --overwrite would delete them with the rest; move them out of "
+                        f"{out}, or choose another --out")
+
+
 def check_file_output(out: str | os.PathLike, flag: str = "--out", suffix: str | None = None) -> None:
     """Refuse a one-file output named as a directory, or (given `suffix`, e.g. ".parquet") with another suffix.
 

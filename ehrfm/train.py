@@ -112,6 +112,7 @@ from ehrfm.checkpoint import (
 )
 from ehrfm.config import (
     IDENTITY,
+    STABLE_DIR,
     ModelConfig,
     TrainConfig,
     branch_free_fields,
@@ -126,6 +127,7 @@ from ehrfm.io import (
     check_ehrfm_output,
     check_not_input,
     check_not_inside_output,
+    check_own_entries,
     free_memory,
     mark_output,
     progress,
@@ -137,10 +139,15 @@ from ehrfm.io import (
 from ehrfm.loggers import logger_for, metrics_log
 from ehrfm.model import GPT
 from ehrfm.packing import IGNORE_INDEX, PAD_SEGMENT, PackedRows, PackedStream
-from ehrfm.results import RunResult, Status, divergence_reason, read_result, write_result
+from ehrfm.results import RESULT_FILE, RunResult, Status, divergence_reason, read_result, write_result
 from ehrfm.run_lock import LOCK_FILE, RunDirBusyError, check_run_dir_intact, lock_run_dir
 from ehrfm.shapes import flops_per_token, n_params, n_params_total
 from ehrfm.tokens import TokenDir, data_differences, data_identity
+
+# What a run dir holds (and a TensorBoard logger's event files beside them): `--overwrite` refuses a run dir
+# holding anything else, a user's notes or a run trained inside it, rather than delete it with the run.
+RUN_DIR_ENTRIES = frozenset({"config.json", "metrics.jsonl", RESULT_FILE, CHECKPOINT_DIR, PREVIOUS_DIR, STABLE_DIR,
+                             "wandb", LOCK_FILE})
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 # Stop like SIGTERM unless the process was started with it ignored (under nohup, or as a sweep job's
@@ -578,6 +585,7 @@ def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool, held: con
     check_not_inside_output(run_dir)  # a run dir inside a token or MEDS dir would change that data
     if overwrite:
         check_ehrfm_output(run_dir, ignore=(LOCK_FILE,), command="train")
+        check_own_entries(run_dir, RUN_DIR_ENTRIES, "train", patterns=("events.out.tfevents.*",))
     if run_dir.exists() and not overwrite and not (run_dir / "config.json").is_file() \
             and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         left = sorted(p.name for p in run_dir.iterdir() if p.name in (CHECKPOINT_DIR, "result.json", "metrics.jsonl"))

@@ -478,6 +478,9 @@ def _foreign(result: RunResult, row: dict | None, fingerprint: str | None) -> li
     return diffs
 
 
+CONFIG_UNCHECKED = "what it trained cannot be checked against its plan without its config.json"
+
+
 def _recipe_differences(run_dir: Path, sweep, row: dict) -> list[str]:
     """Where a completed run's config.json (what its trainer ran) differs from its plan: [] when it is the run's own.
 
@@ -486,18 +489,21 @@ def _recipe_differences(run_dir: Path, sweep, row: dict) -> list[str]:
     (`run_train_config`), and the data it trained and evaluated on ("data": counts and sha256 of train
     and tuning) with sweep.json's. result.json carries the shape, tokens and seed only (`_foreign`): a run
     retrained by hand with another lr and eval sample, or a token dir re-tokenized in place while a
-    launch ran (runs on two datasets), was collected as the sweep's own. A config.json that cannot be
-    read, or a key an older ehrfm did not write, is not compared.
+    launch ran (runs on two datasets), was collected as the sweep's own. A config.json missing or
+    unreadable is a difference of its own (CONFIG_UNCHECKED): without it, another run's result copied
+    in (lr 3e-2 for 1e-3) was collected as the sweep's, exit 0. A key an older ehrfm did not write is not compared.
     """
     from ehrfm.tokens import data_differences
     from sweeps.plan import identity_settings, run_train_config
 
     try:
         saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return [f"{CONFIG_UNCHECKED}: it is missing"]
     except (OSError, ValueError, UnicodeDecodeError):
-        return []
-    if not isinstance(saved, dict):
-        return []
+        return [f"{CONFIG_UNCHECKED}: it cannot be read as JSON (cut short or damaged)"]
+    if not isinstance(saved, dict) or not isinstance(saved.get("train"), dict):
+        return [f"{CONFIG_UNCHECKED}: it holds no run config (no 'train' object)"]
     diffs = []
     train = saved.get("train")
     if isinstance(train, dict):
@@ -549,8 +555,11 @@ def _finished_state(sweep_dir: Path, rid: str, result: RunResult, plan_row: dict
         else:
             todo = (f"to train it as planned, remove {run_dir} and run `ehrfm sweep launch {sweep_dir}` again "
                     "(--retry-failed refuses a run dir that holds another run)")
-        why = (f"run {run_dir} trained other than planned ({shown}; its config.json): its loss is not this sweep's "
-               f"(retrained by hand, or the token dir changed while the sweep ran?); not collected; {todo}")
+        if diffs[0].startswith(CONFIG_UNCHECKED):
+            why = f"run {run_dir}: {diffs[0]}; its loss may not be this sweep's run's; not collected; {todo}"
+        else:
+            why = (f"run {run_dir} trained other than planned ({shown}; its config.json): its loss is not this sweep's "
+                   f"(retrained by hand, or the token dir changed while the sweep ran?); not collected; {todo}")
         return RunState(rid, Status.FAILED, job_id, executor, RunResult(Status.FAILED, error=why), note=why, bad_file=True)
     note = None
     if result.status == Status.FAILED and executor == "slurm" and job_id and (result.exit_code or 0) < 0:

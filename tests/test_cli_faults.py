@@ -97,3 +97,32 @@ def test_an_error_names_the_subcommand_it_came_from(tmp_path, monkeypatch, capsy
     assert err.startswith("ehrfm sweep plan: error:") and "nowhere" in err, err
     err = one_error_line(capsys, ["sweep", "status", "nowhere"])
     assert err.startswith("ehrfm sweep status: error:"), err
+
+
+def test_train_overwrite_keeps_what_the_run_did_not_write(tok, tmp_path, capsys):
+    """A break-it helper: `train --out r1 --overwrite` deleted a run trained inside r1 (r1/sub) and the user's notes,
+    exit 0. A run dir keeps no list of its files, so --overwrite now refuses any entry a run does not write."""
+    run = ["train", str(tok), "--n-layer", "1", "--d-model", "16", "--n-head", "2", "--context", "32",
+           "--batch-size", "4", "--tokens", "256", "--eval-tokens", "256"]
+    r1 = tmp_path / "r1"
+    assert main(run + ["--out", str(r1)]) in (0, 1)
+    (r1 / "notes.txt").write_text("mine\n")
+    (r1 / "events.out.tfevents.1.host").write_bytes(b"")  # TensorBoard's, beside metrics.jsonl: the run's own
+    err = one_error_line(capsys, run + ["--out", str(r1), "--overwrite"])
+    assert "holds 1 entry that `ehrfm train` does not write there (notes.txt)" in err, err
+    assert (r1 / "notes.txt").read_text() == "mine\n" and (r1 / "result.json").is_file()
+    (r1 / "notes.txt").unlink()
+    assert main(run + ["--out", str(r1), "--overwrite"]) in (0, 1)  # only its own entries: retrained
+    assert (r1 / "result.json").is_file() and not (r1 / "events.out.tfevents.1.host").exists()
+
+
+def test_demo_overwrite_keeps_what_the_demo_did_not_write(tmp_path, capsys):
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / ".ehrfm-output").write_text("demo\n")
+    (out / "demo_config.json").write_text("{}\n")
+    (out / "report.md").write_text("# an earlier report\n")
+    (out / "my_analysis.ipynb").write_text("{}\n")
+    err = one_error_line(capsys, ["demo", "--quick", "--out", str(out), "--overwrite"])
+    assert "holds 1 entry that `ehrfm demo` does not write there (my_analysis.ipynb)" in err, err
+    assert sorted(p.name for p in out.iterdir()) == [".ehrfm-output", "demo_config.json", "my_analysis.ipynb", "report.md"]

@@ -70,9 +70,17 @@ def test_headline_counts_the_parabolas_the_checks_table_counts():
                SimpleNamespace(used=True, curvature=0.07, interior=True, curvature_ci=[-0.02, 0.2]),  # positive, interval not
                SimpleNamespace(used=True, curvature=0.07, interior=True, curvature_ci=[nan, nan]),   # no interval made
                SimpleNamespace(used=True, curvature=0.1, interior=False, curvature_ci=[0.05, 0.2])]  # minimum at an end
-    ok, verdict = _scaling_verdict(SimpleNamespace(approach2=SimpleNamespace(budgets=budgets, a=0.4, b=0.5), not_fitted={}))
+    fits = {"inputs": {"bootstrap": 100},
+            "approach2": {"a": 0.4, "a_ci": [0.3, 0.5], "b": 0.5, "b_ci": [0.4, 0.6], "loss_exponent": -0.03,
+                          "loss_exponent_ci": [-0.04, -0.02], "budgets": [{"budget": 1e12 * 2**i, "used": True} for i in range(5)]}}
+    fit = SimpleNamespace(approach2=SimpleNamespace(budgets=budgets, a=0.4, b=0.5), not_fitted={}, to_json=lambda: fits)
+    ok, verdict = _scaling_verdict(fit)
     assert ok and "4 of 5 budgets have a parabola with positive curvature and an interior minimum" in verdict
     assert "2 of them with a curvature interval above 0" in verdict
+    # A law `ehrfm recommend` does not trust is no real scaling result (the MIMIC-IV demo's headline said it was)
+    fits["approach2"]["a_ci"] = [-0.52, 0.36]
+    ok, verdict = _scaling_verdict(fit)
+    assert not ok and "Approach 2's law is not trusted (as `ehrfm recommend` and the plots judge it): the interval of a" in verdict
 
 
 def test_the_report_gives_cpu_time_and_load_beside_wall_time():

@@ -99,7 +99,7 @@ def test_sweep_launch_checks_the_logger_of_the_environment_before_any_job(synth_
     p = subprocess.run([sys.executable, "-m", "ehrfm", "sweep", "launch", str(out), "--executor", "local"],
                        capture_output=True, text=True, env=env)
     assert p.returncode == 2, p.stderr[-2000:]
-    assert p.stderr.strip() == ("ehrfm sweep: error: environment variable EHRFM_LOGGER='tensorbaord': unknown logger "
+    assert p.stderr.strip() == ("ehrfm sweep launch: error: environment variable EHRFM_LOGGER='tensorbaord': unknown logger "
                                 "'tensorbaord'; choose one of none, tensorboard, wandb")
     assert not (out / "runs").exists() or not any((out / "runs").iterdir())
 

@@ -41,7 +41,7 @@ def test_sweep_launch_names_the_lock_file_and_trains_nothing(lockless, tok, tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert len(err) == 1, err
-    assert err[0].startswith(f"ehrfm sweep: error: {sweep_dir / '.launch.lock'}: its filesystem refuses file locks ({lockless}")
+    assert err[0].startswith(f"ehrfm sweep launch: error: {sweep_dir / '.launch.lock'}: its filesystem refuses file locks ({lockless}")
     assert not any((sweep_dir / "runs" / r["run_id"] / "result.json").exists() for r in rows)
 
 

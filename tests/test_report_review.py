@@ -89,7 +89,8 @@ def test_the_headline_names_every_missed_target_and_the_parabola_target_as_the_t
     assert missed.startswith("**This run misses 6 of the 11 targets a reviewer checks**: budgets, Approach 2 a, Approach 2 b, "
                              "Approach 3 a, AUROC rises with compute, probe vs counts + logistic (")
     budgets = [SimpleNamespace(used=True, curvature=0.3, interior=True, curvature_ci=[0.1, 0.5])] * 4
-    _, verdict = _scaling_verdict(SimpleNamespace(approach2=SimpleNamespace(budgets=budgets, a=0.4, b=0.5), not_fitted={}))
+    _, verdict = _scaling_verdict(SimpleNamespace(approach2=SimpleNamespace(budgets=budgets, a=0.4, b=0.5), not_fitted={},
+                                                  to_json=_fits))
     assert "needed: 3" not in verdict and "the target below asks all of them, each with a curvature interval above 0" in verdict
 
 
@@ -303,3 +304,30 @@ def test_a_missed_probe_check_says_where_the_probe_falls_behind_by_history_lengt
             assert within[2] < 0 and "a longer window is not what it lacks" in text, text
         else:
             assert within[1] > 0 and "it is ahead of them on t: the window may be" in text, text
+
+
+def test_checks_take_the_laws_trust_and_the_runs_bracketing(tmp_path):
+    """The MIMIC-IV demo's report marked met: IsoFLOP parabolas whose ladders' lowest run was the smallest size (losses
+    rising from it), Approach 3's a beside an untrusted Approach 3, and a held-out L_min predicted by a law through
+    2 budgets (which fits them exactly). Each is now missed, saying why."""
+    fits = _fits()
+    fits["approach2"].update(a_ci=[0.35, 0.45], b_ci=[0.5, 0.6])
+    fits["approach3"].update(a=0.45, a_ci=[0.3, 0.6])
+    fits["holdout"].update(fitted_budgets=[1e12, 4e12])
+    budget = np.repeat([1e12, 4e12, 1.6e13], 4)
+    res = pl.DataFrame({"budget": budget, "status": ["completed"] * 12, "epochs": [0.5] * 12, "n_layer": [1, 2] * 6,
+                        "n_params": np.tile([1e4, 2e4, 4e4, 8e4], 3),
+                        # 1e12 and 4e12 bracket their minimum; 1.6e13's runs rise from its smallest size
+                        "loss": [1.2, 1.1, 1.15, 1.3, 1.1, 1.0, 1.05, 1.2, 0.90, 0.95, 1.0, 1.1]})
+    lines = _checks_section(DemoConfig(budgets=[1e12, 4e12, 1.6e13]), SimpleNamespace(to_json=lambda: fits), res,
+                            _heads(tmp_path), wall=600.0, heads_dir=tmp_path)
+    row = lambda name: next(x for x in lines if x.startswith(f"| {name} |"))  # noqa: E731
+    assert row("IsoFLOP parabolas").endswith("| 2 of 3 | **MISSED** |"), row("IsoFLOP parabolas")
+    a3 = row("Approach 3 a")
+    assert a3.endswith("| **MISSED** |") and "0.050 apart" in a3 and "Approach 3 not trusted: " in a3, a3
+    held = row("held-out budget L_min")
+    assert held.endswith("| **MISSED** |") and "refitted through 2 budgets, which it fits exactly" in held, held
+    fits["holdout"]["fitted_budgets"] = [1e12, 4e12, 8e12]
+    lines = _checks_section(DemoConfig(budgets=[1e12, 4e12, 1.6e13]), SimpleNamespace(to_json=lambda: fits), res,
+                            _heads(tmp_path), wall=600.0, heads_dir=tmp_path)
+    assert row("held-out budget L_min").endswith("| met |")

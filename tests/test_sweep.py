@@ -166,7 +166,7 @@ def test_launch_bad_executor_and_missing_slurm(synth_tokens, tmp_path):
     assert ehrfm("sweep", "plan", "--tokens", synth_tokens, "--out", out, *TINY_CLI).returncode == 0
     p = ehrfm("sweep", "launch", out, "--executor", "kubernetes")
     assert p.returncode == 2
-    assert p.stderr.strip() == "ehrfm sweep: error: unknown executor 'kubernetes': choose one of slurm, local"
+    assert p.stderr.strip() == "ehrfm sweep launch: error: unknown executor 'kubernetes': choose one of slurm, local"
     # No SLURM commands on PATH (an empty bin dir): one clear error naming them.
     empty = tmp_path / "bin"
     empty.mkdir()

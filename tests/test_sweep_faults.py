@@ -229,7 +229,7 @@ def test_sbatch_refusal_is_one_line_naming_the_option(sweep, args, said):
     p = ehrfm("sweep", "launch", sweep_dir, "--executor", "slurm", *args)
     assert p.returncode == 2, p.stdout + p.stderr
     lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ehrfm sweep: error: sbatch refused the sweep's jobs: ") and said in lines[0], p.stderr
+    assert len(lines) == 1 and lines[0].startswith("ehrfm sweep launch: error: sbatch refused the sweep's jobs: ") and said in lines[0], p.stderr
     assert f"{len(rows)} runs: {len(rows)} planned" in ehrfm("sweep", "status", sweep_dir).stdout  # nothing recorded as queued
 
 
@@ -244,7 +244,7 @@ def test_a_time_limit_within_the_signal_delay_is_refused(sweep, executor):
     for time_text, seconds in (("0:30", 60), ("2", 120)):
         p = ehrfm("sweep", "launch", sweep_dir, "--executor", executor, "--time", time_text)
         assert p.returncode == 2 and p.stderr.strip().splitlines() == [
-            f"ehrfm sweep: error: --signal-delay-s 120 is not shorter than --time {time_text} ({seconds} s): every job would be "
+            f"ehrfm sweep launch: error: --signal-delay-s 120 is not shorter than --time {time_text} ({seconds} s): every job would be "
             "told to checkpoint and requeue as it starts, never training; give a longer --time or a smaller --signal-delay-s"], p.stderr
     dry = ehrfm("sweep", "launch", sweep_dir, "--executor", executor, "--time", "2", "--signal-delay-s", "60", "--dry-run")
     assert dry.returncode == 0 and f"would submit {len(rows)} jobs" in dry.stdout, dry.stderr
@@ -296,7 +296,7 @@ def test_a_moved_token_dir_is_named_with_how_to_re_point_the_sweep(tok, tmp_path
     old.rename(new)
     p = ehrfm("sweep", "launch", sweep_dir, "--executor", "local", "--dry-run")
     assert p.returncode == 2 and p.stderr.strip().splitlines() == [
-        f"ehrfm sweep: error: {sweep_dir / 'sweep.json'}: tokens_dir {old} is not a token dir any more (moved or deleted since "
+        f"ehrfm sweep launch: error: {sweep_dir / 'sweep.json'}: tokens_dir {old} is not a token dir any more (moved or deleted since "
         f"planning?); if it moved, plan the same sweep again with the new path (`ehrfm sweep plan --tokens NEW_PATH --out "
         f"{sweep_dir}` and the same options: the runs keep their ids and results)"], p.stderr
     _, again, _ = plan_sweep(new, out=sweep_dir, **plan)  # what the message says

@@ -175,7 +175,7 @@ def test_mem_beyond_every_node_is_named(sweep, extra, named):
     p = ehrfm("sweep", "launch", sweep_dir, "--executor", "slurm", "--time", "20", "--mem", mem, *extra)
     assert p.returncode == 2, p.stdout + p.stderr
     assert p.stderr.strip().splitlines() == [
-        "ehrfm sweep: error: sbatch refused the sweep's jobs: sbatch: error: Batch job submission failed: Requested node "
+        "ehrfm sweep launch: error: sbatch refused the sweep's jobs: sbatch: error: Batch job submission failed: Requested node "
         f"configuration is not available (no node offers what was asked: {named.format(mem=mem)})"], p.stderr
     assert f"{len(rows)} runs: {len(rows)} planned" in ehrfm("sweep", "status", sweep_dir).stdout  # nothing recorded as queued
 

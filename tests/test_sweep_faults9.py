@@ -151,7 +151,7 @@ def test_a_damaged_sweep_json_is_one_line(finished_sweep, tmp_path, edit, says):
     for command in (["status"], ["collect"], ["launch", "--executor", "local"]):
         p = ehrfm("sweep", *command[:1], out, *command[1:])
         assert p.returncode == 2 and p.stderr.strip().splitlines() == [
-            f"ehrfm sweep: error: sweep config {out / 'sweep.json'} is damaged: {says} (plan the sweep again with "
+            f"ehrfm sweep {command[0]}: error: sweep config {out / 'sweep.json'} is damaged: {says} (plan the sweep again with "
             "`ehrfm sweep plan`, the same options, into a new dir)"], (command, p.stderr)
 
 
@@ -159,7 +159,7 @@ def test_a_budget_beyond_any_training_run_is_refused_before_anything_is_written(
     p = ehrfm("sweep", "plan", "--tokens", tok, "--budgets", "1e12,1e35", "--sizes", "3", "--out", tmp_path / "s",
               "--context", "64")
     assert p.returncode == 2 and p.stderr.strip().splitlines() == [
-        "ehrfm sweep: error: --budgets: '1e35' is above 1e+30 FLOPs, ~10^4 times the largest training runs made so far: "
+        "ehrfm sweep plan: error: --budgets: '1e35' is above 1e+30 FLOPs, ~10^4 times the largest training runs made so far: "
         "a typo of the exponent?"], p.stderr
     assert not (tmp_path / "s").exists()
 
@@ -169,3 +169,21 @@ def test_cpus_per_task_below_one_is_refused(finished_sweep, tmp_path, cpus):
     out, _ = _copy(finished_sweep, tmp_path)
     p = ehrfm("sweep", "launch", out, "--executor", "local", "--cpus-per-task", cpus)
     assert p.returncode == 2 and "--cpus-per-task and --max-parallel >= 1" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda p: p.unlink(), "it is missing"),
+    (lambda p: p.write_bytes(p.read_bytes()[:40]), "it cannot be read as JSON"),
+    (lambda p: p.write_text("{}"), "it holds no run config"),
+])
+def test_a_completed_run_without_a_readable_config_is_failed_not_collected(finished_sweep, tmp_path, damage, says):
+    """A break-it helper (2026-12-07): another run's result copied into a run dir whose config.json was deleted or cut
+    short was collected as the sweep's run, exit 0 (the recipe check read nothing and passed). Now failed, named."""
+    out, rid = _copy(finished_sweep, tmp_path)
+    damage(out / "runs" / rid / "config.json")
+    st = _status(out, rid)
+    assert st.state == "failed" and "cannot be checked against its plan without its config.json" in st.note, st.note
+    assert says in st.note and st.note.endswith("(--retry-failed refuses a run dir that holds another run)"), st.note
+    p = ehrfm("sweep", "collect", out)
+    assert p.returncode == 0, p.stderr
+    assert [(r["run_id"], r["status"]) for r in pq.read_table(out / "results.parquet").to_pylist()] == [(rid, "failed")]

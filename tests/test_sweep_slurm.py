@@ -251,7 +251,7 @@ def test_slurm_refusal_is_one_clear_error_and_leaves_runs_planned(synth_tokens, 
     p = ehrfm("sweep", "launch", out, "--executor", "slurm", "--partition", "no-such-partition")
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == [
-        "ehrfm sweep: error: sbatch refused the sweep's jobs: sbatch: error: Batch job submission failed: Invalid partition name "
+        "ehrfm sweep launch: error: sbatch refused the sweep's jobs: sbatch: error: Batch job submission failed: Invalid partition name "
         "specified (--partition no-such-partition)"  # the option it refused is named (test_sweep_faults: every kind)
     ]
     # GPUs reach sbatch (this test cluster has none, so SLURM refuses the GRES request).

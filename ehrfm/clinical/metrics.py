@@ -32,6 +32,21 @@ import numpy as np
 from ehrfm.errors import UserError
 
 MIN_CLASS_FOR_INTERVAL = 10  # labels of each class needed for a bootstrap interval (module docstring)
+
+
+def class_support(y, groups=None) -> int:
+    """What an interval rests on: the labels of the rarer class, or, when subjects hold several labels (the
+    cluster bootstrap resamples subjects), the fewer of that and each class's distinct subjects.
+
+    y: (n,) 0/1 labels; groups: (n,) subject ids or None. An interval needs MIN_CLASS_FOR_INTERVAL of it.
+    """
+    y = np.asarray(y).astype(bool)
+    n_min = int(min(y.sum(), (~y).sum()))
+    if groups is not None:
+        g = np.asarray(groups)
+        if len(np.unique(g)) < len(y):
+            n_min = min(n_min, len(np.unique(g[y])), len(np.unique(g[~y])))
+    return n_min
 SE_DELONG = "DeLong 1988 (labels independent)"  # metrics.json "auroc_se_method"
 SE_CLUSTERED = "clustered DeLong, Obuchowski 1997 (subjects independent, their labels not)"
 
@@ -304,11 +319,10 @@ def binary_metrics(y, p, task: str, n_boot: int = 1000, seed: int = 0, groups=No
         if groups is not None and len(groups) != len(y):
             raise ValueError("groups and y differ in length")
         clustered = groups is not None and len(np.unique(np.asarray(groups))) < len(y)
-        n_min = min(n_pos, len(y) - n_pos)
-        if clustered:  # the cluster bootstrap resamples subjects: count the subjects of each class
+        n_min = class_support(y, groups)
+        if clustered:
             g = np.asarray(groups)
             s_pos, s_neg = len(np.unique(g[y == 1])), len(np.unique(g[y == 0]))
-            n_min = min(n_min, s_pos, s_neg)
         boot = n_boot if n_min >= MIN_CLASS_FOR_INTERVAL else 0
         out["auroc"] = float(roc_auc_score(y, p))
         out["auroc_ci"], auprc_ci, used = bootstrap_intervals(y, p, boot, seed, groups)
