@@ -35,8 +35,10 @@ MIN_CLASS_FOR_INTERVAL = 10  # labels of each class needed for a bootstrap inter
 
 
 def class_support(y, groups=None) -> int:
-    """What an interval rests on: the labels of the rarer class, or, when subjects hold several labels (the
-    cluster bootstrap resamples subjects), the fewer of that and each class's distinct subjects.
+    """What an interval rests on: the labels of the rarer class (or its subjects, when fewer).
+
+    When subjects hold several labels (the cluster bootstrap resamples subjects), the fewer of that
+    and each class's distinct subjects.
 
     y: (n,) 0/1 labels; groups: (n,) subject ids or None. An interval needs MIN_CLASS_FOR_INTERVAL of it.
     """
