@@ -149,6 +149,9 @@ from ehrfm.tokens import TokenDir, data_differences, data_identity
 RUN_DIR_ENTRIES = frozenset({"config.json", "metrics.jsonl", RESULT_FILE, CHECKPOINT_DIR, PREVIOUS_DIR, STABLE_DIR,
                              "wandb", LOCK_FILE})
 
+# A sweep's runs are trained by `ehrfm sweep launch`, which has no --overwrite: what a run dir's refusal says for them.
+IN_A_SWEEP = "in a sweep, remove the run dir and run `ehrfm sweep launch` again"
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 # Stop like SIGTERM unless the process was started with it ignored (under nohup, or as a sweep job's
 # trainer, whose job process forwards it). SIGINT (_on_ctrl_c) follows the same rule.
@@ -447,7 +450,7 @@ def _check_same_run(run_dir: Path, saved: dict, expected: dict) -> None:
         version = f" (it was made by ehrfm {made_by}, this is {__version__})" if made_by and made_by != __version__ else ""
         raise UserError(
             f"run dir {run_dir} holds a different run ({'; '.join(problems)}){version}; "
-            "use another --out or pass --overwrite to discard it"
+            f"use another --out or pass --overwrite to discard it; {IN_A_SWEEP}"
         )
 
 
@@ -591,7 +594,7 @@ def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool, held: con
         left = sorted(p.name for p in run_dir.iterdir() if p.name in (CHECKPOINT_DIR, "result.json", "metrics.jsonl"))
         if left:  # a run dir whose config.json was deleted: what it trained cannot be checked, so not resumed
             raise UserError(f"run dir {run_dir} has lost its config.json ({', '.join(left)} remain): what it trained "
-                            "cannot be checked against this run; pass --overwrite to retrain it, or choose another --out")
+                            f"cannot be checked against this run; pass --overwrite to retrain it, or choose another --out; {IN_A_SWEEP}")
         raise UserError(f"output {run_dir} exists and is not a run dir (no config.json); choose another --out")
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -1110,7 +1113,7 @@ def _check_checkpoint_is_this_runs(ckpt: Path, model_cfg: ModelConfig, expected:
                      if k in saved and saved[k] != v and k not in named]
     if problems:
         raise UserError(f"checkpoint {ckpt} was written by another run ({'; '.join(problems)}); delete {ckpt} "
-                        "to train this run from step 0, or pass --overwrite to discard the run dir")
+                        f"to train this run from step 0, or pass --overwrite to discard the run dir; {IN_A_SWEEP}")
 
 
 def _resume(cfg, core, optimizer, run_dir: Path, device, expected: dict, branch_tokens: int,

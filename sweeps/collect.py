@@ -88,8 +88,11 @@ def _warn_bad_files(runs: list[_Run]) -> None:
 
 
 def status_rows(sweep_dir: str | Path) -> list[dict]:
-    """One dict per run: run_id, budget, n_params, tokens, state, loss, job_id, error."""
-    _, runs = _runs(Path(sweep_dir))
+    """One dict per run: run_id, budget, n_params, tokens, state, loss, job_id, error.
+
+    Plan rows edited since planning are refused, as collect and launch refuse them (a budget x10 showed as planned).
+    """
+    _, runs = _runs(Path(sweep_dir), check_plan=True)
     return [
         {"run_id": r.rid, "budget": r.planned.get("budget"), "n_params": r.get("n_params"), "tokens": r.get("tokens"),
          "state": r.st.state, "loss": r.result.val_loss if r.completed else None, "job_id": r.st.job_id,
@@ -314,11 +317,36 @@ def _add_utility(sweep, sweep_dir: Path, rows: list[dict], labels: dict[str, Pat
     histories = {t: histories[t] for t in labels}
     if not labels:
         return _add_scores(rows, "utility", lambda r: {})
-    return _add_scores(rows, "utility", lambda r: {
+    return _add_scores(rows, "utility", _unless_checkpoint_damaged(sweep_dir, "probe", lambda r: {
         k: v for k, v in score_run(runs_dir(sweep_dir) / r["run_id"], sweep.tokens_dir, labels=dict(labels),
                                    max_labels=max_labels, seed=seed, histories=histories, n_boot=utility_boot,
                                    pooling=pooling).items()
-        if is_utility_column(k)}, only)
+        if is_utility_column(k)}), only)
+
+
+def _unless_checkpoint_damaged(sweep_dir: Path, what: str, score):
+    """`score(row)`, or {} with a warning when the run's checkpoint cannot be used (ehrfm.checkpoint.verify_checkpoint).
+
+    A completed run's loss stands without its weights, but its probe needs them: one run's truncated or deleted
+    checkpoint stopped `collect --labels` for the whole sweep (exit 2, with `ehrfm train`'s hint). Now that run gets
+    no scores (the utility law says so for its budget) and every other run is scored. Other errors still stop it.
+    """
+    from ehrfm.checkpoint import CHECKPOINT_DIR, verify_checkpoint
+
+    def scored(r: dict) -> dict:
+        try:
+            return score(r)
+        except UserError:
+            run_dir = runs_dir(sweep_dir) / r["run_id"]
+            state, problem = verify_checkpoint(run_dir / CHECKPOINT_DIR)
+            if state is not None and (run_dir / CHECKPOINT_DIR / "model_config.json").is_file():
+                raise
+            problem = problem or f"{run_dir / CHECKPOINT_DIR / 'model_config.json'} not found"
+            warn(f"{r['run_id']}: no {what} scores: its checkpoint cannot be used ({problem}); its loss is collected; to "
+                 f"score it, remove {run_dir} and run `ehrfm sweep launch {sweep_dir}` again", "sweep collect")
+            return {}
+
+    return scored
 
 
 def _scorable_tasks(labels: dict[str, Path], histories: dict) -> dict[str, Path]:
@@ -352,9 +380,9 @@ def _add_zeroshot(sweep, sweep_dir: Path, rows: list[dict], labels: dict[str, Pa
     labels = _zeroshot_tasks(sweep.tokens_dir, labels, max_labels, seed)
     if not labels:
         return _add_scores(rows, "zeroshot", lambda r: {})
-    return _add_scores(rows, "zeroshot", lambda r: score_run_zeroshot(
+    return _add_scores(rows, "zeroshot", _unless_checkpoint_damaged(sweep_dir, "zero-shot", lambda r: score_run_zeroshot(
         runs_dir(sweep_dir) / r["run_id"], sweep.tokens_dir, labels=dict(labels), max_labels=max_labels,
-        n_samples=n_samples, seed=seed, cache_dir=sweep_dir / "zeroshot" / r["run_id"]), only)
+        n_samples=n_samples, seed=seed, cache_dir=sweep_dir / "zeroshot" / r["run_id"])), only)
 
 
 def _zeroshot_tasks(tokens_dir, labels: dict[str, Path], max_labels: int, seed: int) -> dict[str, Path]:

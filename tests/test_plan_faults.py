@@ -343,6 +343,22 @@ def test_a_plan_row_edited_by_hand_is_refused_before_any_run_trains(synth_tokens
         launch_sweep(out, LaunchConfig(executor="local", dry_run=True))
     write_plan(out, [dict(r) for r in planned], table.schema)  # the plan as planned passes, every id unchanged
     assert pq.read_table(out / "plan.parquet").column("run_id").to_pylist() == [r["run_id"] for r in planned]
+    # sweep.json's recipe edited (lr 0.5): every row differs, and the error names sweep.json, not plan.parquet alone,
+    # nor tells to re-plan (which would adopt the edit); `sweep status` refuses it as launch and collect do
+    import json
+
+    from sweeps.collect import status_rows
+
+    saved = (out / "sweep.json").read_text()
+    edited = json.loads(saved)
+    edited["train"]["lr"] = 0.5
+    (out / "sweep.json").write_text(json.dumps(edited))
+    for call in (lambda: launch_sweep(out, LaunchConfig(executor="local", dry_run=True)), lambda: status_rows(out)):
+        with pytest.raises(UserError, match=rf"all {len(planned)} rows train another config .* in {out / 'sweep.json'}, "
+                                            "was most likely edited since planning"):
+            call()
+    (out / "sweep.json").write_text(saved)
+    assert len(status_rows(out)) == len(planned)
     launch_sweep(out, LaunchConfig(executor="local", dry_run=True))
     assert not (out / "runs").exists() or not any((out / "runs").iterdir())
 

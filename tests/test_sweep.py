@@ -463,6 +463,30 @@ def test_collect_with_labels_adds_utility_columns(local_sweep, synth_meds, tmp_p
     assert bad.returncode == 2 and "no <task>.parquet label files" in bad.stderr
 
 
+def test_one_runs_damaged_checkpoint_leaves_the_others_scored(local_sweep, synth_meds, tmp_path):
+    """A break-it helper (2026-12-07): a completed run's checkpoint cut short or deleted stopped `collect --labels` for
+    the whole sweep (exit 2, `ehrfm train`'s hint). That run now gets no probe scores, with a warning naming the file
+    and the sweep's remedy; its loss and every other run's scores are collected."""
+    out, p = local_sweep
+    assert p.returncode == 0
+    copy = tmp_path / "sweep"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("*.lock", ".*lock"))
+    runs = sorted((copy / "runs").glob("*/checkpoint/model.safetensors"))
+    runs[0].write_bytes(runs[0].read_bytes()[:100])  # cut short
+    shutil.rmtree(runs[1].parent)  # deleted
+    damaged = {runs[0].parent.parent.name, runs[1].parent.parent.name}
+    labels = _label_dir(synth_meds, tmp_path, "long_los", "--long-los-days", "3")
+    c = ehrfm("sweep", "collect", copy, "--labels", labels, "--max-labels", "200", "--utility-boot", "0")
+    assert c.returncode == 0, c.stderr[-2000:]
+    for rid in damaged:
+        assert f"{rid}: no probe scores: its checkpoint cannot be used (" in c.stderr, c.stderr
+    assert f"remove {copy / 'runs' / runs[0].parent.parent.name} and run `ehrfm sweep launch {copy}` again" in c.stderr
+    table = pq.read_table(copy / "results.parquet").to_pylist()
+    assert all(r["status"] == "completed" and r["loss"] > 0 for r in table)
+    assert {r["run_id"] for r in table if r["auroc/long_los"] is None} == damaged
+    assert sum(r["auroc/long_los"] is not None for r in table) == len(table) - 2 >= 1
+
+
 def test_collect_zeroshot_adds_rollout_auroc_and_resumes(local_sweep, synth_meds, tmp_path):
     """`collect --zeroshot` adds per-run zero-shot columns; each run's rollouts are kept, so a
     second collect reuses them, and a run whose kept result is gone is rolled out again to the
