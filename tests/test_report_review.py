@@ -331,3 +331,24 @@ def test_checks_take_the_laws_trust_and_the_runs_bracketing(tmp_path):
     lines = _checks_section(DemoConfig(budgets=[1e12, 4e12, 1.6e13]), SimpleNamespace(to_json=lambda: fits), res,
                             _heads(tmp_path), wall=600.0, heads_dir=tmp_path)
     assert row("held-out budget L_min").endswith("| met |")
+
+
+def test_the_heads_table_carries_the_heads_notes_on_too_few_labels():
+    """The MIMIC-IV demo's table showed readmission's probe 0.692 on 1 held-out positive, and mortality's n/a,
+    without the notes the heads' metrics.json give: the notes now follow the table."""
+    from ehrfm.app.demo import _heads_section
+
+    few = "1 positive and 25 negative labels: no interval or standard error with fewer than 10 of a class (they would be falsely narrow)"
+    one = "held_out labels have a single class: AUROC and AUPRC are undefined"
+    model = {"auroc": 0.038, "auroc_ci": None, "note": few}
+    heads = {"best_run": None, "tasks": {
+        "readmission_30d": {"probe": {"n": 26, "prevalence": 1 / 26, "auroc": 0.692, "auroc_ci": None, "note": few},
+                            "baseline": {"models": {"logistic_regression": model, "gradient_boosting": model}}},
+        "in_hospital_mortality": {"probe": {"n": 20, "prevalence": 0.0, "note": one},
+                                  "baseline": {"models": {"logistic_regression": {"note": one}, "gradient_boosting": {}}}},
+        "long_los": {"probe": {"n": 400, "prevalence": 0.3, "auroc": 0.8, "auroc_ci": [0.75, 0.85]},
+                     "baseline": {"models": {"logistic_regression": {"auroc": 0.7, "auroc_ci": [0.65, 0.75]},
+                                             "gradient_boosting": {"auroc": 0.7, "auroc_ci": [0.65, 0.75]}}}}}}
+    lines = _heads_section(heads, None)
+    (said,) = [x for x in lines if x.startswith("Without an interval")]
+    assert f"readmission_30d: {few}; in_hospital_mortality: {one}." in said and "long_los" not in said, said

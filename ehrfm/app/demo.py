@@ -519,7 +519,7 @@ def _run_stages(cfg: DemoConfig, out: Path, fingerprint: str | None) -> Path:
     from analysis.recommend import recommend
     from ehrfm.clinical.labels import make_labels, write_label_dir
     from sweeps.collect import collect_sweep
-    from sweeps.launch import LaunchConfig, launch_sweep
+    from sweeps.launch import LaunchConfig
     from tokenization.etl import etl
     from tokenization.synth import synthesize
     from tokenization.tokenize import tokenize
@@ -568,7 +568,7 @@ def _run_stages(cfg: DemoConfig, out: Path, fingerprint: str | None) -> Path:
             centre_from = _first_stage(cfg, st, tok, sweep, launch, out / "fit-stage1")
             st.record("first_stage_law", centre_from and centre_from.name)
     st.run("sweep plan", _plan, cfg, tok, sweep, cfg.budgets, centre_from, warned=st.warned)
-    st.run("sweep launch", launch_sweep, sweep, launch)
+    st.run("sweep launch", _launch_settled, sweep, launch)
     results_path = _bracket(cfg, st, tok, sweep, launch, cfg.budgets, centre_from, "")
     if results_path is None or labels_dir is not None:  # with labels, this collect also scores the clinical probes
         results_path = st.run("sweep collect", collect_sweep, sweep, labels_dir=labels_dir, max_labels=cfg.max_labels,
@@ -638,7 +638,6 @@ def _bracket(cfg: DemoConfig, st: _Stages, tok: Path, sweep: Path, launch, budge
     None when the sweep may have changed since, or no round ran.
     """
     from sweeps.collect import collect_sweep
-    from sweeps.launch import launch_sweep
     from sweeps.plan import load_sweep
 
     key = f"bracket_rounds{stage.replace(', ', ' ')}"
@@ -655,8 +654,50 @@ def _bracket(cfg: DemoConfig, st: _Stages, tok: Path, sweep: Path, launch, budge
         st.record(key, i + 1 if added else cfg.bracket)  # nothing added: later rounds would add nothing either
         if not added:
             return results if after == before else None
-        st.run(f"sweep launch (bracketing{stage})", launch_sweep, sweep, launch)
+        st.run(f"sweep launch (bracketing{stage})", _launch_settled, sweep, launch)
     return None
+
+
+# A planned run in one of these has ended: a stage's fit, bracketing and planning may read the sweep.
+_ENDED = (Status.COMPLETED, Status.FAILED, Status.DIVERGED)
+
+
+def _launch_settled(sweep: Path, launch, rounds: int = 3):
+    """`launch_sweep(sweep, launch)` until every planned run has ended (_ENDED); returns the last LaunchReport.
+
+    A launch trains what needs training and waits for what it submitted, but not for a run an earlier,
+    killed demo's trainer still runs, nor for a run lost with that launch or a branch waiting on such a
+    trunk: a resumed demo fitted its first stage on 7 of 8 runs and centred the larger budgets on that law.
+    Runs still active are waited for, then the sweep is launched again (lost and interrupted runs train).
+
+    Raises:
+        UserError: runs not ended after `rounds` launches (e.g. "unknown": another host's trainer), named.
+    """
+    from sweeps.launch import launch_sweep, wait_for_runs
+    from sweeps.plan import load_sweep
+    from sweeps.state import run_states
+
+    def states() -> dict:
+        cfg, plan = load_sweep(sweep)
+        got = run_states(sweep, [r["run_id"] for r in plan], plan=plan, fingerprint=cfg.tokenizer_fingerprint, sweep=cfg)
+        return {rid: s.state for rid, s in got.items()}
+
+    report = launch_sweep(sweep, launch)
+    for _ in range(rounds):
+        now = states()
+        if busy := [rid for rid, s in now.items() if s in (Status.QUEUED, Status.RUNNING)]:
+            print(f"demo: waiting for {len(busy)} run(s) an earlier launch still runs", file=sys.stderr, flush=True)
+            wait_for_runs(sweep, busy)
+            now = states()
+        if not (left := [rid for rid, s in now.items() if s not in _ENDED]):
+            return report
+        report = launch_sweep(sweep, launch)
+    left = {rid: s for rid, s in states().items() if s not in _ENDED}
+    if left:
+        shown = ", ".join(f"{rid} ({s})" for rid, s in list(left.items())[:3]) + (" ..." if len(left) > 3 else "")
+        raise UserError(f"{len(left)} run(s) of {sweep} have not ended after {rounds + 1} launches ({shown}): the "
+                        f"study would be fitted without them; see `ehrfm sweep status {sweep}`, then rerun the demo")
+    return report
 
 
 def _first_stage(cfg: DemoConfig, st: _Stages, tok: Path, sweep: Path, launch, fit_dir: Path) -> Path | None:
@@ -672,11 +713,10 @@ def _first_stage(cfg: DemoConfig, st: _Stages, tok: Path, sweep: Path, launch, f
 
     from analysis.fit import FitConfig, fit_results, write_fits
     from sweeps.collect import collect_sweep
-    from sweeps.launch import launch_sweep
 
     small = sorted(cfg.budgets)[: cfg.first_stage]
     st.run("sweep plan (stage 1)", _plan, cfg, tok, sweep, small, warned=st.warned)
-    st.run("sweep launch (stage 1)", launch_sweep, sweep, launch)
+    st.run("sweep launch (stage 1)", _launch_settled, sweep, launch)
     # the bracketing's last collect when the sweep is unchanged since: collecting again printed the same line twice
     results = _bracket(cfg, st, tok, sweep, launch, small, None, ", stage 1") \
         or st.run("sweep collect (stage 1)", collect_sweep, sweep)
@@ -1486,7 +1526,9 @@ def _sweep_section(cfg, res, tok_stats: dict, results_link: str, sweep_json: dic
               "the utility law takes each budget's loss-optimal run)")
     auroc_text = (f"AUROC is a linear probe on held_out{probed}, fitted and scored on "
                   f"at most {cfg.max_labels:,} labels per split and task (the same labels for every run), +- its standard "
-                  "error: the clinical heads below probe one model on every label, so their AUROC of the same run differs. "
+                  "error (`no SE`: withheld, too few held-out labels or subjects of a class; no utility law is fitted "
+                  "through such AUROCs): the clinical heads below probe one model on every label, so their AUROC of the same "
+                  "run differs. "
                   if ucols else "")
     L = ["## Sweep", "",
          f"{res.height} runs over {len(cfg.budgets)} compute budgets ({', '.join(f'{b:.3g}' for b in cfg.budgets)} FLOPs), "
@@ -1504,7 +1546,10 @@ def _sweep_section(cfg, res, tok_stats: dict, results_link: str, sweep_json: dic
 
     def auroc(r, c: str) -> str:
         se = r.get(c.replace("auroc/", "auroc_se/"))
-        return num(r[c], ".3f") + (f" +- {se:.3f}" if r[c] is not None and se is not None else "")
+        if r[c] is None:
+            return num(r[c], ".3f")
+        withheld = se is None and c.replace("auroc/", "auroc_se/") in r  # the column is there, this run's SE is not
+        return f"{r[c]:.3f}" + (f" +- {se:.3f}" if se is not None else " (no SE)" if withheld else "")
 
     for r in res.iter_rows(named=True):
         us = " | ".join(auroc(r, c) for c in ucols)
@@ -1606,6 +1651,17 @@ def _heads_section(heads: dict, cap: int | None, outliers=(), res=None) -> list[
         L.append(f"| {task} | {ref['n']} | {ref['prevalence']:.1%} | {_ci3(lr.get('auroc'), lr.get('auroc_ci'))} | "
                  f"{_ci3(gb.get('auroc'), gb.get('auroc_ci'))} | {_ci3(p.get('auroc'), p.get('auroc_ci'))} | "
                  f"{_ci3(p.get('auprc'), p.get('auprc_ci'))} |")
+    # The heads' own notes (an AUROC on too few labels or subjects of a class gets no interval; a single class
+    # none at all): the table showed readmission's 0.692 on 1 held-out positive, and mortality's n/a, without a word.
+    notes = {}
+    for task, e in heads["tasks"].items():
+        b, p = e.get("baseline") or {}, e.get("probe") or {}
+        for head in (p, *(b.get("models") or {}).values(), b):
+            if isinstance(head, dict) and isinstance(head.get("note"), str):
+                notes.setdefault(task, dict.fromkeys([]))[head["note"]] = None
+    if notes:
+        L += ["", "Without an interval (the heads' notes): " + "; ".join(f"{t}: {', '.join(n)}" for t, n in notes.items())
+              + ". Such an AUROC is a description of a few labels, not an estimate."]
     return [*L, ""]
 
 
