@@ -415,4 +415,9 @@ def export_hf(run: str | os.PathLike, out: str | os.PathLike, tokens_dir: str | 
             "pad_token_id": config["pad_token_id"], "max_length": config["max_position_embeddings"],
         })
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        # safetensors writes 0600 whatever the umask: the directory is for sharing (a lab's model dir, the Hub),
+        # and its other files follow the umask, so the weights do too (others could read the config, not the model)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp / "model.safetensors", 0o666 & ~umask)
     return Path(out)

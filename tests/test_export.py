@@ -50,6 +50,9 @@ def test_hf_export_matches_logits(tiny_run, synth_tokens, tmp_path):
     r = subprocess.run([sys.executable, "-m", "ehrfm", "export", str(tiny_run), "--out", str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in out.iterdir()}
+    # the weights readable as the config beside them is (safetensors wrote them 0600: a shared dir gave no model)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"], modes
 
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     assert type(hf).__name__ == "LlamaForCausalLM"
