@@ -186,8 +186,11 @@ def data_limited_envelope(fits: dict) -> list[str]:
     return _over_fresh_epochs(fits, (fits.get("approach1") or {}).get("points") or [], "tokens")
 
 
-def trust(fits: dict, k: int) -> tuple[bool, str]:
+def trust(fits: dict, k: int, exponents_only: bool = False) -> tuple[bool, str]:
     """Can approach k's law of a fits.json dict be the default recommendation? Returns (ok, why not).
+
+    exponents_only: judge Approach 3's exponents a, b alone, not its N_opt coefficient G (whose
+    identification a recommended N_opt needs, a comparison of exponents does not).
 
     Not when an exponent of N_opt or D_opt in C (a, b) is non-positive or its interval reaches 0,
     nor, for Approaches 1-2, when L_min ~ C^k does not fall with compute (loss_direction_problems),
@@ -283,7 +286,7 @@ def trust(fits: dict, k: int) -> tuple[bool, str]:
         numbers = isinstance(edges, list) and all(is_number(b) and b is not None for b in edges)
         problems.append(edge_note(edges) if numbers else "its edge_budgets in fits.json are not budgets: whether its "
                         "optimum is bracketed is unknown")
-    if k == 3 and not problems and not unknown:
+    if k == 3 and not problems and not unknown and not exponents_only:
         recorded = f.get("identified")
         g = recorded.get("G") if isinstance(recorded, dict) else None  # anything else: unknown, never trusted
         if has_interval(f.get("G_ci")) and identified(f["G_ci"]) is False:

@@ -312,7 +312,7 @@ def test_checks_take_the_laws_trust_and_the_runs_bracketing(tmp_path):
     2 budgets (which fits them exactly). Each is now missed, saying why."""
     fits = _fits()
     fits["approach2"].update(a_ci=[0.35, 0.45], b_ci=[0.5, 0.6])
-    fits["approach3"].update(a=0.45, a_ci=[0.3, 0.6])
+    fits["approach3"].update(a=0.45, a_ci=[0.3, 0.6], b=0.55, b_ci=[0.45, 0.65], alpha=0.55, beta=0.45, E=1.0, A=100.0, B=100.0)
     fits["holdout"].update(fitted_budgets=[1e12, 4e12])
     budget = np.repeat([1e12, 4e12, 1.6e13], 4)
     res = pl.DataFrame({"budget": budget, "status": ["completed"] * 12, "epochs": [0.5] * 12, "n_layer": [1, 2] * 6,
@@ -324,7 +324,11 @@ def test_checks_take_the_laws_trust_and_the_runs_bracketing(tmp_path):
     row = lambda name: next(x for x in lines if x.startswith(f"| {name} |"))  # noqa: E731
     assert row("IsoFLOP parabolas").endswith("| 2 of 3 | **MISSED** |"), row("IsoFLOP parabolas")
     a3 = row("Approach 3 a")
-    assert a3.endswith("| **MISSED** |") and "0.050 apart" in a3 and "Approach 3 not trusted: " in a3, a3
+    assert a3.endswith("| met |") and "0.050 apart" in a3, a3  # G not identified: no matter for its exponents
+    fits["approach3"]["at_bound"] = ["alpha"]
+    a3 = next(x for x in _checks_section(DemoConfig(budgets=[1e12, 4e12, 1.6e13]), SimpleNamespace(to_json=lambda: fits),
+                                         res, _heads(tmp_path), wall=600.0, heads_dir=tmp_path) if x.startswith("| Approach 3 a |"))
+    assert a3.endswith("| **MISSED** |") and "its exponents not trusted: its alpha sits at the searched range's edge" in a3, a3
     held = row("held-out budget L_min")
     assert held.endswith("| **MISSED** |") and "refitted through 2 budgets, which it fits exactly" in held, held
     fits["holdout"]["fitted_budgets"] = [1e12, 4e12, 8e12]
