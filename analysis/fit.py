@@ -1317,14 +1317,16 @@ def fit_utility(res: Results, counts: np.ndarray | None, cfg: FitConfig, warn):
         # (the seeds that have one: a seed's SE missing alone must not turn the whole law's weights off)
         se = np.full(pts.size, np.nan) if se is None else np.array([np.mean(v) if (v := se[s][np.isfinite(se[s])]).size else np.nan
                                                                     for s in shapes])
-        if res.utility_se.get(col) is not None and not np.all(np.isfinite(se)):
+        se_col = res.utility_se.get(col)
+        # every run of each point (its seeds): an AUROC beside a missing SE in a table that has the column
+        unmeasured = 0 if se_col is None else sum(bool(np.any(np.isfinite(metric[s]) & ~np.isfinite(se_col[s]))) for s in shapes)
+        if unmeasured:
             # The heads withhold an AUROC's SE when a class has too few labels or subjects (MIN_CLASS_FOR_INTERVAL):
             # such an AUROC is no measurement to fit. Read as "no SE given", the law fell back to a case bootstrap
             # of 3 points and drew an interval excluding 0 through AUROCs of 1 held-out positive (MIMIC-IV demo).
-            missing = int(np.sum(~np.isfinite(se)))
-            warn(f"utility {col}: {missing} of its {pts.size} budget(s)' AUROC has no standard error (auroc_se/"
-                 f"{col[len('auroc/'):]} withheld: too few held-out labels or subjects of a class for an interval); "
-                 "no law fitted")
+            warn(f"utility {col}: the AUROC of {unmeasured} of its {pts.size} budget(s) has no standard error in "
+                 f"auroc_se/{col[len('auroc/'):]} (the heads withhold it below 10 held-out labels or subjects of a "
+                 "class: too few for an interval); no law fitted")
             continue
         with_se = bool(np.all(np.isfinite(se)))
         log_sd = np.maximum(se / err, MIN_LOG_ERROR_SE) if with_se else None

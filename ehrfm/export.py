@@ -416,8 +416,6 @@ def export_hf(run: str | os.PathLike, out: str | os.PathLike, tokens_dir: str | 
         })
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         # safetensors writes 0600 whatever the umask: the directory is for sharing (a lab's model dir, the Hub),
-        # and its other files follow the umask, so the weights do too (others could read the config, not the model)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp / "model.safetensors", 0o666 & ~umask)
+        # and its other files follow the umask, so the weights take their mode (others could read the config, not the model)
+        os.chmod(tmp / "model.safetensors", (tmp / "config.json").stat().st_mode & 0o777)
     return Path(out)

@@ -215,8 +215,8 @@ def check_output_given(out: str | os.PathLike | None, flag: str = "--out") -> No
 
     Path("") is ".", the working directory: `--out ''` read as "." offered to replace the directory the
     user stood in (`synth --out '' --overwrite`), and `--out .` or `--out ..` (no name of its own to make
-    a temporary sibling of) failed with a traceback. An output is written beside its final name and
-    renamed into place, so it needs a name inside some other directory.
+    a temporary sibling of) failed with a traceback. Most outputs are written beside their final name and
+    renamed into place; a run or sweep dir, written in place, is named from outside too (one rule for all).
     """
     if out is None:
         return
@@ -226,9 +226,8 @@ def check_output_given(out: str | os.PathLike | None, flag: str = "--out") -> No
     path = Path(text).expanduser().absolute()
     resolved, here = Path(os.path.normpath(path)), Path.cwd()
     if resolved == here or resolved in here.parents or not resolved.name:
-        example = f"{flag} ../{here.name}" if here.name else f"{flag} ./out"
-        raise UserError(f"output {text} is the working directory or a directory above it: an output is written "
-                        f"beside its name and renamed into place, so give it from outside (e.g. {example})")
+        raise UserError(f"output {text} is the working directory or a directory above it: name an output from "
+                        f"outside it (`cd ..`, then {flag} NAME), or a new directory inside it ({flag} ./out)")
 
 
 def check_writable_path(out: str | os.PathLike) -> None:

@@ -225,7 +225,8 @@ def trust(fits: dict, k: int, exponents_only: bool = False) -> tuple[bool, str]:
             problems.append(f"the interval of {name} = {format_ci(x, ci)} includes 0")
     # Every other fitted number beside its interval (Approach 1's loss law is a minimum over runs, biased below
     # its replicates by their scatter: only its a and b are judged so)
-    others = {2: ("n_coef", "d_coef", "loss_coef", "loss_exponent"), 3: ("E", "A", "B", "alpha", "beta", "G")}
+    others = {2: ("n_coef", "d_coef", "loss_coef", "loss_exponent"),
+              3: ("E", "A", "B", "alpha", "beta") + (() if exponents_only else ("G",))}
     problems += damaged_intervals(f, others.get(k, ()))
     for name in ("alpha", "beta") if k == 3 else ():
         ci = f.get(f"{name}_ci")

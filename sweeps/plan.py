@@ -1544,9 +1544,10 @@ def check_plan_rows(sweep: SweepConfig, rows: list[dict], sweep_dir: Path) -> No
         # Every row at once: the recipe they share (sweep.json's train) is the likelier edit, and re-planning with the
         # same options would adopt it (a hand-set lr 0.5 planned three new runs and orphaned the trained ones).
         raise UserError(f"{plan}: all {len(rows)} rows train another config than their run ids were planned with (first: "
-                        f"{changed[0]}): the training recipe they share, in {sweep_dir / 'sweep.json'}, was most likely "
-                        "edited since planning (or the sweep was planned by another ehrfm): put the file back as planned, "
-                        "or plan a new sweep into another --out; `ehrfm sweep plan` here would take the edited recipe")
+                        f"{changed[0]}): the training recipe they share, in {sweep_dir / 'sweep.json'}, was edited since "
+                        "planning (put it back as planned, or plan a new sweep into another --out: `ehrfm sweep plan` here "
+                        "would take the edited recipe), or every row of plan.parquet was, or another ehrfm planned the "
+                        "sweep (for these two, run `ehrfm sweep plan` again with the same options: trained runs keep their ids)")
     if changed:
         raise UserError(f"{plan}: {len(changed)} of {len(rows)} rows train another config than their run id was planned "
                         f"with (first: {changed[0]}; edited by hand, or planned by another ehrfm?): run `ehrfm sweep plan` "

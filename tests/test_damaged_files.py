@@ -110,6 +110,9 @@ def test_intact_result_json_is_still_read(sweep):
     planned = read_parquet(sweep_dir / "plan.parquet").to_pylist()[0]
     own = {k: planned[k] for k in ("tokens", "n_layer", "d_model", "n_head", "context", "seed")}
     fingerprint = json.loads((sweep_dir / "sweep.json").read_text())["tokenizer_fingerprint"]
+    from test_sweep_faults import write_run_config
+
+    write_run_config(run)  # as the trainer writes it before any result
     (run / "result.json").write_text(json.dumps({**COMPLETED, **own, "tokenizer_fingerprint": fingerprint}))
     p = ehrfm("sweep", "status", sweep_dir)
     assert p.returncode == 0 and "completed" in p.stdout, p.stderr

@@ -51,8 +51,24 @@ def fingerprint_of(sweep_dir: Path) -> str:
 
 
 def write(path: Path, obj) -> None:
+    """Write `obj` (JSON, or text) to `path`; a completed result.json of a planned run gets the config.json its trainer
+    writes beside it first (the run's train config), which `sweep status` checks against the plan."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.name == "result.json" and isinstance(obj, dict) and obj.get("status") == "completed":
+        write_run_config(path.parent)
     path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+
+
+def write_run_config(run_dir: Path) -> None:
+    """RUN/config.json as the trainer writes it first (its train config), for a planned run of its sweep dir."""
+    from sweeps.plan import load_sweep, run_train_config
+
+    if (run_dir / "config.json").exists() or not (run_dir.parent.parent / "sweep.json").is_file():
+        return
+    sweep, rows = load_sweep(run_dir.parent.parent)
+    row = next((r for r in rows if r["run_id"] == run_dir.name), None)
+    if row is not None:
+        (run_dir / "config.json").write_text(json.dumps({"train": run_train_config(sweep, row, run_dir).to_dict()}))
 
 
 def test_a_result_json_of_another_run_or_sweep_is_never_used_as_this_runs(sweep):

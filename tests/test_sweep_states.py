@@ -131,6 +131,10 @@ def test_a_run_that_finishes_while_its_state_is_read_is_completed_not_interrupte
     own = {k: rows[0][k] for k in ("tokens", "n_layer", "d_model", "n_head", "context", "seed")}
     fingerprint = json.loads((out / "sweep.json").read_text())["tokenizer_fingerprint"]
 
+    from test_sweep_faults import write_run_config
+
+    write_run_config(run)  # the trainer writes its config first
+
     def job_ends_now(record, run_dir=None):  # the trainer writes its result and exits while run_states asks about it
         (run / "result.json").write_text(json.dumps({"status": "completed", "val_loss": 2.5, **own,
                                                      "tokenizer_fingerprint": fingerprint}))

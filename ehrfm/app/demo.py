@@ -668,34 +668,42 @@ def _launch_settled(sweep: Path, launch, rounds: int = 3):
     A launch trains what needs training and waits for what it submitted, but not for a run an earlier,
     killed demo's trainer still runs, nor for a run lost with that launch or a branch waiting on such a
     trunk: a resumed demo fitted its first stage on 7 of 8 runs and centred the larger budgets on that law.
-    Runs still active are waited for, then the sweep is launched again (lost and interrupted runs train).
+    Runs still active are waited for (under SLURM also "unknown" ones: squeue did not answer), then the
+    sweep is launched again without retrying failed runs (the first launch retried them already), so lost
+    and interrupted runs train. Only the plan's runs count: a run dir a re-plan left unplanned never ends.
 
     Raises:
-        UserError: runs not ended after `rounds` launches (e.g. "unknown": another host's trainer), named.
+        UserError: planned runs not ended after `rounds` more launches (e.g. "unknown": another host's trainer), named.
     """
+    import dataclasses
+
     from sweeps.launch import launch_sweep, wait_for_runs
     from sweeps.plan import load_sweep
     from sweeps.state import run_states
 
-    def states() -> dict:
-        cfg, plan = load_sweep(sweep)
-        got = run_states(sweep, [r["run_id"] for r in plan], plan=plan, fingerprint=cfg.tokenizer_fingerprint, sweep=cfg)
-        return {rid: s.state for rid, s in got.items()}
+    waited = (Status.QUEUED, Status.RUNNING, *((Status.UNKNOWN,) if launch.executor == "slurm" else ()))
 
-    report = launch_sweep(sweep, launch)
-    for _ in range(rounds):
-        now = states()
-        if busy := [rid for rid, s in now.items() if s in (Status.QUEUED, Status.RUNNING)]:
+    def settled() -> dict:  # the planned runs' states, once none of them is active
+        cfg, plan = load_sweep(sweep)
+        ids = [r["run_id"] for r in plan]
+        now = {rid: s.state for rid, s in run_states(sweep, ids, plan=plan, fingerprint=cfg.tokenizer_fingerprint, sweep=cfg).items()
+               if rid in set(ids)}
+        if busy := [rid for rid, s in now.items() if s in waited]:
             print(f"demo: waiting for {len(busy)} run(s) an earlier launch still runs", file=sys.stderr, flush=True)
             wait_for_runs(sweep, busy)
-            now = states()
-        if not (left := [rid for rid, s in now.items() if s not in _ENDED]):
+            return settled()
+        return now
+
+    report = launch_sweep(sweep, launch)
+    again = dataclasses.replace(launch, retry_failed=False)
+    for _ in range(rounds):
+        if not [rid for rid, s in settled().items() if s not in _ENDED]:
             return report
-        report = launch_sweep(sweep, launch)
-    left = {rid: s for rid, s in states().items() if s not in _ENDED}
+        report = launch_sweep(sweep, again)
+    left = {rid: s for rid, s in settled().items() if s not in _ENDED}
     if left:
         shown = ", ".join(f"{rid} ({s})" for rid, s in list(left.items())[:3]) + (" ..." if len(left) > 3 else "")
-        raise UserError(f"{len(left)} run(s) of {sweep} have not ended after {rounds + 1} launches ({shown}): the "
+        raise UserError(f"{len(left)} planned run(s) of {sweep} have not ended after {rounds + 1} launches ({shown}): the "
                         f"study would be fitted without them; see `ehrfm sweep status {sweep}`, then rerun the demo")
     return report
 
