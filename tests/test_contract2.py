@@ -254,6 +254,7 @@ def _fake_sweep_stages(monkeypatch, tmp_path, plans):
     monkeypatch.setattr(sweeps.collect, "collect_sweep", collect)
     monkeypatch.setattr(sweeps.plan, "load_sweep", lambda sweep: (None, [{"run_id": r} for r in state["runs"]]))
     monkeypatch.setattr(sweeps.launch, "launch_sweep", lambda sweep, launch: calls.append("launch"))
+    monkeypatch.setattr(demo, "_launch_settled", lambda sweep, launch: calls.append("launch"))  # (test_demo_settle.py)
     monkeypatch.setattr(demo, "_plan", plan)
     monkeypatch.setattr(analysis.fit, "fit_results", no_fit)
     return calls
