@@ -355,7 +355,7 @@ def test_a_plan_row_edited_by_hand_is_refused_before_any_run_trains(synth_tokens
     (out / "sweep.json").write_text(json.dumps(edited))
     for call in (lambda: launch_sweep(out, LaunchConfig(executor="local", dry_run=True)), lambda: status_rows(out)):
         with pytest.raises(UserError, match=rf"all {len(planned)} rows train another config .* in {out / 'sweep.json'}, "
-                                            "was most likely edited since planning"):
+                                            r"was edited since planning \(put it back as planned, or plan a new sweep"):
             call()
     (out / "sweep.json").write_text(saved)
     assert len(status_rows(out)) == len(planned)
