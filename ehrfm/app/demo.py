@@ -686,8 +686,8 @@ def _launch_settled(sweep: Path, launch, rounds: int = 3):
     def settled() -> dict:  # the planned runs' states, once none of them is active
         cfg, plan = load_sweep(sweep)
         ids = [r["run_id"] for r in plan]
-        now = {rid: s.state for rid, s in run_states(sweep, ids, plan=plan, fingerprint=cfg.tokenizer_fingerprint, sweep=cfg).items()
-               if rid in set(ids)}
+        got = run_states(sweep, ids, plan=plan, fingerprint=cfg.tokenizer_fingerprint, sweep=cfg)
+        now = {rid: got[rid].state for rid in ids}  # run_states adds unplanned run dirs: left out
         if busy := [rid for rid, s in now.items() if s in waited]:
             print(f"demo: waiting for {len(busy)} run(s) an earlier launch still runs", file=sys.stderr, flush=True)
             wait_for_runs(sweep, busy)
@@ -1667,7 +1667,7 @@ def _heads_section(heads: dict, cap: int | None, outliers=(), res=None) -> list[
         b, p = e.get("baseline") or {}, e.get("probe") or {}
         for head in (p, *(b.get("models") or {}).values(), b):
             if isinstance(head, dict) and isinstance(head.get("note"), str):
-                notes.setdefault(task, dict.fromkeys([]))[head["note"]] = None
+                notes.setdefault(task, {})[head["note"]] = None  # each note once, in order
     if notes:
         L += ["", "Without an interval (the heads' notes): " + "; ".join(f"{t}: {', '.join(n)}" for t, n in notes.items())
               + ". Such an AUROC is a description of a few labels, not an estimate."]

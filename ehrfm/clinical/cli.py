@@ -19,12 +19,11 @@ def _labels(args) -> int:
     from ehrfm.cli_args import values
     from ehrfm.clinical.labels import LabelConfig, check_label_options, make_labels, write_label_dir, write_labels
     from ehrfm.errors import UserError
-    from ehrfm.io import check_file_output, check_output_given, check_overwrite, summary
+    from ehrfm.io import check_file_output, check_overwrite, summary
 
     options = values(LabelConfig, args, names=("gap_hours", "long_los_days", "readmission_days", "transfer_hours",
                                                       "direct_icu_minutes"))
-    check_label_options(options, args.task)  # what the task means first, then where it goes
-    check_output_given(args.out)  # before Path(): Path("") is "."
+    check_label_options(options, args.task)  # (an empty or "." --out: refused by ehrfm.app.cli.main for every command)
     out = Path(args.out)
     if args.task == "all":
         if out.suffix == ".parquet":
@@ -76,10 +75,9 @@ def _audit_written_labels(meds_dir, out, tasks: list[str]) -> None:
 
 def _audit(args) -> int:
     from ehrfm.clinical.audit import audit, format_audit
-    from ehrfm.io import FILE_OUTPUT_KEY, atomic_file, check_file_output, check_output_given, check_overwrite, summary
+    from ehrfm.io import FILE_OUTPUT_KEY, atomic_file, check_file_output, check_overwrite, summary
 
-    check_output_given(args.out)  # `--out ''` wrote nothing, silently
-    if args.out:
+    if args.out:  # (`--out ''` is refused by ehrfm.app.cli.main, as for every command)
         check_file_output(args.out)
         check_overwrite(args.out, args.overwrite, inputs=(args.meds, args.labels), command="audit")
     codes = [c.strip() for c in args.date_only_codes.split(",") if c.strip()] if args.date_only_codes is not None else None
