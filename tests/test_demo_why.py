@@ -142,6 +142,17 @@ def test_the_sweep_table_gives_both_parameter_counts_and_each_auroc_with_its_err
                            "sweep/results.parquet", {})
     assert "| 1e+12 | `C1e12_L1_D32` | 6e+04 | 1.3e+04 | 1 x 32 | 2e+06 | 0.50 | 1.0123 | completed | 0.917 +- 0.041 |" in lines
     assert any("at most 100 labels per split and task" in x and "so their AUROC of the same run differs" in x for x in lines)
+    # an SE the heads withheld (too few labels of a class) is marked, and the text says what the mark means;
+    # a table without the SE column has nothing to withhold
+    two = pl.concat([res, res.with_columns(pl.lit("C1e12_L1_D48").alias("run_id"), pl.lit(None, pl.Float64).alias("auroc_se/mortality"))])
+    lines = _sweep_section(DemoConfig(budgets=[1e12, 2e12], max_labels=100), two, {"splits": {"train": {"tokens": 4.0e6}}},
+                           "sweep/results.parquet", {})
+    rows = [x for x in lines if x.startswith("| 1e+12 |")]
+    assert rows[0].endswith("| 0.917 +- 0.041 |") and rows[1].endswith("| 0.917 (no SE) |"), rows
+    assert any("(`no SE`: withheld, too few held-out labels or subjects of a class; no utility law is fitted" in x for x in lines)
+    lines = _sweep_section(DemoConfig(budgets=[1e12, 2e12], max_labels=100), two.drop("auroc_se/mortality"),
+                           {"splits": {"train": {"tokens": 4.0e6}}}, "sweep/results.parquet", {})
+    assert [x for x in lines if x.startswith("| 1e+12 |")][1].endswith("| 1.0123 | completed | 0.917 |")
 
 
 def test_replicate_seeds_are_a_demo_setting_in_its_command_plan_and_resume_check():

@@ -95,6 +95,31 @@ def test_utility_intervals_carry_each_aurocs_measurement_noise():
         load_results(table.with_columns(pl.lit(-1.0).alias("auroc_se/mortality")))
 
 
+def test_utility_law_not_fitted_through_an_auroc_whose_se_the_heads_withheld():
+    # The heads withhold an AUROC's SE below 10 held-out labels or subjects of a class: such an AUROC
+    # (on 1 positive, say) is no measurement, and a law through it must not get an interval.
+    kw = dict(budgets=np.logspace(18, 20, 3), sizes=7, noise=0.003, tasks={"mortality": (2.0, -0.05)})
+    table = synthetic_results(LAW, seed=4, auroc_se=0.01, **kw)
+    full = fit_results(table, approaches=(2,), bootstrap=100, seed=0)
+    best = {p["run_id"] for p in full.utility["auroc/mortality"].points}
+    assert len(best) == 3
+    one = sorted(best)[0]
+    withheld = table.with_columns(pl.when(pl.col("run_id") == one).then(None)
+                                  .otherwise(pl.col("auroc_se/mortality")).alias("auroc_se/mortality"))
+    with pytest.warns(FitWarning, match=r"utility auroc/mortality: the AUROC of 1 of its 3 budget\(s\) has no standard "
+                                        r"error in auroc_se/mortality .*no law fitted"):
+        fit = fit_results(withheld, approaches=(2,), bootstrap=100, seed=0)
+    assert "auroc/mortality" not in fit.utility
+    assert fit.approach2.a == full.approach2.a  # the loss laws do not depend on it
+    # a withheld SE on a run the law does not pass through changes nothing
+    other = table.filter(~pl.col("run_id").is_in(list(best)))["run_id"][0]
+    aside = table.with_columns(pl.when(pl.col("run_id") == other).then(None)
+                               .otherwise(pl.col("auroc_se/mortality")).alias("auroc_se/mortality"))
+    u = fit_results(aside, approaches=(2,), bootstrap=100, seed=0).utility["auroc/mortality"]
+    assert u.exponent == full.utility["auroc/mortality"].exponent
+    assert u.exponent_ci == full.utility["auroc/mortality"].exponent_ci
+
+
 def test_utility_intervals_paired_when_runs_share_resamples():
     # Every run scored on the same held-out labels: a resample that is hard for one run is hard for
     # all of them, so the points move together. Replicates that share that common shift (0.02 SD)
