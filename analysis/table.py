@@ -43,7 +43,7 @@ import polars as pl
 
 from ehrfm.errors import UserError
 from ehrfm.law_checks import BUDGET_SAME_DECADES  # shared with the sweep planner; re-exported
-from ehrfm.results import Status, blow_up_margin
+from ehrfm.results import Status, blow_up_margin, untrained_excess
 from ehrfm.tables import RESULTS_COLUMNS, RESULTS_REQUIRED, UTILITY_PREFIXES
 
 REQUIRED = ("n_params", "tokens", "loss")
@@ -908,7 +908,8 @@ def _blown_up(df: pl.DataFrame, source: str, values: dict, keep: np.ndarray, run
     its margin, each added to `excluded`: a finite blow-up a trainer did not catch. The margin is the
     trainer's (ehrfm.results.blow_up_margin, as divergence_reason applies it): DIVERGENCE_Z (3) times
     the run's eval standard error (`eval_loss_se`), or UNMEASURED_MARGIN (5%) of ln V where there is
-    none. A tiny run that ends at ln V within its eval noise is a measurement.
+    none, plus an untrained model's excess over ln V where d_model is given (ehrfm.results.untrained_excess).
+    A tiny run that ends at ln V within its eval noise is a measurement.
     Checked on `loss` whatever column is fitted; ln(MAX_VOCAB) where vocab_size is absent.
     """
     if "loss" not in df.columns:
@@ -922,6 +923,9 @@ def _blown_up(df: pl.DataFrame, source: str, values: dict, keep: np.ndarray, run
     per_token = values["loss"] if "loss" in values else _numeric(df, "loss", source)
     se = _numeric(df, "eval_loss_se", source) if "eval_loss_se" in df.columns else np.zeros(df.height)
     margin = blow_up_margin(np.where(np.isfinite(uniform), uniform, 0.0), se)
+    # as the trainer: an untrained model of width d_model sits above ln V by its initialisation's excess
+    if "d_model" in df.columns and "vocab_size" in df.columns:
+        margin = margin + untrained_excess(_numeric(df, "d_model", source, keep))
     blown = keep & np.isfinite(uniform) & (per_token > uniform + margin)
     checked = int((keep & np.isfinite(uniform) & np.isfinite(per_token)).sum())
     if blown.sum() >= 2 and blown.sum() >= BLOWN_UP_UNIT_SHARE * checked:

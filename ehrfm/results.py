@@ -177,6 +177,28 @@ _COUNT_FIELDS = ("n_params", "n_params_total", "tokens", "flops")
 _READ_HINT = "delete it and rerun: the run resumes from its checkpoint and writes it again"
 
 
+# ModelConfig.init_std's default (GPT-2's N(0, 0.02)); not a CLI setting, so a result.json does not record it
+DEFAULT_INIT_STD = 0.02
+
+
+def untrained_excess(d_model, init_std: float = DEFAULT_INIT_STD):
+    """An allowance for how far an untrained model's loss sits above uniform guessing (ln V), in nats/token.
+
+    Its logits RMSNorm(h) W^T are ~N(0, sigma^2), sigma^2 = init_std^2 x d_model (norm gain 1, W ~
+    N(0, init_std)). The log-sum-exp part of the excess is at most sigma^2 / 2 (Jensen); on real data the
+    target's logit is not centred (a token follows itself), which adds as much again: measured 0.108 nats
+    at d_model 512, V = 286 on random targets, 0.152 at d_model 512, V = 40 on a token dir. The allowance
+    is sigma^2 (0.20 at d_model 512). Without it, a run that barely moved (a budget of a few steps) ended
+    "above ln V" by more than its precise eval's noise and was recorded diverged.
+    Floats or numpy arrays (NaN or <= 0 -> 0: no d_model, no allowance).
+    """
+    import numpy as np
+
+    d = np.asarray(d_model, dtype=float)
+    out = np.where(np.isfinite(d) & (d > 0), init_std**2 * np.where(np.isfinite(d), d, 0.0), 0.0)
+    return float(out) if out.ndim == 0 else out
+
+
 def blow_up_margin(bound, se):
     """How far above `bound` (nats/token) a finite loss must be to be a blow-up, in nats/token.
 
@@ -193,11 +215,13 @@ def blow_up_margin(bound, se):
 
 
 def divergence_reason(step: int, vocab_size: int | None = None, initial_loss: float | None = None,
-                      val_loss_se: float | None = None, initial_loss_se: float | None = None, **quantities) -> str | None:
+                      val_loss_se: float | None = None, initial_loss_se: float | None = None,
+                      d_model: int | None = None, **quantities) -> str | None:
     """Why a run has diverged at `step`, or None when it has not.
 
     The rule: any non-finite quantity is a divergence; a finite `val_loss` is a blow-up only when
-    it is clearly above a bound -- uniform guessing (ln V nats/token) or the run's initial loss --
+    it is clearly above a bound -- uniform guessing (ln V nats/token, plus an untrained model's
+    excess over it when `d_model` is given: `untrained_excess`) or the run's initial loss --
     by more than DIVERGENCE_Z standard errors: of the eval sample (`val_loss_se`, ratio_se over eval
     subjects) for ln V, and of the difference of the two estimates, sqrt(val_loss_se^2 +
     initial_loss_se^2), for the initial loss (measured on the first batch: a sample of its own).
@@ -212,6 +236,7 @@ def divergence_reason(step: int, vocab_size: int | None = None, initial_loss: fl
             above it means the run ended worse than it started.
         val_loss_se: standard error of `val_loss` over the eval subjects, or None.
         initial_loss_se: standard error of `initial_loss` over the first batch's subjects, or None.
+        d_model: the model's width, for the ln V bound's untrained excess (None: ln V alone).
         **quantities: the values to check by name, e.g. train_loss, grad_norm, val_loss (floats).
             Every non-finite one is named; only `val_loss` is compared with the two bounds.
 
@@ -236,8 +261,10 @@ def divergence_reason(step: int, vocab_size: int | None = None, initial_loss: fl
     # without the eval's own noise, the first batch's alone is no margin for the difference: both bounds take the share
     se_initial = math.hypot(se_uniform, se(initial_loss_se)) if se_uniform > 0.0 else 0.0
     above, margins = [], []
-    if vocab_size is not None and val > math.log(vocab_size) + blow_up_margin(math.log(vocab_size), se_uniform):
-        above.append(f"above uniform guessing ln V = {math.log(vocab_size):.4g} (V = {vocab_size})")
+    excess = untrained_excess(d_model) if d_model is not None else 0.0
+    if vocab_size is not None and val > math.log(vocab_size) + excess + blow_up_margin(math.log(vocab_size), se_uniform):
+        above.append(f"above uniform guessing ln V = {math.log(vocab_size):.4g} (V = {vocab_size})"
+                     + (f" plus an untrained model's excess {excess:.2g} (d_model {d_model})" if excess > 0 else ""))
         margins.append(se_uniform)
     if initial_loss is not None and math.isfinite(initial_loss) and val > initial_loss + blow_up_margin(initial_loss, se_initial):
         above.append(f"above the initial loss {initial_loss:.4g}")
@@ -272,7 +299,7 @@ def _blow_up(obj: dict) -> str | None:
     initial = number("initial_train_loss") if initial_se is not None else None
     return divergence_reason(int(number("steps") or 0), vocab_size=int(vocab) if vocab and vocab >= 2 else None,
                              initial_loss=initial, val_loss_se=number("eval_loss_se"), initial_loss_se=initial_se,
-                             val_loss=obj["val_loss"])
+                             d_model=int(d) if (d := number("d_model")) and d >= 1 else None, val_loss=obj["val_loss"])
 
 
 def read_result(run_dir: str | Path, hint: str = _READ_HINT, check_values: bool = True) -> RunResult | None:

@@ -1393,7 +1393,7 @@ def _finish(run: _Run, metrics_f, session_tokens: int, session_s: float, stop: b
     # ehrfm) is not compared with: ln V bounds the run alone
     initial = run.initial_loss if run.initial_loss_se is not None else None
     reason = divergence_reason(step, vocab_size=run.td.vocab_size, initial_loss=initial, val_loss_se=eval_loss_se,
-                               initial_loss_se=run.initial_loss_se, val_loss=val_loss)
+                               initial_loss_se=run.initial_loss_se, d_model=run.cfg.d_model, val_loss=val_loss)
     # the end-of-run line carries the lr of the last optimizer step (DESIGN: step, tokens, train_loss, lr, val_loss)
     final_lr = lr_at(step - 1, run.n_steps, run.cfg) if step >= 1 else None
     if reason:

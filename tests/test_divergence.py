@@ -130,3 +130,35 @@ def test_an_eval_of_one_subject_is_warned_and_its_noise_is_not_a_blow_up(tok, tm
     res = json.loads((out / "result.json").read_text())
     assert res["status"] == "completed" and res["eval_loss_se"] is None
     assert math.log(res["vocab_size"]) < res["val_loss"] < 1.05 * math.log(res["vocab_size"])
+
+
+def test_a_run_that_barely_moved_is_not_a_blow_up_at_any_width(tok, tmp_path):
+    """An untrained model's logits RMSNorm(h) W^T ~ N(0, 0.02^2 d_model) put its loss ~0.1 nats above ln V at
+    d_model 512. Before: one step at a tiny lr with a precise eval (SE 0.01) was recorded diverged, "val loss
+    5.748 at step 1 is above uniform guessing ln V = 5.656", exit 1; the width's excess is now allowed for."""
+    from ehrfm.results import untrained_excess
+
+    assert untrained_excess(512) == pytest.approx(0.2048) and untrained_excess(float("nan")) == 0.0
+    assert divergence_reason(1, vocab_size=40, val_loss=math.log(40) + 0.19, val_loss_se=0.005) is not None
+    assert divergence_reason(1, vocab_size=40, val_loss=math.log(40) + 0.19, val_loss_se=0.005, d_model=512) is None
+    # a blow-up still is one, and the message names the allowance
+    assert divergence_reason(1, vocab_size=40, val_loss=math.log(40) + 0.3, val_loss_se=0.005, d_model=512) == (
+        f"val loss {math.log(40) + 0.3:.4g} nats/token at step 1 is above uniform guessing ln V = {math.log(40):.4g} (V = 40) plus an "
+        "untrained model's excess 0.2 (d_model 512) (by more than 3 standard errors, 3 x 0.005)")
+    out = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "ehrfm", "train", str(tok), "--out", str(out), "--n-layer", "1", "--d-model", "512",
+                        "--n-head", "8", "--context", "64", "--batch-size", "4", "--tokens", "64", "--lr", "1e-8",
+                        "--eval-tokens", "20000", "--seed", "1"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert p.returncode == 0, p.stderr
+    res = json.loads((out / "result.json").read_text())
+    assert res["status"] == "completed" and res["steps"] == 1
+    # it sits above ln V by more than 3 SE (the old rule's blow-up), within the width's excess
+    lnv = math.log(res["vocab_size"])
+    assert lnv + 3 * res["eval_loss_se"] < res["val_loss"] < lnv + untrained_excess(512) + 3 * res["eval_loss_se"], res
+    # and the results table's re-check (ehrfm fit) agrees with the trainer
+    from analysis.table import load_results
+
+    rows = [{"run_id": r, "n_params": n, "tokens": d, "flops": 6.0 * n * d, "loss": loss, "status": "completed",
+             "vocab_size": res["vocab_size"], "eval_loss_se": res["eval_loss_se"], "d_model": 512}
+            for r, n, d, loss in (("a", res["n_params"], res["tokens"], res["val_loss"]), ("b", 1e5, 1e7, 3.0), ("c", 2e5, 1e7, 2.9))]
+    assert load_results(pl.DataFrame(rows)).excluded == []
