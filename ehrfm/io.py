@@ -36,15 +36,27 @@ _HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 # The longest line a warning or error prints: a 200,000-character code of another tool's MEDS data made one warning
 # line of 200,177 characters.
 LINE_MAX_CHARS = 4000
-_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# control characters, line and paragraph separators, zero-width and bidirectional formatting characters (which
+# reorder what a terminal shows: "Trojan Source", Boucher & Anderson 2021) and the byte-order mark
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
+
+def printable(text: str) -> str:
+    r"""`text` with control and formatting characters escaped as Python does (\n, \x1b, \u202e).
+
+    A MEDS code holding a line break forged a line of `tokenize --decode` output, and one holding ESC coloured
+    the terminal. Other text (accents, CJK) is kept as it is.
+    """
+    return _CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
 
 
 def one_line(text: str, limit: int = LINE_MAX_CHARS) -> str:
     """`text` as one printable line, at most `limit` characters and a note of how many more there were.
 
-    Control characters are escaped: a code holding a line break or ESC split a warning and coloured the terminal.
+    Control characters are escaped (`printable`): a code holding a line break or ESC split a warning and coloured
+    the terminal.
     """
-    text = _CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+    text = printable(text)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} characters more)"
 
 

@@ -51,7 +51,7 @@ import meds
 import polars as pl
 
 from ehrfm.errors import UserError
-from ehrfm.io import check_parquet_files, refuse_repeated_columns, warn
+from ehrfm.io import check_parquet_files, refuse_repeated_columns, warn_once
 
 SUBJECT_ID = meds.DataSchema.subject_id_name
 TIME = meds.DataSchema.time_name
@@ -89,6 +89,15 @@ EVENT_PREFIXES = (
     "ED_", "LAB//", "MEDICATION//", "DIAGNOSIS//", "PROCEDURE//", "DRG//", "VITAL//", "INFUSION//",
     "OUTPUT//", "OMR//",
 )
+
+
+def _say(line: str) -> None:
+    """Warn a fact about a dataset once per process.
+
+    Labels, audit and the demo open one dataset several times, and each open repeated every line (the same
+    null-time warning 3 times per `ehrfm labels`).
+    """
+    warn_once("meds dataset", line, line)
 
 
 def split_name(name: str) -> str | None:
@@ -286,10 +295,10 @@ def open_meds(meds_dir: str | os.PathLike, check_static: bool = True) -> MedsDat
     visible = _parquet_files(data, data)
     hidden = len(_all_parquet_files(data)) - len(visible)
     if hidden:
-        warn(f"{data}: left out {hidden} hidden file(s) named *.parquet (a name starting with '.', e.g. macOS's ._* "
+        _say(f"{data}: left out {hidden} hidden file(s) named *.parquet (a name starting with '.', e.g. macOS's ._* "
              "copies or .ipynb_checkpoints/): not data")
     if other := _other_data_files(data):  # a shard written .pq or as CSV was left out of its split without a word
-        warn(f"{data}: left out {len(other)} file(s) not named *.parquet (e.g. {other[0].relative_to(data)}): MEDS shards "
+        _say(f"{data}: left out {len(other)} file(s) not named *.parquet (e.g. {other[0].relative_to(data)}): MEDS shards "
              "are parquet files named *.parquet; rename or convert them to be read")
     # A truncated shard would otherwise surface mid-scan as an error naming no file. Metadata files
     # as data files: hidden ones (macOS's ._codes.parquet) left out, a folder of parts (Spark) read.
@@ -317,7 +326,7 @@ def open_meds(meds_dir: str | os.PathLike, check_static: bool = True) -> MedsDat
             if len(top) > WARN_CODES:  # one readable line, not every code of another ETL's dataset
                 rest = top[WARN_CODES:]
                 parts += f" and {len(rest)} more codes ({sum(n for _, n in rest)} rows)"
-            warn(f"{root}: dropped rows with a null time whose code is not static: {parts}; "
+            _say(f"{root}: dropped rows with a null time whose code is not static: {parts}; "
                  "only static codes (e.g. GENDER//F) may lack a time")
     return ds
 
@@ -397,13 +406,13 @@ def _check_folders_match_splits_file(ds: MedsDataset) -> None:
     unlisted = present.join(listed.select(SUBJECT_ID), on=SUBJECT_ID, how="anti")
     if unlisted.height:  # read by ehrfm from their folders, left out by the tools that read the file: said, with counts
         by = ", ".join(f"{sp} {n}" for sp, n in unlisted.group_by("split").len().sort("split").iter_rows())
-        warn(f"{path} does not list {unlisted.height} subjects of the {DATA_DIR}/<split>/ folders ({by}): ehrfm reads them "
+        _say(f"{path} does not list {unlisted.height} subjects of the {DATA_DIR}/<split>/ folders ({by}): ehrfm reads them "
              "from their folders, while MEDS tools that read the file (ACES, MEDS-Tab) leave them out")
     names = {n: split_name(n) for n in listed["split"].unique()}  # aliases (test, val) as for folder names
     other = sorted(n for n, s in names.items() if s is None)
     if other:  # e.g. fold_0: not compared, so say so (other tools reading the file see another split)
         n = listed.filter(pl.col("split").is_in(other))[SUBJECT_ID].n_unique()
-        warn(f"{path}: split name(s) {', '.join(other)} are not MEDS splits ({', '.join(SPLITS)}): its {n} subjects "
+        _say(f"{path}: split name(s) {', '.join(other)} are not MEDS splits ({', '.join(SPLITS)}): its {n} subjects "
              f"listed under them are not compared with the {DATA_DIR}/<split>/ folders ehrfm reads")
     listed = listed.select(SUBJECT_ID, pl.col("split").replace_strict(names, default=None).alias("listed")).drop_nulls()
     _warn_listed_without_rows(path, listed.rename({"listed": "split"}), present)
@@ -425,7 +434,7 @@ def _warn_listed_without_rows(path: Path, listed: pl.DataFrame, present: pl.Data
             .join(present.select(pl.col(SUBJECT_ID).cast(pl.Int64)), on=SUBJECT_ID, how="anti"))
     if gone.height:
         by = ", ".join(f"{sp} {n}" for sp, n in gone.group_by("split").len().sort("split").iter_rows())
-        warn(f"{path}: {gone.height} listed subjects have no rows in {DATA_DIR}/ ({by}); every reader leaves them out")
+        _say(f"{path}: {gone.height} listed subjects have no rows in {DATA_DIR}/ ({by}); every reader leaves them out")
 
 
 def _row_group_stats(path: Path) -> dict[str, list]:
@@ -504,7 +513,7 @@ def _split_folder_shards(data: Path, folders: list[str]) -> tuple[dict[str, list
         both = [f for f in folders if split_name(f) == clash[0]]
         raise UserError(f"{data}: several folders map to split {clash[0]!r} ({', '.join(both)}); keep one of them")
     if aliases:
-        warn(f"{data}: read split folder(s) " + ", ".join(f"{a} as {s}" for a, s in aliases.items()))
+        _say(f"{data}: read split folder(s) " + ", ".join(f"{a} as {s}" for a, s in aliases.items()))
     return shards, aliases
 
 
@@ -557,14 +566,14 @@ def _subject_split_shards(root: Path, data: Path) -> tuple[dict[str, list[Shard]
         ids = sp.filter(pl.col("split") == n)[SUBJECT_ID]
         shards.setdefault(split, []).extend(Shard(p, split, ids) for p in files)
     if aliases:
-        warn(f"{splits_path}: read split name(s) " + ", ".join(f"{a} as {s}" for a, s in aliases.items()))
+        _say(f"{splits_path}: read split name(s) " + ", ".join(f"{a} as {s}" for a, s in aliases.items()))
     for p in files:
         check_columns(p)
     ids = pl.concat([pl.scan_parquet(p).select(pl.col(SUBJECT_ID).cast(pl.Int64)) for p in files]).unique()
     n_out = ids.join(sp.lazy().select(pl.col(SUBJECT_ID).cast(pl.Int64), "split").drop_nulls(), on=SUBJECT_ID,
                      how="anti").select(pl.len()).collect().item()
     if n_out:
-        warn(f"{splits_path}: {n_out} subjects of the shards are in no split; every reader leaves them out")
+        _say(f"{splits_path}: {n_out} subjects of the shards are in no split; every reader leaves them out")
     listed = sp.select(pl.col(SUBJECT_ID).cast(pl.Int64), pl.col("split").replace_strict(
         {n: split_name(n) for n in names}, default=None)).drop_nulls()
     _warn_listed_without_rows(splits_path, listed, ids.collect())
@@ -689,8 +698,6 @@ def _warn_zone_once(zone: str, path: Path) -> None:
     """Say once that shards zoned `zone` are read as UTC: naive label times from elsewhere must be UTC too."""
     if is_utc(zone):
         return
-    from ehrfm.io import warn_once
-
     warn_once("MEDS zone", zone, f"MEDS shard {path}: column time has time zone {zone}; MEDS times have none, so ehrfm reads them as UTC "
          "instants, as it reads zoned label prediction times (and as `ehrfm labels` writes them): a label file made "
          "elsewhere with naive times on the data's local clock would put each prediction time hours off its history "
@@ -711,9 +718,7 @@ def calendar_zone(ds: MedsDataset) -> str | None:
     """
     zones = ds.time_zones()
     if len(zones) > 1:
-        from ehrfm.io import warn
-
-        warn(f"MEDS dataset {ds.root}: its shards' times are in {len(zones)} time zones ({', '.join(zones)}): calendar-day "
+        _say(f"MEDS dataset {ds.root}: its shards' times are in {len(zones)} time zones ({', '.join(zones)}): calendar-day "
              f"rules (date-only deaths, the end of a discharge day) count the days of {zones[0]}")
     return zones[0] if zones else None
 

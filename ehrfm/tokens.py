@@ -133,10 +133,20 @@ class TokenDir:
         """Ids of all tokens whose string starts with `prefix` (e.g. 'HOSPITAL_DISCHARGE//')."""
         return [i for i, tok in enumerate(self.vocab) if tok.startswith(prefix)]
 
-    def decode(self, ids) -> list[str]:
-        """Token ids -> token strings."""
+    def decode(self, ids, source: str | None = None) -> list[str]:
+        """Token ids (any shape, flattened) -> token strings.
+
+        Raises:
+            UserError: an id outside 0..vocab_size - 1, naming `source` (where the ids came from) and
+                tokenizer.json, with how many ids (a hand-edited tokens.npy raised an IndexError traceback).
+        """
+        ids = np.asarray(ids).ravel()
+        bad = int(((ids < 0) | (ids >= self.vocab_size)).sum()) if ids.size else 0
+        if bad:
+            raise UserError(f"{source or 'token ids'}: {bad} token id{'s' if bad > 1 else ''} outside 0..{self.vocab_size - 1}, "
+                            f"the vocab of {self.path / 'tokenizer.json'} (tokens and tokenizer do not belong together); {_REDO}")
         vocab = self.vocab
-        return [vocab[int(i)] for i in np.asarray(ids).ravel()]
+        return [vocab[int(i)] for i in ids]
 
     @property
     def pad_id(self) -> int:

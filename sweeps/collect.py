@@ -113,7 +113,8 @@ def print_status(rows: list[dict], file=sys.stdout) -> None:
     for line in text_table(columns, rows):
         print(line, file=file)
     for r in rows:
-        if r["state"] in (Status.FAILED, Status.DIVERGED, Status.UNKNOWN, Status.LOST, Status.INTERRUPTED, Status.QUEUED) and r["error"]:
+        if r["state"] in (Status.FAILED, Status.DIVERGED, Status.UNKNOWN, Status.LOST, Status.INTERRUPTED, Status.QUEUED,
+                          Status.UNPLANNED) and r["error"]:
             print(f"{r['run_id']}: {r['state']}: {r['error']}", file=file)
     counts: dict[str, int] = {}
     for r in rows:

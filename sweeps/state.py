@@ -31,7 +31,8 @@ States, and where each comes from:
                                     never resubmitted until SLURM answers with a known state (or
                                     the damaged record is deleted)
     planned                         never launched
-    unplanned                       a run dir under runs/ that the current plan does not list
+    unplanned                       a run dir under runs/ that the current plan does not list, whatever
+                                    its result.json says (never fitted or scored)
 """
 
 from __future__ import annotations
@@ -536,13 +537,21 @@ def _plan_of(sweep_dir: Path):
 
 
 def _finished_state(sweep_dir: Path, rid: str, result: RunResult, plan_row: dict | None, fingerprint: str | None,
-                    job_id: str | None, executor: str | None, sweep=None) -> RunState:
+                    job_id: str | None, executor: str | None, sweep=None, planned: bool = True) -> RunState:
     """The state of a run whose result.json is final: its own status, or failed when it is not the run's own.
+
+    A run dir the plan does not list (`planned` False) is unplanned whatever its result says.
 
     Not its own: the result is another run's (`_foreign`) or, with `sweep`, a completed run trained with another
     recipe or data than planned (`_recipe_differences`).
     """
     run_dir = runs_dir(sweep_dir) / rid
+    if not planned:
+        # A run dir the plan does not list (copied in from another sweep, or left by an earlier plan): its result
+        # was listed "completed" in results.parquet, where any reader fitting status == completed would take it.
+        why = (f"run dir {run_dir} is not in {sweep_dir / 'plan.parquet'} (copied in, or left by an earlier plan); its "
+               f"result.json says {result.status}: not this sweep's run, never fitted or scored")
+        return RunState(rid, Status.UNPLANNED, job_id, executor, result, note=why)
     diffs = _foreign(result, plan_row, fingerprint)
     if diffs:
         why = (f"run result {run_dir / 'result.json'} is not this run's: {', '.join(diffs)} (copied from another "
@@ -646,7 +655,8 @@ def run_states(sweep_dir: str | Path, run_ids: list[str], plan: list[dict] | Non
             out[rid] = RunState(rid, Status.FAILED, job_id, executor, RunResult(Status.FAILED, error=why), note=why, bad_file=True)
             continue
         if result is not None and result.finished:
-            out[rid] = _finished_state(sweep_dir, rid, result, by_plan.get(rid), fingerprint, job_id, executor, sweep)
+            out[rid] = _finished_state(sweep_dir, rid, result, by_plan.get(rid), fingerprint, job_id, executor, sweep,
+                                       planned=rid in by_plan)
             continue
         if rid in record_notes:  # the job it named may still be alive: never resubmitted on a guess
             out[rid] = RunState(rid, Status.UNKNOWN, None, None, result, note=record_notes[rid], bad_file=True)
@@ -679,7 +689,8 @@ def run_states(sweep_dir: str | Path, run_ids: list[str], plan: list[dict] | Non
             with contextlib.suppress(UserError, OSError):  # damaged now: the first read stands, the next status says
                 result = read_result(run_dir) or result
             if result is not None and result.finished:
-                out[rid] = _finished_state(sweep_dir, rid, result, by_plan.get(rid), fingerprint, job_id, executor, sweep)
+                out[rid] = _finished_state(sweep_dir, rid, result, by_plan.get(rid), fingerprint, job_id, executor, sweep,
+                                       planned=rid in by_plan)
                 continue
         note = None
         if active is not None:

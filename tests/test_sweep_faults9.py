@@ -187,3 +187,24 @@ def test_a_completed_run_without_a_readable_config_is_failed_not_collected(finis
     p = ehrfm("sweep", "collect", out)
     assert p.returncode == 0, p.stderr
     assert [(r["run_id"], r["status"]) for r in pq.read_table(out / "results.parquet").to_pylist()] == [(rid, "failed")]
+
+
+def test_a_finished_run_dir_the_plan_does_not_list_is_unplanned_never_completed(finished_sweep, tmp_path):
+    """Before: a completed run dir copied into runs/ from another sweep (or left by an earlier plan) was collected
+    with status "completed" (budget null) into results.parquet, where any reader fitting status == completed took
+    its loss. It is now "unplanned" whatever its result.json says, with a note; the sweep's own run is unchanged."""
+    out, rid = _copy(finished_sweep, tmp_path)
+    shutil.copytree(out / "runs" / rid, out / "runs" / "from-elsewhere")
+    st = _status(out, "from-elsewhere")
+    assert st.state == "unplanned", st
+    assert st.note == (f"run dir {out / 'runs' / 'from-elsewhere'} is not in {out / 'plan.parquet'} (copied in, or left by an "
+                       "earlier plan); its result.json says completed: not this sweep's run, never fitted or scored")
+    p = ehrfm("sweep", "status", out)
+    assert p.returncode == 0, p.stderr
+    assert f"from-elsewhere: unplanned: run dir {out / 'runs' / 'from-elsewhere'} is not in" in p.stdout, p.stdout
+    p = ehrfm("sweep", "collect", out)
+    assert p.returncode == 0, p.stderr
+    rows = {r["run_id"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
+    assert (rows[rid]["status"], rows["from-elsewhere"]["status"]) == ("completed", "unplanned")
+    assert rows["from-elsewhere"]["loss"] is None and rows["from-elsewhere"]["budget"] is None
+    assert rows["from-elsewhere"]["error"].startswith("run dir ")

@@ -128,6 +128,7 @@ def _decode(args) -> int:
     import numpy as np
 
     from ehrfm.errors import UserError
+    from ehrfm.io import printable
     from ehrfm.tokens import TokenDir
 
     limit = DECODE_LIMIT if args.limit is None else args.limit
@@ -150,10 +151,12 @@ def _decode(args) -> int:
             raise UserError(f"--index {pos} is out of range: split {name!r} has {len(split)} subjects")
     tokens, times = split.subject(pos)
     n = len(tokens) if limit == 0 else min(limit, len(tokens))
-    print(f"# subject {int(split.subject_ids[pos])} ({name}): {len(tokens)} tokens, showing {n}")
     stamps = np.asarray(times[:n]).astype("datetime64[us]").astype("datetime64[s]")
-    for t, tok in zip(stamps, td.decode(tokens[:n]), strict=False):
-        print(f"{t}  {tok}")
+    # decoded before the header is printed: a bad id is one error line, not a header and a traceback
+    shown = td.decode(tokens[:n], source=f"token dir {td.path}: {name}/tokens.npy, the shown subject's tokens")
+    print(f"# subject {int(split.subject_ids[pos])} ({name}): {len(tokens)} tokens, showing {n}")
+    for t, tok in zip(stamps, shown, strict=False):
+        print(f"{t}  {printable(tok)}")  # a code holding a line break or ESC stays one line, inert
     return 0
 
 

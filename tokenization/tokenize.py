@@ -67,9 +67,10 @@ from ehrfm.io import (
     remove_stale_temporaries,
     summary,
     temporary_sibling,
+    warn,
     write_json,
 )
-from ehrfm.meds_io import SPLITS, MedsDataset, Shard, open_meds, read_shard, scan_shard, scan_shards, warn
+from ehrfm.meds_io import SPLITS, MedsDataset, Shard, open_meds, read_shard, scan_shard, scan_shards
 from tokenization.hierarchy import CODE_MODES, FLAT, HIERARCHICAL, MAX_PARTS, code_parts
 
 EVENT_COLUMNS = ("subject_id", "time", "code", "numeric_value")
@@ -1142,6 +1143,14 @@ def decode(token_dir: str | os.PathLike, ids) -> list[str]:
 
     Returns:
         One token string per id, in order.
+
+    Raises:
+        UserError: an id outside the vocab (how many; the ids and tokenizer do not belong together).
     """
     vocab = load_tokenizer(token_dir)["vocab"]
-    return [vocab[int(i)] for i in np.asarray(ids).ravel()]
+    ids = np.asarray(ids).ravel()
+    bad = int(((ids < 0) | (ids >= len(vocab))).sum()) if ids.size else 0
+    if bad:
+        raise UserError(f"{bad} token id{'s' if bad > 1 else ''} outside 0..{len(vocab) - 1}, the vocab of {token_dir} "
+                        "(tokens and tokenizer do not belong together)")
+    return [vocab[int(i)] for i in ids]
