@@ -214,6 +214,9 @@ class Approach3:
     # How the runs were weighted (approach3_weights): {"weights": "inverse-variance" or "equal", "why"} and, when
     # weighted, "bartlett_p", "scales" {budget: nats/token} (each run weighs 1 / its budget's scale^2, mean 1)
     weighting: dict = field(default_factory=dict)
+    # [min, max] of the runs' tokens per parameter (D / N, effective D when multi-epoch): the N-D trade-off
+    # that locates the optimum is measured only across a spread of them (law_checks.MIN_TOKENS_PER_PARAM_SPAN)
+    tokens_per_param: list = field(default_factory=list)
 
     def loss(self, n, d):
         """Predicted loss E + A / N^alpha + B / D^beta at parameters n and tokens d (broadcast arrays)."""
@@ -1018,6 +1021,7 @@ def fit_approach3(res: Results, counts: np.ndarray | None, cfg: FitConfig):
         n_points=res.n, n_starts=n_starts, effective_data=bool(effective), r_star=cfg.r_star if effective else None,
         method=cfg.approach3_method, identified={k: identified(ci[k]) for k in ("E", "A", "B", "alpha", "beta", "G")},
         at_bound=list(at_bound), outliers=[str(r) for r in outliers], weighting=weighting,
+        tokens_per_param=[float(np.min(data / res.n_params)), float(np.max(data / res.n_params))],
     )
     return fit, {f"approach3/{k}": draws[:, j] for j, k in enumerate(A3_KEYS)}
 

@@ -523,7 +523,14 @@ def recommend(fits, flops: float, unique_tokens: float | None = None, approach: 
                          f"{'below' if p.loss < by_k[3].loss else 'above'} Approach 3's frontier ({by_k[3].loss:.4g}, with its "
                          "irreducible loss E): its L_min ~ C^k power law has no floor; take its loss as rough here")
     for p in preds:
-        if p.approach == 2 and (misses := _loss_law_misses(fit_json)):
+        if p.approach == 2 and "loss_law_misses" not in (fit_json.get("approach2") or {}):
+            # an older fit (before the key, 2026-12-05): whether its loss law misses the minima is unknown, and read as
+            # "none" it printed a loss interval the current fit withholds (the truth outside it)
+            p.loss_ci = [float("nan"), float("nan")]
+            notes.append(f"Approach {p.approach}: fits.json does not record whether its loss law L_min ~ C^k misses the "
+                         "fitted budgets' minima (approach2 loss_law_misses: an older fit), so no loss interval is given; "
+                         "refit with `ehrfm fit` for one")
+        elif p.approach == 2 and (misses := _loss_law_misses(fit_json)):
             # its loss interval comes from replicates of the same misfitting law: narrower than the law's own miss (it held
             # the true loss 0 times in 12 draws of a known law at 100x, a helper), so none is given, and the loss is rough
             p.loss_ci = [float("nan"), float("nan")]

@@ -76,6 +76,10 @@ def damaged_intervals(f: dict, names) -> list[str]:
     out = []
     for name in names:
         x, ci = f.get(name), f.get(f"{name}_ci")
+        if f"{name}_ci" in f and not _interval_shaped(ci):
+            # [0.3] or [NaN, 0.4] (NaN is written null): no fit writes it (an interval not available is [null, null])
+            out.append(f"the interval of {name} in fits.json is not a pair [lo, hi] (nor [null, null]): the file is damaged")
+            continue
         if not (is_number(x) and x is not None and math.isfinite(x) and has_interval(ci)):
             continue
         if ci[0] > ci[1]:
@@ -84,6 +88,55 @@ def damaged_intervals(f: dict, names) -> list[str]:
             out.append(f"{name} = {x:.3g} lies far outside its own interval [{ci[0]:.3g}, {ci[1]:.3g}] in fits.json: "
                        "the file is damaged")
     return out
+
+
+# N_opt x D_opt x (FLOPs per parameter per token) is the budget; the factor is 6 (Kaplan et al. 2020) plus attention
+# and embeddings' share in tables that record FLOPs, within this factor of 6 for any model a sweep trains.
+BUDGET_IDENTITY_FACTOR = 4.0
+
+
+def _budget_identity_problems(f: dict, fits: dict) -> list[str]:
+    """An Approach 1 or 2 law whose N_opt(C) x D_opt(C) x 6 is not C at its fitted budgets: a damaged fits.json.
+
+    Its N_opt = n_coef C^a and D_opt = d_coef C^b come from runs with D = C / (k N): a hand-edited n_coef = 1e6
+    (interval edited alike) recommended N_opt 7.9e15 beside D_opt 3.2e11, 6ND = 1.5e28 FLOPs for 1e22, trusted.
+    """
+    names = ("a", "b", "n_coef", "d_coef")
+    if not all(is_number(f.get(n)) and f.get(n) is not None and math.isfinite(f[n]) for n in names):
+        return []
+    budgets = [b.get("budget") for b in (fits.get("approach2") or {}).get("budgets") or [] if isinstance(b, dict)]
+    budgets = [b for b in budgets if is_number(b) and b is not None and math.isfinite(b) and b > 0]
+    for c in budgets:
+        try:
+            ratio = 6 * f["n_coef"] * c ** f["a"] * f["d_coef"] * c ** f["b"] / c
+        except (OverflowError, ZeroDivisionError):
+            ratio = math.inf
+        if not (1 / BUDGET_IDENTITY_FACTOR <= ratio <= BUDGET_IDENTITY_FACTOR):
+            return [f"its N_opt x D_opt x 6 at the fitted budget {c:.3g} FLOPs is {ratio:.3g} times that budget (n_coef "
+                    f"{f['n_coef']:.3g}, d_coef {f['d_coef']:.3g}): no fit gives that; fits.json is damaged"]
+    return []
+
+
+def _floor_above_minima(f: dict, fits: dict) -> str:
+    """Approach 3's E above every fitted budget's L_min (fits.json approach2 budgets): no fit gives that, "" else.
+
+    E + A/N^alpha + B/D^beta >= E, so a law whose floor is above the measured minima by more than their scatter
+    (5%) is not a fit of them: a hand-edited E = 1e9 predicted a trusted "loss 1e+09".
+    """
+    lows = [b.get("loss_min") for b in (fits.get("approach2") or {}).get("budgets") or [] if isinstance(b, dict)]
+    lows = [x for x in lows if is_number(x) and x is not None and math.isfinite(x)]
+    if lows and is_number(f.get("E")) and f.get("E") is not None and f["E"] > 1.05 * max(lows):
+        return (f"its irreducible loss E = {f['E']:.4g} is above every fitted budget's L_min (at most {max(lows):.4g}): "
+                "no fit gives that; fits.json is damaged")
+    return ""
+
+
+def _interval_shaped(ci) -> bool:
+    """What a fit writes for an interval: two finite numbers, or [null, null] (not available)."""
+    def missing(v) -> bool:
+        return v is None or (isinstance(v, float) and math.isnan(v))
+
+    return has_interval(ci) or (isinstance(ci, (list, tuple)) and len(ci) == 2 and missing(ci[0]) and missing(ci[1]))
 
 
 def edge_note(budgets) -> str:
@@ -186,6 +239,31 @@ def data_limited_envelope(fits: dict) -> list[str]:
     return _over_fresh_epochs(fits, (fits.get("approach1") or {}).get("points") or [], "tokens")
 
 
+# Approach 3's runs must sample tokens per parameter (D / N) over at least this factor: along one ratio the
+# loss cannot tell A / N^alpha from B / D^beta, so the trade-off that places N_opt is not measured. Every run at
+# 20 tokens per parameter (exact Chinchilla losses) gave a trusted N_opt 65x below the truth. An IsoFLOP grid
+# of 4 sizes over 8x in N samples 64x.
+MIN_TOKENS_PER_PARAM_SPAN = 4.0
+
+
+def tokens_per_param_problems(f: dict) -> list[str]:
+    """Why Approach 3's runs (fits.json approach3 tokens_per_param [min, max]) do not measure the N-D trade-off.
+
+    [] when they span at least MIN_TOKENS_PER_PARAM_SPAN, or the key is absent (a fit from before 2026-12-07);
+    a damaged value is a problem.
+    """
+    if "tokens_per_param" not in f:
+        return []
+    span = f["tokens_per_param"]
+    if not (has_interval(span) and 0 < span[0] <= span[1]):
+        return ["its tokens_per_param in fits.json is not a [min, max] pair of positive numbers: the file is damaged"]
+    if span[1] / span[0] < MIN_TOKENS_PER_PARAM_SPAN:
+        return [f"its runs sample tokens per parameter (D/N) over only {span[1] / span[0]:.3g}x ({span[0]:.3g} to "
+                f"{span[1]:.3g}): along one ratio the loss cannot tell A/N^alpha from B/D^beta, so the trade-off that places "
+                f"N_opt is not measured (sample several sizes per budget, an IsoFLOP grid; >= {MIN_TOKENS_PER_PARAM_SPAN:g}x)"]
+    return []
+
+
 def trust(fits: dict, k: int, exponents_only: bool = False) -> tuple[bool, str]:
     """Can approach k's law of a fits.json dict be the default recommendation? Returns (ok, why not).
 
@@ -233,7 +311,7 @@ def trust(fits: dict, k: int, exponents_only: bool = False) -> tuple[bool, str]:
         if has_interval(ci) and ci[0] <= 0 < ci[1]:  # a or b follow from them: a loss term with no exponent is no law
             problems.append(f"the interval of {name} = {format_ci(f.get(name), ci)} includes 0")
     if k in (1, 2) and f:
-        problems += loss_direction_problems(f)
+        problems += loss_direction_problems(f) + _budget_identity_problems(f, fits)
     points = f.get("n_points")
     if k == 1 and isinstance(points, int) and points < 3:
         # A line through 2 envelope runs fits them exactly; on losses of pure noise the envelope kept 2 of 4
@@ -275,12 +353,20 @@ def trust(fits: dict, k: int, exponents_only: bool = False) -> tuple[bool, str]:
         bad = [x for x in map(out_of_range, ("E", "A", "B", "alpha", "beta")) if x]
         if bad:
             problems.append(f"its {', '.join(bad)}: no loss law (E >= 0, A, B, alpha, beta > 0 and finite); fits.json is damaged")
+        elif (floor_above := _floor_above_minima(f, fits)):
+            problems.append(floor_above)
+        elif all(is_number(f.get(n)) and f.get(n) is not None for n in ("alpha", "beta", "A", "B", "G")) and not math.isclose(
+                f["G"], g_law := (f["alpha"] * f["A"] / (f["beta"] * f["B"])) ** (1 / (f["alpha"] + f["beta"])), rel_tol=1e-6):
+            # (Hoffmann et al. 2022, eq. 4) a hand-edited G = 100 beside [90, 110] sized a model 74x the law's N_opt, trusted
+            problems.append(f"its G = {f['G']:.4g} is not that of its A, B, alpha and beta ({g_law:.4g}): fits.json is damaged")
         elif all(is_number(f.get(n)) and f.get(n) is not None for n in ("alpha", "beta", "a", "b")):
             # Its exponents follow from the loss law (Hoffmann et al. 2022, eq. 4): a = beta/(alpha+beta), b = alpha/(alpha+beta).
             a_law, b_law = f["beta"] / (f["alpha"] + f["beta"]), f["alpha"] / (f["alpha"] + f["beta"])
             if not (math.isclose(f["a"], a_law, rel_tol=1e-6) and math.isclose(f["b"], b_law, rel_tol=1e-6)):
                 problems.append(f"its a = {f['a']:.4g}, b = {f['b']:.4g} are not those of its alpha and beta "
                                 f"({a_law:.4g}, {b_law:.4g}): fits.json is damaged")
+    if k == 3 and f:
+        problems += tokens_per_param_problems(f)
     if k == 3 and f and not problems:
         problems += approach3_problems(fits)
     if k == 1 and edges is not None and edges != []:  # Approach1.edge_budgets: envelope runs at their ladder's end
