@@ -925,7 +925,9 @@ def _blown_up(df: pl.DataFrame, source: str, values: dict, keep: np.ndarray, run
     margin = blow_up_margin(np.where(np.isfinite(uniform), uniform, 0.0), se)
     # as the trainer: an untrained model of width d_model sits above ln V by its initialisation's excess
     if "d_model" in df.columns and "vocab_size" in df.columns:
-        margin = margin + untrained_excess(_numeric(df, "d_model", source, keep))
+        # read leniently: a column never required before must not refuse a table (text: no allowance)
+        width = df["d_model"].cast(pl.Float64, strict=False).fill_null(float("nan")).to_numpy()
+        margin = margin + untrained_excess(width)
     blown = keep & np.isfinite(uniform) & (per_token > uniform + margin)
     checked = int((keep & np.isfinite(uniform) & np.isfinite(per_token)).sum())
     if blown.sum() >= 2 and blown.sum() >= BLOWN_UP_UNIT_SHARE * checked:

@@ -36,9 +36,10 @@ _HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 # The longest line a warning or error prints: a 200,000-character code of another tool's MEDS data made one warning
 # line of 200,177 characters.
 LINE_MAX_CHARS = 4000
-# control characters, line and paragraph separators, zero-width and bidirectional formatting characters (which
-# reorder what a terminal shows: "Trojan Source", Boucher & Anderson 2021) and the byte-order mark
-_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+# control characters, line and paragraph separators, the zero-width space, bidirectional formatting characters
+# (which reorder what a terminal shows: "Trojan Source", Boucher & Anderson 2021) and the byte-order mark; not
+# the zero-width (non-)joiners U+200C-D, which Persian and Indic text and emoji need
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u200b\u200e\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
 
 
 def printable(text: str) -> str:

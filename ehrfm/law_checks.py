@@ -90,30 +90,37 @@ def damaged_intervals(f: dict, names) -> list[str]:
     return out
 
 
-# N_opt x D_opt x (FLOPs per parameter per token) is the budget; the factor is 6 (Kaplan et al. 2020) plus attention
-# and embeddings' share in tables that record FLOPs, within this factor of 6 for any model a sweep trains.
+# An Approach 1 or 2 law's N_opt(C) x D_opt(C) against a fitted budget's own minimum's N x D (fits.json approach2
+# budgets n_opt, d_opt): a fit's line through the minima stays within their scatter, far inside this factor.
 BUDGET_IDENTITY_FACTOR = 4.0
 
 
 def _budget_identity_problems(f: dict, fits: dict) -> list[str]:
-    """An Approach 1 or 2 law whose N_opt(C) x D_opt(C) x 6 is not C at its fitted budgets: a damaged fits.json.
+    """An Approach 1 or 2 law whose N_opt(C) x D_opt(C) is not the fitted budgets' N x D: a damaged fits.json.
 
-    Its N_opt = n_coef C^a and D_opt = d_coef C^b come from runs with D = C / (k N): a hand-edited n_coef = 1e6
-    (interval edited alike) recommended N_opt 7.9e15 beside D_opt 3.2e11, 6ND = 1.5e28 FLOPs for 1e22, trusted.
+    Both laws come from runs on D = C / (k N) (k: the runs' FLOPs per parameter per token, 6 plus attention and
+    embeddings), so at each used budget N_opt(C) x D_opt(C) is that budget's minimum's n_opt x d_opt, whatever k
+    is. A hand-edited n_coef = 1e6 (interval edited alike) recommended N_opt 7.9e15 beside D_opt 3.2e11 (6ND =
+    1.5e28 FLOPs for 1e22), trusted.
     """
     names = ("a", "b", "n_coef", "d_coef")
     if not all(is_number(f.get(n)) and f.get(n) is not None and math.isfinite(f[n]) for n in names):
         return []
-    budgets = [b.get("budget") for b in (fits.get("approach2") or {}).get("budgets") or [] if isinstance(b, dict)]
-    budgets = [b for b in budgets if is_number(b) and b is not None and math.isfinite(b) and b > 0]
-    for c in budgets:
+
+    def finite(b: dict, key: str) -> bool:
+        return is_number(b.get(key)) and b.get(key) is not None and math.isfinite(b[key]) and b[key] > 0
+
+    for b in (fits.get("approach2") or {}).get("budgets") or []:
+        if not (isinstance(b, dict) and b.get("used") is True and all(finite(b, k) for k in ("budget", "n_opt", "d_opt"))):
+            continue
+        c = b["budget"]
         try:
-            ratio = 6 * f["n_coef"] * c ** f["a"] * f["d_coef"] * c ** f["b"] / c
+            ratio = f["n_coef"] * c ** f["a"] * f["d_coef"] * c ** f["b"] / (b["n_opt"] * b["d_opt"])
         except (OverflowError, ZeroDivisionError):
             ratio = math.inf
         if not (1 / BUDGET_IDENTITY_FACTOR <= ratio <= BUDGET_IDENTITY_FACTOR):
-            return [f"its N_opt x D_opt x 6 at the fitted budget {c:.3g} FLOPs is {ratio:.3g} times that budget (n_coef "
-                    f"{f['n_coef']:.3g}, d_coef {f['d_coef']:.3g}): no fit gives that; fits.json is damaged"]
+            return [f"its N_opt x D_opt at the fitted budget {c:.3g} FLOPs is {ratio:.3g} times that budget's minimum's "
+                    f"N x D (n_coef {f['n_coef']:.3g}, d_coef {f['d_coef']:.3g}): no fit gives that; fits.json is damaged"]
     return []
 
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,13 +92,23 @@ EVENT_PREFIXES = (
 )
 
 
-def _say(line: str) -> None:
-    """Warn a fact about a dataset once per process.
+def _say(line: str, where: Path) -> None:
+    """Warn a fact about a dataset once per process while `where` (a file, or a dir's files) is unchanged.
 
     Labels, audit and the demo open one dataset several times, and each open repeated every line (the same
-    null-time warning 3 times per `ehrfm labels`).
+    null-time warning 3 times per `ehrfm labels`); a dataset changed since (rewritten shards or splits file)
+    is warned of again, even where the line reads the same.
     """
-    warn_once("meds dataset", line, line)
+    warn_once("meds dataset", f"{_stamp(Path(where))}|{line}", line)
+
+
+def _stamp(where: Path) -> str:
+    """Size and mtime of a file, or of every file under a dir (names included): changes when the data does."""
+    try:
+        files = [where] if where.is_file() else sorted(p for p in where.rglob("*") if p.is_file())
+        return ";".join(f"{p}:{(st := p.stat()).st_size}:{st.st_mtime_ns}" for p in files)
+    except OSError:
+        return str(time.monotonic_ns())  # unreadable: never taken for an unchanged dataset
 
 
 def split_name(name: str) -> str | None:
@@ -296,10 +307,10 @@ def open_meds(meds_dir: str | os.PathLike, check_static: bool = True) -> MedsDat
     hidden = len(_all_parquet_files(data)) - len(visible)
     if hidden:
         _say(f"{data}: left out {hidden} hidden file(s) named *.parquet (a name starting with '.', e.g. macOS's ._* "
-             "copies or .ipynb_checkpoints/): not data")
+             "copies or .ipynb_checkpoints/): not data", data)
     if other := _other_data_files(data):  # a shard written .pq or as CSV was left out of its split without a word
         _say(f"{data}: left out {len(other)} file(s) not named *.parquet (e.g. {other[0].relative_to(data)}): MEDS shards "
-             "are parquet files named *.parquet; rename or convert them to be read")
+             "are parquet files named *.parquet; rename or convert them to be read", data)
     # A truncated shard would otherwise surface mid-scan as an error naming no file. Metadata files
     # as data files: hidden ones (macOS's ._codes.parquet) left out, a folder of parts (Spark) read.
     metadata = root / "metadata"
@@ -327,7 +338,7 @@ def open_meds(meds_dir: str | os.PathLike, check_static: bool = True) -> MedsDat
                 rest = top[WARN_CODES:]
                 parts += f" and {len(rest)} more codes ({sum(n for _, n in rest)} rows)"
             _say(f"{root}: dropped rows with a null time whose code is not static: {parts}; "
-                 "only static codes (e.g. GENDER//F) may lack a time")
+                 "only static codes (e.g. GENDER//F) may lack a time", root)
     return ds
 
 
@@ -407,13 +418,13 @@ def _check_folders_match_splits_file(ds: MedsDataset) -> None:
     if unlisted.height:  # read by ehrfm from their folders, left out by the tools that read the file: said, with counts
         by = ", ".join(f"{sp} {n}" for sp, n in unlisted.group_by("split").len().sort("split").iter_rows())
         _say(f"{path} does not list {unlisted.height} subjects of the {DATA_DIR}/<split>/ folders ({by}): ehrfm reads them "
-             "from their folders, while MEDS tools that read the file (ACES, MEDS-Tab) leave them out")
+             "from their folders, while MEDS tools that read the file (ACES, MEDS-Tab) leave them out", path)
     names = {n: split_name(n) for n in listed["split"].unique()}  # aliases (test, val) as for folder names
     other = sorted(n for n, s in names.items() if s is None)
     if other:  # e.g. fold_0: not compared, so say so (other tools reading the file see another split)
         n = listed.filter(pl.col("split").is_in(other))[SUBJECT_ID].n_unique()
         _say(f"{path}: split name(s) {', '.join(other)} are not MEDS splits ({', '.join(SPLITS)}): its {n} subjects "
-             f"listed under them are not compared with the {DATA_DIR}/<split>/ folders ehrfm reads")
+             f"listed under them are not compared with the {DATA_DIR}/<split>/ folders ehrfm reads", path)
     listed = listed.select(SUBJECT_ID, pl.col("split").replace_strict(names, default=None).alias("listed")).drop_nulls()
     _warn_listed_without_rows(path, listed.rename({"listed": "split"}), present)
     both = present.join(listed, on=SUBJECT_ID).filter(pl.col("split") != pl.col("listed"))
@@ -434,7 +445,7 @@ def _warn_listed_without_rows(path: Path, listed: pl.DataFrame, present: pl.Data
             .join(present.select(pl.col(SUBJECT_ID).cast(pl.Int64)), on=SUBJECT_ID, how="anti"))
     if gone.height:
         by = ", ".join(f"{sp} {n}" for sp, n in gone.group_by("split").len().sort("split").iter_rows())
-        _say(f"{path}: {gone.height} listed subjects have no rows in {DATA_DIR}/ ({by}); every reader leaves them out")
+        _say(f"{path}: {gone.height} listed subjects have no rows in {DATA_DIR}/ ({by}); every reader leaves them out", path)
 
 
 def _row_group_stats(path: Path) -> dict[str, list]:
@@ -513,7 +524,7 @@ def _split_folder_shards(data: Path, folders: list[str]) -> tuple[dict[str, list
         both = [f for f in folders if split_name(f) == clash[0]]
         raise UserError(f"{data}: several folders map to split {clash[0]!r} ({', '.join(both)}); keep one of them")
     if aliases:
-        _say(f"{data}: read split folder(s) " + ", ".join(f"{a} as {s}" for a, s in aliases.items()))
+        _say(f"{data}: read split folder(s) " + ", ".join(f"{a} as {s}" for a, s in aliases.items()), data)
     return shards, aliases
 
 
@@ -566,14 +577,14 @@ def _subject_split_shards(root: Path, data: Path) -> tuple[dict[str, list[Shard]
         ids = sp.filter(pl.col("split") == n)[SUBJECT_ID]
         shards.setdefault(split, []).extend(Shard(p, split, ids) for p in files)
     if aliases:
-        _say(f"{splits_path}: read split name(s) " + ", ".join(f"{a} as {s}" for a, s in aliases.items()))
+        _say(f"{splits_path}: read split name(s) " + ", ".join(f"{a} as {s}" for a, s in aliases.items()), splits_path)
     for p in files:
         check_columns(p)
     ids = pl.concat([pl.scan_parquet(p).select(pl.col(SUBJECT_ID).cast(pl.Int64)) for p in files]).unique()
     n_out = ids.join(sp.lazy().select(pl.col(SUBJECT_ID).cast(pl.Int64), "split").drop_nulls(), on=SUBJECT_ID,
                      how="anti").select(pl.len()).collect().item()
     if n_out:
-        _say(f"{splits_path}: {n_out} subjects of the shards are in no split; every reader leaves them out")
+        _say(f"{splits_path}: {n_out} subjects of the shards are in no split; every reader leaves them out", splits_path)
     listed = sp.select(pl.col(SUBJECT_ID).cast(pl.Int64), pl.col("split").replace_strict(
         {n: split_name(n) for n in names}, default=None)).drop_nulls()
     _warn_listed_without_rows(splits_path, listed, ids.collect())
@@ -719,7 +730,7 @@ def calendar_zone(ds: MedsDataset) -> str | None:
     zones = ds.time_zones()
     if len(zones) > 1:
         _say(f"MEDS dataset {ds.root}: its shards' times are in {len(zones)} time zones ({', '.join(zones)}): calendar-day "
-             f"rules (date-only deaths, the end of a discharge day) count the days of {zones[0]}")
+             f"rules (date-only deaths, the end of a discharge day) count the days of {zones[0]}", ds.root)
     return zones[0] if zones else None
 
 

@@ -55,8 +55,8 @@ Stops and faults:
   step) and the checkpoint holds weights, AdamW moments and RNG states exactly.
 - Divergence (`divergence_reason`) ends the run as "diverged", never "completed": a non-finite
   train loss or gradient norm at a step, or a non-finite periodic held-out loss, stops it at
-  once; a final held-out loss that is non-finite, or above uniform guessing (ln V nats/token)
-  or the run's initial loss (its first step's train loss, at the initial weights) by more than
+  once; a final held-out loss that is non-finite, or above uniform guessing (ln V nats/token, plus
+  an untrained model's excess init_std^2 x d_model: results.untrained_excess) or the run's initial loss (its first step's train loss, at the initial weights) by more than
   DIVERGENCE_Z = 3 standard errors (eval_loss_se; for the initial loss also the first batch's
   initial_train_loss_se), is a blow-up. A tiny run that ends at ln V within that noise is
   completed; a bound without a standard error is strict (< 2 eval subjects), and an initial loss

@@ -656,7 +656,7 @@ def run_states(sweep_dir: str | Path, run_ids: list[str], plan: list[dict] | Non
             continue
         if result is not None and result.finished:
             out[rid] = _finished_state(sweep_dir, rid, result, by_plan.get(rid), fingerprint, job_id, executor, sweep,
-                                       planned=rid in by_plan)
+                                       planned=rid in by_plan if by_plan else rid in planned_ids)
             continue
         if rid in record_notes:  # the job it named may still be alive: never resubmitted on a guess
             out[rid] = RunState(rid, Status.UNKNOWN, None, None, result, note=record_notes[rid], bad_file=True)
@@ -690,7 +690,7 @@ def run_states(sweep_dir: str | Path, run_ids: list[str], plan: list[dict] | Non
                 result = read_result(run_dir) or result
             if result is not None and result.finished:
                 out[rid] = _finished_state(sweep_dir, rid, result, by_plan.get(rid), fingerprint, job_id, executor, sweep,
-                                       planned=rid in by_plan)
+                                       planned=rid in by_plan if by_plan else rid in planned_ids)
                 continue
         note = None
         if active is not None:

@@ -98,7 +98,18 @@ def test_approach2_n_coef_edited_with_its_interval_is_damage(grid_fit):
     fits = copy.deepcopy(grid_fit)
     fits["approach2"].update(n_coef=1e6, n_coef_ci=[9e5, 1.1e6])
     ok, why = trust(fits, 2)
-    assert not ok and "its N_opt x D_opt x 6 at the fitted budget 1e+18 FLOPs is" in why, why
+    assert not ok and "its N_opt x D_opt at the fitted budget 1e+18 FLOPs is" in why, why
+
+
+def test_runs_of_many_flops_per_parameter_token_are_no_damage(tmp_path):
+    """FLOPs per parameter per token of 30 (attention and embeddings of a small model: ehrfm.shapes counts them):
+    N_opt x D_opt x 6 is a fifth of the budget, and a check against 6 called such a fit damaged."""
+    table = synthetic_results(HOFFMANN, budgets=np.logspace(18, 21, 4), sizes=7, noise=0.005, seed=1)
+    table = table.with_columns((pl.col("flops") * 5).alias("flops"), (pl.col("budget") * 5).alias("budget"))
+    write_fits(fit_results(table, approaches=(1, 2), bootstrap=200, seed=0), tmp_path / "fit", plots=False)
+    fits = json.loads((tmp_path / "fit" / "fits.json").read_text())
+    for k in (1, 2):
+        assert "damaged" not in trust(fits, k)[1], trust(fits, k)
 
 
 def test_an_interval_of_float_noise_width_is_not_available():

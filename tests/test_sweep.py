@@ -569,14 +569,17 @@ def test_replanning_keeps_finished_runs_and_reports_dropped_ones(local_sweep, sy
     states = {r["run_id"]: r["state"] for r in status_rows(sweep_dir)}
     assert all(states[rid] == "completed" for rid in before)
     assert all(states[r["run_id"]] == "planned" for r in rows if r["budget"] == 1e10)
-    # Drop a budget: its finished runs are still reported (budget null), never silently lost.
+    # Drop a budget: its finished runs are still reported (budget null, status unplanned since 2026-12-07: a reader
+    # fitting status == completed took them), never silently lost.
     plan_sweep(synth_tokens, [2.5e9], sweep_dir, sizes=3, context=64, train={"batch_size": 8})
     assert ehrfm("sweep", "collect", sweep_dir).returncode == 0
     table = {r["run_id"]: r for r in pq.read_table(sweep_dir / "results.parquet").to_pylist()}
     assert set(table) == set(before)
     for rid, r in before.items():
-        assert table[rid]["status"] == "completed"
-        assert table[rid]["budget"] == (r["budget"] if r["budget"] == 2.5e9 else None)
+        kept = r["budget"] == 2.5e9
+        assert table[rid]["status"] == ("completed" if kept else "unplanned")
+        assert table[rid]["budget"] == (r["budget"] if kept else None)
+        assert kept or table[rid]["error"].endswith("its result.json says completed: not this sweep's run, never fitted or scored")
 
 
 def test_local_slots_share_the_machine_without_oversubscribing():

@@ -1567,9 +1567,12 @@ def _sweep_section(cfg, res, tok_stats: dict, results_link: str, sweep_json: dic
                  f"{num(r['n_params'], '.3g')} | "
                  f"{num(r['n_layer'], 'd')} x {num(r['d_model'], 'd')} | {num(r['tokens'], '.3g')} | {epochs} | {num(r['loss'], '.4f')} | "
                  f"{r['status']} | {us} |")
-    failed = res.filter(pl.col("status") != Status.COMPLETED)
+    failed = res.filter(~pl.col("status").is_in([Status.COMPLETED, Status.UNPLANNED]))
     if failed.height:
         L += ["", f"{failed.height} runs did not complete and were left out of the fits (see the status column)."]
+    if (unplanned := res.filter(pl.col("status") == Status.UNPLANNED)).height:
+        L += ["", f"{unplanned.height} run dirs under the sweep's runs/ are not in its plan and were left out of the fits "
+                  "(status unplanned)."]
     return [*L, ""]
 
 

@@ -75,7 +75,7 @@ def _audit_written_labels(meds_dir, out, tasks: list[str]) -> None:
 
 def _audit(args) -> int:
     from ehrfm.clinical.audit import audit, format_audit
-    from ehrfm.io import FILE_OUTPUT_KEY, atomic_file, check_file_output, check_overwrite, summary
+    from ehrfm.io import FILE_OUTPUT_KEY, atomic_file, check_file_output, check_overwrite, printable, summary
 
     if args.out:  # (`--out ''` is refused by ehrfm.app.cli.main, as for every command)
         check_file_output(args.out)
@@ -86,7 +86,7 @@ def _audit(args) -> int:
         with atomic_file(args.out) as f:
             f.write(json.dumps({FILE_OUTPUT_KEY: "audit", **res.to_dict()}, indent=2) + "\n")
     for line in format_audit(res)[:-1]:
-        print(line)
+        print(printable(line))  # it names the data's codes: one holding a line break or ESC stays inert
     leaks = leak_verdicts(res)
     outside = [f"{t.task} ({t.outside_data})" for t in res.tasks.values() if t.outside_data]
     found = (["LEAKAGE in " + ", ".join(leaks)] if leaks else []) + (
