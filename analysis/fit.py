@@ -2000,11 +2000,23 @@ def load_fits(fit_dir: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     return fits, draws
 
 
-# bootstrap.parquet's schema metadata key: the sha256 of the fits.json written beside it (write_fits).
+# bootstrap.parquet's schema metadata key: the sha256 of the fits.json written beside it (write_fits): of its content
+# (canonical JSON: sorted keys, no spaces) since 2026-12-07, of its bytes before.
 DRAWS_OF = b"ehrfm.fits_json_sha256"
 
 
 def _sha256(path: Path) -> bytes:
+    """sha256 of a fits.json's content as canonical JSON (a file re-indented by hand is the same fit), else its bytes."""
+    import contextlib
+    import hashlib
+
+    raw = path.read_bytes()
+    with contextlib.suppress(ValueError, UnicodeDecodeError, RecursionError):  # not JSON: its bytes (refused elsewhere)
+        raw = json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(raw).hexdigest().encode()
+
+
+def _bytes_sha256(path: Path) -> bytes:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest().encode()
@@ -2019,7 +2031,7 @@ def _draws_of_another_fit(table, path: Path, fits: dict) -> str:
     """
     recorded = (table.schema.metadata or {}).get(DRAWS_OF)
     if recorded is not None:
-        return "" if recorded == _sha256(path) else (
+        return "" if recorded in (_sha256(path), _bytes_sha256(path)) else (  # (bytes: fits written before 2026-12-07)
             f"was not written with {path.name} as it is now (another fit's draws, or {path.name} edited since)")
     n = (fits.get("inputs") or {}).get("bootstrap") if isinstance(fits.get("inputs"), dict) else None
     if _bootstrapped(fits) and table.num_rows != n:

@@ -116,3 +116,25 @@ def test_an_interval_of_float_noise_width_is_not_available():
     draws = 1.824217696e9 + np.random.default_rng(0).uniform(-1, 1, 500)
     assert interval_problem(draws).startswith("zero width: every replicate gives 1.82e+09")
     assert interval_problem(1.0 + np.random.default_rng(0).normal(0, 1e-4, 500)) == ""
+
+
+def test_a_fits_json_reindented_keeps_its_draws_and_an_edited_one_does_not(grid_fit, tmp_path, capsys):
+    """Before: `json.dump(json.load(f), indent=1)` (the same values) dropped every interval: the draws were matched to
+    fits.json by its bytes. They are matched by its content now; an edited value still unmatches them."""
+    import shutil
+
+    from analysis.fit import load_fits
+
+    table = synthetic_results(HOFFMANN, budgets=np.logspace(18, 21, 4), sizes=7, noise=0.005, seed=1)
+    out = write_fits(fit_results(table, approaches=(2,), bootstrap=60, seed=0), tmp_path / "fit", plots=False)
+    path = out / "fits.json"
+    path.write_text(json.dumps(json.loads(path.read_text()), indent=1))
+    fits, draws = load_fits(out)
+    assert draws and "was not written with" not in capsys.readouterr().err
+    edited = tmp_path / "edited"
+    shutil.copytree(out, edited)
+    f = json.loads((edited / "fits.json").read_text())
+    f["approach2"]["a"] *= 1.01
+    (edited / "fits.json").write_text(json.dumps(f))
+    fits, draws = load_fits(edited)
+    assert draws == {} and "was not written with fits.json as it is now" in capsys.readouterr().err
