@@ -36,7 +36,9 @@ def test_a_noiseless_table_fits_and_plots_with_intervals_around_their_estimates(
     assert intervals_off_their_estimate(fits) == []
     assert not any("exclude their own estimate" in w for w in fit.warnings)
     lo, hi = fits["approach3"]["alpha_ci"]
-    assert lo <= HOFFMANN.alpha + 1e-6 and hi >= HOFFMANN.alpha - 1e-6 and hi - lo < 1e-5
+    # exact losses: the replicates differ by the optimizer's float noise only; an interval under 1e-6 of its value
+    # is "zero width" (n/a, analysis.laws.interval_problem), a wider one must still hold the estimate
+    assert (lo is None and hi is None) or (lo <= HOFFMANN.alpha + 1e-6 and hi >= HOFFMANN.alpha - 1e-6 and hi - lo < 1e-5)
     write_fits(fit, tmp_path / "fit", results=load_results(t))  # with its plots
     assert (tmp_path / "fit" / "isoflops.png").stat().st_size > 0
     off = {"a": 0.45, "a_ci": [0.46, 0.47], "budgets": [{"n_opt": 5.0, "n_opt_ci": [1.0, 9.0]},
