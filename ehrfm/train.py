@@ -1346,6 +1346,9 @@ def _after_step(run: _Run, metrics_f, lr: float, grad_norm: float, tokens_per_s:
         # a stop requested during the eval (a long one, on any rank) is honoured now, not after one more step
         stop = stop or _any_rank_stopping(dd)
     if dd.main and (step % cfg.log_interval == 0 or val_loss is not None or step == n_steps):
+        # A run dir moved or deleted under the trainer was noticed only at its final write: a SLURM job trained 2,784
+        # steps into the moved dir's metrics and then discarded them. One stat per log line stops it here.
+        check_run_dir_intact(run.run_dir)
         more = {} if val_loss is None else {"val_loss": val_loss}
         metrics_f.write(run.metrics_line(step, lr=lr, grad_norm=grad_norm, tokens_per_s=tokens_per_s, **more))
         metrics_f.flush()

@@ -217,6 +217,10 @@ def collect_sweep(
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
+    if busy := sum(counts.get(st, 0) for st in (Status.QUEUED, Status.RUNNING)):
+        # `launch && collect && fit` after a launch that did not wait took a partial sweep without a word
+        warn(f"{busy} run(s) are still queued or running: the table holds them as such and a fit leaves them out; "
+             f"collect again once they end (`ehrfm sweep launch {sweep_dir} --wait` waits for them)", "sweep collect")
     summary(f"collected {len(rows)} runs into {out}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
             + (f"; utility columns {', '.join(utility_columns)}" if utility_columns else ""))
     return out

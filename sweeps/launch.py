@@ -262,16 +262,22 @@ def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
         report, jobs = _select_and_prepare(sweep_dir, sweep, plan, cfg)
         if cfg.executor == "slurm":
             _warn_queued_keep_options(sweep_dir, cfg, report)
-        if not jobs:
-            return report
-        if cfg.executor == "slurm":
+        if jobs and cfg.executor == "slurm":
             _submit_slurm(sweep_dir, jobs, cfg, time_min, report, trunk_of)
-        else:
+        elif jobs:
             for job in jobs:
                 report.previous_records[job.run_id] = _new_record(sweep_dir, job.run_id, "local", launcher_pid=os.getpid())
+    # A waiting launch (local, or SLURM with --wait) also waits for the runs an earlier launch left queued or running:
+    # it exited 0 at once ("nothing to run (1 running)") and `launch --wait && collect && fit` fitted a partial sweep.
+    earlier = [] if cfg.dry_run else [rid for st in (Status.QUEUED, Status.RUNNING) for rid in report.skipped.get(st, [])]
+    if not jobs:
+        if earlier and (cfg.executor == "local" or cfg.wait):
+            summary(f"waiting for {len(earlier)} run(s) an earlier launch left queued or running")
+            _wait_slurm(sweep_dir, report, cfg.poll_s, earlier, "SLURM runs" if cfg.executor == "slurm" else "runs")
+        return report
     if cfg.executor == "slurm":
         if cfg.wait:
-            _wait_slurm(sweep_dir, report, cfg.poll_s)
+            _wait_slurm(sweep_dir, report, cfg.poll_s, earlier)
     else:
         # Costliest first (the FLOPs it trains, then tokens: at one budget the smaller model trains more tokens
         # and takes longer), so that the last job to end is a short one: greedy longest-first scheduling.
@@ -279,6 +285,11 @@ def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
         cost = {r["run_id"]: _training_cost(r) for r in plan}
         jobs = sorted(jobs, key=lambda job: tuple(-c for c in cost.get(job.run_id, (0.0, 0.0))))
         _run_local(sweep_dir, jobs, cfg, slots, time_min, report, trunk_of)
+        if earlier:  # (its own runs were said by _run_local)
+            summary(f"waiting for {len(earlier)} run(s) an earlier launch left queued or running")
+            extra = LaunchReport(submitted=earlier, job_ids={}, skipped={})
+            _wait_slurm(sweep_dir, extra, cfg.poll_s, what="runs")
+            report.final_states.update(extra.final_states)
     return report
 
 
@@ -758,12 +769,13 @@ def sbatch_error(stderr: str, exc: BaseException, cfg: LaunchConfig) -> str:
     return msg + (f" ({', '.join(extra)})" if extra else "")
 
 
-def _wait_slurm(sweep_dir: Path, report: LaunchReport, poll_s: float) -> None:
-    report.final_states = wait_for_runs(sweep_dir, report.submitted, poll_s)
+def _wait_slurm(sweep_dir: Path, report: LaunchReport, poll_s: float, earlier: list[str] = (), what: str = "SLURM runs") -> None:
+    """Wait for the submitted runs and `earlier` ones (queued or running under an earlier launch); say how they ended."""
+    report.final_states = wait_for_runs(sweep_dir, [*report.submitted, *earlier], poll_s=poll_s)
     by_state: dict[str, int] = {}
     for st in report.final_states.values():
         by_state[st] = by_state.get(st, 0) + 1
-    summary(f"{len(report.final_states)} SLURM runs finished: " + ", ".join(f"{v} {k}" for k, v in sorted(by_state.items())))
+    summary(f"{len(report.final_states)} {what} finished: " + ", ".join(f"{v} {k}" for k, v in sorted(by_state.items())))
     warn_unfinished(sweep_dir, report)
 
 

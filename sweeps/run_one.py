@@ -61,7 +61,16 @@ def main(argv: list[str] | None = None) -> int:
 
     threads = os.environ.get("EHRFM_NUM_THREADS")
     try:
-        cfg = TrainConfig.from_dict(json.loads(Path(argv[0]).read_text(encoding="utf-8")))
+        raw = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        # SWEEP/jobs/<run>.train.json deleted or damaged after the launch: a traceback in the job's log and no remedy
+        why = e.strerror if isinstance(e, OSError) and e.strerror else "not valid JSON" if isinstance(e, ValueError) else e
+        print(f"ehrfm train: error: job file {argv[0]} cannot be read ({why}; deleted or edited after the launch?): "
+              f"write it again with `ehrfm sweep launch {Path(argv[0]).resolve().parent.parent} --retry-failed`",
+              file=sys.stderr)
+        return 2
+    try:
+        cfg = TrainConfig.from_dict(raw)
         import torch
 
         if threads:

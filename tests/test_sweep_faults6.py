@@ -187,6 +187,26 @@ def test_a_run_dir_deleted_while_it_trains_is_never_recreated(tok, tmp_path):
     assert not out.exists(), sorted(p.name for p in out.iterdir())
 
 
+def test_a_run_dir_moved_while_it_trains_stops_at_the_next_log_line_not_the_end(tok, tmp_path):
+    """Before: a SLURM job whose sweep dir was moved trained all 2,784 steps into the moved dir's metrics.jsonl and
+    only then stopped, at its final write, with nothing kept. The lock is checked at every metrics line now."""
+    out, holds = tmp_path / "run", tmp_path / "holds"
+    cmd = [sys.executable, "-m", "ehrfm", "train", str(tok), "--out", str(out), "--n-layer", "2", "--d-model", "32", "--n-head", "2",
+           "--context", "64", "--tokens", "6000", "--batch-size", "4", "--eval-tokens", "2048", "--log-interval", "1"]
+    proc = subprocess.Popen(cmd, env=dict(ENV, EHRFM_HOLD_AT="step-3", EHRFM_HOLD_DIR=str(holds)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_held(holds, "run", "step-3", is_alive=lambda: proc.poll() is None)
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    (holds / "run.step-3.release").touch()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and err.strip() == (
+        f"ehrfm train: error: run dir {out} was deleted, moved or replaced while this trainer ran (.train.lock is gone): "
+        "stopped without writing into it; rerun to train it again"), err[-2000:]
+    steps = [json.loads(line)["step"] for line in (moved / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) <= 3 and 6000 // (4 * 64) > 20, steps  # of 23 steps: none logged after the move
+
+
 def test_a_sweep_run_dir_deleted_while_its_job_runs_is_lost_and_relaunched(tok, tmp_path):
     from test_sweep import ehrfm
 
@@ -260,3 +280,35 @@ def test_a_killed_wsd_branch_is_said_to_start_again_from_its_trunks_checkpoint(t
     (sweep / "runs" / "b" / "stable" / "tokens-4096" / "checkpoint").mkdir(parents=True)
     job._returncode = -signal.SIGKILL
     assert "--retry-failed` resumes it from the newest stable-phase checkpoint it kept for its branches;" in job._outcome(0)["error"]
+
+
+def test_a_waiting_launch_waits_for_the_runs_an_earlier_launch_still_runs(tok, tmp_path):
+    """Before: a second launch while the first one's run trained said "submitted 0 jobs: nothing to run (1 running)"
+    and exited 0 at once, so `launch --wait && collect && fit` collected the run as running and fitted without it
+    (a helper, on SLURM). A waiting launch (local, or SLURM --wait) now waits for it and exits by how it ended; then
+    `collect` has it completed."""
+    from test_sweep import ehrfm
+    from test_sweep_faults3 import wait_for
+
+    out, holds, rid, first, _ = _held_local_launch(tok, tmp_path, "step-1")
+    log = tmp_path / "second.out"
+    with open(log, "w") as f:
+        second = subprocess.Popen([sys.executable, "-m", "ehrfm", "sweep", "launch", str(out), "--executor", "local"],
+                                  stdout=f, stderr=subprocess.STDOUT, text=True, env=ENV)
+    try:
+        # it is waiting, not done: it says so while the run is still held (its output, not a sleep, tells)
+        wait_for(lambda: second.poll() is not None or "waiting for 1 run(s) an earlier launch" in log.read_text(),
+                 "the second launch to say it waits", timeout_s=120)
+        assert second.poll() is None, log.read_text()
+        early = ehrfm("sweep", "collect", out)  # a collect now says the table is partial
+        assert early.returncode == 0 and "ehrfm sweep collect: warning: 1 run(s) are still queued or running" in early.stderr, \
+            early.stderr
+    finally:
+        (holds / f"{rid}.step-1.release").touch()
+    second.wait(timeout=300)
+    said = log.read_text()
+    assert second.returncode == 0 and "1 runs finished: 1 completed" in said, said[-3000:]
+    first.communicate(timeout=300)
+    assert first.returncode == 0
+    collect = ehrfm("sweep", "collect", out)
+    assert collect.returncode == 0 and "1 completed" in collect.stdout, collect.stdout + collect.stderr
