@@ -312,3 +312,19 @@ def test_a_waiting_launch_waits_for_the_runs_an_earlier_launch_still_runs(tok, t
     assert first.returncode == 0
     collect = ehrfm("sweep", "collect", out)
     assert collect.returncode == 0 and "1 completed" in collect.stdout, collect.stdout + collect.stderr
+
+
+def test_a_job_file_deleted_before_its_job_starts_is_one_line_with_the_remedy(tmp_path, capsys):
+    """Before: `rm SWEEP/jobs/<run>.train.json` while its job queued failed the run with a FileNotFoundError
+    traceback in its log and no remedy (--retry-failed writes it again)."""
+    from sweeps.run_one import main
+
+    job = tmp_path / "sweep" / "jobs" / "C1e9_L1_D32_x.train.json"
+    job.parent.mkdir(parents=True)
+    assert main([str(job)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"ehrfm train: error: job file {job} cannot be read (No such file or directory; deleted or edited after the "
+        f"launch?): write it again with `ehrfm sweep launch {tmp_path / 'sweep'} --retry-failed`")
+    job.write_text("{not json")
+    assert main([str(job)]) == 2
+    assert "cannot be read (not valid JSON; deleted or edited after the launch?)" in capsys.readouterr().err
