@@ -269,7 +269,10 @@ def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
                 report.previous_records[job.run_id] = _new_record(sweep_dir, job.run_id, "local", launcher_pid=os.getpid())
     # A waiting launch (local, or SLURM with --wait) also waits for the runs an earlier launch left queued or running:
     # it exited 0 at once ("nothing to run (1 running)") and `launch --wait && collect && fit` fitted a partial sweep.
-    earlier = [] if cfg.dry_run else [rid for st in (Status.QUEUED, Status.RUNNING) for rid in report.skipped.get(st, [])]
+    # (Not when a branch waits for a trunk another launch runs: that launch exits 1 saying to launch again, and waiting
+    # here for the trunk would hold a launch that cannot start the branch anyway.)
+    earlier = [] if cfg.dry_run or report.skipped.get("waiting for trunk") else \
+        [rid for st in (Status.QUEUED, Status.RUNNING) for rid in report.skipped.get(st, [])]
     if not jobs:
         if earlier and (cfg.executor == "local" or cfg.wait):
             summary(f"waiting for {len(earlier)} run(s) an earlier launch left queued or running")
