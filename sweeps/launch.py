@@ -276,11 +276,11 @@ def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
     if not jobs:
         if earlier and (cfg.executor == "local" or cfg.wait):
             summary(f"waiting for {len(earlier)} run(s) an earlier launch left queued or running")
-            _wait_slurm(sweep_dir, report, cfg.poll_s, earlier, "SLURM runs" if cfg.executor == "slurm" else "runs")
+            _wait_and_report(sweep_dir, report, cfg.poll_s, earlier, "SLURM runs" if cfg.executor == "slurm" else "runs")
         return report
     if cfg.executor == "slurm":
         if cfg.wait:
-            _wait_slurm(sweep_dir, report, cfg.poll_s, earlier)
+            _wait_and_report(sweep_dir, report, cfg.poll_s, earlier)
     else:
         # Costliest first (the FLOPs it trains, then tokens: at one budget the smaller model trains more tokens
         # and takes longer), so that the last job to end is a short one: greedy longest-first scheduling.
@@ -291,7 +291,7 @@ def launch_sweep(sweep_dir: str | Path, cfg: LaunchConfig) -> LaunchReport:
         if earlier:  # (its own runs were said by _run_local)
             summary(f"waiting for {len(earlier)} run(s) an earlier launch left queued or running")
             extra = LaunchReport(submitted=earlier, job_ids={}, skipped={})
-            _wait_slurm(sweep_dir, extra, cfg.poll_s, what="runs")
+            _wait_and_report(sweep_dir, extra, cfg.poll_s, what="runs")
             report.final_states.update(extra.final_states)
     return report
 
@@ -772,8 +772,8 @@ def sbatch_error(stderr: str, exc: BaseException, cfg: LaunchConfig) -> str:
     return msg + (f" ({', '.join(extra)})" if extra else "")
 
 
-def _wait_slurm(sweep_dir: Path, report: LaunchReport, poll_s: float, earlier: list[str] = (), what: str = "SLURM runs") -> None:
-    """Wait for the submitted runs and `earlier` ones (queued or running under an earlier launch); say how they ended."""
+def _wait_and_report(sweep_dir: Path, report: LaunchReport, poll_s: float, earlier: list[str] = (), what: str = "SLURM runs") -> None:
+    """Wait for the submitted runs and `earlier` ones (queued or running under an earlier launch, local or SLURM); say how they ended."""
     report.final_states = wait_for_runs(sweep_dir, [*report.submitted, *earlier], poll_s=poll_s)
     by_state: dict[str, int] = {}
     for st in report.final_states.values():

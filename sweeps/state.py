@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ehrfm.errors import UserError
-from ehrfm.io import read_json, temporary_parts
+from ehrfm.io import one_line, read_json, temporary_parts
 from ehrfm.results import ACTIVE, RunResult, Status
 from ehrfm.results import read_result as _read_result
 from ehrfm.run_lock import flock, run_dir_busy
@@ -228,6 +228,10 @@ def slurm_job_states(job_ids) -> dict[str, str] | None:
 _OTHER_JOB = "OTHER_JOB"
 
 
+# Why the last _squeue call returned None (shown in the notes of runs that are `unknown` for it).
+_squeue_failure = "SLURM not asked"
+
+
 def _squeue(job_ids, submitted_from: dict[str, str] | None = None) -> dict[str, tuple[str, str]] | None:
     """{job id: (SLURM state, reason)} of slurm_job_states; None when SLURM cannot be asked.
 
@@ -236,7 +240,9 @@ def _squeue(job_ids, submitted_from: dict[str, str] | None = None) -> dict[str, 
     names someone else's job now (a sweep dir copied from another cluster, SLURM's ids started again),
     and must not keep the run `queued` or `running` forever.
     """
+    global _squeue_failure
     if shutil.which("squeue") is None:
+        _squeue_failure = "no `squeue` on PATH"
         return None
     asked = {str(j) for j in job_ids if j is not None and _JOB_ID.fullmatch(str(j))}
     # Array tasks cancelled together while pending are listed as their array's id alone ("12", not
@@ -248,12 +254,20 @@ def _squeue(job_ids, submitted_from: dict[str, str] | None = None) -> dict[str, 
         cmd = ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%r|%o", "-j", ",".join(chunk)]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, encoding="utf-8", errors="replace")
-        except (subprocess.TimeoutExpired, OSError):
+        except subprocess.TimeoutExpired:
+            _squeue_failure = "`squeue` did not answer in 60 s"
+            return None
+        except OSError as e:
+            _squeue_failure = f"`squeue` could not be started ({e.strerror or e})"
             return None
         if proc.returncode != 0:
             # squeue -j with ids that are all gone from the controller: "Invalid job id specified"
             if "invalid job id" in proc.stderr.lower():
                 continue
+            # its own words say what to fix ("Unable to contact slurm controller (connect failure)",
+            # a munge credential error): keep its first line (SLURM's text, never patient data)
+            said = next((ln.strip() for ln in proc.stderr.splitlines() if ln.strip()), "")
+            _squeue_failure = f"`squeue` exited {proc.returncode}" + (f": {one_line(said, 300)}" if said else "")
             return None
         for line in proc.stdout.splitlines():
             jid, st, reason, script = (line.strip().split("|", 3) + ["", "", ""])[:4]
@@ -713,8 +727,7 @@ def run_states(sweep_dir: str | Path, run_ids: list[str], plan: list[dict] | Non
                     f"restarted container has a new hostname); if it is gone, delete {record_path(sweep_dir, rid)} and "
                     "relaunch (an interrupted run resumes from its checkpoint)")
         elif state == Status.UNKNOWN and executor == "slurm" and squeue is None:
-            note = (f"SLURM could not be asked about job {job_id} (no `squeue` on PATH, or it failed or timed out): "
-                    "never resubmitted until it answers")
+            note = f"SLURM could not be asked about job {job_id} ({_squeue_failure}): never resubmitted until it answers"
         elif state == Status.QUEUED and executor == "slurm" and not job_id:
             note = f"being submitted by a running `ehrfm sweep launch` (it holds {sweep_dir / '.launch.lock'})"
         elif state == Status.QUEUED and executor == "slurm":

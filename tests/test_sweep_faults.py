@@ -359,9 +359,28 @@ def test_without_squeue_status_answers_from_files_and_says_why_runs_are_unknown(
     status = ehrfm("sweep", "status", sweep_dir, env=no_slurm)
     assert status.returncode == 0, status.stderr
     assert "4 runs: 1 completed, 2 planned, 1 unknown" in status.stdout, status.stdout
-    assert (f"{ids[1]}: unknown: SLURM could not be asked about job 4242_1 (no `squeue` on PATH, or it failed or timed out): "
+    assert (f"{ids[1]}: unknown: SLURM could not be asked about job 4242_1 (no `squeue` on PATH): "
             "never resubmitted until it answers") in status.stdout, status.stdout
     dry = ehrfm("sweep", "launch", sweep_dir, "--executor", "local", "--dry-run", env=no_slurm)
     assert dry.returncode == 0 and f"would submit {ids[1]}" not in dry.stdout and "1 unknown" in dry.stdout, dry.stdout + dry.stderr
     collect = ehrfm("sweep", "collect", sweep_dir, env=no_slurm)
     assert collect.returncode == 0 and "warning" not in collect.stderr, collect.stderr  # nothing damaged: no warnings
+
+
+@pytest.mark.skipif(shutil.which("squeue") is None, reason="needs SLURM's squeue (slurm-client)")
+def test_squeue_failing_says_its_own_words(sweep, tmp_path):
+    """squeue that cannot reach its controller: the unknown run's note quotes squeue's first line ("Unable to
+    contact slurm controller"), which says what to fix; it said only "failed or timed out". The real squeue,
+    pointed at a controller port nothing listens on."""
+    sweep_dir, rows = sweep
+    rid = rows[1]["run_id"]
+    write(sweep_dir / "jobs" / f"{rid}.json", {"run_id": rid, "executor": "slurm", "job_id": "4242_1"})
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("ClusterName=nowhere\nSlurmctldHost=localhost\nSlurmctldPort=1\nAuthType=auth/none\n"
+                    "MessageTimeout=1\nTCPTimeout=1\nNodeName=localhost CPUs=1 State=UNKNOWN\n"
+                    "PartitionName=debug Nodes=localhost Default=YES\n")
+    status = ehrfm("sweep", "status", sweep_dir, env={"SLURM_CONF": str(conf)})
+    assert status.returncode == 0, status.stderr
+    line = next((ln for ln in status.stdout.splitlines() if ln.lstrip().startswith(f"{rid}: unknown")), "")
+    assert "SLURM could not be asked about job 4242_1 (`squeue` exited 1: " in line, status.stdout
+    assert "Unable to contact slurm controller" in line, line
