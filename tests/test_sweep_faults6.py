@@ -171,40 +171,27 @@ def test_scancel_of_a_starting_run_is_never_failed_and_a_plain_relaunch_submits_
     assert dry.returncode == 0 and rid in dry.stdout and "would submit 1" in dry.stdout.lower(), dry.stdout + dry.stderr
 
 
-def test_a_run_dir_deleted_while_it_trains_is_never_recreated(tok, tmp_path):
-    out, holds = tmp_path / "run", tmp_path / "holds"
+@pytest.mark.parametrize("how", ["deleted", "moved"])
+def test_a_run_dir_deleted_or_moved_while_it_trains_stops_at_the_next_log_line(tok, tmp_path, how):
+    """A deleted run dir is never recreated. A moved one: before, a SLURM job whose sweep dir was moved trained all
+    2,784 steps into the moved dir's metrics.jsonl and only then stopped, at its final write, with nothing kept.
+    The lock is checked at every metrics line now."""
+    out, holds, moved = tmp_path / "run", tmp_path / "holds", tmp_path / "moved"
     cmd = [sys.executable, "-m", "ehrfm", "train", str(tok), "--out", str(out), "--n-layer", "2", "--d-model", "32", "--n-head", "2",
-           "--context", "64", "--tokens", "6000", "--batch-size", "4", "--eval-tokens", "2048"]
+           "--context", "64", "--tokens", "6000", "--batch-size", "4", "--eval-tokens", "2048", "--log-interval", "1"]
     proc = subprocess.Popen(cmd, env=dict(ENV, EHRFM_HOLD_AT="step-3", EHRFM_HOLD_DIR=str(holds)), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     wait_held(holds, "run", "step-3", is_alive=lambda: proc.poll() is None)
-    shutil.rmtree(out)
+    shutil.rmtree(out) if how == "deleted" else out.rename(moved)
     (holds / "run.step-3.release").touch()
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and err.strip() == (
         f"ehrfm train: error: run dir {out} was deleted, moved or replaced while this trainer ran (.train.lock is gone): "
         "stopped without writing into it; rerun to train it again"), err[-2000:]
     assert not out.exists(), sorted(p.name for p in out.iterdir())
-
-
-def test_a_run_dir_moved_while_it_trains_stops_at_the_next_log_line_not_the_end(tok, tmp_path):
-    """Before: a SLURM job whose sweep dir was moved trained all 2,784 steps into the moved dir's metrics.jsonl and
-    only then stopped, at its final write, with nothing kept. The lock is checked at every metrics line now."""
-    out, holds = tmp_path / "run", tmp_path / "holds"
-    cmd = [sys.executable, "-m", "ehrfm", "train", str(tok), "--out", str(out), "--n-layer", "2", "--d-model", "32", "--n-head", "2",
-           "--context", "64", "--tokens", "6000", "--batch-size", "4", "--eval-tokens", "2048", "--log-interval", "1"]
-    proc = subprocess.Popen(cmd, env=dict(ENV, EHRFM_HOLD_AT="step-3", EHRFM_HOLD_DIR=str(holds)), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    wait_held(holds, "run", "step-3", is_alive=lambda: proc.poll() is None)
-    moved = tmp_path / "moved"
-    out.rename(moved)
-    (holds / "run.step-3.release").touch()
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2 and err.strip() == (
-        f"ehrfm train: error: run dir {out} was deleted, moved or replaced while this trainer ran (.train.lock is gone): "
-        "stopped without writing into it; rerun to train it again"), err[-2000:]
-    steps = [json.loads(line)["step"] for line in (moved / "metrics.jsonl").read_text().splitlines()]
-    assert max(steps) <= 3 and 6000 // (4 * 64) > 20, steps  # of 23 steps: none logged after the move
+    if how == "moved":
+        steps = [json.loads(line)["step"] for line in (moved / "metrics.jsonl").read_text().splitlines()]
+        assert max(steps) <= 3 and 6000 // (4 * 64) > 20, steps  # of 23 steps: none logged after the move
 
 
 def test_a_sweep_run_dir_deleted_while_its_job_runs_is_lost_and_relaunched(tok, tmp_path):
