@@ -35,6 +35,7 @@ from analysis.laws import effective_tokens
 from analysis.recommend import recommend
 from analysis.synthetic import BESIROGLU, synthetic_results
 from ehrfm.errors import UserError
+from ehrfm.law_checks import trust
 from ehrfm.results import divergence_reason
 
 ENV = {**os.environ, "EHRFM_QUIET": "1", "OMP_NUM_THREADS": "1"}
@@ -213,6 +214,10 @@ def test_small_ratios_are_not_printed_as_zero():
     assert h["error_ratio"] < 0.005  # Approach 3 predicts the held-out 1e21 budget almost exactly
     text = format_holdout(fit)
     assert f"error ratio {ratio_text(h['error_ratio'])};" in text and "error ratio 0.00;" not in text
+    # without intervals the main law is not trusted (recommend refuses it): the paragraph says so beside "beats"
+    assert "so the law beats it" in text and "Beside it: the main fit's Approach 3 is not trusted (" in text, text
+    trusted = _fit(_table(), approaches=(2, 3), bootstrap=200, holdout=True)
+    assert trust(trusted.to_json(), 3)[0] and "Beside it" not in format_holdout(trusted), format_holdout(trusted)
     # A ratio over an exact "no change" forecast is inf, written null in fits.json: "n/a", not a crash.
     fit.holdout = {**h, "error_ratio": None}
     assert "the law does not beat it (error ratio n/a;" in format_holdout(fit)
