@@ -1389,16 +1389,32 @@ def _read_batches(path: Path, columns: list[str] | dict[str, str], block_size: i
 def _iter_batches(reader, path: Path, rename: dict[str, str], block_size: int = 4 << 20):
     import pyarrow as pa
 
-    while True:
-        try:
-            batch = reader.read_next_batch()
-        except StopIteration:
-            return
-        except (pa.ArrowInvalid, OSError, EOFError) as e:
-            raise _csv_error(path, e, block_size) from None
-        if batch.num_rows:
-            df = pl.from_arrow(pa.Table.from_batches([batch]))
-            yield df.rename(rename) if rename else df
+    with _closing_reader(reader):
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                return
+            except (pa.ArrowInvalid, OSError, EOFError) as e:
+                raise _csv_error(path, e, block_size) from None
+            if batch.num_rows:
+                df = pl.from_arrow(pa.Table.from_batches([batch]))
+                yield df.rename(rename) if rename else df
+
+
+@contextlib.contextmanager
+def _closing_reader(reader):
+    """Close a pyarrow CSV streaming reader on leaving, error or not.
+
+    Its read-ahead runs on pyarrow's I/O thread, reading through Python (_LineCount). Left to the garbage
+    collector (a traceback keeps the reader's frame alive until exit), that thread could still be reading
+    while the interpreter shut down: after the right one-line error, about 1 run in 16 then aborted
+    ("terminate called without an active exception", exit 134).
+    """
+    try:
+        yield reader
+    finally:
+        reader.close()
 
 
 def _prefetched(items, depth: int = 1):
@@ -1511,40 +1527,55 @@ def _merged_records_in_other_columns(path: Path, read: list[str], block_size: in
                                 parse_options=pacsv.ParseOptions(**CSV_PARSE),
                                 convert_options=pacsv.ConvertOptions(include_columns=[names[i] for i in others],
                                                                      column_types={names[i]: pa.string() for i in others}))
-        for batch in reader:
-            df = pl.from_arrow(pa.Table.from_batches([batch]))
-            counts = df.select(pl.col(names[i]).str.contains(pattern).sum() for i in others).row(0)
-            for i, n in zip(others, counts, strict=True):
-                if n:
-                    found[header[i] or f"#{i + 1}"] = found.get(header[i] or f"#{i + 1}", 0) + int(n)
+        with _closing_reader(reader):
+            for batch in reader:
+                df = pl.from_arrow(pa.Table.from_batches([batch]))
+                counts = df.select(pl.col(names[i]).str.contains(pattern).sum() for i in others).row(0)
+                for i, n in zip(others, counts, strict=True):
+                    if n:
+                        found[header[i] or f"#{i + 1}"] = found.get(header[i] or f"#{i + 1}", 0) + int(n)
     except (pa.ArrowInvalid, OSError, EOFError) as e:
         raise _csv_error(path, e, block_size) from None
     return found
+
+
+RAGGED_FIELD_MAX_BYTES = 16 << 20  # a longer value is a quote left open (the rest of the file read as one value)
 
 
 def _count_ragged_rows(path: Path, block_size: int) -> tuple[int, int, int] | None:
     """Rows whose column count is not the header's: (how many, the header's count, the first's line), or None.
 
     pyarrow stops at the first such row; one more pass counts them all (never their text: patient data).
+    Python's csv module, not pyarrow's invalid_row_handler: that Python callback was released on one of
+    pyarrow's threads after the error was printed, sometimes as the interpreter shut down, and the process
+    aborted ("terminate called without an active exception", exit 134, about 1 run in 16). block_size is
+    unused (kept for the callers' signature).
     """
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
-    seen: list[tuple[int, int]] = []
-
-    def count(row):
-        seen.append((row.expected_columns, row.number if row.number is not None else -1))
-        return "skip"
-
+    n_bad, expected, first, before = 0, 0, 0, 0  # before: physical lines read before the current row (quoted line breaks)
+    limit = csv.field_size_limit(RAGGED_FIELD_MAX_BYTES)
     try:
-        reader = pacsv.open_csv(_csv_source(path), read_options=pacsv.ReadOptions(block_size=block_size, use_threads=False),
-                                parse_options=pacsv.ParseOptions(**CSV_PARSE, invalid_row_handler=count),
-                                convert_options=pacsv.ConvertOptions(include_columns=[]))
-        for _ in reader:
-            pass
-    except (pa.ArrowInvalid, OSError, EOFError):
+        with _open_text(path, "rt", encoding="utf-8-sig", errors="replace", newline="") as f:
+            rows = csv.reader(f)
+            for row in rows:
+                if not row:  # a blank line: pyarrow skips those too
+                    before = rows.line_num
+                    continue
+                if not expected:
+                    expected = len(row)
+                elif len(row) != expected:
+                    n_bad += 1
+                    first = first or before + 1
+                before = rows.line_num
+    except csv.Error:
+        if not expected:
+            return None
+        # a quote left open: the rest of the file is one value, a row that is not the header's
+        return n_bad + 1, expected, first or before + 1
+    except (OSError, EOFError, UnicodeError):
         return None
-    return (len(seen), seen[0][0], seen[0][1]) if seen else (0, 0, 0)
+    finally:
+        csv.field_size_limit(limit)
+    return n_bad, expected, first
 
 
 def _count_not_utf8(path: Path, col: str, block_size: int) -> int | None:
@@ -1557,12 +1588,13 @@ def _count_not_utf8(path: Path, col: str, block_size: int) -> int | None:
                                 parse_options=pacsv.ParseOptions(**CSV_PARSE),
                                 convert_options=pacsv.ConvertOptions(include_columns=[col], column_types={col: pa.binary()}))
         n = 0
-        for batch in reader:
-            values = batch.column(0)
-            try:  # a whole block at once (the common case: valid); else value by value
-                values.view(pa.string()).validate(full=True)
-            except pa.ArrowInvalid:
-                n += sum(not _is_utf8(v) for v in values.to_pylist() if v is not None)
+        with _closing_reader(reader):
+            for batch in reader:
+                values = batch.column(0)
+                try:  # a whole block at once (the common case: valid); else value by value
+                    values.view(pa.string()).validate(full=True)
+                except pa.ArrowInvalid:
+                    n += sum(not _is_utf8(v) for v in values.to_pylist() if v is not None)
         return n
     except (pa.ArrowInvalid, OSError, EOFError):
         return None
@@ -2631,22 +2663,25 @@ def _stage_table(path: Path, table: Table, columns: dict[str, str], ctx: Context
         blocks = _read_batches(path, columns, cfg.batch_bytes, lines)
         if cfg.workers > 1:  # a worker process: read the next block while this one is transformed
             blocks = _prefetched(blocks)
-        for batch in blocks:
-            n_rows += len(batch)
-            bar.update(len(batch))
-            batch = _without_control_characters(batch.with_columns(_trimmed(c) for c in batch.columns), bad, ctx)
-            for c in table.columns:  # optional columns absent from this file
-                if c not in batch.columns:
-                    batch = batch.with_columns(pl.lit(None, pl.String).alias(c))
-            for c, d in table.fallback.items():  # a DATE where the time is missing: its day (the date-only rule)
-                t, day = pl.col(c).str.strip_chars(), pl.col(d).str.strip_chars().str.slice(0, 10)
-                # A time of exactly 00:00:00 on the row's own date is that date written as a time
-                # (as for dischtime): a date, or it would precede the day's events.
-                date_as_time = (t.str.slice(0, 10) == day) & (t.str.slice(11).str.replace_all(r"[0:.]", "") == "")
-                batch = batch.with_columns(pl.when(t.is_null() | date_as_time).then(day).otherwise(pl.col(c)).alias(c))
-            typed = _with_row_key(_at_stored_time(_typed(batch, table, bad, ctx), table, columns, ctx), table)
-            if not bad:  # else keep counting over the whole file, write nothing
-                yield typed
+        try:
+            for batch in blocks:
+                n_rows += len(batch)
+                bar.update(len(batch))
+                batch = _without_control_characters(batch.with_columns(_trimmed(c) for c in batch.columns), bad, ctx)
+                for c in table.columns:  # optional columns absent from this file
+                    if c not in batch.columns:
+                        batch = batch.with_columns(pl.lit(None, pl.String).alias(c))
+                for c, d in table.fallback.items():  # a DATE where the time is missing: its day (the date-only rule)
+                    t, day = pl.col(c).str.strip_chars(), pl.col(d).str.strip_chars().str.slice(0, 10)
+                    # A time of exactly 00:00:00 on the row's own date is that date written as a time
+                    # (as for dischtime): a date, or it would precede the day's events.
+                    date_as_time = (t.str.slice(0, 10) == day) & (t.str.slice(11).str.replace_all(r"[0:.]", "") == "")
+                    batch = batch.with_columns(pl.when(t.is_null() | date_as_time).then(day).otherwise(pl.col(c)).alias(c))
+                typed = _with_row_key(_at_stored_time(_typed(batch, table, bad, ctx), table, columns, ctx), table)
+                if not bad:  # else keep counting over the whole file, write nothing
+                    yield typed
+        finally:  # its reader closed when a block's error leaves the loop, not when the traceback dies (_closing_reader)
+            getattr(blocks, "close", lambda: None)()
         if lines.n > n_rows + 1 + bad.line_breaks and not bad:
             # Line breaks inside columns not read: free text, or a quote left open there (labevents.comments)
             # that took every following row into one value: 16,282 rows read as 20, exit 0. Those columns are read now.
