@@ -45,7 +45,7 @@ from analysis.laws import (
 )
 from ehrfm.errors import UserError
 from ehrfm.io import format_ci, markdown_table
-from ehrfm.law_checks import FRESH_EPOCHS, NO_INTERVALS, TOKENS_PER_PARAM_MARK, trust  # noqa: F401 (shared with the sweep planner; re-exported)
+from ehrfm.law_checks import FRESH_EPOCHS, NO_INTERVALS, TOKENS_PER_PARAM_MARK, trust, utility_points_problem  # noqa: F401 (shared with the sweep planner; re-exported)
 from ehrfm.law_checks import has_interval as _has_interval
 from ehrfm.law_checks import is_number as _is_number
 
@@ -403,6 +403,9 @@ def _utility(fit_json: dict, draws: dict, flops: float, conf: float, notes: list
             continue
         if not (k is not None and k < 0):
             notes.append(f"no AUROC prediction for {task}: its AUROC did not rise with compute in the fitted sweep")
+            continue
+        if untested := utility_points_problem(u):
+            notes.append(f"no AUROC prediction for {task}: {untested}")
             continue
         if hi is not None and math.isfinite(hi) and not hi < 0:
             notes.append(f"no AUROC prediction for {task}: its utility exponent's interval [{k_ci[0]:.3g}, {hi:.3g}] "

@@ -271,6 +271,20 @@ def tokens_per_param_problems(f: dict) -> list[str]:
     return []
 
 
+def utility_points_problem(law: dict) -> str | None:
+    """Why a utility law (fits.json `utility.<task>`) is untested by its points, or None.
+
+    Through 2 budgets a power law fits them exactly (r2 1, no degrees of freedom): `ehrfm recommend` predicted an
+    AUROC of 0.992 [0.774, 1] from such a law beside an Approach 2 it refused for the same reason. A law without
+    `n_points` (an older fit) is not judged here.
+    """
+    n = law.get("n_points")
+    if isinstance(n, int) and not isinstance(n, bool) and n < 3:
+        return (f"its utility law goes through {n} budget(s), which a power law fits exactly, so nothing tests it "
+                "(>= 3 budgets with an AUROC are needed)")
+    return None
+
+
 def trust(fits: dict, k: int, exponents_only: bool = False) -> tuple[bool, str]:
     """Can approach k's law of a fits.json dict be the default recommendation? Returns (ok, why not).
 

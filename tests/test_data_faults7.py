@@ -235,3 +235,24 @@ def test_a_quote_left_open_is_counted_from_its_line_and_blank_lines_are_not_rows
     assert _count_ragged_rows(path, 1 << 20) == (2, 9, 4)
     path.write_text(header + row, newline="")
     assert _count_ragged_rows(path, 1 << 20) == (0, 9, 0)
+
+
+@pytest.mark.parametrize("kind", ["broken link", "fifo"])
+def test_a_table_file_that_is_a_broken_link_or_a_pipe_is_named_as_such(tmp_path, kind):
+    """Data linked in from a shared area that moved: "omr.csv.gz is not omr.csv.gz or omr.csv (an unfinished
+    download ...?)" contradicted itself. It is named a broken link (with its target), or not a regular file."""
+    import os
+
+    raw = _raw(tmp_path, {})
+    target = raw / "hosp" / "omr.csv.gz"
+    if kind == "broken link":
+        target.symlink_to(tmp_path / "gone" / "omr.csv.gz")
+    else:
+        os.mkfifo(target)
+    with pytest.raises(UserError) as e:
+        etl(raw, tmp_path / "meds", split_fractions=(1.0, 0.0, 0.0))
+    said = str(e.value)
+    assert said.startswith(f"table hosp/omr: {target} is "), said
+    assert (f"a broken symbolic link (to {tmp_path / 'gone' / 'omr.csv.gz'}, which does not exist)" in said
+            if kind == "broken link" else "is not a regular file (a named pipe, socket or device?)" in said), said
+    assert not (tmp_path / "meds").exists()

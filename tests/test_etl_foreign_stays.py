@@ -43,3 +43,28 @@ def test_another_subjects_hadm_id_is_dropped_from_stay_timed_codes_and_cleared_e
     icu_rows = df.filter(pl.col("code").str.starts_with("ICU_"))
     assert icu_rows.height == 2 and icu_rows["hadm_id"].null_count() == 2
     assert "stay_ids_of_another_subject_set_null" not in tables["hosp/admissions"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_hadm_id_of_no_admission_is_cleared_and_a_stay_without_discharge_is_named(tmp_path, workers):
+    """A lab's hadm_id that admissions does not hold was written dangling and counted nowhere; it is set null and
+    counted (`unknown_stay_ids_set_null`). Diagnoses of a stay whose dischtime is missing were dropped as
+    `unknown_hadm_id` although admissions holds the stay: `stay_without_dischtime` now."""
+    admissions = ADMISSIONS + "2,22,2150-03-01 09:00:00,,,URGENT,ER,HOME\n"  # stay 22: no dischtime
+    dx = ("subject_id,hadm_id,seq_num,icd_code,icd_version\n1,11,1,I10,10\n"
+          "2,22,1,E119,10\n2,22,2,I10,10\n"  # of the stay without discharge
+          "1,99,1,N179,10\n")                # of no stay at all
+    labs = ("subject_id,hadm_id,itemid,charttime,value,valuenum,valueuom\n"
+            "1,11,50912,2150-01-02 08:00:00,1.0,1.0,mg/dL\n"
+            "1,99,50971,2150-01-02 09:00:00,4.0,4.0,mEq/L\n"   # no such admission
+            "1,98,50971,2150-01-02 10:00:00,4.1,4.1,mEq/L\n")  # nor this one
+    raw = _raw(tmp_path, {"hosp/admissions": admissions, "hosp/diagnoses_icd": dx, "hosp/labevents": labs})
+    etl(raw, tmp_path / "meds", split_fractions=(1.0, 0.0, 0.0), workers=workers)
+    df = _all_events(tmp_path / "meds")
+    lab = df.filter(pl.col("code").str.starts_with("LAB//")).sort("time")
+    assert lab["hadm_id"].to_list() == [11, None, None]  # kept at their own times, the dangling ids cleared
+    assert set(df["hadm_id"].drop_nulls().unique().to_list()) <= {11, 21, 22}
+    tables = json.loads((tmp_path / "meds/metadata/etl_config.json").read_text())["tables"]
+    assert tables["hosp/labevents"]["unknown_stay_ids_set_null"] == {"hadm_id": 2}
+    assert tables["hosp/diagnoses_icd"]["dropped"] == {"stay_without_dischtime": 2, "unknown_hadm_id": 1}
+    assert "unknown_stay_ids_set_null" not in tables["hosp/diagnoses_icd"]

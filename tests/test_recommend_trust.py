@@ -123,6 +123,14 @@ def test_auroc_is_predicted_only_from_a_law_that_rose_and_only_where_a_law_is_tr
     # 1e16 is 10,000x past the largest fitted budget (1e12): no law is trusted there, nor any AUROC from it
     far = recommend(d, 1e16)
     assert far.utility == {} and any(w.startswith("no AUROC prediction for mortality: the budget is 1e+04x past") for w in far.warnings)
+    # a law through 2 budgets fits them exactly (r2 1): no prediction from it, as no Approach 2 through 2 budgets;
+    # the demo's "AUROC rises" check does not count it either
+    fits["utility"]["mortality"]["n_points"], fits["utility"]["los"]["n_points"] = 2, 3
+    (d / "fits.json").write_text(json.dumps(fits))
+    two = recommend(d, 1e13)
+    assert set(two.utility) == {"los"}, two.utility
+    assert ("no AUROC prediction for mortality: its utility law goes through 2 budget(s), which a power law fits exactly, "
+            "so nothing tests it (>= 3 budgets with an AUROC are needed)") in two.warnings, two.warnings
 
 
 def test_a_loss_that_does_not_fall_with_compute_is_no_law_to_recommend_from(tmp_path):

@@ -168,7 +168,7 @@ Dates and midnights (an event is never placed before the first moment it could h
   twice for one stay: one diagnosis) is no second event.
 - Every other drop is counted by table and reason (events): missing_subject_id,
   unknown_subject_id (not in patients), missing_time, missing_hadm_id / unknown_hadm_id /
-  hadm_id_of_another_subject (diagnoses and DRG codes, timed by their stay's discharge), missing_drug, missing_medication
+  hadm_id_of_another_subject / stay_without_dischtime (diagnoses and DRG codes, timed by their stay's discharge), missing_drug, missing_medication
   (emar, pharmacy), administration_summary_row / no_dose_given / no_emar_row (emar_detail: the
   parent row of an administration repeats its product lines; a line without a dose; a line
   whose emar row is absent or dropped), missing_stay_id / unknown_stay_id (ED triage and
@@ -198,16 +198,18 @@ later for a culture). They happened; a label's history ends at its prediction ti
   (`text_values_kept`), not as unparseable; its placeholder `___` makes no event, counted as
   `redacted_numbers_set_null` as in the number columns. A hadm_id naming another subject's
   admission is kept as null and counted (`stay_ids_of_another_subject_set_null`; the event keeps
-  its own time and is paired with a stay by time); a diagnosis or DRG code, timed by its stay's
-  discharge, is dropped instead (`hadm_id_of_another_subject`).
+  its own time and is paired with a stay by time), and so is one of no admission in admissions
+  (`unknown_stay_ids_set_null`, since 2026-12-08: it was written dangling, counted nowhere); a
+  diagnosis or DRG code, timed by its stay's discharge, is dropped instead (`hadm_id_of_another_subject`,
+  `unknown_hadm_id`, or `stay_without_dischtime` for a stay whose discharge time is missing).
   They are printed as detail lines before the one-line summary and written to
   metadata/etl_config.json: `tables` = {table: {rows_read, events_written, dropped: {reason: n},
   date_only_values: {column: n}, date_only_placed_at_discharge, midnight_times: {column: n},
   unparseable_numbers_set_null: {column: n}, out_of_range_numbers_set_null: {column: n},
   redacted_numbers_set_null: {column: n}, text_values_kept: {column: n}, moved_to_store_time:
   {column: n}, line_breaks_set_to_space: {column: n}, unicode_spaces_set_to_space: {column: n},
-  control_characters_removed: {column: n}, stay_ids_of_another_subject_set_null: {"hadm_id": n}}} (the last
-  twelve only when non-zero), and `count_units` (COUNT_UNITS): which counts are
+  control_characters_removed: {column: n}, stay_ids_of_another_subject_set_null: {"hadm_id": n},
+  unknown_stay_ids_set_null: {"hadm_id": n}}} (the last thirteen only when non-zero), and `count_units` (COUNT_UNITS): which counts are
   per row read (a row listed twice counts twice; its repeat is a `duplicate` drop) and which per
   event written, after exact repeats are dropped (a row listed twice changes none of them).
 
@@ -425,6 +427,8 @@ class Context:
     controls: dict = field(default_factory=dict)  # table -> column -> values whose other control or invisible characters were removed
     # table -> "hadm_id" -> events whose hadm_id is another subject's stay (set null: one stay id names one patient)
     foreign_stays: dict = field(default_factory=dict)
+    # table -> "hadm_id" -> events whose hadm_id is no admission of admissions.csv (set null, as above)
+    unknown_stays: dict = field(default_factory=dict)
     stored: dict = field(default_factory=dict)  # (table, time column) -> {"store_column", "present", "moved"}
     discharge: dict = field(default_factory=dict)  # how discharge times were placed -> count
     duration_coded: int = 0  # procedures_icd events placed at their stay's discharge (DURATION_CODED_PROCEDURES)
@@ -598,11 +602,17 @@ def _at_discharge(df: pl.DataFrame, ctx: Context) -> pl.DataFrame:
     df = _keep(df.join(stays, on="hadm_id", how="left", maintain_order="left"), ctx,
                pl.col("_owner").is_null() | pl.col("subject_id").is_null() | (pl.col("_owner") == pl.col("subject_id")),
                "hadm_id_of_another_subject")
-    return _keep(df.drop("_owner"), ctx, pl.col("dischtime").is_not_null(), "unknown_hadm_id")
+    df = _keep(df, ctx, pl.col("_owner").is_not_null(), "unknown_hadm_id")
+    # a stay of admissions whose dischtime is missing (counted `missing_time` there) was "unknown_hadm_id" here
+    return _keep(df.drop("_owner"), ctx, pl.col("dischtime").is_not_null(), "stay_without_dischtime")
 
 
 def _without_foreign_stays(shard: pl.DataFrame, names: list[str], ctx: Context) -> pl.DataFrame:
-    """`shard` with each hadm_id that is another subject's stay set null, counted per table in ctx.foreign_stays.
+    """`shard` with each hadm_id that is another subject's stay, or no stay at all, set null, counted per table.
+
+    Another subject's stay is counted in ctx.foreign_stays, an id that admissions.csv does not hold in
+    ctx.unknown_stays (labevents of a stay missing from admissions were written with the dangling id, counted
+    nowhere, while diagnoses of such a stay are dropped and counted `unknown_hadm_id`).
 
     Such an id (an export's join gone wrong) would pair the event with that patient's stay: place a
     date-only event at their discharge (_place_dates) and let `ehrfm labels` read it as care of a stay the
@@ -615,9 +625,12 @@ def _without_foreign_stays(shard: pl.DataFrame, names: list[str], ctx: Context) 
     owners = ctx.admissions.select("hadm_id", _owner=pl.col("subject_id"))
     marked = shard.join(owners, on="hadm_id", how="left", maintain_order="left")
     is_foreign = pl.col("_owner").is_not_null() & (pl.col("_owner") != pl.col("subject_id"))
+    is_unknown = pl.col("_owner").is_null() & pl.col("hadm_id").is_not_null()
     for src, n in marked.filter(is_foreign).group_by("_src").len().iter_rows():
         ctx.count(ctx.foreign_stays, "hadm_id", n, names[src])
-    return marked.with_columns(hadm_id=pl.when(is_foreign).then(None).otherwise(pl.col("hadm_id"))).drop("_owner")
+    for src, n in marked.filter(is_unknown).group_by("_src").len().iter_rows():
+        ctx.count(ctx.unknown_stays, "hadm_id", n, names[src])
+    return marked.with_columns(hadm_id=pl.when(is_foreign | is_unknown).then(None).otherwise(pl.col("hadm_id"))).drop("_owner")
 
 
 ICD_VERSIONS = ("9", "10")  # MIMIC-IV's icd_version: DIAGNOSIS//ICD//<9|10>//<code> (DESIGN.md section 1)
@@ -1149,6 +1162,12 @@ def find_table(raw: Path, name: str) -> Path | None:
         if other and other[0].is_dir():  # a folder of parts (Spark, BigQuery) or an unzip's folder named labevents.csv.gz
             raise UserError(f"table {name}: {other[0]} is a folder, not {table}.csv.gz or {table}.csv (a folder of parts, or "
                             "an archive unpacked into a folder?): ehrfm reads one file per table; put the table's file there")
+        if other and other[0].is_symlink() and not other[0].exists():  # data linked in from a shared area that moved
+            raise UserError(f"table {name}: {other[0]} is a broken symbolic link (to {os.readlink(other[0])}, which does not "
+                            "exist): link it to the table's file, or copy the file there")
+        if other and table_of_file(other[0].name) == table:  # the right name, but a FIFO, socket or device
+            raise UserError(f"table {name}: {other[0]} is not a regular file (a named pipe, socket or device?): ehrfm reads "
+                            "each table twice or more, so it must be a file; save the table there")
         if other:
             raise UserError(f"table {name}: {other[0]} is not {table}.csv.gz or {table}.csv (an unfinished download, "
                             "a split export or another format?): ehrfm reads one file per table, a .csv.gz or .csv")
@@ -2327,6 +2346,8 @@ def _account(rows_in: dict, counts: dict, ctx: Context) -> dict:
             entry["control_characters_removed"] = dict(ctx.controls[name])
         if ctx.foreign_stays.get(name):
             entry["stay_ids_of_another_subject_set_null"] = dict(ctx.foreign_stays[name])
+        if ctx.unknown_stays.get(name):
+            entry["unknown_stay_ids_set_null"] = dict(ctx.unknown_stays[name])
         moved = {c: v["moved"] for (t, c), v in ctx.stored.items() if t == name and v["moved"]}
         if moved:
             entry["moved_to_store_time"] = moved
@@ -2344,7 +2365,8 @@ COUNT_UNITS = {
                   "out_of_range_numbers_set_null", "redacted_numbers_set_null", "text_values_kept",
                   "line_breaks_set_to_space", "unicode_spaces_set_to_space", "control_characters_removed"],
     "events written": ["events_written", "date_only_placed_at_discharge", "duration_coded_at_discharge",
-                       "events_after_death", "moved_to_store_time", "stay_ids_of_another_subject_set_null"],
+                       "events_after_death", "moved_to_store_time", "stay_ids_of_another_subject_set_null",
+                       "unknown_stay_ids_set_null"],
 }
 
 # The per-column value counts of a table's account, each printed as "<what> column n, ...".
@@ -2357,6 +2379,7 @@ VALUE_COUNT_LINES = (
     ("unicode_spaces_set_to_space", "values whose no-break or other Unicode spaces became a space"),
     ("control_characters_removed", "values whose control or invisible characters were removed"),
     ("stay_ids_of_another_subject_set_null", "stay ids of another subject's admission kept as null"),
+    ("unknown_stay_ids_set_null", "stay ids of no admission in admissions kept as null"),
 )
 
 
@@ -3022,9 +3045,10 @@ def _write_shards(stage: Path, out: Path, split_of: pl.DataFrame, cfg: EtlConfig
                     ctx.drop(reason, n, table)
             for table, n in r["at_discharge"].items():
                 placed_at_discharge[table] = placed_at_discharge.get(table, 0) + n
-            for table, cols in r["foreign_stays"].items():
-                for col, n in cols.items():
-                    ctx.count(ctx.foreign_stays, col, n, table)
+            for key in ("foreign_stays", "unknown_stays"):
+                for table, cols in r[key].items():
+                    for col, n in cols.items():
+                        ctx.count(getattr(ctx, key), col, n, table)
             for key, n in r["entered"].items():
                 ctx.stored[key]["moved"] += n
             ctx.duration_coded += r["duration_coded"]
@@ -3103,7 +3127,7 @@ def _shard_job(buckets: Path, j: int, ids: np.ndarray, path: Path, names: list[s
     n = _write_shard(buckets, j, ids, path, names, chunk_events, ctx, placed, written, codes)
     return dict(events=n, drops=ctx.drops, at_discharge=placed, written=written, codes=codes,
                 entered={k: v["moved"] for k, v in ctx.stored.items()}, duration_coded=ctx.duration_coded,
-                foreign_stays=ctx.foreign_stays, after_death=ctx.after_death)
+                foreign_stays=ctx.foreign_stays, unknown_stays=ctx.unknown_stays, after_death=ctx.after_death)
 
 
 def _write_shard(buckets: Path, j: int, ids: np.ndarray, path: Path, names: list[str], chunk_events: int,

@@ -1122,8 +1122,11 @@ def _checks_section(cfg, fit, res, heads: dict, wall: float, resumed_from: list[
           "not made" if rel is None else (f"{_shown(rel, 0.02, 2, percent=True)}, {_shown(ratio, 0.5, 2)}x the error of \"no change\"{no_change}"
           if ratio is not None else _shown(rel, 0.02, 2, percent=True)) + through_two,
           rel is not None and rel <= 0.02 and ratio is not None and ratio <= 0.5 and not through_two)
+    from ehrfm.law_checks import utility_points_problem
+
+    # (a law through 2 budgets fits them exactly: its interval says nothing of a trend, as recommend judges it)
     rising = [t for t, u in util.items() if isinstance(u, dict) and (u.get("exponent_ci") or [None, None])[1] is not None
-              and u["exponent_ci"][1] < 0]
+              and u["exponent_ci"][1] < 0 and not utility_points_problem(u)]
     no_labels = heads.get("labels_error")
     if no_labels:
         check("AUROC rises with compute", ">= 2 tasks with k's interval < 0 (1 - AUROC ~ C^k)", "no clinical labels", "not measured")
