@@ -1047,6 +1047,22 @@ def _run_local(sweep_dir: Path, jobs: list[TrainJob], cfg: LaunchConfig, slots: 
     warn_unfinished(sweep_dir, report)
 
 
+# The command said to resume an interrupted local launch; a caller running launches for a larger job (the
+# demo) names its own command with `resumed_by`: `sweep launch` finishes only that stage's runs, not the study.
+_resume_command: str | None = None
+
+
+@contextlib.contextmanager
+def resumed_by(command: str):
+    """Within this block an interrupted local launch says `command` resumes the rest (not `ehrfm sweep launch`)."""
+    global _resume_command
+    before, _resume_command = _resume_command, command
+    try:
+        yield
+    finally:
+        _resume_command = before
+
+
 def _stopped_line(sweep_dir: Path, stopped: list[TrainJob]) -> str:
     """The local launcher's line after a stop, for the jobs it was running when the stop came.
 
@@ -1076,7 +1092,7 @@ def _stopped_line(sweep_dir: Path, stopped: list[TrainJob]) -> str:
         line += f", {unsaved} stopped before their first checkpoint (trained again from their start)"
     if finished:
         line += "; " + ", ".join(f"{v} {k}" for k, v in sorted(finished.items())) + " before the stop"
-    return line + f"; `ehrfm sweep launch {sweep_dir} --executor local` resumes the rest"
+    return line + f"; `{_resume_command or f'ehrfm sweep launch {sweep_dir} --executor local'}` resumes the rest"
 
 
 def _live_trainer(record_file: Path) -> int | None:

@@ -312,6 +312,12 @@ def test_launch_stop_line_counts_a_finished_job_as_finished(tmp_path):
     assert _stopped_line(tmp_path, jobs[1:]) == (
         f"interrupted: 1 running jobs checkpointed, 1 stopped before their first checkpoint (trained again from their "
         f"start); 1 failed before the stop; `ehrfm sweep launch {tmp_path} --executor local` resumes the rest")
+    # inside the demo the demo's own command resumes the study (`sweep launch` finished one stage's runs only)
+    from sweeps.launch import resumed_by
+
+    with resumed_by("ehrfm demo --quick --out q1"):
+        assert _stopped_line(tmp_path, jobs[1:2]).endswith("; `ehrfm demo --quick --out q1` resumes the rest")
+    assert _stopped_line(tmp_path, jobs[1:2]).endswith(f"`ehrfm sweep launch {tmp_path} --executor local` resumes the rest")
 
 
 # --- item 8: sweeps/README.md names the columns the tables have, and the run id's rounded budget ---

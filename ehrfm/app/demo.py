@@ -505,7 +505,11 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
         print(f"demo: {note}", file=sys.stderr, flush=True)
     check_not_input(out, inputs=(cfg.raw, cfg.meds))  # --overwrite would delete the user's data
     out.mkdir(parents=True, exist_ok=True)
-    with lock_demo_dir(out):  # one demo at a time per --out, from before anything in it is deleted or written
+    from sweeps.launch import resumed_by
+
+    # one demo at a time per --out, from before anything in it is deleted or written; an interrupted launch says
+    # this command resumes the study (it named `ehrfm sweep launch`, which finishes one stage's runs only)
+    with lock_demo_dir(out), resumed_by(cfg.command_line()):
         if overwrite:
             for entry in out.iterdir():  # all but the lock, which a second demo may already be asking for
                 if entry.name != DEMO_LOCK_FILE:
