@@ -175,3 +175,41 @@ def test_replicate_seeds_are_a_demo_setting_in_its_command_plan_and_resume_check
     assert _config_changes(before, one) == ([], [])
     with pytest.raises(UserError, match=r"--run-seeds 0: must be an integer >= 1"):
         DemoConfig(run_seeds=0).checked()
+
+
+def test_auroc_rising_missed_says_why_task_by_task_and_withheld_laws_are_not_measured():
+    """The real MIMIC-IV demo's report marked "AUROC rises with compute" MISSED with no reason: every law was withheld
+    (AUROCs without a standard error), said only among the fit's warnings. Each task's reason is given now, and a run
+    where no law could be fitted is "not measured", as the probe-vs-counts row is for the same cause."""
+    from ehrfm.app.demo import _own_reasons
+
+    fits = {"approach2": {"budgets": []}, "utility": {
+        "icu": {"exponent": -0.04, "exponent_ci": [-0.06, -0.02], "n_points": 4},
+        "mortality": {"exponent": -0.01, "exponent_ci": [-0.03, 0.012], "n_points": 4},
+        "los": {"exponent": -0.2, "exponent_ci": [-0.3, -0.1], "n_points": 2}},
+        "warnings": ["utility auroc/readmission: the AUROC of 2 of its 4 budget(s) has no standard error in "
+                     "auroc_se/readmission (...); no law fitted"]}
+    lines = [x for x in _own_reasons({"AUROC rises with compute"}, fits, pl.DataFrame(), DemoConfig()) if x]
+    (why,) = [x for x in lines if x.startswith("Why AUROC rises with compute missed, task by task: ")]
+    assert "mortality: k = -0.01 [-0.03, 0.012], whose interval reaches 0" in why, why
+    assert "los: its utility law goes through 2 budget(s)" in why and "auroc/readmission: the AUROC of 2 of its 4" in why
+    assert "icu" not in why  # rising: no reason to give
+
+
+def test_a_demo_whose_every_utility_law_was_withheld_has_auroc_rising_not_measured():
+    from types import SimpleNamespace
+
+    from ehrfm.app.demo import _checks_section
+
+    withheld = ("utility auroc/mortality: the AUROC of 1 of its 3 budget(s) has no standard error in auroc_se/mortality "
+                "(the heads withhold it below 10 held-out labels or subjects of a class: too few for an interval); no law fitted")
+    res = pl.DataFrame({"budget": [1e12], "status": ["completed"], "epochs": [0.5], "n_layer": [2]})
+
+    def row(fits):
+        rows = _checks_section(DemoConfig(head_bootstrap=0), SimpleNamespace(to_json=lambda: fits), res, {"tasks": {}},
+                               wall=60.0, heads_dir=None)
+        return next(r for r in rows if r.startswith("| AUROC rises with compute"))
+
+    assert row({"warnings": [withheld]}).endswith(
+        "| no utility law fitted (1 task(s) without AUROC standard errors: too few held-out labels) | not measured |")
+    assert row({"warnings": []}).endswith("| 0 (none) | **MISSED** |")  # laws could be fitted and none rose

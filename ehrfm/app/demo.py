@@ -1132,8 +1132,15 @@ def _checks_section(cfg, fit, res, heads: dict, wall: float, resumed_from: list[
     rising = [t for t, u in util.items() if isinstance(u, dict) and (u.get("exponent_ci") or [None, None])[1] is not None
               and u["exponent_ci"][1] < 0 and not utility_points_problem(u)]
     no_labels = heads.get("labels_error")
+    # Every task's law withheld (its AUROCs have no standard error: too few held-out labels or subjects of a class,
+    # the real MIMIC-IV demo): nothing was measured, as the probe-vs-counts row says for the same cause.
+    unmeasured = [w for w in fits.get("warnings") or [] if isinstance(w, str) and w.startswith("utility ") and "no law fitted" in w]
     if no_labels:
         check("AUROC rises with compute", ">= 2 tasks with k's interval < 0 (1 - AUROC ~ C^k)", "no clinical labels", "not measured")
+    elif not util and unmeasured:
+        check("AUROC rises with compute", ">= 2 tasks with k's interval < 0 (1 - AUROC ~ C^k)",
+              f"no utility law fitted ({len(unmeasured)} task(s) without AUROC standard errors: too few held-out labels)",
+              "not measured")
     else:
         check("AUROC rises with compute", ">= 2 tasks with k's interval < 0 (1 - AUROC ~ C^k)", f"{len(rising)} ({', '.join(rising) or 'none'})",
               len(rising) >= 2)
@@ -1309,6 +1316,25 @@ def _own_reasons(missed: set[str], fits: dict, res, cfg) -> list[str]:
                 why.append(f"{len(outliers)} run(s) lie more than 5 robust SDs off its law ({', '.join(outliers)}) and pull "
                            "its fit")
             lines.append("Why Approach 3 a missed: " + "; ".join(why) + ".")
+    if "AUROC rises with compute" in missed:
+        from ehrfm.law_checks import utility_points_problem
+
+        parts = []
+        for task, u in (fits.get("utility") or {}).items():
+            if not isinstance(u, dict):
+                continue
+            hi = (u.get("exponent_ci") or [None, None])[-1]
+            k = f"k = {format_ci(u.get('exponent'), u.get('exponent_ci'), '{:.3g}')}"
+            if untested := utility_points_problem(u):
+                parts.append(f"{task}: {untested}")
+            elif hi is None:
+                parts.append(f"{task}: {k} has no interval")
+            elif not hi < 0:
+                parts.append(f"{task}: {k}, whose interval reaches 0 (not rising beyond the noise)")
+        parts += [w[len("utility "):] for w in fits.get("warnings") or []
+                  if isinstance(w, str) and w.startswith("utility auroc/") and "no law fitted" in w]
+        if parts:
+            lines.append("Why AUROC rises with compute missed, task by task: " + "; ".join(parts) + ".")
     if "held-out budget L_min" in missed and not_fitted.get("holdout"):
         lines.append(f"Why held-out budget L_min missed: no held-out prediction was made: {not_fitted['holdout']}.")
     if "budgets" in missed:
