@@ -213,3 +213,22 @@ def test_a_demo_whose_every_utility_law_was_withheld_has_auroc_rising_not_measur
     assert row({"warnings": [withheld]}).endswith(
         "| no utility law fitted (1 task(s) without AUROC standard errors: too few held-out labels) | not measured |")
     assert row({"warnings": []}).endswith("| 0 (none) | **MISSED** |")  # laws could be fitted and none rose
+
+
+def test_the_headline_counts_a_parabola_whose_lowest_run_ends_its_ladder_as_the_checks_do():
+    """The MIMIC-IV demo's headline said "3 of 3 budgets have ... an interior minimum" beside a check row naming a
+    budget whose lowest run was its ladder's smallest size (the vertex an extrapolation): one definition now."""
+    from types import SimpleNamespace
+
+    from ehrfm.app.demo import _scaling_verdict
+
+    budgets = [SimpleNamespace(budget=b, used=True, curvature=0.3, interior=True, curvature_ci=[0.1, 0.5]) for b in (1e12, 4e12, 1.6e13)]
+    fits = {"inputs": {"bootstrap": 100},
+            "approach2": {"a": 0.4, "a_ci": [0.3, 0.5], "b": 0.5, "b_ci": [0.4, 0.6], "loss_exponent": -0.03,
+                          "loss_exponent_ci": [-0.04, -0.02], "budgets": [{"budget": b.budget, "used": True} for b in budgets]}}
+    fit = SimpleNamespace(approach2=SimpleNamespace(budgets=budgets, a=0.4, b=0.5), not_fitted={}, to_json=lambda: fits)
+    res = pl.DataFrame({"budget": [1e12] * 3 + [4e12] * 3 + [1.6e13] * 3, "status": ["completed"] * 9,
+                        "n_params": [1e4, 2e4, 4e4] * 3, "loss": [2.64, 2.81, 3.64, 1.2, 1.1, 1.3, 1.1, 1.0, 1.2]})
+    assert "3 of 3 budgets have a parabola with positive curvature and an interior minimum (" in _scaling_verdict(fit)[1]
+    ok, verdict = _scaling_verdict(fit, res)
+    assert not ok and "2 of 3 budgets have a parabola with positive curvature and an interior minimum bracketed by runs" in verdict
