@@ -232,3 +232,34 @@ def test_the_headline_counts_a_parabola_whose_lowest_run_ends_its_ladder_as_the_
     assert "3 of 3 budgets have a parabola with positive curvature and an interior minimum (" in _scaling_verdict(fit)[1]
     ok, verdict = _scaling_verdict(fit, res)
     assert not ok and "2 of 3 budgets have a parabola with positive curvature and an interior minimum bracketed by runs" in verdict
+
+
+def test_a_resume_with_other_soft_settings_removes_the_report_it_will_remake(tmp_path, monkeypatch):
+    """A resume with `--bootstrap 0` killed during its sweep left demo_config.json with the new settings beside the
+    old report.md (its "Settings:" link and "50 replicates" then disagreed). The old report goes when the new
+    settings are taken; a resume with the same settings keeps it until its own is written."""
+    import dataclasses
+    import json
+
+    from ehrfm.app import demo
+    from ehrfm.io import mark_output
+
+    out = tmp_path / "q"
+    old = demo.DemoConfig.quick_config()
+    old.out = str(out)
+    out.mkdir()
+    mark_output(out, "demo")
+    (out / "demo_config.json").write_text(json.dumps(dataclasses.asdict(old)))
+    (out / "tokens").mkdir()  # it made something: a resume, not a fresh start
+    (out / "report.md").write_text("old report")
+
+    def killed(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "_run_stages", killed)
+    with pytest.raises(KeyboardInterrupt):
+        demo.run_demo(dataclasses.replace(old))
+    assert (out / "report.md").read_text() == "old report"  # same settings: kept
+    with pytest.raises(KeyboardInterrupt):
+        demo.run_demo(dataclasses.replace(old, bootstrap=0))
+    assert not (out / "report.md").exists()

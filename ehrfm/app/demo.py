@@ -475,7 +475,7 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
         if other:  # another command's output (a token dir, a sweep): never filled with a demo, nor deleted for one
             raise UserError(f"--out {out}: holds the output of `ehrfm {other}`, not a demo; choose another --out "
                             "(--overwrite replaces only a demo's output; remove it by hand if it is really unwanted)")
-    old = None
+    old, soft = None, []
     fingerprint = _data_fingerprint(cfg.raw or cfg.meds) if cfg.own_data else None
     if not overwrite and old_cfg.is_file():
         old = read_json(old_cfg, "demo config", expect=dict, hint="pass --overwrite or another --out")
@@ -514,6 +514,10 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> Path:
             for entry in out.iterdir():  # all but the lock, which a second demo may already be asking for
                 if entry.name != DEMO_LOCK_FILE:
                     shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        elif soft:
+            # demo_config.json takes the new settings now: a resume killed before its own report left the old
+            # report.md beside settings it was not made with (its "Settings:" link, its bootstrap count)
+            (out / "report.md").unlink(missing_ok=True)
         return _run_stages(cfg, out, fingerprint)
 
 
