@@ -225,6 +225,10 @@ def plot_optimal_scaling(ax, fit, results, which: str = "n", label: str | None =
     colors = budget_colors(results.budget, color)
     c = _compute_grid(fit, results)
     conf = fit.config.confidence
+    earlier = ax.get_ylim() if ax.has_data() else None  # an overlay: keep the earlier sweeps in view
+    # What the y axis must show: the minima with their intervals, the envelope runs and the trusted laws. An
+    # untrusted law's band (a = 0.6 [-0.5, 1.5]) reached 1e18 and squashed every point into one line.
+    shown: list[float] = []
     if fit.approach2:
         pct = int(round(100 * conf))
         ax.errorbar([], [], yerr=[], fmt="o", color="0.35" if color is None else color, ms=5, capsize=2,
@@ -236,10 +240,13 @@ def plot_optimal_scaling(ax, fit, results, which: str = "n", label: str | None =
             err = None
             if ci and all(v is not None and np.isfinite(v) for v in ci):
                 err = [[max(y - ci[0], 0)], [max(ci[1] - y, 0)]]
+                shown += [v for v in ci if v > 0]
+            shown.append(y)
             ax.errorbar([bf.budget], [y], yerr=err, fmt="o", color=colors.get(bf.budget), mfc=colors.get(bf.budget) if bf.used else "none",
                         mec=colors.get(bf.budget), ecolor=colors.get(bf.budget), ms=6, capsize=2, zorder=4)
     if fit.approach1:
         pts = fit.approach1.points
+        shown += [p["n_params" if which == "n" else "tokens"] for p in pts]
         ax.scatter([p["flops"] for p in pts], [p["n_params" if which == "n" else "tokens"] for p in pts],
                    marker="s", s=18, facecolor="none", edgecolor="tab:gray" if color is None else color, zorder=3,
                    label=_label(label, "envelope runs"))
@@ -255,13 +262,21 @@ def plot_optimal_scaling(ax, fit, results, which: str = "n", label: str | None =
         if not trusted:
             style = {**style, "alpha": 0.45}
         y = part.n_opt(c) if which == "n" else part.d_opt(c)
+        if trusted:
+            shown += [v for v in np.asarray(y, float) if np.isfinite(v) and v > 0]
         exp, ci = (part.a, part.a_ci) if which == "n" else (part.b, part.b_ci)
         ci_txt = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and np.all(np.isfinite(ci)) else ""
         ax.plot(c, y, lw=1.6, label=_label(label, f"{APPROACH_LABEL[k]}: {'a' if which == 'n' else 'b'}={exp:.2f}{ci_txt}"
                                            f"{'' if trusted else ' (not trusted)'}"), **style)
         _band(ax, c, _law_draws(fit, k, which, c), style, conf)
     _log_x(ax)
-    y0, y1 = ax.dataLim.intervaly
+    shown = [v for v in shown if np.isfinite(v) and v > 0]
+    if shown:  # half a decade around what must be shown; untrusted laws and bands are cut at its edges
+        lo, hi = min(shown) / 3, max(shown) * 3
+        if earlier is not None and earlier[0] > 0:
+            lo, hi = min(lo, earlier[0]), max(hi, earlier[1])
+        ax.set_ylim(lo, hi)
+    y0, y1 = ax.get_ylim() if shown else ax.dataLim.intervaly
     if y0 > 0 and y1 < np.inf and y1 <= y0 * (1 + 1e-6):
         # every run one size (a = 0): a flat line, whose autoscaled log axis matplotlib warns about on
         # stderr ("identical low and high ylims"); a decade either side shows it

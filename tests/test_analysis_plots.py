@@ -66,6 +66,11 @@ def test_optimal_scaling_has_laws_with_bands(fitted):
     assert a2.get_label().endswith("(not trusted)") and a2.get_alpha() == 0.45
     assert len(ax.collections) >= 2  # bootstrap bands
     assert ax.get_yscale() == "log" and "FLOPs" in ax.get_xlabel()
+    # the axis keeps to the minima and their intervals: an untrusted law's band (to 1e18 on a quick demo's table)
+    # squashed every point into one line
+    minima = [v for bf in fit2.approach2.budgets for v in (bf.n_opt, *(bf.n_opt_ci or ())) if v and np.isfinite(v)]
+    lo, hi = ax.get_ylim()
+    assert min(minima) / 3.01 <= lo and hi <= max(minima) * 3.01, (lo, hi, minima)
     plt.close(fig)
 
 
