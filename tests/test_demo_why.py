@@ -263,3 +263,23 @@ def test_a_resume_with_other_soft_settings_removes_the_report_it_will_remake(tmp
     with pytest.raises(KeyboardInterrupt):
         demo.run_demo(dataclasses.replace(old, bootstrap=0))
     assert not (out / "report.md").exists()
+
+
+def test_interval_verdicts_from_few_bootstrap_replicates_are_said_to_be_fragile():
+    """The same quick-demo runs refitted with --bootstrap 20 instead of 50 flipped "AUROC rises" and a parabola
+    from MISSED to met, said nowhere. Below VERDICT_REPLICATES the report says so under its checks."""
+    from types import SimpleNamespace
+
+    from ehrfm.app.demo import VERDICT_REPLICATES, _checks_section
+
+    res = pl.DataFrame({"budget": [1e12], "status": ["completed"], "epochs": [0.5], "n_layer": [2]})
+
+    def said(bootstrap):
+        lines = _checks_section(DemoConfig(bootstrap=bootstrap, head_bootstrap=0), SimpleNamespace(to_json=lambda: {}), res,
+                                {"tasks": {}}, wall=60.0, heads_dir=None)
+        return [x for x in lines if x.startswith("The interval checks above rest on")]
+
+    assert said(20) == [f"The interval checks above rest on 20 bootstrap replicates of the fits: a 95% percentile interval's "
+                        "ends from so few draws move between refits of the same runs, so a verdict near its target may flip; "
+                        f"judge them on >= {VERDICT_REPLICATES} (`--bootstrap`; the default is 400)."]
+    assert said(VERDICT_REPLICATES) == [] and said(0) == []
