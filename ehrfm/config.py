@@ -101,6 +101,25 @@ def wsd_fields() -> frozenset[str]:
     return fields_with(TrainConfig, "wsd")
 
 
+def checkpoint_setting_differences(saved, expected: dict, where: str = "the checkpoint", now: str = "now") -> list[str]:
+    """The train settings in which a checkpoint's run differs from this run: one "KEY SAVED in WHERE vs VALUE NOW" each.
+
+    `saved`: the checkpoint's state.json "train" (the IDENTITY settings it trained with, since 2026-12-06; not a dict
+    in an older checkpoint: nothing to compare); `expected`: this run's train settings (its identity, or its
+    config.json "train"; fields of other roles are ignored). A checkpoint of another seed or lr, same shape and
+    budget, is another run's. Compared: the IDENTITY fields both hold (a field either lacks is unknown, not a
+    difference), except the shape and the budget (ModelConfig fields, tokens, flops), which the callers check
+    against model_config.json and state.json's tokens and steps. The one comparison behind `ehrfm train`'s resume
+    check (train._check_checkpoint_is_this_runs) and a finished run's consumers (results.require_completed).
+    """
+    if not isinstance(saved, dict) or not isinstance(expected, dict):
+        return []
+    named = {f.name for f in dataclasses.fields(ModelConfig)} | {"tokens", "flops"}
+    compared = fields_with(TrainConfig, "role", IDENTITY) - named
+    return [f"{k} {saved[k]!r} in {where} vs {v!r} {now}" for k, v in expected.items()
+            if k in compared and k in saved and saved[k] != v]
+
+
 def choices_of(cls, name: str) -> tuple:
     """The allowed values of field `name` of dataclass `cls` (its metadata "choices")."""
     return next(f.metadata["choices"] for f in dataclasses.fields(cls) if f.name == name)

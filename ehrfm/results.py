@@ -422,34 +422,47 @@ _MODEL_FIELDS = ("n_layer", "d_model", "n_head", "context", "vocab_size")
 _STATE_FIELDS = (("step", "steps"), ("tokens", "tokens"), ("tokenizer_fingerprint", "tokenizer_fingerprint"))
 
 
-def _refuse_checkpoint_not_measured(run: Path, use: str) -> None:
-    """UserError when RUN/checkpoint is not the model its completed result.json measured.
+def _refuse_checkpoint_of_another_run(run: Path, use: str, measured: bool) -> None:
+    """UserError when RUN/checkpoint is not the model its run trained (and, when `measured`, its result.json measured).
 
-    A checkpoint copied in from another run (another shape) or from an interrupted copy of this
-    one (step 8 of 157) was scored by the heads and exported as the completed model: its metrics
-    read d_model 48 beside a result of 32. `ehrfm train` refuses such a checkpoint on resume
-    (train._check_checkpoint_is_this_runs); a consumer of a finished run now does too. A run dir
-    without a checkpoint, or fields a file lacks (older or hand-made results), pass here.
+    A checkpoint copied in from another run (another shape, or the same shape and length but another seed or
+    lr) or from an interrupted copy of this one (step 8 of 157) was scored by the heads and exported as the
+    completed model: its metrics read d_model 48 beside a result of 32, or the seed-1 model under the seed-0
+    run's name. `ehrfm train` refuses such a checkpoint on resume (train._check_checkpoint_is_this_runs); a
+    consumer of a run now does too. `measured` (a completed result.json): its status, step, tokens,
+    tokenizer and shape are checked against result.json; always: the train settings the checkpoint's
+    state.json records against the run's config.json (config.checkpoint_setting_differences, the resume
+    check's comparison). A run dir without a checkpoint, or fields a file lacks (older or hand-made
+    results), pass here.
     """
     ckpt = run / "checkpoint"
-    if not (ckpt / "state.json").is_file():
+    state_file = ckpt / "state.json"
+    if not state_file.is_file():
         return
-    result = read_json(result_path(run), "run result", expect=dict)
-    state = read_json(ckpt / "state.json", "checkpoint state", expect=dict)
+    state = read_json(state_file, "checkpoint state", expect=dict)
     problems = []
-    if state.get("status") not in (None, Status.COMPLETED):
-        problems.append(f"its state.json records status {state['status']!r}")
-    for in_state, in_result in _STATE_FIELDS:
-        if state.get(in_state) is not None and result.get(in_result) is not None and state[in_state] != result[in_result]:
-            problems.append(f"{in_state} {state[in_state]!r} in the checkpoint vs {in_result} {result[in_result]!r} in {RESULT_FILE}")
-    if (ckpt / "model_config.json").is_file():
-        model = read_json(ckpt / "model_config.json", "checkpoint model config", expect=dict)
-        problems += [f"{k} {model[k]!r} in the checkpoint vs {result[k]!r} in {RESULT_FILE}" for k in _MODEL_FIELDS
-                     if model.get(k) is not None and result.get(k) is not None and model[k] != result[k]]
+    if measured:
+        result = read_json(result_path(run), "run result", expect=dict)
+        if state.get("status") not in (None, Status.COMPLETED):
+            problems.append(f"its state.json records status {state['status']!r}")
+        for in_state, in_result in _STATE_FIELDS:
+            if state.get(in_state) is not None and result.get(in_result) is not None and state[in_state] != result[in_result]:
+                problems.append(f"{in_state} {state[in_state]!r} in the checkpoint vs {in_result} {result[in_result]!r} in {RESULT_FILE}")
+        if (ckpt / "model_config.json").is_file():
+            model = read_json(ckpt / "model_config.json", "checkpoint model config", expect=dict)
+            problems += [f"{k} {model[k]!r} in the checkpoint vs {result[k]!r} in {RESULT_FILE}" for k in _MODEL_FIELDS
+                         if model.get(k) is not None and result.get(k) is not None and model[k] != result[k]]
+    if (run / "config.json").is_file():
+        from ehrfm.config import checkpoint_setting_differences
+
+        config = read_json(run / "config.json", "run config", expect=dict)
+        problems += checkpoint_setting_differences(state.get("train"), config.get("train"), now="in config.json")
     if problems:
-        raise UserError(f"run {run}: its checkpoint is not the model its {RESULT_FILE} measured ({'; '.join(problems)}): "
-                        f"copied from another run, or from an unfinished copy of this one? {use} needs the run's own final "
-                        f"checkpoint: rerun its `ehrfm train` command with --overwrite, or copy the whole run dir")
+        what = f"the model its {RESULT_FILE} measured" if measured else "the one its config.json trained"
+        raise UserError(f"run {run}: its checkpoint is not {what} ({'; '.join(problems)}): {state_file} was copied from "
+                        f"another run, or from an unfinished copy of this one? {use} needs the run's own "
+                        f"{'final ' if measured else ''}checkpoint: rerun its `ehrfm train` command with --overwrite, "
+                        "or copy the whole run dir")
 
 
 def require_completed(run_dir: str | Path, use: str, allow_incomplete: bool = False) -> None:
@@ -473,7 +486,11 @@ def require_completed(run_dir: str | Path, use: str, allow_incomplete: bool = Fa
         raise UserError(f"run {run_dir} has status {status!r} ({where}); {use} needs a completed run "
                         "(pass --allow-incomplete to use its last checkpoint anyway)")
     if status == Status.COMPLETED and where.endswith(RESULT_FILE):
-        _refuse_checkpoint_not_measured(Path(where).parent, use)
+        _refuse_checkpoint_of_another_run(Path(where).parent, use, measured=True)
+    elif where.endswith(RESULT_FILE):  # failed or diverged, with --allow-incomplete: its checkpoint is still its own
+        _refuse_checkpoint_of_another_run(Path(where).parent, use, measured=False)
+    elif where and Path(where).parent.name == "checkpoint" and (Path(where).parent.parent / "config.json").is_file():
+        _refuse_checkpoint_of_another_run(Path(where).parent.parent, use, measured=False)  # no result.json yet
     # A trainer's run dir (RUN/config.json) whose final checkpoint says completed but that has no
     # result.json was stopped before or during its final eval: whether it diverged there is unknown.
     ckpt = Path(where).parent

@@ -85,7 +85,6 @@ gradient all-reduce averages them, rank 0 writes files. Backend nccl on CUDA, gl
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -116,6 +115,7 @@ from ehrfm.config import (
     ModelConfig,
     TrainConfig,
     branch_free_fields,
+    checkpoint_setting_differences,
     fields_with,
     resumable_fields,
     stable_checkpoint_dir,
@@ -1106,11 +1106,7 @@ def _check_checkpoint_is_this_runs(ckpt: Path, model_cfg: ModelConfig, expected:
             problems.append(f"{key} {state[key]!r} in the checkpoint vs {expected[key]!r} now")
     # the settings it trained with (since 2026-12-06; an older checkpoint has none): a checkpoint of another seed
     # or lr, same shape and budget, was resumed silently and its steps reported as this run's
-    saved = state.get("train")
-    if isinstance(saved, dict):  # the shape and the budget are named above (model_config.json, tokens and steps)
-        named = {f.name for f in dataclasses.fields(ModelConfig)} | {"tokens", "flops"}
-        problems += [f"{k} {saved[k]!r} in the checkpoint vs {v!r} now" for k, v in expected["train"].items()
-                     if k in saved and saved[k] != v and k not in named]
+    problems += checkpoint_setting_differences(state.get("train"), expected["train"])
     if problems:
         raise UserError(f"checkpoint {ckpt} was written by another run ({'; '.join(problems)}); delete {ckpt} "
                         f"to train this run from step 0, or pass --overwrite to discard the run dir; {IN_A_SWEEP}")
