@@ -1177,21 +1177,22 @@ def format_holdout(fit: FitResult) -> str:
         f"Predicted N_opt {ci_text(h['predicted_n_opt'], h['predicted_n_opt_ci'])} vs observed "
         f"{ci_text(h['observed_n_opt'], h['observed_n_opt_ci'])} (ratio {ratio_text(h['n_opt_ratio'])})."
         + (f" Note: {h['note']}." if h.get("note") else "")
-        + _holdout_trust_note(fit, 3 if h.get("loss_method") == "approach3" else 2)
+        + _holdout_trust_note(fit, sorted({2, 3 if h.get("loss_method") == "approach3" else 2}))
     )
 
 
-def _holdout_trust_note(fit: FitResult, k: int) -> str:
-    """" Beside it: ..." when the main fit's approach k, whose law the held-out test stands for, is not trusted; "" else.
+def _holdout_trust_note(fit: FitResult, approaches: list[int]) -> str:
+    """" Beside it: ..." when a main-fit approach the held-out test stands for is not trusted; "" else.
 
-    A held-out loss that "beats no change" read as a verdict on the law, beside an Approach 2 that `ehrfm recommend`
-    refuses (an exponent whose interval reaches 0, L_min not falling): the test only says how a refit extrapolated.
+    approaches: those the test's predictions come from (Approach 2's N_opt always; L_min from Approach 3's frontier
+    or Approach 2's law). A held-out loss that "beats no change" read as a verdict on the law, beside an Approach 2
+    that `ehrfm recommend` refuses (an exponent whose interval reaches 0, L_min not falling): the test only says
+    how a refit extrapolated.
     """
-    if (k == 3 and not fit.approach3) or (k == 2 and not fit.approach2):
-        return ""
-    ok, why = trust(fit.to_json(), k)
-    return "" if ok else (f" Beside it: the main fit's Approach {k} is not trusted ({why}), and `ehrfm recommend` does not "
-                          "stand behind it; this test says only how the refit's law extrapolated one budget.")
+    fits = fit.to_json()
+    untrusted = [(k, why) for k in approaches if getattr(fit, f"approach{k}") for ok, why in [trust(fits, k)] if not ok]
+    return "".join(f" Beside it: the main fit's Approach {k} is not trusted ({why}), and `ehrfm recommend` does not stand "
+                   "behind it; this test says only how the refit's law extrapolated one budget." for k, why in untrusted)
 
 
 # ---------------------------------------------------------------------------------------------

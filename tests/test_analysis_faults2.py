@@ -216,6 +216,7 @@ def test_small_ratios_are_not_printed_as_zero():
     assert f"error ratio {ratio_text(h['error_ratio'])};" in text and "error ratio 0.00;" not in text
     # without intervals the main law is not trusted (recommend refuses it): the paragraph says so beside "beats"
     assert "so the law beats it" in text and "Beside it: the main fit's Approach 3 is not trusted (" in text, text
+    assert "Beside it: the main fit's Approach 2 is not trusted (" in text, text  # its N_opt comes from Approach 2
     trusted = _fit(_table(), approaches=(2, 3), bootstrap=200, holdout=True)
     assert trust(trusted.to_json(), 3)[0] and "Beside it" not in format_holdout(trusted), format_holdout(trusted)
     # A ratio over an exact "no change" forecast is inf, written null in fits.json: "n/a", not a crash.

@@ -334,3 +334,32 @@ def test_a_death_its_subjects_later_home_discharge_contradicts_labels_nothing(tm
         assert info[task]["deaths"]["subjects_with_death_before_a_live_discharge"] == 1
     assert labels["in_hospital_mortality"].rows() == [(2, T0 + h(24), True)]
     assert info["in_hospital_mortality"]["excluded"]["admitted_after_death"] == 1
+
+
+def test_a_stay_or_icu_stay_whose_admission_has_no_time_leaves_the_labels_it_decides_out(tmp_path):
+    """The ETL drops an admission row without admittime (missing_time) and keeps the stay's discharge and events;
+    one icustays row without intime keeps its ICU_DISCHARGE. On the real MIMIC-IV demo so changed, the previous
+    stay's readmission label turned negative (a later stay 23 days on) and an ICU-admission label negative, the
+    audit clean. Both are excluded now; by stay id and by time order alike."""
+    from test_labels import ADM, DIS
+
+    icu_in, icu_out = "ICU_ADMISSION//MICU", "ICU_DISCHARGE//MICU"
+    # 1: stay 12 (no admission row) is discharged 40 days after stay 11: its admission may lie within 30 days
+    s1 = [(1, T0, ADM, 11), (1, T0 + d(5), DIS, 11), (1, T0 + d(45), DIS, 12)]
+    # 2: a known stay 22 admitted 10 days after stay 21: positive whatever stay 23 was; stay 22's own (23 ends 42 days
+    # after it) is unknown
+    s2 = [(2, T0, ADM, 21), (2, T0 + d(5), DIS, 21), (2, T0 + d(15), ADM, 22), (2, T0 + d(18), DIS, 22),
+          (2, T0 + d(60), DIS, 23)]
+    # 3: an ICU stay whose ICU_ADMISSION is gone: in the ICU at admission or later, unknown
+    s3 = [(3, T0, ADM, 31), (3, T0 + d(2), icu_out, 31), (3, T0 + d(6), DIS, 31)]
+    # 4: a complete ICU stay (admission, then discharge): a positive, as before
+    s4 = [(4, T0, ADM, 41), (4, T0 + d(1), icu_in, 41), (4, T0 + d(2), icu_out, 41), (4, T0 + d(6), DIS, 41)]
+    rows = sorted(s1 + s2 + s3 + s4, key=lambda r: (r[0], r[1]))
+    for with_ids in (True, False):
+        meds = tmp_path / f"meds{with_ids}"
+        _shard(meds / "data" / "train" / "0.parquet", rows, with_ids)
+        labels, info = make_labels(meds, "all")
+        assert labels["readmission_30d"].filter(pl.col("subject_id") <= 2).rows() == [(2, T0 + d(5), True)]
+        assert info["readmission_30d"]["excluded"]["next_admission_time_unknown"] == 2
+        assert labels["icu_admission"].rows() == [(1, T0, False), (2, T0, False), (2, T0 + d(15), False), (4, T0, True)]
+        assert info["icu_admission"]["excluded"]["icu_admission_time_unknown"] == 1

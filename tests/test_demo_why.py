@@ -192,7 +192,7 @@ def test_auroc_rising_missed_says_why_task_by_task_and_withheld_laws_are_not_mea
     lines = [x for x in _own_reasons({"AUROC rises with compute"}, fits, pl.DataFrame(), DemoConfig()) if x]
     (why,) = [x for x in lines if x.startswith("Why AUROC rises with compute missed, task by task: ")]
     assert "mortality: k = -0.01 [-0.03, 0.012], whose interval reaches 0" in why, why
-    assert "los: its utility law goes through 2 budget(s)" in why and "auroc/readmission: the AUROC of 2 of its 4" in why
+    assert "los: its utility law goes through 2 budget(s)" in why and "; readmission: the AUROC of 2 of its 4" in why
     assert "icu" not in why  # rising: no reason to give
 
 
@@ -213,6 +213,9 @@ def test_a_demo_whose_every_utility_law_was_withheld_has_auroc_rising_not_measur
     assert row({"warnings": [withheld]}).endswith(
         "| no utility law fitted (1 task(s) without AUROC standard errors: too few held-out labels) | not measured |")
     assert row({"warnings": []}).endswith("| 0 (none) | **MISSED** |")  # laws could be fitted and none rose
+    # other causes of "no law fitted" (one budget with a value, an AUROC of 1) are no unmeasured run: still MISSED
+    assert row({"warnings": [withheld, "utility auroc/icu: 1 budget(s) with a value; no law fitted"]}).endswith("| **MISSED** |")
+    assert row({"warnings": ["utility auroc/icu: 1 budget(s) with a value; no law fitted"]}).endswith("| 0 (none) | **MISSED** |")
 
 
 def test_the_headline_counts_a_parabola_whose_lowest_run_ends_its_ladder_as_the_checks_do():
@@ -279,7 +282,12 @@ def test_interval_verdicts_from_few_bootstrap_replicates_are_said_to_be_fragile(
                                 {"tasks": {}}, wall=60.0, heads_dir=None)
         return [x for x in lines if x.startswith("The interval checks above rest on")]
 
-    assert said(20) == [f"The interval checks above rest on 20 bootstrap replicates of the fits: a 95% percentile interval's "
-                        "ends from so few draws move between refits of the same runs, so a verdict near its target may flip; "
-                        f"judge them on >= {VERDICT_REPLICATES} (`--bootstrap`; the default is 400)."]
+    assert said(20) == ["The interval checks above rest on 20 bootstrap replicates of the fits (`--bootstrap`; the default "
+                        "demo's 400): a 95% percentile interval's ends from so few draws move between refits of the same runs, "
+                        f"so a verdict near its target may flip; judge them on >= {VERDICT_REPLICATES}."]
     assert said(VERDICT_REPLICATES) == [] and said(0) == []
+    # the probe-vs-counts interval rests on the heads' replicates
+    lines = _checks_section(DemoConfig(bootstrap=400, head_bootstrap=100), SimpleNamespace(to_json=lambda: {}), res,
+                            {"tasks": {}}, wall=60.0, heads_dir=None)
+    assert any(x.startswith("The interval checks above rest on 100 bootstrap replicates of the clinical heads "
+                            "(`demo_config.json head_bootstrap`; the default demo's 1000)") for x in lines), lines

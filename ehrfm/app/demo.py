@@ -304,13 +304,13 @@ class DemoConfig:
         return " ".join(words) + (f" (and {', '.join(unflagged)} set in Python: demo_config.json)" if unflagged else "")
 
 
-# Settings that decide where and how the demo's runs execute, or only the analysis made again on every
-# resume (fits, heads, report): a resumed demo may change them. Every other setting changes what
-# the data, the sweep or its runs are, so a demo dir made with another value is refused.
 # Bootstrap replicates below which the report says its interval verdicts may flip with the replicate count (a percentile
 # interval's 2.5% end is then the 1st-5th lowest draw; Efron & Tibshirani 1993 advise 1,000-2,000 for percentile intervals).
 VERDICT_REPLICATES = 200
 
+# Settings that decide where and how the demo's runs execute, or only the analysis made again on every
+# resume (fits, heads, report): a resumed demo may change them. Every other setting changes what
+# the data, the sweep or its runs are, so a demo dir made with another value is refused.
 RESUMABLE_CHANGES = ("out", "executor", "max_parallel", "slurm_partition", "gpus_per_node", "slurm_time", "bootstrap",
                      "head_bootstrap", "head_max_labels")
 
@@ -1149,10 +1149,13 @@ def _checks_section(cfg, fit, res, heads: dict, wall: float, resumed_from: list[
     no_labels = heads.get("labels_error")
     # Every task's law withheld (its AUROCs have no standard error: too few held-out labels or subjects of a class,
     # the real MIMIC-IV demo): nothing was measured, as the probe-vs-counts row says for the same cause.
-    unmeasured = [w for w in fits.get("warnings") or [] if isinstance(w, str) and w.startswith("utility ") and "no law fitted" in w]
+    unmeasured = [w for w in fits.get("warnings") or [] if isinstance(w, str) and w.startswith("utility ")
+                  and "has no standard error" in w and "no law fitted" in w]
+    other_cause = [w for w in fits.get("warnings") or [] if isinstance(w, str) and w.startswith("utility ")
+                   and "no law fitted" in w and w not in unmeasured]
     if no_labels:
         check("AUROC rises with compute", ">= 2 tasks with k's interval < 0 (1 - AUROC ~ C^k)", "no clinical labels", "not measured")
-    elif not util and unmeasured:
+    elif not util and unmeasured and not other_cause:
         check("AUROC rises with compute", ">= 2 tasks with k's interval < 0 (1 - AUROC ~ C^k)",
               f"no utility law fitted ({len(unmeasured)} task(s) without AUROC standard errors: too few held-out labels)",
               "not measured")
@@ -1207,10 +1210,14 @@ def _checks_section(cfg, fit, res, heads: dict, wall: float, resumed_from: list[
                      f"(probe - counts AUROC, paired 95% interval). {_probe_gap_by_history(cfg, heads, paired, gaps, history_strata)}", ""]
     # A verdict on an interval's end from few replicates moves with the replicate count: the same runs refitted with
     # --bootstrap 20 instead of 50 turned "AUROC rises" and a parabola from MISSED to met.
-    few = ([f"The interval checks above rest on {cfg.bootstrap} bootstrap replicates of the fits: a 95% percentile "
-            f"interval's ends from so few draws move between refits of the same runs, so a verdict near its target may flip; "
-            f"judge them on >= {VERDICT_REPLICATES} (`--bootstrap`; the default is {DemoConfig.bootstrap})."]
-           if 0 < cfg.bootstrap < VERDICT_REPLICATES else [])
+    thin = [f"{n} bootstrap replicates of the {what} (`{flag}`; the default demo's {default})"
+            for n, what, flag, default in ((cfg.bootstrap, "fits", "--bootstrap", DemoConfig.bootstrap),
+                                           (cfg.head_bootstrap, "clinical heads", "demo_config.json head_bootstrap",
+                                            DemoConfig.head_bootstrap))
+            if 0 < n < VERDICT_REPLICATES]
+    few = ([f"The interval checks above rest on {' and '.join(thin)}: a 95% percentile interval's ends from so few draws "
+            f"move between refits of the same runs, so a verdict near its target may flip; judge them on >= {VERDICT_REPLICATES}."]
+           if thin else [])
     return ["## What a reviewer checks", "", "| check | needed | this run | |", "|---|---|---|---|", *rows, "", *few,
             *_own_reasons(missed, fits, res, cfg), *_why_missed(missed, budgets, res, cfg, stage_s), *probe_why]
 
@@ -1352,7 +1359,7 @@ def _own_reasons(missed: set[str], fits: dict, res, cfg) -> list[str]:
                 parts.append(f"{task}: {k} has no interval")
             elif not hi < 0:
                 parts.append(f"{task}: {k}, whose interval reaches 0 (not rising beyond the noise)")
-        parts += [w[len("utility "):] for w in fits.get("warnings") or []
+        parts += [w[len("utility auroc/"):] for w in fits.get("warnings") or []
                   if isinstance(w, str) and w.startswith("utility auroc/") and "no law fitted" in w]
         if parts:
             lines.append("Why AUROC rises with compute missed, task by task: " + "; ".join(parts) + ".")

@@ -176,6 +176,12 @@ class Stay:
     # discharge_before_admission: its discharge and admission times as written (either may be its admission).
     written_span: tuple[int, int] | None = None
     death_contradicted: bool = False  # its subject's death precedes a discharge to a named live destination
+    # The subject's discharges that end no stay and fall in none (a stay whose admission row has no time, dropped by
+    # the ETL, keeps its discharge): a stay of unknown start there, so a readmission before it is unknown.
+    unpaired_discharges: tuple[int, ...] = ()
+    # An ICU discharge in the stay with no ICU admission before it (an icustays row without intime): the ICU stay's
+    # start, before or after the prediction time, is unknown.
+    icu_start_unknown: bool = False
 
 
 # --- reading MEDS ----------------------------------------------------------------------------------
@@ -424,6 +430,7 @@ def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True,
             i is not None for c, i in zip(codes, ids, strict=False)
             if c.startswith(ADMISSION_PREFIX) or c.startswith(DISCHARGE_PREFIX))
         pairs = _pairs_by_id(codes, times, ids) if by_id else _pairs_by_time(by_time)
+        unpaired = _unpaired_discharges(codes, times, ids, pairs, by_id)
         # A death its subject's own records contradict: a stay open at it (after its day, for a date) discharged to
         # a named live destination (HOME, ...). Which record is wrong is unknown, so no label rests on either. (A stay
         # admitted after the death, an organ donation's, may name any destination: it is admitted_after_death.)
@@ -451,9 +458,11 @@ def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True,
                 died = (adm <= death_by and first_death <= dis and not on_discharge_day) or (
                     (dis < first_death < end_of_discharge_day or on_discharge_day) and not _live_discharge(dis_code))
             first_icu = None
+            icu_start_unknown = False
             if dis is not None:
                 in_stay = [t for t in icu_times if adm <= t <= dis]
                 first_icu = min(in_stay) if in_stay else None
+                icu_start_unknown = _icu_discharge_without_admission(codes, times, ids, sid, adm, dis)
             # In the ICU when the stay opens: an ICU admission in the 24 h before it, or one recorded
             # under this stay's own id before it (ED boarding; the ICU stay belongs to this stay).
             # Or an ICU stay of the subject (any id) begun earlier and ended (ICU_DISCHARGE) only after the
@@ -478,8 +487,47 @@ def stays_from_events(events: pl.DataFrame, by_stay_id: bool = True,
                 starts.append(written)
                 written_span = (written, adm)
             stays.append(Stay(int(subject_id), adm, dis, died, first_icu, just_before, death, after_death, location,
-                              before_admission, min(starts), written_span, contradicted))
+                              before_admission, min(starts), written_span, contradicted, unpaired, icu_start_unknown))
     return stays
+
+
+def _unpaired_discharges(codes: list[str], times: list[int], ids: list, pairs: list, by_id: bool) -> tuple[int, ...]:
+    """The times of a subject's discharges that end none of its stays and lie in none of them, sorted.
+
+    By stay id: a discharge of an id without an admission; by time: one left over by the pairing. One inside a
+    paired stay (a repeated row) or after an open stay's admission is no other stay. What is left is a stay whose
+    admission has no time (the ETL drops that row, `missing_time`, and keeps the rest of the stay): its start is
+    unknown, so whether it is a readmission within the window is too.
+    """
+    admitted = {i for c, i in zip(codes, ids, strict=False) if c.startswith(ADMISSION_PREFIX)}
+    discharges = [(t, i) for c, t, i in zip(codes, times, ids, strict=False) if c.startswith(DISCHARGE_PREFIX) and t is not None]
+    if by_id:
+        left = [t for t, i in discharges if i not in admitted]
+    else:
+        used = [dis for _, dis, _, _ in pairs if dis is not None]
+        left = []
+        for t, _ in discharges:
+            if t in used:
+                used.remove(t)
+            else:
+                left.append(t)
+    spans = [(adm, dis) for adm, dis, _, _ in pairs]
+    return tuple(sorted(t for t in left if not any(adm <= t and (dis is None or t <= dis) for adm, dis in spans)))
+
+
+def _icu_discharge_without_admission(codes: list[str], times: list[int], ids: list, sid, adm: int, dis: int) -> bool:
+    """Does the stay [adm, dis] hold an ICU discharge (of its stay id, or none) whose previous ICU event is no ICU admission?
+
+    An icustays row without intime loses its ICU_ADMISSION (missing_time) and keeps its ICU_DISCHARGE: the ICU
+    stay's start, before or after a prediction time, is unknown (its label was negative, silently).
+    """
+    icu = sorted((t, c.startswith(ICU_ADMISSION_PREFIX)) for c, t, i in zip(codes, times, ids, strict=False)
+                 if t is not None and (c.startswith(ICU_ADMISSION_PREFIX) or c.startswith(ICU_DISCHARGE_PREFIX))
+                 and (sid is None or i is None or i == sid))
+    for k, (t, is_admission) in enumerate(icu):
+        if not is_admission and adm < t <= dis and (k == 0 or not icu[k - 1][1]):
+            return True
+    return False
 
 
 def _icu_open_at(codes: list[str], times: list[int], at: int) -> bool:
@@ -621,6 +669,9 @@ def labels_from_stays(stays: list[Stay], cfg: LabelConfig, notes: dict | None = 
             if s.first_icu is not None and s.first_icu - pred < direct_icu:
                 exclude("admitted_directly_to_icu")
                 continue
+            if s.icu_start_unknown:  # an ICU stay in it whose admission has no time: in the ICU at admission, or later?
+                exclude("icu_admission_time_unknown")
+                continue
             if continued:
                 exclude("transferred")
                 continue
@@ -639,6 +690,10 @@ def labels_from_stays(stays: list[Stay], cfg: LabelConfig, notes: dict | None = 
             label = nxt is not None and nxt - s.discharge <= window
             if nxt_late is not None and label != (nxt_late - s.discharge <= window):
                 exclude("next_admission_time_unknown")  # a next stay with its discharge before its admission
+                continue
+            if not label and any(u > s.discharge and (nxt is None or u < nxt) for u in s.unpaired_discharges):
+                # a stay with no admission time ends before the next known one: it may have begun within the window
+                exclude("next_admission_time_unknown")
                 continue
             died_in_window = s.death is not None and s.death - s.discharge <= cfg.readmission_days * US_PER_DAY
             rows.append((s.subject_id, s.discharge, label, 0 if nxt is not None else 2 if died_in_window else 1))
