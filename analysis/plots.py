@@ -272,7 +272,8 @@ def plot_optimal_scaling(ax, fit, results, which: str = "n", label: str | None =
     _log_x(ax)
     shown = [v for v in shown if np.isfinite(v) and v > 0]
     if shown:  # half a decade around what must be shown; untrusted laws and bands are cut at its edges
-        lo, hi = min(shown) / 3, max(shown) * 3
+        flat = max(shown) <= min(shown) * (1 + 1e-6)  # every run one size (a = 0): a decade either side shows the line
+        lo, hi = (min(shown) / 10, max(shown) * 10) if flat else (min(shown) / 3, max(shown) * 3)
         if earlier is not None and earlier[0] > 0:
             lo, hi = min(lo, earlier[0]), max(hi, earlier[1])
         ax.set_ylim(lo, hi)
