@@ -1177,7 +1177,7 @@ def format_holdout(fit: FitResult) -> str:
         f"Predicted N_opt {ci_text(h['predicted_n_opt'], h['predicted_n_opt_ci'])} vs observed "
         f"{ci_text(h['observed_n_opt'], h['observed_n_opt_ci'])} (ratio {ratio_text(h['n_opt_ratio'])})."
         + (f" Note: {h['note']}." if h.get("note") else "")
-        + _holdout_trust_note(fit, sorted({2, 3 if h.get("loss_method") == "approach3" else 2}))
+        + _holdout_trust_note(fit, [2, 3] if h.get("loss_method") == "approach3" else [2])
     )
 
 
